@@ -1,0 +1,103 @@
+"""Stationary distribution of the state-dependent birth-death chain (M/M/1/K with batching).
+
+State n = requests in the replica; service rate mu(n) = B / tau(B) with B = min(n, N).
+Computed in log space, so K = 10,000 and heavy loads neither overflow nor underflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from queuemodels.service_time import StepLaw
+from queuemodels.types import ModelInputError
+
+TAIL_MASS = 1e-12
+MAX_STATES = 2_000_000
+
+
+@dataclass(frozen=True)
+class Stationary:
+    """p[n] for n = 0..K, with the rates that produced it (per ms)."""
+
+    p: NDArray[np.float64]
+    max_batch: int
+    rate_per_ms: float
+    mu_full_per_ms: float
+
+    @property
+    def capacity(self) -> int:
+        return len(self.p) - 1
+
+    @property
+    def batch(self) -> NDArray[np.float64]:
+        return np.minimum(np.arange(len(self.p), dtype=float), float(self.max_batch))
+
+
+def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
+    """K at which an unbounded queue's geometric tail carries < TAIL_MASS; error if unstable."""
+    mu_full = max_batch / (law.t0 + law.t1 * max_batch)
+    rho = rate_per_ms / mu_full
+    if rho >= 1.0:
+        raise ModelInputError(
+            f"rate_rps: {rate_per_ms * 1000:.6g} has no stationary solution with an unbounded queue "
+            f"(capacity {mu_full * 1000:.6g} rps at max_batch {max_batch}); lower it or bound max_queue"
+        )
+    if rho == 0.0:
+        return max_batch
+    extra = math.ceil(math.log(TAIL_MASS) / math.log(rho))
+    if max_batch + extra > MAX_STATES:
+        raise ModelInputError(f"rate_rps: utilisation {rho:.9f} is too close to 1 for an unbounded queue")
+    return max_batch + extra
+
+
+def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) -> Stationary:
+    """Solve p(n+1) = p(n) lambda / mu(n+1), normalised, for n = 0..capacity."""
+    n = np.arange(1, capacity + 1, dtype=float)
+    b = np.minimum(n, float(max_batch))
+    tau = law.t0 + law.t1 * b
+    if np.any(tau <= 0):
+        raise ModelInputError("service time: parameters give a non-positive service time")
+    mu_full = max_batch / (law.t0 + law.t1 * max_batch)
+    p = np.zeros(capacity + 1)
+    if rate_per_ms <= 0.0:
+        p[0] = 1.0
+        return Stationary(p, max_batch, 0.0, mu_full)
+    log_mu = np.log(b) - np.log(tau)
+    log_p = np.empty(capacity + 1)
+    log_p[0] = 0.0
+    log_p[1:] = n * math.log(rate_per_ms) - np.cumsum(log_mu)
+    log_p -= log_p.max()
+    p = np.exp(log_p)
+    p /= p.sum()
+    return Stationary(p, max_batch, rate_per_ms, mu_full)
+
+
+@dataclass(frozen=True)
+class Means:
+    """Little's-law figures of a stationary chain (ms and per-ms rates)."""
+
+    throughput_per_ms: float
+    mean_in_system: float
+    mean_batch: float
+    block_probability: float
+    response_ms: float
+    service_ms: float
+    wait_ms: float
+
+
+def means(chain: Stationary) -> Means:
+    p = chain.p
+    states = np.arange(len(p), dtype=float)
+    block = float(p[-1])
+    x = chain.rate_per_ms * (1.0 - block)
+    in_system = float(states @ p)
+    in_service = float(chain.batch @ p)
+    if x <= 0.0:
+        return Means(0.0, 0.0, 0.0, block, 0.0, 0.0, 0.0)
+    response = in_system / x
+    service = in_service / x
+    return Means(x, in_system, in_service, block, response, service, max(0.0, response - service))

@@ -1,0 +1,57 @@
+"""One operating point of a replica: chain, Little's-law means, tails and power in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from queuemodels.chain import Stationary, means, stationary, unbounded_capacity
+from queuemodels.power import mean_draw_w
+from queuemodels.service_time import StepLaw
+from queuemodels.tails import itl_quantiles, ttft_quantiles
+from queuemodels.types import Performance, PowerProfile, ServerShape
+
+PROBS = (0.95, 0.99)
+
+
+def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary:
+    rate_per_ms = rate_rps / 1000.0
+    if shape.max_queue is None:
+        capacity = unbounded_capacity(law, shape.max_batch, rate_per_ms)
+    else:
+        capacity = shape.max_batch + shape.max_queue
+    return stationary(law, shape.max_batch, capacity, rate_per_ms)
+
+
+def evaluate(
+    law: StepLaw, shape: ServerShape, rate_rps: float, profile: PowerProfile | None, tails: bool = True
+) -> Performance:
+    """All figures of one operating point; `tails=False` skips the percentiles (NaN) for speed."""
+    chain = solve_chain(law, shape, rate_rps)
+    m = means(chain)
+    if m.throughput_per_ms <= 0.0:
+        n_eff = 1.0
+    else:
+        n_eff = float(np.clip((m.service_ms - law.t0) / law.t1, 0.0, shape.max_batch)) if law.t1 > 0 else 1.0
+    ttft = m.wait_ms + law.prefill(n_eff)
+    itl = law.decode(n_eff)
+    nan = float("nan")
+    ttft_p95 = ttft_p99 = itl_p95 = itl_p99 = nan
+    if tails:
+        ttft_p95, ttft_p99 = ttft_quantiles(chain, law, m.wait_ms, PROBS)
+        itl_p95, itl_p99 = itl_quantiles(chain, law, m.throughput_per_ms, PROBS)
+    power = mean_draw_w(profile, chain.p, chain.batch, shape.power_cap_w) if profile else nan
+    return Performance(
+        ttft_ms=ttft,
+        itl_ms=itl,
+        ttft_p95_ms=ttft_p95,
+        itl_p95_ms=itl_p95,
+        ttft_p99_ms=ttft_p99,
+        itl_p99_ms=itl_p99,
+        throughput_rps=m.throughput_per_ms * 1000.0,
+        mean_batch=m.mean_batch,
+        mean_in_system=m.mean_in_system,
+        utilization=m.throughput_per_ms / chain.mu_full_per_ms,
+        block_probability=m.block_probability,
+        power_w=power,
+        extra={"n_eff": n_eff, "wait_ms": m.wait_ms, "service_ms": m.service_ms},
+    )

@@ -1,0 +1,170 @@
+"""Value types shared by every queue model: parameters, load, server shape, prediction.
+
+Times inside the models are milliseconds (`_ms`), rates per second (`_rps`), power in watts (`_w`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+FAMILIES = ("gen1", "gen2")
+STATISTICS = ("mean", "p95", "p99")
+
+
+class ModelInputError(ValueError):
+    """An input to a queue model is out of its domain; the message names the field."""
+
+
+def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise ModelInputError(f"{name}: must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ModelInputError(f"{name}: must be > 0, got {value!r}")
+    if not allow_zero and value == 0 or value < 0:
+        raise ModelInputError(f"{name}: must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServiceParams:
+    """Service-time parameters of one model on one accelerator at full power (ms).
+
+    gen1: decode(n) = alpha + beta n, prefill(n) = gamma + delta L_in n.
+    gen2: T_iter(B) = alpha + B [beta (L_in+m)/(m+1) + gamma (L_in+m/2)] (delta unused).
+    """
+
+    family: str
+    alpha_ms: float
+    beta_ms: float
+    gamma_ms: float
+    delta_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ModelInputError(f"family: unknown {self.family!r}, expected one of {FAMILIES}")
+        _check("alpha_ms", self.alpha_ms, positive=True)
+        _check("beta_ms", self.beta_ms)
+        _check("gamma_ms", self.gamma_ms)
+        _check("delta_ms", self.delta_ms)
+
+    def as_vector(self) -> tuple[float, ...]:
+        """The free parameters of the family, in filter order."""
+        if self.family == "gen1":
+            return (self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
+        return (self.alpha_ms, self.beta_ms, self.gamma_ms)
+
+    @classmethod
+    def from_vector(cls, family: str, values: tuple[float, ...] | list[float]) -> ServiceParams:
+        return cls(family, *(float(v) for v in values))
+
+
+@dataclass(frozen=True)
+class Load:
+    """Offered load on one replica."""
+
+    rate_rps: float
+    in_tokens: float
+    out_tokens: float
+
+    def __post_init__(self) -> None:
+        _check("rate_rps", self.rate_rps)
+        _check("in_tokens", self.in_tokens, positive=True)
+        if self.out_tokens < 1 or math.isnan(self.out_tokens) or math.isinf(self.out_tokens):
+            raise ModelInputError(f"out_tokens: must be >= 1, got {self.out_tokens!r}")
+
+
+@dataclass(frozen=True)
+class PowerProfile:
+    """How an accelerator's speed and draw depend on its power cap.
+
+    A phase slows only once the cap falls below its natural draw (the knee):
+    time factor = 1 + sensitivity * max(0, knee_w / cap_w - 1).
+    Draw when busy with batch b: idle + (peak - idle) * b / (b + batch_half).
+    """
+
+    name: str
+    max_power_w: float
+    min_power_w: float
+    idle_power_w: float
+    prefill_sensitivity: float = 1.0
+    decode_sensitivity: float = 0.1
+    knee_fraction: float = 0.9
+    batch_half: float = 8.0
+
+    def __post_init__(self) -> None:
+        _check("max_power_w", self.max_power_w, positive=True)
+        _check("min_power_w", self.min_power_w, positive=True)
+        _check("idle_power_w", self.idle_power_w)
+        if not self.min_power_w <= self.max_power_w:
+            raise ModelInputError("min_power_w: must not exceed max_power_w")
+        if not self.idle_power_w < self.max_power_w:
+            raise ModelInputError("idle_power_w: must be below max_power_w")
+        _check("prefill_sensitivity", self.prefill_sensitivity)
+        _check("decode_sensitivity", self.decode_sensitivity)
+        _check("knee_fraction", self.knee_fraction, positive=True)
+        _check("batch_half", self.batch_half, positive=True)
+
+
+@dataclass(frozen=True)
+class ServerShape:
+    """One replica's configuration: vLLM `--max-num-seqs`, queue bound (None = unbounded) and
+    power cap (None = uncapped)."""
+
+    max_batch: int
+    max_queue: int | None
+    power_cap_w: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ModelInputError(f"max_batch: must be an integer >= 1, got {self.max_batch!r}")
+        if self.max_queue is not None and (not isinstance(self.max_queue, int) or self.max_queue < 0):
+            raise ModelInputError(f"max_queue: must be an integer >= 0, got {self.max_queue!r}")
+        if self.power_cap_w is not None:
+            _check("power_cap_w", self.power_cap_w, positive=True)
+
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Latency objectives of a service class, on the mean or a tail (`statistic`)."""
+
+    ttft_ms: float
+    itl_ms: float
+    statistic: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check("ttft_ms", self.ttft_ms, positive=True)
+        _check("itl_ms", self.itl_ms, positive=True)
+        if self.statistic not in STATISTICS:
+            raise ModelInputError(f"statistic: unknown {self.statistic!r}, expected one of {STATISTICS}")
+
+
+@dataclass(frozen=True)
+class Performance:
+    """What a replica delivers at a load (means unless named otherwise)."""
+
+    ttft_ms: float
+    itl_ms: float
+    ttft_p95_ms: float
+    itl_p95_ms: float
+    ttft_p99_ms: float
+    itl_p99_ms: float
+    throughput_rps: float
+    mean_batch: float
+    mean_in_system: float
+    utilization: float
+    block_probability: float
+    power_w: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def meets(self, targets: Targets) -> bool:
+        ttft, itl = self.latency_at(targets.statistic)
+        return ttft <= targets.ttft_ms and itl <= targets.itl_ms
+
+    def latency_at(self, statistic: str) -> tuple[float, float]:
+        """(TTFT, ITL) at the statistic a target names."""
+        if statistic == "p95":
+            return self.ttft_p95_ms, self.itl_p95_ms
+        if statistic == "p99":
+            return self.ttft_p99_ms, self.itl_p99_ms
+        return self.ttft_ms, self.itl_ms

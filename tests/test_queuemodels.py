@@ -1,0 +1,158 @@
+"""Exact cases, limits and monotonicity of the state-dependent M/M/1/K batch model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from queuemodels import (
+    Load,
+    ModelInputError,
+    PowerProfile,
+    ServerShape,
+    ServiceParams,
+    Targets,
+    best_batch_for_power,
+    best_batch_for_rate,
+    get_model,
+    max_rate,
+)
+
+MODEL = get_model("mm1k-batch")
+H100 = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95)
+PARAMS = ServiceParams("gen1", alpha_ms=20.0, beta_ms=0.5, gamma_ms=30.0, delta_ms=0.02)
+LOAD = Load(rate_rps=2.0, in_tokens=512, out_tokens=128)
+
+
+def mm1_params(mu_per_s: float) -> ServiceParams:
+    """One output token, batch 1: the chain is a plain M/M/1/K with mean service 1/mu."""
+    return ServiceParams("gen1", alpha_ms=1.0, beta_ms=0.0, gamma_ms=1000.0 / mu_per_s, delta_ms=0.0)
+
+
+@pytest.mark.parametrize("lam,mu,capacity", [(0.5, 1.0, 5), (0.8, 1.0, 10), (1.7, 1.0, 20), (2.0, 3.0, 1)])
+def test_batch_one_is_textbook_mm1k(lam: float, mu: float, capacity: int) -> None:
+    perf = MODEL.analyze(mm1_params(mu), Load(lam, 1, 1), ServerShape(1, capacity - 1))
+    rho = lam / mu
+    p = np.array([rho**n for n in range(capacity + 1)])
+    p /= p.sum()
+    mean_in_system = float(np.arange(capacity + 1) @ p)
+    throughput = lam * (1 - p[-1])
+    assert perf.block_probability == pytest.approx(p[-1], rel=1e-9, abs=1e-12)
+    assert perf.mean_in_system == pytest.approx(mean_in_system, rel=1e-9)
+    assert perf.throughput_rps == pytest.approx(throughput, rel=1e-9)
+    response_ms = 1000 * mean_in_system / throughput
+    assert perf.ttft_ms == pytest.approx(response_ms, rel=1e-9)
+    assert perf.utilization == pytest.approx(1 - p[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.7, 0.9])
+def test_unbounded_mm1_waiting_tail_is_exponential(rho: float) -> None:
+    mu = 2.0
+    perf = MODEL.analyze(mm1_params(mu), Load(rho * mu, 1, 1), ServerShape(1, None))
+    service_ms = 1000 / mu
+    # M/M/1: P(W > t) = rho exp(-mu (1 - rho) t); the model shifts the wait by the mean service.
+    for prob, got in ((0.95, perf.ttft_p95_ms), (0.99, perf.ttft_p99_ms)):
+        wait = math.log(rho / (1 - prob)) / (mu * (1 - rho)) * 1000 if rho > 1 - prob else 0.0
+        assert got == pytest.approx(wait + service_ms, rel=2e-3)
+    # Mean response of M/M/1 is 1 / (mu - lambda).
+    assert perf.ttft_ms == pytest.approx(1000 / (mu - rho * mu), rel=1e-9)
+
+
+def test_large_capacity_converges_to_unbounded() -> None:
+    unbounded = MODEL.analyze(PARAMS, Load(5.0, 512, 128), ServerShape(32, None))
+    bounded = MODEL.analyze(PARAMS, Load(5.0, 512, 128), ServerShape(32, 10_000))
+    assert bounded.ttft_ms == pytest.approx(unbounded.ttft_ms, rel=1e-6)
+    assert bounded.block_probability < 1e-12
+
+
+def test_capacity_ten_thousand_overloaded_is_finite() -> None:
+    perf = MODEL.analyze(PARAMS, Load(500.0, 512, 128), ServerShape(256, 9_744))
+    assert all(math.isfinite(v) for v in (perf.ttft_ms, perf.ttft_p99_ms, perf.itl_p99_ms))
+    assert perf.block_probability > 0.5
+    assert perf.mean_in_system == pytest.approx(10_000, rel=1e-3)
+
+
+def test_rate_to_zero_gives_a_lone_request() -> None:
+    perf = MODEL.analyze(PARAMS, Load(1e-9, 512, 128), ServerShape(64, 100))
+    assert perf.ttft_ms == pytest.approx(PARAMS.gamma_ms + PARAMS.delta_ms * 512, rel=1e-6)
+    assert perf.itl_ms == pytest.approx(PARAMS.alpha_ms + PARAMS.beta_ms, rel=1e-6)
+    zero = MODEL.analyze(PARAMS, Load(0.0, 512, 128), ServerShape(64, 100))
+    assert zero.throughput_rps == 0.0 and zero.ttft_ms == pytest.approx(perf.ttft_ms, rel=1e-6)
+
+
+def test_monotone_in_rate() -> None:
+    rates = np.linspace(0.2, 12.0, 25)
+    perfs = [MODEL.analyze(PARAMS, Load(r, 512, 128), ServerShape(64, 200)) for r in rates]
+    for key in ("ttft_ms", "itl_ms", "ttft_p95_ms", "ttft_p99_ms", "mean_batch", "utilization"):
+        values = [getattr(p, key) for p in perfs]
+        assert all(b >= a - 1e-9 for a, b in zip(values, values[1:], strict=False)), key
+
+
+def test_monotone_in_batch_and_cap() -> None:
+    load = Load(6.0, 512, 128)
+    ttft = [MODEL.analyze(PARAMS, load, ServerShape(n, 500)).ttft_ms for n in (8, 16, 32, 64)]
+    assert ttft == sorted(ttft, reverse=True)  # a bigger batch absorbs more load: shorter queues
+    caps = [700, 600, 500, 400, 300, 200]
+    perfs = [MODEL.analyze(PARAMS, load, ServerShape(64, 500, c), H100) for c in caps]
+    assert [p.ttft_ms for p in perfs] == sorted(p.ttft_ms for p in perfs)
+    assert [p.itl_ms for p in perfs] == sorted(p.itl_ms for p in perfs)
+    assert all(p.power_w <= c + 1e-9 for p, c in zip(perfs, caps, strict=True))
+
+
+def test_prefill_feels_the_cap_more_than_decode() -> None:
+    free = MODEL.analyze(PARAMS, Load(0.01, 512, 128), ServerShape(64, 10, 700), H100)
+    capped = MODEL.analyze(PARAMS, Load(0.01, 512, 128), ServerShape(64, 10, 350), H100)
+    assert capped.ttft_ms / free.ttft_ms > 1.5
+    assert 1.0 < capped.itl_ms / free.itl_ms < 1.15
+
+
+def test_gen2_family() -> None:
+    params = ServiceParams("gen2", alpha_ms=20.58, beta_ms=0.041, gamma_ms=0.00128)
+    low = MODEL.analyze(params, Load(0.01, 256, 64), ServerShape(32, 100))
+    high = MODEL.analyze(params, Load(3.0, 256, 64), ServerShape(32, 100))
+    assert low.itl_ms > params.alpha_ms
+    assert high.itl_ms > low.itl_ms and high.ttft_ms > low.ttft_ms
+
+
+def test_max_rate_sits_on_the_boundary() -> None:
+    targets = Targets(ttft_ms=400, itl_ms=30)
+    shape = ServerShape(64, 500)
+    rate = max_rate(PARAMS, LOAD, shape, targets)
+    assert MODEL.analyze(PARAMS, Load(rate, 512, 128), shape).meets(targets)
+    assert not MODEL.analyze(PARAMS, Load(rate * 1.01, 512, 128), shape).meets(targets)
+    p95 = max_rate(PARAMS, LOAD, shape, Targets(400, 30, "p95"))
+    assert 0 < p95 < rate
+
+
+def test_max_rate_zero_when_targets_are_impossible() -> None:
+    assert max_rate(PARAMS, LOAD, ServerShape(64, 10), Targets(ttft_ms=1.0, itl_ms=30)) == 0.0
+
+
+def test_best_batch_choices() -> None:
+    targets = Targets(ttft_ms=600, itl_ms=40)
+    by_rate = best_batch_for_rate(PARAMS, LOAD, [4, 8, 16, 32, 64], 200, targets)
+    assert by_rate.max_batch in (16, 32, 64) and by_rate.max_rate_rps > 0
+    by_power = best_batch_for_power(PARAMS, Load(1.0, 512, 128), [8, 16, 32, 64], 200, targets, H100, 500)
+    assert by_power.performance is not None and by_power.performance.meets(targets)
+
+
+@pytest.mark.parametrize(
+    "build,field",
+    [
+        (lambda: ServiceParams("gen3", 1, 1, 1), "family"),
+        (lambda: ServiceParams("gen1", -1, 1, 1), "alpha_ms"),
+        (lambda: ServiceParams("gen1", 1, float("nan"), 1), "beta_ms"),
+        (lambda: Load(-1, 10, 10), "rate_rps"),
+        (lambda: Load(1, 10, 0), "out_tokens"),
+        (lambda: ServerShape(0, 10), "max_batch"),
+        (lambda: ServerShape(4, -1), "max_queue"),
+        (lambda: Targets(0, 10), "ttft_ms"),
+        (lambda: MODEL.analyze(PARAMS, Load(100.0, 512, 128), ServerShape(8, None)), "rate_rps"),
+        (lambda: get_model("nope"), "queue model"),
+    ],
+)
+def test_bad_inputs_name_the_field(build: object, field: str) -> None:
+    with pytest.raises(ModelInputError, match=field):
+        build()  # type: ignore[operator]
