@@ -1,0 +1,25 @@
+"""Public power envelopes of common accelerators (REFERENCE.md section 4), as power profiles."""
+
+from __future__ import annotations
+
+from queuemodels.types import ModelInputError, PowerProfile
+
+CATALOG: dict[str, PowerProfile] = {
+    p.name: p
+    for p in (
+        PowerProfile("H100-SXM", max_power_w=700, min_power_w=200, idle_power_w=95),
+        PowerProfile("H100-PCIe", max_power_w=350, min_power_w=200, idle_power_w=60),
+        PowerProfile("A100-SXM4", max_power_w=400, min_power_w=100, idle_power_w=70),
+        PowerProfile("L40S", max_power_w=350, min_power_w=100, idle_power_w=45),
+        PowerProfile("L4", max_power_w=72, min_power_w=40, idle_power_w=16),
+        PowerProfile("T4", max_power_w=70, min_power_w=60, idle_power_w=12),
+    )
+}
+
+
+def profile(name: str) -> PowerProfile:
+    """The catalogue profile of an accelerator type; the message lists the known types."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ModelInputError(f"accelerator: unknown {name!r}, expected one of {sorted(CATALOG)}") from None

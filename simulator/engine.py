@@ -1,0 +1,191 @@
+"""A token-level continuous-batching vLLM engine, stepped in simulated time.
+
+Each step serves up to `max_num_seqs` sequences: every running sequence past its prompt decodes one
+token, and prompts are prefilled in chunks within `max_num_batched_tokens`. A sequence is preempted (and
+recomputed later) when the KV cache overflows. Step time comes from the hidden `StepCost` at the clock
+the GPU's power limit allows, times log-normal noise. Sequences live in fixed numpy slot arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from simulator.hardware import SimGPU, step_core_ms
+from simulator.llms import StepCost
+from simulator.vllm_metrics import EngineMetrics
+
+
+class VLLMEngine:
+    """One vLLM replica on one GPU."""
+
+    def __init__(
+        self,
+        model_name: str,
+        cost: StepCost,
+        gpu: SimGPU,
+        max_num_seqs: int,
+        rng: np.random.Generator,
+        max_num_batched_tokens: int = 8192,
+        start_s: float = 0.0,
+        keep_samples: bool = False,
+    ) -> None:
+        self.model_name = model_name
+        self.cost = cost
+        self.gpu = gpu
+        self.max_num_seqs = max_num_seqs
+        self.max_batched = max_num_batched_tokens
+        self.rng = rng
+        self.now_s = start_s
+        self.metrics = EngineMetrics(model_name, keep_samples=keep_samples)
+        self.waiting: deque[tuple[float, int, int]] = deque()
+        n = max_num_seqs
+        self.active = np.zeros(n, dtype=bool)
+        self.order = np.zeros(n, dtype=np.int64)
+        self.arrival = np.zeros(n)
+        self.sched = np.zeros(n)
+        self.last_tok = np.zeros(n)
+        self.first_tok = np.zeros(n)
+        self.prompt = np.zeros(n, dtype=np.int64)
+        self.prompt_left = np.zeros(n, dtype=np.int64)
+        self.ctx = np.zeros(n, dtype=np.int64)
+        self.out_total = np.zeros(n, dtype=np.int64)
+        self.out_left = np.zeros(n, dtype=np.int64)
+        self._seq = 0
+
+    @property
+    def num_running(self) -> int:
+        return int(self.active.sum())
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def outstanding(self) -> int:
+        return self.num_running + self.num_waiting
+
+    def submit(self, arrival_s: float, in_tokens: int, out_tokens: int) -> None:
+        self.waiting.append((arrival_s, int(in_tokens), max(1, int(out_tokens))))
+
+    def drain(self) -> list[tuple[float, int, int]]:
+        """Remove every queued and running request (a restart loses them; the router resubmits)."""
+        pending = list(self.waiting)
+        for i in np.flatnonzero(self.active):
+            pending.append((float(self.arrival[i]), int(self.prompt[i]), int(self.out_total[i])))
+        self.waiting.clear()
+        self.active[:] = False
+        return pending
+
+    def advance_to(self, t_s: float) -> None:
+        """Run engine steps until the engine clock reaches `t_s` (the last step may end after it)."""
+        while self.now_s < t_s:
+            self._admit()
+            if not self.active.any():
+                nxt = self.waiting[0][0] if self.waiting else t_s
+                idle_until = min(max(nxt, self.now_s), t_s)
+                self.gpu.account(idle_until - self.now_s, self.gpu.spec.idle_w)
+                self.now_s = idle_until
+                if idle_until >= t_s:
+                    return
+                continue
+            self._step()
+
+    def _admit(self) -> None:
+        while self.waiting and self.waiting[0][0] <= self.now_s:
+            free = np.flatnonzero(~self.active)
+            if len(free) == 0:
+                return
+            kv_used = int(self.ctx[self.active].sum() + self.prompt_left[self.active].sum())
+            arrival, n_in, n_out = self.waiting[0]
+            if kv_used + n_in + n_out > self.cost.kv_capacity_tokens and self.active.any():
+                return
+            self.waiting.popleft()
+            i = int(free[0])
+            self._seq += 1
+            self.active[i] = True
+            self.order[i] = self._seq
+            self.arrival[i] = arrival
+            self.sched[i] = self.now_s
+            self.prompt[i] = n_in
+            self.prompt_left[i] = n_in
+            self.ctx[i] = 0
+            self.out_total[i] = n_out
+            self.out_left[i] = n_out
+            self.metrics.queue_time.observe_one(self.now_s - arrival)
+
+    def _step(self) -> None:
+        act = self.active
+        decoding = act & (self.prompt_left == 0)
+        prefilling = np.flatnonzero(act & (self.prompt_left > 0))
+        n_decode = int(decoding.sum())
+        budget = max(0, self.max_batched - n_decode)
+        chunk = np.zeros_like(self.prompt_left)
+        if len(prefilling):
+            idx = prefilling[np.argsort(self.order[prefilling])]
+            need = self.prompt_left[idx]
+            before = np.cumsum(need) - need
+            chunk[idx] = np.clip(budget - before, 0, need)
+        c = self.cost
+        prefill_tokens = int(chunk.sum())
+        compute_ms = c.prefill_ms_per_token * prefill_tokens + c.decode_ms_per_seq * n_decode
+        memory_ms = c.weights_ms + c.kv_ms_per_token * float(self.ctx[act].sum())
+        clock = self.gpu.settle_clock(compute_ms, memory_ms, c.overhead_ms)
+        power_w = self.gpu.draw_w(clock, compute_ms, memory_ms, c.overhead_ms)
+        step_ms = c.overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
+        step_ms *= math.exp(self.rng.normal(0.0, c.noise_sigma) - 0.5 * c.noise_sigma**2)
+        if self.rng.random() < c.hiccup_prob:
+            step_ms += c.hiccup_ms
+        dt = step_ms / 1000.0
+        self.gpu.account(dt, power_w)
+        self.now_s += dt
+        now = self.now_s
+        self.metrics.iteration_tokens.observe_one(prefill_tokens + n_decode)
+
+        self.prompt_left -= chunk
+        self.ctx += chunk
+        first = act & (self.prompt_left == 0) & (chunk > 0)
+        if first.any():
+            self.metrics.ttft.observe_many(now - self.arrival[first])
+            self.metrics.prefill_time.observe_many(now - self.sched[first])
+            self.first_tok[first] = now
+            self.last_tok[first] = now
+            self.out_left[first] -= 1
+            self.metrics.prompt_tokens_total += int(self.prompt[first].sum())
+        if n_decode:
+            self.metrics.itl.observe_many(now - self.last_tok[decoding])
+            self.last_tok[decoding] = now
+            self.out_left[decoding] -= 1
+            self.ctx[decoding] += 1
+        self.metrics.generation_tokens_total += n_decode + int(first.sum())
+        done = act & (self.prompt_left == 0) & (self.out_left <= 0)
+        if done.any():
+            self._finish(done, now)
+        self._preempt_if_full()
+
+    def _finish(self, done: np.ndarray, now: float) -> None:
+        m = self.metrics
+        m.e2e.observe_many(now - self.arrival[done])
+        m.decode_time.observe_many(now - self.first_tok[done])
+        m.request_prompt_tokens.observe_many(self.prompt[done].astype(float))
+        m.request_generation_tokens.observe_many(self.out_total[done].astype(float))
+        gen = self.out_total[done]
+        span = now - self.first_tok[done]
+        m.tpot.observe_many(np.where(gen > 1, span / np.maximum(gen - 1, 1), 0.0))
+        m.success_total += int(done.sum())
+        self.active[done] = False
+
+    def _preempt_if_full(self) -> None:
+        while self.active.sum() > 1 and int(self.ctx[self.active].sum()) > self.cost.kv_capacity_tokens:
+            live = np.flatnonzero(self.active)
+            i = int(live[np.argmax(self.order[live])])
+            self.active[i] = False
+            self.waiting.appendleft((float(self.arrival[i]), int(self.prompt[i]), int(self.out_total[i])))
+            self.metrics.preemptions_total += 1
+
+    def kv_usage(self) -> float:
+        """Share of the KV cache in use (vLLM's `kv_cache_usage_perc`, 0-1)."""
+        used = float(self.ctx[self.active].sum())
+        return min(1.0, used / max(1, self.cost.kv_capacity_tokens))

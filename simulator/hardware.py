@@ -1,0 +1,121 @@
+"""Simulated GPUs: a power limit that the clock obeys, draw that follows activity, an energy counter.
+
+The clock law is hidden from the controller: draw = idle + compute_w * u_c * s^EXP + memory_w * u_m,
+with s the SM clock as a fraction of its maximum and u_c, u_m the compute and memory busy shares of a
+step. Under a cap the GPU picks the largest s whose draw fits, so draw never exceeds the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from queuemodels.accelerators import CATALOG
+
+CLOCK_EXPONENT = 2.4
+MIN_CLOCK_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Hardware facts of one GPU type (public figures; the power split is the simulator's own)."""
+
+    name: str
+    memory_tb_s: float
+    dense_tflops: float
+    memory_gb: float
+    max_clock_mhz: float
+    compute_w: float
+    memory_w: float
+
+    @property
+    def min_limit_w(self) -> float:
+        return CATALOG[self.name].min_power_w
+
+    @property
+    def max_limit_w(self) -> float:
+        return CATALOG[self.name].max_power_w
+
+    @property
+    def idle_w(self) -> float:
+        return CATALOG[self.name].idle_power_w
+
+
+SPECS: dict[str, GpuSpec] = {
+    s.name: s
+    for s in (
+        GpuSpec("H100-SXM", 3.35, 990.0, 80, 1980, compute_w=560, memory_w=230),
+        GpuSpec("H100-PCIe", 2.0, 756.0, 80, 1755, compute_w=270, memory_w=110),
+        GpuSpec("A100-SXM4", 2.04, 312.0, 80, 1410, compute_w=300, memory_w=130),
+        GpuSpec("L40S", 0.864, 362.0, 48, 2520, compute_w=280, memory_w=90),
+        GpuSpec("L4", 0.3, 121.0, 24, 2040, compute_w=52, memory_w=20),
+        GpuSpec("T4", 0.32, 65.0, 16, 1590, compute_w=55, memory_w=20),
+    )
+}
+
+
+class SimGPU:
+    """One simulated GPU; the engine on it reports each step's work and gets the clock it may run at."""
+
+    def __init__(self, index: int, spec: GpuSpec) -> None:
+        self.index = index
+        self.spec = spec
+        self.uuid = f"GPU-sim-{index:04d}-{spec.name}"
+        self.power_limit_w = spec.max_limit_w
+        self.energy_j = 0.0
+        self.clock_fraction = 1.0
+        self.last_power_w = spec.idle_w
+        self._window_j = 0.0
+        self._window_s = 0.0
+
+    def set_power_limit(self, watts: float) -> float:
+        """Clamp to the device's constraints, as the driver does; returns the limit now in force."""
+        self.power_limit_w = min(self.spec.max_limit_w, max(self.spec.min_limit_w, float(watts)))
+        return self.power_limit_w
+
+    def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float) -> float:
+        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
+        u_c = (compute_ms / clock) / step
+        u_m = memory_ms / step
+        spec = self.spec
+        return spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m
+
+    def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float) -> float:
+        """The largest clock fraction whose draw fits the limit (bisection; draw rises with clock)."""
+        if self.draw_w(1.0, compute_ms, memory_ms, overhead_ms) <= self.power_limit_w:
+            self.clock_fraction = 1.0
+            return 1.0
+        low, high = MIN_CLOCK_FRACTION, 1.0
+        for _ in range(14):
+            mid = 0.5 * (low + high)
+            if self.draw_w(mid, compute_ms, memory_ms, overhead_ms) <= self.power_limit_w:
+                low = mid
+            else:
+                high = mid
+        self.clock_fraction = low
+        return low
+
+    def account(self, seconds: float, power_w: float) -> None:
+        """Integrate energy over a busy or idle stretch."""
+        power_w = min(power_w, self.power_limit_w)
+        self.energy_j += power_w * seconds
+        self._window_j += power_w * seconds
+        self._window_s += seconds
+        self.last_power_w = power_w
+
+    def sample_power_w(self) -> float:
+        """Mean draw since the last sample (what NVML's 1 s average reports)."""
+        if self._window_s <= 0:
+            return self.last_power_w
+        mean = self._window_j / self._window_s
+        self._window_j = 0.0
+        self._window_s = 0.0
+        return mean
+
+    @property
+    def sm_clock_mhz(self) -> float:
+        return self.clock_fraction * self.spec.max_clock_mhz
+
+
+def step_core_ms(memory_ms: float, compute_ms: float) -> float:
+    """Roofline-like smooth maximum of memory and compute time within one engine step."""
+    return float((memory_ms**3 + compute_ms**3) ** (1.0 / 3.0))

@@ -1,0 +1,144 @@
+"""vLLM V1 metrics of emulated engines, exposed with prometheus-client under vLLM's own names.
+
+Histograms accumulate with numpy (one searchsorted per engine step), so the emulator stays fast;
+a custom collector renders them, with vLLM's default bucket edges and labels `model_name`, `engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                   240.0, 480.0, 960.0, 1920.0, 7680.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+class Histogram:
+    """Cumulative-bucket histogram; optionally keeps raw samples for ground-truth benchmarks."""
+
+    def __init__(self, edges: Sequence[float], keep_samples: bool = False) -> None:
+        self.edges = np.asarray(edges, dtype=float)
+        self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
+        self.sum = 0.0
+        self.samples: list[NDArray[np.float64]] | None = [] if keep_samples else None
+
+    def observe_many(self, values: NDArray[np.float64]) -> None:
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self.edges, values, side="left")
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.sum += float(values.sum())
+        if self.samples is not None:
+            self.samples.append(np.array(values, dtype=float))
+
+    def observe_one(self, value: float) -> None:
+        self.counts[int(np.searchsorted(self.edges, value, side="left"))] += 1
+        self.sum += value
+        if self.samples is not None:
+            self.samples.append(np.array([value]))
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def all_samples(self) -> NDArray[np.float64]:
+        if not self.samples:
+            return np.zeros(0)
+        return np.concatenate(self.samples)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cum = np.cumsum(self.counts)
+        out = [(repr(float(e)), float(c)) for e, c in zip(self.edges, cum[:-1], strict=True)]
+        out.append(("+Inf", float(cum[-1])))
+        return out
+
+
+class EngineMetrics:
+    """Everything one engine counts."""
+
+    def __init__(self, model_name: str, keep_samples: bool = False) -> None:
+        self.model_name = model_name
+        self.ttft = Histogram(TTFT_BUCKETS, keep_samples)
+        self.itl = Histogram(ITL_BUCKETS, keep_samples)
+        self.tpot = Histogram(ITL_BUCKETS)
+        self.e2e = Histogram(REQUEST_BUCKETS)
+        self.queue_time = Histogram(REQUEST_BUCKETS, keep_samples)
+        self.prefill_time = Histogram(REQUEST_BUCKETS)
+        self.decode_time = Histogram(REQUEST_BUCKETS)
+        self.request_prompt_tokens = Histogram(TOKEN_BUCKETS)
+        self.request_generation_tokens = Histogram(TOKEN_BUCKETS)
+        self.iteration_tokens = Histogram(TOKEN_BUCKETS)
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.success_total = 0
+        self.preemptions_total = 0
+
+    def histograms(self) -> dict[str, Histogram]:
+        return {
+            "vllm:time_to_first_token_seconds": self.ttft,
+            "vllm:inter_token_latency_seconds": self.itl,
+            "vllm:request_time_per_output_token_seconds": self.tpot,
+            "vllm:e2e_request_latency_seconds": self.e2e,
+            "vllm:request_queue_time_seconds": self.queue_time,
+            "vllm:request_prefill_time_seconds": self.prefill_time,
+            "vllm:request_decode_time_seconds": self.decode_time,
+            "vllm:request_prompt_tokens": self.request_prompt_tokens,
+            "vllm:request_generation_tokens": self.request_generation_tokens,
+            "vllm:iteration_tokens_total": self.iteration_tokens,
+        }
+
+
+class EngineView(Protocol):
+    """What the collector reads from a live engine."""
+
+    metrics: EngineMetrics
+    num_running: int
+    num_waiting: int
+    max_num_seqs: int
+
+    def kv_usage(self) -> float: ...
+
+
+class VllmCollector(Collector):
+    """Renders one or more engines (one per `engine` label) as a vLLM /metrics page."""
+
+    def __init__(self, engines: Callable[[], Iterable[EngineView]]) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_name", "engine"]
+        engines = list(self._engines())
+        running = GaugeMetricFamily("vllm:num_requests_running", "Requests in model execution batches.", labels=labels)
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting to be processed.", labels=labels)
+        kv = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels=labels)
+        prompt = CounterMetricFamily("vllm:prompt_tokens", "Prefill tokens processed.", labels=labels)
+        gen = CounterMetricFamily("vllm:generation_tokens", "Generation tokens processed.", labels=labels)
+        preempt = CounterMetricFamily("vllm:num_preemptions", "Cumulative preemptions.", labels=labels)
+        success = CounterMetricFamily(
+            "vllm:request_success", "Successfully processed requests.", labels=[*labels, "finished_reason"]
+        )
+        hists: dict[str, HistogramMetricFamily] = {}
+        for i, engine in enumerate(engines):
+            m = engine.metrics
+            lv = [m.model_name, str(i)]
+            running.add_metric(lv, engine.num_running)
+            waiting.add_metric(lv, engine.num_waiting)
+            kv.add_metric(lv, engine.kv_usage())
+            prompt.add_metric(lv, m.prompt_tokens_total)
+            gen.add_metric(lv, m.generation_tokens_total)
+            preempt.add_metric(lv, m.preemptions_total)
+            success.add_metric([*lv, "stop"], m.success_total)
+            for name, h in m.histograms().items():
+                fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
+                fam.add_metric(lv, h.buckets(), h.sum)
+        yield from (running, waiting, kv, prompt, gen, preempt, success, *hists.values())

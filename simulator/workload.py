@@ -1,0 +1,85 @@
+"""Request arrivals: Poisson with a rate that may follow a trace or a daily cycle, and token counts."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+RateFn = Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class TokenDist:
+    """Log-normal token counts with a mean and a coefficient of variation, clipped to [1, max]."""
+
+    mean: float
+    cv: float = 0.5
+    maximum: int = 32768
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.cv <= 0:
+            return np.full(n, max(1, round(self.mean)), dtype=np.int64)
+        sigma2 = math.log1p(self.cv**2)
+        mu = math.log(self.mean) - sigma2 / 2
+        values = rng.lognormal(mu, math.sqrt(sigma2), n)
+        return np.clip(np.rint(values), 1, self.maximum).astype(np.int64)
+
+
+def constant(rate_rps: float) -> RateFn:
+    return lambda _t: rate_rps
+
+
+def daily_cycle(mean_rps: float, amplitude: float, period_s: float = 86400.0, phase_s: float = 0.0) -> RateFn:
+    """mean * (1 + amplitude sin(2 pi (t - phase) / period)), never negative."""
+    return lambda t: max(0.0, mean_rps * (1 + amplitude * math.sin(2 * math.pi * (t - phase_s) / period_s)))
+
+
+def trace(path: Path, loop: bool = True) -> RateFn:
+    """Piecewise-constant rate from a CSV with columns `time_s,rate_rps` (sorted by time)."""
+    times: list[float] = []
+    rates: list[float] = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            times.append(float(row["time_s"]))
+            rates.append(float(row["rate_rps"]))
+    if not times:
+        raise ValueError(f"{path}: trace has no rows")
+    t_arr, r_arr = np.array(times), np.array(rates)
+    span = t_arr[-1] + (t_arr[-1] - t_arr[-2] if len(t_arr) > 1 else 1.0)
+
+    def rate(t: float) -> float:
+        if loop:
+            t = t % span
+        return float(r_arr[max(0, int(np.searchsorted(t_arr, t, side="right")) - 1)])
+
+    return rate
+
+
+class Workload:
+    """Arrivals of one service; `take(t0, t1)` returns those in [t0, t1) in time order."""
+
+    def __init__(self, rate: RateFn, tokens_in: TokenDist, tokens_out: TokenDist, rng: np.random.Generator) -> None:
+        self.rate = rate
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.rng = rng
+
+    def take(self, t0: float, t1: float) -> list[tuple[float, int, int]]:
+        if t1 <= t0:
+            return []
+        peak = max(self.rate(t0), self.rate(t1), self.rate(0.5 * (t0 + t1)))
+        if peak <= 0:
+            return []
+        bound = peak * 1.25
+        n = self.rng.poisson(bound * (t1 - t0))
+        times = np.sort(self.rng.uniform(t0, t1, n))
+        keep = self.rng.random(n) * bound < np.array([self.rate(float(t)) for t in times])
+        times = times[keep]
+        n_in = self.tokens_in.draw(self.rng, len(times))
+        n_out = self.tokens_out.draw(self.rng, len(times))
+        return [(float(t), int(a), int(b)) for t, a, b in zip(times, n_in, n_out, strict=True)]

@@ -1,0 +1,193 @@
+"""Extended Kalman filter over one (model, accelerator) pair's queue-model parameters.
+
+State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
+caps vary. Observation z = [TTFT, ITL] (ms), and GPU power (W) where sampled; h(x) is the queue model at
+the observed load, batch limit and cap (REFERENCE.md section 2). Robustness: a Nelder-Mead warm-up on the
+first observations, a chi-square NIS gate, clamping to [prior/10, 10 prior], rejection of non-positive
+parameters, and a re-opened covariance after repeated gate rejections (a real shift, not an outlier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+from filterpy.kalman import ExtendedKalmanFilter
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+from scipy.stats import chi2
+
+from queuemodels import ModelInputError, PowerProfile, ServiceParams
+from queuemodels.operating_point import evaluate
+from queuemodels.service_time import capped_law
+from tuner.observation import Observation
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """How eagerly the filter follows observations."""
+
+    error_level: float = 0.1
+    """Relative observation error at 95 % (R = ((e / 1.96) z)^2)."""
+    process_noise: float = 0.03
+    """Relative random walk of the parameters per update (Q = (q x)^2)."""
+    initial_spread: float = 0.15
+    """Relative standard deviation of the parameters after warm-up (P0)."""
+    gate_probability: float = 0.975
+    """Chi-square probability of the NIS gate."""
+    warmup_observations: int = 3
+    """Observations fitted by Nelder-Mead before filtering starts."""
+    reopen_after: int = 3
+    """Consecutive gate rejections that reopen the covariance (a shift)."""
+
+
+@dataclass
+class Verdict:
+    """The outcome of one update."""
+
+    accepted: bool
+    reason: str = "accepted"
+    nis: float = float("nan")
+
+
+@dataclass
+class PairFilter:
+    """The filter of one pair, with its counters; plain data so it can be saved and restored."""
+
+    prior: ServiceParams
+    profile: PowerProfile | None
+    settings: FilterSettings = field(default_factory=FilterSettings)
+    fit_power: bool = False
+    x: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    p: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    warmup: list[Observation] = field(default_factory=list)
+    updates: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    gate_streak: int = 0
+    last_nis: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.x.size == 0:
+            self.x = self.prior_vector()
+            self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+
+    def prior_vector(self) -> NDArray[np.float64]:
+        base = list(self.prior.as_vector())
+        if self.fit_power and self.profile is not None:
+            base.append(self.profile.prefill_sensitivity)
+        return np.array(base, dtype=float)
+
+    @property
+    def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        x0 = self.prior_vector()
+        return np.maximum(x0 / 10.0, 1e-9 * (x0 > 0)), 10.0 * x0
+
+    def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
+        v = self.x if x is None else x
+        n = len(self.prior.as_vector())
+        params = ServiceParams.from_vector(self.prior.family, [float(a) for a in v[:n]])
+        profile = self.profile
+        if self.fit_power and profile is not None:
+            profile = dataclasses.replace(profile, prefill_sensitivity=float(v[n]))
+        return params, profile
+
+    def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """h(x): the model's [TTFT, ITL(, power)] at the observation's operating point."""
+        params, profile = self.params(x)
+        law = capped_law(params, obs.load, profile, obs.power_cap_w)
+        perf = evaluate(law, obs.shape, obs.rate_rps, profile if obs.power_w is not None else None, tails=False)
+        out = [perf.ttft_ms, perf.itl_ms]
+        if obs.power_w is not None and profile is not None:
+            out.append(perf.power_w)
+        return np.array(out)
+
+    def observed(self, obs: Observation) -> NDArray[np.float64]:
+        z = [obs.ttft_ms, obs.itl_ms]
+        if obs.power_w is not None and self.profile is not None:
+            z.append(obs.power_w)
+        return np.array(z)
+
+    def jacobian(self, obs: Observation) -> NDArray[np.float64]:
+        """Central differences, eps = 1 % of each parameter."""
+        cols = []
+        for j in range(len(self.x)):
+            eps = 0.01 * abs(self.x[j]) or 1e-6
+            up, down = self.x.copy(), self.x.copy()
+            up[j] += eps
+            down[j] = max(down[j] - eps, 1e-12)
+            cols.append((self.predict(obs, up) - self.predict(obs, down)) / (up[j] - down[j]))
+        return np.column_stack(cols)
+
+    def _reject(self, reason: str, nis: float = float("nan")) -> Verdict:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        return Verdict(False, reason, nis)
+
+    def update(self, obs: Observation) -> Verdict:
+        """Fold one observation in; returns accepted or the reason it was rejected."""
+        problem = obs.problem()
+        if problem is not None:
+            return self._reject(problem)
+        self.updates += 1
+        if self.accepted < self.settings.warmup_observations:
+            return self._warm(obs)
+        try:
+            return self._filter(obs)
+        except (ModelInputError, FloatingPointError, np.linalg.LinAlgError):
+            return self._reject("model-error")
+
+    def _warm(self, obs: Observation) -> Verdict:
+        self.warmup.append(obs)
+        low, high = self.bounds
+        free = self.prior_vector() > 0
+
+        def loss(log_x: NDArray[np.float64]) -> float:
+            x = self.prior_vector()
+            x[free] = np.clip(np.exp(log_x), low[free], high[free])
+            total = 0.0
+            for o in self.warmup:
+                try:
+                    total += float(np.sum(np.log(self.predict(o, x) / self.observed(o)) ** 2))
+                except ModelInputError:
+                    return 1e9
+            return total
+
+        start = np.log(self.x[free])
+        fit = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-8, "maxiter": 800})
+        self.x[free] = np.clip(np.exp(fit.x), low[free], high[free])
+        self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+        self.accepted += 1
+        if self.accepted >= self.settings.warmup_observations:
+            self.warmup.clear()
+        return Verdict(True, "warmup")
+
+    def _filter(self, obs: Observation) -> Verdict:
+        s = self.settings
+        z = self.observed(obs)
+        ekf = ExtendedKalmanFilter(dim_x=len(self.x), dim_z=len(z))
+        ekf.x = self.x.reshape(-1, 1).copy()
+        ekf.P = self.p.copy()
+        ekf.Q = np.diag((s.process_noise * self.x) ** 2)
+        ekf.R = np.diag(((s.error_level / 1.96) * z) ** 2)
+        ekf.predict()
+        h = self.jacobian(obs)
+        y = z - self.predict(obs)
+        innovation_cov = h @ ekf.P @ h.T + ekf.R
+        nis = float(y @ np.linalg.solve(innovation_cov, y))
+        self.last_nis = nis
+        if nis > chi2.ppf(s.gate_probability, len(z)):
+            self.gate_streak += 1
+            if self.gate_streak < s.reopen_after:
+                return self._reject("gate", nis)
+            ekf.P = np.diag((s.initial_spread * 2 * self.x) ** 2)  # a shift: listen again
+        self.gate_streak = 0
+        ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.predict(obs, x.ravel()).reshape(-1, 1))
+        new_x = ekf.x.ravel()
+        if np.any(new_x[self.prior_vector() > 0] <= 0):
+            return self._reject("non-positive", nis)
+        low, high = self.bounds
+        self.x = np.clip(new_x, low, high)
+        self.p = 0.5 * (ekf.P + ekf.P.T)
+        self.accepted += 1
+        return Verdict(True, "accepted", nis)
