@@ -1,0 +1,113 @@
+"""TOML -> frozen settings dataclasses, with one clear error naming the field and the reason.
+
+The loader walks the dataclasses' type hints: unknown keys, wrong types and bad choices are refused here;
+range checks live in each settings class's `check()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration; str() is one line naming the field (or file) and the reason."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(str(path), "no such file")
+    if not path.is_file():
+        raise ConfigError(str(path), "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(str(path), "not readable (permission denied)")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except PermissionError:
+        raise ConfigError(str(path), "not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Check and convert one TOML value against a type hint."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return convert(args[0], value, where)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(where, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(where, f"must be a list, got {type(value).__name__}")
+        (item,) = get_args(tp)[:1]
+        return tuple(convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+        _, vt = get_args(tp)
+        return {str(k): convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+        return build(typing.cast(type, tp), value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"must be a number, got {value!r}")
+        if value != value:
+            raise ConfigError(where, "must be a number, got nan")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"must be an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(where, f"must be a {_type_name(tp)}, got {value!r}")
+        return value
+    raise ConfigError(where, f"unsupported type {_type_name(tp)}")
+
+
+def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build a settings dataclass from a TOML table, refusing unknown keys."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(path, f"unknown key (expected one of {sorted(fields)})")
+        kwargs[key] = convert(hints[key], value, path)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}" if where else missing[0], "required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(where)
+    return obj

@@ -1,0 +1,28 @@
+"""Decides accelerator, replicas, max batch and power cap per service, under SLOs and a power budget."""
+
+from controller.optimizer.problem import (
+    AcceleratorType,
+    Assignment,
+    Candidate,
+    Problem,
+    ServiceDemand,
+    ServiceResult,
+    Solution,
+)
+from controller.optimizer.solvers import Exhaustive, Greedy, Milp, Solver, get_solver, solve
+
+__all__ = [
+    "AcceleratorType",
+    "Assignment",
+    "Candidate",
+    "Exhaustive",
+    "Greedy",
+    "Milp",
+    "Problem",
+    "ServiceDemand",
+    "ServiceResult",
+    "Solution",
+    "Solver",
+    "get_solver",
+    "solve",
+]

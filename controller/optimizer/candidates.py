@@ -1,0 +1,122 @@
+"""Candidate enumeration: per service, each (accelerator, max batch, cap) sized by the queue model.
+
+A full candidate serves the whole load with ceil(load / max rate) replicas; partial ones serve what
+fewer replicas can, so a short budget degrades a service before it drops it. Values fold the objective,
+the priority-weighted shortfall (so lower priorities give way first) and the transition penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import lru_cache
+
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, max_rate
+from queuemodels.analyzer import get_model
+
+from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
+
+MAX_PARTIAL = 6
+
+
+@lru_cache(maxsize=200_000)
+def _rate_per_replica(
+    params: ServiceParams, tokens: tuple[float, float], shape: ServerShape, targets: Targets, profile: PowerProfile
+) -> float:
+    return max_rate(params, Load(1.0, tokens[0], tokens[1]), shape, targets, profile)
+
+
+def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
+           served_rps: float) -> float:
+    if problem.objective == "cost":
+        return -cost
+    if problem.objective == "energy":
+        return -power_w
+    if served_rps <= 0 or perf_in_system <= 0:
+        return 0.0
+    return served_rps * svc.load.out_tokens / perf_in_system  # T_i / C_i: tokens per second per request
+
+
+def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
+               replicas: int, served_rps: float) -> Candidate | None:
+    params = svc.params[acc.name]
+    shape = ServerShape(batch, svc.max_queue, cap_w)
+    per_replica = Load(served_rps / replicas, svc.load.in_tokens, svc.load.out_tokens)
+    try:
+        perf = get_model("mm1k-batch").analyze(params, per_replica, shape, acc.profile)
+    except ModelInputError:
+        return None
+    gpus = replicas * acc.gpus_per_replica
+    per_gpu_w = cap_w if problem.budget_mode == "caps" else perf.power_w
+    power = gpus * (per_gpu_w - acc.profile.idle_power_w)
+    cost = gpus * acc.cost_per_hour
+    score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
+    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w), gpus, power, cost, served_rps,
+                     max(0.0, svc.load.rate_rps - served_rps), score, perf)
+
+
+def service_candidates(problem: Problem, i: int) -> list[Candidate]:
+    svc = problem.services[i]
+    out: list[Candidate] = []
+    for acc in problem.accelerators:
+        if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
+            continue
+        best_rate, best_cfg = 0.0, None
+        for batch in problem.batch_sizes:
+            for level in problem.power_levels:
+                cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
+                shape = ServerShape(batch, svc.max_queue, cap)
+                rate = _rate_per_replica(svc.params[acc.name], (svc.load.in_tokens, svc.load.out_tokens),
+                                         shape, svc.targets, acc.profile)
+                if rate <= 0:
+                    continue
+                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))
+                if need <= min(svc.max_replicas, acc.count // acc.gpus_per_replica):
+                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps)
+                    if c is not None:
+                        out.append(c)
+                if rate > best_rate:
+                    best_rate, best_cfg = rate, (batch, cap)
+        if best_cfg is None:
+            continue
+        most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
+                   math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
+        steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
+        for r in steps:
+            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate))
+            if c is not None:
+                out.append(c)
+    return out
+
+
+def shed_weight(problem: Problem, svc: ServiceDemand, scale: float) -> float:
+    """Penalty per unit of unserved share; each priority level outweighs all lower ones together."""
+    n = len(problem.services) + 1
+    levels = max(s.priority for s in problem.services)
+    return scale * n * float(n) ** (levels - svc.priority)
+
+
+def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
+    """Attach each candidate's value; returns them with each service's value when shed entirely."""
+    scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
+    out, shed = [], []
+    for svc, cs in zip(problem.services, candidates, strict=True):
+        w = shed_weight(problem, svc, scale)
+        share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
+        row = []
+        for c in cs:
+            v = c.score - w * c.short_rps * share
+            if svc.current is not None and c.assignment != svc.current:
+                v -= problem.transition_penalty * abs(c.score)
+            row.append(_with_value(c, v))
+        out.append(row)
+        shed.append(-w if svc.load.rate_rps > 0 else 0.0)
+    return out, shed
+
+
+def _with_value(c: Candidate, value: float) -> Candidate:
+    return replace(c, value=value)
+
+
+def enumerate_all(problem: Problem) -> list[list[Candidate]]:
+    return [service_candidates(problem, i) for i in range(len(problem.services))]

@@ -1,0 +1,110 @@
+"""The allocation problem: services under SLOs, accelerator inventory, a site power budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from queuemodels import Load, Performance, PowerProfile, ServiceParams, Targets
+
+Objective = Literal["cost", "token_speed", "energy"]
+
+
+@dataclass(frozen=True)
+class AcceleratorType:
+    """A GPU type on offer."""
+
+    name: str
+    count: int
+    cost_per_hour: float
+    profile: PowerProfile
+    gpus_per_replica: int = 1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """How one service is served: accelerator, replicas, `--max-num-seqs`, per-GPU power cap."""
+
+    accelerator: str
+    replicas: int
+    max_batch: int
+    power_cap_w: float
+
+
+@dataclass(frozen=True)
+class ServiceDemand:
+    """One LLM service: its class, load, bounds, model parameters per accelerator, current assignment."""
+
+    name: str
+    priority: int
+    targets: Targets
+    load: Load
+    params: dict[str, ServiceParams]
+    min_replicas: int = 1
+    max_replicas: int = 64
+    max_queue: int = 1024
+    current: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    services: tuple[ServiceDemand, ...]
+    accelerators: tuple[AcceleratorType, ...]
+    budget_w: float
+    objective: Objective = "token_speed"
+    budget_mode: Literal["predicted", "caps"] = "predicted"
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    transition_penalty: float = 0.05
+
+    def accelerator(self, name: str) -> AcceleratorType:
+        return next(a for a in self.accelerators if a.name == name)
+
+    @property
+    def idle_w(self) -> float:
+        """Draw of every GPU left idle: the floor any plan pays."""
+        return sum(a.count * a.profile.idle_power_w for a in self.accelerators)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve one service, with its predicted figures and its value to the objective."""
+
+    service: int
+    assignment: Assignment
+    gpus: int
+    power_w: float
+    """Draw above idle of the GPUs it occupies (what it adds to the site's power)."""
+    cost_per_hour: float
+    served_rps: float
+    short_rps: float
+    score: float
+    performance: Performance | None
+    value: float = 0.0
+
+
+@dataclass
+class ServiceResult:
+    name: str
+    assignment: Assignment | None
+    performance: Performance | None
+    power_w: float
+    cost_per_hour: float
+    short_rps: float = 0.0
+    reason: str | None = None
+
+
+@dataclass
+class Solution:
+    solver: str
+    services: list[ServiceResult]
+    power_w: float
+    cost_per_hour: float
+    objective: float
+    solve_s: float
+    candidates_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shortfalls(self) -> list[ServiceResult]:
+        return [s for s in self.services if s.reason is not None]

@@ -1,0 +1,327 @@
+"""Typed, validated settings; every field documented. Parsed from TOML at the edge (config_loader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from controller.config_loader import ConfigError, build, read_toml
+from queuemodels import FAMILIES, STATISTICS, ServiceParams
+from queuemodels.accelerators import CATALOG
+
+GpuSource = Literal["sim", "nvml"]
+VllmSource = Literal["sim", "prometheus", "scrape"]
+PowerBackend = Literal["sim", "nvml", "dry-run"]
+BatchBackend = Literal["sim", "vllm", "dry-run"]
+ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
+
+
+def _positive(where: str, name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}.{name}" if where else name, f"must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    fast_interval_s: float = 1.0
+    """Period of the fast loop: GPU sampling and the power governor."""
+    slow_interval_s: float = 30.0
+    """Period of the slow loop: observations, tuner, optimizer, actuation."""
+    state_dir: str = "var/state"
+    """Where the tuner state lives (relative paths are relative to the config file)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log verbosity."""
+
+    def check(self, where: str) -> None:
+        _positive(where, "fast_interval_s", self.fast_interval_s)
+        _positive(where, "slow_interval_s", self.slow_interval_s)
+        if self.slow_interval_s < self.fast_interval_s:
+            raise ConfigError(f"{where}.slow_interval_s", "must not be shorter than fast_interval_s")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = "127.0.0.1"
+    """Address of the own /metrics endpoint (loopback by default)."""
+    port: int = 9464
+    """Port of the own /metrics endpoint; 0 disables it."""
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    budget_w: float
+    """Site power budget for all managed GPUs, in watts."""
+    mode: Literal["predicted", "caps"] = "predicted"
+    """Budget the optimizer's predicted draw, or (conservative) the sum of the caps."""
+    headroom: float = 0.03
+    """Share of the budget the governor keeps free against measurement noise."""
+    release_below: float = 0.85
+    """The governor lifts emergency caps once measured draw is below this share of the budget."""
+
+    def check(self, where: str) -> None:
+        _positive(where, "budget_w", self.budget_w)
+        if not 0 <= self.headroom < 0.5:
+            raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
+        if not 0 < self.release_below < 1:
+            raise ConfigError(f"{where}.release_below", f"must be in (0, 1), got {self.release_below}")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    objective: Literal["cost", "token_speed", "energy"] = "token_speed"
+    """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
+    solver: Literal["greedy", "milp", "exhaustive"] = "greedy"
+    """Solver by name."""
+    queue_model: str = "mm1k-batch"
+    """Queue model by name."""
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    """Candidate `--max-num-seqs` values."""
+    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    """Candidate power caps as shares of each accelerator's maximum limit."""
+    transition_penalty: float = 0.05
+    """Relative gain a change must bring before it is made."""
+    time_limit_s: float = 2.0
+    """Time limit of the MILP solver."""
+    mip_gap: float = 0.01
+    """Relative optimality gap of the MILP solver."""
+
+    def check(self, where: str) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"{where}.batch_sizes", "must be a non-empty list of integers >= 1")
+        if not self.power_levels or not all(0 < p <= 1 for p in self.power_levels):
+            raise ConfigError(f"{where}.power_levels", "must be shares in (0, 1]")
+        if self.transition_penalty < 0:
+            raise ConfigError(f"{where}.transition_penalty", "must be >= 0")
+        _positive(where, "time_limit_s", self.time_limit_s)
+
+
+@dataclass(frozen=True)
+class StabilitySettings:
+    cooldown_s: float = 120.0
+    """Minimum time between two changes of the same service."""
+    max_replica_step: int = 2
+    """Most replicas added or removed per service per cycle."""
+    max_cap_step_w: float = 100.0
+    """Most a planned power cap moves per cycle (the governor may cut faster)."""
+
+    def check(self, where: str) -> None:
+        if self.cooldown_s < 0:
+            raise ConfigError(f"{where}.cooldown_s", "must be >= 0")
+        if self.max_replica_step < 1:
+            raise ConfigError(f"{where}.max_replica_step", "must be >= 1")
+        _positive(where, "max_cap_step_w", self.max_cap_step_w)
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    url: str = "http://127.0.0.1:9090"
+    """Prometheus base URL."""
+    timeout_s: float = 5.0
+    """Per-query timeout."""
+    window: str = "1m"
+    """Rate window of the queries."""
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    gpu_source: GpuSource = "sim"
+    """Where GPU power, energy and limits come from."""
+    vllm_source: VllmSource = "sim"
+    """Where vLLM load and latency come from."""
+    stale_after_s: float = 120.0
+    """Observations older than this are ignored."""
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    """Prometheus connection (vllm_source = "prometheus")."""
+
+
+@dataclass(frozen=True)
+class ActuatorSettings:
+    power: PowerBackend = "sim"
+    """Backend that sets GPU power limits."""
+    batch: BatchBackend = "sim"
+    """Backend that changes `--max-num-seqs`."""
+    replicas: ReplicaBackend = "sim"
+    """Backend that scales replicas."""
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    gpu_type: str = "H100-SXM"
+    """GPU type of the simulated host."""
+    num_gpus: int = 8
+    """GPUs on the simulated host."""
+    seed: int = 1
+    """Seed of the hidden parameters, arrivals and noise."""
+    speed: float = 1.0
+    """Simulated seconds per wall-clock second."""
+    start_delay_s: float = 30.0
+    """Time a new or restarted vLLM replica takes to load its model."""
+
+    def check(self, where: str) -> None:
+        if self.gpu_type not in CATALOG:
+            raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
+        if self.num_gpus < 1:
+            raise ConfigError(f"{where}.num_gpus", "must be >= 1")
+        _positive(where, "speed", self.speed)
+
+
+@dataclass(frozen=True)
+class AcceleratorSettings:
+    name: str
+    """Accelerator type (a catalogue name, e.g. H100-SXM)."""
+    count: int
+    """GPUs of this type available."""
+    cost_per_hour: float = 1.0
+    """Cost of one GPU-hour, in any currency."""
+    gpus_per_replica: int = 1
+    """GPUs one vLLM replica occupies (tensor parallelism)."""
+
+    def check(self, where: str) -> None:
+        if self.name not in CATALOG:
+            raise ConfigError(f"{where}.name", f"unknown accelerator {self.name!r}, expected one of {sorted(CATALOG)}")
+        if self.count < 0:
+            raise ConfigError(f"{where}.count", f"must be >= 0, got {self.count}")
+        if self.cost_per_hour < 0:
+            raise ConfigError(f"{where}.cost_per_hour", "must be >= 0")
+        if self.gpus_per_replica < 1:
+            raise ConfigError(f"{where}.gpus_per_replica", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    family: str = "gen1"
+    """Service-time family of the queue model."""
+    alpha_ms: float = 20.0
+    """Decode step base time (ms)."""
+    beta_ms: float = 0.2
+    """Decode step time per sequence in the batch (ms)."""
+    gamma_ms: float = 20.0
+    """Prefill base time (ms)."""
+    delta_ms: float = 0.05
+    """Prefill time per prompt token and sequence (ms)."""
+
+    def check(self, where: str) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
+        _positive(where, "alpha_ms", self.alpha_ms)
+        for name in ("beta_ms", "gamma_ms", "delta_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}", "must be >= 0")
+
+    def params(self) -> ServiceParams:
+        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
+
+
+@dataclass(frozen=True)
+class SimWorkloadSettings:
+    rate_rps: float = 1.0
+    """Mean arrival rate of the simulated service."""
+    cycle_amplitude: float = 0.0
+    """Relative amplitude of a sinusoidal cycle of the rate."""
+    cycle_period_s: float = 3600.0
+    """Period of that cycle."""
+    in_cv: float = 0.6
+    """Coefficient of variation of prompt lengths."""
+    out_cv: float = 0.6
+    """Coefficient of variation of output lengths."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    """Service name (also the Deployment or unit it maps to)."""
+    model: str
+    """Served model name (vLLM `model_name`)."""
+    ttft_ms: float
+    """Time-to-first-token objective (ms)."""
+    itl_ms: float
+    """Inter-token-latency objective (ms)."""
+    statistic: str = "mean"
+    """Statistic the objectives apply to: mean, p95 or p99."""
+    priority: int = 1
+    """1 is most important; higher numbers give way first when power is short."""
+    min_replicas: int = 1
+    """Never fewer replicas than this."""
+    max_replicas: int = 8
+    """Never more replicas than this."""
+    in_tokens: float = 512.0
+    """Expected mean prompt length, until observed."""
+    out_tokens: float = 256.0
+    """Expected mean output length, until observed."""
+    max_queue: int = 1024
+    """Waiting requests one replica holds before it is counted saturated."""
+    initial_max_batch: int = 64
+    """`--max-num-seqs` at start."""
+    prior: PriorSettings = field(default_factory=PriorSettings)
+    """Queue-model parameters before any observation."""
+    sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
+    """Simulated workload (simulator only)."""
+
+    def check(self, where: str) -> None:
+        _positive(where, "ttft_ms", self.ttft_ms)
+        _positive(where, "itl_ms", self.itl_ms)
+        if self.statistic not in STATISTICS:
+            raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
+        if self.priority < 1:
+            raise ConfigError(f"{where}.priority", "must be >= 1")
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"{where}.min_replicas", "must be between 0 and max_replicas")
+        _positive(where, "in_tokens", self.in_tokens)
+        if self.out_tokens < 1:
+            raise ConfigError(f"{where}.out_tokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    power: PowerSettings
+    """Power budget."""
+    accelerators: tuple[AcceleratorSettings, ...]
+    """Accelerator inventory."""
+    services: tuple[ServiceSettings, ...]
+    """LLM services under control."""
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    """Loops, state, logging."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """Own Prometheus endpoint."""
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    """Decisions."""
+    stability: StabilitySettings = field(default_factory=StabilitySettings)
+    """Damping of decisions."""
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    """Sources."""
+    actuators: ActuatorSettings = field(default_factory=ActuatorSettings)
+    """Backends."""
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    """The simulated host (used by the `sim` sources and actuators)."""
+    base_dir: str = "."
+    """Directory relative paths resolve against (set by the loader to the config file's)."""
+
+    def check(self, where: str) -> None:
+        if not self.services:
+            raise ConfigError("services", "at least one service is required")
+        if not self.accelerators:
+            raise ConfigError("accelerators", "at least one accelerator type is required")
+        names = [s.name for s in self.services]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError("services", f"duplicate service name {sorted(dup)[0]!r}")
+        uses_sim = "sim" in (self.telemetry.gpu_source, self.telemetry.vllm_source, self.actuators.power,
+                             self.actuators.batch, self.actuators.replicas)
+        if uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
+            raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.base_dir) / self.daemon.state_dir / "tuner.json"
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; raises ConfigError naming the field and the reason."""
+    data = read_toml(path)
+    data.setdefault("base_dir", str(path.resolve().parent))
+    return build(Settings, data)
