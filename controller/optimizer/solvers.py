@@ -194,6 +194,8 @@ def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice) ->
         if c is not None:
             used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
     best_served = max(c.served_rps for c in cands)
+    if best_served < problem.services[i].load.rate_rps - 1e-9:
+        return "replicas"  # even max_replicas of the best shape cannot take the load
     fitting = [c for c in cands
                if c.gpus + used.get(c.assignment.accelerator, 0) <= problem.accelerator(c.assignment.accelerator).count]
     if not fitting or max(c.served_rps for c in fitting) < best_served - 1e-9:

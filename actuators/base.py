@@ -1,0 +1,57 @@
+"""Actuator protocols per family, the error tree sorted by recovery, and an action record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ActuatorError(Exception):
+    """An actuation failed."""
+
+
+class TransientActuatorError(ActuatorError):
+    """Worth retrying after `delay_s` (timeouts, conflicts, a server restarting)."""
+
+    def __init__(self, message: str, delay_s: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentActuatorError(ActuatorError):
+    """Retrying will not help (no permission, unknown target, unsupported)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change an actuator made (or, dry-run, would make)."""
+
+    kind: str
+    target: str
+    value: float
+
+
+class PowerLimiter(Protocol):
+    """Sets GPU power limits; returns the limit read back from the device."""
+
+    name: str
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float: ...
+
+
+class BatchSizer(Protocol):
+    """Changes a service's `--max-num-seqs` (a restart of its vLLM servers)."""
+
+    name: str
+
+    def set_max_batch(self, service: str, max_num_seqs: int) -> None: ...
+
+
+class ReplicaScaler(Protocol):
+    """Reads and sets a service's replica count; set returns the count now in place."""
+
+    name: str
+
+    def get_replicas(self, service: str) -> int: ...
+
+    def set_replicas(self, service: str, replicas: int) -> int: ...

@@ -1,0 +1,126 @@
+"""`wattscale` command line: run, check-config, analyze, optimize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from controller.config_loader import ConfigError
+from controller.settings import load_settings
+from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model, max_rate
+from queuemodels.accelerators import profile
+
+
+def _run(args: argparse.Namespace) -> int:
+    from controller.daemon import Daemon
+
+    settings = load_settings(Path(args.config))
+    logging.basicConfig(level=settings.daemon.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return Daemon(Path(args.config), settings).run(args.duration)
+
+
+def _check(args: argparse.Namespace) -> int:
+    s = load_settings(Path(args.file))
+    print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    for name in ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "in_tokens", "out_tokens", "rate_rps"):
+        value = getattr(args, name)
+        if value is None or not math.isfinite(value) or value < 0:
+            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+    params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
+    load = Load(args.rate_rps, args.in_tokens, args.out_tokens)
+    shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
+    prof = profile(args.accelerator) if args.accelerator else None
+    if args.power_cap_w is not None and prof is None:
+        raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
+    perf = get_model(args.model).analyze(params, load, shape, prof)
+    out = {
+        "ttft_ms": perf.ttft_ms, "itl_ms": perf.itl_ms, "ttft_p95_ms": perf.ttft_p95_ms, "itl_p95_ms": perf.itl_p95_ms,
+        "ttft_p99_ms": perf.ttft_p99_ms, "itl_p99_ms": perf.itl_p99_ms, "throughput_rps": perf.throughput_rps,
+        "mean_batch": perf.mean_batch, "utilization": perf.utilization, "block_probability": perf.block_probability,
+        "power_w": None if math.isnan(perf.power_w) else perf.power_w,
+    }
+    if args.ttft_slo_ms is not None or args.itl_slo_ms is not None:
+        if args.ttft_slo_ms is None or args.itl_slo_ms is None:
+            raise ModelInputError("--ttft-slo-ms and --itl-slo-ms: give both for sizing")
+        targets = Targets(args.ttft_slo_ms, args.itl_slo_ms, args.slo_statistic)
+        out["max_rate_rps"] = max_rate(params, load, shape, targets, prof)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from controller.optimize_spec import load_spec, solution_json
+    from controller.optimizer import get_solver, solve
+
+    problem = load_spec(Path(args.spec))
+    solution = solve(problem, get_solver(args.solver, args.time_limit_s, args.mip_gap))
+    doc = solution_json(solution)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for s in doc["services"]:
+            print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "
+                  f"cap {s['power_cap_w'] or 0:>5.0f} W  ttft {s['ttft_ms'] or 0:>7.1f} ms  itl {s['itl_ms'] or 0:>6.1f} ms"
+                  + (f"  SHORT {s['short_rps']:.2f} rps ({s['reason']})" if s["reason"] else ""))
+        t = doc["totals"]
+        print(f"power {t['power_w']:.0f} W, cost {t['cost']:.2f}/h, objective {t['objective']:.3f}, "
+              f"solve {t['solve_s'] * 1000:.1f} ms")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wattscale", description=__doc__)
+    p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the daemon")
+    r.add_argument("--config", required=True)
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.set_defaults(func=_run)
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=_check)
+    a = sub.add_parser("analyze", help="one queue-model evaluation (JSON)")
+    a.add_argument("--model", default="mm1k-batch")
+    a.add_argument("--family", default="gen1", choices=["gen1", "gen2"])
+    for name in ("alpha-ms", "beta-ms", "gamma-ms", "in-tokens", "out-tokens", "rate-rps"):
+        a.add_argument(f"--{name}", type=float, required=True)
+    a.add_argument("--delta-ms", type=float, default=0.0)
+    a.add_argument("--max-batch", type=int, default=64)
+    a.add_argument("--max-queue", type=int, default=-1, help="-1: unbounded")
+    a.add_argument("--power-cap-w", type=float, default=None)
+    a.add_argument("--accelerator", default=None)
+    a.add_argument("--ttft-slo-ms", type=float, default=None)
+    a.add_argument("--itl-slo-ms", type=float, default=None)
+    a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"])
+    a.set_defaults(func=_analyze)
+    o = sub.add_parser("optimize", help="one optimization of a system spec")
+    o.add_argument("spec")
+    o.add_argument("--solver", default="greedy", choices=["greedy", "milp", "exhaustive"])
+    o.add_argument("--time-limit-s", type=float, default=2.0)
+    o.add_argument("--mip-gap", type=float, default=0.01)
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=_optimize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, ModelInputError) as exc:
+        print(f"wattscale: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The control logic, stepped with an explicit time: the same object runs in the daemon and in simulation.
+
+tick_fast(now): sample GPUs, let the governor keep draw under the budget.
+tick_slow(now): observe services, tune their models, optimize, gate, actuate.
+Nothing here reads the wall clock or sleeps; every failure of a source or actuator is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
+from controller.governor import PowerGovernor
+from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, Solution, get_solver, solve
+from controller.own_metrics import OwnMetrics
+from controller.settings import ServiceSettings, Settings
+from controller.stability import StabilityGate
+from controller.telemetry.base import GpuSample, GpuSource, ServiceWindow, VllmSource
+from queuemodels import Load, Targets
+from queuemodels.accelerators import CATALOG
+from tuner import Observation, Tuner, pair_key
+
+log = logging.getLogger("wattscale.controller")
+
+
+@dataclass
+class ServiceState:
+    """What the controller believes is in place for a service, and what it last saw."""
+
+    assignment: Assignment
+    load: Load
+    window: ServiceWindow | None = None
+
+
+class Controller:
+    def __init__(self, settings: Settings, gpus: GpuSource, vllm: VllmSource, power: PowerLimiter,
+                 batch: BatchSizer, replicas: ReplicaScaler, tuner: Tuner, metrics: OwnMetrics) -> None:
+        self.gpus, self.vllm = gpus, vllm
+        self.power, self.batch, self.replicas = power, batch, replicas
+        self.tuner, self.metrics = tuner, metrics
+        self.samples: list[GpuSample] = []
+        self.plan_caps: dict[str, float] = {}
+        self.last_solution: Solution | None = None
+        self.state: dict[str, ServiceState] = {}
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Adopt new settings (a reload); what is in place is kept and re-planned from."""
+        self.settings = settings
+        self.governor = PowerGovernor(settings.power)
+        self.gate = StabilityGate(settings.stability)
+        self.solver = get_solver(settings.optimizer.solver, settings.optimizer.time_limit_s, settings.optimizer.mip_gap)
+        acc = settings.accelerators[0].name
+        for svc in settings.services:
+            cap = CATALOG[acc].max_power_w
+            if svc.name not in self.state:
+                current = self._read_replicas(svc.name, svc.min_replicas)
+                self.state[svc.name] = ServiceState(Assignment(acc, current, svc.initial_max_batch, cap),
+                                                    Load(0.0, svc.in_tokens, svc.out_tokens))
+            self.plan_caps.setdefault(svc.name, cap)
+            for a in settings.accelerators:
+                self.tuner.ensure(svc.model, a.name, svc.prior.params(), CATALOG[a.name])
+        for gone in set(self.state) - {s.name for s in settings.services}:
+            del self.state[gone]
+            self.plan_caps.pop(gone, None)
+        self.metrics.budget.set(settings.power.budget_w)
+
+    def _read_replicas(self, service: str, default: int) -> int:
+        try:
+            return self.replicas.get_replicas(service)
+        except ActuatorError as exc:
+            self._error("replicas_read", f"{service}: {exc}")
+            return default
+
+    def _error(self, kind: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        log.warning("%s: %s", kind, message)
+
+    # -- fast loop -------------------------------------------------------------------------------
+    def tick_fast(self, now: float) -> None:
+        started = time.perf_counter()
+        try:
+            self.samples = self.gpus.sample(now)
+        except Exception as exc:  # any source failure is survived; the governor keeps the last caps
+            self._error("gpu_source", str(exc))
+            return
+        m = self.metrics
+        total = 0.0
+        for g in self.samples:
+            m.gpu_limit.labels(str(g.index)).set(g.power_limit_w)
+            if g.power_w is not None:
+                m.gpu_power.labels(str(g.index), g.service or "").set(g.power_w)
+            if g.energy_j is not None:
+                m.gpu_energy.labels(str(g.index)).set(g.energy_j)
+            if g.sm_clock_mhz is not None:
+                m.gpu_clock.labels(str(g.index)).set(g.sm_clock_mhz)
+            total += PowerGovernor.accounted_w(g)
+        m.draw.set(total)
+        priorities = {s.name: s.priority for s in self.settings.services}
+        for index, watts in self.governor.step(self.samples, self.plan_caps, priorities).items():
+            try:
+                applied = self.power.set_power_limit(index, watts)
+                m.actuations.labels(self.power.name, "power_limit", "ok").inc()
+                if abs(applied - watts) > 1.0:
+                    log.info("GPU %d limit %.0f W asked, %.0f W in force", index, watts, applied)
+            except ActuatorError as exc:
+                m.actuations.labels(self.power.name, "power_limit", "error").inc()
+                self._error("power_actuator", f"GPU {index}: {exc}")
+        m.emergency.set(1.0 if self.governor.emergency else 0.0)
+        m.cycle.labels("fast").observe(time.perf_counter() - started)
+
+    # -- slow loop -------------------------------------------------------------------------------
+    def tick_slow(self, now: float) -> Solution | None:
+        started = time.perf_counter()
+        names = [s.name for s in self.settings.services]
+        try:
+            windows = self.vllm.observe(now, names)
+        except Exception as exc:
+            self._error("vllm_source", str(exc))
+            windows = {}
+        for svc in self.settings.services:
+            self._observe(svc, windows.get(svc.name))
+        try:
+            solution = solve(self._problem(), self.solver)
+        except Exception as exc:
+            self._error("optimizer", str(exc))
+            return None
+        self.last_solution = solution
+        self._apply(now, solution)
+        self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
+        return solution
+
+    def _observe(self, svc: ServiceSettings, window: ServiceWindow | None) -> None:
+        state = self.state[svc.name]
+        state.window = window
+        m = self.metrics
+        if window is None:
+            return
+        m.rate_obs.labels(svc.name).set(window.rate_rps)
+        backlog = window.waiting / self.settings.daemon.slow_interval_s
+        state.load = Load(window.rate_rps + backlog, window.in_tokens or state.load.in_tokens,
+                          window.out_tokens or state.load.out_tokens)
+        for stat, ttft, itl in (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms)):
+            if ttft is not None:
+                m.ttft_obs.labels(svc.name, stat).set(ttft)
+            if itl is not None:
+                m.itl_obs.labels(svc.name, stat).set(itl)
+        a = state.assignment
+        if window.ttft_ms is None or window.itl_ms is None or window.replicas < 1:
+            return
+        draws = [g.power_w for g in self.samples if g.service == svc.name and g.power_w is not None]
+        obs = Observation(
+            rate_rps=window.rate_rps / window.replicas,
+            in_tokens=window.in_tokens or svc.in_tokens,
+            out_tokens=window.out_tokens or svc.out_tokens,
+            max_batch=a.max_batch,
+            max_queue=svc.max_queue,
+            ttft_ms=window.ttft_ms,
+            itl_ms=window.itl_ms,
+            power_cap_w=a.power_cap_w,
+            power_w=sum(draws) / len(draws) if draws else None,
+            waiting=window.waiting / window.replicas,
+            preemptions=window.preemptions,
+        )
+        key = pair_key(svc.model, a.accelerator)
+        verdict = self.tuner.update(svc.model, a.accelerator, obs)
+        m.tuner_updates.labels(key, "accepted" if verdict.accepted else verdict.reason).inc()
+        pair = self.tuner.filters[key]
+        names = ["alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "prefill_sensitivity"]
+        for name, value in zip(names, pair.x, strict=False):
+            m.tuner_param.labels(key, name).set(float(value))
+        m.tuner_trace.labels(key).set(float(pair.p.trace()))
+        if not math.isnan(verdict.nis):
+            m.tuner_nis.labels(key).set(verdict.nis)
+
+    def _problem(self) -> Problem:
+        s = self.settings
+        accs = tuple(AcceleratorType(a.name, a.count, a.cost_per_hour, CATALOG[a.name], a.gpus_per_replica)
+                     for a in s.accelerators)
+        demands = []
+        for svc in s.services:
+            params = {}
+            for a in s.accelerators:
+                fitted = self.tuner.params(svc.model, a.name)
+                params[a.name] = fitted[0] if fitted else svc.prior.params()
+            st = self.state[svc.name]
+            demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
+                                         st.load, params, svc.min_replicas, svc.max_replicas, svc.max_queue,
+                                         st.assignment))
+        o = s.optimizer
+        return Problem(tuple(demands), accs, s.power.budget_w, o.objective, s.power.mode, o.batch_sizes,
+                       o.power_levels, o.transition_penalty)
+
+    def _apply(self, now: float, solution: Solution) -> None:
+        m = self.metrics
+        m.predicted_draw.set(solution.power_w)
+        parts = []
+        for result, svc in zip(solution.services, self.settings.services, strict=True):
+            state = self.state[svc.name]
+            current = state.assignment
+            planned = result.assignment or Assignment(current.accelerator, svc.min_replicas, current.max_batch,
+                                                      CATALOG[current.accelerator].min_power_w)
+            m.desired_replicas.labels(svc.name).set(planned.replicas)
+            m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
+            admitted = self.gate.admit(now, svc.name, current, planned)
+            state.assignment = self._actuate(svc.name, current, admitted)
+            self.plan_caps[svc.name] = state.assignment.power_cap_w
+            a = state.assignment
+            m.replicas.labels(svc.name).set(a.replicas)
+            m.max_batch.labels(svc.name).set(a.max_batch)
+            m.cap.labels(svc.name).set(a.power_cap_w)
+            if result.performance is not None:
+                perf = result.performance
+                m.ttft_pred.labels(svc.name, "mean").set(perf.ttft_ms)
+                m.itl_pred.labels(svc.name, "mean").set(perf.itl_ms)
+                m.ttft_pred.labels(svc.name, "p95").set(perf.ttft_p95_ms)
+                m.itl_pred.labels(svc.name, "p95").set(perf.itl_p95_ms)
+            short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
+            parts.append(f"{svc.name}: {a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W"
+                         f" load {state.load.rate_rps:.2f} rps{short}")
+        log.info("decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(parts),
+                 solution.power_w, self.settings.power.budget_w, 1000 * (solution.solve_s + solution.candidates_s))
+
+    def _actuate(self, service: str, current: Assignment, target: Assignment) -> Assignment:
+        """Apply replica and batch changes; on failure keep what is known to be in place."""
+        done = current
+        m = self.metrics
+        if target.replicas != current.replicas:
+            try:
+                got = self.replicas.set_replicas(service, target.replicas)
+                done = Assignment(done.accelerator, got, done.max_batch, done.power_cap_w)
+                m.actuations.labels(self.replicas.name, "replicas", "ok").inc()
+            except ActuatorError as exc:
+                m.actuations.labels(self.replicas.name, "replicas", "error").inc()
+                self._error("replica_actuator", f"{service}: {exc}")
+        if target.max_batch != current.max_batch:
+            try:
+                self.batch.set_max_batch(service, target.max_batch)
+                done = Assignment(done.accelerator, done.replicas, target.max_batch, done.power_cap_w)
+                m.actuations.labels(self.batch.name, "max_batch", "ok").inc()
+            except ActuatorError as exc:
+                m.actuations.labels(self.batch.name, "max_batch", "error").inc()
+                self._error("batch_actuator", f"{service}: {exc}")
+        return Assignment(done.accelerator, done.replicas, done.max_batch, target.power_cap_w)

@@ -1,0 +1,120 @@
+"""The daemon: APScheduler drives the Controller in wall-clock time; signals stop and reload it.
+
+SIGTERM/SIGINT stop within seconds; SIGHUP reloads the config (a bad file is refused, logged and counted,
+and the running config kept). With simulated parts, the plant advances with the clock too.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry, start_http_server
+
+from controller.config_loader import ConfigError
+from controller.control import Controller
+from controller.own_metrics import OwnMetrics
+from controller.sdnotify import Notifier
+from controller.settings import Settings, load_settings
+from controller.wiring import build_parts
+from tuner import Tuner
+
+log = logging.getLogger("wattscale.daemon")
+
+
+class Daemon:
+    def __init__(self, config_path: Path, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = OwnMetrics(self.registry)
+        self.parts = build_parts(settings)
+        self.tuner = Tuner(settings.state_path)
+        p = self.parts
+        self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics)
+        self.notifier = Notifier()
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+
+    def now(self) -> float:
+        """Controller time: wall seconds since start, scaled by the simulator's speed when simulated."""
+        elapsed = time.monotonic() - self.t0
+        return elapsed * self.settings.simulator.speed if self.parts.host is not None else elapsed
+
+    def fast(self) -> None:
+        with self.lock:
+            now = self.now()
+            if self.parts.host is not None:
+                self.parts.host.advance_to(now)
+            self.controller.tick_fast(now)
+
+    def slow(self) -> None:
+        with self.lock:
+            self.controller.tick_slow(self.now())
+
+    def reload(self) -> None:
+        self.notifier.reloading(time.monotonic_ns() // 1000)
+        try:
+            new = load_settings(self.config_path)
+            for section in ("telemetry", "actuators", "simulator", "metrics"):
+                if getattr(new, section) != getattr(self.settings, section):
+                    raise ConfigError(section, "changes need a restart; reload refused")
+        except ConfigError as exc:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload refused, keeping the running config: %s", exc)
+        else:
+            with self.lock:
+                self.controller.reconfigure(new)
+                self.settings = new
+            self.metrics.reloads.labels("ok").inc()
+            log.info("config reloaded: budget %.0f W, %d services", new.power.budget_w, len(new.services))
+        self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        return f"budget {self.settings.power.budget_w:.0f} W, {len(self.settings.services)} services"
+
+    def _on_job_event(self, event: JobExecutionEvent) -> None:
+        kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed"}.get(event.code, "job_overrun")
+        self.metrics.errors.labels(kind).inc()
+        if event.exception is not None:
+            log.error("job %s failed: %r", event.job_id, event.exception)
+
+    def run(self, duration_s: float | None = None) -> int:
+        s = self.settings
+        if s.metrics.port:
+            start_http_server(s.metrics.port, addr=s.metrics.listen, registry=self.registry)
+            log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+        scheduler = BackgroundScheduler()
+        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        d = s.daemon
+        scheduler.add_job(self.fast, "interval", seconds=d.fast_interval_s, id="fast", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
+        scheduler.add_job(self.slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
+        self.fast()
+        scheduler.start()
+        self.notifier.ready(self._status())
+        log.info("wattscale running: %s", self._status())
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        ping = (self.notifier.watchdog_s or 10.0) / 2
+        while not self.stop_event.wait(min(0.2, ping)):
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+            self.notifier.watchdog()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        self.notifier.stopping()
+        log.info("stopping")
+        scheduler.shutdown(wait=True)
+        return 0

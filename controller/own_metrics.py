@@ -1,0 +1,46 @@
+"""wattscale's own Prometheus metrics, on a registry passed in (tests use their own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class OwnMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.gpu_power = Gauge("wattscale_gpu_power_watts", "Measured GPU power draw.", ["gpu", "service"], registry=r)
+        self.gpu_limit = Gauge("wattscale_gpu_power_limit_watts", "GPU power limit in force.", ["gpu"], registry=r)
+        self.gpu_energy = Gauge("wattscale_gpu_energy_joules", "GPU energy counter.", ["gpu"], registry=r)
+        self.gpu_clock = Gauge("wattscale_gpu_sm_clock_mhz", "GPU SM clock.", ["gpu"], registry=r)
+        self.budget = Gauge("wattscale_power_budget_watts", "Site power budget.", registry=r)
+        self.draw = Gauge("wattscale_power_draw_watts", "Measured draw of all managed GPUs.", registry=r)
+        self.emergency = Gauge("wattscale_power_emergency", "1 while the governor cuts caps.", registry=r)
+        self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
+        lat = ["service", "stat"]
+        self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)
+        self.itl_pred = Gauge("wattscale_service_itl_predicted_ms", "Predicted ITL.", lat, registry=r)
+        self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT.", lat, registry=r)
+        self.itl_obs = Gauge("wattscale_service_itl_observed_ms", "Observed ITL.", lat, registry=r)
+        self.rate_obs = Gauge("wattscale_service_rate_rps", "Observed request rate.", ["service"], registry=r)
+        self.replicas = Gauge("wattscale_service_replicas", "Replicas in place.", ["service"], registry=r)
+        self.desired_replicas = Gauge(
+            "wattscale_desired_replicas", "Replicas the optimizer wants (for HPA/KEDA).", ["service"], registry=r
+        )
+        self.max_batch = Gauge("wattscale_service_max_batch", "--max-num-seqs in place.", ["service"], registry=r)
+        self.cap = Gauge("wattscale_service_power_cap_watts", "Planned per-GPU cap.", ["service"], registry=r)
+        self.short = Gauge("wattscale_service_shortfall_rps", "Load the plan cannot serve.", ["service", "reason"],
+                           registry=r)
+        self.cycle = Histogram("wattscale_cycle_duration_seconds", "Duration of a control cycle.", ["loop"],
+                               buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10), registry=r)
+        self.errors = Counter("wattscale_errors", "Errors survived, by kind.", ["kind"], registry=r)
+        self.actuations = Counter("wattscale_actuations", "Actuations by backend, kind and result.",
+                                  ["backend", "kind", "result"], registry=r)
+        self.tuner_param = Gauge("wattscale_tuner_parameter", "Fitted queue-model parameter.", ["pair", "param"],
+                                 registry=r)
+        self.tuner_trace = Gauge("wattscale_tuner_covariance_trace", "Trace of the filter covariance.", ["pair"],
+                                 registry=r)
+        self.tuner_nis = Gauge("wattscale_tuner_nis", "Normalised innovation squared of the last update.", ["pair"],
+                               registry=r)
+        self.tuner_updates = Counter("wattscale_tuner_updates", "Tuner updates by result.", ["pair", "result"],
+                                     registry=r)
+        self.reloads = Counter("wattscale_config_reloads", "Config reloads by result.", ["result"], registry=r)

@@ -1,0 +1,53 @@
+"""What telemetry sources deliver, behind small protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class TelemetryError(Exception):
+    """A source could not deliver this time (counted and survived by the controller)."""
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one instant; `power_w` None when the reading failed."""
+
+    index: int
+    uuid: str
+    name: str
+    power_w: float | None
+    energy_j: float | None
+    power_limit_w: float
+    min_limit_w: float
+    max_limit_w: float
+    sm_clock_mhz: float | None = None
+    service: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceWindow:
+    """Load and latency of one service over a window; None fields were not observable (no traffic)."""
+
+    window_s: float
+    rate_rps: float
+    in_tokens: float | None
+    out_tokens: float | None
+    ttft_ms: float | None
+    itl_ms: float | None
+    ttft_p95_ms: float | None
+    itl_p95_ms: float | None
+    running: float
+    waiting: float
+    kv_usage: float
+    preemptions: float
+    replicas: int
+
+
+class GpuSource(Protocol):
+    def sample(self, now: float) -> list[GpuSample]: ...
+
+
+class VllmSource(Protocol):
+    def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]: ...

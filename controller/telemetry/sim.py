@@ -1,0 +1,54 @@
+"""Sources that read the simulated host: GPU samples, and vLLM windows from the emulator's collector."""
+
+from __future__ import annotations
+
+from controller.telemetry.base import GpuSample, ServiceWindow
+from controller.telemetry.vllm_window import Snapshot, snapshots, window
+from simulator.host import SimHost
+from simulator.vllm_metrics import VllmCollector
+
+
+class SimGpuSource:
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+
+    def sample(self, now: float) -> list[GpuSample]:
+        owner = {r.gpu.index: s.name for s in self.host.services.values() for r in s.replicas}
+        return [
+            GpuSample(
+                index=g.index,
+                uuid=g.uuid,
+                name=g.spec.name,
+                power_w=g.sample_power_w(),
+                energy_j=g.energy_j,
+                power_limit_w=g.power_limit_w,
+                min_limit_w=g.spec.min_limit_w,
+                max_limit_w=g.spec.max_limit_w,
+                sm_clock_mhz=g.sm_clock_mhz,
+                service=owner.get(g.index),
+            )
+            for g in self.host.gpus
+        ]
+
+
+class SimVllmSource:
+    """Reads each service's engines through the same families a /metrics page would carry."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+        self._last: dict[str, Snapshot] = {}
+
+    def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
+        out: dict[str, ServiceWindow | None] = {}
+        for name in services:
+            svc = self.host.services.get(name)
+            if svc is None:
+                out[name] = None
+                continue
+            engines = [r.engine for r in svc.replicas if r.ready_at_s <= self.host.now_s]
+            families = VllmCollector(lambda e=engines: e).collect()  # type: ignore[misc]
+            snap = snapshots(families, now).get(svc.model, Snapshot(now))
+            old = self._last.get(name)
+            self._last[name] = snap
+            out[name] = None if old is None else window(snap, old)
+        return out

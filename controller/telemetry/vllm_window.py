@@ -1,0 +1,146 @@
+"""Windows of vLLM figures from two snapshots of its metric families (what Prometheus' rate() does).
+
+Shared by every source that sees raw vLLM metrics: the simulator's collector and scraped /metrics
+pages. Counters may be reset by a restart; a negative delta counts from zero, as rate() does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client.metrics_core import Metric
+
+from controller.telemetry.base import ServiceWindow
+
+COUNTERS = {
+    "vllm:request_success": "success",
+    "vllm:prompt_tokens": "prompt",
+    "vllm:generation_tokens": "generation",
+    "vllm:num_preemptions": "preemptions",
+}
+HISTOGRAMS = {
+    "vllm:time_to_first_token_seconds": "ttft",
+    "vllm:inter_token_latency_seconds": "itl",
+    "vllm:time_per_output_token_seconds": "itl",  # deprecated name, vLLM < 0.13
+    "vllm:request_prompt_tokens": "req_prompt",
+    "vllm:request_generation_tokens": "req_gen",
+}
+GAUGES = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv",
+    "vllm:gpu_cache_usage_perc": "kv",  # deprecated name
+}
+
+
+Key = tuple[str, str]  # (engine series, figure)
+
+
+@dataclass
+class Snapshot:
+    """Counters, histograms and gauges of one model, per engine series (so restarts reset cleanly)."""
+
+    time_s: float
+    counters: dict[Key, float] = field(default_factory=dict)
+    hist_sum: dict[Key, float] = field(default_factory=dict)
+    hist_count: dict[Key, float] = field(default_factory=dict)
+    hist_buckets: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    engines: set[str] = field(default_factory=set)
+
+
+def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
+    """Group vLLM samples by `model_name`, keeping each engine series apart."""
+    out: dict[str, Snapshot] = {}
+    for fam in families:
+        for s in fam.samples:
+            model = s.labels.get("model_name")
+            if model is None or not math.isfinite(s.value):
+                continue
+            snap = out.setdefault(model, Snapshot(time_s))
+            series = s.labels.get("instance", "") + "/" + s.labels.get("engine", "0")
+            snap.engines.add(series)
+            name = s.name
+            if name.endswith("_total") and name[:-6] in COUNTERS:
+                k = (series, COUNTERS[name[:-6]])
+                snap.counters[k] = snap.counters.get(k, 0.0) + s.value
+            elif name.endswith("_bucket") and name[:-7] in HISTOGRAMS:
+                snap.hist_buckets[(series, HISTOGRAMS[name[:-7]], float(s.labels["le"]))] = s.value
+            elif name.endswith("_sum") and name[:-4] in HISTOGRAMS:
+                snap.hist_sum[(series, HISTOGRAMS[name[:-4]])] = s.value
+            elif name.endswith("_count") and name[:-6] in HISTOGRAMS:
+                snap.hist_count[(series, HISTOGRAMS[name[:-6]])] = s.value
+            elif name in GAUGES:
+                key = GAUGES[name]
+                snap.gauges[key] = snap.gauges.get(key, 0.0) + s.value
+    return out
+
+
+def _delta(new: float, old: float) -> float:
+    return new - old if new >= old else new
+
+
+def _summed(new: dict[Key, float], old: dict[Key, float], figure: str) -> float:
+    """Sum over engine series of each series' increase (a reset counts from zero)."""
+    return sum(_delta(v, old.get(k, 0.0)) for k, v in new.items() if k[1] == figure)
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile on cumulative bucket deltas (linear within a bucket)."""
+    edges = sorted(buckets)
+    if not edges or buckets[edges[-1]] <= 0:
+        return None
+    counts = np.array([buckets[e] for e in edges])
+    rank = q * counts[-1]
+    i = int(np.searchsorted(counts, rank, side="left"))
+    if i >= len(edges) - 1 and math.isinf(edges[-1]):
+        return edges[-2] if len(edges) > 1 else None
+    lo_edge = 0.0 if i == 0 else edges[i - 1]
+    lo_count = 0.0 if i == 0 else counts[i - 1]
+    in_bucket = counts[i] - lo_count
+    if in_bucket <= 0:
+        return edges[i]
+    return float(lo_edge + (edges[i] - lo_edge) * (rank - lo_count) / in_bucket)
+
+
+def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
+    """Figures between two snapshots; None when the window is empty."""
+    dt = new.time_s - old.time_s
+    if dt <= 0:
+        return None
+
+    def counter(key: str) -> float:
+        return _summed(new.counters, old.counters, key)
+
+    def mean(key: str, scale: float) -> float | None:
+        n = _summed(new.hist_count, old.hist_count, key)
+        if n <= 0:
+            return None
+        return scale * _summed(new.hist_sum, old.hist_sum, key) / n
+
+    def p95(key: str) -> float | None:
+        buckets: dict[float, float] = {}
+        for (series, figure, le), c in new.hist_buckets.items():
+            if figure == key:
+                buckets[le] = buckets.get(le, 0.0) + _delta(c, old.hist_buckets.get((series, figure, le), 0.0))
+        v = histogram_quantile(0.95, buckets)
+        return None if v is None else 1000.0 * v
+
+    return ServiceWindow(
+        window_s=dt,
+        rate_rps=counter("success") / dt,
+        in_tokens=mean("req_prompt", 1.0),
+        out_tokens=mean("req_gen", 1.0),
+        ttft_ms=mean("ttft", 1000.0),
+        itl_ms=mean("itl", 1000.0),
+        ttft_p95_ms=p95("ttft"),
+        itl_p95_ms=p95("itl"),
+        running=new.gauges.get("running", 0.0),
+        waiting=new.gauges.get("waiting", 0.0),
+        kv_usage=new.gauges.get("kv", 0.0) / max(1, len(new.engines)),
+        preemptions=counter("preemptions"),
+        replicas=len(new.engines),
+    )

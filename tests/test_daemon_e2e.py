@@ -1,0 +1,96 @@
+"""The daemon as a process on the sim config: metrics, budget, SIGHUP reloads, SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def wait_for(pred: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if pred():  # type: ignore[operator]
+                return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def write_config(path: Path, port: int, state: Path, budget_w: int) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text()
+    text = text.replace("port = 9464", f"port = {port}").replace("budget_w = 4000", f"budget_w = {budget_w}")
+    text = text.replace('state_dir = "../var/state"', f'state_dir = "{state}"')
+    text = text.replace("slow_interval_s = 15.0", "slow_interval_s = 3.0").replace("speed = 1.0", "speed = 5.0")
+    path.write_text(text)
+
+
+def test_daemon_end_to_end(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "wattscale.toml"
+    write_config(cfg, port, tmp_path / "state", 2000)
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "120"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
+        text = scrape(port)
+        for name in ("wattscale_gpu_power_watts", "wattscale_gpu_power_limit_watts", "wattscale_gpu_energy_joules",
+                     "wattscale_power_budget_watts", "wattscale_service_ttft_predicted_ms", "wattscale_service_max_batch",
+                     "wattscale_cycle_duration_seconds", "wattscale_service_replicas"):
+            assert name in text, name
+        assert metric(text, "wattscale_power_budget_watts") == 2000
+        # Give the governor a few seconds of load, then the measured draw must sit within the budget.
+        assert wait_for(lambda: "wattscale_service_ttft_observed_ms" in scrape(port), 30)
+        time.sleep(3)
+        assert metric(scrape(port), "wattscale_power_draw_watts") <= 2000
+
+        write_config(cfg, port, tmp_path / "state", 1500)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: metric(scrape(port), "wattscale_power_budget_watts") == 1500, 10)
+
+        cfg.write_text(cfg.read_text().replace("budget_w = 1500", "budget_w = -1"))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: 'wattscale_config_reloads_total{result="refused"} 1.0' in scrape(port), 10)
+        assert metric(scrape(port), "wattscale_power_budget_watts") == 1500
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "daemon.log").read_text()
+    assert "decision:" in output
+    assert "reload refused" in output and "power.budget_w" in output

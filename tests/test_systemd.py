@@ -1,0 +1,36 @@
+"""The unit file passes systemd-analyze verify and rates 2.5 or lower on exposure."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "systemd" / "wattscale.service"
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """The unit as installed, with ExecStart pointing at this environment's entry point."""
+    exe = Path(sys.executable).with_name("wattscale")
+    unit = tmp_path / "wattscale.service"
+    unit.write_text(UNIT.read_text().replace("/opt/wattscale/bin/wattscale", str(exe)))
+    return unit
+
+
+def test_verify(tmp_path: Path) -> None:
+    res = subprocess.run(["systemd-analyze", "verify", str(installed_copy(tmp_path))], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_security_exposure(tmp_path: Path) -> None:
+    res = subprocess.run(["systemd-analyze", "security", "--offline=true", str(installed_copy(tmp_path))],
+                         capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
+    assert match, res.stdout[-500:]
+    assert float(match.group(1)) <= 2.5
