@@ -34,7 +34,8 @@ class Stationary:
 
     @property
     def batch(self) -> NDArray[np.float64]:
-        return np.minimum(np.arange(len(self.p), dtype=float), float(self.max_batch))
+        out: NDArray[np.float64] = np.minimum(np.arange(len(self.p), dtype=float), float(self.max_batch))
+        return out
 
 
 def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:

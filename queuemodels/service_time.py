@@ -8,8 +8,14 @@ Power caps scale the prefill and decode laws separately (compute-bound vs memory
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
 
 from queuemodels.types import Load, PowerProfile, ServiceParams
+
+Batch = TypeVar("Batch", float, NDArray[np.float64])
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,10 @@ class StepLaw:
     d1: float
     decode_steps: float
 
-    def prefill(self, batch: float) -> float:
+    def prefill(self, batch: Batch) -> Batch:
         return self.p0 + self.p1 * batch
 
-    def decode(self, batch: float) -> float:
+    def decode(self, batch: Batch) -> Batch:
         return self.d0 + self.d1 * batch
 
     @property

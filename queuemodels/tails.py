@@ -42,7 +42,8 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             first = np.exp(log_scale - mu * t * (1.0 - rho) + np.log(gammaincc(n_wait, mu * t * rho)))
             second = np.exp(log_scale + n_wait * math.log(rho) + np.log(gammaincc(n_wait, mu * t)))
-        return np.nan_to_num(np.clip(sign * (first - second), 0.0, 1.0))
+        out: NDArray[np.float64] = np.nan_to_num(np.clip(sign * (first - second), 0.0, 1.0))
+        return out
 
     return survival
 

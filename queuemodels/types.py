@@ -21,7 +21,7 @@ def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool 
         raise ModelInputError(f"{name}: must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise ModelInputError(f"{name}: must be > 0, got {value!r}")
-    if not allow_zero and value == 0 or value < 0:
+    if (not allow_zero and value == 0) or value < 0:
         raise ModelInputError(f"{name}: must be >= 0, got {value!r}")
 
 

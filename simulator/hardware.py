@@ -77,7 +77,7 @@ class SimGPU:
         u_c = (compute_ms / clock) / step
         u_m = memory_ms / step
         spec = self.spec
-        return spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m
+        return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m)
 
     def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float) -> float:
         """The largest clock fraction whose draw fits the limit (bisection; draw rises with clock)."""

@@ -11,10 +11,9 @@ import math
 from dataclasses import replace
 from functools import lru_cache
 
+from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, max_rate
 from queuemodels.analyzer import get_model
-
-from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 
 MAX_PARTIAL = 6
 

@@ -91,7 +91,7 @@ class Greedy:
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
-        arrays = [
+        arrays: list[tuple[np.ndarray, ...]] = [
             (np.array([c.value for c in cs]), np.array([c.power_w for c in cs]), np.array([c.gpus for c in cs]),
              np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
             for cs in cands
@@ -168,11 +168,10 @@ class Milp:
             choice, _ = Greedy().choose(problem, cands, shed)
             return choice, [f"milp: {res.message.strip()} without an incumbent; greedy result used"]
         notes = [] if res.status == 0 else [f"milp: {res.message.strip()}; best incumbent used"]
-        picked = res.x[:n_c] > 0.5
-        choice: Choice = [None] * n_s
-        for k in np.flatnonzero(picked):
-            choice[flat[k].service] = flat[k]
-        return choice, notes
+        picked: Choice = [None] * n_s
+        for idx in np.flatnonzero(res.x[:n_c] > 0.5):
+            picked[flat[int(idx)].service] = flat[int(idx)]
+        return picked, notes
 
 
 def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01) -> Solver:

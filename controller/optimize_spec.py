@@ -1,0 +1,122 @@
+"""The `wattscale optimize` spec: a TOML system description (see docs/optimize-spec.md), and JSON output."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from controller.config_loader import ConfigError, build, read_toml
+from controller.optimizer import AcceleratorType, Problem, ServiceDemand, Solution
+from controller.settings import AcceleratorSettings, PriorSettings
+from queuemodels import Load, Targets
+from queuemodels.accelerators import CATALOG
+
+
+@dataclass(frozen=True)
+class SpecService:
+    name: str
+    """Service name."""
+    rate_rps: float
+    """Request rate to serve."""
+    ttft_ms: float
+    """TTFT objective (ms)."""
+    itl_ms: float
+    """ITL objective (ms)."""
+    params: dict[str, PriorSettings]
+    """Queue-model parameters per accelerator name."""
+    statistic: Literal["mean", "p95", "p99"] = "mean"
+    """Statistic the objectives apply to."""
+    priority: int = 1
+    """1 is most important."""
+    in_tokens: float = 512.0
+    """Mean prompt tokens."""
+    out_tokens: float = 256.0
+    """Mean output tokens."""
+    min_replicas: int = 1
+    """Lower replica bound."""
+    max_replicas: int = 64
+    """Upper replica bound."""
+    max_queue: int = 1024
+    """Queue bound per replica."""
+
+    def check(self, where: str) -> None:
+        if not math.isfinite(self.rate_rps) or self.rate_rps < 0:
+            raise ConfigError(f"{where}.rate_rps", "must be >= 0")
+        for name in ("ttft_ms", "itl_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}", "must be > 0")
+        for acc in self.params:
+            if acc not in CATALOG:
+                raise ConfigError(f"{where}.params.{acc}", f"unknown accelerator, expected one of {sorted(CATALOG)}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    budget_w: float
+    """Site power budget (W)."""
+    accelerators: tuple[AcceleratorSettings, ...]
+    """Inventory."""
+    services: tuple[SpecService, ...]
+    """Services."""
+    objective: Literal["cost", "token_speed", "energy"] = "token_speed"
+    """What to optimise."""
+    mode: Literal["predicted", "caps"] = "predicted"
+    """Budget predicted draw or caps."""
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    """Candidate max batch sizes."""
+    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    """Candidate caps as shares of the maximum limit."""
+    transition_penalty: float = 0.0
+    """Penalty on changes (no current allocation in a spec)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes, ignored."""
+
+    def check(self, where: str) -> None:
+        if self.budget_w <= 0:
+            raise ConfigError("budget_w", f"must be > 0, got {self.budget_w}")
+        if not self.services:
+            raise ConfigError("services", "at least one service is required")
+
+
+def load_spec(path: Path) -> Problem:
+    spec = build(Spec, read_toml(path))
+    accs = tuple(AcceleratorType(a.name, a.count, a.cost_per_hour, CATALOG[a.name], a.gpus_per_replica)
+                 for a in spec.accelerators)
+    services = tuple(
+        ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),
+                      Load(s.rate_rps, s.in_tokens, s.out_tokens), {k: v.params() for k, v in s.params.items()},
+                      s.min_replicas, s.max_replicas, s.max_queue)
+        for s in spec.services
+    )
+    return Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
+                   spec.transition_penalty)
+
+
+def solution_json(sol: Solution) -> dict[str, Any]:
+    services = []
+    for r in sol.services:
+        a, p = r.assignment, r.performance
+        services.append({
+            "name": r.name,
+            "accelerator": a.accelerator if a else None,
+            "replicas": a.replicas if a else 0,
+            "max_batch": a.max_batch if a else None,
+            "power_cap_w": a.power_cap_w if a else None,
+            "ttft_ms": p.ttft_ms if p else None,
+            "itl_ms": p.itl_ms if p else None,
+            "ttft_p95_ms": p.ttft_p95_ms if p else None,
+            "itl_p95_ms": p.itl_p95_ms if p else None,
+            "power_w": r.power_w,
+            "cost": r.cost_per_hour,
+            "short_rps": r.short_rps,
+            "reason": r.reason,
+        })
+    return {
+        "services": services,
+        "totals": {"cost": sol.cost_per_hour, "power_w": sol.power_w, "objective": sol.objective,
+                   "solve_s": sol.solve_s, "candidates_s": sol.candidates_s, "solver": sol.solver},
+        "shortfalls": [{"name": s.name, "short_rps": s.short_rps, "reason": s.reason} for s in sol.shortfalls],
+        "notes": sol.notes,
+    }
