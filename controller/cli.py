@@ -70,7 +70,8 @@ def _optimize(args: argparse.Namespace) -> int:
     else:
         for s in doc["services"]:
             print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "
-                  f"cap {s['power_cap_w'] or 0:>5.0f} W  ttft {s['ttft_ms'] or 0:>7.1f} ms  itl {s['itl_ms'] or 0:>6.1f} ms"
+                  f"cap {s['power_cap_w'] or 0:>5.0f} W  ttft {s['ttft_ms'] or 0:>7.1f} ms"
+                  f"  itl {s['itl_ms'] or 0:>6.1f} ms"
                   + (f"  SHORT {s['short_rps']:.2f} rps ({s['reason']})" if s["reason"] else ""))
         t = doc["totals"]
         print(f"power {t['power_w']:.0f} W, cost {t['cost']:.2f}/h, objective {t['objective']:.3f}, "

@@ -143,7 +143,8 @@ class Controller:
         backlog = window.waiting / self.settings.daemon.slow_interval_s
         state.load = Load(window.rate_rps + backlog, window.in_tokens or state.load.in_tokens,
                           window.out_tokens or state.load.out_tokens)
-        for stat, ttft, itl in (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms)):
+        stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
+        for stat, ttft, itl in stats:
             if ttft is not None:
                 m.ttft_obs.labels(svc.name, stat).set(ttft)
             if itl is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -17,10 +18,8 @@ class Notifier:
             return
         addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            try:
+            with contextlib.suppress(OSError):  # systemd went away; nothing to tell
                 s.sendto("\n".join(lines).encode(), addr)
-            except OSError:
-                pass  # systemd went away; nothing to tell
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

@@ -59,8 +59,8 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
     cfg = tmp_path / "wattscale.toml"
     write_config(cfg, port, tmp_path / "state", 2000)
     log = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "120"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "120"]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
         text = scrape(port)

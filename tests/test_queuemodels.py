@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_monotone_in_rate() -> None:
     perfs = [MODEL.analyze(PARAMS, Load(r, 512, 128), ServerShape(64, 200)) for r in rates]
     for key in ("ttft_ms", "itl_ms", "ttft_p95_ms", "ttft_p99_ms", "mean_batch", "utilization"):
         values = [getattr(p, key) for p in perfs]
-        assert all(b >= a - 1e-9 for a, b in zip(values, values[1:], strict=False)), key
+        assert all(b >= a - 1e-9 for a, b in itertools.pairwise(values)), key
 
 
 def test_monotone_in_batch_and_cap() -> None:

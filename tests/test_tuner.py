@@ -82,7 +82,10 @@ def test_restart_resumes_from_saved_state(tmp_path: Path) -> None:
     assert pair.accepted == 4 and list(path.parent.iterdir()) == [path]  # no temporary files left
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"kind": "something-else"}', '{"kind": "wattscale-tuner", "version": 99}'])
+BAD_STATES = ["{not json", '{"kind": "something-else"}', '{"kind": "wattscale-tuner", "version": 99}']
+
+
+@pytest.mark.parametrize("content", BAD_STATES)
 def test_corrupt_state_falls_back_to_priors(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str) -> None:
     path = tmp_path / "tuner.json"
     path.write_text(content)
