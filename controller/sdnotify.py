@@ -17,9 +17,8 @@ class Notifier:
         if not self.address:
             return
         addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            with contextlib.suppress(OSError):  # systemd went away; nothing to tell
-                s.sendto("\n".join(lines).encode(), addr)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+            s.sendto("\n".join(lines).encode(), addr)  # OSError: systemd went away; nothing to tell
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

@@ -64,9 +64,10 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
     try:
         assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
         text = scrape(port)
-        for name in ("wattscale_gpu_power_watts", "wattscale_gpu_power_limit_watts", "wattscale_gpu_energy_joules",
-                     "wattscale_power_budget_watts", "wattscale_service_ttft_predicted_ms", "wattscale_service_max_batch",
-                     "wattscale_cycle_duration_seconds", "wattscale_service_replicas"):
+        names = ("wattscale_gpu_power_watts", "wattscale_gpu_power_limit_watts", "wattscale_gpu_energy_joules",
+                 "wattscale_power_budget_watts", "wattscale_service_ttft_predicted_ms", "wattscale_service_max_batch",
+                 "wattscale_cycle_duration_seconds", "wattscale_service_replicas")
+        for name in names:
             assert name in text, name
         assert metric(text, "wattscale_power_budget_watts") == 2000
         # Give the governor a few seconds of load, then the measured draw must sit within the budget.
