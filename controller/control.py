@@ -193,7 +193,7 @@ class Controller:
                                          st.assignment))
         o = s.optimizer
         return Problem(tuple(demands), accs, s.power.budget_w, o.objective, s.power.mode, o.batch_sizes,
-                       o.power_levels, o.transition_penalty)
+                       o.power_levels, o.transition_penalty, o.queue_model)
 
     def _apply(self, now: float, solution: Solution) -> None:
         m = self.metrics

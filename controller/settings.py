@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.config_loader import ConfigError, build, read_toml
-from queuemodels import FAMILIES, STATISTICS, ServiceParams
+from queuemodels import FAMILIES, MODELS, STATISTICS, ServiceParams
 from queuemodels.accelerators import CATALOG
 
 GpuSource = Literal["sim", "nvml"]
@@ -98,6 +98,8 @@ class OptimizerSettings:
         if self.transition_penalty < 0:
             raise ConfigError(f"{where}.transition_penalty", "must be >= 0")
         _positive(where, "time_limit_s", self.time_limit_s)
+        if self.queue_model not in MODELS:
+            raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -118,25 +120,11 @@ class StabilitySettings:
 
 
 @dataclass(frozen=True)
-class PrometheusSettings:
-    url: str = "http://127.0.0.1:9090"
-    """Prometheus base URL."""
-    timeout_s: float = 5.0
-    """Per-query timeout."""
-    window: str = "1m"
-    """Rate window of the queries."""
-
-
-@dataclass(frozen=True)
 class TelemetrySettings:
     gpu_source: GpuSource = "sim"
     """Where GPU power, energy and limits come from."""
     vllm_source: VllmSource = "sim"
     """Where vLLM load and latency come from."""
-    stale_after_s: float = 120.0
-    """Observations older than this are ignored."""
-    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
-    """Prometheus connection (vllm_source = "prometheus")."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
         (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[1\].statistic: unknown"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 8.5"), "simulator.num_gpus: must be an integer"),
+        (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nqueue_model = "mg1"'),
+         "optimizer.queue_model: unknown"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,7 +14,6 @@ from tuner.ekf import PairFilter
 
 STATE_KIND = "wattscale-tuner"
 STATE_VERSION = 1
-log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -12,17 +12,17 @@ from dataclasses import replace
 from functools import lru_cache
 
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, max_rate
-from queuemodels.analyzer import get_model
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_PARTIAL = 6
 
 
 @lru_cache(maxsize=200_000)
 def _rate_per_replica(
-    params: ServiceParams, tokens: tuple[float, float], shape: ServerShape, targets: Targets, profile: PowerProfile
+    model: str, params: ServiceParams, tokens: tuple[float, float], shape: ServerShape, targets: Targets,
+    profile: PowerProfile,
 ) -> float:
-    return max_rate(params, Load(1.0, tokens[0], tokens[1]), shape, targets, profile)
+    return get_model(model).max_rate(params, Load(1.0, tokens[0], tokens[1]), shape, targets, profile)
 
 
 def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
@@ -42,7 +42,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     shape = ServerShape(batch, svc.max_queue, cap_w)
     per_replica = Load(served_rps / replicas, svc.load.in_tokens, svc.load.out_tokens)
     try:
-        perf = get_model("mm1k-batch").analyze(params, per_replica, shape, acc.profile)
+        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, acc.profile)
     except ModelInputError:
         return None
     gpus = replicas * acc.gpus_per_replica
@@ -65,8 +65,8 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
             for level in problem.power_levels:
                 cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
                 shape = ServerShape(batch, svc.max_queue, cap)
-                rate = _rate_per_replica(svc.params[acc.name], (svc.load.in_tokens, svc.load.out_tokens),
-                                         shape, svc.targets, acc.profile)
+                rate = _rate_per_replica(problem.queue_model, svc.params[acc.name],
+                                         (svc.load.in_tokens, svc.load.out_tokens), shape, svc.targets, acc.profile)
                 if rate <= 0:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))

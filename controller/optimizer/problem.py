@@ -56,6 +56,7 @@ class Problem:
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     transition_penalty: float = 0.05
+    queue_model: str = "mm1k-batch"
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

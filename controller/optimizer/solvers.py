@@ -67,10 +67,7 @@ class Greedy:
 
     def _pass(self, problem: Problem, order: list[int], arrays: list[tuple[np.ndarray, ...]],
               cands: list[list[Candidate]], price: float) -> Choice:
-        left_gpus = {a.name: a.count for a in problem.accelerators}
-        acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
-        counts = np.array([a.count for a in problem.accelerators], dtype=float)
-        left = counts.copy()
+        left = np.array([a.count for a in problem.accelerators], dtype=float)
         budget = problem.budget_w - problem.idle_w
         choice: Choice = [None] * len(cands)
         for i in order:
@@ -81,12 +78,9 @@ class Greedy:
             if not ok.any():
                 continue
             j = int(np.argmax(np.where(ok, value - price * power, -np.inf)))
-            if value[j] - price * power[j] <= -np.inf:
-                continue
             choice[i] = cands[i][j]
             budget -= power[j]
             left[acc[j]] -= gpus[j]
-        del left_gpus, acc_index
         return choice
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
