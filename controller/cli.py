@@ -1,4 +1,4 @@
-"""`wattscale` command line: run, check-config, analyze, optimize."""
+"""`wattscale` command line: run, check-config, analyze, tune, optimize."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
-from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model, max_rate
+from queuemodels import DEFAULT_MODEL, MODELS, Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import profile
+from tuner.offline import ObservationFileError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,8 +54,30 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.ttft_slo_ms is None or args.itl_slo_ms is None:
             raise ModelInputError("--ttft-slo-ms and --itl-slo-ms: give both for sizing")
         targets = Targets(args.ttft_slo_ms, args.itl_slo_ms, args.slo_statistic)
-        out["max_rate_rps"] = max_rate(params, load, shape, targets, prof)
+        out["max_rate_rps"] = get_model(args.model).max_rate(params, load, shape, targets, prof)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from tuner import PairFilter
+    from tuner.offline import read_observations, run
+
+    prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
+    prof = profile(args.accelerator) if args.accelerator else None
+    observations = read_observations(Path(args.observations))
+    if prof is None and any(o.power_cap_w is not None for o in observations):
+        raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
+    pair = PairFilter(prior, prof, fit_power=args.fit_power and prof is not None, queue_model=args.model)
+    report = run(pair, observations)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
+        ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
+        print(f"{report['observations']} observations {report['verdicts']}: {params}")
+        print(f"error one step ahead: ttft {ahead['median_ttft']}, itl {ahead['median_itl']} (median); "
+              f"in sample: ttft {fit['median_ttft']}, itl {fit['median_itl']}")
     return 0
 
 
@@ -91,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.set_defaults(func=_check)
     a = sub.add_parser("analyze", help="one queue-model evaluation (JSON)")
-    a.add_argument("--model", default="mm1k-batch")
+    a.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="queue model")
     a.add_argument("--family", default="gen1", choices=["gen1", "gen2"])
     for name in ("alpha-ms", "beta-ms", "gamma-ms", "in-tokens", "out-tokens", "rate-rps"):
         a.add_argument(f"--{name}", type=float, required=True)
@@ -104,6 +127,16 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--itl-slo-ms", type=float, default=None)
     a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"])
     a.set_defaults(func=_analyze)
+    t = sub.add_parser("tune", help="run the tuner offline over recorded observations (CSV)")
+    t.add_argument("observations")
+    t.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="queue model")
+    t.add_argument("--family", default="gen1", choices=["gen1", "gen2"])
+    for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
+        t.add_argument(f"--{name}", type=float, default=default, help=f"prior (default {default})")
+    t.add_argument("--accelerator", default=None, help="power profile, needed when rows carry power caps")
+    t.add_argument("--fit-power", action="store_true", help="also fit the prefill power sensitivity")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_tune)
     o = sub.add_parser("optimize", help="one optimization of a system spec")
     o.add_argument("spec")
     o.add_argument("--solver", default="greedy", choices=["greedy", "milp", "exhaustive"])
@@ -118,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, ModelInputError) as exc:
+    except (ConfigError, ModelInputError, ObservationFileError) as exc:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
 

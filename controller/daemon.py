@@ -34,7 +34,7 @@ class Daemon:
         self.registry = registry or CollectorRegistry()
         self.metrics = OwnMetrics(self.registry)
         self.parts = build_parts(settings)
-        self.tuner = Tuner(settings.state_path)
+        self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics)
         self.notifier = Notifier()
@@ -66,6 +66,8 @@ class Daemon:
             for section in ("telemetry", "actuators", "simulator", "metrics"):
                 if getattr(new, section) != getattr(self.settings, section):
                     raise ConfigError(section, "changes need a restart; reload refused")
+            if new.optimizer.queue_model != self.settings.optimizer.queue_model:
+                raise ConfigError("optimizer.queue_model", "changes need a restart (the tuner's state); reload refused")
         except ConfigError as exc:
             self.metrics.reloads.labels("refused").inc()
             log.error("reload refused, keeping the running config: %s", exc)

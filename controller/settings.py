@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.config_loader import ConfigError, build, read_toml
-from queuemodels import FAMILIES, MODELS, STATISTICS, ServiceParams
+from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, ServiceParams
 from queuemodels.accelerators import CATALOG
 
 GpuSource = Literal["sim", "nvml"]
@@ -77,8 +77,8 @@ class OptimizerSettings:
     """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
     solver: Literal["greedy", "milp", "exhaustive"] = "greedy"
     """Solver by name."""
-    queue_model: str = "mm1k-batch"
-    """Queue model by name."""
+    queue_model: str = DEFAULT_MODEL
+    """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     """Candidate `--max-num-seqs` values."""
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)

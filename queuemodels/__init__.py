@@ -1,6 +1,6 @@
 """Performance and power models of one vLLM replica (pure: numpy and scipy only)."""
 
-from queuemodels.analyzer import MODELS, BatchQueueModel, QueueModel, get_model
+from queuemodels.analyzer import DEFAULT_MODEL, MODELS, ChainModel, QueueModel, get_model
 from queuemodels.sizing import BatchChoice, best_batch_for_power, best_batch_for_rate, max_rate
 from queuemodels.types import (
     FAMILIES,
@@ -15,11 +15,12 @@ from queuemodels.types import (
 )
 
 __all__ = [
+    "DEFAULT_MODEL",
     "FAMILIES",
     "MODELS",
     "STATISTICS",
     "BatchChoice",
-    "BatchQueueModel",
+    "ChainModel",
     "Load",
     "ModelInputError",
     "Performance",

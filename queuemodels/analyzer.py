@@ -1,11 +1,12 @@
-"""The `QueueModel` protocol and the state-dependent M/M/1/K batch model behind it."""
+"""The `QueueModel` protocol and the state-dependent M/M/1/K batch models behind it, by name."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from queuemodels.operating_point import evaluate
-from queuemodels.service_time import capped_law
+from queuemodels.service_time import LawFn, capped_law, continuous_law
 from queuemodels.sizing import max_rate
 from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
 
@@ -13,10 +14,16 @@ from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, 
 class QueueModel(Protocol):
     """Predicts one replica's performance, and the largest rate it can take within targets."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def analyze(
-        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+        self,
+        params: ServiceParams,
+        load: Load,
+        shape: ServerShape,
+        profile: PowerProfile | None = None,
+        tails: bool = True,
     ) -> Performance: ...
 
     def max_rate(
@@ -29,16 +36,24 @@ class QueueModel(Protocol):
     ) -> float: ...
 
 
-class BatchQueueModel:
-    """State-dependent M/M/1/K with batching, power-capped step laws and chain-derived tails."""
+@dataclass(frozen=True)
+class ChainModel:
+    """State-dependent M/M/1/K with batching and chain-derived tails; `law` says how the parameters
+    become per-step times (batched prefill as llm-inferno, or vLLM's continuous batching)."""
 
-    name = "mm1k-batch"
+    name: str
+    law: LawFn
 
     def analyze(
-        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+        self,
+        params: ServiceParams,
+        load: Load,
+        shape: ServerShape,
+        profile: PowerProfile | None = None,
+        tails: bool = True,
     ) -> Performance:
-        law = capped_law(params, load, profile, shape.power_cap_w)
-        return evaluate(law, shape, load.rate_rps, profile)
+        """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
+        return evaluate(self.law(params, load, profile, shape.power_cap_w), shape, load.rate_rps, profile, tails)
 
     def max_rate(
         self,
@@ -48,10 +63,13 @@ class BatchQueueModel:
         targets: Targets,
         profile: PowerProfile | None = None,
     ) -> float:
-        return max_rate(params, load, shape, targets, profile)
+        return max_rate(params, load, shape, targets, profile, law_fn=self.law)
 
 
-MODELS: dict[str, QueueModel] = {BatchQueueModel.name: BatchQueueModel()}
+DEFAULT_MODEL = "mm1k-cb"
+MODELS: dict[str, QueueModel] = {
+    m.name: m for m in (ChainModel("mm1k-cb", continuous_law), ChainModel("mm1k-batch", capped_law))
+}
 
 
 def get_model(name: str) -> QueueModel:

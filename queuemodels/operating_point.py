@@ -32,7 +32,7 @@ def evaluate(
         n_eff = 1.0
     else:
         n_eff = float(np.clip((m.service_ms - law.t0) / law.t1, 0.0, shape.max_batch)) if law.t1 > 0 else 1.0
-    ttft = m.wait_ms + law.prefill(n_eff)
+    ttft = m.wait_ms + law.prefill(n_eff) + (1.0 - float(chain.p[0])) * law.residual_share * law.decode(n_eff)
     itl = law.decode(n_eff)
     nan = float("nan")
     ttft_p95 = ttft_p99 = itl_p95 = itl_p99 = nan

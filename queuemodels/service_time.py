@@ -3,17 +3,25 @@
 Both families give per-step times that are affine in the batch B, so one request's service time
 tau(B) = prefill(B) + k * decode(B) is affine too and the effective concurrency can be inverted exactly.
 Power caps scale the prefill and decode laws separately (compute-bound vs memory-bound).
+
+Two readings of the same parameters (docs/queue-models.md):
+- batch (llm-inferno): a batch of B prompts is prefilled together, prefill(B) = gamma + delta L_in B;
+- continuous (vLLM's scheduler): a new prompt rides one decode step. Its compute, delta L_in, overlaps the
+  step's memory-bound time (roofline), up to gamma of it hidden: c_p = ((delta L_in)^3 + gamma^3)^(1/3) - gamma.
+  The prompts of others steal a share phi = lambda c_p of the GPU from decoding, so
+  decode(B) = (alpha + beta B) / (1 - phi); an arrival also waits for the step in flight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels.types import Load, PowerProfile, ServiceParams
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServiceParams
 
 Batch = TypeVar("Batch", float, NDArray[np.float64])
 
@@ -28,6 +36,10 @@ class StepLaw:
     d0: float
     d1: float
     decode_steps: float
+    prompt_ms: float = 0.0
+    """The part of prefill(B) that varies with the prompt (continuous reading; 0 when batched)."""
+    residual_share: float = 0.0
+    """Share of a decode step an arrival waits for the step in flight (0.5 under continuous batching)."""
 
     def prefill(self, batch: Batch) -> Batch:
         return self.p0 + self.p1 * batch
@@ -50,6 +62,8 @@ class StepLaw:
             self.d0 * decode_factor,
             self.d1 * decode_factor,
             self.decode_steps,
+            self.prompt_ms * prefill_factor,
+            self.residual_share,
         )
 
 
@@ -79,3 +93,34 @@ def capped_law(
     """The step law at a power cap."""
     prefill_factor, decode_factor = cap_factors(profile, power_cap_w)
     return step_law(params, load).scaled(prefill_factor, decode_factor)
+
+
+LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", "float | None"], StepLaw]
+
+
+def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
+    """(d0, d1, c_p): a decode step at batch B takes d0 + d1 B, one prompt adds c_p (ms)."""
+    n_in, m = load.in_tokens, load.out_tokens
+    if params.family == "gen1":
+        compute = params.delta_ms * n_in
+        hidden = params.gamma_ms
+        return params.alpha_ms, params.beta_ms, float(np.cbrt(compute**3 + hidden**3)) - hidden
+    per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
+    d0 = params.alpha_ms + params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
+    return d0, per_seq, (params.beta_ms + params.gamma_ms) * n_in
+
+
+def continuous_law(
+    params: ServiceParams, load: Load, profile: PowerProfile | None, power_cap_w: float | None
+) -> StepLaw:
+    """The step law under continuous batching at a power cap; depends on the rate through phi."""
+    prefill_factor, decode_factor = cap_factors(profile, power_cap_w)
+    d0, d1, c_p = _decode_and_prompt(params, load)
+    d0, d1, c_p = d0 * decode_factor, d1 * decode_factor, c_p * prefill_factor
+    phi = load.rate_rps * c_p / 1000.0
+    if phi >= 0.99:
+        raise ModelInputError(
+            f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
+        )
+    stretch = 1.0 / (1.0 - phi)
+    return StepLaw(c_p + d0, d1, d0 * stretch, d1 * stretch, load.out_tokens - 1, c_p, 0.5)

@@ -1,22 +1,31 @@
 """Sizing: the largest arrival rate one replica takes within its targets, and the best max batch.
 
 Every latency figure of the chain grows with the arrival rate, so the largest feasible rate is found
-by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1).
+by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1), with the law rebuilt at each rate
+(the continuous-batching law depends on it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from queuemodels.operating_point import evaluate
-from queuemodels.service_time import StepLaw, capped_law
+from queuemodels.service_time import LawFn, capped_law
 from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
 
 
-def _feasible(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -> bool:
-    perf = evaluate(law, shape, rate_rps, None, tails=targets.statistic != "mean")
+def _feasible(
+    law_fn: LawFn, params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape,
+    rate_rps: float, targets: Targets,
+) -> bool:
+    """Targets met at this rate; a rate the model has no steady state for is not feasible."""
+    try:
+        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape.power_cap_w)
+        perf = evaluate(law, shape, rate_rps, None, tails=targets.statistic != "mean")
+    except ModelInputError:
+        return False
     return perf.meets(targets)
 
 
@@ -27,18 +36,23 @@ def max_rate(
     targets: Targets,
     profile: PowerProfile | None = None,
     rel_tol: float = 1e-4,
+    law_fn: LawFn = capped_law,
 ) -> float:
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
-    law = capped_law(params, load, profile, shape.power_cap_w)
+    law = law_fn(params, replace(load, rate_rps=0.0), profile, shape.power_cap_w)
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
     high = 0.999 * 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
-    if not _feasible(law, shape, low, targets):
+
+    def feasible(rate_rps: float) -> bool:
+        return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)
+
+    if not feasible(low):
         return 0.0
-    if _feasible(law, shape, high, targets):
+    if feasible(high):
         return high
     while high - low > rel_tol * high:
         mid = 0.5 * (low + high)
-        if _feasible(law, shape, mid, targets):
+        if feasible(mid):
             low = mid
         else:
             high = mid
@@ -62,11 +76,12 @@ def best_batch_for_rate(
     targets: Targets,
     profile: PowerProfile | None = None,
     power_cap_w: float | None = None,
+    law_fn: LawFn = capped_law,
 ) -> BatchChoice:
     """The max batch that lets one replica take the most load within targets."""
     best = BatchChoice(0, 0.0)
     for n in sorted(batches):
-        rate = max_rate(params, load, ServerShape(n, max_queue, power_cap_w), targets, profile)
+        rate = max_rate(params, load, ServerShape(n, max_queue, power_cap_w), targets, profile, law_fn=law_fn)
         if rate > best.max_rate_rps * (1 + 1e-9):
             best = BatchChoice(n, rate)
     return best
@@ -80,14 +95,14 @@ def best_batch_for_power(
     targets: Targets,
     profile: PowerProfile,
     power_cap_w: float | None = None,
+    law_fn: LawFn = capped_law,
 ) -> BatchChoice:
     """The max batch that serves `load.rate_rps` within targets at the lowest mean power draw."""
     best: BatchChoice | None = None
-    law = capped_law(params, load, profile, power_cap_w)
     for n in sorted(batches):
         shape = ServerShape(n, max_queue, power_cap_w)
         try:
-            perf = evaluate(law, shape, load.rate_rps, profile)
+            perf = evaluate(law_fn(params, load, profile, power_cap_w), shape, load.rate_rps, profile)
         except ModelInputError:
             continue
         if not perf.meets(targets) or perf.block_probability > 1e-3:

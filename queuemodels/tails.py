@@ -57,16 +57,25 @@ def ttft_survival(chain: Stationary, law: StepLaw) -> tuple[Survival, float]:
     free_t = law.prefill(np.arange(1, n_free + 1, dtype=float))
     # Above-survival of the free part: mass whose prefill time exceeds t (prefill is increasing in n).
     tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
+    # Under continuous batching the prompt's own cost and the wait for the step in flight vary: taken as
+    # Erlang-2 (cv 0.7) with their mean, on top of the fixed part of the step.
+    busy = np.arange(n_free, dtype=float) > 0
+    spread = law.prompt_ms + law.residual_share * busy * law.decode(np.maximum(np.arange(n_free, dtype=float), 1.0))
+    fixed_t = free_t - law.prompt_ms
     waiting_mass = float(accepted[n_free:].sum())
     full_prefill = law.prefill(float(chain.max_batch))
     waiting = _waiting_survival(chain, float(accepted[n_free]) if waiting_mass > 0 else 0.0)
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
-        free = tail_mass[np.searchsorted(free_t, t, side="right")]
+        if law.prompt_ms > 0 or law.residual_share > 0:
+            over = 2.0 * np.maximum(t[:, None] - fixed_t[None, :], 0.0) / np.maximum(spread[None, :], 1e-12)
+            free: NDArray[np.float64] = np.asarray((np.exp(-over) * (1.0 + over)) @ free_q, dtype=float)
+        else:
+            free = tail_mass[np.searchsorted(free_t, t, side="right")]
         if waiting_mass <= 0:
             return free
         shifted = t - full_prefill
-        wait = np.where(shifted <= 0, waiting_mass, waiting(shifted))
+        wait: NDArray[np.float64] = np.where(shifted <= 0, waiting_mass, waiting(shifted))
         return free + wait
 
     return survival, waiting_mass
@@ -97,9 +106,9 @@ def ttft_quantiles(
     chain: Stationary, law: StepLaw, wait_ms: float, probs: Sequence[float]
 ) -> list[float]:
     survival, waiting_mass = ttft_survival(chain, law)
-    low = law.prefill(1.0)
+    low = law.prefill(1.0) - law.prompt_ms
     mean_wait = wait_ms / waiting_mass if waiting_mass > 1e-15 else 0.0
-    high = law.prefill(float(chain.max_batch)) + 10.0 * mean_wait + 5.0 / chain.mu_full_per_ms
+    high = law.prefill(float(chain.max_batch)) + 10.0 * mean_wait + 5.0 / chain.mu_full_per_ms + 5.0 * law.prompt_ms
     return quantiles(survival, low, max(high, low * 1.01 + 1e-9), probs)
 
 

@@ -54,10 +54,15 @@ class VLLMEngine:
         self.out_total = np.zeros(n, dtype=np.int64)
         self.out_left = np.zeros(n, dtype=np.int64)
         self._seq = 0
+        # Running totals over active slots, kept in step with the arrays (cheaper than re-summing each step).
+        self.n_active = 0
+        self.n_prefill = 0
+        self.ctx_sum = 0
+        self.prompt_left_sum = 0
 
     @property
     def num_running(self) -> int:
-        return int(self.active.sum())
+        return self.n_active
 
     @property
     def num_waiting(self) -> int:
@@ -77,13 +82,14 @@ class VLLMEngine:
             pending.append((float(self.arrival[i]), int(self.prompt[i]), int(self.out_total[i])))
         self.waiting.clear()
         self.active[:] = False
+        self.n_active = self.n_prefill = self.ctx_sum = self.prompt_left_sum = 0
         return pending
 
     def advance_to(self, t_s: float) -> None:
         """Run engine steps until the engine clock reaches `t_s` (the last step may end after it)."""
         while self.now_s < t_s:
             self._admit()
-            if not self.active.any():
+            if not self.n_active:
                 nxt = self.waiting[0][0] if self.waiting else t_s
                 idle_until = min(max(nxt, self.now_s), t_s)
                 self.gpu.account(idle_until - self.now_s, self.gpu.spec.idle_w)
@@ -98,9 +104,9 @@ class VLLMEngine:
             free = np.flatnonzero(~self.active)
             if len(free) == 0:
                 return
-            kv_used = int(self.ctx[self.active].sum() + self.prompt_left[self.active].sum())
+            kv_used = self.ctx_sum + self.prompt_left_sum
             arrival, n_in, n_out = self.waiting[0]
-            if kv_used + n_in + n_out > self.cost.kv_capacity_tokens and self.active.any():
+            if kv_used + n_in + n_out > self.cost.kv_capacity_tokens and self.n_active:
                 return
             self.waiting.popleft()
             i = int(free[0])
@@ -114,24 +120,32 @@ class VLLMEngine:
             self.ctx[i] = 0
             self.out_total[i] = n_out
             self.out_left[i] = n_out
+            self.n_active += 1
+            self.n_prefill += 1
+            self.prompt_left_sum += n_in
             self.metrics.queue_time.observe_one(self.now_s - arrival)
 
     def _step(self) -> None:
         act = self.active
-        decoding = act & (self.prompt_left == 0)
-        prefilling = np.flatnonzero(act & (self.prompt_left > 0))
-        n_decode = int(decoding.sum())
-        budget = max(0, self.max_batched - n_decode)
-        chunk = np.zeros_like(self.prompt_left)
-        if len(prefilling):
+        chunk = None
+        prefill_tokens = 0
+        if self.n_prefill:
+            waiting_prompt = act & (self.prompt_left > 0)
+            decoding = act & ~waiting_prompt
+            n_decode = self.n_active - self.n_prefill
+            prefilling = np.flatnonzero(waiting_prompt)
             idx = prefilling[np.argsort(self.order[prefilling])]
             need = self.prompt_left[idx]
             before = np.cumsum(need) - need
-            chunk[idx] = np.clip(budget - before, 0, need)
+            chunk = np.zeros_like(self.prompt_left)
+            chunk[idx] = np.clip(max(0, self.max_batched - n_decode) - before, 0, need)
+            prefill_tokens = int(chunk.sum())
+        else:
+            decoding = act.copy()
+            n_decode = self.n_active
         c = self.cost
-        prefill_tokens = int(chunk.sum())
         compute_ms = c.prefill_ms_per_token * prefill_tokens + c.decode_ms_per_seq * n_decode
-        memory_ms = c.weights_ms + c.kv_ms_per_token * float(self.ctx[act].sum())
+        memory_ms = c.weights_ms + c.kv_ms_per_token * float(self.ctx_sum)
         clock = self.gpu.settle_clock(compute_ms, memory_ms, c.overhead_ms)
         power_w = self.gpu.draw_w(clock, compute_ms, memory_ms, c.overhead_ms)
         step_ms = c.overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
@@ -144,23 +158,32 @@ class VLLMEngine:
         now = self.now_s
         self.metrics.iteration_tokens.observe_one(prefill_tokens + n_decode)
 
-        self.prompt_left -= chunk
-        self.ctx += chunk
-        first = act & (self.prompt_left == 0) & (chunk > 0)
-        if first.any():
-            self.metrics.ttft.observe_many(now - self.arrival[first])
-            self.metrics.prefill_time.observe_many(now - self.sched[first])
-            self.first_tok[first] = now
-            self.last_tok[first] = now
-            self.out_left[first] -= 1
-            self.metrics.prompt_tokens_total += int(self.prompt[first].sum())
+        finishing = decoding
+        if chunk is not None:
+            self.prompt_left -= chunk
+            self.ctx += chunk
+            self.ctx_sum += prefill_tokens
+            self.prompt_left_sum -= prefill_tokens
+            first = act & (self.prompt_left == 0) & (chunk > 0)
+            n_first = int(first.sum())
+            if n_first:
+                self.n_prefill -= n_first
+                self.metrics.ttft.observe_many(now - self.arrival[first])
+                self.metrics.prefill_time.observe_many(now - self.sched[first])
+                self.first_tok[first] = now
+                self.last_tok[first] = now
+                self.out_left[first] -= 1
+                self.metrics.prompt_tokens_total += int(self.prompt[first].sum())
+                self.metrics.generation_tokens_total += n_first
+                finishing = decoding | first
         if n_decode:
             self.metrics.itl.observe_many(now - self.last_tok[decoding])
             self.last_tok[decoding] = now
             self.out_left[decoding] -= 1
             self.ctx[decoding] += 1
-        self.metrics.generation_tokens_total += n_decode + int(first.sum())
-        done = act & (self.prompt_left == 0) & (self.out_left <= 0)
+            self.ctx_sum += n_decode
+            self.metrics.generation_tokens_total += n_decode
+        done = finishing & (self.out_left <= 0)
         if done.any():
             self._finish(done, now)
         self._preempt_if_full()
@@ -176,16 +199,23 @@ class VLLMEngine:
         m.tpot.observe_many(np.where(gen > 1, span / np.maximum(gen - 1, 1), 0.0))
         m.success_total += int(done.sum())
         self.active[done] = False
+        self.n_active -= int(done.sum())
+        self.ctx_sum -= int(self.ctx[done].sum())
 
     def _preempt_if_full(self) -> None:
-        while self.active.sum() > 1 and int(self.ctx[self.active].sum()) > self.cost.kv_capacity_tokens:
+        while self.n_active > 1 and self.ctx_sum > self.cost.kv_capacity_tokens:
             live = np.flatnonzero(self.active)
             i = int(live[np.argmax(self.order[live])])
             self.active[i] = False
+            self.n_active -= 1
+            self.ctx_sum -= int(self.ctx[i])
+            if self.prompt_left[i] > 0:
+                self.n_prefill -= 1
+                self.prompt_left_sum -= int(self.prompt_left[i])
             self.waiting.appendleft((float(self.arrival[i]), int(self.prompt[i]), int(self.out_total[i])))
             self.metrics.preemptions_total += 1
 
     def kv_usage(self) -> float:
         """Share of the KV cache in use (vLLM's `kv_cache_usage_perc`, 0-1)."""
-        used = float(self.ctx[self.active].sum())
+        used = float(self.ctx_sum)
         return min(1.0, used / max(1, self.cost.kv_capacity_tokens))

@@ -36,7 +36,6 @@ class SimService:
     workload: Workload
     max_num_seqs: int
     replicas: list[Replica] = field(default_factory=list)
-    pending_restarts: int = 0
 
 
 class SimHost:
@@ -59,6 +58,7 @@ class SimHost:
         self.start_delay_s = start_delay_s
         self.keep_samples = keep_samples
         self._rng = np.random.default_rng(seed)
+        self._swaps: list[tuple[float, str, int]] = []  # (when, service, replica) of rolling restarts
 
     def add_service(self, name: str, model: str, workload: Workload, replicas: int, max_num_seqs: int) -> None:
         if model not in LLMS:
@@ -93,12 +93,25 @@ class SimHost:
         return len(svc.replicas)
 
     def restart_with_batch(self, name: str, max_num_seqs: int) -> None:
-        """Restart every replica with a new `--max-num-seqs`, one at a time (staggered by the start delay)."""
+        """A rolling restart with a new `--max-num-seqs`: replica i stops at now + i * delay, once the one
+        before it is back, so the service never goes dark."""
         svc = self.services[name]
         svc.max_num_seqs = max_num_seqs
-        for i, old in enumerate(list(svc.replicas)):
+        self._swaps = [w for w in self._swaps if w[1] != name]
+        for i in range(len(svc.replicas)):
+            self._swaps.append((self.now_s + self.start_delay_s * i, name, i))
+        self._swaps.sort()
+        self._do_swaps()
+
+    def _do_swaps(self) -> None:
+        while self._swaps and self._swaps[0][0] <= self.now_s:
+            _, name, i = self._swaps.pop(0)
+            svc = self.services[name]
+            if i >= len(svc.replicas):
+                continue
+            old = svc.replicas[i]
             pending = old.engine.drain()
-            svc.replicas[i] = self._new_replica(svc, old.gpu, self.start_delay_s * (i + 1))
+            svc.replicas[i] = self._new_replica(svc, old.gpu, self.start_delay_s)
             self._requeue(svc, pending)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
@@ -118,6 +131,7 @@ class SimHost:
     def advance_to(self, t_s: float, slice_s: float = 0.05) -> None:
         """Dispatch arrivals and run every engine up to `t_s`, in slices of `slice_s`."""
         while self.now_s < t_s:
+            self._do_swaps()
             end = min(t_s, self.now_s + slice_s)
             for svc in self.services.values():
                 for req in svc.workload.take(self.now_s, end):

@@ -6,6 +6,7 @@ a custom collector renders them, with vLLM's default bucket edges and labels `mo
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -28,12 +29,15 @@ class Histogram:
 
     def __init__(self, edges: Sequence[float], keep_samples: bool = False) -> None:
         self.edges = np.asarray(edges, dtype=float)
+        self._edge_list = [float(e) for e in edges]
         self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
         self.sum = 0.0
         self.samples: list[NDArray[np.float64]] | None = [] if keep_samples else None
 
     def observe_many(self, values: NDArray[np.float64]) -> None:
-        if values.size == 0:
+        if values.size <= 1:
+            if values.size:
+                self.observe_one(float(values[0]))
             return
         idx = np.searchsorted(self.edges, values, side="left")
         self.counts += np.bincount(idx, minlength=len(self.counts))
@@ -42,7 +46,7 @@ class Histogram:
             self.samples.append(np.array(values, dtype=float))
 
     def observe_one(self, value: float) -> None:
-        self.counts[int(np.searchsorted(self.edges, value, side="left"))] += 1
+        self.counts[bisect_left(self._edge_list, value)] += 1
         self.sum += value
         if self.samples is not None:
             self.samples.append(np.array([value]))
@@ -71,7 +75,7 @@ class EngineMetrics:
         self.ttft = Histogram(TTFT_BUCKETS, keep_samples)
         self.itl = Histogram(ITL_BUCKETS, keep_samples)
         self.tpot = Histogram(ITL_BUCKETS)
-        self.e2e = Histogram(REQUEST_BUCKETS)
+        self.e2e = Histogram(REQUEST_BUCKETS, keep_samples)
         self.queue_time = Histogram(REQUEST_BUCKETS, keep_samples)
         self.prefill_time = Histogram(REQUEST_BUCKETS)
         self.decode_time = Histogram(REQUEST_BUCKETS)

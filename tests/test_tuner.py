@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from queuemodels import Load, ServerShape, ServiceParams
-from queuemodels.operating_point import evaluate
-from queuemodels.service_time import capped_law
+from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
 from tuner import Observation, Tuner
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -20,8 +18,7 @@ PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
 
 def observe(params: ServiceParams, rate: float, n_in: float = 500, n_out: float = 200, noise: float = 0.0,
             rng: np.random.Generator | None = None) -> Observation:
-    perf = evaluate(capped_law(params, Load(rate, n_in, n_out), None, None), ServerShape(64, 512), rate, None,
-                    tails=False)
+    perf = get_model(DEFAULT_MODEL).analyze(params, Load(rate, n_in, n_out), ServerShape(64, 512), None, tails=False)
     jitter = (lambda: 1 + noise * rng.normal()) if rng is not None else (lambda: 1.0)
     return Observation(rate, n_in, n_out, 64, 512, perf.ttft_ms * jitter(), perf.itl_ms * jitter())
 
@@ -106,3 +103,43 @@ def test_follows_a_step_change() -> None:
     for r in rng.uniform(2, 11, 10):
         tuner.update("m", "gpu", observe(shifted, float(r), noise=0.02, rng=rng))
     assert relative_error(tuner, observe(shifted, 6.0)).max() < 0.08
+
+
+def write_csv(path: Path, rows: list[Observation], extra: str = "") -> None:
+    lines = ["rate_rps,in_tokens,out_tokens,max_batch,max_queue,ttft_ms,itl_ms,waiting,preemptions"]
+    lines += [f"{o.rate_rps},{o.in_tokens},{o.out_tokens},{o.max_batch},{o.max_queue},{o.ttft_ms},{o.itl_ms},"
+              f"{o.waiting},{o.preemptions}" for o in rows]
+    path.write_text("\n".join(lines) + "\n" + extra)
+
+
+def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    rng = np.random.default_rng(3)
+    rows = [observe(TRUE, r, noise=0.01, rng=rng) for r in (2.0, 8.0, 5.0, 11.0, 3.0, 9.0, 6.0, 10.0, 4.0, 7.0)]
+    rows.append(Observation(6.0, 500, 200, 64, 512, float("nan"), 20.0))
+    csv_path = tmp_path / "obs.csv"
+    write_csv(csv_path, rows)
+    assert main(["tune", str(csv_path), "--alpha-ms", "24", "--beta-ms", "0.18", "--gamma-ms", "40",
+                 "--delta-ms", "0.07", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["observations"] == 11 and report["verdicts"]["non-finite"] == 1
+    assert report["error_in_sample"]["median_ttft"] < 0.03 and report["error_in_sample"]["median_itl"] < 0.03
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("rate_rps,in_tokens\n1,2\n", "missing columns"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,colour\n1,2,3,4,5,6,red\n", "unknown columns"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,five,6\n", "'ttft_ms' is not a number"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n", "no observations"),
+])
+def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
+                                    message: str) -> None:
+    from controller.cli import main
+
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    assert main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

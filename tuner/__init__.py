@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from queuemodels import PowerProfile, ServiceParams
+from queuemodels import DEFAULT_MODEL, PowerProfile, ServiceParams
 from tuner import store
 from tuner.ekf import FilterSettings, PairFilter, Verdict
 from tuner.observation import Observation
@@ -22,9 +22,12 @@ def pair_key(model: str, accelerator: str) -> str:
 class Tuner:
     """One filter per (model, accelerator); state saved under `state_path` after accepted updates."""
 
-    def __init__(self, state_path: Path | None = None, settings: FilterSettings | None = None) -> None:
+    def __init__(
+        self, state_path: Path | None = None, settings: FilterSettings | None = None, queue_model: str = DEFAULT_MODEL
+    ) -> None:
         self.state_path = state_path
         self.settings = settings or FilterSettings()
+        self.queue_model = queue_model
         self.filters: dict[str, PairFilter] = {}
 
     def ensure(
@@ -35,7 +38,7 @@ class Tuner:
         current = self.filters.get(key)
         if current is not None and current.prior == prior:
             return current
-        pair = PairFilter(prior, profile, self.settings, fit_power)
+        pair = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
         self.filters[key] = pair
         if self.state_path is not None:
             for warning in store.load(self.state_path, {key: pair}):

@@ -18,9 +18,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.stats import chi2
 
-from queuemodels import ModelInputError, PowerProfile, ServiceParams
-from queuemodels.operating_point import evaluate
-from queuemodels.service_time import capped_law
+from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
 from tuner.observation import Observation
 
 
@@ -59,6 +57,7 @@ class PairFilter:
     profile: PowerProfile | None
     settings: FilterSettings = field(default_factory=FilterSettings)
     fit_power: bool = False
+    queue_model: str = DEFAULT_MODEL
     x: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     p: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
     warmup: list[Observation] = field(default_factory=list)
@@ -96,8 +95,7 @@ class PairFilter:
     def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x): the model's [TTFT, ITL(, power)] at the observation's operating point."""
         params, profile = self.params(x)
-        law = capped_law(params, obs.load, profile, obs.power_cap_w)
-        perf = evaluate(law, obs.shape, obs.rate_rps, profile if obs.power_w is not None else None, tails=False)
+        perf = get_model(self.queue_model).analyze(params, obs.load, obs.shape, profile, tails=False)
         out = [perf.ttft_ms, perf.itl_ms]
         if obs.power_w is not None and profile is not None:
             out.append(perf.power_w)
@@ -137,8 +135,8 @@ class PairFilter:
         except (ModelInputError, FloatingPointError, np.linalg.LinAlgError):
             return self._reject("model-error")
 
-    def _warm(self, obs: Observation) -> Verdict:
-        self.warmup.append(obs)
+    def fit(self, observations: list[Observation]) -> None:
+        """Least squares on log errors over `observations` (Nelder-Mead in log space, within bounds)."""
         low, high = self.bounds
         free = self.prior_vector() > 0
 
@@ -146,7 +144,7 @@ class PairFilter:
             x = self.prior_vector()
             x[free] = np.clip(np.exp(log_x), low[free], high[free])
             total = 0.0
-            for o in self.warmup:
+            for o in observations:
                 try:
                     total += float(np.sum(np.log(self.predict(o, x) / self.observed(o)) ** 2))
                 except ModelInputError:
@@ -154,9 +152,14 @@ class PairFilter:
             return total
 
         start = np.log(self.x[free])
-        fit = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-8, "maxiter": 800})
-        self.x[free] = np.clip(np.exp(fit.x), low[free], high[free])
+        options = {"xatol": 1e-4, "fatol": 1e-8, "maxiter": 400 * int(free.sum())}
+        result = minimize(loss, start, method="Nelder-Mead", options=options)
+        self.x[free] = np.clip(np.exp(result.x), low[free], high[free])
         self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+
+    def _warm(self, obs: Observation) -> Verdict:
+        self.warmup.append(obs)
+        self.fit(self.warmup)
         self.accepted += 1
         if self.accepted >= self.settings.warmup_observations:
             self.warmup.clear()

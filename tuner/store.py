@@ -34,6 +34,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def dump_pair(f: PairFilter) -> dict[str, Any]:
     return {
         "family": f.prior.family,
+        "queue_model": f.queue_model,
         "prior": list(f.prior_vector()),
         "x": [float(v) for v in f.x],
         "p": f.p.tolist(),
@@ -44,10 +45,14 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
 
 
 def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
-    """Load saved state into a fresh filter if it fits the same family and prior; False otherwise."""
+    """Load saved state into a fresh filter if it fits the same family, queue model and prior; else False."""
     x = np.asarray(data["x"], dtype=float)
     p = np.asarray(data["p"], dtype=float)
-    same = data.get("family") == f.prior.family and np.allclose(data.get("prior", []), f.prior_vector())
+    same = (
+        data.get("family") == f.prior.family
+        and data.get("queue_model", "mm1k-batch") == f.queue_model
+        and np.allclose(data.get("prior", []), f.prior_vector())
+    )
     if not same or x.shape != f.x.shape or p.shape != f.p.shape or not np.all(np.isfinite(x)):
         return False
     f.x, f.p = x, p

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from queuemodels import Load, Performance, PowerProfile, ServiceParams, Targets
+from queuemodels import DEFAULT_MODEL, Load, Performance, PowerProfile, ServiceParams, Targets
 
 Objective = Literal["cost", "token_speed", "energy"]
 
@@ -56,7 +56,7 @@ class Problem:
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     transition_penalty: float = 0.05
-    queue_model: str = "mm1k-batch"
+    queue_model: str = DEFAULT_MODEL
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

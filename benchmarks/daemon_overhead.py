@@ -1,0 +1,92 @@
+"""CPU and memory of the daemon on the sim config, measured from /proc over a window.
+
+    python benchmarks/daemon_overhead.py [--duration 60] [--warmup 20]
+
+Prints JSON: cpu_percent (of one core, averaged over the window), rss_mb (peak sampled),
+plus what was measured (duration_s, samples, slow cycles seen). The simulated host runs inside
+the daemon, so the figure includes stepping the emulator in real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds after start before measuring")
+    args = ap.parse_args()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        text = (ROOT / "config" / "sim.toml").read_text()
+        text = text.replace("port = 9464", f"port = {port}")
+        text = text.replace('state_dir = "../var/state"', f'state_dir = "{tmp}/state"')
+        cfg = Path(tmp) / "wattscale.toml"
+        cfg.write_text(text)
+        exe = Path(sys.executable).with_name("wattscale")
+        proc = subprocess.Popen([str(exe), "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(args.warmup)
+            if proc.poll() is not None:
+                raise SystemExit(f"daemon exited with {proc.returncode} during warm-up")
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            peak, samples = 0.0, 0
+            while time.monotonic() - t0 < args.duration:
+                time.sleep(1.0)
+                peak = max(peak, rss_mb(proc.pid))
+                samples += 1
+            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            body = scrape(port)
+            m = re.search(r"^wattscale_cycle_duration_seconds_count\{loop=\"slow\"\} (\S+)$", body, re.M)
+            cycles = float(m.group(1)) if m else None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    print(json.dumps({
+        "cpu_percent": round(100.0 * (c1 - c0) / (t1 - t0), 3),
+        "rss_mb": round(peak, 1),
+        "duration_s": round(t1 - t0, 1),
+        "samples": samples,
+        "slow_cycles": cycles,
+        "targets": {"cpu_percent": 2.0, "rss_mb": 150.0},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Ground truth for benchmarks: run one emulated replica at a steady Poisson load and measure it.
+
+This is what a careful load test on a real server reports: mean and p95 TTFT and ITL from every
+request in a window after a warm-up, the arrival rate and token means actually offered, and the mean
+GPU draw from the energy counter. Nothing here is visible to the controller in operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.engine import VLLMEngine
+from simulator.hardware import SPECS, SimGPU
+from simulator.llms import LLMS, StepCost, step_cost
+from simulator.workload import TokenDist
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one replica did over the measurement window (times in ms)."""
+
+    rate_rps: float
+    throughput_rps: float
+    in_tokens: float
+    out_tokens: float
+    ttft_ms: float
+    itl_ms: float
+    ttft_p95_ms: float
+    itl_p95_ms: float
+    power_w: float
+    running: float
+    waiting: float
+    preemptions: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica to probe: the model, GPU type and the pair seed that draws its hidden costs."""
+
+    model: str
+    gpu_type: str
+    pair_seed: int = 0
+    cost_scale: float = 1.0
+    """Multiplies every hidden step time (a drift, e.g. a new vLLM version)."""
+
+    def cost(self) -> StepCost:
+        c = step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed)
+        s = self.cost_scale
+        return StepCost(c.overhead_ms * s, c.weights_ms * s, c.kv_ms_per_token * s, c.prefill_ms_per_token * s,
+                        c.decode_ms_per_seq * s, c.noise_sigma, c.hiccup_prob, c.hiccup_ms, c.kv_capacity_tokens)
+
+
+def measure(
+    replica: Replica,
+    rate_rps: float,
+    tokens_in: TokenDist,
+    tokens_out: TokenDist,
+    max_num_seqs: int,
+    power_limit_w: float | None = None,
+    requests: int = 2000,
+    warmup_fraction: float = 0.15,
+    seed: int = 0,
+) -> Measured:
+    """Offer `requests` Poisson arrivals; measure the window after the first `warmup_fraction` of them."""
+    rng = np.random.default_rng(seed)
+    gpu = SimGPU(0, SPECS[replica.gpu_type])
+    if power_limit_w is not None:
+        gpu.set_power_limit(power_limit_w)
+    engine = VLLMEngine(replica.model, replica.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+    times = np.cumsum(rng.exponential(1.0 / rate_rps, requests))
+    n_in = tokens_in.draw(rng, requests)
+    n_out = tokens_out.draw(rng, requests)
+    for t, a, b in zip(times, n_in, n_out, strict=True):
+        engine.submit(float(t), int(a), int(b))
+    start = float(times[int(warmup_fraction * requests)])
+    end = float(times[-1])
+    engine.advance_to(start)
+    m = engine.metrics
+    n_ttft, n_itl = len(m.ttft.all_samples()), len(m.itl.all_samples())
+    energy0, preempt0, done0 = gpu.energy_j, m.preemptions_total, m.success_total
+    running: list[int] = []
+    waiting: list[int] = []
+    for t in np.linspace(start, end, 200)[1:]:
+        engine.advance_to(float(t))
+        running.append(engine.num_running)
+        waiting.append(sum(1 for w in engine.waiting if w[0] <= engine.now_s))
+    ttft = m.ttft.all_samples()[n_ttft:] * 1000.0
+    itl = m.itl.all_samples()[n_itl:] * 1000.0
+    window = (times >= start) & (times < end)
+    span = engine.now_s - start
+    return Measured(
+        rate_rps=float(window.sum()) / (end - start),
+        throughput_rps=(m.success_total - done0) / span,
+        in_tokens=float(n_in[window].mean()),
+        out_tokens=float(n_out[window].mean()),
+        ttft_ms=float(ttft.mean()) if ttft.size else float("nan"),
+        itl_ms=float(itl.mean()) if itl.size else float("nan"),
+        ttft_p95_ms=float(np.percentile(ttft, 95)) if ttft.size else float("nan"),
+        itl_p95_ms=float(np.percentile(itl, 95)) if itl.size else float("nan"),
+        power_w=(gpu.energy_j - energy0) / span,
+        running=float(np.mean(running)),
+        waiting=float(np.mean(waiting)),
+        preemptions=m.preemptions_total - preempt0,
+        requests=int(ttft.size),
+    )
+
+
+def saturation_rps(
+    replica: Replica,
+    tokens_in: TokenDist,
+    tokens_out: TokenDist,
+    max_num_seqs: int,
+    power_limit_w: float | None = None,
+    seed: int = 0,
+) -> float:
+    """Completions per second with the batch kept full (a backlog at t = 0), between the 2N-th and
+    the 7N-th completion, so start-up and the final drain are left out."""
+    rng = np.random.default_rng(seed)
+    gpu = SimGPU(0, SPECS[replica.gpu_type])
+    if power_limit_w is not None:
+        gpu.set_power_limit(power_limit_w)
+    engine = VLLMEngine(replica.model, replica.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+    n = 8 * max_num_seqs
+    for a, b in zip(tokens_in.draw(rng, n), tokens_out.draw(rng, n), strict=True):
+        engine.submit(0.0, int(a), int(b))
+    while engine.outstanding:
+        engine.advance_to(engine.now_s + 1.0)
+    done = np.sort(engine.metrics.e2e.all_samples())
+    first, last = 2 * max_num_seqs, 7 * max_num_seqs
+    return float((last - first) / (done[last] - done[first]))

@@ -1,0 +1,140 @@
+"""The tuner run offline over recorded observations (`wattscale tune OBSERVATIONS.csv`).
+
+CSV columns (a header row names them; order is free):
+  rate_rps, in_tokens, out_tokens, max_batch, ttft_ms, itl_ms   required, one row per replica and cycle
+  max_queue                                                     optional, default 100000 (unbounded)
+  power_cap_w, power_w                                          optional, empty = not capped / not sampled
+  waiting, preemptions                                          optional, default 0 (saturation gating)
+Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
+gating; the report gives the fitted parameters, the counts, and the prediction error before each
+update (one step ahead) and after the last one (in sample).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from queuemodels import ModelInputError
+from tuner.ekf import PairFilter
+from tuner.observation import Observation
+
+REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
+OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions")
+
+
+class ObservationFileError(ValueError):
+    """A recorded-observation file that cannot be read; the message names the row and column."""
+
+
+def _number(row: dict[str, str], col: str, where: str, default: float | None) -> float | None:
+    text = (row.get(col) or "").strip()
+    if not text:
+        if default is None and col in REQUIRED:
+            raise ObservationFileError(f"{where}: column {col!r} is empty")
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ObservationFileError(f"{where}: column {col!r} is not a number: {text!r}") from None
+
+
+def read_observations(path: Path) -> list[Observation]:
+    """Parse the CSV; NaN values are kept (the filter gates them), malformed ones are refused."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
+            unknown = [c for c in reader.fieldnames or [] if c not in REQUIRED + OPTIONAL]
+            if unknown:
+                raise ObservationFileError(f"{path}: unknown columns {unknown}")
+            out = []
+            for i, row in enumerate(reader, start=2):
+                where = f"{path}:{i}"
+                v = {c: _number(row, c, where, None) for c in REQUIRED}
+                max_batch = v["max_batch"]
+                if max_batch is None or not max_batch >= 1 or max_batch != int(max_batch):
+                    raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1")
+                out.append(Observation(
+                    rate_rps=float(v["rate_rps"] or 0.0), in_tokens=float(v["in_tokens"] or 0.0),
+                    out_tokens=float(v["out_tokens"] or 0.0), max_batch=int(max_batch),
+                    max_queue=int(_number(row, "max_queue", where, 100_000) or 0),
+                    ttft_ms=float(v["ttft_ms"] or 0.0), itl_ms=float(v["itl_ms"] or 0.0),
+                    power_cap_w=_number(row, "power_cap_w", where, None),
+                    power_w=_number(row, "power_w", where, None),
+                    waiting=float(_number(row, "waiting", where, 0.0) or 0.0),
+                    preemptions=float(_number(row, "preemptions", where, 0.0) or 0.0),
+                ))
+    except OSError as exc:
+        raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
+    if not out:
+        raise ObservationFileError(f"{path}: no observations")
+    return out
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Relative absolute errors of predicted mean TTFT and ITL."""
+
+    median_ttft: float
+    median_itl: float
+    max_ttft: float
+    max_itl: float
+
+    @classmethod
+    def of(cls, errs: list[tuple[float, float]]) -> ErrorSummary:
+        if not errs:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan)
+        a = np.array(errs)
+        return cls(*(round(float(x), 4) for x in (*np.median(a, axis=0), *a.max(axis=0))))
+
+
+def relative_errors(pair: PairFilter, obs: Observation) -> tuple[float, float] | None:
+    if obs.problem() is not None:
+        return None
+    try:
+        pred = pair.predict(obs)
+    except ModelInputError:
+        return None
+    return abs(pred[0] / obs.ttft_ms - 1.0), abs(pred[1] / obs.itl_ms - 1.0)
+
+
+def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
+    """Feed every observation through the filter; the report `wattscale tune --json` prints."""
+    ahead: list[tuple[float, float]] = []
+    verdicts: dict[str, int] = {}
+    for obs in observations:
+        if pair.accepted >= pair.settings.warmup_observations:
+            err = relative_errors(pair, obs)
+            if err is not None:
+                ahead.append(err)
+        verdict = pair.update(obs)
+        verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
+    fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
+    params, profile = pair.params()
+    names = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")
+    out: dict[str, Any] = {
+        "queue_model": pair.queue_model,
+        "family": params.family,
+        "params": {n: round(v, 6) for n, v in zip(names, params.as_vector(), strict=False)},
+        "observations": len(observations),
+        "verdicts": verdicts,
+        "covariance_trace": float(np.trace(pair.p)),
+        "error_one_step_ahead": ErrorSummary.of(ahead).__dict__,
+        "error_in_sample": ErrorSummary.of(fitted).__dict__,
+    }
+    if pair.fit_power and profile is not None:
+        out["params"]["prefill_sensitivity"] = round(profile.prefill_sensitivity, 6)
+    if math.isnan(pair.last_nis):
+        out["last_nis"] = None
+    else:
+        out["last_nis"] = round(pair.last_nis, 4)
+    return out
