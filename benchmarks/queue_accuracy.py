@@ -52,7 +52,7 @@ def run_point(point: tuple[str, int, float, float, int]) -> dict[str, object]:
 
 def observation(row: dict[str, object]) -> Observation:
     m = Measured(**{k: row[k] for k in Measured.__dataclass_fields__})  # type: ignore[arg-type]
-    return Observation(m.rate_rps, m.in_tokens, m.out_tokens, int(row["max_batch"]), 100_000,  # type: ignore[call-overload]
+    return Observation(m.rate_rps, m.in_tokens, m.out_tokens, int(row["max_batch"]), 1024,  # type: ignore[call-overload]
                        m.ttft_ms, m.itl_ms, float(row["cap_w"]))  # type: ignore[arg-type]
 
 

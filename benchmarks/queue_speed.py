@@ -12,7 +12,7 @@ import json
 import statistics
 import timeit
 
-from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model, max_rate
+from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import profile
 
 
@@ -22,7 +22,7 @@ def median_s(fn: object, number: int, repeat: int = 7) -> float:
 
 
 def main() -> None:
-    model = get_model("mm1k-batch")
+    model = get_model(DEFAULT_MODEL)
     params = ServiceParams("gen1", alpha_ms=20.0, beta_ms=0.5, gamma_ms=30.0, delta_ms=0.02)
     load = Load(rate_rps=5.0, in_tokens=512, out_tokens=128)
     h100 = profile("H100-SXM")
@@ -33,10 +33,11 @@ def main() -> None:
     out = {
         "analyze_us": 1e6 * median_s(lambda: model.analyze(params, load, shape, h100), 200),
         "analyze_us_k10000": 1e6 * median_s(lambda: model.analyze(params, load, big, h100), 50),
-        "max_rate_ms": 1e3 * median_s(lambda: max_rate(params, load, shape, p95_t, h100), 10),
-        "max_rate_ms_mean_targets": 1e3 * median_s(lambda: max_rate(params, load, shape, mean_t, h100), 20),
+        "max_rate_ms": 1e3 * median_s(lambda: model.max_rate(params, load, shape, p95_t, h100), 10),
+        "max_rate_ms_mean_targets": 1e3 * median_s(lambda: model.max_rate(params, load, shape, mean_t, h100), 20),
         "targets": {"analyze_us": 500, "max_rate_ms": 20},
     }
+    out["model"] = model.name
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}))
 
 

@@ -64,7 +64,7 @@ def observations(seed: int, cycles: int, after: int, window_s: float, mean_rps: 
         last = snap
         if w is None or w.ttft_ms is None or w.itl_ms is None or w.in_tokens is None or w.out_tokens is None:
             continue
-        out.append(Observation(w.rate_rps, w.in_tokens, w.out_tokens, MAX_BATCH, 100_000, w.ttft_ms, w.itl_ms,
+        out.append(Observation(w.rate_rps, w.in_tokens, w.out_tokens, MAX_BATCH, 1024, w.ttft_ms, w.itl_ms,
                                CAP_W, waiting=w.waiting, preemptions=w.preemptions))
     return out
 

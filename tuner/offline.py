@@ -2,7 +2,7 @@
 
 CSV columns (a header row names them; order is free):
   rate_rps, in_tokens, out_tokens, max_batch, ttft_ms, itl_ms   required, one row per replica and cycle
-  max_queue                                                     optional, default 100000 (unbounded)
+  max_queue                                                     optional, default 1024
   power_cap_w, power_w                                          optional, empty = not capped / not sampled
   waiting, preemptions                                          optional, default 0 (saturation gating)
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
@@ -65,7 +65,7 @@ def read_observations(path: Path) -> list[Observation]:
                 out.append(Observation(
                     rate_rps=float(v["rate_rps"] or 0.0), in_tokens=float(v["in_tokens"] or 0.0),
                     out_tokens=float(v["out_tokens"] or 0.0), max_batch=int(max_batch),
-                    max_queue=int(_number(row, "max_queue", where, 100_000) or 0),
+                    max_queue=int(_number(row, "max_queue", where, 1024) or 0),
                     ttft_ms=float(v["ttft_ms"] or 0.0), itl_ms=float(v["itl_ms"] or 0.0),
                     power_cap_w=_number(row, "power_cap_w", where, None),
                     power_w=_number(row, "power_w", where, None),
