@@ -52,6 +52,13 @@ class Replica:
         return StepCost(c.overhead_ms * s, c.weights_ms * s, c.kv_ms_per_token * s, c.prefill_ms_per_token * s,
                         c.decode_ms_per_seq * s, c.noise_sigma, c.hiccup_prob, c.hiccup_ms, c.kv_capacity_tokens)
 
+    def engine(self, max_num_seqs: int, power_limit_w: float | None, rng: np.random.Generator) -> VLLMEngine:
+        """A fresh engine on its own GPU, keeping raw samples for exact means and percentiles."""
+        gpu = SimGPU(0, SPECS[self.gpu_type])
+        if power_limit_w is not None:
+            gpu.set_power_limit(power_limit_w)
+        return VLLMEngine(self.model, self.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+
 
 def measure(
     replica: Replica,
@@ -66,10 +73,8 @@ def measure(
 ) -> Measured:
     """Offer `requests` Poisson arrivals; measure the window after the first `warmup_fraction` of them."""
     rng = np.random.default_rng(seed)
-    gpu = SimGPU(0, SPECS[replica.gpu_type])
-    if power_limit_w is not None:
-        gpu.set_power_limit(power_limit_w)
-    engine = VLLMEngine(replica.model, replica.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+    engine = replica.engine(max_num_seqs, power_limit_w, rng)
+    gpu = engine.gpu
     times = np.cumsum(rng.exponential(1.0 / rate_rps, requests))
     n_in = tokens_in.draw(rng, requests)
     n_out = tokens_out.draw(rng, requests)
@@ -119,10 +124,7 @@ def saturation_rps(
     """Completions per second with the batch kept full (a backlog at t = 0), between the 2N-th and
     the 7N-th completion, so start-up and the final drain are left out."""
     rng = np.random.default_rng(seed)
-    gpu = SimGPU(0, SPECS[replica.gpu_type])
-    if power_limit_w is not None:
-        gpu.set_power_limit(power_limit_w)
-    engine = VLLMEngine(replica.model, replica.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+    engine = replica.engine(max_num_seqs, power_limit_w, rng)
     n = 8 * max_num_seqs
     for a, b in zip(tokens_in.draw(rng, n), tokens_out.draw(rng, n), strict=True):
         engine.submit(0.0, int(a), int(b))
