@@ -97,28 +97,40 @@ class Greedy:
             return float(v[0] - second) if len(v) else 0.0
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
+        ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
         spread = [float(np.ptp(a[0]) / max(np.ptp(a[1]), 1e-9)) for a in arrays if a[0].size > 1]
         top = max(spread, default=1.0) or 1.0
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
-            choice = self._upgrade(problem, self._pass(problem, order, arrays, cands, float(price)), cands, order)
+            choice = self._upgrade(problem, self._pass(problem, order, arrays, cands, float(price)), ranked, order)
             v = _value(choice, shed)
             if v > best_v + 1e-12:
                 best, best_v = choice, v
         return best, []
 
-    def _upgrade(self, problem: Problem, choice: Choice, cands: list[list[Candidate]], order: list[int]) -> Choice:
-        """One sweep: move each service to its most valuable candidate that still fits."""
+    def _upgrade(self, problem: Problem, choice: Choice, ranked: list[list[Candidate]], order: list[int]) -> Choice:
+        """One sweep: move each service to its most valuable candidate that still fits (`choice` fits on entry,
+        so a move only has to check the power row and its own accelerator's row)."""
+        spare_w = problem.budget_w - problem.idle_w + 1e-6 - sum(c.power_w for c in choice if c is not None)
+        left = {a.name: a.count for a in problem.accelerators}
+        for c in choice:
+            if c is not None:
+                left[c.assignment.accelerator] -= c.gpus
         for i in order:
             current = choice[i]
-            for c in sorted(cands[i], key=lambda c: -c.value):
+            for c in ranked[i]:
                 if current is not None and c.value <= current.value:
                     break
-                trial = list(choice)
-                trial[i] = c
-                if _fits(problem, trial):
-                    choice = trial
+                freed_w = current.power_w if current is not None else 0.0
+                acc = c.assignment.accelerator
+                freed_gpus = current.gpus if current is not None and current.assignment.accelerator == acc else 0
+                if c.power_w - freed_w <= spare_w and c.gpus - freed_gpus <= left[acc]:
+                    spare_w -= c.power_w - freed_w
+                    if current is not None:
+                        left[current.assignment.accelerator] += current.gpus
+                    left[acc] -= c.gpus
+                    choice = [*choice[:i], c, *choice[i + 1:]]
                     break
         return choice
 
