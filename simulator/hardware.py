@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from queuemodels.accelerators import CATALOG
-
 CLOCK_EXPONENT = 2.4
 MIN_CLOCK_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """Hardware facts of one GPU type (public figures; the power split is the simulator's own)."""
+    """Hardware facts of one GPU type: public figures (bandwidth, FLOPS, the driver's power-limit range and
+    idle draw, as in REFERENCE.md section 4); the split of dynamic power is the simulator's own."""
 
     name: str
     memory_tb_s: float
@@ -26,29 +25,24 @@ class GpuSpec:
     max_clock_mhz: float
     compute_w: float
     memory_w: float
-
-    @property
-    def min_limit_w(self) -> float:
-        return CATALOG[self.name].min_power_w
-
-    @property
-    def max_limit_w(self) -> float:
-        return CATALOG[self.name].max_power_w
-
-    @property
-    def idle_w(self) -> float:
-        return CATALOG[self.name].idle_power_w
+    min_limit_w: float
+    max_limit_w: float
+    idle_w: float
 
 
 SPECS: dict[str, GpuSpec] = {
     s.name: s
     for s in (
-        GpuSpec("H100-SXM", 3.35, 990.0, 80, 1980, compute_w=560, memory_w=230),
-        GpuSpec("H100-PCIe", 2.0, 756.0, 80, 1755, compute_w=270, memory_w=110),
-        GpuSpec("A100-SXM4", 2.04, 312.0, 80, 1410, compute_w=300, memory_w=130),
-        GpuSpec("L40S", 0.864, 362.0, 48, 2520, compute_w=280, memory_w=90),
-        GpuSpec("L4", 0.3, 121.0, 24, 2040, compute_w=52, memory_w=20),
-        GpuSpec("T4", 0.32, 65.0, 16, 1590, compute_w=55, memory_w=20),
+        GpuSpec("H100-SXM", 3.35, 990.0, 80, 1980, compute_w=560, memory_w=230, min_limit_w=200, max_limit_w=700,
+                idle_w=95),
+        GpuSpec("H100-PCIe", 2.0, 756.0, 80, 1755, compute_w=270, memory_w=110, min_limit_w=200, max_limit_w=350,
+                idle_w=60),
+        GpuSpec("A100-SXM4", 2.04, 312.0, 80, 1410, compute_w=300, memory_w=130, min_limit_w=100, max_limit_w=400,
+                idle_w=70),
+        GpuSpec("L40S", 0.864, 362.0, 48, 2520, compute_w=280, memory_w=90, min_limit_w=100, max_limit_w=350,
+                idle_w=45),
+        GpuSpec("L4", 0.3, 121.0, 24, 2040, compute_w=52, memory_w=20, min_limit_w=40, max_limit_w=72, idle_w=16),
+        GpuSpec("T4", 0.32, 65.0, 16, 1590, compute_w=55, memory_w=20, min_limit_w=60, max_limit_w=70, idle_w=12),
     )
 }
 

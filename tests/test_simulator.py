@@ -88,3 +88,12 @@ def test_probe_sees_prefill_slow_down_under_a_low_cap_more_than_decode() -> None
     ttft_slow = capped.ttft_ms / free.ttft_ms
     itl_slow = capped.itl_ms / free.itl_ms
     assert ttft_slow > itl_slow > 0.99
+
+
+def test_simulated_envelopes_match_the_public_catalogue() -> None:
+    from queuemodels.accelerators import CATALOG
+
+    for name, spec in SPECS.items():
+        envelope = CATALOG[name]
+        assert (spec.min_limit_w, spec.max_limit_w, spec.idle_w) == (
+            envelope.min_power_w, envelope.max_power_w, envelope.idle_power_w)
