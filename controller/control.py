@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
 from controller.governor import PowerGovernor
-from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, Solution, get_solver, solve
+from controller.optimizer import Assignment, Problem, ServiceDemand, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.settings import ServiceSettings, Settings
 from controller.stability import StabilityGate
@@ -179,8 +179,7 @@ class Controller:
 
     def _problem(self) -> Problem:
         s = self.settings
-        accs = tuple(AcceleratorType(a.name, a.count, a.cost_per_hour, CATALOG[a.name], a.gpus_per_replica)
-                     for a in s.accelerators)
+        accs = tuple(a.offer() for a in s.accelerators)
         demands = []
         for svc in s.services:
             params = {}
@@ -231,8 +230,7 @@ class Controller:
         m = self.metrics
         if target.replicas != current.replicas:
             try:
-                got = self.replicas.set_replicas(service, target.replicas)
-                done = Assignment(done.accelerator, got, done.max_batch, done.power_cap_w)
+                done = replace(done, replicas=self.replicas.set_replicas(service, target.replicas))
                 m.actuations.labels(self.replicas.name, "replicas", "ok").inc()
             except ActuatorError as exc:
                 m.actuations.labels(self.replicas.name, "replicas", "error").inc()
@@ -240,9 +238,9 @@ class Controller:
         if target.max_batch != current.max_batch:
             try:
                 self.batch.set_max_batch(service, target.max_batch)
-                done = Assignment(done.accelerator, done.replicas, target.max_batch, done.power_cap_w)
+                done = replace(done, max_batch=target.max_batch)
                 m.actuations.labels(self.batch.name, "max_batch", "ok").inc()
             except ActuatorError as exc:
                 m.actuations.labels(self.batch.name, "max_batch", "error").inc()
                 self._error("batch_actuator", f"{service}: {exc}")
-        return Assignment(done.accelerator, done.replicas, done.max_batch, target.power_cap_w)
+        return replace(done, power_cap_w=target.power_cap_w)

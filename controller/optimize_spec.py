@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.config_loader import ConfigError, build, read_toml
-from controller.optimizer import AcceleratorType, Problem, ServiceDemand, Solution
+from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.settings import AcceleratorSettings, PriorSettings
 from queuemodels import Load, Targets
 from queuemodels.accelerators import CATALOG
@@ -82,8 +82,7 @@ class Spec:
 
 def load_spec(path: Path) -> Problem:
     spec = build(Spec, read_toml(path))
-    accs = tuple(AcceleratorType(a.name, a.count, a.cost_per_hour, CATALOG[a.name], a.gpus_per_replica)
-                 for a in spec.accelerators)
+    accs = tuple(a.offer() for a in spec.accelerators)
     services = tuple(
         ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),
                       Load(s.rate_rps, s.in_tokens, s.out_tokens), {k: v.params() for k, v in s.params.items()},

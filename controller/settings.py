@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.config_loader import ConfigError, build, read_toml
+from controller.optimizer.problem import AcceleratorType
 from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, ServiceParams
 from queuemodels.accelerators import CATALOG
 
@@ -178,6 +179,10 @@ class AcceleratorSettings:
             raise ConfigError(f"{where}.cost_per_hour", "must be >= 0")
         if self.gpus_per_replica < 1:
             raise ConfigError(f"{where}.gpus_per_replica", "must be >= 1")
+
+    def offer(self) -> AcceleratorType:
+        """This inventory line as the optimizer sees it, with the catalogue's power envelope."""
+        return AcceleratorType(self.name, self.count, self.cost_per_hour, CATALOG[self.name], self.gpus_per_replica)
 
 
 @dataclass(frozen=True)

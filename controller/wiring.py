@@ -41,13 +41,11 @@ def build_host(settings: Settings) -> SimHost:
 
 def build_parts(settings: Settings) -> Parts:
     t, a = settings.telemetry, settings.actuators
-    uses_sim = "sim" in (t.gpu_source, t.vllm_source, a.power, a.batch, a.replicas)
-    host = build_host(settings) if uses_sim else None
     if t.gpu_source != "sim" or t.vllm_source != "sim":
         raise ConfigError("telemetry", "only the sim sources are built into this version")
-    assert host is not None
-    gpus: GpuSource = SimGpuSource(host)
-    vllm: VllmSource = SimVllmSource(host)
+    if a.power not in ("sim", "dry-run") or a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
+        raise ConfigError("actuators", "only the sim and dry-run backends are built into this version")
+    host = build_host(settings)
     power: PowerLimiter = SimPowerLimiter(host) if a.power == "sim" else DryRunPowerLimiter()
     batch: BatchSizer = SimBatchSizer(host) if a.batch == "sim" else DryRunBatchSizer()
     replicas: ReplicaScaler
@@ -55,6 +53,4 @@ def build_parts(settings: Settings) -> Parts:
         replicas = SimReplicaScaler(host)
     else:
         replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
-    if a.power not in ("sim", "dry-run") or a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
-        raise ConfigError("actuators", "only the sim and dry-run backends are built into this version")
-    return Parts(host, gpus, vllm, power, batch, replicas)
+    return Parts(host, SimGpuSource(host), SimVllmSource(host), power, batch, replicas)
