@@ -17,15 +17,16 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import profile
-from simulator.probe import Measured, Replica, measure, saturation_rps
+from simulator.probe import Replica, measure, saturation_rps
 from simulator.workload import TokenDist
 from tuner import Observation, PairFilter
 
@@ -40,7 +41,7 @@ def tokens(kind: str) -> tuple[TokenDist, TokenDist]:
     return TokenDist(n_in, 0.5), TokenDist(n_out, 0.5)
 
 
-def run_point(point: tuple[str, int, float, float, int]) -> dict[str, object]:
+def run_point(point: tuple[str, int, float, float, int]) -> dict[str, Any]:
     """Saturation, then a steady Poisson run at `util` of it (executed in a worker process)."""
     kind, batch, cap_w, util, seed = point
     t_in, t_out = tokens(kind)
@@ -50,27 +51,26 @@ def run_point(point: tuple[str, int, float, float, int]) -> dict[str, object]:
     return {"kind": kind, "max_batch": batch, "cap_w": cap_w, "util": util, "saturation_rps": sat, **asdict(m)}
 
 
-def observation(row: dict[str, object]) -> Observation:
-    m = Measured(**{k: row[k] for k in Measured.__dataclass_fields__})  # type: ignore[arg-type]
-    return Observation(m.rate_rps, m.in_tokens, m.out_tokens, int(row["max_batch"]), 1024,  # type: ignore[call-overload]
-                       m.ttft_ms, m.itl_ms, float(row["cap_w"]))  # type: ignore[arg-type]
+def observation(row: dict[str, Any]) -> Observation:
+    return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], 1024,
+                       row["ttft_ms"], row["itl_ms"], row["cap_w"])
 
 
-def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[dict[str, object]]) -> dict[str, float]:
+def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[dict[str, Any]]) -> dict[str, float]:
     model = get_model(model_name)
-    prof = PROFILE.__class__(**{**asdict(PROFILE), "prefill_sensitivity": prof_sens})
+    prof = replace(PROFILE, prefill_sensitivity=prof_sens)
     errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": [], "itl_p95": []}
     unstable = 0
     for row in rows:
-        load = Load(float(row["rate_rps"]), float(row["in_tokens"]), float(row["out_tokens"]))  # type: ignore[arg-type]
+        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"])
         try:
-            perf = model.analyze(params, load, ServerShape(int(row["max_batch"]), None, float(row["cap_w"])), prof)  # type: ignore[call-overload, arg-type]
+            perf = model.analyze(params, load, ServerShape(row["max_batch"], None, row["cap_w"]), prof)
             pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms, "itl_p95": perf.itl_p95_ms}
         except ModelInputError:
             unstable += 1
             pred = dict.fromkeys(errs, math.inf)
         for k in errs:
-            errs[k].append(min(1e3, abs(pred[k] / float(row[f"{k}_ms"]) - 1.0)))  # type: ignore[arg-type]
+            errs[k].append(min(1e3, abs(pred[k] / row[f"{k}_ms"] - 1.0)))
     out: dict[str, float] = {}
     for k, v in errs.items():
         out[f"median_abs_err_{k}"] = round(float(np.median(v)), 4)
@@ -79,7 +79,7 @@ def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[
     return out
 
 
-def calibrate(model_name: str, rows: list[dict[str, object]]) -> tuple[ServiceParams, float]:
+def calibrate(model_name: str, rows: list[dict[str, Any]]) -> tuple[ServiceParams, float]:
     pair = PairFilter(PRIOR, PROFILE, fit_power=True, queue_model=model_name)
     pair.fit([observation(r) for r in rows])
     params, prof = pair.params()

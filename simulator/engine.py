@@ -141,7 +141,7 @@ class VLLMEngine:
             chunk[idx] = np.clip(max(0, self.max_batched - n_decode) - before, 0, need)
             prefill_tokens = int(chunk.sum())
         else:
-            decoding = act.copy()
+            decoding = act  # read before _finish and _preempt_if_full change the slots
             n_decode = self.n_active
         c = self.cost
         compute_ms = c.prefill_ms_per_token * prefill_tokens + c.decode_ms_per_seq * n_decode

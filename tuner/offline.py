@@ -32,16 +32,36 @@ class ObservationFileError(ValueError):
     """A recorded-observation file that cannot be read; the message names the row and column."""
 
 
-def _number(row: dict[str, str], col: str, where: str, default: float | None) -> float | None:
-    text = (row.get(col) or "").strip()
-    if not text:
-        if default is None and col in REQUIRED:
-            raise ObservationFileError(f"{where}: column {col!r} is empty")
-        return default
+def _parse(text: str, col: str, where: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise ObservationFileError(f"{where}: column {col!r} is not a number: {text!r}") from None
+
+
+def _required(row: dict[str, str], col: str, where: str) -> float:
+    text = (row.get(col) or "").strip()
+    if not text:
+        raise ObservationFileError(f"{where}: column {col!r} is empty")
+    return _parse(text, col, where)
+
+
+def _optional(row: dict[str, str], col: str, where: str) -> float | None:
+    text = (row.get(col) or "").strip()
+    return _parse(text, col, where) if text else None
+
+
+def _row(row: dict[str, str], where: str) -> Observation:
+    v = {c: _required(row, c, where) for c in REQUIRED}
+    if not v["max_batch"] >= 1 or v["max_batch"] != int(v["max_batch"]):
+        raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1")
+    max_queue = _optional(row, "max_queue", where)
+    return Observation(
+        rate_rps=v["rate_rps"], in_tokens=v["in_tokens"], out_tokens=v["out_tokens"], max_batch=int(v["max_batch"]),
+        max_queue=1024 if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
+        power_cap_w=_optional(row, "power_cap_w", where), power_w=_optional(row, "power_w", where),
+        waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
+    )
 
 
 def read_observations(path: Path) -> list[Observation]:
@@ -55,23 +75,7 @@ def read_observations(path: Path) -> list[Observation]:
             unknown = [c for c in reader.fieldnames or [] if c not in REQUIRED + OPTIONAL]
             if unknown:
                 raise ObservationFileError(f"{path}: unknown columns {unknown}")
-            out = []
-            for i, row in enumerate(reader, start=2):
-                where = f"{path}:{i}"
-                v = {c: _number(row, c, where, None) for c in REQUIRED}
-                max_batch = v["max_batch"]
-                if max_batch is None or not max_batch >= 1 or max_batch != int(max_batch):
-                    raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1")
-                out.append(Observation(
-                    rate_rps=float(v["rate_rps"] or 0.0), in_tokens=float(v["in_tokens"] or 0.0),
-                    out_tokens=float(v["out_tokens"] or 0.0), max_batch=int(max_batch),
-                    max_queue=int(_number(row, "max_queue", where, 1024) or 0),
-                    ttft_ms=float(v["ttft_ms"] or 0.0), itl_ms=float(v["itl_ms"] or 0.0),
-                    power_cap_w=_number(row, "power_cap_w", where, None),
-                    power_w=_number(row, "power_w", where, None),
-                    waiting=float(_number(row, "waiting", where, 0.0) or 0.0),
-                    preemptions=float(_number(row, "preemptions", where, 0.0) or 0.0),
-                ))
+            out = [_row(row, f"{path}:{i}") for i, row in enumerate(reader, start=2)]
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
     if not out:
@@ -133,8 +137,5 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     }
     if pair.fit_power and profile is not None:
         out["params"]["prefill_sensitivity"] = round(profile.prefill_sensitivity, 6)
-    if math.isnan(pair.last_nis):
-        out["last_nis"] = None
-    else:
-        out["last_nis"] = round(pair.last_nis, 4)
+    out["last_nis"] = None if math.isnan(pair.last_nis) else round(pair.last_nis, 4)
     return out
