@@ -14,11 +14,16 @@ PROBS = (0.95, 0.99)
 
 
 def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary:
+    """The chain up to K = N + Q; a long queue under a stable load stops where the unbounded chain's tail
+    mass falls below 1e-12 (the states beyond carry nothing and cost time)."""
     rate_per_ms = rate_rps / 1000.0
+    mu_full = shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
     if shape.max_queue is None:
         capacity = unbounded_capacity(law, shape.max_batch, rate_per_ms)
     else:
         capacity = shape.max_batch + shape.max_queue
+        if rate_per_ms < mu_full and capacity > 4 * shape.max_batch:
+            capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
     return stationary(law, shape.max_batch, capacity, rate_per_ms)
 
 
