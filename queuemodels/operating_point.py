@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from queuemodels.chain import Stationary, means, stationary, unbounded_capacity
+from queuemodels.chain import Means, Stationary, means, stationary, unbounded_capacity
 from queuemodels.power import mean_draw_w
 from queuemodels.service_time import StepLaw
-from queuemodels.tails import itl_quantiles, ttft_quantiles
-from queuemodels.types import Performance, PowerProfile, ServerShape
+from queuemodels.tails import itl_exceedance, itl_quantiles, ttft_exceedance, ttft_quantiles
+from queuemodels.types import Performance, PowerProfile, ServerShape, Targets
 
 PROBS = (0.95, 0.99)
+PROB_OF = {"p95": 0.95, "p99": 0.99}
 
 
 def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary:
@@ -27,18 +28,36 @@ def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary
     return stationary(law, shape.max_batch, capacity, rate_per_ms)
 
 
+def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, float, float]:
+    """(effective batch, mean TTFT, mean ITL): the batch a request is served in, from Little's law."""
+    if m.throughput_per_ms <= 0.0 or law.t1 <= 0:
+        n_eff = 1.0
+    else:
+        n_eff = float(np.clip((m.service_ms - law.t0) / law.t1, 0.0, chain.max_batch))
+    ttft = m.wait_ms + law.prefill(n_eff) + (1.0 - float(chain.p[0])) * law.residual_share * law.decode(n_eff)
+    return n_eff, ttft, law.decode(n_eff)
+
+
+def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -> bool:
+    """Targets met at this rate. A percentile target is checked where it is set (P(latency > target) <=
+    1 - q), one survival evaluation per metric, rather than by searching for the percentile."""
+    chain = solve_chain(law, shape, rate_rps)
+    m = means(chain)
+    if targets.statistic == "mean":
+        _, ttft, itl = _mean_latencies(law, chain, m)
+        return ttft <= targets.ttft_ms and itl <= targets.itl_ms
+    allowed = 1.0 - PROB_OF[targets.statistic]
+    return (itl_exceedance(chain, law, m.throughput_per_ms, targets.itl_ms) <= allowed
+            and ttft_exceedance(chain, law, targets.ttft_ms) <= allowed)
+
+
 def evaluate(
     law: StepLaw, shape: ServerShape, rate_rps: float, profile: PowerProfile | None, tails: bool = True
 ) -> Performance:
     """All figures of one operating point; `tails=False` skips the percentiles (NaN) for speed."""
     chain = solve_chain(law, shape, rate_rps)
     m = means(chain)
-    if m.throughput_per_ms <= 0.0:
-        n_eff = 1.0
-    else:
-        n_eff = float(np.clip((m.service_ms - law.t0) / law.t1, 0.0, shape.max_batch)) if law.t1 > 0 else 1.0
-    ttft = m.wait_ms + law.prefill(n_eff) + (1.0 - float(chain.p[0])) * law.residual_share * law.decode(n_eff)
-    itl = law.decode(n_eff)
+    n_eff, ttft, itl = _mean_latencies(law, chain, m)
     nan = float("nan")
     ttft_p95 = ttft_p99 = itl_p95 = itl_p99 = nan
     if tails:

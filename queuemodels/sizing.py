@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from queuemodels.operating_point import evaluate
+from queuemodels.operating_point import evaluate, meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
 
@@ -22,11 +22,10 @@ def _feasible(
 ) -> bool:
     """Targets met at this rate; a rate the model has no steady state for is not feasible."""
     try:
-        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape.power_cap_w)
-        perf = evaluate(law, shape, rate_rps, None, tails=targets.statistic != "mean")
+        return meets(law_fn(params, replace(load, rate_rps=rate_rps), profile, shape.power_cap_w), shape, rate_rps,
+                     targets)
     except ModelInputError:
         return False
-    return perf.meets(targets)
 
 
 def max_rate(

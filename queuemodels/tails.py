@@ -112,10 +112,10 @@ def ttft_quantiles(
     return quantiles(survival, low, max(high, low * 1.01 + 1e-9), probs)
 
 
-def itl_quantiles(
-    chain: Stationary, law: StepLaw, throughput_per_ms: float, probs: Sequence[float]
-) -> list[float]:
-    """Token-weighted ITL percentiles, with prompt-interference spikes."""
+def _itl_distribution(
+    chain: Stationary, law: StepLaw, throughput_per_ms: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Token-weighted ITL values, ascending, and their cumulative probabilities."""
     n_batch = chain.max_batch
     p = chain.p
     by_batch = np.zeros(n_batch)
@@ -134,6 +134,26 @@ def itl_quantiles(
     weights = np.concatenate([weight * (1.0 - with_prompt), weight * with_prompt])
     order = np.argsort(values, kind="stable")
     cum = np.cumsum(weights[order])
-    cum /= cum[-1]
+    return values[order], cum / cum[-1]
+
+
+def itl_quantiles(
+    chain: Stationary, law: StepLaw, throughput_per_ms: float, probs: Sequence[float]
+) -> list[float]:
+    """Token-weighted ITL percentiles, with prompt-interference spikes."""
+    values, cum = _itl_distribution(chain, law, throughput_per_ms)
     picks = np.searchsorted(cum, np.asarray(probs), side="left")
-    return [float(values[order][min(i, len(values) - 1)]) for i in picks]
+    return [float(values[min(i, len(values) - 1)]) for i in picks]
+
+
+def itl_exceedance(chain: Stationary, law: StepLaw, throughput_per_ms: float, t_ms: float) -> float:
+    """P(ITL > t_ms): a percentile target q is met exactly when this is <= 1 - q."""
+    values, cum = _itl_distribution(chain, law, throughput_per_ms)
+    below = int(np.searchsorted(values, t_ms, side="right"))
+    return 1.0 - float(cum[below - 1]) if below > 0 else 1.0
+
+
+def ttft_exceedance(chain: Stationary, law: StepLaw, t_ms: float) -> float:
+    """P(TTFT > t_ms) for accepted arrivals: one survival evaluation instead of a quantile search."""
+    survival, _ = ttft_survival(chain, law)
+    return float(survival(np.array([t_ms]))[0])

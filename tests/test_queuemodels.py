@@ -127,6 +127,23 @@ def test_max_rate_sits_on_the_boundary() -> None:
     assert 0 < p95 < rate
 
 
+@pytest.mark.parametrize("model", ["mm1k-cb", "mm1k-batch"])
+@pytest.mark.parametrize("statistic", ["p95", "p99"])
+def test_percentile_sizing_sits_where_the_reported_percentile_meets_the_target(model: str, statistic: str) -> None:
+    """Sizing checks P(latency > target) directly; the percentiles analyze reports must agree at the boundary."""
+    m = get_model(model)
+    shape = ServerShape(32, 500, 450.0)
+    for ttft_ms in (300.0, 900.0, 4000.0):
+        targets = Targets(ttft_ms, 60.0, statistic)
+        rate = m.max_rate(PARAMS, LOAD, shape, targets, H100)
+        assert rate > 0
+        at = m.analyze(PARAMS, Load(rate, 512, 128), shape, H100)
+        above = m.analyze(PARAMS, Load(rate * 1.01, 512, 128), shape, H100)
+        ttft, itl = at.latency_at(statistic)
+        assert ttft <= ttft_ms * 1.005 and itl <= 60.0
+        assert not above.meets(Targets(ttft_ms * 1.005, 60.0, statistic))
+
+
 def test_max_rate_zero_when_targets_are_impossible() -> None:
     assert max_rate(PARAMS, LOAD, ServerShape(64, 10), Targets(ttft_ms=1.0, itl_ms=30)) == 0.0
 

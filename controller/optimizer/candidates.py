@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
+from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_PARTIAL = 6
 
@@ -42,7 +42,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     shape = ServerShape(batch, svc.max_queue, cap_w)
     per_replica = Load(served_rps / replicas, svc.load.in_tokens, svc.load.out_tokens)
     try:
-        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, acc.profile)
+        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, acc.profile, tails=False)
     except ModelInputError:
         return None
     gpus = replicas * acc.gpus_per_replica
@@ -52,6 +52,16 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
     return Candidate(i, Assignment(acc.name, replicas, batch, cap_w), gpus, power, cost, served_rps,
                      max(0.0, svc.load.rate_rps - served_rps), score, perf)
+
+
+def with_tails(problem: Problem, c: Candidate) -> Performance | None:
+    """The chosen candidate's full figures: candidates are valued on means, percentiles are reported."""
+    svc = problem.services[c.service]
+    a = c.assignment
+    per_replica = Load(c.served_rps / a.replicas, svc.load.in_tokens, svc.load.out_tokens)
+    return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
+                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
+                                                  problem.accelerator(a.accelerator).profile)
 
 
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:

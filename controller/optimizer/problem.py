@@ -81,6 +81,7 @@ class Candidate:
     short_rps: float
     score: float
     performance: Performance | None
+    """Means and power only (percentiles NaN): sizing already enforced the targets."""
     value: float = 0.0
 
 
