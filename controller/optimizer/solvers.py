@@ -6,13 +6,14 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from controller.optimizer.candidates import enumerate_all, valued
+from controller.optimizer.candidates import enumerate_all, valued, with_tails
 from controller.optimizer.problem import Candidate, Problem, ServiceResult, Solution
 
 Choice = list[Candidate | None]
@@ -60,79 +61,95 @@ class Exhaustive:
 
 
 class Greedy:
-    """Priority and regret order; each service takes its best candidate under a power price, then upgrades."""
+    """Priority and regret order; each service takes its best candidate under a power price, then upgrades.
+
+    Each service's candidates are held as arrays ranked by value, so a pass and an upgrade sweep cost a
+    few vector operations per service."""
 
     name = "greedy"
     prices = 14
 
-    def _pass(self, problem: Problem, order: list[int], arrays: list[tuple[np.ndarray, ...]],
-              cands: list[list[Candidate]], price: float) -> Choice:
-        left = np.array([a.count for a in problem.accelerators], dtype=float)
-        budget = problem.budget_w - problem.idle_w
-        choice: Choice = [None] * len(cands)
-        for i in order:
-            value, power, gpus, acc = arrays[i]
-            if value.size == 0:
-                continue
-            ok = (power <= budget + 1e-9) & (gpus <= left[acc])
-            if not ok.any():
-                continue
-            j = int(np.argmax(np.where(ok, value - price * power, -np.inf)))
-            choice[i] = cands[i][j]
-            budget -= power[j]
-            left[acc[j]] -= gpus[j]
-        return choice
-
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
-        arrays: list[tuple[np.ndarray, ...]] = [
-            (np.array([c.value for c in cs]), np.array([c.power_w for c in cs]), np.array([c.gpus for c in cs]),
-             np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
-            for cs in cands
-        ]
+        ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
+        arrays = [_Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
+                          np.array([c.gpus for c in cs], dtype=float),
+                          np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
+                  for cs in ranked]
 
         def regret(i: int) -> float:
-            v = np.sort(arrays[i][0])[::-1]
-            second = v[1] if len(v) > 1 else shed[i]
-            return float(v[0] - second) if len(v) else 0.0
+            v = arrays[i].value
+            return float(v[0] - (v[1] if len(v) > 1 else shed[i])) if len(v) else 0.0
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
-        ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
-        spread = [float(np.ptp(a[0]) / max(np.ptp(a[1]), 1e-9)) for a in arrays if a[0].size > 1]
+        spread = [float(np.ptp(a.value) / max(np.ptp(a.power), 1e-9)) for a in arrays if a.value.size > 1]
         top = max(spread, default=1.0) or 1.0
-        best: Choice = [None] * len(cands)
-        best_v = _value(best, shed)
+        count = np.array([a.count for a in problem.accelerators], dtype=float)
+        budget = problem.budget_w - problem.idle_w
+        best: list[int] = [-1] * len(cands)
+        best_v = _value([None] * len(cands), shed)
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
-            choice = self._upgrade(problem, self._pass(problem, order, arrays, cands, float(price)), ranked, order)
-            v = _value(choice, shed)
+            picks = self._pass(order, arrays, count.copy(), budget, float(price))
+            self._upgrade(order, arrays, picks, count, budget)
+            v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
-                best, best_v = choice, v
-        return best, []
+                best, best_v = picks, v
+        return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
-    def _upgrade(self, problem: Problem, choice: Choice, ranked: list[list[Candidate]], order: list[int]) -> Choice:
-        """One sweep: move each service to its most valuable candidate that still fits (`choice` fits on entry,
-        so a move only has to check the power row and its own accelerator's row)."""
-        spare_w = problem.budget_w - problem.idle_w + 1e-6 - sum(c.power_w for c in choice if c is not None)
-        left = {a.name: a.count for a in problem.accelerators}
-        for c in choice:
-            if c is not None:
-                left[c.assignment.accelerator] -= c.gpus
+    @staticmethod
+    def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
+        picks = [-1] * len(arrays)
         for i in order:
-            current = choice[i]
-            for c in ranked[i]:
-                if current is not None and c.value <= current.value:
-                    break
-                freed_w = current.power_w if current is not None else 0.0
-                acc = c.assignment.accelerator
-                freed_gpus = current.gpus if current is not None and current.assignment.accelerator == acc else 0
-                if c.power_w - freed_w <= spare_w and c.gpus - freed_gpus <= left[acc]:
-                    spare_w -= c.power_w - freed_w
-                    if current is not None:
-                        left[current.assignment.accelerator] += current.gpus
-                    left[acc] -= c.gpus
-                    choice = [*choice[:i], c, *choice[i + 1:]]
-                    break
-        return choice
+            a = arrays[i]
+            if a.value.size == 0:
+                continue
+            ok = (a.power <= budget + 1e-9) & (a.gpus <= left[a.acc])
+            if not ok.any():
+                continue
+            j = int(np.argmax(np.where(ok, a.value - price * a.power, -np.inf)))
+            picks[i] = j
+            budget -= a.power[j]
+            left[a.acc[j]] -= a.gpus[j]
+        return picks
+
+    @staticmethod
+    def _upgrade(order: list[int], arrays: list[_Ranked], picks: list[int], count: np.ndarray, budget: float) -> None:
+        """One sweep: move each service to its most valuable candidate that still fits (`picks` fits on entry,
+        so a move only has to check the power row and the accelerator rows it touches)."""
+        spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
+        left = count.copy()
+        for i, j in enumerate(picks):
+            if j >= 0:
+                left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+        for i in order:
+            a, j = arrays[i], picks[i]
+            # Ranked: only candidates before the current one can be worth more.
+            upto = int(np.count_nonzero(a.value[:j] > a.value[j])) if j >= 0 else a.value.size
+            if upto == 0:
+                continue
+            room = left[a.acc[:upto]].copy()
+            freed_w = a.power[j] if j >= 0 else 0.0
+            if j >= 0:
+                room[a.acc[:upto] == a.acc[j]] += a.gpus[j]
+            fits = np.flatnonzero((a.power[:upto] - freed_w <= spare_w) & (a.gpus[:upto] <= room))
+            if fits.size == 0:
+                continue
+            k = int(fits[0])
+            spare_w -= a.power[k] - freed_w
+            if j >= 0:
+                left[a.acc[j]] += a.gpus[j]
+            left[a.acc[k]] -= a.gpus[k]
+            picks[i] = k
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """One service's candidates, most valuable first, as arrays."""
+
+    value: np.ndarray
+    power: np.ndarray
+    gpus: np.ndarray
+    acc: np.ndarray
 
 
 class Milp:
@@ -223,7 +240,7 @@ def solve(problem: Problem, solver: Solver) -> Solution:
             results.append(ServiceResult(svc.name, None, None, 0.0, 0.0, svc.load.rate_rps, reason))
             continue
         reason = _reason(problem, i, cands[i], choice) if c.short_rps > 1e-9 else None
-        results.append(ServiceResult(svc.name, c.assignment, c.performance, c.power_w, c.cost_per_hour,
+        results.append(ServiceResult(svc.name, c.assignment, with_tails(problem, c), c.power_w, c.cost_per_hour,
                                      c.short_rps, reason))
     power = problem.idle_w + sum(c.power_w for c in choice if c is not None)
     cost = sum(c.cost_per_hour for c in choice if c is not None)
