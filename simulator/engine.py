@@ -31,7 +31,10 @@ class VLLMEngine:
         max_num_batched_tokens: int = 8192,
         start_s: float = 0.0,
         keep_samples: bool = False,
+        engine_id: str = "0",
     ) -> None:
+        self.engine_id = engine_id
+        """The `engine` label of its series: one per engine life, so a restart starts new counters."""
         self.model_name = model_name
         self.cost = cost
         self.gpu = gpu

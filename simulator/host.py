@@ -59,6 +59,7 @@ class SimHost:
         self.keep_samples = keep_samples
         self._rng = np.random.default_rng(seed)
         self._swaps: list[tuple[float, str, int]] = []  # (when, service, replica) of rolling restarts
+        self._started = 0  # engines started so far: each gets its own metric series
 
     def add_service(self, name: str, model: str, workload: Workload, replicas: int, max_num_seqs: int) -> None:
         if model not in LLMS:
@@ -75,7 +76,9 @@ class SimHost:
         cost = step_cost(LLMS[svc.model], gpu.spec, self.seed)
         rng = np.random.default_rng(self._rng.integers(1 << 63))
         ready = self.now_s + delay_s
-        engine = VLLMEngine(svc.model, cost, gpu, svc.max_num_seqs, rng, start_s=ready, keep_samples=self.keep_samples)
+        self._started += 1
+        engine = VLLMEngine(svc.model, cost, gpu, svc.max_num_seqs, rng, start_s=ready, keep_samples=self.keep_samples,
+                            engine_id=f"gpu{gpu.index}-{self._started}")
         return Replica(engine, gpu, ready)
 
     def scale(self, name: str, replicas: int, delay_s: float | None = None) -> int:

@@ -106,6 +106,7 @@ class EngineView(Protocol):
     """What the collector reads from a live engine."""
 
     metrics: EngineMetrics
+    engine_id: str
     num_running: int
     num_waiting: int
     max_num_seqs: int
@@ -114,7 +115,7 @@ class EngineView(Protocol):
 
 
 class VllmCollector(Collector):
-    """Renders one or more engines (one per `engine` label) as a vLLM /metrics page."""
+    """Renders one or more engines (one `engine` label each, their `engine_id`) as a vLLM /metrics page."""
 
     def __init__(self, engines: Callable[[], Iterable[EngineView]]) -> None:
         self._engines = engines
@@ -132,9 +133,9 @@ class VllmCollector(Collector):
             "vllm:request_success", "Successfully processed requests.", labels=[*labels, "finished_reason"]
         )
         hists: dict[str, HistogramMetricFamily] = {}
-        for i, engine in enumerate(engines):
+        for engine in engines:
             m = engine.metrics
-            lv = [m.model_name, str(i)]
+            lv = [m.model_name, engine.engine_id]
             running.add_metric(lv, engine.num_running)
             waiting.add_metric(lv, engine.num_waiting)
             kv.add_metric(lv, engine.kv_usage())

@@ -97,3 +97,44 @@ def test_simulated_envelopes_match_the_public_catalogue() -> None:
         envelope = CATALOG[name]
         assert (spec.min_limit_w, spec.max_limit_w, spec.idle_w) == (
             envelope.min_power_w, envelope.max_power_w, envelope.idle_power_w)
+
+
+def test_windows_stay_true_across_scaling_and_restarts() -> None:
+    """Each engine life is its own series, so a window spanning a scale-down, a restart or a scale-up
+    still counts only what was served in it (no counter of one engine read against another's)."""
+    from controller.telemetry.sim import SimVllmSource
+
+    host = busy_host(rate_rps=20.0, replicas=3)
+    source = SimVllmSource(host)
+    steps = [lambda: None, lambda: host.restart_with_batch("chat", 32), lambda: None, lambda: None,
+             lambda: host.scale("chat", 1), lambda: host.scale("chat", 3), lambda: None, lambda: None]
+    source.observe(0.0, ["chat"])
+    for k, change in enumerate(steps):
+        change()
+        host.advance_to(4.0 * (k + 1))
+        w = source.observe(host.now_s, ["chat"])["chat"]
+        assert w is not None and w.in_tokens is not None and w.out_tokens is not None, k
+        assert 0.0 <= w.rate_rps < 40.0
+        assert 600 < w.in_tokens < 1000 and 100 < w.out_tokens < 200, (k, w.in_tokens, w.out_tokens)
+
+
+def test_each_engine_life_keeps_its_own_series() -> None:
+    """A sibling's restart must not shift another engine's `engine` label (its counters would then be
+    read against a different engine's, and a window's means come out as garbage)."""
+    host = busy_host(rate_rps=20.0, replicas=3)
+    svc = host.services["chat"]
+
+    def rendered() -> list[str]:
+        ready = [r.engine for r in svc.replicas if r.ready_at_s <= host.now_s]
+        fam = next(f for f in VllmCollector(lambda: ready).collect() if f.name == "vllm:num_requests_running")
+        return [s.labels["engine"] for s in fam.samples]
+
+    host.advance_to(6.0)
+    before = rendered()
+    host.restart_with_batch("chat", 32)  # replica 0 restarts now (not ready for 5 s), the others later
+    host.advance_to(6.5)
+    after = rendered()
+    assert after == before[1:]  # the survivors keep their series; the restarted engine's is gone
+    host.advance_to(12.0)
+    now = rendered()
+    assert before[0] not in now and any(label not in before for label in now)  # back as a new series
