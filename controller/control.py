@@ -17,9 +17,10 @@ from controller.governor import PowerGovernor
 from controller.optimizer import Assignment, Problem, ServiceDemand, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.settings import ServiceSettings, Settings
+from controller.sizing_basis import SizingBasis, TokenMix
 from controller.stability import StabilityGate
 from controller.telemetry.base import GpuSample, GpuSource, ServiceWindow, VllmSource
-from queuemodels import Load, Targets
+from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 from tuner import Observation, Tuner, pair_key
 
@@ -45,6 +46,7 @@ class Controller:
         self.plan_caps: dict[str, float] = {}
         self.last_solution: Solution | None = None
         self.state: dict[str, ServiceState] = {}
+        self.mix = TokenMix()
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -53,6 +55,7 @@ class Controller:
         self.governor = PowerGovernor(settings.power)
         self.gate = StabilityGate(settings.stability)
         self.solver = get_solver(settings.optimizer.solver, settings.optimizer.time_limit_s, settings.optimizer.mip_gap)
+        self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         acc = settings.accelerators[0].name
         for svc in settings.services:
             cap = CATALOG[acc].max_power_w
@@ -141,8 +144,11 @@ class Controller:
             return
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         backlog = window.waiting / self.settings.daemon.slow_interval_s
-        state.load = Load(window.rate_rps + backlog, window.in_tokens or state.load.in_tokens,
-                          window.out_tokens or state.load.out_tokens)
+        in_tokens, out_tokens = state.load.in_tokens, state.load.out_tokens
+        if window.in_tokens and window.out_tokens:
+            in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
+                                                    window.out_tokens)
+        state.load = Load(window.rate_rps + backlog, in_tokens, out_tokens)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:
             if ttft is not None:
@@ -185,11 +191,14 @@ class Controller:
             params = {}
             for a in s.accelerators:
                 fitted = self.tuner.params(svc.model, a.name)
-                params[a.name] = fitted[0] if fitted else svc.prior.params()
+                p = fitted[0] if fitted else svc.prior.params()
+                params[a.name] = ServiceParams.from_vector(p.family, self.basis.hold(pair_key(svc.model, a.name),
+                                                                                     p.as_vector()))
             st = self.state[svc.name]
+            in_tokens, out_tokens = self.basis.hold(svc.name, (st.load.in_tokens, st.load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
-                                         st.load, params, svc.min_replicas, svc.max_replicas, svc.max_queue,
-                                         st.assignment))
+                                         Load(st.load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
+                                         svc.max_replicas, svc.max_queue, st.assignment))
         o = s.optimizer
         return Problem(tuple(demands), accs, s.power.budget_w, o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model)

@@ -90,8 +90,12 @@ class OptimizerSettings:
     """Time limit of the MILP solver."""
     mip_gap: float = 0.01
     """Relative optimality gap of the MILP solver."""
+    resize_tolerance: float = 0.05
+    """Relative move of a fitted parameter or token mean below which candidates keep their cached sizing."""
 
     def check(self, where: str) -> None:
+        if not 0 <= self.resize_tolerance < 0.5:
+            raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError(f"{where}.batch_sizes", "must be a non-empty list of integers >= 1")
         if not self.power_levels or not all(0 < p <= 1 for p in self.power_levels):
