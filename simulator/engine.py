@@ -8,7 +8,6 @@ the GPU's power limit allows, times log-normal noise. Sequences live in fixed nu
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
@@ -16,6 +15,8 @@ import numpy as np
 from simulator.hardware import SimGPU, step_core_ms
 from simulator.llms import StepCost
 from simulator.vllm_metrics import EngineMetrics
+
+NOISE_BLOCK = 256
 
 
 class VLLMEngine:
@@ -49,7 +50,6 @@ class VLLMEngine:
         self.order = np.zeros(n, dtype=np.int64)
         self.arrival = np.zeros(n)
         self.sched = np.zeros(n)
-        self.last_tok = np.zeros(n)
         self.first_tok = np.zeros(n)
         self.prompt = np.zeros(n, dtype=np.int64)
         self.prompt_left = np.zeros(n, dtype=np.int64)
@@ -57,6 +57,9 @@ class VLLMEngine:
         self.out_total = np.zeros(n, dtype=np.int64)
         self.out_left = np.zeros(n, dtype=np.int64)
         self._seq = 0
+        self._noise = np.zeros(0)  # step-time noise, drawn in blocks (a draw per step costs more than the step)
+        self._hiccup = np.zeros(0)
+        self._drawn = 0
         # Running totals over active slots, kept in step with the arrays (cheaper than re-summing each step).
         self.n_active = 0
         self.n_prefill = 0
@@ -152,9 +155,12 @@ class VLLMEngine:
         clock = self.gpu.settle_clock(compute_ms, memory_ms, c.overhead_ms)
         power_w = self.gpu.draw_w(clock, compute_ms, memory_ms, c.overhead_ms)
         step_ms = c.overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
-        step_ms *= math.exp(self.rng.normal(0.0, c.noise_sigma) - 0.5 * c.noise_sigma**2)
-        if self.rng.random() < c.hiccup_prob:
-            step_ms += c.hiccup_ms
+        if self._drawn == len(self._noise):
+            self._noise = np.exp(self.rng.normal(0.0, c.noise_sigma, NOISE_BLOCK) - 0.5 * c.noise_sigma**2)
+            self._hiccup = np.where(self.rng.random(NOISE_BLOCK) < c.hiccup_prob, c.hiccup_ms, 0.0)
+            self._drawn = 0
+        step_ms = step_ms * float(self._noise[self._drawn]) + float(self._hiccup[self._drawn])
+        self._drawn += 1
         dt = step_ms / 1000.0
         self.gpu.account(dt, power_w)
         self.now_s += dt
@@ -174,14 +180,13 @@ class VLLMEngine:
                 self.metrics.ttft.observe_many(now - self.arrival[first])
                 self.metrics.prefill_time.observe_many(now - self.sched[first])
                 self.first_tok[first] = now
-                self.last_tok[first] = now
                 self.out_left[first] -= 1
                 self.metrics.prompt_tokens_total += int(self.prompt[first].sum())
                 self.metrics.generation_tokens_total += n_first
                 finishing = decoding | first
         if n_decode:
-            self.metrics.itl.observe_many(now - self.last_tok[decoding])
-            self.last_tok[decoding] = now
+            # Every decoding sequence got its last token at the previous step's end: n_decode gaps of dt.
+            self.metrics.itl.observe_repeated(dt, n_decode)
             self.out_left[decoding] -= 1
             self.ctx[decoding] += 1
             self.ctx_sum += n_decode

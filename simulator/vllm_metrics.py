@@ -51,6 +51,13 @@ class Histogram:
         if self.samples is not None:
             self.samples.append(np.array([value]))
 
+    def observe_repeated(self, value: float, times: int) -> None:
+        """`times` observations of the same value (one decode step's inter-token gaps)."""
+        self.counts[bisect_left(self._edge_list, value)] += times
+        self.sum += value * times
+        if self.samples is not None:
+            self.samples.append(np.full(times, value))
+
     @property
     def count(self) -> int:
         return int(self.counts.sum())
