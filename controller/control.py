@@ -143,6 +143,8 @@ class Controller:
         if window is None:
             return
         m.rate_obs.labels(svc.name).set(window.rate_rps)
+        if window.replicas < 1:
+            return  # nothing was serving (every replica restarting): no word on demand, keep the estimate
         backlog = window.waiting / self.settings.daemon.slow_interval_s
         in_tokens, out_tokens = state.load.in_tokens, state.load.out_tokens
         if window.in_tokens and window.out_tokens:
@@ -156,7 +158,7 @@ class Controller:
             if itl is not None:
                 m.itl_obs.labels(svc.name, stat).set(itl)
         a = state.assignment
-        if window.ttft_ms is None or window.itl_ms is None or window.replicas < 1:
+        if window.ttft_ms is None or window.itl_ms is None:
             return
         draws = [g.power_w for g in self.samples if g.service == svc.name and g.power_w is not None]
         obs = Observation(
