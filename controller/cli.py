@@ -1,4 +1,4 @@
-"""`wattscale` command line: run, check-config, analyze, tune, optimize."""
+"""`wattscale` command line: run, check-config, analyze, tune, optimize, gpus."""
 
 from __future__ import annotations
 
@@ -29,6 +29,30 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     s = load_settings(Path(args.file))
     print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
+    return 0
+
+
+def _gpus(args: argparse.Namespace) -> int:
+    """A read-only listing of what the `nvml` source sees (nothing is set)."""
+    from dataclasses import asdict
+
+    from actuators import ActuatorError
+    from actuators.nvml import NvmlDevices
+
+    try:
+        devices = NvmlDevices()
+        readings = [asdict(devices.read(i)) for i in range(devices.count())]
+        devices.close()
+    except ActuatorError as exc:
+        print(f"wattscale: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(readings, indent=2))
+        return 0
+    for r in readings:
+        power = "-" if r["power_w"] is None else f"{r['power_w']:.0f} W"
+        print(f"{r['index']}: {r['name']} {r['uuid']}  power {power} of limit {r['power_limit_w']:.0f} W "
+              f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}")
     return 0
 
 
@@ -144,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--mip-gap", type=float, default=0.01)
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_optimize)
+    g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=_gpus)
     return p
 
 

@@ -16,6 +16,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
+from actuators.nvml import NvmlPowerLimiter
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
@@ -119,4 +120,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         scheduler.shutdown(wait=True)
+        if s.actuators.restore_power_limits and isinstance(self.parts.power, NvmlPowerLimiter):
+            for failure in self.parts.power.restore_defaults():
+                log.warning("restoring the default power limit: %s", failure)
         return 0

@@ -140,6 +140,8 @@ class ActuatorSettings:
     """Backend that changes `--max-num-seqs`."""
     replicas: ReplicaBackend = "sim"
     """Backend that scales replicas."""
+    restore_power_limits: bool = False
+    """On exit, put every GPU back at its default power limit (`nvml` power backend)."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ class ServiceSettings:
     """Waiting requests one replica holds before it is counted saturated."""
     initial_max_batch: int = 64
     """`--max-num-seqs` at start."""
+    gpus: tuple[int, ...] = ()
+    """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; the
+    governor caps GPUs that belong to no service at their minimum."""
     prior: PriorSettings = field(default_factory=PriorSettings)
     """Queue-model parameters before any observation."""
     sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
@@ -271,6 +276,8 @@ class ServiceSettings:
         _positive(where, "in_tokens", self.in_tokens)
         if self.out_tokens < 1:
             raise ConfigError(f"{where}.out_tokens", "must be >= 1")
+        if any(g < 0 for g in self.gpus):
+            raise ConfigError(f"{where}.gpus", f"GPU indices must be >= 0, got {list(self.gpus)}")
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from actuators import BatchSizer, PowerLimiter, ReplicaScaler
+from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
 from actuators.dryrun import DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
+from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from actuators.sim import SimBatchSizer, SimPowerLimiter, SimReplicaScaler
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 from controller.telemetry.base import GpuSource, VllmSource
+from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.sim import SimGpuSource, SimVllmSource
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
@@ -39,18 +42,33 @@ def build_host(settings: Settings) -> SimHost:
     return host
 
 
-def build_parts(settings: Settings) -> Parts:
+def build_parts(settings: Settings, nvml: Any = None) -> Parts:
+    """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`)."""
     t, a = settings.telemetry, settings.actuators
-    if t.gpu_source != "sim" or t.vllm_source != "sim":
-        raise ConfigError("telemetry", "only the sim sources are built into this version")
-    if a.power not in ("sim", "dry-run") or a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
-        raise ConfigError("actuators", "only the sim and dry-run backends are built into this version")
+    if t.vllm_source != "sim":
+        raise ConfigError("telemetry.vllm_source", f"{t.vllm_source!r} is not built into this version yet")
+    if a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
+        raise ConfigError("actuators", "only the sim and dry-run batch and replica backends are built in yet")
     host = build_host(settings)
-    power: PowerLimiter = SimPowerLimiter(host) if a.power == "sim" else DryRunPowerLimiter()
+    devices = None
+    if t.gpu_source == "nvml" or a.power == "nvml":
+        try:
+            devices = NvmlDevices(nvml)
+        except ActuatorError as exc:
+            where = "telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power"
+            raise ConfigError(where, str(exc)) from exc
+    power: PowerLimiter
+    if a.power == "nvml" and devices is not None:
+        power = NvmlPowerLimiter(devices)
+    else:
+        power = SimPowerLimiter(host) if a.power == "sim" else DryRunPowerLimiter()
     batch: BatchSizer = SimBatchSizer(host) if a.batch == "sim" else DryRunBatchSizer()
     replicas: ReplicaScaler
     if a.replicas == "sim":
         replicas = SimReplicaScaler(host)
     else:
         replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
-    return Parts(host, SimGpuSource(host), SimVllmSource(host), power, batch, replicas)
+    gpus: GpuSource = SimGpuSource(host)
+    if t.gpu_source == "nvml" and devices is not None:
+        gpus = NvmlGpuSource(devices, {g: s.name for s in settings.services for g in s.gpus})
+    return Parts(host, gpus, SimVllmSource(host), power, batch, replicas)

@@ -33,6 +33,10 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 8.5"), "simulator.num_gpus: must be an integer"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nqueue_model = "mg1"'),
          "optimizer.queue_model: unknown"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [0, -1]", 1),
+         r"services\[0\].gpus: GPU indices must be >= 0"),
+        (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nresize_tolerance = 0.9'),
+         "optimizer.resize_tolerance: must be in"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(

@@ -1,0 +1,195 @@
+"""NVML: the device layer every GPU read and power-limit write goes through (nvidia-ml-py, `nvidia-smi`-free).
+
+NVML errors are translated here, through one map, into the error tree sorted by recovery; nothing above
+this module sees a `pynvml` class. The module is passed in (`nvml=`), so tests hand in a fake that raises
+the real `pynvml` error classes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError
+
+# pynvml error class name -> (transient?, what it means for the operator)
+ERRORS: dict[str, tuple[bool, str]] = {
+    "NVMLError_NoPermission": (False, "no permission: setting power limits needs root or CAP_SYS_ADMIN"),
+    "NVMLError_NotSupported": (False, "not supported on this GPU"),
+    "NVMLError_GpuIsLost": (False, "the GPU has fallen off the bus: reset it or reboot"),
+    "NVMLError_InvalidArgument": (False, "invalid argument"),
+    "NVMLError_LibraryNotFound": (False, "libnvidia-ml.so.1 not found: install the NVIDIA driver "
+                                         "(or run on a GPU host; use gpu_source = \"sim\" elsewhere)"),
+    "NVMLError_DriverNotLoaded": (False, "the NVIDIA driver is not loaded: load it (modprobe nvidia) or "
+                                         "use gpu_source = \"sim\""),
+    "NVMLError_Uninitialized": (True, "NVML not initialised"),
+    "NVMLError_Timeout": (True, "NVML timed out"),
+    "NVMLError_InUse": (True, "the GPU is busy with another operation"),
+    "NVMLError_Unknown": (True, "unknown NVML error"),
+}
+POWER_CAP_BITING = 0x4  # nvmlClocksEventReasonSwPowerCap
+
+
+def translate(exc: Exception, what: str) -> ActuatorError:
+    """One NVML error as transient (retry after a delay) or permanent, with the operator's fix."""
+    transient, meaning = ERRORS.get(type(exc).__name__, (True, str(exc)))
+    message = f"{what}: {meaning}"
+    return TransientActuatorError(message, delay_s=5.0) if transient else PermanentActuatorError(message)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """Everything the `nvml` source reads from one GPU; None where the GPU does not support a field."""
+
+    index: int
+    name: str
+    uuid: str
+    power_w: float | None
+    """NVML's power usage: a 1 s average on Ampere and later (except GA100)."""
+    power_instant_w: float | None
+    energy_j: float | None
+    power_limit_w: float
+    default_limit_w: float | None
+    min_limit_w: float
+    max_limit_w: float
+    enforced_limit_w: float | None
+    sm_clock_mhz: float | None
+    mem_clock_mhz: float | None
+    clock_event_reasons: int | None
+    power_capped: bool | None
+    """The cap is biting: the SW power cap clock-event reason is set."""
+    gpu_util_pct: float | None
+    mem_util_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    temperature_c: float | None
+
+
+class NvmlDevices:
+    """The GPUs NVML sees. Reads tolerate unsupported fields; failures come out as `ActuatorError`s."""
+
+    def __init__(self, nvml: ModuleType | Any = None) -> None:
+        if nvml is None:
+            import pynvml  # nvidia-ml-py
+
+            nvml = pynvml
+        self.nvml: Any = nvml
+        with self._errors("NVML init"):
+            self.nvml.nvmlInit()
+
+    def close(self) -> None:
+        with self._errors("NVML shutdown"):
+            self.nvml.nvmlShutdown()
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except self.nvml.NVMLError as exc:
+            raise translate(exc, what) from exc
+
+    def count(self) -> int:
+        with self._errors("device count"):
+            return int(self.nvml.nvmlDeviceGetCount())
+
+    def _handle(self, index: int) -> Any:
+        with self._errors(f"GPU {index}"):
+            return self.nvml.nvmlDeviceGetHandleByIndex(index)
+
+    def _optional(self, fn: Callable[[], Any]) -> Any:
+        """A field the GPU may not support: None then; any other error is raised translated."""
+        try:
+            return fn()
+        except self.nvml.NVMLError_NotSupported:
+            return None
+
+    def limits_w(self, index: int) -> tuple[float, float, float]:
+        """(current, min, max) power limit in W."""
+        nv, h = self.nvml, self._handle(index)
+        with self._errors(f"GPU {index} power limits"):
+            low, high = nv.nvmlDeviceGetPowerManagementLimitConstraints(h)
+            return nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0, low / 1000.0, high / 1000.0
+
+    def read(self, index: int) -> GpuReading:
+        nv, h = self.nvml, self._handle(index)
+        opt = self._optional
+        with self._errors(f"GPU {index}"):
+            name = nv.nvmlDeviceGetName(h)
+            uuid = nv.nvmlDeviceGetUUID(h)
+            limit, low, high = self.limits_w(index)
+            power = opt(lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
+            instant = opt(lambda: self._field_w(h, nv.NVML_FI_DEV_POWER_INSTANT))
+            energy = opt(lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0)
+            default = opt(lambda: nv.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000.0)
+            enforced = opt(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0)
+            sm = opt(lambda: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)))
+            mem_clock = opt(lambda: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)))
+            reasons = opt(lambda: int(nv.nvmlDeviceGetCurrentClocksEventReasons(h)))
+            util = opt(lambda: nv.nvmlDeviceGetUtilizationRates(h))
+            memory = opt(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+            temp = opt(lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
+        return GpuReading(
+            index, name.decode() if isinstance(name, bytes) else str(name),
+            uuid.decode() if isinstance(uuid, bytes) else str(uuid), power, instant, energy, limit, default, low,
+            high, enforced, sm, mem_clock, reasons, None if reasons is None else bool(reasons & POWER_CAP_BITING),
+            None if util is None else float(util.gpu), None if util is None else float(util.memory),
+            None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp)
+
+    def _field_w(self, handle: Any, field_id: int) -> float | None:
+        """A power field (mW) through nvmlDeviceGetFieldValues; None when the driver has no value for it."""
+        (value,) = self.nvml.nvmlDeviceGetFieldValues(handle, [field_id])
+        if value.nvmlReturn != 0:
+            return None
+        return float(value.value.uiVal) / 1000.0
+
+    def set_limit_w(self, index: int, watts: float) -> float:
+        """Set a power limit (already clamped by the caller) and return the limit read back."""
+        h = self._handle(index)
+        with self._errors(f"GPU {index} set power limit"):
+            self.nvml.nvmlDeviceSetPowerManagementLimit(h, round(watts * 1000))
+        return self.limits_w(index)[0]
+
+
+class NvmlPowerLimiter:
+    """Power limits through NVML: clamped to the GPU's constraints, read back and verified, and rate-limited
+    per GPU (an unchanged limit is not rewritten). Can restore every GPU's default limit on exit."""
+
+    name = "nvml"
+
+    def __init__(self, devices: NvmlDevices, min_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.devices = devices
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._last_set: dict[int, float] = {}
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        current, low, high = self.devices.limits_w(gpu_index)
+        target = min(max(watts, low), high)
+        if abs(target - current) < 1.0:
+            return current
+        now = self.clock()
+        last = self._last_set.get(gpu_index)
+        if last is not None and now - last < self.min_interval_s and target > current:
+            return current  # rate-limited; a cut (target below current) always goes through
+        self._last_set[gpu_index] = now
+        applied = self.devices.set_limit_w(gpu_index, target)
+        if abs(applied - target) > 1.0:  # the v2 setter can ignore its return code: trust the read-back only
+            raise TransientActuatorError(f"GPU {gpu_index}: asked {target:.0f} W, {applied:.0f} W in force")
+        return applied
+
+    def restore_defaults(self) -> list[str]:
+        """Every GPU back at its default limit; returns what failed (for the exit log), never raises."""
+        failed = []
+        for index in range(self.devices.count()):
+            try:
+                default = self.devices.read(index).default_limit_w
+                if default is not None:
+                    self.devices.set_limit_w(index, default)
+            except ActuatorError as exc:
+                failed.append(str(exc))
+        return failed

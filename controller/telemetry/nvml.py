@@ -1,0 +1,47 @@
+"""GPU source `nvml`: every GPU NVML sees, as `GpuSample`s for the governor and metrics."""
+
+from __future__ import annotations
+
+from actuators import ActuatorError
+from actuators.nvml import GpuReading, NvmlDevices
+from controller.telemetry.base import GpuSample, TelemetryError
+
+
+class NvmlGpuSource:
+    """Reads all GPUs each fast tick; `owners` maps a GPU index to the service whose replica runs there.
+
+    A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
+    counts it at its cap); only a failure to enumerate the GPUs fails the whole sample."""
+
+    def __init__(self, devices: NvmlDevices, owners: dict[int, str]) -> None:
+        self.devices = devices
+        self.owners = owners
+        self._last: dict[int, GpuReading] = {}
+
+    def readings(self) -> list[GpuReading | ActuatorError]:
+        try:
+            n = self.devices.count()
+        except ActuatorError as exc:
+            raise TelemetryError(str(exc)) from exc
+        out: list[GpuReading | ActuatorError] = []
+        for index in range(n):
+            try:
+                out.append(self.devices.read(index))
+            except ActuatorError as exc:
+                out.append(exc)
+        return out
+
+    def sample(self, now: float) -> list[GpuSample]:
+        samples = []
+        for index, r in enumerate(self.readings()):
+            if isinstance(r, GpuReading):
+                self._last[index] = r
+                samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
+                                         r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, self.owners.get(index)))
+                continue
+            last = self._last.get(index)
+            if last is None:
+                raise TelemetryError(f"GPU {index}: {r} (and never read before)")
+            samples.append(GpuSample(index, last.uuid, last.name, None, None, last.power_limit_w, last.min_limit_w,
+                                     last.max_limit_w, None, self.owners.get(index)))
+        return samples

@@ -1,0 +1,149 @@
+"""A fake `pynvml` module for tests: GPUs with state, the real error classes, constants and structs.
+
+Behaves as NVML does where the code under test depends on it: limits in mW within constraints (else
+InvalidArgument), setting needs privilege (else NoPermission), draw never above the limit, the SW power
+cap clock-event reason while the limit bites, unsupported fields, and errors injected per call and GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+NVMLError = pynvml.NVMLError
+NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+NVML_FI_DEV_POWER_INSTANT = pynvml.NVML_FI_DEV_POWER_INSTANT
+
+
+@dataclass
+class FakeGpu:
+    name: str = "NVIDIA H100 80GB HBM3"
+    limit_mw: int = 700_000
+    min_mw: int = 200_000
+    max_mw: int = 700_000
+    default_mw: int = 700_000
+    demand_mw: int = 450_000
+    energy_mj: int = 0
+    unsupported: set[str] = field(default_factory=set)
+
+
+class FakeNvml:
+    def __init__(self, gpus: list[FakeGpu], privileged: bool = True, library: bool = True) -> None:
+        self.gpus = gpus
+        self.privileged = privileged
+        self.library = library
+        self.initialised = False
+        self.fail: dict[tuple[str, int], type[Exception]] = {}
+        self.sets: list[tuple[int, int]] = []
+        # The real error classes and constants, so `nvml.NVMLError...` resolves as on the real module.
+        for name in dir(pynvml):
+            if name.startswith(("NVMLError", "NVML_")):
+                setattr(self, name, getattr(pynvml, name))
+
+    def _gpu(self, call: str, handle: Any) -> FakeGpu:
+        if not self.initialised:
+            raise pynvml.NVMLError_Uninitialized()
+        index = int(handle)
+        if (call, index) in self.fail:
+            raise self.fail[(call, index)]()
+        gpu = self.gpus[index]
+        if call in gpu.unsupported:
+            raise pynvml.NVMLError_NotSupported()
+        return gpu
+
+    def nvmlInit(self) -> None:
+        if not self.library:
+            raise pynvml.NVMLError_LibraryNotFound()
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self.initialised = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        if ("count", -1) in self.fail:
+            raise self.fail[("count", -1)]()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if not 0 <= index < len(self.gpus):
+            raise pynvml.NVMLError_InvalidArgument()
+        return index
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return self._gpu("name", h).name
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        self._gpu("uuid", h)
+        return f"GPU-0000000{h}-fake-4000-8000-000000000000"
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, h: int) -> list[int]:
+        g = self._gpu("constraints", h)
+        return [g.min_mw, g.max_mw]
+
+    def nvmlDeviceGetPowerManagementLimit(self, h: int) -> int:
+        return self._gpu("limit", h).limit_mw
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h: int) -> int:
+        return self._gpu("default", h).default_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        return self._gpu("enforced", h).limit_mw
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        g = self._gpu("power", h)
+        g.energy_mj += min(g.demand_mw, g.limit_mw)  # one second at this draw
+        return min(g.demand_mw, g.limit_mw)
+
+    def nvmlDeviceGetFieldValues(self, h: int, fields: list[int]) -> list[Any]:
+        g = self._gpu("fields", h)
+        out = []
+        for f in fields:
+            v = pynvml.c_nvmlFieldValue_t()
+            v.fieldId = f
+            v.nvmlReturn = 0 if f == pynvml.NVML_FI_DEV_POWER_INSTANT else pynvml.NVML_ERROR_NOT_SUPPORTED
+            v.value.uiVal = min(g.demand_mw, g.limit_mw) + 5_000
+            out.append(v)
+        return out
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        return self._gpu("energy", h).energy_mj
+
+    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
+        g = self._gpu("clock", h)
+        if kind == pynvml.NVML_CLOCK_MEM:
+            return 2619
+        return 1980 if g.demand_mw <= g.limit_mw else int(1980 * (g.limit_mw / g.demand_mw) ** 0.5)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
+        g = self._gpu("reasons", h)
+        return 0x4 if g.demand_mw > g.limit_mw else 0x0
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        self._gpu("util", h)
+        u = pynvml.c_nvmlUtilization_t()
+        u.gpu, u.memory = 87, 41
+        return u
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        self._gpu("memory", h)
+        m = pynvml.c_nvmlMemory_t()
+        m.total, m.used, m.free = 80 * 2**30, 70 * 2**30, 10 * 2**30
+        return m
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        self._gpu("temperature", h)
+        return 61
+
+    def nvmlDeviceSetPowerManagementLimit(self, h: int, limit_mw: int) -> None:
+        g = self._gpu("set", h)
+        if not self.privileged:
+            raise pynvml.NVMLError_NoPermission()
+        if not g.min_mw <= limit_mw <= g.max_mw:
+            raise pynvml.NVMLError_InvalidArgument()
+        self.sets.append((int(h), limit_mw))
+        g.limit_mw = limit_mw

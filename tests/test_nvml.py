@@ -1,0 +1,133 @@
+"""The nvml source and actuator against a fake `pynvml` that raises the real error classes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pynvml
+import pytest
+from fake_pynvml import FakeGpu, FakeNvml
+
+from actuators import PermanentActuatorError, TransientActuatorError
+from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from controller.telemetry.base import TelemetryError
+from controller.telemetry.nvml import NvmlGpuSource
+
+FIELDS = ("index", "name", "uuid", "power_w", "power_instant_w", "energy_j", "power_limit_w", "default_limit_w",
+          "min_limit_w", "max_limit_w", "enforced_limit_w", "sm_clock_mhz", "mem_clock_mhz", "clock_event_reasons",
+          "power_capped", "gpu_util_pct", "mem_util_pct", "memory_used_bytes", "memory_total_bytes", "temperature_c")
+
+
+def devices(n: int = 2, **kw: object) -> tuple[FakeNvml, NvmlDevices]:
+    fake = FakeNvml([FakeGpu() for _ in range(n)], **kw)  # type: ignore[arg-type]
+    return fake, NvmlDevices(fake)
+
+
+def test_every_field_is_read_and_unsupported_ones_are_none() -> None:
+    fake, dev = devices()
+    fake.gpus[1].unsupported = {"fields", "reasons", "temperature"}
+    full, partial = dev.read(0), dev.read(1)
+    assert full.power_w == 450.0 and full.power_instant_w == 455.0 and full.min_limit_w == 200.0
+    assert full.power_capped is False and full.memory_total_bytes == 80 * 2**30 and full.temperature_c == 61.0
+    assert partial.power_instant_w is None and partial.power_capped is None and partial.temperature_c is None
+    assert partial.power_w == 450.0
+
+
+def test_cap_biting_shows_in_clock_event_reasons() -> None:
+    fake, dev = devices(1)
+    fake.gpus[0].demand_mw = 650_000
+    NvmlPowerLimiter(dev).set_power_limit(0, 400.0)
+    r = dev.read(0)
+    assert r.power_capped is True and r.power_w == 400.0 and r.sm_clock_mhz is not None and r.sm_clock_mhz < 1980
+
+
+def test_limit_is_clamped_and_read_back() -> None:
+    fake, dev = devices(1)
+    limiter = NvmlPowerLimiter(dev, min_interval_s=0.0)
+    assert limiter.set_power_limit(0, 50.0) == 200.0  # below the minimum: clamped, never InvalidArgument
+    assert limiter.set_power_limit(0, 5000.0) == 700.0
+    assert fake.sets == [(0, 200_000), (0, 700_000)]
+    assert limiter.set_power_limit(0, 700.4) == 700.0 and len(fake.sets) == 2  # unchanged: not rewritten
+
+
+def test_raises_are_rate_limited_but_cuts_always_go_through() -> None:
+    _, dev = devices(1)
+    now = [0.0]
+    limiter = NvmlPowerLimiter(dev, min_interval_s=5.0, clock=lambda: now[0])
+    limiter.set_power_limit(0, 300.0)
+    assert limiter.set_power_limit(0, 500.0) == 300.0  # a raise 0 s later waits
+    assert limiter.set_power_limit(0, 250.0) == 250.0  # a cut does not
+    now[0] = 6.0
+    assert limiter.set_power_limit(0, 500.0) == 500.0
+
+
+def test_no_permission_is_permanent_and_names_the_fix() -> None:
+    _, dev = devices(1, privileged=False)
+    with pytest.raises(PermanentActuatorError, match="CAP_SYS_ADMIN"):
+        NvmlPowerLimiter(dev).set_power_limit(0, 300.0)
+
+
+def test_a_setter_that_ignores_its_return_code_is_caught_by_the_read_back() -> None:
+    fake, dev = devices(1)
+    fake.nvmlDeviceSetPowerManagementLimit = lambda h, mw: None  # type: ignore[method-assign]
+    with pytest.raises(TransientActuatorError, match="asked 300 W, 700 W in force"):
+        NvmlPowerLimiter(dev).set_power_limit(0, 300.0)
+
+
+def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
+    fake, dev = devices(2)
+    source = NvmlGpuSource(dev, {0: "chat", 1: "code"})
+    first = source.sample(0.0)
+    assert [s.service for s in first] == ["chat", "code"] and first[1].power_w == 450.0
+    fake.fail[("power", 1)] = pynvml.NVMLError_GpuIsLost
+    second = source.sample(1.0)
+    assert second[0].power_w == 450.0
+    assert second[1].power_w is None and second[1].power_limit_w == 700.0  # the governor counts it at its cap
+
+
+def test_a_gpu_never_read_or_no_device_count_fails_the_sample() -> None:
+    fake, dev = devices(1)
+    fake.fail[("name", 0)] = pynvml.NVMLError_GpuIsLost
+    with pytest.raises(TelemetryError, match="fallen off the bus"):
+        NvmlGpuSource(dev, {}).sample(0.0)
+    fake.fail[("count", -1)] = pynvml.NVMLError_Unknown
+    with pytest.raises(TelemetryError):
+        NvmlGpuSource(dev, {}).sample(0.0)
+
+
+def test_transient_errors_carry_a_retry_delay() -> None:
+    fake, dev = devices(1)
+    fake.fail[("set", 0)] = pynvml.NVMLError_Timeout
+    with pytest.raises(TransientActuatorError) as info:
+        NvmlPowerLimiter(dev).set_power_limit(0, 300.0)
+    assert info.value.delay_s > 0
+
+
+def test_missing_library_names_the_fix() -> None:
+    with pytest.raises(PermanentActuatorError, match="install the NVIDIA driver"):
+        NvmlDevices(FakeNvml([], library=False))
+
+
+def test_restore_defaults_puts_every_gpu_back() -> None:
+    fake, dev = devices(2)
+    limiter = NvmlPowerLimiter(dev, min_interval_s=0.0)
+    limiter.set_power_limit(0, 300.0)
+    limiter.set_power_limit(1, 350.0)
+    fake.fail[("default", 1)] = pynvml.NVMLError_NoPermission
+    failed = limiter.restore_defaults()
+    assert fake.gpus[0].limit_mw == 700_000 and len(failed) == 1 and "GPU 1" in failed[0]
+
+
+def test_gpus_command_lists_every_field_or_names_the_missing_driver() -> None:
+    """On a GPU host this prints every field; without a driver it exits 2 with the fix."""
+    run = subprocess.run([sys.executable, "-m", "controller.cli", "gpus", "--json"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=60)
+    if run.returncode == 0:
+        listing = json.loads(run.stdout)
+        assert listing and all(set(FIELDS) <= set(gpu) for gpu in listing)
+    else:
+        assert run.returncode == 2 and run.stderr.count("\n") == 1
+        assert "NVIDIA driver" in run.stderr
