@@ -130,6 +130,12 @@ class TelemetrySettings:
     """Where GPU power, energy and limits come from."""
     vllm_source: VllmSource = "sim"
     """Where vLLM load and latency come from."""
+    prometheus_url: str = "http://127.0.0.1:9090"
+    """Prometheus that scrapes the vLLM servers (`vllm_source = "prometheus"`)."""
+    window_s: float = 60.0
+    """Window of the rate() queries; at least four scrape intervals."""
+    timeout_s: float = 5.0
+    """HTTP timeout of one query."""
 
 
 @dataclass(frozen=True)

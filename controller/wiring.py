@@ -15,6 +15,7 @@ from controller.config_loader import ConfigError
 from controller.settings import Settings
 from controller.telemetry.base import GpuSource, VllmSource
 from controller.telemetry.nvml import NvmlGpuSource
+from controller.telemetry.prometheus import PrometheusVllmSource
 from controller.telemetry.sim import SimGpuSource, SimVllmSource
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
@@ -45,8 +46,8 @@ def build_host(settings: Settings) -> SimHost:
 def build_parts(settings: Settings, nvml: Any = None) -> Parts:
     """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`)."""
     t, a = settings.telemetry, settings.actuators
-    if t.vllm_source != "sim":
-        raise ConfigError("telemetry.vllm_source", f"{t.vllm_source!r} is not built into this version yet")
+    if t.vllm_source == "scrape":
+        raise ConfigError("telemetry.vllm_source", "'scrape' is not built into this version yet")
     if a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
         raise ConfigError("actuators", "only the sim and dry-run batch and replica backends are built in yet")
     host = build_host(settings)
@@ -71,4 +72,8 @@ def build_parts(settings: Settings, nvml: Any = None) -> Parts:
     gpus: GpuSource = SimGpuSource(host)
     if t.gpu_source == "nvml" and devices is not None:
         gpus = NvmlGpuSource(devices, {g: s.name for s in settings.services for g in s.gpus})
-    return Parts(host, gpus, SimVllmSource(host), power, batch, replicas)
+    vllm: VllmSource = SimVllmSource(host)
+    if t.vllm_source == "prometheus":
+        vllm = PrometheusVllmSource(t.prometheus_url, {s.name: s.model for s in settings.services}, t.window_s,
+                                    t.timeout_s)
+    return Parts(host, gpus, vllm, power, batch, replicas)

@@ -114,9 +114,13 @@ class EngineView(Protocol):
 
     metrics: EngineMetrics
     engine_id: str
-    num_running: int
-    num_waiting: int
     max_num_seqs: int
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def num_waiting(self) -> int: ...
 
     def kv_usage(self) -> float: ...
 

@@ -1,0 +1,41 @@
+"""How the prometheus source reads Prometheus' answers: NaN, empty and Inf are no observation; errors fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.telemetry.base import TelemetryError
+from controller.telemetry.prometheus import PrometheusVllmSource, queries, scalar
+
+
+def vector(*values: str) -> bytes:
+    items = ",".join(f'{{"metric":{{}},"value":[1.0,"{v}"]}}' for v in values)
+    return f'{{"status":"success","data":{{"resultType":"vector","result":[{items}]}}}}'.encode()
+
+
+@pytest.mark.parametrize("body,expected", [(vector("1.5"), 1.5), (vector("NaN"), None), (vector("+Inf"), None),
+                                           (vector(), None)])
+def test_values_nan_inf_and_empty(body: bytes, expected: float | None) -> None:
+    assert scalar(body, "q") == expected
+
+
+def test_error_envelope_and_garbage_fail_with_the_reason() -> None:
+    body = b'{"status":"error","errorType":"bad_data","error":"parse error at char 5"}'
+    with pytest.raises(TelemetryError, match="bad_data: parse error"):
+        scalar(body, "q")
+    with pytest.raises(TelemetryError, match="not JSON"):
+        scalar(b"<html>", "q")
+
+
+def test_idle_service_gives_no_latency_and_v1_names_fall_back_to_deprecated_ones() -> None:
+    """With traffic gone the ratios are 0/0 (NaN): latencies None, never 0 ms."""
+    answers = {"rate_rps": "0", "replicas": "2", "running": "0", "waiting": "0", "kv_usage": "0", "preemptions": "0"}
+    promql = queries("m", "60s")
+    by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
+    source = PrometheusVllmSource("http://prom", {"chat": "m"},
+                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == 0 and w.replicas == 2
+    assert w.ttft_ms is None and w.itl_ms is None and w.ttft_p95_ms is None and w.in_tokens is None
+    assert "vllm:time_per_output_token_seconds" in promql["itl_s"]
+    assert "vllm:gpu_cache_usage_perc" in promql["kv_usage"]
