@@ -320,10 +320,14 @@ class Settings:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError("services", f"duplicate service name {sorted(dup)[0]!r}")
-        uses_sim = "sim" in (self.telemetry.gpu_source, self.telemetry.vllm_source, self.actuators.power,
-                             self.actuators.batch, self.actuators.replicas)
-        if uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
+        if self.uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
             raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
+
+    @property
+    def uses_sim(self) -> bool:
+        """Some source or actuator is the simulated host's (so the daemon builds and steps one)."""
+        return "sim" in (self.telemetry.gpu_source, self.telemetry.vllm_source, self.actuators.power,
+                         self.actuators.batch, self.actuators.replicas)
 
     @property
     def state_path(self) -> Path:

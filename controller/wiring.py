@@ -43,37 +43,48 @@ def build_host(settings: Settings) -> SimHost:
     return host
 
 
+def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
+    t, a = settings.telemetry, settings.actuators
+    if t.gpu_source != "nvml" and a.power != "nvml":
+        return None
+    try:
+        return NvmlDevices(nvml)
+    except ActuatorError as exc:
+        raise ConfigError("telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power", str(exc)) from exc
+
+
 def build_parts(settings: Settings, nvml: Any = None) -> Parts:
-    """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`)."""
+    """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`). The simulated
+    host is built only when some part is simulated: nothing steps a plant no part reads."""
     t, a = settings.telemetry, settings.actuators
     if t.vllm_source == "scrape":
         raise ConfigError("telemetry.vllm_source", "'scrape' is not built into this version yet")
     if a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
         raise ConfigError("actuators", "only the sim and dry-run batch and replica backends are built in yet")
-    host = build_host(settings)
-    devices = None
-    if t.gpu_source == "nvml" or a.power == "nvml":
-        try:
-            devices = NvmlDevices(nvml)
-        except ActuatorError as exc:
-            where = "telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power"
-            raise ConfigError(where, str(exc)) from exc
+    host = build_host(settings) if settings.uses_sim else None
+    devices = _nvml_devices(settings, nvml)
+
+    def sim() -> SimHost:
+        assert host is not None  # uses_sim holds whenever a part names "sim"
+        return host
+
     power: PowerLimiter
-    if a.power == "nvml" and devices is not None:
+    if devices is not None and a.power == "nvml":
         power = NvmlPowerLimiter(devices)
     else:
-        power = SimPowerLimiter(host) if a.power == "sim" else DryRunPowerLimiter()
-    batch: BatchSizer = SimBatchSizer(host) if a.batch == "sim" else DryRunBatchSizer()
-    replicas: ReplicaScaler
-    if a.replicas == "sim":
-        replicas = SimReplicaScaler(host)
-    else:
-        replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
-    gpus: GpuSource = SimGpuSource(host)
-    if t.gpu_source == "nvml" and devices is not None:
+        power = SimPowerLimiter(sim()) if a.power == "sim" else DryRunPowerLimiter()
+    batch: BatchSizer = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
+    replicas: ReplicaScaler = (SimReplicaScaler(sim()) if a.replicas == "sim"
+                               else DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services}))
+    gpus: GpuSource
+    if devices is not None and t.gpu_source == "nvml":
         gpus = NvmlGpuSource(devices, {g: s.name for s in settings.services for g in s.gpus})
-    vllm: VllmSource = SimVllmSource(host)
+    else:
+        gpus = SimGpuSource(sim())
+    vllm: VllmSource
     if t.vllm_source == "prometheus":
         vllm = PrometheusVllmSource(t.prometheus_url, {s.name: s.model for s in settings.services}, t.window_s,
                                     t.timeout_s)
+    else:
+        vllm = SimVllmSource(sim())
     return Parts(host, gpus, vllm, power, batch, replicas)

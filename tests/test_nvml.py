@@ -131,3 +131,20 @@ def test_gpus_command_lists_every_field_or_names_the_missing_driver() -> None:
     else:
         assert run.returncode == 2 and run.stderr.count("\n") == 1
         assert "NVIDIA driver" in run.stderr
+
+
+def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
+    """nvml GPUs, Prometheus, dry-run batch and replicas: no simulated host is built or stepped."""
+    from controller.settings import load_settings
+    from controller.wiring import build_parts
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    for old, new in (('gpu_source = "sim"', 'gpu_source = "nvml"'),
+                     ('vllm_source = "sim"', 'vllm_source = "prometheus"'), ('power = "sim"', 'power = "nvml"'),
+                     ('batch = "sim"', 'batch = "dry-run"'), ('replicas = "sim"', 'replicas = "dry-run"')):
+        text = text.replace(old, new)
+    path = tmp_path / "host.toml"
+    path.write_text(text)
+    parts = build_parts(load_settings(path), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
+    assert parts.host is None
+    assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
