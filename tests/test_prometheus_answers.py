@@ -5,32 +5,32 @@ from __future__ import annotations
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import PrometheusVllmSource, queries, scalar
+from controller.telemetry.prometheus import PrometheusVllmSource, by_model, queries
 
 
-def vector(*values: str) -> bytes:
-    items = ",".join(f'{{"metric":{{}},"value":[1.0,"{v}"]}}' for v in values)
+def vector(*values: str, model: str = "m") -> bytes:
+    items = ",".join(f'{{"metric":{{"model_name":"{model}"}},"value":[1.0,"{v}"]}}' for v in values)
     return f'{{"status":"success","data":{{"resultType":"vector","result":[{items}]}}}}'.encode()
 
 
 @pytest.mark.parametrize("body,expected", [(vector("1.5"), 1.5), (vector("NaN"), None), (vector("+Inf"), None),
                                            (vector(), None)])
 def test_values_nan_inf_and_empty(body: bytes, expected: float | None) -> None:
-    assert scalar(body, "q") == expected
+    assert by_model(body, "q").get("m") == expected
 
 
 def test_error_envelope_and_garbage_fail_with_the_reason() -> None:
     body = b'{"status":"error","errorType":"bad_data","error":"parse error at char 5"}'
     with pytest.raises(TelemetryError, match="bad_data: parse error"):
-        scalar(body, "q")
+        by_model(body, "q")
     with pytest.raises(TelemetryError, match="not JSON"):
-        scalar(b"<html>", "q")
+        by_model(b"<html>", "q")
 
 
 def test_idle_service_gives_no_latency_and_v1_names_fall_back_to_deprecated_ones() -> None:
     """With traffic gone the ratios are 0/0 (NaN): latencies None, never 0 ms."""
     answers = {"rate_rps": "0", "replicas": "2", "running": "0", "waiting": "0", "kv_usage": "0", "preemptions": "0"}
-    promql = queries("m", "60s")
+    promql = queries(["m"], "60s")
     by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
     source = PrometheusVllmSource("http://prom", {"chat": "m"},
                                   fetch=lambda url, form, t: vector(by_query[form["query"]]))

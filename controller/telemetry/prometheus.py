@@ -1,4 +1,5 @@
-"""vLLM source `prometheus`: per service, the PromQL of REFERENCE.md section 3 over Prometheus' HTTP API.
+"""vLLM source `prometheus`: the PromQL of REFERENCE.md section 3 over Prometheus' HTTP API, one query per
+figure for all services' models at once (grouped by `model_name`).
 
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
 (no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency. A
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,46 +37,50 @@ def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
         raise TelemetryError(f"prometheus: {url} unreachable: {exc}") from exc
 
 
-def queries(model: str, window: str) -> dict[str, str]:
-    """The figure name -> PromQL of one served model."""
-    sel = f'{{model_name="{model}"}}'
+def queries(models: list[str], window: str) -> dict[str, str]:
+    """The figure name -> PromQL, each grouped by `model_name` over all `models` (one query per figure)."""
+    pattern = "|".join(re.escape(m) for m in sorted(models)).replace("\\", "\\\\").replace('"', '\\"')
+    sel = f'{{model_name=~"{pattern}"}}'
+    by = "by (model_name)"
 
     def ratio(hist: str) -> str:
-        return f"sum(rate({hist}_sum{sel}[{window}])) / sum(rate({hist}_count{sel}[{window}]))"
+        return f"sum {by} (rate({hist}_sum{sel}[{window}])) / sum {by} (rate({hist}_count{sel}[{window}]))"
 
     def p95(hist: str) -> str:
-        return f"histogram_quantile(0.95, sum by (le) (rate({hist}_bucket{sel}[{window}])))"
+        return f"histogram_quantile(0.95, sum by (le, model_name) (rate({hist}_bucket{sel}[{window}])))"
 
     itl, itl_old = "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"
     return {
-        "rate_rps": f"sum(rate(vllm:request_success_total{sel}[{window}]))",
+        "rate_rps": f"sum {by} (rate(vllm:request_success_total{sel}[{window}]))",
         "in_tokens": ratio("vllm:request_prompt_tokens"),
         "out_tokens": ratio("vllm:request_generation_tokens"),
         "ttft_s": ratio("vllm:time_to_first_token_seconds"),
         "itl_s": f"({ratio(itl)}) or ({ratio(itl_old)})",
         "ttft_p95_s": p95("vllm:time_to_first_token_seconds"),
         "itl_p95_s": f"({p95(itl)}) or ({p95(itl_old)})",
-        "running": f"sum(vllm:num_requests_running{sel})",
-        "waiting": f"sum(vllm:num_requests_waiting{sel})",
-        "kv_usage": f"avg(vllm:kv_cache_usage_perc{sel}) or avg(vllm:gpu_cache_usage_perc{sel})",
-        "preemptions": f"sum(increase(vllm:num_preemptions_total{sel}[{window}]))",
-        "replicas": f"count(vllm:num_requests_running{sel})",
+        "running": f"sum {by} (vllm:num_requests_running{sel})",
+        "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
+        "kv_usage": f"avg {by} (vllm:kv_cache_usage_perc{sel}) or avg {by} (vllm:gpu_cache_usage_perc{sel})",
+        "preemptions": f"sum {by} (increase(vllm:num_preemptions_total{sel}[{window}]))",
+        "replicas": f"count {by} (vllm:num_requests_running{sel})",
     }
 
 
-def scalar(body: bytes, query: str) -> float | None:
-    """The single value of an instant-vector answer; None for empty, NaN or infinite."""
+def by_model(body: bytes, query: str) -> dict[str, float]:
+    """An instant-vector answer as model_name -> value ("" for series without the label); empty, NaN and
+    infinite values are left out (no observation)."""
     try:
         doc = json.loads(body)
     except ValueError as exc:
         raise TelemetryError(f"prometheus: not JSON for {query!r}") from exc
     if doc.get("status") != "success":
         raise TelemetryError(f"prometheus: {doc.get('errorType', 'error')}: {doc.get('error', '?')} for {query!r}")
-    result = doc.get("data", {}).get("result", [])
-    if not result:
-        return None
-    value = float(result[0]["value"][1])
-    return value if math.isfinite(value) else None
+    out = {}
+    for item in doc.get("data", {}).get("result", []):
+        value = float(item["value"][1])
+        if math.isfinite(value):
+            out[item["metric"].get("model_name", "")] = value
+    return out
 
 
 class PrometheusVllmSource:
@@ -90,22 +96,25 @@ class PrometheusVllmSource:
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
-    def _query(self, promql: str, at: float | None) -> float | None:
+    def _query(self, promql: str, at: float | None) -> dict[str, float]:
         form = {"query": promql}
         if at is not None:
             form["time"] = f"{at:.3f}"
-        return scalar(self.fetch(self.endpoint, form, self.timeout_s), promql)
+        return by_model(self.fetch(self.endpoint, form, self.timeout_s), promql)
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         at = self.wall_time(now) if self.wall_time else None
-        window = f"{round(self.window_s)}s"
+        models = sorted({self.models[s] for s in services if s in self.models})
+        answers: dict[str, dict[str, float]] = {}
+        if models:
+            answers = {k: self._query(q, at) for k, q in queries(models, f"{round(self.window_s)}s").items()}
         out: dict[str, ServiceWindow | None] = {}
         for name in services:
             model = self.models.get(name)
             if model is None:
                 out[name] = None
                 continue
-            v = {k: self._query(q, at) for k, q in queries(model, window).items()}
+            v = {k: a.get(model) for k, a in answers.items()}
             replicas = int(v["replicas"] or 0)
             if replicas == 0 and v["rate_rps"] is None:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
