@@ -78,6 +78,7 @@ class NvmlDevices:
 
             nvml = pynvml
         self.nvml: Any = nvml
+        self._handles: dict[int, Any] = {}  # valid until shutdown: looked up once per GPU
         with self._errors("NVML init"):
             self.nvml.nvmlInit()
 
@@ -97,8 +98,10 @@ class NvmlDevices:
             return int(self.nvml.nvmlDeviceGetCount())
 
     def _handle(self, index: int) -> Any:
-        with self._errors(f"GPU {index}"):
-            return self.nvml.nvmlDeviceGetHandleByIndex(index)
+        if index not in self._handles:
+            with self._errors(f"GPU {index}"):
+                self._handles[index] = self.nvml.nvmlDeviceGetHandleByIndex(index)
+        return self._handles[index]
 
     def _optional(self, fn: Callable[[], Any]) -> Any:
         """A field the GPU may not support: None then; any other error is raised translated."""
@@ -146,12 +149,18 @@ class NvmlDevices:
             return None
         return float(value.value.uiVal) / 1000.0
 
+    def default_limit_w(self, index: int) -> float | None:
+        h = self._handle(index)
+        with self._errors(f"GPU {index} default power limit"):
+            default_mw = self._optional(lambda: self.nvml.nvmlDeviceGetPowerManagementDefaultLimit(h))
+        return None if default_mw is None else float(default_mw) / 1000.0
+
     def set_limit_w(self, index: int, watts: float) -> float:
         """Set a power limit (already clamped by the caller) and return the limit read back."""
         h = self._handle(index)
         with self._errors(f"GPU {index} set power limit"):
             self.nvml.nvmlDeviceSetPowerManagementLimit(h, round(watts * 1000))
-        return self.limits_w(index)[0]
+            return float(self.nvml.nvmlDeviceGetPowerManagementLimit(h)) / 1000.0
 
 
 class NvmlPowerLimiter:
@@ -187,7 +196,7 @@ class NvmlPowerLimiter:
         failed = []
         for index in range(self.devices.count()):
             try:
-                default = self.devices.read(index).default_limit_w
+                default = self.devices.default_limit_w(index)
                 if default is not None:
                     self.devices.set_limit_w(index, default)
             except ActuatorError as exc:
