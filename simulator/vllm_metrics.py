@@ -46,10 +46,7 @@ class Histogram:
             self.samples.append(np.array(values, dtype=float))
 
     def observe_one(self, value: float) -> None:
-        self.counts[bisect_left(self._edge_list, value)] += 1
-        self.sum += value
-        if self.samples is not None:
-            self.samples.append(np.array([value]))
+        self.observe_repeated(value, 1)
 
     def observe_repeated(self, value: float, times: int) -> None:
         """`times` observations of the same value (one decode step's inter-token gaps)."""

@@ -117,14 +117,10 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
             v = c.score - w * c.short_rps * share
             if svc.current is not None and c.assignment != svc.current:
                 v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale)
-            row.append(_with_value(c, v))
+            row.append(replace(c, value=v))
         out.append(row)
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
     return out, shed
-
-
-def _with_value(c: Candidate, value: float) -> Candidate:
-    return replace(c, value=value)
 
 
 def enumerate_all(problem: Problem) -> list[list[Candidate]]:
