@@ -29,11 +29,11 @@ log = logging.getLogger("wattscale.controller")
 
 @dataclass
 class ServiceState:
-    """What the controller believes is in place for a service, and what it last saw."""
+    """What the controller believes is in place for a service (its cap is the governor's target) and the
+    load it estimates."""
 
     assignment: Assignment
     load: Load
-    window: ServiceWindow | None = None
 
 
 class Controller:
@@ -43,8 +43,6 @@ class Controller:
         self.power, self.batch, self.replicas = power, batch, replicas
         self.tuner, self.metrics = tuner, metrics
         self.samples: list[GpuSample] = []
-        self.plan_caps: dict[str, float] = {}
-        self.last_solution: Solution | None = None
         self.state: dict[str, ServiceState] = {}
         self.mix = TokenMix()
         self.reconfigure(settings)
@@ -63,12 +61,10 @@ class Controller:
                 current = self._read_replicas(svc.name, svc.min_replicas)
                 self.state[svc.name] = ServiceState(Assignment(acc, current, svc.initial_max_batch, cap),
                                                     Load(0.0, svc.in_tokens, svc.out_tokens))
-            self.plan_caps.setdefault(svc.name, cap)
             for a in settings.accelerators:
                 self.tuner.ensure(svc.model, a.name, svc.prior.params(), CATALOG[a.name])
         for gone in set(self.state) - {s.name for s in settings.services}:
             del self.state[gone]
-            self.plan_caps.pop(gone, None)
         self.metrics.budget.set(settings.power.budget_w)
 
     def _read_replicas(self, service: str, default: int) -> int:
@@ -103,7 +99,8 @@ class Controller:
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
         priorities = {s.name: s.priority for s in self.settings.services}
-        for index, watts in self.governor.step(self.samples, self.plan_caps, priorities).items():
+        plan_caps = {name: st.assignment.power_cap_w for name, st in self.state.items()}
+        for index, watts in self.governor.step(self.samples, plan_caps, priorities).items():
             try:
                 applied = self.power.set_power_limit(index, watts)
                 m.actuations.labels(self.power.name, "power_limit", "ok").inc()
@@ -131,14 +128,12 @@ class Controller:
         except Exception as exc:
             self._error("optimizer", str(exc))
             return None
-        self.last_solution = solution
         self._apply(now, solution)
         self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
         return solution
 
     def _observe(self, svc: ServiceSettings, window: ServiceWindow | None) -> None:
         state = self.state[svc.name]
-        state.window = window
         m = self.metrics
         if window is None:
             return
@@ -218,7 +213,6 @@ class Controller:
             m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
             admitted = self.gate.admit(now, svc.name, current, planned)
             state.assignment = self._actuate(svc.name, current, admitted)
-            self.plan_caps[svc.name] = state.assignment.power_cap_w
             a = state.assignment
             m.replicas.labels(svc.name).set(a.replicas)
             m.max_batch.labels(svc.name).set(a.max_batch)
