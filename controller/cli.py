@@ -1,4 +1,4 @@
-"""`wattscale` command line: run, check-config, analyze, tune, optimize, gpus."""
+"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, gpus."""
 
 from __future__ import annotations
 
@@ -126,6 +126,60 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from controller.planner import load_plan_spec
+    from controller.planner.allocation import AllocationModel
+    from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
+    from controller.planner.allocation_spec import AllocationSpec
+    from controller.planner.packing_report import (
+        Instance,
+        compare,
+        compare_table,
+        plot_compare,
+        result_json,
+        solve_instance,
+    )
+
+    spec = load_plan_spec(Path(args.spec))
+    if isinstance(spec, AllocationSpec):
+        if args.compare or args.plots:
+            raise ConfigError("--compare/--plots", "apply to packing specs only")
+        if args.solver != "milp":
+            raise ConfigError("--solver", "an allocation spec is solved by milp only")
+        if args.gamma is not None:
+            if args.gamma < 0:
+                raise ConfigError("--gamma", f"must be >= 0, got {args.gamma}")
+            spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
+        model = AllocationModel(spec)
+        best, _ = model.solve()
+        doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
+        print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
+        return 0 if best.ok else 1
+    if args.compare:
+        rows = compare(spec)
+        print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
+        if args.plots:
+            for path in plot_compare(rows, Path(args.plots)):
+                print(f"wrote {path}", file=sys.stderr)
+        return 0
+    inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
+                    args.requests if args.requests is not None else max(spec.scales))
+    if inst.scenario not in spec.scenarios or inst.trace not in spec.traces or inst.requests < 0:
+        raise ConfigError("--scenario/--trace/--requests",
+                          f"expected a scenario in {list(spec.scenarios)}, a trace in {list(spec.traces)}, "
+                          "and requests >= 0")
+    doc = result_json(spec, inst, solve_instance(spec, inst, (args.solver,)))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for r in doc["results"]:
+            cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
+            print(f"{r['solver']:<22} {cost:>12}  cards {r['cards']}  {r['note']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wattscale", description=__doc__)
     p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
@@ -168,6 +222,17 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--mip-gap", type=float, default=0.01)
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_optimize)
+    pl = sub.add_parser("plan", help="offline capacity planning (config packing or workload allocation)")
+    pl.add_argument("spec")
+    pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"])
+    pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
+    pl.add_argument("--plots", default=None, metavar="DIR", help="packing --compare: one PNG per scenario")
+    pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
+    pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")
+    pl.add_argument("--requests", type=int, default=None, help="packing: workload size (default: largest scale)")
+    pl.add_argument("--gamma", type=float, default=None, help="allocation: robust budget of uncertainty")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=_plan)
     g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_gpus)

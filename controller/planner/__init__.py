@@ -1,0 +1,19 @@
+"""Offline capacity planning (`wattscale plan`): config packing (seed 002) and workload allocation (seed 001)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.config_loader import ConfigError, build, read_toml
+from controller.planner.allocation_spec import AllocationSpec
+from controller.planner.packing_spec import PackingSpec
+
+
+def load_plan_spec(path: Path) -> PackingSpec | AllocationSpec:
+    data = read_toml(path)
+    kind = data.get("kind")
+    if kind == "packing":
+        return build(PackingSpec, data)
+    if kind == "allocation":
+        return build(AllocationSpec, data)
+    raise ConfigError("kind", f"must be 'packing' or 'allocation', got {kind!r}")

@@ -1,0 +1,100 @@
+"""Why the allocation optimum drops demand, and which parameter would change that; JSON of a solution.
+
+For each query type with unmet demand the model is solved again with that type forced to be served. If that
+is feasible, the penalty was simply cheaper than serving: the report gives the unmet penalty above which
+serving pays. If not, each limit on the type is dropped in turn until it is: that limit is the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.planner.allocation import Allocation, AllocationModel
+
+# constraint group -> the spec parameter that relaxes it ({i}: the query type)
+_LIMITS = (
+    ("delay:{i}", "queries.{i}.delay_threshold_s"),
+    ("error:{i}", "queries.{i}.error_threshold"),
+    ("budget", "budget"),
+    ("inventory", "gpus.<name>.available"),
+    ("storage", "storage_capacity_gb"),
+)
+
+
+def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, Any]]:
+    out = []
+    spec = model.spec
+    for i, share in best.unmet.items():
+        if share <= 1e-6:
+            continue
+        qt = spec.queries[i]
+        queries = qt.arrival_rate_qph * spec.rental_period_h
+        served, _ = model.solve(force_served=i)
+        if served.ok:
+            extra = served.costs["total"] - best.costs["total"]
+            above = qt.unmet_penalty + extra / (share * queries)
+            out.append({
+                "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
+                "value": qt.unmet_penalty, "serve_above": above,
+                "text": (f"{i}: {share:.0%} of its demand is dropped because paying its unmet penalty "
+                         f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
+                         f"{extra:.2f} $ more per period. Raise queries.{i}.unmet_penalty above {above:.4g} $/query."),
+            })
+            continue
+        for group, parameter in _LIMITS:
+            g = group.format(i=i)
+            relaxed, _ = model.solve(force_served=i, without=frozenset({g}))
+            if relaxed.ok:
+                param = parameter.format(i=i)
+                extra_text = ""
+                if g == "budget":
+                    need = relaxed.costs["rental"] + relaxed.costs["storage"]
+                    extra_text = f" Serving it needs a budget of at least {need:.2f} $ (now {spec.budget:g})."
+                out.append({
+                    "query": i, "unmet_share": share, "reason": g.split(":")[0], "parameter": param,
+                    "text": (f"{i}: {share:.0%} of its demand is dropped because no plan serves it within the "
+                             f"{g.split(':')[0]} limit; relax {param}.{extra_text}"),
+                })
+                break
+        else:
+            out.append({"query": i, "unmet_share": share, "reason": "several", "parameter": None,
+                        "text": f"{i}: {share:.0%} of its demand is dropped; no single limit, relaxed alone, lets it "
+                                "be served (several bind together)."})
+    return out
+
+
+def allocation_json(model: AllocationModel, a: Allocation, explanations: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = model.spec
+    return {
+        "kind": "allocation",
+        "ok": a.ok,
+        "message": a.message,
+        "robust_gamma": spec.robust.gamma,
+        "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
+                       for (i, j, k), v in sorted(a.shares.items())],
+        "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
+                        for (j, k), (tp, r) in sorted(a.deployments.items())],
+        "unmet": {i: v for i, v in a.unmet.items()},
+        "cost": a.costs,
+        "dropped": explanations,
+        "solve_s": a.solve_s,
+    }
+
+
+def allocation_text(doc: dict[str, Any]) -> str:
+    if not doc["ok"]:
+        return f"no plan: {doc['message']}"
+    lines = ["allocation:"]
+    lines += [f"  {r['query']:<16} -> {r['model']:<12} {r['gpu']}:{r['precision']:<6} {r['share']:6.1%}"
+              for r in doc["allocation"]]
+    lines.append("deployments:")
+    lines += [f"  {d['model']:<12} {d['gpu']}:{d['precision']:<6} TP {d['tp']} x {d['replicas']} replicas = "
+              f"{d['gpus']} GPUs" for d in doc["deployments"]]
+    lines.append("unmet demand: " + ", ".join(f"{i} {v:.1%}" for i, v in doc["unmet"].items()))
+    c = doc["cost"]
+    lines.append(f"cost per period: rental {c['rental']:.2f} + storage {c['storage']:.2f} + delay penalty "
+                 f"{c['delay_penalty']:.2f} + unmet penalty {c['unmet_penalty']:.2f} = {c['total']:.2f} $")
+    lines += [e["text"] for e in doc["dropped"]]
+    lines.append(f"solved in {doc['solve_s']:.3f} s" + (f" (robust, gamma {doc['robust_gamma']:g})"
+                                                          if doc["robust_gamma"] else ""))
+    return "\n".join(lines)

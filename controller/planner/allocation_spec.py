@@ -1,0 +1,169 @@
+"""The workload-allocation planning spec (seed 001): query types, models, GPU tiers and precisions.
+
+A tier is a GPU at a precision (`"A100:int8"`); what a precision changes (weight bytes, throughput, delay,
+error) is a factor on the FP16 figures. Costs are in $ per rental period.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from controller.config_loader import ConfigError
+
+
+def _positive(obj: object, where: str, names: tuple[str, ...], allow_zero: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{where}.{name}" if where else name, f"must be {bound}, got {v}")
+
+
+@dataclass(frozen=True)
+class QueryType:
+    input_tokens: float
+    """Mean prompt tokens."""
+    output_tokens: float
+    """Mean generated tokens."""
+    arrival_rate_qph: float
+    """Demand (queries per hour)."""
+    compute_gflop_per_token: float
+    """Compute per token at FP16."""
+    delay_s_per_token: float
+    """Processing delay per token with a model and GPU of delay factor 1 at FP16."""
+    error_rate: float
+    """Error rate with a model of error factor 1 at FP16."""
+    delay_threshold_s: float
+    """Mean delay of served queries must stay at or below this."""
+    error_threshold: float
+    """Mean error rate of served queries must stay at or below this."""
+    unmet_penalty: float
+    """$ per query not served."""
+    delay_penalty: float = 0.0
+    """$ per query-second of delay."""
+    token_size_gb: float = 0.0
+    """Storage per token kept (GB), charged at storage_rate."""
+
+    def check(self, where: str) -> None:
+        _positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
+        _positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",
+                                "unmet_penalty", "delay_penalty", "token_size_gb"), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    weights_gb: float
+    """Weights at FP16 (GB)."""
+    kv_gb_per_token: float
+    """KV cache per token at FP16 (GB)."""
+    delay_factor: float = 1.0
+    """Delay relative to the reference model."""
+    error_factor: float = 1.0
+    """Error rate relative to the reference model."""
+
+    def check(self, where: str) -> None:
+        _positive(self, where, tuple(f.name for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    rental_per_h: float
+    """$ per card-hour."""
+    memory_gb: float
+    """Card memory (GB)."""
+    compute_tflops: float
+    """Peak dense FP16 TFLOPS."""
+    delay_factor: float = 1.0
+    """Delay relative to the reference GPU."""
+    tp_degrees: tuple[int, ...] = (1, 2, 4, 8)
+    """Tensor-parallel degrees a deployment may use."""
+    available: int = 64
+    """Cards that can be rented."""
+
+    def check(self, where: str) -> None:
+        _positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
+        if not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees):
+            raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], got {list(self.tp_degrees)}")
+        if self.available < 0:
+            raise ConfigError(f"{where}.available", f"must be >= 0, got {self.available}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    weight_factor: float = 1.0
+    """Bytes per weight and KV entry relative to FP16."""
+    compute_factor: float = 1.0
+    """Throughput relative to FP16."""
+    delay_factor: float = 1.0
+    """Delay relative to FP16."""
+    error_factor: float = 1.0
+    """Error rate relative to FP16."""
+
+    def check(self, where: str) -> None:
+        _positive(self, where, tuple(f.name for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class RobustSpec:
+    gamma: float = 0.0
+    """Budget of uncertainty: how many of a query type's routes may deviate at once (0: deterministic)."""
+    delay_deviation: float = 0.2
+    """How far above nominal a route's delay may go (share)."""
+    error_deviation: float = 0.2
+    """How far above nominal a route's error rate may go (share)."""
+
+    def check(self, where: str) -> None:
+        _positive(self, where, ("gamma", "delay_deviation", "error_deviation"), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class AllocationSpec:
+    kind: Literal["allocation"]
+    """Selects this model."""
+    budget: float
+    """Rental plus storage per period ($)."""
+    storage_rate: float
+    """$ per GB-hour."""
+    storage_capacity_gb: float
+    """SSD for model weights (GB)."""
+    queries: dict[str, QueryType]
+    """Query types by name."""
+    models: dict[str, ModelSpec]
+    """Models by name."""
+    gpus: dict[str, GpuSpec]
+    """GPU types by name."""
+    precisions: dict[str, Precision]
+    """Precisions by name (e.g. fp16, int8)."""
+    rental_period_h: float = 1.0
+    """Hours the plan is rented for."""
+    compute_efficiency: float = 0.4
+    """Share of peak compute a deployment achieves."""
+    mem_util: float = 0.9
+    """Share of card memory usable for weights and KV cache."""
+    tp_speedup: dict[str, float] = field(default_factory=lambda: {"1": 1.0, "2": 1.9, "4": 3.6, "8": 6.6})
+    """Throughput of one replica at TP degree n relative to one card."""
+    max_replicas: int = 16
+    """Replicas per (model, tier) deployment at most."""
+    robust: RobustSpec = field(default_factory=RobustSpec)
+    """Budgeted uncertainty on delay and error (off at gamma 0)."""
+    time_limit_s: float = 10.0
+    """Solver time limit."""
+
+    def check(self, where: str) -> None:
+        _positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
+        _positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
+        for name in ("queries", "models", "gpus", "precisions"):
+            if not getattr(self, name):
+                raise ConfigError(name, "at least one entry is required")
+        if not 0 < self.compute_efficiency <= 1 or not 0 < self.mem_util <= 1:
+            raise ConfigError("compute_efficiency/mem_util", "must be in (0, 1]")
+        for n in ("1", "2", "4", "8"):
+            if not self.tp_speedup.get(n, 0) > 0:
+                raise ConfigError(f"tp_speedup.{n}", "needs a value > 0 for each of 1, 2, 4, 8")
+        if self.max_replicas < 1:
+            raise ConfigError("max_replicas", f"must be >= 1, got {self.max_replicas}")
+
+    def tiers(self) -> list[tuple[str, str]]:
+        return [(g, p) for g in self.gpus for p in self.precisions]

@@ -1,0 +1,71 @@
+"""A small sparse MILP builder over scipy's HiGHS: named variables, rows tagged by constraint group.
+
+Groups let a caller drop one family of rows and solve again, which is how the planner tells which limit
+(budget, delay, error, ...) keeps demand from being served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
+from scipy.sparse import coo_array
+
+
+@dataclass(frozen=True)
+class LpResult:
+    ok: bool
+    """A feasible point was found."""
+    objective: float
+    """Objective value (nan without a point)."""
+    x: np.ndarray
+    """The point (empty without one)."""
+    message: str
+    """HiGHS's status message."""
+
+
+class Lp:
+    def __init__(self) -> None:
+        self.index: dict[Hashable, int] = {}
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+        self.integer: list[int] = []
+        self.cost: list[float] = []
+        self.rows: list[tuple[list[tuple[int, float]], float, float, str]] = []
+
+    def var(self, key: Hashable, lb: float = 0.0, ub: float = np.inf, integer: bool = False, cost: float = 0.0) -> int:
+        self.index[key] = len(self.lb)
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.integer.append(int(integer))
+        self.cost.append(cost)
+        return self.index[key]
+
+    def add_cost(self, i: int, c: float) -> None:
+        self.cost[i] += c
+
+    def row(self, entries: Iterable[tuple[int, float]], lo: float, hi: float, group: str = "") -> None:
+        self.rows.append(([(i, v) for i, v in entries if v != 0.0], lo, hi, group))
+
+    def value(self, x: np.ndarray, key: Hashable) -> float:
+        return float(x[self.index[key]]) if key in self.index else 0.0
+
+    def solve(self, *, without: frozenset[str] = frozenset(), fix: dict[int, float] | None = None,
+              time_limit_s: float = 10.0, mip_gap: float = 1e-6) -> LpResult:
+        kept = [r for r in self.rows if r[3] not in without]
+        r_idx = [k for k, (ents, _, _, _) in enumerate(kept) for _ in ents]
+        c_idx = [i for ents, _, _, _ in kept for i, _ in ents]
+        vals = [v for ents, _, _, _ in kept for _, v in ents]
+        n = len(self.lb)
+        a = coo_array((vals, (r_idx, c_idx)), shape=(len(kept), n)).tocsr()
+        lb, ub = np.array(self.lb), np.array(self.ub)
+        for i, v in (fix or {}).items():
+            lb[i] = ub[i] = v
+        constraints = [LinearConstraint(a, [r[1] for r in kept], [r[2] for r in kept])] if kept else []
+        res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, integrality=np.array(self.integer),
+                                   bounds=Bounds(lb, ub), options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap})
+        if res.x is None:
+            return LpResult(False, float("nan"), np.empty(0), str(res.message))
+        return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message))

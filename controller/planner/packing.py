@@ -1,0 +1,182 @@
+"""Config packing (seed 002): which GPU configs to rent so every request of a workload is held, at least cost.
+
+Two capacity models. `shared` (ours, the default): a config's capacity is shared by the request types it
+holds, sum_w flow[w, c] / h[w, c] <= y_c. `per_type` (the seed's): flow[w, c] <= y_c h[w, c] for every type
+separately, which counts one config once per type and so under-buys when types mix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from controller.planner.lp import Lp
+from controller.planner.packing_spec import PackingSpec
+
+CapacityModel = Literal["shared", "per_type"]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    """`<gpu>_x<k>`."""
+    gpu: str
+    """GPU type."""
+    cards: int
+    """Cards in the config."""
+    cost_per_h: float
+    """Rental of all its cards ($/h)."""
+    holds: tuple[float, ...]
+    """Requests of each type (in request-type order) one copy holds; 0 where the type does not fit."""
+
+
+@dataclass(frozen=True)
+class PackingResult:
+    solver: str
+    """Which solver produced it."""
+    feasible: bool
+    """False when the workload cannot be held by what is available."""
+    cost_per_h: float
+    """Total rental ($/h); inf when infeasible."""
+    copies: dict[str, int]
+    """Config name -> copies rented."""
+    solve_s: float
+    """Solver wall time."""
+    note: str = ""
+    """Why it failed, or the solver's status."""
+
+    def cards(self, configs: list[Config]) -> dict[str, int]:
+        by_name = {c.name: c for c in configs}
+        out: dict[str, int] = {}
+        for name, n in self.copies.items():
+            c = by_name[name]
+            out[c.gpu] = out.get(c.gpu, 0) + n * c.cards
+        return out
+
+
+def enumerate_configs(spec: PackingSpec) -> list[Config]:
+    configs = []
+    for g, gs in spec.gpus.items():
+        per_card = [
+            0.0 if t.memory_gb > gs.memory_gb * spec.fit_margin
+            else min(gs.memory_gb * spec.mem_util / t.memory_gb, gs.compute * spec.compute_adjust / t.compute)
+            for t in spec.request_types.values()
+        ]
+        for k, s in zip(spec.cards, spec.speedups, strict=True):
+            configs.append(Config(f"{g}_x{k}", g, k, gs.price_per_h * k, tuple(h * s for h in per_card)))
+    return configs
+
+
+def available_cards(spec: PackingSpec, scenario: str) -> dict[str, int]:
+    avail = spec.scenarios[scenario]
+    return {g: avail.get(g, 0) * spec.availability_scale for g in spec.gpus}
+
+
+def draw_workload(spec: PackingSpec, trace: str, requests: int) -> np.ndarray:
+    """Request counts per type: one multinomial draw, reproducible per (seed, trace, requests)."""
+    shares = np.array([spec.traces[trace].get(t, 0.0) for t in spec.request_types])
+    rng = np.random.default_rng([spec.seed, list(spec.traces).index(trace), requests])
+    return rng.multinomial(requests, shares / shares.sum()).astype(float)
+
+
+def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
+               capacity: CapacityModel = "shared", time_limit_s: float = 10.0, mip_gap: float = 1e-4) -> PackingResult:
+    """min sum_c cost_c y_c over integer copies y and continuous flows, on HiGHS."""
+    t0 = time.perf_counter()
+    name = "milp" if capacity == "shared" else "milp_per_type"
+    lp = Lp()
+    y = [lp.var(("y", c), integer=True, cost=cf.cost_per_h) for c, cf in enumerate(configs)]
+    flow = {(w, c): lp.var(("f", w, c)) for c, cf in enumerate(configs) for w, h in enumerate(cf.holds) if h > 0}
+    for w, n in enumerate(counts):
+        if n > 0 and not any(fw == w for fw, _ in flow):
+            return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0,
+                                 f"request type #{w} fits no config")
+        lp.row([(f, 1.0) for (fw, _), f in flow.items() if fw == w], float(n), float(n))
+    if capacity == "shared":
+        for c, cf in enumerate(configs):
+            lp.row([(f, 1.0 / cf.holds[w]) for (w, fc), f in flow.items() if fc == c] + [(y[c], -1.0)], -np.inf, 0.0)
+    else:
+        for (w, c), f in flow.items():
+            lp.row([(f, 1.0), (y[c], -configs[c].holds[w])], -np.inf, 0.0)
+    for g, n in cards.items():
+        lp.row([(y[c], float(cf.cards)) for c, cf in enumerate(configs) if cf.gpu == g], -np.inf, float(n))
+    res = lp.solve(time_limit_s=time_limit_s, mip_gap=mip_gap)
+    solve_s = time.perf_counter() - t0
+    if not res.ok:
+        return PackingResult(name, False, math.inf, {}, solve_s, res.message)
+    copies = {configs[c].name: round(res.x[y[c]]) for c in range(len(configs)) if round(res.x[y[c]]) > 0}
+    total = sum(configs[c].cost_per_h * round(res.x[y[c]]) for c in range(len(configs)))
+    return PackingResult(name, True, total, copies, solve_s)
+
+
+def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int]) -> PackingResult:
+    """Two passes. Each type first rents whole copies of its cheapest config per request (then the next cheapest
+    when cards run out); the remainders, each less than a copy, then share copies: repeatedly rent the copy that
+    covers the most remainder value (requests x their best price) per dollar."""
+    t0 = time.perf_counter()
+    left = dict(cards)
+    copies: dict[int, int] = {}
+    need = counts.astype(float).copy()
+    unit = np.full(len(counts), np.inf)
+    for w in range(len(counts)):
+        usable = sorted((c for c, cf in enumerate(configs) if cf.holds[w] > 0),
+                        key=lambda c: configs[c].cost_per_h / configs[c].holds[w])
+        if usable:
+            unit[w] = configs[usable[0]].cost_per_h / configs[usable[0]].holds[w]
+        for c in usable:
+            cf = configs[c]
+            whole = min(int(need[w] // cf.holds[w]), left[cf.gpu] // cf.cards)
+            if whole:
+                _rent(c, whole, cf, copies, left)
+                need[w] -= whole * cf.holds[w]
+    need[need < 1e-9] = 0.0
+    while need.any():
+        best: tuple[float, int, np.ndarray] | None = None
+        for c, cf in enumerate(configs):
+            if left[cf.gpu] < cf.cards:
+                continue
+            room, take = 1.0, np.zeros(len(need))
+            for w in np.argsort(-unit):
+                if need[w] > 0 and cf.holds[w] > 0 and room > 0:
+                    take[w] = min(need[w], room * cf.holds[w])
+                    room -= take[w] / cf.holds[w]
+            score = float(take @ np.where(np.isfinite(unit), unit, 0.0)) / cf.cost_per_h
+            if take.any() and (best is None or score > best[0]):
+                best = (score, c, take)
+        if best is None:
+            return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
+                                 f"request type #{int(np.flatnonzero(need)[0])}: not enough cards left")
+        _, c, take = best
+        _rent(c, 1, configs[c], copies, left)
+        need = np.where(need - take < 1e-9, 0.0, need - take)
+    total = sum(configs[c].cost_per_h * n for c, n in copies.items())
+    return PackingResult("greedy", True, total, {configs[c].name: n for c, n in copies.items()},
+                         time.perf_counter() - t0)
+
+
+def _rent(c: int, n: int, cf: Config, copies: dict[int, int], left: dict[str, int]) -> None:
+    copies[c] = copies.get(c, 0) + n
+    left[cf.gpu] -= n * cf.cards
+
+
+def solve_homogeneous(configs: list[Config], counts: np.ndarray, cards: dict[str, int], gpu: str,
+                      capacity: CapacityModel = "shared") -> PackingResult:
+    """One GPU type and one config size for everything: the cheapest size that holds the workload."""
+    t0 = time.perf_counter()
+    best: tuple[float, str, int] | None = None
+    for cf in configs:
+        if cf.gpu != gpu or any(n > 0 and h <= 0 for n, h in zip(counts, cf.holds, strict=True)):
+            continue
+        loads = [n / h for n, h in zip(counts, cf.holds, strict=True) if n > 0]
+        n = math.ceil((sum(loads) if capacity == "shared" else max(loads, default=0.0)) - 1e-9)
+        if n * cf.cards <= cards.get(gpu, 0) and (best is None or n * cf.cost_per_h < best[0]):
+            best = (n * cf.cost_per_h, cf.name, n)
+    solve_s = time.perf_counter() - t0
+    if best is None:
+        return PackingResult(f"homogeneous:{gpu}", False, math.inf, {}, solve_s,
+                             f"{gpu} alone cannot hold this workload")
+    return PackingResult(f"homogeneous:{gpu}", True, best[0], {best[1]: best[2]} if best[2] else {}, solve_s)

@@ -1,0 +1,108 @@
+"""The config-packing planning spec (seed 002): GPU specs, request types, availability scenarios and traces.
+
+A *config* is k cards of one GPU type serving requests together; how many requests of each type it holds
+follows from the type's memory and compute needs (see docs/plan.md). Prices are per card-hour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.config_loader import ConfigError
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    price_per_h: float
+    """Rental price of one card ($/h)."""
+    memory_gb: float
+    """Card memory (GB)."""
+    compute: float
+    """Relative compute capability (the seed uses dense TFLOPS)."""
+
+
+@dataclass(frozen=True)
+class RequestType:
+    memory_gb: float
+    """Memory one request of this type holds while served (GB)."""
+    compute: float
+    """Compute one request needs, in the units of GpuSpec.compute divided by compute_adjust."""
+
+
+@dataclass(frozen=True)
+class PackingSpec:
+    kind: Literal["packing"]
+    """Selects this model."""
+    gpus: dict[str, GpuSpec]
+    """GPU types by name."""
+    request_types: dict[str, RequestType]
+    """Request types by name."""
+    scenarios: dict[str, dict[str, int]]
+    """Availability scenarios: cards per GPU type (before availability_scale)."""
+    traces: dict[str, dict[str, float]]
+    """Traces: the share of requests of each type (normalised)."""
+    cards: tuple[int, ...] = (1, 2, 4, 8)
+    """Cards per config."""
+    speedups: tuple[float, ...] = (1.0, 1.75, 3.2, 5.6)
+    """Throughput of a config of `cards[i]` cards relative to one card."""
+    mem_util: float = 0.90
+    """Share of card memory usable by requests."""
+    fit_margin: float = 0.95
+    """A type whose one request needs more than this share of a card's memory cannot use the card."""
+    compute_adjust: float = 10.0
+    """Compute scaling between GpuSpec.compute and RequestType.compute."""
+    availability_scale: int = 150
+    """Multiplier on the scenarios' card counts."""
+    scales: tuple[int, ...] = (1000, 3000, 5000)
+    """Workload sizes (requests) that --compare runs."""
+    homogeneous: tuple[str, ...] = ()
+    """GPU types --compare shows single-type allocations for (default: all)."""
+    seed: int = 0
+    """Random seed of the workload draws (one draw per trace and scale, shared by every scenario)."""
+    time_limit_s: float = 10.0
+    """MILP time limit per instance."""
+    mip_gap: float = 1e-4
+    """MILP relative gap."""
+
+    def check(self, where: str) -> None:
+        for table in ("gpus", "request_types", "scenarios", "traces"):
+            if not getattr(self, table):
+                raise ConfigError(table, "at least one entry is required")
+        for table, entries in (("gpus", self.gpus), ("request_types", self.request_types)):
+            for name, entry in entries.items():
+                for f in ("price_per_h", "memory_gb", "compute"):
+                    if hasattr(entry, f) and not getattr(entry, f) > 0:
+                        raise ConfigError(f"{table}.{name}.{f}", f"must be > 0, got {getattr(entry, f)}")
+        for sname, avail in self.scenarios.items():
+            for gpu, n in avail.items():
+                if gpu not in self.gpus:
+                    raise ConfigError(f"scenarios.{sname}.{gpu}",
+                                      f"unknown GPU type, expected one of {sorted(self.gpus)}")
+                if n < 0:
+                    raise ConfigError(f"scenarios.{sname}.{gpu}", f"must be >= 0, got {n}")
+        for tname, shares in self.traces.items():
+            for rtype, share in shares.items():
+                if rtype not in self.request_types:
+                    raise ConfigError(f"traces.{tname}.{rtype}",
+                                      f"unknown request type, expected one of {sorted(self.request_types)}")
+                if not (share >= 0 and math.isfinite(share)):
+                    raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share >= 0, got {share}")
+            if sum(shares.values()) <= 0:
+                raise ConfigError(f"traces.{tname}", "shares sum to 0")
+        if len(self.cards) != len(self.speedups) or not self.cards:
+            raise ConfigError("speedups",
+                              f"needs one entry per cards entry ({len(self.cards)}), got {len(self.speedups)}")
+        if any(k < 1 for k in self.cards) or any(s <= 0 for s in self.speedups):
+            raise ConfigError("cards/speedups", "cards must be >= 1 and speedups > 0")
+        for f in ("mem_util", "fit_margin"):
+            if not 0 < getattr(self, f) <= 1:
+                raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")
+        if self.compute_adjust <= 0 or self.availability_scale < 1 or self.time_limit_s <= 0 or self.mip_gap < 0:
+            raise ConfigError("compute_adjust/availability_scale/time_limit_s/mip_gap", "must be positive")
+        if not self.scales or any(n < 0 for n in self.scales):
+            raise ConfigError("scales", "needs request counts >= 0")
+        for gpu in self.homogeneous:
+            if gpu not in self.gpus:
+                raise ConfigError("homogeneous", f"unknown GPU type {gpu!r}, expected one of {sorted(self.gpus)}")

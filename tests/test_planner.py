@@ -1,0 +1,255 @@
+"""`wattscale plan`: packing solvers against brute force, greedy near the MILP, the allocation linearisation
+against the bilinear model enumerated, dropped-demand explanations, the robust option, and bad specs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.planner import load_plan_spec
+from controller.planner.allocation import AllocationModel
+from controller.planner.allocation_report import explain_unmet
+from controller.planner.allocation_spec import AllocationSpec, GpuSpec, ModelSpec, Precision, QueryType, RobustSpec
+from controller.planner.packing import (
+    Config,
+    available_cards,
+    draw_workload,
+    enumerate_configs,
+    solve_greedy,
+    solve_homogeneous,
+    solve_milp,
+)
+from controller.planner.packing_spec import PackingSpec
+
+PLANS = Path(__file__).resolve().parent.parent / "config" / "plans"
+
+
+def _brute_packing(configs: list[Config], counts: np.ndarray, cards: dict[str, int], shared: bool) -> float:
+    best = math.inf
+    ranges = [range(cards[c.gpu] // c.cards + 1) for c in configs]
+    for y in itertools.product(*ranges):
+        if any(sum(n * c.cards for n, c in zip(y, configs, strict=True) if c.gpu == g) > cards[g] for g in cards):
+            continue
+        cost = sum(n * c.cost_per_h for n, c in zip(y, configs, strict=True))
+        if cost >= best:
+            continue
+        if shared:  # is there a flow? min 0 s.t. each type's demand met, each config's share <= y_c
+            pairs = [(w, c) for c in range(len(configs)) for w in range(len(counts)) if configs[c].holds[w] > 0]
+            a_eq = [[1.0 if pw == w else 0.0 for pw, _ in pairs] for w in range(len(counts))]
+            a_ub = [[1.0 / configs[c].holds[w] if pc == c else 0.0 for w, pc in pairs] for c in range(len(configs))]
+            ok = linprog(np.zeros(len(pairs)), A_ub=a_ub, b_ub=list(y), A_eq=a_eq, b_eq=counts,
+                         bounds=(0, None)).status == 0
+        else:
+            ok = all(sum(n * c.holds[w] for n, c in zip(y, configs, strict=True)) >= counts[w] - 1e-9
+                     for w in range(len(counts)))
+        if ok:
+            best = cost
+    return best
+
+
+def _small_packing(seed: int) -> tuple[list[Config], np.ndarray, dict[str, int]]:
+    rng = np.random.default_rng(seed)
+    holds_a = rng.uniform(1, 4, 2)
+    holds_b = rng.uniform(1, 4, 2) * np.array([1.0, 0.0 if seed % 3 == 0 else 1.0])
+    configs = [Config("a_x1", "a", 1, 1.0, tuple(holds_a)), Config("a_x2", "a", 2, 2.0, tuple(holds_a * 1.75)),
+               Config("b_x1", "b", 1, 1.6, tuple(holds_b)), Config("b_x2", "b", 2, 3.2, tuple(holds_b * 1.75))]
+    counts = rng.integers(1, 9, 2).astype(float)
+    return configs, counts, {"a": int(rng.integers(2, 6)), "b": int(rng.integers(2, 6))}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_packing_milp_equals_brute_force(seed: int) -> None:
+    configs, counts, cards = _small_packing(seed)
+    for capacity in ("shared", "per_type"):
+        got = solve_milp(configs, counts, cards, capacity)  # type: ignore[arg-type]
+        want = _brute_packing(configs, counts, cards, capacity == "shared")
+        assert got.cost_per_h == pytest.approx(want) if math.isfinite(want) else not got.feasible
+
+
+def test_per_type_row_under_states_the_cost_when_types_mix() -> None:
+    configs = [Config("g_x1", "g", 1, 1.0, (2.0, 2.0))]
+    counts = np.array([2.0, 2.0])
+    assert solve_milp(configs, counts, {"g": 10}, "shared").cost_per_h == pytest.approx(2.0)
+    assert solve_milp(configs, counts, {"g": 10}, "per_type").cost_per_h == pytest.approx(1.0)
+    assert solve_homogeneous(configs, counts, {"g": 10}, "g", "per_type").cost_per_h == pytest.approx(1.0)
+    assert solve_homogeneous(configs, counts, {"g": 10}, "g").cost_per_h == pytest.approx(2.0)
+    assert not solve_homogeneous(configs, counts, {"g": 1}, "g").feasible
+
+
+def test_greedy_within_one_percent_of_milp_on_seed_002() -> None:
+    spec = load_plan_spec(PLANS / "seed002-packing.toml")
+    assert isinstance(spec, PackingSpec)
+    configs = enumerate_configs(spec)
+    for scenario in spec.scenarios:
+        for trace in spec.traces:
+            for n in (1000, 5000):
+                counts = draw_workload(spec, trace, n)
+                cards = available_cards(spec, scenario)
+                milp, greedy = solve_milp(configs, counts, cards), solve_greedy(configs, counts, cards)
+                assert milp.feasible and greedy.feasible
+                assert milp.cost_per_h <= greedy.cost_per_h + 1e-6
+                assert greedy.cost_per_h <= milp.cost_per_h * 1.01, (scenario, trace, n)
+                used = greedy.cards(configs)
+                assert all(used[g] <= cards[g] for g in used)
+
+
+def _tiny_allocation(seed: int) -> AllocationSpec:
+    rng = np.random.default_rng(seed)
+    q = QueryType(input_tokens=500, output_tokens=200, arrival_rate_qph=float(rng.uniform(2e4, 2e5)),
+                  compute_gflop_per_token=14.0, delay_s_per_token=0.002, error_rate=0.03,
+                  delay_threshold_s=float(rng.uniform(1.0, 3.0)), error_threshold=0.05,
+                  unmet_penalty=float(rng.uniform(1e-4, 1e-2)), delay_penalty=1e-5, token_size_gb=1e-6)
+    gpus = {"small": GpuSpec(0.5, 16, float(rng.uniform(40, 90)), delay_factor=2.0, tp_degrees=(1, 2), available=6),
+            "big": GpuSpec(2.0, 80, float(rng.uniform(200, 400)), delay_factor=0.8, tp_degrees=(1, 2), available=4)}
+    return AllocationSpec(kind="allocation", budget=float(rng.uniform(20, 200)), storage_rate=1e-4,
+                          storage_capacity_gb=100.0, queries={"q": q},
+                          models={"m": ModelSpec(float(rng.uniform(10, 24)), 0.0005)}, gpus=gpus,
+                          precisions={"fp16": Precision()}, rental_period_h=10.0, max_replicas=3)
+
+
+def _brute_allocation(spec: AllocationSpec) -> float:
+    """Enumerate deployments (TP n, replicas r; y = n r evaluated, not linearised) and the route; an LP in
+    (x, u) for the rest. One query type and one model, so the type uses at most one tier."""
+    m, (qname, qt) = spec.models["m"], next(iter(spec.queries.items()))
+    model = AllocationModel(spec)  # only for its per-route figures
+    tiers = spec.tiers()
+    options = [[None, *[(n, r) for n in spec.gpus[g].tp_degrees
+                         if m.weights_gb <= spec.mem_util * spec.gpus[g].memory_gb * n
+                         for r in range(1, spec.max_replicas + 1)]] for g, _ in tiers]
+    period, queries = spec.rental_period_h, qt.arrival_rate_qph * spec.rental_period_h
+    tokens = qt.input_tokens + qt.output_tokens
+    best = math.inf
+    for combo in itertools.product(*options):
+        ys = [0 if o is None else o[0] * o[1] for o in combo]
+        if any(sum(y for y, (g, _) in zip(ys, tiers, strict=True) if g == gname) > gs.available
+               for gname, gs in spec.gpus.items()):
+            continue
+        weights = sum(m.weights_gb for o in combo if o is not None)
+        if weights > spec.storage_capacity_gb:
+            continue
+        fixed = sum(period * spec.gpus[g].rental_per_h * y for y, (g, _) in zip(ys, tiers, strict=True))
+        fixed += period * spec.storage_rate * weights
+        for route in [None, *[t for t, o in enumerate(combo) if o is not None]]:
+            u_cost = qt.unmet_penalty * queries
+            if route is None:
+                total = fixed + u_cost
+                if fixed <= spec.budget:
+                    best = min(best, total)
+                continue
+            k, (n, r) = tiers[route], combo[route]
+            g = spec.gpus[k[0]]
+            d, e = model.delay_s("q", "m", k), model.error(qname, "m", k)
+            x_cost = period * spec.storage_rate * qt.token_size_gb * tokens * queries + qt.delay_penalty * queries * d
+            kv = m.kv_gb_per_token * tokens * qt.arrival_rate_qph / 3600 * d
+            work = qt.compute_gflop_per_token * tokens * qt.arrival_rate_qph / 3600
+            a_ub = [[kv], [work], [d - qt.delay_threshold_s], [e - qt.error_threshold],
+                    [period * spec.storage_rate * qt.token_size_gb * tokens * queries]]
+            b_ub = [spec.mem_util * g.memory_gb * n * r - m.weights_gb * r,
+                    1000 * g.compute_tflops * spec.compute_efficiency * spec.tp_speedup[str(n)] * r, 0.0, 0.0,
+                    spec.budget - fixed]
+            res = linprog([x_cost - u_cost], A_ub=a_ub, b_ub=b_ub, bounds=[(0, 1)])
+            if res.status == 0:
+                best = min(best, fixed + u_cost + res.fun)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocation_linearisation_equals_bilinear_enumeration(seed: int) -> None:
+    spec = _tiny_allocation(seed)
+    got, _ = AllocationModel(spec).solve()
+    want = _brute_allocation(spec)
+    assert got.ok == math.isfinite(want)
+    if got.ok:
+        assert got.costs["total"] == pytest.approx(want, rel=1e-6, abs=1e-6)
+        for (n, r) in got.deployments.values():
+            assert n in (1, 2) and 1 <= r <= spec.max_replicas
+
+
+def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    model = AllocationModel(spec)
+    best, _ = model.solve()
+    assert best.ok and best.unmet["qa"] == pytest.approx(1.0)
+    (why,) = explain_unmet(model, best)
+    assert why["reason"] == "penalty" and why["parameter"] == "queries.qa.unmet_penalty"
+    assert "cheaper than serving" in why["text"]
+    costs = best.costs
+    assert costs["total"] == pytest.approx(sum(costs[t] for t in ("rental", "storage", "delay_penalty",
+                                                                   "unmet_penalty")))
+    raised = replace(spec, queries={**spec.queries, "qa": replace(spec.queries["qa"],
+                                                                  unmet_penalty=why["serve_above"] * 1.05)})
+    served, _ = AllocationModel(raised).solve()
+    assert served.unmet["qa"] < 1e-6
+
+
+def test_unreachable_delay_threshold_is_named() -> None:
+    spec = _tiny_allocation(1)
+    q = replace(spec.queries["q"], delay_threshold_s=0.01, unmet_penalty=10.0)
+    spec = replace(spec, queries={"q": q})
+    model = AllocationModel(spec)
+    best, _ = model.solve()
+    (why,) = explain_unmet(model, best)
+    assert why["reason"] == "delay" and why["parameter"] == "queries.q.delay_threshold_s"
+
+
+def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    tight = replace(spec, queries={
+        i: replace(q, delay_threshold_s=q.delay_s_per_token * (q.input_tokens + q.output_tokens) * 0.6)
+        for i, q in spec.queries.items()})
+    nominal, _ = AllocationModel(tight).solve()
+    zero, _ = AllocationModel(replace(tight, robust=RobustSpec(gamma=0.0))).solve()
+    robust_model = AllocationModel(replace(tight, robust=RobustSpec(gamma=1.0, delay_deviation=0.3)))
+    robust, _ = robust_model.solve()
+    assert zero.costs["total"] == pytest.approx(nominal.costs["total"])
+    assert robust.costs["total"] >= nominal.costs["total"] - 1e-6
+    for i, q in tight.queries.items():  # worst case: the one route with the largest deviation goes 30 % slower
+        routes = [(v, robust_model.delay_s(i, j, k)) for (qi, j, k), v in robust.shares.items() if qi == i]
+        served = sum(v for v, _ in routes)
+        if served > 1e-6:
+            worst = sum(v * d for v, d in routes) + max(0.3 * v * d for v, d in routes)
+            assert worst <= q.delay_threshold_s * served + 1e-6
+
+
+def test_plan_cli_compare_writes_one_chart_per_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(PLANS / "seed002-packing.toml"), "--compare", "--plots", str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["scenario_balanced.png", "scenario_high_a100.png", "scenario_rich.png", "scenario_scarce.png"]
+    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    out = capsys.readouterr().out
+    assert "milp_per_type" in out and out.count("\n") >= 36
+
+
+def test_plan_cli_allocation_text_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(PLANS / "seed001-allocation.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "Raise queries.qa.unmet_penalty above" in out and "TP 1" in out
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('kind = "fleet"', "kind"),
+    ('kind = "packing"\ngpus = {}\nrequest_types = {}\nscenarios = {}\ntraces = {}', "gpus"),
+    ('kind = "packing"\n[gpus.a]\nprice_per_h = -1\nmemory_gb = 8\ncompute = 1\n[request_types.t]\nmemory_gb = 1\n'
+     'compute = 1\n[scenarios.s]\na = 1\n[traces.x]\nt = 1', "gpus.a.price_per_h"),
+    ('kind = "packing"\n[gpus.a]\nprice_per_h = 1\nmemory_gb = 8\ncompute = 1\n[request_types.t]\nmemory_gb = 1\n'
+     'compute = 1\n[scenarios.s]\nb = 1\n[traces.x]\nt = 1', "scenarios.s.b"),
+])
+def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_plan_spec(path)
+    assert err.value.where == where
+    assert main(["plan", str(path)]) == 2
+    assert where in capsys.readouterr().err
