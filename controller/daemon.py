@@ -34,7 +34,7 @@ class Daemon:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = OwnMetrics(self.registry)
-        self.parts = build_parts(settings)
+        self.parts = build_parts(settings, on_error=self._source_error)
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics)
@@ -43,6 +43,10 @@ class Daemon:
         self.reload_event = threading.Event()
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
+
+    def _source_error(self, kind: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        log.warning("%s: %s", kind, message)
 
     def now(self) -> float:
         """Controller time: wall seconds since start, scaled by the simulator's speed when simulated."""

@@ -11,7 +11,7 @@ from controller.optimizer.problem import AcceleratorType
 from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, ServiceParams
 from queuemodels.accelerators import CATALOG
 
-GpuSource = Literal["sim", "nvml"]
+GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
 VllmSource = Literal["sim", "prometheus", "scrape"]
 PowerBackend = Literal["sim", "nvml", "dry-run"]
 BatchBackend = Literal["sim", "vllm", "dry-run"]
@@ -135,7 +135,11 @@ class TelemetrySettings:
     window_s: float = 60.0
     """Window of the rate() queries; at least four scrape intervals."""
     timeout_s: float = 5.0
-    """HTTP timeout of one query."""
+    """HTTP timeout of one query or page."""
+
+    def check(self, where: str) -> None:
+        _positive(where, "window_s", self.window_s)
+        _positive(where, "timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,15 @@ class ActuatorSettings:
     """Backend that scales replicas."""
     restore_power_limits: bool = False
     """On exit, put every GPU back at its default power limit (`nvml` power backend)."""
+    kubernetes_namespace: str = "default"
+    """Namespace of the services' Deployments (`kubernetes` replica backend)."""
+    kubeconfig: str = ""
+    """Kubeconfig file; empty: in-cluster credentials inside a pod, else ~/.kube/config."""
+    kubernetes_timeout_s: float = 5.0
+    """Timeout of one API call."""
+
+    def check(self, where: str) -> None:
+        _positive(where, "kubernetes_timeout_s", self.kubernetes_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,10 @@ class ServiceSettings:
     """Waiting requests one replica holds before it is counted saturated."""
     initial_max_batch: int = 64
     """`--max-num-seqs` at start."""
+    metrics_urls: tuple[str, ...] = ()
+    """The `/metrics` URLs of this service's vLLM servers (`vllm_source = "scrape"`)."""
+    deployment: str = ""
+    """Kubernetes Deployment serving this service (`kubernetes` replica backend); empty: the service name."""
     gpus: tuple[int, ...] = ()
     """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; the
     governor caps GPUs that belong to no service at their minimum."""
@@ -284,6 +301,9 @@ class ServiceSettings:
             raise ConfigError(f"{where}.out_tokens", "must be >= 1")
         if any(g < 0 for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"GPU indices must be >= 0, got {list(self.gpus)}")
+        for url in self.metrics_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {url!r}")
 
 
 @dataclass(frozen=True)
@@ -320,6 +340,10 @@ class Settings:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError("services", f"duplicate service name {sorted(dup)[0]!r}")
+        if self.telemetry.vllm_source == "scrape":
+            for k, svc in enumerate(self.services):
+                if not svc.metrics_urls:
+                    raise ConfigError(f"services[{k}].metrics_urls", 'required with vllm_source = "scrape"')
         if self.uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
             raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
 

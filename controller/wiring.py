@@ -14,9 +14,12 @@ from actuators.sim import SimBatchSizer, SimPowerLimiter, SimReplicaScaler
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 from controller.telemetry.base import GpuSource, VllmSource
+from controller.telemetry.cluster_power import PrometheusGpuSource
 from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.prometheus import PrometheusVllmSource
+from controller.telemetry.scrape import OnError, ScrapeVllmSource
 from controller.telemetry.sim import SimGpuSource, SimVllmSource
+from queuemodels.accelerators import CATALOG
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
 
@@ -53,14 +56,28 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError("telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power", str(exc)) from exc
 
 
-def build_parts(settings: Settings, nvml: Any = None) -> Parts:
-    """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`). The simulated
-    host is built only when some part is simulated: nothing steps a plant no part reads."""
+def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
+    from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, api_client
+
+    a = settings.actuators
+    try:
+        client = api_client(a.kubeconfig)
+    except ImportError:
+        raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'") \
+            from None
+    except ActuatorError as exc:
+        raise ConfigError("actuators.kubeconfig", str(exc)) from exc
+    targets = {s.name: DeploymentRef(a.kubernetes_namespace, s.deployment or s.name) for s in settings.services}
+    return KubernetesReplicaScaler(client, targets, a.kubernetes_timeout_s)
+
+
+def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None = None) -> Parts:
+    """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`); `on_error`
+    counts failures a source survives by itself (a scraped page). The simulated host is built only when
+    some part is simulated: nothing steps a plant no part reads."""
     t, a = settings.telemetry, settings.actuators
-    if t.vllm_source == "scrape":
-        raise ConfigError("telemetry.vllm_source", "'scrape' is not built into this version yet")
-    if a.batch not in ("sim", "dry-run") or a.replicas not in ("sim", "dry-run"):
-        raise ConfigError("actuators", "only the sim and dry-run batch and replica backends are built in yet")
+    if a.batch not in ("sim", "dry-run"):
+        raise ConfigError("actuators.batch", "only the sim and dry-run batch backends are built in yet")
     host = build_host(settings) if settings.uses_sim else None
     devices = _nvml_devices(settings, nvml)
 
@@ -74,17 +91,30 @@ def build_parts(settings: Settings, nvml: Any = None) -> Parts:
     else:
         power = SimPowerLimiter(sim()) if a.power == "sim" else DryRunPowerLimiter()
     batch: BatchSizer = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
-    replicas: ReplicaScaler = (SimReplicaScaler(sim()) if a.replicas == "sim"
-                               else DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services}))
+    replicas: ReplicaScaler
+    if a.replicas == "kubernetes":
+        replicas = _kubernetes_scaler(settings)
+    elif a.replicas == "sim":
+        replicas = SimReplicaScaler(sim())
+    else:
+        replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
     gpus: GpuSource
     if devices is not None and t.gpu_source == "nvml":
         gpus = NvmlGpuSource(devices, {g: s.name for s in settings.services for g in s.gpus})
+    elif t.gpu_source in ("dcgm", "kepler"):
+        acc = CATALOG[settings.accelerators[0].name]
+        gpus = PrometheusGpuSource(t.prometheus_url, t.gpu_source, (acc.min_power_w, acc.max_power_w),
+                                   {s.deployment or s.name: s.name for s in settings.services}, t.timeout_s)
     else:
         gpus = SimGpuSource(sim())
     vllm: VllmSource
+    models = {s.name: s.model for s in settings.services}
     if t.vllm_source == "prometheus":
-        vllm = PrometheusVllmSource(t.prometheus_url, {s.name: s.model for s in settings.services}, t.window_s,
-                                    t.timeout_s)
+        vllm = PrometheusVllmSource(t.prometheus_url, models, t.window_s, t.timeout_s)
+    elif t.vllm_source == "scrape":
+        urls = {s.name: s.metrics_urls for s in settings.services}
+        vllm = (ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error) if on_error
+                else ScrapeVllmSource(urls, models, t.timeout_s))
     else:
         vllm = SimVllmSource(sim())
     return Parts(host, gpus, vllm, power, batch, replicas)

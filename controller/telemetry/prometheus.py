@@ -66,21 +66,26 @@ def queries(models: list[str], window: str) -> dict[str, str]:
     }
 
 
-def by_model(body: bytes, query: str) -> dict[str, float]:
-    """An instant-vector answer as model_name -> value ("" for series without the label); empty, NaN and
-    infinite values are left out (no observation)."""
+def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]]:
+    """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
+    observation). An error envelope or a body that is not JSON raises TelemetryError."""
     try:
         doc = json.loads(body)
     except ValueError as exc:
         raise TelemetryError(f"prometheus: not JSON for {query!r}") from exc
     if doc.get("status") != "success":
         raise TelemetryError(f"prometheus: {doc.get('errorType', 'error')}: {doc.get('error', '?')} for {query!r}")
-    out = {}
+    out = []
     for item in doc.get("data", {}).get("result", []):
         value = float(item["value"][1])
         if math.isfinite(value):
-            out[item["metric"].get("model_name", "")] = value
+            out.append((dict(item["metric"]), value))
     return out
+
+
+def by_model(body: bytes, query: str) -> dict[str, float]:
+    """An instant-vector answer as model_name -> value ("" for series without the label)."""
+    return {labels.get("model_name", ""): v for labels, v in instant_vector(body, query)}
 
 
 class PrometheusVllmSource:

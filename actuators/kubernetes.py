@@ -1,0 +1,105 @@
+"""Replica scaling of Kubernetes Deployments through the scale subresource, with the official client.
+
+Only two calls are made: GET and PATCH `/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale`, which is
+all the Role in deploy/kubernetes/ grants. API errors are translated at this boundary through one map.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError
+
+log = logging.getLogger(__name__)
+
+# HTTP status -> (transient?, retry delay s, what it means)
+STATUS: dict[int, tuple[bool, float, str]] = {
+    401: (False, 0.0, "unauthorised: the service account token was refused"),
+    403: (False, 0.0, "forbidden: the Role must allow get and patch on deployments/scale"),
+    404: (False, 0.0, "no such Deployment"),
+    409: (True, 1.0, "conflict: the Deployment changed meanwhile"),
+    422: (False, 0.0, "the API server refused the replica count"),
+    429: (True, 5.0, "rate-limited by the API server"),
+}
+
+
+@dataclass(frozen=True)
+class DeploymentRef:
+    namespace: str
+    """Namespace of the Deployment."""
+    name: str
+    """Deployment name."""
+
+
+def translate(exc: Exception, target: str) -> ActuatorError:
+    """One map from client failures to the error tree: statuses above; 5xx, timeouts and refused connections
+    are transient; anything else permanent."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        if status in STATUS:
+            transient, delay_s, meaning = STATUS[status]
+            msg = f"{target}: {meaning} (HTTP {status})"
+            return TransientActuatorError(msg, delay_s) if transient else PermanentActuatorError(msg)
+        if status >= 500:
+            return TransientActuatorError(f"{target}: API server error (HTTP {status})", 10.0)
+        return PermanentActuatorError(f"{target}: HTTP {status} {exc.reason}")
+    if isinstance(exc, (HTTPError, OSError)):
+        return TransientActuatorError(f"{target}: API server unreachable or too slow ({type(exc).__name__})", 10.0)
+    return PermanentActuatorError(f"{target}: {type(exc).__name__}: {exc}")
+
+
+def api_client(kubeconfig: str = "") -> Any:
+    """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig file."""
+    from kubernetes import config
+
+    try:
+        if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ:
+            config.load_incluster_config()
+            from kubernetes import client
+            return client.ApiClient()
+        return config.new_client_from_config(config_file=kubeconfig or None)
+    except config.ConfigException as exc:
+        raise PermanentActuatorError(f"kubernetes: no usable credentials: {exc}") from exc
+
+
+class KubernetesReplicaScaler:
+    name = "kubernetes"
+
+    def __init__(self, api_client: Any, targets: dict[str, DeploymentRef], timeout_s: float = 5.0) -> None:
+        from kubernetes.client import AppsV1Api
+
+        self.apps = AppsV1Api(api_client)
+        self.targets, self.timeout_s = targets, timeout_s
+
+    def _ref(self, service: str) -> DeploymentRef:
+        if service not in self.targets:
+            raise PermanentActuatorError(f"{service}: no Deployment configured")
+        return self.targets[service]
+
+    def get_replicas(self, service: str) -> int:
+        ref = self._ref(service)
+        try:
+            scale = self.apps.read_namespaced_deployment_scale(ref.name, ref.namespace,
+                                                               _request_timeout=self.timeout_s)
+        except Exception as exc:
+            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+        return int(scale.spec.replicas or 0)
+
+    def set_replicas(self, service: str, replicas: int) -> int:
+        if replicas < 0:
+            raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
+        ref = self._ref(service)
+        try:
+            scale = self.apps.patch_namespaced_deployment_scale(ref.name, ref.namespace,
+                                                                {"spec": {"replicas": replicas}},
+                                                                _request_timeout=self.timeout_s)
+        except Exception as exc:
+            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+        log.info("scaled %s/%s to %d replicas", ref.namespace, ref.name, replicas)
+        return int(scale.spec.replicas or 0)

@@ -1,0 +1,74 @@
+"""GPU sources for clusters, through Prometheus: `dcgm` (NVIDIA's DCGM exporter) and `kepler`.
+
+A cluster controller cannot open NVML on other nodes; it reads what the node exporters publish:
+- dcgm: `DCGM_FI_DEV_POWER_USAGE` (W), `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (mJ), `DCGM_FI_DEV_SM_CLOCK`
+  (MHz) and, where the exporter's counters include it, `DCGM_FI_DEV_POWER_MGMT_LIMIT` (W); GPUs keyed by
+  the `UUID` label, owned by a service when the exporter's pod mapping names one of its Deployment's pods.
+- kepler: `kepler_node_gpu_watts`, one series per GPU of a node (no energy, clocks or limits).
+Limits the exporter does not give come from the accelerator's catalogue profile. Samples are ordered by
+(node, GPU) so indices are stable between reads. A GPU seen in some series but whose power is NaN or missing
+is sampled with `power_w=None` (the governor counts it at its cap); a failed query fails the whole sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from controller.telemetry.base import GpuSample
+from controller.telemetry.prometheus import Fetch, http_post, instant_vector
+
+Flavour = Literal["dcgm", "kepler"]
+
+QUERIES: dict[Flavour, dict[str, str]] = {
+    "dcgm": {"power_w": "DCGM_FI_DEV_POWER_USAGE", "energy_mj": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+             "sm_clock_mhz": "DCGM_FI_DEV_SM_CLOCK", "limit_w": "DCGM_FI_DEV_POWER_MGMT_LIMIT"},
+    "kepler": {"power_w": "kepler_node_gpu_watts"},
+}
+
+
+def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
+    """(node, GPU) of a series: DCGM's Hostname and UUID, or Kepler's instance and gpu/index label."""
+    node = labels.get("Hostname") or labels.get("instance") or labels.get("node", "")
+    gpu = labels.get("UUID") or labels.get("gpu") or labels.get("index") or labels.get("zone", "")
+    return node, gpu
+
+
+class PrometheusGpuSource:
+    def __init__(self, url: str, flavour: Flavour, limits_w: tuple[float, float], deployments: dict[str, str],
+                 timeout_s: float = 5.0, fetch: Fetch = http_post,
+                 wall_time: Callable[[float], float] | None = None) -> None:
+        self.endpoint = url.rstrip("/") + "/api/v1/query"
+        self.flavour, self.limits_w = flavour, limits_w
+        self.deployments = deployments
+        """Deployment name -> service, to own a GPU whose pod label is one of the Deployment's pods."""
+        self.timeout_s, self.fetch, self.wall_time = timeout_s, fetch, wall_time
+
+    def _owner(self, labels: dict[str, str]) -> str | None:
+        pod = labels.get("exported_pod") or labels.get("pod", "")
+        for deployment, service in self.deployments.items():
+            if pod.startswith(deployment + "-"):
+                return service
+        return None
+
+    def sample(self, now: float) -> list[GpuSample]:
+        form_time = {"time": f"{self.wall_time(now):.3f}"} if self.wall_time else {}
+        figures: dict[tuple[str, str], dict[str, float]] = {}
+        labels_of: dict[tuple[str, str], dict[str, str]] = {}
+        for figure, promql in QUERIES[self.flavour].items():
+            for labels, value in instant_vector(self.fetch(self.endpoint, {"query": promql, **form_time},
+                                                           self.timeout_s), promql):
+                key = gpu_key(labels)
+                figures.setdefault(key, {})[figure] = value
+                labels_of.setdefault(key, labels)
+        lo, hi = self.limits_w
+        out = []
+        for index, key in enumerate(sorted(labels_of)):
+            f, labels = figures[key], labels_of[key]
+            energy = f.get("energy_mj")
+            out.append(GpuSample(
+                index=index, uuid=labels.get("UUID") or "/".join(key), name=labels.get("modelName", ""),
+                power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
+                power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
+                sm_clock_mhz=f.get("sm_clock_mhz"), service=self._owner(labels)))
+        return out

@@ -1,0 +1,81 @@
+"""vLLM source `scrape`: the same figures as the `prometheus` source, read straight from each replica's
+`/metrics` page, for hosts without a Prometheus server.
+
+Rates come from counter deltas between this observation and the last (vllm_window does what rate() does).
+Each page's series carry the page's URL as `instance`, so replicas and restarts stay apart. When a page of
+a service cannot be fetched or parsed, the failure goes to `on_error` and the service has no observation
+this time; its last snapshot is kept, so the next window spans both and no traffic is lost or invented.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.telemetry.base import ServiceWindow, TelemetryError
+from controller.telemetry.vllm_window import Snapshot, snapshots, window
+
+log = logging.getLogger(__name__)
+
+FetchPage = Callable[[str, float], str]
+OnError = Callable[[str, str], None]
+
+
+def http_get(url: str, timeout_s: float) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return bytes(r.read()).decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        raise TelemetryError(f"scrape: HTTP {exc.code} from {url}") from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise TelemetryError(f"scrape: {url} unreachable: {exc}") from exc
+
+
+def parse_page(text: str, instance: str) -> list[Metric]:
+    """A text-format page as metric families, every sample labelled with `instance`."""
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise TelemetryError(f"scrape: {instance}: not a Prometheus text page ({exc})") from exc
+    for fam in families:
+        fam.samples = [s._replace(labels={**s.labels, "instance": instance}) for s in fam.samples]
+    return families
+
+
+def _log_error(kind: str, message: str) -> None:
+    log.warning("%s: %s", kind, message)
+
+
+class ScrapeVllmSource:
+    def __init__(self, urls: dict[str, tuple[str, ...]], models: dict[str, str], timeout_s: float = 5.0,
+                 fetch: FetchPage = http_get, on_error: OnError = _log_error) -> None:
+        self.urls, self.models = urls, models
+        self.timeout_s = timeout_s
+        self.fetch, self.on_error = fetch, on_error
+        self._last: dict[str, Snapshot] = {}
+
+    def _read(self, url: str) -> list[Metric] | None:
+        try:
+            return parse_page(self.fetch(url, self.timeout_s), url)
+        except TelemetryError as exc:
+            self.on_error("scrape", str(exc))
+            return None
+
+    def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
+        out: dict[str, ServiceWindow | None] = {}
+        for name in services:
+            model, urls = self.models.get(name), self.urls.get(name, ())
+            pages = [self._read(u) for u in urls]
+            if model is None or not urls or any(p is None for p in pages):
+                out[name] = None
+                continue
+            snap = snapshots([f for page in pages if page for f in page], now).get(model, Snapshot(now))
+            last = self._last.get(name)
+            self._last[name] = snap
+            out[name] = window(snap, last) if last is not None else None
+        return out

@@ -1,0 +1,82 @@
+"""GPU sources `dcgm` and `kepler` through Prometheus' HTTP API: what each exporter's series become, NaN
+power as an unknown reading, pod ownership, and failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.settings import load_settings
+from controller.telemetry.base import TelemetryError
+from controller.telemetry.cluster_power import QUERIES, PrometheusGpuSource
+from controller.telemetry.prometheus import http_post
+from controller.wiring import build_parts
+
+
+def answer(series: list[tuple[dict[str, str], str]]) -> bytes:
+    result = [{"metric": labels, "value": [1.0, v]} for labels, v in series]
+    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+
+
+def dcgm_gpu(host: str, uuid: str, pod: str = "") -> dict[str, str]:
+    labels = {"Hostname": host, "UUID": uuid, "gpu": uuid[-1], "modelName": "NVIDIA H100 80GB HBM3"}
+    return {**labels, "exported_pod": pod, "exported_namespace": "llm"} if pod else labels
+
+
+DCGM = {
+    "DCGM_FI_DEV_POWER_USAGE": [(dcgm_gpu("n2", "GPU-b1", "chat-7d9f-abcde"), "412.5"),
+                                (dcgm_gpu("n1", "GPU-a0"), "NaN"), (dcgm_gpu("n1", "GPU-a1"), "96.0")],
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": [(dcgm_gpu("n2", "GPU-b1"), "5000000"),
+                                             (dcgm_gpu("n1", "GPU-a0"), "1000"), (dcgm_gpu("n1", "GPU-a1"), "2000")],
+    "DCGM_FI_DEV_SM_CLOCK": [(dcgm_gpu("n2", "GPU-b1"), "1755"), (dcgm_gpu("n1", "GPU-a1"), "1980")],
+    "DCGM_FI_DEV_POWER_MGMT_LIMIT": [(dcgm_gpu("n2", "GPU-b1"), "600")],
+}
+
+
+def test_dcgm_series_become_samples_keyed_by_node_and_uuid() -> None:
+    asked: list[str] = []
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        asked.append(form["query"])
+        return answer(DCGM[form["query"]])
+
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {"chat": "chat"}, fetch=fetch)
+    samples = source.sample(0.0)
+    assert sorted(asked) == sorted(QUERIES["dcgm"].values())
+    assert [s.uuid for s in samples] == ["GPU-a0", "GPU-a1", "GPU-b1"]
+    assert [s.index for s in samples] == [0, 1, 2]
+    a0, a1, b1 = samples
+    assert a0.power_w is None and a0.energy_j == pytest.approx(1.0)  # NaN power: unknown, counted at its cap
+    assert a1.power_w == 96.0 and a1.power_limit_w == 700.0 and a1.sm_clock_mhz == 1980.0 and a1.service is None
+    assert b1.power_w == 412.5 and b1.power_limit_w == 600.0 and b1.energy_j == pytest.approx(5000.0)
+    assert b1.service == "chat" and b1.name == "NVIDIA H100 80GB HBM3" and b1.min_limit_w == 200.0
+
+
+def test_kepler_gpu_watts_per_node_and_gpu() -> None:
+    series = [({"instance": "n1:9102", "gpu": "0"}, "150"), ({"instance": "n1:9102", "gpu": "1"}, "75.5")]
+    source = PrometheusGpuSource("http://prom", "kepler", (100.0, 400.0), {},
+                                 fetch=lambda url, form, t: answer(series))
+    samples = source.sample(0.0)
+    assert [(s.uuid, s.power_w, s.energy_j, s.power_limit_w) for s in samples] == [
+        ("n1:9102/0", 150.0, None, 400.0), ("n1:9102/1", 75.5, None, 400.0)]
+
+
+def test_an_unreachable_prometheus_fails_the_sample() -> None:
+    source = PrometheusGpuSource("http://127.0.0.1:9", "dcgm", (200.0, 700.0), {}, timeout_s=1.0, fetch=http_post)
+    with pytest.raises(TelemetryError, match="unreachable"):
+        source.sample(0.0)
+
+
+@pytest.mark.parametrize("flavour", ["dcgm", "kepler"])
+def test_config_selects_the_cluster_power_source(flavour: str, tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    for old, new in (('gpu_source = "sim"', f'gpu_source = "{flavour}"'),
+                     ('vllm_source = "sim"', 'vllm_source = "prometheus"'), ('power = "sim"', 'power = "dry-run"'),
+                     ('batch = "sim"', 'batch = "dry-run"'), ('replicas = "sim"', 'replicas = "dry-run"')):
+        text = text.replace(old, new)
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    parts = build_parts(load_settings(path))
+    assert parts.host is None and isinstance(parts.gpus, PrometheusGpuSource) and parts.gpus.flavour == flavour

@@ -1,0 +1,148 @@
+"""One contract suite for every replica-scaling backend (dry-run, sim, kubernetes through the official client
+against an HTTP fake of the API), then the kubernetes error map: 404, 409, 500 and timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_kube_api import FakeKubeApi
+from kubernetes import client
+
+from actuators import PermanentActuatorError, ReplicaScaler, TransientActuatorError
+from actuators.dryrun import DryRunReplicaScaler
+from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler
+from actuators.sim import SimReplicaScaler
+from controller.config_loader import ConfigError
+from controller.settings import load_settings
+from controller.wiring import build_parts
+from simulator.host import SimHost
+from simulator.workload import TokenDist, Workload, daily_cycle
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeApi]:
+    api = FakeKubeApi({("llm", "chat"): 2, ("llm", "batch"): 1}, slow_s=1.5)
+    yield api
+    api.close()
+
+
+def _kube_scaler(api: FakeKubeApi, timeout_s: float = 0.5) -> KubernetesReplicaScaler:
+    cfg = client.Configuration()
+    cfg.host = api.url
+    cfg.retries = 0
+    return KubernetesReplicaScaler(client.ApiClient(cfg), {"chat": DeploymentRef("llm", "chat"),
+                                                           "batch": DeploymentRef("llm", "batch")}, timeout_s)
+
+
+def _sim_scaler() -> SimReplicaScaler:
+    host = SimHost("H100-SXM", 8, seed=3, start_delay_s=0.0)
+    rng = np.random.default_rng(0)
+    for name, n in (("chat", 2), ("batch", 1)):
+        host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
+                                             TokenDist(50, 0.5), rng), n, 32)
+    return SimReplicaScaler(host)
+
+
+@pytest.fixture(params=["dry-run", "sim", "kubernetes"])
+def scaler(request: pytest.FixtureRequest, kube: FakeKubeApi) -> ReplicaScaler:
+    if request.param == "dry-run":
+        return DryRunReplicaScaler({"chat": 2, "batch": 1})
+    if request.param == "sim":
+        return _sim_scaler()
+    return _kube_scaler(kube)
+
+
+def test_reads_what_is_in_place(scaler: ReplicaScaler) -> None:
+    assert scaler.get_replicas("chat") == 2
+    assert scaler.get_replicas("batch") == 1
+
+
+def test_set_returns_and_reads_back_the_new_count(scaler: ReplicaScaler) -> None:
+    assert scaler.set_replicas("chat", 4) == 4
+    assert scaler.get_replicas("chat") == 4
+    assert scaler.set_replicas("chat", 0) == 0
+    assert scaler.get_replicas("batch") == 1
+
+
+def test_unknown_service_and_negative_counts_are_permanent(scaler: ReplicaScaler) -> None:
+    with pytest.raises(PermanentActuatorError):
+        scaler.get_replicas("nope")
+    with pytest.raises(PermanentActuatorError):
+        scaler.set_replicas("chat", -1)
+    assert scaler.get_replicas("chat") == 2
+
+
+def test_kubernetes_missing_deployment_is_permanent(kube: FakeKubeApi) -> None:
+    kube.fail["chat"] = "404"
+    with pytest.raises(PermanentActuatorError, match="no such Deployment"):
+        _kube_scaler(kube).set_replicas("chat", 3)
+
+
+def test_kubernetes_conflict_is_transient_and_a_retry_lands(kube: FakeKubeApi) -> None:
+    kube.fail["chat"] = "409"
+    scaler = _kube_scaler(kube)
+    with pytest.raises(TransientActuatorError, match="conflict") as err:
+        scaler.set_replicas("chat", 3)
+    assert err.value.delay_s > 0
+    assert scaler.set_replicas("chat", 3) == 3
+    assert kube.replicas[("llm", "chat")] == 3
+
+
+def test_kubernetes_server_error_is_transient_and_changes_nothing(kube: FakeKubeApi) -> None:
+    kube.fail["chat"] = "500"
+    with pytest.raises(TransientActuatorError, match="HTTP 500"):
+        _kube_scaler(kube).set_replicas("chat", 5)
+    assert kube.replicas[("llm", "chat")] == 2
+
+
+def test_kubernetes_timeout_is_transient(kube: FakeKubeApi) -> None:
+    kube.fail["batch"] = "slow"
+    with pytest.raises(TransientActuatorError, match="too slow"):
+        _kube_scaler(kube, timeout_s=0.3).get_replicas("batch")
+
+
+def test_kubernetes_unreachable_api_is_transient(kube: FakeKubeApi) -> None:
+    scaler = _kube_scaler(kube)
+    kube.close()
+    with pytest.raises(TransientActuatorError):
+        scaler.get_replicas("chat")
+
+
+def test_kubernetes_calls_only_the_scale_subresource(kube: FakeKubeApi) -> None:
+    scaler = _kube_scaler(kube)
+    scaler.get_replicas("chat")
+    scaler.set_replicas("batch", 2)
+    assert kube.calls == [("GET", "llm/chat"), ("PATCH", "llm/batch")]
+
+
+def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: FakeKubeApi, tmp_path: Path) -> None:
+    """`replicas = "kubernetes"` with a kubeconfig file: the daemon's wiring reaches the API it names."""
+    kube.replicas[("llm", "chat")] = 3
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{kube.url}'}}}}]\n"
+        "users: [{name: me, user: {token: t}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: me}}]\n")
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    text = text.replace('replicas = "sim"', f'replicas = "kubernetes"\nkubernetes_namespace = "llm"\n'
+                                            f'kubeconfig = "{kubeconfig}"\nkubernetes_timeout_s = 2.0')
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    parts = build_parts(load_settings(path))
+    assert isinstance(parts.replicas, KubernetesReplicaScaler)
+    assert parts.replicas.get_replicas("chat") == 3
+    with pytest.raises(PermanentActuatorError, match="no such Deployment"):
+        parts.replicas.get_replicas("code")
+
+
+def test_a_missing_kubeconfig_refuses_the_config(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    path = tmp_path / "cluster.toml"
+    path.write_text(text.replace('replicas = "sim"', f'replicas = "kubernetes"\nkubeconfig = "{tmp_path}/none"'))
+    with pytest.raises(ConfigError) as err:
+        build_parts(load_settings(path))
+    assert err.value.where == "actuators.kubeconfig"

@@ -1,0 +1,121 @@
+"""vLLM source `scrape`: real /metrics pages of the emulator, read directly; true load from counter deltas,
+no traffic lost or invented when a page fails, and the same over HTTP from the real-time emulator."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.telemetry.base import TelemetryError
+from controller.telemetry.scrape import ScrapeVllmSource
+from simulator.host import SimHost
+from simulator.serve import RealTimeEmulator
+from simulator.vllm_metrics import VllmCollector
+from simulator.workload import TokenDist, Workload, constant
+
+MODEL = "llama-3.1-8b"
+
+
+def _host() -> SimHost:
+    host = SimHost("H100-SXM", 2, seed=5, start_delay_s=0.0)
+    host.add_service("chat", MODEL, Workload(constant(10.0), TokenDist(500), TokenDist(100),
+                                             np.random.default_rng(5)), replicas=2, max_num_seqs=64)
+    return host
+
+
+def _totals(host: SimHost) -> tuple[float, float, float]:
+    ms = [r.engine.metrics for r in host.services["chat"].replicas]
+    return (sum(m.success_total for m in ms), sum(m.ttft.sum for m in ms), sum(m.ttft.count for m in ms))
+
+
+class Pages:
+    """One URL per replica, each a real text page of that replica's engine; `down` URLs fail."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host, self.down = host, set[str]()
+        self.urls = tuple(f"http://replica-{i}/metrics" for i in range(len(host.services["chat"].replicas)))
+
+    def fetch(self, url: str, timeout_s: float) -> str:
+        if url in self.down:
+            raise TelemetryError(f"scrape: {url} unreachable: refused")
+        engine = self.host.services["chat"].replicas[self.urls.index(url)].engine
+        registry = CollectorRegistry()
+        registry.register(VllmCollector(lambda: [engine]))
+        return generate_latest(registry).decode()
+
+
+def test_scrape_reads_the_true_rate_and_latency_from_counter_deltas() -> None:
+    host = _host()
+    pages = Pages(host)
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=pages.fetch)
+    host.advance_to(20.0)
+    assert source.observe(20.0, ["chat"]) == {"chat": None}  # a first snapshot has no window yet
+    before = _totals(host)
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat", "other"])["chat"]
+    after = _totals(host)
+    assert w is not None and w.replicas == 2 and w.window_s == 60.0
+    assert w.rate_rps == pytest.approx((after[0] - before[0]) / 60.0, rel=1e-9)
+    assert w.ttft_ms == pytest.approx(1000 * (after[1] - before[1]) / (after[2] - before[2]), rel=1e-9)
+    assert w.rate_rps == pytest.approx(10.0, rel=0.1)
+    assert w.itl_ms is not None and w.ttft_p95_ms is not None and w.in_tokens == pytest.approx(500, rel=0.1)
+
+
+def test_a_failed_page_means_no_observation_and_the_next_window_catches_up() -> None:
+    host = _host()
+    pages = Pages(host)
+    errors: list[str] = []
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=pages.fetch,
+                              on_error=lambda kind, msg: errors.append(msg))
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    start = _totals(host)[0]
+    host.advance_to(50.0)
+    pages.down.add(pages.urls[1])
+    assert source.observe(50.0, ["chat"]) == {"chat": None}
+    assert len(errors) == 1 and "replica-1" in errors[0]
+    pages.down.clear()
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.window_s == 60.0
+    assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
+
+
+def test_not_a_metrics_page_is_an_error_not_a_crash() -> None:
+    errors: list[str] = []
+    source = ScrapeVllmSource({"chat": ("http://x/metrics",)}, {"chat": MODEL},
+                              fetch=lambda url, t: "<html>login</html>\n", on_error=lambda k, m: errors.append(m))
+    assert source.observe(1.0, ["chat"]) == {"chat": None}
+    assert errors and "not a Prometheus text page" in errors[0]
+
+
+def test_scrape_over_http_from_the_real_time_emulator() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    host = _host()
+    emulator = RealTimeEmulator(host, port)
+    try:
+        source = ScrapeVllmSource({"chat": (f"http://127.0.0.1:{port}/metrics",)}, {"chat": MODEL}, timeout_s=2.0)
+        with emulator.lock:
+            before = _totals(host)
+        t0 = time.monotonic()
+        source.observe(t0, ["chat"])
+        time.sleep(3.0)
+        with emulator.lock:
+            after = _totals(host)
+        t1 = time.monotonic()
+        w = source.observe(t1, ["chat"])["chat"]
+        assert w is not None and w.replicas == 2
+        assert w.rate_rps * w.window_s == pytest.approx(after[0] - before[0], abs=3)
+        assert w.ttft_ms == pytest.approx(1000 * (after[1] - before[1]) / (after[2] - before[2]), rel=0.05)
+    finally:
+        emulator.stop()
+    errors: list[str] = []
+    dead = ScrapeVllmSource({"chat": (f"http://127.0.0.1:{port}/metrics",)}, {"chat": MODEL}, timeout_s=1.0,
+                            on_error=lambda k, m: errors.append(m))
+    assert dead.observe(0.0, ["chat"]) == {"chat": None} and "unreachable" in errors[0]
