@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
 from actuators.nvml import NvmlPowerLimiter
+from actuators.vllm import VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
@@ -108,6 +109,8 @@ class Daemon:
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
         scheduler.add_job(self.slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
+        if isinstance(self.parts.batch, VllmBatchSizer) and s.actuators.vllm_runner == "child":
+            self.parts.batch.start()  # the daemon owns these servers: up before the loops start
         self.fast()
         scheduler.start()
         self.notifier.ready(self._status())
@@ -124,6 +127,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         scheduler.shutdown(wait=True)
+        if isinstance(self.parts.batch, VllmBatchSizer):
+            self.parts.batch.runner.close()
         if s.actuators.restore_power_limits and isinstance(self.parts.power, NvmlPowerLimiter):
             for failure in self.parts.power.restore_defaults():
                 log.warning("restoring the default power limit: %s", failure)

@@ -158,9 +158,16 @@ class ActuatorSettings:
     """Kubeconfig file; empty: in-cluster credentials inside a pod, else ~/.kube/config."""
     kubernetes_timeout_s: float = 5.0
     """Timeout of one API call."""
+    vllm_runner: Literal["child", "systemd"] = "child"
+    """`vllm` batch backend: servers run as the daemon's children, or as systemd units."""
+    systemd_dropin_dir: str = "/etc/systemd/system"
+    """Where the `vllm` backend writes `<unit>.d/50-wattscale.conf`."""
+    health_timeout_s: float = 300.0
+    """How long a restarted vLLM server has to answer /health before the change is rolled back."""
 
     def check(self, where: str) -> None:
         _positive(where, "kubernetes_timeout_s", self.kubernetes_timeout_s)
+        _positive(where, "health_timeout_s", self.health_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,13 @@ class ServiceSettings:
     """`--max-num-seqs` at start."""
     metrics_urls: tuple[str, ...] = ()
     """The `/metrics` URLs of this service's vLLM servers (`vllm_source = "scrape"`)."""
+    vllm_command: tuple[str, ...] = ()
+    """`vllm` batch backend, child runner: a replica's command line (argv, no shell); wattscale adds
+    `--port` and `--max-num-seqs`."""
+    vllm_ports: tuple[int, ...] = ()
+    """`vllm` batch backend: one port per replica on 127.0.0.1 (its /health is checked after a restart)."""
+    systemd_units: tuple[str, ...] = ()
+    """`vllm` batch backend, systemd runner: one unit per replica, in `vllm_ports` order."""
     deployment: str = ""
     """Kubernetes Deployment serving this service (`kubernetes` replica backend); empty: the service name."""
     gpus: tuple[int, ...] = ()
@@ -340,6 +354,14 @@ class Settings:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError("services", f"duplicate service name {sorted(dup)[0]!r}")
+        if self.actuators.batch == "vllm":
+            for k, svc in enumerate(self.services):
+                if not svc.vllm_ports:
+                    raise ConfigError(f"services[{k}].vllm_ports", 'required with batch = "vllm"')
+                if self.actuators.vllm_runner == "child" and not svc.vllm_command:
+                    raise ConfigError(f"services[{k}].vllm_command", 'required with vllm_runner = "child"')
+                if self.actuators.vllm_runner == "systemd" and len(svc.systemd_units) != len(svc.vllm_ports):
+                    raise ConfigError(f"services[{k}].systemd_units", "needs one unit per entry of vllm_ports")
         if self.telemetry.vllm_source == "scrape":
             for k, svc in enumerate(self.services):
                 if not svc.metrics_urls:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
 from actuators.dryrun import DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from actuators.sim import SimBatchSizer, SimPowerLimiter, SimReplicaScaler
+from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 from controller.telemetry.base import GpuSource, VllmSource
@@ -71,13 +73,25 @@ def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
     return KubernetesReplicaScaler(client, targets, a.kubernetes_timeout_s)
 
 
+def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
+    a = settings.actuators
+    runner: ServerRunner = (ChildRunner() if a.vllm_runner == "child"
+                            else SystemdRunner(Path(settings.base_dir) / a.systemd_dropin_dir))
+    replicas = {}
+    for s in settings.services:
+        units = s.systemd_units or tuple(f"{s.name}-{i}" for i in range(len(s.vllm_ports)))
+        replicas[s.name] = tuple(
+            Replica(unit, f"http://127.0.0.1:{port}/health", (*s.vllm_command, "--port", str(port)))
+            for unit, port in zip(units, s.vllm_ports, strict=True))
+    return VllmBatchSizer(runner, replicas, {s.name: s.initial_max_batch for s in settings.services},
+                          a.health_timeout_s)
+
+
 def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None = None) -> Parts:
     """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`); `on_error`
     counts failures a source survives by itself (a scraped page). The simulated host is built only when
     some part is simulated: nothing steps a plant no part reads."""
     t, a = settings.telemetry, settings.actuators
-    if a.batch not in ("sim", "dry-run"):
-        raise ConfigError("actuators.batch", "only the sim and dry-run batch backends are built in yet")
     host = build_host(settings) if settings.uses_sim else None
     devices = _nvml_devices(settings, nvml)
 
@@ -90,7 +104,11 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         power = NvmlPowerLimiter(devices)
     else:
         power = SimPowerLimiter(sim()) if a.power == "sim" else DryRunPowerLimiter()
-    batch: BatchSizer = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
+    batch: BatchSizer
+    if a.batch == "vllm":
+        batch = _vllm_sizer(settings)
+    else:
+        batch = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
     replicas: ReplicaScaler
     if a.replicas == "kubernetes":
         replicas = _kubernetes_scaler(settings)

@@ -1,0 +1,180 @@
+"""Batch backend `vllm`: change a service's `--max-num-seqs` by restarting its vLLM servers, one replica at a
+time, each counted done only once its `/health` answers 200.
+
+Two ways to run a server, behind `ServerRunner`:
+- `ChildRunner`: the daemon supervises the servers as child processes (argv lists, never a shell);
+- `SystemdRunner`: each replica is a systemd unit whose ExecStart reads `${WATTSCALE_MAX_NUM_SEQS}`; the
+  new value goes into a drop-in file (written atomically), then `systemctl daemon-reload` and `restart`.
+A replica that does not come back healthy is put back at its old value, and so are those already changed,
+one at a time; the change then fails permanently. A bad value never takes a whole service down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from actuators.base import Action, PermanentActuatorError, TransientActuatorError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    """Child: a label; systemd: the unit name (e.g. vllm-chat@0.service)."""
+    health_url: str
+    """The server's /health URL."""
+    argv: tuple[str, ...] = ()
+    """Child: the server's command line without --max-num-seqs."""
+
+
+class ServerRunner(Protocol):
+    def restart(self, replica: Replica, max_num_seqs: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
+    """argv with any --max-num-seqs (either spelling) replaced by n."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--max-num-seqs":
+            skip = True
+        elif not arg.startswith("--max-num-seqs="):
+            out.append(arg)
+    return [*out, "--max-num-seqs", str(n)]
+
+
+class ChildRunner:
+    """Starts, stops and restarts servers as children of the daemon."""
+
+    def __init__(self, stop_timeout_s: float = 10.0) -> None:
+        self.stop_timeout_s = stop_timeout_s
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        self._stop(replica.name)
+        try:
+            self.procs[replica.name] = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs),
+                                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
+
+    def _stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self._stop(name)
+
+
+class SystemdRunner:
+    """Drop-in `<dropin_dir>/<unit>.d/50-wattscale.conf` setting WATTSCALE_MAX_NUM_SEQS, then systemctl."""
+
+    def __init__(self, dropin_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
+        self.dropin_dir, self.systemctl, self.timeout_s = dropin_dir, systemctl, timeout_s
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        folder = self.dropin_dir / f"{replica.name}.d"
+        folder.mkdir(parents=True, exist_ok=True)
+        text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / "50-wattscale.conf")
+        for args in (("daemon-reload",), ("restart", replica.name)):
+            try:
+                done = subprocess.run([*self.systemctl, *args], capture_output=True, timeout=self.timeout_s)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TransientActuatorError(f"{replica.name}: systemctl {args[0]}: {exc}", 30.0) from exc
+            if done.returncode != 0:
+                raise PermanentActuatorError(f"{replica.name}: systemctl {' '.join(args)} failed: "
+                                             f"{done.stderr.decode(errors='replace').strip()[:200]}")
+
+    def close(self) -> None:
+        pass
+
+
+def healthy(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return int(r.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class VllmBatchSizer:
+    name = "vllm"
+
+    def __init__(self, runner: ServerRunner, replicas: dict[str, tuple[Replica, ...]], initial: dict[str, int],
+                 health_timeout_s: float = 300.0, poll_s: float = 1.0,
+                 probe: Callable[[str, float], bool] = healthy) -> None:
+        self.runner, self.replicas = runner, replicas
+        self.current = dict(initial)
+        self.health_timeout_s, self.poll_s, self.probe = health_timeout_s, poll_s, probe
+        self.actions: list[Action] = []
+
+    def start(self) -> None:
+        """Bring every replica up at its initial value (child runner: the daemon owns the servers)."""
+        for service, reps in self.replicas.items():
+            for r in reps:
+                self.runner.restart(r, self.current[service])
+                if not self._wait_healthy(r):
+                    raise TransientActuatorError(f"{service}: {r.name} did not become healthy", 30.0)
+
+    def _wait_healthy(self, replica: Replica) -> bool:
+        deadline = time.monotonic() + self.health_timeout_s
+        while time.monotonic() < deadline:
+            if self.probe(replica.health_url, min(5.0, self.poll_s * 5)):
+                return True
+            time.sleep(self.poll_s)
+        return False
+
+    def set_max_batch(self, service: str, max_num_seqs: int) -> None:
+        if service not in self.replicas:
+            raise PermanentActuatorError(f"{service}: no vLLM servers configured")
+        if max_num_seqs < 1:
+            raise PermanentActuatorError(f"{service}: max_num_seqs must be >= 1, got {max_num_seqs}")
+        old = self.current[service]
+        changed: list[Replica] = []
+        for r in self.replicas[service]:  # one at a time: the others keep serving
+            self.runner.restart(r, max_num_seqs)
+            changed.append(r)
+            if not self._wait_healthy(r):
+                unhealthy = []
+                for back in reversed(changed):
+                    self.runner.restart(back, old)
+                    if not self._wait_healthy(back):
+                        unhealthy.append(back.name)
+                raise PermanentActuatorError(
+                    f"{service}: {r.name} did not come back healthy with --max-num-seqs {max_num_seqs} within "
+                    f"{self.health_timeout_s:.0f} s; rolled back to {old}"
+                    + (f", but {', '.join(unhealthy)} is not healthy either" if unhealthy else ""))
+            log.info("%s: %s restarted with --max-num-seqs %d", service, r.name, max_num_seqs)
+        self.current[service] = max_num_seqs
+        self.actions.append(Action("max_num_seqs", service, max_num_seqs))

@@ -1,0 +1,138 @@
+"""Batch backend `vllm`: real child processes (a stand-in server with /health) restarted with the new
+--max-num-seqs one replica at a time, a value that never gets healthy rolled back, and the systemd drop-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actuators import PermanentActuatorError
+from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, healthy, with_max_num_seqs
+
+STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flags(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/flags", timeout=2) as r:
+        return dict(json.loads(r.read()))
+
+
+@pytest.fixture
+def fleet() -> Iterator[tuple[VllmBatchSizer, ChildRunner, list[int], list[int]]]:
+    ports = [free_port(), free_port()]
+    reps = tuple(Replica(f"chat-{i}", f"http://127.0.0.1:{p}/health",
+                         (sys.executable, STANDIN, "--port", str(p), "--max-seqs-limit", "100", "--lifetime-s", "60",
+                          "--max-num-seqs", "8"))
+                 for i, p in enumerate(ports))
+    runner = ChildRunner(stop_timeout_s=5.0)
+    unhealthy_seen: list[int] = []
+
+    def probe(url: str, timeout_s: float) -> bool:  # records how many replicas are down at every check
+        unhealthy_seen.append(sum(not healthy(r.health_url, 1.0) for r in reps))
+        return healthy(url, timeout_s)
+
+    sizer = VllmBatchSizer(runner, {"chat": reps}, {"chat": 32}, health_timeout_s=10.0, poll_s=0.1, probe=probe)
+    try:
+        sizer.start()
+        yield sizer, runner, ports, unhealthy_seen
+    finally:
+        runner.close()
+
+
+def test_restarts_each_replica_with_the_new_flag_one_at_a_time(fleet: tuple[VllmBatchSizer, ChildRunner,
+                                                                            list[int], list[int]]) -> None:
+    sizer, _, ports, unhealthy_seen = fleet
+    before = [flags(p) for p in ports]
+    assert [f["max_num_seqs"] for f in before] == [32, 32]
+    unhealthy_seen.clear()
+    sizer.set_max_batch("chat", 64)
+    after = [flags(p) for p in ports]
+    assert [f["max_num_seqs"] for f in after] == [64, 64]
+    assert all(a["pid"] != b["pid"] for a, b in zip(after, before, strict=True))  # really restarted
+    assert max(unhealthy_seen) == 1  # never more than one replica down
+    assert sizer.current["chat"] == 64 and sizer.actions[-1].value == 64
+
+
+def test_a_value_that_never_gets_healthy_is_rolled_back(fleet: tuple[VllmBatchSizer, ChildRunner,
+                                                                      list[int], list[int]]) -> None:
+    sizer, _, ports, _ = fleet
+    sizer.health_timeout_s = 2.0
+    with pytest.raises(PermanentActuatorError, match="rolled back to 32"):
+        sizer.set_max_batch("chat", 128)  # the stand-in cannot fit more than 100
+    assert [flags(p)["max_num_seqs"] for p in ports] == [32, 32]
+    assert sizer.current["chat"] == 32
+
+
+def test_close_stops_the_children(fleet: tuple[VllmBatchSizer, ChildRunner, list[int], list[int]]) -> None:
+    _, runner, ports, _ = fleet
+    pids = [flags(p)["pid"] for p in ports]
+    runner.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_bad_requests_are_permanent() -> None:
+    sizer = VllmBatchSizer(ChildRunner(), {}, {})
+    with pytest.raises(PermanentActuatorError, match="no vLLM servers"):
+        sizer.set_max_batch("nope", 8)
+
+
+def test_flag_is_replaced_in_either_spelling() -> None:
+    assert with_max_num_seqs(("vllm", "serve", "m", "--max-num-seqs", "8", "--port", "1"), 16) == [
+        "vllm", "serve", "m", "--port", "1", "--max-num-seqs", "16"]
+    assert with_max_num_seqs(("vllm", "--max-num-seqs=8"), 4) == ["vllm", "--max-num-seqs", "4"]
+
+
+def test_systemd_runner_writes_the_drop_in_then_reloads_and_restarts(tmp_path: Path) -> None:
+    log = tmp_path / "systemctl.log"
+    script = tmp_path / "systemctl.py"
+    script.write_text("import sys\nopen(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + '\\n')\n"
+                      "sys.exit(3 if 'broken.service' in sys.argv else 0)\n")
+    runner = SystemdRunner(tmp_path / "etc", (sys.executable, str(script), str(log)))
+    runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
+    dropin = tmp_path / "etc" / "vllm-chat@0.service.d" / "50-wattscale.conf"
+    assert "Environment=WATTSCALE_MAX_NUM_SEQS=48" in dropin.read_text()
+    assert log.read_text().splitlines() == ["daemon-reload", "restart vllm-chat@0.service"]
+    assert not list(dropin.parent.glob(".wattscale-*"))  # no temporary file left behind
+    with pytest.raises(PermanentActuatorError, match=r"systemctl restart broken\.service failed"):
+        runner.restart(Replica("broken.service", "http://127.0.0.1:1/health"), 8)
+
+
+def test_config_with_the_vllm_backend_supervises_the_servers(tmp_path: Path) -> None:
+    """`batch = "vllm"`, child runner: the wiring builds one replica per port from the service's command."""
+    from controller.settings import load_settings
+    from controller.wiring import build_parts
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    text = text.replace('batch = "sim"', 'batch = "vllm"\nhealth_timeout_s = 10.0')
+    ports: dict[str, int] = {}
+    for name in ("chat", "code", "batch-summaries"):
+        ports[name] = free_port()
+        command = json.dumps([sys.executable, STANDIN, "--lifetime-s", "60"])
+        text = text.replace(f'name = "{name}"\n',
+                            f'name = "{name}"\nvllm_command = {command}\nvllm_ports = [{ports[name]}]\n')
+    path = tmp_path / "host.toml"
+    path.write_text(text)
+    parts = build_parts(load_settings(path))
+    assert isinstance(parts.batch, VllmBatchSizer)
+    try:
+        parts.batch.start()
+        assert flags(ports["chat"])["max_num_seqs"] == 64 and flags(ports["batch-summaries"])["max_num_seqs"] == 128
+        parts.batch.set_max_batch("code", 16)
+        assert flags(ports["code"])["max_num_seqs"] == 16
+    finally:
+        parts.batch.runner.close()
