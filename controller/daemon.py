@@ -16,6 +16,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
+from actuators import ActuatorError
 from actuators.nvml import NvmlPowerLimiter
 from actuators.vllm import VllmBatchSizer
 from controller.config_loader import ConfigError
@@ -132,4 +133,9 @@ class Daemon:
         if s.actuators.restore_power_limits and isinstance(self.parts.power, NvmlPowerLimiter):
             for failure in self.parts.power.restore_defaults():
                 log.warning("restoring the default power limit: %s", failure)
+        if self.parts.nvml is not None:
+            try:
+                self.parts.nvml.close()
+            except ActuatorError as exc:
+                log.warning("NVML shutdown: %s", exc)
         return 0

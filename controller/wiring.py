@@ -34,6 +34,8 @@ class Parts:
     power: PowerLimiter
     batch: BatchSizer
     replicas: ReplicaScaler
+    nvml: NvmlDevices | None = None
+    """Open NVML session, shut down by the daemon on exit."""
 
 
 def build_host(settings: Settings) -> SimHost:
@@ -135,4 +137,4 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
                 else ScrapeVllmSource(urls, models, t.timeout_s))
     else:
         vllm = SimVllmSource(sim())
-    return Parts(host, gpus, vllm, power, batch, replicas)
+    return Parts(host, gpus, vllm, power, batch, replicas, devices)
