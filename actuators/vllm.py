@@ -6,7 +6,8 @@ Two ways to run a server, behind `ServerRunner`:
 - `SystemdRunner`: each replica is a systemd unit whose ExecStart reads `${WATTSCALE_MAX_NUM_SEQS}`; the
   new value goes into a drop-in file (written atomically), then `systemctl daemon-reload` and `restart`.
 A replica that does not come back healthy is put back at its old value, and so are those already changed,
-one at a time; the change then fails permanently. A bad value never takes a whole service down.
+one at a time; the change then fails permanently. A bad value never takes a whole service down. Rollouts
+run in the background: `set_max_batch` returns at once, and a failure is raised on the next change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from actuators.base import Action, PermanentActuatorError, TransientActuatorError
+from actuators.base import Action, ActuatorError, PermanentActuatorError, TransientActuatorError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,9 @@ def healthy(url: str, timeout_s: float) -> bool:
 
 
 class VllmBatchSizer:
+    """Rolls changes out in a background thread per service, so a slow restart never holds up the control
+    loops (the power governor keeps running); a failed rollout is raised on the service's next change."""
+
     name = "vllm"
 
     def __init__(self, runner: ServerRunner, replicas: dict[str, tuple[Replica, ...]], initial: dict[str, int],
@@ -138,6 +143,9 @@ class VllmBatchSizer:
         self.current = dict(initial)
         self.health_timeout_s, self.poll_s, self.probe = health_timeout_s, poll_s, probe
         self.actions: list[Action] = []
+        self._rollouts: dict[str, threading.Thread] = {}
+        self._failures: dict[str, ActuatorError] = {}
+        self._closing = threading.Event()
 
     def start(self) -> None:
         """Bring every replica up at its initial value (child runner: the daemon owns the servers)."""
@@ -149,10 +157,10 @@ class VllmBatchSizer:
 
     def _wait_healthy(self, replica: Replica) -> bool:
         deadline = time.monotonic() + self.health_timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._closing.is_set():
             if self.probe(replica.health_url, min(5.0, self.poll_s * 5)):
                 return True
-            time.sleep(self.poll_s)
+            self._closing.wait(self.poll_s)
         return False
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
@@ -160,9 +168,41 @@ class VllmBatchSizer:
             raise PermanentActuatorError(f"{service}: no vLLM servers configured")
         if max_num_seqs < 1:
             raise PermanentActuatorError(f"{service}: max_num_seqs must be >= 1, got {max_num_seqs}")
+        running = self._rollouts.get(service)
+        if running is not None and running.is_alive():
+            raise TransientActuatorError(f"{service}: a restart is still rolling out", self.poll_s * 10)
+        failure = self._failures.pop(service, None)
+        if failure is not None:
+            raise failure
+        thread = threading.Thread(target=self._rollout, args=(service, max_num_seqs), daemon=True,
+                                  name=f"vllm-rollout-{service}")
+        self._rollouts[service] = thread
+        thread.start()
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Until every rollout in flight has finished (tests, and callers that must know)."""
+        for thread in list(self._rollouts.values()):
+            thread.join(timeout_s)
+
+    def close(self) -> None:
+        """Stop rolling (no new restarts) and stop the servers the runner owns."""
+        self._closing.set()
+        self.wait(10.0)
+        self.runner.close()
+
+    def _rollout(self, service: str, max_num_seqs: int) -> None:
+        try:
+            self._roll(service, max_num_seqs)
+        except ActuatorError as exc:
+            log.warning("%s", exc)
+            self._failures[service] = exc
+
+    def _roll(self, service: str, max_num_seqs: int) -> None:
         old = self.current[service]
         changed: list[Replica] = []
         for r in self.replicas[service]:  # one at a time: the others keep serving
+            if self._closing.is_set():
+                return
             self.runner.restart(r, max_num_seqs)
             changed.append(r)
             if not self._wait_healthy(r):

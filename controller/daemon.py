@@ -129,7 +129,7 @@ class Daemon:
         log.info("stopping")
         scheduler.shutdown(wait=True)
         if isinstance(self.parts.batch, VllmBatchSizer):
-            self.parts.batch.runner.close()
+            self.parts.batch.close()
         if s.actuators.restore_power_limits and isinstance(self.parts.power, NvmlPowerLimiter):
             for failure in self.parts.power.restore_defaults():
                 log.warning("restoring the default power limit: %s", failure)

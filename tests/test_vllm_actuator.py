@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from actuators import PermanentActuatorError
+from actuators import PermanentActuatorError, TransientActuatorError
 from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, healthy, with_max_num_seqs
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
@@ -58,7 +58,10 @@ def test_restarts_each_replica_with_the_new_flag_one_at_a_time(fleet: tuple[Vllm
     before = [flags(p) for p in ports]
     assert [f["max_num_seqs"] for f in before] == [32, 32]
     unhealthy_seen.clear()
-    sizer.set_max_batch("chat", 64)
+    sizer.set_max_batch("chat", 64)  # returns at once: the rollout runs in the background
+    with pytest.raises(TransientActuatorError, match="still rolling out"):
+        sizer.set_max_batch("chat", 48)
+    sizer.wait(30)
     after = [flags(p) for p in ports]
     assert [f["max_num_seqs"] for f in after] == [64, 64]
     assert all(a["pid"] != b["pid"] for a, b in zip(after, before, strict=True))  # really restarted
@@ -70,10 +73,12 @@ def test_a_value_that_never_gets_healthy_is_rolled_back(fleet: tuple[VllmBatchSi
                                                                       list[int], list[int]]) -> None:
     sizer, _, ports, _ = fleet
     sizer.health_timeout_s = 2.0
-    with pytest.raises(PermanentActuatorError, match="rolled back to 32"):
-        sizer.set_max_batch("chat", 128)  # the stand-in cannot fit more than 100
+    sizer.set_max_batch("chat", 128)  # the stand-in cannot fit more than 100
+    sizer.wait(30)
     assert [flags(p)["max_num_seqs"] for p in ports] == [32, 32]
     assert sizer.current["chat"] == 32
+    with pytest.raises(PermanentActuatorError, match="rolled back to 32"):  # reported on the next change
+        sizer.set_max_batch("chat", 16)
 
 
 def test_close_stops_the_children(fleet: tuple[VllmBatchSizer, ChildRunner, list[int], list[int]]) -> None:
@@ -133,6 +138,7 @@ def test_config_with_the_vllm_backend_supervises_the_servers(tmp_path: Path) -> 
         parts.batch.start()
         assert flags(ports["chat"])["max_num_seqs"] == 64 and flags(ports["batch-summaries"])["max_num_seqs"] == 128
         parts.batch.set_max_batch("code", 16)
+        parts.batch.wait(30)
         assert flags(ports["code"])["max_num_seqs"] == 16
     finally:
-        parts.batch.runner.close()
+        parts.batch.close()
