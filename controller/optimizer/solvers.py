@@ -94,7 +94,51 @@ class Greedy:
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
                 best, best_v = picks, v
+        self._trade_power(arrays, best, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
+
+    @staticmethod
+    def _trade_power(arrays: list[_Ranked], picks: list[int], budget: float) -> None:
+        """Pairwise exchange on the power row: one service moves to a lower-power candidate of the same GPUs
+        (a lower cap or smaller batch), another to a higher one, when the gain beats the loss. Same GPUs on the
+        same accelerator keep the inventory rows as they were, so only the budget needs checking. Each round
+        finds the best move in O(n log n) (donors sorted by watts freed, with suffix minima of the loss)."""
+        for _ in range(8):
+            spare = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
+            donors: list[tuple[float, float, int, int]] = []  # (watts freed, value lost, service, candidate)
+            takers: list[tuple[float, float, int, int]] = []  # (watts needed, value gained, service, candidate)
+            for i, j in enumerate(picks):
+                if j < 0:
+                    continue
+                a = arrays[i]
+                same = np.flatnonzero((a.acc == a.acc[j]) & (a.gpus == a.gpus[j]))
+                dp, dv = a.power[same] - a.power[j], a.value[same] - a.value[j]
+                donors += [(-float(dp[n]), -float(dv[n]), i, int(k)) for n, k in enumerate(same) if dp[n] < 0]
+                takers += [(float(dp[n]), float(dv[n]), i, int(k)) for n, k in enumerate(same)
+                           if dp[n] > 0 and dv[n] > 1e-12]
+            if not takers or not donors:
+                return
+            donors.sort()
+            freed = np.array([d[0] for d in donors])
+            loss = np.array([d[1] for d in donors])
+            best_from = np.minimum.accumulate(loss[::-1])[::-1]  # least loss among donors freeing >= freed[n]
+            move: tuple[float, int, int, int, int] | None = None
+            for need, gain, k, ck in takers:
+                n = int(np.searchsorted(freed, need - spare - 1e-9, side="left"))
+                if n >= len(donors) or gain - best_from[n] <= 1e-9:
+                    continue
+                m = n + int(np.argmin(loss[n:]))
+                if donors[m][2] == k:  # the best donor is the taker itself: take the best other one
+                    others = [q for q in range(n, len(donors)) if donors[q][2] != k]
+                    if not others:
+                        continue
+                    m = min(others, key=lambda q: loss[q])
+                if gain - loss[m] > 1e-9 and (move is None or gain - loss[m] > move[0]):
+                    move = (gain - loss[m], k, ck, donors[m][2], donors[m][3])
+            if move is None:
+                return
+            _, k, ck, i, ci = move
+            picks[k], picks[i] = ck, ci
 
     @staticmethod
     def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
