@@ -67,7 +67,7 @@ class Greedy:
     few vector operations per service."""
 
     name = "greedy"
-    prices = 14
+    prices = 10
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
@@ -102,43 +102,43 @@ class Greedy:
         """Pairwise exchange on the power row: one service moves to a lower-power candidate of the same GPUs
         (a lower cap or smaller batch), another to a higher one, when the gain beats the loss. Same GPUs on the
         same accelerator keep the inventory rows as they were, so only the budget needs checking. Each round
-        finds the best move in O(n log n) (donors sorted by watts freed, with suffix minima of the loss)."""
+        finds the best move in O(m log m) over the m variants (donors sorted by watts freed, with suffix
+        minima of the value lost)."""
         for _ in range(8):
             spare = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
-            donors: list[tuple[float, float, int, int]] = []  # (watts freed, value lost, service, candidate)
-            takers: list[tuple[float, float, int, int]] = []  # (watts needed, value gained, service, candidate)
+            parts = []
             for i, j in enumerate(picks):
-                if j < 0:
-                    continue
-                a = arrays[i]
-                same = np.flatnonzero((a.acc == a.acc[j]) & (a.gpus == a.gpus[j]))
-                dp, dv = a.power[same] - a.power[j], a.value[same] - a.value[j]
-                donors += [(-float(dp[n]), -float(dv[n]), i, int(k)) for n, k in enumerate(same) if dp[n] < 0]
-                takers += [(float(dp[n]), float(dv[n]), i, int(k)) for n, k in enumerate(same)
-                           if dp[n] > 0 and dv[n] > 1e-12]
-            if not takers or not donors:
+                if j >= 0:
+                    a = arrays[i]
+                    same = np.flatnonzero((a.acc == a.acc[j]) & (a.gpus == a.gpus[j]))
+                    parts.append((a.power[same] - a.power[j], a.value[same] - a.value[j], np.full(same.size, i),
+                                  same))
+            if not parts:
                 return
-            donors.sort()
-            freed = np.array([d[0] for d in donors])
-            loss = np.array([d[1] for d in donors])
-            best_from = np.minimum.accumulate(loss[::-1])[::-1]  # least loss among donors freeing >= freed[n]
-            move: tuple[float, int, int, int, int] | None = None
-            for need, gain, k, ck in takers:
-                n = int(np.searchsorted(freed, need - spare - 1e-9, side="left"))
-                if n >= len(donors) or gain - best_from[n] <= 1e-9:
-                    continue
-                m = n + int(np.argmin(loss[n:]))
-                if donors[m][2] == k:  # the best donor is the taker itself: take the best other one
-                    others = [q for q in range(n, len(donors)) if donors[q][2] != k]
-                    if not others:
-                        continue
-                    m = min(others, key=lambda q: loss[q])
-                if gain - loss[m] > 1e-9 and (move is None or gain - loss[m] > move[0]):
-                    move = (gain - loss[m], k, ck, donors[m][2], donors[m][3])
+            dp, dv, who, cand = (np.concatenate(x) for x in zip(*parts, strict=True))
+            give, take = np.flatnonzero(dp < 0), np.flatnonzero((dp > 0) & (dv > 1e-12))
+            if give.size == 0 or take.size == 0:
+                return
+            give = give[np.argsort(-dp[give], kind="stable")]  # by watts freed, ascending
+            freed, loss = -dp[give], -dv[give]
+            least = np.minimum.accumulate(loss[::-1])[::-1]
+            at = np.searchsorted(freed, dp[take] - spare - 1e-9, side="left")
+            ok = at < give.size
+            take, at = take[ok], at[ok]
+            net = dv[take] - least[at]
+            move = None
+            for t in take[np.argsort(-net)][:8]:  # best few takers; a donor must be another service
+                n = int(np.searchsorted(freed, dp[t] - spare - 1e-9, side="left"))
+                others = n + np.flatnonzero(who[give[n:]] != who[t])
+                if others.size:
+                    m = int(others[np.argmin(loss[others])])
+                    gain = float(dv[t] - loss[m])
+                    if gain > 1e-9 and (move is None or gain > move[0]):
+                        move = (gain, int(t), int(give[m]))
             if move is None:
                 return
-            _, k, ck, i, ci = move
-            picks[k], picks[i] = ck, ci
+            _, t, g = move
+            picks[int(who[t])], picks[int(who[g])] = int(cand[t]), int(cand[g])
 
     @staticmethod
     def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
