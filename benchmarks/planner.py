@@ -43,7 +43,7 @@ def main() -> None:
                     milp_s_5000.append(milp.solve_s)
     alloc_s = []
     for _ in range(3):
-        result, _ = AllocationModel(allocation).solve()
+        result = AllocationModel(allocation).solve()
         alloc_s.append(result.solve_s)
     print(json.dumps({
         "seed002_milp_s": round(max(milp_s_5000), 4),

@@ -133,6 +133,7 @@ def _plan(args: argparse.Namespace) -> int:
     from controller.planner.allocation import AllocationModel
     from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
     from controller.planner.allocation_spec import AllocationSpec
+    from controller.planner.packing import enumerate_configs
     from controller.planner.packing_report import (
         Instance,
         compare,
@@ -153,7 +154,7 @@ def _plan(args: argparse.Namespace) -> int:
                 raise ConfigError("--gamma", f"must be >= 0, got {args.gamma}")
             spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
         model = AllocationModel(spec)
-        best, _ = model.solve()
+        best = model.solve()
         doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
         print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
         return 0 if best.ok else 1
@@ -170,7 +171,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError("--scenario/--trace/--requests",
                           f"expected a scenario in {list(spec.scenarios)}, a trace in {list(spec.traces)}, "
                           "and requests >= 0")
-    doc = result_json(spec, inst, solve_instance(spec, inst, (args.solver,)))
+    configs = enumerate_configs(spec)
+    doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -164,7 +164,7 @@ def _brute_allocation(spec: AllocationSpec) -> float:
 @pytest.mark.parametrize("seed", range(6))
 def test_allocation_linearisation_equals_bilinear_enumeration(seed: int) -> None:
     spec = _tiny_allocation(seed)
-    got, _ = AllocationModel(spec).solve()
+    got = AllocationModel(spec).solve()
     want = _brute_allocation(spec)
     assert got.ok == math.isfinite(want)
     if got.ok:
@@ -177,7 +177,7 @@ def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
     spec = load_plan_spec(PLANS / "seed001-allocation.toml")
     assert isinstance(spec, AllocationSpec)
     model = AllocationModel(spec)
-    best, _ = model.solve()
+    best = model.solve()
     assert best.ok and best.unmet["qa"] == pytest.approx(1.0)
     (why,) = explain_unmet(model, best)
     assert why["reason"] == "penalty" and why["parameter"] == "queries.qa.unmet_penalty"
@@ -187,7 +187,7 @@ def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
                                                                    "unmet_penalty")))
     raised = replace(spec, queries={**spec.queries, "qa": replace(spec.queries["qa"],
                                                                   unmet_penalty=why["serve_above"] * 1.05)})
-    served, _ = AllocationModel(raised).solve()
+    served = AllocationModel(raised).solve()
     assert served.unmet["qa"] < 1e-6
 
 
@@ -196,7 +196,7 @@ def test_unreachable_delay_threshold_is_named() -> None:
     q = replace(spec.queries["q"], delay_threshold_s=0.01, unmet_penalty=10.0)
     spec = replace(spec, queries={"q": q})
     model = AllocationModel(spec)
-    best, _ = model.solve()
+    best = model.solve()
     (why,) = explain_unmet(model, best)
     assert why["reason"] == "delay" and why["parameter"] == "queries.q.delay_threshold_s"
 
@@ -207,10 +207,10 @@ def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
     tight = replace(spec, queries={
         i: replace(q, delay_threshold_s=q.delay_s_per_token * (q.input_tokens + q.output_tokens) * 0.6)
         for i, q in spec.queries.items()})
-    nominal, _ = AllocationModel(tight).solve()
-    zero, _ = AllocationModel(replace(tight, robust=RobustSpec(gamma=0.0))).solve()
+    nominal = AllocationModel(tight).solve()
+    zero = AllocationModel(replace(tight, robust=RobustSpec(gamma=0.0))).solve()
     robust_model = AllocationModel(replace(tight, robust=RobustSpec(gamma=1.0, delay_deviation=0.3)))
-    robust, _ = robust_model.solve()
+    robust = robust_model.solve()
     assert zero.costs["total"] == pytest.approx(nominal.costs["total"])
     assert robust.costs["total"] >= nominal.costs["total"] - 1e-6
     for i, q in tight.queries.items():  # worst case: the one route with the largest deviation goes 30 % slower

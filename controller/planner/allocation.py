@@ -43,14 +43,16 @@ class AllocationModel:
         self.lp = lp = Lp()
         self.tiers = s.tiers()
         R, period = s.max_replicas, s.rental_period_h
-        self.terms: dict[str, list[tuple[int, float]]] = {t: [] for t in ("rental", "storage", "delay", "unmet")}
+        self.terms: dict[str, list[tuple[int, float]]] = {
+            t: [] for t in ("rental", "storage", "delay_penalty", "unmet_penalty")}
+        """Cost term -> (column, cost per unit): the objective, and its breakdown in the output."""
         for i, qt in s.queries.items():
-            lp.var(("u", i), ub=1.0)
-            self.terms["unmet"].append((lp.index[("u", i)], qt.unmet_penalty * qt.arrival_rate_qph * period))
-        for j, m in s.models.items():
+            u = lp.var(("u", i), ub=1.0)
+            self.terms["unmet_penalty"].append((u, qt.unmet_penalty * qt.arrival_rate_qph * period))
+        for j in s.models:
             for k in self.tiers:
-                g, p = s.gpus[k[0]], s.precisions[k[1]]
-                weights = m.weights_gb * p.weight_factor
+                g = s.gpus[k[0]]
+                weights = self.weights_gb(j, k)
                 q = lp.var(("q", j, k), ub=1.0, integer=True)
                 r = lp.var(("r", j, k), ub=R, integer=True)
                 y = lp.var(("y", j, k), ub=R * 8, integer=True)
@@ -72,17 +74,16 @@ class AllocationModel:
                     lp.row([(x, 1.0), (z, -1.0)], -float("inf"), 0.0, "link")
                     lp.row([(z, 1.0), (q, -1.0)], -float("inf"), 0.0, "link")
         for i, qt in s.queries.items():
-            tokens = qt.input_tokens + qt.output_tokens
             routes = [(j, k) for j in s.models for k in self.tiers]
             xs = [lp.index[("x", i, j, k)] for j, k in routes]
             lp.row([(x, 1.0) for x in xs] + [(lp.index[("u", i)], 1.0)], 1.0, 1.0, "demand")
             queries = qt.arrival_rate_qph * period
             for (j, k), x in zip(routes, xs, strict=True):
-                self.terms["storage"].append((x, period * s.storage_rate * qt.token_size_gb * tokens * queries))
-                self.terms["delay"].append((x, qt.delay_penalty * queries * self.delay_s(i, j, k)))
-            self._robust_row(i, [(x, self.delay_s(i, j, k), qt.delay_threshold_s) for (j, k), x in zip(routes, xs,
+                self.terms["storage"].append((x, period * s.storage_rate * qt.token_size_gb * qt.tokens * queries))
+                self.terms["delay_penalty"].append((x, qt.delay_penalty * queries * self.delay_s(i, j, k)))
+            self._robust_row([(x, self.delay_s(i, j, k), qt.delay_threshold_s) for (j, k), x in zip(routes, xs,
                              strict=True)], s.robust.delay_deviation, f"delay:{i}")
-            self._robust_row(i, [(x, self.error(i, j, k), qt.error_threshold) for (j, k), x in zip(routes, xs,
+            self._robust_row([(x, self.error(i, j, k), qt.error_threshold) for (j, k), x in zip(routes, xs,
                              strict=True)], s.robust.error_deviation, f"error:{i}")
             for j in s.models:
                 lp.row([(lp.index[("z", i, j, k)], 1.0) for k in self.tiers], 0.0, 1.0, "single")
@@ -94,26 +95,31 @@ class AllocationModel:
             for col, c in term:
                 lp.add_cost(col, c)
 
-    def _work(self, qt: QueryType) -> float:
+    def weights_gb(self, j: str, k: tuple[str, str]) -> float:
+        """Model j's weights at tier k's precision."""
+        return self.spec.models[j].weights_gb * self.spec.precisions[k[1]].weight_factor
+
+    @staticmethod
+    def _work(qt: QueryType) -> float:
         """GFLOP/s a query type's whole demand needs."""
-        return qt.compute_gflop_per_token * (qt.input_tokens + qt.output_tokens) * qt.arrival_rate_qph / 3600
+        return qt.compute_gflop_per_token * qt.tokens * qt.arrival_rate_qph / 3600
 
     def _kv(self, i: str, j: str, k: tuple[str, str]) -> float:
         """KV cache (GB) a query type's whole demand holds on (j, k): concurrency (Little) x tokens x GB/token."""
         qt, s = self.spec.queries[i], self.spec
-        return (s.models[j].kv_gb_per_token * s.precisions[k[1]].weight_factor * (qt.input_tokens + qt.output_tokens)
+        return (s.models[j].kv_gb_per_token * s.precisions[k[1]].weight_factor * qt.tokens
                 * qt.arrival_rate_qph / 3600 * self.delay_s(i, j, k))
 
     def delay_s(self, i: str, j: str, k: tuple[str, str]) -> float:
         s, qt = self.spec, self.spec.queries[i]
-        return (qt.delay_s_per_token * (qt.input_tokens + qt.output_tokens) * s.models[j].delay_factor
+        return (qt.delay_s_per_token * qt.tokens * s.models[j].delay_factor
                 * s.gpus[k[0]].delay_factor * s.precisions[k[1]].delay_factor)
 
     def error(self, i: str, j: str, k: tuple[str, str]) -> float:
         s = self.spec
         return s.queries[i].error_rate * s.models[j].error_factor * s.precisions[k[1]].error_factor
 
-    def _robust_row(self, i: str, routes: list[tuple[int, float, float]], deviation: float, group: str) -> None:
+    def _robust_row(self, routes: list[tuple[int, float, float]], deviation: float, group: str) -> None:
         """sum (a - limit) x <= 0, and with gamma > 0 its Bertsimas-Sim counterpart: + gamma pi + sum p <= 0,
         pi + p_r >= deviation a_r x_r."""
         lp, gamma = self.lp, self.spec.robust.gamma
@@ -129,29 +135,28 @@ class AllocationModel:
 
     def _capacity_rows(self) -> None:
         s, lp = self.spec, self.lp
-        for j, m in s.models.items():
+        for j in s.models:
             for k in self.tiers:
                 g, p = s.gpus[k[0]], s.precisions[k[1]]
                 kv = [(lp.index[("x", i, j, k)], self._kv(i, j, k)) for i in s.queries]
-                kv += [(lp.index[("r", j, k)], m.weights_gb * p.weight_factor),
+                kv += [(lp.index[("r", j, k)], self.weights_gb(j, k)),
                        (lp.index[("y", j, k)], -s.mem_util * g.memory_gb)]
                 lp.row(kv, -float("inf"), 0.0, "memory")
                 work = [(lp.index[("x", i, j, k)], self._work(qt)) for i, qt in s.queries.items()]
                 per_card = 1000 * g.compute_tflops * s.compute_efficiency * p.compute_factor
                 lp.row(work + [(lp.index[("v", n, j, k)], -per_card * s.tp_speedup[str(n)])
                                for n in g.tp_degrees if ("v", n, j, k) in lp.index], -float("inf"), 0.0, "compute")
-        lp.row([(lp.index[("q", j, k)], m.weights_gb * s.precisions[k[1]].weight_factor)
-                for j, m in s.models.items() for k in self.tiers], -float("inf"), s.storage_capacity_gb, "storage")
+        lp.row([(lp.index[("q", j, k)], self.weights_gb(j, k)) for j in s.models for k in self.tiers],
+               -float("inf"), s.storage_capacity_gb, "storage")
         for gname, g in s.gpus.items():
             lp.row([(lp.index[("y", j, k)], 1.0) for j in s.models for k in self.tiers if k[0] == gname],
                    -float("inf"), float(g.available), "inventory")
 
-    def solve(self, force_served: str | None = None,
-              without: frozenset[str] = frozenset()) -> tuple[Allocation, LpResult]:
+    def solve(self, force_served: str | None = None, without: frozenset[str] = frozenset()) -> Allocation:
         t0 = time.perf_counter()
         fix = {self.lp.index[("u", force_served)]: 0.0} if force_served else None
         res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s)
-        return self._read(res, time.perf_counter() - t0), res
+        return self._read(res, time.perf_counter() - t0)
 
     def _read(self, res: LpResult, solve_s: float) -> Allocation:
         if not res.ok:
@@ -164,8 +169,7 @@ class AllocationModel:
                 for n in s.gpus[k[0]].tp_degrees:
                     if lp.value(x, ("w", n, j, k)) > 0.5:
                         deployments[(j, k)] = (n, round(lp.value(x, ("r", j, k))))
-        costs = {name: sum(c * x[col] for col, c in entries) for name, entries in self.terms.items()}
-        costs = {"rental": costs["rental"], "storage": costs["storage"], "delay_penalty": costs["delay"],
-                 "unmet_penalty": costs["unmet"], "total": res.objective}
+        costs = {name: float(sum(c * x[col] for col, c in entries)) for name, entries in self.terms.items()}
+        costs["total"] = res.objective
         return Allocation(True, {r: v for r, v in shares.items() if v > 1e-6}, deployments,
                           {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s, res.message)

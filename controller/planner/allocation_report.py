@@ -29,7 +29,7 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
             continue
         qt = spec.queries[i]
         queries = qt.arrival_rate_qph * spec.rental_period_h
-        served, _ = model.solve(force_served=i)
+        served = model.solve(force_served=i)
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]
             above = qt.unmet_penalty + extra / (share * queries)
@@ -43,7 +43,7 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
             continue
         for group, parameter in _LIMITS:
             g = group.format(i=i)
-            relaxed, _ = model.solve(force_served=i, without=frozenset({g}))
+            relaxed = model.solve(force_served=i, without=frozenset({g}))
             if relaxed.ok:
                 param = parameter.format(i=i)
                 extra_text = ""
@@ -74,7 +74,7 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
                         for (j, k), (tp, r) in sorted(a.deployments.items())],
-        "unmet": {i: v for i, v in a.unmet.items()},
+        "unmet": dict(a.unmet),
         "cost": a.costs,
         "dropped": explanations,
         "solve_s": a.solve_s,

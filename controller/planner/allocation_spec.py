@@ -46,6 +46,11 @@ class QueryType:
     token_size_gb: float = 0.0
     """Storage per token kept (GB), charged at storage_rate."""
 
+    @property
+    def tokens(self) -> float:
+        """Prompt plus generated tokens of one query."""
+        return self.input_tokens + self.output_tokens
+
     def check(self, where: str) -> None:
         _positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
         _positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",

@@ -108,9 +108,10 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     solve_s = time.perf_counter() - t0
     if not res.ok:
         return PackingResult(name, False, math.inf, {}, solve_s, res.message)
-    copies = {configs[c].name: round(res.x[y[c]]) for c in range(len(configs)) if round(res.x[y[c]]) > 0}
-    total = sum(configs[c].cost_per_h * round(res.x[y[c]]) for c in range(len(configs)))
-    return PackingResult(name, True, total, copies, solve_s)
+    rented = [round(res.x[col]) for col in y]
+    total = sum(cf.cost_per_h * n for cf, n in zip(configs, rented, strict=True))
+    return PackingResult(name, True, total, {cf.name: n for cf, n in zip(configs, rented, strict=True) if n > 0},
+                         solve_s)
 
 
 def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int]) -> PackingResult:

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.planner.packing import (
+    Config,
     PackingResult,
     available_cards,
     draw_workload,
@@ -32,8 +33,8 @@ class Instance:
     """Workload size."""
 
 
-def solve_instance(spec: PackingSpec, inst: Instance, solvers: tuple[str, ...]) -> list[PackingResult]:
-    configs = enumerate_configs(spec)
+def solve_instance(spec: PackingSpec, configs: list[Config], inst: Instance,
+                   solvers: tuple[str, ...]) -> list[PackingResult]:
     cards = available_cards(spec, inst.scenario)
     counts = draw_workload(spec, inst.trace, inst.requests)
     out = []
@@ -48,8 +49,7 @@ def solve_instance(spec: PackingSpec, inst: Instance, solvers: tuple[str, ...]) 
     return out
 
 
-def result_json(spec: PackingSpec, inst: Instance, results: list[PackingResult]) -> dict[str, Any]:
-    configs = enumerate_configs(spec)
+def result_json(configs: list[Config], inst: Instance, results: list[PackingResult]) -> dict[str, Any]:
     return {
         "kind": "packing", "scenario": inst.scenario, "trace": inst.trace, "requests": inst.requests,
         "results": [{
@@ -61,7 +61,8 @@ def result_json(spec: PackingSpec, inst: Instance, results: list[PackingResult])
 
 def compare(spec: PackingSpec) -> list[dict[str, Any]]:
     """Every scenario x trace x scale with every solver."""
-    return [result_json(spec, inst, solve_instance(spec, inst, SOLVERS))
+    configs = enumerate_configs(spec)
+    return [result_json(configs, inst, solve_instance(spec, configs, inst, SOLVERS))
             for inst in (Instance(s, t, n) for s in spec.scenarios for t in spec.traces for n in spec.scales)]
 
 
