@@ -7,6 +7,7 @@ range checks live in each settings class's `check()`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -24,6 +25,15 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
+
+
+def check_positive(obj: object, where: str, names: tuple[str, ...], allow_zero: bool = False) -> None:
+    """Refuse the first of `names` on `obj` that is not finite and > 0 (>= 0 with allow_zero)."""
+    for name in names:
+        v = getattr(obj, name)
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{where}.{name}" if where else name, f"must be {bound}, got {v}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

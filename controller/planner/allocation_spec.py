@@ -6,19 +6,10 @@ error) is a factor on the FP16 figures. Costs are in $ per rental period.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from controller.config_loader import ConfigError
-
-
-def _positive(obj: object, where: str, names: tuple[str, ...], allow_zero: bool = False) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ConfigError(f"{where}.{name}" if where else name, f"must be {bound}, got {v}")
+from controller.config_loader import ConfigError, check_positive
 
 
 @dataclass(frozen=True)
@@ -52,8 +43,8 @@ class QueryType:
         return self.input_tokens + self.output_tokens
 
     def check(self, where: str) -> None:
-        _positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
-        _positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",
+        check_positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
+        check_positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",
                                 "unmet_penalty", "delay_penalty", "token_size_gb"), allow_zero=True)
 
 
@@ -69,7 +60,7 @@ class ModelSpec:
     """Error rate relative to the reference model."""
 
     def check(self, where: str) -> None:
-        _positive(self, where, tuple(f.name for f in fields(self)))
+        check_positive(self, where, tuple(f.name for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -88,7 +79,7 @@ class GpuSpec:
     """Cards that can be rented."""
 
     def check(self, where: str) -> None:
-        _positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
+        check_positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
         if not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees):
             raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], got {list(self.tp_degrees)}")
         if self.available < 0:
@@ -107,7 +98,7 @@ class Precision:
     """Error rate relative to FP16."""
 
     def check(self, where: str) -> None:
-        _positive(self, where, tuple(f.name for f in fields(self)))
+        check_positive(self, where, tuple(f.name for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -120,7 +111,7 @@ class RobustSpec:
     """How far above nominal a route's error rate may go (share)."""
 
     def check(self, where: str) -> None:
-        _positive(self, where, ("gamma", "delay_deviation", "error_deviation"), allow_zero=True)
+        check_positive(self, where, ("gamma", "delay_deviation", "error_deviation"), allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -157,8 +148,8 @@ class AllocationSpec:
     """Solver time limit."""
 
     def check(self, where: str) -> None:
-        _positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
-        _positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
+        check_positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
+        check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
         for name in ("queries", "models", "gpus", "precisions"):
             if not getattr(self, name):
                 raise ConfigError(name, "at least one entry is required")

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, check_positive
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class GpuSpec:
     compute: float
     """Relative compute capability (the seed uses dense TFLOPS)."""
 
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("price_per_h", "memory_gb", "compute"))
+
 
 @dataclass(frozen=True)
 class RequestType:
@@ -29,6 +32,9 @@ class RequestType:
     """Memory one request of this type holds while served (GB)."""
     compute: float
     """Compute one request needs, in the units of GpuSpec.compute divided by compute_adjust."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("memory_gb", "compute"))
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,6 @@ class PackingSpec:
         for table in ("gpus", "request_types", "scenarios", "traces"):
             if not getattr(self, table):
                 raise ConfigError(table, "at least one entry is required")
-        for table, entries in (("gpus", self.gpus), ("request_types", self.request_types)):
-            for name, entry in entries.items():
-                for f in ("price_per_h", "memory_gb", "compute"):
-                    if hasattr(entry, f) and not getattr(entry, f) > 0:
-                        raise ConfigError(f"{table}.{name}.{f}", f"must be > 0, got {getattr(entry, f)}")
         for sname, avail in self.scenarios.items():
             for gpu, n in avail.items():
                 if gpu not in self.gpus:
@@ -99,8 +100,8 @@ class PackingSpec:
         for f in ("mem_util", "fit_margin"):
             if not 0 < getattr(self, f) <= 1:
                 raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")
-        if self.compute_adjust <= 0 or self.availability_scale < 1 or self.time_limit_s <= 0 or self.mip_gap < 0:
-            raise ConfigError("compute_adjust/availability_scale/time_limit_s/mip_gap", "must be positive")
+        check_positive(self, "", ("compute_adjust", "availability_scale", "time_limit_s"))
+        check_positive(self, "", ("mip_gap",), allow_zero=True)
         if not self.scales or any(n < 0 for n in self.scales):
             raise ConfigError("scales", "needs request counts >= 0")
         for gpu in self.homogeneous:
