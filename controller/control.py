@@ -71,10 +71,11 @@ class Controller:
         try:
             return self.replicas.get_replicas(service)
         except ActuatorError as exc:
-            self._error("replicas_read", f"{service}: {exc}")
+            self.error("replicas_read", f"{service}: {exc}")
             return default
 
-    def _error(self, kind: str, message: str) -> None:
+    def error(self, kind: str, message: str) -> None:
+        """Log and count a failure that was survived (also what sources report of themselves)."""
         self.metrics.errors.labels(kind).inc()
         log.warning("%s: %s", kind, message)
 
@@ -84,7 +85,7 @@ class Controller:
         try:
             self.samples = self.gpus.sample(now)
         except Exception as exc:  # any source failure is survived; the governor keeps the last caps
-            self._error("gpu_source", str(exc))
+            self.error("gpu_source", str(exc))
             return
         m = self.metrics
         total = 0.0
@@ -108,7 +109,7 @@ class Controller:
                     log.info("GPU %d limit %.0f W asked, %.0f W in force", index, watts, applied)
             except ActuatorError as exc:
                 m.actuations.labels(self.power.name, "power_limit", "error").inc()
-                self._error("power_actuator", f"GPU {index}: {exc}")
+                self.error("power_actuator", f"GPU {index}: {exc}")
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
         m.cycle.labels("fast").observe(time.perf_counter() - started)
 
@@ -119,14 +120,14 @@ class Controller:
         try:
             windows = self.vllm.observe(now, names)
         except Exception as exc:
-            self._error("vllm_source", str(exc))
+            self.error("vllm_source", str(exc))
             windows = {}
         for svc in self.settings.services:
             self._observe(svc, windows.get(svc.name))
         try:
             solution = solve(self._problem(), self.solver)
         except Exception as exc:
-            self._error("optimizer", str(exc))
+            self.error("optimizer", str(exc))
             return None
         self._apply(now, solution)
         self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
@@ -239,7 +240,7 @@ class Controller:
                 m.actuations.labels(self.replicas.name, "replicas", "ok").inc()
             except ActuatorError as exc:
                 m.actuations.labels(self.replicas.name, "replicas", "error").inc()
-                self._error("replica_actuator", f"{service}: {exc}")
+                self.error("replica_actuator", f"{service}: {exc}")
         if target.max_batch != current.max_batch:
             try:
                 self.batch.set_max_batch(service, target.max_batch)
@@ -247,5 +248,5 @@ class Controller:
                 m.actuations.labels(self.batch.name, "max_batch", "ok").inc()
             except ActuatorError as exc:
                 m.actuations.labels(self.batch.name, "max_batch", "error").inc()
-                self._error("batch_actuator", f"{service}: {exc}")
+                self.error("batch_actuator", f"{service}: {exc}")
         return replace(done, power_cap_w=target.power_cap_w)

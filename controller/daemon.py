@@ -36,7 +36,8 @@ class Daemon:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = OwnMetrics(self.registry)
-        self.parts = build_parts(settings, on_error=self._source_error)
+        # sources report what they survive by themselves through the controller (built next, called later)
+        self.parts = build_parts(settings, on_error=lambda kind, message: self.controller.error(kind, message))
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics)
@@ -45,10 +46,6 @@ class Daemon:
         self.reload_event = threading.Event()
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
-
-    def _source_error(self, kind: str, message: str) -> None:
-        self.metrics.errors.labels(kind).inc()
-        log.warning("%s: %s", kind, message)
 
     def now(self) -> float:
         """Controller time: wall seconds since start, scaled by the simulator's speed when simulated."""

@@ -133,8 +133,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         vllm = PrometheusVllmSource(t.prometheus_url, models, t.window_s, t.timeout_s)
     elif t.vllm_source == "scrape":
         urls = {s.name: s.metrics_urls for s in settings.services}
-        vllm = (ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error) if on_error
-                else ScrapeVllmSource(urls, models, t.timeout_s))
+        vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error)
     else:
         vllm = SimVllmSource(sim())
     return Parts(host, gpus, vllm, power, batch, replicas, devices)

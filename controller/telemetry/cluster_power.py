@@ -12,11 +12,10 @@ is sampled with `power_w=None` (the governor counts it at its cap); a failed que
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 from controller.telemetry.base import GpuSample
-from controller.telemetry.prometheus import Fetch, http_post, instant_vector
+from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
 
 Flavour = Literal["dcgm", "kepler"]
 
@@ -36,13 +35,11 @@ def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
 
 class PrometheusGpuSource:
     def __init__(self, url: str, flavour: Flavour, limits_w: tuple[float, float], deployments: dict[str, str],
-                 timeout_s: float = 5.0, fetch: Fetch = http_post,
-                 wall_time: Callable[[float], float] | None = None) -> None:
-        self.endpoint = url.rstrip("/") + "/api/v1/query"
+                 timeout_s: float = 5.0, fetch: Fetch = http_post) -> None:
+        self.api = PrometheusApi(url, timeout_s, fetch)
         self.flavour, self.limits_w = flavour, limits_w
         self.deployments = deployments
         """Deployment name -> service, to own a GPU whose pod label is one of the Deployment's pods."""
-        self.timeout_s, self.fetch, self.wall_time = timeout_s, fetch, wall_time
 
     def _owner(self, labels: dict[str, str]) -> str | None:
         pod = labels.get("exported_pod") or labels.get("pod", "")
@@ -52,12 +49,10 @@ class PrometheusGpuSource:
         return None
 
     def sample(self, now: float) -> list[GpuSample]:
-        form_time = {"time": f"{self.wall_time(now):.3f}"} if self.wall_time else {}
         figures: dict[tuple[str, str], dict[str, float]] = {}
         labels_of: dict[tuple[str, str], dict[str, str]] = {}
         for figure, promql in QUERIES[self.flavour].items():
-            for labels, value in instant_vector(self.fetch(self.endpoint, {"query": promql, **form_time},
-                                                           self.timeout_s), promql):
+            for labels, value in self.api.query(promql):
                 key = gpu_key(labels)
                 figures.setdefault(key, {})[figure] = value
                 labels_of.setdefault(key, labels)

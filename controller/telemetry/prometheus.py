@@ -88,24 +88,32 @@ def by_model(body: bytes, query: str) -> dict[str, float]:
     return {labels.get("model_name", ""): v for labels, v in instant_vector(body, query)}
 
 
+class PrometheusApi:
+    """Instant queries against one Prometheus: the HTTP seam and timeout every Prometheus-backed source shares."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, fetch: Fetch = http_post) -> None:
+        self.endpoint = url.rstrip("/") + "/api/v1/query"
+        self.timeout_s, self.fetch = timeout_s, fetch
+
+    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """Evaluate at Unix time `at` (None: Prometheus' now)."""
+        form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        return instant_vector(self.fetch(self.endpoint, form, self.timeout_s), promql)
+
+
 class PrometheusVllmSource:
     """Reads each service's figures from Prometheus at the controller's time."""
 
     def __init__(self, url: str, models: dict[str, str], window_s: float = 60.0, timeout_s: float = 5.0,
                  fetch: Fetch = http_post, wall_time: Callable[[float], float] | None = None) -> None:
-        self.endpoint = url.rstrip("/") + "/api/v1/query"
+        self.api = PrometheusApi(url, timeout_s, fetch)
         self.models = models
         self.window_s = window_s
-        self.timeout_s = timeout_s
-        self.fetch = fetch
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
     def _query(self, promql: str, at: float | None) -> dict[str, float]:
-        form = {"query": promql}
-        if at is not None:
-            form["time"] = f"{at:.3f}"
-        return by_model(self.fetch(self.endpoint, form, self.timeout_s), promql)
+        return {labels.get("model_name", ""): v for labels, v in self.api.query(promql, at)}
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         at = self.wall_time(now) if self.wall_time else None

@@ -53,10 +53,10 @@ def _log_error(kind: str, message: str) -> None:
 
 class ScrapeVllmSource:
     def __init__(self, urls: dict[str, tuple[str, ...]], models: dict[str, str], timeout_s: float = 5.0,
-                 fetch: FetchPage = http_get, on_error: OnError = _log_error) -> None:
+                 fetch: FetchPage = http_get, on_error: OnError | None = None) -> None:
         self.urls, self.models = urls, models
         self.timeout_s = timeout_s
-        self.fetch, self.on_error = fetch, on_error
+        self.fetch, self.on_error = fetch, on_error or _log_error
         self._last: dict[str, Snapshot] = {}
 
     def _read(self, url: str) -> list[Metric] | None:
