@@ -42,6 +42,9 @@ class Replica:
 
 
 class ServerRunner(Protocol):
+    supervises: bool
+    """The daemon owns the servers: it brings them up at start and stops them on exit."""
+
     def restart(self, replica: Replica, max_num_seqs: int) -> None: ...
 
     def close(self) -> None: ...
@@ -63,6 +66,8 @@ def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
 
 class ChildRunner:
     """Starts, stops and restarts servers as children of the daemon."""
+
+    supervises = True
 
     def __init__(self, stop_timeout_s: float = 10.0) -> None:
         self.stop_timeout_s = stop_timeout_s
@@ -94,6 +99,8 @@ class ChildRunner:
 
 class SystemdRunner:
     """Drop-in `<dropin_dir>/<unit>.d/50-wattscale.conf` setting WATTSCALE_MAX_NUM_SEQS, then systemctl."""
+
+    supervises = False  # systemd runs the units; wattscale only changes them
 
     def __init__(self, dropin_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
         self.dropin_dir, self.systemctl, self.timeout_s = dropin_dir, systemctl, timeout_s
@@ -148,7 +155,9 @@ class VllmBatchSizer:
         self._closing = threading.Event()
 
     def start(self) -> None:
-        """Bring every replica up at its initial value (child runner: the daemon owns the servers)."""
+        """Bring every replica up at its initial value when the runner supervises the servers."""
+        if not self.runner.supervises:
+            return
         for service, reps in self.replicas.items():
             for r in reps:
                 self.runner.restart(r, self.current[service])

@@ -107,8 +107,8 @@ class Daemon:
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
         scheduler.add_job(self.slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
-        if isinstance(self.parts.batch, VllmBatchSizer) and s.actuators.vllm_runner == "child":
-            self.parts.batch.start()  # the daemon owns these servers: up before the loops start
+        if isinstance(self.parts.batch, VllmBatchSizer):
+            self.parts.batch.start()  # servers the daemon supervises are up before the loops start
         self.fast()
         scheduler.start()
         self.notifier.ready(self._status())

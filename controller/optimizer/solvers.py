@@ -127,8 +127,8 @@ class Greedy:
             take, at = take[ok], at[ok]
             net = dv[take] - least[at]
             move = None
-            for t in take[np.argsort(-net)][:8]:  # best few takers; a donor must be another service
-                n = int(np.searchsorted(freed, dp[t] - spare - 1e-9, side="left"))
+            for r in np.argsort(-net)[:8]:  # best few takers; a donor must be another service
+                t, n = take[r], int(at[r])
                 others = n + np.flatnonzero(who[give[n:]] != who[t])
                 if others.size:
                     m = int(others[np.argmin(loss[others])])
