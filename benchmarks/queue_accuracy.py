@@ -6,7 +6,8 @@ The emulator keeps its hidden step law and noise. As an operator would, the para
 fitted (the tuner's least squares) on a small calibration set at max batch 64 - two loads, two prompt
 classes, full and 60 % caps - then the model predicts every grid point: utilisation 10-90 % of the
 emulator's measured saturation throughput, max batch 8-256, short and long prompts, caps 50-100 % of
-max. Prints JSON: median and p90 of the relative absolute error of mean TTFT and ITL and of their p95s,
+max. Each point's load carries the token-length spreads measured in its run, as an operator's config
+would state them. Prints JSON: median and p90 of the relative absolute error of mean TTFT and ITL and of their p95s,
 for the model and for the baseline reading of the same parameters.
 """
 
@@ -53,7 +54,7 @@ def run_point(point: tuple[str, int, float, float, int]) -> dict[str, Any]:
 
 def observation(row: dict[str, Any]) -> Observation:
     return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], 1024,
-                       row["ttft_ms"], row["itl_ms"], row["cap_w"])
+                       row["ttft_ms"], row["itl_ms"], row["cap_w"], in_cv=row["in_cv"], out_cv=row["out_cv"])
 
 
 def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -62,7 +63,7 @@ def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[
     errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": [], "itl_p95": []}
     unstable = 0
     for row in rows:
-        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"])
+        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"])
         try:
             perf = model.analyze(params, load, ServerShape(row["max_batch"], None, row["cap_w"]), prof)
             pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms, "itl_p95": perf.itl_p95_ms}

@@ -57,12 +57,13 @@ def _gpus(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    for name in ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "in_tokens", "out_tokens", "rate_rps"):
+    numbers = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "in_tokens", "out_tokens", "rate_rps", "in_cv", "out_cv")
+    for name in numbers:
         value = getattr(args, name)
         if value is None or not math.isfinite(value) or value < 0:
             raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
     params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
-    load = Load(args.rate_rps, args.in_tokens, args.out_tokens)
+    load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None
     if args.power_cap_w is not None and prof is None:
@@ -199,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("alpha-ms", "beta-ms", "gamma-ms", "in-tokens", "out-tokens", "rate-rps"):
         a.add_argument(f"--{name}", type=float, required=True)
     a.add_argument("--delta-ms", type=float, default=0.0)
+    a.add_argument("--in-cv", type=float, default=1.0, help="spread of prompt lengths (std / mean)")
+    a.add_argument("--out-cv", type=float, default=1.0, help="spread of output lengths (std / mean)")
     a.add_argument("--max-batch", type=int, default=64)
     a.add_argument("--max-queue", type=int, default=-1, help="-1: unbounded")
     a.add_argument("--power-cap-w", type=float, default=None)

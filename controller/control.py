@@ -60,7 +60,7 @@ class Controller:
             if svc.name not in self.state:
                 current = self._read_replicas(svc.name, svc.min_replicas)
                 self.state[svc.name] = ServiceState(Assignment(acc, current, svc.initial_max_batch, cap),
-                                                    Load(0.0, svc.in_tokens, svc.out_tokens))
+                                                    svc.load(0.0, svc.in_tokens, svc.out_tokens))
             for a in settings.accelerators:
                 self.tuner.ensure(svc.model, a.name, svc.prior.params(), CATALOG[a.name])
         for gone in set(self.state) - {s.name for s in settings.services}:
@@ -146,7 +146,7 @@ class Controller:
         if window.in_tokens and window.out_tokens:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
                                                     window.out_tokens)
-        state.load = Load(window.rate_rps + backlog, in_tokens, out_tokens)
+        state.load = svc.load(window.rate_rps + backlog, in_tokens, out_tokens)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:
             if ttft is not None:
@@ -169,6 +169,8 @@ class Controller:
             power_w=sum(draws) / len(draws) if draws else None,
             waiting=window.waiting / window.replicas,
             preemptions=window.preemptions,
+            in_cv=svc.in_tokens_cv,
+            out_cv=svc.out_tokens_cv,
         )
         key = pair_key(svc.model, a.accelerator)
         verdict = self.tuner.update(svc.model, a.accelerator, obs)
@@ -195,7 +197,7 @@ class Controller:
             st = self.state[svc.name]
             in_tokens, out_tokens = self.basis.hold(svc.name, (st.load.in_tokens, st.load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
-                                         Load(st.load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
+                                         svc.load(st.load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
                                          svc.max_replicas, svc.max_queue, st.assignment))
         o = s.optimizer
         return Problem(tuple(demands), accs, s.power.budget_w, o.objective, s.power.mode, o.batch_sizes,

@@ -34,6 +34,10 @@ class SpecService:
     """Mean prompt tokens."""
     out_tokens: float = 256.0
     """Mean output tokens."""
+    in_tokens_cv: float = 1.0
+    """Spread of prompt lengths (std / mean)."""
+    out_tokens_cv: float = 1.0
+    """Spread of output lengths (std / mean)."""
     min_replicas: int = 1
     """Lower replica bound."""
     max_replicas: int = 64
@@ -85,7 +89,8 @@ def load_spec(path: Path) -> Problem:
     accs = tuple(a.offer() for a in spec.accelerators)
     services = tuple(
         ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),
-                      Load(s.rate_rps, s.in_tokens, s.out_tokens), {k: v.params() for k, v in s.params.items()},
+                      Load(s.rate_rps, s.in_tokens, s.out_tokens, s.in_tokens_cv, s.out_tokens_cv),
+                      {k: v.params() for k, v in s.params.items()},
                       s.min_replicas, s.max_replicas, s.max_queue)
         for s in spec.services
     )

@@ -8,7 +8,7 @@ from typing import Literal
 
 from controller.config_loader import ConfigError, build, read_toml
 from controller.optimizer.problem import AcceleratorType
-from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, ServiceParams
+from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, Load, ServiceParams
 from queuemodels.accelerators import CATALOG
 
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
@@ -278,6 +278,11 @@ class ServiceSettings:
     """Expected mean prompt length, until observed."""
     out_tokens: float = 256.0
     """Expected mean output length, until observed."""
+    in_tokens_cv: float = 1.0
+    """Spread of prompt lengths (std / mean); it widens the TTFT tail. vLLM's 1-2-5 token histograms are
+    too coarse to measure it, so it is the operator's to give (1 = exponential, a safe default)."""
+    out_tokens_cv: float = 1.0
+    """Spread of output lengths (std / mean); queueing delay scales with (1 + cv^2) / 2."""
     max_queue: int = 1024
     """Waiting requests one replica holds before it is counted saturated."""
     initial_max_batch: int = 64
@@ -301,6 +306,10 @@ class ServiceSettings:
     sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
     """Simulated workload (simulator only)."""
 
+    def load(self, rate_rps: float, in_tokens: float, out_tokens: float) -> Load:
+        """A load of this service's workload shape."""
+        return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv)
+
     def check(self, where: str) -> None:
         _positive(where, "ttft_ms", self.ttft_ms)
         _positive(where, "itl_ms", self.itl_ms)
@@ -313,6 +322,9 @@ class ServiceSettings:
         _positive(where, "in_tokens", self.in_tokens)
         if self.out_tokens < 1:
             raise ConfigError(f"{where}.out_tokens", "must be >= 1")
+        for name in ("in_tokens_cv", "out_tokens_cv"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ConfigError(f"{where}.{name}", f"must be between 0 and 10, got {getattr(self, name)}")
         if any(g < 0 for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"GPU indices must be >= 0, got {list(self.gpus)}")
         for url in self.metrics_urls:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from queuemodels.chain import Means, Stationary, means, stationary, unbounded_capacity
 from queuemodels.power import mean_draw_w
 from queuemodels.service_time import StepLaw
@@ -33,9 +31,9 @@ def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, f
     if m.throughput_per_ms <= 0.0 or law.t1 <= 0:
         n_eff = 1.0
     else:
-        n_eff = float(np.clip((m.service_ms - law.t0) / law.t1, 0.0, chain.max_batch))
-    ttft = m.wait_ms + law.prefill(n_eff) + (1.0 - float(chain.p[0])) * law.residual_share * law.decode(n_eff)
-    return n_eff, ttft, law.decode(n_eff)
+        n_eff = min(max((m.service_ms - law.t0) / law.t1, 0.0), float(chain.max_batch))
+    residual = (1.0 - float(chain.p[0])) * (law.residual_share * law.decode(n_eff) + law.residual_ms)
+    return n_eff, law.wait_scale * m.wait_ms + law.prefill(n_eff) + residual, law.decode(n_eff)
 
 
 def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -> bool:
@@ -77,5 +75,5 @@ def evaluate(
         utilization=m.throughput_per_ms / chain.mu_full_per_ms,
         block_probability=m.block_probability,
         power_w=power,
-        extra={"n_eff": n_eff, "wait_ms": m.wait_ms, "service_ms": m.service_ms},
+        extra={"n_eff": n_eff, "wait_ms": law.wait_scale * m.wait_ms, "service_ms": m.service_ms},
     )

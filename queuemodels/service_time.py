@@ -10,6 +10,9 @@ Two readings of the same parameters (docs/queue-models.md):
   step's memory-bound time (roofline), up to gamma of it hidden: c_p = ((delta L_in)^3 + gamma^3)^(1/3) - gamma.
   The prompts of others steal a share phi = lambda c_p of the GPU from decoding, so
   decode(B) = (alpha + beta B) / (1 - phi); an arrival also waits for the step in flight.
+  Steps vary with the Poisson number of prompts they carry (variance lambda c_p^2 E[S]), so the step in
+  flight is length-biased: its residual is E[S]/2 + phi c_p / 2, and the step carrying a prompt also carries
+  the others that arrived during it, c_p (1 + phi^2) in all beyond the mean step.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class StepLaw:
     """The part of prefill(B) that varies with the prompt (continuous reading; 0 when batched)."""
     residual_share: float = 0.0
     """Share of a decode step an arrival waits for the step in flight (0.5 under continuous batching)."""
+    residual_ms: float = 0.0
+    """Extra wait for the step in flight because long steps are more likely to be in flight."""
+    prompt_cv: float = 0.0
+    """Coefficient of variation of `prompt_ms` across requests."""
+    wait_scale: float = 1.0
+    """Queueing delay relative to the exponential-service chain's (Allen-Cunneen (1 + cs^2) / 2)."""
 
     def prefill(self, batch: Batch) -> Batch:
         return self.p0 + self.p1 * batch
@@ -64,6 +73,9 @@ class StepLaw:
             self.decode_steps,
             self.prompt_ms * prefill_factor,
             self.residual_share,
+            self.residual_ms * prefill_factor,
+            self.prompt_cv,
+            self.wait_scale,
         )
 
 
@@ -123,4 +135,7 @@ def continuous_law(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
         )
     stretch = 1.0 / (1.0 - phi)
-    return StepLaw(c_p + d0, d1, d0 * stretch, d1 * stretch, load.out_tokens - 1, c_p, 0.5)
+    d0, d1 = d0 * stretch, d1 * stretch
+    wait_scale = (1.0 + load.out_cv**2) / 2.0
+    return StepLaw(c_p * (1.0 + phi**2) + d0, d1, d0, d1, load.out_tokens - 1, c_p, 0.5, phi * c_p / 2.0,
+                   load.in_cv, wait_scale)

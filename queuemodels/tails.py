@@ -23,7 +23,9 @@ from scipy.special import gammaincc
 from queuemodels.chain import Stationary
 from queuemodels.service_time import StepLaw
 
-GRID = 48
+GRID = 32
+ERLANG_MAX = 16
+UNIT = np.linspace(0.0, 1.0, GRID)
 Survival = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
@@ -42,7 +44,8 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             first = np.exp(log_scale - mu * t * (1.0 - rho) + np.log(gammaincc(n_wait, mu * t * rho)))
             second = np.exp(log_scale + n_wait * math.log(rho) + np.log(gammaincc(n_wait, mu * t)))
-        out: NDArray[np.float64] = np.nan_to_num(np.clip(sign * (first - second), 0.0, 1.0))
+        out: NDArray[np.float64] = np.minimum(np.maximum(sign * (first - second), 0.0), 1.0)
+        out[np.isnan(out)] = 0.0
         return out
 
     return survival
@@ -57,24 +60,38 @@ def ttft_survival(chain: Stationary, law: StepLaw) -> tuple[Survival, float]:
     free_t = law.prefill(np.arange(1, n_free + 1, dtype=float))
     # Above-survival of the free part: mass whose prefill time exceeds t (prefill is increasing in n).
     tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
-    # Under continuous batching the prompt's own cost and the wait for the step in flight vary: taken as
-    # Erlang-2 (cv 0.7) with their mean, on top of the fixed part of the step.
-    busy = np.arange(n_free, dtype=float) > 0
-    spread = law.prompt_ms + law.residual_share * busy * law.decode(np.maximum(np.arange(n_free, dtype=float), 1.0))
-    fixed_t = free_t - law.prompt_ms
+    # Under continuous batching the prompt's own cost (cv prompt_cv) and the wait for the step in flight
+    # (uniform over a step) vary: their sum is taken as an Erlang variable with its mean and about its
+    # variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step.
+    states = np.arange(n_free, dtype=float)
+    residual = (states > 0) * (law.residual_share * law.decode(np.maximum(states, 1.0)) + law.residual_ms)
+    spread = law.prompt_ms + residual
+    variance = (law.prompt_cv * law.prompt_ms) ** 2 + residual**2 / 3.0
+    shape = np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX))
+    live = free_q > 1e-12 * free_q.max(initial=0.0)  # states an arrival almost never sees are left out
+    shape = np.maximum(shape, 1.0)[live]
+    scale = (spread[live] / shape)[None, :]
+    fixed_t = (free_t - law.prompt_ms)[live][None, :]
+    live_q = free_q[live]
+    more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
     waiting_mass = float(accepted[n_free:].sum())
     full_prefill = law.prefill(float(chain.max_batch))
     waiting = _waiting_survival(chain, float(accepted[n_free]) if waiting_mass > 0 else 0.0)
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
         if law.prompt_ms > 0 or law.residual_share > 0:
-            over = 2.0 * np.maximum(t[:, None] - fixed_t[None, :], 0.0) / np.maximum(spread[None, :], 1e-12)
-            free: NDArray[np.float64] = np.asarray((np.exp(-over) * (1.0 + over)) @ free_q, dtype=float)
+            over = np.maximum(t[:, None] - fixed_t, 0.0) / scale
+            term = np.ones_like(over)
+            total = term.copy()
+            for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
+                term *= over * step
+                total += term
+            free: NDArray[np.float64] = np.asarray((np.exp(-over) * total) @ live_q, dtype=float)
         else:
             free = tail_mass[np.searchsorted(free_t, t, side="right")]
         if waiting_mass <= 0:
             return free
-        shifted = t - full_prefill
+        shifted = (t - full_prefill) / law.wait_scale
         wait: NDArray[np.float64] = np.where(shifted <= 0, waiting_mass, waiting(shifted))
         return free + wait
 
@@ -85,20 +102,20 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
     """t with survival(t) = 1 - prob for each prob, by a coarse then a fine vectorised grid."""
     levels = np.array([1.0 - q for q in probs])
     for _ in range(60):
-        if survival(np.array([high]))[0] <= levels.min():
+        coarse = low + (high - low) * UNIT
+        sc = survival(coarse)
+        if sc[-1] <= levels.min():
             break
         high = low + 2.0 * (high - low)
-    coarse = np.linspace(low, high, GRID)
-    sc = survival(coarse)
-    idx = np.clip(np.searchsorted(-sc, -levels, side="left"), 1, GRID - 1)
-    fine = np.linspace(coarse[idx - 1], coarse[idx], GRID, axis=1)
+    idx = np.minimum(np.maximum(np.searchsorted(-sc, -levels, side="left"), 1), GRID - 1)
+    fine = coarse[idx - 1, None] + (coarse[idx] - coarse[idx - 1])[:, None] * UNIT[None, :]
     sf = survival(fine.ravel()).reshape(fine.shape)
     out = []
     for row, level, s_row in zip(fine, levels, sf, strict=True):
-        j = int(np.clip(np.searchsorted(-s_row, -level, side="left"), 1, GRID - 1))
-        s0, s1 = s_row[j - 1], s_row[j]
-        frac = 0.0 if s0 == s1 else (s0 - level) / (s0 - s1)
-        out.append(float(row[j - 1] + np.clip(frac, 0.0, 1.0) * (row[j] - row[j - 1])))
+        j = min(max(int(np.searchsorted(-s_row, -level, side="left")), 1), GRID - 1)
+        s0, s1 = float(s_row[j - 1]), float(s_row[j])
+        frac = 0.0 if s0 == s1 else min(max((s0 - level) / (s0 - s1), 0.0), 1.0)
+        out.append(float(row[j - 1] + frac * (row[j] - row[j - 1])))
     return out
 
 
@@ -107,7 +124,7 @@ def ttft_quantiles(
 ) -> list[float]:
     survival, waiting_mass = ttft_survival(chain, law)
     low = law.prefill(1.0) - law.prompt_ms
-    mean_wait = wait_ms / waiting_mass if waiting_mass > 1e-15 else 0.0
+    mean_wait = law.wait_scale * wait_ms / waiting_mass if waiting_mass > 1e-15 else 0.0
     high = law.prefill(float(chain.max_batch)) + 10.0 * mean_wait + 5.0 / chain.mu_full_per_ms + 5.0 * law.prompt_ms
     return quantiles(survival, low, max(high, low * 1.01 + 1e-9), probs)
 

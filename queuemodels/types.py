@@ -65,10 +65,17 @@ class Load:
     rate_rps: float
     in_tokens: float
     out_tokens: float
+    in_cv: float = 1.0
+    """Coefficient of variation of prompt lengths: spreads TTFT around its mean (1 = exponential)."""
+    out_cv: float = 1.0
+    """Coefficient of variation of output lengths, hence of service times: scales queueing delay by
+    (1 + cv^2) / 2 (Allen-Cunneen); 1 keeps the M/M/1 chain's own delay."""
 
     def __post_init__(self) -> None:
         _check("rate_rps", self.rate_rps)
         _check("in_tokens", self.in_tokens, positive=True)
+        _check("in_cv", self.in_cv)
+        _check("out_cv", self.out_cv)
         if self.out_tokens < 1 or math.isnan(self.out_tokens) or math.isinf(self.out_tokens):
             raise ModelInputError(f"out_tokens: must be >= 1, got {self.out_tokens!r}")
 

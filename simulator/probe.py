@@ -25,6 +25,8 @@ class Measured:
     throughput_rps: float
     in_tokens: float
     out_tokens: float
+    in_cv: float
+    out_cv: float
     ttft_ms: float
     itl_ms: float
     ttft_p95_ms: float
@@ -101,6 +103,8 @@ def measure(
         throughput_rps=(m.success_total - done0) / span,
         in_tokens=float(n_in[window].mean()),
         out_tokens=float(n_out[window].mean()),
+        in_cv=float(n_in[window].std() / n_in[window].mean()),
+        out_cv=float(n_out[window].std() / n_out[window].mean()),
         ttft_ms=float(ttft.mean()) if ttft.size else float("nan"),
         itl_ms=float(itl.mean()) if itl.size else float("nan"),
         ttft_p95_ms=float(np.percentile(ttft, 95)) if ttft.size else float("nan"),

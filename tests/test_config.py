@@ -37,6 +37,8 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
          r"services\[0\].gpus: GPU indices must be >= 0"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nresize_tolerance = 0.9'),
          "optimizer.resize_tolerance: must be in"),
+        (lambda t: t.replace("in_tokens_cv = 0.6", "in_tokens_cv = -0.1", 1),
+         r"services\[0\].in_tokens_cv: must be between 0 and 10"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(

@@ -156,6 +156,31 @@ def test_best_batch_choices() -> None:
     assert by_power.performance is not None and by_power.performance.meets(targets)
 
 
+CB = get_model("mm1k-cb")
+
+
+def test_output_spread_scales_queueing_delay_allen_cunneen() -> None:
+    """out_cv = 1 is the exponential chain; out_cv = 0 halves its queueing delay, (1 + cs^2) / 2, and
+    the wait quantiles shrink with it; the service itself is untouched."""
+    shape = ServerShape(8, None)
+    exp = CB.analyze(PARAMS, Load(2.4, 512, 128), shape)
+    det = CB.analyze(PARAMS, Load(2.4, 512, 128, out_cv=0.0), shape)
+    assert exp.extra["wait_ms"] > 100.0  # a point where queueing matters
+    assert det.extra["wait_ms"] == pytest.approx(0.5 * exp.extra["wait_ms"], rel=1e-12)
+    assert exp.ttft_ms - det.ttft_ms == pytest.approx(0.5 * exp.extra["wait_ms"], rel=1e-12)
+    assert det.itl_ms == exp.itl_ms and det.throughput_rps == exp.throughput_rps
+    assert det.ttft_p95_ms < exp.ttft_p95_ms
+
+
+def test_prompt_spread_widens_the_ttft_tail_not_its_mean() -> None:
+    shape = ServerShape(64, None)
+    narrow = CB.analyze(PARAMS, Load(2.0, 2048, 128, in_cv=0.2), shape)
+    wide = CB.analyze(PARAMS, Load(2.0, 2048, 128, in_cv=1.5), shape)
+    assert narrow.ttft_ms == wide.ttft_ms
+    assert narrow.ttft_p95_ms < wide.ttft_p95_ms
+    assert narrow.ttft_p99_ms < wide.ttft_p99_ms
+
+
 @pytest.mark.parametrize(
     "build,field",
     [
@@ -164,6 +189,8 @@ def test_best_batch_choices() -> None:
         (lambda: ServiceParams("gen1", 1, float("nan"), 1), "beta_ms"),
         (lambda: Load(-1, 10, 10), "rate_rps"),
         (lambda: Load(1, 10, 0), "out_tokens"),
+        (lambda: Load(1, 10, 10, in_cv=-0.5), "in_cv"),
+        (lambda: Load(1, 10, 10, out_cv=float("inf")), "out_cv"),
         (lambda: ServerShape(0, 10), "max_batch"),
         (lambda: ServerShape(4, -1), "max_queue"),
         (lambda: Targets(0, 10), "ttft_ms"),

@@ -23,10 +23,12 @@ class Observation:
     power_w: float | None = None
     waiting: float = 0.0
     preemptions: float = 0.0
+    in_cv: float = 1.0
+    out_cv: float = 1.0
 
     @property
     def load(self) -> Load:
-        return Load(self.rate_rps, self.in_tokens, self.out_tokens)
+        return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv)
 
     @property
     def shape(self) -> ServerShape:

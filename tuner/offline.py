@@ -5,6 +5,7 @@ CSV columns (a header row names them; order is free):
   max_queue                                                     optional, default 1024
   power_cap_w, power_w                                          optional, empty = not capped / not sampled
   waiting, preemptions                                          optional, default 0 (saturation gating)
+  in_cv, out_cv                                                 optional, default 1 (token-length spread)
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
 gating; the report gives the fitted parameters, the counts, and the prediction error before each
 update (one step ahead) and after the last one (in sample).
@@ -25,7 +26,7 @@ from tuner.ekf import PairFilter
 from tuner.observation import Observation
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
-OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions")
+OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv")
 
 
 class ObservationFileError(ValueError):
@@ -51,6 +52,13 @@ def _optional(row: dict[str, str], col: str, where: str) -> float | None:
     return _parse(text, col, where) if text else None
 
 
+def _default(row: dict[str, str], col: str, where: str, default: float) -> float:
+    value = _optional(row, col, where)
+    if value is not None and not 0 <= value < math.inf:
+        raise ObservationFileError(f"{where}: column {col!r} must be >= 0, got {value}")
+    return default if value is None else value
+
+
 def _row(row: dict[str, str], where: str) -> Observation:
     v = {c: _required(row, c, where) for c in REQUIRED}
     if not v["max_batch"] >= 1 or v["max_batch"] != int(v["max_batch"]):
@@ -61,6 +69,7 @@ def _row(row: dict[str, str], where: str) -> Observation:
         max_queue=1024 if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
         power_cap_w=_optional(row, "power_cap_w", where), power_w=_optional(row, "power_w", where),
         waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
+        in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
     )
 
 
