@@ -100,8 +100,10 @@ def test_follows_a_step_change() -> None:
     for r in rng.uniform(2, 11, 8):
         tuner.update("m", "gpu", observe(TRUE, float(r), noise=0.02, rng=rng))
     shifted = ServiceParams("gen1", 12.0 * 1.3, 0.09 * 1.3, 20.0 * 1.3, 0.035 * 1.3)
-    for r in rng.uniform(2, 11, 10):
-        tuner.update("m", "gpu", observe(shifted, float(r), noise=0.02, rng=rng))
+    reasons = [tuner.update("m", "gpu", observe(shifted, float(r), noise=0.02, rng=rng)).reason
+               for r in rng.uniform(2, 11, 10)]
+    # Three rejections in a row are a shift: the filter refits on them, then warms up again.
+    assert reasons[:6] == ["gate", "gate", "shift", "warmup", "warmup", "warmup"], reasons
     assert relative_error(tuner, observe(shifted, 6.0)).max() < 0.08
 
 

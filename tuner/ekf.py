@@ -1,10 +1,12 @@
 """Extended Kalman filter over one (model, accelerator) pair's queue-model parameters.
 
 State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
-caps vary. Observation z = [TTFT, ITL] (ms), and GPU power (W) where sampled; h(x) is the queue model at
+caps vary. Observation z = log [TTFT, ITL] (ms), and GPU power (W) where sampled; h(x) is the queue model at
 the observed load, batch limit and cap (REFERENCE.md section 2). Robustness: a Nelder-Mead warm-up on the
 first observations, a chi-square NIS gate, clamping to [prior/10, 10 prior], rejection of non-positive
-parameters, and a re-opened covariance after repeated gate rejections (a real shift, not an outlier).
+parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row
+(a real shift, not an outlier: they are the best evidence of the new law, and a linearised update from
+far away overshoots).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class FilterSettings:
 
     error_level: float = 0.1
     """Relative observation error at 95 % (R = ((e / 1.96) z)^2)."""
-    process_noise: float = 0.03
+    process_noise: float = 0.01
     """Relative random walk of the parameters per update (Q = (q x)^2)."""
     initial_spread: float = 0.15
     """Relative standard deviation of the parameters after warm-up (P0)."""
@@ -37,7 +39,7 @@ class FilterSettings:
     warmup_observations: int = 3
     """Observations fitted by Nelder-Mead before filtering starts."""
     reopen_after: int = 3
-    """Consecutive gate rejections that reopen the covariance (a shift)."""
+    """Consecutive gate rejections that mean a shift: the filter refits on them and starts afresh."""
 
 
 @dataclass
@@ -64,7 +66,10 @@ class PairFilter:
     updates: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    gate_streak: int = 0
+    suspects: list[Observation] = field(default_factory=list)
+    """The observations of the current run of gate rejections."""
+    rewarm: int = 0
+    """Observations still to be fitted by least squares with the suspects after a shift."""
     last_nis: float = float("nan")
 
     def __post_init__(self) -> None:
@@ -107,15 +112,21 @@ class PairFilter:
             z.append(obs.power_w)
         return np.array(z)
 
+    def log_predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """h(x) in log space: the filter works on relative errors, and latency's 1 / (1 - rho) growth near
+        saturation becomes a gentle slope a linearised update can follow."""
+        out: NDArray[np.float64] = np.log(self.predict(obs, x))
+        return out
+
     def jacobian(self, obs: Observation) -> NDArray[np.float64]:
-        """Central differences, eps = 1 % of each parameter."""
+        """Of log h, by central differences, eps = 1 % of each parameter."""
         cols = []
         for j in range(len(self.x)):
             eps = 0.01 * abs(self.x[j]) or 1e-6
             up, down = self.x.copy(), self.x.copy()
             up[j] += eps
             down[j] = max(down[j] - eps, 1e-12)
-            cols.append((self.predict(obs, up) - self.predict(obs, down)) / (up[j] - down[j]))
+            cols.append((self.log_predict(obs, up) - self.log_predict(obs, down)) / (up[j] - down[j]))
         return np.column_stack(cols)
 
     def _reject(self, reason: str, nis: float = float("nan")) -> Verdict:
@@ -128,7 +139,7 @@ class PairFilter:
         if problem is not None:
             return self._reject(problem)
         self.updates += 1
-        if self.accepted < self.settings.warmup_observations:
+        if self.accepted < self.settings.warmup_observations or self.rewarm > 0:
             return self._warm(obs)
         try:
             return self._filter(obs)
@@ -139,6 +150,7 @@ class PairFilter:
         """Least squares on log errors over `observations` (Nelder-Mead in log space, within bounds)."""
         low, high = self.bounds
         free = self.prior_vector() > 0
+        start = np.log(self.x[free])
 
         def loss(log_x: NDArray[np.float64]) -> float:
             x = self.prior_vector()
@@ -151,7 +163,6 @@ class PairFilter:
                     return 1e9
             return total
 
-        start = np.log(self.x[free])
         options = {"xatol": 1e-4, "fatol": 1e-8, "maxiter": 400 * int(free.sum())}
         result = minimize(loss, start, method="Nelder-Mead", options=options)
         self.x[free] = np.clip(np.exp(result.x), low[free], high[free])
@@ -161,31 +172,38 @@ class PairFilter:
         self.warmup.append(obs)
         self.fit(self.warmup)
         self.accepted += 1
-        if self.accepted >= self.settings.warmup_observations:
+        self.rewarm = max(0, self.rewarm - 1)
+        if self.accepted >= self.settings.warmup_observations and self.rewarm == 0:
             self.warmup.clear()
         return Verdict(True, "warmup")
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings
-        z = self.observed(obs)
+        z = np.log(self.observed(obs))
         ekf = ExtendedKalmanFilter(dim_x=len(self.x), dim_z=len(z))
         ekf.x = self.x.reshape(-1, 1).copy()
         ekf.P = self.p.copy()
         ekf.Q = np.diag((s.process_noise * self.x) ** 2)
-        ekf.R = np.diag(((s.error_level / 1.96) * z) ** 2)
+        ekf.R = np.eye(len(z)) * (s.error_level / 1.96) ** 2
         ekf.predict()
         h = self.jacobian(obs)
-        y = z - self.predict(obs)
+        y = z - self.log_predict(obs)
         innovation_cov = h @ ekf.P @ h.T + ekf.R
         nis = float(y @ np.linalg.solve(innovation_cov, y))
         self.last_nis = nis
         if nis > chi2.ppf(s.gate_probability, len(z)):
-            self.gate_streak += 1
-            if self.gate_streak < s.reopen_after:
+            self.suspects.append(obs)
+            if len(self.suspects) < s.reopen_after:
                 return self._reject("gate", nis)
-            ekf.P = np.diag((s.initial_spread * 2 * self.x) ** 2)  # a shift: listen again
-        self.gate_streak = 0
-        ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.predict(obs, x.ravel()).reshape(-1, 1))
+            # A shift: the warm-up starts again from the rejected observations.
+            self.warmup = list(self.suspects)
+            self.suspects.clear()
+            self.fit(self.warmup)
+            self.rewarm = s.warmup_observations
+            self.accepted += 1
+            return Verdict(True, "shift", nis)
+        self.suspects.clear()
+        ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.log_predict(obs, x.ravel()).reshape(-1, 1))
         new_x = ekf.x.ravel()
         if np.any(new_x[self.prior_vector() > 0] <= 0):
             return self._reject("non-positive", nis)
