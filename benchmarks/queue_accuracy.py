@@ -7,8 +7,8 @@ fitted (the tuner's least squares) on a small calibration set at max batch 64 - 
 classes, full and 60 % caps - then the model predicts every grid point: utilisation 10-90 % of the
 emulator's measured saturation throughput, max batch 8-256, short and long prompts, caps 50-100 % of
 max. Each point's load carries the token-length spreads measured in its run, as an operator's config
-would state them. Prints JSON: median and p90 of the relative absolute error of mean TTFT and ITL and of their p95s,
-for the model and for the baseline reading of the same parameters.
+would state them. Prints JSON: median and p90 of the relative absolute error of mean TTFT and ITL and
+of their p95s, for the model and for the baseline reading of the same parameters.
 """
 
 from __future__ import annotations

@@ -3,14 +3,15 @@
     python benchmarks/tuner_convergence.py [--seeds 5] [--cycles 40] [--after 25] [--window-s 30]
 
 One emulated replica (llama-3.1-8b on an H100, max batch 64, a 490 W cap) serves a Poisson load that
-swings +-30 % around half its capacity. Each control cycle reads its vLLM metrics through the daemon's
-own telemetry path (collector -> snapshot -> window) and gives the tuner one observation. Priors are
-2x off the parameters a long least-squares fit finds. After `--cycles`, every hidden step time grows
-30 %. Prints JSON (median and worst over seeds):
+swings +-30 % around 7 rps, under half its capacity, so that its peaks stay below saturation after the
+step too (an overloaded window is not a steady state any queue model predicts). Each control cycle
+reads its vLLM metrics through the daemon's own telemetry path (collector -> snapshot -> window) and
+gives the tuner one observation. Priors are 2x off the parameters a long least-squares fit finds.
+After `--cycles`, every hidden step time grows 30 %. Prints JSON (median and worst over seeds):
 - cycles_to_5pct: cycles until the one-step-ahead predicted mean TTFT and ITL stay within 5 % of what
   was observed (rolling median of 3 cycles), read as the least-squares fit over the phase's windows at
-  each cycle's load. A 30-s
-  window's own means scatter 3-8 % around it (a few hundred requests), more than any model can follow:
+  each cycle's load. A 30-s window's own means scatter 3-8 % around it (a few hundred requests), more
+  than any model can follow:
   `window_err_tuner` and `window_err_best_fit` give the median error against the raw windows after
   convergence, for the tuner and for that fit (the noise floor);
 - cycles_after_step: the same, counted from the step (against the fit over the windows after it);
@@ -39,7 +40,9 @@ from tuner import Observation, PairFilter
 
 REPLICA = Replica("llama-3.1-8b", "H100-SXM")
 PROFILE = profile("H100-SXM")
-MAX_BATCH, CAP_W, TOLERANCE = 64, 490.0, 0.05
+MAX_BATCH, CAP_W, TOLERANCE, MEAN_RPS = 64, 490.0, 0.05, 7.0
+PROMPTS, OUTPUTS = TokenDist(600, 0.5), TokenDist(200, 0.5)
+"""The workload's token counts; their spreads are what an operator's config states."""
 
 
 def observations(seed: int, cycles: int, after: int, window_s: float, mean_rps: float) -> list[Observation]:
@@ -49,8 +52,7 @@ def observations(seed: int, cycles: int, after: int, window_s: float, mean_rps: 
     gpu.set_power_limit(CAP_W)
     engine = VLLMEngine(REPLICA.model, REPLICA.cost(), gpu, MAX_BATCH, rng)
     period = 17 * window_s
-    work = Workload(lambda t: mean_rps * (1 + 0.3 * math.sin(2 * math.pi * t / period)),
-                    TokenDist(600, 0.5), TokenDist(200, 0.5), rng)
+    work = Workload(lambda t: mean_rps * (1 + 0.3 * math.sin(2 * math.pi * t / period)), PROMPTS, OUTPUTS, rng)
     collector = VllmCollector(lambda: [engine])
     out: list[Observation] = []
     last = snapshots(collector.collect(), 0.0).get(REPLICA.model)
@@ -69,7 +71,8 @@ def observations(seed: int, cycles: int, after: int, window_s: float, mean_rps: 
         if w is None or w.ttft_ms is None or w.itl_ms is None or w.in_tokens is None or w.out_tokens is None:
             continue
         out.append(Observation(w.rate_rps, w.in_tokens, w.out_tokens, MAX_BATCH, 1024, w.ttft_ms, w.itl_ms,
-                               CAP_W, waiting=w.waiting, preemptions=w.preemptions, in_cv=0.5, out_cv=0.5))
+                               CAP_W, waiting=w.waiting, preemptions=w.preemptions, in_cv=PROMPTS.cv,
+                               out_cv=OUTPUTS.cv))
     return out
 
 
@@ -95,7 +98,7 @@ def best_fit(obs: list[Observation]) -> PairFilter:
 
 def one_seed(args: tuple[int, int, int, float]) -> dict[str, float | None]:
     seed, cycles, after, window_s = args
-    obs = observations(seed, cycles, after, window_s, mean_rps=7.0)
+    obs = observations(seed, cycles, after, window_s, mean_rps=MEAN_RPS)
     before, after_step = best_fit(obs[:cycles]), best_fit(obs[cycles:])
     truth, _ = before.params()
     prior = ServiceParams.from_vector("gen1", [2.0 * v for v in truth.as_vector()])

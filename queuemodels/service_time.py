@@ -137,5 +137,5 @@ def continuous_law(
     stretch = 1.0 / (1.0 - phi)
     d0, d1 = d0 * stretch, d1 * stretch
     wait_scale = (1.0 + load.out_cv**2) / 2.0
-    return StepLaw(c_p * (1.0 + phi**2) + d0, d1, d0, d1, load.out_tokens - 1, c_p, 0.5, phi * c_p / 2.0,
-                   load.in_cv, wait_scale)
+    return StepLaw(c_p * (1.0 + phi**2) + d0, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p, residual_share=0.5,
+                   residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale)

@@ -51,44 +51,52 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
     return survival
 
 
+def _free_survival(law: StepLaw, free_q: NDArray[np.float64]) -> Survival:
+    """P(TTFT > t, arrival finds a free slot): prefill(n + 1) in state n, fixed under batched prefill.
+
+    Under continuous batching the prompt's own cost (cv prompt_cv) and the wait for the step in flight
+    (uniform over a step) vary: their sum is taken as an Erlang variable with its mean and about its
+    variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step."""
+    states = np.arange(len(free_q), dtype=float)
+    free_t = law.prefill(states + 1.0)
+    if law.prompt_ms <= 0 and law.residual_share <= 0:
+        # Mass whose prefill time exceeds t (prefill is increasing in n).
+        tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
+        return lambda t: np.asarray(tail_mass[np.searchsorted(free_t, t, side="right")], dtype=float)
+    residual = (states > 0) * (law.residual_share * law.decode(np.maximum(states, 1.0)) + law.residual_ms)
+    spread = law.prompt_ms + residual
+    variance = (law.prompt_cv * law.prompt_ms) ** 2 + residual**2 / 3.0
+    live = free_q > 1e-12 * free_q.max(initial=0.0)  # states an arrival almost never sees are left out
+    shape = np.maximum(np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX)), 1.0)[live]
+    scale = (spread[live] / shape)[None, :]
+    fixed_t = (free_t - law.prompt_ms)[live][None, :]
+    live_q = free_q[live]
+    more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
+
+    def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
+        over = np.maximum(t[:, None] - fixed_t, 0.0) / scale
+        term = np.ones_like(over)
+        total = term.copy()
+        for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
+            term *= over * step
+            total += term
+        return np.asarray((np.exp(-over) * total) @ live_q, dtype=float)
+
+    return survival
+
+
 def ttft_survival(chain: Stationary, law: StepLaw) -> tuple[Survival, float]:
     """Survival function of TTFT (ms) for accepted arrivals, and the probability of waiting."""
     p = chain.p
     accepted = p[:-1] / max(1e-300, 1.0 - p[-1])
     n_free = min(chain.max_batch, chain.capacity)
-    free_q = accepted[:n_free]
-    free_t = law.prefill(np.arange(1, n_free + 1, dtype=float))
-    # Above-survival of the free part: mass whose prefill time exceeds t (prefill is increasing in n).
-    tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
-    # Under continuous batching the prompt's own cost (cv prompt_cv) and the wait for the step in flight
-    # (uniform over a step) vary: their sum is taken as an Erlang variable with its mean and about its
-    # variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step.
-    states = np.arange(n_free, dtype=float)
-    residual = (states > 0) * (law.residual_share * law.decode(np.maximum(states, 1.0)) + law.residual_ms)
-    spread = law.prompt_ms + residual
-    variance = (law.prompt_cv * law.prompt_ms) ** 2 + residual**2 / 3.0
-    shape = np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX))
-    live = free_q > 1e-12 * free_q.max(initial=0.0)  # states an arrival almost never sees are left out
-    shape = np.maximum(shape, 1.0)[live]
-    scale = (spread[live] / shape)[None, :]
-    fixed_t = (free_t - law.prompt_ms)[live][None, :]
-    live_q = free_q[live]
-    more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
+    free_survival = _free_survival(law, accepted[:n_free])
     waiting_mass = float(accepted[n_free:].sum())
     full_prefill = law.prefill(float(chain.max_batch))
     waiting = _waiting_survival(chain, float(accepted[n_free]) if waiting_mass > 0 else 0.0)
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
-        if law.prompt_ms > 0 or law.residual_share > 0:
-            over = np.maximum(t[:, None] - fixed_t, 0.0) / scale
-            term = np.ones_like(over)
-            total = term.copy()
-            for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
-                term *= over * step
-                total += term
-            free: NDArray[np.float64] = np.asarray((np.exp(-over) * total) @ live_q, dtype=float)
-        else:
-            free = tail_mass[np.searchsorted(free_t, t, side="right")]
+        free = free_survival(t)
         if waiting_mass <= 0:
             return free
         shifted = (t - full_prefill) / law.wait_scale

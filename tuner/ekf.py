@@ -29,7 +29,7 @@ class FilterSettings:
     """How eagerly the filter follows observations."""
 
     error_level: float = 0.1
-    """Relative observation error at 95 % (R = ((e / 1.96) z)^2)."""
+    """Relative observation error at 95 % (R = (e / 1.96)^2 on log z)."""
     process_noise: float = 0.01
     """Relative random walk of the parameters per update (Q = (q x)^2)."""
     initial_spread: float = 0.15
@@ -38,8 +38,8 @@ class FilterSettings:
     """Chi-square probability of the NIS gate."""
     warmup_observations: int = 3
     """Observations fitted by Nelder-Mead before filtering starts."""
-    reopen_after: int = 3
-    """Consecutive gate rejections that mean a shift: the filter refits on them and starts afresh."""
+    shift_after: int = 3
+    """Consecutive gate rejections that mean a shift: the filter refits on them and warms up again."""
 
 
 @dataclass
@@ -193,7 +193,7 @@ class PairFilter:
         self.last_nis = nis
         if nis > chi2.ppf(s.gate_probability, len(z)):
             self.suspects.append(obs)
-            if len(self.suspects) < s.reopen_after:
+            if len(self.suspects) < s.shift_after:
                 return self._reject("gate", nis)
             # A shift: the warm-up starts again from the rejected observations.
             self.warmup = list(self.suspects)
