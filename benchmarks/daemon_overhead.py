@@ -7,7 +7,7 @@ plus what was measured (duration_s, samples, slow cycles seen). The simulated ho
 the daemon, so the figure includes stepping the emulator in real time.
 
 The window is the steady state: it opens after the sim's services start (20 s) and the tuner's
-Nelder-Mead warm-up (its first 3 slow cycles, 15 s apart). What start-up costs, imports included,
+least-squares warm-up (its first 3 slow cycles, 15 s apart). What start-up costs, imports included,
 is reported apart as startup_cpu_percent over the warm-up.
 """
 

@@ -9,12 +9,12 @@ reads its vLLM metrics through the daemon's own telemetry path (collector -> sna
 gives the tuner one observation. Priors are 2x off the parameters a long least-squares fit finds.
 After `--cycles`, every hidden step time grows 30 %. Prints JSON (median and worst over seeds):
 - cycles_to_5pct: cycles until the one-step-ahead predicted mean TTFT and ITL stay within 5 % of what
-  was observed (rolling median of 3 cycles), read as the least-squares fit over the phase's windows at
-  each cycle's load. A 30-s window's own means scatter 3-8 % around it (a few hundred requests), more
-  than any model can follow:
+  was observed (rolling median of 3 cycles), read as the least-squares fit over all windows at each
+  cycle's load: one set of parameters before the step, the same times a fitted scale after it. A 30-s
+  window's own means scatter 3-8 % around it (a few hundred requests), more than any model can follow:
   `window_err_tuner` and `window_err_best_fit` give the median error against the raw windows after
   convergence, for the tuner and for that fit (the noise floor);
-- cycles_after_step: the same, counted from the step (against the fit over the windows after it);
+- cycles_after_step: the same, counted from the step (against the scaled fit);
 - false_reject_rate: gate rejections per update after convergence (nothing injected: all are false).
 """
 
@@ -27,6 +27,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares
 
 from controller.telemetry.vllm_window import snapshots, window
 from queuemodels import ServiceParams
@@ -36,7 +38,7 @@ from simulator.hardware import SPECS, SimGPU
 from simulator.probe import Replica
 from simulator.vllm_metrics import VllmCollector
 from simulator.workload import TokenDist, Workload
-from tuner import Observation, PairFilter
+from tuner import FilterSettings, Observation, PairFilter
 
 REPLICA = Replica("llama-3.1-8b", "H100-SXM")
 PROFILE = profile("H100-SXM")
@@ -85,21 +87,42 @@ def settle(errors: list[float]) -> int | None:
     return None
 
 
-def relative(pred: tuple[float, float], ttft_ms: float, itl_ms: float) -> float:
-    return max(abs(pred[0] / ttft_ms - 1), abs(pred[1] / itl_ms - 1))
+def relative(pred: NDArray[np.float64], ttft_ms: float, itl_ms: float) -> float:
+    return float(max(abs(pred[0] / ttft_ms - 1), abs(pred[1] / itl_ms - 1)))
 
 
 def best_fit(obs: list[Observation]) -> PairFilter:
     """The least-squares fit over a phase's windows: the best these observations say of the law."""
-    pair = PairFilter(ServiceParams("gen1", 15.0, 0.1, 10.0, 0.05), PROFILE)
+    pair = PairFilter(ServiceParams("gen1", 15.0, 0.1, 10.0, 0.05), PROFILE, FilterSettings(anchor_spread=1.0))
     pair.fit(obs)
     return pair
+
+
+def reference(before: list[Observation], after: list[Observation]) -> tuple[PairFilter, PairFilter]:
+    """The fit over both phases with one shape and a scale for the second: the step scales every hidden
+    step time by one factor, and 25 windows alone leave the ITL slope up to 30 % loose."""
+    first = best_fit(before)
+    pair = first
+
+    def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        x, scale = np.exp(v[:-1]), np.exp(v[-1])
+        return np.concatenate([np.log(pair.predict(o, x) / pair.observed(o)) for o in before]
+                              + [np.log(pair.predict(o, scale * x) / pair.observed(o)) for o in after])
+
+    low, high = first.bounds
+    bounds = (np.append(np.log(low), np.log(0.5)), np.append(np.log(high), np.log(2.0)))
+    start = np.clip(np.append(np.log(first.x), 0.0), *bounds)
+    v = least_squares(residuals, start, bounds=bounds, method="trf", diff_step=1e-4, loss="soft_l1",
+                      f_scale=0.05 / 1.96).x
+    second = best_fit(after)
+    first.x, second.x = np.exp(v[:-1]), np.exp(v[:-1]) * np.exp(v[-1])
+    return first, second
 
 
 def one_seed(args: tuple[int, int, int, float]) -> dict[str, float | None]:
     seed, cycles, after, window_s = args
     obs = observations(seed, cycles, after, window_s, mean_rps=MEAN_RPS)
-    before, after_step = best_fit(obs[:cycles]), best_fit(obs[cycles:])
+    before, after_step = reference(obs[:cycles], obs[cycles:])
     truth, _ = before.params()
     prior = ServiceParams.from_vector("gen1", [2.0 * v for v in truth.as_vector()])
     pair = PairFilter(prior, PROFILE)

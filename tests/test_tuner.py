@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
-from tuner import Observation, Tuner
+from tuner import FilterSettings, Observation, PairFilter, Tuner
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
 PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
@@ -105,6 +105,35 @@ def test_follows_a_step_change() -> None:
     # Three rejections in a row are a shift: the filter refits on them, then warms up again.
     assert reasons[:6] == ["gate", "gate", "shift", "warmup", "warmup", "warmup"], reasons
     assert relative_error(tuner, observe(shifted, 6.0)).max() < 0.08
+
+
+def test_warmup_keeps_the_prior_shape_where_observations_leave_it_open() -> None:
+    # Three noisy windows at close loads pin the scale but not the gamma/delta and alpha/beta splits; the
+    # truth is the prior's shape at 1.5x. Held to the prior's shape, the fit lands nearer than a free one.
+    truth = ServiceParams.from_vector("gen1", [1.5 * v for v in PRIOR.as_vector()])
+
+    def error(settings: FilterSettings, seed: int) -> float:
+        rng = np.random.default_rng(seed)
+        pair = PairFilter(PRIOR, None, settings)
+        for r in (4.0, 5.0, 6.0):
+            assert pair.update(observe(truth, r, noise=0.03, rng=rng)).reason == "warmup"
+        return float(np.abs(pair.x / truth.as_vector() - 1).max())
+
+    for seed in range(6):
+        held, free = error(FilterSettings(), seed), error(FilterSettings(anchor_spread=30.0), seed)
+        assert held < free and held < 0.2, (seed, held, free)
+
+
+def test_warmup_fit_is_not_dragged_by_one_burst_window() -> None:
+    rates = (3.0, 9.0, 6.0, 4.5, 7.5)
+    clean, burst = PairFilter(PRIOR, None), PairFilter(PRIOR, None)
+    clean.fit([observe(TRUE, r) for r in rates])
+    windows = [observe(TRUE, r) for r in rates]
+    windows[2] = Observation(6.0, 500, 200, 64, 512, windows[2].ttft_ms * 1.6, windows[2].itl_ms)
+    burst.fit(windows)
+    check = observe(TRUE, 5.0)
+    assert np.abs(clean.predict(check) / clean.observed(check) - 1).max() < 0.01
+    assert np.abs(burst.predict(check) / burst.observed(check) - 1).max() < 0.03
 
 
 def write_csv(path: Path, rows: list[Observation], extra: str = "") -> None:

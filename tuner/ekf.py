@@ -2,11 +2,12 @@
 
 State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
 caps vary. Observation z = log [TTFT, ITL] (ms), and GPU power (W) where sampled; h(x) is the queue model at
-the observed load, batch limit and cap (REFERENCE.md section 2). Robustness: a Nelder-Mead warm-up on the
-first observations, a chi-square NIS gate, clamping to [prior/10, 10 prior], rejection of non-positive
-parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row
-(a real shift, not an outlier: they are the best evidence of the new law, and a linearised update from
-far away overshoots).
+the observed load, batch limit and cap (REFERENCE.md section 2). Robustness: a robust least-squares
+warm-up on the first observations that keeps the prior's shape where they leave it open, a chi-square NIS
+gate, clamping to [prior/10, 10 prior], rejection of non-positive parameters, and a refit on the rejected
+observations themselves after repeated gate rejections in a row (a real shift, not an outlier: they are the
+best evidence of the new law, and a linearised update from far away overshoots), anchored on the estimate
+before the shift.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
 from numpy.typing import NDArray
-from scipy.optimize import minimize
+from scipy.optimize import least_squares
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
@@ -37,7 +38,10 @@ class FilterSettings:
     gate_probability: float = 0.975
     """Chi-square probability of the NIS gate."""
     warmup_observations: int = 3
-    """Observations fitted by Nelder-Mead before filtering starts."""
+    """Observations fitted by least squares before filtering starts."""
+    anchor_spread: float = 0.3
+    """Relative spread of each parameter around the anchor's shape in a warm-up fit (their common scale
+    is free): what holds the directions a few observations leave unidentified."""
     shift_after: int = 3
     """Consecutive gate rejections that mean a shift: the filter refits on them and warms up again."""
 
@@ -71,11 +75,15 @@ class PairFilter:
     rewarm: int = 0
     """Observations still to be fitted by least squares with the suspects after a shift."""
     last_nis: float = float("nan")
+    anchor: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    """The shape a warm-up fit keeps: the prior, or the estimate just before a shift."""
 
     def __post_init__(self) -> None:
         if self.x.size == 0:
             self.x = self.prior_vector()
             self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+        if self.anchor.size == 0:
+            self.anchor = self.prior_vector()
 
     def prior_vector(self) -> NDArray[np.float64]:
         base = list(self.prior.as_vector())
@@ -147,26 +155,36 @@ class PairFilter:
             return self._reject("model-error")
 
     def fit(self, observations: list[Observation]) -> None:
-        """Least squares on log errors over `observations` (Nelder-Mead in log space, within bounds)."""
+        """Robust MAP fit of log parameters to `observations`: log errors under soft-L1 beyond the
+        observation error (one burst window does not drag it), plus a prior that keeps the anchor's shape
+        (the prior, or the estimate before a shift) at a free common scale, so that directions a few windows
+        leave unidentified (the gamma/delta ridge) stay where the anchor had them. Trust-region reflective
+        within the bounds: a few dozen model evaluations."""
+        s = self.settings
         low, high = self.bounds
         free = self.prior_vector() > 0
-        start = np.log(self.x[free])
+        lo = np.append(np.log(low[free]), -np.log(10.0))
+        hi = np.append(np.log(high[free]), np.log(10.0))
+        anchor = np.log(self.anchor[free])
+        start = np.clip(np.append(np.log(self.x[free]), np.mean(np.log(self.x[free]) - anchor)), lo, hi)
+        sigma_obs = s.error_level / 1.96
+        prior_weight = sigma_obs / s.anchor_spread
 
-        def loss(log_x: NDArray[np.float64]) -> float:
+        def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             x = self.prior_vector()
-            x[free] = np.clip(np.exp(log_x), low[free], high[free])
-            total = 0.0
+            x[free] = np.exp(v[:-1])
+            out = [prior_weight * (v[:-1] - anchor - v[-1])]
             for o in observations:
                 try:
-                    total += float(np.sum(np.log(self.predict(o, x) / self.observed(o)) ** 2))
+                    out.append(np.log(self.predict(o, x) / self.observed(o)))
                 except ModelInputError:
-                    return 1e9
-            return total
+                    out.append(np.full(len(self.observed(o)), 10.0))
+            return np.concatenate(out)
 
-        options = {"xatol": 1e-4, "fatol": 1e-8, "maxiter": 400 * int(free.sum())}
-        result = minimize(loss, start, method="Nelder-Mead", options=options)
-        self.x[free] = np.clip(np.exp(result.x), low[free], high[free])
-        self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=1e-6,
+                               xtol=1e-6, loss="soft_l1", f_scale=sigma_obs)
+        self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
+        self.p = np.diag((s.initial_spread * self.x) ** 2)
 
     def _warm(self, obs: Observation) -> Verdict:
         self.warmup.append(obs)
@@ -198,6 +216,7 @@ class PairFilter:
             # A shift: the warm-up starts again from the rejected observations.
             self.warmup = list(self.suspects)
             self.suspects.clear()
+            self.anchor = self.x.copy()
             self.fit(self.warmup)
             self.rewarm = s.warmup_observations
             self.accepted += 1
