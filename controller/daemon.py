@@ -12,7 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+    JobExecutionEvent,
+)
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -86,10 +92,12 @@ class Daemon:
     def _status(self) -> str:
         return f"budget {self.settings.power.budget_w:.0f} W, {len(self.settings.services)} services"
 
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
+    def _on_job_event(self, event: JobEvent) -> None:
+        """Errors, missed runs and overruns (a run still going when the next is due: a JobSubmissionEvent,
+        which has no exception) are counted by kind."""
         kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed"}.get(event.code, "job_overrun")
         self.metrics.errors.labels(kind).inc()
-        if event.exception is not None:
+        if isinstance(event, JobExecutionEvent) and event.exception is not None:
             log.error("job %s failed: %r", event.job_id, event.exception)
 
     def run(self, duration_s: float | None = None) -> int:

@@ -9,9 +9,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent, JobSubmissionEvent
+
+from controller.daemon import Daemon
+from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -95,3 +100,15 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
     output = (tmp_path / "daemon.log").read_text()
     assert "decision:" in output
     assert "reload refused" in output and "power.budget_w" in output
+
+
+def test_scheduler_events_are_counted_by_kind(tmp_path: Path) -> None:
+    # An overrun arrives as a JobSubmissionEvent (no exception attribute), an error as a JobExecutionEvent.
+    write_config(tmp_path / "w.toml", 0, tmp_path / "state", 4000)
+    daemon = Daemon(tmp_path / "w.toml", load_settings(tmp_path / "w.toml"))
+    at = datetime.now(UTC)
+    daemon._on_job_event(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "fast", "default", [at]))
+    daemon._on_job_event(JobExecutionEvent(EVENT_JOB_ERROR, "slow", "default", at, exception=ValueError("x")))
+    errors = daemon.registry.get_sample_value
+    assert errors("wattscale_errors_total", {"kind": "job_overrun"}) == 1.0
+    assert errors("wattscale_errors_total", {"kind": "job_error"}) == 1.0
