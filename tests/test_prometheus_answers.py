@@ -39,3 +39,18 @@ def test_idle_service_gives_no_latency_and_v1_names_fall_back_to_deprecated_ones
     assert w.ttft_ms is None and w.itl_ms is None and w.ttft_p95_ms is None and w.in_tokens is None
     assert "vllm:time_per_output_token_seconds" in promql["itl_s"]
     assert "vllm:gpu_cache_usage_perc" in promql["kv_usage"]
+
+
+@pytest.mark.parametrize("restarts,before,steady", [("0", "2", True), ("1", "2", False), ("0", "1", False),
+                                                    ("0", None, True)])
+def test_a_restart_or_a_changed_replica_count_makes_the_window_unsteady(restarts: str, before: str | None,
+                                                                         steady: bool) -> None:
+    answers = {"rate_rps": "4", "replicas": "2", "running": "3", "waiting": "0", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": restarts}
+    if before is not None:
+        answers["replicas_before"] = before
+    by_query = {q: answers.get(k) for k, q in queries(["m"], "60s").items()}
+    source = PrometheusVllmSource("http://prom", {"chat": "m"},
+                                  fetch=lambda url, form, t: vector(*[v for v in [by_query[form["query"]]] if v]))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.steady is steady

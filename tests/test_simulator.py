@@ -138,3 +138,23 @@ def test_each_engine_life_keeps_its_own_series() -> None:
     host.advance_to(12.0)
     now = rendered()
     assert before[0] not in now and any(label not in before for label in now)  # back as a new series
+
+
+def test_a_window_that_spans_a_restart_is_not_steady() -> None:
+    from controller.telemetry.sim import SimVllmSource
+
+    host = busy_host(rate_rps=20.0, replicas=2)
+    source = SimVllmSource(host)
+    source.observe(0.0, ["chat"])
+
+    def steady_at(t: float) -> bool:
+        host.advance_to(t)
+        w = source.observe(t, ["chat"])["chat"]
+        assert w is not None
+        return w.steady
+
+    assert steady_at(4.0)
+    host.restart_with_batch("chat", 32)  # replica 0 now (back at 9 s), replica 1 at 9 s (back at 14 s)
+    assert not steady_at(8.0)
+    assert not steady_at(20.0)
+    assert steady_at(24.0)

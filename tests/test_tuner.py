@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
+from queuemodels.accelerators import profile
 from tuner import FilterSettings, Observation, PairFilter, Tuner
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -174,3 +175,34 @@ def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["tune", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_restarts_and_full_queues_are_not_steady_states() -> None:
+    base = observe(TRUE, 5.0)
+    pair = PairFilter(PRIOR, None)
+    restart = Observation(5.0, 500, 200, 64, 512, base.ttft_ms, base.itl_ms, steady=False)
+    queued = Observation(5.0, 500, 200, 64, 512, base.ttft_ms, base.itl_ms, waiting=64)
+    short_queue = Observation(5.0, 500, 200, 64, 512, base.ttft_ms, base.itl_ms, waiting=63)
+    assert pair.update(restart).reason == "transient"
+    assert pair.update(queued).reason == "saturated"  # a full batch waits behind the running one
+    assert pair.update(short_queue).accepted
+
+
+def test_a_load_the_model_calls_impossible_counts_towards_a_shift() -> None:
+    # Learnt while prompts were 14x slower; now the server carries 6 rps, which that law cannot.
+    slow = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.5)
+    tuner = Tuner()
+    tuner.ensure("m", "gpu", slow, None)
+    for r in (0.5, 1.0, 1.5):
+        tuner.update("m", "gpu", observe(slow, r))
+    reasons = [tuner.update("m", "gpu", observe(TRUE, 6.0)).reason for _ in range(3)]
+    assert reasons == ["model-error", "model-error", "shift"], reasons
+    assert relative_error(tuner, observe(TRUE, 6.0)).max() < 0.05
+
+
+def test_power_is_observed_only_where_a_power_parameter_is_fitted() -> None:
+    prof = profile("H100-SXM")
+    base = observe(TRUE, 5.0)
+    with_power = Observation(5.0, 500, 200, 64, 512, base.ttft_ms, base.itl_ms, 500.0, power_w=250.0)
+    assert len(PairFilter(PRIOR, prof).observed(with_power)) == 2
+    assert len(PairFilter(PRIOR, prof, fit_power=True).observed(with_power)) == 3

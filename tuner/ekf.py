@@ -105,18 +105,24 @@ class PairFilter:
             profile = dataclasses.replace(profile, prefill_sensitivity=float(v[n]))
         return params, profile
 
+    def uses_power(self, obs: Observation) -> bool:
+        """Power is observed only where a parameter of its own is fitted: otherwise the draw model's error
+        would be absorbed by the service times, which it says nothing true about."""
+        return obs.power_w is not None and self.fit_power and self.profile is not None
+
     def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x): the model's [TTFT, ITL(, power)] at the observation's operating point."""
         params, profile = self.params(x)
         perf = get_model(self.queue_model).analyze(params, obs.load, obs.shape, profile, tails=False)
         out = [perf.ttft_ms, perf.itl_ms]
-        if obs.power_w is not None and profile is not None:
+        if self.uses_power(obs):
             out.append(perf.power_w)
         return np.array(out)
 
     def observed(self, obs: Observation) -> NDArray[np.float64]:
         z = [obs.ttft_ms, obs.itl_ms]
-        if obs.power_w is not None and self.profile is not None:
+        if self.uses_power(obs):
+            assert obs.power_w is not None
             z.append(obs.power_w)
         return np.array(z)
 
@@ -151,7 +157,11 @@ class PairFilter:
             return self._warm(obs)
         try:
             return self._filter(obs)
-        except (ModelInputError, FloatingPointError, np.linalg.LinAlgError):
+        except ModelInputError:
+            # The model calls a load the server evidently carried impossible: as strong a sign of a
+            # wrong law as a gate rejection, and the same way out.
+            return self._suspect(obs, "model-error", float("inf"))
+        except (FloatingPointError, np.linalg.LinAlgError):
             return self._reject("model-error")
 
     def fit(self, observations: list[Observation]) -> None:
@@ -166,7 +176,8 @@ class PairFilter:
         lo = np.append(np.log(low[free]), -np.log(10.0))
         hi = np.append(np.log(high[free]), np.log(10.0))
         anchor = np.log(self.anchor[free])
-        start = np.clip(np.append(np.log(self.x[free]), np.mean(np.log(self.x[free]) - anchor)), lo, hi)
+        start_x = self._carrying_start(observations)
+        start = np.clip(np.append(np.log(start_x[free]), np.mean(np.log(start_x[free]) - anchor)), lo, hi)
         sigma_obs = s.error_level / 1.96
         prior_weight = sigma_obs / s.anchor_spread
 
@@ -186,6 +197,22 @@ class PairFilter:
         self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
         self.p = np.diag((s.initial_spread * self.x) ** 2)
 
+    def _carrying_start(self, observations: list[Observation]) -> NDArray[np.float64]:
+        """The estimate, scaled down until the model carries every observed load: where it calls one
+        impossible the loss is flat, and a fit started there cannot leave."""
+        low, _ = self.bounds
+        free = self.prior_vector() > 0
+        for scale in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1):
+            x = self.x.copy()
+            x[free] = np.maximum(x[free] * scale, low[free])
+            try:
+                for o in observations:
+                    self.predict(o, x)
+                return x
+            except ModelInputError:
+                continue
+        return self.x.copy()
+
     def _warm(self, obs: Observation) -> Verdict:
         self.warmup.append(obs)
         self.fit(self.warmup)
@@ -194,6 +221,20 @@ class PairFilter:
         if self.accepted >= self.settings.warmup_observations and self.rewarm == 0:
             self.warmup.clear()
         return Verdict(True, "warmup")
+
+    def _suspect(self, obs: Observation, reason: str, nis: float) -> Verdict:
+        """Reject `obs`, unless it completes a run of rejections: then it is a shift, and the warm-up
+        starts again from the rejected observations."""
+        self.suspects.append(obs)
+        if len(self.suspects) < self.settings.shift_after:
+            return self._reject(reason, nis)
+        self.warmup = list(self.suspects)
+        self.suspects.clear()
+        self.anchor = self.x.copy()
+        self.fit(self.warmup)
+        self.rewarm = self.settings.warmup_observations
+        self.accepted += 1
+        return Verdict(True, "shift", nis)
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings
@@ -210,17 +251,7 @@ class PairFilter:
         nis = float(y @ np.linalg.solve(innovation_cov, y))
         self.last_nis = nis
         if nis > chi2.ppf(s.gate_probability, len(z)):
-            self.suspects.append(obs)
-            if len(self.suspects) < s.shift_after:
-                return self._reject("gate", nis)
-            # A shift: the warm-up starts again from the rejected observations.
-            self.warmup = list(self.suspects)
-            self.suspects.clear()
-            self.anchor = self.x.copy()
-            self.fit(self.warmup)
-            self.rewarm = s.warmup_observations
-            self.accepted += 1
-            return Verdict(True, "shift", nis)
+            return self._suspect(obs, "gate", nis)
         self.suspects.clear()
         ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.log_predict(obs, x.ravel()).reshape(-1, 1))
         new_x = ekf.x.ravel()

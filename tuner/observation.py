@@ -25,6 +25,8 @@ class Observation:
     preemptions: float = 0.0
     in_cv: float = 1.0
     out_cv: float = 1.0
+    steady: bool = True
+    """The window saw neither a restart nor the backlog of one (see `problem`)."""
 
     @property
     def load(self) -> Load:
@@ -41,6 +43,8 @@ class Observation:
             return "non-finite"
         if self.rate_rps <= 0 or self.ttft_ms <= 0 or self.itl_ms <= 0 or self.in_tokens <= 0 or self.out_tokens < 1:
             return "no-traffic"
-        if self.preemptions > 0 or self.waiting >= self.max_queue:
-            return "saturated"
+        if not self.steady:
+            return "transient"
+        if self.preemptions > 0 or self.waiting >= min(self.max_queue, self.max_batch):
+            return "saturated"  # a full batch queued behind the running one: demand above capacity
         return None

@@ -6,6 +6,7 @@ CSV columns (a header row names them; order is free):
   power_cap_w, power_w                                          optional, empty = not capped / not sampled
   waiting, preemptions                                          optional, default 0 (saturation gating)
   in_cv, out_cv                                                 optional, default 1 (token-length spread)
+  steady                                                        optional, 1 or 0 (0: a restart in the window)
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
 gating; the report gives the fitted parameters, the counts, and the prediction error before each
 update (one step ahead) and after the last one (in sample).
@@ -26,7 +27,7 @@ from tuner.ekf import PairFilter
 from tuner.observation import Observation
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
-OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv")
+OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady")
 
 
 class ObservationFileError(ValueError):
@@ -64,12 +65,16 @@ def _row(row: dict[str, str], where: str) -> Observation:
     if not v["max_batch"] >= 1 or v["max_batch"] != int(v["max_batch"]):
         raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1")
     max_queue = _optional(row, "max_queue", where)
+    steady = _optional(row, "steady", where)
+    if steady not in (None, 0.0, 1.0):
+        raise ObservationFileError(f"{where}: column 'steady' must be 1 or 0, got {steady}")
     return Observation(
         rate_rps=v["rate_rps"], in_tokens=v["in_tokens"], out_tokens=v["out_tokens"], max_batch=int(v["max_batch"]),
         max_queue=1024 if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
         power_cap_w=_optional(row, "power_cap_w", where), power_w=_optional(row, "power_w", where),
         waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
         in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
+        steady=steady != 0.0,
     )
 
 

@@ -43,6 +43,9 @@ class ServiceWindow:
     kv_usage: float
     preemptions: float
     replicas: int
+    steady: bool = True
+    """The same servers served the whole window: none started, stopped or restarted in it (a window that
+    spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""
 
 
 class GpuSource(Protocol):

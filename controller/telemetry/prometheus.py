@@ -63,6 +63,8 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "kv_usage": f"avg {by} (vllm:kv_cache_usage_perc{sel}) or avg {by} (vllm:gpu_cache_usage_perc{sel})",
         "preemptions": f"sum {by} (increase(vllm:num_preemptions_total{sel}[{window}]))",
         "replicas": f"count {by} (vllm:num_requests_running{sel})",
+        "replicas_before": f"count {by} (vllm:num_requests_running{sel} offset {window})",
+        "restarts": f"sum {by} (resets(vllm:request_success_total{sel}[{window}]))",
     }
 
 
@@ -141,5 +143,6 @@ class PrometheusVllmSource:
                 window_s=self.window_s, rate_rps=v["rate_rps"] or 0.0, in_tokens=v["in_tokens"],
                 out_tokens=v["out_tokens"], ttft_ms=ms("ttft_s"), itl_ms=ms("itl_s"), ttft_p95_ms=ms("ttft_p95_s"),
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
-                kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas)
+                kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
+                steady=not v["restarts"] and v["replicas_before"] in (None, replicas))
         return out

@@ -143,4 +143,5 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         kv_usage=new.gauges.get("kv", 0.0) / max(1, len(new.engines)),
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
+        steady=new.engines == old.engines,
     )
