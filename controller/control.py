@@ -45,6 +45,8 @@ class Controller:
         self.samples: list[GpuSample] = []
         self.state: dict[str, ServiceState] = {}
         self.mix = TokenMix()
+        self.settling: set[str] = set()
+        """Services whose last window spanned a restart: the next one still completes what it held up."""
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -141,7 +143,8 @@ class Controller:
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return  # nothing was serving (every replica restarting): no word on demand, keep the estimate
-        backlog = window.waiting / self.settings.daemon.slow_interval_s
+        # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for.
+        backlog = window.waiting / self.settings.optimizer.drain_s if window.steady else 0.0
         in_tokens, out_tokens = state.load.in_tokens, state.load.out_tokens
         if window.in_tokens and window.out_tokens:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
@@ -154,6 +157,11 @@ class Controller:
             if itl is not None:
                 m.itl_obs.labels(svc.name, stat).set(itl)
         a = state.assignment
+        steady = window.steady and svc.name not in self.settling
+        if window.steady:
+            self.settling.discard(svc.name)
+        else:
+            self.settling.add(svc.name)
         if window.ttft_ms is None or window.itl_ms is None:
             return
         draws = [g.power_w for g in self.samples if g.service == svc.name and g.power_w is not None]
@@ -171,6 +179,7 @@ class Controller:
             preemptions=window.preemptions,
             in_cv=svc.in_tokens_cv,
             out_cv=svc.out_tokens_cv,
+            steady=steady,
         )
         key = pair_key(svc.model, a.accelerator)
         verdict = self.tuner.update(svc.model, a.accelerator, obs)
@@ -210,8 +219,12 @@ class Controller:
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             state = self.state[svc.name]
             current = state.assignment
-            planned = result.assignment or Assignment(current.accelerator, svc.min_replicas, current.max_batch,
-                                                      CATALOG[current.accelerator].min_power_w)
+            planned = result.assignment
+            if planned is None:
+                # No shape meets the SLO at all (the model says so): starving it would only make that
+                # worse, so what runs stays. Shed for budget or inventory: the least it may have.
+                planned = current if result.reason == "slo" else Assignment(
+                    current.accelerator, svc.min_replicas, current.max_batch, CATALOG[current.accelerator].min_power_w)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
             admitted = self.gate.admit(now, svc.name, current, planned)

@@ -92,6 +92,9 @@ class OptimizerSettings:
     """Relative optimality gap of the MILP solver."""
     resize_tolerance: float = 0.05
     """Relative move of a fitted parameter or token mean below which candidates keep their cached sizing."""
+    drain_s: float = 120.0
+    """Time within which a queued backlog is to be served: waiting / drain_s joins the demand sized for
+    (shorter drains faster, but sizes every transient queue as lasting demand)."""
 
     def check(self, where: str) -> None:
         if not 0 <= self.resize_tolerance < 0.5:
@@ -103,6 +106,7 @@ class OptimizerSettings:
         if self.transition_penalty < 0:
             raise ConfigError(f"{where}.transition_penalty", "must be >= 0")
         _positive(where, "time_limit_s", self.time_limit_s)
+        _positive(where, "drain_s", self.drain_s)
         if self.queue_model not in MODELS:
             raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
@@ -115,10 +119,15 @@ class StabilitySettings:
     """Most replicas added or removed per service per cycle."""
     max_cap_step_w: float = 100.0
     """Most a planned power cap moves per cycle (the governor may cut faster)."""
+    confirm_cycles: int = 3
+    """Cycles in a row a plan must ask for the same new max batch, or for fewer replicas, before it is
+    made: a rolling restart or a scale-down costs minutes of capacity, more than one noisy cycle gains."""
 
     def check(self, where: str) -> None:
         if self.cooldown_s < 0:
             raise ConfigError(f"{where}.cooldown_s", "must be >= 0")
+        if self.confirm_cycles < 1:
+            raise ConfigError(f"{where}.confirm_cycles", "must be >= 1")
         if self.max_replica_step < 1:
             raise ConfigError(f"{where}.max_replica_step", "must be >= 1")
         _positive(where, "max_cap_step_w", self.max_cap_step_w)
