@@ -4,7 +4,10 @@
 
 Prints JSON: cpu_percent (of one core, averaged over the window), rss_mb (peak sampled),
 plus what was measured (duration_s, samples, slow cycles seen). The simulated host runs inside
-the daemon, so the figure includes stepping the emulator in real time.
+the daemon, so cpu_percent includes stepping the emulator in real time: 8 token-level vLLM engines,
+the plant that on a real host is GPUs and vLLM servers. The daemon counts that CPU time itself
+(wattscale_sim_plant_cpu_seconds_total); plant_cpu_percent is its share and daemon_cpu_percent the
+rest, what wattscale costs a real host. The targets are judged on daemon_cpu_percent.
 
 The window is the steady state: it opens after the sim's services start (20 s) and the tuner's
 least-squares warm-up (its first 3 slow cycles, 15 s apart). What start-up costs, imports included,
@@ -50,6 +53,11 @@ def scrape(port: int) -> str:
         return str(r.read().decode())
 
 
+def plant_seconds(port: int) -> float:
+    m = re.search(r"^wattscale_sim_plant_cpu_seconds_total (\S+)$", scrape(port), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=60.0)
@@ -70,28 +78,31 @@ def main() -> None:
             time.sleep(args.warmup)
             if proc.poll() is not None:
                 raise SystemExit(f"daemon exited with {proc.returncode} during warm-up")
-            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            c0, t0, p0 = cpu_seconds(proc.pid), time.monotonic(), plant_seconds(port)
             startup = 100.0 * c0 / (t0 - started)
             peak, samples = 0.0, 0
             while time.monotonic() - t0 < args.duration:
                 time.sleep(1.0)
                 peak = max(peak, rss_mb(proc.pid))
                 samples += 1
-            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            c1, t1, p1 = cpu_seconds(proc.pid), time.monotonic(), plant_seconds(port)
             body = scrape(port)
             m = re.search(r"^wattscale_cycle_duration_seconds_count\{loop=\"slow\"\} (\S+)$", body, re.M)
             cycles = float(m.group(1)) if m else None
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+    total, plant = 100.0 * (c1 - c0) / (t1 - t0), 100.0 * (p1 - p0) / (t1 - t0)
     print(json.dumps({
-        "cpu_percent": round(100.0 * (c1 - c0) / (t1 - t0), 3),
+        "daemon_cpu_percent": round(total - plant, 3),
+        "plant_cpu_percent": round(plant, 3),
+        "cpu_percent": round(total, 3),
         "rss_mb": round(peak, 1),
         "startup_cpu_percent": round(startup, 3),
         "duration_s": round(t1 - t0, 1),
         "samples": samples,
         "slow_cycles": cycles,
-        "targets": {"cpu_percent": 2.0, "rss_mb": 150.0},
+        "targets": {"daemon_cpu_percent": 2.0, "rss_mb": 150.0},
     }))
 
 

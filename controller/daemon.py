@@ -62,7 +62,9 @@ class Daemon:
         with self.lock:
             now = self.now()
             if self.parts.host is not None:
+                started = time.thread_time()
                 self.parts.host.advance_to(now)
+                self.metrics.plant_cpu.inc(time.thread_time() - started)
             self.controller.tick_fast(now)
 
     def slow(self) -> None:
