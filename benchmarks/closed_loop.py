@@ -1,0 +1,104 @@
+"""The whole control loop on the simulated host of config/sim.toml, in simulated time.
+
+    python benchmarks/closed_loop.py [--config config/sim.toml] [--duration-s 1800]
+
+The controller the daemon runs, stepped with explicit times (fast tick every fast_interval_s, slow
+tick every slow_interval_s) against the token-level emulator: the ground truth it must learn and
+steer. Prints JSON:
+- per service: slo_windows (share of windows whose observed statistic met both SLOs, counted once
+  traffic started), restarts (max-batch changes made), replicas_mean;
+- peak_draw_w and over_budget_ticks (fast ticks whose measured draw exceeded the budget) against budget_w;
+- tuner: updates by verdict over all pairs;
+- controller_cpu_s_per_hour: CPU seconds of the controller's ticks (not the emulator's) per simulated hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from controller.control import Controller
+from controller.own_metrics import OwnMetrics
+from controller.settings import load_settings
+from controller.wiring import build_parts
+from tuner import Tuner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
+    ap.add_argument("--duration-s", type=float, default=1800.0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(args.config).read_text()
+        cfg = Path(tmp) / "wattscale.toml"
+        cfg.write_text(text.replace('state_dir = "../var/state"', f'state_dir = "{tmp}/state"'))
+        s = load_settings(cfg)
+        parts = build_parts(s)
+        assert parts.host is not None, "closed_loop needs a config whose parts are simulated"
+        registry = CollectorRegistry()
+        tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
+        ctl = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, tuner,
+                         OwnMetrics(registry))
+        met: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        restarts: Counter[str] = Counter()
+        replica_sum: Counter[str] = Counter()
+        peak, over, cpu, cycles = 0.0, 0, 0.0, 0
+        t, next_slow = 0.0, s.daemon.slow_interval_s
+        while t < args.duration_s:
+            t += s.daemon.fast_interval_s
+            parts.host.advance_to(t)
+            started = time.process_time()
+            ctl.tick_fast(t)
+            draw = registry.get_sample_value("wattscale_power_draw_watts") or 0.0
+            peak, over = max(peak, draw), over + (draw > s.power.budget_w + 1e-6)
+            if t >= next_slow:
+                next_slow += s.daemon.slow_interval_s
+                batches = {name: st.assignment.max_batch for name, st in ctl.state.items()}
+                ctl.tick_slow(t)
+                cycles += 1
+                for svc in s.services:
+                    a = ctl.state[svc.name].assignment
+                    restarts[svc.name] += a.max_batch != batches[svc.name]
+                    replica_sum[svc.name] += a.replicas
+                    labels = {"service": svc.name, "stat": svc.statistic}
+                    ttft = registry.get_sample_value("wattscale_service_ttft_observed_ms", labels)
+                    itl = registry.get_sample_value("wattscale_service_itl_observed_ms", labels)
+                    if ttft is not None and itl is not None:
+                        seen[svc.name] += 1
+                        met[svc.name] += ttft <= svc.ttft_ms and itl <= svc.itl_ms
+            cpu += time.process_time() - started
+        verdicts: Counter[str] = Counter()
+        for metric in registry.collect():
+            if metric.name == "wattscale_tuner_updates":
+                for sample in metric.samples:
+                    if sample.name.endswith("_total"):
+                        verdicts[sample.labels["result"]] += int(sample.value)
+    print(json.dumps({
+        "duration_s": args.duration_s,
+        "slow_cycles": cycles,
+        "services": {svc.name: {"slo_windows": round(met[svc.name] / seen[svc.name], 3) if seen[svc.name] else None,
+                                "statistic": svc.statistic, "restarts": restarts[svc.name],
+                                "replicas_mean": round(replica_sum[svc.name] / max(1, cycles), 2)}
+                     for svc in s.services},
+        "budget_w": s.power.budget_w,
+        "peak_draw_w": round(peak, 1),
+        "over_budget_ticks": over,
+        "tuner": dict(sorted(verdicts.items())),
+        "controller_cpu_s_per_hour": round(cpu * 3600.0 / args.duration_s, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
