@@ -138,9 +138,9 @@ def test_warmup_fit_is_not_dragged_by_one_burst_window() -> None:
 
 
 def write_csv(path: Path, rows: list[Observation], extra: str = "") -> None:
-    lines = ["rate_rps,in_tokens,out_tokens,max_batch,max_queue,ttft_ms,itl_ms,waiting,preemptions"]
+    lines = ["rate_rps,in_tokens,out_tokens,max_batch,max_queue,ttft_ms,itl_ms,waiting,preemptions,steady"]
     lines += [f"{o.rate_rps},{o.in_tokens},{o.out_tokens},{o.max_batch},{o.max_queue},{o.ttft_ms},{o.itl_ms},"
-              f"{o.waiting},{o.preemptions}" for o in rows]
+              f"{o.waiting},{o.preemptions},{int(o.steady)}" for o in rows]
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
@@ -150,12 +150,14 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     rng = np.random.default_rng(3)
     rows = [observe(TRUE, r, noise=0.01, rng=rng) for r in (2.0, 8.0, 5.0, 11.0, 3.0, 9.0, 6.0, 10.0, 4.0, 7.0)]
     rows.append(Observation(6.0, 500, 200, 64, 512, float("nan"), 20.0))
+    rows.append(Observation(6.0, 500, 200, 64, 512, 9000.0, 20.0, steady=False))  # a restart's window
     csv_path = tmp_path / "obs.csv"
     write_csv(csv_path, rows)
     assert main(["tune", str(csv_path), "--alpha-ms", "24", "--beta-ms", "0.18", "--gamma-ms", "40",
                  "--delta-ms", "0.07", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["observations"] == 11 and report["verdicts"]["non-finite"] == 1
+    assert report["observations"] == 12 and report["verdicts"]["non-finite"] == 1
+    assert report["verdicts"]["transient"] == 1
     assert report["error_in_sample"]["median_ttft"] < 0.03 and report["error_in_sample"]["median_itl"] < 0.03
 
 
@@ -165,6 +167,7 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,five,6\n", "'ttft_ms' is not a number"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n", "no observations"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,2\n", "'steady' must be 1 or 0"),
 ])
 def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                     message: str) -> None:
