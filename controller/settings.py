@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from controller.config_loader import ConfigError, build, read_toml
+from controller.config_loader import ConfigError, build, check_positive, read_toml
 from controller.optimizer.problem import AcceleratorType
 from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, Load, ServiceParams
 from queuemodels.accelerators import CATALOG
@@ -16,11 +16,6 @@ VllmSource = Literal["sim", "prometheus", "scrape"]
 PowerBackend = Literal["sim", "nvml", "dry-run"]
 BatchBackend = Literal["sim", "vllm", "dry-run"]
 ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
-
-
-def _positive(where: str, name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{where}.{name}" if where else name, f"must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -35,8 +30,7 @@ class DaemonSettings:
     """Log verbosity."""
 
     def check(self, where: str) -> None:
-        _positive(where, "fast_interval_s", self.fast_interval_s)
-        _positive(where, "slow_interval_s", self.slow_interval_s)
+        check_positive(self, where, ("fast_interval_s", "slow_interval_s"))
         if self.slow_interval_s < self.fast_interval_s:
             raise ConfigError(f"{where}.slow_interval_s", "must not be shorter than fast_interval_s")
 
@@ -65,7 +59,7 @@ class PowerSettings:
     """The governor lifts emergency caps once measured draw is below this share of the budget."""
 
     def check(self, where: str) -> None:
-        _positive(where, "budget_w", self.budget_w)
+        check_positive(self, where, ("budget_w",))
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:
@@ -105,8 +99,7 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.power_levels", "must be shares in (0, 1]")
         if self.transition_penalty < 0:
             raise ConfigError(f"{where}.transition_penalty", "must be >= 0")
-        _positive(where, "time_limit_s", self.time_limit_s)
-        _positive(where, "drain_s", self.drain_s)
+        check_positive(self, where, ("time_limit_s", "drain_s"))
         if self.queue_model not in MODELS:
             raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
@@ -130,7 +123,7 @@ class StabilitySettings:
             raise ConfigError(f"{where}.confirm_cycles", "must be >= 1")
         if self.max_replica_step < 1:
             raise ConfigError(f"{where}.max_replica_step", "must be >= 1")
-        _positive(where, "max_cap_step_w", self.max_cap_step_w)
+        check_positive(self, where, ("max_cap_step_w",))
 
 
 @dataclass(frozen=True)
@@ -147,8 +140,7 @@ class TelemetrySettings:
     """HTTP timeout of one query or page."""
 
     def check(self, where: str) -> None:
-        _positive(where, "window_s", self.window_s)
-        _positive(where, "timeout_s", self.timeout_s)
+        check_positive(self, where, ("window_s", "timeout_s"))
 
 
 @dataclass(frozen=True)
@@ -175,8 +167,7 @@ class ActuatorSettings:
     """How long a restarted vLLM server has to answer /health before the change is rolled back."""
 
     def check(self, where: str) -> None:
-        _positive(where, "kubernetes_timeout_s", self.kubernetes_timeout_s)
-        _positive(where, "health_timeout_s", self.health_timeout_s)
+        check_positive(self, where, ("kubernetes_timeout_s", "health_timeout_s"))
 
 
 @dataclass(frozen=True)
@@ -197,7 +188,7 @@ class SimulatorSettings:
             raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
         if self.num_gpus < 1:
             raise ConfigError(f"{where}.num_gpus", "must be >= 1")
-        _positive(where, "speed", self.speed)
+        check_positive(self, where, ("speed",))
 
 
 @dataclass(frozen=True)
@@ -242,7 +233,7 @@ class PriorSettings:
     def check(self, where: str) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
-        _positive(where, "alpha_ms", self.alpha_ms)
+        check_positive(self, where, ("alpha_ms",))
         for name in ("beta_ms", "gamma_ms", "delta_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name}", "must be >= 0")
@@ -320,15 +311,14 @@ class ServiceSettings:
         return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv)
 
     def check(self, where: str) -> None:
-        _positive(where, "ttft_ms", self.ttft_ms)
-        _positive(where, "itl_ms", self.itl_ms)
+        check_positive(self, where, ("ttft_ms", "itl_ms"))
         if self.statistic not in STATISTICS:
             raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
         if self.priority < 1:
             raise ConfigError(f"{where}.priority", "must be >= 1")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"{where}.min_replicas", "must be between 0 and max_replicas")
-        _positive(where, "in_tokens", self.in_tokens)
+        check_positive(self, where, ("in_tokens",))
         if self.out_tokens < 1:
             raise ConfigError(f"{where}.out_tokens", "must be >= 1")
         for name in ("in_tokens_cv", "out_tokens_cv"):

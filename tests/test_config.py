@@ -26,6 +26,7 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
         (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nbudget_kw = 4"), "power.budget_kw: unknown key"),
         (lambda t: t.replace("budget_w = 4000", 'budget_w = "lots"'), "power.budget_w: must be a number"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), "power.budget_w: must be > 0"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = nan"), "power.budget_w: must be a number, got nan"),
         (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[0\].ttft_ms: must be > 0"),
         (lambda t: t.replace('power = "sim"', 'power = "ipmi"'), "actuators.power: must be one of"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
