@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
 
+from controller.lp import Lp
 from controller.optimizer.candidates import enumerate_all, valued, with_tails
 from controller.optimizer.problem import Candidate, Problem, ServiceResult, Solution
 
@@ -206,38 +205,26 @@ class Milp:
         self.mip_gap = mip_gap
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
-        flat = [c for cs in cands for c in cs]
-        n_c, n_s = len(flat), len(cands)
-        c_obj = -np.concatenate([[c.value for c in flat], shed])
-        rows, cols, vals = [], [], []
-        for k, c in enumerate(flat):
-            rows.append(c.service)
-            cols.append(k)
-            vals.append(1.0)
-        for i in range(n_s):
-            rows.append(i)
-            cols.append(n_c + i)
-            vals.append(1.0)
-        acc_row = {a.name: n_s + k for k, a in enumerate(problem.accelerators)}
-        power_row = n_s + len(acc_row)
-        for k, c in enumerate(flat):
-            rows += [acc_row[c.assignment.accelerator], power_row]
-            cols += [k, k]
-            vals += [float(c.gpus), c.power_w]
-        a = csr_array((vals, (rows, cols)), shape=(power_row + 1, n_c + n_s))
-        lb = np.concatenate([np.ones(n_s), np.full(len(acc_row), -np.inf), [-np.inf]])
-        ub = np.concatenate([np.ones(n_s), [a_.count for a_ in problem.accelerators],
-                             [problem.budget_w - problem.idle_w]])
-        res = milp(c_obj, integrality=np.ones(n_c + n_s), bounds=Bounds(0, 1),
-                   constraints=LinearConstraint(a, lb, ub),
-                   options={"time_limit": self.time_limit_s, "mip_rel_gap": self.mip_gap})
-        if res.x is None:
+        lp = Lp()
+        picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
+                 for i, cs in enumerate(cands)]
+        for i, row in enumerate(picks):  # each service takes one candidate or is shed
+            lp.row([*((x, 1.0) for x, _ in row), (lp.var(("shed", i), ub=1.0, integer=True, cost=-shed[i]), 1.0)],
+                   1.0, 1.0, "one")
+        flat = [xc for row in picks for xc in row]
+        for a in problem.accelerators:
+            lp.row(((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name), -np.inf, a.count,
+                   "inventory")
+        lp.row(((x, c.power_w) for x, c in flat), -np.inf, problem.budget_w - problem.idle_w, "budget")
+        res = lp.solve(time_limit_s=self.time_limit_s, mip_gap=self.mip_gap)
+        if not res.ok:
             choice, _ = Greedy().choose(problem, cands, shed)
             return choice, [f"milp: {res.message.strip()} without an incumbent; greedy result used"]
-        notes = [] if res.status == 0 else [f"milp: {res.message.strip()}; best incumbent used"]
-        picked: Choice = [None] * n_s
-        for idx in np.flatnonzero(res.x[:n_c] > 0.5):
-            picked[flat[int(idx)].service] = flat[int(idx)]
+        notes = [] if res.optimal else [f"milp: {res.message.strip()}; best incumbent used"]
+        picked: Choice = [None] * len(cands)
+        for x, c in flat:
+            if res.x[x] > 0.5:
+                picked[c.service] = c
         return picked, notes
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from controller.lp import Lp, LpResult
 from controller.planner.allocation_spec import AllocationSpec, QueryType
-from controller.planner.lp import Lp, LpResult
 
 Route = tuple[str, str, tuple[str, str]]  # query, model, (gpu, precision)
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from controller.planner.lp import Lp
+from controller.lp import Lp
 from controller.planner.packing_spec import PackingSpec
 
 CapacityModel = Literal["shared", "per_type"]

@@ -1,7 +1,8 @@
 """A small sparse MILP builder over scipy's HiGHS: named variables, rows tagged by constraint group.
 
-Groups let a caller drop one family of rows and solve again, which is how the planner tells which limit
-(budget, delay, error, ...) keeps demand from being served.
+Shared by the online optimizer's assignment MILP and the offline planner. Groups let a caller drop one
+family of rows and solve again, which is how the planner tells which limit (budget, delay, error, ...)
+keeps demand from being served.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class LpResult:
     """The point (empty without one)."""
     message: str
     """HiGHS's status message."""
+    optimal: bool = False
+    """Solved to optimality (within the gap), not stopped at a limit with an incumbent."""
 
 
 class Lp:
@@ -68,4 +71,4 @@ class Lp:
                                    bounds=Bounds(lb, ub), options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap})
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message))
-        return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message))
+        return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message), optimal=res.status == 0)
