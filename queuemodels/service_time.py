@@ -18,7 +18,7 @@ Two readings of the same parameters (docs/queue-models.md):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -65,18 +65,9 @@ class StepLaw:
         return self.p1 + self.decode_steps * self.d1
 
     def scaled(self, prefill_factor: float, decode_factor: float) -> StepLaw:
-        return StepLaw(
-            self.p0 * prefill_factor,
-            self.p1 * prefill_factor,
-            self.d0 * decode_factor,
-            self.d1 * decode_factor,
-            self.decode_steps,
-            self.prompt_ms * prefill_factor,
-            self.residual_share,
-            self.residual_ms * prefill_factor,
-            self.prompt_cv,
-            self.wait_scale,
-        )
+        f, g = prefill_factor, decode_factor
+        return replace(self, p0=self.p0 * f, p1=self.p1 * f, d0=self.d0 * g, d1=self.d1 * g,
+                       prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f)
 
 
 def step_law(params: ServiceParams, load: Load) -> StepLaw:

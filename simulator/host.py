@@ -68,6 +68,11 @@ class SimHost:
         self.services[name] = svc
         self.scale(name, replicas, delay_s=0.0)
 
+    def ready_engines(self, name: str | None = None) -> list[VLLMEngine]:
+        """The engines serving now (a replica loading its model is not), of one service or all."""
+        services = self.services.values() if name is None else [self.services[name]]
+        return [r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s]
+
     def free_gpus(self) -> list[SimGPU]:
         used = {r.gpu.index for s in self.services.values() for r in s.replicas}
         return [g for g in self.gpus if g.index not in used]

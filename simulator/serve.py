@@ -57,7 +57,7 @@ class RealTimeEmulator:
         self._thread.start()
 
     def _engines(self) -> list[EngineView]:
-        return [r.engine for s in self.host.services.values() for r in s.replicas if r.ready_at_s <= self.host.now_s]
+        return list(self.host.ready_engines())
 
     def collect(self) -> Iterator[Metric]:
         """One consistent page: the host does not step while it renders."""

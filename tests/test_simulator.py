@@ -122,10 +122,9 @@ def test_each_engine_life_keeps_its_own_series() -> None:
     """A sibling's restart must not shift another engine's `engine` label (its counters would then be
     read against a different engine's, and a window's means come out as garbage)."""
     host = busy_host(rate_rps=20.0, replicas=3)
-    svc = host.services["chat"]
 
     def rendered() -> list[str]:
-        ready = [r.engine for r in svc.replicas if r.ready_at_s <= host.now_s]
+        ready = host.ready_engines("chat")
         fam = next(f for f in VllmCollector(lambda: ready).collect() if f.name == "vllm:num_requests_running")
         return [s.labels["engine"] for s in fam.samples]
 

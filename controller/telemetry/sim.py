@@ -45,7 +45,7 @@ class SimVllmSource:
             if svc is None:
                 out[name] = None
                 continue
-            engines = [r.engine for r in svc.replicas if r.ready_at_s <= self.host.now_s]
+            engines = self.host.ready_engines(name)
             families = VllmCollector(lambda e=engines: e).collect()  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
             old = self._last.get(name)
