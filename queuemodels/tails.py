@@ -5,7 +5,7 @@ slot (n < N) it is prefilled at once in a batch of n + 1; otherwise it waits for
 rate mu(N), an Erlang time, then prefills in a full batch. Above N the chain is geometric
 (p(n) = p(N) rho^(n-N)), so the Erlang mixture has a closed-form survival function:
   sum_{k=1..M} rho^(k-1) Q(k, mu t) = [e^(-mu t (1-rho)) Q(M, mu t rho) - rho^M Q(M, mu t)] / (1 - rho)
-with Q the regularised upper incomplete gamma. Quantiles come from two vectorised grid passes.
+with Q the regularised upper incomplete gamma. Quantiles come from one vectorised pass over a geometric grid.
 
 ITL: tokens are weighted by the rate they are produced in each state, B / decode(B); a step that also
 carries a new prompt (probability X * decode(B)) is longer by prefill(1) - decode(1).
@@ -23,7 +23,7 @@ from scipy.special import gammaincc
 from queuemodels.chain import Stationary
 from queuemodels.service_time import StepLaw
 
-GRID = 32
+GRID = 96
 ERLANG_MAX = 16
 UNIT = np.linspace(0.0, 1.0, GRID)
 Survival = Callable[[NDArray[np.float64]], NDArray[np.float64]]
@@ -107,23 +107,23 @@ def ttft_survival(chain: Stationary, law: StepLaw) -> tuple[Survival, float]:
 
 
 def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float]) -> list[float]:
-    """t with survival(t) = 1 - prob for each prob, by a coarse then a fine vectorised grid."""
-    levels = np.array([1.0 - q for q in probs])
+    """t with survival(t) = 1 - prob for each prob, from one vectorised pass over a geometric grid
+    (dense near `low`, where steep survival curves fall), interpolating log survival between points."""
+    levels = np.log([1.0 - q for q in probs])
+    low = max(low, 1e-6 * high)
     for _ in range(60):
-        coarse = low + (high - low) * UNIT
-        sc = survival(coarse)
-        if sc[-1] <= levels.min():
+        grid = low * (high / low) ** UNIT
+        with np.errstate(divide="ignore"):
+            log_s = np.log(survival(grid))
+        if log_s[-1] <= levels.min():
             break
         high = low + 2.0 * (high - low)
-    idx = np.minimum(np.maximum(np.searchsorted(-sc, -levels, side="left"), 1), GRID - 1)
-    fine = coarse[idx - 1, None] + (coarse[idx] - coarse[idx - 1])[:, None] * UNIT[None, :]
-    sf = survival(fine.ravel()).reshape(fine.shape)
     out = []
-    for row, level, s_row in zip(fine, levels, sf, strict=True):
-        j = min(max(int(np.searchsorted(-s_row, -level, side="left")), 1), GRID - 1)
-        s0, s1 = float(s_row[j - 1]), float(s_row[j])
-        frac = 0.0 if s0 == s1 else min(max((s0 - level) / (s0 - s1), 0.0), 1.0)
-        out.append(float(row[j - 1] + frac * (row[j] - row[j - 1])))
+    for level in levels:
+        j = min(max(int(np.count_nonzero(log_s > level)), 1), GRID - 1)  # first point at or below the level
+        s0, s1 = log_s[j - 1], log_s[j]
+        frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
+        out.append(float(grid[j - 1] + frac * (grid[j] - grid[j - 1])))
     return out
 
 
