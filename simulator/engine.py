@@ -144,7 +144,7 @@ class VLLMEngine:
             need = self.prompt_left[idx]
             before = np.cumsum(need) - need
             chunk = np.zeros_like(self.prompt_left)
-            chunk[idx] = np.clip(max(0, self.max_batched - n_decode) - before, 0, need)
+            chunk[idx] = np.minimum(np.maximum(max(0, self.max_batched - n_decode) - before, 0), need)
             prefill_tokens = int(chunk.sum())
         else:
             decoding = act  # read before _finish and _preempt_if_full change the slots
@@ -187,28 +187,31 @@ class VLLMEngine:
         if n_decode:
             # Every decoding sequence got its last token at the previous step's end: n_decode gaps of dt.
             self.metrics.itl.observe_repeated(dt, n_decode)
-            self.out_left[decoding] -= 1
-            self.ctx[decoding] += 1
+            self.out_left -= decoding  # a boolean mask: one in-place ufunc, no fancy indexing
+            self.ctx += decoding
             self.ctx_sum += n_decode
             self.metrics.generation_tokens_total += n_decode
         done = finishing & (self.out_left <= 0)
-        if done.any():
+        if np.count_nonzero(done):
             self._finish(done, now)
         self._preempt_if_full()
 
     def _finish(self, done: np.ndarray, now: float) -> None:
+        """Count the finished sequences and free their slots (a step finishes a few: scalars are cheapest)."""
         m = self.metrics
-        m.e2e.observe_many(now - self.arrival[done])
-        m.decode_time.observe_many(now - self.first_tok[done])
-        m.request_prompt_tokens.observe_many(self.prompt[done].astype(float))
-        m.request_generation_tokens.observe_many(self.out_total[done].astype(float))
-        gen = self.out_total[done]
-        span = now - self.first_tok[done]
-        m.tpot.observe_many(np.where(gen > 1, span / np.maximum(gen - 1, 1), 0.0))
-        m.success_total += int(done.sum())
-        self.active[done] = False
-        self.n_active -= int(done.sum())
-        self.ctx_sum -= int(self.ctx[done].sum())
+        idx = np.flatnonzero(done)
+        for i in idx.tolist():
+            gen = int(self.out_total[i])
+            decode_s = now - float(self.first_tok[i])
+            m.e2e.observe_one(now - float(self.arrival[i]))
+            m.decode_time.observe_one(decode_s)
+            m.request_prompt_tokens.observe_one(float(self.prompt[i]))
+            m.request_generation_tokens.observe_one(float(gen))
+            m.tpot.observe_one(decode_s / (gen - 1) if gen > 1 else 0.0)
+            self.ctx_sum -= int(self.ctx[i])
+        self.active[idx] = False
+        self.n_active -= len(idx)
+        m.success_total += len(idx)
 
     def _preempt_if_full(self) -> None:
         while self.n_active > 1 and self.ctx_sum > self.cost.kv_capacity_tokens:

@@ -157,3 +157,27 @@ def test_a_window_that_spans_a_restart_is_not_steady() -> None:
     assert not steady_at(8.0)
     assert not steady_at(20.0)
     assert steady_at(24.0)
+
+
+def test_arrivals_follow_the_rate_whatever_the_slices() -> None:
+    """Arrivals are drawn a block ahead and handed out per slice: every slicing sees the Poisson count,
+    in time order within [t0, t1), and a rate that steps up inside a block is followed (not clipped at
+    the bound drawn from the block's ends)."""
+
+    def step_rate(t: float) -> float:
+        return 50.0 if 10.3 <= t < 10.7 else 5.0  # a burst the block's end and mid points do not see
+
+    for slice_s in (0.05, 0.37, 3.0):
+        work = Workload(step_rate, TokenDist(100), TokenDist(50), np.random.default_rng(4), block_s=2.0)
+        t, times = 0.0, []
+        while t < 400.0:
+            got = work.take(t, t + slice_s)
+            assert all(t <= a < t + slice_s for a, _, _ in got)
+            times += [a for a, _, _ in got]
+            t += slice_s
+        arr = np.array(times)
+        assert np.all(np.diff(arr) >= 0)
+        base = np.count_nonzero(arr < 10.0) + np.count_nonzero(arr >= 20.0)
+        assert abs(base - 5.0 * (min(t, 400.0) - 10.0)) < 4 * np.sqrt(5.0 * 390.0)
+        burst = np.count_nonzero((arr >= 10.3) & (arr < 10.7))
+        assert 8 <= burst <= 35  # 20 expected at 50 rps over 0.4 s
