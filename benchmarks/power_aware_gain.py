@@ -22,7 +22,7 @@ from pathlib import Path
 
 from controller.optimize_spec import load_spec
 from controller.optimizer import Assignment, Problem, get_solver, solve
-from queuemodels import Load, ModelInputError, ServerShape, get_model
+from queuemodels import ModelInputError, ServerShape, get_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def score(problem: Problem, plan: list[Assignment | None], served: list[float]) 
         if a is None or rate <= 0:
             continue
         acc = problem.accelerator(a.accelerator)
-        load = Load(rate / a.replicas, svc.load.in_tokens, svc.load.out_tokens)
+        load = replace(svc.load, rate_rps=rate / a.replicas)
         try:
             perf = model.analyze(svc.params[a.accelerator], load, ServerShape(a.max_batch, svc.max_queue,
                                                                              a.power_cap_w), acc.profile)

@@ -96,3 +96,17 @@ def test_transition_penalty_keeps_a_good_enough_plan() -> None:
 def test_unknown_solver() -> None:
     with pytest.raises(ValueError, match="solver: unknown"):
         get_solver("simplex")
+
+
+def test_sizing_reads_the_services_token_length_spread() -> None:
+    # p95 TTFT 200 ms: met with steady prompt lengths (p95 ~130 ms), missed with exponential ones (~245 ms).
+    def planned(cv: float) -> int | None:
+        svc = ServiceDemand("code", 1, Targets(200, 60, "p95"), Load(8.0, 1500, 300, cv, cv), {"H100-SXM": P14},
+                            max_replicas=6)
+        sol = solve(Problem((svc,), (H100,), 5000.0, objective="cost", batch_sizes=(16, 64), power_levels=(1.0,)),
+                    get_solver("greedy"))
+        a = sol.services[0].assignment
+        return None if a is None else a.replicas
+
+    assert planned(0.2) == 4
+    assert planned(1.0) is None

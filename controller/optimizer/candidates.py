@@ -19,10 +19,9 @@ MAX_PARTIAL = 6
 
 @lru_cache(maxsize=200_000)
 def _rate_per_replica(
-    model: str, params: ServiceParams, tokens: tuple[float, float], shape: ServerShape, targets: Targets,
-    profile: PowerProfile,
+    model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets, profile: PowerProfile,
 ) -> float:
-    return get_model(model).max_rate(params, Load(1.0, tokens[0], tokens[1]), shape, targets, profile)
+    return get_model(model).max_rate(params, load, shape, targets, profile)
 
 
 def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
@@ -40,7 +39,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
                replicas: int, served_rps: float) -> Candidate | None:
     params = svc.params[acc.name]
     shape = ServerShape(batch, svc.max_queue, cap_w)
-    per_replica = Load(served_rps / replicas, svc.load.in_tokens, svc.load.out_tokens)
+    per_replica = replace(svc.load, rate_rps=served_rps / replicas)
     try:
         perf = get_model(problem.queue_model).analyze(params, per_replica, shape, acc.profile, tails=False)
     except ModelInputError:
@@ -58,7 +57,7 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
     """The chosen candidate's full figures: candidates are valued on means, percentiles are reported."""
     svc = problem.services[c.service]
     a = c.assignment
-    per_replica = Load(c.served_rps / a.replicas, svc.load.in_tokens, svc.load.out_tokens)
+    per_replica = replace(svc.load, rate_rps=c.served_rps / a.replicas)
     return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
                                                   ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
                                                   problem.accelerator(a.accelerator).profile)
@@ -75,8 +74,9 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
             for level in problem.power_levels:
                 cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
                 shape = ServerShape(batch, svc.max_queue, cap)
-                rate = _rate_per_replica(problem.queue_model, svc.params[acc.name],
-                                         (svc.load.in_tokens, svc.load.out_tokens), shape, svc.targets, acc.profile)
+                # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
+                rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
+                                         shape, svc.targets, acc.profile)
                 if rate <= 0:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))
