@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 RateFn = Callable[[float], float]
+PEAK_PROBES = 9
+"""Points of a block where the rate is read for the thinning bound (a rate that climbs above it between
+them makes the block redrawn at a higher bound)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Workload:
     def _extend(self, end: float) -> None:
         """Draw the arrivals of [self._end, end) and append them."""
         t0 = self._end
-        peak = max(self.rate(t0), self.rate(end), self.rate(0.5 * (t0 + end)))
+        peak = max(self.rate(float(t)) for t in np.linspace(t0, end, PEAK_PROBES))
         times = np.zeros(0)
         if peak > 0:
             bound = peak * 1.25
