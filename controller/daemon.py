@@ -22,9 +22,6 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
-from actuators import ActuatorError
-from actuators.nvml import NvmlPowerLimiter
-from actuators.vllm import VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
@@ -117,8 +114,7 @@ class Daemon:
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
         scheduler.add_job(self.slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
-        if isinstance(self.parts.batch, VllmBatchSizer):
-            self.parts.batch.start()  # servers the daemon supervises are up before the loops start
+        self.parts.start()  # servers the daemon supervises are up before the loops start
         self.fast()
         scheduler.start()
         self.notifier.ready(self._status())
@@ -135,14 +131,5 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         scheduler.shutdown(wait=True)
-        if isinstance(self.parts.batch, VllmBatchSizer):
-            self.parts.batch.close()
-        if s.actuators.restore_power_limits and isinstance(self.parts.power, NvmlPowerLimiter):
-            for failure in self.parts.power.restore_defaults():
-                log.warning("restoring the default power limit: %s", failure)
-        if self.parts.nvml is not None:
-            try:
-                self.parts.nvml.close()
-            except ActuatorError as exc:
-                log.warning("NVML shutdown: %s", exc)
+        self.parts.close()
         return 0

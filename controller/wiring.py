@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from queuemodels.accelerators import CATALOG
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
 
+log = logging.getLogger("wattscale.daemon")
+
 
 @dataclass
 class Parts:
@@ -34,8 +38,31 @@ class Parts:
     power: PowerLimiter
     batch: BatchSizer
     replicas: ReplicaScaler
-    nvml: NvmlDevices | None = None
-    """Open NVML session, shut down by the daemon on exit."""
+    starts: tuple[Callable[[], None], ...] = ()
+    """Run before the daemon's loops: vLLM servers it supervises come up first."""
+    stops: tuple[Callable[[], None], ...] = ()
+    """Run on exit, in order: supervised servers stopped, default power limits restored where the config
+    asks, the NVML session shut down. Each logs what it fails at and returns."""
+
+    def start(self) -> None:
+        for step in self.starts:
+            step()
+
+    def close(self) -> None:
+        for step in self.stops:
+            step()
+
+
+def _restore_limits(limiter: NvmlPowerLimiter) -> None:
+    for failure in limiter.restore_defaults():
+        log.warning("restoring the default power limit: %s", failure)
+
+
+def _shut_down(devices: NvmlDevices) -> None:
+    try:
+        devices.close()
+    except ActuatorError as exc:
+        log.warning("NVML shutdown: %s", exc)
 
 
 def build_host(settings: Settings) -> SimHost:
@@ -101,14 +128,22 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         assert host is not None  # uses_sim holds whenever a part names "sim"
         return host
 
+    starts: list[Callable[[], None]] = []
+    stops: list[Callable[[], None]] = []
     power: PowerLimiter
     if devices is not None and a.power == "nvml":
-        power = NvmlPowerLimiter(devices)
+        limiter = NvmlPowerLimiter(devices)
+        if a.restore_power_limits:
+            stops.append(lambda: _restore_limits(limiter))
+        power = limiter
     else:
         power = SimPowerLimiter(sim()) if a.power == "sim" else DryRunPowerLimiter()
     batch: BatchSizer
     if a.batch == "vllm":
-        batch = _vllm_sizer(settings)
+        sizer = _vllm_sizer(settings)
+        starts.append(sizer.start)
+        stops.insert(0, sizer.close)
+        batch = sizer
     else:
         batch = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
     replicas: ReplicaScaler
@@ -136,4 +171,6 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error)
     else:
         vllm = SimVllmSource(sim())
-    return Parts(host, gpus, vllm, power, batch, replicas, devices)
+    if devices is not None:
+        stops.append(lambda: _shut_down(devices))
+    return Parts(host, gpus, vllm, power, batch, replicas, tuple(starts), tuple(stops))

@@ -148,3 +148,22 @@ def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
     parts = build_parts(load_settings(path), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
     assert parts.host is None
     assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_parts_on_exit_restore_default_limits_only_when_asked_and_shut_nvml_down(tmp_path: Path,
+                                                                                  restore: bool) -> None:
+    from controller.settings import load_settings
+    from controller.wiring import build_parts
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    text = text.replace('power = "sim"', f'power = "nvml"\nrestore_power_limits = {str(restore).lower()}')
+    path = tmp_path / "host.toml"
+    path.write_text(text)
+    fake = FakeNvml([FakeGpu() for _ in range(8)])
+    parts = build_parts(load_settings(path), nvml=fake)
+    parts.start()
+    parts.power.set_power_limit(0, 300.0)
+    parts.close()
+    assert fake.gpus[0].limit_mw == (700_000 if restore else 300_000)
+    assert not fake.initialised
