@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import PrometheusVllmSource, by_model, queries
+from controller.telemetry.prometheus import PrometheusVllmSource, by_model, instant_vector, queries
 
 
 def vector(*values: str, model: str = "m") -> bytes:
@@ -16,15 +16,15 @@ def vector(*values: str, model: str = "m") -> bytes:
 @pytest.mark.parametrize("body,expected", [(vector("1.5"), 1.5), (vector("NaN"), None), (vector("+Inf"), None),
                                            (vector(), None)])
 def test_values_nan_inf_and_empty(body: bytes, expected: float | None) -> None:
-    assert by_model(body, "q").get("m") == expected
+    assert by_model(instant_vector(body, "q")).get("m") == expected
 
 
 def test_error_envelope_and_garbage_fail_with_the_reason() -> None:
     body = b'{"status":"error","errorType":"bad_data","error":"parse error at char 5"}'
     with pytest.raises(TelemetryError, match="bad_data: parse error"):
-        by_model(body, "q")
+        by_model(instant_vector(body, "q"))
     with pytest.raises(TelemetryError, match="not JSON"):
-        by_model(b"<html>", "q")
+        by_model(instant_vector(b"<html>", "q"))
 
 
 def test_idle_service_gives_no_latency_and_v1_names_fall_back_to_deprecated_ones() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import PrometheusVllmSource, by_model, http_post
+from controller.telemetry.prometheus import PrometheusApi, PrometheusVllmSource, by_model
 from simulator.host import SimHost
 from simulator.serve import RealTimeEmulator
 from simulator.workload import TokenDist, Workload, constant
@@ -110,7 +110,7 @@ def test_prometheus_source_reads_the_true_load_and_latency_and_survives_an_outag
     source = PrometheusVllmSource(url, {"chat": MODEL}, window_s=WINDOW_S, wall_time=lambda t: t)
     deadline = time.monotonic() + 3 * WINDOW_S
     filled = f"count_over_time(up[{WINDOW_S + 2:.0f}s])"
-    while by_model(http_post(url + "/api/v1/query", {"query": filled}, 5.0), filled).get("", 0) < 2 * (WINDOW_S + 1):
+    while by_model(PrometheusApi(url).query(filled)).get("", 0) < 2 * (WINDOW_S + 1):
         assert time.monotonic() < deadline, "prometheus did not fill a window of scrapes"
         time.sleep(0.5)  # Prometheus starts scraping a few seconds after it is ready
     at = time.time() - 1.0  # the last scrape is in Prometheus by now

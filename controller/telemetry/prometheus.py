@@ -85,9 +85,9 @@ def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]
     return out
 
 
-def by_model(body: bytes, query: str) -> dict[str, float]:
+def by_model(answer: list[tuple[dict[str, str], float]]) -> dict[str, float]:
     """An instant-vector answer as model_name -> value ("" for series without the label)."""
-    return {labels.get("model_name", ""): v for labels, v in instant_vector(body, query)}
+    return {labels.get("model_name", ""): v for labels, v in answer}
 
 
 class PrometheusApi:
@@ -114,15 +114,13 @@ class PrometheusVllmSource:
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
-    def _query(self, promql: str, at: float | None) -> dict[str, float]:
-        return {labels.get("model_name", ""): v for labels, v in self.api.query(promql, at)}
-
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         at = self.wall_time(now) if self.wall_time else None
         models = sorted({self.models[s] for s in services if s in self.models})
         answers: dict[str, dict[str, float]] = {}
         if models:
-            answers = {k: self._query(q, at) for k, q in queries(models, f"{round(self.window_s)}s").items()}
+            window = f"{round(self.window_s)}s"
+            answers = {k: by_model(self.api.query(q, at)) for k, q in queries(models, window).items()}
         out: dict[str, ServiceWindow | None] = {}
         for name in services:
             model = self.models.get(name)
