@@ -193,8 +193,12 @@ class NvmlPowerLimiter:
 
     def restore_defaults(self) -> list[str]:
         """Every GPU back at its default limit; returns what failed (for the exit log), never raises."""
-        failed = []
-        for index in range(self.devices.count()):
+        failed: list[str] = []
+        try:
+            count = self.devices.count()
+        except ActuatorError as exc:
+            return [str(exc)]
+        for index in range(count):
             try:
                 default = self.devices.default_limit_w(index)
                 if default is not None:

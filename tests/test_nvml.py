@@ -167,3 +167,10 @@ def test_parts_on_exit_restore_default_limits_only_when_asked_and_shut_nvml_down
     parts.close()
     assert fake.gpus[0].limit_mw == (700_000 if restore else 300_000)
     assert not fake.initialised
+
+
+def test_restore_defaults_reports_a_failed_device_count_instead_of_raising() -> None:
+    fake, dev = devices(2)
+    fake.fail[("count", -1)] = pynvml.NVMLError_GpuIsLost
+    failed = NvmlPowerLimiter(dev).restore_defaults()
+    assert len(failed) == 1 and "fallen off the bus" in failed[0]
