@@ -21,6 +21,7 @@ After `--cycles`, every hidden step time grows 30 %. Prints JSON (median and wor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -102,21 +103,19 @@ def reference(before: list[Observation], after: list[Observation]) -> tuple[Pair
     """The fit over both phases with one shape and a scale for the second: the step scales every hidden
     step time by one factor, and 25 windows alone leave the ITL slope up to 30 % loose."""
     first = best_fit(before)
-    pair = first
 
     def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
         x, scale = np.exp(v[:-1]), np.exp(v[-1])
-        return np.concatenate([np.log(pair.predict(o, x) / pair.observed(o)) for o in before]
-                              + [np.log(pair.predict(o, scale * x) / pair.observed(o)) for o in after])
+        return np.concatenate([np.log(first.predict(o, x) / first.observed(o)) for o in before]
+                              + [np.log(first.predict(o, scale * x) / first.observed(o)) for o in after])
 
     low, high = first.bounds
     bounds = (np.append(np.log(low), np.log(0.5)), np.append(np.log(high), np.log(2.0)))
     start = np.clip(np.append(np.log(first.x), 0.0), *bounds)
     v = least_squares(residuals, start, bounds=bounds, method="trf", diff_step=1e-4, loss="soft_l1",
                       f_scale=0.05 / 1.96).x
-    second = best_fit(after)
-    first.x, second.x = np.exp(v[:-1]), np.exp(v[:-1]) * np.exp(v[-1])
-    return first, second
+    first.x = np.exp(v[:-1])
+    return first, dataclasses.replace(first, x=first.x * np.exp(v[-1]))  # the same filter at the scaled law
 
 
 def one_seed(args: tuple[int, int, int, float]) -> dict[str, float | None]:
