@@ -53,7 +53,7 @@ class ChainModel:
         tails: bool = True,
     ) -> Performance:
         """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
-        return evaluate(self.law(params, load, profile, shape.power_cap_w), shape, load.rate_rps, profile, tails)
+        return evaluate(self.law(params, load, profile, shape), shape, load.rate_rps, profile, tails)
 
     def max_rate(
         self,

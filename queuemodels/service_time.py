@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServiceParams
-
-Batch = TypeVar("Batch", float, NDArray[np.float64])
+from queuemodels.power import Batch, natural_draw_w
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
 
 
 @dataclass(frozen=True)
@@ -90,15 +87,33 @@ def cap_factors(profile: PowerProfile | None, power_cap_w: float | None) -> tupl
     return 1.0 + profile.prefill_sensitivity * squeeze, 1.0 + profile.decode_sensitivity * squeeze
 
 
-def capped_law(
-    params: ServiceParams, load: Load, profile: PowerProfile | None, power_cap_w: float | None
-) -> StepLaw:
+def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law at a power cap."""
-    prefill_factor, decode_factor = cap_factors(profile, power_cap_w)
+    prefill_factor, decode_factor = cap_factors(profile, shape.power_cap_w)
     return step_law(params, load).scaled(prefill_factor, decode_factor)
 
 
-LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", "float | None"], StepLaw]
+LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", ServerShape], StepLaw]
+
+
+def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, batch: float) -> float:
+    """Time multiplier of a decode step at `batch` under a cap. The step slows only once the cap falls below
+    what it would draw uncapped (the draw model at its batch): a small batch is memory-bound and draws well
+    below the peak, so a cap may never bite it, while a large batch turns compute-bound and slows."""
+    if profile is None or power_cap_w is None:
+        return 1.0
+    return 1.0 + profile.decode_sensitivity * max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
+
+
+def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: ServerShape) -> tuple[float, float]:
+    """(d0, d1) of the capped decode step: the line through its times at batch 1 and at the max batch, so
+    the law stays affine and is exact where it matters most (light load, and the full batch of saturation)."""
+    n = float(shape.max_batch)
+    at_one = (d0 + d1) * decode_cap_factor(profile, shape.power_cap_w, 1.0)
+    if n <= 1.0:
+        return d0 * at_one / (d0 + d1), d1 * at_one / (d0 + d1)
+    slope = ((d0 + d1 * n) * decode_cap_factor(profile, shape.power_cap_w, n) - at_one) / (n - 1.0)
+    return at_one - slope, slope
 
 
 def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
@@ -113,13 +128,12 @@ def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float,
     return d0, per_seq, (params.beta_ms + params.gamma_ms) * n_in
 
 
-def continuous_law(
-    params: ServiceParams, load: Load, profile: PowerProfile | None, power_cap_w: float | None
-) -> StepLaw:
+def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law under continuous batching at a power cap; depends on the rate through phi."""
-    prefill_factor, decode_factor = cap_factors(profile, power_cap_w)
+    prefill_factor, _ = cap_factors(profile, shape.power_cap_w)
     d0, d1, c_p = _decode_and_prompt(params, load)
-    d0, d1, c_p = d0 * decode_factor, d1 * decode_factor, c_p * prefill_factor
+    d0, d1 = _capped_decode(d0, d1, profile, shape)
+    c_p *= prefill_factor
     phi = load.rate_rps * c_p / 1000.0
     if phi >= 0.99:
         raise ModelInputError(

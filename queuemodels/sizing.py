@@ -22,7 +22,7 @@ def _feasible(
 ) -> bool:
     """Targets met at this rate; a rate the model has no steady state for is not feasible."""
     try:
-        return meets(law_fn(params, replace(load, rate_rps=rate_rps), profile, shape.power_cap_w), shape, rate_rps,
+        return meets(law_fn(params, replace(load, rate_rps=rate_rps), profile, shape), shape, rate_rps,
                      targets)
     except ModelInputError:
         return False
@@ -38,7 +38,7 @@ def max_rate(
     law_fn: LawFn = capped_law,
 ) -> float:
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
-    law = law_fn(params, replace(load, rate_rps=0.0), profile, shape.power_cap_w)
+    law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
     high = 0.999 * 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
 
@@ -101,7 +101,7 @@ def best_batch_for_power(
     for n in sorted(batches):
         shape = ServerShape(n, max_queue, power_cap_w)
         try:
-            perf = evaluate(law_fn(params, load, profile, power_cap_w), shape, load.rate_rps, profile)
+            perf = evaluate(law_fn(params, load, profile, shape), shape, load.rate_rps, profile)
         except ModelInputError:
             continue
         if not perf.meets(targets) or perf.block_probability > 1e-3:

@@ -87,6 +87,9 @@ class PowerProfile:
     A phase slows only once the cap falls below its natural draw (the knee):
     time factor = 1 + sensitivity * max(0, knee_w / cap_w - 1).
     Draw when busy with batch b: idle + (peak - idle) * b / (b + batch_half).
+    Prefill's knee is knee_fraction of the peak (prompts keep the GPU compute-bound). Under continuous
+    batching a decode step's knee is the draw at its own batch: a small, memory-bound batch draws well
+    below the peak and a cap may never bite it (REFERENCE.md section 4), a large one slows.
     """
 
     name: str

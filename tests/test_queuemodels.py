@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -20,6 +21,7 @@ from queuemodels import (
     get_model,
     max_rate,
 )
+from queuemodels.service_time import StepLaw, continuous_law
 
 MODEL = get_model("mm1k-batch")
 H100 = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95)
@@ -107,6 +109,25 @@ def test_prefill_feels_the_cap_more_than_decode() -> None:
     capped = MODEL.analyze(PARAMS, Load(0.01, 512, 128), ServerShape(64, 10, 350), H100)
     assert capped.ttft_ms / free.ttft_ms > 1.5
     assert 1.0 < capped.itl_ms / free.itl_ms < 1.15
+
+
+def test_a_cap_slows_decode_only_where_its_batch_would_draw_more() -> None:
+    """mm1k-cb: a batch of 8 draws 162 W here, so 350 W never bites its decode steps; a full batch of 256
+    would draw 579 W and slows by 1 + s_d (579 / 350 - 1), lower caps more. (At rate 0: no prompts share
+    the GPU, whose cost the cap raises too.)"""
+    profile = dataclasses.replace(H100, decode_sensitivity=0.3, batch_half=64.0)
+    load = Load(0.0, 512, 128)
+
+    def law(n: int, cap: float | None) -> StepLaw:
+        return continuous_law(PARAMS, load, profile, ServerShape(n, None, cap))
+
+    assert law(8, 350).decode(8.0) == pytest.approx(law(8, None).decode(8.0), rel=1e-12)
+    draw_256 = 95 + 605 * 256 / (256 + 64)
+    assert law(256, 350).decode(256.0) / law(256, None).decode(256.0) == pytest.approx(
+        1 + 0.3 * (draw_256 / 350 - 1), rel=1e-9)
+    caps = [None, 700, 560, 450, 350, 250]
+    full = [law(256, c).decode(256.0) for c in caps]
+    assert full == sorted(full) and full[1] == full[0] and full[-1] > full[-2]
 
 
 def test_gen2_family() -> None:
