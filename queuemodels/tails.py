@@ -25,19 +25,27 @@ from queuemodels.service_time import StepLaw
 
 GRID = 96
 ERLANG_MAX = 16
+GROUPS = 32
+NEGLIGIBLE = 1e-9
 UNIT = np.linspace(0.0, 1.0, GRID)
 Survival = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
 def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
-    """P(wait > t, arrival waits) for the geometric block of waiting states."""
+    """P(wait > t, arrival waits) for the geometric block of waiting states. Where the states past the
+    queue's end would carry under 1e-12 (a stable load, a long or unbounded queue cut where its tail
+    vanishes), the Erlang mixture is its infinite sum to that precision: M/M/1's exponential tail."""
     n_wait = chain.capacity - chain.max_batch
     mu = chain.mu_full_per_ms
     rho = chain.rate_per_ms / mu
     if abs(1.0 - rho) < 1e-7:
         rho = 1.0 - 1e-7
-    log_scale = math.log(q_first) - math.log(abs(1.0 - rho)) if q_first > 0 else -math.inf
+    if q_first <= 0.0 or rho <= 0.0:
+        return lambda t: np.zeros(len(t))
+    log_scale = math.log(q_first) - math.log(abs(1.0 - rho))
     sign = 1.0 if rho < 1.0 else -1.0
+    if rho < 1.0 and log_scale + n_wait * math.log(rho) < math.log(1e-12):
+        return lambda t: np.minimum(np.exp(log_scale - mu * (1.0 - rho) * np.maximum(t, 0.0)), 1.0)
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
         t = np.maximum(t, 0.0)
@@ -51,26 +59,49 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
     return survival
 
 
-def _free_survival(law: StepLaw, free_q: NDArray[np.float64]) -> Survival:
+def _grouped(q: NDArray[np.float64], groups: int, *columns: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+    """Mass and mass-weighted columns of at most `groups` runs of adjacent states of equal width. Neighbouring
+    states differ little (times are affine in the state), so a mixture over groups is a mixture over states
+    with far fewer terms; the spread of a column inside a group is returned as the last column."""
+    groups = min(groups, len(q))
+    starts = (np.arange(groups) * len(q)) // groups
+    mass = np.add.reduceat(q, starts)
+    keep = mass > 0
+    weight = np.where(keep, mass, 1.0)
+    means = [np.add.reduceat(q * c, starts) / weight for c in columns]
+    second = np.add.reduceat(q * columns[0] ** 2, starts) / weight
+    return [a[keep] for a in (mass, *means, np.maximum(second - means[0] ** 2, 0.0))]
+
+
+def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROUPS) -> Survival:
     """P(TTFT > t, arrival finds a free slot): prefill(n + 1) in state n, fixed under batched prefill.
 
     Under continuous batching the prompt's own cost (cv prompt_cv) and the wait for the step in flight
     (uniform over a step) vary: their sum is taken as an Erlang variable with its mean and about its
-    variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step."""
+    variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step. States an
+    arrival almost never sees are left out, and the rest merged into at most `groups` groups."""
     states = np.arange(len(free_q), dtype=float)
     free_t = law.prefill(states + 1.0)
     if law.prompt_ms <= 0 and law.residual_share <= 0:
         # Mass whose prefill time exceeds t (prefill is increasing in n).
         tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
         return lambda t: np.asarray(tail_mass[np.searchsorted(free_t, t, side="right")], dtype=float)
+    live = np.flatnonzero(free_q > 1e-12 * free_q.max(initial=0.0))
+    if len(live) == 0:  # every arrival waits (an overloaded bounded queue)
+        return lambda t: np.zeros(len(t))
+    span = slice(int(live[0]), int(live[-1]) + 1)
+    states = states[span]
     residual = (states > 0) * (law.residual_share * law.decode(np.maximum(states, 1.0)) + law.residual_ms)
     spread = law.prompt_ms + residual
     variance = (law.prompt_cv * law.prompt_ms) ** 2 + residual**2 / 3.0
-    live = free_q > 1e-12 * free_q.max(initial=0.0)  # states an arrival almost never sees are left out
-    shape = np.maximum(np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX)), 1.0)[live]
-    scale = (spread[live] / shape)[None, :]
-    fixed_t = (free_t - law.prompt_ms)[live][None, :]
-    live_q = free_q[live]
+    mean_t = free_t[span] - law.prompt_ms + spread
+    q = free_q[span]
+    if len(q) > groups:
+        q, mean_t, spread, variance, location_var = _grouped(q, groups, mean_t, spread, variance)
+        variance = variance + location_var
+    shape = np.maximum(np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX)), 1.0)
+    scale = (spread / shape)[None, :]
+    fixed_t = (mean_t - spread)[None, :]
     more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -80,28 +111,28 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64]) -> Survival:
         for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
             term *= over * step
             total += term
-        return np.asarray((np.exp(-over) * total) @ live_q, dtype=float)
+        return np.asarray((np.exp(-over) * total) @ q, dtype=float)
 
     return survival
 
 
-def ttft_survival(chain: Stationary, law: StepLaw) -> tuple[Survival, float]:
-    """Survival function of TTFT (ms) for accepted arrivals, and the probability of waiting."""
+def ttft_survival(chain: Stationary, law: StepLaw, groups: int = GROUPS) -> tuple[Survival, float]:
+    """Survival function of TTFT (ms) for accepted arrivals, and the probability of waiting. A waiting
+    mass below NEGLIGIBLE is left out: the survival is read at 1e-2 and above."""
     p = chain.p
     accepted = p[:-1] / max(1e-300, 1.0 - p[-1])
     n_free = min(chain.max_batch, chain.capacity)
-    free_survival = _free_survival(law, accepted[:n_free])
+    free_survival = _free_survival(law, accepted[:n_free], groups)
     waiting_mass = float(accepted[n_free:].sum())
+    if waiting_mass < NEGLIGIBLE:
+        return free_survival, waiting_mass
     full_prefill = law.prefill(float(chain.max_batch))
-    waiting = _waiting_survival(chain, float(accepted[n_free]) if waiting_mass > 0 else 0.0)
+    waiting = _waiting_survival(chain, float(accepted[n_free]))
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
-        free = free_survival(t)
-        if waiting_mass <= 0:
-            return free
         shifted = (t - full_prefill) / law.wait_scale
         wait: NDArray[np.float64] = np.where(shifted <= 0, waiting_mass, waiting(shifted))
-        return free + wait
+        return free_survival(t) + wait
 
     return survival, waiting_mass
 
@@ -128,9 +159,9 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
 
 
 def ttft_quantiles(
-    chain: Stationary, law: StepLaw, wait_ms: float, probs: Sequence[float]
+    chain: Stationary, law: StepLaw, wait_ms: float, probs: Sequence[float], groups: int = GROUPS
 ) -> list[float]:
-    survival, waiting_mass = ttft_survival(chain, law)
+    survival, waiting_mass = ttft_survival(chain, law, groups)
     low = law.prefill(1.0) - law.prompt_ms
     mean_wait = law.wait_scale * wait_ms / waiting_mass if waiting_mass > 1e-15 else 0.0
     high = law.prefill(float(chain.max_batch)) + 10.0 * mean_wait + 5.0 / chain.mu_full_per_ms + 5.0 * law.prompt_ms

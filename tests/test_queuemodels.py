@@ -21,7 +21,10 @@ from queuemodels import (
     get_model,
     max_rate,
 )
+from queuemodels.chain import means
+from queuemodels.operating_point import solve_chain
 from queuemodels.service_time import StepLaw, continuous_law
+from queuemodels.tails import ttft_quantiles
 
 MODEL = get_model("mm1k-batch")
 H100 = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95)
@@ -200,6 +203,32 @@ def test_prompt_spread_widens_the_ttft_tail_not_its_mean() -> None:
     assert narrow.ttft_ms == wide.ttft_ms
     assert narrow.ttft_p95_ms < wide.ttft_p95_ms
     assert narrow.ttft_p99_ms < wide.ttft_p99_ms
+
+
+def test_waiting_tail_same_through_incomplete_gammas_and_the_exponential() -> None:
+    """A queue just long enough that the mass it cuts (about 1e-8) keeps the incomplete-gamma form, and
+    the unbounded queue, whose tail is read as M/M/1's exponential: the same percentiles."""
+    load = Load(2.2, 512, 128)
+    unbounded = CB.analyze(PARAMS, load, ServerShape(8, None))
+    rho = unbounded.utilization
+    queue = math.ceil(math.log(1e-8) / math.log(rho))
+    bounded = CB.analyze(PARAMS, load, ServerShape(8, queue))
+    assert unbounded.extra["wait_ms"] > 100.0 and 1e-10 < bounded.block_probability < 1e-7
+    assert bounded.ttft_p95_ms == pytest.approx(unbounded.ttft_p95_ms, rel=1e-6)
+    assert bounded.ttft_p99_ms == pytest.approx(unbounded.ttft_p99_ms, rel=1e-6)
+
+
+def test_grouped_free_states_match_the_full_mixture() -> None:
+    """Batch 256 at moderate load: ~200 free states an arrival may find, merged into 32 groups."""
+    shape = ServerShape(256, None)
+    law = continuous_law(PARAMS, Load(8.0, 512, 128, in_cv=0.5), None, shape)
+    chain = solve_chain(law, shape, 8.0)
+    free = chain.p[:256]
+    assert np.count_nonzero(free > 1e-12 * free.max()) > 100
+    wait = means(chain).wait_ms
+    grouped = ttft_quantiles(chain, law, wait, (0.5, 0.95, 0.99))
+    full = ttft_quantiles(chain, law, wait, (0.5, 0.95, 0.99), groups=10**6)
+    assert grouped == pytest.approx(full, rel=0.01)
 
 
 @pytest.mark.parametrize(
