@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
+from controller.optimizer.candidates import shed_weights
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -69,14 +70,17 @@ def test_budget_never_exceeded_and_lowest_priority_sheds_first() -> None:
     assert reasons <= {"budget", "inventory", "replicas"}
 
 
-def test_infeasible_slo_is_reported_not_crashed() -> None:
+@pytest.mark.parametrize("last", [False, True], ids=["first", "last"])
+def test_infeasible_slo_is_reported_not_crashed(last: bool) -> None:
+    """A service no shape can serve has no candidates at all, wherever it sits among the others."""
     impossible = ServiceDemand("strict", 1, Targets(ttft_ms=1.0, itl_ms=1.0), Load(2, 512, 100), {"H100-SXM": P8})
-    problem = Problem((impossible, *services((2.0, 1.0, 1.0))[1:]), (H100,), 5000.0, batch_sizes=(16, 64))
+    others = services((2.0, 1.0, 1.0))[1:]
+    problem = Problem((*others, impossible) if last else (impossible, *others), (H100,), 5000.0, batch_sizes=(16, 64))
     for name in ("greedy", "milp", "exhaustive"):
         sol = solve(problem, get_solver(name))
-        strict = sol.services[0]
+        strict = next(s for s in sol.services if s.name == "strict")
         assert strict.assignment is None and strict.reason == "slo" and strict.short_rps == 2
-        assert all(s.reason is None for s in sol.services[1:])
+        assert all(s.reason is None for s in sol.services if s.name != "strict")
 
 
 def test_transition_penalty_keeps_a_good_enough_plan() -> None:
@@ -110,3 +114,17 @@ def test_sizing_reads_the_services_token_length_spread() -> None:
 
     assert planned(0.2) == 4
     assert planned(1.0) is None
+
+
+def test_one_percent_of_a_priority_outweighs_all_below_it_and_every_score() -> None:
+    """Priorities 1, 2, 2, 5 (gaps allowed): more than 0.5 % of a service's load unserved costs more than
+    every service's score together and every lower-priority service shed entirely; less costs less."""
+    demands = tuple(ServiceDemand(f"s{i}", p, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})
+                    for i, p in enumerate((1, 2, 2, 5)))
+    problem = Problem(demands, (H100,), 5000.0)
+    scale = 7.0
+    weights = shed_weights(problem, scale)
+    assert sorted(weights) == [1, 2, 5]
+    for level, w in weights.items():
+        below = sum(weights[s.priority] for s in demands if s.priority > level)
+        assert 0.0051 * w > below + len(demands) * scale > 0.0049 * w

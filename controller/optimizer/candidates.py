@@ -2,7 +2,8 @@
 
 A full candidate serves the whole load with ceil(load / max rate) replicas; partial ones serve what
 fewer replicas can, so a short budget degrades a service before it drops it. Values fold the objective,
-the priority-weighted shortfall (so lower priorities give way first) and the transition penalty.
+the priority-weighted shortfall (so lower priorities give way first, a replica's worth at a time) and the
+transition penalty.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from controller.optimizer.problem import AcceleratorType, Assignment, Candidate,
 from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_PARTIAL = 6
+GRAIN = 0.005
 
 
 @lru_cache(maxsize=200_000)
@@ -98,19 +100,27 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
     return out
 
 
-def shed_weight(problem: Problem, svc: ServiceDemand, scale: float) -> float:
-    """Penalty per unit of unserved share; each priority level outweighs all lower ones together."""
-    n = len(problem.services) + 1
-    levels = max(s.priority for s in problem.services)
-    return scale * n * float(n) ** (levels - svc.priority)
+def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
+    """Penalty per unit of unserved share, by priority: a shortfall of more than GRAIN (0.5 %) of a service's
+    load outweighs every service's score (n x scale) and every service of lower priority shed entirely.
+    Plans trade load a replica at a time, often a few % of a service, so the whole load is served wherever
+    it can be, and a lower priority gives way first, at that grain and not only for whole services."""
+    weights: dict[int, float] = {}
+    below = 0.0
+    scores = len(problem.services) * scale
+    for level in sorted({s.priority for s in problem.services}, reverse=True):
+        weights[level] = (scores + below) / GRAIN
+        below += weights[level] * sum(1 for s in problem.services if s.priority == level)
+    return weights
 
 
 def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
     """Attach each candidate's value; returns them with each service's value when shed entirely."""
     scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
+    weights = shed_weights(problem, scale)
     out, shed = [], []
     for svc, cs in zip(problem.services, candidates, strict=True):
-        w = shed_weight(problem, svc, scale)
+        w = weights[svc.priority]
         share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
         row = []
         for c in cs:

@@ -81,8 +81,12 @@ class Greedy:
             return float(v[0] - (v[1] if len(v) > 1 else shed[i])) if len(v) else 0.0
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
+        # The highest power price a choice can turn on: a trade between two candidates of a service, or
+        # serving it at all against shedding it (what starves a lower priority when a higher one overspends).
         spread = [float(np.ptp(a.value) / max(np.ptp(a.power), 1e-9)) for a in arrays if a.value.size > 1]
-        top = max(spread, default=1.0) or 1.0
+        serve = [float(np.max((a.value - shed[i]) / np.maximum(a.power, 1.0))) for i, a in enumerate(arrays)
+                 if a.value.size]
+        top = max([*spread, *serve], default=1.0) or 1.0
         count = np.array([a.count for a in problem.accelerators], dtype=float)
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
@@ -93,29 +97,38 @@ class Greedy:
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
                 best, best_v = picks, v
-        self._trade_power(arrays, best, problem.budget_w - problem.idle_w)
+        self._trade_power(arrays, best, shed, count, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
     @staticmethod
-    def _trade_power(arrays: list[_Ranked], picks: list[int], budget: float) -> None:
-        """Pairwise exchange on the power row: one service moves to a lower-power candidate of the same GPUs
-        (a lower cap or smaller batch), another to a higher one, when the gain beats the loss. Same GPUs on the
-        same accelerator keep the inventory rows as they were, so only the budget needs checking. Each round
-        finds the best move in O(m log m) over the m variants (donors sorted by watts freed, with suffix
-        minima of the value lost)."""
+    def _trade_power(arrays: list[_Ranked], picks: list[int], shed: list[float], count: np.ndarray,
+                     budget: float) -> None:
+        """Pairwise exchange on the power row: one service (the donor) moves to a candidate drawing less, on
+        the same accelerator with no more GPUs, and another (the taker, or a shed service) to one worth more
+        that fits the GPUs free now, when the gain beats the loss. A donor only frees GPUs and a taker only
+        takes free ones (neither counts what the other frees), so the inventory rows hold and only the budget
+        needs checking. Each round finds the best move in O(m log m) over all m candidates at once (donors
+        sorted by watts freed, with suffix minima of the value lost)."""
+        if not any(a.value.size for a in arrays):
+            return
+        who = np.concatenate([np.full(a.value.size, i) for i, a in enumerate(arrays)])
+        first = np.cumsum([0] + [a.value.size for a in arrays])[:-1]
+        power, value, gpus, acc = (np.concatenate([getattr(a, f) for a in arrays])
+                                   for f in ("power", "value", "gpus", "acc"))
+        shed_value = np.asarray(shed, dtype=float)
         for _ in range(8):
-            spare = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
-            parts = []
-            for i, j in enumerate(picks):
-                if j >= 0:
-                    a = arrays[i]
-                    same = np.flatnonzero((a.acc == a.acc[j]) & (a.gpus == a.gpus[j]))
-                    parts.append((a.power[same] - a.power[j], a.value[same] - a.value[j], np.full(same.size, i),
-                                  same))
-            if not parts:
-                return
-            dp, dv, who, cand = (np.concatenate(x) for x in zip(*parts, strict=True))
-            give, take = np.flatnonzero(dp < 0), np.flatnonzero((dp > 0) & (dv > 1e-12))
+            chosen = np.array(picks) >= 0
+            # Flat index of each service's pick; clamped, and masked by `chosen`, for a service without one.
+            at_pick = np.minimum(first + np.maximum(picks, 0), who.size - 1)
+            spare = budget + 1e-6 - float(power[at_pick[chosen]].sum())
+            left = count - np.bincount(acc[at_pick[chosen]], weights=gpus[at_pick[chosen]], minlength=count.size)
+            has = chosen[who]
+            same = has & (acc == acc[at_pick][who])
+            own_gpus = np.where(same, gpus[at_pick][who], 0.0)
+            dp = power - np.where(has, power[at_pick][who], 0.0)
+            dv = value - np.where(has, value[at_pick][who], shed_value[who])
+            give = np.flatnonzero(same & (gpus <= own_gpus) & (dp < 0))
+            take = np.flatnonzero((gpus <= left[acc] + own_gpus) & (dp > 0) & (dv > 1e-12))
             if give.size == 0 or take.size == 0:
                 return
             give = give[np.argsort(-dp[give], kind="stable")]  # by watts freed, ascending
@@ -137,7 +150,8 @@ class Greedy:
             if move is None:
                 return
             _, t, g = move
-            picks[int(who[t])], picks[int(who[g])] = int(cand[t]), int(cand[g])
+            picks[int(who[t])] = int(t - first[who[t]])
+            picks[int(who[g])] = int(g - first[who[g]])
 
     @staticmethod
     def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
