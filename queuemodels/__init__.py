@@ -1,6 +1,7 @@
 """Performance and power models of one vLLM replica (pure: numpy and scipy only)."""
 
 from queuemodels.analyzer import DEFAULT_MODEL, MODELS, ChainModel, QueueModel, get_model
+from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.sizing import BatchChoice, best_batch_for_power, best_batch_for_rate, max_rate
 from queuemodels.types import (
     FAMILIES,
@@ -23,6 +24,7 @@ __all__ = [
     "ChainModel",
     "Load",
     "ModelInputError",
+    "Occupancy",
     "Performance",
     "PowerProfile",
     "QueueModel",
@@ -33,4 +35,5 @@ __all__ = [
     "best_batch_for_rate",
     "get_model",
     "max_rate",
+    "mean_draw_w",
 ]

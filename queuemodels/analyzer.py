@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from queuemodels.operating_point import evaluate
+from queuemodels.operating_point import evaluate, occupancy, solve_chain
+from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, capped_law, continuous_law
 from queuemodels.sizing import max_rate
 from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
 
 
 class QueueModel(Protocol):
-    """Predicts one replica's performance, and the largest rate it can take within targets."""
+    """Predicts one replica's performance, the largest rate it can take within targets, and where its time
+    goes (batch sizes and prompts: what its power draw follows)."""
 
     @property
     def name(self) -> str: ...
@@ -34,6 +36,10 @@ class QueueModel(Protocol):
         targets: Targets,
         profile: PowerProfile | None = None,
     ) -> float: ...
+
+    def occupancy(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+    ) -> Occupancy: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,13 @@ class ChainModel:
         profile: PowerProfile | None = None,
     ) -> float:
         return max_rate(params, load, shape, targets, profile, law_fn=self.law)
+
+    def occupancy(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+    ) -> Occupancy:
+        """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
+        law = self.law(params, load, profile, shape)
+        return occupancy(law, solve_chain(law, shape, load.rate_rps), load.rate_rps)
 
 
 DEFAULT_MODEL = "mm1k-cb"

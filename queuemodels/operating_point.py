@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from queuemodels.chain import Means, Stationary, means, stationary, unbounded_capacity
-from queuemodels.power import mean_draw_w
+from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.service_time import StepLaw
 from queuemodels.tails import itl_exceedance, itl_quantiles, ttft_exceedance, ttft_quantiles
 from queuemodels.types import Performance, PowerProfile, ServerShape, Targets
@@ -24,6 +26,18 @@ def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary
         if rate_per_ms < mu_full and capacity > 4 * shape.max_batch:
             capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
     return stationary(law, shape.max_batch, capacity, rate_per_ms)
+
+
+def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:
+    """Share of time at each batch size, and of busy time on prompts (phi = lambda c_p of all time)."""
+    n = chain.max_batch
+    share = np.zeros(n + 1)
+    upto = min(n, chain.capacity)
+    share[:upto] = chain.p[:upto]
+    share[upto] += chain.p[upto:].sum()
+    busy = 1.0 - float(share[0])
+    phi = rate_rps * law.prompt_ms / 1000.0
+    return Occupancy(share, min(1.0, phi / busy) if busy > 0 else 0.0)
 
 
 def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, float, float]:
@@ -61,7 +75,7 @@ def evaluate(
     if tails:
         ttft_p95, ttft_p99 = ttft_quantiles(chain, law, m.wait_ms, PROBS)
         itl_p95, itl_p99 = itl_quantiles(chain, law, m.throughput_per_ms, PROBS)
-    power = mean_draw_w(profile, chain.p, chain.batch, shape.power_cap_w) if profile else nan
+    power = mean_draw_w(profile, occupancy(law, chain, rate_rps), shape.power_cap_w) if profile else nan
     return Performance(
         ttft_ms=ttft,
         itl_ms=itl,

@@ -97,12 +97,15 @@ LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", ServerShape], Step
 
 
 def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, batch: float) -> float:
-    """Time multiplier of a decode step at `batch` under a cap. The step slows only once the cap falls below
-    what it would draw uncapped (the draw model at its batch): a small batch is memory-bound and draws well
-    below the peak, so a cap may never bite it, while a large batch turns compute-bound and slows."""
+    """Time multiplier of a decode step at `batch` under a cap. A cap slows the compute in a step, as it slows
+    prompts (prefill_sensitivity), and only once the step would draw more than the cap: a small batch is
+    memory-bound and draws well below the peak, so a cap may never bite it. The compute share of a decode
+    step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half)."""
     if profile is None or power_cap_w is None:
         return 1.0
-    return 1.0 + profile.decode_sensitivity * max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
+    compute_share = batch / (batch + profile.batch_half)
+    squeeze = max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
+    return 1.0 + profile.prefill_sensitivity * compute_share * squeeze
 
 
 def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: ServerShape) -> tuple[float, float]:

@@ -82,14 +82,15 @@ class Load:
 
 @dataclass(frozen=True)
 class PowerProfile:
-    """How an accelerator's speed and draw depend on its power cap.
+    """How an accelerator's speed and draw depend on its power cap, for one model on it.
 
     A phase slows only once the cap falls below its natural draw (the knee):
     time factor = 1 + sensitivity * max(0, knee_w / cap_w - 1).
-    Draw when busy with batch b: idle + (peak - idle) * b / (b + batch_half).
-    Prefill's knee is knee_fraction of the peak (prompts keep the GPU compute-bound). Under continuous
-    batching a decode step's knee is the draw at its own batch: a small, memory-bound batch draws well
-    below the peak and a cap may never bite it (REFERENCE.md section 4), a large one slows.
+    Prompts keep the GPU compute-bound: they draw knee_fraction of the peak, their knee. A decode step with
+    batch B draws idle + (peak - idle) * [busy_share + (1 - busy_share) * B / (B + batch_half)]: a small
+    batch is memory-bound and draws well below the peak, so a cap may never bite it (REFERENCE.md
+    section 4); under continuous batching that draw is its knee, and what slows is its compute share. The
+    draw parameters are catalogue defaults until the tuner fits them to a pair's observed power.
     """
 
     name: str
@@ -97,9 +98,16 @@ class PowerProfile:
     min_power_w: float
     idle_power_w: float
     prefill_sensitivity: float = 1.0
+    """Slow-down of compute per unit of relative squeeze below its knee: all of a prompt's work, and under
+    continuous batching the compute share of a decode step, B / (B + batch_half)."""
     decode_sensitivity: float = 0.1
+    """Slow-down of decode steps per unit of squeeze in the batched reading (mm1k-batch, one knee)."""
     knee_fraction: float = 0.9
-    batch_half: float = 8.0
+    """Draw of prompt work, as a share of the peak: the cap below which prompts slow."""
+    busy_share: float = 0.2
+    """Share of the dynamic range (peak - idle) a busy GPU draws before its batch adds compute."""
+    batch_half: float = 96.0
+    """Batch at which a decode step's draw is half-way from the busy base to the peak."""
 
     def __post_init__(self) -> None:
         _check("max_power_w", self.max_power_w, positive=True)
@@ -112,6 +120,9 @@ class PowerProfile:
         _check("prefill_sensitivity", self.prefill_sensitivity)
         _check("decode_sensitivity", self.decode_sensitivity)
         _check("knee_fraction", self.knee_fraction, positive=True)
+        _check("busy_share", self.busy_share)
+        if self.busy_share >= 1.0:
+            raise ModelInputError(f"busy_share: must be below 1, got {self.busy_share!r}")
         _check("batch_half", self.batch_half, positive=True)
 
 

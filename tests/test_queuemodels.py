@@ -115,22 +115,51 @@ def test_prefill_feels_the_cap_more_than_decode() -> None:
 
 
 def test_a_cap_slows_decode_only_where_its_batch_would_draw_more() -> None:
-    """mm1k-cb: a batch of 8 draws 162 W here, so 350 W never bites its decode steps; a full batch of 256
-    would draw 579 W and slows by 1 + s_d (579 / 350 - 1), lower caps more. (At rate 0: no prompts share
-    the GPU, whose cost the cap raises too.)"""
-    profile = dataclasses.replace(H100, decode_sensitivity=0.3, batch_half=64.0)
+    """mm1k-cb: a batch of 8 draws 270 W here, so 350 W never bites its decode steps; a full batch of 256
+    would draw 603 W, and the cap slows its compute share, 256 / (256 + 64), as it slows prompts:
+    1 + s_p 0.8 (603 / 350 - 1); lower caps more. (At rate 0: no prompts share the GPU.)"""
+    profile = dataclasses.replace(H100, prefill_sensitivity=0.5, busy_share=0.2, batch_half=64.0)
     load = Load(0.0, 512, 128)
 
     def law(n: int, cap: float | None) -> StepLaw:
         return continuous_law(PARAMS, load, profile, ServerShape(n, None, cap))
 
     assert law(8, 350).decode(8.0) == pytest.approx(law(8, None).decode(8.0), rel=1e-12)
-    draw_256 = 95 + 605 * 256 / (256 + 64)
+    draw_256 = 95 + 605 * (0.2 + 0.8 * 256 / (256 + 64))
     assert law(256, 350).decode(256.0) / law(256, None).decode(256.0) == pytest.approx(
-        1 + 0.3 * (draw_256 / 350 - 1), rel=1e-9)
+        1 + 0.5 * 0.8 * (draw_256 / 350 - 1), rel=1e-9)
     caps = [None, 700, 560, 450, 350, 250]
     full = [law(256, c).decode(256.0) for c in caps]
     assert full == sorted(full) and full[1] == full[0] and full[-1] > full[-2]
+
+
+def test_draw_is_idle_at_rest_and_the_full_batch_draw_when_overloaded() -> None:
+    """mm1k-batch (no prompt share): rate 0 draws idle; an overloaded bounded queue keeps a full batch
+    running and draws idle + (peak - idle) (busy + (1 - busy) N / (N + h)), or the cap below that."""
+    rest = MODEL.analyze(PARAMS, Load(0.0, 512, 128), ServerShape(64, 100, 500.0), H100)
+    assert rest.power_w == pytest.approx(95.0, rel=1e-12)
+    full_w = 95 + 605 * (0.2 + 0.8 * 64 / (64 + 96))
+    over = MODEL.analyze(PARAMS, Load(500.0, 512, 128), ServerShape(64, 100), H100)
+    assert over.power_w == pytest.approx(full_w, rel=1e-9)
+    capped = MODEL.analyze(PARAMS, Load(500.0, 512, 128), ServerShape(64, 100, 300.0), H100)
+    assert capped.power_w == pytest.approx(300.0, rel=1e-9)
+
+
+def test_draw_rises_with_load_and_prompts_and_never_passes_the_cap() -> None:
+    """mm1k-cb: more load runs bigger batches, longer prompts keep the GPU at the prefill knee longer;
+    a cap clips each phase, so the draw never exceeds it."""
+    shape = ServerShape(64, None)
+    draws = [CB.analyze(PARAMS, Load(r, 512, 128), shape, H100).power_w for r in (0.0, 0.5, 2.0, 4.0, 5.0)]
+    assert draws == sorted(draws) and draws[0] == pytest.approx(95.0)
+    short = CB.analyze(PARAMS, Load(1.0, 256, 128), shape, H100).power_w
+    long = CB.analyze(PARAMS, Load(1.0, 8192, 128), shape, H100).power_w
+    assert long > short + 20.0
+    for cap, rate, batch in itertools.product((200.0, 300.0, 450.0, 700.0), (0.5, 2.0, 4.0, 20.0), (8, 64, 256)):
+        try:
+            perf = CB.analyze(PARAMS, Load(rate, 2048, 128), ServerShape(batch, 500, cap), H100)
+        except ModelInputError:  # prompts alone would need the whole GPU
+            continue
+        assert 95.0 <= perf.power_w <= cap + 1e-9
 
 
 def test_gen2_family() -> None:
