@@ -93,6 +93,9 @@ def _tune(args: argparse.Namespace) -> int:
     observations = read_observations(Path(args.observations))
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
+    if prof is None and any(o.power_w is not None for o in observations):
+        raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
+                              "its draw curve")
     pair = PairFilter(prior, prof, fit_power=args.fit_power and prof is not None, queue_model=args.model)
     report = run(pair, observations)
     if args.json:
@@ -103,6 +106,10 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"{report['observations']} observations {report['verdicts']}: {params}")
         print(f"error one step ahead: ttft {ahead['median_ttft']}, itl {ahead['median_itl']} (median); "
               f"in sample: ttft {fit['median_ttft']}, itl {fit['median_itl']}")
+        if "draw" in report:
+            d = report["draw"]
+            print(f"draw curve: busy share {d['busy_share']}, batch half {d['batch_half']} from {d['windows']} "
+                  f"windows; median error {d['median_abs_err_power']}")
     return 0
 
 

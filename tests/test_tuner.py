@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
-from queuemodels.accelerators import profile
 from tuner import FilterSettings, Observation, PairFilter, Tuner
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -201,11 +200,3 @@ def test_a_load_the_model_calls_impossible_counts_towards_a_shift() -> None:
     reasons = [tuner.update("m", "gpu", observe(TRUE, 6.0)).reason for _ in range(3)]
     assert reasons == ["model-error", "model-error", "shift"], reasons
     assert relative_error(tuner, observe(TRUE, 6.0)).max() < 0.05
-
-
-def test_power_is_observed_only_where_a_power_parameter_is_fitted() -> None:
-    prof = profile("H100-SXM")
-    base = observe(TRUE, 5.0)
-    with_power = Observation(5.0, 500, 200, 64, 512, base.ttft_ms, base.itl_ms, 500.0, power_w=250.0)
-    assert len(PairFilter(PRIOR, prof).observed(with_power)) == 2
-    assert len(PairFilter(PRIOR, prof, fit_power=True).observed(with_power)) == 3

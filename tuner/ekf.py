@@ -1,13 +1,14 @@
 """Extended Kalman filter over one (model, accelerator) pair's queue-model parameters.
 
 State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
-caps vary. Observation z = log [TTFT, ITL] (ms), and GPU power (W) where sampled; h(x) is the queue model at
-the observed load, batch limit and cap (REFERENCE.md section 2). Robustness: a robust least-squares
-warm-up on the first observations that keeps the prior's shape where they leave it open, a chi-square NIS
-gate, clamping to [prior/10, 10 prior], rejection of non-positive parameters, and a refit on the rejected
-observations themselves after repeated gate rejections in a row (a real shift, not an outlier: they are the
-best evidence of the new law, and a linearised update from far away overshoots), anchored on the estimate
-before the shift.
+caps vary. Observation z = log [TTFT, ITL] (ms); h(x) is the queue model at the observed load, batch limit
+and cap (REFERENCE.md section 2). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
+it says nothing true about service times, which would otherwise absorb the draw model's error.
+Robustness: a robust least-squares warm-up on the first observations that keeps the prior's shape where
+they leave it open, a chi-square NIS gate, clamping to [prior/10, 10 prior], rejection of non-positive
+parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row (a
+real shift, not an outlier: they are the best evidence of the new law, and a linearised update from far
+away overshoots), anchored on the estimate before the shift.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scipy.optimize import least_squares
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
+from tuner.draw import DrawFit
 from tuner.observation import Observation
 
 
@@ -77,6 +79,8 @@ class PairFilter:
     last_nis: float = float("nan")
     anchor: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     """The shape a warm-up fit keeps: the prior, or the estimate just before a shift."""
+    draw: DrawFit = field(default_factory=DrawFit)
+    """The power-draw curve, fitted to observed GPU power."""
 
     def __post_init__(self) -> None:
         if self.x.size == 0:
@@ -96,35 +100,28 @@ class PairFilter:
         x0 = self.prior_vector()
         return np.maximum(x0 / 10.0, 1e-9 * (x0 > 0)), 10.0 * x0
 
+    def _latency_profile(self, v: NDArray[np.float64]) -> PowerProfile | None:
+        """The catalogue profile with the fitted prefill sensitivity (the draw curve's anchor)."""
+        if self.fit_power and self.profile is not None:
+            return dataclasses.replace(self.profile, prefill_sensitivity=float(v[len(self.prior.as_vector())]))
+        return self.profile
+
     def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
         params = ServiceParams.from_vector(self.prior.family, [float(a) for a in v[:n]])
-        profile = self.profile
-        if self.fit_power and profile is not None:
-            profile = dataclasses.replace(profile, prefill_sensitivity=float(v[n]))
-        return params, profile
-
-    def uses_power(self, obs: Observation) -> bool:
-        """Power is observed only where a parameter of its own is fitted: otherwise the draw model's error
-        would be absorbed by the service times, which it says nothing true about."""
-        return obs.power_w is not None and self.fit_power and self.profile is not None
+        profile = self._latency_profile(v)
+        return params, None if profile is None else self.draw.applied(profile)
 
     def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
-        """h(x): the model's [TTFT, ITL(, power)] at the observation's operating point."""
+        """h(x): the model's [TTFT, ITL] at the observation's operating point."""
         params, profile = self.params(x)
         perf = get_model(self.queue_model).analyze(params, obs.load, obs.shape, profile, tails=False)
-        out = [perf.ttft_ms, perf.itl_ms]
-        if self.uses_power(obs):
-            out.append(perf.power_w)
-        return np.array(out)
+        return np.array([perf.ttft_ms, perf.itl_ms])
 
-    def observed(self, obs: Observation) -> NDArray[np.float64]:
-        z = [obs.ttft_ms, obs.itl_ms]
-        if self.uses_power(obs):
-            assert obs.power_w is not None
-            z.append(obs.power_w)
-        return np.array(z)
+    @staticmethod
+    def observed(obs: Observation) -> NDArray[np.float64]:
+        return np.array([obs.ttft_ms, obs.itl_ms])
 
     def log_predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x) in log space: the filter works on relative errors, and latency's 1 / (1 - rho) growth near
@@ -148,11 +145,19 @@ class PairFilter:
         return Verdict(False, reason, nis)
 
     def update(self, obs: Observation) -> Verdict:
-        """Fold one observation in; returns accepted or the reason it was rejected."""
+        """Fold one observation in; returns accepted or the reason it was rejected. A usable window with a
+        power reading also refits the draw curve, whatever its latencies say."""
         problem = obs.problem()
         if problem is not None:
             return self._reject(problem)
         self.updates += 1
+        verdict = self._update_latency(obs)
+        profile = self._latency_profile(self.x)
+        if profile is not None:
+            self.draw.observe(obs, self.params()[0], profile, self.queue_model)
+        return verdict
+
+    def _update_latency(self, obs: Observation) -> Verdict:
         if self.accepted < self.settings.warmup_observations or self.rewarm > 0:
             return self._warm(obs)
         try:

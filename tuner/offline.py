@@ -9,7 +9,8 @@ CSV columns (a header row names them; order is free):
   steady                                                        optional, 1 or 0 (0: a restart in the window)
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
 gating; the report gives the fitted parameters, the counts, and the prediction error before each
-update (one step ahead) and after the last one (in sample).
+update (one step ahead) and after the last one (in sample). With --accelerator, rows with power_w also
+fit the pair's draw curve (`draw` in the report, with its in-sample error over the windows it kept).
 """
 
 from __future__ import annotations
@@ -151,5 +152,10 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     }
     if pair.fit_power and profile is not None:
         out["params"]["prefill_sensitivity"] = round(profile.prefill_sensitivity, 6)
+    if profile is not None and pair.draw.busy_share is not None:
+        draw_err = pair.draw.error(params, profile, pair.queue_model)
+        out["draw"] = {"busy_share": round(profile.busy_share, 4), "batch_half": round(profile.batch_half, 2),
+                       "windows": len(pair.draw.recent),
+                       "median_abs_err_power": None if draw_err is None else round(draw_err, 4)}
     out["last_nis"] = None if math.isnan(pair.last_nis) else round(pair.last_nis, 4)
     return out

@@ -41,6 +41,7 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
         "updates": f.updates,
         "accepted": f.accepted,
         "rejected": dict(f.rejected),
+        "draw": f.draw.dump(),
     }
 
 
@@ -79,8 +80,13 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
             return [f"{path}: state version {doc.get('version')!r} is not {STATE_VERSION}; starting from priors"]
         warnings = []
         for key, data in doc["pairs"].items():
-            if key in filters and not restore_pair(filters[key], data):
+            if key not in filters:
+                continue
+            if not restore_pair(filters[key], data):
                 warnings.append(f"{path}: saved state of {key} no longer matches its prior; starting from the prior")
+            # The draw curve is the pair's (model x accelerator), whatever its latency prior.
+            if "draw" in data and not filters[key].draw.restore(data["draw"]):
+                warnings.append(f"{path}: saved draw curve of {key} is unreadable; starting from the catalogue's")
         return warnings
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{path}: unreadable tuner state ({exc}); starting from priors"]

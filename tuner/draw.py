@@ -1,0 +1,112 @@
+"""A pair's power-draw curve, fitted to the GPU power its steady windows were observed to draw.
+
+NVML gives each GPU's mean draw over a window; the queue model says where the replica's time went at that
+window's load (how long at each batch size, how much on prompts). The curve's two free parameters, the busy
+base and the batch at which decode's draw is half-way to the peak, are fitted by bounded least squares on the
+relative error over the most recent windows, with a weak pull towards the catalogue's values: windows that
+all ran one batch size say nothing of `batch_half`, and it should then stay where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares
+
+from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model, mean_draw_w
+from tuner.observation import Observation
+
+BUSY_BOUNDS = (0.0, 0.9)
+HALF_BOUNDS = (1.0, 4096.0)
+
+
+@dataclass
+class DrawFit:
+    """Recent observed draws of one pair and the curve fitted to them (None until the first fit)."""
+
+    keep: int = 32
+    """Most recent windows with a power reading that the fit reads."""
+    error_level: float = 0.03
+    """Relative error of one window's mean draw (NVML's accuracy and the window's own spread)."""
+    prior_spread: float = 0.5
+    """How far the busy share (absolute) and log batch_half may stray from the catalogue's for free."""
+    recent: list[Observation] = field(default_factory=list)
+    busy_share: float | None = None
+    batch_half: float | None = None
+
+    def applied(self, profile: PowerProfile) -> PowerProfile:
+        """The profile with the fitted curve (unchanged before the first fit)."""
+        if self.busy_share is None or self.batch_half is None:
+            return profile
+        return replace(profile, busy_share=self.busy_share, batch_half=self.batch_half)
+
+    def observe(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
+        """Keep a steady window with a power reading and refit; False (nothing kept) for any other window."""
+        if obs.power_w is None or not math.isfinite(obs.power_w) or obs.power_w <= 0 or obs.problem() is not None:
+            return False
+        self.recent = [*self.recent, obs][-self.keep :]
+        self.fit(params, catalogue, queue_model)
+        return True
+
+    def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
+        """Refit on the recent windows, each read through the model's occupancy at its own load and cap."""
+        model = get_model(queue_model)
+        profile = self.applied(catalogue)
+        points: list[tuple[Occupancy, float | None, float]] = []
+        for o in self.recent:
+            try:
+                points.append((model.occupancy(params, o.load, o.shape, profile), o.power_cap_w, float(o.power_w or 0)))
+            except ModelInputError:
+                continue  # a load the current law cannot carry says nothing about the draw
+        if not points:
+            return
+        anchor = np.array([catalogue.busy_share, math.log(catalogue.batch_half)])
+
+        def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
+            curve = replace(catalogue, busy_share=float(v[0]), batch_half=math.exp(v[1]))
+            errors = [mean_draw_w(curve, occ, cap) / seen - 1.0 for occ, cap, seen in points]
+            return np.concatenate([np.array(errors) / self.error_level, (v - anchor) / self.prior_spread])
+
+        lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
+        hi = np.array([BUSY_BOUNDS[1], math.log(HALF_BOUNDS[1])])
+        start = np.clip([profile.busy_share, math.log(profile.batch_half)], lo, hi)
+        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.1, 1.0])
+        self.busy_share = float(result.x[0])
+        self.batch_half = float(math.exp(result.x[1]))
+
+    def error(self, params: ServiceParams, profile: PowerProfile, queue_model: str) -> float | None:
+        """Median relative error of the draw the pair predicts (`profile`: its curve applied) on the recent
+        windows; None when there are none."""
+        model = get_model(queue_model)
+        errs = []
+        for o in self.recent:
+            try:
+                perf = model.analyze(params, o.load, o.shape, profile, tails=False)
+            except ModelInputError:
+                continue
+            errs.append(abs(perf.power_w / float(o.power_w or math.nan) - 1.0))
+        return float(np.median(errs)) if errs else None
+
+    def dump(self) -> dict[str, Any]:
+        return {"busy_share": self.busy_share, "batch_half": self.batch_half,
+                "recent": [asdict(o) for o in self.recent]}
+
+    def restore(self, data: dict[str, Any]) -> bool:
+        """Load saved state; False (and nothing changed) when it does not parse."""
+        try:
+            recent = [Observation(**o) for o in data["recent"]]
+            busy, half = data["busy_share"], data["batch_half"]
+            fitted = busy is not None and half is not None
+            in_bounds = fitted and BUSY_BOUNDS[0] <= busy <= BUSY_BOUNDS[1] and HALF_BOUNDS[0] <= half <= HALF_BOUNDS[1]
+            if (busy is None) != (half is None) or (fitted and not in_bounds):
+                return False
+        except (KeyError, TypeError, ValueError):
+            return False
+        self.recent = recent[-self.keep :]
+        self.busy_share = None if busy is None else float(busy)
+        self.batch_half = None if half is None else float(half)
+        return True
