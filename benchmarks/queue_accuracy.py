@@ -7,10 +7,11 @@ fitted (the tuner's least squares) on a small calibration set at max batch 64 - 
 classes, full and 60 % caps - then the model predicts every grid point: utilisation 10-90 % of the
 emulator's measured saturation throughput, max batch 8-256, short and long prompts, caps 50-100 % of
 max. Each point's load carries the token-length spreads measured in its run, as an operator's config
-would state them. Saturation is measured over 5000 completions and heavy loads run up to 20,000
-requests: near saturation, the truth's own noise would otherwise swamp the model's error. Prints JSON:
-median and p90 of the relative absolute error of mean TTFT and ITL, of their p95s, and of the mean GPU
-draw (no target: the draw model keeps its catalogue defaults here), for the model and for the baseline
+would state them. The draw curve is fitted to the calibration runs' measured power, as the daemon fits
+it to NVML's; its error is printed beside the catalogue curve's (`catalogue_curve`). Saturation is
+measured over 5000 completions and heavy loads run up to 20,000 requests: near saturation, the truth's
+own noise would otherwise swamp the model's error. Prints JSON: median and p90 of the relative absolute
+error of mean TTFT and ITL, of their p95s, and of the mean GPU draw, for the model and for the baseline
 reading of the same parameters. `--seed` draws another set of emulator runs.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import profile
 from simulator.probe import Replica, measure, saturation_rps
 from simulator.workload import TokenDist
@@ -59,12 +60,12 @@ def run_point(point: tuple[str, int, float, float, int]) -> dict[str, Any]:
 
 def observation(row: dict[str, Any]) -> Observation:
     return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], 1024,
-                       row["ttft_ms"], row["itl_ms"], row["cap_w"], in_cv=row["in_cv"], out_cv=row["out_cv"])
+                       row["ttft_ms"], row["itl_ms"], row["cap_w"], row["power_w"], in_cv=row["in_cv"],
+                       out_cv=row["out_cv"])
 
 
-def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[dict[str, Any]]) -> dict[str, float]:
+def errors(model_name: str, params: ServiceParams, prof: PowerProfile, rows: list[dict[str, Any]]) -> dict[str, float]:
     model = get_model(model_name)
-    prof = replace(PROFILE, prefill_sensitivity=prof_sens)
     errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": [], "itl_p95": [], "power": []}
     unstable = 0
     for row in rows:
@@ -86,14 +87,21 @@ def errors(model_name: str, params: ServiceParams, prof_sens: float, rows: list[
     return out
 
 
-def calibrate(model_name: str, rows: list[dict[str, Any]]) -> tuple[ServiceParams, float]:
-    """The tuner's least squares over the calibration runs. PRIOR is only a starting point here, not
-    knowledge: the fit is not held to its shape (8 designed runs pin every parameter)."""
+def calibrate(model_name: str, rows: list[dict[str, Any]]) -> tuple[ServiceParams, PowerProfile]:
+    """The tuner over the calibration runs: least squares on their latencies (PRIOR is only a starting
+    point here, not knowledge: the fit is not held to its shape, 8 designed runs pin every parameter),
+    then the draw curve on their measured power, then the latencies again at that curve (a cap slows
+    decode where the curve says the batch draws more than it)."""
     pair = PairFilter(PRIOR, PROFILE, FilterSettings(anchor_spread=100.0), fit_power=True, queue_model=model_name)
-    pair.fit([observation(r) for r in rows])
+    observations = [observation(r) for r in rows]
+    for _ in range(2):
+        pair.fit(observations)
+        pair.draw.recent = observations
+        pair.draw.fit(pair.params()[0], replace(PROFILE, prefill_sensitivity=pair.x[-1]), model_name)
+    pair.fit(observations)
     params, prof = pair.params()
     assert prof is not None
-    return params, prof.prefill_sensitivity
+    return params, prof
 
 
 def main() -> None:
@@ -126,16 +134,22 @@ def main() -> None:
     report: dict[str, object] = {"pair": f"{REPLICA.model}|{REPLICA.gpu_type}", "grid_points": len(grid_rows),
                                  "calibration_points": len(calib_rows)}
     for role, name in (("model", args.model), ("baseline", args.baseline)):
-        params, sens = calibrate(name, calib_rows)
+        params, prof = calibrate(name, calib_rows)
+        catalogue = replace(PROFILE, prefill_sensitivity=prof.prefill_sensitivity)
+        catalogue_power = errors(name, params, catalogue, grid_rows)
         block = {"name": name, "fitted": {**dict(zip(("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"),
                                                      (round(v, 5) for v in params.as_vector()), strict=True)),
-                                          "prefill_sensitivity": round(sens, 4)},
-                 **errors(name, params, sens, grid_rows)}
+                                          "prefill_sensitivity": round(prof.prefill_sensitivity, 4),
+                                          "busy_share": round(prof.busy_share, 4),
+                                          "batch_half": round(prof.batch_half, 2)},
+                 **errors(name, params, prof, grid_rows),
+                 "catalogue_curve": {k: catalogue_power[k] for k in ("median_abs_err_power", "p90_abs_err_power")}}
         if role == "model":
             report.update({k: v for k, v in block.items() if k.startswith(("median", "p90", "unstable"))})
         report[role] = block
     report["targets"] = {"median_abs_err_ttft": 0.10, "median_abs_err_itl": 0.10, "p90_abs_err_ttft": 0.25,
-                         "p90_abs_err_itl": 0.25, "median_abs_err_ttft_p95": 0.20, "median_abs_err_itl_p95": 0.20}
+                         "p90_abs_err_itl": 0.25, "median_abs_err_ttft_p95": 0.20, "median_abs_err_itl_p95": 0.20,
+                         "median_abs_err_power": 0.05, "p90_abs_err_power": 0.10}
     print(json.dumps(report))
 
 
