@@ -94,10 +94,10 @@ def calibrate(model_name: str, rows: list[dict[str, Any]]) -> tuple[ServiceParam
     decode where the curve says the batch draws more than it)."""
     pair = PairFilter(PRIOR, PROFILE, FilterSettings(anchor_spread=100.0), fit_power=True, queue_model=model_name)
     observations = [observation(r) for r in rows]
+    pair.draw.recent = observations
     for _ in range(2):
         pair.fit(observations)
-        pair.draw.recent = observations
-        pair.draw.fit(pair.params()[0], replace(PROFILE, prefill_sensitivity=pair.x[-1]), model_name)
+        pair.refit_draw()
     pair.fit(observations)
     params, prof = pair.params()
     assert prof is not None

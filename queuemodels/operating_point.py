@@ -37,7 +37,7 @@ def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:
     share[upto] += chain.p[upto:].sum()
     busy = 1.0 - float(share[0])
     phi = rate_rps * law.prompt_ms / 1000.0
-    return Occupancy(share, min(1.0, phi / busy) if busy > 0 else 0.0)
+    return Occupancy(share, np.asarray(min(1.0, phi / busy) if busy > 0 else 0.0))
 
 
 def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, float, float]:

@@ -9,6 +9,7 @@ cap each on its own: a cap throttles the steps that would draw more than it, not
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,12 +23,21 @@ Batch = TypeVar("Batch", float, NDArray[np.float64])
 
 @dataclass(frozen=True)
 class Occupancy:
-    """Where a replica's time goes: what the draw depends on."""
+    """Where a replica's time goes: what the draw depends on. Many windows' occupancies stack along a
+    leading axis (`stack`), so one curve is evaluated on all of them at once."""
 
     batch_share: NDArray[np.float64]
-    """Share of time with a batch of B running, B = 0 (idle) .. max batch."""
-    prompt_share: float
+    """Share of time with a batch of B running, B = 0 (idle) .. max batch (last axis)."""
+    prompt_share: NDArray[np.float64]
     """Share of the busy time spent on prompts."""
+
+    @classmethod
+    def stack(cls, many: Sequence[Occupancy]) -> Occupancy:
+        """One occupancy per row, padded with zero shares to the largest max batch."""
+        share = np.zeros((len(many), max(o.batch_share.shape[-1] for o in many)))
+        for row, o in zip(share, many, strict=True):
+            row[: o.batch_share.shape[-1]] = o.batch_share
+        return cls(share, np.array([float(o.prompt_share) for o in many]))
 
 
 def natural_draw_w(profile: PowerProfile, batch: Batch) -> Batch:
@@ -41,12 +51,22 @@ def prompt_draw_w(profile: PowerProfile) -> float:
     return profile.knee_fraction * profile.max_power_w
 
 
-def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None) -> float:
-    """Expected draw over the occupancy, never above the cap (nor the peak)."""
-    limit = profile.max_power_w if power_cap_w is None else min(power_cap_w, profile.max_power_w)
+def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
+    """What a GPU may draw: its cap, or its peak when uncapped."""
+    return profile.max_power_w if power_cap_w is None else min(power_cap_w, profile.max_power_w)
+
+
+def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit."""
     share = occupancy.batch_share
-    batch = np.arange(1, len(share), dtype=float)
-    decode = float(np.minimum(natural_draw_w(profile, batch), limit) @ share[1:])
-    prompt = min(prompt_draw_w(profile), limit) * float(share[1:].sum())
+    batch = np.arange(1, share.shape[-1], dtype=float)
+    decode = (np.minimum(natural_draw_w(profile, batch), limits_w[..., None]) * share[..., 1:]).sum(axis=-1)
+    prompt = np.minimum(prompt_draw_w(profile), limits_w) * share[..., 1:].sum(axis=-1)
     phi = occupancy.prompt_share
-    return profile.idle_power_w * float(share[0]) + (1.0 - phi) * decode + phi * prompt
+    out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt
+    return out
+
+
+def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None) -> float:
+    """Expected draw over one occupancy, never above the cap (nor the peak)."""
+    return float(draws_w(profile, occupancy, np.asarray(limit_w(profile, power_cap_w))))

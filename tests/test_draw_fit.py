@@ -130,3 +130,25 @@ def test_tune_cli_recovers_a_known_curve_from_recorded_power(tmp_path: Path,
     assert draw["busy_share"] == pytest.approx(0.35, abs=0.02) and draw["batch_half"] == pytest.approx(40, rel=0.15)
     assert main(["tune", str(path), *prior]) == 2
     assert "--accelerator: the observations carry power readings" in capsys.readouterr().err
+
+
+def test_the_curve_is_refitted_where_a_window_misses_it_and_every_eighth_window() -> None:
+    model = get_model(DEFAULT_MODEL)
+    truth = replace(L40S, busy_share=0.3, batch_half=60.0)
+
+    def window(rate: float, batch: int, off: float = 1.0) -> Observation:
+        perf = model.analyze(PRIOR, Load(rate, 500, 200), ServerShape(batch, 1024), truth, tails=False)
+        return Observation(rate, 500, 200, batch, 1024, perf.ttft_ms, perf.itl_ms, None, perf.power_w * off)
+
+    pair = PairFilter(PRIOR, L40S)
+    for rate, batch in ((1.0, 16), (4.0, 64), (6.0, 256), (2.0, 64)):  # the first fits, the curve then holds
+        pair.update(window(rate, batch))
+    pair.refit_draw()
+    fitted = pair.params()[1]
+    for k in range(7):
+        pair.update(window(1.5 + 0.5 * k, 64))  # predicted within 3 %: kept, not refitted
+        assert pair.params()[1] == fitted and pair.draw.unfitted == k + 1
+    pair.update(window(3.0, 64))  # the 8th since the last fit is refitted, predicted or not
+    assert pair.draw.unfitted == 0
+    pair.update(window(3.0, 128, off=1.2))  # 20 % more than the curve says: refitted at once
+    assert pair.draw.unfitted == 0 and pair.params()[1] != fitted

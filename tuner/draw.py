@@ -4,13 +4,15 @@ NVML gives each GPU's mean draw over a window; the queue model says where the re
 window's load (how long at each batch size, how much on prompts). The curve's two free parameters, the busy
 base and the batch at which decode's draw is half-way to the peak, are fitted by bounded least squares on the
 relative error over the most recent windows, with a weak pull towards the catalogue's values: windows that
-all ran one batch size say nothing of `batch_half`, and it should then stay where it was.
+all ran one batch size say nothing of `batch_half`, and it should then stay where it was. A window the
+curve already predicts within its error level would barely move it: the fit is redone when one misses by
+more, and every `refit_every` windows regardless.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from numpy.typing import NDArray
 from scipy.optimize import least_squares
 
 from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model, mean_draw_w
+from queuemodels.power import draws_w, limit_w
 from tuner.observation import Observation
 
 BUSY_BOUNDS = (0.0, 0.9)
@@ -34,42 +37,69 @@ class DrawFit:
     """Relative error of one window's mean draw (NVML's accuracy and the window's own spread)."""
     prior_spread: float = 0.5
     """How far the busy share (absolute) and log batch_half may stray from the catalogue's for free."""
+    refit_every: int = 8
+    """Windows after which the curve is refitted even if it predicted each of them within its error level."""
     recent: list[Observation] = field(default_factory=list)
     busy_share: float | None = None
     batch_half: float | None = None
+    unfitted: int = 0
+    """Windows kept since the last fit."""
+    _applied: tuple[PowerProfile, PowerProfile] | None = field(default=None, repr=False, compare=False)
+    """The last profile given to `applied` and its result: the filter asks for it at every model evaluation."""
 
     def applied(self, profile: PowerProfile) -> PowerProfile:
         """The profile with the fitted curve (unchanged before the first fit)."""
         if self.busy_share is None or self.batch_half is None:
             return profile
-        return replace(profile, busy_share=self.busy_share, batch_half=self.batch_half)
+        if self._applied is None or self._applied[0] is not profile:
+            self._applied = profile, replace(profile, busy_share=self.busy_share, batch_half=self.batch_half)
+        return self._applied[1]
 
     def observe(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
-        """Keep a steady window with a power reading and refit; False (nothing kept) for any other window."""
+        """Keep a steady window with a power reading, refitting where it tells something new; False (nothing
+        kept) for any other window."""
         if obs.power_w is None or not math.isfinite(obs.power_w) or obs.power_w <= 0 or obs.problem() is not None:
             return False
         self.recent = [*self.recent, obs][-self.keep :]
-        self.fit(params, catalogue, queue_model)
+        self.unfitted += 1
+        if self.busy_share is None or self.unfitted >= self.refit_every or not self._predicts(obs, params, catalogue,
+                                                                                              queue_model):
+            self.fit(params, catalogue, queue_model)
         return True
 
+    def _predicts(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
+        """The current curve predicts this window's draw within the error level."""
+        profile = self.applied(catalogue)
+        try:
+            occupancy = get_model(queue_model).occupancy(params, obs.load, obs.shape, profile)
+        except ModelInputError:
+            return True  # nothing a refit could use either
+        predicted = mean_draw_w(profile, occupancy, obs.power_cap_w)
+        return abs(predicted / float(obs.power_w or 1.0) - 1.0) <= self.error_level
+
     def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
-        """Refit on the recent windows, each read through the model's occupancy at its own load and cap."""
+        """Refit on the recent windows, each read through the model's occupancy at its own load and cap (all at
+        once: the occupancies stacked, one evaluation of the curve per step of the fit)."""
         model = get_model(queue_model)
         profile = self.applied(catalogue)
-        points: list[tuple[Occupancy, float | None, float]] = []
+        occupancies, limits, seen = [], [], []
         for o in self.recent:
             try:
-                points.append((model.occupancy(params, o.load, o.shape, profile), o.power_cap_w, float(o.power_w or 0)))
+                occupancies.append(model.occupancy(params, o.load, o.shape, profile))
             except ModelInputError:
                 continue  # a load the current law cannot carry says nothing about the draw
-        if not points:
+            limits.append(limit_w(catalogue, o.power_cap_w))
+            seen.append(float(o.power_w or 0.0))
+        self.unfitted = 0
+        if not occupancies:
             return
+        stacked, limits_w, seen_w = Occupancy.stack(occupancies), np.array(limits), np.array(seen)
         anchor = np.array([catalogue.busy_share, math.log(catalogue.batch_half)])
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             curve = replace(catalogue, busy_share=float(v[0]), batch_half=math.exp(v[1]))
-            errors = [mean_draw_w(curve, occ, cap) / seen - 1.0 for occ, cap, seen in points]
-            return np.concatenate([np.array(errors) / self.error_level, (v - anchor) / self.prior_spread])
+            errors = draws_w(curve, stacked, limits_w) / seen_w - 1.0
+            return np.concatenate([errors / self.error_level, (v - anchor) / self.prior_spread])
 
         lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
         hi = np.array([BUSY_BOUNDS[1], math.log(HALF_BOUNDS[1])])
@@ -77,6 +107,7 @@ class DrawFit:
         result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.1, 1.0])
         self.busy_share = float(result.x[0])
         self.batch_half = float(math.exp(result.x[1]))
+        self._applied = None
 
     def error(self, params: ServiceParams, profile: PowerProfile, queue_model: str) -> float | None:
         """Median relative error of the draw the pair predicts (`profile`: its curve applied) on the recent
@@ -93,7 +124,7 @@ class DrawFit:
 
     def dump(self) -> dict[str, Any]:
         return {"busy_share": self.busy_share, "batch_half": self.batch_half,
-                "recent": [asdict(o) for o in self.recent]}
+                "recent": [dict(vars(o)) for o in self.recent]}  # flat fields: asdict's deep copy is 10x slower
 
     def restore(self, data: dict[str, Any]) -> bool:
         """Load saved state; False (and nothing changed) when it does not parse."""
@@ -109,4 +140,5 @@ class DrawFit:
         self.recent = recent[-self.keep :]
         self.busy_share = None if busy is None else float(busy)
         self.batch_half = None if half is None else float(half)
+        self._applied = None
         return True

@@ -157,6 +157,12 @@ class PairFilter:
             self.draw.observe(obs, self.params()[0], profile, self.queue_model)
         return verdict
 
+    def refit_draw(self) -> None:
+        """Fit the draw curve over every window it keeps now (as `update` does only where one is missed)."""
+        profile = self._latency_profile(self.x)
+        if profile is not None and self.draw.recent:
+            self.draw.fit(self.params()[0], profile, self.queue_model)
+
     def _update_latency(self, obs: Observation) -> Verdict:
         if self.accepted < self.settings.warmup_observations or self.rewarm > 0:
             return self._warm(obs)

@@ -137,6 +137,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
                 ahead.append(err)
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
+    pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
     names = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")

@@ -65,7 +65,7 @@ def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
 
 def save(path: Path, filters: dict[str, PairFilter]) -> None:
     doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": {k: dump_pair(v) for k, v in filters.items()}}
-    atomic_write_text(path, json.dumps(doc, indent=1))
+    atomic_write_text(path, json.dumps(doc))  # compact: with an indent json falls back to its Python encoder
 
 
 def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
