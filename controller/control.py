@@ -22,6 +22,7 @@ from controller.stability import StabilityGate
 from controller.telemetry.base import GpuSample, GpuSource, ServiceWindow, VllmSource
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
+from queuemodels.power import natural_draw_w
 from tuner import Observation, Tuner, pair_key
 
 log = logging.getLogger("wattscale.controller")
@@ -47,6 +48,12 @@ class Controller:
         self.mix = TokenMix()
         self.settling: set[str] = set()
         """Services whose last window spanned a restart: the next one still completes what it held up."""
+        self.short: set[str] = set()
+        """Services the last plan could not serve in full."""
+        self.draws: dict[str, list[tuple[float, float]]] = {}
+        """Per service, (mean draw, mean limit in force) of its GPUs at each fast tick since the last slow one:
+        the window's draw the tuner fits the draw curve to (one tick is a 1-s reading of a load that swings),
+        and the caps the window really ran under (the governor may cut below the plan's)."""
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -67,6 +74,7 @@ class Controller:
                 self.tuner.ensure(svc.model, a.name, svc.prior.params(), CATALOG[a.name])
         for gone in set(self.state) - {s.name for s in settings.services}:
             del self.state[gone]
+            self.draws.pop(gone, None)
         self.metrics.budget.set(settings.power.budget_w)
 
     def _read_replicas(self, service: str, default: int) -> int:
@@ -101,6 +109,7 @@ class Controller:
                 m.gpu_clock.labels(str(g.index)).set(g.sm_clock_mhz)
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
+        self._record_draws()
         priorities = {s.name: s.priority for s in self.settings.services}
         plan_caps = {name: st.assignment.power_cap_w for name, st in self.state.items()}
         for index, watts in self.governor.step(self.samples, plan_caps, priorities).items():
@@ -114,6 +123,17 @@ class Controller:
                 self.error("power_actuator", f"GPU {index}: {exc}")
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
         m.cycle.labels("fast").observe(time.perf_counter() - started)
+
+    def _record_draws(self) -> None:
+        """Per service, the mean draw and mean limit in force of its GPUs at this tick."""
+        by_service: dict[str, list[tuple[float, float]]] = {}
+        for g in self.samples:
+            if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
+                by_service.setdefault(g.service, []).append((g.power_w, g.power_limit_w))
+        for service, readings in by_service.items():
+            n = len(readings)
+            self.draws.setdefault(service, []).append((sum(w for w, _ in readings) / n,
+                                                       sum(cap for _, cap in readings) / n))
 
     # -- slow loop -------------------------------------------------------------------------------
     def tick_slow(self, now: float) -> Solution | None:
@@ -138,13 +158,16 @@ class Controller:
     def _observe(self, svc: ServiceSettings, window: ServiceWindow | None) -> None:
         state = self.state[svc.name]
         m = self.metrics
+        draws = self.draws.pop(svc.name, [])  # this window's, whatever it turns out to teach
         if window is None:
             return
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return  # nothing was serving (every replica restarting): no word on demand, keep the estimate
-        # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for.
-        backlog = window.waiting / self.settings.optimizer.drain_s if window.steady else 0.0
+        # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for. Nor is the
+        # queue of a service the last plan left short: sized as demand, it would only grow its shortfall.
+        sized = window.steady and svc.name not in self.short
+        backlog = window.waiting / self.settings.optimizer.drain_s if sized else 0.0
         in_tokens, out_tokens = state.load.in_tokens, state.load.out_tokens
         if window.in_tokens and window.out_tokens:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
@@ -164,7 +187,6 @@ class Controller:
             self.settling.add(svc.name)
         if window.ttft_ms is None or window.itl_ms is None:
             return
-        draws = [g.power_w for g in self.samples if g.service == svc.name and g.power_w is not None]
         obs = Observation(
             rate_rps=window.rate_rps / window.replicas,
             in_tokens=window.in_tokens or svc.in_tokens,
@@ -173,8 +195,8 @@ class Controller:
             max_queue=svc.max_queue,
             ttft_ms=window.ttft_ms,
             itl_ms=window.itl_ms,
-            power_cap_w=a.power_cap_w,
-            power_w=sum(draws) / len(draws) if draws else None,
+            power_cap_w=self._window_cap_w(draws, a.power_cap_w),
+            power_w=self._window_draw_w(draws, a.power_cap_w),
             waiting=window.waiting / window.replicas,
             preemptions=window.preemptions,
             in_cv=svc.in_tokens_cv,
@@ -188,28 +210,49 @@ class Controller:
         names = ["alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "prefill_sensitivity"]
         for name, value in zip(names, pair.x, strict=False):
             m.tuner_param.labels(key, name).set(float(value))
+        if pair.draw.busy_share is not None and pair.draw.batch_half is not None:
+            m.tuner_param.labels(key, "busy_share").set(pair.draw.busy_share)
+            m.tuner_param.labels(key, "batch_half").set(pair.draw.batch_half)
         m.tuner_trace.labels(key).set(float(pair.p.trace()))
         if not math.isnan(verdict.nis):
             m.tuner_nis.labels(key).set(verdict.nis)
+
+    @staticmethod
+    def _window_cap_w(draws: list[tuple[float, float]], planned_w: float) -> float:
+        """The mean limit the window's GPUs ran under (the plan's cap where none was read)."""
+        return sum(cap for _, cap in draws) / len(draws) if draws else planned_w
+
+    @staticmethod
+    def _window_draw_w(draws: list[tuple[float, float]], planned_w: float) -> float | None:
+        """The window's mean draw; None where there is none, or where the governor cut below the plan's cap in
+        it: a draw held down tick by tick is no steady state of any cap, and would teach the curve too low."""
+        if not draws or any(cap < planned_w - 1.0 for _, cap in draws):
+            return None
+        return sum(w for w, _ in draws) / len(draws)
 
     def _problem(self) -> Problem:
         s = self.settings
         accs = tuple(a.offer() for a in s.accelerators)
         demands = []
         for svc in s.services:
-            params = {}
+            params, profiles = {}, {}
             for a in s.accelerators:
+                key = pair_key(svc.model, a.name)
                 fitted = self.tuner.params(svc.model, a.name)
                 p = fitted[0] if fitted else svc.prior.params()
-                params[a.name] = ServiceParams.from_vector(p.family, self.basis.hold(pair_key(svc.model, a.name),
-                                                                                     p.as_vector()))
+                params[a.name] = ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))
+                if fitted is not None and fitted[1] is not None:
+                    # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.
+                    prof = fitted[1]
+                    signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
+                    profiles[a.name] = self.basis.keep(f"{key}|power", signature, prof)
             st = self.state[svc.name]
             in_tokens, out_tokens = self.basis.hold(svc.name, (st.load.in_tokens, st.load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
                                          svc.load(st.load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
-                                         svc.max_replicas, svc.max_queue, st.assignment))
+                                         svc.max_replicas, svc.max_queue, st.assignment, profiles))
         o = s.optimizer
-        return Problem(tuple(demands), accs, s.power.budget_w, o.objective, s.power.mode, o.batch_sizes,
+        return Problem(tuple(demands), accs, s.power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model)
 
     def _apply(self, now: float, solution: Solution) -> None:
@@ -227,6 +270,10 @@ class Controller:
                     current.accelerator, svc.min_replicas, current.max_batch, CATALOG[current.accelerator].min_power_w)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
+            if result.short_rps > 0:
+                self.short.add(svc.name)
+            else:
+                self.short.discard(svc.name)
             admitted = self.gate.admit(now, svc.name, current, planned)
             state.assignment = self._actuate(svc.name, current, admitted)
             a = state.assignment

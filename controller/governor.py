@@ -2,8 +2,10 @@
 
 Targets come from the plan (per-service caps). When measured draw passes budget x (1 - headroom), caps
 are cut below the targets, lowest priority first (POLCA's two thresholds); once draw is back below
-budget x release_below, the cuts are released by half each tick. A GPU whose reading failed counts at
-its cap, never at zero, so a blind spot cannot push the site over its budget.
+budget x release_below, the cuts are given back, highest priority first, no more in all than the spare
+under that threshold: a GPU whose limit rises by x draws at most x more, so a release cannot carry the
+site back over it (halving every cut each tick did, tick after tick, in a cut-release cycle). A GPU whose
+reading failed counts at its cap, never at zero, so a blind spot cannot push the site over its budget.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class PowerGovernor:
             self._cut(samples, target, priorities, measured - budget * (1 - s.headroom))
         elif measured < budget * s.release_below:
             self.emergency = False
-            self.cut_w = {i: c * 0.5 for i, c in self.cut_w.items() if c * 0.5 >= 1.0}
+            self._release(samples, priorities, budget * (1 - s.headroom) - measured)
         out = {}
         for g in samples:
             want = max(g.min_limit_w, target[g.index] - self.cut_w.get(g.index, 0.0))
@@ -79,6 +81,16 @@ class PowerGovernor:
             excess_w -= take
             if excess_w <= 0:
                 return
+
+    def _release(self, samples: list[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
+        for group in reversed(self._order(samples, priorities)):
+            for g in group:
+                cut = self.cut_w.get(g.index, 0.0)
+                give = min(cut, spare_w)
+                if give > 0:
+                    self.cut_w[g.index] = cut - give
+                    spare_w -= give
+        self.cut_w = {i: c for i, c in self.cut_w.items() if c >= 1.0}
 
     def _fit_caps(self, samples: list[GpuSample], target: dict[int, float], priorities: Mapping[str, int],
                   budget: float) -> None:

@@ -57,6 +57,10 @@ class PowerSettings:
     """Share of the budget the governor keeps free against measurement noise."""
     release_below: float = 0.85
     """The governor lifts emergency caps once measured draw is below this share of the budget."""
+    plan_margin: float = 0.1
+    """In predicted mode, the share of budget x (1 - headroom), where the governor starts cutting, that the
+    plan's predicted mean draw leaves free: room for load that grows between plans, rollouts the stability
+    gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
@@ -64,6 +68,15 @@ class PowerSettings:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:
             raise ConfigError(f"{where}.release_below", f"must be in (0, 1), got {self.release_below}")
+        if not 0 <= self.plan_margin < 0.5:
+            raise ConfigError(f"{where}.plan_margin", f"must be in [0, 0.5), got {self.plan_margin}")
+
+    def planned_w(self) -> float:
+        """The budget the optimizer plans against: the whole budget for caps (they cannot be passed), and
+        for predicted means the governor's threshold less the plan's margin."""
+        if self.mode == "caps":
+            return self.budget_w
+        return self.budget_w * (1.0 - self.headroom) * (1.0 - self.plan_margin)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ relative tolerance makes most cycles' sizing cache hits, at an error no larger t
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+Item = TypeVar("Item")
+
 
 class SizingBasis:
     """Per key, the last values handed out, replaced only when a new reading moves any of them by more
@@ -16,6 +20,7 @@ class SizingBasis:
     def __init__(self, tolerance: float) -> None:
         self.tolerance = tolerance
         self._held: dict[str, tuple[float, ...]] = {}
+        self._items: dict[str, Any] = {}
 
     def hold(self, key: str, values: tuple[float, ...]) -> tuple[float, ...]:
         last = self._held.get(key)
@@ -24,6 +29,15 @@ class SizingBasis:
             return last
         self._held[key] = values
         return values
+
+    def keep(self, key: str, signature: tuple[float, ...], item: Item) -> Item:
+        """The item held for `key`, replaced by `item` only when its signature (what sizing reads of it) moves
+        by more than the tolerance: an input whose parameters wander along a ridge of equal predictions is
+        held as long as its predictions are."""
+        if self.hold(key, signature) == signature or key not in self._items:
+            self._items[key] = item
+        held: Item = self._items[key]
+        return held
 
 
 class TokenMix:

@@ -40,6 +40,8 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
          "optimizer.resize_tolerance: must be in"),
         (lambda t: t.replace("in_tokens_cv = 0.6", "in_tokens_cv = -0.1", 1),
          r"services\[0\].in_tokens_cv: must be between 0 and 10"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nplan_margin = 0.6"),
+         r"power.plan_margin: must be in \[0, 0.5\)"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(

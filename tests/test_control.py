@@ -1,17 +1,20 @@
-"""The controller's reading of windows: restarts are not demand, nor evidence; an unreachable SLO holds."""
+"""The controller's reading of windows: restarts are not demand, nor evidence; an unreachable SLO holds;
+the window's draw teaches the pair's draw curve, which the optimizer then sizes with."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import Settings, load_settings
-from controller.telemetry.base import ServiceWindow
+from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.wiring import build_parts
+from queuemodels.accelerators import CATALOG
 from tuner import Tuner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +80,74 @@ def test_a_service_no_shape_can_serve_within_its_slo_keeps_what_runs(tmp_path: P
     result = next(r for r in solution.services if r.name == "code")
     assert result.assignment is None and result.reason == "slo"
     assert ctl.state["code"].assignment == before  # not cut to min replicas at the floor cap
+
+
+class ScriptedGpus:
+    """One GPU serving chat, reading the draws a test hands it, one per fast tick."""
+
+    def __init__(self, draws: list[float]) -> None:
+        self.draws = draws
+
+    def sample(self, now: float) -> list[GpuSample]:
+        return [GpuSample(0, "GPU-0", "H100-SXM", self.draws.pop(0), None, 700.0, 200.0, 700.0, service="chat")]
+
+
+def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp_path: Path) -> None:
+    ctl, vllm, registry = controller(tmp_path)
+    ctl.gpus = ScriptedGpus([300.0, 340.0, 320.0])
+    for t in (1.0, 2.0, 3.0):
+        ctl.tick_fast(t)
+    vllm.next = {"chat": window()}
+    ctl.tick_slow(15.0)
+    pair = ctl.tuner.filters["llama-3.1-8b|H100-SXM"]
+    assert [o.power_w for o in pair.draw.recent] == [320.0]  # the ticks' mean, not the last reading
+    busy = registry.get_sample_value("wattscale_tuner_parameter",
+                                     {"pair": "llama-3.1-8b|H100-SXM", "param": "busy_share"})
+    assert busy == pair.draw.busy_share and busy is not None and busy != CATALOG["H100-SXM"].busy_share
+    chat = next(d for d in ctl._problem().services if d.name == "chat")
+    assert chat.profiles["H100-SXM"].busy_share == busy
+    ctl.tick_slow(30.0)  # no fast tick in this window: no reading, nothing learnt from it
+    assert len(pair.draw.recent) == 1
+
+
+def test_a_window_the_governor_cut_teaches_no_draw_and_records_the_limits_it_ran_under(tmp_path: Path) -> None:
+    """chat's plan caps it at 700 W; the governor held its GPU at 450 W for one tick of three: the window's
+    latencies are tagged with the mean limit in force, and its draw, held down, teaches no draw curve."""
+    ctl, vllm, _ = controller(tmp_path)
+    cap = ctl.state["chat"].assignment.power_cap_w
+    limits = iter([cap, 450.0, cap])
+
+    class CutGpus(ScriptedGpus):
+        def sample(self, now: float) -> list[GpuSample]:
+            return [dataclasses.replace(g, power_limit_w=next(limits)) for g in super().sample(now)]
+
+    ctl.gpus = CutGpus([300.0, 340.0, 320.0])
+    for t in (1.0, 2.0, 3.0):
+        ctl.tick_fast(t)
+    vllm.next = {"chat": window()}
+    ctl.tick_slow(15.0)
+    pair = ctl.tuner.filters["llama-3.1-8b|H100-SXM"]
+    assert pair.draw.recent == []
+    assert ctl._window_cap_w([(300.0, cap), (340.0, 450.0), (320.0, cap)], cap) == (2 * cap + 450.0) / 3
+
+
+def test_the_queue_of_a_service_the_plan_left_short_is_not_demand(tmp_path: Path) -> None:
+    ctl, vllm, _ = controller(tmp_path)
+    drain_s = ctl.settings.optimizer.drain_s
+    vllm.next = {"chat": window(waiting=240.0)}
+    ctl.tick_slow(15.0)
+    assert ctl.state["chat"].load.rate_rps == 10.0 + 240.0 / drain_s
+    tight = dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=900.0))
+    ctl.reconfigure(tight)  # 8 idle GPUs draw 760 W: little is left to serve with
+    ctl.tick_slow(30.0)
+    assert "chat" in ctl.short
+    ctl.tick_slow(45.0)
+    assert ctl.state["chat"].load.rate_rps == 10.0  # sizing its queue would only grow the shortfall
+
+
+def test_the_plan_leaves_the_governors_headroom_and_its_margin_free(tmp_path: Path) -> None:
+    ctl, _, _ = controller(tmp_path)
+    power = ctl.settings.power
+    assert ctl._problem().budget_w == pytest.approx(power.budget_w * (1 - power.headroom) * (1 - power.plan_margin))
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(power, mode="caps")))
+    assert ctl._problem().budget_w == power.budget_w  # caps cannot be passed: the whole budget

@@ -21,6 +21,14 @@ def test_zero_tolerance_passes_every_value() -> None:
     assert basis.hold("k", (1.0, 2.0000001)) == (1.0, 2.0000001)
 
 
+def test_an_item_is_held_while_its_signature_is() -> None:
+    basis = SizingBasis(0.05)
+    first = basis.keep("pair", (300.0, 400.0), "curve A")
+    assert first == "curve A"
+    assert basis.keep("pair", (303.0, 396.0), "curve B") == "curve A"  # predictions moved 1 %
+    assert basis.keep("pair", (303.0, 440.0), "curve C") == "curve C"  # one moved 10 %
+
+
 def test_token_mix_pools_windows_by_requests() -> None:
     mix = TokenMix(memory=0.5)
     assert mix.update("chat", 10, 400.0, 200.0) == (400.0, 200.0)

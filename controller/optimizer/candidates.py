@@ -43,7 +43,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     shape = ServerShape(batch, svc.max_queue, cap_w)
     per_replica = replace(svc.load, rate_rps=served_rps / replicas)
     try:
-        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, acc.profile, tails=False)
+        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, svc.profile(acc), tails=False)
     except ModelInputError:
         return None
     gpus = replicas * acc.gpus_per_replica
@@ -62,7 +62,7 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
     per_replica = replace(svc.load, rate_rps=c.served_rps / a.replicas)
     return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
                                                   ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
-                                                  problem.accelerator(a.accelerator).profile)
+                                                  svc.profile(problem.accelerator(a.accelerator)))
 
 
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
@@ -78,7 +78,7 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
                 shape = ServerShape(batch, svc.max_queue, cap)
                 # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
                 rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
-                                         shape, svc.targets, acc.profile)
+                                         shape, svc.targets, svc.profile(acc))
                 if rate <= 0:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))

@@ -44,6 +44,12 @@ class ServiceDemand:
     max_replicas: int = 64
     max_queue: int = 1024
     current: Assignment | None = None
+    profiles: dict[str, PowerProfile] = field(default_factory=dict)
+    """Its model's power profile per accelerator, as the tuner fitted it (its draw curve above all); the
+    accelerator's catalogue profile where absent."""
+
+    def profile(self, acc: AcceleratorType) -> PowerProfile:
+        return self.profiles.get(acc.name, acc.profile)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""The fast-loop governor against a plant whose GPUs draw min(natural draw, limit)."""
+
+from __future__ import annotations
+
+from controller.governor import PowerGovernor
+from controller.settings import PowerSettings
+from controller.telemetry.base import GpuSample
+
+OWNERS = {0: "chat", 1: "chat", 2: "bulk", 3: "bulk"}
+PRIORITIES = {"chat": 1, "bulk": 2}
+PLAN = {"chat": 700.0, "bulk": 700.0}
+
+
+class Plant:
+    """Four GPUs at their limits or their natural draw, whichever is lower."""
+
+    def __init__(self, natural_w: dict[int, float]) -> None:
+        self.natural_w = dict(natural_w)
+        self.limit_w = {i: 700.0 for i in OWNERS}
+
+    def samples(self) -> list[GpuSample]:
+        return [GpuSample(i, f"GPU-{i}", "H100", min(self.natural_w[i], self.limit_w[i]), None, self.limit_w[i],
+                          200.0, 700.0, service=OWNERS[i]) for i in OWNERS]
+
+    def tick(self, governor: PowerGovernor) -> float:
+        """One fast tick: read, let the governor set limits; returns the draw it read."""
+        samples = self.samples()
+        self.limit_w.update(governor.step(samples, PLAN, PRIORITIES))
+        return sum(s.power_w or 0.0 for s in samples)
+
+
+def test_an_overdraw_is_cut_from_the_lowest_priority_first() -> None:
+    governor = PowerGovernor(PowerSettings(budget_w=2000.0))
+    plant = Plant({0: 500.0, 1: 500.0, 2: 600.0, 3: 600.0})  # 2200 W against 1940 W of threshold
+    plant.tick(governor)
+    assert governor.emergency
+    assert plant.limit_w[0] == plant.limit_w[1] == 700.0  # chat untouched
+    assert max(plant.limit_w[2], plant.limit_w[3]) < 600.0
+    assert sum(s.power_w or 0.0 for s in plant.samples()) <= 2000.0 * 0.97 + 1e-6
+
+
+def test_a_release_never_carries_the_draw_back_over_the_threshold() -> None:
+    """bulk's load spikes (cuts follow), then chat's falls away: the spare below the release line is given
+    back to bulk a watt of limit for a watt of spare, so the site never crosses the threshold again, and once
+    the spare allows, every cut is gone."""
+    settings = PowerSettings(budget_w=2000.0)
+    governor = PowerGovernor(settings)
+    plant = Plant({0: 450.0, 1: 450.0, 2: 650.0, 3: 650.0})
+    for _ in range(3):
+        plant.tick(governor)
+    assert governor.cut_w
+    plant.natural_w.update({0: 150.0, 1: 150.0})  # chat quiet: 1600 W natural, below the release line
+    reads = [plant.tick(governor) for _ in range(10)]
+    assert all(w <= settings.budget_w * (1 - settings.headroom) + 1e-6 for w in reads), reads
+    assert not governor.cut_w and plant.limit_w[2] == plant.limit_w[3] == 700.0
+    plant.natural_w.update({0: 400.0, 1: 400.0})  # 2100 W natural: cut again, bulk first
+    plant.tick(governor)
+    reads = [plant.tick(governor) for _ in range(10)]
+    assert all(w <= settings.budget_w * (1 - settings.headroom) + 1e-6 for w in reads), reads
+    assert plant.limit_w[0] == plant.limit_w[1] == 700.0
+
+
+def test_one_release_gives_back_no_more_than_the_spare() -> None:
+    """The state a cut-release cycle passes through: bulk held at 275 W by cuts of 425 W, chat busy, 1650 W
+    read (under the release line). Halving the cuts would raise bulk to 487 W each and read 2075 W next
+    tick, over the budget; giving back only the 290 W of spare reads 1940 W, the threshold itself."""
+    settings = PowerSettings(budget_w=2000.0)
+    governor = PowerGovernor(settings)
+    governor.cut_w = {2: 425.0, 3: 425.0}
+    plant = Plant({0: 550.0, 1: 550.0, 2: 700.0, 3: 700.0})
+    plant.limit_w.update({2: 275.0, 3: 275.0})
+    assert plant.tick(governor) == 1650.0 and not governor.emergency
+    assert sum(s.power_w or 0.0 for s in plant.samples()) <= settings.budget_w * (1 - settings.headroom) + 1e-6
+
+
+def test_a_gpu_without_a_reading_counts_at_its_limit() -> None:
+    governor = PowerGovernor(PowerSettings(budget_w=2000.0))
+    blind = [GpuSample(i, f"GPU-{i}", "H100", None, None, 700.0, 200.0, 700.0, service=OWNERS[i]) for i in OWNERS]
+    governor.step(blind, PLAN, PRIORITIES)
+    assert governor.emergency  # 4 x 700 W assumed, not 0
