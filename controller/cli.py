@@ -12,7 +12,19 @@ from pathlib import Path
 
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
-from queuemodels import DEFAULT_MODEL, MODELS, Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
+from queuemodels import (
+    DEFAULT_MODEL,
+    MODELS,
+    Load,
+    ModelInputError,
+    PowerProfile,
+    ServerShape,
+    ServiceParams,
+    Targets,
+    best_batch_for_power,
+    best_batch_for_rate,
+    get_model,
+)
 from queuemodels.accelerators import profile
 from tuner.offline import ObservationFileError
 
@@ -69,7 +81,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.power_cap_w is not None and prof is None:
         raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
     perf = get_model(args.model).analyze(params, load, shape, prof)
-    out = {
+    out: dict[str, object] = {
         "ttft_ms": perf.ttft_ms, "itl_ms": perf.itl_ms, "ttft_p95_ms": perf.ttft_p95_ms, "itl_p95_ms": perf.itl_p95_ms,
         "ttft_p99_ms": perf.ttft_p99_ms, "itl_p99_ms": perf.itl_p99_ms, "throughput_rps": perf.throughput_rps,
         "mean_batch": perf.mean_batch, "utilization": perf.utilization, "block_probability": perf.block_probability,
@@ -80,8 +92,40 @@ def _analyze(args: argparse.Namespace) -> int:
             raise ModelInputError("--ttft-slo-ms and --itl-slo-ms: give both for sizing")
         targets = Targets(args.ttft_slo_ms, args.itl_slo_ms, args.slo_statistic)
         out["max_rate_rps"] = get_model(args.model).max_rate(params, load, shape, targets, prof)
+        if args.batch_sizes:
+            out.update(_batch_choices(args, params, load, shape, targets, prof))
+    elif args.batch_sizes:
+        raise ModelInputError("--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms to choose by")
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, shape: ServerShape,
+                   targets: Targets, prof: PowerProfile | None) -> dict[str, object]:
+    """Among --batch-sizes: the max batch that takes the most load within the targets, and (with an
+    accelerator) the one that serves --rate-rps within them at the lowest draw (null when none does)."""
+    model = get_model(args.model)
+    by_rate = best_batch_for_rate(model, params, load, args.batch_sizes, shape.max_queue, targets, prof,
+                                  shape.power_cap_w)
+    out: dict[str, object] = {"best_batch_for_rate": {"max_batch": by_rate.max_batch or None,
+                                                      "max_rate_rps": by_rate.max_rate_rps}}
+    if prof is not None:
+        by_power = best_batch_for_power(model, params, load, args.batch_sizes, shape.max_queue, targets, prof,
+                                        shape.power_cap_w)
+        out["best_batch_for_power"] = None if by_power is None or by_power.performance is None else {
+            "max_batch": by_power.max_batch, "power_w": by_power.performance.power_w}
+    return out
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """--batch-sizes: a comma-separated list of whole numbers >= 1."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {text!r}")
+    return sizes
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -216,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--ttft-slo-ms", type=float, default=None)
     a.add_argument("--itl-slo-ms", type=float, default=None)
     a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"])
+    a.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="N,N,...",
+                   help="with SLOs: the max batch among these taking the most load, and the one serving "
+                        "--rate-rps at the lowest draw (with --accelerator)")
     a.set_defaults(func=_analyze)
     t = sub.add_parser("tune", help="run the tuner offline over recorded observations (CSV)")
     t.add_argument("observations")

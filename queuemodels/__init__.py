@@ -1,8 +1,9 @@
 """Performance and power models of one vLLM replica (pure: numpy and scipy only)."""
 
 from queuemodels.analyzer import DEFAULT_MODEL, MODELS, ChainModel, QueueModel, get_model
+from queuemodels.batch_choice import BatchChoice, best_batch_for_power, best_batch_for_rate
 from queuemodels.power import Occupancy, mean_draw_w
-from queuemodels.sizing import BatchChoice, best_batch_for_power, best_batch_for_rate, max_rate
+from queuemodels.sizing import max_rate
 from queuemodels.types import (
     FAMILIES,
     STATISTICS,

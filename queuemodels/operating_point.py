@@ -86,7 +86,7 @@ def evaluate(
         throughput_rps=m.throughput_per_ms * 1000.0,
         mean_batch=m.mean_batch,
         mean_in_system=m.mean_in_system,
-        utilization=m.throughput_per_ms / chain.mu_full_per_ms,
+        utilization=min(1.0, m.throughput_per_ms / chain.mu_full_per_ms),
         block_probability=m.block_probability,
         power_w=power,
         extra={"n_eff": n_eff, "wait_ms": law.wait_scale * m.wait_ms, "service_ms": m.service_ms},

@@ -1,4 +1,4 @@
-"""Sizing: the largest arrival rate one replica takes within its targets, and the best max batch.
+"""Sizing: the largest arrival rate one replica takes within its targets.
 
 Every latency figure of the chain grows with the arrival rate, so the largest feasible rate is found
 by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1), with the law rebuilt at each rate
@@ -7,13 +7,11 @@ by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1), with the la
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from queuemodels.operating_point import evaluate, meets
+from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
-from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
 
 
 def _feasible(
@@ -56,58 +54,3 @@ def max_rate(
         else:
             high = mid
     return low
-
-
-@dataclass(frozen=True)
-class BatchChoice:
-    """A max batch size and what it gives: the rate it can take, or its power at a given rate."""
-
-    max_batch: int
-    max_rate_rps: float
-    performance: Performance | None = None
-
-
-def best_batch_for_rate(
-    params: ServiceParams,
-    load: Load,
-    batches: Iterable[int],
-    max_queue: int | None,
-    targets: Targets,
-    profile: PowerProfile | None = None,
-    power_cap_w: float | None = None,
-    law_fn: LawFn = capped_law,
-) -> BatchChoice:
-    """The max batch that lets one replica take the most load within targets."""
-    best = BatchChoice(0, 0.0)
-    for n in sorted(batches):
-        rate = max_rate(params, load, ServerShape(n, max_queue, power_cap_w), targets, profile, law_fn=law_fn)
-        if rate > best.max_rate_rps * (1 + 1e-9):
-            best = BatchChoice(n, rate)
-    return best
-
-
-def best_batch_for_power(
-    params: ServiceParams,
-    load: Load,
-    batches: Iterable[int],
-    max_queue: int | None,
-    targets: Targets,
-    profile: PowerProfile,
-    power_cap_w: float | None = None,
-    law_fn: LawFn = capped_law,
-) -> BatchChoice:
-    """The max batch that serves `load.rate_rps` within targets at the lowest mean power draw."""
-    best: BatchChoice | None = None
-    for n in sorted(batches):
-        shape = ServerShape(n, max_queue, power_cap_w)
-        try:
-            perf = evaluate(law_fn(params, load, profile, shape), shape, load.rate_rps, profile)
-        except ModelInputError:
-            continue
-        if not perf.meets(targets) or perf.block_probability > 1e-3:
-            continue
-        if best is None or perf.power_w < (best.performance.power_w if best.performance else math.inf):
-            best = BatchChoice(n, load.rate_rps, perf)
-    if best is None:
-        raise ModelInputError(f"rate_rps: no max batch in the candidates serves {load.rate_rps} rps within targets")
-    return best

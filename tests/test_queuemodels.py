@@ -202,11 +202,20 @@ def test_max_rate_zero_when_targets_are_impossible() -> None:
 
 
 def test_best_batch_choices() -> None:
+    """The batch that takes the most rate takes at least what every other candidate does; the batch that
+    draws least at a rate meets the targets there and draws no more than any other that does."""
     targets = Targets(ttft_ms=600, itl_ms=40)
-    by_rate = best_batch_for_rate(PARAMS, LOAD, [4, 8, 16, 32, 64], 200, targets)
-    assert by_rate.max_batch in (16, 32, 64) and by_rate.max_rate_rps > 0
-    by_power = best_batch_for_power(PARAMS, Load(1.0, 512, 128), [8, 16, 32, 64], 200, targets, H100, 500)
-    assert by_power.performance is not None and by_power.performance.meets(targets)
+    batches = [4, 8, 16, 32, 64]
+    by_rate = best_batch_for_rate(CB, PARAMS, LOAD, batches, 200, targets)
+    rates = {n: CB.max_rate(PARAMS, LOAD, ServerShape(n, 200), targets) for n in batches}
+    assert by_rate.max_batch in batches and by_rate.max_rate_rps == max(rates.values()) > 0
+    load = Load(1.0, 512, 128)
+    by_power = best_batch_for_power(CB, PARAMS, load, batches, 200, targets, H100, 500)
+    assert by_power is not None and by_power.performance is not None and by_power.performance.meets(targets)
+    draws = [p.power_w for p in (CB.analyze(PARAMS, load, ServerShape(n, 200, 500), H100) for n in batches)
+             if p.meets(targets)]
+    assert by_power.performance.power_w == min(draws)
+    assert best_batch_for_power(CB, PARAMS, Load(50.0, 512, 128), batches, 200, targets, H100, 500) is None
 
 
 CB = get_model("mm1k-cb")

@@ -1,0 +1,93 @@
+"""`wattscale analyze`: the JSON a user reads, and one clear line with exit 2 for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller.cli import main
+from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
+from queuemodels.accelerators import profile
+
+BASE = ["analyze", "--alpha-ms", "11.4", "--beta-ms", "0.05", "--gamma-ms", "4.9", "--delta-ms", "0.035",
+        "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "10"]
+PARAMS = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
+SLO = ["--ttft-slo-ms", "300", "--itl-slo-ms", "30"]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert main(args) == 0
+    out: dict[str, object] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_prints_the_models_figures_and_the_sized_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run([*BASE, "--accelerator", "H100-SXM", "--power-cap-w", "500", "--max-batch", "64", *SLO], capsys)
+    model, h100 = get_model("mm1k-cb"), profile("H100-SXM")
+    shape = ServerShape(64, None, 500.0)
+    perf = model.analyze(PARAMS, Load(10.0, 400, 200), shape, h100)
+    for key in ("ttft_ms", "itl_ms", "ttft_p95_ms", "itl_p95_ms", "throughput_rps", "mean_batch", "utilization",
+                "power_w"):
+        assert out[key] == pytest.approx(getattr(perf, key), rel=1e-12), key
+    assert out["max_rate_rps"] == pytest.approx(
+        model.max_rate(PARAMS, Load(10.0, 400, 200), shape, Targets(300, 30), h100), rel=1e-12)
+    assert 0 < perf.power_w <= 500.0
+
+
+def test_gen2_a_bounded_queue_and_no_accelerator(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(["analyze", "--family", "gen2", "--alpha-ms", "20.58", "--beta-ms", "0.041", "--gamma-ms", "0.00128",
+               "--in-tokens", "256", "--out-tokens", "64", "--rate-rps", "20", "--max-batch", "32",
+               "--max-queue", "100"], capsys)
+    assert out["power_w"] is None  # no accelerator: no power envelope to predict with
+    assert 0.1 < float(out["block_probability"]) < 1 and float(out["throughput_rps"]) < 20  # type: ignore[arg-type]
+    assert out["utilization"] == 1.0  # saturated, and never above 1
+
+
+def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[str]) -> None:
+    sizes = [8, 16, 32, 64, 128, 256]
+    out = run([*BASE, "--accelerator", "H100-SXM", *SLO, "--batch-sizes", ",".join(map(str, sizes))], capsys)
+    model, h100 = get_model("mm1k-cb"), profile("H100-SXM")
+    rates = [model.max_rate(PARAMS, Load(10.0, 400, 200), ServerShape(n, None), Targets(300, 30), h100)
+             for n in sizes]
+    by_rate = out["best_batch_for_rate"]
+    assert isinstance(by_rate, dict) and by_rate["max_rate_rps"] == pytest.approx(max(rates), rel=1e-12)
+    assert by_rate["max_batch"] == sizes[rates.index(max(rates))]
+    by_power = out["best_batch_for_power"]
+    assert isinstance(by_power, dict) and by_power["max_batch"] in sizes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
+    (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number >= 0"),
+    (["--rate-rps", "40"], "rate_rps: 40 has no stationary solution with an unbounded queue"),
+    (["--rate-rps", "500"], "rate_rps: 500 needs 465 % of the GPU for prompts alone"),
+    (["--accelerator", "B300"], "accelerator: unknown 'B300'"),
+    (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
+    (["--max-batch", "0"], "max_batch: must be an integer >= 1"),
+    (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),
+    (["--batch-sizes", "8,16"], "--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms"),
+])
+def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture[str], args: list[str],
+                                                   message: str) -> None:
+    assert main(replaced(BASE, args)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_bad_batch_list_is_refused_by_argparse_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(replaced(BASE, [*SLO, "--batch-sizes", "8,0"]))
+    assert exc.value.code == 2
+    assert "argument --batch-sizes: every batch size must be >= 1, got '8,0'" in capsys.readouterr().err
+
+
+def replaced(base: list[str], args: list[str]) -> list[str]:
+    """The base command with each flag in `args` set to its value there (added where absent)."""
+    out = list(base)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
