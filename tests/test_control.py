@@ -15,7 +15,7 @@ from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.wiring import build_parts
 from queuemodels.accelerators import CATALOG
-from tuner import Tuner
+from tuner import PairFilter, Tuner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,14 +92,19 @@ class ScriptedGpus:
         return [GpuSample(0, "GPU-0", "H100-SXM", self.draws.pop(0), None, 700.0, 200.0, 700.0, service="chat")]
 
 
-def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp_path: Path) -> None:
-    ctl, vllm, registry = controller(tmp_path)
-    ctl.gpus = ScriptedGpus([300.0, 340.0, 320.0])
+def one_window(ctl: Controller, vllm: ScriptedVllm, gpus: ScriptedGpus) -> PairFilter:
+    """Three fast ticks reading `gpus`, then chat's window: the pair the tuner fed it to."""
+    ctl.gpus = gpus
     for t in (1.0, 2.0, 3.0):
         ctl.tick_fast(t)
     vllm.next = {"chat": window()}
     ctl.tick_slow(15.0)
-    pair = ctl.tuner.filters["llama-3.1-8b|H100-SXM"]
+    return ctl.tuner.filters["llama-3.1-8b|H100-SXM"]
+
+
+def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp_path: Path) -> None:
+    ctl, vllm, registry = controller(tmp_path)
+    pair = one_window(ctl, vllm, ScriptedGpus([300.0, 340.0, 320.0]))
     assert [o.power_w for o in pair.draw.recent] == [320.0]  # the ticks' mean, not the last reading
     busy = registry.get_sample_value("wattscale_tuner_parameter",
                                      {"pair": "llama-3.1-8b|H100-SXM", "param": "busy_share"})
@@ -121,12 +126,7 @@ def test_a_window_the_governor_cut_teaches_no_draw_and_records_the_limits_it_ran
         def sample(self, now: float) -> list[GpuSample]:
             return [dataclasses.replace(g, power_limit_w=next(limits)) for g in super().sample(now)]
 
-    ctl.gpus = CutGpus([300.0, 340.0, 320.0])
-    for t in (1.0, 2.0, 3.0):
-        ctl.tick_fast(t)
-    vllm.next = {"chat": window()}
-    ctl.tick_slow(15.0)
-    pair = ctl.tuner.filters["llama-3.1-8b|H100-SXM"]
+    pair = one_window(ctl, vllm, CutGpus([300.0, 340.0, 320.0]))
     assert pair.draw.recent == []
     assert ctl._window_cap_w([(300.0, cap), (340.0, 450.0), (320.0, cap)], cap) == (2 * cap + 450.0) / 3
 
