@@ -37,6 +37,15 @@ class Stationary:
         out: NDArray[np.float64] = np.minimum(np.arange(len(self.p), dtype=float), float(self.max_batch))
         return out
 
+    @property
+    def batch_share(self) -> NDArray[np.float64]:
+        """Share of time with a batch of B running, B = 0 .. max batch (every waiting state runs a full one)."""
+        share = np.zeros(self.max_batch + 1)
+        upto = min(self.max_batch, self.capacity)
+        share[:upto] = self.p[:upto]
+        share[upto] += self.p[upto:].sum()
+        return share
+
 
 def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
     """K at which an unbounded queue's geometric tail carries < TAIL_MASS; error if unstable."""

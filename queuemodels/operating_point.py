@@ -30,11 +30,7 @@ def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary
 
 def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:
     """Share of time at each batch size, and of busy time on prompts (phi = lambda c_p of all time)."""
-    n = chain.max_batch
-    share = np.zeros(n + 1)
-    upto = min(n, chain.capacity)
-    share[:upto] = chain.p[:upto]
-    share[upto] += chain.p[upto:].sum()
+    share = chain.batch_share
     busy = 1.0 - float(share[0])
     phi = rate_rps * law.prompt_ms / 1000.0
     return Occupancy(share, np.asarray(min(1.0, phi / busy) if busy > 0 else 0.0))

@@ -62,7 +62,7 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
 def _grouped(q: NDArray[np.float64], groups: int, *columns: NDArray[np.float64]) -> list[NDArray[np.float64]]:
     """Mass and mass-weighted columns of at most `groups` runs of adjacent states of equal width. Neighbouring
     states differ little (times are affine in the state), so a mixture over groups is a mixture over states
-    with far fewer terms; the spread of a column inside a group is returned as the last column."""
+    with far fewer terms; the variance of the first column inside each group is returned last."""
     groups = min(groups, len(q))
     starts = (np.arange(groups) * len(q)) // groups
     mass = np.add.reduceat(q, starts)
@@ -173,11 +173,7 @@ def _itl_distribution(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Token-weighted ITL values, ascending, and their cumulative probabilities."""
     n_batch = chain.max_batch
-    p = chain.p
-    by_batch = np.zeros(n_batch)
-    upto = min(n_batch, chain.capacity)
-    by_batch[: upto - 1] = p[1:upto]
-    by_batch[upto - 1] += p[upto:].sum()
+    by_batch = chain.batch_share[1:]
     batch = np.arange(1, n_batch + 1, dtype=float)
     step = law.decode(batch)
     weight = by_batch * batch / step
