@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import least_squares
 
-from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model, mean_draw_w
+from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model
 from queuemodels.power import draws_w, limit_w
 from tuner.observation import Observation
 
@@ -67,38 +67,46 @@ class DrawFit:
             self.fit(params, catalogue, queue_model)
         return True
 
-    def _predicts(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
-        """The current curve predicts this window's draw within the error level."""
-        profile = self.applied(catalogue)
-        try:
-            occupancy = get_model(queue_model).occupancy(params, obs.load, obs.shape, profile)
-        except ModelInputError:
-            return True  # nothing a refit could use either
-        predicted = mean_draw_w(profile, occupancy, obs.power_cap_w)
-        return abs(predicted / float(obs.power_w or 1.0) - 1.0) <= self.error_level
-
-    def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
-        """Refit on the recent windows, each read through the model's occupancy at its own load and cap (all at
-        once: the occupancies stacked, one evaluation of the curve per step of the fit)."""
+    def _read(self, windows: list[Observation], params: ServiceParams, profile: PowerProfile,
+              queue_model: str) -> tuple[Occupancy, NDArray[np.float64], NDArray[np.float64]] | None:
+        """The windows the current law can carry, stacked: their occupancies at `profile` (each at its own load
+        and cap), their limits and their observed draws; None when there are none."""
         model = get_model(queue_model)
-        profile = self.applied(catalogue)
         occupancies, limits, seen = [], [], []
-        for o in self.recent:
+        for o in windows:
             try:
                 occupancies.append(model.occupancy(params, o.load, o.shape, profile))
             except ModelInputError:
                 continue  # a load the current law cannot carry says nothing about the draw
-            limits.append(limit_w(catalogue, o.power_cap_w))
+            limits.append(limit_w(profile, o.power_cap_w))
             seen.append(float(o.power_w or 0.0))
-        self.unfitted = 0
         if not occupancies:
+            return None
+        return Occupancy.stack(occupancies), np.array(limits), np.array(seen)
+
+    def _predicts(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
+        """The current curve predicts this window's draw within the error level (or no curve could)."""
+        profile = self.applied(catalogue)
+        read = self._read([obs], params, profile, queue_model)
+        if read is None:
+            return True
+        occupancy, limits, seen = read
+        return bool(abs(draws_w(profile, occupancy, limits)[0] / seen[0] - 1.0) <= self.error_level)
+
+    def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
+        """Refit on the recent windows, all at once: one evaluation of the curve on their stacked occupancies
+        per step of the fit."""
+        profile = self.applied(catalogue)
+        read = self._read(self.recent, params, profile, queue_model)
+        self.unfitted = 0
+        if read is None:
             return
-        stacked, limits_w, seen_w = Occupancy.stack(occupancies), np.array(limits), np.array(seen)
+        occupancy, limits, seen = read
         anchor = np.array([catalogue.busy_share, math.log(catalogue.batch_half)])
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             curve = replace(catalogue, busy_share=float(v[0]), batch_half=math.exp(v[1]))
-            errors = draws_w(curve, stacked, limits_w) / seen_w - 1.0
+            errors = draws_w(curve, occupancy, limits) / seen - 1.0
             return np.concatenate([errors / self.error_level, (v - anchor) / self.prior_spread])
 
         lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
@@ -112,15 +120,11 @@ class DrawFit:
     def error(self, params: ServiceParams, profile: PowerProfile, queue_model: str) -> float | None:
         """Median relative error of the draw the pair predicts (`profile`: its curve applied) on the recent
         windows; None when there are none."""
-        model = get_model(queue_model)
-        errs = []
-        for o in self.recent:
-            try:
-                perf = model.analyze(params, o.load, o.shape, profile, tails=False)
-            except ModelInputError:
-                continue
-            errs.append(abs(perf.power_w / float(o.power_w or math.nan) - 1.0))
-        return float(np.median(errs)) if errs else None
+        read = self._read(self.recent, params, profile, queue_model)
+        if read is None:
+            return None
+        occupancy, limits, seen = read
+        return float(np.median(np.abs(draws_w(profile, occupancy, limits) / seen - 1.0)))
 
     def dump(self) -> dict[str, Any]:
         return {"busy_share": self.busy_share, "batch_half": self.batch_half,
