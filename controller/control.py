@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
 from controller.governor import PowerGovernor
@@ -26,6 +27,15 @@ from queuemodels.power import natural_draw_w
 from tuner import Observation, Tuner, pair_key
 
 log = logging.getLogger("wattscale.controller")
+
+
+class DrawReading(NamedTuple):
+    """A service's GPUs at one fast tick: mean draw, mean limit in force, and whether the governor held a cut
+    on any of them."""
+
+    draw_w: float
+    limit_w: float
+    cut: bool
 
 
 @dataclass
@@ -50,10 +60,9 @@ class Controller:
         """Services whose last window spanned a restart: the next one still completes what it held up."""
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
-        self.draws: dict[str, list[tuple[float, float]]] = {}
-        """Per service, (mean draw, mean limit in force) of its GPUs at each fast tick since the last slow one:
-        the window's draw the tuner fits the draw curve to (one tick is a 1-s reading of a load that swings),
-        and the caps the window really ran under (the governor may cut below the plan's)."""
+        self.draws: dict[str, list[DrawReading]] = {}
+        """Per service, its GPUs' readings at each fast tick since the last slow one: the window's draw the tuner
+        fits the draw curve to (one tick is a 1-s reading of a load that swings), and the caps it ran under."""
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -125,15 +134,17 @@ class Controller:
         m.cycle.labels("fast").observe(time.perf_counter() - started)
 
     def _record_draws(self) -> None:
-        """Per service, the mean draw and mean limit in force of its GPUs at this tick."""
-        by_service: dict[str, list[tuple[float, float]]] = {}
+        """Per service, its GPUs' mean draw and mean limit at this tick, and whether a cut of the governor's was
+        in force on them (read before this tick's step: the cuts the reading ran under)."""
+        by_service: dict[str, list[GpuSample]] = {}
         for g in self.samples:
             if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
-                by_service.setdefault(g.service, []).append((g.power_w, g.power_limit_w))
-        for service, readings in by_service.items():
-            n = len(readings)
-            self.draws.setdefault(service, []).append((sum(w for w, _ in readings) / n,
-                                                       sum(cap for _, cap in readings) / n))
+                by_service.setdefault(g.service, []).append(g)
+        for service, gpus in by_service.items():
+            n = len(gpus)
+            self.draws.setdefault(service, []).append(DrawReading(
+                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n,
+                any(self.governor.cut_w.get(g.index, 0.0) > 0 for g in gpus)))
 
     # -- slow loop -------------------------------------------------------------------------------
     def tick_slow(self, now: float) -> Solution | None:
@@ -196,7 +207,7 @@ class Controller:
             ttft_ms=window.ttft_ms,
             itl_ms=window.itl_ms,
             power_cap_w=self._window_cap_w(draws, a.power_cap_w),
-            power_w=self._window_draw_w(draws, a.power_cap_w),
+            power_w=self._window_draw_w(draws),
             waiting=window.waiting / window.replicas,
             preemptions=window.preemptions,
             in_cv=svc.in_tokens_cv,
@@ -218,17 +229,17 @@ class Controller:
             m.tuner_nis.labels(key).set(verdict.nis)
 
     @staticmethod
-    def _window_cap_w(draws: list[tuple[float, float]], planned_w: float) -> float:
+    def _window_cap_w(draws: list[DrawReading], planned_w: float) -> float:
         """The mean limit the window's GPUs ran under (the plan's cap where none was read)."""
-        return sum(cap for _, cap in draws) / len(draws) if draws else planned_w
+        return sum(r.limit_w for r in draws) / len(draws) if draws else planned_w
 
     @staticmethod
-    def _window_draw_w(draws: list[tuple[float, float]], planned_w: float) -> float | None:
-        """The window's mean draw; None where there is none, or where the governor cut below the plan's cap in
-        it: a draw held down tick by tick is no steady state of any cap, and would teach the curve too low."""
-        if not draws or any(cap < planned_w - 1.0 for _, cap in draws):
+    def _window_draw_w(draws: list[DrawReading]) -> float | None:
+        """The window's mean draw; None where there is none, or where the governor held a cut in it: a draw
+        held down tick by tick is no steady state of any cap, and would teach the curve too low."""
+        if not draws or any(r.cut for r in draws):
             return None
-        return sum(w for w, _ in draws) / len(draws)
+        return sum(r.draw_w for r in draws) / len(draws)
 
     def _problem(self) -> Problem:
         s = self.settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.control import Controller
+from controller.control import Controller, DrawReading
 from controller.own_metrics import OwnMetrics
 from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
@@ -116,19 +116,17 @@ def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp
 
 
 def test_a_window_the_governor_cut_teaches_no_draw_and_records_the_limits_it_ran_under(tmp_path: Path) -> None:
-    """chat's plan caps it at 700 W; the governor held its GPU at 450 W for one tick of three: the window's
-    latencies are tagged with the mean limit in force, and its draw, held down, teaches no draw curve."""
+    """chat's GPU draws 300-340 W against a 250 W budget: the governor cuts it from the first tick on, so the
+    window's draw, held down, teaches no draw curve; its latencies are tagged with the mean limit in force."""
     ctl, vllm, _ = controller(tmp_path)
+    s = ctl.settings
+    ctl.reconfigure(dataclasses.replace(s, power=dataclasses.replace(s.power, budget_w=250.0)))
     cap = ctl.state["chat"].assignment.power_cap_w
-    limits = iter([cap, 450.0, cap])
-
-    class CutGpus(ScriptedGpus):
-        def sample(self, now: float) -> list[GpuSample]:
-            return [dataclasses.replace(g, power_limit_w=next(limits)) for g in super().sample(now)]
-
-    pair = one_window(ctl, vllm, CutGpus([300.0, 340.0, 320.0]))
+    pair = one_window(ctl, vllm, ScriptedGpus([300.0, 340.0, 320.0]))
+    assert ctl.governor.cut_w
     assert pair.draw.recent == []
-    assert ctl._window_cap_w([(300.0, cap), (340.0, 450.0), (320.0, cap)], cap) == (2 * cap + 450.0) / 3
+    readings = [DrawReading(300.0, cap, False), DrawReading(340.0, 450.0, True), DrawReading(320.0, cap, True)]
+    assert ctl._window_cap_w(readings, cap) == (2 * cap + 450.0) / 3
 
 
 def test_the_queue_of_a_service_the_plan_left_short_is_not_demand(tmp_path: Path) -> None:
