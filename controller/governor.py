@@ -83,6 +83,7 @@ class PowerGovernor:
                 return
 
     def _release(self, samples: list[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
+        """Give cuts back, highest priority first, no more in all than `spare_w`."""
         for group in reversed(self._order(samples, priorities)):
             for g in group:
                 cut = self.cut_w.get(g.index, 0.0)

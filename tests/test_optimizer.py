@@ -116,7 +116,7 @@ def test_sizing_reads_the_services_token_length_spread() -> None:
     assert planned(1.0) is None
 
 
-def test_one_percent_of_a_priority_outweighs_all_below_it_and_every_score() -> None:
+def test_half_a_percent_of_a_priority_outweighs_all_below_it_and_every_score() -> None:
     """Priorities 1, 2, 2, 5 (gaps allowed): more than 0.5 % of a service's load unserved costs more than
     every service's score together and every lower-priority service shed entirely; less costs less."""
     demands = tuple(ServiceDemand(f"s{i}", p, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})

@@ -9,6 +9,7 @@ transition penalty.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import replace
 from functools import lru_cache
 
@@ -108,9 +109,10 @@ def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
     weights: dict[int, float] = {}
     below = 0.0
     scores = len(problem.services) * scale
-    for level in sorted({s.priority for s in problem.services}, reverse=True):
+    per_level = Counter(s.priority for s in problem.services)
+    for level in sorted(per_level, reverse=True):
         weights[level] = (scores + below) / GRAIN
-        below += weights[level] * sum(1 for s in problem.services if s.priority == level)
+        below += weights[level] * per_level[level]
     return weights
 
 
