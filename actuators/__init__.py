@@ -3,6 +3,7 @@
 from actuators.base import (
     Action,
     ActuatorError,
+    BatchInForce,
     BatchSizer,
     PermanentActuatorError,
     PowerLimiter,
@@ -13,6 +14,7 @@ from actuators.base import (
 __all__ = [
     "Action",
     "ActuatorError",
+    "BatchInForce",
     "BatchSizer",
     "PermanentActuatorError",
     "PowerLimiter",

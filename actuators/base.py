@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class ActuatorError(Exception):
@@ -39,10 +39,19 @@ class PowerLimiter(Protocol):
     def set_power_limit(self, gpu_index: int, watts: float) -> float: ...
 
 
+class BatchInForce(NamedTuple):
+    """A service's `--max-num-seqs` as its servers run it, and the value a restart is rolling out, if any."""
+
+    max_batch: int
+    rolling_to: int | None = None
+
+
 class BatchSizer(Protocol):
-    """Changes a service's `--max-num-seqs` (a restart of its vLLM servers)."""
+    """Changes a service's `--max-num-seqs` (a restart of its vLLM servers) and reads back what runs."""
 
     name: str
+
+    def get_max_batch(self, service: str) -> BatchInForce: ...
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None: ...
 

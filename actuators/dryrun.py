@@ -1,12 +1,20 @@
-"""Dry-run backends: log and remember what would change, touch nothing (in-memory defaults)."""
+"""Dry-run backends: log and remember what would change, touch nothing (in-memory defaults).
+
+Each keeps the values it was last asked for and a bounded history of its actions; a change is logged at
+INFO once, and asking again for the value already held is logged at DEBUG only.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
-from actuators.base import Action, PermanentActuatorError
+from actuators.base import Action, BatchInForce, PermanentActuatorError
 
 log = logging.getLogger(__name__)
+
+HISTORY = 256
+"""Actions each dry-run backend remembers (the oldest are dropped)."""
 
 
 class DryRunPowerLimiter:
@@ -15,31 +23,38 @@ class DryRunPowerLimiter:
     def __init__(self, min_w: float = 0.0, max_w: float = float("inf")) -> None:
         self.min_w, self.max_w = min_w, max_w
         self.limits: dict[int, float] = {}
-        self.actions: list[Action] = []
+        self.actions: deque[Action] = deque(maxlen=HISTORY)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         if gpu_index < 0:
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
         applied = min(self.max_w, max(self.min_w, watts))
+        if self.limits.get(gpu_index) != applied:
+            self.actions.append(Action("power_limit_w", str(gpu_index), applied))
+            log.info("dry-run: would set GPU %d power limit to %.0f W", gpu_index, applied)
         self.limits[gpu_index] = applied
-        self.actions.append(Action("power_limit_w", str(gpu_index), applied))
-        log.info("dry-run: would set GPU %d power limit to %.0f W", gpu_index, applied)
         return applied
 
 
 class DryRunBatchSizer:
     name = "dry-run"
 
-    def __init__(self) -> None:
-        self.batches: dict[str, int] = {}
-        self.actions: list[Action] = []
+    def __init__(self, initial: dict[str, int] | None = None) -> None:
+        self.batches: dict[str, int] = dict(initial or {})
+        self.actions: deque[Action] = deque(maxlen=HISTORY)
+
+    def get_max_batch(self, service: str) -> BatchInForce:
+        if service not in self.batches:
+            raise PermanentActuatorError(f"{service}: unknown service")
+        return BatchInForce(self.batches[service])
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if max_num_seqs < 1:
             raise PermanentActuatorError(f"{service}: max_num_seqs must be >= 1, got {max_num_seqs}")
+        if self.batches.get(service) != max_num_seqs:
+            self.actions.append(Action("max_num_seqs", service, max_num_seqs))
+            log.info("dry-run: would restart %s with --max-num-seqs %d", service, max_num_seqs)
         self.batches[service] = max_num_seqs
-        self.actions.append(Action("max_num_seqs", service, max_num_seqs))
-        log.info("dry-run: would restart %s with --max-num-seqs %d", service, max_num_seqs)
 
 
 class DryRunReplicaScaler:
@@ -47,7 +62,7 @@ class DryRunReplicaScaler:
 
     def __init__(self, initial: dict[str, int] | None = None) -> None:
         self.replicas: dict[str, int] = dict(initial or {})
-        self.actions: list[Action] = []
+        self.actions: deque[Action] = deque(maxlen=HISTORY)
 
     def get_replicas(self, service: str) -> int:
         if service not in self.replicas:
@@ -57,7 +72,8 @@ class DryRunReplicaScaler:
     def set_replicas(self, service: str, replicas: int) -> int:
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
+        if self.replicas.get(service) != replicas:
+            self.actions.append(Action("replicas", service, replicas))
+            log.info("dry-run: would scale %s to %d replicas", service, replicas)
         self.replicas[service] = replicas
-        self.actions.append(Action("replicas", service, replicas))
-        log.info("dry-run: would scale %s to %d replicas", service, replicas)
         return replicas

@@ -1,42 +1,65 @@
-"""Backends that act on the simulated host (the sim twin of nvml, vllm and kubernetes)."""
+"""Backends that act on the simulated host (the sim twin of nvml, vllm and kubernetes).
+
+The host is one plant that the fast loop advances and the slow loop acts on from another thread: every
+call takes the plant's lock, held for an in-memory change only.
+"""
 
 from __future__ import annotations
 
-from actuators.base import PermanentActuatorError
+import threading
+from collections import Counter
+
+from actuators.base import BatchInForce, PermanentActuatorError
 from simulator.host import SimHost
 
 
 class SimPowerLimiter:
     name = "sim"
 
-    def __init__(self, host: SimHost) -> None:
-        self.host = host
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         if not 0 <= gpu_index < len(self.host.gpus):
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
-        return self.host.set_power_limit(gpu_index, watts)
+        with self.lock:
+            return self.host.set_power_limit(gpu_index, watts)
 
 
 class SimBatchSizer:
     name = "sim"
 
-    def __init__(self, host: SimHost) -> None:
-        self.host = host
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
+
+    def get_max_batch(self, service: str) -> BatchInForce:
+        """What most replicas run (the new value once half have restarted), and the rollout's target while
+        any replica still runs another value."""
+        if service not in self.host.services:
+            raise PermanentActuatorError(f"{service}: unknown service")
+        with self.lock:
+            svc = self.host.services[service]
+            running = Counter(r.engine.max_num_seqs for r in svc.replicas)
+        if not running:
+            return BatchInForce(svc.max_num_seqs)
+        most = running.most_common(1)[0][0]
+        rolling = len(running) > 1 or most != svc.max_num_seqs
+        return BatchInForce(most, svc.max_num_seqs if rolling else None)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if service not in self.host.services:
             raise PermanentActuatorError(f"{service}: unknown service")
         if max_num_seqs < 1:
             raise PermanentActuatorError(f"{service}: max_num_seqs must be >= 1, got {max_num_seqs}")
-        self.host.restart_with_batch(service, max_num_seqs)
+        with self.lock:
+            self.host.restart_with_batch(service, max_num_seqs)
 
 
 class SimReplicaScaler:
     name = "sim"
 
-    def __init__(self, host: SimHost) -> None:
-        self.host = host
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
 
     def get_replicas(self, service: str) -> int:
         if service not in self.host.services:
@@ -48,4 +71,5 @@ class SimReplicaScaler:
             raise PermanentActuatorError(f"{service}: unknown service")
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
-        return self.host.scale(service, replicas)
+        with self.lock:
+            return self.host.scale(service, replicas)

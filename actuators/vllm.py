@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from actuators.base import Action, ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators.base import Action, ActuatorError, BatchInForce, PermanentActuatorError, TransientActuatorError
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class VllmBatchSizer:
         self.health_timeout_s, self.poll_s, self.probe = health_timeout_s, poll_s, probe
         self.actions: list[Action] = []
         self._rollouts: dict[str, threading.Thread] = {}
+        self._targets: dict[str, int] = {}
         self._failures: dict[str, ActuatorError] = {}
         self._closing = threading.Event()
 
@@ -172,6 +173,15 @@ class VllmBatchSizer:
             self._closing.wait(self.poll_s)
         return False
 
+    def get_max_batch(self, service: str) -> BatchInForce:
+        """The value every replica runs (a rollout's value only once all are back healthy; a rolled-back one
+        never), and the value in flight while a rollout runs."""
+        if service not in self.replicas:
+            raise PermanentActuatorError(f"{service}: no vLLM servers configured")
+        running = self._rollouts.get(service)
+        return BatchInForce(self.current[service],
+                            self._targets.get(service) if running is not None and running.is_alive() else None)
+
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if service not in self.replicas:
             raise PermanentActuatorError(f"{service}: no vLLM servers configured")
@@ -186,6 +196,7 @@ class VllmBatchSizer:
         thread = threading.Thread(target=self._rollout, args=(service, max_num_seqs), daemon=True,
                                   name=f"vllm-rollout-{service}")
         self._rollouts[service] = thread
+        self._targets[service] = max_num_seqs
         thread.start()
 
     def wait(self, timeout_s: float | None = None) -> None:

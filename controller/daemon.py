@@ -1,7 +1,12 @@
-"""The daemon: APScheduler drives the Controller in wall-clock time; signals stop and reload it.
+"""The daemon: the Controller's two loops in wall-clock time, each in its own thread; signals stop and reload it.
 
-SIGTERM/SIGINT stop within seconds; SIGHUP reloads the config (a bad file is refused, logged and counted,
-and the running config kept). With simulated parts, the plant advances with the clock too.
+APScheduler runs the fast loop (GPU samples and the governor) on its period. The slow loop runs in a
+worker thread of its own, woken on its period: it may block on the network for as long as its timeouts
+allow, and the governor keeps ticking; a wake-up while it still runs is counted as an overrun. SIGTERM and
+SIGINT stop within seconds whatever the slow loop is doing (its thread is not waited for past a moment);
+SIGHUP reloads the config (a bad file, or a change that needs a restart, is refused by name, logged and
+counted, and the running config kept). The systemd watchdog is pinged only while the fast loop ticks.
+With simulated parts, the fast loop advances the plant with the clock.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from controller.config_loader import ConfigError
 from controller.control import Controller
+from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
+from controller.reload import check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.wiring import build_parts
@@ -43,12 +50,15 @@ class Daemon:
         self.parts = build_parts(settings, on_error=lambda kind, message: self.controller.error(kind, message))
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
-        self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics)
+        self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
+                                     DecisionLog(settings.decision_log_path))
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
-        self.lock = threading.Lock()
+        self.slow_due = threading.Event()
         self.t0 = time.monotonic()
+        self.last_fast = self.t0
+        """When a fast tick last ended (monotonic): the watchdog is pinged only while it is recent."""
 
     def now(self) -> float:
         """Controller time: wall seconds since start, scaled by the simulator's speed when simulated."""
@@ -56,34 +66,47 @@ class Daemon:
         return elapsed * self.settings.simulator.speed if self.parts.host is not None else elapsed
 
     def fast(self) -> None:
-        with self.lock:
-            now = self.now()
-            if self.parts.host is not None:
-                started = time.thread_time()
+        now = self.now()
+        if self.parts.host is not None:
+            started = time.thread_time()
+            with self.parts.plant_lock:
                 self.parts.host.advance_to(now)
-                self.metrics.plant_cpu.inc(time.thread_time() - started)
-            self.controller.tick_fast(now)
+            self.metrics.plant_cpu.inc(time.thread_time() - started)
+        self.controller.tick_fast(now)
+        self.last_fast = time.monotonic()
 
-    def slow(self) -> None:
-        with self.lock:
-            self.controller.tick_slow(self.now())
+    def wake_slow(self) -> None:
+        """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle."""
+        if self.slow_due.is_set():
+            self.metrics.errors.labels("slow_overrun").inc()
+        self.slow_due.set()
+
+    def slow_worker(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.slow_due.wait(0.2):
+                continue
+            self.slow_due.clear()
+            try:
+                self.controller.tick_slow(self.now())
+            except Exception as exc:  # a bug, not an input: counted and logged, the loop goes on
+                self.metrics.errors.labels("slow_tick").inc()
+                log.exception("slow tick failed: %r", exc)
+
+    def fast_alive(self) -> bool:
+        """Whether the fast loop ticked recently (three periods, two seconds at least)."""
+        return time.monotonic() - self.last_fast < max(3 * self.settings.daemon.fast_interval_s, 2.0)
 
     def reload(self) -> None:
         self.notifier.reloading(time.monotonic_ns() // 1000)
         try:
             new = load_settings(self.config_path)
-            for section in ("telemetry", "actuators", "simulator", "metrics"):
-                if getattr(new, section) != getattr(self.settings, section):
-                    raise ConfigError(section, "changes need a restart; reload refused")
-            if new.optimizer.queue_model != self.settings.optimizer.queue_model:
-                raise ConfigError("optimizer.queue_model", "changes need a restart (the tuner's state); reload refused")
+            check_reload(self.settings, new)
         except ConfigError as exc:
             self.metrics.reloads.labels("refused").inc()
             log.error("reload refused, keeping the running config: %s", exc)
         else:
-            with self.lock:
-                self.controller.reconfigure(new)
-                self.settings = new
+            self.controller.reconfigure(new)
+            self.settings = new
             self.metrics.reloads.labels("ok").inc()
             log.info("config reloaded: budget %.0f W, %d services", new.power.budget_w, len(new.services))
         self.notifier.ready(self._status())
@@ -112,10 +135,12 @@ class Daemon:
         d = s.daemon
         scheduler.add_job(self.fast, "interval", seconds=d.fast_interval_s, id="fast", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
-        scheduler.add_job(self.slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
+        scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
         self.parts.start()  # servers the daemon supervises are up before the loops start
         self.fast()
+        worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
+        worker.start()
         scheduler.start()
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
@@ -125,11 +150,13 @@ class Daemon:
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()
-            self.notifier.watchdog()
+            if self.fast_alive():
+                self.notifier.watchdog()
             if deadline is not None and time.monotonic() >= deadline:
                 break
         self.notifier.stopping()
         log.info("stopping")
-        scheduler.shutdown(wait=True)
+        scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
+        worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
         self.parts.close()
         return 0

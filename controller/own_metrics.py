@@ -15,6 +15,9 @@ class OwnMetrics:
         self.budget = Gauge("wattscale_power_budget_watts", "Site power budget.", registry=r)
         self.draw = Gauge("wattscale_power_draw_watts", "Measured draw of all managed GPUs.", registry=r)
         self.emergency = Gauge("wattscale_power_emergency", "1 while the governor cuts caps.", registry=r)
+        self.failsafe = Gauge("wattscale_power_failsafe", "1 while GPU readings are lost and limits that fit the "
+                              "budget by construction are in force.", registry=r)
+        self.plan_version = Gauge("wattscale_plan_version", "Version of the plan the governor steers to.", registry=r)
         self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
         lat = ["service", "stat"]
         self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)

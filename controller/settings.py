@@ -28,9 +28,17 @@ class DaemonSettings:
     """Where the tuner state lives (relative paths are relative to the config file)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log verbosity."""
+    failsafe_after_ticks: int = 3
+    """Fast ticks in a row without GPU readings after which the governor sets limits whose sum fits the
+    budget by construction (it cannot see the draw it would otherwise steer)."""
+    decision_log: str = "decisions.jsonl"
+    """File (in `state_dir`) that gets one JSON line per slow cycle: inputs, plan, what the gate held back,
+    what was applied, errors; empty: to the log at DEBUG only."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("fast_interval_s", "slow_interval_s"))
+        if self.failsafe_after_ticks < 1:
+            raise ConfigError(f"{where}.failsafe_after_ticks", f"must be >= 1, got {self.failsafe_after_ticks}")
         if self.slow_interval_s < self.fast_interval_s:
             raise ConfigError(f"{where}.slow_interval_s", "must not be shorter than fast_interval_s")
 
@@ -402,6 +410,11 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return Path(self.base_dir) / self.daemon.state_dir / "tuner.json"
+
+    @property
+    def decision_log_path(self) -> Path | None:
+        d = self.daemon
+        return Path(self.base_dir) / d.state_dir / d.decision_log if d.decision_log else None
 
 
 def load_settings(path: Path) -> Settings:

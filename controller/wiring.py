@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class Parts:
     stops: tuple[Callable[[], None], ...] = ()
     """Run on exit, in order: supervised servers stopped, default power limits restored where the config
     asks, the NVML session shut down. Each logs what it fails at and returns."""
+    plant_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by every call into the simulated host, whichever loop makes it (the fast loop advances it)."""
 
     def start(self) -> None:
         for step in self.starts:
@@ -87,6 +90,24 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError("telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power", str(exc)) from exc
 
 
+def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, str]:
+    """GPU index -> its service. Every GPU on the host must belong to a service: the governor would hold an
+    unowned one at its minimum, so a forgotten `gpus` list would pin every GPU at its floor without a word."""
+    owners = {g: s.name for s in settings.services for g in s.gpus}
+    try:
+        count = devices.count()
+    except ActuatorError as exc:
+        raise ConfigError("telemetry.gpu_source", str(exc)) from exc
+    unknown = sorted(g for g in owners if g >= count)
+    if unknown:
+        raise ConfigError("services.gpus", f"GPU {', '.join(map(str, unknown))} not on this host ({count} GPUs)")
+    unowned = [g for g in range(count) if g not in owners]
+    if unowned:
+        raise ConfigError("services.gpus", f"GPU {', '.join(map(str, unowned))} belong(s) to no service; list each "
+                          "GPU under the service whose replicas run on it")
+    return owners
+
+
 def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
     from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, api_client
 
@@ -122,6 +143,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
     some part is simulated: nothing steps a plant no part reads."""
     t, a = settings.telemetry, settings.actuators
     host = build_host(settings) if settings.uses_sim else None
+    lock = threading.Lock()
     devices = _nvml_devices(settings, nvml)
 
     def sim() -> SimHost:
@@ -137,7 +159,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
             stops.append(lambda: _restore_limits(limiter))
         power = limiter
     else:
-        power = SimPowerLimiter(sim()) if a.power == "sim" else DryRunPowerLimiter()
+        power = SimPowerLimiter(sim(), lock) if a.power == "sim" else DryRunPowerLimiter()
     batch: BatchSizer
     if a.batch == "vllm":
         sizer = _vllm_sizer(settings)
@@ -145,23 +167,24 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         stops.insert(0, sizer.close)
         batch = sizer
     else:
-        batch = SimBatchSizer(sim()) if a.batch == "sim" else DryRunBatchSizer()
+        batch = SimBatchSizer(sim(), lock) if a.batch == "sim" else DryRunBatchSizer(
+            {s.name: s.initial_max_batch for s in settings.services})
     replicas: ReplicaScaler
     if a.replicas == "kubernetes":
         replicas = _kubernetes_scaler(settings)
     elif a.replicas == "sim":
-        replicas = SimReplicaScaler(sim())
+        replicas = SimReplicaScaler(sim(), lock)
     else:
         replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
     gpus: GpuSource
     if devices is not None and t.gpu_source == "nvml":
-        gpus = NvmlGpuSource(devices, {g: s.name for s in settings.services for g in s.gpus})
+        gpus = NvmlGpuSource(devices, _owners(settings, devices))
     elif t.gpu_source in ("dcgm", "kepler"):
         acc = CATALOG[settings.accelerators[0].name]
         gpus = PrometheusGpuSource(t.prometheus_url, t.gpu_source, (acc.min_power_w, acc.max_power_w),
                                    {s.deployment or s.name: s.name for s in settings.services}, t.timeout_s)
     else:
-        gpus = SimGpuSource(sim())
+        gpus = SimGpuSource(sim(), lock)
     vllm: VllmSource
     models = {s.name: s.model for s in settings.services}
     if t.vllm_source == "prometheus":
@@ -170,7 +193,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         urls = {s.name: s.metrics_urls for s in settings.services}
         vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error)
     else:
-        vllm = SimVllmSource(sim())
+        vllm = SimVllmSource(sim(), lock)
     if devices is not None:
         stops.append(lambda: _shut_down(devices))
-    return Parts(host, gpus, vllm, power, batch, replicas, tuple(starts), tuple(stops))
+    return Parts(host, gpus, vllm, power, batch, replicas, tuple(starts), tuple(stops), lock)

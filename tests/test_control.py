@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.control import Controller, DrawReading
+from controller.control import Controller
+from controller.estimate import window_cap_w
 from controller.own_metrics import OwnMetrics
+from controller.plan import DrawReading
 from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.wiring import build_parts
@@ -52,10 +54,10 @@ def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     drain_s = ctl.settings.optimizer.drain_s
     vllm.next = {"chat": window(waiting=240.0, steady=False)}
     ctl.tick_slow(15.0)
-    assert ctl.state["chat"].load.rate_rps == 10.0  # the restart's queue
+    assert ctl.estimator.load["chat"].rate_rps == 10.0  # the restart's queue
     vllm.next = {"chat": window(waiting=240.0)}
     ctl.tick_slow(30.0)
-    assert ctl.state["chat"].load.rate_rps == 10.0 + 240.0 / drain_s
+    assert ctl.estimator.load["chat"].rate_rps == 10.0 + 240.0 / drain_s
 
 
 def test_a_restart_window_and_the_one_after_it_are_not_tuned(tmp_path: Path) -> None:
@@ -73,13 +75,13 @@ def test_a_service_no_shape_can_serve_within_its_slo_keeps_what_runs(tmp_path: P
     s = ctl.settings
     impossible = tuple(dataclasses.replace(svc, ttft_ms=0.5) if svc.name == "code" else svc for svc in s.services)
     ctl.reconfigure(dataclasses.replace(s, services=impossible))
-    before = ctl.state["code"].assignment
+    before = ctl.assignments["code"]
     vllm.next = {"code": window(rate_rps=5.0)}
     solution = ctl.tick_slow(15.0)
     assert solution is not None
     result = next(r for r in solution.services if r.name == "code")
     assert result.assignment is None and result.reason == "slo"
-    assert ctl.state["code"].assignment == before  # not cut to min replicas at the floor cap
+    assert ctl.assignments["code"] == before  # not cut to min replicas at the floor cap
 
 
 class ScriptedGpus:
@@ -94,7 +96,7 @@ class ScriptedGpus:
 
 def one_window(ctl: Controller, vllm: ScriptedVllm, gpus: ScriptedGpus) -> PairFilter:
     """Three fast ticks reading `gpus`, then chat's window: the pair the tuner fed it to."""
-    ctl.gpus = gpus
+    ctl.fast.gpus = gpus
     for t in (1.0, 2.0, 3.0):
         ctl.tick_fast(t)
     vllm.next = {"chat": window()}
@@ -121,12 +123,12 @@ def test_a_window_the_governor_cut_teaches_no_draw_and_records_the_limits_it_ran
     ctl, vllm, _ = controller(tmp_path)
     s = ctl.settings
     ctl.reconfigure(dataclasses.replace(s, power=dataclasses.replace(s.power, budget_w=250.0)))
-    cap = ctl.state["chat"].assignment.power_cap_w
+    cap = ctl.assignments["chat"].power_cap_w
     pair = one_window(ctl, vllm, ScriptedGpus([300.0, 340.0, 320.0]))
     assert ctl.governor.cut_w
     assert pair.draw.recent == []
     readings = [DrawReading(300.0, cap, False), DrawReading(340.0, 450.0, True), DrawReading(320.0, cap, True)]
-    assert ctl._window_cap_w(readings, cap) == (2 * cap + 450.0) / 3
+    assert window_cap_w(readings, cap) == (2 * cap + 450.0) / 3
 
 
 def test_the_queue_of_a_service_the_plan_left_short_is_not_demand(tmp_path: Path) -> None:
@@ -134,13 +136,13 @@ def test_the_queue_of_a_service_the_plan_left_short_is_not_demand(tmp_path: Path
     drain_s = ctl.settings.optimizer.drain_s
     vllm.next = {"chat": window(waiting=240.0)}
     ctl.tick_slow(15.0)
-    assert ctl.state["chat"].load.rate_rps == 10.0 + 240.0 / drain_s
+    assert ctl.estimator.load["chat"].rate_rps == 10.0 + 240.0 / drain_s
     tight = dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=900.0))
     ctl.reconfigure(tight)  # 8 idle GPUs draw 760 W: little is left to serve with
     ctl.tick_slow(30.0)
-    assert "chat" in ctl.short
+    assert "chat" in ctl.estimator.short
     ctl.tick_slow(45.0)
-    assert ctl.state["chat"].load.rate_rps == 10.0  # sizing its queue would only grow the shortfall
+    assert ctl.estimator.load["chat"].rate_rps == 10.0  # sizing its queue would only grow the shortfall
 
 
 def test_the_plan_leaves_the_governors_headroom_and_its_margin_free(tmp_path: Path) -> None:
@@ -148,4 +150,5 @@ def test_the_plan_leaves_the_governors_headroom_and_its_margin_free(tmp_path: Pa
     power = ctl.settings.power
     assert ctl._problem().budget_w == pytest.approx(power.budget_w * (1 - power.headroom) * (1 - power.plan_margin))
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(power, mode="caps")))
+    ctl.tick_slow(15.0)  # the slow loop adopts the new settings at its next tick
     assert ctl._problem().budget_w == power.budget_w  # caps cannot be passed: the whole budget

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -88,6 +89,8 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: 'wattscale_config_reloads_total{result="refused"} 1.0' in scrape(port), 10)
         assert metric(scrape(port), "wattscale_power_budget_watts") == 1500
+        decision_log = tmp_path / "state" / "decisions.jsonl"
+        assert wait_for(lambda: '"budget_w":1500.0' in decision_log.read_text(), 10), "no cycle under the reload"
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -98,7 +101,10 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
             proc.kill()
         log.close()
     output = (tmp_path / "daemon.log").read_text()
-    assert "decision:" in output
+    decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+    assert decisions and decisions[-1]["budget_w"] == 1500.0
+    assert set(decisions[-1]["services"]) == {"chat", "code", "batch-summaries"}
+    assert {"in_force", "planned", "gate_held", "asked"} <= set(decisions[-1]["services"]["chat"])
     assert "reload refused" in output and "power.budget_w" in output
 
 

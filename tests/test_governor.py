@@ -66,7 +66,7 @@ def test_one_release_gives_back_no_more_than_the_spare() -> None:
     tick, over the budget; giving back only the 290 W of spare reads 1940 W, the threshold itself."""
     settings = PowerSettings(budget_w=2000.0)
     governor = PowerGovernor(settings)
-    governor.cut_w = {2: 425.0, 3: 425.0}
+    governor.cut_w = {"GPU-2": 425.0, "GPU-3": 425.0}
     plant = Plant({0: 550.0, 1: 550.0, 2: 700.0, 3: 700.0})
     plant.limit_w.update({2: 275.0, 3: 275.0})
     assert plant.tick(governor) == 1650.0 and not governor.emergency

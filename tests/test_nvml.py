@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pynvml
@@ -13,6 +14,7 @@ from fake_pynvml import FakeGpu, FakeNvml
 
 from actuators import PermanentActuatorError, TransientActuatorError
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from controller.config_loader import ConfigError
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.nvml import NvmlGpuSource
 
@@ -145,9 +147,16 @@ def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
         text = text.replace(old, new)
     path = tmp_path / "host.toml"
     path.write_text(text)
-    parts = build_parts(load_settings(path), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
+    s = load_settings(path)
+    owned = replace(s, services=tuple(replace(svc, gpus=g) for svc, g in zip(s.services, ((0, 1, 2), (3, 4, 5), (6, 7)),
+                                                                            strict=True)))
+    parts = build_parts(owned, nvml=FakeNvml([FakeGpu() for _ in range(8)]))
     assert parts.host is None
     assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
+    with pytest.raises(ConfigError, match=r"services.gpus: GPU 6, 7 belong\(s\) to no service"):
+        build_parts(replace(owned, services=owned.services[:2]), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
+    with pytest.raises(ConfigError, match="GPU 7 not on this host"):
+        build_parts(owned, nvml=FakeNvml([FakeGpu() for _ in range(7)]))
 
 
 @pytest.mark.parametrize("restore", [True, False])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.telemetry.vllm_window import Snapshot, snapshots, window
 from simulator.host import SimHost
@@ -9,10 +11,14 @@ from simulator.vllm_metrics import VllmCollector
 
 
 class SimGpuSource:
-    def __init__(self, host: SimHost) -> None:
-        self.host = host
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
 
     def sample(self, now: float) -> list[GpuSample]:
+        with self.lock:
+            return self._sample()
+
+    def _sample(self) -> list[GpuSample]:
         owner = {r.gpu.index: s.name for s in self.host.services.values() for r in s.replicas}
         return [
             GpuSample(
@@ -34,8 +40,8 @@ class SimGpuSource:
 class SimVllmSource:
     """Reads each service's engines through the same families a /metrics page would carry."""
 
-    def __init__(self, host: SimHost) -> None:
-        self.host = host
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
         self._last: dict[str, Snapshot] = {}
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
@@ -45,8 +51,9 @@ class SimVllmSource:
             if svc is None:
                 out[name] = None
                 continue
-            engines = self.host.ready_engines(name)
-            families = VllmCollector(lambda e=engines: e).collect()  # type: ignore[misc]
+            with self.lock:
+                engines = self.host.ready_engines(name)
+                families = list(VllmCollector(lambda e=engines: e).collect())  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
             old = self._last.get(name)
             self._last[name] = snap

@@ -1,0 +1,45 @@
+"""The decision log: one JSON line per slow cycle, so an operator can answer "why did it do that".
+
+Each line holds the cycle's inputs (load and latency observed per service), the plan (what the optimizer
+chose and any shortfall with its reason), what the stability gate held back, what was asked of the
+actuators and what they refused, and the errors of the cycle. Lines go to a file (rotated at a size, one
+old file kept) and to the log at DEBUG. Writing never stops a cycle: a failure is logged once and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("wattscale.decisions")
+
+
+class DecisionLog:
+    def __init__(self, path: Path | None, max_bytes: int = 16 << 20) -> None:
+        self.path, self.max_bytes = path, max_bytes
+        self.failed = False
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Append one record; whether it reached the file (always True without one)."""
+        line = json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+        log.debug("%s", line)
+        if self.path is None:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError as exc:
+            if not self.failed:
+                log.warning("decision log %s cannot be written: %s", self.path, exc)
+            self.failed = True
+            return False
+        if self.failed:
+            log.info("decision log %s written again", self.path)
+        self.failed = False
+        return True

@@ -1,0 +1,111 @@
+"""The slow loop's first stage: each service's window read into a load estimate and a tuner observation.
+
+A window teaches the tuner only if it was steady (no restart in it, nor in the one before: a restart's
+requests drain into the next window) and the max batch read back held still through it; its latencies
+are labelled with the batch and the limits really in force, its draw dropped where the governor cut it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from controller.optimizer import Assignment
+from controller.own_metrics import OwnMetrics
+from controller.plan import DrawReading
+from controller.settings import ServiceSettings
+from controller.sizing_basis import TokenMix
+from controller.telemetry.base import ServiceWindow
+from queuemodels import Load
+from tuner import Observation, Tuner, pair_key
+
+
+class Estimator:
+    def __init__(self, tuner: Tuner, metrics: OwnMetrics) -> None:
+        self.tuner, self.metrics = tuner, metrics
+        self.load: dict[str, Load] = {}
+        self.mix = TokenMix()
+        self.settling: set[str] = set()
+        """Services whose last window spanned a restart: the next one still completes what it held up."""
+        self.short: set[str] = set()
+        """Services the last plan could not serve in full."""
+
+    def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
+                in_force: Assignment, batch_still: bool, drain_s: float) -> str:
+        """Update the service's load and feed its pair's tuner; returns the tuner's verdict (or why none)."""
+        m = self.metrics
+        load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
+        if window is None:
+            return "no window"
+        m.rate_obs.labels(svc.name).set(window.rate_rps)
+        if window.replicas < 1:
+            return "no replica served"  # every replica restarting: no word on demand, keep the estimate
+        # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for. Nor is the
+        # queue of a service the last plan left short: sized as demand, it would only grow its shortfall.
+        sized = window.steady and svc.name not in self.short
+        backlog = window.waiting / drain_s if sized else 0.0
+        in_tokens, out_tokens = load.in_tokens, load.out_tokens
+        if window.in_tokens and window.out_tokens:
+            in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
+                                                    window.out_tokens)
+        self.load[svc.name] = svc.load(window.rate_rps + backlog, in_tokens, out_tokens)
+        stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
+        for stat, ttft, itl in stats:
+            if ttft is not None:
+                m.ttft_obs.labels(svc.name, stat).set(ttft)
+            if itl is not None:
+                m.itl_obs.labels(svc.name, stat).set(itl)
+        steady = window.steady and batch_still and svc.name not in self.settling
+        if window.steady and batch_still:
+            self.settling.discard(svc.name)
+        else:
+            self.settling.add(svc.name)
+        if window.ttft_ms is None or window.itl_ms is None:
+            return "no latency"
+        obs = Observation(
+            rate_rps=window.rate_rps / window.replicas,
+            in_tokens=window.in_tokens or svc.in_tokens,
+            out_tokens=window.out_tokens or svc.out_tokens,
+            max_batch=in_force.max_batch,
+            max_queue=svc.max_queue,
+            ttft_ms=window.ttft_ms,
+            itl_ms=window.itl_ms,
+            power_cap_w=window_cap_w(draws, in_force.power_cap_w),
+            power_w=window_draw_w(draws),
+            waiting=window.waiting / window.replicas,
+            preemptions=window.preemptions,
+            in_cv=svc.in_tokens_cv,
+            out_cv=svc.out_tokens_cv,
+            steady=steady,
+        )
+        key = pair_key(svc.model, in_force.accelerator)
+        verdict = self.tuner.update(svc.model, in_force.accelerator, obs)
+        result = "accepted" if verdict.accepted else verdict.reason
+        m.tuner_updates.labels(key, result).inc()
+        self._export(key, verdict.nis)
+        return result
+
+    def _export(self, key: str, nis: float) -> None:
+        m = self.metrics
+        pair = self.tuner.filters[key]
+        names = ["alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "prefill_sensitivity"]
+        for name, value in zip(names, pair.x, strict=False):
+            m.tuner_param.labels(key, name).set(float(value))
+        if pair.draw.busy_share is not None and pair.draw.batch_half is not None:
+            m.tuner_param.labels(key, "busy_share").set(pair.draw.busy_share)
+            m.tuner_param.labels(key, "batch_half").set(pair.draw.batch_half)
+        m.tuner_trace.labels(key).set(float(pair.p.trace()))
+        if not math.isnan(nis):
+            m.tuner_nis.labels(key).set(nis)
+
+
+def window_cap_w(draws: list[DrawReading], planned_w: float) -> float:
+    """The mean limit the window's GPUs ran under (the plan's cap where none was read)."""
+    return sum(r.limit_w for r in draws) / len(draws) if draws else planned_w
+
+
+def window_draw_w(draws: list[DrawReading]) -> float | None:
+    """The window's mean draw; None where there is none, or where the governor held a cut in it: a draw
+    held down tick by tick is no steady state of any cap, and would teach the curve too low."""
+    if not draws or any(r.cut for r in draws):
+        return None
+    return sum(r.draw_w for r in draws) / len(draws)

@@ -1,0 +1,131 @@
+"""The fast loop: it alone samples the GPUs and owns the governor and the power limits.
+
+It reads the slow loop's latest plan (one reference) and never waits on it. After `failsafe_after_ticks`
+failed or blind samples in a row it sets limits whose sum fits the budget by construction, on the GPUs it
+last saw, and says so in a metric, until readings come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from actuators import ActuatorError, PowerLimiter
+from controller.governor import PowerGovernor, safe_caps
+from controller.own_metrics import OwnMetrics
+from controller.plan import DrawLedger, DrawReading, Plan
+from controller.retry import RetryBook
+from controller.settings import PowerSettings
+from controller.telemetry.base import GpuSample, GpuSource
+
+log = logging.getLogger("wattscale.governor")
+
+
+class FastLoop:
+    def __init__(self, power_settings: PowerSettings, failsafe_after_ticks: int, gpus: GpuSource,
+                 power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None]) -> None:
+        self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
+        self.governor = PowerGovernor(power_settings)
+        self.failsafe_after_ticks = failsafe_after_ticks
+        self.plan = Plan(0)
+        """The slow loop's latest plan, swapped whole."""
+        self.ledger = DrawLedger()
+        self.retry = RetryBook()
+        self.samples: list[GpuSample] = []
+        """The last good listing: the GPUs safe caps go to when readings fail."""
+        self.lost = 0
+        """Failed or blind samples in a row."""
+
+    def tick(self, now: float) -> None:
+        started = time.perf_counter()
+        try:
+            samples = self.gpus.sample(now)
+            if samples and all(g.power_w is None for g in samples):
+                raise ValueError("no GPU returned a power reading")
+        except Exception as exc:  # any source failure is survived; after a few, safe caps
+            self.lost += 1
+            if self.lost == 1:
+                self.on_error("gpu_source", str(exc))
+            else:
+                self.metrics.errors.labels("gpu_source").inc()
+            if self.lost >= self.failsafe_after_ticks:
+                self._failsafe(now)
+        else:
+            if self.lost >= self.failsafe_after_ticks:
+                log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
+            self.lost = 0
+            self.metrics.failsafe.set(0.0)
+            self.samples = samples
+            self._govern(now, samples)
+        self.metrics.cycle.labels("fast").observe(time.perf_counter() - started)
+
+    def _govern(self, now: float, samples: list[GpuSample]) -> None:
+        m = self.metrics
+        total = 0.0
+        for g in samples:
+            m.gpu_limit.labels(str(g.index)).set(g.power_limit_w)
+            if g.power_w is not None:
+                m.gpu_power.labels(str(g.index), g.service or "").set(g.power_w)
+            if g.energy_j is not None:
+                m.gpu_energy.labels(str(g.index)).set(g.energy_j)
+            if g.sm_clock_mhz is not None:
+                m.gpu_clock.labels(str(g.index)).set(g.sm_clock_mhz)
+            total += PowerGovernor.accounted_w(g)
+        m.draw.set(total)
+        self._record_draws(samples)
+        plan = self.plan
+        limits = self.governor.step(samples, plan.caps_w, plan.priorities)
+        by_index = {g.index: g for g in samples}
+        for index, watts in limits.items():
+            self._set(now, by_index[index], watts)
+        m.emergency.set(1.0 if self.governor.emergency else 0.0)
+
+    def _set(self, now: float, g: GpuSample, watts: float) -> bool:
+        """Set one GPU's limit, as its retry record allows; whether it was set."""
+        target = f"power_limit:{g.uuid}"
+        if not self.retry.may_try(target, now):
+            return False
+        m = self.metrics
+        try:
+            applied = self.power.set_power_limit(g.index, watts)
+        except ActuatorError as exc:
+            m.actuations.labels(self.power.name, "power_limit", "error").inc()
+            m.errors.labels("power_actuator").inc()
+            self.retry.failed(target, now, exc)
+            return False
+        self.retry.succeeded(target)
+        m.actuations.labels(self.power.name, "power_limit", "ok").inc()
+        if abs(applied - watts) > 1.0:
+            log.debug("GPU %d limit %.0f W asked, %.0f W in force", g.index, watts, applied)
+        return True
+
+    def _failsafe(self, now: float) -> None:
+        """Limits that fit the budget whatever the GPUs draw, on every GPU last seen."""
+        caps, fits = safe_caps(self.samples, self.governor.threshold_w())
+        if self.lost == self.failsafe_after_ticks:
+            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
+                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
+            if not fits:
+                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
+        self.metrics.failsafe.set(1.0)
+        self.samples = [replace(g, power_limit_w=caps[g.index])
+                        if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) else g
+                        for g in self.samples]
+
+    def _record_draws(self, samples: list[GpuSample]) -> None:
+        """Per service, its GPUs' mean draw and mean limit at this tick, and whether a cut of the governor's was
+        in force on them (read before this tick's step: the cuts the reading ran under)."""
+        by_service: dict[str, list[GpuSample]] = {}
+        for g in samples:
+            if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
+                by_service.setdefault(g.service, []).append(g)
+        cut = self.governor.cut_w
+        for service, gpus in by_service.items():
+            n = len(gpus)
+            self.ledger.add(service, DrawReading(
+                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n,
+                any(cut.get(g.uuid, 0.0) > 0 for g in gpus)))
+

@@ -1,0 +1,51 @@
+"""What a reload may change while the daemon runs, and what it refuses by name.
+
+Live: the budget and power policy, the optimizer's and the stability gate's settings, each service's
+objectives, priority, bounds, token mix, prior, and the inventory's counts and costs. Everything the
+wiring fixes at start (sources, backends, the simulated host, the metrics endpoint, the loops' periods and
+state, the queue model, which services exist and what serves them) needs a restart: a reload that changes
+it is refused, naming the first such field, and the running config is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from controller.config_loader import ConfigError
+from controller.settings import ServiceSettings, Settings
+
+FIXED_SECTIONS = ("daemon", "telemetry", "actuators", "simulator", "metrics")
+FIXED_SERVICE_FIELDS = ("model", "initial_max_batch", "gpus", "metrics_urls", "vllm_command", "vllm_ports",
+                        "systemd_units", "deployment", "sim")
+FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
+
+
+def check_reload(old: Settings, new: Settings) -> None:
+    """Raise ConfigError naming the first field whose change needs a restart."""
+    for section in FIXED_SECTIONS:
+        a, b = getattr(old, section), getattr(new, section)
+        for f in fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                raise ConfigError(f"{section}.{f.name}", "changes need a restart; reload refused")
+    if new.optimizer.queue_model != old.optimizer.queue_model:
+        raise ConfigError("optimizer.queue_model", "changes need a restart (the tuner's state); reload refused")
+    if [s.name for s in new.services] != [s.name for s in old.services]:
+        added = sorted({s.name for s in new.services} - {s.name for s in old.services})
+        removed = sorted({s.name for s in old.services} - {s.name for s in new.services})
+        what = (f"added {added}" if added else "") + (" " if added and removed else "") + \
+            (f"removed {removed}" if removed else "") or "reordered"
+        raise ConfigError("services", f"{what}: services change with a restart; reload refused")
+    for a, b in zip(old.services, new.services, strict=True):
+        _fixed(f"services[{a.name}]", a, b)
+    if len(new.accelerators) != len(old.accelerators):
+        raise ConfigError("accelerators", "accelerator types change with a restart; reload refused")
+    for k, (x, y) in enumerate(zip(old.accelerators, new.accelerators, strict=True)):
+        for name in FIXED_ACCELERATOR_FIELDS:
+            if getattr(x, name) != getattr(y, name):
+                raise ConfigError(f"accelerators[{k}].{name}", "changes need a restart; reload refused")
+
+
+def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:
+    for name in FIXED_SERVICE_FIELDS:
+        if getattr(a, name) != getattr(b, name):
+            raise ConfigError(f"{where}.{name}", "changes need a restart; reload refused")

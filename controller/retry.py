@@ -1,0 +1,64 @@
+"""Actuator errors sorted by how to recover, and the recovery honoured, per target.
+
+A transient error (a timeout, a conflict, a server restarting) waits its `delay_s`, doubled on each
+failure in a row up to a ceiling, before the target is tried again. A permanent one (no permission, no
+such target) stops tries for that target until its config changes. Either is logged once, when the target
+first fails, and counted every time; a success after failures is logged once too. Errors of no kind are
+taken as transient with the base delay.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
+
+log = logging.getLogger("wattscale.controller")
+
+
+@dataclass(frozen=True)
+class Failing:
+    """A target's run of failures: how many, when it may be tried next, the last error."""
+
+    count: int
+    retry_at: float
+    error: str
+    permanent: bool
+
+
+class RetryBook:
+    def __init__(self, base_delay_s: float = 1.0, max_delay_s: float = 300.0) -> None:
+        self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
+        self.failing: dict[str, Failing] = {}
+
+    def may_try(self, target: str, now: float) -> bool:
+        f = self.failing.get(target)
+        return f is None or (not f.permanent and now >= f.retry_at)
+
+    def failed(self, target: str, now: float, exc: ActuatorError) -> None:
+        """Record a failure: when to try next, and log it if it starts a run."""
+        before = self.failing.get(target)
+        count = 1 if before is None else before.count + 1
+        permanent = isinstance(exc, PermanentActuatorError)
+        delay = exc.delay_s if isinstance(exc, TransientActuatorError) else self.base_delay_s
+        delay = min(self.max_delay_s, delay * 2 ** (count - 1))
+        self.failing[target] = Failing(count, now + delay, str(exc), permanent)
+        if before is None:
+            if permanent:
+                log.error("%s: %s; no more tries until its config changes", target, exc)
+            else:
+                log.warning("%s: %s; retrying in %.0f s", target, exc, delay)
+
+    def succeeded(self, target: str) -> None:
+        before = self.failing.pop(target, None)
+        if before is not None:
+            log.info("%s: works again after %d failure(s)", target, before.count)
+
+    def forget(self, prefix: str = "") -> None:
+        """Start afresh for targets whose name starts with `prefix` (their config changed)."""
+        self.failing = {t: f for t, f in self.failing.items() if not t.startswith(prefix)}
+
+    def blocked(self) -> list[str]:
+        """Targets given up on, for the decision log."""
+        return sorted(t for t, f in self.failing.items() if f.permanent)
