@@ -40,7 +40,7 @@ from tuner import Tuner
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, seed: int, duration_s: float) -> dict[str, Any]:
+def run(config: str, seed: int, duration_s: float, budget_w: float | None = None) -> dict[str, Any]:
     """One closed-loop run with the simulator seeded `seed`."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +49,8 @@ def run(config: str, seed: int, duration_s: float) -> dict[str, Any]:
         cfg.write_text(text.replace('state_dir = "../var/state"', f'state_dir = "{tmp}/state"'))
         s = load_settings(cfg)
         s = replace(s, simulator=replace(s.simulator, seed=seed))
+        if budget_w is not None:
+            s = replace(s, power=replace(s.power, budget_w=budget_w))
         parts = build_parts(s)
         assert parts.host is not None, "closed_loop needs a config whose parts are simulated"
         registry = CollectorRegistry()
@@ -70,11 +72,11 @@ def run(config: str, seed: int, duration_s: float) -> dict[str, Any]:
             peak, over = max(peak, draw), over + (draw > s.power.budget_w + 1e-6)
             if t >= next_slow:
                 next_slow += s.daemon.slow_interval_s
-                batches = {name: st.assignment.max_batch for name, st in ctl.state.items()}
+                batches = {name: a.max_batch for name, a in ctl.assignments.items()}
                 ctl.tick_slow(t)
                 cycles += 1
                 for svc in s.services:
-                    a = ctl.state[svc.name].assignment
+                    a = ctl.assignments[svc.name]
                     restarts[svc.name] += a.max_batch != batches[svc.name]
                     replica_sum[svc.name] += a.replicas
                     labels = {"service": svc.name, "stat": svc.statistic}
@@ -110,12 +112,14 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
     ap.add_argument("--duration-s", type=float, default=1800.0)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--budget-w", type=float, default=None, help="site budget in watts instead of the config's")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     first = load_settings(Path(args.config)).simulator.seed
     seeds = [first + k for k in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
-        runs = list(pool.map(run, [args.config] * len(seeds), seeds, [args.duration_s] * len(seeds)))
+        runs = list(pool.map(run, [args.config] * len(seeds), seeds, [args.duration_s] * len(seeds),
+                             [args.budget_w] * len(seeds)))
     slo: dict[str, list[float]] = {}
     for r in runs:
         for name, svc in r["services"].items():

@@ -55,18 +55,54 @@ class PowerGovernor:
         elif measured < s.budget_w * s.release_below:
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
-        spare = max(0.0, threshold - measured)
+        want = {g.uuid: max(g.min_limit_w, target[g.uuid] - self.cut_w.get(g.uuid, 0.0)) for g in samples}
+        limits = self._allot(samples, want, priorities)
         out = {}
-        for group in reversed(self._order(samples, priorities)):  # rises: highest priority first
-            for g in group:
-                want = max(g.min_limit_w, target[g.uuid] - self.cut_w.get(g.uuid, 0.0))
-                if want > g.power_limit_w:
-                    rise = min(want - g.power_limit_w, spare)
-                    spare -= rise
-                    want = g.power_limit_w + rise
-                if abs(want - g.power_limit_w) >= 1.0:
-                    out[g.index] = want
+        for g in samples:
+            if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
+                out[g.index] = limits[g.uuid]
         return out
+
+    def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float],
+               priorities: Mapping[str, int]) -> dict[str, float]:
+        """Limits no higher than `want` whose sum stays under the threshold: the most the site can draw at the
+        next tick, whatever its load does. A GPU keeps its limit while it has room under it. One pressed
+        against its limit grows by a step a tick, highest priority first, out of the room left under the
+        threshold, then out of the room other GPUs leave unused (lowest priority first), then out of strictly
+        lower priorities' limits. Where the sum is over, unused room is taken back, lowest priority first."""
+        threshold = self.threshold_w() - len(samples)  # a watt a GPU: changes under 1 W are not made
+        floor = {g.uuid: max(g.min_limit_w, min(want[g.uuid], self.accounted_w(g))) for g in samples}
+        limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
+        groups = self._order(samples, priorities)  # lowest priority first
+        order = [g for group in groups for g in group]
+        over = sum(limit.values()) - threshold
+        for g in order:
+            if over <= 0:
+                break
+            take = min(over, limit[g.uuid] - floor[g.uuid])
+            limit[g.uuid] -= take
+            over -= take
+        pool = max(0.0, -over)
+        pressed = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])}
+        for k in range(len(groups) - 1, -1, -1):  # highest priority first
+            lower = [h for group in groups[:k] for h in group]
+            for g in groups[k]:
+                need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
+                if need < 1.0 or g.uuid not in pressed:
+                    continue
+                unused = [(h, self.accounted_w(h) + _pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressed]
+                for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
+                    if pool >= need:
+                        break
+                    least = max(least, floor[h.uuid] if h.uuid not in pressed else h.min_limit_w)
+                    if h is not g and limit[h.uuid] > least:
+                        take = min(limit[h.uuid] - least, need - pool)
+                        limit[h.uuid] -= take
+                        pool += take
+                rise = min(need, pool)
+                limit[g.uuid] += rise
+                pool -= rise
+        return limit
 
     def _order(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
         """GPU groups from the lowest priority (largest number) up; idle GPUs first of all."""
@@ -116,6 +152,17 @@ class PowerGovernor:
                 give = min(over, target[g.uuid] - g.min_limit_w)
                 target[g.uuid] -= give
                 over -= give
+
+
+def _pressed_w(limit_w: float) -> float:
+    """How close to its limit a GPU draws before it counts as pressed against it (wants room to grow)."""
+    return max(10.0, 0.05 * limit_w)
+
+
+def _step_w(limit_w: float) -> float:
+    """The most a pressed GPU's limit grows in one tick: load that grows fast still gets room within
+    seconds, and one tick's noise does not strip every other GPU of its room."""
+    return max(25.0, 0.15 * limit_w)
 
 
 def _clamp(watts: float, g: GpuSample) -> float:

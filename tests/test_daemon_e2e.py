@@ -118,3 +118,51 @@ def test_scheduler_events_are_counted_by_kind(tmp_path: Path) -> None:
     errors = daemon.registry.get_sample_value
     assert errors("wattscale_errors_total", {"kind": "job_overrun"}) == 1.0
     assert errors("wattscale_errors_total", {"kind": "job_error"}) == 1.0
+
+
+def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> None:
+    """vLLM metrics from a Prometheus that accepts connections and never answers (20 s timeout): the slow
+    tick hangs in its first query, the governor still ticks every second, a budget step-down by SIGHUP is
+    held within 2 s, and SIGTERM still stops the daemon within 5 s."""
+    port, prom = free_port(), socket.socket()
+    prom.bind(("127.0.0.1", 0))
+    prom.listen(16)  # connections queue in the backlog; nothing ever reads or answers them
+    cfg = tmp_path / "wattscale.toml"
+
+    def write(budget_w: int) -> None:
+        write_config(cfg, port, tmp_path / "state", budget_w)
+        text = cfg.read_text().replace('vllm_source = "sim"', 'vllm_source = "prometheus"\nprometheus_url = '
+                                       f'"http://127.0.0.1:{prom.getsockname()[1]}"\ntimeout_s = 20')
+        cfg.write_text(text.replace("speed = 5.0", "speed = 1.0"))
+
+    write(4000)
+    log = (tmp_path / "daemon.log").open("w")
+    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "60"]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    fast = 'wattscale_cycle_duration_seconds_count{loop="fast"}'
+    try:
+        assert wait_for(lambda: fast in scrape(port), 30), "daemon never served metrics"
+        time.sleep(4.0)  # the first slow tick (3 s) is now stuck in its first query
+        before, started = metric(scrape(port), fast), time.monotonic()
+        time.sleep(5.0)
+        ticks = metric(scrape(port), fast) - before
+        assert ticks >= 0.8 * (time.monotonic() - started), ticks
+        assert 'wattscale_cycle_duration_seconds_count{loop="slow"}' not in scrape(port)  # no slow tick ended
+        draw = metric(scrape(port), "wattscale_power_draw_watts")
+        budget = max(1250, int(0.8 * draw))  # 3 busy GPUs at their 200 W floor and 5 idle draw about 1,075 W
+        assert draw > budget + 50, draw  # a step the governor must act on
+        write(budget)
+        proc.send_signal(signal.SIGHUP)
+        stepped = time.monotonic()
+        assert wait_for(lambda: metric(scrape(port), "wattscale_power_budget_watts") == budget, 2)
+        assert wait_for(lambda: metric(scrape(port), "wattscale_power_draw_watts") <= budget, 2.5 - (
+            time.monotonic() - stepped)), (draw, budget)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        prom.close()

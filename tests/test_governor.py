@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from controller.governor import PowerGovernor
+import dataclasses
+
+import numpy as np
+
+from controller.governor import PowerGovernor, safe_caps
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -34,7 +38,7 @@ def test_an_overdraw_is_cut_from_the_lowest_priority_first() -> None:
     plant = Plant({0: 500.0, 1: 500.0, 2: 600.0, 3: 600.0})  # 2200 W against 1940 W of threshold
     plant.tick(governor)
     assert governor.emergency
-    assert plant.limit_w[0] == plant.limit_w[1] == 700.0  # chat untouched
+    assert plant.limit_w[0] >= 500.0 and plant.limit_w[1] >= 500.0  # chat draws what it did
     assert max(plant.limit_w[2], plant.limit_w[3]) < 600.0
     assert sum(s.power_w or 0.0 for s in plant.samples()) <= 2000.0 * 0.97 + 1e-6
 
@@ -52,12 +56,12 @@ def test_a_release_never_carries_the_draw_back_over_the_threshold() -> None:
     plant.natural_w.update({0: 150.0, 1: 150.0})  # chat quiet: 1600 W natural, below the release line
     reads = [plant.tick(governor) for _ in range(10)]
     assert all(w <= settings.budget_w * (1 - settings.headroom) + 1e-6 for w in reads), reads
-    assert not governor.cut_w and plant.limit_w[2] == plant.limit_w[3] == 700.0
+    assert not governor.cut_w and plant.limit_w[2] >= 650.0 and plant.limit_w[3] >= 650.0  # bulk unthrottled
     plant.natural_w.update({0: 400.0, 1: 400.0})  # 2100 W natural: cut again, bulk first
     plant.tick(governor)
     reads = [plant.tick(governor) for _ in range(10)]
     assert all(w <= settings.budget_w * (1 - settings.headroom) + 1e-6 for w in reads), reads
-    assert plant.limit_w[0] == plant.limit_w[1] == 700.0
+    assert plant.limit_w[0] >= 400.0 and plant.limit_w[1] >= 400.0
 
 
 def test_one_release_gives_back_no_more_than_the_spare() -> None:
@@ -78,3 +82,45 @@ def test_a_gpu_without_a_reading_counts_at_its_limit() -> None:
     blind = [GpuSample(i, f"GPU-{i}", "H100", None, None, 700.0, 200.0, 700.0, service=OWNERS[i]) for i in OWNERS]
     governor.step(blind, PLAN, PRIORITIES)
     assert governor.emergency  # 4 x 700 W assumed, not 0
+
+
+def test_no_load_jump_carries_the_site_over_its_threshold() -> None:
+    """Natural draws jump anywhere between idle and peak from one tick to the next: the limits in force always
+    sum under the threshold, so the next reading does too, whatever the load does."""
+    settings = PowerSettings(budget_w=2000.0)
+    governor = PowerGovernor(settings)
+    plant = Plant({i: 300.0 for i in OWNERS})
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        plant.natural_w = {i: float(rng.uniform(80.0, 700.0)) for i in OWNERS}
+        assert plant.tick(governor) <= settings.budget_w * (1 - settings.headroom) + 1e-6
+        assert sum(plant.limit_w.values()) <= settings.budget_w * (1 - settings.headroom) + 1e-6
+
+
+def test_when_every_gpu_wants_more_the_first_priority_gets_it() -> None:
+    governor = PowerGovernor(PowerSettings(budget_w=2000.0))
+    plant = Plant({i: 700.0 for i in OWNERS})
+    for _ in range(30):
+        plant.tick(governor)
+    chat, bulk = plant.limit_w[0] + plant.limit_w[1], plant.limit_w[2] + plant.limit_w[3]
+    assert chat >= 2 * 660.0 and bulk <= 1940.0 - chat + 1e-6
+
+
+def test_a_cut_follows_its_gpu_by_uuid_not_by_position() -> None:
+    governor = PowerGovernor(PowerSettings(budget_w=2000.0))
+    governor.cut_w = {"GPU-2": 300.0}
+    samples = Plant({i: 480.0 for i in OWNERS}).samples()  # between the release line and the threshold
+    moved = [dataclasses.replace(g, index=3 - g.index) for g in samples]  # the listing's order changed
+    limits = governor.step(moved, PLAN, PRIORITIES)
+    assert limits[1] <= 400.0  # GPU-2, now listed as index 1, keeps its cut
+    assert set(governor.cut_w) == {"GPU-2"}
+
+
+def test_safe_caps_fit_the_budget_and_each_gpus_own_limits() -> None:
+    h100 = GpuSample(0, "GPU-a", "H100", None, None, 700.0, 200.0, 700.0)
+    l40s = GpuSample(1, "GPU-b", "L40S", None, None, 350.0, 100.0, 350.0)
+    caps, fits = safe_caps([h100, l40s, dataclasses.replace(l40s, index=2, uuid="GPU-c")], 900.0)
+    assert fits and sum(caps.values()) <= 900.0 + 1e-6
+    assert 200.0 <= caps[0] <= 700.0 and all(100.0 <= caps[i] <= 350.0 for i in (1, 2))
+    caps, fits = safe_caps([h100, l40s], 250.0)  # the minima alone are 300 W
+    assert not fits and caps == {0: 200.0, 1: 100.0}

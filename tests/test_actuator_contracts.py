@@ -1,0 +1,133 @@
+"""One contract suite per backend family, run against every backend of it: power limiters (dry-run, sim,
+nvml behind the fake `pynvml` with the real error classes), batch sizers (dry-run, sim, vllm over an
+in-memory runner) and GPU sources (sim, nvml). Replica scalers have theirs in test_replica_scalers.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_pynvml import FakeGpu, FakeNvml
+
+from actuators import BatchInForce, BatchSizer, PermanentActuatorError, PowerLimiter
+from actuators.dryrun import DryRunBatchSizer, DryRunPowerLimiter
+from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.sim import SimBatchSizer, SimPowerLimiter
+from actuators.vllm import Replica, VllmBatchSizer
+from controller.telemetry.base import GpuSource
+from controller.telemetry.nvml import NvmlGpuSource
+from controller.telemetry.sim import SimGpuSource
+from simulator.host import SimHost
+from simulator.workload import TokenDist, Workload, daily_cycle
+
+
+def sim_host() -> SimHost:
+    host = SimHost("H100-SXM", 4, seed=3, start_delay_s=0.0)
+    rng = np.random.default_rng(0)
+    for name, n in (("chat", 2), ("batch", 1)):
+        host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
+                                             TokenDist(50, 0.5), rng), n, 32)
+    return host
+
+
+def fake_nvml() -> FakeNvml:
+    return FakeNvml([FakeGpu() for _ in range(4)])
+
+
+# -- power limiters: every GPU here ranges over 200-700 W ----------------------------------------------
+@pytest.fixture(params=["dry-run", "sim", "nvml"])
+def limiter(request: pytest.FixtureRequest) -> PowerLimiter:
+    if request.param == "dry-run":
+        return DryRunPowerLimiter(200.0, 700.0)
+    if request.param == "sim":
+        return SimPowerLimiter(sim_host())
+    return NvmlPowerLimiter(NvmlDevices(fake_nvml()), min_interval_s=0.0)
+
+
+def test_a_limit_is_set_and_returned_as_in_force(limiter: PowerLimiter) -> None:
+    assert limiter.set_power_limit(1, 450.0) == pytest.approx(450.0, abs=1.0)
+    assert limiter.set_power_limit(1, 300.0) == pytest.approx(300.0, abs=1.0)
+
+
+def test_a_limit_outside_the_gpus_range_is_held_within_it(limiter: PowerLimiter) -> None:
+    assert limiter.set_power_limit(0, 50.0) == pytest.approx(200.0, abs=1.0)
+    assert limiter.set_power_limit(0, 5000.0) == pytest.approx(700.0, abs=1.0)
+
+
+def test_a_gpu_that_is_not_there_is_a_permanent_error(limiter: PowerLimiter) -> None:
+    with pytest.raises(PermanentActuatorError):
+        limiter.set_power_limit(-1 if isinstance(limiter, DryRunPowerLimiter) else 99, 400.0)
+
+
+# -- batch sizers ---------------------------------------------------------------------------------------
+class InMemoryRunner:
+    """Restarts that come up healthy at once (the process side has its own tests in test_vllm_actuator.py)."""
+
+    supervises = False
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["dry-run", "sim", "vllm"])
+def sizer(request: pytest.FixtureRequest) -> BatchSizer:
+    if request.param == "dry-run":
+        return DryRunBatchSizer({"chat": 32, "batch": 32})
+    if request.param == "sim":
+        return SimBatchSizer(sim_host())
+    reps = {name: (Replica(f"{name}-0", "http://127.0.0.1:9/health", ()),) for name in ("chat", "batch")}
+    return VllmBatchSizer(InMemoryRunner(), reps, {"chat": 32, "batch": 32}, poll_s=0.01,
+                          probe=lambda url, timeout_s: True)
+
+
+def settle(sizer: BatchSizer, service: str) -> BatchInForce:
+    """The value in force once any rollout in flight has ended (the sim host's restarts take no time here)."""
+    if isinstance(sizer, VllmBatchSizer):
+        sizer.wait(5.0)
+    if isinstance(sizer, SimBatchSizer):
+        sizer.host.advance_to(sizer.host.now_s + 1.0)
+    return sizer.get_max_batch(service)
+
+
+def test_reads_back_what_runs(sizer: BatchSizer) -> None:
+    assert sizer.get_max_batch("chat") == BatchInForce(32)
+
+
+def test_a_change_is_read_back_once_it_has_rolled_out(sizer: BatchSizer) -> None:
+    sizer.set_max_batch("chat", 64)
+    assert settle(sizer, "chat") == BatchInForce(64)
+    assert sizer.get_max_batch("batch") == BatchInForce(32)
+
+
+def test_unknown_services_and_values_below_one_are_permanent(sizer: BatchSizer) -> None:
+    with pytest.raises(PermanentActuatorError):
+        sizer.set_max_batch("chat", 0)
+    if not isinstance(sizer, DryRunBatchSizer):  # dry-run takes any name it is asked for
+        with pytest.raises(PermanentActuatorError):
+            sizer.set_max_batch("nope", 32)
+    with pytest.raises(PermanentActuatorError):
+        sizer.get_max_batch("nope")
+
+
+# -- GPU sources ----------------------------------------------------------------------------------------
+@pytest.fixture(params=["sim", "nvml"])
+def source(request: pytest.FixtureRequest) -> GpuSource:
+    if request.param == "sim":
+        return SimGpuSource(sim_host())
+    return NvmlGpuSource(NvmlDevices(fake_nvml()), {0: "chat", 1: "chat", 2: "batch"})  # GPU 3 idle
+
+
+def test_every_gpu_comes_once_with_a_stable_uuid_and_a_limit_within_its_range(source: GpuSource) -> None:
+    first, second = source.sample(1.0), source.sample(2.0)
+    assert len({g.uuid for g in first}) == len(first) == 4
+    assert [(g.index, g.uuid) for g in first] == [(g.index, g.uuid) for g in second]
+    for g in first:
+        assert g.min_limit_w <= g.power_limit_w <= g.max_limit_w
+        assert g.power_w is None or 0.0 <= g.power_w <= g.power_limit_w + 1.0
+
+
+def test_gpus_carry_the_service_that_runs_on_them(source: GpuSource) -> None:
+    owners = [g.service for g in source.sample(1.0)]
+    assert owners.count("chat") == 2 and owners.count("batch") == 1

@@ -1,0 +1,247 @@
+"""The loops by ownership: reloads that keep the governor's state, errors sorted by recovery, read-back,
+safe caps when GPU readings are lost, and a watchdog that stays silent while the fast loop stalls."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators.dryrun import HISTORY, DryRunPowerLimiter, DryRunReplicaScaler
+from actuators.vllm import Replica, VllmBatchSizer
+from controller.config_loader import ConfigError
+from controller.control import Controller
+from controller.daemon import Daemon
+from controller.enforce import Enforcer
+from controller.optimizer import Assignment
+from controller.own_metrics import OwnMetrics
+from controller.reload import check_reload
+from controller.settings import Settings, load_settings
+from controller.telemetry.base import GpuSample
+from controller.wiring import build_parts
+from tuner import Tuner
+
+
+def sim_controller(settings: Settings) -> tuple[Controller, Callable[[float], None], CollectorRegistry]:
+    """A controller on the simulated host; returns it, a function that advances the plant, and its metrics."""
+    parts = build_parts(settings)
+    registry = CollectorRegistry()
+    ctl = Controller(settings, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas,
+                     Tuner(settings.state_path), OwnMetrics(registry))
+    assert parts.host is not None
+    return ctl, parts.host.advance_to, registry
+
+
+def limits(ctl: Controller) -> list[float]:
+    return [g.power_limit_w for g in ctl.fast.samples]
+
+
+def test_reloading_the_same_file_while_a_cut_is_held_changes_nothing(sim_config: Callable[..., Path]) -> None:
+    """Two identical plants; at 40 s both budgets step down, so the governors cut below the draw; at 61 s one
+    controller is reloaded with the same file: every limit, cut, streak and cooldown stays as in the twin."""
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2400"}))
+    path = sim_config({"budget_w = 4000": "budget_w = 1300"}, name="lower.toml")
+    twins = [sim_controller(s), sim_controller(s)]
+    for t in range(1, 121):
+        for k, (ctl, advance, _) in enumerate(twins):
+            if t == 40:
+                ctl.reconfigure(load_settings(path))
+            if k == 0 and t == 61:
+                assert ctl.governor.cut_w  # held as the reload comes
+                new = load_settings(path)
+                check_reload(ctl.settings, new)
+                ctl.reconfigure(new)
+            advance(float(t))
+            ctl.tick_fast(float(t))
+            if t % 15 == 0:
+                ctl.tick_slow(float(t))
+        if t >= 61:
+            assert limits(twins[0][0]) == limits(twins[1][0]), t
+    (a, _, _), (b, _, _) = twins
+    assert a.governor.cut_w == b.governor.cut_w
+    assert a.gate._asked == b.gate._asked and a.gate.last_change_s == b.gate.last_change_s
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ("seed = 7", "seed = 8", "simulator.seed"),
+    ("slow_interval_s = 15.0", "slow_interval_s = 5.0", "daemon.slow_interval_s"),
+    ('name = "chat"\nmodel = "llama-3.1-8b"', 'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0, 1]',
+     "services[chat].gpus"),
+    ('name = "code"', 'name = "coder"', "services"),
+])
+def test_a_reload_that_needs_a_restart_is_refused_by_name(sim_config: Callable[..., Path], old: str, new: str,
+                                                          field: str) -> None:
+    before = load_settings(sim_config())
+    after = load_settings(sim_config({old: new}, name="new.toml"))
+    with pytest.raises(ConfigError) as err:
+        check_reload(before, after)
+    assert str(err.value).startswith(field + ":"), err.value
+
+
+def test_a_reload_of_live_fields_is_taken(sim_config: Callable[..., Path]) -> None:
+    before = load_settings(sim_config())
+    after = load_settings(sim_config({"budget_w = 4000": "budget_w = 3000", "cooldown_s = 60": "cooldown_s = 30"},
+                                     name="new.toml"))
+    check_reload(before, after)
+
+
+class FlakyScaler(DryRunReplicaScaler):
+    """A dry-run scaler whose sets fail with the error a test gives it, counting the tries."""
+
+    def __init__(self, error: ActuatorError) -> None:
+        super().__init__({"chat": 1})
+        self.error, self.tries = error, 0
+
+    def set_replicas(self, service: str, replicas: int) -> int:
+        self.tries += 1
+        raise self.error
+
+
+def enforcer(scaler: DryRunReplicaScaler) -> Enforcer:
+    from actuators.dryrun import DryRunBatchSizer
+
+    return Enforcer(scaler, DryRunBatchSizer({"chat": 64}), OwnMetrics(CollectorRegistry()))
+
+
+def test_a_transient_error_waits_its_delay_doubling_on_each_failure() -> None:
+    scaler = FlakyScaler(TransientActuatorError("conflict", delay_s=30.0))
+    e, now, up = enforcer(scaler), Assignment("H100-SXM", 1, 64, 700.0), Assignment("H100-SXM", 2, 64, 700.0)
+    for t in (0.0, 15.0, 29.0, 30.0, 60.0, 89.0, 90.0):
+        e.apply(t, "chat", now, up)
+    assert scaler.tries == 3  # at 0, at 30 (30 s later), at 90 (60 s later)
+
+
+def test_a_permanent_error_is_tried_once_until_the_services_config_changes(sim_config: Callable[..., Path]) -> None:
+    scaler = FlakyScaler(PermanentActuatorError("forbidden"))
+    e = enforcer(scaler)
+    now, up = Assignment("H100-SXM", 1, 64, 700.0), Assignment("H100-SXM", 2, 64, 700.0)
+    _, first = e.apply(0.0, "chat", now, up)
+    for t in range(1, 50):
+        _, done = e.apply(float(t * 15), "chat", now, up)
+    assert scaler.tries == 1 and done.held == ("replicas: forbidden",) and first.held == done.held
+    assert e.retry.blocked() == ["replicas:chat"]
+    e.retry.forget("replicas:chat")  # what a reload with a changed service does
+    e.apply(1000.0, "chat", now, up)
+    assert scaler.tries == 2
+
+
+def test_a_failed_rollout_is_read_back_as_the_old_batch_and_not_asked_again() -> None:
+    class Runner:
+        supervises = False
+
+        def __init__(self) -> None:
+            self.restarts: list[int] = []
+
+        def restart(self, replica: Replica, max_num_seqs: int) -> None:
+            self.restarts.append(max_num_seqs)
+
+        def close(self) -> None:
+            pass
+
+    runner = Runner()
+    reps = (Replica("chat-0", "http://127.0.0.1:9/health", ()),)
+    sizer = VllmBatchSizer(runner, {"chat": reps}, {"chat": 32}, health_timeout_s=0.3, poll_s=0.05,
+                           probe=lambda url, timeout_s: runner.restarts[-1] == 32)  # 64 never comes up healthy
+    e = Enforcer(DryRunReplicaScaler({"chat": 1}), sizer, OwnMetrics(CollectorRegistry()))
+    believed = Assignment("H100-SXM", 1, 32, 700.0)
+    e.read_back("chat", believed)
+    _, done = e.apply(0.0, "chat", believed, dataclasses.replace(believed, max_batch=64))
+    assert done.asked == ("max batch 32 -> 64",)
+    in_force, still = e.read_back("chat", believed)
+    assert in_force.max_batch == 32 and not still  # rolling out: not a window to learn from
+    sizer.wait(5.0)
+    in_force, still = e.read_back("chat", believed)
+    assert in_force.max_batch == 32 and runner.restarts == [64, 32]  # rolled back
+    for t in (30.0, 60.0, 90.0):
+        e.apply(t, "chat", in_force, dataclasses.replace(in_force, max_batch=64))
+    assert runner.restarts == [64, 32] and e.retry.blocked() == ["max_batch:chat"]
+
+
+def test_dry_run_keeps_a_bounded_history_and_logs_only_changes() -> None:
+    limiter = DryRunPowerLimiter(200.0, 700.0)
+    for k in range(10 * HISTORY):
+        limiter.set_power_limit(0, 400.0)
+        limiter.set_power_limit(1, 300.0 + k % 2)
+    assert len(limiter.actions) == HISTORY
+    assert sum(a.target == "0" for a in limiter.actions) == 0  # long gone: asked once, then the same value
+
+
+class LosingGpus:
+    """The simulated host's GPU source, failing from tick `lose_at` to tick `back_at`."""
+
+    def __init__(self, inner: object, lose_at: float, back_at: float) -> None:
+        self.inner, self.lose_at, self.back_at = inner, lose_at, back_at
+
+    def sample(self, now: float) -> list[GpuSample]:
+        if self.lose_at <= now < self.back_at:
+            raise OSError("DCGM exporter unreachable")
+        return self.inner.sample(now)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Callable[..., Path]) -> None:
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
+    ctl, advance, registry = sim_controller(s)
+    host_gpus = ctl.fast.gpus
+    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 30.0)
+    for t in range(1, 40):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        in_force = [g.power_limit_w for g in host_gpus.sample(float(t))]  # type: ignore[attr-defined]
+        failsafe = registry.get_sample_value("wattscale_power_failsafe")
+        if 20 + s.daemon.failsafe_after_ticks - 1 <= t < 30:
+            assert failsafe == 1.0 and sum(in_force) <= s.power.budget_w * (1 - s.power.headroom)
+        else:
+            assert failsafe == 0.0
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_source"}) == 10.0
+
+
+def test_the_watchdog_is_silent_while_the_fast_loop_stalls(sim_config: Callable[..., Path], tmp_path: Path) -> None:
+    """The daemon, in this process, with systemd's notify socket played by the test: while a GPU read hangs
+    for 4 s no WATCHDOG=1 arrives after the first 2 s of it; once it returns, pings resume."""
+    path = sim_config({"port = 9464": "port = 0"})
+    daemon = Daemon(path, load_settings(path))
+    address = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    daemon.notifier.address = address
+    pings: list[float] = []
+    stall = threading.Event()
+
+    class Stalling:
+        def sample(self, now: float) -> list[GpuSample]:
+            if stall.is_set():
+                stall.clear()
+                time.sleep(4.0)
+            return inner.sample(now)  # type: ignore[no-any-return]
+
+    inner = daemon.controller.fast.gpus
+    daemon.controller.fast.gpus = Stalling()
+
+    def listen() -> None:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            try:
+                if b"WATCHDOG=1" in sock.recv(4096):
+                    pings.append(time.monotonic())
+            except TimeoutError:
+                pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    timer = threading.Timer(2.0, stall.set)
+    timer.start()
+    started = time.monotonic()
+    daemon.run(duration_s=9.0)
+    listener.join()
+    sock.close()
+    silent = [t for t in pings if started + 5.0 <= t <= started + 6.0]
+    assert not silent, [round(t - started, 1) for t in pings]
+    assert any(t < started + 2.0 for t in pings) and any(t > started + 7.0 for t in pings)  # before and after
