@@ -57,10 +57,11 @@ class BatchSizer(Protocol):
 
 
 class ReplicaScaler(Protocol):
-    """Reads and sets a service's replica count; set returns the count now in place."""
+    """Reads and sets the replica count of one variant of a service (the variant is its accelerator type: a
+    service may run on several, each with its own replica target); set returns the count now in place."""
 
     name: str
 
-    def get_replicas(self, service: str) -> int: ...
+    def get_replicas(self, service: str, variant: str) -> int: ...
 
-    def set_replicas(self, service: str, replicas: int) -> int: ...
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int: ...

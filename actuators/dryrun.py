@@ -60,20 +60,23 @@ class DryRunBatchSizer:
 class DryRunReplicaScaler:
     name = "dry-run"
 
-    def __init__(self, initial: dict[str, int] | None = None) -> None:
-        self.replicas: dict[str, int] = dict(initial or {})
+    def __init__(self, initial: dict[tuple[str, str], int] | None = None) -> None:
+        self.replicas: dict[tuple[str, str], int] = dict(initial or {})
+        """(service, variant) -> replicas: the variants it knows are those it starts with."""
         self.actions: deque[Action] = deque(maxlen=HISTORY)
 
-    def get_replicas(self, service: str) -> int:
-        if service not in self.replicas:
-            raise PermanentActuatorError(f"{service}: unknown service")
-        return self.replicas[service]
+    def get_replicas(self, service: str, variant: str) -> int:
+        if (service, variant) not in self.replicas:
+            raise PermanentActuatorError(f"{service} on {variant}: unknown service or variant")
+        return self.replicas[service, variant]
 
-    def set_replicas(self, service: str, replicas: int) -> int:
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int:
+        if (service, variant) not in self.replicas:
+            raise PermanentActuatorError(f"{service} on {variant}: unknown service or variant")
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
-        if self.replicas.get(service) != replicas:
-            self.actions.append(Action("replicas", service, replicas))
-            log.info("dry-run: would scale %s to %d replicas", service, replicas)
-        self.replicas[service] = replicas
+        if self.replicas[service, variant] != replicas:
+            self.actions.append(Action("replicas", f"{service}/{variant}", replicas))
+            log.info("dry-run: would scale %s on %s to %d replicas", service, variant, replicas)
+        self.replicas[service, variant] = replicas
         return replicas

@@ -71,19 +71,20 @@ def api_client(kubeconfig: str = "") -> Any:
 class KubernetesReplicaScaler:
     name = "kubernetes"
 
-    def __init__(self, api_client: Any, targets: dict[str, DeploymentRef], timeout_s: float = 5.0) -> None:
+    def __init__(self, api_client: Any, targets: dict[tuple[str, str], DeploymentRef], timeout_s: float = 5.0) -> None:
         from kubernetes.client import AppsV1Api
 
         self.apps = AppsV1Api(api_client)
         self.targets, self.timeout_s = targets, timeout_s
 
-    def _ref(self, service: str) -> DeploymentRef:
-        if service not in self.targets:
-            raise PermanentActuatorError(f"{service}: no Deployment configured")
-        return self.targets[service]
+    def _ref(self, service: str, variant: str) -> DeploymentRef:
+        """The Deployment of one (service, variant)."""
+        if (service, variant) not in self.targets:
+            raise PermanentActuatorError(f"{service} on {variant}: no Deployment configured")
+        return self.targets[service, variant]
 
-    def get_replicas(self, service: str) -> int:
-        ref = self._ref(service)
+    def get_replicas(self, service: str, variant: str) -> int:
+        ref = self._ref(service, variant)
         try:
             scale = self.apps.read_namespaced_deployment_scale(ref.name, ref.namespace,
                                                                _request_timeout=self.timeout_s)
@@ -91,10 +92,10 @@ class KubernetesReplicaScaler:
             raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
         return int(scale.spec.replicas or 0)
 
-    def set_replicas(self, service: str, replicas: int) -> int:
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
-        ref = self._ref(service)
+        ref = self._ref(service, variant)
         try:
             scale = self.apps.patch_namespaced_deployment_scale(ref.name, ref.namespace,
                                                                 {"spec": {"replicas": replicas}},

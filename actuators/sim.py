@@ -61,14 +61,18 @@ class SimReplicaScaler:
     def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
         self.host, self.lock = host, lock or threading.Lock()
 
-    def get_replicas(self, service: str) -> int:
+    def _check(self, service: str, variant: str) -> None:
         if service not in self.host.services:
             raise PermanentActuatorError(f"{service}: unknown service")
+        if variant != self.host.services[service].accelerator:
+            raise PermanentActuatorError(f"{service}: the simulated host has no {variant} GPUs")
+
+    def get_replicas(self, service: str, variant: str) -> int:
+        self._check(service, variant)
         return len(self.host.services[service].replicas)
 
-    def set_replicas(self, service: str, replicas: int) -> int:
-        if service not in self.host.services:
-            raise PermanentActuatorError(f"{service}: unknown service")
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int:
+        self._check(service, variant)
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
         with self.lock:

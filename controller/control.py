@@ -15,7 +15,7 @@ from typing import Any
 
 from actuators import BatchSizer, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog
-from controller.enforce import Enforcer
+from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
@@ -46,7 +46,12 @@ class Controller:
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)
         self.assignments: dict[str, Assignment] = {}
-        """What is in force per service (read back each cycle); its cap is the governor's target."""
+        """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
+        target for that variant's GPUs."""
+        self.variants: dict[str, tuple[str, ...]] = {}
+        """The accelerator types each service may run on."""
+        self.caps: dict[str, dict[str, float]] = {}
+        """Per service, the cap of each variant that runs: the planned one's, and an old one's until drained."""
         self.settings = settings
         self._next: Settings | None = None
         self._errors: list[str] = []
@@ -77,16 +82,19 @@ class Controller:
             if before.get(svc.name) != svc:  # its config changed: a target given up on may be tried again
                 self.enforcer.retry.forget(f"replicas:{svc.name}")
                 self.enforcer.retry.forget(f"max_batch:{svc.name}")
+            variants = tuple(v.accelerator for v in settings.variants_of(svc))
+            self.variants[svc.name] = variants
             if svc.name not in self.assignments:
-                acc = settings.accelerators[0].name
+                acc = variants[0]
                 self.assignments[svc.name] = Assignment(acc, svc.min_replicas, svc.initial_max_batch,
                                                         CATALOG[acc].max_power_w)
-            for a in settings.accelerators:
-                self.tuner.ensure(svc.model, a.name, svc.prior.params(), CATALOG[a.name])
+            for acc in variants:
+                self.tuner.ensure(svc.model, acc, svc.prior.params(), CATALOG[acc])
         if old.power != settings.power:
             self.fast.retry.forget()
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
+            self.caps.pop(gone, None)
         self.metrics.budget.set(settings.power.budget_w)
 
     def _count(self, kind: str, message: str) -> None:
@@ -111,9 +119,12 @@ class Controller:
         s = self.settings
         self._errors = []
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": s.power.budget_w, "services": {}}
-        still = {}
+        in_force = {}
         for svc in s.services:
-            self.assignments[svc.name], still[svc.name] = self.enforcer.read_back(svc.name, self.assignments[svc.name])
+            got = self.enforcer.read_back(svc.name, self.variants[svc.name], self.assignments[svc.name])
+            in_force[svc.name] = got
+            self.assignments[svc.name] = got.assignment
+            self._keep_caps(svc.name, got)
         try:
             windows = self.vllm.observe(now, [svc.name for svc in s.services])
         except Exception as exc:
@@ -122,7 +133,7 @@ class Controller:
         for svc in s.services:
             window = windows.get(svc.name)
             verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), self.assignments[svc.name],
-                                             still[svc.name], s.optimizer.drain_s)
+                                             in_force[svc.name].still, s.optimizer.drain_s)
             record["services"][svc.name] = {"observed": None if window is None else {
                 "rate_rps": window.rate_rps, "ttft_ms": window.ttft_ms, "itl_ms": window.itl_ms,
                 "waiting": window.waiting, "replicas": window.replicas, "steady": window.steady}, "tuner": verdict}
@@ -132,7 +143,7 @@ class Controller:
             self.error("optimizer", str(exc))
             solution = None
         if solution is not None:
-            self._apply(now, solution, record)
+            self._apply(now, solution, in_force, record)
         self._publish(self.fast.plan.version + 1)
         record["errors"] = self._errors
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
@@ -141,9 +152,19 @@ class Controller:
         self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
         return solution
 
+    def _keep_caps(self, service: str, got: InForce) -> None:
+        """Caps of the variants that run: the planned one's from its assignment (first), an old one's kept."""
+        a = got.assignment
+        old = self.caps.get(service, {})
+        self.caps[service] = {a.accelerator: a.power_cap_w, **{
+            v: old.get(v, CATALOG[v].min_power_w) for v, n in got.running.items() if n > 0 and v != a.accelerator}}
+
     def _publish(self, version: int) -> None:
         """Hand the governor the caps now in force, in one reference."""
-        caps = {name: a.power_cap_w for name, a in self.assignments.items()}
+        caps = {}
+        for name, a in self.assignments.items():
+            caps[name] = {a.accelerator: a.power_cap_w, **{v: w for v, w in self.caps.get(name, {}).items()
+                                                           if v != a.accelerator}}
         self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services})
         self.metrics.plan_version.set(version)
 
@@ -153,19 +174,17 @@ class Controller:
         demands = []
         for svc in s.services:
             current = self.assignments[svc.name]
-            # Only the accelerator the service runs on: nothing can move it to another type yet, and a plan for
-            # one type must never be carried out on another.
-            a = current.accelerator
-            key = pair_key(svc.model, a)
-            fitted = self.tuner.params(svc.model, a)
-            p = fitted[0] if fitted else svc.prior.params()
-            params = {a: ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))}
-            profiles = {}
-            if fitted is not None and fitted[1] is not None:
-                # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.
-                prof = fitted[1]
-                signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
-                profiles[a] = self.basis.keep(f"{key}|power", signature, prof)
+            params, profiles = {}, {}
+            for a in self.variants[svc.name]:  # the types it has a replica target on, and no other
+                key = pair_key(svc.model, a)
+                fitted = self.tuner.params(svc.model, a)
+                p = fitted[0] if fitted else svc.prior.params()
+                params[a] = ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))
+                if fitted is not None and fitted[1] is not None:
+                    # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.
+                    prof = fitted[1]
+                    signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
+                    profiles[a] = self.basis.keep(f"{key}|power", signature, prof)
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
             in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
@@ -175,7 +194,7 @@ class Controller:
         return Problem(tuple(demands), accs, s.power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model)
 
-    def _apply(self, now: float, solution: Solution, record: dict[str, Any]) -> None:
+    def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce], record: dict[str, Any]) -> None:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
@@ -190,8 +209,10 @@ class Controller:
             else:
                 self.estimator.short.discard(svc.name)
             admitted = self.gate.admit(now, svc.name, current, planned)
-            a, enforced = self.enforcer.apply(now, svc.name, current, admitted)
+            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted)
             self.assignments[svc.name] = a
+            if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
+                self.caps[svc.name] = {**self.caps.get(svc.name, {}), current.accelerator: current.power_cap_w}
             m.replicas.labels(svc.name).set(a.replicas)
             m.max_batch.labels(svc.name).set(a.max_batch)
             m.cap.labels(svc.name).set(a.power_cap_w)
@@ -204,6 +225,7 @@ class Controller:
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update({
                 "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": _shape(current),
+                "running": in_force[svc.name].running,
                 "planned": _shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
                 "gate_held": _held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:

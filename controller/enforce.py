@@ -1,9 +1,11 @@
 """The enforcer: reads back what is in force, and carries out what the gate admitted.
 
-Replicas and max batch are read from the actuators each cycle, so the controller plans from, and the tuner
-learns from, what really runs: a rollout counts once every replica runs its value, a rolled-back one never.
-Changes go through a retry record per target (transient errors wait their delay, permanent ones stop tries
-until the service's config changes); a rollout in flight is not asked for again.
+Replicas (per variant) and max batch are read from the actuators each cycle, so the controller plans
+from, and the tuner learns from, what really runs: a rollout counts once every replica runs its value, a
+rolled-back one never. A move to another accelerator type scales the new variant up first; the old one is
+scaled to zero only once a later cycle reads the new one at its replicas. Changes go through a retry
+record per target (transient errors wait their delay, permanent ones stop tries until the service's
+config changes); a rollout in flight is not asked for again.
 """
 
 from __future__ import annotations
@@ -24,53 +26,74 @@ class Enforced:
     held: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class InForce:
+    """A service as it runs: the planned variant's assignment, replicas on every variant, and whether its max
+    batch and its variants held still since the last read (a window that spans a change teaches nothing)."""
+
+    assignment: Assignment
+    running: dict[str, int]
+    still: bool
+
+
 class Enforcer:
     def __init__(self, replicas: ReplicaScaler, batch: BatchSizer, metrics: OwnMetrics) -> None:
         self.replicas, self.batch, self.metrics = replicas, batch, metrics
         self.retry = RetryBook(base_delay_s=10.0)
         self.batch_read: dict[str, BatchInForce] = {}
         """Per service, the max batch read at the last cycle."""
+        self.running: dict[str, dict[str, int]] = {}
+        """Per service, replicas per variant at the last read."""
 
-    def read_back(self, service: str, believed: Assignment) -> tuple[Assignment, bool]:
-        """The service's assignment as it runs (what was believed where a read fails), and whether its max
-        batch held still since the last read (no rollout started, ran or ended in between)."""
-        replicas, batch = believed.replicas, BatchInForce(believed.max_batch)
-        try:
-            replicas = self.replicas.get_replicas(service)
-            self.retry.succeeded(f"replicas_read:{service}")
-        except ActuatorError as exc:
-            self._error("replicas_read", service, exc)
+    def read_back(self, service: str, variants: tuple[str, ...], believed: Assignment) -> InForce:
+        """The service as it runs (what was believed where a read fails). The planned variant stays the one
+        the last plan chose while it runs or is starting; a service found running elsewhere only (as
+        deployed before the daemon came) is taken where most of its replicas are."""
+        before = self.running.get(service, {})
+        running = {}
+        for v in variants:
+            fallback = believed.replicas if v == believed.accelerator else before.get(v, 0)
+            running[v] = self._read_replicas(service, v, fallback)
+        self.running[service] = running
+        acc = believed.accelerator
+        if running.get(acc, 0) == 0 and any(running.values()):
+            acc = max(running, key=lambda v: running[v])
+        batch = BatchInForce(believed.max_batch)
         try:
             batch = self.batch.get_max_batch(service)
             self.retry.succeeded(f"batch_read:{service}")
         except ActuatorError as exc:
             self._error("batch_read", service, exc)
-        before = self.batch_read.get(service, batch)
+        last = self.batch_read.get(service, batch)
         self.batch_read[service] = batch
-        still = batch.rolling_to is None and before == batch
-        return replace(believed, replicas=replicas, max_batch=batch.max_batch), still
+        one_variant = sum(1 for n in running.values() if n > 0) <= 1
+        still = batch.rolling_to is None and last == batch and one_variant
+        assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
+        return InForce(assignment, running, still)
 
-    def apply(self, now: float, service: str, current: Assignment, target: Assignment) -> tuple[Assignment, Enforced]:
-        """Apply replica and batch changes; returns what is in place as far as the actuators said."""
-        done, asked, held = current, [], []
-        m = self.metrics
-        if target.replicas != current.replicas:
-            key = f"replicas:{service}"
-            if not self.retry.may_try(key, now):
-                held.append(f"replicas: {self.retry.failing[key].error}")
-            else:
-                try:
-                    done = replace(done, replicas=self.replicas.set_replicas(service, target.replicas))
-                    self.retry.succeeded(key)
-                    m.actuations.labels(self.replicas.name, "replicas", "ok").inc()
-                    asked.append(f"replicas {current.replicas} -> {target.replicas}")
-                except ActuatorError as exc:
-                    m.actuations.labels(self.replicas.name, "replicas", "error").inc()
-                    self.retry.failed(key, now, exc)
-                    m.errors.labels("replica_actuator").inc()
-                    held.append(f"replicas: {exc}")
-        rolling = self.batch_read.get(service, BatchInForce(current.max_batch)).rolling_to
-        if target.max_batch != current.max_batch:
+    def _read_replicas(self, service: str, variant: str, fallback: int) -> int:
+        try:
+            n = self.replicas.get_replicas(service, variant)
+        except ActuatorError as exc:
+            self._error("replicas_read", f"{service}/{variant}", exc)
+            return fallback
+        self.retry.succeeded(f"replicas_read:{service}/{variant}")
+        return n
+
+    def apply(self, now: float, service: str, current: InForce, target: Assignment) -> tuple[Assignment, Enforced]:
+        """Apply replica, variant and batch changes; returns what is in place as far as the actuators said."""
+        was = current.assignment
+        done, asked, held = was, list[str](), list[str]()
+        if target.accelerator != was.accelerator or target.replicas != was.replicas:
+            n = self._scale(now, service, target.accelerator, target.replicas, asked, held)
+            if n is not None:
+                done = replace(done, accelerator=target.accelerator, replicas=n)
+        elif was.replicas >= max(1, target.replicas):  # the planned variant is up: drain the others
+            for v, n in current.running.items():
+                if v != was.accelerator and n > 0:
+                    self._scale(now, service, v, 0, asked, held)
+        rolling = self.batch_read.get(service, BatchInForce(was.max_batch)).rolling_to
+        if target.max_batch != was.max_batch:
             key = f"max_batch:{service}"
             if rolling is not None:
                 held.append(f"max batch: rolling out {rolling}")
@@ -80,18 +103,41 @@ class Enforcer:
                 try:
                     self.batch.set_max_batch(service, target.max_batch)
                     self.retry.succeeded(key)
-                    self.batch_read[service] = BatchInForce(current.max_batch, target.max_batch)
-                    m.actuations.labels(self.batch.name, "max_batch", "ok").inc()
-                    asked.append(f"max batch {current.max_batch} -> {target.max_batch}")
+                    self.batch_read[service] = BatchInForce(was.max_batch, target.max_batch)
+                    self._count(self.batch.name, "max_batch", "ok")
+                    asked.append(f"max batch {was.max_batch} -> {target.max_batch}")
                 except ActuatorError as exc:
-                    m.actuations.labels(self.batch.name, "max_batch", "error").inc()
+                    self._count(self.batch.name, "max_batch", "error", "batch_actuator")
                     self.retry.failed(key, now, exc)
-                    m.errors.labels("batch_actuator").inc()
                     held.append(f"max batch: {exc}")
         return replace(done, power_cap_w=target.power_cap_w), Enforced(tuple(asked), tuple(held))
 
-    def _error(self, kind: str, service: str, exc: ActuatorError) -> None:
+    def _scale(self, now: float, service: str, variant: str, replicas: int, asked: list[str],
+               held: list[str]) -> int | None:
+        """One variant to `replicas`; the count in place, or None where it was not changed."""
+        key = f"replicas:{service}/{variant}"
+        if not self.retry.may_try(key, now):
+            held.append(f"replicas on {variant}: {self.retry.failing[key].error}")
+            return None
+        try:
+            n = self.replicas.set_replicas(service, variant, replicas)
+        except ActuatorError as exc:
+            self._count(self.replicas.name, "replicas", "error", "replica_actuator")
+            self.retry.failed(key, now, exc)
+            held.append(f"replicas on {variant}: {exc}")
+            return None
+        self.retry.succeeded(key)
+        self._count(self.replicas.name, "replicas", "ok")
+        asked.append(f"{variant} replicas -> {replicas}")
+        return n
+
+    def _count(self, backend: str, kind: str, result: str, error_kind: str = "") -> None:
+        self.metrics.actuations.labels(backend, kind, result).inc()
+        if error_kind:
+            self.metrics.errors.labels(error_kind).inc()
+
+    def _error(self, kind: str, target: str, exc: ActuatorError) -> None:
         """Count a failed read; log it when it starts a run (a read is tried every cycle regardless)."""
         self.metrics.errors.labels(kind).inc()
-        if f"{kind}:{service}" not in self.retry.failing:
-            self.retry.failed(f"{kind}:{service}", 0.0, exc)
+        if f"{kind}:{target}" not in self.retry.failing:
+            self.retry.failed(f"{kind}:{target}", 0.0, exc)

@@ -76,8 +76,7 @@ class FastLoop:
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
         self._record_draws(samples)
-        plan = self.plan
-        limits = self.governor.step(samples, plan.caps_w, plan.priorities)
+        limits = self.governor.step(samples, self.plan)
         by_index = {g.index: g for g in samples}
         for index, watts in limits.items():
             self._set(now, by_index[index], watts)

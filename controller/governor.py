@@ -1,19 +1,21 @@
-"""The fast-loop power governor: keep measured draw under the budget, lowest priority first.
+"""The fast-loop power governor: the site's draw never passes its threshold, lowest priority first.
 
-Targets come from the plan (per-service caps). When measured draw passes budget x (1 - headroom), caps
-are cut below the targets, lowest priority first (POLCA's two thresholds); once draw is back below
-budget x release_below, the cuts are given back, highest priority first. Every rise of a limit, whether a
-cut given back, a plan's higher cap or a replica that just started, is paid for from the spare under the
-threshold, highest priority first: a GPU whose limit rises by x draws at most x more, so no rise can carry
-the site over it (halving every cut each tick did, tick after tick, in a cut-release cycle). A GPU whose
-reading failed counts at its limit, never at zero. Cuts are kept by GPU UUID, so a GPU that changes
-position in a listing keeps its own cut. Each GPU is held within its own limits, whatever its type.
+The limits in force always sum under budget x (1 - headroom): a GPU draws at most its limit, so whatever
+the load does before the next tick, the site cannot pass the threshold (a loose limit over a low draw is
+room a burst can fill in one tick, so it counts in full). Within that sum, a GPU keeps its limit while it
+has room under it; one pressed against its limit grows a step a tick, highest priority first, from the
+free room, then from room other GPUs leave unused, then from lower priorities. Targets come from the plan
+(per-service caps); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
+caps are cut below the draw, lowest priority first, and given back once draw is below budget x
+release_below. A GPU whose reading failed counts at its limit, never at zero. Cuts are kept by GPU UUID,
+so a GPU that changes position in a listing keeps its own cut; each GPU is held within its own limits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from controller.plan import Plan
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -36,15 +38,16 @@ class PowerGovernor:
     def step(
         self,
         samples: Sequence[GpuSample],
-        plan_caps: Mapping[str, float],
-        priorities: Mapping[str, int],
+        plan: Plan,
     ) -> dict[int, float]:
-        """Limits to set now (GPU index -> watts), only where they differ from what is in force."""
+        """Limits to set now (GPU index -> watts), only where they differ from what is in force. A GPU no
+        service runs on, or whose variant the plan has no cap for, is held at its minimum."""
         s = self.settings
-        target = {
-            g.uuid: _clamp(plan_caps.get(g.service, g.min_limit_w), g) if g.service else g.min_limit_w
-            for g in samples
-        }
+        priorities = plan.priorities
+        target = {}
+        for g in samples:
+            cap = plan.cap_w(g.service, g.variant) if g.service else None
+            target[g.uuid] = g.min_limit_w if cap is None else _clamp(cap, g)
         if s.mode == "caps":
             self._fit_caps(samples, target, priorities, s.budget_w)
         measured = sum(self.accounted_w(g) for g in samples)
@@ -69,7 +72,9 @@ class PowerGovernor:
         next tick, whatever its load does. A GPU keeps its limit while it has room under it. One pressed
         against its limit grows by a step a tick, highest priority first, out of the room left under the
         threshold, then out of the room other GPUs leave unused (lowest priority first), then out of strictly
-        lower priorities' limits. Where the sum is over, unused room is taken back, lowest priority first."""
+        lower priorities' limits. Room still free then goes to the plan's caps, highest priority first (with
+        a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
+        priority first."""
         threshold = self.threshold_w() - len(samples)  # a watt a GPU: changes under 1 W are not made
         floor = {g.uuid: max(g.min_limit_w, min(want[g.uuid], self.accounted_w(g))) for g in samples}
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
@@ -100,6 +105,11 @@ class PowerGovernor:
                         limit[h.uuid] -= take
                         pool += take
                 rise = min(need, pool)
+                limit[g.uuid] += rise
+                pool -= rise
+        for g in reversed(order):  # room nobody presses for goes to the plan's caps, highest priority first
+            rise = min(want[g.uuid] - limit[g.uuid], pool)
+            if rise > 0:
                 limit[g.uuid] += rise
                 pool -= rise
         return limit

@@ -16,15 +16,28 @@ from typing import NamedTuple
 
 @dataclass(frozen=True)
 class Plan:
-    """What the governor steers to: each service's per-GPU cap and priority."""
+    """What the governor steers to: per service, the per-GPU cap of each variant that runs (a service moving
+    between accelerator types runs on two; a cap belongs to its type), and the service's priority."""
 
     version: int
-    caps_w: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    caps_w: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    """Service -> variant (accelerator type) -> cap; the first variant listed is the one planned."""
     priorities: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
-    def of(version: int, caps_w: dict[str, float], priorities: dict[str, int]) -> Plan:
-        return Plan(version, MappingProxyType(dict(caps_w)), MappingProxyType(dict(priorities)))
+    def of(version: int, caps_w: dict[str, dict[str, float]], priorities: dict[str, int]) -> Plan:
+        caps = {s: MappingProxyType(dict(v)) for s, v in caps_w.items()}
+        return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)))
+
+    def cap_w(self, service: str, variant: str | None) -> float | None:
+        """The cap for a GPU of `service` on `variant` (the planned variant's where the GPU's is not known);
+        None where the plan has none."""
+        caps = self.caps_w.get(service)
+        if not caps:
+            return None
+        if variant is None:
+            return next(iter(caps.values()))
+        return caps.get(variant)
 
 
 class DrawReading(NamedTuple):

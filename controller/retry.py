@@ -55,9 +55,10 @@ class RetryBook:
         if before is not None:
             log.info("%s: works again after %d failure(s)", target, before.count)
 
-    def forget(self, prefix: str = "") -> None:
-        """Start afresh for targets whose name starts with `prefix` (their config changed)."""
-        self.failing = {t: f for t, f in self.failing.items() if not t.startswith(prefix)}
+    def forget(self, target: str = "") -> None:
+        """Start afresh for `target` and its parts (`target/...`), or for every target (their config changed)."""
+        self.failing = {t: f for t, f in self.failing.items()
+                        if target and t != target and not t.startswith(target + "/")}
 
     def blocked(self) -> list[str]:
         """Targets given up on, for the decision log."""

@@ -278,6 +278,16 @@ class SimWorkloadSettings:
 
 
 @dataclass(frozen=True)
+class VariantSettings:
+    accelerator: str
+    """Accelerator type this variant runs on (one of `accelerators`)."""
+    deployment: str = ""
+    """Kubernetes Deployment of this variant's replicas; empty: `<service>-<accelerator>` in lower case."""
+    gpus: tuple[int, ...] = ()
+    """GPU indices (NVML order) of this variant's replicas, on an nvml host."""
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     name: str
     """Service name (also the Deployment or unit it maps to)."""
@@ -320,12 +330,16 @@ class ServiceSettings:
     deployment: str = ""
     """Kubernetes Deployment serving this service (`kubernetes` replica backend); empty: the service name."""
     gpus: tuple[int, ...] = ()
-    """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; the
-    governor caps GPUs that belong to no service at their minimum."""
+    """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; every
+    GPU of such a host must belong to one service."""
     prior: PriorSettings = field(default_factory=PriorSettings)
     """Queue-model parameters before any observation."""
     sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
     """Simulated workload (simulator only)."""
+    variants: tuple[VariantSettings, ...] = ()
+    """The accelerator types the service may run on, each with its own replica target; the plan moves it
+    between them (the new one scaled up before the old one down). Empty: one variant on the first
+    accelerator, with this service's `deployment` and `gpus`."""
 
     def load(self, rate_rps: float, in_tokens: float, out_tokens: float) -> Load:
         """A load of this service's workload shape."""
@@ -400,6 +414,21 @@ class Settings:
                     raise ConfigError(f"services[{k}].metrics_urls", 'required with vllm_source = "scrape"')
         if self.uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
             raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
+        known = {a.name for a in self.accelerators}
+        for svc in self.services:
+            where = f"services[{svc.name}].variants"
+            kinds = [v.accelerator for v in svc.variants]
+            if svc.variants and (svc.gpus or svc.deployment):
+                raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
+            for v in svc.variants:
+                if v.accelerator not in known:
+                    raise ConfigError(where, f"accelerator {v.accelerator!r} is not among the accelerators")
+                if kinds.count(v.accelerator) > 1:
+                    raise ConfigError(where, f"accelerator {v.accelerator!r} twice")
+
+    def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
+        """The service's variants, the first accelerator's with its own targets where it names none."""
+        return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)
 
     @property
     def uses_sim(self) -> bool:

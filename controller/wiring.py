@@ -90,10 +90,10 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError("telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power", str(exc)) from exc
 
 
-def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, str]:
-    """GPU index -> its service. Every GPU on the host must belong to a service: the governor would hold an
-    unowned one at its minimum, so a forgotten `gpus` list would pin every GPU at its floor without a word."""
-    owners = {g: s.name for s in settings.services for g in s.gpus}
+def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, str]]:
+    """GPU index -> its service and variant. Every GPU on the host must belong to a service: the governor would
+    hold an unowned one at its minimum, so a forgotten `gpus` list would pin every GPU at its floor unsaid."""
+    owners = {g: (s.name, v.accelerator) for s in settings.services for v in settings.variants_of(s) for g in v.gpus}
     try:
         count = devices.count()
     except ActuatorError as exc:
@@ -119,8 +119,18 @@ def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
             from None
     except ActuatorError as exc:
         raise ConfigError("actuators.kubeconfig", str(exc)) from exc
-    targets = {s.name: DeploymentRef(a.kubernetes_namespace, s.deployment or s.name) for s in settings.services}
-    return KubernetesReplicaScaler(client, targets, a.kubernetes_timeout_s)
+    return KubernetesReplicaScaler(client, {key: DeploymentRef(a.kubernetes_namespace, name)
+                                            for key, name in deployments(settings).items()}, a.kubernetes_timeout_s)
+
+
+def deployments(settings: Settings) -> dict[tuple[str, str], str]:
+    """(service, variant) -> its Deployment: as named, else the service's name for a service with no variants
+    listed, else `<service>-<accelerator>` in lower case."""
+    out = {}
+    for s in settings.services:
+        for v in settings.variants_of(s):
+            out[s.name, v.accelerator] = v.deployment or (f"{s.name}-{v.accelerator}".lower() if s.variants else s.name)
+    return out
 
 
 def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
@@ -175,14 +185,17 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
     elif a.replicas == "sim":
         replicas = SimReplicaScaler(sim(), lock)
     else:
-        replicas = DryRunReplicaScaler({s.name: s.min_replicas for s in settings.services})
+        replicas = DryRunReplicaScaler({(s.name, v.accelerator): s.min_replicas if k == 0 else 0
+                                        for s in settings.services for k, v in enumerate(settings.variants_of(s))})
     gpus: GpuSource
     if devices is not None and t.gpu_source == "nvml":
         gpus = NvmlGpuSource(devices, _owners(settings, devices))
     elif t.gpu_source in ("dcgm", "kepler"):
         acc = CATALOG[settings.accelerators[0].name]
+        envelopes = {a.name: (CATALOG[a.name].min_power_w, CATALOG[a.name].max_power_w) for a in settings.accelerators}
         gpus = PrometheusGpuSource(t.prometheus_url, t.gpu_source, (acc.min_power_w, acc.max_power_w),
-                                   {s.deployment or s.name: s.name for s in settings.services}, t.timeout_s)
+                                   {name: key for key, name in deployments(settings).items()}, t.timeout_s,
+                                   envelopes=envelopes)
     else:
         gpus = SimGpuSource(sim(), lock)
     vllm: VllmSource

@@ -116,7 +116,8 @@ def test_unknown_services_and_values_below_one_are_permanent(sizer: BatchSizer) 
 def source(request: pytest.FixtureRequest) -> GpuSource:
     if request.param == "sim":
         return SimGpuSource(sim_host())
-    return NvmlGpuSource(NvmlDevices(fake_nvml()), {0: "chat", 1: "chat", 2: "batch"})  # GPU 3 idle
+    h100 = "H100-SXM"
+    return NvmlGpuSource(NvmlDevices(fake_nvml()), {0: ("chat", h100), 1: ("chat", h100), 2: ("batch", h100)})
 
 
 def test_every_gpu_comes_once_with_a_stable_uuid_and_a_limit_within_its_range(source: GpuSource) -> None:

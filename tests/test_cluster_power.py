@@ -42,7 +42,8 @@ def test_dcgm_series_become_samples_keyed_by_node_and_uuid() -> None:
         asked.append(form["query"])
         return answer(DCGM[form["query"]])
 
-    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {"chat": "chat"}, fetch=fetch)
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {"chat": ("chat", "H100-SXM")},
+                                 fetch=fetch)
     samples = source.sample(0.0)
     assert sorted(asked) == sorted(QUERIES["dcgm"].values())
     assert [s.uuid for s in samples] == ["GPU-a0", "GPU-a1", "GPU-b1"]
@@ -52,6 +53,22 @@ def test_dcgm_series_become_samples_keyed_by_node_and_uuid() -> None:
     assert a1.power_w == 96.0 and a1.power_limit_w == 700.0 and a1.sm_clock_mhz == 1980.0 and a1.service is None
     assert b1.power_w == 412.5 and b1.power_limit_w == 600.0 and b1.energy_j == pytest.approx(5000.0)
     assert b1.service == "chat" and b1.name == "NVIDIA H100 80GB HBM3" and b1.min_limit_w == 200.0
+
+
+def test_each_gpu_gets_its_own_types_limits_by_its_variant_or_its_model_name() -> None:
+    def gpu(uuid: str, model: str, pod: str = "") -> dict[str, str]:
+        return {"Hostname": "n1", "UUID": uuid, "modelName": model, **({"exported_pod": pod} if pod else {})}
+
+    series = [(gpu("GPU-1", "NVIDIA L40S"), "90"), (gpu("GPU-2", "NVIDIA H100 80GB HBM3", "chat-h-1-x"), "400"),
+              (gpu("GPU-3", "unknown card"), "50")]
+    envelopes = {"H100-SXM": (200.0, 700.0), "L40S": (100.0, 350.0)}
+    source = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), {"chat-h": ("chat", "H100-SXM")},
+                                 fetch=lambda url, form, t: answer(series if "USAGE" in form["query"] else []),
+                                 envelopes=envelopes)
+    l40s, h100, other = source.sample(0.0)
+    assert (l40s.min_limit_w, l40s.max_limit_w, l40s.service) == (100.0, 350.0, None)
+    assert (h100.min_limit_w, h100.max_limit_w, h100.service, h100.variant) == (200.0, 700.0, "chat", "H100-SXM")
+    assert (other.min_limit_w, other.max_limit_w) == (200.0, 700.0)  # the first accelerator's, as configured
 
 
 def test_kepler_gpu_watts_per_node_and_gpu() -> None:

@@ -7,12 +7,13 @@ import dataclasses
 import numpy as np
 
 from controller.governor import PowerGovernor, safe_caps
+from controller.plan import Plan
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
 OWNERS = {0: "chat", 1: "chat", 2: "bulk", 3: "bulk"}
 PRIORITIES = {"chat": 1, "bulk": 2}
-PLAN = {"chat": 700.0, "bulk": 700.0}
+PLAN = Plan.of(1, {"chat": {"H100": 700.0}, "bulk": {"H100": 700.0}}, PRIORITIES)
 
 
 class Plant:
@@ -29,7 +30,7 @@ class Plant:
     def tick(self, governor: PowerGovernor) -> float:
         """One fast tick: read, let the governor set limits; returns the draw it read."""
         samples = self.samples()
-        self.limit_w.update(governor.step(samples, PLAN, PRIORITIES))
+        self.limit_w.update(governor.step(samples, PLAN))
         return sum(s.power_w or 0.0 for s in samples)
 
 
@@ -80,7 +81,7 @@ def test_one_release_gives_back_no_more_than_the_spare() -> None:
 def test_a_gpu_without_a_reading_counts_at_its_limit() -> None:
     governor = PowerGovernor(PowerSettings(budget_w=2000.0))
     blind = [GpuSample(i, f"GPU-{i}", "H100", None, None, 700.0, 200.0, 700.0, service=OWNERS[i]) for i in OWNERS]
-    governor.step(blind, PLAN, PRIORITIES)
+    governor.step(blind, PLAN)
     assert governor.emergency  # 4 x 700 W assumed, not 0
 
 
@@ -111,7 +112,7 @@ def test_a_cut_follows_its_gpu_by_uuid_not_by_position() -> None:
     governor.cut_w = {"GPU-2": 300.0}
     samples = Plant({i: 480.0 for i in OWNERS}).samples()  # between the release line and the threshold
     moved = [dataclasses.replace(g, index=3 - g.index) for g in samples]  # the listing's order changed
-    limits = governor.step(moved, PLAN, PRIORITIES)
+    limits = governor.step(moved, PLAN)
     assert limits[1] <= 400.0  # GPU-2, now listed as index 1, keeps its cut
     assert set(governor.cut_w) == {"GPU-2"}
 

@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
-from actuators.dryrun import HISTORY, DryRunPowerLimiter, DryRunReplicaScaler
+from actuators.dryrun import HISTORY, DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
 from actuators.vllm import Replica, VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.daemon import Daemon
-from controller.enforce import Enforcer
+from controller.enforce import Enforcer, InForce
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
@@ -92,43 +92,47 @@ def test_a_reload_of_live_fields_is_taken(sim_config: Callable[..., Path]) -> No
     check_reload(before, after)
 
 
+H100 = "H100-SXM"
+
+
 class FlakyScaler(DryRunReplicaScaler):
     """A dry-run scaler whose sets fail with the error a test gives it, counting the tries."""
 
     def __init__(self, error: ActuatorError) -> None:
-        super().__init__({"chat": 1})
+        super().__init__({("chat", H100): 1})
         self.error, self.tries = error, 0
 
-    def set_replicas(self, service: str, replicas: int) -> int:
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         self.tries += 1
         raise self.error
 
 
 def enforcer(scaler: DryRunReplicaScaler) -> Enforcer:
-    from actuators.dryrun import DryRunBatchSizer
-
     return Enforcer(scaler, DryRunBatchSizer({"chat": 64}), OwnMetrics(CollectorRegistry()))
+
+
+ONE = InForce(Assignment(H100, 1, 64, 700.0), {H100: 1}, True)
+TWO = Assignment(H100, 2, 64, 700.0)
 
 
 def test_a_transient_error_waits_its_delay_doubling_on_each_failure() -> None:
     scaler = FlakyScaler(TransientActuatorError("conflict", delay_s=30.0))
-    e, now, up = enforcer(scaler), Assignment("H100-SXM", 1, 64, 700.0), Assignment("H100-SXM", 2, 64, 700.0)
+    e = enforcer(scaler)
     for t in (0.0, 15.0, 29.0, 30.0, 60.0, 89.0, 90.0):
-        e.apply(t, "chat", now, up)
+        e.apply(t, "chat", ONE, TWO)
     assert scaler.tries == 3  # at 0, at 30 (30 s later), at 90 (60 s later)
 
 
-def test_a_permanent_error_is_tried_once_until_the_services_config_changes(sim_config: Callable[..., Path]) -> None:
+def test_a_permanent_error_is_tried_once_until_the_services_config_changes() -> None:
     scaler = FlakyScaler(PermanentActuatorError("forbidden"))
     e = enforcer(scaler)
-    now, up = Assignment("H100-SXM", 1, 64, 700.0), Assignment("H100-SXM", 2, 64, 700.0)
-    _, first = e.apply(0.0, "chat", now, up)
+    _, first = e.apply(0.0, "chat", ONE, TWO)
     for t in range(1, 50):
-        _, done = e.apply(float(t * 15), "chat", now, up)
-    assert scaler.tries == 1 and done.held == ("replicas: forbidden",) and first.held == done.held
-    assert e.retry.blocked() == ["replicas:chat"]
+        _, done = e.apply(float(t * 15), "chat", ONE, TWO)
+    assert scaler.tries == 1 and done.held == (f"replicas on {H100}: forbidden",) and first.held == done.held
+    assert e.retry.blocked() == [f"replicas:chat/{H100}"]
     e.retry.forget("replicas:chat")  # what a reload with a changed service does
-    e.apply(1000.0, "chat", now, up)
+    e.apply(1000.0, "chat", ONE, TWO)
     assert scaler.tries == 2
 
 
@@ -149,18 +153,18 @@ def test_a_failed_rollout_is_read_back_as_the_old_batch_and_not_asked_again() ->
     reps = (Replica("chat-0", "http://127.0.0.1:9/health", ()),)
     sizer = VllmBatchSizer(runner, {"chat": reps}, {"chat": 32}, health_timeout_s=0.3, poll_s=0.05,
                            probe=lambda url, timeout_s: runner.restarts[-1] == 32)  # 64 never comes up healthy
-    e = Enforcer(DryRunReplicaScaler({"chat": 1}), sizer, OwnMetrics(CollectorRegistry()))
-    believed = Assignment("H100-SXM", 1, 32, 700.0)
-    e.read_back("chat", believed)
-    _, done = e.apply(0.0, "chat", believed, dataclasses.replace(believed, max_batch=64))
+    e = Enforcer(DryRunReplicaScaler({("chat", H100): 1}), sizer, OwnMetrics(CollectorRegistry()))
+    believed = Assignment(H100, 1, 32, 700.0)
+    got = e.read_back("chat", (H100,), believed)
+    _, done = e.apply(0.0, "chat", got, dataclasses.replace(believed, max_batch=64))
     assert done.asked == ("max batch 32 -> 64",)
-    in_force, still = e.read_back("chat", believed)
-    assert in_force.max_batch == 32 and not still  # rolling out: not a window to learn from
+    got = e.read_back("chat", (H100,), believed)
+    assert got.assignment.max_batch == 32 and not got.still  # rolling out: not a window to learn from
     sizer.wait(5.0)
-    in_force, still = e.read_back("chat", believed)
-    assert in_force.max_batch == 32 and runner.restarts == [64, 32]  # rolled back
+    got = e.read_back("chat", (H100,), believed)
+    assert got.assignment.max_batch == 32 and runner.restarts == [64, 32]  # rolled back
     for t in (30.0, 60.0, 90.0):
-        e.apply(t, "chat", in_force, dataclasses.replace(in_force, max_batch=64))
+        e.apply(t, "chat", got, dataclasses.replace(got.assignment, max_batch=64))
     assert runner.restarts == [64, 32] and e.retry.blocked() == ["max_batch:chat"]
 
 

@@ -81,7 +81,7 @@ def test_a_setter_that_ignores_its_return_code_is_caught_by_the_read_back() -> N
 
 def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
     fake, dev = devices(2)
-    source = NvmlGpuSource(dev, {0: "chat", 1: "code"})
+    source = NvmlGpuSource(dev, {0: ("chat", "H100-SXM"), 1: ("code", "H100-SXM")})
     first = source.sample(0.0)
     assert [s.service for s in first] == ["chat", "code"] and first[1].power_w == 450.0
     fake.fail[("power", 1)] = pynvml.NVMLError_GpuIsLost

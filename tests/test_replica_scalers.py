@@ -21,6 +21,8 @@ from controller.wiring import build_parts
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
 
+H100 = "H100-SXM"
+
 
 @pytest.fixture
 def kube() -> Iterator[FakeKubeApi]:
@@ -33,8 +35,8 @@ def _kube_scaler(api: FakeKubeApi, timeout_s: float = 0.5) -> KubernetesReplicaS
     cfg = client.Configuration()
     cfg.host = api.url
     cfg.retries = 0
-    return KubernetesReplicaScaler(client.ApiClient(cfg), {"chat": DeploymentRef("llm", "chat"),
-                                                           "batch": DeploymentRef("llm", "batch")}, timeout_s)
+    return KubernetesReplicaScaler(client.ApiClient(cfg), {("chat", H100): DeploymentRef("llm", "chat"),
+                                                           ("batch", H100): DeploymentRef("llm", "batch")}, timeout_s)
 
 
 def _sim_scaler() -> SimReplicaScaler:
@@ -49,72 +51,74 @@ def _sim_scaler() -> SimReplicaScaler:
 @pytest.fixture(params=["dry-run", "sim", "kubernetes"])
 def scaler(request: pytest.FixtureRequest, kube: FakeKubeApi) -> ReplicaScaler:
     if request.param == "dry-run":
-        return DryRunReplicaScaler({"chat": 2, "batch": 1})
+        return DryRunReplicaScaler({("chat", H100): 2, ("batch", H100): 1})
     if request.param == "sim":
         return _sim_scaler()
     return _kube_scaler(kube)
 
 
 def test_reads_what_is_in_place(scaler: ReplicaScaler) -> None:
-    assert scaler.get_replicas("chat") == 2
-    assert scaler.get_replicas("batch") == 1
+    assert scaler.get_replicas("chat", H100) == 2
+    assert scaler.get_replicas("batch", H100) == 1
 
 
 def test_set_returns_and_reads_back_the_new_count(scaler: ReplicaScaler) -> None:
-    assert scaler.set_replicas("chat", 4) == 4
-    assert scaler.get_replicas("chat") == 4
-    assert scaler.set_replicas("chat", 0) == 0
-    assert scaler.get_replicas("batch") == 1
+    assert scaler.set_replicas("chat", H100, 4) == 4
+    assert scaler.get_replicas("chat", H100) == 4
+    assert scaler.set_replicas("chat", H100, 0) == 0
+    assert scaler.get_replicas("batch", H100) == 1
 
 
 def test_unknown_service_and_negative_counts_are_permanent(scaler: ReplicaScaler) -> None:
     with pytest.raises(PermanentActuatorError):
-        scaler.get_replicas("nope")
+        scaler.get_replicas("nope", H100)
     with pytest.raises(PermanentActuatorError):
-        scaler.set_replicas("chat", -1)
-    assert scaler.get_replicas("chat") == 2
+        scaler.set_replicas("chat", H100, -1)
+    with pytest.raises(PermanentActuatorError):
+        scaler.get_replicas("chat", "L40S")  # a variant it has no target for
+    assert scaler.get_replicas("chat", H100) == 2
 
 
 def test_kubernetes_missing_deployment_is_permanent(kube: FakeKubeApi) -> None:
     kube.fail["chat"] = "404"
     with pytest.raises(PermanentActuatorError, match="no such Deployment"):
-        _kube_scaler(kube).set_replicas("chat", 3)
+        _kube_scaler(kube).set_replicas("chat", H100, 3)
 
 
 def test_kubernetes_conflict_is_transient_and_a_retry_lands(kube: FakeKubeApi) -> None:
     kube.fail["chat"] = "409"
     scaler = _kube_scaler(kube)
     with pytest.raises(TransientActuatorError, match="conflict") as err:
-        scaler.set_replicas("chat", 3)
+        scaler.set_replicas("chat", H100, 3)
     assert err.value.delay_s > 0
-    assert scaler.set_replicas("chat", 3) == 3
+    assert scaler.set_replicas("chat", H100, 3) == 3
     assert kube.replicas[("llm", "chat")] == 3
 
 
 def test_kubernetes_server_error_is_transient_and_changes_nothing(kube: FakeKubeApi) -> None:
     kube.fail["chat"] = "500"
     with pytest.raises(TransientActuatorError, match="HTTP 500"):
-        _kube_scaler(kube).set_replicas("chat", 5)
+        _kube_scaler(kube).set_replicas("chat", H100, 5)
     assert kube.replicas[("llm", "chat")] == 2
 
 
 def test_kubernetes_timeout_is_transient(kube: FakeKubeApi) -> None:
     kube.fail["batch"] = "slow"
     with pytest.raises(TransientActuatorError, match="too slow"):
-        _kube_scaler(kube, timeout_s=0.3).get_replicas("batch")
+        _kube_scaler(kube, timeout_s=0.3).get_replicas("batch", H100)
 
 
 def test_kubernetes_unreachable_api_is_transient(kube: FakeKubeApi) -> None:
     scaler = _kube_scaler(kube)
     kube.close()
     with pytest.raises(TransientActuatorError):
-        scaler.get_replicas("chat")
+        scaler.get_replicas("chat", H100)
 
 
 def test_kubernetes_calls_only_the_scale_subresource(kube: FakeKubeApi) -> None:
     scaler = _kube_scaler(kube)
-    scaler.get_replicas("chat")
-    scaler.set_replicas("batch", 2)
+    scaler.get_replicas("chat", H100)
+    scaler.set_replicas("batch", H100, 2)
     assert kube.calls == [("GET", "llm/chat"), ("PATCH", "llm/batch")]
 
 
@@ -134,9 +138,9 @@ def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: FakeKubeAp
     path.write_text(text)
     parts = build_parts(load_settings(path))
     assert isinstance(parts.replicas, KubernetesReplicaScaler)
-    assert parts.replicas.get_replicas("chat") == 3
+    assert parts.replicas.get_replicas("chat", H100) == 3
     with pytest.raises(PermanentActuatorError, match="no such Deployment"):
-        parts.replicas.get_replicas("code")
+        parts.replicas.get_replicas("code", H100)
 
 
 def test_a_missing_kubeconfig_refuses_the_config(tmp_path: Path) -> None:

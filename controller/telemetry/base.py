@@ -24,6 +24,8 @@ class GpuSample:
     max_limit_w: float
     sm_clock_mhz: float | None = None
     service: str | None = None
+    variant: str | None = None
+    """The service's variant (accelerator type) this GPU serves, where the source knows it."""
 
 
 @dataclass(frozen=True)

@@ -34,19 +34,31 @@ def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
 
 
 class PrometheusGpuSource:
-    def __init__(self, url: str, flavour: Flavour, limits_w: tuple[float, float], deployments: dict[str, str],
-                 timeout_s: float = 5.0, fetch: Fetch = http_post) -> None:
+    def __init__(self, url: str, flavour: Flavour, limits_w: tuple[float, float],
+                 deployments: dict[str, tuple[str, str]], timeout_s: float = 5.0, fetch: Fetch = http_post,
+                 envelopes: dict[str, tuple[float, float]] | None = None) -> None:
         self.api = PrometheusApi(url, timeout_s, fetch)
         self.flavour, self.limits_w = flavour, limits_w
         self.deployments = deployments
-        """Deployment name -> service, to own a GPU whose pod label is one of the Deployment's pods."""
+        """Deployment name -> (service, variant), to own a GPU whose pod is one of the Deployment's pods."""
+        self.envelopes = envelopes or {}
+        """Accelerator type -> its (min, max) limits: a GPU's own, by the variant that runs on it or by its
+        model name (DCGM's modelName, e.g. "NVIDIA L40S" for L40S); `limits_w` where neither says."""
 
-    def _owner(self, labels: dict[str, str]) -> str | None:
+    def _owner(self, labels: dict[str, str]) -> tuple[str | None, str | None]:
         pod = labels.get("exported_pod") or labels.get("pod", "")
-        for deployment, service in self.deployments.items():
+        for deployment, owner in self.deployments.items():
             if pod.startswith(deployment + "-"):
-                return service
-        return None
+                return owner
+        return None, None
+
+    def _envelope(self, variant: str | None, model_name: str) -> tuple[float, float]:
+        if variant in self.envelopes:
+            return self.envelopes[variant]
+        for accelerator, envelope in self.envelopes.items():
+            if accelerator.split("-")[0] in model_name:
+                return envelope
+        return self.limits_w
 
     def sample(self, now: float) -> list[GpuSample]:
         figures: dict[tuple[str, str], dict[str, float]] = {}
@@ -56,14 +68,15 @@ class PrometheusGpuSource:
                 key = gpu_key(labels)
                 figures.setdefault(key, {})[figure] = value
                 labels_of.setdefault(key, labels)
-        lo, hi = self.limits_w
         out = []
         for index, key in enumerate(sorted(labels_of)):
             f, labels = figures[key], labels_of[key]
             energy = f.get("energy_mj")
+            service, variant = self._owner(labels)
+            lo, hi = self._envelope(variant, labels.get("modelName", ""))
             out.append(GpuSample(
                 index=index, uuid=labels.get("UUID") or "/".join(key), name=labels.get("modelName", ""),
                 power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
-                sm_clock_mhz=f.get("sm_clock_mhz"), service=self._owner(labels)))
+                sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
         return out

@@ -8,12 +8,13 @@ from controller.telemetry.base import GpuSample, TelemetryError
 
 
 class NvmlGpuSource:
-    """Reads all GPUs each fast tick; `owners` maps a GPU index to the service whose replica runs there.
+    """Reads all GPUs each fast tick; `owners` maps a GPU index to the service and variant whose replica runs
+    there.
 
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
     counts it at its cap); only a failure to enumerate the GPUs fails the whole sample."""
 
-    def __init__(self, devices: NvmlDevices, owners: dict[int, str]) -> None:
+    def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
         self.owners = owners
         self._last: dict[int, GpuReading] = {}
@@ -37,11 +38,14 @@ class NvmlGpuSource:
             if isinstance(r, GpuReading):
                 self._last[index] = r
                 samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
-                                         r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, self.owners.get(index)))
+                                         r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, *self._owner(index)))
                 continue
             last = self._last.get(index)
             if last is None:
                 raise TelemetryError(f"GPU {index}: {r} (and never read before)")
             samples.append(GpuSample(index, last.uuid, last.name, None, None, last.power_limit_w, last.min_limit_w,
-                                     last.max_limit_w, None, self.owners.get(index)))
+                                     last.max_limit_w, None, *self._owner(index)))
         return samples
+
+    def _owner(self, index: int) -> tuple[str | None, str | None]:
+        return self.owners.get(index, (None, None))

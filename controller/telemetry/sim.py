@@ -32,6 +32,7 @@ class SimGpuSource:
                 max_limit_w=g.spec.max_limit_w,
                 sm_clock_mhz=g.sm_clock_mhz,
                 service=owner.get(g.index),
+                variant=g.spec.name if g.index in owner else None,
             )
             for g in self.host.gpus
         ]

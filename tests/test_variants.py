@@ -1,0 +1,120 @@
+"""A service on two accelerator types: the plan moves it from H100 to L40S. The L40S variant is scaled up
+before the H100 one is scaled down, and no GPU is ever asked for a limit outside its own range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
+from controller.control import Controller
+from controller.own_metrics import OwnMetrics
+from controller.settings import load_settings
+from controller.telemetry.base import GpuSample, ServiceWindow
+from tuner import Tuner
+
+CONFIG = """
+[daemon]
+state_dir = "state"
+[power]
+budget_w = 3000
+[optimizer]
+objective = "cost"
+batch_sizes = [32, 64]
+[stability]
+cooldown_s = 0
+confirm_cycles = 2
+max_replica_step = 1
+[telemetry]
+gpu_source = "nvml"
+vllm_source = "prometheus"
+[actuators]
+power = "dry-run"
+batch = "dry-run"
+replicas = "dry-run"
+[[accelerators]]
+name = "H100-SXM"
+count = 2
+cost_per_hour = 30.0
+[[accelerators]]
+name = "L40S"
+count = 4
+cost_per_hour = 1.0
+[[services]]
+name = "chat"
+model = "llama-3.1-8b"
+ttft_ms = 2000
+itl_ms = 100
+min_replicas = 1
+max_replicas = 4
+initial_max_batch = 32
+[[services.variants]]
+accelerator = "H100-SXM"
+gpus = [0, 1]
+[[services.variants]]
+accelerator = "L40S"
+gpus = [2, 3, 4, 5]
+"""
+
+RANGE_W = {"H100-SXM": (200.0, 700.0), "L40S": (100.0, 350.0)}
+GPUS = [("H100-SXM", 0), ("H100-SXM", 1), ("L40S", 0), ("L40S", 1), ("L40S", 2), ("L40S", 3)]
+
+
+class Host:
+    """Six GPUs of two types; a GPU serves chat when the scaler has put a replica of its type on it, and then
+    draws 60 % of its limit (idle: a sixth of its maximum)."""
+
+    def __init__(self, scaler: DryRunReplicaScaler) -> None:
+        self.scaler = scaler
+        self.limit_w = [RANGE_W[kind][1] for kind, _ in GPUS]
+        self.asked: list[tuple[int, float]] = []
+
+    def sample(self, now: float) -> list[GpuSample]:
+        out = []
+        for index, (kind, k) in enumerate(GPUS):
+            lo, hi = RANGE_W[kind]
+            serving = k < self.scaler.replicas["chat", kind]
+            draw = 0.6 * self.limit_w[index] if serving else hi / 6
+            out.append(GpuSample(index, f"GPU-{index}", kind, draw, None, self.limit_w[index], lo, hi,
+                                 service="chat" if serving else None, variant=kind if serving else None))
+        return out
+
+    name = "host"
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        self.asked.append((gpu_index, watts))
+        self.limit_w[gpu_index] = watts
+        return watts
+
+
+class Windows:
+    def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
+        return {"chat": ServiceWindow(window_s=15.0, rate_rps=4.0, in_tokens=400.0, out_tokens=200.0, ttft_ms=200.0,
+                                      itl_ms=20.0, ttft_p95_ms=400.0, itl_p95_ms=30.0, running=8.0, waiting=0.0,
+                                      kv_usage=0.2, preemptions=0.0, replicas=1)}
+
+
+def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_range(tmp_path: Path) -> None:
+    (tmp_path / "v.toml").write_text(CONFIG)
+    s = load_settings(tmp_path / "v.toml")
+    scaler = DryRunReplicaScaler({("chat", "H100-SXM"): 1, ("chat", "L40S"): 0})
+    host = Host(scaler)
+    ctl = Controller(s, host, Windows(), host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
+                     OwnMetrics(CollectorRegistry()))
+    seen: list[dict[str, int]] = []
+    for t in range(1, 181):
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+            seen.append({kind: scaler.replicas["chat", kind] for kind in RANGE_W})
+    assert seen[-1]["H100-SXM"] == 0 and seen[-1]["L40S"] >= 1, seen
+    assert all(counts["H100-SXM"] + counts["L40S"] >= 1 for counts in seen), seen  # never dark
+    moves = [a.target for a in scaler.actions]
+    assert moves.index("chat/L40S") < moves.index("chat/H100-SXM")
+    assert ctl.assignments["chat"].accelerator == "L40S"
+    for index, watts in host.asked:
+        lo, hi = RANGE_W[GPUS[index][0]]
+        assert lo <= watts <= hi, (index, watts)
+    l40s = [w for i, w in host.asked if GPUS[i][0] == "L40S"]
+    assert l40s and max(l40s) == ctl.assignments["chat"].power_cap_w <= 350.0  # the plan's cap for its own type
