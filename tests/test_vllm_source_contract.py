@@ -1,0 +1,78 @@
+"""One contract suite for the vLLM sources that read engines directly (sim, and scrape over the emulator's
+real /metrics pages): no window before a second look, the true served rate and live replicas in a steady
+window, and a window that spans a restart marked unsteady. The `prometheus` source is held to the same
+figures against a real Prometheus in test_prometheus_integration.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.telemetry.base import VllmSource
+from controller.telemetry.scrape import ScrapeVllmSource
+from controller.telemetry.sim import SimVllmSource
+from simulator.host import SimHost
+from simulator.vllm_metrics import VllmCollector
+from simulator.workload import TokenDist, Workload, constant
+
+MODEL = "llama-3.1-8b"
+
+
+def host() -> SimHost:
+    h = SimHost("H100-SXM", 2, seed=5, start_delay_s=5.0)
+    h.add_service("chat", MODEL, Workload(constant(8.0), TokenDist(400), TokenDist(100), np.random.default_rng(5)),
+                  replicas=2, max_num_seqs=64)
+    return h
+
+
+def scrape(h: SimHost) -> ScrapeVllmSource:
+    """Pages of the replicas in place, one URL per GPU slot (a restarted replica answers at the same URL)."""
+    urls = ("http://replica-0/metrics", "http://replica-1/metrics")
+
+    def fetch(url: str, timeout_s: float) -> str:
+        engine = h.services["chat"].replicas[urls.index(url)].engine
+        registry = CollectorRegistry()
+        registry.register(VllmCollector(lambda: [engine]))
+        return generate_latest(registry).decode()
+
+    return ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=fetch)
+
+
+@pytest.fixture(params=["sim", "scrape"])
+def plant(request: pytest.FixtureRequest) -> tuple[SimHost, VllmSource]:
+    h = host()
+    return h, (SimVllmSource(h) if request.param == "sim" else scrape(h))
+
+
+def served(h: SimHost) -> float:
+    return sum(r.engine.metrics.success_total for r in h.services["chat"].replicas)
+
+
+def test_no_window_before_a_second_look_and_none_for_an_unknown_service(plant: tuple[SimHost, VllmSource]) -> None:
+    h, source = plant
+    h.advance_to(10.0)
+    assert source.observe(10.0, ["chat", "nope"]) == {"chat": None, "nope": None}
+
+
+def test_a_steady_window_reads_the_served_rate_and_the_live_replicas(plant: tuple[SimHost, VllmSource]) -> None:
+    h, source = plant
+    h.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    before = served(h)
+    h.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.steady and w.replicas == 2
+    assert w.rate_rps == pytest.approx((served(h) - before) / 60.0, rel=0.02)
+    assert w.ttft_ms is not None and w.ttft_ms > 0 and w.itl_ms is not None and w.itl_ms > 0
+
+
+def test_a_window_that_spans_a_restart_is_not_steady(plant: tuple[SimHost, VllmSource]) -> None:
+    h, source = plant
+    h.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    h.advance_to(30.0)
+    h.restart_with_batch("chat", 32)
+    h.advance_to(60.0)
+    w = source.observe(60.0, ["chat"])["chat"]
+    assert w is not None and not w.steady
