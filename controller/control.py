@@ -91,7 +91,7 @@ class Controller:
             for acc in variants:
                 self.tuner.ensure(svc.model, acc, svc.prior.params(), CATALOG[acc])
         if old.power != settings.power:
-            self.fast.retry.forget()
+            self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
             self.caps.pop(gone, None)

@@ -38,9 +38,15 @@ class FastLoop:
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.retry_afresh = False
+        """Set by the slow loop when the power settings changed: the next tick forgets given-up GPUs (the retry
+        record is this thread's own, so another thread only raises the flag)."""
 
     def tick(self, now: float) -> None:
         started = time.perf_counter()
+        if self.retry_afresh:
+            self.retry_afresh = False
+            self.retry.forget()
         try:
             samples = self.gpus.sample(now)
             if samples and all(g.power_w is None for g in samples):

@@ -61,5 +61,5 @@ class RetryBook:
                         if target and t != target and not t.startswith(target + "/")}
 
     def blocked(self) -> list[str]:
-        """Targets given up on, for the decision log."""
-        return sorted(t for t, f in self.failing.items() if f.permanent)
+        """Targets given up on, for the decision log (read from another thread: one copy of the items)."""
+        return sorted(t for t, f in list(self.failing.items()) if f.permanent)
