@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, PowerLimiter, ReplicaScaler
@@ -122,6 +123,10 @@ class Controller:
         in_force = {}
         for svc in s.services:
             got = self.enforcer.read_back(svc.name, self.variants[svc.name], self.assignments[svc.name])
+            acc = got.assignment.accelerator
+            if acc != self.assignments[svc.name].accelerator:  # found running elsewhere: that type's own cap
+                cap = self.caps.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
+                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap))
             in_force[svc.name] = got
             self.assignments[svc.name] = got.assignment
             self._keep_caps(svc.name, got)

@@ -118,3 +118,19 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
         assert lo <= watts <= hi, (index, watts)
     l40s = [w for i, w in host.asked if GPUS[i][0] == "L40S"]
     assert l40s and max(l40s) == ctl.assignments["chat"].power_cap_w <= 350.0  # the plan's cap for its own type
+
+
+def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
+    """Deployed on L40S before the daemon came (its first variant is H100): read back, it is planned from
+    where it runs, with a cap of that type."""
+    (tmp_path / "v.toml").write_text(CONFIG)
+    s = load_settings(tmp_path / "v.toml")
+    scaler = DryRunReplicaScaler({("chat", "H100-SXM"): 0, ("chat", "L40S"): 2})
+    host = Host(scaler)
+    ctl = Controller(s, host, Windows(), host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
+                     OwnMetrics(CollectorRegistry()))
+    ctl.tick_fast(1.0)
+    ctl.tick_slow(15.0)
+    a = ctl.assignments["chat"]
+    assert a.accelerator == "L40S" and a.replicas >= 1 and a.power_cap_w <= 350.0
+    assert scaler.replicas["chat", "H100-SXM"] == 0
