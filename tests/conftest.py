@@ -6,7 +6,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from simulator.host import SimHost
+from simulator.workload import TokenDist, Workload, daily_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +41,13 @@ def sim_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def small_sim_host(num_gpus: int = 8) -> SimHost:
+    """A simulated host with "chat" on 2 replicas and "batch" on 1, max batch 32, replicas up at once."""
+    host = SimHost("H100-SXM", num_gpus, seed=3, start_delay_s=0.0)
+    rng = np.random.default_rng(0)
+    for name, n in (("chat", 2), ("batch", 1)):
+        host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
+                                             TokenDist(50, 0.5), rng), n, 32)
+    return host

@@ -4,8 +4,8 @@ in-memory runner) and GPU sources (sim, nvml). Replica scalers have theirs in te
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from conftest import small_sim_host
 from fake_pynvml import FakeGpu, FakeNvml
 
 from actuators import BatchInForce, BatchSizer, PermanentActuatorError, PowerLimiter
@@ -17,16 +17,10 @@ from controller.telemetry.base import GpuSource
 from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.sim import SimGpuSource
 from simulator.host import SimHost
-from simulator.workload import TokenDist, Workload, daily_cycle
 
 
 def sim_host() -> SimHost:
-    host = SimHost("H100-SXM", 4, seed=3, start_delay_s=0.0)
-    rng = np.random.default_rng(0)
-    for name, n in (("chat", 2), ("batch", 1)):
-        host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
-                                             TokenDist(50, 0.5), rng), n, 32)
-    return host
+    return small_sim_host(num_gpus=4)
 
 
 def fake_nvml() -> FakeNvml:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent, JobSubmissionEvent
+from conftest import free_port
 
 from controller.daemon import Daemon
 from controller.settings import load_settings
@@ -23,10 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def daemon_process(cfg: Path, log_path: Path, duration_s: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`wattscale run` on `cfg`, its output in `log_path`; killed on the way out if still running."""
+    with log_path.open("w") as log:
+        argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", str(duration_s)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def stops_on_sigterm_within_5_s(proc: subprocess.Popen[bytes]) -> None:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert time.monotonic() - started < 5
 
 
 def metric(text: str, name: str) -> float:
@@ -64,10 +81,7 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "wattscale.toml"
     write_config(cfg, port, tmp_path / "state", 2000)
-    log = (tmp_path / "daemon.log").open("w")
-    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "120"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
+    with daemon_process(cfg, tmp_path / "daemon.log", 120) as proc:
         assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
         text = scrape(port)
         names = ("wattscale_gpu_power_watts", "wattscale_gpu_power_limit_watts", "wattscale_gpu_energy_joules",
@@ -92,14 +106,7 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
         decision_log = tmp_path / "state" / "decisions.jsonl"
         assert wait_for(lambda: '"budget_w":1500.0' in decision_log.read_text(), 10), "no cycle under the reload"
 
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        stops_on_sigterm_within_5_s(proc)
     output = (tmp_path / "daemon.log").read_text()
     decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
     assert decisions and decisions[-1]["budget_w"] == 1500.0
@@ -136,11 +143,8 @@ def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> N
         cfg.write_text(text.replace("speed = 5.0", "speed = 1.0"))
 
     write(4000)
-    log = (tmp_path / "daemon.log").open("w")
-    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", "60"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     fast = 'wattscale_cycle_duration_seconds_count{loop="fast"}'
-    try:
+    with prom, daemon_process(cfg, tmp_path / "daemon.log", 60) as proc:
         assert wait_for(lambda: fast in scrape(port), 30), "daemon never served metrics"
         time.sleep(4.0)  # the first slow tick (3 s) is now stuck in its first query
         before, started = metric(scrape(port), fast), time.monotonic()
@@ -157,12 +161,4 @@ def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> N
         assert wait_for(lambda: metric(scrape(port), "wattscale_power_budget_watts") == budget, 2)
         assert wait_for(lambda: metric(scrape(port), "wattscale_power_draw_watts") <= budget, 2.5 - (
             time.monotonic() - stepped)), (draw, budget)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-        prom.close()
+        stops_on_sigterm_within_5_s(proc)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import small_sim_host
 from fake_kube_api import FakeKubeApi
 from kubernetes import client
 
@@ -18,8 +18,6 @@ from actuators.sim import SimReplicaScaler
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
 from controller.wiring import build_parts
-from simulator.host import SimHost
-from simulator.workload import TokenDist, Workload, daily_cycle
 
 H100 = "H100-SXM"
 
@@ -40,12 +38,7 @@ def _kube_scaler(api: FakeKubeApi, timeout_s: float = 0.5) -> KubernetesReplicaS
 
 
 def _sim_scaler() -> SimReplicaScaler:
-    host = SimHost("H100-SXM", 8, seed=3, start_delay_s=0.0)
-    rng = np.random.default_rng(0)
-    for name, n in (("chat", 2), ("batch", 1)):
-        host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
-                                             TokenDist(50, 0.5), rng), n, 32)
-    return SimReplicaScaler(host)
+    return SimReplicaScaler(small_sim_host())
 
 
 @pytest.fixture(params=["dry-run", "sim", "kubernetes"])

@@ -95,13 +95,19 @@ class Windows:
                                       kv_usage=0.2, preemptions=0.0, replicas=1)}
 
 
-def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_range(tmp_path: Path) -> None:
+def on_host(tmp_path: Path, h100: int, l40s: int) -> tuple[Controller, Host, DryRunReplicaScaler]:
+    """The controller over the two-type host, chat running `h100` and `l40s` replicas to begin with."""
     (tmp_path / "v.toml").write_text(CONFIG)
     s = load_settings(tmp_path / "v.toml")
-    scaler = DryRunReplicaScaler({("chat", "H100-SXM"): 1, ("chat", "L40S"): 0})
+    scaler = DryRunReplicaScaler({("chat", "H100-SXM"): h100, ("chat", "L40S"): l40s})
     host = Host(scaler)
     ctl = Controller(s, host, Windows(), host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
                      OwnMetrics(CollectorRegistry()))
+    return ctl, host, scaler
+
+
+def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_range(tmp_path: Path) -> None:
+    ctl, host, scaler = on_host(tmp_path, 1, 0)
     seen: list[dict[str, int]] = []
     for t in range(1, 181):
         ctl.tick_fast(float(t))
@@ -123,12 +129,7 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
     """Deployed on L40S before the daemon came (its first variant is H100): read back, it is planned from
     where it runs, with a cap of that type."""
-    (tmp_path / "v.toml").write_text(CONFIG)
-    s = load_settings(tmp_path / "v.toml")
-    scaler = DryRunReplicaScaler({("chat", "H100-SXM"): 0, ("chat", "L40S"): 2})
-    host = Host(scaler)
-    ctl = Controller(s, host, Windows(), host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
-                     OwnMetrics(CollectorRegistry()))
+    ctl, _, scaler = on_host(tmp_path, 0, 2)
     ctl.tick_fast(1.0)
     ctl.tick_slow(15.0)
     a = ctl.assignments["chat"]
