@@ -4,6 +4,7 @@ safe caps when GPU readings are lost, and a watchdog that stays silent while the
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from actuators.vllm import Replica, VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.daemon import Daemon
+from controller.decision_log import DecisionLog
 from controller.enforce import Enforcer, InForce
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
@@ -249,3 +251,17 @@ def test_the_watchdog_is_silent_while_the_fast_loop_stalls(sim_config: Callable[
     silent = [t for t in pings if started + 5.0 <= t <= started + 6.0]
     assert not silent, [round(t - started, 1) for t in pings]
     assert any(t < started + 2.0 for t in pings) and any(t > started + 7.0 for t in pings)  # before and after
+
+
+def test_the_decision_log_rotates_and_survives_a_path_it_cannot_write(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    log = DecisionLog(tmp_path / "d" / "decisions.jsonl", max_bytes=400)
+    for t in range(20):
+        assert log.write({"t": t, "services": {"chat": {"planned": {"replicas": 2}}}})
+    lines = (tmp_path / "d" / "decisions.jsonl").read_text().splitlines()
+    older = (tmp_path / "d" / "decisions.jsonl.1").read_text().splitlines()
+    assert json.loads(lines[-1])["t"] == 19 and len(lines) + len(older) < 20  # one old file kept
+    (tmp_path / "file").write_text("")
+    blocked = DecisionLog(tmp_path / "file" / "decisions.jsonl")  # its directory is a file
+    assert not blocked.write({"t": 1}) and not blocked.write({"t": 2})
+    assert sum("cannot be written" in r.message for r in caplog.records) == 1
