@@ -155,6 +155,15 @@ class NvmlDevices:
             default_mw = self._optional(lambda: self.nvml.nvmlDeviceGetPowerManagementDefaultLimit(h))
         return None if default_mw is None else float(default_mw) / 1000.0
 
+    def supported_clocks_mhz(self, index: int) -> dict[int, list[int]] | None:
+        """Memory clock -> the graphics clocks NVML allows with it (MHz); None where the GPU lists none."""
+        nv, h = self.nvml, self._handle(index)
+        with self._errors(f"GPU {index} supported clocks"):
+            memory = self._optional(lambda: nv.nvmlDeviceGetSupportedMemoryClocks(h))
+            if memory is None:
+                return None
+            return {int(m): sorted(int(g) for g in nv.nvmlDeviceGetSupportedGraphicsClocks(h, m)) for m in memory}
+
     def set_limit_w(self, index: int, watts: float) -> float:
         """Set a power limit (already clamped by the caller) and return the limit read back."""
         h = self._handle(index)
