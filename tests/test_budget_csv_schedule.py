@@ -59,9 +59,14 @@ def test_a_csv_feed_drives_the_carbon_source_and_rereads_a_changed_file(tmp_path
     assert source.step(T0 + 3600 + 120).budget_w == 1200.0 and source.step(T0 + 3600 + 120).forecast == ()
 
 
-def test_a_missing_csv_is_transient(tmp_path: Path) -> None:
-    with pytest.raises(TransientBudgetError):
-        CsvIntensityFeed(str(tmp_path / "none.csv")).fetch(T0)
+def test_a_missing_or_broken_csv_is_transient_after_retry_s(tmp_path: Path) -> None:
+    path = tmp_path / "day.csv"
+    with pytest.raises(TransientBudgetError) as missing:
+        CsvIntensityFeed(str(path), retry_s=30.0).fetch(T0)
+    path.write_text(NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2")
+    with pytest.raises(MalformedAnswer, match="line 2") as broken:
+        CsvIntensityFeed(str(path), retry_s=30.0).fetch(T0)
+    assert missing.value.retry_after_s == broken.value.retry_after_s == 30.0
 
 
 def test_fixed_holds_forever() -> None:
