@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 from fake_budget_api import FakeBudgetApi, Reply, recorded
 
+from controller.budget.api_http import MalformedAnswer, parse_time_s
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
-from controller.budget.carbon import CarbonBudgetSource, IntensityPoint
-from controller.budget.curve import PowerCurve, check_curve
-from controller.budget.electricity_maps import ElectricityMapsFeed
-from controller.budget.http import MalformedAnswer, parse_time_s
-from controller.budget.watttime import WattTimeFeed
+from controller.budget.carbon import CarbonBudgetSource, IntensityPoint, PowerCurve, check_curve
+from controller.budget.carbon_apis import ElectricityMapsFeed, WattTimeFeed
 from controller.config_loader import ConfigError
 
 T0 = parse_time_s("2026-12-01T15:00:00Z", "test")
@@ -99,7 +97,7 @@ def test_electricity_maps_without_forecast_asks_latest_only() -> None:
     (Reply(429, b'{"message": "rate limited"}', {"Retry-After": "42"}), TransientBudgetError, 42.0),
     (Reply(200, b"<html>maintenance</html>"), MalformedAnswer, 60.0),
     (Reply(200, b'{"zone": "DE", "datetime": "2026-12-01T15:00:00.000Z"}'), MalformedAnswer, 60.0),
-    (Reply(200, recorded("em_latest_DE.json"), delay_s=0.5), TransientBudgetError, 0.2),
+    (Reply(200, recorded("em_latest_DE.json"), delay_s=0.5), TransientBudgetError, 300.0),
 ])
 def test_electricity_maps_failures_are_sorted_by_recovery(reply: Reply, error: type[Exception],
                                                            retry_s: float | None) -> None:
@@ -143,7 +141,7 @@ def test_watttime_logs_in_again_when_its_token_expired() -> None:
     ({**WT_OK, "/v3/forecast": [Reply(200, b'{"data": [{"point_time": "x", "value": 1}], '
                                             b'"meta": {"units": "lbs_co2_per_mwh"}}')]}, MalformedAnswer, 60.0),
     ({"/login": [Reply(200, b'{"token": ""}')]}, MalformedAnswer, 60.0),
-    ({"/login": [Reply(200, recorded("wt_login.json"), delay_s=0.5)]}, TransientBudgetError, 0.2),
+    ({"/login": [Reply(200, recorded("wt_login.json"), delay_s=0.5)]}, TransientBudgetError, 300.0),
 ])
 def test_watttime_failures_are_sorted_by_recovery(routes: dict[str, list[Reply]], error: type[Exception],
                                                   retry_s: float | None) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from controller.budget.api_http import MalformedAnswer, parse_time_s
 from controller.budget.demand_response import DemandResponseSource, accept_signal
-from controller.budget.http import MalformedAnswer, parse_time_s
 
 T0 = parse_time_s("2026-12-01T15:00:00Z", "test")
 SIGNAL = {"budget_w": 1500, "deadline": "2026-12-01T15:30:00Z", "reason": "grid event 42"}

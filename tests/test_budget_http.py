@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from fake_budget_api import FakeBudgetApi, Reply
 
+from controller.budget.api_http import (
+    HttpAnswer,
+    MalformedAnswer,
+    checked,
+    http_get,
+    json_object,
+    parse_time_s,
+    reach,
+    retry_after_s,
+)
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
-from controller.budget.http import MalformedAnswer, checked, http_get, json_object, parse_time_s, retry_after_s
 
 
 def test_a_2xx_body_comes_back_and_headers_reach_the_server() -> None:
@@ -45,6 +56,21 @@ def test_a_server_slower_than_the_timeout_is_transient() -> None:
             pytest.raises(TransientBudgetError, match="unreachable") as caught:
         http_get(api.url + "/x", {}, 0.1)
     assert caught.value.retry_after_s == 0.1
+
+
+def test_an_answer_broken_off_is_transient() -> None:
+    with FakeBudgetApi({"/x": [Reply(200, b'{"a"', {"Content-Length": "50"})]}) as api, \
+            pytest.raises(TransientBudgetError, match="IncompleteRead"):
+        http_get(api.url + "/x", {}, 1.0)
+
+
+def test_reach_waits_the_sources_delay_after_a_timeout() -> None:
+    def silent(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+        raise TransientBudgetError(f"{url} unreachable: timed out", timeout_s)
+
+    with pytest.raises(TransientBudgetError, match=r"^em latest: x unreachable") as caught:
+        reach(silent, "x", {}, 5.0, "em latest", 300.0)
+    assert caught.value.retry_after_s == 300.0
 
 
 def test_a_closed_port_is_transient() -> None:

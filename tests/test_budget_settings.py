@@ -12,7 +12,7 @@ import pytest
 from fake_budget_api import FakeBudgetApi, Reply, recorded
 
 from controller.budget import assemble, settings
-from controller.budget.http import parse_time_s
+from controller.budget.api_http import parse_time_s
 from controller.config_loader import ConfigError
 
 T0 = parse_time_s("2026-12-01T15:00:00Z", "test")

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from controller.budget.api_http import Fetch, http_get
 from controller.budget.base import BudgetSource
-from controller.budget.carbon import CarbonBudgetSource, IntensityFeed
+from controller.budget.carbon import CarbonBudgetSource, IntensityFeed, PowerCurve
+from controller.budget.carbon_apis import ElectricityMapsFeed, WattTimeFeed
 from controller.budget.combiner import BudgetCombiner
-from controller.budget.curve import PowerCurve
 from controller.budget.demand_response import DemandResponseSource
-from controller.budget.electricity_maps import ElectricityMapsFeed
 from controller.budget.em_csv import CsvIntensityFeed
-from controller.budget.http import Fetch, http_get
 from controller.budget.schedule import WEEKDAYS, FixedSource, Rule, ScheduleSource, minutes
 from controller.budget.settings import (
     BudgetSettings,
@@ -26,7 +25,6 @@ from controller.budget.settings import (
     SourceSettings,
     WattTimeSettings,
 )
-from controller.budget.watttime import WattTimeFeed
 from controller.config_loader import ConfigError
 
 

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from controller.budget.api_http import MalformedAnswer, number, parse_time_s
 from controller.budget.base import BudgetReading, TransientBudgetError
-from controller.budget.http import MalformedAnswer, number, parse_time_s
 
 MAX_SIGNAL_BYTES = 4096
 KEYS = {"budget_w", "deadline", "reason"}

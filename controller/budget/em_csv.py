@@ -14,9 +14,9 @@ import io
 import os
 from typing import Literal
 
+from controller.budget.api_http import MalformedAnswer
 from controller.budget.base import TransientBudgetError
 from controller.budget.carbon import IntensityPoint
-from controller.budget.http import MalformedAnswer
 
 Basis = Literal["direct", "life_cycle"]
 

@@ -10,7 +10,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from controller.budget.curve import check_curve
+from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
 from controller.config_loader import ConfigError, build, check_positive
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http.client
 import json
 import math
 import urllib.error
@@ -32,15 +33,27 @@ Fetch = Callable[[str, Mapping[str, str], float], HttpAnswer]
 
 
 def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
-    """GET `url`; an unreachable or silent server raises TransientBudgetError with a delay of `timeout_s`."""
+    """GET `url`; a server that cannot be reached, does not answer in time or breaks off its answer raises
+    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay)."""
     request = urllib.request.Request(url, headers=dict(headers))
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
-            return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, bytes(r.read()))
-    except urllib.error.HTTPError as exc:
-        return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, bytes(exc.read()))
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise TransientBudgetError(f"{url} unreachable: {exc}", retry_after_s=timeout_s) from exc
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, bytes(r.read()))
+        except urllib.error.HTTPError as exc:
+            return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, bytes(exc.read()))
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise TransientBudgetError(f"{url} unreachable: {exc!r}", retry_after_s=timeout_s) from exc
+
+
+def reach(fetch: Fetch, url: str, headers: Mapping[str, str], timeout_s: float, what: str,
+          retry_s: float) -> HttpAnswer:
+    """`fetch` once; a server out of reach is tried again after `retry_s` at the soonest, not after its timeout
+    (a dead API asked every few seconds would stall every step by its timeout)."""
+    try:
+        return fetch(url, headers, timeout_s)
+    except TransientBudgetError as exc:
+        raise TransientBudgetError(f"{what}: {exc}", max(exc.retry_after_s, retry_s)) from exc
 
 
 def retry_after_s(headers: Mapping[str, str], default_s: float) -> float:
