@@ -97,6 +97,13 @@ def test_a_bad_table_is_refused_naming_the_field(replace: dict[str, str], field:
     assert caught.value.where == field
 
 
+def test_a_csv_source_needs_a_path() -> None:
+    csv = {"kind": "carbon_csv", "path": "", "curve": [[100, 3000]]}
+    with pytest.raises(ConfigError) as caught:
+        settings.budget_settings({"safe_budget_w": 1000, "sources": [csv]})
+    assert caught.value.where == "power.budget.sources[0].path"
+
+
 def test_demand_response_alone_is_refused() -> None:
     only_dr = {"safe_budget_w": 1000, "sources": [{"kind": "demand_response", "path": "s.json"}]}
     with pytest.raises(ConfigError) as caught:

@@ -142,6 +142,11 @@ class CarbonCsvSettings(CarbonSettings):
     basis: Literal["direct", "life_cycle"] = "life_cycle"
     """Which intensity column to read."""
 
+    def check(self, where: str) -> None:
+        super().check(where)
+        if not self.path:
+            raise ConfigError(f"{where}.path", "must not be empty")
+
 
 @dataclass(frozen=True, kw_only=True)
 class DemandResponseSettings(SourceSettings):
