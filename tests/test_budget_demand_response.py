@@ -59,6 +59,7 @@ def test_the_handler_stores_a_valid_signal_from_loopback_only(tmp_path: Path) ->
     body = json.dumps(SIGNAL).encode()
     assert accept_signal("10.0.0.5", "POST", body, T0, str(path))[0] == 403
     assert accept_signal("not-an-address", "POST", body, T0, str(path))[0] == 403
+    assert accept_signal("::ffff:10.0.0.5", "POST", body, T0, str(path))[0] == 403
     assert accept_signal("127.0.0.1", "GET", body, T0, str(path))[0] == 405
     assert accept_signal("::1", "POST", b"x" * 5000, T0, str(path))[0] == 413
     assert accept_signal("::1", "POST", b"{oops", T0, str(path))[0] == 400
@@ -69,6 +70,10 @@ def test_the_handler_stores_a_valid_signal_from_loopback_only(tmp_path: Path) ->
     assert accept_signal("::1", "POST", body, T0, str(path)) == (200, {"budget_w": 1500.0, "deadline_s": T0 + 1800.0})
     reading = DemandResponseSource(str(path)).step(T0)
     assert reading is not None and reading.budget_w == 1500.0 and reading.valid_until_s == T0 + 1800.0
+    assert accept_signal("::ffff:127.0.0.1", "POST", body, T0, str(path))[0] == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["signal.json"]  # no temporary file left behind
+    status, reply = accept_signal("127.0.0.1", "POST", body, T0, str(tmp_path / "gone" / "signal.json"))
+    assert status == 500 and "could not store" in reply["error"]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,20 +86,31 @@ def store_signal(path: str, signal: DemandSignal) -> None:
     """Write the signal whole (a temporary file renamed over the old one), so a reader never sees half."""
     deadline = dt.datetime.fromtimestamp(signal.deadline_s, dt.UTC).isoformat()
     doc = {"budget_w": signal.budget_w, "deadline": deadline, "reason": signal.reason}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=".signal-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address, an IPv4 one mapped into IPv6 (::ffff:127.0.0.1) included."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def accept_signal(client_host: str, method: str, body: bytes, now: float, path: str) -> tuple[int, dict[str, Any]]:
     """Handle one request to the signal endpoint: (HTTP status, JSON reply). Only POSTs from a loopback
     address are taken; a signal whose deadline has passed is refused."""
-    try:
-        loopback = ipaddress.ip_address(client_host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(client_host):
         return 403, {"error": "signals are taken from loopback only"}
     if method != "POST":
         return 405, {"error": "POST a signal"}
@@ -112,5 +124,8 @@ def accept_signal(client_host: str, method: str, body: bytes, now: float, path: 
         return 400, {"error": str(exc)}
     if signal.deadline_s <= now:
         return 400, {"error": "deadline has passed"}
-    store_signal(path, signal)
+    try:
+        store_signal(path, signal)
+    except OSError as exc:
+        return 500, {"error": f"could not store the signal: {exc.strerror}"}
     return 200, {"budget_w": signal.budget_w, "deadline_s": signal.deadline_s}
