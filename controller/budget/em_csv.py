@@ -25,7 +25,7 @@ def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
     """The positions of the datetime column and of the intensity column of `basis`."""
     names = [h.strip().lower() for h in header]
     when = [i for i, n in enumerate(names) if n.startswith("datetime")]
-    wanted = ("(direct)",) if basis == "direct" else ("(life cycle)", "(lifecycle)", "(life-cycle)")
+    wanted = ("(direct)",) if basis == "direct" else ("(life cycle)", "(lifecycle)", "(life-cycle)", "(lca)")
     value = [i for i, n in enumerate(names) if "carbon intensity" in n and n.endswith(wanted)]
     if not when or not value:
         missing = "datetime" if not when else f"carbon intensity ({basis.replace('_', ' ')})"
