@@ -9,7 +9,7 @@ from fake_budget_api import FakeBudgetApi, Reply, recorded
 from controller.budget.api_http import MalformedAnswer, parse_time_s
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import CarbonBudgetSource, IntensityPoint, PowerCurve, check_curve
-from controller.budget.carbon_apis import ElectricityMapsFeed, WattTimeFeed
+from controller.budget.carbon_feeds import ElectricityMapsFeed, WattTimeFeed
 from controller.config_loader import ConfigError
 
 T0 = parse_time_s("2026-12-01T15:00:00Z", "test")

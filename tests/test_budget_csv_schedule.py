@@ -11,7 +11,7 @@ import pytest
 from controller.budget.api_http import MalformedAnswer, parse_time_s
 from controller.budget.base import TransientBudgetError
 from controller.budget.carbon import CarbonBudgetSource, IntensityPoint, PowerCurve
-from controller.budget.em_csv import CsvIntensityFeed, parse_intensity_csv
+from controller.budget.carbon_feeds import CsvIntensityFeed, parse_intensity_csv
 from controller.budget.schedule import FixedSource, Rule, ScheduleSource, minutes
 
 OLD_HEADER = ("Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"

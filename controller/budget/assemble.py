@@ -9,10 +9,9 @@ from collections.abc import Mapping
 from controller.budget.api_http import Fetch, http_get
 from controller.budget.base import BudgetSource
 from controller.budget.carbon import CarbonBudgetSource, IntensityFeed, PowerCurve
-from controller.budget.carbon_apis import ElectricityMapsFeed, WattTimeFeed
+from controller.budget.carbon_feeds import CsvIntensityFeed, ElectricityMapsFeed, WattTimeFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.demand_response import DemandResponseSource
-from controller.budget.em_csv import CsvIntensityFeed
 from controller.budget.schedule import WEEKDAYS, FixedSource, Rule, ScheduleSource, minutes
 from controller.budget.settings import (
     BudgetSettings,
