@@ -1,0 +1,127 @@
+"""The HTTP seam the API-backed budget sources share: one injectable GET, answers sorted by recovery.
+
+`fetch(url, headers, timeout_s)` returns every HTTP answer, error statuses included, so that the sources
+see 401/403 and a 429's Retry-After; only a server that cannot be reached or does not answer in time
+raises (transient). Tests pass their own fetch or point the default one at a loopback fake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import http.client
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controller.budget.base import PermanentBudgetError, TransientBudgetError
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: Mapping[str, str]
+    """Header names in lower case."""
+    body: bytes
+
+
+Fetch = Callable[[str, Mapping[str, str], float], HttpAnswer]
+
+
+def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+    """GET `url`; a server that cannot be reached, does not answer in time or breaks off its answer raises
+    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay)."""
+    request = urllib.request.Request(url, headers=dict(headers))
+    try:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, bytes(r.read()))
+        except urllib.error.HTTPError as exc:
+            return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, bytes(exc.read()))
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise TransientBudgetError(f"{url} unreachable: {exc!r}", retry_after_s=timeout_s) from exc
+
+
+def reach(fetch: Fetch, url: str, headers: Mapping[str, str], timeout_s: float, what: str,
+          retry_s: float) -> HttpAnswer:
+    """`fetch` once; a server out of reach is tried again after `retry_s` at the soonest, not after its timeout
+    (a dead API asked every few seconds would stall every step by its timeout)."""
+    try:
+        return fetch(url, headers, timeout_s)
+    except TransientBudgetError as exc:
+        raise TransientBudgetError(f"{what}: {exc}", max(exc.retry_after_s, retry_s)) from exc
+
+
+def retry_after_s(headers: Mapping[str, str], default_s: float) -> float:
+    """A Retry-After in seconds, or as an HTTP date counted from the answer's own Date header (the server's
+    clock, never ours); `default_s` when absent or unreadable."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return default_s
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            until = email.utils.parsedate_to_datetime(value)
+            sent = email.utils.parsedate_to_datetime(headers.get("date", ""))
+        except (TypeError, ValueError):
+            return default_s
+        seconds = (until - sent).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else default_s
+
+
+def checked(answer: HttpAnswer, what: str, default_retry_s: float) -> bytes:
+    """The body of a 2xx answer; 401/403 and other 4xx raise PermanentBudgetError, 429 and 5xx
+    TransientBudgetError (after Retry-After when given)."""
+    if 200 <= answer.status < 300:
+        return answer.body
+    if answer.status in (401, 403):
+        raise PermanentBudgetError(f"{what}: HTTP {answer.status}, credentials refused")
+    if answer.status == 429 or answer.status >= 500:
+        delay_s = retry_after_s(answer.headers, default_retry_s)
+        raise TransientBudgetError(f"{what}: HTTP {answer.status}, retry in {delay_s:.0f} s", delay_s)
+    raise PermanentBudgetError(f"{what}: HTTP {answer.status}")
+
+
+class MalformedAnswer(TransientBudgetError):
+    """An answer whose body does not have the documented shape."""
+
+    def __init__(self, message: str, retry_after_s: float = 60.0) -> None:
+        super().__init__(message, retry_after_s)
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A body that must be one JSON object; anything else is a malformed answer (transient: a proxy's
+    error page or a truncated body usually passes)."""
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise MalformedAnswer(f"{what}: not JSON") from exc
+    if not isinstance(doc, dict):
+        raise MalformedAnswer(f"{what}: not a JSON object")
+    return doc
+
+
+def parse_time_s(value: object, what: str) -> float:
+    """An ISO 8601 time with its offset ("Z" included) as Unix seconds; a naive time is refused."""
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{what}: time {value!r} is not a string")
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise MalformedAnswer(f"{what}: time {value!r} is not ISO 8601") from exc
+    if t.tzinfo is None:
+        raise MalformedAnswer(f"{what}: time {value!r} has no offset")
+    return t.timestamp()
+
+
+def number(value: object, what: str) -> float:
+    """A finite JSON number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedAnswer(f"{what}: {value!r} is not a number")
+    return float(value)
+

@@ -1,0 +1,71 @@
+"""Budget settings into working sources and their combiner. Secrets come from the environment mapping
+passed in (never from the config file); the HTTP fetch is passed in too, so a test or the simulator
+builds the same objects against a fake."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from controller.budget.api_http import Fetch, http_get
+from controller.budget.base import BudgetSource
+from controller.budget.carbon import CarbonBudgetSource, IntensityFeed, PowerCurve
+from controller.budget.carbon_feeds import CsvIntensityFeed, ElectricityMapsFeed, WattTimeFeed
+from controller.budget.combiner import BudgetCombiner
+from controller.budget.demand_response import DemandResponseSource
+from controller.budget.schedule import WEEKDAYS, FixedSource, Rule, ScheduleSource, minutes
+from controller.budget.settings import (
+    BudgetSettings,
+    CarbonCsvSettings,
+    CarbonSettings,
+    DemandResponseSettings,
+    ElectricityMapsSettings,
+    FixedSettings,
+    ScheduleSettings,
+    SourceSettings,
+    WattTimeSettings,
+)
+from controller.config_loader import ConfigError
+
+
+def secret(env: Mapping[str, str], variable: str, where: str) -> str:
+    value = env.get(variable, "")
+    if not value:
+        raise ConfigError(where, f"environment variable {variable} is not set")
+    return value
+
+
+def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch) -> IntensityFeed:
+    if isinstance(s, ElectricityMapsSettings):
+        token = secret(env, s.token_env, f"{where}.token_env")
+        return ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch)
+    if isinstance(s, WattTimeSettings):
+        user = secret(env, s.username_env, f"{where}.username_env")
+        password = secret(env, s.password_env, f"{where}.password_env")
+        return WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch)
+    if isinstance(s, CarbonCsvSettings):
+        return CsvIntensityFeed(s.path, s.basis)
+    raise ConfigError(f"{where}.kind", f"no carbon feed for {type(s).__name__}")
+
+
+def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch) -> BudgetSource:
+    """One source from its settings."""
+    if isinstance(s, FixedSettings):
+        return FixedSource(s.budget_w)
+    if isinstance(s, ScheduleSettings):
+        rules = [Rule(frozenset(WEEKDAYS.index(d) for d in r.days), minutes(r.start), minutes(r.end), r.budget_w,
+                      f"{','.join(r.days)} {r.start}-{r.end}") for r in s.rules]
+        return ScheduleSource(rules, s.default_budget_w, s.time_zone)
+    if isinstance(s, CarbonSettings):
+        return CarbonBudgetSource(feed(s, where, env, fetch), PowerCurve(s.curve), s.lead_s, s.refresh_s,
+                                  s.stale_after_s)
+    if isinstance(s, DemandResponseSettings):
+        return DemandResponseSource(s.path, s.retry_s)
+    raise ConfigError(f"{where}.kind", f"no source for {type(s).__name__}")
+
+
+def combiner(settings: BudgetSettings, env: Mapping[str, str], fetch: Fetch = http_get,
+             where: str = "power.budget") -> BudgetCombiner:
+    """The combiner of every configured source; a missing secret raises ConfigError naming its field."""
+    sources = {name: source(s, f"{where}.sources[{i}]", env, fetch)
+               for i, (name, s) in enumerate(settings.sources)}
+    return BudgetCombiner(sources, settings.ttl_s, settings.safe_budget_w)

@@ -1,0 +1,110 @@
+"""Several budget sources into one budget: the lowest wins.
+
+Each source is stepped at every `now` unless it is waiting out a retry delay (a transient error's
+Retry-After) or has failed permanently. A source that fails keeps its last good value for `ttl_s` after
+that value was read, then counts as the safe budget until it answers again. Every change of the budget,
+or of the source that sets it, comes back as a `BudgetChange` that says why, for the log, the metrics
+and the decision log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from controller.budget.base import BudgetError, BudgetReading, BudgetSource, PermanentBudgetError, TransientBudgetError
+
+log = logging.getLogger("wattscale.budget")
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """The budget moved (or another source now sets it): when, to what, from what, and why."""
+
+    at_s: float
+    budget_w: float
+    before_w: float | None
+    source: str
+    """The source that sets the budget; "" when none does and the safe budget holds."""
+    why: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The budget in force at one step, and the change it made, if any."""
+
+    budget_w: float
+    source: str
+    why: str
+    change: BudgetChange | None
+
+
+@dataclass
+class SourceState:
+    """What the combiner knows of one source."""
+
+    reading: BudgetReading | None = None
+    """The last good reading (None: the source set no limit then)."""
+    read_at_s: float | None = None
+    """When the last good reading came; None before the first."""
+    error: str = ""
+    """The error of a run of failures; "" while the source answers."""
+    retry_at_s: float = float("-inf")
+    permanent: bool = False
+
+
+class BudgetCombiner:
+    def __init__(self, sources: Mapping[str, BudgetSource], ttl_s: float, safe_budget_w: float,
+                 default_retry_s: float = 60.0) -> None:
+        self.sources = dict(sources)
+        self.ttl_s, self.safe_budget_w, self.default_retry_s = ttl_s, safe_budget_w, default_retry_s
+        self.states = {name: SourceState() for name in self.sources}
+        self.last: Budget | None = None
+
+    def poll(self, name: str, now: float) -> None:
+        """Step one source if it is due, and record its reading or its error."""
+        state, source = self.states[name], self.sources[name]
+        if state.permanent or now < state.retry_at_s:
+            return
+        try:
+            reading = source.step(now)
+        except BudgetError as exc:
+            delay_s = exc.retry_after_s if isinstance(exc, TransientBudgetError) else self.default_retry_s
+            if not state.error:
+                log.warning("budget source %s: %s", name, exc)
+            state.error, state.retry_at_s = str(exc), now + delay_s
+            state.permanent = isinstance(exc, PermanentBudgetError)
+            return
+        if state.error:
+            log.info("budget source %s answers again", name)
+        state.reading, state.read_at_s, state.error = reading, now, ""
+
+    def value(self, name: str, now: float) -> tuple[float, str] | None:
+        """What one source contributes at `now`: (watts, why), or None when it sets no limit."""
+        state = self.states[name]
+        if state.read_at_s is not None and now - state.read_at_s <= self.ttl_s:
+            if state.reading is None:
+                return None
+            why = state.reading.why
+            if state.error:
+                why = f"{why} (held {now - state.read_at_s:.0f} s of {self.ttl_s:.0f} s: {state.error})"
+            return state.reading.budget_w, why
+        return self.safe_budget_w, f"safe budget: {state.error or 'no reading yet'}"
+
+    def step(self, now: float) -> Budget:
+        for name in self.sources:
+            self.poll(name, now)
+        values = {name: v for name in self.sources if (v := self.value(name, now)) is not None}
+        if values:
+            source = min(values, key=lambda n: values[n][0])
+            budget_w, why = values[source]
+        else:
+            source, budget_w, why = "", self.safe_budget_w, "safe budget: no source sets a limit"
+        before = self.last
+        change = None
+        if before is None or before.budget_w != budget_w or before.source != source:
+            change = BudgetChange(now, budget_w, None if before is None else before.budget_w, source, why)
+            log.info("budget %.0f W from %s: %s", budget_w, source or "fallback", why)
+        self.last = Budget(budget_w, source, why, change)
+        return self.last

@@ -1,0 +1,131 @@
+"""Demand response: a signal that lowers the budget to `budget_w` until its deadline.
+
+The signal is a small JSON file, `{"budget_w": 1500, "deadline": "2026-12-01T17:00:00Z", "reason": "..."}`,
+that the daemon re-reads when it changes. It arrives either written by an operator's tool or through
+`accept_signal`, the handler of a loopback-only HTTP endpoint that validates a posted signal and stores it
+in that file, so that one path carries both. A broken file is an error (the combiner then holds its last
+value for its TTL and falls back to the safe budget); no file or a past deadline sets no limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from controller.budget.api_http import MalformedAnswer, number, parse_time_s
+from controller.budget.base import BudgetReading, TransientBudgetError
+
+MAX_SIGNAL_BYTES = 4096
+KEYS = {"budget_w", "deadline", "reason"}
+
+
+@dataclass(frozen=True)
+class DemandSignal:
+    budget_w: float
+    deadline_s: float
+    """Unix time the signal ends."""
+    reason: str
+
+
+def parse_signal(doc: Any, what: str) -> DemandSignal:
+    """A signal from its JSON document; a missing or unknown key, a budget <= 0 or a deadline without an
+    offset raises MalformedAnswer."""
+    if not isinstance(doc, dict):
+        raise MalformedAnswer(f"{what}: not a JSON object")
+    unknown = sorted(set(doc) - KEYS)
+    if unknown:
+        raise MalformedAnswer(f"{what}: unknown key {unknown[0]!r} (expected {sorted(KEYS)})")
+    budget_w = number(doc.get("budget_w"), f"{what}: budget_w")
+    if budget_w <= 0:
+        raise MalformedAnswer(f"{what}: budget_w must be > 0, got {budget_w}")
+    reason = doc.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise MalformedAnswer(f"{what}: reason must be a string of at most 200 characters")
+    return DemandSignal(budget_w, parse_time_s(doc.get("deadline"), f"{what}: deadline"), reason)
+
+
+class DemandResponseSource:
+    def __init__(self, path: str, retry_s: float = 5.0) -> None:
+        self.path, self.retry_s = path, retry_s
+        self.seen: tuple[int, int, int] | None = None
+        self.signal: DemandSignal | None = None
+
+    def step(self, now: float) -> BudgetReading | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.seen, self.signal = None, None
+            return None
+        except OSError as exc:
+            raise TransientBudgetError(f"demand response {self.path}: {exc}", self.retry_s) from exc
+        if (st.st_mtime_ns, st.st_size, st.st_ino) != self.seen:
+            self.signal = None
+            what = f"demand response {self.path}"
+            try:
+                with open(self.path, "rb") as f:
+                    self.signal = parse_signal(json.loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
+            except (OSError, ValueError) as exc:
+                raise MalformedAnswer(f"{what}: unreadable: {exc}", self.retry_s) from exc
+            except MalformedAnswer as exc:
+                raise MalformedAnswer(str(exc), self.retry_s) from exc
+            self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        s = self.signal
+        if s is None or now >= s.deadline_s:
+            return None
+        why = f"demand response {s.budget_w:.0f} W for {s.deadline_s - now:.0f} s more" + (
+            f" ({s.reason})" if s.reason else "")
+        return BudgetReading(s.budget_w, why, s.deadline_s)
+
+
+def store_signal(path: str, signal: DemandSignal) -> None:
+    """Write the signal whole (a temporary file renamed over the old one), so a reader never sees half."""
+    deadline = dt.datetime.fromtimestamp(signal.deadline_s, dt.UTC).isoformat()
+    doc = {"budget_w": signal.budget_w, "deadline": deadline, "reason": signal.reason}
+    fd, tmp = tempfile.mkstemp(prefix=".signal-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address, an IPv4 one mapped into IPv6 (::ffff:127.0.0.1) included."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def accept_signal(client_host: str, method: str, body: bytes, now: float, path: str) -> tuple[int, dict[str, Any]]:
+    """Handle one request to the signal endpoint: (HTTP status, JSON reply). Only POSTs from a loopback
+    address are taken; a signal whose deadline has passed is refused."""
+    if not is_loopback(client_host):
+        return 403, {"error": "signals are taken from loopback only"}
+    if method != "POST":
+        return 405, {"error": "POST a signal"}
+    if len(body) > MAX_SIGNAL_BYTES:
+        return 413, {"error": f"a signal is at most {MAX_SIGNAL_BYTES} bytes"}
+    try:
+        signal = parse_signal(json.loads(body), "signal")
+    except ValueError as exc:
+        return 400, {"error": f"not JSON: {exc}"}
+    except MalformedAnswer as exc:
+        return 400, {"error": str(exc)}
+    if signal.deadline_s <= now:
+        return 400, {"error": "deadline has passed"}
+    try:
+        store_signal(path, signal)
+    except OSError as exc:
+        return 500, {"error": f"could not store the signal: {exc.strerror}"}
+    return 200, {"budget_w": signal.budget_w, "deadline_s": signal.deadline_s}

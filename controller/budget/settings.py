@@ -1,0 +1,205 @@
+"""Settings of the budget sources (`[power.budget]`), every field documented; each `check(where)` raises
+ConfigError naming the field. `budget_settings` reads the TOML table, choosing each source's settings by
+its `kind`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from controller.budget.carbon import check_curve
+from controller.budget.schedule import WEEKDAYS, minutes
+from controller.config_loader import ConfigError, build, check_positive
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings:
+    name: str = ""
+    """Names the source in logs and budget changes; empty: its kind."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FixedSettings(SourceSettings):
+    budget_w: float
+    """The budget in watts, at all times."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("budget_w",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleRuleSettings:
+    days: tuple[str, ...] = WEEKDAYS
+    """Weekdays the rule holds on: "mon" to "sun"."""
+    start: str = "00:00"
+    """Local time the rule starts, HH:MM."""
+    end: str = "24:00"
+    """Local time the rule ends (not included), HH:MM, after `start`; a night rule is two rules."""
+    budget_w: float
+    """The budget in watts while the rule holds."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("budget_w",))
+        if not self.days:
+            raise ConfigError(f"{where}.days", "needs at least one weekday")
+        for i, day in enumerate(self.days):
+            if day not in WEEKDAYS:
+                raise ConfigError(f"{where}.days[{i}]", f"must be one of {list(WEEKDAYS)}, got {day!r}")
+        for key in ("start", "end"):
+            try:
+                minutes(getattr(self, key))
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}", str(exc)) from exc
+        if minutes(self.end) <= minutes(self.start):
+            raise ConfigError(f"{where}.end", f"must be after start {self.start}, got {self.end}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSettings(SourceSettings):
+    time_zone: str
+    """IANA time zone the rules' times are in, e.g. "Europe/Berlin"."""
+    default_budget_w: float
+    """The budget in watts when no rule holds."""
+    rules: tuple[ScheduleRuleSettings, ...] = ()
+    """Weekday x time-of-day rules; where several hold, the lowest budget wins."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("default_budget_w",))
+        try:
+            zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{where}.time_zone", f"unknown time zone {self.time_zone!r}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class CarbonSettings(SourceSettings):
+    curve: tuple[tuple[float, float], ...]
+    """[gCO2/kWh, watts] points, intensity rising, watts falling or flat; interpolated between points."""
+    lead_s: float = 3600.0
+    """How far ahead the forecast is read: the budget is the lowest over the next `lead_s`."""
+    refresh_s: float = 900.0
+    """How often the feed is asked again."""
+    stale_after_s: float = 7200.0
+    """How long one intensity holds when no later one came (the point in force older than this fails)."""
+
+    def check(self, where: str) -> None:
+        check_curve(self.curve, f"{where}.curve")
+        check_positive(self, where, ("refresh_s", "stale_after_s"))
+        check_positive(self, where, ("lead_s",), allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ElectricityMapsSettings(CarbonSettings):
+    zone: str
+    """Electricity Maps zone, e.g. "DE" or "US-CAL-CISO"."""
+    token_env: str = "ELECTRICITYMAPS_TOKEN"
+    """Environment variable holding the API token (kept out of the config file)."""
+    url: str = "https://api.electricitymap.org"
+    """API base URL."""
+    use_forecast: bool = True
+    """Also ask `/forecast` (needs a plan that includes it); false: the latest value only."""
+    timeout_s: float = 10.0
+    """Timeout of each request."""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_positive(self, where, ("timeout_s",))
+        if not self.zone:
+            raise ConfigError(f"{where}.zone", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WattTimeSettings(CarbonSettings):
+    region: str
+    """WattTime region, e.g. "CAISO_NORTH"."""
+    username_env: str = "WATTTIME_USERNAME"
+    """Environment variable holding the login's user name."""
+    password_env: str = "WATTTIME_PASSWORD"
+    """Environment variable holding the login's password."""
+    url: str = "https://api.watttime.org"
+    """API base URL."""
+    horizon_hours: int = 2
+    """Forecast horizon asked for, in hours (at least `lead_s`)."""
+    timeout_s: float = 10.0
+    """Timeout of each request."""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_positive(self, where, ("timeout_s",))
+        if not self.region:
+            raise ConfigError(f"{where}.region", "must not be empty")
+        if not 1 <= self.horizon_hours <= 72 or self.horizon_hours * 3600 < self.lead_s:
+            raise ConfigError(f"{where}.horizon_hours", f"must be in 1..72 and cover lead_s, got {self.horizon_hours}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CarbonCsvSettings(CarbonSettings):
+    path: str
+    """CSV in Electricity Maps' export format; rows after `now` serve as forecast."""
+    basis: Literal["direct", "life_cycle"] = "life_cycle"
+    """Which intensity column to read."""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if not self.path:
+            raise ConfigError(f"{where}.path", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemandResponseSettings(SourceSettings):
+    path: str
+    """The signal file the daemon re-reads when it changes (the loopback endpoint writes it too)."""
+    retry_s: float = 5.0
+    """Delay before a broken or unreadable signal file is read again."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("retry_s",))
+        if not self.path:
+            raise ConfigError(f"{where}.path", "must not be empty")
+
+
+KINDS: dict[str, type[SourceSettings]] = {
+    "fixed": FixedSettings, "schedule": ScheduleSettings, "electricitymaps": ElectricityMapsSettings,
+    "watttime": WattTimeSettings, "carbon_csv": CarbonCsvSettings, "demand_response": DemandResponseSettings,
+}
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    safe_budget_w: float
+    """Budget a failed source counts as once its last value is older than `ttl_s`."""
+    ttl_s: float = 1800.0
+    """How long a failed source's last good value still holds."""
+    sources: tuple[tuple[str, SourceSettings], ...] = ()
+    """(name, settings) of each source, in config order; the lowest budget wins."""
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("safe_budget_w", "ttl_s"))
+
+
+def budget_settings(data: dict[str, Any], where: str = "power.budget") -> BudgetSettings:
+    """The `[power.budget]` table: `safe_budget_w`, `ttl_s` and `[[...sources]]`, each with a `kind`."""
+    rest = dict(data)
+    raw = rest.pop("sources", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.sources", "must be a list of tables")
+    sources: dict[str, SourceSettings] = {}
+    for i, table in enumerate(raw):
+        at = f"{where}.sources[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(at, "must be a table")
+        fields = dict(table)
+        kind = fields.pop("kind", None)
+        if kind not in KINDS:
+            raise ConfigError(f"{at}.kind", f"unknown source {kind!r} (expected one of {sorted(KINDS)})")
+        settings = build(KINDS[kind], fields, at)
+        name = settings.name or str(kind)
+        if name in sources:
+            raise ConfigError(f"{at}.name", f"{name!r} names another source too")
+        sources[name] = settings
+    if all(isinstance(s, DemandResponseSettings) for s in sources.values()):
+        raise ConfigError(f"{where}.sources", "needs a source besides demand response")
+    return dataclasses.replace(build(BudgetSettings, rest, where), sources=tuple(sources.items()))

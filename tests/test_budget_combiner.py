@@ -1,0 +1,108 @@
+"""The combiner: the lowest budget wins; a failing source holds its last value for the TTL, then counts as
+the safe budget; retry delays and permanent failures are honoured; every change says why."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from controller.budget.base import BudgetError, BudgetReading, PermanentBudgetError, TransientBudgetError
+from controller.budget.combiner import BudgetChange, BudgetCombiner
+from controller.budget.schedule import FixedSource
+
+Outcome = BudgetReading | BudgetError | None
+
+
+class Scripted:
+    """A source that answers from a script, one outcome per step (the last repeats), and counts its steps."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes, self.steps = list(outcomes), 0
+
+    def step(self, now: float) -> BudgetReading | None:
+        self.steps += 1
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BudgetError):
+            raise outcome
+        return outcome
+
+
+def reading(budget_w: float) -> BudgetReading:
+    return BudgetReading(budget_w, f"scripted {budget_w:.0f} W", float("inf"))
+
+
+def test_the_lowest_source_wins_and_each_change_says_why() -> None:
+    grid = Scripted(reading(1800.0), reading(1800.0), reading(2600.0))
+    combiner = BudgetCombiner({"site": FixedSource(2500.0), "grid": grid}, ttl_s=600.0, safe_budget_w=1000.0)
+    first = combiner.step(0.0)
+    assert (first.budget_w, first.source) == (1800.0, "grid")
+    assert first.change == BudgetChange(0.0, 1800.0, None, "grid", "scripted 1800 W")
+    assert combiner.step(1.0).change is None  # nothing moved
+    third = combiner.step(2.0)
+    assert third.change == BudgetChange(2.0, 2500.0, 1800.0, "site", "fixed 2500 W")
+
+
+def test_a_failing_source_holds_for_the_ttl_then_counts_as_the_safe_budget(caplog: pytest.LogCaptureFixture) -> None:
+    down = TransientBudgetError("grid: HTTP 503", retry_after_s=0.0)
+    grid = Scripted(reading(1800.0), down, down, down, reading(1700.0))
+    combiner = BudgetCombiner({"site": FixedSource(2500.0), "grid": grid}, ttl_s=600.0, safe_budget_w=1200.0)
+    combiner.step(0.0)
+    with caplog.at_level(logging.INFO, logger="wattscale.budget"):
+        held = combiner.step(300.0)
+        assert held.budget_w == 1800.0 and held.change is None and "held 300 s of 600 s: grid: HTTP 503" in held.why
+        assert combiner.step(600.0).budget_w == 1800.0
+        safe = combiner.step(601.0)
+        assert safe.budget_w == 1200.0 and safe.change is not None
+        assert safe.change.why == "safe budget: grid: HTTP 503" and safe.change.source == "grid"
+        back = combiner.step(602.0)
+        assert back.budget_w == 1700.0 and combiner.states["grid"].error == ""
+    assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [
+        "budget source grid: grid: HTTP 503"]  # the run of failures is logged once
+    assert "budget source grid answers again" in caplog.text
+
+
+def test_a_transient_error_is_not_retried_before_its_delay() -> None:
+    grid = Scripted(reading(1800.0), TransientBudgetError("429", retry_after_s=120.0), reading(1600.0))
+    combiner = BudgetCombiner({"grid": grid}, ttl_s=600.0, safe_budget_w=1000.0)
+    combiner.step(0.0)
+    combiner.step(10.0)
+    for now in (20.0, 60.0, 129.0):
+        assert combiner.step(now).budget_w == 1800.0
+    assert grid.steps == 2
+    assert combiner.step(130.0).budget_w == 1600.0 and grid.steps == 3
+
+
+def test_a_permanent_error_stops_tries_and_falls_back_after_the_ttl() -> None:
+    grid = Scripted(reading(1800.0), PermanentBudgetError("grid: HTTP 401, credentials refused"))
+    combiner = BudgetCombiner({"site": FixedSource(2500.0), "grid": grid}, ttl_s=60.0, safe_budget_w=1000.0)
+    combiner.step(0.0)
+    combiner.step(1.0)
+    assert combiner.step(60.0).budget_w == 1800.0
+    assert combiner.step(10_000.0).budget_w == 1000.0
+    assert grid.steps == 2 and combiner.states["grid"].permanent
+
+
+def test_a_source_that_never_answered_counts_as_the_safe_budget() -> None:
+    combiner = BudgetCombiner({"site": FixedSource(2500.0), "grid": Scripted(BudgetError("boom"))},
+                              ttl_s=600.0, safe_budget_w=1000.0, default_retry_s=30.0)
+    first = combiner.step(0.0)
+    assert (first.budget_w, first.source, first.why) == (1000.0, "grid", "safe budget: boom")
+    assert combiner.states["grid"].retry_at_s == 30.0  # an error of no kind waits the default delay
+
+
+def test_demand_response_lowers_the_budget_until_its_deadline_passes() -> None:
+    dr = Scripted(None, reading(900.0), reading(900.0), None)
+    combiner = BudgetCombiner({"site": FixedSource(2500.0), "dr": dr}, ttl_s=600.0, safe_budget_w=1000.0)
+    assert combiner.step(0.0).budget_w == 2500.0
+    lowered = combiner.step(1.0)
+    assert (lowered.budget_w, lowered.source) == (900.0, "dr") and lowered.change is not None
+    assert combiner.step(2.0).change is None
+    after = combiner.step(3.0)
+    assert after.budget_w == 2500.0 and after.change == BudgetChange(3.0, 2500.0, 900.0, "site", "fixed 2500 W")
+
+
+def test_when_no_source_sets_a_limit_the_safe_budget_holds() -> None:
+    combiner = BudgetCombiner({"dr": Scripted(None)}, ttl_s=600.0, safe_budget_w=1000.0)
+    budget = combiner.step(0.0)
+    assert (budget.budget_w, budget.source, budget.why) == (1000.0, "", "safe budget: no source sets a limit")

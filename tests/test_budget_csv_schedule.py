@@ -1,0 +1,120 @@
+"""Budgets from files and the clock: an Electricity Maps CSV export, a fixed number, a weekday x
+time-of-day table across a daylight-saving change."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from controller.budget.api_http import MalformedAnswer, parse_time_s
+from controller.budget.base import TransientBudgetError
+from controller.budget.carbon import CarbonBudgetSource, IntensityPoint, PowerCurve
+from controller.budget.carbon_feeds import CsvIntensityFeed, parse_intensity_csv
+from controller.budget.schedule import FixedSource, Rule, ScheduleSource, minutes
+
+OLD_HEADER = ("Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"
+              "Carbon Intensity gCO₂eq/kWh (LCA),Low Carbon Percentage,Renewable Percentage,Data Source,"
+              "Data Estimated,Data Estimation Method")
+NEW_HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+              "Carbon intensity gCO₂eq/kWh (Life cycle),Carbon-free energy percentage (CFE%),"
+              "Renewable energy percentage (RE%),Data source,Data estimated,Data estimation method")
+ROWS = ["2026-12-01 00:00:00,Germany,Germany,DE,250.1,300.5,55.2,50.1,synthetic,false,",
+        "2026-12-01 01:00:00,Germany,Germany,DE,,,,,synthetic,true,",
+        "",
+        "2026-12-01T02:00:00.000Z,Germany,Germany,DE,410.0,460.0,30.0,25.0,synthetic,true,TIME_SLICER_AVERAGE"]
+T0 = parse_time_s("2026-12-01T00:00:00Z", "test")
+
+
+def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> None:
+    text = "\n".join([NEW_HEADER, *ROWS])
+    assert parse_intensity_csv(text, "life_cycle") == [IntensityPoint(T0, 300.5), IntensityPoint(T0 + 7200, 460.0)]
+    assert [p.g_per_kwh for p in parse_intensity_csv(text, "direct")] == [250.1, 410.0]
+    for life_cycle in ("(LCA)", "(Lifecycle)"):
+        old = parse_intensity_csv("\n".join([OLD_HEADER.replace("(LCA)", life_cycle), *ROWS]), "life_cycle")
+        assert [p.g_per_kwh for p in old] == [300.5, 460.0]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "empty file"),
+    ("Datetime (UTC),Zone Id\n2026-12-01 00:00:00,DE", "no carbon intensity"),
+    (NEW_HEADER + "\n" + ROWS[0] + "\n2026-12-01 01:00:00,Germany,Germany,DE,1,abc", "line 3"),
+    (NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2", "line 2"),
+])
+def test_a_broken_export_names_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(MalformedAnswer, match=message):
+        parse_intensity_csv(text, "life_cycle", "day.csv")
+
+
+def test_a_csv_feed_drives_the_carbon_source_and_rereads_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "day.csv"
+    path.write_text("\ufeff" + "\n".join([NEW_HEADER, *ROWS]), encoding="utf-8")
+    source = CarbonBudgetSource(CsvIntensityFeed(str(path)), PowerCurve([(300.0, 2000.0), (460.0, 1200.0)]),
+                                lead_s=3600.0, refresh_s=60.0)
+    assert source.step(T0 + 1800).budget_w == 1997.5  # 300.5 g
+    assert source.step(T0 + 3600 + 60).budget_w == 1200.0  # 02:00's 460 g within the hour ahead
+    path.write_text("\n".join([NEW_HEADER, ROWS[0].replace("300.5", "460.0")]), encoding="utf-8")
+    os.utime(path, ns=(0, 10**9))
+    assert source.step(T0 + 3600 + 120).budget_w == 1200.0 and source.step(T0 + 3600 + 120).forecast == ()
+
+
+def test_a_missing_or_broken_csv_is_transient_after_retry_s(tmp_path: Path) -> None:
+    path = tmp_path / "day.csv"
+    with pytest.raises(TransientBudgetError) as missing:
+        CsvIntensityFeed(str(path), retry_s=30.0).fetch(T0)
+    path.write_text(NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2")
+    with pytest.raises(MalformedAnswer, match="line 2") as broken:
+        CsvIntensityFeed(str(path), retry_s=30.0).fetch(T0)
+    assert missing.value.retry_after_s == broken.value.retry_after_s == 30.0
+
+
+def test_fixed_holds_forever() -> None:
+    reading = FixedSource(2500.0).step(T0)
+    assert reading.budget_w == 2500.0 and reading.valid_until_s == float("inf") and reading.forecast == ()
+
+
+def test_times_of_day_parse() -> None:
+    assert minutes("00:00") == 0 and minutes("08:30") == 510 and minutes("24:00") == 1440
+    for bad in ("8:30", "24:01", "12:60", "ab:cd"):
+        with pytest.raises(ValueError):
+            minutes(bad)
+
+
+WORKDAYS = frozenset(range(5))
+BERLIN = ScheduleSource([Rule(WORKDAYS, minutes("08:00"), minutes("20:00"), 1000.0, "work"),
+                         Rule(frozenset({0}), minutes("12:00"), minutes("13:00"), 800.0, "monday-noon")],
+                        default_budget_w=2000.0, time_zone="Europe/Berlin")
+
+
+def utc(text: str) -> float:
+    return parse_time_s(text + "+00:00", "test")
+
+
+def test_schedule_follows_local_time_across_the_spring_dst_change() -> None:
+    # Berlin moves from UTC+1 to UTC+2 in the night of Sunday 29 March 2026.
+    assert BERLIN.step(utc("2026-03-27T06:59:00")).budget_w == 2000.0  # Friday 07:59 CET
+    assert BERLIN.step(utc("2026-03-27T07:00:00")).budget_w == 1000.0  # Friday 08:00 CET
+    assert BERLIN.step(utc("2026-03-30T05:59:00")).budget_w == 2000.0  # Monday 07:59 CEST
+    assert BERLIN.step(utc("2026-03-30T06:00:00")).budget_w == 1000.0  # Monday 08:00 CEST
+    saturday = BERLIN.step(utc("2026-03-28T22:00:00"))
+    assert saturday.budget_w == 2000.0 and saturday.why == "schedule default 2000 W"
+    assert saturday.valid_until_s == utc("2026-03-30T06:00:00")  # 32 h later, an hour shorter than the clock says
+
+
+def test_schedule_forecasts_its_changes_and_the_lowest_rule_wins() -> None:
+    monday = BERLIN.step(utc("2026-03-30T09:30:00"))  # 11:30 CEST
+    assert monday.budget_w == 1000.0 and monday.why == "schedule work 1000 W"
+    assert [(p.at_s, p.budget_w) for p in monday.forecast] == [
+        (utc("2026-03-30T10:00:00"), 800.0), (utc("2026-03-30T11:00:00"), 1000.0),
+        (utc("2026-03-30T18:00:00"), 2000.0), (utc("2026-03-31T06:00:00"), 1000.0)]
+    assert BERLIN.step(utc("2026-03-30T10:30:00")).why == "schedule monday-noon 800 W"
+
+
+def test_schedule_in_the_autumn_repeated_hour() -> None:
+    night = ScheduleSource([Rule(frozenset(range(7)), minutes("02:00"), minutes("03:00"), 500.0, "night")],
+                           default_budget_w=2000.0, time_zone="Europe/Berlin")
+    # 25 October 2026: 02:00-03:00 local happens twice, at 00:00 and 01:00 UTC.
+    assert night.step(utc("2026-10-25T00:30:00")).budget_w == 500.0
+    assert night.step(utc("2026-10-25T01:30:00")).budget_w == 500.0
+    assert night.step(utc("2026-10-25T02:30:00")).budget_w == 2000.0

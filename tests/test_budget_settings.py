@@ -1,0 +1,134 @@
+"""Budget settings: `[power.budget]` read from TOML, refused by field name, assembled into a combiner whose
+sources run end to end (a carbon API outage included, against a loopback fake)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from fake_budget_api import FakeBudgetApi, Reply, recorded
+
+from controller.budget import assemble, settings
+from controller.budget.api_http import parse_time_s
+from controller.config_loader import ConfigError
+
+T0 = parse_time_s("2026-12-01T15:00:00Z", "test")
+TOML = """
+[power.budget]
+safe_budget_w = 1200
+ttl_s = 600
+
+[[power.budget.sources]]
+kind = "fixed"
+budget_w = 2600
+
+[[power.budget.sources]]
+kind = "schedule"
+name = "office-hours"
+time_zone = "Europe/Berlin"
+default_budget_w = 3000
+rules = [{days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "20:00", budget_w = 2000}]
+
+[[power.budget.sources]]
+kind = "electricitymaps"
+name = "grid"
+zone = "DE"
+url = "URL"
+timeout_s = 1.0
+curve = [[100, 3000], [500, 1000]]
+lead_s = 3600
+
+[[power.budget.sources]]
+kind = "demand_response"
+path = "SIGNAL"
+"""
+
+
+def table(text: str = TOML, **replace: str) -> dict[str, object]:
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    doc = tomllib.loads(text)["power"]["budget"]
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(tmp_path: Path) -> None:
+    signal = tmp_path / "signal.json"
+    routes = {"/v3/carbon-intensity/latest": [Reply(200, recorded("em_latest_DE.json")), Reply(503, b"")],
+              "/v3/carbon-intensity/forecast": [Reply(200, recorded("em_forecast_DE.json")), Reply(503, b"")]}
+    with FakeBudgetApi(routes) as api:
+        parsed = settings.budget_settings(table(URL=api.url, SIGNAL=str(signal)))
+        assert [name for name, _ in parsed.sources] == ["fixed", "office-hours", "grid", "demand_response"]
+        combiner = assemble.combiner(parsed, {"ELECTRICITYMAPS_TOKEN": "t0k"})
+        first = combiner.step(T0 + 1800.0)  # Tuesday 16:30 in Berlin
+        assert (first.source, round(first.budget_w)) == ("grid", 1950)
+        signal.write_text(json.dumps({"budget_w": 900, "deadline": "2026-12-01T15:40:00Z"}))
+        assert combiner.step(T0 + 1801.0).source == "demand_response"
+        assert combiner.step(T0 + 2699.0).source == "grid"  # the signal's deadline passed; the cache still serves
+        held = combiner.step(T0 + 2700.0)  # the API answers 503 from the second refresh on
+        assert (held.source, round(held.budget_w)) == ("grid", 1950) and "held" in held.why
+        assert combiner.step(T0 + 2699.0 + 600.0).why == held.why.replace("held 1 s", "held 600 s")
+        fallback = combiner.step(T0 + 2699.0 + 601.0)
+        assert (fallback.source, fallback.budget_w) == ("grid", 1200.0) and "HTTP 503" in fallback.why
+    assert {r.headers["auth-token"] for r in api.requests} == {"t0k"}
+
+
+@pytest.mark.parametrize(("replace", "field", "reason"), [
+    ({'kind = "fixed"': 'kind = "solar"'}, "power.budget.sources[0].kind", "unknown source 'solar'"),
+    ({"[[100, 3000], [500, 1000]]": "[[100, 1000], [500, 3000]]"}, "power.budget.sources[2].curve[1]",
+      "not monotonic"),
+    ({"Europe/Berlin": "Mars/Olympus"}, "power.budget.sources[1].time_zone", "unknown time zone"),
+    ({'"fri"]': '"fri", "fun"]'}, "power.budget.sources[1].rules[0].days[5]", "must be one of"),
+    ({'end = "20:00"': 'end = "07:00"'}, "power.budget.sources[1].rules[0].end", "must be after start"),
+    ({'start = "08:00"': 'start = "8am"'}, "power.budget.sources[1].rules[0].start", "not HH:MM"),
+    ({'name = "grid"': 'name = "office-hours"'}, "power.budget.sources[2].name", "names another source"),
+    ({"safe_budget_w = 1200": "safe_budget_w = 0"}, "power.budget.safe_budget_w", "must be > 0"),
+    ({"ttl_s = 600": "ttl = 600"}, "power.budget.ttl", "unknown key"),
+    ({"lead_s = 3600": "lead_s = -1"}, "power.budget.sources[2].lead_s", ">= 0"),
+    ({"zone = \"DE\"": "zone = \"\""}, "power.budget.sources[2].zone", "must not be empty"),
+])
+def test_a_bad_table_is_refused_naming_the_field(replace: dict[str, str], field: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as caught:
+        settings.budget_settings(table(**replace))
+    assert caught.value.where == field
+
+
+def test_a_csv_source_needs_a_path() -> None:
+    csv = {"kind": "carbon_csv", "path": "", "curve": [[100, 3000]]}
+    with pytest.raises(ConfigError) as caught:
+        settings.budget_settings({"safe_budget_w": 1000, "sources": [csv]})
+    assert caught.value.where == "power.budget.sources[0].path"
+
+
+def test_demand_response_alone_is_refused() -> None:
+    only_dr = {"safe_budget_w": 1000, "sources": [{"kind": "demand_response", "path": "s.json"}]}
+    with pytest.raises(ConfigError) as caught:
+        settings.budget_settings(only_dr)
+    assert caught.value.where == "power.budget.sources"
+
+
+def test_watttime_needs_a_horizon_covering_its_lead_and_its_secrets() -> None:
+    wt = {"kind": "watttime", "region": "CAISO_NORTH", "curve": [[100, 3000]], "lead_s": 3 * 3600}
+    with pytest.raises(ConfigError) as caught:
+        settings.budget_settings({"safe_budget_w": 1000, "sources": [wt]})
+    assert caught.value.where == "power.budget.sources[0].horizon_hours"
+    parsed = settings.budget_settings({"safe_budget_w": 1000, "sources": [{**wt, "horizon_hours": 3}]})
+    with pytest.raises(ConfigError) as missing:
+        assemble.combiner(parsed, {"WATTTIME_USERNAME": "ann"})
+    assert missing.value.where == "power.budget.sources[0].password_env"
+
+
+def test_every_settings_field_has_a_docstring() -> None:
+    tree = ast.parse(Path(settings.__file__).read_text())
+    undocumented = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for i, stmt in enumerate(cls.body):
+            if isinstance(stmt, ast.AnnAssign):
+                after = cls.body[i + 1] if i + 1 < len(cls.body) else None
+                if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
+                    undocumented.append(f"{cls.name}.{ast.unparse(stmt.target)}")
+    assert undocumented == []
