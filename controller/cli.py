@@ -11,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from controller.config_loader import ConfigError
+from controller.preflight import preflight
 from controller.settings import load_settings
 from queuemodels import (
     DEFAULT_MODEL,
@@ -33,13 +34,21 @@ def _run(args: argparse.Namespace) -> int:
     from controller.daemon import Daemon
 
     settings = load_settings(Path(args.config))
+    warnings = preflight(settings)
     logging.basicConfig(level=settings.daemon.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    log = logging.getLogger("wattscale.daemon")
+    for warning in warnings:
+        log.warning("%s", warning)
+    log.info("tuner state: %s", settings.state_path.resolve())
     return Daemon(Path(args.config), settings).run(args.duration)
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The file's checks and the host probes `run` makes before it starts (the same functions)."""
     s = load_settings(Path(args.file))
+    for warning in preflight(s):
+        print(f"wattscale: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
     return 0
 
@@ -126,6 +135,17 @@ def _batch_sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {text!r}")
     return sizes
+
+
+def _seconds(text: str) -> float:
+    """--duration: a finite number of seconds > 0 (nan or inf would never stop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -240,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the daemon")
     r.add_argument("--config", required=True)
-    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--duration", type=_seconds, default=None, metavar="S",
+                   help="stop after this many wall-clock seconds (default: run until SIGTERM)")
     r.set_defaults(func=_run)
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("file")
