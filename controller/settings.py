@@ -17,7 +17,7 @@ from queuemodels.accelerators import CATALOG
 __all__ = [
     "AcceleratorSettings", "ActuatorSettings", "DaemonSettings", "MetricsSettings", "OptimizerSettings",
     "PowerSettings", "PriorSettings", "ServiceSettings", "Settings", "SimWorkloadSettings", "SimulatorSettings",
-    "StabilitySettings", "TelemetrySettings", "load_settings",
+    "StabilitySettings", "TelemetrySettings", "check_choices", "load_settings",
 ]
 
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
