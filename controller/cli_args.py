@@ -8,12 +8,10 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from controller.planner.packing_spec import MAX_REQUESTS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
 from queuemodels import DEFAULT_MODEL, MODELS
 from queuemodels.accelerators import CATALOG
-
-MAX_PLAN_REQUESTS = 10_000_000
-"""Largest packing workload (requests) `plan --requests` draws and solves for."""
 
 PARAMS_HELP = {
     "alpha-ms": "decode step base time (ms)",
@@ -145,8 +143,8 @@ def add_plan_args(pl: argparse.ArgumentParser) -> None:
                     help="packing --compare: one PNG per scenario into DIR (created if its parent exists)")
     pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
     pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")
-    pl.add_argument("--requests", type=whole(0, MAX_PLAN_REQUESTS), default=None, metavar="N",
-                    help=f"packing: workload size (requests), 0..{MAX_PLAN_REQUESTS} (default: the largest scale)")
+    pl.add_argument("--requests", type=whole(0, MAX_REQUESTS), default=None, metavar="N",
+                    help=f"packing: workload size (requests), 0..{MAX_REQUESTS} (default: the largest scale)")
     pl.add_argument("--gamma", type=number(0.0, 1e6), default=None, metavar="ROUTES",
                     help="allocation: robust budget of uncertainty (routes of a query type that may deviate at once)")
     pl.add_argument("--json", action="store_true", help="print the result as JSON")

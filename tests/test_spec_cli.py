@@ -127,3 +127,20 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     for name, sub in parser()._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("spec,edit,message", [
+    (PACKING, lambda t: t.replace("seed = 0", "seed = 0\ntime_limit_s = 1e300"),
+     r"time_limit_s: must be in \[0, 600\]"),
+    (PACKING, lambda t: t.replace("scales = [1000, 3000, 5000]", "scales = [100000000]"),
+     r"scales: needs request counts in 0..10000000"),
+    (ALLOCATION, lambda t: t.replace("max_replicas = 16", "max_replicas = 100000"),
+     "max_replicas: must be in 1..1024, got 100000"),
+])
+def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str,
+                          edit: Callable[[str], str], message: str) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(edit(Path(spec).read_text()))
+    assert main(["plan", str(path)]) == 2
+    err = one_line(capsys)
+    assert re.search(message, err), err

@@ -45,7 +45,9 @@ def skew_p(doc: dict[str, Any]) -> None:
 
 
 def bad_draw(doc: dict[str, Any]) -> None:
-    doc["pairs"]["m|gpu"]["draw"]["recent"] = [{"rate_rps": "lots"}]
+    window = {"rate_rps": 3.0, "in_tokens": 500, "out_tokens": 200, "max_batch": 64, "max_queue": 512,
+              "ttft_ms": "lots", "itl_ms": 20.0}  # an Observation would take the string as it is
+    doc["pairs"]["m|gpu"]["draw"]["recent"] = [window]
 
 
 @pytest.mark.parametrize("edit,problem", [
@@ -58,7 +60,6 @@ def bad_draw(doc: dict[str, Any]) -> None:
     (skew_p, "saved state of m|gpu: p is not a covariance"),
     (pair_edit("updates", -1), "saved state of m|gpu: updates or accepted is not a count"),
     (pair_edit("accepted", True), "saved state of m|gpu: updates or accepted is not a count"),
-    (bad_draw, "saved state of m|gpu: draw.recent holds"),
     (lambda doc: doc["pairs"].update(other="x"), "saved state of other: not a table"),
 ])
 def test_a_bad_state_file_is_set_aside_with_one_warning(
@@ -90,6 +91,20 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
         pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
     np.testing.assert_allclose(pair.x, PRIOR.as_vector())
     assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
+
+
+def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Windows that are not observations (which the curve would fail on every cycle) drop the curve alone."""
+    path = tmp_path / "tuner.json"
+    doc = saved_state(path)
+    bad_draw(doc)
+    path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
+    np.testing.assert_allclose(pair.x, doc["pairs"]["m|gpu"]["x"])
+    assert pair.draw.recent == []
+    (record,) = caplog.records
+    assert "saved draw curve of m|gpu is unreadable; starting from the catalogue's" in record.getMessage()
 
 
 def test_state_of_another_prior_is_kept_not_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

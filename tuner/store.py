@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ STATE_VERSION = 1
 MAX_PARAM = 1e6
 """Largest saved parameter (ms, or a sensitivity); the filter clamps to 10x its prior, far below."""
 OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
+OBSERVATION_REQUIRED = {f.name for f in fields(Observation) if f.default is MISSING}
 _save_failures: dict[Path, str] = {}
 """The last save error per path, so that a dir that stays unwritable is one warning, not one per cycle."""
 
@@ -70,14 +71,16 @@ def _vector(v: object) -> bool:
     return isinstance(v, list) and all(_number(a) and 0 <= a <= MAX_PARAM for a in v)
 
 
-def _draw_problem(draw: object) -> str | None:
+def draw_problem(draw: object) -> str | None:
+    """Why a saved draw curve is unusable (None when DrawFit.restore may read it: it checks the bounds).
+    A bad curve costs only the curve: the pair's latency state is kept."""
     if not isinstance(draw, dict) or not isinstance(draw.get("recent"), list):
         return "draw is not a table with a list of recent windows"
     for name in ("busy_share", "batch_half"):
         if draw.get(name) is not None and not _number(draw[name]):
             return f"draw.{name} is not a finite number"
     for obs in draw["recent"]:
-        if not isinstance(obs, dict) or not set(obs) <= OBSERVATION_FIELDS:
+        if not isinstance(obs, dict) or not OBSERVATION_REQUIRED <= set(obs) <= OBSERVATION_FIELDS:
             return "draw.recent holds something other than observations"
         if not all(_number(v) or (v is None and k in ("power_cap_w", "power_w")) or (k == "steady" and v in (0, 1))
                    for k, v in obs.items()):
@@ -107,7 +110,7 @@ def pair_problem(data: object) -> str | None:
     rejected = data.get("rejected")
     if not isinstance(rejected, dict) or not all(_count(v) for v in rejected.values()):
         return "rejected is not a table of counts"
-    return _draw_problem(data["draw"]) if "draw" in data else None
+    return None
 
 
 def fits(f: PairFilter, data: dict[str, Any]) -> bool:
@@ -204,9 +207,12 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
     for key, data in doc["pairs"].items():
         if key not in filters:
             continue
+        notes = []
         if not restore_pair(filters[key], data):
-            warnings.append(f"{path}: saved state of {key} no longer matches its prior; starting from the prior")
+            notes.append(f"state of {key} no longer matches its prior; starting from the prior")
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
-        if "draw" in data and not filters[key].draw.restore(data["draw"]):
-            warnings.append(f"{path}: saved draw curve of {key} is unreadable; starting from the catalogue's")
+        if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
+            notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
+        if notes:
+            warnings.append(f"{path}: saved " + ", and ".join(notes))
     return warnings
