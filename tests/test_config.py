@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,18 @@ def test_run_duration_must_be_finite_and_positive(duration: str, capsys: pytest.
         main(["run", "--config", str(ROOT / "config" / "sim.toml"), "--duration", duration])
     assert exc.value.code == 2
     assert "--duration: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old,new", [
+    ("initial_max_batch = 64", "initial_max_batch = 0"),
+    ("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [1000000000]"),
+    ("rate_rps = 12.0", "rate_rps = 1e6"),
+    ("num_gpus = 8", "num_gpus = 100000"),
+    ("speed = 1.0", "speed = 1e12"),
+])
+def test_run_refuses_what_hung_the_daemon_at_once(tmp_path: Path, old: str, new: str) -> None:
+    """The configs whose slow tick never ended (issue 25) are refused by `run` itself, in one line."""
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(path), "--duration", "30"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=5, cwd=ROOT)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -15,15 +15,18 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
-from hostile_inputs import Edit, apply_safely, assert_clean, edits_of, load, run_cli, toml_text
+from hostile_inputs import Edit, apply_safely, assert_clean, bounded, edits_of, load, run_cli, toml_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.daemon import Daemon
+from controller.settings import load_settings
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
 from tuner import Observation, Tuner
 
 SIM = load("config/sim.toml")
 SIM["metrics"]["port"] = 0  # the property is about the file; a port someone else holds is its own test
+SIM["daemon"]["state_dir"] = "state"  # beside the file, in its temporary directory
 OPTIMIZE = load("config/examples/optimize.toml")
 PACKING = load("config/plans/seed002-packing.toml")
 ALLOCATION = load("config/plans/seed001-allocation.toml")
@@ -43,6 +46,26 @@ def test_check_config_on_hostile_edits(edits: list[Edit]) -> None:
     with TemporaryDirectory() as d:
         path = write(d, "w.toml", toml_text(apply_safely(SIM, edits)))
         assert_clean(*run_cli(["check-config", path], seconds=10))
+
+
+@settings(max_examples=40)
+@given(edits_of(SIM))
+def test_what_check_config_passes_the_daemon_runs_in_bounded_ticks(edits: list[Edit]) -> None:
+    """check-config runs the checks `run` relies on: a simulated daemon built from a file it passes makes
+    its first fast and slow ticks, and a second pair five seconds on, within the bound."""
+    with TemporaryDirectory() as d:
+        path = write(d, "w.toml", toml_text(apply_safely(SIM, edits)))
+        code, _, _ = run_cli(["check-config", path], seconds=10)
+        if code != 0:
+            return
+        with bounded(20):
+            daemon = Daemon(Path(path), load_settings(Path(path)))
+            daemon.fast()
+            daemon.slow()
+            daemon.t0 -= 5.0
+            daemon.fast()
+            daemon.slow()
+            daemon.parts.close()
 
 
 @given(st.binary(max_size=300) | st.text(max_size=300))
