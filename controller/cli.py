@@ -146,7 +146,7 @@ def _tune(args: argparse.Namespace) -> int:
                               "its draw curve")
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
-    if not report["verdicts"].get("accepted"):
+    if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable (verdicts {report['verdicts']}); "
                                    "nothing was fitted")
     if args.json:
