@@ -1,11 +1,15 @@
 """What `run` needs of the host beyond the file, probed without side effects: the metrics address can be
-bound (and is free), and the state directory can be written. `check-config` and `run` call the same probe."""
+bound (and is free), the backends' programs and packages are there, and the directories it writes can be
+written (a warning: the daemon runs on without them). `check-config` and `run` call the same probe."""
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
+import shutil
 import socket
+from pathlib import Path
 
 from controller.config_loader import ConfigError
 from controller.settings import Settings
@@ -29,26 +33,45 @@ def check_metrics_bind(listen: str, port: int) -> None:
             raise ConfigError("metrics.port", f"cannot bind {listen}:{port} ({exc.strerror})") from None
 
 
-def state_dir_problem(settings: Settings) -> str | None:
-    """Why the tuner state could not be saved (None when it can): a warning, since the daemon runs without
-    saving, the pairs then start from their priors after each restart."""
-    directory = settings.state_path.parent
+def unwritable(directory: Path) -> str | None:
+    """Why files could not be created in `directory` (or the parents it would be made in); None if they can."""
     probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
-    where = f"daemon.state_dir: {directory}"
     if not probe.is_dir():
-        return f"{where}: {probe} is not a directory; tuner state will not be saved"
+        return f"{probe} is not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{where}: {probe} is not writable; tuner state will not be saved"
+        return f"{probe} is not writable"
     return None
+
+
+def check_backends(settings: Settings) -> list[str]:
+    """The programs and packages the named backends start or import; warnings for directories they write."""
+    a, warnings = settings.actuators, []
+    if a.replicas == "kubernetes":
+        if importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'")
+        kubeconfig = Path(settings.base_dir) / a.kubeconfig
+        if a.kubeconfig and not (kubeconfig.is_file() and os.access(kubeconfig, os.R_OK)):
+            raise ConfigError("actuators.kubeconfig", f"{kubeconfig} is not a readable file")
+    if a.batch == "vllm" and a.vllm_runner == "child":
+        for svc in settings.services:
+            program = svc.vllm_command[0]
+            if shutil.which(program) is None:
+                raise ConfigError(f"services[{svc.name}].vllm_command", f"{program!r} is not an executable program")
+    if a.batch == "vllm" and a.vllm_runner == "systemd":
+        problem = unwritable(Path(settings.base_dir) / a.systemd_dropin_dir)
+        if problem is not None:
+            warnings.append(f"actuators.systemd_dropin_dir: {problem}; changes of max batch will fail")
+    return warnings
 
 
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
-    problem = state_dir_problem(settings)
-    return [] if problem is None else [problem]
+    warnings = check_backends(settings)
+    problem = unwritable(settings.state_path.parent)
+    if problem is not None:
+        warnings.append(f"daemon.state_dir: {problem}; tuner state will not be saved")
+    return warnings
 

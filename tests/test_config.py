@@ -181,8 +181,8 @@ def test_state_dir_not_a_directory_is_a_warning(tmp_path: Path, capsys: pytest.C
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr()
     assert "ok" in out.out
-    assert out.err.strip() == (f"wattscale: warning: daemon.state_dir: {tmp_path / 'afile' / 'state'}: "
-                               f"{tmp_path / 'afile'} is not a directory; tuner state will not be saved")
+    assert out.err.strip() == (f"wattscale: warning: daemon.state_dir: {tmp_path / 'afile'} is not a directory; "
+                               "tuner state will not be saved")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes any directory")
@@ -215,3 +215,34 @@ def test_run_refuses_what_hung_the_daemon_at_once(tmp_path: Path, old: str, new:
     argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(path), "--duration", "30"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=5, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
+SERVICES = ("chat", "code", "batch-summaries")
+
+
+def vllm_child(exe: str) -> str:
+    """The sim config with each service's batch changed by restarting a child process (`exe`) on a port."""
+    text = GOOD.replace('batch = "sim"', 'batch = "vllm"')
+    for k, name in enumerate(SERVICES):
+        text = text.replace(f'name = "{name}"', f'name = "{name}"\nvllm_ports = [{8000 + k}]\nvllm_command = ["{exe}"]')
+    return text
+
+
+def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(write(tmp_path, vllm_child(sys.executable)))]) == 0
+    assert main(["check-config", str(write(tmp_path, vllm_child("no-such-vllm")))]) == 2
+    assert "services[chat].vllm_command: 'no-such-vllm' is not an executable program" in capsys.readouterr().err
+    kube = GOOD.replace('replicas = "sim"', 'replicas = "kubernetes"\nkubeconfig = "missing.yaml"')
+    assert main(["check-config", str(write(tmp_path, kube))]) == 2
+    assert f"actuators.kubeconfig: {tmp_path / 'missing.yaml'} is not a readable file" in capsys.readouterr().err
+
+
+def test_an_unwritable_dropin_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"\n'
+                                              'systemd_dropin_dir = "afile"')
+    for k, name in enumerate(SERVICES):
+        text = text.replace(f"vllm_ports = [{8000 + k}]", f'vllm_ports = [{8000 + k}]\nsystemd_units = ["{name}-0"]')
+    assert main(["check-config", str(write(tmp_path, text))]) == 0
+    assert (f"wattscale: warning: actuators.systemd_dropin_dir: {tmp_path / 'afile'} is not a directory; changes "
+            "of max batch will fail") in capsys.readouterr().err
