@@ -162,6 +162,8 @@ class TelemetrySettings:
     """HTTP timeout of one query or page."""
 
     def check(self, where: str) -> None:
+        if not self.prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {self.prometheus_url!r}")
         check_positive(self, where, ("window_s", "timeout_s"))
         check_range(self, where, ("window_s",), 0.0, 86400.0)
         check_range(self, where, ("timeout_s",), 0.0, 300.0)
