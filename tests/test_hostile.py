@@ -1,5 +1,5 @@
-"""Property-based: hostile edits of the shipped config, optimize spec, plan specs, tuner state and tune CSVs. Any
-gives exit 0 or 2 (plan: 1 when nothing is feasible) with one line, never a traceback, within a time bound.
+"""Property-based: hostile edits of the shipped config, optimize spec, plan specs, tuner state and tune CSVs.
+Any input gives exit 0 or 2 (plan: 1 when nothing is feasible) with one line, never a traceback, in bounded time.
 
 The `ci` profile (tests/conftest.py) is derandomized and runs in well under two minutes; for a longer hunt:
 `.venv/bin/python -m pytest tests/test_hostile.py --hypothesis-profile=long`.
