@@ -248,3 +248,21 @@ def test_an_unwritable_dropin_dir_is_a_warning(tmp_path: Path, capsys: pytest.Ca
     assert main(["check-config", str(write(tmp_path, text))]) == 0
     assert (f"wattscale: warning: actuators.systemd_dropin_dir: {tmp_path / 'afile'} is not a directory; changes "
             "of max batch will fail") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old,new", [
+    ("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [1000000000]"),
+    ("initial_max_batch = 64", "initial_max_batch = 64\nmax_queue = -5"),
+])
+def test_sighup_with_a_bad_bound_keeps_the_running_config(tmp_path: Path, old: str, new: str) -> None:
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD.replace("port = 9464", "port = 0"))
+    daemon = Daemon(path, load_settings(path))
+    before = daemon.settings
+    path.write_text(GOOD.replace("port = 9464", "port = 0").replace(old, new, 1))
+    daemon.reload()
+    assert daemon.settings is before
+    assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
