@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -128,17 +127,15 @@ def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, 
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from controller.tune_input import read_bounded
     from tuner import PairFilter
-    from tuner.offline import read_observations, run
+    from tuner.offline import run
 
     if args.fit_power and not args.accelerator:
         raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
     prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
     prof = profile(args.accelerator) if args.accelerator else None
-    try:
-        observations = read_observations(Path(args.observations))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ObservationFileError(f"{args.observations}: not a CSV text file ({exc})") from None
+    observations = read_bounded(Path(args.observations))
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):

@@ -111,7 +111,14 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     binary.write_bytes(bytes(range(256)) * 4)
     nan = tmp_path / "nan.csv"
     nan.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,64,nan,nan\n" * 5)
+    header = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n"
+    infinite = tmp_path / "inf.csv"
+    infinite.write_text(header + "1,500,200,inf,30,10\n")
+    huge = tmp_path / "huge.csv"
+    huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
     cases = [
+        ([str(infinite)], f"{infinite}: max_batch and max_queue must be whole numbers"),
+        ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
         ([str(nan)], f"{nan}: no observation was usable (verdicts {{'non-finite': 5}}); nothing was fitted"),
