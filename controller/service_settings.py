@@ -15,7 +15,8 @@ MAX_TOKENS = 1_000_000.0
 MAX_PRIORITY = 1000
 """Lowest priority level."""
 MAX_SIM_RATE_RPS = 10_000.0
-"""Highest simulated arrival rate of one service."""
+"""Highest simulated arrival rate of one service (requests/s)."""
+
 
 @dataclass(frozen=True)
 class PriorSettings:
@@ -43,11 +44,11 @@ class PriorSettings:
 @dataclass(frozen=True)
 class SimWorkloadSettings:
     rate_rps: float = 1.0
-    """Mean arrival rate of the simulated service."""
+    """Mean arrival rate of the simulated service (requests/s)."""
     cycle_amplitude: float = 0.0
-    """Relative amplitude of a sinusoidal cycle of the rate."""
+    """Relative amplitude of a sinusoidal cycle of the rate, in [0, 1]."""
     cycle_period_s: float = 3600.0
-    """Period of that cycle."""
+    """Period of that cycle (s)."""
     in_cv: float = 0.6
     """Coefficient of variation of prompt lengths."""
     out_cv: float = 0.6
