@@ -49,6 +49,7 @@ def check_settings(s: Settings) -> None:
                           f"daemon.slow_interval_s ({s.daemon.slow_interval_s} s)")
     if s.uses_sim:
         _simulated_host(s)
+    _minimum_fits(s)
     idle = sum(a.count * CATALOG[a.name].idle_power_w for a in s.accelerators)
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
@@ -71,6 +72,18 @@ def _unique(s: Settings) -> None:
             if g in owner:
                 raise ConfigError(f"{svc_path(svc.name)}.gpus", f"GPU {g} is already {svc_path(owner[g])}'s")
             owner[g] = svc.name
+
+
+def _minimum_fits(s: Settings) -> None:
+    """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
+    left at 0 replicas without a shortfall to say so."""
+    room = sum(a.count // a.gpus_per_replica for a in s.accelerators)
+    needed = 0
+    for svc in s.services:
+        needed += svc.min_replicas
+        if needed > room:
+            raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
+                              f"to {needed}, more replicas than the accelerators hold ({room})")
 
 
 def _backends(s: Settings) -> None:

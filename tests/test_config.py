@@ -110,6 +110,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"optimizer.transition_penalty: must be in \[0, 1\], got -0.1"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntime_limit_s = 20'),
          r"optimizer.time_limit_s: 20.0 s must be shorter than daemon.slow_interval_s \(15.0 s\)"),
+        (lambda t: t.replace("min_replicas = 1", "min_replicas = 4"),
+         r"services\[batch-summaries\].min_replicas: the services' min_replicas up to here add up to 12, more "
+         r"replicas than the accelerators hold \(8\)"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 700"),
          "power.budget_w: 700 W is below the fleet's idle draw, 760 W"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"), r"power.budget_w: must be in \[0, 1e\+08\]"),
