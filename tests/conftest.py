@@ -1,7 +1,8 @@
 """Hypothesis profiles for the property-based suites (tests/test_hostile.py).
 
 `ci` (the default): derandomized and without an example database, so every run tries the same inputs, and
-sized to finish in well under two minutes (about 20 s). `long`: random and fifty times the examples, for a hunt before a release:
+sized to finish in well under two minutes (about 20 s). `long`: random, with 25 times the examples (about
+5 minutes), for a hunt before a release:
 
     .venv/bin/python -m pytest tests/test_hostile.py --hypothesis-profile=long
 """
