@@ -1,4 +1,6 @@
-"""Typed, validated settings; every field documented. Parsed from TOML at the edge (config_loader)."""
+"""Typed, validated settings; every field documented (a service's in controller/service_settings.py). Parsed
+from TOML at the edge (config_loader); each field's bounds are checked by its class, what fields say together
+by controller/settings_checks.py."""
 
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
 @dataclass(frozen=True)
 class DaemonSettings:
     fast_interval_s: float = 1.0
-    """Period of the fast loop: GPU sampling and the power governor."""
+    """Period of the fast loop: GPU sampling and the power governor (s, 0.1..3600)."""
     slow_interval_s: float = 30.0
-    """Period of the slow loop: observations, tuner, optimizer, actuation."""
+    """Period of the slow loop: observations, tuner, optimizer, actuation (s, up to a day)."""
     state_dir: str = "var/state"
     """Where the tuner state lives (relative paths are relative to the config file)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -48,7 +50,7 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1"
-    """Address of the own /metrics endpoint (loopback by default)."""
+    """IP address of the own /metrics endpoint (loopback by default); it must be one of this host's."""
     port: int = 9464
     """Port of the own /metrics endpoint; 0 disables it."""
 
