@@ -14,6 +14,7 @@ from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tun
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
 from controller.preflight import preflight
+from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from controller.settings import load_settings
 from queuemodels import (
     Load,
@@ -77,12 +78,17 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
+                  "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6, "in_cv": 10.0, "out_cv": 10.0}
+"""analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
+
+
 def _analyze(args: argparse.Namespace) -> int:
-    numbers = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "in_tokens", "out_tokens", "rate_rps", "in_cv", "out_cv")
-    for name in numbers:
+    for name, high in ANALYZE_BOUNDS.items():
         value = getattr(args, name)
-        if value is None or not math.isfinite(value) or value < 0:
-            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+        if value is None or not math.isfinite(value) or not 0 <= value <= high:
+            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0 and <= {high:g}, "
+                                  f"got {value}")
     params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)

@@ -100,3 +100,10 @@ def replaced(base: list[str], args: list[str]) -> list[str]:
         else:
             out += [flag, value]
     return out
+
+
+def test_absurd_model_numbers_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """1e308 tokens or step times overflowed the models' arithmetic (a ZeroDivisionError traceback)."""
+    assert main(replaced(BASE, ["--out-tokens", "1e308"])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out-tokens: must be a finite number >= 0 and <= 1e+06, got 1e+308" in err

@@ -1,5 +1,6 @@
-"""Property-based: hostile edits of the shipped config, optimize spec, plan specs, tuner state and tune CSVs.
-Any input gives exit 0 or 2 (plan: 1 when nothing is feasible) with one line, never a traceback, in bounded time.
+"""Property-based: hostile edits of the shipped config, optimize spec, plan specs, tuner state, tune CSVs and
+analyze's numbers. Any input gives exit 0 or 2 (plan: 1 when nothing is feasible) with one line, never a
+traceback, in bounded time.
 
 The `ci` profile (tests/conftest.py) is derandomized and runs in well under two minutes; for a longer hunt:
 `.venv/bin/python -m pytest tests/test_hostile.py --hypothesis-profile=long`.
@@ -178,3 +179,23 @@ def test_tune_on_hostile_observations(content: str | bytes) -> None:
     with TemporaryDirectory() as d:
         path = write(d, "obs.csv", content)
         assert_clean(*run_cli(["tune", path, "--accelerator", "H100-SXM"], seconds=20))
+
+
+numbers = st.sampled_from(["0", "-1", "1", "20", "0.2", "64", "500", "4096", "1e9", "1e308", "1e-300", "nan",
+                           "inf"]) | st.floats().map(repr)
+MODEL_FLAGS = ["--alpha-ms", "--beta-ms", "--gamma-ms", "--delta-ms", "--in-tokens", "--out-tokens", "--rate-rps",
+               "--in-cv", "--out-cv"]
+OPTIONS = {
+    "--max-batch": st.sampled_from(["0", "1", "64", "4096", "4097"]),
+    "--max-queue": st.sampled_from(["-7", "-1", "0", "1024", "1000000"]),
+    "--power-cap-w": numbers, "--accelerator": st.sampled_from(["H100-SXM", "L4", "B300"]),
+    "--ttft-slo-ms": numbers, "--itl-slo-ms": numbers, "--slo-statistic": st.sampled_from(["mean", "p95", "p99"]),
+    "--batch-sizes": st.sampled_from(["8,16", "1,4096", "64", "0", "8,100000"]),
+    "--model": st.sampled_from(["mm1k-cb", "mm1k-batch"]), "--family": st.sampled_from(["gen1", "gen2"]),
+}
+
+
+@given(st.fixed_dictionaries(dict.fromkeys(MODEL_FLAGS, numbers)), st.fixed_dictionaries({}, optional=OPTIONS))
+def test_analyze_on_hostile_numbers(model: dict[str, str], options: dict[str, str]) -> None:
+    argv = ["analyze", *(f"{flag}={value}" for flag, value in {**model, **options}.items())]
+    assert_clean(*run_cli(argv, seconds=20))
