@@ -12,61 +12,70 @@ from pathlib import Path
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation_spec import AllocationSpec
+from controller.planner.packing_spec import PackingSpec
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    """`wattscale plan`: options that do not apply to the spec's kind are refused, not ignored."""
-    from controller.planner.allocation import AllocationModel
-    from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
-    from controller.planner.packing import enumerate_configs
-    from controller.planner.packing_report import (
-        Instance,
-        compare,
-        compare_table,
-        plot_compare,
-        result_json,
-        solve_instance,
-    )
-
+    """Exit 0 with a plan, 1 when none is feasible, 2 (ConfigError) for a bad spec or option."""
     if args.plots is not None and not args.compare:
         raise ConfigError("--plots", "applies with --compare only")
     plots = _plots_dir(args.plots)
     spec = load_plan_spec(Path(args.spec))
+    packing_options = args.scenario is not None or args.trace is not None or args.requests is not None
     if isinstance(spec, AllocationSpec):
         if args.compare:
             raise ConfigError("--compare/--plots", "apply to packing specs only")
         if args.solver != "milp":
             raise ConfigError("--solver", "an allocation spec is solved by milp only")
-        if args.scenario is not None or args.trace is not None or args.requests is not None:
+        if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "apply to packing specs only")
-        if args.gamma is not None:
-            spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
-        model = AllocationModel(spec)
-        best = model.solve()
-        doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
-        print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
-        return 0 if best.ok else 1
+        return _allocation(args, spec)
     if args.gamma is not None:
         raise ConfigError("--gamma", "applies to allocation specs only")
     if args.compare:
-        if args.scenario is not None or args.trace is not None or args.requests is not None:
+        if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "--compare runs every one; give neither")
-        rows = compare(spec)
-        print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
-        if plots is not None:
-            try:
-                written = plot_compare(rows, plots)
-            except OSError as exc:
-                raise ConfigError("--plots", f"cannot write into {plots} ({exc.strerror})") from None
-            for path in written:
-                print(f"wrote {path}", file=sys.stderr)
-        return 0
+        return _compare(args, spec, plots)
+    return _packing(args, spec)
+
+
+def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
+    from controller.planner.allocation import AllocationModel
+    from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
+
+    if args.gamma is not None:
+        spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
+    model = AllocationModel(spec)
+    best = model.solve()
+    doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
+    print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
+    return 0 if best.ok else 1
+
+
+def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) -> int:
+    from controller.planner.packing_report import compare, compare_table, plot_compare
+
+    rows = compare(spec)
+    print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
+    if plots is not None:
+        try:
+            written = plot_compare(rows, plots)
+        except OSError as exc:
+            raise ConfigError("--plots", f"cannot write into {plots} ({exc.strerror})") from None
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
+    from controller.planner.packing import enumerate_configs
+    from controller.planner.packing_report import Instance, result_json, solve_instance
+
     inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
                     args.requests if args.requests is not None else max(spec.scales))
-    if inst.scenario not in spec.scenarios or inst.trace not in spec.traces or inst.requests < 0:
-        raise ConfigError("--scenario/--trace/--requests",
-                          f"expected a scenario in {list(spec.scenarios)}, a trace in {list(spec.traces)}, "
-                          "and requests >= 0")
+    if inst.scenario not in spec.scenarios or inst.trace not in spec.traces:
+        raise ConfigError("--scenario/--trace",
+                          f"expected a scenario in {list(spec.scenarios)} and a trace in {list(spec.traces)}")
     configs = enumerate_configs(spec)
     doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
     if args.json:
