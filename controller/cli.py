@@ -10,11 +10,13 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, number, seconds
 from controller.config_loader import ConfigError
+from controller.planner.command import plan_command
+from controller.preflight import preflight
+from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from controller.settings import load_settings
 from queuemodels import (
-    DEFAULT_MODEL,
-    MODELS,
     Load,
     ModelInputError,
     PowerProfile,
@@ -33,13 +35,21 @@ def _run(args: argparse.Namespace) -> int:
     from controller.daemon import Daemon
 
     settings = load_settings(Path(args.config))
+    warnings = preflight(settings)
     logging.basicConfig(level=settings.daemon.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    log = logging.getLogger("wattscale.daemon")
+    for warning in warnings:
+        log.warning("%s", warning)
+    log.info("tuner state: %s", settings.state_path.resolve())
     return Daemon(Path(args.config), settings).run(args.duration)
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The file's checks and the host probes `run` makes before it starts (the same functions)."""
     s = load_settings(Path(args.file))
+    for warning in preflight(s):
+        print(f"wattscale: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
     return 0
 
@@ -68,12 +78,17 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
+                  "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6, "in_cv": 10.0, "out_cv": 10.0}
+"""analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
+
+
 def _analyze(args: argparse.Namespace) -> int:
-    numbers = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "in_tokens", "out_tokens", "rate_rps", "in_cv", "out_cv")
-    for name in numbers:
+    for name, high in ANALYZE_BOUNDS.items():
         value = getattr(args, name)
-        if value is None or not math.isfinite(value) or value < 0:
-            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+        if value is None or not math.isfinite(value) or not 0 <= value <= high:
+            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0 and <= {high:g}, "
+                                  f"got {value}")
     params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
@@ -117,31 +132,26 @@ def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, 
     return out
 
 
-def _batch_sizes(text: str) -> list[int]:
-    """--batch-sizes: a comma-separated list of whole numbers >= 1."""
-    try:
-        sizes = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {text!r}")
-    return sizes
-
-
 def _tune(args: argparse.Namespace) -> int:
+    from controller.tune_input import read_bounded
     from tuner import PairFilter
-    from tuner.offline import read_observations, run
+    from tuner.offline import run
 
+    if args.fit_power and not args.accelerator:
+        raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
     prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
     prof = profile(args.accelerator) if args.accelerator else None
-    observations = read_observations(Path(args.observations))
+    observations = read_bounded(Path(args.observations))
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
                               "its draw curve")
-    pair = PairFilter(prior, prof, fit_power=args.fit_power and prof is not None, queue_model=args.model)
+    pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
+    if pair.accepted == 0:  # warm-up rows count: they are fitted
+        raise ObservationFileError(f"{args.observations}: no observation was usable (verdicts {report['verdicts']}); "
+                                   "nothing was fitted")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -162,7 +172,12 @@ def _optimize(args: argparse.Namespace) -> int:
     from controller.optimizer import get_solver, solve
 
     problem = load_spec(Path(args.spec))
-    solution = solve(problem, get_solver(args.solver, args.time_limit_s, args.mip_gap))
+    try:
+        solution = solve(problem, get_solver(args.solver, args.time_limit_s, args.mip_gap))
+    except ValueError as exc:
+        if args.solver != "exhaustive":
+            raise
+        raise ConfigError("--solver", f"{exc} ({len(problem.services)} services)") from None
     doc = solution_json(solution)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -178,122 +193,39 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from controller.planner import load_plan_spec
-    from controller.planner.allocation import AllocationModel
-    from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
-    from controller.planner.allocation_spec import AllocationSpec
-    from controller.planner.packing import enumerate_configs
-    from controller.planner.packing_report import (
-        Instance,
-        compare,
-        compare_table,
-        plot_compare,
-        result_json,
-        solve_instance,
-    )
-
-    spec = load_plan_spec(Path(args.spec))
-    if isinstance(spec, AllocationSpec):
-        if args.compare or args.plots:
-            raise ConfigError("--compare/--plots", "apply to packing specs only")
-        if args.solver != "milp":
-            raise ConfigError("--solver", "an allocation spec is solved by milp only")
-        if args.gamma is not None:
-            if args.gamma < 0:
-                raise ConfigError("--gamma", f"must be >= 0, got {args.gamma}")
-            spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
-        model = AllocationModel(spec)
-        best = model.solve()
-        doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
-        print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
-        return 0 if best.ok else 1
-    if args.compare:
-        rows = compare(spec)
-        print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
-        if args.plots:
-            for path in plot_compare(rows, Path(args.plots)):
-                print(f"wrote {path}", file=sys.stderr)
-        return 0
-    inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
-                    args.requests if args.requests is not None else max(spec.scales))
-    if inst.scenario not in spec.scenarios or inst.trace not in spec.traces or inst.requests < 0:
-        raise ConfigError("--scenario/--trace/--requests",
-                          f"expected a scenario in {list(spec.scenarios)}, a trace in {list(spec.traces)}, "
-                          "and requests >= 0")
-    configs = enumerate_configs(spec)
-    doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        for r in doc["results"]:
-            cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
-            print(f"{r['solver']:<22} {cost:>12}  cards {r['cards']}  {r['note']}")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wattscale", description=__doc__)
+    p = Parser(prog="wattscale", description=__doc__)
     p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the daemon")
-    r.add_argument("--config", required=True)
-    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--config", required=True, metavar="FILE", help="TOML config (see config/sim.toml)")
+    r.add_argument("--duration", type=seconds, default=None, metavar="S",
+                   help="stop after this many wall-clock seconds (default: run until SIGTERM)")
     r.set_defaults(func=_run)
-    c = sub.add_parser("check-config", help="validate a config file")
-    c.add_argument("file")
+    c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host")
+    c.add_argument("file", metavar="FILE", help="TOML config")
     c.set_defaults(func=_check)
     a = sub.add_parser("analyze", help="one queue-model evaluation (JSON)")
-    a.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="queue model")
-    a.add_argument("--family", default="gen1", choices=["gen1", "gen2"])
-    for name in ("alpha-ms", "beta-ms", "gamma-ms", "in-tokens", "out-tokens", "rate-rps"):
-        a.add_argument(f"--{name}", type=float, required=True)
-    a.add_argument("--delta-ms", type=float, default=0.0)
-    a.add_argument("--in-cv", type=float, default=1.0, help="spread of prompt lengths (std / mean)")
-    a.add_argument("--out-cv", type=float, default=1.0, help="spread of output lengths (std / mean)")
-    a.add_argument("--max-batch", type=int, default=64)
-    a.add_argument("--max-queue", type=int, default=-1, help="-1: unbounded")
-    a.add_argument("--power-cap-w", type=float, default=None)
-    a.add_argument("--accelerator", default=None)
-    a.add_argument("--ttft-slo-ms", type=float, default=None)
-    a.add_argument("--itl-slo-ms", type=float, default=None)
-    a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"])
-    a.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="N,N,...",
-                   help="with SLOs: the max batch among these taking the most load, and the one serving "
-                        "--rate-rps at the lowest draw (with --accelerator)")
+    add_analyze_args(a)
     a.set_defaults(func=_analyze)
     t = sub.add_parser("tune", help="run the tuner offline over recorded observations (CSV)")
-    t.add_argument("observations")
-    t.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="queue model")
-    t.add_argument("--family", default="gen1", choices=["gen1", "gen2"])
-    for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
-        t.add_argument(f"--{name}", type=float, default=default, help=f"prior (default {default})")
-    t.add_argument("--accelerator", default=None, help="power profile, needed when rows carry power caps")
-    t.add_argument("--fit-power", action="store_true", help="also fit the prefill power sensitivity")
-    t.add_argument("--json", action="store_true")
+    add_tune_args(t)
     t.set_defaults(func=_tune)
     o = sub.add_parser("optimize", help="one optimization of a system spec")
-    o.add_argument("spec")
-    o.add_argument("--solver", default="greedy", choices=["greedy", "milp", "exhaustive"])
-    o.add_argument("--time-limit-s", type=float, default=2.0)
-    o.add_argument("--mip-gap", type=float, default=0.01)
-    o.add_argument("--json", action="store_true")
+    o.add_argument("spec", metavar="SPEC", help="TOML system spec (see docs/optimize-spec.md)")
+    o.add_argument("--solver", default="greedy", choices=["greedy", "milp", "exhaustive"],
+                   help="greedy (fast), milp (optimal within --mip-gap) or exhaustive (a few services only)")
+    o.add_argument("--time-limit-s", type=number(0.0, 600.0, low_open=True), default=2.0, metavar="S",
+                   help="milp: time limit in seconds, in (0, 600] (default 2)")
+    o.add_argument("--mip-gap", type=number(0.0, 0.999), default=0.01, metavar="SHARE",
+                   help="milp: relative optimality gap, in [0, 1) (default 0.01)")
+    o.add_argument("--json", action="store_true", help="print the solution as JSON")
     o.set_defaults(func=_optimize)
     pl = sub.add_parser("plan", help="offline capacity planning (config packing or workload allocation)")
-    pl.add_argument("spec")
-    pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"])
-    pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
-    pl.add_argument("--plots", default=None, metavar="DIR", help="packing --compare: one PNG per scenario")
-    pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
-    pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")
-    pl.add_argument("--requests", type=int, default=None, help="packing: workload size (default: largest scale)")
-    pl.add_argument("--gamma", type=float, default=None, help="allocation: robust budget of uncertainty")
-    pl.add_argument("--json", action="store_true")
-    pl.set_defaults(func=_plan)
+    add_plan_args(pl)
+    pl.set_defaults(func=plan_command)
     g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print the readings as JSON")
     g.set_defaults(func=_gpus)
     return p
 

@@ -36,6 +36,24 @@ def check_positive(obj: object, where: str, names: tuple[str, ...], allow_zero: 
             raise ConfigError(f"{where}.{name}" if where else name, f"must be {bound}, got {v}")
 
 
+def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float) -> None:
+    """Refuse the first of `names` on `obj` that is not a finite number in [low, high]: every bound a loop's
+    work or a model's input depends on is checked when the file is read, not found out by a hung cycle."""
+    for name in names:
+        v = getattr(obj, name)
+        if not (math.isfinite(v) and low <= v <= high):
+            raise ConfigError(f"{where}.{name}" if where else name, f"must be in [{low:g}, {high:g}], got {v}")
+
+
+def item_path(where: str, index: int, value: object) -> str:
+    """A list entry's path: by its `name` where it has one (`services[chat]`), else by its index."""
+    if isinstance(value, dict):
+        name = value.get("name")
+        if isinstance(name, str) and name.strip():
+            return f"{where}[{name}]"
+    return f"{where}[{index}]"
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(str(path), "no such file")
@@ -50,6 +68,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(str(path), "invalid TOML: nested too deeply") from None
 
 
 def _type_name(tp: Any) -> str:
@@ -73,7 +95,7 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(where, f"must be a list, got {type(value).__name__}")
         (item,) = get_args(tp)[:1]
-        return tuple(convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(convert(item, v, item_path(where, i, v)) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(where, f"must be a table, got {type(value).__name__}")
@@ -88,10 +110,14 @@ def convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(where, f"must be a number, got {value!r}")
         if value != value:
             raise ConfigError(where, "must be a number, got nan")
+        if isinstance(value, int) and abs(value) >= 2**63:
+            raise ConfigError(where, "must be a number of at most 64 bits")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(where, f"must be an integer, got {value!r}")
+        if abs(value) >= 2**63:
+            raise ConfigError(where, "must be an integer of at most 64 bits")
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):

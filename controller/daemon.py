@@ -86,11 +86,15 @@ class Daemon:
             if not self.slow_due.wait(0.2):
                 continue
             self.slow_due.clear()
-            try:
-                self.controller.tick_slow(self.now())
-            except Exception as exc:  # a bug, not an input: counted and logged, the loop goes on
-                self.metrics.errors.labels("slow_tick").inc()
-                log.exception("slow tick failed: %r", exc)
+            self.slow()
+
+    def slow(self) -> None:
+        """One slow tick now (the worker's; also what a test steps by hand)."""
+        try:
+            self.controller.tick_slow(self.now())
+        except Exception as exc:  # a bug, not an input: counted and logged, the loop goes on
+            self.metrics.errors.labels("slow_tick").inc()
+            log.exception("slow tick failed: %r", exc)
 
     def fast_alive(self) -> bool:
         """Whether the fast loop ticked recently (three periods, two seconds at least)."""

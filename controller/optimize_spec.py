@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.config_loader import ConfigError, build, read_toml
+from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
-from controller.settings import AcceleratorSettings, PriorSettings
+from controller.service_settings import MAX_PRIORITY, MAX_TOKENS
+from controller.settings import AcceleratorSettings, PriorSettings, check_choices
+from controller.settings_checks import MAX_QUEUE, MAX_REPLICAS
 from queuemodels import Load, Targets
 from queuemodels.accelerators import CATALOG
+
+MAX_RATE_RPS = 1e6
+"""Highest request rate of one service in a spec."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,23 @@ class SpecService:
     """Queue bound per replica."""
 
     def check(self, where: str) -> None:
-        if not math.isfinite(self.rate_rps) or self.rate_rps < 0:
-            raise ConfigError(f"{where}.rate_rps", "must be >= 0")
-        for name in ("ttft_ms", "itl_ms"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}", "must be > 0")
+        if not self.name.strip():
+            raise ConfigError(f"{where}.name", "must not be empty")
+        check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
+        check_positive(self, where, ("ttft_ms", "itl_ms"))
+        check_range(self, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
+        check_range(self, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
+        if not 1 <= self.priority <= MAX_PRIORITY:
+            raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {self.priority}")
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({self.max_replicas}), "
+                              f"got {self.min_replicas}")
+        if self.max_replicas > MAX_REPLICAS:
+            raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {self.max_replicas}")
+        if not 0 <= self.max_queue <= MAX_QUEUE:
+            raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {self.max_queue}")
+        if not self.params:
+            raise ConfigError(f"{where}.params", "needs the queue-model parameters of at least one accelerator")
         for acc in self.params:
             if acc not in CATALOG:
                 raise ConfigError(f"{where}.params.{acc}", f"unknown accelerator, expected one of {sorted(CATALOG)}")
@@ -78,10 +94,24 @@ class Spec:
     """Free-form notes, ignored."""
 
     def check(self, where: str) -> None:
-        if self.budget_w <= 0:
-            raise ConfigError("budget_w", f"must be > 0, got {self.budget_w}")
+        check_positive(self, "", ("budget_w",))
         if not self.services:
             raise ConfigError("services", "at least one service is required")
+        if not self.accelerators:
+            raise ConfigError("accelerators", "at least one accelerator type is required")
+        check_choices("", self.batch_sizes, self.power_levels)
+        check_range(self, "", ("transition_penalty",), 0.0, 1.0)
+        names = {a.name for a in self.accelerators}
+        if len(names) < len(self.accelerators):
+            dup = next(a.name for a in self.accelerators if sum(b.name == a.name for b in self.accelerators) > 1)
+            raise ConfigError(f"accelerators[{dup}].name", f"duplicate accelerator {dup!r}")
+        seen: set[str] = set()
+        for svc in self.services:
+            if svc.name in seen:
+                raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {svc.name!r}")
+            seen.add(svc.name)
+            if not set(svc.params) & names:
+                raise ConfigError(f"services[{svc.name}].params", f"names none of the accelerators {sorted(names)}")
 
 
 def load_spec(path: Path) -> Problem:

@@ -1,15 +1,26 @@
-"""Typed, validated settings; every field documented. Parsed from TOML at the edge (config_loader)."""
+"""Typed, validated settings; every field documented (a service's in controller/service_settings.py). Parsed
+from TOML at the edge (config_loader); each field's bounds are checked by its class, what fields say together
+by controller/settings_checks.py."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from controller.config_loader import ConfigError, build, check_positive, read_toml
+from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer.problem import AcceleratorType
-from queuemodels import DEFAULT_MODEL, FAMILIES, MODELS, STATISTICS, Load, ServiceParams
+from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
+from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SIM_SPEED, check_settings
+from queuemodels import DEFAULT_MODEL, MODELS
 from queuemodels.accelerators import CATALOG
+
+__all__ = [
+    "AcceleratorSettings", "ActuatorSettings", "DaemonSettings", "MetricsSettings", "OptimizerSettings",
+    "PowerSettings", "PriorSettings", "ServiceSettings", "Settings", "SimWorkloadSettings", "SimulatorSettings",
+    "StabilitySettings", "TelemetrySettings", "check_choices", "load_settings",
+]
 
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
 VllmSource = Literal["sim", "prometheus", "scrape"]
@@ -21,9 +32,9 @@ ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
 @dataclass(frozen=True)
 class DaemonSettings:
     fast_interval_s: float = 1.0
-    """Period of the fast loop: GPU sampling and the power governor."""
+    """Period of the fast loop: GPU sampling and the power governor (s, 0.1..3600)."""
     slow_interval_s: float = 30.0
-    """Period of the slow loop: observations, tuner, optimizer, actuation."""
+    """Period of the slow loop: observations, tuner, optimizer, actuation (s, up to a day)."""
     state_dir: str = "var/state"
     """Where the tuner state lives (relative paths are relative to the config file)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -36,9 +47,10 @@ class DaemonSettings:
     what was applied, errors; empty: to the log at DEBUG only."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("fast_interval_s", "slow_interval_s"))
-        if self.failsafe_after_ticks < 1:
-            raise ConfigError(f"{where}.failsafe_after_ticks", f"must be >= 1, got {self.failsafe_after_ticks}")
+        check_range(self, where, ("fast_interval_s",), 0.1, 3600.0)
+        check_range(self, where, ("slow_interval_s",), 0.1, 86400.0)
+        if not 1 <= self.failsafe_after_ticks <= 3600:
+            raise ConfigError(f"{where}.failsafe_after_ticks", f"must be in 1..3600, got {self.failsafe_after_ticks}")
         if self.slow_interval_s < self.fast_interval_s:
             raise ConfigError(f"{where}.slow_interval_s", "must not be shorter than fast_interval_s")
 
@@ -46,11 +58,15 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1"
-    """Address of the own /metrics endpoint (loopback by default)."""
+    """IP address of the own /metrics endpoint (loopback by default); it must be one of this host's."""
     port: int = 9464
     """Port of the own /metrics endpoint; 0 disables it."""
 
     def check(self, where: str) -> None:
+        try:
+            ipaddress.ip_address(self.listen)
+        except ValueError:
+            raise ConfigError(f"{where}.listen", f"must be an IP address, got {self.listen!r}") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
 
@@ -72,6 +88,7 @@ class PowerSettings:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
+        check_range(self, where, ("budget_w",), 0.0, 1e8)
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:
@@ -114,13 +131,11 @@ class OptimizerSettings:
     def check(self, where: str) -> None:
         if not 0 <= self.resize_tolerance < 0.5:
             raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ConfigError(f"{where}.batch_sizes", "must be a non-empty list of integers >= 1")
-        if not self.power_levels or not all(0 < p <= 1 for p in self.power_levels):
-            raise ConfigError(f"{where}.power_levels", "must be shares in (0, 1]")
-        if self.transition_penalty < 0:
-            raise ConfigError(f"{where}.transition_penalty", "must be >= 0")
+        check_choices(where, self.batch_sizes, self.power_levels)
+        check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_positive(self, where, ("time_limit_s", "drain_s"))
+        check_range(self, where, ("time_limit_s",), 0.0, 60.0)
+        check_range(self, where, ("drain_s",), 0.0, 86400.0)
         if self.queue_model not in MODELS:
             raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
@@ -138,12 +153,8 @@ class StabilitySettings:
     made: a rolling restart or a scale-down costs minutes of capacity, more than one noisy cycle gains."""
 
     def check(self, where: str) -> None:
-        if self.cooldown_s < 0:
-            raise ConfigError(f"{where}.cooldown_s", "must be >= 0")
-        if self.confirm_cycles < 1:
-            raise ConfigError(f"{where}.confirm_cycles", "must be >= 1")
-        if self.max_replica_step < 1:
-            raise ConfigError(f"{where}.max_replica_step", "must be >= 1")
+        check_range(self, where, ("cooldown_s",), 0.0, 86400.0)
+        check_range(self, where, ("confirm_cycles", "max_replica_step"), 1, 1000)
         check_positive(self, where, ("max_cap_step_w",))
 
 
@@ -161,7 +172,11 @@ class TelemetrySettings:
     """HTTP timeout of one query or page."""
 
     def check(self, where: str) -> None:
+        if not self.prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {self.prometheus_url!r}")
         check_positive(self, where, ("window_s", "timeout_s"))
+        check_range(self, where, ("window_s",), 0.0, 86400.0)
+        check_range(self, where, ("timeout_s",), 0.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -189,6 +204,8 @@ class ActuatorSettings:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("kubernetes_timeout_s", "health_timeout_s"))
+        check_range(self, where, ("kubernetes_timeout_s",), 0.0, 300.0)
+        check_range(self, where, ("health_timeout_s",), 0.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -207,9 +224,13 @@ class SimulatorSettings:
     def check(self, where: str) -> None:
         if self.gpu_type not in CATALOG:
             raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
-        if self.num_gpus < 1:
-            raise ConfigError(f"{where}.num_gpus", "must be >= 1")
+        if not 1 <= self.num_gpus <= MAX_GPUS:
+            raise ConfigError(f"{where}.num_gpus", f"must be in 1..{MAX_GPUS}, got {self.num_gpus}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
         check_positive(self, where, ("speed",))
+        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED)
+        check_range(self, where, ("start_delay_s",), 0.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -226,144 +247,15 @@ class AcceleratorSettings:
     def check(self, where: str) -> None:
         if self.name not in CATALOG:
             raise ConfigError(f"{where}.name", f"unknown accelerator {self.name!r}, expected one of {sorted(CATALOG)}")
-        if self.count < 0:
-            raise ConfigError(f"{where}.count", f"must be >= 0, got {self.count}")
-        if self.cost_per_hour < 0:
-            raise ConfigError(f"{where}.cost_per_hour", "must be >= 0")
-        if self.gpus_per_replica < 1:
-            raise ConfigError(f"{where}.gpus_per_replica", "must be >= 1")
+        if not 0 <= self.count <= MAX_GPUS:
+            raise ConfigError(f"{where}.count", f"must be in 0..{MAX_GPUS}, got {self.count}")
+        check_range(self, where, ("cost_per_hour",), 0.0, 1e6)
+        if not 1 <= self.gpus_per_replica <= 64:
+            raise ConfigError(f"{where}.gpus_per_replica", f"must be in 1..64, got {self.gpus_per_replica}")
 
     def offer(self) -> AcceleratorType:
         """This inventory line as the optimizer sees it, with the catalogue's power envelope."""
         return AcceleratorType(self.name, self.count, self.cost_per_hour, CATALOG[self.name], self.gpus_per_replica)
-
-
-@dataclass(frozen=True)
-class PriorSettings:
-    family: str = "gen1"
-    """Service-time family of the queue model."""
-    alpha_ms: float = 20.0
-    """Decode step base time (ms)."""
-    beta_ms: float = 0.2
-    """Decode step time per sequence in the batch (ms)."""
-    gamma_ms: float = 20.0
-    """Prefill base time (ms)."""
-    delta_ms: float = 0.05
-    """Prefill time per prompt token and sequence (ms)."""
-
-    def check(self, where: str) -> None:
-        if self.family not in FAMILIES:
-            raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
-        check_positive(self, where, ("alpha_ms",))
-        for name in ("beta_ms", "gamma_ms", "delta_ms"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}", "must be >= 0")
-
-    def params(self) -> ServiceParams:
-        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
-
-
-@dataclass(frozen=True)
-class SimWorkloadSettings:
-    rate_rps: float = 1.0
-    """Mean arrival rate of the simulated service."""
-    cycle_amplitude: float = 0.0
-    """Relative amplitude of a sinusoidal cycle of the rate."""
-    cycle_period_s: float = 3600.0
-    """Period of that cycle."""
-    in_cv: float = 0.6
-    """Coefficient of variation of prompt lengths."""
-    out_cv: float = 0.6
-    """Coefficient of variation of output lengths."""
-
-
-@dataclass(frozen=True)
-class VariantSettings:
-    accelerator: str
-    """Accelerator type this variant runs on (one of `accelerators`)."""
-    deployment: str = ""
-    """Kubernetes Deployment of this variant's replicas; empty: `<service>-<accelerator>` in lower case."""
-    gpus: tuple[int, ...] = ()
-    """GPU indices (NVML order) of this variant's replicas, on an nvml host."""
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    name: str
-    """Service name (also the Deployment or unit it maps to)."""
-    model: str
-    """Served model name (vLLM `model_name`)."""
-    ttft_ms: float
-    """Time-to-first-token objective (ms)."""
-    itl_ms: float
-    """Inter-token-latency objective (ms)."""
-    statistic: str = "mean"
-    """Statistic the objectives apply to: mean, p95 or p99."""
-    priority: int = 1
-    """1 is most important; higher numbers give way first when power is short."""
-    min_replicas: int = 1
-    """Never fewer replicas than this."""
-    max_replicas: int = 8
-    """Never more replicas than this."""
-    in_tokens: float = 512.0
-    """Expected mean prompt length, until observed."""
-    out_tokens: float = 256.0
-    """Expected mean output length, until observed."""
-    in_tokens_cv: float = 1.0
-    """Spread of prompt lengths (std / mean); it widens the TTFT tail. vLLM's 1-2-5 token histograms are
-    too coarse to measure it, so it is the operator's to give (1 = exponential, a safe default)."""
-    out_tokens_cv: float = 1.0
-    """Spread of output lengths (std / mean); queueing delay scales with (1 + cv^2) / 2."""
-    max_queue: int = 1024
-    """Waiting requests one replica holds before it is counted saturated."""
-    initial_max_batch: int = 64
-    """`--max-num-seqs` at start."""
-    metrics_urls: tuple[str, ...] = ()
-    """The `/metrics` URLs of this service's vLLM servers (`vllm_source = "scrape"`)."""
-    vllm_command: tuple[str, ...] = ()
-    """`vllm` batch backend, child runner: a replica's command line (argv, no shell); wattscale adds
-    `--port` and `--max-num-seqs`."""
-    vllm_ports: tuple[int, ...] = ()
-    """`vllm` batch backend: one port per replica on 127.0.0.1 (its /health is checked after a restart)."""
-    systemd_units: tuple[str, ...] = ()
-    """`vllm` batch backend, systemd runner: one unit per replica, in `vllm_ports` order."""
-    deployment: str = ""
-    """Kubernetes Deployment serving this service (`kubernetes` replica backend); empty: the service name."""
-    gpus: tuple[int, ...] = ()
-    """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; every
-    GPU of such a host must belong to one service."""
-    prior: PriorSettings = field(default_factory=PriorSettings)
-    """Queue-model parameters before any observation."""
-    sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
-    """Simulated workload (simulator only)."""
-    variants: tuple[VariantSettings, ...] = ()
-    """The accelerator types the service may run on, each with its own replica target; the plan moves it
-    between them (the new one scaled up before the old one down). Empty: one variant on the first
-    accelerator, with this service's `deployment` and `gpus`."""
-
-    def load(self, rate_rps: float, in_tokens: float, out_tokens: float) -> Load:
-        """A load of this service's workload shape."""
-        return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv)
-
-    def check(self, where: str) -> None:
-        check_positive(self, where, ("ttft_ms", "itl_ms"))
-        if self.statistic not in STATISTICS:
-            raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
-        if self.priority < 1:
-            raise ConfigError(f"{where}.priority", "must be >= 1")
-        if not 0 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(f"{where}.min_replicas", "must be between 0 and max_replicas")
-        check_positive(self, where, ("in_tokens",))
-        if self.out_tokens < 1:
-            raise ConfigError(f"{where}.out_tokens", "must be >= 1")
-        for name in ("in_tokens_cv", "out_tokens_cv"):
-            if not 0 <= getattr(self, name) <= 10:
-                raise ConfigError(f"{where}.{name}", f"must be between 0 and 10, got {getattr(self, name)}")
-        if any(g < 0 for g in self.gpus):
-            raise ConfigError(f"{where}.gpus", f"GPU indices must be >= 0, got {list(self.gpus)}")
-        for url in self.metrics_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {url!r}")
 
 
 @dataclass(frozen=True)
@@ -392,43 +284,7 @@ class Settings:
     """Directory relative paths resolve against (set by the loader to the config file's)."""
 
     def check(self, where: str) -> None:
-        if not self.services:
-            raise ConfigError("services", "at least one service is required")
-        if not self.accelerators:
-            raise ConfigError("accelerators", "at least one accelerator type is required")
-        names = [s.name for s in self.services]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ConfigError("services", f"duplicate service name {sorted(dup)[0]!r}")
-        if self.actuators.batch == "vllm":
-            for k, svc in enumerate(self.services):
-                if not svc.vllm_ports:
-                    raise ConfigError(f"services[{k}].vllm_ports", 'required with batch = "vllm"')
-                if self.actuators.vllm_runner == "child" and not svc.vllm_command:
-                    raise ConfigError(f"services[{k}].vllm_command", 'required with vllm_runner = "child"')
-                if self.actuators.vllm_runner == "systemd" and len(svc.systemd_units) != len(svc.vllm_ports):
-                    raise ConfigError(f"services[{k}].systemd_units", "needs one unit per entry of vllm_ports")
-        if self.telemetry.vllm_source == "scrape":
-            for k, svc in enumerate(self.services):
-                if not svc.metrics_urls:
-                    raise ConfigError(f"services[{k}].metrics_urls", 'required with vllm_source = "scrape"')
-        if self.uses_sim and self.simulator.gpu_type not in {a.name for a in self.accelerators}:
-            raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
-        known = {a.name for a in self.accelerators}
-        for svc in self.services:
-            where = f"services[{svc.name}].variants"
-            kinds = [v.accelerator for v in svc.variants]
-            if svc.variants and (svc.gpus or svc.deployment):
-                raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
-            for v in svc.variants:
-                if v.accelerator not in known:
-                    raise ConfigError(where, f"accelerator {v.accelerator!r} is not among the accelerators")
-                if kinds.count(v.accelerator) > 1:
-                    raise ConfigError(where, f"accelerator {v.accelerator!r} twice")
-
-    def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
-        """The service's variants, the first accelerator's with its own targets where it names none."""
-        return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)
+        check_settings(self)
 
     @property
     def uses_sim(self) -> bool:
@@ -444,6 +300,20 @@ class Settings:
     def decision_log_path(self) -> Path | None:
         d = self.daemon
         return Path(self.base_dir) / d.state_dir / d.decision_log if d.decision_log else None
+
+    def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
+        """The service's variants, the first accelerator's with its own targets where it names none."""
+        return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)
+
+
+def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
+    """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
+    if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):
+        raise ConfigError(f"{where}.batch_sizes" if where else "batch_sizes",
+                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {list(batch_sizes)[:8]}")
+    if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
+        raise ConfigError(f"{where}.power_levels" if where else "power_levels",
+                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
 
 
 def load_settings(path: Path) -> Settings:

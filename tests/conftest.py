@@ -1,4 +1,12 @@
-"""Shared fixtures: free loopback ports, and the simulated host's config with its state in a temp dir."""
+"""Shared fixtures: free loopback ports, the simulated host's config with its state in a temp dir, a small
+simulated host; and the hypothesis profiles of the property-based suites (tests/test_hostile.py).
+
+Hypothesis profile `ci` (the default): derandomized and without an example database, so every run tries the
+same inputs, sized to finish in well under two minutes (about 20 s). `long`: random, with 25 times the
+examples (about 5 minutes), for a hunt before a release:
+
+    .venv/bin/python -m pytest tests/test_hostile.py --hypothesis-profile=long
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from simulator.host import SimHost
 from simulator.workload import TokenDist, Workload, daily_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
+
+settings.register_profile("ci", derandomize=True, database=None, max_examples=120, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 def free_port() -> int:

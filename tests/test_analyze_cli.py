@@ -64,7 +64,6 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     (["--rate-rps", "500"], "rate_rps: 500 needs 465 % of the GPU for prompts alone"),
     (["--accelerator", "B300"], "accelerator: unknown 'B300'"),
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
-    (["--max-batch", "0"], "max_batch: must be an integer >= 1"),
     (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),
     (["--batch-sizes", "8,16"], "--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms"),
 ])
@@ -75,11 +74,21 @@ def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture
     assert err.count("\n") == 1 and message in err, err
 
 
-def test_a_bad_batch_list_is_refused_by_argparse_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("args,message", [
+    (["--batch-sizes", "8,0"], "argument --batch-sizes: every batch size must be >= 1, got '8,0'"),
+    (["--batch-sizes", "8,100000"], "argument --batch-sizes: at most 64 batch sizes, each <= 4096"),
+    (["--max-batch", "0"], "argument --max-batch: must be in 1..4096, got '0'"),
+    (["--max-batch", "1000000000"], "argument --max-batch: must be in 1..4096, got '1000000000'"),
+    (["--max-queue", "-7"], "argument --max-queue: must be in -1..1000000, got '-7'"),
+    (["--power-cap-w", "nan"], "argument --power-cap-w: must be a finite number in (0, 10000]"),
+])
+def test_a_bad_option_is_refused_by_argparse_in_one_line(capsys: pytest.CaptureFixture[str], args: list[str],
+                                                         message: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(replaced(BASE, [*SLO, "--batch-sizes", "8,0"]))
+        main(replaced(BASE, [*SLO, *args]))
     assert exc.value.code == 2
-    assert "argument --batch-sizes: every batch size must be >= 1, got '8,0'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
 
 
 def replaced(base: list[str], args: list[str]) -> list[str]:
@@ -91,3 +100,10 @@ def replaced(base: list[str], args: list[str]) -> list[str]:
         else:
             out += [flag, value]
     return out
+
+
+def test_absurd_model_numbers_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """1e308 tokens or step times overflowed the models' arithmetic (a ZeroDivisionError traceback)."""
+    assert main(replaced(BASE, ["--out-tokens", "1e308"])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out-tokens: must be a finite number >= 0 and <= 1e+06, got 1e+308" in err

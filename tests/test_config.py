@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 GOOD = (ROOT / "config" / "sim.toml").read_text()
 
 
-def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", str(ROOT / "config" / "sim.toml")]) == 0
-    assert "ok" in capsys.readouterr().out
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped file as it is, but on a port nothing else holds (a running daemon may hold 9464)."""
+    path = tmp_path / "sim.toml"
+    path.write_text(GOOD.replace("port = 9464", f"port = {free_port()}"))
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "ok" in out.out and out.err == ""
 
 
 @pytest.mark.parametrize(
@@ -27,21 +40,86 @@ def test_shipped_sim_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None
         (lambda t: t.replace("budget_w = 4000", 'budget_w = "lots"'), "power.budget_w: must be a number"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), "power.budget_w: must be > 0"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = nan"), "power.budget_w: must be a number, got nan"),
-        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[0\].ttft_ms: must be > 0"),
+        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[chat\].ttft_ms: must be > 0"),
         (lambda t: t.replace('power = "sim"', 'power = "ipmi"'), "actuators.power: must be one of"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
-        (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[1\].statistic: unknown"),
+        (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[code\].statistic: unknown"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 8.5"), "simulator.num_gpus: must be an integer"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nqueue_model = "mg1"'),
          "optimizer.queue_model: unknown"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [0, -1]", 1),
-         r"services\[0\].gpus: GPU indices must be >= 0"),
+         r"services\[chat\].gpus: GPU indices must be in 0..1023"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nresize_tolerance = 0.9'),
          "optimizer.resize_tolerance: must be in"),
         (lambda t: t.replace("in_tokens_cv = 0.6", "in_tokens_cv = -0.1", 1),
-         r"services\[0\].in_tokens_cv: must be between 0 and 10"),
+         r"services\[chat\].in_tokens_cv: must be in \[0, 10\], got -0.1"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nplan_margin = 0.6"),
          r"power.plan_margin: must be in \[0, 0.5\)"),
+        # every bound `run` relies on, named with the service path and the value
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 0", 1),
+         r"services\[chat\].initial_max_batch: must be in 1..4096, got 0"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = -64", 1),
+         r"services\[chat\].initial_max_batch: must be in 1..4096, got -64"),
+        (lambda t: t.replace("initial_max_batch = 128", "initial_max_batch = 1000000000"),
+         r"services\[batch-summaries\].initial_max_batch: must be in 1..4096, got 1000000000"),
+        (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 1000000000]"),
+         r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, got \[16, 1000000000\]"),
+        (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = []"), "optimizer.batch_sizes: must be"),
+        (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 1e6"),
+         r"services\[chat\].sim.rate_rps: must be in \[0, 10000\]"),
+        (lambda t: t.replace("rate_rps = 12.0", "rate_rps = inf"), r"services\[chat\].sim.rate_rps: .*got inf"),
+        (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 5000.0").replace("speed = 1.0", "speed = 10.0"),
+         r"simulator.speed: 10 x the services' sim.rate_rps is 50110 simulated arrivals per second"),
+        (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),
+         r"services\[chat\].sim.cycle_period_s: must be > 0, got 0.0"),
+        (lambda t: t.replace("num_gpus = 8", "num_gpus = 100000"),
+         "simulator.num_gpus: must be in 1..1024, got 100000"),
+        (lambda t: t.replace("speed = 1.0", "speed = 1e12"),
+         r"simulator.speed: must be in \[0, 100\], got 1000000000000.0"),
+        (lambda t: t.replace("num_gpus = 8", "num_gpus = 1024").replace("count = 8", "count = 1024")
+         .replace("speed = 1.0", "speed = 50.0").replace("budget_w = 4000", "budget_w = 200000"),
+         "simulator.speed: 50 x 1024 GPUs is more than 8192"),
+        (lambda t: t.replace("seed = 7", "seed = -7"), r"simulator.seed: must be in 0..2\^63-1, got -7"),
+        (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = 1e300"),
+         r"daemon.slow_interval_s: must be in \[0.1, 86400\], got 1e\+300"),
+        (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = inf"), "daemon.slow_interval_s: .*got inf"),
+        (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nprometheus_url = "localhost:9090"'),
+         "telemetry.prometheus_url: must be an http\\(s\\) URL, got 'localhost:9090'"),
+        (lambda t: t.replace('listen = "127.0.0.1"', 'listen = "not-an-ip"'),
+         "metrics.listen: must be an IP address, got 'not-an-ip'"),
+        (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = inf,", 1), r"services\[chat\].prior.beta_ms: .*got inf"),
+        (lambda t: t.replace("alpha_ms = 20.0,", "alpha_ms = 0.0,", 1),
+         r"services\[chat\].prior.alpha_ms: must be > 0"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\nmax_queue = -5", 1),
+         r"services\[chat\].max_queue: must be in 0..1000000, got -5"),
+        (lambda t: t.replace('name = "code"', 'name = ""'), r"services\[1\].name: must not be empty"),
+        (lambda t: t.replace('name = "code"', 'name = "chat"'), r"services\[chat\].name: duplicate service name"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [99]", 1),
+         r"services\[chat\].gpus: GPU 99 is not on the simulated host \(GPUs 0..7\)"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [1]")
+         .replace("initial_max_batch = 128", "initial_max_batch = 128\ngpus = [1]"),
+         r"services\[code\].gpus: GPU 1 is already services\[chat\]'s"),
+        (lambda t: t.replace("count = 8", "count = 64"),
+         r"accelerators\[H100-SXM\].count: 64 is not the simulated host's 8 H100-SXM GPUs"),
+        (lambda t: t.replace("count = 8", "count = 1"), r"accelerators\[H100-SXM\].count: 1 is not"),
+        (lambda t: t + '[[accelerators]]\nname = "A100-SXM4"\ncount = 4\n',
+         r"accelerators\[A100-SXM4\].count: 4 is not the simulated host's 0 A100-SXM4 GPUs"),
+        (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntransition_penalty = inf'),
+         r"optimizer.transition_penalty: must be in \[0, 1\], got inf"),
+        (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntransition_penalty = -0.1'),
+         r"optimizer.transition_penalty: must be in \[0, 1\], got -0.1"),
+        (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntime_limit_s = 20'),
+         r"optimizer.time_limit_s: 20.0 s must be shorter than daemon.slow_interval_s \(15.0 s\)"),
+        (lambda t: t.replace("min_replicas = 1", "min_replicas = 4"),
+         r"services\[batch-summaries\].min_replicas: the services' min_replicas up to here add up to 12, more "
+         r"replicas than the accelerators hold \(8\)"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 700"),
+         "power.budget_w: 700 W is below the fleet's idle draw, 760 W"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"), r"power.budget_w: must be in \[0, 1e\+08\]"),
+        (lambda t: t.replace("max_replica_step = 1", "max_replica_step = 99999999999999999999"),
+         "stability.max_replica_step: must be an integer of at most 64 bits"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 99999999999999999999"),
+         "power.budget_w: must be a number of at most 64 bits"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(
@@ -75,3 +153,119 @@ def test_unreadable_file_as_root_too(tmp_path: Path, capsys: pytest.CaptureFixtu
     path.mkdir()
     assert main(["check-config", str(path)]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "w.toml"
+    path.write_text(text.replace("port = 9464", f"port = {free_port()}"))
+    return path
+
+
+def test_metrics_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        path = tmp_path / "w.toml"
+        path.write_text(GOOD.replace("port = 9464", f"port = {port}"))
+        assert main(["check-config", str(path)]) == 2
+        assert main(["run", "--config", str(path), "--duration", "1"]) == 2  # refused before anything starts
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wattscale: metrics.port: {port} is already in use on 127.0.0.1"] * 2
+
+
+def test_metrics_listen_not_on_this_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, GOOD.replace('listen = "127.0.0.1"', 'listen = "192.0.2.1"'))  # TEST-NET-1
+    assert main(["check-config", str(path)]) == 2
+    assert "metrics.listen: 192.0.2.1 is not an address of this host" in capsys.readouterr().err
+
+
+def test_state_dir_not_a_directory_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "afile/state"'))
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "ok" in out.out
+    assert out.err.strip() == (f"wattscale: warning: daemon.state_dir: {tmp_path / 'afile'} is not a directory; "
+                               "tuner state will not be saved")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes any directory")
+def test_read_only_state_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "ro/state"'))
+    assert main(["check-config", str(path)]) == 0
+    assert "is not writable; tuner state will not be saved" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("duration", ["nan", "-5", "0", "inf", "soon"])
+def test_run_duration_must_be_finite_and_positive(duration: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(ROOT / "config" / "sim.toml"), "--duration", duration])
+    assert exc.value.code == 2
+    assert "--duration: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old,new", [
+    ("initial_max_batch = 64", "initial_max_batch = 0"),
+    ("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [1000000000]"),
+    ("rate_rps = 12.0", "rate_rps = 1e6"),
+    ("num_gpus = 8", "num_gpus = 100000"),
+    ("speed = 1.0", "speed = 1e12"),
+])
+def test_run_refuses_what_hung_the_daemon_at_once(tmp_path: Path, old: str, new: str) -> None:
+    """The configs whose slow tick never ended (issue 25) are refused by `run` itself, in one line."""
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(path), "--duration", "30"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=5, cwd=ROOT)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
+SERVICES = ("chat", "code", "batch-summaries")
+
+
+def vllm_child(exe: str) -> str:
+    """The sim config with each service's batch changed by restarting a child process (`exe`) on a port."""
+    text = GOOD.replace('batch = "sim"', 'batch = "vllm"')
+    for k, name in enumerate(SERVICES):
+        text = text.replace(f'name = "{name}"', f'name = "{name}"\nvllm_ports = [{8000 + k}]\nvllm_command = ["{exe}"]')
+    return text
+
+
+def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(write(tmp_path, vllm_child(sys.executable)))]) == 0
+    assert main(["check-config", str(write(tmp_path, vllm_child("no-such-vllm")))]) == 2
+    assert "services[chat].vllm_command: 'no-such-vllm' is not an executable program" in capsys.readouterr().err
+    kube = GOOD.replace('replicas = "sim"', 'replicas = "kubernetes"\nkubeconfig = "missing.yaml"')
+    assert main(["check-config", str(write(tmp_path, kube))]) == 2
+    assert f"actuators.kubeconfig: {tmp_path / 'missing.yaml'} is not a readable file" in capsys.readouterr().err
+
+
+def test_an_unwritable_dropin_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"\n'
+                                              'systemd_dropin_dir = "afile"')
+    for k, name in enumerate(SERVICES):
+        text = text.replace(f"vllm_ports = [{8000 + k}]", f'vllm_ports = [{8000 + k}]\nsystemd_units = ["{name}-0"]')
+    assert main(["check-config", str(write(tmp_path, text))]) == 0
+    assert (f"wattscale: warning: actuators.systemd_dropin_dir: {tmp_path / 'afile'} is not a directory; changes "
+            "of max batch will fail") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old,new", [
+    ("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [1000000000]"),
+    ("initial_max_batch = 64", "initial_max_batch = 64\nmax_queue = -5"),
+])
+def test_sighup_with_a_bad_bound_keeps_the_running_config(tmp_path: Path, old: str, new: str) -> None:
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD.replace("port = 9464", "port = 0"))
+    daemon = Daemon(path, load_settings(path))
+    before = daemon.settings
+    path.write_text(GOOD.replace("port = 9464", "port = 0").replace(old, new, 1))
+    daemon.reload()
+    assert daemon.settings is before
+    assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0

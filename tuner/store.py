@@ -1,19 +1,33 @@
-"""Versioned, atomically written tuner state; a corrupt or foreign file falls back to the priors."""
+"""Versioned, atomically written tuner state. A file that does not validate (schema, finite, in range) is
+set aside as `<name>.bad` with one warning and its pairs start from their priors: a corrupt file must not
+stop the daemon or fail every cycle. A state dir that cannot be written is warned about, never raised."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tempfile
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tuner.ekf import PairFilter
+from tuner.observation import Observation
+
+log = logging.getLogger(__name__)
 
 STATE_KIND = "wattscale-tuner"
 STATE_VERSION = 1
+MAX_PARAM = 1e6
+"""Largest saved parameter (ms, or a sensitivity); the filter clamps to 10x its prior, far below."""
+OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
+OBSERVATION_REQUIRED = {f.name for f in fields(Observation) if f.default is MISSING}
+_save_failures: dict[Path, str] = {}
+"""The last save error per path, so that a dir that stays unwritable is one warning, not one per cycle."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -45,17 +59,78 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
     }
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _vector(v: object) -> bool:
+    return isinstance(v, list) and all(_number(a) and 0 <= a <= MAX_PARAM for a in v)
+
+
+def draw_problem(draw: object) -> str | None:
+    """Why a saved draw curve is unusable (None when DrawFit.restore may read it: it checks the bounds).
+    A bad curve costs only the curve: the pair's latency state is kept."""
+    if not isinstance(draw, dict) or not isinstance(draw.get("recent"), list):
+        return "draw is not a table with a list of recent windows"
+    for name in ("busy_share", "batch_half"):
+        if draw.get(name) is not None and not _number(draw[name]):
+            return f"draw.{name} is not a finite number"
+    for obs in draw["recent"]:
+        if not isinstance(obs, dict) or not OBSERVATION_REQUIRED <= set(obs) <= OBSERVATION_FIELDS:
+            return "draw.recent holds something other than observations"
+        if not all(_number(v) or (v is None and k in ("power_cap_w", "power_w")) or (k == "steady" and v in (0, 1))
+                   for k, v in obs.items()):
+            return "draw.recent holds a value that is not a finite number"
+    return None
+
+
+def pair_problem(data: object) -> str | None:
+    """Why one saved pair is not usable state (None when it is): its schema, finiteness and ranges."""
+    if not isinstance(data, dict):
+        return "not a table"
+    if not isinstance(data.get("family"), str) or not isinstance(data.get("queue_model", ""), str):
+        return "family or queue_model is not a name"
+    for name in ("prior", "x"):
+        if not _vector(data.get(name)) or not data[name]:
+            return f"{name} is not a list of finite numbers in [0, {MAX_PARAM:g}]"
+    n = len(data["x"])
+    p = data.get("p")
+    if not (isinstance(p, list) and len(p) == n and all(isinstance(r, list) and len(r) == n for r in p)
+            and all(_number(v) for r in p for v in r)):
+        return f"p is not a finite {n} x {n} matrix"
+    cov = np.array(p, dtype=float)
+    if np.any(np.diag(cov) < 0) or not np.allclose(cov, cov.T, rtol=1e-6, atol=1e-12):
+        return "p is not a covariance (symmetric, variances >= 0)"
+    if not _count(data.get("updates")) or not _count(data.get("accepted")):
+        return "updates or accepted is not a count"
+    rejected = data.get("rejected")
+    if not isinstance(rejected, dict) or not all(_count(v) for v in rejected.values()):
+        return "rejected is not a table of counts"
+    return None
+
+
+def fits(f: PairFilter, data: dict[str, Any]) -> bool:
+    """Validated saved state was written by a filter of the same family, queue model, prior and shape."""
+    prior = np.asarray(data["prior"], dtype=float)
+    return (
+        data["family"] == f.prior.family
+        and data.get("queue_model", "mm1k-batch") == f.queue_model
+        and prior.shape == f.prior_vector().shape
+        and bool(np.allclose(prior, f.prior_vector()))
+        and len(data["x"]) == f.x.size
+    )
+
+
 def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
-    """Load saved state into a fresh filter if it fits the same family, queue model and prior; else False."""
+    """Load validated saved state into a fresh filter if it fits (see `fits`); else False, nothing changed."""
+    if not fits(f, data):
+        return False
     x = np.asarray(data["x"], dtype=float)
     p = np.asarray(data["p"], dtype=float)
-    same = (
-        data.get("family") == f.prior.family
-        and data.get("queue_model", "mm1k-batch") == f.queue_model
-        and np.allclose(data.get("prior", []), f.prior_vector())
-    )
-    if not same or x.shape != f.x.shape or p.shape != f.p.shape or not np.all(np.isfinite(x)):
-        return False
     f.x, f.p = x, p
     f.updates = int(data["updates"])
     f.accepted = int(data["accepted"])
@@ -63,9 +138,53 @@ def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
     return True
 
 
-def save(path: Path, filters: dict[str, PairFilter]) -> None:
+def out_of_bounds(f: PairFilter, data: dict[str, Any]) -> bool:
+    """Saved state that fits the filter but lies outside the clamp it keeps its estimate in: no filter
+    wrote it. (State of another prior may lie anywhere; it is not restored.)"""
+    low, high = f.bounds
+    x = np.asarray(data["x"], dtype=float)
+    return fits(f, data) and bool(np.any(x < low * (1 - 1e-9)) or np.any(x > high * (1 + 1e-9)))
+
+
+def save(path: Path, filters: dict[str, PairFilter]) -> bool:
+    """Write every filter's state; False (with one warning per new error) when the file cannot be written."""
     doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": {k: dump_pair(v) for k, v in filters.items()}}
-    atomic_write_text(path, json.dumps(doc))  # compact: with an indent json falls back to its Python encoder
+    try:
+        atomic_write_text(path, json.dumps(doc))  # compact: with an indent json falls back to its Python encoder
+    except OSError as exc:
+        message = f"{path}: cannot save tuner state ({exc.strerror or exc}); running on, it is lost on restart"
+        if _save_failures.get(path) != message:
+            log.warning("%s", message)
+        _save_failures[path] = message
+        return False
+    _save_failures.pop(path, None)
+    return True
+
+
+def set_aside(path: Path, problem: str) -> str:
+    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log."""
+    aside = path.with_name(path.name + ".bad")
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        return f"{path}: {problem}; could not set it aside ({exc.strerror}); starting from priors"
+    return f"{path}: {problem}; set aside as {aside.name}, starting from priors"
+
+
+def doc_problem(doc: object) -> str | None:
+    """Why a whole state document is unusable (None when every pair in it validates)."""
+    if not isinstance(doc, dict) or doc.get("kind") != STATE_KIND:
+        return "not a wattscale tuner state file"
+    if doc.get("version") != STATE_VERSION:
+        return f"state version {doc.get('version')!r} is not {STATE_VERSION}"
+    pairs = doc.get("pairs")
+    if not isinstance(pairs, dict):
+        return "pairs is not a table"
+    for key, data in pairs.items():
+        problem = pair_problem(data)
+        if problem is not None:
+            return f"saved state of {key}: {problem}"
+    return None
 
 
 def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
@@ -74,19 +193,26 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
         return []
     try:
         doc = json.loads(path.read_text())
-        if not isinstance(doc, dict) or doc.get("kind") != STATE_KIND:
-            return [f"{path}: not a wattscale tuner state file; starting from priors"]
-        if doc.get("version") != STATE_VERSION:
-            return [f"{path}: state version {doc.get('version')!r} is not {STATE_VERSION}; starting from priors"]
-        warnings = []
-        for key, data in doc["pairs"].items():
-            if key not in filters:
-                continue
-            if not restore_pair(filters[key], data):
-                warnings.append(f"{path}: saved state of {key} no longer matches its prior; starting from the prior")
-            # The draw curve is the pair's (model x accelerator), whatever its latency prior.
-            if "draw" in data and not filters[key].draw.restore(data["draw"]):
-                warnings.append(f"{path}: saved draw curve of {key} is unreadable; starting from the catalogue's")
-        return warnings
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"{path}: unreadable tuner state ({exc}); starting from priors"]
+    except OSError as exc:
+        return [f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"]
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        return [set_aside(path, f"unreadable tuner state ({str(exc)[:80]})")]
+    problem = doc_problem(doc)
+    if problem is None:
+        problem = next((f"saved state of {k}: outside the filter's bounds for its prior"
+                        for k, f in filters.items() if k in doc["pairs"] and out_of_bounds(f, doc["pairs"][k])), None)
+    if problem is not None:
+        return [set_aside(path, problem)]
+    warnings = []
+    for key, data in doc["pairs"].items():
+        if key not in filters:
+            continue
+        notes = []
+        if not restore_pair(filters[key], data):
+            notes.append(f"state of {key} no longer matches its prior; starting from the prior")
+        # The draw curve is the pair's (model x accelerator), whatever its latency prior.
+        if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
+            notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
+        if notes:
+            warnings.append(f"{path}: saved " + ", and ".join(notes))
+    return warnings

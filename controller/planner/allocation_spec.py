@@ -6,10 +6,13 @@ error) is a factor on the FP16 figures. Costs are in $ per rental period.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive
+from controller.config_loader import ConfigError, check_positive, check_range
+from controller.planner.packing_spec import MAX_CARDS, MAX_TIME_LIMIT_S
+from controller.settings_checks import MAX_REPLICAS
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ class GpuSpec:
         check_positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
         if not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees):
             raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], got {list(self.tp_degrees)}")
-        if self.available < 0:
-            raise ConfigError(f"{where}.available", f"must be >= 0, got {self.available}")
+        if not 0 <= self.available <= MAX_CARDS:
+            raise ConfigError(f"{where}.available", f"must be in 0..{MAX_CARDS}, got {self.available}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class AllocationSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
+        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
         check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
         for name in ("queries", "models", "gpus", "precisions"):
             if not getattr(self, name):
@@ -156,10 +160,10 @@ class AllocationSpec:
         if not 0 < self.compute_efficiency <= 1 or not 0 < self.mem_util <= 1:
             raise ConfigError("compute_efficiency/mem_util", "must be in (0, 1]")
         for n in ("1", "2", "4", "8"):
-            if not self.tp_speedup.get(n, 0) > 0:
-                raise ConfigError(f"tp_speedup.{n}", "needs a value > 0 for each of 1, 2, 4, 8")
-        if self.max_replicas < 1:
-            raise ConfigError("max_replicas", f"must be >= 1, got {self.max_replicas}")
+            if not 0 < self.tp_speedup.get(n, 0) < math.inf:
+                raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")
+        if not 1 <= self.max_replicas <= MAX_REPLICAS:
+            raise ConfigError("max_replicas", f"must be in 1..{MAX_REPLICAS}, got {self.max_replicas}")
 
     def tiers(self) -> list[tuple[str, str]]:
         return [(g, p) for g in self.gpus for p in self.precisions]

@@ -10,7 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive
+from controller.config_loader import ConfigError, check_positive, check_range
+
+MAX_REQUESTS = 10_000_000
+"""Largest workload (requests) drawn and packed."""
+MAX_CARDS = 1_000_000
+"""Most cards of one type in a scenario (and most the availability scale multiplies them by)."""
+MAX_CONFIG_CARDS = 64
+"""Most cards in one config."""
+MAX_TIME_LIMIT_S = 600.0
+"""Longest MILP time limit per instance."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,8 @@ class PackingSpec:
                 if gpu not in self.gpus:
                     raise ConfigError(f"scenarios.{sname}.{gpu}",
                                       f"unknown GPU type, expected one of {sorted(self.gpus)}")
-                if n < 0:
-                    raise ConfigError(f"scenarios.{sname}.{gpu}", f"must be >= 0, got {n}")
+                if not 0 <= n <= MAX_CARDS:
+                    raise ConfigError(f"scenarios.{sname}.{gpu}", f"must be in 0..{MAX_CARDS}, got {n}")
         for tname, shares in self.traces.items():
             for rtype, share in shares.items():
                 if rtype not in self.request_types:
@@ -95,15 +104,19 @@ class PackingSpec:
         if len(self.cards) != len(self.speedups) or not self.cards:
             raise ConfigError("speedups",
                               f"needs one entry per cards entry ({len(self.cards)}), got {len(self.speedups)}")
-        if any(k < 1 for k in self.cards) or any(s <= 0 for s in self.speedups):
+        if any(k < 1 for k in self.cards) or not all(0 < s < math.inf for s in self.speedups):
             raise ConfigError("cards/speedups", "cards must be >= 1 and speedups > 0")
         for f in ("mem_util", "fit_margin"):
             if not 0 < getattr(self, f) <= 1:
                 raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")
         check_positive(self, "", ("compute_adjust", "availability_scale", "time_limit_s"))
-        check_positive(self, "", ("mip_gap",), allow_zero=True)
-        if not self.scales or any(n < 0 for n in self.scales):
-            raise ConfigError("scales", "needs request counts >= 0")
+        check_range(self, "", ("availability_scale",), 1, MAX_CARDS)
+        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
+        check_range(self, "", ("mip_gap",), 0.0, 1.0)
+        if not self.scales or any(not 0 <= n <= MAX_REQUESTS for n in self.scales):
+            raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {list(self.scales)[:8]}")
+        if any(k > MAX_CONFIG_CARDS for k in self.cards):
+            raise ConfigError("cards", f"at most {MAX_CONFIG_CARDS} cards per config, got {list(self.cards)[:8]}")
         for gpu in self.homogeneous:
             if gpu not in self.gpus:
                 raise ConfigError("homogeneous", f"unknown GPU type {gpu!r}, expected one of {sorted(self.gpus)}")

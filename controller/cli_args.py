@@ -1,0 +1,150 @@
+"""The command line's argument types and the options of `analyze`, `tune` and `plan`: every option bounded
+where it is read and helped with its unit, and a bad one is one line (`wattscale: error: ...`), exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import NoReturn
+
+from controller.planner.packing_spec import MAX_REQUESTS
+from controller.settings_checks import MAX_BATCH, MAX_QUEUE
+from queuemodels import DEFAULT_MODEL, MODELS
+from queuemodels.accelerators import CATALOG
+
+PARAMS_HELP = {
+    "alpha-ms": "decode step base time (ms)",
+    "beta-ms": "decode step time per sequence in the batch (ms)",
+    "gamma-ms": "prefill base time (ms)",
+    "delta-ms": "prefill time per prompt token and sequence (ms; gen1 only)",
+}
+ACCELERATORS = ", ".join(sorted(CATALOG))
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (usage is on --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (math.isfinite(value) and (low < value if low_open else low <= value) and value <= high):
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """--duration: a finite number of seconds > 0 (nan or inf would never stop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    """--batch-sizes: a comma-separated list of whole numbers in 1..MAX_BATCH."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {text!r}")
+    if max(sizes) > MAX_BATCH or len(sizes) > 64:
+        raise argparse.ArgumentTypeError(f"at most 64 batch sizes, each <= {MAX_BATCH}, got {text!r}")
+    return sizes
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS),
+                   help="queue model: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)")
+    p.add_argument("--family", default="gen1", choices=["gen1", "gen2"],
+                   help="service-time family of the parameters (docs/queue-models.md)")
+
+
+def add_analyze_args(a: argparse.ArgumentParser) -> None:
+    _model_args(a)
+    for name in ("alpha-ms", "beta-ms", "gamma-ms"):
+        a.add_argument(f"--{name}", type=float, required=True, metavar="MS", help=PARAMS_HELP[name])
+    a.add_argument("--delta-ms", type=float, default=0.0, metavar="MS", help=PARAMS_HELP["delta-ms"] + ", default 0")
+    a.add_argument("--in-tokens", type=float, required=True, metavar="N", help="mean prompt length (tokens)")
+    a.add_argument("--out-tokens", type=float, required=True, metavar="N", help="mean output length (tokens)")
+    a.add_argument("--rate-rps", type=float, required=True, metavar="RPS", help="arrival rate (requests/s)")
+    a.add_argument("--in-cv", type=float, default=1.0, metavar="CV", help="spread of prompt lengths (std / mean)")
+    a.add_argument("--out-cv", type=float, default=1.0, metavar="CV", help="spread of output lengths (std / mean)")
+    a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",
+                   help=f"vLLM --max-num-seqs (sequences), 1..{MAX_BATCH}, default 64")
+    a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=-1, metavar="N",
+                   help="waiting requests a server holds (requests); -1: unbounded")
+    a.add_argument("--power-cap-w", type=number(0.0, 10_000.0, low_open=True), default=None, metavar="W",
+                   help="GPU power cap (W); needs --accelerator")
+    a.add_argument("--accelerator", default=None, metavar="NAME", help=f"power profile: {ACCELERATORS}")
+    a.add_argument("--ttft-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
+                   help="time-to-first-token objective (ms); with --itl-slo-ms, max_rate_rps is reported")
+    a.add_argument("--itl-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
+                   help="inter-token-latency objective (ms)")
+    a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"],
+                   help="statistic the objectives apply to")
+    a.add_argument("--batch-sizes", type=batch_sizes, default=None, metavar="N,N,...",
+                   help="with SLOs: the max batch among these taking the most load, and the one serving "
+                        "--rate-rps at the lowest draw (with --accelerator)")
+
+
+def add_tune_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("observations", metavar="CSV", help="observations, one row per window (config/examples/"
+                                                       "observations.csv; columns in tuner/offline.py)")
+    _model_args(t)
+    for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
+        low_open = name == "alpha-ms"
+        t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), default=default, metavar="MS",
+                       help=f"prior {PARAMS_HELP[name]}, default {default}")
+    t.add_argument("--accelerator", default=None, metavar="NAME",
+                   help=f"power profile, needed when rows carry power caps or draws: {ACCELERATORS}")
+    t.add_argument("--fit-power", action="store_true",
+                   help="also fit the prefill power sensitivity (needs --accelerator)")
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_plan_args(pl: argparse.ArgumentParser) -> None:
+    pl.add_argument("spec", metavar="SPEC", help="TOML planning spec, kind packing or allocation (docs/plan.md)")
+    pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"],
+                    help="packing: milp, greedy or homogeneous (one GPU type); allocation: milp only")
+    pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
+    pl.add_argument("--plots", default=None, metavar="DIR",
+                    help="packing --compare: one PNG per scenario into DIR (created if its parent exists)")
+    pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
+    pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")
+    pl.add_argument("--requests", type=whole(0, MAX_REQUESTS), default=None, metavar="N",
+                    help=f"packing: workload size (requests), 0..{MAX_REQUESTS} (default: the largest scale)")
+    pl.add_argument("--gamma", type=number(0.0, 1e6), default=None, metavar="ROUTES",
+                    help="allocation: robust budget of uncertainty (routes of a query type that may deviate at once)")
+    pl.add_argument("--json", action="store_true", help="print the result as JSON")

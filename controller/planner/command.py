@@ -1,0 +1,103 @@
+"""`wattscale plan`: the command around the planner, its options checked against the spec's kind before a
+long solve starts (an option that does not apply is refused, not ignored)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from controller.config_loader import ConfigError
+from controller.planner import load_plan_spec
+from controller.planner.allocation_spec import AllocationSpec
+from controller.planner.packing_spec import PackingSpec
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Exit 0 with a plan, 1 when none is feasible, 2 (ConfigError) for a bad spec or option."""
+    if args.plots is not None and not args.compare:
+        raise ConfigError("--plots", "applies with --compare only")
+    plots = _plots_dir(args.plots)
+    spec = load_plan_spec(Path(args.spec))
+    packing_options = args.scenario is not None or args.trace is not None or args.requests is not None
+    if isinstance(spec, AllocationSpec):
+        if args.compare:
+            raise ConfigError("--compare/--plots", "apply to packing specs only")
+        if args.solver != "milp":
+            raise ConfigError("--solver", "an allocation spec is solved by milp only")
+        if packing_options:
+            raise ConfigError("--scenario/--trace/--requests", "apply to packing specs only")
+        return _allocation(args, spec)
+    if args.gamma is not None:
+        raise ConfigError("--gamma", "applies to allocation specs only")
+    if args.compare:
+        if packing_options:
+            raise ConfigError("--scenario/--trace/--requests", "--compare runs every one; give neither")
+        return _compare(args, spec, plots)
+    return _packing(args, spec)
+
+
+def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
+    from controller.planner.allocation import AllocationModel
+    from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
+
+    if args.gamma is not None:
+        spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
+    model = AllocationModel(spec)
+    best = model.solve()
+    doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
+    print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
+    return 0 if best.ok else 1
+
+
+def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) -> int:
+    from controller.planner.packing_report import compare, compare_table, plot_compare
+
+    rows = compare(spec)
+    print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
+    if plots is not None:
+        try:
+            written = plot_compare(rows, plots)
+        except OSError as exc:
+            raise ConfigError("--plots", f"cannot write into {plots} ({exc.strerror})") from None
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
+    from controller.planner.packing import enumerate_configs
+    from controller.planner.packing_report import Instance, result_json, solve_instance
+
+    inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
+                    args.requests if args.requests is not None else max(spec.scales))
+    if inst.scenario not in spec.scenarios or inst.trace not in spec.traces:
+        raise ConfigError("--scenario/--trace",
+                          f"expected a scenario in {list(spec.scenarios)} and a trace in {list(spec.traces)}")
+    configs = enumerate_configs(spec)
+    doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for r in doc["results"]:
+            cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
+            print(f"{r['solver']:<22} {cost:>12}  cards {r['cards']}  {r['note']}")
+    if not any(r["feasible"] for r in doc["results"]):
+        print(f"wattscale: plan: no feasible packing of {inst.requests} requests ({inst.trace}) on scenario "
+              f"{inst.scenario}'s cards with --solver {args.solver}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plots_dir(text: str | None) -> Path | None:
+    """--plots: an existing directory, or a new one in an existing directory (checked before a long solve)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--plots", f"{path} exists and is not a directory")
+    if not path.exists() and not path.parent.is_dir():
+        raise ConfigError("--plots", f"{path.parent} does not exist; create it first")
+    return path

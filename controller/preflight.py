@@ -1,0 +1,77 @@
+"""What `run` needs of the host beyond the file, probed without side effects: the metrics address can be
+bound (and is free), the backends' programs and packages are there, and the directories it writes can be
+written (a warning: the daemon runs on without them). `check-config` and `run` call the same probe."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from controller.config_loader import ConfigError
+from controller.settings import Settings
+
+
+def check_metrics_bind(listen: str, port: int) -> None:
+    """Bind and close a socket as the metrics server would (SO_REUSEADDR, so a closing predecessor's
+    TIME_WAIT is no conflict); raises ConfigError naming the field. Port 0 disables the endpoint."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listen, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError("metrics.port", f"{port} is already in use on {listen}") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError("metrics.listen", f"{listen} is not an address of this host") from None
+            raise ConfigError("metrics.port", f"cannot bind {listen}:{port} ({exc.strerror})") from None
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why files could not be created in `directory` (or the parents it would be made in); None if they can."""
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def check_backends(settings: Settings) -> list[str]:
+    """The programs and packages the named backends start or import; warnings for directories they write."""
+    a, warnings = settings.actuators, []
+    if a.replicas == "kubernetes":
+        if importlib.util.find_spec("kubernetes") is None:
+            raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'")
+        kubeconfig = Path(settings.base_dir) / a.kubeconfig
+        if a.kubeconfig and not (kubeconfig.is_file() and os.access(kubeconfig, os.R_OK)):
+            raise ConfigError("actuators.kubeconfig", f"{kubeconfig} is not a readable file")
+    if a.batch == "vllm" and a.vllm_runner == "child":
+        for svc in settings.services:
+            program = svc.vllm_command[0]
+            if shutil.which(program) is None:
+                raise ConfigError(f"services[{svc.name}].vllm_command", f"{program!r} is not an executable program")
+    if a.batch == "vllm" and a.vllm_runner == "systemd":
+        problem = unwritable(Path(settings.base_dir) / a.systemd_dropin_dir)
+        if problem is not None:
+            warnings.append(f"actuators.systemd_dropin_dir: {problem}; changes of max batch will fail")
+    return warnings
+
+
+def preflight(settings: Settings) -> list[str]:
+    """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
+    check_metrics_bind(settings.metrics.listen, settings.metrics.port)
+    warnings = check_backends(settings)
+    problem = unwritable(settings.state_path.parent)
+    if problem is not None:
+        warnings.append(f"daemon.state_dir: {problem}; tuner state will not be saved")
+    return warnings
+

@@ -1,0 +1,161 @@
+"""Per-service settings: objectives, workload shape, queue-model prior, simulated workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controller.config_loader import ConfigError, check_positive, check_range
+from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
+from queuemodels import FAMILIES, STATISTICS, Load, ServiceParams
+
+MAX_STEP_MS = 60_000.0
+"""Largest prior step time (ms): a minute per decode step or prompt is a unit mistake."""
+MAX_TOKENS = 1_000_000.0
+"""Longest mean prompt or output (tokens)."""
+MAX_PRIORITY = 1000
+"""Lowest priority level."""
+MAX_SIM_RATE_RPS = 10_000.0
+"""Highest simulated arrival rate of one service (requests/s)."""
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    family: str = "gen1"
+    """Service-time family of the queue model."""
+    alpha_ms: float = 20.0
+    """Decode step base time (ms)."""
+    beta_ms: float = 0.2
+    """Decode step time per sequence in the batch (ms)."""
+    gamma_ms: float = 20.0
+    """Prefill base time (ms)."""
+    delta_ms: float = 0.05
+    """Prefill time per prompt token and sequence (ms)."""
+
+    def check(self, where: str) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
+        check_positive(self, where, ("alpha_ms",))
+        check_range(self, where, ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), 0.0, MAX_STEP_MS)
+
+    def params(self) -> ServiceParams:
+        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
+
+
+@dataclass(frozen=True)
+class SimWorkloadSettings:
+    rate_rps: float = 1.0
+    """Mean arrival rate of the simulated service (requests/s)."""
+    cycle_amplitude: float = 0.0
+    """Relative amplitude of a sinusoidal cycle of the rate, in [0, 1]."""
+    cycle_period_s: float = 3600.0
+    """Period of that cycle (s)."""
+    in_cv: float = 0.6
+    """Coefficient of variation of prompt lengths."""
+    out_cv: float = 0.6
+    """Coefficient of variation of output lengths."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
+        check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
+        check_positive(self, where, ("cycle_period_s",))
+        check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    accelerator: str
+    """Accelerator type this variant runs on (one of `accelerators`)."""
+    deployment: str = ""
+    """Kubernetes Deployment of this variant's replicas; empty: `<service>-<accelerator>` in lower case."""
+    gpus: tuple[int, ...] = ()
+    """GPU indices (NVML order) of this variant's replicas, on an nvml host."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    """Service name (also the Deployment or unit it maps to)."""
+    model: str
+    """Served model name (vLLM `model_name`)."""
+    ttft_ms: float
+    """Time-to-first-token objective (ms)."""
+    itl_ms: float
+    """Inter-token-latency objective (ms)."""
+    statistic: str = "mean"
+    """Statistic the objectives apply to: mean, p95 or p99."""
+    priority: int = 1
+    """1 is most important; higher numbers give way first when power is short."""
+    min_replicas: int = 1
+    """Never fewer replicas than this."""
+    max_replicas: int = 8
+    """Never more replicas than this."""
+    in_tokens: float = 512.0
+    """Expected mean prompt length, until observed."""
+    out_tokens: float = 256.0
+    """Expected mean output length, until observed."""
+    in_tokens_cv: float = 1.0
+    """Spread of prompt lengths (std / mean); it widens the TTFT tail. vLLM's 1-2-5 token histograms are
+    too coarse to measure it, so it is the operator's to give (1 = exponential, a safe default)."""
+    out_tokens_cv: float = 1.0
+    """Spread of output lengths (std / mean); queueing delay scales with (1 + cv^2) / 2."""
+    max_queue: int = 1024
+    """Waiting requests one replica holds before it is counted saturated."""
+    initial_max_batch: int = 64
+    """`--max-num-seqs` at start."""
+    metrics_urls: tuple[str, ...] = ()
+    """The `/metrics` URLs of this service's vLLM servers (`vllm_source = "scrape"`)."""
+    vllm_command: tuple[str, ...] = ()
+    """`vllm` batch backend, child runner: a replica's command line (argv, no shell); wattscale adds
+    `--port` and `--max-num-seqs`."""
+    vllm_ports: tuple[int, ...] = ()
+    """`vllm` batch backend: one port per replica on 127.0.0.1 (its /health is checked after a restart)."""
+    systemd_units: tuple[str, ...] = ()
+    """`vllm` batch backend, systemd runner: one unit per replica, in `vllm_ports` order."""
+    deployment: str = ""
+    """Kubernetes Deployment serving this service (`kubernetes` replica backend); empty: the service name."""
+    gpus: tuple[int, ...] = ()
+    """GPU indices (NVML order) this service's replicas run on, on a host with `gpu_source = "nvml"`; every
+    GPU of such a host must belong to one service."""
+    prior: PriorSettings = field(default_factory=PriorSettings)
+    """Queue-model parameters before any observation."""
+    sim: SimWorkloadSettings = field(default_factory=SimWorkloadSettings)
+    """Simulated workload (simulator only)."""
+    variants: tuple[VariantSettings, ...] = ()
+    """The accelerator types the service may run on, each with its own replica target; the plan moves it
+    between them (the new one scaled up before the old one down). Empty: one variant on the first
+    accelerator, with this service's `deployment` and `gpus`."""
+
+    def load(self, rate_rps: float, in_tokens: float, out_tokens: float) -> Load:
+        """A load of this service's workload shape."""
+        return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv)
+
+    def check(self, where: str) -> None:
+        if not self.name.strip():
+            raise ConfigError(f"{where}.name", "must not be empty")
+        check_positive(self, where, ("ttft_ms", "itl_ms"))
+        if self.statistic not in STATISTICS:
+            raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
+        if not 1 <= self.priority <= MAX_PRIORITY:
+            raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {self.priority}")
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({self.max_replicas}), "
+                              f"got {self.min_replicas}")
+        if self.max_replicas > MAX_REPLICAS:
+            raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {self.max_replicas}")
+        check_range(self, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
+        check_range(self, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
+        if not 0 <= self.max_queue <= MAX_QUEUE:
+            raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {self.max_queue}")
+        if not 1 <= self.initial_max_batch <= MAX_BATCH:
+            raise ConfigError(f"{where}.initial_max_batch", f"must be in 1..{MAX_BATCH}, got {self.initial_max_batch}")
+        if any(not 0 <= g < MAX_GPUS for g in self.gpus):
+            raise ConfigError(f"{where}.gpus", f"GPU indices must be in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
+        for v in self.variants:
+            if any(not 0 <= g < MAX_GPUS for g in v.gpus):
+                raise ConfigError(f"{where}.variants[{v.accelerator}].gpus",
+                                  f"GPU indices must be in 0..{MAX_GPUS - 1}, got {list(v.gpus)}")
+        if any(not 1 <= p <= 65535 for p in self.vllm_ports):
+            raise ConfigError(f"{where}.vllm_ports", f"must be ports in 1..65535, got {list(self.vllm_ports)}")
+        for url in self.metrics_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {url!r}")

@@ -1,0 +1,145 @@
+"""Bounds and cross-field checks of the daemon's settings: what one field cannot say alone (inventory against
+the simulated host, budget against idle draw, GPU indices, the simulator's work per wall second).
+
+Every limit here keeps a cycle's work bounded; a value past one is a typo or an attack, never a fleet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.config_loader import ConfigError
+from queuemodels.accelerators import CATALOG
+
+if TYPE_CHECKING:
+    from controller.service_settings import ServiceSettings
+    from controller.settings import Settings
+
+MAX_BATCH = 4096
+"""Largest `--max-num-seqs` (vLLM's own scheduler is not built for more)."""
+MAX_QUEUE = 1_000_000
+"""Largest waiting queue per replica a model or the simulator holds."""
+MAX_GPUS = 1024
+"""Largest GPU count of one host or inventory line."""
+MAX_REPLICAS = 1024
+"""Largest replica bound of one service."""
+MAX_CHOICES = 64
+"""Longest list of candidate batch sizes or power levels (sizing work grows with their product)."""
+MAX_SIM_SPEED = 100.0
+"""Most simulated seconds per wall-clock second."""
+MAX_SIM_GPU_SECONDS = 8192.0
+"""Most simulated GPU-seconds per wall-clock second (speed x num_gpus) the plant keeps up with in a fast tick."""
+MAX_SIM_ARRIVALS = 20_000.0
+"""Most simulated arrivals per wall-clock second (speed x the services' rates)."""
+
+
+def svc_path(name: str) -> str:
+    return f"services[{name}]"
+
+
+def check_settings(s: Settings) -> None:
+    """The cross-field checks; raises ConfigError naming the field (with its service path) and the values."""
+    if not s.services:
+        raise ConfigError("services", "at least one service is required")
+    if not s.accelerators:
+        raise ConfigError("accelerators", "at least one accelerator type is required")
+    _unique(s)
+    _backends(s)
+    if s.optimizer.time_limit_s >= s.daemon.slow_interval_s:
+        raise ConfigError("optimizer.time_limit_s", f"{s.optimizer.time_limit_s} s must be shorter than "
+                          f"daemon.slow_interval_s ({s.daemon.slow_interval_s} s)")
+    if s.uses_sim:
+        _simulated_host(s)
+    _minimum_fits(s)
+    idle = sum(a.count * CATALOG[a.name].idle_power_w for a in s.accelerators)
+    if s.power.budget_w < idle:
+        raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
+                          "(accelerators' count x the catalogue's idle power)")
+
+
+def _unique(s: Settings) -> None:
+    seen: set[str] = set()
+    for a in s.accelerators:
+        if a.name in seen:
+            raise ConfigError(f"accelerators[{a.name}].name", f"duplicate accelerator {a.name!r}")
+        seen.add(a.name)
+    seen.clear()
+    owner: dict[int, str] = {}
+    for svc in s.services:
+        if svc.name in seen:
+            raise ConfigError(f"{svc_path(svc.name)}.name", f"duplicate service name {svc.name!r}")
+        seen.add(svc.name)
+        _variants(s, svc)
+        for v in s.variants_of(svc):
+            where = f"{svc_path(svc.name)}" + (f".variants[{v.accelerator}]" if svc.variants else "")
+            for g in v.gpus:
+                if g in owner:
+                    raise ConfigError(f"{where}.gpus", f"GPU {g} is already {svc_path(owner[g])}'s")
+                owner[g] = svc.name
+
+
+def _variants(s: Settings, svc: ServiceSettings) -> None:
+    """Each variant on a configured accelerator, once; targets per variant, or for the service, not both."""
+    where = f"{svc_path(svc.name)}.variants"
+    kinds = [v.accelerator for v in svc.variants]
+    if svc.variants and (svc.gpus or svc.deployment):
+        raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
+    known = {a.name for a in s.accelerators}
+    for v in svc.variants:
+        if v.accelerator not in known:
+            raise ConfigError(where, f"accelerator {v.accelerator!r} is not among the accelerators {sorted(known)}")
+        if kinds.count(v.accelerator) > 1:
+            raise ConfigError(where, f"accelerator {v.accelerator!r} twice")
+
+
+def _minimum_fits(s: Settings) -> None:
+    """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
+    left at 0 replicas without a shortfall to say so."""
+    room = sum(a.count // a.gpus_per_replica for a in s.accelerators)
+    needed = 0
+    for svc in s.services:
+        needed += svc.min_replicas
+        if needed > room:
+            raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
+                              f"to {needed}, more replicas than the accelerators hold ({room})")
+
+
+def _backends(s: Settings) -> None:
+    if s.actuators.batch == "vllm":
+        for svc in s.services:
+            where = svc_path(svc.name)
+            if not svc.vllm_ports:
+                raise ConfigError(f"{where}.vllm_ports", 'required with batch = "vllm"')
+            if s.actuators.vllm_runner == "child" and not svc.vllm_command:
+                raise ConfigError(f"{where}.vllm_command", 'required with vllm_runner = "child"')
+            if s.actuators.vllm_runner == "systemd" and len(svc.systemd_units) != len(svc.vllm_ports):
+                raise ConfigError(f"{where}.systemd_units", "needs one unit per entry of vllm_ports")
+    if s.telemetry.vllm_source == "scrape":
+        for svc in s.services:
+            if not svc.metrics_urls:
+                raise ConfigError(f"{svc_path(svc.name)}.metrics_urls", 'required with vllm_source = "scrape"')
+
+
+def _simulated_host(s: Settings) -> None:
+    """The inventory is the simulated host's GPUs, the services' GPUs are among them, and the plant's work
+    per wall-clock second stays within what a fast tick can do."""
+    sim = s.simulator
+    if sim.gpu_type not in {a.name for a in s.accelerators}:
+        raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
+    for a in s.accelerators:
+        host = sim.num_gpus if a.name == sim.gpu_type else 0
+        if a.count != host:
+            raise ConfigError(f"accelerators[{a.name}].count",
+                              f"{a.count} is not the simulated host's {host} {a.name} GPUs (simulator.num_gpus)")
+    for svc in s.services:
+        outside = [g for g in svc.gpus if g >= sim.num_gpus]
+        if outside:
+            raise ConfigError(f"{svc_path(svc.name)}.gpus",
+                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{sim.num_gpus - 1})")
+    if sim.speed * sim.num_gpus > MAX_SIM_GPU_SECONDS:
+        raise ConfigError("simulator.speed", f"{sim.speed:g} x {sim.num_gpus} GPUs is more than "
+                          f"{MAX_SIM_GPU_SECONDS:g} simulated GPU-seconds per second")
+    arrivals = sim.speed * sum(svc.sim.rate_rps for svc in s.services)
+    if arrivals > MAX_SIM_ARRIVALS:
+        raise ConfigError("simulator.speed", f"{sim.speed:g} x the services' sim.rate_rps is {arrivals:g} "
+                          f"simulated arrivals per second, more than {MAX_SIM_ARRIVALS:g}")

@@ -1,0 +1,42 @@
+"""The observations `wattscale tune` reads, bounded: the offline reader takes any float, and a window of
+1e308 tokens or an infinite batch is a traceback deep in the queue model, not a reading of a real server."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from controller.service_settings import MAX_TOKENS
+from controller.settings_checks import MAX_BATCH, MAX_QUEUE
+from tuner import Observation
+from tuner.offline import ObservationFileError, read_observations
+
+GATED = ("rate_rps", "in_tokens", "out_tokens", "ttft_ms", "itl_ms")
+"""Columns the filter itself gates when not finite ("non-finite"): NaN there is a row to skip, not an error."""
+BOUNDS: dict[str, tuple[float, float]] = {
+    "rate_rps": (0.0, 1e6), "in_tokens": (0.0, MAX_TOKENS), "out_tokens": (0.0, MAX_TOKENS),
+    "max_batch": (1, MAX_BATCH), "max_queue": (0, MAX_QUEUE), "ttft_ms": (0.0, 1e7), "itl_ms": (0.0, 1e7),
+    "power_cap_w": (0.0, 1e4), "power_w": (0.0, 1e4), "waiting": (0.0, 1e9), "preemptions": (0.0, 1e9),
+    "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0),
+}
+
+
+def read_bounded(path: Path) -> list[Observation]:
+    """The file's observations, each value within what a real server reports; ObservationFileError names
+    the observation (1 = the first data row), the column and the value."""
+    try:
+        observations = read_observations(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ObservationFileError(f"{path}: not a CSV text file ({exc})") from None
+    except OverflowError:  # int() of an infinite max_batch or max_queue
+        raise ObservationFileError(f"{path}: max_batch and max_queue must be whole numbers") from None
+    for i, obs in enumerate(observations, start=1):
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(obs, name)
+            if value is None or (name in GATED and not math.isfinite(value)):
+                continue
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ObservationFileError(f"{path}: observation {i}: column {name!r} must be in "
+                                           f"[{low:g}, {high:g}], got {value}")
+    return observations

@@ -1,0 +1,153 @@
+"""optimize, plan and tune: a bad spec or option is one line naming it (with the service path), exit 2; a
+plan that cannot be solved exits 1; no option is silently ignored."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMIZE = (ROOT / "config" / "examples" / "optimize.toml").read_text()
+PACKING = str(ROOT / "config" / "plans" / "seed002-packing.toml")
+ALLOCATION = str(ROOT / "config" / "plans" / "seed001-allocation.toml")
+
+
+def one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def code_service(name: str) -> str:
+    block = OPTIMIZE[OPTIMIZE.index('[[services]]\nname = "code"'):OPTIMIZE.index('[[services]]\nname = "bulk"')]
+    return "\n" + block.replace('name = "code"', f'name = "{name}"')
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace('name = "code"', 'name = "chat"'), r"services\[chat\].name: duplicate service name 'chat'"),
+    (lambda t: t.replace('name = "code"', 'name = ""'), r"services\[1\].name: must not be empty"),
+    (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = []"), "batch_sizes: must be 1..64"),
+    (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = []"), "power_levels: must be 1..64"),
+    (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = [-0.5, 3.0]"),
+     r"power_levels: must be 1..64 shares in \(0, 1\], got \[-0.5, 3.0\]"),
+    (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmin_replicas = 5", 1),
+     r"services\[chat\].min_replicas: must be between 0 and max_replicas \(4\), got 5"),
+    (lambda t: t.replace("priority = 2", "priority = -1"), r"services\[code\].priority: must be in 1..1000, got -1"),
+    (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
+     r"transition_penalty: must be in \[0, 1\], got -1.0"),
+    (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
+    (lambda t: t.replace("ttft_ms = 300", "ttft_ms = inf"), r"services\[chat\].ttft_ms: must be > 0, got inf"),
+    (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmax_queue = -3", 1),
+     r"services\[chat\].max_queue: must be in 0..1000000, got -3"),
+    (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20, beta_ms = 0.15, gamma_ms = 18, delta_ms = 0.07 }\n', "")
+     .replace('params."H100-SXM" = { alpha_ms = 12, beta_ms = 0.09, gamma_ms = 10, delta_ms = 0.035 }', "params = {}"),
+     r"services\[chat\].params: needs the queue-model parameters of at least one accelerator"),
+    (lambda t: t.replace('name = "A100-SXM4"', 'name = "H100-SXM"'), r"accelerators\[H100-SXM\].name: duplicate"),
+    (lambda t: t.replace("alpha_ms = 12,", "alpha_ms = inf,"),
+     r"services\[chat\].params.H100-SXM.alpha_ms: must be > 0, got inf"),
+])
+def test_bad_optimize_spec_is_one_line_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
+) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(edit(OPTIMIZE))
+    assert main(["optimize", str(path)]) == 2
+    err = one_line(capsys)
+    assert re.search(message, err), err
+
+
+def test_exhaustive_on_too_many_services_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(OPTIMIZE + "".join(code_service(f"code{k}") for k in range(5)))
+    assert main(["optimize", str(path), "--solver", "exhaustive"]) == 2
+    assert "--solver: exhaustive: more than 2000000 combinations; use greedy or milp (8 services)" in one_line(capsys)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mip-gap", "-1"], "argument --mip-gap: must be a finite number in [0, 0.999], got '-1'"),
+    (["--time-limit-s", "0"], "argument --time-limit-s: must be a finite number in (0, 600], got '0'"),
+])
+def test_bad_optimize_option_is_one_line(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(ROOT / "config" / "examples" / "optimize.toml"), "--solver", "milp", *args])
+    assert exc.value.code == 2
+    assert message in one_line(capsys)
+
+
+def test_plan_options_that_do_not_apply_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [
+        ([PACKING, "--plots", str(tmp_path)], "--plots: applies with --compare only"),
+        ([PACKING, "--gamma", "2"], "--gamma: applies to allocation specs only"),
+        ([PACKING, "--compare", "--plots", str(afile)], f"--plots: {afile} exists and is not a directory"),
+        ([PACKING, "--compare", "--plots", str(tmp_path / "no" / "such")],
+         f"--plots: {tmp_path / 'no'} does not exist; create it first"),
+        ([PACKING, "--compare", "--requests", "10"], "--scenario/--trace/--requests: --compare runs every one"),
+        ([ALLOCATION, "--requests", "10"], "--scenario/--trace/--requests: apply to packing specs only"),
+    ]
+    for argv, message in cases:
+        assert main(["plan", *argv]) == 2, argv
+        assert message in one_line(capsys)
+
+
+def test_plan_requests_absurd_or_infeasible(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", PACKING, "--requests", "100000000"])
+    assert exc.value.code == 2
+    assert "argument --requests: must be in 0..10000000" in one_line(capsys)
+    assert main(["plan", PACKING, "--requests", "1000000"]) == 1
+    err = capsys.readouterr().err
+    assert "wattscale: plan: no feasible packing of 1000000 requests" in err and "Traceback" not in err
+
+
+def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "obs.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    nan = tmp_path / "nan.csv"
+    nan.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,64,nan,nan\n" * 5)
+    header = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n"
+    infinite = tmp_path / "inf.csv"
+    infinite.write_text(header + "1,500,200,inf,30,10\n")
+    huge = tmp_path / "huge.csv"
+    huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
+    cases = [
+        ([str(infinite)], f"{infinite}: max_batch and max_queue must be whole numbers"),
+        ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
+        ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
+        ([str(binary)], f"{binary}: not a CSV text file"),
+        ([str(nan)], f"{nan}: no observation was usable (verdicts {{'non-finite': 5}}); nothing was fitted"),
+    ]
+    for argv, message in cases:
+        assert main(["tune", *argv]) == 2, argv
+        assert message in one_line(capsys)
+
+
+def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import parser
+
+    for name, sub in parser()._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("spec,edit,message", [
+    (PACKING, lambda t: t.replace("seed = 0", "seed = 0\ntime_limit_s = 1e300"),
+     r"time_limit_s: must be in \[0, 600\]"),
+    (PACKING, lambda t: t.replace("scales = [1000, 3000, 5000]", "scales = [100000000]"),
+     r"scales: needs request counts in 0..10000000"),
+    (ALLOCATION, lambda t: t.replace("max_replicas = 16", "max_replicas = 100000"),
+     "max_replicas: must be in 1..1024, got 100000"),
+])
+def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str,
+                          edit: Callable[[str], str], message: str) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(edit(Path(spec).read_text()))
+    assert main(["plan", str(path)]) == 2
+    err = one_line(capsys)
+    assert re.search(message, err), err

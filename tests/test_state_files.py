@@ -1,0 +1,127 @@
+"""Tuner state files are validated on load: a bad one is set aside with one warning and the pair starts from
+its prior; a state dir that cannot be written is one warning, never an exception in the loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
+from tuner import Observation, Tuner
+
+PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
+TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
+
+
+def observe(rate: float) -> Observation:
+    perf = get_model(DEFAULT_MODEL).analyze(TRUE, Load(rate, 500, 200), ServerShape(64, 512), None, tails=False)
+    return Observation(rate, 500, 200, 64, 512, perf.ttft_ms, perf.itl_ms)
+
+
+def saved_state(path: Path) -> dict[str, Any]:
+    """A genuine state file, written by a tuner that took four observations."""
+    tuner = Tuner(path)
+    tuner.ensure("m", "gpu", PRIOR, None)
+    for r in (2.0, 8.0, 5.0, 11.0):
+        tuner.update("m", "gpu", observe(r))
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def pair_edit(field: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["pairs"]["m|gpu"][field] = value
+    return edit
+
+
+def skew_p(doc: dict[str, Any]) -> None:
+    doc["pairs"]["m|gpu"]["p"][0][1] = 1.0
+
+
+def bad_draw(doc: dict[str, Any]) -> None:
+    window = {"rate_rps": 3.0, "in_tokens": 500, "out_tokens": 200, "max_batch": 64, "max_queue": 512,
+              "ttft_ms": "lots", "itl_ms": 20.0}  # an Observation would take the string as it is
+    doc["pairs"]["m|gpu"]["draw"]["recent"] = [window]
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda doc: doc.update(pairs=[]), "pairs is not a table"),
+    (pair_edit("rejected", []), "saved state of m|gpu: rejected is not a table of counts"),
+    (pair_edit("x", [1e308, -5, 0, 1e-300]), "saved state of m|gpu: x is not a list of finite numbers"),
+    (pair_edit("x", [float("nan")] * 4), "saved state of m|gpu: x is not a list of finite numbers"),
+    (pair_edit("x", [250.0, 1.8, 400.0, 0.7]), "saved state of m|gpu: outside the filter's bounds for its prior"),
+    (pair_edit("p", [[1.0]]), "saved state of m|gpu: p is not a finite 4 x 4 matrix"),
+    (skew_p, "saved state of m|gpu: p is not a covariance"),
+    (pair_edit("updates", -1), "saved state of m|gpu: updates or accepted is not a count"),
+    (pair_edit("accepted", True), "saved state of m|gpu: updates or accepted is not a count"),
+    (lambda doc: doc["pairs"].update(other="x"), "saved state of other: not a table"),
+])
+def test_a_bad_state_file_is_set_aside_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, edit: Callable[[dict[str, Any]], None], problem: str
+) -> None:
+    path = tmp_path / "tuner.json"
+    doc = saved_state(path)
+    edit(doc)
+    text = json.dumps(doc)
+    path.write_text(text)
+    tuner = Tuner(path)
+    with caplog.at_level(logging.WARNING):
+        pair = tuner.ensure("m", "gpu", PRIOR, None)
+    np.testing.assert_allclose(pair.x, PRIOR.as_vector())
+    assert pair.accepted == 0
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"{path}: {problem}")
+    assert record.getMessage().endswith("; set aside as tuner.json.bad, starting from priors")
+    assert not path.exists() and (tmp_path / "tuner.json.bad").read_text() == text
+    # the pair learns and saves again from its prior
+    assert tuner.update("m", "gpu", observe(3.0)).accepted and path.exists()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"[" * 100_000, b'{"kind": "wattscale-tuner"}'])
+def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+    path = tmp_path / "tuner.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
+    np.testing.assert_allclose(pair.x, PRIOR.as_vector())
+    assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
+
+
+def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Windows that are not observations (which the curve would fail on every cycle) drop the curve alone."""
+    path = tmp_path / "tuner.json"
+    doc = saved_state(path)
+    bad_draw(doc)
+    path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
+    np.testing.assert_allclose(pair.x, doc["pairs"]["m|gpu"]["x"])
+    assert pair.draw.recent == []
+    (record,) = caplog.records
+    assert "saved draw curve of m|gpu is unreadable; starting from the catalogue's" in record.getMessage()
+
+
+def test_state_of_another_prior_is_kept_not_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tuner.json"
+    saved_state(path)
+    other = ServiceParams("gen1", 2.4, 0.018, 4.0, 0.007)  # the saved estimate is 5x outside its bounds
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", other, None)
+    np.testing.assert_allclose(pair.x, other.as_vector())
+    assert "no longer matches its prior" in caplog.text and path.exists()
+
+
+def test_an_unwritable_state_dir_warns_once_and_runs_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "afile").write_text("")
+    tuner = Tuner(tmp_path / "afile" / "tuner.json")  # works as root too: a file is never a directory
+    tuner.ensure("m", "gpu", PRIOR, None)
+    with caplog.at_level(logging.WARNING):
+        verdicts = [tuner.update("m", "gpu", observe(r)) for r in (2.0, 8.0, 5.0)]
+    assert all(v.accepted for v in verdicts)
+    assert len(caplog.records) == 1 and "cannot save tuner state" in caplog.text
