@@ -129,7 +129,11 @@ class Daemon:
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
         if s.metrics.port:
-            start_http_server(s.metrics.port, addr=s.metrics.listen, registry=self.registry)
+            try:
+                start_http_server(s.metrics.port, addr=s.metrics.listen, registry=self.registry)
+            except OSError as exc:  # taken since the preflight probe looked
+                raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
+                                  f"{exc.strerror or exc}") from None
             log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())

@@ -265,3 +265,13 @@ def test_the_decision_log_rotates_and_survives_a_path_it_cannot_write(tmp_path: 
     blocked = DecisionLog(tmp_path / "file" / "decisions.jsonl")  # its directory is a file
     assert not blocked.write({"t": 1}) and not blocked.write({"t": 2})
     assert sum("cannot be written" in r.message for r in caplog.records) == 1
+
+
+def test_a_metrics_port_taken_after_the_probe_is_one_config_error(sim_config: Callable[..., Path]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        path = sim_config({"port = 9464": f"port = {taken.getsockname()[1]}"})
+        daemon = Daemon(path, load_settings(path))
+        with pytest.raises(ConfigError, match="^metrics.port: cannot listen on 127.0.0.1"):
+            daemon.run(duration_s=1.0)
