@@ -38,6 +38,8 @@ class FastLoop:
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.exported: dict[str, str] = {}
+        """GPU index -> the service label its power is exported under (one series a GPU, as owners change)."""
         self.retry_afresh = False
         """Set by the slow loop when the power settings changed: the next tick forgets given-up GPUs (the retry
         record is this thread's own, so another thread only raises the flag)."""
@@ -74,7 +76,11 @@ class FastLoop:
         for g in samples:
             m.gpu_limit.labels(str(g.index)).set(g.power_limit_w)
             if g.power_w is not None:
-                m.gpu_power.labels(str(g.index), g.service or "").set(g.power_w)
+                index, owner = str(g.index), g.service or ""
+                if self.exported.get(index, owner) != owner:
+                    m.gpu_power.remove(index, self.exported[index])
+                self.exported[index] = owner
+                m.gpu_power.labels(index, owner).set(g.power_w)
             if g.energy_j is not None:
                 m.gpu_energy.labels(str(g.index)).set(g.energy_j)
             if g.sm_clock_mhz is not None:

@@ -275,3 +275,20 @@ def test_a_metrics_port_taken_after_the_probe_is_one_config_error(sim_config: Ca
         daemon = Daemon(path, load_settings(path))
         with pytest.raises(ConfigError, match="^metrics.port: cannot listen on 127.0.0.1"):
             daemon.run(duration_s=1.0)
+
+
+def test_a_gpus_power_is_one_series_whoever_owns_it(sim_config: Callable[..., Path]) -> None:
+    """GPU 3 is idle, then serves chat: its power is exported once, under its present owner only."""
+    s = load_settings(sim_config())
+    ctl, advance, registry = sim_controller(s)
+    owners = iter([None, "chat"])
+
+    class Owned:
+        def sample(self, now: float) -> list[GpuSample]:
+            return [GpuSample(3, "GPU-3", "H100-SXM", 300.0, None, 700.0, 200.0, 700.0, service=next(owners))]
+
+    ctl.fast.gpus = Owned()
+    for t in (1.0, 2.0):
+        ctl.tick_fast(t)
+    series = [s.labels for m in registry.collect() if m.name == "wattscale_gpu_power_watts" for s in m.samples]
+    assert series == [{"gpu": "3", "service": "chat"}]
