@@ -273,14 +273,14 @@ def test_a_metrics_port_taken_after_the_probe_is_one_config_error(sim_config: Ca
         taken.listen(1)
         path = sim_config({"port = 9464": f"port = {taken.getsockname()[1]}"})
         daemon = Daemon(path, load_settings(path))
-        with pytest.raises(ConfigError, match="^metrics.port: cannot listen on 127.0.0.1"):
+        with pytest.raises(ConfigError, match=r"^metrics\.port: cannot listen on 127\.0\.0\.1"):
             daemon.run(duration_s=1.0)
 
 
 def test_a_gpus_power_is_one_series_whoever_owns_it(sim_config: Callable[..., Path]) -> None:
     """GPU 3 is idle, then serves chat: its power is exported once, under its present owner only."""
     s = load_settings(sim_config())
-    ctl, advance, registry = sim_controller(s)
+    ctl, _, registry = sim_controller(s)
     owners = iter([None, "chat"])
 
     class Owned:
