@@ -82,9 +82,10 @@ class Daemon:
         self.slow_due.set()
 
     def slow_worker(self) -> None:
-        while not self.stop_event.is_set():
-            if not self.slow_due.wait(0.2):
-                continue
+        while True:
+            self.slow_due.wait()
+            if self.stop_event.is_set():
+                return
             self.slow_due.clear()
             self.slow()
 
@@ -164,6 +165,8 @@ class Daemon:
                 break
         self.notifier.stopping()
         log.info("stopping")
+        self.stop_event.set()
+        self.slow_due.set()  # wakes the worker to see it
         scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
         worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
         self.parts.close()
