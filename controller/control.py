@@ -10,6 +10,7 @@ network I/O. Nothing here reads the wall clock or sleeps; every failure is logge
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -23,7 +24,7 @@ from controller.governor import PowerGovernor
 from controller.optimizer import Assignment, Problem, ServiceDemand, ServiceResult, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
-from controller.settings import Settings
+from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import StabilityGate
 from controller.telemetry.base import GpuSource, VllmSource
@@ -56,6 +57,10 @@ class Controller:
         self.settings = settings
         self._next: Settings | None = None
         self._errors: list[str] = []
+        self.budget_from: tuple[float, str] | None = None
+        """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
+        self._budget_lock = threading.Lock()
+        self._budget_changes: list[dict[str, Any]] = []
         self._adopt(settings)
         self._publish(0)
 
@@ -67,9 +72,27 @@ class Controller:
         """Adopt new settings (a reload checked by controller/reload.py): the governor's budget at once, the
         rest at the start of the next slow tick, so a tick in flight keeps one config throughout. Cuts,
         streaks, cooldowns, retry records and tuner state are kept."""
-        self.fast.governor.settings = settings.power
-        self.metrics.budget.set(settings.power.budget_w)
+        self.fast.governor.settings = self.power(settings)
+        self.metrics.budget.set(self.power(settings).budget_w)
         self._next = settings
+
+    def power(self, settings: Settings) -> PowerSettings:
+        """The power settings in force: the configured budget, lowered by the budget sources where they say."""
+        dynamic = self.budget_from
+        if dynamic is None or dynamic[0] >= settings.power.budget_w:
+            return settings.power
+        return replace(settings.power, budget_w=dynamic[0])
+
+    def set_budget(self, budget_w: float, why: str, now: float) -> None:
+        """The budget sources moved the budget (another thread may call this): the governor takes it at once,
+        the next plan plans for it, the decision log says why."""
+        self.budget_from = (budget_w, why)
+        settings = self._next or self.settings
+        power = self.power(settings)
+        self.fast.governor.settings = power
+        self.metrics.budget.set(power.budget_w)
+        with self._budget_lock:
+            self._budget_changes.append({"t": round(now, 3), "budget_w": power.budget_w, "why": why})
 
     def _adopt(self, settings: Settings) -> None:
         old = self.settings
@@ -96,7 +119,7 @@ class Controller:
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
             self.caps.pop(gone, None)
-        self.metrics.budget.set(settings.power.budget_w)
+        self.metrics.budget.set(self.power(settings).budget_w)
 
     def _count(self, kind: str, message: str) -> None:
         """Log and count a failure the fast loop survived."""
@@ -119,7 +142,11 @@ class Controller:
             self._adopt(settings)
         s = self.settings
         self._errors = []
-        record: dict[str, Any] = {"t": round(now, 3), "budget_w": s.power.budget_w, "services": {}}
+        with self._budget_lock:
+            changes, self._budget_changes = self._budget_changes, []
+        record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
+        if changes or self.budget_from is not None:
+            record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
         in_force = {}
         for svc in s.services:
             got = self.enforcer.read_back(svc.name, self.variants[svc.name], self.assignments[svc.name])
@@ -196,7 +223,7 @@ class Controller:
                                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
                                          svc.max_replicas, svc.max_queue, current, profiles))
         o = s.optimizer
-        return Problem(tuple(demands), accs, s.power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
+        return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model)
 
     def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce], record: dict[str, Any]) -> None:
@@ -239,7 +266,7 @@ class Controller:
                                + (f" [held: {'; '.join(enforced.held)}]" if enforced.held else ""))
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
-                "no change", solution.power_w, self.settings.power.budget_w,
+                "no change", solution.power_w, self.power(self.settings).budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
 
     @staticmethod

@@ -12,6 +12,7 @@ With simulated parts, the fast loop advances the plant with the clock.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
+from controller.budget.assemble import combiner
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
@@ -52,6 +54,9 @@ class Daemon:
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
                                      DecisionLog(settings.decision_log_path))
+        self.budget = combiner(settings.budget, os.environ) if settings.budget is not None else None
+        """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
+        delays no loop."""
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
@@ -96,6 +101,24 @@ class Daemon:
         except Exception as exc:  # a bug, not an input: counted and logged, the loop goes on
             self.metrics.errors.labels("slow_tick").inc()
             log.exception("slow tick failed: %r", exc)
+
+    def step_budget(self) -> None:
+        """Step the budget sources at the wall clock's time (schedules and forecasts are in real time); a new
+        budget reaches the governor at once."""
+        assert self.budget is not None
+        try:
+            budget = self.budget.step(time.time())
+        except Exception as exc:  # a source's bug: counted and logged, the last budget holds
+            self.metrics.errors.labels("budget_source").inc()
+            log.exception("budget sources failed: %r", exc)
+            return
+        if budget.change is not None:
+            self.metrics.budget_changes.labels(budget.source or "fallback").inc()
+            self.controller.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", self.now())
+
+    def budget_worker(self) -> None:
+        while not self.stop_event.wait(self.settings.daemon.fast_interval_s):
+            self.step_budget()
 
     def fast_alive(self) -> bool:
         """Whether the fast loop ticked recently (three periods, two seconds at least)."""
@@ -147,6 +170,9 @@ class Daemon:
         scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
         self.parts.start()  # servers the daemon supervises are up before the loops start
+        if self.budget is not None:
+            self.step_budget()
+            threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
         self.fast()
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()

@@ -76,11 +76,11 @@ class FastLoop:
         for g in samples:
             m.gpu_limit.labels(str(g.index)).set(g.power_limit_w)
             if g.power_w is not None:
-                index, owner = str(g.index), g.service or ""
-                if self.exported.get(index, owner) != owner:
-                    m.gpu_power.remove(index, self.exported[index])
-                self.exported[index] = owner
-                m.gpu_power.labels(index, owner).set(g.power_w)
+                gpu, owner = str(g.index), g.service or ""
+                if self.exported.get(gpu, owner) != owner:
+                    m.gpu_power.remove(gpu, self.exported[gpu])
+                self.exported[gpu] = owner
+                m.gpu_power.labels(gpu, owner).set(g.power_w)
             if g.energy_j is not None:
                 m.gpu_energy.labels(str(g.index)).set(g.energy_j)
             if g.sm_clock_mhz is not None:

@@ -46,6 +46,8 @@ class OwnMetrics:
                                registry=r)
         self.tuner_updates = Counter("wattscale_tuner_updates", "Tuner updates by result.", ["pair", "result"],
                                      registry=r)
+        self.budget_changes = Counter("wattscale_power_budget_changes", "Changes of the budget in force, by the "
+                                      "source that sets it (fallback: the safe budget).", ["source"], registry=r)
         self.reloads = Counter("wattscale_config_reloads", "Config reloads by result.", ["result"], registry=r)
         self.plant_cpu = Counter("wattscale_sim_plant_cpu_seconds", "CPU time of stepping the simulated host "
                                  "(the plant; absent on real hardware, so not the daemon's own overhead).",

@@ -11,6 +11,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from controller.budget.assemble import combiner
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 
@@ -69,6 +70,8 @@ def check_backends(settings: Settings) -> list[str]:
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
+    if settings.budget is not None:
+        combiner(settings.budget, os.environ)  # a secret the environment lacks is named here, not at start
     warnings = check_backends(settings)
     problem = unwritable(settings.state_path.parent)
     if problem is not None:

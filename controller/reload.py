@@ -27,6 +27,9 @@ def check_reload(old: Settings, new: Settings) -> None:
         for f in fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 raise ConfigError(f"{section}.{f.name}", "changes need a restart; reload refused")
+    if new.budget != old.budget:
+        raise ConfigError("power.budget", "budget sources change with a restart (they hold tokens and readings); "
+                          "reload refused")
     if new.optimizer.queue_model != old.optimizer.queue_model:
         raise ConfigError("optimizer.queue_model", "changes need a restart (the tuner's state); reload refused")
     if [s.name for s in new.services] != [s.name for s in old.services]:

@@ -4,11 +4,13 @@ by controller/settings_checks.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer.problem import AcceleratorType
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
@@ -279,6 +281,9 @@ class Settings:
     actuators: ActuatorSettings = field(default_factory=ActuatorSettings)
     """Backends."""
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    budget: BudgetSettings | None = None
+    """`[power.budget]`: sources that lower the budget below `power.budget_w` over time (a schedule, grid
+    carbon intensity, demand response); the lowest wins. None: `power.budget_w` alone."""
     """The simulated host (used by the `sim` sources and actuators)."""
     base_dir: str = "."
     """Directory relative paths resolve against (set by the loader to the config file's)."""
@@ -320,4 +325,15 @@ def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the field and the reason."""
     data = read_toml(path)
     data.setdefault("base_dir", str(path.resolve().parent))
-    return build(Settings, data)
+    power = data.get("power")
+    table = power.pop("budget", None) if isinstance(power, dict) else None
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError("power.budget", "must be a table")
+    settings = build(Settings, data)
+    if table is None:
+        return settings
+    budget = budget_settings(table)
+    if budget.safe_budget_w > settings.power.budget_w:
+        raise ConfigError("power.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
+                          f"({settings.power.budget_w:g} W)")
+    return dataclasses.replace(settings, budget=budget)

@@ -1,0 +1,79 @@
+"""Budget sources in the daemon: `[power.budget]` read with the config, a demand-response signal that lowers
+the budget reaching the governor at once and the plan at its next cycle, with the why in the decision log;
+a reload that changes the sources is refused; a secret the environment lacks is named by check-config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.config_loader import ConfigError
+from controller.daemon import Daemon
+from controller.reload import check_reload
+from controller.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def budget_table(signal: Path, safe_w: int = 2000) -> str:
+    return (f'\n[power.budget]\nsafe_budget_w = {safe_w}\nttl_s = 60\n'
+            f'[[power.budget.sources]]\nkind = "fixed"\nname = "contract"\nbudget_w = 3800\n'
+            f'[[power.budget.sources]]\nkind = "demand_response"\nname = "grid"\npath = "{signal}"\n')
+
+
+def with_budget(sim_config: Callable[..., Path], signal: Path, name: str = "wattscale.toml", safe_w: int = 2000,
+                ) -> Path:
+    path = sim_config({"port = 9464": "port = 0"}, name=name)
+    text = path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n' + budget_table(signal, safe_w))
+    path.write_text(text)
+    return path
+
+
+def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_config: Callable[..., Path],
+                                                                          tmp_path: Path) -> None:
+    signal = tmp_path / "signal.json"
+    path = with_budget(sim_config, signal)
+    daemon = Daemon(path, load_settings(path))
+    ctl = daemon.controller
+    daemon.step_budget()
+    assert ctl.governor.settings.budget_w == 3800.0  # the contract source, below power.budget_w (4000)
+    deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
+    signal.write_text(json.dumps({"budget_w": 2600, "deadline": deadline, "reason": "grid event 42"}))
+    daemon.step_budget()
+    assert ctl.governor.settings.budget_w == 2600.0
+    assert daemon.registry.get_sample_value("wattscale_power_budget_watts") == 2600.0
+    daemon.fast()
+    daemon.slow()
+    assert ctl._problem().budget_w == pytest.approx(ctl.governor.settings.planned_w())
+    record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["budget_w"] == 2600.0 and "grid event 42" in record["budget"]["why"]
+    ctl.reconfigure(load_settings(path))  # a reload keeps the sources' budget
+    assert ctl.governor.settings.budget_w == 2600.0
+    daemon.parts.close()
+
+
+def test_the_budget_table_is_checked_and_its_change_needs_a_restart(sim_config: Callable[..., Path],
+                                                                    tmp_path: Path) -> None:
+    before = load_settings(with_budget(sim_config, tmp_path / "a.json"))
+    after = load_settings(with_budget(sim_config, tmp_path / "b.json", name="other.toml"))
+    with pytest.raises(ConfigError, match=r"^power\.budget: budget sources change with a restart"):
+        check_reload(before, after)
+    with pytest.raises(ConfigError, match=r"^power.budget.safe_budget_w: 5000 W is above power.budget_w"):
+        load_settings(with_budget(sim_config, tmp_path / "a.json", name="high.toml", safe_w=5000))
+
+
+def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[..., Path]) -> None:
+    path = sim_config({"port = 9464": "port = 0"})
+    path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n'
+                    '\n[power.budget]\nsafe_budget_w = 2000\n[[power.budget.sources]]\nkind = "electricitymaps"\n'
+                    'zone = "DE"\ncurve = [[100.0, 4000.0], [400.0, 2500.0]]\n'))
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2 and "power.budget.sources[0].token_env" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
