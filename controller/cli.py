@@ -45,6 +45,17 @@ def _run(args: argparse.Namespace) -> int:
     return Daemon(Path(args.config), settings).run(args.duration)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from controller.status import last_decision, report, text
+
+    settings = load_settings(Path(args.config))
+    if settings.decision_log_path is None:
+        raise ConfigError("daemon.decision_log", "is empty: the daemon writes no decision log to read")
+    rep = report(settings, last_decision(settings.decision_log_path))
+    print(json.dumps(rep, indent=2) if args.json else text(rep))
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     """The file's checks and the host probes `run` makes before it starts (the same functions)."""
     s = load_settings(Path(args.file))
@@ -224,6 +235,11 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="offline capacity planning (config packing or workload allocation)")
     add_plan_args(pl)
     pl.set_defaults(func=plan_command)
+    st = sub.add_parser("status", help="what runs against what is planned, per service, SLO met or not and why "
+                        "(from the daemon's decision log)")
+    st.add_argument("--config", required=True, metavar="FILE", help="the TOML config the daemon runs with")
+    st.add_argument("--json", action="store_true", help="print the report as JSON")
+    st.set_defaults(func=_status)
     g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
     g.add_argument("--json", action="store_true", help="print the readings as JSON")
     g.set_defaults(func=_gpus)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, PowerLimiter, ReplicaScaler
-from controller.decision_log import DecisionLog
+from controller.decision_log import DecisionLog, gate_held, observed, shape
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.fast_loop import FastLoop
@@ -166,9 +166,8 @@ class Controller:
             window = windows.get(svc.name)
             verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), self.assignments[svc.name],
                                              in_force[svc.name].still, s.optimizer.drain_s)
-            record["services"][svc.name] = {"observed": None if window is None else {
-                "rate_rps": window.rate_rps, "ttft_ms": window.ttft_ms, "itl_ms": window.itl_ms,
-                "waiting": window.waiting, "replicas": window.replicas, "steady": window.steady}, "tuner": verdict}
+            record["services"][svc.name] = {"observed": None if window is None else observed(window),
+                                            "tuner": verdict}
         try:
             solution = solve(self._problem(), self.solver)
         except Exception as exc:
@@ -256,10 +255,10 @@ class Controller:
                 m.itl_pred.labels(svc.name, "p95").set(perf.itl_p95_ms)
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update({
-                "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": _shape(current),
+                "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
                 "running": in_force[svc.name].running,
-                "planned": _shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
-                "gate_held": _held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
+                "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
+                "gate_held": gate_held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:
                 short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
                 changed.append(f"{svc.name}: {_text(current)} -> planned {_text(planned)}, applied {_text(a)}{short}"
@@ -281,16 +280,5 @@ class Controller:
         return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)
 
 
-def _shape(a: Assignment) -> dict[str, Any]:
-    return {"accelerator": a.accelerator, "replicas": a.replicas, "max_batch": a.max_batch,
-            "cap_w": round(a.power_cap_w, 1)}
-
-
 def _text(a: Assignment) -> str:
     return f"{a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W"
-
-
-def _held(planned: Assignment, admitted: Assignment) -> list[str]:
-    """What of the plan the stability gate held back this cycle."""
-    return [f"{f} {getattr(admitted, f)} not {getattr(planned, f)}" for f in ("replicas", "max_batch", "power_cap_w")
-            if getattr(admitted, f) != getattr(planned, f)]

@@ -1,4 +1,5 @@
-"""The decision log: one JSON line per slow cycle, so an operator can answer "why did it do that".
+"""The decision log: one JSON line per slow cycle, so an operator can answer "why did it do that" (and the
+shapes its records hold, which `wattscale status` reads back).
 
 Each line holds the cycle's inputs (load and latency observed per service), the plan (what the optimizer
 chose and any shortfall with its reason), what the stability gate held back, what was asked of the
@@ -11,8 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+from controller.optimizer import Assignment
+from controller.telemetry.base import ServiceWindow
 
 log = logging.getLogger("wattscale.decisions")
 
@@ -23,11 +28,14 @@ class DecisionLog:
         self.failed = False
 
     def write(self, record: dict[str, Any]) -> bool:
-        """Append one record; whether it reached the file (always True without one)."""
+        """Append one record; whether it reached the file (always True without one). A line in the file also
+        says when it was written (`wall_time`, Unix seconds), for `wattscale status`."""
         line = json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
         log.debug("%s", line)
         if self.path is None:
             return True
+        line = json.dumps({**record, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
+                          default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
@@ -43,3 +51,20 @@ class DecisionLog:
             log.info("decision log %s written again", self.path)
         self.failed = False
         return True
+
+
+def observed(w: ServiceWindow) -> dict[str, Any]:
+    """A window as the decision log records it."""
+    return {"rate_rps": w.rate_rps, "ttft_ms": w.ttft_ms, "itl_ms": w.itl_ms, "ttft_p95_ms": w.ttft_p95_ms,
+            "itl_p95_ms": w.itl_p95_ms, "waiting": w.waiting, "replicas": w.replicas, "steady": w.steady}
+
+
+def shape(a: Assignment) -> dict[str, Any]:
+    return {"accelerator": a.accelerator, "replicas": a.replicas, "max_batch": a.max_batch,
+            "cap_w": round(a.power_cap_w, 1)}
+
+
+def gate_held(planned: Assignment, admitted: Assignment) -> list[str]:
+    """What of the plan the stability gate held back this cycle."""
+    return [f"{f} {getattr(admitted, f)} not {getattr(planned, f)}" for f in ("replicas", "max_batch", "power_cap_w")
+            if getattr(admitted, f) != getattr(planned, f)]

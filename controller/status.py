@@ -1,0 +1,89 @@
+"""`wattscale status`: what is in place against what is planned, per service, and whether its SLO is met
+and why not, read from the running daemon's last decision-log line (no connection to the daemon needed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.config_loader import ConfigError
+from controller.settings import ServiceSettings, Settings
+
+TAIL_BYTES = 1 << 20
+"""How much of the log's end is read for its last line (a line holds every service of one cycle)."""
+
+
+def last_decision(path: Path) -> dict[str, Any]:
+    """The last whole line of the decision log; ConfigError naming the file where there is none."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError as exc:
+        raise ConfigError("daemon.decision_log", f"cannot read {path}: {exc.strerror or exc} (is the daemon "
+                          "running with this config?)") from None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the tail's start, or being written
+        if isinstance(record, dict) and isinstance(record.get("services"), dict):
+            return record
+    raise ConfigError("daemon.decision_log", f"{path} holds no decision yet")
+
+
+def _shape(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "nothing"
+    return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W"
+
+
+def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """Whether the window's statistic met both targets, and the figures that say so."""
+    if not observed:
+        return None, "no window observed"
+    suffix = "" if svc.statistic == "mean" else "_p95"
+    ttft, itl = observed.get(f"ttft{suffix}_ms"), observed.get(f"itl{suffix}_ms")
+    if ttft is None or itl is None:
+        return None, "no latency observed (no traffic)"
+    stat = svc.statistic if svc.statistic != "p99" else "p95 (p99 target)"
+    met = ttft <= svc.ttft_ms and itl <= svc.itl_ms
+    return met, f"{stat} TTFT {ttft:.0f}/{svc.ttft_ms:.0f} ms, ITL {itl:.1f}/{svc.itl_ms:.0f} ms"
+
+
+def report(settings: Settings, record: dict[str, Any], now_s: float | None = None) -> dict[str, Any]:
+    """Per service: in force, planned, SLO met or not, and why (shortfall, what the gate or actuators held)."""
+    services = {}
+    for svc in settings.services:
+        r = record["services"].get(svc.name, {})
+        met, figures = _slo(svc, r.get("observed"))
+        why = []
+        if r.get("reason"):
+            why.append(f"short {r.get('short_rps', 0):.2f} rps ({r['reason']})")
+        why += [f"gate held {h}" for h in r.get("gate_held", [])]
+        why += [f"actuator held {h}" for h in r.get("actuator_held", [])]
+        services[svc.name] = {"priority": svc.priority, "in_force": r.get("in_force"), "planned": r.get("planned"),
+                              "slo_met": met, "slo": figures, "why": why, "tuner": r.get("tuner")}
+    wall = record.get("wall_time")
+    age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
+    return {"age_s": age, "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
+            "budget_why": (record.get("budget") or {}).get("why"), "errors": record.get("errors", []),
+            "blocked": record.get("blocked", []), "services": services}
+
+
+def text(rep: dict[str, Any]) -> str:
+    age = "" if rep["age_s"] is None else f", decided {rep['age_s']:.0f} s ago"
+    why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
+    lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{age}"]
+    for name, s in rep["services"].items():
+        verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]
+        planned = "" if s["planned"] == s["in_force"] else f"; planned {_shape(s['planned'])}"
+        lines.append(f"{name} (priority {s['priority']}): {_shape(s['in_force'])}{planned}; {verdict}: {s['slo']}")
+        lines += [f"  - {w}" for w in s["why"]]
+    lines += [f"error: {e}" for e in rep["errors"]]
+    lines += [f"given up until its config changes: {b}" for b in rep["blocked"]]
+    return "\n".join(lines)

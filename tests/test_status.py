@@ -1,0 +1,41 @@
+"""`wattscale status`: from a daemon's decision log, what runs against what is planned, per service, with
+its SLO met or not; one line and exit 2 where there is no log to read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.daemon import Daemon
+from controller.settings import load_settings
+
+
+def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path = sim_config({"port = 9464": "port = 0"})
+    daemon = Daemon(path, load_settings(path))
+    for _ in range(2):
+        daemon.t0 -= 20.0  # 20 simulated seconds a step: the services serve and a window is observed
+        daemon.fast()
+        daemon.slow()
+    daemon.parts.close()
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("budget 4000 W, plan predicts") and "decided" in out[0]
+    for name in ("chat", "code", "batch-summaries"):
+        line = next(x for x in out if x.startswith(f"{name} (priority"))
+        assert "x H100-SXM batch" in line and ("SLO met" in line or "SLO missed" in line), line
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["services"]["code"]["slo"].startswith("p95 TTFT")
+    assert rep["services"]["chat"]["in_force"]["accelerator"] == "H100-SXM" and rep["age_s"] < 60
+
+
+def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--config", str(sim_config())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wattscale: daemon.decision_log: cannot read"), err
