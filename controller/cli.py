@@ -37,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.config))
     warnings = preflight(settings)
     logging.basicConfig(level=settings.daemon.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for library in ("apscheduler", "urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
+        logging.getLogger(library).setLevel(logging.WARNING)
     log = logging.getLogger("wattscale.daemon")
     for warning in warnings:
         log.warning("%s", warning)
