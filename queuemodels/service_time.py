@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from queuemodels.power import Batch, natural_draw_w
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     c_p *= prefill_factor
     phi = load.rate_rps * c_p / 1000.0
     if phi >= 0.99:
-        raise ModelInputError(
+        raise Unstable(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
         )
     stretch = 1.0 / (1.0 - phi)

@@ -1,7 +1,7 @@
 """Sizing: the largest arrival rate one replica takes within its targets.
 
 Every latency figure of the chain grows with the arrival rate, so the largest feasible rate is found
-by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1), with the law rebuilt at each rate
+by bisection on [0.001 mu(1), 0.999 of the saturation rate] (REFERENCE.md section 1), with the law rebuilt at each rate
 (the continuous-batching law depends on it).
 """
 
@@ -26,6 +26,38 @@ def _feasible(
         return False
 
 
+def saturation_rps(
+    params: ServiceParams,
+    load: Load,
+    shape: ServerShape,
+    profile: PowerProfile | None = None,
+    law_fn: LawFn = capped_law,
+    rel_tol: float = 1e-6,
+) -> float:
+    """The shape's capacity: the rate r at which a full batch completes exactly r requests per second.
+    Under continuous batching the prompts of the arrivals themselves slow decoding, so this is the fixed
+    point of r = mu(N) at rate r, below the capacity quoted at any lighter load (bisection)."""
+
+    def completes(rate_rps: float) -> float:
+        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
+        return 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
+
+    low, high = 0.0, completes(0.0)
+    try:
+        if completes(high) >= high:
+            return high  # the law does not depend on the rate
+    except ModelInputError:
+        pass
+    while high - low > rel_tol * high:
+        mid = 0.5 * (low + high)
+        try:
+            above = completes(mid) >= mid
+        except ModelInputError:  # prompts alone would fill the GPU
+            above = False
+        low, high = (mid, high) if above else (low, mid)
+    return low
+
+
 def max_rate(
     params: ServiceParams,
     load: Load,
@@ -38,7 +70,9 @@ def max_rate(
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
     law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
-    high = 0.999 * 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
+    # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
+    # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
+    high = 0.999 * saturation_rps(params, load, shape, profile, law_fn)
 
     def feasible(rate_rps: float) -> bool:
         return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)

@@ -12,8 +12,16 @@ FAMILIES = ("gen1", "gen2")
 STATISTICS = ("mean", "p95", "p99")
 
 
+DEFAULT_MAX_QUEUE = 1024
+"""Requests a replica queues beyond its batch when nothing says otherwise (settings, CSVs, the optimizer)."""
+
+
 class ModelInputError(ValueError):
     """An input to a queue model is out of its domain; the message names the field."""
+
+
+class Unstable(ModelInputError):
+    """The offered rate exceeds what the shape can serve and nothing (no bounded queue) turns the excess away."""
 
 
 def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
