@@ -16,6 +16,7 @@ stable points (below 85 % load) the model calls unstable. Targets are printed be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from queuemodels import DEFAULT_MODEL, Load, ModelInputError, ServerShape, ServiceParams, get_model
+from queuemodels import DEFAULT_MODEL, FAMILIES, Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import profile
 from simulator.personality import PERSONALITIES
 from simulator.probe import Replica, measure, saturation_rps
@@ -80,9 +81,10 @@ def _stats(errs: list[float]) -> tuple[float, float]:
 
 
 def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sats: dict[Shape, float],
-          model_name: str) -> dict[str, Any]:
-    """Fit on `train` as `wattscale tune --accelerator --fit-power` does, then predict `test`."""
-    pair = PairFilter(PRIOR, PROFILE, fit_power=True, queue_model=model_name)
+          model_name: str, family: str) -> dict[str, Any]:
+    """Fit on `train` as `wattscale tune --accelerator --fit-power --family` does, then predict `test`."""
+    prior = dataclasses.replace(PRIOR, family=family)
+    pair = PairFilter(prior, PROFILE, fit_power=True, queue_model=model_name)
     report = run(pair, [observation(r) for r in train])
     params, prof = pair.params()
     model = get_model(model_name)
@@ -105,7 +107,8 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
         capacity[f"b{batch}-in{n_in}-cap{cap:g}"] = round(pred_sat / truth - 1.0, 4)
     cap_errs = list(capacity.values())
     return {
-        "personality": name, "queue_model": model_name, "train_windows": len(train), "test_points": len(test),
+        "personality": name, "queue_model": model_name, "family": family, "train_windows": len(train),
+        "test_points": len(test),
         **{f"{stat}_{k}": v for k, e in errs.items() for stat, v in zip(("median", "p90"), _stats(e), strict=True)},
         "capacity_within_10pct_share": round(float(np.mean(np.abs(cap_errs) <= 0.10)), 3),
         "capacity_signed_error": capacity,
@@ -121,6 +124,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--personality", nargs="*", default=sorted(PERSONALITIES), choices=sorted(PERSONALITIES))
     ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--family", default="gen1", choices=FAMILIES, help="of the prior (default gen1, as tune's)")
+    ap.add_argument("--order-seed", type=int, default=0, help="draws the order the tuner sees the windows in")
     ap.add_argument("--measurements", help="JSON file: reuse the simulator runs saved there, or save them")
     args = ap.parse_args()
     logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
@@ -149,9 +154,10 @@ def main() -> None:
     test_sats = {k: v for k, v in sats.items() if k in set(test_shapes)}
     for name in names:
         train = [r for r in rows if r["train"] and r["personality"] == name]
-        train.sort(key=lambda r: (r["util"], r["max_batch"], r["prompt"], -r["cap"]))  # light windows first
+        train.sort(key=lambda r: (r["max_batch"], r["prompt"], r["cap"], r["util"]))
+        np.random.default_rng(args.order_seed).shuffle(train)  # windows come in no designed order
         test = [r for r in rows if not r["train"] and r["personality"] == name]
-        print(json.dumps(score(name, train, test, test_sats, args.model)))
+        print(json.dumps(score(name, train, test, test_sats, args.model, args.family)))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from queuemodels import DEFAULT_MAX_QUEUE, ModelInputError
+from queuemodels.types import NAMES
 from tuner.ekf import PairFilter
 from tuner.observation import Observation
 
@@ -161,7 +162,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
-    names = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")
+    names = NAMES[params.family]
     out: dict[str, Any] = {
         "queue_model": pair.queue_model,
         "family": params.family,
@@ -204,7 +205,7 @@ REASONS = {
 def bounds_hit(pair: PairFilter) -> dict[str, str]:
     """The fitted parameters at their clamp [prior / 10, 10 x prior], each with the bound it sits on."""
     low, high = pair.bounds
-    names = (*("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")[: len(pair.prior.as_vector())], "prefill_sensitivity")
+    names = (*NAMES[pair.prior.family], "prefill_sensitivity")
     out: dict[str, str] = {}
     for name, x, lo, hi in zip(names, pair.x, low, high, strict=False):
         if hi > 0 and x <= lo * (1 + 1e-6):
