@@ -173,29 +173,25 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
         if log_s[-1] <= levels.min():
             break
         high = low + 2.0 * (high - low)
-    out = []
+    out: list[float] = []
     for level in levels:
-        j = min(max(int(np.count_nonzero(log_s > level)), 1), GRID - 1)  # first point at or below the level
-        s0, s1 = log_s[j - 1], log_s[j]
-        if s1 < s0 - STEEP:
-            out.append(_between(survival, float(grid[j - 1]), float(grid[j]), float(level)))
-        else:
-            frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
-            out.append(float(grid[j - 1] + frac * (grid[j] - grid[j - 1])))
+        t, j = _crossing(grid, log_s, float(level))
+        if log_s[j] < log_s[j - 1] - STEEP:
+            # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
+            # interpolating its log survival linearly would put the percentile below the mean: read it finer.
+            fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
+            with np.errstate(divide="ignore"):
+                t, _ = _crossing(fine, np.log(survival(fine)), float(level))
+        out.append(t)
     return out
 
 
-def _between(survival: Survival, low: float, high: float, level: float) -> float:
-    """The crossing of log survival with `level` inside one bracket of the geometric grid, read on a finer
-    linear grid: a narrow distribution far from zero (an overloaded queue's wait) falls within one bracket,
-    where interpolating its log survival linearly would put the percentile below the mean."""
-    grid = np.linspace(low, high, GRID // 4)
-    with np.errstate(divide="ignore"):
-        log_s = np.log(survival(grid))
+def _crossing(grid: NDArray[np.float64], log_s: NDArray[np.float64], level: float) -> tuple[float, int]:
+    """Where log survival falls to `level`, interpolated, and the index of the first point at or below it."""
     j = min(max(int(np.count_nonzero(log_s > level)), 1), len(grid) - 1)
     s0, s1 = log_s[j - 1], log_s[j]
     frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
-    return float(grid[j - 1] + frac * (grid[j] - grid[j - 1]))
+    return float(grid[j - 1] + frac * (grid[j] - grid[j - 1])), j
 
 
 def ttft_quantiles(
