@@ -66,3 +66,18 @@ def test_the_periodic_refit_learns_what_one_window_at_a_time_does_not() -> None:
                               / model.analyze(truth, x, ServerShape(128, None)).ttft_ms - 1) for x in held_out))
     assert errors[1] < 0.1 and errors[1] < 0.5 * errors[0], errors
     assert np.isfinite(errors[0])
+
+
+def test_a_run_of_rejections_one_law_explains_is_a_refit_not_a_shift() -> None:
+    truth = ServiceParams("step", 11.0, 0.03, 6.0, 0.035, kappa_ms=6e-5, epsilon_ms=9.0)
+    prior = ServiceParams("step", 15.0, 0.1, 10.0, 0.05)
+    seen = windows(truth)
+    young = PairFilter(prior, None)
+    young.history, young.suspects = seen[:9], seen[9:]
+    assert young._explains_all() and not young.suspects and len(young.history) == 12
+    shifted = dataclasses.replace(truth, alpha_ms=1.3 * truth.alpha_ms, beta_ms=1.3 * truth.beta_ms,
+                                  delta_ms=1.3 * truth.delta_ms)
+    real = PairFilter(prior, None)
+    real.history, real.suspects = seen[:9], windows(shifted)[9:]
+    before = real.x.copy()
+    assert not real._explains_all() and np.array_equal(real.x, before) and len(real.suspects) == 3

@@ -9,7 +9,8 @@ they leave it open, the same fit over the recent windows every few updates, a ch
 clamping to [prior/10, 10 prior], rejection of non-positive
 parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row (a
 real shift, not an outlier: they are the best evidence of the new law, and a linearised update from far
-away overshoots), anchored on the estimate before the shift.
+away overshoots), anchored on the estimate before the shift - unless one law explains them together with
+the recent windows (the estimate was young, not the server changed): then that joint fit ("refit").
 """
 
 from __future__ import annotations
@@ -263,6 +264,8 @@ class PairFilter:
         self.suspects.append(obs)
         if len(self.suspects) < self.settings.shift_after:
             return self._reject(reason, nis)
+        if self._explains_all():
+            return Verdict(True, "refit", nis)
         self.warmup = list(self.suspects)
         self.history = list(self.suspects)  # the windows of the old law no longer describe the server
         self.suspects.clear()
@@ -271,6 +274,24 @@ class PairFilter:
         self.rewarm = self.settings.warmup_observations
         self.accepted += 1
         return Verdict(True, "shift", nis)
+
+    def _explains_all(self) -> bool:
+        """Whether one law explains the recent windows and the rejected run together (a young estimate, not
+        a shift): the robust fit over them all, kept if it puts 80 % of them within 3 sigma of the
+        observation error; otherwise the estimate is left as it was."""
+        windows = [*self.history, *self.suspects]
+        x, p = self.x.copy(), self.p.copy()
+        self.fit(windows, reset_spread=False)
+        try:
+            errs = [np.abs(self.log_predict(o) - np.log(self.observed(o))).max() for o in windows]
+        except ModelInputError:
+            errs = [np.inf]
+        if np.mean(np.array(errs) <= 3.0 * self.settings.error_level / 1.96) >= 0.8:
+            self.history = windows[-self.settings.refit_window:]
+            self.suspects.clear()
+            return True
+        self.x, self.p = x, p
+        return False
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings
