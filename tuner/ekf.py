@@ -244,16 +244,18 @@ class PairFilter:
 
     def _explains_all(self) -> bool:
         """Whether one law explains the recent windows and the rejected run together (a young estimate, not
-        a shift): the robust fit over them all, kept if it puts 80 % of them within 3 sigma of the
-        observation error; otherwise the estimate is left as it was."""
+        a shift): the robust fit over them all, kept if it puts every rejected window and 80 % of the recent
+        ones within 3 sigma of the observation error; otherwise the estimate is left as it was."""
         windows = [*self.history, *self.suspects]
         x, p = self.x.copy(), self.p.copy()
         self.fit(windows, reset_spread=False)
         try:
-            errs = [np.abs(self.log_predict(o) - np.log(self.observed(o))).max() for o in windows]
+            within = [np.abs(self.log_predict(o) - np.log(self.observed(o))).max()
+                      <= 3.0 * self.settings.error_level / 1.96 for o in windows]
         except ModelInputError:
-            errs = [np.inf]
-        if np.mean(np.array(errs) <= 3.0 * self.settings.error_level / 1.96) >= 0.8:
+            within = [False]
+        rejected_fit = all(within[len(self.history):])
+        if rejected_fit and np.mean(within[: len(self.history)] or [True]) >= 0.8:
             self.history = windows[-self.settings.refit_window:]
             self.suspects.clear()
             return True
