@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from scipy.optimize import brentq
+
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
@@ -35,27 +37,22 @@ def saturation_rps(
     rel_tol: float = 1e-6,
 ) -> float:
     """The shape's capacity: the rate r at which a full batch completes exactly r requests per second.
-    Under continuous batching the prompts of the arrivals themselves slow decoding, so this is the fixed
-    point of r = mu(N) at rate r, below the capacity quoted at any lighter load (bisection)."""
+    Under continuous batching the prompts of the arrivals themselves slow decoding, so this is the root of
+    r = mu(N) at rate r, below the capacity quoted at any lighter load (Brent's method: a handful of law
+    evaluations, as the optimizer sizes every candidate through it). Slightly low rather than high."""
 
-    def completes(rate_rps: float) -> float:
-        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
-        return 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
-
-    low, high = 0.0, completes(0.0)
-    try:
-        if completes(high) >= high:
-            return high  # the law does not depend on the rate
-    except ModelInputError:
-        pass
-    while high - low > rel_tol * high:
-        mid = 0.5 * (low + high)
+    def surplus(rate_rps: float) -> float:
         try:
-            above = completes(mid) >= mid
+            law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
         except ModelInputError:  # prompts alone would fill the GPU
-            above = False
-        low, high = (mid, high) if above else (low, mid)
-    return low
+            return -rate_rps
+        return 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch) - rate_rps
+
+    trickle = surplus(0.0)
+    if surplus(trickle) >= 0.0:
+        return trickle  # the law does not depend on the rate
+    root = float(brentq(surplus, 0.0, trickle, xtol=rel_tol * trickle, rtol=max(rel_tol, 4.5e-16)))
+    return root if surplus(root) >= 0.0 else root - rel_tol * trickle
 
 
 def max_rate(
@@ -72,7 +69,7 @@ def max_rate(
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
     # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
     # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
-    high = 0.999 * saturation_rps(params, load, shape, profile, law_fn)
+    high = 0.999 * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
 
     def feasible(rate_rps: float) -> bool:
         return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)
