@@ -209,12 +209,14 @@ class PairFilter:
         """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated
         windows count too: the gate guards a linearised step from an outlier, and the robust loss discounts
         one as well, but a window far from a young estimate is often the one that identifies a term."""
-        self.history = [*self.history, obs][-self.settings.refit_window:]
+        if not any(o is obs for o in (*self.history, *self.suspects)):  # a rejected one waits among the suspects
+            self.history = [*self.history, obs][-self.settings.refit_window:]
         self.since_refit += 1
         warming = self.accepted < self.settings.warmup_observations or self.rewarm > 0
         if self.settings.refit_every and self.since_refit >= self.settings.refit_every and not warming:
             self.since_refit = 0
-            self.fit(self.history, reset_spread=False)  # the filter's spread stays what its updates made it
+            # the filter's spread stays what its updates made it
+            self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False)
 
     def _warm(self, obs: Observation) -> Verdict:
         self.warmup.append(obs)
@@ -278,6 +280,7 @@ class PairFilter:
         self.last_nis = nis
         if nis > chi2.ppf(s.gate_probability, len(z)):
             return self._suspect(obs, "gate", nis)
+        self.history = [*self.history, *self.suspects][-s.refit_window:]  # outliers, not a shift: kept
         self.suspects.clear()
         ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.log_predict(obs, x.ravel()).reshape(-1, 1))
         new_x = ekf.x.ravel()
