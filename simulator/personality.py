@@ -109,8 +109,9 @@ PERSONALITIES: dict[str, Personality] = {
         Personality("compute-bound-decode", decode_knee=256.0),
         # Attention grows with context: decode reads every live sequence's KV (a model with fewer shared KV
         # heads reads 4x more per token, as multi-head Llama-2 against grouped-query Llama-3), and a prompt's
-        # attention is quadratic in its length (FlashAttention's FLOPs run at lower efficiency than GEMMs,
-        # so they match the weights' FLOPs at 8k tokens of context instead of about 24k).
+        # attention is quadratic in its length: 4 x layers x width FLOPs per token of context, which for an
+        # 8B model match its weights' 2 x 8e9 at about 30k tokens; run at a quarter of the GEMMs' efficiency
+        # (FlashAttention at small head counts), at 8k.
         Personality("long-context", kv_read_factor=4.0, attention_context=8000.0),
     )
 }
