@@ -5,6 +5,7 @@ from queuemodels.batch_choice import BatchChoice, best_batch_for_power, best_bat
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.sizing import max_rate
 from queuemodels.types import (
+    DEFAULT_MAX_QUEUE,
     FAMILIES,
     STATISTICS,
     Load,
@@ -14,9 +15,11 @@ from queuemodels.types import (
     ServerShape,
     ServiceParams,
     Targets,
+    Unstable,
 )
 
 __all__ = [
+    "DEFAULT_MAX_QUEUE",
     "DEFAULT_MODEL",
     "FAMILIES",
     "MODELS",
@@ -32,6 +35,7 @@ __all__ = [
     "ServerShape",
     "ServiceParams",
     "Targets",
+    "Unstable",
     "best_batch_for_power",
     "best_batch_for_rate",
     "get_model",

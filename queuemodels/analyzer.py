@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from queuemodels.chain import Stationary
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
-from queuemodels.service_time import LawFn, capped_law, continuous_law
-from queuemodels.sizing import max_rate
-from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
+from queuemodels.sizing import max_rate, saturation_rps
+from queuemodels.types import (
+    Load,
+    ModelInputError,
+    Performance,
+    PowerProfile,
+    ServerShape,
+    ServiceParams,
+    Targets,
+    Unstable,
+)
+
+BLOCKING_NEGLIGIBLE = 1e-6
+"""Blocking below which the law is kept at the offered rate (the accepted rate differs by less)."""
 
 
 class QueueModel(Protocol):
@@ -37,6 +50,10 @@ class QueueModel(Protocol):
         profile: PowerProfile | None = None,
     ) -> float: ...
 
+    def saturation_rps(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+    ) -> float: ...
+
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy: ...
@@ -59,7 +76,50 @@ class ChainModel:
         tails: bool = True,
     ) -> Performance:
         """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
-        return evaluate(self.law(params, load, profile, shape), shape, load.rate_rps, profile, tails)
+        law, chain = self._solved(params, load, shape, profile)
+        return evaluate(law, shape, load.rate_rps, profile, tails, chain)
+
+    def _solved(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None
+    ) -> tuple[StepLaw, Stationary]:
+        """The law and chain at this load. A bounded queue turns arrivals away once full, and those cost the
+        GPU nothing: the law (under continuous batching, the prompts' share of the GPU) is built at the rate
+        accepted, lambda (1 - P(full)), found by bisection where blocking is not negligible. An unbounded
+        queue past the shape's saturation has no steady state: the message quotes that rate."""
+        try:
+            law = self.law(params, load, profile, shape)
+            chain = solve_chain(law, shape, load.rate_rps)
+        except Unstable:
+            if shape.max_queue is None:
+                sat = self.saturation_rps(params, load, shape, profile)
+                raise Unstable(f"rate_rps: {load.rate_rps:.6g} has no stationary solution with an unbounded queue: "
+                               f"max_batch {shape.max_batch} saturates at {sat:.6g} rps; lower it or bound "
+                               "max_queue") from None
+            return self._accepted(params, load, shape, profile, 0.0)
+        if chain.p[-1] < BLOCKING_NEGLIGIBLE or shape.max_queue is None:
+            return law, chain
+        return self._accepted(params, load, shape, profile, load.rate_rps * (1.0 - chain.p[-1]))
+
+    def _accepted(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None, low: float
+    ) -> tuple[StepLaw, Stationary]:
+        """Bisection on the accepted rate x = lambda (1 - P(full) at a law built for x), between `low` (what
+        the law at the offered rate accepts: a lighter law blocks less) and the offered rate."""
+        high, best = load.rate_rps, None
+        while best is None or high - low > 1e-4 * high:
+            mid = 0.5 * (low + high)
+            try:
+                law = self.law(params, replace(load, rate_rps=mid), profile, shape)
+                chain = solve_chain(law, shape, load.rate_rps)
+            except Unstable:
+                high = mid
+                continue
+            best = law, chain
+            if load.rate_rps * (1.0 - chain.p[-1]) >= mid:
+                low = mid
+            else:
+                high = mid
+        return best
 
     def max_rate(
         self,
@@ -71,12 +131,18 @@ class ChainModel:
     ) -> float:
         return max_rate(params, load, shape, targets, profile, law_fn=self.law)
 
+    def saturation_rps(
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
+    ) -> float:
+        """The largest rate the shape completes with a full batch (its capacity; above it, no steady state)."""
+        return saturation_rps(params, load, shape, profile, law_fn=self.law)
+
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy:
         """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
-        law = self.law(params, load, profile, shape)
-        return occupancy(law, solve_chain(law, shape, load.rate_rps), load.rate_rps)
+        law, chain = self._solved(params, load, shape, profile)
+        return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
 
 
 DEFAULT_MODEL = "mm1k-cb"

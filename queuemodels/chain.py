@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.service_time import StepLaw
-from queuemodels.types import ModelInputError
+from queuemodels.types import ModelInputError, Unstable
 
 TAIL_MASS = 1e-12
 MAX_STATES = 2_000_000
@@ -52,7 +52,7 @@ def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
     mu_full = max_batch / (law.t0 + law.t1 * max_batch)
     rho = rate_per_ms / mu_full
     if rho >= 1.0:
-        raise ModelInputError(
+        raise Unstable(
             f"rate_rps: {rate_per_ms * 1000:.6g} has no stationary solution with an unbounded queue "
             f"(capacity {mu_full * 1000:.6g} rps at max_batch {max_batch}); lower it or bound max_queue"
         )

@@ -60,10 +60,12 @@ def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -
 
 
 def evaluate(
-    law: StepLaw, shape: ServerShape, rate_rps: float, profile: PowerProfile | None, tails: bool = True
+    law: StepLaw, shape: ServerShape, rate_rps: float, profile: PowerProfile | None, tails: bool = True,
+    chain: Stationary | None = None,
 ) -> Performance:
-    """All figures of one operating point; `tails=False` skips the percentiles (NaN) for speed."""
-    chain = solve_chain(law, shape, rate_rps)
+    """All figures of one operating point; `tails=False` skips the percentiles (NaN) for speed. `chain`, when
+    given, is the law's chain at `rate_rps` already solved."""
+    chain = solve_chain(law, shape, rate_rps) if chain is None else chain
     m = means(chain)
     n_eff, ttft, itl = _mean_latencies(law, chain, m)
     nan = float("nan")
@@ -71,7 +73,8 @@ def evaluate(
     if tails:
         ttft_p95, ttft_p99 = ttft_quantiles(chain, law, m.wait_ms, PROBS)
         itl_p95, itl_p99 = itl_quantiles(chain, law, m.throughput_per_ms, PROBS)
-    power = mean_draw_w(profile, occupancy(law, chain, rate_rps), shape.power_cap_w) if profile else nan
+    accepted_rps = m.throughput_per_ms * 1000.0
+    power = mean_draw_w(profile, occupancy(law, chain, accepted_rps), shape.power_cap_w) if profile else nan
     return Performance(
         ttft_ms=ttft,
         itl_ms=itl,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from queuemodels.power import Batch, natural_draw_w
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ class StepLaw:
 def step_law(params: ServiceParams, load: Load) -> StepLaw:
     """The family's per-step laws at a load's mean token counts."""
     n_in, m = load.in_tokens, load.out_tokens
-    if params.family == "gen1":
-        return StepLaw(params.gamma_ms, params.delta_ms * n_in, params.alpha_ms, params.beta_ms, m - 1)
+    if params.family in ("gen1", "step"):
+        per_seq = params.beta_ms + params.kappa_ms * (n_in + m / 2)
+        return StepLaw(params.gamma_ms + params.epsilon_ms, params.delta_ms * n_in, params.alpha_ms, per_seq, m - 1)
     per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
     prefill_extra = (params.beta_ms + params.gamma_ms) * n_in
     decode_extra = params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
@@ -122,10 +123,11 @@ def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: Se
 def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
     """(d0, d1, c_p): a decode step at batch B takes d0 + d1 B, one prompt adds c_p (ms)."""
     n_in, m = load.in_tokens, load.out_tokens
-    if params.family == "gen1":
+    if params.family in ("gen1", "step"):
         compute = params.delta_ms * n_in
         hidden = params.gamma_ms
-        return params.alpha_ms, params.beta_ms, float(np.cbrt(compute**3 + hidden**3)) - hidden
+        per_seq = params.beta_ms + params.kappa_ms * (n_in + m / 2)
+        return params.alpha_ms, per_seq, params.epsilon_ms + float(np.cbrt(compute**3 + hidden**3)) - hidden
     per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
     d0 = params.alpha_ms + params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
     return d0, per_seq, (params.beta_ms + params.gamma_ms) * n_in
@@ -139,7 +141,7 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     c_p *= prefill_factor
     phi = load.rate_rps * c_p / 1000.0
     if phi >= 0.99:
-        raise ModelInputError(
+        raise Unstable(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
         )
     stretch = 1.0 / (1.0 - phi)

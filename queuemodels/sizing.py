@@ -1,13 +1,15 @@
 """Sizing: the largest arrival rate one replica takes within its targets.
 
 Every latency figure of the chain grows with the arrival rate, so the largest feasible rate is found
-by bisection on [0.001 mu(1), 0.999 mu(N)] (REFERENCE.md section 1), with the law rebuilt at each rate
+by bisection on [0.001 mu(1), 0.999 of the saturation rate] (REFERENCE.md section 1), with the law rebuilt at each rate
 (the continuous-batching law depends on it).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+from scipy.optimize import brentq
 
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
@@ -26,6 +28,33 @@ def _feasible(
         return False
 
 
+def saturation_rps(
+    params: ServiceParams,
+    load: Load,
+    shape: ServerShape,
+    profile: PowerProfile | None = None,
+    law_fn: LawFn = capped_law,
+    rel_tol: float = 1e-6,
+) -> float:
+    """The shape's capacity: the rate r at which a full batch completes exactly r requests per second.
+    Under continuous batching the prompts of the arrivals themselves slow decoding, so this is the root of
+    r = mu(N) at rate r, below the capacity quoted at any lighter load (Brent's method: a handful of law
+    evaluations, as the optimizer sizes every candidate through it). Slightly low rather than high."""
+
+    def surplus(rate_rps: float) -> float:
+        try:
+            law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
+        except ModelInputError:  # prompts alone would fill the GPU
+            return -rate_rps
+        return 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch) - rate_rps
+
+    trickle = surplus(0.0)
+    if surplus(trickle) >= 0.0:
+        return trickle  # the law does not depend on the rate
+    root = float(brentq(surplus, 0.0, trickle, xtol=rel_tol * trickle, rtol=max(rel_tol, 4.5e-16)))
+    return root if surplus(root) >= 0.0 else root - rel_tol * trickle
+
+
 def max_rate(
     params: ServiceParams,
     load: Load,
@@ -38,7 +67,9 @@ def max_rate(
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
     law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
-    high = 0.999 * 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
+    # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
+    # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
+    high = 0.999 * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
 
     def feasible(rate_rps: float) -> bool:
         return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)

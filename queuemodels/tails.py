@@ -28,6 +28,8 @@ ERLANG_MAX = 16
 GROUPS = 32
 NEGLIGIBLE = 1e-9
 UNIT = np.linspace(0.0, 1.0, GRID)
+STEEP = 2.0
+"""Fall of log survival across one grid bracket past which the bracket is searched on a finer grid."""
 Survival = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
@@ -55,6 +57,25 @@ def _waiting_survival(chain: Stationary, q_first: float) -> Survival:
         out: NDArray[np.float64] = np.minimum(np.maximum(sign * (first - second), 0.0), 1.0)
         out[np.isnan(out)] = 0.0
         return out
+
+    return survival
+
+
+def _overloaded_survival(mu: float, waiting_q: NDArray[np.float64], groups: int = 2 * GROUPS) -> Survival:
+    """The waiting block when the load exceeds the capacity: its mass piles up at the queue's end, where the
+    closed form subtracts two huge, nearly equal terms. Summed directly instead over the accepted arrivals'
+    waiting states (state N + j waits for j + 1 departures, an Erlang), in at most `groups` runs of adjacent
+    states, each at its mean number of departures; states under 1e-12 of the heaviest are left out."""
+    live = np.flatnonzero(waiting_q > 1e-12 * waiting_q.max(initial=0.0))
+    if len(live) == 0:
+        return lambda t: np.zeros(len(t))
+    span = slice(int(live[0]), int(live[-1]) + 1)
+    departures = np.arange(1, len(waiting_q) + 1, dtype=float)[span]
+    mass, shape = _grouped(waiting_q[span], groups, departures)[:2]
+
+    def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = gammaincc(shape[None, :], mu * np.maximum(t, 0.0)[:, None]) @ mass
+        return np.minimum(out, 1.0)
 
     return survival
 
@@ -127,7 +148,10 @@ def ttft_survival(chain: Stationary, law: StepLaw, groups: int = GROUPS) -> tupl
     if waiting_mass < NEGLIGIBLE:
         return free_survival, waiting_mass
     full_prefill = law.prefill(float(chain.max_batch))
-    waiting = _waiting_survival(chain, float(accepted[n_free]))
+    if chain.rate_per_ms > chain.mu_full_per_ms:
+        waiting = _overloaded_survival(chain.mu_full_per_ms, accepted[n_free:])
+    else:
+        waiting = _waiting_survival(chain, float(accepted[n_free]))
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
         shifted = (t - full_prefill) / law.wait_scale
@@ -149,13 +173,25 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
         if log_s[-1] <= levels.min():
             break
         high = low + 2.0 * (high - low)
-    out = []
+    out: list[float] = []
     for level in levels:
-        j = min(max(int(np.count_nonzero(log_s > level)), 1), GRID - 1)  # first point at or below the level
-        s0, s1 = log_s[j - 1], log_s[j]
-        frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
-        out.append(float(grid[j - 1] + frac * (grid[j] - grid[j - 1])))
+        t, j = _crossing(grid, log_s, float(level))
+        if log_s[j] < log_s[j - 1] - STEEP:
+            # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
+            # interpolating its log survival linearly would put the percentile below the mean: read it finer.
+            fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
+            with np.errstate(divide="ignore"):
+                t, _ = _crossing(fine, np.log(survival(fine)), float(level))
+        out.append(t)
     return out
+
+
+def _crossing(grid: NDArray[np.float64], log_s: NDArray[np.float64], level: float) -> tuple[float, int]:
+    """Where log survival falls to `level`, interpolated, and the index of the first point at or below it."""
+    j = min(max(int(np.count_nonzero(log_s > level)), 1), len(grid) - 1)
+    s0, s1 = log_s[j - 1], log_s[j]
+    frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
+    return float(grid[j - 1] + frac * (grid[j] - grid[j - 1])), j
 
 
 def ttft_quantiles(

@@ -6,14 +6,29 @@ Times inside the models are milliseconds (`_ms`), rates per second (`_rps`), pow
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-FAMILIES = ("gen1", "gen2")
+FAMILIES = ("gen1", "gen2", "step")
+NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alpha_ms", "beta_ms", "gamma_ms"),
+         "step": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms")}
+"""Each family's free parameters, in filter order."""
+STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0}
+"""Starting values of the step family's two terms where a prior leaves them at 0: the tuner moves each
+within [1/10, 10x] of them (about the KV read per context token of an 8B model on an H100 (4e-5 ms), and
+a prefill step's host and launch cost (1-10 ms))."""
 STATISTICS = ("mean", "p95", "p99")
+
+
+DEFAULT_MAX_QUEUE = 1024
+"""Requests a replica queues beyond its batch when nothing says otherwise (settings, CSVs, the optimizer)."""
 
 
 class ModelInputError(ValueError):
     """An input to a queue model is out of its domain; the message names the field."""
+
+
+class Unstable(ModelInputError):
+    """The offered rate exceeds what the shape can serve and nothing (no bounded queue) turns the excess away."""
 
 
 def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
@@ -31,6 +46,10 @@ class ServiceParams:
 
     gen1: decode(n) = alpha + beta n, prefill(n) = gamma + delta L_in n.
     gen2: T_iter(B) = alpha + B [beta (L_in+m)/(m+1) + gamma (L_in+m/2)] (delta unused).
+    step: gen1 in the scheduler's terms: a decode step reads every sequence's KV cache, so each sequence
+    costs beta + kappa (L_in + m/2); a step that carries a prompt pays epsilon (host-side preparation,
+    kernel launches outside the decode graphs) on top of the prompt's compute (delta L_in, of which up to
+    gamma hides under the step's memory time).
     """
 
     family: str
@@ -38,6 +57,10 @@ class ServiceParams:
     beta_ms: float
     gamma_ms: float
     delta_ms: float = 0.0
+    kappa_ms: float = 0.0
+    """Decode time per sequence per token of context (step family)."""
+    epsilon_ms: float = 0.0
+    """Fixed time of a step that carries a prompt (step family)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -46,16 +69,23 @@ class ServiceParams:
         _check("beta_ms", self.beta_ms)
         _check("gamma_ms", self.gamma_ms)
         _check("delta_ms", self.delta_ms)
+        _check("kappa_ms", self.kappa_ms)
+        _check("epsilon_ms", self.epsilon_ms)
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""
-        if self.family == "gen1":
-            return (self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
-        return (self.alpha_ms, self.beta_ms, self.gamma_ms)
+        return tuple(float(getattr(self, n)) for n in NAMES[self.family])
 
     @classmethod
     def from_vector(cls, family: str, values: tuple[float, ...] | list[float]) -> ServiceParams:
-        return cls(family, *(float(v) for v in values))
+        return cls(family, **{n: float(v) for n, v in zip(NAMES[family], values, strict=True)})
+
+    def with_step_defaults(self) -> ServiceParams:
+        """The step family's terms a prior left at 0 set to their starting values (what the tuner can move)."""
+        if self.family != "step":
+            return self
+        return replace(self, kappa_ms=self.kappa_ms or STEP_DEFAULTS["kappa_ms"],
+                       epsilon_ms=self.epsilon_ms or STEP_DEFAULTS["epsilon_ms"])
 
 
 @dataclass(frozen=True)

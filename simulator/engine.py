@@ -12,8 +12,9 @@ from collections import deque
 
 import numpy as np
 
-from simulator.hardware import SimGPU, step_core_ms
+from simulator.hardware import SimGPU
 from simulator.llms import StepCost
+from simulator.personality import ROOFLINE, Personality, StepWork
 from simulator.vllm_metrics import EngineMetrics
 
 NOISE_BLOCK = 256
@@ -33,6 +34,7 @@ class VLLMEngine:
         start_s: float = 0.0,
         keep_samples: bool = False,
         engine_id: str = "0",
+        personality: Personality = ROOFLINE,
     ) -> None:
         self.engine_id = engine_id
         """The `engine` label of its series: one per engine life, so a restart starts new counters."""
@@ -40,7 +42,9 @@ class VLLMEngine:
         self.cost = cost
         self.gpu = gpu
         self.max_num_seqs = max_num_seqs
-        self.max_batched = max_num_batched_tokens
+        self.personality = personality
+        """How a step's work becomes time (hidden from the controller, as `cost` is)."""
+        self.max_batched = personality.token_budget or max_num_batched_tokens
         self.rng = rng
         self.now_s = start_s
         self.metrics = EngineMetrics(model_name, keep_samples=keep_samples)
@@ -134,7 +138,8 @@ class VLLMEngine:
     def _step(self) -> None:
         act = self.active
         chunk = None
-        prefill_tokens = 0
+        prefill_tokens = prefill_seqs = 0
+        pairs = 0.0
         if self.n_prefill:
             waiting_prompt = act & (self.prompt_left > 0)
             decoding = act & ~waiting_prompt
@@ -146,15 +151,17 @@ class VLLMEngine:
             chunk = np.zeros_like(self.prompt_left)
             chunk[idx] = np.minimum(np.maximum(max(0, self.max_batched - n_decode) - before, 0), need)
             prefill_tokens = int(chunk.sum())
+            prefill_seqs = int(np.count_nonzero(chunk))
+            if self.personality.needs_attention_pairs:
+                pairs = float(chunk @ (self.ctx + 0.5 * chunk))
         else:
             decoding = act  # read before _finish and _preempt_if_full change the slots
             n_decode = self.n_active
         c = self.cost
-        compute_ms = c.prefill_ms_per_token * prefill_tokens + c.decode_ms_per_seq * n_decode
-        memory_ms = c.weights_ms + c.kv_ms_per_token * float(self.ctx_sum)
-        clock = self.gpu.settle_clock(compute_ms, memory_ms, c.overhead_ms)
-        power_w = self.gpu.draw_w(clock, compute_ms, memory_ms, c.overhead_ms)
-        step_ms = c.overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
+        t = self.personality.step_time(c, StepWork(prefill_tokens, prefill_seqs, pairs, n_decode, self.ctx_sum))
+        clock = self.gpu.settle_clock(t.compute_ms, t.memory_ms, t.overhead_ms, t.serial_ms)
+        power_w = self.gpu.draw_w(clock, t.compute_ms, t.memory_ms, t.overhead_ms, t.serial_ms)
+        step_ms = t.ms(clock)
         if self._drawn == len(self._noise):
             self._noise = np.exp(self.rng.normal(0.0, c.noise_sigma, NOISE_BLOCK) - 0.5 * c.noise_sigma**2)
             self._hiccup = np.where(self.rng.random(NOISE_BLOCK) < c.hiccup_prob, c.hiccup_ms, 0.0)

@@ -66,22 +66,24 @@ class SimGPU:
         self.power_limit_w = min(self.spec.max_limit_w, max(self.spec.min_limit_w, float(watts)))
         return self.power_limit_w
 
-    def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float) -> float:
-        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock)
-        u_c = (compute_ms / clock) / step
+    def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
+               serial_ms: float = 0.0) -> float:
+        """Mean draw over a step; `serial_ms` is compute in kernels of its own, after the overlapped part."""
+        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock) + serial_ms / clock
+        u_c = ((compute_ms + serial_ms) / clock) / step
         u_m = memory_ms / step
         spec = self.spec
         return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m)
 
-    def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float) -> float:
+    def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float, serial_ms: float = 0.0) -> float:
         """The largest clock fraction whose draw fits the limit (bisection; draw rises with clock)."""
-        if self.draw_w(1.0, compute_ms, memory_ms, overhead_ms) <= self.power_limit_w:
+        if self.draw_w(1.0, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
             self.clock_fraction = 1.0
             return 1.0
         low, high = MIN_CLOCK_FRACTION, 1.0
         for _ in range(14):
             mid = 0.5 * (low + high)
-            if self.draw_w(mid, compute_ms, memory_ms, overhead_ms) <= self.power_limit_w:
+            if self.draw_w(mid, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
                 low = mid
             else:
                 high = mid

@@ -7,6 +7,7 @@ balancer would. Everything advances in simulated time through `advance_to`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, step_cost
+from simulator.personality import Personality, get_personality
 from simulator.workload import Workload
 
 
@@ -48,9 +50,13 @@ class SimHost:
         seed: int = 0,
         start_delay_s: float = 30.0,
         keep_samples: bool = False,
+        personalities: Mapping[str, str] | None = None,
     ) -> None:
+        """`personalities` maps "model|gpu_type" (or a model name) to an engine personality; any other pair
+        runs the roofline law."""
         if gpu_type not in SPECS:
             raise ValueError(f"gpu_type: unknown {gpu_type!r}, expected one of {sorted(SPECS)}")
+        self.personalities = {k: get_personality(v) for k, v in (personalities or {}).items()}
         self.gpus = [SimGPU(i, SPECS[gpu_type]) for i in range(num_gpus)]
         self.services: dict[str, SimService] = {}
         self.now_s = 0.0
@@ -77,13 +83,18 @@ class SimHost:
         used = {r.gpu.index for s in self.services.values() for r in s.replicas}
         return [g for g in self.gpus if g.index not in used]
 
+    def personality(self, model: str) -> Personality:
+        """The engine personality of `model` on this host's GPUs."""
+        found = self.personalities.get(f"{model}|{self.gpus[0].spec.name}") or self.personalities.get(model)
+        return found or get_personality("roofline")
+
     def _new_replica(self, svc: SimService, gpu: SimGPU, delay_s: float) -> Replica:
         cost = step_cost(LLMS[svc.model], gpu.spec, self.seed)
         rng = np.random.default_rng(self._rng.integers(1 << 63))
         ready = self.now_s + delay_s
         self._started += 1
         engine = VLLMEngine(svc.model, cost, gpu, svc.max_num_seqs, rng, start_s=ready, keep_samples=self.keep_samples,
-                            engine_id=f"gpu{gpu.index}-{self._started}")
+                            engine_id=f"gpu{gpu.index}-{self._started}", personality=self.personality(svc.model))
         return Replica(engine, gpu, ready)
 
     def scale(self, name: str, replicas: int, delay_s: float | None = None) -> int:

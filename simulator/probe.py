@@ -14,6 +14,7 @@ import numpy as np
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, StepCost, step_cost
+from simulator.personality import get_personality
 from simulator.workload import TokenDist
 
 
@@ -47,6 +48,8 @@ class Replica:
     pair_seed: int = 0
     cost_scale: float = 1.0
     """Multiplies every hidden step time (a drift, e.g. a new vLLM version)."""
+    personality: str = "roofline"
+    """How the engine turns a step's work into time (`simulator/personality.py`)."""
 
     def cost(self) -> StepCost:
         c = step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed)
@@ -59,7 +62,8 @@ class Replica:
         gpu = SimGPU(0, SPECS[self.gpu_type])
         if power_limit_w is not None:
             gpu.set_power_limit(power_limit_w)
-        return VLLMEngine(self.model, self.cost(), gpu, max_num_seqs, rng, keep_samples=True)
+        return VLLMEngine(self.model, self.cost(), gpu, max_num_seqs, rng, keep_samples=True,
+                          personality=get_personality(self.personality))
 
 
 def measure(

@@ -289,3 +289,34 @@ def test_grouped_free_states_match_the_full_mixture() -> None:
 def test_bad_inputs_name_the_field(build: object, field: str) -> None:
     with pytest.raises(ModelInputError, match=field):
         build()  # type: ignore[operator]
+
+
+def test_saturation_rate_is_where_a_full_batch_completes_the_arrivals_it_takes() -> None:
+    params, load = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035), Load(1.0, 1024, 256)
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, load, ServerShape(64, None))
+    law = continuous_law(params, Load(sat, 1024, 256), None, ServerShape(64, None))
+    assert 1000.0 * 64 / (law.t0 + law.t1 * 64) == pytest.approx(sat, rel=1e-5)
+    model.analyze(params, Load(0.99 * sat, 1024, 256), ServerShape(64, None), tails=False)
+    with pytest.raises(ModelInputError, match=f"saturates at {sat:.6g} rps"):
+        model.analyze(params, Load(1.01 * sat, 1024, 256), ServerShape(64, None))
+
+
+@pytest.mark.parametrize("max_queue", [0, 16, 1024])
+def test_an_overloaded_bounded_queue_serves_its_saturation_with_tails_above_the_mean(max_queue: int) -> None:
+    params = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, Load(1.0, 1024, 256), ServerShape(64, None))
+    for overload in (1.2, 2.0, 4.0):  # blocked arrivals cost no GPU time: the rest are served at saturation
+        perf = model.analyze(params, Load(overload * sat, 1024, 256), ServerShape(64, max_queue))
+        assert perf.throughput_rps <= sat * (1 + 1e-3)
+        assert perf.throughput_rps >= sat * (0.9 if max_queue == 0 else 0.99)
+        assert perf.ttft_ms <= perf.ttft_p95_ms <= perf.ttft_p99_ms
+
+
+def test_percentile_sizing_on_a_bounded_queue_stays_below_saturation() -> None:
+    params, load = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035), Load(1.0, 1024, 256)
+    model = get_model("mm1k-cb")
+    shape = ServerShape(64, 16)
+    sat = model.saturation_rps(params, load, shape)
+    assert model.max_rate(params, load, shape, Targets(1e6, 1e3, "p95")) < sat

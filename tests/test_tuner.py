@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_warmup_keeps_the_prior_shape_where_observations_leave_it_open() -> None
     def error(settings: FilterSettings, seed: int) -> float:
         rng = np.random.default_rng(seed)
         pair = PairFilter(PRIOR, None, settings)
-        for r in (4.0, 5.0, 6.0):
+        for r in (3.0, 4.0, 5.0):  # below the truth's saturation (5.6 rps)
             assert pair.update(observe(truth, r, noise=0.03, rng=rng)).reason == "warmup"
         return float(np.abs(pair.x / truth.as_vector() - 1).max())
 
@@ -157,6 +158,7 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     report = json.loads(capsys.readouterr().out)
     assert report["observations"] == 12 and report["verdicts"]["non-finite"] == 1
     assert report["verdicts"]["transient"] == 1
+    assert report["rejected_rows"]["non-finite"] == [11] and report["rejected_rows"]["transient"] == [12]
     assert report["error_in_sample"]["median_ttft"] < 0.03 and report["error_in_sample"]["median_itl"] < 0.03
 
 
@@ -167,6 +169,11 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n", "no observations"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,2\n", "'steady' must be 1 or 0"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,nan,nan,nan\n" * 3,
+     "'max_batch' must be a whole"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,8,nan,nan\n" * 3,
+     "no usable observation (3 non-finite)"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,0\n", "(1 transient)"),
 ])
 def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                     message: str) -> None:
@@ -177,6 +184,37 @@ def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["tune", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_tune_cli_refuses_a_binary_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    path = tmp_path / "obs.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    assert main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a CSV text file" in err[0], err
+
+
+def test_tune_says_which_parameters_sit_on_their_bounds(caplog: pytest.LogCaptureFixture) -> None:
+    from tuner.offline import run
+
+    prior = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035 * 30)  # prompts 30x too slow: delta wants its floor
+    rows = [observe(TRUE, r) for r in (2.0, 4.0, 6.0, 8.0, 3.0, 5.0)]
+    with caplog.at_level(logging.WARNING):
+        report = run(PairFilter(prior, None), rows)
+    assert report["bounds_hit"] == {"delta_ms": "lower bound 0.105 (prior / 10)"}
+    assert "delta_ms held at its lower bound 0.105" in caplog.text
+
+
+def test_a_client_that_drops_is_not_saturated_and_steadiness_is_read_from_data() -> None:
+    base = observe(TRUE, 5.0)
+    row = dataclasses.replace(base, max_queue=0, waiting=0.0)
+    assert row.problem() is None  # max_queue 0 with nothing waiting: 0 >= 0 no longer reads saturated
+    assert dataclasses.replace(base, served_rps=0.95 * base.rate_rps, queue_growth=1.0).problem() is None
+    assert dataclasses.replace(base, served_rps=0.5 * base.rate_rps).problem() == "unsteady-rate"  # a ramp
+    assert dataclasses.replace(base, served_rps=1.6 * base.rate_rps).problem() == "unsteady-rate"  # a backlog drains
+    assert dataclasses.replace(base, queue_growth=30.0).problem() == "unsteady-queue"
 
 
 def test_restarts_and_full_queues_are_not_steady_states() -> None:
@@ -190,13 +228,14 @@ def test_restarts_and_full_queues_are_not_steady_states() -> None:
     assert pair.update(short_queue).accepted
 
 
-def test_a_load_the_model_calls_impossible_counts_towards_a_shift() -> None:
-    # Learnt while prompts were 14x slower; now the server carries 6 rps, which that law cannot.
+def test_a_load_the_old_law_cannot_carry_counts_towards_a_shift() -> None:
+    # Learnt while prompts were 14x slower; now the server carries 6 rps, which that law cannot: with the
+    # window's bounded queue it predicts a full queue turning arrivals away, far from what was seen.
     slow = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.5)
     tuner = Tuner()
     tuner.ensure("m", "gpu", slow, None)
     for r in (0.5, 1.0, 1.5):
         tuner.update("m", "gpu", observe(slow, r))
     reasons = [tuner.update("m", "gpu", observe(TRUE, 6.0)).reason for _ in range(3)]
-    assert reasons == ["model-error", "model-error", "shift"], reasons
+    assert reasons == ["gate", "gate", "shift"], reasons
     assert relative_error(tuner, observe(TRUE, 6.0)).max() < 0.05

@@ -5,10 +5,12 @@ caps vary. Observation z = log [TTFT, ITL] (ms); h(x) is the queue model at the 
 and cap (REFERENCE.md section 2). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
 it says nothing true about service times, which would otherwise absorb the draw model's error.
 Robustness: a robust least-squares warm-up on the first observations that keeps the prior's shape where
-they leave it open, a chi-square NIS gate, clamping to [prior/10, 10 prior], rejection of non-positive
+they leave it open, the same fit over the recent windows every few updates, a chi-square NIS gate,
+clamping to [prior/10, 10 prior], rejection of non-positive
 parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row (a
 real shift, not an outlier: they are the best evidence of the new law, and a linearised update from far
-away overshoots), anchored on the estimate before the shift.
+away overshoots), anchored on the estimate before the shift - unless one law explains them together with
+the recent windows (the estimate was young, not the server changed): then that joint fit ("refit").
 """
 
 from __future__ import annotations
@@ -24,37 +26,10 @@ from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
 from tuner.draw import DrawFit
+from tuner.filter_settings import FilterSettings, Verdict
 from tuner.observation import Observation
 
-
-@dataclass(frozen=True)
-class FilterSettings:
-    """How eagerly the filter follows observations."""
-
-    error_level: float = 0.1
-    """Relative observation error at 95 % (R = (e / 1.96)^2 on log z)."""
-    process_noise: float = 0.01
-    """Relative random walk of the parameters per update (Q = (q x)^2)."""
-    initial_spread: float = 0.15
-    """Relative standard deviation of the parameters after warm-up (P0)."""
-    gate_probability: float = 0.975
-    """Chi-square probability of the NIS gate."""
-    warmup_observations: int = 3
-    """Observations fitted by least squares before filtering starts."""
-    anchor_spread: float = 0.3
-    """Relative spread of each parameter around the anchor's shape in a warm-up fit (their common scale
-    is free): what holds the directions a few observations leave unidentified."""
-    shift_after: int = 3
-    """Consecutive gate rejections that mean a shift: the filter refits on them and warms up again."""
-
-
-@dataclass
-class Verdict:
-    """The outcome of one update."""
-
-    accepted: bool
-    reason: str = "accepted"
-    nis: float = float("nan")
+__all__ = ["FilterSettings", "PairFilter", "Verdict"]
 
 
 @dataclass
@@ -81,6 +56,9 @@ class PairFilter:
     """The shape a warm-up fit keeps: the prior, or the estimate just before a shift."""
     draw: DrawFit = field(default_factory=DrawFit)
     """The power-draw curve, fitted to observed GPU power."""
+    history: list[Observation] = field(default_factory=list)
+    """The recent usable windows of the current law (since the last shift), for the periodic refit."""
+    since_refit: int = 0
 
     def __post_init__(self) -> None:
         if self.x.size == 0:
@@ -90,7 +68,7 @@ class PairFilter:
             self.anchor = self.prior_vector()
 
     def prior_vector(self) -> NDArray[np.float64]:
-        base = list(self.prior.as_vector())
+        base = list(self.prior.with_step_defaults().as_vector())
         if self.fit_power and self.profile is not None:
             base.append(self.profile.prefill_sensitivity)
         return np.array(base, dtype=float)
@@ -152,6 +130,7 @@ class PairFilter:
             return self._reject(problem)
         self.updates += 1
         verdict = self._update_latency(obs)
+        self._refit(obs)
         profile = self._latency_profile(self.x)
         if profile is not None:
             self.draw.observe(obs, self.params()[0], profile, self.queue_model)
@@ -175,12 +154,13 @@ class PairFilter:
         except (FloatingPointError, np.linalg.LinAlgError):
             return self._reject("model-error")
 
-    def fit(self, observations: list[Observation]) -> None:
+    def fit(self, observations: list[Observation], reset_spread: bool = True) -> None:
         """Robust MAP fit of log parameters to `observations`: log errors under soft-L1 beyond the
         observation error (one burst window does not drag it), plus a prior that keeps the anchor's shape
         (the prior, or the estimate before a shift) at a free common scale, so that directions a few windows
         leave unidentified (the gamma/delta ridge) stay where the anchor had them. Trust-region reflective
-        within the bounds: a few dozen model evaluations."""
+        within the bounds: a few dozen model evaluations. `reset_spread` restarts the covariance at the initial
+        spread (a warm-up); a periodic refit keeps the filter's own."""
         s = self.settings
         low, high = self.bounds
         free = self.prior_vector() > 0
@@ -206,7 +186,8 @@ class PairFilter:
         result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=1e-6,
                                xtol=1e-6, loss="soft_l1", f_scale=sigma_obs)
         self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
-        self.p = np.diag((s.initial_spread * self.x) ** 2)
+        if reset_spread:
+            self.p = np.diag((s.initial_spread * self.x) ** 2)
 
     def _carrying_start(self, observations: list[Observation]) -> NDArray[np.float64]:
         """The estimate, scaled down until the model carries every observed load: where it calls one
@@ -224,6 +205,19 @@ class PairFilter:
                 continue
         return self.x.copy()
 
+    def _refit(self, obs: Observation) -> None:
+        """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated
+        windows count too: the gate guards a linearised step from an outlier, and the robust loss discounts
+        one as well, but a window far from a young estimate is often the one that identifies a term."""
+        if not any(o is obs for o in (*self.history, *self.suspects)):  # a rejected one waits among the suspects
+            self.history = [*self.history, obs][-self.settings.refit_window:]
+        self.since_refit += 1
+        warming = self.accepted < self.settings.warmup_observations or self.rewarm > 0
+        if self.settings.refit_every and self.since_refit >= self.settings.refit_every and not warming:
+            self.since_refit = 0
+            # the filter's spread stays what its updates made it
+            self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False)
+
     def _warm(self, obs: Observation) -> Verdict:
         self.warmup.append(obs)
         self.fit(self.warmup)
@@ -239,13 +233,36 @@ class PairFilter:
         self.suspects.append(obs)
         if len(self.suspects) < self.settings.shift_after:
             return self._reject(reason, nis)
+        if self._explains_all():
+            return Verdict(True, "refit", nis)
         self.warmup = list(self.suspects)
+        self.history = list(self.suspects)  # the windows of the old law no longer describe the server
         self.suspects.clear()
         self.anchor = self.x.copy()
         self.fit(self.warmup)
         self.rewarm = self.settings.warmup_observations
         self.accepted += 1
         return Verdict(True, "shift", nis)
+
+    def _explains_all(self) -> bool:
+        """Whether one law explains the recent windows and the rejected run together (a young estimate, not
+        a shift): the robust fit over them all, kept if it puts every rejected window and 80 % of the recent
+        ones within 3 sigma of the observation error; otherwise the estimate is left as it was."""
+        windows = [*self.history, *self.suspects]
+        x, p = self.x.copy(), self.p.copy()
+        self.fit(windows, reset_spread=False)
+        try:
+            within = [np.abs(self.log_predict(o) - np.log(self.observed(o))).max()
+                      <= 3.0 * self.settings.error_level / 1.96 for o in windows]
+        except ModelInputError:
+            within = [False]
+        rejected_fit = all(within[len(self.history):])
+        if rejected_fit and np.mean(within[: len(self.history)] or [True]) >= 0.8:
+            self.history = windows[-self.settings.refit_window:]
+            self.suspects.clear()
+            return True
+        self.x, self.p = x, p
+        return False
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings
@@ -263,6 +280,7 @@ class PairFilter:
         self.last_nis = nis
         if nis > chi2.ppf(s.gate_probability, len(z)):
             return self._suspect(obs, "gate", nis)
+        self.history = [*self.history, *self.suspects][-s.refit_window:]  # outliers, not a shift: kept
         self.suspects.clear()
         ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.log_predict(obs, x.ravel()).reshape(-1, 1))
         new_x = ekf.x.ravel()

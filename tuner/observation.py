@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 from queuemodels import Load, ServerShape
 
+STEADY_RATE_BAND = 0.2
+"""Relative gap between served and offered rates beyond which a window is not steady. In a steady window
+they differ only by the change in requests in the system (a few, against the hundreds a 30 s window at a
+few rps carries: windows of a dozen requests can cross it by chance); the ramps and new replicas of real
+traces (completions 30-70 % below the offered rate) fall far outside it."""
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -27,6 +33,11 @@ class Observation:
     out_cv: float = 1.0
     steady: bool = True
     """The window saw neither a restart nor the backlog of one (see `problem`)."""
+    served_rps: float | None = None
+    """Completions per second in the window (None: not recorded). Far from `rate_rps` (offered), the window
+    was a ramp, a new replica filling, or a backlog draining: not a steady state, whatever marks it."""
+    queue_growth: float | None = None
+    """Waiting requests at the window's end less those at its start (None: not recorded)."""
 
     @property
     def load(self) -> Load:
@@ -45,6 +56,12 @@ class Observation:
             return "no-traffic"
         if not self.steady:
             return "transient"
-        if self.preemptions > 0 or self.waiting >= min(self.max_queue, self.max_batch):
-            return "saturated"  # a full batch queued behind the running one: demand above capacity
+        if self.served_rps is not None and abs(self.served_rps / self.rate_rps - 1.0) > STEADY_RATE_BAND:
+            return "unsteady-rate"
+        if self.queue_growth is not None and self.queue_growth > max(2.0, self.max_batch / 4.0):
+            return "unsteady-queue"
+        # A full batch queued behind the running one: demand above capacity. A client that drops rather than
+        # queues (max_queue 0) never shows a queue; its saturation shows as served below offered.
+        if self.preemptions > 0 or self.waiting >= max(1, min(self.max_queue, self.max_batch)):
+            return "saturated"
         return None

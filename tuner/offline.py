@@ -2,20 +2,28 @@
 
 CSV columns (a header row names them; order is free):
   rate_rps, in_tokens, out_tokens, max_batch, ttft_ms, itl_ms   required, one row per replica and cycle
-  max_queue                                                     optional, default 1024
+  max_queue                                                     optional, default 1024 (0: a client that drops)
   power_cap_w, power_w                                          optional, empty = not capped / not sampled
   waiting, preemptions                                          optional, default 0 (saturation gating)
   in_cv, out_cv                                                 optional, default 1 (token-length spread)
   steady                                                        optional, 1 or 0 (0: a restart in the window)
+  served_rps, queue_growth                                      optional: completions per second, and waiting
+                                                                at the window's end less at its start; with
+                                                                them a window is judged steady from its data
+rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
+of the window's requests, itl_ms the mean gap between consecutive output tokens (per token, not per request).
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
-gating; the report gives the fitted parameters, the counts, and the prediction error before each
-update (one step ahead) and after the last one (in sample). With --accelerator, rows with power_w also
-fit the pair's draw curve (`draw` in the report, with its in-sample error over the windows it kept).
+gating; the report gives the fitted parameters, the counts, the rows rejected and why, the parameters
+held at their bounds [prior / 10, 10 x prior] (also warned on stderr), and the prediction error before each
+update (one step ahead) and after the last one (in sample). A file with no usable row is refused. With
+--accelerator, rows with power_w also fit the pair's draw curve (`draw` in the report, with its in-sample
+error over the windows it kept).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from queuemodels import ModelInputError
+from queuemodels import DEFAULT_MAX_QUEUE, ModelInputError
+from queuemodels.types import NAMES
 from tuner.ekf import PairFilter
 from tuner.observation import Observation
 
+log = logging.getLogger(__name__)
+
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
-OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady")
+OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",
+            "queue_growth")
 
 
 class ObservationFileError(ValueError):
@@ -71,11 +83,12 @@ def _row(row: dict[str, str], where: str) -> Observation:
         raise ObservationFileError(f"{where}: column 'steady' must be 1 or 0, got {steady}")
     return Observation(
         rate_rps=v["rate_rps"], in_tokens=v["in_tokens"], out_tokens=v["out_tokens"], max_batch=int(v["max_batch"]),
-        max_queue=1024 if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
+        max_queue=DEFAULT_MAX_QUEUE if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
         power_cap_w=_optional(row, "power_cap_w", where), power_w=_optional(row, "power_w", where),
         waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
         in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
-        steady=steady != 0.0,
+        steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
+        queue_growth=_optional(row, "queue_growth", where),
     )
 
 
@@ -93,8 +106,14 @@ def read_observations(path: Path) -> list[Observation]:
             out = [_row(row, f"{path}:{i}") for i, row in enumerate(reader, start=2)]
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ObservationFileError(f"{path}: not a CSV text file ({exc})") from None
     if not out:
         raise ObservationFileError(f"{path}: no observations")
+    problems = [o.problem() for o in out]
+    if all(p is not None for p in problems):
+        counts = ", ".join(f"{problems.count(p)} {p}" for p in sorted({str(p) for p in problems}))
+        raise ObservationFileError(f"{path}: no usable observation ({counts})")
     return out
 
 
@@ -130,17 +149,20 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     """Feed every observation through the filter; the report `wattscale tune --json` prints."""
     ahead: list[tuple[float, float]] = []
     verdicts: dict[str, int] = {}
-    for obs in observations:
+    rejected: dict[str, list[int]] = {}
+    for row, obs in enumerate(observations, start=1):
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
             if err is not None:
                 ahead.append(err)
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
+        if not verdict.accepted:
+            rejected.setdefault(verdict.reason, []).append(row)
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
-    names = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")
+    names = NAMES[params.family]
     out: dict[str, Any] = {
         "queue_model": pair.queue_model,
         "family": params.family,
@@ -159,4 +181,35 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
                        "windows": len(pair.draw.recent),
                        "median_abs_err_power": None if draw_err is None else round(draw_err, 4)}
     out["last_nis"] = None if math.isnan(pair.last_nis) else round(pair.last_nis, 4)
+    out["rejected_rows"] = rejected
+    out["bounds_hit"] = bounds_hit(pair)
+    if rejected:
+        log.warning("tune: rows rejected (data rows, header excluded): %s", "; ".join(
+            f"{why} {REASONS.get(why, '')}: rows {', '.join(map(str, rows))}" for why, rows in rejected.items()))
+    for name, where in out["bounds_hit"].items():
+        log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
+                    name, where)
+    return out
+
+
+REASONS = {
+    "non-finite": "(a latency, rate or token count is missing)", "no-traffic": "(no requests or zero latency)",
+    "transient": "(a restart in the window)", "unsteady-rate": "(served far from offered: a ramp or a backlog)",
+    "unsteady-queue": "(the queue grew through the window)", "saturated": "(a full batch queued, or preemptions)",
+    "gate": "(far from the model's prediction: an outlier)", "model-error": "(the model cannot evaluate it)",
+    "non-positive": "(the update would make a parameter <= 0)",
+}
+"""What each rejection reason means, for the warning `tune` prints."""
+
+
+def bounds_hit(pair: PairFilter) -> dict[str, str]:
+    """The fitted parameters at their clamp [prior / 10, 10 x prior], each with the bound it sits on."""
+    low, high = pair.bounds
+    names = (*NAMES[pair.prior.family], "prefill_sensitivity")
+    out: dict[str, str] = {}
+    for name, x, lo, hi in zip(names, pair.x, low, high, strict=False):
+        if hi > 0 and x <= lo * (1 + 1e-6):
+            out[name] = f"lower bound {lo:.6g} (prior / 10)"
+        elif hi > 0 and x >= hi * (1 - 1e-6):
+            out[name] = f"upper bound {hi:.6g} (10 x prior)"
     return out

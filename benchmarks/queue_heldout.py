@@ -1,0 +1,164 @@
+"""Held-out accuracy of the tuned queue model on every engine personality of the simulator.
+
+    python benchmarks/queue_heldout.py [--quick] [--workers N] [--personality NAME ...] [--measurements FILE]
+
+As a user would try it: for each personality (`simulator/personality.py`), record training windows at a
+narrow design - max batch 32 and 64, prompts of 256 and 1024 tokens (the middle band), 20-80 % of the
+measured saturation, uncapped, plus the same shapes at a 60 % cap and half load - then fit them through the
+path `wattscale tune` takes (`tuner.offline.run`: warm-up fit, EKF updates, gating, the draw curve; default
+priors), and predict a held-out grid: max batch 8-256, prompts 4x shorter (128) and 4x longer (2048) than
+the band's middle, 30-90 % load, caps 100 % and 60 %. Outputs are 256 tokens with cv 1 (geometric-like),
+prompts cv 0.5. Prints one JSON line per personality: median and p90 relative error of mean TTFT, mean ITL
+and p95 TTFT; the signed error of the predicted capacity (saturation rate) per shape; the number of
+stable points (below 85 % load) the model calls unstable. Targets are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from queuemodels import DEFAULT_MODEL, FAMILIES, Load, ModelInputError, ServerShape, ServiceParams, get_model
+from queuemodels.accelerators import profile
+from simulator.personality import PERSONALITIES
+from simulator.probe import Replica, measure, saturation_rps
+from simulator.workload import TokenDist
+from tuner import Observation, PairFilter
+from tuner.offline import run
+
+MODEL, GPU = "llama-3.1-8b", "H100-SXM"
+PROFILE = profile(GPU)
+PRIOR = ServiceParams("gen1", alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05)  # `wattscale tune`'s
+OUT_TOKENS, IN_CV, OUT_CV = 256, 0.5, 1.0
+TARGETS = {"median_ttft": 0.10, "p90_ttft": 0.25, "median_itl": 0.05, "p90_itl": 0.15, "median_ttft_p95": 0.20,
+           "capacity_within_10pct_share": 0.9, "stable_called_unstable": 0}
+Shape = tuple[str, int, int, float]  # personality, max batch, prompt tokens, cap share of the maximum
+
+
+def _tokens(n_in: int) -> tuple[TokenDist, TokenDist]:
+    return TokenDist(n_in, IN_CV), TokenDist(OUT_TOKENS, OUT_CV)
+
+
+def _cap_w(share: float) -> float | None:
+    return None if share >= 1.0 else share * PROFILE.max_power_w
+
+
+def saturation(shape: Shape) -> float:
+    """Measured capacity of one shape (in a worker process)."""
+    name, batch, n_in, cap = shape
+    return saturation_rps(Replica(MODEL, GPU, personality=name), *_tokens(n_in), batch, _cap_w(cap), seed=batch + n_in,
+                          min_completions=3000)
+
+
+def window(point: tuple[Shape, float, float, int]) -> dict[str, Any]:
+    """One steady Poisson window at `util` of the shape's measured capacity (in a worker process)."""
+    (name, batch, n_in, cap), sat, util, requests = point
+    m = measure(Replica(MODEL, GPU, personality=name), util * sat, *_tokens(n_in), batch, _cap_w(cap),
+                requests=requests, seed=int(1000 * util) + batch + n_in)
+    return {"personality": name, "max_batch": batch, "prompt": n_in, "cap": cap, "util": util, "saturation_rps": sat,
+            **asdict(m)}
+
+
+def observation(row: dict[str, Any]) -> Observation:
+    """What the daemon would record for the window (offered rate, mean latencies, draw, mean queue)."""
+    return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], 1024, row["ttft_ms"],
+                       row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
+                       in_cv=row["in_cv"], out_cv=row["out_cv"])
+
+
+def _stats(errs: list[float]) -> tuple[float, float]:
+    return round(float(np.median(errs)), 4), round(float(np.percentile(errs, 90)), 4)
+
+
+def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sats: dict[Shape, float],
+          model_name: str, family: str) -> dict[str, Any]:
+    """Fit on `train` as `wattscale tune --accelerator --fit-power --family` does, then predict `test`."""
+    prior = dataclasses.replace(PRIOR, family=family)
+    pair = PairFilter(prior, PROFILE, fit_power=True, queue_model=model_name)
+    report = run(pair, [observation(r) for r in train])
+    params, prof = pair.params()
+    model = get_model(model_name)
+    errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": []}
+    called_unstable = 0
+    for row in test:
+        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"])
+        try:
+            perf = model.analyze(params, load, ServerShape(row["max_batch"], None, _cap_w(row["cap"])), prof)
+            pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms}
+        except ModelInputError:
+            called_unstable += row["util"] < 0.85
+            pred = dict.fromkeys(errs, float("inf"))
+        for k, v in pred.items():
+            errs[k].append(min(1e3, abs(v / row[f"{k}_ms"] - 1.0)))
+    capacity: dict[str, float] = {}
+    for (_, batch, n_in, cap), truth in sorted((k, v) for k, v in sats.items() if k[0] == name):
+        load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV)
+        pred_sat = model.saturation_rps(params, load, ServerShape(batch, None, _cap_w(cap)), prof)
+        capacity[f"b{batch}-in{n_in}-cap{cap:g}"] = round(pred_sat / truth - 1.0, 4)
+    cap_errs = list(capacity.values())
+    return {
+        "personality": name, "queue_model": model_name, "family": family, "train_windows": len(train),
+        "test_points": len(test),
+        **{f"{stat}_{k}": v for k, e in errs.items() for stat, v in zip(("median", "p90"), _stats(e), strict=True)},
+        "capacity_within_10pct_share": round(float(np.mean(np.abs(cap_errs) <= 0.10)), 3),
+        "capacity_signed_error": capacity,
+        "stable_called_unstable": called_unstable,
+        "fit": {k: report[k] for k in ("params", "verdicts", "bounds_hit")},
+        "targets": TARGETS,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer held-out shapes and shorter runs (about a minute)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--personality", nargs="*", default=sorted(PERSONALITIES), choices=sorted(PERSONALITIES))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--family", default="gen1", choices=FAMILIES, help="of the prior (default gen1, as tune's)")
+    ap.add_argument("--order-seed", type=int, default=0, help="draws the order the tuner sees the windows in")
+    ap.add_argument("--measurements", help="JSON file: reuse the simulator runs saved there, or save them")
+    args = ap.parse_args()
+    logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
+    names = args.personality
+    train_shapes = [(n, b, p, c) for n, b, p, c in product(names, (32, 64), (256, 1024), (1.0, 0.6))]
+    test_shapes = [(n, b, p, c) for n, b, p, c in product(names, (8, 256) if args.quick else (8, 32, 128, 256),
+                                                          (128, 2048), (1.0,) if args.quick else (1.0, 0.6))]
+    saved = Path(args.measurements) if args.measurements else None
+    if saved is not None and saved.exists():
+        stored = json.loads(saved.read_text())
+        sats = {tuple(k): v for k, v in stored["saturation"]}
+        rows = stored["windows"]
+    else:
+        with ProcessPoolExecutor(args.workers) as pool:
+            shapes = train_shapes + test_shapes
+            sats = dict(zip(shapes, pool.map(saturation, shapes), strict=True))
+            long_run = 3000 if args.quick else 8000
+            points = [(s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000)
+                      for s in train_shapes for u in ((0.2, 0.5, 0.8) if s[3] == 1.0 else (0.5,))]
+            points += [(s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000)
+                       for s in test_shapes for u in (0.3, 0.6, 0.9)]
+            rows = [{**r, "train": i < len(points) - 3 * len(test_shapes)}
+                    for i, r in enumerate(pool.map(window, points))]
+        if saved is not None:
+            saved.write_text(json.dumps({"saturation": [[list(k), v] for k, v in sats.items()], "windows": rows}))
+    test_sats = {k: v for k, v in sats.items() if k in set(test_shapes)}
+    for name in names:
+        train = [r for r in rows if r["train"] and r["personality"] == name]
+        train.sort(key=lambda r: (r["max_batch"], r["prompt"], r["cap"], r["util"]))
+        np.random.default_rng(args.order_seed).shuffle(train)  # windows come in no designed order
+        test = [r for r in rows if not r["train"] and r["personality"] == name]
+        print(json.dumps(score(name, train, test, test_sats, args.model, args.family)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Engine personalities: how one engine step's work becomes time, beyond today's roofline law.
+
+A real vLLM is not one law. Each personality below imitates a documented behaviour of a serving engine,
+so that the queue models and tuner are tried against engines they were not shaped on. All of them
+start from the pair's hidden `StepCost` (the same weights, FLOPs and bandwidth) and differ in how a
+step's work combines; the controller never sees which one runs (`SimHost(personalities=...)` chooses it
+per model x GPU, `probe.Replica.personality` per probe). The clock law under a power cap
+(`simulator/hardware.py`) applies to every personality's compute alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.hardware import step_core_ms
+from simulator.llms import StepCost
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one engine step carries."""
+
+    prefill_tokens: int
+    prefill_seqs: int
+    """Sequences with a prompt chunk in this step."""
+    attention_pairs: float
+    """Sum over prompt chunks of chunk x (context before it + chunk / 2): the query-key pairs prefill
+    attention computes (0 unless the personality asks for it)."""
+    decode_seqs: int
+    context_tokens: int
+    """KV-cache tokens of every live sequence (what decode attention reads)."""
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A step's time parts (ms at full clock): `overhead` is host-side (no GPU draw, no clock), `compute`
+    overlaps `memory` (roofline smooth maximum), `serial` is compute in kernels of its own (no overlap)."""
+
+    overhead_ms: float
+    compute_ms: float
+    memory_ms: float
+    serial_ms: float = 0.0
+
+    def ms(self, clock: float = 1.0) -> float:
+        """The step's length at a clock fraction (a cap slows compute, not memory or the host)."""
+        return self.overhead_ms + step_core_ms(self.memory_ms, self.compute_ms / clock) + self.serial_ms / clock
+
+
+@dataclass(frozen=True)
+class Personality:
+    """One engine behaviour; the default values reproduce the simulator's original roofline law."""
+
+    name: str
+    token_budget: int | None = None
+    """`max_num_batched_tokens`: prompt tokens plus decodes per step (None: the engine's 8192)."""
+    prefill_step_ms: float = 0.0
+    """Fixed host-and-launch cost of any step that carries a prompt, in units of the pair's overhead."""
+    serial_prefill: bool = False
+    """Prompt compute runs in kernels of its own (added to the step, not hidden under the weights' read)."""
+    decode_knee: float | None = None
+    """Batch at which a decode sequence's compute has doubled (None: linear in the batch)."""
+    kv_read_factor: float = 1.0
+    """KV bytes read per context token, relative to the model's grouped-query layout."""
+    attention_context: float | None = None
+    """Context length at which a prompt token's attention FLOPs equal its weights' (None: ignored)."""
+
+    @property
+    def needs_attention_pairs(self) -> bool:
+        return self.attention_context is not None
+
+    def step_time(self, cost: StepCost, work: StepWork) -> StepTime:
+        """The step's time parts under this personality."""
+        decode_ms = cost.decode_ms_per_seq * work.decode_seqs
+        if self.decode_knee is not None:
+            decode_ms *= 1.0 + work.decode_seqs / self.decode_knee
+        prefill_ms = cost.prefill_ms_per_token * work.prefill_tokens
+        if self.attention_context is not None:
+            prefill_ms += cost.prefill_ms_per_token * work.attention_pairs / self.attention_context
+        overhead = cost.overhead_ms
+        if work.prefill_seqs:
+            overhead += self.prefill_step_ms * cost.overhead_ms
+        memory_ms = cost.weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(work.context_tokens)
+        if self.serial_prefill:
+            return StepTime(overhead, decode_ms, memory_ms, prefill_ms)
+        return StepTime(overhead, prefill_ms + decode_ms, memory_ms)
+
+
+ROOFLINE = Personality("roofline")
+"""Today's law: a step's compute (prompt and decode tokens) overlaps its memory time (weights, KV),
+as a roofline model of one fused forward pass has it (Williams et al., CACM 2009)."""
+
+PERSONALITIES: dict[str, Personality] = {
+    p.name: p
+    for p in (
+        ROOFLINE,
+        # vLLM V1's chunked prefill with a small budget (`--max-num-batched-tokens 512`, the V0 default
+        # when chunked prefill was on): decodes go first, a long prompt is cut into chunks over several
+        # steps that it shares with them (Agrawal et al., Sarathi-Serve, OSDI 2024).
+        Personality("chunked", token_budget=512),
+        # vLLM V0 without chunked prefill: a step with prompts runs them in a forward pass of their own
+        # (no overlap with the decode's weight read) and pays a fixed cost per prefill step - input
+        # preparation, attention metadata, eager kernels outside the decode CUDA graphs. Per step:
+        # alpha + beta decoding + (gamma + delta prompt_tokens when it carries prefill), as issue 18 found.
+        Personality("prefill-overhead", prefill_step_ms=2.0, serial_prefill=True),
+        # Decode turns compute-bound at large batches: the GEMMs leave the memory-bound regime, and the
+        # sampler and attention kernels grow with the batch, so a step is convex in the batch (public vLLM
+        # runs at batch 384-768 read 7-9 % slower than an affine law fitted at <= 64; Vidur, MLSys 2024,
+        # profiles per-operator times that bend the same way).
+        Personality("compute-bound-decode", decode_knee=256.0),
+        # Attention grows with context: decode reads every live sequence's KV (a model with fewer shared KV
+        # heads reads 4x more per token, as multi-head Llama-2 against grouped-query Llama-3), and a prompt's
+        # attention is quadratic in its length: 4 x layers x width FLOPs per token of context, which for an
+        # 8B model match its weights' 2 x 8e9 at about 30k tokens; run at a quarter of the GEMMs' efficiency
+        # (FlashAttention at small head counts), at 8k.
+        Personality("long-context", kv_read_factor=4.0, attention_context=8000.0),
+    )
+}
+
+
+def get_personality(name: str) -> Personality:
+    """A personality by name; the message lists the known ones."""
+    try:
+        return PERSONALITIES[name]
+    except KeyError:
+        raise ValueError(f"personality: unknown {name!r}, expected one of {sorted(PERSONALITIES)}") from None

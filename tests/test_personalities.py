@@ -1,0 +1,85 @@
+"""Engine personalities: each one's step law does what it imitates, and the host picks one per pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator.engine import VLLMEngine
+from simulator.hardware import SPECS, SimGPU, step_core_ms
+from simulator.host import SimHost
+from simulator.llms import LLMS, step_cost
+from simulator.personality import PERSONALITIES, StepWork, get_personality
+from simulator.workload import TokenDist, Workload, constant
+
+COST = step_cost(LLMS["llama-3.1-8b"], SPECS["H100-SXM"])
+
+
+def step_ms(name: str, prefill: int = 0, decode: int = 0, context: int = 0, pairs: float = 0.0) -> float:
+    work = StepWork(prefill, 1 if prefill else 0, pairs, decode, context)
+    return get_personality(name).step_time(COST, work).ms()
+
+
+def test_roofline_is_the_original_law() -> None:
+    c = COST
+    compute = c.prefill_ms_per_token * 300 + c.decode_ms_per_seq * 40
+    memory = c.weights_ms + c.kv_ms_per_token * 50_000.0
+    assert step_ms("roofline", prefill=300, decode=40, context=50_000) == c.overhead_ms + step_core_ms(memory, compute)
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps_shared_with_decodes() -> None:
+    engine = VLLMEngine("llama-3.1-8b", COST, SimGPU(0, SPECS["H100-SXM"]), 8, np.random.default_rng(0),
+                        keep_samples=True, personality=get_personality("chunked"))
+    engine.submit(0.0, 16, 400)
+    engine.advance_to(0.05)  # the first request decodes
+    start = engine.now_s
+    engine.submit(start, 2048, 4)
+    tokens, gaps = engine.metrics.iteration_tokens, engine.metrics.itl
+    gaps_before = gaps.count
+    per_step = []
+    while len(engine.metrics.ttft.all_samples()) < 2:
+        before = tokens.sum
+        engine.advance_to(engine.now_s + 1e-9)  # exactly one step
+        per_step.append(tokens.sum - before)
+    assert max(per_step) <= 512
+    assert len(per_step) >= 2048 // 511  # the prompt took at least its chunks' worth of steps
+    assert gaps.count - gaps_before >= len(per_step) - 1  # the first request decoded in the prompt's steps
+
+
+def test_prefill_overhead_adds_a_fixed_cost_and_a_serial_per_token_cost() -> None:
+    fixed = step_ms("prefill-overhead", prefill=1, decode=16) - step_ms("prefill-overhead", decode=16)
+    assert fixed == pytest.approx(2.0 * COST.overhead_ms + COST.prefill_ms_per_token, rel=1e-9)
+    per_token = (step_ms("prefill-overhead", prefill=2001, decode=16)
+                 - step_ms("prefill-overhead", prefill=1001, decode=16))
+    assert per_token == pytest.approx(1000 * COST.prefill_ms_per_token, rel=1e-9)
+    # under the roofline law a short prompt hides under the weights' read
+    assert step_ms("roofline", prefill=20, decode=16) - step_ms("roofline", decode=16) < 0.1 * fixed
+
+
+def test_compute_bound_decode_is_convex_in_the_batch() -> None:
+    times = [step_ms("compute-bound-decode", decode=b) for b in (64, 128, 256, 512)]
+    slopes = np.diff(times) / np.diff([64, 128, 256, 512])
+    assert np.all(np.diff(slopes) > 0)
+    assert times[-1] > 1.3 * step_ms("roofline", decode=512)
+
+
+def test_long_context_attention_grows_with_context() -> None:
+    extra = step_ms("long-context", decode=32, context=32 * 4000) - step_ms("long-context", decode=32)
+    base_extra = step_ms("roofline", decode=32, context=32 * 4000) - step_ms("roofline", decode=32)
+    assert extra > 2.0 * base_extra
+    short = step_ms("long-context", prefill=512, pairs=512 * 256.0) - step_ms("long-context")
+    long = step_ms("long-context", prefill=8192, pairs=8192 * 4096.0) - step_ms("long-context")
+    assert long / 8192 > 1.3 * short / 512  # a prompt token costs more the longer its prompt
+
+
+def test_host_picks_a_personality_per_model_and_gpu() -> None:
+    host = SimHost("H100-SXM", 2, seed=0, start_delay_s=0.0,
+                   personalities={"llama-3.1-8b|H100-SXM": "compute-bound-decode", "mistral-7b|L4": "chunked"})
+    for name, model in (("a", "llama-3.1-8b"), ("b", "mistral-7b")):
+        host.add_service(name, model, Workload(constant(1.0), TokenDist(100), TokenDist(10),
+                                               np.random.default_rng(0)), replicas=1, max_num_seqs=8)
+    assert host.services["a"].replicas[0].engine.personality.name == "compute-bound-decode"
+    assert host.services["b"].replicas[0].engine.personality.name == "roofline"
+    with pytest.raises(ValueError, match="personality"):
+        SimHost("H100-SXM", 1, personalities={"llama-3.1-8b": "nonesuch"})
+    assert "roofline" in PERSONALITIES
