@@ -121,7 +121,7 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
         ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
-        ([str(nan)], f"{nan}: no observation was usable (verdicts {{'non-finite': 5}}); nothing was fitted"),
+        ([str(nan)], f"{nan}: no usable observation (5 non-finite)"),
     ]
     for argv, message in cases:
         assert main(["tune", *argv]) == 2, argv

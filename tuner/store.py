@@ -26,6 +26,8 @@ MAX_PARAM = 1e6
 """Largest saved parameter (ms, or a sensitivity); the filter clamps to 10x its prior, far below."""
 OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
 OBSERVATION_REQUIRED = {f.name for f in fields(Observation) if f.default is MISSING}
+OBSERVATION_OPTIONAL = {f.name for f in fields(Observation) if f.default is None}
+"""Fields an observation may hold as null (a reading a window did not have)."""
 _save_failures: dict[Path, str] = {}
 """The last save error per path, so that a dir that stays unwritable is one warning, not one per cycle."""
 
@@ -82,7 +84,7 @@ def draw_problem(draw: object) -> str | None:
     for obs in draw["recent"]:
         if not isinstance(obs, dict) or not OBSERVATION_REQUIRED <= set(obs) <= OBSERVATION_FIELDS:
             return "draw.recent holds something other than observations"
-        if not all(_number(v) or (v is None and k in ("power_cap_w", "power_w")) or (k == "steady" and v in (0, 1))
+        if not all(_number(v) or (v is None and k in OBSERVATION_OPTIONAL) or (k == "steady" and v in (0, 1))
                    for k, v in obs.items()):
             return "draw.recent holds a value that is not a finite number"
     return None
