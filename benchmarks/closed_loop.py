@@ -40,7 +40,8 @@ from tuner import Tuner
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, seed: int, duration_s: float, budget_w: float | None = None) -> dict[str, Any]:
+def run(config: str, seed: int, duration_s: float, budget_w: float | None = None,
+        personality: str | None = None) -> dict[str, Any]:
     """One closed-loop run with the simulator seeded `seed`."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,6 +52,8 @@ def run(config: str, seed: int, duration_s: float, budget_w: float | None = None
         s = replace(s, simulator=replace(s.simulator, seed=seed))
         if budget_w is not None:
             s = replace(s, power=replace(s.power, budget_w=budget_w))
+        if personality is not None:
+            s = replace(s, simulator=replace(s.simulator, personalities={v.model: personality for v in s.services}))
         parts = build_parts(s)
         assert parts.host is not None, "closed_loop needs a config whose parts are simulated"
         registry = CollectorRegistry()
@@ -113,13 +116,14 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=1800.0)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--budget-w", type=float, default=None, help="site budget in watts instead of the config's")
+    ap.add_argument("--personality", default=None, help="every service's engine personality (simulator/personality.py)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     first = load_settings(Path(args.config)).simulator.seed
     seeds = [first + k for k in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run, [args.config] * len(seeds), seeds, [args.duration_s] * len(seeds),
-                             [args.budget_w] * len(seeds)))
+                             [args.budget_w] * len(seeds), [args.personality] * len(seeds)))
     slo: dict[str, list[float]] = {}
     for r in runs:
         for name, svc in r["services"].items():

@@ -113,6 +113,7 @@ def _analyze(args: argparse.Namespace) -> int:
         "ttft_p99_ms": perf.ttft_p99_ms, "itl_p99_ms": perf.itl_p99_ms, "throughput_rps": perf.throughput_rps,
         "mean_batch": perf.mean_batch, "utilization": perf.utilization, "block_probability": perf.block_probability,
         "power_w": None if math.isnan(perf.power_w) else perf.power_w,
+        "saturation_rps": get_model(args.model).saturation_rps(params, load, shape, prof),
     }
     if args.ttft_slo_ms is not None or args.itl_slo_ms is not None:
         if args.ttft_slo_ms is None or args.itl_slo_ms is None:

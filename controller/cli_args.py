@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from controller.planner.packing_spec import MAX_REQUESTS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
-from queuemodels import DEFAULT_MODEL, MODELS
+from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS
 from queuemodels.accelerators import CATALOG
 
 PARAMS_HELP = {
@@ -87,8 +87,9 @@ def batch_sizes(text: str) -> list[int]:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS),
                    help="queue model: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)")
-    p.add_argument("--family", default="gen1", choices=["gen1", "gen2"],
-                   help="service-time family of the parameters (docs/queue-models.md)")
+    p.add_argument("--family", default="gen1", choices=list(FAMILIES),
+                   help="service-time family of the parameters: gen1, gen2, or step (gen1 with a context cost "
+                        "and a per-prefill-step cost the tuner fits; docs/queue-models.md)")
 
 
 def add_analyze_args(a: argparse.ArgumentParser) -> None:
@@ -103,8 +104,9 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--out-cv", type=float, default=1.0, metavar="CV", help="spread of output lengths (std / mean)")
     a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",
                    help=f"vLLM --max-num-seqs (sequences), 1..{MAX_BATCH}, default 64")
-    a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=-1, metavar="N",
-                   help="waiting requests a server holds (requests); -1: unbounded")
+    a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",
+                   help=f"waiting requests a server holds (requests), default {DEFAULT_MAX_QUEUE} as in configs "
+                        "and observation files; -1: unbounded")
     a.add_argument("--power-cap-w", type=number(0.0, 10_000.0, low_open=True), default=None, metavar="W",
                    help="GPU power cap (W); needs --accelerator")
     a.add_argument("--accelerator", default=None, metavar="NAME", help=f"power profile: {ACCELERATORS}")

@@ -16,6 +16,7 @@ from controller.settings import ServiceSettings
 from controller.sizing_basis import TokenMix
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load
+from queuemodels.types import NAMES
 from tuner import Observation, Tuner, pair_key
 
 
@@ -87,7 +88,7 @@ class Estimator:
     def _export(self, key: str, nis: float) -> None:
         m = self.metrics
         pair = self.tuner.filters[key]
-        names = ["alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "prefill_sensitivity"]
+        names = (*NAMES[pair.prior.family], "prefill_sensitivity")
         for name, value in zip(names, pair.x, strict=False):
             m.tuner_param.labels(key, name).set(float(value))
         if pair.draw.busy_share is not None and pair.draw.batch_half is not None:

@@ -30,15 +30,21 @@ class PriorSettings:
     """Prefill base time (ms)."""
     delta_ms: float = 0.05
     """Prefill time per prompt token and sequence (ms)."""
+    kappa_ms: float = 0.0
+    """Step family: decode time per sequence per token of context (ms); 0: the tuner starts from 1e-4."""
+    epsilon_ms: float = 0.0
+    """Step family: fixed time of a step that carries a prompt (ms); 0: the tuner starts from 2."""
 
     def check(self, where: str) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
         check_positive(self, where, ("alpha_ms",))
-        check_range(self, where, ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), 0.0, MAX_STEP_MS)
+        check_range(self, where, ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0,
+                    MAX_STEP_MS)
 
     def params(self) -> ServiceParams:
-        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms)
+        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms, self.kappa_ms,
+                             self.epsilon_ms)
 
 
 @dataclass(frozen=True)

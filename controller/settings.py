@@ -17,6 +17,7 @@ from controller.service_settings import PriorSettings, ServiceSettings, SimWorkl
 from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SIM_SPEED, check_settings
 from queuemodels import DEFAULT_MODEL, MODELS
 from queuemodels.accelerators import CATALOG
+from simulator.personality import PERSONALITIES
 
 __all__ = [
     "AcceleratorSettings", "ActuatorSettings", "DaemonSettings", "MetricsSettings", "OptimizerSettings",
@@ -222,8 +223,15 @@ class SimulatorSettings:
     """Simulated seconds per wall-clock second."""
     start_delay_s: float = 30.0
     """Time a new or restarted vLLM replica takes to load its model."""
+    personalities: dict[str, str] = field(default_factory=dict)
+    """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
+    prefill-overhead, compute-bound-decode, long-context (simulator/personality.py)."""
 
     def check(self, where: str) -> None:
+        for key, name in self.personalities.items():
+            if name not in PERSONALITIES:
+                raise ConfigError(f"{where}.personalities.{key}", f"unknown {name!r}, expected one of "
+                                  f"{sorted(PERSONALITIES)}")
         if self.gpu_type not in CATALOG:
             raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
         if not 1 <= self.num_gpus <= MAX_GPUS:

@@ -61,10 +61,10 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("args,message", [
     (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
     (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number >= 0"),
-    (["--rate-rps", "40"], "rate_rps: 40 has no stationary solution with an unbounded queue: max_batch 64 "
-                           "saturates at 18.1665 rps"),
-    (["--rate-rps", "500"], "rate_rps: 500 has no stationary solution with an unbounded queue: max_batch 64 "
-                            "saturates at 18.1665 rps"),
+    (["--rate-rps", "40", "--max-queue", "-1"], "rate_rps: 40 has no stationary solution with an unbounded queue: "
+                                                "max_batch 64 saturates at 18.1665 rps"),
+    (["--rate-rps", "500", "--max-queue", "-1"], "rate_rps: 500 has no stationary solution with an unbounded queue: "
+                                                 "max_batch 64 saturates at 18.1665 rps"),
     (["--accelerator", "B300"], "accelerator: unknown 'B300'"),
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
     (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),
@@ -110,3 +110,12 @@ def test_absurd_model_numbers_are_refused_in_one_line(capsys: pytest.CaptureFixt
     assert main(replaced(BASE, ["--out-tokens", "1e308"])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out-tokens: must be a finite number >= 0 and <= 1e+06, got 1e+308" in err
+
+
+def test_an_overloaded_bounded_queue_serves_its_saturation_rate_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default queue is the one configs and observation files use (1,024): past saturation, the analysis
+    serves the saturation rate, blocks the rest, and prints that rate."""
+    out = run(replaced(BASE, ["--rate-rps", "40"]), capsys)
+    assert out["saturation_rps"] == pytest.approx(18.1665, rel=1e-4)
+    assert out["throughput_rps"] <= out["saturation_rps"] and out["block_probability"] > 0.5  # type: ignore[operator]
+    assert out["ttft_ms"] <= out["ttft_p95_ms"]  # type: ignore[operator]

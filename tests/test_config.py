@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = (ROOT / "config" / "sim.toml").read_text()
@@ -269,3 +271,16 @@ def test_sighup_with_a_bad_bound_keeps_the_running_config(tmp_path: Path, old: s
     daemon.reload()
     assert daemon.settings is before
     assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
+
+
+def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) -> None:
+    from controller.wiring import build_host
+
+    text = (ROOT / "config" / "sim.toml").read_text().replace(
+        "start_delay_s = 20", 'start_delay_s = 20\npersonalities = { "llama-3.1-8b" = "chunked" }')
+    (tmp_path / "p.toml").write_text(text)
+    host = build_host(load_settings(tmp_path / "p.toml"))
+    assert host.personality("llama-3.1-8b").name == "chunked" and host.personality("mistral-7b").name == "roofline"
+    (tmp_path / "bad.toml").write_text(text.replace('"chunked"', '"fast"'))
+    with pytest.raises(ConfigError, match=r"simulator\.personalities\.llama-3\.1-8b: unknown 'fast'"):
+        load_settings(tmp_path / "bad.toml")
