@@ -121,7 +121,8 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
         q, mean_t, spread, variance, location_var = _grouped(q, groups, mean_t, spread, variance)
         variance = variance + location_var
     shape = np.maximum(np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX)), 1.0)
-    scale = (spread / shape)[None, :]
+    point = spread <= 0.0  # nothing varies (no prompt cost, no step in flight): the time is its mean exactly
+    scale = (np.where(point, 1.0, spread) / shape)[None, :]
     fixed_t = (mean_t - spread)[None, :]
     more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
 
@@ -132,7 +133,9 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
         for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
             term *= over * step
             total += term
-        return np.asarray((np.exp(-over) * total) @ q, dtype=float)
+        tail = np.exp(-over) * total
+        tail[:, point] = t[:, None] < fixed_t[:, point]
+        return np.asarray(tail @ q, dtype=float)
 
     return survival
 

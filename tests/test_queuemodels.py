@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from queuemodels import (
+    DEFAULT_MODEL,
     Load,
     ModelInputError,
     PowerProfile,
@@ -320,3 +321,17 @@ def test_percentile_sizing_on_a_bounded_queue_stays_below_saturation() -> None:
     shape = ServerShape(64, 16)
     sat = model.saturation_rps(params, load, shape)
     assert model.max_rate(params, load, shape, Targets(1e6, 1e3, "p95")) < sat
+
+
+def test_no_prompt_cost_at_all_sizes_a_p95_target_as_its_limit_does() -> None:
+    """delta_ms = 0 (the CLI's default) leaves states whose prefill time does not vary: their survival is a
+    step, not 0 / 0. The rate a p95 target admits is the limit of a vanishing prompt cost, without warnings."""
+    import warnings
+
+    load, shape, targets = Load(10.0, 400.0, 200.0), ServerShape(64, None), Targets(300.0, 30.0, "p95")
+    model = get_model(DEFAULT_MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = model.max_rate(ServiceParams("gen1", 11.4, 0.05, 4.9, 0.0), load, shape, targets)
+    tiny = model.max_rate(ServiceParams("gen1", 11.4, 0.05, 4.9, 1e-9), load, shape, targets)
+    assert none > 10.0 and none == pytest.approx(tiny, rel=1e-6)
