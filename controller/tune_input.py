@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -25,12 +24,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 def read_bounded(path: Path) -> list[Observation]:
     """The file's observations, each value within what a real server reports; ObservationFileError names
     the observation (1 = the first data row), the column and the value."""
-    try:
-        observations = read_observations(path)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ObservationFileError(f"{path}: not a CSV text file ({exc})") from None
-    except OverflowError:  # int() of an infinite max_batch or max_queue
-        raise ObservationFileError(f"{path}: max_batch and max_queue must be whole numbers") from None
+    observations = read_observations(path)
     for i, obs in enumerate(observations, start=1):
         for name, (low, high) in BOUNDS.items():
             value = getattr(obs, name)

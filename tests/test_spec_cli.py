@@ -117,7 +117,7 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     huge = tmp_path / "huge.csv"
     huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
     cases = [
-        ([str(infinite)], f"{infinite}: max_batch and max_queue must be whole numbers"),
+        ([str(infinite)], f"{infinite}:2: column 'max_batch' must be a whole number >= 1, got inf"),
         ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),

@@ -75,9 +75,11 @@ def _default(row: dict[str, str], col: str, where: str, default: float) -> float
 
 def _row(row: dict[str, str], where: str) -> Observation:
     v = {c: _required(row, c, where) for c in REQUIRED}
-    if not v["max_batch"] >= 1 or v["max_batch"] != int(v["max_batch"]):
-        raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1")
+    if not (math.isfinite(v["max_batch"]) and v["max_batch"] >= 1 and v["max_batch"] == int(v["max_batch"])):
+        raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1, got {v['max_batch']}")
     max_queue = _optional(row, "max_queue", where)
+    if max_queue is not None and not (math.isfinite(max_queue) and max_queue >= 0 and max_queue == int(max_queue)):
+        raise ObservationFileError(f"{where}: column 'max_queue' must be a whole number >= 0, got {max_queue}")
     steady = _optional(row, "steady", where)
     if steady not in (None, 0.0, 1.0):
         raise ObservationFileError(f"{where}: column 'steady' must be 1 or 0, got {steady}")
