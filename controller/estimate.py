@@ -79,7 +79,10 @@ class Estimator:
             steady=steady,
         )
         key = pair_key(svc.model, in_force.accelerator)
+        failures = self.tuner.save_failures
         verdict = self.tuner.update(svc.model, in_force.accelerator, obs)
+        if self.tuner.save_failures > failures:  # logged once by the store; counted every time
+            m.errors.labels("tuner_state").inc()
         result = "accepted" if verdict.accepted else verdict.reason
         m.tuner_updates.labels(key, result).inc()
         self._export(key, verdict.nis)

@@ -292,3 +292,17 @@ def test_a_gpus_power_is_one_series_whoever_owns_it(sim_config: Callable[..., Pa
         ctl.tick_fast(t)
     series = [s.labels for m in registry.collect() if m.name == "wattscale_gpu_power_watts" for s in m.samples]
     assert series == [{"gpu": "3", "service": "chat"}]
+
+
+def test_a_state_dir_that_cannot_be_written_is_counted_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    s = load_settings(Path(__file__).resolve().parents[1] / "config" / "sim.toml")
+    s = dataclasses.replace(s, base_dir=str(tmp_path), daemon=dataclasses.replace(s.daemon, state_dir="file"))
+    ctl, advance, registry = sim_controller(s)
+    for t in range(1, 61):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+    assert (registry.get_sample_value("wattscale_errors_total", {"kind": "tuner_state"}) or 0.0) >= 1.0
+    assert registry.get_sample_value("wattscale_plan_version") == 4.0  # every cycle planned regardless

@@ -29,6 +29,8 @@ class Tuner:
         self.settings = settings or FilterSettings()
         self.queue_model = queue_model
         self.filters: dict[str, PairFilter] = {}
+        self.save_failures = 0
+        """Saves of the state that failed (the file could not be written); the daemon counts them."""
 
     def ensure(
         self, model: str, accelerator: str, prior: ServiceParams, profile: PowerProfile | None, fit_power: bool = False
@@ -52,6 +54,6 @@ class Tuner:
     def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
         pair = self.filters[pair_key(model, accelerator)]
         verdict = pair.update(obs)
-        if verdict.accepted and self.state_path is not None:
-            store.save(self.state_path, self.filters)
+        if verdict.accepted and self.state_path is not None and not store.save(self.state_path, self.filters):
+            self.save_failures += 1
         return verdict
