@@ -40,11 +40,12 @@ class SimBatchSizer:
         with self.lock:
             svc = self.host.services[service]
             running = Counter(r.engine.max_num_seqs for r in svc.replicas)
+            planned = svc.max_num_seqs
         if not running:
-            return BatchInForce(svc.max_num_seqs)
+            return BatchInForce(planned)
         most = running.most_common(1)[0][0]
-        rolling = len(running) > 1 or most != svc.max_num_seqs
-        return BatchInForce(most, svc.max_num_seqs if rolling else None)
+        rolling = len(running) > 1 or most != planned
+        return BatchInForce(most, planned if rolling else None)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if service not in self.host.services:
@@ -69,7 +70,8 @@ class SimReplicaScaler:
 
     def get_replicas(self, service: str, variant: str) -> int:
         self._check(service, variant)
-        return len(self.host.services[service].replicas)
+        with self.lock:
+            return len(self.host.services[service].replicas)
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         self._check(service, variant)

@@ -2,9 +2,11 @@
 
 tick_fast(now): the fast loop (controller/fast_loop.py) samples GPUs and governs power to the latest plan.
 tick_slow(now): read back -> estimate -> plan -> gate -> enforce, then publish the plan and log the decision.
-The two share nothing but the published plan, the draw ledger and the governor's budget, each swapped or
-appended whole, so the daemon runs them in two threads and the governor never waits on the slow loop's
-network I/O. Nothing here reads the wall clock or sleeps; every failure is logged and counted.
+The two share nothing but the published plan, the draw ledger, the governor's settings (swapped whole under
+one lock with the budget sources' budget) and two flags (the fast loop's retry record is read through one
+copy, and reset only by the fast loop itself), so the daemon runs them in two threads and the governor
+never waits on the slow loop's network I/O. Nothing here reads the wall clock or sleeps; every failure is
+logged and counted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +30,7 @@ from controller.plan import Plan
 from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import StabilityGate
-from controller.telemetry.base import GpuSource, VllmSource
+from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
 from queuemodels import ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 from queuemodels.power import natural_draw_w
@@ -56,12 +59,17 @@ class Controller:
         """Per service, the cap of each variant that runs: the planned one's, and an old one's until drained."""
         self.settings = settings
         self._next: Settings | None = None
+        self._latest = settings
+        """The newest settings (a reload's, before the slow loop adopts them)."""
         self._errors: list[str] = []
         self.budget_from: tuple[float, str] | None = None
         """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
         self._budget_lock = threading.Lock()
+        """Held while the newest settings and the sources' budget become the governor's settings (a reload and
+        the budget thread may both do it), and while the slow loop takes a reload or the budget changes."""
         self._budget_changes: list[dict[str, Any]] = []
         self._adopt(settings)
+        self._to_governor()
         self._publish(0)
 
     @property
@@ -72,9 +80,15 @@ class Controller:
         """Adopt new settings (a reload checked by controller/reload.py): the governor's budget at once, the
         rest at the start of the next slow tick, so a tick in flight keeps one config throughout. Cuts,
         streaks, cooldowns, retry records and tuner state are kept."""
-        self.fast.governor.settings = self.power(settings)
-        self.metrics.budget.set(self.power(settings).budget_w)
-        self._next = settings
+        with self._budget_lock:
+            self._latest = self._next = settings
+            self._to_governor()
+
+    def _to_governor(self) -> None:
+        """The newest settings, with the sources' budget, to the governor (one reference); under the lock."""
+        power = self.power(self._latest)
+        self.fast.governor.settings = power
+        self.metrics.budget.set(power.budget_w)
 
     def power(self, settings: Settings) -> PowerSettings:
         """The power settings in force: the configured budget, lowered by the budget sources where they say."""
@@ -86,13 +100,11 @@ class Controller:
     def set_budget(self, budget_w: float, why: str, now: float) -> None:
         """The budget sources moved the budget (another thread may call this): the governor takes it at once,
         the next plan plans for it, the decision log says why."""
-        self.budget_from = (budget_w, why)
-        settings = self._next or self.settings
-        power = self.power(settings)
-        self.fast.governor.settings = power
-        self.metrics.budget.set(power.budget_w)
         with self._budget_lock:
-            self._budget_changes.append({"t": round(now, 3), "budget_w": power.budget_w, "why": why})
+            self.budget_from = (budget_w, why)
+            self._to_governor()
+            self._budget_changes.append({"t": round(now, 3), "budget_w": self.fast.governor.settings.budget_w,
+                                         "why": why})
 
     def _adopt(self, settings: Settings) -> None:
         old = self.settings
@@ -119,7 +131,6 @@ class Controller:
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
             self.caps.pop(gone, None)
-        self.metrics.budget.set(self.power(settings).budget_w)
 
     def _count(self, kind: str, message: str) -> None:
         """Log and count a failure the fast loop survived."""
@@ -137,13 +148,13 @@ class Controller:
     # -- slow loop -------------------------------------------------------------------------------
     def tick_slow(self, now: float) -> Solution | None:
         started = time.perf_counter()
-        if self._next is not None:
+        with self._budget_lock:
             settings, self._next = self._next, None
+            changes, self._budget_changes = self._budget_changes, []
+        if settings is not None:
             self._adopt(settings)
         s = self.settings
         self._errors = []
-        with self._budget_lock:
-            changes, self._budget_changes = self._budget_changes, []
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
         if changes or self.budget_from is not None:
             record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
@@ -174,7 +185,7 @@ class Controller:
             self.error("optimizer", str(exc))
             solution = None
         if solution is not None:
-            self._apply(now, solution, in_force, record)
+            self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
         record["errors"] = self._errors
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
@@ -225,7 +236,8 @@ class Controller:
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model)
 
-    def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce], record: dict[str, Any]) -> None:
+    def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce],
+               observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any]) -> None:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
@@ -240,7 +252,9 @@ class Controller:
             else:
                 self.estimator.short.discard(svc.name)
             admitted = self.gate.admit(now, svc.name, current, planned)
-            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted)
+            window = observed_windows.get(svc.name)
+            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted,
+                                              None if window is None else window.replicas)
             self.assignments[svc.name] = a
             if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
                 self.caps[svc.name] = {**self.caps.get(svc.name, {}), current.accelerator: current.power_cap_w}

@@ -117,6 +117,7 @@ class Daemon:
             self.controller.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", self.now())
 
     def budget_worker(self) -> None:
+        self.step_budget()
         while not self.stop_event.wait(self.settings.daemon.fast_interval_s):
             self.step_budget()
 
@@ -170,8 +171,7 @@ class Daemon:
         scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
         self.parts.start()  # servers the daemon supervises are up before the loops start
-        if self.budget is not None:
-            self.step_budget()
+        if self.budget is not None:  # its first step too in its own thread: an API's timeout delays no loop
             threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
         self.fast()
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)

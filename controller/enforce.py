@@ -3,19 +3,24 @@
 Replicas (per variant) and max batch are read from the actuators each cycle, so the controller plans
 from, and the tuner learns from, what really runs: a rollout counts once every replica runs its value, a
 rolled-back one never. A move to another accelerator type scales the new variant up first; the old one is
-scaled to zero only once a later cycle reads the new one at its replicas. Changes go through a retry
+scaled to zero only once a later cycle reads the new one at its replicas and the service's vLLM metrics
+show every replica it runs serving (a Deployment's count is what was asked, not what is up). Changes go
+through a retry
 record per target (transient errors wait their delay, permanent ones stop tries until the service's
 config changes); a rollout in flight is not asked for again.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from actuators import ActuatorError, BatchInForce, BatchSizer, ReplicaScaler
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.retry import RetryBook
+
+log = logging.getLogger("wattscale.controller")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class InForce:
     assignment: Assignment
     running: dict[str, int]
     still: bool
+    read: bool = True
+    """Every variant's replicas were read this cycle (a count that was not is no evidence to drain on)."""
 
 
 class Enforcer:
@@ -44,54 +51,68 @@ class Enforcer:
         """Per service, the max batch read at the last cycle."""
         self.running: dict[str, dict[str, int]] = {}
         """Per service, replicas per variant at the last read."""
+        self.reads_failing: set[str] = set()
+        """Reads failing now (logged once a run)."""
 
     def read_back(self, service: str, variants: tuple[str, ...], believed: Assignment) -> InForce:
         """The service as it runs (what was believed where a read fails). The planned variant stays the one
         the last plan chose while it runs or is starting; a service found running elsewhere only (as
         deployed before the daemon came) is taken where most of its replicas are."""
         before = self.running.get(service, {})
-        running = {}
+        running, read = {}, True
         for v in variants:
-            fallback = believed.replicas if v == believed.accelerator else before.get(v, 0)
-            running[v] = self._read_replicas(service, v, fallback)
+            n = self._read_replicas(service, v)
+            read = read and n is not None
+            running[v] = n if n is not None else believed.replicas if v == believed.accelerator else before.get(v, 0)
         self.running[service] = running
         acc = believed.accelerator
         if running.get(acc, 0) == 0 and any(running.values()):
             acc = max(running, key=lambda v: running[v])
-        batch = BatchInForce(believed.max_batch)
+        batch, batch_read = BatchInForce(believed.max_batch), True
         try:
             batch = self.batch.get_max_batch(service)
-            self.retry.succeeded(f"batch_read:{service}")
+            self._read_again(f"batch_read:{service}")
         except ActuatorError as exc:
             self._error("batch_read", service, exc)
+            batch_read = False
         last = self.batch_read.get(service, batch)
         self.batch_read[service] = batch
         one_variant = sum(1 for n in running.values() if n > 0) <= 1
-        still = batch.rolling_to is None and last == batch and one_variant
+        still = batch_read and batch.rolling_to is None and last == batch and one_variant
         assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
-        return InForce(assignment, running, still)
+        return InForce(assignment, running, still, read)
 
-    def _read_replicas(self, service: str, variant: str, fallback: int) -> int:
+    def _read_replicas(self, service: str, variant: str) -> int | None:
         try:
             n = self.replicas.get_replicas(service, variant)
         except ActuatorError as exc:
             self._error("replicas_read", f"{service}/{variant}", exc)
-            return fallback
-        self.retry.succeeded(f"replicas_read:{service}/{variant}")
+            return None
+        self._read_again(f"replicas_read:{service}/{variant}")
         return n
 
-    def apply(self, now: float, service: str, current: InForce, target: Assignment) -> tuple[Assignment, Enforced]:
-        """Apply replica, variant and batch changes; returns what is in place as far as the actuators said."""
+    def apply(self, now: float, service: str, current: InForce, target: Assignment,
+              serving: int | None = None) -> tuple[Assignment, Enforced]:
+        """Apply replica, variant and batch changes; returns what is in place as far as the actuators said.
+        `serving`: the replicas the service's vLLM metrics show serving (None: no window to say)."""
         was = current.assignment
         done, asked, held = was, list[str](), list[str]()
         if target.accelerator != was.accelerator or target.replicas != was.replicas:
-            n = self._scale(now, service, target.accelerator, target.replicas, asked, held)
+            # Moving back onto a variant still draining keeps what it runs: a shrink is the gate's to confirm.
+            want = max(target.replicas, current.running.get(target.accelerator, 0)) \
+                if target.accelerator != was.accelerator else target.replicas
+            n = self._scale(now, service, target.accelerator, want, asked, held)
             if n is not None:
                 done = replace(done, accelerator=target.accelerator, replicas=n)
-        elif was.replicas >= max(1, target.replicas):  # the planned variant is up: drain the others
-            for v, n in current.running.items():
-                if v != was.accelerator and n > 0:
-                    self._scale(now, service, v, 0, asked, held)
+        elif any(n > 0 for v, n in current.running.items() if v != was.accelerator):
+            up = current.read and was.replicas >= max(1, target.replicas)
+            if up and serving is not None and serving >= sum(current.running.values()):
+                for v, n in current.running.items():  # the planned variant serves: drain the others
+                    if v != was.accelerator and n > 0:
+                        self._scale(now, service, v, 0, asked, held)
+            else:
+                held.append(f"draining waits for {was.accelerator} to serve ({serving} of "
+                            f"{sum(current.running.values())} replicas serving)")
         rolling = self.batch_read.get(service, BatchInForce(was.max_batch)).rolling_to
         if target.max_batch != was.max_batch:
             key = f"max_batch:{service}"
@@ -137,7 +158,15 @@ class Enforcer:
             self.metrics.errors.labels(error_kind).inc()
 
     def _error(self, kind: str, target: str, exc: ActuatorError) -> None:
-        """Count a failed read; log it when it starts a run (a read is tried every cycle regardless)."""
+        """Count a failed read; log it when it starts a run (a read is tried every cycle regardless, so it is
+        kept apart from the retry record of changes)."""
         self.metrics.errors.labels(kind).inc()
-        if f"{kind}:{target}" not in self.retry.failing:
-            self.retry.failed(f"{kind}:{target}", 0.0, exc)
+        key = f"{kind}:{target}"
+        if key not in self.reads_failing:
+            log.warning("%s: %s", key, exc)
+        self.reads_failing.add(key)
+
+    def _read_again(self, key: str) -> None:
+        if key in self.reads_failing:
+            self.reads_failing.discard(key)
+            log.info("%s: works again", key)

@@ -33,11 +33,17 @@ class FastLoop:
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
-        self.retry = RetryBook()
+        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
+        """Per GPU: a GPU in backoff is pinned at its limit in force (the governor fits the others around it),
+        so its retries stay within ten seconds."""
         self.samples: list[GpuSample] = []
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.seen: dict[str, GpuSample] = {}
+        """Every GPU listed so far, by UUID, as last read."""
+        self.missing: set[str] = set()
+        """GPUs seen before and missing from the last listing."""
         self.exported: dict[str, str] = {}
         """GPU index -> the service label its power is exported under (one series a GPU, as owners change)."""
         self.retry_afresh = False
@@ -66,11 +72,26 @@ class FastLoop:
                 log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
             self.lost = 0
             self.metrics.failsafe.set(0.0)
+            samples, missing = self._with_missing(samples)
             self.samples = samples
-            self._govern(now, samples)
+            self._govern(now, samples, missing)
         self.metrics.cycle.labels("fast").observe(time.perf_counter() - started)
 
-    def _govern(self, now: float, samples: list[GpuSample]) -> None:
+    def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
+        """The listing with every GPU seen before and missing now (an exporter down, a stale series) added
+        back at its last limit, unread: a GPU that drops out of sight still draws, up to that limit."""
+        listed = {g.uuid for g in samples}
+        missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
+                   for uuid, g in self.seen.items() if uuid not in listed]
+        for g in missing:
+            if g.uuid not in self.missing:
+                log.warning("GPU %s (%d) is missing from the listing: counted at its last limit, %.0f W", g.uuid,
+                            g.index, g.power_limit_w)
+        self.missing = {g.uuid for g in missing}
+        self.seen.update((g.uuid, g) for g in samples)
+        return samples + missing, frozenset(self.missing)
+
+    def _govern(self, now: float, samples: list[GpuSample], missing: frozenset[str]) -> None:
         m = self.metrics
         total = 0.0
         for g in samples:
@@ -88,10 +109,15 @@ class FastLoop:
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
         self._record_draws(samples)
-        limits = self.governor.step(samples, self.plan)
-        by_index = {g.index: g for g in samples}
-        for index, watts in limits.items():
-            self._set(now, by_index[index], watts)
+        pinned = missing | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
+        limits = self.governor.step(samples, self.plan, pinned)
+        by_index = {g.index: g for g in samples if g.uuid not in missing}
+        lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
+        higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
+        # Decreases first: the rises were fitted around them, so none is made where a decrease failed.
+        if all([self._set(now, g, w) for g, w in lower]):
+            for g, w in higher:
+                self._set(now, g, w)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
     def _set(self, now: float, g: GpuSample, watts: float) -> bool:
@@ -127,8 +153,8 @@ class FastLoop:
                         for g in self.samples]
 
     def _record_draws(self, samples: list[GpuSample]) -> None:
-        """Per service, its GPUs' mean draw and mean limit at this tick, and whether a cut of the governor's was
-        in force on them (read before this tick's step: the cuts the reading ran under)."""
+        """Per service, its GPUs' mean draw and mean limit at this tick, and whether the governor held any of
+        them below the plan's cap (a cut, or room given to others: read before this tick's step)."""
         by_service: dict[str, list[GpuSample]] = {}
         for g in samples:
             if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
@@ -136,7 +162,8 @@ class FastLoop:
         cut = self.governor.cut_w
         for service, gpus in by_service.items():
             n = len(gpus)
+            held = any(cut.get(g.uuid, 0.0) > 0 or g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
+                       for g in gpus)
             self.ledger.add(service, DrawReading(
-                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n,
-                any(cut.get(g.uuid, 0.0) > 0 for g in gpus)))
+                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, held))
 

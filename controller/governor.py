@@ -39,9 +39,12 @@ class PowerGovernor:
         self,
         samples: Sequence[GpuSample],
         plan: Plan,
+        pinned: frozenset[str] = frozenset(),
     ) -> dict[int, float]:
         """Limits to set now (GPU index -> watts), only where they differ from what is in force. A GPU no
-        service runs on, or whose variant the plan has no cap for, is held at its minimum."""
+        service runs on, or whose variant the plan has no cap for, is held at its minimum. A `pinned` GPU
+        (UUID) cannot be set now (its actuator failed, or it is missing from the listing): it is counted at
+        the limit in force, and the others are fitted around it."""
         s = self.settings
         priorities = plan.priorities
         target = {}
@@ -49,7 +52,7 @@ class PowerGovernor:
             cap = plan.cap_w(g.service, g.variant) if g.service else None
             target[g.uuid] = g.min_limit_w if cap is None else _clamp(cap, g)
         if s.mode == "caps":
-            self._fit_caps(samples, target, priorities, s.budget_w)
+            self._fit_caps(samples, target, priorities, self.threshold_w())
         measured = sum(self.accounted_w(g) for g in samples)
         threshold = self.threshold_w()
         if measured > threshold:
@@ -58,16 +61,17 @@ class PowerGovernor:
         elif measured < s.budget_w * s.release_below:
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
-        want = {g.uuid: max(g.min_limit_w, target[g.uuid] - self.cut_w.get(g.uuid, 0.0)) for g in samples}
-        limits = self._allot(samples, want, priorities)
+        want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
+                                                                       self.cut_w.get(g.uuid, 0.0)) for g in samples}
+        limits = self._allot(samples, want, priorities, pinned)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
                 out[g.index] = limits[g.uuid]
         return out
 
-    def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float],
-               priorities: Mapping[str, int]) -> dict[str, float]:
+    def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
+               pinned: frozenset[str] = frozenset()) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under the threshold: the most the site can draw at the
         next tick, whatever its load does. A GPU keeps its limit while it has room under it. One pressed
         against its limit grows by a step a tick, highest priority first, out of the room left under the
@@ -76,7 +80,9 @@ class PowerGovernor:
         a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
         priority first."""
         threshold = self.threshold_w() - len(samples)  # a watt a GPU: changes under 1 W are not made
-        floor = {g.uuid: max(g.min_limit_w, min(want[g.uuid], self.accounted_w(g))) for g in samples}
+        floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
+                                                                                        self.accounted_w(g)))
+                 for g in samples}
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self._order(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
@@ -88,7 +94,8 @@ class PowerGovernor:
             limit[g.uuid] -= take
             over -= take
         pool = max(0.0, -over)
-        pressed = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])}
+        pressed = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])
+                   and g.uuid not in pinned}
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
@@ -100,6 +107,8 @@ class PowerGovernor:
                     if pool >= need:
                         break
                     least = max(least, floor[h.uuid] if h.uuid not in pressed else h.min_limit_w)
+                    if h.uuid in pinned:
+                        continue
                     if h is not g and limit[h.uuid] > least:
                         take = min(limit[h.uuid] - least, need - pool)
                         limit[h.uuid] -= take

@@ -16,7 +16,7 @@ from controller.settings import ServiceSettings, Settings
 
 FIXED_SECTIONS = ("daemon", "telemetry", "actuators", "simulator", "metrics")
 FIXED_SERVICE_FIELDS = ("model", "initial_max_batch", "gpus", "metrics_urls", "vllm_command", "vllm_ports",
-                        "systemd_units", "deployment", "sim")
+                        "systemd_units", "deployment", "variants", "sim")
 FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
 
 

@@ -42,7 +42,7 @@ class RetryBook:
         count = 1 if before is None else before.count + 1
         permanent = isinstance(exc, PermanentActuatorError)
         delay = exc.delay_s if isinstance(exc, TransientActuatorError) else self.base_delay_s
-        delay = min(self.max_delay_s, delay * 2 ** (count - 1))
+        delay = min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
         self.failing[target] = Failing(count, now + delay, str(exc), permanent)
         if before is None:
             if permanent:

@@ -100,10 +100,10 @@ class PowerSettings:
             raise ConfigError(f"{where}.plan_margin", f"must be in [0, 0.5), got {self.plan_margin}")
 
     def planned_w(self) -> float:
-        """The budget the optimizer plans against: the whole budget for caps (they cannot be passed), and
-        for predicted means the governor's threshold less the plan's margin."""
+        """The budget the optimizer plans against: the governor's threshold for caps (they cannot be passed,
+        and the governor holds the limits' sum under it), and for predicted means that less the plan's margin."""
         if self.mode == "caps":
-            return self.budget_w
+            return self.budget_w * (1.0 - self.headroom)
         return self.budget_w * (1.0 - self.headroom) * (1.0 - self.plan_margin)
 
 

@@ -105,6 +105,10 @@ def _minimum_fits(s: Settings) -> None:
 
 
 def _backends(s: Settings) -> None:
+    if s.actuators.power == "nvml" and s.telemetry.gpu_source in ("dcgm", "kepler"):
+        raise ConfigError("actuators.power", f'"nvml" sets this host\'s GPUs by NVML index, but gpu_source = '
+                          f'"{s.telemetry.gpu_source}" numbers the cluster\'s GPUs by position; use gpu_source = '
+                          '"nvml" on a host')
     if s.actuators.batch == "vllm":
         for svc in s.services:
             where = svc_path(svc.name)

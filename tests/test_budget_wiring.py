@@ -50,7 +50,8 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     assert daemon.registry.get_sample_value("wattscale_power_budget_watts") == 2600.0
     daemon.fast()
     daemon.slow()
-    assert ctl._problem().budget_w == pytest.approx(ctl.governor.settings.planned_w())
+    power = ctl.settings.power
+    assert ctl._problem().budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
     record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
     assert record["budget_w"] == 2600.0 and "grid event 42" in record["budget"]["why"]
     ctl.reconfigure(load_settings(path))  # a reload keeps the sources' budget

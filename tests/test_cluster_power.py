@@ -60,15 +60,18 @@ def test_each_gpu_gets_its_own_types_limits_by_its_variant_or_its_model_name() -
         return {"Hostname": "n1", "UUID": uuid, "modelName": model, **({"exported_pod": pod} if pod else {})}
 
     series = [(gpu("GPU-1", "NVIDIA L40S"), "90"), (gpu("GPU-2", "NVIDIA H100 80GB HBM3", "chat-h-1-x"), "400"),
-              (gpu("GPU-3", "unknown card"), "50")]
-    envelopes = {"H100-SXM": (200.0, 700.0), "L40S": (100.0, 350.0)}
-    source = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), {"chat-h": ("chat", "H100-SXM")},
+              (gpu("GPU-3", "unknown card"), "50"), (gpu("GPU-4", "NVIDIA H100 PCIe", "chat-h-l40s-9-y"), "300")]
+    envelopes = {"H100-SXM": (200.0, 700.0), "H100-PCIe": (200.0, 350.0), "L4": (40.0, 72.0),
+                 "L40S": (100.0, 350.0)}
+    owners = {"chat-h": ("chat", "H100-SXM"), "chat-h-l40s": ("chat", "L40S")}
+    source = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), owners,
                                  fetch=lambda url, form, t: answer(series if "USAGE" in form["query"] else []),
                                  envelopes=envelopes)
-    l40s, h100, other = source.sample(0.0)
-    assert (l40s.min_limit_w, l40s.max_limit_w, l40s.service) == (100.0, 350.0, None)
+    l40s, h100, other, pcie = source.sample(0.0)
+    assert (l40s.min_limit_w, l40s.max_limit_w, l40s.service) == (100.0, 350.0, None)  # L40S, not L4
     assert (h100.min_limit_w, h100.max_limit_w, h100.service, h100.variant) == (200.0, 700.0, "chat", "H100-SXM")
     assert (other.min_limit_w, other.max_limit_w) == (200.0, 700.0)  # the first accelerator's, as configured
+    assert pcie.variant == "L40S"  # the longest Deployment name its pod starts with
 
 
 def test_kepler_gpu_watts_per_node_and_gpu() -> None:

@@ -284,3 +284,10 @@ def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) ->
     (tmp_path / "bad.toml").write_text(text.replace('"chunked"', '"fast"'))
     with pytest.raises(ConfigError, match=r"simulator\.personalities\.llama-3\.1-8b: unknown 'fast'"):
         load_settings(tmp_path / "bad.toml")
+
+
+def test_nvml_limits_with_cluster_gpu_numbering_are_refused(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text().replace('gpu_source = "sim"', 'gpu_source = "dcgm"')
+    (tmp_path / "c.toml").write_text(text.replace('power = "sim"', 'power = "nvml"'))
+    with pytest.raises(ConfigError, match=r'^actuators\.power: "nvml" sets this host'):
+        load_settings(tmp_path / "c.toml")

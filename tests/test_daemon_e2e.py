@@ -93,7 +93,7 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
         # Give the governor a few seconds of load, then the measured draw must sit within the budget.
         assert wait_for(lambda: "wattscale_service_ttft_observed_ms" in scrape(port), 30)
         time.sleep(3)
-        assert metric(scrape(port), "wattscale_power_draw_watts") <= 2000
+        assert metric(scrape(port), "wattscale_power_draw_watts") <= 2000 * 0.97 + 8  # the threshold (1 W a GPU)
 
         write_config(cfg, port, tmp_path / "state", 1500)
         proc.send_signal(signal.SIGHUP)

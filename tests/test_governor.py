@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
+from actuators import TransientActuatorError
+from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor, safe_caps
+from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
@@ -125,3 +129,50 @@ def test_safe_caps_fit_the_budget_and_each_gpus_own_limits() -> None:
     assert 200.0 <= caps[0] <= 700.0 and all(100.0 <= caps[i] <= 350.0 for i in (1, 2))
     caps, fits = safe_caps([h100, l40s], 250.0)  # the minima alone are 300 W
     assert not fits and caps == {0: 200.0, 1: 100.0}
+
+
+class StuckPlant:
+    """Two GPUs; GPU 0's limit cannot be changed (every set fails, as NVML's would when busy)."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        self.limit_w = {0: 500.0, 1: 450.0}
+
+    def sample(self, now: float) -> list[GpuSample]:
+        return [GpuSample(0, "a", "A100", 480.0, None, self.limit_w[0], 100.0, 700.0, service="lo"),
+                GpuSample(1, "b", "A100", self.limit_w[1] - 2.0, None, self.limit_w[1], 100.0, 700.0, service="hi")]
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        if gpu_index == 0:
+            raise TransientActuatorError("GPU 0: NVML busy", delay_s=1.0)
+        self.limit_w[gpu_index] = watts
+        return watts
+
+
+def test_a_gpu_whose_limit_cannot_be_set_is_fitted_around_not_over_the_budget() -> None:
+    """The governor would lower GPU 0 to make room for GPU 1 (higher priority); GPU 0's sets fail, so it is
+    counted at the limit it keeps and GPU 1 gets only the room left: the limits in force never sum over."""
+    plant = StuckPlant()
+    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"lo": {"A100": 500.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    for t in range(1, 26):
+        fast.tick(float(t))
+        assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
+    assert plant.limit_w[0] == 500.0 and plant.limit_w[1] > 450.0  # GPU 1 grew into what room there was
+
+
+def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None:
+    """GPU 0's exporter goes away: its last limit (500 W) stays in the sum, so GPU 1 is not given its room."""
+    plant = StuckPlant()
+    listing = plant.sample
+    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"lo": {"A100": 500.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    fast.tick(1.0)
+    plant.sample = lambda now: listing(now)[1:]  # type: ignore[method-assign]
+    for t in range(2, 20):
+        fast.tick(float(t))
+        assert plant.limit_w[1] <= 970.0 - 500.0 + 1.0, (t, plant.limit_w)
+    assert fast.missing == {"a"}

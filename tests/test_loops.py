@@ -77,6 +77,8 @@ def test_reloading_the_same_file_while_a_cut_is_held_changes_nothing(sim_config:
     ('name = "chat"\nmodel = "llama-3.1-8b"', 'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0, 1]',
      "services[chat].gpus"),
     ('name = "code"', 'name = "coder"', "services"),
+    ('name = "chat"\nmodel = "llama-3.1-8b"', 'name = "chat"\nmodel = "llama-3.1-8b"\n'
+     'variants = [{ accelerator = "H100-SXM", gpus = [0, 1] }]', "services[chat].variants"),
 ])
 def test_a_reload_that_needs_a_restart_is_refused_by_name(sim_config: Callable[..., Path], old: str, new: str,
                                                           field: str) -> None:

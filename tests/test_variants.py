@@ -62,22 +62,39 @@ GPUS = [("H100-SXM", 0), ("H100-SXM", 1), ("L40S", 0), ("L40S", 1), ("L40S", 2),
 
 
 class Host:
-    """Six GPUs of two types; a GPU serves chat when the scaler has put a replica of its type on it, and then
-    draws 60 % of its limit (idle: a sixth of its maximum)."""
+    """Six GPUs of two types. A GPU is chat's once the scaler puts a replica of its type on it; it serves only
+    `LOAD_S` later (a model loading), drawing 60 % of its limit (idle: a sixth of its maximum). It is also the
+    vLLM source: a window counts the replicas serving."""
+
+    LOAD_S = 40.0
 
     def __init__(self, scaler: DryRunReplicaScaler) -> None:
         self.scaler = scaler
         self.limit_w = [RANGE_W[kind][1] for kind, _ in GPUS]
         self.asked: list[tuple[int, float]] = []
+        self.placed_at: dict[int, float] = {}
+        self.now = 0.0
+
+    def owned(self, index: int) -> bool:
+        kind, k = GPUS[index]
+        return k < self.scaler.replicas["chat", kind]
+
+    def serving(self, index: int) -> bool:
+        return self.owned(index) and self.now - self.placed_at[index] >= self.LOAD_S
 
     def sample(self, now: float) -> list[GpuSample]:
+        self.now = now
         out = []
-        for index, (kind, k) in enumerate(GPUS):
+        for index, (kind, _) in enumerate(GPUS):
             lo, hi = RANGE_W[kind]
-            serving = k < self.scaler.replicas["chat", kind]
-            draw = 0.6 * self.limit_w[index] if serving else hi / 6
+            if not self.owned(index):
+                self.placed_at.pop(index, None)
+            elif index not in self.placed_at:
+                self.placed_at[index] = -self.LOAD_S if now <= 1.0 else now  # up at the start: serving already
+            draw = 0.6 * self.limit_w[index] if self.serving(index) else hi / 6
+            owned = self.owned(index)
             out.append(GpuSample(index, f"GPU-{index}", kind, draw, None, self.limit_w[index], lo, hi,
-                                 service="chat" if serving else None, variant=kind if serving else None))
+                                 service="chat" if owned else None, variant=kind if owned else None))
         return out
 
     name = "host"
@@ -87,12 +104,11 @@ class Host:
         self.limit_w[gpu_index] = watts
         return watts
 
-
-class Windows:
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
+        serving = sum(self.serving(i) for i in range(len(GPUS)))
         return {"chat": ServiceWindow(window_s=15.0, rate_rps=4.0, in_tokens=400.0, out_tokens=200.0, ttft_ms=200.0,
                                       itl_ms=20.0, ttft_p95_ms=400.0, itl_p95_ms=30.0, running=8.0, waiting=0.0,
-                                      kv_usage=0.2, preemptions=0.0, replicas=1)}
+                                      kv_usage=0.2, preemptions=0.0, replicas=serving)}
 
 
 def on_host(tmp_path: Path, h100: int, l40s: int) -> tuple[Controller, Host, DryRunReplicaScaler]:
@@ -101,7 +117,7 @@ def on_host(tmp_path: Path, h100: int, l40s: int) -> tuple[Controller, Host, Dry
     s = load_settings(tmp_path / "v.toml")
     scaler = DryRunReplicaScaler({("chat", "H100-SXM"): h100, ("chat", "L40S"): l40s})
     host = Host(scaler)
-    ctl = Controller(s, host, Windows(), host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
+    ctl = Controller(s, host, host, host, DryRunBatchSizer({"chat": 32}), scaler, Tuner(s.state_path),
                      OwnMetrics(CollectorRegistry()))
     return ctl, host, scaler
 
@@ -109,13 +125,13 @@ def on_host(tmp_path: Path, h100: int, l40s: int) -> tuple[Controller, Host, Dry
 def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_range(tmp_path: Path) -> None:
     ctl, host, scaler = on_host(tmp_path, 1, 0)
     seen: list[dict[str, int]] = []
-    for t in range(1, 181):
+    for t in range(1, 241):
         ctl.tick_fast(float(t))
+        assert any(host.serving(i) for i in range(len(GPUS))), t  # never dark: a replica serves throughout
         if t % 15 == 0:
             ctl.tick_slow(float(t))
             seen.append({kind: scaler.replicas["chat", kind] for kind in RANGE_W})
     assert seen[-1]["H100-SXM"] == 0 and seen[-1]["L40S"] >= 1, seen
-    assert all(counts["H100-SXM"] + counts["L40S"] >= 1 for counts in seen), seen  # never dark
     moves = [a.target for a in scaler.actions]
     assert moves.index("chat/L40S") < moves.index("chat/H100-SXM")
     assert ctl.assignments["chat"].accelerator == "L40S"

@@ -12,6 +12,7 @@ is sampled with `power_w=None` (the governor counts it at its cap); a failed que
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from controller.telemetry.base import GpuSample
@@ -46,19 +47,21 @@ class PrometheusGpuSource:
         model name (DCGM's modelName, e.g. "NVIDIA L40S" for L40S); `limits_w` where neither says."""
 
     def _owner(self, labels: dict[str, str]) -> tuple[str | None, str | None]:
+        """The Deployment whose pods' names the pod's starts with; the longest such name (`chat-l40s`'s pods
+        are not `chat`'s)."""
         pod = labels.get("exported_pod") or labels.get("pod", "")
-        for deployment, owner in self.deployments.items():
-            if pod.startswith(deployment + "-"):
-                return owner
-        return None, None
+        matches = [d for d in self.deployments if pod.startswith(d + "-")]
+        return self.deployments[max(matches, key=len)] if matches else (None, None)
 
     def _envelope(self, variant: str | None, model_name: str) -> tuple[float, float]:
+        """The variant's type's limits; else the type whose name's parts (H100, PCIe) are most of them words of
+        the model name ("NVIDIA H100 PCIe" is H100-PCIe, "NVIDIA L40S" is not L4); else `limits_w`."""
         if variant in self.envelopes:
             return self.envelopes[variant]
-        for accelerator, envelope in self.envelopes.items():
-            if accelerator.split("-")[0] in model_name:
-                return envelope
-        return self.limits_w
+        words = set(re.split(r"[\s_-]+", model_name.lower()))
+        scores = {a: sum(part in words for part in a.lower().split("-")) for a in self.envelopes}
+        best = max(scores, key=lambda a: scores[a], default=None)
+        return self.envelopes[best] if best is not None and scores[best] > 0 else self.limits_w
 
     def sample(self, now: float) -> list[GpuSample]:
         figures: dict[tuple[str, str], dict[str, float]] = {}
