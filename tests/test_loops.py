@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators import ActuatorError, BatchInForce, PermanentActuatorError, TransientActuatorError
 from actuators.dryrun import HISTORY, DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
 from actuators.vllm import Replica, VllmBatchSizer
 from controller.config_loader import ConfigError
@@ -25,6 +25,7 @@ from controller.enforce import Enforcer, InForce
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
+from controller.retry import RetryBook
 from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample
 from controller.wiring import build_parts
@@ -94,6 +95,11 @@ def test_a_reload_of_live_fields_is_taken(sim_config: Callable[..., Path]) -> No
     after = load_settings(sim_config({"budget_w = 4000": "budget_w = 3000", "cooldown_s = 60": "cooldown_s = 30"},
                                      name="new.toml"))
     check_reload(before, after)
+    ctl, _, _ = sim_controller(before)
+    ctl.reconfigure(after)
+    assert ctl.governor.settings.budget_w == 3000.0  # at once
+    ctl.tick_slow(15.0)
+    assert ctl.gate.settings.cooldown_s == 30.0 and ctl.settings is after  # from the next slow tick
 
 
 H100 = "H100-SXM"
@@ -308,3 +314,20 @@ def test_a_state_dir_that_cannot_be_written_is_counted_not_fatal(tmp_path: Path)
             ctl.tick_slow(float(t))
     assert (registry.get_sample_value("wattscale_errors_total", {"kind": "tuner_state"}) or 0.0) >= 1.0
     assert registry.get_sample_value("wattscale_plan_version") == 4.0  # every cycle planned regardless
+
+
+def test_a_target_failing_for_days_keeps_a_bounded_delay() -> None:
+    book = RetryBook(base_delay_s=5.0, max_delay_s=300.0)
+    for k in range(2000):
+        book.failed("power_limit:GPU-0", float(k), TransientActuatorError("busy", delay_s=5.0))
+    assert book.failing["power_limit:GPU-0"].retry_at == 1999.0 + 300.0
+
+
+def test_a_failed_batch_read_is_no_still_window() -> None:
+    class Unreadable(DryRunBatchSizer):
+        def get_max_batch(self, service: str) -> BatchInForce:
+            raise TransientActuatorError("vLLM restarting")
+
+    e = Enforcer(DryRunReplicaScaler({("chat", H100): 1}), Unreadable({"chat": 64}), OwnMetrics(CollectorRegistry()))
+    believed = Assignment(H100, 1, 64, 700.0)
+    assert [e.read_back("chat", (H100,), believed).still for _ in range(3)] == [False, False, False]
