@@ -5,7 +5,8 @@ service's cooldown. What costs capacity to make - a new max batch (a rolling res
 a move to another accelerator type - must also be asked for `confirm_cycles` cycles in a row, so one noisy
 estimate does not set it off. Replicas move at most `max_replica_step`, caps at most `max_cap_step_w` up,
 per cycle; a move starts the new variant with at most `max_replica_step` replicas at the plan's cap for
-its type (a cap of one type says nothing of another's).
+its type (a cap of one type says nothing of another's, so while a move waits for confirmation what runs
+keeps its own cap; the governor holds the budget meanwhile).
 """
 
 from __future__ import annotations
