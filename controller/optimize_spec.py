@@ -8,9 +8,8 @@ from typing import Any, Literal
 
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
-from controller.service_settings import MAX_PRIORITY, MAX_TOKENS
+from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings, check_choices
-from controller.settings_checks import MAX_QUEUE, MAX_REPLICAS
 from queuemodels import Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -53,18 +52,7 @@ class SpecService:
         if not self.name.strip():
             raise ConfigError(f"{where}.name", "must not be empty")
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
-        check_positive(self, where, ("ttft_ms", "itl_ms"))
-        check_range(self, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
-        check_range(self, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
-        if not 1 <= self.priority <= MAX_PRIORITY:
-            raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {self.priority}")
-        if not 0 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({self.max_replicas}), "
-                              f"got {self.min_replicas}")
-        if self.max_replicas > MAX_REPLICAS:
-            raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {self.max_replicas}")
-        if not 0 <= self.max_queue <= MAX_QUEUE:
-            raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {self.max_queue}")
+        check_service_bounds(self, where)
         if not self.params:
             raise ConfigError(f"{where}.params", "needs the queue-model parameters of at least one accelerator")
         for acc in self.params:

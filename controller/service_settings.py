@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.config_loader import ConfigError, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS, Load, ServiceParams
+
+
+def check_service_bounds(s: Any, where: str) -> None:
+    """The bounds a service's objectives, token mix, priority, replicas and queue keep, in a config and in an
+    optimize spec alike (`s` has those fields)."""
+    check_positive(s, where, ("ttft_ms", "itl_ms"))
+    check_range(s, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
+    check_range(s, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
+    if not 1 <= s.priority <= MAX_PRIORITY:
+        raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {s.priority}")
+    if not 0 <= s.min_replicas <= s.max_replicas:
+        raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({s.max_replicas}), "
+                          f"got {s.min_replicas}")
+    if s.max_replicas > MAX_REPLICAS:
+        raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {s.max_replicas}")
+    if not 0 <= s.max_queue <= MAX_QUEUE:
+        raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {s.max_queue}")
+
 
 MAX_STEP_MS = 60_000.0
 """Largest prior step time (ms): a minute per decode step or prompt is a unit mistake."""
@@ -138,20 +157,9 @@ class ServiceSettings:
     def check(self, where: str) -> None:
         if not self.name.strip():
             raise ConfigError(f"{where}.name", "must not be empty")
-        check_positive(self, where, ("ttft_ms", "itl_ms"))
         if self.statistic not in STATISTICS:
             raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
-        if not 1 <= self.priority <= MAX_PRIORITY:
-            raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {self.priority}")
-        if not 0 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({self.max_replicas}), "
-                              f"got {self.min_replicas}")
-        if self.max_replicas > MAX_REPLICAS:
-            raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {self.max_replicas}")
-        check_range(self, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
-        check_range(self, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
-        if not 0 <= self.max_queue <= MAX_QUEUE:
-            raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {self.max_queue}")
+        check_service_bounds(self, where)
         if not 1 <= self.initial_max_batch <= MAX_BATCH:
             raise ConfigError(f"{where}.initial_max_batch", f"must be in 1..{MAX_BATCH}, got {self.initial_max_batch}")
         if any(not 0 <= g < MAX_GPUS for g in self.gpus):
