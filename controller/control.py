@@ -44,7 +44,8 @@ class Controller:
                  batch: BatchSizer, replicas: ReplicaScaler, tuner: Tuner, metrics: OwnMetrics,
                  decisions: DecisionLog | None = None) -> None:
         self.vllm, self.tuner, self.metrics = vllm, tuner, metrics
-        self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics, self._count)
+        self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics, self._count,
+                             settings.daemon.fast_interval_s)
         self.enforcer = Enforcer(replicas, batch, metrics)
         self.estimator = Estimator(tuner, metrics)
         self.gate = StabilityGate(settings.stability)

@@ -26,9 +26,10 @@ log = logging.getLogger("wattscale.governor")
 
 class FastLoop:
     def __init__(self, power_settings: PowerSettings, failsafe_after_ticks: int, gpus: GpuSource,
-                 power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None]) -> None:
+                 power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None],
+                 interval_s: float = 1.0) -> None:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
-        self.governor = PowerGovernor(power_settings)
+        self.governor = PowerGovernor(power_settings, interval_s)
         self.failsafe_after_ticks = failsafe_after_ticks
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""

@@ -21,8 +21,10 @@ from controller.telemetry.base import GpuSample
 
 
 class PowerGovernor:
-    def __init__(self, settings: PowerSettings) -> None:
+    def __init__(self, settings: PowerSettings, interval_s: float = 1.0) -> None:
         self.settings = settings
+        self.interval_s = interval_s
+        """Time between two steps (the fast loop's period): a tick's share of the ramp limit."""
         """Replaced whole on a reload (one reference): the next step uses the new budget, cuts kept."""
         self.cut_w: dict[str, float] = {}
         """GPU UUID -> watts held below the plan's cap."""
@@ -63,7 +65,10 @@ class PowerGovernor:
             self._release(samples, priorities, threshold - measured)
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
-        limits = self._allot(samples, want, priorities, pinned)
+        ceiling = self.threshold_w()
+        if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
+            ceiling = min(ceiling, measured + s.ramp_up_w_per_s * self.interval_s)
+        limits = self._allot(samples, want, priorities, ceiling, pinned)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
@@ -71,15 +76,15 @@ class PowerGovernor:
         return out
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               pinned: frozenset[str] = frozenset()) -> dict[str, float]:
-        """Limits no higher than `want` whose sum stays under the threshold: the most the site can draw at the
-        next tick, whatever its load does. A GPU keeps its limit while it has room under it. One pressed
-        against its limit grows by a step a tick, highest priority first, out of the room left under the
-        threshold, then out of the room other GPUs leave unused (lowest priority first), then out of strictly
-        lower priorities' limits. Room still free then goes to the plan's caps, highest priority first (with
-        a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
-        priority first."""
-        threshold = self.threshold_w() - len(samples)  # a watt a GPU: changes under 1 W are not made
+               ceiling_w: float, pinned: frozenset[str] = frozenset()) -> dict[str, float]:
+        """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
+        limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
+        while it has room under it. One pressed against its limit grows by a step a tick, highest priority
+        first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
+        priority first), then out of strictly lower priorities' limits. Room still free then goes to the
+        plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
+        over, unused room is taken back, lowest priority first."""
+        threshold = ceiling_w - len(samples)  # a watt a GPU: changes under 1 W are not made
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}

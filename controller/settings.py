@@ -88,10 +88,14 @@ class PowerSettings:
     """In predicted mode, the share of budget x (1 - headroom), where the governor starts cutting, that the
     plan's predicted mean draw leaves free: room for load that grows between plans, rollouts the stability
     gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
+    ramp_up_w_per_s: float = 0.0
+    """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
+    load does: the limits in force never sum above the draw read plus one tick's ramp. 0: no ramp limit."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
         check_range(self, where, ("budget_w",), 0.0, 1e8)
+        check_range(self, where, ("ramp_up_w_per_s",), 0.0, 1e8)
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:

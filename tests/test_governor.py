@@ -176,3 +176,16 @@ def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None
         fast.tick(float(t))
         assert plant.limit_w[1] <= 970.0 - 500.0 + 1.0, (t, plant.limit_w)
     assert fast.missing == {"a"}
+
+
+def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
+    """Every GPU's load jumps from 250 W to its 700 W peak at once; with a 100 W/s ramp the site's draw rises
+    at most 100 W a tick, until it reaches the threshold."""
+    settings = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=100.0)
+    governor = PowerGovernor(settings, interval_s=1.0)
+    plant = Plant({i: 250.0 for i in OWNERS})
+    before = plant.tick(governor)
+    plant.natural_w = {i: 700.0 for i in OWNERS}
+    reads = [plant.tick(governor) for _ in range(12)]
+    rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
+    assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
