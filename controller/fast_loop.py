@@ -141,8 +141,14 @@ class FastLoop:
         return True
 
     def _failsafe(self, now: float) -> None:
-        """Limits that fit the budget whatever the GPUs draw, on every GPU last seen."""
+        """Limits that fit the budget, and every power domain's limit, whatever the GPUs draw, on every GPU last
+        seen."""
         caps, fits = safe_caps(self.samples, self.governor.threshold_w())
+        power = self.governor.settings
+        for d in power.domains:
+            inside, fit = safe_caps([g for g in self.samples if g.index in d.gpus], d.limit_w * (1 - power.headroom))
+            caps.update({i: min(w, caps[i]) for i, w in inside.items()})
+            fits = fits and fit
         if self.lost == self.failsafe_after_ticks:
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")

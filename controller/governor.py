@@ -13,6 +13,7 @@ so a GPU that changes position in a listing keeps its own cut; each GPU is held 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from controller.plan import Plan
@@ -57,12 +58,18 @@ class PowerGovernor:
             self._fit_caps(samples, target, priorities, self.threshold_w())
         measured = sum(self.accounted_w(g) for g in samples)
         threshold = self.threshold_w()
+        over = {d.name: sum(self.accounted_w(g) for g in samples if g.index in d.gpus) - d.limit_w * (1 - s.headroom)
+                for d in s.domains}
+        for d in s.domains:  # a rack at its breaker is cut even where the site has room, lowest priority first
+            if over[d.name] > 0:
+                self._cut([g for g in samples if g.index in d.gpus], target, priorities, over[d.name])
         if measured > threshold:
             self.emergency = True
             self._cut(samples, target, priorities, measured - threshold)
-        elif measured < s.budget_w * s.release_below:
+        elif measured < s.budget_w * s.release_below and all(v < 0 for v in over.values()):
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
+        self.emergency = self.emergency or any(v > 0 for v in over.values())
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
         ceiling = self.threshold_w()
@@ -84,21 +91,21 @@ class PowerGovernor:
         priority first), then out of strictly lower priorities' limits. Room still free then goes to the
         plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
         over, unused room is taken back, lowest priority first."""
-        threshold = ceiling_w - len(samples)  # a watt a GPU: changes under 1 W are not made
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self._order(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
-        over = sum(limit.values()) - threshold
-        for g in order:
-            if over <= 0:
-                break
-            take = min(over, limit[g.uuid] - floor[g.uuid])
-            limit[g.uuid] -= take
-            over -= take
-        pool = max(0.0, -over)
+        rooms = Rooms(self._domains(samples, ceiling_w), limit)
+        for i, members in enumerate(rooms.members):  # the racks first, the site last: each under its ceiling
+            for g in (g for g in order if g.uuid in members):
+                over = -rooms.room[i]
+                if over <= 0:
+                    break
+                take = min(over, limit[g.uuid] - floor[g.uuid])
+                limit[g.uuid] -= take
+                rooms.move(g.uuid, -take)
         pressed = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
@@ -109,24 +116,34 @@ class PowerGovernor:
                     continue
                 unused = [(h, self.accounted_w(h) + _pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressed]
                 for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
-                    if pool >= need:
+                    if rooms.of(g.uuid) >= need:
                         break
                     least = max(least, floor[h.uuid] if h.uuid not in pressed else h.min_limit_w)
-                    if h.uuid in pinned:
+                    if h is g or h.uuid in pinned or limit[h.uuid] <= least or not rooms.shared_short(g.uuid, h.uuid,
+                                                                                                      need):
                         continue
-                    if h is not g and limit[h.uuid] > least:
-                        take = min(limit[h.uuid] - least, need - pool)
-                        limit[h.uuid] -= take
-                        pool += take
-                rise = min(need, pool)
+                    take = min(limit[h.uuid] - least, need - rooms.of(g.uuid))
+                    limit[h.uuid] -= take
+                    rooms.move(h.uuid, -take)
+                rise = max(0.0, min(need, rooms.of(g.uuid)))
                 limit[g.uuid] += rise
-                pool -= rise
+                rooms.move(g.uuid, rise)
         for g in reversed(order):  # room nobody presses for goes to the plan's caps, highest priority first
-            rise = min(want[g.uuid] - limit[g.uuid], pool)
+            rise = min(want[g.uuid] - limit[g.uuid], rooms.of(g.uuid))
             if rise > 0:
                 limit[g.uuid] += rise
-                pool -= rise
+                rooms.move(g.uuid, rise)
         return limit
+
+    def _domains(self, samples: Sequence[GpuSample], ceiling_w: float) -> list[tuple[float, frozenset[str]]]:
+        """(ceiling, member UUIDs) of each power domain, the site last. A watt a GPU is kept back: changes
+        under 1 W are not made. A domain's ceiling is its limit less the governor's headroom."""
+        by_index = {g.index: g.uuid for g in samples}
+        out = []
+        for d in self.settings.domains:
+            members = frozenset(by_index[i] for i in d.gpus if i in by_index)
+            out.append((d.limit_w * (1 - self.settings.headroom) - len(members), members))
+        return [*out, (ceiling_w - len(samples), frozenset(by_index.values()))]
 
     def _order(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
         """GPU groups from the lowest priority (largest number) up; idle GPUs first of all."""
@@ -176,6 +193,27 @@ class PowerGovernor:
                 give = min(over, target[g.uuid] - g.min_limit_w)
                 target[g.uuid] -= give
                 over -= give
+
+
+class Rooms:
+    """The room each power domain leaves under its ceiling, kept up to date as limits move."""
+
+    def __init__(self, domains: list[tuple[float, frozenset[str]]], limit: Mapping[str, float]) -> None:
+        self.members = [m for _, m in domains]
+        self.room = [ceiling - sum(limit[u] for u in m) for ceiling, m in domains]
+
+    def of(self, uuid: str) -> float:
+        """The room a GPU may grow into: the least its domains leave."""
+        return min((r for r, m in zip(self.room, self.members, strict=True) if uuid in m), default=math.inf)
+
+    def move(self, uuid: str, delta_w: float) -> None:
+        for i, m in enumerate(self.members):
+            if uuid in m:
+                self.room[i] -= delta_w
+
+    def shared_short(self, uuid: str, giver: str, need_w: float) -> bool:
+        """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free)."""
+        return any(uuid in m and giver in m and r < need_w for r, m in zip(self.room, self.members, strict=True))
 
 
 def _pressed_w(limit_w: float) -> float:

@@ -75,6 +75,24 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class PowerDomainSettings:
+    name: str
+    """Names the domain (a rack, a PDU, a breaker) in logs and errors."""
+    limit_w: float
+    """What the domain's GPUs may draw together, in watts; the governor keeps its headroom under it too."""
+    gpus: tuple[int, ...] = ()
+    """GPU indices (NVML order) fed by this domain; a GPU may be in several (a PDU inside a rack)."""
+
+    def check(self, where: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{where}.name", "must not be empty")
+        check_positive(self, where, ("limit_w",))
+        check_range(self, where, ("limit_w",), 0.0, 1e8)
+        if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
+            raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
+
+
+@dataclass(frozen=True)
 class PowerSettings:
     budget_w: float
     """Site power budget for all managed GPUs, in watts."""
@@ -91,11 +109,18 @@ class PowerSettings:
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
     load does: the limits in force never sum above the draw read plus one tick's ramp. 0: no ramp limit."""
+    domains: tuple[PowerDomainSettings, ...] = ()
+    """`[[power.domains]]`: groups of GPUs (a rack, a PDU) with limits of their own, each held by the governor
+    as the site is, lowest priority first within the domain, even where the site has room."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
         check_range(self, where, ("budget_w",), 0.0, 1e8)
         check_range(self, where, ("ramp_up_w_per_s",), 0.0, 1e8)
+        names = [d.name for d in self.domains]
+        for d in self.domains:
+            if names.count(d.name) > 1:
+                raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:

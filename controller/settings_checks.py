@@ -140,6 +140,11 @@ def _simulated_host(s: Settings) -> None:
         if outside:
             raise ConfigError(f"{svc_path(svc.name)}.gpus",
                               f"GPU {outside[0]} is not on the simulated host (GPUs 0..{sim.num_gpus - 1})")
+    for d in s.power.domains:
+        outside = [g for g in d.gpus if g >= sim.num_gpus]
+        if outside:
+            raise ConfigError(f"power.domains[{d.name}].gpus",
+                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{sim.num_gpus - 1})")
     if sim.speed * sim.num_gpus > MAX_SIM_GPU_SECONDS:
         raise ConfigError("simulator.speed", f"{sim.speed:g} x {sim.num_gpus} GPUs is more than "
                           f"{MAX_SIM_GPU_SECONDS:g} simulated GPU-seconds per second")

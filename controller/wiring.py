@@ -99,7 +99,8 @@ def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, st
         count = devices.count()
     except ActuatorError as exc:
         raise ConfigError("telemetry.gpu_source", str(exc)) from exc
-    unknown = sorted(g for g in owners if g >= count)
+    unknown = sorted({g for g in owners if g >= count} | {g for d in settings.power.domains for g in d.gpus
+                                                          if g >= count})
     if unknown:
         raise ConfigError("services.gpus", f"GPU {', '.join(map(str, unknown))} not on this host ({count} GPUs)")
     unowned = [g for g in range(count) if g not in owners]

@@ -291,3 +291,14 @@ def test_nvml_limits_with_cluster_gpu_numbering_are_refused(tmp_path: Path) -> N
     (tmp_path / "c.toml").write_text(text.replace('power = "sim"', 'power = "nvml"'))
     with pytest.raises(ConfigError, match=r'^actuators\.power: "nvml" sets this host'):
         load_settings(tmp_path / "c.toml")
+
+
+def test_power_domains_are_read_and_must_be_on_the_host(tmp_path: Path) -> None:
+    rack = '\n[[power.domains]]\nname = "rack-a"\nlimit_w = 1800\ngpus = [0, 1, 2, 3]\n'
+    text = (ROOT / "config" / "sim.toml").read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack)
+    (tmp_path / "d.toml").write_text(text)
+    domains = load_settings(tmp_path / "d.toml").power.domains
+    assert [(d.name, d.limit_w, d.gpus) for d in domains] == [("rack-a", 1800.0, (0, 1, 2, 3))]
+    (tmp_path / "bad.toml").write_text(text.replace("gpus = [0, 1, 2, 3]", "gpus = [0, 9]"))
+    with pytest.raises(ConfigError, match=r"^power\.domains\[rack-a\]\.gpus: GPU 9 is not on the simulated host"):
+        load_settings(tmp_path / "bad.toml")

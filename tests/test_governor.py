@@ -12,7 +12,7 @@ from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor, safe_caps
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
-from controller.settings import PowerSettings
+from controller.settings import PowerDomainSettings, PowerSettings
 from controller.telemetry.base import GpuSample
 
 OWNERS = {0: "chat", 1: "chat", 2: "bulk", 3: "bulk"}
@@ -189,3 +189,32 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
     reads = [plant.tick(governor) for _ in range(12)]
     rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
     assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
+
+
+def test_every_power_domain_is_held_under_its_own_limit_whatever_the_load() -> None:
+    """Rack A (GPUs 0-1, 900 W) and rack B (GPUs 2-3, 1,300 W) under a 2,000 W site: loads jump anywhere
+    between idle and peak each tick, and neither rack nor the site ever has limits summing above its line."""
+    domains = (PowerDomainSettings("rack-a", 900.0, (0, 1)), PowerDomainSettings("rack-b", 1300.0, (2, 3)))
+    settings = PowerSettings(budget_w=2000.0, domains=domains)
+    governor = PowerGovernor(settings)
+    plant = Plant({i: 300.0 for i in OWNERS})
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        plant.natural_w = {i: float(rng.uniform(80.0, 700.0)) for i in OWNERS}
+        plant.tick(governor)
+        assert plant.limit_w[0] + plant.limit_w[1] <= 900.0 * 0.97 + 1e-6
+        assert plant.limit_w[2] + plant.limit_w[3] <= 1300.0 * 0.97 + 1e-6
+        assert sum(plant.limit_w.values()) <= 2000.0 * 0.97 + 1e-6
+
+
+def test_a_rack_at_its_breaker_is_cut_though_the_site_has_room() -> None:
+    """chat (priority 1) and bulk share rack A at 900 W; the site has 4,000 W. Both want 700 W a GPU: the
+    rack's 873 W go to chat first, and bulk's GPU outside the rack is untouched."""
+    domains = (PowerDomainSettings("rack-a", 900.0, (0, 2)),)
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, domains=domains))
+    plant = Plant({i: 700.0 for i in OWNERS})
+    for _ in range(30):
+        plant.tick(governor)
+    assert plant.limit_w[0] + plant.limit_w[2] <= 873.0 + 1e-6
+    assert plant.limit_w[0] > plant.limit_w[2]  # chat's GPU has the rack first
+    assert plant.limit_w[3] == 700.0  # bulk outside the rack runs at its cap
