@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from apscheduler.events import (
@@ -28,7 +29,9 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
-from controller.budget.assemble import combiner
+from controller.budget.assemble import combiner, resolve
+from controller.budget.endpoint import serve_signals
+from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
@@ -54,7 +57,8 @@ class Daemon:
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
                                      DecisionLog(settings.decision_log_path))
-        self.budget = combiner(settings.budget, os.environ) if settings.budget is not None else None
+        self.budget = (None if settings.budget is None
+                       else combiner(settings.budget, os.environ, base_dir=settings.base_dir))
         """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
         delays no loop."""
         self.notifier = Notifier()
@@ -121,6 +125,19 @@ class Daemon:
         while not self.stop_event.wait(self.settings.daemon.fast_interval_s):
             self.step_budget()
 
+    def signal_endpoints(self) -> list[ThreadingHTTPServer]:
+        """The demand-response sources' loopback endpoints, where they name a port."""
+        servers = []
+        for name, source in self.settings.budget.sources if self.settings.budget is not None else ():
+            if isinstance(source, DemandResponseSettings) and source.port:
+                try:
+                    servers.append(serve_signals(resolve(self.settings.base_dir, source.path), source.port))
+                except OSError as exc:
+                    raise ConfigError(f"power.budget.sources[{name}].port", f"cannot listen on 127.0.0.1:"
+                                      f"{source.port}: {exc.strerror or exc}") from None
+                log.info("demand-response signals for %s on http://127.0.0.1:%d/signal", name, source.port)
+        return servers
+
     def fast_alive(self) -> bool:
         """Whether the fast loop ticked recently (three periods, two seconds at least)."""
         return time.monotonic() - self.last_fast < max(3 * self.settings.daemon.fast_interval_s, 2.0)
@@ -173,6 +190,7 @@ class Daemon:
         self.parts.start()  # servers the daemon supervises are up before the loops start
         if self.budget is not None:  # its first step too in its own thread: an API's timeout delays no loop
             threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
+        endpoints = self.signal_endpoints()
         self.fast()
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
@@ -195,5 +213,8 @@ class Daemon:
         self.slow_due.set()  # wakes the worker to see it
         scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
         worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
+        for server in endpoints:
+            server.shutdown()
+            server.server_close()
         self.parts.close()
         return 0

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from controller.budget.assemble import combiner
+from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 
@@ -67,11 +68,24 @@ def check_backends(settings: Settings) -> list[str]:
     return warnings
 
 
+def check_free_port(where: str, port: int) -> None:
+    """Bind and close 127.0.0.1:`port` as a loopback endpoint would; ConfigError naming `where` if taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(where, f"cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
+
+
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
     if settings.budget is not None:
-        combiner(settings.budget, os.environ)  # a secret the environment lacks is named here, not at start
+        combiner(settings.budget, os.environ, base_dir=settings.base_dir)  # a missing secret is named here
+        for name, source in settings.budget.sources:
+            if isinstance(source, DemandResponseSettings) and source.port:
+                check_free_port(f"power.budget.sources[{name}].port", source.port)
     warnings = check_backends(settings)
     problem = unwritable(settings.state_path.parent)
     if problem is not None:

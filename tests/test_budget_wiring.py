@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from controller.config_loader import ConfigError
 from controller.daemon import Daemon
@@ -78,3 +80,25 @@ def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and "power.budget.sources[0].token_env" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: Callable[..., Path],
+                                                                     tmp_path: Path) -> None:
+    port = free_port()
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    path.write_text(path.read_text().replace('path = "', f'port = {port}\npath = "'))
+    daemon = Daemon(path, load_settings(path))
+    servers = daemon.signal_endpoints()
+    try:
+        deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
+        body = json.dumps({"budget_w": 2400, "deadline": deadline, "reason": "site event"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200 and json.loads(answer.read())["budget_w"] == 2400
+        daemon.step_budget()
+        assert daemon.controller.governor.settings.budget_w == 2400.0
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        daemon.parts.close()

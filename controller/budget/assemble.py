@@ -5,6 +5,7 @@ builds the same objects against a fake."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from controller.budget.api_http import Fetch, http_get
 from controller.budget.base import BudgetSource
@@ -34,7 +35,12 @@ def secret(env: Mapping[str, str], variable: str, where: str) -> str:
     return value
 
 
-def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch) -> IntensityFeed:
+def resolve(base_dir: str, path: str) -> str:
+    """A source's file path: relative ones are relative to the config file's directory."""
+    return str(Path(base_dir) / path)
+
+
+def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".") -> IntensityFeed:
     if isinstance(s, ElectricityMapsSettings):
         token = secret(env, s.token_env, f"{where}.token_env")
         return ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch)
@@ -43,11 +49,11 @@ def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch) ->
         password = secret(env, s.password_env, f"{where}.password_env")
         return WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch)
     if isinstance(s, CarbonCsvSettings):
-        return CsvIntensityFeed(s.path, s.basis)
+        return CsvIntensityFeed(resolve(base_dir, s.path), s.basis)
     raise ConfigError(f"{where}.kind", f"no carbon feed for {type(s).__name__}")
 
 
-def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch) -> BudgetSource:
+def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".") -> BudgetSource:
     """One source from its settings."""
     if isinstance(s, FixedSettings):
         return FixedSource(s.budget_w)
@@ -56,16 +62,17 @@ def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch) 
                       f"{','.join(r.days)} {r.start}-{r.end}") for r in s.rules]
         return ScheduleSource(rules, s.default_budget_w, s.time_zone)
     if isinstance(s, CarbonSettings):
-        return CarbonBudgetSource(feed(s, where, env, fetch), PowerCurve(s.curve), s.lead_s, s.refresh_s,
+        return CarbonBudgetSource(feed(s, where, env, fetch, base_dir), PowerCurve(s.curve), s.lead_s, s.refresh_s,
                                   s.stale_after_s)
     if isinstance(s, DemandResponseSettings):
-        return DemandResponseSource(s.path, s.retry_s)
+        return DemandResponseSource(resolve(base_dir, s.path), s.retry_s)
     raise ConfigError(f"{where}.kind", f"no source for {type(s).__name__}")
 
 
 def combiner(settings: BudgetSettings, env: Mapping[str, str], fetch: Fetch = http_get,
-             where: str = "power.budget") -> BudgetCombiner:
-    """The combiner of every configured source; a missing secret raises ConfigError naming its field."""
-    sources = {name: source(s, f"{where}.sources[{i}]", env, fetch)
+             where: str = "power.budget", base_dir: str = ".") -> BudgetCombiner:
+    """The combiner of every configured source (file paths relative to `base_dir`); a missing secret raises
+    ConfigError naming its field."""
+    sources = {name: source(s, f"{where}.sources[{i}]", env, fetch, base_dir)
                for i, (name, s) in enumerate(settings.sources)}
     return BudgetCombiner(sources, settings.ttl_s, settings.safe_budget_w)

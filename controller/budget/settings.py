@@ -154,11 +154,15 @@ class DemandResponseSettings(SourceSettings):
     """The signal file the daemon re-reads when it changes (the loopback endpoint writes it too)."""
     retry_s: float = 5.0
     """Delay before a broken or unreadable signal file is read again."""
+    port: int = 0
+    """A port on 127.0.0.1 where the daemon takes POSTed signals into `path` (loopback only); 0: none."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("retry_s",))
         if not self.path:
             raise ConfigError(f"{where}.path", "must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
 
 
 KINDS: dict[str, type[SourceSettings]] = {
