@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, PowerLimiter, ReplicaScaler
-from controller.decision_log import DecisionLog, gate_held, observed, shape
+from controller.decision_log import DecisionLog, gate_held, observed, shape, text
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.fast_loop import FastLoop
@@ -242,6 +242,9 @@ class Controller:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
+        shed = [r.name for r in solution.services if r.reason == "budget"]
+        m.degradation.labels("shed").set(len(shed))
+        record["degradation"] = {"gpus_held_below_plan": self.fast.held_gpus, "shed_for_budget": shed}
         changed = []
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
@@ -276,7 +279,7 @@ class Controller:
                 "gate_held": gate_held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:
                 short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
-                changed.append(f"{svc.name}: {_text(current)} -> planned {_text(planned)}, applied {_text(a)}{short}"
+                changed.append(f"{svc.name}: {text(current)} -> planned {text(planned)}, applied {text(a)}{short}"
                                + (f" [held: {'; '.join(enforced.held)}]" if enforced.held else ""))
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
@@ -293,7 +296,3 @@ class Controller:
             return current
         floor_w = CATALOG[current.accelerator].min_power_w
         return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)
-
-
-def _text(a: Assignment) -> str:
-    return f"{a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W"

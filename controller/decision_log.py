@@ -64,6 +64,11 @@ def shape(a: Assignment) -> dict[str, Any]:
             "cap_w": round(a.power_cap_w, 1)}
 
 
+def text(a: Assignment) -> str:
+    """An assignment as the INFO decision line says it."""
+    return f"{a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W"
+
+
 def gate_held(planned: Assignment, admitted: Assignment) -> list[str]:
     """What of the plan the stability gate held back this cycle."""
     return [f"{f} {getattr(admitted, f)} not {getattr(planned, f)}" for f in ("replicas", "max_batch", "power_cap_w")

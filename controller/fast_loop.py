@@ -41,6 +41,8 @@ class FastLoop:
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.held_gpus = 0
+        """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.seen: dict[str, GpuSample] = {}
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
@@ -167,10 +169,16 @@ class FastLoop:
             if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
                 by_service.setdefault(g.service, []).append(g)
         cut = self.governor.cut_w
+
+        def held(g: GpuSample, service: str) -> bool:
+            return cut.get(g.uuid, 0.0) > 0 or g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
+
+        held_gpus = 0
         for service, gpus in by_service.items():
-            n = len(gpus)
-            held = any(cut.get(g.uuid, 0.0) > 0 or g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
-                       for g in gpus)
+            n, below = len(gpus), sum(held(g, service) for g in gpus)
+            held_gpus += below
             self.ledger.add(service, DrawReading(
-                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, held))
+                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, below > 0))
+        self.held_gpus = held_gpus
+        self.metrics.degradation.labels("caps").set(held_gpus)
 

@@ -18,6 +18,10 @@ class OwnMetrics:
         self.failsafe = Gauge("wattscale_power_failsafe", "1 while GPU readings are lost and limits that fit the "
                               "budget by construction are in force.", registry=r)
         self.plan_version = Gauge("wattscale_plan_version", "Version of the plan the governor steers to.", registry=r)
+        self.degradation = Gauge("wattscale_power_degradation", "The degradation ladder under a tight budget: "
+                                 "step caps = GPUs the governor holds below the plan's cap (seconds); step shed = "
+                                 "services the plan leaves short for budget (after max batch and replicas, minutes).",
+                                 ["step"], registry=r)
         self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
         lat = ["service", "stat"]
         self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)

@@ -331,3 +331,22 @@ def test_a_failed_batch_read_is_no_still_window() -> None:
     e = Enforcer(DryRunReplicaScaler({("chat", H100): 1}), Unreadable({"chat": 64}), OwnMetrics(CollectorRegistry()))
     believed = Assignment(H100, 1, 64, 700.0)
     assert [e.read_back("chat", (H100,), believed).still for _ in range(3)] == [False, False, False]
+
+
+def test_the_degradation_ladder_shows_in_metrics_and_the_decision_log(sim_config: Callable[..., Path],
+                                                                      tmp_path: Path) -> None:
+    """Under a budget too tight for the fleet's load, the governor holds GPUs below the plan's caps within
+    seconds and the plan leaves services short for budget; both read in the metric and the decision log."""
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 1400"}))
+    ctl, advance, registry = sim_controller(s)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    for t in range(1, 91):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+    held = registry.get_sample_value("wattscale_power_degradation", {"step": "caps"})
+    shed = registry.get_sample_value("wattscale_power_degradation", {"step": "shed"})
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert held is not None and held >= 1 and shed is not None and shed >= 1, (held, shed)
+    assert record["degradation"]["shed_for_budget"] and record["degradation"]["gpus_held_below_plan"] >= 0
