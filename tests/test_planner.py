@@ -4,7 +4,11 @@ against the bilinear model enumerated, dropped-demand explanations, the robust o
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation import AllocationModel
-from controller.planner.allocation_report import explain_unmet
+from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
 from controller.planner.allocation_spec import AllocationSpec, GpuSpec, ModelSpec, Precision, QueryType, RobustSpec
 from controller.planner.packing import (
     Config,
@@ -28,6 +32,8 @@ from controller.planner.packing import (
     solve_milp,
 )
 from controller.planner.packing_spec import PackingSpec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PLANS = Path(__file__).resolve().parent.parent / "config" / "plans"
 
@@ -253,3 +259,37 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
     assert err.value.where == where
     assert main(["plan", str(path)]) == 2
     assert where in capsys.readouterr().err
+
+
+def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while it solves they go to
+    standard error, so `plan --json` stays parseable."""
+    from controller.lp import solver_output_to_stderr
+
+    with solver_output_to_stderr():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+    print("{}")
+    out, err = capfd.readouterr()
+    assert out == "{}\n" and "HighsMipSolverData" in err
+
+
+@pytest.mark.parametrize("options", [[], ["--gamma", "1.5"], ["--gamma", "3"]])
+def test_plan_json_is_pure_json_and_says_whether_it_is_optimal(options: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "plan", str(ROOT / "config" / "plans" /
+                          "seed001-allocation.toml"), "--json", *options], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0 and doc["optimal"] is True and doc["mip_gap"] >= 0.0
+
+
+def test_a_plan_stopped_before_optimality_is_marked_and_not_explained() -> None:
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    model = AllocationModel(spec)
+    best = model.solve()
+    assert best.optimal and explain_unmet(model, best)  # the shipped spec drops qa, and says why
+    stopped = replace(best, optimal=False, mip_gap=0.4)
+    assert explain_unmet(model, stopped) == []
+    doc = allocation_json(model, stopped, explain_unmet(model, stopped))
+    assert doc["optimal"] is False and doc["dropped"] == []
+    assert "not proven optimal (gap 40.00%)" in allocation_text(doc)

@@ -33,6 +33,10 @@ class Allocation:
     """Solver wall time."""
     message: str
     """HiGHS's status."""
+    optimal: bool = False
+    """Proven optimal within the gap (not stopped at the time limit with an incumbent)."""
+    mip_gap: float = float("nan")
+    """HiGHS's relative gap between this plan and the best bound."""
 
 
 class AllocationModel:
@@ -172,4 +176,5 @@ class AllocationModel:
         costs = {name: float(sum(c * x[col] for col, c in entries)) for name, entries in self.terms.items()}
         costs["total"] = res.objective
         return Allocation(True, {r: v for r, v in shares.items() if v > 1e-6}, deployments,
-                          {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s, res.message)
+                          {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s, res.message, res.optimal,
+                          res.gap)

@@ -22,6 +22,10 @@ _LIMITS = (
 
 
 def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, Any]]:
+    """Why each query type's dropped demand is dropped, by solving again with one limit relaxed. Withheld
+    (empty) unless `best` is a proven optimum: a plan stopped at the time limit is no fair baseline."""
+    if not (best.ok and best.optimal):
+        return []
     out = []
     spec = model.spec
     for i, share in best.unmet.items():
@@ -68,6 +72,8 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
     return {
         "kind": "allocation",
         "ok": a.ok,
+        "optimal": a.optimal,
+        "mip_gap": a.mip_gap if a.ok else None,
         "message": a.message,
         "robust_gamma": spec.robust.gamma,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
@@ -95,6 +101,9 @@ def allocation_text(doc: dict[str, Any]) -> str:
     lines.append(f"cost per period: rental {c['rental']:.2f} + storage {c['storage']:.2f} + delay penalty "
                  f"{c['delay_penalty']:.2f} + unmet penalty {c['unmet_penalty']:.2f} = {c['total']:.2f} $")
     lines += [e["text"] for e in doc["dropped"]]
+    if not doc["optimal"]:
+        lines.append(f"not proven optimal (gap {doc['mip_gap']:.2%}): the solve stopped at its time limit; why "
+                     "demand is dropped is not explained")
     lines.append(f"solved in {doc['solve_s']:.3f} s" + (f" (robust, gamma {doc['robust_gamma']:g})"
                                                           if doc["robust_gamma"] else ""))
     return "\n".join(lines)

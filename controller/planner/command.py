@@ -47,7 +47,7 @@ def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
         spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
     model = AllocationModel(spec)
     best = model.solve()
-    doc = allocation_json(model, best, explain_unmet(model, best) if best.ok else [])
+    doc = allocation_json(model, best, explain_unmet(model, best))
     print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
     return 0 if best.ok else 1
 

@@ -48,6 +48,11 @@ class PackingResult:
     """Solver wall time."""
     note: str = ""
     """Why it failed, or the solver's status."""
+    optimal: bool = False
+    """Proven optimal within its gap: only a MILP solve that finished says so (greedy and the homogeneous
+    baselines answer other questions)."""
+    mip_gap: float = float("nan")
+    """The MILP's relative gap between this plan and the best bound (nan for the other solvers)."""
 
     def cards(self, configs: list[Config]) -> dict[str, int]:
         by_name = {c.name: c for c in configs}
@@ -110,8 +115,9 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
         return PackingResult(name, False, math.inf, {}, solve_s, res.message)
     rented = [round(res.x[col]) for col in y]
     total = sum(cf.cost_per_h * n for cf, n in zip(configs, rented, strict=True))
+    note = "" if res.optimal else f"stopped at the time limit, gap {res.gap:.2%}"
     return PackingResult(name, True, total, {cf.name: n for cf, n in zip(configs, rented, strict=True) if n > 0},
-                         solve_s)
+                         solve_s, note, res.optimal, res.gap)
 
 
 def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int]) -> PackingResult:

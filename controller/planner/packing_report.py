@@ -55,6 +55,7 @@ def result_json(configs: list[Config], inst: Instance, results: list[PackingResu
         "results": [{
             "solver": r.solver, "feasible": r.feasible, "cost_per_h": r.cost_per_h if r.feasible else None,
             "copies": r.copies, "cards": r.cards(configs), "solve_s": r.solve_s, "note": r.note,
+            "optimal": r.optimal, "mip_gap": r.mip_gap,
         } for r in results],
     }
 
