@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from actuators import ActuatorError, PowerLimiter
-from controller.governor import PowerGovernor, safe_caps
+from controller.governor import PowerGovernor, pressed, safe_caps
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
@@ -171,7 +171,10 @@ class FastLoop:
         cut = self.governor.cut_w
 
         def held(g: GpuSample, service: str) -> bool:
-            return cut.get(g.uuid, 0.0) > 0 or g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
+            """Cut by the governor, or drawing against a limit it set below the plan's cap (a limit with room
+            over the draw holds nothing down: the draw is the load's own)."""
+            below = g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
+            return cut.get(g.uuid, 0.0) > 0 or (below and pressed(g))
 
         held_gpus = 0
         for service, gpus in by_service.items():

@@ -106,19 +106,19 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        pressed = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])
+        pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
                 need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
-                if need < 1.0 or g.uuid not in pressed:
+                if need < 1.0 or g.uuid not in pressing:
                     continue
-                unused = [(h, self.accounted_w(h) + _pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressed]
+                unused = [(h, self.accounted_w(h) + _pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
                 for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
                     if rooms.of(g.uuid) >= need:
                         break
-                    least = max(least, floor[h.uuid] if h.uuid not in pressed else h.min_limit_w)
+                    least = max(least, floor[h.uuid] if h.uuid not in pressing else h.min_limit_w)
                     if h is g or h.uuid in pinned or limit[h.uuid] <= least or not rooms.shared_short(g.uuid, h.uuid,
                                                                                                       need):
                         continue
@@ -214,6 +214,11 @@ class Rooms:
     def shared_short(self, uuid: str, giver: str, need_w: float) -> bool:
         """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free)."""
         return any(uuid in m and giver in m and r < need_w for r, m in zip(self.room, self.members, strict=True))
+
+
+def pressed(g: GpuSample) -> bool:
+    """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
+    return PowerGovernor.accounted_w(g) >= g.power_limit_w - _pressed_w(g.power_limit_w)
 
 
 def _pressed_w(limit_w: float) -> float:
