@@ -56,8 +56,9 @@ class Controller:
         target for that variant's GPUs."""
         self.variants: dict[str, tuple[str, ...]] = {}
         """The accelerator types each service may run on."""
-        self.caps: dict[str, dict[str, float]] = {}
-        """Per service, the cap of each variant that runs: the planned one's, and an old one's until drained."""
+        self.draining: dict[str, dict[str, float]] = {}
+        """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
+        the planned variant's cap is its assignment's."""
         self.settings = settings
         self._next: Settings | None = None
         self._latest = settings
@@ -131,7 +132,7 @@ class Controller:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
-            self.caps.pop(gone, None)
+            self.draining.pop(gone, None)
 
     def _count(self, kind: str, message: str) -> None:
         """Log and count a failure the fast loop survived."""
@@ -164,11 +165,14 @@ class Controller:
             got = self.enforcer.read_back(svc.name, self.variants[svc.name], self.assignments[svc.name])
             acc = got.assignment.accelerator
             if acc != self.assignments[svc.name].accelerator:  # found running elsewhere: that type's own cap
-                cap = self.caps.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
+                cap = self.draining.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
                 got = replace(got, assignment=replace(got.assignment, power_cap_w=cap))
             in_force[svc.name] = got
+            old = {**self.draining.get(svc.name, {}), self.assignments[svc.name].accelerator:
+                   self.assignments[svc.name].power_cap_w}
             self.assignments[svc.name] = got.assignment
-            self._keep_caps(svc.name, got)
+            self.draining[svc.name] = {v: old.get(v, CATALOG[v].min_power_w) for v, n in got.running.items()
+                                       if n > 0 and v != acc}
         try:
             windows = self.vllm.observe(now, [svc.name for svc in s.services])
         except Exception as exc:
@@ -195,19 +199,10 @@ class Controller:
         self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
         return solution
 
-    def _keep_caps(self, service: str, got: InForce) -> None:
-        """Caps of the variants that run: the planned one's from its assignment (first), an old one's kept."""
-        a = got.assignment
-        old = self.caps.get(service, {})
-        self.caps[service] = {a.accelerator: a.power_cap_w, **{
-            v: old.get(v, CATALOG[v].min_power_w) for v, n in got.running.items() if n > 0 and v != a.accelerator}}
-
     def _publish(self, version: int) -> None:
-        """Hand the governor the caps now in force, in one reference."""
-        caps = {}
-        for name, a in self.assignments.items():
-            caps[name] = {a.accelerator: a.power_cap_w, **{v: w for v, w in self.caps.get(name, {}).items()
-                                                           if v != a.accelerator}}
+        """Hand the governor the caps now in force, the planned variant's first, in one reference."""
+        caps = {name: {a.accelerator: a.power_cap_w, **self.draining.get(name, {})}
+                for name, a in self.assignments.items()}
         self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services})
         self.metrics.plan_version.set(version)
 
@@ -261,7 +256,9 @@ class Controller:
                                               None if window is None else window.replicas)
             self.assignments[svc.name] = a
             if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
-                self.caps[svc.name] = {**self.caps.get(svc.name, {}), current.accelerator: current.power_cap_w}
+                others = self.draining.get(svc.name, {})
+                self.draining[svc.name] = {**{v: w for v, w in others.items() if v != a.accelerator},
+                                           current.accelerator: current.power_cap_w}
             m.replicas.labels(svc.name).set(a.replicas)
             m.max_batch.labels(svc.name).set(a.max_batch)
             m.cap.labels(svc.name).set(a.power_cap_w)

@@ -146,10 +146,9 @@ class FastLoop:
         """Limits that fit the budget, and every power domain's limit, whatever the GPUs draw, on every GPU last
         seen."""
         caps, fits = safe_caps(self.samples, self.governor.threshold_w())
-        power = self.governor.settings
-        for d in power.domains:
-            inside, fit = safe_caps([g for g in self.samples if g.index in d.gpus], d.limit_w * (1 - power.headroom))
-            caps.update({i: min(w, caps[i]) for i, w in inside.items()})
+        for line_w, inside in self.governor.domains(self.samples):
+            domain_caps, fit = safe_caps(inside, line_w)
+            caps.update({i: min(w, caps[i]) for i, w in domain_caps.items()})
             fits = fits and fit
         if self.lost == self.failsafe_after_ticks:
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
@@ -163,7 +162,7 @@ class FastLoop:
 
     def _record_draws(self, samples: list[GpuSample]) -> None:
         """Per service, its GPUs' mean draw and mean limit at this tick, and whether the governor held any of
-        them below the plan's cap (a cut, or room given to others: read before this tick's step)."""
+        them down (read before this tick's step: the limits the reading ran under)."""
         by_service: dict[str, list[GpuSample]] = {}
         for g in samples:
             if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):

@@ -58,21 +58,21 @@ class PowerGovernor:
             self._fit_caps(samples, target, priorities, self.threshold_w())
         measured = sum(self.accounted_w(g) for g in samples)
         threshold = self.threshold_w()
-        over = {d.name: sum(self.accounted_w(g) for g in samples if g.index in d.gpus) - d.limit_w * (1 - s.headroom)
-                for d in s.domains}
-        for d in s.domains:  # a rack at its breaker is cut even where the site has room, lowest priority first
-            if over[d.name] > 0:
-                self._cut([g for g in samples if g.index in d.gpus], target, priorities, over[d.name])
+        over = []
+        for line_w, inside in self.domains(samples):  # a rack at its breaker is cut even where the site has room
+            over.append(sum(self.accounted_w(g) for g in inside) - line_w)
+            if over[-1] > 0:
+                self._cut(inside, target, priorities, over[-1])
         if measured > threshold:
             self.emergency = True
             self._cut(samples, target, priorities, measured - threshold)
-        elif measured < s.budget_w * s.release_below and all(v < 0 for v in over.values()):
+        elif measured < s.budget_w * s.release_below and all(v < 0 for v in over):
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
-        self.emergency = self.emergency or any(v > 0 for v in over.values())
+        self.emergency = self.emergency or any(v > 0 for v in over)
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
-        ceiling = self.threshold_w()
+        ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, measured + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned)
@@ -97,7 +97,9 @@ class PowerGovernor:
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self._order(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
-        rooms = Rooms(self._domains(samples, ceiling_w), limit)
+        rooms = Rooms([*((line_w - len(inside), frozenset(g.uuid for g in inside))
+                         for line_w, inside in self.domains(samples)),
+                       (ceiling_w - len(samples), frozenset(g.uuid for g in samples))], limit)  # the site last
         for i, members in enumerate(rooms.members):  # the racks first, the site last: each under its ceiling
             for g in (g for g in order if g.uuid in members):
                 over = -rooms.room[i]
@@ -135,15 +137,10 @@ class PowerGovernor:
                 rooms.move(g.uuid, rise)
         return limit
 
-    def _domains(self, samples: Sequence[GpuSample], ceiling_w: float) -> list[tuple[float, frozenset[str]]]:
-        """(ceiling, member UUIDs) of each power domain, the site last. A watt a GPU is kept back: changes
-        under 1 W are not made. A domain's ceiling is its limit less the governor's headroom."""
-        by_index = {g.index: g.uuid for g in samples}
-        out = []
-        for d in self.settings.domains:
-            members = frozenset(by_index[i] for i in d.gpus if i in by_index)
-            out.append((d.limit_w * (1 - self.settings.headroom) - len(members), members))
-        return [*out, (ceiling_w - len(samples), frozenset(by_index.values()))]
+    def domains(self, samples: Sequence[GpuSample]) -> list[tuple[float, list[GpuSample]]]:
+        """Each power domain's line (its limit less the headroom) and its GPUs among `samples`."""
+        s = self.settings
+        return [(d.limit_w * (1 - s.headroom), [g for g in samples if g.index in d.gpus]) for d in s.domains]
 
     def _order(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
         """GPU groups from the lowest priority (largest number) up; idle GPUs first of all."""
