@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -248,10 +251,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def native_output_to_stderr() -> Iterator[None]:
+    """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
+    still reach standard output: a command's JSON stays whole whatever its solver prints."""
+    sys.stdout.flush()
+    try:
+        on_fd_1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # captured in memory (a test): Python's prints are not on it
+        on_fd_1 = False
+    saved_out, saved_fd = sys.stdout, os.dup(1)
+    os.dup2(2, 1)
+    if on_fd_1:
+        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=saved_out.encoding or "utf-8")
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        if on_fd_1:
+            sys.stdout.close()
+            sys.stdout = saved_out
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        if args.func is _run:  # the daemon logs; the commands print what a caller parses
+            return int(args.func(args))
+        with native_output_to_stderr():
+            return int(args.func(args))
     except (ConfigError, ModelInputError, ObservationFileError) as exc:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2

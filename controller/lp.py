@@ -7,10 +7,7 @@ keeps demand from being served.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,20 +29,6 @@ class LpResult:
     """Solved to optimality (within the gap), not stopped at a limit with an incumbent."""
     gap: float = float("nan")
     """HiGHS's relative gap between the point and the best bound (0 proven optimal; nan without a point)."""
-
-
-@contextlib.contextmanager
-def solver_output_to_stderr() -> Iterator[None]:
-    """HiGHS writes some lines itself to file descriptor 1; they go to standard error while it solves, so what
-    a command prints on standard output (JSON) stays whole."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 class Lp:
@@ -86,11 +69,11 @@ class Lp:
         for i, v in (fix or {}).items():
             lb[i] = ub[i] = v
         constraints = [LinearConstraint(a, [r[1] for r in kept], [r[2] for r in kept])] if kept else []
-        with solver_output_to_stderr():
-            res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
-                                       integrality=np.array(self.integer),
-                                       options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap})
+        res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
+                                   integrality=np.array(self.integer),
+                                   options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap})
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message))
-        gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
+        gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly
+        gap = 0.0 if gap is None and not any(self.integer) else float("nan") if gap is None else float(gap)
         return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message), optimal=res.status == 0, gap=gap)

@@ -318,10 +318,11 @@ class Settings:
     actuators: ActuatorSettings = field(default_factory=ActuatorSettings)
     """Backends."""
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
-    budget: BudgetSettings | None = None
-    """`[power.budget]`: sources that lower the budget below `power.budget_w` over time (a schedule, grid
-    carbon intensity, demand response); the lowest wins. None: `power.budget_w` alone."""
     """The simulated host (used by the `sim` sources and actuators)."""
+    budget: BudgetSettings | None = None
+    """`[power.budget]` (read by `load_settings`, not a table of its own): sources that lower the budget below
+    `power.budget_w` over time (a schedule, grid carbon intensity, demand response); the lowest wins. None:
+    `power.budget_w` alone."""
     base_dir: str = "."
     """Directory relative paths resolve against (set by the loader to the config file's)."""
 
@@ -361,6 +362,8 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
 def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the field and the reason."""
     data = read_toml(path)
+    if "budget" in data:
+        raise ConfigError("budget", "unknown key: budget sources go in [power.budget]")
     data.setdefault("base_dir", str(path.resolve().parent))
     power = data.get("power")
     table = power.pop("budget", None) if isinstance(power, dict) else None

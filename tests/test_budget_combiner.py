@@ -106,3 +106,24 @@ def test_when_no_source_sets_a_limit_the_safe_budget_holds() -> None:
     combiner = BudgetCombiner({"dr": Scripted(None)}, ttl_s=600.0, safe_budget_w=1000.0)
     budget = combiner.step(0.0)
     assert (budget.budget_w, budget.source, budget.why) == (1000.0, "", "safe budget: no source sets a limit")
+
+
+def test_a_source_failing_in_an_unforeseen_way_fails_alone() -> None:
+    """A source whose bug raises something no budget error names: the other sources still set the budget, and
+    the broken one holds its last value for the TTL, then counts as the safe budget."""
+
+    class Broken:
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def step(self, now: float) -> BudgetReading | None:
+            self.steps += 1
+            if self.steps > 1:
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+            return reading(1500.0)
+
+    grid = Scripted(reading(1800.0), reading(1200.0))
+    combiner = BudgetCombiner({"csv": Broken(), "grid": grid}, ttl_s=600.0, safe_budget_w=1000.0)
+    assert combiner.step(0.0).budget_w == 1500.0
+    assert combiner.step(60.0).budget_w == 1200.0  # grid still stepped, its lower value wins
+    assert combiner.step(700.0).budget_w == 1000.0  # the broken source's last value is past its TTL

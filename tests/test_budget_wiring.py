@@ -5,6 +5,7 @@ a reload that changes the sources is refused; a secret the environment lacks is 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -102,3 +103,25 @@ def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: 
             server.shutdown()
             server.server_close()
         daemon.parts.close()
+
+
+def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: Path) -> None:
+    from controller.budget.endpoint import serve_signals
+
+    port = free_port()
+    server = serve_signals(str(tmp_path / "signal.json"), port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\nConnection: close\r\n\r\n")
+            answer = b"".join(iter(lambda: conn.recv(4096), b"")).decode()
+        assert answer.startswith("HTTP/1.0 400") and "Content-Length is not a number" in answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_top_level_budget_table_is_refused(sim_config: Callable[..., Path]) -> None:
+    path = sim_config()
+    path.write_text(path.read_text() + "\n[budget]\nsafe_budget_w = 1000\n")
+    with pytest.raises(ConfigError, match=r"^budget: unknown key: budget sources go in \[power\.budget\]"):
+        load_settings(path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -261,16 +260,16 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
     assert where in capsys.readouterr().err
 
 
-def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json(capfd: pytest.CaptureFixture[str]) -> None:
-    """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while it solves they go to
-    standard error, so `plan --json` stays parseable."""
-    from controller.lp import solver_output_to_stderr
-
-    with solver_output_to_stderr():
-        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
-    print("{}")
-    out, err = capfd.readouterr()
-    assert out == "{}\n" and "HighsMipSolverData" in err
+def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
+    """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while a command runs they go to
+    standard error, and what the command prints stays on standard output, whole."""
+    code = ("import os; from controller.cli import native_output_to_stderr\n"
+            "with native_output_to_stderr():\n"
+            "    os.write(1, b'HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\\n')\n"
+            "    print('{}')\n"
+            "print('[]')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout == "{}\n[]\n" and "HighsMipSolverData" in out.stderr
 
 
 @pytest.mark.parametrize("options", [[], ["--gamma", "1.5"], ["--gamma", "3"]])

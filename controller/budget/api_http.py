@@ -32,6 +32,18 @@ class HttpAnswer:
 Fetch = Callable[[str, Mapping[str, str], float], HttpAnswer]
 
 
+MAX_BODY = 1 << 20
+"""Most of an answer read (an intensity forecast is a few kB): a server that streams on is cut off there."""
+
+
+def _body(r: Any) -> bytes:
+    """The answer's body: whole where its length is stated and within MAX_BODY (a short one is an error),
+    else at most MAX_BODY bytes."""
+    length = r.headers.get("Content-Length")
+    whole = length is not None and length.isdigit() and int(length) <= MAX_BODY
+    return bytes(r.read() if whole else r.read(MAX_BODY))
+
+
 def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
     """GET `url`; a server that cannot be reached, does not answer in time or breaks off its answer raises
     TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay)."""
@@ -39,9 +51,9 @@ def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnsw
     try:
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as r:
-                return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, bytes(r.read()))
+                return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, _body(r))
         except urllib.error.HTTPError as exc:
-            return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, bytes(exc.read()))
+            return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, _body(exc))
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise TransientBudgetError(f"{url} unreachable: {exc!r}", retry_after_s=timeout_s) from exc
 

@@ -208,6 +208,8 @@ class CsvIntensityFeed:
                 self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:
             raise TransientBudgetError(f"{self.name}: {exc}", self.retry_s) from exc
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise MalformedAnswer(f"{self.name}: not a CSV text file ({exc})", self.retry_s) from exc
         except MalformedAnswer as exc:
             raise MalformedAnswer(str(exc), self.retry_s) from exc
         return self.points

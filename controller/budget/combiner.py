@@ -69,12 +69,14 @@ class BudgetCombiner:
             return
         try:
             reading = source.step(now)
-        except BudgetError as exc:
+        except Exception as exc:  # one source's failure, of any kind, is that source's alone
             delay_s = exc.retry_after_s if isinstance(exc, TransientBudgetError) else self.default_retry_s
             if not state.error:
                 log.warning("budget source %s: %s", name, exc)
             state.error, state.retry_at_s = str(exc), now + delay_s
             state.permanent = isinstance(exc, PermanentBudgetError)
+            if not isinstance(exc, BudgetError):
+                log.debug("budget source %s failed unexpectedly", name, exc_info=True)
             return
         if state.error:
             log.info("budget source %s answers again", name)

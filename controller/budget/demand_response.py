@@ -10,15 +10,17 @@ value for its TTL and falls back to the safe budget); no file or a past deadline
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import json
 import os
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from controller.budget.api_http import MalformedAnswer, number, parse_time_s
 from controller.budget.base import BudgetReading, TransientBudgetError
+from tuner.store import atomic_write_text
 
 MAX_SIGNAL_BYTES = 4096
 KEYS = {"budget_w", "deadline", "reason"}
@@ -85,15 +87,10 @@ class DemandResponseSource:
 def store_signal(path: str, signal: DemandSignal) -> None:
     """Write the signal whole (a temporary file renamed over the old one), so a reader never sees half."""
     deadline = dt.datetime.fromtimestamp(signal.deadline_s, dt.UTC).isoformat()
-    doc = {"budget_w": signal.budget_w, "deadline": deadline, "reason": signal.reason}
-    fd, tmp = tempfile.mkstemp(prefix=".signal-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
-    except OSError:
-        os.unlink(tmp)
-        raise
+    if not Path(path).parent.is_dir():  # a signal file where the source was not told to look is no signal
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(Path(path).parent))
+    atomic_write_text(Path(path), json.dumps({"budget_w": signal.budget_w, "deadline": deadline,
+                                              "reason": signal.reason}))
 
 
 def is_loopback(host: str) -> bool:

@@ -25,9 +25,13 @@ def serve_signals(path: str, port: int) -> ThreadingHTTPServer:
             pass  # the source logs what a signal changes
 
         def _answer(self, method: str) -> None:
-            length = min(int(self.headers.get("Content-Length") or 0), MAX_SIGNAL_BYTES + 1)
-            body = self.rfile.read(length) if method == "POST" else b""
-            status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
+            try:
+                length = max(0, min(int(self.headers.get("Content-Length") or 0), MAX_SIGNAL_BYTES + 1))
+            except ValueError:
+                status, reply = 400, {"error": "Content-Length is not a number"}
+            else:
+                body = self.rfile.read(length) if method == "POST" else b""
+                status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
             data = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
