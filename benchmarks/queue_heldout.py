@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from queuemodels import DEFAULT_MODEL, FAMILIES, Load, ModelInputError, ServerShape, ServiceParams, get_model
+from queuemodels import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MODEL,
+    FAMILIES,
+    Load,
+    ModelInputError,
+    ServerShape,
+    ServiceParams,
+    get_model,
+)
 from queuemodels.accelerators import profile
 from simulator.personality import PERSONALITIES
 from simulator.probe import Replica, measure, saturation_rps
@@ -71,7 +80,8 @@ def window(point: tuple[Shape, float, float, int]) -> dict[str, Any]:
 
 def observation(row: dict[str, Any]) -> Observation:
     """What the daemon would record for the window (offered rate, mean latencies, draw, mean queue)."""
-    return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], 1024, row["ttft_ms"],
+    return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], DEFAULT_MAX_QUEUE,
+                       row["ttft_ms"],
                        row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
                        in_cv=row["in_cv"], out_cv=row["out_cv"])
 
@@ -93,6 +103,8 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
     for row in test:
         load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"])
         try:
+            # Predicted with an unbounded queue: below saturation the 1,024 the windows were recorded with blocks
+            # nothing, and only an unbounded queue says when the model calls a stable point unstable.
             perf = model.analyze(params, load, ServerShape(row["max_batch"], None, _cap_w(row["cap"])), prof)
             pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms}
         except ModelInputError:

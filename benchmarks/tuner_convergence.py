@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from scipy.optimize import least_squares
 
 from controller.telemetry.vllm_window import snapshots, window
-from queuemodels import ServiceParams
+from queuemodels import DEFAULT_MAX_QUEUE, ServiceParams
 from queuemodels.accelerators import profile
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
@@ -73,7 +73,7 @@ def observations(seed: int, cycles: int, after: int, window_s: float, mean_rps: 
         last = snap
         if w is None or w.ttft_ms is None or w.itl_ms is None or w.in_tokens is None or w.out_tokens is None:
             continue
-        out.append(Observation(w.rate_rps, w.in_tokens, w.out_tokens, MAX_BATCH, 1024, w.ttft_ms, w.itl_ms,
+        out.append(Observation(w.rate_rps, w.in_tokens, w.out_tokens, MAX_BATCH, DEFAULT_MAX_QUEUE, w.ttft_ms, w.itl_ms,
                                CAP_W, waiting=w.waiting, preemptions=w.preemptions, in_cv=PROMPTS.cv,
                                out_cv=OUTPUTS.cv))
     return out

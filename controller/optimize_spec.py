@@ -10,7 +10,7 @@ from controller.config_loader import ConfigError, build, check_positive, check_r
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings, check_choices
-from queuemodels import Load, Targets
+from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
 MAX_RATE_RPS = 1e6
@@ -45,7 +45,7 @@ class SpecService:
     """Lower replica bound."""
     max_replicas: int = 64
     """Upper replica bound."""
-    max_queue: int = 1024
+    max_queue: int = DEFAULT_MAX_QUEUE
     """Queue bound per replica."""
 
     def check(self, where: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
-from queuemodels import FAMILIES, STATISTICS, Load, ServiceParams
+from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ServiceParams
 
 
 def check_service_bounds(s: Any, where: str) -> None:
@@ -123,7 +123,7 @@ class ServiceSettings:
     too coarse to measure it, so it is the operator's to give (1 = exponential, a safe default)."""
     out_tokens_cv: float = 1.0
     """Spread of output lengths (std / mean); queueing delay scales with (1 + cv^2) / 2."""
-    max_queue: int = 1024
+    max_queue: int = DEFAULT_MAX_QUEUE
     """Waiting requests one replica holds before it is counted saturated."""
     initial_max_batch: int = 64
     """`--max-num-seqs` at start."""

@@ -77,7 +77,7 @@ class ChainModel:
     ) -> Performance:
         """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
         law, chain = self._solved(params, load, shape, profile)
-        return evaluate(law, shape, load.rate_rps, profile, tails, chain)
+        return evaluate(law, chain, shape, profile, tails)
 
     def _solved(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None

@@ -59,13 +59,10 @@ def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -
             and ttft_exceedance(chain, law, targets.ttft_ms) <= allowed)
 
 
-def evaluate(
-    law: StepLaw, shape: ServerShape, rate_rps: float, profile: PowerProfile | None, tails: bool = True,
-    chain: Stationary | None = None,
-) -> Performance:
-    """All figures of one operating point; `tails=False` skips the percentiles (NaN) for speed. `chain`, when
-    given, is the law's chain at `rate_rps` already solved."""
-    chain = solve_chain(law, shape, rate_rps) if chain is None else chain
+def evaluate(law: StepLaw, chain: Stationary, shape: ServerShape, profile: PowerProfile | None,
+             tails: bool = True) -> Performance:
+    """All figures of one operating point, `chain` the law's solved chain; `tails=False` skips the percentiles
+    (NaN) for speed."""
     m = means(chain)
     n_eff, ttft, itl = _mean_latencies(law, chain, m)
     nan = float("nan")

@@ -14,8 +14,9 @@ NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alph
 """Each family's free parameters, in filter order."""
 STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0}
 """Starting values of the step family's two terms where a prior leaves them at 0: the tuner moves each
-within [1/10, 10x] of them (about the KV read per context token of an 8B model on an H100 (4e-5 ms), and
-a prefill step's host and launch cost (1-10 ms))."""
+within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a
+prefill step's host and launch cost 1-10 ms; the values were set so the bounds also hold the simulator's
+long-context and prefill-overhead engines (docs/queue-models.md says what that means for its figures)."""
 STATISTICS = ("mean", "p95", "p99")
 
 

@@ -152,7 +152,7 @@ class VLLMEngine:
             chunk[idx] = np.minimum(np.maximum(max(0, self.max_batched - n_decode) - before, 0), need)
             prefill_tokens = int(chunk.sum())
             prefill_seqs = int(np.count_nonzero(chunk))
-            if self.personality.needs_attention_pairs:
+            if self.personality.attention_context is not None:
                 pairs = float(chunk @ (self.ctx + 0.5 * chunk))
         else:
             decoding = act  # read before _finish and _preempt_if_full change the slots

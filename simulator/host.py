@@ -15,7 +15,7 @@ import numpy as np
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, step_cost
-from simulator.personality import Personality, get_personality
+from simulator.personality import ROOFLINE, Personality, get_personality
 from simulator.workload import Workload
 
 
@@ -86,7 +86,7 @@ class SimHost:
     def personality(self, model: str) -> Personality:
         """The engine personality of `model` on this host's GPUs."""
         found = self.personalities.get(f"{model}|{self.gpus[0].spec.name}") or self.personalities.get(model)
-        return found or get_personality("roofline")
+        return found or ROOFLINE
 
     def _new_replica(self, svc: SimService, gpu: SimGPU, delay_s: float) -> Replica:
         cost = step_cost(LLMS[svc.model], gpu.spec, self.seed)

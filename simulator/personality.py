@@ -1,7 +1,8 @@
 """Engine personalities: how one engine step's work becomes time, beyond today's roofline law.
 
 A real vLLM is not one law. Each personality below imitates a documented behaviour of a serving engine,
-so that the queue models and tuner are tried against engines they were not shaped on. All of them
+so that the queue models and tuner are tried against more than the law they were first shaped on (the step
+family was later shaped on two of these: docs/queue-models.md says what its figures then mean). All of them
 start from the pair's hidden `StepCost` (the same weights, FLOPs and bandwidth) and differ in how a
 step's work combines; the controller never sees which one runs (`SimHost(personalities=...)` chooses it
 per model x GPU, `probe.Replica.personality` per probe). The clock law under a power cap
@@ -63,10 +64,6 @@ class Personality:
     """KV bytes read per context token, relative to the model's grouped-query layout."""
     attention_context: float | None = None
     """Context length at which a prompt token's attention FLOPs equal its weights' (None: ignored)."""
-
-    @property
-    def needs_attention_pairs(self) -> bool:
-        return self.attention_context is not None
 
     def step_time(self, cost: StepCost, work: StepWork) -> StepTime:
         """The step's time parts under this personality."""

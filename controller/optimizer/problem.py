@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from queuemodels import DEFAULT_MODEL, Load, Performance, PowerProfile, ServiceParams, Targets
+from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, Load, Performance, PowerProfile, ServiceParams, Targets
 
 Objective = Literal["cost", "token_speed", "energy"]
 
@@ -42,7 +42,7 @@ class ServiceDemand:
     params: dict[str, ServiceParams]
     min_replicas: int = 1
     max_replicas: int = 64
-    max_queue: int = 1024
+    max_queue: int = DEFAULT_MAX_QUEUE
     current: Assignment | None = None
     profiles: dict[str, PowerProfile] = field(default_factory=dict)
     """Its model's power profile per accelerator, as the tuner fitted it (its draw curve above all); the
