@@ -97,9 +97,8 @@ class PowerGovernor:
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self._order(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
-        rooms = Rooms([*((line_w - len(inside), frozenset(g.uuid for g in inside))
-                         for line_w, inside in self.domains(samples)),
-                       (ceiling_w - len(samples), frozenset(g.uuid for g in samples))], limit)  # the site last
+        rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
+                       (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
         for i, members in enumerate(rooms.members):  # the racks first, the site last: each under its ceiling
             for g in (g for g in order if g.uuid in members):
                 over = -rooms.room[i]
@@ -195,9 +194,11 @@ class PowerGovernor:
 class Rooms:
     """The room each power domain leaves under its ceiling, kept up to date as limits move."""
 
-    def __init__(self, domains: list[tuple[float, frozenset[str]]], limit: Mapping[str, float]) -> None:
-        self.members = [m for _, m in domains]
+    def __init__(self, domains: list[tuple[float, list[str]]], limit: Mapping[str, float]) -> None:
+        # Summed in the listing's order: a set's order changes with the process's string hashing, and float
+        # sums in another order differ in the last bits, enough to flip a comparison and the run after it.
         self.room = [ceiling - sum(limit[u] for u in m) for ceiling, m in domains]
+        self.members = [frozenset(m) for _, m in domains]
 
     def of(self, uuid: str) -> float:
         """The room a GPU may grow into: the least its domains leave."""

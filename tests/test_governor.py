@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -218,3 +222,41 @@ def test_a_rack_at_its_breaker_is_cut_though_the_site_has_room() -> None:
     assert plant.limit_w[0] + plant.limit_w[2] <= 873.0 + 1e-6
     assert plant.limit_w[0] > plant.limit_w[2]  # chat's GPU has the rack first
     assert plant.limit_w[3] == 700.0  # bulk outside the rack runs at its cap
+
+
+DETERMINISM = """
+import sys, tempfile
+from dataclasses import replace
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from controller.control import Controller
+from controller.own_metrics import OwnMetrics
+from controller.settings import load_settings
+from controller.wiring import build_parts
+from tuner import Tuner
+tmp = tempfile.mkdtemp()
+text = Path("config/sim.toml").read_text().replace('state_dir = "../var/state"', f'state_dir = "{tmp}"')
+(Path(tmp) / "w.toml").write_text(text)
+s = load_settings(Path(tmp) / "w.toml")
+s = replace(s, power=replace(s.power, budget_w=1800.0))
+parts = build_parts(s)
+ctl = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, Tuner(None), OwnMetrics(
+    CollectorRegistry()))
+for t in range(1, 91):
+    parts.host.advance_to(float(t))
+    ctl.tick_fast(float(t))
+    if t % 15 == 0:
+        ctl.tick_slow(float(t))
+    print(repr([g.power_limit_w for g in ctl.fast.samples]))
+"""
+
+
+def test_the_loop_is_the_same_whatever_the_process_string_hashing() -> None:
+    """Two processes with different string hashing step the same plant to the same limits, tick for tick: no
+    decision depends on the order a set of GPU UUIDs iterates in (a float sum in another order differs in
+    its last bits, which once flipped comparisons and made the closed loop irreproducible)."""
+    runs = [subprocess.run([sys.executable, "-c", DETERMINISM], capture_output=True, text=True, timeout=120,
+                           cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONHASHSEED": seed})
+            for seed in ("1", "2")]
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    assert runs[0].stdout and runs[0].stdout == runs[1].stdout
