@@ -123,7 +123,9 @@ class ThresholdPolicy:
     def __init__(self, host: SimHost, services: tuple[ServiceSettings, ...], variants: dict[str, list[str]],
                  caps: ReactiveCaps) -> None:
         self.host, self.services, self.variants, self.caps = host, services, variants, caps
-        self.history: dict[str, deque[tuple[float, int]]] = {s.name: deque() for s in services}
+        self.history = {s.name: deque([(host.now_s, len(host.services[s.name].replicas))]) for s in services}
+        """Per service, (time, recommendation) of the scale-down window; it starts with the replicas deployed,
+        as the HPA controller's does."""
         self.next_sync_s = HPA_SYNC_S
 
     def set_budget(self, budget_w: float, now: float) -> None:
