@@ -11,7 +11,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import figures
-from controller.simulate.report import aggregate, summary, write
+from controller.simulate.report import aggregate, summary, write, write_trace
 from controller.simulate.runner import Run, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
@@ -41,6 +41,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
                 per_policy[policy].append(figures(scn, r))
                 if seed == seeds[0]:
                     first[policy] = r
+                    write_trace(report_dir / f"trace-{policy}.csv", r.trace)
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
     doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated)
     try:

@@ -6,10 +6,12 @@ targets for the `wattscale` policy against the baselines that ran.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
 
+from controller.simulate.runner import Trace
 from controller.simulate.scenario import Scenario
 
 RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "energy_kwh",
@@ -109,6 +111,21 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
     lines += ["", "## Figures", ""] + [f"![{Path(i).stem}]({i})" for i in images]
     lines += ["", "How each figure is measured: docs/simulate.md.", ""]
     return "\n".join(lines)
+
+
+def write_trace(path: Path, trace: Trace) -> None:
+    """A run's per-second series as CSV: time, budget, draw, the limits' sum, and per service its replicas, max
+    batch and mean power limit (what the PNGs draw, for a closer look)."""
+    names = list(trace.replicas)
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["t_s", "budget_w", "draw_w", "limits_w"]
+                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")])
+        for k in range(len(trace.t_s)):
+            out.writerow([f"{trace.t_s[k]:g}", f"{trace.budget_w[k]:g}", f"{trace.draw_w[k]:.1f}",
+                          f"{trace.limits_w[k]:.1f}"]
+                         + [f"{v:.1f}" for n in names
+                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])])
 
 
 def write(report_dir: Path, doc: dict[str, Any], images: list[str]) -> None:
