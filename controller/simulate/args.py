@@ -30,21 +30,3 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="simulated seconds instead of the scenario's duration_s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-
-class NoBar:
-    """What the runner asks of a progress bar, doing nothing (tqdm not installed)."""
-
-    def __init__(self, **_: object) -> None:
-        pass
-
-    def __enter__(self) -> NoBar:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        pass
-
-    def update(self, n: float) -> None:
-        pass
-
-    def set_description(self, text: str) -> None:
-        pass

@@ -17,13 +17,32 @@ from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
 
 
+class NoBar:
+    """What the runner asks of a progress bar, doing nothing (tqdm not installed)."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def update(self, n: float) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+
 def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[int], duration_s: float,
              progress: bool = True) -> dict[str, Any]:
     """Run, measure, write the report; returns the summary."""
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is the `plots` extra's; the run does not need it
-        from controller.simulate.args import NoBar as tqdm
+        tqdm = NoBar
 
     report_dir.mkdir(parents=True, exist_ok=True)
     first: dict[str, Run] = {}
