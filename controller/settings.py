@@ -149,7 +149,8 @@ class OptimizerSettings:
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     """Candidate power caps as shares of each accelerator's maximum limit."""
     transition_penalty: float = 0.05
-    """Relative gain a change must bring before it is made."""
+    """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
+    restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
     time_limit_s: float = 2.0
     """Time limit of the MILP solver."""
     mip_gap: float = 0.01
