@@ -110,7 +110,7 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
                 for n in range(need, min(most, need + spare) + 1):
                     c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps)
                     if c is not None:
-                        out.append(c)
+                        out.append(replace(c, spare=n - need))
                 if rate > best_rate:
                     best_rate, best_cfg = rate, (batch, cap)
         if best_cfg is None:

@@ -89,6 +89,8 @@ class Candidate:
     performance: Performance | None
     """Means and power only (percentiles NaN): sizing already enforced the targets."""
     value: float = 0.0
+    spare: int = 0
+    """Replicas beyond what its shape needs for the load (offered to the token-speed objective)."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
@@ -61,21 +62,26 @@ class Exhaustive:
 
 class Greedy:
     """Priority and regret order; each service takes its best candidate under a power price, then upgrades.
+    Replicas beyond a shape's need (token speed's spares) are left out of those passes, where the first in
+    order would take them all, and handed out after, best gain first, while GPUs and watts remain.
 
     Each service's candidates are held as arrays ranked by value, so a pass and an upgrade sweep cost a
     few vector operations per service."""
 
     name = "greedy"
     prices = 10
-    gpu_prices = 12
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
+
+        def as_arrays(cs: list[Candidate]) -> _Ranked:
+            return _Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
+                           np.array([c.gpus for c in cs], dtype=float),
+                           np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
+
         ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
-        arrays = [_Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
-                          np.array([c.gpus for c in cs], dtype=float),
-                          np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
-                  for cs in ranked]
+        lean = [[k for k, c in enumerate(cs) if c.spare == 0] for cs in ranked]  # the passes' candidates
+        arrays = [as_arrays([cs[k] for k in ks]) for cs, ks in zip(ranked, lean, strict=True)]
 
         def regret(i: int) -> float:
             v = arrays[i].value
@@ -92,20 +98,15 @@ class Greedy:
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = _value([None] * len(cands), shed)
-        # GPUs are priced too where they run short: a replica more for one service (token speed gains from
-        # spare replicas) may be worth less than a replica for the next.
-        per_gpu = [float(np.ptp(a.value) / max(np.ptp(a.gpus), 1.0)) for a in arrays if a.value.size > 1]
-        top_gpu = max(per_gpu, default=0.0)
-        gpu_prices = [0.0, *np.geomspace(top_gpu * 1e-6, top_gpu, self.gpu_prices)] if top_gpu > 0 else [0.0]
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
-            for gpu_price in gpu_prices:
-                picks = self._pass(order, arrays, count.copy(), budget, float(price), float(gpu_price))
-                self._upgrade(order, arrays, picks, count, budget)
-                v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
-                if v > best_v + 1e-12:
-                    best, best_v = picks, v
-                if gpu_price == 0.0 and self._gpus_spare(arrays, picks, count):
-                    break  # no GPU ran short: pricing them changes nothing
+            picks = self._pass(order, arrays, count.copy(), budget, float(price))
+            self._upgrade(order, arrays, picks, count, budget)
+            v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
+            if v > best_v + 1e-12:
+                best, best_v = picks, v
+        best = [lean[i][j] if j >= 0 else -1 for i, j in enumerate(best)]
+        arrays = [as_arrays(cs) for cs in ranked]
+        self._fill_spares(ranked, arrays, best, count, budget)
         self._trade_power(arrays, best, shed, count, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
@@ -163,18 +164,43 @@ class Greedy:
             picks[int(who[g])] = int(g - first[who[g]])
 
     @staticmethod
-    def _gpus_spare(arrays: list[_Ranked], picks: list[int], count: np.ndarray) -> bool:
-        """Whether, after `picks`, every accelerator type still has a GPU for the largest candidate of any."""
+    def _fill_spares(ranked: list[list[Candidate]], arrays: list[_Ranked], picks: list[int], count: np.ndarray,
+                     budget: float) -> None:
+        """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
+        a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
+        never will, and each service's next step joins the heap once its last is taken."""
+        where = [{(c.assignment.accelerator, c.assignment.max_batch, c.assignment.power_cap_w, c.assignment.replicas):
+                  k for k, c in enumerate(cs)} for cs in ranked]
+        spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
         left = count.copy()
         for i, j in enumerate(picks):
             if j >= 0:
                 left[arrays[i].acc[j]] -= arrays[i].gpus[j]
-        most = max((float(a.gpus.max()) for a in arrays if a.value.size), default=0.0)
-        return bool((left >= most).all())
+
+        def step(i: int) -> tuple[float, int, int] | None:
+            j = picks[i]
+            a = ranked[i][j].assignment
+            k = where[i].get((a.accelerator, a.max_batch, a.power_cap_w, a.replicas + 1))
+            if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
+                return None
+            return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)
+
+        heap = [s for i, j in enumerate(picks) if j >= 0 and (s := step(i)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            _, i, k = heapq.heappop(heap)
+            a, j = arrays[i], picks[i]
+            dp, dg = a.power[k] - a.power[j], a.gpus[k] - a.gpus[j]
+            if dp > spare_w or dg > left[a.acc[k]]:
+                continue
+            spare_w -= dp
+            left[a.acc[k]] -= dg
+            picks[i] = k
+            if (nxt := step(i)) is not None:
+                heapq.heappush(heap, nxt)
 
     @staticmethod
-    def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float,
-              gpu_price: float) -> list[int]:
+    def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
         picks = [-1] * len(arrays)
         for i in order:
             a = arrays[i]
@@ -183,7 +209,7 @@ class Greedy:
             ok = (a.power <= budget + 1e-9) & (a.gpus <= left[a.acc])
             if not ok.any():
                 continue
-            j = int(np.argmax(np.where(ok, a.value - price * a.power - gpu_price * a.gpus, -np.inf)))
+            j = int(np.argmax(np.where(ok, a.value - price * a.power, -np.inf)))
             picks[i] = j
             budget -= a.power[j]
             left[a.acc[j]] -= a.gpus[j]
