@@ -80,4 +80,5 @@ def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.fl
 def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None,
                 clock: float | None = None) -> float:
     """Expected draw over one occupancy at a locked clock share (None: unlocked), never above the cap."""
-    return float(draws_w(profile, occupancy, np.asarray(limit_w(profile, power_cap_w)), 1.0 if clock is None else clock))
+    limits = np.asarray(limit_w(profile, power_cap_w))
+    return float(draws_w(profile, occupancy, limits, 1.0 if clock is None else clock))
