@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import lru_cache
 
+from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
@@ -39,9 +40,9 @@ def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, pe
 
 
 def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-               replicas: int, served_rps: float) -> Candidate | None:
+               replicas: int, served_rps: float, clock: float | None = None) -> Candidate | None:
     params = svc.params[acc.name]
-    shape = ServerShape(batch, svc.max_queue, cap_w)
+    shape = ServerShape(batch, svc.max_queue, cap_w, clock)
     per_replica = replace(svc.load, rate_rps=served_rps / replicas)
     try:
         perf = get_model(problem.queue_model).analyze(params, per_replica, shape, svc.profile(acc), tails=False)
@@ -52,7 +53,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     power = gpus * (per_gpu_w - acc.profile.idle_power_w)
     cost = gpus * acc.cost_per_hour
     score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
-    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w), gpus, power, cost, served_rps,
+    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus, power, cost, served_rps,
                      max(0.0, svc.load.rate_rps - served_rps), score, perf)
 
 
@@ -62,7 +63,8 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
     a = c.assignment
     per_replica = replace(svc.load, rate_rps=c.served_rps / a.replicas)
     return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
-                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
+                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w,
+                                                              a.sm_clock_fraction),
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
@@ -74,9 +76,8 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
             continue
         best_rate, best_cfg = 0.0, None
         for batch in problem.batch_sizes:
-            for level in problem.power_levels:
-                cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
-                shape = ServerShape(batch, svc.max_queue, cap)
+            for cap, clock in shape_choices(problem, acc):
+                shape = ServerShape(batch, svc.max_queue, cap, clock)
                 # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
                 rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
                                          shape, svc.targets, svc.profile(acc))
@@ -84,18 +85,19 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))
                 if need <= min(svc.max_replicas, acc.count // acc.gpus_per_replica):
-                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps)
+                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
                     if c is not None:
                         out.append(c)
                 if rate > best_rate:
-                    best_rate, best_cfg = rate, (batch, cap)
+                    best_rate, best_cfg = rate, (batch, cap, clock)
         if best_cfg is None:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
                    math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
         steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
         for r in steps:
-            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate))
+            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate),
+                           best_cfg[2])
             if c is not None:
                 out.append(c)
     return out
