@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
 from actuators.nvml import NvmlDevices
@@ -77,3 +78,21 @@ class NvmlClockLocker:
             except ActuatorError as exc:
                 failed.append(str(exc))
         return failed
+
+
+APPLICATIONS_CLOCKS_SETTING = 0x2
+"""nvmlClocksEventReasonApplicationsClocksSetting: the clocks are held by a setting (a lock, application clocks)."""
+
+
+def clock_listing(devices: NvmlDevices, index: int, reasons: int | None, sm_clock_mhz: float | None) -> dict[str, Any]:
+    """What `wattscale gpus` shows of a GPU's clocks: the graphics clocks a lock may name (at the highest memory
+    clock), and whether a setting holds the clock now. NVML has no getter for a lock: while the event reason
+    says a setting holds the clock, the SM clock read is the lock (under load; an idle GPU runs below it)."""
+    try:
+        table = devices.supported_clocks_mhz(index)
+    except ActuatorError:
+        table = None
+    graphics = sorted(table[max(table)]) if table else []
+    held = None if reasons is None else bool(reasons & APPLICATIONS_CLOCKS_SETTING)
+    return {"supported_mhz": {"min": graphics[0], "max": graphics[-1], "count": len(graphics)} if graphics else None,
+            "held_by_setting": held, "sm_clock_mhz": sm_clock_mhz}

@@ -75,10 +75,13 @@ def _gpus(args: argparse.Namespace) -> int:
 
     from actuators import ActuatorError
     from actuators.nvml import NvmlDevices
+    from actuators.nvml_clocks import clock_listing
 
     try:
         devices = NvmlDevices()
         readings = [asdict(devices.read(i)) for i in range(devices.count())]
+        for r in readings:
+            r["clocks"] = clock_listing(devices, r["index"], r["clock_event_reasons"], r["sm_clock_mhz"])
         devices.close()
     except ActuatorError as exc:
         print(f"wattscale: {exc}", file=sys.stderr)
@@ -88,8 +91,14 @@ def _gpus(args: argparse.Namespace) -> int:
         return 0
     for r in readings:
         power = "-" if r["power_w"] is None else f"{r['power_w']:.0f} W"
+        c = r["clocks"]
+        table = "no lockable clocks" if c["supported_mhz"] is None else \
+            f"clocks {c['supported_mhz']['min']}-{c['supported_mhz']['max']} MHz"
+        held = {None: "unknown", True: "held by a setting (locked)", False: "not held"}[c["held_by_setting"]]
+        sm = "-" if c["sm_clock_mhz"] is None else f"{c['sm_clock_mhz']:.0f} MHz"
         print(f"{r['index']}: {r['name']} {r['uuid']}  power {power} of limit {r['power_limit_w']:.0f} W "
-              f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}")
+              f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}; SM clock {sm}, "
+              f"{held}; {table}")
     return 0
 
 

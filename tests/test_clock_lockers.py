@@ -3,6 +3,9 @@ only NVML does: its errors (the real `pynvml` classes), the read-back, the rate 
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pynvml
 import pytest
 from conftest import small_sim_host
@@ -79,3 +82,22 @@ def test_reset_on_exit_unlocks_what_this_process_locked_and_reports_failures() -
     failed = locker.reset_all()
     assert fake.gpus[0].locked_mhz is None and fake.gpus[1].locked_mhz is None
     assert len(failed) == 1 and "fallen off the bus" in failed[0]
+
+
+def test_the_gpus_command_shows_supported_and_locked_clocks(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from controller import cli
+
+    fake = FakeNvml([FakeGpu(), FakeGpu(unsupported={"supported"})])
+    fake.nvmlInit()
+    fake.nvmlDeviceSetGpuLockedClocks(0, 1200, 1200)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert cli.main(["gpus", "--json"]) == 0
+    locked, bare = (g["clocks"] for g in json.loads(capsys.readouterr().out))
+    assert locked == {"supported_mhz": {"min": 345, "max": 1980, "count": 110}, "held_by_setting": True,
+                      "sm_clock_mhz": 1200.0}
+    assert bare == {"supported_mhz": None, "held_by_setting": False, "sm_clock_mhz": 1980.0}
+    assert cli.main(["gpus"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert "SM clock 1200 MHz, held by a setting (locked); clocks 345-1980 MHz" in first
+    assert second.endswith("SM clock 1980 MHz, not held; no lockable clocks")
