@@ -3,8 +3,10 @@
 How much a phase's time follows 1 / the clock, and how fast the compute part of the draw falls with it
 (queuemodels/clock.py), can only be told apart from the rest of the law by windows run at different clocks:
 until the kept windows span `min_spread` of the clock range the pair keeps the catalogue's generic values.
-The fit is bounded least squares on the windows' log latencies (at the filter's current parameters) and on
-their relative draw errors, with a weak pull towards the catalogue's values.
+The fit is bounded robust least squares (soft L1: a window near saturation, whose queueing the law gets far
+wrong, must not outweigh the rest) on the windows' log inter-token latencies at the filter's current
+parameters - a decode step's time, which the clock acts on directly; TTFT is mostly queueing - and on their
+relative draw errors, with a weak pull towards the catalogue's values.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class ClockFit:
     """Most recent usable windows the fit reads."""
     min_spread: float = 0.1
     """Clock shares the kept windows must span (highest less lowest) before a fit."""
-    latency_error: float = 0.1
-    """Relative error of one window's mean latency."""
+    latency_error: float = 0.05
+    """Relative error of one window's mean inter-token latency."""
     draw_error: float = 0.03
     """Relative error of one window's mean draw."""
     prior_spread: float = 1.0
@@ -72,17 +74,17 @@ class ClockFit:
         model = get_model(queue_model)
         anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent])
         windows = self.recent
-        seen_latency = np.log([[o.ttft_ms, o.itl_ms] for o in windows])
+        seen_itl = np.log([o.itl_ms for o in windows])
         with_power = [o for o in windows if o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0]
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             profile = replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]))
-            latency = np.zeros_like(seen_latency)
+            latency = np.zeros_like(seen_itl)
             draws = np.zeros(len(with_power))
             for k, o in enumerate(windows):
                 try:
-                    perf = model.analyze(params, o.load, o.shape, profile, tails=False)
-                    latency[k] = np.log([perf.ttft_ms, perf.itl_ms]) - seen_latency[k]
+                    latency[k] = math.log(model.analyze(params, o.load, o.shape, profile, tails=False).itl_ms) \
+                        - seen_itl[k]
                 except ModelInputError:
                     latency[k] = 5.0  # the law cannot carry this load at these values: far off
             for k, o in enumerate(with_power):
@@ -93,14 +95,15 @@ class ClockFit:
                     draws[k] = float(predicted) / float(o.power_w or 1.0) - 1.0
                 except ModelInputError:
                     draws[k] = 1.0
-            return np.concatenate([latency.ravel() / self.latency_error, draws / self.draw_error,
+            return np.concatenate([latency / self.latency_error, draws / self.draw_error,
                                    (v - anchor) / self.prior_spread])
 
         lo = np.array([TIME_BOUNDS[0], EXPONENT_BOUNDS[0]])
         hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1]])
         start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
                          self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
-        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5])
+        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5], loss="soft_l1",
+                               f_scale=3.0)
         self.time_sensitivity, self.draw_exponent = float(result.x[0]), float(result.x[1])
         self._applied = None
 
