@@ -20,8 +20,8 @@ from controller.settings import load_settings
 from controller.wiring import build_parts
 from tuner import Tuner
 
-CLOCKS = {'power_levels = [0.6, 0.75, 0.9, 1.0]': 'power_levels = [0.6, 0.75, 0.9, 1.0]\nclock_levels = [0.6, 0.8, 1.0]',
-          'objective = "token_speed"': 'objective = "energy"'}
+LEVELS = 'power_levels = [0.6, 0.75, 0.9, 1.0]'
+CLOCKS = {LEVELS: f'{LEVELS}\nclock_levels = [0.6, 0.8, 1.0]', 'objective = "token_speed"': 'objective = "energy"'}
 
 
 def controller(path: Path, nvml: FakeNvml | None = None) -> tuple[Controller, CollectorRegistry]:
@@ -85,7 +85,8 @@ def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: C
     with caplog.at_level(logging.WARNING):
         for t in range(1, 6):
             ctl.tick_fast(float(t))
-    assert ctl.clock_levels() == (1.0,) and ctl.fast.clocks is not None and "not supported" in (ctl.fast.clocks.off or "")
+    assert ctl.clock_levels() == (1.0,) and ctl.fast.clocks is not None
+    assert "not supported" in (ctl.fast.clocks.off or "")
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) == 1.0
     assert sum("running on power caps alone" in r.getMessage() for r in caplog.records) == 1
     assert all(g.locked_mhz is None for g in fake.gpus)  # what was locked before the fall-back is unlocked

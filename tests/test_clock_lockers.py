@@ -101,3 +101,19 @@ def test_the_gpus_command_shows_supported_and_locked_clocks(monkeypatch: pytest.
     first, second = capsys.readouterr().out.splitlines()
     assert "SM clock 1200 MHz, held by a setting (locked); clocks 345-1980 MHz" in first
     assert second.endswith("SM clock 1980 MHz, not held; no lockable clocks")
+
+
+def test_on_the_emulator_a_lock_barely_slows_decode_slows_prompts_and_lowers_the_draw() -> None:
+    from simulator.probe import Replica, measure
+    from simulator.workload import TokenDist
+
+    replica = Replica("llama-3.1-8b", "H100-SXM")
+
+    def at(lock: int | None, prompt: int, output: int, rate: float) -> tuple[float, float, float]:
+        m = measure(replica, rate, TokenDist(prompt), TokenDist(output), 64, None, requests=300, locked_clock_mhz=lock)
+        return m.ttft_ms, m.itl_ms, m.power_w
+
+    free, locked = at(None, 128, 512, 4.0), at(990, 128, 512, 4.0)
+    assert locked[1] < 1.1 * free[1] and locked[2] < 0.9 * free[2]  # memory-bound decode: same pace, less draw
+    free, locked = at(None, 3000, 16, 1.0), at(990, 3000, 16, 1.0)
+    assert locked[0] > 1.5 * free[0] and locked[2] < 0.9 * free[2]  # compute-bound prompts slow with the clock
