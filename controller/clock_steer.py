@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from actuators import ActuatorError, ClockLocker, PermanentActuatorError, snap_clock_mhz
+from actuators import ActuatorError, ClockLocker, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.retry import RetryBook
@@ -51,10 +51,12 @@ class ClockSteer:
             except PermanentActuatorError as exc:
                 self._fall_back(f"GPU {g.index}: {exc}")
                 return
-            except ActuatorError as exc:
+            except Exception as exc:  # any other failure of a backend is survived as a transient one
+                error = exc if isinstance(exc, ActuatorError) else \
+                    TransientActuatorError(f"GPU {g.index}: {exc!r}", delay_s=1.0)
                 self.metrics.actuations.labels(self.locker.name, "locked_clock", "error").inc()
                 self.metrics.errors.labels("clock_actuator").inc()
-                self.retry.failed(target, now, exc)
+                self.retry.failed(target, now, error)
 
     def _steer(self, index: int, want: float | None) -> None:
         if want is None:
@@ -63,6 +65,8 @@ class ClockSteer:
             self.metrics.actuations.labels(self.locker.name, "locked_clock", "ok").inc()
             return
         supported = self.locker.supported_clocks_mhz(index)
+        if not supported:
+            raise PermanentActuatorError(f"GPU {index}: lists no clocks to lock at")
         mhz = snap_clock_mhz(supported, want * supported[-1])
         if self.locked.get(index, (None, 0))[0] == mhz:
             return

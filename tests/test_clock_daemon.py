@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import pynvml
 import pytest
 from fake_pynvml import FakeGpu, FakeNvml
 from prometheus_client import CollectorRegistry
@@ -69,19 +70,26 @@ def test_a_bad_clock_setting_is_refused_naming_its_field(sim_config: Callable[..
         load_settings(sim_config(replacements))
 
 
-@pytest.mark.parametrize("gpu", [FakeGpu(unsupported={"lock"}), FakeGpu(unsupported={"supported"})])
-def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: Callable[..., Path], gpu: FakeGpu,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    path = sim_config({**CLOCKS, 'gpu_source = "sim"': 'gpu_source = "nvml"', 'vllm_source = "sim"':
+PLAN = Plan.of(1, {"chat": {"H100-SXM": 400.0}, "code": {"H100-SXM": 500.0}}, {"chat": 1, "code": 2},
+               {"chat": {"H100-SXM": 0.6}, "code": {"H100-SXM": 0.8}})
+
+
+def nvml_config(sim_config: Callable[..., Path]) -> Path:
+    """config/sim.toml on two NVML GPUs (the fake's), one per service, with clock levels and the nvml locker."""
+    return sim_config({**CLOCKS, 'gpu_source = "sim"': 'gpu_source = "nvml"', 'vllm_source = "sim"':
                        'vllm_source = "prometheus"', 'power = "sim"': 'power = "nvml"\nclocks = "nvml"',
                        'batch = "sim"': 'batch = "dry-run"', 'replicas = "sim"': 'replicas = "dry-run"',
                        'name = "chat"\nmodel = "llama-3.1-8b"': 'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0]',
                        'name = "code"\nmodel = "qwen2.5-14b"': 'name = "code"\nmodel = "qwen2.5-14b"\ngpus = [1]'})
+
+
+@pytest.mark.parametrize("gpu", [FakeGpu(unsupported={"lock"}), FakeGpu(unsupported={"supported"})])
+def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: Callable[..., Path], gpu: FakeGpu,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeNvml([gpu, FakeGpu()])
-    ctl, registry = controller(path, fake)
+    ctl, registry = controller(nvml_config(sim_config), fake)
     assert ctl.clock_levels() == (0.6, 0.8, 1.0)
-    ctl.fast.plan = Plan.of(1, {"chat": {"H100-SXM": 400.0}, "code": {"H100-SXM": 500.0}}, {"chat": 1, "code": 2},
-                            {"chat": {"H100-SXM": 0.6}, "code": {"H100-SXM": 0.8}})
+    ctl.fast.plan = PLAN
     with caplog.at_level(logging.WARNING):
         for t in range(1, 6):
             ctl.tick_fast(float(t))
@@ -91,3 +99,19 @@ def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: C
     assert sum("running on power caps alone" in r.getMessage() for r in caplog.records) == 1
     assert all(g.locked_mhz is None for g in fake.gpus)  # what was locked before the fall-back is unlocked
     assert [g.limit_mw for g in fake.gpus] == [400_000, 500_000]  # the governor set the limits all along
+
+
+@pytest.mark.parametrize("error", [pynvml.NVMLError_Timeout, OSError])
+def test_a_transient_clock_failure_is_retried_and_clocks_stay_on(sim_config: Callable[..., Path],
+                                                                 error: type[Exception]) -> None:
+    fake = FakeNvml([FakeGpu(), FakeGpu()])
+    ctl, registry = controller(nvml_config(sim_config), fake)
+    ctl.fast.plan = PLAN
+    fake.fail[("lock", 0)] = error
+    ctl.tick_fast(1.0)
+    assert fake.gpus[0].locked_mhz is None and fake.gpus[1].locked_mhz == (1575, 1575)
+    del fake.fail[("lock", 0)]
+    for t in range(2, 8):  # the retry waits out its delay (5 s for an NVML timeout)
+        ctl.tick_fast(float(t))
+    assert fake.gpus[0].locked_mhz == (1185, 1185) and ctl.clock_levels() == (0.6, 0.8, 1.0)
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) == 1.0
