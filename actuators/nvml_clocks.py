@@ -96,3 +96,12 @@ def clock_listing(devices: NvmlDevices, index: int, reasons: int | None, sm_cloc
     held = None if reasons is None else bool(reasons & APPLICATIONS_CLOCKS_SETTING)
     return {"supported_mhz": {"min": graphics[0], "max": graphics[-1], "count": len(graphics)} if graphics else None,
             "held_by_setting": held, "sm_clock_mhz": sm_clock_mhz}
+
+
+def clock_text(listing: dict[str, Any]) -> str:
+    """`clock_listing` as `wattscale gpus` prints it."""
+    supported = listing["supported_mhz"]
+    table = "no lockable clocks" if supported is None else f"clocks {supported['min']}-{supported['max']} MHz"
+    held = {None: "unknown", True: "held by a setting (locked)", False: "not held"}[listing["held_by_setting"]]
+    sm = "-" if listing["sm_clock_mhz"] is None else f"{listing['sm_clock_mhz']:.0f} MHz"
+    return f"SM clock {sm}, {held}; {table}"

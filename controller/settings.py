@@ -168,10 +168,7 @@ class OptimizerSettings:
         if not 0 <= self.resize_tolerance < 0.5:
             raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
         check_choices(where, self.batch_sizes, self.power_levels)
-        if not 1 <= len(self.clock_levels) <= MAX_CHOICES or not all(
-                isinstance(c, int | float) and 0.1 <= c <= 1 for c in self.clock_levels):
-            raise ConfigError(f"{where}.clock_levels",
-                              f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(self.clock_levels)[:8]}")
+        check_clock_levels(where, self.clock_levels)
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
@@ -369,6 +366,14 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
     if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
         raise ConfigError(f"{where}.power_levels" if where else "power_levels",
                           f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
+
+
+def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
+    """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
+    if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
+            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
+        raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
+                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(clock_levels)[:8]}")
 
 
 def load_settings(path: Path) -> Settings:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from controller.config_loader import ConfigError
+from controller.optimize_spec import load_spec
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import profile
@@ -35,3 +39,13 @@ def test_a_tight_slo_keeps_the_clock_where_it_is_met() -> None:
     assert loose.assignment is not None and tight.assignment is not None and tight.performance is not None
     assert (tight.assignment.sm_clock_fraction or 1.0) > (loose.assignment.sm_clock_fraction or 1.0)
     assert tight.performance.itl_ms <= 12.0
+
+
+def test_a_spec_takes_clock_levels_and_refuses_bad_ones_by_name(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "config" / "examples" / "optimize.toml").read_text()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [0.5, 0.75, 1.0]'))
+    assert load_spec(spec).clock_levels == (0.5, 0.75, 1.0)
+    spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [1.5]'))
+    with pytest.raises(ConfigError, match=r"clock_levels: must be 1..64 shares in \[0.1, 1\], got \[1.5\]"):
+        load_spec(spec)
