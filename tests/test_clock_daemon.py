@@ -19,24 +19,25 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import load_settings
 from controller.wiring import build_parts
+from simulator.host import SimHost
 from tuner import Tuner
 
 LEVELS = 'power_levels = [0.6, 0.75, 0.9, 1.0]'
 CLOCKS = {LEVELS: f'{LEVELS}\nclock_levels = [0.6, 0.8, 1.0]', 'objective = "token_speed"': 'objective = "energy"'}
 
 
-def controller(path: Path, nvml: FakeNvml | None = None) -> tuple[Controller, CollectorRegistry]:
+def controller(path: Path, nvml: FakeNvml | None = None) -> tuple[Controller, CollectorRegistry, SimHost | None]:
     s = load_settings(path)
     parts = build_parts(s, nvml=nvml)
     registry = CollectorRegistry()
     return Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, Tuner(s.state_path),
-                      OwnMetrics(registry), clocks=parts.clocks), registry
+                      OwnMetrics(registry), clocks=parts.clocks), registry, parts.host
 
 
 def test_the_planned_clock_is_locked_on_the_services_gpus_and_labels_its_windows(
         sim_config: Callable[..., Path]) -> None:
-    ctl, registry = controller(sim_config({**CLOCKS, 'power = "sim"': 'power = "sim"\nclocks = "sim"'}))
-    host = ctl.fast.gpus.host  # type: ignore[attr-defined]
+    ctl, registry, host = controller(sim_config({**CLOCKS, 'power = "sim"': 'power = "sim"\nclocks = "sim"'}))
+    assert host is not None
     locked_seen = False
     for t in range(1, 91):
         host.advance_to(float(t))
@@ -87,7 +88,7 @@ def nvml_config(sim_config: Callable[..., Path]) -> Path:
 def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: Callable[..., Path], gpu: FakeGpu,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeNvml([gpu, FakeGpu()])
-    ctl, registry = controller(nvml_config(sim_config), fake)
+    ctl, registry, _ = controller(nvml_config(sim_config), fake)
     assert ctl.clock_levels() == (0.6, 0.8, 1.0)
     ctl.fast.plan = PLAN
     with caplog.at_level(logging.WARNING):
@@ -105,7 +106,7 @@ def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: C
 def test_a_transient_clock_failure_is_retried_and_clocks_stay_on(sim_config: Callable[..., Path],
                                                                  error: type[Exception]) -> None:
     fake = FakeNvml([FakeGpu(), FakeGpu()])
-    ctl, registry = controller(nvml_config(sim_config), fake)
+    ctl, registry, _ = controller(nvml_config(sim_config), fake)
     ctl.fast.plan = PLAN
     fake.fail[("lock", 0)] = error
     ctl.tick_fast(1.0)
