@@ -29,7 +29,7 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
-from controller.stability import StabilityGate
+from controller.stability import Inventory, Pending, StabilityGate
 from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
 from queuemodels import ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
@@ -248,6 +248,7 @@ class Controller:
         m.degradation.labels("shed").set(len(shed))
         record["degradation"] = {"gpus_held_below_plan": self.fast.held_gpus, "shed_for_budget": shed}
         changed = []
+        pending = []
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = self._planned(result, current, svc.min_replicas)
@@ -257,10 +258,19 @@ class Controller:
                 self.estimator.short.add(svc.name)
             else:
                 self.estimator.short.discard(svc.name)
-            admitted = self.gate.admit(now, svc.name, current, planned)
+            pending.append(Pending(svc.name, svc.priority, current, planned,
+                                   self.gate.admit(now, svc.name, current, planned)))
+        admitted = self.gate.make_room(self._inventory(in_force), pending)
+        by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
+                                                                  strict=True)}
+        # Shrinks first, so the GPUs they free are there for the scale-ups of the same cycle.
+        for p in sorted(pending, key=lambda p: admitted[p.name].replicas >= p.current.replicas):
+            (svc, result), current, planned = by_name[p.name], p.current, p.planned
             window = observed_windows.get(svc.name)
-            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted,
+            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted[svc.name],
                                               None if window is None else window.replicas)
+            if enforced.asked:
+                self.gate.note_change(now, svc.name)
             # A lock never lets the draw past the cap, so the planned clock goes at once, on the variant it is for.
             a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
                         else None)
@@ -283,7 +293,8 @@ class Controller:
                 "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
                 "running": in_force[svc.name].running,
                 "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
-                "gate_held": gate_held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
+                "gate_held": gate_held(planned, admitted[svc.name]), "asked": enforced.asked,
+                "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:
                 short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
                 changed.append(f"{svc.name}: {text(current)} -> planned {text(planned)}, applied {text(a)}{short}"
@@ -292,6 +303,15 @@ class Controller:
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
                 "no change", solution.power_w, self.power(self.settings).budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
+
+    def _inventory(self, in_force: Mapping[str, InForce]) -> dict[str, Inventory]:
+        """Per accelerator type, the GPUs no replica holds now (as read back) and the GPUs a replica takes."""
+        used: dict[str, int] = {}
+        for got in in_force.values():
+            for acc, n in got.running.items():
+                used[acc] = used.get(acc, 0) + n
+        return {a.name: Inventory(a.count - used.get(a.name, 0) * a.gpus_per_replica, a.gpus_per_replica)
+                for a in self.settings.accelerators}
 
     @staticmethod
     def _planned(result: ServiceResult, current: Assignment, min_replicas: int) -> Assignment:

@@ -153,7 +153,8 @@ class OptimizerSettings:
     """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
     backend (`actuators.clocks`)."""
     transition_penalty: float = 0.05
-    """Relative gain a change must bring before it is made."""
+    """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
+    restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
     time_limit_s: float = 2.0
     """Time limit of the MILP solver."""
     mip_gap: float = 0.01

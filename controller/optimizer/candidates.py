@@ -4,6 +4,12 @@ A full candidate serves the whole load with ceil(load / max rate) replicas; part
 fewer replicas can, so a short budget degrades a service before it drops it. Values fold the objective,
 the priority-weighted shortfall (so lower priorities give way first, a replica's worth at a time) and the
 transition penalty.
+
+A new max batch is a rolling restart: one replica at a time is down while it reloads. A candidate that
+changes the max batch of what runs therefore keeps, besides its own replicas, enough for its load minus one
+at the batch in force (a surge replica where the plan had none to spare), so the restart never leaves the
+service short of capacity; where the batch in force meets the targets at no rate at all, the restart is
+the remedy and nothing is added.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from controller.optimizer.problem import AcceleratorType, Assignment, Candidate,
 from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_PARTIAL = 6
+EXTRA_REPLICAS = 2
+"""Replicas beyond a shape's need offered to the token-speed objective: without them a plan could reach more
+replicas only through a shape that needs more (a smaller max batch), and changed its batch to scale."""
 GRAIN = 0.005
 
 
@@ -68,6 +77,18 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
+def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
+                  clock: float | None = None) -> int:
+    """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
+    what carries the load at the batch in force (0 where nothing restarts)."""
+    cur = svc.current
+    if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
+        return 0
+    rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
+                             ServerShape(cur.max_batch, svc.max_queue, cap_w, clock), svc.targets, svc.profile(acc))
+    return math.ceil(svc.load.rate_rps / rate - 1e-9) + 1 if rate > 0 else 0
+
+
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
     svc = problem.services[i]
     out: list[Candidate] = []
@@ -83,9 +104,13 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
                                          shape, svc.targets, svc.profile(acc))
                 if rate <= 0:
                     continue
-                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))
-                if need <= min(svc.max_replicas, acc.count // acc.gpus_per_replica):
-                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
+                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9),
+                           _restart_need(problem, svc, acc, batch, cap, clock))
+                most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
+                # Token speed gains from replicas beyond the need (shorter queues); cost and energy never do.
+                spare = EXTRA_REPLICAS if problem.objective == "token_speed" else 0
+                for n in range(need, min(most, need + spare) + 1):
+                    c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps, clock)
                     if c is not None:
                         out.append(c)
                 if rate > best_rate:
@@ -118,6 +143,17 @@ def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
     return weights
 
 
+def _changes(current: Assignment | None, a: Assignment) -> int:
+    """What moving from `current` to `a` costs, in transition penalties: a scale counts once, a rolling restart
+    (new max batch) or a move to another accelerator twice. A cap costs nothing to move (the governor moves
+    limits every second), so it counts for nothing: were it counted, a cap read back a few watts off every
+    level would charge every candidate alike and leave no hysteresis at all. A locked clock moves as freely."""
+    if current is None:
+        return 0
+    return ((a.replicas != current.replicas) + 2 * (a.max_batch != current.max_batch)
+            + 2 * (a.accelerator != current.accelerator))
+
+
 def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
     """Attach each candidate's value; returns them with each service's value when shed entirely."""
     scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
@@ -129,8 +165,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         row = []
         for c in cs:
             v = c.score - w * c.short_rps * share
-            if svc.current is not None and c.assignment != svc.current:
-                v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale)
+            v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
             row.append(replace(c, value=v))
         out.append(row)
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs

@@ -67,6 +67,7 @@ class Greedy:
 
     name = "greedy"
     prices = 10
+    gpu_prices = 12
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
@@ -91,12 +92,20 @@ class Greedy:
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = _value([None] * len(cands), shed)
+        # GPUs are priced too where they run short: a replica more for one service (token speed gains from
+        # spare replicas) may be worth less than a replica for the next.
+        per_gpu = [float(np.ptp(a.value) / max(np.ptp(a.gpus), 1.0)) for a in arrays if a.value.size > 1]
+        top_gpu = max(per_gpu, default=0.0)
+        gpu_prices = [0.0, *np.geomspace(top_gpu * 1e-6, top_gpu, self.gpu_prices)] if top_gpu > 0 else [0.0]
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
-            picks = self._pass(order, arrays, count.copy(), budget, float(price))
-            self._upgrade(order, arrays, picks, count, budget)
-            v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
-            if v > best_v + 1e-12:
-                best, best_v = picks, v
+            for gpu_price in gpu_prices:
+                picks = self._pass(order, arrays, count.copy(), budget, float(price), float(gpu_price))
+                self._upgrade(order, arrays, picks, count, budget)
+                v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
+                if v > best_v + 1e-12:
+                    best, best_v = picks, v
+                if gpu_price == 0.0 and self._gpus_spare(arrays, picks, count):
+                    break  # no GPU ran short: pricing them changes nothing
         self._trade_power(arrays, best, shed, count, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
@@ -154,7 +163,18 @@ class Greedy:
             picks[int(who[g])] = int(g - first[who[g]])
 
     @staticmethod
-    def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
+    def _gpus_spare(arrays: list[_Ranked], picks: list[int], count: np.ndarray) -> bool:
+        """Whether, after `picks`, every accelerator type still has a GPU for the largest candidate of any."""
+        left = count.copy()
+        for i, j in enumerate(picks):
+            if j >= 0:
+                left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+        most = max((float(a.gpus.max()) for a in arrays if a.value.size), default=0.0)
+        return bool((left >= most).all())
+
+    @staticmethod
+    def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float,
+              gpu_price: float) -> list[int]:
         picks = [-1] * len(arrays)
         for i in order:
             a = arrays[i]
@@ -163,7 +183,7 @@ class Greedy:
             ok = (a.power <= budget + 1e-9) & (a.gpus <= left[a.acc])
             if not ok.any():
                 continue
-            j = int(np.argmax(np.where(ok, a.value - price * a.power, -np.inf)))
+            j = int(np.argmax(np.where(ok, a.value - price * a.power - gpu_price * a.gpus, -np.inf)))
             picks[i] = j
             budget -= a.power[j]
             left[a.acc[j]] -= a.gpus[j]
