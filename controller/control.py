@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from actuators import BatchSizer, PowerLimiter, ReplicaScaler
+from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
@@ -42,10 +42,10 @@ log = logging.getLogger("wattscale.controller")
 class Controller:
     def __init__(self, settings: Settings, gpus: GpuSource, vllm: VllmSource, power: PowerLimiter,
                  batch: BatchSizer, replicas: ReplicaScaler, tuner: Tuner, metrics: OwnMetrics,
-                 decisions: DecisionLog | None = None) -> None:
+                 decisions: DecisionLog | None = None, clocks: ClockLocker | None = None) -> None:
         self.vllm, self.tuner, self.metrics = vllm, tuner, metrics
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics, self._count,
-                             settings.daemon.fast_interval_s)
+                             settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
         self.estimator = Estimator(tuner, metrics)
         self.gate = StabilityGate(settings.stability)
@@ -166,7 +166,7 @@ class Controller:
             acc = got.assignment.accelerator
             if acc != self.assignments[svc.name].accelerator:  # found running elsewhere: that type's own cap
                 cap = self.draining.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
-                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap))
+                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap, sm_clock_fraction=None))
             in_force[svc.name] = got
             old = {**self.draining.get(svc.name, {}), self.assignments[svc.name].accelerator:
                    self.assignments[svc.name].power_cap_w}
@@ -203,7 +203,9 @@ class Controller:
         """Hand the governor the caps now in force, the planned variant's first, in one reference."""
         caps = {name: {a.accelerator: a.power_cap_w, **self.draining.get(name, {})}
                 for name, a in self.assignments.items()}
-        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services})
+        clocks = {name: {a.accelerator: a.sm_clock_fraction} for name, a in self.assignments.items()
+                  if a.sm_clock_fraction is not None}
+        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services}, clocks)
         self.metrics.plan_version.set(version)
 
     def _problem(self) -> Problem:
@@ -230,7 +232,12 @@ class Controller:
                                          svc.max_replicas, svc.max_queue, current, profiles))
         o = s.optimizer
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
-                       o.power_levels, o.transition_penalty, o.queue_model)
+                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels())
+
+    def clock_levels(self) -> tuple[float, ...]:
+        """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""
+        steer = self.fast.clocks
+        return self.settings.optimizer.clock_levels if steer is not None and steer.off is None else (1.0,)
 
     def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce],
                observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any]) -> None:
@@ -264,6 +271,9 @@ class Controller:
                                               None if window is None else window.replicas)
             if enforced.asked:
                 self.gate.note_change(now, svc.name)
+            # A lock never lets the draw past the cap, so the planned clock goes at once, on the variant it is for.
+            a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
+                        else None)
             self.assignments[svc.name] = a
             if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
                 others = self.draining.get(svc.name, {})

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import lru_cache
 
+from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
@@ -48,9 +49,9 @@ def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, pe
 
 
 def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-               replicas: int, served_rps: float) -> Candidate | None:
+               replicas: int, served_rps: float, clock: float | None = None) -> Candidate | None:
     params = svc.params[acc.name]
-    shape = ServerShape(batch, svc.max_queue, cap_w)
+    shape = ServerShape(batch, svc.max_queue, cap_w, clock)
     per_replica = replace(svc.load, rate_rps=served_rps / replicas)
     try:
         perf = get_model(problem.queue_model).analyze(params, per_replica, shape, svc.profile(acc), tails=False)
@@ -61,7 +62,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     power = gpus * (per_gpu_w - acc.profile.idle_power_w)
     cost = gpus * acc.cost_per_hour
     score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
-    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w), gpus, power, cost, served_rps,
+    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus, power, cost, served_rps,
                      max(0.0, svc.load.rate_rps - served_rps), score, perf)
 
 
@@ -71,18 +72,20 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
     a = c.assignment
     per_replica = replace(svc.load, rate_rps=c.served_rps / a.replicas)
     return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
-                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
+                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w,
+                                                              a.sm_clock_fraction),
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
-def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float) -> int:
+def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
+                  clock: float | None = None) -> int:
     """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
     what carries the load at the batch in force (0 where nothing restarts)."""
     cur = svc.current
     if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
         return 0
     rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
-                             ServerShape(cur.max_batch, svc.max_queue, cap_w), svc.targets, svc.profile(acc))
+                             ServerShape(cur.max_batch, svc.max_queue, cap_w, clock), svc.targets, svc.profile(acc))
     return math.ceil(svc.load.rate_rps / rate - 1e-9) + 1 if rate > 0 else 0
 
 
@@ -94,32 +97,32 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
             continue
         best_rate, best_cfg = 0.0, None
         for batch in problem.batch_sizes:
-            for level in problem.power_levels:
-                cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
-                shape = ServerShape(batch, svc.max_queue, cap)
+            for cap, clock in shape_choices(problem, acc):
+                shape = ServerShape(batch, svc.max_queue, cap, clock)
                 # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
                 rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
                                          shape, svc.targets, svc.profile(acc))
                 if rate <= 0:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9),
-                           _restart_need(problem, svc, acc, batch, cap))
+                           _restart_need(problem, svc, acc, batch, cap, clock))
                 most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
                 # Token speed gains from replicas beyond the need (shorter queues); cost and energy never do.
                 spare = EXTRA_REPLICAS if problem.objective == "token_speed" else 0
                 for n in range(need, min(most, need + spare) + 1):
-                    c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps)
+                    c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps, clock)
                     if c is not None:
                         out.append(replace(c, spare=n - need))
                 if rate > best_rate:
-                    best_rate, best_cfg = rate, (batch, cap)
+                    best_rate, best_cfg = rate, (batch, cap, clock)
         if best_cfg is None:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
                    math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
         steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
         for r in steps:
-            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate))
+            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate),
+                           best_cfg[2])
             if c is not None:
                 out.append(c)
     return out
@@ -144,7 +147,7 @@ def _changes(current: Assignment | None, a: Assignment) -> int:
     """What moving from `current` to `a` costs, in transition penalties: a scale counts once, a rolling restart
     (new max batch) or a move to another accelerator twice. A cap costs nothing to move (the governor moves
     limits every second), so it counts for nothing: were it counted, a cap read back a few watts off every
-    level would charge every candidate alike and leave no hysteresis at all."""
+    level would charge every candidate alike and leave no hysteresis at all. A locked clock moves as freely."""
     if current is None:
         return 0
     return ((a.replicas != current.replicas) + 2 * (a.max_batch != current.max_batch)

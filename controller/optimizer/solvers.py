@@ -7,7 +7,7 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -169,8 +169,8 @@ class Greedy:
         """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
         a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
         never will, and each service's next step joins the heap once its last is taken."""
-        where = [{(c.assignment.accelerator, c.assignment.max_batch, c.assignment.power_cap_w, c.assignment.replicas):
-                  k for k, c in enumerate(cs)} for cs in ranked]
+        where = [{(replace(c.assignment, replicas=0), c.assignment.replicas): k for k, c in enumerate(cs)}
+                 for cs in ranked]
         spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
         left = count.copy()
         for i, j in enumerate(picks):
@@ -180,7 +180,7 @@ class Greedy:
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
             a = ranked[i][j].assignment
-            k = where[i].get((a.accelerator, a.max_batch, a.power_cap_w, a.replicas + 1))
+            k = where[i].get((replace(a, replicas=0), a.replicas + 1))
             if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
                 return None
             return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)
