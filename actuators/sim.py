@@ -33,7 +33,7 @@ class SimClockLocker:
         self.host, self.lock = host, lock or threading.Lock()
 
     def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]:
-        if not 0 <= gpu_index < len(self.host.gpus):
+        if not 0 <= gpu_index < len(self.host.gpus) or gpu_index in self.host.lost:
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
         return tuple(self.host.gpus[gpu_index].supported_clocks_mhz())
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from actuators import PowerLimiter
-from actuators.dryrun import DryRunPowerLimiter
-from actuators.sim import SimBatchSizer, SimPowerLimiter, SimReplicaScaler
+from actuators import ClockLocker, PowerLimiter
+from actuators.dryrun import DryRunClockLocker, DryRunPowerLimiter
+from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
@@ -33,9 +33,19 @@ UNLIMITED_W = 1e7
 
 
 def slo_only_settings(settings: Settings) -> Settings:
-    """The config with power left out of planning: full power only, a budget that never binds."""
+    """The config with power left out of planning: full power and clocks only, a budget that never binds."""
     return dataclasses.replace(settings, power=dataclasses.replace(settings.power, budget_w=UNLIMITED_W, domains=()),
-                               optimizer=dataclasses.replace(settings.optimizer, power_levels=(1.0,)))
+                               optimizer=dataclasses.replace(settings.optimizer, power_levels=(1.0,),
+                                                             clock_levels=(1.0,)),
+                               actuators=dataclasses.replace(settings.actuators, clocks="none"))
+
+
+def clock_locker(settings: Settings, host: SimHost) -> ClockLocker | None:
+    """The config's clock backend on the simulated host (an `nvml` one locks the simulated GPUs' clocks)."""
+    kind = settings.actuators.clocks
+    if kind == "none":
+        return None
+    return DryRunClockLocker() if kind == "dry-run" else SimClockLocker(host)
 
 
 class ControllerPolicy:
@@ -52,7 +62,7 @@ class ControllerPolicy:
         self.controller = Controller(s, OutageGpuSource(SimGpuSource(host), outages), SimVllmSource(host), power,
                                      SimBatchSizer(host), SimReplicaScaler(host),
                                      Tuner(s.state_path, queue_model=s.optimizer.queue_model),
-                                     OwnMetrics(CollectorRegistry()), DecisionLog(decision_log))
+                                     OwnMetrics(CollectorRegistry()), DecisionLog(decision_log), clock_locker(s, host))
 
     def set_budget(self, budget_w: float, now: float) -> None:
         if self.caps is not None:
