@@ -1,0 +1,128 @@
+"""The operator (kopf, through kopf.testing.KopfRunner) and the node agent against the Kubernetes API emulator:
+the resources in, the Deployments scaled and re-argued, status and events written, the caps applied on a fake
+`pynvml`; bad resources reported by field; the policy's deletion restores defaults; a restart raises no cap;
+a second operator stays passive until the Lease is free."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster_fixtures import (
+    NS,
+    gpus,
+    plan,
+    policy,
+    running_agent,
+    service,
+    start,
+    status_of,
+    until,
+)
+from kopf.testing import KopfRunner
+from kube_emulator import KubeEmulator
+
+from actuators.kubernetes import api_client
+from actuators.kubernetes_batch import read_flag
+from controller.cluster.operator import ClusterLoop
+from controller.cluster.resources import GROUP, POLICIES, SERVICES
+
+OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[KubeEmulator, Any]]:
+    emu = KubeEmulator(watch_s=5.0)
+    start(emu)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("WATTSCALE_NAMESPACE", "wattscale")
+    monkeypatch.setenv("WATTSCALE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        yield emu, api_client(str(kubeconfig))
+    finally:
+        emu.close()
+
+
+def replicas(emu: KubeEmulator, name: str) -> int:
+    return int((emu.get("apps", "deployments", name, NS) or {})["spec"]["replicas"])
+
+
+def max_num_seqs(emu: KubeEmulator, name: str) -> int | None:
+    d = emu.get("apps", "deployments", name, NS) or {}
+    return read_flag(d["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def events_on(emu: KubeEmulator, name: str) -> list[dict[str, Any]]:
+    return [e for e in emu.items("", "events") if e["involvedObject"]["name"] == name]
+
+
+def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    nvml = gpus()
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, SERVICES, service("bad-acc", "vllm-chat", accelerator="B300"))
+    emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
+    emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
+    emu.put(GROUP, POLICIES, policy())
+    with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
+        until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
+        until(lambda: max_num_seqs(emu, "vllm-chat") != 100, what="--max-num-seqs patched")
+        st = until(lambda: status_of(emu, "chat").get("decision") and status_of(emu, "chat"), what="status")
+        assert st["decision"]["replicas"] == 2 and st["decision"]["max_batch"] == max_num_seqs(emu, "vllm-chat")
+        assert st["conditions"][0]["type"] == "Ready" and "predicted" in st
+        until(lambda: events_on(emu, "chat"), what="a decision event")
+        # Bad resources: each reported on itself, by field; the good one is still controlled.
+        why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
+               ("bad-acc", "no-deploy", "min-max")}
+        assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
+        assert why["bad-acc"]["message"].startswith("spec.variants[0].accelerator: unknown accelerator 'B300'")
+        assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
+        assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
+        assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events_on(emu, "min-max"))
+        # The plan reaches the node: the agent applies the operator's limits to the GPUs.
+        p = until(lambda: (plan(emu) or {}).get("spec", {}).get("limits_w") and plan(emu), what="node limits")
+        until(lambda: all(abs(g.limit_mw / 1000 - p["spec"]["limits_w"].get(str(i), g.limit_mw / 1000)) < 1.5
+                          for i, g in enumerate(nvml.gpus)) and (plan(emu) or {})["status"]["mode"] == "following",
+              what="the agent following the plan")
+        # Deleting the policy tells every agent to restore the default limits.
+        emu.delete(GROUP, POLICIES, "default")
+        until(lambda: (plan(emu) or {}).get("spec", {}).get("release"), what="the plan released")
+        until(lambda: all(g.limit_mw == g.default_mw for g in nvml.gpus), what="default limits")
+        until(lambda: emu.get(GROUP, POLICIES, "default") is None, what="the policy's finalizer off")
+    assert runner.exit_code == 0, runner.output
+
+
+def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    nvml = gpus()
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy(budget_w=1600.0))
+    with running_agent(client, nvml):
+        with KopfRunner(OPERATOR, timeout=20) as first:
+            until(lambda: status_of(emu, "chat").get("decision"), what="a plan")
+            standby = ClusterLoop(client, "default", "standby", "wattscale", os.environ["WATTSCALE_STATE_DIR"])
+            leader = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale")
+            assert leader is not None
+            for k in range(5):  # the Lease is held: the second instance never acts
+                assert standby.step(float(k)) > 0 and standby.controller is None and not standby.lease.held
+            time.sleep(1.5)  # the caps settle
+            before = [g.limit_mw for g in nvml.gpus]
+            sequence = (plan(emu) or {})["spec"]["sequence"]
+        assert first.exit_code == 0, first.output
+        sets_before = len(nvml.sets)
+        with KopfRunner(OPERATOR, timeout=20) as second:
+            until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader", "")
+                  != leader["spec"]["holderIdentity"], what="a new leader")
+            time.sleep(2.0)
+        assert second.exit_code == 0, second.output
+        assert (plan(emu) or {})["spec"]["sequence"] > sequence, "the new leader renews the plan"
+        rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
+        assert not rises, f"a restart raised caps: {rises} over {before}"
