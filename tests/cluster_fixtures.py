@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fake_pynvml import FakeGpu, FakeNvml
+from kube_emulator import KubeEmulator
 
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.resources import GROUP, PLANS, SERVICES, VERSION
-from fake_pynvml import FakeGpu, FakeNvml
-from kube_emulator import KubeEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "deploy" / "kubernetes" / "base" / "crds.yaml"
@@ -62,6 +62,16 @@ def start(emu: KubeEmulator) -> None:
     emu.put("apps", "deployments", deployment("vllm-chat", "chat", 0, 100))
     for k in range(2):
         emu.put("", "pods", pod(f"vllm-chat-{k}", "chat", 1))
+
+
+def granted(who: str) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the deploy/ RBAC grants the operator or the agent, discovery included."""
+    out = {("", "", "discovery")}
+    for doc in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "base" / f"{who}-rbac.yaml").read_text()):
+        if doc["kind"] in ("ClusterRole", "Role"):
+            out |= {(g, r, v) for rule in doc["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                    for v in rule["verbs"]}
+    return out
 
 
 def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> Any:

@@ -101,7 +101,8 @@ class KubeEmulator:
         for k in BUILTIN:
             self.store.kinds[k.group, k.plural] = k
         self.watch_s = watch_s
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []
+        """(bearer token, method, path) of every request."""
         self.closing = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -115,11 +116,12 @@ class KubeEmulator:
         self.server.shutdown()
         self.server.server_close()
 
-    def kubeconfig(self) -> dict[str, Any]:
-        """A kubeconfig that points the official client (and kopf's login through it) here."""
+    def kubeconfig(self, token: str = "emulator") -> dict[str, Any]:
+        """A kubeconfig that points the official client (and kopf's login through it) here; the token tells
+        whose requests are whose in `requests`."""
         return {"apiVersion": "v1", "kind": "Config", "current-context": "emu",
                 "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
-                "users": [{"name": "emu", "user": {"token": "emulator"}}],
+                "users": [{"name": "emu", "user": {"token": token}}],
                 "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
 
     # -- direct access for tests ---------------------------------------------------------------
@@ -285,7 +287,8 @@ class KubeEmulator:
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                emu.requests.append((method, self.path))
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                emu.requests.append((token, method, self.path))
                 try:
                     if method == "GET" and (doc := emu._discovery(url.path)) is not None:
                         self._send(200, doc)

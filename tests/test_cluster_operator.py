@@ -15,6 +15,7 @@ import pytest
 import yaml
 from cluster_fixtures import (
     NS,
+    granted,
     gpus,
     plan,
     policy,
@@ -25,7 +26,7 @@ from cluster_fixtures import (
     until,
 )
 from kopf.testing import KopfRunner
-from kube_emulator import KubeEmulator
+from kube_emulator import PATH, KubeEmulator
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
@@ -39,16 +40,28 @@ OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[KubeEmulator, Any]]:
     emu = KubeEmulator(watch_s=5.0)
     start(emu)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+    kubeconfig, agent = tmp_path / "kubeconfig", tmp_path / "agent-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    agent.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("WATTSCALE_NAMESPACE", "wattscale")
     monkeypatch.setenv("WATTSCALE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     try:
-        yield emu, api_client(str(kubeconfig))
+        yield emu, api_client(str(agent))
     finally:
         emu.close()
+
+
+def verb(method: str, path: str) -> tuple[str, str, str]:
+    """(API group, resource[/subresource], RBAC verb) of one request; discovery as ("", "", "discovery")."""
+    m = PATH.match(path.split("?")[0])
+    if m is None:
+        return ("", "", "discovery")
+    resource = m["plural"] + (f"/{m['sub']}" if m["sub"] else "")
+    if method == "GET":
+        return (m["g"] or "", resource, "get" if m["name"] else "watch" if "watch=" in path else "list")
+    return (m["g"] or "", resource, {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method])
 
 
 def replicas(emu: KubeEmulator, name: str) -> int:
@@ -98,6 +111,11 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
         until(lambda: all(g.limit_mw == g.default_mw for g in nvml.gpus), what="default limits")
         until(lambda: emu.get(GROUP, POLICIES, "default") is None, what="the policy's finalizer off")
     assert runner.exit_code == 0, runner.output
+    for who in ("operator", "agent"):  # every call each made, the deploy/ RBAC grants
+        used = {verb(method, path) for token, method, path in emu.requests if token == who}
+        assert used <= granted(who), f"{who} calls what its RBAC does not grant: {used - granted(who)}"
+        assert {"operator": ("apps", "deployments/scale", "patch"),
+                "agent": (GROUP, "nodepowerplans/status", "patch")}[who] in used
 
 
 def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tuple[KubeEmulator, Any]) -> None:
