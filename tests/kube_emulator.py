@@ -283,6 +283,9 @@ class KubeEmulator:
                 self.wfile.write(data)
 
             def _serve(self, method: str) -> None:
+                if emu.closing.is_set():  # closed: a kept-alive connection is dropped unanswered
+                    self.close_connection = True
+                    return
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 length = int(self.headers.get("Content-Length") or 0)

@@ -51,6 +51,8 @@ class NodeAgent:
         self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
         self.seen: tuple[Any, float] | None = None
         """The plan's last sequence and when it was first seen (this node's clock)."""
+        self.last: dict[str, Any] | None = None
+        """The plan last read."""
         self.beat = 0
         self.mode = "starting"
         self.failing: set[str] = set()
@@ -81,7 +83,8 @@ class NodeAgent:
             plan = self._plan()
         except Exception as exc:
             self._once("plan", str(translate(exc, f"NodePowerPlan {self.node}")))
-            plan = {} if self.seen is not None else None  # unreadable: not renewed, so it goes stale in time
+            plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
+        self.last = plan
         spec = (plan or {}).get("spec") or {}
         if plan and (self.seen is None or spec.get("sequence") != self.seen[0]):
             self.seen = (spec.get("sequence"), now)
