@@ -15,8 +15,8 @@ import pytest
 import yaml
 from cluster_fixtures import (
     NS,
-    granted,
     gpus,
+    granted,
     plan,
     policy,
     running_agent,
