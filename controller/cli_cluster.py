@@ -126,7 +126,7 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
     o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
-    o.add_argument("--log-level", choices=levels, default="INFO")
+    o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
     o.set_defaults(func=_operator)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
@@ -139,7 +139,7 @@ def add_cluster_commands(sub: Any) -> None:
                    help="TTL of a plan that names none (default 60)")
     a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     a.add_argument("--metrics-port", type=int, default=9465, help="port of /metrics; 0: none")
-    a.add_argument("--log-level", choices=levels, default="INFO")
+    a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
     a.set_defaults(func=_agent)
 

@@ -111,3 +111,23 @@ def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path
     agent.step(2.0)
     agent.close()
     assert limits(nvml) == [700.0, 700.0] and not nvml.initialised
+
+
+def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, tmp_path: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from controller.cli import main
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:  # a GPU host: the command would set real limits
+        pynvml.nvmlShutdown()
+        pytest.skip("NVML is present here")
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
+    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wattscale: agent: NVML init: ") and len(err.splitlines()) == 1

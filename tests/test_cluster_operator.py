@@ -84,6 +84,8 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu.put(GROUP, SERVICES, service("bad-acc", "vllm-chat", accelerator="B300"))
     emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
     emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
+    emu.put(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
+    emu.put(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
     emu.put(GROUP, POLICIES, policy())
     with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
         until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
@@ -94,11 +96,13 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
         until(lambda: events_on(emu, "chat"), what="a decision event")
         # Bad resources: each reported on itself, by field; the good one is still controlled.
         why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
-               ("bad-acc", "no-deploy", "min-max")}
+               ("bad-acc", "no-deploy", "min-max", "hostile", "typo")}
         assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
         assert why["bad-acc"]["message"].startswith("spec.variants[0].accelerator: unknown accelerator 'B300'")
         assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
         assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
+        assert why["hostile"]["message"] == "spec: must be an object, got str"
+        assert why["typo"]["message"] == "spec.max_replicas: must be an integer, got 'four'"
         assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events_on(emu, "min-max"))
         # The plan reaches the node: the agent applies the operator's limits to the GPUs.
         p = until(lambda: (plan(emu) or {}).get("spec", {}).get("limits_w") and plan(emu), what="node limits")

@@ -18,10 +18,12 @@ import uuid
 from typing import Any
 
 import kopf
+from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import api_client
 from controller.cluster.operator import ClusterLoop
 from controller.cluster.resources import GROUP, POLICIES, VERSION
+from controller.own_metrics import OwnMetrics
 
 log = logging.getLogger("wattscale.operator")
 
@@ -36,7 +38,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.state_dir = os.environ.get("WATTSCALE_STATE_DIR", "/var/lib/wattscale")
     memo.identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     memo.client = api_client(os.environ.get("KUBECONFIG", ""))
-    memo.registry = getattr(memo, "registry", None)
+    memo.metrics = OwnMetrics(getattr(memo, "registry", None) or CollectorRegistry())
 
 
 @kopf.on.login()
@@ -54,7 +56,7 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
     if name != memo.policy:
         log.warning("PowerPolicy %s is not acted on: this operator acts on %r", name, memo.policy)
         return
-    loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.registry)
+    loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics)
     t0 = time.monotonic()
     try:
         while not stopped:

@@ -45,6 +45,13 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 
 
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise ConfigError("spec", f"must be an object, got {type(spec).__name__}")
+    return spec
+
+
 class KeptDecisions(DecisionLog):
     """The decision log, also keeping the last record: the resources' status is written from it."""
 
@@ -71,13 +78,14 @@ class Resources:
 
 class ClusterLoop:
     def __init__(self, api_client: Any, policy_name: str, identity: str, namespace: str, state_dir: str,
-                 registry: CollectorRegistry | None = None, lease_s: float = 15.0) -> None:
+                 metrics: OwnMetrics | None = None, lease_s: float = 15.0) -> None:
         from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
 
         self.client, self.policy_name, self.state_dir = api_client, policy_name, state_dir
         self.custom, self.apps, self.core = CustomObjectsApi(api_client), AppsV1Api(api_client), CoreV1Api(api_client)
         self.lease = Lease(api_client, namespace, "wattscale-operator", identity, lease_s)
-        self.metrics = OwnMetrics(registry or CollectorRegistry())
+        self.metrics = metrics or OwnMetrics(CollectorRegistry())
+        """The daemon's metrics (one set per operator process: a policy deleted and made again reuses them)."""
         self.reporter = Reporter(api_client, namespace, identity)
         self.controller: Controller | None = None
         self.plans: NodePlans | None = None
@@ -100,7 +108,7 @@ class ClusterLoop:
         objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
                    if not o["metadata"].get("deletionTimestamp")}
         try:
-            policy: PowerPolicySpec | None = policy_spec(policy_obj.get("spec") or {})
+            policy: PowerPolicySpec | None = policy_spec(_spec(policy_obj))
         except ConfigError as exc:
             errors["policy"] = exc
             return Resources(None, None, errors, objects, policy_obj)
@@ -109,11 +117,13 @@ class ClusterLoop:
         for key, obj in sorted(objects.items()):
             ns, name = key.split("/", 1)
             try:
-                svc = service_settings(ns, name, obj.get("spec") or {})
+                svc = service_settings(ns, name, _spec(obj))
                 self._check_deployments(svc)
                 services[key] = svc
             except ConfigError as exc:
                 errors[key] = exc
+            except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
+                errors[key] = ConfigError("spec.variants", str(exc))
         while services:  # a cross-field error names its service: that one is left out, the others go on
             try:
                 return Resources(settings_of(policy, list(services.values()), self.state_dir), policy, errors,
