@@ -50,7 +50,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs)
 
 
-@kopf.daemon(GROUP, VERSION, POLICIES, cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, POLICIES, cancellation_backoff=5.0, cancellation_timeout=10.0)
 def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
     """The control loop of the policy named by WATTSCALE_POLICY (others are left alone and say so)."""
     if name != memo.policy:
