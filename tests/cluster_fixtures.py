@@ -23,9 +23,9 @@ CRDS = ROOT / "deploy" / "kubernetes" / "base" / "crds.yaml"
 NODE, NS = "gpu-a", "llm"
 
 
-def policy(budget_w: float = 2400.0) -> dict[str, Any]:
+def policy(budget_w: float = 2400.0, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PowerPolicy", "metadata": {"name": "default"},
-            "spec": {"power": {"budget_w": budget_w, "headroom": 0.03}, "node_selector": {"gpu": "h100"},
+            "spec": {**spec, "power": {"budget_w": budget_w, "headroom": 0.03}, "node_selector": {"gpu": "h100"},
                      "accelerators": [{"name": "H100-SXM", "count": 4}], "plan_ttl_s": 5.0,
                      "daemon": {"fast_interval_s": 0.2, "slow_interval_s": 1.0},
                      "optimizer": {"time_limit_s": 0.5},
@@ -58,7 +58,7 @@ def start(emu: KubeEmulator) -> None:
     """CRDs, the node, one vLLM Deployment with two one-GPU pods (the other GPUs idle)."""
     for crd in yaml.safe_load_all(CRDS.read_text()):
         emu.put("apiextensions.k8s.io", "customresourcedefinitions", crd)
-    emu.put("", "nodes", {"metadata": {"name": NODE, "labels": {"gpu": "h100"}}})
+    emu.put("", "nodes", {"metadata": {"name": NODE, "labels": {"gpu": "h100", "rack": "r1"}}})
     emu.put("apps", "deployments", deployment("vllm-chat", "chat", 0, 100))
     for k in range(2):
         emu.put("", "pods", pod(f"vllm-chat-{k}", "chat", 1))

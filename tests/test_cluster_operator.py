@@ -86,7 +86,8 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
     emu.put(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
     emu.put(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
-    emu.put(GROUP, POLICIES, policy())
+    rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
+    emu.put(GROUP, POLICIES, policy(domains=[rack]))
     with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
         until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
         until(lambda: max_num_seqs(emu, "vllm-chat") != 100, what="--max-num-seqs patched")
@@ -109,6 +110,10 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
         until(lambda: all(abs(g.limit_mw / 1000 - p["spec"]["limits_w"].get(str(i), g.limit_mw / 1000)) < 1.5
                           for i, g in enumerate(nvml.gpus)) and (plan(emu) or {})["status"]["mode"] == "following",
               what="the agent following the plan")
+        # The rack's own limit holds on its node's GPUs though the site has room (1000 W less 3 % headroom).
+        until(lambda: sum(g.limit_mw for g in nvml.gpus) / 1000 <= 970.0 + 1.0, what="the rack's limit held")
+        safe = (plan(emu) or {})["spec"]["safe_caps_w"]
+        assert len(safe) == 4 and sum(safe.values()) <= 970.0 + 0.5  # the agent's fail-safe fits the rack too
         # Deleting the policy tells every agent to restore the default limits.
         emu.delete(GROUP, POLICIES, "default")
         until(lambda: (plan(emu) or {}).get("spec", {}).get("release"), what="the plan released")

@@ -14,7 +14,7 @@ from queuemodels.accelerators import CATALOG
 CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
     DaemonSettings: {"state_dir", "log_level", "decision_log"},
     TelemetrySettings: {"gpu_source", "vllm_source"},
-    PowerSettings: {"domains"},
+    PowerSettings: {"domains"},  # by GPU index on a host; by node_selector in the policy's `domains`
 }, extra={"LlmServiceVariant.accelerator": {"enum": sorted(CATALOG)},
           "AcceleratorSettings.name": {"enum": sorted(CATALOG)},
           "LlmServiceSpec.statistic": {"enum": list(STATISTICS)},

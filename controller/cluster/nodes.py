@@ -55,6 +55,8 @@ class NodePlans:
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.sequence: dict[str, int] = {}
         self.renewed: dict[str, float] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        """Node -> its labels, as last listed (which power domains it is in)."""
 
     def _where(self) -> dict[int, tuple[str, int]]:
         return {i: key for key, i in self.index.items()}
@@ -65,8 +67,9 @@ class NodePlans:
         the first renewal); returns the nodes."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
         try:
-            nodes = [n.metadata.name for n in self.core.list_node(label_selector=selector,
-                                                                  _request_timeout=self.timeout_s).items]
+            listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
+            self.labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
+            nodes = sorted(self.labels)
             have = {p["metadata"]["name"] for p in self._plans()}
             for node in nodes:
                 if node not in have:
@@ -78,6 +81,14 @@ class NodePlans:
         except Exception as exc:
             raise translate(exc, "node plans") from exc
         return nodes
+
+    def domain_gpus(self, selectors: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[int, ...]]:
+        """Domain name -> the cluster numbers of the GPUs seen on the nodes its selector picks."""
+        out = {}
+        for name, selector in selectors.items():
+            nodes = {n for n, labels in self.labels.items() if all(labels.get(k) == v for k, v in selector.items())}
+            out[name] = tuple(sorted(i for (node, _), i in self.index.items() if node in nodes))
+        return out
 
     def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
         """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, in index order."""
@@ -141,10 +152,15 @@ class NodePlans:
         """Per node, the limits last written (what a restarted operator starts from)."""
         return {node: dict(spec.get("limits_w", {})) for node, spec in self.written.items()}
 
-    def flush(self, now: float, budget_w: float) -> list[str]:
+    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each
-        quarter TTL; returns what failed (each node is tried on its own)."""
+        quarter TTL; returns what failed (each node is tried on its own). The safe caps fit the site's
+        `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
+        for domain_w, members in domains:
+            inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
+            for i, w in inside.items():
+                caps[i] = min(caps[i], w)
         where = self._where()
         safe: dict[str, dict[str, float]] = {}
         for index, cap in caps.items():

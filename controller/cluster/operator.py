@@ -126,8 +126,10 @@ class ClusterLoop:
                 errors[key] = ConfigError("spec.variants", str(exc))
         while services:  # a cross-field error names its service: that one is left out, the others go on
             try:
-                return Resources(settings_of(policy, list(services.values()), self.state_dir), policy, errors,
-                                 objects, policy_obj)
+                domains = ({} if self.plans is None else
+                           self.plans.domain_gpus({d.name: d.node_selector for d in policy.domains}))
+                return Resources(settings_of(policy, list(services.values()), self.state_dir, domains), policy,
+                                 errors, objects, policy_obj)
             except ConfigError as exc:
                 named = service_field(exc.where)
                 if named is None or named[0] not in services:
@@ -238,7 +240,9 @@ class ClusterLoop:
         c, plans = self.controller, self.plans
         assert plans is not None
         c.tick_fast(now)
-        for failure in plans.flush(now, c.governor.threshold_w()):
+        power = c.governor.settings
+        domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
+        for failure in plans.flush(now, c.governor.threshold_w(), domains):
             c.error("node_plan", failure)
         if now >= self.next_slow:
             self._slow(c, now)

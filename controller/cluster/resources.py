@@ -9,16 +9,18 @@ A bad service is reported on its own resource and left out; the others are still
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.config_loader import ConfigError, build, check_range
+from controller.config_loader import ConfigError, build, check_positive, check_range
 from controller.service_settings import PriorSettings, ServiceSettings, VariantSettings
 from controller.settings import (
     AcceleratorSettings,
     ActuatorSettings,
     DaemonSettings,
     OptimizerSettings,
+    PowerDomainSettings,
     PowerSettings,
     Settings,
     StabilitySettings,
@@ -29,6 +31,27 @@ from queuemodels.accelerators import CATALOG
 GROUP = "wattscale.dev"
 VERSION = "v1alpha1"
 POLICIES, SERVICES, PLANS = "powerpolicies", "llmservices", "nodepowerplans"
+
+
+@dataclass(frozen=True)
+class NodeDomain:
+    """A group of GPU nodes with a power limit of its own (a rack, a PDU, a row), held by the governor as the
+    site is: lowest priority first within it, even where the site has room."""
+
+    name: str
+    """Names the domain in logs and errors."""
+    limit_w: float
+    """What the domain's GPUs may draw together (W); the governor keeps the policy's headroom under it too."""
+    node_selector: dict[str, str]
+    """Labels of the nodes in the domain (their GPUs are its GPUs)."""
+
+    def check(self, where: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{where}.name", "must not be empty")
+        check_positive(self, where, ("limit_w",))
+        check_range(self, where, ("limit_w",), 0.0, 1e8)
+        if not self.node_selector:
+            raise ConfigError(f"{where}.node_selector", "must name at least one label")
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,8 @@ class PowerPolicySpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     """Labels of the GPU nodes this policy governs (the node agent's DaemonSet runs on the same); empty: every
     node with a NodePowerPlan's agent reporting."""
+    domains: tuple[NodeDomain, ...] = ()
+    """Power domains by node labels, each with a limit of its own (`power.domains` by GPU index is the host's)."""
     plan_ttl_s: float = 60.0
     """A node agent that has not seen its plan renewed for this long (s) sets the plan's safe caps."""
     safe_cap_share: float = 0.6
@@ -61,7 +86,11 @@ class PowerPolicySpec:
         check_range(self, where, ("plan_ttl_s",), 5.0, 86400.0)
         check_range(self, where, ("safe_cap_share",), 0.0, 1.0)
         if self.power.domains:
-            raise ConfigError(f"{where}.power.domains", "power domains are not yet supported in cluster mode")
+            raise ConfigError(f"{where}.power.domains", "GPU indices are a host's: give `domains` by node_selector")
+        names = [d.name for d in self.domains]
+        for d in self.domains:
+            if names.count(d.name) > 1:
+                raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
         if self.plan_ttl_s < 3 * self.daemon.fast_interval_s:
             raise ConfigError(f"{where}.plan_ttl_s", f"{self.plan_ttl_s:g} s must be at least three fast ticks "
                               f"({3 * self.daemon.fast_interval_s:g} s): a plan is renewed once a tick")
@@ -132,11 +161,17 @@ def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> Service
     return build(ServiceSettings, data, "spec")
 
 
-def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_dir: str) -> Settings:
+def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_dir: str,
+                domain_gpus: Mapping[str, tuple[int, ...]] | None = None) -> Settings:
     """The daemon's settings for these resources (the operator builds its own parts, so the backends named
-    here are only what `check_settings` reads); ConfigError names a policy field or `services[ns/name]...`."""
+    here are only what `check_settings` reads); each node domain held on the GPUs `domain_gpus` gives it (the
+    cluster's GPU numbers; a domain none of whose GPUs has reported yet is not held yet). ConfigError names a
+    policy field or `services[ns/name]...`."""
     daemon = replace(policy.daemon, state_dir=state_dir, decision_log="decisions.jsonl")
-    settings = Settings(policy.power, policy.accelerators, tuple(services), daemon=daemon,
+    gpus = domain_gpus or {}
+    power = replace(policy.power, domains=tuple(PowerDomainSettings(d.name, d.limit_w, gpus[d.name])
+                                                for d in policy.domains if gpus.get(d.name)))
+    settings = Settings(power, policy.accelerators, tuple(services), daemon=daemon,
                         optimizer=policy.optimizer, stability=policy.stability,
                         telemetry=replace(policy.telemetry, gpu_source="dcgm", vllm_source="prometheus"),
                         actuators=ActuatorSettings(power="dry-run", batch="dry-run", replicas="kubernetes"),
