@@ -87,7 +87,8 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu.put(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
     emu.put(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
     rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
-    emu.put(GROUP, POLICIES, policy(domains=[rack]))
+    budget = {"safe_budget_w": 1800.0, "sources": [{"kind": "fixed", "name": "contract", "budget_w": 2200.0}]}
+    emu.put(GROUP, POLICIES, policy(domains=[rack], budget=budget))
     with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
         until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
         until(lambda: max_num_seqs(emu, "vllm-chat") != 100, what="--max-num-seqs patched")
@@ -95,6 +96,9 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
         assert st["decision"]["replicas"] == 2 and st["decision"]["max_batch"] == max_num_seqs(emu, "vllm-chat")
         assert st["conditions"][0]["type"] == "Ready" and "predicted" in st
         until(lambda: events_on(emu, "chat"), what="a decision event")
+        # The policy's budget sources lower the budget the loop plans for and the governor holds.
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("budget_w") == 2200.0,
+              what="the budget source's budget in force")
         # Bad resources: each reported on itself, by field; the good one is still controlled.
         why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
                ("bad-acc", "no-deploy", "min-max", "hostile", "typo")}

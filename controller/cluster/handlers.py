@@ -58,13 +58,17 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
         return
     loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics)
     t0 = time.monotonic()
+    last = ""
     try:
         while not stopped:
             try:
                 wait = loop.step(time.monotonic() - t0)
-            except Exception as exc:  # an API outage or a bug: counted, logged, the loop goes on
+                last = ""
+            except Exception as exc:  # an API outage or a bug: counted, logged once a run, the loop goes on
                 loop.metrics.errors.labels("operator_step").inc()
-                log.warning("operator step failed: %r", exc, exc_info=True)
+                if repr(exc) != last:
+                    log.warning("operator step failed: %r", exc, exc_info=True)
+                last = repr(exc)
                 wait = 2.0
             stopped.wait(wait)
     finally:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controller.budget.settings import budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range
 from controller.service_settings import PriorSettings, ServiceSettings, VariantSettings
 from controller.settings import (
@@ -68,6 +69,10 @@ class PowerPolicySpec:
     node with a NodePowerPlan's agent reporting."""
     domains: tuple[NodeDomain, ...] = ()
     """Power domains by node labels, each with a limit of its own (`power.domains` by GPU index is the host's)."""
+    budget: dict[str, Any] = field(default_factory=dict)
+    """The config's `[power.budget]`: safe_budget_w, ttl_s and sources (fixed, schedule, electricitymaps,
+    watttime, carbon_csv, demand_response), each with its `kind`; the lowest wins under power.budget_w. Read by
+    the loader's own budget_settings; secrets come from the operator's environment."""
     plan_ttl_s: float = 60.0
     """A node agent that has not seen its plan renewed for this long (s) sets the plan's safe caps."""
     safe_cap_share: float = 0.6
@@ -145,7 +150,17 @@ SPEC_ONLY = ("node_selector", "plan_ttl_s", "safe_cap_share")
 
 def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
     """A PowerPolicy's spec, checked; ConfigError names `spec.<field>`."""
-    return build(PowerPolicySpec, spec, "spec")
+    rest = dict(spec)
+    table = rest.pop("budget", None) or {}
+    if not isinstance(table, dict):
+        raise ConfigError("spec.budget", f"must be an object, got {type(table).__name__}")
+    policy = replace(build(PowerPolicySpec, rest, "spec"), budget=table)
+    if table:
+        budget = budget_settings(table, "spec.budget")
+        if budget.safe_budget_w > policy.power.budget_w:
+            raise ConfigError("spec.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
+                              f"({policy.power.budget_w:g} W)")
+    return policy
 
 
 def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> ServiceSettings:
@@ -175,7 +190,8 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
                         optimizer=policy.optimizer, stability=policy.stability,
                         telemetry=replace(policy.telemetry, gpu_source="dcgm", vllm_source="prometheus"),
                         actuators=ActuatorSettings(power="dry-run", batch="dry-run", replicas="kubernetes"),
-                        base_dir="/")
+                        budget=budget_settings(policy.budget, "spec.budget") if policy.budget else None,
+                        base_dir=state_dir)
     settings.check("")
     return settings
 
