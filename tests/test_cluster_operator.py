@@ -157,3 +157,31 @@ def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tupl
         assert (plan(emu) or {})["spec"]["sequence"] > sequence, "the new leader renews the plan"
         rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
         assert not rises, f"a restart raised caps: {rises} over {before}"
+
+
+def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The operator's loop without kopf, stepped with explicit times: a policy edit that fails its checks is
+    reported on the policy by field while the last good settings go on; a service on an accelerator outside
+    the inventory is reported on itself."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, SERVICES, service("on-l4", "vllm-chat", accelerator="L4"))
+    emu.put(GROUP, POLICIES, policy())
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    for k in range(12):
+        loop.step(0.2 * k)
+    assert loop.controller is not None and [s.name for s in loop.controller.settings.services] == [f"{NS}/chat"]
+    why = status_of(emu, "on-l4")["conditions"][0]
+    assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
+    for k in range(12, 24):
+        loop.step(0.2 * k)
+    got = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    assert got["status"] == "False" and got["message"] == "spec.power.budget_w: must be > 0, got -1.0"
+    assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
+    assert loop.controller.governor.settings.budget_w == 2400.0
+    loop.stand_down(release=False, now=5.0)
+    assert not (emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {})["spec"].get(
+        "holderIdentity")  # given back on a clean exit
