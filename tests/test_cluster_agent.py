@@ -107,6 +107,7 @@ def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path
     assert limits(nvml) == [400.0, 400.0]
     put_plan(emu, 2, {}, release=True)
     assert agent.step(1.0) == "released" and limits(nvml) == [700.0, 700.0]
+    assert agent.step(60.0) == "released" and limits(nvml) == [700.0, 700.0]  # no renewal needed to stay so
     put_plan(emu, 3, {"0": 450.0, "1": 450.0})
     agent.step(2.0)
     agent.close()

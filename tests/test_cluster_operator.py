@@ -15,6 +15,7 @@ import pytest
 import yaml
 from cluster_fixtures import (
     NS,
+    deployment,
     gpus,
     granted,
     plan,
@@ -166,7 +167,9 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     the inventory is reported on itself."""
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
-    emu.put(GROUP, SERVICES, service("on-l4", "vllm-chat", accelerator="L4"))
+    emu.put(GROUP, SERVICES, service("on-l4", "vllm-l4", accelerator="L4"))
+    emu.put(GROUP, SERVICES, service("twin", "vllm-chat"))
+    emu.put("apps", "deployments", deployment("vllm-l4", "l4", 0, 64))
     emu.put(GROUP, POLICIES, policy())
     loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
                        str(tmp_path / "state"))
@@ -175,6 +178,8 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     assert loop.controller is not None and [s.name for s in loop.controller.settings.services] == [f"{NS}/chat"]
     why = status_of(emu, "on-l4")["conditions"][0]
     assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
+    assert status_of(emu, "twin")["conditions"][0]["message"] == ("spec.variants[0].deployment: llm/vllm-chat is "
+                                                                  "already LLMService llm/chat's")
     emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
     for k in range(12, 24):
         loop.step(0.2 * k)

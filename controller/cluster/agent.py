@@ -91,7 +91,8 @@ class NodeAgent:
         ttl = float(spec.get("ttl_s") or self.default_ttl_s)
         age = None if self.seen is None else now - self.seen[1]
         fresh = plan is not None and age is not None and age <= ttl
-        mode = ("released" if spec.get("release") else "following") if fresh else "failsafe"
+        # Released holds without renewals (its policy is gone: nobody renews it); else a stale plan fails closed.
+        mode = "released" if plan and spec.get("release") else "following" if fresh else "failsafe"
         try:
             count = self.devices.count()
         except ActuatorError as exc:

@@ -124,11 +124,17 @@ class ClusterLoop:
             return Resources(None, None, errors, objects, policy_obj)
         assert policy is not None
         services: dict[str, ServiceSettings] = {}
+        owners: dict[tuple[str, str], str] = {}
         for key, obj in sorted(objects.items()):
             ns, name = key.split("/", 1)
             try:
                 svc = service_settings(ns, name, _spec(obj))
                 self._check_deployments(svc)
+                for i, v in enumerate(svc.variants):
+                    other = owners.setdefault((ns, v.deployment), key)
+                    if other != key:
+                        raise ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{v.deployment} is already "
+                                          f"LLMService {other}'s")
                 services[key] = svc
             except ConfigError as exc:
                 errors[key] = exc
