@@ -148,10 +148,6 @@ class NodePlans:
         self.pending.setdefault(where[0], {})[str(where[1])] = round(watts, 1)
         return watts
 
-    def held(self) -> dict[str, dict[str, float]]:
-        """Per node, the limits last written (what a restarted operator starts from)."""
-        return {node: dict(spec.get("limits_w", {})) for node, spec in self.written.items()}
-
     def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each
         quarter TTL; returns what failed (each node is tried on its own). The safe caps fit the site's

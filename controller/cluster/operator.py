@@ -10,8 +10,6 @@ leader's), so a restart raises no cap; the loop itself is stepped with explicit 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,8 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, translate
 from actuators.kubernetes_batch import KubernetesBatchSizer
-from controller.budget.assemble import combiner
-from controller.budget.combiner import BudgetCombiner
+from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans, owner_caps
 from controller.cluster.resources import (
@@ -99,9 +96,7 @@ class ClusterLoop:
         self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
         self.next_slow = 0.0
         self.timeout_s = 5.0
-        self.budget: BudgetCombiner | None = None
-        """The policy's budget sources, stepped in a thread of their own (an API that hangs delays no loop)."""
-        self.budget_stop = threading.Event()
+        self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
         """Controller time less the monotonic clock (the budget thread's `now`)."""
 
@@ -194,34 +189,12 @@ class ClusterLoop:
         log.info("acting operator: %d services, budget %.0f W, starting from the caps the plans hold %s",
                  len(s.services), s.power.budget_w, {f"{k[0]}@{k[1]}": v for k, v in held.items()})
         self.next_slow = now + s.daemon.slow_interval_s
-        self._budget(s, c)
+        self.budget.restart(s, c, self._now)
         return c
 
-    def _budget(self, s: Settings, c: Controller) -> None:
-        """(Re)start the budget sources' thread for these settings; none where the policy names none."""
-        self.budget_stop.set()
-        self.budget = None
-        if s.budget is None:
-            return
-        self.budget = combiner(s.budget, os.environ, where="spec.budget", base_dir=self.state_dir)
-        self.budget_stop = threading.Event()
-        threading.Thread(target=self._budget_worker, args=(self.budget, c, self.budget_stop,
-                                                           s.daemon.fast_interval_s),
-                         name="wattscale-budget", daemon=True).start()
+    def _now(self) -> float:
+        return time.monotonic() + self.offset
 
-    def _budget_worker(self, sources: BudgetCombiner, c: Controller, stop: threading.Event, period_s: float) -> None:
-        while True:
-            try:
-                budget = sources.step(time.time())
-                if budget.change is not None:
-                    self.metrics.budget_changes.labels(budget.source or "fallback").inc()
-                    c.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}",
-                                 time.monotonic() + self.offset)
-            except Exception as exc:  # a source's bug: counted and logged, the last budget holds
-                self.metrics.errors.labels("budget_source").inc()
-                log.warning("budget sources failed: %r", exc)
-            if stop.wait(period_s):
-                return
 
     def _vllm(self, s: Settings) -> PrometheusVllmSource:
         t = s.telemetry
@@ -258,7 +231,7 @@ class ClusterLoop:
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
         lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps)."""
-        self.budget_stop.set()
+        self.budget.stop()
         if release and self.plans is not None:
             for failure in self.plans.release(now):
                 log.warning("release: %s", failure)
@@ -275,7 +248,7 @@ class ClusterLoop:
             if self.controller is not None:
                 log.warning("the Lease was lost: this operator stops acting")
                 self.controller, self.plans = None, None
-                self.budget_stop.set()
+                self.budget.stop()
             return 2.0
         if self.controller is None:
             res = self.read()
@@ -303,7 +276,7 @@ class ClusterLoop:
             res = None
         if res is not None and res.settings is not None and res.settings != c.settings:
             if res.settings.budget != c.settings.budget:
-                self._budget(res.settings, c)
+                self.budget.restart(res.settings, c, self._now)
             self._targets(res.settings)
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)

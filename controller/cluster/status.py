@@ -77,7 +77,6 @@ class Reporter:
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
         self.failing = False
-        self.events = 0
 
     def _patch_status(self, namespace: str | None, plural: str, name: str, status: dict[str, Any]) -> None:
         body = {"status": status}
@@ -110,7 +109,6 @@ class Reporter:
                            first_timestamp=now, last_timestamp=now, count=1)
         try:
             self.core.create_namespaced_event(ns, body, _request_timeout=self.timeout_s)
-            self.events += 1
         except Exception as exc:
             log.warning("event on %s %s not posted: %s", kind, meta["name"], exc)
 
