@@ -190,3 +190,21 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     loop.stand_down(release=False, now=5.0)
     assert not (emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {})["spec"].get(
         "holderIdentity")  # given back on a clean exit
+
+
+def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """`wattscale operator` as a process: it logs in through the kubeconfig, acts, and stops after --duration."""
+    import subprocess
+    import sys
+
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
+            "--duration", "4", "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
+    lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
+    assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out
