@@ -1,14 +1,16 @@
-"""Pluggable backends that change the world: power limits, vLLM batch limits, replica counts."""
+"""Pluggable backends that change the world: power limits, locked SM clocks, vLLM batch limits, replica counts."""
 
 from actuators.base import (
     Action,
     ActuatorError,
     BatchInForce,
     BatchSizer,
+    ClockLocker,
     PermanentActuatorError,
     PowerLimiter,
     ReplicaScaler,
     TransientActuatorError,
+    snap_clock_mhz,
 )
 
 __all__ = [
@@ -16,8 +18,10 @@ __all__ = [
     "ActuatorError",
     "BatchInForce",
     "BatchSizer",
+    "ClockLocker",
     "PermanentActuatorError",
     "PowerLimiter",
     "ReplicaScaler",
     "TransientActuatorError",
+    "snap_clock_mhz",
 ]

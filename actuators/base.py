@@ -39,6 +39,26 @@ class PowerLimiter(Protocol):
     def set_power_limit(self, gpu_index: int, watts: float) -> float: ...
 
 
+class ClockLocker(Protocol):
+    """Locks GPU SM clocks (beside the power limit, which still bounds the draw). A lock is snapped to the
+    highest supported clock at or below the one asked (the lowest supported where none is); `lock_clock`
+    returns the lock now in force, read back from the device; `reset_clock` unlocks."""
+
+    name: str
+
+    def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]: ...
+
+    def lock_clock(self, gpu_index: int, mhz: int) -> int: ...
+
+    def reset_clock(self, gpu_index: int) -> None: ...
+
+
+def snap_clock_mhz(supported: tuple[int, ...], mhz: float) -> int:
+    """The highest supported clock at or below `mhz`, else the lowest supported (`supported` sorted, not empty)."""
+    below = [c for c in supported if c <= mhz + 1e-9]
+    return below[-1] if below else supported[0]
+
+
 class BatchInForce(NamedTuple):
     """A service's `--max-num-seqs` as its servers run it, and the value a restart is rolling out, if any."""
 

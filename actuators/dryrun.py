@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from actuators.base import Action, BatchInForce, PermanentActuatorError
+from actuators.base import Action, BatchInForce, PermanentActuatorError, snap_clock_mhz
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,34 @@ class DryRunPowerLimiter:
             log.info("dry-run: would set GPU %d power limit to %.0f W", gpu_index, applied)
         self.limits[gpu_index] = applied
         return applied
+
+
+class DryRunClockLocker:
+    name = "dry-run"
+
+    def __init__(self, supported_mhz: tuple[int, ...] = tuple(range(405, 1981, 15))) -> None:
+        self.supported_mhz = tuple(sorted(supported_mhz))
+        self.locks: dict[int, int] = {}
+        self.actions: deque[Action] = deque(maxlen=HISTORY)
+
+    def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]:
+        if gpu_index < 0:
+            raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
+        return self.supported_mhz
+
+    def lock_clock(self, gpu_index: int, mhz: int) -> int:
+        applied = snap_clock_mhz(self.supported_clocks_mhz(gpu_index), mhz)
+        if self.locks.get(gpu_index) != applied:
+            self.actions.append(Action("locked_clock_mhz", str(gpu_index), applied))
+            log.info("dry-run: would lock GPU %d's SM clock at %d MHz", gpu_index, applied)
+        self.locks[gpu_index] = applied
+        return applied
+
+    def reset_clock(self, gpu_index: int) -> None:
+        self.supported_clocks_mhz(gpu_index)
+        if self.locks.pop(gpu_index, None) is not None:
+            self.actions.append(Action("locked_clock_mhz", str(gpu_index), 0))
+            log.info("dry-run: would unlock GPU %d's SM clock", gpu_index)
 
 
 class DryRunBatchSizer:

@@ -18,7 +18,8 @@ from actuators.base import ActuatorError, PermanentActuatorError, TransientActua
 
 # pynvml error class name -> (transient?, what it means for the operator)
 ERRORS: dict[str, tuple[bool, str]] = {
-    "NVMLError_NoPermission": (False, "no permission: setting power limits needs root or CAP_SYS_ADMIN"),
+    "NVMLError_NoPermission": (False, "no permission: setting power limits or locked clocks needs root or "
+                                      "CAP_SYS_ADMIN"),
     "NVMLError_NotSupported": (False, "not supported on this GPU"),
     "NVMLError_GpuIsLost": (False, "the GPU has fallen off the bus: reset it or reboot"),
     "NVMLError_InvalidArgument": (False, "invalid argument"),
@@ -163,6 +164,23 @@ class NvmlDevices:
             if memory is None:
                 return None
             return {int(m): sorted(int(g) for g in nv.nvmlDeviceGetSupportedGraphicsClocks(h, m)) for m in memory}
+
+    def sm_clock_mhz(self, index: int) -> float:
+        """The SM clock now (MHz): at or below a lock in force."""
+        h = self._handle(index)
+        with self._errors(f"GPU {index} SM clock"):
+            return float(self.nvml.nvmlDeviceGetClockInfo(h, self.nvml.NVML_CLOCK_SM))
+
+    def lock_clocks_mhz(self, index: int, mhz: int) -> None:
+        """Lock the graphics clock at `mhz` (min = max)."""
+        h = self._handle(index)
+        with self._errors(f"GPU {index} lock clocks"):
+            self.nvml.nvmlDeviceSetGpuLockedClocks(h, int(mhz), int(mhz))
+
+    def reset_clocks(self, index: int) -> None:
+        h = self._handle(index)
+        with self._errors(f"GPU {index} reset locked clocks"):
+            self.nvml.nvmlDeviceResetGpuLockedClocks(h)
 
     def set_limit_w(self, index: int, watts: float) -> float:
         """Set a power limit (already clamped by the caller) and return the limit read back."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from actuators.base import BatchInForce, PermanentActuatorError
+from actuators.base import BatchInForce, PermanentActuatorError, snap_clock_mhz
 from simulator.host import SimHost
 
 
@@ -24,6 +24,29 @@ class SimPowerLimiter:
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
         with self.lock:
             return self.host.set_power_limit(gpu_index, watts)
+
+
+class SimClockLocker:
+    name = "sim"
+
+    def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
+        self.host, self.lock = host, lock or threading.Lock()
+
+    def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]:
+        if not 0 <= gpu_index < len(self.host.gpus):
+            raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
+        return tuple(self.host.gpus[gpu_index].supported_clocks_mhz())
+
+    def lock_clock(self, gpu_index: int, mhz: int) -> int:
+        target = snap_clock_mhz(self.supported_clocks_mhz(gpu_index), mhz)
+        with self.lock:
+            self.host.lock_clock(gpu_index, target)
+            return int(self.host.gpus[gpu_index].locked_clock_mhz or 0)
+
+    def reset_clock(self, gpu_index: int) -> None:
+        self.supported_clocks_mhz(gpu_index)
+        with self.lock:
+            self.host.lock_clock(gpu_index, None)
 
 
 class SimBatchSizer:

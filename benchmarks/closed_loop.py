@@ -59,7 +59,7 @@ def run(config: str, seed: int, duration_s: float, budget_w: float | None = None
         registry = CollectorRegistry()
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
         ctl = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, tuner,
-                         OwnMetrics(registry))
+                         OwnMetrics(registry), clocks=parts.clocks)
         met: Counter[str] = Counter()
         seen: Counter[str] = Counter()
         restarts: Counter[str] = Counter()

@@ -77,10 +77,13 @@ def _gpus(args: argparse.Namespace) -> int:
 
     from actuators import ActuatorError
     from actuators.nvml import NvmlDevices
+    from actuators.nvml_clocks import clock_listing, clock_text
 
     try:
         devices = NvmlDevices()
         readings = [asdict(devices.read(i)) for i in range(devices.count())]
+        for r in readings:
+            r["clocks"] = clock_listing(devices, r["index"], r["clock_event_reasons"], r["sm_clock_mhz"])
         devices.close()
     except ActuatorError as exc:
         print(f"wattscale: {exc}", file=sys.stderr)
@@ -91,7 +94,8 @@ def _gpus(args: argparse.Namespace) -> int:
     for r in readings:
         power = "-" if r["power_w"] is None else f"{r['power_w']:.0f} W"
         print(f"{r['index']}: {r['name']} {r['uuid']}  power {power} of limit {r['power_limit_w']:.0f} W "
-              f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}")
+              f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}; "
+              f"{clock_text(r['clocks'])}")
     return 0
 
 
@@ -202,7 +206,9 @@ def _optimize(args: argparse.Namespace) -> int:
     else:
         for s in doc["services"]:
             print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "
-                  f"cap {s['power_cap_w'] or 0:>5.0f} W  ttft {s['ttft_ms'] or 0:>7.1f} ms"
+                  f"cap {s['power_cap_w'] or 0:>5.0f} W"
+                  + (f" clock {s['sm_clock_share']:.0%}" if s["sm_clock_share"] else "")
+                  + f"  ttft {s['ttft_ms'] or 0:>7.1f} ms"
                   f"  itl {s['itl_ms'] or 0:>6.1f} ms"
                   + (f"  SHORT {s['short_rps']:.2f} rps ({s['reason']})" if s["reason"] else ""))
         t = doc["totals"]

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from actuators import BatchSizer, PowerLimiter, ReplicaScaler
+from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
@@ -29,7 +29,7 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
-from controller.stability import StabilityGate
+from controller.stability import Inventory, Pending, StabilityGate
 from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
 from queuemodels import ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
@@ -42,10 +42,10 @@ log = logging.getLogger("wattscale.controller")
 class Controller:
     def __init__(self, settings: Settings, gpus: GpuSource, vllm: VllmSource, power: PowerLimiter,
                  batch: BatchSizer, replicas: ReplicaScaler, tuner: Tuner, metrics: OwnMetrics,
-                 decisions: DecisionLog | None = None) -> None:
+                 decisions: DecisionLog | None = None, clocks: ClockLocker | None = None) -> None:
         self.vllm, self.tuner, self.metrics = vllm, tuner, metrics
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics, self._count,
-                             settings.daemon.fast_interval_s)
+                             settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
         self.estimator = Estimator(tuner, metrics)
         self.gate = StabilityGate(settings.stability)
@@ -166,7 +166,7 @@ class Controller:
             acc = got.assignment.accelerator
             if acc != self.assignments[svc.name].accelerator:  # found running elsewhere: that type's own cap
                 cap = self.draining.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
-                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap))
+                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap, sm_clock_fraction=None))
             in_force[svc.name] = got
             old = {**self.draining.get(svc.name, {}), self.assignments[svc.name].accelerator:
                    self.assignments[svc.name].power_cap_w}
@@ -203,7 +203,9 @@ class Controller:
         """Hand the governor the caps now in force, the planned variant's first, in one reference."""
         caps = {name: {a.accelerator: a.power_cap_w, **self.draining.get(name, {})}
                 for name, a in self.assignments.items()}
-        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services})
+        clocks = {name: {a.accelerator: a.sm_clock_fraction} for name, a in self.assignments.items()
+                  if a.sm_clock_fraction is not None}
+        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services}, clocks)
         self.metrics.plan_version.set(version)
 
     def _problem(self) -> Problem:
@@ -230,7 +232,12 @@ class Controller:
                                          svc.max_replicas, svc.max_queue, current, profiles))
         o = s.optimizer
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
-                       o.power_levels, o.transition_penalty, o.queue_model)
+                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels())
+
+    def clock_levels(self) -> tuple[float, ...]:
+        """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""
+        steer = self.fast.clocks
+        return self.settings.optimizer.clock_levels if steer is not None and steer.off is None else (1.0,)
 
     def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce],
                observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any]) -> None:
@@ -241,6 +248,7 @@ class Controller:
         m.degradation.labels("shed").set(len(shed))
         record["degradation"] = {"gpus_held_below_plan": self.fast.held_gpus, "shed_for_budget": shed}
         changed = []
+        pending = []
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = self._planned(result, current, svc.min_replicas)
@@ -250,10 +258,22 @@ class Controller:
                 self.estimator.short.add(svc.name)
             else:
                 self.estimator.short.discard(svc.name)
-            admitted = self.gate.admit(now, svc.name, current, planned)
+            pending.append(Pending(svc.name, svc.priority, current, planned,
+                                   self.gate.admit(now, svc.name, current, planned)))
+        admitted = self.gate.make_room(self._inventory(in_force), pending)
+        by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
+                                                                  strict=True)}
+        # Shrinks first, so the GPUs they free are there for the scale-ups of the same cycle.
+        for p in sorted(pending, key=lambda p: admitted[p.name].replicas >= p.current.replicas):
+            (svc, result), current, planned = by_name[p.name], p.current, p.planned
             window = observed_windows.get(svc.name)
-            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted,
+            a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted[svc.name],
                                               None if window is None else window.replicas)
+            if enforced.asked:
+                self.gate.note_change(now, svc.name)
+            # A lock never lets the draw past the cap, so the planned clock goes at once, on the variant it is for.
+            a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
+                        else None)
             self.assignments[svc.name] = a
             if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
                 others = self.draining.get(svc.name, {})
@@ -273,7 +293,8 @@ class Controller:
                 "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
                 "running": in_force[svc.name].running,
                 "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
-                "gate_held": gate_held(planned, admitted), "asked": enforced.asked, "actuator_held": enforced.held})
+                "gate_held": gate_held(planned, admitted[svc.name]), "asked": enforced.asked,
+                "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:
                 short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
                 changed.append(f"{svc.name}: {text(current)} -> planned {text(planned)}, applied {text(a)}{short}"
@@ -282,6 +303,15 @@ class Controller:
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
                 "no change", solution.power_w, self.power(self.settings).budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
+
+    def _inventory(self, in_force: Mapping[str, InForce]) -> dict[str, Inventory]:
+        """Per accelerator type, the GPUs no replica holds now (as read back) and the GPUs a replica takes."""
+        used: dict[str, int] = {}
+        for got in in_force.values():
+            for acc, n in got.running.items():
+                used[acc] = used.get(acc, 0) + n
+        return {a.name: Inventory(a.count - used.get(a.name, 0) * a.gpus_per_replica, a.gpus_per_replica)
+                for a in self.settings.accelerators}
 
     @staticmethod
     def _planned(result: ServiceResult, current: Assignment, min_replicas: int) -> Assignment:

@@ -60,13 +60,17 @@ def observed(w: ServiceWindow) -> dict[str, Any]:
 
 
 def shape(a: Assignment) -> dict[str, Any]:
-    return {"accelerator": a.accelerator, "replicas": a.replicas, "max_batch": a.max_batch,
-            "cap_w": round(a.power_cap_w, 1)}
+    out = {"accelerator": a.accelerator, "replicas": a.replicas, "max_batch": a.max_batch,
+           "cap_w": round(a.power_cap_w, 1)}
+    if a.sm_clock_fraction is not None:
+        out["sm_clock_share"] = round(a.sm_clock_fraction, 3)
+    return out
 
 
 def text(a: Assignment) -> str:
     """An assignment as the INFO decision line says it."""
-    return f"{a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W"
+    clock = "" if a.sm_clock_fraction is None else f" clock {a.sm_clock_fraction:.0%}"
+    return f"{a.replicas}x{a.accelerator} batch {a.max_batch} cap {a.power_cap_w:.0f} W{clock}"
 
 
 def gate_held(planned: Assignment, admitted: Assignment) -> list[str]:

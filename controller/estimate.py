@@ -72,6 +72,7 @@ class Estimator:
             itl_ms=window.itl_ms,
             power_cap_w=window_cap_w(draws, in_force.power_cap_w),
             power_w=window_draw_w(draws),
+            sm_clock_fraction=window_clock(draws),
             waiting=window.waiting / window.replicas,
             preemptions=window.preemptions,
             in_cv=svc.in_tokens_cv,
@@ -113,3 +114,10 @@ def window_draw_w(draws: list[DrawReading]) -> float | None:
     if not draws or any(r.cut for r in draws):
         return None
     return sum(r.draw_w for r in draws) / len(draws)
+
+
+def window_clock(draws: list[DrawReading]) -> float | None:
+    """The window's mean locked clock share; None where no reading ran locked."""
+    if not any(r.clock_share is not None for r in draws):
+        return None
+    return sum(r.clock_share or 1.0 for r in draws) / len(draws)

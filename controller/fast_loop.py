@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from actuators import ActuatorError, PowerLimiter
+from actuators import ActuatorError, ClockLocker, PowerLimiter
+from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor, pressed, safe_caps
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
@@ -27,7 +28,7 @@ log = logging.getLogger("wattscale.governor")
 class FastLoop:
     def __init__(self, power_settings: PowerSettings, failsafe_after_ticks: int, gpus: GpuSource,
                  power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None],
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, clocks: ClockLocker | None = None) -> None:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
         self.governor = PowerGovernor(power_settings, interval_s)
         self.failsafe_after_ticks = failsafe_after_ticks
@@ -49,6 +50,8 @@ class FastLoop:
         """GPUs seen before and missing from the last listing."""
         self.exported: dict[str, str] = {}
         """GPU index -> the service label its power is exported under (one series a GPU, as owners change)."""
+        self.clocks = None if clocks is None else ClockSteer(clocks, metrics, on_error)
+        """Locks each GPU's SM clock at the plan's share after the limits are set (None: caps alone)."""
         self.retry_afresh = False
         """Set by the slow loop when the power settings changed: the next tick forgets given-up GPUs (the retry
         record is this thread's own, so another thread only raises the flag)."""
@@ -121,6 +124,8 @@ class FastLoop:
         if all([self._set(now, g, w) for g, w in lower]):
             for g, w in higher:
                 self._set(now, g, w)
+        if self.clocks is not None:
+            self.clocks.step(now, [g for g in samples if g.uuid not in missing], self.plan)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
     def _set(self, now: float, g: GpuSample, watts: float) -> bool:
@@ -179,8 +184,10 @@ class FastLoop:
         for service, gpus in by_service.items():
             n, below = len(gpus), sum(held(g, service) for g in gpus)
             held_gpus += below
+            shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
             self.ledger.add(service, DrawReading(
-                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, below > 0))
+                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
+                sum(shares) / n if any(c < 1.0 for c in shares) else None))
         self.held_gpus = held_gpus
         self.metrics.degradation.labels("caps").set(held_gpus)
 

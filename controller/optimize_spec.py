@@ -9,7 +9,7 @@ from typing import Any, Literal
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.service_settings import check_service_bounds
-from controller.settings import AcceleratorSettings, PriorSettings, check_choices
+from controller.settings import AcceleratorSettings, PriorSettings, check_choices, check_clock_levels
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -76,6 +76,8 @@ class Spec:
     """Candidate max batch sizes."""
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     """Candidate caps as shares of the maximum limit."""
+    clock_levels: tuple[float, ...] = (1.0,)
+    """Candidate locked SM clocks as shares of the maximum (1.0: unlocked; docs/clocks.md)."""
     transition_penalty: float = 0.0
     """Penalty on changes (no current allocation in a spec)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class Spec:
         if not self.accelerators:
             raise ConfigError("accelerators", "at least one accelerator type is required")
         check_choices("", self.batch_sizes, self.power_levels)
+        check_clock_levels("", self.clock_levels)
         check_range(self, "", ("transition_penalty",), 0.0, 1.0)
         names = {a.name for a in self.accelerators}
         if len(names) < len(self.accelerators):
@@ -113,7 +116,7 @@ def load_spec(path: Path) -> Problem:
         for s in spec.services
     )
     return Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
-                   spec.transition_penalty)
+                   spec.transition_penalty, clock_levels=spec.clock_levels)
 
 
 def solution_json(sol: Solution) -> dict[str, Any]:
@@ -126,6 +129,7 @@ def solution_json(sol: Solution) -> dict[str, Any]:
             "replicas": a.replicas if a else 0,
             "max_batch": a.max_batch if a else None,
             "power_cap_w": a.power_cap_w if a else None,
+            "sm_clock_share": a.sm_clock_fraction if a else None,
             "ttft_ms": p.ttft_ms if p else None,
             "itl_ms": p.itl_ms if p else None,
             "ttft_p95_ms": p.ttft_p95_ms if p else None,

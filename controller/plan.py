@@ -23,11 +23,23 @@ class Plan:
     caps_w: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
     """Service -> variant (accelerator type) -> cap; the first variant listed is the one planned."""
     priorities: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    clocks: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    """Service -> variant -> locked SM clock share; a variant absent runs unlocked."""
 
     @staticmethod
-    def of(version: int, caps_w: dict[str, dict[str, float]], priorities: dict[str, int]) -> Plan:
+    def of(version: int, caps_w: dict[str, dict[str, float]], priorities: dict[str, int],
+           clocks: dict[str, dict[str, float]] | None = None) -> Plan:
         caps = {s: MappingProxyType(dict(v)) for s, v in caps_w.items()}
-        return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)))
+        locks = {s: MappingProxyType(dict(v)) for s, v in (clocks or {}).items()}
+        return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)), MappingProxyType(locks))
+
+    def clock_fraction(self, service: str, variant: str | None) -> float | None:
+        """The locked clock share for a GPU of `service` on `variant` (the planned variant's where the GPU's is
+        not known); None: unlocked."""
+        caps = self.caps_w.get(service)
+        if not caps:
+            return None
+        return self.clocks.get(service, {}).get(next(iter(caps)) if variant is None else variant)
 
     def cap_w(self, service: str, variant: str | None) -> float | None:
         """The cap for a GPU of `service` on `variant` (the planned variant's where the GPU's is not known);
@@ -41,12 +53,13 @@ class Plan:
 
 
 class DrawReading(NamedTuple):
-    """A service's GPUs at one fast tick: mean draw, mean limit in force, and whether the governor held a cut
-    on any of them."""
+    """A service's GPUs at one fast tick: mean draw, mean limit in force, whether the governor held a cut
+    on any of them, and their mean locked clock share (None: none locked)."""
 
     draw_w: float
     limit_w: float
     cut: bool
+    clock_share: float | None = None
 
 
 class DrawLedger:

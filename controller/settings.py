@@ -28,6 +28,7 @@ __all__ = [
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
 VllmSource = Literal["sim", "prometheus", "scrape"]
 PowerBackend = Literal["sim", "nvml", "dry-run"]
+ClockBackend = Literal["none", "sim", "nvml", "dry-run"]
 BatchBackend = Literal["sim", "vllm", "dry-run"]
 ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
 
@@ -148,8 +149,12 @@ class OptimizerSettings:
     """Candidate `--max-num-seqs` values."""
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     """Candidate power caps as shares of each accelerator's maximum limit."""
+    clock_levels: tuple[float, ...] = (1.0,)
+    """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
+    backend (`actuators.clocks`)."""
     transition_penalty: float = 0.05
-    """Relative gain a change must bring before it is made."""
+    """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
+    restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
     time_limit_s: float = 2.0
     """Time limit of the MILP solver."""
     mip_gap: float = 0.01
@@ -164,6 +169,7 @@ class OptimizerSettings:
         if not 0 <= self.resize_tolerance < 0.5:
             raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
         check_choices(where, self.batch_sizes, self.power_levels)
+        check_clock_levels(where, self.clock_levels)
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
@@ -221,6 +227,10 @@ class ActuatorSettings:
     """Backend that scales replicas."""
     restore_power_limits: bool = False
     """On exit, put every GPU back at its default power limit (`nvml` power backend)."""
+    clocks: ClockBackend = "none"
+    """Backend that locks SM clocks (docs/clocks.md); "none" plans and runs on caps alone."""
+    reset_clocks_on_exit: bool = True
+    """On exit, unlock every GPU clock the daemon locked (`nvml` clock backend)."""
     kubernetes_namespace: str = "default"
     """Namespace of the services' Deployments (`kubernetes` replica backend)."""
     kubeconfig: str = ""
@@ -333,7 +343,7 @@ class Settings:
     def uses_sim(self) -> bool:
         """Some source or actuator is the simulated host's (so the daemon builds and steps one)."""
         return "sim" in (self.telemetry.gpu_source, self.telemetry.vllm_source, self.actuators.power,
-                         self.actuators.batch, self.actuators.replicas)
+                         self.actuators.batch, self.actuators.replicas, self.actuators.clocks)
 
     @property
     def state_path(self) -> Path:
@@ -357,6 +367,14 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
     if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
         raise ConfigError(f"{where}.power_levels" if where else "power_levels",
                           f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
+
+
+def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
+    """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
+    if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
+            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
+        raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
+                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(clock_levels)[:8]}")
 
 
 def load_settings(path: Path) -> Settings:

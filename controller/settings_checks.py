@@ -105,10 +105,15 @@ def _minimum_fits(s: Settings) -> None:
 
 
 def _backends(s: Settings) -> None:
-    if s.actuators.power == "nvml" and s.telemetry.gpu_source in ("dcgm", "kepler"):
-        raise ConfigError("actuators.power", f'"nvml" sets this host\'s GPUs by NVML index, but gpu_source = '
-                          f'"{s.telemetry.gpu_source}" numbers the cluster\'s GPUs by position; use gpu_source = '
-                          '"nvml" on a host')
+    for name in ("power", "clocks"):
+        if getattr(s.actuators, name) == "nvml" and s.telemetry.gpu_source in ("dcgm", "kepler"):
+            raise ConfigError(f"actuators.{name}", f'"nvml" sets this host\'s GPUs by NVML index, but gpu_source = '
+                              f'"{s.telemetry.gpu_source}" numbers the cluster\'s GPUs by position; use gpu_source = '
+                              '"nvml" on a host')
+    locked = sorted(c for c in s.optimizer.clock_levels if c < 1.0)
+    if locked and s.actuators.clocks == "none":
+        raise ConfigError("optimizer.clock_levels", f"{locked} lock clocks below the maximum, but actuators.clocks "
+                          '= "none"; name a clock backend ("nvml", "dry-run", "sim") or keep clock_levels = [1.0]')
     if s.actuators.batch == "vllm":
         for svc in s.services:
             where = svc_path(svc.name)

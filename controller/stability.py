@@ -7,11 +7,19 @@ estimate does not set it off. Replicas move at most `max_replica_step`, caps at 
 per cycle; a move starts the new variant with at most `max_replica_step` replicas at the plan's cap for
 its type (a cap of one type says nothing of another's, so while a move waits for confirmation what runs
 keeps its own cap; the governor holds the budget meanwhile).
+
+The cooldown counts from a change the actuators took (`note_change`), not from one the gate let through: a
+scale-up refused for want of free GPUs does not hold the next try back. Where the GPUs a scale-up needs are
+held by services the plan shrinks, `make_room` lets those shrinks through at once, lowest priority first:
+the plan already chose who gives way, and confirming it while a higher priority waits costs more SLO than
+one noisy estimate could.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from controller.optimizer import Assignment
 from controller.settings import StabilitySettings
@@ -43,7 +51,6 @@ class StabilityGate:
         if planned.accelerator != current.accelerator:
             if cooling or shape_n < s.confirm_cycles:
                 return current
-            self.last_change_s[service] = now
             # The service's max batch is one for all its replicas: the new ones start with it, a change follows.
             return replace(planned, replicas=min(planned.replicas, s.max_replica_step), max_batch=current.max_batch)
         cap = planned.power_cap_w
@@ -57,6 +64,47 @@ class StabilityGate:
                 step = 0
             batch = planned.max_batch if shape_n >= s.confirm_cycles else current.max_batch
             out = replace(current, replicas=current.replicas + step, max_batch=batch, power_cap_w=cap)
-        if (out.replicas, out.max_batch) != (current.replicas, current.max_batch):
-            self.last_change_s[service] = now
         return out
+
+    def note_change(self, now: float, service: str) -> None:
+        """The actuators took a change of the service's replicas, variant or max batch: its cooldown starts."""
+        self.last_change_s[service] = now
+
+    def make_room(self, gpus: Mapping[str, Inventory], services: list[Pending]) -> dict[str, Assignment]:
+        """Let through, lowest priority first, the shrinks the plan asks for that free the GPUs the admitted
+        scale-ups need on each accelerator type; returns what is admitted now, per service."""
+        out = {p.name: p.admitted for p in services}
+        for acc, inv in gpus.items():
+            grow = sum(max(0, p.admitted.replicas - p.current.replicas) * inv.gpus_per_replica
+                       for p in services if p.admitted.accelerator == acc and p.current.accelerator == acc)
+            short = grow - inv.free
+            for p in sorted(services, key=lambda p: -p.priority):
+                if short <= 0:
+                    break
+                if p.current.accelerator != acc or p.admitted.accelerator != acc:
+                    continue
+                floor = max(p.planned.replicas, p.current.replicas - self.settings.max_replica_step)
+                give = min(out[p.name].replicas - floor, math.ceil(short / inv.gpus_per_replica))
+                if give > 0:
+                    out[p.name] = replace(out[p.name], replicas=out[p.name].replicas - give)
+                    short -= give * inv.gpus_per_replica
+        return out
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """GPUs of one accelerator type: how many no replica holds now, and how many a replica takes."""
+
+    free: int
+    gpus_per_replica: int = 1
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One service's change this cycle: what runs, what the plan asks, what the gate let through."""
+
+    name: str
+    priority: int
+    current: Assignment
+    planned: Assignment
+    admitted: Assignment

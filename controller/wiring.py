@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from actuators import ActuatorError, BatchSizer, PowerLimiter, ReplicaScaler
-from actuators.dryrun import DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
+from actuators import ActuatorError, BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
+from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLimiter, DryRunReplicaScaler
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
-from actuators.sim import SimBatchSizer, SimPowerLimiter, SimReplicaScaler
+from actuators.nvml_clocks import NvmlClockLocker
+from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
 from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.settings import Settings
@@ -46,6 +47,8 @@ class Parts:
     asks, the NVML session shut down. Each logs what it fails at and returns."""
     plant_lock: threading.Lock = field(default_factory=threading.Lock)
     """Held by every call into the simulated host, whichever loop makes it (the fast loop advances it)."""
+    clocks: ClockLocker | None = None
+    """Locks SM clocks (None: `actuators.clocks = "none"`, caps alone)."""
 
     def start(self) -> None:
         for step in self.starts:
@@ -59,6 +62,11 @@ class Parts:
 def _restore_limits(limiter: NvmlPowerLimiter) -> None:
     for failure in limiter.restore_defaults():
         log.warning("restoring the default power limit: %s", failure)
+
+
+def _reset_clocks(locker: NvmlClockLocker) -> None:
+    for failure in locker.reset_all():
+        log.warning("unlocking a GPU clock: %s", failure)
 
 
 def _shut_down(devices: NvmlDevices) -> None:
@@ -83,12 +91,14 @@ def build_host(settings: Settings) -> SimHost:
 
 def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
     t, a = settings.telemetry, settings.actuators
-    if t.gpu_source != "nvml" and a.power != "nvml":
+    if "nvml" not in (t.gpu_source, a.power, a.clocks):
         return None
     try:
         return NvmlDevices(nvml)
     except ActuatorError as exc:
-        raise ConfigError("telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power", str(exc)) from exc
+        field = "telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power" if a.power == "nvml" \
+            else "actuators.clocks"
+        raise ConfigError(field, str(exc)) from exc
 
 
 def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, str]]:
@@ -172,6 +182,16 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         power = limiter
     else:
         power = SimPowerLimiter(sim(), lock) if a.power == "sim" else DryRunPowerLimiter()
+    clocks: ClockLocker | None = None
+    if devices is not None and a.clocks == "nvml":
+        locker = NvmlClockLocker(devices)
+        if a.reset_clocks_on_exit:
+            stops.append(lambda: _reset_clocks(locker))
+        clocks = locker
+    elif a.clocks == "sim":
+        clocks = SimClockLocker(sim(), lock)
+    elif a.clocks == "dry-run":
+        clocks = DryRunClockLocker()
     batch: BatchSizer
     if a.batch == "vllm":
         sizer = _vllm_sizer(settings)
@@ -211,4 +231,4 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         vllm = SimVllmSource(sim(), lock)
     if devices is not None:
         stops.append(lambda: _shut_down(devices))
-    return Parts(host, gpus, vllm, power, batch, replicas, tuple(starts), tuple(stops), lock)
+    return Parts(host, gpus, vllm, power, batch, replicas, tuple(starts), tuple(stops), lock, clocks)

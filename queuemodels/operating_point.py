@@ -71,7 +71,8 @@ def evaluate(law: StepLaw, chain: Stationary, shape: ServerShape, profile: Power
         ttft_p95, ttft_p99 = ttft_quantiles(chain, law, m.wait_ms, PROBS)
         itl_p95, itl_p99 = itl_quantiles(chain, law, m.throughput_per_ms, PROBS)
     accepted_rps = m.throughput_per_ms * 1000.0
-    power = mean_draw_w(profile, occupancy(law, chain, accepted_rps), shape.power_cap_w) if profile else nan
+    busy = occupancy(law, chain, accepted_rps)
+    power = mean_draw_w(profile, busy, shape.power_cap_w, shape.sm_clock_fraction) if profile else nan
     return Performance(
         ttft_ms=ttft,
         itl_ms=itl,

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from queuemodels.clock import clock_draw_scale
 from queuemodels.types import PowerProfile
 
 Batch = TypeVar("Batch", float, NDArray[np.float64])
@@ -40,15 +41,17 @@ class Occupancy:
         return cls(share, np.array([float(o.prompt_share) for o in many]))
 
 
-def natural_draw_w(profile: PowerProfile, batch: Batch) -> Batch:
-    """Uncapped draw of a decode step with `batch` sequences (batch >= 1)."""
-    share = profile.busy_share + (1.0 - profile.busy_share) * batch / (batch + profile.batch_half)
+def natural_draw_w(profile: PowerProfile, batch: Batch, clock: float = 1.0) -> Batch:
+    """Uncapped draw of a decode step with `batch` sequences (batch >= 1) at a clock share."""
+    compute = batch / (batch + profile.batch_half) * clock_draw_scale(profile, clock)
+    share = profile.busy_share + (1.0 - profile.busy_share) * compute
     return profile.idle_power_w + (profile.max_power_w - profile.idle_power_w) * share
 
 
-def prompt_draw_w(profile: PowerProfile) -> float:
-    """Uncapped draw while prompts run: compute-bound, at the prefill knee."""
-    return profile.knee_fraction * profile.max_power_w
+def prompt_draw_w(profile: PowerProfile, clock: float = 1.0) -> float:
+    """Uncapped draw while prompts run: compute-bound, at the prefill knee (at the maximum clock)."""
+    knee = profile.knee_fraction * profile.max_power_w
+    return profile.idle_power_w + (knee - profile.idle_power_w) * clock_draw_scale(profile, clock)
 
 
 def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
@@ -56,17 +59,26 @@ def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
     return profile.max_power_w if power_cap_w is None else min(power_cap_w, profile.max_power_w)
 
 
-def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit."""
+def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.float64],
+            clocks: NDArray[np.float64] | float = 1.0) -> NDArray[np.float64]:
+    """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit, at its clock."""
     share = occupancy.batch_share
     batch = np.arange(1, share.shape[-1], dtype=float)
-    decode = (np.minimum(natural_draw_w(profile, batch), limits_w[..., None]) * share[..., 1:]).sum(axis=-1)
-    prompt = np.minimum(prompt_draw_w(profile), limits_w) * share[..., 1:].sum(axis=-1)
+    scale = clock_draw_scale(profile, np.asarray(clocks, dtype=float))
+    dynamic = profile.max_power_w - profile.idle_power_w
+    compute = batch / (batch + profile.batch_half) * scale[..., None]
+    natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
+    decode = (np.minimum(natural, limits_w[..., None]) * share[..., 1:]).sum(axis=-1)
+    knee = profile.knee_fraction * profile.max_power_w
+    prompt_w = profile.idle_power_w + (knee - profile.idle_power_w) * scale
+    prompt = np.minimum(prompt_w, limits_w) * share[..., 1:].sum(axis=-1)
     phi = occupancy.prompt_share
     out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt
     return out
 
 
-def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None) -> float:
-    """Expected draw over one occupancy, never above the cap (nor the peak)."""
-    return float(draws_w(profile, occupancy, np.asarray(limit_w(profile, power_cap_w))))
+def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None,
+                clock: float | None = None) -> float:
+    """Expected draw over one occupancy at a locked clock share (None: unlocked), never above the cap."""
+    limits = np.asarray(limit_w(profile, power_cap_w))
+    return float(draws_w(profile, occupancy, limits, 1.0 if clock is None else clock))

@@ -2,7 +2,7 @@
 
 Both families give per-step times that are affine in the batch B, so one request's service time
 tau(B) = prefill(B) + k * decode(B) is affine too and the effective concurrency can be inverted exactly.
-Power caps scale the prefill and decode laws separately (compute-bound vs memory-bound).
+Power caps and locked SM clocks scale the prefill and decode laws separately (compute-bound vs memory-bound).
 
 Two readings of the same parameters (docs/queue-models.md):
 - batch (llm-inferno): a batch of B prompts is prefilled together, prefill(B) = gamma + delta L_in B;
@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from queuemodels.power import Batch, natural_draw_w
+from queuemodels.clock import clock_time_factor
+from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
 
@@ -79,44 +80,59 @@ def step_law(params: ServiceParams, load: Load) -> StepLaw:
     return StepLaw(params.alpha_ms + prefill_extra, per_seq, params.alpha_ms + decode_extra, per_seq, m)
 
 
-def cap_factors(profile: PowerProfile | None, power_cap_w: float | None) -> tuple[float, float]:
-    """(prefill, decode) time multipliers a power cap causes; (1, 1) when uncapped."""
-    if profile is None or power_cap_w is None:
+def cap_factors(profile: PowerProfile | None, power_cap_w: float | None,
+                clock: float | None = None) -> tuple[float, float]:
+    """(prefill, decode) time multipliers a power cap and a locked clock share cause; (1, 1) when neither.
+    A locked clock lowers the draw the cap squeezes (a prompt's knee), then slows the prompt by itself."""
+    if profile is None:
         return 1.0, 1.0
-    knee_w = profile.knee_fraction * profile.max_power_w
+    prefill_clock = clock_time_factor(profile, clock, 1.0)
+    if power_cap_w is None:
+        return prefill_clock, 1.0
+    knee_w = prompt_draw_w(profile, 1.0 if clock is None else clock)
     squeeze = max(0.0, knee_w / power_cap_w - 1.0)
-    return 1.0 + profile.prefill_sensitivity * squeeze, 1.0 + profile.decode_sensitivity * squeeze
+    return prefill_clock * (1.0 + profile.prefill_sensitivity * squeeze), 1.0 + profile.decode_sensitivity * squeeze
 
 
 def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
-    """The step law at a power cap."""
-    prefill_factor, decode_factor = cap_factors(profile, shape.power_cap_w)
+    """The step law at a power cap and clock (the batched reading: decode steps follow the clock as the
+    compute share of a full batch does)."""
+    prefill_factor, decode_factor = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
+    if profile is not None:
+        full = shape.max_batch / (shape.max_batch + profile.batch_half)
+        decode_factor *= clock_time_factor(profile, shape.sm_clock_fraction, full)
     return step_law(params, load).scaled(prefill_factor, decode_factor)
 
 
 LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", ServerShape], StepLaw]
 
 
-def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, batch: float) -> float:
+def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, batch: float,
+                      clock: float | None = None) -> float:
     """Time multiplier of a decode step at `batch` under a cap. A cap slows the compute in a step, as it slows
     prompts (prefill_sensitivity), and only once the step would draw more than the cap: a small batch is
     memory-bound and draws well below the peak, so a cap may never bite it. The compute share of a decode
-    step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half)."""
-    if profile is None or power_cap_w is None:
+    step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half).
+    A locked clock slows that compute share by itself and lowers the draw the cap squeezes."""
+    if profile is None:
         return 1.0
     compute_share = batch / (batch + profile.batch_half)
-    squeeze = max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
-    return 1.0 + profile.prefill_sensitivity * compute_share * squeeze
+    by_clock = clock_time_factor(profile, clock, compute_share)
+    if power_cap_w is None:
+        return by_clock
+    squeeze = max(0.0, natural_draw_w(profile, batch, 1.0 if clock is None else clock) / power_cap_w - 1.0)
+    return by_clock * (1.0 + profile.prefill_sensitivity * compute_share * squeeze)
 
 
 def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: ServerShape) -> tuple[float, float]:
     """(d0, d1) of the capped decode step: the line through its times at batch 1 and at the max batch, so
     the law stays affine and is exact where it matters most (light load, and the full batch of saturation)."""
     n = float(shape.max_batch)
-    at_one = (d0 + d1) * decode_cap_factor(profile, shape.power_cap_w, 1.0)
+    clock = shape.sm_clock_fraction
+    at_one = (d0 + d1) * decode_cap_factor(profile, shape.power_cap_w, 1.0, clock)
     if n <= 1.0:
         return d0 * at_one / (d0 + d1), d1 * at_one / (d0 + d1)
-    slope = ((d0 + d1 * n) * decode_cap_factor(profile, shape.power_cap_w, n) - at_one) / (n - 1.0)
+    slope = ((d0 + d1 * n) * decode_cap_factor(profile, shape.power_cap_w, n, clock) - at_one) / (n - 1.0)
     return at_one - slope, slope
 
 
@@ -135,7 +151,7 @@ def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float,
 
 def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law under continuous batching at a power cap; depends on the rate through phi."""
-    prefill_factor, _ = cap_factors(profile, shape.power_cap_w)
+    prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
     d0, d1, c_p = _decode_and_prompt(params, load)
     d0, d1 = _capped_decode(d0, d1, profile, shape)
     c_p *= prefill_factor

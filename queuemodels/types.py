@@ -139,6 +139,10 @@ class PowerProfile:
     """Share of the dynamic range (peak - idle) a busy GPU draws before its batch adds compute."""
     batch_half: float = 96.0
     """Batch at which a decode step's draw is half-way from the busy base to the peak."""
+    clock_time_sensitivity: float = 1.0
+    """Share of a compute phase whose time follows 1 / the locked SM clock (queuemodels/clock.py)."""
+    clock_draw_exponent: float = 2.0
+    """The compute part of the dynamic draw falls as the locked clock's share to this power."""
 
     def __post_init__(self) -> None:
         _check("max_power_w", self.max_power_w, positive=True)
@@ -155,16 +159,19 @@ class PowerProfile:
         if self.busy_share >= 1.0:
             raise ModelInputError(f"busy_share: must be below 1, got {self.busy_share!r}")
         _check("batch_half", self.batch_half, positive=True)
+        _check("clock_time_sensitivity", self.clock_time_sensitivity)
+        _check("clock_draw_exponent", self.clock_draw_exponent)
 
 
 @dataclass(frozen=True)
 class ServerShape:
-    """One replica's configuration: vLLM `--max-num-seqs`, queue bound (None = unbounded) and
-    power cap (None = uncapped)."""
+    """One replica's configuration: vLLM `--max-num-seqs`, queue bound (None = unbounded),
+    power cap (None = uncapped) and locked SM clock as a share of the GPU's maximum (None = unlocked)."""
 
     max_batch: int
     max_queue: int | None
     power_cap_w: float | None = None
+    sm_clock_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
@@ -173,6 +180,10 @@ class ServerShape:
             raise ModelInputError(f"max_queue: must be an integer >= 0, got {self.max_queue!r}")
         if self.power_cap_w is not None:
             _check("power_cap_w", self.power_cap_w, positive=True)
+        if self.sm_clock_fraction is not None:
+            _check("sm_clock_fraction", self.sm_clock_fraction, positive=True)
+            if self.sm_clock_fraction > 1.0:
+                raise ModelInputError(f"sm_clock_fraction: must be in (0, 1], got {self.sm_clock_fraction!r}")
 
 
 

@@ -2,7 +2,8 @@
 
 The clock law is hidden from the controller: draw = idle + compute_w * u_c * s^EXP + memory_w * u_m,
 with s the SM clock as a fraction of its maximum and u_c, u_m the compute and memory busy shares of a
-step. Under a cap the GPU picks the largest s whose draw fits, so draw never exceeds the limit.
+step. Under a cap the GPU picks the largest s whose draw fits, so draw never exceeds the limit. A locked
+clock sets s directly: the GPU runs at the lock, or lower where the cap still bounds the draw.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 CLOCK_EXPONENT = 2.4
 MIN_CLOCK_FRACTION = 0.2
+CLOCK_STEP_MHZ = 15
+"""Spacing of the graphics clocks a GPU supports (NVIDIA's tables step by 15 MHz)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class SimGPU:
         self.power_limit_w = spec.max_limit_w
         self.energy_j = 0.0
         self.clock_fraction = 1.0
+        self.locked_clock_mhz: int | None = None
         self.last_power_w = spec.idle_w
         self._window_j = 0.0
         self._window_s = 0.0
@@ -65,6 +69,18 @@ class SimGPU:
         """Clamp to the device's constraints, as the driver does; returns the limit now in force."""
         self.power_limit_w = min(self.spec.max_limit_w, max(self.spec.min_limit_w, float(watts)))
         return self.power_limit_w
+
+    def supported_clocks_mhz(self) -> list[int]:
+        """The graphics clocks a lock may name, lowest first."""
+        top = int(self.spec.max_clock_mhz)
+        return list(range(top, int(MIN_CLOCK_FRACTION * top), -CLOCK_STEP_MHZ))[::-1]
+
+    def lock_clock(self, mhz: int | None) -> int | None:
+        """Lock the SM clock at a supported clock (the driver refuses others), or unlock (None)."""
+        if mhz is not None and mhz not in self.supported_clocks_mhz():
+            raise ValueError(f"{mhz} MHz is not a supported clock")
+        self.locked_clock_mhz = mhz
+        return mhz
 
     def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
                serial_ms: float = 0.0) -> float:
@@ -76,11 +92,12 @@ class SimGPU:
         return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m)
 
     def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float, serial_ms: float = 0.0) -> float:
-        """The largest clock fraction whose draw fits the limit (bisection; draw rises with clock)."""
-        if self.draw_w(1.0, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
-            self.clock_fraction = 1.0
-            return 1.0
-        low, high = MIN_CLOCK_FRACTION, 1.0
+        """The largest clock fraction, up to a lock, whose draw fits the limit (bisection; draw rises with clock)."""
+        top = 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
+        if self.draw_w(top, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
+            self.clock_fraction = top
+            return top
+        low, high = MIN_CLOCK_FRACTION, top
         for _ in range(14):
             mid = 0.5 * (low + high)
             if self.draw_w(mid, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:

@@ -136,6 +136,9 @@ class SimHost:
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         return self.gpus[gpu_index].set_power_limit(watts)
 
+    def lock_clock(self, gpu_index: int, mhz: int | None) -> int | None:
+        return self.gpus[gpu_index].lock_clock(mhz)
+
     def _requeue(self, svc: SimService, requests: list[tuple[float, int, int]]) -> None:
         for req in requests:
             self._route(svc, req)

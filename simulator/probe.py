@@ -57,11 +57,13 @@ class Replica:
         return StepCost(c.overhead_ms * s, c.weights_ms * s, c.kv_ms_per_token * s, c.prefill_ms_per_token * s,
                         c.decode_ms_per_seq * s, c.noise_sigma, c.hiccup_prob, c.hiccup_ms, c.kv_capacity_tokens)
 
-    def engine(self, max_num_seqs: int, power_limit_w: float | None, rng: np.random.Generator) -> VLLMEngine:
+    def engine(self, max_num_seqs: int, power_limit_w: float | None, rng: np.random.Generator,
+               locked_clock_mhz: int | None = None) -> VLLMEngine:
         """A fresh engine on its own GPU, keeping raw samples for exact means and percentiles."""
         gpu = SimGPU(0, SPECS[self.gpu_type])
         if power_limit_w is not None:
             gpu.set_power_limit(power_limit_w)
+        gpu.lock_clock(locked_clock_mhz)
         return VLLMEngine(self.model, self.cost(), gpu, max_num_seqs, rng, keep_samples=True,
                           personality=get_personality(self.personality))
 
@@ -76,10 +78,11 @@ def measure(
     requests: int = 2000,
     warmup_fraction: float = 0.15,
     seed: int = 0,
+    locked_clock_mhz: int | None = None,
 ) -> Measured:
     """Offer `requests` Poisson arrivals; measure the window after the first `warmup_fraction` of them."""
     rng = np.random.default_rng(seed)
-    engine = replica.engine(max_num_seqs, power_limit_w, rng)
+    engine = replica.engine(max_num_seqs, power_limit_w, rng, locked_clock_mhz)
     gpu = engine.gpu
     times = np.cumsum(rng.exponential(1.0 / rate_rps, requests))
     n_in = tokens_in.draw(rng, requests)

@@ -3,6 +3,9 @@
 Behaves as NVML does where the code under test depends on it: limits in mW within constraints (else
 InvalidArgument), setting needs privilege (else NoPermission), draw never above the limit, the SW power
 cap clock-event reason while the limit bites, unsupported fields, and errors injected per call and GPU.
+Locked clocks as on Volta and later: a lock within the supported table (else InvalidArgument), needing
+privilege, holding the SM clock at or below it, with the applications-clocks event reason set; a GPU
+without them (`unsupported` holds "lock") raises NotSupported.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class FakeGpu:
     demand_mw: int = 450_000
     energy_mj: int = 0
     unsupported: set[str] = field(default_factory=set)
+    graphics_clocks: list[int] = field(default_factory=lambda: list(range(345, 1981, 15)))
+    locked_mhz: tuple[int, int] | None = None
+    lock_ignored: bool = False
+    """The driver answers success but leaves the clock unlocked (what the read-back must catch)."""
 
 
 class FakeNvml:
@@ -40,6 +47,7 @@ class FakeNvml:
         self.initialised = False
         self.fail: dict[tuple[str, int], type[Exception]] = {}
         self.sets: list[tuple[int, int]] = []
+        self.locks: list[tuple[int, int, int]] = []
         # The real error classes and constants, so `nvml.NVMLError...` resolves as on the real module.
         for name in dir(pynvml):
             if name.startswith(("NVMLError", "NVML_")):
@@ -117,11 +125,38 @@ class FakeNvml:
         g = self._gpu("clock", h)
         if kind == pynvml.NVML_CLOCK_MEM:
             return 2619
-        return 1980 if g.demand_mw <= g.limit_mw else int(1980 * (g.limit_mw / g.demand_mw) ** 0.5)
+        free = 1980 if g.demand_mw <= g.limit_mw else int(1980 * (g.limit_mw / g.demand_mw) ** 0.5)
+        return free if g.locked_mhz is None else min(free, g.locked_mhz[1])
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
         g = self._gpu("reasons", h)
-        return 0x4 if g.demand_mw > g.limit_mw else 0x0
+        locked = pynvml.nvmlClocksEventReasonApplicationsClocksSetting if g.locked_mhz is not None else 0x0
+        return (0x4 if g.demand_mw > g.limit_mw else 0x0) | locked
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, h: int) -> list[int]:
+        self._gpu("supported", h)
+        return [2619, 1593]
+
+    def nvmlDeviceGetSupportedGraphicsClocks(self, h: int, memory_mhz: int) -> list[int]:
+        g = self._gpu("supported", h)
+        return sorted(g.graphics_clocks, reverse=True) if memory_mhz == 2619 else [c for c in g.graphics_clocks
+                                                                                   if c <= 1410]
+
+    def nvmlDeviceSetGpuLockedClocks(self, h: int, min_mhz: int, max_mhz: int) -> None:
+        g = self._gpu("lock", h)
+        if not self.privileged:
+            raise pynvml.NVMLError_NoPermission()
+        if min_mhz > max_mhz or not min(g.graphics_clocks) <= min_mhz <= max(g.graphics_clocks):
+            raise pynvml.NVMLError_InvalidArgument()
+        self.locks.append((int(h), min_mhz, max_mhz))
+        if not g.lock_ignored:
+            g.locked_mhz = (min_mhz, max_mhz)
+
+    def nvmlDeviceResetGpuLockedClocks(self, h: int) -> None:
+        g = self._gpu("lock", h)
+        if not self.privileged:
+            raise pynvml.NVMLError_NoPermission()
+        g.locked_mhz = None
 
     def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
         self._gpu("util", h)

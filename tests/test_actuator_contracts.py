@@ -1,5 +1,5 @@
-"""One contract suite per backend family, run against every backend of it: power limiters (dry-run, sim,
-nvml behind the fake `pynvml` with the real error classes), batch sizers (dry-run, sim, vllm over an
+"""One contract suite per backend family, run against every backend of it: power limiters and clock lockers
+(dry-run, sim, nvml behind the fake `pynvml` with the real error classes), batch sizers (dry-run, sim, vllm over an
 in-memory runner) and GPU sources (sim, nvml). Replica scalers have theirs in test_replica_scalers.py."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import pytest
 from conftest import small_sim_host
 from fake_pynvml import FakeGpu, FakeNvml
 
-from actuators import BatchInForce, BatchSizer, PermanentActuatorError, PowerLimiter
-from actuators.dryrun import DryRunBatchSizer, DryRunPowerLimiter
+from actuators import BatchInForce, BatchSizer, ClockLocker, PermanentActuatorError, PowerLimiter
+from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLimiter
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
-from actuators.sim import SimBatchSizer, SimPowerLimiter
+from actuators.nvml_clocks import NvmlClockLocker
+from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter
 from actuators.vllm import Replica, VllmBatchSizer
 from controller.telemetry.base import GpuSource
 from controller.telemetry.nvml import NvmlGpuSource
@@ -50,6 +51,41 @@ def test_a_limit_outside_the_gpus_range_is_held_within_it(limiter: PowerLimiter)
 def test_a_gpu_that_is_not_there_is_a_permanent_error(limiter: PowerLimiter) -> None:
     with pytest.raises(PermanentActuatorError):
         limiter.set_power_limit(-1 if isinstance(limiter, DryRunPowerLimiter) else 99, 400.0)
+
+
+# -- clock lockers: every GPU here tops out at 1980 MHz --------------------------------------------------
+@pytest.fixture(params=["dry-run", "sim", "nvml"])
+def locker(request: pytest.FixtureRequest) -> ClockLocker:
+    if request.param == "dry-run":
+        return DryRunClockLocker()
+    if request.param == "sim":
+        return SimClockLocker(sim_host())
+    return NvmlClockLocker(NvmlDevices(fake_nvml()), min_interval_s=0.0)
+
+
+def test_supported_clocks_are_sorted_and_end_at_the_gpus_maximum(locker: ClockLocker) -> None:
+    clocks = locker.supported_clocks_mhz(1)
+    assert list(clocks) == sorted(set(clocks)) and len(clocks) > 10 and clocks[-1] == 1980
+
+
+def test_a_lock_is_snapped_to_a_supported_clock_at_or_below_the_one_asked(locker: ClockLocker) -> None:
+    clocks = locker.supported_clocks_mhz(1)
+    assert locker.lock_clock(1, clocks[-5]) == clocks[-5]
+    assert locker.lock_clock(1, clocks[-5] + 7) == clocks[-5]
+    assert locker.lock_clock(1, 10) == clocks[0]
+    assert locker.lock_clock(1, 99_999) == clocks[-1]
+
+
+def test_a_reset_unlocks_and_may_be_repeated(locker: ClockLocker) -> None:
+    locker.lock_clock(2, 1200)
+    locker.reset_clock(2)
+    locker.reset_clock(2)
+    assert locker.lock_clock(2, 1500) <= 1500
+
+
+def test_a_clock_on_a_gpu_that_is_not_there_is_a_permanent_error(locker: ClockLocker) -> None:
+    with pytest.raises(PermanentActuatorError):
+        locker.lock_clock(-1 if isinstance(locker, DryRunClockLocker) else 99, 1200)
 
 
 # -- batch sizers ---------------------------------------------------------------------------------------

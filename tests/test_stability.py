@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from controller.optimizer import Assignment
 from controller.settings import StabilitySettings
-from controller.stability import StabilityGate
+from controller.stability import Inventory, Pending, StabilityGate
 
 NOW = Assignment("H100-SXM", 2, 64, 600.0)
 
@@ -33,3 +35,36 @@ def test_lower_caps_pass_during_cooldown_and_confirmation() -> None:
     assert grown == Assignment("H100-SXM", 3, 64, 650.0)  # cap rises by at most 50 W
     cut = gate.admit(10.0, "chat", grown, Assignment("H100-SXM", 2, 32, 400.0))
     assert cut == Assignment("H100-SXM", 3, 64, 400.0)  # cooling: only the cut goes through
+
+
+def test_cooldown_counts_from_a_change_the_actuators_took() -> None:
+    gate = StabilityGate(StabilitySettings(cooldown_s=60.0))
+    more = Assignment("H100-SXM", 3, 64, 600.0)
+    assert gate.admit(0.0, "chat", NOW, more) == more  # asked, but refused (no free GPU): no note_change
+    assert gate.admit(15.0, "chat", NOW, more) == more  # tried again at once
+    gate.note_change(15.0, "chat")
+    assert gate.admit(30.0, "chat", more, Assignment("H100-SXM", 4, 64, 600.0)) == more  # now cooling
+
+
+def test_room_is_made_lowest_priority_first_for_a_scale_up() -> None:
+    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=3, max_replica_step=2))
+    chat_now, code_now, bulk_now = NOW, Assignment("H100-SXM", 3, 64, 600.0), Assignment("H100-SXM", 3, 64, 600.0)
+    pending = [Pending("chat", 1, chat_now, replace(chat_now, replicas=4), replace(chat_now, replicas=4)),
+               Pending("code", 2, code_now, replace(code_now, replicas=2), code_now),  # shrink not yet confirmed
+               Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now)]
+    out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
+    assert out["chat"].replicas == 4
+    assert out["bulk"].replicas == 1 and out["code"].replicas == 3  # the lowest priority gives both GPUs
+    one_free = gate.make_room({"H100-SXM": Inventory(free=1)}, pending)
+    assert one_free["bulk"].replicas == 2 and one_free["code"].replicas == 3
+    assert gate.make_room({"H100-SXM": Inventory(free=2)}, pending)["bulk"] == bulk_now  # room enough: nothing
+
+
+def test_room_is_never_made_below_the_plan_nor_faster_than_the_step() -> None:
+    gate = StabilityGate(StabilitySettings(max_replica_step=1))
+    big = Assignment("H100-SXM", 4, 64, 600.0)
+    pending = [Pending("chat", 1, NOW, replace(NOW, replicas=4), replace(NOW, replicas=4)),
+               Pending("bulk", 3, big, replace(big, replicas=1), big)]
+    assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"].replicas == 3  # one step a cycle
+    pending[1] = Pending("bulk", 3, big, replace(big, replicas=4), big)
+    assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"].replicas == 4  # the plan keeps it

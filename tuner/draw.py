@@ -20,9 +20,11 @@ from numpy.typing import NDArray
 from scipy.optimize import least_squares
 
 from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model
+from queuemodels.clock import clock_share
 from queuemodels.power import draws_w, limit_w
 from tuner.observation import Observation
 
+Floats = NDArray[np.float64]
 BUSY_BOUNDS = (0.0, 0.9)
 HALF_BOUNDS = (1.0, 4096.0)
 
@@ -68,11 +70,11 @@ class DrawFit:
         return True
 
     def _read(self, windows: list[Observation], params: ServiceParams, profile: PowerProfile,
-              queue_model: str) -> tuple[Occupancy, NDArray[np.float64], NDArray[np.float64]] | None:
+              queue_model: str) -> tuple[Occupancy, Floats, Floats, Floats] | None:
         """The windows the current law can carry, stacked: their occupancies at `profile` (each at its own load
-        and cap), their limits and their observed draws; None when there are none."""
+        cap and clock), their limits, their observed draws and their clock shares; None when there are none."""
         model = get_model(queue_model)
-        occupancies, limits, seen = [], [], []
+        occupancies, limits, seen, clocks = [], [], [], []
         for o in windows:
             try:
                 occupancies.append(model.occupancy(params, o.load, o.shape, profile))
@@ -80,9 +82,10 @@ class DrawFit:
                 continue  # a load the current law cannot carry says nothing about the draw
             limits.append(limit_w(profile, o.power_cap_w))
             seen.append(float(o.power_w or 0.0))
+            clocks.append(clock_share(o.sm_clock_fraction))
         if not occupancies:
             return None
-        return Occupancy.stack(occupancies), np.array(limits), np.array(seen)
+        return Occupancy.stack(occupancies), np.array(limits), np.array(seen), np.array(clocks)
 
     def _predicts(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
         """The current curve predicts this window's draw within the error level (or no curve could)."""
@@ -90,8 +93,8 @@ class DrawFit:
         read = self._read([obs], params, profile, queue_model)
         if read is None:
             return True
-        occupancy, limits, seen = read
-        return bool(abs(draws_w(profile, occupancy, limits)[0] / seen[0] - 1.0) <= self.error_level)
+        occupancy, limits, seen, clocks = read
+        return bool(abs(draws_w(profile, occupancy, limits, clocks)[0] / seen[0] - 1.0) <= self.error_level)
 
     def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
         """Refit on the recent windows, all at once: one evaluation of the curve on their stacked occupancies
@@ -101,12 +104,12 @@ class DrawFit:
         self.unfitted = 0
         if read is None:
             return
-        occupancy, limits, seen = read
+        occupancy, limits, seen, clocks = read
         anchor = np.array([catalogue.busy_share, math.log(catalogue.batch_half)])
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             curve = replace(catalogue, busy_share=float(v[0]), batch_half=math.exp(v[1]))
-            errors = draws_w(curve, occupancy, limits) / seen - 1.0
+            errors = draws_w(curve, occupancy, limits, clocks) / seen - 1.0
             return np.concatenate([errors / self.error_level, (v - anchor) / self.prior_spread])
 
         lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
@@ -123,8 +126,8 @@ class DrawFit:
         read = self._read(self.recent, params, profile, queue_model)
         if read is None:
             return None
-        occupancy, limits, seen = read
-        return float(np.median(np.abs(draws_w(profile, occupancy, limits) / seen - 1.0)))
+        occupancy, limits, seen, clocks = read
+        return float(np.median(np.abs(draws_w(profile, occupancy, limits, clocks) / seen - 1.0)))
 
     def dump(self) -> dict[str, Any]:
         return {"busy_share": self.busy_share, "batch_half": self.batch_half,

@@ -3,7 +3,8 @@
 State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
 caps vary. Observation z = log [TTFT, ITL] (ms); h(x) is the queue model at the observed load, batch limit
 and cap (REFERENCE.md section 2). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
-it says nothing true about service times, which would otherwise absorb the draw model's error.
+it says nothing true about service times, which would otherwise absorb the draw model's error. Windows
+run at different locked SM clocks train the pair's clock sensitivities (`tuner/clock.py`).
 Robustness: a robust least-squares warm-up on the first observations that keeps the prior's shape where
 they leave it open, the same fit over the recent windows every few updates, a chi-square NIS gate,
 clamping to [prior/10, 10 prior], rejection of non-positive
@@ -25,6 +26,7 @@ from scipy.optimize import least_squares
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
+from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
 from tuner.observation import Observation
@@ -56,6 +58,8 @@ class PairFilter:
     """The shape a warm-up fit keeps: the prior, or the estimate just before a shift."""
     draw: DrawFit = field(default_factory=DrawFit)
     """The power-draw curve, fitted to observed GPU power."""
+    clock: ClockFit = field(default_factory=ClockFit)
+    """The clock sensitivities, fitted to windows run at different locked clocks."""
     history: list[Observation] = field(default_factory=list)
     """The recent usable windows of the current law (since the last shift), for the periodic refit."""
     since_refit: int = 0
@@ -89,7 +93,7 @@ class PairFilter:
         n = len(self.prior.as_vector())
         params = ServiceParams.from_vector(self.prior.family, [float(a) for a in v[:n]])
         profile = self._latency_profile(v)
-        return params, None if profile is None else self.draw.applied(profile)
+        return params, None if profile is None else self.draw.applied(self.clock.applied(profile))
 
     def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x): the model's [TTFT, ITL] at the observation's operating point."""
@@ -133,14 +137,16 @@ class PairFilter:
         self._refit(obs)
         profile = self._latency_profile(self.x)
         if profile is not None:
-            self.draw.observe(obs, self.params()[0], profile, self.queue_model)
+            params = self.params()[0]
+            self.clock.observe(obs, params, self.draw.applied(profile), self.queue_model)
+            self.draw.observe(obs, params, self.clock.applied(profile), self.queue_model)
         return verdict
 
     def refit_draw(self) -> None:
         """Fit the draw curve over every window it keeps now (as `update` does only where one is missed)."""
         profile = self._latency_profile(self.x)
         if profile is not None and self.draw.recent:
-            self.draw.fit(self.params()[0], profile, self.queue_model)
+            self.draw.fit(self.params()[0], self.clock.applied(profile), self.queue_model)
 
     def _update_latency(self, obs: Observation) -> Verdict:
         if self.accepted < self.settings.warmup_observations or self.rewarm > 0:

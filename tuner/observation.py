@@ -38,6 +38,8 @@ class Observation:
     was a ramp, a new replica filling, or a backlog draining: not a steady state, whatever marks it."""
     queue_growth: float | None = None
     """Waiting requests at the window's end less those at its start (None: not recorded)."""
+    sm_clock_fraction: float | None = None
+    """The SM clock its GPUs were locked at, as a share of their maximum (None: unlocked)."""
 
     @property
     def load(self) -> Load:
@@ -45,7 +47,7 @@ class Observation:
 
     @property
     def shape(self) -> ServerShape:
-        return ServerShape(self.max_batch, self.max_queue, self.power_cap_w)
+        return ServerShape(self.max_batch, self.max_queue, self.power_cap_w, self.sm_clock_fraction)
 
     def problem(self) -> str | None:
         """Why this observation cannot be used at all (None when it can)."""

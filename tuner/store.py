@@ -58,6 +58,7 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
         "accepted": f.accepted,
         "rejected": dict(f.rejected),
         "draw": f.draw.dump(),
+        "clock": f.clock.dump(),
     }
 
 
@@ -215,6 +216,8 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
         if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
             notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
+        if "clock" in data and not (isinstance(data["clock"], dict) and filters[key].clock.restore(data["clock"])):
+            notes.append(f"clock sensitivity of {key} is unreadable; starting from the catalogue's")
         if notes:
             warnings.append(f"{path}: saved " + ", and ".join(notes))
     return warnings

@@ -4,6 +4,12 @@ A full candidate serves the whole load with ceil(load / max rate) replicas; part
 fewer replicas can, so a short budget degrades a service before it drops it. Values fold the objective,
 the priority-weighted shortfall (so lower priorities give way first, a replica's worth at a time) and the
 transition penalty.
+
+A new max batch is a rolling restart: one replica at a time is down while it reloads. A candidate that
+changes the max batch of what runs therefore keeps, besides its own replicas, enough for its load minus one
+at the batch in force (a surge replica where the plan had none to spare), so the restart never leaves the
+service short of capacity; where the batch in force meets the targets at no rate at all, the restart is
+the remedy and nothing is added.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from collections import Counter
 from dataclasses import replace
 from functools import lru_cache
 
+from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_PARTIAL = 6
+EXTRA_REPLICAS = 2
+"""Replicas beyond a shape's need offered to the token-speed objective: without them a plan could reach more
+replicas only through a shape that needs more (a smaller max batch), and changed its batch to scale."""
 GRAIN = 0.005
 
 
@@ -39,9 +49,9 @@ def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, pe
 
 
 def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-               replicas: int, served_rps: float) -> Candidate | None:
+               replicas: int, served_rps: float, clock: float | None = None) -> Candidate | None:
     params = svc.params[acc.name]
-    shape = ServerShape(batch, svc.max_queue, cap_w)
+    shape = ServerShape(batch, svc.max_queue, cap_w, clock)
     per_replica = replace(svc.load, rate_rps=served_rps / replicas)
     try:
         perf = get_model(problem.queue_model).analyze(params, per_replica, shape, svc.profile(acc), tails=False)
@@ -52,7 +62,7 @@ def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorTyp
     power = gpus * (per_gpu_w - acc.profile.idle_power_w)
     cost = gpus * acc.cost_per_hour
     score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
-    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w), gpus, power, cost, served_rps,
+    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus, power, cost, served_rps,
                      max(0.0, svc.load.rate_rps - served_rps), score, perf)
 
 
@@ -62,8 +72,21 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
     a = c.assignment
     per_replica = replace(svc.load, rate_rps=c.served_rps / a.replicas)
     return get_model(problem.queue_model).analyze(svc.params[a.accelerator], per_replica,
-                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w),
+                                                  ServerShape(a.max_batch, svc.max_queue, a.power_cap_w,
+                                                              a.sm_clock_fraction),
                                                   svc.profile(problem.accelerator(a.accelerator)))
+
+
+def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
+                  clock: float | None = None) -> int:
+    """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
+    what carries the load at the batch in force (0 where nothing restarts)."""
+    cur = svc.current
+    if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
+        return 0
+    rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
+                             ServerShape(cur.max_batch, svc.max_queue, cap_w, clock), svc.targets, svc.profile(acc))
+    return math.ceil(svc.load.rate_rps / rate - 1e-9) + 1 if rate > 0 else 0
 
 
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
@@ -74,28 +97,32 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
             continue
         best_rate, best_cfg = 0.0, None
         for batch in problem.batch_sizes:
-            for level in problem.power_levels:
-                cap = max(acc.profile.min_power_w, level * acc.profile.max_power_w)
-                shape = ServerShape(batch, svc.max_queue, cap)
+            for cap, clock in shape_choices(problem, acc):
+                shape = ServerShape(batch, svc.max_queue, cap, clock)
                 # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
                 rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
                                          shape, svc.targets, svc.profile(acc))
                 if rate <= 0:
                     continue
-                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9))
-                if need <= min(svc.max_replicas, acc.count // acc.gpus_per_replica):
-                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps)
+                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9),
+                           _restart_need(problem, svc, acc, batch, cap, clock))
+                most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
+                # Token speed gains from replicas beyond the need (shorter queues); cost and energy never do.
+                spare = EXTRA_REPLICAS if problem.objective == "token_speed" else 0
+                for n in range(need, min(most, need + spare) + 1):
+                    c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps, clock)
                     if c is not None:
-                        out.append(c)
+                        out.append(replace(c, spare=n - need))
                 if rate > best_rate:
-                    best_rate, best_cfg = rate, (batch, cap)
+                    best_rate, best_cfg = rate, (batch, cap, clock)
         if best_cfg is None:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
                    math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
         steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
         for r in steps:
-            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate))
+            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate),
+                           best_cfg[2])
             if c is not None:
                 out.append(c)
     return out
@@ -116,6 +143,17 @@ def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
     return weights
 
 
+def _changes(current: Assignment | None, a: Assignment) -> int:
+    """What moving from `current` to `a` costs, in transition penalties: a scale counts once, a rolling restart
+    (new max batch) or a move to another accelerator twice. A cap costs nothing to move (the governor moves
+    limits every second), so it counts for nothing: were it counted, a cap read back a few watts off every
+    level would charge every candidate alike and leave no hysteresis at all. A locked clock moves as freely."""
+    if current is None:
+        return 0
+    return ((a.replicas != current.replicas) + 2 * (a.max_batch != current.max_batch)
+            + 2 * (a.accelerator != current.accelerator))
+
+
 def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
     """Attach each candidate's value; returns them with each service's value when shed entirely."""
     scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
@@ -127,8 +165,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         row = []
         for c in cs:
             v = c.score - w * c.short_rps * share
-            if svc.current is not None and c.assignment != svc.current:
-                v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale)
+            v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
             row.append(replace(c, value=v))
         out.append(row)
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs

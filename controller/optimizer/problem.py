@@ -23,12 +23,14 @@ class AcceleratorType:
 
 @dataclass(frozen=True)
 class Assignment:
-    """How one service is served: accelerator, replicas, `--max-num-seqs`, per-GPU power cap."""
+    """How one service is served: accelerator, replicas, `--max-num-seqs`, per-GPU power cap, and the SM clock
+    its GPUs are locked at as a share of their maximum (None: unlocked)."""
 
     accelerator: str
     replicas: int
     max_batch: int
     power_cap_w: float
+    sm_clock_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Problem:
     power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
     transition_penalty: float = 0.05
     queue_model: str = DEFAULT_MODEL
+    clock_levels: tuple[float, ...] = (1.0,)
+    """Locked SM clocks to choose among, as shares of the maximum (1.0: unlocked); see optimizer/clocks.py."""
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)
@@ -89,6 +93,8 @@ class Candidate:
     performance: Performance | None
     """Means and power only (percentiles NaN): sizing already enforced the targets."""
     value: float = 0.0
+    spare: int = 0
+    """Replicas beyond what its shape needs for the load (offered to the token-speed objective)."""
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -61,6 +62,8 @@ class Exhaustive:
 
 class Greedy:
     """Priority and regret order; each service takes its best candidate under a power price, then upgrades.
+    Replicas beyond a shape's need (token speed's spares) are left out of those passes, where the first in
+    order would take them all, and handed out after, best gain first, while GPUs and watts remain.
 
     Each service's candidates are held as arrays ranked by value, so a pass and an upgrade sweep cost a
     few vector operations per service."""
@@ -70,11 +73,15 @@ class Greedy:
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
+
+        def as_arrays(cs: list[Candidate]) -> _Ranked:
+            return _Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
+                           np.array([c.gpus for c in cs], dtype=float),
+                           np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
+
         ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
-        arrays = [_Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
-                          np.array([c.gpus for c in cs], dtype=float),
-                          np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
-                  for cs in ranked]
+        lean = [[k for k, c in enumerate(cs) if c.spare == 0] for cs in ranked]  # the passes' candidates
+        arrays = [as_arrays([cs[k] for k in ks]) for cs, ks in zip(ranked, lean, strict=True)]
 
         def regret(i: int) -> float:
             v = arrays[i].value
@@ -97,6 +104,9 @@ class Greedy:
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
                 best, best_v = picks, v
+        best = [lean[i][j] if j >= 0 else -1 for i, j in enumerate(best)]
+        arrays = [as_arrays(cs) for cs in ranked]
+        self._fill_spares(ranked, arrays, best, count, budget)
         self._trade_power(arrays, best, shed, count, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
@@ -152,6 +162,42 @@ class Greedy:
             _, t, g = move
             picks[int(who[t])] = int(t - first[who[t]])
             picks[int(who[g])] = int(g - first[who[g]])
+
+    @staticmethod
+    def _fill_spares(ranked: list[list[Candidate]], arrays: list[_Ranked], picks: list[int], count: np.ndarray,
+                     budget: float) -> None:
+        """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
+        a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
+        never will, and each service's next step joins the heap once its last is taken."""
+        where = [{(replace(c.assignment, replicas=0), c.assignment.replicas): k for k, c in enumerate(cs)}
+                 for cs in ranked]
+        spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
+        left = count.copy()
+        for i, j in enumerate(picks):
+            if j >= 0:
+                left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+
+        def step(i: int) -> tuple[float, int, int] | None:
+            j = picks[i]
+            a = ranked[i][j].assignment
+            k = where[i].get((replace(a, replicas=0), a.replicas + 1))
+            if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
+                return None
+            return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)
+
+        heap = [s for i, j in enumerate(picks) if j >= 0 and (s := step(i)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            _, i, k = heapq.heappop(heap)
+            a, j = arrays[i], picks[i]
+            dp, dg = a.power[k] - a.power[j], a.gpus[k] - a.gpus[j]
+            if dp > spare_w or dg > left[a.acc[k]]:
+                continue
+            spare_w -= dp
+            left[a.acc[k]] -= dg
+            picks[i] = k
+            if (nxt := step(i)) is not None:
+                heapq.heappush(heap, nxt)
 
     @staticmethod
     def _pass(order: list[int], arrays: list[_Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:

@@ -1,0 +1,85 @@
+"""The fast loop's clock step: each GPU's SM clock locked at its service's planned share, beside the limits.
+
+The governor's limits still bound the draw whatever the clock, so a lock is never a budget risk; the power
+limits are set first each tick and nothing here can hold them back. A GPU that cannot lock its clock at all
+(NotSupported, NoPermission: a permanent error) turns clocks off for the whole daemon: it unlocks what it
+locked, logs and counts it once, and the slow loop plans caps alone from then on. A transient error is
+retried per GPU with the fast loop's backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from actuators import ActuatorError, ClockLocker, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
+from controller.own_metrics import OwnMetrics
+from controller.plan import Plan
+from controller.retry import RetryBook
+from controller.telemetry.base import GpuSample
+
+log = logging.getLogger("wattscale.governor")
+
+
+class ClockSteer:
+    def __init__(self, locker: ClockLocker, metrics: OwnMetrics, on_error: Callable[[str, str], None]) -> None:
+        self.locker, self.metrics, self.on_error = locker, metrics, on_error
+        self.locked: dict[int, tuple[int, int]] = {}
+        """GPU index -> (lock in force, the GPU's maximum clock), both MHz."""
+        self.off: str | None = None
+        """Why clocks are off (the daemon runs on caps alone); None while they are on."""
+        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
+
+    def share(self, index: int) -> float:
+        """The GPU's clock share in force (1.0 unlocked)."""
+        if index not in self.locked:
+            return 1.0
+        mhz, top = self.locked[index]
+        return mhz / top
+
+    def step(self, now: float, samples: list[GpuSample], plan: Plan) -> None:
+        if self.off is not None:
+            return
+        for g in samples:
+            want = None if g.service is None else plan.clock_fraction(g.service, g.variant)
+            target = f"clock:{g.uuid}"
+            if (want is None and g.index not in self.locked) or not self.retry.may_try(target, now):
+                continue
+            try:
+                self._steer(g.index, want)
+                self.retry.succeeded(target)
+            except PermanentActuatorError as exc:
+                self._fall_back(f"GPU {g.index}: {exc}")
+                return
+            except Exception as exc:  # any other failure of a backend is survived as a transient one
+                error = exc if isinstance(exc, ActuatorError) else \
+                    TransientActuatorError(f"GPU {g.index}: {exc!r}", delay_s=1.0)
+                self.metrics.actuations.labels(self.locker.name, "locked_clock", "error").inc()
+                self.metrics.errors.labels("clock_actuator").inc()
+                self.retry.failed(target, now, error)
+
+    def _steer(self, index: int, want: float | None) -> None:
+        if want is None:
+            self.locker.reset_clock(index)
+            del self.locked[index]
+            self.metrics.actuations.labels(self.locker.name, "locked_clock", "ok").inc()
+            return
+        supported = self.locker.supported_clocks_mhz(index)
+        if not supported:
+            raise PermanentActuatorError(f"GPU {index}: lists no clocks to lock at")
+        mhz = snap_clock_mhz(supported, want * supported[-1])
+        if self.locked.get(index, (None, 0))[0] == mhz:
+            return
+        self.locked[index] = (self.locker.lock_clock(index, mhz), supported[-1])
+        self.metrics.actuations.labels(self.locker.name, "locked_clock", "ok").inc()
+
+    def _fall_back(self, why: str) -> None:
+        """Clocks off for good: unlock what was locked (best effort) and say so once."""
+        self.off = why
+        self.on_error("clock_actuator", f"{why}; locked clocks are off, running on power caps alone")
+        for index in sorted(self.locked):
+            try:
+                self.locker.reset_clock(index)
+            except ActuatorError as exc:
+                log.warning("unlocking GPU %d's clock: %s", index, exc)
+        self.locked.clear()

@@ -1,0 +1,38 @@
+"""How a locked SM clock changes a step's time and a GPU's draw: the model's law, fitted by the tuner.
+
+Compute takes cycles, so its time scales as 1/f, f the SM clock as a share of the GPU's maximum; memory-bound
+work does not slow. `clock_time_sensitivity` is the share of a compute phase that follows the clock (1: all
+of it): all of a prompt, and under continuous batching the compute share of a decode step, B / (B +
+batch_half), as for a cap. The compute part of the dynamic draw falls as f^`clock_draw_exponent` (dynamic
+power is f V^2 and the voltage falls with the clock: between 1 and 3 in CMOS, 2 the prior). Both are the
+pair's own, fitted by tuner/clock.py from windows run at different clocks; the catalogue's are generic.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from queuemodels.types import PowerProfile
+
+Clock = TypeVar("Clock", float, NDArray[np.float64])
+
+
+def clock_time_factor(profile: PowerProfile | None, clock: float | None, compute_share: float) -> float:
+    """Time multiplier of a phase whose `compute_share` is compute, at a locked clock (None: unlocked)."""
+    if profile is None or clock is None or clock >= 1.0:
+        return 1.0
+    return 1.0 + profile.clock_time_sensitivity * compute_share * (1.0 / clock - 1.0)
+
+
+def clock_draw_scale(profile: PowerProfile, clock: Clock) -> Clock:
+    """Share of the compute part of the dynamic draw left at a clock (1 at the maximum)."""
+    out: Clock = np.minimum(clock, 1.0) ** profile.clock_draw_exponent
+    return out
+
+
+def clock_share(clock: float | None) -> float:
+    """The clock a shape runs at as a share of the maximum (1 when unlocked)."""
+    return 1.0 if clock is None else min(1.0, clock)

@@ -1,0 +1,55 @@
+"""The tuner learns a pair's clock sensitivity from windows run at different locked clocks, and only then."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, get_model
+from tuner.clock import ClockFit
+from tuner.observation import Observation
+
+PARAMS = ServiceParams("gen2", 6.0, 0.04, 2e-5)
+CATALOGUE = PowerProfile("H100-SXM", 700.0, 200.0, 95.0)
+TRUE = replace(CATALOGUE, clock_time_sensitivity=0.55, clock_draw_exponent=2.9)
+
+
+def window(clock: float | None, rate: float, truth: PowerProfile = TRUE) -> Observation:
+    """What a replica at this clock shows, as the law with the true sensitivities says."""
+    load, shape = Load(rate, 300.0, 600.0), ServerShape(64, 1024, 700.0, clock)
+    perf = get_model("mm1k-cb").analyze(PARAMS, load, shape, truth, tails=False)
+    return Observation(rate, 300.0, 600.0, 64, 1024, perf.ttft_ms, perf.itl_ms, 700.0, perf.power_w,
+                       sm_clock_fraction=clock)
+
+
+def test_windows_at_one_clock_leave_the_catalogues_values() -> None:
+    fit = ClockFit()
+    for rate in (1.0, 2.0, 3.0):
+        assert fit.observe(window(None, rate), PARAMS, CATALOGUE, "mm1k-cb")
+    assert fit.applied(CATALOGUE) is CATALOGUE
+
+
+def test_windows_at_several_clocks_recover_the_sensitivities() -> None:
+    fit = ClockFit()
+    for clock in (None, 0.8, 0.6, 0.5):
+        for rate in (1.5, 3.0):
+            fit.observe(window(clock, rate), PARAMS, CATALOGUE, "mm1k-cb")
+    assert fit.time_sensitivity == pytest.approx(0.55, abs=0.05)
+    assert fit.draw_exponent == pytest.approx(2.9, abs=0.15)
+    fitted = fit.applied(CATALOGUE)
+    held_out = window(0.7, 2.2)
+    perf = get_model("mm1k-cb").analyze(PARAMS, held_out.load, held_out.shape, fitted, tails=False)
+    assert perf.power_w == pytest.approx(held_out.power_w, rel=0.01)
+    assert perf.itl_ms == pytest.approx(held_out.itl_ms, rel=0.01)
+
+
+def test_unusable_windows_are_not_kept_and_state_round_trips() -> None:
+    fit = ClockFit()
+    assert not fit.observe(replace(window(0.6, 1.0), steady=False), PARAMS, CATALOGUE, "mm1k-cb")
+    for clock in (None, 0.6):
+        fit.observe(window(clock, 2.0), PARAMS, CATALOGUE, "mm1k-cb")
+    again = ClockFit()
+    assert again.restore(fit.dump()) and again.applied(CATALOGUE) == fit.applied(CATALOGUE)
+    assert not ClockFit().restore({**fit.dump(), "draw_exponent": 99.0})
+    assert not ClockFit().restore({"recent": "nope"})

@@ -1,0 +1,51 @@
+"""The optimizer plans a clock per service beside its cap, in greedy and the MILP, within the SLO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config_loader import ConfigError
+from controller.optimize_spec import load_spec
+from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
+from queuemodels import Load, ServiceParams, Targets
+from queuemodels.accelerators import profile
+
+ACC = AcceleratorType("H100-SXM", 8, 2.99, profile("H100-SXM"))
+PARAMS = ServiceParams("gen2", 6.0, 0.04, 2e-5)
+LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def problem(targets: Targets, clock_levels: tuple[float, ...], objective: str = "energy") -> Problem:
+    svc = ServiceDemand("decode", 1, targets, Load(6.0, 128, 1024), {"H100-SXM": PARAMS})
+    return Problem((svc,), (ACC,), 10_000.0, objective, "predicted", clock_levels=clock_levels)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("solver", ["greedy", "milp", "exhaustive"])
+def test_energy_plans_lock_a_lower_clock_where_the_slo_leaves_room(solver: str) -> None:
+    caps = solve(problem(Targets(2000.0, 40.0), (1.0,)), get_solver(solver))
+    clocks = solve(problem(Targets(2000.0, 40.0), LEVELS), get_solver(solver))
+    assert caps.services[0].assignment is not None and caps.services[0].assignment.sm_clock_fraction is None
+    chosen = clocks.services[0]
+    assert chosen.assignment is not None and chosen.assignment.sm_clock_fraction in LEVELS[:-1]
+    assert chosen.performance is not None and chosen.performance.itl_ms <= 40.0
+    assert clocks.power_w < caps.power_w
+
+
+def test_a_tight_slo_keeps_the_clock_where_it_is_met() -> None:
+    loose = solve(problem(Targets(2000.0, 40.0), LEVELS), get_solver("milp")).services[0]
+    tight = solve(problem(Targets(2000.0, 12.0), LEVELS), get_solver("milp")).services[0]
+    assert loose.assignment is not None and tight.assignment is not None and tight.performance is not None
+    assert (tight.assignment.sm_clock_fraction or 1.0) > (loose.assignment.sm_clock_fraction or 1.0)
+    assert tight.performance.itl_ms <= 12.0
+
+
+def test_a_spec_takes_clock_levels_and_refuses_bad_ones_by_name(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "config" / "examples" / "optimize.toml").read_text()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [0.5, 0.75, 1.0]'))
+    assert load_spec(spec).clock_levels == (0.5, 0.75, 1.0)
+    spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [1.5]'))
+    with pytest.raises(ConfigError, match=r"clock_levels: must be 1..64 shares in \[0.1, 1\], got \[1.5\]"):
+        load_spec(spec)

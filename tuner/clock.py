@@ -1,0 +1,130 @@
+"""A pair's clock sensitivity, fitted to windows run at different locked SM clocks (never read from a plant).
+
+How much a phase's time follows 1 / the clock, and how fast the compute part of the draw falls with it
+(queuemodels/clock.py), can only be told apart from the rest of the law by windows run at different clocks:
+until the kept windows span `min_spread` of the clock range the pair keeps the catalogue's generic values.
+The fit is bounded robust least squares (soft L1: a window near saturation, whose queueing the law gets far
+wrong, must not outweigh the rest) on the windows' log inter-token latencies at the filter's current
+parameters - a decode step's time, which the clock acts on directly; TTFT is mostly queueing - and on their
+relative draw errors, with a weak pull towards the catalogue's values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares
+
+from queuemodels import ModelInputError, PowerProfile, ServiceParams, get_model
+from queuemodels.clock import clock_share
+from queuemodels.power import draws_w, limit_w
+from tuner.observation import Observation
+
+TIME_BOUNDS = (0.0, 1.5)
+EXPONENT_BOUNDS = (0.5, 4.0)
+
+
+@dataclass
+class ClockFit:
+    """Recent windows of one pair with their clocks, and the sensitivities fitted to them (None until then)."""
+
+    keep: int = 32
+    """Most recent usable windows the fit reads."""
+    min_spread: float = 0.1
+    """Clock shares the kept windows must span (highest less lowest) before a fit."""
+    latency_error: float = 0.05
+    """Relative error of one window's mean inter-token latency."""
+    draw_error: float = 0.03
+    """Relative error of one window's mean draw."""
+    prior_spread: float = 1.0
+    """How far each value may stray from the catalogue's for free."""
+    recent: list[Observation] = field(default_factory=list)
+    time_sensitivity: float | None = None
+    draw_exponent: float | None = None
+    _applied: tuple[PowerProfile, PowerProfile] | None = field(default=None, repr=False, compare=False)
+    """The last profile given to `applied` and its result: the filter asks for it at every model evaluation."""
+
+    def applied(self, profile: PowerProfile) -> PowerProfile:
+        """The profile with the fitted sensitivities (unchanged before the first fit)."""
+        if self.time_sensitivity is None or self.draw_exponent is None:
+            return profile
+        if self._applied is None or self._applied[0] is not profile:
+            self._applied = profile, replace(profile, clock_time_sensitivity=self.time_sensitivity,
+                                             clock_draw_exponent=self.draw_exponent)
+        return self._applied[1]
+
+    def spread(self) -> float:
+        clocks = [clock_share(o.sm_clock_fraction) for o in self.recent]
+        return max(clocks) - min(clocks) if clocks else 0.0
+
+    def observe(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
+        """Keep a usable window and refit once the windows span enough clocks; False for any other window."""
+        if obs.problem() is not None:
+            return False
+        self.recent = [*self.recent, obs][-self.keep :]
+        if self.spread() >= self.min_spread:
+            self.fit(params, catalogue, queue_model)
+        return True
+
+    def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
+        model = get_model(queue_model)
+        anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent])
+        windows = self.recent
+        seen_itl = np.log([o.itl_ms for o in windows])
+        with_power = [o for o in windows if o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0]
+
+        def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
+            profile = replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]))
+            latency = np.zeros_like(seen_itl)
+            draws = np.zeros(len(with_power))
+            for k, o in enumerate(windows):
+                try:
+                    latency[k] = math.log(model.analyze(params, o.load, o.shape, profile, tails=False).itl_ms) \
+                        - seen_itl[k]
+                except ModelInputError:
+                    latency[k] = 5.0  # the law cannot carry this load at these values: far off
+            for k, o in enumerate(with_power):
+                try:
+                    occupancy = model.occupancy(params, o.load, o.shape, profile)
+                    predicted = draws_w(profile, occupancy, np.asarray(limit_w(profile, o.power_cap_w)),
+                                        clock_share(o.sm_clock_fraction))
+                    draws[k] = float(predicted) / float(o.power_w or 1.0) - 1.0
+                except ModelInputError:
+                    draws[k] = 1.0
+            return np.concatenate([latency / self.latency_error, draws / self.draw_error,
+                                   (v - anchor) / self.prior_spread])
+
+        lo = np.array([TIME_BOUNDS[0], EXPONENT_BOUNDS[0]])
+        hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1]])
+        start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
+                         self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
+        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5], loss="soft_l1",
+                               f_scale=3.0)
+        self.time_sensitivity, self.draw_exponent = float(result.x[0]), float(result.x[1])
+        self._applied = None
+
+    def dump(self) -> dict[str, Any]:
+        return {"time_sensitivity": self.time_sensitivity, "draw_exponent": self.draw_exponent,
+                "recent": [dict(vars(o)) for o in self.recent]}
+
+    def restore(self, data: dict[str, Any]) -> bool:
+        """Load saved state; False (and nothing changed) when it does not parse or is out of bounds."""
+        try:
+            recent = [Observation(**o) for o in data["recent"]]
+            time_s, exponent = data["time_sensitivity"], data["draw_exponent"]
+            if (time_s is None) != (exponent is None):
+                return False
+            if time_s is not None and not (TIME_BOUNDS[0] <= float(time_s) <= TIME_BOUNDS[1]
+                                           and EXPONENT_BOUNDS[0] <= float(exponent) <= EXPONENT_BOUNDS[1]):
+                return False
+        except (KeyError, TypeError, ValueError):
+            return False
+        self.recent = recent[-self.keep :]
+        self.time_sensitivity = None if time_s is None else float(time_s)
+        self.draw_exponent = None if exponent is None else float(exponent)
+        self._applied = None
+        return True
