@@ -7,6 +7,7 @@ serving pays. If not, each limit on the type is dropped in turn until it is: tha
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from controller.planner.allocation import Allocation, AllocationModel
@@ -75,7 +76,9 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
         "optimal": a.optimal,
         "mip_gap": a.mip_gap if a.ok else None,
         "message": a.message,
-        "robust_gamma": spec.robust.gamma,
+        "robust": {"gamma": spec.robust.gamma, "protection": spec.robust.protection, "budgets": a.budgets,
+                   "deviations": {f"{g}:{p}": asdict(spec.deviation((g, p))) for g, p in spec.tiers()}},
+        "token_storage": spec.token_storage,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
@@ -104,6 +107,7 @@ def allocation_text(doc: dict[str, Any]) -> str:
     if not doc["optimal"]:
         lines.append(f"not proven optimal (gap {doc['mip_gap']:.2%}): the solve stopped at its time limit; why "
                      "demand is dropped is not explained")
-    lines.append(f"solved in {doc['solve_s']:.3f} s" + (f" (robust, gamma {doc['robust_gamma']:g})"
-                                                          if doc["robust_gamma"] else ""))
+    rb = doc["robust"]
+    robust = f" (robust: gamma {rb['gamma']:g}, protection {rb['protection']:g})" if any(rb["budgets"].values()) else ""
+    lines.append(f"solved in {doc['solve_s']:.3f} s{robust}")
     return "\n".join(lines)
