@@ -163,10 +163,15 @@ def test_a_robust_plan_holds_at_every_vertex_and_charges_the_worst_delay(seed: i
     plan = model.solve()
     nominal = AllocationModel(replace(spec, robust=RobustSpec())).solve()
     extra = 0.0
-    for i in spec.queries:
+    for i, qt in spec.queries.items():
         delay_row, error_row, penalty = worst_case(spec, model, plan, i)
         assert delay_row <= 1e-7 and error_row <= 1e-7
         extra += penalty
+        served = 1 - plan.unmet[i]
+        if served > 1e-6:  # the worst case the plan reports is the enumerated one
+            reported = plan.worst_case[i]
+            assert (reported["worst_delay_s"] - qt.delay_threshold_s) * served == pytest.approx(delay_row, abs=1e-7)
+            assert (reported["worst_error"] - qt.error_threshold) * served == pytest.approx(error_row, abs=1e-9)
     nominal_penalty = sum(spec.queries[i].delay_penalty * spec.queries[i].arrival_rate_qph * spec.rental_period_h
                           * model.delay_s(i, j, k) * v for (i, j, k), v in plan.shares.items())
     assert plan.costs["delay_penalty"] == pytest.approx(nominal_penalty + extra, rel=1e-6, abs=1e-7)

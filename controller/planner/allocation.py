@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from controller.lp import Lp, LpResult
-from controller.planner.allocation_robust import UncertainRoute, budget, worst_case_terms
+from controller.planner.allocation_robust import Slot, budget, worst_case_terms, worst_deviation
 from controller.planner.allocation_spec import AllocationSpec, QueryType
 
 Tier = tuple[str, str]  # (gpu, precision)
@@ -44,6 +44,9 @@ class Allocation:
     """HiGHS's relative gap between this plan and the best bound."""
     budgets: dict[str, float] = field(default_factory=dict)
     """Per query type, how many of its routes may deviate at once under the routes chosen (Gamma(z))."""
+    worst_case: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per served query type, its mean delay and error rate, nominal and at the worst case of its budget:
+    delay_s, worst_delay_s, error, worst_error."""
 
 
 class AllocationModel:
@@ -148,9 +151,9 @@ class AllocationModel:
         """sum_r (a_r - limit) x_r + worst case <= 0 (mean over served queries, at its worst); returns the worst
         case's terms (allocation_robust), which the delay penalty charges too."""
         lp, robust = self.lp, self.spec.robust
-        uncertain = [UncertainRoute(lp.index[("x", i, j, k)], lp.index[("z", i, j, k)],
-                                    getattr(self.spec.deviation(k), deviation) * figure(i, j, k)) for j, k in routes]
-        worst = worst_case_terms(lp, f"{name}:{i}", uncertain, robust.gamma, robust.protection)
+        slots = [Slot([(lp.index[("x", i, j, k)], getattr(self.spec.deviation(k), deviation) * figure(i, j, k))
+                       for k in self.tiers], [lp.index[("z", i, j, k)] for k in self.tiers]) for j in self.spec.models]
+        worst = worst_case_terms(lp, f"{name}:{i}", slots, robust.gamma, robust.protection)
         lp.row([(lp.index[("x", i, j, k)], figure(i, j, k) - limit) for j, k in routes] + worst,
                -float("inf"), 0.0, f"{name}:{i}")
         return worst
@@ -196,6 +199,25 @@ class AllocationModel:
         costs = {name: float(sum(c * x[col] for col, c in entries)) for name, entries in self.terms.items()}
         costs["total"] = res.objective
         chosen = {i: sum(lp.value(x, ("z", i, j, k)) > 0.5 for j in s.models for k in self.tiers) for i in s.queries}
-        return Allocation(True, {r: v for r, v in shares.items() if v > 1e-6}, deployments,
-                          {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s, res.message, res.optimal,
-                          res.gap, {i: budget(s.robust.gamma, s.robust.protection, n) for i, n in chosen.items()})
+        budgets = {i: budget(s.robust.gamma, s.robust.protection, n) for i, n in chosen.items()}
+        used = {r: v for r, v in shares.items() if v > 1e-6}
+        return Allocation(True, used, deployments, {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s,
+                          res.message, res.optimal, res.gap, budgets, self._worst_case(used, budgets))
+
+    def _worst_case(self, shares: dict[Route, float], budgets: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Each served type's mean delay and error, nominal and at the worst deviations its budget allows."""
+        out = {}
+        for i in self.spec.queries:
+            routes = [(j, k, v) for (qi, j, k), v in shares.items() if qi == i]
+            served = sum(v for _, _, v in routes)
+            if served <= 1e-6:
+                continue
+            figures = {}
+            for name, figure, dev in (("delay_s", self.delay_s, "delay_deviation"), ("error", self.error,
+                                                                                    "error_deviation")):
+                nominal = sum(figure(i, j, k) * v for j, k, v in routes)
+                extra = worst_deviation([getattr(self.spec.deviation(k), dev) * figure(i, j, k) * v
+                                         for j, k, v in routes], budgets[i])
+                figures[name], figures[f"worst_{name}"] = nominal / served, (nominal + extra) / served
+            out[i] = figures
+        return out

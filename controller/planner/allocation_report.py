@@ -77,6 +77,7 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
         "mip_gap": a.mip_gap if a.ok else None,
         "message": a.message,
         "robust": {"gamma": spec.robust.gamma, "protection": spec.robust.protection, "budgets": a.budgets,
+                   "worst_case": a.worst_case,
                    "deviations": {f"{g}:{p}": asdict(spec.deviation((g, p))) for g, p in spec.tiers()}},
         "token_storage": spec.token_storage,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
@@ -109,5 +110,10 @@ def allocation_text(doc: dict[str, Any]) -> str:
                      "demand is dropped is not explained")
     rb = doc["robust"]
     robust = f" (robust: gamma {rb['gamma']:g}, protection {rb['protection']:g})" if any(rb["budgets"].values()) else ""
+    if robust:
+        lines.append("worst case (mean over served queries, nominal -> worst):")
+        lines += [f"  {i:<16} delay {w['delay_s']:.3g} -> {w['worst_delay_s']:.3g} s, error {w['error']:.3g} -> "
+                  f"{w['worst_error']:.3g} ({rb['budgets'][i]:g} routes may deviate)"
+                  for i, w in rb["worst_case"].items()]
     lines.append(f"solved in {doc['solve_s']:.3f} s{robust}")
     return "\n".join(lines)
