@@ -248,10 +248,15 @@ def test_deviations_default_wider_at_fewer_bits_and_tiers_override_them() -> Non
     assert spec.deviation(("A100", "int8")) == spec.precisions["int8"].deviations()
 
 
-def test_unknown_tier_and_protection_out_of_range_are_named(tmp_path: Path) -> None:
+def test_bad_robust_and_storage_settings_are_named(tmp_path: Path) -> None:
     text = (PLANS / "seed001-robust.toml").read_text()
     for edit, where in ((text.replace('"T4:int8"', '"T5:int8"'), "robust.tiers.T5:int8"),
                         (text.replace("protection = 0.5", "protection = 1.5"), "robust.protection"),
+                        (text.replace("delay_deviation = 0.45", "delay_deviation = 1e300"),
+                         "robust.tiers.T4:int8.delay_deviation"),
+                        (text.replace("error_deviation = 0.05", "error_deviation = -0.1"),
+                         "precisions.fp16.error_deviation"),
+                        (text.replace("[robust]", "[robust]\ndelay_deviation = 0.2"), "robust.delay_deviation"),
                         (text.replace('token_storage = "retained"', 'token_storage = "forever"'), "token_storage")):
         path = tmp_path / "spec.toml"
         path.write_text(edit)

@@ -107,8 +107,8 @@ class Precision:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"))
-        check_positive(self, where, tuple(n for n in ("delay_deviation", "error_deviation")
-                                          if getattr(self, n) is not None), allow_zero=True)
+        check_range(self, where, tuple(n for n in ("delay_deviation", "error_deviation")
+                                       if getattr(self, n) is not None), 0.0, MAX_DEVIATION)
 
     def deviations(self) -> Deviation:
         """This precision's deviations: the spec's, else DEVIATIONS by bits per weight (16 x weight_factor)."""
@@ -126,8 +126,12 @@ class Deviation:
     """How far above nominal the error rate may run (share of nominal)."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("delay_deviation", "error_deviation"), allow_zero=True)
+        check_range(self, where, ("delay_deviation", "error_deviation"), 0.0, MAX_DEVIATION)
 
+
+MAX_DEVIATION = 10.0
+"""A deviation above ten times nominal is a typo, not a measurement (and would make the big-M in the robust
+rows large enough to upset the solver)."""
 
 DEVIATIONS: tuple[tuple[float, Deviation], ...] = (
     (16.0, Deviation(0.10, 0.05)), (8.0, Deviation(0.30, 0.25)), (0.0, Deviation(0.45, 0.50)))
