@@ -295,3 +295,15 @@ def test_retained_reading_bills_the_retention_and_counts_tokens_against_capacity
     assert plan.costs["storage"] == pytest.approx(1e-3 * (10.0 * 14.0 + 1.0 * held_gb * 10.0 * served))
     (why,) = explain_unmet(model, plan)
     assert why["reason"] == "storage" and why["parameter"] == "storage_capacity_gb"
+
+
+def test_demand_dropped_by_a_worst_case_limit_says_the_robust_settings_relax_it_too() -> None:
+    spec = _storage_spec("whole_period")
+    tight = replace(spec, queries={"q": replace(spec.queries["q"], error_threshold=0.031)},
+                    precisions={"fp16": Precision(error_deviation=0.1)})
+    assert AllocationModel(tight).solve().unmet["q"] < 1e-9  # nominal error 0.03 meets 0.031
+    model = AllocationModel(replace(tight, robust=RobustSpec(gamma=1.0)))
+    plan = model.solve()  # at its worst, 0.033 does not
+    (why,) = explain_unmet(model, plan)
+    assert plan.unmet["q"] == pytest.approx(1.0) and why["reason"] == "error"
+    assert "worst case (1 routes deviating)" in why["text"] and "robust.protection" in why["text"]

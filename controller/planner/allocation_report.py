@@ -55,6 +55,9 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
                 if g == "budget":
                     need = relaxed.costs["rental"] + relaxed.costs["storage"]
                     extra_text = f" Serving it needs a budget of at least {need:.2f} $ (now {spec.budget:g})."
+                elif g.split(":")[0] in ("delay", "error") and best.budgets.get(i, 0.0) > 0:
+                    extra_text = (f" The limit is held at its worst case ({best.budgets[i]:g} routes deviating): "
+                                  "lower robust.protection or robust.gamma, or the tiers' deviations, relax it too.")
                 out.append({
                     "query": i, "unmet_share": share, "reason": g.split(":")[0], "parameter": param,
                     "text": (f"{i}: {share:.0%} of its demand is dropped because no plan serves it within the "
