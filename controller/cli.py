@@ -1,4 +1,5 @@
-"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, simulate, gpus."""
+"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, simulate, gpus; schema, operator
+and agent (controller/cli_cluster.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, number, seconds
+from controller.cli_cluster import add_cluster_commands
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
 from controller.preflight import preflight
@@ -265,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
     g.add_argument("--json", action="store_true", help="print the readings as JSON")
     g.set_defaults(func=_gpus)
+    add_cluster_commands(sub)  # schema, operator, agent
     return p
 
 
@@ -295,7 +298,7 @@ def native_output_to_stderr() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.func is _run:  # the daemon logs; the commands print what a caller parses
+        if args.func is _run or args.command in ("operator", "agent"):  # daemons log; commands print JSON
             return int(args.func(args))
         with native_output_to_stderr():
             return int(args.func(args))

@@ -149,4 +149,6 @@ def add_plan_args(pl: argparse.ArgumentParser) -> None:
                     help=f"packing: workload size (requests), 0..{MAX_REQUESTS} (default: the largest scale)")
     pl.add_argument("--gamma", type=number(0.0, 1e6), default=None, metavar="ROUTES",
                     help="allocation: robust budget of uncertainty (routes of a query type that may deviate at once)")
+    pl.add_argument("--protection", type=number(0.0, 1.0), default=None, metavar="SHARE",
+                    help="allocation: robust budget as a share of the routes a query type uses, in [0, 1]")
     pl.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -117,7 +117,8 @@ def _tiny_allocation(seed: int) -> AllocationSpec:
     return AllocationSpec(kind="allocation", budget=float(rng.uniform(20, 200)), storage_rate=1e-4,
                           storage_capacity_gb=100.0, queries={"q": q},
                           models={"m": ModelSpec(float(rng.uniform(10, 24)), 0.0005)}, gpus=gpus,
-                          precisions={"fp16": Precision()}, rental_period_h=10.0, max_replicas=3)
+                          precisions={"fp16": Precision()}, rental_period_h=10.0, max_replicas=3,
+                          token_storage="whole_period")  # the reading _brute_allocation writes out
 
 
 def _brute_allocation(spec: AllocationSpec) -> float:
@@ -214,7 +215,8 @@ def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
         for i, q in spec.queries.items()})
     nominal = AllocationModel(tight).solve()
     zero = AllocationModel(replace(tight, robust=RobustSpec(gamma=0.0))).solve()
-    robust_model = AllocationModel(replace(tight, robust=RobustSpec(gamma=1.0, delay_deviation=0.3)))
+    uniform = {n: replace(p, delay_deviation=0.3) for n, p in tight.precisions.items()}  # the former --gamma model
+    robust_model = AllocationModel(replace(tight, precisions=uniform, robust=RobustSpec(gamma=1.0)))
     robust = robust_model.solve()
     assert zero.costs["total"] == pytest.approx(nominal.costs["total"])
     assert robust.costs["total"] >= nominal.costs["total"] - 1e-6
@@ -272,13 +274,29 @@ def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -
     assert out.stdout == "{}\n[]\n" and "HighsMipSolverData" in out.stderr
 
 
-@pytest.mark.parametrize("options", [[], ["--gamma", "1.5"], ["--gamma", "3"]])
-def test_plan_json_is_pure_json_and_says_whether_it_is_optimal(options: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "plan", str(ROOT / "config" / "plans" /
-                          "seed001-allocation.toml"), "--json", *options], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
-    doc = json.loads(out.stdout)
-    assert out.returncode == 0 and doc["optimal"] is True and doc["mip_gap"] >= 0.0
+@pytest.mark.parametrize(("spec", "options"), [
+    ("seed001-allocation.toml", []),
+    ("seed001-allocation.toml", ["--gamma", "1.5"]),
+    ("seed001-robust.toml", ["--protection", "1", "--gamma", "3"]),
+    ("seed002-packing.toml", []),
+    ("seed002-packing.toml", ["--solver", "greedy", "--scenario", "scarce", "--trace", "azure", "--requests", "800"]),
+    ("seed002-packing.toml", ["--solver", "homogeneous"]),
+    ("seed002-packing.toml", ["--compare", "--plots", "{tmp}"]),
+])
+def test_plan_json_of_every_shipped_spec_and_option_passes_json_tool(spec: str, options: list[str],
+                                                                     tmp_path: Path) -> None:
+    """`wattscale plan SPEC --json ... | python -m json.tool`, piped as a shell would, whatever HiGHS prints."""
+    argv = [sys.executable, "-m", "controller.cli", "plan", str(PLANS / spec), "--json",
+            *(o.format(tmp=tmp_path) for o in options)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT) as plan:
+        tool = subprocess.run([sys.executable, "-m", "json.tool"], stdin=plan.stdout, capture_output=True,
+                              text=True, timeout=120)
+        assert plan.wait(timeout=120) == 0
+    assert tool.returncode == 0, tool.stderr
+    doc = json.loads(tool.stdout)
+    if spec.startswith("seed001"):  # each shipped allocation spec declares its reading of token storage
+        reading = {"seed001-allocation.toml": "whole_period", "seed001-robust.toml": "retained"}[spec]
+        assert doc["optimal"] is True and doc["mip_gap"] >= 0.0 and doc["token_storage"] == reading
 
 
 def test_a_plan_stopped_before_optimality_is_marked_and_not_explained() -> None:

@@ -100,13 +100,15 @@ class Greedy:
         best_v = _value([None] * len(cands), shed)
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
             picks = self._pass(order, arrays, count.copy(), budget, float(price))
-            self._upgrade(order, arrays, picks, count, budget)
+            self._upgrade(order, arrays, picks, count, budget, shed)
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
                 best, best_v = picks, v
         best = [lean[i][j] if j >= 0 else -1 for i, j in enumerate(best)]
         arrays = [as_arrays(cs) for cs in ranked]
         self._fill_spares(ranked, arrays, best, count, budget)
+        # A spare took its first pick's shape; another of as many GPUs and watts may be worth more.
+        self._upgrade(order, arrays, best, count, budget, shed)
         self._trade_power(arrays, best, shed, count, problem.budget_w - problem.idle_w)
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
@@ -216,7 +218,8 @@ class Greedy:
         return picks
 
     @staticmethod
-    def _upgrade(order: list[int], arrays: list[_Ranked], picks: list[int], count: np.ndarray, budget: float) -> None:
+    def _upgrade(order: list[int], arrays: list[_Ranked], picks: list[int], count: np.ndarray, budget: float,
+                 shed: list[float]) -> None:
         """One sweep: move each service to its most valuable candidate that still fits (`picks` fits on entry,
         so a move only has to check the power row and the accelerator rows it touches)."""
         spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
@@ -227,7 +230,7 @@ class Greedy:
         for i in order:
             a, j = arrays[i], picks[i]
             # Ranked: only candidates before the current one can be worth more.
-            upto = int(np.count_nonzero(a.value[:j] > a.value[j])) if j >= 0 else a.value.size
+            upto = int(np.count_nonzero(a.value > (a.value[j] if j >= 0 else shed[i])))
             if upto == 0:
                 continue
             room = left[a.acc[:upto]].copy()

@@ -9,12 +9,17 @@ departs from the seed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from controller.lp import Lp, LpResult
+from controller.planner.allocation_robust import Slot, budget, worst_case_terms, worst_deviation
 from controller.planner.allocation_spec import AllocationSpec, QueryType
 
-Route = tuple[str, str, tuple[str, str]]  # query, model, (gpu, precision)
+Tier = tuple[str, str]  # (gpu, precision)
+Route = tuple[str, str, Tier]  # query, model, tier
+DeviationName = Literal["delay_deviation", "error_deviation"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class Allocation:
     """Proven optimal within the gap (not stopped at the time limit with an incumbent)."""
     mip_gap: float = float("nan")
     """HiGHS's relative gap between this plan and the best bound."""
+    budgets: dict[str, float] = field(default_factory=dict)
+    """Per query type, how many of its routes may deviate at once under the routes chosen (Gamma(z))."""
+    worst_case: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per served query type, its mean delay and error rate, nominal and at the worst case of its budget:
+    delay_s, worst_delay_s, error, worst_error."""
 
 
 class AllocationModel:
@@ -83,12 +93,11 @@ class AllocationModel:
             lp.row([(x, 1.0) for x in xs] + [(lp.index[("u", i)], 1.0)], 1.0, 1.0, "demand")
             queries = qt.arrival_rate_qph * period
             for (j, k), x in zip(routes, xs, strict=True):
-                self.terms["storage"].append((x, period * s.storage_rate * qt.token_size_gb * qt.tokens * queries))
+                self.terms["storage"].append((x, self.token_storage_cost(i)))
                 self.terms["delay_penalty"].append((x, qt.delay_penalty * queries * self.delay_s(i, j, k)))
-            self._robust_row([(x, self.delay_s(i, j, k), qt.delay_threshold_s) for (j, k), x in zip(routes, xs,
-                             strict=True)], s.robust.delay_deviation, f"delay:{i}")
-            self._robust_row([(x, self.error(i, j, k), qt.error_threshold) for (j, k), x in zip(routes, xs,
-                             strict=True)], s.robust.error_deviation, f"error:{i}")
+            delay = self._robust_row(i, routes, self.delay_s, "delay_deviation", qt.delay_threshold_s, "delay")
+            self.terms["delay_penalty"] += [(col, qt.delay_penalty * queries * c) for col, c in delay]
+            self._robust_row(i, routes, self.error, "error_deviation", qt.error_threshold, "error")
             for j in s.models:
                 lp.row([(lp.index[("z", i, j, k)], 1.0) for k in self.tiers], 0.0, 1.0, "single")
             for k in self.tiers:
@@ -108,7 +117,7 @@ class AllocationModel:
         """GFLOP/s a query type's whole demand needs."""
         return qt.compute_gflop_per_token * qt.tokens * qt.arrival_rate_qph / 3600
 
-    def _kv(self, i: str, j: str, k: tuple[str, str]) -> float:
+    def kv_gb(self, i: str, j: str, k: tuple[str, str]) -> float:
         """KV cache (GB) a query type's whole demand holds on (j, k): concurrency (Little) x tokens x GB/token."""
         qt, s = self.spec.queries[i], self.spec
         return (s.models[j].kv_gb_per_token * s.precisions[k[1]].weight_factor * qt.tokens
@@ -123,26 +132,38 @@ class AllocationModel:
         s = self.spec
         return s.queries[i].error_rate * s.models[j].error_factor * s.precisions[k[1]].error_factor
 
-    def _robust_row(self, routes: list[tuple[int, float, float]], deviation: float, group: str) -> None:
-        """sum (a - limit) x <= 0, and with gamma > 0 its Bertsimas-Sim counterpart: + gamma pi + sum p <= 0,
-        pi + p_r >= deviation a_r x_r."""
-        lp, gamma = self.lp, self.spec.robust.gamma
-        entries = [(x, a - limit) for x, a, limit in routes]
-        if gamma > 0:
-            pi = lp.var(("pi", group))
-            entries.append((pi, gamma))
-            for n, (x, a, _) in enumerate(routes):
-                p = lp.var(("p", group, n))
-                entries.append((p, 1.0))
-                lp.row([(pi, 1.0), (p, 1.0), (x, -deviation * a)], 0.0, float("inf"), group)
-        lp.row(entries, -float("inf"), 0.0, group)
+    def token_storage_cost(self, i: str) -> float:
+        """$ per period for the tokens of query type i's whole demand, served (x = 1): billed for the whole
+        period (the seed's reading) or for their retention (docs/plan.md, "Token storage")."""
+        s, qt = self.spec, self.spec.queries[i]
+        hours = s.rental_period_h if s.token_storage == "whole_period" else s.token_retention_h
+        return s.storage_rate * hours * qt.token_size_gb * qt.tokens * qt.arrival_rate_qph * s.rental_period_h
+
+    def token_storage_gb(self, i: str) -> float:
+        """GB query type i's tokens hold on storage_capacity_gb at once, served whole (0 when stored apart)."""
+        s, qt = self.spec, self.spec.queries[i]
+        if s.token_storage == "whole_period":
+            return 0.0
+        return qt.token_size_gb * qt.tokens * qt.arrival_rate_qph * s.token_retention_h
+
+    def _robust_row(self, i: str, routes: list[tuple[str, tuple[str, str]]], figure: Callable[[str, str, Tier],
+                    float], deviation: DeviationName, limit: float, name: str) -> list[tuple[int, float]]:
+        """sum_r (a_r - limit) x_r + worst case <= 0 (mean over served queries, at its worst); returns the worst
+        case's terms (allocation_robust), which the delay penalty charges too."""
+        lp, robust = self.lp, self.spec.robust
+        slots = [Slot([(lp.index[("x", i, j, k)], getattr(self.spec.deviation(k), deviation) * figure(i, j, k))
+                       for k in self.tiers], [lp.index[("z", i, j, k)] for k in self.tiers]) for j in self.spec.models]
+        worst = worst_case_terms(lp, f"{name}:{i}", slots, robust.gamma, robust.protection)
+        lp.row([(lp.index[("x", i, j, k)], figure(i, j, k) - limit) for j, k in routes] + worst,
+               -float("inf"), 0.0, f"{name}:{i}")
+        return worst
 
     def _capacity_rows(self) -> None:
         s, lp = self.spec, self.lp
         for j in s.models:
             for k in self.tiers:
                 g, p = s.gpus[k[0]], s.precisions[k[1]]
-                kv = [(lp.index[("x", i, j, k)], self._kv(i, j, k)) for i in s.queries]
+                kv = [(lp.index[("x", i, j, k)], self.kv_gb(i, j, k)) for i in s.queries]
                 kv += [(lp.index[("r", j, k)], self.weights_gb(j, k)),
                        (lp.index[("y", j, k)], -s.mem_util * g.memory_gb)]
                 lp.row(kv, -float("inf"), 0.0, "memory")
@@ -150,7 +171,9 @@ class AllocationModel:
                 per_card = 1000 * g.compute_tflops * s.compute_efficiency * p.compute_factor
                 lp.row(work + [(lp.index[("v", n, j, k)], -per_card * s.tp_speedup[str(n)])
                                for n in g.tp_degrees if ("v", n, j, k) in lp.index], -float("inf"), 0.0, "compute")
-        lp.row([(lp.index[("q", j, k)], self.weights_gb(j, k)) for j in s.models for k in self.tiers],
+        tokens = [(lp.index[("x", i, j, k)], self.token_storage_gb(i)) for i in s.queries for j in s.models
+                  for k in self.tiers]
+        lp.row([(lp.index[("q", j, k)], self.weights_gb(j, k)) for j in s.models for k in self.tiers] + tokens,
                -float("inf"), s.storage_capacity_gb, "storage")
         for gname, g in s.gpus.items():
             lp.row([(lp.index[("y", j, k)], 1.0) for j in s.models for k in self.tiers if k[0] == gname],
@@ -175,6 +198,26 @@ class AllocationModel:
                         deployments[(j, k)] = (n, round(lp.value(x, ("r", j, k))))
         costs = {name: float(sum(c * x[col] for col, c in entries)) for name, entries in self.terms.items()}
         costs["total"] = res.objective
-        return Allocation(True, {r: v for r, v in shares.items() if v > 1e-6}, deployments,
-                          {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s, res.message, res.optimal,
-                          res.gap)
+        chosen = {i: sum(lp.value(x, ("z", i, j, k)) > 0.5 for j in s.models for k in self.tiers) for i in s.queries}
+        budgets = {i: budget(s.robust.gamma, s.robust.protection, n) for i, n in chosen.items()}
+        used = {r: v for r, v in shares.items() if v > 1e-6}
+        return Allocation(True, used, deployments, {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s,
+                          res.message, res.optimal, res.gap, budgets, self._worst_case(used, budgets))
+
+    def _worst_case(self, shares: dict[Route, float], budgets: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Each served type's mean delay and error, nominal and at the worst deviations its budget allows."""
+        out = {}
+        for i in self.spec.queries:
+            routes = [(j, k, v) for (qi, j, k), v in shares.items() if qi == i]
+            served = sum(v for _, _, v in routes)
+            if served <= 1e-6:
+                continue
+            figures = {}
+            for name, figure, dev in (("delay_s", self.delay_s, "delay_deviation"), ("error", self.error,
+                                                                                    "error_deviation")):
+                nominal = sum(figure(i, j, k) * v for j, k, v in routes)
+                extra = worst_deviation([getattr(self.spec.deviation(k), dev) * figure(i, j, k) * v
+                                         for j, k, v in routes], budgets[i])
+                figures[name], figures[f"worst_{name}"] = nominal / served, (nominal + extra) / served
+            out[i] = figures
+        return out

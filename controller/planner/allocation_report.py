@@ -7,6 +7,7 @@ serving pays. If not, each limit on the type is dropped in turn until it is: tha
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from controller.planner.allocation import Allocation, AllocationModel
@@ -54,6 +55,9 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
                 if g == "budget":
                     need = relaxed.costs["rental"] + relaxed.costs["storage"]
                     extra_text = f" Serving it needs a budget of at least {need:.2f} $ (now {spec.budget:g})."
+                elif g.split(":")[0] in ("delay", "error") and best.budgets.get(i, 0.0) > 0:
+                    extra_text = (f" The limit is held at its worst case ({best.budgets[i]:g} routes deviating): "
+                                  "lower robust.protection or robust.gamma, or the tiers' deviations, relax it too.")
                 out.append({
                     "query": i, "unmet_share": share, "reason": g.split(":")[0], "parameter": param,
                     "text": (f"{i}: {share:.0%} of its demand is dropped because no plan serves it within the "
@@ -75,7 +79,10 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
         "optimal": a.optimal,
         "mip_gap": a.mip_gap if a.ok else None,
         "message": a.message,
-        "robust_gamma": spec.robust.gamma,
+        "robust": {"gamma": spec.robust.gamma, "protection": spec.robust.protection, "budgets": a.budgets,
+                   "worst_case": a.worst_case,
+                   "deviations": {f"{g}:{p}": asdict(spec.deviation((g, p))) for g, p in spec.tiers()}},
+        "token_storage": spec.token_storage,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
@@ -104,6 +111,12 @@ def allocation_text(doc: dict[str, Any]) -> str:
     if not doc["optimal"]:
         lines.append(f"not proven optimal (gap {doc['mip_gap']:.2%}): the solve stopped at its time limit; why "
                      "demand is dropped is not explained")
-    lines.append(f"solved in {doc['solve_s']:.3f} s" + (f" (robust, gamma {doc['robust_gamma']:g})"
-                                                          if doc["robust_gamma"] else ""))
+    rb = doc["robust"]
+    robust = f" (robust: gamma {rb['gamma']:g}, protection {rb['protection']:g})" if any(rb["budgets"].values()) else ""
+    if robust:
+        lines.append("worst case (mean over served queries, nominal -> worst):")
+        lines += [f"  {i:<16} delay {w['delay_s']:.3g} -> {w['worst_delay_s']:.3g} s, error {w['error']:.3g} -> "
+                  f"{w['worst_error']:.3g} ({rb['budgets'][i]:g} routes may deviate)"
+                  for i, w in rb["worst_case"].items()]
+    lines.append(f"solved in {doc['solve_s']:.3f} s{robust}")
     return "\n".join(lines)

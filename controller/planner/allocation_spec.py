@@ -1,7 +1,8 @@
 """The workload-allocation planning spec (seed 001): query types, models, GPU tiers and precisions.
 
 A tier is a GPU at a precision (`"A100:int8"`); what a precision changes (weight bytes, throughput, delay,
-error) is a factor on the FP16 figures. Costs are in $ per rental period.
+error) is a factor on the FP16 figures, and so is how far its delay and error may run above nominal (wider at
+fewer bits unless the spec says otherwise). Costs are in $ per rental period.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class QueryType:
     delay_penalty: float = 0.0
     """$ per query-second of delay."""
     token_size_gb: float = 0.0
-    """Storage per token kept (GB), charged at storage_rate."""
+    """Storage per token kept (GB), charged at storage_rate for as long as the spec's token_storage says."""
 
     @property
     def tokens(self) -> float:
@@ -99,22 +100,57 @@ class Precision:
     """Delay relative to FP16."""
     error_factor: float = 1.0
     """Error rate relative to FP16."""
+    delay_deviation: float | None = None
+    """How far above nominal a tier's delay may run at this precision (share); default by bits, DEVIATIONS."""
+    error_deviation: float | None = None
+    """How far above nominal a tier's error rate may run at this precision (share); default by bits."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, tuple(f.name for f in fields(self)))
+        check_positive(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"))
+        check_range(self, where, tuple(n for n in ("delay_deviation", "error_deviation")
+                                       if getattr(self, n) is not None), 0.0, MAX_DEVIATION)
+
+    def deviations(self) -> Deviation:
+        """This precision's deviations: the spec's, else DEVIATIONS by bits per weight (16 x weight_factor)."""
+        bits = 16 * self.weight_factor
+        default = next(d for floor, d in DEVIATIONS if bits >= floor)
+        return Deviation(default.delay_deviation if self.delay_deviation is None else self.delay_deviation,
+                         default.error_deviation if self.error_deviation is None else self.error_deviation)
+
+
+@dataclass(frozen=True)
+class Deviation:
+    delay_deviation: float
+    """How far above nominal the delay may run (share of nominal)."""
+    error_deviation: float
+    """How far above nominal the error rate may run (share of nominal)."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("delay_deviation", "error_deviation"), 0.0, MAX_DEVIATION)
+
+
+MAX_DEVIATION = 10.0
+"""A deviation above ten times nominal is a typo, not a measurement (and would make the big-M in the robust
+rows large enough to upset the solver)."""
+
+DEVIATIONS: tuple[tuple[float, Deviation], ...] = (
+    (16.0, Deviation(0.10, 0.05)), (8.0, Deviation(0.30, 0.25)), (0.0, Deviation(0.45, 0.50)))
+"""Default deviations by bits per weight (at least 16, at least 8, fewer); docs/plan.md cites the figures."""
 
 
 @dataclass(frozen=True)
 class RobustSpec:
     gamma: float = 0.0
-    """Budget of uncertainty: how many of a query type's routes may deviate at once (0: deterministic)."""
-    delay_deviation: float = 0.2
-    """How far above nominal a route's delay may go (share)."""
-    error_deviation: float = 0.2
-    """How far above nominal a route's error rate may go (share)."""
+    """Fixed budget: how many of a query type's routes may deviate at once, whichever are chosen."""
+    protection: float = 0.0
+    """Decision-dependent budget: the share of a query type's chosen routes that may deviate at once, in [0, 1];
+    the type's budget is gamma + protection x (routes it uses). Both 0: the deterministic model."""
+    tiers: dict[str, Deviation] = field(default_factory=dict)
+    """Deviations of single tiers ("GPU:precision"), overriding their precision's."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("gamma", "delay_deviation", "error_deviation"), allow_zero=True)
+        check_positive(self, where, ("gamma",), allow_zero=True)
+        check_range(self, where, ("protection",), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -146,12 +182,18 @@ class AllocationSpec:
     max_replicas: int = 16
     """Replicas per (model, tier) deployment at most."""
     robust: RobustSpec = field(default_factory=RobustSpec)
-    """Budgeted uncertainty on delay and error (off at gamma 0)."""
+    """Budgeted uncertainty on delay and error (off with gamma and protection at 0)."""
+    token_storage: Literal["whole_period", "retained"] = "retained"
+    """How served queries' tokens are stored: "retained" (each kept token_retention_h hours, billed for that
+    long, and the tokens held at once counted against storage_capacity_gb), or "whole_period" (the seed's
+    reading: every token billed for the whole rental period, on storage apart from storage_capacity_gb)."""
+    token_retention_h: float = 1.0
+    """Hours a served query's tokens are kept (token_storage "retained")."""
     time_limit_s: float = 10.0
     """Solver time limit."""
 
     def check(self, where: str) -> None:
-        check_positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
+        check_positive(self, "", ("budget", "rental_period_h", "time_limit_s", "token_retention_h"))
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
         check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
         for name in ("queries", "models", "gpus", "precisions"):
@@ -164,6 +206,14 @@ class AllocationSpec:
                 raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")
         if not 1 <= self.max_replicas <= MAX_REPLICAS:
             raise ConfigError("max_replicas", f"must be in 1..{MAX_REPLICAS}, got {self.max_replicas}")
+        tiers = {f"{g}:{p}" for g, p in self.tiers()}
+        for name in self.robust.tiers:
+            if name not in tiers:
+                raise ConfigError(f"robust.tiers.{name}", f"no such tier (expected one of {sorted(tiers)})")
 
     def tiers(self) -> list[tuple[str, str]]:
         return [(g, p) for g in self.gpus for p in self.precisions]
+
+    def deviation(self, tier: tuple[str, str]) -> Deviation:
+        """A tier's deviations: its own under [robust.tiers], else its precision's."""
+        return self.robust.tiers.get(f"{tier[0]}:{tier[1]}") or self.precisions[tier[1]].deviations()

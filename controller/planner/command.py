@@ -30,8 +30,9 @@ def plan_command(args: argparse.Namespace) -> int:
         if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "apply to packing specs only")
         return _allocation(args, spec)
-    if args.gamma is not None:
-        raise ConfigError("--gamma", "applies to allocation specs only")
+    for option, value in (("--gamma", args.gamma), ("--protection", args.protection)):
+        if value is not None:
+            raise ConfigError(option, "applies to allocation specs only")
     if args.compare:
         if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "--compare runs every one; give neither")
@@ -45,6 +46,8 @@ def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
 
     if args.gamma is not None:
         spec = replace(spec, robust=replace(spec.robust, gamma=args.gamma))
+    if args.protection is not None:
+        spec = replace(spec, robust=replace(spec.robust, protection=args.protection))
     model = AllocationModel(spec)
     best = model.solve()
     doc = allocation_json(model, best, explain_unmet(model, best))

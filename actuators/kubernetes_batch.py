@@ -1,0 +1,118 @@
+"""`--max-num-seqs` of vLLM Deployments through their container args (a rolling update), with the official client.
+
+The vLLM container is the one whose args hold `--max-num-seqs` (else the first). A change patches every
+Deployment of the service (each variant's) and is read back as rolling until the Deployment's controller
+reports every replica updated; the value it rolls from is kept in an annotation. API errors go through the
+one map in actuators/kubernetes.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actuators.base import BatchInForce, PermanentActuatorError
+from actuators.kubernetes import DeploymentRef, translate
+
+log = logging.getLogger(__name__)
+FLAG = "--max-num-seqs"
+PREVIOUS = "wattscale.dev/previous-max-num-seqs"
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    for c in containers:
+        if any(str(a).startswith(FLAG) for a in c.get("args") or []):
+            return dict(c)
+    return dict(containers[0])
+
+
+def read_flag(args: list[str]) -> int | None:
+    """The value of `--max-num-seqs N` or `--max-num-seqs=N` in an argv; None where absent or unreadable."""
+    for i, a in enumerate(args):
+        value = a.split("=", 1)[1] if a.startswith(FLAG + "=") else (args[i + 1] if a == FLAG and i + 1 < len(args)
+                                                                     else None)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def with_flag(args: list[str], value: int) -> list[str]:
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a == FLAG and i + 1 < len(args):
+            skip = True
+            continue
+        if not a.startswith(FLAG + "="):
+            out.append(a)
+    return [*out, FLAG, str(value)]
+
+
+def rolling(deployment: dict[str, Any]) -> bool:
+    """The Deployment's controller has not yet seen, or not yet rolled out, its latest template."""
+    meta, status = deployment["metadata"], deployment.get("status") or {}
+    want = int(deployment["spec"].get("replicas", 1) or 0)
+    if int(status.get("observedGeneration", meta.get("generation", 1))) < int(meta.get("generation", 1)):
+        return True
+    return int(status.get("updatedReplicas", want)) < want
+
+
+class KubernetesBatchSizer:
+    name = "kubernetes"
+
+    def __init__(self, api_client: Any, targets: dict[str, tuple[DeploymentRef, ...]], initial: dict[str, int],
+                 timeout_s: float = 5.0) -> None:
+        from kubernetes.client import AppsV1Api
+
+        self.apps = AppsV1Api(api_client)
+        self.plain = api_client.sanitize_for_serialization
+        self.targets, self.initial, self.timeout_s = targets, initial, timeout_s
+
+    def _read(self, service: str, ref: DeploymentRef) -> dict[str, Any]:
+        try:
+            obj = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
+        except Exception as exc:
+            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+        return dict(self.plain(obj))
+
+    def get_max_batch(self, service: str) -> BatchInForce:
+        values, rolls = [], []
+        for ref in self.targets.get(service, ()):
+            d = self._read(service, ref)
+            value = read_flag([str(a) for a in _container(d).get("args") or []])
+            if value is None:
+                continue
+            if rolling(d):
+                before = (d["metadata"].get("annotations") or {}).get(PREVIOUS)
+                rolls.append(value)
+                value = int(before) if before and before.isdigit() else value
+            values.append(value)
+        if not values:
+            return BatchInForce(self.initial.get(service, 64))
+        return BatchInForce(min(values), max(rolls) if rolls else None)
+
+    def set_max_batch(self, service: str, max_num_seqs: int) -> None:
+        if not 1 <= max_num_seqs <= 1_000_000:
+            raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
+        for ref in self.targets.get(service, ()):
+            d = self._read(service, ref)
+            c = _container(d)
+            args = [str(a) for a in c.get("args") or []]
+            if read_flag(args) == max_num_seqs:
+                continue
+            before = read_flag(args)
+            patch = {"metadata": {"annotations": {PREVIOUS: str(before or "")}},
+                     "spec": {"template": {"spec": {"containers": [{"name": c["name"],
+                                                                    "args": with_flag(args, max_num_seqs)}]}}}}
+            try:
+                self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
+                                                      _content_type="application/strategic-merge-patch+json")
+            except Exception as exc:
+                raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+            log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, before)

@@ -1,0 +1,147 @@
+"""`wattscale schema`, `wattscale operator` and `wattscale agent`: registered by controller/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from controller.cli_args import number, seconds
+from controller.config_loader import ConfigError
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from controller.schema_catalog import schemas
+
+    if args.crds:
+        import yaml
+
+        from controller.cluster.crds import crds
+
+        print(yaml.safe_dump_all(crds(), sort_keys=False, width=120), end="")
+        return 0
+    every = schemas()
+    if args.name is None:
+        print(json.dumps(every, indent=2))
+        return 0
+    if args.name not in every:
+        raise ConfigError("schema", f"unknown {args.name!r}, expected one of {sorted(every)}")
+    print(json.dumps(every[args.name], indent=2))
+    return 0
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for library in ("urllib3", "kubernetes", "aiohttp"):
+        logging.getLogger(library).setLevel(logging.WARNING)
+
+
+def _stop_after(duration_s: float | None, stop: threading.Event) -> None:
+    if duration_s is not None:
+        timer = threading.Timer(duration_s, stop.set)
+        timer.daemon = True
+        timer.start()
+
+
+def _operator(args: argparse.Namespace) -> int:
+    try:
+        import kopf
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError:
+        raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
+    _logging(args.log_level)
+    os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir)
+    if args.namespace:
+        os.environ["WATTSCALE_NAMESPACE"] = args.namespace
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    import controller.cluster.handlers  # noqa: F401  (registers the handlers)
+
+    registry = CollectorRegistry()
+    if args.metrics_port:
+        start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
+    stop = threading.Event()
+    _stop_after(args.duration, stop)
+    kopf.run(standalone=True, clusterwide=True, memo=kopf.Memo(registry=registry), stop_flag=stop,
+             liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz" if args.health_port else None)
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from actuators import ActuatorError
+    from actuators.kubernetes import api_client
+    from actuators.nvml import NvmlDevices
+    from controller.cluster.agent import NodeAgent
+
+    _logging(args.log_level)
+    node = args.node or os.environ.get("NODE_NAME", "")
+    if not node:
+        raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
+    try:
+        client = api_client(args.kubeconfig)
+        devices = NvmlDevices()
+    except ActuatorError as exc:
+        raise ConfigError("agent", str(exc)) from exc
+    except ImportError:
+        raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
+    registry = CollectorRegistry()
+    if args.metrics_port:
+        start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
+    agent = NodeAgent(node, devices, client, registry, args.safe_cap_share, args.default_ttl_s)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _stop_after(args.duration, stop)
+    logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
+    try:
+        while not stop.is_set():
+            agent.step(time.monotonic())
+            stop.wait(args.interval_s)
+    finally:
+        agent.close()
+    return 0
+
+
+def add_cluster_commands(sub: Any) -> None:
+    s = sub.add_parser("schema", help="JSON Schemas of the config, the specs and the custom resources, generated "
+                       "from the settings' own classes")
+    s.add_argument("name", nargs="?", help="one schema (config, optimize-spec, plan-packing, plan-allocation, "
+                   "crd-powerpolicy, crd-llmservice, crd-nodepowerplan); default: all")
+    s.add_argument("--crds", action="store_true", help="print the CustomResourceDefinitions as YAML")
+    s.set_defaults(func=_schema)
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    o = sub.add_parser("operator", help="the Kubernetes operator: the control loop on the custom resources (kopf)")
+    o.add_argument("--policy", default="default", help="the PowerPolicy acted on (default: default)")
+    o.add_argument("--namespace", default="", help="the Lease's and cluster Events' namespace (default: "
+                   "POD_NAMESPACE)")
+    o.add_argument("--state-dir", default="/var/lib/wattscale", help="tuner state and the decision log")
+    o.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
+    o.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
+    o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
+    o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
+    o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
+    o.set_defaults(func=_operator)
+    a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
+    a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")
+    a.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
+    a.add_argument("--interval-s", type=number(0.1, 60.0), default=2.0, help="seconds between steps (default 2)")
+    a.add_argument("--safe-cap-share", type=number(0.0, 1.0), default=0.6,
+                   help="safe cap where the plan has none: this share of each GPU's maximum limit (default 0.6)")
+    a.add_argument("--default-ttl-s", type=number(1.0, 86400.0), default=60.0,
+                   help="TTL of a plan that names none (default 60)")
+    a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    a.add_argument("--metrics-port", type=int, default=9465, help="port of /metrics; 0: none")
+    a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
+    a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
+    a.set_defaults(func=_agent)
+
+
+

@@ -1,0 +1,157 @@
+"""The node agent (`wattscale agent`, a DaemonSet): applies its node's NodePowerPlan to the GPUs through NVML
+and reports their readings in the plan's status, where the operator's fast loop reads them.
+
+Fail-closed: the plan is fresh while the operator renews it (its `sequence` moves) within its `ttl_s`, timed
+on this node's own clock, so no clock skew between nodes matters. A plan gone stale, absent or unreadable
+sets each GPU to the plan's safe cap, or the agent's own (a share of the GPU's maximum) where the plan has
+none, and never raises a limit while doing so. A plan marked `release` (its policy was deleted) puts every
+GPU back at its default limit; so does the agent's exit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from actuators import ActuatorError
+from actuators.kubernetes import translate
+from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
+from controller.cluster.resources import GROUP, PLANS, VERSION
+
+log = logging.getLogger("wattscale.agent")
+MERGE = "application/merge-patch+json"
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r, gpu = registry, ["node", "gpu", "uuid"]
+        self.power = Gauge("wattscale_agent_gpu_power_watts", "Measured GPU power draw.", gpu, registry=r)
+        self.limit = Gauge("wattscale_agent_gpu_power_limit_watts", "GPU power limit in force.", gpu, registry=r)
+        self.energy = Gauge("wattscale_agent_gpu_energy_joules", "GPU energy counter.", gpu, registry=r)
+        self.failsafe = Gauge("wattscale_agent_failsafe", "1 while the node's plan is stale or absent and the safe "
+                              "caps are in force.", ["node"], registry=r)
+        self.plan_age = Gauge("wattscale_agent_plan_age_seconds", "Seconds since the plan was last renewed.",
+                              ["node"], registry=r)
+        self.errors = Counter("wattscale_agent_errors", "Errors survived, by kind.", ["kind"], registry=r)
+
+
+class NodeAgent:
+    def __init__(self, node: str, devices: NvmlDevices, api_client: Any, registry: CollectorRegistry | None = None,
+                 safe_cap_share: float = 0.6, default_ttl_s: float = 60.0, timeout_s: float = 5.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        from kubernetes.client import CustomObjectsApi
+
+        self.node, self.devices = node, devices
+        self.limiter = NvmlPowerLimiter(devices, min_interval_s=0.0, **({"clock": clock} if clock else {}))
+        self.custom = CustomObjectsApi(api_client)
+        self.metrics = AgentMetrics(registry or CollectorRegistry())
+        self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
+        self.seen: tuple[Any, float] | None = None
+        """The plan's last sequence and when it was first seen (this node's clock)."""
+        self.last: dict[str, Any] | None = None
+        """The plan last read."""
+        self.beat = 0
+        self.mode = "starting"
+        self.failing: set[str] = set()
+
+    def _once(self, kind: str, message: str) -> None:
+        """Log the first failure of a run, count every one."""
+        self.metrics.errors.labels(kind).inc()
+        if kind not in self.failing:
+            log.warning("%s: %s", kind, message)
+        self.failing.add(kind)
+
+    def _plan(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            plan = self.custom.get_cluster_custom_object(GROUP, VERSION, PLANS, self.node,
+                                                         _request_timeout=self.timeout_s)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.failing.discard("plan")
+        return dict(plan)
+
+    def step(self, now: float) -> str:
+        """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
+        try:
+            plan = self._plan()
+        except Exception as exc:
+            self._once("plan", str(translate(exc, f"NodePowerPlan {self.node}")))
+            plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
+        self.last = plan
+        spec = (plan or {}).get("spec") or {}
+        if plan and (self.seen is None or spec.get("sequence") != self.seen[0]):
+            self.seen = (spec.get("sequence"), now)
+        ttl = float(spec.get("ttl_s") or self.default_ttl_s)
+        age = None if self.seen is None else now - self.seen[1]
+        fresh = plan is not None and age is not None and age <= ttl
+        # Released holds without renewals (its policy is gone: nobody renews it); else a stale plan fails closed.
+        mode = "released" if plan and spec.get("release") else "following" if fresh else "failsafe"
+        try:
+            count = self.devices.count()
+        except ActuatorError as exc:
+            self._once("nvml", str(exc))
+            return mode
+        gpus = []
+        for i in range(count):
+            try:
+                gpus.append(self._apply(self.devices.read(i), mode, spec))
+            except ActuatorError as exc:
+                self._once(f"gpu{i}", str(exc))
+        self.metrics.failsafe.labels(self.node).set(1.0 if mode == "failsafe" else 0.0)
+        self.metrics.plan_age.labels(self.node).set(age if age is not None else float("nan"))
+        if mode != self.mode:
+            log.info("node %s: %s -> %s", self.node, self.mode, mode)
+        self.mode = mode
+        if plan is not None:  # no plan object: nowhere to report until the operator creates it
+            self._report(gpus, spec)
+        return mode
+
+    def _apply(self, g: GpuReading, mode: str, spec: dict[str, Any]) -> dict[str, Any]:
+        key = str(g.index)
+        if mode == "released":
+            target = g.default_limit_w if g.default_limit_w is not None else g.power_limit_w
+        else:
+            safe = float((spec.get("safe_caps_w") or {}).get(key) or max(g.min_limit_w,
+                                                                         self.safe_cap_share * g.max_limit_w))
+            planned = (spec.get("limits_w") or {}).get(key) if mode == "following" else None
+            target = float(planned) if planned is not None else min(g.power_limit_w, safe)  # never a rise
+        limit = g.power_limit_w
+        if abs(target - limit) >= 1.0:
+            limit = self.limiter.set_power_limit(g.index, target)
+        labels = (self.node, key, g.uuid)
+        if g.power_w is not None:
+            self.metrics.power.labels(*labels).set(g.power_w)
+        if g.energy_j is not None:
+            self.metrics.energy.labels(*labels).set(g.energy_j)
+        self.metrics.limit.labels(*labels).set(limit)
+        self.failing.discard(f"gpu{g.index}")
+        return {"index": g.index, "uuid": g.uuid, "name": g.name, "power_w": g.power_w, "energy_j": g.energy_j,
+                "limit_w": limit, "min_w": g.min_limit_w, "max_w": g.max_limit_w, "default_w": g.default_limit_w,
+                "sm_clock_mhz": g.sm_clock_mhz}
+
+    def _report(self, gpus: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+        self.beat += 1
+        body = {"status": {"beat": self.beat, "mode": self.mode, "plan_sequence": spec.get("sequence"),
+                           "gpus": gpus}}
+        try:
+            self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLANS, self.node, body,
+                                                           _request_timeout=self.timeout_s, _content_type=MERGE)
+            self.failing.discard("report")
+        except Exception as exc:
+            self._once("report", str(translate(exc, f"NodePowerPlan {self.node} status")))
+
+    def close(self) -> None:
+        """On exit: every GPU back at its default limit (what failed is logged), then NVML shut down."""
+        for failure in self.limiter.restore_defaults():
+            log.warning("restoring the default power limit: %s", failure)
+        try:
+            self.devices.close()
+        except ActuatorError as exc:
+            log.warning("NVML shutdown: %s", exc)

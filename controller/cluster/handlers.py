@@ -1,0 +1,78 @@
+"""The kopf operator: `kopf run -m controller.cluster.handlers` (what `wattscale operator` runs).
+
+A daemon per PowerPolicy runs the control loop (controller/cluster/operator.py) for as long as the policy
+exists; kopf stops it when the policy is deleted (the agents are then told to restore default limits) or the
+operator exits (the plans are left to the agents' TTL). Every replica of the operator runs it; only the
+holder of the Lease acts. Configuration comes from the environment `wattscale operator` sets:
+WATTSCALE_POLICY (the PowerPolicy acted on), WATTSCALE_NAMESPACE (the Lease's and cluster Events'),
+WATTSCALE_STATE_DIR (tuner state, decision log), KUBECONFIG (empty: in-cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry
+
+from actuators.kubernetes import api_client
+from controller.cluster.operator import ClusterLoop
+from controller.cluster.resources import GROUP, POLICIES, VERSION
+from controller.own_metrics import OwnMetrics
+
+log = logging.getLogger("wattscale.operator")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.posting.level = logging.WARNING  # kopf's own Events for problems only; decisions post their own
+    settings.watching.server_timeout = 300
+    memo.policy = os.environ.get("WATTSCALE_POLICY", "default")
+    memo.namespace = os.environ.get("WATTSCALE_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "wattscale"
+    memo.state_dir = os.environ.get("WATTSCALE_STATE_DIR", "/var/lib/wattscale")
+    memo.identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    memo.client = api_client(os.environ.get("KUBECONFIG", ""))
+    memo.metrics = OwnMetrics(getattr(memo, "registry", None) or CollectorRegistry())
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """KUBECONFIG as named when the operator starts (the client library reads it once, at its import), else
+    the service account's in-cluster credentials."""
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs)
+
+
+@kopf.daemon(GROUP, VERSION, POLICIES, cancellation_backoff=5.0, cancellation_timeout=10.0)
+def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """The control loop of the policy named by WATTSCALE_POLICY (others are left alone and say so)."""
+    if name != memo.policy:
+        log.warning("PowerPolicy %s is not acted on: this operator acts on %r", name, memo.policy)
+        return
+    loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics)
+    t0 = time.monotonic()
+    last = ""
+    try:
+        while not stopped:
+            try:
+                wait = loop.step(time.monotonic() - t0)
+                last = ""
+            except Exception as exc:  # an API outage or a bug: counted, logged once a run, the loop goes on
+                loop.metrics.errors.labels("operator_step").inc()
+                if repr(exc) != last:
+                    log.warning("operator step failed: %r", exc, exc_info=True)
+                last = repr(exc)
+                wait = 2.0
+            stopped.wait(wait)
+    finally:
+        reason = stopped.reason
+        deleted = reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason
+        loop.stand_down(release=deleted, now=time.monotonic() - t0)
+        log.info("PowerPolicy %s: %s", name, "deleted, default limits restored" if deleted else "operator stopping")

@@ -1,0 +1,86 @@
+"""One active operator: a `coordination.k8s.io/v1` Lease, taken and renewed with the resourceVersion checked,
+so of two operators that race for it one wins (the API server answers the other 409). A passive operator
+watches and waits; it takes the Lease once the holder has not renewed it for `duration_s`, or at once when
+the holder gives it back on a clean exit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+log = logging.getLogger("wattscale.operator")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Lease:
+    def __init__(self, api_client: Any, namespace: str, name: str, identity: str, duration_s: float = 15.0,
+                 timeout_s: float = 5.0) -> None:
+        from kubernetes.client import CoordinationV1Api
+
+        self.api = CoordinationV1Api(api_client)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.duration_s, self.timeout_s = duration_s, timeout_s
+        self.held = False
+
+    def _body(self, old: Any, acquire: bool) -> Any:
+        from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
+
+        now = _now()
+        spec = V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=int(self.duration_s),
+                           renew_time=now, acquire_time=now if acquire else old.spec.acquire_time,
+                           lease_transitions=(old.spec.lease_transitions or 0) + (1 if acquire else 0) if old else 0)
+        meta = V1ObjectMeta(name=self.name, namespace=self.namespace,
+                            resource_version=old.metadata.resource_version if old else None)
+        return V1Lease(metadata=meta, spec=spec)
+
+    def hold(self) -> bool:
+        """Take or renew the Lease; whether this operator holds it now. API failures count as not held (a
+        leader that cannot renew stops acting before another may take over)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            try:
+                old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self.api.create_namespaced_lease(self.namespace, self._body(None, True),
+                                                 _request_timeout=self.timeout_s)
+                return self._became(True)
+            holder, renewed = old.spec.holder_identity, old.spec.renew_time
+            duration = old.spec.lease_duration_seconds or self.duration_s
+            expired = renewed is None or (_now() - renewed).total_seconds() > duration
+            if holder and holder != self.identity and not expired:
+                return self._became(False)
+            self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
+                                              _request_timeout=self.timeout_s)
+            return self._became(True)
+        except Exception as exc:  # a conflict (another took it), a timeout, a refusal
+            if self.held:
+                log.warning("lease %s/%s not renewed: %s", self.namespace, self.name, exc)
+            return self._became(False)
+
+    def _became(self, held: bool) -> bool:
+        if held != self.held:
+            log.info("lease %s/%s %s by %s", self.namespace, self.name, "taken" if held else "not held",
+                     self.identity)
+        self.held = held
+        return held
+
+    def give_back(self) -> None:
+        """On a clean exit: empty the holder, so a successor need not wait for the Lease to expire."""
+        if not self.held:
+            return
+        try:
+            old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
+            if old.spec.holder_identity == self.identity:
+                old.spec.holder_identity = None
+                old.spec.renew_time = None
+                self.api.replace_namespaced_lease(self.name, self.namespace, old, _request_timeout=self.timeout_s)
+        except Exception as exc:
+            log.warning("lease %s/%s not given back: %s", self.namespace, self.name, exc)
+        self.held = False

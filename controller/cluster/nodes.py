@@ -1,0 +1,216 @@
+"""The operator's side of the node plans: one `NodePowerPlan` per GPU node, the operator's spec (limits, safe
+caps, a renewal sequence) and the agent's status (its GPUs' readings).
+
+Seen from the control loop, the plans are a `GpuSource` (the agents' readings, numbered across the cluster)
+and a `PowerLimiter` (limits collected each fast tick and written once per node by `flush`). Which service a
+GPU serves is read from the pods: a variant's Deployment's pods on a node hold that node's GPUs in index
+order (sorted by pod name); the device plugin's own choice is not visible to the API, so two services on one
+node may see each other's GPUs swapped (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from actuators import PermanentActuatorError
+from actuators.kubernetes import translate
+from controller.cluster.resources import GROUP, PLANS, VERSION
+from controller.governor import safe_caps
+from controller.telemetry.base import GpuSample, TelemetryError
+
+log = logging.getLogger("wattscale.operator")
+GPU_RESOURCE = "nvidia.com/gpu"
+MERGE = "application/merge-patch+json"
+
+
+def _gpus_of(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for c in pod.get("spec", {}).get("containers", []):
+        limits = (c.get("resources") or {}).get("limits") or {}
+        total += int(limits.get(GPU_RESOURCE, 0) or 0)
+    return total
+
+
+class NodePlans:
+    name = "node-plans"
+
+    def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
+                 timeout_s: float = 5.0) -> None:
+        from kubernetes.client import CoreV1Api, CustomObjectsApi
+
+        self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
+        self.plan_ttl_s, self.safe_cap_share, self.stale_after_s = plan_ttl_s, safe_cap_share, stale_after_s
+        self.timeout_s = timeout_s
+        self.index: dict[tuple[str, int], int] = {}
+        """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
+        self.owners: dict[tuple[str, int], tuple[str, str]] = {}
+        """(node, NVML index) -> (service, variant), from the pods."""
+        self.beats: dict[str, tuple[Any, float]] = {}
+        """Node -> its agent's last beat and when it changed (controller time)."""
+        self.samples: dict[int, GpuSample] = {}
+        self.pending: dict[str, dict[str, float]] = {}
+        self.written: dict[str, dict[str, Any]] = {}
+        """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
+        self.sequence: dict[str, int] = {}
+        self.renewed: dict[str, float] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        """Node -> its labels, as last listed (which power domains it is in)."""
+
+    def _where(self) -> dict[int, tuple[str, int]]:
+        return {i: key for key, i in self.index.items()}
+
+    # -- nodes and owners (slow loop) ----------------------------------------------------------
+    def ensure(self, node_selector: Mapping[str, str]) -> list[str]:
+        """A NodePowerPlan for every node the selector picks (created empty: its agent sets safe caps until
+        the first renewal); returns the nodes."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
+        try:
+            listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
+            self.labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
+            nodes = sorted(self.labels)
+            have = {p["metadata"]["name"] for p in self._plans()}
+            for node in nodes:
+                if node not in have:
+                    self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
+                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
+                        "spec": {"sequence": 0, "ttl_s": self.plan_ttl_s, "limits_w": {}, "safe_caps_w": {}}},
+                        _request_timeout=self.timeout_s)
+                    log.info("created the NodePowerPlan of node %s", node)
+        except Exception as exc:
+            raise translate(exc, "node plans") from exc
+        return nodes
+
+    def domain_gpus(self, selectors: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[int, ...]]:
+        """Domain name -> the cluster numbers of the GPUs seen on the nodes its selector picks."""
+        out = {}
+        for name, selector in selectors.items():
+            nodes = {n for n, labels in self.labels.items() if all(labels.get(k) == v for k, v in selector.items())}
+            out[name] = tuple(sorted(i for (node, _), i in self.index.items() if node in nodes))
+        return out
+
+    def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
+        """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, in index order."""
+        per_node: dict[str, list[tuple[str, int, str, str]]] = {}
+        for (service, variant), pods in pods_by_variant.items():
+            for pod in pods:
+                node = pod.get("spec", {}).get("nodeName")
+                if node and pod.get("status", {}).get("phase", "Running") in ("Pending", "Running"):
+                    per_node.setdefault(node, []).append((pod["metadata"]["name"], _gpus_of(pod), service, variant))
+        owners: dict[tuple[str, int], tuple[str, str]] = {}
+        for node, held in per_node.items():
+            k = 0
+            for _, n, service, variant in sorted(held):
+                for _ in range(n):
+                    owners[node, k] = (service, variant)
+                    k += 1
+        self.owners = owners
+
+    # -- GpuSource (fast loop) -----------------------------------------------------------------
+    def _plans(self) -> list[dict[str, Any]]:
+        answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=self.timeout_s)
+        return list(answer.get("items", []))
+
+    def sample(self, now: float) -> list[GpuSample]:
+        try:
+            plans = self._plans()
+        except Exception as exc:
+            raise TelemetryError(str(translate(exc, "node plans"))) from exc
+        out: list[GpuSample] = []
+        for plan in plans:
+            node, status = plan["metadata"]["name"], plan.get("status") or {}
+            self.sequence.setdefault(node, int(plan.get("spec", {}).get("sequence", 0)))
+            beat = status.get("beat")
+            last = self.beats.get(node)
+            if last is None or last[0] != beat:
+                self.beats[node] = (beat, now)
+            elif now - last[1] > self.stale_after_s:
+                continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
+            for g in status.get("gpus", []):
+                key = (node, int(g["index"]))
+                index = self.index.setdefault(key, len(self.index))
+                service, variant = self.owners.get(key, (None, None))
+                sample = GpuSample(index, str(g["uuid"]), str(g.get("name", "")), g.get("power_w"), g.get("energy_j"),
+                                   float(g["limit_w"]), float(g["min_w"]), float(g["max_w"]), g.get("sm_clock_mhz"),
+                                   service, variant)
+                self.samples[index] = sample
+                out.append(sample)
+        return out
+
+    # -- PowerLimiter (fast loop) ---------------------------------------------------------------
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        where = self._where().get(gpu_index)
+        sample = self.samples.get(gpu_index)
+        if where is None or sample is None:
+            raise PermanentActuatorError(f"GPU {gpu_index}: on no node's plan")
+        watts = min(max(watts, sample.min_limit_w), sample.max_limit_w)
+        self.pending.setdefault(where[0], {})[str(where[1])] = round(watts, 1)
+        return watts
+
+    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
+        """Write each node's limits and safe caps where they changed, and renew every plan at least each
+        quarter TTL; returns what failed (each node is tried on its own). The safe caps fit the site's
+        `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
+        caps, _ = safe_caps(list(self.samples.values()), budget_w)
+        for domain_w, members in domains:
+            inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
+            for i, w in inside.items():
+                caps[i] = min(caps[i], w)
+        where = self._where()
+        safe: dict[str, dict[str, float]] = {}
+        for index, cap in caps.items():
+            node, local = where[index]
+            safe.setdefault(node, {})[str(local)] = round(cap, 1)
+        failed = []
+        for node in sorted(set(self.sequence) | set(self.pending)):
+            old = self.written.get(node, {})
+            limits = {**old.get("limits_w", {}), **self.pending.pop(node, {})}
+            spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False}
+            if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
+                continue
+            failed += self._write(node, spec, now)
+        return failed
+
+    def _write(self, node: str, spec: dict[str, Any], now: float) -> list[str]:
+        seq = self.sequence.get(node, 0) + 1
+        body = {"spec": {**spec, "sequence": seq, "ttl_s": self.plan_ttl_s}}
+        try:
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
+                                                    _content_type=MERGE)
+        except Exception as exc:
+            return [str(translate(exc, f"NodePowerPlan {node}"))]
+        self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
+        return []
+
+    def release(self, now: float) -> list[str]:
+        """Every plan asks its agent to restore the GPUs' default limits (the policy is gone)."""
+        failed = []
+        for plan in self._plans():
+            node = plan["metadata"]["name"]
+            self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
+            failed += self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
+        return failed
+
+    def adopt(self) -> dict[str, dict[str, float]]:
+        """The limits the plans hold now (a previous leader's), so a new leader starts from them; also their
+        sequences, so renewals go on counting up."""
+        held: dict[str, dict[str, float]] = {}
+        for plan in self._plans():
+            node, spec = plan["metadata"]["name"], plan.get("spec") or {}
+            self.sequence[node] = int(spec.get("sequence", 0))
+            held[node] = {k: float(v) for k, v in (spec.get("limits_w") or {}).items()}
+            self.written[node] = {"limits_w": dict(spec.get("limits_w") or {}),
+                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False}
+        return held
+
+
+def owner_caps(plans: NodePlans, held: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, str], float]:
+    """(service, variant) -> the highest limit the plans hold on its GPUs (a new leader's starting caps)."""
+    out: dict[tuple[str, str], float] = {}
+    for node, limits in held.items():
+        for local, watts in limits.items():
+            owner = plans.owners.get((node, int(local)))
+            if owner is not None:
+                out[owner] = max(out.get(owner, 0.0), watts)
+    return out

@@ -1,0 +1,294 @@
+"""The operator's control loop: the host daemon's `Controller` (the same fast loop, governor, optimizer,
+stability gate and enforcer), with settings built from the custom resources and parts that act through the
+Kubernetes API: replicas through the scale subresource, `--max-num-seqs` through the Deployments' args, power
+limits through the NodePowerPlans that the node agents apply.
+
+It acts only while it holds the Lease. A new leader starts from the limits the plans hold (the previous
+leader's), so a restart raises no cap; the loop itself is stepped with explicit times by `step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, translate
+from actuators.kubernetes_batch import KubernetesBatchSizer
+from controller.cluster.budget_thread import BudgetThread
+from controller.cluster.lease import Lease
+from controller.cluster.nodes import NodePlans, owner_caps
+from controller.cluster.resources import (
+    GROUP,
+    POLICIES,
+    SERVICES,
+    VERSION,
+    PowerPolicySpec,
+    policy_spec,
+    service_field,
+    service_settings,
+    settings_of,
+)
+from controller.cluster.status import Reporter
+from controller.config_loader import ConfigError
+from controller.control import Controller
+from controller.decision_log import DecisionLog
+from controller.own_metrics import OwnMetrics
+from controller.plan import Plan
+from controller.service_settings import ServiceSettings
+from controller.settings import Settings
+from controller.telemetry.prometheus import PrometheusVllmSource
+from tuner import Tuner
+
+log = logging.getLogger("wattscale.operator")
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise ConfigError("spec", f"must be an object, got {type(spec).__name__}")
+    return spec
+
+
+class KeptDecisions(DecisionLog):
+    """The decision log, also keeping the last record: the resources' status is written from it."""
+
+    last: dict[str, Any] | None = None
+
+    def write(self, record: dict[str, Any]) -> bool:
+        self.last = record
+        return super().write(record)
+
+
+@dataclass
+class Resources:
+    """What the resources say this cycle: the settings (None: no valid policy) and each resource's error."""
+
+    settings: Settings | None
+    policy: PowerPolicySpec | None
+    errors: dict[str, ConfigError]
+    """`namespace/name` of an LLMService (or `policy`) -> why it is left out."""
+    objects: dict[str, dict[str, Any]]
+    """`namespace/name` -> the LLMService object as read."""
+    policy_obj: dict[str, Any]
+    """The PowerPolicy object as read."""
+
+
+class ClusterLoop:
+    def __init__(self, api_client: Any, policy_name: str, identity: str, namespace: str, state_dir: str,
+                 metrics: OwnMetrics | None = None, lease_s: float = 15.0) -> None:
+        from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+
+        self.client, self.policy_name, self.state_dir = api_client, policy_name, state_dir
+        self.custom, self.apps, self.core = CustomObjectsApi(api_client), AppsV1Api(api_client), CoreV1Api(api_client)
+        self.lease = Lease(api_client, namespace, "wattscale-operator", identity, lease_s)
+        self.metrics = metrics or OwnMetrics(CollectorRegistry())
+        """The daemon's metrics (one set per operator process: a policy deleted and made again reuses them)."""
+        self.reporter = Reporter(api_client, namespace, identity)
+        self.controller: Controller | None = None
+        self.plans: NodePlans | None = None
+        self.decisions: KeptDecisions | None = None
+        self.replica_targets: dict[tuple[str, str], DeploymentRef] = {}
+        self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
+        self.next_slow = 0.0
+        self.timeout_s = 5.0
+        self.budget = BudgetThread(self.metrics, state_dir)
+        self.offset = 0.0
+        """Controller time less the monotonic clock (the budget thread's `now`)."""
+
+    # -- the resources -------------------------------------------------------------------------
+    def read(self) -> Resources:
+        errors: dict[str, ConfigError] = {}
+        try:
+            policy_obj = self.custom.get_cluster_custom_object(GROUP, VERSION, POLICIES, self.policy_name,
+                                                               _request_timeout=self.timeout_s)
+            items = self.custom.list_cluster_custom_object(GROUP, VERSION, SERVICES,
+                                                           _request_timeout=self.timeout_s)["items"]
+        except Exception as exc:
+            raise translate(exc, "custom resources") from exc
+        objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
+                   if not o["metadata"].get("deletionTimestamp")}
+        try:
+            policy: PowerPolicySpec | None = policy_spec(_spec(policy_obj))
+        except ConfigError as exc:
+            errors["policy"] = exc
+            return Resources(None, None, errors, objects, policy_obj)
+        assert policy is not None
+        services: dict[str, ServiceSettings] = {}
+        owners: dict[tuple[str, str], str] = {}
+        for key, obj in sorted(objects.items()):
+            ns, name = key.split("/", 1)
+            try:
+                svc = service_settings(ns, name, _spec(obj))
+                self._check_deployments(svc)
+                for i, v in enumerate(svc.variants):
+                    other = owners.setdefault((ns, v.deployment), key)
+                    if other != key:
+                        raise ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{v.deployment} is already "
+                                          f"LLMService {other}'s")
+                services[key] = svc
+            except ConfigError as exc:
+                errors[key] = exc
+            except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
+                errors[key] = ConfigError("spec.variants", str(exc))
+        while services:  # a cross-field error names its service: that one is left out, the others go on
+            try:
+                domains = ({} if self.plans is None else
+                           self.plans.domain_gpus({d.name: d.node_selector for d in policy.domains}))
+                return Resources(settings_of(policy, list(services.values()), self.state_dir, domains), policy,
+                                 errors, objects, policy_obj)
+            except ConfigError as exc:
+                named = service_field(exc.where)
+                if named is None or named[0] not in services:
+                    errors["policy"] = ConfigError(f"spec.{exc.where}", exc.reason)
+                    return Resources(None, policy, errors, objects, policy_obj)
+                del services[named[0]]
+                errors[named[0]] = ConfigError(named[1], exc.reason)
+        return Resources(None, policy, errors, objects, policy_obj)
+
+    def _check_deployments(self, svc: ServiceSettings) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        ns = svc.name.split("/", 1)[0]
+        for i, v in enumerate(svc.variants):
+            try:
+                self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise ConfigError(f"spec.variants[{i}].deployment", f"no Deployment {ns}/{v.deployment}") \
+                        from None
+                raise translate(exc, f"Deployment {ns}/{v.deployment}") from exc
+
+    # -- leadership ------------------------------------------------------------------------------
+    def _lead(self, res: Resources, now: float) -> Controller:
+        """Become the acting operator: the Controller built on the cluster's parts, started from the limits the
+        plans hold."""
+        assert res.settings is not None and res.policy is not None
+        s, p = res.settings, res.policy
+        self.plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
+                               max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s)
+        self._targets(s)
+        self.decisions = KeptDecisions(s.decision_log_path)
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        replicas = KubernetesReplicaScaler(self.client, self.replica_targets, s.actuators.kubernetes_timeout_s)
+        batch = KubernetesBatchSizer(self.client, self.batch_targets, {x.name: x.initial_max_batch for x in s.services})
+        tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
+        c = Controller(s, self.plans, self._vllm(s), self.plans, batch, replicas, tuner, self.metrics, self.decisions)
+        self.plans.ensure(p.node_selector)
+        self.plans.refresh_owners(self._pods(s))
+        held = owner_caps(self.plans, self.plans.adopt())
+        for name, a in list(c.assignments.items()):
+            if (name, a.accelerator) in held:
+                c.assignments[name] = replace(a, power_cap_w=held[name, a.accelerator])
+        c.fast.plan = Plan.of(0, {n: {a.accelerator: a.power_cap_w} for n, a in c.assignments.items()},
+                              {x.name: x.priority for x in s.services})
+        log.info("acting operator: %d services, budget %.0f W, starting from the caps the plans hold %s",
+                 len(s.services), s.power.budget_w, {f"{k[0]}@{k[1]}": v for k, v in held.items()})
+        self.next_slow = now + s.daemon.slow_interval_s
+        self.budget.restart(s, c, self._now)
+        return c
+
+    def _now(self) -> float:
+        return time.monotonic() + self.offset
+
+
+    def _vllm(self, s: Settings) -> PrometheusVllmSource:
+        t = s.telemetry
+        return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s)
+
+    def _targets(self, s: Settings) -> None:
+        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them)."""
+        self.replica_targets.clear()
+        self.batch_targets.clear()
+        for svc in s.services:
+            ns = svc.name.split("/", 1)[0]
+            refs = tuple(DeploymentRef(ns, v.deployment) for v in svc.variants)
+            self.batch_targets[svc.name] = refs
+            for v, ref in zip(svc.variants, refs, strict=True):
+                self.replica_targets[svc.name, v.accelerator] = ref
+
+    def _pods(self, s: Settings) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service."""
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        sanitize = self.client.sanitize_for_serialization
+        for (service, variant), ref in self.replica_targets.items():
+            try:
+                d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
+                labels = d.spec.selector.match_labels or {}
+                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=",".join(
+                    f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
+            except Exception as exc:
+                self.metrics.errors.labels("pods").inc()
+                log.warning("%s", translate(exc, f"pods of {ref.namespace}/{ref.name}"))
+                continue
+            out[service, variant] = [sanitize(p) for p in pods.items]
+        return out
+
+    def stand_down(self, release: bool, now: float) -> None:
+        """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
+        lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps)."""
+        self.budget.stop()
+        if release and self.plans is not None:
+            for failure in self.plans.release(now):
+                log.warning("release: %s", failure)
+        self.controller = None
+        self.plans = None
+        self.lease.give_back()
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self, now: float) -> float:
+        """One fast tick (and a slow one when due) if this operator holds the Lease; returns the seconds to the
+        next step."""
+        self.offset = now - time.monotonic()
+        if not self.lease.hold():
+            if self.controller is not None:
+                log.warning("the Lease was lost: this operator stops acting")
+                self.controller, self.plans = None, None
+                self.budget.stop()
+            return 2.0
+        if self.controller is None:
+            res = self.read()
+            self.reporter.resources(res)
+            if res.settings is None:
+                return 5.0
+            self.controller = self._lead(res, now)
+        c, plans = self.controller, self.plans
+        assert plans is not None
+        c.tick_fast(now)
+        power = c.governor.settings
+        domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
+        for failure in plans.flush(now, c.governor.threshold_w(), domains):
+            c.error("node_plan", failure)
+        if now >= self.next_slow:
+            self._slow(c, now)
+        return c.settings.daemon.fast_interval_s
+
+    def _slow(self, c: Controller, now: float) -> None:
+        self.next_slow = now + c.settings.daemon.slow_interval_s
+        try:
+            res = self.read()
+        except Exception as exc:
+            c.error("custom_resources", str(exc))
+            res = None
+        if res is not None and res.settings is not None and res.settings != c.settings:
+            if res.settings.budget != c.settings.budget:
+                self.budget.restart(res.settings, c, self._now)
+            self._targets(res.settings)
+            if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
+                c.vllm = self._vllm(res.settings)
+            c.reconfigure(res.settings)
+        assert self.plans is not None
+        if res is not None and res.policy is not None:
+            try:
+                self.plans.ensure(res.policy.node_selector)
+            except Exception as exc:
+                c.error("node_plans", str(exc))
+        self.plans.refresh_owners(self._pods(c.settings))
+        solution = c.tick_slow(now)
+        record = self.decisions.last if self.decisions is not None else None
+        if res is not None:
+            self.reporter.resources(res, record, solution)

@@ -1,0 +1,145 @@
+"""What the operator writes back: each resource's status (the decision, predicted against observed latency,
+any shortfall and its reason, conditions that name a bad field) and an Event on the resource for every
+decision that changes something. Failures to write are logged once a run and never stop the loop."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from controller.cluster.resources import GROUP, POLICIES, SERVICES, VERSION
+from controller.optimizer.problem import Solution
+
+if TYPE_CHECKING:
+    from controller.cluster.operator import Resources
+
+log = logging.getLogger("wattscale.operator")
+MERGE = "application/merge-patch+json"
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
+            "lastTransitionTime": _stamp()}
+
+
+def service_status(key: str, obj: dict[str, Any], record: dict[str, Any] | None,
+                   solution: Solution | None) -> dict[str, Any]:
+    """An LLMService's status from the cycle's decision record."""
+    entry = (record or {}).get("services", {}).get(key)
+    status: dict[str, Any] = {"observedGeneration": obj["metadata"].get("generation", 1)}
+    if entry is None or "planned" not in entry:
+        status["conditions"] = [condition(False, "NotPlanned", "no plan this cycle (see the operator's log)")]
+        return status
+    planned, in_force = entry["planned"], entry["in_force"]
+    status.update(decision={"accelerator": planned["accelerator"], "replicas": planned["replicas"],
+                            "max_batch": planned["max_batch"], "power_cap_w": planned["cap_w"]},
+                  in_force={"accelerator": in_force["accelerator"], "replicas": in_force["replicas"],
+                            "max_batch": in_force["max_batch"], "power_cap_w": in_force["cap_w"]},
+                  running=dict(entry.get("running") or {}), short_rps=entry["short_rps"],
+                  reason=entry["reason"] or "", held=list(entry.get("gate_held") or []) + list(
+                      entry.get("actuator_held") or []))
+    result = next((r for r in (solution.services if solution else []) if r.name == key), None)
+    if result is not None and result.performance is not None:
+        p = result.performance
+        status["predicted"] = {"ttft_ms": round(p.ttft_ms, 2), "itl_ms": round(p.itl_ms, 2),
+                               "ttft_p95_ms": round(p.ttft_p95_ms, 2), "itl_p95_ms": round(p.itl_p95_ms, 2)}
+    seen = entry.get("observed")
+    if seen:
+        status["observed"] = {k: seen[k] for k in ("rate_rps", "ttft_ms", "itl_ms", "ttft_p95_ms", "itl_p95_ms")}
+    short = f"short {entry['short_rps']} rps ({entry['reason']})" if entry["reason"] else "planned"
+    status["conditions"] = [condition(not entry["reason"], "Short" if entry["reason"] else "Planned", short)]
+    return status
+
+
+def changed(record: dict[str, Any] | None, key: str) -> str | None:
+    """The decision's text where it changes something (planned differs, or actuators were asked or held)."""
+    e = (record or {}).get("services", {}).get(key) or {}
+    if "planned" not in e:
+        return None
+    if e["planned"] == e["in_force"] and not e.get("asked") and not e.get("actuator_held"):
+        return None
+    p = e["planned"]
+    held = f"; held: {', '.join(e['actuator_held'])}" if e.get("actuator_held") else ""
+    return (f"planned {p['replicas']}x{p['accelerator']} batch {p['max_batch']} cap {p['cap_w']:.0f} W"
+            f"{'; asked ' + ', '.join(map(str, e['asked'])) if e.get('asked') else ''}{held}"
+            + (f"; short {e['short_rps']} rps ({e['reason']})" if e.get("reason") else ""))
+
+
+class Reporter:
+    def __init__(self, api_client: Any, namespace: str, identity: str, timeout_s: float = 5.0) -> None:
+        from kubernetes.client import CoreV1Api, CustomObjectsApi
+
+        self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
+        self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
+        self.failing = False
+
+    def _patch_status(self, namespace: str | None, plural: str, name: str, status: dict[str, Any]) -> None:
+        body = {"status": status}
+        try:
+            if namespace is None:
+                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body,
+                                                               _request_timeout=self.timeout_s, _content_type=MERGE)
+            else:
+                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body,
+                                                                  _request_timeout=self.timeout_s,
+                                                                  _content_type=MERGE)
+            self.failing = False
+        except Exception as exc:
+            if not self.failing:
+                log.warning("status of %s %s not written: %s", plural, name, exc)
+            self.failing = True
+
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False) -> None:
+        """A core/v1 Event on the resource (cluster-scoped ones' in the operator's namespace)."""
+        from kubernetes.client import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+
+        meta = obj["metadata"]
+        ns = meta.get("namespace") or self.namespace
+        ref = V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=kind, name=meta["name"],
+                                namespace=meta.get("namespace"), uid=meta.get("uid"))
+        now = dt.datetime.now(dt.UTC)
+        body = CoreV1Event(metadata=V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=ns),
+                           involved_object=ref, reason=reason, message=message[:1024],
+                           type="Warning" if warning else "Normal", source=V1EventSource(component="wattscale"),
+                           first_timestamp=now, last_timestamp=now, count=1)
+        try:
+            self.core.create_namespaced_event(ns, body, _request_timeout=self.timeout_s)
+        except Exception as exc:
+            log.warning("event on %s %s not posted: %s", kind, meta["name"], exc)
+
+    def resources(self, res: Resources, record: dict[str, Any] | None = None,
+                  solution: Solution | None = None) -> None:
+        """Every resource's status; an Event for every decision that changes something and every refusal."""
+        for key, obj in res.objects.items():
+            ns, name = key.split("/", 1)
+            err = res.errors.get(key)
+            if err is not None:
+                status = {"observedGeneration": obj["metadata"].get("generation", 1),
+                          "conditions": [condition(False, "Invalid", str(err))]}
+                old = (obj.get("status") or {}).get("conditions") or [{}]
+                if old[0].get("message") != str(err):
+                    self.event(obj, "LLMService", "Invalid", str(err), warning=True)
+            else:
+                status = service_status(key, obj, record, solution)
+                text = changed(record, key)
+                if text is not None:
+                    self.event(obj, "LLMService", "Decision", text)
+            self._patch_status(ns, SERVICES, name, status)
+        policy_err = res.errors.get("policy")
+        budget = (record or {}).get("budget_w")
+        pstatus: dict[str, Any] = {"leader": self.identity, "services": len(res.objects) - len(
+            [k for k in res.errors if k != "policy"]),
+            "conditions": [condition(policy_err is None, "Invalid" if policy_err else "Acting",
+                                     str(policy_err) if policy_err else "this operator holds the Lease and acts")]}
+        if budget is not None:
+            pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"))
+        policy = res.policy_obj
+        old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
+        if policy_err is not None and old.get("message") != str(policy_err):
+            self.event(policy, "PowerPolicy", "Invalid", str(policy_err), warning=True)
+        self._patch_status(None, POLICIES, policy["metadata"]["name"], pstatus)

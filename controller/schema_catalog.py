@@ -1,0 +1,42 @@
+"""Every input wattscale reads, as a JSON Schema generated from the class its loader builds (`wattscale
+schema`): the TOML config, the optimize spec, the plan specs and the custom resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.budget.settings import KINDS, BudgetSettings
+from controller.optimize_spec import Spec
+from controller.planner.allocation_spec import AllocationSpec
+from controller.planner.packing_spec import PackingSpec
+from controller.schema import SchemaWriter, document
+from controller.settings import Settings
+
+
+def config_schema() -> dict[str, Any]:
+    """The TOML config: the Settings classes, with `[power.budget]` inside `[power]` as the loader reads it
+    (its sources each selected by `kind`)."""
+    doc = document(Settings, "wattscale config (TOML)", exclude={Settings: {"budget", "base_dir"}})
+    w = SchemaWriter()
+    sources = []
+    for kind, cls in KINDS.items():
+        one = w.object(cls)
+        one["properties"] = {"kind": {"const": kind}, **one["properties"]}
+        one["required"] = ["kind", *one.get("required", [])]
+        sources.append(one)
+    budget = w.object(BudgetSettings)
+    budget["properties"]["sources"] = {"type": "array", "items": {"oneOf": sources}}
+    doc["properties"]["power"]["properties"]["budget"] = budget
+    return doc
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Name -> schema; the CRDs' are their openAPIV3Schema."""
+    from controller.cluster.crds import crds
+
+    out = {"config": config_schema(), "optimize-spec": document(Spec, "wattscale optimize spec (TOML)"),
+           "plan-packing": document(PackingSpec, "wattscale plan: packing spec (TOML)"),
+           "plan-allocation": document(AllocationSpec, "wattscale plan: allocation spec (TOML)")}
+    for c in crds():
+        out[f"crd-{c['spec']['names']['singular']}"] = c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return out

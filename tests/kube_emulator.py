@@ -1,0 +1,389 @@
+"""An HTTP emulator of the Kubernetes API on loopback, with watches, for the operator and the node agent.
+
+kopf and the official client talk to it as to an API server: discovery (`/api`, `/apis`), list and watch
+(chunked JSON lines from a resourceVersion), get, create, merge and JSON patches, replace with the
+resourceVersion checked (409 on a stale one, as a Lease's leader election needs), delete with finalizers
+(a deletionTimestamp until they are gone), and the `status` and `scale` subresources. Custom resources
+are served once their CustomResourceDefinition is created (the files in deploy/). Kept in memory; the server
+runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
+
+Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
+pytest-asyncio throughout) and merges every write without a resourceVersion check, so a Lease held by two
+operators could not conflict.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    subresources: tuple[str, ...] = ()
+
+
+BUILTIN = (
+    Kind("", "v1", "events", "Event", True),
+    Kind("", "v1", "pods", "Pod", True),
+    Kind("", "v1", "nodes", "Node", False),
+    Kind("", "v1", "namespaces", "Namespace", False),
+    Kind("apps", "v1", "deployments", "Deployment", True, ("scale", "status")),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease", True),
+    Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False),
+)
+PATH = re.compile(r"^/(?:api/(?P<cv>v1)|apis/(?P<g>[^/]+)/(?P<v>[^/]+))(?:/namespaces/(?P<ns>[^/]+)(?=/))?"
+                  r"/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$")
+
+
+def merge(target: Any, patch: Any, strategic: bool = False) -> Any:
+    """RFC 7386 JSON merge patch (null deletes; lists are replaced); `strategic`: lists of named objects (a
+    pod's containers) are merged by name, as a strategic merge patch does."""
+    if strategic and isinstance(patch, list) and isinstance(target, list) and all(
+            isinstance(x, dict) and "name" in x for x in [*patch, *target]):
+        old = {x["name"]: x for x in target}
+        new = {x["name"]: merge(old.get(x["name"]), x, strategic) for x in patch}
+        return [new.get(x["name"], x) for x in target] + [x for n, x in new.items() if n not in old]
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge(out.get(k), v, strategic)
+    return out
+
+
+def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
+    """RFC 6902 add, replace and remove (what clients send here)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+        if op["op"] == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        elif isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), op["value"]) if op["op"] == "add" else \
+                node.__setitem__(int(last), op["value"])
+        else:
+            node[last] = op["value"]
+    return doc
+
+
+@dataclass
+class Store:
+    kinds: dict[tuple[str, str], Kind] = field(default_factory=dict)
+    objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    log: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = field(default_factory=list)
+    rv: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class KubeEmulator:
+    def __init__(self, watch_s: float = 30.0) -> None:
+        self.store = Store()
+        for k in BUILTIN:
+            self.store.kinds[k.group, k.plural] = k
+        self.watch_s = watch_s
+        self.requests: list[tuple[str, str, str]] = []
+        """(bearer token, method, path) of every request."""
+        self.closing = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.closing.set()
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, token: str = "emulator") -> dict[str, Any]:
+        """A kubeconfig that points the official client (and kopf's login through it) here; the token tells
+        whose requests are whose in `requests`."""
+        return {"apiVersion": "v1", "kind": "Config", "current-context": "emu",
+                "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
+                "users": [{"name": "emu", "user": {"token": token}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
+
+    # -- direct access for tests ---------------------------------------------------------------
+    def put(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self._create((group, plural), meta.get("namespace", ""), copy.deepcopy(obj))
+
+    def get(self, group: str, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
+        with self.store.cond:
+            obj = self.store.objects.get((group, plural, namespace, name))
+            return copy.deepcopy(obj)
+
+    def items(self, group: str, plural: str) -> list[dict[str, Any]]:
+        with self.store.cond:
+            return [copy.deepcopy(o) for (g, p, _, _), o in self.store.objects.items() if (g, p) == (group, plural)]
+
+    def patch(self, group: str, plural: str, name: str, patch: dict[str, Any], namespace: str = "") -> None:
+        with self.store.cond:
+            self._write((group, plural, namespace, name), merge(self.store.objects[group, plural, namespace, name],
+                                                                 patch))
+
+    def delete(self, group: str, plural: str, name: str, namespace: str = "") -> None:
+        self._delete((group, plural, namespace, name))
+
+    # -- the store -----------------------------------------------------------------------------
+    def _event(self, gp: tuple[str, str], kind: str, obj: dict[str, Any]) -> None:
+        self.store.log.append((self.store.rv, gp, kind, copy.deepcopy(obj)))
+        self.store.cond.notify_all()
+
+    def _write(self, key: tuple[str, str, str, str], obj: dict[str, Any], kind: str = "MODIFIED") -> dict[str, Any]:
+        s = self.store
+        s.rv += 1
+        obj["metadata"]["resourceVersion"] = str(s.rv)
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            s.objects.pop(key, None)
+            self._event(key[:2], "DELETED", obj)
+            return obj
+        s.objects[key] = obj
+        self._event(key[:2], kind, obj)
+        return obj
+
+    def _create(self, gp: tuple[str, str], ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        with self.store.cond:
+            kind = self.store.kinds[gp]
+            meta = obj.setdefault("metadata", {})
+            if "name" not in meta and "generateName" in meta:
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            ns = ns if kind.namespaced else ""
+            key = (*gp, ns, meta["name"])
+            if key in self.store.objects:
+                raise ApiError(409, "AlreadyExists", f"{kind.plural} {meta['name']!r} already exists")
+            if ns:
+                meta["namespace"] = ns
+            meta.update(uid=str(uuid.uuid4()), generation=1,
+                        creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            obj.setdefault("apiVersion", f"{gp[0]}/{kind.version}".lstrip("/"))
+            obj.setdefault("kind", kind.kind)
+            if gp == ("apiextensions.k8s.io", "customresourcedefinitions"):
+                self._register(obj)
+            return copy.deepcopy(self._write(key, obj, "ADDED"))
+
+    def _register(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        version = next(v for v in spec["versions"] if v.get("served", True))
+        subs = tuple(version.get("subresources", {}))
+        self.store.kinds[spec["group"], spec["names"]["plural"]] = Kind(
+            spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
+            spec["scope"] == "Namespaced", subs)
+
+    def _delete(self, key: tuple[str, str, str, str]) -> dict[str, Any]:
+        with self.store.cond:
+            obj = self.store.objects.get(key)
+            if obj is None:
+                raise ApiError(404, "NotFound", f"{key[1]} {key[3]!r} not found")
+            obj = copy.deepcopy(obj)
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return self._write(key, obj)
+
+    def _update(self, key: tuple[str, str, str, str], sub: str | None, body: Any, method: str,
+                content_type: str) -> dict[str, Any]:
+        with self.store.cond:
+            kind = self.store.kinds[key[:2]]
+            old = self.store.objects.get(key)
+            if old is None:
+                raise ApiError(404, "NotFound", f"{key[1]} {key[3]!r} not found")
+            if sub == "scale":
+                body = {"spec": {"replicas": (body if method == "PUT" else merge({}, body))["spec"]["replicas"]}}
+                method = "PATCH"
+            if method == "PUT":
+                sent = body.get("metadata", {}).get("resourceVersion")
+                if sent and sent != old["metadata"]["resourceVersion"]:
+                    raise ApiError(409, "Conflict", "the object has been modified; apply your changes to the "
+                                   "latest version and try again")
+                new = {**copy.deepcopy(body), "metadata": {**old["metadata"], **body.get("metadata", {})}}
+            elif isinstance(body, list):
+                new = json_patch(old, body)
+            else:
+                new = merge(old, body, "strategic" in content_type)
+            if sub == "status":
+                new = {**old, "status": new.get("status")}
+            elif "status" in kind.subresources and sub is None:
+                new["status"] = old.get("status")
+                if new.get("spec") != old.get("spec"):
+                    new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+            return copy.deepcopy(self._write(key, new))
+
+    def _list(self, gp: tuple[str, str], ns: str | None, selector: str) -> tuple[list[dict[str, Any]], int]:
+        want = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        with self.store.cond:
+            out = [copy.deepcopy(o) for (g, p, n, _), o in self.store.objects.items()
+                   if (g, p) == gp and (ns is None or n == ns)
+                   and all(o["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+            return out, self.store.rv
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _discovery(self, path: str) -> dict[str, Any] | None:
+        kinds = list(self.store.kinds.values())
+        if path == "/version":
+            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulator"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            groups = sorted({(k.group, k.version) for k in kinds if k.group})
+            return {"kind": "APIGroupList", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in groups]}
+        m = re.match(r"^/(?:api/(v1)|apis/([^/]+)/([^/]+))$", path)
+        if m is None:
+            return None
+        group, version = ("", "v1") if m.group(1) else (m.group(2), m.group(3))
+        resources = []
+        for k in kinds:
+            if (k.group, k.version) != (group, version):
+                continue
+            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+            resources.append({"name": k.plural, "singularName": k.kind.lower(), "kind": k.kind,
+                              "namespaced": k.namespaced, "verbs": verbs})
+            resources += [{"name": f"{k.plural}/{s}", "singularName": "", "kind": k.kind, "namespaced": k.namespaced,
+                           "verbs": ["get", "patch", "update"]} for s in k.subresources]
+        return {"kind": "APIResourceList", "groupVersion": f"{group}/{version}".lstrip("/"), "resources": resources}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        emu = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _serve(self, method: str) -> None:
+                if emu.closing.is_set():  # closed: a kept-alive connection is dropped unanswered
+                    self.close_connection = True
+                    return
+                url = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                emu.requests.append((token, method, self.path))
+                try:
+                    if method == "GET" and (doc := emu._discovery(url.path)) is not None:
+                        self._send(200, doc)
+                        return
+                    m = PATH.match(url.path)
+                    if m is None or (m["g"] or "", m["plural"]) not in emu.store.kinds:
+                        raise ApiError(404, "NotFound", f"no resource at {url.path}")
+                    gp = (m["g"] or "", m["plural"])
+                    ns, name, sub = m["ns"], m["name"], m["sub"]
+                    kind = emu.store.kinds[gp]
+                    key = (*gp, ns or "" if kind.namespaced else "", name or "")
+                    body = json.loads(raw) if raw else None
+                    if name is None and method == "GET" and query.get("watch") in ("true", "1"):
+                        self._watch(gp, ns, int(query.get("resourceVersion") or 0),
+                                    float(query.get("timeoutSeconds") or emu.watch_s))
+                    elif name is None and method == "GET":
+                        items, rv = emu._list(gp, ns, query.get("labelSelector", ""))
+                        self._send(200, {"kind": f"{kind.kind}List", "apiVersion": "v1", "items": items,
+                                         "metadata": {"resourceVersion": str(rv)}})
+                    elif name is None and method == "POST":
+                        self._send(201, emu._create(gp, ns or "", body))
+                    elif method == "GET":
+                        obj = emu.get(*key[:2], key[3], key[2])
+                        if obj is None:
+                            raise ApiError(404, "NotFound", f"{kind.plural} {name!r} not found")
+                        self._send(200, scale(obj) if sub == "scale" else obj)
+                    elif method in ("PATCH", "PUT"):
+                        obj = emu._update(key, sub, body, method, self.headers.get("Content-Type", ""))
+                        self._send(200, scale(obj) if sub == "scale" else obj)
+                    elif method == "DELETE":
+                        self._send(200, emu._delete(key))
+                    else:
+                        raise ApiError(405, "MethodNotAllowed", method)
+                except ApiError as exc:
+                    self._send(exc.code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                          "reason": exc.reason, "code": exc.code, "message": str(exc)})
+
+            def _watch(self, gp: tuple[str, str], ns: str | None, since: int, timeout_s: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                store, end = emu.store, time.monotonic() + min(timeout_s, emu.watch_s)
+                with store.cond:
+                    pending = [] if since else [("ADDED", o) for o in emu._list(gp, ns, "")[0]]
+                    seen = since or store.rv
+                while True:
+                    for kind, obj in pending:
+                        line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                    if emu.closing.is_set() or time.monotonic() > end:
+                        break
+                    with store.cond:
+                        store.cond.wait(0.5)
+                        fresh = [(rv, k, o) for rv, g, k, o in store.log if rv > seen and g == gp
+                                 and (ns is None or o["metadata"].get("namespace", "") == ns)]
+                        seen = store.rv
+                    pending = [(k, o) for _, k, o in fresh]
+                self.wfile.write(b"0\r\n\r\n")
+                self.close_connection = True
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_PATCH(self) -> None:
+                self._serve("PATCH")
+
+            def do_PUT(self) -> None:
+                self._serve("PUT")
+
+            def do_DELETE(self) -> None:
+                self._serve("DELETE")
+
+        return Handler
+
+
+def scale(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's scale subresource."""
+    meta = deployment["metadata"]
+    n = deployment.get("spec", {}).get("replicas", 1)
+    return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {"name": meta["name"], "namespace": meta.get("namespace"),
+                         "resourceVersion": meta["resourceVersion"]},
+            "spec": {"replicas": n}, "status": {"replicas": n}}
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason = code, reason

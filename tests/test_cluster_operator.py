@@ -1,0 +1,210 @@
+"""The operator (kopf, through kopf.testing.KopfRunner) and the node agent against the Kubernetes API emulator:
+the resources in, the Deployments scaled and re-argued, status and events written, the caps applied on a fake
+`pynvml`; bad resources reported by field; the policy's deletion restores defaults; a restart raises no cap;
+a second operator stays passive until the Lease is free."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster_fixtures import (
+    NS,
+    deployment,
+    gpus,
+    granted,
+    plan,
+    policy,
+    running_agent,
+    service,
+    start,
+    status_of,
+    until,
+)
+from kopf.testing import KopfRunner
+from kube_emulator import PATH, KubeEmulator
+
+from actuators.kubernetes import api_client
+from actuators.kubernetes_batch import read_flag
+from controller.cluster.operator import ClusterLoop
+from controller.cluster.resources import GROUP, POLICIES, SERVICES
+
+OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[KubeEmulator, Any]]:
+    emu = KubeEmulator(watch_s=5.0)
+    start(emu)
+    kubeconfig, agent = tmp_path / "kubeconfig", tmp_path / "agent-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    agent.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("WATTSCALE_NAMESPACE", "wattscale")
+    monkeypatch.setenv("WATTSCALE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        yield emu, api_client(str(agent))
+    finally:
+        emu.close()
+
+
+def verb(method: str, path: str) -> tuple[str, str, str]:
+    """(API group, resource[/subresource], RBAC verb) of one request; discovery as ("", "", "discovery")."""
+    m = PATH.match(path.split("?")[0])
+    if m is None:
+        return ("", "", "discovery")
+    resource = m["plural"] + (f"/{m['sub']}" if m["sub"] else "")
+    if method == "GET":
+        return (m["g"] or "", resource, "get" if m["name"] else "watch" if "watch=" in path else "list")
+    return (m["g"] or "", resource, {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method])
+
+
+def replicas(emu: KubeEmulator, name: str) -> int:
+    return int((emu.get("apps", "deployments", name, NS) or {})["spec"]["replicas"])
+
+
+def max_num_seqs(emu: KubeEmulator, name: str) -> int | None:
+    d = emu.get("apps", "deployments", name, NS) or {}
+    return read_flag(d["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def events_on(emu: KubeEmulator, name: str) -> list[dict[str, Any]]:
+    return [e for e in emu.items("", "events") if e["involvedObject"]["name"] == name]
+
+
+def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    nvml = gpus()
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, SERVICES, service("bad-acc", "vllm-chat", accelerator="B300"))
+    emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
+    emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
+    emu.put(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
+    emu.put(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
+    rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
+    budget = {"safe_budget_w": 1800.0, "sources": [{"kind": "fixed", "name": "contract", "budget_w": 2200.0}]}
+    emu.put(GROUP, POLICIES, policy(domains=[rack], budget=budget))
+    with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
+        until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
+        until(lambda: max_num_seqs(emu, "vllm-chat") != 100, what="--max-num-seqs patched")
+        st = until(lambda: status_of(emu, "chat").get("decision") and status_of(emu, "chat"), what="status")
+        assert st["decision"]["replicas"] == 2 and st["decision"]["max_batch"] == max_num_seqs(emu, "vllm-chat")
+        assert st["conditions"][0]["type"] == "Ready" and "predicted" in st
+        until(lambda: events_on(emu, "chat"), what="a decision event")
+        # The policy's budget sources lower the budget the loop plans for and the governor holds.
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("budget_w") == 2200.0,
+              what="the budget source's budget in force")
+        # Bad resources: each reported on itself, by field; the good one is still controlled.
+        why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
+               ("bad-acc", "no-deploy", "min-max", "hostile", "typo")}
+        assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
+        assert why["bad-acc"]["message"].startswith("spec.variants[0].accelerator: unknown accelerator 'B300'")
+        assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
+        assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
+        assert why["hostile"]["message"] == "spec: must be an object, got str"
+        assert why["typo"]["message"] == "spec.max_replicas: must be an integer, got 'four'"
+        assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events_on(emu, "min-max"))
+        # The plan reaches the node: the agent applies the operator's limits to the GPUs.
+        p = until(lambda: (plan(emu) or {}).get("spec", {}).get("limits_w") and plan(emu), what="node limits")
+        until(lambda: all(abs(g.limit_mw / 1000 - p["spec"]["limits_w"].get(str(i), g.limit_mw / 1000)) < 1.5
+                          for i, g in enumerate(nvml.gpus)) and (plan(emu) or {})["status"]["mode"] == "following",
+              what="the agent following the plan")
+        # The rack's own limit holds on its node's GPUs though the site has room (1000 W less 3 % headroom).
+        until(lambda: sum(g.limit_mw for g in nvml.gpus) / 1000 <= 970.0 + 1.0, what="the rack's limit held")
+        safe = (plan(emu) or {})["spec"]["safe_caps_w"]
+        assert len(safe) == 4 and sum(safe.values()) <= 970.0 + 0.5  # the agent's fail-safe fits the rack too
+        # Deleting the policy tells every agent to restore the default limits.
+        emu.delete(GROUP, POLICIES, "default")
+        until(lambda: (plan(emu) or {}).get("spec", {}).get("release"), what="the plan released")
+        until(lambda: all(g.limit_mw == g.default_mw for g in nvml.gpus), what="default limits")
+        until(lambda: emu.get(GROUP, POLICIES, "default") is None, what="the policy's finalizer off")
+    assert runner.exit_code == 0, runner.output
+    for who in ("operator", "agent"):  # every call each made, the deploy/ RBAC grants
+        used = {verb(method, path) for token, method, path in emu.requests if token == who}
+        assert used <= granted(who), f"{who} calls what its RBAC does not grant: {used - granted(who)}"
+        assert {"operator": ("apps", "deployments/scale", "patch"),
+                "agent": (GROUP, "nodepowerplans/status", "patch")}[who] in used
+
+
+def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    nvml = gpus()
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy(budget_w=1600.0))
+    with running_agent(client, nvml):
+        with KopfRunner(OPERATOR, timeout=20) as first:
+            until(lambda: status_of(emu, "chat").get("decision"), what="a plan")
+            standby = ClusterLoop(client, "default", "standby", "wattscale", os.environ["WATTSCALE_STATE_DIR"])
+            leader = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale")
+            assert leader is not None
+            for k in range(5):  # the Lease is held: the second instance never acts
+                assert standby.step(float(k)) > 0 and standby.controller is None and not standby.lease.held
+            time.sleep(1.5)  # the caps settle
+            before = [g.limit_mw for g in nvml.gpus]
+            sequence = (plan(emu) or {})["spec"]["sequence"]
+        assert first.exit_code == 0, first.output
+        sets_before = len(nvml.sets)
+        with KopfRunner(OPERATOR, timeout=20) as second:
+            until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader", "")
+                  != leader["spec"]["holderIdentity"], what="a new leader")
+            time.sleep(2.0)
+        assert second.exit_code == 0, second.output
+        assert (plan(emu) or {})["spec"]["sequence"] > sequence, "the new leader renews the plan"
+        rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
+        assert not rises, f"a restart raised caps: {rises} over {before}"
+
+
+def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The operator's loop without kopf, stepped with explicit times: a policy edit that fails its checks is
+    reported on the policy by field while the last good settings go on; a service on an accelerator outside
+    the inventory is reported on itself."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, SERVICES, service("on-l4", "vllm-l4", accelerator="L4"))
+    emu.put(GROUP, SERVICES, service("twin", "vllm-chat"))
+    emu.put("apps", "deployments", deployment("vllm-l4", "l4", 0, 64))
+    emu.put(GROUP, POLICIES, policy())
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    for k in range(12):
+        loop.step(0.2 * k)
+    assert loop.controller is not None and [s.name for s in loop.controller.settings.services] == [f"{NS}/chat"]
+    why = status_of(emu, "on-l4")["conditions"][0]
+    assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
+    assert status_of(emu, "twin")["conditions"][0]["message"] == ("spec.variants[0].deployment: llm/vllm-chat is "
+                                                                  "already LLMService llm/chat's")
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
+    for k in range(12, 24):
+        loop.step(0.2 * k)
+    got = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    assert got["status"] == "False" and got["message"] == "spec.power.budget_w: must be > 0, got -1.0"
+    assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
+    assert loop.controller.governor.settings.budget_w == 2400.0
+    loop.stand_down(release=False, now=5.0)
+    assert not (emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {})["spec"].get(
+        "holderIdentity")  # given back on a clean exit
+
+
+def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """`wattscale operator` as a process: it logs in through the kubeconfig, acts, and stops after --duration."""
+    import subprocess
+    import sys
+
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
+            "--duration", "4", "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
+    lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
+    assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out

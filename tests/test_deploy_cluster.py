@@ -1,0 +1,171 @@
+"""deploy/kubernetes/base (cluster mode): the CRDs are what `wattscale schema` generates and structural, the
+kustomize base renders (every resource parses, namespaces and accounts agree), RBAC is exactly what each
+component calls, the examples are resources the operator accepts, and every metric the dashboard queries is
+on the daemon's real /metrics exposition."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.cli import main
+from controller.cluster.crds import crds
+from controller.cluster.resources import policy_spec, service_settings, settings_of
+from controller.daemon import Daemon
+from controller.schema_catalog import schemas
+from controller.settings import load_settings
+from queuemodels.accelerators import CATALOG
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "deploy" / "kubernetes" / "base"
+EXAMPLES = ROOT / "deploy" / "kubernetes" / "examples"
+DASHBOARD = ROOT / "deploy" / "kubernetes" / "grafana" / "wattscale-dashboard.json"
+
+
+def render() -> list[dict[str, Any]]:
+    """The kustomize base as `kubectl apply -k` reads it: every listed file, every document."""
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+    return docs
+
+
+def structural(schema: dict[str, Any], where: str = "") -> list[str]:
+    """What makes a CRD schema non-structural (every node typed; properties and additionalProperties apart)."""
+    bad = []
+    if "type" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        bad.append(f"{where}: no type")
+    if "properties" in schema and "additionalProperties" in schema:
+        bad.append(f"{where}: properties with additionalProperties")
+    for name, sub in schema.get("properties", {}).items():
+        bad += structural(sub, f"{where}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            bad += structural(schema[key], f"{where}[{key}]")
+    return bad
+
+
+def test_crds_in_deploy_are_what_wattscale_schema_generates(capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = list(yaml.safe_load_all((BASE / "crds.yaml").read_text()))
+    assert shipped == crds()
+    assert main(["schema", "--crds"]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == shipped
+    for crd in shipped:
+        version = crd["spec"]["versions"][0]
+        assert version["subresources"] == {"status": {}} and version["additionalPrinterColumns"]
+        assert structural(version["schema"]["openAPIV3Schema"]) == [], crd["metadata"]["name"]
+    llm = shipped[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert llm["properties"]["variants"]["items"]["properties"]["accelerator"]["enum"] == sorted(CATALOG)
+    assert {"model", "ttft_ms", "itl_ms", "variants"} == set(llm["required"])
+
+
+def test_schema_command_prints_every_schema_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert set(every) == set(schemas()) == {"config", "optimize-spec", "plan-packing", "plan-allocation",
+                                           "crd-powerpolicy", "crd-llmservice", "crd-nodepowerplan"}
+    budget = every["config"]["properties"]["power"]["properties"]["budget_w"]
+    assert budget["type"] == "number" and budget["description"].startswith("Site power budget")
+    assert main(["schema", "nope"]) == 2
+
+
+def keys_outside(schema: dict[str, Any], data: Any, where: str = "") -> list[str]:
+    """Keys of a TOML document the schema does not describe (its drift, if the loader took them)."""
+    if not isinstance(data, dict):
+        if isinstance(data, list) and "items" in schema:
+            items = schema["items"]
+            return [k for v in data for k in keys_outside(next(
+                (o for o in items["oneOf"] if o["properties"]["kind"]["const"] == v["kind"]), {})
+                if "oneOf" in items else items, v, where)]
+        return []
+    props = schema.get("properties", {})
+    out = []
+    for k, v in data.items():
+        if k not in props and not schema.get("additionalProperties"):
+            out.append(f"{where}.{k}")
+        elif k in props:
+            out += keys_outside(props[k], v, f"{where}.{k}")
+        else:
+            out += keys_outside(schema["additionalProperties"], v, f"{where}.{k}")
+    return out
+
+
+def test_the_shipped_configs_and_specs_use_only_what_the_schemas_describe() -> None:
+    every = schemas()
+    for path in (ROOT / "config" / "sim.toml", ROOT / "config" / "examples" / "host.toml"):
+        load_settings(path)
+        assert keys_outside(every["config"], tomllib.loads(path.read_text())) == [], path.name
+    spec = tomllib.loads((ROOT / "config" / "examples" / "optimize.toml").read_text())
+    assert keys_outside(every["optimize-spec"], spec) == []
+    for path in sorted((ROOT / "config" / "plans").glob("*.toml")):
+        plan = tomllib.loads(path.read_text())
+        assert keys_outside(every[f"plan-{plan['kind']}"], plan) == [], path.name
+
+
+def test_the_base_renders_with_one_namespace_and_agreeing_accounts() -> None:
+    docs = render()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "wattscale-operator"), ("DaemonSet", "wattscale-agent"), ("Namespace", "wattscale"),
+            ("ValidatingAdmissionPolicy", "wattscale-agent-own-node")} <= kinds
+    namespaced = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "ServiceAccount", "Role", "RoleBinding",
+                                                   "Service")]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"wattscale"}
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for workload, account, args0 in (("Deployment", "wattscale-operator", "operator"),
+                                     ("DaemonSet", "wattscale-agent", "agent")):
+        pod = by[workload, account]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account and pod["containers"][0]["args"][0] == args0
+        bindings = [b for b in docs if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+                    and b["subjects"][0]["name"] == account]
+        assert bindings and all(b["subjects"][0]["namespace"] == "wattscale" for b in bindings)
+    agent = by["DaemonSet", "wattscale-agent"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert agent["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}  # NVML's setter, nothing more
+
+
+def test_rbac_is_exactly_what_each_component_calls() -> None:
+    rules = {d["metadata"]["name"]: d["rules"] for d in render() if d["kind"] in ("ClusterRole", "Role")}
+    agent = {(r, v) for rule in rules["wattscale-agent"] for r in rule["resources"] for v in rule["verbs"]}
+    assert agent == {("nodepowerplans", "get"), ("nodepowerplans/status", "patch")}
+    operator = {(r, v) for rule in rules["wattscale-operator"] for r in rule["resources"] for v in rule["verbs"]}
+    assert not any(v in ("delete", "deletecollection", "*", "escalate", "bind") for _, v in operator)
+    assert not any(r in ("secrets", "*") for r, _ in operator)
+    assert ("llmservices", "patch") not in operator and ("nodepowerplans", "delete") not in operator
+    assert {(r, v) for rule in rules["wattscale-operator-lease"] for r in rule["resources"]
+            for v in rule["verbs"]} == {("leases", "get"), ("leases", "create"), ("leases", "update")}
+
+
+def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None:
+    policy = yaml.safe_load((EXAMPLES / "powerpolicy.yaml").read_text())
+    svc = yaml.safe_load((EXAMPLES / "llmservice.yaml").read_text())
+    s = settings_of(policy_spec(policy["spec"]), [service_settings(svc["metadata"]["namespace"],
+                                                                    svc["metadata"]["name"], svc["spec"])],
+                    str(tmp_path))
+    assert s.services[0].name == "llm/chat" and s.power.budget_w == 20000
+
+
+def test_every_dashboard_query_names_a_metric_the_daemon_exports(tmp_path: Path) -> None:
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\bwattscale_[a-z_]+", e)}
+    assert len(names) >= 20 and all(re.search(r"\bwattscale_", e) for e in exprs)
+    cfg = tmp_path / "wattscale.toml"
+    cfg.write_text((ROOT / "config" / "sim.toml").read_text().replace('state_dir = "../var/state"',
+                                                                       f'state_dir = "{tmp_path}"'))
+    daemon = Daemon(cfg, load_settings(cfg), CollectorRegistry())
+    assert daemon.parts.host is not None
+    slow = daemon.settings.daemon.slow_interval_s
+    for k in range(1, int(8 * slow) + 1):  # eight slow cycles of the simulated host, stepped
+        daemon.parts.host.advance_to(float(k))
+        daemon.controller.tick_fast(float(k))
+        if k % int(slow) == 0:
+            daemon.controller.tick_slow(float(k))
+    page = generate_latest(daemon.registry).decode()  # what /metrics serves
+    exported = set(re.findall(r"^(?:# HELP )?(wattscale_[a-z_]+)", page, re.M))  # a sample, or a family none fed yet
+    assert names <= exported, f"not on /metrics: {sorted(names - exported)}"
