@@ -20,7 +20,7 @@ class SimPowerLimiter:
         self.host, self.lock = host, lock or threading.Lock()
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
-        if not 0 <= gpu_index < len(self.host.gpus):
+        if not 0 <= gpu_index < len(self.host.gpus) or gpu_index in self.host.lost:
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
         with self.lock:
             return self.host.set_power_limit(gpu_index, watts)
@@ -33,7 +33,7 @@ class SimClockLocker:
         self.host, self.lock = host, lock or threading.Lock()
 
     def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]:
-        if not 0 <= gpu_index < len(self.host.gpus):
+        if not 0 <= gpu_index < len(self.host.gpus) or gpu_index in self.host.lost:
             raise PermanentActuatorError(f"gpu {gpu_index}: no such GPU")
         return tuple(self.host.gpus[gpu_index].supported_clocks_mhz())
 
@@ -88,17 +88,17 @@ class SimReplicaScaler:
     def _check(self, service: str, variant: str) -> None:
         if service not in self.host.services:
             raise PermanentActuatorError(f"{service}: unknown service")
-        if variant != self.host.services[service].accelerator:
+        if variant not in self.host.gpu_types:
             raise PermanentActuatorError(f"{service}: the simulated host has no {variant} GPUs")
 
     def get_replicas(self, service: str, variant: str) -> int:
         self._check(service, variant)
         with self.lock:
-            return len(self.host.services[service].replicas)
+            return sum(r.gpu.spec.name == variant for r in self.host.services[service].replicas)
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         self._check(service, variant)
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
         with self.lock:
-            return self.host.scale(service, replicas)
+            return self.host.scale(service, replicas, gpu_type=variant)

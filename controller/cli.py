@@ -1,5 +1,5 @@
-"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, gpus; schema, operator and agent
-(controller/cli_cluster.py)."""
+"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, simulate, gpus; schema, operator
+and agent (controller/cli_cluster.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from controller.planner.command import plan_command
 from controller.preflight import preflight
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from controller.settings import load_settings
+from controller.simulate.args import add_simulate_args
 from queuemodels import (
     Load,
     ModelInputError,
@@ -217,6 +218,12 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from controller.simulate.command import simulate_command
+
+    return simulate_command(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="wattscale", description=__doc__)
     p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
@@ -253,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--config", required=True, metavar="FILE", help="the TOML config the daemon runs with")
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=_status)
+    sim = sub.add_parser("simulate", help="the closed loop against today's policies on a scenario, in simulated time "
+                         "(report: summary.json, summary.md, PNGs)")
+    add_simulate_args(sim)
+    sim.set_defaults(func=_simulate)
     g = sub.add_parser("gpus", help="list the GPUs NVML sees and every field the nvml source reads (read-only)")
     g.add_argument("--json", action="store_true", help="print the readings as JSON")
     g.set_defaults(func=_gpus)

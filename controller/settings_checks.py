@@ -133,25 +133,29 @@ def _simulated_host(s: Settings) -> None:
     """The inventory is the simulated host's GPUs, the services' GPUs are among them, and the plant's work
     per wall-clock second stays within what a fast tick can do."""
     sim = s.simulator
-    if sim.gpu_type not in {a.name for a in s.accelerators}:
-        raise ConfigError("simulator.gpu_type", "must be one of the configured accelerators")
+    types = sim.host_types
+    where = "simulator.gpu_types" if sim.gpu_types else "simulator.gpu_type"
+    unknown = sorted(set(types) - {a.name for a in s.accelerators})
+    if unknown:
+        raise ConfigError(where, f"{unknown[0]} must be one of the configured accelerators")
     for a in s.accelerators:
-        host = sim.num_gpus if a.name == sim.gpu_type else 0
+        host = types.count(a.name)
         if a.count != host:
             raise ConfigError(f"accelerators[{a.name}].count",
-                              f"{a.count} is not the simulated host's {host} {a.name} GPUs (simulator.num_gpus)")
+                              f"{a.count} is not the simulated host's {host} {a.name} GPUs ({where})")
+    n = len(types)
     for svc in s.services:
-        outside = [g for g in svc.gpus if g >= sim.num_gpus]
+        outside = [g for g in svc.gpus if g >= n]
         if outside:
             raise ConfigError(f"{svc_path(svc.name)}.gpus",
-                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{sim.num_gpus - 1})")
+                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{n - 1})")
     for d in s.power.domains:
-        outside = [g for g in d.gpus if g >= sim.num_gpus]
+        outside = [g for g in d.gpus if g >= n]
         if outside:
             raise ConfigError(f"power.domains[{d.name}].gpus",
-                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{sim.num_gpus - 1})")
-    if sim.speed * sim.num_gpus > MAX_SIM_GPU_SECONDS:
-        raise ConfigError("simulator.speed", f"{sim.speed:g} x {sim.num_gpus} GPUs is more than "
+                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{n - 1})")
+    if sim.speed * n > MAX_SIM_GPU_SECONDS:
+        raise ConfigError("simulator.speed", f"{sim.speed:g} x {n} GPUs is more than "
                           f"{MAX_SIM_GPU_SECONDS:g} simulated GPU-seconds per second")
     arrivals = sim.speed * sum(svc.sim.rate_rps for svc in s.services)
     if arrivals > MAX_SIM_ARRIVALS:

@@ -79,13 +79,14 @@ def _shut_down(devices: NvmlDevices) -> None:
 def build_host(settings: Settings) -> SimHost:
     sim = settings.simulator
     host = SimHost(sim.gpu_type, sim.num_gpus, seed=sim.seed, start_delay_s=sim.start_delay_s,
-                   personalities=sim.personalities)
+                   personalities=sim.personalities, gpu_types=sim.gpu_types)
     for k, svc in enumerate(settings.services):
         w = svc.sim
         rng = np.random.default_rng([sim.seed, k])
         workload = Workload(daily_cycle(w.rate_rps, w.cycle_amplitude, w.cycle_period_s),
                             TokenDist(svc.in_tokens, w.in_cv), TokenDist(svc.out_tokens, w.out_cv), rng)
-        host.add_service(svc.name, svc.model, workload, svc.min_replicas, svc.initial_max_batch)
+        host.add_service(svc.name, svc.model, workload, svc.min_replicas, svc.initial_max_batch,
+                         accelerator=settings.variants_of(svc)[0].accelerator)
     return host
 
 

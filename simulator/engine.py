@@ -15,6 +15,7 @@ import numpy as np
 from simulator.hardware import SimGPU
 from simulator.llms import StepCost
 from simulator.personality import ROOFLINE, Personality, StepWork
+from simulator.requests import RequestLog
 from simulator.vllm_metrics import EngineMetrics
 
 NOISE_BLOCK = 256
@@ -35,6 +36,7 @@ class VLLMEngine:
         keep_samples: bool = False,
         engine_id: str = "0",
         personality: Personality = ROOFLINE,
+        requests: RequestLog | None = None,
     ) -> None:
         self.engine_id = engine_id
         """The `engine` label of its series: one per engine life, so a restart starts new counters."""
@@ -46,6 +48,8 @@ class VLLMEngine:
         """How a step's work becomes time (hidden from the controller, as `cost` is)."""
         self.max_batched = personality.token_budget or max_num_batched_tokens
         self.rng = rng
+        self.requests = requests
+        """Where each finished request is logged (a scenario's request-level accounting); None: nowhere."""
         self.now_s = start_s
         self.metrics = EngineMetrics(model_name, keep_samples=keep_samples)
         self.waiting: deque[tuple[float, int, int]] = deque()
@@ -215,6 +219,8 @@ class VLLMEngine:
             m.request_prompt_tokens.observe_one(float(self.prompt[i]))
             m.request_generation_tokens.observe_one(float(gen))
             m.tpot.observe_one(decode_s / (gen - 1) if gen > 1 else 0.0)
+            if self.requests is not None:
+                self.requests.finish(float(self.arrival[i]), float(self.first_tok[i]), now, int(self.prompt[i]), gen)
             self.ctx_sum -= int(self.ctx[i])
         self.active[idx] = False
         self.n_active -= len(idx)

@@ -7,15 +7,16 @@ balancer would. Everything advances in simulated time through `advance_to`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
-from simulator.llms import LLMS, step_cost
+from simulator.llms import LLMS, scaled, step_cost
 from simulator.personality import ROOFLINE, Personality, get_personality
+from simulator.requests import RequestLog
 from simulator.workload import Workload
 
 
@@ -38,6 +39,9 @@ class SimService:
     workload: Workload
     max_num_seqs: int
     replicas: list[Replica] = field(default_factory=list)
+    requests: RequestLog = field(default_factory=RequestLog)
+    cost_scale: float = 1.0
+    """Every step of its engines takes this many times the pair's hidden cost (a drift after an upgrade)."""
 
 
 class SimHost:
@@ -51,13 +55,19 @@ class SimHost:
         start_delay_s: float = 30.0,
         keep_samples: bool = False,
         personalities: Mapping[str, str] | None = None,
+        gpu_types: Sequence[str] = (),
     ) -> None:
         """`personalities` maps "model|gpu_type" (or a model name) to an engine personality; any other pair
-        runs the roofline law."""
-        if gpu_type not in SPECS:
-            raise ValueError(f"gpu_type: unknown {gpu_type!r}, expected one of {sorted(SPECS)}")
+        runs the roofline law. `gpu_types`, where given, lists each GPU's type (a mixed host) instead of
+        `num_gpus` of `gpu_type`."""
+        types = list(gpu_types) or [gpu_type] * num_gpus
+        for name in types:
+            if name not in SPECS:
+                raise ValueError(f"gpu_type: unknown {name!r}, expected one of {sorted(SPECS)}")
         self.personalities = {k: get_personality(v) for k, v in (personalities or {}).items()}
-        self.gpus = [SimGPU(i, SPECS[gpu_type]) for i in range(num_gpus)]
+        self.gpus = [SimGPU(i, SPECS[name]) for i, name in enumerate(types)]
+        self.lost: set[int] = set()
+        """GPUs fallen off the bus: no replica, no draw, not listed."""
         self.services: dict[str, SimService] = {}
         self.now_s = 0.0
         self.seed = seed
@@ -67,49 +77,80 @@ class SimHost:
         self._swaps: list[tuple[float, str, int]] = []  # (when, service, replica) of rolling restarts
         self._started = 0  # engines started so far: each gets its own metric series
 
-    def add_service(self, name: str, model: str, workload: Workload, replicas: int, max_num_seqs: int) -> None:
+    def add_service(self, name: str, model: str, workload: Workload, replicas: int, max_num_seqs: int,
+                    accelerator: str | None = None) -> None:
+        """A service whose replicas start on `accelerator` GPUs (None: the first GPU's type)."""
         if model not in LLMS:
             raise ValueError(f"model: unknown {model!r}, expected one of {sorted(LLMS)}")
-        svc = SimService(name, model, self.gpus[0].spec.name, workload, max_num_seqs)
+        svc = SimService(name, model, accelerator or self.gpus[0].spec.name, workload, max_num_seqs)
         self.services[name] = svc
         self.scale(name, replicas, delay_s=0.0)
+
+    @property
+    def gpu_types(self) -> list[str]:
+        """The GPU types on this host, in GPU order, each once."""
+        return list(dict.fromkeys(g.spec.name for g in self.gpus))
 
     def ready_engines(self, name: str | None = None) -> list[VLLMEngine]:
         """The engines serving now (a replica loading its model is not), of one service or all."""
         services = self.services.values() if name is None else [self.services[name]]
         return [r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s]
 
-    def free_gpus(self) -> list[SimGPU]:
-        used = {r.gpu.index for s in self.services.values() for r in s.replicas}
-        return [g for g in self.gpus if g.index not in used]
+    def free_gpus(self, gpu_type: str | None = None) -> list[SimGPU]:
+        """GPUs with no replica (of one type, where given), lost ones left out."""
+        used = {r.gpu.index for s in self.services.values() for r in s.replicas} | self.lost
+        return [g for g in self.gpus if g.index not in used and gpu_type in (None, g.spec.name)]
 
-    def personality(self, model: str) -> Personality:
-        """The engine personality of `model` on this host's GPUs."""
-        found = self.personalities.get(f"{model}|{self.gpus[0].spec.name}") or self.personalities.get(model)
+    def personality(self, model: str, gpu_type: str | None = None) -> Personality:
+        """The engine personality of `model` on `gpu_type` GPUs (None: the first GPU's type)."""
+        found = (self.personalities.get(f"{model}|{gpu_type or self.gpus[0].spec.name}")
+                 or self.personalities.get(model))
         return found or ROOFLINE
 
     def _new_replica(self, svc: SimService, gpu: SimGPU, delay_s: float) -> Replica:
-        cost = step_cost(LLMS[svc.model], gpu.spec, self.seed)
+        cost = scaled(step_cost(LLMS[svc.model], gpu.spec, self.seed), svc.cost_scale)
         rng = np.random.default_rng(self._rng.integers(1 << 63))
         ready = self.now_s + delay_s
         self._started += 1
         engine = VLLMEngine(svc.model, cost, gpu, svc.max_num_seqs, rng, start_s=ready, keep_samples=self.keep_samples,
-                            engine_id=f"gpu{gpu.index}-{self._started}", personality=self.personality(svc.model))
+                            engine_id=f"gpu{gpu.index}-{self._started}",
+                            personality=self.personality(svc.model, gpu.spec.name), requests=svc.requests)
         return Replica(engine, gpu, ready)
 
-    def scale(self, name: str, replicas: int, delay_s: float | None = None) -> int:
-        """Set a service's replica count, bounded by free GPUs; returns the count now in place."""
+    def scale(self, name: str, replicas: int, delay_s: float | None = None, gpu_type: str | None = None) -> int:
+        """Set a service's replica count on `gpu_type` GPUs (None: the service's own type), bounded by free
+        GPUs; returns the count of that type now in place."""
         svc = self.services[name]
+        kind = gpu_type or svc.accelerator
         delay = self.start_delay_s if delay_s is None else delay_s
-        while len(svc.replicas) < replicas:
-            free = self.free_gpus()
+        mine = [r for r in svc.replicas if r.gpu.spec.name == kind]
+        while len(mine) < replicas:
+            free = self.free_gpus(kind)
             if not free:
                 break
-            svc.replicas.append(self._new_replica(svc, free[0], delay))
-        while len(svc.replicas) > max(0, replicas):
-            gone = svc.replicas.pop()
+            mine.append(self._new_replica(svc, free[0], delay))
+            svc.replicas.append(mine[-1])
+        while len(mine) > max(0, replicas):
+            gone = mine.pop()
+            svc.replicas.remove(gone)
             self._requeue(svc, gone.engine.drain())
-        return len(svc.replicas)
+        return len(mine)
+
+    def lose_gpu(self, index: int) -> None:
+        """GPU `index` falls off the bus: its replica dies (the router resubmits what it held) and it is
+        neither listed nor used again."""
+        self.lost.add(index)
+        for svc in self.services.values():
+            for rep in [r for r in svc.replicas if r.gpu.index == index]:
+                svc.replicas.remove(rep)
+                self._requeue(svc, rep.engine.drain())
+
+    def slow_down(self, name: str, factor: float) -> None:
+        """Every step of the service's engines, running and future, takes `factor` times as long."""
+        svc = self.services[name]
+        svc.cost_scale *= factor
+        for rep in svc.replicas:
+            rep.engine.cost = scaled(rep.engine.cost, factor)
 
     def restart_with_batch(self, name: str, max_num_seqs: int) -> None:
         """A rolling restart with a new `--max-num-seqs`: replica i stops at now + i * delay, once the one
@@ -144,6 +185,7 @@ class SimHost:
             self._route(svc, req)
 
     def _route(self, svc: SimService, req: tuple[float, int, int]) -> None:
+        """To the ready replica with the fewest requests (any replica while none is ready)."""
         ready = [r for r in svc.replicas if r.ready_at_s <= max(self.now_s, req[0])] or svc.replicas
         if not ready:
             return  # no replica at all: the request is dropped, as behind an empty service
@@ -156,7 +198,9 @@ class SimHost:
             self._do_swaps()
             end = min(t_s, self.now_s + slice_s)
             for svc in self.services.values():
-                for req in svc.workload.take(self.now_s, end):
+                arrived = svc.workload.take(self.now_s, end)
+                svc.requests.arrive([req[0] for req in arrived])
+                for req in arrived:
                     self._route(svc, req)
                 for rep in svc.replicas:
                     if rep.ready_at_s >= end:
@@ -164,6 +208,6 @@ class SimHost:
                     rep.engine.advance_to(end)
             busy = {r.gpu.index for s in self.services.values() for r in s.replicas}
             for gpu in self.gpus:
-                if gpu.index not in busy:
+                if gpu.index not in busy and gpu.index not in self.lost:
                     gpu.account(end - self.now_s, gpu.spec.idle_w)
             self.now_s = end

@@ -8,7 +8,7 @@ tokens are compute time; efficiencies and overheads are hidden per (model, GPU) 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,3 +73,12 @@ def step_cost(llm: LlmSpec, gpu: GpuSpec, seed: int = 0) -> StepCost:
         hiccup_ms=rng.uniform(20.0, 40.0),
         kv_capacity_tokens=int(free_gb * 1e6 / llm.kv_kb_per_token),
     )
+
+
+def scaled(cost: StepCost, factor: float) -> StepCost:
+    """Every step time multiplied by `factor` (a drift: a new engine version, a slower kernel); noise and
+    the KV cache stay."""
+    return replace(cost, overhead_ms=cost.overhead_ms * factor, weights_ms=cost.weights_ms * factor,
+                   kv_ms_per_token=cost.kv_ms_per_token * factor,
+                   prefill_ms_per_token=cost.prefill_ms_per_token * factor,
+                   decode_ms_per_seq=cost.decode_ms_per_seq * factor)

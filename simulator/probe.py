@@ -13,9 +13,9 @@ import numpy as np
 
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
-from simulator.llms import LLMS, StepCost, step_cost
+from simulator.llms import LLMS, StepCost, scaled, step_cost
 from simulator.personality import get_personality
-from simulator.workload import TokenDist
+from simulator.workload import TokenDist, TokenSampler
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,7 @@ class Replica:
     """How the engine turns a step's work into time (`simulator/personality.py`)."""
 
     def cost(self) -> StepCost:
-        c = step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed)
-        s = self.cost_scale
-        return StepCost(c.overhead_ms * s, c.weights_ms * s, c.kv_ms_per_token * s, c.prefill_ms_per_token * s,
-                        c.decode_ms_per_seq * s, c.noise_sigma, c.hiccup_prob, c.hiccup_ms, c.kv_capacity_tokens)
+        return scaled(step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed), self.cost_scale)
 
     def engine(self, max_num_seqs: int, power_limit_w: float | None, rng: np.random.Generator,
                locked_clock_mhz: int | None = None) -> VLLMEngine:
@@ -71,8 +68,8 @@ class Replica:
 def measure(
     replica: Replica,
     rate_rps: float,
-    tokens_in: TokenDist,
-    tokens_out: TokenDist,
+    tokens_in: TokenSampler,
+    tokens_out: TokenSampler,
     max_num_seqs: int,
     power_limit_w: float | None = None,
     requests: int = 2000,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -14,6 +15,12 @@ RateFn = Callable[[float], float]
 PEAK_PROBES = 9
 """Points of a block where the rate is read for the thinning bound (a rate that climbs above it between
 them makes the block redrawn at a higher bound)."""
+
+
+class TokenSampler(Hashable, Protocol):
+    """Draws `n` token counts (a prompt or an output length each); hashable, so a load test of it is cached."""
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class Workload:
     them every 50 ms, and drawing that often cost more than the engines' steps."""
 
     def __init__(
-        self, rate: RateFn, tokens_in: TokenDist, tokens_out: TokenDist, rng: np.random.Generator,
+        self, rate: RateFn, tokens_in: TokenSampler, tokens_out: TokenSampler, rng: np.random.Generator,
         block_s: float = 2.0,
     ) -> None:
         self.rate = rate

@@ -66,3 +66,62 @@ def small_sim_host(num_gpus: int = 8) -> SimHost:
         host.add_service(name, "llama-3.1-8b", Workload(daily_cycle(1.0, 0.0, 3600.0), TokenDist(100, 0.5),
                                              TokenDist(50, 0.5), rng), n, 32)
     return host
+
+
+SMALL_HOST = """
+[daemon]
+fast_interval_s = 1.0
+slow_interval_s = 15.0
+state_dir = "state"
+
+[power]
+budget_w = {budget_w}
+
+[optimizer]
+batch_sizes = [16, 32, 64]
+power_levels = [0.6, 0.8, 1.0]
+
+[stability]
+cooldown_s = 60
+max_replica_step = 1
+
+[simulator]
+gpu_type = "H100-SXM"
+num_gpus = {gpus}
+seed = 3
+start_delay_s = 20
+
+[[accelerators]]
+name = "H100-SXM"
+count = {gpus}
+
+[[services]]
+name = "chat"
+model = "llama-3.1-8b"
+ttft_ms = 300
+itl_ms = 30
+min_replicas = 1
+max_replicas = {gpus}
+in_tokens = 400
+out_tokens = 200
+in_tokens_cv = 0.6
+out_tokens_cv = 0.6
+initial_max_batch = 64
+prior = {{ family = "gen1", alpha_ms = 20.0, beta_ms = 0.2, gamma_ms = 20.0, delta_ms = 0.06 }}
+sim = {{ rate_rps = {rate_rps} }}
+"""
+
+
+@pytest.fixture
+def small_scenario(tmp_path: Path) -> Callable[..., Path]:
+    """Writes a scenario (its TOML text after the config line) on a small simulated host: `gpus` H100-SXM GPUs
+    serving one chat service of llama-3.1-8b at `rate_rps`, under `budget_w`; returns the scenario's path."""
+
+    def write(body: str, gpus: int = 2, rate_rps: float = 20.0, budget_w: float = 1400.0,
+              name: str = "scenario.toml") -> Path:
+        (tmp_path / "host.toml").write_text(SMALL_HOST.format(gpus=gpus, rate_rps=rate_rps, budget_w=budget_w))
+        path = tmp_path / name
+        path.write_text('config = "host.toml"\n' + body)
+        return path
+
+    return write

@@ -35,6 +35,7 @@ class SimGpuSource:
                 variant=g.spec.name if g.index in owner else None,
             )
             for g in self.host.gpus
+            if g.index not in self.host.lost  # fallen off the bus: NVML no longer lists it
         ]
 
 

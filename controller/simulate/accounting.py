@@ -1,0 +1,135 @@
+"""A run's figures, measured on requests and on the GPUs' energy counters, never on the controller's view.
+
+- slo_attainment: share of the requests that arrived (until GRACE_S before the end) that met both targets.
+  A `mean` service's request meets them when its own TTFT and mean inter-token gap do; for a `p95`/`p99`
+  service every finished request of a WINDOW_S window (by arrival) meets them when that window's quantile
+  of both does. A request never finished (dropped, still queued) meets nothing and counts as an infinite
+  latency in its window's quantile.
+- budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
+  counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
+- tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
+- sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
+  Little's law makes output tokens / request-seconds in the system of the finished requests.
+- restarts_per_hour: changes of a service's `--max-num-seqs` (each a rolling restart) per hour;
+  replica_changes_per_hour likewise for its replica count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.service_settings import ServiceSettings
+from controller.simulate.runner import Run
+from controller.simulate.scenario import Scenario
+from simulator.requests import Finished
+
+WINDOW_S = 60.0
+"""Window of a quantile target, and of the attainment-over-time series."""
+GRACE_S = 120.0
+"""Requests arriving this close to the end are left out: they may not have had time to finish."""
+VIOLATION_SHARE = 0.02
+"""Draw above the budget by more than this share is a violation."""
+STEP_GRACE_S = 2.0
+"""After a budget step-down, the governor has this long to bring the draw under it."""
+QUANTILES = {"p95": 95.0, "p99": 99.0}
+
+
+def _window_met(svc: ServiceSettings, ttft_s: NDArray[np.float64], itl_s: NDArray[np.float64]) -> bool:
+    q = QUANTILES[svc.statistic]
+    return bool(np.percentile(ttft_s, q) * 1000 <= svc.ttft_ms and np.percentile(itl_s, q) * 1000 <= svc.itl_ms)
+
+
+def request_met(svc: ServiceSettings, arrivals: NDArray[np.float64], fin: Finished, end_s: float,
+                window_s: float = WINDOW_S) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per window of `window_s` (by arrival, up to `end_s`): requests arrived, requests that met the targets."""
+    edges = np.arange(0.0, end_s + window_s, window_s)
+    edges[-1] = max(edges[-1], end_s)
+    keep = fin.arrival_s < end_s
+    arrived = np.histogram(arrivals[arrivals < end_s], edges)[0].astype(float)
+    if svc.statistic == "mean":
+        ok = keep & (fin.ttft_s * 1000 <= svc.ttft_ms) & (fin.itl_s * 1000 <= svc.itl_ms)
+        return arrived, np.histogram(fin.arrival_s[ok], edges)[0].astype(float)
+    finished = np.histogram(fin.arrival_s[keep], edges)[0]
+    slot = np.searchsorted(edges, fin.arrival_s, side="right") - 1
+    met = np.zeros(len(arrived))
+    for w in range(len(arrived)):
+        if not arrived[w]:
+            continue
+        mine = keep & (slot == w)
+        missing = int(arrived[w] - finished[w])
+        ttft = np.concatenate([fin.ttft_s[mine], np.full(missing, np.inf)])
+        itl = np.concatenate([fin.itl_s[mine], np.full(missing, np.inf)])
+        met[w] = finished[w] if _window_met(svc, ttft, itl) else 0.0
+    return arrived, met
+
+
+def _changes(series: NDArray[np.float64]) -> int:
+    return int(np.count_nonzero(np.diff(series) != 0))
+
+
+def _round(x: float, digits: int = 4) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def violations(scn: Scenario, run: Run) -> tuple[float, float]:
+    """(seconds over budget after each step-down's grace, all seconds over budget)."""
+    tr = run.trace
+    dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
+    over = tr.draw_w > tr.budget_w * (1.0 + VIOLATION_SHARE)
+    excused = np.zeros(len(over), dtype=bool)
+    budget = scn.start_budget_w
+    for at, watts in scn.budget_changes():
+        if watts < budget:
+            excused |= (tr.t_s > at) & (tr.t_s <= at + STEP_GRACE_S)
+        budget = watts
+    return float(np.count_nonzero(over & ~excused)) * dt, float(np.count_nonzero(over)) * dt
+
+
+def figures(scn: Scenario, run: Run) -> dict[str, Any]:
+    """Every figure of one run (JSON-ready)."""
+    tr = run.trace
+    duration = float(tr.t_s[-1])
+    hours = duration / 3600.0
+    end = max(duration - GRACE_S, duration / 2)
+    energy_j = sum(g.energy_j for g in run.host.gpus)
+    services: dict[str, Any] = {}
+    tokens, t_over_c = 0, 0.0
+    for svc in scn.config.services:
+        log = run.host.services[svc.name].requests
+        fin, arrivals = log.finished(), log.arrivals()
+        arrived, met = request_met(svc, arrivals, fin, end)
+        tokens += int(fin.out_tokens.sum())
+        busy_s = float(fin.e2e_s.sum())
+        svc_t_over_c = float(fin.out_tokens.sum()) / busy_s if busy_s > 0 else 0.0
+        t_over_c += svc_t_over_c
+        counted = fin.arrival_s < end
+        services[svc.name] = {
+            "slo_attainment": _round(float(met.sum() / arrived.sum())) if arrived.sum() else None,
+            "requests": int(arrived.sum()),
+            "finished": int(np.count_nonzero(counted)),
+            "ttft_mean_ms": _round(float(fin.ttft_s[counted].mean() * 1000), 1) if counted.any() else None,
+            "ttft_p95_ms": _round(float(np.percentile(fin.ttft_s[counted], 95) * 1000), 1) if counted.any() else None,
+            "itl_mean_ms": _round(float(fin.itl_s[counted].mean() * 1000), 2) if counted.any() else None,
+            "itl_p95_ms": _round(float(np.percentile(fin.itl_s[counted], 95) * 1000), 2) if counted.any() else None,
+            "t_over_c": _round(svc_t_over_c, 3),
+            "restarts_per_hour": _round(_changes(tr.max_batch[svc.name]) / hours, 2),
+            "replica_changes_per_hour": _round(_changes(tr.replicas[svc.name]) / hours, 2),
+            "replicas_mean": _round(float(tr.replicas[svc.name].mean()), 2),
+        }
+    violation_s, raw_s = violations(scn, run)
+    return {
+        "seed": run.seed,
+        "duration_s": duration,
+        "budget_violation_s": violation_s,
+        "budget_violation_raw_s": raw_s,
+        "peak_draw_w": _round(float(tr.draw_w.max()), 1),
+        "mean_draw_w": _round(float(tr.draw_w.mean()), 1),
+        "energy_kwh": _round(energy_j / 3.6e6, 4),
+        "tokens_per_joule": _round(tokens / energy_j if energy_j > 0 else 0.0, 4),
+        "sum_t_over_c": _round(t_over_c, 3),
+        "services": services,
+    }

@@ -1,0 +1,32 @@
+"""The `simulate` subcommand's arguments (kept apart from the runner, so that the CLI imports it cheaply)."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller.cli_args import number, whole
+
+POLICIES = ("static", "uniform-cap", "threshold", "slo-only", "wattscale")
+"""Every policy `wattscale simulate` knows, in the order reports show them."""
+
+
+def policy_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown policy {', '.join(unknown) or '(none)'}; expected a comma-separated "
+                                         f"list of {', '.join(POLICIES)}")
+    return list(dict.fromkeys(names))
+
+
+def add_simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", metavar="SCENARIO", help="scenario TOML (see config/scenarios/ and docs/simulate.md)")
+    p.add_argument("--report", required=True, metavar="DIR", help="directory for summary.json, summary.md, PNGs")
+    p.add_argument("--policies", type=policy_list, default=list(POLICIES), metavar="LIST",
+                   help=f"comma-separated policies (default: all: {','.join(POLICIES)})")
+    p.add_argument("--seeds", type=whole(1, 64), default=1, metavar="N",
+                   help="runs per policy, seeds scenario.seed .. + N - 1 (1-64, default 1)")
+    p.add_argument("--duration-s", type=number(1.0, 7 * 86400.0), default=None, metavar="S",
+                   help="simulated seconds instead of the scenario's duration_s")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+

@@ -1,0 +1,104 @@
+"""`wattscale simulate SCENARIO --report DIR`: every policy on the same arrivals, seed by seed, with a
+progress bar over simulated time; then summary.json, summary.md and the PNGs in DIR."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller.config_loader import ConfigError
+from controller.simulate.accounting import figures
+from controller.simulate.report import aggregate, summary, write, write_trace
+from controller.simulate.runner import Run, run
+from controller.simulate.scenario import Scenario, load_scenario
+from controller.simulate.sizing import static_fleet
+
+
+class NoBar:
+    """What the runner asks of a progress bar, doing nothing (tqdm not installed)."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def update(self, n: float) -> None:
+        pass
+
+    def set_description(self, text: str) -> None:
+        pass
+
+
+def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[int], duration_s: float,
+             progress: bool = True) -> dict[str, Any]:
+    """Run, measure, write the report; returns the summary."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is the `plots` extra's; the run does not need it
+        tqdm = NoBar
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    first: dict[str, Run] = {}
+    per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    fleets: dict[int, dict[str, dict[str, int]]] = {}
+    with tqdm(total=duration_s * len(policies) * len(seeds), unit="sim s", disable=not progress,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]") as bar:
+        for seed in seeds:
+            bar.set_description(f"seed {seed}: sizing the static fleet")
+            fleets[seed] = static_fleet(scn, seed)
+            for policy in policies:
+                bar.set_description(f"seed {seed}: {policy}")
+                r = run(scn, policy, seed, fleets[seed], duration_s, progress=bar.update,
+                        decision_log=report_dir / f"decisions-seed{seed}.jsonl" if policy == "wattscale" else None)
+                per_policy[policy].append(figures(scn, r))
+                if seed == seeds[0]:
+                    first[policy] = r
+                    write_trace(report_dir / f"trace-{policy}.csv", r.trace)
+    aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
+    doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated)
+    try:
+        from controller.simulate.plots import draw_all
+
+        images = draw_all(report_dir, scn, first, aggregated)
+    except ImportError:
+        logging.getLogger("wattscale.simulate").warning("matplotlib is not installed: no PNGs "
+                                                        "(pip install 'wattscale[plots]')")
+        images = []
+    write(report_dir, doc, images)
+    return doc
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    scn = load_scenario(Path(args.scenario))
+    duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
+    if not 1.0 <= duration <= scn.settings.duration_s:
+        raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "
+                          f"got {duration:g}")
+    report_dir = Path(args.report)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ConfigError("--report", f"{report_dir} exists and is not a directory")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    seeds = [scn.settings.seed + k for k in range(args.seeds)]
+    try:
+        doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    for policy, p in doc["policies"].items():
+        slo = ", ".join(f"{k} {v['slo_attainment']}" for k, v in p["services"].items())
+        print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
+              f"sum T/C {p['sum_t_over_c']}  SLO {slo}")
+    print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,98 @@
+"""The report's PNGs (first seed's runs): site power against the budget, SLO attainment per service over time,
+replicas / max batch / caps per service, and energy and tokens per joule per policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.simulate.accounting import GRACE_S, WINDOW_S, request_met
+from controller.simulate.runner import Run
+from controller.simulate.scenario import Scenario
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, whatever the display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def power(plt: Any, runs: dict[str, Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for name, r in runs.items():
+        ax.plot(r.trace.t_s / 60, r.trace.draw_w, lw=0.7, label=name)
+    first = next(iter(runs.values())).trace
+    ax.plot(first.t_s / 60, first.budget_w, "k--", lw=1.2, label="budget")
+    ax.set(xlabel="minutes", ylabel="site draw (W)", title="Site power against the budget")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def slo(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
+    services = scn.config.services
+    fig, axes = plt.subplots(len(services), 1, figsize=(10, 2.4 * len(services)), squeeze=False, sharex=True)
+    for ax, svc in zip(axes[:, 0], services, strict=True):
+        for name, r in runs.items():
+            log = r.host.services[svc.name].requests
+            end = max(float(r.trace.t_s[-1]) - GRACE_S, float(r.trace.t_s[-1]) / 2)
+            arrived, met = request_met(svc, log.arrivals(), log.finished(), end)
+            share = np.divide(met, arrived, out=np.full(len(arrived), np.nan), where=arrived > 0)
+            ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, lw=0.9, label=name)
+        ax.set(ylabel="met", ylim=(-0.02, 1.02), title=f"{svc.name} ({svc.statistic} TTFT <= {svc.ttft_ms:g} ms, "
+               f"ITL <= {svc.itl_ms:g} ms), per {WINDOW_S:g} s")
+    axes[0, 0].legend(fontsize=8, ncol=5)
+    axes[-1, 0].set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def actuators(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
+    services = scn.config.services
+    fig, axes = plt.subplots(len(services), 3, figsize=(13, 2.4 * len(services)), squeeze=False, sharex=True)
+    for row, svc in zip(axes, services, strict=True):
+        for name, r in runs.items():
+            t = r.trace.t_s / 60
+            row[0].step(t, r.trace.replicas[svc.name], lw=0.9, label=name)
+            row[1].step(t, r.trace.max_batch[svc.name], lw=0.9, label=name)
+            row[2].plot(t, r.trace.cap_w[svc.name], lw=0.8, label=name)
+        row[0].set_ylabel(svc.name)
+    for ax, title in zip(axes[0], ("replicas", "max batch", "mean power limit (W)"), strict=True):
+        ax.set_title(title)
+    for ax in axes[-1]:
+        ax.set_xlabel("minutes")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
+    names = list(policies)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.bar(names, [policies[n]["energy_kwh"] or 0.0 for n in names], color="tab:orange")
+    a.set(title="GPU energy (kWh)")
+    b.bar(names, [policies[n]["tokens_per_joule"] or 0.0 for n in names], color="tab:green")
+    b.set(title="output tokens per joule")
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Run], policies: dict[str, Any]) -> list[str]:
+    """Write the PNGs into `report_dir`; their file names, in the order the summary shows them."""
+    plt = _pyplot()
+    power(plt, runs, report_dir / "power.png")
+    slo(plt, scn, runs, report_dir / "slo.png")
+    actuators(plt, scn, runs, report_dir / "actuators.png")
+    energy(plt, policies, report_dir / "energy.png")
+    return ["power.png", "slo.png", "actuators.png", "energy.png"]

@@ -1,0 +1,134 @@
+"""The report of a `wattscale simulate` run: summary.json and a Markdown summary that reads on its own.
+
+Figures are the mean over seeds (each seed's own are kept under `runs`); `targets` checks the issue's
+targets for the `wattscale` policy against the baselines that ran.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from controller.simulate.runner import Trace
+from controller.simulate.scenario import Scenario
+
+RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "energy_kwh",
+               "tokens_per_joule", "sum_t_over_c")
+SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "ttft_p95_ms", "itl_mean_ms",
+                   "itl_p95_ms", "t_over_c", "restarts_per_hour", "replica_changes_per_hour", "replicas_mean")
+TOKENS_PER_JOULE_GAIN = 1.3
+T_OVER_C_GAIN = 1.15
+MAX_RESTARTS_PER_HOUR = 2.0
+
+
+def _mean(values: list[Any]) -> float | None:
+    known = [float(v) for v in values if v is not None]
+    return round(sum(known) / len(known), 4) if known else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over seeds of one policy's runs."""
+    out: dict[str, Any] = {k: _mean([r[k] for r in runs]) for k in RUN_FIGURES}
+    out["services"] = {name: {k: _mean([r["services"][name][k] for r in runs]) for k in SERVICE_FIGURES}
+                       for name in runs[0]["services"]}
+    out["runs"] = runs
+    return out
+
+
+def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for `wattscale`, each with the figures it was judged on (empty without it)."""
+    ws = policies.get("wattscale")
+    if ws is None:
+        return []
+    out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
+                                  "met": ws["budget_violation_s"] == 0}]
+    baselines = {k: v for k, v in policies.items() if k != "wattscale"}
+    for svc in sorted(scn.config.services, key=lambda s: s.priority):
+        mine = ws["services"][svc.name]["slo_attainment"] or 0.0
+        static = baselines.get("static", {}).get("services", {}).get(svc.name, {}).get("slo_attainment")
+        if static is not None and static >= 0.99:
+            out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= 0.99 (static reaches "
+                        f"{static:.3f})", "value": mine, "met": mine >= 0.99})
+        best = max(((k, v["services"][svc.name]["slo_attainment"] or 0.0) for k, v in baselines.items()),
+                   key=lambda kv: kv[1], default=None)
+        if best is not None:
+            out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= every baseline's "
+                        f"(best: {best[0]} {best[1]:.3f})", "value": mine, "met": mine >= best[1] - 1e-9})
+        restarts = ws["services"][svc.name]["restarts_per_hour"] or 0.0
+        out.append({"target": f"{svc.name}: restarts <= {MAX_RESTARTS_PER_HOUR:g} per service-hour (a steady load's "
+                    "target)", "value": restarts, "met": restarts <= MAX_RESTARTS_PER_HOUR})
+    if "static" in baselines and baselines["static"]["tokens_per_joule"]:
+        gain = (ws["tokens_per_joule"] or 0.0) / baselines["static"]["tokens_per_joule"]
+        out.append({"target": f"tokens_per_joule >= {TOKENS_PER_JOULE_GAIN} x static's (diurnal, tight budget)",
+                    "value": round(gain, 3), "met": gain >= TOKENS_PER_JOULE_GAIN})
+    if "uniform-cap" in baselines and baselines["uniform-cap"]["sum_t_over_c"]:
+        gain = (ws["sum_t_over_c"] or 0.0) / baselines["uniform-cap"]["sum_t_over_c"]
+        out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (diurnal, tight budget)",
+                    "value": round(gain, 3), "met": gain >= T_OVER_C_GAIN})
+    return out
+
+
+def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str, dict[str, int]],
+            policies: dict[str, Any]) -> dict[str, Any]:
+    return {"scenario": scn.settings.name, "description": scn.settings.description, "file": str(scn.path),
+            "duration_s": duration_s, "seeds": seeds, "start_budget_w": scn.start_budget_w,
+            "events": [{"at_s": e.at_s, "kind": e.kind} for e in scn.settings.events],
+            "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies)}
+
+
+def _cell(v: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(doc: dict[str, Any], images: list[str]) -> str:
+    pol = doc["policies"]
+    lines = [f"# Scenario `{doc['scenario']}`", "", doc["description"] or "", "",
+             f"{doc['duration_s']:g} s of simulated time, seeds {', '.join(map(str, doc['seeds']))} (figures are "
+             f"the mean over seeds); budget at the start {doc['start_budget_w']:g} W; events: "
+             + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none") + ".",
+             f"The baselines' fleet (sized for the peak by load tests of one replica): `{doc['static_fleet']}`.", "",
+             "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) | energy (kWh) "
+             "| tokens / J | sum T/C |", "|---|---|---|---|---|---|---|"]
+    for name, p in pol.items():
+        lines.append(f"| {name} | {_cell(p['budget_violation_s'], '{:g}')} "
+                     f"| {_cell(p['budget_violation_raw_s'], '{:g}')} "
+                     f"| {_cell(p['peak_draw_w'], '{:.0f}')} | {_cell(p['energy_kwh'])} "
+                     f"| {_cell(p['tokens_per_joule'])} | {_cell(p['sum_t_over_c'], '{:.2f}')} |")
+    lines += ["", "## Services", "", "| service | policy | SLO attainment | TTFT p95 (ms) | ITL p95 (ms) "
+              "| restarts / h | replica changes / h | replicas (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for svc in next(iter(pol.values()))["services"]:
+        for name, p in pol.items():
+            s = p["services"][svc]
+            lines.append(f"| {svc} | {name} | {_cell(s['slo_attainment'])} | {_cell(s['ttft_p95_ms'], '{:.0f}')} "
+                         f"| {_cell(s['itl_p95_ms'], '{:.1f}')} | {_cell(s['restarts_per_hour'], '{:.1f}')} "
+                         f"| {_cell(s['replica_changes_per_hour'], '{:.1f}')} "
+                         f"| {_cell(s['replicas_mean'], '{:.2f}')} |")
+    if doc["targets"]:
+        lines += ["", "## Targets (wattscale)", "", "| target | value | met |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in doc["targets"]]
+    lines += ["", "## Figures", ""] + [f"![{Path(i).stem}]({i})" for i in images]
+    lines += ["", "How each figure is measured: docs/simulate.md.", ""]
+    return "\n".join(lines)
+
+
+def write_trace(path: Path, trace: Trace) -> None:
+    """A run's per-second series as CSV: time, budget, draw, the limits' sum, and per service its replicas, max
+    batch and mean power limit (what the PNGs draw, for a closer look)."""
+    names = list(trace.replicas)
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["t_s", "budget_w", "draw_w", "limits_w"]
+                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")])
+        for k in range(len(trace.t_s)):
+            out.writerow([f"{trace.t_s[k]:g}", f"{trace.budget_w[k]:g}", f"{trace.draw_w[k]:.1f}",
+                          f"{trace.limits_w[k]:.1f}"]
+                         + [f"{v:.1f}" for n in names
+                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])])
+
+
+def write(report_dir: Path, doc: dict[str, Any], images: list[str]) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "summary.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    (report_dir / "summary.md").write_text(markdown(doc, images))

@@ -1,0 +1,235 @@
+"""A scenario file: a wattscale config (simulated host, services, budget) plus the workload over time and the
+events that strike it, read with one clear error naming the field.
+
+    name = "diurnal"
+    config = "../sim.toml"          # the host and services, relative to this file
+    duration_s = 7200
+    [workload.chat]                 # per service; a service not named keeps its config's `sim` table
+    rate_rps = 12.0
+    bursts = [{ start_s = 2400, duration_s = 300, factor = 2.0 }]
+    [[events]]
+    at_s = 1800
+    kind = "budget"                 # budget | gpu_lost | slowdown | telemetry_lost
+    budget_w = 2800
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
+from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
+from controller.settings import Settings, load_settings
+from simulator.personality import PERSONALITIES
+
+MAX_DURATION_S = 7 * 86400.0
+"""Longest scenario: a week of simulated time."""
+
+EventKind = Literal["budget", "gpu_lost", "slowdown", "telemetry_lost"]
+
+
+@dataclass(frozen=True)
+class BurstSettings:
+    start_s: float
+    """When the burst starts (s from the scenario's start)."""
+    duration_s: float
+    """How long it lasts (s)."""
+    factor: float
+    """The rate is multiplied by this while it lasts."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("start_s",), 0.0, MAX_DURATION_S)
+        check_range(self, where, ("duration_s",), 1e-3, MAX_DURATION_S)
+        check_range(self, where, ("factor",), 0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class PromptTailSettings:
+    share: float
+    """Share of prompts drawn from the Pareto tail instead of the log-normal body."""
+    min_tokens: float
+    """Shortest tail prompt (the Pareto scale)."""
+    alpha: float = 1.5
+    """Pareto shape: smaller is heavier (<= 2: infinite variance)."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("share",), 0.0, 1.0)
+        check_range(self, where, ("min_tokens",), 1.0, MAX_TOKENS)
+        check_range(self, where, ("alpha",), 0.5, 10.0)
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    rate_rps: float
+    """Mean arrival rate (requests/s)."""
+    cycle_amplitude: float = 0.0
+    """Relative amplitude of a sinusoidal cycle of the rate, in [0, 1]."""
+    cycle_period_s: float = 3600.0
+    """Period of that cycle (s)."""
+    phase_s: float = 0.0
+    """Shift of the cycle (s): the rate is mean * (1 + amplitude sin(2 pi (t - phase) / period))."""
+    bursts: tuple[BurstSettings, ...] = ()
+    """Spans where the rate is multiplied."""
+    in_tokens: float = 0.0
+    """Mean prompt length (tokens); 0: the service's `in_tokens`."""
+    out_tokens: float = 0.0
+    """Mean output length (tokens); 0: the service's `out_tokens`."""
+    in_cv: float = 0.6
+    """Coefficient of variation of the log-normal prompt lengths."""
+    out_cv: float = 0.6
+    """Coefficient of variation of output lengths."""
+    prompt_tail: PromptTailSettings | None = None
+    """A heavy tail of long prompts on top of the log-normal body; None: none."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
+        check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
+        check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
+        check_range(self, where, ("phase_s",), -MAX_DURATION_S, MAX_DURATION_S)
+        check_range(self, where, ("in_tokens", "out_tokens"), 0.0, MAX_TOKENS)
+        check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    at_s: float
+    """When it happens (s from the scenario's start)."""
+    kind: EventKind
+    """budget: the site budget becomes `budget_w`; gpu_lost: GPU `gpu` falls off the bus; slowdown: every step
+    of `service`'s engines takes `factor` times as long from now on; telemetry_lost: GPU readings fail for
+    `duration_s`."""
+    budget_w: float = 0.0
+    """budget: the new site budget (W)."""
+    gpu: int = -1
+    """gpu_lost: the GPU's index on the simulated host."""
+    service: str = ""
+    """slowdown: the service whose engines slow down."""
+    factor: float = 1.0
+    """slowdown: the step-time multiplier (1.3 = 30 % slower)."""
+    duration_s: float = 0.0
+    """telemetry_lost: how long GPU readings fail (s)."""
+
+    def check(self, where: str) -> None:
+        check_range(self, where, ("at_s",), 0.0, MAX_DURATION_S)
+        if self.kind == "budget":
+            check_positive(self, where, ("budget_w",))
+            check_range(self, where, ("budget_w",), 0.0, 1e8)
+        elif self.kind == "slowdown":
+            if not self.service:
+                raise ConfigError(f"{where}.service", "required for a slowdown")
+            check_range(self, where, ("factor",), 0.1, 10.0)
+        elif self.kind == "telemetry_lost":
+            check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
+
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    name: str
+    """Short name, used in the report."""
+    config: str
+    """The wattscale config whose host, services, budget and controller settings the scenario runs
+    (relative to the scenario file)."""
+    duration_s: float
+    """Simulated time (s)."""
+    description: str = ""
+    """What the scenario tries, in a sentence or two (the report quotes it)."""
+    seed: int = 1
+    """First seed of the hidden engine costs, arrivals and noise; `--seeds N` runs seed .. seed + N - 1."""
+    budget_w: float = 0.0
+    """Site budget at the start (W); 0: the config's `power.budget_w`."""
+    personalities: dict[str, str] = field(default_factory=dict)
+    """Engine personality per model or "model|gpu_type" (adds to the config's `simulator.personalities`)."""
+    workload: dict[str, WorkloadSettings] = field(default_factory=dict)
+    """Per service name; a service not named keeps its config's `sim` table."""
+    events: tuple[EventSettings, ...] = ()
+    """What happens during the run, in any order."""
+
+    def check(self, where: str) -> None:
+        if not self.name.strip():
+            raise ConfigError("name", "must not be empty")
+        check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
+        check_range(self, where, ("budget_w",), 0.0, 1e8)
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
+        for key, name in self.personalities.items():
+            if name not in PERSONALITIES:
+                raise ConfigError(f"personalities.{key}", f"unknown {name!r}, expected one of {sorted(PERSONALITIES)}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A checked scenario and the config it runs; `config.power.budget_w` is the highest budget of the run (the
+    daemon's configured budget, which budget events lower and restore). Whatever backends the config names,
+    the scenario wires the simulated host's."""
+
+    settings: ScenarioSettings
+    config: Settings
+    path: Path
+
+    @property
+    def gpu_types(self) -> list[str]:
+        """The simulated host's GPU types, one entry per GPU (the config's `simulator`)."""
+        return self.config.simulator.host_types
+
+    @property
+    def start_budget_w(self) -> float:
+        return self.settings.budget_w or self.config.power.budget_w
+
+    def budget_changes(self) -> list[tuple[float, float]]:
+        """(time, budget) of each budget event, in time order."""
+        return sorted((e.at_s, e.budget_w) for e in self.settings.events if e.kind == "budget")
+
+    def budget_at(self, t_s: float) -> float:
+        budget = self.start_budget_w
+        for at, watts in self.budget_changes():
+            if at <= t_s:
+                budget = watts
+        return budget
+
+    def workload(self, service: str) -> WorkloadSettings:
+        """The service's workload: the scenario's, else its config's `sim` table."""
+        found = self.settings.workload.get(service)
+        if found is not None:
+            return found
+        svc = next(s for s in self.config.services if s.name == service)
+        w = svc.sim
+        return WorkloadSettings(w.rate_rps, w.cycle_amplitude, w.cycle_period_s, in_cv=w.in_cv, out_cv=w.out_cv)
+
+
+def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
+    names = [svc.name for svc in config.services]
+    for name in s.workload:
+        if name not in names:
+            raise ConfigError(f"workload.{name}", f"no such service in {s.config} (services: {', '.join(names)})")
+    if not config.uses_sim:
+        raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
+                          "(telemetry and actuators \"sim\", as config/sim.toml)")
+    gpus = len(config.simulator.host_types)
+    for i, e in enumerate(s.events):
+        where = f"events[{i}]"
+        if e.at_s > s.duration_s:
+            raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
+        if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
+            raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
+        if e.kind == "slowdown" and e.service not in names:
+            raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
+    the config file's fields, prefixed with the file)."""
+    s = build(ScenarioSettings, read_toml(path))
+    config_path = (path.parent / s.config).resolve()
+    try:
+        config = load_settings(config_path)
+    except ConfigError as exc:
+        raise ConfigError(f"config ({config_path.name}): {exc.where}", exc.reason) from None
+    _check_against_config(s, config)
+    budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events if e.kind == "budget"]
+    sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities})
+    config = dataclasses.replace(config, simulator=sim,
+                                 power=dataclasses.replace(config.power, budget_w=max(budgets)))
+    return Scenario(s, config, path)

@@ -1,0 +1,51 @@
+"""Every request of one simulated service, as a load generator's log would hold it: the ground truth of
+request-level SLO attainment (the engines' histograms only say what a window's mean or quantile was).
+
+Arrivals are logged as the router takes them, finishes as an engine frees the slot. A request handed back
+by a restart and served elsewhere finishes once, with its first arrival time; one that never finishes
+(dropped behind an empty service, still queued at the end) has an arrival and no finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The finished requests, one entry per request, times in seconds of simulated time."""
+
+    arrival_s: NDArray[np.float64]
+    ttft_s: NDArray[np.float64]
+    itl_s: NDArray[np.float64]
+    """Mean gap between output tokens after the first (0 for a one-token answer)."""
+    e2e_s: NDArray[np.float64]
+    out_tokens: NDArray[np.int64]
+    in_tokens: NDArray[np.int64]
+
+
+class RequestLog:
+    """Arrivals and finishes of one service."""
+
+    def __init__(self) -> None:
+        self._arrivals: list[float] = []
+        self._rows: list[tuple[float, float, float, int, int]] = []  # arrival, first token, done, in, out
+
+    def arrive(self, times_s: list[float]) -> None:
+        self._arrivals.extend(times_s)
+
+    def finish(self, arrival_s: float, first_token_s: float, done_s: float, in_tokens: int, out_tokens: int) -> None:
+        self._rows.append((arrival_s, first_token_s, done_s, in_tokens, out_tokens))
+
+    def arrivals(self) -> NDArray[np.float64]:
+        return np.asarray(self._arrivals, dtype=float)
+
+    def finished(self) -> Finished:
+        rows = np.asarray(self._rows, dtype=float).reshape(-1, 5)
+        arrival, first, done = rows[:, 0], rows[:, 1], rows[:, 2]
+        out = rows[:, 4].astype(np.int64)
+        itl = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), 0.0)
+        return Finished(arrival, first - arrival, itl, done - arrival, out, rows[:, 3].astype(np.int64))

@@ -1,0 +1,69 @@
+"""Scenario traffic beyond a smooth cycle: bursts on top of a rate, and a heavy-tailed prompt mix.
+
+Production LLM traffic is neither Poisson at a smooth rate nor log-normal in length: a launch or a batch
+job multiplies the rate for minutes, and a few prompts (whole documents, long chat histories) are tens of
+times the median. Both are ground truth the controller must survive, not model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.workload import RateFn, TokenDist
+
+
+@dataclass(frozen=True)
+class Burst:
+    """The rate times `factor` over [start_s, start_s + duration_s)."""
+
+    start_s: float
+    duration_s: float
+    factor: float
+
+
+def with_bursts(rate: RateFn, bursts: Sequence[Burst]) -> RateFn:
+    """`rate` multiplied by every burst in force at t (overlapping bursts multiply)."""
+    spans = tuple(bursts)
+    if not spans:
+        return rate
+
+    def bursty(t: float) -> float:
+        factor = 1.0
+        for b in spans:
+            if b.start_s <= t < b.start_s + b.duration_s:
+                factor *= b.factor
+        return rate(t) * factor
+
+    return bursty
+
+
+def diurnal(mean_rps: float, amplitude: float, period_s: float, phase_s: float = 0.0) -> RateFn:
+    """A day compressed into `period_s`: lowest at t = phase, highest half a period later (a night, then a
+    working day), mean * (1 - amplitude cos(2 pi (t - phase) / period))."""
+    return lambda t: max(0.0, mean_rps * (1 - amplitude * math.cos(2 * math.pi * (t - phase_s) / period_s)))
+
+
+@dataclass(frozen=True)
+class HeavyTail:
+    """A log-normal body with a Pareto tail: a share `tail_share` of draws is `tail_min * U^(-1/alpha)`
+    (alpha <= 2: infinite variance), clipped to `maximum` as a context window clips prompts."""
+
+    body: TokenDist
+    tail_share: float
+    tail_min: float
+    alpha: float
+    maximum: int = 32768
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        values = self.body.draw(rng, n)
+        tail = rng.random(n) < self.tail_share
+        k = int(tail.sum())
+        if k:
+            pareto = self.tail_min * (1.0 - rng.random(k)) ** (-1.0 / self.alpha)  # in (0, 1]: finite
+            values[tail] = np.minimum(np.rint(pareto), self.maximum).astype(np.int64)
+        clipped: np.ndarray = np.minimum(values, self.maximum)
+        return clipped

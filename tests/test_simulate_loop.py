@@ -1,0 +1,85 @@
+"""The closed loop in simulated time, measured by the harness: what the budget, the fail-safe and the plan
+must hold whatever the load does, and a report that is the same for the same seed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from controller.simulate.accounting import figures
+from controller.simulate.command import simulate
+from controller.simulate.runner import run
+from controller.simulate.scenario import load_scenario
+
+TWO_GPUS = {"chat": {"H100-SXM": 2}}
+
+
+def test_a_budget_step_down_is_held_within_two_seconds(small_scenario: Callable[..., Path]) -> None:
+    """Two GPUs drawing about 700 W; the budget drops from 1,400 W to 500 W at t = 60 s."""
+    scn = load_scenario(small_scenario('name = "step"\nduration_s = 120\nseed = 3\n[[events]]\nat_s = 60\n'
+                                       'kind = "budget"\nbudget_w = 500\n'))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    tr = r.trace
+    assert tr.draw_w[(tr.t_s > 50) & (tr.t_s <= 60)].min() > 600  # the step binds
+    after = tr.t_s > 62
+    assert tr.draw_w[after].max() <= 500 * 1.02
+    assert tr.limits_w[tr.t_s >= 61].max() <= 500
+    f = figures(scn, r)
+    assert f["budget_violation_s"] == 0
+    assert f["budget_violation_raw_s"] <= 2
+
+
+def test_lost_gpu_telemetry_brings_safe_caps(small_scenario: Callable[..., Path]) -> None:
+    """GPU readings fail for 30 s under a budget below the load's draw: after the fail-safe's ticks the limits
+    sum within the budget, whatever the GPUs do, and the draw stays under it."""
+    scn = load_scenario(small_scenario('name = "blind"\nduration_s = 100\nseed = 3\n[[events]]\nat_s = 40\n'
+                                       'kind = "telemetry_lost"\nduration_s = 30\n', budget_w=600))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    tr = r.trace
+    failsafe = scn.config.daemon.failsafe_after_ticks
+    blind = (tr.t_s >= 40 + failsafe) & (tr.t_s <= 70)
+    assert blind.sum() >= 25
+    assert tr.limits_w[blind].max() <= 600
+    assert tr.draw_w[blind].max() <= 600 * 1.02
+    assert figures(scn, r)["budget_violation_s"] == 0
+
+
+def test_no_actuator_flaps_on_a_steady_load_over_a_simulated_hour(small_scenario: Callable[..., Path]) -> None:
+    """One GPU at a steady 10 requests/s under a budget it presses against: after the first ten minutes the
+    plan holds (no restart, no replica change) and the limit in force settles, not see-sawing."""
+    scn = load_scenario(small_scenario('name = "steady"\nduration_s = 3600\nseed = 3\n', gpus=1, rate_rps=10.0,
+                                       budget_w=420.0))
+    r = run(scn, "wattscale", 3, {"chat": {"H100-SXM": 1}})
+    tr = r.trace
+    f = figures(scn, r)
+    assert f["services"]["chat"]["restarts_per_hour"] <= 2
+    assert f["budget_violation_s"] == 0
+    settled = tr.t_s > 600
+    assert np.count_nonzero(np.diff(tr.max_batch["chat"][settled])) == 0
+    assert np.count_nonzero(np.diff(tr.replicas["chat"][settled])) == 0
+    steps = np.diff(tr.cap_w["chat"][settled])
+    big = steps[np.abs(steps) > 25.0]  # a change of more than 25 W; the governor's trims are smaller
+    reversals = np.count_nonzero(np.diff(np.sign(big)) != 0)
+    assert reversals <= 6, f"the limit see-saws: {reversals} reversals of > 25 W steps"
+
+
+def test_the_same_seed_gives_the_same_summary(small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    scn = load_scenario(small_scenario('name = "same"\nduration_s = 90\nseed = 3\n[workload.chat]\nrate_rps = 12\n'
+                                       'bursts = [{ start_s = 30, duration_s = 20, factor = 2 }]\n'
+                                       'prompt_tail = { share = 0.05, min_tokens = 2000 }\n[[events]]\nat_s = 45\n'
+                                       'kind = "slowdown"\nservice = "chat"\nfactor = 1.3\n'))
+    policies = ["static", "threshold", "wattscale"]
+    one = simulate(scn, tmp_path / "a", policies, [3], 90.0, progress=False)
+    two = simulate(scn, tmp_path / "b", policies, [3], 90.0, progress=False)
+    assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text()
+    assert one == two
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["policies"]["static"]["services"]["chat"][
+        "requests"] > 500  # counted until GRACE_S before the end, or half the run
+    for png in ("power.png", "slo.png", "actuators.png", "energy.png"):
+        assert (tmp_path / "a" / png).stat().st_size > 10_000
+    assert "| chat | wattscale |" in (tmp_path / "a" / "summary.md").read_text()
+    other = simulate(scn, tmp_path / "c", ["static"], [4], 90.0, progress=False)
+    assert other["policies"]["static"] != one["policies"]["static"]

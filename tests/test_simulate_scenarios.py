@@ -1,0 +1,77 @@
+"""Scenario files: the shipped ones load, and a bad one gets one clear error naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.simulate.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_scenario_loads() -> None:
+    found = {p.stem: load_scenario(p) for p in sorted((ROOT / "config" / "scenarios").glob("*.toml"))}
+    assert set(found) == {"diurnal", "tight-budget", "budget-step", "gpu-lost", "engine-drift", "heavy-tail",
+                          "heterogeneous"}
+    assert found["diurnal"].settings.duration_s == 7200
+    assert found["tight-budget"].start_budget_w == 2600
+    step = found["budget-step"]
+    assert step.budget_at(1199) == 3400 and step.budget_at(1200) == pytest.approx(0.7 * 3400)
+    assert step.budget_at(2400) == 3400
+    assert sorted(set(found["heterogeneous"].gpu_types)) == ["H100-SXM", "L40S"]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rpss = 3\n', "workload.chat.rate_rpss", "unknown key"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = -1\n', "workload.chat.rate_rps", "must be in"),
+    ('name = "x"\nduration_s = 60\n[workload.nope]\nrate_rps = 1\n', "workload.nope", "no such service"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = [{ start_s = 5, duration_s = 5, '
+     'factor = -2 }]\n', "workload.chat.bursts[0].factor", "-2"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 90\nkind = "budget"\nbudget_w = 500\n', "events[0].at_s",
+     "after the scenario's end"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "meteor"\n', "events[0].kind", "meteor"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\n', "events[0].budget_w", "must be > 0"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 2\n', "events[0].gpu", "0..1"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nfactor = 1.3\n', "events[0].service",
+     "required"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nservice = "code"\n',
+     "events[0].service", "'code'"),
+    ('name = "x"\n', "duration_s", "required key is missing"),
+    ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b" = "fast" }\n', "personalities.llama-3.1-8b",
+     "'fast'"),
+])
+def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
+                                        words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_scenario(small_scenario(body))
+    assert err.value.where == field
+    assert words in str(err.value)
+
+
+def test_a_bad_config_is_named_with_its_file(small_scenario: Callable[..., Path]) -> None:
+    path = small_scenario('name = "x"\nduration_s = 60\n')
+    (path.parent / "host.toml").write_text((path.parent / "host.toml").read_text().replace("ttft_ms = 300",
+                                                                                           "ttft_ms = -3"))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert err.value.where == "config (host.toml): services[chat].ttft_ms"
+
+
+def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = small_scenario('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 7\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattscale: events[0].gpu: must be a GPU index in 0..1, got 7")
+    assert "Traceback" not in err
+    good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
+    assert main(["simulate", str(good), "--report", str(tmp_path / "r"), "--duration-s", "61"]) == 2
+    assert "--duration-s: must be in [1, 60]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
+    assert "unknown policy hpa" in capsys.readouterr().err
