@@ -63,6 +63,8 @@ class StabilityGate:
             if step < 0 and shrink_n < s.confirm_cycles:
                 step = 0
             batch = planned.max_batch if shape_n >= s.confirm_cycles else current.max_batch
+            if batch != current.max_batch and planned.replicas > current.replicas:
+                batch = current.max_batch  # the replicas that carry the restart come first; the batch follows
             out = replace(current, replicas=current.replicas + step, max_batch=batch, power_cap_w=cap)
         return out
 
@@ -75,9 +77,10 @@ class StabilityGate:
         scale-ups need on each accelerator type; returns what is admitted now, per service."""
         out = {p.name: p.admitted for p in services}
         for acc, inv in gpus.items():
-            grow = sum(max(0, p.admitted.replicas - p.current.replicas) * inv.gpus_per_replica
-                       for p in services if p.admitted.accelerator == acc and p.current.accelerator == acc)
-            short = grow - inv.free
+            on = [p for p in services if p.admitted.accelerator == acc]
+            # Growth counts a move onto this type whole; shrinks already admitted free their GPUs for it.
+            grow = sum(p.admitted.replicas - (p.current.replicas if p.current.accelerator == acc else 0) for p in on)
+            short = grow * inv.gpus_per_replica - inv.free
             for p in sorted(services, key=lambda p: -p.priority):
                 if short <= 0:
                     break

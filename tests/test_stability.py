@@ -68,3 +68,20 @@ def test_room_is_never_made_below_the_plan_nor_faster_than_the_step() -> None:
     assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"].replicas == 3  # one step a cycle
     pending[1] = Pending("bulk", 3, big, replace(big, replicas=4), big)
     assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"].replicas == 4  # the plan keeps it
+
+
+def test_a_restart_waits_for_the_replicas_that_carry_it() -> None:
+    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=1))
+    surge = Assignment("H100-SXM", 3, 128, 600.0)
+    assert gate.admit(0.0, "chat", NOW, surge) == replace(NOW, replicas=3)  # replicas now, the batch after
+    assert gate.admit(15.0, "chat", replace(NOW, replicas=3), surge) == surge
+
+
+def test_shrinks_already_admitted_count_as_room() -> None:
+    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=3))
+    code_now, bulk_now = Assignment("H100-SXM", 3, 64, 600.0), Assignment("H100-SXM", 2, 64, 600.0)
+    pending = [Pending("chat", 1, NOW, replace(NOW, replicas=3), replace(NOW, replicas=3)),
+               Pending("code", 2, code_now, replace(code_now, replicas=2), replace(code_now, replicas=2)),  # confirmed
+               Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now)]
+    out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
+    assert out["bulk"] == bulk_now and out["code"].replicas == 2
