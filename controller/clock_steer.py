@@ -26,9 +26,14 @@ class ClockSteer:
         self.locker, self.metrics, self.on_error = locker, metrics, on_error
         self.locked: dict[int, tuple[int, int]] = {}
         """GPU index -> (lock in force, the GPU's maximum clock), both MHz."""
+        self.known: set[int] = set()
+        """GPUs whose clock this steer has set or reset since it started: any other may still carry a lock from an
+        earlier run (a crash, a kill) or from a lock whose read-back failed, and is reset before it counts as free."""
         self.off: str | None = None
         """Why clocks are off (the daemon runs on caps alone); None while they are on."""
         self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
+        self.suspect: set[int] = set()
+        """GPUs seen whose lock state is not known (see `known`)."""
 
     def share(self, index: int) -> float:
         """The GPU's clock share in force (1.0 unlocked)."""
@@ -40,13 +45,17 @@ class ClockSteer:
     def step(self, now: float, samples: list[GpuSample], plan: Plan) -> None:
         if self.off is not None:
             return
+        self.suspect |= {g.index for g in samples} - self.known
         for g in samples:
             want = None if g.service is None else plan.clock_fraction(g.service, g.variant)
             target = f"clock:{g.uuid}"
-            if (want is None and g.index not in self.locked) or not self.retry.may_try(target, now):
+            if (want is None and g.index in self.known and g.index not in self.locked) \
+                    or not self.retry.may_try(target, now):
                 continue
             try:
                 self._steer(g.index, want)
+                self.known.add(g.index)
+                self.suspect.discard(g.index)
                 self.retry.succeeded(target)
             except PermanentActuatorError as exc:
                 self._fall_back(f"GPU {g.index}: {exc}")
@@ -56,12 +65,15 @@ class ClockSteer:
                     TransientActuatorError(f"GPU {g.index}: {exc!r}", delay_s=1.0)
                 self.metrics.actuations.labels(self.locker.name, "locked_clock", "error").inc()
                 self.metrics.errors.labels("clock_actuator").inc()
+                self.known.discard(g.index)  # a lock may have been set and failed its read-back
+                self.suspect.add(g.index)
+                self.locked.pop(g.index, None)
                 self.retry.failed(target, now, error)
 
     def _steer(self, index: int, want: float | None) -> None:
         if want is None:
             self.locker.reset_clock(index)
-            del self.locked[index]
+            self.locked.pop(index, None)
             self.metrics.actuations.labels(self.locker.name, "locked_clock", "ok").inc()
             return
         supported = self.locker.supported_clocks_mhz(index)
@@ -74,10 +86,10 @@ class ClockSteer:
         self.metrics.actuations.labels(self.locker.name, "locked_clock", "ok").inc()
 
     def _fall_back(self, why: str) -> None:
-        """Clocks off for good: unlock what was locked (best effort) and say so once."""
+        """Clocks off for good: unlock what was locked, or may be (best effort), and say so once."""
         self.off = why
         self.on_error("clock_actuator", f"{why}; locked clocks are off, running on power caps alone")
-        for index in sorted(self.locked):
+        for index in sorted(set(self.locked) | self.suspect):
             try:
                 self.locker.reset_clock(index)
             except ActuatorError as exc:

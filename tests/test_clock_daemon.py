@@ -116,3 +116,13 @@ def test_a_transient_clock_failure_is_retried_and_clocks_stay_on(sim_config: Cal
         ctl.tick_fast(float(t))
     assert fake.gpus[0].locked_mhz == (1185, 1185) and ctl.clock_levels() == (0.6, 0.8, 1.0)
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) == 1.0
+
+
+def test_a_lock_left_by_an_earlier_run_is_reset_where_the_plan_leaves_the_clock_free(
+        sim_config: Callable[..., Path]) -> None:
+    fake = FakeNvml([FakeGpu(), FakeGpu()])
+    fake.gpus[1].locked_mhz = (990, 990)  # a crash left GPU 1 locked at half clock
+    ctl, _, _ = controller(nvml_config(sim_config), fake)
+    ctl.fast.plan = Plan.of(1, {"chat": {"H100-SXM": 400.0}, "code": {"H100-SXM": 500.0}}, {"chat": 1, "code": 2})
+    ctl.tick_fast(1.0)
+    assert fake.gpus[1].locked_mhz is None and ctl.fast.clocks is not None and ctl.fast.clocks.share(1) == 1.0
