@@ -53,3 +53,6 @@ def test_unusable_windows_are_not_kept_and_state_round_trips() -> None:
     assert again.restore(fit.dump()) and again.applied(CATALOGUE) == fit.applied(CATALOGUE)
     assert not ClockFit().restore({**fit.dump(), "draw_exponent": 99.0})
     assert not ClockFit().restore({"recent": "nope"})
+    saved = fit.dump()
+    saved["recent"][0]["itl_ms"] = 0.0  # a window observe() refuses: kept, it would break the next fit
+    assert not ClockFit().restore(saved)

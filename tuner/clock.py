@@ -102,8 +102,11 @@ class ClockFit:
         hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1]])
         start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
                          self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
-        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5], loss="soft_l1",
-                               f_scale=3.0)
+        try:
+            result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5],
+                                   loss="soft_l1", f_scale=3.0)
+        except ValueError:
+            return  # residuals not finite at the start: the values in force stay, the next window refits
         self.time_sensitivity, self.draw_exponent = float(result.x[0]), float(result.x[1])
         self._applied = None
 
@@ -115,6 +118,8 @@ class ClockFit:
         """Load saved state; False (and nothing changed) when it does not parse or is out of bounds."""
         try:
             recent = [Observation(**o) for o in data["recent"]]
+            if any(o.problem() is not None for o in recent):
+                return False  # a window observe() would have refused: it would only break the next fit
             time_s, exponent = data["time_sensitivity"], data["draw_exponent"]
             if (time_s is None) != (exponent is None):
                 return False
