@@ -14,7 +14,7 @@ from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer.problem import AcceleratorType
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
-from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SIM_SPEED, check_settings
+from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SHAPES, MAX_SIM_SPEED, check_settings
 from queuemodels import DEFAULT_MODEL, MODELS
 from queuemodels.accelerators import CATALOG
 from simulator.personality import PERSONALITIES
@@ -170,6 +170,10 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
         check_choices(where, self.batch_sizes, self.power_levels)
         check_clock_levels(where, self.clock_levels)
+        shapes = len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels)
+        if shapes > MAX_SHAPES:
+            raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
+                              f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)

@@ -25,6 +25,8 @@ MAX_REPLICAS = 1024
 """Largest replica bound of one service."""
 MAX_CHOICES = 64
 """Longest list of candidate batch sizes or power levels (sizing work grows with their product)."""
+MAX_SHAPES = 1024
+"""Most (batch, power, clock) shapes the optimizer sizes per service and accelerator in one cycle."""
 MAX_SIM_SPEED = 100.0
 """Most simulated seconds per wall-clock second."""
 MAX_SIM_GPU_SECONDS = 8192.0

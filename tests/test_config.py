@@ -67,6 +67,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 1000000000]"),
          r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, got \[16, 1000000000\]"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = []"), "optimizer.batch_sizes: must be"),
+        (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", f"batch_sizes = {list(range(1, 34))}")
+         .replace("power_levels = [0.6, 0.75, 0.9, 1.0]", f"power_levels = {[k / 32 for k in range(1, 33)]}"),
+         r"optimizer.clock_levels: batch_sizes x power_levels x clock_levels give 1056 shapes"),
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 1e6"),
          r"services\[chat\].sim.rate_rps: must be in \[0, 10000\]"),
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = inf"), r"services\[chat\].sim.rate_rps: .*got inf"),

@@ -252,6 +252,7 @@ def test_bad_robust_and_storage_settings_are_named(tmp_path: Path) -> None:
     text = (PLANS / "seed001-robust.toml").read_text()
     for edit, where in ((text.replace('"T4:int8"', '"T5:int8"'), "robust.tiers.T5:int8"),
                         (text.replace("protection = 0.5", "protection = 1.5"), "robust.protection"),
+                        (text.replace("[robust]", "[robust]\ngamma = 1e300"), "robust.gamma"),
                         (text.replace("delay_deviation = 0.45", "delay_deviation = 1e300"),
                          "robust.tiers.T4:int8.delay_deviation"),
                         (text.replace("error_deviation = 0.05", "error_deviation = -0.1"),

@@ -150,6 +150,7 @@ class RobustSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("gamma",), allow_zero=True)
+        check_range(self, where, ("gamma",), 0.0, 1e6)  # as the CLI's --gamma (no route count comes near)
         check_range(self, where, ("protection",), 0.0, 1.0)
 
 
