@@ -56,10 +56,12 @@ class SimHost:
         keep_samples: bool = False,
         personalities: Mapping[str, str] | None = None,
         gpu_types: Sequence[str] = (),
+        log_requests: bool = False,
     ) -> None:
         """`personalities` maps "model|gpu_type" (or a model name) to an engine personality; any other pair
         runs the roofline law. `gpu_types`, where given, lists each GPU's type (a mixed host) instead of
-        `num_gpus` of `gpu_type`."""
+        `num_gpus` of `gpu_type`. `log_requests` keeps every request's arrival and finish (what `wattscale
+        simulate` scores); off, as in the daemon, nothing grows with the requests served."""
         types = list(gpu_types) or [gpu_type] * num_gpus
         for name in types:
             if name not in SPECS:
@@ -73,6 +75,7 @@ class SimHost:
         self.seed = seed
         self.start_delay_s = start_delay_s
         self.keep_samples = keep_samples
+        self.log_requests = log_requests
         self._rng = np.random.default_rng(seed)
         self._swaps: list[tuple[float, str, int]] = []  # (when, service, replica) of rolling restarts
         self._started = 0  # engines started so far: each gets its own metric series
@@ -82,7 +85,8 @@ class SimHost:
         """A service whose replicas start on `accelerator` GPUs (None: the first GPU's type)."""
         if model not in LLMS:
             raise ValueError(f"model: unknown {model!r}, expected one of {sorted(LLMS)}")
-        svc = SimService(name, model, accelerator or self.gpus[0].spec.name, workload, max_num_seqs)
+        svc = SimService(name, model, accelerator or self.gpus[0].spec.name, workload, max_num_seqs,
+                         requests=RequestLog(enabled=self.log_requests))
         self.services[name] = svc
         self.scale(name, replicas, delay_s=0.0)
 

@@ -28,17 +28,21 @@ class Finished:
 
 
 class RequestLog:
-    """Arrivals and finishes of one service."""
+    """Arrivals and finishes of one service; a disabled log keeps nothing (a long-running daemon on the
+    simulated host would otherwise hold every request it ever served)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._arrivals: list[float] = []
         self._rows: list[tuple[float, float, float, int, int]] = []  # arrival, first token, done, in, out
 
     def arrive(self, times_s: list[float]) -> None:
-        self._arrivals.extend(times_s)
+        if self.enabled:
+            self._arrivals.extend(times_s)
 
     def finish(self, arrival_s: float, first_token_s: float, done_s: float, in_tokens: int, out_tokens: int) -> None:
-        self._rows.append((arrival_s, first_token_s, done_s, in_tokens, out_tokens))
+        if self.enabled:
+            self._rows.append((arrival_s, first_token_s, done_s, in_tokens, out_tokens))
 
     def arrivals(self) -> NDArray[np.float64]:
         return np.asarray(self._arrivals, dtype=float)

@@ -17,7 +17,7 @@ MIXED = ["H100-SXM", "H100-SXM", "L40S", "L40S"]
 
 
 def mixed_host(rate_rps: float = 4.0) -> SimHost:
-    host = SimHost("H100-SXM", 0, seed=3, start_delay_s=0.0, gpu_types=MIXED)
+    host = SimHost("H100-SXM", 0, seed=3, start_delay_s=0.0, gpu_types=MIXED, log_requests=True)
     workload = Workload(constant(rate_rps), TokenDist(200, 0.5), TokenDist(50, 0.5), np.random.default_rng(1))
     host.add_service("chat", "llama-3.1-8b", workload, 1, 32)
     return host

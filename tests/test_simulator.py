@@ -181,3 +181,15 @@ def test_arrivals_follow_the_rate_whatever_the_slices() -> None:
         assert abs(base - 5.0 * (min(t, 400.0) - 10.0)) < 4 * np.sqrt(5.0 * 390.0)
         burst = np.count_nonzero((arr >= 10.3) & (arr < 10.7))
         assert 8 <= burst <= 35  # 20 expected at 50 rps over 0.4 s
+
+
+def test_the_daemons_host_keeps_no_request_log() -> None:
+    """A long-running daemon on the simulated host must not hold every request it served."""
+    for log in (False, True):
+        host = SimHost("H100-SXM", 1, seed=1, start_delay_s=0.0, log_requests=log)
+        host.add_service("chat", "llama-3.1-8b", Workload(constant(5.0), TokenDist(100, 0.5), TokenDist(20, 0.5),
+                                                          np.random.default_rng(0)), 1, 16)
+        host.advance_to(20.0)
+        served = host.services["chat"].requests
+        assert (len(served.arrivals()) > 50 and len(served.finished().arrival_s) > 50) if log else \
+            (len(served.arrivals()) == 0 and len(served.finished().arrival_s) == 0)
