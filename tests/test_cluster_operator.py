@@ -6,8 +6,11 @@ a second operator stays passive until the Lease is free."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,34 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[K
         yield emu, api_client(str(agent))
     finally:
         emu.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A loopback HTTP endpoint that accepts connections and never answers; closed (and so its clients
+    answered with an error) on exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(2.0)
+        for conn in accepted:
+            conn.close()
+        server.close()
 
 
 def verb(method: str, path: str) -> tuple[str, str, str]:
@@ -176,14 +207,16 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     for k in range(12):
         loop.step(0.2 * k)
     assert loop.controller is not None and [s.name for s in loop.controller.settings.services] == [f"{NS}/chat"]
-    why = status_of(emu, "on-l4")["conditions"][0]
+    # the slow ticks run in the loop's worker thread: their reports come when they end
+    why = until(lambda: status_of(emu, "on-l4").get("conditions"), what="on-l4's report")[0]
     assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
-    assert status_of(emu, "twin")["conditions"][0]["message"] == ("spec.variants[0].deployment: llm/vllm-chat is "
-                                                                  "already LLMService llm/chat's")
+    twin = until(lambda: status_of(emu, "twin").get("conditions"), what="twin's report")[0]
+    assert twin["message"] == "spec.variants[0].deployment: llm/vllm-chat is already LLMService llm/chat's"
     emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
     for k in range(12, 24):
         loop.step(0.2 * k)
-    got = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    got = until(lambda: [c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
+                         if c["status"] == "False"], what="the policy's error")[0]
     assert got["status"] == "False" and got["message"] == "spec.power.budget_w: must be > 0, got -1.0"
     assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
     assert loop.controller.governor.settings.budget_w == 2400.0
@@ -208,3 +241,38 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
     assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out
+
+
+def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_plans_nor_the_lease(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A Prometheus that never answers holds the slow tick for its timeout (4 s, four slow periods): meanwhile
+    the fast step goes on every fast_interval_s, the node plan is renewed each quarter of its TTL (5 s; the
+    agent keeps following it) and the Lease (3 s) is renewed."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    with silent_server() as (url, accepted), running_agent(client, gpus()) as agent:
+        body = policy()
+        body["spec"].update(telemetry={"timeout_s": 4.0, "prometheus_url": url})
+        emu.put(GROUP, POLICIES, body)
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"), lease_s=3.0)
+        t0 = time.monotonic()
+        loop.step(0.0)
+        assert loop.controller is not None
+        steps, sequences, renewals, modes = [], set(), set(), set()
+        while time.monotonic() - t0 < 5.0:  # the slow tick is due at 1 s and blocked until 5 s at least
+            started = time.monotonic()
+            assert loop.step(started - t0) == 0.2
+            steps.append(time.monotonic() - started)
+            if accepted:  # the slow tick is blocked on it
+                sequences.add((plan(emu) or {})["spec"]["sequence"])
+                lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {}
+                renewals.add(lease["spec"]["renewTime"])
+                modes.add(agent.mode)
+            time.sleep(0.2)
+        assert accepted, "the slow tick asked the silent Prometheus"
+        assert max(steps) < 1.0, f"a fast step waited on the slow tick: {max(steps):.1f} s"
+        assert len(sequences) >= 3, f"plans renewed {len(sequences)} times while the slow tick was blocked"
+        assert len(renewals) >= 2 and loop.lease.held and loop.lease.valid()
+        assert modes == {"following"}, modes
+        loop.stand_down(release=False, now=time.monotonic() - t0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger("wattscale.operator")
@@ -25,6 +26,13 @@ class Lease:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration_s, self.timeout_s = duration_s, timeout_s
         self.held = False
+        self.renewed_at = -1e18
+        """When (monotonic) the request that last took or renewed the Lease was started."""
+
+    def valid(self) -> bool:
+        """Whether this operator may act now: it holds the Lease and renewed it within its duration (a step
+        blocked on the API past that may have let a standby take over)."""
+        return self.held and time.monotonic() - self.renewed_at < self.duration_s
 
     def _body(self, old: Any, acquire: bool) -> Any:
         from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
@@ -42,6 +50,7 @@ class Lease:
         leader that cannot renew stops acting before another may take over)."""
         from kubernetes.client.exceptions import ApiException
 
+        started = time.monotonic()
         try:
             try:
                 old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
@@ -50,6 +59,7 @@ class Lease:
                     raise
                 self.api.create_namespaced_lease(self.namespace, self._body(None, True),
                                                  _request_timeout=self.timeout_s)
+                self.renewed_at = started
                 return self._became(True)
             holder, renewed = old.spec.holder_identity, old.spec.renew_time
             duration = old.spec.lease_duration_seconds or self.duration_s
@@ -58,6 +68,7 @@ class Lease:
                 return self._became(False)
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)
+            self.renewed_at = started
             return self._became(True)
         except Exception as exc:  # a conflict (another took it), a timeout, a refusal
             if self.held:

@@ -4,13 +4,15 @@ Kubernetes API: replicas through the scale subresource, `--max-num-seqs` through
 limits through the NodePowerPlans that the node agents apply.
 
 It acts only while it holds the Lease. A new leader starts from the limits the plans hold (the previous
-leader's), so a restart raises no cap; the loop itself is stepped with explicit times by `step`.
+leader's), so a restart raises no cap; the fast loop is stepped with explicit times by `step`, which wakes the
+slow loop's worker thread each slow period (controller/cluster/acting.py) and never waits for it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, translate
 from actuators.kubernetes_batch import KubernetesBatchSizer
+from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans, owner_caps
@@ -95,6 +98,7 @@ class ClusterLoop:
         self.replica_targets: dict[tuple[str, str], DeploymentRef] = {}
         self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
         self.next_slow = 0.0
+        self.worker: SlowWorker | None = None
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -169,18 +173,23 @@ class ClusterLoop:
         plans hold."""
         assert res.settings is not None and res.policy is not None
         s, p = res.settings, res.policy
-        self.plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
-                               max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s)
+        self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
+                                       max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s)
         self._targets(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
-        replicas = KubernetesReplicaScaler(self.client, self.replica_targets, s.actuators.kubernetes_timeout_s)
-        batch = KubernetesBatchSizer(self.client, self.batch_targets, {x.name: x.initial_max_batch for x in s.services})
+        def may_act() -> bool:  # this leadership's slow tick, the Lease still held
+            return self.lease.valid() and self.controller is c
+
+        replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.replica_targets,
+                                                           s.actuators.kubernetes_timeout_s), may_act)
+        batch = GuardedBatch(KubernetesBatchSizer(self.client, self.batch_targets,
+                                                  {x.name: x.initial_max_batch for x in s.services}), may_act)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
-        c = Controller(s, self.plans, self._vllm(s), self.plans, batch, replicas, tuner, self.metrics, self.decisions)
-        self.plans.ensure(p.node_selector)
-        self.plans.refresh_owners(self._pods(s))
-        held = owner_caps(self.plans, self.plans.adopt())
+        c = Controller(s, plans, self._vllm(s), plans, batch, replicas, tuner, self.metrics, self.decisions)
+        plans.ensure(p.node_selector)
+        plans.refresh_owners(self._pods(s))
+        held = owner_caps(plans, plans.adopt())
         for name, a in list(c.assignments.items()):
             if (name, a.accelerator) in held:
                 c.assignments[name] = replace(a, power_cap_w=held[name, a.accelerator])
@@ -190,7 +199,21 @@ class ClusterLoop:
                  len(s.services), s.power.budget_w, {f"{k[0]}@{k[1]}": v for k, v in held.items()})
         self.next_slow = now + s.daemon.slow_interval_s
         self.budget.restart(s, c, self._now)
+        self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
+                                 self._slow_failed)
         return c
+
+    def _overrun(self) -> None:
+        self.metrics.errors.labels("slow_overrun").inc()
+
+    def _slow_failed(self, exc: Exception) -> None:
+        self.metrics.errors.labels("slow_tick").inc()
+        log.warning("slow tick failed: %r", exc, exc_info=True)
+
+    def _stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
 
     def _now(self) -> float:
         return time.monotonic() + self.offset
@@ -232,6 +255,7 @@ class ClusterLoop:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
         lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps)."""
         self.budget.stop()
+        self._stop_worker()
         if release and self.plans is not None:
             for failure in self.plans.release(now):
                 log.warning("release: %s", failure)
@@ -241,14 +265,15 @@ class ClusterLoop:
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, now: float) -> float:
-        """One fast tick (and a slow one when due) if this operator holds the Lease; returns the seconds to the
-        next step."""
+        """One fast tick if this operator holds the Lease, waking the slow worker when its period is due (not
+        waiting for it); returns the seconds to the next step."""
         self.offset = now - time.monotonic()
         if not self.lease.hold():
             if self.controller is not None:
                 log.warning("the Lease was lost: this operator stops acting")
                 self.controller, self.plans = None, None
                 self.budget.stop()
+                self._stop_worker()
             return 2.0
         if self.controller is None:
             res = self.read()
@@ -263,12 +288,14 @@ class ClusterLoop:
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         for failure in plans.flush(now, c.governor.threshold_w(), domains):
             c.error("node_plan", failure)
-        if now >= self.next_slow:
-            self._slow(c, now)
+        if now >= self.next_slow and self.worker is not None:
+            self.next_slow = now + c.settings.daemon.slow_interval_s
+            self.worker.wake()
         return c.settings.daemon.fast_interval_s
 
-    def _slow(self, c: Controller, now: float) -> None:
-        self.next_slow = now + c.settings.daemon.slow_interval_s
+    def _slow(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool], now: float) -> None:
+        """One slow tick (the worker's): the resources read, the settings reconfigured, the owners refreshed,
+        the optimizer's cycle, the status written; nothing written once the Lease is not held."""
         try:
             res = self.read()
         except Exception as exc:
@@ -281,14 +308,13 @@ class ClusterLoop:
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
-        assert self.plans is not None
-        if res is not None and res.policy is not None:
+        if res is not None and res.policy is not None and may_act():
             try:
-                self.plans.ensure(res.policy.node_selector)
+                plans.ensure(res.policy.node_selector)
             except Exception as exc:
                 c.error("node_plans", str(exc))
-        self.plans.refresh_owners(self._pods(c.settings))
+        plans.refresh_owners(self._pods(c.settings))
         solution = c.tick_slow(now)
         record = self.decisions.last if self.decisions is not None else None
-        if res is not None:
+        if res is not None and may_act():
             self.reporter.resources(res, record, solution)
