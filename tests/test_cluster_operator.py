@@ -22,6 +22,7 @@ from cluster_fixtures import (
     gpus,
     granted,
     plan,
+    pod,
     policy,
     running_agent,
     service,
@@ -148,6 +149,9 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
               what="the agent following the plan")
         # The rack's own limit holds on its node's GPUs though the site has room (1000 W less 3 % headroom).
         until(lambda: sum(g.limit_mw for g in nvml.gpus) / 1000 <= 970.0 + 1.0, what="the rack's limit held")
+        # The GPUs no pod of an LLMService holds (held at their minimum) are named on the policy.
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("unowned_gpus")
+              == ["gpu-a/2", "gpu-a/3"], what="the unowned GPUs reported")
         safe = (plan(emu) or {})["spec"]["safe_caps_w"]
         assert len(safe) == 4 and sum(safe.values()) <= 970.0 + 0.5  # the agent's fail-safe fits the rack too
         # Deleting the policy tells every agent to restore the default limits.
@@ -275,4 +279,30 @@ def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_p
         assert len(sequences) >= 3, f"plans renewed {len(sequences)} times while the slow tick was blocked"
         assert len(renewals) >= 2 and loop.lease.held and loop.lease.valid()
         assert modes == {"following"}, modes
+        loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A pod scheduled onto an idle GPU: the GPU leaves its minimum limit for the service's cap within a few
+    fast ticks, though the next slow tick is a minute away."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    with running_agent(client, gpus()):
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"))
+        t0 = time.monotonic()
+
+        def limits() -> dict[str, float]:
+            loop.step(time.monotonic() - t0)
+            return dict((plan(emu) or {}).get("spec", {}).get("limits_w") or {})
+
+        held = until(lambda: len(limits()) == 4 and limits(), what="limits on the four GPUs")
+        assert held["2"] < held["0"] and held["3"] < held["0"], held  # idle: at their minimum
+        emu.put("", "pods", pod("vllm-chat-2", "chat", 1))
+        until(lambda: limits()["2"] == limits()["0"], timeout_s=5.0, what="the new replica's GPU at the cap")
+        assert loop.unowned == ["gpu-a/3"]
         loop.stand_down(release=False, now=time.monotonic() - t0)

@@ -52,7 +52,10 @@ SERVICE_STATUS: dict[str, Any] = {"type": "object", "properties": {
              "description": "What the stability gate or an actuator held back this cycle."}}}
 POLICY_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "leader": {"type": "string"}, "services": {"type": "integer"}, "budget_w": {"type": "number"},
-    "predicted_w": {"type": "number", "nullable": True}, "conditions": _conditions()}}
+    "predicted_w": {"type": "number", "nullable": True}, "conditions": _conditions(),
+    "unowned_gpus": {"type": "array", "items": {"type": "string"},
+                     "description": "GPUs (node/index) on the selected nodes no LLMService's pod holds: held at "
+                     "their minimum limit."}}}
 _GPU = {"type": "object", "properties": {
     **{k: {"type": "number", "nullable": True} for k in (
         "power_w", "energy_j", "limit_w", "min_w", "max_w", "default_w", "sm_clock_mhz")},

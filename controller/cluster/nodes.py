@@ -107,6 +107,11 @@ class NodePlans:
                     k += 1
         self.owners = owners
 
+    def unowned(self) -> list[str]:
+        """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
+        limit (reported on the PowerPolicy's status)."""
+        return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners)
+
     # -- GpuSource (fast loop) -----------------------------------------------------------------
     def _plans(self) -> list[dict[str, Any]]:
         answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=self.timeout_s)

@@ -48,6 +48,8 @@ from controller.telemetry.prometheus import PrometheusVllmSource
 from tuner import Tuner
 
 log = logging.getLogger("wattscale.operator")
+OWNER_TICKS = 10
+"""Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +101,11 @@ class ClusterLoop:
         self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
         self.next_slow = 0.0
         self.worker: SlowWorker | None = None
+        self.owners: SlowWorker | None = None
+        """Refreshes which pods hold which GPUs every `OWNER_TICKS` fast ticks, so a new replica gets its
+        service's cap within seconds (not a slow period) of being scheduled."""
+        self.next_owners = 0.0
+        self.unowned: list[str] = []
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -201,7 +208,17 @@ class ClusterLoop:
         self.budget.restart(s, c, self._now)
         self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
                                  self._slow_failed)
+        self.owners = SlowWorker(lambda: self._refresh_owners(c, plans),
+                                 lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
+        self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
+
+    def _refresh_owners(self, c: Controller, plans: NodePlans) -> None:
+        plans.refresh_owners(self._pods(c.settings))
+        unowned = plans.unowned()
+        if unowned != self.unowned:
+            log.info("GPUs no LLMService's pod holds (held at their minimum limit): %s", unowned or "none")
+        self.unowned = unowned
 
     def _overrun(self) -> None:
         self.metrics.errors.labels("slow_overrun").inc()
@@ -211,9 +228,10 @@ class ClusterLoop:
         log.warning("slow tick failed: %r", exc, exc_info=True)
 
     def _stop_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
+        for worker in (self.worker, self.owners):
+            if worker is not None:
+                worker.stop()
+        self.worker = self.owners = None
 
     def _now(self) -> float:
         return time.monotonic() + self.offset
@@ -291,6 +309,9 @@ class ClusterLoop:
         if now >= self.next_slow and self.worker is not None:
             self.next_slow = now + c.settings.daemon.slow_interval_s
             self.worker.wake()
+        if now >= self.next_owners and self.owners is not None:
+            self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
+            self.owners.wake()
         return c.settings.daemon.fast_interval_s
 
     def _slow(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool], now: float) -> None:
@@ -313,8 +334,8 @@ class ClusterLoop:
                 plans.ensure(res.policy.node_selector)
             except Exception as exc:
                 c.error("node_plans", str(exc))
-        plans.refresh_owners(self._pods(c.settings))
+        self._refresh_owners(c, plans)
         solution = c.tick_slow(now)
         record = self.decisions.last if self.decisions is not None else None
         if res is not None and may_act():
-            self.reporter.resources(res, record, solution)
+            self.reporter.resources(res, record, solution, self.unowned)

@@ -113,8 +113,9 @@ class Reporter:
             log.warning("event on %s %s not posted: %s", kind, meta["name"], exc)
 
     def resources(self, res: Resources, record: dict[str, Any] | None = None,
-                  solution: Solution | None = None) -> None:
-        """Every resource's status; an Event for every decision that changes something and every refusal."""
+                  solution: Solution | None = None, unowned: list[str] | None = None) -> None:
+        """Every resource's status; an Event for every decision that changes something and every refusal;
+        on the policy, the GPUs no service owns (`unowned`, where known)."""
         for key, obj in res.objects.items():
             ns, name = key.split("/", 1)
             err = res.errors.get(key)
@@ -138,6 +139,8 @@ class Reporter:
                                      str(policy_err) if policy_err else "this operator holds the Lease and acts")]}
         if budget is not None:
             pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"))
+        if unowned is not None:
+            pstatus["unowned_gpus"] = unowned
         policy = res.policy_obj
         old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
         if policy_err is not None and old.get("message") != str(policy_err):
