@@ -289,7 +289,7 @@ def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
     emu, client = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    body["spec"].update(daemon={"fast_interval_s": 0.2, "slow_interval_s": 60.0}, safe_cap_share=0.5)
     emu.put(GROUP, POLICIES, body)
     with running_agent(client, gpus()):
         loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
@@ -302,6 +302,7 @@ def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
 
         held = until(lambda: len(limits()) == 4 and limits(), what="limits on the four GPUs")
         assert held["2"] < held["0"] and held["3"] < held["0"], held  # idle: at their minimum
+        assert (plan(emu) or {})["spec"]["safe_cap_share"] == 0.5  # the policy's, for the agent
         emu.put("", "pods", pod("vllm-chat-2", "chat", 1))
         until(lambda: limits()["2"] == limits()["0"], timeout_s=5.0, what="the new replica's GPU at the cap")
         assert loop.unowned == ["gpu-a/3"]

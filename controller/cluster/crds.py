@@ -68,7 +68,10 @@ PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "limits_w": {"type": "object", "additionalProperties": {"type": "number"},
                  "description": "Power limit per GPU (NVML index) in W."},
     "safe_caps_w": {"type": "object", "additionalProperties": {"type": "number"},
-                    "description": "Per GPU, the limit set when the plan goes stale (never a rise)."}}}
+                    "description": "Per GPU, the limit set when the plan goes stale (never a rise)."},
+    "safe_cap_share": {"type": "number", "minimum": 0.0, "maximum": 1.0,
+                       "description": "The PowerPolicy's: for a GPU without a safe cap, this share of its "
+                       "maximum limit (the agent's --safe-cap-share where absent)."}}}
 PLAN_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "beat": {"type": "integer"}, "mode": {"type": "string", "enum": ["starting", "following", "failsafe",
                                                                        "released"]},

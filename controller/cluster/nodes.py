@@ -75,7 +75,8 @@ class NodePlans:
                 if node not in have:
                     self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
                         "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
-                        "spec": {"sequence": 0, "ttl_s": self.plan_ttl_s, "limits_w": {}, "safe_caps_w": {}}},
+                        "spec": {"sequence": 0, "ttl_s": self.plan_ttl_s, "limits_w": {}, "safe_caps_w": {},
+                                 "safe_cap_share": self.safe_cap_share}},
                         _request_timeout=self.timeout_s)
                     log.info("created the NodePowerPlan of node %s", node)
         except Exception as exc:
@@ -179,7 +180,7 @@ class NodePlans:
 
     def _write(self, node: str, spec: dict[str, Any], now: float) -> list[str]:
         seq = self.sequence.get(node, 0) + 1
-        body = {"spec": {**spec, "sequence": seq, "ttl_s": self.plan_ttl_s}}
+        body = {"spec": {**spec, "sequence": seq, "ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}}
         try:
             self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
                                                     _content_type=MERGE)

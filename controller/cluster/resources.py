@@ -77,7 +77,7 @@ class PowerPolicySpec:
     """A node agent that has not seen its plan renewed for this long (s) sets the plan's safe caps."""
     safe_cap_share: float = 0.6
     """Until the operator has read a node's GPUs, the safe cap a plan carries is this share of each GPU's
-    maximum limit (never below its minimum)."""
+    maximum limit (never below its minimum): written into every NodePowerPlan, read by its agent."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     """The loops' periods and the fail-safe (state_dir, log_level and decision_log are the operator's flags)."""
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
