@@ -216,8 +216,12 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
     twin = until(lambda: status_of(emu, "twin").get("conditions"), what="twin's report")[0]
     assert twin["message"] == "spec.variants[0].deployment: llm/vllm-chat is already LLMService llm/chat's"
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"plan_ttl_s": 7.0}})  # the plans carry a TTL edit
+    for k in range(12, 18):
+        loop.step(0.2 * k)
+    until(lambda: loop.step(3.6) and (plan(emu) or {})["spec"]["ttl_s"] == 7.0, what="the plan's new TTL")
     emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
-    for k in range(12, 24):
+    for k in range(18, 24):
         loop.step(0.2 * k)
     got = until(lambda: [c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
                          if c["status"] == "False"], what="the policy's error")[0]

@@ -58,6 +58,14 @@ class NodePlans:
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
 
+    def configure(self, plan_ttl_s: float, safe_cap_share: float) -> None:
+        """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
+        the next flush (an agent must not time a renewal by the old TTL)."""
+        self.plan_ttl_s, self.safe_cap_share = plan_ttl_s, safe_cap_share
+
+    def _settings(self) -> dict[str, float]:
+        return {"ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}
+
     def _where(self) -> dict[int, tuple[str, int]]:
         return {i: key for key, i in self.index.items()}
 
@@ -75,8 +83,7 @@ class NodePlans:
                 if node not in have:
                     self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
                         "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
-                        "spec": {"sequence": 0, "ttl_s": self.plan_ttl_s, "limits_w": {}, "safe_caps_w": {},
-                                 "safe_cap_share": self.safe_cap_share}},
+                        "spec": {"sequence": 0, "limits_w": {}, "safe_caps_w": {}, **self._settings()}},
                         _request_timeout=self.timeout_s)
                     log.info("created the NodePowerPlan of node %s", node)
         except Exception as exc:
@@ -172,7 +179,8 @@ class NodePlans:
         for node in sorted(set(self.sequence) | set(self.pending)):
             old = self.written.get(node, {})
             limits = {**old.get("limits_w", {}), **self.pending.pop(node, {})}
-            spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False}
+            spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False,
+                    **self._settings()}
             if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
                 continue
             failed += self._write(node, spec, now)
@@ -180,7 +188,7 @@ class NodePlans:
 
     def _write(self, node: str, spec: dict[str, Any], now: float) -> list[str]:
         seq = self.sequence.get(node, 0) + 1
-        body = {"spec": {**spec, "sequence": seq, "ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}}
+        body = {"spec": {**self._settings(), **spec, "sequence": seq}}
         try:
             self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
                                                     _content_type=MERGE)
@@ -207,7 +215,8 @@ class NodePlans:
             self.sequence[node] = int(spec.get("sequence", 0))
             held[node] = {k: float(v) for k, v in (spec.get("limits_w") or {}).items()}
             self.written[node] = {"limits_w": dict(spec.get("limits_w") or {}),
-                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False}
+                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False,
+                                  "ttl_s": spec.get("ttl_s"), "safe_cap_share": spec.get("safe_cap_share")}
         return held
 
 

@@ -330,6 +330,7 @@ class ClusterLoop:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
         if res is not None and res.policy is not None and may_act():
+            plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share)
             try:
                 plans.ensure(res.policy.node_selector)
             except Exception as exc:
