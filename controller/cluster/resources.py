@@ -99,6 +99,10 @@ class PowerPolicySpec:
         if self.plan_ttl_s < 3 * self.daemon.fast_interval_s:
             raise ConfigError(f"{where}.plan_ttl_s", f"{self.plan_ttl_s:g} s must be at least three fast ticks "
                               f"({3 * self.daemon.fast_interval_s:g} s): a plan is renewed once a tick")
+        locked = sorted(c for c in self.optimizer.clock_levels if c < 1.0)
+        if locked:  # before the daemon's settings check, whose advice (actuators.clocks) a policy cannot follow
+            raise ConfigError(f"{where}.optimizer.clock_levels", f"{locked}: clocks are not available in cluster "
+                              "mode (the node agents set power limits only); keep clock_levels = [1.0]")
 
 
 @dataclass(frozen=True)
