@@ -35,8 +35,9 @@ from kube_emulator import PATH, KubeEmulator
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
+from controller.cluster.nodes import NodePlans
 from controller.cluster.operator import ClusterLoop
-from controller.cluster.resources import GROUP, POLICIES, SERVICES
+from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
 
@@ -311,3 +312,28 @@ def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
         until(lambda: limits()["2"] == limits()["0"], timeout_s=5.0, what="the new replica's GPU at the cap")
         assert loop.unowned == ["gpu-a/3"]
         loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_counted(
+        cluster: tuple[KubeEmulator, Any]) -> None:
+    """One agent's bad entries (a null limit, no uuid, no index, a text reading, not an object) cost only those
+    GPUs; its good entry and the other node's GPUs are read."""
+    emu, client = cluster
+
+    def gpu(index: Any, **fields: Any) -> dict[str, Any]:
+        return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "power_w": 300.0, "energy_j": 1.0,
+                "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0, **fields}
+
+    bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
+           {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5"]
+    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
+        emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": node},
+                               "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
+    counted: list[str] = []
+    plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
+    got = plans.sample(0.0)
+    assert sorted((plans._where()[s.index], s.uuid) for s in got) == [
+        (("gpu-a", 0), "GPU-0"), (("gpu-b", 0), "GPU-0"), (("gpu-b", 1), "GPU-1")]
+    assert counted == ["gpu-a"] * 5
+    plans.sample(1.0)  # counted each time, logged once
+    assert len(counted) == 10 and len(plans.bad) == 5

@@ -56,10 +56,11 @@ POLICY_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "unowned_gpus": {"type": "array", "items": {"type": "string"},
                      "description": "GPUs (node/index) on the selected nodes no LLMService's pod holds: held at "
                      "their minimum limit."}}}
-_GPU = {"type": "object", "properties": {
-    **{k: {"type": "number", "nullable": True} for k in (
-        "power_w", "energy_j", "limit_w", "min_w", "max_w", "default_w", "sm_clock_mhz")},
-    "index": {"type": "integer"}, "uuid": {"type": "string"}, "name": {"type": "string"}}}
+_GPU = {"type": "object", "required": ["index", "uuid", "limit_w", "min_w", "max_w"], "properties": {
+    **{k: {"type": "number", "nullable": True} for k in ("power_w", "energy_j", "default_w", "sm_clock_mhz")},
+    **{k: {"type": "number"} for k in ("limit_w", "min_w", "max_w")},
+    "index": {"type": "integer", "minimum": 0}, "uuid": {"type": "string", "minLength": 1},
+    "name": {"type": "string"}}}
 PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "sequence": {"type": "integer", "description": "Moved by the operator at every renewal; the agent fails "
                  "closed when it has not moved for ttl_s."},

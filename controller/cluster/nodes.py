@@ -11,7 +11,8 @@ node may see each other's GPUs swapped (docs/cluster.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actuators import PermanentActuatorError
@@ -23,6 +24,27 @@ from controller.telemetry.base import GpuSample, TelemetryError
 log = logging.getLogger("wattscale.operator")
 GPU_RESOURCE = "nvidia.com/gpu"
 MERGE = "application/merge-patch+json"
+
+
+def _number(value: Any, field: str, required: bool) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _reading(g: Any) -> tuple[Any, ...]:
+    """(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, sm_clock_mhz) of one GPU entry an agent
+    reported; KeyError, TypeError or ValueError where it is malformed."""
+    index, uuid = g["index"], g["uuid"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
+    if not isinstance(uuid, str) or not uuid:
+        raise ValueError(f"uuid must be a string, got {uuid!r}")
+    return (index, uuid, str(g.get("name") or ""),
+            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"))
+              for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
 
 
 def _gpus_of(pod: Mapping[str, Any]) -> int:
@@ -37,7 +59,7 @@ class NodePlans:
     name = "node-plans"
 
     def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, on_bad: Callable[[str], None] = lambda node: None) -> None:
         from kubernetes.client import CoreV1Api, CustomObjectsApi
 
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
@@ -55,6 +77,10 @@ class NodePlans:
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.sequence: dict[str, int] = {}
         self.renewed: dict[str, float] = {}
+        self.on_bad = on_bad
+        """Called with the node for every malformed GPU entry its agent reports (the operator counts them)."""
+        self.bad: dict[tuple[str, int], str] = {}
+        """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
 
@@ -140,16 +166,31 @@ class NodePlans:
                 self.beats[node] = (beat, now)
             elif now - last[1] > self.stale_after_s:
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
-            for g in status.get("gpus", []):
-                key = (node, int(g["index"]))
+            gpus = status.get("gpus")
+            for k, g in enumerate(gpus if isinstance(gpus, list) else []):
+                try:
+                    local, uuid, name, *watts = _reading(g)
+                except (KeyError, TypeError, ValueError) as exc:
+                    self._bad(node, k, exc)
+                    continue
+                key = (node, local)
                 index = self.index.setdefault(key, len(self.index))
                 service, variant = self.owners.get(key, (None, None))
-                sample = GpuSample(index, str(g["uuid"]), str(g.get("name", "")), g.get("power_w"), g.get("energy_j"),
-                                   float(g["limit_w"]), float(g["min_w"]), float(g["max_w"]), g.get("sm_clock_mhz"),
-                                   service, variant)
+                power_w, energy_j, limit_w, min_w, max_w, clock = watts
+                assert limit_w is not None and min_w is not None and max_w is not None
+                sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)
         return out
+
+    def _bad(self, node: str, k: int, exc: Exception) -> None:
+        """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged
+        once while it stays bad."""
+        self.on_bad(node)
+        why = f"{type(exc).__name__}: {exc}"
+        if self.bad.get((node, k)) != why:
+            log.warning("NodePowerPlan %s: status.gpus[%d] skipped: %s", node, k, why)
+        self.bad[node, k] = why
 
     # -- PowerLimiter (fast loop) ---------------------------------------------------------------
     def set_power_limit(self, gpu_index: int, watts: float) -> float:

@@ -181,7 +181,8 @@ class ClusterLoop:
         assert res.settings is not None and res.policy is not None
         s, p = res.settings, res.policy
         self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
-                                       max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s)
+                                       max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s,
+                                       lambda node: self.metrics.errors.labels("node_status").inc())
         self._targets(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
