@@ -36,8 +36,9 @@ from kube_emulator import PATH, KubeEmulator
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
 from controller.cluster.nodes import NodePlans
-from controller.cluster.operator import ClusterLoop
+from controller.cluster.operator import ClusterLoop, Resources
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
+from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
 
@@ -337,3 +338,23 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     assert counted == ["gpu-a"] * 5
     plans.sample(1.0)  # counted each time, logged once
     assert len(counted) == 10 and len(plans.bad) == 5
+
+
+def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_changes(
+        cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    res = Resources(None, None, {}, {f"{NS}/chat": emu.get(GROUP, SERVICES, "chat", NS) or {}},
+                    emu.get(GROUP, POLICIES, "default") or {})
+
+    def record(replicas: int) -> dict[str, Any]:
+        shape = {"accelerator": "H100-SXM", "max_batch": 64, "cap_w": 500.0}
+        return {"services": {f"{NS}/chat": {"planned": {**shape, "replicas": replicas}, "in_force": {
+            **shape, "replicas": 1}, "short_rps": 0.0, "reason": "", "actuator_held": ["replicas: still rolling"]}}}
+
+    reporter = Reporter(client, "wattscale", "me")
+    for r in (3, 3, 3, 4, 4, 3):
+        reporter.resources(res, record(r))
+    texts = [e["message"] for e in events_on(emu, "chat") if e["reason"] == "Decision"]
+    assert [t.split(" ")[1] for t in texts] == ["3xH100-SXM", "4xH100-SXM", "3xH100-SXM"], texts

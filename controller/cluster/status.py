@@ -1,6 +1,6 @@
 """What the operator writes back: each resource's status (the decision, predicted against observed latency,
 any shortfall and its reason, conditions that name a bad field) and an Event on the resource for every
-decision that changes something. Failures to write are logged once a run and never stop the loop."""
+decision that changes something (once per text: a plan held back cycle after cycle posts once). Failures to write are logged once a run and never stop the loop."""
 
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ class Reporter:
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
         self.failing = False
+        self.posted: dict[str, str | None] = {}
+        """LLMService -> the decision text last seen: an Event only when it changes (a plan held back by the
+        gate or an actuator reads the same every cycle)."""
 
     def _patch_status(self, namespace: str | None, plural: str, name: str, status: dict[str, Any]) -> None:
         body = {"status": status}
@@ -128,8 +131,9 @@ class Reporter:
             else:
                 status = service_status(key, obj, record, solution)
                 text = changed(record, key)
-                if text is not None:
+                if text is not None and text != self.posted.get(key):
                     self.event(obj, "LLMService", "Decision", text)
+                self.posted[key] = text
             self._patch_status(ns, SERVICES, name, status)
         policy_err = res.errors.get("policy")
         budget = (record or {}).get("budget_w")
