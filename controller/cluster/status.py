@@ -1,6 +1,7 @@
 """What the operator writes back: each resource's status (the decision, predicted against observed latency,
 any shortfall and its reason, conditions that name a bad field) and an Event on the resource for every
-decision that changes something (once per text: a plan held back cycle after cycle posts once). Failures to write are logged once a run and never stop the loop."""
+decision that changes something (once per text: a plan held back cycle after cycle posts once). Failures
+to write are logged once a run and never stop the loop."""
 
 from __future__ import annotations
 
