@@ -35,6 +35,7 @@ from kube_emulator import PATH, KubeEmulator
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
+from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans
 from controller.cluster.operator import ClusterLoop, Resources
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
@@ -358,3 +359,31 @@ def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_c
         reporter.resources(res, record(r))
     texts = [e["message"] for e in events_on(emu, "chat") if e["reason"] == "Decision"]
     assert [t.split(" ")[1] for t in texts] == ["3xH100-SXM", "4xH100-SXM", "3xH100-SXM"], texts
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_standby_times_the_leaders_lease_on_its_own_clock_whatever_the_leaders_clock_says(
+        cluster: tuple[KubeEmulator, Any], skew_s: float) -> None:
+    """The leader's clock an hour behind (or ahead): the standby waits while the Lease moves, and takes it
+    one lease duration after it stops moving, by its own clock."""
+    import datetime as dt
+
+    emu, client = cluster
+
+    def renew(k: int) -> None:
+        stamp = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=skew_s + k)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = {"metadata": {"name": "wattscale-operator", "namespace": "wattscale"}, "spec": {
+            "holderIdentity": "leader", "leaseDurationSeconds": 1, "renewTime": stamp, "acquireTime": stamp}}
+        if k == 0:
+            emu.put("coordination.k8s.io", "leases", lease)
+        else:
+            emu.patch("coordination.k8s.io", "leases", "wattscale-operator", lease, "wattscale")
+
+    standby = Lease(client, "wattscale", "wattscale-operator", "standby", duration_s=1.0)
+    for k in range(6):  # the leader renews every 0.3 s for 1.5 s: never taken
+        renew(k)
+        stopped = time.monotonic()
+        assert not standby.hold()
+        time.sleep(0.3)
+    until(standby.hold, timeout_s=5.0, what="the Lease taken once it stops moving")
+    assert time.monotonic() - stopped >= 1.0

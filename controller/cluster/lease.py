@@ -1,7 +1,7 @@
 """One active operator: a `coordination.k8s.io/v1` Lease, taken and renewed with the resourceVersion checked,
 so of two operators that race for it one wins (the API server answers the other 409). A passive operator
-watches and waits; it takes the Lease once the holder has not renewed it for `duration_s`, or at once when
-the holder gives it back on a clean exit."""
+watches and waits; it takes the Lease once it has seen no renewal for `duration_s` on its own clock (never
+by comparing the holder's renewTime with it), or at once when the holder gives it back on a clean exit."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ class Lease:
         self.held = False
         self.renewed_at = -1e18
         """When (monotonic) the request that last took or renewed the Lease was started."""
+        self.observed: tuple[Any, ...] | None = None
+        self.observed_at = 0.0
+        """The Lease's record (holder, renewTime, resourceVersion) as last read, and when (monotonic) it last
+        changed: another holder's Lease expires `duration` after this process last saw it move, as client-go
+        times it, so no clock skew between pods shortens or stretches it."""
 
     def valid(self) -> bool:
         """Whether this operator may act now: it holds the Lease and renewed it within its duration (a step
@@ -63,7 +68,10 @@ class Lease:
                 return self._became(True)
             holder, renewed = old.spec.holder_identity, old.spec.renew_time
             duration = old.spec.lease_duration_seconds or self.duration_s
-            expired = renewed is None or (_now() - renewed).total_seconds() > duration
+            record = (holder, renewed, old.metadata.resource_version)
+            if record != self.observed:
+                self.observed, self.observed_at = record, started
+            expired = renewed is None or started - self.observed_at > duration
             if holder and holder != self.identity and not expired:
                 return self._became(False)
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
