@@ -387,3 +387,28 @@ def test_a_standby_times_the_leaders_lease_on_its_own_clock_whatever_the_leaders
         time.sleep(0.3)
     until(standby.hold, timeout_s=5.0, what="the Lease taken once it stops moving")
     assert time.monotonic() - stopped >= 1.0
+
+
+def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A Deployment that cannot be read (here: gone) between two owner refreshes: its GPUs keep their service
+    (not dropped to the minimum as unowned); the failure is counted every refresh and logged once."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    with running_agent(client, gpus()):
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"))
+        t0 = time.monotonic()
+        until(lambda: loop.step(time.monotonic() - t0) and loop.plans is not None and len(loop.plans.index) == 4,
+              what="the four GPUs read")
+        until(lambda: loop.step(time.monotonic() - t0) and loop.unowned == ["gpu-a/2", "gpu-a/3"], what="owners")
+        emu.delete("apps", "deployments", "vllm-chat", NS)
+        failed = loop.metrics.errors.labels("pods")
+        until(lambda: loop.step(time.monotonic() - t0) and failed._value.get() >= 2, timeout_s=8.0,
+              what="two failed refreshes")
+        assert loop.plans.owners == {("gpu-a", 0): (f"{NS}/chat", "H100-SXM"), ("gpu-a", 1): (f"{NS}/chat", "H100-SXM")}
+        assert sum("pods of llm/vllm-chat" in r.getMessage() for r in caplog.records) == 1
+        loop.stand_down(release=False, now=time.monotonic() - t0)

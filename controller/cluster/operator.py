@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -50,6 +50,14 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _update_in_place(target: dict[K, V], new: dict[K, V]) -> None:
+    target.update(new)
+    for key in [k for k in target if k not in new]:
+        del target[key]
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +114,8 @@ class ClusterLoop:
         service's cap within seconds (not a slow period) of being scheduled."""
         self.next_owners = 0.0
         self.unowned: list[str] = []
+        self.pods_failing: set[str] = set()
+        """Deployments whose pods could not be listed (logged once while so)."""
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -196,7 +206,9 @@ class ClusterLoop:
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
         c = Controller(s, plans, self._vllm(s), plans, batch, replicas, tuner, self.metrics, self.decisions)
         plans.ensure(p.node_selector)
-        plans.refresh_owners(self._pods(s))
+        pods = self._pods()
+        if pods is not None:
+            plans.refresh_owners(pods)
         held = owner_caps(plans, plans.adopt())
         for name, a in list(c.assignments.items()):
             if (name, a.accelerator) in held:
@@ -209,13 +221,16 @@ class ClusterLoop:
         self.budget.restart(s, c, self._now)
         self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
                                  self._slow_failed)
-        self.owners = SlowWorker(lambda: self._refresh_owners(c, plans),
+        self.owners = SlowWorker(lambda: self._refresh_owners(plans),
                                  lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
         self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
 
-    def _refresh_owners(self, c: Controller, plans: NodePlans) -> None:
-        plans.refresh_owners(self._pods(c.settings))
+    def _refresh_owners(self, plans: NodePlans) -> None:
+        pods = self._pods()
+        if pods is None:
+            return
+        plans.refresh_owners(pods)
         unowned = plans.unowned()
         if unowned != self.unowned:
             log.info("GPUs no LLMService's pod holds (held at their minimum limit): %s", unowned or "none")
@@ -243,21 +258,28 @@ class ClusterLoop:
         return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s)
 
     def _targets(self, s: Settings) -> None:
-        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them)."""
-        self.replica_targets.clear()
-        self.batch_targets.clear()
+        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
+        the owners' worker reads them meanwhile, so they are never empty between two settings)."""
+        batch: dict[str, tuple[DeploymentRef, ...]] = {}
+        replica: dict[tuple[str, str], DeploymentRef] = {}
         for svc in s.services:
             ns = svc.name.split("/", 1)[0]
             refs = tuple(DeploymentRef(ns, v.deployment) for v in svc.variants)
-            self.batch_targets[svc.name] = refs
+            batch[svc.name] = refs
             for v, ref in zip(svc.variants, refs, strict=True):
-                self.replica_targets[svc.name, v.accelerator] = ref
+                replica[svc.name, v.accelerator] = ref
+        _update_in_place(self.batch_targets, batch)
+        _update_in_place(self.replica_targets, replica)
 
-    def _pods(self, s: Settings) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service."""
+    def _pods(self) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
+        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service; None where
+        one could not be read (the owners known are kept: a GPU of an unread service is not dropped to its
+        minimum). A failure is counted each time, logged once while it lasts."""
         out: dict[tuple[str, str], list[dict[str, Any]]] = {}
         sanitize = self.client.sanitize_for_serialization
-        for (service, variant), ref in self.replica_targets.items():
+        complete = True
+        for (service, variant), ref in list(self.replica_targets.items()):
+            what = f"{ref.namespace}/{ref.name}"
             try:
                 d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
                 labels = d.spec.selector.match_labels or {}
@@ -265,10 +287,14 @@ class ClusterLoop:
                     f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
             except Exception as exc:
                 self.metrics.errors.labels("pods").inc()
-                log.warning("%s", translate(exc, f"pods of {ref.namespace}/{ref.name}"))
+                if what not in self.pods_failing:
+                    log.warning("%s", translate(exc, f"pods of {what}"))
+                self.pods_failing.add(what)
+                complete = False
                 continue
+            self.pods_failing.discard(what)
             out[service, variant] = [sanitize(p) for p in pods.items]
-        return out
+        return out if complete else None
 
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
@@ -336,7 +362,7 @@ class ClusterLoop:
                 plans.ensure(res.policy.node_selector)
             except Exception as exc:
                 c.error("node_plans", str(exc))
-        self._refresh_owners(c, plans)
+        self._refresh_owners(plans)
         solution = c.tick_slow(now)
         record = self.decisions.last if self.decisions is not None else None
         if res is not None and may_act():
