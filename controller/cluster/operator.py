@@ -15,14 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, translate
+from actuators.kubernetes import KubernetesReplicaScaler, translate
 from actuators.kubernetes_batch import KubernetesBatchSizer
 from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
+from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans, owner_caps
 from controller.cluster.resources import (
@@ -50,14 +51,6 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _update_in_place(target: dict[K, V], new: dict[K, V]) -> None:
-    target.update(new)
-    for key in [k for k in target if k not in new]:
-        del target[key]
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -94,10 +87,10 @@ class Resources:
 class ClusterLoop:
     def __init__(self, api_client: Any, policy_name: str, identity: str, namespace: str, state_dir: str,
                  metrics: OwnMetrics | None = None, lease_s: float = 15.0) -> None:
-        from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+        from kubernetes.client import CustomObjectsApi
 
         self.client, self.policy_name, self.state_dir = api_client, policy_name, state_dir
-        self.custom, self.apps, self.core = CustomObjectsApi(api_client), AppsV1Api(api_client), CoreV1Api(api_client)
+        self.custom = CustomObjectsApi(api_client)
         self.lease = Lease(api_client, namespace, "wattscale-operator", identity, lease_s)
         self.metrics = metrics or OwnMetrics(CollectorRegistry())
         """The daemon's metrics (one set per operator process: a policy deleted and made again reuses them)."""
@@ -105,8 +98,7 @@ class ClusterLoop:
         self.controller: Controller | None = None
         self.plans: NodePlans | None = None
         self.decisions: KeptDecisions | None = None
-        self.replica_targets: dict[tuple[str, str], DeploymentRef] = {}
-        self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
+        self.deployments = Deployments(api_client, self.metrics)
         self.next_slow = 0.0
         self.worker: SlowWorker | None = None
         self.owners: SlowWorker | None = None
@@ -114,8 +106,6 @@ class ClusterLoop:
         service's cap within seconds (not a slow period) of being scheduled."""
         self.next_owners = 0.0
         self.unowned: list[str] = []
-        self.pods_failing: set[str] = set()
-        """Deployments whose pods could not be listed (logged once while so)."""
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -145,7 +135,7 @@ class ClusterLoop:
             ns, name = key.split("/", 1)
             try:
                 svc = service_settings(ns, name, _spec(obj))
-                self._check_deployments(svc)
+                self.deployments.check(svc)
                 for i, v in enumerate(svc.variants):
                     other = owners.setdefault((ns, v.deployment), key)
                     if other != key:
@@ -171,19 +161,6 @@ class ClusterLoop:
                 errors[named[0]] = ConfigError(named[1], exc.reason)
         return Resources(None, policy, errors, objects, policy_obj)
 
-    def _check_deployments(self, svc: ServiceSettings) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        ns = svc.name.split("/", 1)[0]
-        for i, v in enumerate(svc.variants):
-            try:
-                self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"no Deployment {ns}/{v.deployment}") \
-                        from None
-                raise translate(exc, f"Deployment {ns}/{v.deployment}") from exc
-
     # -- leadership ------------------------------------------------------------------------------
     def _lead(self, res: Resources, now: float) -> Controller:
         """Become the acting operator: the Controller built on the cluster's parts, started from the limits the
@@ -193,20 +170,20 @@ class ClusterLoop:
         self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
                                        max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s,
                                        lambda node: self.metrics.errors.labels("node_status").inc())
-        self._targets(s)
+        self.deployments.target(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         def may_act() -> bool:  # this leadership's slow tick, the Lease still held
             return self.lease.valid() and self.controller is c
 
-        replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.replica_targets,
+        replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.deployments.replica_targets,
                                                            s.actuators.kubernetes_timeout_s), may_act)
-        batch = GuardedBatch(KubernetesBatchSizer(self.client, self.batch_targets,
+        batch = GuardedBatch(KubernetesBatchSizer(self.client, self.deployments.batch_targets,
                                                   {x.name: x.initial_max_batch for x in s.services}), may_act)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
         c = Controller(s, plans, self._vllm(s), plans, batch, replicas, tuner, self.metrics, self.decisions)
         plans.ensure(p.node_selector)
-        pods = self._pods()
+        pods = self.deployments.pods()
         if pods is not None:
             plans.refresh_owners(pods)
         held = owner_caps(plans, plans.adopt())
@@ -227,7 +204,7 @@ class ClusterLoop:
         return c
 
     def _refresh_owners(self, plans: NodePlans) -> None:
-        pods = self._pods()
+        pods = self.deployments.pods()
         if pods is None:
             return
         plans.refresh_owners(pods)
@@ -256,45 +233,6 @@ class ClusterLoop:
     def _vllm(self, s: Settings) -> PrometheusVllmSource:
         t = s.telemetry
         return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s)
-
-    def _targets(self, s: Settings) -> None:
-        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
-        the owners' worker reads them meanwhile, so they are never empty between two settings)."""
-        batch: dict[str, tuple[DeploymentRef, ...]] = {}
-        replica: dict[tuple[str, str], DeploymentRef] = {}
-        for svc in s.services:
-            ns = svc.name.split("/", 1)[0]
-            refs = tuple(DeploymentRef(ns, v.deployment) for v in svc.variants)
-            batch[svc.name] = refs
-            for v, ref in zip(svc.variants, refs, strict=True):
-                replica[svc.name, v.accelerator] = ref
-        _update_in_place(self.batch_targets, batch)
-        _update_in_place(self.replica_targets, replica)
-
-    def _pods(self) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
-        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service; None where
-        one could not be read (the owners known are kept: a GPU of an unread service is not dropped to its
-        minimum). A failure is counted each time, logged once while it lasts."""
-        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        sanitize = self.client.sanitize_for_serialization
-        complete = True
-        for (service, variant), ref in list(self.replica_targets.items()):
-            what = f"{ref.namespace}/{ref.name}"
-            try:
-                d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
-                labels = d.spec.selector.match_labels or {}
-                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=",".join(
-                    f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
-            except Exception as exc:
-                self.metrics.errors.labels("pods").inc()
-                if what not in self.pods_failing:
-                    log.warning("%s", translate(exc, f"pods of {what}"))
-                self.pods_failing.add(what)
-                complete = False
-                continue
-            self.pods_failing.discard(what)
-            out[service, variant] = [sanitize(p) for p in pods.items]
-        return out if complete else None
 
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
@@ -352,7 +290,7 @@ class ClusterLoop:
         if res is not None and res.settings is not None and res.settings != c.settings:
             if res.settings.budget != c.settings.budget:
                 self.budget.restart(res.settings, c, self._now)
-            self._targets(res.settings)
+            self.deployments.target(res.settings)
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
