@@ -412,3 +412,30 @@ def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmu
         assert loop.plans.owners == {("gpu-a", 0): (f"{NS}/chat", "H100-SXM"), ("gpu-a", 1): (f"{NS}/chat", "H100-SXM")}
         assert sum("pods of llm/vllm-chat" in r.getMessage() for r in caplog.records) == 1
         loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[KubeEmulator, Any],
+                                                                  tmp_path: Path) -> None:
+    """The Lease taken by another while a slow tick is in flight: that tick's scale and patch calls are refused
+    (the Deployment is left as the new leader wants it)."""
+    from actuators import TransientActuatorError
+
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale", str(tmp_path / "state"))
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
+        "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
+    loop.step(0.2)
+    assert loop.controller is None and not loop.lease.valid()
+    with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
+        c.enforcer.replicas.set_replicas(f"{NS}/chat", "H100-SXM", 3)
+    with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
+        c.enforcer.batch.set_max_batch(f"{NS}/chat", 16)
+    assert replicas(emu, "vllm-chat") == 0 and max_num_seqs(emu, "vllm-chat") == 100
