@@ -173,6 +173,7 @@ class ClusterLoop:
         self.deployments.target(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+
         def may_act() -> bool:  # this leadership's slow tick, the Lease still held
             return self.lease.valid() and self.controller is c
 
@@ -287,7 +288,7 @@ class ClusterLoop:
         except Exception as exc:
             c.error("custom_resources", str(exc))
             res = None
-        if res is not None and res.settings is not None and res.settings != c.settings:
+        if res is not None and res.settings is not None and res.settings != c.settings and may_act():
             if res.settings.budget != c.settings.budget:
                 self.budget.restart(res.settings, c, self._now)
             self.deployments.target(res.settings)
