@@ -55,12 +55,16 @@ def with_flag(args: list[str], value: int) -> list[str]:
 
 
 def rolling(deployment: dict[str, Any]) -> bool:
-    """The Deployment's controller has not yet seen, or not yet rolled out, its latest template."""
+    """The Deployment's rollout is not complete, read as `kubectl rollout status` reads it: its controller has
+    not yet seen the latest spec, not every replica is updated (a field the API omits when zero), old replicas
+    are still there, or updated ones are not yet available."""
     meta, status = deployment["metadata"], deployment.get("status") or {}
     want = int(deployment["spec"].get("replicas", 1) or 0)
-    if int(status.get("observedGeneration", meta.get("generation", 1))) < int(meta.get("generation", 1)):
-        return True
-    return int(status.get("updatedReplicas", want)) < want
+    updated = int(status.get("updatedReplicas") or 0)
+    return (int(status.get("observedGeneration") or 0) < int(meta.get("generation", 1))
+            or updated < want
+            or int(status.get("replicas") or 0) > updated
+            or int(status.get("availableReplicas") or 0) < updated)
 
 
 class KubernetesBatchSizer:

@@ -3,7 +3,8 @@
 kopf and the official client talk to it as to an API server: discovery (`/api`, `/apis`), list and watch
 (chunked JSON lines from a resourceVersion), get, create, merge and JSON patches, replace with the
 resourceVersion checked (409 on a stale one, as a Lease's leader election needs), delete with finalizers
-(a deletionTimestamp until they are gone), and the `status` and `scale` subresources. Custom resources
+(a deletionTimestamp until they are gone), and the `status` and `scale` subresources. A minimal Deployment
+controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom resources
 are served once their CustomResourceDefinition is created (the files in deploy/). Kept in memory; the server
 runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
 
@@ -96,8 +97,10 @@ class Store:
 
 
 class KubeEmulator:
-    def __init__(self, watch_s: float = 30.0) -> None:
+    def __init__(self, watch_s: float = 30.0, rollout_s: float = 0.0) -> None:
         self.store = Store()
+        self.rollout_s = rollout_s
+        """How long a Deployment's rollout takes (0: its status is written at once)."""
         for k in BUILTIN:
             self.store.kinds[k.group, k.plural] = k
         self.watch_s = watch_s
@@ -182,7 +185,9 @@ class KubeEmulator:
             obj.setdefault("kind", kind.kind)
             if gp == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 self._register(obj)
-            return copy.deepcopy(self._write(key, obj, "ADDED"))
+            out = copy.deepcopy(self._write(key, obj, "ADDED"))
+            self._roll(key)
+            return out
 
     def _register(self, crd: dict[str, Any]) -> None:
         spec = crd["spec"]
@@ -224,11 +229,44 @@ class KubeEmulator:
                 new = merge(old, body, "strategic" in content_type)
             if sub == "status":
                 new = {**old, "status": new.get("status")}
-            elif "status" in kind.subresources and sub is None:
+            elif "status" in kind.subresources:  # the object itself or its scale: spec changes count
                 new["status"] = old.get("status")
                 if new.get("spec") != old.get("spec"):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-            return copy.deepcopy(self._write(key, new))
+            out = copy.deepcopy(self._write(key, new))
+            if sub != "status":
+                self._roll(key)
+            return out
+
+    # -- the Deployment controller -------------------------------------------------------------
+    def _roll(self, key: tuple[str, str, str, str]) -> None:
+        """A Deployment whose spec is not yet observed: observed at once; with a `rollout_s`, first with no
+        replica updated (a maxSurge 0 rollout's start: the old pods serve, and the API omits a zero field),
+        then, `rollout_s` later and if no newer change came, every replica updated and available."""
+        obj = self.store.objects.get(key)
+        if key[:2] != ("apps", "deployments") or obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        generation, status = obj["metadata"].get("generation", 1), dict(obj.get("status") or {})
+        if status.get("observedGeneration") == generation:
+            return
+        want = int(obj["spec"].get("replicas", 1))
+        done = {"observedGeneration": generation, "replicas": want, "updatedReplicas": want,
+                "availableReplicas": want}
+        if self.rollout_s <= 0:
+            self._write(key, {**obj, "status": {k: v for k, v in done.items() if v}})
+            return
+        serving = int(status.get("availableReplicas", 0))
+        interim = {"observedGeneration": generation, "replicas": serving, "availableReplicas": serving}
+        self._write(key, {**obj, "status": {k: v for k, v in interim.items() if v}})
+        timer = threading.Timer(self.rollout_s, self._rolled, (key, generation, done))
+        timer.daemon = True
+        timer.start()
+
+    def _rolled(self, key: tuple[str, str, str, str], generation: int, status: dict[str, int]) -> None:
+        with self.store.cond:
+            obj = self.store.objects.get(key)
+            if obj is not None and obj["metadata"].get("generation") == generation and not self.closing.is_set():
+                self._write(key, {**obj, "status": {k: v for k, v in status.items() if v}})
 
     def _list(self, gp: tuple[str, str], ns: str | None, selector: str) -> tuple[list[dict[str, Any]], int]:
         want = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)

@@ -58,6 +58,17 @@ def test_no_plan_sets_safe_caps_without_raising_a_limit(emu: KubeEmulator, tmp_p
     assert agent.metrics.failsafe.labels(NODE)._value.get() == 1.0
 
 
+def test_a_stale_plan_without_safe_caps_uses_the_policys_safe_cap_share(emu: KubeEmulator, tmp_path: Any) -> None:
+    """The plan carries the PowerPolicy's safe_cap_share: it, not the agent's flag, sets a GPU's safe cap where the
+    plan has none for it (a GPU the operator has not read yet)."""
+    nvml = FakeNvml([FakeGpu(), FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path)
+    put_plan(emu, 1, {"0": 650.0, "1": 650.0}, {"0": 300.0})
+    emu.patch(GROUP, PLANS, NODE, {"spec": {"safe_cap_share": 0.5}})
+    assert agent.step(0.0) == "following"
+    assert agent.step(11.0) == "failsafe" and limits(nvml) == [300.0, 350.0]  # 0.5 x 700 W, not 0.6
+
+
 def test_follows_a_renewed_plan_then_fails_closed_when_it_goes_stale(emu: KubeEmulator, tmp_path: Any) -> None:
     nvml = FakeNvml([FakeGpu(), FakeGpu()])
     agent = agent_on(emu, nvml, tmp_path)

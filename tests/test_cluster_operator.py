@@ -6,8 +6,11 @@ a second operator stays passive until the Lease is free."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from cluster_fixtures import (
     gpus,
     granted,
     plan,
+    pod,
     policy,
     running_agent,
     service,
@@ -31,8 +35,11 @@ from kube_emulator import PATH, KubeEmulator
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
-from controller.cluster.operator import ClusterLoop
-from controller.cluster.resources import GROUP, POLICIES, SERVICES
+from controller.cluster.lease import Lease
+from controller.cluster.nodes import NodePlans
+from controller.cluster.operator import ClusterLoop, Resources
+from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
+from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
 
@@ -52,6 +59,34 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[K
         yield emu, api_client(str(agent))
     finally:
         emu.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A loopback HTTP endpoint that accepts connections and never answers; closed (and so its clients
+    answered with an error) on exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(2.0)
+        for conn in accepted:
+            conn.close()
+        server.close()
 
 
 def verb(method: str, path: str) -> tuple[str, str, str]:
@@ -117,6 +152,9 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
               what="the agent following the plan")
         # The rack's own limit holds on its node's GPUs though the site has room (1000 W less 3 % headroom).
         until(lambda: sum(g.limit_mw for g in nvml.gpus) / 1000 <= 970.0 + 1.0, what="the rack's limit held")
+        # The GPUs no pod of an LLMService holds (held at their minimum) are named on the policy.
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("unowned_gpus")
+              == ["gpu-a/2", "gpu-a/3"], what="the unowned GPUs reported")
         safe = (plan(emu) or {})["spec"]["safe_caps_w"]
         assert len(safe) == 4 and sum(safe.values()) <= 970.0 + 0.5  # the agent's fail-safe fits the rack too
         # Deleting the policy tells every agent to restore the default limits.
@@ -176,14 +214,20 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     for k in range(12):
         loop.step(0.2 * k)
     assert loop.controller is not None and [s.name for s in loop.controller.settings.services] == [f"{NS}/chat"]
-    why = status_of(emu, "on-l4")["conditions"][0]
+    # the slow ticks run in the loop's worker thread: their reports come when they end
+    why = until(lambda: status_of(emu, "on-l4").get("conditions"), what="on-l4's report")[0]
     assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
-    assert status_of(emu, "twin")["conditions"][0]["message"] == ("spec.variants[0].deployment: llm/vllm-chat is "
-                                                                  "already LLMService llm/chat's")
-    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
-    for k in range(12, 24):
+    twin = until(lambda: status_of(emu, "twin").get("conditions"), what="twin's report")[0]
+    assert twin["message"] == "spec.variants[0].deployment: llm/vllm-chat is already LLMService llm/chat's"
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"plan_ttl_s": 7.0}})  # the plans carry a TTL edit
+    for k in range(12, 18):
         loop.step(0.2 * k)
-    got = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    until(lambda: loop.step(3.6) and (plan(emu) or {})["spec"]["ttl_s"] == 7.0, what="the plan's new TTL")
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
+    for k in range(18, 24):
+        loop.step(0.2 * k)
+    got = until(lambda: [c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
+                         if c["status"] == "False"], what="the policy's error")[0]
     assert got["status"] == "False" and got["message"] == "spec.power.budget_w: must be > 0, got -1.0"
     assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
     assert loop.controller.governor.settings.budget_w == 2400.0
@@ -208,3 +252,190 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
     assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out
+
+
+def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_plans_nor_the_lease(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A Prometheus that never answers holds the slow tick for its timeout (4 s, four slow periods): meanwhile
+    the fast step goes on every fast_interval_s, the node plan is renewed each quarter of its TTL (5 s; the
+    agent keeps following it) and the Lease (3 s) is renewed."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    with silent_server() as (url, accepted), running_agent(client, gpus()) as agent:
+        body = policy()
+        body["spec"].update(telemetry={"timeout_s": 4.0, "prometheus_url": url})
+        emu.put(GROUP, POLICIES, body)
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"), lease_s=3.0)
+        t0 = time.monotonic()
+        loop.step(0.0)
+        assert loop.controller is not None
+        steps, sequences, renewals, modes = [], set(), set(), set()
+        while time.monotonic() - t0 < 5.0:  # the slow tick is due at 1 s and blocked until 5 s at least
+            started = time.monotonic()
+            assert loop.step(started - t0) == 0.2
+            steps.append(time.monotonic() - started)
+            if accepted:  # the slow tick is blocked on it
+                sequences.add((plan(emu) or {})["spec"]["sequence"])
+                lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {}
+                renewals.add(lease["spec"]["renewTime"])
+                modes.add(agent.mode)
+            time.sleep(0.2)
+        assert accepted, "the slow tick asked the silent Prometheus"
+        assert max(steps) < 1.0, f"a fast step waited on the slow tick: {max(steps):.1f} s"
+        assert len(sequences) >= 3, f"plans renewed {len(sequences)} times while the slow tick was blocked"
+        assert len(renewals) >= 2 and loop.lease.held and loop.lease.valid()
+        assert modes == {"following"}, modes
+        loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A pod scheduled onto an idle GPU: the GPU leaves its minimum limit for the service's cap within a few
+    fast ticks, though the next slow tick is a minute away."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"].update(daemon={"fast_interval_s": 0.2, "slow_interval_s": 60.0}, safe_cap_share=0.5)
+    emu.put(GROUP, POLICIES, body)
+    with running_agent(client, gpus()):
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"))
+        t0 = time.monotonic()
+
+        def limits() -> dict[str, float]:
+            loop.step(time.monotonic() - t0)
+            return dict((plan(emu) or {}).get("spec", {}).get("limits_w") or {})
+
+        held = until(lambda: len(limits()) == 4 and limits(), what="limits on the four GPUs")
+        assert held["2"] < held["0"] and held["3"] < held["0"], held  # idle: at their minimum
+        assert (plan(emu) or {})["spec"]["safe_cap_share"] == 0.5  # the policy's, for the agent
+        emu.put("", "pods", pod("vllm-chat-2", "chat", 1))
+        until(lambda: limits()["2"] == limits()["0"], timeout_s=5.0, what="the new replica's GPU at the cap")
+        assert loop.unowned == ["gpu-a/3"]
+        loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_counted(
+        cluster: tuple[KubeEmulator, Any]) -> None:
+    """One agent's bad entries (a null limit, no uuid, no index, a text reading, not an object) cost only those
+    GPUs; its good entry and the other node's GPUs are read."""
+    emu, client = cluster
+
+    def gpu(index: Any, **fields: Any) -> dict[str, Any]:
+        return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "power_w": 300.0, "energy_j": 1.0,
+                "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0, **fields}
+
+    bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
+           {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5"]
+    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
+        emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": node},
+                               "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
+    counted: list[str] = []
+    plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
+    got = plans.sample(0.0)
+    assert sorted((plans._where()[s.index], s.uuid) for s in got) == [
+        (("gpu-a", 0), "GPU-0"), (("gpu-b", 0), "GPU-0"), (("gpu-b", 1), "GPU-1")]
+    assert counted == ["gpu-a"] * 5
+    plans.sample(1.0)  # counted each time, logged once
+    assert len(counted) == 10 and len(plans.bad) == 5
+
+
+def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_changes(
+        cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    res = Resources(None, None, {}, {f"{NS}/chat": emu.get(GROUP, SERVICES, "chat", NS) or {}},
+                    emu.get(GROUP, POLICIES, "default") or {})
+
+    def record(replicas: int) -> dict[str, Any]:
+        shape = {"accelerator": "H100-SXM", "max_batch": 64, "cap_w": 500.0}
+        return {"services": {f"{NS}/chat": {"planned": {**shape, "replicas": replicas}, "in_force": {
+            **shape, "replicas": 1}, "short_rps": 0.0, "reason": "", "actuator_held": ["replicas: still rolling"]}}}
+
+    reporter = Reporter(client, "wattscale", "me")
+    for r in (3, 3, 3, 4, 4, 3):
+        reporter.resources(res, record(r))
+    texts = [e["message"] for e in events_on(emu, "chat") if e["reason"] == "Decision"]
+    assert [t.split(" ")[1] for t in texts] == ["3xH100-SXM", "4xH100-SXM", "3xH100-SXM"], texts
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_standby_times_the_leaders_lease_on_its_own_clock_whatever_the_leaders_clock_says(
+        cluster: tuple[KubeEmulator, Any], skew_s: float) -> None:
+    """The leader's clock an hour behind (or ahead): the standby waits while the Lease moves, and takes it
+    one lease duration after it stops moving, by its own clock."""
+    import datetime as dt
+
+    emu, client = cluster
+
+    def renew(k: int) -> None:
+        stamp = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=skew_s + k)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = {"metadata": {"name": "wattscale-operator", "namespace": "wattscale"}, "spec": {
+            "holderIdentity": "leader", "leaseDurationSeconds": 1, "renewTime": stamp, "acquireTime": stamp}}
+        if k == 0:
+            emu.put("coordination.k8s.io", "leases", lease)
+        else:
+            emu.patch("coordination.k8s.io", "leases", "wattscale-operator", lease, "wattscale")
+
+    standby = Lease(client, "wattscale", "wattscale-operator", "standby", duration_s=1.0)
+    for k in range(6):  # the leader renews every 0.3 s for 1.5 s: never taken
+        renew(k)
+        stopped = time.monotonic()
+        assert not standby.hold()
+        time.sleep(0.3)
+    until(standby.hold, timeout_s=5.0, what="the Lease taken once it stops moving")
+    assert time.monotonic() - stopped >= 1.0
+
+
+def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A Deployment that cannot be read (here: gone) between two owner refreshes: its GPUs keep their service
+    (not dropped to the minimum as unowned); the failure is counted every refresh and logged once."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    with running_agent(client, gpus()):
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"))
+        t0 = time.monotonic()
+        until(lambda: loop.step(time.monotonic() - t0) and loop.plans is not None and len(loop.plans.index) == 4,
+              what="the four GPUs read")
+        until(lambda: loop.step(time.monotonic() - t0) and loop.unowned == ["gpu-a/2", "gpu-a/3"], what="owners")
+        emu.delete("apps", "deployments", "vllm-chat", NS)
+        failed = loop.metrics.errors.labels("pods")
+        until(lambda: loop.step(time.monotonic() - t0) and failed._value.get() >= 2, timeout_s=8.0,
+              what="two failed refreshes")
+        assert loop.plans.owners == {("gpu-a", 0): (f"{NS}/chat", "H100-SXM"), ("gpu-a", 1): (f"{NS}/chat", "H100-SXM")}
+        assert sum("pods of llm/vllm-chat" in r.getMessage() for r in caplog.records) == 1
+        loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[KubeEmulator, Any],
+                                                                  tmp_path: Path) -> None:
+    """The Lease taken by another while a slow tick is in flight: that tick's scale and patch calls are refused
+    (the Deployment is left as the new leader wants it)."""
+    from actuators import TransientActuatorError
+
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale", str(tmp_path / "state"))
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
+        "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
+    loop.step(0.2)
+    assert loop.controller is None and not loop.lease.valid()
+    with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
+        c.enforcer.replicas.set_replicas(f"{NS}/chat", "H100-SXM", 3)
+    with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
+        c.enforcer.batch.set_max_batch(f"{NS}/chat", 16)
+    assert replicas(emu, "vllm-chat") == 0 and max_num_seqs(emu, "vllm-chat") == 100

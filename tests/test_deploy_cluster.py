@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.cli import main
 from controller.cluster.crds import crds
 from controller.cluster.resources import policy_spec, service_settings, settings_of
+from controller.config_loader import ConfigError
 from controller.daemon import Daemon
 from controller.schema_catalog import schemas
 from controller.settings import load_settings
@@ -149,6 +150,16 @@ def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None
                                                                     svc["metadata"]["name"], svc["spec"])],
                     str(tmp_path))
     assert s.services[0].name == "llm/chat" and s.power.budget_w == 20000
+
+
+def test_a_policy_asking_for_locked_clocks_is_refused_as_cluster_mode_has_none() -> None:
+    """A PowerPolicy has no actuators table: the refusal says clocks are not available, not how to set one."""
+    policy = yaml.safe_load((EXAMPLES / "powerpolicy.yaml").read_text())
+    policy["spec"].setdefault("optimizer", {})["clock_levels"] = [0.8, 1.0]
+    with pytest.raises(ConfigError) as caught:
+        policy_spec(policy["spec"])
+    assert str(caught.value) == ("spec.optimizer.clock_levels: [0.8]: clocks are not available in cluster mode "
+                                 "(the node agents set power limits only); keep clock_levels = [1.0]")
 
 
 def test_every_dashboard_query_names_a_metric_the_daemon_exports(tmp_path: Path) -> None:

@@ -118,8 +118,10 @@ class NodeAgent:
         if mode == "released":
             target = g.default_limit_w if g.default_limit_w is not None else g.power_limit_w
         else:
-            safe = float((spec.get("safe_caps_w") or {}).get(key) or max(g.min_limit_w,
-                                                                         self.safe_cap_share * g.max_limit_w))
+            share = spec.get("safe_cap_share")  # the policy's; the agent's own where the plan has none
+            if not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
+                share = self.safe_cap_share
+            safe = float((spec.get("safe_caps_w") or {}).get(key) or max(g.min_limit_w, share * g.max_limit_w))
             planned = (spec.get("limits_w") or {}).get(key) if mode == "following" else None
             target = float(planned) if planned is not None else min(g.power_limit_w, safe)  # never a rise
         limit = g.power_limit_w

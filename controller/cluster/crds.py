@@ -52,11 +52,15 @@ SERVICE_STATUS: dict[str, Any] = {"type": "object", "properties": {
              "description": "What the stability gate or an actuator held back this cycle."}}}
 POLICY_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "leader": {"type": "string"}, "services": {"type": "integer"}, "budget_w": {"type": "number"},
-    "predicted_w": {"type": "number", "nullable": True}, "conditions": _conditions()}}
-_GPU = {"type": "object", "properties": {
-    **{k: {"type": "number", "nullable": True} for k in (
-        "power_w", "energy_j", "limit_w", "min_w", "max_w", "default_w", "sm_clock_mhz")},
-    "index": {"type": "integer"}, "uuid": {"type": "string"}, "name": {"type": "string"}}}
+    "predicted_w": {"type": "number", "nullable": True}, "conditions": _conditions(),
+    "unowned_gpus": {"type": "array", "items": {"type": "string"},
+                     "description": "GPUs (node/index) on the selected nodes no LLMService's pod holds: held at "
+                     "their minimum limit."}}}
+_GPU = {"type": "object", "required": ["index", "uuid", "limit_w", "min_w", "max_w"], "properties": {
+    **{k: {"type": "number", "nullable": True} for k in ("power_w", "energy_j", "default_w", "sm_clock_mhz")},
+    **{k: {"type": "number"} for k in ("limit_w", "min_w", "max_w")},
+    "index": {"type": "integer", "minimum": 0}, "uuid": {"type": "string", "minLength": 1},
+    "name": {"type": "string"}}}
 PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "sequence": {"type": "integer", "description": "Moved by the operator at every renewal; the agent fails "
                  "closed when it has not moved for ttl_s."},
@@ -65,7 +69,10 @@ PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "limits_w": {"type": "object", "additionalProperties": {"type": "number"},
                  "description": "Power limit per GPU (NVML index) in W."},
     "safe_caps_w": {"type": "object", "additionalProperties": {"type": "number"},
-                    "description": "Per GPU, the limit set when the plan goes stale (never a rise)."}}}
+                    "description": "Per GPU, the limit set when the plan goes stale (never a rise)."},
+    "safe_cap_share": {"type": "number", "minimum": 0.0, "maximum": 1.0,
+                       "description": "The PowerPolicy's: for a GPU without a safe cap, this share of its "
+                       "maximum limit (the agent's --safe-cap-share where absent)."}}}
 PLAN_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "beat": {"type": "integer"}, "mode": {"type": "string", "enum": ["starting", "following", "failsafe",
                                                                        "released"]},

@@ -1,12 +1,13 @@
 """One active operator: a `coordination.k8s.io/v1` Lease, taken and renewed with the resourceVersion checked,
 so of two operators that race for it one wins (the API server answers the other 409). A passive operator
-watches and waits; it takes the Lease once the holder has not renewed it for `duration_s`, or at once when
-the holder gives it back on a clean exit."""
+watches and waits; it takes the Lease once it has seen no renewal for `duration_s` on its own clock (never
+by comparing the holder's renewTime with it), or at once when the holder gives it back on a clean exit."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger("wattscale.operator")
@@ -25,6 +26,18 @@ class Lease:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration_s, self.timeout_s = duration_s, timeout_s
         self.held = False
+        self.renewed_at = -1e18
+        """When (monotonic) the request that last took or renewed the Lease was started."""
+        self.observed: tuple[Any, ...] | None = None
+        self.observed_at = 0.0
+        """The Lease's record (holder, renewTime, resourceVersion) as last read, and when (monotonic) it last
+        changed: another holder's Lease expires `duration` after this process last saw it move, as client-go
+        times it, so no clock skew between pods shortens or stretches it."""
+
+    def valid(self) -> bool:
+        """Whether this operator may act now: it holds the Lease and renewed it within its duration (a step
+        blocked on the API past that may have let a standby take over)."""
+        return self.held and time.monotonic() - self.renewed_at < self.duration_s
 
     def _body(self, old: Any, acquire: bool) -> Any:
         from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
@@ -42,6 +55,7 @@ class Lease:
         leader that cannot renew stops acting before another may take over)."""
         from kubernetes.client.exceptions import ApiException
 
+        started = time.monotonic()
         try:
             try:
                 old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
@@ -50,14 +64,19 @@ class Lease:
                     raise
                 self.api.create_namespaced_lease(self.namespace, self._body(None, True),
                                                  _request_timeout=self.timeout_s)
+                self.renewed_at = started
                 return self._became(True)
             holder, renewed = old.spec.holder_identity, old.spec.renew_time
             duration = old.spec.lease_duration_seconds or self.duration_s
-            expired = renewed is None or (_now() - renewed).total_seconds() > duration
+            record = (holder, renewed, old.metadata.resource_version)
+            if record != self.observed:
+                self.observed, self.observed_at = record, started
+            expired = renewed is None or started - self.observed_at > duration
             if holder and holder != self.identity and not expired:
                 return self._became(False)
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)
+            self.renewed_at = started
             return self._became(True)
         except Exception as exc:  # a conflict (another took it), a timeout, a refusal
             if self.held:

@@ -11,7 +11,8 @@ node may see each other's GPUs swapped (docs/cluster.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actuators import PermanentActuatorError
@@ -23,6 +24,27 @@ from controller.telemetry.base import GpuSample, TelemetryError
 log = logging.getLogger("wattscale.operator")
 GPU_RESOURCE = "nvidia.com/gpu"
 MERGE = "application/merge-patch+json"
+
+
+def _number(value: Any, field: str, required: bool) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _reading(g: Any) -> tuple[Any, ...]:
+    """(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, sm_clock_mhz) of one GPU entry an agent
+    reported; KeyError, TypeError or ValueError where it is malformed."""
+    index, uuid = g["index"], g["uuid"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
+    if not isinstance(uuid, str) or not uuid:
+        raise ValueError(f"uuid must be a string, got {uuid!r}")
+    return (index, uuid, str(g.get("name") or ""),
+            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"))
+              for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
 
 
 def _gpus_of(pod: Mapping[str, Any]) -> int:
@@ -37,7 +59,7 @@ class NodePlans:
     name = "node-plans"
 
     def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, on_bad: Callable[[str], None] = lambda node: None) -> None:
         from kubernetes.client import CoreV1Api, CustomObjectsApi
 
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
@@ -55,8 +77,20 @@ class NodePlans:
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.sequence: dict[str, int] = {}
         self.renewed: dict[str, float] = {}
+        self.on_bad = on_bad
+        """Called with the node for every malformed GPU entry its agent reports (the operator counts them)."""
+        self.bad: dict[tuple[str, int], str] = {}
+        """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
+
+    def configure(self, plan_ttl_s: float, safe_cap_share: float) -> None:
+        """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
+        the next flush (an agent must not time a renewal by the old TTL)."""
+        self.plan_ttl_s, self.safe_cap_share = plan_ttl_s, safe_cap_share
+
+    def _settings(self) -> dict[str, float]:
+        return {"ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}
 
     def _where(self) -> dict[int, tuple[str, int]]:
         return {i: key for key, i in self.index.items()}
@@ -75,7 +109,7 @@ class NodePlans:
                 if node not in have:
                     self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
                         "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
-                        "spec": {"sequence": 0, "ttl_s": self.plan_ttl_s, "limits_w": {}, "safe_caps_w": {}}},
+                        "spec": {"sequence": 0, "limits_w": {}, "safe_caps_w": {}, **self._settings()}},
                         _request_timeout=self.timeout_s)
                     log.info("created the NodePowerPlan of node %s", node)
         except Exception as exc:
@@ -107,6 +141,11 @@ class NodePlans:
                     k += 1
         self.owners = owners
 
+    def unowned(self) -> list[str]:
+        """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
+        limit (reported on the PowerPolicy's status)."""
+        return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners)
+
     # -- GpuSource (fast loop) -----------------------------------------------------------------
     def _plans(self) -> list[dict[str, Any]]:
         answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=self.timeout_s)
@@ -127,16 +166,31 @@ class NodePlans:
                 self.beats[node] = (beat, now)
             elif now - last[1] > self.stale_after_s:
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
-            for g in status.get("gpus", []):
-                key = (node, int(g["index"]))
+            gpus = status.get("gpus")
+            for k, g in enumerate(gpus if isinstance(gpus, list) else []):
+                try:
+                    local, uuid, name, *watts = _reading(g)
+                except (KeyError, TypeError, ValueError) as exc:
+                    self._bad(node, k, exc)
+                    continue
+                key = (node, local)
                 index = self.index.setdefault(key, len(self.index))
                 service, variant = self.owners.get(key, (None, None))
-                sample = GpuSample(index, str(g["uuid"]), str(g.get("name", "")), g.get("power_w"), g.get("energy_j"),
-                                   float(g["limit_w"]), float(g["min_w"]), float(g["max_w"]), g.get("sm_clock_mhz"),
-                                   service, variant)
+                power_w, energy_j, limit_w, min_w, max_w, clock = watts
+                assert limit_w is not None and min_w is not None and max_w is not None
+                sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)
         return out
+
+    def _bad(self, node: str, k: int, exc: Exception) -> None:
+        """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged
+        once while it stays bad."""
+        self.on_bad(node)
+        why = f"{type(exc).__name__}: {exc}"
+        if self.bad.get((node, k)) != why:
+            log.warning("NodePowerPlan %s: status.gpus[%d] skipped: %s", node, k, why)
+        self.bad[node, k] = why
 
     # -- PowerLimiter (fast loop) ---------------------------------------------------------------
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
@@ -166,7 +220,8 @@ class NodePlans:
         for node in sorted(set(self.sequence) | set(self.pending)):
             old = self.written.get(node, {})
             limits = {**old.get("limits_w", {}), **self.pending.pop(node, {})}
-            spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False}
+            spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False,
+                    **self._settings()}
             if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
                 continue
             failed += self._write(node, spec, now)
@@ -174,7 +229,7 @@ class NodePlans:
 
     def _write(self, node: str, spec: dict[str, Any], now: float) -> list[str]:
         seq = self.sequence.get(node, 0) + 1
-        body = {"spec": {**spec, "sequence": seq, "ttl_s": self.plan_ttl_s}}
+        body = {"spec": {**self._settings(), **spec, "sequence": seq}}
         try:
             self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
                                                     _content_type=MERGE)
@@ -201,7 +256,8 @@ class NodePlans:
             self.sequence[node] = int(spec.get("sequence", 0))
             held[node] = {k: float(v) for k, v in (spec.get("limits_w") or {}).items()}
             self.written[node] = {"limits_w": dict(spec.get("limits_w") or {}),
-                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False}
+                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False,
+                                  "ttl_s": spec.get("ttl_s"), "safe_cap_share": spec.get("safe_cap_share")}
         return held
 
 

@@ -4,22 +4,26 @@ Kubernetes API: replicas through the scale subresource, `--max-num-seqs` through
 limits through the NodePowerPlans that the node agents apply.
 
 It acts only while it holds the Lease. A new leader starts from the limits the plans hold (the previous
-leader's), so a restart raises no cap; the loop itself is stepped with explicit times by `step`.
+leader's), so a restart raises no cap; the fast loop is stepped with explicit times by `step`, which wakes the
+slow loop's worker thread each slow period (controller/cluster/acting.py) and never waits for it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, translate
+from actuators.kubernetes import KubernetesReplicaScaler, translate
 from actuators.kubernetes_batch import KubernetesBatchSizer
+from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
+from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans, owner_caps
 from controller.cluster.resources import (
@@ -45,6 +49,8 @@ from controller.telemetry.prometheus import PrometheusVllmSource
 from tuner import Tuner
 
 log = logging.getLogger("wattscale.operator")
+OWNER_TICKS = 10
+"""Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +87,10 @@ class Resources:
 class ClusterLoop:
     def __init__(self, api_client: Any, policy_name: str, identity: str, namespace: str, state_dir: str,
                  metrics: OwnMetrics | None = None, lease_s: float = 15.0) -> None:
-        from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+        from kubernetes.client import CustomObjectsApi
 
         self.client, self.policy_name, self.state_dir = api_client, policy_name, state_dir
-        self.custom, self.apps, self.core = CustomObjectsApi(api_client), AppsV1Api(api_client), CoreV1Api(api_client)
+        self.custom = CustomObjectsApi(api_client)
         self.lease = Lease(api_client, namespace, "wattscale-operator", identity, lease_s)
         self.metrics = metrics or OwnMetrics(CollectorRegistry())
         """The daemon's metrics (one set per operator process: a policy deleted and made again reuses them)."""
@@ -92,9 +98,14 @@ class ClusterLoop:
         self.controller: Controller | None = None
         self.plans: NodePlans | None = None
         self.decisions: KeptDecisions | None = None
-        self.replica_targets: dict[tuple[str, str], DeploymentRef] = {}
-        self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
+        self.deployments = Deployments(api_client, self.metrics)
         self.next_slow = 0.0
+        self.worker: SlowWorker | None = None
+        self.owners: SlowWorker | None = None
+        """Refreshes which pods hold which GPUs every `OWNER_TICKS` fast ticks, so a new replica gets its
+        service's cap within seconds (not a slow period) of being scheduled."""
+        self.next_owners = 0.0
+        self.unowned: list[str] = []
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -124,7 +135,7 @@ class ClusterLoop:
             ns, name = key.split("/", 1)
             try:
                 svc = service_settings(ns, name, _spec(obj))
-                self._check_deployments(svc)
+                self.deployments.check(svc)
                 for i, v in enumerate(svc.variants):
                     other = owners.setdefault((ns, v.deployment), key)
                     if other != key:
@@ -150,37 +161,33 @@ class ClusterLoop:
                 errors[named[0]] = ConfigError(named[1], exc.reason)
         return Resources(None, policy, errors, objects, policy_obj)
 
-    def _check_deployments(self, svc: ServiceSettings) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        ns = svc.name.split("/", 1)[0]
-        for i, v in enumerate(svc.variants):
-            try:
-                self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"no Deployment {ns}/{v.deployment}") \
-                        from None
-                raise translate(exc, f"Deployment {ns}/{v.deployment}") from exc
-
     # -- leadership ------------------------------------------------------------------------------
     def _lead(self, res: Resources, now: float) -> Controller:
         """Become the acting operator: the Controller built on the cluster's parts, started from the limits the
         plans hold."""
         assert res.settings is not None and res.policy is not None
         s, p = res.settings, res.policy
-        self.plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
-                               max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s)
-        self._targets(s)
+        self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
+                                       max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s,
+                                       lambda node: self.metrics.errors.labels("node_status").inc())
+        self.deployments.target(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
-        replicas = KubernetesReplicaScaler(self.client, self.replica_targets, s.actuators.kubernetes_timeout_s)
-        batch = KubernetesBatchSizer(self.client, self.batch_targets, {x.name: x.initial_max_batch for x in s.services})
+
+        def may_act() -> bool:  # this leadership's slow tick, the Lease still held
+            return self.lease.valid() and self.controller is c
+
+        replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.deployments.replica_targets,
+                                                           s.actuators.kubernetes_timeout_s), may_act)
+        batch = GuardedBatch(KubernetesBatchSizer(self.client, self.deployments.batch_targets,
+                                                  {x.name: x.initial_max_batch for x in s.services}), may_act)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
-        c = Controller(s, self.plans, self._vllm(s), self.plans, batch, replicas, tuner, self.metrics, self.decisions)
-        self.plans.ensure(p.node_selector)
-        self.plans.refresh_owners(self._pods(s))
-        held = owner_caps(self.plans, self.plans.adopt())
+        c = Controller(s, plans, self._vllm(s), plans, batch, replicas, tuner, self.metrics, self.decisions)
+        plans.ensure(p.node_selector)
+        pods = self.deployments.pods()
+        if pods is not None:
+            plans.refresh_owners(pods)
+        held = owner_caps(plans, plans.adopt())
         for name, a in list(c.assignments.items()):
             if (name, a.accelerator) in held:
                 c.assignments[name] = replace(a, power_cap_w=held[name, a.accelerator])
@@ -190,7 +197,35 @@ class ClusterLoop:
                  len(s.services), s.power.budget_w, {f"{k[0]}@{k[1]}": v for k, v in held.items()})
         self.next_slow = now + s.daemon.slow_interval_s
         self.budget.restart(s, c, self._now)
+        self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
+                                 self._slow_failed)
+        self.owners = SlowWorker(lambda: self._refresh_owners(plans),
+                                 lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
+        self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
+
+    def _refresh_owners(self, plans: NodePlans) -> None:
+        pods = self.deployments.pods()
+        if pods is None:
+            return
+        plans.refresh_owners(pods)
+        unowned = plans.unowned()
+        if unowned != self.unowned:
+            log.info("GPUs no LLMService's pod holds (held at their minimum limit): %s", unowned or "none")
+        self.unowned = unowned
+
+    def _overrun(self) -> None:
+        self.metrics.errors.labels("slow_overrun").inc()
+
+    def _slow_failed(self, exc: Exception) -> None:
+        self.metrics.errors.labels("slow_tick").inc()
+        log.warning("slow tick failed: %r", exc, exc_info=True)
+
+    def _stop_worker(self) -> None:
+        for worker in (self.worker, self.owners):
+            if worker is not None:
+                worker.stop()
+        self.worker = self.owners = None
 
     def _now(self) -> float:
         return time.monotonic() + self.offset
@@ -200,38 +235,11 @@ class ClusterLoop:
         t = s.telemetry
         return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s)
 
-    def _targets(self, s: Settings) -> None:
-        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them)."""
-        self.replica_targets.clear()
-        self.batch_targets.clear()
-        for svc in s.services:
-            ns = svc.name.split("/", 1)[0]
-            refs = tuple(DeploymentRef(ns, v.deployment) for v in svc.variants)
-            self.batch_targets[svc.name] = refs
-            for v, ref in zip(svc.variants, refs, strict=True):
-                self.replica_targets[svc.name, v.accelerator] = ref
-
-    def _pods(self, s: Settings) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service."""
-        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        sanitize = self.client.sanitize_for_serialization
-        for (service, variant), ref in self.replica_targets.items():
-            try:
-                d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
-                labels = d.spec.selector.match_labels or {}
-                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=",".join(
-                    f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
-            except Exception as exc:
-                self.metrics.errors.labels("pods").inc()
-                log.warning("%s", translate(exc, f"pods of {ref.namespace}/{ref.name}"))
-                continue
-            out[service, variant] = [sanitize(p) for p in pods.items]
-        return out
-
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
         lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps)."""
         self.budget.stop()
+        self._stop_worker()
         if release and self.plans is not None:
             for failure in self.plans.release(now):
                 log.warning("release: %s", failure)
@@ -241,14 +249,15 @@ class ClusterLoop:
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, now: float) -> float:
-        """One fast tick (and a slow one when due) if this operator holds the Lease; returns the seconds to the
-        next step."""
+        """One fast tick if this operator holds the Lease, waking the slow worker when its period is due (not
+        waiting for it); returns the seconds to the next step."""
         self.offset = now - time.monotonic()
         if not self.lease.hold():
             if self.controller is not None:
                 log.warning("the Lease was lost: this operator stops acting")
                 self.controller, self.plans = None, None
                 self.budget.stop()
+                self._stop_worker()
             return 2.0
         if self.controller is None:
             res = self.read()
@@ -263,32 +272,37 @@ class ClusterLoop:
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         for failure in plans.flush(now, c.governor.threshold_w(), domains):
             c.error("node_plan", failure)
-        if now >= self.next_slow:
-            self._slow(c, now)
+        if now >= self.next_slow and self.worker is not None:
+            self.next_slow = now + c.settings.daemon.slow_interval_s
+            self.worker.wake()
+        if now >= self.next_owners and self.owners is not None:
+            self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
+            self.owners.wake()
         return c.settings.daemon.fast_interval_s
 
-    def _slow(self, c: Controller, now: float) -> None:
-        self.next_slow = now + c.settings.daemon.slow_interval_s
+    def _slow(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool], now: float) -> None:
+        """One slow tick (the worker's): the resources read, the settings reconfigured, the owners refreshed,
+        the optimizer's cycle, the status written; nothing written once the Lease is not held."""
         try:
             res = self.read()
         except Exception as exc:
             c.error("custom_resources", str(exc))
             res = None
-        if res is not None and res.settings is not None and res.settings != c.settings:
+        if res is not None and res.settings is not None and res.settings != c.settings and may_act():
             if res.settings.budget != c.settings.budget:
                 self.budget.restart(res.settings, c, self._now)
-            self._targets(res.settings)
+            self.deployments.target(res.settings)
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
-        assert self.plans is not None
-        if res is not None and res.policy is not None:
+        if res is not None and res.policy is not None and may_act():
+            plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share)
             try:
-                self.plans.ensure(res.policy.node_selector)
+                plans.ensure(res.policy.node_selector)
             except Exception as exc:
                 c.error("node_plans", str(exc))
-        self.plans.refresh_owners(self._pods(c.settings))
+        self._refresh_owners(plans)
         solution = c.tick_slow(now)
         record = self.decisions.last if self.decisions is not None else None
-        if res is not None:
-            self.reporter.resources(res, record, solution)
+        if res is not None and may_act():
+            self.reporter.resources(res, record, solution, self.unowned)

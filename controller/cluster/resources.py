@@ -77,7 +77,7 @@ class PowerPolicySpec:
     """A node agent that has not seen its plan renewed for this long (s) sets the plan's safe caps."""
     safe_cap_share: float = 0.6
     """Until the operator has read a node's GPUs, the safe cap a plan carries is this share of each GPU's
-    maximum limit (never below its minimum)."""
+    maximum limit (never below its minimum): written into every NodePowerPlan, read by its agent."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     """The loops' periods and the fail-safe (state_dir, log_level and decision_log are the operator's flags)."""
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
@@ -99,6 +99,10 @@ class PowerPolicySpec:
         if self.plan_ttl_s < 3 * self.daemon.fast_interval_s:
             raise ConfigError(f"{where}.plan_ttl_s", f"{self.plan_ttl_s:g} s must be at least three fast ticks "
                               f"({3 * self.daemon.fast_interval_s:g} s): a plan is renewed once a tick")
+        locked = sorted(c for c in self.optimizer.clock_levels if c < 1.0)
+        if locked:  # before the daemon's settings check, whose advice (actuators.clocks) a policy cannot follow
+            raise ConfigError(f"{where}.optimizer.clock_levels", f"{locked}: clocks are not available in cluster "
+                              "mode (the node agents set power limits only); keep clock_levels = [1.0]")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """What the operator writes back: each resource's status (the decision, predicted against observed latency,
 any shortfall and its reason, conditions that name a bad field) and an Event on the resource for every
-decision that changes something. Failures to write are logged once a run and never stop the loop."""
+decision that changes something (once per text: a plan held back cycle after cycle posts once). Failures
+to write are logged once a run and never stop the loop."""
 
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ class Reporter:
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
         self.failing = False
+        self.posted: dict[str, str | None] = {}
+        """LLMService -> the decision text last seen: an Event only when it changes (a plan held back by the
+        gate or an actuator reads the same every cycle)."""
 
     def _patch_status(self, namespace: str | None, plural: str, name: str, status: dict[str, Any]) -> None:
         body = {"status": status}
@@ -113,8 +117,9 @@ class Reporter:
             log.warning("event on %s %s not posted: %s", kind, meta["name"], exc)
 
     def resources(self, res: Resources, record: dict[str, Any] | None = None,
-                  solution: Solution | None = None) -> None:
-        """Every resource's status; an Event for every decision that changes something and every refusal."""
+                  solution: Solution | None = None, unowned: list[str] | None = None) -> None:
+        """Every resource's status; an Event for every decision that changes something and every refusal;
+        on the policy, the GPUs no service owns (`unowned`, where known)."""
         for key, obj in res.objects.items():
             ns, name = key.split("/", 1)
             err = res.errors.get(key)
@@ -127,8 +132,9 @@ class Reporter:
             else:
                 status = service_status(key, obj, record, solution)
                 text = changed(record, key)
-                if text is not None:
+                if text is not None and text != self.posted.get(key):
                     self.event(obj, "LLMService", "Decision", text)
+                self.posted[key] = text
             self._patch_status(ns, SERVICES, name, status)
         policy_err = res.errors.get("policy")
         budget = (record or {}).get("budget_w")
@@ -138,6 +144,8 @@ class Reporter:
                                      str(policy_err) if policy_err else "this operator holds the Lease and acts")]}
         if budget is not None:
             pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"))
+        if unowned is not None:
+            pstatus["unowned_gpus"] = unowned
         policy = res.policy_obj
         old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
         if policy_err is not None and old.get("message") != str(policy_err):

@@ -1,0 +1,87 @@
+"""The operator's slow loop in a thread of its own, and the actuators it drives behind a check of the Lease.
+
+As in the host daemon, the slow tick (PromQL, Deployment and pod reads, the MILP, scale and patch calls, status
+writes) runs in a worker woken each slow period, so that while it waits on the network the fast step goes on:
+the governor ticks, the node plans are renewed and so is the Lease. The Plan passes from the slow tick to the
+fast one by reference, as in the daemon; no lock is held across I/O. A slow tick in flight when the Lease is
+lost may not act: every scale, patch and status write asks `may_act` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from actuators import BatchInForce, BatchSizer, ReplicaScaler, TransientActuatorError
+
+log = logging.getLogger("wattscale.operator")
+
+
+class SlowWorker:
+    """Runs `tick(now)` in a daemon thread each time it is woken; a wake-up while the last is not yet picked
+    up is an overrun (`on_overrun`). Stopped, it runs no further tick (one in flight ends on its timeouts)."""
+
+    def __init__(self, tick: Callable[[], None], on_overrun: Callable[[], None],
+                 on_error: Callable[[Exception], None]) -> None:
+        self.tick, self.on_overrun, self.on_error = tick, on_overrun, on_error
+        self.due = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wattscale-operator-slow", daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        if self.due.is_set():
+            self.on_overrun()
+        self.due.set()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.due.set()  # wakes the worker to see it
+
+    def _run(self) -> None:
+        while True:
+            self.due.wait()
+            if self.stopped.is_set():
+                return
+            self.due.clear()
+            try:
+                self.tick()
+            except Exception as exc:  # a bug or an outage not survived below: counted, the loop goes on
+                self.on_error(exc)
+
+
+def _refuse(what: str) -> TransientActuatorError:
+    return TransientActuatorError(f"{what}: not acted on, this operator no longer holds the Lease")
+
+
+class GuardedReplicas:
+    """A `ReplicaScaler` that scales only while `may_act()`."""
+
+    def __init__(self, inner: ReplicaScaler, may_act: Callable[[], bool]) -> None:
+        self.inner, self.may_act = inner, may_act
+        self.name = getattr(inner, "name", "replicas")
+
+    def get_replicas(self, service: str, variant: str) -> int:
+        return self.inner.get_replicas(service, variant)
+
+    def set_replicas(self, service: str, variant: str, replicas: int) -> int:
+        if not self.may_act():
+            raise _refuse(f"{service}@{variant} replicas")
+        return self.inner.set_replicas(service, variant, replicas)
+
+
+class GuardedBatch:
+    """A `BatchSizer` that patches only while `may_act()`."""
+
+    def __init__(self, inner: BatchSizer, may_act: Callable[[], bool]) -> None:
+        self.inner, self.may_act = inner, may_act
+        self.name = getattr(inner, "name", "batch")
+
+    def get_max_batch(self, service: str) -> BatchInForce:
+        return self.inner.get_max_batch(service)
+
+    def set_max_batch(self, service: str, max_num_seqs: int) -> None:
+        if not self.may_act():
+            raise _refuse(f"{service} --max-num-seqs")
+        self.inner.set_max_batch(service, max_num_seqs)

@@ -1,0 +1,90 @@
+"""The vLLM Deployments the operator drives: which one runs each service's variant (the targets the replica
+and batch actuators hold), whether each exists, and which pods each runs (which GPUs serve which service)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+from actuators.kubernetes import DeploymentRef, translate
+from controller.config_loader import ConfigError
+from controller.own_metrics import OwnMetrics
+from controller.service_settings import ServiceSettings
+from controller.settings import Settings
+
+log = logging.getLogger("wattscale.operator")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _update_in_place(target: dict[K, V], new: dict[K, V]) -> None:
+    target.update(new)
+    for key in [k for k in target if k not in new]:
+        del target[key]
+
+
+class Deployments:
+    def __init__(self, api_client: Any, metrics: OwnMetrics, timeout_s: float = 5.0) -> None:
+        from kubernetes.client import AppsV1Api, CoreV1Api
+
+        self.client, self.metrics, self.timeout_s = api_client, metrics, timeout_s
+        self.apps, self.core = AppsV1Api(api_client), CoreV1Api(api_client)
+        self.replica_targets: dict[tuple[str, str], DeploymentRef] = {}
+        """(service, variant) -> its Deployment (the replica actuator holds this dict)."""
+        self.batch_targets: dict[str, tuple[DeploymentRef, ...]] = {}
+        """Service -> its variants' Deployments (the batch actuator holds this dict)."""
+        self.failing: set[str] = set()
+        """Deployments whose pods could not be listed (logged once while so)."""
+
+    def check(self, svc: ServiceSettings) -> None:
+        """ConfigError naming the variant whose Deployment does not exist; other API errors pass through."""
+        from kubernetes.client.exceptions import ApiException
+
+        ns = svc.name.split("/", 1)[0]
+        for i, v in enumerate(svc.variants):
+            try:
+                self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise ConfigError(f"spec.variants[{i}].deployment", f"no Deployment {ns}/{v.deployment}") \
+                        from None
+                raise translate(exc, f"Deployment {ns}/{v.deployment}") from exc
+
+    def target(self, s: Settings) -> None:
+        """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
+        the owners' worker reads them meanwhile, so they are never empty between two settings)."""
+        batch: dict[str, tuple[DeploymentRef, ...]] = {}
+        replica: dict[tuple[str, str], DeploymentRef] = {}
+        for svc in s.services:
+            ns = svc.name.split("/", 1)[0]
+            refs = tuple(DeploymentRef(ns, v.deployment) for v in svc.variants)
+            batch[svc.name] = refs
+            for v, ref in zip(svc.variants, refs, strict=True):
+                replica[svc.name, v.accelerator] = ref
+        _update_in_place(self.batch_targets, batch)
+        _update_in_place(self.replica_targets, replica)
+
+    def pods(self) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
+        """Each variant's Deployment's pods (by its selector), for which GPUs serve which service; None where
+        one could not be read (the owners known are kept: a GPU of an unread service is not dropped to its
+        minimum). A failure is counted each time, logged once while it lasts."""
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        sanitize = self.client.sanitize_for_serialization
+        complete = True
+        for (service, variant), ref in list(self.replica_targets.items()):
+            what = f"{ref.namespace}/{ref.name}"
+            try:
+                d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
+                labels = d.spec.selector.match_labels or {}
+                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=",".join(
+                    f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
+            except Exception as exc:
+                self.metrics.errors.labels("pods").inc()
+                if what not in self.failing:
+                    log.warning("%s", translate(exc, f"pods of {what}"))
+                self.failing.add(what)
+                complete = False
+                continue
+            self.failing.discard(what)
+            out[service, variant] = [sanitize(p) for p in pods.items]
+        return out if complete else None
