@@ -27,6 +27,9 @@ MAX_PARTIAL = 6
 EXTRA_REPLICAS = 2
 """Replicas beyond a shape's need offered to the token-speed objective: without them a plan could reach more
 replicas only through a shape that needs more (a smaller max batch), and changed its batch to scale."""
+SPARE_SHAPES = 4
+"""Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
+ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
 GRAIN = 0.005
 
 
@@ -89,6 +92,26 @@ def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, ba
     return math.ceil(svc.load.rate_rps / rate - 1e-9) + 1 if rate > 0 else 0
 
 
+def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate], most: int) -> list[Candidate]:
+    """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
+    on the max batch in force (so more replicas never have to come through a restart) and on the shapes scoring
+    best at their need, where a plan with watts and GPUs to spare would look."""
+    svc = problem.services[i]
+    batch_now = svc.current.max_batch if svc.current is not None and svc.current.accelerator == acc.name else None
+    best = set(map(id, sorted(full, key=lambda c: -c.score)[:SPARE_SHAPES]))
+    out = []
+    for c in full:
+        a = c.assignment
+        if a.max_batch != batch_now and id(c) not in best:
+            continue
+        for n in range(a.replicas + 1, min(most, a.replicas + EXTRA_REPLICAS) + 1):
+            extra = _candidate(problem, i, svc, acc, a.max_batch, a.power_cap_w, n, svc.load.rate_rps,
+                               a.sm_clock_fraction)
+            if extra is not None:
+                out.append(replace(extra, spare=n - a.replicas))
+    return out
+
+
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
     svc = problem.services[i]
     out: list[Candidate] = []
@@ -96,6 +119,8 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
         if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
             continue
         best_rate, best_cfg = 0.0, None
+        most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
+        full: list[Candidate] = []
         for batch in problem.batch_sizes:
             for cap, clock in shape_choices(problem, acc):
                 shape = ServerShape(batch, svc.max_queue, cap, clock)
@@ -106,15 +131,15 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
                     continue
                 need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9),
                            _restart_need(problem, svc, acc, batch, cap, clock))
-                most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
-                # Token speed gains from replicas beyond the need (shorter queues); cost and energy never do.
-                spare = EXTRA_REPLICAS if problem.objective == "token_speed" else 0
-                for n in range(need, min(most, need + spare) + 1):
-                    c = _candidate(problem, i, svc, acc, batch, cap, n, svc.load.rate_rps, clock)
+                if need <= most:
+                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
                     if c is not None:
-                        out.append(replace(c, spare=n - need))
+                        full.append(c)
                 if rate > best_rate:
                     best_rate, best_cfg = rate, (batch, cap, clock)
+        out += full
+        if problem.objective == "token_speed":
+            out += _spares(problem, i, acc, full, most)
         if best_cfg is None:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
