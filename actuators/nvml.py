@@ -190,6 +190,24 @@ class NvmlDevices:
             return float(self.nvml.nvmlDeviceGetPowerManagementLimit(h)) / 1000.0
 
 
+class RaiseGate:
+    """Per GPU, a setting that raises (a limit, a clock) waits `min_interval_s` after the last one; a lowering
+    always goes through (the budget never waits). Shared by the power limiter and the clock locker."""
+
+    def __init__(self, min_interval_s: float, clock: Callable[[], float]) -> None:
+        self.min_interval_s, self.clock = min_interval_s, clock
+        self._last: dict[int, float] = {}
+
+    def may_set(self, gpu_index: int, raising: bool) -> bool:
+        """Whether to set now; when so, the time is recorded."""
+        now = self.clock()
+        last = self._last.get(gpu_index)
+        if raising and last is not None and now - last < self.min_interval_s:
+            return False
+        self._last[gpu_index] = now
+        return True
+
+
 class NvmlPowerLimiter:
     """Power limits through NVML: clamped to the GPU's constraints, read back and verified, and rate-limited
     per GPU (an unchanged limit is not rewritten). Can restore every GPU's default limit on exit."""
@@ -199,20 +217,13 @@ class NvmlPowerLimiter:
     def __init__(self, devices: NvmlDevices, min_interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.devices = devices
-        self.min_interval_s = min_interval_s
-        self.clock = clock
-        self._last_set: dict[int, float] = {}
+        self.gate = RaiseGate(min_interval_s, clock)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         current, low, high = self.devices.limits_w(gpu_index)
         target = min(max(watts, low), high)
-        if abs(target - current) < 1.0:
+        if abs(target - current) < 1.0 or not self.gate.may_set(gpu_index, target > current):
             return current
-        now = self.clock()
-        last = self._last_set.get(gpu_index)
-        if last is not None and now - last < self.min_interval_s and target > current:
-            return current  # rate-limited; a cut (target below current) always goes through
-        self._last_set[gpu_index] = now
         applied = self.devices.set_limit_w(gpu_index, target)
         if abs(applied - target) > 1.0:  # the v2 setter can ignore its return code: trust the read-back only
             raise TransientActuatorError(f"GPU {gpu_index}: asked {target:.0f} W, {applied:.0f} W in force")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
-from actuators.nvml import NvmlDevices
+from actuators.nvml import NvmlDevices, RaiseGate
 
 READ_BACK_SLACK_MHZ = 15.0
 """How far above the lock the SM clock may read (one step of the GPU's clock table)."""
@@ -28,14 +28,12 @@ class NvmlClockLocker:
     def __init__(self, devices: NvmlDevices, min_interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.devices = devices
-        self.min_interval_s = min_interval_s
-        self.clock = clock
+        self.gate = RaiseGate(min_interval_s, clock)
         self.locked: dict[int, int] = {}
         """GPU -> the lock in force, as this process set and read it back."""
         self._touched: set[int] = set()
         """GPUs this process asked to lock and has not reset since (what `reset_all` unlocks)."""
         self._supported: dict[int, tuple[int, ...]] = {}
-        self._last_set: dict[int, float] = {}
 
     def supported_clocks_mhz(self, gpu_index: int) -> tuple[int, ...]:
         if gpu_index not in self._supported:
@@ -50,11 +48,8 @@ class NvmlClockLocker:
         current = self.locked.get(gpu_index)
         if current == target:
             return target
-        now = self.clock()
-        last = self._last_set.get(gpu_index)
-        if current is not None and last is not None and now - last < self.min_interval_s and target > current:
-            return current  # rate-limited; a lower clock always goes through
-        self._last_set[gpu_index] = now
+        if not self.gate.may_set(gpu_index, current is not None and target > current) and current is not None:
+            return current  # a raise within the interval waits; a lower clock, or a first lock, goes through
         self._touched.add(gpu_index)
         self.locked.pop(gpu_index, None)
         self.devices.lock_clocks_mhz(gpu_index, target)
