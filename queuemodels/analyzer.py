@@ -9,7 +9,7 @@ from queuemodels.chain import Stationary
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
-from queuemodels.sizing import max_rate, saturation_rps
+from queuemodels.sizing import max_rate, saturation_rps, within_targets
 from queuemodels.types import (
     Load,
     ModelInputError,
@@ -53,6 +53,15 @@ class QueueModel(Protocol):
     def saturation_rps(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> float: ...
+
+    def within_targets(
+        self,
+        params: ServiceParams,
+        load: Load,
+        shape: ServerShape,
+        targets: Targets,
+        profile: PowerProfile | None = None,
+    ) -> bool: ...
 
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
@@ -136,6 +145,18 @@ class ChainModel:
     ) -> float:
         """The largest rate the shape completes with a full batch (its capacity; above it, no steady state)."""
         return saturation_rps(params, load, shape, profile, law_fn=self.law)
+
+    def within_targets(
+        self,
+        params: ServiceParams,
+        load: Load,
+        shape: ServerShape,
+        targets: Targets,
+        profile: PowerProfile | None = None,
+    ) -> bool:
+        """One replica meets `targets` at this load's rate: the test `max_rate` bisects on, for sizing that
+        asks only whether a given share of a load fits."""
+        return within_targets(params, load, shape, targets, profile, law_fn=self.law)
 
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None

@@ -15,6 +15,10 @@ from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
 
+SATURATION_SHARE = 0.999
+"""Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess
+away, with latencies that would pass a percentile target."""
+
 
 def _feasible(
     law_fn: LawFn, params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape,
@@ -26,6 +30,26 @@ def _feasible(
                      targets)
     except ModelInputError:
         return False
+
+
+def within_targets(
+    params: ServiceParams,
+    load: Load,
+    shape: ServerShape,
+    targets: Targets,
+    profile: PowerProfile | None = None,
+    law_fn: LawFn = capped_law,
+) -> bool:
+    """One replica meets `targets` at `load.rate_rps`, below the share of its saturation sizing allows: the
+    test `max_rate` bisects on (rate <= max_rate, to its tolerance), one chain solve where it costs ~15."""
+    rate = load.rate_rps
+    try:
+        law = law_fn(params, replace(load, rate_rps=rate / SATURATION_SHARE), profile, shape)
+    except ModelInputError:  # prompts alone would fill the GPU
+        return False
+    if 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch) < rate / SATURATION_SHARE:
+        return False
+    return _feasible(law_fn, params, load, profile, shape, rate, targets)
 
 
 def saturation_rps(
@@ -69,7 +93,7 @@ def max_rate(
     low = 0.001 * 1000.0 / (law.t0 + law.t1)
     # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
     # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
-    high = 0.999 * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
+    high = SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
 
     def feasible(rate_rps: float) -> bool:
         return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import replace
-from functools import lru_cache
 
 from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from queuemodels import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets, get_model
+from controller.optimizer.sizing import known_fit_rps, rate_per_replica, replicas_needed
+from queuemodels import ModelInputError, Performance, ServerShape, get_model
 
 MAX_PARTIAL = 6
 EXTRA_REPLICAS = 2
@@ -31,13 +31,6 @@ SPARE_SHAPES = 4
 """Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
 ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
 GRAIN = 0.005
-
-
-@lru_cache(maxsize=200_000)
-def _rate_per_replica(
-    model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets, profile: PowerProfile,
-) -> float:
-    return get_model(model).max_rate(params, load, shape, targets, profile)
 
 
 def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
@@ -81,15 +74,21 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
 
 
 def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-                  clock: float | None = None) -> int:
+                  clock: float | None, most: int) -> int:
     """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
-    what carries the load at the batch in force (0 where nothing restarts)."""
+    what carries the load at the batch in force (0 where nothing restarts, or where the batch in force meets
+    the targets at no rate at all: the restart is the remedy)."""
     cur = svc.current
     if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
         return 0
-    rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
-                             ServerShape(cur.max_batch, svc.max_queue, cap_w, clock), svc.targets, svc.profile(acc))
-    return math.ceil(svc.load.rate_rps / rate - 1e-9) + 1 if rate > 0 else 0
+    shape = ServerShape(cur.max_batch, svc.max_queue, cap_w, clock)
+    params, profile = svc.params[acc.name], svc.profile(acc)
+    n = replicas_needed(problem.queue_model, params, svc.load, shape, svc.targets, profile, most)
+    if n is not None:
+        return n + 1
+    in_force = rate_per_replica(problem.queue_model, params, replace(svc.load, rate_rps=1.0), shape, svc.targets,
+                                profile)
+    return most + 1 if in_force > 0 else 0
 
 
 def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate], most: int) -> list[Candidate]:
@@ -112,44 +111,66 @@ def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate
     return out
 
 
+def _partials(problem: Problem, i: int, acc: AcceleratorType,
+              needs: dict[tuple[int, float, float | None], int | None]) -> list[Candidate]:
+    """Fewer replicas than the load needs, on the shape one replica takes most on, each full: what a short
+    budget degrades a service to. That shape is among those needing the fewest replicas (the need falls as the
+    rate rises); of them, the one whose known fitting rate is highest is sized by its max rate. Where no shape
+    carries the load, every shape is."""
+    svc = problem.services[i]
+    known = [n for n in needs.values() if n is not None]
+    if svc.load.rate_rps <= 0 or (known and min(known) == 1):
+        return []
+    per_unit, params, profile = replace(svc.load, rate_rps=1.0), svc.params[acc.name], svc.profile(acc)
+
+    def shape(s: tuple[int, float, float | None]) -> ServerShape:
+        return ServerShape(s[0], svc.max_queue, s[1], s[2])
+
+    pool = list(needs)
+    if known:
+        fewest = (s for s, n in needs.items() if n == min(known))
+        pool = [max(fewest, key=lambda s: known_fit_rps(problem.queue_model, params, svc.load, shape(s), svc.targets,
+                                                        profile))]
+    rates = {s: rate_per_replica(problem.queue_model, params, per_unit, shape(s), svc.targets, profile) for s in pool}
+    (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
+    if best_rate <= 0:
+        return []
+    most = min(svc.max_replicas, acc.count // acc.gpus_per_replica, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
+    steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
+    out = []
+    for r in steps:
+        c = _candidate(problem, i, svc, acc, batch, cap, r, min(svc.load.rate_rps, r * best_rate), clock)
+        if c is not None:
+            out.append(c)
+    return out
+
+
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
     svc = problem.services[i]
     out: list[Candidate] = []
     for acc in problem.accelerators:
         if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
             continue
-        best_rate, best_cfg = 0.0, None
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
         full: list[Candidate] = []
+        needs: dict[tuple[int, float, float | None], int | None] = {}
         for batch in problem.batch_sizes:
             for cap, clock in shape_choices(problem, acc):
                 shape = ServerShape(batch, svc.max_queue, cap, clock)
-                # Sized on the load's shape alone (rate 1, the sizing searches it), so cycles share the cache.
-                rate = _rate_per_replica(problem.queue_model, svc.params[acc.name], replace(svc.load, rate_rps=1.0),
-                                         shape, svc.targets, svc.profile(acc))
-                if rate <= 0:
+                n = replicas_needed(problem.queue_model, svc.params[acc.name], svc.load, shape, svc.targets,
+                                    svc.profile(acc), most)
+                needs[(batch, cap, clock)] = n
+                if n is None:
                     continue
-                need = max(svc.min_replicas, 1, math.ceil(svc.load.rate_rps / rate - 1e-9),
-                           _restart_need(problem, svc, acc, batch, cap, clock))
+                need = max(svc.min_replicas, n, _restart_need(problem, svc, acc, batch, cap, clock, most))
                 if need <= most:
                     c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
                     if c is not None:
                         full.append(c)
-                if rate > best_rate:
-                    best_rate, best_cfg = rate, (batch, cap, clock)
         out += full
         if problem.objective == "token_speed":
             out += _spares(problem, i, acc, full, most)
-        if best_cfg is None:
-            continue
-        most = min(svc.max_replicas, acc.count // acc.gpus_per_replica,
-                   math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
-        steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
-        for r in steps:
-            c = _candidate(problem, i, svc, acc, best_cfg[0], best_cfg[1], r, min(svc.load.rate_rps, r * best_rate),
-                           best_cfg[2])
-            if c is not None:
-                out.append(c)
+        out += _partials(problem, i, acc, needs)
     return out
 
 

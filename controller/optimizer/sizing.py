@@ -1,0 +1,124 @@
+"""Replicas a shape needs for a load: the fewest whose equal shares each meet the service's targets.
+
+Sizing through the max rate costs a bisection, about 15 chain solves per shape, while a replica count asks
+less: only whether each count's share fits. Per shape (its exact inputs, which the daemon's sizing basis
+holds still while estimates jitter) the rates known to fit and known not to are kept as a bracket; only a
+count whose share falls inside the bracket is solved, and the answer narrows it. A shape sized in an
+earlier cycle mostly needs no solve at all, a new one two or three, from a guess the same shape's last
+bracket gives where the inputs moved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
+
+MAX_KEPT = 100_000
+"""Brackets kept (least recently used dropped first): a fleet of 1,000 services' shapes, several times."""
+
+Key = tuple[str, ServiceParams, Load, ServerShape, Targets, PowerProfile]
+
+
+@dataclass
+class Bracket:
+    """What is known of one shape's max rate."""
+
+    fits_rps: float = 0.0
+    """The largest rate checked that meets the targets (0: none yet)."""
+    misses_rps: float = math.inf
+    """The smallest rate checked that does not."""
+
+
+_brackets: OrderedDict[Key, Bracket] = OrderedDict()
+_guesses: dict[tuple[str, ServerShape, Targets, PowerProfile], float] = {}
+
+
+@lru_cache(maxsize=200_000)
+def rate_per_replica(
+    model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets, profile: PowerProfile,
+) -> float:
+    """The largest rate one replica takes within `targets` (a bisection: for the few shapes whose rate itself
+    is wanted, the best of an accelerator's and the one in force)."""
+    return get_model(model).max_rate(params, load, shape, targets, profile)
+
+
+def replicas_needed(model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets,
+                    profile: PowerProfile, most: int) -> int | None:
+    """Fewest replicas (1..most) whose equal shares of `load` each meet `targets`; None where `most` do not."""
+    if most < 1:
+        return None
+    per_unit = replace(load, rate_rps=1.0)
+    if load.rate_rps <= 0:
+        return 1 if rate_per_replica(model, params, per_unit, shape, targets, profile) > 0 else None
+    key: Key = (model, params, per_unit, shape, targets, profile)
+    bracket = _brackets.pop(key, None) or Bracket()
+    _brackets[key] = bracket
+    if len(_brackets) > MAX_KEPT:
+        _brackets.popitem(last=False)
+    queue_model = get_model(model)
+
+    def fits(n: int) -> bool:
+        rate = load.rate_rps / n
+        if rate <= bracket.fits_rps:
+            return True
+        if rate >= bracket.misses_rps:
+            return False
+        ok = queue_model.within_targets(params, replace(load, rate_rps=rate), shape, targets, profile)
+        if ok:
+            bracket.fits_rps = rate
+        else:
+            bracket.misses_rps = rate
+        return ok
+
+    guess_key = (model, shape, targets, profile)
+    known = bracket.fits_rps or _guesses.get(guess_key, 0.0)
+    guess = math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1
+    need = first_fit(fits, most, guess)
+    if bracket.fits_rps > 0:
+        if len(_guesses) > MAX_KEPT:
+            _guesses.clear()
+        _guesses[guess_key] = bracket.fits_rps
+    return need
+
+
+def known_fit_rps(model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets,
+                  profile: PowerProfile) -> float:
+    """The largest rate per replica known to meet `targets` on this shape (0 where none is): a lower bound on its
+    max rate that costs nothing, for ranking shapes whose rates are not worth a bisection each."""
+    bracket = _brackets.get((model, params, replace(load, rate_rps=1.0), shape, targets, profile))
+    return bracket.fits_rps if bracket is not None else 0.0
+
+
+def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
+    """Smallest n in 1..most with fits(n), fits monotone (false, then true): outward from `guess` in doubling
+    steps, then by bisection, so a right guess costs two checks and a wrong one a few more."""
+    n = min(max(guess, 1), most)
+    bad, good, step = 0, n, 1
+    if fits(n):
+        while good - step > bad:
+            if not fits(good - step):
+                bad = good - step
+                break
+            good, step = good - step, 2 * step
+    else:
+        bad = n
+        while True:
+            probe = min(most, bad + step)
+            if fits(probe):
+                good = probe
+                break
+            if probe == most:
+                return None
+            bad, step = probe, 2 * step
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
