@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
+from controller.optimizer import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import enumerate_all, service_candidates, shed_weights, valued
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
@@ -81,7 +81,7 @@ def test_infeasible_slo_is_reported_not_crashed(last: bool) -> None:
     impossible = ServiceDemand("strict", 1, Targets(ttft_ms=1.0, itl_ms=1.0), Load(2, 512, 100), {"H100-SXM": P8})
     others = services((2.0, 1.0, 1.0))[1:]
     problem = Problem((*others, impossible) if last else (impossible, *others), (H100,), 5000.0, batch_sizes=(16, 64))
-    for name in ("greedy", "milp", "exhaustive"):
+    for name in ("auto", "greedy", "milp", "exhaustive"):
         sol = solve(problem, get_solver(name))
         strict = next(s for s in sol.services if s.name == "strict")
         assert strict.assignment is None and strict.reason == "slo" and strict.short_rps == 2
@@ -171,3 +171,50 @@ def test_the_transition_penalty_charges_scales_and_restarts_never_a_cap() -> Non
         changes = (c.assignment.replicas != 2) + 2 * (c.assignment.max_batch != 64)
         assert c.value == pytest.approx(c.score - 0.1 * abs(c.score) * changes)
     assert any(c.assignment.replicas == 2 and c.assignment.max_batch == 64 for c in full)
+
+
+def _hand_made(gpus: int, options: list[list[tuple[int, float]]]) -> tuple[Problem, list[list[Candidate]]]:
+    """Candidates given directly, (GPUs, value) each, at equal watts: what is tested is the choice alone. The
+    services' priorities are their order."""
+    acc = replace(H100, count=gpus)
+    demands = tuple(ServiceDemand(f"s{i}", 1 + i, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})
+                    for i in range(len(options)))
+    cands = [[Candidate(i, Assignment("H100-SXM", n, 64, 700.0), n, 100.0, 0.0, 1.0, 0.0, v, None, value=v)
+              for n, v in opts] for i, opts in enumerate(options)]
+    return Problem(demands, (acc,), 1e6), cands
+
+
+@pytest.mark.parametrize(("gpus", "options", "shed"), [
+    # The first takes a fourth GPU for a little value; the second, shed for want of it, is worth far more.
+    (4, [[(4, -700.0), (3, -750.0)], [(1, -240.0)]], [-1e9, -693_000.0]),
+    # The first holds the only GPU; shedding it for the second is worth more.
+    (1, [[(1, -1000.0)], [(1, -500.0)]], [-2000.0, -2000.0]),
+], ids=["gpu-held-one-too-many", "shed-the-first"])
+def test_greedy_exchanges_what_its_order_got_wrong(gpus: int, options: list[list[tuple[int, float]]],
+                                                   shed: list[float]) -> None:
+    problem, cands = _hand_made(gpus, options)
+    best, _ = get_solver("exhaustive").choose(problem, cands, shed)
+    greedy, _ = get_solver("greedy").choose(problem, cands, shed)
+    assert greedy == best
+
+
+def test_auto_takes_the_milp_plan_where_greedy_misses_a_three_way_trade() -> None:
+    """Pairwise exchanges cannot make a trade of three services; the auto solver's MILP does, on a small problem."""
+    accs = tuple(AcceleratorType(name, 1, 1.0, CATALOG[name]) for name in ("H100-SXM", "A100-SXM4", "L40S"))
+    demands = tuple(ServiceDemand(f"s{i}", p, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})
+                    for i, p in enumerate((1, 1, 2)))
+
+    def cand(i: int, acc: str, v: float) -> Candidate:
+        return Candidate(i, Assignment(acc, 1, 64, 400.0), 1, 100.0, 0.0, 1.0, 0.0, v, None, value=v)
+
+    # In priority order s0 takes the H100 and s1 the A100, so s2 (H100 only) is shed; it is served only where s1
+    # moves to the L40S and s0 to the A100 at once.
+    cands = [[cand(0, "H100-SXM", -1.0), cand(0, "A100-SXM4", -2.0)],
+             [cand(1, "A100-SXM4", -1.0), cand(1, "L40S", -2.0)],
+             [cand(2, "H100-SXM", -50.0)]]
+    shed = [-1e6, -1e6, -1e3]
+    problem = Problem(demands, accs, 1e6)
+    best, _ = get_solver("exhaustive").choose(problem, cands, shed)
+    greedy, _ = get_solver("greedy").choose(problem, cands, shed)
+    auto, _ = get_solver("auto").choose(problem, cands, shed)
+    assert greedy[2] is None and best[2] is not None and auto == best

@@ -1,5 +1,6 @@
 """Decides accelerator, replicas, max batch and power cap per service, under SLOs and a power budget."""
 
+from controller.optimizer.greedy import Greedy
 from controller.optimizer.problem import (
     AcceleratorType,
     Assignment,
@@ -9,7 +10,7 @@ from controller.optimizer.problem import (
     ServiceResult,
     Solution,
 )
-from controller.optimizer.solvers import Exhaustive, Greedy, Milp, Solver, get_solver, solve
+from controller.optimizer.solvers import Exhaustive, Milp, Solver, get_solver, solve
 
 __all__ = [
     "AcceleratorType",

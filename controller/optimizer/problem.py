@@ -122,3 +122,7 @@ class Solution:
     @property
     def shortfalls(self) -> list[ServiceResult]:
         return [s for s in self.services if s.reason is not None]
+
+
+Choice = list[Candidate | None]
+"""One candidate per service, or None where it is shed."""
