@@ -244,8 +244,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_tune)
     o = sub.add_parser("optimize", help="one optimization of a system spec")
     o.add_argument("spec", metavar="SPEC", help="TOML system spec (see docs/optimize-spec.md)")
-    o.add_argument("--solver", default="greedy", choices=["greedy", "milp", "exhaustive"],
-                   help="greedy (fast), milp (optimal within --mip-gap) or exhaustive (a few services only)")
+    o.add_argument("--solver", default="auto", choices=["auto", "greedy", "milp", "exhaustive"],
+                   help="auto (milp beside greedy on small problems, greedy alone beyond), greedy (fast), milp "
+                        "(optimal within --mip-gap) or exhaustive (a few services only)")
     o.add_argument("--time-limit-s", type=number(0.0, 600.0, low_open=True), default=2.0, metavar="S",
                    help="milp: time limit in seconds, in (0, 600] (default 2)")
     o.add_argument("--mip-gap", type=number(0.0, 0.999), default=0.01, metavar="SHARE",

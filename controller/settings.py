@@ -141,8 +141,9 @@ class PowerSettings:
 class OptimizerSettings:
     objective: Literal["cost", "token_speed", "energy"] = "token_speed"
     """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
-    solver: Literal["greedy", "milp", "exhaustive"] = "greedy"
-    """Solver by name."""
+    solver: Literal["auto", "greedy", "milp", "exhaustive"] = "auto"
+    """Solver by name. auto: the MILP beside greedy where the problem is small (a host's services), the better
+    plan taken; greedy alone at fleet scale."""
     queue_model: str = DEFAULT_MODEL
     """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
