@@ -5,7 +5,9 @@ kopf and the official client talk to it as to an API server: discovery (`/api`, 
 resourceVersion checked (409 on a stale one, as a Lease's leader election needs), delete with finalizers
 (a deletionTimestamp until they are gone), and the `status` and `scale` subresources. A minimal Deployment
 controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom resources
-are served once their CustomResourceDefinition is created (the files in deploy/). Kept in memory; the server
+are served once their CustomResourceDefinition is created (the files in deploy/), and every write of one
+is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered 422
+Invalid with a cause per field as the API server answers. Kept in memory; the server
 runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
 
 Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from kube_schema import CrdSchema
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 @dataclass
 class Store:
     kinds: dict[tuple[str, str], Kind] = field(default_factory=dict)
+    schemas: dict[tuple[str, str], CrdSchema] = field(default_factory=dict)
+    """The served version's schema of each custom resource, by (group, plural)."""
     objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
     log: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = field(default_factory=list)
     rv: int = 0
@@ -132,6 +138,16 @@ class KubeEmulator:
         meta = obj["metadata"]
         return self._create((group, plural), meta.get("namespace", ""), copy.deepcopy(obj))
 
+    def stored(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """An object already in storage, written before its CRD's schema refused it (the server never
+        re-validates stored objects when a CRD changes): what a schema cannot keep out of the operator's reads."""
+        with self.store.cond:
+            schema = self.store.schemas.pop((group, plural))
+            try:
+                return self.put(group, plural, obj)
+            finally:
+                self.store.schemas[group, plural] = schema
+
     def get(self, group: str, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         with self.store.cond:
             obj = self.store.objects.get((group, plural, namespace, name))
@@ -143,8 +159,8 @@ class KubeEmulator:
 
     def patch(self, group: str, plural: str, name: str, patch: dict[str, Any], namespace: str = "") -> None:
         with self.store.cond:
-            self._write((group, plural, namespace, name), merge(self.store.objects[group, plural, namespace, name],
-                                                                 patch))
+            old = self.store.objects[group, plural, namespace, name]
+            self._write((group, plural, namespace, name), self._admit((group, plural), merge(old, patch), old))
 
     def delete(self, group: str, plural: str, name: str, namespace: str = "") -> None:
         self._delete((group, plural, namespace, name))
@@ -183,6 +199,7 @@ class KubeEmulator:
                         creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             obj.setdefault("apiVersion", f"{gp[0]}/{kind.version}".lstrip("/"))
             obj.setdefault("kind", kind.kind)
+            obj = self._admit(gp, obj)
             if gp == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 self._register(obj)
             out = copy.deepcopy(self._write(key, obj, "ADDED"))
@@ -193,9 +210,26 @@ class KubeEmulator:
         spec = crd["spec"]
         version = next(v for v in spec["versions"] if v.get("served", True))
         subs = tuple(version.get("subresources", {}))
-        self.store.kinds[spec["group"], spec["names"]["plural"]] = Kind(
-            spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
-            spec["scope"] == "Namespaced", subs)
+        gp = (spec["group"], spec["names"]["plural"])
+        self.store.kinds[gp] = Kind(spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
+                                    spec["scope"] == "Namespaced", subs)
+        if "schema" in version:
+            self.store.schemas[gp] = CrdSchema(version["schema"]["openAPIV3Schema"])
+
+    def _admit(self, gp: tuple[str, str], obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A custom resource as stored: pruned to its schema; ApiError 422 where the schema refuses it (on an
+        update from `old`, a field left as it was is not refused: the server's ratcheting)."""
+        schema = self.store.schemas.get(gp)
+        if schema is None:
+            return obj
+        obj, causes = schema.admit(obj, old)
+        if causes:
+            kind = self.store.kinds[gp]
+            raise ApiError(422, "Invalid", f"{kind.kind}.{gp[0]} {obj['metadata'].get('name', '')!r} is invalid: "
+                           + ", ".join(f"{c.field}: {c.message}" for c in causes),
+                           {"name": obj["metadata"].get("name", ""), "group": gp[0], "kind": kind.kind,
+                            "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]})
+        return obj
 
     def _delete(self, key: tuple[str, str, str, str]) -> dict[str, Any]:
         with self.store.cond:
@@ -227,13 +261,16 @@ class KubeEmulator:
                 new = json_patch(old, body)
             else:
                 new = merge(old, body, "strategic" in content_type)
-            if sub == "status":
-                new = {**old, "status": new.get("status")}
+            if sub == "status":  # the status alone changes (an absent one stays absent, as the server keeps it)
+                new = {**{k: v for k, v in old.items() if k != "status"},
+                       **({"status": new["status"]} if new.get("status") is not None else {})}
             elif "status" in kind.subresources:  # the object itself or its scale: spec changes count
-                new["status"] = old.get("status")
+                new = {k: v for k, v in new.items() if k != "status"}
+                if old.get("status") is not None:
+                    new["status"] = old["status"]
                 if new.get("spec") != old.get("spec"):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-            out = copy.deepcopy(self._write(key, new))
+            out = copy.deepcopy(self._write(key, self._admit(key[:2], new, old)))
             if sub != "status":
                 self._roll(key)
             return out
@@ -365,8 +402,9 @@ class KubeEmulator:
                     else:
                         raise ApiError(405, "MethodNotAllowed", method)
                 except ApiError as exc:
-                    self._send(exc.code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                          "reason": exc.reason, "code": exc.code, "message": str(exc)})
+                    self._send(exc.code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                          "reason": exc.reason, "code": exc.code, "message": str(exc),
+                                          **({"details": exc.details} if exc.details else {})})
 
             def _watch(self, gp: tuple[str, str], ns: str | None, since: int, timeout_s: float) -> None:
                 self.send_response(200)
@@ -422,6 +460,6 @@ def scale(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.code, self.reason = code, reason
+        self.code, self.reason, self.details = code, reason, details
