@@ -333,9 +333,10 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
 
     bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
            {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5"]
-    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):  # the schema refuses them
-        emu.stored(GROUP, PLANS,  # now: written by an older agent under an older schema {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": node},
-                               "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
+    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
+        # the schema refuses the bad entries now: written by an older agent under an older schema
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
+            "name": node}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
     counted: list[str] = []
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)
