@@ -113,7 +113,13 @@ def _cause(error: jsonschema.ValidationError) -> Cause:
         got = JSON_TYPES.get(type(error.instance), "object")
         return Cause(where, "FieldValueTypeInvalid", f"Invalid value: {shown}: {where} in body must be of type "
                      f"{want}: {json.dumps(got)}")
-    return Cause(where, "FieldValueInvalid", f"Invalid value: {shown}: {where} in body: {error.message}")
+    bound = error.schema.get(error.validator)
+    exclusive = error.schema.get(f"exclusive{str(error.validator).capitalize()}")
+    said = {"minimum": f"should be greater than {'' if exclusive else 'or equal to '}{bound}",
+            "maximum": f"should be less than {'' if exclusive else 'or equal to '}{bound}",
+            "minItems": f"should have at least {bound} items", "minLength": f"should be at least {bound} chars long"}
+    return Cause(where, "FieldValueInvalid", f"Invalid value: {shown}: {where} in body "
+                 f"{said.get(str(error.validator), error.message)}")
 
 
 class CrdSchema:
