@@ -5,8 +5,9 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
-import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -167,32 +169,92 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
                 "agent": (GROUP, "nodepowerplans/status", "patch")}[who] in used
 
 
-def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tuple[KubeEmulator, Any]) -> None:
+@contextmanager
+def operator_process(kubeconfig: Path, state_dir: Path, log: Path,
+                     duration_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """`wattscale operator` as a process of its own (a second replica), logging to `log`; it stops by itself
+    after `duration_s`, and is killed on exit if it has not."""
+    argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(kubeconfig), "--namespace",
+            "wattscale", "--state-dir", str(state_dir), "--metrics-port", "0", "--duration", str(duration_s)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5.0)
+
+
+def writes(emu: KubeEmulator, who: str, since: int = 0) -> list[tuple[str, str, str]]:
+    """(API group, resource, verb) of every write `who` made after its first `since` requests."""
+    mine = [(method, path) for token, method, path in emu.requests if token == who][since:]
+    return [verb(method, path) for method, path in mine if method != "GET"]
+
+
+def raised(node_plan: dict[str, Any] | None, before_mw: list[int]) -> dict[str, float]:
+    """The GPUs a plan's limits put more than 1 W above the limits in force before."""
+    limits = (node_plan or {}).get("spec", {}).get("limits_w") or {}
+    assert len(limits) == len(before_mw), limits
+    return {i: w for i, w in limits.items() if w > before_mw[int(i)] / 1000 + 1.0}
+
+
+def lease_holder(emu: KubeEmulator) -> str:
+    lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {}
+    return str(lease.get("spec", {}).get("holderIdentity") or "")
+
+
+def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """Two operators: kopf in this process leads; `wattscale operator` in a process of its own reads the Lease
+    and writes nothing (no scale, no patch, no plan, no status) while the leader holds it; it takes over when
+    the leader exits, and the first operator restarted takes over from it in turn: neither hand-over raises
+    any GPU's limit above what it was."""
     emu, client = cluster
     nvml = gpus()
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy(budget_w=1600.0))
-    with running_agent(client, nvml):
+    kubeconfig = tmp_path / "standby-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig("standby")))
+    log = tmp_path / "standby.log"
+    with running_agent(client, nvml), \
+            operator_process(kubeconfig, tmp_path / "standby-state", log, duration_s=30.0) as standby:
         with KopfRunner(OPERATOR, timeout=20) as first:
             until(lambda: status_of(emu, "chat").get("decision"), what="a plan")
-            standby = ClusterLoop(client, "default", "standby", "wattscale", os.environ["WATTSCALE_STATE_DIR"])
-            leader = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale")
-            assert leader is not None
-            for k in range(5):  # the Lease is held: the second instance never acts
-                assert standby.step(float(k)) > 0 and standby.controller is None and not standby.lease.held
-            time.sleep(1.5)  # the caps settle
+            leader = lease_holder(emu)
+            # the standby's operator up and passive: its loop has asked for the Lease twice (2 s apart)
+            until(lambda: sum(t == "standby" and "/leases/" in p for t, _, p in emu.requests) >= 2, timeout_s=20.0,
+                  what="the standby asking for the Lease")
+            assert standby.poll() is None and lease_holder(emu) == leader
+            passive = writes(emu, "standby")
+            assert passive == [], f"the standby wrote while the leader held the Lease: {passive}"
             before = [g.limit_mw for g in nvml.gpus]
-            sequence = (plan(emu) or {})["spec"]["sequence"]
+            sets_before = len(nvml.sets)
+            seen = sum(t == "standby" for t, _, _ in emu.requests)
         assert first.exit_code == 0, first.output
+        # the leader gave the Lease back on its way out: the standby takes it at its next step (2 s)
+        until(lambda: lease_holder(emu) not in ("", leader), timeout_s=10.0, what="the standby taking the Lease")
+        second = lease_holder(emu)
+        until(lambda: (GROUP, "nodepowerplans", "patch") in writes(emu, "standby", seen), what="its plans")
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader") == second,
+              what="the standby's status")
+        time.sleep(1.0)  # the agent follows the new leader's plan
+        rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
+        assert not rises, f"the take-over raised caps: {rises} over {before}"
+        assert not raised(plan(emu), before), "the new leader's plan raises a cap"
+        sequence = (plan(emu) or {})["spec"]["sequence"]
+        standby.terminate()  # SIGTERM, as the kubelet stops a pod: it gives the Lease back
+        assert standby.wait(15.0) == 0, log.read_text()[-3000:]
+        assert "lease wattscale/wattscale-operator taken by" in log.read_text()
         sets_before = len(nvml.sets)
-        with KopfRunner(OPERATOR, timeout=20) as second:
-            until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader", "")
-                  != leader["spec"]["holderIdentity"], what="a new leader")
-            time.sleep(2.0)
-        assert second.exit_code == 0, second.output
-        assert (plan(emu) or {})["spec"]["sequence"] > sequence, "the new leader renews the plan"
+        with KopfRunner(OPERATOR, timeout=20) as restarted:
+            until(lambda: lease_holder(emu) not in ("", second), timeout_s=10.0, what="a restarted leader")
+            until(lambda: (plan(emu) or {})["spec"]["sequence"] > sequence, what="the restarted leader's plan")
+            time.sleep(1.0)
+        assert restarted.exit_code == 0, restarted.output
         rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
         assert not rises, f"a restart raised caps: {rises} over {before}"
+        assert not raised(plan(emu), before), "the restarted leader's plan raises a cap"
 
 
 def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(
@@ -244,15 +306,12 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
 def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """`wattscale operator` as a process: it logs in through the kubeconfig, acts, and stops after --duration."""
-    import subprocess
-    import sys
-
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy())
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
             "--duration", "4", "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
