@@ -1,4 +1,5 @@
-"""An HTTP emulator of the Kubernetes API on loopback, with watches, for the operator and the node agent.
+"""An HTTP emulator of the Kubernetes API on loopback, with watches, for the operator, the node agent and the
+kubernetes actuators.
 
 kopf and the official client talk to it as to an API server: discovery (`/api`, `/apis`), list and watch
 (chunked JSON lines from a resourceVersion), get, create, merge and JSON patches, replace with the
@@ -7,8 +8,9 @@ resourceVersion checked (409 on a stale one, as a Lease's leader election needs)
 controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom resources
 are served once their CustomResourceDefinition is created (the files in deploy/), and every write of one
 is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered 422
-Invalid with a cause per field as the API server answers. Kept in memory; the server
-runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
+Invalid with a cause per field as the API server answers. `fail` scripts the failures a real server has (a
+409, a 500, a slow answer) for the actuators' error maps. Kept in memory; the server runs in daemon threads,
+every watch ends within half a second of `close()` and by itself after `watch_s`.
 
 Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
 pytest-asyncio throughout) and merges every write without a resourceVersion check, so a Lease held by two
@@ -112,6 +114,8 @@ class KubeEmulator:
         self.watch_s = watch_s
         self.requests: list[tuple[str, str, str]] = []
         """(bearer token, method, path) of every request."""
+        self.faults: list[Fault] = []
+        """Scripted failures, the first that matches a request answering it (see `fail`)."""
         self.closing = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -132,6 +136,21 @@ class KubeEmulator:
                 "clusters": [{"name": "emu", "cluster": {"server": self.url}}],
                 "users": [{"name": "emu", "user": {"token": token}}],
                 "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
+
+    def fail(self, method: str, path: str, code: int = 0, delay_s: float = 0.0, times: int | None = None) -> None:
+        """Requests of `method` whose path matches the regex `path` answered with HTTP `code` (a Status as the
+        server sends it) and/or `delay_s` late, for the next `times` of them (None: every one): the failures
+        a real API server has (a 409 on a write that raced, a 500, a slow answer) on demand."""
+        self.faults.append(Fault(method, re.compile(path), code, delay_s, times))
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        with self.store.cond:
+            for f in self.faults:
+                if f.method == method and f.path.search(path) and f.times != 0:
+                    if f.times is not None:
+                        f.times -= 1
+                    return f
+            return None
 
     # -- direct access for tests ---------------------------------------------------------------
     def put(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -369,6 +388,11 @@ class KubeEmulator:
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 emu.requests.append((token, method, self.path))
                 try:
+                    fault = emu._fault(method, url.path)
+                    if fault is not None:
+                        emu.closing.wait(fault.delay_s)
+                        if fault.code:
+                            raise ApiError(fault.code, REASONS.get(fault.code, "InternalError"), "a scripted failure")
                     if method == "GET" and (doc := emu._discovery(url.path)) is not None:
                         self._send(200, doc)
                         return
@@ -457,6 +481,19 @@ def scale(deployment: dict[str, Any]) -> dict[str, Any]:
             "metadata": {"name": meta["name"], "namespace": meta.get("namespace"),
                          "resourceVersion": meta["resourceVersion"]},
             "spec": {"replicas": n}, "status": {"replicas": n}}
+
+
+REASONS = {404: "NotFound", 409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+           503: "ServiceUnavailable"}
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    code: int
+    delay_s: float
+    times: int | None
 
 
 class ApiError(Exception):
