@@ -32,7 +32,8 @@ from cluster_fixtures import (
     until,
 )
 from kopf.testing import KopfRunner
-from kube_emulator import PATH, KubeEmulator
+from kube_emulator import KubeEmulator
+from kube_http import PATH
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 from cluster_fixtures import NODE, NS, policy, service, start
-from kube_emulator import ApiError, KubeEmulator
+from kube_emulator import KubeEmulator
+from kube_http import ApiError
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
