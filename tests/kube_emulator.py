@@ -5,13 +5,13 @@ kopf and the official client talk to it as to an API server: discovery (`/api`, 
 (chunked JSON lines from a resourceVersion), get, create, merge and JSON patches, replace with the
 resourceVersion checked (409 on a stale one, as a Lease's leader election needs), delete with finalizers
 (a deletionTimestamp until they are gone), and the `status` and `scale` subresources. A minimal Deployment
-controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom resources
-are served once their CustomResourceDefinition is created (the files in deploy/), and every write of one
-is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered 422
-Invalid with a cause per field as the API server answers. The HTTP side (paths, discovery, watches) is
-tests/kube_http.py. `fail` scripts the failures a real server has (a
-409, a 500, a slow answer) for the actuators' error maps. Kept in memory; the server runs in daemon threads,
-every watch ends within half a second of `close()` and by itself after `watch_s`.
+controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom
+resources are served once their CustomResourceDefinition is created (the files in deploy/), and every write
+of one is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered
+422 Invalid with a cause per field as the API server answers. `fail` scripts the failures a real server has
+(a 409, a 500, a slow answer) for the actuators' error maps. This module holds the store; the HTTP side
+(paths, discovery, watches) is tests/kube_http.py. Kept in memory; the server runs in daemon threads, every
+watch ends within half a second of `close()` and by itself after `watch_s`.
 
 Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
 pytest-asyncio throughout) and merges every write without a resourceVersion check, so a Lease held by two
