@@ -136,7 +136,7 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
     o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
-    o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
+    o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds, as on SIGTERM")
     o.set_defaults(func=_operator)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
     a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")
