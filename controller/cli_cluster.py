@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -65,10 +66,18 @@ def _operator(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
-    stop = threading.Event()
-    _stop_after(args.duration, stop)
-    kopf.run(standalone=True, clusterwide=True, memo=kopf.Memo(registry=registry), stop_flag=stop,
-             liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz" if args.health_port else None)
+
+    async def operate() -> None:
+        # --duration ends the run as a SIGTERM does (kopf's own handler), not through a stop flag: kopf leaves
+        # the flag's waiter behind when a signal stops it, and the exit then waits for that waiter (a
+        # threading.Event's forever, an asyncio one's 5 s)
+        if args.duration is not None:
+            asyncio.get_running_loop().call_later(args.duration, signal.raise_signal, signal.SIGTERM)
+        await kopf.operator(standalone=True, clusterwide=True, memo=kopf.Memo(registry=registry),
+                            liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz"
+                            if args.health_port else None)
+
+    asyncio.run(operate())
     return 0
 
 
@@ -127,7 +136,7 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
     o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
-    o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
+    o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds, as on SIGTERM")
     o.set_defaults(func=_operator)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
     a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")

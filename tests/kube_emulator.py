@@ -1,12 +1,17 @@
-"""An HTTP emulator of the Kubernetes API on loopback, with watches, for the operator and the node agent.
+"""An HTTP emulator of the Kubernetes API on loopback, with watches, for the operator, the node agent and the
+kubernetes actuators.
 
 kopf and the official client talk to it as to an API server: discovery (`/api`, `/apis`), list and watch
 (chunked JSON lines from a resourceVersion), get, create, merge and JSON patches, replace with the
 resourceVersion checked (409 on a stale one, as a Lease's leader election needs), delete with finalizers
 (a deletionTimestamp until they are gone), and the `status` and `scale` subresources. A minimal Deployment
-controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom resources
-are served once their CustomResourceDefinition is created (the files in deploy/). Kept in memory; the server
-runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
+controller writes a Deployment's rollout status after each change of its spec (`rollout_s` later). Custom
+resources are served once their CustomResourceDefinition is created (the files in deploy/), and every write
+of one is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered
+422 Invalid with a cause per field as the API server answers. `fail` scripts the failures a real server has
+(a 409, a 500, a slow answer) for the actuators' error maps. This module holds the store; the HTTP side
+(paths, discovery, watches) is tests/kube_http.py. Kept in memory; the server runs in daemon threads, every
+watch ends within half a second of `close()` and by itself after `watch_s`.
 
 Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
 pytest-asyncio throughout) and merges every write without a resourceVersion check, so a Lease held by two
@@ -16,15 +21,16 @@ operators could not conflict.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from kube_http import ApiError, handler
+from kube_schema import CrdSchema
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,6 @@ BUILTIN = (
     Kind("coordination.k8s.io", "v1", "leases", "Lease", True),
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False),
 )
-PATH = re.compile(r"^/(?:api/(?P<cv>v1)|apis/(?P<g>[^/]+)/(?P<v>[^/]+))(?:/namespaces/(?P<ns>[^/]+)(?=/))?"
-                  r"/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$")
 
 
 def merge(target: Any, patch: Any, strategic: bool = False) -> Any:
@@ -90,6 +94,8 @@ def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 @dataclass
 class Store:
     kinds: dict[tuple[str, str], Kind] = field(default_factory=dict)
+    schemas: dict[tuple[str, str], CrdSchema] = field(default_factory=dict)
+    """The served version's schema of each custom resource, by (group, plural)."""
     objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
     log: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = field(default_factory=list)
     rv: int = 0
@@ -106,8 +112,10 @@ class KubeEmulator:
         self.watch_s = watch_s
         self.requests: list[tuple[str, str, str]] = []
         """(bearer token, method, path) of every request."""
+        self.faults: list[Fault] = []
+        """Scripted failures, the first that matches a request answering it (see `fail`)."""
         self.closing = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -127,10 +135,35 @@ class KubeEmulator:
                 "users": [{"name": "emu", "user": {"token": token}}],
                 "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
 
+    def fail(self, method: str, path: str, code: int = 0, delay_s: float = 0.0, times: int | None = None) -> None:
+        """Requests of `method` whose path matches the regex `path` answered with HTTP `code` (a Status as the
+        server sends it) and/or `delay_s` late, for the next `times` of them (None: every one): the failures
+        a real API server has (a 409 on a write that raced, a 500, a slow answer) on demand."""
+        self.faults.append(Fault(method, re.compile(path), code, delay_s, times))
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        with self.store.cond:
+            for f in self.faults:
+                if f.method == method and f.path.search(path) and f.times != 0:
+                    if f.times is not None:
+                        f.times -= 1
+                    return f
+            return None
+
     # -- direct access for tests ---------------------------------------------------------------
     def put(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         return self._create((group, plural), meta.get("namespace", ""), copy.deepcopy(obj))
+
+    def stored(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """An object already in storage, written before its CRD's schema refused it (the server never
+        re-validates stored objects when a CRD changes): what a schema cannot keep out of the operator's reads."""
+        with self.store.cond:
+            schema = self.store.schemas.pop((group, plural))
+            try:
+                return self.put(group, plural, obj)
+            finally:
+                self.store.schemas[group, plural] = schema
 
     def get(self, group: str, plural: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         with self.store.cond:
@@ -143,8 +176,8 @@ class KubeEmulator:
 
     def patch(self, group: str, plural: str, name: str, patch: dict[str, Any], namespace: str = "") -> None:
         with self.store.cond:
-            self._write((group, plural, namespace, name), merge(self.store.objects[group, plural, namespace, name],
-                                                                 patch))
+            old = self.store.objects[group, plural, namespace, name]
+            self._write((group, plural, namespace, name), self._admit((group, plural), merge(old, patch), old))
 
     def delete(self, group: str, plural: str, name: str, namespace: str = "") -> None:
         self._delete((group, plural, namespace, name))
@@ -183,6 +216,7 @@ class KubeEmulator:
                         creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             obj.setdefault("apiVersion", f"{gp[0]}/{kind.version}".lstrip("/"))
             obj.setdefault("kind", kind.kind)
+            obj = self._admit(gp, obj)
             if gp == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 self._register(obj)
             out = copy.deepcopy(self._write(key, obj, "ADDED"))
@@ -193,9 +227,26 @@ class KubeEmulator:
         spec = crd["spec"]
         version = next(v for v in spec["versions"] if v.get("served", True))
         subs = tuple(version.get("subresources", {}))
-        self.store.kinds[spec["group"], spec["names"]["plural"]] = Kind(
-            spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
-            spec["scope"] == "Namespaced", subs)
+        gp = (spec["group"], spec["names"]["plural"])
+        self.store.kinds[gp] = Kind(spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
+                                    spec["scope"] == "Namespaced", subs)
+        if "schema" in version:
+            self.store.schemas[gp] = CrdSchema(version["schema"]["openAPIV3Schema"])
+
+    def _admit(self, gp: tuple[str, str], obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A custom resource as stored: pruned to its schema; ApiError 422 where the schema refuses it (on an
+        update from `old`, a field left as it was is not refused: the server's ratcheting)."""
+        schema = self.store.schemas.get(gp)
+        if schema is None:
+            return obj
+        obj, causes = schema.admit(obj, old)
+        if causes:
+            kind = self.store.kinds[gp]
+            raise ApiError(422, "Invalid", f"{kind.kind}.{gp[0]} {obj['metadata'].get('name', '')!r} is invalid: "
+                           + ", ".join(f"{c.field}: {c.message}" for c in causes),
+                           {"name": obj["metadata"].get("name", ""), "group": gp[0], "kind": kind.kind,
+                            "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]})
+        return obj
 
     def _delete(self, key: tuple[str, str, str, str]) -> dict[str, Any]:
         with self.store.cond:
@@ -227,13 +278,16 @@ class KubeEmulator:
                 new = json_patch(old, body)
             else:
                 new = merge(old, body, "strategic" in content_type)
-            if sub == "status":
-                new = {**old, "status": new.get("status")}
+            if sub == "status":  # the status alone changes (an absent one stays absent, as the server keeps it)
+                new = {**{k: v for k, v in old.items() if k != "status"},
+                       **({"status": new["status"]} if new.get("status") is not None else {})}
             elif "status" in kind.subresources:  # the object itself or its scale: spec changes count
-                new["status"] = old.get("status")
+                new = {k: v for k, v in new.items() if k != "status"}
+                if old.get("status") is not None:
+                    new["status"] = old["status"]
                 if new.get("spec") != old.get("spec"):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-            out = copy.deepcopy(self._write(key, new))
+            out = copy.deepcopy(self._write(key, self._admit(key[:2], new, old)))
             if sub != "status":
                 self._roll(key)
             return out
@@ -276,152 +330,11 @@ class KubeEmulator:
                    and all(o["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
             return out, self.store.rv
 
-    # -- HTTP ----------------------------------------------------------------------------------
-    def _discovery(self, path: str) -> dict[str, Any] | None:
-        kinds = list(self.store.kinds.values())
-        if path == "/version":
-            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulator"}
-        if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"]}
-        if path == "/apis":
-            groups = sorted({(k.group, k.version) for k in kinds if k.group})
-            return {"kind": "APIGroupList", "groups": [
-                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
-                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in groups]}
-        m = re.match(r"^/(?:api/(v1)|apis/([^/]+)/([^/]+))$", path)
-        if m is None:
-            return None
-        group, version = ("", "v1") if m.group(1) else (m.group(2), m.group(3))
-        resources = []
-        for k in kinds:
-            if (k.group, k.version) != (group, version):
-                continue
-            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
-            resources.append({"name": k.plural, "singularName": k.kind.lower(), "kind": k.kind,
-                              "namespaced": k.namespaced, "verbs": verbs})
-            resources += [{"name": f"{k.plural}/{s}", "singularName": "", "kind": k.kind, "namespaced": k.namespaced,
-                           "verbs": ["get", "patch", "update"]} for s in k.subresources]
-        return {"kind": "APIResourceList", "groupVersion": f"{group}/{version}".lstrip("/"), "resources": resources}
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        emu = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _serve(self, method: str) -> None:
-                if emu.closing.is_set():  # closed: a kept-alive connection is dropped unanswered
-                    self.close_connection = True
-                    return
-                url = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                emu.requests.append((token, method, self.path))
-                try:
-                    if method == "GET" and (doc := emu._discovery(url.path)) is not None:
-                        self._send(200, doc)
-                        return
-                    m = PATH.match(url.path)
-                    if m is None or (m["g"] or "", m["plural"]) not in emu.store.kinds:
-                        raise ApiError(404, "NotFound", f"no resource at {url.path}")
-                    gp = (m["g"] or "", m["plural"])
-                    ns, name, sub = m["ns"], m["name"], m["sub"]
-                    kind = emu.store.kinds[gp]
-                    key = (*gp, ns or "" if kind.namespaced else "", name or "")
-                    body = json.loads(raw) if raw else None
-                    if name is None and method == "GET" and query.get("watch") in ("true", "1"):
-                        self._watch(gp, ns, int(query.get("resourceVersion") or 0),
-                                    float(query.get("timeoutSeconds") or emu.watch_s))
-                    elif name is None and method == "GET":
-                        items, rv = emu._list(gp, ns, query.get("labelSelector", ""))
-                        self._send(200, {"kind": f"{kind.kind}List", "apiVersion": "v1", "items": items,
-                                         "metadata": {"resourceVersion": str(rv)}})
-                    elif name is None and method == "POST":
-                        self._send(201, emu._create(gp, ns or "", body))
-                    elif method == "GET":
-                        obj = emu.get(*key[:2], key[3], key[2])
-                        if obj is None:
-                            raise ApiError(404, "NotFound", f"{kind.plural} {name!r} not found")
-                        self._send(200, scale(obj) if sub == "scale" else obj)
-                    elif method in ("PATCH", "PUT"):
-                        obj = emu._update(key, sub, body, method, self.headers.get("Content-Type", ""))
-                        self._send(200, scale(obj) if sub == "scale" else obj)
-                    elif method == "DELETE":
-                        self._send(200, emu._delete(key))
-                    else:
-                        raise ApiError(405, "MethodNotAllowed", method)
-                except ApiError as exc:
-                    self._send(exc.code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                          "reason": exc.reason, "code": exc.code, "message": str(exc)})
-
-            def _watch(self, gp: tuple[str, str], ns: str | None, since: int, timeout_s: float) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                store, end = emu.store, time.monotonic() + min(timeout_s, emu.watch_s)
-                with store.cond:
-                    pending = [] if since else [("ADDED", o) for o in emu._list(gp, ns, "")[0]]
-                    seen = since or store.rv
-                while True:
-                    for kind, obj in pending:
-                        line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                    self.wfile.flush()
-                    if emu.closing.is_set() or time.monotonic() > end:
-                        break
-                    with store.cond:
-                        store.cond.wait(0.5)
-                        fresh = [(rv, k, o) for rv, g, k, o in store.log if rv > seen and g == gp
-                                 and (ns is None or o["metadata"].get("namespace", "") == ns)]
-                        seen = store.rv
-                    pending = [(k, o) for _, k, o in fresh]
-                self.wfile.write(b"0\r\n\r\n")
-                self.close_connection = True
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_PATCH(self) -> None:
-                self._serve("PATCH")
-
-            def do_PUT(self) -> None:
-                self._serve("PUT")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-        return Handler
-
-
-def scale(deployment: dict[str, Any]) -> dict[str, Any]:
-    """A Deployment's scale subresource."""
-    meta = deployment["metadata"]
-    n = deployment.get("spec", {}).get("replicas", 1)
-    return {"apiVersion": "autoscaling/v1", "kind": "Scale",
-            "metadata": {"name": meta["name"], "namespace": meta.get("namespace"),
-                         "resourceVersion": meta["resourceVersion"]},
-            "spec": {"replicas": n}, "status": {"replicas": n}}
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.reason = code, reason
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    code: int
+    delay_s: float
+    times: int | None

@@ -5,8 +5,9 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
-import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ from cluster_fixtures import (
     until,
 )
 from kopf.testing import KopfRunner
-from kube_emulator import PATH, KubeEmulator
+from kube_emulator import KubeEmulator
+from kube_http import PATH
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
@@ -42,6 +44,7 @@ from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -117,11 +120,10 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu, client = cluster
     nvml = gpus()
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
-    emu.put(GROUP, SERVICES, service("bad-acc", "vllm-chat", accelerator="B300"))
+    emu.put("apps", "deployments", deployment("vllm-l4", "l4", 0, 64))
+    emu.put(GROUP, SERVICES, service("bad-acc", "vllm-l4", accelerator="L4"))  # in the catalogue, not the policy
     emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
     emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
-    emu.put(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
-    emu.put(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
     rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
     budget = {"safe_budget_w": 1800.0, "sources": [{"kind": "fixed", "name": "contract", "budget_w": 2200.0}]}
     emu.put(GROUP, POLICIES, policy(domains=[rack], budget=budget))
@@ -137,13 +139,11 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
               what="the budget source's budget in force")
         # Bad resources: each reported on itself, by field; the good one is still controlled.
         why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
-               ("bad-acc", "no-deploy", "min-max", "hostile", "typo")}
+               ("bad-acc", "no-deploy", "min-max")}
         assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
-        assert why["bad-acc"]["message"].startswith("spec.variants[0].accelerator: unknown accelerator 'B300'")
+        assert why["bad-acc"]["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
         assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
         assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
-        assert why["hostile"]["message"] == "spec: must be an object, got str"
-        assert why["typo"]["message"] == "spec.max_replicas: must be an integer, got 'four'"
         assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events_on(emu, "min-max"))
         # The plan reaches the node: the agent applies the operator's limits to the GPUs.
         p = until(lambda: (plan(emu) or {}).get("spec", {}).get("limits_w") and plan(emu), what="node limits")
@@ -170,43 +170,105 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
                 "agent": (GROUP, "nodepowerplans/status", "patch")}[who] in used
 
 
-def test_restart_raises_no_cap_and_a_second_operator_stays_passive(cluster: tuple[KubeEmulator, Any]) -> None:
+@contextmanager
+def operator_process(kubeconfig: Path, state_dir: Path, log: Path,
+                     duration_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """`wattscale operator` as a process of its own (a second replica), logging to `log`; it stops by itself
+    after `duration_s`, and is killed on exit if it has not."""
+    argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(kubeconfig), "--namespace",
+            "wattscale", "--state-dir", str(state_dir), "--metrics-port", "0", "--duration", str(duration_s)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5.0)
+
+
+def writes(emu: KubeEmulator, who: str, since: int = 0) -> list[tuple[str, str, str]]:
+    """(API group, resource, verb) of every write `who` made after its first `since` requests."""
+    mine = [(method, path) for token, method, path in emu.requests if token == who][since:]
+    return [verb(method, path) for method, path in mine if method != "GET"]
+
+
+def raised(node_plan: dict[str, Any] | None, before_mw: list[int]) -> dict[str, float]:
+    """The GPUs a plan's limits put more than 1 W above the limits in force before."""
+    limits = (node_plan or {}).get("spec", {}).get("limits_w") or {}
+    assert len(limits) == len(before_mw), limits
+    return {i: w for i, w in limits.items() if w > before_mw[int(i)] / 1000 + 1.0}
+
+
+def lease_holder(emu: KubeEmulator) -> str:
+    lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {}
+    return str(lease.get("spec", {}).get("holderIdentity") or "")
+
+
+def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """Two operators: kopf in this process leads; `wattscale operator` in a process of its own reads the Lease
+    and writes nothing (no scale, no patch, no plan, no status) while the leader holds it; it takes over when
+    the leader exits, and the first operator restarted takes over from it in turn: neither hand-over raises
+    any GPU's limit above what it was."""
     emu, client = cluster
     nvml = gpus()
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy(budget_w=1600.0))
-    with running_agent(client, nvml):
+    kubeconfig = tmp_path / "standby-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig("standby")))
+    log = tmp_path / "standby.log"
+    with running_agent(client, nvml), \
+            operator_process(kubeconfig, tmp_path / "standby-state", log, duration_s=30.0) as standby:
         with KopfRunner(OPERATOR, timeout=20) as first:
             until(lambda: status_of(emu, "chat").get("decision"), what="a plan")
-            standby = ClusterLoop(client, "default", "standby", "wattscale", os.environ["WATTSCALE_STATE_DIR"])
-            leader = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale")
-            assert leader is not None
-            for k in range(5):  # the Lease is held: the second instance never acts
-                assert standby.step(float(k)) > 0 and standby.controller is None and not standby.lease.held
-            time.sleep(1.5)  # the caps settle
+            leader = lease_holder(emu)
+            # the standby's operator up and passive: its loop has asked for the Lease twice (2 s apart)
+            until(lambda: sum(t == "standby" and "/leases/" in p for t, _, p in emu.requests) >= 2, timeout_s=20.0,
+                  what="the standby asking for the Lease")
+            assert standby.poll() is None and lease_holder(emu) == leader
+            passive = writes(emu, "standby")
+            assert passive == [], f"the standby wrote while the leader held the Lease: {passive}"
             before = [g.limit_mw for g in nvml.gpus]
-            sequence = (plan(emu) or {})["spec"]["sequence"]
+            sets_before = len(nvml.sets)
+            seen = sum(t == "standby" for t, _, _ in emu.requests)
         assert first.exit_code == 0, first.output
+        # the leader gave the Lease back on its way out: the standby takes it at its next step (2 s)
+        until(lambda: lease_holder(emu) not in ("", leader), timeout_s=10.0, what="the standby taking the Lease")
+        second = lease_holder(emu)
+        until(lambda: (GROUP, "nodepowerplans", "patch") in writes(emu, "standby", seen), what="its plans")
+        until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader") == second,
+              what="the standby's status")
+        time.sleep(1.0)  # the agent follows the new leader's plan
+        rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
+        assert not rises, f"the take-over raised caps: {rises} over {before}"
+        assert not raised(plan(emu), before), "the new leader's plan raises a cap"
+        sequence = (plan(emu) or {})["spec"]["sequence"]
+        standby.terminate()  # SIGTERM, as the kubelet stops a pod: it gives the Lease back
+        assert standby.wait(15.0) == 0, log.read_text()[-3000:]
+        assert "lease wattscale/wattscale-operator taken by" in log.read_text()
         sets_before = len(nvml.sets)
-        with KopfRunner(OPERATOR, timeout=20) as second:
-            until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader", "")
-                  != leader["spec"]["holderIdentity"], what="a new leader")
-            time.sleep(2.0)
-        assert second.exit_code == 0, second.output
-        assert (plan(emu) or {})["spec"]["sequence"] > sequence, "the new leader renews the plan"
+        with KopfRunner(OPERATOR, timeout=20) as restarted:
+            until(lambda: lease_holder(emu) not in ("", second), timeout_s=10.0, what="a restarted leader")
+            until(lambda: (plan(emu) or {})["spec"]["sequence"] > sequence, what="the restarted leader's plan")
+            time.sleep(1.0)
+        assert restarted.exit_code == 0, restarted.output
         rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
         assert not rises, f"a restart raised caps: {rises} over {before}"
+        assert not raised(plan(emu), before), "the restarted leader's plan raises a cap"
 
 
 def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """The operator's loop without kopf, stepped with explicit times: a policy edit that fails its checks is
     reported on the policy by field while the last good settings go on; a service on an accelerator outside
-    the inventory is reported on itself."""
+    the inventory is reported on itself, and so are services stored before the CRD's schema refused them."""
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, SERVICES, service("on-l4", "vllm-l4", accelerator="L4"))
     emu.put(GROUP, SERVICES, service("twin", "vllm-chat"))
+    emu.stored(GROUP, SERVICES, {**service("hostile", "vllm-chat"), "spec": "not an object"})
+    emu.stored(GROUP, SERVICES, service("typo", "vllm-chat", max_replicas="four"))
     emu.put("apps", "deployments", deployment("vllm-l4", "l4", 0, 64))
     emu.put(GROUP, POLICIES, policy())
     loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
@@ -219,16 +281,22 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     assert why["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
     twin = until(lambda: status_of(emu, "twin").get("conditions"), what="twin's report")[0]
     assert twin["message"] == "spec.variants[0].deployment: llm/vllm-chat is already LLMService llm/chat's"
+    hostile = until(lambda: status_of(emu, "hostile").get("conditions"), what="hostile's report")[0]
+    assert hostile["message"] == "spec: must be an object, got str"
+    typo = until(lambda: status_of(emu, "typo").get("conditions"), what="typo's report")[0]
+    assert typo["message"] == "spec.max_replicas: must be an integer, got 'four'"
     emu.patch(GROUP, POLICIES, "default", {"spec": {"plan_ttl_s": 7.0}})  # the plans carry a TTL edit
     for k in range(12, 18):
         loop.step(0.2 * k)
     until(lambda: loop.step(3.6) and (plan(emu) or {})["spec"]["ttl_s"] == 7.0, what="the plan's new TTL")
-    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": -1}}})
+    # fields good one by one, bad together (what a schema cannot say): a fast tick longer than the slow one
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"daemon": {"fast_interval_s": 2.0}}})
     for k in range(18, 24):
         loop.step(0.2 * k)
     got = until(lambda: [c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
                          if c["status"] == "False"], what="the policy's error")[0]
-    assert got["status"] == "False" and got["message"] == "spec.power.budget_w: must be > 0, got -1.0"
+    assert got["status"] == "False" and got["message"] == ("spec.daemon.slow_interval_s: must not be shorter "
+                                                           "than fast_interval_s")
     assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
     assert loop.controller.governor.settings.budget_w == 2400.0
     loop.stand_down(release=False, now=5.0)
@@ -239,15 +307,12 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
 def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """`wattscale operator` as a process: it logs in through the kubeconfig, acts, and stops after --duration."""
-    import subprocess
-    import sys
-
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy())
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
             "--duration", "4", "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
@@ -329,8 +394,9 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
            {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5"]
     for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
-        emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": node},
-                               "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
+        # the schema refuses the bad entries now: written by an older agent under an older schema
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
+            "name": node}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
     counted: list[str] = []
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kube_schema import CrdSchema
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.cli import main
@@ -150,6 +151,10 @@ def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None
                                                                     svc["metadata"]["name"], svc["spec"])],
                     str(tmp_path))
     assert s.services[0].name == "llm/chat" and s.power.budget_w == 20000
+    admission = {c["spec"]["names"]["kind"]: CrdSchema(c["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+               for c in yaml.safe_load_all((BASE / "crds.yaml").read_text())}
+    for obj in (policy, svc):  # the API server admits them as they are: nothing refused, nothing pruned
+        assert admission[obj["kind"]].admit(obj) == (obj, []), obj["kind"]
 
 
 def test_a_policy_asking_for_locked_clocks_is_refused_as_cluster_mode_has_none() -> None:

@@ -1,5 +1,5 @@
 """One contract suite for every replica-scaling backend (dry-run, sim, kubernetes through the official client
-against an HTTP fake of the API), then the kubernetes error map: 404, 409, 500 and timeouts."""
+against the Kubernetes API emulator), then the kubernetes error map: 404, 409, 500 and timeouts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import NS, deployment
 from conftest import small_sim_host
-from fake_kube_api import FakeKubeApi
+from kube_emulator import KubeEmulator
 from kubernetes import client
 
 from actuators import PermanentActuatorError, ReplicaScaler, TransientActuatorError
@@ -22,14 +23,25 @@ from controller.wiring import build_parts
 H100 = "H100-SXM"
 
 
+SCALE = r"/deployments/{}/scale$"
+
+
 @pytest.fixture
-def kube() -> Iterator[FakeKubeApi]:
-    api = FakeKubeApi({("llm", "chat"): 2, ("llm", "batch"): 1}, slow_s=1.5)
-    yield api
-    api.close()
+def kube() -> Iterator[KubeEmulator]:
+    api = KubeEmulator(watch_s=1.0)
+    api.put("apps", "deployments", deployment("chat", "chat", 2, 64))
+    api.put("apps", "deployments", deployment("batch", "batch", 1, 64))
+    try:
+        yield api
+    finally:
+        api.close()
 
 
-def _kube_scaler(api: FakeKubeApi, timeout_s: float = 0.5) -> KubernetesReplicaScaler:
+def replicas(api: KubeEmulator, name: str) -> int:
+    return int((api.get("apps", "deployments", name, NS) or {})["spec"]["replicas"])
+
+
+def _kube_scaler(api: KubeEmulator, timeout_s: float = 0.5) -> KubernetesReplicaScaler:
     cfg = client.Configuration()
     cfg.host = api.url
     cfg.retries = 0
@@ -42,7 +54,7 @@ def _sim_scaler() -> SimReplicaScaler:
 
 
 @pytest.fixture(params=["dry-run", "sim", "kubernetes"])
-def scaler(request: pytest.FixtureRequest, kube: FakeKubeApi) -> ReplicaScaler:
+def scaler(request: pytest.FixtureRequest, kube: KubeEmulator) -> ReplicaScaler:
     if request.param == "dry-run":
         return DryRunReplicaScaler({("chat", H100): 2, ("batch", H100): 1})
     if request.param == "sim":
@@ -72,52 +84,54 @@ def test_unknown_service_and_negative_counts_are_permanent(scaler: ReplicaScaler
     assert scaler.get_replicas("chat", H100) == 2
 
 
-def test_kubernetes_missing_deployment_is_permanent(kube: FakeKubeApi) -> None:
-    kube.fail["chat"] = "404"
+def test_kubernetes_missing_deployment_is_permanent(kube: KubeEmulator) -> None:
+    kube.delete("apps", "deployments", "chat", NS)
     with pytest.raises(PermanentActuatorError, match="no such Deployment"):
         _kube_scaler(kube).set_replicas("chat", H100, 3)
 
 
-def test_kubernetes_conflict_is_transient_and_a_retry_lands(kube: FakeKubeApi) -> None:
-    kube.fail["chat"] = "409"
+def test_kubernetes_conflict_is_transient_and_a_retry_lands(kube: KubeEmulator) -> None:
+    kube.fail("PATCH", SCALE.format("chat"), 409, times=1)
     scaler = _kube_scaler(kube)
     with pytest.raises(TransientActuatorError, match="conflict") as err:
         scaler.set_replicas("chat", H100, 3)
     assert err.value.delay_s > 0
     assert scaler.set_replicas("chat", H100, 3) == 3
-    assert kube.replicas[("llm", "chat")] == 3
+    assert replicas(kube, "chat") == 3
 
 
-def test_kubernetes_server_error_is_transient_and_changes_nothing(kube: FakeKubeApi) -> None:
-    kube.fail["chat"] = "500"
+def test_kubernetes_server_error_is_transient_and_changes_nothing(kube: KubeEmulator) -> None:
+    kube.fail("PATCH", SCALE.format("chat"), 500)
     with pytest.raises(TransientActuatorError, match="HTTP 500"):
         _kube_scaler(kube).set_replicas("chat", H100, 5)
-    assert kube.replicas[("llm", "chat")] == 2
+    assert replicas(kube, "chat") == 2
 
 
-def test_kubernetes_timeout_is_transient(kube: FakeKubeApi) -> None:
-    kube.fail["batch"] = "slow"
+def test_kubernetes_timeout_is_transient(kube: KubeEmulator) -> None:
+    kube.fail("GET", SCALE.format("batch"), delay_s=1.5)
     with pytest.raises(TransientActuatorError, match="too slow"):
         _kube_scaler(kube, timeout_s=0.3).get_replicas("batch", H100)
 
 
-def test_kubernetes_unreachable_api_is_transient(kube: FakeKubeApi) -> None:
+def test_kubernetes_unreachable_api_is_transient(kube: KubeEmulator) -> None:
     scaler = _kube_scaler(kube)
     kube.close()
     with pytest.raises(TransientActuatorError):
         scaler.get_replicas("chat", H100)
 
 
-def test_kubernetes_calls_only_the_scale_subresource(kube: FakeKubeApi) -> None:
+def test_kubernetes_calls_only_the_scale_subresource(kube: KubeEmulator) -> None:
     scaler = _kube_scaler(kube)
     scaler.get_replicas("chat", H100)
     scaler.set_replicas("batch", H100, 2)
-    assert kube.calls == [("GET", "llm/chat"), ("PATCH", "llm/batch")]
+    assert [(m, p.split("?")[0]) for _, m, p in kube.requests] == [
+        ("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/chat/scale"),
+        ("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/batch/scale")]
 
 
-def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: FakeKubeApi, tmp_path: Path) -> None:
+def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: KubeEmulator, tmp_path: Path) -> None:
     """`replicas = "kubernetes"` with a kubeconfig file: the daemon's wiring reaches the API it names."""
-    kube.replicas[("llm", "chat")] = 3
+    kube.patch("apps", "deployments", "chat", {"spec": {"replicas": 3}}, NS)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"

@@ -7,10 +7,14 @@ from typing import Any
 
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES, VERSION, LlmServiceSpec, PowerPolicySpec
 from controller.schema import SchemaWriter
+from controller.service_settings import MAX_PRIORITY
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
+from controller.settings_checks import MAX_BATCH, MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
 from queuemodels.accelerators import CATALOG
 
+POSITIVE = {"minimum": 0, "exclusiveMinimum": True}
+"""OpenAPI 3.0's "> 0" (its exclusiveMinimum is a flag on minimum)."""
 CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
     DaemonSettings: {"state_dir", "log_level", "decision_log"},
     TelemetrySettings: {"gpu_source", "vllm_source"},
@@ -19,6 +23,16 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "AcceleratorSettings.name": {"enum": sorted(CATALOG)},
           "LlmServiceSpec.statistic": {"enum": list(STATISTICS)},
           "LlmServiceSpec.variants": {"minItems": 1},
+          # the single-field bounds the classes check (check_service_bounds, PowerSettings, PowerPolicySpec),
+          # so the API server refuses them at once; what fields say together (min <= max) stays the loader's
+          "LlmServiceSpec.ttft_ms": POSITIVE, "LlmServiceSpec.itl_ms": POSITIVE,
+          "LlmServiceSpec.priority": {"minimum": 1, "maximum": MAX_PRIORITY},
+          "LlmServiceSpec.min_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
+          "LlmServiceSpec.max_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
+          "LlmServiceSpec.initial_max_batch": {"minimum": 1, "maximum": MAX_BATCH},
+          "PowerSettings.budget_w": {**POSITIVE, "maximum": 1e8},
+          "PowerPolicySpec.plan_ttl_s": {"minimum": 5.0, "maximum": 86400.0},
+          "PowerPolicySpec.safe_cap_share": {"minimum": 0.0, "maximum": 1.0},
           "PriorSettings.family": {"enum": list(FAMILIES)}})
 
 
