@@ -8,7 +8,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
@@ -425,11 +425,18 @@ def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
 
 def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the field and the reason."""
-    data = read_toml(path)
+    return settings_from(read_toml(path), path.resolve().parent)
+
+
+def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
+    """Validate a config's TOML tables (relative paths from `base_dir`); raises ConfigError naming the field."""
+    data = dict(data)
     if "budget" in data:
         raise ConfigError("budget", "unknown key: budget sources go in [power.budget]")
-    data.setdefault("base_dir", str(path.resolve().parent))
+    data.setdefault("base_dir", str(base_dir))
     power = data.get("power")
+    if isinstance(power, dict):
+        power = data["power"] = dict(power)
     table = power.pop("budget", None) if isinstance(power, dict) else None
     if table is not None and not isinstance(table, dict):
         raise ConfigError("power.budget", "must be a table")
