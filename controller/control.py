@@ -20,6 +20,7 @@ from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
+from controller.domain_rooms import domain_rooms, placements
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.fast_loop import FastLoop
@@ -233,10 +234,12 @@ class Controller:
             in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
                                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
-                                         svc.max_replicas, svc.max_queue, current, profiles))
+                                         svc.max_replicas, svc.max_queue, current, profiles,
+                                         placements(s, svc)))
         o = s.optimizer
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
-                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels())
+                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
+                       domains=domain_rooms(s, self.power(s)))
 
     def clock_levels(self) -> tuple[float, ...]:
         """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""
