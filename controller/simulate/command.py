@@ -106,7 +106,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     for policy, p in doc["policies"].items():
         slo = ", ".join(f"{k} {v['slo_attainment']}" for k, v in p["services"].items())
         power = "  ".join(f"{k} {p[k]:g}" for k in POWER_FIGURES if p.get(k) is not None)
-        print(f"{policy:<14} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
+        print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
     for t in doc["targets"]:
         print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']}")
