@@ -79,13 +79,19 @@ class PowerGovernor:
             self._hold_fall(samples, want, s.ramp_down_w_per_s * self.interval_s)
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
-            ceiling = min(ceiling, measured + s.ramp_up_w_per_s * self.interval_s)
+            ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
                 out[g.index] = limits[g.uuid]
         return out
+
+    def _ramp_base_w(self, samples: Sequence[GpuSample]) -> float:
+        """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
+        little under it on average; counted at its draw, the site could never grow by less than that gap a
+        tick, and a fleet at its caps would stall under a small ramp), the others at their draw."""
+        return sum(g.power_limit_w if pressed(g) else self.accounted_w(g) for g in samples)
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`

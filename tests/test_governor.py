@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,26 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
     reads = [plant.tick(governor) for _ in range(12)]
     rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
     assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
+
+
+class CappedPlant(Plant):
+    """GPUs at their caps draw 97 % of the limit on average, as capped engines do between steps."""
+
+    def samples(self) -> list[GpuSample]:
+        return [replace(g, power_w=min(self.natural_w[g.index], 0.97 * self.limit_w[g.index]))
+                for g in super().samples()]
+
+
+def test_a_small_ramp_still_grows_a_fleet_drawing_under_its_caps() -> None:
+    """Caps at 400 W, every GPU wants 700 W but draws 3 % under its limit (12 W, 48 W the site): with a 10 W/s
+    ramp the site still grows (counted at its draw it would stall: 48 W under its caps is more than a tick's ramp),
+    and never by more than the ramp."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=10.0), interval_s=1.0)
+    plant = CappedPlant({i: 700.0 for i in OWNERS})
+    plant.limit_w = {i: 400.0 for i in OWNERS}
+    reads = [plant.tick(governor) for _ in range(40)]
+    rises = [b - a for a, b in itertools.pairwise(reads)]
+    assert reads[-1] - reads[0] >= 0.5 * 10.0 * 39 and max(rises) <= 10.0 + 1e-6, reads
 
 
 def test_a_ramp_down_limit_slows_a_planned_fall_but_not_a_budget_drop() -> None:
