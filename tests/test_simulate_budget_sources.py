@@ -98,17 +98,18 @@ def trace_of(draw_w: list[float], budget_w: list[float], limits_w: list[float] |
 
 def test_the_power_figures_count_what_the_trace_shows() -> None:
     """A drop met in its third second, one second over after that; a rack over its limit for two seconds in a
-    row and once more; a rise of 100 W/s past a 50 W/s ramp, a fall of the load alone (limits flat) and one
-    the limits made."""
+    row and once more. Ramps on 10-s means: a step of +500 W reads as a triangle of rates peaking at 50 W/s
+    (7 s past a 30 W/s limit), a step of -600 W peaks at 60 W/s (9 s), 7 of them with the limits falling as
+    fast (their step of -500 W)."""
     tr = trace_of([900, 900, 900, 700, 490, 510, 480, 480], [1000, 1000, 500, 500, 500, 500, 500, 500])
     assert drop_figures(tr, 1.0) == {"drop_settle_s": 3.0, "drop_over_after_s": 1.0}
     assert drop_figures(trace_of([100.0] * 3, [900.0] * 3), 1.0)["drop_settle_s"] is None
-    power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=50.0, ramp_down_w_per_s=50.0,
+    power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,
                           domains=(PowerDomainSettings("rack", 600.0, (0,)),))
-    tr = trace_of([500, 600, 650, 550, 549, 420], [2000.0] * 6, limits_w=[900, 900, 900, 900, 900, 700],
-                  domains={"rack": [500, 601, 650, 550, 610, 500]})
+    tr = trace_of([500, 600, 650, 550, 610, 500], [2000.0] * 6, domains={"rack": [500, 601, 650, 550, 610, 500]})
     assert domain_figures(power, tr, 1.0) == {"domain_over_s": 3.0, "domain_longest_over_s": 2.0}
+    tr = trace_of([500.0] * 20 + [1000.0] * 40 + [400.0] * 20, [2000.0] * 80, limits_w=[1200.0] * 60 + [700.0] * 20)
     ramps = ramp_figures(power, tr, 1.0)
-    assert ramps["ramp_rise_max_w_per_s"] == 100.0 and ramps["ramp_fall_max_w_per_s"] == 129.0
-    assert ramps["ramp_up_fast_s"] == 1.0 and ramps["ramp_down_fast_s"] == 2.0
-    assert ramps["ramp_down_fast_by_limits_s"] == 1.0
+    assert ramps["ramp_rise_max_w_per_s"] == 50.0 and ramps["ramp_fall_max_w_per_s"] == 60.0
+    assert ramps["ramp_up_fast_s"] == 7.0 and ramps["ramp_down_fast_s"] == 9.0
+    assert ramps["ramp_down_fast_by_limits_s"] == 7.0

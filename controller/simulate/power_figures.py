@@ -5,11 +5,12 @@
   `drop_over_after_s`, seconds over the budget after that, until the budget moved again;
 - power domains: `domain_over_s`, seconds any domain's mean draw was over its limit, and
   `domain_longest_over_s`, the longest such run;
-- ramp limits: the largest rise and fall of the site's mean draw from one second to the next, and the seconds
-  it rose faster than `ramp_up_w_per_s` (`ramp_up_fast_s`) or fell faster than `ramp_down_w_per_s`
-  (`ramp_down_fast_s`), each by more than RAMP_SHARE, outside a budget drop (from the drop to one second
-  after it settled); `ramp_down_fast_by_limits_s` counts the falls where the limits' sum fell that fast too
-  (the ones the governor could have held; a load that falls by itself cannot be);
+- ramp limits, read on RAMP_WINDOW_S means of the draw (each against the one before it, per second): the
+  largest rise and fall, and the seconds it rose faster than `ramp_up_w_per_s` (`ramp_up_fast_s`) or fell
+  faster than `ramp_down_w_per_s` (`ramp_down_fast_s`), each by more than RAMP_SHARE, outside a budget drop
+  (windows holding any of it, until a second after it settled); `ramp_down_fast_by_limits_s` counts the
+  falls where the limits' sum fell that fast too (the ones the governor could have held; a load that falls
+  by itself cannot be);
 - carbon: `co2_mg_per_token`, milligrams of CO2 (the GPUs' energy each second x the grid's intensity then) per
   output token of finished requests, where the config has a carbon CSV; `mean_budget_w`, the budget's mean.
 
@@ -28,7 +29,10 @@ from controller.settings import PowerSettings, Settings
 from controller.simulate.runner import Trace
 
 RAMP_SHARE = 0.05
-"""A second's change of the mean draw counts against a ramp limit when it passes the limit by this share."""
+"""A change of the draw counts against a ramp limit when it passes the limit by this share."""
+RAMP_WINDOW_S = 10.0
+"""Ramps are read on the draw's means over this long, one after the other (a utility meters demand over
+intervals; the plant's 1-s means swing by a whole engine step's energy, tens of watts on 8 GPUs)."""
 
 
 def drops(trace: Trace) -> list[tuple[int, int]]:
@@ -81,13 +85,26 @@ def domain_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, f
     return {"domain_over_s": over_s, "domain_longest_over_s": longest}
 
 
+def window_rate(series: NDArray[np.float64], w: int, dt: float) -> NDArray[np.float64]:
+    """rate[k]: the mean of seconds k .. k + w - 1 less the mean of the w seconds before, per second (nan for
+    the first w seconds and the last w - 1, which lack a whole window)."""
+    n = len(series)
+    out = np.full(n, np.nan)
+    if n < 2 * w:
+        return out
+    c = np.concatenate(([0.0], np.cumsum(series)))
+    k = np.arange(w, n - w + 1)
+    out[k] = ((c[k + w] - c[k]) - (c[k] - c[k - w])) / (w * w * dt)
+    return out
+
+
 def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, float | None]:
     up_w, down_w = power.ramp_up_w_per_s, power.ramp_down_w_per_s
-    rate = np.diff(trace.draw_w) / dt  # rate[k]: from second k to second k + 1
-    limits = np.diff(trace.limits_w) / dt
-    free = np.ones(len(rate), dtype=bool)
-    for k, j in drops(trace):
-        free[max(0, k - 1):(len(rate) if j < 0 else j + 1)] = False
+    w = max(1, round(RAMP_WINDOW_S / dt))
+    rate, limits = window_rate(trace.draw_w, w, dt), window_rate(trace.limits_w, w, dt)
+    free = np.isfinite(rate)
+    for k, j in drops(trace):  # a window that holds any of a drop, until a second after it settled
+        free[max(0, k - w + 1):(len(rate) if j < 0 else j + w + 1)] = False
     out: dict[str, float | None] = {
         "ramp_rise_max_w_per_s": _round(float(rate[free].max())) if free.any() else None,
         "ramp_fall_max_w_per_s": _round(float(-rate[free].min())) if free.any() else None,
@@ -96,8 +113,8 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
         out["ramp_up_fast_s"] = float(np.count_nonzero(free & (rate > up_w * (1 + RAMP_SHARE)))) * dt
     if down_w > 0:
         fast = free & (rate < -down_w * (1 + RAMP_SHARE))
-        out["ramp_down_fast_s"] = float(np.count_nonzero(fast)) * dt
         by_limits = fast & (limits < -down_w * (1 + RAMP_SHARE))
+        out["ramp_down_fast_s"] = float(np.count_nonzero(fast)) * dt
         out["ramp_down_fast_by_limits_s"] = float(np.count_nonzero(by_limits)) * dt
     return out
 
