@@ -133,7 +133,8 @@ class PowerSettings:
     gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
-    load does: the limits in force never sum above the draw read plus one tick's ramp. 0: no ramp limit."""
+    load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus
+    one tick's ramp. 0: no ramp limit."""
     ramp_down_w_per_s: float = 0.0
     """Most the governor's own lowering of limits (a smaller cap planned, room taken back) may take off the
     site's draw per second; a budget drop (the site or a domain over its line) is cut at once all the same, and

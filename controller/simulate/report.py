@@ -158,18 +158,21 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
 
 
 def write_trace(path: Path, trace: Trace) -> None:
-    """A run's per-second series as CSV: time, budget, draw, the limits' sum, and per service its replicas, max
-    batch and mean power limit (what the PNGs draw, for a closer look)."""
-    names = list(trace.replicas)
+    """A run's per-second series as CSV: time, budget, draw, the limits' sum, the grid's intensity (nan without
+    a carbon CSV), per service its replicas, max batch and mean power limit, and each power domain's draw (what
+    the PNGs draw, for a closer look)."""
+    names, domains = list(trace.replicas), list(trace.domain_draw_w)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["t_s", "budget_w", "draw_w", "limits_w"]
-                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")])
+        out.writerow(["t_s", "budget_w", "draw_w", "limits_w", "g_co2_per_kwh"]
+                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")]
+                     + [f"domain {d}:draw_w" for d in domains])
         for k in range(len(trace.t_s)):
             out.writerow([f"{trace.t_s[k]:g}", f"{trace.budget_w[k]:g}", f"{trace.draw_w[k]:.1f}",
-                          f"{trace.limits_w[k]:.1f}"]
+                          f"{trace.limits_w[k]:.1f}", f"{trace.intensity_g_per_kwh[k]:g}"]
                          + [f"{v:.1f}" for n in names
-                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])])
+                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])]
+                         + [f"{trace.domain_draw_w[d][k]:.1f}" for d in domains])
 
 
 def write(report_dir: Path, doc: dict[str, Any], images: list[str]) -> None:
