@@ -69,6 +69,17 @@ def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Cal
     assert f["mean_budget_w"] == pytest.approx(g["mean_budget_w"])
 
 
+def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(
+        small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "grid.csv").write_text("not,an,export\n1,2,3\n")
+    scn = load_scenario(small_scenario(
+        'name = "carbon"\nduration_s = 30\nseed = 3\n[power.budget]\nsafe_budget_w = 900\nttl_s = 60\n'
+        '[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n'))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    assert set(r.trace.budget_w) == {900.0}
+    assert figures(scn, r)["co2_mg_per_token"] is None
+
+
 @pytest.mark.parametrize(("body", "field", "words"), [
     ('[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\nkind = "electricitymaps"\nzone = "DE"\n'
      'curve = [[100, 1400]]\n', "power.budget.sources[0].kind", "asks a remote API"),

@@ -124,9 +124,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     meter, domains, intensity = DrawMeter(host), DomainMeter(scn, host), Intensity(scn)
     with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
         ctl = _policy("wattscale" if flat else policy, scn, host, outages, Path(tmp), decision_log)
-        sources = SimBudget(scn, Path(tmp), sources=not flat)
-        if flat_budget_w is not None and flat:
-            sources.event_w = flat_budget_w
+        sources = SimBudget(scn, Path(tmp), sources=not flat, start_w=flat_budget_w if flat else None)
         budget = -1.0
         t, next_slow, done = 0.0, slow, 0.0
         for k in range(n):

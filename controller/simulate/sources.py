@@ -13,15 +13,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from controller.budget.assemble import combiner, resolve
+from controller.budget.base import BudgetError
+from controller.budget.carbon import IntensityPoint
 from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.settings import BudgetSettings, CarbonCsvSettings, DemandResponseSettings
 from controller.simulate.scenario import EventSettings, Scenario
 from tuner.store import atomic_write_text
+
+log = logging.getLogger("wattscale.simulate")
 
 
 def iso_utc(unix_s: float) -> str:
@@ -47,7 +53,12 @@ class Intensity:
         self.clock = GridClock(scn)
         budget = scn.config.budget
         csv = [s for _, s in budget.sources if isinstance(s, CarbonCsvSettings)] if budget is not None else []
-        points = CsvIntensityFeed(resolve(scn.config.base_dir, csv[0].path), csv[0].basis).fetch(0.0) if csv else []
+        points: Sequence[IntensityPoint] = []
+        if csv:
+            try:
+                points = CsvIntensityFeed(resolve(scn.config.base_dir, csv[0].path), csv[0].basis).fetch(0.0)
+            except BudgetError as exc:  # the source fails the same way in the run: its budget falls back
+                log.warning("no carbon intensity to count CO2 with: %s", exc)
         self.points = sorted(points, key=lambda p: p.at_s)
 
     def at(self, t_s: float) -> float:
@@ -60,9 +71,9 @@ class SimBudget:
     """The scenario's budget over simulated time: its sources on the simulated clock, its budget events, and
     the demand-response signals its events send."""
 
-    def __init__(self, scn: Scenario, signal_dir: Path, sources: bool = True) -> None:
+    def __init__(self, scn: Scenario, signal_dir: Path, sources: bool = True, start_w: float | None = None) -> None:
         self.clock = GridClock(scn)
-        self.event_w = scn.start_budget_w
+        self.event_w = scn.start_budget_w if start_w is None else start_w
         self.signal_paths: list[Path] = []
         self.combiner: BudgetCombiner | None = None
         settings = scn.config.budget
