@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from controller.simulate.args import POLICIES
+from controller.simulate.args import DEFAULT_POLICIES
 from controller.simulate.runner import run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default=str(ROOT / "config" / "scenarios" / "tight-budget.toml"))
     ap.add_argument("--duration-s", type=float, default=900.0, help="simulated seconds per policy")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     scn = load_scenario(Path(args.scenario))

@@ -20,6 +20,7 @@ from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
+from controller.domain_rooms import domain_rooms, placements
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.fast_loop import FastLoop
@@ -35,6 +36,10 @@ from queuemodels import ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 from queuemodels.power import natural_draw_w
 from tuner import Tuner, pair_key
+
+BUDGET_BOUND = 0.98
+"""A plan predicting at least this share of the budget it plans for is budget-bound: a service it shrinks then
+is on the ladder's second step (max batch and replicas), not following its load."""
 
 log = logging.getLogger("wattscale.controller")
 
@@ -229,10 +234,12 @@ class Controller:
             in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
             demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
                                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
-                                         svc.max_replicas, svc.max_queue, current, profiles))
+                                         svc.max_replicas, svc.max_queue, current, profiles,
+                                         placements(s, svc)))
         o = s.optimizer
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
-                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels())
+                       o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
+                       domains=domain_rooms(s, self.power(s)))
 
     def clock_levels(self) -> tuple[float, ...]:
         """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""
@@ -245,14 +252,20 @@ class Controller:
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
         shed = [r.name for r in solution.services if r.reason == "budget"]
+        bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.power(self.settings).planned_w()
         m.degradation.labels("shed").set(len(shed))
-        record["degradation"] = {"gpus_held_below_plan": self.fast.held_gpus, "shed_for_budget": shed}
+        degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],
+                                       "shed_for_budget": shed}
+        record["degradation"] = degradation
         changed = []
         pending = []
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = self._planned(result, current, svc.min_replicas)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
+            if bound and svc.name not in shed and (planned.replicas < current.replicas
+                                                   or planned.max_batch < current.max_batch):
+                degradation["shrunk_for_budget"].append(svc.name)
             m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
             if result.short_rps > 0:
                 self.estimator.short.add(svc.name)
@@ -260,6 +273,9 @@ class Controller:
                 self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned,
                                    self.gate.admit(now, svc.name, current, planned)))
+        m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
+        degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
+                               "caps" if self.fast.held_gpus else "none")
         admitted = self.gate.make_room(self._inventory(in_force), pending)
         by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
                                                                   strict=True)}

@@ -7,8 +7,11 @@ has room under it; one pressed against its limit grows a step a tick, highest pr
 free room, then from room other GPUs leave unused, then from lower priorities. Targets come from the plan
 (per-service caps); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
 caps are cut below the draw, lowest priority first, and given back once draw is below budget x
-release_below. A GPU whose reading failed counts at its limit, never at zero. Cuts are kept by GPU UUID,
-so a GPU that changes position in a listing keeps its own cut; each GPU is held within its own limits.
+release_below. With ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and
+the governor's own lowering of limits (a smaller cap planned) takes it down no faster than
+`ramp_down_w_per_s`, except where the site or a domain is over its line (a budget drop). A GPU whose
+reading failed counts at its limit, never at zero. Cuts are kept by GPU UUID, so a GPU that changes
+position in a listing keeps its own cut; each GPU is held within its own limits.
 """
 
 from __future__ import annotations
@@ -72,15 +75,35 @@ class PowerGovernor:
         self.emergency = self.emergency or any(v > 0 for v in over)
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
+        if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):
+            self._hold_fall(samples, want, s.ramp_down_w_per_s * self.interval_s)
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
-            ceiling = min(ceiling, measured + s.ramp_up_w_per_s * self.interval_s)
+            ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
                 out[g.index] = limits[g.uuid]
         return out
+
+    def _ramp_base_w(self, samples: Sequence[GpuSample]) -> float:
+        """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
+        little under it on average; counted at its draw, the site could never grow by less than that gap a
+        tick, and a fleet at its caps would stall under a small ramp), the others at their draw."""
+        return sum(g.power_limit_w if pressed(g) else self.accounted_w(g) for g in samples)
+
+    def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
+        """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
+        off the site's draw in one tick: each GPU's fall is scaled down alike. Only outside a budget drop:
+        a site or domain over its line is cut at once, whatever the ramp."""
+        falls = {g.uuid: max(0.0, self.accounted_w(g) - want[g.uuid]) for g in samples}
+        total = sum(falls.values())
+        if total <= fall_w:
+            return
+        for g in samples:
+            if falls[g.uuid] > 0:
+                want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
                ceiling_w: float, pinned: frozenset[str] = frozenset()) -> dict[str, float]:

@@ -19,8 +19,9 @@ class OwnMetrics:
                               "budget by construction are in force.", registry=r)
         self.plan_version = Gauge("wattscale_plan_version", "Version of the plan the governor steers to.", registry=r)
         self.degradation = Gauge("wattscale_power_degradation", "The degradation ladder under a tight budget: "
-                                 "step caps = GPUs the governor holds below the plan's cap (seconds); step shed = "
-                                 "services the plan leaves short for budget (after max batch and replicas, minutes).",
+                                 "step caps = GPUs the governor holds below the plan's cap (seconds); step shape = "
+                                 "services a budget-bound plan gives fewer replicas or a smaller max batch than run "
+                                 "(minutes); step shed = services the plan leaves short for budget.",
                                  ["step"], registry=r)
         self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
         lat = ["service", "stat"]

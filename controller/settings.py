@@ -8,7 +8,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
@@ -82,7 +82,8 @@ class PowerDomainSettings:
     limit_w: float
     """What the domain's GPUs may draw together, in watts; the governor keeps its headroom under it too."""
     gpus: tuple[int, ...] = ()
-    """GPU indices (NVML order) fed by this domain; a GPU may be in several (a PDU inside a rack)."""
+    """GPU indices (NVML order) fed by this domain; a GPU may be in several only where they nest (a PDU inside
+    its rack), never in two racks."""
 
     def check(self, where: str) -> None:
         if not self.name:
@@ -91,6 +92,29 @@ class PowerDomainSettings:
         check_range(self, where, ("limit_w",), 0.0, 1e8)
         if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
+
+
+def check_domains_nest(domains: tuple[PowerDomainSettings, ...], budget_w: float, where: str) -> None:
+    """Domains form a tree under the site: a limit no higher than the site's budget, two domains sharing a
+    GPU only where one holds the other (a PDU inside its rack; a GPU in two racks is refused), and an inner
+    domain's limit no higher than the one that holds it."""
+    for i, d in enumerate(domains):
+        at = f"{where}.domains[{d.name}]"
+        if d.limit_w > budget_w:
+            raise ConfigError(f"{at}.limit_w", f"{d.limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
+        inner = set(d.gpus)
+        for other in domains[:i]:
+            outer = set(other.gpus)
+            shared = sorted(inner & outer)
+            if not shared:
+                continue
+            if not (inner <= outer or outer <= inner):
+                raise ConfigError(f"{at}.gpus", f"GPU {shared[0]} is in domain {other.name!r} too, and neither "
+                                  "holds the other (a GPU is fed by one rack; domains may only nest)")
+            small, big = (d, other) if inner <= outer else (other, d)
+            if small.limit_w > big.limit_w:
+                raise ConfigError(f"{where}.domains[{small.name}].limit_w", f"{small.limit_w:g} W is above "
+                                  f"{big.limit_w:g} W of domain {big.name!r}, which holds it")
 
 
 @dataclass(frozen=True)
@@ -109,7 +133,12 @@ class PowerSettings:
     gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
-    load does: the limits in force never sum above the draw read plus one tick's ramp. 0: no ramp limit."""
+    load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus
+    one tick's ramp. 0: no ramp limit."""
+    ramp_down_w_per_s: float = 0.0
+    """Most the governor's own lowering of limits (a smaller cap planned, room taken back) may take off the
+    site's draw per second; a budget drop (the site or a domain over its line) is cut at once all the same, and
+    a load that falls cannot be held up. 0: no limit."""
     domains: tuple[PowerDomainSettings, ...] = ()
     """`[[power.domains]]`: groups of GPUs (a rack, a PDU) with limits of their own, each held by the governor
     as the site is, lowest priority first within the domain, even where the site has room."""
@@ -117,11 +146,12 @@ class PowerSettings:
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
         check_range(self, where, ("budget_w",), 0.0, 1e8)
-        check_range(self, where, ("ramp_up_w_per_s",), 0.0, 1e8)
+        check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, 1e8)
         names = [d.name for d in self.domains]
         for d in self.domains:
             if names.count(d.name) > 1:
                 raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
+        check_domains_nest(self.domains, self.budget_w, where)
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:
@@ -397,11 +427,18 @@ def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
 
 def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the field and the reason."""
-    data = read_toml(path)
+    return settings_from(read_toml(path), path.resolve().parent)
+
+
+def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
+    """Validate a config's TOML tables (relative paths from `base_dir`); raises ConfigError naming the field."""
+    data = dict(data)
     if "budget" in data:
         raise ConfigError("budget", "unknown key: budget sources go in [power.budget]")
-    data.setdefault("base_dir", str(path.resolve().parent))
+    data.setdefault("base_dir", str(base_dir))
     power = data.get("power")
+    if isinstance(power, dict):
+        power = data["power"] = dict(power)
     table = power.pop("budget", None) if isinstance(power, dict) else None
     if table is not None and not isinstance(table, dict):
         raise ConfigError("power.budget", "must be a table")

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import policy
 
+from controller.cluster.resources import PowerPolicySpec
+from controller.config_loader import ConfigError, build
 from controller.settings import load_settings
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.cluster_power import QUERIES, PrometheusGpuSource
@@ -100,3 +103,9 @@ def test_config_selects_the_cluster_power_source(flavour: str, tmp_path: Path) -
     path.write_text(text)
     parts = build_parts(load_settings(path))
     assert parts.host is None and isinstance(parts.gpus, PrometheusGpuSource) and parts.gpus.flavour == flavour
+
+
+def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
+    spec = policy(budget_w=2400.0, domains=[{"name": "rack-1", "limit_w": 3000.0, "node_selector": {"rack": "r1"}}])
+    with pytest.raises(ConfigError, match=r"^spec\.domains\[rack-1\]\.limit_w: 3000 W is above the site's"):
+        build(PowerPolicySpec, spec["spec"], "spec")

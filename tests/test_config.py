@@ -305,3 +305,27 @@ def test_power_domains_are_read_and_must_be_on_the_host(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text(text.replace("gpus = [0, 1, 2, 3]", "gpus = [0, 9]"))
     with pytest.raises(ConfigError, match=r"^power\.domains\[rack-a\]\.gpus: GPU 9 is not on the simulated host"):
         load_settings(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize(("domains", "message"), [
+    ('name = "rack-a"\nlimit_w = 1800\ngpus = []\n', r"^power\.domains\[rack-a\]\.gpus: must list GPU indices"),
+    ('name = "rack-a"\nlimit_w = 4500\ngpus = [0, 1]\n',
+     r"^power\.domains\[rack-a\]\.limit_w: 4500 W is above the site's budget_w \(4000 W\)"),
+    ('name = "rack-a"\nlimit_w = 1800\ngpus = [0, 1, 2, 3]\n[[power.domains]]\nname = "rack-b"\nlimit_w = 1800\n'
+     'gpus = [3, 4, 5]\n', r"^power\.domains\[rack-b\]\.gpus: GPU 3 is in domain 'rack-a' too, and neither holds"),
+    ('name = "rack-a"\nlimit_w = 1800\ngpus = [0, 1, 2, 3]\n[[power.domains]]\nname = "pdu-1"\nlimit_w = 1900\n'
+     'gpus = [0, 1]\n', r"^power\.domains\[pdu-1\]\.limit_w: 1900 W is above 1800 W of domain 'rack-a'"),
+])
+def test_power_domain_errors_name_the_field(tmp_path: Path, domains: str, message: str) -> None:
+    """A domain with no GPUs, a rack above the site, a GPU in two racks, a PDU above its rack: each refused by
+    its field; a PDU inside its rack is fine."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    text = base.replace('mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\n' + domains)
+    (tmp_path / "d.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path / "d.toml")
+    nested = ('name = "rack-a"\nlimit_w = 1800\ngpus = [0, 1, 2, 3]\n[[power.domains]]\nname = "pdu-1"\n'
+              'limit_w = 900\ngpus = [0, 1]\n')
+    (tmp_path / "ok.toml").write_text(base.replace('mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\n'
+                                                   + nested))
+    assert [d.name for d in load_settings(tmp_path / "ok.toml").power.domains] == ["rack-a", "pdu-1"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +37,10 @@ class Plant:
         return [GpuSample(i, f"GPU-{i}", "H100", min(self.natural_w[i], self.limit_w[i]), None, self.limit_w[i],
                           200.0, 700.0, service=OWNERS[i]) for i in OWNERS]
 
-    def tick(self, governor: PowerGovernor) -> float:
+    def tick(self, governor: PowerGovernor, plan: Plan = PLAN) -> float:
         """One fast tick: read, let the governor set limits; returns the draw it read."""
         samples = self.samples()
-        self.limit_w.update(governor.step(samples, PLAN))
+        self.limit_w.update(governor.step(samples, plan))
         return sum(s.power_w or 0.0 for s in samples)
 
 
@@ -193,6 +195,45 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
     reads = [plant.tick(governor) for _ in range(12)]
     rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
     assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
+
+
+class CappedPlant(Plant):
+    """GPUs at their caps draw 97 % of the limit on average, as capped engines do between steps."""
+
+    def samples(self) -> list[GpuSample]:
+        return [replace(g, power_w=min(self.natural_w[g.index], 0.97 * self.limit_w[g.index]))
+                for g in super().samples()]
+
+
+def test_a_small_ramp_still_grows_a_fleet_drawing_under_its_caps() -> None:
+    """Caps at 400 W, every GPU wants 700 W but draws 3 % under its limit (12 W, 48 W the site): with a 10 W/s
+    ramp the site still grows (counted at its draw it would stall: 48 W under its caps is more than a tick's ramp),
+    and never by more than the ramp."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=10.0), interval_s=1.0)
+    plant = CappedPlant({i: 700.0 for i in OWNERS})
+    plant.limit_w = {i: 400.0 for i in OWNERS}
+    reads = [plant.tick(governor) for _ in range(40)]
+    rises = [b - a for a, b in itertools.pairwise(reads)]
+    assert reads[-1] - reads[0] >= 0.5 * 10.0 * 39 and max(rises) <= 10.0 + 1e-6, reads
+
+
+def test_a_ramp_down_limit_slows_a_planned_fall_but_not_a_budget_drop() -> None:
+    """Every GPU draws 700 W under a loose budget; the plan lowers the caps to 300 W: with a 100 W/s ramp
+    down, the site's draw falls at most 100 W a tick until it reaches 1,200 W. Then the budget drops under
+    the draw: that cut is made at once, whatever the ramp."""
+    settings = PowerSettings(budget_w=4000.0, ramp_down_w_per_s=100.0)
+    governor = PowerGovernor(settings, interval_s=1.0)
+    plant = Plant({i: 700.0 for i in OWNERS})
+    low = Plan.of(2, {"chat": {"H100": 300.0}, "bulk": {"H100": 300.0}}, PRIORITIES)
+    reads = [plant.tick(governor), *(plant.tick(governor, low) for _ in range(20))]
+    falls = [a - b for a, b in itertools.pairwise(reads)]
+    assert max(falls) <= 100.0 + 1e-6 and reads[0] == 2800.0 and reads[-1] == 1200.0, reads
+    plant.natural_w = {i: 600.0 for i in OWNERS}
+    plant.limit_w = {i: 600.0 for i in OWNERS}
+    governor.settings = dataclasses.replace(settings, budget_w=1500.0)
+    before = plant.tick(governor)  # reads 2,400 W, over 1,455 W: cut below the draw at once
+    after = plant.tick(governor)
+    assert before - after > 800.0 and after <= 1500.0 * 0.97 + 1e-6, (before, after)
 
 
 def test_every_power_domain_is_held_under_its_own_limit_whatever_the_load() -> None:

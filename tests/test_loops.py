@@ -347,6 +347,29 @@ def test_the_degradation_ladder_shows_in_metrics_and_the_decision_log(sim_config
             ctl.tick_slow(float(t))
     held = registry.get_sample_value("wattscale_power_degradation", {"step": "caps"})
     shed = registry.get_sample_value("wattscale_power_degradation", {"step": "shed"})
-    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    record = records[-1]
     assert held is not None and held >= 1 and shed is not None and shed >= 1, (held, shed)
     assert record["degradation"]["shed_for_budget"] and record["degradation"]["gpus_held_below_plan"] >= 0
+    assert registry.get_sample_value("wattscale_power_degradation", {"step": "shape"}) is not None
+    steps = [r["degradation"]["step"] for r in records]
+    assert steps[-1] == "shed" and all(step in ("none", "caps", "shape", "shed") for step in steps), steps
+
+
+def test_a_budget_drop_goes_down_the_ladder_caps_first(sim_config: Callable[..., Path], tmp_path: Path) -> None:
+    """The budget drops from 4,000 W to 1,900 W at 120 s: the governor holds GPUs below their caps at once (the
+    first cycle after says caps), and the slow loop then shrinks services' replicas or max batch for budget."""
+    ctl, advance, registry = sim_controller(load_settings(sim_config()))
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    for t in range(1, 181):
+        if t == 120:
+            ctl.set_budget(1900.0, "test drop", float(t))
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    steps = [r["degradation"]["step"] for r in records if r["t"] > 120]
+    assert steps[0] == "caps" and ("shape" in steps or "shed" in steps), steps
+    shrunk = [r["degradation"]["shrunk_for_budget"] for r in records if r["degradation"]["step"] == "shape"]
+    assert all(shrunk) and registry.get_sample_value("wattscale_power_degradation", {"step": "shape"}) is not None

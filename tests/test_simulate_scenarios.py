@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_shipped_scenario_loads() -> None:
     found = {p.stem: load_scenario(p) for p in sorted((ROOT / "config" / "scenarios").glob("*.toml"))}
     assert set(found) == {"diurnal", "tight-budget", "budget-step", "gpu-lost", "engine-drift", "heavy-tail",
-                          "heterogeneous"}
+                          "heterogeneous", "carbon-day", "demand-response", "rack-limit", "ramp-limit"}
+    assert found["carbon-day"].config.budget is not None and found["carbon-day"].config.power.budget_w == 4800
+    assert [d.name for d in found["rack-limit"].config.power.domains] == ["rack-a", "rack-b"]
+    assert found["ramp-limit"].config.power.ramp_down_w_per_s == 25
     assert found["diurnal"].settings.duration_s == 7200
     assert found["tight-budget"].start_budget_w == 2600
     step = found["budget-step"]

@@ -96,6 +96,9 @@ class PowerPolicySpec:
         for d in self.domains:
             if names.count(d.name) > 1:
                 raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
+            if d.limit_w > self.power.budget_w:
+                raise ConfigError(f"{where}.domains[{d.name}].limit_w", f"{d.limit_w:g} W is above the site's "
+                                  f"power.budget_w ({self.power.budget_w:g} W)")
         if self.plan_ttl_s < 3 * self.daemon.fast_interval_s:
             raise ConfigError(f"{where}.plan_ttl_s", f"{self.plan_ttl_s:g} s must be at least three fast ticks "
                               f"({3 * self.daemon.fast_interval_s:g} s): a plan is renewed once a tick")

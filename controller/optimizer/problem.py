@@ -1,4 +1,5 @@
-"""The allocation problem: services under SLOs, accelerator inventory, a site power budget."""
+"""The allocation problem: services under SLOs, accelerator inventory, a site power budget and its power
+domains."""
 
 from __future__ import annotations
 
@@ -50,8 +51,23 @@ class ServiceDemand:
     """Its model's power profile per accelerator, as the tuner fitted it (its draw curve above all); the
     accelerator's catalogue profile where absent."""
 
+    gpus: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per accelerator, the GPU indices its replicas take, in order (a host's `gpus` list): replica k runs on
+    the k-th (`gpus_per_replica` each). Absent: placement unknown (any free GPU), held per domain by the
+    governor alone."""
+
     def profile(self, acc: AcceleratorType) -> PowerProfile:
         return self.profiles.get(acc.name, acc.profile)
+
+
+@dataclass(frozen=True)
+class DomainRoom:
+    """A power domain (a rack, a PDU) the plan must fit, as the site's budget: the draw above its GPUs' idle
+    that the plan may predict there."""
+
+    name: str
+    room_w: float
+    gpus: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,8 @@ class Problem:
     queue_model: str = DEFAULT_MODEL
     clock_levels: tuple[float, ...] = (1.0,)
     """Locked SM clocks to choose among, as shares of the maximum (1.0: unlocked); see optimizer/clocks.py."""
+    domains: tuple[DomainRoom, ...] = ()
+    """Power domains the plan fits within as well as the site (optimizer/domains.py)."""
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

@@ -12,6 +12,7 @@ import numpy as np
 
 from controller.lp import Lp
 from controller.optimizer.candidates import enumerate_all, valued, with_tails
+from controller.optimizer.domains import domain_w, fit_domains, over
 from controller.optimizer.greedy import Greedy
 from controller.optimizer.problem import Candidate, Choice, Problem, ServiceResult, Solution
 
@@ -29,7 +30,7 @@ def _fits(problem: Problem, choice: Sequence[Candidate | None]) -> bool:
         if c is not None:
             used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
             power += c.power_w
-    if power > problem.budget_w - problem.idle_w + 1e-6:
+    if power > problem.budget_w - problem.idle_w + 1e-6 or over(problem, choice):
         return False
     return all(n <= problem.accelerator(a).count for a, n in used.items())
 
@@ -78,6 +79,8 @@ class Milp:
             lp.row(((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name), -np.inf, a.count,
                    "inventory")
         lp.row(((x, c.power_w) for x, c in flat), -np.inf, problem.budget_w - problem.idle_w, "budget")
+        for d in problem.domains:
+            lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, d.room_w, f"domain {d.name}")
         res = lp.solve(time_limit_s=self.time_limit_s, mip_gap=self.mip_gap)
         if not res.ok:
             choice, _ = Greedy().choose(problem, cands, shed)
@@ -151,6 +154,9 @@ def solve(problem: Problem, solver: Solver) -> Solution:
     t1 = time.perf_counter()
     cands, shed = valued(problem, raw)
     choice, notes = solver.choose(problem, cands, shed)
+    if problem.domains:
+        choice, brought_down = fit_domains(problem, cands, choice)
+        notes = [*notes, *brought_down]
     t2 = time.perf_counter()
     results = []
     for i, (svc, c) in enumerate(zip(problem.services, choice, strict=True)):

@@ -7,6 +7,7 @@
   latency in its window's quantile.
 - budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
   counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
+- the power figures of issue 21 (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
   Little's law makes output tokens / request-seconds in the system of the finished requests.
@@ -23,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.service_settings import ServiceSettings
+from controller.simulate.power_figures import power_figures
 from controller.simulate.runner import Run
 from controller.simulate.scenario import Scenario
 from simulator.requests import Finished
@@ -81,11 +83,10 @@ def violations(scn: Scenario, run: Run) -> tuple[float, float]:
     dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
     over = tr.draw_w > tr.budget_w * (1.0 + VIOLATION_SHARE)
     excused = np.zeros(len(over), dtype=bool)
-    budget = scn.start_budget_w
-    for at, watts in scn.budget_changes():
-        if watts < budget:
+    for k in range(1, len(tr.budget_w)):  # a step-down of any source's or event's
+        if tr.budget_w[k] < tr.budget_w[k - 1]:
+            at = tr.t_s[k - 1]
             excused |= (tr.t_s > at) & (tr.t_s <= at + STEP_GRACE_S)
-        budget = watts
     return float(np.count_nonzero(over & ~excused)) * dt, float(np.count_nonzero(over)) * dt
 
 
@@ -132,4 +133,5 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         "tokens_per_joule": _round(tokens / energy_j if energy_j > 0 else 0.0, 4),
         "sum_t_over_c": _round(t_over_c, 3),
         "services": services,
+        **power_figures(scn.config, tr, tokens),
     }

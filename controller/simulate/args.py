@@ -6,8 +6,11 @@ import argparse
 
 from controller.cli_args import number, whole
 
-POLICIES = ("static", "uniform-cap", "threshold", "slo-only", "wattscale")
+POLICIES = ("static", "uniform-cap", "threshold", "slo-only", "wattscale", "wattscale-flat")
 """Every policy `wattscale simulate` knows, in the order reports show them."""
+DEFAULT_POLICIES = POLICIES[:5]
+"""What runs unless --policies says: `wattscale-flat` (wattscale under a flat budget of the same mean, the
+carbon comparison) only where asked."""
 
 
 def policy_list(text: str) -> list[str]:
@@ -22,8 +25,8 @@ def policy_list(text: str) -> list[str]:
 def add_simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", metavar="SCENARIO", help="scenario TOML (see config/scenarios/ and docs/simulate.md)")
     p.add_argument("--report", required=True, metavar="DIR", help="directory for summary.json, summary.md, PNGs")
-    p.add_argument("--policies", type=policy_list, default=list(POLICIES), metavar="LIST",
-                   help=f"comma-separated policies (default: all: {','.join(POLICIES)})")
+    p.add_argument("--policies", type=policy_list, default=list(DEFAULT_POLICIES), metavar="LIST",
+                   help=f"comma-separated policies of {','.join(POLICIES)} (default: {','.join(DEFAULT_POLICIES)})")
     p.add_argument("--seeds", type=whole(1, 64), default=1, metavar="N",
                    help="runs per policy, seeds scenario.seed .. + N - 1 (1-64, default 1)")
     p.add_argument("--duration-s", type=number(1.0, 7 * 86400.0), default=None, metavar="S",

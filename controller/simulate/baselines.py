@@ -58,7 +58,7 @@ class UniformCaps:
     def __init__(self, host: SimHost) -> None:
         self.host = host
 
-    def set_budget(self, budget_w: float, now: float) -> None:
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         share = budget_w / len(self.host.gpus)
         for g in self.host.gpus:
             if g.index not in self.host.lost:
@@ -77,7 +77,7 @@ class ReactiveCaps:
         self.calm_s = 0.0
         self._last = host.now_s
 
-    def set_budget(self, budget_w: float, now: float) -> None:
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         self.budget_w = budget_w
 
     def tick(self, now: float) -> None:
@@ -105,7 +105,7 @@ class StaticPolicy:
     def __init__(self, caps: UniformCaps | None) -> None:
         self.caps = caps
 
-    def set_budget(self, budget_w: float, now: float) -> None:
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         if self.caps is not None:
             self.caps.set_budget(budget_w, now)
 
@@ -128,7 +128,7 @@ class ThresholdPolicy:
         as the HPA controller's does."""
         self.next_sync_s = HPA_SYNC_S
 
-    def set_budget(self, budget_w: float, now: float) -> None:
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         self.caps.set_budget(budget_w, now)
 
     def tick_fast(self, now: float) -> None:

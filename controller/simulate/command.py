@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import figures
-from controller.simulate.report import aggregate, summary, write, write_trace
-from controller.simulate.runner import Run, run
+from controller.simulate.report import POWER_FIGURES, aggregate, summary, write, write_trace
+from controller.simulate.runner import FLAT, Run, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
+from controller.simulate.sources import mean_budget_w
 
 
 class NoBar:
@@ -48,6 +50,10 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     first: dict[str, Run] = {}
     per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     fleets: dict[int, dict[str, dict[str, int]]] = {}
+    flat_w = None
+    if FLAT in policies:
+        with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
+            flat_w = mean_budget_w(scn, duration_s, Path(tmp))
     with tqdm(total=duration_s * len(policies) * len(seeds), unit="sim s", disable=not progress,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]") as bar:
         for seed in seeds:
@@ -56,7 +62,8 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
                 r = run(scn, policy, seed, fleets[seed], duration_s, progress=bar.update,
-                        decision_log=report_dir / f"decisions-seed{seed}.jsonl" if policy == "wattscale" else None)
+                        decision_log=report_dir / f"decisions-seed{seed}.jsonl" if policy == "wattscale" else None,
+                        flat_budget_w=flat_w)
                 per_policy[policy].append(figures(scn, r))
                 if seed == seeds[0]:
                     first[policy] = r
@@ -98,7 +105,10 @@ def simulate_command(args: argparse.Namespace) -> int:
         handler.close()
     for policy, p in doc["policies"].items():
         slo = ", ".join(f"{k} {v['slo_attainment']}" for k, v in p["services"].items())
+        power = "  ".join(f"{k} {p[k]:g}" for k in POWER_FIGURES if p.get(k) is not None)
         print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
-              f"sum T/C {p['sum_t_over_c']}  SLO {slo}")
+              f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
+    for t in doc["targets"]:
+        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']}")
     print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)
     return 0

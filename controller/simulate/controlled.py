@@ -1,8 +1,10 @@
 """Policies that run wattscale's own Controller, as the daemon wires it (controller/wiring.py), on the
 scenario's host:
 
-- `wattscale`: the Controller with the config as written; budget events reach it as a budget source's
-  would (`Controller.set_budget`);
+- `wattscale`: the Controller with the config as written; the budget its sources and the scenario's events
+  set reaches it as the daemon's budget thread passes it (`Controller.set_budget`, with the source and why);
+- `wattscale-flat`: the same Controller under a flat budget, the mean of the one `wattscale` gets (what
+  following the sources gains over the same energy budget spread evenly);
 - `slo-only`: the same optimizer with power left out (the llm-d autoscaler's model-based mode): every GPU
   planned at full power against an unlimited budget, the Controller's power actuation a dry run, and the
   budget held only by uniform caps when the site draws over it (`ReactiveCaps`), each fast tick.
@@ -64,11 +66,11 @@ class ControllerPolicy:
                                      Tuner(s.state_path, queue_model=s.optimizer.queue_model),
                                      OwnMetrics(CollectorRegistry()), DecisionLog(decision_log), clock_locker(s, host))
 
-    def set_budget(self, budget_w: float, now: float) -> None:
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         if self.caps is not None:
             self.caps.set_budget(budget_w, now)
         else:
-            self.controller.set_budget(budget_w, "scenario", now)
+            self.controller.set_budget(budget_w, why, now)
 
     def tick_fast(self, now: float) -> None:
         self.controller.tick_fast(now)

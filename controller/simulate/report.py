@@ -14,13 +14,21 @@ from typing import Any
 from controller.simulate.runner import Trace
 from controller.simulate.scenario import Scenario
 
+POWER_FIGURES = ("mean_budget_w", "co2_kg", "co2_mg_per_token", "drop_settle_s", "drop_over_after_s",
+                 "domain_over_s", "domain_longest_over_s", "ramp_rise_max_w_per_s", "ramp_fall_max_w_per_s",
+                 "ramp_up_fast_s", "ramp_down_fast_s", "ramp_down_fast_by_limits_s")
+"""controller/simulate/power_figures.py's; a column shows where some policy has a value."""
 RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "energy_kwh",
-               "tokens_per_joule", "sum_t_over_c")
+               "tokens_per_joule", "sum_t_over_c", *POWER_FIGURES)
 SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "ttft_p95_ms", "itl_mean_ms",
                    "itl_p95_ms", "t_over_c", "restarts_per_hour", "replica_changes_per_hour", "replicas_mean")
 TOKENS_PER_JOULE_GAIN = 1.3
 T_OVER_C_GAIN = 1.15
 MAX_RESTARTS_PER_HOUR = 2.0
+CO2_GAIN = 0.2
+"""Issue 21: CO2 per token at least this share below wattscale-flat's."""
+MAX_SETTLE_S = 2.0
+"""Issue 21: a budget drop met within this long, and a domain over its limit no longer than this."""
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -44,7 +52,7 @@ def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
                                   "met": ws["budget_violation_s"] == 0}]
-    baselines = {k: v for k, v in policies.items() if k != "wattscale"}
+    baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"] or 0.0
         static = baselines.get("static", {}).get("services", {}).get(svc.name, {}).get("slo_attainment")
@@ -67,6 +75,38 @@ def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
         gain = (ws["sum_t_over_c"] or 0.0) / baselines["uniform-cap"]["sum_t_over_c"]
         out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (diurnal, tight budget)",
                     "value": round(gain, 3), "met": gain >= T_OVER_C_GAIN})
+    return out + power_targets(scn, policies)
+
+
+def power_targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 21's targets for `wattscale`, where the scenario has their subject."""
+    ws, flat = policies.get("wattscale"), policies.get("wattscale-flat")
+    if ws is None:
+        return []
+    out: list[dict[str, Any]] = []
+    if flat is not None and ws["co2_mg_per_token"] and flat["co2_mg_per_token"]:
+        gain = 1.0 - ws["co2_mg_per_token"] / flat["co2_mg_per_token"]
+        out.append({"target": f"co2_mg_per_token >= {CO2_GAIN:.0%} below wattscale-flat's (mean budget "
+                    f"{ws['mean_budget_w']} vs {flat['mean_budget_w']} W)", "value": round(gain, 4),
+                    "met": gain >= CO2_GAIN})
+        first = min(scn.config.services, key=lambda svc: svc.priority)
+        mine = ws["services"][first.name]["slo_attainment"] or 0.0
+        theirs = flat["services"][first.name]["slo_attainment"] or 0.0
+        out.append({"target": f"{first.name} (priority {first.priority}): slo_attainment >= wattscale-flat's "
+                    f"({theirs:.4f})", "value": mine, "met": mine >= theirs - 0.005})
+    if ws["drop_settle_s"] is not None:
+        out.append({"target": f"every budget drop met within {MAX_SETTLE_S:g} s (drop_settle_s)",
+                    "value": ws["drop_settle_s"], "met": ws["drop_settle_s"] <= MAX_SETTLE_S})
+        out.append({"target": "0 s over the budget after a drop was met (drop_over_after_s)",
+                    "value": ws["drop_over_after_s"], "met": ws["drop_over_after_s"] == 0})
+    if ws["domain_longest_over_s"] is not None:
+        out.append({"target": f"no power domain over its limit for more than {MAX_SETTLE_S:g} s "
+                    "(domain_longest_over_s)", "value": ws["domain_longest_over_s"],
+                    "met": ws["domain_longest_over_s"] <= MAX_SETTLE_S})
+    for key, side in (("ramp_up_fast_s", "rises"), ("ramp_down_fast_by_limits_s", "falls the limits made")):
+        if ws[key] is not None:
+            out.append({"target": f"0 s of draw {side} faster than the ramp limit outside a budget drop ({key})",
+                        "value": ws[key], "met": ws[key] == 0})
     return out
 
 
@@ -96,6 +136,10 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
                      f"| {_cell(p['budget_violation_raw_s'], '{:g}')} "
                      f"| {_cell(p['peak_draw_w'], '{:.0f}')} | {_cell(p['energy_kwh'])} "
                      f"| {_cell(p['tokens_per_joule'])} | {_cell(p['sum_t_over_c'], '{:.2f}')} |")
+    shown = [k for k in POWER_FIGURES if any(p.get(k) is not None for p in pol.values())]
+    if shown:
+        lines += ["", "## Power", "", "| policy | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_cell(p.get(k), "{:g}") for k in shown) + " |" for name, p in pol.items()]
     lines += ["", "## Services", "", "| service | policy | SLO attainment | TTFT p95 (ms) | ITL p95 (ms) "
               "| restarts / h | replica changes / h | replicas (mean) |", "|---|---|---|---|---|---|---|---|"]
     for svc in next(iter(pol.values()))["services"]:
@@ -114,18 +158,21 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
 
 
 def write_trace(path: Path, trace: Trace) -> None:
-    """A run's per-second series as CSV: time, budget, draw, the limits' sum, and per service its replicas, max
-    batch and mean power limit (what the PNGs draw, for a closer look)."""
-    names = list(trace.replicas)
+    """A run's per-second series as CSV: time, budget, draw, the limits' sum, the grid's intensity (nan without
+    a carbon CSV), per service its replicas, max batch and mean power limit, and each power domain's draw (what
+    the PNGs draw, for a closer look)."""
+    names, domains = list(trace.replicas), list(trace.domain_draw_w)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["t_s", "budget_w", "draw_w", "limits_w"]
-                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")])
+        out.writerow(["t_s", "budget_w", "draw_w", "limits_w", "g_co2_per_kwh"]
+                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")]
+                     + [f"domain {d}:draw_w" for d in domains])
         for k in range(len(trace.t_s)):
             out.writerow([f"{trace.t_s[k]:g}", f"{trace.budget_w[k]:g}", f"{trace.draw_w[k]:.1f}",
-                          f"{trace.limits_w[k]:.1f}"]
+                          f"{trace.limits_w[k]:.1f}", f"{trace.intensity_g_per_kwh[k]:g}"]
                          + [f"{v:.1f}" for n in names
-                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])])
+                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])]
+                         + [f"{trace.domain_draw_w[d][k]:.1f}" for d in domains])
 
 
 def write(report_dir: Path, doc: dict[str, Any], images: list[str]) -> None:

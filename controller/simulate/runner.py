@@ -1,9 +1,11 @@
 """One run: a policy driving a scenario's host for one seed, stepped in simulated time.
 
-Every fast interval (the config's, 1 s) the runner applies the events due, advances the plant, ticks the
-policy's fast loop, and records the site draw over that second against the budget in force during it, the
-limits' sum and what each service runs; every slow interval it ticks the policy's slow loop. Requests are
-logged by the plant itself (simulator/requests.py).
+Every fast interval (the config's, 1 s) the runner applies the events due, steps the budget sources on the
+simulated clock (controller/simulate/sources.py) and passes a new budget to the policy, advances the plant,
+ticks the policy's fast loop, and records the site draw (and each power domain's) over that second against
+the budget in force during it, the grid's carbon intensity, the limits' sum and what each service runs;
+every slow interval it ticks the policy's slow loop. Requests are logged by the plant itself
+(simulator/requests.py).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from controller.simulate.baselines import DrawMeter, ReactiveCaps, StaticPolicy,
 from controller.simulate.controlled import ControllerPolicy
 from controller.simulate.plant import Fleet, Outages, build_host
 from controller.simulate.scenario import Scenario
+from controller.simulate.sources import Intensity, SimBudget
 from simulator.host import SimHost
+
+FLAT = "wattscale-flat"
+"""The Controller under a flat budget of the same mean as the scenario's (it takes `flat_budget_w`)."""
 
 
 class Policy(Protocol):
-    def set_budget(self, budget_w: float, now: float) -> None: ...
+    def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None: ...
 
     def tick_fast(self, now: float) -> None: ...
 
@@ -45,6 +51,10 @@ class Trace:
     max_batch: dict[str, NDArray[np.float64]]
     cap_w: dict[str, NDArray[np.float64]]
     """Mean power limit of the service's GPUs (nan while it has none)."""
+    intensity_g_per_kwh: NDArray[np.float64]
+    """The grid's carbon intensity during the second (nan without a carbon CSV source)."""
+    domain_draw_w: dict[str, NDArray[np.float64]]
+    """Per power domain, its GPUs' mean draw over the second."""
 
 
 @dataclass
@@ -69,11 +79,35 @@ def _policy(name: str, scn: Scenario, host: SimHost, outages: Outages, state_dir
                             decision_log if name == "wattscale" else None)
 
 
+class DomainMeter:
+    """Each power domain's draw from its GPUs' energy counters: the mean since the last reading."""
+
+    def __init__(self, scn: Scenario, host: SimHost) -> None:
+        self.host = host
+        self.gpus = {d.name: d.gpus for d in scn.config.power.domains}
+        self._energy_j = self._totals()
+        self._t = host.now_s
+
+    def _totals(self) -> dict[str, float]:
+        return {name: sum(self.host.gpus[i].energy_j for i in gpus) for name, gpus in self.gpus.items()}
+
+    def read(self, now: float) -> dict[str, float]:
+        energy = self._totals()
+        span = max(now - self._t, 1e-9)
+        draw = {name: (energy[name] - self._energy_j[name]) / span for name in energy}
+        self._energy_j, self._t = energy, now
+        return draw
+
+
 def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float | None = None,
-        progress: Callable[[float], None] | None = None, decision_log: Path | None = None) -> Run:
+        progress: Callable[[float], None] | None = None, decision_log: Path | None = None,
+        flat_budget_w: float | None = None) -> Run:
     """Drive the scenario with `policy` for `duration_s` (None: the scenario's), starting from `fleet` (every
     policy starts from the fleet the operator runs today, as wattscale would be installed on it); `progress`
-    gets the simulated seconds done since its last call, once a slow tick."""
+    gets the simulated seconds done since its last call, once a slow tick. `wattscale-flat` runs under
+    `flat_budget_w` throughout, its sources and budget events left out."""
+    if policy == FLAT and flat_budget_w is None:
+        raise ValueError("wattscale-flat needs flat_budget_w")
     cfg = scn.config
     duration = duration_s or scn.settings.duration_s
     fast, slow = cfg.daemon.fast_interval_s, cfg.daemon.slow_interval_s
@@ -82,27 +116,37 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     names = [s.name for s in cfg.services]
     n = int(np.ceil(duration / fast))
     trace = Trace(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), {s: np.zeros(n) for s in names},
-                  {s: np.zeros(n) for s in names}, {s: np.zeros(n) for s in names})
-    events = sorted(scn.settings.events, key=lambda e: e.at_s)
-    meter = DrawMeter(host)
+                  {s: np.zeros(n) for s in names}, {s: np.zeros(n) for s in names}, np.zeros(n),
+                  {d.name: np.zeros(n) for d in cfg.power.domains})
+    flat = policy == FLAT
+    events = sorted((e for e in scn.settings.events if not (flat and e.kind in ("budget", "demand_response"))),
+                    key=lambda e: e.at_s)
+    meter, domains, intensity = DrawMeter(host), DomainMeter(scn, host), Intensity(scn)
     with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
-        ctl = _policy(policy, scn, host, outages, Path(tmp), decision_log)
-        budget = scn.start_budget_w
-        ctl.set_budget(budget, 0.0)
+        ctl = _policy("wattscale" if flat else policy, scn, host, outages, Path(tmp), decision_log)
+        sources = SimBudget(scn, Path(tmp), sources=not flat, start_w=flat_budget_w if flat else None)
+        budget = -1.0
         t, next_slow, done = 0.0, slow, 0.0
         for k in range(n):
             while events and events[0].at_s <= t:
                 e = events.pop(0)
-                if e.kind == "budget":
-                    budget = e.budget_w
-                    ctl.set_budget(budget, t)
+                if e.kind in ("budget", "demand_response"):
+                    sources.apply(e, t)
                 elif e.kind == "gpu_lost":
                     host.lose_gpu(e.gpu)
                 elif e.kind == "slowdown":
                     host.slow_down(e.service, e.factor)
+            now_w = sources.step(t)
+            if now_w != budget:
+                budget = now_w
+                ctl.set_budget(budget, t, sources.why)
+            intensity_now = intensity.at(t)
             t = (k + 1) * fast
             host.advance_to(t)
             trace.t_s[k], trace.budget_w[k], trace.draw_w[k] = t, budget, meter.read(t)
+            trace.intensity_g_per_kwh[k] = intensity_now
+            for name, watts in domains.read(t).items():
+                trace.domain_draw_w[name][k] = watts
             ctl.tick_fast(t)
             if t >= next_slow - 1e-9:
                 next_slow += slow

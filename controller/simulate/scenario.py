@@ -9,26 +9,32 @@ events that strike it, read with one clear error naming the field.
     bursts = [{ start_s = 2400, duration_s = 300, factor = 2.0 }]
     [[events]]
     at_s = 1800
-    kind = "budget"                 # budget | gpu_lost | slowdown | telemetry_lost
+    kind = "budget"                 # budget | demand_response | gpu_lost | slowdown | telemetry_lost
     budget_w = 2800
+    [power]                         # optional: keys laid over the config's [power] table (ramp, domains,
+    ramp_up_w_per_s = 40            # [power.budget] sources, paths relative to the scenario)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
-from controller.settings import Settings, load_settings
+from controller.settings import Settings, load_settings, settings_from
 from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
 """Longest scenario: a week of simulated time."""
 
-EventKind = Literal["budget", "gpu_lost", "slowdown", "telemetry_lost"]
+EventKind = Literal["budget", "demand_response", "gpu_lost", "slowdown", "telemetry_lost"]
+API_SOURCES = ("electricitymaps", "watttime")
+"""Budget source kinds that ask a remote API: a scenario runs offline, so its carbon comes from a CSV."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,12 @@ class EventSettings:
     at_s: float
     """When it happens (s from the scenario's start)."""
     kind: EventKind
-    """budget: the site budget becomes `budget_w`; gpu_lost: GPU `gpu` falls off the bus; slowdown: every step
-    of `service`'s engines takes `factor` times as long from now on; telemetry_lost: GPU readings fail for
-    `duration_s`."""
+    """budget: the site budget becomes `budget_w`; demand_response: a signal (`budget_w` for `duration_s`) is
+    written into the config's demand-response source's file; gpu_lost: GPU `gpu` falls off the bus; slowdown:
+    every step of `service`'s engines takes `factor` times as long from now on; telemetry_lost: GPU readings
+    fail for `duration_s`."""
     budget_w: float = 0.0
-    """budget: the new site budget (W)."""
+    """budget, demand_response: the new site budget (W)."""
     gpu: int = -1
     """gpu_lost: the GPU's index on the simulated host."""
     service: str = ""
@@ -110,10 +117,15 @@ class EventSettings:
     factor: float = 1.0
     """slowdown: the step-time multiplier (1.3 = 30 % slower)."""
     duration_s: float = 0.0
-    """telemetry_lost: how long GPU readings fail (s)."""
+    """telemetry_lost: how long GPU readings fail; demand_response: how long the signal holds (s)."""
+    reason: str = ""
+    """demand_response: the signal's reason (the decision log quotes it)."""
 
     def check(self, where: str) -> None:
         check_range(self, where, ("at_s",), 0.0, MAX_DURATION_S)
+        if self.kind == "demand_response":
+            check_positive(self, where, ("budget_w", "duration_s"))
+            check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         if self.kind == "budget":
             check_positive(self, where, ("budget_w",))
             check_range(self, where, ("budget_w",), 0.0, 1e8)
@@ -146,6 +158,12 @@ class ScenarioSettings:
     """Per service name; a service not named keeps its config's `sim` table."""
     events: tuple[EventSettings, ...] = ()
     """What happens during the run, in any order."""
+    start_utc: str = "2026-04-15T00:00:00Z"
+    """The time the budget sources read at the scenario's start (ISO 8601 with an offset): a schedule's or a
+    carbon CSV's rows are matched from there."""
+    grid_time_scale: float = 1.0
+    """Seconds the budget sources' clock moves per simulated second: 12 runs a CSV's day in 2 h of simulated
+    time (refresh, lead and TTL are the sources' own seconds); 1: real time."""
 
     def check(self, where: str) -> None:
         if not self.name.strip():
@@ -154,6 +172,13 @@ class ScenarioSettings:
         check_range(self, where, ("budget_w",), 0.0, 1e8)
         if not 0 <= self.seed < 2**63:
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
+        check_range(self, where, ("grid_time_scale",), 1e-3, 1e3)
+        try:
+            start = dt.datetime.fromisoformat(self.start_utc.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError("start_utc", f"must be an ISO 8601 time, got {self.start_utc!r}") from exc
+        if start.tzinfo is None:
+            raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {self.start_utc!r}")
         for key, name in self.personalities.items():
             if name not in PERSONALITIES:
                 raise ConfigError(f"personalities.{key}", f"unknown {name!r}, expected one of {sorted(PERSONALITIES)}")
@@ -173,6 +198,11 @@ class Scenario:
     def gpu_types(self) -> list[str]:
         """The simulated host's GPU types, one entry per GPU (the config's `simulator`)."""
         return self.config.simulator.host_types
+
+    @property
+    def start_unix_s(self) -> float:
+        """`start_utc` as Unix seconds: what the budget sources read at simulated second 0."""
+        return dt.datetime.fromisoformat(self.settings.start_utc.replace("Z", "+00:00")).timestamp()
 
     @property
     def start_budget_w(self) -> float:
@@ -214,20 +244,47 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
         if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
             raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
+        if e.kind == "demand_response" and not any(
+                isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
+            raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+
+
+def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
+    """The config with the scenario's `[power]` keys laid over its own (a ramp limit, domains, budget sources);
+    relative paths resolve from the scenario's directory."""
+    if not isinstance(power, dict):
+        raise ConfigError("power", "must be a table")
+    data = read_toml(config_path)
+    table = data.get("power")
+    data["power"] = {**(table if isinstance(table, dict) else {}), **power}
+    return settings_from(data, scenario_dir.resolve())
+
+
+def _check_sources(config: Settings) -> None:
+    """A scenario runs offline and on its own clock: no budget source that asks a remote API."""
+    for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
+        kind = next(k for k, cls in KINDS.items() if type(src) is cls)
+        if kind in API_SOURCES:
+            raise ConfigError(f"power.budget.sources[{i}].kind", f"{kind!r} asks a remote API; a scenario reads "
+                              "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
 
 
 def load_scenario(path: Path) -> Scenario:
     """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
     the config file's fields, prefixed with the file)."""
-    s = build(ScenarioSettings, read_toml(path))
+    raw = read_toml(path)
+    power = raw.pop("power", None)
+    s = build(ScenarioSettings, raw)
     config_path = (path.parent / s.config).resolve()
     try:
-        config = load_settings(config_path)
+        config = load_settings(config_path) if power is None else _with_power(config_path, power, path.parent)
     except ConfigError as exc:
-        raise ConfigError(f"config ({config_path.name}): {exc.where}", exc.reason) from None
+        where = f"config ({config_path.name})" + (" with the scenario's [power]" if power is not None else "")
+        raise ConfigError(f"{where}: {exc.where}", exc.reason) from None
     _check_against_config(s, config)
+    _check_sources(config)
     budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events if e.kind == "budget"]
     sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities})
     config = dataclasses.replace(config, simulator=sim,

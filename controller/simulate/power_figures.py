@@ -1,0 +1,136 @@
+"""A run's power figures beyond the budget's violations, measured on the GPUs' energy counters (issue 21):
+
+- budget drops (a source's, a demand-response signal's, a budget event's): `drop_settle_s`, the longest any
+  drop took from the new budget to the end of the first second whose mean site draw was under it;
+  `drop_over_after_s`, seconds over the budget after that, until the budget moved again;
+- power domains: `domain_over_s`, seconds any domain's mean draw was over its limit, and
+  `domain_longest_over_s`, the longest such run;
+- ramp limits, read on RAMP_WINDOW_S means of the draw (each against the one before it, per second): the
+  largest rise and fall, and the seconds it rose faster than `ramp_up_w_per_s` (`ramp_up_fast_s`) or fell
+  faster than `ramp_down_w_per_s` (`ramp_down_fast_s`), each by more than RAMP_SHARE, outside a budget drop
+  (windows holding any of it, until a second after it settled); `ramp_down_fast_by_limits_s` counts the
+  falls where the limits' sum fell that fast too (the ones the governor could have held; a load that falls
+  by itself cannot be);
+- carbon: `co2_mg_per_token`, milligrams of CO2 (the GPUs' energy each second x the grid's intensity then) per
+  output token of finished requests, where the config has a carbon CSV; `mean_budget_w`, the budget's mean.
+
+A figure whose subject is absent (no drop, no domain, no ramp limit, no intensity) is None.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controller.settings import PowerSettings, Settings
+from controller.simulate.runner import Trace
+
+RAMP_SHARE = 0.05
+"""A change of the draw counts against a ramp limit when it passes the limit by this share."""
+RAMP_WINDOW_S = 10.0
+"""Ramps are read on the draw's means over this long, one after the other (a utility meters demand over
+intervals; the plant's 1-s means swing by a whole engine step's energy, tens of watts on 8 GPUs)."""
+
+
+def drops(trace: Trace) -> list[tuple[int, int]]:
+    """(first second under the new budget, first second whose draw is under it, or -1) for each budget drop."""
+    b, d = trace.budget_w, trace.draw_w
+    out = []
+    for k in range(1, len(b)):
+        if b[k] < b[k - 1]:
+            under = np.nonzero(d[k:] <= b[k:])[0]
+            out.append((k, k + int(under[0]) if len(under) else -1))
+    return out
+
+
+def _longest_run(flags: NDArray[np.bool_]) -> int:
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
+
+
+def _round(x: float, digits: int = 3) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def drop_figures(trace: Trace, dt: float) -> dict[str, float | None]:
+    found = drops(trace)
+    if not found:
+        return {"drop_settle_s": None, "drop_over_after_s": None}
+    n = len(trace.budget_w)
+    settle, over = 0.0, 0
+    for k, j in found:
+        if j < 0:
+            return {"drop_settle_s": float(n - k) * dt, "drop_over_after_s": 0.0}  # never settled: all of it
+        settle = max(settle, (j - k + 1) * dt)
+        moved = np.nonzero(trace.budget_w[j:] != trace.budget_w[j])[0]
+        end = j + int(moved[0]) if len(moved) else n
+        over += int(np.count_nonzero(trace.draw_w[j:end] > trace.budget_w[j:end]))
+    return {"drop_settle_s": settle, "drop_over_after_s": over * dt}
+
+
+def domain_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, float | None]:
+    if not power.domains:
+        return {"domain_over_s": None, "domain_longest_over_s": None}
+    over_s, longest = 0.0, 0.0
+    for d in power.domains:
+        flags = trace.domain_draw_w[d.name] > d.limit_w
+        over_s += float(np.count_nonzero(flags)) * dt
+        longest = max(longest, _longest_run(flags) * dt)
+    return {"domain_over_s": over_s, "domain_longest_over_s": longest}
+
+
+def window_rate(series: NDArray[np.float64], w: int, dt: float) -> NDArray[np.float64]:
+    """rate[k]: the mean of seconds k .. k + w - 1 less the mean of the w seconds before, per second (nan for
+    the first w seconds and the last w - 1, which lack a whole window)."""
+    n = len(series)
+    out = np.full(n, np.nan)
+    if n < 2 * w:
+        return out
+    c = np.concatenate(([0.0], np.cumsum(series)))
+    k = np.arange(w, n - w + 1)
+    out[k] = ((c[k + w] - c[k]) - (c[k] - c[k - w])) / (w * w * dt)
+    return out
+
+
+def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, float | None]:
+    up_w, down_w = power.ramp_up_w_per_s, power.ramp_down_w_per_s
+    w = max(1, round(RAMP_WINDOW_S / dt))
+    rate, limits = window_rate(trace.draw_w, w, dt), window_rate(trace.limits_w, w, dt)
+    free = np.isfinite(rate)
+    for k, j in drops(trace):  # a window that holds any of a drop, until a second after it settled
+        free[max(0, k - w + 1):(len(rate) if j < 0 else j + w + 1)] = False
+    out: dict[str, float | None] = {
+        "ramp_rise_max_w_per_s": _round(float(rate[free].max())) if free.any() else None,
+        "ramp_fall_max_w_per_s": _round(float(-rate[free].min())) if free.any() else None,
+        "ramp_up_fast_s": None, "ramp_down_fast_s": None, "ramp_down_fast_by_limits_s": None}
+    if up_w > 0:
+        out["ramp_up_fast_s"] = float(np.count_nonzero(free & (rate > up_w * (1 + RAMP_SHARE)))) * dt
+    if down_w > 0:
+        fast = free & (rate < -down_w * (1 + RAMP_SHARE))
+        by_limits = fast & (limits < -down_w * (1 + RAMP_SHARE))
+        out["ramp_down_fast_s"] = float(np.count_nonzero(fast)) * dt
+        out["ramp_down_fast_by_limits_s"] = float(np.count_nonzero(by_limits)) * dt
+    return out
+
+
+def carbon_figures(trace: Trace, dt: float, tokens: int) -> dict[str, float | None]:
+    known = np.isfinite(trace.intensity_g_per_kwh)
+    mean_budget = _round(float(trace.budget_w.mean()), 1)
+    if not known.any():
+        return {"co2_mg_per_token": None, "co2_kg": None, "mean_budget_w": mean_budget}
+    grams = float(np.sum(trace.draw_w[known] * dt / 3.6e6 * trace.intensity_g_per_kwh[known]))
+    return {"co2_mg_per_token": _round(grams * 1000 / tokens, 5) if tokens else None, "co2_kg": _round(grams / 1000, 4),
+            "mean_budget_w": mean_budget}
+
+
+def power_figures(cfg: Settings, trace: Trace, tokens: int) -> dict[str, Any]:
+    """Every power figure of one run (JSON-ready)."""
+    dt = float(trace.t_s[0]) if len(trace.t_s) else 1.0
+    return {**drop_figures(trace, dt), **domain_figures(cfg.power, trace, dt), **ramp_figures(cfg.power, trace, dt),
+            **carbon_figures(trace, dt, tokens)}

@@ -1,0 +1,132 @@
+"""The scenario config's budget sources (`[power.budget]`) stepped on the simulated clock.
+
+A source reads `start_utc + t x grid_time_scale`, never the wall clock: a schedule's or a carbon CSV's day
+passes in simulated time (compressed where the scale is above 1). Demand-response signals reach the real
+demand-response source through its signal file, as an operator's tool or the loopback endpoint would write
+it: the run keeps each such file in its own temporary directory, and a `demand_response` event writes the
+signal there. The budget in force is the lowest of the sources' (the combiner's) and the scenario's budget
+events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller.budget.assemble import combiner, resolve
+from controller.budget.base import BudgetError
+from controller.budget.carbon import IntensityPoint
+from controller.budget.carbon_feeds import CsvIntensityFeed
+from controller.budget.combiner import BudgetCombiner
+from controller.budget.settings import BudgetSettings, CarbonCsvSettings, DemandResponseSettings
+from controller.simulate.scenario import EventSettings, Scenario
+from tuner.store import atomic_write_text
+
+log = logging.getLogger("wattscale.simulate")
+
+
+def iso_utc(unix_s: float) -> str:
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class GridClock:
+    """What a budget source reads as the time at simulated second `t`."""
+
+    def __init__(self, scn: Scenario) -> None:
+        self.start_s = scn.start_unix_s
+        self.scale = scn.settings.grid_time_scale
+
+    def __call__(self, t_s: float) -> float:
+        return self.start_s + t_s * self.scale
+
+
+class Intensity:
+    """The grid's carbon intensity at simulated second `t`, from the config's first carbon CSV source (the
+    point in force, as the source reads it); nan where the config has none. Used to count grams of CO2."""
+
+    def __init__(self, scn: Scenario) -> None:
+        self.clock = GridClock(scn)
+        budget = scn.config.budget
+        csv = [s for _, s in budget.sources if isinstance(s, CarbonCsvSettings)] if budget is not None else []
+        points: Sequence[IntensityPoint] = []
+        if csv:
+            try:
+                points = CsvIntensityFeed(resolve(scn.config.base_dir, csv[0].path), csv[0].basis).fetch(0.0)
+            except BudgetError as exc:  # the source fails the same way in the run: its budget falls back
+                log.warning("no carbon intensity to count CO2 with: %s", exc)
+        self.points = sorted(points, key=lambda p: p.at_s)
+
+    def at(self, t_s: float) -> float:
+        now = self.clock(t_s)
+        past = [p for p in self.points if p.at_s <= now]
+        return past[-1].g_per_kwh if past else math.nan
+
+
+class SimBudget:
+    """The scenario's budget over simulated time: its sources on the simulated clock, its budget events, and
+    the demand-response signals its events send."""
+
+    def __init__(self, scn: Scenario, signal_dir: Path, sources: bool = True, start_w: float | None = None) -> None:
+        self.clock = GridClock(scn)
+        self.event_w = scn.start_budget_w if start_w is None else start_w
+        self.signal_paths: list[Path] = []
+        self.combiner: BudgetCombiner | None = None
+        settings = scn.config.budget
+        if sources and settings is not None:
+            self.combiner = combiner(self._redirected(settings, signal_dir), {}, base_dir=scn.config.base_dir)
+        self.why = "scenario"
+
+    def _redirected(self, settings: BudgetSettings, signal_dir: Path) -> BudgetSettings:
+        """The settings with each demand-response source's file in `signal_dir` (a run never writes into the
+        repository, and two runs never share a signal)."""
+        out = []
+        for name, s in settings.sources:
+            if isinstance(s, DemandResponseSettings):
+                path = signal_dir / f"signal-{len(self.signal_paths)}.json"
+                self.signal_paths.append(path)
+                s = dataclasses.replace(s, path=str(path), port=0)
+            out.append((name, s))
+        return dataclasses.replace(settings, sources=tuple(out))
+
+    def apply(self, e: EventSettings, t_s: float) -> None:
+        """A budget or demand-response event at simulated second `t_s`."""
+        if e.kind == "budget":
+            self.event_w = e.budget_w
+        elif e.kind == "demand_response":
+            deadline = self.clock(t_s + e.duration_s)
+            doc = {"budget_w": e.budget_w, "deadline": iso_utc(deadline), "reason": e.reason or "scenario event"}
+            for path in self.signal_paths:
+                atomic_write_text(path, json.dumps(doc))
+
+    def step(self, t_s: float) -> float:
+        """The budget in force from simulated second `t_s`; `why` says where it comes from."""
+        if self.combiner is None:
+            self.why = "scenario"
+            return self.event_w
+        budget = self.combiner.step(self.clock(t_s))
+        if budget.budget_w < self.event_w:
+            self.why = f"{budget.source or 'fallback'}: {budget.why}"
+            return budget.budget_w
+        self.why = "scenario"
+        return self.event_w
+
+
+def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
+    """The time-mean of the budget the scenario's sources and events set over `duration_s` (stepped alone, at
+    the fast interval): the flat budget of the same mean that `wattscale-flat` runs under."""
+    budget = SimBudget(scn, signal_dir)
+    fast = scn.config.daemon.fast_interval_s
+    events = sorted(scn.settings.events, key=lambda e: e.at_s)
+    n = math.ceil(duration_s / fast)
+    total = 0.0
+    for k in range(n):
+        t = k * fast
+        while events and events[0].at_s <= t:
+            budget.apply(events.pop(0), t)
+        total += budget.step(t)
+    return total / n

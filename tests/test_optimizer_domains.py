@@ -1,0 +1,90 @@
+"""The optimizer plans within every power domain: what a choice predicts in a rack (its replicas' GPUs there,
+in the order a host lists them) fits the rack's room, for every solver; the MILP's rows are exact (equal to
+the exhaustive oracle), greedy's repair brings its choice down lowest priority first."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.domain_rooms import domain_rooms, placements
+from controller.optimizer import DomainRoom, Problem, Solution, get_solver, solve
+from controller.optimizer.candidates import enumerate_all, valued
+from controller.optimizer.domains import domain_w, fit_domains
+from controller.optimizer.problem import Candidate
+from controller.settings import load_settings
+from queuemodels.accelerators import CATALOG
+from tests.test_optimizer import H100, services
+
+ROOT = Path(__file__).resolve().parents[1]
+RACK = DomainRoom("rack-a", 150.0, frozenset({0, 1}))
+
+
+def problem(room_w: float = RACK.room_w) -> Problem:
+    chat, code, bulk = services((12.0, 5.0, 6.0))
+    placed = (replace(chat, gpus={"H100-SXM": (0, 1, 2, 3)}), replace(code, gpus={"H100-SXM": (4, 5)}), bulk)
+    return Problem(placed, (H100,), 5000.0, "token_speed", batch_sizes=(16, 64), power_levels=(0.6, 1.0),
+                   domains=(replace(RACK, room_w=room_w),))
+
+
+def in_rack(p: Problem, s: Solution) -> float:
+    cands = {r.name: r for r in s.services}
+    total = 0.0
+    for i, svc in enumerate(p.services):
+        r = cands[svc.name]
+        if r.assignment is None:
+            continue
+        a = r.assignment
+        c = Candidate(i, a, a.replicas, r.power_w, 0.0, 0.0, 0.0, 0.0, None)
+        total += domain_w(p, c, p.domains[0])
+    return total
+
+
+def test_without_the_rack_the_plan_overfills_it() -> None:
+    free = solve(replace(problem(), domains=()), get_solver("milp"))
+    assert in_rack(problem(), free) > RACK.room_w + 100  # so the rows below bind
+
+
+@pytest.mark.parametrize("solver", ["milp", "greedy", "exhaustive"])
+def test_every_solver_fits_the_rack(solver: str) -> None:
+    p = problem()
+    s = solve(p, get_solver(solver))
+    assert in_rack(p, s) <= RACK.room_w + 1e-6
+    assert s.power_w <= p.budget_w + 1e-6
+
+
+def test_the_milp_rows_are_exact_and_greedy_stays_below_them() -> None:
+    p = problem()
+    oracle = solve(p, get_solver("exhaustive"))
+    milp = solve(p, get_solver("milp"))
+    greedy = solve(p, get_solver("greedy"))
+    assert milp.objective == pytest.approx(oracle.objective, rel=1e-6)
+    assert greedy.objective <= oracle.objective + 1e-6
+
+
+def test_the_repair_brings_the_lowest_priority_in_the_domain_down_first() -> None:
+    """chat (priority 1) on GPUs 0-3, code (priority 2) moved onto 0-1 too: code gives way first."""
+    p = problem(room_w=500.0)
+    chat, code, bulk = p.services
+    p = replace(p, services=(chat, replace(code, gpus={"H100-SXM": (1, 0)}), bulk))
+    cands, _ = valued(p, enumerate_all(p))
+    biggest = [max(cs, key=lambda c: c.power_w) if cs else None for cs in cands]
+    fitted, notes = fit_domains(p, cands, biggest)
+    assert sum(domain_w(p, c, p.domains[0]) for c in fitted if c is not None) <= 500.0 + 1e-6
+    assert notes and notes[0].startswith("domain rack-a: code")
+    assert fitted[0] is biggest[0] or notes[-1].startswith("domain rack-a: chat")
+
+
+def test_a_domain_room_is_its_line_scaled_as_the_budget_less_its_idle_gpus(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text().replace(
+        'mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\nname = "rack-a"\nlimit_w = 1800\n'
+        'gpus = [0, 1, 2, 3]\n')
+    (tmp_path / "d.toml").write_text(text)
+    s = load_settings(tmp_path / "d.toml")
+    low = replace(s.power, budget_w=2000.0)  # a source's budget: the same share applies
+    (room,) = domain_rooms(s, low)
+    assert room.room_w == pytest.approx(1800 * 0.97 * 0.9 - 4 * CATALOG["H100-SXM"].idle_power_w)
+    assert room.gpus == frozenset({0, 1, 2, 3})
+    assert placements(s, s.services[0]) == {}  # the simulated host lists no GPUs: placement unknown

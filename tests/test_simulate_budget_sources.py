@@ -1,0 +1,126 @@
+"""Budget sources in simulated time (controller/simulate/sources.py) and issue 21's power figures: the
+sources read the scenario's clock, never the wall clock; a demand-response signal reaches the real source
+through its file; the figures count what the trace shows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.config_loader import ConfigError
+from controller.settings import PowerDomainSettings, PowerSettings
+from controller.simulate.accounting import figures
+from controller.simulate.power_figures import domain_figures, drop_figures, ramp_figures
+from controller.simulate.runner import Trace, run
+from controller.simulate.scenario import load_scenario
+from controller.simulate.sources import mean_budget_w
+
+TWO_GPUS = {"chat": {"H100-SXM": 2}}
+HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+          "Carbon intensity gCO₂eq/kWh (Life cycle),Data source\n")
+DR = ('[power.budget]\nsafe_budget_w = 1000\n[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 1400\n'
+      '[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\npath = "signal.json"\n')
+
+
+def test_a_demand_response_signal_is_met_within_two_seconds_on_the_simulated_clock(
+        small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    """The signal (500 W for 30 s at t = 40 s) ends at start_utc + 70 s, months before the wall clock: a source
+    reading the wall clock would take it as past and set no limit."""
+    scn = load_scenario(small_scenario('name = "dr"\nduration_s = 100\nseed = 3\nstart_utc = "2026-04-15T00:00:00Z"\n'
+                                       '[[events]]\nat_s = 40\nkind = "demand_response"\nbudget_w = 500\n'
+                                       'duration_s = 30\nreason = "peak event"\n' + DR))
+    log = tmp_path / "decisions.jsonl"
+    r = run(scn, "wattscale", 3, TWO_GPUS, decision_log=log)
+    tr = r.trace
+    assert set(tr.budget_w[(tr.t_s > 40) & (tr.t_s <= 70)]) == {500.0}
+    assert set(tr.budget_w[tr.t_s > 71]) == {1400.0}
+    assert tr.draw_w[(tr.t_s > 30) & (tr.t_s <= 40)].min() > 600  # the signal binds
+    f = figures(scn, r)
+    assert f["drop_settle_s"] is not None and f["drop_settle_s"] <= 2 and f["drop_over_after_s"] == 0
+    whys = [line for line in log.read_text().splitlines() if "peak event" in line]
+    assert whys and "utility" in json.loads(whys[0])["budget"]["why"]
+    assert not (tmp_path / "signal.json").exists()  # the run wrote its signal into its own temporary directory
+
+
+def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    """Intensity steps every 10 grid minutes (one simulated minute at grid_time_scale 10); the curve maps 100 g
+    to 1,400 W and 300 g to 800 W; the forecast is not read ahead (lead_s 0)."""
+    rows = [("00:00", 100), ("00:10", 300), ("00:20", 200), ("00:30", 100)]
+    (tmp_path / "grid.csv").write_text(HEADER + "".join(f"2026-04-15 {t}:00,X,X,X,{g},{g},synthetic\n"
+                                                        for t, g in rows))
+    body = ('name = "carbon"\nduration_s = 180\nseed = 3\nstart_utc = "2026-04-15T00:00:00Z"\ngrid_time_scale = 10\n'
+            '[power.budget]\nsafe_budget_w = 1000\n[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\n'
+            'curve = [[100, 1400], [300, 800]]\nlead_s = 0\nrefresh_s = 60\n')
+    scn = load_scenario(small_scenario(body))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    tr = r.trace
+    assert list(tr.budget_w[[0, 59, 60, 119, 120, 179]]) == [1400.0, 1400.0, 800.0, 800.0, 1100.0, 1100.0]
+    assert list(tr.intensity_g_per_kwh[[0, 60, 120]]) == [100.0, 300.0, 200.0]
+    assert mean_budget_w(scn, 180, tmp_path / "signals") == pytest.approx(float(tr.budget_w.mean()))
+    flat = run(scn, "wattscale-flat", 3, TWO_GPUS, flat_budget_w=1100.0)
+    assert set(flat.trace.budget_w) == {1100.0}
+    f, g = figures(scn, r), figures(scn, flat)
+    assert f["co2_mg_per_token"] is not None and g["co2_mg_per_token"] is not None
+    assert f["mean_budget_w"] == pytest.approx(g["mean_budget_w"])
+
+
+def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(
+        small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "grid.csv").write_text("not,an,export\n1,2,3\n")
+    scn = load_scenario(small_scenario(
+        'name = "carbon"\nduration_s = 30\nseed = 3\n[power.budget]\nsafe_budget_w = 900\nttl_s = 60\n'
+        '[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n'))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    assert set(r.trace.budget_w) == {900.0}
+    assert figures(scn, r)["co2_mg_per_token"] is None
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ('[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\nkind = "electricitymaps"\nzone = "DE"\n'
+     'curve = [[100, 1400]]\n', "power.budget.sources[0].kind", "asks a remote API"),
+    ('[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\nduration_s = 30\n', "events[0].kind",
+     "needs a demand_response source"),
+    ('start_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
+    ('grid_time_scale = 0\n', "grid_time_scale", "must be in"),
+    ('[power]\nramp_up_w_per_s = -5\n', "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s",
+     "must be in"),
+])
+def test_a_bad_budget_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
+                                               words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_scenario(small_scenario('name = "x"\nduration_s = 60\n' + body))
+    assert err.value.where == field
+    assert words in str(err.value)
+
+
+def trace_of(draw_w: list[float], budget_w: list[float], limits_w: list[float] | None = None,
+             domains: dict[str, list[float]] | None = None) -> Trace:
+    n = len(draw_w)
+    arr = np.asarray
+    return Trace(arr(np.arange(1.0, n + 1)), arr(budget_w, dtype=float), arr(draw_w, dtype=float),
+                 arr(limits_w if limits_w is not None else [4000.0] * n, dtype=float), {}, {}, {}, np.full(n, np.nan),
+                 {k: arr(v, dtype=float) for k, v in (domains or {}).items()})
+
+
+def test_the_power_figures_count_what_the_trace_shows() -> None:
+    """A drop met in its third second, one second over after that; a rack over its limit for two seconds in a
+    row and once more. Ramps on 10-s means: a step of +500 W reads as a triangle of rates peaking at 50 W/s
+    (7 s past a 30 W/s limit), a step of -600 W peaks at 60 W/s (9 s), 7 of them with the limits falling as
+    fast (their step of -500 W)."""
+    tr = trace_of([900, 900, 900, 700, 490, 510, 480, 480], [1000, 1000, 500, 500, 500, 500, 500, 500])
+    assert drop_figures(tr, 1.0) == {"drop_settle_s": 3.0, "drop_over_after_s": 1.0}
+    assert drop_figures(trace_of([100.0] * 3, [900.0] * 3), 1.0)["drop_settle_s"] is None
+    power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,
+                          domains=(PowerDomainSettings("rack", 600.0, (0,)),))
+    tr = trace_of([500, 600, 650, 550, 610, 500], [2000.0] * 6, domains={"rack": [500, 601, 650, 550, 610, 500]})
+    assert domain_figures(power, tr, 1.0) == {"domain_over_s": 3.0, "domain_longest_over_s": 2.0}
+    tr = trace_of([500.0] * 20 + [1000.0] * 40 + [400.0] * 20, [2000.0] * 80, limits_w=[1200.0] * 60 + [700.0] * 20)
+    ramps = ramp_figures(power, tr, 1.0)
+    assert ramps["ramp_rise_max_w_per_s"] == 50.0 and ramps["ramp_fall_max_w_per_s"] == 60.0
+    assert ramps["ramp_up_fast_s"] == 7.0 and ramps["ramp_down_fast_s"] == 9.0
+    assert ramps["ramp_down_fast_by_limits_s"] == 7.0
