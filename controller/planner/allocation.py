@@ -207,7 +207,7 @@ class AllocationModel:
     def solve(self, force_served: str | None = None, without: frozenset[str] = frozenset()) -> Allocation:
         t0 = time.perf_counter()
         fix = {self.lp.index[("u", force_served)]: 0.0} if force_served else None
-        res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s)
+        res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s, presolve=False)
         return self._read(res, time.perf_counter() - t0)
 
     def _read(self, res: LpResult, solve_s: float) -> Allocation:
