@@ -115,7 +115,7 @@ class AllocationModel:
 
         One replica more than the whole demand's compute and KV cache need only adds rental, so no optimum runs
         more. A degree n is dropped where n / m replicas of a smaller degree m do the same on the same cards:
-        at least its throughput (speedup_m / m >= speedup_n / n), the KV cache whatever is routed here beside
+        at least its throughput (speedup_m / m >= speedup_n / n), the KV cache of all that may be routed here beside
         the extra weights (n (mem - W / m) >= all of it), within max_replicas. Both keep every optimal cost."""
         s, g = self.spec, self.spec.gpus[k[0]]
         usable, weights = s.mem_util * g.memory_gb, self.weights_gb(j, k)
