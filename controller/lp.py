@@ -58,7 +58,9 @@ class Lp:
         return float(x[self.index[key]]) if key in self.index else 0.0
 
     def solve(self, *, without: frozenset[str] = frozenset(), fix: dict[int, float] | None = None,
-              time_limit_s: float = 10.0, mip_gap: float = 1e-6) -> LpResult:
+              time_limit_s: float = 10.0, mip_gap: float = 1e-6, presolve: bool = True) -> LpResult:
+        """`presolve=False` for a model whose builder has done the reductions already (HiGHS's presolve and
+        the restarts it triggers then cost more than they save: docs/plan.md, "Speed")."""
         kept = [r for r in self.rows if r[3] not in without]
         r_idx = [k for k, (ents, _, _, _) in enumerate(kept) for _ in ents]
         c_idx = [i for ents, _, _, _ in kept for i, _ in ents]
@@ -71,7 +73,8 @@ class Lp:
         constraints = [LinearConstraint(a, [r[1] for r in kept], [r[2] for r in kept])] if kept else []
         res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
                                    integrality=np.array(self.integer),
-                                   options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap})
+                                   options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap,
+                                            "presolve": presolve})
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message))
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly

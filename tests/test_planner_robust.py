@@ -18,7 +18,7 @@ from scipy.optimize import linprog
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation import Allocation, AllocationModel
-from controller.planner.allocation_report import explain_unmet
+from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
 from controller.planner.allocation_spec import (
     AllocationSpec,
     Deviation,
@@ -284,6 +284,8 @@ def test_whole_period_reading_bills_every_token_for_the_period_apart_from_capaci
     tokens_gb = 2e-6 * 700 * 50_000 * 10.0  # every token of the period
     assert plan.unmet["q"] < 1e-9  # 700 GB of tokens, 60 GB of capacity: not counted against it
     assert plan.costs["storage"] == pytest.approx(1e-3 * 10.0 * (14.0 + tokens_gb))
+    text = allocation_text(allocation_json(AllocationModel(spec), plan, []))
+    assert "token storage: whole_period, every token billed for the period" in text
 
 
 def test_retained_reading_bills_the_retention_and_counts_tokens_against_capacity() -> None:
@@ -296,6 +298,8 @@ def test_retained_reading_bills_the_retention_and_counts_tokens_against_capacity
     assert plan.costs["storage"] == pytest.approx(1e-3 * (10.0 * 14.0 + 1.0 * held_gb * 10.0 * served))
     (why,) = explain_unmet(model, plan)
     assert why["reason"] == "storage" and why["parameter"] == "storage_capacity_gb"
+    doc = allocation_json(model, plan, [why])
+    assert doc["token_retention_h"] == 1.0 and "token storage: retained 1 h" in allocation_text(doc)
 
 
 def test_demand_dropped_by_a_worst_case_limit_says_the_robust_settings_relax_it_too() -> None:

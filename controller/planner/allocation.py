@@ -8,6 +8,7 @@ departs from the seed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,11 +71,12 @@ class AllocationModel:
                 q = lp.var(("q", j, k), ub=1.0, integer=True)
                 r = lp.var(("r", j, k), ub=R, integer=True)
                 y = lp.var(("y", j, k), ub=R * 8, integer=True)
-                tps = [n for n in g.tp_degrees if weights <= s.mem_util * g.memory_gb * n]
-                for n in tps:
+                replicas = self.replicas(j, k)
+                tps = list(replicas)
+                for n, most in replicas.items():
                     w = lp.var(("w", n, j, k), ub=1.0, integer=True)
-                    v = lp.var(("v", n, j, k), ub=R, integer=True)
-                    lp.row([(v, 1.0), (w, -R)], -float("inf"), 0.0, "link")
+                    v = lp.var(("v", n, j, k), ub=most, integer=True)
+                    lp.row([(v, 1.0), (w, -most)], -float("inf"), 0.0, "link")
                 lp.row([(lp.index[("w", n, j, k)], 1.0) for n in tps] + [(q, -1.0)], 0.0, 0.0, "link")
                 lp.row([(lp.index[("v", n, j, k)], 1.0) for n in tps] + [(r, -1.0)], 0.0, 0.0, "link")
                 lp.row([(lp.index[("v", n, j, k)], float(n)) for n in tps] + [(y, -1.0)], 0.0, 0.0, "link")
@@ -107,6 +109,29 @@ class AllocationModel:
         for term in self.terms.values():
             for col, c in term:
                 lp.add_cost(col, c)
+
+    def replicas(self, j: str, k: tuple[str, str]) -> dict[int, int]:
+        """TP degrees worth offering (j, k), each with the most replicas an optimal plan runs at it.
+
+        One replica more than the whole demand's compute and KV cache need only adds rental, so no optimum runs
+        more. A degree n is dropped where n / m replicas of a smaller degree m do the same on the same cards:
+        at least its throughput (speedup_m / m >= speedup_n / n), the KV cache of all that may be routed here beside
+        the extra weights (n (mem - W / m) >= all of it), within max_replicas. Both keep every optimal cost."""
+        s, g = self.spec, self.spec.gpus[k[0]]
+        usable, weights = s.mem_util * g.memory_gb, self.weights_gb(j, k)
+        per_card = 1000 * g.compute_tflops * s.compute_efficiency * s.precisions[k[1]].compute_factor
+        work = sum(self._work(qt) for qt in s.queries.values())
+        kv = sum(self.kv_gb(i, j, k) for i in s.queries)
+        most = {}
+        for n in (n for n in sorted(g.tp_degrees) if weights <= usable * n):
+            free = n * usable - weights
+            need = max(1, math.ceil(work / (per_card * s.tp_speedup[str(n)])),
+                       math.ceil(kv / free) if free > 0 else s.max_replicas)
+            most[n] = min(s.max_replicas, need)
+        speed = {n: s.tp_speedup[str(n)] / n for n in most}
+        return {n: r for n, r in most.items() if not any(
+            speed[m] >= speed[n] and r * n // m <= s.max_replicas and kv <= n * (usable - weights / m)
+            for m in most if m < n)}
 
     def weights_gb(self, j: str, k: tuple[str, str]) -> float:
         """Model j's weights at tier k's precision."""
@@ -182,7 +207,7 @@ class AllocationModel:
     def solve(self, force_served: str | None = None, without: frozenset[str] = frozenset()) -> Allocation:
         t0 = time.perf_counter()
         fix = {self.lp.index[("u", force_served)]: 0.0} if force_served else None
-        res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s)
+        res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s, presolve=False)
         return self._read(res, time.perf_counter() - t0)
 
     def _read(self, res: LpResult, solve_s: float) -> Allocation:

@@ -83,6 +83,7 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
                    "worst_case": a.worst_case,
                    "deviations": {f"{g}:{p}": asdict(spec.deviation((g, p))) for g, p in spec.tiers()}},
         "token_storage": spec.token_storage,
+        "token_retention_h": spec.token_retention_h if spec.token_storage == "retained" else None,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
@@ -107,6 +108,9 @@ def allocation_text(doc: dict[str, Any]) -> str:
     c = doc["cost"]
     lines.append(f"cost per period: rental {c['rental']:.2f} + storage {c['storage']:.2f} + delay penalty "
                  f"{c['delay_penalty']:.2f} + unmet penalty {c['unmet_penalty']:.2f} = {c['total']:.2f} $")
+    lines.append(f"token storage: retained {doc['token_retention_h']:g} h, held against storage_capacity_gb"
+                 if doc["token_storage"] == "retained" else
+                 "token storage: whole_period, every token billed for the period, apart from storage_capacity_gb")
     lines += [e["text"] for e in doc["dropped"]]
     if not doc["optimal"]:
         lines.append(f"not proven optimal (gap {doc['mip_gap']:.2%}): the solve stopped at its time limit; why "

@@ -13,6 +13,13 @@ already 0 at pi = M.
 A type uses at most one tier per model, so its routes are gathered into one slot per model, whose x and z are
 the sums over its tiers (at most one of them non-zero): one p and one t per model instead of per route, with
 the same values.
+
+The envelope is weak where z is fractional (t_r >= pi - M (1 - z_r) is 0 for z_r < 1 - pi / M), so the LP
+relaxation barely sees the worst case and HiGHS has to branch it back. One valid row closes most of that: with
+n of at most S slots chosen, spreading the budget evenly (xi_r = min(1, Gamma(z) / n) on each chosen slot) is
+a point of the set, so the worst case is at least share x sum_r dev_r a_r x_r, share = min(1, protection +
+gamma / S); and the dual bound is at least the worst case. Every integer-feasible point keeps it; the shipped
+robust spec's root bound rises from 162.1 to 167.5 (docs/plan.md, "Speed").
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ def worst_case_terms(lp: Lp, key: str, slots: list[Slot], gamma: float,
             terms.append((t, protection))
             lp.row([(t, 1.0), (pi, -1.0)] + [(z, -big_m) for z in slot.chosen], -big_m, float("inf"),
                    f"{key}:dual")
+    share = min(1.0, protection + gamma / len(slots))  # the even spread's xi: a lower bound on the worst case
+    lp.row(terms + [(x, -share * dev) for slot in slots for x, dev in slot.shares], 0.0, float("inf"),
+           f"{key}:dual")
     return terms
 
 

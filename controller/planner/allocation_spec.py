@@ -187,7 +187,9 @@ class AllocationSpec:
     token_storage: Literal["whole_period", "retained"] = "retained"
     """How served queries' tokens are stored: "retained" (each kept token_retention_h hours, billed for that
     long, and the tokens held at once counted against storage_capacity_gb), or "whole_period" (the seed's
-    reading: every token billed for the whole rental period, on storage apart from storage_capacity_gb)."""
+    reading: every token billed for the whole rental period, on storage apart from storage_capacity_gb).
+    "retained" is the default as the only reading in which the storage paid for must also exist (docs/plan.md,
+    "Token storage"); `wattscale plan` prints which reading a plan used."""
     token_retention_h: float = 1.0
     """Hours a served query's tokens are kept (token_storage "retained")."""
     time_limit_s: float = 10.0
