@@ -15,9 +15,11 @@ from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.simulate.accounting import figures
 from controller.simulate.power_figures import domain_figures, drop_figures, ramp_figures
+from controller.simulate.report import carbon_limits
 from controller.simulate.runner import Trace, run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sources import mean_budget_w
+from queuemodels.accelerators import CATALOG
 
 TWO_GPUS = {"chat": {"H100-SXM": 2}}
 HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
@@ -67,6 +69,12 @@ def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Cal
     f, g = figures(scn, r), figures(scn, flat)
     assert f["co2_mg_per_token"] is not None and g["co2_mg_per_token"] is not None
     assert f["mean_budget_w"] == pytest.approx(g["mean_budget_w"])
+    # What bounds a gain, from the run's own trace: seconds the budget bound the draw, and the idle draw's share.
+    idle_w = sum(CATALOG[t].idle_power_w for t in scn.config.simulator.host_types)
+    assert f["idle_energy_share"] == pytest.approx(idle_w * len(tr.draw_w) / tr.draw_w.sum(), abs=1e-3)
+    assert f["budget_bound_share"] == pytest.approx(np.mean(tr.draw_w >= 0.95 * tr.budget_w), abs=1e-4)
+    why = carbon_limits(f, g)
+    assert f"{g['budget_bound_share']:.1%}" in why and f"{f['idle_energy_share']:.0%}" in why
 
 
 def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(

@@ -12,7 +12,10 @@
   falls where the limits' sum fell that fast too (the ones the governor could have held; a load that falls
   by itself cannot be);
 - carbon: `co2_mg_per_token`, milligrams of CO2 (the GPUs' energy each second x the grid's intensity then) per
-  output token of finished requests, where the config has a carbon CSV; `mean_budget_w`, the budget's mean.
+  output token of finished requests, where the config has a carbon CSV; `mean_budget_w`, the budget's mean;
+  and what bounds the gain a budget that follows the grid can make: `budget_bound_share`, the share of seconds
+  whose draw was within BOUND_SHARE of the budget (elsewhere a lower budget would have cut nothing), and
+  `idle_energy_share`, the share of the energy the GPUs draw idle (paid whatever the plan).
 
 A figure whose subject is absent (no drop, no domain, no ramp limit, no intensity) is None.
 """
@@ -27,7 +30,10 @@ from numpy.typing import NDArray
 
 from controller.settings import PowerSettings, Settings
 from controller.simulate.runner import Trace
+from queuemodels.accelerators import CATALOG
 
+BOUND_SHARE = 0.05
+"""A second's draw this close under the budget counts as bound by it."""
 RAMP_SHARE = 0.05
 """A change of the draw counts against a ramp limit when it passes the limit by this share."""
 RAMP_WINDOW_S = 10.0
@@ -119,18 +125,22 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
     return out
 
 
-def carbon_figures(trace: Trace, dt: float, tokens: int) -> dict[str, float | None]:
+def carbon_figures(trace: Trace, dt: float, tokens: int, idle_w: float) -> dict[str, float | None]:
     known = np.isfinite(trace.intensity_g_per_kwh)
     mean_budget = _round(float(trace.budget_w.mean()), 1)
     if not known.any():
-        return {"co2_mg_per_token": None, "co2_kg": None, "mean_budget_w": mean_budget}
+        return {"co2_mg_per_token": None, "co2_kg": None, "mean_budget_w": mean_budget, "budget_bound_share": None,
+                "idle_energy_share": None}
     grams = float(np.sum(trace.draw_w[known] * dt / 3.6e6 * trace.intensity_g_per_kwh[known]))
+    bound = trace.draw_w >= trace.budget_w * (1 - BOUND_SHARE)
+    energy = float(np.sum(trace.draw_w))
     return {"co2_mg_per_token": _round(grams * 1000 / tokens, 5) if tokens else None, "co2_kg": _round(grams / 1000, 4),
-            "mean_budget_w": mean_budget}
+            "mean_budget_w": mean_budget, "budget_bound_share": _round(float(np.mean(bound)), 4),
+            "idle_energy_share": _round(idle_w * len(trace.draw_w) / energy, 3) if energy > 0 else None}
 
 
 def power_figures(cfg: Settings, trace: Trace, tokens: int) -> dict[str, Any]:
     """Every power figure of one run (JSON-ready)."""
     dt = float(trace.t_s[0]) if len(trace.t_s) else 1.0
     return {**drop_figures(trace, dt), **domain_figures(cfg.power, trace, dt), **ramp_figures(cfg.power, trace, dt),
-            **carbon_figures(trace, dt, tokens)}
+            **carbon_figures(trace, dt, tokens, sum(CATALOG[t].idle_power_w for t in cfg.simulator.host_types))}
