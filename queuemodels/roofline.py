@@ -1,0 +1,75 @@
+"""The step family's roofline: one engine step is one forward pass whose compute overlaps its memory time.
+
+vLLM runs every scheduled token of a step - one per decoding sequence, a prompt's tokens - through the same
+weight GEMMs, while the step streams the weights and every sequence's KV cache. Compute and memory overlap,
+so the step takes about the larger of the two (a smooth maximum, the one the prompt's cost has always used):
+- a decode step: memory gamma + kappa c B (c a sequence's mean context), compute rho delta B. Small batches
+  are memory-bound and the compute hides; past the crossover the step grows with the compute, convex in B;
+- a prompt in a step that decodes B sequences costs what its compute, delta L_in, adds to that smooth
+  maximum (plus epsilon): it hides under the memory time the decodes leave, and costs its whole compute once
+  the decodes have made the step compute-bound.
+With rho = kappa = 0 the prompt's cost is gen1's, cbrt((delta L_in)^3 + gamma^3) - gamma, and the bend is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from queuemodels.power import Batch
+from queuemodels.types import Load, ServiceParams
+
+SETTLE_STEPS = 4
+"""Fixed-point steps between the running batch and the prompt's cost it sets."""
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """One step's memory and compute terms (ms at full clock, before a cap)."""
+
+    memory_ms: float
+    """The weights' read (gamma)."""
+    memory_per_seq_ms: float
+    """Each decoding sequence's KV read (kappa x its mean context)."""
+    compute_per_seq_ms: float
+    """Each decoding sequence's compute (rho delta)."""
+    prompt_compute_ms: float
+    """One prompt's compute (delta L_in)."""
+    prompt_overhead_ms: float
+    """The fixed cost of a step that carries a prompt (epsilon)."""
+
+    @classmethod
+    def of(cls, params: ServiceParams, load: Load) -> Roofline:
+        context = load.in_tokens + load.out_tokens / 2.0
+        return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
+                   params.delta_ms * load.in_tokens, params.epsilon_ms)
+
+    def _memory(self, batch: Batch) -> Batch:
+        return self.memory_ms + self.memory_per_seq_ms * batch
+
+    def bend_ms(self, batch: Batch) -> Batch:
+        """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
+        memory = self._memory(batch)
+        out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
+        return out
+
+    def prompt_ms(self, batch: float) -> float:
+        """What one prompt adds to a step that decodes `batch` sequences."""
+        memory = self._memory(batch)
+        decode = self.compute_per_seq_ms * batch
+        with_prompt = np.cbrt(memory**3 + (decode + self.prompt_compute_ms) ** 3)
+        return float(self.prompt_overhead_ms + with_prompt - np.cbrt(memory**3 + decode**3))
+
+    def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float, max_batch: int) -> float:
+        """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
+        batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
+        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs)."""
+        batch = 1.0
+        c_p = self.prompt_ms(batch)
+        for _ in range(SETTLE_STEPS):
+            phi = min(0.9, load.rate_rps * c_p * prefill_factor / 1000.0)
+            step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
+            batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
+            c_p = self.prompt_ms(batch)
+        return c_p

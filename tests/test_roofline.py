@@ -1,0 +1,78 @@
+"""The step family's roofline: decode convex in the batch past the memory/compute crossover, a prompt costing
+what the decodes leave unhidden, and the chain's batch inverted through the bent law."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from queuemodels import Load, ServerShape, ServiceParams, get_model
+from queuemodels.roofline import Roofline
+from queuemodels.service_time import continuous_law
+from queuemodels.types import STEP_DEFAULTS
+
+STEP = ServiceParams("step", 11.0, 0.005, 6.0, 0.035, kappa_ms=5e-5, epsilon_ms=0.5)
+BENT = dataclasses.replace(STEP, rho=1.6)
+LOAD = Load(1.0, 256, 256)
+
+
+def test_decode_bends_past_the_crossover_and_not_before() -> None:
+    roof = Roofline.of(BENT, LOAD)
+    batches = np.array([1.0, 8.0, 64.0, 128.0, 256.0])
+    bend = roof.bend_ms(batches)
+    assert bend[0] < 1e-3 and bend[1] < 0.02  # memory-bound: the compute hides under the weights' read
+    assert np.all(np.diff(np.diff(bend)) > 0)  # convex
+    # past the crossover a sequence costs its compute, rho delta, rather than its KV read
+    slope = (roof.bend_ms(512.0) - roof.bend_ms(384.0)) / 128.0 + roof.memory_per_seq_ms
+    assert slope == pytest.approx(roof.compute_per_seq_ms, rel=0.05)
+    assert Roofline.of(STEP, LOAD).bend_ms(256.0) == 0.0  # rho 0: the affine law
+
+
+def test_a_prompt_hides_under_memory_only_until_the_decodes_are_compute_bound() -> None:
+    roof = Roofline.of(BENT, LOAD)
+    alone = roof.prompt_ms(1.0) - roof.prompt_overhead_ms
+    assert alone < 0.55 * roof.prompt_compute_ms  # 9 ms of compute, most of it under the 6 ms weights' read
+    full = roof.prompt_ms(512.0) - roof.prompt_overhead_ms
+    assert 0.9 * roof.prompt_compute_ms < full < roof.prompt_compute_ms  # the step is compute-bound: nearly all
+
+
+def test_the_bend_lowers_capacity_at_large_batches_only() -> None:
+    model = get_model("mm1k-cb")
+    ratio = {b: model.saturation_rps(BENT, LOAD, ServerShape(b, None)) / model.saturation_rps(STEP, LOAD,
+                                                                                              ServerShape(b, None))
+             for b in (8, 256)}
+    assert ratio[8] > 0.98 and ratio[256] < 0.8
+
+
+def test_the_effective_batch_inverts_the_bent_service_time() -> None:
+    law = continuous_law(BENT, Load(20.0, 256, 256), None, ServerShape(256, None))
+    for batch in (0.5, 7.0, 100.0, 255.0):
+        assert law.batch_at(float(law.tau(batch)), 256.0) == pytest.approx(batch, rel=1e-6)
+    assert law.batch_at(float(law.tau(300.0)), 256.0) == 256.0
+    perf = get_model("mm1k-cb").analyze(BENT, Load(20.0, 256, 256), ServerShape(256, None))
+    # Little's law: the mean batch a request is served in gives back its mean service time
+    assert float(law.tau(perf.extra["n_eff"])) == pytest.approx(perf.extra["service_ms"], rel=1e-6)
+
+
+def test_the_tuner_starts_rho_at_one_and_learns_it_where_large_batches_are_seen() -> None:
+    from tuner import Observation, PairFilter
+
+    model = get_model("mm1k-cb")
+    obs = []
+    for batch, n_in, share in ((b, n, u) for u in (0.3, 0.8) for b in (32, 256) for n in (256, 1024)):
+        load = Load(1.0, n_in, 256)
+        sat = model.saturation_rps(BENT, load, ServerShape(batch, None))
+        perf = model.analyze(BENT, dataclasses.replace(load, rate_rps=share * sat), ServerShape(batch, 1024),
+                             tails=False)
+        obs.append(Observation(share * sat, n_in, 256, batch, 1024, perf.ttft_ms, perf.itl_ms))
+    pair = PairFilter(ServiceParams("step", 15.0, 0.01, 8.0, 0.05, kappa_ms=1e-4, epsilon_ms=1.0), None)
+    assert pair.x[6] == STEP_DEFAULTS["rho"]
+    for o in obs * 2:
+        pair.update(o)
+    fitted, _ = pair.params()
+    shape = ServerShape(256, None)
+    assert model.saturation_rps(fitted, LOAD, shape) == pytest.approx(model.saturation_rps(BENT, LOAD, shape),
+                                                                      rel=0.05)
+    assert fitted.rho > 1.2
