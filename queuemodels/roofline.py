@@ -20,6 +20,9 @@ import numpy as np
 from queuemodels.power import Batch
 from queuemodels.types import Load, ServiceParams
 
+CHUNK_SMOOTHING = 4.0
+"""Exponent of the smooth maximum of 1 and L / room that counts a prompt's steps (chunks are whole in each step
+but a prompt's place among them is not; and a fit needs a slope where one chunk is enough)."""
 SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
 
@@ -38,12 +41,28 @@ class Roofline:
     """One prompt's compute (delta L_in)."""
     prompt_overhead_ms: float
     """The fixed cost of a step that carries a prompt (epsilon)."""
+    prompt_tokens: float = 0.0
+    """A prompt's length (L_in)."""
+    budget_tokens: float = 0.0
+    """Tokens a step schedules, decodes first (0: no limit)."""
 
     @classmethod
     def of(cls, params: ServiceParams, load: Load) -> Roofline:
         context = load.in_tokens + load.out_tokens / 2.0
         return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
-                   params.delta_ms * load.in_tokens, params.epsilon_ms)
+                   params.delta_ms * load.in_tokens, params.epsilon_ms, load.in_tokens, params.budget_tokens)
+
+    def chunks(self, batch: Batch) -> Batch:
+        """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that
+        starved prompts entirely would never admit one), takes a chunk of it per step."""
+        if self.budget_tokens <= 0.0:
+            return 1.0 + 0.0 * batch
+        if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
+            ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
+            return float((1.0 + ratio**CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING))
+        room = np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0)
+        out: Batch = (1.0 + (self.prompt_tokens / room) ** CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING)
+        return out
 
     def _memory(self, batch: Batch) -> Batch:
         return self.memory_ms + self.memory_per_seq_ms * batch
@@ -55,11 +74,13 @@ class Roofline:
         return out
 
     def prompt_ms(self, batch: float) -> float:
-        """What one prompt adds to a step that decodes `batch` sequences."""
+        """What one prompt adds to the steps that decode `batch` sequences: each of its chunks adds its share of
+        the compute, and the fixed cost of a step that carries a prompt."""
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
-        with_prompt = np.cbrt(memory**3 + (decode + self.prompt_compute_ms) ** 3)
-        return float(self.prompt_overhead_ms + with_prompt - np.cbrt(memory**3 + decode**3))
+        k = float(self.chunks(batch))
+        with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
+        return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
 
     def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float, max_batch: int) -> float:
         """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
@@ -69,7 +90,9 @@ class Roofline:
         c_p = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_p * prefill_factor / 1000.0)
-            step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
+            memory = self._memory(batch)
+            bend = (memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory
+            step = (d0 + d1 * batch + bend) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
             c_p = self.prompt_ms(batch)
         return c_p

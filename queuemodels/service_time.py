@@ -60,7 +60,13 @@ class StepLaw:
         return self.bend_scale * self.roofline.bend_ms(batch)
 
     def prefill(self, batch: Batch) -> Batch:
-        return self.p0 + self.p1 * batch + self.bend(batch)
+        """The time to a first token in a batch of `batch`: a prompt that spans several steps (chunks under a
+        token budget) waits for each one's decodes."""
+        if self.roofline is None:
+            return self.p0 + self.p1 * batch
+        bend = self.bend(batch)
+        extra = self.roofline.chunks(batch) - 1.0
+        return self.p0 + self.p1 * batch + bend + extra * (self.d0 + self.d1 * batch + bend)
 
     def decode(self, batch: Batch) -> Batch:
         return self.d0 + self.d1 * batch + self.bend(batch)
@@ -69,21 +75,23 @@ class StepLaw:
         """One request's service time in a batch of `batch`: a prefill and `decode_steps` decodes."""
         if self.roofline is None:
             return self.t0 + self.t1 * batch
-        return self.t0 + self.t1 * batch + (1.0 + self.decode_steps) * self.bend(batch)
+        bend = self.bend(batch)
+        steps = self.roofline.chunks(batch) - 1.0 + self.decode_steps
+        return self.p0 + self.p1 * batch + bend + steps * (self.d0 + self.d1 * batch + bend)
 
     def batch_at(self, service_ms: float, max_batch: float) -> float:
-        """The batch whose tau is `service_ms`, within [0, max_batch] (tau is increasing: Newton from the
-        affine root, above the convex law's, converges from the right)."""
+        """The batch whose tau is `service_ms`, within [0, max_batch]: exact for the affine law; tau increasing
+        otherwise, read off a grid of it and refined by two Newton steps."""
         if self.roofline is None:
             return min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0.0 else 1.0
-        n = min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0 else max_batch
-        for _ in range(30):
-            over = float(self.tau(n)) - service_ms
-            if over <= 1e-9 * service_ms or n <= 0.0:
+        grid = np.linspace(0.0, max_batch, 65)
+        n = float(np.interp(service_ms, self.tau(grid), grid))
+        for _ in range(2):
+            if n <= 0.0 or n >= max_batch:
                 break
-            h = 1e-6 * max(n, 1.0)
-            slope = (float(self.tau(n + h)) - float(self.tau(n - h))) / (2 * h)
-            n = max(0.0, n - over / max(slope, 1e-12))
+            h = 1e-4 * max(n, 1.0)
+            slope = (float(self.tau(n + h)) - float(self.tau(n - h))) / (2.0 * h)
+            n = min(max(n - (float(self.tau(n)) - service_ms) / max(slope, 1e-12), 0.0), max_batch)
         return n
 
     @property
@@ -186,7 +194,9 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
     d0, d1, c_p = _decode_and_prompt(params, load)
     d0, d1 = _capped_decode(d0, d1, profile, shape)
-    roofline = Roofline.of(params, load) if params.family == "step" else None
+    # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
+    # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
+    roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
     if roofline is not None:
         c_p = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
     c_p *= prefill_factor

@@ -76,3 +76,47 @@ def test_the_tuner_starts_rho_at_one_and_learns_it_where_large_batches_are_seen(
     assert model.saturation_rps(fitted, LOAD, shape) == pytest.approx(model.saturation_rps(BENT, LOAD, shape),
                                                                       rel=0.05)
     assert fitted.rho > 1.2
+
+
+def _windows(truth: ServiceParams, batches: tuple[int, ...] = (32, 64)) -> list:
+    """queue_heldout's narrow design from the model itself: prompts 256/1024, 20-80 % load."""
+    from tuner import Observation
+
+    model = get_model("mm1k-cb")
+    out = []
+    for batch, n_in, share in ((b, n, u) for u in (0.2, 0.8, 0.5) for b in batches for n in (256, 1024)):
+        load = Load(1.0, n_in, 256)
+        sat = model.saturation_rps(truth, load, ServerShape(batch, None))
+        perf = model.analyze(truth, dataclasses.replace(load, rate_rps=share * sat), ServerShape(batch, 1024),
+                             tails=False)
+        out.append(Observation(share * sat, n_in, 256, batch, 1024, perf.ttft_ms, perf.itl_ms))
+    return out
+
+
+def test_a_prompt_past_the_budget_spans_steps_and_waits_for_their_decodes() -> None:
+    model, shape, load = get_model("mm1k-cb"), ServerShape(128, None), Load(2.0, 2048, 256)
+    wide, narrow = (dataclasses.replace(BENT, budget_tokens=b) for b in (8192.0, 512.0))
+    assert Roofline.of(narrow, load).chunks(100.0) == pytest.approx(2048 / 412, rel=0.01)
+    assert Roofline.of(wide, load).chunks(100.0) == pytest.approx(1.0, abs=0.01)
+    a, b = model.analyze(wide, load, shape), model.analyze(narrow, load, shape)
+    assert b.ttft_ms > a.ttft_ms + a.itl_ms  # four steps to a first token, each with the others' decodes
+    assert b.itl_ms < a.itl_ms  # each chunk hides under a step's memory time: the decodes stall less
+    short = Load(2.0, 128, 256)
+    assert model.analyze(narrow, short, shape).ttft_ms == pytest.approx(model.analyze(wide, short, shape).ttft_ms,
+                                                                        rel=0.01)
+
+
+def test_the_tuner_finds_a_budget_the_windows_show_and_keeps_one_they_do_not() -> None:
+    from tuner import PairFilter
+
+    found = {}
+    # a start within reach: from twice the longest prompt or more, one chunk holds it and nothing moves the budget
+    for budget, start in ((512.0, 1024.0), (16384.0, 0.0)):
+        truth = dataclasses.replace(STEP, rho=1.0, budget_tokens=budget)
+        pair = PairFilter(ServiceParams("step", 15.0, 0.1, 10.0, 0.05, budget_tokens=start), None)
+        for o in _windows(truth) * 2:
+            pair.update(o)
+        found[budget] = pair.params()[0].budget_tokens
+    assert found[512.0] == pytest.approx(512.0, rel=0.25)
+    # 1,024-token prompts never fill a 2,048 budget: it stays, whatever common scale the times take
+    assert found[16384.0] == pytest.approx(STEP_DEFAULTS["budget_tokens"], rel=0.1)
