@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from queuemodels.power import Batch
-from queuemodels.types import Load, ServiceParams
+from queuemodels.types import Load, ServiceParams, Unstable
 
 CHUNK_SMOOTHING = 4.0
 """Exponent of the smooth maximum of 1 and L / room that counts a prompt's steps (chunks are whole in each step
@@ -82,10 +82,11 @@ class Roofline:
         with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
         return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
 
-    def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float, max_batch: int) -> float:
+    def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
+                       max_batch: int) -> tuple[float, float]:
         """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
         batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
-        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs)."""
+        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). Returns (cost, batch)."""
         batch = 1.0
         c_p = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
@@ -95,4 +96,18 @@ class Roofline:
             step = (d0 + d1 * batch + bend) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
             c_p = self.prompt_ms(batch)
-        return c_p
+        return c_p, batch
+
+    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> float:
+        """The wait for the prompts ahead, where a token budget serialises them: a step gives prompts what the
+        decodes leave of the budget, oldest first, so prompt tokens queue at one server (M/G/1, the prompts'
+        length spread as its service's). Past its capacity there is no steady state."""
+        if self.budget_tokens <= 0.0:
+            return 0.0
+        room = max(self.budget_tokens - batch, self.budget_tokens / 8.0)
+        use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
+        if use >= 0.99:
+            raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
+                           f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
+        service_ms = float(self.chunks(batch)) * step_ms
+        return use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))

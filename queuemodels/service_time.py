@@ -197,8 +197,9 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
     roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
+    batch = 1.0
     if roofline is not None:
-        c_p = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
+        c_p, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
     c_p *= prefill_factor
     phi = load.rate_rps * c_p / 1000.0
     if phi >= 0.99:
@@ -211,6 +212,11 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # the bend is compute at large batches: the cap slows it as it slows the full batch's step
     bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch),
                                              shape.sm_clock_fraction)
-    return StepLaw(c_p * (1.0 + phi**2) + d0, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p, residual_share=0.5,
+    budget_wait = 0.0
+    if roofline is not None:  # the prompts ahead, where a token budget serialises them
+        step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))
+        budget_wait = roofline.budget_wait_ms(load, batch, step_ms)
+    return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
+                   residual_share=0.5,
                    residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
                    roofline=roofline, bend_scale=bend_scale)

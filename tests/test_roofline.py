@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from queuemodels import Load, ServerShape, ServiceParams, get_model
+from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.roofline import Roofline
 from queuemodels.service_time import continuous_law
 from queuemodels.types import STEP_DEFAULTS
@@ -120,3 +120,20 @@ def test_the_tuner_finds_a_budget_the_windows_show_and_keeps_one_they_do_not() -
     assert found[512.0] == pytest.approx(512.0, rel=0.25)
     # 1,024-token prompts never fill a 2,048 budget: it stays, whatever common scale the times take
     assert found[16384.0] == pytest.approx(STEP_DEFAULTS["budget_tokens"], rel=0.1)
+
+
+def test_a_budget_serialises_prompts_and_bounds_capacity_by_its_room() -> None:
+    model, load = get_model("mm1k-cb"), Load(1.0, 2048, 256)
+    narrow = dataclasses.replace(BENT, budget_tokens=512.0)
+    shape = ServerShape(256, None)
+    sat = model.saturation_rps(narrow, load, shape)
+    # the decodes leave the prompts (512 - B) tokens a step: at most an eighth of a 2,048-token prompt at 256
+    wide = model.saturation_rps(dataclasses.replace(BENT, budget_tokens=8192.0), load, shape)
+    assert sat < 0.9 * wide
+    assert model.saturation_rps(narrow, load, ServerShape(32, None)) > 0.97 * model.saturation_rps(
+        dataclasses.replace(BENT, budget_tokens=8192.0), load, ServerShape(32, None))  # room for them at 32
+    with pytest.raises(ModelInputError, match="saturates at"):
+        model.analyze(narrow, dataclasses.replace(load, rate_rps=1.5 * sat), ServerShape(256, None))
+    # the wait for the prompts ahead grows with the load, where a wide budget lets them share a step
+    waits = [model.analyze(narrow, dataclasses.replace(load, rate_rps=u * sat), shape).ttft_ms for u in (0.3, 0.8)]
+    assert waits[1] > 2.0 * waits[0]
