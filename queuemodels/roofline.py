@@ -69,7 +69,11 @@ class Roofline:
 
     def bend_ms(self, batch: Batch) -> Batch:
         """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
+        if self.compute_per_seq_ms <= 0.0:
+            return 0.0 * batch
         memory = self._memory(batch)
+        if isinstance(batch, float):
+            return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
         out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
         return out
 
