@@ -95,9 +95,7 @@ class Roofline:
         c_p = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_p * prefill_factor / 1000.0)
-            memory = self._memory(batch)
-            bend = (memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory
-            step = (d0 + d1 * batch + bend) / (1.0 - phi)
+            step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
             c_p = self.prompt_ms(batch)
         return c_p, batch

@@ -217,6 +217,5 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))
         budget_wait = roofline.budget_wait_ms(load, batch, step_ms)
     return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
-                   residual_share=0.5,
-                   residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
+                   residual_share=0.5, residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
                    roofline=roofline, bend_scale=bend_scale)

@@ -14,7 +14,7 @@ NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alph
                   "budget_tokens")}
 """Each family's free parameters, in filter order."""
 STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0, "rho": 1.0, "budget_tokens": 2048.0}
-"""Starting values of the step family's three terms where a prior leaves them at 0: the tuner moves each
+"""Starting values of the step family's four terms where a prior leaves them at 0: the tuner moves each
 within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a
 prefill step's host and launch cost 1-10 ms; the values were set so the bounds also hold the simulator's
 long-context and prefill-overhead engines (docs/queue-models.md says what that means for its figures). rho
@@ -56,6 +56,7 @@ class ServiceParams:
     kernel launches outside the decode graphs) on top of the prompt's compute (delta L_in, of which up to
     gamma hides under the step's memory time). A decode step's own compute, rho delta per sequence, hides
     under the same memory time until the batch outgrows it (the roofline crossover): decode(B) is convex.
+    A step schedules at most budget_tokens, decodes first: a longer prompt spans steps, and prompts queue.
     """
 
     family: str
