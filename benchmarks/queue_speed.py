@@ -1,13 +1,15 @@
 """Speed of the queue model: one full analysis (means, p95/p99 tails, power) and one sizing.
 
-    python benchmarks/queue_speed.py
+    python benchmarks/queue_speed.py [--family step]
 
 Prints JSON: analyze_us (median over repeats, K = 1,000, batch 64, a 400 W cap on an H100 profile),
-max_rate_ms for mean and p95 targets (median), and analyze_us at K = 10,000 for scale.
+max_rate_ms for mean and p95 targets (median), and analyze_us at K = 10,000 for scale. `--family step` times
+the step family (its roofline: a convex decode step, a prompt's cost at the load's batch, a token budget).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import timeit
@@ -22,8 +24,11 @@ def median_s(fn: object, number: int, repeat: int = 7) -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="gen1", choices=("gen1", "step"))
+    args = ap.parse_args()
     model = get_model(DEFAULT_MODEL)
-    params = ServiceParams("gen1", alpha_ms=20.0, beta_ms=0.5, gamma_ms=30.0, delta_ms=0.02)
+    params = ServiceParams(args.family, alpha_ms=20.0, beta_ms=0.5, gamma_ms=30.0, delta_ms=0.02).with_step_defaults()
     load = Load(rate_rps=5.0, in_tokens=512, out_tokens=128)
     h100 = profile("H100-SXM")
     shape = ServerShape(max_batch=64, max_queue=1000 - 64, power_cap_w=400.0)
@@ -38,6 +43,7 @@ def main() -> None:
         "targets": {"analyze_us": 500, "max_rate_ms": 20},
     }
     out["model"] = model.name
+    out["family"] = args.family
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}))
 
 

@@ -49,7 +49,7 @@ class Stationary:
 
 def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
     """K at which an unbounded queue's geometric tail carries < TAIL_MASS; error if unstable."""
-    mu_full = max_batch / (law.t0 + law.t1 * max_batch)
+    mu_full = max_batch / float(law.tau(float(max_batch)))
     rho = rate_per_ms / mu_full
     if rho >= 1.0:
         raise Unstable(
@@ -68,14 +68,14 @@ def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) 
     """Solve p(n+1) = p(n) lambda / mu(n+1), normalised, for n = 0..capacity."""
     n = np.arange(1, capacity + 1, dtype=float)
     b = np.minimum(n, float(max_batch))
-    if min(law.t0 + law.t1, law.t0 + law.t1 * max_batch) <= 0:  # tau is affine in the batch
+    if min(float(law.tau(1.0)), float(law.tau(float(max_batch)))) <= 0:  # tau is affine or convex in the batch
         raise ModelInputError("service time: parameters give a non-positive service time")
-    mu_full = max_batch / (law.t0 + law.t1 * max_batch)
+    mu_full = max_batch / float(law.tau(float(max_batch)))
     p = np.zeros(capacity + 1)
     if rate_per_ms <= 0.0:
         p[0] = 1.0
         return Stationary(p, max_batch, 0.0, mu_full)
-    log_mu = np.log(b) - np.log(law.t0 + law.t1 * b)
+    log_mu = np.log(b) - np.log(law.tau(b))
     log_p = np.empty(capacity + 1)
     log_p[0] = 0.0
     log_p[1:] = n * math.log(rate_per_ms) - np.cumsum(log_mu)

@@ -18,7 +18,7 @@ def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary
     """The chain up to K = N + Q; a long queue under a stable load stops where the unbounded chain's tail
     mass falls below 1e-12 (the states beyond carry nothing and cost time)."""
     rate_per_ms = rate_rps / 1000.0
-    mu_full = shape.max_batch / (law.t0 + law.t1 * shape.max_batch)
+    mu_full = shape.max_batch / float(law.tau(float(shape.max_batch)))
     if shape.max_queue is None:
         capacity = unbounded_capacity(law, shape.max_batch, rate_per_ms)
     else:
@@ -38,10 +38,7 @@ def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:
 
 def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, float, float]:
     """(effective batch, mean TTFT, mean ITL): the batch a request is served in, from Little's law."""
-    if m.throughput_per_ms <= 0.0 or law.t1 <= 0:
-        n_eff = 1.0
-    else:
-        n_eff = min(max((m.service_ms - law.t0) / law.t1, 0.0), float(chain.max_batch))
+    n_eff = 1.0 if m.throughput_per_ms <= 0.0 else law.batch_at(m.service_ms, float(chain.max_batch))
     residual = (1.0 - float(chain.p[0])) * (law.residual_share * law.decode(n_eff) + law.residual_ms)
     return n_eff, law.wait_scale * m.wait_ms + law.prefill(n_eff) + residual, law.decode(n_eff)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from queuemodels.clock import clock_time_factor
 from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
+from queuemodels.roofline import Roofline
 from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
 
@@ -47,12 +48,51 @@ class StepLaw:
     """Coefficient of variation of `prompt_ms` across requests."""
     wait_scale: float = 1.0
     """Queueing delay relative to the exponential-service chain's (Allen-Cunneen (1 + cs^2) / 2)."""
+    roofline: Roofline | None = None
+    """The step family's memory and compute terms: a decode step also takes their bend (None: affine)."""
+    bend_scale: float = 1.0
+    """Time multiplier of the bend (a cap, the prompts' share of the GPU)."""
+
+    def bend(self, batch: Batch) -> Batch:
+        """What a step at `batch` takes beyond the affine law: decode compute its memory time no longer hides."""
+        if self.roofline is None:
+            return 0.0 * batch
+        return self.bend_scale * self.roofline.bend_ms(batch)
 
     def prefill(self, batch: Batch) -> Batch:
-        return self.p0 + self.p1 * batch
+        """The time to a first token in a batch of `batch`: a prompt that spans several steps (chunks under a
+        token budget) waits for each one's decodes."""
+        if self.roofline is None:
+            return self.p0 + self.p1 * batch
+        bend = self.bend(batch)
+        extra = self.roofline.chunks(batch) - 1.0
+        return self.p0 + self.p1 * batch + bend + extra * (self.d0 + self.d1 * batch + bend)
 
     def decode(self, batch: Batch) -> Batch:
-        return self.d0 + self.d1 * batch
+        return self.d0 + self.d1 * batch + self.bend(batch)
+
+    def tau(self, batch: Batch) -> Batch:
+        """One request's service time in a batch of `batch`: a prefill and `decode_steps` decodes."""
+        if self.roofline is None:
+            return self.t0 + self.t1 * batch
+        bend = self.bend(batch)
+        steps = self.roofline.chunks(batch) - 1.0 + self.decode_steps
+        return self.p0 + self.p1 * batch + bend + steps * (self.d0 + self.d1 * batch + bend)
+
+    def batch_at(self, service_ms: float, max_batch: float) -> float:
+        """The batch whose tau is `service_ms`, within [0, max_batch]: exact for the affine law; tau increasing
+        otherwise, read off a grid of it and refined by two Newton steps."""
+        if self.roofline is None:
+            return min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0.0 else 1.0
+        grid = np.linspace(0.0, max_batch, 65)
+        n = float(np.interp(service_ms, self.tau(grid), grid))
+        for _ in range(2):
+            if n <= 0.0 or n >= max_batch:
+                break
+            h = 1e-4 * max(n, 1.0)
+            slope = (float(self.tau(n + h)) - float(self.tau(n - h))) / (2.0 * h)
+            n = min(max(n - (float(self.tau(n)) - service_ms) / max(slope, 1e-12), 0.0), max_batch)
+        return n
 
     @property
     def t0(self) -> float:
@@ -65,7 +105,7 @@ class StepLaw:
     def scaled(self, prefill_factor: float, decode_factor: float) -> StepLaw:
         f, g = prefill_factor, decode_factor
         return replace(self, p0=self.p0 * f, p1=self.p1 * f, d0=self.d0 * g, d1=self.d1 * g,
-                       prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f)
+                       prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f, bend_scale=self.bend_scale * g)
 
 
 def step_law(params: ServiceParams, load: Load) -> StepLaw:
@@ -154,6 +194,12 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
     d0, d1, c_p = _decode_and_prompt(params, load)
     d0, d1 = _capped_decode(d0, d1, profile, shape)
+    # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
+    # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
+    roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
+    batch = 1.0
+    if roofline is not None:
+        c_p, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
     c_p *= prefill_factor
     phi = load.rate_rps * c_p / 1000.0
     if phi >= 0.99:
@@ -163,5 +209,13 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     stretch = 1.0 / (1.0 - phi)
     d0, d1 = d0 * stretch, d1 * stretch
     wait_scale = (1.0 + load.out_cv**2) / 2.0
-    return StepLaw(c_p * (1.0 + phi**2) + d0, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p, residual_share=0.5,
-                   residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale)
+    # the bend is compute at large batches: the cap slows it as it slows the full batch's step
+    bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch),
+                                             shape.sm_clock_fraction)
+    budget_wait = 0.0
+    if roofline is not None:  # the prompts ahead, where a token budget serialises them
+        step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))
+        budget_wait = roofline.budget_wait_ms(load, batch, step_ms)
+    return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
+                   residual_share=0.5, residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
+                   roofline=roofline, bend_scale=bend_scale)

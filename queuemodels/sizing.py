@@ -70,7 +70,7 @@ def saturation_rps(
             law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
         except ModelInputError:  # prompts alone would fill the GPU
             return -rate_rps
-        return 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch) - rate_rps
+        return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps
 
     trickle = surplus(0.0)
     if surplus(trickle) >= 0.0:
@@ -90,7 +90,7 @@ def max_rate(
 ) -> float:
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
     law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
-    low = 0.001 * 1000.0 / (law.t0 + law.t1)
+    low = 0.001 * 1000.0 / float(law.tau(1.0))
     # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
     # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
     high = SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)

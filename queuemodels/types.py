@@ -10,13 +10,17 @@ from dataclasses import dataclass, field, replace
 
 FAMILIES = ("gen1", "gen2", "step")
 NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alpha_ms", "beta_ms", "gamma_ms"),
-         "step": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms")}
+         "step": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms", "rho",
+                  "budget_tokens")}
 """Each family's free parameters, in filter order."""
-STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0}
-"""Starting values of the step family's two terms where a prior leaves them at 0: the tuner moves each
+STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0, "rho": 1.0, "budget_tokens": 2048.0}
+"""Starting values of the step family's four terms where a prior leaves them at 0: the tuner moves each
 within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a
 prefill step's host and launch cost 1-10 ms; the values were set so the bounds also hold the simulator's
-long-context and prefill-overhead engines (docs/queue-models.md says what that means for its figures)."""
+long-context and prefill-overhead engines (docs/queue-models.md says what that means for its figures). rho
+starts at 1, the physics: a decode token runs the same weight GEMMs as a prompt token (2 FLOPs per weight).
+budget_tokens starts at 2048, the geometric middle of vLLM's defaults for `max_num_batched_tokens` (512 under
+V0's chunked prefill, 8192 under V1 on large GPUs), so the bounds hold both."""
 STATISTICS = ("mean", "p95", "p99")
 
 
@@ -50,7 +54,9 @@ class ServiceParams:
     step: gen1 in the scheduler's terms: a decode step reads every sequence's KV cache, so each sequence
     costs beta + kappa (L_in + m/2); a step that carries a prompt pays epsilon (host-side preparation,
     kernel launches outside the decode graphs) on top of the prompt's compute (delta L_in, of which up to
-    gamma hides under the step's memory time).
+    gamma hides under the step's memory time). A decode step's own compute, rho delta per sequence, hides
+    under the same memory time until the batch outgrows it (the roofline crossover): decode(B) is convex.
+    A step schedules at most budget_tokens, decodes first: a longer prompt spans steps, and prompts queue.
     """
 
     family: str
@@ -62,6 +68,10 @@ class ServiceParams:
     """Decode time per sequence per token of context (step family)."""
     epsilon_ms: float = 0.0
     """Fixed time of a step that carries a prompt (step family)."""
+    rho: float = 0.0
+    """Decode compute per sequence relative to a prompt token's, delta (step family; 0: affine decode)."""
+    budget_tokens: float = 0.0
+    """Tokens one step schedules, decodes first (vLLM's `max_num_batched_tokens`; step family; 0: no limit)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -72,6 +82,8 @@ class ServiceParams:
         _check("delta_ms", self.delta_ms)
         _check("kappa_ms", self.kappa_ms)
         _check("epsilon_ms", self.epsilon_ms)
+        _check("rho", self.rho)
+        _check("budget_tokens", self.budget_tokens)
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""
@@ -86,7 +98,8 @@ class ServiceParams:
         if self.family != "step":
             return self
         return replace(self, kappa_ms=self.kappa_ms or STEP_DEFAULTS["kappa_ms"],
-                       epsilon_ms=self.epsilon_ms or STEP_DEFAULTS["epsilon_ms"])
+                       epsilon_ms=self.epsilon_ms or STEP_DEFAULTS["epsilon_ms"], rho=self.rho or STEP_DEFAULTS["rho"],
+                       budget_tokens=self.budget_tokens or STEP_DEFAULTS["budget_tokens"])
 
 
 @dataclass(frozen=True)

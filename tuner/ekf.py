@@ -26,6 +26,7 @@ from scipy.optimize import least_squares
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
+from queuemodels.types import NAMES
 from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
@@ -174,14 +175,15 @@ class PairFilter:
         hi = np.append(np.log(high[free]), np.log(10.0))
         anchor = np.log(self.anchor[free])
         start_x = self._carrying_start(observations)
-        start = np.clip(np.append(np.log(start_x[free]), np.mean(np.log(start_x[free]) - anchor)), lo, hi)
+        scaled = self._scaled()[free]
+        start = np.clip(np.append(np.log(start_x[free]), np.mean((np.log(start_x[free]) - anchor)[scaled])), lo, hi)
         sigma_obs = s.error_level / 1.96
         prior_weight = sigma_obs / s.anchor_spread
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             x = self.prior_vector()
             x[free] = np.exp(v[:-1])
-            out = [prior_weight * (v[:-1] - anchor - v[-1])]
+            out = [prior_weight * (v[:-1] - anchor - v[-1] * scaled)]
             for o in observations:
                 try:
                     out.append(np.log(self.predict(o, x) / self.observed(o)))
@@ -194,6 +196,12 @@ class PairFilter:
         self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
         if reset_spread:
             self.p = np.diag((s.initial_spread * self.x) ** 2)
+
+    def _scaled(self) -> NDArray[np.bool_]:
+        """Which entries of the state move with the anchor's common scale: all but token counts (a step's
+        token budget is no time: scaled with the times, it would chunk prompts no window saw chunked)."""
+        names = [*NAMES[self.prior.family], "prefill_sensitivity"][: len(self.x)]
+        return np.array([not n.endswith("_tokens") for n in names])
 
     def _carrying_start(self, observations: list[Observation]) -> NDArray[np.float64]:
         """The estimate, scaled down until the model carries every observed load: where it calls one

@@ -1,0 +1,115 @@
+"""The step family's roofline: one engine step is one forward pass whose compute overlaps its memory time.
+
+vLLM runs every scheduled token of a step - one per decoding sequence, a prompt's tokens - through the same
+weight GEMMs, while the step streams the weights and every sequence's KV cache. Compute and memory overlap,
+so the step takes about the larger of the two (a smooth maximum, the one the prompt's cost has always used):
+- a decode step: memory gamma + kappa c B (c a sequence's mean context), compute rho delta B. Small batches
+  are memory-bound and the compute hides; past the crossover the step grows with the compute, convex in B;
+- a prompt in a step that decodes B sequences costs what its compute, delta L_in, adds to that smooth
+  maximum (plus epsilon): it hides under the memory time the decodes leave, and costs its whole compute once
+  the decodes have made the step compute-bound.
+With rho = kappa = 0 the prompt's cost is gen1's, cbrt((delta L_in)^3 + gamma^3) - gamma, and the bend is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from queuemodels.power import Batch
+from queuemodels.types import Load, ServiceParams, Unstable
+
+CHUNK_SMOOTHING = 4.0
+"""Exponent of the smooth maximum of 1 and L / room that counts a prompt's steps (chunks are whole in each step
+but a prompt's place among them is not; and a fit needs a slope where one chunk is enough)."""
+SETTLE_STEPS = 4
+"""Fixed-point steps between the running batch and the prompt's cost it sets."""
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """One step's memory and compute terms (ms at full clock, before a cap)."""
+
+    memory_ms: float
+    """The weights' read (gamma)."""
+    memory_per_seq_ms: float
+    """Each decoding sequence's KV read (kappa x its mean context)."""
+    compute_per_seq_ms: float
+    """Each decoding sequence's compute (rho delta)."""
+    prompt_compute_ms: float
+    """One prompt's compute (delta L_in)."""
+    prompt_overhead_ms: float
+    """The fixed cost of a step that carries a prompt (epsilon)."""
+    prompt_tokens: float = 0.0
+    """A prompt's length (L_in)."""
+    budget_tokens: float = 0.0
+    """Tokens a step schedules, decodes first (0: no limit)."""
+
+    @classmethod
+    def of(cls, params: ServiceParams, load: Load) -> Roofline:
+        context = load.in_tokens + load.out_tokens / 2.0
+        return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
+                   params.delta_ms * load.in_tokens, params.epsilon_ms, load.in_tokens, params.budget_tokens)
+
+    def chunks(self, batch: Batch) -> Batch:
+        """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that
+        starved prompts entirely would never admit one), takes a chunk of it per step."""
+        if self.budget_tokens <= 0.0:
+            return 1.0 + 0.0 * batch
+        if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
+            ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
+            return float((1.0 + ratio**CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING))
+        room = np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0)
+        out: Batch = (1.0 + (self.prompt_tokens / room) ** CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING)
+        return out
+
+    def _memory(self, batch: Batch) -> Batch:
+        return self.memory_ms + self.memory_per_seq_ms * batch
+
+    def bend_ms(self, batch: Batch) -> Batch:
+        """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
+        if self.compute_per_seq_ms <= 0.0:
+            return 0.0 * batch
+        memory = self._memory(batch)
+        if isinstance(batch, float):
+            return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
+        out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
+        return out
+
+    def prompt_ms(self, batch: float) -> float:
+        """What one prompt adds to the steps that decode `batch` sequences: each of its chunks adds its share of
+        the compute, and the fixed cost of a step that carries a prompt."""
+        memory = self._memory(batch)
+        decode = self.compute_per_seq_ms * batch
+        k = float(self.chunks(batch))
+        with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
+        return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
+
+    def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
+                       max_batch: int) -> tuple[float, float]:
+        """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
+        batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
+        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). Returns (cost, batch)."""
+        batch = 1.0
+        c_p = self.prompt_ms(batch)
+        for _ in range(SETTLE_STEPS):
+            phi = min(0.9, load.rate_rps * c_p * prefill_factor / 1000.0)
+            step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
+            batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
+            c_p = self.prompt_ms(batch)
+        return c_p, batch
+
+    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> float:
+        """The wait for the prompts ahead, where a token budget serialises them: a step gives prompts what the
+        decodes leave of the budget, oldest first, so prompt tokens queue at one server (M/G/1, the prompts'
+        length spread as its service's). Past its capacity there is no steady state."""
+        if self.budget_tokens <= 0.0:
+            return 0.0
+        room = max(self.budget_tokens - batch, self.budget_tokens / 8.0)
+        use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
+        if use >= 0.99:
+            raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
+                           f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
+        service_ms = float(self.chunks(batch)) * step_ms
+        return use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))

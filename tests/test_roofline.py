@@ -1,0 +1,139 @@
+"""The step family's roofline: decode convex in the batch past the memory/compute crossover, a prompt costing
+what the decodes leave unhidden, and the chain's batch inverted through the bent law."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
+from queuemodels.roofline import Roofline
+from queuemodels.service_time import continuous_law
+from queuemodels.types import STEP_DEFAULTS
+
+STEP = ServiceParams("step", 11.0, 0.005, 6.0, 0.035, kappa_ms=5e-5, epsilon_ms=0.5)
+BENT = dataclasses.replace(STEP, rho=1.6)
+LOAD = Load(1.0, 256, 256)
+
+
+def test_decode_bends_past_the_crossover_and_not_before() -> None:
+    roof = Roofline.of(BENT, LOAD)
+    batches = np.array([1.0, 8.0, 64.0, 128.0, 256.0])
+    bend = roof.bend_ms(batches)
+    assert bend[0] < 1e-3 and bend[1] < 0.02  # memory-bound: the compute hides under the weights' read
+    assert np.all(np.diff(np.diff(bend)) > 0)  # convex
+    # past the crossover a sequence costs its compute, rho delta, rather than its KV read
+    slope = (roof.bend_ms(512.0) - roof.bend_ms(384.0)) / 128.0 + roof.memory_per_seq_ms
+    assert slope == pytest.approx(roof.compute_per_seq_ms, rel=0.05)
+    assert Roofline.of(STEP, LOAD).bend_ms(256.0) == 0.0  # rho 0: the affine law
+
+
+def test_a_prompt_hides_under_memory_only_until_the_decodes_are_compute_bound() -> None:
+    roof = Roofline.of(BENT, LOAD)
+    alone = roof.prompt_ms(1.0) - roof.prompt_overhead_ms
+    assert alone < 0.55 * roof.prompt_compute_ms  # 9 ms of compute, most of it under the 6 ms weights' read
+    full = roof.prompt_ms(512.0) - roof.prompt_overhead_ms
+    assert 0.9 * roof.prompt_compute_ms < full < roof.prompt_compute_ms  # the step is compute-bound: nearly all
+
+
+def test_the_bend_lowers_capacity_at_large_batches_only() -> None:
+    model = get_model("mm1k-cb")
+    ratio = {b: model.saturation_rps(BENT, LOAD, ServerShape(b, None)) / model.saturation_rps(STEP, LOAD,
+                                                                                              ServerShape(b, None))
+             for b in (8, 256)}
+    assert ratio[8] > 0.98 and ratio[256] < 0.8
+
+
+def test_the_effective_batch_inverts_the_bent_service_time() -> None:
+    law = continuous_law(BENT, Load(20.0, 256, 256), None, ServerShape(256, None))
+    for batch in (0.5, 7.0, 100.0, 255.0):
+        assert law.batch_at(float(law.tau(batch)), 256.0) == pytest.approx(batch, rel=1e-6)
+    assert law.batch_at(float(law.tau(300.0)), 256.0) == 256.0
+    perf = get_model("mm1k-cb").analyze(BENT, Load(20.0, 256, 256), ServerShape(256, None))
+    # Little's law: the mean batch a request is served in gives back its mean service time
+    assert float(law.tau(perf.extra["n_eff"])) == pytest.approx(perf.extra["service_ms"], rel=1e-6)
+
+
+def test_the_tuner_starts_rho_at_one_and_learns_it_where_large_batches_are_seen() -> None:
+    from tuner import Observation, PairFilter
+
+    model = get_model("mm1k-cb")
+    obs = []
+    for batch, n_in, share in ((b, n, u) for u in (0.3, 0.8) for b in (32, 256) for n in (256, 1024)):
+        load = Load(1.0, n_in, 256)
+        sat = model.saturation_rps(BENT, load, ServerShape(batch, None))
+        perf = model.analyze(BENT, dataclasses.replace(load, rate_rps=share * sat), ServerShape(batch, 1024),
+                             tails=False)
+        obs.append(Observation(share * sat, n_in, 256, batch, 1024, perf.ttft_ms, perf.itl_ms))
+    pair = PairFilter(ServiceParams("step", 15.0, 0.01, 8.0, 0.05, kappa_ms=1e-4, epsilon_ms=1.0), None)
+    assert pair.x[6] == STEP_DEFAULTS["rho"]
+    for o in obs * 2:
+        pair.update(o)
+    fitted, _ = pair.params()
+    shape = ServerShape(256, None)
+    assert model.saturation_rps(fitted, LOAD, shape) == pytest.approx(model.saturation_rps(BENT, LOAD, shape),
+                                                                      rel=0.05)
+    assert fitted.rho > 1.2
+
+
+def _windows(truth: ServiceParams, batches: tuple[int, ...] = (32, 64)) -> list:
+    """queue_heldout's narrow design from the model itself: prompts 256/1024, 20-80 % load."""
+    from tuner import Observation
+
+    model = get_model("mm1k-cb")
+    out = []
+    for batch, n_in, share in ((b, n, u) for u in (0.2, 0.8, 0.5) for b in batches for n in (256, 1024)):
+        load = Load(1.0, n_in, 256)
+        sat = model.saturation_rps(truth, load, ServerShape(batch, None))
+        perf = model.analyze(truth, dataclasses.replace(load, rate_rps=share * sat), ServerShape(batch, 1024),
+                             tails=False)
+        out.append(Observation(share * sat, n_in, 256, batch, 1024, perf.ttft_ms, perf.itl_ms))
+    return out
+
+
+def test_a_prompt_past_the_budget_spans_steps_and_waits_for_their_decodes() -> None:
+    model, shape, load = get_model("mm1k-cb"), ServerShape(128, None), Load(2.0, 2048, 256)
+    wide, narrow = (dataclasses.replace(BENT, budget_tokens=b) for b in (8192.0, 512.0))
+    assert Roofline.of(narrow, load).chunks(100.0) == pytest.approx(2048 / 412, rel=0.01)
+    assert Roofline.of(wide, load).chunks(100.0) == pytest.approx(1.0, abs=0.01)
+    a, b = model.analyze(wide, load, shape), model.analyze(narrow, load, shape)
+    assert b.ttft_ms > a.ttft_ms + a.itl_ms  # four steps to a first token, each with the others' decodes
+    assert b.itl_ms < a.itl_ms  # each chunk hides under a step's memory time: the decodes stall less
+    short = Load(2.0, 128, 256)
+    assert model.analyze(narrow, short, shape).ttft_ms == pytest.approx(model.analyze(wide, short, shape).ttft_ms,
+                                                                        rel=0.01)
+
+
+def test_the_tuner_finds_a_budget_the_windows_show_and_keeps_one_they_do_not() -> None:
+    from tuner import PairFilter
+
+    found = {}
+    # a start within reach: from twice the longest prompt or more, one chunk holds it and nothing moves the budget
+    for budget, start in ((512.0, 1024.0), (16384.0, 0.0)):
+        truth = dataclasses.replace(STEP, rho=1.0, budget_tokens=budget)
+        pair = PairFilter(ServiceParams("step", 15.0, 0.1, 10.0, 0.05, budget_tokens=start), None)
+        for o in _windows(truth) * 2:
+            pair.update(o)
+        found[budget] = pair.params()[0].budget_tokens
+    assert found[512.0] == pytest.approx(512.0, rel=0.25)
+    # 1,024-token prompts never fill a 2,048 budget: it stays, whatever common scale the times take
+    assert found[16384.0] == pytest.approx(STEP_DEFAULTS["budget_tokens"], rel=0.1)
+
+
+def test_a_budget_serialises_prompts_and_bounds_capacity_by_its_room() -> None:
+    model, load = get_model("mm1k-cb"), Load(1.0, 2048, 256)
+    narrow = dataclasses.replace(BENT, budget_tokens=512.0)
+    shape = ServerShape(256, None)
+    sat = model.saturation_rps(narrow, load, shape)
+    # the decodes leave the prompts (512 - B) tokens a step: at most an eighth of a 2,048-token prompt at 256
+    wide = model.saturation_rps(dataclasses.replace(BENT, budget_tokens=8192.0), load, shape)
+    assert sat < 0.9 * wide
+    assert model.saturation_rps(narrow, load, ServerShape(32, None)) > 0.97 * model.saturation_rps(
+        dataclasses.replace(BENT, budget_tokens=8192.0), load, ServerShape(32, None))  # room for them at 32
+    with pytest.raises(ModelInputError, match="saturates at"):
+        model.analyze(narrow, dataclasses.replace(load, rate_rps=1.5 * sat), ServerShape(256, None))
+    # the wait for the prompts ahead grows with the load, where a wide budget lets them share a step
+    waits = [model.analyze(narrow, dataclasses.replace(load, rate_rps=u * sat), shape).ttft_ms for u in (0.3, 0.8)]
+    assert waits[1] > 2.0 * waits[0]
