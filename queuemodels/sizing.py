@@ -42,14 +42,19 @@ def within_targets(
 ) -> bool:
     """One replica meets `targets` at `load.rate_rps`, below the share of its saturation sizing allows: the
     test `max_rate` bisects on (rate <= max_rate, to its tolerance), one chain solve where it costs ~15."""
-    rate = load.rate_rps
+    if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) < 0.0:
+        return False
+    return _feasible(law_fn, params, load, profile, shape, load.rate_rps, targets)
+
+
+def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,
+             rate_rps: float) -> float:
+    """What a full batch completes beyond `rate_rps` at the law that rate makes (rps; below 0 past saturation)."""
     try:
-        law = law_fn(params, replace(load, rate_rps=rate / SATURATION_SHARE), profile, shape)
+        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
     except ModelInputError:  # prompts alone would fill the GPU
-        return False
-    if 1000.0 * shape.max_batch / (law.t0 + law.t1 * shape.max_batch) < rate / SATURATION_SHARE:
-        return False
-    return _feasible(law_fn, params, load, profile, shape, rate, targets)
+        return -rate_rps
+    return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps
 
 
 def saturation_rps(
@@ -66,11 +71,7 @@ def saturation_rps(
     evaluations, as the optimizer sizes every candidate through it). Slightly low rather than high."""
 
     def surplus(rate_rps: float) -> float:
-        try:
-            law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
-        except ModelInputError:  # prompts alone would fill the GPU
-            return -rate_rps
-        return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps
+        return _surplus(law_fn, params, load, shape, profile, rate_rps)
 
     trickle = surplus(0.0)
     if surplus(trickle) >= 0.0:

@@ -15,6 +15,8 @@ from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
 
 PARAMS = ServiceParams("gen1", 12, 0.09, 10, 0.035)
+STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)
+"""A step law that bends: decode convex past the roofline's crossover, prompts chunked by a token budget."""
 H100 = CATALOG["H100-SXM"]
 
 
@@ -31,15 +33,17 @@ def test_first_fit_finds_the_smallest_fitting_count_from_any_guess(most: int, ne
     assert len(checked) <= 2 * math.ceil(math.log2(most + 1)) + 2
 
 
+@pytest.mark.parametrize("params", [PARAMS, STEP], ids=["gen1", "step"])
 @pytest.mark.parametrize("model", ["mm1k-cb", "mm1k-batch"])
 @pytest.mark.parametrize("targets", [Targets(300, 40), Targets(900, 60, "p95"), Targets(40, 20)])
 @pytest.mark.parametrize("batch", [8, 64, 256])
-def test_replicas_needed_agrees_with_the_max_rate(model: str, targets: Targets, batch: int) -> None:
+def test_replicas_needed_agrees_with_the_max_rate(params: ServiceParams, model: str, targets: Targets,
+                                                  batch: int) -> None:
     shape = ServerShape(batch, 1024, 560.0)
     unit = Load(1.0, 800, 200)
-    per_replica = rate_per_replica(model, PARAMS, unit, shape, targets, H100)
+    per_replica = rate_per_replica(model, params, unit, shape, targets, H100)
     for rate in (0.3, 2.0, 7.5, 31.0, 95.0):
-        need = replicas_needed(model, PARAMS, replace(unit, rate_rps=rate), shape, targets, H100, 16)
+        need = replicas_needed(model, params, replace(unit, rate_rps=rate), shape, targets, H100, 16)
         if per_replica <= 0:
             assert need is None
             continue
