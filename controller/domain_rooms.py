@@ -1,6 +1,7 @@
 """The power domains as the optimizer plans within them: each domain's line scaled as the site's budget is
 for planning (headroom, and in predicted mode the plan's margin), less its GPUs' idle draw; and where each
-service's replicas sit (its variants' GPU lists, on a host)."""
+service's replicas sit (its variants' GPU lists on a host, or the domain a variant runs in: a cluster's node
+pool)."""
 
 from __future__ import annotations
 
@@ -26,5 +27,14 @@ def domain_rooms(settings: Settings, power: PowerSettings) -> tuple[DomainRoom, 
 
 
 def placements(settings: Settings, svc: ServiceSettings) -> dict[str, tuple[int, ...]]:
-    """Per accelerator, the GPUs the service's replicas take in order (none listed: unknown placement)."""
-    return {v.accelerator: v.gpus for v in settings.variants_of(svc) if v.gpus}
+    """Per accelerator, the GPUs the service's replicas take in order: the variant's own, or those of the domain
+    it runs in (its replicas' watts land there, whichever of them they take); neither: unknown placement."""
+    pools = {d.name: d.gpus for d in settings.power.domains}
+    per_replica = {a.name: a.gpus_per_replica for a in settings.accelerators}
+    out = {}
+    for v in settings.variants_of(svc):
+        if v.gpus:
+            out[v.accelerator] = v.gpus
+        elif pool := pools.get(v.domain, ()):  # every replica lands in the pool, however many: its GPUs repeated
+            out[v.accelerator] = pool * -(-svc.max_replicas * per_replica.get(v.accelerator, 1) // len(pool))
+    return out

@@ -94,6 +94,10 @@ class VariantSettings:
     """Kubernetes Deployment of this variant's replicas; empty: `<service>-<accelerator>` in lower case."""
     gpus: tuple[int, ...] = ()
     """GPU indices (NVML order) of this variant's replicas, on an nvml host."""
+    domain: str = ""
+    """The power domain (`power.domains`) this variant's replicas run in where it lists no GPUs: in a cluster,
+    the node pool its Deployment's nodeSelector keeps it on. The optimizer charges its watts to that domain;
+    a variant with neither counts in no domain (the governor alone holds the domains for it)."""
 
 
 @dataclass(frozen=True)

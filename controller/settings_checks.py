@@ -87,11 +87,18 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
     if svc.variants and (svc.gpus or svc.deployment):
         raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
     known = {a.name for a in s.accelerators}
+    domains = [d.name for d in s.power.domains]
     for v in svc.variants:
         if v.accelerator not in known:
             raise ConfigError(where, f"accelerator {v.accelerator!r} is not among the accelerators {sorted(known)}")
         if kinds.count(v.accelerator) > 1:
             raise ConfigError(where, f"accelerator {v.accelerator!r} twice")
+        if v.domain and v.gpus:
+            raise ConfigError(f"{where}[{v.accelerator}].domain", "give the variant's GPUs or its domain, not both "
+                              "(its GPUs say which domains they are in)")
+        if v.domain and v.domain not in domains:
+            raise ConfigError(f"{where}[{v.accelerator}].domain", f"unknown domain {v.domain!r}, expected one of "
+                              f"power.domains {domains}")
 
 
 def _minimum_fits(s: Settings) -> None:

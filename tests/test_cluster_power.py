@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from cluster_fixtures import policy
+from cluster_fixtures import NS, policy, service
 
-from controller.cluster.resources import PowerPolicySpec
+from controller.cluster.resources import PowerPolicySpec, policy_spec, service_settings, settings_of
 from controller.config_loader import ConfigError, build
+from controller.domain_rooms import placements
 from controller.settings import load_settings
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.cluster_power import QUERIES, PrometheusGpuSource
@@ -109,3 +110,21 @@ def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
     spec = policy(budget_w=2400.0, domains=[{"name": "rack-1", "limit_w": 3000.0, "node_selector": {"rack": "r1"}}])
     with pytest.raises(ConfigError, match=r"^spec\.domains\[rack-1\]\.limit_w: 3000 W is above the site's"):
         build(PowerPolicySpec, spec["spec"], "spec")
+
+
+def test_a_variant_pinned_to_a_node_pool_is_planned_in_its_domain(tmp_path: Path) -> None:
+    """A variant whose Deployment runs in one domain's nodes: its watts are charged there once the pool's GPUs
+    have reported, count in no domain before, and a pool the policy does not name is refused by field."""
+    spec = policy_spec(policy(budget_w=2400.0, domains=[
+        {"name": "rack-1", "limit_w": 1500.0, "node_selector": {"rack": "r1"}}])["spec"])
+    svc = service("chat", "chat-h100", min_replicas=1)
+    svc["spec"]["variants"][0]["domain"] = "rack-1"
+    chat = service_settings(NS, "chat", svc["spec"])
+    held = settings_of(spec, [chat], str(tmp_path), {"rack-1": (0, 1)})
+    assert set(placements(held, held.services[0])["H100-SXM"]) == {0, 1}
+    waiting = settings_of(spec, [chat], str(tmp_path), {})
+    assert placements(waiting, waiting.services[0]) == {}
+    svc["spec"]["variants"][0]["domain"] = "rack-9"
+    with pytest.raises(ConfigError, match=r"^services\[llm/chat\]\.variants\[H100-SXM\]\.domain: unknown domain "
+                                          r"'rack-9', expected one of the policy's domains \['rack-1'\]"):
+        settings_of(spec, [service_settings(NS, "chat", svc["spec"])], str(tmp_path), {"rack-1": (0, 1)})

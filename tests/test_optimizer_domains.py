@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.config_loader import ConfigError
 from controller.domain_rooms import domain_rooms, placements
 from controller.optimizer import DomainRoom, Problem, Solution, get_solver, solve
 from controller.optimizer.candidates import enumerate_all, valued
@@ -88,3 +89,37 @@ def test_a_domain_room_is_its_line_scaled_as_the_budget_less_its_idle_gpus(tmp_p
     assert room.room_w == pytest.approx(1800 * 0.97 * 0.9 - 4 * CATALOG["H100-SXM"].idle_power_w)
     assert room.gpus == frozenset({0, 1, 2, 3})
     assert placements(s, s.services[0]) == {}  # the simulated host lists no GPUs: placement unknown
+
+
+def _pooled(tmp_path: Path, variant: str) -> Path:
+    """sim.toml with rack-a over GPUs 0-3 and chat's one variant as given."""
+    text = (ROOT / "config" / "sim.toml").read_text().replace(
+        'mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\nname = "rack-a"\nlimit_w = 1800\n'
+        'gpus = [0, 1, 2, 3]\n').replace('name = "chat"\n', f'name = "chat"\nvariants = [{variant}]\n', 1)
+    (tmp_path / "pool.toml").write_text(text)
+    return tmp_path / "pool.toml"
+
+
+def test_a_variant_in_a_pool_has_every_replicas_watts_charged_there(tmp_path: Path) -> None:
+    """A variant that runs in a domain (a cluster's node pool) without listing GPUs: wherever its replicas land in
+    the pool, however many, their watts are the pool's."""
+    s = load_settings(_pooled(tmp_path, '{ accelerator = "H100-SXM", domain = "rack-a" }'))
+    placed = placements(s, s.services[0])
+    assert set(placed) == {"H100-SXM"} and set(placed["H100-SXM"]) == {0, 1, 2, 3}
+    assert len(placed["H100-SXM"]) >= s.services[0].max_replicas
+    (room,) = domain_rooms(s, s.power)
+    p = Problem((replace(services((12.0, 5.0, 6.0))[0], gpus=placed),), (H100,), 5000.0,
+                domains=(room,))
+    c = next(c for c in enumerate_all(p)[0] if c.gpus == 4)
+    assert domain_w(p, c, room) == pytest.approx(c.power_w)
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ('{ accelerator = "H100-SXM", domain = "rack-z" }',
+     r"^services\[chat\]\.variants\[H100-SXM\]\.domain: unknown domain 'rack-z', expected one of power\.domains"),
+    ('{ accelerator = "H100-SXM", domain = "rack-a", gpus = [0, 1] }',
+     r"^services\[chat\]\.variants\[H100-SXM\]\.domain: give the variant's GPUs or its domain, not both"),
+])
+def test_a_variants_pool_is_checked_by_field(tmp_path: Path, variant: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_pooled(tmp_path, variant))

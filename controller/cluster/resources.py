@@ -116,6 +116,10 @@ class LlmServiceVariant:
     """Accelerator type (one of the policy's accelerators)."""
     deployment: str
     """The Deployment (in the LLMService's namespace) whose replicas run this variant."""
+    domain: str = ""
+    """The power domain (one of the policy's `domains`) whose nodes the Deployment's nodeSelector keeps its pods
+    on: the plan charges this variant's watts to that domain. Empty: its pods may land anywhere, and the
+    governor alone holds the domains for it."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,8 @@ def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> Service
                               f"one of {sorted(CATALOG)}")
     data = {k: v for k, v in spec.items() if k != "variants"}
     data["name"] = f"{namespace}/{name}"
-    data["variants"] = [{"accelerator": v.accelerator, "deployment": v.deployment} for v in s.variants]
+    data["variants"] = [{"accelerator": v.accelerator, "deployment": v.deployment, "domain": v.domain}
+                        for v in s.variants]
     return build(ServiceSettings, data, "spec")
 
 
@@ -193,7 +198,8 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
     gpus = domain_gpus or {}
     power = replace(policy.power, domains=tuple(PowerDomainSettings(d.name, d.limit_w, gpus[d.name])
                                                 for d in policy.domains if gpus.get(d.name)))
-    settings = Settings(power, policy.accelerators, tuple(services), daemon=daemon,
+    pools = [pooled(svc, [d.name for d in policy.domains], {d.name for d in power.domains}) for svc in services]
+    settings = Settings(power, policy.accelerators, tuple(pools), daemon=daemon,
                         optimizer=policy.optimizer, stability=policy.stability,
                         telemetry=replace(policy.telemetry, gpu_source="dcgm", vllm_source="prometheus"),
                         actuators=ActuatorSettings(power="dry-run", batch="dry-run", replicas="kubernetes"),
@@ -201,6 +207,17 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
                         base_dir=state_dir)
     settings.check("")
     return settings
+
+
+def pooled(svc: ServiceSettings, named: list[str], held: set[str]) -> ServiceSettings:
+    """The service with each variant's pool kept where the pool is held: a domain none of whose GPUs has reported
+    yet is not held yet, so a variant in it counts in no domain until one does. A pool the policy does not name
+    is refused by field."""
+    for v in svc.variants:
+        if v.domain and v.domain not in named:
+            raise ConfigError(f"services[{svc.name}].variants[{v.accelerator}].domain",
+                              f"unknown domain {v.domain!r}, expected one of the policy's domains {named}")
+    return replace(svc, variants=tuple(v if v.domain in held else replace(v, domain="") for v in svc.variants))
 
 
 def deployment_of(svc: ServiceSettings, variant: VariantSettings) -> tuple[str, str]:
