@@ -8,7 +8,7 @@ from __future__ import annotations
 from controller.optimizer import DomainRoom
 from controller.service_settings import ServiceSettings
 from controller.settings import PowerSettings, Settings
-from queuemodels.accelerators import CATALOG
+from controller.settings_checks import domain_idle_w
 
 
 def domain_rooms(settings: Settings, power: PowerSettings) -> tuple[DomainRoom, ...]:
@@ -17,13 +17,8 @@ def domain_rooms(settings: Settings, power: PowerSettings) -> tuple[DomainRoom, 
     if not power.domains:
         return ()
     share = power.planned_w() / power.budget_w
-    kind = {g: v.accelerator for svc in settings.services for v in settings.variants_of(svc) for g in v.gpus}
-    default = settings.accelerators[0].name
-    rooms = []
-    for d in power.domains:
-        idle_w = sum(CATALOG[kind.get(g, default)].idle_power_w for g in d.gpus)
-        rooms.append(DomainRoom(d.name, d.limit_w * share - idle_w, frozenset(d.gpus)))
-    return tuple(rooms)
+    return tuple(DomainRoom(d.name, d.limit_w * share - domain_idle_w(settings, d.gpus), frozenset(d.gpus))
+                 for d in power.domains)
 
 
 def placements(settings: Settings, svc: ServiceSettings) -> dict[str, tuple[int, ...]]:

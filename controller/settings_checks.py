@@ -39,6 +39,13 @@ def svc_path(name: str) -> str:
     return f"services[{name}]"
 
 
+def domain_idle_w(s: Settings, gpus: tuple[int, ...]) -> float:
+    """What these GPUs draw idle: each as its variant's accelerator, else the first accelerator."""
+    kind = {g: v.accelerator for svc in s.services for v in s.variants_of(svc) for g in v.gpus}
+    default = s.accelerators[0].name
+    return sum(CATALOG[kind.get(g, default)].idle_power_w for g in gpus)
+
+
 def check_settings(s: Settings) -> None:
     """The cross-field checks; raises ConfigError naming the field (with its service path) and the values."""
     if not s.services:
@@ -57,6 +64,13 @@ def check_settings(s: Settings) -> None:
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
                           "(accelerators' count x the catalogue's idle power)")
+    share = s.power.planned_w() / s.power.budget_w
+    for d in s.power.domains:
+        idle = domain_idle_w(s, d.gpus)
+        if d.limit_w * share < idle:
+            raise ConfigError(f"power.domains[{d.name}].limit_w", f"{d.limit_w:g} W leaves {d.limit_w * share:.0f} W "
+                              f"to plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' "
+                              f"idle draw, {idle:g} W")
 
 
 def _unique(s: Settings) -> None:

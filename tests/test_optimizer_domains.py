@@ -48,7 +48,7 @@ def test_without_the_rack_the_plan_overfills_it() -> None:
     assert in_rack(problem(), free) > RACK.room_w + 100  # so the rows below bind
 
 
-@pytest.mark.parametrize("solver", ["milp", "greedy", "exhaustive"])
+@pytest.mark.parametrize("solver", ["milp", "greedy", "auto", "exhaustive"])
 def test_every_solver_fits_the_rack(solver: str) -> None:
     p = problem()
     s = solve(p, get_solver(solver))
@@ -56,13 +56,21 @@ def test_every_solver_fits_the_rack(solver: str) -> None:
     assert s.power_w <= p.budget_w + 1e-6
 
 
-def test_the_milp_rows_are_exact_and_greedy_stays_below_them() -> None:
+@pytest.mark.parametrize("solver", ["milp", "greedy", "auto"])
+def test_a_room_below_its_idle_draw_holds_nothing_and_breaks_no_solver(solver: str) -> None:
+    """A line under its GPUs' idle draw (check-config refuses it; a plan must still come out): nothing in it."""
+    p = problem(room_w=-10.0)
+    assert in_rack(p, solve(p, get_solver(solver))) == 0.0
+
+
+def test_the_milp_rows_are_exact_and_auto_takes_them_where_greedy_falls_short() -> None:
+    """Greedy knows no domain: brought within the rack after, it gives up more than the exact plan, which is
+    what auto (the MILP beside it, compared once both fit the rack) returns."""
     p = problem()
     oracle = solve(p, get_solver("exhaustive"))
-    milp = solve(p, get_solver("milp"))
-    greedy = solve(p, get_solver("greedy"))
-    assert milp.objective == pytest.approx(oracle.objective, rel=1e-6)
-    assert greedy.objective <= oracle.objective + 1e-6
+    assert solve(p, get_solver("milp")).objective == pytest.approx(oracle.objective, rel=1e-6)
+    assert solve(p, get_solver("auto")).objective == pytest.approx(oracle.objective, rel=1e-6)
+    assert solve(p, get_solver("greedy")).objective < oracle.objective - 1.0
 
 
 def test_the_repair_brings_the_lowest_priority_in_the_domain_down_first() -> None:

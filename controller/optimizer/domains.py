@@ -25,12 +25,13 @@ def domain_w(problem: Problem, c: Candidate, d: DomainRoom) -> float:
 
 
 def over(problem: Problem, choice: Sequence[Candidate | None]) -> list[tuple[DomainRoom, float]]:
-    """The domains a choice overfills, with by how much (W)."""
+    """The domains a choice overfills, with by how much (W). A room below 0 (a line under its GPUs' idle draw,
+    which check-config refuses) holds nothing: over as soon as anything of the plan is in it, never when empty."""
     out = []
     for d in problem.domains:
         used = sum(domain_w(problem, c, d) for c in choice if c is not None)
-        if used > d.room_w + 1e-6:
-            out.append((d, used - d.room_w))
+        if used > max(d.room_w, 0.0) + 1e-6:
+            out.append((d, used - max(d.room_w, 0.0)))
     return out
 
 

@@ -80,7 +80,7 @@ class Milp:
                    "inventory")
         lp.row(((x, c.power_w) for x, c in flat), -np.inf, problem.budget_w - problem.idle_w, "budget")
         for d in problem.domains:
-            lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, d.room_w, f"domain {d.name}")
+            lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, max(0.0, d.room_w), f"domain {d.name}")
         res = lp.solve(time_limit_s=self.time_limit_s, mip_gap=self.mip_gap)
         if not res.ok:
             choice, _ = Greedy().choose(problem, cands, shed)
@@ -109,6 +109,9 @@ class Auto:
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         choice, notes = Greedy().choose(problem, cands, shed)
+        if problem.domains:  # greedy knows no domain: compared once brought within them, as solve() would
+            choice, repaired = fit_domains(problem, cands, choice)
+            notes = [*notes, *repaired]
         if sum(len(cs) for cs in cands) > self.milp_candidates:
             return choice, notes
         exact, milp_notes = self.milp.choose(problem, cands, shed)
