@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.simulate.accounting import figures
-from controller.simulate.power_figures import domain_figures, drop_figures, ramp_figures
+from controller.simulate.power_figures import carbon_figures, domain_figures, drop_figures, ramp_figures
 from controller.simulate.report import carbon_limits
 from controller.simulate.runner import Trace, run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sources import mean_budget_w
-from queuemodels.accelerators import CATALOG
 
 TWO_GPUS = {"chat": {"H100-SXM": 2}}
 HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
@@ -69,12 +70,7 @@ def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Cal
     f, g = figures(scn, r), figures(scn, flat)
     assert f["co2_mg_per_token"] is not None and g["co2_mg_per_token"] is not None
     assert f["mean_budget_w"] == pytest.approx(g["mean_budget_w"])
-    # What bounds a gain, from the run's own trace: seconds the budget bound the draw, and the idle draw's share.
-    idle_w = sum(CATALOG[t].idle_power_w for t in scn.config.simulator.host_types)
-    assert f["idle_energy_share"] == pytest.approx(idle_w * len(tr.draw_w) / tr.draw_w.sum(), abs=1e-3)
-    assert f["budget_bound_share"] == pytest.approx(np.mean(tr.draw_w >= 0.95 * tr.budget_w), abs=1e-4)
-    why = carbon_limits(f, g)
-    assert f"{g['budget_bound_share']:.1%}" in why and f"{f['idle_energy_share']:.0%}" in why
+    assert f["budget_bound_share"] is not None and 0 < f["idle_energy_share"] < 1
 
 
 def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(
@@ -132,3 +128,41 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     assert ramps["ramp_rise_max_w_per_s"] == 50.0 and ramps["ramp_fall_max_w_per_s"] == 60.0
     assert ramps["ramp_up_fast_s"] == 7.0 and ramps["ramp_down_fast_s"] == 9.0
     assert ramps["ramp_down_fast_by_limits_s"] == 7.0
+
+
+def test_the_carbon_figures_count_what_the_trace_shows() -> None:
+    """1,000 / 960 / 500 / 400 W for a second each under a 1,000 W budget at 100 / 200 / 300 / 400 g/kWh, 10
+    tokens, 200 W idle: 602,000 J g/kWh / 3.6e6 = 0.1672 g, 16.722 mg a token; bound (within 5 %) two seconds
+    of four; idle 800 of 2,860 J. The targets' line says what bounds a gain in those figures."""
+    tr = replace(trace_of([1000, 960, 500, 400], [1000.0] * 4), intensity_g_per_kwh=np.array([100.0, 200, 300, 400]))
+    f = carbon_figures(tr, 1.0, 10, 200.0)
+    assert f == {"co2_mg_per_token": 16.72222, "co2_kg": 0.0002, "mean_budget_w": 1000.0, "budget_bound_share": 0.5,
+                 "idle_energy_share": 0.28}
+    why = carbon_limits({**f, "budget_bound_share": 0.031}, f)
+    assert "bound the draw (within 5%) 50.0% of the time and the following one 3.1%" in why and "is 28% of" in why
+
+
+def test_a_scenarios_power_keys_leave_the_configs_own_paths_to_the_config(small_scenario: Callable[..., Path],
+                                                                          tmp_path: Path) -> None:
+    """The config's carbon CSV resolves from the config's directory even where a scenario in a directory of its
+    own lays a ramp limit over its [power]; a scenario's own source file resolves from the scenario's."""
+    host = small_scenario("").parent / "host.toml"
+    host.write_text(host.read_text() + '\n[power.budget]\nsafe_budget_w = 1000\n[[power.budget.sources]]\n'
+                    'kind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n')
+    (tmp_path / "scn").mkdir()
+    (tmp_path / "scn" / "ramp.toml").write_text('config = "../host.toml"\nname = "r"\nduration_s = 30\n[power]\n'
+                                                'ramp_up_w_per_s = 50\n')
+    (tmp_path / "scn" / "dr.toml").write_text('config = "../host.toml"\nname = "d"\nduration_s = 30\n'
+                                              '[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
+                                              'kind = "demand_response"\npath = "dr.json"\n'
+                                              '[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 1400\n')
+
+    def first_path(name: str) -> Path:
+        config = load_scenario(tmp_path / "scn" / name).config
+        assert config.budget is not None
+        src = config.budget.sources[0][1]
+        assert isinstance(src, (CarbonCsvSettings, DemandResponseSettings))
+        return (Path(config.base_dir) / src.path).resolve()
+
+    assert first_path("ramp.toml") == (tmp_path / "grid.csv").resolve()
+    assert first_path("dr.toml") == (tmp_path / "scn" / "dr.json").resolve()

@@ -252,14 +252,20 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
 
 
 def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
-    """The config with the scenario's `[power]` keys laid over its own (a ramp limit, domains, budget sources);
-    relative paths resolve from the scenario's directory."""
+    """The config with the scenario's `[power]` keys laid over its own (a ramp limit, domains, budget sources).
+    The config's relative paths stay its own; the scenario's (its sources' files) resolve from its directory."""
     if not isinstance(power, dict):
         raise ConfigError("power", "must be a table")
+    budget = power.get("budget")
+    sources = budget.get("sources") if isinstance(budget, dict) else None
+    if isinstance(budget, dict) and isinstance(sources, list):
+        sources = [{**src, "path": str(scenario_dir.resolve() / src["path"])}
+                   if isinstance(src, dict) and isinstance(src.get("path"), str) else src for src in sources]
+        power = {**power, "budget": {**budget, "sources": sources}}
     data = read_toml(config_path)
     table = data.get("power")
     data["power"] = {**(table if isinstance(table, dict) else {}), **power}
-    return settings_from(data, scenario_dir.resolve())
+    return settings_from(data, config_path.resolve().parent)
 
 
 def _check_sources(config: Settings) -> None:
