@@ -251,7 +251,7 @@ class Controller:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
-        shed = [r.name for r in solution.services if r.reason == "budget"]
+        shed = [r.name for r in solution.services if r.reason in ("budget", "domain")]
         bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.power(self.settings).planned_w()
         m.degradation.labels("shed").set(len(shed))
         degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],

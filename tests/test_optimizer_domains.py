@@ -57,6 +57,14 @@ def test_every_solver_fits_the_rack(solver: str) -> None:
 
 
 @pytest.mark.parametrize("solver", ["milp", "greedy", "auto"])
+def test_a_service_its_rack_cannot_hold_is_short_for_the_domain(solver: str) -> None:
+    """chat's replicas sit on rack-a's GPUs, and 150 W there holds none of them: short for the domain, not for
+    the site's budget (5,000 W) nor the inventory (its GPUs went to others only because it could not use them)."""
+    s = solve(problem(), get_solver(solver))
+    assert [(r.name, r.reason) for r in s.services if r.short_rps > 0] == [("chat", "domain")]
+
+
+@pytest.mark.parametrize("solver", ["milp", "greedy", "auto"])
 def test_a_room_below_its_idle_draw_holds_nothing_and_breaks_no_solver(solver: str) -> None:
     """A line under its GPUs' idle draw (check-config refuses it; a plan must still come out): nothing in it."""
     p = problem(room_w=-10.0)

@@ -143,11 +143,23 @@ def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice) ->
     best_served = max(c.served_rps for c in cands)
     if best_served < problem.services[i].load.rate_rps - 1e-9:
         return "replicas"  # even max_replicas of the best shape cannot take the load
+    now = choice[i]
+    more = [c for c in cands if c.served_rps > (now.served_rps if now is not None else 0.0) + 1e-9]
+
+    def domain_full(taken: list[Candidate]) -> bool:
+        """A domain takes none of what would serve more, with `taken` in it."""
+        return bool(more) and any(
+            all(domain_w(problem, c, d) > max(d.room_w, 0.0) - sum(domain_w(problem, t, d) for t in taken) + 1e-6
+                for c in more) for d in problem.domains)
+
+    if domain_full([]):
+        return "domain"  # its rack could not hold more of it even empty
     fitting = [c for c in cands
                if c.gpus + used.get(c.assignment.accelerator, 0) <= problem.accelerator(c.assignment.accelerator).count]
     if not fitting or max(c.served_rps for c in fitting) < best_served - 1e-9:
         return "inventory"
-    return "budget"
+    more = [c for c in more if c in fitting]
+    return "domain" if domain_full([c for c in others if c is not None]) else "budget"
 
 
 def solve(problem: Problem, solver: Solver) -> Solution:
