@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -94,26 +95,35 @@ class PowerDomainSettings:
             raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
 
 
-def check_domains_nest(domains: tuple[PowerDomainSettings, ...], budget_w: float, where: str) -> None:
-    """Domains form a tree under the site: a limit no higher than the site's budget, two domains sharing a
-    GPU only where one holds the other (a PDU inside its rack; a GPU in two racks is refused), and an inner
-    domain's limit no higher than the one that holds it."""
+def check_domain_lines(lines: Sequence[tuple[str, float]], budget_w: float, where: str) -> None:
+    """Each domain (name, limit) named once, with a limit no higher than the site's budget."""
+    at = f"{where}.domains" if where else "domains"
+    names = [name for name, _ in lines]
+    for name, limit_w in lines:
+        if names.count(name) > 1:
+            raise ConfigError(f"{at}[{name}].name", f"duplicate domain {name!r}")
+        if limit_w > budget_w:
+            raise ConfigError(f"{at}[{name}].limit_w", f"{limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
+
+
+def check_domains_nest(domains: Sequence[PowerDomainSettings], where: str) -> None:
+    """Domains form a tree under the site: two domains sharing a GPU only where one holds the other (a PDU inside
+    its rack; a GPU in two racks is refused), and an inner domain's limit no higher than the one that holds it
+    (two over the same GPUs hold each other: the lower line binds)."""
+    at = f"{where}.domains" if where else "domains"
     for i, d in enumerate(domains):
-        at = f"{where}.domains[{d.name}]"
-        if d.limit_w > budget_w:
-            raise ConfigError(f"{at}.limit_w", f"{d.limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
         inner = set(d.gpus)
         for other in domains[:i]:
             outer = set(other.gpus)
             shared = sorted(inner & outer)
-            if not shared:
+            if not shared or inner == outer:
                 continue
             if not (inner <= outer or outer <= inner):
-                raise ConfigError(f"{at}.gpus", f"GPU {shared[0]} is in domain {other.name!r} too, and neither "
-                                  "holds the other (a GPU is fed by one rack; domains may only nest)")
+                raise ConfigError(f"{at}[{d.name}].gpus", f"GPU {shared[0]} is in domain {other.name!r} "
+                                  "too, and neither holds the other (a GPU is fed by one rack; domains may only nest)")
             small, big = (d, other) if inner <= outer else (other, d)
             if small.limit_w > big.limit_w:
-                raise ConfigError(f"{where}.domains[{small.name}].limit_w", f"{small.limit_w:g} W is above "
+                raise ConfigError(f"{at}[{small.name}].limit_w", f"{small.limit_w:g} W is above "
                                   f"{big.limit_w:g} W of domain {big.name!r}, which holds it")
 
 
@@ -147,11 +157,8 @@ class PowerSettings:
         check_positive(self, where, ("budget_w",))
         check_range(self, where, ("budget_w",), 0.0, 1e8)
         check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, 1e8)
-        names = [d.name for d in self.domains]
-        for d in self.domains:
-            if names.count(d.name) > 1:
-                raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
-        check_domains_nest(self.domains, self.budget_w, where)
+        check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.budget_w, where)
+        check_domains_nest(self.domains, where)
         if not 0 <= self.headroom < 0.5:
             raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
         if not 0 < self.release_below < 1:

@@ -128,3 +128,18 @@ def test_a_variant_pinned_to_a_node_pool_is_planned_in_its_domain(tmp_path: Path
     with pytest.raises(ConfigError, match=r"^services\[llm/chat\]\.variants\[H100-SXM\]\.domain: unknown domain "
                                           r"'rack-9', expected one of the policy's domains \['rack-1'\]"):
         settings_of(spec, [service_settings(NS, "chat", svc["spec"])], str(tmp_path), {"rack-1": (0, 1)})
+
+
+def test_policy_domains_must_nest_on_the_gpus_their_nodes_report(tmp_path: Path) -> None:
+    """Nodes join domains by label, so nesting is checked once their GPUs report: a rack above the row holding
+    it is refused by its field (the operator reports it under `spec.`); a rack alone on its row's GPUs so far
+    (the rest not yet reported) is not, as the lower line binds."""
+    spec = policy_spec(policy(budget_w=6000.0, domains=[
+        {"name": "rack-1", "limit_w": 4000.0, "node_selector": {"rack": "r1"}},
+        {"name": "row-a", "limit_w": 3000.0, "node_selector": {"row": "a"}}])["spec"])
+    chat = [service_settings(NS, "chat", service("chat", "chat-h100")["spec"])]
+    with pytest.raises(ConfigError, match=r"^domains\[rack-1\]\.limit_w: 4000 W is above 3000 W of domain "
+                                          r"'row-a', which holds it"):
+        settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": tuple(range(8))})
+    held = settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": (0, 1, 2, 3)})
+    assert [d.name for d in held.power.domains] == ["rack-1", "row-a"]

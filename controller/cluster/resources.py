@@ -26,6 +26,8 @@ from controller.settings import (
     Settings,
     StabilitySettings,
     TelemetrySettings,
+    check_domain_lines,
+    check_domains_nest,
 )
 from queuemodels.accelerators import CATALOG
 
@@ -92,13 +94,7 @@ class PowerPolicySpec:
         check_range(self, where, ("safe_cap_share",), 0.0, 1.0)
         if self.power.domains:
             raise ConfigError(f"{where}.power.domains", "GPU indices are a host's: give `domains` by node_selector")
-        names = [d.name for d in self.domains]
-        for d in self.domains:
-            if names.count(d.name) > 1:
-                raise ConfigError(f"{where}.domains[{d.name}].name", f"duplicate domain {d.name!r}")
-            if d.limit_w > self.power.budget_w:
-                raise ConfigError(f"{where}.domains[{d.name}].limit_w", f"{d.limit_w:g} W is above the site's "
-                                  f"power.budget_w ({self.power.budget_w:g} W)")
+        check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.power.budget_w, where)
         if self.plan_ttl_s < 3 * self.daemon.fast_interval_s:
             raise ConfigError(f"{where}.plan_ttl_s", f"{self.plan_ttl_s:g} s must be at least three fast ticks "
                               f"({3 * self.daemon.fast_interval_s:g} s): a plan is renewed once a tick")
@@ -198,6 +194,7 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
     gpus = domain_gpus or {}
     power = replace(policy.power, domains=tuple(PowerDomainSettings(d.name, d.limit_w, gpus[d.name])
                                                 for d in policy.domains if gpus.get(d.name)))
+    check_domains_nest(power.domains, "")  # on the nodes' GPUs as they have reported (the caller adds `spec.`)
     pools = [pooled(svc, [d.name for d in policy.domains], {d.name for d in power.domains}) for svc in services]
     settings = Settings(power, policy.accelerators, tuple(pools), daemon=daemon,
                         optimizer=policy.optimizer, stability=policy.stability,
