@@ -78,11 +78,7 @@ class Greedy:
         never will, and each service's next step joins the heap once its last is taken."""
         where = [{(replace(c.assignment, replicas=0), c.assignment.replicas): k for k, c in enumerate(cs)}
                  for cs in ranked]
-        spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
-        left = count.copy()
-        for i, j in enumerate(picks):
-            if j >= 0:
-                left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+        spare_w, left = _room(arrays, picks, count, budget)
 
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
@@ -127,11 +123,7 @@ class Greedy:
                  shed: list[float]) -> None:
         """One sweep: move each service to its most valuable candidate that still fits (`picks` fits on entry,
         so a move only has to check the power row and the accelerator rows it touches)."""
-        spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
-        left = count.copy()
-        for i, j in enumerate(picks):
-            if j >= 0:
-                left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+        spare_w, left = _room(arrays, picks, count, budget)
         for i in order:
             a, j = arrays[i], picks[i]
             # Ranked: only candidates before the current one can be worth more.
@@ -151,3 +143,13 @@ class Greedy:
                 left[a.acc[j]] += a.gpus[j]
             left[a.acc[k]] -= a.gpus[k]
             picks[i] = k
+
+
+def _room(arrays: list[Ranked], picks: list[int], count: np.ndarray, budget: float) -> tuple[float, np.ndarray]:
+    """Watts and GPUs per accelerator that `picks` leave free."""
+    spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
+    left = count.copy()
+    for i, j in enumerate(picks):
+        if j >= 0:
+            left[arrays[i].acc[j]] -= arrays[i].gpus[j]
+    return spare_w, left
