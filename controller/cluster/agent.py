@@ -19,6 +19,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.client import HTTPException
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -77,7 +78,8 @@ class NodeAgent:
 
     def _plan(self) -> dict[str, Any] | None:
         """This node's plan as the acting operator serves it; None where it has none for this node. OSError or
-        ValueError where no plan came: unreachable, a timeout, 401/403/503, a body that is not a plan."""
+        ValueError or HTTPException where no plan came: unreachable, a timeout, 401/403/503, a body that is not
+        a plan, a broken answer."""
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read(1 << 16).strip()
         request = urllib.request.Request(self.plan_url, headers={"Authorization": f"Bearer {token}"})
@@ -97,7 +99,7 @@ class NodeAgent:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
         try:
             plan = self._plan()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, HTTPException) as exc:
             self._once("plan", f"{self.plan_url}: {exc}")
             plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
         self.last = plan

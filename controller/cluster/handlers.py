@@ -47,8 +47,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if port:
         agents = os.environ.get("WATTSCALE_AGENT_ACCOUNT") or "wattscale-agent"
         account = f"system:serviceaccount:{memo.namespace}:{agents}"
-        memo.plan_server = PlanServer(TokenReviewer(memo.client, account),
-                                      os.environ.get("WATTSCALE_PLAN_LISTEN") or "127.0.0.1", port)
+        listen = os.environ.get("WATTSCALE_PLAN_LISTEN") or "127.0.0.1"
+        try:
+            memo.plan_server = PlanServer(TokenReviewer(memo.client, account), listen, port)
+        except OSError as exc:
+            raise kopf.PermanentError(f"--plan-listen/--plan-port {listen}:{port}: {exc}") from exc
 
 
 @kopf.on.cleanup()
