@@ -228,3 +228,17 @@ def test_a_standby_answers_503_and_the_agent_holds_its_plan_then_fails_safe(
     leading[0] = True
     put_plan(emu, 2, {"0": 500.0}, {"0": 350.0})
     assert agent.step(11.0) == "following" and limits(nvml) == [500.0]
+
+
+def test_a_failed_token_review_answers_503_while_a_reviewed_token_is_still_served(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """The API server failing the TokenReview: a token not yet reviewed is answered 503 (not 401: it may be
+    good), and asked about again only after a few seconds; a token reviewed within the minute is served."""
+    put_plan(emu, 1, {"0": 480.0})
+    known = Path(agent_token(emu, tmp_path / "known")).read_text()
+    assert ask(served, NODE, known) == 200
+    emu.fail("POST", r"/tokenreviews$", code=500)
+    fresh = Path(agent_token(emu, tmp_path / "fresh")).read_text()
+    assert [ask(served, NODE, fresh) for _ in range(3)] == [503] * 3
+    assert ask(served, NODE, known) == 200
+    assert sum(p.endswith("/tokenreviews") for _, _, p in emu.requests) == 2  # the known token's, one failed

@@ -516,7 +516,7 @@ def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmu
 def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[KubeEmulator, Any],
                                                                   tmp_path: Path) -> None:
     """The Lease taken by another while a slow tick is in flight: that tick's scale and patch calls are refused
-    (the Deployment is left as the new leader wants it)."""
+    (the Deployment is left as the new leader wants it), and its plan endpoint is no longer ready."""
     from actuators import TransientActuatorError
 
     emu, _ = cluster
@@ -524,15 +524,17 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
     body = policy()
     body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
     emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale", str(tmp_path / "state"))
-    loop.step(0.0)
-    c = loop.controller
-    assert c is not None
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
-        "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
-    loop.step(0.2)
-    assert loop.controller is None and not loop.lease.valid()
+    with plan_server(api_client(str(tmp_path / "kubeconfig"))) as server:
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale",
+                           str(tmp_path / "state"), server=server)
+        loop.step(0.0)
+        c = loop.controller
+        assert c is not None and server.ready()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
+            "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
+        loop.step(0.2)
+        assert loop.controller is None and not loop.lease.valid() and not server.ready()
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
         c.enforcer.replicas.set_replicas(f"{NS}/chat", "H100-SXM", 3)
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):

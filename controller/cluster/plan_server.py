@@ -32,6 +32,9 @@ NODE_EXTRA = "authentication.kubernetes.io/node-name"
 PLAN_PATH = re.compile(r"^/v1/nodes/([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)/plan$")
 MAX_TOKEN_CHARS = 16384
 MAX_CACHED = 1024
+FAILED_REVIEW_S = 5.0
+"""How long a TokenReview that failed (the API unreachable) answers 503 for its token before it is asked again:
+with the API down, one request per token waits on it, not every one (the endpoint has one thread)."""
 
 
 class Refused(Exception):
@@ -68,12 +71,13 @@ class TokenReviewer:
         now = self.clock()
         hit = self.cache.get(key)
         if hit is None or hit[0] <= now:
-            answer = self._review(token)  # an API failure (503) is not cached: the next request asks again
+            answer = self._review(token)
             if len(self.cache) >= MAX_CACHED:
                 self.cache = {k: v for k, v in self.cache.items() if v[0] > now}
                 while len(self.cache) >= MAX_CACHED:
                     del self.cache[next(iter(self.cache))]
-            hit = self.cache[key] = (now + self.cache_s, answer)
+            hold = FAILED_REVIEW_S if isinstance(answer, Refused) and answer.code == 503 else self.cache_s
+            hit = self.cache[key] = (now + hold, answer)
         answer = hit[1]
         if isinstance(answer, Refused):
             raise answer
@@ -93,7 +97,7 @@ class TokenReviewer:
             if not self.failing:
                 log.warning("TokenReview failed (agents answered 503): %s", exc)
             self.failing = True
-            raise Refused(503, f"TokenReview failed: {exc}") from exc
+            return Refused(503, f"TokenReview failed: {exc}")
         self.failing = False
         if status is None or not status.authenticated or self.audience not in (status.audiences or []):
             return Refused(401, (status.error if status is not None else None) or "token not authenticated")
