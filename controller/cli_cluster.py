@@ -56,7 +56,9 @@ def _operator(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _logging(args.log_level)
-    os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir)
+    os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
+                      WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),
+                      WATTSCALE_AGENT_ACCOUNT=args.agent_account)
     if args.namespace:
         os.environ["WATTSCALE_NAMESPACE"] = args.namespace
     if args.kubeconfig:
@@ -103,7 +105,8 @@ def _agent(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
-    agent = NodeAgent(node, devices, client, registry, args.safe_cap_share, args.default_ttl_s)
+    agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
+                      args.default_ttl_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -135,12 +138,23 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
     o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
+    o.add_argument("--plan-listen", default="127.0.0.1", help="address of the agents' plan endpoint and its "
+                   "/readyz (default 127.0.0.1; in a pod 0.0.0.0, behind the operator's Service)")
+    o.add_argument("--plan-port", type=int, default=9466, help="port of the agents' plan endpoint; 0: none")
+    o.add_argument("--agent-account", default="wattscale-agent", help="the node agents' ServiceAccount in the "
+                   "operator's namespace: the only one served plans (default wattscale-agent)")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds, as on SIGTERM")
     o.set_defaults(func=_operator)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
     a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")
     a.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
+    a.add_argument("--operator-url", default="http://wattscale-operator.wattscale.svc:9466",
+                   help="the operator's Service, which serves this node's plan (default "
+                   "http://wattscale-operator.wattscale.svc:9466)")
+    a.add_argument("--token-file", default="/var/run/secrets/wattscale/token",
+                   help="the projected ServiceAccount token with the audience wattscale-operator, re-read at "
+                   "every request (default /var/run/secrets/wattscale/token)")
     a.add_argument("--interval-s", type=number(0.1, 60.0), default=2.0, help="seconds between steps (default 2)")
     a.add_argument("--safe-cap-share", type=number(0.0, 1.0), default=0.6,
                    help="safe cap where the plan has none: this share of each GPU's maximum limit (default 0.6)")

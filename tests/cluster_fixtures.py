@@ -3,24 +3,117 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from fake_pynvml import FakeGpu, FakeNvml
-from kube_emulator import KubeEmulator
+from kube_emulator import KubeEmulator, TokenUser
 
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
+from controller.cluster.plan_server import AUDIENCE, PlanServer, TokenReviewer
 from controller.cluster.resources import GROUP, PLANS, SERVICES, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "deploy" / "kubernetes" / "base" / "crds.yaml"
 NODE, NS = "gpu-a", "llm"
+AGENT = "system:serviceaccount:wattscale:wattscale-agent"
+"""The node agents' ServiceAccount, as a username (deploy/kubernetes/base/agent-rbac.yaml)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """How an agent reaches the operator's plan endpoint: its port on loopback and the agent's token file."""
+
+    port: int
+    token_file: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+def agent_token(emu: KubeEmulator, path: Path, node: str | None = NODE, username: str = AGENT,
+                audiences: tuple[str, ...] = (AUDIENCE,)) -> str:
+    """A pod's projected token (as the kubelet writes it) for `username` on `node`; returns its file."""
+    path.write_text(emu.issue(TokenUser(username, audiences, node)))
+    return str(path)
+
+
+@contextmanager
+def ready_service(ports: list[int]) -> Iterator[int]:
+    """A loopback stand-in for the operator's Service (yields its port): each connection goes to the first of
+    `ports` whose /readyz answers 200, as kube-proxy routes only to ready endpoints; closed where none is.
+    One request per connection (the plan endpoint closes each), served in turn, every socket timed out."""
+    import urllib.request
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def ready(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def forward(conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        request = b""
+        while b"\r\n\r\n" not in request and len(request) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        port = next((p for p in ports if ready(p)), None)
+        if port is None:
+            return
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as up:
+            up.sendall(request)
+            while chunk := up.recv(65536):
+                conn.sendall(chunk)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn = listener.accept()[0]
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                forward(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5.0)
+        listener.close()
+
+
+@contextmanager
+def plan_server(api: Any, port: int = 0) -> Iterator[PlanServer]:
+    """The operator's plan endpoint on loopback, reviewing tokens through `api` (the operator's client)."""
+    server = PlanServer(TokenReviewer(api, AGENT), "127.0.0.1", port)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def policy(budget_w: float = 2400.0, **spec: Any) -> dict[str, Any]:
@@ -86,9 +179,11 @@ def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> 
 
 
 @contextmanager
-def running_agent(client: Any, nvml: FakeNvml, interval_s: float = 0.1) -> Iterator[NodeAgent]:
-    """The node agent stepped in a thread of its own on the fake NVML; default limits restored on exit."""
-    agent = NodeAgent(NODE, NvmlDevices(nvml), client, safe_cap_share=0.6, default_ttl_s=5.0)
+def running_agent(client: Any, nvml: FakeNvml, link: Link, interval_s: float = 0.1) -> Iterator[NodeAgent]:
+    """The node agent stepped in a thread of its own on the fake NVML, asking `link` for its plan; default
+    limits restored on exit."""
+    agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, safe_cap_share=0.6,
+                      default_ttl_s=5.0, timeout_s=1.0)
     stop = threading.Event()
 
     def loop() -> None:

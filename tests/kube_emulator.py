@@ -9,9 +9,11 @@ controller writes a Deployment's rollout status after each change of its spec (`
 resources are served once their CustomResourceDefinition is created (the files in deploy/), and every write
 of one is pruned and validated against the CRD's openAPIV3Schema (tests/kube_schema.py), a refusal answered
 422 Invalid with a cause per field as the API server answers. `fail` scripts the failures a real server has
-(a 409, a 500, a slow answer) for the actuators' error maps. This module holds the store; the HTTP side
-(paths, discovery, watches) is tests/kube_http.py. Kept in memory; the server runs in daemon threads, every
-watch ends within half a second of `close()` and by itself after `watch_s`.
+(a 409, a 500, a slow answer) for the actuators' error maps. TokenReviews are answered from `tokens` (issued
+by `issue`) as the API server answers them: the token's user with its `extra` (the node of a pod's bound
+token) and the audiences it shares with `spec.audiences`, or unauthenticated with an error. This module
+holds the store; the HTTP side (paths, discovery, watches) is tests/kube_http.py. Kept in memory; the server
+runs in daemon threads, every watch ends within half a second of `close()` and by itself after `watch_s`.
 
 Why not kmock (PyPI, by kopf's author): its emulator serves from the test's asyncio loop (async tests and
 pytest-asyncio throughout) and merges every write without a resourceVersion check, so a Lease held by two
@@ -51,7 +53,20 @@ BUILTIN = (
     Kind("apps", "v1", "deployments", "Deployment", True, ("scale", "status")),
     Kind("coordination.k8s.io", "v1", "leases", "Lease", True),
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False),
+    Kind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False),
 )
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+"""The API server's own audience: a token's where it names none, and a review's where it asks for none."""
+
+
+@dataclass(frozen=True)
+class TokenUser:
+    """Who a token is: a ServiceAccount's username, the audiences it was issued for and, for a pod's bound
+    token, the pod's node (the `authentication.kubernetes.io/node-name` extra, Kubernetes 1.30+)."""
+
+    username: str
+    audiences: tuple[str, ...] = (API_AUDIENCE,)
+    node: str | None = None
 
 
 def merge(target: Any, patch: Any, strategic: bool = False) -> Any:
@@ -112,6 +127,8 @@ class KubeEmulator:
         self.watch_s = watch_s
         self.requests: list[tuple[str, str, str]] = []
         """(bearer token, method, path) of every request."""
+        self.tokens: dict[str, TokenUser] = {}
+        """Bearer token -> who it is, for TokenReviews."""
         self.faults: list[Fault] = []
         """Scripted failures, the first that matches a request answering it (see `fail`)."""
         self.closing = threading.Event()
@@ -149,6 +166,34 @@ class KubeEmulator:
                         f.times -= 1
                     return f
             return None
+
+    def issue(self, user: TokenUser) -> str:
+        """A new token for `user`, as the kubelet's TokenRequest gets a pod's projected token."""
+        token = f"tok-{uuid.uuid4().hex}"
+        self.tokens[token] = user
+        return token
+
+    def review(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A TokenReview's answer (nothing is stored): authenticated where the token is known and shares an
+        audience with the review's (the API server's own where it names none)."""
+        spec = body.get("spec") or {}
+        user = self.tokens.get(str(spec.get("token") or ""))
+        wanted = spec.get("audiences") or [API_AUDIENCE]
+        status: dict[str, Any] = {"user": {}}
+        if user is None:
+            status.update(authenticated=False, error="[invalid bearer token, token lookup failed]")
+        elif not set(wanted) & set(user.audiences):
+            status.update(authenticated=False, error=f"[invalid bearer token, token audiences {list(user.audiences)} "
+                          f"is invalid for the target audiences {wanted}]")
+        else:
+            ns = user.username.split(":")[2] if user.username.startswith("system:serviceaccount:") else ""
+            extra = {} if user.node is None else {"authentication.kubernetes.io/node-name": [user.node]}
+            status = {"authenticated": True, "audiences": [a for a in wanted if a in user.audiences],
+                      "user": {"username": user.username, "uid": str(uuid.uuid5(uuid.NAMESPACE_OID, user.username)),
+                               "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                                          "system:authenticated"], "extra": extra}}
+        return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": spec,
+                "status": status}
 
     # -- direct access for tests ---------------------------------------------------------------
     def put(self, group: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:

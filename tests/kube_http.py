@@ -119,6 +119,8 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                     items, rv = emu._list(gp, ns, query.get("labelSelector", ""))
                     self._send(200, {"kind": f"{kind.kind}List", "apiVersion": "v1", "items": items,
                                      "metadata": {"resourceVersion": str(rv)}})
+                elif name is None and method == "POST" and gp == ("authentication.k8s.io", "tokenreviews"):
+                    self._send(201, emu.review(body))
                 elif name is None and method == "POST":
                     self._send(201, emu._create(gp, ns or "", body))
                 elif method == "GET":

@@ -1,21 +1,28 @@
 """The node agent, stepped with explicit times against the API emulator and a fake `pynvml` raising the real error
 classes: it follows a renewed plan, fails closed (safe caps, never a rise) when the plan is absent, stale or
-unreadable, survives NVML errors GPU by GPU, and restores the default limits on release and on exit."""
+unreadable, survives NVML errors GPU by GPU, and restores the default limits on release and on exit. Its plan
+comes from the operator's plan endpoint (controller/cluster/plan_server.py, here serving the plan stored in the
+emulator), which reviews the agent's token with the emulator and serves only the node the token names."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pynvml
 import pytest
-from cluster_fixtures import NODE, start
+import yaml
+from cluster_fixtures import AGENT, NODE, agent_token, plan_server, start
 from fake_pynvml import FakeGpu, FakeNvml
-from kube_emulator import KubeEmulator
+from kube_emulator import API_AUDIENCE, KubeEmulator
 
 from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
+from controller.cluster.plan_server import PlanServer
 from controller.cluster.resources import GROUP, PLANS
 
 
@@ -27,12 +34,22 @@ def emu(tmp_path: Any) -> Iterator[KubeEmulator]:
     e.close()
 
 
-def agent_on(emu: KubeEmulator, nvml: FakeNvml, tmp_path: Any) -> NodeAgent:
-    import yaml
+@pytest.fixture
+def served(emu: KubeEmulator, tmp_path: Path) -> Iterator[PlanServer]:
+    """The operator's plan endpoint serving what the emulator stores as each node's plan, as the leader."""
+    path = tmp_path / "operator-kubeconfig"
+    path.write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    with plan_server(api_client(str(path))) as server:
+        server.attach(lambda node: (emu.get(GROUP, PLANS, node) or {}).get("spec"), lambda: True)
+        yield server
 
+
+def agent_on(emu: KubeEmulator, nvml: FakeNvml, tmp_path: Any, server: PlanServer, token_file: str = "") -> NodeAgent:
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
-    return NodeAgent(NODE, NvmlDevices(nvml), api_client(str(path)), safe_cap_share=0.6, default_ttl_s=10.0)
+    token_file = token_file or agent_token(emu, tmp_path / "token")
+    return NodeAgent(NODE, NvmlDevices(nvml), api_client(str(path)), f"http://127.0.0.1:{server.port}", token_file,
+                     safe_cap_share=0.6, default_ttl_s=10.0, timeout_s=1.0)
 
 
 def put_plan(emu: KubeEmulator, sequence: int, limits_w: dict[str, float], safe_w: dict[str, float] | None = None,
@@ -50,28 +67,30 @@ def limits(nvml: FakeNvml) -> list[float]:
     return [g.limit_mw / 1000 for g in nvml.gpus]
 
 
-def test_no_plan_sets_safe_caps_without_raising_a_limit(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_no_plan_sets_safe_caps_without_raising_a_limit(emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
     nvml = FakeNvml([FakeGpu(), FakeGpu(limit_mw=300_000)])
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     assert agent.step(0.0) == "failsafe"
     assert limits(nvml) == [420.0, 300.0]  # 0.6 x 700 W; the 300 W GPU is not raised to it
     assert agent.metrics.failsafe.labels(NODE)._value.get() == 1.0
 
 
-def test_a_stale_plan_without_safe_caps_uses_the_policys_safe_cap_share(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_a_stale_plan_without_safe_caps_uses_the_policys_safe_cap_share(emu: KubeEmulator, tmp_path: Any,
+                                                                        served: PlanServer) -> None:
     """The plan carries the PowerPolicy's safe_cap_share: it, not the agent's flag, sets a GPU's safe cap where the
     plan has none for it (a GPU the operator has not read yet)."""
     nvml = FakeNvml([FakeGpu(), FakeGpu()])
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     put_plan(emu, 1, {"0": 650.0, "1": 650.0}, {"0": 300.0})
     emu.patch(GROUP, PLANS, NODE, {"spec": {"safe_cap_share": 0.5}})
     assert agent.step(0.0) == "following"
     assert agent.step(11.0) == "failsafe" and limits(nvml) == [300.0, 350.0]  # 0.5 x 700 W, not 0.6
 
 
-def test_follows_a_renewed_plan_then_fails_closed_when_it_goes_stale(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_follows_a_renewed_plan_then_fails_closed_when_it_goes_stale(emu: KubeEmulator, tmp_path: Any,
+                                                                     served: PlanServer) -> None:
     nvml = FakeNvml([FakeGpu(), FakeGpu()])
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     put_plan(emu, 1, {"0": 650.0, "1": 350.0}, {"0": 300.0, "1": 250.0})
     assert agent.step(0.0) == "following" and limits(nvml) == [650.0, 350.0]
     put_plan(emu, 2, {"0": 500.0, "1": 400.0}, {"0": 300.0, "1": 250.0})
@@ -85,23 +104,23 @@ def test_follows_a_renewed_plan_then_fails_closed_when_it_goes_stale(emu: KubeEm
     assert agent.step(19.0) == "following" and limits(nvml) == [520.0, 420.0]
 
 
-def test_an_unreachable_api_fails_closed_after_the_ttl(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_an_unreachable_operator_fails_closed_after_the_ttl(emu: KubeEmulator, tmp_path: Any,
+                                                             served: PlanServer) -> None:
     nvml = FakeNvml([FakeGpu()])
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     put_plan(emu, 1, {"0": 600.0}, {"0": 350.0})
     assert agent.step(0.0) == "following"
-    emu.close()
-    agent.timeout_s = 0.5
+    served.close()
     assert agent.step(5.0) == "following" and limits(nvml) == [600.0]
     assert agent.step(11.0) == "failsafe" and limits(nvml) == [350.0]
     assert agent.metrics.errors.labels("plan")._value.get() == 2
 
 
-def test_nvml_errors_are_survived_gpu_by_gpu(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_nvml_errors_are_survived_gpu_by_gpu(emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
     nvml = FakeNvml([FakeGpu(), FakeGpu(), FakeGpu()])
     nvml.fail[("set", 1)] = pynvml.NVMLError_NoPermission
     nvml.fail[("name", 2)] = pynvml.NVMLError_GpuIsLost
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     put_plan(emu, 1, {"0": 500.0, "1": 500.0, "2": 500.0})
     assert agent.step(0.0) == "following"
     assert limits(nvml) == [500.0, 700.0, 700.0]  # GPU 1 refused, GPU 2 unreadable; GPU 0 set
@@ -110,9 +129,9 @@ def test_nvml_errors_are_survived_gpu_by_gpu(emu: KubeEmulator, tmp_path: Any) -
     assert [g["index"] for g in (emu.get(GROUP, PLANS, NODE) or {})["status"]["gpus"]] == [0]
 
 
-def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path: Any) -> None:
+def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
     nvml = FakeNvml([FakeGpu(), FakeGpu()])
-    agent = agent_on(emu, nvml, tmp_path)
+    agent = agent_on(emu, nvml, tmp_path, served)
     put_plan(emu, 1, {"0": 400.0, "1": 400.0})
     agent.step(0.0)
     assert limits(nvml) == [400.0, 400.0]
@@ -143,3 +162,83 @@ def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, t
     assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wattscale: agent: NVML init: ") and len(err.splitlines()) == 1
+
+
+def ask(server: PlanServer, node: str, token: str) -> int:
+    """The HTTP status the plan endpoint answers a GET of `node`'s plan with `token`."""
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/nodes/{node}/plan",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_only_the_agents_own_node_is_served_and_tokens_are_reviewed_once_a_minute(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """The agent follows its own node's plan, its token re-read at every request (the kubelet rotates it);
+    another node's agent token is refused that plan (403), so are another ServiceAccount's token (403) and the
+    agent's token for the API server's audience or an unknown one (401). One TokenReview per token a minute."""
+    nvml = FakeNvml([FakeGpu()])
+    token_file = agent_token(emu, tmp_path / "token")
+    agent = agent_on(emu, nvml, tmp_path, served, token_file)
+    put_plan(emu, 1, {"0": 480.0})
+    assert agent.step(0.0) == "following" and limits(nvml) == [480.0]
+    agent_token(emu, tmp_path / "token")  # rotated: the next request sends the new token
+    put_plan(emu, 2, {"0": 460.0})
+    assert agent.step(1.0) == "following" and limits(nvml) == [460.0]
+    own = (tmp_path / "token").read_text()
+    other = agent_token(emu, tmp_path / "other", node="gpu-b")
+    assert ask(served, "gpu-b", Path(other).read_text()) == 404  # its own node: no plan yet
+    assert ask(served, NODE, Path(other).read_text()) == 403
+    wrong = {"another account": ("system:serviceaccount:llm:default", (served.reviewer.audience,), NODE),
+             "the API server's audience": (AGENT, (API_AUDIENCE,), NODE),
+             "no node in the token": (AGENT, (served.reviewer.audience,), None)}
+    codes = {why: ask(served, NODE, Path(agent_token(emu, tmp_path / "t", node, user, aud)).read_text())
+             for why, (user, aud, node) in wrong.items()}
+    assert codes == {"another account": 403, "the API server's audience": 401, "no node in the token": 403}
+    assert ask(served, NODE, "forged") == 401 and ask(served, NODE, "") == 401
+    assert [ask(served, NODE, own) for _ in range(3)] == [200] * 3
+    reviews = [p for t, m, p in emu.requests if m == "POST" and p.endswith("/tokenreviews")]
+    assert len(reviews) == 2 + 1 + 3 + 1  # each token once: two of the agent's, the other node's, three, forged
+    assert {t for t, m, p in emu.requests if p.endswith("/tokenreviews")} == {"operator"}
+
+
+def test_a_standby_answers_503_and_the_agent_holds_its_plan_then_fails_safe(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """Only the Lease holder serves: elsewhere every plan request is answered 503 and /readyz too (the Service
+    routes to the leader). An agent answered 503 keeps its last plan until the TTL, then sets the safe caps."""
+    leading = [True]
+    served.attach(lambda node: (emu.get(GROUP, PLANS, node) or {}).get("spec"), lambda: leading[0])
+    nvml = FakeNvml([FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served)
+    put_plan(emu, 1, {"0": 600.0}, {"0": 350.0})
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=2.0) as answer:
+        assert answer.status == 200
+    assert agent.step(0.0) == "following" and limits(nvml) == [600.0]
+    leading[0] = False
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=2.0)
+    assert refused.value.code == 503
+    assert ask(served, NODE, (tmp_path / "token").read_text()) == 503
+    assert agent.step(9.0) == "following" and limits(nvml) == [600.0]  # the last plan, within its 10 s TTL
+    assert agent.step(10.5) == "failsafe" and limits(nvml) == [350.0]
+    assert agent.metrics.errors.labels("plan")._value.get() == 2
+    leading[0] = True
+    put_plan(emu, 2, {"0": 500.0}, {"0": 350.0})
+    assert agent.step(11.0) == "following" and limits(nvml) == [500.0]
+
+
+def test_a_failed_token_review_answers_503_while_a_reviewed_token_is_still_served(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """The API server failing the TokenReview: a token not yet reviewed is answered 503 (not 401: it may be
+    good), and asked about again only after a few seconds; a token reviewed within the minute is served."""
+    put_plan(emu, 1, {"0": 480.0})
+    known = Path(agent_token(emu, tmp_path / "known")).read_text()
+    assert ask(served, NODE, known) == 200
+    emu.fail("POST", r"/tokenreviews$", code=500)
+    fresh = Path(agent_token(emu, tmp_path / "fresh")).read_text()
+    assert [ask(served, NODE, fresh) for _ in range(3)] == [503] * 3
+    assert ask(served, NODE, known) == 200
+    assert sum(p.endswith("/tokenreviews") for _, _, p in emu.requests) == 2  # the known token's, one failed

@@ -19,12 +19,17 @@ import pytest
 import yaml
 from cluster_fixtures import (
     NS,
+    Link,
+    agent_token,
     deployment,
+    free_port,
     gpus,
     granted,
     plan,
+    plan_server,
     pod,
     policy,
+    ready_service,
     running_agent,
     service,
     start,
@@ -62,6 +67,16 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[K
         yield emu, api_client(str(agent))
     finally:
         emu.close()
+
+
+@pytest.fixture
+def link(cluster: tuple[KubeEmulator, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Link:
+    """The agent's way to the plan endpoint of the operator run in this process (WATTSCALE_PLAN_PORT), with
+    the agent's projected token for it."""
+    port = free_port()
+    monkeypatch.setenv("WATTSCALE_PLAN_PORT", str(port))
+    monkeypatch.setenv("WATTSCALE_PLAN_LISTEN", "127.0.0.1")
+    return Link(port, agent_token(cluster[0], tmp_path / "agent-token"))
 
 
 @contextmanager
@@ -116,7 +131,8 @@ def events_on(emu: KubeEmulator, name: str) -> list[dict[str, Any]]:
     return [e for e in emu.items("", "events") if e["involvedObject"]["name"] == name]
 
 
-def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: tuple[KubeEmulator, Any]) -> None:
+def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: tuple[KubeEmulator, Any],
+                                                                      link: Link) -> None:
     emu, client = cluster
     nvml = gpus()
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
@@ -127,7 +143,7 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
     budget = {"safe_budget_w": 1800.0, "sources": [{"kind": "fixed", "name": "contract", "budget_w": 2200.0}]}
     emu.put(GROUP, POLICIES, policy(domains=[rack], budget=budget))
-    with running_agent(client, nvml), KopfRunner(OPERATOR, timeout=20) as runner:
+    with running_agent(client, nvml, link), KopfRunner(OPERATOR, timeout=20) as runner:
         until(lambda: replicas(emu, "vllm-chat") == 2, what="the scale subresource patched to min_replicas")
         until(lambda: max_num_seqs(emu, "vllm-chat") != 100, what="--max-num-seqs patched")
         st = until(lambda: status_of(emu, "chat").get("decision") and status_of(emu, "chat"), what="status")
@@ -168,15 +184,19 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
         assert used <= granted(who), f"{who} calls what its RBAC does not grant: {used - granted(who)}"
         assert {"operator": ("apps", "deployments/scale", "patch"),
                 "agent": (GROUP, "nodepowerplans/status", "patch")}[who] in used
+    reviews = {verb(method, path) for token, method, path in emu.requests if path.endswith("/tokenreviews")}
+    assert reviews == {("authentication.k8s.io", "tokenreviews", "create")}  # the operator reviewed the agent
+    assert not any(p.startswith(f"/apis/{GROUP}/") and m == "GET" for t, m, p in emu.requests if t == "agent")
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, state_dir: Path, log: Path,
-                     duration_s: float) -> Iterator[subprocess.Popen[bytes]]:
+def operator_process(kubeconfig: Path, state_dir: Path, log: Path, duration_s: float,
+                     plan_port: int) -> Iterator[subprocess.Popen[bytes]]:
     """`wattscale operator` as a process of its own (a second replica), logging to `log`; it stops by itself
     after `duration_s`, and is killed on exit if it has not."""
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(kubeconfig), "--namespace",
-            "wattscale", "--state-dir", str(state_dir), "--metrics-port", "0", "--duration", str(duration_s)]
+            "wattscale", "--state-dir", str(state_dir), "--metrics-port", "0", "--duration", str(duration_s),
+            "--plan-port", str(plan_port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -200,13 +220,20 @@ def raised(node_plan: dict[str, Any] | None, before_mw: list[int]) -> dict[str, 
     return {i: w for i, w in limits.items() if w > before_mw[int(i)] / 1000 + 1.0}
 
 
+def following_plan(emu: KubeEmulator) -> bool:
+    """Whether the agent reports the plan's current sequence, following: it reached the plan's writer."""
+    p = plan(emu) or {}
+    return bool(p.get("status", {}).get("mode") == "following"
+                and p["status"].get("plan_sequence") == p.get("spec", {}).get("sequence"))
+
+
 def lease_holder(emu: KubeEmulator) -> str:
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {}
     return str(lease.get("spec", {}).get("holderIdentity") or "")
 
 
 def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
-        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+        cluster: tuple[KubeEmulator, Any], link: Link, tmp_path: Path) -> None:
     """Two operators: kopf in this process leads; `wattscale operator` in a process of its own reads the Lease
     and writes nothing (no scale, no patch, no plan, no status) while the leader holds it; it takes over when
     the leader exits, and the first operator restarted takes over from it in turn: neither hand-over raises
@@ -218,8 +245,9 @@ def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
     kubeconfig = tmp_path / "standby-kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig("standby")))
     log = tmp_path / "standby.log"
-    with running_agent(client, nvml), \
-            operator_process(kubeconfig, tmp_path / "standby-state", log, duration_s=30.0) as standby:
+    standby_port = free_port()
+    with ready_service([link.port, standby_port]) as port, running_agent(client, nvml, Link(port, link.token_file)), \
+            operator_process(kubeconfig, tmp_path / "standby-state", log, 30.0, standby_port) as standby:
         with KopfRunner(OPERATOR, timeout=20) as first:
             until(lambda: status_of(emu, "chat").get("decision"), what="a plan")
             leader = lease_holder(emu)
@@ -239,7 +267,7 @@ def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
         until(lambda: (GROUP, "nodepowerplans", "patch") in writes(emu, "standby", seen), what="its plans")
         until(lambda: (emu.get(GROUP, POLICIES, "default") or {}).get("status", {}).get("leader") == second,
               what="the standby's status")
-        time.sleep(1.0)  # the agent follows the new leader's plan
+        until(lambda: following_plan(emu), what="the agent following the new leader's plan (the Service to it)")
         rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
         assert not rises, f"the take-over raised caps: {rises} over {before}"
         assert not raised(plan(emu), before), "the new leader's plan raises a cap"
@@ -251,7 +279,7 @@ def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
         with KopfRunner(OPERATOR, timeout=20) as restarted:
             until(lambda: lease_holder(emu) not in ("", second), timeout_s=10.0, what="a restarted leader")
             until(lambda: (plan(emu) or {})["spec"]["sequence"] > sequence, what="the restarted leader's plan")
-            time.sleep(1.0)
+            until(lambda: following_plan(emu), what="the agent following the restarted leader's plan")
         assert restarted.exit_code == 0, restarted.output
         rises = [(i, mw) for i, mw in nvml.sets[sets_before:] if mw > before[i] + 1000]
         assert not rises, f"a restart raised caps: {rises} over {before}"
@@ -311,7 +339,8 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy())
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
-            "--duration", "4", "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
+            "--duration", "4", "--metrics-port", "0", "--plan-port", str(free_port()), "--state-dir",
+            str(tmp_path / "state"), "--namespace", "ops"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
@@ -320,18 +349,20 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
 
 
 def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_plans_nor_the_lease(
-        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+        cluster: tuple[KubeEmulator, Any], link: Link, tmp_path: Path) -> None:
     """A Prometheus that never answers holds the slow tick for its timeout (4 s, four slow periods): meanwhile
     the fast step goes on every fast_interval_s, the node plan is renewed each quarter of its TTL (5 s; the
     agent keeps following it) and the Lease (3 s) is renewed."""
     emu, client = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
-    with silent_server() as (url, accepted), running_agent(client, gpus()) as agent:
+    with silent_server() as (url, accepted), \
+            plan_server(api_client(str(tmp_path / "kubeconfig")), link.port) as server, \
+            running_agent(client, gpus(), link) as agent:
         body = policy()
         body["spec"].update(telemetry={"timeout_s": 4.0, "prometheus_url": url})
         emu.put(GROUP, POLICIES, body)
         loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                           str(tmp_path / "state"), lease_s=3.0)
+                           str(tmp_path / "state"), lease_s=3.0, server=server)
         t0 = time.monotonic()
         loop.step(0.0)
         assert loop.controller is not None
@@ -355,7 +386,7 @@ def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_p
 
 
 def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
-        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+        cluster: tuple[KubeEmulator, Any], link: Link, tmp_path: Path) -> None:
     """A pod scheduled onto an idle GPU: the GPU leaves its minimum limit for the service's cap within a few
     fast ticks, though the next slow tick is a minute away."""
     emu, client = cluster
@@ -363,9 +394,10 @@ def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
     body = policy()
     body["spec"].update(daemon={"fast_interval_s": 0.2, "slow_interval_s": 60.0}, safe_cap_share=0.5)
     emu.put(GROUP, POLICIES, body)
-    with running_agent(client, gpus()):
+    with plan_server(api_client(str(tmp_path / "kubeconfig")), link.port) as server, \
+            running_agent(client, gpus(), link):
         loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                           str(tmp_path / "state"))
+                           str(tmp_path / "state"), server=server)
         t0 = time.monotonic()
 
         def limits() -> dict[str, float]:
@@ -455,8 +487,8 @@ def test_a_standby_times_the_leaders_lease_on_its_own_clock_whatever_the_leaders
     assert time.monotonic() - stopped >= 1.0
 
 
-def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmulator, Any], link: Link,
+                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A Deployment that cannot be read (here: gone) between two owner refreshes: its GPUs keep their service
     (not dropped to the minimum as unowned); the failure is counted every refresh and logged once."""
     emu, client = cluster
@@ -464,9 +496,10 @@ def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmu
     body = policy()
     body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
     emu.put(GROUP, POLICIES, body)
-    with running_agent(client, gpus()):
+    with plan_server(api_client(str(tmp_path / "kubeconfig")), link.port) as server, \
+            running_agent(client, gpus(), link):
         loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                           str(tmp_path / "state"))
+                           str(tmp_path / "state"), server=server)
         t0 = time.monotonic()
         until(lambda: loop.step(time.monotonic() - t0) and loop.plans is not None and len(loop.plans.index) == 4,
               what="the four GPUs read")
@@ -483,7 +516,7 @@ def test_pods_that_cannot_be_listed_keep_the_owners_known(cluster: tuple[KubeEmu
 def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[KubeEmulator, Any],
                                                                   tmp_path: Path) -> None:
     """The Lease taken by another while a slow tick is in flight: that tick's scale and patch calls are refused
-    (the Deployment is left as the new leader wants it)."""
+    (the Deployment is left as the new leader wants it), and its plan endpoint is no longer ready."""
     from actuators import TransientActuatorError
 
     emu, _ = cluster
@@ -491,15 +524,17 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
     body = policy()
     body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
     emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale", str(tmp_path / "state"))
-    loop.step(0.0)
-    c = loop.controller
-    assert c is not None
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
-        "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
-    loop.step(0.2)
-    assert loop.controller is None and not loop.lease.valid()
+    with plan_server(api_client(str(tmp_path / "kubeconfig"))) as server:
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "old", "wattscale",
+                           str(tmp_path / "state"), server=server)
+        loop.step(0.0)
+        c = loop.controller
+        assert c is not None and server.ready()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
+            "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
+        loop.step(0.2)
+        assert loop.controller is None and not loop.lease.valid() and not server.ready()
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
         c.enforcer.replicas.set_replicas(f"{NS}/chat", "H100-SXM", 3)
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):

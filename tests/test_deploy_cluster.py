@@ -135,13 +135,47 @@ def test_the_base_renders_with_one_namespace_and_agreeing_accounts() -> None:
 def test_rbac_is_exactly_what_each_component_calls() -> None:
     rules = {d["metadata"]["name"]: d["rules"] for d in render() if d["kind"] in ("ClusterRole", "Role")}
     agent = {(r, v) for rule in rules["wattscale-agent"] for r in rule["resources"] for v in rule["verbs"]}
-    assert agent == {("nodepowerplans", "get"), ("nodepowerplans/status", "patch")}
+    assert agent == {("nodepowerplans/status", "patch")}  # no read of any plan: the operator serves its own
     operator = {(r, v) for rule in rules["wattscale-operator"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("tokenreviews", "create") in operator  # the agents' tokens reviewed
     assert not any(v in ("delete", "deletecollection", "*", "escalate", "bind") for _, v in operator)
     assert not any(r in ("secrets", "*") for r, _ in operator)
     assert ("llmservices", "patch") not in operator and ("nodepowerplans", "delete") not in operator
     assert {(r, v) for rule in rules["wattscale-operator-lease"] for r in rule["resources"]
             for v in rule["verbs"]} == {("leases", "get"), ("leases", "create"), ("leases", "update")}
+
+
+def test_the_agent_reaches_the_leaders_plan_endpoint_through_the_service_with_its_own_audience() -> None:
+    """The agent's --operator-url is the operator's Service, whose port is the container's plans port; only
+    the Lease holder is ready there (/readyz); the agent's projected token has the operator's audience, is
+    mounted where --token-file reads it, and its ServiceAccount is the one the operator serves."""
+    import itertools
+
+    from controller.cluster.plan_server import AUDIENCE
+
+    docs = render()
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    def flags(args: list[str]) -> dict[str, str]:
+        return {a: b for a, b in itertools.pairwise(args) if a.startswith("--")}
+
+    operator = by["Deployment", "wattscale-operator"]["spec"]["template"]
+    agent = by["DaemonSet", "wattscale-agent"]["spec"]["template"]["spec"]
+    op, ag = operator["spec"]["containers"][0], agent["containers"][0]
+    service = by["Service", "wattscale-operator"]["spec"]
+    assert service["selector"].items() <= operator["metadata"]["labels"].items()
+    port = next(p for p in service["ports"] if p["name"] == "plans")
+    assert {"name": "plans", "containerPort": port["port"]} in op["ports"] and port["targetPort"] == "plans"
+    assert int(flags(op["args"])["--plan-port"]) == port["port"] and flags(op["args"])["--plan-listen"] == "0.0.0.0"
+    assert op["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "plans"}
+    assert flags(ag["args"])["--operator-url"] == f"http://wattscale-operator.wattscale.svc:{port['port']}"
+    assert flags(op["args"])["--agent-account"] == agent["serviceAccountName"]
+    token = flags(ag["args"])["--token-file"]
+    mount = next(m for m in ag["volumeMounts"] if token.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in agent["volumes"] if v["name"] == mount["name"])
+    [source] = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == AUDIENCE and mount["readOnly"]
+    assert token == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
 
 
 def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None:

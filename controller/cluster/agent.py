@@ -1,6 +1,10 @@
 """The node agent (`wattscale agent`, a DaemonSet): applies its node's NodePowerPlan to the GPUs through NVML
 and reports their readings in the plan's status, where the operator's fast loop reads them.
 
+The plan comes from the acting operator (`GET /v1/nodes/<node>/plan` on its Service), asked with the pod's
+projected token for the audience `wattscale-operator`, re-read at each request (the kubelet rotates it): the
+operator serves only the node that token names, so the agent needs no read of NodePowerPlans in the API.
+
 Fail-closed: the plan is fresh while the operator renews it (its `sequence` moves) within its `ttl_s`, timed
 on this node's own clock, so no clock skew between nodes matters. A plan gone stale, absent or unreadable
 sets each GPU to the plan's safe cap, or the agent's own (a share of the GPU's maximum) where the plan has
@@ -10,8 +14,12 @@ GPU back at its default limit; so does the agent's exit.
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from http.client import HTTPException
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -23,6 +31,7 @@ from controller.cluster.resources import GROUP, PLANS, VERSION
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"
+MAX_PLAN_BYTES = 1 << 20
 
 
 class AgentMetrics:
@@ -39,12 +48,15 @@ class AgentMetrics:
 
 
 class NodeAgent:
-    def __init__(self, node: str, devices: NvmlDevices, api_client: Any, registry: CollectorRegistry | None = None,
-                 safe_cap_share: float = 0.6, default_ttl_s: float = 60.0, timeout_s: float = 5.0,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, node: str, devices: NvmlDevices, api_client: Any, operator_url: str, token_file: str,
+                 registry: CollectorRegistry | None = None, safe_cap_share: float = 0.6, default_ttl_s: float = 60.0,
+                 timeout_s: float = 5.0, clock: Callable[[], float] | None = None) -> None:
         from kubernetes.client import CustomObjectsApi
 
         self.node, self.devices = node, devices
+        self.plan_url = f"{operator_url.rstrip('/')}/v1/nodes/{node}/plan"
+        self.token_file = token_file
+        self.http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # in-cluster: no proxy
         self.limiter = NvmlPowerLimiter(devices, min_interval_s=0.0, **({"clock": clock} if clock else {}))
         self.custom = CustomObjectsApi(api_client)
         self.metrics = AgentMetrics(registry or CollectorRegistry())
@@ -65,24 +77,30 @@ class NodeAgent:
         self.failing.add(kind)
 
     def _plan(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
+        """This node's plan as the acting operator serves it; None where it has none for this node. OSError or
+        ValueError or HTTPException where no plan came: unreachable, a timeout, 401/403/503, a body that is not
+        a plan, a broken answer."""
+        with open(self.token_file, encoding="utf-8") as f:
+            token = f.read(1 << 16).strip()
+        request = urllib.request.Request(self.plan_url, headers={"Authorization": f"Bearer {token}"})
         try:
-            plan = self.custom.get_cluster_custom_object(GROUP, VERSION, PLANS, self.node,
-                                                         _request_timeout=self.timeout_s)
-        except ApiException as exc:
-            if exc.status == 404:
+            with self.http.open(request, timeout=self.timeout_s) as answer:
+                plan = json.loads(answer.read(MAX_PLAN_BYTES))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
                 return None
             raise
+        if not isinstance(plan, dict) or not isinstance(plan.get("spec"), dict):
+            raise ValueError("the answer is not a NodePowerPlan")
         self.failing.discard("plan")
-        return dict(plan)
+        return plan
 
     def step(self, now: float) -> str:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
         try:
             plan = self._plan()
-        except Exception as exc:
-            self._once("plan", str(translate(exc, f"NodePowerPlan {self.node}")))
+        except (OSError, ValueError, HTTPException) as exc:
+            self._once("plan", f"{self.plan_url}: {exc}")
             plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
         self.last = plan
         spec = (plan or {}).get("spec") or {}

@@ -5,7 +5,9 @@ exists; kopf stops it when the policy is deleted (the agents are then told to re
 operator exits (the plans are left to the agents' TTL). Every replica of the operator runs it; only the
 holder of the Lease acts. Configuration comes from the environment `wattscale operator` sets:
 WATTSCALE_POLICY (the PowerPolicy acted on), WATTSCALE_NAMESPACE (the Lease's and cluster Events'),
-WATTSCALE_STATE_DIR (tuner state, decision log), KUBECONFIG (empty: in-cluster).
+WATTSCALE_STATE_DIR (tuner state, decision log), KUBECONFIG (empty: in-cluster), WATTSCALE_PLAN_LISTEN and
+WATTSCALE_PLAN_PORT (the agents' plan endpoint; no port: none), WATTSCALE_AGENT_ACCOUNT (the agents'
+ServiceAccount in the operator's namespace).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import api_client
 from controller.cluster.operator import ClusterLoop
+from controller.cluster.plan_server import PlanServer, TokenReviewer
 from controller.cluster.resources import GROUP, POLICIES, VERSION
 from controller.own_metrics import OwnMetrics
 
@@ -39,6 +42,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     memo.client = api_client(os.environ.get("KUBECONFIG", ""))
     memo.metrics = OwnMetrics(getattr(memo, "registry", None) or CollectorRegistry())
+    memo.plan_server = None
+    port = int(os.environ.get("WATTSCALE_PLAN_PORT") or 0)
+    if port:
+        agents = os.environ.get("WATTSCALE_AGENT_ACCOUNT") or "wattscale-agent"
+        account = f"system:serviceaccount:{memo.namespace}:{agents}"
+        listen = os.environ.get("WATTSCALE_PLAN_LISTEN") or "127.0.0.1"
+        try:
+            memo.plan_server = PlanServer(TokenReviewer(memo.client, account), listen, port)
+        except OSError as exc:
+            raise kopf.PermanentError(f"--plan-listen/--plan-port {listen}:{port}: {exc}") from exc
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "plan_server", None) is not None:
+        memo.plan_server.close()
 
 
 @kopf.on.login()
@@ -56,7 +75,8 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
     if name != memo.policy:
         log.warning("PowerPolicy %s is not acted on: this operator acts on %r", name, memo.policy)
         return
-    loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics)
+    loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics,
+                       server=memo.plan_server)
     t0 = time.monotonic()
     last = ""
     try:

@@ -83,6 +83,8 @@ class NodePlans:
         """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
+        self.specs: dict[str, dict[str, Any]] = {}
+        """Node -> its plan's spec as the API holds it (last written or adopted): what its agent is served."""
 
     def configure(self, plan_ttl_s: float, safe_cap_share: float) -> None:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
@@ -236,7 +238,12 @@ class NodePlans:
         except Exception as exc:
             return [str(translate(exc, f"NodePowerPlan {node}"))]
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
+        self.specs[node] = body["spec"]
         return []
+
+    def spec_of(self, node: str) -> dict[str, Any] | None:
+        """The plan's spec a node's agent is served (controller/cluster/plan_server.py)."""
+        return self.specs.get(node)
 
     def release(self, now: float) -> list[str]:
         """Every plan asks its agent to restore the GPUs' default limits (the policy is gone)."""
@@ -254,6 +261,7 @@ class NodePlans:
         for plan in self._plans():
             node, spec = plan["metadata"]["name"], plan.get("spec") or {}
             self.sequence[node] = int(spec.get("sequence", 0))
+            self.specs[node] = dict(spec)
             held[node] = {k: float(v) for k, v in (spec.get("limits_w") or {}).items()}
             self.written[node] = {"limits_w": dict(spec.get("limits_w") or {}),
                                   "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False,

@@ -26,6 +26,7 @@ from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
 from controller.cluster.nodes import NodePlans, owner_caps
+from controller.cluster.plan_server import PlanServer
 from controller.cluster.resources import (
     GROUP,
     POLICIES,
@@ -86,7 +87,7 @@ class Resources:
 
 class ClusterLoop:
     def __init__(self, api_client: Any, policy_name: str, identity: str, namespace: str, state_dir: str,
-                 metrics: OwnMetrics | None = None, lease_s: float = 15.0) -> None:
+                 metrics: OwnMetrics | None = None, lease_s: float = 15.0, server: PlanServer | None = None) -> None:
         from kubernetes.client import CustomObjectsApi
 
         self.client, self.policy_name, self.state_dir = api_client, policy_name, state_dir
@@ -110,6 +111,8 @@ class ClusterLoop:
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
         """Controller time less the monotonic clock (the budget thread's `now`)."""
+        self.server = server
+        """Serves each node agent its plan while this operator holds the Lease (None: not served here)."""
 
     # -- the resources -------------------------------------------------------------------------
     def read(self) -> Resources:
@@ -188,6 +191,8 @@ class ClusterLoop:
         if pods is not None:
             plans.refresh_owners(pods)
         held = owner_caps(plans, plans.adopt())
+        if self.server is not None:  # served from the plans as adopted: the agents see no renewal until one
+            self.server.attach(plans.spec_of, self.lease.valid)
         for name, a in list(c.assignments.items()):
             if (name, a.accelerator) in held:
                 c.assignments[name] = replace(a, power_cap_w=held[name, a.accelerator])
@@ -237,15 +242,22 @@ class ClusterLoop:
 
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
-        lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps)."""
+        lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps).
+        A release is served while the Lease, no longer renewed, stays valid (its duration: the agents fetch
+        it within that), so the Lease is not given back then: a successor waits for it to expire."""
         self.budget.stop()
         self._stop_worker()
-        if release and self.plans is not None:
+        released = release and self.plans is not None
+        if released:
+            assert self.plans is not None
             for failure in self.plans.release(now):
                 log.warning("release: %s", failure)
         self.controller = None
         self.plans = None
-        self.lease.give_back()
+        if not released:
+            if self.server is not None:
+                self.server.detach()
+            self.lease.give_back()
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, now: float) -> float:
@@ -256,6 +268,8 @@ class ClusterLoop:
             if self.controller is not None:
                 log.warning("the Lease was lost: this operator stops acting")
                 self.controller, self.plans = None, None
+                if self.server is not None:
+                    self.server.detach()
                 self.budget.stop()
                 self._stop_worker()
             return 2.0
