@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer.problem import AcceleratorType
+from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
 from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SHAPES, MAX_SIM_SPEED, check_settings
 from queuemodels import DEFAULT_MODEL, MODELS
@@ -22,8 +22,9 @@ from simulator.personality import PERSONALITIES
 
 __all__ = [
     "AcceleratorSettings", "ActuatorSettings", "DaemonSettings", "MetricsSettings", "OptimizerSettings",
-    "PowerSettings", "PriorSettings", "ServiceSettings", "Settings", "SimWorkloadSettings", "SimulatorSettings",
-    "StabilitySettings", "TelemetrySettings", "check_choices", "load_settings",
+    "PowerDomainSettings", "PowerSettings", "PriorSettings", "ServiceSettings", "Settings", "SimWorkloadSettings",
+    "SimulatorSettings", "StabilitySettings", "TelemetrySettings", "check_choices", "check_domain_lines",
+    "check_domains_nest", "load_settings",
 ]
 
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
@@ -74,104 +75,6 @@ class MetricsSettings:
             raise ConfigError(f"{where}.listen", f"must be an IP address, got {self.listen!r}") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
-
-
-@dataclass(frozen=True)
-class PowerDomainSettings:
-    name: str
-    """Names the domain (a rack, a PDU, a breaker) in logs and errors."""
-    limit_w: float
-    """What the domain's GPUs may draw together, in watts; the governor keeps its headroom under it too."""
-    gpus: tuple[int, ...] = ()
-    """GPU indices (NVML order) fed by this domain; a GPU may be in several only where they nest (a PDU inside
-    its rack), never in two racks."""
-
-    def check(self, where: str) -> None:
-        if not self.name:
-            raise ConfigError(f"{where}.name", "must not be empty")
-        check_positive(self, where, ("limit_w",))
-        check_range(self, where, ("limit_w",), 0.0, 1e8)
-        if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
-            raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
-
-
-def check_domain_lines(lines: Sequence[tuple[str, float]], budget_w: float, where: str) -> None:
-    """Each domain (name, limit) named once, with a limit no higher than the site's budget."""
-    at = f"{where}.domains" if where else "domains"
-    names = [name for name, _ in lines]
-    for name, limit_w in lines:
-        if names.count(name) > 1:
-            raise ConfigError(f"{at}[{name}].name", f"duplicate domain {name!r}")
-        if limit_w > budget_w:
-            raise ConfigError(f"{at}[{name}].limit_w", f"{limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
-
-
-def check_domains_nest(domains: Sequence[PowerDomainSettings], where: str) -> None:
-    """Domains form a tree under the site: two domains sharing a GPU only where one holds the other (a PDU inside
-    its rack; a GPU in two racks is refused), and an inner domain's limit no higher than the one that holds it
-    (two over the same GPUs hold each other: the lower line binds)."""
-    at = f"{where}.domains" if where else "domains"
-    for i, d in enumerate(domains):
-        inner = set(d.gpus)
-        for other in domains[:i]:
-            outer = set(other.gpus)
-            shared = sorted(inner & outer)
-            if not shared or inner == outer:
-                continue
-            if not (inner <= outer or outer <= inner):
-                raise ConfigError(f"{at}[{d.name}].gpus", f"GPU {shared[0]} is in domain {other.name!r} "
-                                  "too, and neither holds the other (a GPU is fed by one rack; domains may only nest)")
-            small, big = (d, other) if inner <= outer else (other, d)
-            if small.limit_w > big.limit_w:
-                raise ConfigError(f"{at}[{small.name}].limit_w", f"{small.limit_w:g} W is above "
-                                  f"{big.limit_w:g} W of domain {big.name!r}, which holds it")
-
-
-@dataclass(frozen=True)
-class PowerSettings:
-    budget_w: float
-    """Site power budget for all managed GPUs, in watts."""
-    mode: Literal["predicted", "caps"] = "predicted"
-    """Budget the optimizer's predicted draw, or (conservative) the sum of the caps."""
-    headroom: float = 0.03
-    """Share of the budget the governor keeps free against measurement noise."""
-    release_below: float = 0.85
-    """The governor lifts emergency caps once measured draw is below this share of the budget."""
-    plan_margin: float = 0.1
-    """In predicted mode, the share of budget x (1 - headroom), where the governor starts cutting, that the
-    plan's predicted mean draw leaves free: room for load that grows between plans, rollouts the stability
-    gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
-    ramp_up_w_per_s: float = 0.0
-    """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
-    load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus
-    one tick's ramp. 0: no ramp limit."""
-    ramp_down_w_per_s: float = 0.0
-    """Most the governor's own lowering of limits (a smaller cap planned, room taken back) may take off the
-    site's draw per second; a budget drop (the site or a domain over its line) is cut at once all the same, and
-    a load that falls cannot be held up. 0: no limit."""
-    domains: tuple[PowerDomainSettings, ...] = ()
-    """`[[power.domains]]`: groups of GPUs (a rack, a PDU) with limits of their own, each held by the governor
-    as the site is, lowest priority first within the domain, even where the site has room."""
-
-    def check(self, where: str) -> None:
-        check_positive(self, where, ("budget_w",))
-        check_range(self, where, ("budget_w",), 0.0, 1e8)
-        check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, 1e8)
-        check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.budget_w, where)
-        check_domains_nest(self.domains, where)
-        if not 0 <= self.headroom < 0.5:
-            raise ConfigError(f"{where}.headroom", f"must be in [0, 0.5), got {self.headroom}")
-        if not 0 < self.release_below < 1:
-            raise ConfigError(f"{where}.release_below", f"must be in (0, 1), got {self.release_below}")
-        if not 0 <= self.plan_margin < 0.5:
-            raise ConfigError(f"{where}.plan_margin", f"must be in [0, 0.5), got {self.plan_margin}")
-
-    def planned_w(self) -> float:
-        """The budget the optimizer plans against: the governor's threshold for caps (they cannot be passed,
-        and the governor holds the limits' sum under it), and for predicted means that less the plan's margin."""
-        if self.mode == "caps":
-            return self.budget_w * (1.0 - self.headroom)
-        return self.budget_w * (1.0 - self.headroom) * (1.0 - self.plan_margin)
 
 
 @dataclass(frozen=True)
