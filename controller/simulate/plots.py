@@ -30,9 +30,7 @@ def power(plt: Any, runs: dict[str, Run], path: Path) -> None:
     ax.plot(first.t_s / 60, first.budget_w, "k--", lw=1.2, label="budget")
     ax.set(xlabel="minutes", ylabel="site draw (W)", title="Site power against the budget")
     ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def slo(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
@@ -49,9 +47,7 @@ def slo(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
                f"ITL <= {svc.itl_ms:g} ms), per {WINDOW_S:g} s")
     axes[0, 0].legend(fontsize=8, ncol=5)
     axes[-1, 0].set_xlabel("minutes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def actuators(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
@@ -69,9 +65,7 @@ def actuators(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None
     for ax in axes[-1]:
         ax.set_xlabel("minutes")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
@@ -83,9 +77,7 @@ def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
     b.set(title="output tokens per joule")
     for ax in (a, b):
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Run], policies: dict[str, Any]) -> list[str]:
@@ -96,3 +88,9 @@ def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Run], policies: di
     actuators(plt, scn, runs, report_dir / "actuators.png")
     energy(plt, policies, report_dir / "energy.png")
     return ["power.png", "slo.png", "actuators.png", "energy.png"]
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
