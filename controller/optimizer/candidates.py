@@ -31,6 +31,8 @@ SPARE_SHAPES = 4
 """Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
 ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
 GRAIN = 0.005
+Needs = dict[tuple[int, float, float | None], int | None]
+"""Replicas each (max batch, cap, clock) shape needs for a service's load (None: more than it may run)."""
 
 
 def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
@@ -74,16 +76,18 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
 
 
 def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-                  clock: float | None, most: int) -> int:
+                  clock: float | None, most: int, needs: Needs) -> int:
     """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
     what carries the load at the batch in force (0 where nothing restarts, or where the batch in force meets
-    the targets at no rate at all: the restart is the remedy)."""
+    the targets at no rate at all: the restart is the remedy). `needs` holds the shapes sized already."""
     cur = svc.current
     if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
         return 0
     shape = ServerShape(cur.max_batch, svc.max_queue, cap_w, clock)
     params, profile = svc.params[acc.name], svc.profile(acc)
-    n = replicas_needed(problem.queue_model, params, svc.load, shape, svc.targets, profile, most)
+    key = (cur.max_batch, cap_w, clock)
+    n = needs[key] if key in needs else replicas_needed(problem.queue_model, params, svc.load, shape, svc.targets,
+                                                         profile, most)
     if n is not None:
         return n + 1
     in_force = rate_per_replica(problem.queue_model, params, replace(svc.load, rate_rps=1.0), shape, svc.targets,
@@ -111,8 +115,7 @@ def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate
     return out
 
 
-def _partials(problem: Problem, i: int, acc: AcceleratorType,
-              needs: dict[tuple[int, float, float | None], int | None]) -> list[Candidate]:
+def _partials(problem: Problem, i: int, acc: AcceleratorType, needs: Needs) -> list[Candidate]:
     """Fewer replicas than the load needs, on the shape one replica takes most on, each full: what a short
     budget degrades a service to. That shape is among those needing the fewest replicas (the need falls as the
     rate rises); of them, the one whose known fitting rate is highest is sized by its max rate. Where no shape
@@ -152,21 +155,20 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
         if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
+        params, profile = svc.params[acc.name], svc.profile(acc)
+        needs: Needs = {(batch, cap, clock): replicas_needed(problem.queue_model, params, svc.load,
+                                                             ServerShape(batch, svc.max_queue, cap, clock),
+                                                             svc.targets, profile, most)
+                        for batch in problem.batch_sizes for cap, clock in shape_choices(problem, acc)}
         full: list[Candidate] = []
-        needs: dict[tuple[int, float, float | None], int | None] = {}
-        for batch in problem.batch_sizes:
-            for cap, clock in shape_choices(problem, acc):
-                shape = ServerShape(batch, svc.max_queue, cap, clock)
-                n = replicas_needed(problem.queue_model, svc.params[acc.name], svc.load, shape, svc.targets,
-                                    svc.profile(acc), most)
-                needs[(batch, cap, clock)] = n
-                if n is None:
-                    continue
-                need = max(svc.min_replicas, n, _restart_need(problem, svc, acc, batch, cap, clock, most))
-                if need <= most:
-                    c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
-                    if c is not None:
-                        full.append(c)
+        for (batch, cap, clock), n in needs.items():
+            if n is None:
+                continue
+            need = max(svc.min_replicas, n, _restart_need(problem, svc, acc, batch, cap, clock, most, needs))
+            if need <= most:
+                c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
+                if c is not None:
+                    full.append(c)
         out += full
         if problem.objective == "token_speed":
             out += _spares(problem, i, acc, full, most)
