@@ -68,6 +68,15 @@ class Milp:
         self.mip_gap = mip_gap
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
+        picked, notes = self.exact(problem, cands, shed)
+        if picked is None:
+            choice, _ = Greedy().choose(problem, cands, shed)
+            return choice, notes
+        return picked, notes
+
+    def exact(self, problem: Problem, cands: list[list[Candidate]],
+              shed: list[float]) -> tuple[Choice | None, list[str]]:
+        """The MILP's choice (None where it found no incumbent: the note says so)."""
         lp = Lp()
         picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
                  for i, cs in enumerate(cands)]
@@ -83,8 +92,7 @@ class Milp:
             lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, max(0.0, d.room_w), f"domain {d.name}")
         res = lp.solve(time_limit_s=self.time_limit_s, mip_gap=self.mip_gap)
         if not res.ok:
-            choice, _ = Greedy().choose(problem, cands, shed)
-            return choice, [f"milp: {res.message.strip()} without an incumbent; greedy result used"]
+            return None, [f"milp: {res.message.strip()} without an incumbent; greedy result used"]
         notes = [] if res.optimal else [f"milp: {res.message.strip()}; best incumbent used"]
         picked: Choice = [None] * len(cands)
         for x, c in flat:
@@ -114,10 +122,10 @@ class Auto:
             notes = [*notes, *repaired]
         if sum(len(cs) for cs in cands) > self.milp_candidates:
             return choice, notes
-        exact, milp_notes = self.milp.choose(problem, cands, shed)
-        if _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact):
+        exact, milp_notes = self.milp.exact(problem, cands, shed)
+        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact):
             return exact, milp_notes
-        return choice, notes
+        return choice, [*notes, *milp_notes]
 
 
 def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01) -> Solver:
@@ -145,21 +153,24 @@ def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice) ->
         return "replicas"  # even max_replicas of the best shape cannot take the load
     now = choice[i]
     more = [c for c in cands if c.served_rps > (now.served_rps if now is not None else 0.0) + 1e-9]
-
-    def domain_full(taken: list[Candidate]) -> bool:
-        """A domain takes none of what would serve more, with `taken` in it."""
-        return bool(more) and any(
-            all(domain_w(problem, c, d) > max(d.room_w, 0.0) - sum(domain_w(problem, t, d) for t in taken) + 1e-6
-                for c in more) for d in problem.domains)
-
-    if domain_full([]):
+    if _domain_full(problem, more, []):
         return "domain"  # its rack could not hold more of it even empty
     fitting = [c for c in cands
                if c.gpus + used.get(c.assignment.accelerator, 0) <= problem.accelerator(c.assignment.accelerator).count]
     if not fitting or max(c.served_rps for c in fitting) < best_served - 1e-9:
         return "inventory"
-    more = [c for c in more if c in fitting]
-    return "domain" if domain_full([c for c in others if c is not None]) else "budget"
+    fits = {id(c) for c in fitting}
+    more = [c for c in more if id(c) in fits]
+    return "domain" if _domain_full(problem, more, [c for c in others if c is not None]) else "budget"
+
+
+def _domain_full(problem: Problem, more: list[Candidate], taken: list[Candidate]) -> bool:
+    """Some domain takes none of `more` (what would serve the service more) with `taken` in it."""
+    for d in problem.domains:
+        left = max(d.room_w, 0.0) - sum(domain_w(problem, t, d) for t in taken)
+        if more and all(domain_w(problem, c, d) > left + 1e-6 for c in more):
+            return True
+    return False
 
 
 def solve(problem: Problem, solver: Solver) -> Solution:
