@@ -63,6 +63,7 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
         return real(model, params, load, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sizing, "_brackets", type(sizing._brackets)())
+    monkeypatch.setattr(sizing, "_guesses", {})
     monkeypatch.setattr(type(model), "within_targets", counted)
     shape, targets = ServerShape(64, 1024, 600.0), Targets(300, 40)
     first = replicas_needed("mm1k-cb", PARAMS, Load(20.0, 800, 200), shape, targets, H100, 16)
