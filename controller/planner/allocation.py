@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from controller.lp import Lp, LpResult
@@ -110,6 +111,11 @@ class AllocationModel:
             for col, c in term:
                 lp.add_cost(col, c)
 
+    @cached_property
+    def _total_work(self) -> float:
+        """The whole demand's work, what every (model, tier)'s replica bound starts from."""
+        return sum(self._work(qt) for qt in self.spec.queries.values())
+
     def replicas(self, j: str, k: tuple[str, str]) -> dict[int, int]:
         """TP degrees worth offering (j, k), each with the most replicas an optimal plan runs at it.
 
@@ -120,7 +126,7 @@ class AllocationModel:
         s, g = self.spec, self.spec.gpus[k[0]]
         usable, weights = s.mem_util * g.memory_gb, self.weights_gb(j, k)
         per_card = 1000 * g.compute_tflops * s.compute_efficiency * s.precisions[k[1]].compute_factor
-        work = sum(self._work(qt) for qt in s.queries.values())
+        work = self._total_work
         kv = sum(self.kv_gb(i, j, k) for i in s.queries)
         most = {}
         for n in (n for n in sorted(g.tp_degrees) if weights <= usable * n):
