@@ -533,6 +533,7 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
             "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
+        loop.lease.renewed_at -= loop.lease.duration_s / 3  # the next step is the one that renews it
         loop.step(0.2)
         assert loop.controller is None and not loop.lease.valid() and not server.ready()
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
