@@ -242,3 +242,33 @@ def test_a_failed_token_review_answers_503_while_a_reviewed_token_is_still_serve
     assert [ask(served, NODE, fresh) for _ in range(3)] == [503] * 3
     assert ask(served, NODE, known) == 200
     assert sum(p.endswith("/tokenreviews") for _, _, p in emu.requests) == 2  # the known token's, one failed
+
+
+def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu: KubeEmulator,
+                                                                              tmp_path: Path) -> None:
+    """The fast loop raises gpu-a (300 -> 600 W) only because it cut gpu-b (700 -> 200 W). gpu-b's plan write
+    fails: gpu-a's raise waits with it, queued (one failure, logged once), and both land once the API answers."""
+    from controller.cluster.nodes import NodePlans
+
+    def status(limit_w: float) -> dict[str, Any]:
+        return {"beat": 1, "gpus": [{"index": 0, "uuid": f"GPU-{limit_w:.0f}", "name": "H100", "power_w": 100.0,
+                                     "energy_j": 1.0, "limit_w": limit_w, "min_w": 100.0, "max_w": 700.0}]}
+
+    for node, limit_w in (("gpu-a", 300.0), ("gpu-b", 700.0)):
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
+                                  "metadata": {"name": node}, "spec": {"sequence": 1}, "status": status(limit_w)})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
+    gpu = {plans._where()[g.index][0]: g.index for g in plans.sample(0.0)}
+    plans.set_power_limit(gpu["gpu-a"], 600.0)
+    plans.set_power_limit(gpu["gpu-b"], 200.0)
+    emu.fail("PATCH", "nodepowerplans/gpu-b", code=500, times=2)
+
+    def limits(node: str) -> Any:
+        return (emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w")
+
+    failed = plans.flush(1.0, 1000.0)
+    assert [new for _, new in failed] == [True] and limits("gpu-a") is None and limits("gpu-b") is None
+    assert [new for _, new in plans.flush(2.0, 1000.0)] == [False]  # still failing: not logged again
+    assert plans.flush(3.0, 1000.0) == []
+    assert limits("gpu-a") == {"0": 600.0} and limits("gpu-b") == {"0": 200.0}

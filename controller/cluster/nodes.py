@@ -73,6 +73,9 @@ class NodePlans:
         """Node -> its agent's last beat and when it changed (controller time)."""
         self.samples: dict[int, GpuSample] = {}
         self.pending: dict[str, dict[str, float]] = {}
+        """Node -> limits the fast loop set that are not written yet (kept through a failed write)."""
+        self.failing: dict[str, str] = {}
+        """Node -> why its last write failed (logged once while it keeps failing so)."""
         self.written: dict[str, dict[str, Any]] = {}
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.sequence: dict[str, int] = {}
@@ -204,10 +207,14 @@ class NodePlans:
         self.pending.setdefault(where[0], {})[str(where[1])] = round(watts, 1)
         return watts
 
-    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
+    def flush(self, now: float, budget_w: float,
+              domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[tuple[str, bool]]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each
-        quarter TTL; returns what failed (each node is tried on its own). The safe caps fit the site's
-        `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
+        quarter TTL; returns what failed, each with whether it is new (each node is tried on its own). Nodes
+        whose limits fall are written first; where one of those fails, no raise is written this tick and the
+        limits stay queued, as the fast loop lowers before it raises (a raise must not land beside a failed
+        cut). The safe caps fit the site's `budget_w` and each domain's (watts, GPUs) together: a GPU's is the
+        lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
@@ -218,28 +225,57 @@ class NodePlans:
         for index, cap in caps.items():
             node, local = where[index]
             safe.setdefault(node, {})[str(local)] = round(cap, 1)
-        failed = []
-        for node in sorted(set(self.sequence) | set(self.pending)):
+        pending, self.pending = self.pending, {}
+
+        def in_force(node: str, k: str) -> float | None:
+            """The GPU's limit as its agent last reported it, else as last written (None: not known)."""
+            i = self.index.get((node, int(k)))
+            if i is not None and i in self.samples:
+                return self.samples[i].power_limit_w
+            written: float | None = self.written.get(node, {}).get("limits_w", {}).get(k)
+            return written
+
+        def lowers(node: str) -> bool:
+            return any((old := in_force(node, k)) is not None and w < old for k, w in pending.get(node, {}).items())
+
+        def raises(node: str) -> bool:
+            return any((old := in_force(node, k)) is None or w > old for k, w in pending.get(node, {}).items())
+
+        failed: list[tuple[str, bool]] = []
+        cut_failed = False  # then no raise is written this tick: the fast loop lowers limits before it raises any
+        for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
+            queued = pending.get(node, {})
+            if cut_failed and raises(node):
+                self.pending[node] = {**queued, **self.pending.get(node, {})}
+                continue
             old = self.written.get(node, {})
-            limits = {**old.get("limits_w", {}), **self.pending.pop(node, {})}
+            limits = {**old.get("limits_w", {}), **queued}
             spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False,
                     **self._settings()}
             if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
                 continue
-            failed += self._write(node, spec, now)
+            why = self._write(node, spec, now)
+            if why is None:
+                self.failing.pop(node, None)
+                continue
+            self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again next tick, not lost
+            cut_failed = cut_failed or lowers(node)
+            failed.append((why, self.failing.get(node) != why))
+            self.failing[node] = why
         return failed
 
-    def _write(self, node: str, spec: dict[str, Any], now: float) -> list[str]:
+    def _write(self, node: str, spec: dict[str, Any], now: float) -> str | None:
+        """Patch the node's plan; why it failed, or None."""
         seq = self.sequence.get(node, 0) + 1
         body = {"spec": {**self._settings(), **spec, "sequence": seq}}
         try:
             self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
                                                     _content_type=MERGE)
         except Exception as exc:
-            return [str(translate(exc, f"NodePowerPlan {node}"))]
+            return str(translate(exc, f"NodePowerPlan {node}"))
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
         self.specs[node] = body["spec"]
-        return []
+        return None
 
     def spec_of(self, node: str) -> dict[str, Any] | None:
         """The plan's spec a node's agent is served (controller/cluster/plan_server.py)."""
@@ -251,7 +287,9 @@ class NodePlans:
         for plan in self._plans():
             node = plan["metadata"]["name"]
             self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
-            failed += self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
+            why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
+            if why is not None:
+                failed.append(why)
         return failed
 
     def adopt(self) -> dict[str, dict[str, float]]:
