@@ -83,27 +83,31 @@ class CarbonBudgetSource:
         self.feed, self.curve = feed, curve
         self.lead_s, self.refresh_s, self.stale_after_s = lead_s, refresh_s, stale_after_s
         self.points: list[IntensityPoint] = []
+        self.starts: list[float] = []
+        self.ahead: list[BudgetPoint] = []
+        """Each point's start and budget, worked out once a fetch: a year of hourly points is read every second."""
         self.next_fetch_s = float("-inf")
 
     def step(self, now: float) -> BudgetReading:
         if now >= self.next_fetch_s:
             self.points = sorted(self.feed.fetch(now), key=lambda p: p.at_s)
+            self.starts = [p.at_s for p in self.points]
+            self.ahead = [BudgetPoint(p.at_s, self.curve.watts(p.g_per_kwh)) for p in self.points]
             self.next_fetch_s = now + self.refresh_s
         return self.reading(now)
 
     def reading(self, now: float) -> BudgetReading:
         """The budget at `now` from the cached points; none in force (or only one older than
         `stale_after_s`) raises TransientBudgetError, retried at the next refresh."""
-        past = [p for p in self.points if p.at_s <= now]
-        later = [p for p in self.points if p.at_s > now]
-        if not past or now - past[-1].at_s > self.stale_after_s:
+        k = bisect.bisect_right(self.starts, now)  # points[:k] have started, points[k:] are forecast
+        if k == 0 or now - self.points[k - 1].at_s > self.stale_after_s:
             retry_s = max(0.0, self.next_fetch_s - now)
             raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {now:.0f}", retry_s)
-        window = [past[-1]] + [p for p in later if p.at_s <= now + self.lead_s]
-        lowest = min(window, key=lambda p: (self.curve.watts(p.g_per_kwh), p.at_s))
-        budget_w = self.curve.watts(lowest.g_per_kwh)
-        when = "now" if lowest is past[-1] else f"in {(lowest.at_s - now) / 60:.0f} min"
-        why = f"{self.feed.name} {lowest.g_per_kwh:.0f} gCO2/kWh {when} -> {budget_w:.0f} W"
-        valid_until_s = later[0].at_s if later else past[-1].at_s + self.stale_after_s
-        forecast = tuple(BudgetPoint(p.at_s, self.curve.watts(p.g_per_kwh)) for p in later)
+        ahead = bisect.bisect_right(self.starts, now + self.lead_s)
+        lowest = min(range(k - 1, ahead), key=lambda i: (self.ahead[i].budget_w, self.points[i].at_s))
+        budget_w, point = self.ahead[lowest].budget_w, self.points[lowest]
+        when = "now" if lowest == k - 1 else f"in {(point.at_s - now) / 60:.0f} min"
+        why = f"{self.feed.name} {point.g_per_kwh:.0f} gCO2/kWh {when} -> {budget_w:.0f} W"
+        valid_until_s = self.starts[k] if k < len(self.points) else self.points[k - 1].at_s + self.stale_after_s
+        forecast = tuple(self.ahead[k:])
         return BudgetReading(budget_w, why, valid_until_s, forecast)
