@@ -267,11 +267,7 @@ class ClusterLoop:
         if not self.lease.hold():
             if self.controller is not None:
                 log.warning("the Lease was lost: this operator stops acting")
-                self.controller, self.plans = None, None
-                if self.server is not None:
-                    self.server.detach()
-                self.budget.stop()
-                self._stop_worker()
+                self.stand_down(False, now)  # its give_back is a no-op: the Lease is not held
             return 2.0
         if self.controller is None:
             res = self.read()
@@ -317,8 +313,7 @@ class ClusterLoop:
                 plans.ensure(res.policy.node_selector)
             except Exception as exc:
                 c.error("node_plans", str(exc))
-        self._refresh_owners(plans)
-        solution = c.tick_slow(now)
+        solution = c.tick_slow(now)  # on the owners the owners worker keeps fresh
         record = self.decisions.last if self.decisions is not None else None
         if res is not None and may_act():
             self.reporter.resources(res, record, solution, self.unowned)

@@ -15,7 +15,7 @@ from typing import Any
 
 from controller.budget.settings import budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range
-from controller.service_settings import PriorSettings, ServiceSettings, VariantSettings
+from controller.service_settings import PriorSettings, ServiceSettings
 from controller.settings import (
     AcceleratorSettings,
     ActuatorSettings,
@@ -152,9 +152,6 @@ class LlmServiceSpec:
     """Queue-model parameters before any observation."""
 
 
-SPEC_ONLY = ("node_selector", "plan_ttl_s", "safe_cap_share")
-
-
 def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
     """A PowerPolicy's spec, checked; ConfigError names `spec.<field>`."""
     rest = dict(spec)
@@ -215,11 +212,6 @@ def pooled(svc: ServiceSettings, named: list[str], held: set[str]) -> ServiceSet
             raise ConfigError(f"services[{svc.name}].variants[{v.accelerator}].domain",
                               f"unknown domain {v.domain!r}, expected one of the policy's domains {named}")
     return replace(svc, variants=tuple(v if v.domain in held else replace(v, domain="") for v in svc.variants))
-
-
-def deployment_of(svc: ServiceSettings, variant: VariantSettings) -> tuple[str, str]:
-    """(namespace, name) of the Deployment that runs one variant of a service named `namespace/name`."""
-    return svc.name.split("/", 1)[0], variant.deployment
 
 
 def service_field(where: str) -> tuple[str, str] | None:
