@@ -9,10 +9,12 @@ one map in actuators/kubernetes.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from actuators.base import BatchInForce, PermanentActuatorError
 from actuators.kubernetes import DeploymentRef, translate
+from actuators.vllm import with_max_num_seqs
 
 log = logging.getLogger(__name__)
 FLAG = "--max-num-seqs"
@@ -27,7 +29,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return dict(containers[0])
 
 
-def read_flag(args: list[str]) -> int | None:
+def read_flag(args: Sequence[str]) -> int | None:
     """The value of `--max-num-seqs N` or `--max-num-seqs=N` in an argv; None where absent or unreadable."""
     for i, a in enumerate(args):
         value = a.split("=", 1)[1] if a.startswith(FLAG + "=") else (args[i + 1] if a == FLAG and i + 1 < len(args)
@@ -38,20 +40,6 @@ def read_flag(args: list[str]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def with_flag(args: list[str], value: int) -> list[str]:
-    out, skip = [], False
-    for i, a in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if a == FLAG and i + 1 < len(args):
-            skip = True
-            continue
-        if not a.startswith(FLAG + "="):
-            out.append(a)
-    return [*out, FLAG, str(value)]
 
 
 def rolling(deployment: dict[str, Any]) -> bool:
@@ -107,13 +95,13 @@ class KubernetesBatchSizer:
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
             c = _container(d)
-            args = [str(a) for a in c.get("args") or []]
+            args = tuple(str(a) for a in c.get("args") or [])
             if read_flag(args) == max_num_seqs:
                 continue
             before = read_flag(args)
             patch = {"metadata": {"annotations": {PREVIOUS: str(before or "")}},
                      "spec": {"template": {"spec": {"containers": [{"name": c["name"],
-                                                                    "args": with_flag(args, max_num_seqs)}]}}}}
+                                                                    "args": with_max_num_seqs(args, max_num_seqs)}]}}}}
             try:
                 self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
                                                       _content_type="application/strategic-merge-patch+json")
