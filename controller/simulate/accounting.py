@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controller.service_settings import ServiceSettings
-from controller.simulate.power_figures import power_figures
+from controller.simulate.power_figures import drops, power_figures
 from controller.simulate.runner import Run
 from controller.simulate.scenario import Scenario
 from simulator.requests import Finished
@@ -77,16 +77,15 @@ def _round(x: float, digits: int = 4) -> float | None:
     return round(x, digits) if math.isfinite(x) else None
 
 
-def violations(scn: Scenario, run: Run) -> tuple[float, float]:
+def violations(run: Run) -> tuple[float, float]:
     """(seconds over budget after each step-down's grace, all seconds over budget)."""
     tr = run.trace
     dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
     over = tr.draw_w > tr.budget_w * (1.0 + VIOLATION_SHARE)
     excused = np.zeros(len(over), dtype=bool)
-    for k in range(1, len(tr.budget_w)):  # a step-down of any source's or event's
-        if tr.budget_w[k] < tr.budget_w[k - 1]:
-            at = tr.t_s[k - 1]
-            excused |= (tr.t_s > at) & (tr.t_s <= at + STEP_GRACE_S)
+    for k, _ in drops(tr):  # a step-down of any source's or event's
+        at = tr.t_s[k - 1]
+        excused |= (tr.t_s > at) & (tr.t_s <= at + STEP_GRACE_S)
     return float(np.count_nonzero(over & ~excused)) * dt, float(np.count_nonzero(over)) * dt
 
 
@@ -121,7 +120,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
             "replica_changes_per_hour": _round(_changes(tr.replicas[svc.name]) / hours, 2),
             "replicas_mean": _round(float(tr.replicas[svc.name].mean()), 2),
         }
-    violation_s, raw_s = violations(scn, run)
+    violation_s, raw_s = violations(run)
     return {
         "seed": run.seed,
         "duration_s": duration,
