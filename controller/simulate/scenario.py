@@ -208,17 +208,6 @@ class Scenario:
     def start_budget_w(self) -> float:
         return self.settings.budget_w or self.config.power.budget_w
 
-    def budget_changes(self) -> list[tuple[float, float]]:
-        """(time, budget) of each budget event, in time order."""
-        return sorted((e.at_s, e.budget_w) for e in self.settings.events if e.kind == "budget")
-
-    def budget_at(self, t_s: float) -> float:
-        budget = self.start_budget_w
-        for at, watts in self.budget_changes():
-            if at <= t_s:
-                budget = watts
-        return budget
-
     def workload(self, service: str) -> WorkloadSettings:
         """The service's workload: the scenario's, else its config's `sim` table."""
         found = self.settings.workload.get(service)
