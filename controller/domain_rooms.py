@@ -7,18 +7,12 @@ from __future__ import annotations
 
 from controller.optimizer import DomainRoom
 from controller.service_settings import ServiceSettings
-from controller.settings import PowerSettings, Settings
-from controller.settings_checks import domain_idle_w
+from controller.settings import Settings
+from controller.settings_checks import domain_room_w
 
 
-def domain_rooms(settings: Settings, power: PowerSettings) -> tuple[DomainRoom, ...]:
-    """`power` is the settings' power with the budget in force (its sources'): its planned share applies to
-    every domain's limit as it does to the site's budget."""
-    if not power.domains:
-        return ()
-    share = power.planned_w() / power.budget_w
-    return tuple(DomainRoom(d.name, d.limit_w * share - domain_idle_w(settings, d.gpus), frozenset(d.gpus))
-                 for d in power.domains)
+def domain_rooms(settings: Settings) -> tuple[DomainRoom, ...]:
+    return tuple(DomainRoom(d.name, domain_room_w(settings, d), frozenset(d.gpus)) for d in settings.power.domains)
 
 
 def placements(settings: Settings, svc: ServiceSettings) -> dict[str, tuple[int, ...]]:

@@ -12,6 +12,7 @@ from controller.config_loader import ConfigError
 from queuemodels.accelerators import CATALOG
 
 if TYPE_CHECKING:
+    from controller.power_settings import PowerDomainSettings
     from controller.service_settings import ServiceSettings
     from controller.settings import Settings
 
@@ -46,6 +47,13 @@ def domain_idle_w(s: Settings, gpus: tuple[int, ...]) -> float:
     return sum(CATALOG[kind.get(g, default)].idle_power_w for g in gpus)
 
 
+def domain_room_w(s: Settings, d: PowerDomainSettings) -> float:
+    """What the plan may put in a domain: its line scaled as the site's budget is for planning (headroom, and in
+    predicted mode the plan's margin: shares, so a budget source's value changes none of it), less its GPUs'
+    idle draw."""
+    return d.limit_w * s.power.planned_w() / s.power.budget_w - domain_idle_w(s, d.gpus)
+
+
 def check_settings(s: Settings) -> None:
     """The cross-field checks; raises ConfigError naming the field (with its service path) and the values."""
     if not s.services:
@@ -64,13 +72,13 @@ def check_settings(s: Settings) -> None:
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
                           "(accelerators' count x the catalogue's idle power)")
-    share = s.power.planned_w() / s.power.budget_w
     for d in s.power.domains:
-        idle = domain_idle_w(s, d.gpus)
-        if d.limit_w * share < idle:
-            raise ConfigError(f"power.domains[{d.name}].limit_w", f"{d.limit_w:g} W leaves {d.limit_w * share:.0f} W "
-                              f"to plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' "
-                              f"idle draw, {idle:g} W")
+        room_w = domain_room_w(s, d)
+        if room_w < 0:
+            idle = domain_idle_w(s, d.gpus)
+            raise ConfigError(f"power.domains[{d.name}].limit_w", f"{d.limit_w:g} W leaves {room_w + idle:.0f} W to "
+                              f"plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' idle "
+                              f"draw, {idle:g} W")
 
 
 def _unique(s: Settings) -> None:

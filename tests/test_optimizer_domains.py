@@ -100,8 +100,8 @@ def test_a_domain_room_is_its_line_scaled_as_the_budget_less_its_idle_gpus(tmp_p
         'gpus = [0, 1, 2, 3]\n')
     (tmp_path / "d.toml").write_text(text)
     s = load_settings(tmp_path / "d.toml")
-    low = replace(s.power, budget_w=2000.0)  # a source's budget: the same share applies
-    (room,) = domain_rooms(s, low)
+    low = replace(s, power=replace(s.power, budget_w=2000.0))  # a source's budget: the same share applies
+    (room,) = domain_rooms(low)
     assert room.room_w == pytest.approx(1800 * 0.97 * 0.9 - 4 * CATALOG["H100-SXM"].idle_power_w)
     assert room.gpus == frozenset({0, 1, 2, 3})
     assert placements(s, s.services[0]) == {}  # the simulated host lists no GPUs: placement unknown
@@ -123,7 +123,7 @@ def test_a_variant_in_a_pool_has_every_replicas_watts_charged_there(tmp_path: Pa
     placed = placements(s, s.services[0])
     assert set(placed) == {"H100-SXM"} and set(placed["H100-SXM"]) == {0, 1, 2, 3}
     assert len(placed["H100-SXM"]) >= s.services[0].max_replicas
-    (room,) = domain_rooms(s, s.power)
+    (room,) = domain_rooms(s)
     p = Problem((replace(services((12.0, 5.0, 6.0))[0], gpus=placed),), (H100,), 5000.0,
                 domains=(room,))
     c = next(c for c in enumerate_all(p)[0] if c.gpus == 4)
