@@ -40,16 +40,17 @@ from tuner import Tuner
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, seed: int, duration_s: float, budget_w: float | None = None,
+def run(config: str, seed: int | None, duration_s: float, budget_w: float | None = None,
         personality: str | None = None) -> dict[str, Any]:
-    """One closed-loop run with the simulator seeded `seed`."""
+    """One closed-loop run with the simulator seeded `seed` (None: the config's seed)."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(config).read_text()
         cfg = Path(tmp) / "wattscale.toml"
         cfg.write_text(text.replace('state_dir = "../var/state"', f'state_dir = "{tmp}/state"'))
         s = load_settings(cfg)
-        s = replace(s, simulator=replace(s.simulator, seed=seed))
+        if seed is not None:
+            s = replace(s, simulator=replace(s.simulator, seed=seed))
         if budget_w is not None:
             s = replace(s, power=replace(s.power, budget_w=budget_w))
         if personality is not None:
@@ -64,20 +65,24 @@ def run(config: str, seed: int, duration_s: float, budget_w: float | None = None
         seen: Counter[str] = Counter()
         restarts: Counter[str] = Counter()
         replica_sum: Counter[str] = Counter()
-        peak, over, cpu, cycles = 0.0, 0, 0.0, 0
+        peak, over, fast_cpu, slow_cpu, cycles, replicas = 0.0, 0, 0.0, 0.0, 0, 0
         t, next_slow = 0.0, s.daemon.slow_interval_s
         while t < duration_s:
             t += s.daemon.fast_interval_s
             parts.host.advance_to(t)
             started = time.process_time()
             ctl.tick_fast(t)
+            fast_cpu += time.process_time() - started
             draw = registry.get_sample_value("wattscale_power_draw_watts") or 0.0
             peak, over = max(peak, draw), over + (draw > s.power.budget_w + 1e-6)
             if t >= next_slow:
                 next_slow += s.daemon.slow_interval_s
                 batches = {name: a.max_batch for name, a in ctl.assignments.items()}
+                started = time.process_time()
                 ctl.tick_slow(t)
+                slow_cpu += time.process_time() - started
                 cycles += 1
+                replicas += sum(a.replicas for a in ctl.assignments.values())
                 for svc in s.services:
                     a = ctl.assignments[svc.name]
                     restarts[svc.name] += a.max_batch != batches[svc.name]
@@ -88,7 +93,6 @@ def run(config: str, seed: int, duration_s: float, budget_w: float | None = None
                     if ttft is not None and itl is not None:
                         seen[svc.name] += 1
                         met[svc.name] += ttft <= svc.ttft_ms and itl <= svc.itl_ms
-            cpu += time.process_time() - started
         verdicts: Counter[str] = Counter()
         for metric in registry.collect():
             if metric.name == "wattscale_tuner_updates":
@@ -106,7 +110,11 @@ def run(config: str, seed: int, duration_s: float, budget_w: float | None = None
         "peak_draw_w": round(peak, 1),
         "over_budget_ticks": over,
         "tuner": dict(sorted(verdicts.items())),
-        "controller_cpu_s_per_hour": round(cpu * 3600.0 / duration_s, 1),
+        "controller_cpu_s_per_hour": round((fast_cpu + slow_cpu) * 3600.0 / duration_s, 1),
+        "fast_ms": round(1000 * fast_cpu / max(1, round(duration_s / s.daemon.fast_interval_s)), 3),
+        "slow_ms": round(1000 * slow_cpu / max(1, cycles), 1),
+        "cpu_percent": round(100 * (fast_cpu + slow_cpu) / duration_s, 3),
+        "replicas_mean": round(replicas / max(1, cycles), 2),
     }
 
 
