@@ -67,6 +67,8 @@ class NodePlans:
         self.timeout_s = timeout_s
         self.index: dict[tuple[str, int], int] = {}
         """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
+        self.where: dict[int, tuple[str, int]] = {}
+        """The index's inverse, kept beside it: the fast loop looks a GPU up on every limit it sets."""
         self.owners: dict[tuple[str, int], tuple[str, str]] = {}
         """(node, NVML index) -> (service, variant), from the pods."""
         self.beats: dict[str, tuple[Any, float]] = {}
@@ -98,7 +100,7 @@ class NodePlans:
         return {"ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}
 
     def _where(self) -> dict[int, tuple[str, int]]:
-        return {i: key for key, i in self.index.items()}
+        return self.where
 
     # -- nodes and owners (slow loop) ----------------------------------------------------------
     def ensure(self, node_selector: Mapping[str, str]) -> list[str]:
@@ -180,6 +182,7 @@ class NodePlans:
                     continue
                 key = (node, local)
                 index = self.index.setdefault(key, len(self.index))
+                self.where[index] = key
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts
                 assert limit_w is not None and min_w is not None and max_w is not None
