@@ -41,11 +41,6 @@ class Link:
         return f"http://127.0.0.1:{self.port}"
 
 
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return int(s.getsockname()[1])
-
-
 def agent_token(emu: KubeEmulator, path: Path, node: str | None = NODE, username: str = AGENT,
                 audiences: tuple[str, ...] = (AUDIENCE,)) -> str:
     """A pod's projected token (as the kubelet writes it) for `username` on `node`; returns its file."""

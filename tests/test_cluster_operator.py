@@ -22,7 +22,6 @@ from cluster_fixtures import (
     Link,
     agent_token,
     deployment,
-    free_port,
     gpus,
     granted,
     plan,
@@ -36,6 +35,7 @@ from cluster_fixtures import (
     status_of,
     until,
 )
+from conftest import free_port
 from kopf.testing import KopfRunner
 from kube_emulator import KubeEmulator
 from kube_http import PATH
