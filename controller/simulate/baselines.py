@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 from controller.service_settings import ServiceSettings
 from controller.simulate.plant import Outages
@@ -35,15 +36,17 @@ HPA_DOWN_WINDOW_S = 300.0
 
 
 class DrawMeter:
-    """Site draw from the GPUs' energy counters: the mean over the time since the last reading."""
+    """Draw of the site, or of the GPUs `gpus` (a power domain), from the GPUs' energy counters: the mean over
+    the time since the last reading."""
 
-    def __init__(self, host: SimHost) -> None:
+    def __init__(self, host: SimHost, gpus: Sequence[int] | None = None) -> None:
         self.host = host
+        self.gpus = range(len(host.gpus)) if gpus is None else gpus
         self._energy_j = self._total()
         self._t = host.now_s
 
     def _total(self) -> float:
-        return sum(g.energy_j for g in self.host.gpus)
+        return sum(self.host.gpus[i].energy_j for i in self.gpus)
 
     def read(self, now: float) -> float:
         energy = self._total()

@@ -79,26 +79,6 @@ def _policy(name: str, scn: Scenario, host: SimHost, outages: Outages, state_dir
                             decision_log if name == "wattscale" else None)
 
 
-class DomainMeter:
-    """Each power domain's draw from its GPUs' energy counters: the mean since the last reading."""
-
-    def __init__(self, scn: Scenario, host: SimHost) -> None:
-        self.host = host
-        self.gpus = {d.name: d.gpus for d in scn.config.power.domains}
-        self._energy_j = self._totals()
-        self._t = host.now_s
-
-    def _totals(self) -> dict[str, float]:
-        return {name: sum(self.host.gpus[i].energy_j for i in gpus) for name, gpus in self.gpus.items()}
-
-    def read(self, now: float) -> dict[str, float]:
-        energy = self._totals()
-        span = max(now - self._t, 1e-9)
-        draw = {name: (energy[name] - self._energy_j[name]) / span for name in energy}
-        self._energy_j, self._t = energy, now
-        return draw
-
-
 def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float | None = None,
         progress: Callable[[float], None] | None = None, decision_log: Path | None = None,
         flat_budget_w: float | None = None) -> Run:
@@ -121,7 +101,8 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     flat = policy == FLAT
     events = sorted((e for e in scn.settings.events if not (flat and e.kind in ("budget", "demand_response"))),
                     key=lambda e: e.at_s)
-    meter, domains, intensity = DrawMeter(host), DomainMeter(scn, host), Intensity(scn)
+    meter, intensity = DrawMeter(host), Intensity(scn)
+    domains = {d.name: DrawMeter(host, d.gpus) for d in cfg.power.domains}
     with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
         ctl = _policy("wattscale" if flat else policy, scn, host, outages, Path(tmp), decision_log)
         sources = SimBudget(scn, Path(tmp), sources=not flat, start_w=flat_budget_w if flat else None)
@@ -145,8 +126,8 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             host.advance_to(t)
             trace.t_s[k], trace.budget_w[k], trace.draw_w[k] = t, budget, meter.read(t)
             trace.intensity_g_per_kwh[k] = intensity_now
-            for name, watts in domains.read(t).items():
-                trace.domain_draw_w[name][k] = watts
+            for name, domain in domains.items():
+                trace.domain_draw_w[name][k] = domain.read(t)
             ctl.tick_fast(t)
             if t >= next_slow - 1e-9:
                 next_slow += slow
