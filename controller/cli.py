@@ -232,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--config", required=True, metavar="FILE", help="TOML config (see config/sim.toml)")
     r.add_argument("--duration", type=seconds, default=None, metavar="S",
                    help="stop after this many wall-clock seconds (default: run until SIGTERM)")
-    r.set_defaults(func=_run)
+    r.set_defaults(func=_run, daemon=True)
     c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host")
     c.add_argument("file", metavar="FILE", help="TOML config")
     c.set_defaults(func=_check)
@@ -299,7 +299,7 @@ def native_output_to_stderr() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.func is _run or args.command in ("operator", "agent"):  # daemons log; commands print JSON
+        if getattr(args, "daemon", False):  # daemons log; commands print JSON (set where each is defined)
             return int(args.func(args))
         with native_output_to_stderr():
             return int(args.func(args))

@@ -145,7 +145,7 @@ def add_cluster_commands(sub: Any) -> None:
                    "operator's namespace: the only one served plans (default wattscale-agent)")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     o.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds, as on SIGTERM")
-    o.set_defaults(func=_operator)
+    o.set_defaults(func=_operator, daemon=True)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
     a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")
     a.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
@@ -164,7 +164,7 @@ def add_cluster_commands(sub: Any) -> None:
     a.add_argument("--metrics-port", type=int, default=9465, help="port of /metrics; 0: none")
     a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
-    a.set_defaults(func=_agent)
+    a.set_defaults(func=_agent, daemon=True)
 
 
 
