@@ -15,7 +15,7 @@ import numpy as np
 from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, scaled, step_cost
-from simulator.personality import ROOFLINE, Personality, get_personality
+from simulator.personality import ROOFLINE, Personality, chosen_for, get_personality
 from simulator.requests import RequestLog
 from simulator.workload import Workload
 
@@ -107,9 +107,7 @@ class SimHost:
 
     def personality(self, model: str, gpu_type: str | None = None) -> Personality:
         """The engine personality of `model` on `gpu_type` GPUs (None: the first GPU's type)."""
-        found = (self.personalities.get(f"{model}|{gpu_type or self.gpus[0].spec.name}")
-                 or self.personalities.get(model))
-        return found or ROOFLINE
+        return chosen_for(self.personalities, model, gpu_type or self.gpus[0].spec.name) or ROOFLINE
 
     def _new_replica(self, svc: SimService, gpu: SimGPU, delay_s: float) -> Replica:
         cost = scaled(step_cost(LLMS[svc.model], gpu.spec, self.seed), svc.cost_scale)

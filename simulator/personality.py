@@ -11,7 +11,9 @@ per model x GPU, `probe.Replica.personality` per probe). The clock law under a p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from simulator.hardware import step_core_ms
 from simulator.llms import StepCost
@@ -120,3 +122,12 @@ def get_personality(name: str) -> Personality:
         return PERSONALITIES[name]
     except KeyError:
         raise ValueError(f"personality: unknown {name!r}, expected one of {sorted(PERSONALITIES)}") from None
+
+
+Chosen = TypeVar("Chosen")
+
+
+def chosen_for(choices: Mapping[str, Chosen], model: str, gpu_type: str) -> Chosen | None:
+    """What `choices` (`[simulator] personalities`: "model|gpu_type" or "model" keys) give `model` on `gpu_type`
+    GPUs, the "model|gpu_type" entry first; None where neither is there (the roofline)."""
+    return choices.get(f"{model}|{gpu_type}") or choices.get(model)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from controller.service_settings import ServiceSettings
 from controller.simulate.plant import peak_rps, token_mix
 from controller.simulate.scenario import Scenario
+from simulator.personality import chosen_for
 from simulator.probe import Replica, measure
 from simulator.workload import TokenSampler
 
@@ -46,8 +47,7 @@ def capacity_rps(replica: Replica, prompts: TokenSampler, outputs: TokenSampler,
 def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> int:
     w = scn.workload(svc.name)
     prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
-    personality = scn.config.simulator.personalities
-    name = personality.get(f"{svc.model}|{gpu_type}") or personality.get(svc.model) or "roofline"
+    name = chosen_for(scn.config.simulator.personalities, svc.model, gpu_type) or "roofline"
     cap = capacity_rps(Replica(svc.model, gpu_type, seed, personality=name), prompts, outputs,
                        svc.initial_max_batch, svc.ttft_ms, svc.itl_ms, svc.statistic)
     peak = peak_rps(w, scn.settings.duration_s)
