@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -10,6 +11,7 @@ from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
 from queuemodels.sizing import max_rate, saturation_rps, within_targets
+from queuemodels.stacked import mean_figures
 from queuemodels.types import (
     Load,
     ModelInputError,
@@ -66,6 +68,11 @@ class QueueModel(Protocol):
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy: ...
+
+    def mean_figures(
+        self, params: ServiceParams, load: Load, points: Sequence[tuple[ServerShape, float]],
+        profile: PowerProfile | None = None,
+    ) -> list[tuple[float, float] | None]: ...
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,35 @@ class ChainModel:
         """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
         law, chain = self._solved(params, load, shape, profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
+
+    def mean_figures(
+        self, params: ServiceParams, load: Load, points: Sequence[tuple[ServerShape, float]],
+        profile: PowerProfile | None = None,
+    ) -> list[tuple[float, float] | None]:
+        """(mean in system, mean draw W) of one replica at each (shape, rate): `analyze`'s figures, for the many
+        points a plan values at once (queuemodels.stacked); None where the model has none (a rate it cannot take)."""
+        laws: list[StepLaw | None] = []
+        for shape, rate in points:
+            try:
+                laws.append(self.law(params, load.at_rate(rate), profile, shape))
+            except ModelInputError:
+                laws.append(None)
+        solved = [i for i, law in enumerate(laws) if law is not None]
+        in_system, power_w, covered = mean_figures([laws[i] for i in solved],  # type: ignore[misc]
+                                                   [points[i][0] for i in solved], [points[i][1] for i in solved],
+                                                   profile)
+        out: list[tuple[float, float] | None] = [None] * len(points)
+        for j, i in enumerate(solved):
+            if covered[j]:
+                out[i] = float(in_system[j]), float(power_w[j])
+        for i, (shape, rate) in enumerate(points):
+            if out[i] is None:
+                try:
+                    perf = self.analyze(params, load.at_rate(rate), shape, profile, tails=False)
+                except ModelInputError:
+                    continue
+                out[i] = perf.mean_in_system, perf.power_w
+        return out
 
 
 DEFAULT_MODEL = "mm1k-cb"

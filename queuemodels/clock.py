@@ -10,7 +10,7 @@ pair's own, fitted by tuner/clock.py from windows run at different clocks; the c
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,6 +29,8 @@ def clock_time_factor(profile: PowerProfile | None, clock: float | None, compute
 
 def clock_draw_scale(profile: PowerProfile, clock: Clock) -> Clock:
     """Share of the compute part of the dynamic draw left at a clock (1 at the maximum)."""
+    if isinstance(clock, float):  # the scalar path, many times per law: numpy's scalar overhead dominates it
+        return cast(Clock, min(clock, 1.0) ** profile.clock_draw_exponent)
     out: Clock = np.minimum(clock, 1.0) ** profile.clock_draw_exponent
     return out
 

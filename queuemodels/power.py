@@ -54,6 +54,12 @@ def prompt_draw_w(profile: PowerProfile, clock: float = 1.0) -> float:
     return profile.idle_power_w + (knee - profile.idle_power_w) * clock_draw_scale(profile, clock)
 
 
+def uncapped_peak_w(profile: PowerProfile, max_batch: int, clock: float = 1.0) -> float:
+    """The most a shape draws uncapped, its full batch or its prompts: a cap at or above it changes neither its
+    step times nor its draw, so it is the same shape as the GPU left uncapped."""
+    return max(prompt_draw_w(profile, clock), float(natural_draw_w(profile, float(max_batch), clock)))
+
+
 def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
     """What a GPU may draw: its cap, or its peak when uncapped."""
     return profile.max_power_w if power_cap_w is None else min(power_cap_w, profile.max_power_w)

@@ -26,7 +26,7 @@ def _feasible(
 ) -> bool:
     """Targets met at this rate; a rate the model has no steady state for is not feasible."""
     try:
-        return meets(law_fn(params, replace(load, rate_rps=rate_rps), profile, shape), shape, rate_rps,
+        return meets(law_fn(params, load.at_rate(rate_rps), profile, shape), shape, rate_rps,
                      targets)
     except ModelInputError:
         return False
@@ -51,7 +51,7 @@ def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShap
              rate_rps: float) -> float:
     """What a full batch completes beyond `rate_rps` at the law that rate makes (rps; below 0 past saturation)."""
     try:
-        law = law_fn(params, replace(load, rate_rps=rate_rps), profile, shape)
+        law = law_fn(params, load.at_rate(rate_rps), profile, shape)
     except ModelInputError:  # prompts alone would fill the GPU
         return -rate_rps
     return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps

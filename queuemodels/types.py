@@ -37,7 +37,7 @@ class Unstable(ModelInputError):
 
 
 def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ModelInputError(f"{name}: must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise ModelInputError(f"{name}: must be > 0, got {value!r}")
@@ -122,6 +122,10 @@ class Load:
         _check("out_cv", self.out_cv)
         if self.out_tokens < 1 or math.isnan(self.out_tokens) or math.isinf(self.out_tokens):
             raise ModelInputError(f"out_tokens: must be >= 1, got {self.out_tokens!r}")
+
+    def at_rate(self, rate_rps: float) -> Load:
+        """The same mix at another rate (what sizing asks of a load many times a cycle: `replace` costs more)."""
+        return Load(rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv)
 
 
 @dataclass(frozen=True)

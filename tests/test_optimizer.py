@@ -179,7 +179,7 @@ def _hand_made(gpus: int, options: list[list[tuple[int, float]]]) -> tuple[Probl
     acc = replace(H100, count=gpus)
     demands = tuple(ServiceDemand(f"s{i}", 1 + i, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})
                     for i in range(len(options)))
-    cands = [[Candidate(i, Assignment("H100-SXM", n, 64, 700.0), n, 100.0, 0.0, 1.0, 0.0, v, None, value=v)
+    cands = [[Candidate(i, Assignment("H100-SXM", n, 64, 700.0), n, 100.0, 0.0, 1.0, 0.0, v, value=v)
               for n, v in opts] for i, opts in enumerate(options)]
     return Problem(demands, (acc,), 1e6), cands
 
@@ -205,7 +205,7 @@ def test_auto_takes_the_milp_plan_where_greedy_misses_a_three_way_trade() -> Non
                     for i, p in enumerate((1, 1, 2)))
 
     def cand(i: int, acc: str, v: float) -> Candidate:
-        return Candidate(i, Assignment(acc, 1, 64, 400.0), 1, 100.0, 0.0, 1.0, 0.0, v, None, value=v)
+        return Candidate(i, Assignment(acc, 1, 64, 400.0), 1, 100.0, 0.0, 1.0, 0.0, v, value=v)
 
     # In priority order s0 takes the H100 and s1 the A100, so s2 (H100 only) is shed; it is served only where s1
     # moves to the L40S and s0 to the A100 at once.

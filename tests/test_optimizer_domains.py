@@ -38,7 +38,7 @@ def in_rack(p: Problem, s: Solution) -> float:
         if r.assignment is None:
             continue
         a = r.assignment
-        c = Candidate(i, a, a.replicas, r.power_w, 0.0, 0.0, 0.0, 0.0, None)
+        c = Candidate(i, a, a.replicas, r.power_w, 0.0, 0.0, 0.0, 0.0)
         total += domain_w(p, c, p.domains[0])
     return total
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.optimizer import sizing
-from controller.optimizer.sizing import first_fit, rate_per_replica, replicas_needed
+from controller.optimizer.sizing import Sizer, first_fit, rate_per_replica
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
 
@@ -43,7 +43,7 @@ def test_replicas_needed_agrees_with_the_max_rate(params: ServiceParams, model: 
     unit = Load(1.0, 800, 200)
     per_replica = rate_per_replica(model, params, unit, shape, targets, H100)
     for rate in (0.3, 2.0, 7.5, 31.0, 95.0):
-        need = replicas_needed(model, params, replace(unit, rate_rps=rate), shape, targets, H100, 16)
+        need = Sizer(model, params, replace(unit, rate_rps=rate), targets, H100).need(shape, 16)
         if per_replica <= 0:
             assert need is None
             continue
@@ -64,11 +64,12 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(sizing, "_brackets", type(sizing._brackets)())
     monkeypatch.setattr(sizing, "_guesses", {})
+    monkeypatch.setattr(sizing, "_bases", {})
     monkeypatch.setattr(type(model), "within_targets", counted)
     shape, targets = ServerShape(64, 1024, 600.0), Targets(300, 40)
-    first = replicas_needed("mm1k-cb", PARAMS, Load(20.0, 800, 200), shape, targets, H100, 16)
+    first = Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), targets, H100).need(shape, 16)
     cold = len(solves)
     # The load moves a little, as it does from one cycle to the next: the bracket answers.
-    again = replicas_needed("mm1k-cb", PARAMS, Load(19.0, 800, 200), shape, targets, H100, 16)
+    again = Sizer("mm1k-cb", PARAMS, Load(19.0, 800, 200), targets, H100).need(shape, 16)
     assert first is not None and again in (first - 1, first)
     assert cold <= 6 and len(solves) - cold <= 1

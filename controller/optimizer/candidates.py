@@ -20,8 +20,10 @@ from dataclasses import replace
 
 from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from controller.optimizer.sizing import known_fit_rps, rate_per_replica, replicas_needed
-from queuemodels import ModelInputError, Performance, ServerShape, get_model
+from controller.optimizer.sizing import Sizer
+from queuemodels import Performance, PowerProfile, ServerShape, get_model
+from queuemodels.clock import clock_share
+from queuemodels.power import uncapped_peak_w
 
 MAX_PARTIAL = 6
 EXTRA_REPLICAS = 2
@@ -35,6 +37,21 @@ Needs = dict[tuple[int, float, float | None], int | None]
 """Replicas each (max batch, cap, clock) shape needs for a service's load (None: more than it may run)."""
 
 
+def _shapes(problem: Problem, acc: AcceleratorType, profile: PowerProfile) -> list[tuple[int, float, float | None]]:
+    """Each (max batch, cap, clock) worth sizing: of the caps at or above what a shape draws uncapped, only the
+    lowest, since the others run the same steps at the same draw and would only hold more of the budget's room."""
+    out = []
+    for batch in problem.batch_sizes:
+        unbound: set[float | None] = set()
+        for cap, clock in sorted(shape_choices(problem, acc), key=lambda s: s[0]):
+            if clock in unbound:
+                continue
+            if cap >= uncapped_peak_w(profile, batch, clock_share(clock)):
+                unbound.add(clock)
+            out.append((batch, cap, clock))
+    return out
+
+
 def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, perf_in_system: float,
            served_rps: float) -> float:
     if problem.objective == "cost":
@@ -46,22 +63,29 @@ def _score(problem: Problem, svc: ServiceDemand, cost: float, power_w: float, pe
     return served_rps * svc.load.out_tokens / perf_in_system  # T_i / C_i: tokens per second per request
 
 
-def _candidate(problem: Problem, i: int, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-               replicas: int, served_rps: float, clock: float | None = None) -> Candidate | None:
-    params = svc.params[acc.name]
-    shape = ServerShape(batch, svc.max_queue, cap_w, clock)
-    per_replica = replace(svc.load, rate_rps=served_rps / replicas)
-    try:
-        perf = get_model(problem.queue_model).analyze(params, per_replica, shape, svc.profile(acc), tails=False)
-    except ModelInputError:
-        return None
-    gpus = replicas * acc.gpus_per_replica
-    per_gpu_w = cap_w if problem.budget_mode == "caps" else perf.power_w
-    power = gpus * (per_gpu_w - acc.profile.idle_power_w)
-    cost = gpus * acc.cost_per_hour
-    score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * perf.mean_in_system, served_rps)
-    return Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus, power, cost, served_rps,
-                     max(0.0, svc.load.rate_rps - served_rps), score, perf)
+Spec = tuple[int, float, float | None, int, float, int]
+"""A candidate before it is valued: (max batch, cap, clock, replicas, served rps, spare replicas)."""
+
+
+def _candidates(problem: Problem, i: int, acc: AcceleratorType, specs: list[Spec]) -> list[Candidate]:
+    """The specs valued, all of a service's on one accelerator in one call of the queue model (which solves them
+    together); a spec whose rate per replica the model cannot take is dropped."""
+    svc = problem.services[i]
+    points = [(ServerShape(batch, svc.max_queue, cap, clock), served / n) for batch, cap, clock, n, served, _ in specs]
+    figures = get_model(problem.queue_model).mean_figures(svc.params[acc.name], svc.load, points, svc.profile(acc))
+    out = []
+    for (batch, cap_w, clock, replicas, served_rps, spare), fig in zip(specs, figures, strict=True):
+        if fig is None:
+            continue
+        in_system, draw_w = fig
+        gpus = replicas * acc.gpus_per_replica
+        per_gpu_w = cap_w if problem.budget_mode == "caps" else draw_w
+        cost = gpus * acc.cost_per_hour
+        score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * in_system, served_rps)
+        out.append(Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus,
+                             gpus * (per_gpu_w - acc.profile.idle_power_w), cost, served_rps,
+                             max(0.0, svc.load.rate_rps - served_rps), score, spare=spare))
+    return out
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:
@@ -75,8 +99,8 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
-def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float,
-                  clock: float | None, most: int, needs: Needs) -> int:
+def _restart_need(svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float, clock: float | None, most: int,
+                  needs: Needs, sizer: Sizer) -> int:
     """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
     what carries the load at the batch in force (0 where nothing restarts, or where the batch in force meets
     the targets at no rate at all: the restart is the remedy). `needs` holds the shapes sized already."""
@@ -84,18 +108,14 @@ def _restart_need(problem: Problem, svc: ServiceDemand, acc: AcceleratorType, ba
     if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
         return 0
     shape = ServerShape(cur.max_batch, svc.max_queue, cap_w, clock)
-    params, profile = svc.params[acc.name], svc.profile(acc)
     key = (cur.max_batch, cap_w, clock)
-    n = needs[key] if key in needs else replicas_needed(problem.queue_model, params, svc.load, shape, svc.targets,
-                                                         profile, most)
+    n = needs[key] if key in needs else sizer.need(shape, most)
     if n is not None:
         return n + 1
-    in_force = rate_per_replica(problem.queue_model, params, replace(svc.load, rate_rps=1.0), shape, svc.targets,
-                                profile)
-    return most + 1 if in_force > 0 else 0
+    return most + 1 if sizer.rate_per_replica(shape) > 0 else 0
 
 
-def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate], most: int) -> list[Candidate]:
+def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate], most: int) -> list[Spec]:
     """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
     on the max batch in force (so more replicas never have to come through a restart) and on the shapes scoring
     best at their need, where a plan with watts and GPUs to spare would look."""
@@ -108,23 +128,18 @@ def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate
         if a.max_batch != batch_now and id(c) not in best:
             continue
         for n in range(a.replicas + 1, min(most, a.replicas + EXTRA_REPLICAS) + 1):
-            extra = _candidate(problem, i, svc, acc, a.max_batch, a.power_cap_w, n, svc.load.rate_rps,
-                               a.sm_clock_fraction)
-            if extra is not None:
-                out.append(replace(extra, spare=n - a.replicas))
+            out.append((a.max_batch, a.power_cap_w, a.sm_clock_fraction, n, svc.load.rate_rps, n - a.replicas))
     return out
 
 
-def _partials(problem: Problem, i: int, acc: AcceleratorType, needs: Needs) -> list[Candidate]:
+def _partials(svc: ServiceDemand, acc: AcceleratorType, needs: Needs, sizer: Sizer) -> list[Spec]:
     """Fewer replicas than the load needs, on the shape one replica takes most on, each full: what a short
     budget degrades a service to. That shape is among those needing the fewest replicas (the need falls as the
     rate rises); of them, the one whose known fitting rate is highest is sized by its max rate. Where no shape
     carries the load, every shape is."""
-    svc = problem.services[i]
     known = [n for n in needs.values() if n is not None]
     if svc.load.rate_rps <= 0 or (known and min(known) == 1):
         return []
-    per_unit, params, profile = replace(svc.load, rate_rps=1.0), svc.params[acc.name], svc.profile(acc)
 
     def shape(s: tuple[int, float, float | None]) -> ServerShape:
         return ServerShape(s[0], svc.max_queue, s[1], s[2])
@@ -132,20 +147,14 @@ def _partials(problem: Problem, i: int, acc: AcceleratorType, needs: Needs) -> l
     pool = list(needs)
     if known:
         fewest = (s for s, n in needs.items() if n == min(known))
-        pool = [max(fewest, key=lambda s: known_fit_rps(problem.queue_model, params, svc.load, shape(s), svc.targets,
-                                                        profile))]
-    rates = {s: rate_per_replica(problem.queue_model, params, per_unit, shape(s), svc.targets, profile) for s in pool}
+        pool = [max(fewest, key=lambda s: sizer.known_fit_rps(shape(s)))]
+    rates = {s: sizer.rate_per_replica(shape(s)) for s in pool}
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
     if best_rate <= 0:
         return []
     most = min(svc.max_replicas, acc.count // acc.gpus_per_replica, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
     steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
-    out = []
-    for r in steps:
-        c = _candidate(problem, i, svc, acc, batch, cap, r, min(svc.load.rate_rps, r * best_rate), clock)
-        if c is not None:
-            out.append(c)
-    return out
+    return [(batch, cap, clock, r, min(svc.load.rate_rps, r * best_rate), 0) for r in steps]
 
 
 def service_candidates(problem: Problem, i: int) -> list[Candidate]:
@@ -155,24 +164,20 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
         if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
             continue
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
-        params, profile = svc.params[acc.name], svc.profile(acc)
-        needs: Needs = {(batch, cap, clock): replicas_needed(problem.queue_model, params, svc.load,
-                                                             ServerShape(batch, svc.max_queue, cap, clock),
-                                                             svc.targets, profile, most)
-                        for batch in problem.batch_sizes for cap, clock in shape_choices(problem, acc)}
-        full: list[Candidate] = []
+        profile = svc.profile(acc)
+        sizer = Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile)
+        needs: Needs = {(batch, cap, clock): sizer.need(ServerShape(batch, svc.max_queue, cap, clock), most)
+                        for batch, cap, clock in _shapes(problem, acc, profile)}
+        specs: list[Spec] = []
         for (batch, cap, clock), n in needs.items():
             if n is None:
                 continue
-            need = max(svc.min_replicas, n, _restart_need(problem, svc, acc, batch, cap, clock, most, needs))
+            need = max(svc.min_replicas, n, _restart_need(svc, acc, batch, cap, clock, most, needs, sizer))
             if need <= most:
-                c = _candidate(problem, i, svc, acc, batch, cap, need, svc.load.rate_rps, clock)
-                if c is not None:
-                    full.append(c)
-        out += full
-        if problem.objective == "token_speed":
-            out += _spares(problem, i, acc, full, most)
-        out += _partials(problem, i, acc, needs)
+                specs.append((batch, cap, clock, need, svc.load.rate_rps, 0))
+        full = _candidates(problem, i, acc, specs)
+        more = _spares(problem, i, acc, full, most) if problem.objective == "token_speed" else []
+        out += full + _candidates(problem, i, acc, more + _partials(svc, acc, needs, sizer))
     return out
 
 
@@ -214,7 +219,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         for c in cs:
             v = c.score - w * c.short_rps * share
             v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
-            row.append(replace(c, value=v))
+            row.append(c.valued(v))
         out.append(row)
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
     return out, shed

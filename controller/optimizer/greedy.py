@@ -7,7 +7,6 @@ Fast at fleet scale (vector operations per service), and checked against the MIL
 from __future__ import annotations
 
 import heapq
-from dataclasses import replace
 
 import numpy as np
 
@@ -76,14 +75,13 @@ class Greedy:
         """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
         a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
         never will, and each service's next step joins the heap once its last is taken."""
-        where = [{(replace(c.assignment, replicas=0), c.assignment.replicas): k for k, c in enumerate(cs)}
-                 for cs in ranked]
+        where = [{(c.assignment.shape, c.assignment.replicas): k for k, c in enumerate(cs)} for cs in ranked]
         spare_w, left = _room(arrays, picks, count, budget)
 
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
             a = ranked[i][j].assignment
-            k = where[i].get((replace(a, replicas=0), a.replicas + 1))
+            k = where[i].get((a.shape, a.replicas + 1))
             if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
                 return None
             return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)

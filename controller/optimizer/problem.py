@@ -33,6 +33,11 @@ class Assignment:
     power_cap_w: float
     sm_clock_fraction: float | None = None
 
+    @property
+    def shape(self) -> tuple[str, int, float, float | None]:
+        """All but the replica count: what a replica runs."""
+        return self.accelerator, self.max_batch, self.power_cap_w, self.sm_clock_fraction
+
 
 @dataclass(frozen=True)
 class ServiceDemand:
@@ -108,11 +113,14 @@ class Candidate:
     served_rps: float
     short_rps: float
     score: float
-    performance: Performance | None
-    """Means and power only (percentiles NaN): sizing already enforced the targets."""
     value: float = 0.0
     spare: int = 0
     """Replicas beyond what its shape needs for the load (offered to the token-speed objective)."""
+
+    def valued(self, value: float) -> Candidate:
+        """This candidate at `value` (fleets value hundreds of thousands: `replace` costs three times more)."""
+        return Candidate(self.service, self.assignment, self.gpus, self.power_w, self.cost_per_hour, self.served_rps,
+                         self.short_rps, self.score, value, self.spare)
 
 
 @dataclass

@@ -13,16 +13,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 
 MAX_KEPT = 100_000
 """Brackets kept (least recently used dropped first): a fleet of 1,000 services' shapes, several times."""
-
-Key = tuple[str, ServiceParams, Load, ServerShape, Targets, PowerProfile]
-
 
 @dataclass
 class Bracket:
@@ -34,8 +31,13 @@ class Bracket:
     """The smallest rate checked that does not."""
 
 
-_brackets: OrderedDict[Key, Bracket] = OrderedDict()
-_guesses: dict[tuple[str, ServerShape, Targets, PowerProfile], float] = {}
+_bases: dict[object, int] = {}
+"""What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
+power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
+_brackets: OrderedDict[tuple[int, ServerShape], Bracket] = OrderedDict()
+_guesses: dict[tuple[int, ServerShape], float] = {}
+"""The last fitting rate per (model, targets, power profile) and shape, whatever the parameters: a guess where
+they moved."""
 
 
 @lru_cache(maxsize=200_000)
@@ -47,51 +49,70 @@ def rate_per_replica(
     return get_model(model).max_rate(params, load, shape, targets, profile)
 
 
-def replicas_needed(model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets,
-                    profile: PowerProfile, most: int) -> int | None:
-    """Fewest replicas (1..most) whose equal shares of `load` each meet `targets`; None where `most` do not."""
-    if most < 1:
-        return None
-    per_unit = replace(load, rate_rps=1.0)
-    if load.rate_rps <= 0:
-        return 1 if rate_per_replica(model, params, per_unit, shape, targets, profile) > 0 else None
-    key: Key = (model, params, per_unit, shape, targets, profile)
-    bracket = _brackets.pop(key, None) or Bracket()
-    _brackets[key] = bracket
-    if len(_brackets) > MAX_KEPT:
-        _brackets.popitem(last=False)
-    queue_model = get_model(model)
-
-    def fits(n: int) -> bool:
-        rate = load.rate_rps / n
-        if rate <= bracket.fits_rps:
-            return True
-        if rate >= bracket.misses_rps:
-            return False
-        ok = queue_model.within_targets(params, replace(load, rate_rps=rate), shape, targets, profile)
-        if ok:
-            bracket.fits_rps = rate
-        else:
-            bracket.misses_rps = rate
-        return ok
-
-    guess_key = (model, shape, targets, profile)
-    known = bracket.fits_rps or _guesses.get(guess_key, 0.0)
-    guess = math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1
-    need = first_fit(fits, most, guess)
-    if bracket.fits_rps > 0:
-        if len(_guesses) > MAX_KEPT:
-            _guesses.clear()
-        _guesses[guess_key] = bracket.fits_rps
-    return need
+def _number(key: object) -> int:
+    if len(_bases) > MAX_KEPT:
+        _bases.clear()
+        _brackets.clear()
+        _guesses.clear()
+    return _bases.setdefault(key, len(_bases))
 
 
-def known_fit_rps(model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets,
-                  profile: PowerProfile) -> float:
-    """The largest rate per replica known to meet `targets` on this shape (0 where none is): a lower bound on its
-    max rate that costs nothing, for ranking shapes whose rates are not worth a bisection each."""
-    bracket = _brackets.get((model, params, replace(load, rate_rps=1.0), shape, targets, profile))
-    return bracket.fits_rps if bracket is not None else 0.0
+class Sizer:
+    """Sizing of one service's load on one accelerator, shape by shape: the inputs its shapes share are hashed
+    once, where a fleet sizes hundreds of thousands of shapes a cycle."""
+
+    def __init__(self, model: str, params: ServiceParams, load: Load, targets: Targets, profile: PowerProfile) -> None:
+        self.model, self.params, self.load, self.targets, self.profile = model, params, load, targets, profile
+        self.per_unit = load.at_rate(1.0)
+        self.basis = _number((model, params, self.per_unit, targets, profile))
+        self.guess_basis = _number((model, "guess", targets, profile))
+
+    def rate_per_replica(self, shape: ServerShape) -> float:
+        return rate_per_replica(self.model, self.params, self.per_unit, shape, self.targets, self.profile)
+
+    def known_fit_rps(self, shape: ServerShape) -> float:
+        """The largest rate per replica known to meet the targets on this shape (0 where none is): a lower bound on
+        its max rate that costs nothing, for ranking shapes whose rates are not worth a bisection each."""
+        bracket = _brackets.get((self.basis, shape))
+        return bracket.fits_rps if bracket is not None else 0.0
+
+    def need(self, shape: ServerShape, most: int) -> int | None:
+        """Fewest replicas (1..most) whose equal shares of the load each meet the targets; None where `most` do
+        not."""
+        if most < 1:
+            return None
+        load = self.load
+        if load.rate_rps <= 0:
+            return 1 if self.rate_per_replica(shape) > 0 else None
+        key = (self.basis, shape)
+        bracket = _brackets.pop(key, None) or Bracket()
+        _brackets[key] = bracket
+        if len(_brackets) > MAX_KEPT:
+            _brackets.popitem(last=False)
+        queue_model = get_model(self.model)
+
+        def fits(n: int) -> bool:
+            rate = load.rate_rps / n
+            if rate <= bracket.fits_rps:
+                return True
+            if rate >= bracket.misses_rps:
+                return False
+            ok = queue_model.within_targets(self.params, load.at_rate(rate), shape, self.targets, self.profile)
+            if ok:
+                bracket.fits_rps = rate
+            else:
+                bracket.misses_rps = rate
+            return ok
+
+        guess_key = (self.guess_basis, shape)
+        known = bracket.fits_rps or _guesses.get(guess_key, 0.0)
+        guess = math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1
+        need = first_fit(fits, most, guess)
+        if bracket.fits_rps > 0:
+            if len(_guesses) > MAX_KEPT:
+                _guesses.clear()
+            _guesses[guess_key] = bracket.fits_rps
+        return need
 
 
 def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:

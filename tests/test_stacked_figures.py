@@ -1,0 +1,46 @@
+"""Many operating points solved together give the figures `analyze` gives each alone."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, get_model
+from queuemodels.accelerators import CATALOG
+
+H100 = CATALOG["H100-SXM"]
+GEN1 = ServiceParams("gen1", 12, 0.09, 10, 0.035)
+GEN2 = ServiceParams("gen2", 14, 0.002, 0.0004)
+STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)
+"""A roofline law: not stacked, solved alone."""
+
+shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
+                   st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))
+points = st.lists(st.tuples(shapes, st.floats(0.0, 60.0)), min_size=1, max_size=12)
+
+
+def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape, rate: float,
+          profile: PowerProfile | None) -> tuple[float, float] | None:
+    try:
+        perf = get_model(model).analyze(params, load.at_rate(rate), shape, profile, tails=False)
+    except ModelInputError:
+        return None
+    return perf.mean_in_system, perf.power_w
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
+       st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
+       st.sampled_from([H100, None]), points)
+def test_stacked_figures_are_the_single_point_ones(model: str, params: ServiceParams, load: Load,
+                                                   profile: PowerProfile | None,
+                                                   pts: list[tuple[ServerShape, float]]) -> None:
+    together = get_model(model).mean_figures(params, load, pts, profile)
+    for (shape, rate), got in zip(pts, together, strict=True):
+        want = alone(model, params, load, shape, rate, profile)
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            for g, w in zip(got, want, strict=True):
+                assert (math.isnan(g) and math.isnan(w)) or math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12)
