@@ -60,27 +60,27 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     tail_len = capacity[idx] - top
     rows = idx.tolist()
     prompt = np.array([laws[i].prompt_ms for i in rows], dtype=float)
-    width = int(top.max())
-    b = np.arange(1, width + 1, dtype=float)
-    inside = b[None, :] <= top[:, None]
-    tau = t0[:, None] + t1[:, None] * b[None, :]
-    log_step = np.where(inside, np.log(lam)[:, None] - np.log(b)[None, :] + np.log(np.where(inside, tau, 1.0)), 0.0)
-    log_p = np.concatenate([np.zeros((len(idx), 1)), np.cumsum(log_step, axis=1)], axis=1)
-    log_p = np.where(np.concatenate([np.ones((len(idx), 1), dtype=bool), inside], axis=1), log_p, -np.inf)
-    head = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # state n = 0..width, 0 past each row's batch
-    last = head[np.arange(len(idx)), top.astype(int)]
+    # states 1..N of every row laid end to end (rows differ in N: padding to the largest would cost more)
+    sizes = top.astype(np.int64)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    row = np.repeat(np.arange(len(rows)), sizes)
+    b = (np.arange(int(ends[-1])) - starts[row] + 1).astype(float)
+    log_p = np.cumsum(np.log(lam)[row] - np.log(b) + np.log(t0[row] + t1[row] * b))
+    log_p -= np.concatenate([[0.0], log_p[ends[:-1] - 1]])[row]  # each row's own running sum: log p(n) / p(0)
+    shift = np.maximum(np.maximum.reduceat(log_p, starts), 0.0)
+    head = np.exp(log_p - shift[row])  # p(n), n = 1..N, each row scaled by its largest
+    idle = np.exp(-shift)  # p(0) on the same scale
+    last = head[ends - 1]
     rho_m = rho**tail_len
-    tail0 = last * rho * (1.0 - rho_m) / (1.0 - rho)  # sum over j = 1..M of p_N rho^j
+    tail0 = last * rho * (1.0 - rho_m) / (1.0 - rho)  # the sum over j = 1..M of p(N) rho^j
     tail1 = last * rho * (1.0 - (tail_len + 1.0) * rho_m + tail_len * rho_m * rho) / (1.0 - rho) ** 2
-    total = head.sum(axis=1) + tail0
-    states = np.arange(width + 1, dtype=float)
-    served = head @ states
-    in_system = (served + top * tail0 + tail1) / total
+    total = idle + np.add.reduceat(head, starts) + tail0
+    in_system = (np.add.reduceat(head * b, starts) + top * tail0 + tail1) / total
     block = np.where(tail_len > 0, last * rho_m, last) / total
     fine = ~((queue[idx] >= 0) & (block >= BLOCKING_NEGLIGIBLE))
-    share = head / total[:, None]
-    share[np.arange(len(idx)), top.astype(int)] += tail0 / total
-    power = _draws(profile, [shapes[i] for i in rows], share, lam * (1.0 - block) * prompt)
+    power = _draws(profile, [shapes[i] for i in rows], row, b, head / total[row], idle / total, tail0 / total,
+                   lam * (1.0 - block) * prompt, starts, ends - 1)
     out_n, out_w = nan, nan.copy()
     out_n[idx], out_w[idx] = in_system, power
     covered[idx[~fine]] = False
@@ -88,21 +88,24 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     return out_n, out_w, covered
 
 
-def _draws(profile: PowerProfile | None, shapes: list[ServerShape], share: Floats, prompt_load: Floats) -> Floats:
-    """Mean draw of each row's occupancy (queuemodels.power.draws_w, rows of their own cap and clock)."""
+def _draws(profile: PowerProfile | None, shapes: list[ServerShape], row: NDArray[np.int64], b: Floats,
+           share: Floats, idle_share: Floats, tail_share: Floats, prompt_load: Floats, starts: NDArray[np.int64],
+           last: NDArray[np.int64]) -> Floats:
+    """Mean draw of each row's occupancy (queuemodels.power.draws_w, each row at its own cap and clock): `share`
+    holds states 1..N of the rows end to end, `tail_share` what the queue past each row's batch adds to its N."""
     if profile is None:
         return np.full(len(shapes), np.nan)
     limits = np.array([limit_w(profile, s.power_cap_w) for s in shapes])
     clocks = np.array([1.0 if s.sm_clock_fraction is None else s.sm_clock_fraction for s in shapes])
-    busy = 1.0 - share[:, 0]
+    busy = 1.0 - idle_share
     phi = np.where(busy > 0.0, np.minimum(1.0, prompt_load / np.where(busy > 0.0, busy, 1.0)), 0.0)
     scale = clock_draw_scale(profile, clocks)
-    batch = np.arange(1, share.shape[1], dtype=float)
     dynamic = profile.max_power_w - profile.idle_power_w
-    compute = batch[None, :] / (batch[None, :] + profile.batch_half) * scale[:, None]
+    compute = b / (b + profile.batch_half) * scale[row]
     natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
-    decode = (np.minimum(natural, limits[:, None]) * share[:, 1:]).sum(axis=1)
+    step_w = np.minimum(natural, limits[row])
+    decode = np.add.reduceat(step_w * share, starts) + tail_share * step_w[last]
     knee = profile.knee_fraction * profile.max_power_w
     prompt_w = np.minimum(profile.idle_power_w + (knee - profile.idle_power_w) * scale, limits)
-    out: Floats = profile.idle_power_w * share[:, 0] + (1.0 - phi) * decode + phi * prompt_w * busy
+    out: Floats = profile.idle_power_w * idle_share + (1.0 - phi) * decode + phi * prompt_w * busy
     return out
