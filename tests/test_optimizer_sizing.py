@@ -73,3 +73,19 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
     again = Sizer("mm1k-cb", PARAMS, Load(19.0, 800, 200), targets, H100).need(shape, 16)
     assert first is not None and again in (first - 1, first)
     assert cold <= 6 and len(solves) - cold <= 1
+
+
+@given(st.floats(0.01, 50.0), st.floats(0.01, 50.0), st.floats(0.0, 3.0), st.integers(1, 40))
+def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap: float, rate: float,
+                                                             most: int) -> None:
+    bracket = sizing.Bracket(fits_rps, fits_rps + gap)
+    load_rps = rate * fits_rps * 10
+
+    def fits(n: int) -> bool:
+        share = load_rps / n
+        assert share <= bracket.fits_rps or share >= bracket.misses_rps, "the search needed a solve"
+        return share <= bracket.fits_rps
+
+    decided, need = sizing._from_bracket(bracket, load_rps, most)
+    if decided:
+        assert need == first_fit(fits, most, 1)

@@ -85,10 +85,16 @@ class Sizer:
         if load.rate_rps <= 0:
             return 1 if self.rate_per_replica(shape) > 0 else None
         key = (self.basis, shape)
-        bracket = _brackets.pop(key, None) or Bracket()
-        _brackets[key] = bracket
-        if len(_brackets) > MAX_KEPT:
-            _brackets.popitem(last=False)
+        bracket = _brackets.get(key)
+        if bracket is None:
+            bracket = _brackets[key] = Bracket()
+            if len(_brackets) > MAX_KEPT:
+                _brackets.popitem(last=False)
+        else:
+            _brackets.move_to_end(key)
+            decided, n = _from_bracket(bracket, load.rate_rps, most)
+            if decided:
+                return n
         queue_model = get_model(self.model)
 
         def fits(n: int) -> bool:
@@ -113,6 +119,21 @@ class Sizer:
                 _guesses.clear()
             _guesses[guess_key] = bracket.fits_rps
         return need
+
+
+def _from_bracket(bracket: Bracket, rate_rps: float, most: int) -> tuple[bool, int | None]:
+    """(True, need) where the bracket alone answers: n replicas' shares are known to fit and n - 1's known not to
+    (or n is 1), so no search is needed, as for most shapes from one cycle to the next."""
+    if bracket.fits_rps <= 0:
+        return False, None
+    n = max(1, math.ceil(rate_rps / bracket.fits_rps))
+    while n > 1 and rate_rps / (n - 1) <= bracket.fits_rps:
+        n -= 1
+    while rate_rps / n > bracket.fits_rps:
+        n += 1
+    if n > 1 and rate_rps / (n - 1) < bracket.misses_rps:
+        return False, None
+    return True, (n if n <= most else None)
 
 
 def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
