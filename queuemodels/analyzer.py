@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from queuemodels.chain import Stationary
+from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
@@ -23,8 +23,19 @@ from queuemodels.types import (
     Unstable,
 )
 
-BLOCKING_NEGLIGIBLE = 1e-6
-"""Blocking below which the law is kept at the offered rate (the accepted rate differs by less)."""
+Point = tuple[ServiceParams, Load, ServerShape, "PowerProfile | None"]
+"""One replica's operating point: its parameters, its load (the rate included), shape and power profile."""
+
+
+class PointFigures(NamedTuple):
+    """The means a point is valued or fitted by."""
+
+    mean_in_system: float
+    ttft_ms: float
+    itl_ms: float
+    power_w: float
+
+
 
 
 class QueueModel(Protocol):
@@ -69,10 +80,7 @@ class QueueModel(Protocol):
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy: ...
 
-    def mean_figures(
-        self, params: ServiceParams, load: Load, points: Sequence[tuple[ServerShape, float]],
-        profile: PowerProfile | None = None,
-    ) -> list[tuple[float, float] | None]: ...
+    def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]: ...
 
 
 @dataclass(frozen=True)
@@ -172,33 +180,31 @@ class ChainModel:
         law, chain = self._solved(params, load, shape, profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
 
-    def mean_figures(
-        self, params: ServiceParams, load: Load, points: Sequence[tuple[ServerShape, float]],
-        profile: PowerProfile | None = None,
-    ) -> list[tuple[float, float] | None]:
-        """(mean in system, mean draw W) of one replica at each (shape, rate): `analyze`'s figures, for the many
-        points a plan values at once (queuemodels.stacked); None where the model has none (a rate it cannot take)."""
+    def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]:
+        """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates and a fit its
+        windows (solved together: queuemodels.stacked); None where the model has none (a rate it cannot take)."""
         laws: list[StepLaw | None] = []
-        for shape, rate in points:
+        for params, load, shape, profile in points:
             try:
-                laws.append(self.law(params, load.at_rate(rate), profile, shape))
+                laws.append(self.law(params, load, profile, shape))
             except ModelInputError:
                 laws.append(None)
         solved = [i for i, law in enumerate(laws) if law is not None]
-        in_system, power_w, covered = mean_figures([laws[i] for i in solved],  # type: ignore[misc]
-                                                   [points[i][0] for i in solved], [points[i][1] for i in solved],
-                                                   profile)
-        out: list[tuple[float, float] | None] = [None] * len(points)
+        together = mean_figures([laws[i] for i in solved],  # type: ignore[misc]
+                                [points[i][2] for i in solved], [points[i][1].rate_rps for i in solved],
+                                [points[i][3] for i in solved])
+        out: list[PointFigures | None] = [None] * len(points)
         for j, i in enumerate(solved):
-            if covered[j]:
-                out[i] = float(in_system[j]), float(power_w[j])
-        for i, (shape, rate) in enumerate(points):
+            if together.covered[j]:
+                out[i] = PointFigures(float(together.in_system[j]), float(together.ttft_ms[j]),
+                                      float(together.itl_ms[j]), float(together.power_w[j]))
+        for i, (params, load, shape, profile) in enumerate(points):
             if out[i] is None:
                 try:
-                    perf = self.analyze(params, load.at_rate(rate), shape, profile, tails=False)
+                    perf = self.analyze(params, load, shape, profile, tails=False)
                 except ModelInputError:
                     continue
-                out[i] = perf.mean_in_system, perf.power_w
+                out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.power_w)
         return out
 
 

@@ -16,6 +16,8 @@ from queuemodels.service_time import StepLaw
 from queuemodels.types import ModelInputError, Unstable
 
 TAIL_MASS = 1e-12
+BLOCKING_NEGLIGIBLE = 1e-6
+"""Blocking below which a bounded queue's law is kept at the offered rate (the accepted rate differs by less)."""
 MAX_STATES = 2_000_000
 
 

@@ -14,29 +14,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels.chain import MAX_STATES, TAIL_MASS
+from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
 from queuemodels.clock import clock_draw_scale
 from queuemodels.power import limit_w
 from queuemodels.service_time import StepLaw
 from queuemodels.types import PowerProfile, ServerShape
 
-BLOCKING_NEGLIGIBLE = 1e-6
-"""Blocking below which a bounded queue's law is kept at the offered rate (as the single-point path does)."""
 RHO_COVERED = 0.99
 """Utilisation of the full batch up to which the tail's closed form is used (nearer 1 it loses digits)."""
 
 Floats = NDArray[np.float64]
 
 
+class Figures(NamedTuple):
+    """Each point's means (NaN where `covered` is False: the caller solves those alone)."""
+
+    in_system: Floats
+    ttft_ms: Floats
+    itl_ms: Floats
+    power_w: Floats
+    covered: NDArray[np.bool_]
+
+
 def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_rps: Sequence[float],
-                 profile: PowerProfile | None) -> tuple[Floats, Floats, NDArray[np.bool_]]:
-    """(mean in system, mean draw in W, covered) of each point; figures where `covered` is False are NaN."""
+                 profiles: Sequence[PowerProfile | None]) -> Figures:
+    """The means of `analyze(..., tails=False)` at each (law, shape, rate), the draw at each point's profile."""
     k = len(laws)
-    nan = np.full(k, np.nan)
     affine = np.array([law.roofline is None for law in laws], dtype=bool)
     t0 = np.array([law.t0 for law in laws], dtype=float)
     t1 = np.array([law.t1 for law in laws], dtype=float)
@@ -53,13 +61,13 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     short = (queue >= 0) & (top + queue <= 4 * top)
     capacity = np.where(queue < 0, tail, np.where(short, top + queue, np.minimum(top + queue, tail)))
     covered = affine & light & (short | (tail <= MAX_STATES))
+    out = Figures(np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan), covered)
     if not covered.any():
-        return nan, nan.copy(), covered
+        return out
     idx = np.flatnonzero(covered)
     t0, t1, lam, top, rho = t0[idx], t1[idx], lam[idx], top[idx], rho[idx]
     tail_len = capacity[idx] - top
     rows = idx.tolist()
-    prompt = np.array([laws[i].prompt_ms for i in rows], dtype=float)
     # states 1..N of every row laid end to end (rows differ in N: padding to the largest would cost more)
     sizes = top.astype(np.int64)
     ends = np.cumsum(sizes)
@@ -76,36 +84,67 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     tail0 = last * rho * (1.0 - rho_m) / (1.0 - rho)  # the sum over j = 1..M of p(N) rho^j
     tail1 = last * rho * (1.0 - (tail_len + 1.0) * rho_m + tail_len * rho_m * rho) / (1.0 - rho) ** 2
     total = idle + np.add.reduceat(head, starts) + tail0
-    in_system = (np.add.reduceat(head * b, starts) + top * tail0 + tail1) / total
+    in_service = (np.add.reduceat(head * b, starts) + top * tail0) / total
+    in_system = in_service + tail1 / total
     block = np.where(tail_len > 0, last * rho_m, last) / total
+    accepted = lam * (1.0 - block)
     fine = ~((queue[idx] >= 0) & (block >= BLOCKING_NEGLIGIBLE))
-    power = _draws(profile, [shapes[i] for i in rows], row, b, head / total[row], idle / total, tail0 / total,
-                   lam * (1.0 - block) * prompt, starts, ends - 1)
-    out_n, out_w = nan, nan.copy()
-    out_n[idx], out_w[idx] = in_system, power
+    ttft, itl = _latencies([laws[i] for i in rows], t0, t1, top, accepted, in_system, in_service, idle / total)
+    prompt = np.array([laws[i].prompt_ms for i in rows], dtype=float)
+    power = _draws([profiles[i] for i in rows], [shapes[i] for i in rows], row, b, head / total[row],
+                   idle / total, tail0 / total, accepted * prompt, starts, ends - 1)
+    for column, values in zip(out[:4], (in_system, ttft, itl, power), strict=True):
+        column[idx] = np.where(fine, values, np.nan)
     covered[idx[~fine]] = False
-    out_n[idx[~fine]] = out_w[idx[~fine]] = np.nan
-    return out_n, out_w, covered
+    return out
 
 
-def _draws(profile: PowerProfile | None, shapes: list[ServerShape], row: NDArray[np.int64], b: Floats,
+def _latencies(laws: list[StepLaw], t0: Floats, t1: Floats, top: Floats, accepted: Floats, in_system: Floats,
+               in_service: Floats, idle: Floats) -> tuple[Floats, Floats]:
+    """(mean TTFT, mean ITL) as queuemodels.operating_point reads them off a chain's means: the batch a request
+    is served in from Little's law, its decode step, and the queueing wait before its prefill."""
+    p0, p1, d0, d1, residual_share, residual_ms, wait_scale = (
+        np.array([getattr(law, f) for law in laws], dtype=float)
+        for f in ("p0", "p1", "d0", "d1", "residual_share", "residual_ms", "wait_scale"))
+    service = in_service / accepted
+    wait = np.maximum(0.0, in_system / accepted - service)
+    n_eff = np.where(t1 > 0.0, np.clip((service - t0) / np.where(t1 > 0.0, t1, 1.0), 0.0, top), 1.0)
+    decode = d0 + d1 * n_eff
+    residual = (1.0 - idle) * (residual_share * decode + residual_ms)
+    return wait_scale * wait + p0 + p1 * n_eff + residual, decode
+
+
+def _draws(profiles: list[PowerProfile | None], shapes: list[ServerShape], row: NDArray[np.int64], b: Floats,
            share: Floats, idle_share: Floats, tail_share: Floats, prompt_load: Floats, starts: NDArray[np.int64],
            last: NDArray[np.int64]) -> Floats:
-    """Mean draw of each row's occupancy (queuemodels.power.draws_w, each row at its own cap and clock): `share`
-    holds states 1..N of the rows end to end, `tail_share` what the queue past each row's batch adds to its N."""
-    if profile is None:
-        return np.full(len(shapes), np.nan)
-    limits = np.array([limit_w(profile, s.power_cap_w) for s in shapes])
+    """Mean draw of each row's occupancy (queuemodels.power.draws_w, each row at its own cap, clock and profile;
+    NaN without one): `share` holds states 1..N of the rows end to end, `tail_share` what the queue past each
+    row's batch adds to its N."""
+    n = len(shapes)
+    groups: dict[int, list[int]] = {}
+    for i, profile in enumerate(profiles):
+        if profile is not None:
+            groups.setdefault(id(profile), []).append(i)
     clocks = np.array([1.0 if s.sm_clock_fraction is None else s.sm_clock_fraction for s in shapes])
+    idle_w, prompt_w, limits = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    step_w = np.full(len(b), np.nan)
+    for members in groups.values():
+        profile = profiles[members[0]]
+        assert profile is not None
+        mine = np.array(members)
+        limits[mine] = [limit_w(profile, shapes[i].power_cap_w) for i in members]
+        scale = np.zeros(n)
+        scale[mine] = clock_draw_scale(profile, clocks[mine])
+        flat = np.isin(row, mine)
+        compute = b[flat] / (b[flat] + profile.batch_half) * scale[row[flat]]
+        dynamic = profile.max_power_w - profile.idle_power_w
+        natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
+        step_w[flat] = np.minimum(natural, limits[row[flat]])
+        knee = profile.knee_fraction * profile.max_power_w
+        prompt_w[mine] = np.minimum(profile.idle_power_w + (knee - profile.idle_power_w) * scale[mine], limits[mine])
+        idle_w[mine] = profile.idle_power_w
     busy = 1.0 - idle_share
     phi = np.where(busy > 0.0, np.minimum(1.0, prompt_load / np.where(busy > 0.0, busy, 1.0)), 0.0)
-    scale = clock_draw_scale(profile, clocks)
-    dynamic = profile.max_power_w - profile.idle_power_w
-    compute = b / (b + profile.batch_half) * scale[row]
-    natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
-    step_w = np.minimum(natural, limits[row])
     decode = np.add.reduceat(step_w * share, starts) + tail_share * step_w[last]
-    knee = profile.knee_fraction * profile.max_power_w
-    prompt_w = np.minimum(profile.idle_power_w + (knee - profile.idle_power_w) * scale, limits)
-    out: Floats = profile.idle_power_w * idle_share + (1.0 - phi) * decode + phi * prompt_w * busy
+    out: Floats = idle_w * idle_share + (1.0 - phi) * decode + phi * prompt_w * busy
     return out

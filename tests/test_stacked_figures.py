@@ -11,6 +11,7 @@ from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, Servic
 from queuemodels.accelerators import CATALOG
 
 H100 = CATALOG["H100-SXM"]
+L40S = CATALOG["L40S"]
 GEN1 = ServiceParams("gen1", 12, 0.09, 10, 0.035)
 GEN2 = ServiceParams("gen2", 14, 0.002, 0.0004)
 STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)
@@ -21,25 +22,26 @@ shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sa
 points = st.lists(st.tuples(shapes, st.floats(0.0, 60.0)), min_size=1, max_size=12)
 
 
-def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape, rate: float,
-          profile: PowerProfile | None) -> tuple[float, float] | None:
+def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape,
+          profile: PowerProfile | None) -> tuple[float, ...] | None:
     try:
-        perf = get_model(model).analyze(params, load.at_rate(rate), shape, profile, tails=False)
+        perf = get_model(model).analyze(params, load, shape, profile, tails=False)
     except ModelInputError:
         return None
-    return perf.mean_in_system, perf.power_w
+    return perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.power_w
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
-       st.sampled_from([H100, None]), points)
+       st.lists(st.sampled_from([H100, L40S, None]), min_size=12, max_size=12), points)
 def test_stacked_figures_are_the_single_point_ones(model: str, params: ServiceParams, load: Load,
-                                                   profile: PowerProfile | None,
+                                                   profiles: list[PowerProfile | None],
                                                    pts: list[tuple[ServerShape, float]]) -> None:
-    together = get_model(model).mean_figures(params, load, pts, profile)
-    for (shape, rate), got in zip(pts, together, strict=True):
-        want = alone(model, params, load, shape, rate, profile)
+    rows = [(params, load.at_rate(rate), shape, profile) for (shape, rate), profile in zip(pts, profiles, strict=False)]
+    together = get_model(model).mean_figures(rows)
+    for row, got in zip(rows, together, strict=True):
+        want = alone(model, *row)
         assert (got is None) == (want is None)
         if got is not None and want is not None:
             for g, w in zip(got, want, strict=True):

@@ -71,13 +71,15 @@ def _candidates(problem: Problem, i: int, acc: AcceleratorType, specs: list[Spec
     """The specs valued, all of a service's on one accelerator in one call of the queue model (which solves them
     together); a spec whose rate per replica the model cannot take is dropped."""
     svc = problem.services[i]
-    points = [(ServerShape(batch, svc.max_queue, cap, clock), served / n) for batch, cap, clock, n, served, _ in specs]
-    figures = get_model(problem.queue_model).mean_figures(svc.params[acc.name], svc.load, points, svc.profile(acc))
+    params, profile = svc.params[acc.name], svc.profile(acc)
+    points = [(params, svc.load.at_rate(served / n), ServerShape(batch, svc.max_queue, cap, clock), profile)
+              for batch, cap, clock, n, served, _ in specs]
+    figures = get_model(problem.queue_model).mean_figures(points)
     out = []
     for (batch, cap_w, clock, replicas, served_rps, spare), fig in zip(specs, figures, strict=True):
         if fig is None:
             continue
-        in_system, draw_w = fig
+        in_system, draw_w = fig.mean_in_system, fig.power_w
         gpus = replicas * acc.gpus_per_replica
         per_gpu_w = cap_w if problem.budget_mode == "caps" else draw_w
         cost = gpus * acc.cost_per_hour
