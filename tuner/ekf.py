@@ -102,6 +102,17 @@ class PairFilter:
         perf = get_model(self.queue_model).analyze(params, obs.load, obs.shape, profile, tails=False)
         return np.array([perf.ttft_ms, perf.itl_ms])
 
+    def predict_many(self, pairs: list[tuple[Observation, NDArray[np.float64] | None]]) -> list[
+            NDArray[np.float64] | None]:
+        """`predict` at many (observation, state) pairs in one call of the queue model (which solves them together:
+        a fit's windows, a Jacobian's perturbed states); None where the model cannot take the load."""
+        points = []
+        for obs, x in pairs:
+            params, profile = self.params(x)
+            points.append((params, obs.load, obs.shape, profile))
+        figures = get_model(self.queue_model).mean_figures(points)
+        return [None if f is None else np.array([f.ttft_ms, f.itl_ms]) for f in figures]
+
     @staticmethod
     def observed(obs: Observation) -> NDArray[np.float64]:
         return np.array([obs.ttft_ms, obs.itl_ms])
@@ -113,14 +124,18 @@ class PairFilter:
         return out
 
     def jacobian(self, obs: Observation) -> NDArray[np.float64]:
-        """Of log h, by central differences, eps = 1 % of each parameter."""
-        cols = []
+        """Of log h, by central differences, eps = 1 % of each parameter (every perturbed state in one call)."""
+        states: list[NDArray[np.float64]] = []
         for j in range(len(self.x)):
             eps = 0.01 * abs(self.x[j]) or 1e-6
             up, down = self.x.copy(), self.x.copy()
             up[j] += eps
             down[j] = max(down[j] - eps, 1e-12)
-            cols.append((self.log_predict(obs, up) - self.log_predict(obs, down)) / (up[j] - down[j]))
+            states += [up, down]
+        logs = [np.log(h) for h in self.predict_many([(obs, x) for x in states]) if h is not None]
+        if len(logs) < len(states):
+            raise ModelInputError("the model cannot take this window's load at a perturbed state")
+        cols = [(logs[2 * j] - logs[2 * j + 1]) / (states[2 * j][j] - states[2 * j + 1][j]) for j in range(len(self.x))]
         return np.column_stack(cols)
 
     def _reject(self, reason: str, nis: float = float("nan")) -> Verdict:
@@ -184,11 +199,8 @@ class PairFilter:
             x = self.prior_vector()
             x[free] = np.exp(v[:-1])
             out = [prior_weight * (v[:-1] - anchor - v[-1] * scaled)]
-            for o in observations:
-                try:
-                    out.append(np.log(self.predict(o, x) / self.observed(o)))
-                except ModelInputError:
-                    out.append(np.full(len(self.observed(o)), 10.0))
+            for o, h in zip(observations, self.predict_many([(o, x) for o in observations]), strict=True):
+                out.append(np.full(2, 10.0) if h is None else np.log(h / self.observed(o)))
             return np.concatenate(out)
 
         result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=1e-6,
@@ -211,12 +223,8 @@ class PairFilter:
         for scale in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1):
             x = self.x.copy()
             x[free] = np.maximum(x[free] * scale, low[free])
-            try:
-                for o in observations:
-                    self.predict(o, x)
+            if all(h is not None for h in self.predict_many([(o, x) for o in observations])):
                 return x
-            except ModelInputError:
-                continue
         return self.x.copy()
 
     def _refit(self, obs: Observation) -> None:
