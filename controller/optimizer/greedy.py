@@ -10,7 +10,7 @@ import heapq
 
 import numpy as np
 
-from controller.optimizer.problem import Candidate, Choice, Problem
+from controller.optimizer.problem import Assignment, Candidate, Choice, Problem
 from controller.optimizer.trades import Flat, Ranked, exchange, trade_power
 
 
@@ -75,13 +75,13 @@ class Greedy:
         """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
         a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
         never will, and each service's next step joins the heap once its last is taken."""
-        where = [{(c.assignment.shape, c.assignment.replicas): k for k, c in enumerate(cs)} for cs in ranked]
+        where = [{c.assignment: k for k, c in enumerate(cs)} for cs in ranked]
         spare_w, left = _room(arrays, picks, count, budget)
 
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
             a = ranked[i][j].assignment
-            k = where[i].get((a.shape, a.replicas + 1))
+            k = where[i].get(Assignment(a.accelerator, a.replicas + 1, a.max_batch, a.power_cap_w, a.sm_clock_fraction))
             if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
                 return None
             return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)

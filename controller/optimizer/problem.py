@@ -33,11 +33,6 @@ class Assignment:
     power_cap_w: float
     sm_clock_fraction: float | None = None
 
-    @property
-    def shape(self) -> tuple[str, int, float, float | None]:
-        """All but the replica count: what a replica runs."""
-        return self.accelerator, self.max_batch, self.power_cap_w, self.sm_clock_fraction
-
 
 @dataclass(frozen=True)
 class ServiceDemand:
