@@ -10,21 +10,19 @@ from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
-from queuemodels.sizing import max_rate, saturation_rps, within_targets
+from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_many
 from queuemodels.stacked import mean_figures
 from queuemodels.types import (
     Load,
     ModelInputError,
     Performance,
+    Point,
     PowerProfile,
     ServerShape,
     ServiceParams,
     Targets,
     Unstable,
 )
-
-Point = tuple[ServiceParams, Load, ServerShape, "PowerProfile | None"]
-"""One replica's operating point: its parameters, its load (the rate included), shape and power profile."""
 
 
 class PointFigures(NamedTuple):
@@ -81,6 +79,8 @@ class QueueModel(Protocol):
     ) -> Occupancy: ...
 
     def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]: ...
+
+    def within_targets_many(self, points: Sequence[Point], targets: Targets) -> list[bool]: ...
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,10 @@ class ChainModel:
         """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
         law, chain = self._solved(params, load, shape, profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
+
+    def within_targets_many(self, points: Sequence[Point], targets: Targets) -> list[bool]:
+        """`within_targets` at many points (a sizing round's), solved together where the targets allow."""
+        return within_targets_many(points, targets, law_fn=self.law)
 
     def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]:
         """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates and a fit its

@@ -7,13 +7,15 @@ by bisection on [0.001 mu(1), 0.999 of the saturation rate] (REFERENCE.md sectio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from scipy.optimize import brentq
 
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.stacked import mean_figures
+from queuemodels.types import Load, ModelInputError, Point, PowerProfile, ServerShape, ServiceParams, Targets
 
 SATURATION_SHARE = 0.999
 """Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess
@@ -45,6 +47,33 @@ def within_targets(
     if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) < 0.0:
         return False
     return _feasible(law_fn, params, load, profile, shape, load.rate_rps, targets)
+
+
+def within_targets_many(points: Sequence[Point], targets: Targets, law_fn: LawFn = capped_law) -> list[bool]:
+    """`within_targets` at many points (parameters, load with its rate, shape, profile): under a mean target the
+    points' chains are solved together (queuemodels.stacked), a percentile target or a point the stacked solve
+    leaves out is checked on its own."""
+    if targets.statistic != "mean":
+        return [within_targets(p, load, shape, targets, profile, law_fn) for p, load, shape, profile in points]
+    out = [False] * len(points)
+    laws, rows = [], []
+    for i, (params, load, shape, profile) in enumerate(points):
+        if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) < 0.0:
+            continue
+        try:
+            laws.append(law_fn(params, load, profile, shape))
+        except ModelInputError:
+            continue
+        rows.append(i)
+    together = mean_figures(laws, [points[i][2] for i in rows], [points[i][1].rate_rps for i in rows],
+                            [None] * len(rows))
+    for j, i in enumerate(rows):
+        params, load, shape, profile = points[i]
+        if together.covered[j]:
+            out[i] = bool(together.ttft_ms[j] <= targets.ttft_ms and together.itl_ms[j] <= targets.itl_ms)
+        else:
+            out[i] = _feasible(law_fn, params, load, profile, shape, load.rate_rps, targets)
+    return out
 
 
 def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,

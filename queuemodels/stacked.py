@@ -135,7 +135,7 @@ def _draws(profiles: list[PowerProfile | None], shapes: list[ServerShape], row: 
         limits[mine] = [limit_w(profile, shapes[i].power_cap_w) for i in members]
         scale = np.zeros(n)
         scale[mine] = clock_draw_scale(profile, clocks[mine])
-        flat = np.isin(row, mine)
+        flat = slice(None) if len(members) == n else np.isin(row, mine)  # mostly one profile for all
         compute = b[flat] / (b[flat] + profile.batch_half) * scale[row[flat]]
         dynamic = profile.max_power_w - profile.idle_power_w
         natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)

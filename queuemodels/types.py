@@ -248,3 +248,7 @@ class Performance:
         if statistic == "p99":
             return self.ttft_p99_ms, self.itl_p99_ms
         return self.ttft_ms, self.itl_ms
+
+
+Point = tuple[ServiceParams, Load, ServerShape, PowerProfile | None]
+"""One replica's operating point: its parameters, its load (the rate included), shape and power profile."""

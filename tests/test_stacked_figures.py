@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, get_model
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
 
 H100 = CATALOG["H100-SXM"]
@@ -46,3 +46,16 @@ def test_stacked_figures_are_the_single_point_ones(model: str, params: ServicePa
         if got is not None and want is not None:
             for g, w in zip(got, want, strict=True):
                 assert (math.isnan(g) and math.isnan(w)) or math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
+       st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
+       st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95")]),
+       st.sampled_from([H100, None]), points)
+def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParams, load: Load, targets: Targets,
+                                                profile: PowerProfile | None,
+                                                pts: list[tuple[ServerShape, float]]) -> None:
+    rows = [(params, load.at_rate(rate), shape, profile) for shape, rate in pts]
+    together = get_model(model).within_targets_many(rows, targets)
+    assert together == [get_model(model).within_targets(p, ld, s, targets, pr) for p, ld, s, pr in rows]

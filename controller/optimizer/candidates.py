@@ -168,8 +168,9 @@ def service_candidates(problem: Problem, i: int) -> list[Candidate]:
         most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
         profile = svc.profile(acc)
         sizer = Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile)
-        needs: Needs = {(batch, cap, clock): sizer.need(ServerShape(batch, svc.max_queue, cap, clock), most)
-                        for batch, cap, clock in _shapes(problem, acc, profile)}
+        shapes = _shapes(problem, acc, profile)
+        sized = sizer.needs([ServerShape(batch, svc.max_queue, cap, clock) for batch, cap, clock in shapes], most)
+        needs: Needs = dict(zip(shapes, sized, strict=True))
         specs: list[Spec] = []
         for (batch, cap, clock), n in needs.items():
             if n is None:

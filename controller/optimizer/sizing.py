@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -76,14 +76,63 @@ class Sizer:
         bracket = _brackets.get((self.basis, shape))
         return bracket.fits_rps if bracket is not None else 0.0
 
-    def need(self, shape: ServerShape, most: int) -> int | None:
-        """Fewest replicas (1..most) whose equal shares of the load each meet the targets; None where `most` do
-        not."""
-        if most < 1:
-            return None
+    def needs(self, shapes: list[ServerShape], most: int) -> list[int | None]:
+        """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
+        None where `most` do not. The shapes' searches run side by side: each round, whatever the brackets do not
+        answer is checked in one call of the queue model (which solves the points together)."""
         load = self.load
+        out: list[int | None] = [None] * len(shapes)
+        if most < 1:
+            return out
         if load.rate_rps <= 0:
-            return 1 if self.rate_per_replica(shape) > 0 else None
+            return [1 if self.rate_per_replica(shape) > 0 else None for shape in shapes]
+        searches: dict[int, tuple[Generator[int, bool, int | None], Bracket, int]] = {}
+        for i, shape in enumerate(shapes):
+            bracket = self._bracket(shape)
+            decided, n = _from_bracket(bracket, load.rate_rps, most)
+            if decided:
+                out[i] = n
+                continue
+            known = bracket.fits_rps or _guesses.get((self.guess_basis, shape), 0.0)
+            search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
+            searches[i] = search, bracket, next(search)
+        model = get_model(self.model)
+        while searches:
+            asked = {}
+            for i, (search, bracket, n) in list(searches.items()):
+                while True:  # answer from the bracket while it can
+                    rate = load.rate_rps / n
+                    if bracket.fits_rps < rate < bracket.misses_rps:
+                        asked[i] = rate
+                        searches[i] = search, bracket, n
+                        break
+                    try:
+                        n = search.send(rate <= bracket.fits_rps)
+                    except StopIteration as done:
+                        out[i] = done.value
+                        self._remember(shapes[i], bracket)
+                        del searches[i]
+                        break
+            points = [(self.params, load.at_rate(rate), shapes[i], self.profile) for i, rate in asked.items()]
+            for (i, rate), ok in zip(asked.items(), model.within_targets_many(points, self.targets), strict=True):
+                search, bracket, _ = searches[i]
+                if ok:
+                    bracket.fits_rps = rate
+                else:
+                    bracket.misses_rps = rate
+                try:
+                    searches[i] = search, bracket, search.send(ok)
+                except StopIteration as done:
+                    out[i] = done.value
+                    self._remember(shapes[i], bracket)
+                    del searches[i]
+        return out
+
+    def need(self, shape: ServerShape, most: int) -> int | None:
+        """`needs` of one shape."""
+        return self.needs([shape], most)[0]
+
+    def _bracket(self, shape: ServerShape) -> Bracket:
         key = (self.basis, shape)
         bracket = _brackets.get(key)
         if bracket is None:
@@ -92,33 +141,14 @@ class Sizer:
                 _brackets.popitem(last=False)
         else:
             _brackets.move_to_end(key)
-            decided, n = _from_bracket(bracket, load.rate_rps, most)
-            if decided:
-                return n
-        queue_model = get_model(self.model)
+        return bracket
 
-        def fits(n: int) -> bool:
-            rate = load.rate_rps / n
-            if rate <= bracket.fits_rps:
-                return True
-            if rate >= bracket.misses_rps:
-                return False
-            ok = queue_model.within_targets(self.params, load.at_rate(rate), shape, self.targets, self.profile)
-            if ok:
-                bracket.fits_rps = rate
-            else:
-                bracket.misses_rps = rate
-            return ok
-
-        guess_key = (self.guess_basis, shape)
-        known = bracket.fits_rps or _guesses.get(guess_key, 0.0)
-        guess = math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1
-        need = first_fit(fits, most, guess)
+    def _remember(self, shape: ServerShape, bracket: Bracket) -> None:
+        """The shape's fitting rate as a guess for other parameters (where the sizing basis moves)."""
         if bracket.fits_rps > 0:
             if len(_guesses) > MAX_KEPT:
                 _guesses.clear()
-            _guesses[guess_key] = bracket.fits_rps
-        return need
+            _guesses[(self.guess_basis, shape)] = bracket.fits_rps
 
 
 def _from_bracket(bracket: Bracket, rate_rps: float, most: int) -> tuple[bool, int | None]:
@@ -137,13 +167,25 @@ def _from_bracket(bracket: Bracket, rate_rps: float, most: int) -> tuple[bool, i
 
 
 def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
-    """Smallest n in 1..most with fits(n), fits monotone (false, then true): outward from `guess` in doubling
-    steps, then by bisection, so a right guess costs two checks and a wrong one a few more."""
+    """Smallest n in 1..most with fits(n), fits monotone (false, then true): `fit_search` answered by `fits`."""
+    search = fit_search(most, guess)
+    try:
+        n = next(search)
+        while True:
+            n = search.send(fits(n))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
+    """Smallest n in 1..most that fits, fitting monotone (false, then true): yields each n to check and is sent
+    whether it fits; outward from `guess` in doubling steps, then by bisection, so a right guess costs two
+    checks and a wrong one a few more. A generator, so many shapes' searches can be answered together."""
     n = min(max(guess, 1), most)
     bad, good, step = 0, n, 1
-    if fits(n):
+    if (yield n):
         while good - step > bad:
-            if not fits(good - step):
+            if not (yield good - step):
                 bad = good - step
                 break
             good, step = good - step, 2 * step
@@ -151,7 +193,7 @@ def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
         bad = n
         while True:
             probe = min(most, bad + step)
-            if fits(probe):
+            if (yield probe):
                 good = probe
                 break
             if probe == most:
@@ -159,7 +201,7 @@ def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
             bad, step = probe, 2 * step
     while good - bad > 1:
         mid = (good + bad) // 2
-        if fits(mid):
+        if (yield mid):
             good = mid
         else:
             bad = mid
