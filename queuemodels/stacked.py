@@ -1,10 +1,11 @@
-"""Many operating points solved together: the two figures a plan values its candidates by.
+"""Many operating points solved together: the means a plan values its candidates by and a fit its windows.
 
 The optimizer values each candidate (a shape and a replica count, so a rate per replica) by the mean number
-of requests in a replica and its mean draw; solved one by one, each costs a chain and a draw curve built
+of requests in a replica and its mean draw, sizing checks mean targets, and the tuner's fits predict mean TTFT
+and ITL at every window many times over; solved one by one, each point costs a chain and a draw curve built
 through the interpreter, and a fleet has tens of thousands of candidates. For affine step laws (every law but
-the step family's roofline) the chains of many points are solved at once: the states up to the batch, padded
-to the largest batch, and the queue beyond it in closed form, since every state past the batch serves at the
+the step family's roofline) the chains of many points are solved at once: the states up to each point's
+batch laid end to end, and the queue beyond it in closed form, since every state past the batch serves at the
 full batch's rate (a truncated geometric tail). The figures are those `analyze` gives, to rounding; a point
 the closed form does not cover (a roofline law, utilisation of the full batch within 1 % of 1, a bounded queue
 that turns more than a negligible share away, no arrivals) is marked for the caller to solve on its own.
