@@ -14,6 +14,7 @@ watts back). The lowest-priority GPUs are the ones cut, so they are the ones who
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
@@ -46,13 +47,13 @@ class ClockShed:
         (`limits_w`, by UUID), the GPUs the governor holds below the plan's cap (`shedding`, by UUID: a plan's
         own cap that binds is the plan's choice, not a shed), each GPU's clock share in force (`share`) and the
         plan's (`planned`, 1.0 free). A GPU without a reading keeps its hold: its draw is not known, and its
-        limit bounds it anyway."""
+        limit bounds it anyway (a NaN reading counts as none)."""
         out = {}
         listed = set()
         for g in samples:
             listed.add(g.uuid)
             held = self.holds.get(g.uuid)
-            if g.power_w is None or g.power_w <= 0:
+            if g.power_w is None or not math.isfinite(g.power_w) or g.power_w <= 0:
                 if held is not None:
                     out[g.index] = held.share
                 continue

@@ -58,6 +58,8 @@ def test_a_hold_never_goes_below_its_least_share_and_keeps_its_gpu_unread() -> N
     assert out == {0: 0.4}
     unread = replace(gpu(650.0, 200.0), power_w=None)
     assert shed.step([unread], {"GPU-a": 200.0}, {"GPU-a"}, lambda g: 0.4, lambda g: 1.0) == {0: 0.4}
+    nan = replace(unread, power_w=float("nan"))
+    assert shed.step([nan], {"GPU-a": 200.0}, {"GPU-a"}, lambda g: 0.4, lambda g: 1.0) == {0: 0.4}
     assert shed.step([], {}, set(), lambda g: 0.4, lambda g: 1.0) == {} and shed.holds == {}  # gone from the listing
 
 
