@@ -14,14 +14,19 @@ same at 24 rps, where plans pack GPUs until their decode draw reaches the caps' 
    four arms: caps alone at today's power levels (0.6-1.0 of the maximum limit), the same with clock levels
    (0.4-1.0 in steps of 0.05), caps alone down to the GPU's floor (power levels from 0.3), and that with
    clock levels.
-3. Measure at equal SLO attainment: each plan runs on the emulator (each replica its share of the load) and
-   is scored by the energy its GPUs drew per output token and its SLO attainment, the share of requests
-   whose TTFT and of tokens whose inter-token latency met the targets. A plan counts once 95 % of both do
-   (the p95 SLO met); where the model's tails were optimistic and it did not, the arm plans again against
-   targets tightened by a margin (5 % steps), as an operator would, until one does.
-Prints JSON: per seed, service and arm the assignment, the figures and the margin it needed, and the
-savings (1 - energy per token with clocks / without) against caps at today's levels and at the floor,
-given only where both plans met the SLO; `summary` holds each service's savings over the seeds.
+3. Measure at equal SLO attainment: each arm plans against the SLO's targets tightened by a margin (0 to 50 %
+   in 2.5 % steps: the model's tails are optimistic at low clocks and large batches), and every distinct plan
+   runs on the emulator (each replica its share of the load), scored by the energy its GPUs drew per output
+   token and its attainment: the lower of the shares of requests whose TTFT and of tokens whose inter-token
+   latency met the targets. Each arm is calibrated to an attainment level as an operator would pick its
+   margin: its least energy plan that reaches it. Levels: the SLO's (95 %: the p95 met), 97 and 99 %, and
+   equal attainment, the higher of the two arms' attainments at the SLO (a plan that meets the SLO with slack
+   it cannot trade for energy, such as caps whose lowest level does not bind, is compared with the other
+   arm's least energy plan that has as much).
+Prints JSON: per seed, service and comparison (clocks against caps at today's levels, and against caps down to
+the floor) the plans at the SLO and at equal attainment, every plan of each arm's sweep on one line (with the
+model's predicted p95 inter-token latency beside the measured one), and the savings (1 - energy per token with
+clocks / without) at each level, given only where both arms reach it; `summary` holds them over the seeds.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
-from queuemodels import DEFAULT_MAX_QUEUE, Load, PowerProfile, ServiceParams, Targets
+from queuemodels import DEFAULT_MAX_QUEUE, Load, Performance, PowerProfile, ServiceParams, Targets
 from queuemodels.accelerators import profile
 from simulator.probe import Replica
 from simulator.workload import TokenDist
@@ -45,14 +50,21 @@ MAX_CLOCK_MHZ = 1980
 PRIOR = ServiceParams("gen1", alpha_ms=20.0, beta_ms=0.2, gamma_ms=20.0, delta_ms=0.06)
 """A generic prior (config/sim.toml's for this model), 2-4x off the emulator's law."""
 CAPS_LEVELS = (0.6, 0.7, 0.8, 0.9, 1.0)
-FLOOR_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FLOOR_LEVELS = tuple(round(0.3 + 0.05 * k, 2) for k in range(15))
+"""Down to the driver's floor (200 W on an H100-SXM: 0.29 of 700 W), as finely as the clock levels."""
 CLOCK_LEVELS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 LEARN_CLOCKS = (None, 0.85, 0.7, 0.55)
 LEARN_BATCHES = (32, 128, 256)
-MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
-"""Planning margins tried in turn: the targets planned for are the SLO's less this share."""
+MARGINS = tuple(round(0.025 * k, 3) for k in range(21))
+"""Planning margins tried in turn (0 to 50 % in 2.5 % steps): the targets planned for are the SLO's less this
+share."""
+TOLERANCE = 0.001
+"""Attainments this close count as equal (a token or two in a thousand: the runs' sampling noise)."""
 ATTAINMENT = 0.95
 """The SLO is on the p95: met when 95 % of requests (TTFT) and of tokens (inter-token latency) are within it."""
+LEVELS = (ATTAINMENT, 0.97, 0.99)
+"""Attainments both arms are calibrated to, each in turn."""
+SAVINGS = ("saving_at_slo", "saving_at_97_percent", "saving_at_99_percent", "saving_at_equal_attainment")
 
 
 @dataclass(frozen=True)
@@ -130,31 +142,99 @@ def learn(svc: Service, requests: int, seed: int) -> tuple[ServiceParams, PowerP
 
 
 def plan(svc: Service, params: ServiceParams, prof: PowerProfile | None, power_levels: tuple[float, ...],
-         clock_levels: tuple[float, ...]) -> Assignment | None:
+         clock_levels: tuple[float, ...]) -> tuple[Assignment | None, Performance | None, float]:
+    """The optimizer's plan, with what the model predicts for it (a replica's latencies, the service's draw)."""
     acc = AcceleratorType(GPU, 16, 2.99, profile(GPU))
     demand = ServiceDemand(svc.name, 1, svc.targets, Load(svc.rate_rps, svc.in_tokens, svc.out_tokens, 0.5, 0.5),
                            {GPU: params}, max_replicas=16, profiles={GPU: prof} if prof is not None else {})
     problem = Problem((demand,), (acc,), 1e6, "energy", "predicted", (16, 32, 64, 128, 256), power_levels,
                       clock_levels=clock_levels)
-    return solve(problem, get_solver("milp")).services[0].assignment
+    result = solve(problem, get_solver("milp")).services[0]
+    return result.assignment, result.performance, result.power_w
 
 
-def calibrated(svc: Service, params: ServiceParams, prof: PowerProfile | None, power_levels: tuple[float, ...],
-               clock_levels: tuple[float, ...], requests: int, seed: int) -> dict[str, object] | None:
-    """The least energy plan whose measured attainment meets the SLO: planned against the SLO's targets, then
-    against targets tightened in steps (a planning margin) until the emulator shows the SLO met."""
-    last = None
-    for margin in MARGINS:
+class Arm:
+    """One arm's plans for a service, planned against targets tightened by a margin and scored on the emulator
+    (each distinct assignment run once)."""
+
+    def __init__(self, svc: Service, params: ServiceParams, prof: PowerProfile | None,
+                 power_levels: tuple[float, ...], clock_levels: tuple[float, ...], requests: int, seed: int) -> None:
+        self.svc, self.params, self.prof, self.requests, self.seed = svc, params, prof, requests, seed
+        self.levels = (power_levels, clock_levels)
+        self.scores: dict[Assignment, dict[str, object]] = {}
+        self.swept: list[dict[str, object]] = []
+
+    def at(self, margin: float) -> dict[str, object] | None:
+        svc = self.svc
         tight = Service(svc.name, svc.in_tokens, svc.out_tokens, svc.rate_rps,
                         Targets(svc.targets.ttft_ms * (1 - margin), svc.targets.itl_ms * (1 - margin),
                                 svc.targets.statistic), svc.learn_rps)
-        a = plan(tight, params, prof, power_levels, clock_levels)
+        a, predicted, power_w = plan(tight, self.params, self.prof, *self.levels)
         if a is None:
-            break
-        last = {**score(svc, a, requests, seed), "planning_margin": margin}
-        if last["slo_met"]:
-            return last
-    return last
+            return None
+        if a not in self.scores:
+            self.scores[a] = score(svc, a, self.requests, self.seed)
+        model = None if predicted is None else {"itl_p95_ms": round(predicted.itl_p95_ms, 2),
+                                                "ttft_p95_ms": round(predicted.ttft_p95_ms, 1),
+                                                "power_w": round(power_w, 1)}
+        return {**self.scores[a], "planning_margin": margin, "model_predicted": model}
+
+    def sweep(self) -> list[dict[str, object]]:
+        """Every distinct plan the arm makes over the margins (at the least margin that gives it), scored."""
+        if not self.swept:
+            seen = set()
+            for margin in MARGINS:
+                got = self.at(margin)
+                if got is None:
+                    break
+                if str(got["assignment"]) not in seen:
+                    seen.add(str(got["assignment"]))
+                    self.swept.append(got)
+        return self.swept
+
+    def cheapest(self, bar: float) -> dict[str, object] | None:
+        """The least energy plan of the sweep whose measured attainment (the lower of its requests' TTFT and its
+        tokens' ITL shares) reaches `bar`: the arm calibrated to that attainment, as an operator would pick its
+        planning margin. None where no plan reaches it."""
+        reaching = [p for p in self.sweep() if attainment(p) >= bar - TOLERANCE]
+        return min(reaching, key=lambda p: float(p["energy_per_token_j"]), default=None)  # type: ignore[arg-type]
+
+
+def brief(scored: dict[str, object]) -> str:
+    """One scored plan on a line: replicas x batch, cap, clock; energy per token; attainment; the measured p95
+    inter-token latency and the model's; the margin it was planned with."""
+    a = scored["assignment"]
+    assert isinstance(a, dict)
+    model, itl = scored["model_predicted"], scored["itl_ms"]
+    assert isinstance(itl, dict)
+    return (f"{a['replicas']}x{a['max_batch']} {a['cap_w']} W clock {a['sm_clock_share'] or 'free'}: "
+            f"{scored['energy_per_token_j']} J/token, attainment {attainment(scored):.4f}, ITL p95 {itl['p95']} ms"
+            f" (model {model['itl_p95_ms'] if isinstance(model, dict) else '?'}), margin {scored['planning_margin']}")
+
+
+def attainment(scored: dict[str, object]) -> float:
+    shares = scored["slo_attainment"]
+    assert isinstance(shares, dict)
+    return float(min(shares["ttft"], shares["itl"]))
+
+
+def compared(caps: Arm, clocks: Arm) -> dict[str, object]:
+    """Both arms calibrated to the same attainment: at the SLO (95 %), at 97 and 99 %, and at the higher of the
+    attainments the two reach at the SLO (a plan that meets the SLO with more slack than the other is compared
+    with the other arm's least energy plan that has as much: that slack is not counted as free)."""
+    at_slo = caps.cheapest(ATTAINMENT), clocks.cheapest(ATTAINMENT)
+    out: dict[str, object] = {"caps_at_slo": at_slo[0], "clocks_at_slo": at_slo[1],
+                              "saving_at_slo": saving(*at_slo),
+                              "plans": {"caps": [brief(p) for p in caps.sweep()],
+                                        "clocks": [brief(p) for p in clocks.sweep()]}}
+    for level in LEVELS[1:]:
+        out[f"saving_at_{round(100 * level)}_percent"] = saving(caps.cheapest(level), clocks.cheapest(level))
+    if at_slo[0] is None or at_slo[1] is None:
+        return {**out, "equal_attainment": None, "saving_at_equal_attainment": None}
+    bar = max(attainment(at_slo[0]), attainment(at_slo[1]))
+    a, b = caps.cheapest(bar), clocks.cheapest(bar)
+    return {**out, "equal_attainment": {"attainment": round(bar, 4), "caps": a, "clocks": b},
+            "saving_at_equal_attainment": saving(a, b)}
 
 
 def score(svc: Service, a: Assignment, requests: int, seed: int) -> dict[str, object]:
@@ -188,8 +268,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (arrivals, noise, learning order)")
     args = ap.parse_args()
     runs = {seed: one_seed(args.requests, seed) for seed in (int(s) for s in args.seeds.split(","))}
-    summary = {svc.name: {key: [r[svc.name][key] for r in runs.values()]
-                          for key in ("energy_saving_vs_caps", "energy_saving_vs_floor_caps")} for svc in SERVICES}
+    summary = {svc.name: {arm: {key: [r[svc.name]["energy_saving"][arm][key] for r in runs.values()]  # type: ignore[index]
+                                for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in SERVICES}
     print(json.dumps({"summary": summary, "seeds": {str(k): v for k, v in runs.items()}}, indent=2,
                      allow_nan=False))
 
@@ -200,16 +280,16 @@ def one_seed(requests: int, seed: int) -> dict[str, dict[str, object]]:
         params, prof = learn(svc, requests, seed)
         fitted = None if prof is None else {"clock_time_sensitivity": round(prof.clock_time_sensitivity, 3),
                                             "clock_draw_exponent": round(prof.clock_draw_exponent, 3)}
-        arms = {"caps_only": (CAPS_LEVELS, (1.0,)), "caps_and_clocks": (CAPS_LEVELS, CLOCK_LEVELS),
-                "caps_only_to_floor": (FLOOR_LEVELS, (1.0,)), "caps_to_floor_and_clocks": (FLOOR_LEVELS, CLOCK_LEVELS)}
-        scored = {k: calibrated(svc, params, prof, p, c, requests, seed) for k, (p, c) in arms.items()}
-
+        arms = {k: Arm(svc, params, prof, p, c, requests, seed) for k, (p, c) in {
+            "caps": (CAPS_LEVELS, (1.0,)), "caps_and_clocks": (CAPS_LEVELS, CLOCK_LEVELS),
+            "floor_caps": (FLOOR_LEVELS, (1.0,)), "floor_caps_and_clocks": (FLOOR_LEVELS, CLOCK_LEVELS)}.items()}
+        vs_caps = compared(arms["caps"], arms["caps_and_clocks"])
+        vs_floor = compared(arms["floor_caps"], arms["floor_caps_and_clocks"])
         out[svc.name] = {"load": {"rate_rps": svc.rate_rps, "in_tokens": svc.in_tokens, "out_tokens": svc.out_tokens},
                          "targets_ms": {"ttft": svc.targets.ttft_ms, "itl": svc.targets.itl_ms},
-                         "fitted_clock_law": fitted, **scored,
-                         "energy_saving_vs_caps": saving(scored["caps_only"], scored["caps_and_clocks"]),
-                         "energy_saving_vs_floor_caps": saving(scored["caps_only_to_floor"],
-                                                               scored["caps_to_floor_and_clocks"])}
+                         "fitted_clock_law": fitted, "vs_caps": vs_caps, "vs_floor_caps": vs_floor,
+                         "energy_saving": {k: {key: v[key] for key in SAVINGS} for k, v in (
+                             ("vs_caps", vs_caps), ("vs_floor_caps", vs_floor))}}
     return out
 
 

@@ -4,7 +4,8 @@ The governor's limits still bound the draw whatever the clock, so a lock is neve
 limits are set first each tick and nothing here can hold them back. A GPU that cannot lock its clock at all
 (NotSupported, NoPermission: a permanent error) turns clocks off for the whole daemon: it unlocks what it
 locked, logs and counts it once, and the slow loop plans caps alone from then on. A transient error is
-retried per GPU with the fast loop's backoff.
+retried per GPU with the fast loop's backoff. Where the governor lowers a GPU's limit under its draw, the
+clock lever (controller/clock_shed.py) may hold its clock below the plan's so the draw falls the same tick.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from actuators import ActuatorError, ClockLocker, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
+from controller.clock_shed import ClockShed
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.retry import RetryBook
@@ -34,6 +36,8 @@ class ClockSteer:
         self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
         self.suspect: set[int] = set()
         """GPUs seen whose lock state is not known (see `known`)."""
+        self.shed = ClockShed()
+        """The governor's fast lever: clocks held below the plan's where a limit falls under a GPU's draw."""
 
     def share(self, index: int) -> float:
         """The GPU's clock share in force (1.0 unlocked)."""
@@ -42,12 +46,25 @@ class ClockSteer:
         mhz, top = self.locked[index]
         return mhz / top
 
-    def step(self, now: float, samples: list[GpuSample], plan: Plan) -> None:
+    def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float] | None = None,
+             shedding: frozenset[str] = frozenset()) -> None:
+        """Lock each GPU at its service's planned clock, or lower where the clock lever holds it: given the limits
+        in force after this tick (by UUID; None: no lever, the plan's clocks alone) and the GPUs the governor
+        holds below the plan's cap."""
         if self.off is not None:
             return
         self.suspect |= {g.index for g in samples} - self.known
+
+        def planned(g: GpuSample) -> float | None:
+            return None if g.service is None else plan.clock_fraction(g.service, g.variant)
+
+        holds = {} if limits_w is None else self.shed.step(samples, limits_w, shedding, lambda g: self.share(g.index),
+                                                             lambda g: planned(g) or 1.0)
+        self.metrics.degradation.labels("clocks").set(len(holds))
         for g in samples:
-            want = None if g.service is None else plan.clock_fraction(g.service, g.variant)
+            want = planned(g)
+            if g.index in holds:
+                want = min(want or 1.0, holds[g.index])
             target = f"clock:{g.uuid}"
             if (want is None and g.index in self.known and g.index not in self.locked) \
                     or not self.retry.may_try(target, now):
@@ -95,3 +112,5 @@ class ClockSteer:
             except ActuatorError as exc:
                 log.warning("unlocking GPU %d's clock: %s", index, exc)
         self.locked.clear()
+        self.shed.holds.clear()
+        self.metrics.degradation.labels("clocks").set(0)

@@ -121,18 +121,25 @@ class FastLoop:
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
         # Decreases first: the rises were fitted around them, so none is made where a decrease failed.
-        if all([self._set(now, g, w) for g, w in lower]):
-            for g, w in higher:
-                self._set(now, g, w)
-        if self.clocks is not None:
-            self.clocks.step(now, [g for g in samples if g.uuid not in missing], self.plan)
+        applied = {g.uuid: self._set(now, g, w) for g, w in lower}
+        if None not in applied.values():
+            applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
+        if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it
+            after = {g.uuid: applied.get(g.uuid) or g.power_limit_w for g in samples}
+            self.clocks.step(now, [g for g in samples if g.uuid not in missing], self.plan, after,
+                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid])))
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
-    def _set(self, now: float, g: GpuSample, watts: float) -> bool:
-        """Set one GPU's limit, as its retry record allows; whether it was set."""
+    def _held_down(self, g: GpuSample, limit_w: float) -> bool:
+        """Whether the governor holds a GPU below its plan's cap (a cut, or a limit the budget squeezes under it)."""
+        cap = self.plan.cap_w(g.service, g.variant) if g.service else None
+        return self.governor.cut_w.get(g.uuid, 0.0) > 0 or (cap is not None and limit_w < cap - 1.0)
+
+    def _set(self, now: float, g: GpuSample, watts: float) -> float | None:
+        """Set one GPU's limit, as its retry record allows; the limit in force after, None where it was not set."""
         target = f"power_limit:{g.uuid}"
         if not self.retry.may_try(target, now):
-            return False
+            return None
         m = self.metrics
         try:
             applied = self.power.set_power_limit(g.index, watts)
@@ -140,12 +147,12 @@ class FastLoop:
             m.actuations.labels(self.power.name, "power_limit", "error").inc()
             m.errors.labels("power_actuator").inc()
             self.retry.failed(target, now, exc)
-            return False
+            return None
         self.retry.succeeded(target)
         m.actuations.labels(self.power.name, "power_limit", "ok").inc()
         if abs(applied - watts) > 1.0:
             log.debug("GPU %d limit %.0f W asked, %.0f W in force", g.index, watts, applied)
-        return True
+        return applied
 
     def _failsafe(self, now: float) -> None:
         """Limits that fit the budget, and every power domain's limit, whatever the GPUs draw, on every GPU last
@@ -162,7 +169,8 @@ class FastLoop:
                 log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
         self.metrics.failsafe.set(1.0)
         self.samples = [replace(g, power_limit_w=caps[g.index])
-                        if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) else g
+                        if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) is not None
+                        else g
                         for g in self.samples]
 
     def _record_draws(self, samples: list[GpuSample]) -> None:

@@ -19,9 +19,10 @@ class OwnMetrics:
                               "budget by construction are in force.", registry=r)
         self.plan_version = Gauge("wattscale_plan_version", "Version of the plan the governor steers to.", registry=r)
         self.degradation = Gauge("wattscale_power_degradation", "The degradation ladder under a tight budget: "
-                                 "step caps = GPUs the governor holds below the plan's cap (seconds); step shape = "
-                                 "services a budget-bound plan gives fewer replicas or a smaller max batch than run "
-                                 "(minutes); step shed = services the plan leaves short for budget.",
+                                 "step caps = GPUs the governor holds below the plan's cap (seconds); step clocks = "
+                                 "GPUs whose SM clock the governor holds below the plan's to shed draw the same tick; "
+                                 "step shape = services a budget-bound plan gives fewer replicas or a smaller max "
+                                 "batch than run (minutes); step shed = services the plan leaves short for budget.",
                                  ["step"], registry=r)
         self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
         lat = ["service", "stat"]

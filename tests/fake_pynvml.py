@@ -5,7 +5,8 @@ InvalidArgument), setting needs privilege (else NoPermission), draw never above 
 cap clock-event reason while the limit bites, unsupported fields, and errors injected per call and GPU.
 Locked clocks as on Volta and later: a lock within the supported table (else InvalidArgument), needing
 privilege, holding the SM clock at or below it, with the applications-clocks event reason set; a GPU
-without them (`unsupported` holds "lock") raises NotSupported.
+without them (`unsupported` holds "lock") raises NotSupported. A lock lowers the draw where a GPU's demand has a
+part that follows the clock (`clock_mw`), at once, as a lock does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class FakeGpu:
     locked_mhz: tuple[int, int] | None = None
     lock_ignored: bool = False
     """The driver answers success but leaves the clock unlocked (what the read-back must catch)."""
+    clock_mw: int = 0
+    """The part of `demand_mw` that falls with a locked clock, as its share squared (compute: the rest, memory and
+    idle, does not); 0: a lock leaves the draw as it is."""
+
+    def want_mw(self) -> int:
+        """What the GPU would draw without its limit: its demand at the clock it is locked at."""
+        if self.locked_mhz is None:
+            return self.demand_mw
+        return self.demand_mw - self.clock_mw + int(self.clock_mw * (self.locked_mhz[1] / 1980) ** 2)
 
 
 class FakeNvml:
@@ -104,8 +114,8 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, h: int) -> int:
         g = self._gpu("power", h)
-        g.energy_mj += min(g.demand_mw, g.limit_mw)  # one second at this draw
-        return min(g.demand_mw, g.limit_mw)
+        g.energy_mj += min(g.want_mw(), g.limit_mw)  # one second at this draw
+        return min(g.want_mw(), g.limit_mw)
 
     def nvmlDeviceGetFieldValues(self, h: int, fields: list[int]) -> list[Any]:
         g = self._gpu("fields", h)
@@ -114,7 +124,7 @@ class FakeNvml:
             v = pynvml.c_nvmlFieldValue_t()
             v.fieldId = f
             v.nvmlReturn = 0 if f == pynvml.NVML_FI_DEV_POWER_INSTANT else pynvml.NVML_ERROR_NOT_SUPPORTED
-            v.value.uiVal = min(g.demand_mw, g.limit_mw) + 5_000
+            v.value.uiVal = min(g.want_mw(), g.limit_mw) + 5_000
             out.append(v)
         return out
 
@@ -125,13 +135,13 @@ class FakeNvml:
         g = self._gpu("clock", h)
         if kind == pynvml.NVML_CLOCK_MEM:
             return 2619
-        free = 1980 if g.demand_mw <= g.limit_mw else int(1980 * (g.limit_mw / g.demand_mw) ** 0.5)
+        free = 1980 if g.want_mw() <= g.limit_mw else int(1980 * (g.limit_mw / g.want_mw()) ** 0.5)
         return free if g.locked_mhz is None else min(free, g.locked_mhz[1])
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
         g = self._gpu("reasons", h)
         locked = pynvml.nvmlClocksEventReasonApplicationsClocksSetting if g.locked_mhz is not None else 0x0
-        return (0x4 if g.demand_mw > g.limit_mw else 0x0) | locked
+        return (0x4 if g.want_mw() > g.limit_mw else 0x0) | locked
 
     def nvmlDeviceGetSupportedMemoryClocks(self, h: int) -> list[int]:
         self._gpu("supported", h)

@@ -1,0 +1,94 @@
+"""The governor's fast clock lever: where a GPU's draw must fall under a limit the governor just lowered below it,
+its SM clock is locked down the same tick, so the draw falls at once through the clock.
+
+The hard budget stays with the limits: the governor sets them exactly as with caps alone (their sum under the
+threshold by construction, lowest priority cut first), and a lock never lets a GPU draw past its limit. What the
+lock adds is how the draw gets under the new limit: a GPU's own cap response is a feedback loop over a window (the
+driver's power brake throttles coarsely, then recovers), while a lock takes effect at the next kernel and holds
+every step at one clock. So the lock is chosen to bring the draw just under the limit, and the cap binds only for
+what the clock could not shed (memory and idle draw barely follow the clock). Each tick corrects the hold from
+the draw read at it: a GPU still pressed against its limit is lowered further, down to `min_share`; one drawing
+well under its limit is raised a step, and the hold ends once it reaches the plan's clock (the governor gave the
+watts back). The lowest-priority GPUs are the ones cut, so they are the ones whose clocks fall.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass
+
+from controller.telemetry.base import GpuSample
+
+RAISE_STEP = 1.25
+"""The most a hold rises in one tick (x the share), so a clock given back does not overshoot the limit at once."""
+
+
+@dataclass(frozen=True)
+class ClockHold:
+    """What the lever decided for one GPU at one tick, and why."""
+
+    share: float
+    """The clock share the GPU is held at (of its maximum SM clock), below the plan's."""
+    why: str
+
+
+class ClockShed:
+    def __init__(self, min_share: float = 0.3) -> None:
+        self.min_share = min_share
+        """The lowest clock share a hold goes to: below it a GPU serves too slowly to be worth the watts; the cap
+        sheds the rest."""
+        self.holds: dict[str, ClockHold] = {}
+        """GPU UUID -> its hold in force."""
+
+    def step(self, samples: Sequence[GpuSample], limits_w: Mapping[str, float], shedding: Set[str],
+             share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float]) -> dict[int, float]:
+        """The clock shares to hold GPUs at now (GPU index -> share), given the limits in force after this tick
+        (`limits_w`, by UUID), the GPUs the governor holds below the plan's cap (`shedding`, by UUID: a plan's
+        own cap that binds is the plan's choice, not a shed), each GPU's clock share in force (`share`) and the
+        plan's (`planned`, 1.0 free). A GPU without a reading keeps its hold: its draw is not known, and its
+        limit bounds it anyway (a NaN reading counts as none)."""
+        out = {}
+        listed = set()
+        for g in samples:
+            listed.add(g.uuid)
+            held = self.holds.get(g.uuid)
+            if g.power_w is None or not math.isfinite(g.power_w) or g.power_w <= 0:
+                if held is not None:
+                    out[g.index] = held.share
+                continue
+            hold = self._decide(g, limits_w.get(g.uuid, g.power_limit_w), share(g), planned(g), held,
+                                g.uuid in shedding)
+            if hold is None:
+                self.holds.pop(g.uuid, None)
+            else:
+                self.holds[g.uuid] = hold
+                out[g.index] = hold.share
+        self.holds = {u: h for u, h in self.holds.items() if u in listed}
+        return out
+
+    def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: ClockHold | None,
+                shedding: bool) -> ClockHold | None:
+        draw = g.power_w or 0.0
+        margin = _margin_w(limit_w)
+        pressed = draw > limit_w - margin
+        if shedding and pressed and (held is not None or draw > limit_w + 1.0):
+            # The compute part of the draw falls at least as fast as the clock: proportional is the least shed.
+            share = max(self.min_share, min(now, plan) * max(0.0, limit_w - margin) / draw)
+            why = f"draw {draw:.0f} W over its limit {limit_w:.0f} W less {margin:.0f} W"
+            return ClockHold(share, why) if share < plan else None
+        if held is None:
+            return None
+        if shedding and draw >= limit_w - 2 * margin:
+            return held  # just under the limit: the clock holds the draw where the governor wants it
+        # Room under the limit, or the governor no longer holds the GPU down: clock back, a step at a time.
+        share = held.share * (RAISE_STEP if not shedding else min(RAISE_STEP, (limit_w - margin) / draw))
+        if share >= plan:
+            return None
+        return ClockHold(share, f"draw {draw:.0f} W under its limit {limit_w:.0f} W" + ("" if shedding else
+                                                                                        ", no longer held down"))
+
+
+def _margin_w(limit_w: float) -> float:
+    """How far under its limit a held GPU aims to draw (as the governor's 'pressed' band)."""
+    return max(10.0, 0.05 * limit_w)

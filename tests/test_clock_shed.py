@@ -1,0 +1,146 @@
+"""The governor's clock lever: where a budget drop makes the governor lower a GPU's limit under its draw, the
+lowest-priority GPUs' clocks are locked down the same tick, while the limits still sum under the threshold every
+tick; with clocks off the caps alone hold the drop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from fake_pynvml import FakeGpu, FakeNvml
+from prometheus_client import CollectorRegistry
+
+from controller.clock_shed import ClockShed
+from controller.control import Controller
+from controller.own_metrics import OwnMetrics
+from controller.plan import Plan
+from controller.settings import load_settings
+from controller.telemetry.base import GpuSample
+from controller.wiring import build_parts
+from tuner import Tuner
+
+PLAN = Plan.of(1, {"chat": {"H100-SXM": 600.0}, "code": {"H100-SXM": 600.0}}, {"chat": 1, "code": 2})
+"""code (GPU 1) has the lower priority (the larger number): the governor cuts its GPU first. Neither service plans
+a locked clock."""
+
+
+def gpu(power_w: float, limit_w: float) -> GpuSample:
+    return GpuSample(0, "GPU-a", "H100", power_w, None, limit_w, 200.0, 700.0, service="chat")
+
+
+def test_a_hold_starts_where_the_limit_falls_under_the_draw_and_ends_at_the_plans_clock() -> None:
+    shed = ClockShed(min_share=0.3)
+    share = {"GPU-a": 1.0}
+
+    def step(power_w: float, limit_before_w: float, limit_after_w: float) -> dict[int, float]:
+        out = shed.step([gpu(power_w, limit_before_w)], {"GPU-a": limit_after_w},
+                        {"GPU-a"} if limit_after_w < 600.0 else set(), lambda g: share[g.uuid], lambda g: 1.0)
+        share["GPU-a"] = out.get(0, 1.0)
+        return out
+
+    assert step(603.0, 600.0, 600.0) == {}  # at its cap, a reading a little over it: no hold
+    assert shed.step([gpu(650.0, 700.0)], {"GPU-a": 600.0}, set(), lambda g: 1.0, lambda g: 1.0) == {}  # the plan's
+    # own cap under the draw binds as the plan chose: no hold
+    first = step(500.0, 600.0, 300.0)[0]  # the governor cuts the limit to 300 W under a 500 W draw
+    assert 0.5 < first < 0.6  # in proportion, less the margin: the least the compute part sheds
+    second = step(300.0, 300.0, 300.0)[0]  # still pressed against the limit: lower again
+    assert second < first
+    assert step(272.0, 300.0, 300.0)[0] == second  # just under the limit: held
+    rises = [step(150.0, 300.0, 600.0).get(0, 1.0) for _ in range(5)]  # the governor gives the cut back
+    assert rises == sorted(rises) and rises[0] > second and rises[-1] == 1.0  # a step a tick back up...
+    assert shed.holds == {}  # ...and released once the plan's clock is reached
+
+
+def test_a_hold_never_goes_below_its_least_share_and_keeps_its_gpu_unread() -> None:
+    shed = ClockShed(min_share=0.4)
+    out = shed.step([gpu(650.0, 700.0)], {"GPU-a": 200.0}, {"GPU-a"}, lambda g: 1.0, lambda g: 1.0)
+    assert out == {0: 0.4}
+    unread = replace(gpu(650.0, 200.0), power_w=None)
+    assert shed.step([unread], {"GPU-a": 200.0}, {"GPU-a"}, lambda g: 0.4, lambda g: 1.0) == {0: 0.4}
+    nan = replace(unread, power_w=float("nan"))
+    assert shed.step([nan], {"GPU-a": 200.0}, {"GPU-a"}, lambda g: 0.4, lambda g: 1.0) == {0: 0.4}
+    assert shed.step([], {}, set(), lambda g: 0.4, lambda g: 1.0) == {} and shed.holds == {}  # gone from the listing
+
+
+class Clock:
+    """The simulated time the NVML actuators' raise gates read (the tests tick faster than the wall clock)."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def daemon(sim_config: Callable[..., Path], fake: FakeNvml, clocks: str) -> tuple[Controller, Clock]:
+    path = sim_config({'gpu_source = "sim"': 'gpu_source = "nvml"', 'vllm_source = "sim"': 'vllm_source = "prometheus"',
+                       'power = "sim"': f'power = "nvml"\nclocks = "{clocks}"', 'batch = "sim"': 'batch = "dry-run"',
+                       'replicas = "sim"': 'replicas = "dry-run"', 'name = "chat"\nmodel = "llama-3.1-8b"':
+                       'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0]', 'name = "code"\nmodel = "qwen2.5-14b"':
+                       'name = "code"\nmodel = "qwen2.5-14b"\ngpus = [1]'})
+    s = load_settings(path)
+    parts = build_parts(s, nvml=fake)
+    ctl = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, Tuner(None),
+                     OwnMetrics(CollectorRegistry()), clocks=parts.clocks)
+    ctl.fast.plan = PLAN
+    clock = Clock()
+    for gated in (parts.power, parts.clocks):
+        if gated is not None:
+            gated.gate.clock = clock  # type: ignore[attr-defined]
+    return ctl, clock
+
+
+def budget_drop(ctl: Controller, clock: Clock, fake: FakeNvml) -> list[tuple[float, float, float]]:
+    """Ten seconds at a loose budget, a drop to 1000 W, twenty seconds there, then the budget back: per tick, the
+    draw read after it, the limits' sum and the threshold."""
+    loose = ctl.fast.governor.settings
+    out = []
+    for t in range(1, 41):
+        if t in (11, 31):
+            ctl.fast.governor.settings = replace(loose, budget_w=1000.0) if t == 11 else loose
+        clock.now_s = float(t)
+        ctl.tick_fast(float(t))
+        out.append((sum(min(g.want_mw(), g.limit_mw) for g in fake.gpus) / 1000,
+                    sum(g.limit_mw for g in fake.gpus) / 1000, ctl.fast.governor.threshold_w()))
+    return out
+
+
+def gpus() -> list[FakeGpu]:
+    """Two GPUs at 550 W, 250 W of it compute that follows a locked clock."""
+    return [FakeGpu(demand_mw=550_000, clock_mw=250_000), FakeGpu(demand_mw=550_000, clock_mw=250_000)]
+
+
+def test_a_budget_drop_is_held_within_two_seconds_with_the_low_priority_clock_lowered_first(
+        sim_config: Callable[..., Path]) -> None:
+    fake = FakeNvml(gpus())
+    ticks = budget_drop(*daemon(sim_config, fake, "nvml"), fake)
+    assert all(limits <= threshold + 1e-6 for _, limits, threshold in ticks[10:30])  # the hard rule, every tick
+    assert all(draw <= threshold + 1e-6 for draw, _, threshold in ticks[11:30])  # held from the second tick
+    locks = [(i, mhz) for i, _, mhz in fake.locks]
+    assert locks and locks[0][0] == 1 and min(mhz for _, mhz in locks) < 1980  # code, the lower priority, first
+    assert all(g.locked_mhz is None for g in fake.gpus)  # given back after the drop
+
+
+def test_the_lock_takes_the_draw_under_the_cut_limit_so_the_cap_need_not_bite(sim_config: Callable[..., Path]) \
+        -> None:
+    fake = FakeNvml(gpus())
+    ctl, clock = daemon(sim_config, fake, "nvml")
+    loose = ctl.fast.governor.settings
+    for t in range(1, 20):
+        if t == 11:
+            ctl.fast.governor.settings = replace(loose, budget_w=1000.0)
+        clock.now_s = float(t)
+        ctl.tick_fast(float(t))
+    code = fake.gpus[1]
+    assert code.locked_mhz is not None and code.want_mw() <= code.limit_mw  # the clock sheds, the cap backs it
+    assert ctl.fast.clocks is not None and list(ctl.fast.clocks.shed.holds) == [ctl.fast.samples[1].uuid]
+
+
+def test_with_clocks_off_the_caps_alone_hold_the_drop(sim_config: Callable[..., Path]) -> None:
+    for fake, clocks in ((FakeNvml(gpus()), "none"), (FakeNvml([replace(g, unsupported={"lock"}) for g in gpus()]),
+                                                      "nvml")):
+        ticks = budget_drop(*daemon(sim_config, fake, clocks), fake)
+        assert all(limits <= threshold + 1e-6 for _, limits, threshold in ticks[10:30])
+        assert all(draw <= threshold + 1e-6 for draw, _, threshold in ticks[11:30])
+        assert all(g.locked_mhz is None for g in fake.gpus) and not fake.locks
