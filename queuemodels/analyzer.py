@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from queuemodels.chain import Stationary
+from queuemodels.kv_cache import fitting_shape
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
@@ -85,6 +86,7 @@ class ChainModel:
         tails: bool = True,
     ) -> Performance:
         """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
+        shape = fitting_shape(params, load, shape)
         law, chain = self._solved(params, load, shape, profile)
         return evaluate(law, chain, shape, profile, tails)
 
@@ -138,13 +140,13 @@ class ChainModel:
         targets: Targets,
         profile: PowerProfile | None = None,
     ) -> float:
-        return max_rate(params, load, shape, targets, profile, law_fn=self.law)
+        return max_rate(params, load, fitting_shape(params, load, shape), targets, profile, law_fn=self.law)
 
     def saturation_rps(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> float:
         """The largest rate the shape completes with a full batch (its capacity; above it, no steady state)."""
-        return saturation_rps(params, load, shape, profile, law_fn=self.law)
+        return saturation_rps(params, load, fitting_shape(params, load, shape), profile, law_fn=self.law)
 
     def within_targets(
         self,
@@ -156,13 +158,13 @@ class ChainModel:
     ) -> bool:
         """One replica meets `targets` at this load's rate: the test `max_rate` bisects on, for sizing that
         asks only whether a given share of a load fits."""
-        return within_targets(params, load, shape, targets, profile, law_fn=self.law)
+        return within_targets(params, load, fitting_shape(params, load, shape), targets, profile, law_fn=self.law)
 
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy:
         """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
-        law, chain = self._solved(params, load, shape, profile)
+        law, chain = self._solved(params, load, fitting_shape(params, load, shape), profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
 
 

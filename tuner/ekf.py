@@ -93,6 +93,8 @@ class PairFilter:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
         params = ServiceParams.from_vector(self.prior.family, [float(a) for a in v[:n]])
+        if self.prior.kv_tokens:  # read, not fitted: the prior carries it
+            params = dataclasses.replace(params, kv_tokens=self.prior.kv_tokens)
         profile = self._latency_profile(v)
         return params, None if profile is None else self.draw.applied(self.clock.applied(profile))
 
