@@ -86,7 +86,7 @@ def observation(row: dict[str, Any]) -> Observation:
     return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], DEFAULT_MAX_QUEUE,
                        row["ttft_ms"],
                        row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
-                       in_cv=row["in_cv"], out_cv=row["out_cv"])
+                       in_cv=row["in_cv"], out_cv=row["out_cv"], queue_ms=row.get("queue_ms"))
 
 
 def _stats(errs: list[float]) -> tuple[float, float]:
