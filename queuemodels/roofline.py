@@ -100,16 +100,18 @@ class Roofline:
             c_p = self.prompt_ms(batch)
         return c_p, batch
 
-    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> float:
+    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> tuple[float, float]:
         """The wait for the prompts ahead, where a token budget serialises them: a step gives prompts what the
         decodes leave of the budget, oldest first, so prompt tokens queue at one server (M/G/1, the prompts'
-        length spread as its service's). Past its capacity there is no steady state."""
+        length spread as its service's). Past its capacity there is no steady state. Returns its mean and its
+        variance: a prompt waits with probability `use`, then about exponentially (E[W^2] = 2 W^2 / use)."""
         if self.budget_tokens <= 0.0:
-            return 0.0
+            return 0.0, 0.0
         room = max(self.budget_tokens - batch, self.budget_tokens / 8.0)
         use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
         if use >= 0.99:
             raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
                            f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
         service_ms = float(self.chunks(batch)) * step_ms
-        return use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
+        wait = use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
+        return wait, (wait * wait * (2.0 / use - 1.0) if use > 0.0 else 0.0)
