@@ -202,10 +202,11 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
     roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
     batch = 1.0
+    c_gpu = c_p
     if roofline is not None:
-        c_p, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
+        c_p, c_gpu, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
     c_p *= prefill_factor
-    phi = load.rate_rps * c_p / 1000.0
+    phi = load.rate_rps * c_gpu * prefill_factor / 1000.0
     if phi >= 0.99:
         raise Unstable(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"

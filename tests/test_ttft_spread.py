@@ -53,3 +53,19 @@ def test_a_budget_queue_is_a_variable_wait_with_an_m_g_1_spread() -> None:
     fixed = dataclasses.replace(law, budget_wait_ms=0.0, budget_wait_var=0.0)  # the same wait, in p0, fixed
     spread, shifted = (ttft_quantiles(chain, x, 0.0, (0.5, 0.95)) for x in (law, fixed))
     assert spread[1] > shifted[1] + 0.5 * law.budget_wait_ms and spread[0] < shifted[0]
+
+
+def test_prompts_that_ride_one_step_pay_its_fixed_cost_once() -> None:
+    params = dataclasses.replace(STEP, epsilon_ms=12.0)
+    shape = ServerShape(256, None)
+
+    def shares(rate: float) -> tuple[float, float]:
+        law = continuous_law(params, Load(rate, 128, 256), None, shape)
+        phi = 2.0 * law.residual_ms / law.prompt_ms  # the GPU's share on prompts
+        return phi, rate * law.prompt_ms / 1000.0  # against each prompt paying all of its step's fixed cost
+
+    trickle, busy = shares(0.2), shares(30.0)
+    assert trickle[0] == pytest.approx(trickle[1], rel=0.01)
+    assert busy[0] < 0.8 * busy[1]
+    law = continuous_law(params, Load(30.0, 128, 256), None, shape)
+    assert law.prompt_ms > 12.0  # a prompt's own first token still waits for all of it
