@@ -228,10 +228,13 @@ class PairFilter:
         return anchor
 
     def _scaled(self) -> NDArray[np.bool_]:
-        """Which entries of the state move with the anchor's common scale: all but token counts (a step's
-        token budget is no time: scaled with the times, it would chunk prompts no window saw chunked)."""
+        """Which entries of the state move with the anchor's common scale: the times, not the token counts (a
+        step's token budget is no time: scaled with the times, it would chunk prompts no window saw chunked)
+        nor rho, a ratio of compute per token (a decode token runs a prompt token's GEMMs): scaled with the
+        times it read the times' scale (0.5-0.7) where no window reaches the crossover, and put capacity at batch
+        256 10-12 % over on queue_heldout's engines."""
         names = [*NAMES[self.prior.family], "prefill_sensitivity"][: len(self.x)]
-        return np.array([not n.endswith("_tokens") for n in names])
+        return np.array([not n.endswith("_tokens") and n != "rho" for n in names])
 
     def _carrying_start(self, observations: list[Observation]) -> NDArray[np.float64]:
         """The estimate, scaled down until the model carries every observed load: where it calls one
