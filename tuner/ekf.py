@@ -92,9 +92,9 @@ class PairFilter:
     def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
-        params = ServiceParams.from_vector(self.prior.family, [float(a) for a in v[:n]])
-        if self.prior.kv_tokens:  # read, not fitted: the prior carries it
-            params = dataclasses.replace(params, kv_tokens=self.prior.kv_tokens)
+        family = self.prior.family  # the KV cache's size is read, not fitted: the prior carries it
+        params = ServiceParams(family, **{k: float(a) for k, a in zip(NAMES[family], v[:n], strict=True)},
+                               kv_tokens=self.prior.kv_tokens)
         profile = self._latency_profile(v)
         return params, None if profile is None else self.draw.applied(self.clock.applied(profile))
 
