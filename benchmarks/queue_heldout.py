@@ -47,7 +47,10 @@ from tuner.offline import run
 
 MODEL, GPU = "llama-3.1-8b", "H100-SXM"
 PROFILE = profile(GPU)
-PRIOR = ServiceParams("gen1", alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05)  # `wattscale tune`'s
+KV_TOKENS = float(Replica(MODEL, GPU).cost().kv_capacity_tokens)
+"""The replicas' KV cache, as every vLLM publishes it (`vllm:cache_config_info`: num_gpu_blocks x block_size)."""
+PRIOR = ServiceParams("gen1", alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05,  # `wattscale tune`'s
+                      kv_tokens=KV_TOKENS)
 OUT_TOKENS, IN_CV, OUT_CV = 256, 0.5, 1.0
 TARGETS = {"median_ttft": 0.10, "p90_ttft": 0.25, "median_itl": 0.05, "p90_itl": 0.15, "median_ttft_p95": 0.20,
            "capacity_within_10pct_share": 0.9, "stable_called_unstable": 0}
@@ -83,7 +86,7 @@ def observation(row: dict[str, Any]) -> Observation:
     return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], DEFAULT_MAX_QUEUE,
                        row["ttft_ms"],
                        row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
-                       in_cv=row["in_cv"], out_cv=row["out_cv"])
+                       in_cv=row["in_cv"], out_cv=row["out_cv"], queue_ms=row.get("queue_ms"))
 
 
 def _stats(errs: list[float]) -> tuple[float, float]:

@@ -78,6 +78,7 @@ class Estimator:
             in_cv=svc.in_tokens_cv,
             out_cv=svc.out_tokens_cv,
             steady=steady,
+            queue_ms=window.queue_ms,
         )
         key = pair_key(svc.model, in_force.accelerator)
         failures = self.tuner.save_failures

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
+from queuemodels.kv_cache import fitting_shape
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
@@ -31,6 +32,8 @@ class PointFigures(NamedTuple):
     mean_in_system: float
     ttft_ms: float
     itl_ms: float
+    prefill_ms: float
+    """The prompt's own steps at the batch it joins: TTFT less the queueing."""
     power_w: float
 
 
@@ -100,6 +103,7 @@ class ChainModel:
         tails: bool = True,
     ) -> Performance:
         """All figures at one operating point; `tails=False` leaves the percentiles NaN (faster)."""
+        shape = fitting_shape(params, load, shape)
         law, chain = self._solved(params, load, shape, profile)
         return evaluate(law, chain, shape, profile, tails)
 
@@ -153,13 +157,13 @@ class ChainModel:
         targets: Targets,
         profile: PowerProfile | None = None,
     ) -> float:
-        return max_rate(params, load, shape, targets, profile, law_fn=self.law)
+        return max_rate(params, load, fitting_shape(params, load, shape), targets, profile, law_fn=self.law)
 
     def saturation_rps(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> float:
         """The largest rate the shape completes with a full batch (its capacity; above it, no steady state)."""
-        return saturation_rps(params, load, shape, profile, law_fn=self.law)
+        return saturation_rps(params, load, fitting_shape(params, load, shape), profile, law_fn=self.law)
 
     def within_targets(
         self,
@@ -171,22 +175,23 @@ class ChainModel:
     ) -> bool:
         """One replica meets `targets` at this load's rate: the test `max_rate` bisects on, for sizing that
         asks only whether a given share of a load fits."""
-        return within_targets(params, load, shape, targets, profile, law_fn=self.law)
+        return within_targets(params, load, fitting_shape(params, load, shape), targets, profile, law_fn=self.law)
 
     def occupancy(
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None = None
     ) -> Occupancy:
         """Where the replica's time goes at this load: what its mean draw is computed from (and fitted on)."""
-        law, chain = self._solved(params, load, shape, profile)
+        law, chain = self._solved(params, load, fitting_shape(params, load, shape), profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
 
     def within_targets_many(self, points: Sequence[Point], targets: Targets) -> list[bool]:
         """`within_targets` at many points (a sizing round's), solved together where the targets allow."""
-        return within_targets_many(points, targets, law_fn=self.law)
+        return within_targets_many(_fitting(points), targets, law_fn=self.law)
 
     def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]:
         """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates and a fit its
         windows (solved together: queuemodels.stacked); None where the model has none (a rate it cannot take)."""
+        points = _fitting(points)
         laws: list[StepLaw | None] = []
         for params, load, shape, profile in points:
             try:
@@ -201,15 +206,22 @@ class ChainModel:
         for j, i in enumerate(solved):
             if together.covered[j]:
                 out[i] = PointFigures(float(together.in_system[j]), float(together.ttft_ms[j]),
-                                      float(together.itl_ms[j]), float(together.power_w[j]))
+                                      float(together.itl_ms[j]), float(together.prefill_ms[j]),
+                                      float(together.power_w[j]))
         for i, (params, load, shape, profile) in enumerate(points):
             if out[i] is None:
                 try:
                     perf = self.analyze(params, load, shape, profile, tails=False)
                 except ModelInputError:
                     continue
-                out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.power_w)
+                out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.extra["prefill_ms"],
+                                      perf.power_w)
         return out
+
+
+def _fitting(points: Sequence[Point]) -> list[Point]:
+    """The points at the batch their KV cache holds (`analyze` and `within_targets` bound it per point)."""
+    return [(params, load, fitting_shape(params, load, shape), profile) for params, load, shape, profile in points]
 
 
 DEFAULT_MODEL = "mm1k-cb"

@@ -83,5 +83,6 @@ def evaluate(law: StepLaw, chain: Stationary, shape: ServerShape, profile: Power
         utilization=min(1.0, m.throughput_per_ms / chain.mu_full_per_ms),
         block_probability=m.block_probability,
         power_w=power,
-        extra={"n_eff": n_eff, "wait_ms": law.wait_scale * m.wait_ms, "service_ms": m.service_ms},
+        extra={"n_eff": n_eff, "wait_ms": law.wait_scale * m.wait_ms, "service_ms": m.service_ms,
+               "prefill_ms": float(law.prefill(n_eff))},
     )

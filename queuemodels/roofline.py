@@ -13,6 +13,7 @@ With rho = kappa = 0 the prompt's cost is gen1's, cbrt((delta L_in)^3 + gamma^3)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,39 +78,47 @@ class Roofline:
         out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
         return out
 
-    def prompt_ms(self, batch: float) -> float:
+    def prompt_ms(self, batch: float, shared: float = 1.0) -> float:
         """What one prompt adds to the steps that decode `batch` sequences: each of its chunks adds its share of
-        the compute, and the fixed cost of a step that carries a prompt."""
+        the compute, and the fixed cost of a step that carries a prompt (`shared` of it: the prompts that ride
+        one step pay it once between them)."""
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
         k = float(self.chunks(batch))
         with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
-        return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
+        return float(k * (shared * self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
 
     def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
-                       max_batch: int) -> tuple[float, float]:
+                       max_batch: int) -> tuple[float, float, float]:
         """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
         batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
-        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). Returns (cost, batch)."""
+        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). A step's fixed cost for
+        carrying prompts is paid once by all that ride it: at x = lambda S arrivals per step S, a share
+        (1 - e^-x) of the steps carry one, so per prompt the GPU pays (1 - e^-x) / x of it (its own TTFT still
+        waits for all of it). Returns (cost to the prompt, cost to the GPU per prompt, batch)."""
         batch = 1.0
-        c_p = self.prompt_ms(batch)
+        c_p = c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
-            phi = min(0.9, load.rate_rps * c_p * prefill_factor / 1000.0)
+            phi = min(0.9, load.rate_rps * c_gpu * prefill_factor / 1000.0)
             step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
-            c_p = self.prompt_ms(batch)
-        return c_p, batch
+            per_step = load.rate_rps * step / 1000.0
+            shared = -math.expm1(-per_step) / per_step if per_step > 1e-9 else 1.0
+            c_p, c_gpu = self.prompt_ms(batch), self.prompt_ms(batch, shared)
+        return c_p, c_gpu, batch
 
-    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> float:
+    def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> tuple[float, float]:
         """The wait for the prompts ahead, where a token budget serialises them: a step gives prompts what the
         decodes leave of the budget, oldest first, so prompt tokens queue at one server (M/G/1, the prompts'
-        length spread as its service's). Past its capacity there is no steady state."""
+        length spread as its service's). Past its capacity there is no steady state. Returns its mean and its
+        variance: a prompt waits with probability `use`, then about exponentially (E[W^2] = 2 W^2 / use)."""
         if self.budget_tokens <= 0.0:
-            return 0.0
+            return 0.0, 0.0
         room = max(self.budget_tokens - batch, self.budget_tokens / 8.0)
         use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
         if use >= 0.99:
             raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
                            f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
         service_ms = float(self.chunks(batch)) * step_ms
-        return use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
+        wait = use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
+        return wait, (wait * wait * (2.0 / use - 1.0) if use > 0.0 else 0.0)

@@ -52,6 +52,10 @@ class StepLaw:
     """The step family's memory and compute terms: a decode step also takes their bend (None: affine)."""
     bend_scale: float = 1.0
     """Time multiplier of the bend (a cap, the prompts' share of the GPU)."""
+    budget_wait_ms: float = 0.0
+    """The part of prefill(B) a prompt waits for the prompts ahead under a token budget (a variable wait)."""
+    budget_wait_var: float = 0.0
+    """Its variance (ms^2)."""
 
     def bend(self, batch: Batch) -> Batch:
         """What a step at `batch` takes beyond the affine law: decode compute its memory time no longer hides."""
@@ -198,10 +202,11 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
     roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
     batch = 1.0
+    c_gpu = c_p
     if roofline is not None:
-        c_p, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
+        c_p, c_gpu, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
     c_p *= prefill_factor
-    phi = load.rate_rps * c_p / 1000.0
+    phi = load.rate_rps * c_gpu * prefill_factor / 1000.0
     if phi >= 0.99:
         raise Unstable(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
@@ -212,10 +217,10 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # the bend is compute at large batches: the cap slows it as it slows the full batch's step
     bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch),
                                              shape.sm_clock_fraction)
-    budget_wait = 0.0
+    budget_wait = budget_var = 0.0
     if roofline is not None:  # the prompts ahead, where a token budget serialises them
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))
-        budget_wait = roofline.budget_wait_ms(load, batch, step_ms)
+        budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
     return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
                    residual_share=0.5, residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
-                   roofline=roofline, bend_scale=bend_scale)
+                   roofline=roofline, bend_scale=bend_scale, budget_wait_ms=budget_wait, budget_wait_var=budget_var)

@@ -38,6 +38,8 @@ class Figures(NamedTuple):
     in_system: Floats
     ttft_ms: Floats
     itl_ms: Floats
+    prefill_ms: Floats
+    """The prompt's own steps at the batch it joins: TTFT less the queueing."""
     power_w: Floats
     covered: NDArray[np.bool_]
 
@@ -62,7 +64,8 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     short = (queue >= 0) & (top + queue <= 4 * top)
     capacity = np.where(queue < 0, tail, np.where(short, top + queue, np.minimum(top + queue, tail)))
     covered = affine & light & (short | (tail <= MAX_STATES))
-    out = Figures(np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan), covered)
+    nan = np.full(k, np.nan)
+    out = Figures(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), covered)
     if not covered.any():
         return out
     idx = np.flatnonzero(covered)
@@ -90,20 +93,20 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     block = np.where(tail_len > 0, last * rho_m, last) / total
     accepted = lam * (1.0 - block)
     fine = ~((queue[idx] >= 0) & (block >= BLOCKING_NEGLIGIBLE))
-    ttft, itl = _latencies([laws[i] for i in rows], t0, t1, top, accepted, in_system, in_service, idle / total)
+    ttft, itl, prefill = _latencies([laws[i] for i in rows], t0, t1, top, accepted, in_system, in_service, idle / total)
     prompt = np.array([laws[i].prompt_ms for i in rows], dtype=float)
     power = _draws([profiles[i] for i in rows], [shapes[i] for i in rows], row, b, head / total[row],
                    idle / total, tail0 / total, accepted * prompt, starts, ends - 1)
-    for column, values in zip(out[:4], (in_system, ttft, itl, power), strict=True):
+    for column, values in zip(out[:5], (in_system, ttft, itl, prefill, power), strict=True):
         column[idx] = np.where(fine, values, np.nan)
     covered[idx[~fine]] = False
     return out
 
 
 def _latencies(laws: list[StepLaw], t0: Floats, t1: Floats, top: Floats, accepted: Floats, in_system: Floats,
-               in_service: Floats, idle: Floats) -> tuple[Floats, Floats]:
-    """(mean TTFT, mean ITL) as queuemodels.operating_point reads them off a chain's means: the batch a request
-    is served in from Little's law, its decode step, and the queueing wait before its prefill."""
+               in_service: Floats, idle: Floats) -> tuple[Floats, Floats, Floats]:
+    """(mean TTFT, mean ITL, prefill) as queuemodels.operating_point reads them off a chain's means: the batch a
+    request is served in from Little's law, its decode step, and the queueing wait before its prefill."""
     p0, p1, d0, d1, residual_share, residual_ms, wait_scale = (
         np.array([getattr(law, f) for law in laws], dtype=float)
         for f in ("p0", "p1", "d0", "d1", "residual_share", "residual_ms", "wait_scale"))
@@ -112,7 +115,8 @@ def _latencies(laws: list[StepLaw], t0: Floats, t1: Floats, top: Floats, accepte
     n_eff = np.where(t1 > 0.0, np.clip((service - t0) / np.where(t1 > 0.0, t1, 1.0), 0.0, top), 1.0)
     decode = d0 + d1 * n_eff
     residual = (1.0 - idle) * (residual_share * decode + residual_ms)
-    return wait_scale * wait + p0 + p1 * n_eff + residual, decode
+    prefill = p0 + p1 * n_eff
+    return wait_scale * wait + prefill + residual, decode, prefill
 
 
 def _draws(profiles: list[PowerProfile | None], shapes: list[ServerShape], row: NDArray[np.int64], b: Floats,

@@ -72,6 +72,9 @@ class ServiceParams:
     """Decode compute per sequence relative to a prompt token's, delta (step family; 0: affine decode)."""
     budget_tokens: float = 0.0
     """Tokens one step schedules, decodes first (vLLM's `max_num_batched_tokens`; step family; 0: no limit)."""
+    kv_tokens: float = 0.0
+    """KV-cache tokens of one replica, read not fitted (vLLM's `cache_config_info`: num_gpu_blocks x block_size;
+    any family; 0: unbounded): it bounds the batch a load's sequences fit in (`queuemodels/kv_cache.py`)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -84,6 +87,7 @@ class ServiceParams:
         _check("epsilon_ms", self.epsilon_ms)
         _check("rho", self.rho)
         _check("budget_tokens", self.budget_tokens)
+        _check("kv_tokens", self.kv_tokens)
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""

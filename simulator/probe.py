@@ -37,6 +37,9 @@ class Measured:
     waiting: float
     preemptions: int
     requests: int
+    queue_ms: float = float("nan")
+    """Mean time from arrival to being scheduled, over requests scheduled in the window (what vLLM's
+    `vllm:request_queue_time_seconds` sum over count reports): the queueing part of TTFT."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def measure(
     end = float(times[-1])
     engine.advance_to(start)
     m = engine.metrics
-    n_ttft, n_itl = len(m.ttft.all_samples()), len(m.itl.all_samples())
+    n_ttft, n_itl, n_queue = len(m.ttft.all_samples()), len(m.itl.all_samples()), len(m.queue_time.all_samples())
     energy0, preempt0, done0 = gpu.energy_j, m.preemptions_total, m.success_total
     running: list[int] = []
     waiting: list[int] = []
@@ -100,6 +103,7 @@ def measure(
         waiting.append(sum(1 for w in engine.waiting if w[0] <= engine.now_s))
     ttft = m.ttft.all_samples()[n_ttft:] * 1000.0
     itl = m.itl.all_samples()[n_itl:] * 1000.0
+    queue = m.queue_time.all_samples()[n_queue:] * 1000.0
     window = (times >= start) & (times < end)
     span = engine.now_s - start
     return Measured(
@@ -118,6 +122,7 @@ def measure(
         waiting=float(np.mean(waiting)),
         preemptions=m.preemptions_total - preempt0,
         requests=int(ttft.size),
+        queue_ms=float(queue.mean()) if queue.size else float("nan"),
     )
 
 

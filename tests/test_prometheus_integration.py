@@ -125,6 +125,7 @@ def test_prometheus_source_reads_the_true_load_and_latency_and_survives_an_outag
     assert seen.in_tokens == pytest.approx(true["in_tokens"], rel=0.05)
     assert seen.ttft_p95_ms is not None and seen.ttft_p95_ms > seen.ttft_ms
     assert seen.itl_p95_ms is not None and seen.kv_usage > 0
+    assert seen.queue_ms is not None and 0.0 <= seen.queue_ms < seen.ttft_ms  # request_queue_time_seconds
 
     prom.terminate()
     prom.wait(timeout=10)

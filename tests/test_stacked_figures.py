@@ -28,7 +28,7 @@ def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape,
         perf = get_model(model).analyze(params, load, shape, profile, tails=False)
     except ModelInputError:
         return None
-    return perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.power_w
+    return perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.extra["prefill_ms"], perf.power_w
 
 
 @settings(max_examples=60, deadline=None)

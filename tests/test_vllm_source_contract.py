@@ -65,6 +65,8 @@ def test_a_steady_window_reads_the_served_rate_and_the_live_replicas(plant: tupl
     assert w is not None and w.steady and w.replicas == 2
     assert w.rate_rps == pytest.approx((served(h) - before) / 60.0, rel=0.02)
     assert w.ttft_ms is not None and w.ttft_ms > 0 and w.itl_ms is not None and w.itl_ms > 0
+    # the queueing part of TTFT (vLLM's request_queue_time_seconds), which the step family's tuner reads apart
+    assert w.queue_ms is not None and 0.0 <= w.queue_ms < w.ttft_ms
 
 
 def test_a_window_that_spans_a_restart_is_not_steady(plant: tuple[SimHost, VllmSource]) -> None:

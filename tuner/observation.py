@@ -40,6 +40,10 @@ class Observation:
     """Waiting requests at the window's end less those at its start (None: not recorded)."""
     sm_clock_fraction: float | None = None
     """The SM clock its GPUs were locked at, as a share of their maximum (None: unlocked)."""
+    queue_ms: float | None = None
+    """Mean time from arrival to being scheduled (vLLM's `vllm:request_queue_time_seconds`, sum over count;
+    None: not recorded). It splits TTFT into the queueing the chain predicts and the prompt's own steps
+    (`splits_queue`)."""
 
     @property
     def load(self) -> Load:
@@ -48,6 +52,12 @@ class Observation:
     @property
     def shape(self) -> ServerShape:
         return ServerShape(self.max_batch, self.max_queue, self.power_cap_w, self.sm_clock_fraction)
+
+    @property
+    def splits_queue(self) -> bool:
+        """Whether the queueing time is recorded and leaves a positive rest of TTFT (a window whose
+        histograms disagree, queue time at or above TTFT, is read whole)."""
+        return self.queue_ms is not None and 0.0 <= self.queue_ms < self.ttft_ms
 
     def problem(self) -> str | None:
         """Why this observation cannot be used at all (None when it can)."""

@@ -10,6 +10,9 @@ CSV columns (a header row names them; order is free):
   served_rps, queue_growth                                      optional: completions per second, and waiting
                                                                 at the window's end less at its start; with
                                                                 them a window is judged steady from its data
+  queue_ms                                                      optional: mean time from arrival to scheduling
+                                                                (vllm:request_queue_time_seconds); with it the
+                                                                law is fitted to TTFT less it
 rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
 of the window's requests, itl_ms the mean gap between consecutive output tokens (per token, not per request).
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
 OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",
-            "queue_growth")
+            "queue_growth", "queue_ms")
 
 
 class ObservationFileError(ValueError):
@@ -90,7 +93,7 @@ def _row(row: dict[str, str], where: str) -> Observation:
         waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
         in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
         steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
-        queue_growth=_optional(row, "queue_growth", where),
+        queue_growth=_optional(row, "queue_growth", where), queue_ms=_optional(row, "queue_ms", where),
     )
 
 

@@ -45,6 +45,8 @@ class ServiceWindow:
     kv_usage: float
     preemptions: float
     replicas: int
+    queue_ms: float | None = None
+    """Mean time a request waited to be scheduled (`vllm:request_queue_time_seconds`); None: not reported."""
     steady: bool = True
     """The same servers served the whole window: none started, stopped or restarted in it (a window that
     spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""

@@ -57,6 +57,7 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "ttft_s": ratio("vllm:time_to_first_token_seconds"),
         "itl_s": f"({ratio(itl)}) or ({ratio(itl_old)})",
         "ttft_p95_s": p95("vllm:time_to_first_token_seconds"),
+        "queue_s": ratio("vllm:request_queue_time_seconds"),
         "itl_p95_s": f"({p95(itl)}) or ({p95(itl_old)})",
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
@@ -142,5 +143,5 @@ class PrometheusVllmSource:
                 out_tokens=v["out_tokens"], ttft_ms=ms("ttft_s"), itl_ms=ms("itl_s"), ttft_p95_ms=ms("ttft_p95_s"),
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
-                steady=not v["restarts"] and v["replicas_before"] in (None, replicas))
+                steady=not v["restarts"] and v["replicas_before"] in (None, replicas), queue_ms=ms("queue_s"))
         return out

@@ -27,6 +27,7 @@ HISTOGRAMS = {
     "vllm:time_per_output_token_seconds": "itl",  # deprecated name, vLLM < 0.13
     "vllm:request_prompt_tokens": "req_prompt",
     "vllm:request_generation_tokens": "req_gen",
+    "vllm:request_queue_time_seconds": "queue",
 }
 GAUGES = {
     "vllm:num_requests_running": "running",
@@ -144,4 +145,5 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
         steady=new.engines == old.engines,
+        queue_ms=mean("queue", 1000.0),
     )
