@@ -108,14 +108,16 @@ class ChainModel:
         return evaluate(law, chain, shape, profile, tails)
 
     def _solved(
-        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,
+        law: StepLaw | None = None,
     ) -> tuple[StepLaw, Stationary]:
-        """The law and chain at this load. A bounded queue turns arrivals away once full, and those cost the
-        GPU nothing: the law (under continuous batching, the prompts' share of the GPU) is built at the rate
-        accepted, lambda (1 - P(full)), found by bisection where blocking is not negligible. An unbounded
-        queue past the shape's saturation has no steady state: the message quotes that rate."""
+        """The law and chain at this load (`law`: the law at the offered rate where the caller built it). A
+        bounded queue turns arrivals away once full, and those cost the GPU nothing: the law (under continuous
+        batching, the prompts' share of the GPU) is built at the rate accepted, lambda (1 - P(full)), found by
+        bisection where blocking is not negligible. An unbounded queue past the shape's saturation has no steady
+        state: the message quotes that rate."""
         try:
-            law = self.law(params, load, profile, shape)
+            law = law or self.law(params, load, profile, shape)
             chain = solve_chain(law, shape, load.rate_rps)
         except Unstable:
             if shape.max_queue is None:
@@ -209,9 +211,9 @@ class ChainModel:
                                       float(together.itl_ms[j]), float(together.prefill_ms[j]),
                                       float(together.power_w[j]))
         for i, (params, load, shape, profile) in enumerate(points):
-            if out[i] is None:
+            if out[i] is None:  # as `analyze` solves it, from the law built above where there is one
                 try:
-                    perf = self.analyze(params, load, shape, profile, tails=False)
+                    perf = evaluate(*self._solved(params, load, shape, profile, laws[i]), shape, profile, tails=False)
                 except ModelInputError:
                     continue
                 out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.extra["prefill_ms"],

@@ -68,11 +68,13 @@ def within_targets_many(points: Sequence[Point], targets: Targets, law_fn: LawFn
     together = mean_figures(laws, [points[i][2] for i in rows], [points[i][1].rate_rps for i in rows],
                             [None] * len(rows))
     for j, i in enumerate(rows):
-        params, load, shape, profile = points[i]
         if together.covered[j]:
             out[i] = bool(together.ttft_ms[j] <= targets.ttft_ms and together.itl_ms[j] <= targets.itl_ms)
-        else:
-            out[i] = _feasible(law_fn, params, load, profile, shape, load.rate_rps, targets)
+        else:  # as `_feasible` checks it, on the law built above
+            try:
+                out[i] = meets(laws[j], points[i][2], points[i][1].rate_rps, targets)
+            except ModelInputError:
+                out[i] = False
     return out
 
 

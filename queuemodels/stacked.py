@@ -78,8 +78,12 @@ def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_r
     starts = ends - sizes
     row = np.repeat(np.arange(len(rows)), sizes)
     b = (np.arange(int(ends[-1])) - starts[row] + 1).astype(float)
-    log_p = np.cumsum(np.log(lam)[row] - np.log(b) + np.log(t0[row] + t1[row] * b))
-    log_p -= np.concatenate([[0.0], log_p[ends[:-1] - 1]])[row]  # each row's own running sum: log p(n) / p(0)
+    steps = np.log(lam)[row] - np.log(b) + np.log(t0[row] + t1[row] * b)
+    # each row's own running sum, log p(n) / p(0): one cumsum over all rows, each row's steps centred on their mean
+    # so the sum returns to about 0 at every row's end and its rounding does not grow from row to row
+    mean = np.add.reduceat(steps, starts) / sizes
+    log_p = np.cumsum(steps - mean[row])
+    log_p += b * mean[row] - np.concatenate([[0.0], log_p[ends[:-1] - 1]])[row]
     shift = np.maximum(np.maximum.reduceat(log_p, starts), 0.0)
     head = np.exp(log_p - shift[row])  # p(n), n = 1..N, each row scaled by its largest
     idle = np.exp(-shift)  # p(0) on the same scale
@@ -126,16 +130,14 @@ def _draws(profiles: list[PowerProfile | None], shapes: list[ServerShape], row: 
     NaN without one): `share` holds states 1..N of the rows end to end, `tail_share` what the queue past each
     row's batch adds to its N."""
     n = len(shapes)
-    groups: dict[int, list[int]] = {}
+    groups: dict[PowerProfile, list[int]] = {}
     for i, profile in enumerate(profiles):
         if profile is not None:
-            groups.setdefault(id(profile), []).append(i)
+            groups.setdefault(profile, []).append(i)  # equal profiles one group, however many copies
     clocks = np.array([1.0 if s.sm_clock_fraction is None else s.sm_clock_fraction for s in shapes])
     idle_w, prompt_w, limits = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     step_w = np.full(len(b), np.nan)
-    for members in groups.values():
-        profile = profiles[members[0]]
-        assert profile is not None
+    for profile, members in groups.items():
         mine = np.array(members)
         limits[mine] = [limit_w(profile, shapes[i].power_cap_w) for i in members]
         scale = np.zeros(n)

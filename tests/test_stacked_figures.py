@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
+from queuemodels.stacked import mean_figures
 
 H100 = CATALOG["H100-SXM"]
 L40S = CATALOG["L40S"]
@@ -59,3 +60,23 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
     rows = [(params, load.at_rate(rate), shape, profile) for shape, rate in pts]
     together = get_model(model).within_targets_many(rows, targets)
     assert together == [get_model(model).within_targets(p, ld, s, targets, pr) for p, ld, s, pr in rows]
+
+
+def test_light_affine_points_are_solved_together_not_alone() -> None:
+    """The comparisons above pass whatever the stacked solve covers (what it leaves out is solved alone): here it
+    must cover every point, light loads of an affine law, capped, clocked, bounded or not."""
+    model = get_model("mm1k-cb")
+    load = Load(1.0, 800, 200)
+    rows = [(GEN1, load.at_rate(rate), ServerShape(batch, queue, cap, clock), H100)
+            for batch in (8, 64, 256) for queue in (None, 1024) for cap in (None, 450.0) for clock in (None, 0.7)
+            for rate in (0.5, 2.0)]
+    laws = [model.law(p, ld, pr, s) for p, ld, s, pr in rows]  # type: ignore[attr-defined]
+    together = mean_figures(laws, [s for _, _, s, _ in rows], [ld.rate_rps for _, ld, _, _ in rows],
+                            [pr for *_, pr in rows])
+    assert together.covered.all()
+    for k, row in enumerate(rows):
+        want = alone("mm1k-cb", *row)
+        assert want is not None
+        got = (together.in_system[k], together.ttft_ms[k], together.itl_ms[k], together.prefill_ms[k],
+               together.power_w[k])
+        assert all(math.isclose(g, w, rel_tol=1e-9) for g, w in zip(got, want, strict=True))

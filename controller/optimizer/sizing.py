@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,12 +49,14 @@ def rate_per_replica(
     return get_model(model).max_rate(params, load, shape, targets, profile)
 
 
-def _number(key: object) -> int:
+def _numbers(*keys: object) -> list[int]:
+    """Each key's number, the tables emptied first where they have grown too large (never between two keys: a
+    number handed out must name one key while any bracket holds it)."""
     if len(_bases) > MAX_KEPT:
         _bases.clear()
         _brackets.clear()
         _guesses.clear()
-    return _bases.setdefault(key, len(_bases))
+    return [_bases.setdefault(key, len(_bases)) for key in keys]
 
 
 class Sizer:
@@ -64,8 +66,8 @@ class Sizer:
     def __init__(self, model: str, params: ServiceParams, load: Load, targets: Targets, profile: PowerProfile) -> None:
         self.model, self.params, self.load, self.targets, self.profile = model, params, load, targets, profile
         self.per_unit = load.at_rate(1.0)
-        self.basis = _number((model, params, self.per_unit, targets, profile))
-        self.guess_basis = _number((model, "guess", targets, profile))
+        self.basis, self.guess_basis = _numbers((model, params, self.per_unit, targets, profile),
+                                                (model, "guess", targets, profile))
 
     def rate_per_replica(self, shape: ServerShape) -> float:
         return rate_per_replica(self.model, self.params, self.per_unit, shape, self.targets, self.profile)
@@ -97,35 +99,38 @@ class Sizer:
             search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
             searches[i] = search, bracket, next(search)
         model = get_model(self.model)
+
+        def advance(i: int, fits: bool) -> bool:
+            """Answer shape i's search; False once it has finished (its need recorded)."""
+            search, bracket, _ = searches[i]
+            try:
+                searches[i] = search, bracket, search.send(fits)
+                return True
+            except StopIteration as done:
+                out[i] = done.value
+                self._remember(shapes[i], bracket)
+                del searches[i]
+                return False
+
         while searches:
             asked = {}
-            for i, (search, bracket, n) in list(searches.items()):
-                while True:  # answer from the bracket while it can
+            for i in list(searches):
+                while True:  # answered from the bracket while it can
+                    _, bracket, n = searches[i]
                     rate = load.rate_rps / n
                     if bracket.fits_rps < rate < bracket.misses_rps:
                         asked[i] = rate
-                        searches[i] = search, bracket, n
                         break
-                    try:
-                        n = search.send(rate <= bracket.fits_rps)
-                    except StopIteration as done:
-                        out[i] = done.value
-                        self._remember(shapes[i], bracket)
-                        del searches[i]
+                    if not advance(i, rate <= bracket.fits_rps):
                         break
             points = [(self.params, load.at_rate(rate), shapes[i], self.profile) for i, rate in asked.items()]
             for (i, rate), ok in zip(asked.items(), model.within_targets_many(points, self.targets), strict=True):
-                search, bracket, _ = searches[i]
+                bracket = searches[i][1]
                 if ok:
                     bracket.fits_rps = rate
                 else:
                     bracket.misses_rps = rate
-                try:
-                    searches[i] = search, bracket, search.send(ok)
-                except StopIteration as done:
-                    out[i] = done.value
-                    self._remember(shapes[i], bracket)
-                    del searches[i]
+                advance(i, ok)
         return out
 
     def need(self, shape: ServerShape, most: int) -> int | None:
@@ -164,17 +169,6 @@ def _from_bracket(bracket: Bracket, rate_rps: float, most: int) -> tuple[bool, i
     if n > 1 and rate_rps / (n - 1) < bracket.misses_rps:
         return False, None
     return True, (n if n <= most else None)
-
-
-def first_fit(fits: Callable[[int], bool], most: int, guess: int) -> int | None:
-    """Smallest n in 1..most with fits(n), fits monotone (false, then true): `fit_search` answered by `fits`."""
-    search = fit_search(most, guess)
-    try:
-        n = next(search)
-        while True:
-            n = search.send(fits(n))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
