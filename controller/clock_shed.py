@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
+from controller.governor import pressed_w
 from controller.telemetry.base import GpuSample
 
 RAISE_STEP = 1.25
@@ -70,11 +71,12 @@ class ClockShed:
     def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: ClockHold | None,
                 shedding: bool) -> ClockHold | None:
         draw = g.power_w or 0.0
-        margin = _margin_w(limit_w)
+        margin = pressed_w(limit_w)  # a held GPU aims just under the governor's 'pressed' band
         pressed = draw > limit_w - margin
         if shedding and pressed and (held is not None or draw > limit_w + 1.0):
             # The compute part of the draw falls at least as fast as the clock: proportional is the least shed.
-            share = max(self.min_share, min(now, plan) * max(0.0, limit_w - margin) / draw)
+            # a hold in force counts even where the lock in force reads otherwise (one failed and was dropped)
+            share = max(self.min_share, min(now, plan, held.share if held else 1.0) * max(0.0, limit_w - margin) / draw)
             why = f"draw {draw:.0f} W over its limit {limit_w:.0f} W less {margin:.0f} W"
             return ClockHold(share, why) if share < plan else None
         if held is None:
@@ -89,6 +91,3 @@ class ClockShed:
                                                                                         ", no longer held down"))
 
 
-def _margin_w(limit_w: float) -> float:
-    """How far under its limit a held GPU aims to draw (as the governor's 'pressed' band)."""
-    return max(10.0, 0.05 * limit_w)

@@ -47,13 +47,14 @@ class ClockSteer:
         return mhz / top
 
     def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float] | None = None,
-             shedding: frozenset[str] = frozenset()) -> None:
+             shedding: frozenset[str] = frozenset(), missing: frozenset[str] = frozenset()) -> None:
         """Lock each GPU at its service's planned clock, or lower where the clock lever holds it: given the limits
-        in force after this tick (by UUID; None: no lever, the plan's clocks alone) and the GPUs the governor
-        holds below the plan's cap."""
+        in force after this tick (by UUID; None: no lever, the plan's clocks alone), the GPUs the governor holds
+        below the plan's cap, and those missing from the listing (counted at their last reading, without one: the
+        lever keeps their holds, nothing is set on them)."""
         if self.off is not None:
             return
-        self.suspect |= {g.index for g in samples} - self.known
+        self.suspect |= {g.index for g in samples if g.uuid not in missing} - self.known
 
         def planned(g: GpuSample) -> float | None:
             return None if g.service is None else plan.clock_fraction(g.service, g.variant)
@@ -62,6 +63,8 @@ class ClockSteer:
                                                              lambda g: planned(g) or 1.0)
         self.metrics.degradation.labels("clocks").set(len(holds))
         for g in samples:
+            if g.uuid in missing:
+                continue
             want = planned(g)
             if g.index in holds:
                 want = min(want or 1.0, holds[g.index])

@@ -126,8 +126,8 @@ class FastLoop:
             applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
         if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it
             after = {g.uuid: applied.get(g.uuid) or g.power_limit_w for g in samples}
-            self.clocks.step(now, [g for g in samples if g.uuid not in missing], self.plan, after,
-                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid])))
+            self.clocks.step(now, samples, self.plan, after,
+                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid])), missing)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
     def _held_down(self, g: GpuSample, limit_w: float) -> bool:

@@ -130,7 +130,7 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - _pressed_w(limit[g.uuid])
+        pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
@@ -138,7 +138,7 @@ class PowerGovernor:
                 need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
                 if need < 1.0 or g.uuid not in pressing:
                     continue
-                unused = [(h, self.accounted_w(h) + _pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
+                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
                 for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
                     if rooms.of(g.uuid) >= need:
                         break
@@ -239,10 +239,10 @@ class Rooms:
 
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
-    return PowerGovernor.accounted_w(g) >= g.power_limit_w - _pressed_w(g.power_limit_w)
+    return PowerGovernor.accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
 
 
-def _pressed_w(limit_w: float) -> float:
+def pressed_w(limit_w: float) -> float:
     """How close to its limit a GPU draws before it counts as pressed against it (wants room to grow)."""
     return max(10.0, 0.05 * limit_w)
 
