@@ -272,7 +272,8 @@ class Controller:
             else:
                 self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned,
-                                   self.gate.admit(now, svc.name, current, planned)))
+                                   self.gate.admit(now, svc.name, current, planned,
+                                                   result.reason if result.short_rps > 0 else None)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")

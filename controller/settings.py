@@ -134,9 +134,13 @@ class StabilitySettings:
     confirm_cycles: int = 3
     """Cycles in a row a plan must ask for the same new max batch, or for fewer replicas, before it is
     made: a rolling restart or a scale-down costs minutes of capacity, more than one noisy cycle gains."""
+    short_restart_hold_s: float = 300.0
+    """How long a new max batch waits while the plan leaves its service short of capacity with no replica to
+    add (at `max_replicas`, or no free GPU): a rolling restart takes each replica out in turn, which a burst
+    cannot spare; a shortfall that outlasts this is a load the batch must follow."""
 
     def check(self, where: str) -> None:
-        check_range(self, where, ("cooldown_s",), 0.0, 86400.0)
+        check_range(self, where, ("cooldown_s", "short_restart_hold_s"), 0.0, 86400.0)
         check_range(self, where, ("confirm_cycles", "max_replica_step"), 1, 1000)
         check_positive(self, where, ("max_cap_step_w",))
 

@@ -8,11 +8,20 @@ per cycle; a move starts the new variant with at most `max_replica_step` replica
 its type (a cap of one type says nothing of another's, so while a move waits for confirmation what runs
 keeps its own cap; the governor holds the budget meanwhile).
 
+A new max batch also waits, up to `short_restart_hold_s`, while the plan leaves its service short of
+capacity with no replica to add ("replicas": at `max_replicas`; "inventory": no free GPU): a rolling restart
+takes each replica out in turn, and the surge replica that carries one elsewhere cannot start, so a restart
+in a burst turns a shortfall into a queue that outlasts it (diurnal.toml, code's burst: p95 TTFT 5.3 s in
+the minute the restart ran). A shortfall for power ("budget", "domain") holds nothing: a smaller shape is
+the degradation ladder's second step.
+
 The cooldown counts from a change the actuators took (`note_change`), not from one the gate let through: a
 scale-up refused for want of free GPUs does not hold the next try back. Where the GPUs a scale-up needs are
 held by services the plan shrinks, `make_room` lets those shrinks through at once, lowest priority first:
 the plan already chose who gives way, and confirming it while a higher priority waits costs more SLO than
-one noisy estimate could.
+one noisy estimate could. A service more important than every one waiting gives way only once its shrink
+is confirmed (diurnal.toml: chat, priority 1, gave a replica to code's token-speed spare at once, mid-burst,
+on one cycle's plan; 23 of its requests waited up to 4.7 s).
 """
 
 from __future__ import annotations
@@ -24,11 +33,16 @@ from dataclasses import dataclass, replace
 from controller.optimizer import Assignment
 from controller.settings import StabilitySettings
 
+CAPACITY_SHORT = ("replicas", "inventory")
+"""Shortfall reasons (controller/optimizer/solvers.py) that leave no replica to carry a rolling restart."""
+
 
 class StabilityGate:
     def __init__(self, settings: StabilitySettings) -> None:
         self.settings = settings
         self.last_change_s: dict[str, float] = {}
+        self._short_since: dict[str, float] = {}
+        """Per service: when the plan first left it short of capacity, in the shortfall now running."""
         self._asked: dict[str, tuple[tuple[str, int], int, int]] = {}
         """Per service: the (accelerator, max batch) last planned, cycles in a row it was, cycles in a row fewer
         replicas were."""
@@ -41,10 +55,13 @@ class StabilityGate:
         self._asked[service] = (shape, shape_n, shrink_n)
         return shape_n, shrink_n
 
-    def admit(self, now: float, service: str, current: Assignment, planned: Assignment) -> Assignment:
-        """What of `planned` may be applied now, starting from `current`."""
+    def admit(self, now: float, service: str, current: Assignment, planned: Assignment,
+              short_reason: str | None = None) -> Assignment:
+        """What of `planned` may be applied now, starting from `current`; `short_reason` is why the plan leaves
+        the service short of its load (None: it does not)."""
         s = self.settings
         shape_n, shrink_n = self._streaks(service, current, planned)
+        held = self._restart_held(now, service, short_reason)
         if planned == current:
             return current
         cooling = now - self.last_change_s.get(service, -float("inf")) < s.cooldown_s
@@ -63,10 +80,19 @@ class StabilityGate:
             if step < 0 and shrink_n < s.confirm_cycles:
                 step = 0
             batch = planned.max_batch if shape_n >= s.confirm_cycles else current.max_batch
-            if batch != current.max_batch and planned.replicas > current.replicas:
+            if batch != current.max_batch and (planned.replicas > current.replicas or held):
                 batch = current.max_batch  # the replicas that carry the restart come first; the batch follows
             out = replace(current, replicas=current.replicas + step, max_batch=batch, power_cap_w=cap)
         return out
+
+    def _restart_held(self, now: float, service: str, short_reason: str | None) -> bool:
+        """Whether a rolling restart must wait: the service is short of capacity with no replica to add, and
+        has been for less than `short_restart_hold_s`."""
+        if short_reason not in CAPACITY_SHORT:
+            self._short_since.pop(service, None)
+            return False
+        since = self._short_since.setdefault(service, now)
+        return now - since < self.settings.short_restart_hold_s
 
     def note_change(self, now: float, service: str) -> None:
         """The actuators took a change of the service's replicas, variant or max batch: its cooldown starts."""
@@ -81,11 +107,14 @@ class StabilityGate:
             # Growth counts a move onto this type whole; shrinks already admitted free their GPUs for it.
             grow = sum(p.admitted.replicas - (p.current.replicas if p.current.accelerator == acc else 0) for p in on)
             short = grow * inv.gpus_per_replica - inv.free
+            growers = [p.priority for p in on if p.admitted.replicas > (p.current.replicas if p.current.accelerator
+                                                                         == acc else 0)]
+            top = min(growers, default=math.inf)  # the most important service that waits for a GPU
             for p in sorted(services, key=lambda p: -p.priority):
                 if short <= 0:
                     break
-                if p.current.accelerator != acc or p.admitted.accelerator != acc:
-                    continue
+                if p.current.accelerator != acc or p.admitted.accelerator != acc or p.priority < top:
+                    continue  # a service never gives way early to a less important one: its shrink is confirmed
                 floor = max(p.planned.replicas, p.current.replicas - self.settings.max_replica_step)
                 give = min(out[p.name].replicas - floor, math.ceil(short / inv.gpus_per_replica))
                 if give > 0:

@@ -85,3 +85,32 @@ def test_shrinks_already_admitted_count_as_room() -> None:
                Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now)]
     out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
     assert out["bulk"] == bulk_now and out["code"].replicas == 2
+
+
+def test_a_restart_waits_while_the_service_is_short_with_no_replica_to_add() -> None:
+    """At its replica ceiling in a burst, a new max batch waits out the hold: a rolling restart would take
+    each replica out in turn. A shortfall for power holds nothing, and one that outlasts the hold is a load
+    the batch must follow."""
+    gate = StabilityGate(StabilitySettings(confirm_cycles=1, cooldown_s=0.0, short_restart_hold_s=300.0))
+    bigger = replace(NOW, max_batch=128)
+    assert gate.admit(0.0, "code", NOW, bigger, "replicas") == NOW
+    assert gate.admit(285.0, "code", NOW, bigger, "inventory") == NOW
+    assert gate.admit(300.0, "code", NOW, bigger, "replicas") == bigger  # the shortfall outlasted the hold
+    assert gate.admit(0.0, "chat", NOW, bigger, "budget") == bigger  # the ladder's shape step goes at once
+    gate.admit(15.0, "chat", NOW, bigger, "replicas")
+    assert gate.admit(30.0, "chat", NOW, bigger, None) == bigger  # short no more: the hold is over
+    assert gate.admit(45.0, "chat", NOW, bigger, "replicas") == NOW  # a new shortfall starts a new hold
+
+
+def test_a_service_gives_way_early_only_to_one_at_least_as_important() -> None:
+    """chat (priority 1) planned one replica down so that code (2) gets one more, no GPU free: chat's shrink
+    waits for its confirmation; bulk (3) still gives way at once."""
+    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=3))
+    chat_now, code_now = Assignment("H100-SXM", 3, 64, 600.0), Assignment("H100-SXM", 3, 64, 600.0)
+    pending = [Pending("chat", 1, chat_now, replace(chat_now, replicas=2), chat_now),
+               Pending("code", 2, code_now, replace(code_now, replicas=4), replace(code_now, replicas=4))]
+    assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["chat"] == chat_now
+    bulk_now = Assignment("H100-SXM", 2, 64, 600.0)
+    pending.append(Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now))
+    out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
+    assert out["chat"] == chat_now and out["bulk"].replicas == 1
