@@ -34,8 +34,9 @@ class Greedy:
                            np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
 
         ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
-        lean = [[k for k, c in enumerate(cs) if c.spare == 0] for cs in ranked]  # the passes' candidates
-        arrays = [as_arrays([cs[k] for k in ks]) for cs, ks in zip(ranked, lean, strict=True)]
+        every = [as_arrays(cs) for cs in ranked]
+        lean = [np.flatnonzero([c.spare == 0 for c in cs]) for cs in ranked]  # the passes' candidates
+        arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
 
         def regret(i: int) -> float:
             v = arrays[i].value
@@ -58,8 +59,8 @@ class Greedy:
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
                 best, best_v = picks, v
-        best = [lean[i][j] if j >= 0 else -1 for i, j in enumerate(best)]
-        arrays = [as_arrays(cs) for cs in ranked]
+        best = [int(lean[i][j]) if j >= 0 else -1 for i, j in enumerate(best)]
+        arrays = every
         self._fill_spares(ranked, arrays, best, count, budget)
         # A spare took its first pick's shape; another of as many GPUs and watts may be worth more.
         self._upgrade(order, arrays, best, count, budget, shed)
