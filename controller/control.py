@@ -60,6 +60,8 @@ class Controller:
         """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
         target for that variant's GPUs."""
         self.variants: dict[str, tuple[str, ...]] = {}
+        self.kv_tokens: dict[str, dict[str, float]] = {}
+        """Per service and variant, the KV-cache tokens of one replica its config gives (0: not known)."""
         """The accelerator types each service may run on."""
         self.draining: dict[str, dict[str, float]] = {}
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
@@ -127,12 +129,14 @@ class Controller:
                 self.enforcer.retry.forget(f"max_batch:{svc.name}")
             variants = tuple(v.accelerator for v in settings.variants_of(svc))
             self.variants[svc.name] = variants
+            self.kv_tokens[svc.name] = {v.accelerator: float(v.kv_cache_tokens) for v in settings.variants_of(svc)}
             if svc.name not in self.assignments:
                 acc = variants[0]
                 self.assignments[svc.name] = Assignment(acc, svc.min_replicas, svc.initial_max_batch,
                                                         CATALOG[acc].max_power_w)
-            for acc in variants:
-                self.tuner.ensure(svc.model, acc, svc.prior.params(), CATALOG[acc])
+            for acc in variants:  # the cache's size is read, not fitted: the pair's prior carries it
+                prior = replace(svc.prior.params(), kv_tokens=self.kv_tokens[svc.name][acc])
+                self.tuner.ensure(svc.model, acc, prior, CATALOG[acc])
         if old.power != settings.power:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
@@ -224,7 +228,8 @@ class Controller:
                 key = pair_key(svc.model, a)
                 fitted = self.tuner.params(svc.model, a)
                 p = fitted[0] if fitted else svc.prior.params()
-                params[a] = ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))
+                held = ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))
+                params[a] = replace(held, kv_tokens=self.kv_tokens[svc.name][a])  # read, not fitted
                 if fitted is not None and fitted[1] is not None:
                     # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.
                     prof = fitted[1]

@@ -33,6 +33,8 @@ MAX_TOKENS = 1_000_000.0
 """Longest mean prompt or output (tokens)."""
 MAX_PRIORITY = 1000
 """Lowest priority level."""
+MAX_KV_TOKENS = 1_000_000_000
+"""KV-cache tokens of one replica: a billion is a unit mistake (bytes for tokens)."""
 MAX_SIM_RATE_RPS = 10_000.0
 """Highest simulated arrival rate of one service (requests/s)."""
 
@@ -98,6 +100,11 @@ class VariantSettings:
     """The power domain (`power.domains`) this variant's replicas run in where it lists no GPUs: in a cluster,
     the node pool its Deployment's nodeSelector keeps it on. The optimizer charges its watts to that domain;
     a variant with neither counts in no domain (the governor alone holds the domains for it)."""
+    kv_cache_tokens: int = 0
+    """KV-cache tokens of one replica of this variant, as its vLLM reports them (`vllm:cache_config_info`:
+    num_gpu_blocks x block_size; the "# GPU blocks" line of its start-up log): the batch the model plans with is
+    at most what the cache holds of the service's sequences. 0: not known, the batch is bounded by
+    `--max-num-seqs` alone."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ class ServiceSettings:
             if any(not 0 <= g < MAX_GPUS for g in v.gpus):
                 raise ConfigError(f"{where}.variants[{v.accelerator}].gpus",
                                   f"GPU indices must be in 0..{MAX_GPUS - 1}, got {list(v.gpus)}")
+            check_range(v, f"{where}.variants[{v.accelerator}]", ("kv_cache_tokens",), 0, MAX_KV_TOKENS)
         if any(not 1 <= p <= 65535 for p in self.vllm_ports):
             raise ConfigError(f"{where}.vllm_ports", f"must be ports in 1..65535, got {list(self.vllm_ports)}")
         for url in self.metrics_urls:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
+from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
+from queuemodels import ServerShape
+from queuemodels.kv_cache import fitting_shape
 from tuner import Tuner
 
 CONFIG = """
@@ -151,3 +155,24 @@ def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_pa
     a = ctl.assignments["chat"]
     assert a.accelerator == "L40S" and a.replicas >= 1 and a.power_cap_w <= 350.0
     assert scaler.replicas["chat", "H100-SXM"] == 0
+
+
+def test_each_variants_kv_cache_bounds_the_batch_the_plan_models(tmp_path: Path) -> None:
+    text = CONFIG.replace('accelerator = "L40S"\ngpus = [2, 3, 4, 5]',
+                          'accelerator = "L40S"\ngpus = [2, 3, 4, 5]\nkv_cache_tokens = 60000')
+    (tmp_path / "v.toml").write_text(text)
+    s = load_settings(tmp_path / "v.toml")
+    ctl = Controller(s, Host(DryRunReplicaScaler({})), Host(DryRunReplicaScaler({})), Host(DryRunReplicaScaler({})),
+                     DryRunBatchSizer({"chat": 32}), DryRunReplicaScaler({}), Tuner(s.state_path),
+                     OwnMetrics(CollectorRegistry()))
+    params = ctl._problem().services[0].params
+    assert params["L40S"].kv_tokens == 60000.0 and params["H100-SXM"].kv_tokens == 0.0
+    # 60,000 tokens hold 100 of chat's 400 + 200 (1 + 1) / 2 = 600-token sequences: a max batch of 256 runs 100
+    assert fitting_shape(params["L40S"], s.services[0].load(1.0, 400.0, 200.0), ServerShape(256, 1024)).max_batch == 100
+
+
+def test_a_kv_cache_size_out_of_range_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "v.toml").write_text(CONFIG.replace('gpus = [0, 1]', 'gpus = [0, 1]\nkv_cache_tokens = -5'))
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path / "v.toml")
+    assert "services[chat].variants[H100-SXM].kv_cache_tokens" in str(err.value) and "-5" in str(err.value)
