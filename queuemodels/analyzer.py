@@ -12,7 +12,7 @@ from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
 from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_many
-from queuemodels.stacked import mean_figures
+from queuemodels.stacked import solve_together
 from queuemodels.types import (
     Load,
     ModelInputError,
@@ -194,18 +194,10 @@ class ChainModel:
         """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates and a fit its
         windows (solved together: queuemodels.stacked); None where the model has none (a rate it cannot take)."""
         points = _fitting(points)
-        laws: list[StepLaw | None] = []
-        for params, load, shape, profile in points:
-            try:
-                laws.append(self.law(params, load, profile, shape))
-            except ModelInputError:
-                laws.append(None)
-        solved = [i for i, law in enumerate(laws) if law is not None]
-        together = mean_figures([laws[i] for i in solved],  # type: ignore[misc]
-                                [points[i][2] for i in solved], [points[i][1].rate_rps for i in solved],
-                                [points[i][3] for i in solved])
+        rows, built, together = solve_together(self.law, points)
+        laws: dict[int, StepLaw] = dict(zip(rows, built, strict=True))
         out: list[PointFigures | None] = [None] * len(points)
-        for j, i in enumerate(solved):
+        for j, i in enumerate(rows):
             if together.covered[j]:
                 out[i] = PointFigures(float(together.in_system[j]), float(together.ttft_ms[j]),
                                       float(together.itl_ms[j]), float(together.prefill_ms[j]),
@@ -213,7 +205,8 @@ class ChainModel:
         for i, (params, load, shape, profile) in enumerate(points):
             if out[i] is None:  # as `analyze` solves it, from the law built above where there is one
                 try:
-                    perf = evaluate(*self._solved(params, load, shape, profile, laws[i]), shape, profile, tails=False)
+                    law, chain = self._solved(params, load, shape, profile, laws.get(i))
+                    perf = evaluate(law, chain, shape, profile, tails=False)
                 except ModelInputError:
                     continue
                 out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.extra["prefill_ms"],

@@ -7,6 +7,7 @@ by bisection on [0.001 mu(1), 0.999 of the saturation rate] (REFERENCE.md sectio
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ from scipy.optimize import brentq
 
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
-from queuemodels.stacked import mean_figures
+from queuemodels.stacked import solve_together
 from queuemodels.types import Load, ModelInputError, Point, PowerProfile, ServerShape, ServiceParams, Targets
 
 SATURATION_SHARE = 0.999
@@ -56,25 +57,16 @@ def within_targets_many(points: Sequence[Point], targets: Targets, law_fn: LawFn
     if targets.statistic != "mean":
         return [within_targets(p, load, shape, targets, profile, law_fn) for p, load, shape, profile in points]
     out = [False] * len(points)
-    laws, rows = [], []
-    for i, (params, load, shape, profile) in enumerate(points):
-        if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) < 0.0:
-            continue
-        try:
-            laws.append(law_fn(params, load, profile, shape))
-        except ModelInputError:
-            continue
-        rows.append(i)
-    together = mean_figures(laws, [points[i][2] for i in rows], [points[i][1].rate_rps for i in rows],
-                            [None] * len(rows))
-    for j, i in enumerate(rows):
+    carried = [i for i, (params, load, shape, profile) in enumerate(points)
+               if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) >= 0.0]
+    rows, laws, together = solve_together(law_fn, [points[i] for i in carried], draws=False)
+    for j, (row, law) in enumerate(zip(rows, laws, strict=True)):
+        _, load, shape, _ = points[carried[row]]
         if together.covered[j]:
-            out[i] = bool(together.ttft_ms[j] <= targets.ttft_ms and together.itl_ms[j] <= targets.itl_ms)
+            out[carried[row]] = bool(together.ttft_ms[j] <= targets.ttft_ms and together.itl_ms[j] <= targets.itl_ms)
         else:  # as `_feasible` checks it, on the law built above
-            try:
-                out[i] = meets(laws[j], points[i][2], points[i][1].rate_rps, targets)
-            except ModelInputError:
-                out[i] = False
+            with contextlib.suppress(ModelInputError):
+                out[carried[row]] = meets(law, shape, load.rate_rps, targets)
     return out
 
 

@@ -23,8 +23,8 @@ from numpy.typing import NDArray
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
 from queuemodels.clock import clock_draw_scale
 from queuemodels.power import limit_w
-from queuemodels.service_time import StepLaw
-from queuemodels.types import PowerProfile, ServerShape
+from queuemodels.service_time import LawFn, StepLaw
+from queuemodels.types import ModelInputError, Point, PowerProfile, ServerShape
 
 RHO_COVERED = 0.99
 """Utilisation of the full batch up to which the tail's closed form is used (nearer 1 it loses digits)."""
@@ -42,6 +42,22 @@ class Figures(NamedTuple):
     """The prompt's own steps at the batch it joins: TTFT less the queueing."""
     power_w: Floats
     covered: NDArray[np.bool_]
+
+
+def solve_together(law_fn: LawFn, points: Sequence[Point], draws: bool = True) -> tuple[list[int], list[StepLaw],
+                                                                                        Figures]:
+    """The points the model has a law for (their indices, and their laws at the offered rate: a rate it cannot
+    take has none) and those laws' figures solved together, in the same order; `draws=False` leaves the draw NaN
+    (a latency check needs none)."""
+    rows, laws = [], []
+    for i, (params, load, shape, profile) in enumerate(points):
+        try:
+            laws.append(law_fn(params, load, profile, shape))
+        except ModelInputError:
+            continue
+        rows.append(i)
+    return rows, laws, mean_figures(laws, [points[i][2] for i in rows], [points[i][1].rate_rps for i in rows],
+                                    [points[i][3] if draws else None for i in rows])
 
 
 def mean_figures(laws: Sequence[StepLaw], shapes: Sequence[ServerShape], rates_rps: Sequence[float],
