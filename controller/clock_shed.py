@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence, Set
-from dataclasses import dataclass
 
 from controller.governor import pressed_w
 from controller.telemetry.base import GpuSample
@@ -25,22 +24,13 @@ RAISE_STEP = 1.25
 """The most a hold rises in one tick (x the share), so a clock given back does not overshoot the limit at once."""
 
 
-@dataclass(frozen=True)
-class ClockHold:
-    """What the lever decided for one GPU at one tick, and why."""
-
-    share: float
-    """The clock share the GPU is held at (of its maximum SM clock), below the plan's."""
-    why: str
-
-
 class ClockShed:
     def __init__(self, min_share: float = 0.3) -> None:
         self.min_share = min_share
         """The lowest clock share a hold goes to: below it a GPU serves too slowly to be worth the watts; the cap
         sheds the rest."""
-        self.holds: dict[str, ClockHold] = {}
-        """GPU UUID -> its hold in force."""
+        self.holds: dict[str, float] = {}
+        """GPU UUID -> the clock share it is held at (of its maximum SM clock), below the plan's."""
 
     def step(self, samples: Sequence[GpuSample], limits_w: Mapping[str, float], shedding: Set[str],
              share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float]) -> dict[int, float]:
@@ -56,7 +46,7 @@ class ClockShed:
             held = self.holds.get(g.uuid)
             if g.power_w is None or not math.isfinite(g.power_w) or g.power_w <= 0:
                 if held is not None:
-                    out[g.index] = held.share
+                    out[g.index] = held
                 continue
             hold = self._decide(g, limits_w.get(g.uuid, g.power_limit_w), share(g), planned(g), held,
                                 g.uuid in shedding)
@@ -64,30 +54,28 @@ class ClockShed:
                 self.holds.pop(g.uuid, None)
             else:
                 self.holds[g.uuid] = hold
-                out[g.index] = hold.share
+                out[g.index] = hold
         self.holds = {u: h for u, h in self.holds.items() if u in listed}
         return out
 
-    def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: ClockHold | None,
-                shedding: bool) -> ClockHold | None:
+    def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: float | None,
+                shedding: bool) -> float | None:
+        """The share to hold the GPU at (None: no hold): lower while it is pressed against a limit the governor
+        cut, kept just under it, raised a step a tick once it has room or is no longer held down."""
         draw = g.power_w or 0.0
         margin = pressed_w(limit_w)  # a held GPU aims just under the governor's 'pressed' band
         pressed = draw > limit_w - margin
         if shedding and pressed and (held is not None or draw > limit_w + 1.0):
             # The compute part of the draw falls at least as fast as the clock: proportional is the least shed.
             # a hold in force counts even where the lock in force reads otherwise (one failed and was dropped)
-            share = max(self.min_share, min(now, plan, held.share if held else 1.0) * max(0.0, limit_w - margin) / draw)
-            why = f"draw {draw:.0f} W over its limit {limit_w:.0f} W less {margin:.0f} W"
-            return ClockHold(share, why) if share < plan else None
+            share = max(self.min_share, min(now, plan, held or 1.0) * max(0.0, limit_w - margin) / draw)
+            return share if share < plan else None
         if held is None:
             return None
         if shedding and draw >= limit_w - 2 * margin:
             return held  # just under the limit: the clock holds the draw where the governor wants it
         # Room under the limit, or the governor no longer holds the GPU down: clock back, a step at a time.
-        share = held.share * (RAISE_STEP if not shedding else min(RAISE_STEP, (limit_w - margin) / draw))
-        if share >= plan:
-            return None
-        return ClockHold(share, f"draw {draw:.0f} W under its limit {limit_w:.0f} W" + ("" if shedding else
-                                                                                        ", no longer held down"))
+        share = held * (RAISE_STEP if not shedding else min(RAISE_STEP, (limit_w - margin) / draw))
+        return share if share < plan else None
 
 

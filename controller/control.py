@@ -60,9 +60,9 @@ class Controller:
         """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
         target for that variant's GPUs."""
         self.variants: dict[str, tuple[str, ...]] = {}
+        """The accelerator types each service may run on."""
         self.kv_tokens: dict[str, dict[str, float]] = {}
         """Per service and variant, the KV-cache tokens of one replica its config gives (0: not known)."""
-        """The accelerator types each service may run on."""
         self.draining: dict[str, dict[str, float]] = {}
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
         the planned variant's cap is its assignment's."""

@@ -124,8 +124,10 @@ class FastLoop:
         applied = {g.uuid: self._set(now, g, w) for g, w in lower}
         if None not in applied.values():
             applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
-        if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it
-            after = {g.uuid: applied.get(g.uuid) or g.power_limit_w for g in samples}
+        if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it, or
+            # under the one a cut that failed wanted (the clock may still shed what the limit could not)
+            cuts = {g.uuid: w for g, w in lower}
+            after = {g.uuid: applied.get(g.uuid) or cuts.get(g.uuid) or g.power_limit_w for g in samples}
             self.clocks.step(now, samples, self.plan, after,
                              frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid])), missing)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
@@ -182,15 +184,14 @@ class FastLoop:
                 by_service.setdefault(g.service, []).append(g)
         cut = self.governor.cut_w
 
-        def held(g: GpuSample, service: str) -> bool:
+        def held(g: GpuSample) -> bool:
             """Cut by the governor, or drawing against a limit it set below the plan's cap (a limit with room
             over the draw holds nothing down: the draw is the load's own)."""
-            below = g.power_limit_w < (self.plan.cap_w(service, g.variant) or 0.0) - 1.0
-            return cut.get(g.uuid, 0.0) > 0 or (below and pressed(g))
+            return cut.get(g.uuid, 0.0) > 0 or (self._held_down(g, g.power_limit_w) and pressed(g))
 
         held_gpus = 0
         for service, gpus in by_service.items():
-            n, below = len(gpus), sum(held(g, service) for g in gpus)
+            n, below = len(gpus), sum(held(g) for g in gpus)
             held_gpus += below
             shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
             self.ledger.add(service, DrawReading(

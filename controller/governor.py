@@ -36,7 +36,10 @@ class PowerGovernor:
 
     @staticmethod
     def accounted_w(sample: GpuSample) -> float:
-        return sample.power_w if sample.power_w is not None else sample.power_limit_w
+        """What a GPU counts for: its reading, or its limit where it has none (a NaN reading is none: it would
+        pass every comparison and lift the ramp's ceiling)."""
+        p = sample.power_w
+        return p if p is not None and math.isfinite(p) else sample.power_limit_w
 
     def threshold_w(self) -> float:
         return self.settings.budget_w * (1 - self.settings.headroom)
