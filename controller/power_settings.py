@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controller.config_loader import ConfigError, check_positive, check_range
-from controller.settings_checks import MAX_GPUS
+from controller.settings_checks import MAX_GPUS, MAX_POWER_W
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PowerDomainSettings:
         if not self.name:
             raise ConfigError(f"{where}.name", "must not be empty")
         check_positive(self, where, ("limit_w",))
-        check_range(self, where, ("limit_w",), 0.0, 1e8)
+        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W)
         if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
 
@@ -90,8 +90,8 @@ class PowerSettings:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("budget_w",))
-        check_range(self, where, ("budget_w",), 0.0, 1e8)
-        check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, 1e8)
+        check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
+        check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, MAX_POWER_W)
         check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.budget_w, where)
         check_domains_nest(self.domains, where)
         if not 0 <= self.headroom < 0.5:

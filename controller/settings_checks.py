@@ -22,6 +22,8 @@ MAX_QUEUE = 1_000_000
 """Largest waiting queue per replica a model or the simulator holds."""
 MAX_GPUS = 1024
 """Largest GPU count of one host or inventory line."""
+MAX_POWER_W = 1e8
+"""The most watts any budget, domain limit or ramp may name: 100 MW is a unit mistake (mW for W)."""
 MAX_REPLICAS = 1024
 """Largest replica bound of one service."""
 MAX_CHOICES = 64

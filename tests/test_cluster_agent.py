@@ -259,7 +259,7 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
                                   "metadata": {"name": node}, "spec": {"sequence": 1}, "status": status(limit_w)})
     (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
     plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
-    gpu = {plans._where()[g.index][0]: g.index for g in plans.sample(0.0)}
+    gpu = {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
     plans.set_power_limit(gpu["gpu-a"], 600.0)
     plans.set_power_limit(gpu["gpu-b"], 200.0)
     emu.fail("PATCH", "nodepowerplans/gpu-b", code=500, times=2)

@@ -35,21 +35,20 @@ from cluster_fixtures import (
     status_of,
     until,
 )
-from conftest import free_port
+from conftest import ROOT, free_port
 from kopf.testing import KopfRunner
 from kube_emulator import KubeEmulator
 from kube_http import PATH
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
-from controller.cluster.lease import Lease
+from controller.cluster.lease import RENEW_SHARE, Lease
 from controller.cluster.nodes import NodePlans
 from controller.cluster.operator import ClusterLoop, Resources
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -432,7 +431,7 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     counted: list[str] = []
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)
-    assert sorted((plans._where()[s.index], s.uuid) for s in got) == [
+    assert sorted((plans.where[s.index], s.uuid) for s in got) == [
         (("gpu-a", 0), "GPU-0"), (("gpu-b", 0), "GPU-0"), (("gpu-b", 1), "GPU-1")]
     assert counted == ["gpu-a"] * 5
     plans.sample(1.0)  # counted each time, logged once
@@ -533,7 +532,7 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
             "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
-        loop.lease.renewed_at -= loop.lease.duration_s / 3  # the next step is the one that renews it
+        loop.lease.renewed_at -= loop.lease.duration_s / RENEW_SHARE  # the next step is the one that renews it
         loop.step(0.2)
         assert loop.controller is None and not loop.lease.valid() and not server.ready()
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):

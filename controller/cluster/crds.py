@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES, VERSION, LlmServiceSpec, PowerPolicySpec
+from controller.cluster.resources import (
+    GROUP,
+    PLAN_TTL_RANGE_S,
+    PLANS,
+    POLICIES,
+    SERVICES,
+    VERSION,
+    LlmServiceSpec,
+    PowerPolicySpec,
+)
 from controller.schema import SchemaWriter
 from controller.service_settings import MAX_PRIORITY
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
-from controller.settings_checks import MAX_BATCH, MAX_REPLICAS
+from controller.settings_checks import MAX_BATCH, MAX_POWER_W, MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
 from queuemodels.accelerators import CATALOG
 
@@ -30,8 +39,8 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "LlmServiceSpec.min_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
           "LlmServiceSpec.max_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
           "LlmServiceSpec.initial_max_batch": {"minimum": 1, "maximum": MAX_BATCH},
-          "PowerSettings.budget_w": {**POSITIVE, "maximum": 1e8},
-          "PowerPolicySpec.plan_ttl_s": {"minimum": 5.0, "maximum": 86400.0},
+          "PowerSettings.budget_w": {**POSITIVE, "maximum": MAX_POWER_W},
+          "PowerPolicySpec.plan_ttl_s": {"minimum": PLAN_TTL_RANGE_S[0], "maximum": PLAN_TTL_RANGE_S[1]},
           "PowerPolicySpec.safe_cap_share": {"minimum": 0.0, "maximum": 1.0},
           "PriorSettings.family": {"enum": list(FAMILIES)}})
 

@@ -99,9 +99,6 @@ class NodePlans:
     def _settings(self) -> dict[str, float]:
         return {"ttl_s": self.plan_ttl_s, "safe_cap_share": self.safe_cap_share}
 
-    def _where(self) -> dict[int, tuple[str, int]]:
-        return self.where
-
     # -- nodes and owners (slow loop) ----------------------------------------------------------
     def ensure(self, node_selector: Mapping[str, str]) -> list[str]:
         """A NodePowerPlan for every node the selector picks (created empty: its agent sets safe caps until
@@ -202,7 +199,7 @@ class NodePlans:
 
     # -- PowerLimiter (fast loop) ---------------------------------------------------------------
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
-        where = self._where().get(gpu_index)
+        where = self.where.get(gpu_index)
         sample = self.samples.get(gpu_index)
         if where is None or sample is None:
             raise PermanentActuatorError(f"GPU {gpu_index}: on no node's plan")
@@ -223,7 +220,7 @@ class NodePlans:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
             for i, w in inside.items():
                 caps[i] = min(caps[i], w)
-        where = self._where()
+        where = self.where
         safe: dict[str, dict[str, float]] = {}
         for index, cap in caps.items():
             node, local = where[index]

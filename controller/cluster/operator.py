@@ -293,8 +293,8 @@ class ClusterLoop:
         return c.settings.daemon.fast_interval_s
 
     def _slow(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool], now: float) -> None:
-        """One slow tick (the worker's): the resources read, the settings reconfigured, the owners refreshed,
-        the optimizer's cycle, the status written; nothing written once the Lease is not held."""
+        """One slow tick (the worker's): the resources read, the settings reconfigured, the optimizer's cycle,
+        the status written; nothing written once the Lease is not held."""
         try:
             res = self.read()
         except Exception as exc:

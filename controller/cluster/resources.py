@@ -29,10 +29,13 @@ from controller.settings import (
     check_domain_lines,
     check_domains_nest,
 )
+from controller.settings_checks import MAX_POWER_W
 from queuemodels.accelerators import CATALOG
 
 GROUP = "wattscale.dev"
 VERSION = "v1alpha1"
+PLAN_TTL_RANGE_S = (5.0, 86400.0)
+"""A node plan's TTL: under 5 s an agent could not renew in time, over a day a lost operator goes unnoticed."""
 POLICIES, SERVICES, PLANS = "powerpolicies", "llmservices", "nodepowerplans"
 
 
@@ -52,7 +55,7 @@ class NodeDomain:
         if not self.name:
             raise ConfigError(f"{where}.name", "must not be empty")
         check_positive(self, where, ("limit_w",))
-        check_range(self, where, ("limit_w",), 0.0, 1e8)
+        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W)
         if not self.node_selector:
             raise ConfigError(f"{where}.node_selector", "must name at least one label")
 
@@ -90,7 +93,7 @@ class PowerPolicySpec:
     """The cluster's Prometheus that scrapes the vLLM servers (load and latency)."""
 
     def check(self, where: str) -> None:
-        check_range(self, where, ("plan_ttl_s",), 5.0, 86400.0)
+        check_range(self, where, ("plan_ttl_s",), *PLAN_TTL_RANGE_S)
         check_range(self, where, ("safe_cap_share",), 0.0, 1.0)
         if self.power.domains:
             raise ConfigError(f"{where}.power.domains", "GPU indices are a host's: give `domains` by node_selector")
