@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
-from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.simulate.accounting import figures
 from controller.simulate.power_figures import carbon_figures, domain_figures, drop_figures, ramp_figures
@@ -82,24 +81,6 @@ def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(
     r = run(scn, "wattscale", 3, TWO_GPUS)
     assert set(r.trace.budget_w) == {900.0}
     assert figures(scn, r)["co2_mg_per_token"] is None
-
-
-@pytest.mark.parametrize(("body", "field", "words"), [
-    ('[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\nkind = "electricitymaps"\nzone = "DE"\n'
-     'curve = [[100, 1400]]\n', "power.budget.sources[0].kind", "asks a remote API"),
-    ('[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\nduration_s = 30\n', "events[0].kind",
-     "needs a demand_response source"),
-    ('start_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
-    ('grid_time_scale = 0\n', "grid_time_scale", "must be in"),
-    ('[power]\nramp_up_w_per_s = -5\n', "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s",
-     "must be in"),
-])
-def test_a_bad_budget_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
-                                               words: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        load_scenario(small_scenario('name = "x"\nduration_s = 60\n' + body))
-    assert err.value.where == field
-    assert words in str(err.value)
 
 
 def trace_of(draw_w: list[float], budget_w: list[float], limits_w: list[float] | None = None,

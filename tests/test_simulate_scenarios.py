@@ -57,6 +57,16 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\n', "duration_s", "required key is missing"),
     ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b" = "fast" }\n', "personalities.llama-3.1-8b",
      "'fast'"),
+    # budget sources and their events (tests/test_simulate_budget_sources.py)
+    ('name = "x"\nduration_s = 60\n[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
+     'kind = "electricitymaps"\nzone = "DE"\ncurve = [[100, 1400]]\n', "power.budget.sources[0].kind",
+     "asks a remote API"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\n'
+     'duration_s = 30\n', "events[0].kind", "needs a demand_response source"),
+    ('name = "x"\nduration_s = 60\nstart_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
+    ('name = "x"\nduration_s = 60\ngrid_time_scale = 0\n', "grid_time_scale", "must be in"),
+    ('name = "x"\nduration_s = 60\n[power]\nramp_up_w_per_s = -5\n',
+     "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s", "must be in"),
 ])
 def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
                                         words: str) -> None:

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
 from controller.settings import Settings, load_settings, settings_from
+from controller.settings_checks import MAX_POWER_W
 from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
@@ -128,7 +130,7 @@ class EventSettings:
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         if self.kind == "budget":
             check_positive(self, where, ("budget_w",))
-            check_range(self, where, ("budget_w",), 0.0, 1e8)
+            check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
         elif self.kind == "slowdown":
             if not self.service:
                 raise ConfigError(f"{where}.service", "required for a slowdown")
@@ -169,7 +171,7 @@ class ScenarioSettings:
         if not self.name.strip():
             raise ConfigError("name", "must not be empty")
         check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
-        check_range(self, where, ("budget_w",), 0.0, 1e8)
+        check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
         if not 0 <= self.seed < 2**63:
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         check_range(self, where, ("grid_time_scale",), 1e-3, 1e3)
@@ -202,7 +204,7 @@ class Scenario:
     @property
     def start_unix_s(self) -> float:
         """`start_utc` as Unix seconds: what the budget sources read at simulated second 0."""
-        return dt.datetime.fromisoformat(self.settings.start_utc.replace("Z", "+00:00")).timestamp()
+        return parse_utc_s(self.settings.start_utc)
 
     @property
     def start_budget_w(self) -> float:

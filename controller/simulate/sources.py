@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -24,15 +22,11 @@ from controller.budget.base import BudgetError
 from controller.budget.carbon import IntensityPoint
 from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.combiner import BudgetCombiner
+from controller.budget.demand_response import DemandSignal, store_signal
 from controller.budget.settings import BudgetSettings, CarbonCsvSettings, DemandResponseSettings
 from controller.simulate.scenario import EventSettings, Scenario
-from tuner.store import atomic_write_text
 
 log = logging.getLogger("wattscale.simulate")
-
-
-def iso_utc(unix_s: float) -> str:
-    return dt.datetime.fromtimestamp(unix_s, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class GridClock:
@@ -101,10 +95,9 @@ class SimBudget:
         if e.kind == "budget":
             self.event_w = e.budget_w
         elif e.kind == "demand_response":
-            deadline = self.clock(t_s + e.duration_s)
-            doc = {"budget_w": e.budget_w, "deadline": iso_utc(deadline), "reason": e.reason or "scenario event"}
+            signal = DemandSignal(e.budget_w, self.clock(t_s + e.duration_s), e.reason or "scenario event")
             for path in self.signal_paths:
-                atomic_write_text(path, json.dumps(doc))
+                store_signal(str(path), signal)
 
     def step(self, t_s: float) -> float:
         """The budget in force from simulated second `t_s`; `why` says where it comes from."""
