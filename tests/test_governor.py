@@ -95,6 +95,19 @@ def test_a_gpu_without_a_reading_counts_at_its_limit() -> None:
     assert governor.emergency  # 4 x 700 W assumed, not 0
 
 
+def test_a_nan_reading_counts_as_none_and_keeps_the_ramp() -> None:
+    """A NaN passes every comparison: counted as a reading it lifted the ramp's ceiling (min(threshold, nan)) and
+    hid an overdraw. It counts at the GPU's limit, as no reading does."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=10.0), interval_s=1.0)
+    capped = [GpuSample(i, f"GPU-{i}", "H100", 300.0 if i else float("nan"), None, 300.0, 200.0, 700.0,
+                        service=OWNERS[i]) for i in OWNERS]
+    limits = governor.step(capped, PLAN)
+    assert sum(limits.get(g.index, g.power_limit_w) for g in capped) <= 4 * 300.0 + 10.0 + 1e-6
+    tight = PowerGovernor(PowerSettings(budget_w=2000.0))
+    tight.step([replace(g, power_w=float("nan"), power_limit_w=700.0) for g in capped], PLAN)
+    assert tight.emergency  # 4 x 700 W counted, not NaN
+
+
 def test_no_load_jump_carries_the_site_over_its_threshold() -> None:
     """Natural draws jump anywhere between idle and peak from one tick to the next: the limits in force always
     sum under the threshold, so the next reading does too, whatever the load does."""
