@@ -6,13 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
+import numpy as np
+
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.kv_cache import fitting_shape
+from queuemodels.law_arrays import Bools, Points, continuous_laws
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
-from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_many
-from queuemodels.stacked import solve_together
+from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_of
+from queuemodels.stacked import Figures, ManyLawFn, solve_together
 from queuemodels.types import (
     Load,
     ModelInputError,
@@ -83,7 +86,9 @@ class QueueModel(Protocol):
 
     def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]: ...
 
-    def within_targets_many(self, points: Sequence[Point], targets: Targets) -> list[bool]: ...
+    def figures_of(self, points: Points, draws: bool = True) -> Figures: ...
+
+    def within_targets_of(self, points: Points, targets: Sequence[Targets]) -> Bools: ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class ChainModel:
 
     name: str
     law: LawFn
+    many: ManyLawFn | None = None
+    """The same law built for many points at once, as arrays (None: built one by one)."""
 
     def analyze(
         self,
@@ -186,42 +193,37 @@ class ChainModel:
         law, chain = self._solved(params, load, fitting_shape(params, load, shape), profile)
         return occupancy(law, chain, load.rate_rps * (1.0 - chain.p[-1]))
 
-    def within_targets_many(self, points: Sequence[Point], targets: Targets) -> list[bool]:
-        """`within_targets` at many points (a sizing round's), solved together where the targets allow."""
-        return within_targets_many(_fitting(points), targets, law_fn=self.law)
+    def within_targets_of(self, points: Points, targets: Sequence[Targets]) -> Bools:
+        """`within_targets` at many points (a sizing round's), `targets` per base, solved together where the
+        targets allow."""
+        return within_targets_of(points, targets, self.law, self.many)
+
+    def figures_of(self, points: Points, draws: bool = True) -> Figures:
+        """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates (solved
+        together: queuemodels.stacked); `covered` False where the model has none (a rate it cannot take)."""
+        built, _, together = solve_together(self.law, self.many, points, draws)
+        for i in np.flatnonzero(~together.covered).tolist():  # as `analyze` solves it, from the law built above
+            params, load, shape, profile = points.point(i)
+            try:
+                law, chain = self._solved(params, load, shape, profile, built.get(i))
+                perf = evaluate(law, chain, shape, profile, tails=False)
+            except ModelInputError:
+                continue
+            for column, value in zip(together[:5], (perf.mean_in_system, perf.ttft_ms, perf.itl_ms,
+                                                    perf.extra["prefill_ms"], perf.power_w), strict=True):
+                column[i] = value
+            together.covered[i] = True
+        return together
 
     def mean_figures(self, points: Sequence[Point]) -> list[PointFigures | None]:
-        """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates and a fit its
-        windows (solved together: queuemodels.stacked); None where the model has none (a rate it cannot take)."""
-        points = _fitting(points)
-        rows, built, together = solve_together(self.law, points)
-        laws: dict[int, StepLaw] = dict(zip(rows, built, strict=True))
-        out: list[PointFigures | None] = [None] * len(points)
-        for j, i in enumerate(rows):
-            if together.covered[j]:
-                out[i] = PointFigures(float(together.in_system[j]), float(together.ttft_ms[j]),
-                                      float(together.itl_ms[j]), float(together.prefill_ms[j]),
-                                      float(together.power_w[j]))
-        for i, (params, load, shape, profile) in enumerate(points):
-            if out[i] is None:  # as `analyze` solves it, from the law built above where there is one
-                try:
-                    law, chain = self._solved(params, load, shape, profile, laws.get(i))
-                    perf = evaluate(law, chain, shape, profile, tails=False)
-                except ModelInputError:
-                    continue
-                out[i] = PointFigures(perf.mean_in_system, perf.ttft_ms, perf.itl_ms, perf.extra["prefill_ms"],
-                                      perf.power_w)
-        return out
-
-
-def _fitting(points: Sequence[Point]) -> list[Point]:
-    """The points at the batch their KV cache holds (`analyze` and `within_targets` bound it per point)."""
-    return [(params, load, fitting_shape(params, load, shape), profile) for params, load, shape, profile in points]
+        """`figures_of` at points given one by one (a fit's windows), None where the model has none."""
+        f = self.figures_of(Points.of(points))
+        return [PointFigures(*(float(c[i]) for c in f[:5])) if f.covered[i] else None for i in range(len(points))]
 
 
 DEFAULT_MODEL = "mm1k-cb"
 MODELS: dict[str, QueueModel] = {
-    m.name: m for m in (ChainModel("mm1k-cb", continuous_law), ChainModel("mm1k-batch", capped_law))
+    m.name: m for m in (ChainModel("mm1k-cb", continuous_law, continuous_laws), ChainModel("mm1k-batch", capped_law))
 }
 
 

@@ -180,7 +180,7 @@ def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: Se
     return at_one - slope, slope
 
 
-def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
+def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
     """(d0, d1, c_p): a decode step at batch B takes d0 + d1 B, one prompt adds c_p (ms)."""
     n_in, m = load.in_tokens, load.out_tokens
     if params.family in ("gen1", "step"):
@@ -196,7 +196,7 @@ def _decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float,
 def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law under continuous batching at a power cap; depends on the rate through phi."""
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
-    d0, d1, c_p = _decode_and_prompt(params, load)
+    d0, d1, c_p = decode_and_prompt(params, load)
     d0, d1 = _capped_decode(d0, d1, profile, shape)
     # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too

@@ -11,12 +11,14 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 from scipy.optimize import brentq
 
+from queuemodels.law_arrays import Bools, Floats, LawArrays, Points
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
-from queuemodels.stacked import solve_together
-from queuemodels.types import Load, ModelInputError, Point, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.stacked import ManyLawFn, solve_together
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
 
 SATURATION_SHARE = 0.999
 """Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess
@@ -50,23 +52,42 @@ def within_targets(
     return _feasible(law_fn, params, load, profile, shape, load.rate_rps, targets)
 
 
-def within_targets_many(points: Sequence[Point], targets: Targets, law_fn: LawFn = capped_law) -> list[bool]:
-    """`within_targets` at many points (parameters, load with its rate, shape, profile): under a mean target the
-    points' chains are solved together (queuemodels.stacked), a percentile target or a point the stacked solve
-    leaves out is checked on its own."""
-    if targets.statistic != "mean":
-        return [within_targets(p, load, shape, targets, profile, law_fn) for p, load, shape, profile in points]
-    out = [False] * len(points)
-    carried = [i for i, (params, load, shape, profile) in enumerate(points)
-               if _surplus(law_fn, params, load, shape, profile, load.rate_rps / SATURATION_SHARE) >= 0.0]
-    rows, laws, together = solve_together(law_fn, [points[i] for i in carried], draws=False)
-    for j, (row, law) in enumerate(zip(rows, laws, strict=True)):
-        _, load, shape, _ = points[carried[row]]
-        if together.covered[j]:
-            out[carried[row]] = bool(together.ttft_ms[j] <= targets.ttft_ms and together.itl_ms[j] <= targets.itl_ms)
-        else:  # as `_feasible` checks it, on the law built above
-            with contextlib.suppress(ModelInputError):
-                out[carried[row]] = meets(law, shape, load.rate_rps, targets)
+def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = capped_law,
+                      many: ManyLawFn | None = None) -> Bools:
+    """`within_targets` at every point, `targets` per base: under a mean target the points' chains are solved
+    together (queuemodels.stacked), a percentile target or a point the stacked solve leaves out is checked on its
+    own."""
+    out = np.zeros(len(points.rates_rps), dtype=bool)
+    mean = np.array([t.statistic == "mean" for t in targets], dtype=bool)[points.base]
+    for i in np.flatnonzero(~mean).tolist():
+        params, load, shape, profile = points.point(i)
+        out[i] = within_targets(params, load, shape, targets[points.base[i]], profile, law_fn)
+    carried = np.flatnonzero(mean & (_surpluses(points, law_fn, many) >= 0.0))
+    some = points.take(carried)
+    built, has, together = solve_together(law_fn, many, some, draws=False)
+    ttft_ms, itl_ms = (np.array([getattr(t, f) for t in targets], dtype=float)[some.base]
+                       for f in ("ttft_ms", "itl_ms"))
+    out[carried] = together.covered & (together.ttft_ms <= ttft_ms) & (together.itl_ms <= itl_ms)
+    for j in np.flatnonzero(has & ~together.covered).tolist():  # as `_feasible` checks it, one by one
+        params, load, shape, profile = some.point(j)
+        with contextlib.suppress(ModelInputError):
+            law = built[j] if j in built else law_fn(params, load, profile, shape)
+            out[carried[j]] = meets(law, shape, load.rate_rps, targets[some.base[j]])
+    return out
+
+
+def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
+    """`_surplus` at every point at the rate sizing allows it (its rate over SATURATION_SHARE)."""
+    faster = points._replace(rates_rps=points.rates_rps / SATURATION_SHARE)
+    tops = faster.tops()
+    if many is None:
+        laws, built = LawArrays.empty(len(tops)), np.zeros(len(tops), dtype=bool)
+    else:
+        laws, built = many(faster, tops)
+    out: Floats = 1000.0 * tops / (laws.t0 + laws.t1 * tops) - faster.rates_rps
+    for i in np.flatnonzero(~built).tolist():
+        params, load, shape, profile = faster.point(i)
+        out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)
     return out
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from controller.optimizer import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, get_solver, solve
-from controller.optimizer.candidates import enumerate_all, service_candidates, shed_weights, valued
+from controller.optimizer.candidates import enumerate_all, shed_weights, valued
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -144,10 +144,10 @@ def test_a_new_max_batch_keeps_its_load_carried_through_the_rolling_restart() ->
     """A candidate changing the batch in force has, besides its own need, what carries the load with one replica
     down at the batch in force; one keeping the batch needs nothing more."""
     problem = Problem((_chat(None),), (H100,), 5000.0, objective="cost", batch_sizes=(16, 64), power_levels=(1.0,))
-    fresh = {c.assignment.max_batch: c.assignment.replicas for c in service_candidates(problem, 0) if c.short_rps == 0}
+    fresh = {c.assignment.max_batch: c.assignment.replicas for c in enumerate_all(problem)[0] if c.short_rps == 0}
     current = Assignment("H100-SXM", fresh[16], 16, 700.0)
     moved = replace(problem, services=(_chat(current),))
-    now = {c.assignment.max_batch: c.assignment.replicas for c in service_candidates(moved, 0) if c.short_rps == 0}
+    now = {c.assignment.max_batch: c.assignment.replicas for c in enumerate_all(moved)[0] if c.short_rps == 0}
     assert now[16] == fresh[16]
     assert now[64] == max(fresh[64], fresh[16] + 1)
 
@@ -155,7 +155,7 @@ def test_a_new_max_batch_keeps_its_load_carried_through_the_rolling_restart() ->
 def test_token_speed_is_offered_spare_replicas_cost_is_not() -> None:
     for objective, spare in (("token_speed", 2), ("cost", 0)):
         problem = Problem((_chat(None),), (H100,), 5000.0, objective=objective, batch_sizes=(64,), power_levels=(1.0,))
-        full = sorted(c.assignment.replicas for c in service_candidates(problem, 0) if c.short_rps == 0)
+        full = sorted(c.assignment.replicas for c in enumerate_all(problem)[0] if c.short_rps == 0)
         assert full == list(range(full[0], full[0] + spare + 1))
 
 

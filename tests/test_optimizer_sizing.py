@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -11,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.optimizer import sizing
-from controller.optimizer.sizing import Sizer, fit_search, rate_per_replica
+from controller.optimizer.sizing import Sizer, fit_search, size_together
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from queuemodels.types import Point
+from queuemodels.law_arrays import Bools, Points
 
 PARAMS = ServiceParams("gen1", 12, 0.09, 10, 0.035)
 STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)
@@ -54,7 +55,7 @@ def test_replicas_needed_agrees_with_the_max_rate(params: ServiceParams, model: 
                                                   batch: int) -> None:
     shape = ServerShape(batch, 1024, 560.0)
     unit = Load(1.0, 800, 200)
-    per_replica = rate_per_replica(model, params, unit, shape, targets, H100)
+    per_replica = Sizer(model, params, unit, targets, H100).rate_per_replica(shape)
     for rate in (0.3, 2.0, 7.5, 31.0, 95.0):
         need = Sizer(model, params, replace(unit, rate_rps=rate), targets, H100).need(shape, 16)
         if per_replica <= 0:
@@ -66,19 +67,39 @@ def test_replicas_needed_agrees_with_the_max_rate(params: ServiceParams, model: 
             assert need == by_rate - 1 and rate / need <= per_replica * (1 + 2e-4)
 
 
+def fresh_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sizing with nothing known from earlier tests."""
+    for name, empty in (("_brackets", OrderedDict()), ("_guesses", {}), ("_bases", {}), ("_max_rates", {})):
+        monkeypatch.setattr(sizing, name, empty)
+
+
+def test_services_sized_together_need_what_each_needs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet's rounds answered in one call each (services sharing a basis in waves) give each service the needs
+    it has sized alone, with nothing known before."""
+    shapes = [ServerShape(batch, 1024, cap) for batch in (8, 64, 256) for cap in (None, 450.0)]
+    fleet = [(params, Load(rate, 800, 200), targets) for params in (PARAMS, STEP)
+             for targets in (Targets(300, 40), Targets(900, 60, "p95")) for rate in (0.5, 6.0, 6.5, 40.0)]
+    fresh_tables(monkeypatch)
+    together = size_together("mm1k-cb", [(Sizer("mm1k-cb", p, load, t, H100), shapes, 16) for p, load, t in fleet])
+    alone = []
+    for params, load, targets in fleet:
+        fresh_tables(monkeypatch)
+        alone.append([Sizer("mm1k-cb", params, load, targets, H100).need(shape, 16) for shape in shapes])
+    assert together == alone
+    assert {n for needs in alone for n in needs} > {None, 1}  # light and heavy loads, shapes that cannot carry them
+
+
 def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) -> None:
     model = get_model("mm1k-cb")
     solves: list[float] = []
-    real = type(model).within_targets_many
+    real = type(model).within_targets_of
 
-    def counted(self: object, points: list[Point], targets: Targets) -> list[bool]:
-        solves.extend(load.rate_rps for _, load, _, _ in points)
+    def counted(self: object, points: Points, targets: list[Targets]) -> Bools:
+        solves.extend(points.rates_rps.tolist())
         return real(model, points, targets)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sizing, "_brackets", type(sizing._brackets)())
-    monkeypatch.setattr(sizing, "_guesses", {})
-    monkeypatch.setattr(sizing, "_bases", {})
-    monkeypatch.setattr(type(model), "within_targets_many", counted)
+    fresh_tables(monkeypatch)
+    monkeypatch.setattr(type(model), "within_targets_of", counted)
     shape, targets = ServerShape(64, 1024, 600.0), Targets(300, 40)
     first = Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), targets, H100).need(shape, 16)
     cold = len(solves)

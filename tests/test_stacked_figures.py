@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from queuemodels.stacked import mean_figures
+from queuemodels.law_arrays import FIELDS, Points, continuous_laws
+from queuemodels.service_time import continuous_law
+from queuemodels.stacked import solve_together
 
 H100 = CATALOG["H100-SXM"]
 L40S = CATALOG["L40S"]
@@ -58,22 +62,40 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
                                                 profile: PowerProfile | None,
                                                 pts: list[tuple[ServerShape, float]]) -> None:
     rows = [(params, load.at_rate(rate), shape, profile) for shape, rate in pts]
-    together = get_model(model).within_targets_many(rows, targets)
-    assert together == [get_model(model).within_targets(p, ld, s, targets, pr) for p, ld, s, pr in rows]
+    together = get_model(model).within_targets_of(Points.of(rows), [targets] * len(rows))
+    assert together.tolist() == [get_model(model).within_targets(p, ld, s, targets, pr) for p, ld, s, pr in rows]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0)]),
+       st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
+       st.sampled_from([H100, L40S, None]), points)
+def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
+                                                 pts: list[tuple[ServerShape, float]]) -> None:
+    """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays."""
+    together = Points([(params, load, profile)], np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
+                      np.array([r for _, r in pts]))
+    laws, built = continuous_laws(together, together.tops())
+    for i in range(len(pts)):
+        p, ld, shape, pr = together.point(i)
+        try:
+            want = continuous_law(p, ld, pr, shape)
+        except ModelInputError:
+            assert not built[i]
+            continue
+        assert built[i]
+        assert [getattr(laws, f)[i] for f in FIELDS] == [getattr(want, f) for f in FIELDS]
 
 
 def test_light_affine_points_are_solved_together_not_alone() -> None:
     """The comparisons above pass whatever the stacked solve covers (what it leaves out is solved alone): here it
     must cover every point, light loads of an affine law, capped, clocked, bounded or not."""
-    model = get_model("mm1k-cb")
     load = Load(1.0, 800, 200)
     rows = [(GEN1, load.at_rate(rate), ServerShape(batch, queue, cap, clock), H100)
             for batch in (8, 64, 256) for queue in (None, 1024) for cap in (None, 450.0) for clock in (None, 0.7)
             for rate in (0.5, 2.0)]
-    laws = [model.law(p, ld, pr, s) for p, ld, s, pr in rows]  # type: ignore[attr-defined]
-    together = mean_figures(laws, [s for _, _, s, _ in rows], [ld.rate_rps for _, ld, _, _ in rows],
-                            [pr for *_, pr in rows])
-    assert together.covered.all()
+    built_alone, _, together = solve_together(continuous_law, continuous_laws, Points.of(rows))
+    assert together.covered.all() and not built_alone  # every law built as arrays, every point solved stacked
     for k, row in enumerate(rows):
         want = alone("mm1k-cb", *row)
         assert want is not None

@@ -17,12 +17,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import replace
+from typing import NamedTuple
+
+import numpy as np
 
 from controller.optimizer.clocks import shape_choices
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from controller.optimizer.sizing import Sizer
+from controller.optimizer.sizing import Sizer, size_together
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
+from queuemodels.law_arrays import Points
 from queuemodels.power import uncapped_peak_w
 
 MAX_PARTIAL = 6
@@ -33,11 +37,13 @@ SPARE_SHAPES = 4
 """Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
 ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
 GRAIN = 0.005
-Needs = dict[tuple[int, float, float | None], int | None]
+Shape = tuple[int, float, float | None]
+"""A (max batch, cap, clock) the optimizer sizes."""
+Needs = dict[Shape, int | None]
 """Replicas each (max batch, cap, clock) shape needs for a service's load (None: more than it may run)."""
 
 
-def _shapes(problem: Problem, acc: AcceleratorType, profile: PowerProfile) -> list[tuple[int, float, float | None]]:
+def _shapes(problem: Problem, acc: AcceleratorType, profile: PowerProfile) -> list[Shape]:
     """Each (max batch, cap, clock) worth sizing: of the caps at or above what a shape draws uncapped, only the
     lowest, since the others run the same steps at the same draw and would only hold more of the budget's room."""
     out = []
@@ -67,26 +73,40 @@ Spec = tuple[int, float, float | None, int, float, int]
 """A candidate before it is valued: (max batch, cap, clock, replicas, served rps, spare replicas)."""
 
 
-def _candidates(problem: Problem, i: int, acc: AcceleratorType, specs: list[Spec]) -> list[Candidate]:
-    """The specs valued, all of a service's on one accelerator in one call of the queue model (which solves them
-    together); a spec whose rate per replica the model cannot take is dropped."""
-    svc = problem.services[i]
-    params, profile = svc.params[acc.name], svc.profile(acc)
-    points = [(params, svc.load.at_rate(served / n), ServerShape(batch, svc.max_queue, cap, clock), profile)
-              for batch, cap, clock, n, served, _ in specs]
-    figures = get_model(problem.queue_model).mean_figures(points)
-    out = []
-    for (batch, cap_w, clock, replicas, served_rps, spare), fig in zip(specs, figures, strict=True):
-        if fig is None:
+class Pair(NamedTuple):
+    """One service on one accelerator: what its candidates there share."""
+
+    service: int
+    acc: AcceleratorType
+    sizer: Sizer
+    most: int
+    """The most replicas it may run there."""
+    shapes: dict[Shape, ServerShape]
+    """Its shapes worth sizing (`_shapes`), each as the queue model takes it."""
+
+
+def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[list[Candidate]]:
+    """Each pair's specs valued, all of them in one call of the queue model (which solves them together); a spec
+    whose rate per replica the model cannot take is dropped."""
+    flat = [(k, spec) for k, pair_specs in enumerate(specs) for spec in pair_specs]
+    points = Points([pair.sizer.base for pair in pairs], np.array([k for k, _ in flat], dtype=np.intp),
+                    [pairs[k].shapes[spec[:3]] for k, spec in flat],
+                    np.array([served / n for _, (*_, n, served, _) in flat]))
+    figures = get_model(problem.queue_model).figures_of(points)
+    out: list[list[Candidate]] = [[] for _ in pairs]
+    rows = zip(flat, figures.covered.tolist(), figures.in_system.tolist(), figures.power_w.tolist(), strict=True)
+    for (k, (batch, cap_w, clock, replicas, served_rps, spare)), covered, in_system, draw_w in rows:
+        if not covered:
             continue
-        in_system, draw_w = fig.mean_in_system, fig.power_w
+        i, acc = pairs[k].service, pairs[k].acc
+        svc = problem.services[i]
         gpus = replicas * acc.gpus_per_replica
         per_gpu_w = cap_w if problem.budget_mode == "caps" else draw_w
         cost = gpus * acc.cost_per_hour
         score = _score(problem, svc, cost, gpus * per_gpu_w, replicas * in_system, served_rps)
-        out.append(Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus,
-                             gpus * (per_gpu_w - acc.profile.idle_power_w), cost, served_rps,
-                             max(0.0, svc.load.rate_rps - served_rps), score, spare=spare))
+        out[k].append(Candidate(i, Assignment(acc.name, replicas, batch, cap_w, clock), gpus,
+                                gpus * (per_gpu_w - acc.profile.idle_power_w), cost, served_rps,
+                                max(0.0, svc.load.rate_rps - served_rps), score, spare=spare))
     return out
 
 
@@ -101,86 +121,99 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
-def _restart_need(svc: ServiceDemand, acc: AcceleratorType, batch: int, cap_w: float, clock: float | None, most: int,
-                  needs: Needs, sizer: Sizer) -> int:
+def _restart_need(svc: ServiceDemand, pair: Pair, batch: int, cap_w: float, clock: float | None,
+                  needs: Needs) -> int:
     """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
     what carries the load at the batch in force (0 where nothing restarts, or where the batch in force meets
     the targets at no rate at all: the restart is the remedy). `needs` holds the shapes sized already."""
     cur = svc.current
-    if cur is None or cur.accelerator != acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
+    if cur is None or cur.accelerator != pair.acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
         return 0
     shape = ServerShape(cur.max_batch, svc.max_queue, cap_w, clock)
     key = (cur.max_batch, cap_w, clock)
-    n = needs[key] if key in needs else sizer.need(shape, most)
+    n = needs[key] if key in needs else pair.sizer.need(shape, pair.most)
     if n is not None:
         return n + 1
-    return most + 1 if sizer.rate_per_replica(shape) > 0 else 0
+    return pair.most + 1 if pair.sizer.rate_per_replica(shape) > 0 else 0
 
 
-def _spares(problem: Problem, i: int, acc: AcceleratorType, full: list[Candidate], most: int) -> list[Spec]:
+def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
     on the max batch in force (so more replicas never have to come through a restart) and on the shapes scoring
     best at their need, where a plan with watts and GPUs to spare would look."""
-    svc = problem.services[i]
-    batch_now = svc.current.max_batch if svc.current is not None and svc.current.accelerator == acc.name else None
+    svc = problem.services[pair.service]
+    now = svc.current
+    batch_now = now.max_batch if now is not None and now.accelerator == pair.acc.name else None
     best = set(map(id, sorted(full, key=lambda c: -c.score)[:SPARE_SHAPES]))
     out = []
     for c in full:
         a = c.assignment
         if a.max_batch != batch_now and id(c) not in best:
             continue
-        for n in range(a.replicas + 1, min(most, a.replicas + EXTRA_REPLICAS) + 1):
+        for n in range(a.replicas + 1, min(pair.most, a.replicas + EXTRA_REPLICAS) + 1):
             out.append((a.max_batch, a.power_cap_w, a.sm_clock_fraction, n, svc.load.rate_rps, n - a.replicas))
     return out
 
 
-def _partials(svc: ServiceDemand, acc: AcceleratorType, needs: Needs, sizer: Sizer) -> list[Spec]:
+def _partials(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     """Fewer replicas than the load needs, on the shape one replica takes most on, each full: what a short
     budget degrades a service to. That shape is among those needing the fewest replicas (the need falls as the
     rate rises); of them, the one whose known fitting rate is highest is sized by its max rate. Where no shape
     carries the load, every shape is."""
+    svc, sizer = problem.services[pair.service], pair.sizer
     known = [n for n in needs.values() if n is not None]
     if svc.load.rate_rps <= 0 or (known and min(known) == 1):
         return []
-
-    def shape(s: tuple[int, float, float | None]) -> ServerShape:
-        return ServerShape(s[0], svc.max_queue, s[1], s[2])
-
     pool = list(needs)
     if known:
         fewest = (s for s, n in needs.items() if n == min(known))
-        pool = [max(fewest, key=lambda s: sizer.known_fit_rps(shape(s)))]
-    rates = {s: sizer.rate_per_replica(shape(s)) for s in pool}
+        pool = [max(fewest, key=lambda s: sizer.known_fit_rps(pair.shapes[s]))]
+    rates = {s: sizer.rate_per_replica(pair.shapes[s]) for s in pool}
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
     if best_rate <= 0:
         return []
-    most = min(svc.max_replicas, acc.count // acc.gpus_per_replica, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
+    most = min(pair.most, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
     steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
     return [(batch, cap, clock, r, min(svc.load.rate_rps, r * best_rate), 0) for r in steps]
 
 
-def service_candidates(problem: Problem, i: int) -> list[Candidate]:
-    svc = problem.services[i]
-    out: list[Candidate] = []
-    for acc in problem.accelerators:
-        if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
+def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
+    """A spec per shape that carries the whole load within the replicas the service may run there."""
+    svc = problem.services[pair.service]
+    out = []
+    for (batch, cap, clock), n in needs.items():
+        if n is None:
             continue
-        most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
-        profile = svc.profile(acc)
-        sizer = Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile)
-        shapes = _shapes(problem, acc, profile)
-        sized = sizer.needs([ServerShape(batch, svc.max_queue, cap, clock) for batch, cap, clock in shapes], most)
-        needs: Needs = dict(zip(shapes, sized, strict=True))
-        specs: list[Spec] = []
-        for (batch, cap, clock), n in needs.items():
-            if n is None:
+        need = max(svc.min_replicas, n, _restart_need(svc, pair, batch, cap, clock, needs))
+        if need <= pair.most:
+            out.append((batch, cap, clock, need, svc.load.rate_rps, 0))
+    return out
+
+
+def enumerate_all(problem: Problem) -> list[list[Candidate]]:
+    """Every service's candidates on every accelerator it may run on: every pair's shapes sized together
+    (`size_together`), then their full candidates valued together, then the spare and partial ones."""
+    pairs = []
+    kinds: dict[tuple[str, PowerProfile, int | None], dict[Shape, ServerShape]] = {}  # most services share theirs
+    for i, svc in enumerate(problem.services):
+        for acc in problem.accelerators:
+            if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
                 continue
-            need = max(svc.min_replicas, n, _restart_need(svc, acc, batch, cap, clock, most, needs, sizer))
-            if need <= most:
-                specs.append((batch, cap, clock, need, svc.load.rate_rps, 0))
-        full = _candidates(problem, i, acc, specs)
-        more = _spares(problem, i, acc, full, most) if problem.objective == "token_speed" else []
-        out += full + _candidates(problem, i, acc, more + _partials(svc, acc, needs, sizer))
+            profile = svc.profile(acc)
+            kind = (acc.name, profile, svc.max_queue)
+            if kind not in kinds:
+                kinds[kind] = {s: ServerShape(s[0], svc.max_queue, s[1], s[2]) for s in _shapes(problem, acc, profile)}
+            shapes = kinds[kind]
+            pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile),
+                              min(svc.max_replicas, acc.count // acc.gpus_per_replica), shapes))
+    sized = size_together(problem.queue_model, [(p.sizer, list(p.shapes.values()), p.most) for p in pairs])
+    needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
+    full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
+    more = [(_spares(problem, p, f) if problem.objective == "token_speed" else []) + _partials(problem, p, n)
+            for p, f, n in zip(pairs, full, needs, strict=True)]
+    out: list[list[Candidate]] = [[] for _ in problem.services]
+    for pair, f, extra in zip(pairs, full, _value(problem, pairs, more), strict=True):
+        out[pair.service] += f + extra
     return out
 
 
@@ -227,6 +260,3 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
     return out, shed
 
-
-def enumerate_all(problem: Problem) -> list[list[Candidate]]:
-    return [service_candidates(problem, i) for i in range(len(problem.services))]

@@ -11,12 +11,14 @@ bracket gives where the inputs moved.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
-from functools import lru_cache
+
+import numpy as np
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
+from queuemodels.law_arrays import Base, Bools, Points
 
 MAX_KEPT = 100_000
 """Brackets kept (least recently used dropped first): a fleet of 1,000 services' shapes, several times."""
@@ -35,18 +37,11 @@ _bases: dict[object, int] = {}
 """What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
 power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
 _brackets: OrderedDict[tuple[int, ServerShape], Bracket] = OrderedDict()
+_max_rates: dict[tuple[int, ServerShape], float] = {}
+"""Each (basis, shape)'s max rate, where one was asked (`Sizer.rate_per_replica`)."""
 _guesses: dict[tuple[int, ServerShape], float] = {}
 """The last fitting rate per (model, targets, power profile) and shape, whatever the parameters: a guess where
 they moved."""
-
-
-@lru_cache(maxsize=200_000)
-def rate_per_replica(
-    model: str, params: ServiceParams, load: Load, shape: ServerShape, targets: Targets, profile: PowerProfile,
-) -> float:
-    """The largest rate one replica takes within `targets` (a bisection: for the few shapes whose rate itself
-    is wanted, the best of an accelerator's and the one in force)."""
-    return get_model(model).max_rate(params, load, shape, targets, profile)
 
 
 def _numbers(*keys: object) -> list[int]:
@@ -56,7 +51,58 @@ def _numbers(*keys: object) -> list[int]:
         _bases.clear()
         _brackets.clear()
         _guesses.clear()
+        _max_rates.clear()
     return [_bases.setdefault(key, len(_bases)) for key in keys]
+
+
+Job = tuple["Sizer", list[ServerShape], int]
+"""One service's shapes on one accelerator to size, and the most replicas it may run."""
+
+
+def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
+    """Each job's needs (`Sizer.search`), every job's round of checks answered in one call of the queue model,
+    which solves them together: a fleet's sizing costs a few calls a cycle, not one per service and round. Jobs
+    that share brackets (one basis: equal parameters, mix, targets and profile) run in successive waves, each
+    starting from what the one before it learnt, as they would one by one."""
+    waves: list[list[int]] = []
+    seen: Counter[int] = Counter()
+    for j, (sizer, _, _) in enumerate(jobs):
+        if seen[sizer.basis] == len(waves):
+            waves.append([])
+        waves[seen[sizer.basis]].append(j)
+        seen[sizer.basis] += 1
+    out: list[list[int | None]] = [[] for _ in jobs]
+    for wave in waves:
+        for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave]), strict=True):
+            out[j] = needs
+    return out
+
+
+def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
+    """The jobs' searches side by side, each round's checks in one call."""
+    searches = {j: sizer.search(shapes, most) for j, (sizer, shapes, most) in enumerate(jobs)}
+    out: list[list[int | None]] = [[] for _ in jobs]
+    asked: dict[int, list[tuple[ServerShape, float]]] = {}
+
+    def step(j: int, answers: Bools | None) -> None:
+        try:
+            asked[j] = next(searches[j]) if answers is None else searches[j].send(answers)
+        except StopIteration as done:
+            out[j] = done.value
+            asked.pop(j, None)
+
+    for j in searches:
+        step(j, None)
+    while asked:
+        order = list(asked)
+        checks = [check for j in order for check in asked[j]]
+        sizes = [len(asked[j]) for j in order]
+        points = Points([jobs[j][0].base for j in order], np.repeat(np.arange(len(order)), sizes),
+                        [shape for shape, _ in checks], np.array([rate for _, rate in checks]))
+        answers = get_model(model).within_targets_of(points, [jobs[j][0].targets for j in order])
+        for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
+            step(j, part)
+    return out
 
 
 class Sizer:
@@ -66,11 +112,20 @@ class Sizer:
     def __init__(self, model: str, params: ServiceParams, load: Load, targets: Targets, profile: PowerProfile) -> None:
         self.model, self.params, self.load, self.targets, self.profile = model, params, load, targets, profile
         self.per_unit = load.at_rate(1.0)
+        self.base: Base = (params, load, profile)
         self.basis, self.guess_basis = _numbers((model, params, self.per_unit, targets, profile),
                                                 (model, "guess", targets, profile))
 
     def rate_per_replica(self, shape: ServerShape) -> float:
-        return rate_per_replica(self.model, self.params, self.per_unit, shape, self.targets, self.profile)
+        """The largest rate one replica takes within the targets (a bisection: for the few shapes whose rate itself
+        is wanted, the best of an accelerator's and the one in force), kept per basis and shape."""
+        key = (self.basis, shape)
+        if key not in _max_rates:
+            if len(_max_rates) > MAX_KEPT:
+                _max_rates.clear()
+            _max_rates[key] = get_model(self.model).max_rate(self.params, self.per_unit, shape, self.targets,
+                                                             self.profile)
+        return _max_rates[key]
 
     def known_fit_rps(self, shape: ServerShape) -> float:
         """The largest rate per replica known to meet the targets on this shape (0 where none is): a lower bound on
@@ -78,10 +133,12 @@ class Sizer:
         bracket = _brackets.get((self.basis, shape))
         return bracket.fits_rps if bracket is not None else 0.0
 
-    def needs(self, shapes: list[ServerShape], most: int) -> list[int | None]:
+    def search(self, shapes: list[ServerShape], most: int) -> Generator[list[tuple[ServerShape, float]], Bools,
+                                                                         list[int | None]]:
         """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
-        None where `most` do not. The shapes' searches run side by side: each round, whatever the brackets do not
-        answer is checked in one call of the queue model (which solves the points together)."""
+        None where `most` do not. The shapes' searches run side by side: each round yields the (shape, rate per
+        replica) checks the brackets do not answer and is sent whether each fits (`size_together` answers many
+        services' rounds in one call of the queue model)."""
         load = self.load
         out: list[int | None] = [None] * len(shapes)
         if most < 1:
@@ -98,7 +155,6 @@ class Sizer:
             known = bracket.fits_rps or _guesses.get((self.guess_basis, shape), 0.0)
             search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
             searches[i] = search, bracket, next(search)
-        model = get_model(self.model)
 
         def advance(i: int, fits: bool) -> bool:
             """Answer shape i's search; False once it has finished (its need recorded)."""
@@ -123,8 +179,8 @@ class Sizer:
                         break
                     if not advance(i, rate <= bracket.fits_rps):
                         break
-            points = [(self.params, load.at_rate(rate), shapes[i], self.profile) for i, rate in asked.items()]
-            for (i, rate), ok in zip(asked.items(), model.within_targets_many(points, self.targets), strict=True):
+            answers = yield [(shapes[i], rate) for i, rate in asked.items()]
+            for (i, rate), ok in zip(asked.items(), answers.tolist(), strict=True):
                 bracket = searches[i][1]
                 if ok:
                     bracket.fits_rps = rate
@@ -134,8 +190,8 @@ class Sizer:
         return out
 
     def need(self, shape: ServerShape, most: int) -> int | None:
-        """`needs` of one shape."""
-        return self.needs([shape], most)[0]
+        """The need of one shape."""
+        return size_together(self.model, [(self, [shape], most)])[0][0]
 
     def _bracket(self, shape: ServerShape) -> Bracket:
         key = (self.basis, shape)
