@@ -10,6 +10,8 @@ roofline, a rate whose prompts would fill the GPU, a law without an array form) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -26,10 +28,34 @@ Base = tuple[ServiceParams, Load, PowerProfile | None]
 FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share", "residual_ms", "wait_scale")
 
 
-class Points(NamedTuple):
+PROFILE_FIELDS = ("idle_power_w", "max_power_w", "knee_fraction", "busy_share", "batch_half", "prefill_sensitivity",
+                  "clock_time_sensitivity", "clock_draw_exponent")
+
+
+class Bases(tuple[Base, ...]):
+    """The bases of many points, with what the arrays read of them worked out once (a fleet has thousands, read by
+    every block of states)."""
+
+    @cached_property
+    def profiles(self) -> Floats:
+        """PROFILE_FIELDS of each base's profile, a row per base (NaN without one)."""
+        rows: dict[int, list[float]] = {}
+        for _, _, p in self:
+            if id(p) not in rows:
+                rows[id(p)] = [float(getattr(p, n)) for n in PROFILE_FIELDS] if p else [np.nan] * len(PROFILE_FIELDS)
+        return np.array([rows[id(p)] for _, _, p in self], dtype=float).reshape(len(self), len(PROFILE_FIELDS))
+
+    @cached_property
+    def kv_limits(self) -> Floats:
+        """The most sequences of each base's load its KV cache holds (inf: no size known)."""
+        return np.array([batch_limit(p, load) or np.inf for p, load, _ in self], dtype=float)
+
+
+@dataclass(frozen=True, eq=False)
+class Points:
     """Many operating points: each a base, a shape and a rate per replica."""
 
-    bases: Sequence[Base]
+    bases: Bases
     base: NDArray[np.intp]
     """Each point's base, by index."""
     shapes: Sequence[ServerShape]
@@ -38,7 +64,7 @@ class Points(NamedTuple):
     @classmethod
     def of(cls, points: Sequence[Point]) -> Points:
         """Points given one by one (each its own base)."""
-        return cls([(p, load, profile) for p, load, _, profile in points], np.arange(len(points)),
+        return cls(Bases((p, load, profile) for p, load, _, profile in points), np.arange(len(points)),
                    [shape for _, _, shape, _ in points], np.array([load.rate_rps for _, load, _, _ in points]))
 
     def point(self, i: int) -> Point:
@@ -52,18 +78,39 @@ class Points(NamedTuple):
         """The points at `idx`, on the same bases."""
         return Points(self.bases, self.base[idx], [self.shapes[i] for i in idx.tolist()], self.rates_rps[idx])
 
+    def at_rates(self, rates_rps: Floats) -> Points:
+        """The same points at other rates."""
+        return Points(self.bases, self.base, self.shapes, rates_rps)
+
     def profile_fields(self, names: tuple[str, ...], at: NDArray[np.intp] | None = None) -> list[Floats]:
-        """The named PowerProfile fields of each point's base (of the points `at`; NaN where a base has none)."""
-        rows = [[float(getattr(p, n)) for n in names] if p is not None else [np.nan] * len(names)
-                for _, _, p in self.bases]
-        base = self.base if at is None else self.base[at]
-        return list(np.array(rows, dtype=float).reshape(len(rows), len(names))[base].T)
+        """The named PowerProfile fields (of PROFILE_FIELDS) of each point's base (of the points `at`; NaN where a
+        base has none)."""
+        columns = [PROFILE_FIELDS.index(n) for n in names]
+        return list(self.bases.profiles[self.base if at is None else self.base[at]][:, columns].T)
+
+    @cached_property
+    def batches(self) -> Floats:
+        return np.array([s.max_batch for s in self.shapes], dtype=float)
+
+    @cached_property
+    def queues(self) -> Floats:
+        """Each shape's queue bound (-1: unbounded)."""
+        return np.array([-1 if s.max_queue is None else s.max_queue for s in self.shapes], dtype=float)
+
+    @cached_property
+    def caps(self) -> Floats:
+        """Each shape's power cap (NaN: uncapped)."""
+        return np.array([np.nan if s.power_cap_w is None else s.power_cap_w for s in self.shapes], dtype=float)
+
+    @cached_property
+    def clocks(self) -> Floats:
+        """Each shape's locked clock share (NaN: unlocked)."""
+        return np.array([np.nan if s.sm_clock_fraction is None else s.sm_clock_fraction for s in self.shapes],
+                        dtype=float)
 
     def tops(self) -> Floats:
         """Each point's max batch, cut to what its KV cache holds (queuemodels.kv_cache)."""
-        top = np.array([s.max_batch for s in self.shapes], dtype=float)
-        limits = np.array([batch_limit(p, load) or np.inf for p, load, _ in self.bases], dtype=float)
-        out: Floats = np.minimum(top, limits[self.base])
+        out: Floats = np.minimum(self.batches, self.bases.kv_limits[self.base])
         return out
 
 
@@ -109,14 +156,10 @@ def _per_point(points: Points, tops: Floats) -> dict[str, Floats]:
     table = np.array(rows, dtype=float).reshape(len(rows), 5)[points.base]
     out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv"), table.T, strict=True))
     names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
-    fields = ("idle_power_w", "max_power_w", "knee_fraction", "busy_share", "batch_half", "prefill_sensitivity",
-              "clock_time_sensitivity", "clock_draw_exponent")
-    out.update(zip(names, points.profile_fields(fields), strict=True))
+    out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
     profiled = ~np.isnan(out["peak"])
-    cap = np.array([np.nan if s.power_cap_w is None else s.power_cap_w for s in points.shapes], dtype=float)
-    clock = np.array([np.nan if s.sm_clock_fraction is None else s.sm_clock_fraction for s in points.shapes])
-    out["cap"] = np.where(profiled, cap, np.nan)
-    out["clock"] = np.where(profiled, clock, np.nan)
+    out["cap"] = np.where(profiled, points.caps, np.nan)
+    out["clock"] = np.where(profiled, points.clocks, np.nan)
     out["top"] = tops
     return out
 

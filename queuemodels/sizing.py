@@ -78,7 +78,7 @@ def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn 
 
 def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     """`_surplus` at every point at the rate sizing allows it (its rate over SATURATION_SHARE)."""
-    faster = points._replace(rates_rps=points.rates_rps / SATURATION_SHARE)
+    faster = points.at_rates(points.rates_rps / SATURATION_SHARE)
     tops = faster.tops()
     if many is None:
         laws, built = LawArrays.empty(len(tops)), np.zeros(len(tops), dtype=bool)

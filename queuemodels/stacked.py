@@ -27,6 +27,10 @@ from queuemodels.types import ModelInputError
 
 ManyLawFn = Callable[[Points, Floats], tuple[LawArrays, Bools]]
 """Laws of many points at their batches, as arrays, and which it built (queuemodels.law_arrays)."""
+HEAD_MASS = 1e-17
+"""Share of a chain's mass the states left out of a light point's span may hold: below a float's resolution."""
+BLOCK_STATES = 1 << 17
+"""States solved in one block (a few MB an array): a fleet's candidates hold tens of millions."""
 RHO_COVERED = 0.99
 """Utilisation of the full batch up to which the tail's closed form is used (nearer 1 it loses digits)."""
 
@@ -66,7 +70,7 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     """The means of `analyze(..., tails=False)` at each point with a law (`has`), at its KV-bound batch `tops`,
     the draw at its base's profile."""
     k = len(tops)
-    queue = np.array([-1 if s.max_queue is None else s.max_queue for s in points.shapes], dtype=float)
+    queue = points.queues
     t0, t1, top, lam = laws.t0, laws.t1, tops, points.rates_rps / 1000.0
     full = t0 + t1 * top
     positive = has & (np.minimum(t0 + t1, full) > 0.0) & (lam > 0.0)
@@ -82,11 +86,37 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     out = Figures(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), covered)
     if not covered.any():
         return out
-    idx = np.flatnonzero(covered)
-    t0, t1, lam, top, rho = t0[idx], t1[idx], lam[idx], top[idx], rho[idx]
-    tail_len = capacity[idx] - top
-    # states 1..N of every row laid end to end (rows differ in N: padding to the largest would cost more)
-    sizes = top.astype(np.int64)
+    covered_idx = np.flatnonzero(covered)
+    span = np.zeros(k)
+    span[covered_idx] = _span((lam * t0)[covered_idx], (lam * t1)[covered_idx], top[covered_idx])
+    ends = np.cumsum(span[covered_idx])  # a block of states at a time: a fleet's are many times the caches
+    for idx in np.split(covered_idx, np.searchsorted(ends, np.arange(BLOCK_STATES, ends[-1], BLOCK_STATES))):
+        _solve_block(out, laws, points, idx, lam[idx], top[idx], span[idx], rho[idx], capacity[idx] - top[idx],
+                     queue[idx], draws)
+    return out
+
+
+def _span(lam_t0: Floats, lam_t1: Floats, top: Floats) -> Floats:
+    """The states 1..span of each point that carry all but HEAD_MASS of its chain (its max batch, or fewer where
+    the load is light for it). Past n, p(n + 1) / p(n) = lambda tau(n + 1) / (n + 1) = x + c / (n + 1) with
+    x = lambda t1 < 1 (a covered point's) and c = lambda t0: it falls to r < 1 from n = c / (r - x), and from there
+    on every step is r-fold or less, so what lies k steps further is below the largest p times r^k / (1 - r). The
+    best of a few r."""
+    best = top.copy()
+    for share in (0.2, 0.4, 0.6, 0.8):
+        r = lam_t1 + (1.0 - lam_t1) * share
+        best = np.minimum(best, np.ceil(lam_t0 / (r - lam_t1)) + np.ceil(np.log(HEAD_MASS * (1.0 - r)) / np.log(r)))
+    out: Floats = np.maximum(best, 1.0)
+    return out
+
+
+def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats, top: Floats,
+                 span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool) -> None:
+    """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered); the
+    states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
+    t0, t1 = laws.t0[idx], laws.t1[idx]
+    # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more)
+    sizes = span.astype(np.int64)
     ends = np.cumsum(sizes)
     starts = ends - sizes
     row = np.repeat(np.arange(len(idx)), sizes)
@@ -100,7 +130,7 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     shift = np.maximum(np.maximum.reduceat(log_p, starts), 0.0)
     head = np.exp(log_p - shift[row])  # p(n), n = 1..N, each row scaled by its largest
     idle = np.exp(-shift)  # p(0) on the same scale
-    last = head[ends - 1]
+    last = np.where(span < top, 0.0, head[ends - 1])
     rho_m = rho**tail_len
     tail0 = last * rho * (1.0 - rho_m) / (1.0 - rho)  # the sum over j = 1..M of p(N) rho^j
     tail1 = last * rho * (1.0 - (tail_len + 1.0) * rho_m + tail_len * rho_m * rho) / (1.0 - rho) ** 2
@@ -109,16 +139,15 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     in_system = in_service + tail1 / total
     block = np.where(tail_len > 0, last * rho_m, last) / total
     accepted = lam * (1.0 - block)
-    fine = ~((queue[idx] >= 0) & (block >= BLOCKING_NEGLIGIBLE))
+    fine = ~((queue >= 0) & (block >= BLOCKING_NEGLIGIBLE))
     ttft, itl, prefill = _latencies(laws, idx, t0, t1, top, accepted, in_system, in_service, idle / total)
-    power = nan[idx]
+    power = np.full(len(idx), np.nan)
     if draws:
         power = _draws(points, idx, row, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx], starts,
                        ends - 1)
     for column, values in zip(out[:5], (in_system, ttft, itl, prefill, power), strict=True):
         column[idx] = np.where(fine, values, np.nan)
-    covered[idx[~fine]] = False
-    return out
+    out.covered[idx[~fine]] = False
 
 
 def _latencies(laws: LawArrays, idx: NDArray[np.intp], t0: Floats, t1: Floats, top: Floats, accepted: Floats,
@@ -144,10 +173,8 @@ def _draws(points: Points, idx: NDArray[np.intp], row: NDArray[np.int64], b: Flo
     past each one's batch adds to its N, both over each one's `total`."""
     idle, peak, half, busy, knee, exponent = points.profile_fields(
         ("idle_power_w", "max_power_w", "batch_half", "busy_share", "knee_fraction", "clock_draw_exponent"), idx)
-    shapes = [points.shapes[i] for i in idx.tolist()]
-    limits = np.minimum([np.inf if s.power_cap_w is None else s.power_cap_w for s in shapes], peak)  # limit_w
-    clocks = np.array([1.0 if s.sm_clock_fraction is None else s.sm_clock_fraction for s in shapes])
-    scale = np.minimum(clocks, 1.0) ** exponent  # clock_draw_scale
+    limits = np.minimum(np.nan_to_num(points.caps[idx], nan=np.inf), peak)  # limit_w
+    scale = np.minimum(np.nan_to_num(points.clocks[idx], nan=1.0), 1.0) ** exponent  # clock_draw_scale
     # queuemodels.power.natural_draw_w: idle + dynamic (busy + (1 - busy) scale B / (B + half)), per row's terms
     base_w, compute_w = idle + (peak - idle) * busy, (peak - idle) * (1.0 - busy) * scale
     step_w = np.minimum(base_w[row] + compute_w[row] * (b / (b + half[row])), limits[row])

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from queuemodels.law_arrays import FIELDS, Points, continuous_laws
+from queuemodels.law_arrays import FIELDS, Bases, Points, continuous_laws
 from queuemodels.service_time import continuous_law
-from queuemodels.stacked import solve_together
+from queuemodels.stacked import _span, solve_together
 
 H100 = CATALOG["H100-SXM"]
 L40S = CATALOG["L40S"]
@@ -73,7 +73,7 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
 def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
                                                  pts: list[tuple[ServerShape, float]]) -> None:
     """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays."""
-    together = Points([(params, load, profile)], np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
+    together = Points(Bases([(params, load, profile)]), np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
                       np.array([r for _, r in pts]))
     laws, built = continuous_laws(together, together.tops())
     for i in range(len(pts)):
@@ -96,6 +96,10 @@ def test_light_affine_points_are_solved_together_not_alone() -> None:
             for rate in (0.5, 2.0)]
     built_alone, _, together = solve_together(continuous_law, continuous_laws, Points.of(rows))
     assert together.covered.all() and not built_alone  # every law built as arrays, every point solved stacked
+    laws, _ = continuous_laws(Points.of(rows), Points.of(rows).tops())
+    lam = np.array([ld.rate_rps for _, ld, _, _ in rows]) / 1000.0
+    tops = np.array([s.max_batch for _, _, s, _ in rows], dtype=float)
+    assert (_span(lam * laws.t0, lam * laws.t1, tops) < tops).sum() >= len(rows) // 2  # light: solved on fewer states
     for k, row in enumerate(rows):
         want = alone("mm1k-cb", *row)
         assert want is not None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
-from queuemodels.law_arrays import Base, Bools, Points
+from queuemodels.law_arrays import Base, Bases, Bools, Points
 
 MAX_KEPT = 100_000
 """Brackets kept (least recently used dropped first): a fleet of 1,000 services' shapes, several times."""
@@ -97,7 +97,7 @@ def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
         order = list(asked)
         checks = [check for j in order for check in asked[j]]
         sizes = [len(asked[j]) for j in order]
-        points = Points([jobs[j][0].base for j in order], np.repeat(np.arange(len(order)), sizes),
+        points = Points(Bases(jobs[j][0].base for j in order), np.repeat(np.arange(len(order)), sizes),
                         [shape for shape, _ in checks], np.array([rate for _, rate in checks]))
         answers = get_model(model).within_targets_of(points, [jobs[j][0].targets for j in order])
         for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
