@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -73,6 +74,8 @@ def _scores(problem: Problem, cost: Floats, power_w: Floats, in_system: Floats, 
     return out
 
 
+_assignment = lru_cache(maxsize=1 << 16)(Assignment)
+"""Assignments shared by every candidate that names the same one (a frozen dataclass is slow to build)."""
 Spec = tuple[int, float, float | None, int, float, int]
 """A candidate before it is valued: (max batch, cap, clock, replicas, served rps, spare replicas)."""
 
@@ -114,7 +117,7 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
             flat, *(col.tolist() for col in columns), strict=True):
         if covered:
             pair = pairs[j]
-            out[j].append(Candidate(pair.service, Assignment(pair.acc.name, n, batch, cap_w, clock), g, power_w, c,
+            out[j].append(Candidate(pair.service, _assignment(pair.acc.name, n, batch, cap_w, clock), g, power_w, c,
                                     served_rps, short, v, spare=spare))
     return out
 

@@ -14,29 +14,44 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from numpy.typing import NDArray
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.law_arrays import Base, Bases, Bools, Points
 
 MAX_KEPT = 100_000
-"""Brackets kept (least recently used dropped first): a fleet of 1,000 services' shapes, several times."""
+"""Entries kept per table (brackets: least recently used dropped first): a fleet of 1,000 services, several times."""
+Floats = NDArray[np.float64]
+
 
 @dataclass
-class Bracket:
-    """What is known of one shape's max rate."""
+class Brackets:
+    """What is known of the max rate of each of a service's shapes on one accelerator, a row per shape: the rates
+    checked that meet the targets and that do not. Held as arrays, so that from one cycle to the next, when the
+    brackets answer most shapes, a service's shapes are sized in a few vector operations."""
 
-    fits_rps: float = 0.0
+    shapes: tuple[ServerShape, ...]
+    fits_rps: Floats
     """The largest rate checked that meets the targets (0: none yet)."""
-    misses_rps: float = math.inf
-    """The smallest rate checked that does not."""
+    misses_rps: Floats
+    """The smallest rate checked that does not (inf: none yet)."""
+
+    @classmethod
+    def unknown(cls, shapes: tuple[ServerShape, ...]) -> Brackets:
+        return cls(shapes, np.zeros(len(shapes)), np.full(len(shapes), np.inf))
+
+    @cached_property
+    def row(self) -> dict[ServerShape, int]:
+        return {shape: i for i, shape in enumerate(self.shapes)}
 
 
 _bases: dict[object, int] = {}
 """What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
 power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
-_brackets: OrderedDict[tuple[int, ServerShape], Bracket] = OrderedDict()
+_brackets: OrderedDict[tuple[int, tuple[ServerShape, ...]], Brackets] = OrderedDict()
 _max_rates: dict[tuple[int, ServerShape], float] = {}
 """Each (basis, shape)'s max rate, where one was asked (`Sizer.rate_per_replica`)."""
 _guesses: dict[tuple[int, ServerShape], float] = {}
@@ -79,8 +94,17 @@ def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
 
 
 def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
-    """The jobs' searches side by side, each round's checks in one call."""
-    searches = {j: sizer.search(shapes, most) for j, (sizer, shapes, most) in enumerate(jobs)}
+    """The jobs' searches side by side, what their brackets answer read for all at once, each round's checks in
+    one call."""
+    brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
+    sizes = [len(shapes) for _, shapes, _ in jobs]
+    rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
+    mosts = np.repeat([most for _, _, most in jobs], sizes).astype(float)
+    decided, need = _from_brackets(np.concatenate([b.fits_rps for b in brackets]),
+                                   np.concatenate([b.misses_rps for b in brackets]), rates, mosts)
+    cuts = np.cumsum(sizes)[:-1]
+    searches = {j: sizer.search(shapes, most, (b, d, n)) for j, ((sizer, shapes, most), b, d, n) in
+                enumerate(zip(jobs, brackets, np.split(decided, cuts), np.split(need, cuts), strict=True))}
     out: list[list[int | None]] = [[] for _ in jobs]
     asked: dict[int, list[tuple[ServerShape, float]]] = {}
 
@@ -115,6 +139,8 @@ class Sizer:
         self.base: Base = (params, load, profile)
         self.basis, self.guess_basis = _numbers((model, params, self.per_unit, targets, profile),
                                                 (model, "guess", targets, profile))
+        self.brackets: Brackets | None = None
+        """Those of the last search."""
 
     def rate_per_replica(self, shape: ServerShape) -> float:
         """The largest rate one replica takes within the targets (a bisection: for the few shapes whose rate itself
@@ -128,43 +154,41 @@ class Sizer:
         return _max_rates[key]
 
     def known_fit_rps(self, shape: ServerShape) -> float:
-        """The largest rate per replica known to meet the targets on this shape (0 where none is): a lower bound on
-        its max rate that costs nothing, for ranking shapes whose rates are not worth a bisection each."""
-        bracket = _brackets.get((self.basis, shape))
-        return bracket.fits_rps if bracket is not None else 0.0
+        """The largest rate per replica known to meet the targets on this shape of the last search's (0 where none
+        is): a lower bound on its max rate that costs nothing, for ranking shapes not worth a bisection each."""
+        row = self.brackets.row.get(shape) if self.brackets is not None else None
+        return float(self.brackets.fits_rps[row]) if self.brackets is not None and row is not None else 0.0
 
-    def search(self, shapes: list[ServerShape], most: int) -> Generator[list[tuple[ServerShape, float]], Bools,
-                                                                         list[int | None]]:
+    def search(self, shapes: list[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
+            Generator[list[tuple[ServerShape, float]], Bools, list[int | None]]:
         """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
-        None where `most` do not. The shapes' searches run side by side: each round yields the (shape, rate per
-        replica) checks the brackets do not answer and is sent whether each fits (`size_together` answers many
-        services' rounds in one call of the queue model)."""
+        None where `most` do not. `opening`: the shapes' brackets and what they answer (`_from_brackets`). The
+        shapes' searches run side by side: each round yields the (shape, rate per replica) checks the brackets do
+        not answer and is sent whether each fits (`size_together` answers many services' rounds in one call of
+        the queue model)."""
         load = self.load
-        out: list[int | None] = [None] * len(shapes)
         if most < 1:
-            return out
+            return [None] * len(shapes)
         if load.rate_rps <= 0:
             return [1 if self.rate_per_replica(shape) > 0 else None for shape in shapes]
-        searches: dict[int, tuple[Generator[int, bool, int | None], Bracket, int]] = {}
-        for i, shape in enumerate(shapes):
-            bracket = self._bracket(shape)
-            decided, n = _from_bracket(bracket, load.rate_rps, most)
-            if decided:
-                out[i] = n
-                continue
-            known = bracket.fits_rps or _guesses.get((self.guess_basis, shape), 0.0)
+        self.brackets, decided, need = opening
+        fits_rps, misses_rps = self.brackets.fits_rps, self.brackets.misses_rps
+        out: list[int | None] = [n if n <= most else None for n in need.tolist()]
+        searches: dict[int, tuple[Generator[int, bool, int | None], int]] = {}
+        for i in np.flatnonzero(~decided).tolist():
+            known = fits_rps[i] or _guesses.get((self.guess_basis, shapes[i]), 0.0)
             search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
-            searches[i] = search, bracket, next(search)
+            searches[i] = search, next(search)
 
         def advance(i: int, fits: bool) -> bool:
             """Answer shape i's search; False once it has finished (its need recorded)."""
-            search, bracket, _ = searches[i]
+            search, _ = searches[i]
             try:
-                searches[i] = search, bracket, search.send(fits)
+                searches[i] = search, search.send(fits)
                 return True
             except StopIteration as done:
                 out[i] = done.value
-                self._remember(shapes[i], bracket)
+                self._remember(shapes[i], float(fits_rps[i]))
                 del searches[i]
                 return False
 
@@ -172,20 +196,18 @@ class Sizer:
             asked = {}
             for i in list(searches):
                 while True:  # answered from the bracket while it can
-                    _, bracket, n = searches[i]
-                    rate = load.rate_rps / n
-                    if bracket.fits_rps < rate < bracket.misses_rps:
+                    rate = load.rate_rps / searches[i][1]
+                    if fits_rps[i] < rate < misses_rps[i]:
                         asked[i] = rate
                         break
-                    if not advance(i, rate <= bracket.fits_rps):
+                    if not advance(i, rate <= fits_rps[i]):
                         break
             answers = yield [(shapes[i], rate) for i, rate in asked.items()]
             for (i, rate), ok in zip(asked.items(), answers.tolist(), strict=True):
-                bracket = searches[i][1]
                 if ok:
-                    bracket.fits_rps = rate
+                    fits_rps[i] = rate
                 else:
-                    bracket.misses_rps = rate
+                    misses_rps[i] = rate
                 advance(i, ok)
         return out
 
@@ -193,38 +215,40 @@ class Sizer:
         """The need of one shape."""
         return size_together(self.model, [(self, [shape], most)])[0][0]
 
-    def _bracket(self, shape: ServerShape) -> Bracket:
-        key = (self.basis, shape)
-        bracket = _brackets.get(key)
-        if bracket is None:
-            bracket = _brackets[key] = Bracket()
+    def brackets_of(self, shapes: list[ServerShape]) -> Brackets:
+        """What is known of these shapes' max rates for this service's basis (kept from earlier cycles)."""
+        key = (self.basis, tuple(shapes))
+        brackets = _brackets.get(key)
+        if brackets is None:
+            brackets = _brackets[key] = Brackets.unknown(key[1])
             if len(_brackets) > MAX_KEPT:
                 _brackets.popitem(last=False)
         else:
             _brackets.move_to_end(key)
-        return bracket
+        return brackets
 
-    def _remember(self, shape: ServerShape, bracket: Bracket) -> None:
+    def _remember(self, shape: ServerShape, fits_rps: float) -> None:
         """The shape's fitting rate as a guess for other parameters (where the sizing basis moves)."""
-        if bracket.fits_rps > 0:
+        if fits_rps > 0:
             if len(_guesses) > MAX_KEPT:
                 _guesses.clear()
-            _guesses[(self.guess_basis, shape)] = bracket.fits_rps
+            _guesses[(self.guess_basis, shape)] = fits_rps
 
 
-def _from_bracket(bracket: Bracket, rate_rps: float, most: int) -> tuple[bool, int | None]:
-    """(True, need) where the bracket alone answers: n replicas' shares are known to fit and n - 1's known not to
-    (or n is 1), so no search is needed, as for most shapes from one cycle to the next."""
-    if bracket.fits_rps <= 0:
-        return False, None
-    n = max(1, math.ceil(rate_rps / bracket.fits_rps))
-    while n > 1 and rate_rps / (n - 1) <= bracket.fits_rps:
-        n -= 1
-    while rate_rps / n > bracket.fits_rps:
-        n += 1
-    if n > 1 and rate_rps / (n - 1) < bracket.misses_rps:
-        return False, None
-    return True, (n if n <= most else None)
+def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | float, most: Floats | int) -> tuple[
+        Bools, NDArray[np.int64]]:
+    """Per shape, whether its bracket alone answers, and the need where it does: n replicas' shares are known to
+    fit and n - 1's known not to (or n is 1), so no search is needed, as for most shapes from one cycle to the
+    next."""
+    known = fits_rps > 0.0
+    fits = np.where(known, fits_rps, 1.0)
+    n = np.clip(np.ceil(rate_rps / fits), 1.0, most + 1.0)  # past `most` it is enough that `most` do not fit
+    while (fewer := (n > 1.0) & (rate_rps / np.maximum(n - 1.0, 1.0) <= fits)).any():  # ceil's rounding: a step
+        n = np.where(fewer, n - 1.0, n)
+    while (more := (rate_rps / n > fits) & (n <= most)).any():
+        n = np.where(more, n + 1.0, n)
+    decided = known & ((n <= 1.0) | (rate_rps / np.maximum(n - 1.0, 1.0) >= misses_rps))
+    return decided, np.where(decided, n, most + 1).astype(np.int64)
 
 
 def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
