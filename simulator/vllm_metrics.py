@@ -7,7 +7,7 @@ a custom collector renders them, with vLLM's default bucket edges and labels `mo
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import accumulate
 from typing import Protocol
 
@@ -128,10 +128,12 @@ class EngineView(Protocol):
 
 
 class VllmCollector(Collector):
-    """Renders one or more engines (one `engine` label each, their `engine_id`) as a vLLM /metrics page."""
+    """Renders one or more engines (one `engine` label each, their `engine_id`) as a vLLM /metrics page, or
+    only the families named in `families` (a reader that reads a few need not have the rest built)."""
 
-    def __init__(self, engines: Callable[[], Iterable[EngineView]]) -> None:
+    def __init__(self, engines: Callable[[], Iterable[EngineView]], families: Collection[str] | None = None) -> None:
         self._engines = engines
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model_name", "engine"]
@@ -157,6 +159,8 @@ class VllmCollector(Collector):
             preempt.add_metric(lv, m.preemptions_total)
             success.add_metric([*lv, "stop"], m.success_total)
             for name, h in m.histograms().items():
-                fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
-                fam.add_metric(lv, h.buckets(), h.sum)
-        yield from (running, waiting, kv, prompt, gen, preempt, success, *hists.values())
+                if self._families is None or name in self._families:
+                    fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
+                    fam.add_metric(lv, h.buckets(), h.sum)
+        families: list[Metric] = [running, waiting, kv, prompt, gen, preempt, success, *hists.values()]
+        yield from (f for f in families if self._families is None or f.name in self._families)
