@@ -6,6 +6,7 @@ node agent's plan GET (the budget sources' `http_get`) ignores the environment's
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ def test_new_plan_settings_try_a_refused_node_again(emu: KubeEmulator, tmp_path:
 def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_names(
         emu: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy in the pod's environment (set for the vLLM images, say) is not used for the in-cluster plan
-    endpoint: the agent follows its plan; the same GET through urllib's default would go to the dead proxy."""
+    endpoint: the agent follows its plan; the same GET through an opener built as urllib's default goes to the
+    dead proxy."""
     from controller.budget.api_http import http_get
     from controller.budget.base import TransientBudgetError
 
@@ -131,5 +133,5 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
         agent = NodeAgent("gpu-a", NvmlDevices(nvml), agent_api, f"http://127.0.0.1:{server.port}",
                           agent_token(emu, tmp_path / "token"), timeout_s=1.0)
         assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
-        with pytest.raises(TransientBudgetError):
-            http_get(agent.plan_url, {}, 1.0)
+        with pytest.raises(TransientBudgetError):  # an opener built as urllib's default goes to the proxy
+            http_get(agent.plan_url, {}, 1.0, opener=urllib.request.build_opener())
