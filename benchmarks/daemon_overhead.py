@@ -137,7 +137,7 @@ def main() -> None:
         for side, tree in order if k % 2 == 0 else order[::-1]:
             runs.append({"pair": k, "side": side, **measure(tree, args.duration, args.warmup)})
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    medians = {side: {f: statistics.median(r[f] for r in runs if r["side"] == side) for f in FIGURES}
+    medians = {side: {f: round(statistics.median(r[f] for r in runs if r["side"] == side), 3) for f in FIGURES}
                for side in ("this", "baseline")}
     pairs: dict[int, dict[str, float]] = {}
     for r in runs:
