@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from prometheus_client import Gauge
+
 from actuators import ActuatorError, ClockLocker, PowerLimiter
 from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor, pressed, safe_caps
@@ -48,8 +50,14 @@ class FastLoop:
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
         """GPUs seen before and missing from the last listing."""
-        self.exported: dict[str, str] = {}
-        """GPU index -> the service label its power is exported under (one series a GPU, as owners change)."""
+        self.exported: dict[str, tuple[str, Gauge]] = {}
+        """GPU index -> the service label its power is exported under and that series (one series a GPU, as
+        owners change)."""
+        self.gauges: dict[int, tuple[Gauge, Gauge, Gauge]] = {}
+        """GPU index -> its limit, energy and clock series, looked up once (a label lookup per GPU and series
+        each tick cost more than the governor's step)."""
+        self.cycle = metrics.cycle.labels("fast")
+        self.held_series = metrics.degradation.labels("caps")
         self.clocks = None if clocks is None else ClockSteer(clocks, metrics, on_error)
         """Locks each GPU's SM clock at the plan's share after the limits are set (None: caps alone)."""
         self.retry_afresh = False
@@ -81,7 +89,7 @@ class FastLoop:
             samples, missing = self._with_missing(samples)
             self.samples = samples
             self._govern(now, samples, missing)
-        self.metrics.cycle.labels("fast").observe(time.perf_counter() - started)
+        self.cycle.observe(time.perf_counter() - started)
 
     def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with every GPU seen before and missing now (an exporter down, a stale series) added
@@ -101,17 +109,24 @@ class FastLoop:
         m = self.metrics
         total = 0.0
         for g in samples:
-            m.gpu_limit.labels(str(g.index)).set(g.power_limit_w)
+            gauges = self.gauges.get(g.index)
+            if gauges is None:
+                gpu = str(g.index)
+                gauges = self.gauges[g.index] = (m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
+                                                 m.gpu_clock.labels(gpu))
+            gauges[0].set(g.power_limit_w)
             if g.power_w is not None:
                 gpu, owner = str(g.index), g.service or ""
-                if self.exported.get(gpu, owner) != owner:
-                    m.gpu_power.remove(gpu, self.exported[gpu])
-                self.exported[gpu] = owner
-                m.gpu_power.labels(gpu, owner).set(g.power_w)
+                exported = self.exported.get(gpu)
+                if exported is None or exported[0] != owner:
+                    if exported is not None:
+                        m.gpu_power.remove(gpu, exported[0])
+                    exported = self.exported[gpu] = (owner, m.gpu_power.labels(gpu, owner))
+                exported[1].set(g.power_w)
             if g.energy_j is not None:
-                m.gpu_energy.labels(str(g.index)).set(g.energy_j)
+                gauges[1].set(g.energy_j)
             if g.sm_clock_mhz is not None:
-                m.gpu_clock.labels(str(g.index)).set(g.sm_clock_mhz)
+                gauges[2].set(g.sm_clock_mhz)
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
         self._record_draws(samples)
@@ -198,5 +213,5 @@ class FastLoop:
                 sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
                 sum(shares) / n if any(c < 1.0 for c in shares) else None))
         self.held_gpus = held_gpus
-        self.metrics.degradation.labels("caps").set(held_gpus)
+        self.held_series.set(held_gpus)
 

@@ -85,27 +85,43 @@ class SimGPU:
     def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
                serial_ms: float = 0.0) -> float:
         """Mean draw over a step; `serial_ms` is compute in kernels of its own, after the overlapped part."""
-        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock) + serial_ms / clock
+        return self._draw_and_ms(clock, compute_ms, memory_ms, overhead_ms, serial_ms)[0]
+
+    def _draw_and_ms(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
+                     serial_ms: float) -> tuple[float, float]:
+        """The draw over a step at `clock` and the step's length (`StepTime.ms`, the same sums)."""
+        step = overhead_ms + float((memory_ms**3 + (compute_ms / clock) ** 3) ** (1.0 / 3.0)) + serial_ms / clock
         u_c = ((compute_ms + serial_ms) / clock) / step
         u_m = memory_ms / step
         spec = self.spec
-        return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m)
+        return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m), step
 
     def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float, serial_ms: float = 0.0) -> float:
         """The largest clock fraction, up to a lock, whose draw fits the limit (bisection; draw rises with clock)."""
+        return self.run_step(compute_ms, memory_ms, overhead_ms, serial_ms)[0]
+
+    def run_step(self, compute_ms: float, memory_ms: float, overhead_ms: float,
+                 serial_ms: float = 0.0) -> tuple[float, float, float]:
+        """One engine step: the clock it settles at (`settle_clock`), its draw and its length (ms) at that clock,
+        each sum made once (the engine's every step asks all three)."""
         top = 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
-        if self.draw_w(top, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
+        power_w, step_ms = self._draw_and_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
+        if power_w <= self.power_limit_w:
             self.clock_fraction = top
-            return top
+            return top, power_w, step_ms
         low, high = MIN_CLOCK_FRACTION, top
+        at_low: tuple[float, float] | None = None
         for _ in range(14):
             mid = 0.5 * (low + high)
-            if self.draw_w(mid, compute_ms, memory_ms, overhead_ms, serial_ms) <= self.power_limit_w:
-                low = mid
+            at_mid = self._draw_and_ms(mid, compute_ms, memory_ms, overhead_ms, serial_ms)
+            if at_mid[0] <= self.power_limit_w:
+                low, at_low = mid, at_mid
             else:
                 high = mid
         self.clock_fraction = low
-        return low
+        if at_low is None:
+            at_low = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
+        return low, *at_low
 
     def account(self, seconds: float, power_w: float) -> None:
         """Integrate energy over a busy or idle stretch."""

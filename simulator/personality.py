@@ -69,19 +69,27 @@ class Personality:
 
     def step_time(self, cost: StepCost, work: StepWork) -> StepTime:
         """The step's time parts under this personality."""
-        decode_ms = cost.decode_ms_per_seq * work.decode_seqs
+        compute, memory, overhead, serial = self.step_parts(cost, work.prefill_tokens, work.prefill_seqs,
+                                                            work.attention_pairs, work.decode_seqs, work.context_tokens)
+        return StepTime(overhead, compute, memory, serial)
+
+    def step_parts(self, cost: StepCost, prefill_tokens: int, prefill_seqs: int, attention_pairs: float,
+                   decode_seqs: int, context_tokens: int) -> tuple[float, float, float, float]:
+        """`step_time`'s parts as (compute, memory, overhead, serial) ms, the order `SimGPU.run_step` takes: what
+        the engine asks every step, built without the two records."""
+        decode_ms = cost.decode_ms_per_seq * decode_seqs
         if self.decode_knee is not None:
-            decode_ms *= 1.0 + work.decode_seqs / self.decode_knee
-        prefill_ms = cost.prefill_ms_per_token * work.prefill_tokens
+            decode_ms *= 1.0 + decode_seqs / self.decode_knee
+        prefill_ms = cost.prefill_ms_per_token * prefill_tokens
         if self.attention_context is not None:
-            prefill_ms += cost.prefill_ms_per_token * work.attention_pairs / self.attention_context
+            prefill_ms += cost.prefill_ms_per_token * attention_pairs / self.attention_context
         overhead = cost.overhead_ms
-        if work.prefill_seqs:
+        if prefill_seqs:
             overhead += self.prefill_step_ms * cost.overhead_ms
-        memory_ms = cost.weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(work.context_tokens)
+        memory_ms = cost.weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(context_tokens)
         if self.serial_prefill:
-            return StepTime(overhead, decode_ms, memory_ms, prefill_ms)
-        return StepTime(overhead, prefill_ms + decode_ms, memory_ms)
+            return decode_ms, memory_ms, overhead, prefill_ms
+        return prefill_ms + decode_ms, memory_ms, overhead, 0.0
 
 
 ROOFLINE = Personality("roofline")

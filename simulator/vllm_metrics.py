@@ -7,7 +7,8 @@ a custom collector renders them, with vLLM's default bucket edges and labels `mo
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from itertools import accumulate
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +31,10 @@ class Histogram:
     def __init__(self, edges: Sequence[float], keep_samples: bool = False) -> None:
         self.edges = np.asarray(edges, dtype=float)
         self._edge_list = [float(e) for e in edges]
-        self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
+        self._labels = [repr(e) for e in self._edge_list]
+        """Each bucket's `le` as rendered (built once: every scrape renders every bucket)."""
+        self.counts = [0] * (len(edges) + 1)
+        """Per bucket (the last past every edge), not cumulative; a list: one step's add is a scalar's."""
         self.sum = 0.0
         self.samples: list[NDArray[np.float64]] | None = [] if keep_samples else None
 
@@ -40,7 +44,8 @@ class Histogram:
                 self.observe_one(float(values[0]))
             return
         idx = np.searchsorted(self.edges, values, side="left")
-        self.counts += np.bincount(idx, minlength=len(self.counts))
+        added = np.bincount(idx, minlength=len(self.counts)).tolist()
+        self.counts = [c + a for c, a in zip(self.counts, added, strict=True)]
         self.sum += float(values.sum())
         if self.samples is not None:
             self.samples.append(np.array(values, dtype=float))
@@ -57,7 +62,7 @@ class Histogram:
 
     @property
     def count(self) -> int:
-        return int(self.counts.sum())
+        return sum(self.counts)
 
     def all_samples(self) -> NDArray[np.float64]:
         if not self.samples:
@@ -65,8 +70,8 @@ class Histogram:
         return np.concatenate(self.samples)
 
     def buckets(self) -> list[tuple[str, float]]:
-        cum = np.cumsum(self.counts)
-        out = [(repr(float(e)), float(c)) for e, c in zip(self.edges, cum[:-1], strict=True)]
+        cum = list(accumulate(self.counts))
+        out = [(label, float(c)) for label, c in zip(self._labels, cum[:-1], strict=True)]
         out.append(("+Inf", float(cum[-1])))
         return out
 
@@ -123,10 +128,12 @@ class EngineView(Protocol):
 
 
 class VllmCollector(Collector):
-    """Renders one or more engines (one `engine` label each, their `engine_id`) as a vLLM /metrics page."""
+    """Renders one or more engines (one `engine` label each, their `engine_id`) as a vLLM /metrics page, or
+    only the families named in `families` (a reader that reads a few need not have the rest built)."""
 
-    def __init__(self, engines: Callable[[], Iterable[EngineView]]) -> None:
+    def __init__(self, engines: Callable[[], Iterable[EngineView]], families: Collection[str] | None = None) -> None:
         self._engines = engines
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model_name", "engine"]
@@ -152,6 +159,8 @@ class VllmCollector(Collector):
             preempt.add_metric(lv, m.preemptions_total)
             success.add_metric([*lv, "stop"], m.success_total)
             for name, h in m.histograms().items():
-                fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
-                fam.add_metric(lv, h.buckets(), h.sum)
-        yield from (running, waiting, kv, prompt, gen, preempt, success, *hists.values())
+                if self._families is None or name in self._families:
+                    fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
+                    fam.add_metric(lv, h.buckets(), h.sum)
+        families: list[Metric] = [running, waiting, kv, prompt, gen, preempt, success, *hists.values()]
+        yield from (f for f in families if self._families is None or f.name in self._families)

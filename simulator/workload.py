@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,23 +88,25 @@ class Workload:
         self.rng = rng
         self.block_s = block_s
         self._start = self._end = 0.0
-        self._times = np.zeros(0)
-        self._n_in = self._n_out = np.zeros(0, dtype=np.int64)
+        self._times: list[float] = []
+        self._n_in: list[int] = []
+        self._n_out: list[int] = []
+        self._next = 0
+        """The first arrival not handed out yet (the lists keep a block's: slicing a list is cheaper than
+        trimming arrays every 50 ms)."""
 
     def take(self, t0: float, t1: float) -> list[tuple[float, int, int]]:
         if t1 <= t0:
             return []
         if not self._start <= t0 <= self._end:
             self._start = self._end = t0
-            self._times = np.zeros(0)
-            self._n_in = self._n_out = np.zeros(0, dtype=np.int64)
+            self._times, self._n_in, self._n_out, self._next = [], [], [], 0
         if self._end < t1:
             self._extend(max(t1, self._end + self.block_s))
-        lo = int(np.searchsorted(self._times, t0, side="left"))
-        hi = int(np.searchsorted(self._times, t1, side="left"))
-        out = list(zip(self._times[lo:hi].tolist(), self._n_in[lo:hi].tolist(), self._n_out[lo:hi].tolist(),
-                       strict=True))
-        self._times, self._n_in, self._n_out = self._times[hi:], self._n_in[hi:], self._n_out[hi:]
+        lo = bisect_left(self._times, t0, self._next)
+        hi = bisect_left(self._times, t1, lo)
+        out = list(zip(self._times[lo:hi], self._n_in[lo:hi], self._n_out[lo:hi], strict=True))
+        self._next = hi
         self._start = t1
         return out
 
@@ -122,7 +125,11 @@ class Workload:
                     break
                 bound = 1.5 * float(rates.max())  # the rate rose above the bound inside the block: redraw
             times = times[self.rng.random(len(times)) * bound < rates]
-        self._times = np.concatenate([self._times, times])
-        self._n_in = np.concatenate([self._n_in, self.tokens_in.draw(self.rng, len(times))])
-        self._n_out = np.concatenate([self._n_out, self.tokens_out.draw(self.rng, len(times))])
+        n_in = self.tokens_in.draw(self.rng, len(times))
+        n_out = self.tokens_out.draw(self.rng, len(times))
+        keep = self._next
+        self._times = self._times[keep:] + times.tolist()
+        self._n_in = self._n_in[keep:] + n_in.tolist()
+        self._n_out = self._n_out[keep:] + n_out.tolist()
+        self._next = 0
         self._end = end

@@ -247,7 +247,8 @@ def test_a_failed_token_review_answers_503_while_a_reviewed_token_is_still_serve
 def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu: KubeEmulator,
                                                                               tmp_path: Path) -> None:
     """The fast loop raises gpu-a (300 -> 600 W) only because it cut gpu-b (700 -> 200 W). gpu-b's plan write
-    fails: gpu-a's raise waits with it, queued (one failure, logged once), and both land once the API answers."""
+    fails: gpu-a's raise waits with it, queued, while gpu-b waits its backoff (a 500: 10 s, then 15, a quarter
+    of the 60 s TTL), and both land once the API answers."""
     from controller.cluster.nodes import NodePlans
 
     def status(limit_w: float) -> dict[str, Any]:
@@ -267,8 +268,14 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
     def limits(node: str) -> Any:
         return (emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w")
 
-    failed = plans.flush(1.0, 1000.0)
-    assert [new for _, new in failed] == [True] and limits("gpu-a") is None and limits("gpu-b") is None
-    assert [new for _, new in plans.flush(2.0, 1000.0)] == [False]  # still failing: not logged again
-    assert plans.flush(3.0, 1000.0) == []
+    def patches() -> int:
+        return sum(m == "PATCH" for _, m, _ in emu.requests)
+
+    assert len(plans.flush(1.0, 1000.0)) == 1 and limits("gpu-a") is None and limits("gpu-b") is None
+    assert patches() == 1
+    assert plans.flush(2.0, 1000.0) == [] and plans.flush(10.9, 1000.0) == []  # in its backoff: not tried
+    assert patches() == 1 and limits("gpu-a") is None
+    assert len(plans.flush(11.0, 1000.0)) == 1 and patches() == 2  # the second failure: 15 s more
+    assert plans.flush(25.9, 1000.0) == [] and patches() == 2
+    assert plans.flush(26.0, 1000.0) == []
     assert limits("gpu-a") == {"0": 600.0} and limits("gpu-b") == {"0": 200.0}

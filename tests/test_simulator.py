@@ -193,3 +193,34 @@ def test_the_daemons_host_keeps_no_request_log() -> None:
         served = host.services["chat"].requests
         assert (len(served.arrivals()) > 50 and len(served.finished().arrival_s) > 50) if log else \
             (len(served.arrivals()) == 0 and len(served.finished().arrival_s) == 0)
+
+
+def test_an_engine_owing_decode_steps_catches_up_to_what_it_counted() -> None:
+    """Decode-only steps touch no slot array (they are owed, and paid before anything reads them): paid at any
+    moment - through admissions, finishes, preemptions in a small KV cache and a restart's drain - the arrays
+    hold what the running totals counted, and no running sequence is past its last token."""
+    from dataclasses import replace
+
+    from simulator.engine import VLLMEngine
+    from simulator.llms import LLMS, step_cost
+
+    rng = np.random.default_rng(3)
+    cost = replace(step_cost(LLMS["llama-3.1-8b"], SPECS["H100-SXM"], 3), kv_capacity_tokens=12_000)
+    engine = VLLMEngine("m", cost, SimGPU(0, SPECS["H100-SXM"]), 64, rng)
+    times = np.cumsum(rng.exponential(1 / 15.0, 600))
+    for t, a, b in zip(times, TokenDist(600).draw(rng, 600), TokenDist(150).draw(rng, 600), strict=True):
+        engine.submit(float(t), int(a), int(b))
+    steps = 0
+    for k in range(1, 121):
+        engine.advance_to(0.25 * k)
+        if k == 60:
+            for request in engine.drain():  # a restart: everything requeued
+                engine.submit(*request)
+        steps, owed = engine._steps, engine._steps - engine._synced
+        engine._sync()
+        act = engine.active
+        assert engine.ctx_sum == int(engine.ctx[act].sum()) and engine.n_active == int(act.sum())
+        assert engine.n_prefill == int((act & (engine.prompt_left > 0)).sum())
+        assert engine.prompt_left_sum == int(engine.prompt_left[act].sum())
+        assert (engine.out_left[act & (engine.prompt_left == 0)] >= 1).all(), (k, owed)
+    assert engine.metrics.preemptions_total > 0 and engine.metrics.success_total > 200 and steps > 1000

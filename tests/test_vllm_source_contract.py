@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.telemetry.base import VllmSource
 from controller.telemetry.scrape import ScrapeVllmSource
 from controller.telemetry.sim import SimVllmSource
+from controller.telemetry.vllm_window import snapshots, window
 from simulator.host import SimHost
 from simulator.vllm_metrics import VllmCollector
 from simulator.workload import TokenDist, Workload, constant
@@ -78,3 +79,19 @@ def test_a_window_that_spans_a_restart_is_not_steady(plant: tuple[SimHost, VllmS
     h.advance_to(60.0)
     w = source.observe(60.0, ["chat"])["chat"]
     assert w is not None and not w.steady
+
+
+def test_the_sim_source_reads_the_windows_a_full_page_gives() -> None:
+    """The sim source builds only the families a window reads; every engine is in each of them, so its windows
+    are exactly those of the whole /metrics page of the same engines, across a restart and a scale-up."""
+    h = host()
+    sim, last = SimVllmSource(h), None
+    steps = [lambda: None, lambda: h.restart_with_batch("chat", 32), lambda: None, lambda: h.scale("chat", 1),
+             lambda: None]
+    for k, change in enumerate(steps):
+        change()
+        h.advance_to(10.0 * (k + 1))
+        engines = h.ready_engines("chat")
+        page = snapshots(VllmCollector(lambda e=engines: e).collect(), h.now_s)[MODEL]
+        assert sim.observe(h.now_s, ["chat"])["chat"] == (None if last is None else window(page, last))
+        last = page

@@ -44,13 +44,15 @@ def _body(r: Any) -> bytes:
     return bytes(r.read() if whole else r.read(MAX_BODY))
 
 
-def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+def http_get(url: str, headers: Mapping[str, str], timeout_s: float,
+             opener: urllib.request.OpenerDirector | None = None) -> HttpAnswer:
     """GET `url`; a server that cannot be reached, does not answer in time or breaks off its answer raises
-    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay)."""
+    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay).
+    `opener`: how to reach it (None: urllib's default, which honours the environment's proxies)."""
     request = urllib.request.Request(url, headers=dict(headers))
     try:
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            with (opener.open if opener is not None else urllib.request.urlopen)(request, timeout=timeout_s) as r:
                 return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, _body(r))
         except urllib.error.HTTPError as exc:
             return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, _body(exc))

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
 import urllib.request
 from collections.abc import Callable
-from http.client import HTTPException
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -27,11 +25,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
+from controller.budget.api_http import http_get
+from controller.budget.base import BudgetError
 from controller.cluster.resources import GROUP, PLANS, VERSION
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"
-MAX_PLAN_BYTES = 1 << 20
 
 
 class AgentMetrics:
@@ -77,21 +76,19 @@ class NodeAgent:
         self.failing.add(kind)
 
     def _plan(self) -> dict[str, Any] | None:
-        """This node's plan as the acting operator serves it; None where it has none for this node. OSError or
-        ValueError or HTTPException where no plan came: unreachable, a timeout, 401/403/503, a body that is not
-        a plan, a broken answer."""
+        """This node's plan as the acting operator serves it (the budget sources' GET: at most 1 MiB read);
+        None where it has none for this node. OSError (the token file), BudgetError (unreachable, a timeout,
+        a broken answer) or ValueError (401/403/503, a body that is not a plan) where no plan came."""
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read(1 << 16).strip()
-        request = urllib.request.Request(self.plan_url, headers={"Authorization": f"Bearer {token}"})
-        try:
-            with self.http.open(request, timeout=self.timeout_s) as answer:
-                plan = json.loads(answer.read(MAX_PLAN_BYTES))
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        answer = http_get(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, opener=self.http)
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise ValueError(f"{self.plan_url}: HTTP {answer.status} {answer.body[:200].decode(errors='replace')}")
+        plan = json.loads(answer.body)
         if not isinstance(plan, dict) or not isinstance(plan.get("spec"), dict):
-            raise ValueError("the answer is not a NodePowerPlan")
+            raise ValueError(f"{self.plan_url}: the answer is not a NodePowerPlan")
         self.failing.discard("plan")
         return plan
 
@@ -99,8 +96,8 @@ class NodeAgent:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
         try:
             plan = self._plan()
-        except (OSError, ValueError, HTTPException) as exc:
-            self._once("plan", f"{self.plan_url}: {exc}")
+        except (OSError, ValueError, BudgetError) as exc:
+            self._once("plan", str(exc))
             plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
         self.last = plan
         spec = (plan or {}).get("spec") or {}

@@ -2,7 +2,9 @@
 caps, a renewal sequence) and the agent's status (its GPUs' readings).
 
 Seen from the control loop, the plans are a `GpuSource` (the agents' readings, numbered across the cluster)
-and a `PowerLimiter` (limits collected each fast tick and written once per node by `flush`). Which service a
+and a `PowerLimiter` (limits collected each fast tick and written once per node by `flush`). A node whose
+write fails waits its backoff (`controller/retry.py`): the fast tick that writes the plans waits on a
+timing-out node once, not on every tick. Which service a
 GPU serves is read from the pods: a variant's Deployment's pods on a node hold that node's GPUs in index
 order (sorted by pod name); the device plugin's own choice is not visible to the API, so two services on one
 node may see each other's GPUs swapped (docs/cluster.md).
@@ -15,10 +17,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from actuators import PermanentActuatorError
+from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
+from controller.retry import RetryBook
 from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger("wattscale.operator")
@@ -76,8 +79,10 @@ class NodePlans:
         self.samples: dict[int, GpuSample] = {}
         self.pending: dict[str, dict[str, float]] = {}
         """Node -> limits the fast loop set that are not written yet (kept through a failed write)."""
-        self.failing: dict[str, str] = {}
-        """Node -> why its last write failed (logged once while it keeps failing so)."""
+        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=plan_ttl_s / 4)
+        """Per node (`node_plan:<node>`): a failed write waits its delay, doubled on each failure in a row up to
+        a renewal period (a quarter TTL); a permanent one (forbidden, no such plan) until the plan is created
+        again or the policy's plan settings change. Each run of failures is logged once."""
         self.written: dict[str, dict[str, Any]] = {}
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.sequence: dict[str, int] = {}
@@ -93,7 +98,10 @@ class NodePlans:
 
     def configure(self, plan_ttl_s: float, safe_cap_share: float) -> None:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
-        the next flush (an agent must not time a renewal by the old TTL)."""
+        the next flush (an agent must not time a renewal by the old TTL); nodes given up on are tried afresh."""
+        if (plan_ttl_s, safe_cap_share) != (self.plan_ttl_s, self.safe_cap_share):
+            self.retry.max_delay_s = plan_ttl_s / 4
+            self.retry.forget()
         self.plan_ttl_s, self.safe_cap_share = plan_ttl_s, safe_cap_share
 
     def _settings(self) -> dict[str, float]:
@@ -115,6 +123,7 @@ class NodePlans:
                         "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
                         "spec": {"sequence": 0, "limits_w": {}, "safe_caps_w": {}, **self._settings()}},
                         _request_timeout=self.timeout_s)
+                    self.retry.forget(f"node_plan:{node}")  # a write refused for want of the plan may go again
                     log.info("created the NodePowerPlan of node %s", node)
         except Exception as exc:
             raise translate(exc, "node plans") from exc
@@ -208,13 +217,13 @@ class NodePlans:
         return watts
 
     def flush(self, now: float, budget_w: float,
-              domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[tuple[str, bool]]:
+              domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each
-        quarter TTL; returns what failed, each with whether it is new (each node is tried on its own). Nodes
-        whose limits fall are written first; where one of those fails, no raise is written this tick and the
-        limits stay queued, as the fast loop lowers before it raises (a raise must not land beside a failed
-        cut). The safe caps fit the site's `budget_w` and each domain's (watts, GPUs) together: a GPU's is the
-        lowest its levels give."""
+        quarter TTL; returns why each write tried failed (each node is tried on its own, a failed one again
+        only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; where
+        one of those fails or waits, no raise is written this tick and the limits stay queued, as the fast
+        loop lowers before it raises (a raise must not land beside a failed cut). The safe caps fit the site's
+        `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
@@ -241,7 +250,7 @@ class NodePlans:
         def raises(node: str) -> bool:
             return any((old := in_force(node, k)) is None or w > old for k, w in pending.get(node, {}).items())
 
-        failed: list[tuple[str, bool]] = []
+        failed: list[str] = []
         cut_failed = False  # then no raise is written this tick: the fast loop lowers limits before it raises any
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
             queued = pending.get(node, {})
@@ -254,17 +263,19 @@ class NodePlans:
                     **self._settings()}
             if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
                 continue
-            why = self._write(node, spec, now)
-            if why is None:
-                self.failing.pop(node, None)
-                continue
-            self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again next tick, not lost
+            target = f"node_plan:{node}"
+            if self.retry.may_try(target, now):
+                error = self._write(node, spec, now)
+                if error is None:
+                    self.retry.succeeded(target)
+                    continue
+                self.retry.failed(target, now, error)
+                failed.append(str(error))
+            self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
             cut_failed = cut_failed or lowers(node)
-            failed.append((why, self.failing.get(node) != why))
-            self.failing[node] = why
         return failed
 
-    def _write(self, node: str, spec: dict[str, Any], now: float) -> str | None:
+    def _write(self, node: str, spec: dict[str, Any], now: float) -> ActuatorError | None:
         """Patch the node's plan; why it failed, or None."""
         seq = self.sequence.get(node, 0) + 1
         body = {"spec": {**self._settings(), **spec, "sequence": seq}}
@@ -272,7 +283,7 @@ class NodePlans:
             self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
                                                     _content_type=MERGE)
         except Exception as exc:
-            return str(translate(exc, f"NodePowerPlan {node}"))
+            return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
         self.specs[node] = body["spec"]
         return None
@@ -289,7 +300,7 @@ class NodePlans:
             self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
             why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
             if why is not None:
-                failed.append(why)
+                failed.append(str(why))
         return failed
 
     def adopt(self) -> dict[str, dict[str, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from controller.telemetry.base import GpuSample, ServiceWindow
-from controller.telemetry.vllm_window import Snapshot, snapshots, window
+from controller.telemetry.vllm_window import FAMILIES, Snapshot, snapshots, window
 from simulator.host import SimHost
 from simulator.vllm_metrics import VllmCollector
 
@@ -40,7 +40,8 @@ class SimGpuSource:
 
 
 class SimVllmSource:
-    """Reads each service's engines through the same families a /metrics page would carry."""
+    """Reads each service's engines through the same families a /metrics page would carry (those a window
+    reads: every engine is in each of them, so the rest would add nothing)."""
 
     def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
         self.host, self.lock = host, lock or threading.Lock()
@@ -55,7 +56,7 @@ class SimVllmSource:
                 continue
             with self.lock:
                 engines = self.host.ready_engines(name)
-                families = list(VllmCollector(lambda e=engines: e).collect())  # type: ignore[misc]
+                families = list(VllmCollector(lambda e=engines: e, FAMILIES).collect())  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
             old = self._last.get(name)
             self._last[name] = snap

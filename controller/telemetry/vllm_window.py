@@ -36,6 +36,8 @@ GAUGES = {
     "vllm:gpu_cache_usage_perc": "kv",  # deprecated name
 }
 
+FAMILIES = frozenset(COUNTERS) | frozenset(HISTOGRAMS) | frozenset(GAUGES)
+"""Every family a window reads (a source that builds its families may build these alone)."""
 
 Key = tuple[str, str]  # (engine series, figure)
 

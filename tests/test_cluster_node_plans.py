@@ -1,0 +1,137 @@
+"""The operator's node plans against the Kubernetes API emulator through the official client: a node whose plan
+write times out or is refused waits its backoff (controller/retry.py), so the fast tick that writes the plans
+waits on it once, not every second, while the other nodes' plans are written; nothing queued is lost. And the
+node agent's plan GET (the budget sources' `http_get`) ignores the environment's proxies, as a pod must."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster_fixtures import agent_token, gpus, plan_server, start
+from conftest import free_port
+from kube_emulator import KubeEmulator
+
+from actuators.kubernetes import api_client
+from actuators.nvml import NvmlDevices
+from controller.cluster.agent import NodeAgent
+from controller.cluster.nodes import NodePlans
+from controller.cluster.resources import GROUP, PLANS
+
+NODES = ("gpu-a", "gpu-b")
+
+
+@pytest.fixture
+def emu() -> Iterator[KubeEmulator]:
+    e = KubeEmulator(watch_s=1.0)
+    start(e)
+    yield e
+    e.close()
+
+
+def two_nodes(emu: KubeEmulator, tmp_path: Path, timeout_s: float = 5.0) -> tuple[NodePlans, dict[str, int]]:
+    """gpu-a and gpu-b, one 700 W GPU each reported by its agent; the plans as the operator sees them, and each
+    node's GPU by its cluster number."""
+    emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100"}}})  # gpu-a: start()'s
+    for node in NODES:
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
+                                  "metadata": {"name": node}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": [
+                                      {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": 400.0,
+                                       "energy_j": 1.0, "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0}]}})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0, timeout_s=timeout_s)
+    return plans, {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
+
+
+def patches(emu: KubeEmulator, node: str) -> int:
+    return sum(m == "PATCH" and p.split("?")[0].endswith(f"nodepowerplans/{node}") for _, m, p in emu.requests)
+
+
+def limits(emu: KubeEmulator, node: str) -> Any:
+    return (emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w")
+
+
+def test_a_timing_out_node_is_waited_on_once_per_backoff_and_the_others_are_written(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b's PATCH hangs past the client's 0.5 s timeout: the tick that tries it waits that long once; the next
+    nine ticks (one a second) skip it, never wait its timeout and still write gpu-a's cuts; gpu-b's cut stays
+    queued and is written again on the first tick after its 10 s backoff."""
+    plans, gpu = two_nodes(emu, tmp_path, timeout_s=0.5)
+    emu.fail("PATCH", "nodepowerplans/gpu-b$", delay_s=1.5, times=1)
+    plans.set_power_limit(gpu["gpu-b"], 400.0)
+    plans.set_power_limit(gpu["gpu-a"], 500.0)
+    started = time.monotonic()
+    failed = plans.flush(1.0, 2000.0)
+    assert time.monotonic() - started >= 0.5 and len(failed) == 1 and "unreachable or too slow" in failed[0]
+    assert limits(emu, "gpu-a") == {"0": 500.0} and patches(emu, "gpu-b") == 1
+    for tick in range(2, 11):
+        plans.set_power_limit(gpu["gpu-a"], 500.0 - 10 * tick)  # the governor goes on cutting gpu-a
+        started = time.monotonic()
+        assert plans.flush(float(tick), 2000.0) == []
+        assert time.monotonic() - started < 0.5  # gpu-b not waited on
+        assert limits(emu, "gpu-a") == {"0": 500.0 - 10 * tick}
+    assert patches(emu, "gpu-b") == 1
+    assert plans.flush(11.0, 2000.0) == [] and patches(emu, "gpu-b") == 2
+    assert limits(emu, "gpu-b") == {"0": 400.0}
+
+
+def test_a_refused_write_is_tried_once_until_the_plan_is_made_again(emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b's plan deleted under the operator: its write is refused (404, permanent) once and not tried again
+    on later ticks, whatever the backoff; the slow loop's `ensure` makes the plan again, and the next tick
+    writes it with the queued limit."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    emu.delete(GROUP, PLANS, "gpu-b")
+    plans.set_power_limit(gpu["gpu-b"], 450.0)
+    assert len(plans.flush(1.0, 2000.0)) == 1 and patches(emu, "gpu-b") == 1
+    for tick in (2.0, 30.0, 600.0):
+        assert plans.flush(tick, 2000.0) == []
+    assert patches(emu, "gpu-b") == 1
+    assert plans.ensure({"gpu": "h100"}) == list(NODES)
+    assert plans.flush(601.0, 2000.0) == [] and patches(emu, "gpu-b") == 2
+    assert limits(emu, "gpu-b") == {"0": 450.0}
+
+
+def test_new_plan_settings_try_a_refused_node_again(emu: KubeEmulator, tmp_path: Path) -> None:
+    """A write forbidden (403: the Role lacks it) stops tries; the policy's plan settings changing (what the
+    node's plan carries) tries it afresh, and the backoff ceiling follows the new TTL."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    emu.fail("PATCH", "nodepowerplans/gpu-b$", code=403, times=1)
+    plans.set_power_limit(gpu["gpu-b"], 450.0)
+    assert len(plans.flush(1.0, 2000.0)) == 1
+    plans.configure(60.0, 0.6)  # the same settings: still given up on
+    assert plans.flush(100.0, 2000.0) == [] and patches(emu, "gpu-b") == 1
+    plans.configure(20.0, 0.6)
+    assert plans.retry.max_delay_s == 5.0
+    assert plans.flush(101.0, 2000.0) == [] and patches(emu, "gpu-b") == 2
+    assert limits(emu, "gpu-b") == {"0": 450.0} and emu.get(GROUP, PLANS, "gpu-b")["spec"]["ttl_s"] == 20.0
+
+
+def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_names(
+        emu: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy in the pod's environment (set for the vLLM images, say) is not used for the in-cluster plan
+    endpoint: the agent follows its plan; the same GET through an opener built as urllib's default goes to the
+    dead proxy."""
+    from controller.budget.api_http import http_get
+    from controller.budget.base import TransientBudgetError
+
+    emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": "gpu-a"},
+                           "spec": {"sequence": 1, "ttl_s": 10.0, "limits_w": {"0": 480.0}, "safe_caps_w": {}}})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    (tmp_path / "agent-kc").write_text(yaml.safe_dump(emu.kubeconfig("agent")))
+    operator, agent_api = api_client(str(tmp_path / "kc")), api_client(str(tmp_path / "agent-kc"))
+    # the proxy named once the API clients are made (the official client reads it then): only the plan GET sees it
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("no_proxy", "")
+    with plan_server(operator) as server:
+        server.attach(lambda node: (emu.get(GROUP, PLANS, node) or {}).get("spec"), lambda: True)
+        nvml = gpus(1)
+        agent = NodeAgent("gpu-a", NvmlDevices(nvml), agent_api, f"http://127.0.0.1:{server.port}",
+                          agent_token(emu, tmp_path / "token"), timeout_s=1.0)
+        assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
+        with pytest.raises(TransientBudgetError):  # an opener built as urllib's default goes to the proxy
+            http_get(agent.plan_url, {}, 1.0, opener=urllib.request.build_opener())
