@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from controller.config_loader import ConfigError
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import energy_price, enumerate_all, valued
+from controller.settings import load_settings
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -54,3 +58,9 @@ def test_the_solvers_agree_with_the_oracle_under_a_price() -> None:
         sol = solve(problem, get_solver(name))
         assert sol.power_w <= problem.budget_w + 1e-6
         assert [s.assignment for s in sol.services] == [s.assignment for s in oracle.services], name
+
+
+@pytest.mark.parametrize("value", ["-0.5", "11.0", "nan"])
+def test_a_bad_weight_is_refused_naming_its_field(sim_config: Callable[..., Path], value: str) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.energy_weight"):
+        load_settings(sim_config({"energy_weight = 0.5": f"energy_weight = {value}"}))
