@@ -12,6 +12,7 @@ from controller.config_loader import ConfigError
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import energy_price, enumerate_all, valued
 from controller.settings import load_settings
+from controller.simulate.controlled import slo_only_settings
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -64,3 +65,10 @@ def test_the_solvers_agree_with_the_oracle_under_a_price() -> None:
 def test_a_bad_weight_is_refused_naming_its_field(sim_config: Callable[..., Path], value: str) -> None:
     with pytest.raises(ConfigError, match=r"optimizer\.energy_weight"):
         load_settings(sim_config({"energy_weight = 0.5": f"energy_weight = {value}"}))
+
+
+def test_slo_only_plans_without_a_price_on_watts(sim_config: Callable[..., Path]) -> None:
+    """The llm-d mode the `slo-only` baseline stands for knows no watts, whatever wattscale's own config weighs them."""
+    settings = load_settings(sim_config())
+    assert settings.optimizer.energy_weight == 0.5
+    assert slo_only_settings(settings).optimizer.energy_weight == 0.0
