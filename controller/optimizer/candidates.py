@@ -213,9 +213,7 @@ def _changes(current: Assignment | None, a: Assignment) -> int:
 def energy_price(problem: Problem, candidates: list[list[Candidate]]) -> float:
     """Token speed a watt of draw costs: `energy_weight` x the fastest plan's speed per watt of the site's draw
     (each service's fastest candidate, idle GPUs included). At weight 1 this is one step of Dinkelbach's method
-    from that plan towards the most token speed per watt: a 1 % cut in the site's draw is worth 1 % of speed.
-    The most important services pay none (`valued`): their speed, and the spare replicas that meet a burst
-    before a new one starts, are not sold for watts."""
+    from that plan towards the most token speed per watt: a 1 % cut in the site's draw is worth 1 % of speed."""
     if problem.objective != "token_speed" or problem.energy_weight <= 0:
         return 0.0
     fastest = [max(cs, key=lambda c: c.score) for cs in candidates if cs]
@@ -227,16 +225,14 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     """Attach each candidate's value; returns them with each service's value when shed entirely."""
     scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
     price = energy_price(problem, candidates)
-    top = min((s.priority for s in problem.services), default=1)
     weights = shed_weights(problem, scale)
     out, shed = [], []
     for svc, cs in zip(problem.services, candidates, strict=True):
         w = weights[svc.priority]
-        watt = price if svc.priority > top else 0.0
         share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
         row = []
         for c in cs:
-            v = c.score - watt * c.power_w - w * c.short_rps * share
+            v = c.score - price * c.power_w - w * c.short_rps * share
             v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
             row.append(c.valued(v))
         out.append(row)
