@@ -64,11 +64,11 @@ def test_the_solvers_agree_with_the_oracle_under_a_price() -> None:
 @pytest.mark.parametrize("value", ["-0.5", "11.0", "nan"])
 def test_a_bad_weight_is_refused_naming_its_field(sim_config: Callable[..., Path], value: str) -> None:
     with pytest.raises(ConfigError, match=r"optimizer\.energy_weight"):
-        load_settings(sim_config({"energy_weight = 0.5": f"energy_weight = {value}"}))
+        load_settings(sim_config({"energy_weight = 0.0": f"energy_weight = {value}"}))
 
 
 def test_slo_only_plans_without_a_price_on_watts(sim_config: Callable[..., Path]) -> None:
     """The llm-d mode the `slo-only` baseline stands for knows no watts, whatever wattscale's own config weighs them."""
-    settings = load_settings(sim_config())
+    settings = load_settings(sim_config({"energy_weight = 0.0": "energy_weight = 0.5"}))
     assert settings.optimizer.energy_weight == 0.5
     assert slo_only_settings(settings).optimizer.energy_weight == 0.0

@@ -359,9 +359,8 @@ def test_the_degradation_ladder_shows_in_metrics_and_the_decision_log(sim_config
 
 def test_a_budget_drop_goes_down_the_ladder_caps_first(sim_config: Callable[..., Path], tmp_path: Path) -> None:
     """The budget drops from 4,000 W to 1,900 W at 120 s: the governor holds GPUs below their caps at once (the
-    first cycle after says caps), and the slow loop then shrinks services' replicas or max batch for budget. Energy
-    is left out of the plan (energy_weight 0): its fleet is the one 1,900 W leaves too large."""
-    ctl, advance, registry = sim_controller(load_settings(sim_config({"energy_weight = 0.5": "energy_weight = 0.0"})))
+    first cycle after says caps), and the slow loop then shrinks services' replicas or max batch for budget."""
+    ctl, advance, registry = sim_controller(load_settings(sim_config()))
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     shaped = []
     for t in range(1, 181):
