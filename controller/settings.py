@@ -93,6 +93,10 @@ class OptimizerSettings:
     clock_levels: tuple[float, ...] = (1.0,)
     """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
     backend (`actuators.clocks`)."""
+    energy_weight: float = 0.0
+    """With the token_speed objective, what a watt of predicted draw costs, as a share of the fleet's token speed
+    per watt of the site's draw (idle included): at 1.0 a plan gives up 1 % of token speed for 1 % less draw (the
+    product of token speed and tokens per joule is what it maximises); 0 leaves energy out."""
     transition_penalty: float = 0.05
     """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
     restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
@@ -116,6 +120,7 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
                               f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
+        check_range(self, where, ("energy_weight",), 0.0, 10.0)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
         check_range(self, where, ("drain_s",), 0.0, 86400.0)

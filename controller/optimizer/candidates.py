@@ -269,10 +269,22 @@ def _changes(current: Assignment | None, a: Assignment) -> int:
             + 2 * (a.accelerator != current.accelerator))
 
 
+def energy_price(problem: Problem, candidates: list[list[Candidate]]) -> float:
+    """Token speed a watt of draw costs: `energy_weight` x the fastest plan's speed per watt of the site's draw
+    (each service's fastest candidate, idle GPUs included). At weight 1 this is one step of Dinkelbach's method
+    from that plan towards the most token speed per watt: a 1 % cut in the site's draw is worth 1 % of speed."""
+    if problem.objective != "token_speed" or problem.energy_weight <= 0:
+        return 0.0
+    fastest = [max(cs, key=lambda c: c.score) for cs in candidates if cs]
+    draw_w = problem.idle_w + sum(c.power_w for c in fastest)
+    return problem.energy_weight * sum(c.score for c in fastest) / max(draw_w, 1.0)
+
+
 @_collector_paused()
 def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
     """Attach each candidate's value; returns them with each service's value when shed entirely."""
     scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
+    price = energy_price(problem, candidates)
     weights = shed_weights(problem, scale)
     out, shed = [], []
     for svc, cs in zip(problem.services, candidates, strict=True):
@@ -280,7 +292,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
         row = []
         for c in cs:
-            v = c.score - w * c.short_rps * share
+            v = c.score - price * c.power_w - w * c.short_rps * share
             v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
             row.append(c.valued(v))
         out.append(row)

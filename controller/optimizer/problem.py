@@ -85,6 +85,9 @@ class Problem:
     """Locked SM clocks to choose among, as shares of the maximum (1.0: unlocked); see optimizer/clocks.py."""
     domains: tuple[DomainRoom, ...] = ()
     """Power domains the plan fits within as well as the site (optimizer/domains.py)."""
+    energy_weight: float = 0.0
+    """Token speed only: the price of a watt of a candidate's draw, as a share of the fastest plan's token speed
+    per watt of the site's draw (candidates.energy_price)."""
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

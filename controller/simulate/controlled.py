@@ -35,10 +35,11 @@ UNLIMITED_W = 1e7
 
 
 def slo_only_settings(settings: Settings) -> Settings:
-    """The config with power left out of planning: full power and clocks only, a budget that never binds."""
+    """The config with power left out of planning: full power and clocks only, no price on watts, a budget that never
+    binds."""
     return dataclasses.replace(settings, power=dataclasses.replace(settings.power, budget_w=UNLIMITED_W, domains=()),
                                optimizer=dataclasses.replace(settings.optimizer, power_levels=(1.0,),
-                                                             clock_levels=(1.0,)),
+                                                             clock_levels=(1.0,), energy_weight=0.0),
                                actuators=dataclasses.replace(settings.actuators, clocks="none"))
 
 
