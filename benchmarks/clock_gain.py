@@ -1,6 +1,6 @@
 """Energy per token with locked SM clocks against caps alone, at equal SLO attainment.
 
-    python benchmarks/clock_gain.py [--requests 800] [--seeds 0,1]
+    python benchmarks/clock_gain.py [--requests 800] [--seeds 0,1] [--services decode-heavy,prefill-heavy]
 
 Services of llama-3.1-8b on H100-SXM GPUs of the emulator at a steady Poisson load, each with a p95 SLO on
 TTFT and inter-token latency: decode-heavy (128 tokens in, 1024 out) at 6 rps, a load one GPU serves; the
@@ -267,17 +267,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=800, help="requests per plan run (split over its replicas)")
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (arrivals, noise, learning order)")
+    ap.add_argument("--services", default=",".join(s.name for s in SERVICES), help="comma-separated services to run")
     args = ap.parse_args()
-    runs = {seed: one_seed(args.requests, seed) for seed in (int(s) for s in args.seeds.split(","))}
+    chosen = [s for s in SERVICES if s.name in args.services.split(",")]
+    runs = {seed: one_seed(args.requests, seed, chosen) for seed in (int(s) for s in args.seeds.split(","))}
     summary = {svc.name: {arm: {key: [r[svc.name]["energy_saving"][arm][key] for r in runs.values()]  # type: ignore[index]
-                                for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in SERVICES}
+                                for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in chosen}
     print(json.dumps({"summary": summary, "seeds": {str(k): v for k, v in runs.items()}}, indent=2,
                      allow_nan=False))
 
 
-def one_seed(requests: int, seed: int) -> dict[str, dict[str, object]]:
+def one_seed(requests: int, seed: int, services: list[Service]) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
-    for svc in SERVICES:
+    for svc in services:
         params, prof = learn(svc, requests, seed)
         fitted = None if prof is None else {"clock_time_sensitivity": round(prof.clock_time_sensitivity, 3),
                                             "clock_draw_exponent": round(prof.clock_draw_exponent, 3)}

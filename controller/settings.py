@@ -93,6 +93,9 @@ class OptimizerSettings:
     clock_levels: tuple[float, ...] = (1.0,)
     """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
     backend (`actuators.clocks`)."""
+    clock_min_saving: float = 0.05
+    """Least share of a service's energy per request a locked clock must be predicted to save against the best
+    plan at the free clock before it is planned: a smaller saving is within the model's own draw errors."""
     transition_penalty: float = 0.05
     """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
     restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
@@ -116,6 +119,7 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
                               f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
+        check_range(self, where, ("clock_min_saving",), 0.0, 0.5)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
         check_range(self, where, ("drain_s",), 0.0, 86400.0)
