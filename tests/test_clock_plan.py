@@ -11,7 +11,7 @@ from controller.optimize_spec import load_spec
 from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.clocks import sure_savings
 from controller.optimizer.problem import Candidate
-from queuemodels import Load, ServiceParams, Targets
+from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import profile
 
 ACC = AcceleratorType("H100-SXM", 8, 2.99, profile("H100-SXM"))
@@ -58,6 +58,20 @@ def test_a_lower_clock_bought_with_a_replica_pays_its_idle_draw() -> None:
     assert sure_savings([free, spread, sure], draws, 0.0) == [free, spread, sure]
     assert sure_savings([free, sure], draws[::2], 0.2) == [free]
     assert sure_savings([short, spread], [490.0, draws[1]], 0.05) == [short, spread]  # none to compare it with
+
+
+def test_a_lock_never_makes_a_capped_gpu_faster() -> None:
+    """A GPU under a cap and a lock runs at the lower of the two clocks: each phase takes the slower of the two
+    laws alone, so the pair is never faster than either lever by itself (the product of the two had a lock lower
+    the draw a cap squeezes, and predicted a capped GPU faster for being locked as well)."""
+    model, load, prof = get_model("mm1k-cb"), Load(4.0, 512, 512), profile("H100-SXM")
+
+    def itl(cap_w: float | None, clock: float | None) -> float:
+        return model.analyze(PARAMS, load, ServerShape(128, 1024, cap_w, clock), prof, tails=False).itl_ms
+
+    for cap_w in (210.0, 280.0, 420.0):
+        for clock in (0.5, 0.7, 0.9):
+            assert itl(cap_w, clock) >= max(itl(cap_w, None), itl(None, clock)) * (1.0 - 1e-9)
 
 
 def test_a_tight_slo_keeps_the_clock_where_it_is_met() -> None:
