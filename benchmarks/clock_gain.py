@@ -1,6 +1,6 @@
 """Energy per token with locked SM clocks against caps alone, at equal SLO attainment.
 
-    python benchmarks/clock_gain.py [--requests 800] [--seeds 0,1]
+    python benchmarks/clock_gain.py [--requests 800] [--seeds 0,1] [--services decode-heavy,prefill-heavy]
 
 Services of llama-3.1-8b on H100-SXM GPUs of the emulator at a steady Poisson load, each with a p95 SLO on
 TTFT and inter-token latency: decode-heavy (128 tokens in, 1024 out) at 6 rps, a load one GPU serves; the
@@ -8,21 +8,22 @@ same at 24 rps, where plans pack GPUs until their decode draw reaches the caps' 
 (3000 in, 64 out) at 8 rps. For each, and each seed:
 1. Learn: the tuner (one pair filter from a generic prior, 2-4x off) takes windows measured on the emulator
    (what a load test reports, on simulator/probe.py's replica) at several loads and batch sizes, at the
-   maximum clock and at clocks locked at 85, 70 and 55 %, in a shuffled order; it fits the service times,
+   maximum clock and at clocks locked at 85, 70 and 55 %, in a shuffled order, each once the replica's batch
+   has filled (`warmup_s`), as a daemon's windows of steady traffic are; it fits the service times,
    the draw curve and the clock sensitivities. Nothing is read from the plant's hidden law.
 2. Plan: the optimizer (energy objective, MILP, a budget that does not bind) on what the tuner fitted, in
    four arms: caps alone at today's power levels (0.6-1.0 of the maximum limit), the same with clock levels
    (0.4-1.0 in steps of 0.05), caps alone down to the GPU's floor (power levels from 0.3), and that with
    clock levels.
-3. Measure at equal SLO attainment: each arm plans against the SLO's targets tightened by a margin (0 to 50 %
-   in 2.5 % steps: the model's tails are optimistic at low clocks and large batches), and every distinct plan
-   runs on the emulator (each replica its share of the load), scored by the energy its GPUs drew per output
-   token and its attainment: the lower of the shares of requests whose TTFT and of tokens whose inter-token
-   latency met the targets. Each arm is calibrated to an attainment level as an operator would pick its
-   margin: its least energy plan that reaches it. Levels: the SLO's (95 %: the p95 met), 97 and 99 %, and
-   equal attainment, the higher of the two arms' attainments at the SLO (a plan that meets the SLO with slack
-   it cannot trade for energy, such as caps whose lowest level does not bind, is compared with the other
-   arm's least energy plan that has as much).
+3. Measure at equal SLO attainment: each arm plans against the SLO's targets tightened by a margin (0 to 50 % in
+   2.5 % steps, halved twice where neighbouring margins plan differently), and every distinct plan runs on the
+   emulator (each replica its share of the load, measured once its batch has filled), scored by the energy its
+   GPUs drew per output token and its attainment: the lower of the shares of requests whose TTFT and of tokens
+   whose inter-token latency met the targets. Each arm is calibrated to an attainment level as an operator would
+   pick its margin: its least energy plan that reaches it. Levels: the SLO's (95 %: the p95 met), 97 and 99 %, and
+   equal attainment, the higher of the two arms' attainments at the SLO (a plan that meets the SLO with slack it
+   cannot trade for energy, such as caps whose lowest level does not bind, is compared with the other arm's least
+   energy plan that has as much).
 Prints JSON: per seed, service and comparison (clocks against caps at today's levels, and against caps down to
 the floor) the plans at the SLO and at equal attainment, every plan of each arm's sweep on one line (with the
 model's predicted p95 inter-token latency beside the measured one), and the savings (1 - energy per token with
@@ -32,12 +33,14 @@ clocks / without) at each level, given only where both arms reach it; `summary` 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
+from controller.settings import OptimizerSettings
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Performance, PowerProfile, ServiceParams, Targets
 from queuemodels.accelerators import profile
 from simulator.probe import Replica
@@ -58,6 +61,8 @@ LEARN_BATCHES = (32, 128, 256)
 MARGINS = tuple(round(0.025 * k, 3) for k in range(21))
 """Planning margins tried in turn (0 to 50 % in 2.5 % steps): the targets planned for are the SLO's less this
 share."""
+REFINE = 2
+"""Halvings of the margin step where neighbouring margins plan differently (2.5 % down to 0.625 %)."""
 TOLERANCE = 0.001
 """Attainments this close count as equal (a token or two in a thousand: the runs' sampling noise)."""
 ATTAINMENT = 0.95
@@ -100,17 +105,26 @@ class Run:
     waiting: float
 
 
+def warmup_s(svc: Service) -> float:
+    """Time for a replica's batch to fill at a steady load: two request lifetimes at the SLO's inter-token target.
+    A window that starts earlier reads a batch still filling (at 6 rps of 1024-token outputs, a window after the
+    first 15 % of 800 arrivals read 7 % less energy per token than the steady state, and 95 % attainment where
+    the steady state has 88 %)."""
+    return 2.0 * svc.out_tokens * svc.targets.itl_ms / 1000.0
+
+
 def run(svc: Service, batch: int, rate_rps: float, requests: int, seed: int, cap_w: float | None,
         clock: float | None) -> Run:
-    """One replica at a steady Poisson load; the window after the first 15 % of arrivals."""
+    """One replica at a steady Poisson load: `requests` arrivals in the window, after the warm-up (`warmup_s`)."""
     rng = np.random.default_rng(seed)
     mhz = None if clock is None else int(round(clock * MAX_CLOCK_MHZ / 15.0) * 15)
     engine = REPLICA.engine(batch, cap_w, rng, locked_clock_mhz=mhz)
-    times = np.cumsum(rng.exponential(1.0 / rate_rps, requests))
-    n_in, n_out = TokenDist(svc.in_tokens).draw(rng, requests), TokenDist(svc.out_tokens).draw(rng, requests)
+    warm = int(np.ceil(rate_rps * warmup_s(svc)))
+    times = np.cumsum(rng.exponential(1.0 / rate_rps, warm + requests))
+    n_in, n_out = TokenDist(svc.in_tokens).draw(rng, times.size), TokenDist(svc.out_tokens).draw(rng, times.size)
     for t, a, b in zip(times, n_in, n_out, strict=True):
         engine.submit(float(t), int(a), int(b))
-    start, end = float(times[int(0.15 * requests)]), float(times[-1])
+    start, end = float(times[warm]), float(times[-1])
     engine.advance_to(start)
     m = engine.metrics
     n_ttft, n_itl, energy0, tokens0 = len(m.ttft.all_samples()), len(m.itl.all_samples()), engine.gpu.energy_j, \
@@ -142,13 +156,13 @@ def learn(svc: Service, requests: int, seed: int) -> tuple[ServiceParams, PowerP
 
 
 def plan(svc: Service, params: ServiceParams, prof: PowerProfile | None, power_levels: tuple[float, ...],
-         clock_levels: tuple[float, ...]) -> tuple[Assignment | None, Performance | None, float]:
+         clock_levels: tuple[float, ...], min_saving: float) -> tuple[Assignment | None, Performance | None, float]:
     """The optimizer's plan, with what the model predicts for it (a replica's latencies, the service's draw)."""
     acc = AcceleratorType(GPU, 16, 2.99, profile(GPU))
     demand = ServiceDemand(svc.name, 1, svc.targets, Load(svc.rate_rps, svc.in_tokens, svc.out_tokens, 0.5, 0.5),
                            {GPU: params}, max_replicas=16, profiles={GPU: prof} if prof is not None else {})
     problem = Problem((demand,), (acc,), 1e6, "energy", "predicted", (16, 32, 64, 128, 256), power_levels,
-                      clock_levels=clock_levels)
+                      clock_levels=clock_levels, clock_min_saving=min_saving)
     result = solve(problem, get_solver("milp")).services[0]
     return result.assignment, result.performance, result.power_w
 
@@ -158,9 +172,10 @@ class Arm:
     (each distinct assignment run once)."""
 
     def __init__(self, svc: Service, params: ServiceParams, prof: PowerProfile | None,
-                 power_levels: tuple[float, ...], clock_levels: tuple[float, ...], requests: int, seed: int) -> None:
+                 power_levels: tuple[float, ...], clock_levels: tuple[float, ...], min_saving: float, requests: int,
+                 seed: int) -> None:
         self.svc, self.params, self.prof, self.requests, self.seed = svc, params, prof, requests, seed
-        self.levels = (power_levels, clock_levels)
+        self.levels = (power_levels, clock_levels, min_saving)
         self.scores: dict[Assignment, dict[str, object]] = {}
         self.swept: list[dict[str, object]] = []
 
@@ -180,16 +195,28 @@ class Arm:
         return {**self.scores[a], "planning_margin": margin, "model_predicted": model}
 
     def sweep(self) -> list[dict[str, object]]:
-        """Every distinct plan the arm makes over the margins (at the least margin that gives it), scored."""
+        """Every distinct plan the arm makes over the margins (at the least margin that gives it), scored: the
+        2.5 % grid, then the midpoints between neighbouring margins whose plans differ (`REFINE` times), so a
+        plan between two on the grid (one clock level, one cap level) is not skipped."""
         if not self.swept:
-            seen = set()
+            plans: dict[float, dict[str, object]] = {}
             for margin in MARGINS:
                 got = self.at(margin)
                 if got is None:
                     break
-                if str(got["assignment"]) not in seen:
-                    seen.add(str(got["assignment"]))
-                    self.swept.append(got)
+                plans[margin] = got
+            for _ in range(REFINE):
+                ordered = sorted(plans)
+                for low, high in itertools.pairwise(ordered):
+                    if plans[low]["assignment"] != plans[high]["assignment"]:
+                        got = self.at(round(0.5 * (low + high), 6))
+                        if got is not None:
+                            plans[round(0.5 * (low + high), 6)] = got
+            seen = set()
+            for margin in sorted(plans):
+                if str(plans[margin]["assignment"]) not in seen:
+                    seen.add(str(plans[margin]["assignment"]))
+                    self.swept.append(plans[margin])
         return self.swept
 
     def cheapest(self, bar: float) -> dict[str, object] | None:
@@ -267,21 +294,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=800, help="requests per plan run (split over its replicas)")
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (arrivals, noise, learning order)")
+    ap.add_argument("--clock-min-saving", type=float, default=OptimizerSettings.clock_min_saving,
+                    help="optimizer.clock_min_saving: least predicted saving a locked clock is planned for")
+    ap.add_argument("--services", default=",".join(s.name for s in SERVICES), help="comma-separated services to run")
     args = ap.parse_args()
-    runs = {seed: one_seed(args.requests, seed) for seed in (int(s) for s in args.seeds.split(","))}
+    chosen = [s for s in SERVICES if s.name in args.services.split(",")]
+    runs = {seed: one_seed(args.requests, seed, chosen, args.clock_min_saving)
+            for seed in (int(s) for s in args.seeds.split(","))}
     summary = {svc.name: {arm: {key: [r[svc.name]["energy_saving"][arm][key] for r in runs.values()]  # type: ignore[index]
-                                for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in SERVICES}
+                                for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in chosen}
     print(json.dumps({"summary": summary, "seeds": {str(k): v for k, v in runs.items()}}, indent=2,
                      allow_nan=False))
 
 
-def one_seed(requests: int, seed: int) -> dict[str, dict[str, object]]:
+def one_seed(requests: int, seed: int, services: list[Service], min_saving: float) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
-    for svc in SERVICES:
+    for svc in services:
         params, prof = learn(svc, requests, seed)
         fitted = None if prof is None else {"clock_time_sensitivity": round(prof.clock_time_sensitivity, 3),
                                             "clock_draw_exponent": round(prof.clock_draw_exponent, 3)}
-        arms = {k: Arm(svc, params, prof, p, c, requests, seed) for k, (p, c) in {
+        arms = {k: Arm(svc, params, prof, p, c, min_saving, requests, seed) for k, (p, c) in {
             "caps": (CAPS_LEVELS, (1.0,)), "caps_and_clocks": (CAPS_LEVELS, CLOCK_LEVELS),
             "floor_caps": (FLOOR_LEVELS, (1.0,)), "floor_caps_and_clocks": (FLOOR_LEVELS, CLOCK_LEVELS)}.items()}
         vs_caps = compared(arms["caps"], arms["caps_and_clocks"])

@@ -97,6 +97,9 @@ class OptimizerSettings:
     """With the token_speed objective, what a watt of predicted draw costs, as a share of the fleet's token speed
     per watt of the site's draw (idle included): at 1.0 a plan gives up 1 % of token speed for 1 % less draw (the
     product of token speed and tokens per joule is what it maximises); 0 leaves energy out."""
+    clock_min_saving: float = 0.05
+    """Least share of a service's energy per request a locked clock must be predicted to save against the best
+    plan at the free clock before it is planned: a smaller saving is within the model's own draw errors."""
     transition_penalty: float = 0.05
     """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
     restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
@@ -121,6 +124,7 @@ class OptimizerSettings:
                               f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_range(self, where, ("energy_weight",), 0.0, 10.0)
+        check_range(self, where, ("clock_min_saving",), 0.0, 0.5)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
         check_range(self, where, ("drain_s",), 0.0, 86400.0)

@@ -170,23 +170,23 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     v = _per_point(points, tops)
     cap, clock, n = v["cap"], v["clock"], v["top"]
     capped, locked = ~np.isnan(cap), ~np.isnan(clock) & (np.nan_to_num(clock, nan=1.0) < 1.0)
-    share = np.minimum(np.where(np.isnan(clock), 1.0, clock), 1.0) ** v["exp"]  # clock_draw_scale
 
     def by_clock(compute_share: Floats | float) -> Floats:  # clock_time_factor
         out: Floats = np.where(locked, 1.0 + v["cts"] * compute_share * (1.0 / np.where(locked, clock, 1.0) - 1.0),
                                1.0)
         return out
 
-    def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor
+    def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor: the slower of the lock and the cap alone
         compute = batch / (batch + v["half"])
-        natural = v["idle"] + (v["peak"] - v["idle"]) * (v["busy"] + (1.0 - v["busy"]) * (compute * share))
+        natural = v["idle"] + (v["peak"] - v["idle"]) * (v["busy"] + (1.0 - v["busy"]) * compute)
         squeeze = np.maximum(0.0, natural / np.where(capped, cap, 1.0) - 1.0)
-        out: Floats = np.where(capped, by_clock(compute) * (1.0 + v["ps"] * compute * squeeze), by_clock(compute))
+        out: Floats = np.where(capped, np.maximum(by_clock(compute), 1.0 + v["ps"] * compute * squeeze),
+                               by_clock(compute))
         return out
 
-    knee_w = v["idle"] + (v["knee"] * v["peak"] - v["idle"]) * share  # prompt_draw_w
+    knee_w = v["knee"] * v["peak"]  # prompt_draw_w at the free clock
     squeeze = np.maximum(0.0, knee_w / np.where(capped, cap, 1.0) - 1.0)
-    prefill_factor = np.where(capped, by_clock(1.0) * (1.0 + v["ps"] * squeeze), by_clock(1.0))
+    prefill_factor = np.where(capped, np.maximum(by_clock(1.0), 1.0 + v["ps"] * squeeze), by_clock(1.0))
     d0, d1 = v["d0"], v["d1"]
     at_one = (d0 + d1) * decode_factor(np.ones_like(n))  # _capped_decode
     single = n <= 1.0

@@ -127,15 +127,16 @@ def step_law(params: ServiceParams, load: Load) -> StepLaw:
 def cap_factors(profile: PowerProfile | None, power_cap_w: float | None,
                 clock: float | None = None) -> tuple[float, float]:
     """(prefill, decode) time multipliers a power cap and a locked clock share cause; (1, 1) when neither.
-    A locked clock lowers the draw the cap squeezes (a prompt's knee), then slows the prompt by itself."""
+    A GPU under both runs at the lower of the two clocks: the lock's, or the one the cap lets it draw. So each
+    phase takes the larger of the two slow-downs, the lock's and the cap's alone; a lock never makes a capped
+    GPU faster (decode's, in the batched reading: `capped_law`)."""
     if profile is None:
         return 1.0, 1.0
     prefill_clock = clock_time_factor(profile, clock, 1.0)
     if power_cap_w is None:
         return prefill_clock, 1.0
-    knee_w = prompt_draw_w(profile, 1.0 if clock is None else clock)
-    squeeze = max(0.0, knee_w / power_cap_w - 1.0)
-    return prefill_clock * (1.0 + profile.prefill_sensitivity * squeeze), 1.0 + profile.decode_sensitivity * squeeze
+    squeeze = max(0.0, prompt_draw_w(profile) / power_cap_w - 1.0)
+    return max(prefill_clock, 1.0 + profile.prefill_sensitivity * squeeze), 1.0 + profile.decode_sensitivity * squeeze
 
 
 def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
@@ -144,7 +145,7 @@ def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, 
     prefill_factor, decode_factor = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
     if profile is not None:
         full = shape.max_batch / (shape.max_batch + profile.batch_half)
-        decode_factor *= clock_time_factor(profile, shape.sm_clock_fraction, full)
+        decode_factor = max(decode_factor, clock_time_factor(profile, shape.sm_clock_fraction, full))
     return step_law(params, load).scaled(prefill_factor, decode_factor)
 
 
@@ -157,15 +158,16 @@ def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, b
     prompts (prefill_sensitivity), and only once the step would draw more than the cap: a small batch is
     memory-bound and draws well below the peak, so a cap may never bite it. The compute share of a decode
     step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half).
-    A locked clock slows that compute share by itself and lowers the draw the cap squeezes."""
+    A locked clock slows that compute share by itself; under a cap as well, the step runs at the lower of the
+    lock and the clock the cap allows, so it takes the larger of the two slow-downs (`cap_factors`)."""
     if profile is None:
         return 1.0
     compute_share = batch / (batch + profile.batch_half)
     by_clock = clock_time_factor(profile, clock, compute_share)
     if power_cap_w is None:
         return by_clock
-    squeeze = max(0.0, natural_draw_w(profile, batch, 1.0 if clock is None else clock) / power_cap_w - 1.0)
-    return by_clock * (1.0 + profile.prefill_sensitivity * compute_share * squeeze)
+    squeeze = max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
+    return max(by_clock, 1.0 + profile.prefill_sensitivity * compute_share * squeeze)
 
 
 def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: ServerShape) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from controller.optimizer.clocks import shape_choices
+from controller.optimizer.clocks import shape_choices, sure_savings
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from controller.optimizer.sizing import Sizer, size_together
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
@@ -94,7 +94,8 @@ class Pair(NamedTuple):
 
 def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[list[Candidate]]:
     """Each pair's specs valued, all of them in one call of the queue model (which solves them together); a spec
-    whose rate per replica the model cannot take is dropped."""
+    whose rate per replica the model cannot take is dropped, and so is a locked clock whose saving the model is
+    not sure of (optimizer/clocks.py)."""
     flat = [(k, spec) for k, pair_specs in enumerate(specs) for spec in pair_specs]
     points = Points(Bases(pair.sizer.base for pair in pairs), np.array([k for k, _ in flat], dtype=np.intp),
                     [pairs[k].shapes[spec[:3]] for k, spec in flat],
@@ -111,15 +112,17 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
     cost = gpus * price
     score = _scores(problem, cost, gpus * per_gpu_w, replicas * figures.in_system, served, out_tokens)
     columns = (figures.covered, gpus.astype(int), gpus * (per_gpu_w - idle_w), cost, np.maximum(0.0, rate_rps - served),
-               score)
+               score, gpus * figures.power_w)
     out: list[list[Candidate]] = [[] for _ in pairs]
-    for (j, (batch, cap_w, clock, n, served_rps, spare)), covered, g, power_w, c, short, v in zip(
+    draws_w: list[list[float]] = [[] for _ in pairs]
+    for (j, (batch, cap_w, clock, n, served_rps, spare)), covered, g, power_w, c, short, v, draw_w in zip(
             flat, *(col.tolist() for col in columns), strict=True):
         if covered:
             pair = pairs[j]
             out[j].append(Candidate(pair.service, _assignment(pair.acc.name, n, batch, cap_w, clock), g, power_w, c,
                                     served_rps, short, v, spare=spare))
-    return out
+            draws_w[j].append(draw_w)
+    return [sure_savings(cs, ws, problem.clock_min_saving) for cs, ws in zip(out, draws_w, strict=True)]
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:

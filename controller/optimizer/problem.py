@@ -83,6 +83,9 @@ class Problem:
     queue_model: str = DEFAULT_MODEL
     clock_levels: tuple[float, ...] = (1.0,)
     """Locked SM clocks to choose among, as shares of the maximum (1.0: unlocked); see optimizer/clocks.py."""
+    clock_min_saving: float = 0.05
+    """Least share of a service's energy per request a locked clock must be predicted to save against the free
+    clock before it is planned (optimizer/clocks.py: a smaller saving is within the model's errors)."""
     domains: tuple[DomainRoom, ...] = ()
     """Power domains the plan fits within as well as the site (optimizer/domains.py)."""
     energy_weight: float = 0.0
