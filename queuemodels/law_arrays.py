@@ -184,7 +184,7 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
                                by_clock(compute))
         return out
 
-    knee_w = v["knee"] * v["peak"]  # prompt_draw_w at the free clock
+    knee_w = v["idle"] + (v["knee"] * v["peak"] - v["idle"])  # prompt_draw_w at the free clock, as it sums it
     squeeze = np.maximum(0.0, knee_w / np.where(capped, cap, 1.0) - 1.0)
     prefill_factor = np.where(capped, np.maximum(by_clock(1.0), 1.0 + v["ps"] * squeeze), by_clock(1.0))
     d0, d1 = v["d0"], v["d1"]
