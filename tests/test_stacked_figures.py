@@ -25,6 +25,11 @@ STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0,
 shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
                    st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))
 points = st.lists(st.tuples(shapes, st.floats(0.0, 60.0)), min_size=1, max_size=12)
+fitted = st.builds(lambda idle, knee, busy, half, sens, exp: replace(
+    H100, idle_power_w=idle, knee_fraction=knee, busy_share=busy, batch_half=half, prefill_sensitivity=sens,
+    clock_time_sensitivity=sens / 2, clock_draw_exponent=exp), st.floats(30.0, 150.0), st.floats(0.5, 0.99),
+    st.floats(0.0, 0.6), st.floats(8.0, 300.0), st.floats(0.2, 2.0), st.floats(1.0, 3.0))
+"""Power profiles as the tuner fits them: any value in range, not the catalogue's round ones."""
 
 
 def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape,
@@ -69,7 +74,7 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0)]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
-       st.sampled_from([H100, L40S, None]), points)
+       st.one_of(st.sampled_from([H100, L40S, None]), fitted), points)
 def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
                                                  pts: list[tuple[ServerShape, float]]) -> None:
     """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays."""
