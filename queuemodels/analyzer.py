@@ -10,12 +10,12 @@ import numpy as np
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.kv_cache import fitting_shape
-from queuemodels.law_arrays import Bools, Points, continuous_laws
+from queuemodels.law_arrays import Bools, ManyLawFn, Points, continuous_laws
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
 from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_of
-from queuemodels.stacked import Figures, ManyLawFn, solve_together
+from queuemodels.stacked import Figures, solve_together
 from queuemodels.types import (
     Load,
     ModelInputError,

@@ -9,7 +9,7 @@ roofline, a rate whose prompts would fill the GPU, a law without an array form) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -44,6 +44,18 @@ class Bases(tuple[Base, ...]):
             if id(p) not in rows:
                 rows[id(p)] = [float(getattr(p, n)) for n in PROFILE_FIELDS] if p else [np.nan] * len(PROFILE_FIELDS)
         return np.array([rows[id(p)] for _, _, p in self], dtype=float).reshape(len(self), len(PROFILE_FIELDS))
+
+    @cached_property
+    def loads(self) -> Floats:
+        """Each base's decode_and_prompt (d0, d1, c_p), out_tokens and out_cv, a row per base."""
+        rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv) for params, load, _ in self]
+        return np.array(rows, dtype=float).reshape(len(rows), 5)
+
+    @cached_property
+    def affine(self) -> Bools:
+        """Whether each base's law is the one continuous_law builds without a roofline (what `continuous_laws`
+        covers)."""
+        return np.array([not (p.family == "step" and (p.rho or p.budget_tokens)) for p, _, _ in self], dtype=bool)
 
     @cached_property
     def kv_limits(self) -> Floats:
@@ -152,9 +164,7 @@ class LawArrays(NamedTuple):
 def _per_point(points: Points, tops: Floats) -> dict[str, Floats]:
     """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
     clock (factors of 1), as the scalar law reads it."""
-    rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv) for params, load, _ in points.bases]
-    table = np.array(rows, dtype=float).reshape(len(rows), 5)[points.base]
-    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv"), table.T, strict=True))
+    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv"), points.bases.loads[points.base].T, strict=True))
     names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
     out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
     profiled = ~np.isnan(out["peak"])
@@ -162,6 +172,17 @@ def _per_point(points: Points, tops: Floats) -> dict[str, Floats]:
     out["clock"] = np.where(profiled, points.clocks, np.nan)
     out["top"] = tops
     return out
+
+
+ManyLawFn = Callable[["Points", Floats], tuple["LawArrays", Bools]]
+"""Laws of many points at their batches, as arrays, and which it built (`continuous_laws`)."""
+
+
+def laws_of(many: ManyLawFn | None, points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
+    """The points' laws as `many` builds them as arrays, and which it built (none without it)."""
+    if many is None:
+        return LawArrays.empty(len(tops)), np.zeros(len(tops), dtype=bool)
+    return many(points, tops)
 
 
 def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
@@ -198,12 +219,7 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     phi = points.rates_rps * c_gpu * prefill_factor / 1000.0
     stretch = 1.0 / (1.0 - np.minimum(phi, 0.99))
     d0, d1 = d0 * stretch, slope * stretch
-    built = (phi < 0.99) & np.array([_affine(p) for p, _, _ in points.bases], dtype=bool)[points.base]
+    built = (phi < 0.99) & points.bases.affine[points.base]
     laws = LawArrays(c_p * (1.0 + phi**2) + d0 + 0.0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
                      np.full(len(n), 0.5), phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, built.copy())
     return laws, built
-
-
-def _affine(params: ServiceParams) -> bool:
-    """The law continuous_law builds without a roofline (what `continuous_laws` covers)."""
-    return not (params.family == "step" and (params.rho or params.budget_tokens))

@@ -14,10 +14,10 @@ from dataclasses import replace
 import numpy as np
 from scipy.optimize import brentq
 
-from queuemodels.law_arrays import Bools, Floats, LawArrays, Points
+from queuemodels.law_arrays import Bools, Floats, ManyLawFn, Points, laws_of
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
-from queuemodels.stacked import ManyLawFn, solve_together
+from queuemodels.stacked import solve_together
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
 
 SATURATION_SHARE = 0.999
@@ -80,10 +80,7 @@ def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     """`_surplus` at every point at the rate sizing allows it (its rate over SATURATION_SHARE)."""
     faster = points.at_rates(points.rates_rps / SATURATION_SHARE)
     tops = faster.tops()
-    if many is None:
-        laws, built = LawArrays.empty(len(tops)), np.zeros(len(tops), dtype=bool)
-    else:
-        laws, built = many(faster, tops)
+    laws, built = laws_of(many, faster, tops)
     out: Floats = 1000.0 * tops / (laws.t0 + laws.t1 * tops) - faster.rates_rps
     for i in np.flatnonzero(~built).tolist():
         params, load, shape, profile = faster.point(i)

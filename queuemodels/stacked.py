@@ -14,19 +14,16 @@ that turns more than a negligible share away, no arrivals) is marked for the cal
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
-from queuemodels.law_arrays import Bools, Floats, LawArrays, Points
+from queuemodels.law_arrays import Bools, Floats, LawArrays, ManyLawFn, Points, laws_of
 from queuemodels.service_time import LawFn, StepLaw
 from queuemodels.types import ModelInputError
 
-ManyLawFn = Callable[[Points, Floats], tuple[LawArrays, Bools]]
-"""Laws of many points at their batches, as arrays, and which it built (queuemodels.law_arrays)."""
 HEAD_MASS = 1e-17
 """Share of a chain's mass the states left out of a light point's span may hold: below a float's resolution."""
 BLOCK_STATES = 1 << 17
@@ -53,7 +50,7 @@ def solve_together(law_fn: LawFn, many: ManyLawFn | None, points: Points, draws:
     one otherwise (those returned, by point), which points have one (a rate the model cannot take has none),
     and their figures solved together; `draws=False` leaves the draw NaN (a latency check needs none)."""
     tops = points.tops()
-    laws, has = many(points, tops) if many is not None else (LawArrays.empty(len(tops)), np.zeros(len(tops), bool))
+    laws, has = laws_of(many, points, tops)
     built = {}
     for i in np.flatnonzero(~has).tolist():
         params, load, shape, profile = points.point(i)

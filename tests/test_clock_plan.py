@@ -9,6 +9,7 @@ import pytest
 from controller.config_loader import ConfigError
 from controller.optimize_spec import load_spec
 from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
+from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.clocks import sure_savings
 from controller.optimizer.problem import Candidate
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
@@ -90,3 +91,23 @@ def test_a_spec_takes_clock_levels_and_refuses_bad_ones_by_name(tmp_path: Path) 
     spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [1.5]'))
     with pytest.raises(ConfigError, match=r"clock_levels: must be 1..64 shares in \[0.1, 1\], got \[1.5\]"):
         load_spec(spec)
+
+
+@pytest.mark.parametrize("objective", ["energy", "token_speed"])
+def test_every_locked_candidate_saves_against_every_free_one_serving_as_much(objective: str) -> None:
+    """Spare and partial replicas as well: they are valued after the full candidates, and compared with them too,
+    not only with the free ones valued beside them (partials all run one shape, so one locked had no free peer)."""
+    svc = ServiceDemand("decode", 1, Targets(2000.0, 40.0), Load(40.0, 128, 1024), {"H100-SXM": PARAMS},
+                        max_replicas=8)
+    p = Problem((svc,), (ACC,), 10_000.0, objective, "predicted", clock_levels=LEVELS,  # type: ignore[arg-type]
+                clock_min_saving=0.05)
+    [cands] = enumerate_all(p)
+
+    def per_request(c: Candidate) -> float:  # the whole draw of the GPUs it holds, idle included
+        return (c.power_w + c.gpus * ACC.profile.idle_power_w) / c.served_rps
+
+    assert any(c.short_rps > 0 for c in cands) and (objective == "energy" or any(c.spare > 0 for c in cands))
+    for c in (c for c in cands if c.assignment.sm_clock_fraction is not None):
+        for free in (f for f in cands if f.assignment.sm_clock_fraction is None):
+            if free.served_rps >= c.served_rps * (1.0 - 1e-9):
+                assert per_request(c) <= 0.95 * per_request(free) * (1.0 + 1e-9)

@@ -125,3 +125,15 @@ def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap
     assert not decided[1]  # nothing known
     if decided[0]:
         assert (need[0] if need[0] <= most else None) == first_fit(fits, most, 1)
+
+
+def test_what_a_shape_list_learnt_outlives_a_search_on_another_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart's one extra shape (Sizer.need) must not hide what the service's shapes were sized with: the
+    partial candidates rank their shapes by it."""
+    fresh_tables(monkeypatch)
+    shapes = [ServerShape(64, 1024, 600.0), ServerShape(32, 1024, 600.0)]
+    sizer = Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), Targets(300, 40), H100)
+    size_together("mm1k-cb", [(sizer, shapes, 16)])
+    known = [sizer.brackets_of(shapes).known_fit_rps(s) for s in shapes]
+    sizer.need(ServerShape(128, 1024, 600.0), 16)
+    assert min(known) > 0 and [sizer.brackets_of(shapes).known_fit_rps(s) for s in shapes] == known

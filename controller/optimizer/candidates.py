@@ -92,10 +92,10 @@ class Pair(NamedTuple):
     """Its shapes worth sizing (`_shapes`), each as the queue model takes it."""
 
 
-def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[list[Candidate]]:
-    """Each pair's specs valued, all of them in one call of the queue model (which solves them together); a spec
-    whose rate per replica the model cannot take is dropped, and so is a locked clock whose saving the model is
-    not sure of (optimizer/clocks.py)."""
+def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[tuple[list[Candidate],
+                                                                                         list[float]]]:
+    """Each pair's specs valued, all of them in one call of the queue model (which solves them together), with the
+    predicted draw of the GPUs each holds; a spec whose rate per replica the model cannot take is dropped."""
     flat = [(k, spec) for k, pair_specs in enumerate(specs) for spec in pair_specs]
     points = Points(Bases(pair.sizer.base for pair in pairs), np.array([k for k, _ in flat], dtype=np.intp),
                     [pairs[k].shapes[spec[:3]] for k, spec in flat],
@@ -122,7 +122,7 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
             out[j].append(Candidate(pair.service, _assignment(pair.acc.name, n, batch, cap_w, clock), g, power_w, c,
                                     served_rps, short, v, spare=spare))
             draws_w[j].append(draw_w)
-    return [sure_savings(cs, ws, problem.clock_min_saving) for cs, ws in zip(out, draws_w, strict=True)]
+    return list(zip(out, draws_w, strict=True))
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:
@@ -182,7 +182,8 @@ def _partials(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     pool = list(needs)
     if known:
         fewest = (s for s, n in needs.items() if n == min(known))
-        pool = [max(fewest, key=lambda s: sizer.known_fit_rps(pair.shapes[s]))]
+        brackets = sizer.brackets_of(list(pair.shapes.values()))  # those the shapes were sized with
+        pool = [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
     rates = {s: sizer.rate_per_replica(pair.shapes[s]) for s in pool}
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
     if best_rate <= 0:
@@ -238,11 +239,13 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     sized = size_together(problem.queue_model, [(p.sizer, list(p.shapes.values()), p.most) for p in pairs])
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
     full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
-    more = [(_spares(problem, p, f) if problem.objective == "token_speed" else []) + _partials(problem, p, n)
-            for p, f, n in zip(pairs, full, needs, strict=True)]
+    least = problem.clock_min_saving
+    more = [(_spares(problem, p, sure_savings(*f, least)) if problem.objective == "token_speed" else [])
+            + _partials(problem, p, n) for p, f, n in zip(pairs, full, needs, strict=True)]
     out: list[list[Candidate]] = [[] for _ in problem.services]
-    for pair, f, extra in zip(pairs, full, _value(problem, pairs, more), strict=True):
-        out[pair.service] += f + extra
+    for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, more), strict=True):
+        # a locked clock is kept only where it saves against every free-clock candidate serving as much
+        out[pair.service] += sure_savings(cs + extra, draws + extra_draws, least)
     return out
 
 

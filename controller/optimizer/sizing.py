@@ -47,6 +47,11 @@ class Brackets:
     def row(self) -> dict[ServerShape, int]:
         return {shape: i for i, shape in enumerate(self.shapes)}
 
+    def known_fit_rps(self, shape: ServerShape) -> float:
+        """The largest rate per replica known to meet the targets on this shape (0 where none is): a lower bound on
+        its max rate that costs nothing, for ranking shapes not worth a bisection each."""
+        return float(self.fits_rps[self.row[shape]])
+
 
 _bases: dict[object, int] = {}
 """What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
@@ -117,13 +122,14 @@ def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
 
     for j in searches:
         step(j, None)
+    bases, targets = Bases(sizer.base for sizer, _, _ in jobs), [sizer.targets for sizer, _, _ in jobs]
     while asked:
         order = list(asked)
         checks = [check for j in order for check in asked[j]]
         sizes = [len(asked[j]) for j in order]
-        points = Points(Bases(jobs[j][0].base for j in order), np.repeat(np.arange(len(order)), sizes),
-                        [shape for shape, _ in checks], np.array([rate for _, rate in checks]))
-        answers = get_model(model).within_targets_of(points, [jobs[j][0].targets for j in order])
+        points = Points(bases, np.repeat(order, sizes), [shape for shape, _ in checks],
+                        np.array([rate for _, rate in checks]))
+        answers = get_model(model).within_targets_of(points, targets)
         for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
             step(j, part)
     return out
@@ -139,8 +145,6 @@ class Sizer:
         self.base: Base = (params, load, profile)
         self.basis, self.guess_basis = _numbers((model, params, self.per_unit, targets, profile),
                                                 (model, "guess", targets, profile))
-        self.brackets: Brackets | None = None
-        """Those of the last search."""
 
     def rate_per_replica(self, shape: ServerShape) -> float:
         """The largest rate one replica takes within the targets (a bisection: for the few shapes whose rate itself
@@ -152,12 +156,6 @@ class Sizer:
             _max_rates[key] = get_model(self.model).max_rate(self.params, self.per_unit, shape, self.targets,
                                                              self.profile)
         return _max_rates[key]
-
-    def known_fit_rps(self, shape: ServerShape) -> float:
-        """The largest rate per replica known to meet the targets on this shape of the last search's (0 where none
-        is): a lower bound on its max rate that costs nothing, for ranking shapes not worth a bisection each."""
-        row = self.brackets.row.get(shape) if self.brackets is not None else None
-        return float(self.brackets.fits_rps[row]) if self.brackets is not None and row is not None else 0.0
 
     def search(self, shapes: list[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
             Generator[list[tuple[ServerShape, float]], Bools, list[int | None]]:
@@ -171,8 +169,8 @@ class Sizer:
             return [None] * len(shapes)
         if load.rate_rps <= 0:
             return [1 if self.rate_per_replica(shape) > 0 else None for shape in shapes]
-        self.brackets, decided, need = opening
-        fits_rps, misses_rps = self.brackets.fits_rps, self.brackets.misses_rps
+        brackets, decided, need = opening
+        fits_rps, misses_rps = brackets.fits_rps, brackets.misses_rps
         out: list[int | None] = [n if n <= most else None for n in need.tolist()]
         searches: dict[int, tuple[Generator[int, bool, int | None], int]] = {}
         for i in np.flatnonzero(~decided).tolist():
