@@ -80,6 +80,22 @@ def test_a_timing_out_node_is_waited_on_once_per_backoff_and_the_others_are_writ
     assert limits(emu, "gpu-b") == {"0": 400.0}
 
 
+def test_an_api_that_times_out_costs_a_tick_one_timeout_not_one_per_node(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Every PATCH hangs past the 0.5 s timeout (the API down): the first tick tries one node and leaves the other
+    queued for the next, which tries that one; once the API answers, both cuts are written, none lost."""
+    plans, gpu = two_nodes(emu, tmp_path, timeout_s=0.5)
+    emu.fail("PATCH", "nodepowerplans/gpu-", delay_s=1.5, times=2)
+    plans.set_power_limit(gpu["gpu-a"], 500.0)
+    plans.set_power_limit(gpu["gpu-b"], 400.0)
+    for tick, tried in ((1.0, "gpu-a"), (2.0, "gpu-b")):
+        started = time.monotonic()
+        assert len(plans.flush(tick, 2000.0)) == 1
+        assert time.monotonic() - started < 1.0  # one timeout, not two
+        assert patches(emu, tried) == 1 and limits(emu, "gpu-a") is None and limits(emu, "gpu-b") is None
+    assert plans.flush(11.0, 2000.0) == [] and plans.flush(12.0, 2000.0) == []  # each after its own 10 s backoff
+    assert limits(emu, "gpu-a") == {"0": 500.0} and limits(emu, "gpu-b") == {"0": 400.0}
+
+
 def test_a_refused_write_is_tried_once_until_the_plan_is_made_again(emu: KubeEmulator, tmp_path: Path) -> None:
     """gpu-b's plan deleted under the operator: its write is refused (404, permanent) once and not tried again
     on later ticks, whatever the backoff; the slow loop's `ensure` makes the plan again, and the next tick

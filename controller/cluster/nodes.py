@@ -222,7 +222,9 @@ class NodePlans:
         quarter TTL; returns why each write tried failed (each node is tried on its own, a failed one again
         only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; where
         one of those fails or waits, no raise is written this tick and the limits stay queued, as the fast
-        loop lowers before it raises (a raise must not land beside a failed cut). The safe caps fit the site's
+        loop lowers before it raises (a raise must not land beside a failed cut). Once a write fails for a reason
+        that may pass (a timeout, the API down), the nodes after it wait for the next tick: an outage costs a tick
+        one timeout, not one per node. The safe caps fit the site's
         `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
@@ -252,9 +254,10 @@ class NodePlans:
 
         failed: list[str] = []
         cut_failed = False  # then no raise is written this tick: the fast loop lowers limits before it raises any
+        unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
             queued = pending.get(node, {})
-            if cut_failed and raises(node):
+            if unreachable or (cut_failed and raises(node)):
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
             old = self.written.get(node, {})
@@ -271,6 +274,7 @@ class NodePlans:
                     continue
                 self.retry.failed(target, now, error)
                 failed.append(str(error))
+                unreachable = not isinstance(error, PermanentActuatorError)
             self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
             cut_failed = cut_failed or lowers(node)
         return failed
