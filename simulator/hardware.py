@@ -82,28 +82,20 @@ class SimGPU:
         self.locked_clock_mhz = mhz
         return mhz
 
-    def draw_w(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
-               serial_ms: float = 0.0) -> float:
-        """Mean draw over a step; `serial_ms` is compute in kernels of its own, after the overlapped part."""
-        return self._draw_and_ms(clock, compute_ms, memory_ms, overhead_ms, serial_ms)[0]
-
     def _draw_and_ms(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
                      serial_ms: float) -> tuple[float, float]:
         """The draw over a step at `clock` and the step's length (`StepTime.ms`, the same sums)."""
-        step = overhead_ms + float((memory_ms**3 + (compute_ms / clock) ** 3) ** (1.0 / 3.0)) + serial_ms / clock
+        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock) + serial_ms / clock
         u_c = ((compute_ms + serial_ms) / clock) / step
         u_m = memory_ms / step
         spec = self.spec
         return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m), step
 
-    def settle_clock(self, compute_ms: float, memory_ms: float, overhead_ms: float, serial_ms: float = 0.0) -> float:
-        """The largest clock fraction, up to a lock, whose draw fits the limit (bisection; draw rises with clock)."""
-        return self.run_step(compute_ms, memory_ms, overhead_ms, serial_ms)[0]
-
     def run_step(self, compute_ms: float, memory_ms: float, overhead_ms: float,
                  serial_ms: float = 0.0) -> tuple[float, float, float]:
-        """One engine step: the clock it settles at (`settle_clock`), its draw and its length (ms) at that clock,
-        each sum made once (the engine's every step asks all three)."""
+        """One engine step: the clock it settles at (the largest, up to a lock, whose draw fits the limit: a
+        bisection, draw rising with the clock), its draw and its length (ms) at that clock, each sum made once
+        (the engine's every step asks all three)."""
         top = 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
         power_w, step_ms = self._draw_and_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
         if power_w <= self.power_limit_w:

@@ -28,8 +28,8 @@ class Ticks:
 def test_the_simulated_gpu_runs_at_its_lock() -> None:
     host = small_sim_host(num_gpus=2)
     applied = SimClockLocker(host).lock_clock(0, 1000)
-    assert host.gpus[0].settle_clock(5.0, 5.0, 3.0) == pytest.approx(applied / 1980)
-    assert host.gpus[1].settle_clock(5.0, 5.0, 3.0) == 1.0
+    assert host.gpus[0].run_step(5.0, 5.0, 3.0)[0] == pytest.approx(applied / 1980)
+    assert host.gpus[1].run_step(5.0, 5.0, 3.0)[0] == 1.0
 
 
 # -- nvml only ------------------------------------------------------------------------------------------
