@@ -58,7 +58,7 @@ TARGETS = {"median_ttft": 0.10, "p90_ttft": 0.25, "median_itl": 0.05, "p90_itl":
 Shape = tuple[str, int, int, float]  # personality, max batch, prompt tokens, cap share of the maximum
 SATURATION_COMPLETIONS = 20_000
 """Completions a shape's capacity is timed over: output lengths with cv 1 put the mean of 3,000 within 1.8 %
-(batch 8 with 128-token prompts drew a mean of 262.5 tokens and read its capacity 2.7 % low), and at 90 % load a
+(batch 8 with 128-token prompts drew a mean of 262.5 tokens and read its capacity 2.6 % low), and at 90 % load a
 1 % error in the capacity moves the queueing by about 10 %; 20,000 put it within 0.7 %."""
 TRUTH_SE, TRUTH_MIN_RUNS, TRUTH_MAX_RUNS = 0.07, 3, 10
 """A held-out point's mean TTFT is measured to this standard error (relative), over at least 3 independent windows
