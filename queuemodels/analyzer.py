@@ -40,8 +40,6 @@ class PointFigures(NamedTuple):
     power_w: float
 
 
-
-
 class QueueModel(Protocol):
     """Predicts one replica's performance, the largest rate it can take within targets, and where its time
     goes (batch sizes and prompts: what its power draw follows)."""

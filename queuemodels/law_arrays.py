@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.kv_cache import batch_limit, fitting_shape
-from queuemodels.service_time import StepLaw, decode_and_prompt
+from queuemodels.service_time import StepLaw, decode_and_prompt, has_roofline
 from queuemodels.types import Load, Point, PowerProfile, ServerShape, ServiceParams
 
 Floats = NDArray[np.float64]
@@ -55,7 +55,7 @@ class Bases(tuple[Base, ...]):
     def affine(self) -> Bools:
         """Whether each base's law is the one continuous_law builds without a roofline (what `continuous_laws`
         covers)."""
-        return np.array([not (p.family == "step" and (p.rho or p.budget_tokens)) for p, _, _ in self], dtype=bool)
+        return np.array([not has_roofline(p) for p, _, _ in self], dtype=bool)
 
     @cached_property
     def kv_limits(self) -> Floats:
@@ -161,7 +161,7 @@ class LawArrays(NamedTuple):
         return out
 
 
-def _per_point(points: Points, tops: Floats) -> dict[str, Floats]:
+def _per_point(points: Points) -> dict[str, Floats]:
     """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
     clock (factors of 1), as the scalar law reads it."""
     out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv"), points.bases.loads[points.base].T, strict=True))
@@ -170,7 +170,6 @@ def _per_point(points: Points, tops: Floats) -> dict[str, Floats]:
     profiled = ~np.isnan(out["peak"])
     out["cap"] = np.where(profiled, points.caps, np.nan)
     out["clock"] = np.where(profiled, points.clocks, np.nan)
-    out["top"] = tops
     return out
 
 
@@ -188,8 +187,8 @@ def laws_of(many: ManyLawFn | None, points: Points, tops: Floats) -> tuple[LawAr
 def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     """service_time.continuous_law at every point (at its KV-bound batch `tops`), and which points it built:
     not those of a roofline law nor a rate whose prompts would fill the GPU."""
-    v = _per_point(points, tops)
-    cap, clock, n = v["cap"], v["clock"], v["top"]
+    v = _per_point(points)
+    cap, clock, n = v["cap"], v["clock"], tops
     capped, locked = ~np.isnan(cap), ~np.isnan(clock) & (np.nan_to_num(clock, nan=1.0) < 1.0)
 
     def by_clock(compute_share: Floats | float) -> Floats:  # clock_time_factor
@@ -220,6 +219,6 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     stretch = 1.0 / (1.0 - np.minimum(phi, 0.99))
     d0, d1 = d0 * stretch, slope * stretch
     built = (phi < 0.99) & points.bases.affine[points.base]
-    laws = LawArrays(c_p * (1.0 + phi**2) + d0 + 0.0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
+    laws = LawArrays(c_p * (1.0 + phi**2) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
                      np.full(len(n), 0.5), phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, built.copy())
     return laws, built

@@ -195,6 +195,12 @@ def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, 
     return d0, per_seq, (params.beta_ms + params.gamma_ms) * n_in
 
 
+def has_roofline(params: ServiceParams) -> bool:
+    """Whether the continuous law bends at large batches and chunks prompts (the step family with rho or a token
+    budget); otherwise it is affine in the batch."""
+    return params.family == "step" and bool(params.rho or params.budget_tokens)
+
+
 def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law under continuous batching at a power cap; depends on the rate through phi."""
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
@@ -202,7 +208,7 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     d0, d1 = _capped_decode(d0, d1, profile, shape)
     # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
-    roofline = Roofline.of(params, load) if params.family == "step" and (params.rho or params.budget_tokens) else None
+    roofline = Roofline.of(params, load) if has_roofline(params) else None
     batch = 1.0
     c_gpu = c_p
     if roofline is not None:
