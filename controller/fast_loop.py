@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from prometheus_client import Gauge
 
@@ -25,6 +25,26 @@ from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample, GpuSource
 
 log = logging.getLogger("wattscale.governor")
+
+
+@dataclass
+class GpuSeries:
+    """One GPU's exported series: limit, energy and clock, and its power under the service that owns it (one
+    series a GPU: as owners change, the old one is removed)."""
+
+    limit: Gauge
+    energy: Gauge
+    clock: Gauge
+    owner: str | None = None
+    power: Gauge | None = None
+
+    def power_of(self, family: Gauge, gpu: str, owner: str) -> Gauge:
+        """The power series under `owner`, the one under a former owner removed."""
+        if self.power is None or self.owner != owner:
+            if self.owner is not None:
+                family.remove(gpu, self.owner)
+            self.owner, self.power = owner, family.labels(gpu, owner)
+        return self.power
 
 
 class FastLoop:
@@ -50,12 +70,9 @@ class FastLoop:
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
         """GPUs seen before and missing from the last listing."""
-        self.exported: dict[str, tuple[str, Gauge]] = {}
-        """GPU index -> the service label its power is exported under and that series (one series a GPU, as
-        owners change)."""
-        self.gauges: dict[int, tuple[Gauge, Gauge, Gauge]] = {}
-        """GPU index -> its limit, energy and clock series, looked up once (a label lookup per GPU and series
-        each tick cost more than the governor's step)."""
+        self.series: dict[int, GpuSeries] = {}
+        """GPU index -> its exported series, looked up once (a label lookup per GPU and series each tick cost more
+        than the governor's step)."""
         self.cycle = metrics.cycle.labels("fast")
         self.held_series = metrics.degradation.labels("caps")
         self.clocks = None if clocks is None else ClockSteer(clocks, metrics, on_error)
@@ -109,24 +126,18 @@ class FastLoop:
         m = self.metrics
         total = 0.0
         for g in samples:
-            gauges = self.gauges.get(g.index)
-            if gauges is None:
+            series = self.series.get(g.index)
+            if series is None:
                 gpu = str(g.index)
-                gauges = self.gauges[g.index] = (m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
-                                                 m.gpu_clock.labels(gpu))
-            gauges[0].set(g.power_limit_w)
+                series = self.series[g.index] = GpuSeries(m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
+                                                           m.gpu_clock.labels(gpu))
+            series.limit.set(g.power_limit_w)
             if g.power_w is not None:
-                gpu, owner = str(g.index), g.service or ""
-                exported = self.exported.get(gpu)
-                if exported is None or exported[0] != owner:
-                    if exported is not None:
-                        m.gpu_power.remove(gpu, exported[0])
-                    exported = self.exported[gpu] = (owner, m.gpu_power.labels(gpu, owner))
-                exported[1].set(g.power_w)
+                series.power_of(m.gpu_power, str(g.index), g.service or "").set(g.power_w)
             if g.energy_j is not None:
-                gauges[1].set(g.energy_j)
+                series.energy.set(g.energy_j)
             if g.sm_clock_mhz is not None:
-                gauges[2].set(g.sm_clock_mhz)
+                series.clock.set(g.sm_clock_mhz)
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
         self._record_draws(samples)
