@@ -169,18 +169,21 @@ class VLLMEngine:
             self._prefill_step()
             return
         n_decode = self.n_active
-        dt = self._run(0, 0, 0.0, n_decode) / 1000.0
-        self.metrics.itl.observe_repeated(dt, n_decode)  # n_decode gaps of dt: the last tokens came a step ago
-        self.ctx_sum += n_decode
-        self.metrics.generation_tokens_total += n_decode
+        self._count_decodes(self._run(0, 0, 0.0, n_decode) / 1000.0, n_decode)
         self._steps += 1
         if self._finish_at is None:
             self._finish_at = self._synced + int(self.out_left[self.active].min())
         if self._steps >= self._finish_at:
             self._sync()
             self._finish(self.active & (self.out_left <= 0), self.now_s)
-        if self.n_active > 1 and self.ctx_sum > self.cost.kv_capacity_tokens:
-            self._preempt_if_full()
+        if self.n_active > 1 and self.ctx_sum > self.cost.kv_capacity_tokens:  # _preempt_if_full's own test,
+            self._preempt_if_full()  # asked inline: every decode step asks it, and it almost never holds
+
+    def _count_decodes(self, dt: float, n_decode: int) -> None:
+        """A step's decodes: each sequence got its last token at the previous step's end, n_decode gaps of dt."""
+        self.metrics.itl.observe_repeated(dt, n_decode)
+        self.ctx_sum += n_decode
+        self.metrics.generation_tokens_total += n_decode
 
     def _run(self, prefill_tokens: int, prefill_seqs: int, pairs: float, n_decode: int) -> float:
         """Time one step (ms, noise included), account its energy and advance the clock."""
@@ -195,7 +198,7 @@ class VLLMEngine:
         self._drawn += 1
         self.gpu.account(step_ms / 1000.0, power_w)
         self.now_s += step_ms / 1000.0
-        self.metrics.iteration_tokens.observe_repeated(prefill_tokens + n_decode, 1)
+        self.metrics.iteration_tokens.observe_one(prefill_tokens + n_decode)
         return step_ms
 
     def _prefill_step(self) -> None:
@@ -238,12 +241,9 @@ class VLLMEngine:
             self.metrics.generation_tokens_total += n_first
             finishing = decoding | first
         if n_decode:
-            # Every decoding sequence got its last token at the previous step's end: n_decode gaps of dt.
-            self.metrics.itl.observe_repeated(dt, n_decode)
+            self._count_decodes(dt, n_decode)
             self.out_left -= decoding  # a boolean mask: one in-place ufunc, no fancy indexing
             self.ctx += decoding
-            self.ctx_sum += n_decode
-            self.metrics.generation_tokens_total += n_decode
         done = finishing & (self.out_left <= 0)
         if np.count_nonzero(done):
             self._finish(done, now)

@@ -84,8 +84,8 @@ class SimGPU:
 
     def _draw_and_ms(self, clock: float, compute_ms: float, memory_ms: float, overhead_ms: float,
                      serial_ms: float) -> tuple[float, float]:
-        """The draw over a step at `clock` and the step's length (`StepTime.ms`, the same sums)."""
-        step = overhead_ms + step_core_ms(memory_ms, compute_ms / clock) + serial_ms / clock
+        """The draw over a step at `clock` and the step's length."""
+        step = step_length_ms(clock, compute_ms, memory_ms, overhead_ms, serial_ms)
         u_c = ((compute_ms + serial_ms) / clock) / step
         u_m = memory_ms / step
         spec = self.spec
@@ -135,6 +135,12 @@ class SimGPU:
     @property
     def sm_clock_mhz(self) -> float:
         return self.clock_fraction * self.spec.max_clock_mhz
+
+
+def step_length_ms(clock: float, compute_ms: float, memory_ms: float, overhead_ms: float, serial_ms: float) -> float:
+    """A step's length at a clock fraction: the host's part as it is, compute overlapping memory (`step_core_ms`),
+    serial compute after it (a cap or a lock slows compute, not memory or the host)."""
+    return overhead_ms + step_core_ms(memory_ms, compute_ms / clock) + serial_ms / clock
 
 
 def step_core_ms(memory_ms: float, compute_ms: float) -> float:

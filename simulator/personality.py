@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from simulator.hardware import step_core_ms
+from simulator.hardware import step_length_ms
 from simulator.llms import StepCost
 
 
@@ -46,7 +46,7 @@ class StepTime:
 
     def ms(self, clock: float = 1.0) -> float:
         """The step's length at a clock fraction (a cap slows compute, not memory or the host)."""
-        return self.overhead_ms + step_core_ms(self.memory_ms, self.compute_ms / clock) + self.serial_ms / clock
+        return step_length_ms(clock, self.compute_ms, self.memory_ms, self.overhead_ms, self.serial_ms)
 
 
 @dataclass(frozen=True)
