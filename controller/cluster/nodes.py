@@ -58,6 +58,12 @@ def _gpus_of(pod: Mapping[str, Any]) -> int:
     return total
 
 
+def renew_s(plan_ttl_s: float) -> float:
+    """How often a plan is rewritten however little changed, and the longest a failing node waits to be tried
+    again: a quarter of its TTL, so an agent sees a fresh plan well before its own runs out."""
+    return plan_ttl_s / 4
+
+
 class NodePlans:
     name = "node-plans"
 
@@ -79,7 +85,7 @@ class NodePlans:
         self.samples: dict[int, GpuSample] = {}
         self.pending: dict[str, dict[str, float]] = {}
         """Node -> limits the fast loop set that are not written yet (kept through a failed write)."""
-        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=plan_ttl_s / 4)
+        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=renew_s(plan_ttl_s))
         """Per node (`node_plan:<node>`): a failed write waits its delay, doubled on each failure in a row up to
         a renewal period (a quarter TTL); a permanent one (forbidden, no such plan) until the plan is created
         again or the policy's plan settings change. Each run of failures is logged once."""
@@ -100,7 +106,7 @@ class NodePlans:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
         the next flush (an agent must not time a renewal by the old TTL); nodes given up on are tried afresh."""
         if (plan_ttl_s, safe_cap_share) != (self.plan_ttl_s, self.safe_cap_share):
-            self.retry.max_delay_s = plan_ttl_s / 4
+            self.retry.max_delay_s = renew_s(plan_ttl_s)
             self.retry.forget()
         self.plan_ttl_s, self.safe_cap_share = plan_ttl_s, safe_cap_share
 
@@ -264,7 +270,7 @@ class NodePlans:
             limits = {**old.get("limits_w", {}), **queued}
             spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False,
                     **self._settings()}
-            if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < self.plan_ttl_s / 4:
+            if spec == {k: old.get(k) for k in spec} and now - self.renewed.get(node, -1e9) < renew_s(self.plan_ttl_s):
                 continue
             target = f"node_plan:{node}"
             if self.retry.may_try(target, now):

@@ -280,8 +280,8 @@ class ClusterLoop:
         c.tick_fast(now)
         power = c.governor.settings
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
-        for _ in plans.flush(now, c.governor.threshold_w(), domains):
-            c.metrics.errors.labels("node_plan").inc()  # counted every time; the plans' retry book logs each run once
+        failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
+        c.metrics.errors.labels("node_plan").inc(len(failed))  # and every failure is counted
         if now >= self.next_slow and self.worker is not None:
             self.next_slow = now + c.settings.daemon.slow_interval_s
             self.worker.wake()
