@@ -62,7 +62,7 @@ class ClockShed:
                 shedding: bool) -> float | None:
         """The share to hold the GPU at (None: no hold): lower while it is pressed against a limit the governor
         cut, kept just under it, raised a step a tick once it has room or is no longer held down."""
-        draw = g.power_w or 0.0
+        draw = min(g.power_w or 0.0, g.max_limit_w)  # a reading past what the GPU can draw is a glitch, not a draw
         margin = pressed_w(limit_w)  # a held GPU aims just under the governor's 'pressed' band
         pressed = draw > limit_w - margin
         if shedding and pressed and (held is not None or draw > limit_w + 1.0):

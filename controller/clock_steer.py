@@ -36,6 +36,8 @@ class ClockSteer:
         self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
         self.suspect: set[int] = set()
         """GPUs seen whose lock state is not known (see `known`)."""
+        self.held_series = metrics.degradation.labels("clocks")
+        """GPUs the clock lever holds below the plan's clock."""
         self.shed = ClockShed()
         """The governor's fast lever: clocks held below the plan's where a limit falls under a GPU's draw."""
 
@@ -46,12 +48,12 @@ class ClockSteer:
         mhz, top = self.locked[index]
         return mhz / top
 
-    def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float] | None = None,
-             shedding: frozenset[str] = frozenset(), missing: frozenset[str] = frozenset()) -> None:
+    def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float],
+             shedding: frozenset[str], missing: frozenset[str]) -> None:
         """Lock each GPU at its service's planned clock, or lower where the clock lever holds it: given the limits
-        in force after this tick (by UUID; None: no lever, the plan's clocks alone), the GPUs the governor holds
-        below the plan's cap, and those missing from the listing (counted at their last reading, without one: the
-        lever keeps their holds, nothing is set on them)."""
+        in force after this tick (by UUID), the GPUs the governor holds below the plan's cap, and those missing
+        from the listing (counted at their last reading, without one: the lever keeps their holds, nothing is set
+        on them)."""
         if self.off is not None:
             return
         self.suspect |= {g.index for g in samples if g.uuid not in missing} - self.known
@@ -59,9 +61,8 @@ class ClockSteer:
         def planned(g: GpuSample) -> float | None:
             return None if g.service is None else plan.clock_fraction(g.service, g.variant)
 
-        holds = {} if limits_w is None else self.shed.step(samples, limits_w, shedding, lambda g: self.share(g.index),
-                                                             lambda g: planned(g) or 1.0)
-        self.metrics.degradation.labels("clocks").set(len(holds))
+        holds = self.shed.step(samples, limits_w, shedding, lambda g: self.share(g.index), lambda g: planned(g) or 1.0)
+        self.held_series.set(len(holds))
         for g in samples:
             if g.uuid in missing:
                 continue
@@ -116,4 +117,4 @@ class ClockSteer:
                 log.warning("unlocking GPU %d's clock: %s", index, exc)
         self.locked.clear()
         self.shed.holds.clear()
-        self.metrics.degradation.labels("clocks").set(0)
+        self.held_series.set(0)

@@ -141,7 +141,8 @@ class Controller:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
-            self.draining.pop(gone, None)
+            for table in (self.draining, self.variants, self.kv_tokens):
+                table.pop(gone, None)
 
     def _count(self, kind: str, message: str) -> None:
         """Log and count a failure the fast loop survived."""

@@ -87,7 +87,8 @@ class FastLoop:
             self.retry_afresh = False
             self.retry.forget()
         try:
-            samples = self.gpus.sample(now)
+            samples = [replace(g, power_w=None) if g.power_w is not None and not math.isfinite(g.power_w) else g
+                       for g in self.gpus.sample(now)]  # a NaN or infinite reading is none, here for every reader
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
         except Exception as exc:  # any source failure is survived; after a few, safe caps
@@ -105,7 +106,7 @@ class FastLoop:
             self.metrics.failsafe.set(0.0)
             samples, missing = self._with_missing(samples)
             self.samples = samples
-            self._govern(now, samples, missing)
+            self._govern(now, samples, missing, self.plan)  # one plan for the whole tick, whatever the slow loop swaps
         self.cycle.observe(time.perf_counter() - started)
 
     def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
@@ -122,7 +123,7 @@ class FastLoop:
         self.seen.update((g.uuid, g) for g in samples)
         return samples + missing, frozenset(self.missing)
 
-    def _govern(self, now: float, samples: list[GpuSample], missing: frozenset[str]) -> None:
+    def _govern(self, now: float, samples: list[GpuSample], missing: frozenset[str], plan: Plan) -> None:
         m = self.metrics
         total = 0.0
         for g in samples:
@@ -140,9 +141,9 @@ class FastLoop:
                 series.clock.set(g.sm_clock_mhz)
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
-        self._record_draws(samples)
+        self._record_draws(samples, plan)
         pinned = missing | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
-        limits = self.governor.step(samples, self.plan, pinned)
+        limits = self.governor.step(samples, plan, pinned)
         by_index = {g.index: g for g in samples if g.uuid not in missing}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
@@ -154,13 +155,13 @@ class FastLoop:
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}
             after = {g.uuid: applied.get(g.uuid) or cuts.get(g.uuid) or g.power_limit_w for g in samples}
-            self.clocks.step(now, samples, self.plan, after,
-                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid])), missing)
+            self.clocks.step(now, samples, plan, after,
+                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid], plan)), missing)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
-    def _held_down(self, g: GpuSample, limit_w: float) -> bool:
+    def _held_down(self, g: GpuSample, limit_w: float, plan: Plan) -> bool:
         """Whether the governor holds a GPU below its plan's cap (a cut, or a limit the budget squeezes under it)."""
-        cap = self.plan.cap_w(g.service, g.variant) if g.service else None
+        cap = plan.cap_w(g.service, g.variant) if g.service else None
         return self.governor.cut_w.get(g.uuid, 0.0) > 0 or (cap is not None and limit_w < cap - 1.0)
 
     def _set(self, now: float, g: GpuSample, watts: float) -> float | None:
@@ -201,19 +202,19 @@ class FastLoop:
                         else g
                         for g in self.samples]
 
-    def _record_draws(self, samples: list[GpuSample]) -> None:
+    def _record_draws(self, samples: list[GpuSample], plan: Plan) -> None:
         """Per service, its GPUs' mean draw and mean limit at this tick, and whether the governor held any of
         them down (read before this tick's step: the limits the reading ran under)."""
         by_service: dict[str, list[GpuSample]] = {}
         for g in samples:
-            if g.service is not None and g.power_w is not None and math.isfinite(g.power_w):
+            if g.service is not None and g.power_w is not None:
                 by_service.setdefault(g.service, []).append(g)
         cut = self.governor.cut_w
 
         def held(g: GpuSample) -> bool:
             """Cut by the governor, or drawing against a limit it set below the plan's cap (a limit with room
             over the draw holds nothing down: the draw is the load's own)."""
-            return cut.get(g.uuid, 0.0) > 0 or (self._held_down(g, g.power_limit_w) and pressed(g))
+            return cut.get(g.uuid, 0.0) > 0 or (self._held_down(g, g.power_limit_w, plan) and pressed(g))
 
         held_gpus = 0
         for service, gpus in by_service.items():

@@ -52,6 +52,15 @@ def test_a_hold_starts_where_the_limit_falls_under_the_draw_and_ends_at_the_plan
     assert shed.holds == {}  # ...and released once the plan's clock is reached
 
 
+def test_a_reading_past_what_the_gpu_can_draw_sheds_no_more_than_its_maximum_would() -> None:
+    """One glitched reading (5,000 W on a 700 W GPU) counts as the GPU's maximum: it would otherwise send the hold
+    to the floor, and the clock would take six ticks to climb back."""
+    glitched, at_peak = ClockShed(min_share=0.3), ClockShed(min_share=0.3)
+    hold = glitched.step([gpu(5000.0, 600.0)], {"GPU-a": 300.0}, {"GPU-a"}, lambda g: 1.0, lambda g: 1.0)[0]
+    assert hold == at_peak.step([gpu(700.0, 600.0)], {"GPU-a": 300.0}, {"GPU-a"}, lambda g: 1.0, lambda g: 1.0)[0]
+    assert hold > 0.3
+
+
 def test_a_lock_lost_in_force_does_not_raise_the_hold() -> None:
     shed = ClockShed(min_share=0.3)
     first = shed.step([gpu(500.0, 600.0)], {"GPU-a": 300.0}, {"GPU-a"}, lambda g: 1.0, lambda g: 1.0)[0]

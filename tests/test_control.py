@@ -152,3 +152,13 @@ def test_the_plan_leaves_the_governors_headroom_and_its_margin_free(tmp_path: Pa
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(power, mode="caps")))
     ctl.tick_slow(15.0)  # the slow loop adopts the new settings at its next tick
     assert ctl._problem().budget_w == power.budget_w * (1 - power.headroom)  # caps cannot pass the threshold
+
+
+def test_a_service_the_config_drops_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Its assignment, variants and cache sizes go with it: nothing a later cycle would read for a service gone."""
+    ctl, _, _ = controller(tmp_path)
+    s = ctl.settings
+    ctl.reconfigure(dataclasses.replace(s, services=tuple(svc for svc in s.services if svc.name != "code")))
+    ctl.tick_slow(15.0)  # settings are adopted at the start of a slow tick
+    assert all("code" not in table for table in (ctl.assignments, ctl.variants, ctl.kv_tokens, ctl.draining))
+    assert "chat" in ctl.variants and "chat" in ctl.kv_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import socket
 import threading
 import time
@@ -188,22 +189,26 @@ def test_dry_run_keeps_a_bounded_history_and_logs_only_changes() -> None:
 
 
 class LosingGpus:
-    """The simulated host's GPU source, failing from tick `lose_at` to tick `back_at`."""
+    """The simulated host's GPU source, failing from tick `lose_at` to tick `back_at`: raising, or listing every GPU
+    with a NaN reading (`nan`)."""
 
-    def __init__(self, inner: object, lose_at: float, back_at: float) -> None:
-        self.inner, self.lose_at, self.back_at = inner, lose_at, back_at
+    def __init__(self, inner: object, lose_at: float, back_at: float, nan: bool = False) -> None:
+        self.inner, self.lose_at, self.back_at, self.nan = inner, lose_at, back_at, nan
 
     def sample(self, now: float) -> list[GpuSample]:
-        if self.lose_at <= now < self.back_at:
+        losing = self.lose_at <= now < self.back_at
+        if losing and not self.nan:
             raise OSError("DCGM exporter unreachable")
-        return self.inner.sample(now)  # type: ignore[attr-defined, no-any-return]
+        listing: list[GpuSample] = self.inner.sample(now)  # type: ignore[attr-defined]
+        return [dataclasses.replace(g, power_w=math.nan) for g in listing] if losing else listing
 
 
-def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Callable[..., Path]) -> None:
+@pytest.mark.parametrize("nan", [False, True], ids=["source-down", "nan-readings"])
+def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Callable[..., Path], nan: bool) -> None:
     s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
     ctl, advance, registry = sim_controller(s)
     host_gpus = ctl.fast.gpus
-    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 30.0)
+    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 30.0, nan)
     for t in range(1, 40):
         advance(float(t))
         ctl.tick_fast(float(t))
