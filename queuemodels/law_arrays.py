@@ -25,7 +25,8 @@ Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]
 Base = tuple[ServiceParams, Load, PowerProfile | None]
 """What many points share: parameters, the load's token mix (its rate is not read) and the power profile."""
-FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share", "residual_ms", "wait_scale")
+FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share", "residual_ms", "wait_scale",
+          "prompt_cv")
 
 
 PROFILE_FIELDS = ("idle_power_w", "max_power_w", "knee_fraction", "busy_share", "batch_half", "prefill_sensitivity",
@@ -47,9 +48,10 @@ class Bases(tuple[Base, ...]):
 
     @cached_property
     def loads(self) -> Floats:
-        """Each base's decode_and_prompt (d0, d1, c_p), out_tokens and out_cv, a row per base."""
-        rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv) for params, load, _ in self]
-        return np.array(rows, dtype=float).reshape(len(rows), 5)
+        """Each base's decode_and_prompt (d0, d1, c_p), out_tokens, out_cv and in_cv, a row per base."""
+        rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv, load.in_cv)
+                for params, load, _ in self]
+        return np.array(rows, dtype=float).reshape(len(rows), 6)
 
     @cached_property
     def affine(self) -> Bools:
@@ -138,6 +140,7 @@ class LawArrays(NamedTuple):
     residual_share: Floats
     residual_ms: Floats
     wait_scale: Floats
+    prompt_cv: Floats
     affine: Bools
 
     @classmethod
@@ -164,7 +167,8 @@ class LawArrays(NamedTuple):
 def _per_point(points: Points) -> dict[str, Floats]:
     """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
     clock (factors of 1), as the scalar law reads it."""
-    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv"), points.bases.loads[points.base].T, strict=True))
+    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv", "in_cv"), points.bases.loads[points.base].T,
+                   strict=True))
     names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
     out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
     profiled = ~np.isnan(out["peak"])
@@ -220,5 +224,5 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     d0, d1 = d0 * stretch, slope * stretch
     built = (phi < 0.99) & points.bases.affine[points.base]
     laws = LawArrays(c_p * (1.0 + phi**2) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
-                     np.full(len(n), 0.5), phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, built.copy())
+                     np.full(len(n), 0.5), phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, v["in_cv"], built.copy())
     return laws, built

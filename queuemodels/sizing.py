@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from queuemodels.law_arrays import Bools, Floats, ManyLawFn, Points, laws_of
-from queuemodels.operating_point import meets
+from queuemodels.operating_point import PROB_OF, meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.stacked import solve_together
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
@@ -54,20 +54,20 @@ def within_targets(
 
 def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = capped_law,
                       many: ManyLawFn | None = None) -> Bools:
-    """`within_targets` at every point, `targets` per base: under a mean target the points' chains are solved
-    together (queuemodels.stacked), a percentile target or a point the stacked solve leaves out is checked on its
-    own."""
+    """`within_targets` at every point, `targets` per base: the points' chains solved together (queuemodels.stacked)
+    and read for their means or, under a percentile target, the shares over it (queuemodels.stacked_tails); a point
+    the stacked solve leaves out is checked on its own."""
     out = np.zeros(len(points.rates_rps), dtype=bool)
-    mean = np.array([t.statistic == "mean" for t in targets], dtype=bool)[points.base]
-    for i in np.flatnonzero(~mean).tolist():
-        params, load, shape, profile = points.point(i)
-        out[i] = within_targets(params, load, shape, targets[points.base[i]], profile, law_fn)
-    carried = np.flatnonzero(mean & (_surpluses(points, law_fn, many) >= 0.0))
+    carried = np.flatnonzero(_surpluses(points, law_fn, many) >= 0.0)
     some = points.take(carried)
-    built, has, together = solve_together(law_fn, many, some, draws=False)
-    ttft_ms, itl_ms = (np.array([getattr(t, f) for t in targets], dtype=float)[some.base]
-                       for f in ("ttft_ms", "itl_ms"))
-    out[carried] = together.covered & (together.ttft_ms <= ttft_ms) & (together.itl_ms <= itl_ms)
+    per_base = np.array([(t.ttft_ms, t.itl_ms, 1.0 - PROB_OF.get(t.statistic, 0.0)) for t in targets], dtype=float)
+    ttft_ms, itl_ms, allowed = per_base.reshape(len(targets), 3)[some.base].T
+    mean = allowed >= 1.0  # a mean target (a percentile's allows less than all)
+    built, has, together = solve_together(law_fn, many, some, draws=False,
+                                          limits=(ttft_ms, itl_ms) if not mean.all() else None)
+    out[carried] = together.covered & np.where(
+        mean, (together.ttft_ms <= ttft_ms) & (together.itl_ms <= itl_ms),
+        (together.ttft_over <= allowed) & (together.itl_over <= allowed))
     for j in np.flatnonzero(has & ~together.covered).tolist():  # as `_feasible` checks it, one by one
         params, load, shape, profile = some.point(j)
         with contextlib.suppress(ModelInputError):

@@ -22,8 +22,11 @@ from numpy.typing import NDArray
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
 from queuemodels.law_arrays import Bools, Floats, LawArrays, ManyLawFn, Points, laws_of
 from queuemodels.service_time import LawFn, StepLaw
+from queuemodels.stacked_tails import Chains, itl_exceedances, ttft_exceedances
 from queuemodels.types import ModelInputError
 
+Limits = tuple[Floats, Floats]
+"""TTFT and ITL limits (ms) per point, for the shares of requests and tokens over them."""
 HEAD_MASS = 1e-17
 """Share of a chain's mass the states left out of a light point's span may hold: below a float's resolution."""
 BLOCK_STATES = 1 << 17
@@ -42,13 +45,18 @@ class Figures(NamedTuple):
     """The prompt's own steps at the batch it joins: TTFT less the queueing."""
     power_w: Floats
     covered: NDArray[np.bool_]
+    ttft_over: Floats
+    """P(TTFT > the point's limit), where limits were asked (queuemodels.stacked_tails)."""
+    itl_over: Floats
+    """P(ITL > the point's limit), likewise."""
 
 
-def solve_together(law_fn: LawFn, many: ManyLawFn | None, points: Points, draws: bool = True) -> tuple[
-        dict[int, StepLaw], Bools, Figures]:
+def solve_together(law_fn: LawFn, many: ManyLawFn | None, points: Points, draws: bool = True,
+                   limits: Limits | None = None) -> tuple[dict[int, StepLaw], Bools, Figures]:
     """The points' laws at their offered rates, built as arrays by `many` where it can and by `law_fn` one by
     one otherwise (those returned, by point), which points have one (a rate the model cannot take has none),
-    and their figures solved together; `draws=False` leaves the draw NaN (a latency check needs none)."""
+    and their figures solved together; `draws=False` leaves the draw NaN (a latency check needs none); `limits`
+    (TTFT and ITL ms per point) asks for the shares of requests and tokens over them."""
     tops = points.tops()
     laws, has = laws_of(many, points, tops)
     built = {}
@@ -60,12 +68,13 @@ def solve_together(law_fn: LawFn, many: ManyLawFn | None, points: Points, draws:
             continue
         laws.put(i, built[i])
         has[i] = True
-    return built, has, mean_figures(laws, has, points, tops, draws)
+    return built, has, mean_figures(laws, has, points, tops, draws, limits)
 
 
-def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draws: bool = True) -> Figures:
+def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draws: bool = True,
+                 limits: Limits | None = None) -> Figures:
     """The means of `analyze(..., tails=False)` at each point with a law (`has`), at its KV-bound batch `tops`,
-    the draw at its base's profile."""
+    the draw at its base's profile, and the exceedances of `limits` where given."""
     k = len(tops)
     queue = points.queues
     t0, t1, top, lam = laws.t0, laws.t1, tops, points.rates_rps / 1000.0
@@ -80,7 +89,7 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     capacity = np.where(queue < 0, tail, np.where(short, top + queue, np.minimum(top + queue, tail)))
     covered = laws.affine & light & (short | (tail <= MAX_STATES))
     nan = np.full(k, np.nan)
-    out = Figures(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), covered)
+    out = Figures(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), covered, nan.copy(), nan.copy())
     if not covered.any():
         return out
     covered_idx = np.flatnonzero(covered)
@@ -89,7 +98,7 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     ends = np.cumsum(span[covered_idx])  # a block of states at a time: a fleet's are many times the caches
     for idx in np.split(covered_idx, np.searchsorted(ends, np.arange(BLOCK_STATES, ends[-1], BLOCK_STATES))):
         _solve_block(out, laws, points, idx, lam[idx], top[idx], span[idx], rho[idx], capacity[idx] - top[idx],
-                     queue[idx], draws)
+                     queue[idx], draws, limits)
     return out
 
 
@@ -108,7 +117,8 @@ def _span(lam_t0: Floats, lam_t1: Floats, top: Floats) -> Floats:
 
 
 def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats, top: Floats,
-                 span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool) -> None:
+                 span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
+                 limits: Limits | None) -> None:
     """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered); the
     states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
     t0, t1 = laws.t0[idx], laws.t1[idx]
@@ -142,7 +152,13 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
     if draws:
         power = _draws(points, idx, row, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx], starts,
                        ends - 1)
-    for column, values in zip(out[:5], (in_system, ttft, itl, prefill, power), strict=True):
+    ttft_over = itl_over = np.full(len(idx), np.nan)
+    if limits is not None:
+        chains = Chains(LawArrays._make(f[idx] for f in laws), row, b, head, starts, idle, total, last, tail0, top, rho,
+                        tail_len, lam, block)
+        ttft_over, itl_over = ttft_exceedances(chains, limits[0][idx]), itl_exceedances(chains, limits[1][idx])
+    for column, values in zip((*out[:5], out.ttft_over, out.itl_over),
+                              (in_system, ttft, itl, prefill, power, ttft_over, itl_over), strict=True):
         column[idx] = np.where(fine, values, np.nan)
     out.covered[idx[~fine]] = False
 

@@ -13,7 +13,11 @@ from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, Servic
 from queuemodels.accelerators import CATALOG
 from queuemodels.law_arrays import FIELDS, Bases, Points, continuous_laws
 from queuemodels.service_time import continuous_law
+from queuemodels.analyzer import MODELS
+from queuemodels.chain import means
+from queuemodels.operating_point import solve_chain
 from queuemodels.stacked import _span, solve_together
+from queuemodels.tails import GROUPS, itl_exceedance, ttft_exceedance
 
 H100 = CATALOG["H100-SXM"]
 L40S = CATALOG["L40S"]
@@ -69,6 +73,43 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
     rows = [(params, load.at_rate(rate), shape, profile) for shape, rate in pts]
     together = get_model(model).within_targets_of(Points.of(rows), [targets] * len(rows))
     assert together.tolist() == [get_model(model).within_targets(p, ld, s, targets, pr) for p, ld, s, pr in rows]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2]),
+       st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000, 0.0, 0.5)]),
+       st.sampled_from([H100, L40S, None]), points, st.floats(20.0, 4000.0), st.floats(10.0, 400.0))
+def test_shares_over_a_limit_read_together_as_alone(model: str, params: ServiceParams, load: Load,
+                                                    profile: PowerProfile | None, pts: list[tuple[ServerShape, float]],
+                                                    ttft_ms: float, itl_ms: float) -> None:
+    """P(TTFT > t) and P(ITL > t) of stacked chains (what a percentile target is checked on) are tails' of each
+    chain solved alone."""
+    rows = [(params, load.at_rate(rate), shape, profile) for shape, rate in pts]
+    chain_model = MODELS[model]
+    limits = np.full(len(rows), ttft_ms), np.full(len(rows), itl_ms)
+    _, _, together = solve_together(chain_model.law, chain_model.many, Points.of(rows), draws=False, limits=limits)
+    for i in np.flatnonzero(together.covered).tolist():
+        p, ld, shape, pr = Points.of(rows).point(i)
+        law = chain_model.law(p, ld, pr, shape)
+        chain = solve_chain(law, shape, ld.rate_rps)
+        assert math.isclose(together.ttft_over[i], ttft_exceedance(chain, law, ttft_ms), rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(together.itl_over[i], itl_exceedance(chain, law, means(chain).throughput_per_ms, itl_ms),
+                            rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
+    """A light load on a large batch spreads arrivals over more free states than tails' GROUPS: the stacked read
+    merges them into the same runs (a share over the limit strictly between 0 and 1, so the mixture matters)."""
+    rows = [(GEN1, Load(rate, 800, 200, 1.0), ServerShape(512, None), H100) for rate in (5.0, 10.0, 20.0)]
+    chain_model = MODELS["mm1k-cb"]
+    limits = np.full(3, 60.0), np.full(3, 60.0)
+    _, _, together = solve_together(chain_model.law, chain_model.many, Points.of(rows), draws=False, limits=limits)
+    assert together.covered.all() and ((together.ttft_over > 1e-3) & (together.ttft_over < 0.999)).all()
+    for i, (p, ld, shape, pr) in enumerate(rows):
+        law = chain_model.law(p, ld, pr, shape)
+        chain = solve_chain(law, shape, ld.rate_rps)
+        assert int((chain.p[:512] > 1e-12 * chain.p[:512].max()).sum()) > GROUPS
+        assert math.isclose(together.ttft_over[i], ttft_exceedance(chain, law, 60.0), rel_tol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)

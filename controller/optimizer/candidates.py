@@ -27,7 +27,7 @@ import numpy as np
 
 from controller.optimizer.clocks import shape_choices, sure_savings
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from controller.optimizer.sizing import Sizer, size_together
+from controller.optimizer.sizing import Shapes, Sizer, size_together
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
 from queuemodels.law_arrays import Bases, Floats, Points
@@ -62,6 +62,24 @@ def _shapes(problem: Problem, acc: AcceleratorType, profile: PowerProfile) -> li
     return out
 
 
+_kinds: dict[tuple[object, ...], tuple[dict[Shape, ServerShape], Shapes]] = {}
+"""Each kind's shapes from one cycle to the next: the same objects, so the brackets kept by them are found by
+identity."""
+
+
+def _kind_shapes(problem: Problem, acc: AcceleratorType, profile: PowerProfile,
+                 max_queue: int | None) -> tuple[dict[Shape, ServerShape], Shapes]:
+    """The shapes worth sizing of one accelerator, profile and queue bound (`_shapes`), as the queue model takes
+    them."""
+    key = (acc.profile, profile, max_queue, problem.batch_sizes, problem.power_levels, problem.clock_levels)
+    if key not in _kinds:
+        if len(_kinds) > 10_000:
+            _kinds.clear()
+        shapes = {s: ServerShape(s[0], max_queue, s[1], s[2]) for s in _shapes(problem, acc, profile)}
+        _kinds[key] = shapes, Shapes(shapes.values())
+    return _kinds[key]
+
+
 def _scores(problem: Problem, cost: Floats, power_w: Floats, in_system: Floats, served_rps: Floats,
             out_tokens: Floats) -> Floats:
     """Each candidate's score under the objective: token speed is T_i / C_i, tokens per second per request."""
@@ -90,6 +108,8 @@ class Pair(NamedTuple):
     """The most replicas it may run there."""
     shapes: dict[Shape, ServerShape]
     """Its shapes worth sizing (`_shapes`), each as the queue model takes it."""
+    sized: Shapes
+    """The same, in order, as its brackets are kept by."""
 
 
 def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[tuple[list[Candidate],
@@ -182,7 +202,7 @@ def _partials(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     pool = list(needs)
     if known:
         fewest = (s for s, n in needs.items() if n == min(known))
-        brackets = sizer.brackets_of(list(pair.shapes.values()))  # those the shapes were sized with
+        brackets = sizer.brackets_of(pair.sized)  # those the shapes were sized with
         pool = [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
     rates = {s: sizer.rate_per_replica(pair.shapes[s]) for s in pool}
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
@@ -224,19 +244,18 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     """Every service's candidates on every accelerator it may run on: every pair's shapes sized together
     (`size_together`), then their full candidates valued together, then the spare and partial ones."""
     pairs = []
-    kinds: dict[tuple[str, PowerProfile, int | None], dict[Shape, ServerShape]] = {}  # most services share theirs
+    kinds: dict[tuple[str, PowerProfile, int | None], tuple[dict[Shape, ServerShape], Shapes]] = {}
     for i, svc in enumerate(problem.services):
         for acc in problem.accelerators:
             if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
                 continue
             profile = svc.profile(acc)
             kind = (acc.name, profile, svc.max_queue)
-            if kind not in kinds:
-                kinds[kind] = {s: ServerShape(s[0], svc.max_queue, s[1], s[2]) for s in _shapes(problem, acc, profile)}
-            shapes = kinds[kind]
+            if kind not in kinds:  # most services share theirs
+                kinds[kind] = _kind_shapes(problem, acc, profile, svc.max_queue)
             pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile),
-                              min(svc.max_replicas, acc.count // acc.gpus_per_replica), shapes))
-    sized = size_together(problem.queue_model, [(p.sizer, list(p.shapes.values()), p.most) for p in pairs])
+                              min(svc.max_replicas, acc.count // acc.gpus_per_replica), *kinds[kind]))
+    sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs])
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
     full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
     least = problem.clock_min_saving

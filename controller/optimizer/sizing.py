@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +24,18 @@ from queuemodels.law_arrays import Base, Bases, Bools, Floats, Points
 
 MAX_KEPT = 100_000
 """Entries kept per table (brackets: least recently used dropped first): a fleet of 1,000 services, several times."""
+
+
+class Shapes(tuple[ServerShape, ...]):
+    """One service's shapes on one accelerator, hashed once: every bracket is looked up by them, and a tuple of
+    dozens of dataclasses rehashes each field of each on every lookup."""
+
+    @cached_property
+    def _hash(self) -> int:
+        return super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass
@@ -55,7 +67,7 @@ class Brackets:
 _bases: dict[object, int] = {}
 """What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
 power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
-_brackets: OrderedDict[tuple[int, tuple[ServerShape, ...]], Brackets] = OrderedDict()
+_brackets: OrderedDict[tuple[int, Shapes], Brackets] = OrderedDict()
 _max_rates: dict[tuple[int, ServerShape], float] = {}
 """Each (basis, shape)'s max rate, where one was asked (`Sizer.rate_per_replica`)."""
 _guesses: dict[tuple[int, ServerShape], float] = {}
@@ -74,7 +86,7 @@ def _numbers(*keys: object) -> list[int]:
     return [_bases.setdefault(key, len(_bases)) for key in keys]
 
 
-Job = tuple["Sizer", list[ServerShape], int]
+Job = tuple["Sizer", Sequence[ServerShape], int]
 """One service's shapes on one accelerator to size, and the most replicas it may run."""
 
 
@@ -156,7 +168,7 @@ class Sizer:
                                                              self.profile)
         return _max_rates[key]
 
-    def search(self, shapes: list[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
+    def search(self, shapes: Sequence[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
             Generator[list[tuple[ServerShape, float]], Bools, list[int | None]]:
         """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
         None where `most` do not. `opening`: the shapes' brackets and what they answer (`_from_brackets`). The
@@ -212,9 +224,9 @@ class Sizer:
         """The need of one shape."""
         return size_together(self.model, [(self, [shape], most)])[0][0]
 
-    def brackets_of(self, shapes: list[ServerShape]) -> Brackets:
+    def brackets_of(self, shapes: Sequence[ServerShape]) -> Brackets:
         """What is known of these shapes' max rates for this service's basis (kept from earlier cycles)."""
-        key = (self.basis, tuple(shapes))
+        key = (self.basis, shapes if isinstance(shapes, Shapes) else Shapes(shapes))
         brackets = _brackets.get(key)
         if brackets is None:
             brackets = _brackets[key] = Brackets.unknown(key[1])
