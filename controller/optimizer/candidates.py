@@ -131,18 +131,17 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
     per_gpu_w = np.array([spec[1] for _, spec in flat]) if problem.budget_mode == "caps" else figures.power_w
     cost = gpus * price
     score = _scores(problem, cost, gpus * per_gpu_w, replicas * figures.in_system, served, out_tokens)
-    columns = (figures.covered, gpus.astype(int), gpus * (per_gpu_w - idle_w), cost, np.maximum(0.0, rate_rps - served),
-               score, gpus * figures.power_w)
-    out: list[list[Candidate]] = [[] for _ in pairs]
-    draws_w: list[list[float]] = [[] for _ in pairs]
-    for (j, (batch, cap_w, clock, n, served_rps, spare)), covered, g, power_w, c, short, v, draw_w in zip(
-            flat, *(col.tolist() for col in columns), strict=True):
-        if covered:
-            pair = pairs[j]
-            out[j].append(Candidate(pair.service, _assignment(pair.acc.name, n, batch, cap_w, clock), g, power_w, c,
-                                    served_rps, short, v, spare=spare))
-            draws_w[j].append(draw_w)
-    return list(zip(out, draws_w, strict=True))
+    keep = figures.covered
+    columns = (gpus.astype(int), gpus * (per_gpu_w - idle_w), cost, np.maximum(0.0, rate_rps - served), score)
+    kept = [(pairs[j].service, pairs[j].acc.name, spec) for (j, spec), covered in zip(flat, keep.tolist(), strict=True)
+            if covered]
+    made = [Candidate(service, _assignment(acc, n, batch, cap_w, clock), g, power_w, c, served_rps, short, v, 0.0,
+                      spare)
+            for (service, acc, (batch, cap_w, clock, n, served_rps, spare)), g, power_w, c, short, v in zip(
+                kept, *(col[keep].tolist() for col in columns), strict=True)]
+    draws = (gpus * figures.power_w)[keep].tolist()
+    ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # `flat` runs pair by pair
+    return [(made[a:b], draws[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:
@@ -312,15 +311,13 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     price = energy_price(problem, candidates)
     weights = shed_weights(problem, scale)
     out, shed = [], []
+    make, penalty, floor = Candidate._make, problem.transition_penalty, 1e-3 * scale
     for svc, cs in zip(problem.services, candidates, strict=True):
         w = weights[svc.priority]
-        share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
-        row = []
-        for c in cs:
-            v = c.score - price * c.power_w - w * c.short_rps * share
-            v -= problem.transition_penalty * max(abs(c.score), 1e-3 * scale) * _changes(svc.current, c.assignment)
-            row.append(c.valued(v))
-        out.append(row)
+        per_short = w / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
+        now = svc.current
+        out.append([make((*c[:8], c.score - price * c.power_w - per_short * c.short_rps - (
+            penalty * max(abs(c.score), floor) * _changes(now, c.assignment) if now else 0.0), c.spare)) for c in cs])
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
     return out, shed
 
