@@ -10,11 +10,11 @@ import numpy as np
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.kv_cache import fitting_shape
-from queuemodels.law_arrays import Bools, ManyLawFn, Points, continuous_laws
+from queuemodels.law_arrays import Bools, Floats, ManyLawFn, Points, continuous_laws
 from queuemodels.operating_point import evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
-from queuemodels.sizing import max_rate, saturation_rps, within_targets, within_targets_of
+from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
 from queuemodels.stacked import Figures, solve_together
 from queuemodels.types import (
     Load,
@@ -87,6 +87,9 @@ class QueueModel(Protocol):
     def figures_of(self, points: Points, draws: bool = True) -> Figures: ...
 
     def within_targets_of(self, points: Points, targets: Sequence[Targets]) -> Bools: ...
+
+    def max_rates_of(self, points: Points, targets: Sequence[Targets], fits_rps: Floats | None = None,
+                     misses_rps: Floats | None = None) -> Floats: ...
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,12 @@ class ChainModel:
         """`within_targets` at many points (a sizing round's), `targets` per base, solved together where the
         targets allow."""
         return within_targets_of(points, targets, self.law, self.many)
+
+    def max_rates_of(self, points: Points, targets: Sequence[Targets], fits_rps: Floats | None = None,
+                     misses_rps: Floats | None = None) -> Floats:
+        """`max_rate` at many points (their rates are not read), `targets` per base, from rates known to fit and
+        known not to where given: a few stacked calls for all of them."""
+        return max_rates_of(points, targets, self.law, self.many, fits_rps=fits_rps, misses_rps=misses_rps)
 
     def figures_of(self, points: Points, draws: bool = True) -> Figures:
         """`analyze`'s means (tails=False) at many points at once, as a plan values its candidates (solved

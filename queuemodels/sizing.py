@@ -63,8 +63,8 @@ def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn 
     per_base = np.array([(t.ttft_ms, t.itl_ms, 1.0 - PROB_OF.get(t.statistic, 0.0)) for t in targets], dtype=float)
     ttft_ms, itl_ms, allowed = per_base.reshape(len(targets), 3)[some.base].T
     mean = allowed >= 1.0  # a mean target (a percentile's allows less than all)
-    built, has, together = solve_together(law_fn, many, some, draws=False,
-                                          limits=(ttft_ms, itl_ms) if not mean.all() else None)
+    built, has, together = solve_together(law_fn, many, some, draws=False, limits=(
+        np.where(mean, np.nan, ttft_ms), itl_ms) if not mean.all() else None)
     out[carried] = together.covered & np.where(
         mean, (together.ttft_ms <= ttft_ms) & (together.itl_ms <= itl_ms),
         (together.ttft_over <= allowed) & (together.itl_over <= allowed))
@@ -151,3 +151,43 @@ def max_rate(
         else:
             high = mid
     return low
+
+
+GRID_RATES = 7
+"""Rates checked per point and round by `max_rates_of`: each round narrows a bracket eightfold in one stacked call."""
+
+
+def max_rates_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = capped_law,
+                 many: ManyLawFn | None = None, rel_tol: float = 1e-4, fits_rps: Floats | None = None,
+                 misses_rps: Floats | None = None) -> Floats:
+    """`max_rate` at every point (its rate is not read), `targets` per base, within the same tolerance: each
+    point's bracket is narrowed GRID_RATES + 1-fold a round, every point's rates checked in one call of
+    `within_targets_of`, so a few calls answer what a bisection per point answers in ~15 solves each. Rates
+    known to fit and known not to (`fits_rps`, `misses_rps`, a sizing's brackets) start the brackets narrower."""
+    k = len(points.rates_rps)
+    low, high = np.zeros(k), np.zeros(k)
+    for i in range(k):  # max_rate's own bracket: a trickle, and just below the saturation rate
+        params, load, shape, profile = points.point(i)
+        low[i] = 0.001 * 1000.0 / float(law_fn(params, load.at_rate(0.0), profile, shape).tau(1.0))
+        high[i] = SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
+    fits = np.zeros(k) if fits_rps is None else fits_rps
+    misses = np.full(k, np.inf) if misses_rps is None else misses_rps
+    low_ok, high_ok = fits >= low, fits >= high
+    check_low, check_high = np.flatnonzero(~low_ok & (misses > low)), np.flatnonzero(~high_ok & (misses > high))
+    asked = np.concatenate([check_low, check_high])
+    answers = within_targets_of(points.take(asked).at_rates(np.concatenate([low[check_low], high[check_high]])),
+                                targets, law_fn, many)
+    low_ok[check_low], high_ok[check_high] = np.split(answers, [len(check_low)])
+    none, top = ~low_ok, low_ok & high_ok  # as max_rate: 0 where a trickle misses, else the top where it fits
+    lo, hi = np.maximum(fits, low), np.minimum(misses, high)
+    steps = np.arange(GRID_RATES)
+    while (open_ := np.flatnonzero(~none & ~top & (hi - lo > rel_tol * hi))).size:
+        grid = lo[open_, None] + (hi - lo)[open_, None] * (steps + 1.0) / (GRID_RATES + 1)
+        ok = within_targets_of(points.take(np.repeat(open_, GRID_RATES)).at_rates(grid.ravel()), targets, law_fn,
+                               many).reshape(len(open_), GRID_RATES)
+        first_miss = np.where(ok.all(axis=1), GRID_RATES, np.argmin(ok, axis=1))  # the rates before it all fit
+        rows = np.arange(len(open_))
+        lo[open_] = np.where(first_miss > 0, grid[rows, np.maximum(first_miss - 1, 0)], lo[open_])
+        hi[open_] = np.where(first_miss < GRID_RATES, grid[rows, np.minimum(first_miss, GRID_RATES - 1)], hi[open_])
+    out: Floats = np.where(none, 0.0, np.where(top, high, lo))
+    return out

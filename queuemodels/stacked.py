@@ -26,7 +26,7 @@ from queuemodels.stacked_tails import Chains, itl_exceedances, ttft_exceedances
 from queuemodels.types import ModelInputError
 
 Limits = tuple[Floats, Floats]
-"""TTFT and ITL limits (ms) per point, for the shares of requests and tokens over them."""
+"""TTFT and ITL limits (ms) per point, for the shares of requests and tokens over them (a NaN TTFT: not asked)."""
 HEAD_MASS = 1e-17
 """Share of a chain's mass the states left out of a light point's span may hold: below a float's resolution."""
 BLOCK_STATES = 1 << 17
@@ -152,11 +152,14 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
     if draws:
         power = _draws(points, idx, row, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx], starts,
                        ends - 1)
-    ttft_over = itl_over = np.full(len(idx), np.nan)
-    if limits is not None:
-        chains = Chains(LawArrays._make(f[idx] for f in laws), row, b, head, starts, idle, total, last, tail0, top, rho,
-                        tail_len, lam, block)
-        ttft_over, itl_over = ttft_exceedances(chains, limits[0][idx]), itl_exceedances(chains, limits[1][idx])
+    ttft_over, itl_over = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
+    if limits is not None and (asked := ~np.isnan(limits[0][idx])).any():  # the rows under a percentile target
+        states, sizes = asked[row], sizes[asked]
+        chains = Chains(LawArrays._make(f[idx[asked]] for f in laws), (np.cumsum(asked) - 1)[row[states]], b[states],
+                        head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
+                            idle, total, last, tail0, top, rho, tail_len, lam, block)))
+        ttft_over[asked] = ttft_exceedances(chains, limits[0][idx[asked]])
+        itl_over[asked] = itl_exceedances(chains, limits[1][idx[asked]])
     for column, values in zip((*out[:5], out.ttft_over, out.itl_over),
                               (in_system, ttft, itl, prefill, power, ttft_over, itl_over), strict=True):
         column[idx] = np.where(fine, values, np.nan)

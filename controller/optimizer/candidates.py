@@ -27,7 +27,7 @@ import numpy as np
 
 from controller.optimizer.clocks import shape_choices, sure_savings
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from controller.optimizer.sizing import Shapes, Sizer, size_together
+from controller.optimizer.sizing import Shapes, Sizer, rates_per_replica, size_together
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
 from queuemodels.law_arrays import Bases, Floats, Points
@@ -189,27 +189,32 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     return out
 
 
-def _partials(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
-    """Fewer replicas than the load needs, on the shape one replica takes most on, each full: what a short
-    budget degrades a service to. That shape is among those needing the fewest replicas (the need falls as the
-    rate rises); of them, the one whose known fitting rate is highest is sized by its max rate. Where no shape
-    carries the load, every shape is."""
-    svc, sizer = problem.services[pair.service], pair.sizer
+def _partial_pool(problem: Problem, pair: Pair, needs: Needs) -> list[Shape]:
+    """The shapes partial candidates may run on (`_partials`): among those needing the fewest replicas (the need
+    falls as the rate rises), the one whose known fitting rate is highest; every shape where none carries the
+    load; none where one replica carries it."""
     known = [n for n in needs.values() if n is not None]
-    if svc.load.rate_rps <= 0 or (known and min(known) == 1):
+    if problem.services[pair.service].load.rate_rps <= 0 or (known and min(known) == 1):
         return []
-    pool = list(needs)
-    if known:
-        fewest = (s for s, n in needs.items() if n == min(known))
-        brackets = sizer.brackets_of(pair.sized)  # those the shapes were sized with
-        pool = [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
-    rates = {s: sizer.rate_per_replica(pair.shapes[s]) for s in pool}
+    if not known:
+        return list(needs)
+    fewest = (s for s, n in needs.items() if n == min(known))
+    brackets = pair.sizer.brackets_of(pair.sized)  # those the shapes were sized with
+    return [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
+
+
+def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Spec]:
+    """Fewer replicas than the load needs, on the shape of the pool (`_partial_pool`, with each one's max rate)
+    one replica takes most on, each full: what a short budget degrades a service to."""
+    if not rates:
+        return []
+    rate_rps = problem.services[pair.service].load.rate_rps
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
     if best_rate <= 0:
         return []
-    most = min(pair.most, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1)
+    most = min(pair.most, math.ceil(rate_rps / best_rate - 1e-9) - 1)
     steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
-    return [(batch, cap, clock, r, min(svc.load.rate_rps, r * best_rate), 0) for r in steps]
+    return [(batch, cap, clock, r, min(rate_rps, r * best_rate), 0) for r in steps]
 
 
 def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
@@ -258,8 +263,12 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
     full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
     least = problem.clock_min_saving
+    pools = [_partial_pool(problem, p, n) for p, n in zip(pairs, needs, strict=True)]
+    rates = iter(rates_per_replica(problem.queue_model, [(p.sizer, p.shapes[s], p.sizer.brackets_of(p.sized))
+                                                         for p, pool in zip(pairs, pools, strict=True) for s in pool]))
     more = [(_spares(problem, p, sure_savings(*f, least)) if problem.objective == "token_speed" else [])
-            + _partials(problem, p, n) for p, f, n in zip(pairs, full, needs, strict=True)]
+            + _partials(problem, p, {s: next(rates) for s in pool})
+            for p, f, pool in zip(pairs, full, pools, strict=True)]
     out: list[list[Candidate]] = [[] for _ in problem.services]
     for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, more), strict=True):
         # a locked clock is kept only where it saves against every free-clock candidate serving as much

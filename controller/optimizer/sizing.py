@@ -158,15 +158,8 @@ class Sizer:
                                                 (model, "guess", targets, profile))
 
     def rate_per_replica(self, shape: ServerShape) -> float:
-        """The largest rate one replica takes within the targets (a bisection: for the few shapes whose rate itself
-        is wanted, the best of an accelerator's and the one in force), kept per basis and shape."""
-        key = (self.basis, shape)
-        if key not in _max_rates:
-            if len(_max_rates) > MAX_KEPT:
-                _max_rates.clear()
-            _max_rates[key] = get_model(self.model).max_rate(self.params, self.per_unit, shape, self.targets,
-                                                             self.profile)
-        return _max_rates[key]
+        """The largest rate one replica takes within the targets on this shape (`rates_per_replica`)."""
+        return rates_per_replica(self.model, [(self, shape, None)])[0]
 
     def search(self, shapes: Sequence[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
             Generator[list[tuple[ServerShape, float]], Bools, list[int | None]]:
@@ -242,6 +235,28 @@ class Sizer:
             if len(_guesses) > MAX_KEPT:
                 _guesses.clear()
             _guesses[(self.guess_basis, shape)] = fits_rps
+
+
+def rates_per_replica(model: str, asks: list[tuple[Sizer, ServerShape, Brackets | None]]) -> list[float]:
+    """Each (sizer, shape)'s max rate per replica (for the few shapes whose rate itself is wanted: the best of an
+    accelerator's, the one in force), kept per basis and shape; those not kept found together in a few stacked
+    calls (`max_rates_of`), from what the shape's brackets, where given, know of it."""
+    if len(_max_rates) > MAX_KEPT:
+        _max_rates.clear()
+    missing: dict[tuple[int, ServerShape], tuple[Sizer, ServerShape, Brackets | None]] = {}
+    for sizer, shape, brackets in asks:
+        if (sizer.basis, shape) not in _max_rates:
+            missing.setdefault((sizer.basis, shape), (sizer, shape, brackets))
+    if missing:
+        sizers = list({id(s): s for s, _, _ in missing.values()}.values())
+        base_of = {id(s): i for i, s in enumerate(sizers)}
+        known = np.array([(b.fits_rps[b.row[shape]], b.misses_rps[b.row[shape]]) if b else (0.0, np.inf)
+                          for _, shape, b in missing.values()], dtype=float).reshape(len(missing), 2)
+        points = Points(Bases(s.base for s in sizers), np.array([base_of[id(s)] for s, _, _ in missing.values()]),
+                        [shape for _, shape, _ in missing.values()], np.ones(len(missing)))
+        rates = get_model(model).max_rates_of(points, [s.targets for s in sizers], known[:, 0], known[:, 1])
+        _max_rates.update(zip(missing, rates.tolist(), strict=True))
+    return [_max_rates[(sizer.basis, shape)] for sizer, shape, _ in asks]
 
 
 def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | float, most: Floats | int) -> tuple[
