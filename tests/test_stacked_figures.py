@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from queuemodels.law_arrays import FIELDS, Bases, Points, continuous_laws
-from queuemodels.service_time import continuous_law
 from queuemodels.analyzer import MODELS
 from queuemodels.chain import means
+from queuemodels.law_arrays import FIELDS, Bases, Points, continuous_laws
 from queuemodels.operating_point import solve_chain
+from queuemodels.service_time import continuous_law
 from queuemodels.stacked import _span, solve_together
 from queuemodels.tails import GROUPS, itl_exceedance, ttft_exceedance
 
@@ -95,6 +95,28 @@ def test_shares_over_a_limit_read_together_as_alone(model: str, params: ServiceP
         assert math.isclose(together.ttft_over[i], ttft_exceedance(chain, law, ttft_ms), rel_tol=1e-9, abs_tol=1e-12)
         assert math.isclose(together.itl_over[i], itl_exceedance(chain, law, means(chain).throughput_per_ms, itl_ms),
                             rel_tol=1e-9, abs_tol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2]),
+       st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
+       st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95")]),
+       st.sampled_from([H100, None]), st.lists(shapes, min_size=1, max_size=5), st.floats(0.5, 1.5))
+def test_max_rates_found_together_are_each_ones_bisection(model: str, params: ServiceParams, load: Load,
+                                                          targets: Targets, profile: PowerProfile | None,
+                                                          shape_list: list[ServerShape], hint: float) -> None:
+    """Within max_rate's tolerance, from no bracket or from a rate known to fit or one known not to (what a sizing's
+    brackets hold)."""
+    rows = [(params, load, shape, profile) for shape in shape_list]
+    chain_model = get_model(model)
+    want = np.array([chain_model.max_rate(*row[:3], targets, profile) for row in rows])
+    alone = chain_model.max_rates_of(Points.of(rows), [targets] * len(rows))
+    fits = np.where(hint < 1.0, want * hint, 0.0)
+    misses = np.where(hint > 1.0, want * hint, np.inf)
+    hinted = chain_model.max_rates_of(Points.of(rows), [targets] * len(rows), fits, misses)
+    for got in (alone, hinted):
+        assert ((got == 0.0) == (want == 0.0)).all()
+        assert np.allclose(got, want, rtol=2e-4, atol=0.0)
 
 
 def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
