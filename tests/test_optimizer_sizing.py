@@ -110,6 +110,26 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
     assert 1 <= cold <= 6 and len(solves) - cold <= 1
 
 
+def test_a_shape_that_carries_no_share_costs_no_solve_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets a shape meets at no rate (a TTFT below its prefill): once its most replicas' share is known to miss,
+    a load a little larger is answered by the bracket alone."""
+    model = get_model("mm1k-cb")
+    solves: list[float] = []
+    real = type(model).within_targets_of
+
+    def counted(self: object, points: Points, targets: list[Targets]) -> Bools:
+        solves.extend(points.rates_rps.tolist())
+        return real(model, points, targets)  # type: ignore[arg-type]
+
+    fresh_tables(monkeypatch)
+    monkeypatch.setattr(type(model), "within_targets_of", counted)
+    shape, targets = ServerShape(64, 1024, 600.0), Targets(5, 40)
+    assert Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), targets, H100).need(shape, 16) is None
+    cold = len(solves)
+    assert Sizer("mm1k-cb", PARAMS, Load(20.6, 800, 200), targets, H100).need(shape, 16) is None
+    assert cold >= 1 and len(solves) == cold
+
+
 @given(st.floats(0.01, 50.0), st.floats(0.01, 50.0), st.floats(0.0, 3.0), st.integers(1, 40))
 def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap: float, rate: float,
                                                              most: int) -> None:
@@ -120,11 +140,14 @@ def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap
         assert share <= fits_rps or share >= fits_rps + gap, "the search needed a solve"
         return share <= fits_rps
 
-    decided, need = sizing._from_brackets(np.array([fits_rps, 0.0]), np.array([fits_rps + gap, np.inf]), load_rps,
-                                          most)
+    decided, need = sizing._from_brackets(np.array([fits_rps, 0.0, 0.0]),
+                                          np.array([fits_rps + gap, np.inf, fits_rps + gap]), load_rps, most)
     assert not decided[1]  # nothing known
     if decided[0]:
         assert (need[0] if need[0] <= most else None) == first_fit(fits, most, 1)
+    # only a rate that misses known: decided exactly where the most replicas' share is at or above it (none fits)
+    assert decided[2] == (load_rps / most >= fits_rps + gap)
+    assert not decided[2] or need[2] == most + 1
 
 
 def test_what_a_shape_list_learnt_outlives_a_search_on_another_shape(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -262,17 +262,22 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs])
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
     full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
-    least = problem.clock_min_saving
+    locked = any(level < 1.0 for level in problem.clock_levels)
+
+    def sure(cs: list[Candidate], draws_w: list[float]) -> list[Candidate]:
+        """A locked clock kept only where it saves against every free-clock candidate serving as much."""
+        return sure_savings(cs, draws_w, problem.clock_min_saving) if locked else cs
+
     pools = [_partial_pool(problem, p, n) for p, n in zip(pairs, needs, strict=True)]
-    rates = iter(rates_per_replica(problem.queue_model, [(p.sizer, p.shapes[s], p.sizer.brackets_of(p.sized))
-                                                         for p, pool in zip(pairs, pools, strict=True) for s in pool]))
-    more = [(_spares(problem, p, sure_savings(*f, least)) if problem.objective == "token_speed" else [])
+    asks = [(p.sizer, p.shapes[s], brackets) for p, pool in zip(pairs, pools, strict=True) if pool
+            for brackets in (p.sizer.brackets_of(p.sized),) for s in pool]
+    rates = iter(rates_per_replica(problem.queue_model, asks))
+    more = [(_spares(problem, p, sure(*f)) if problem.objective == "token_speed" else [])
             + _partials(problem, p, {s: next(rates) for s in pool})
             for p, f, pool in zip(pairs, full, pools, strict=True)]
     out: list[list[Candidate]] = [[] for _ in problem.services]
     for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, more), strict=True):
-        # a locked clock is kept only where it saves against every free-clock candidate serving as much
-        out[pair.service] += sure_savings(cs + extra, draws + extra_draws, least)
+        out[pair.service] += sure(cs + extra, draws + extra_draws)
     return out
 
 

@@ -36,8 +36,6 @@ def sure_savings(candidates: list[Candidate], draws_w: list[float], min_saving: 
     energy per request of a candidate at the free clock serving as much. The whole draw counts, whatever the
     budget mode: a lower clock bought with one more replica pays that GPU's idle draw. A locked candidate that no
     free one serves as much as is kept (nothing says it costs energy)."""
-    if all(c.assignment.sm_clock_fraction is None for c in candidates):  # the default single level: none locked
-        return candidates
     per_request = [w / max(c.served_rps, 1e-9) for c, w in zip(candidates, draws_w, strict=True)]
     free = [(c.served_rps, w) for c, w in zip(candidates, per_request, strict=True)
             if c.assignment.sm_clock_fraction is None]

@@ -237,7 +237,7 @@ class Sizer:
             _guesses[(self.guess_basis, shape)] = fits_rps
 
 
-def rates_per_replica(model: str, asks: list[tuple[Sizer, ServerShape, Brackets | None]]) -> list[float]:
+def rates_per_replica(model: str, asks: Sequence[tuple[Sizer, ServerShape, Brackets | None]]) -> list[float]:
     """Each (sizer, shape)'s max rate per replica (for the few shapes whose rate itself is wanted: the best of an
     accelerator's, the one in force), kept per basis and shape; those not kept found together in a few stacked
     calls (`max_rates_of`), from what the shape's brackets, where given, know of it."""
@@ -262,8 +262,8 @@ def rates_per_replica(model: str, asks: list[tuple[Sizer, ServerShape, Brackets 
 def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | float, most: Floats | int) -> tuple[
         Bools, NDArray[np.int64]]:
     """Per shape, whether its bracket alone answers, and the need where it does: n replicas' shares are known to
-    fit and n - 1's known not to (or n is 1), so no search is needed, as for most shapes from one cycle to the
-    next."""
+    fit and n - 1's known not to (or n is 1), or the most replicas' share is known not to fit (the shape cannot
+    carry the load: a need past `most`), so no search is needed, as for most shapes from one cycle to the next."""
     known = fits_rps > 0.0
     fits = np.where(known, fits_rps, 1.0)
     n = np.clip(np.ceil(rate_rps / fits), 1.0, most + 1.0)  # past `most` it is enough that `most` do not fit
@@ -271,8 +271,9 @@ def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | floa
         n = np.where(fewer, n - 1.0, n)
     while (more := (rate_rps / n > fits) & (n <= most)).any():
         n = np.where(more, n + 1.0, n)
-    decided = known & ((n <= 1.0) | (rate_rps / np.maximum(n - 1.0, 1.0) >= misses_rps))
-    return decided, np.where(decided, n, most + 1).astype(np.int64)
+    never = rate_rps / np.maximum(most, 1.0) >= misses_rps  # `most`'s share is known not to fit: no count does
+    decided = never | known & ((n <= 1.0) | (rate_rps / np.maximum(n - 1.0, 1.0) >= misses_rps))
+    return decided, np.where(decided & ~never, n, most + 1).astype(np.int64)
 
 
 def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
