@@ -76,13 +76,13 @@ class Greedy:
         """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
         a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
         never will, and each service's next step joins the heap once its last is taken."""
-        where = [{c.assignment: k for k, c in enumerate(cs)} for cs in ranked]
+        where = [{_key(c.assignment): k for k, c in enumerate(cs)} for cs in ranked]
         spare_w, left = _room(arrays, picks, count, budget)
 
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
             a = ranked[i][j].assignment
-            k = where[i].get(Assignment(a.accelerator, a.replicas + 1, a.max_batch, a.power_cap_w, a.sm_clock_fraction))
+            k = where[i].get((a.accelerator, a.replicas + 1, a.max_batch, a.power_cap_w, a.sm_clock_fraction))
             if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
                 return None
             return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)
@@ -142,6 +142,12 @@ class Greedy:
                 left[a.acc[j]] += a.gpus[j]
             left[a.acc[k]] -= a.gpus[k]
             picks[i] = k
+
+
+def _key(a: Assignment) -> tuple[str, int, int, float, float | None]:
+    """An assignment's fields as a plain tuple: hashed in C, where the dataclass's hash runs in Python (a fleet's
+    spares look up every candidate by it)."""
+    return a.accelerator, a.replicas, a.max_batch, a.power_cap_w, a.sm_clock_fraction
 
 
 def _room(arrays: list[Ranked], picks: list[int], count: np.ndarray, budget: float) -> tuple[float, np.ndarray]:
