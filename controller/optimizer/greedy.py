@@ -7,6 +7,7 @@ Fast at fleet scale (vector operations per service), and checked against the MIL
 from __future__ import annotations
 
 import heapq
+from operator import attrgetter
 
 import numpy as np
 
@@ -28,14 +29,15 @@ class Greedy:
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
 
-        def as_arrays(cs: list[Candidate]) -> Ranked:
-            return Ranked(np.array([c.value for c in cs]), np.array([c.power_w for c in cs]),
-                           np.array([c.gpus for c in cs], dtype=float),
-                           np.array([acc_index[c.assignment.accelerator] for c in cs], dtype=int))
+        def as_arrays(cs: list[Candidate]) -> tuple[Ranked, np.ndarray]:
+            """The candidates as arrays, and which of them the passes take (no spare replicas)."""
+            rows = np.array([(c.value, c.power_w, c.gpus, acc_index[c.assignment.accelerator], c.spare) for c in cs],
+                            dtype=float).reshape(len(cs), 5).T
+            return Ranked(rows[0], rows[1], rows[2], rows[3].astype(int)), np.flatnonzero(rows[4] == 0)
 
-        ranked = [sorted(cs, key=lambda c: -c.value) for cs in cands]
-        every = [as_arrays(cs) for cs in ranked]
-        lean = [np.flatnonzero([c.spare == 0 for c in cs]) for cs in ranked]  # the passes' candidates
+        ranked = [sorted(cs, key=attrgetter("value"), reverse=True) for cs in cands]  # ties kept in order
+        both = [as_arrays(cs) for cs in ranked]
+        every, lean = [a for a, _ in both], [ks for _, ks in both]
         arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
 
         def regret(i: int) -> float:
@@ -53,8 +55,9 @@ class Greedy:
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = sum(shed)
+        flat = Flat.of(arrays, shed)
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
-            picks = self._pass(order, arrays, count.copy(), budget, float(price))
+            picks = self._pass(order, arrays, count.copy(), budget, float(price), _best_each(flat, float(price)))
             self._upgrade(order, arrays, picks, count, budget, shed)
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
@@ -102,11 +105,20 @@ class Greedy:
                 heapq.heappush(heap, nxt)
 
     @staticmethod
-    def _pass(order: list[int], arrays: list[Ranked], left: np.ndarray, budget: float, price: float) -> list[int]:
+    def _pass(order: list[int], arrays: list[Ranked], left: np.ndarray, budget: float, price: float,
+              best: list[int]) -> list[int]:
+        """Each service in order takes its most valuable candidate under `price` that fits what the ones before
+        left; `best` is each one's pick were nothing taken (-1: none), which fits most of the time and is then
+        taken without a vector pass."""
         picks = [-1] * len(arrays)
         for i in order:
-            a = arrays[i]
-            if a.value.size == 0:
+            a, j = arrays[i], best[i]
+            if j < 0:
+                continue
+            if a.power[j] <= budget + 1e-9 and a.gpus[j] <= left[a.acc[j]]:  # the first of the maxima fits
+                picks[i] = j
+                budget -= a.power[j]
+                left[a.acc[j]] -= a.gpus[j]
                 continue
             ok = (a.power <= budget + 1e-9) & (a.gpus <= left[a.acc])
             if not ok.any():
@@ -125,23 +137,42 @@ class Greedy:
         spare_w, left = _room(arrays, picks, count, budget)
         for i in order:
             a, j = arrays[i], picks[i]
-            # Ranked: only candidates before the current one can be worth more.
-            upto = int(np.count_nonzero(a.value > (a.value[j] if j >= 0 else shed[i])))
-            if upto == 0:
+            now = a.value[j] if j >= 0 else shed[i]
+            if a.value.size == 0 or a.value[0] <= now:  # ranked: nothing is worth more
                 continue
-            room = left[a.acc[:upto]].copy()
             freed_w = a.power[j] if j >= 0 else 0.0
-            if j >= 0:
-                room[a.acc[:upto] == a.acc[j]] += a.gpus[j]
-            fits = np.flatnonzero((a.power[:upto] - freed_w <= spare_w) & (a.gpus[:upto] <= room))
-            if fits.size == 0:
-                continue
-            k = int(fits[0])
+            freed = a.gpus[j] if j >= 0 and a.acc[j] == a.acc[0] else 0.0
+            if a.power[0] - freed_w <= spare_w and a.gpus[0] <= left[a.acc[0]] + freed:
+                k = 0  # the most valuable fits: no vector pass
+            else:
+                # only candidates before the current one can be worth more
+                upto = int(np.count_nonzero(a.value > now))
+                room = left[a.acc[:upto]].copy()
+                if j >= 0:
+                    room[a.acc[:upto] == a.acc[j]] += a.gpus[j]
+                fits = np.flatnonzero((a.power[:upto] - freed_w <= spare_w) & (a.gpus[:upto] <= room))
+                if fits.size == 0:
+                    continue
+                k = int(fits[0])
             spare_w -= a.power[k] - freed_w
             if j >= 0:
                 left[a.acc[j]] += a.gpus[j]
             left[a.acc[k]] -= a.gpus[k]
             picks[i] = k
+
+
+def _best_each(flat: Flat, price: float) -> list[int]:
+    """Each service's most valuable candidate under `price` (the first of equals, as argmax takes it), by its
+    index in the service's own ranking; -1 for a service without candidates."""
+    score = flat.value - price * flat.power
+    sizes = np.diff(np.append(flat.first, flat.who.size))
+    top = np.full(sizes.size, -np.inf)
+    top[sizes > 0] = np.maximum.reduceat(score, flat.first[sizes > 0]) if flat.who.size else []
+    hit = np.flatnonzero(score == top[flat.who])
+    service, at = np.unique(flat.who[hit], return_index=True)
+    out = np.full(sizes.size, -1)
+    out[service] = hit[at] - flat.first[service]
+    return list(out.tolist())
 
 
 def _key(a: Assignment) -> tuple[str, int, int, float, float | None]:
