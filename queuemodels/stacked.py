@@ -14,6 +14,7 @@ that turns more than a negligible share away, no arrivals) is marked for the cal
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -97,8 +98,8 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     span[covered_idx] = _span((lam * t0)[covered_idx], (lam * t1)[covered_idx], top[covered_idx])
     ends = np.cumsum(span[covered_idx])  # a block of states at a time: a fleet's are many times the caches
     for idx in np.split(covered_idx, np.searchsorted(ends, np.arange(BLOCK_STATES, ends[-1], BLOCK_STATES))):
-        _solve_block(out, laws, points, idx, lam[idx], top[idx], span[idx], rho[idx], capacity[idx] - top[idx],
-                     queue[idx], draws, limits)
+        _solve_block(out, laws, points, idx, lam[idx], t0[idx], t1[idx], top[idx], span[idx], rho[idx],
+                     capacity[idx] - top[idx], queue[idx], draws, limits)
     return out
 
 
@@ -116,26 +117,30 @@ def _span(lam_t0: Floats, lam_t1: Floats, top: Floats) -> Floats:
     return out
 
 
-def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats, top: Floats,
-                 span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
+def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats, t0: Floats,
+                 t1: Floats, top: Floats, span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
                  limits: Limits | None) -> None:
     """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered); the
     states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
-    t0, t1 = laws.t0[idx], laws.t1[idx]
-    # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more)
+    # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more);
+    # a row's value at each of its states by np.repeat, several times faster than indexing by row
     sizes = span.astype(np.int64)
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    row = np.repeat(np.arange(len(idx)), sizes)
-    b = (np.arange(int(ends[-1])) - (starts - 1)[row]).astype(float)
-    steps = np.log((lam * t0)[row] / b + (lam * t1)[row])  # log of lambda tau(n) / n, the chain's step up
+
+    def per_state(x: Floats) -> Floats:
+        out: Floats = np.repeat(x, sizes)
+        return out
+
+    b = np.arange(float(ends[-1])) - np.repeat(starts - 1.0, sizes)
+    steps = np.log(per_state(lam * t0) / b + per_state(lam * t1))  # log of lambda tau(n) / n, the chain's step up
     # each row's own running sum, log p(n) / p(0): one cumsum over all rows, each row's steps centred on their mean
     # so the sum returns to about 0 at every row's end and its rounding does not grow from row to row
     mean = np.add.reduceat(steps, starts) / sizes
-    log_p = np.cumsum(steps - mean[row])
-    log_p += b * mean[row] - np.concatenate([[0.0], log_p[ends[:-1] - 1]])[row]
+    log_p = np.cumsum(steps - per_state(mean))
+    log_p += b * per_state(mean) - per_state(np.concatenate([[0.0], log_p[ends[:-1] - 1]]))
     shift = np.maximum(np.maximum.reduceat(log_p, starts), 0.0)
-    head = np.exp(log_p - shift[row])  # p(n), n = 1..N, each row scaled by its largest
+    head = np.exp(log_p - per_state(shift))  # p(n), n = 1..N, each row scaled by its largest
     idle = np.exp(-shift)  # p(0) on the same scale
     last = np.where(span < top, 0.0, head[ends - 1])
     rho_m = rho**tail_len
@@ -150,13 +155,13 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
     ttft, itl, prefill = _latencies(laws, idx, t0, t1, top, accepted, in_system, in_service, idle / total)
     power = np.full(len(idx), np.nan)
     if draws:
-        power = _draws(points, idx, row, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx], starts,
-                       ends - 1)
+        power = _draws(points, idx, per_state, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx],
+                       starts, ends - 1)
     ttft_over, itl_over = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
     if limits is not None and (asked := ~np.isnan(limits[0][idx])).any():  # the rows under a percentile target
-        states, sizes = asked[row], sizes[asked]
-        chains = Chains(LawArrays._make(f[idx[asked]] for f in laws), (np.cumsum(asked) - 1)[row[states]], b[states],
-                        head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
+        states, sizes = np.repeat(asked, sizes), sizes[asked]
+        chains = Chains(LawArrays._make(f[idx[asked]] for f in laws), np.repeat(np.arange(len(sizes)), sizes),
+                        b[states], head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
                             idle, total, last, tail0, top, rho, tail_len, lam, block)))
         ttft_over[asked] = ttft_exceedances(chains, limits[0][idx[asked]])
         itl_over[asked] = itl_exceedances(chains, limits[1][idx[asked]])
@@ -181,8 +186,8 @@ def _latencies(laws: LawArrays, idx: NDArray[np.intp], t0: Floats, t1: Floats, t
     return wait_scale * wait + prefill + residual, decode, prefill
 
 
-def _draws(points: Points, idx: NDArray[np.intp], row: NDArray[np.int64], b: Floats, head: Floats, total: Floats,
-           idle_share: Floats, tail0: Floats, prompt_load: Floats, starts: NDArray[np.int64],
+def _draws(points: Points, idx: NDArray[np.intp], per_state: Callable[[Floats], Floats], b: Floats, head: Floats,
+           total: Floats, idle_share: Floats, tail0: Floats, prompt_load: Floats, starts: NDArray[np.int64],
            last: NDArray[np.int64]) -> Floats:
     """Mean draw of each covered point's occupancy (queuemodels.power.draws_w, each at its own cap, clock and
     profile; NaN without one): `head` holds states 1..N of the points `idx` end to end and `tail0` what the queue
@@ -193,7 +198,7 @@ def _draws(points: Points, idx: NDArray[np.intp], row: NDArray[np.int64], b: Flo
     scale = np.minimum(np.nan_to_num(points.clocks[idx], nan=1.0), 1.0) ** exponent  # clock_draw_scale
     # queuemodels.power.natural_draw_w: idle + dynamic (busy + (1 - busy) scale B / (B + half)), per row's terms
     base_w, compute_w = idle + (peak - idle) * busy, (peak - idle) * (1.0 - busy) * scale
-    step_w = np.minimum(base_w[row] + compute_w[row] * (b / (b + half[row])), limits[row])
+    step_w = np.minimum(per_state(base_w) + per_state(compute_w) * (b / (b + per_state(half))), per_state(limits))
     prompt_w = np.minimum(idle + (knee * peak - idle) * scale, limits)
     busy_share = 1.0 - idle_share
     phi = np.where(busy_share > 0.0, np.minimum(1.0, prompt_load / np.where(busy_share > 0.0, busy_share, 1.0)), 0.0)
