@@ -69,7 +69,7 @@ _bases: dict[object, int] = {}
 power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
 _brackets: OrderedDict[tuple[int, Shapes], Brackets] = OrderedDict()
 _max_rates: dict[tuple[int, ServerShape], float] = {}
-"""Each (basis, shape)'s max rate, where one was asked (`Sizer.rate_per_replica`)."""
+"""Each (basis, shape)'s max rate, where one was asked (`rates_per_replica`)."""
 _guesses: dict[tuple[int, ServerShape], float] = {}
 """The last fitting rate per (model, targets, power profile) and shape, whatever the parameters: a guess where
 they moved."""
