@@ -132,8 +132,7 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
     """A proxy in the pod's environment (set for the vLLM images, say) is not used for the in-cluster plan
     endpoint: the agent follows its plan; the same GET through an opener built as urllib's default goes to the
     dead proxy."""
-    from controller.budget.api_http import http_get
-    from controller.budget.base import TransientBudgetError
+    from controller.http_fetch import Unreachable, http_request
 
     emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": "gpu-a"},
                            "spec": {"sequence": 1, "ttl_s": 10.0, "limits_w": {"0": 480.0}, "safe_caps_w": {}}})
@@ -149,5 +148,5 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
         agent = NodeAgent("gpu-a", NvmlDevices(nvml), agent_api, f"http://127.0.0.1:{server.port}",
                           agent_token(emu, tmp_path / "token"), timeout_s=1.0)
         assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
-        with pytest.raises(TransientBudgetError):  # an opener built as urllib's default goes to the proxy
-            http_get(agent.plan_url, {}, 1.0, opener=urllib.request.build_opener())
+        with pytest.raises(Unreachable):  # an opener built as urllib's default goes to the proxy
+            http_request(agent.plan_url, {}, 1.0, opener=urllib.request.build_opener())

@@ -9,55 +9,32 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import http.client
 import json
 import math
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
-
-
-@dataclass(frozen=True)
-class HttpAnswer:
-    status: int
-    headers: Mapping[str, str]
-    """Header names in lower case."""
-    body: bytes
-
+from controller.http_fetch import HttpAnswer, Unreachable, http_request
 
 Fetch = Callable[[str, Mapping[str, str], float], HttpAnswer]
 
 
 MAX_BODY = 1 << 20
-"""Most of an answer read (an intensity forecast is a few kB): a server that streams on is cut off there."""
-
-
-def _body(r: Any) -> bytes:
-    """The answer's body: whole where its length is stated and within MAX_BODY (a short one is an error),
-    else at most MAX_BODY bytes."""
-    length = r.headers.get("Content-Length")
-    whole = length is not None and length.isdigit() and int(length) <= MAX_BODY
-    return bytes(r.read() if whole else r.read(MAX_BODY))
+"""Most of an answer read (an intensity forecast is a few kB): a server that sends more is transient."""
 
 
 def http_get(url: str, headers: Mapping[str, str], timeout_s: float,
              opener: urllib.request.OpenerDirector | None = None) -> HttpAnswer:
-    """GET `url`; a server that cannot be reached, does not answer in time or breaks off its answer raises
-    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay).
-    `opener`: how to reach it (None: urllib's default, which honours the environment's proxies)."""
-    request = urllib.request.Request(url, headers=dict(headers))
+    """GET `url` (controller.http_fetch: every status an answer, the whole answer within about twice `timeout_s`);
+    a server that cannot be reached, is too slow or breaks off its answer raises TransientBudgetError with a delay
+    of `timeout_s` (`reach` lengthens it to the source's own delay). `opener`: how to reach it (None: urllib's
+    default, which honours the environment's proxies)."""
     try:
-        try:
-            with (opener.open if opener is not None else urllib.request.urlopen)(request, timeout=timeout_s) as r:
-                return HttpAnswer(r.status, {k.lower(): v for k, v in r.headers.items()}, _body(r))
-        except urllib.error.HTTPError as exc:
-            return HttpAnswer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, _body(exc))
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        raise TransientBudgetError(f"{url} unreachable: {exc!r}", retry_after_s=timeout_s) from exc
+        return http_request(url, headers, timeout_s, opener=opener, max_body=MAX_BODY)
+    except Unreachable as exc:
+        raise TransientBudgetError(str(exc), retry_after_s=timeout_s) from exc
 
 
 def reach(fetch: Fetch, url: str, headers: Mapping[str, str], timeout_s: float, what: str,

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 from controller.budget.api_http import (
     Fetch,
-    HttpAnswer,
     MalformedAnswer,
     checked,
     http_get,
@@ -40,6 +39,7 @@ from controller.budget.api_http import (
 )
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import IntensityPoint
+from controller.http_fetch import HttpAnswer
 
 G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""

@@ -25,9 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
-from controller.budget.api_http import http_get
-from controller.budget.base import BudgetError
 from controller.cluster.resources import GROUP, PLANS, VERSION
+from controller.http_fetch import Unreachable, http_request
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"
@@ -76,12 +75,13 @@ class NodeAgent:
         self.failing.add(kind)
 
     def _plan(self) -> dict[str, Any] | None:
-        """This node's plan as the acting operator serves it (the budget sources' GET: at most 1 MiB read);
-        None where it has none for this node. OSError (the token file), BudgetError (unreachable, a timeout,
-        a broken answer) or ValueError (401/403/503, a body that is not a plan) where no plan came."""
+        """This node's plan as the acting operator serves it (at most 1 MiB read); None where it has none for this
+        node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/403/503, a
+        body that is not a plan) where no plan came."""
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read(1 << 16).strip()
-        answer = http_get(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, opener=self.http)
+        answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, opener=self.http,
+                              max_body=1 << 20)
         if answer.status == 404:
             return None
         if answer.status != 200:
@@ -96,7 +96,7 @@ class NodeAgent:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
         try:
             plan = self._plan()
-        except (OSError, ValueError, BudgetError) as exc:
+        except (OSError, ValueError, Unreachable) as exc:
             self._once("plan", str(exc))
             plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
         self.last = plan

@@ -12,29 +12,25 @@ from __future__ import annotations
 import json
 import math
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 
+from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError
 
 Fetch = Callable[[str, dict[str, str], float], bytes]
 
 
 def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-    """POST a form; HTTP errors still return Prometheus' JSON error envelope when it sent one."""
-    data = urllib.parse.urlencode(form).encode()
+    """POST a form (controller.http_fetch: the answer read whole within about twice `timeout_s`); HTTP errors still
+    return Prometheus' JSON error envelope when it sent one."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout_s) as r:
-            return bytes(r.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        if body.startswith(b"{"):
-            return bytes(body)
-        raise TelemetryError(f"prometheus: HTTP {exc.code} from {url}") from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise TelemetryError(f"prometheus: {url} unreachable: {exc}") from exc
+        answer = http_request(url, {}, timeout_s, data=urllib.parse.urlencode(form).encode())
+    except Unreachable as exc:
+        raise TelemetryError(f"prometheus: {exc}") from exc
+    if 200 <= answer.status < 300 or answer.body.startswith(b"{"):
+        return answer.body
+    raise TelemetryError(f"prometheus: HTTP {answer.status} from {url}")
 
 
 def queries(models: list[str], window: str) -> dict[str, str]:

@@ -10,13 +10,12 @@ this time; its last snapshot is kept, so the next window spans both and no traff
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError
 from controller.telemetry.vllm_window import Snapshot, snapshots, window
 
@@ -27,13 +26,14 @@ OnError = Callable[[str, str], None]
 
 
 def http_get(url: str, timeout_s: float) -> str:
+    """The page at `url` (controller.http_fetch: read whole within about twice `timeout_s`, at most 16 MiB)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return bytes(r.read()).decode("utf-8", errors="replace")
-    except urllib.error.HTTPError as exc:
-        raise TelemetryError(f"scrape: HTTP {exc.code} from {url}") from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise TelemetryError(f"scrape: {url} unreachable: {exc}") from exc
+        answer = http_request(url, {}, timeout_s)
+    except Unreachable as exc:
+        raise TelemetryError(f"scrape: {exc}") from exc
+    if not 200 <= answer.status < 300:
+        raise TelemetryError(f"scrape: HTTP {answer.status} from {url}")
+    return answer.body.decode("utf-8", errors="replace")
 
 
 def parse_page(text: str, instance: str) -> list[Metric]:
