@@ -1,16 +1,20 @@
 """One bounded HTTP request for every source the daemon reads over HTTP (vLLM pages, Prometheus, budget and carbon
 APIs, the operator's node plans).
 
-urllib's timeout bounds each socket operation, not the answer: a server that trickles its body a byte at a time
-keeps a read going for ever, and one that streams on fills the memory. Here an answer is read in chunks against
-one deadline and a size bound, so a request ends within about twice its timeout whatever the server does. Every
-HTTP status comes back as an answer; only a server that cannot be reached, is too slow, breaks off its answer or
-sends too much raises `Unreachable`, which each caller sorts into its own errors.
+urllib's timeout bounds each socket operation, not the answer: a server that trickles its status line, headers or
+body a byte at a time keeps a read going for ever, and one that streams on fills the memory. Here the request's
+socket is shut at a deadline `timeout_s` after it starts, whatever it is waiting for, and the body is read against
+a size bound. Every HTTP status comes back as an answer (an error's body cut at the bound or the deadline); only a
+server that cannot be reached, is too slow, breaks off an answer or sends too large a one raises `Unreachable`,
+which each caller sorts into its own errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,40 +39,120 @@ class HttpAnswer:
     body: bytes
 
 
+class _Watch:
+    """The deadline of one request: its connections' sockets are shut when it passes, which ends any read."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        """Whether the deadline shut the sockets: what was read after may look whole (headers end at EOF)."""
+        self.timer = threading.Timer(timeout_s, self.shut)
+        self.timer.daemon = True
+
+    def shut(self) -> None:
+        self.fired = True
+        for sock in self.sockets:  # the OS socket's, also under TLS (the reading thread's SSL object is left to it)
+            with contextlib.suppress(OSError):  # already closed
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+    class Watched(base):  # type: ignore[valid-type, misc]
+        """A connection whose socket its request's watch can shut."""
+
+        watch: _Watch
+
+        def connect(self) -> None:
+            super().connect()
+            self.watch.sockets.append(self.sock)
+
+    return Watched
+
+
+_HTTP, _HTTPS = _watched(http.client.HTTPConnection), _watched(http.client.HTTPSConnection)
+
+
+class _Request(urllib.request.Request):
+    watch: _Watch
+
+
+class WatchedHttp(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_connection(_HTTP, req), req)
+
+
+class WatchedHttps(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_connection(_HTTPS, req), req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _connection(cls: type[http.client.HTTPConnection], req: urllib.request.Request) -> Any:
+    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = cls(*args, **kwargs)
+        conn.watch = req.watch  # type: ignore[attr-defined]
+        return conn
+
+    return make
+
+
+def opener(proxies: Mapping[str, str] | None = None) -> urllib.request.OpenerDirector:
+    """An opener whose requests `http_request` can end at their deadline; `proxies` as urllib's ProxyHandler takes
+    them (None: the environment's, as urllib's default; {}: none, as in a cluster)."""
+    handlers: list[Any] = [WatchedHttp, WatchedHttps]
+    if proxies is not None:
+        handlers.append(urllib.request.ProxyHandler(dict(proxies)))
+    return urllib.request.build_opener(*handlers)
+
+
 def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: bytes | None = None,
-                 opener: urllib.request.OpenerDirector | None = None, max_body: int = MAX_BODY) -> HttpAnswer:
-    """GET `url` (POST `data` where given) and read the whole answer within about 2 x `timeout_s`.
-    `opener`: how to reach it (None: urllib's default, which honours the environment's proxies)."""
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(url, data=data, headers=dict(headers))
+                 via: urllib.request.OpenerDirector | None = None, max_body: int = MAX_BODY) -> HttpAnswer:
+    """GET `url` (POST `data` where given) and read the whole answer within `timeout_s`. `via`: an `opener` (None:
+    one with the environment's proxies, read now)."""
+    request = _Request(url, data=data, headers=dict(headers))
+    request.watch = watch = _Watch(timeout_s)
+    watch.timer.start()
     try:
         try:
-            with (opener.open if opener is not None else urllib.request.urlopen)(request, timeout=timeout_s) as r:
-                return HttpAnswer(r.status, _lower(r.headers), _body(r, url, deadline, max_body))
+            with (via or opener()).open(request, timeout=timeout_s) as r:
+                answer = HttpAnswer(r.status, _lower(r.headers), _body(r, url, watch.deadline, max_body, True))
+            if watch.fired:
+                raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s")
+            return answer
         except urllib.error.HTTPError as exc:
-            return HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, deadline, max_body))
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            return HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, watch.deadline, max_body, False))
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
+    finally:
+        watch.timer.cancel()
 
 
 def _lower(headers: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
+    return {k.lower(): v for k, v in (headers or {}).items()}
 
 
-def _body(r: Any, url: str, deadline: float, max_body: int) -> bytes:
-    """The body, chunk by chunk (each chunk what one read brings), until its end, the deadline or `max_body`."""
+def _body(r: Any, url: str, deadline: float, max_body: int, whole: bool) -> bytes:
+    """The body, chunk by chunk, until its end; one that runs past `max_body` or the deadline raises where the
+    answer must be `whole` (a success) and is cut there otherwise (an error's status says what it has to)."""
     chunks: list[bytes] = []
     size = 0
     read = getattr(r, "read1", None) or r.read  # one read's worth at a time (an error's body may lack read1)
-    while chunk := read(CHUNK):
-        size += len(chunk)
-        if size > max_body:
-            raise Unreachable(f"{url}: the answer runs past {max_body} bytes")
-        if time.monotonic() > deadline:
-            raise Unreachable(f"{url}: the answer is still coming after the timeout")
-        chunks.append(chunk)
+    try:
+        while chunk := read(CHUNK):
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > max_body or time.monotonic() > deadline:
+                if whole:
+                    raise Unreachable(f"{url}: the answer runs past {max_body} bytes" if size > max_body
+                                      else f"{url}: the answer is still coming after the timeout")
+                return b"".join(chunks)[:max_body]
+    except (OSError, http.client.HTTPException):
+        if whole:
+            raise
+        return b"".join(chunks)[:max_body]
     body = b"".join(chunks)
-    stated = r.headers.get("Content-Length", "")
-    if stated.isdigit() and len(body) < int(stated):
-        raise Unreachable(f"{url}: the answer broke off at {len(body)} of {stated} bytes")
+    stated = (r.headers or {}).get("Content-Length", "")
+    if whole and stated.isdigit() and len(body) < int(stated):
+        why = "is still coming after the timeout" if time.monotonic() > deadline else "broke off"
+        raise Unreachable(f"{url}: the answer {why} ({len(body)} of {stated} bytes)")
     return body

@@ -217,7 +217,8 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         acc = CATALOG[settings.accelerators[0].name]
         envelopes = {a.name: (CATALOG[a.name].min_power_w, CATALOG[a.name].max_power_w) for a in settings.accelerators}
         gpus = PrometheusGpuSource(t.prometheus_url, t.gpu_source, (acc.min_power_w, acc.max_power_w),
-                                   {name: key for key, name in deployments(settings).items()}, t.timeout_s,
+                                   {name: key for key, name in deployments(settings).items()},
+                                   min(t.timeout_s, settings.daemon.fast_interval_s),  # the fast loop waits on it
                                    envelopes=envelopes)
     else:
         gpus = SimGpuSource(sim(), lock)

@@ -6,7 +6,6 @@ node agent's plan GET (the budget sources' `http_get`) ignores the environment's
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,7 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
     """A proxy in the pod's environment (set for the vLLM images, say) is not used for the in-cluster plan
     endpoint: the agent follows its plan; the same GET through an opener built as urllib's default goes to the
     dead proxy."""
-    from controller.http_fetch import Unreachable, http_request
+    from controller.http_fetch import Unreachable, http_request, opener
 
     emu.put(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": "gpu-a"},
                            "spec": {"sequence": 1, "ttl_s": 10.0, "limits_w": {"0": 480.0}, "safe_caps_w": {}}})
@@ -149,4 +148,4 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
                           agent_token(emu, tmp_path / "token"), timeout_s=1.0)
         assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
         with pytest.raises(Unreachable):  # an opener built as urllib's default goes to the proxy
-            http_request(agent.plan_url, {}, 1.0, opener=urllib.request.build_opener())
+            http_request(agent.plan_url, {}, 1.0, via=opener())

@@ -3,7 +3,9 @@ power as an unknown reading, pod ownership, and failures."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,19 @@ def test_policy_domains_must_nest_on_the_gpus_their_nodes_report(tmp_path: Path)
         settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": tuple(range(8))})
     held = settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": (0, 1, 2, 3)})
     assert [d.name for d in held.power.domains] == ["rack-1", "row-a"]
+
+
+def test_the_queries_of_one_sample_share_one_timeout() -> None:
+    """The fast loop waits on a sample: four slow queries fail it once their one timeout is spent, each asked with
+    only what is left of it, rather than each taking a whole timeout of its own."""
+    given: list[float] = []
+
+    def slow(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        given.append(timeout_s)
+        time.sleep(0.08)
+        return answer(DCGM[form["query"]])
+
+    source = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), {}, timeout_s=0.2, fetch=slow)
+    with pytest.raises(TelemetryError, match=r"longer than 0\.2 s"):
+        source.sample(0.0)
+    assert 2 <= len(given) <= 3 and given[0] <= 0.2 and all(b < a - 0.07 for a, b in itertools.pairwise(given))

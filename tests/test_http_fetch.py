@@ -17,15 +17,23 @@ from controller.telemetry.scrape import http_get
 
 
 @contextmanager
-def serving(body: bytes, pause_s: float = 0.0, status: int = 200) -> Iterator[str]:
-    """A loopback server answering every request with `body`, a byte per `pause_s` where that is set (for at
-    most 3 s: it stops by itself)."""
+def serving(body: bytes, pause_s: float = 0.0, status: int = 200, header_pause_s: float = 0.0) -> Iterator[str]:
+    """A loopback server answering every request with `body`, a byte per `pause_s` where that is set, after a
+    header line per `header_pause_s` for as long (for at most 3 s: it stops by itself)."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
         def _answer(self) -> None:
+            if header_pause_s:  # a status line, then a header line at a time and never their end
+                self.wfile.write(f"HTTP/1.0 {status} OK\r\n".encode())
+                until = time.monotonic() + 3.0
+                while time.monotonic() < until:
+                    self.wfile.write(b"X-Slow: 1\r\n")
+                    self.wfile.flush()
+                    time.sleep(header_pause_s)
+                return
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -42,7 +50,11 @@ def serving(body: bytes, pause_s: float = 0.0, status: int = 200) -> Iterator[st
 
         do_GET = do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # a client that hung up on a trickle: expected
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
@@ -58,13 +70,31 @@ def test_a_whole_answer_comes_back_with_its_status() -> None:
     assert answer.status == 503 and answer.body == b"vllm:num_requests_running 3\n"
 
 
-def test_a_server_that_trickles_its_answer_is_cut_off_near_the_timeout() -> None:
+def test_a_server_that_trickles_its_answer_is_cut_off_at_the_timeout() -> None:
     """Each byte comes well within the timeout, so only a deadline over the whole answer ends the read."""
     with serving(b"x" * 200, pause_s=0.02) as url:
         started = time.monotonic()
         with pytest.raises(Unreachable, match="still coming"):
             http_request(url, {}, 0.3)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 0.6
+
+
+def test_a_server_that_trickles_its_headers_is_cut_off_at_the_timeout() -> None:
+    with serving(b"{}", status=200, header_pause_s=0.05) as url:
+        started = time.monotonic()
+        with pytest.raises(Unreachable):
+            http_request(url, {}, 0.3)
+        assert time.monotonic() - started < 0.6
+
+
+def test_an_error_keeps_its_status_whatever_its_body() -> None:
+    """A 401 with an endless or oversized page is still a refusal (the caller's recovery hangs on the status)."""
+    with serving(b"<html>" * 2000, status=401) as url:
+        answer = http_request(url, {}, 1.0, max_body=4096)
+    assert answer.status == 401 and len(answer.body) == 4096
+    with serving(b"z" * 200, pause_s=0.02, status=429) as url:
+        answer = http_request(url, {}, 0.3)
+    assert answer.status == 429 and 0 < len(answer.body) < 200
 
 
 def test_an_answer_past_the_size_bound_is_refused() -> None:
@@ -73,5 +103,5 @@ def test_an_answer_past_the_size_bound_is_refused() -> None:
 
 
 def test_a_vllm_page_that_trickles_is_a_telemetry_error() -> None:
-    with serving(b"y" * 200, pause_s=0.02) as url, pytest.raises(TelemetryError, match=r"scrape: .*still coming"):
+    with serving(b"y" * 200, pause_s=0.02) as url, pytest.raises(TelemetryError, match=r"scrape: .* still coming"):
         http_get(url, 0.3)

@@ -11,7 +11,6 @@ import datetime as dt
 import email.utils
 import json
 import math
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,14 +24,12 @@ MAX_BODY = 1 << 20
 """Most of an answer read (an intensity forecast is a few kB): a server that sends more is transient."""
 
 
-def http_get(url: str, headers: Mapping[str, str], timeout_s: float,
-             opener: urllib.request.OpenerDirector | None = None) -> HttpAnswer:
-    """GET `url` (controller.http_fetch: every status an answer, the whole answer within about twice `timeout_s`);
-    a server that cannot be reached, is too slow or breaks off its answer raises TransientBudgetError with a delay
-    of `timeout_s` (`reach` lengthens it to the source's own delay). `opener`: how to reach it (None: urllib's
-    default, which honours the environment's proxies)."""
+def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> HttpAnswer:
+    """GET `url` (controller.http_fetch: every status an answer, the whole answer within `timeout_s`, through the
+    environment's proxies); a server that cannot be reached, is too slow or breaks off its answer raises
+    TransientBudgetError with a delay of `timeout_s` (`reach` lengthens it to the source's own delay)."""
     try:
-        return http_request(url, headers, timeout_s, opener=opener, max_body=MAX_BODY)
+        return http_request(url, headers, timeout_s, max_body=MAX_BODY)
     except Unreachable as exc:
         raise TransientBudgetError(str(exc), retry_after_s=timeout_s) from exc
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
 from controller.cluster.resources import GROUP, PLANS, VERSION
-from controller.http_fetch import Unreachable, http_request
+from controller.http_fetch import Unreachable, http_request, opener
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"
@@ -54,7 +53,7 @@ class NodeAgent:
         self.node, self.devices = node, devices
         self.plan_url = f"{operator_url.rstrip('/')}/v1/nodes/{node}/plan"
         self.token_file = token_file
-        self.http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # in-cluster: no proxy
+        self.http = opener(proxies={})  # in-cluster: no proxy
         self.limiter = NvmlPowerLimiter(devices, min_interval_s=0.0, **({"clock": clock} if clock else {}))
         self.custom = CustomObjectsApi(api_client)
         self.metrics = AgentMetrics(registry or CollectorRegistry())
@@ -80,7 +79,7 @@ class NodeAgent:
         body that is not a plan) where no plan came."""
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read(1 << 16).strip()
-        answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, opener=self.http,
+        answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, via=self.http,
                               max_body=1 << 20)
         if answer.status == 404:
             return None

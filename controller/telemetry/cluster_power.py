@@ -13,9 +13,10 @@ is sampled with `power_w=None` (the governor counts it at its cap); a failed que
 from __future__ import annotations
 
 import re
+import time
 from typing import Literal
 
-from controller.telemetry.base import GpuSample
+from controller.telemetry.base import GpuSample, TelemetryError
 from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
 
 Flavour = Literal["dcgm", "kepler"]
@@ -64,10 +65,16 @@ class PrometheusGpuSource:
         return self.envelopes[best] if best is not None and scores[best] > 0 else self.limits_w
 
     def sample(self, now: float) -> list[GpuSample]:
+        """Every GPU's figures, all queries within the source's one timeout (the fast loop waits on them: set it
+        within a fast tick); a query that fails or finds no time left fails the whole sample."""
         figures: dict[tuple[str, str], dict[str, float]] = {}
         labels_of: dict[tuple[str, str], dict[str, str]] = {}
+        deadline = time.monotonic() + self.api.timeout_s
         for figure, promql in QUERIES[self.flavour].items():
-            for labels, value in self.api.query(promql):
+            left_s = deadline - time.monotonic()
+            if left_s <= 0.0:
+                raise TelemetryError(f"prometheus: GPU readings took longer than {self.api.timeout_s:g} s")
+            for labels, value in self.api.query(promql, timeout_s=left_s):
                 key = gpu_key(labels)
                 figures.setdefault(key, {})[figure] = value
                 labels_of.setdefault(key, labels)

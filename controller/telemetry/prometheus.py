@@ -94,10 +94,11 @@ class PrometheusApi:
         self.endpoint = url.rstrip("/") + "/api/v1/query"
         self.timeout_s, self.fetch = timeout_s, fetch
 
-    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
-        """Evaluate at Unix time `at` (None: Prometheus' now)."""
+    def query(self, promql: str, at: float | None = None,
+              timeout_s: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """Evaluate at Unix time `at` (None: Prometheus' now), within `timeout_s` (None: the API's)."""
         form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
-        return instant_vector(self.fetch(self.endpoint, form, self.timeout_s), promql)
+        return instant_vector(self.fetch(self.endpoint, form, timeout_s or self.timeout_s), promql)
 
 
 class PrometheusVllmSource:
