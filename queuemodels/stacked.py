@@ -157,18 +157,16 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
     if draws:
         power = _draws(points, idx, per_state, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx],
                        starts, ends - 1)
-    ttft_over, itl_over = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
-    if limits is not None and (asked := ~np.isnan(limits[0][idx])).any():  # the rows under a percentile target
+    for column, values in zip(out[:5], (in_system, ttft, itl, prefill, power), strict=True):
+        column[idx] = np.where(fine, values, np.nan)
+    out.covered[idx[~fine]] = False
+    if limits is not None and (asked := ~np.isnan(limits[0][idx]) & fine).any():  # rows under a percentile target
         states, sizes = np.repeat(asked, sizes), sizes[asked]
         chains = Chains(LawArrays._make(f[idx[asked]] for f in laws), np.repeat(np.arange(len(sizes)), sizes),
                         b[states], head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
                             idle, total, last, tail0, top, rho, tail_len, lam, block)))
-        ttft_over[asked] = ttft_exceedances(chains, limits[0][idx[asked]])
-        itl_over[asked] = itl_exceedances(chains, limits[1][idx[asked]])
-    for column, values in zip((*out[:5], out.ttft_over, out.itl_over),
-                              (in_system, ttft, itl, prefill, power, ttft_over, itl_over), strict=True):
-        column[idx] = np.where(fine, values, np.nan)
-    out.covered[idx[~fine]] = False
+        out.ttft_over[idx[asked]] = ttft_exceedances(chains, limits[0][idx[asked]])
+        out.itl_over[idx[asked]] = itl_exceedances(chains, limits[1][idx[asked]])
 
 
 def _latencies(laws: LawArrays, idx: NDArray[np.intp], t0: Floats, t1: Floats, top: Floats, accepted: Floats,

@@ -25,9 +25,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from controller.optimizer.clocks import shape_choices, sure_savings
+from controller.optimizer.clocks import clock_of, shape_choices, sure_savings
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
-from controller.optimizer.sizing import Shapes, Sizer, rates_per_replica, size_together
+from controller.optimizer.sizing import Brackets, Shapes, Sizer, rates_per_replica, size_together
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
 from queuemodels.law_arrays import Bases, Floats, Points
@@ -189,17 +189,16 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     return out
 
 
-def _partial_pool(problem: Problem, pair: Pair, needs: Needs) -> list[Shape]:
+def _partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets) -> list[Shape]:
     """The shapes partial candidates may run on (`_partials`): among those needing the fewest replicas (the need
-    falls as the rate rises), the one whose known fitting rate is highest; every shape where none carries the
-    load; none where one replica carries it."""
+    falls as the rate rises), the one whose known fitting rate is highest (`brackets`: those the shapes were sized
+    with); every shape where none carries the load; none where one replica carries it."""
     known = [n for n in needs.values() if n is not None]
     if problem.services[pair.service].load.rate_rps <= 0 or (known and min(known) == 1):
         return []
     if not known:
         return list(needs)
     fewest = (s for s, n in needs.items() if n == min(known))
-    brackets = pair.sizer.brackets_of(pair.sized)  # those the shapes were sized with
     return [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
 
 
@@ -248,29 +247,26 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     """Every service's candidates on every accelerator it may run on: every pair's shapes sized together
     (`size_together`), then their full candidates valued together, then the spare and partial ones."""
     pairs = []
-    kinds: dict[tuple[str, PowerProfile, int | None], tuple[dict[Shape, ServerShape], Shapes]] = {}
     for i, svc in enumerate(problem.services):
         for acc in problem.accelerators:
             if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
                 continue
             profile = svc.profile(acc)
-            kind = (acc.name, profile, svc.max_queue)
-            if kind not in kinds:  # most services share theirs
-                kinds[kind] = _kind_shapes(problem, acc, profile, svc.max_queue)
             pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile),
-                              min(svc.max_replicas, acc.count // acc.gpus_per_replica), *kinds[kind]))
+                              min(svc.max_replicas, acc.count // acc.gpus_per_replica),
+                              *_kind_shapes(problem, acc, profile, svc.max_queue)))
     sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs])
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
     full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
-    locked = any(level < 1.0 for level in problem.clock_levels)
+    locked = any(clock_of(level) is not None for level in problem.clock_levels)
 
     def sure(cs: list[Candidate], draws_w: list[float]) -> list[Candidate]:
         """A locked clock kept only where it saves against every free-clock candidate serving as much."""
         return sure_savings(cs, draws_w, problem.clock_min_saving) if locked else cs
 
-    pools = [_partial_pool(problem, p, n) for p, n in zip(pairs, needs, strict=True)]
-    asks = [(p.sizer, p.shapes[s], brackets) for p, pool in zip(pairs, pools, strict=True) if pool
-            for brackets in (p.sizer.brackets_of(p.sized),) for s in pool]
+    brackets = [p.sizer.brackets_of(p.sized) for p in pairs]
+    pools = [_partial_pool(problem, *args) for args in zip(pairs, needs, brackets, strict=True)]
+    asks = [(p.sizer, p.shapes[s], b) for p, pool, b in zip(pairs, pools, brackets, strict=True) for s in pool]
     rates = iter(rates_per_replica(problem.queue_model, asks))
     more = [(_spares(problem, p, sure(*f)) if problem.objective == "token_speed" else [])
             + _partials(problem, p, {s: next(rates) for s in pool})
@@ -328,9 +324,9 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     make, penalty, floor = Candidate._make, problem.transition_penalty, 1e-3 * scale
     for svc, cs in zip(problem.services, candidates, strict=True):
         w = weights[svc.priority]
-        per_short = w / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
+        share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
         now = svc.current
-        out.append([make((*c[:8], c.score - price * c.power_w - per_short * c.short_rps - (
+        out.append([make((*c[:8], c.score - price * c.power_w - w * c.short_rps * share - (
             penalty * max(abs(c.score), floor) * _changes(now, c.assignment) if now else 0.0), c.spare)) for c in cs])
         shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
     return out, shed

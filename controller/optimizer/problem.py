@@ -118,10 +118,6 @@ class Candidate(NamedTuple):
     spare: int = 0
     """Replicas beyond what its shape needs for the load (offered to the token-speed objective)."""
 
-    def valued(self, value: float) -> Candidate:
-        """This candidate at `value`."""
-        return Candidate._make((*self[:8], value, self.spare))
-
 
 @dataclass
 class ServiceResult:
