@@ -7,7 +7,8 @@ so the step takes about the larger of the two (a smooth maximum, the one the pro
   are memory-bound and the compute hides; past the crossover the step grows with the compute, convex in B;
 - a prompt in a step that decodes B sequences costs what its compute, delta L_in, adds to that smooth
   maximum (plus epsilon): it hides under the memory time the decodes leave, and costs its whole compute once
-  the decodes have made the step compute-bound.
+  the decodes have made the step compute-bound. The prompts that ride one step hide under its memory time
+  together, so the GPU's cost per prompt grows with how many share a step (`prompt_gpu_ms`).
 With rho = kappa = 0 the prompt's cost is gen1's, cbrt((delta L_in)^3 + gamma^3) - gamma, and the bend is 0.
 """
 
@@ -78,33 +79,53 @@ class Roofline:
         out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
         return out
 
-    def prompt_ms(self, batch: float, shared: float = 1.0) -> float:
-        """What one prompt adds to the steps that decode `batch` sequences: each of its chunks adds its share of
-        the compute, and the fixed cost of a step that carries a prompt (`shared` of it: the prompts that ride
-        one step pay it once between them)."""
+    def prompt_ms(self, batch: float) -> float:
+        """What one prompt alone adds to the steps that decode `batch` sequences: each of its chunks adds what its
+        compute adds to the step's smooth maximum, plus the fixed cost of a step that carries a prompt."""
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
         k = float(self.chunks(batch))
         with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
-        return float(k * (shared * self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
+        return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
+
+    def prompt_gpu_ms(self, batch: float, per_step: float) -> float:
+        """What one prompt costs the GPU where `per_step` prompts (Poisson) arrive per step: the prompts that ride
+        one step are one forward pass, so they pay its fixed cost once between them, and the decodes' memory time
+        hides their compute once, not once each. A step carrying K chunks of compute c adds
+        f(K c) = cbrt(memory^3 + (decode + K c)^3) - cbrt(memory^3 + decode^3), so a prompt costs E[f(K c)] / E[K]
+        per chunk: alone (per_step -> 0) what `prompt_ms` says, all of its compute once many share a step. A
+        prompt in k chunks under a token budget rides k steps whose room it fills: x / k of them share one."""
+        memory = self._memory(batch)
+        decode = self.compute_per_seq_ms * batch
+        k = float(self.chunks(batch))
+        chunk = self.prompt_compute_ms / k
+        x = per_step / k
+        m3 = memory**3
+        base = (m3 + decode**3) ** (1.0 / 3.0)
+        if x <= 1e-9:
+            return float(k * (self.prompt_overhead_ms + (m3 + (decode + chunk) ** 3) ** (1.0 / 3.0) - base))
+        weight = math.exp(-x)
+        added = 0.0
+        for riders in range(1, int(x + 6.0 * math.sqrt(x)) + 4):  # the Poisson mass past it is under 1e-9
+            weight *= x / riders
+            added += weight * ((m3 + (decode + riders * chunk) ** 3) ** (1.0 / 3.0) - base)
+        return float(k * (-math.expm1(-x) * self.prompt_overhead_ms + added) / x)
 
     def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
                        max_batch: int) -> tuple[float, float, float]:
         """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
         batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
-        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). A step's fixed cost for
-        carrying prompts is paid once by all that ride it: at x = lambda S arrivals per step S, a share
-        (1 - e^-x) of the steps carry one, so per prompt the GPU pays (1 - e^-x) / x of it (its own TTFT still
-        waits for all of it). Returns (cost to the prompt, cost to the GPU per prompt, batch)."""
+        `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). The prompts that ride one
+        step share it (`prompt_gpu_ms`, at x = lambda S arrivals per step S): its fixed cost, and the memory time
+        that hides their compute (a prompt's own TTFT still waits for all of its step). Returns (cost to the
+        prompt, cost to the GPU per prompt, batch)."""
         batch = 1.0
         c_p = c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_gpu * prefill_factor / 1000.0)
             step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
-            per_step = load.rate_rps * step / 1000.0
-            shared = -math.expm1(-per_step) / per_step if per_step > 1e-9 else 1.0
-            c_p, c_gpu = self.prompt_ms(batch), self.prompt_ms(batch, shared)
+            c_p, c_gpu = self.prompt_ms(batch), self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)
         return c_p, c_gpu, batch
 
     def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> tuple[float, float]:

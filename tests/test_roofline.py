@@ -137,3 +137,19 @@ def test_a_budget_serialises_prompts_and_bounds_capacity_by_its_room() -> None:
     # the wait for the prompts ahead grows with the load, where a wide budget lets them share a step
     waits = [model.analyze(narrow, dataclasses.replace(load, rate_rps=u * sat), shape).ttft_ms for u in (0.3, 0.8)]
     assert waits[1] > 2.0 * waits[0]
+
+
+def test_prompts_riding_one_step_share_the_memory_time_that_hides_them() -> None:
+    """A step that carries several prompts is one forward pass: its memory time hides their compute once."""
+    roof = Roofline.of(BENT, Load(1.0, 2048, 256))
+    alone = roof.prompt_ms(192.0)
+    assert roof.prompt_gpu_ms(192.0, 0.0) == pytest.approx(alone, rel=1e-12)
+    costs = [roof.prompt_gpu_ms(192.0, x) for x in (0.25, 0.75, 2.0, 8.0, 30.0)]
+    assert np.all(np.diff(costs) > 0)  # the more ride one step, the less of each one's compute hides
+    # many riders: each pays its whole compute, and a share of the step's fixed cost that vanishes
+    assert costs[-1] == pytest.approx(roof.prompt_compute_ms, rel=0.03)
+    assert alone < 0.8 * roof.prompt_compute_ms  # alone, a quarter or more of it hides under the KV read
+    # short prompts at a small batch hide under the weights' read even a few at a time: riders cost them little
+    short = Roofline.of(BENT, Load(1.0, 16, 256))
+    compute = short.prompt_gpu_ms(8.0, 1.0) - short.prompt_overhead_ms * (1.0 - np.exp(-1.0))
+    assert 0.0 < compute < 0.05 * short.prompt_compute_ms
