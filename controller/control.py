@@ -134,9 +134,8 @@ class Controller:
                 acc = variants[0]
                 self.assignments[svc.name] = Assignment(acc, svc.min_replicas, svc.initial_max_batch,
                                                         CATALOG[acc].max_power_w)
-            for acc in variants:  # the cache's size is read, not fitted: the pair's prior carries it
-                prior = replace(svc.prior.params(), kv_tokens=self.kv_tokens[svc.name][acc])
-                self.tuner.ensure(svc.model, acc, prior, CATALOG[acc])
+            for acc in variants:  # the cache's size is read, not fitted: each window carries its service's
+                self.tuner.ensure(svc.model, acc, svc.prior.params(), CATALOG[acc])
         if old.power != settings.power:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
@@ -190,8 +189,10 @@ class Controller:
             windows = {}
         for svc in s.services:
             window = windows.get(svc.name)
-            verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), self.assignments[svc.name],
-                                             in_force[svc.name].still, s.optimizer.drain_s)
+            now_on = self.assignments[svc.name]
+            verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), now_on,
+                                             in_force[svc.name].still, s.optimizer.drain_s,
+                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
                                             "tuner": verdict}
         try:

@@ -31,8 +31,9 @@ class Estimator:
         """Services the last plan could not serve in full."""
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                in_force: Assignment, batch_still: bool, drain_s: float) -> str:
-        """Update the service's load and feed its pair's tuner; returns the tuner's verdict (or why none)."""
+                in_force: Assignment, batch_still: bool, drain_s: float, kv_tokens: float = 0.0) -> str:
+        """Update the service's load and feed its pair's tuner (`kv_tokens`: the cache of the replicas in force);
+        returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         if window is None:
@@ -79,6 +80,7 @@ class Estimator:
             out_cv=svc.out_tokens_cv,
             steady=steady,
             queue_ms=window.queue_ms,
+            kv_tokens=kv_tokens,
         )
         key = pair_key(svc.model, in_force.accelerator)
         failures = self.tuner.save_failures

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
@@ -46,3 +47,16 @@ def test_the_tuner_carries_the_cache_size_it_reads_and_does_not_fit_it() -> None
         pair.update(Observation(rate, n_in, 256, 64, 1024, perf.ttft_ms, perf.itl_ms))
     assert pair.params()[0].kv_tokens == 437_500.0
     assert len(pair.x) == len(TRUTH.as_vector())
+
+
+def test_each_window_is_predicted_at_the_cache_of_the_replicas_that_served_it() -> None:
+    """Two services of one model on one accelerator share the pair's filter but not their caches: a window says
+    its own (the prior's where it says none), so neither service's cache stands in for the other's."""
+    pair = PairFilter(ServiceParams("step", 15.0, 0.1, 10.0, 0.05), None)
+    window = Observation(4.0, 2048, 256, 256, 1024, 900.0, 40.0)
+    small = dataclasses.replace(window, kv_tokens=60_000.0)
+    alone, bound = pair.predict(window), pair.predict(small)
+    assert bound[1] < alone[1]  # 60,000 tokens hold 26 of these sequences: a smaller batch, shorter decode steps
+    many = pair.predict_many([(window, None), (small, None)])
+    assert many[0] is not None and many[1] is not None
+    assert np.allclose(many[0], alone, rtol=1e-9) and np.allclose(many[1], bound, rtol=1e-9)

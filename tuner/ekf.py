@@ -92,7 +92,7 @@ class PairFilter:
     def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
-        family = self.prior.family  # the KV cache's size is read, not fitted: the prior carries it
+        family = self.prior.family  # the KV cache's size is read, not fitted: the prior or a window carries it
         params = ServiceParams(family, **{k: float(a) for k, a in zip(NAMES[family], v[:n], strict=True)},
                                kv_tokens=self.prior.kv_tokens)
         profile = self._latency_profile(v)
@@ -102,7 +102,7 @@ class PairFilter:
         """h(x): the model's [TTFT, ITL] at the observation's operating point; TTFT's rest after the queueing
         time where `observed` reads that (the prompt's own steps at the batch it joins)."""
         params, profile = self.params(x)
-        perf = get_model(self.queue_model).analyze(params, obs.load, obs.shape, profile, tails=False)
+        perf = get_model(self.queue_model).analyze(_cache(params, obs), obs.load, obs.shape, profile, tails=False)
         return np.array([perf.extra["prefill_ms"] if self._splits(obs) else perf.ttft_ms, perf.itl_ms])
 
     def predict_many(self, pairs: list[tuple[Observation, NDArray[np.float64] | None]]) -> list[
@@ -112,7 +112,7 @@ class PairFilter:
         points = []
         for obs, x in pairs:
             params, profile = self.params(x)
-            points.append((params, obs.load, obs.shape, profile))
+            points.append((_cache(params, obs), obs.load, obs.shape, profile))
         figures = get_model(self.queue_model).mean_figures(points)
         return [None if f is None else np.array([f.prefill_ms if self._splits(obs) else f.ttft_ms, f.itl_ms])
                 for (obs, _), f in zip(pairs, figures, strict=True)]
@@ -381,3 +381,8 @@ class PairFilter:
         self.p = 0.5 * (ekf.P + ekf.P.T)
         self.accepted += 1
         return Verdict(True, "accepted", nis)
+
+
+def _cache(params: ServiceParams, obs: Observation) -> ServiceParams:
+    """The parameters at the KV cache of the replicas that served `obs`, where it says (else the prior's)."""
+    return dataclasses.replace(params, kv_tokens=obs.kv_tokens) if obs.kv_tokens > 0.0 else params

@@ -40,6 +40,9 @@ class Observation:
     """Waiting requests at the window's end less those at its start (None: not recorded)."""
     sm_clock_fraction: float | None = None
     """The SM clock its GPUs were locked at, as a share of their maximum (None: unlocked)."""
+    kv_tokens: float = 0.0
+    """The KV cache (tokens) of the replicas that served it, read, not fitted (0: not known; the pair's prior's
+    then): two services of one model on one accelerator may hold caches of different sizes."""
     queue_ms: float | None = None
     """Mean time from arrival to being scheduled (vLLM's `vllm:request_queue_time_seconds`, sum over count;
     None: not recorded). It splits TTFT into the queueing the chain predicts and the prompt's own steps
