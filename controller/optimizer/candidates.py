@@ -15,12 +15,14 @@ the remedy and nothing is added.
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -155,14 +157,11 @@ def with_tails(problem: Problem, c: Candidate) -> Performance | None:
                                                   svc.profile(problem.accelerator(a.accelerator)))
 
 
-def _restart_need(svc: ServiceDemand, pair: Pair, batch: int, cap_w: float, clock: float | None,
+def _restart_need(svc: ServiceDemand, cur: Assignment, pair: Pair, cap_w: float, clock: float | None,
                   needs: Needs) -> int:
-    """Replicas a change to max batch `batch` needs so its rolling restart, one replica down at a time, leaves
-    what carries the load at the batch in force (0 where nothing restarts, or where the batch in force meets
-    the targets at no rate at all: the restart is the remedy). `needs` holds the shapes sized already."""
-    cur = svc.current
-    if cur is None or cur.accelerator != pair.acc.name or cur.max_batch == batch or svc.load.rate_rps <= 0:
-        return 0
+    """Replicas a change from `cur`'s max batch (on this pair's accelerator, under load) needs so its rolling
+    restart, one replica down at a time, leaves what carries the load at the batch in force (0 where the batch in
+    force meets the targets at no rate at all: the restart is the remedy). `needs` holds the shapes sized already."""
     shape = ServerShape(cur.max_batch, svc.max_queue, cap_w, clock)
     key = (cur.max_batch, cap_w, clock)
     n = needs[key] if key in needs else pair.sizer.need(shape, pair.most)
@@ -178,7 +177,7 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     svc = problem.services[pair.service]
     now = svc.current
     batch_now = now.max_batch if now is not None and now.accelerator == pair.acc.name else None
-    best = set(map(id, sorted(full, key=lambda c: -c.score)[:SPARE_SHAPES]))
+    best = set(map(id, heapq.nlargest(SPARE_SHAPES, full, key=attrgetter("score"))))
     out = []
     for c in full:
         a = c.assignment
@@ -219,11 +218,15 @@ def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[S
 def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     """A spec per shape that carries the whole load within the replicas the service may run there."""
     svc = problem.services[pair.service]
+    cur = svc.current
+    if cur is None or cur.accelerator != pair.acc.name or svc.load.rate_rps <= 0:
+        cur = None  # nothing restarts here
     out = []
     for (batch, cap, clock), n in needs.items():
         if n is None:
             continue
-        need = max(svc.min_replicas, n, _restart_need(svc, pair, batch, cap, clock, needs))
+        restart = _restart_need(svc, cur, pair, cap, clock, needs) if cur and cur.max_batch != batch else 0
+        need = max(svc.min_replicas, n, restart)
         if need <= pair.most:
             out.append((batch, cap, clock, need, svc.load.rate_rps, 0))
     return out
