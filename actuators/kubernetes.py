@@ -55,17 +55,21 @@ def translate(exc: Exception, target: str) -> ActuatorError:
 
 
 def api_client(kubeconfig: str = "") -> Any:
-    """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig file."""
-    from kubernetes import config
+    """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig file. urllib3's own
+    retries are off: it tried a GET that timed out three more times, so a call could take four times its timeout
+    (the operator's fast tick reads the plans by one), and every caller already retries on its own backoff."""
+    from kubernetes import client, config
 
+    cfg = client.Configuration()
     try:
         if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ:
-            config.load_incluster_config()
-            from kubernetes import client
-            return client.ApiClient()
-        return config.new_client_from_config(config_file=kubeconfig or None)
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     except config.ConfigException as exc:
         raise PermanentActuatorError(f"kubernetes: no usable credentials: {exc}") from exc
+    cfg.retries = 0
+    return client.ApiClient(cfg)
 
 
 class KubernetesReplicaScaler:

@@ -21,6 +21,7 @@ from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.nodes import NodePlans
 from controller.cluster.resources import GROUP, PLANS
+from controller.telemetry.base import TelemetryError
 
 NODES = ("gpu-a", "gpu-b")
 
@@ -33,7 +34,8 @@ def emu() -> Iterator[KubeEmulator]:
     e.close()
 
 
-def two_nodes(emu: KubeEmulator, tmp_path: Path, timeout_s: float = 5.0) -> tuple[NodePlans, dict[str, int]]:
+def two_nodes(emu: KubeEmulator, tmp_path: Path, timeout_s: float = 5.0,
+              tick_s: float | None = None) -> tuple[NodePlans, dict[str, int]]:
     """gpu-a and gpu-b, one 700 W GPU each reported by its agent; the plans as the operator sees them, and each
     node's GPU by its cluster number."""
     emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100"}}})  # gpu-a: start()'s
@@ -43,7 +45,7 @@ def two_nodes(emu: KubeEmulator, tmp_path: Path, timeout_s: float = 5.0) -> tupl
                                       {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": 400.0,
                                        "energy_j": 1.0, "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0}]}})
     (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
-    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0, timeout_s=timeout_s)
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0, timeout_s=timeout_s, tick_s=tick_s)
     return plans, {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
 
 
@@ -149,3 +151,14 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
         assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
         with pytest.raises(Unreachable):  # an opener built as urllib's default goes to the proxy
             http_request(agent.plan_url, {}, 1.0, via=opener())
+
+
+def test_the_fast_ticks_read_of_the_plans_waits_a_tick_at_most(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The API server answers the plans' LIST 1.5 s late: the operator's governor, ticking every 0.3 s, hears
+    of it as lost telemetry within about a tick, not after the 5 s the slow loop's calls may take."""
+    plans, _ = two_nodes(emu, tmp_path, timeout_s=5.0, tick_s=0.3)
+    emu.fail("GET", "nodepowerplans$", delay_s=1.5, times=1)
+    started = time.monotonic()
+    with pytest.raises(TelemetryError):
+        plans.sample(1.0)
+    assert time.monotonic() - started < 1.0

@@ -68,12 +68,16 @@ class NodePlans:
     name = "node-plans"
 
     def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
-                 timeout_s: float = 5.0, on_bad: Callable[[str], None] = lambda node: None) -> None:
+                 timeout_s: float = 5.0, on_bad: Callable[[str], None] = lambda node: None,
+                 tick_s: float | None = None) -> None:
         from kubernetes.client import CoreV1Api, CustomObjectsApi
 
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.plan_ttl_s, self.safe_cap_share, self.stale_after_s = plan_ttl_s, safe_cap_share, stale_after_s
         self.timeout_s = timeout_s
+        self.tick_timeout_s = min(timeout_s, tick_s) if tick_s else timeout_s
+        """What the fast tick's calls (the plans' LIST, a plan's PATCH) may take: within one tick (`tick_s`), so
+        a slow API server costs the governor a tick, never several."""
         self.index: dict[tuple[str, int], int] = {}
         """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
         self.where: dict[int, tuple[str, int]] = {}
@@ -122,7 +126,7 @@ class NodePlans:
             listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
             self.labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
             nodes = sorted(self.labels)
-            have = {p["metadata"]["name"] for p in self._plans()}
+            have = {p["metadata"]["name"] for p in self._plans(self.timeout_s)}
             for node in nodes:
                 if node not in have:
                     self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
@@ -166,13 +170,13 @@ class NodePlans:
         return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners)
 
     # -- GpuSource (fast loop) -----------------------------------------------------------------
-    def _plans(self) -> list[dict[str, Any]]:
-        answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=self.timeout_s)
+    def _plans(self, timeout_s: float) -> list[dict[str, Any]]:
+        answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=timeout_s)
         return list(answer.get("items", []))
 
     def sample(self, now: float) -> list[GpuSample]:
         try:
-            plans = self._plans()
+            plans = self._plans(self.tick_timeout_s)
         except Exception as exc:
             raise TelemetryError(str(translate(exc, "node plans"))) from exc
         out: list[GpuSample] = []
@@ -290,8 +294,8 @@ class NodePlans:
         seq = self.sequence.get(node, 0) + 1
         body = {"spec": {**self._settings(), **spec, "sequence": seq}}
         try:
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=self.timeout_s,
-                                                    _content_type=MERGE)
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body,
+                                                    _request_timeout=self.tick_timeout_s, _content_type=MERGE)
         except Exception as exc:
             return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
@@ -305,7 +309,7 @@ class NodePlans:
     def release(self, now: float) -> list[str]:
         """Every plan asks its agent to restore the GPUs' default limits (the policy is gone)."""
         failed = []
-        for plan in self._plans():
+        for plan in self._plans(self.timeout_s):
             node = plan["metadata"]["name"]
             self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
             why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
@@ -317,7 +321,7 @@ class NodePlans:
         """The limits the plans hold now (a previous leader's), so a new leader starts from them; also their
         sequences, so renewals go on counting up."""
         held: dict[str, dict[str, float]] = {}
-        for plan in self._plans():
+        for plan in self._plans(self.timeout_s):
             node, spec = plan["metadata"]["name"], plan.get("spec") or {}
             self.sequence[node] = int(spec.get("sequence", 0))
             self.specs[node] = dict(spec)

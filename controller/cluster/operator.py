@@ -172,7 +172,8 @@ class ClusterLoop:
         s, p = res.settings, res.policy
         self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
                                        max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s,
-                                       lambda node: self.metrics.errors.labels("node_status").inc())
+                                       lambda node: self.metrics.errors.labels("node_status").inc(),
+                                       tick_s=s.daemon.fast_interval_s)
         self.deployments.target(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
