@@ -90,7 +90,8 @@ def test_services_sized_together_need_what_each_needs_alone(monkeypatch: pytest.
     assert {n for needs in alone for n in needs} > {None, 1}  # light and heavy loads, shapes that cannot carry them
 
 
-def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+def counting_solves(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every rate the queue model is asked to check from here on, the sizing tables fresh."""
     model = get_model("mm1k-cb")
     solves: list[float] = []
     real = type(model).within_targets_of
@@ -101,6 +102,11 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
 
     fresh_tables(monkeypatch)
     monkeypatch.setattr(type(model), "within_targets_of", counted)
+    return solves
+
+
+def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    solves = counting_solves(monkeypatch)
     shape, targets = ServerShape(64, 1024, 600.0), Targets(300, 40)
     first = Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), targets, H100).need(shape, 16)
     cold = len(solves)
@@ -113,16 +119,7 @@ def test_a_shape_sized_before_costs_no_solve(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_shape_that_carries_no_share_costs_no_solve_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Targets a shape meets at no rate (a TTFT below its prefill): once its most replicas' share is known to miss,
     a load a little larger is answered by the bracket alone."""
-    model = get_model("mm1k-cb")
-    solves: list[float] = []
-    real = type(model).within_targets_of
-
-    def counted(self: object, points: Points, targets: list[Targets]) -> Bools:
-        solves.extend(points.rates_rps.tolist())
-        return real(model, points, targets)  # type: ignore[arg-type]
-
-    fresh_tables(monkeypatch)
-    monkeypatch.setattr(type(model), "within_targets_of", counted)
+    solves = counting_solves(monkeypatch)
     shape, targets = ServerShape(64, 1024, 600.0), Targets(5, 40)
     assert Sizer("mm1k-cb", PARAMS, Load(20.0, 800, 200), targets, H100).need(shape, 16) is None
     cold = len(solves)
