@@ -23,7 +23,8 @@ from numpy.typing import NDArray
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
 from queuemodels.law_arrays import Bools, Floats, LawArrays, ManyLawFn, Points, laws_of
 from queuemodels.service_time import LawFn, StepLaw
-from queuemodels.stacked_tails import Chains, itl_exceedances, ttft_exceedances
+from queuemodels.stacked_itl import itl_exceedances
+from queuemodels.stacked_tails import Chains, ttft_exceedances
 from queuemodels.types import ModelInputError
 
 Limits = tuple[Floats, Floats]

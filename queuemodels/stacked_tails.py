@@ -1,11 +1,12 @@
-"""Percentile targets of many stacked chains at once: P(TTFT > t) and P(ITL > t) as queuemodels.tails reads them.
+"""Percentile targets of many stacked chains at once: P(TTFT > t) as queuemodels.tails reads it (P(ITL > t):
+queuemodels.stacked_itl).
 
 Sizing a service with a p95 or p99 target asks, per candidate share of its load, whether the share of requests
 over each target is within 1 - q. One by one that is a chain and two survival functions built through the
 interpreter (~0.25 ms); a fleet asks it hundreds of times a cycle. Here the chains queuemodels.stacked has laid
 end to end are read for both exceedances in a few array passes: the same mixtures as queuemodels.tails (the
 free slots' Erlang mixture over at most GROUPS runs of states, the waiting block's closed form, the
-token-weighted ITL with prompt spikes), equal to it to rounding.
+token-weighted ITL of queuemodels.itl_tails), equal to them to rounding.
 """
 
 from __future__ import annotations
@@ -47,22 +48,6 @@ class Chains(NamedTuple):
     lam: Floats
     """Offered rate per ms."""
     block: Floats
-
-
-def itl_exceedances(c: Chains, itl_ms: Floats) -> Floats:
-    """P(ITL > itl_ms) per row (tails.itl_exceedance): tokens weighted by the rate each batch produces them, a step
-    that also carries a prompt longer by prefill(1) - decode(1)."""
-    laws, row, b = c.laws, c.row, c.b
-    full = b == c.top[row]
-    share = np.where(full, c.head + c.tail0[row], c.head) / c.total[row]
-    step = laws.d0[row] + laws.d1[row] * b
-    weight = share * b / step
-    spike = np.maximum(0.0, laws.p0 + laws.p1 - laws.d0 - laws.d1)
-    with_prompt = np.minimum(1.0, (c.lam * (1.0 - c.block))[row] * step)
-    limit = itl_ms[row]
-    over = weight * ((1.0 - with_prompt) * (step > limit) + with_prompt * (step + spike[row] > limit))
-    out: Floats = np.add.reduceat(over, c.starts) / np.add.reduceat(weight, c.starts)  # > 0: a covered row has load
-    return out
 
 
 def ttft_exceedances(c: Chains, ttft_ms: Floats) -> Floats:
