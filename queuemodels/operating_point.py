@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from queuemodels.chain import Means, Stationary, means, stationary, unbounded_capacity
+from queuemodels.itl_tails import itl_exceedance, itl_quantiles
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.service_time import StepLaw
-from queuemodels.tails import itl_exceedance, itl_quantiles, ttft_exceedance, ttft_quantiles
+from queuemodels.tails import ttft_exceedance, ttft_quantiles
 from queuemodels.types import Performance, PowerProfile, ServerShape, Targets
 
 PROBS = (0.95, 0.99)

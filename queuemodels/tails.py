@@ -1,4 +1,4 @@
-"""Percentiles of TTFT and ITL from the chain's stationary distribution.
+"""Percentiles of TTFT from the chain's stationary distribution (ITL's: queuemodels/itl_tails.py).
 
 TTFT: an accepted arrival sees state n with probability q(n) = p(n) / (1 - p(K)) (PASTA). With a free
 slot (n < N) it is prefilled at once in a batch of n + 1; otherwise it waits for n - N + 1 departures at
@@ -6,9 +6,6 @@ rate mu(N), an Erlang time, then prefills in a full batch. Above N the chain is 
 (p(n) = p(N) rho^(n-N)), so the Erlang mixture has a closed-form survival function:
   sum_{k=1..M} rho^(k-1) Q(k, mu t) = [e^(-mu t (1-rho)) Q(M, mu t rho) - rho^M Q(M, mu t)] / (1 - rho)
 with Q the regularised upper incomplete gamma. Quantiles come from one vectorised pass over a geometric grid.
-
-ITL: tokens are weighted by the rate they are produced in each state, B / decode(B); a step that also
-carries a new prompt (probability X * decode(B)) is longer by prefill(1) - decode(1).
 """
 
 from __future__ import annotations
@@ -227,43 +224,6 @@ def ttft_quantiles(
     mean_wait = law.wait_scale * wait_ms / waiting_mass if waiting_mass > 1e-15 else 0.0
     high = law.prefill(float(chain.max_batch)) + 10.0 * mean_wait + 5.0 / chain.mu_full_per_ms + 5.0 * law.prompt_ms
     return quantiles(survival, low, max(high, low * 1.01 + 1e-9), probs)
-
-
-def _itl_distribution(
-    chain: Stationary, law: StepLaw, throughput_per_ms: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Token-weighted ITL values, ascending, and their cumulative probabilities."""
-    n_batch = chain.max_batch
-    by_batch = chain.batch_share[1:]
-    batch = np.arange(1, n_batch + 1, dtype=float)
-    step = law.decode(batch)
-    weight = by_batch * batch / step
-    if weight.sum() <= 0:
-        weight = np.zeros(n_batch)
-        weight[0] = 1.0
-    spike = max(0.0, law.prefill(1.0) - law.decode(1.0))
-    with_prompt = np.minimum(1.0, throughput_per_ms * step)
-    values = np.concatenate([step, step + spike])
-    weights = np.concatenate([weight * (1.0 - with_prompt), weight * with_prompt])
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    return values[order], cum / cum[-1]
-
-
-def itl_quantiles(
-    chain: Stationary, law: StepLaw, throughput_per_ms: float, probs: Sequence[float]
-) -> list[float]:
-    """Token-weighted ITL percentiles, with prompt-interference spikes."""
-    values, cum = _itl_distribution(chain, law, throughput_per_ms)
-    picks = np.searchsorted(cum, np.asarray(probs), side="left")
-    return [float(values[min(i, len(values) - 1)]) for i in picks]
-
-
-def itl_exceedance(chain: Stationary, law: StepLaw, throughput_per_ms: float, t_ms: float) -> float:
-    """P(ITL > t_ms): a percentile target q is met exactly when this is <= 1 - q."""
-    values, cum = _itl_distribution(chain, law, throughput_per_ms)
-    below = int(np.searchsorted(values, t_ms, side="right"))
-    return 1.0 - float(cum[below - 1]) if below > 0 else 1.0
 
 
 def ttft_exceedance(chain: Stationary, law: StepLaw, t_ms: float) -> float:

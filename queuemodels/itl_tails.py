@@ -1,0 +1,118 @@
+"""Percentiles of ITL from the chain's stationary distribution.
+
+Tokens are weighted by the rate they are produced in each state, B / decode(B). Under continuous batching a step is
+a plain decode step plus the prompts that arrived during the step before (`_prompt_steps`); in the batched reading
+a step that also carries a new prompt (probability X * decode(B)) is longer by prefill(1) - decode(1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import gammaincinv, gammaln
+
+from queuemodels.chain import Stationary
+from queuemodels.service_time import StepLaw
+
+PROMPT_GROUPS = 8
+"""Groups of batches whose prompt-carrying steps share one plain step length (`_prompt_steps`)."""
+K_MAX = 24
+"""Most prompts one step is taken to carry; the mass beyond rides the last."""
+NEGLIGIBLE = 1e-9
+"""Share of steps below which more prompts per step are not read."""
+QUANTILES = (np.arange(8) + 0.5) / 8
+"""Where a prompt-carrying step's spread of prompt costs is read."""
+
+
+def _itl_distribution(
+    chain: Stationary, law: StepLaw, throughput_per_ms: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Token-weighted ITL values, ascending, and their cumulative probabilities. Under continuous batching a
+    step's length is a plain decode step plus the prompts it carries (`_prompt_steps`); in the batched reading
+    a step that carries a prompt is longer by prefill(1) - decode(1)."""
+    n_batch = chain.max_batch
+    by_batch = chain.batch_share[1:]
+    batch = np.arange(1, n_batch + 1, dtype=float)
+    step = law.decode(batch)
+    weight = by_batch * batch / step
+    if weight.sum() <= 0:
+        weight = np.zeros(n_batch)
+        weight[0] = 1.0
+    if law.prompt_ms > 0.0 and law.residual_share > 0.0:
+        values, weights = _prompt_steps(law, step, weight, throughput_per_ms)
+    else:
+        spike = max(0.0, law.prefill(1.0) - law.decode(1.0))
+        with_prompt = np.minimum(1.0, throughput_per_ms * step)
+        values = np.concatenate([step, step + spike])
+        weights = np.concatenate([weight * (1.0 - with_prompt), weight * with_prompt])
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return values[order], cum / cum[-1]
+
+
+def _prompt_steps(law: StepLaw, step: NDArray[np.float64], weight: NDArray[np.float64],
+                  throughput_per_ms: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """ITL values and token weights when prompts ride decode steps. The law's decode step is the mean over steps,
+    stretched by 1 / (1 - phi) for the prompts' share phi of the GPU; a step carries the K prompts that arrived
+    during the one before, so it is the plain step s plus K prompt costs c, and K' ~ Poisson(lambda (s + K c)):
+    a branching process whose stationary K has mean lambda s / (1 - m) and variance mean / (1 - m^2), m = lambda c
+    (taken as a negative binomial with those moments). A prompt that slows with the clock or a cap (c is the
+    law's, fitted) makes both the stall and the chance of another prompt joining it grow: one spike of one
+    prompt's cost saw neither the steps stalled behind two prompts nor that most steps carry none. K prompts'
+    costs (each of spread prompt_cv) are a gamma variable read at QUANTILES, per group (PROMPT_GROUPS) of batches."""
+    cost = law.prompt_ms
+    phi = min(2.0 * law.residual_ms / cost, 0.99)  # residual_ms = phi c_p / 2
+    plain = step * (1.0 - phi)
+    m = min(throughput_per_ms * cost, 0.99)
+    groups = min(PROMPT_GROUPS, len(weight))
+    starts = (np.arange(groups) * len(weight)) // groups
+    owner = np.searchsorted(starts, np.arange(len(weight)), side="right") - 1
+    mass = np.add.reduceat(weight, starts)
+    group_plain = np.add.reduceat(weight * plain, starts) / np.where(mass > 0.0, mass, 1.0)
+    mean_k = throughput_per_ms * group_plain / (1.0 - m)
+    p = 1.0 - m * m  # negative binomial: variance / mean = 1 / p
+    r = np.maximum(mean_k * p / max(m * m, 1e-12), 1e-12)
+    k = np.arange(0, K_MAX + 1, dtype=float)
+    log_pmf = (gammaln(k[None, :] + r[:, None]) - gammaln(r[:, None]) - gammaln(k + 1.0)[None, :]
+               + r[:, None] * math.log(p) + k[None, :] * math.log(max(m * m, 1e-300)))
+    pmf = np.exp(log_pmf)
+    top = max(int(np.flatnonzero(pmf.max(axis=0) > NEGLIGIBLE)[-1]), 1)  # past it, what is left rides column top
+    pmf = pmf[:, : top + 1]
+    pmf[:, -1] += np.maximum(1.0 - pmf.sum(axis=1), 0.0)
+    extra = _prompt_costs(law.prompt_cv**2)[:top] * cost
+    extra_w = np.repeat(pmf[:, 1:], extra.shape[1], axis=1) / extra.shape[1]
+    # steps without a prompt keep each batch's own length; those with prompts, their group's mean plain step
+    values = np.concatenate([plain, (group_plain[:, None] + extra.ravel()[None, :]).ravel()])
+    weights = np.concatenate([weight * pmf[owner, 0], (mass[:, None] * extra_w).ravel()])
+    return values, weights
+
+
+@lru_cache(maxsize=64)
+def _prompt_costs(cv2: float) -> NDArray[np.float64]:
+    """The summed cost of K = 1..K_MAX prompts, in units of one prompt's mean, at QUANTILES (rows: K): a gamma of
+    shape K / cv^2 for prompts of spread cv (a point at K without spread). Cached: a service's cv is fixed."""
+    k = np.arange(1, K_MAX + 1, dtype=float)[:, None]
+    if cv2 <= 0.0:
+        return k
+    out: NDArray[np.float64] = gammaincinv(k / cv2, QUANTILES[None, :]) * cv2
+    return out
+
+
+def itl_quantiles(
+    chain: Stationary, law: StepLaw, throughput_per_ms: float, probs: Sequence[float]
+) -> list[float]:
+    """Token-weighted ITL percentiles, with prompt-interference spikes."""
+    values, cum = _itl_distribution(chain, law, throughput_per_ms)
+    picks = np.searchsorted(cum, np.asarray(probs), side="left")
+    return [float(values[min(i, len(values) - 1)]) for i in picks]
+
+
+def itl_exceedance(chain: Stationary, law: StepLaw, throughput_per_ms: float, t_ms: float) -> float:
+    """P(ITL > t_ms): a percentile target q is met exactly when this is <= 1 - q."""
+    values, cum = _itl_distribution(chain, law, throughput_per_ms)
+    below = int(np.searchsorted(values, t_ms, side="right"))
+    return 1.0 - float(cum[below - 1]) if below > 0 else 1.0
