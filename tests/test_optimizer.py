@@ -43,7 +43,10 @@ CASES = [
 @pytest.mark.parametrize("problem", CASES, ids=lambda p: f"{p.objective}-{p.budget_w:.0f}-{len(p.accelerators)}acc")
 def test_milp_and_greedy_match_exhaustive(problem: Problem) -> None:
     oracle = solve(problem, get_solver("exhaustive"))
-    milp = solve(problem, get_solver("milp"))
+    # the formulation's exactness, at no gap: the default 1 % is relative to an objective the shed services'
+    # penalties dominate, so where one must be shed HiGHS may stop 2 % of the rest short of the optimum
+    # (token_speed-1500-1acc1 since the inter-token tail counts steps stalled behind prompts: 113.27 / 115.58)
+    milp = solve(problem, get_solver("milp", mip_gap=0.0))
     assert milp.power_w <= problem.budget_w + 1e-6
     assert [s.short_rps for s in milp.services] == pytest.approx([s.short_rps for s in oracle.services], abs=1e-6)
     assert milp.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-9)
