@@ -28,7 +28,7 @@ from controller.governor import PowerGovernor
 from controller.optimizer import Assignment, Problem, ServiceDemand, ServiceResult, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
-from controller.settings import PowerSettings, ServiceSettings, Settings
+from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import Inventory, Pending, StabilityGate
 from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
@@ -279,8 +279,7 @@ class Controller:
                 self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned,
                                    self.gate.admit(now, svc.name, current, planned,
-                                                   result.reason if result.short_rps > 0 else None),
-                                   result.short_rps > 0 or not meets_targets(svc, observed_windows.get(svc.name))))
+                                                   result.reason if result.short_rps > 0 else None)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")
@@ -347,13 +346,3 @@ class Controller:
             return current
         floor_w = CATALOG[current.accelerator].min_power_w
         return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)
-
-
-def meets_targets(svc: ServiceSettings, window: ServiceWindow | None) -> bool:
-    """Whether the service's last window met both targets with no request waiting: what runs carries its load.
-    Unknown (no window, no latency, a p99 target the window's p95 cannot show) counts as not met."""
-    if window is None or window.waiting > 0:
-        return False
-    ttft, itl = ((window.ttft_ms, window.itl_ms) if svc.statistic == "mean" else
-                 (window.ttft_p95_ms, window.itl_p95_ms) if svc.statistic == "p95" else (None, None))
-    return ttft is not None and itl is not None and ttft <= svc.ttft_ms and itl <= svc.itl_ms

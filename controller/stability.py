@@ -21,11 +21,7 @@ held by services the plan shrinks, `make_room` lets those shrinks through at onc
 the plan already chose who gives way, and confirming it while a higher priority waits costs more SLO than
 one noisy estimate could. A service more important than every one waiting gives way only once its shrink
 is confirmed (diurnal.toml: chat, priority 1, gave a replica to code's token-speed spare at once, mid-burst,
-on one cycle's plan; 23 of its requests waited up to 4.7 s). Nor does anyone give way early to a service
-that meets its targets with what runs (`Pending.needs`): its scale-up is token speed, not capacity it lacks,
-and a replica stopped kills the requests it holds (diurnal.toml: batch-summaries, 3 to 2 to 1 replicas for
-code's fourth while code's p95 TTFT read 235-247 ms of 800, code's plan flapping 3-4 between cycles; four
-of its requests restarted elsewhere and waited 6-15 s): such a shrink waits for its confirmation.
+on one cycle's plan; 23 of its requests waited up to 4.7 s).
 """
 
 from __future__ import annotations
@@ -111,9 +107,9 @@ class StabilityGate:
             # Growth counts a move onto this type whole; shrinks already admitted free their GPUs for it.
             grow = sum(p.admitted.replicas - (p.current.replicas if p.current.accelerator == acc else 0) for p in on)
             short = grow * inv.gpus_per_replica - inv.free
-            growers = [p.priority for p in on if p.needs and p.admitted.replicas > (
-                p.current.replicas if p.current.accelerator == acc else 0)]
-            top = min(growers, default=math.inf)  # the most important service that waits for a GPU it needs
+            growers = [p.priority for p in on if p.admitted.replicas > (p.current.replicas if p.current.accelerator
+                                                                         == acc else 0)]
+            top = min(growers, default=math.inf)  # the most important service that waits for a GPU
             for p in sorted(services, key=lambda p: -p.priority):
                 if short <= 0:
                     break
@@ -144,7 +140,3 @@ class Pending:
     current: Assignment
     planned: Assignment
     admitted: Assignment
-    needs: bool = True
-    """Whether it lacks capacity now (misses its targets, requests wait, or it cannot tell); a scale-up of a
-    service that meets its targets is token speed, and no other service gives way to it before its shrink is
-    confirmed."""

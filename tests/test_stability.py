@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.control import meets_targets
 from controller.optimizer import Assignment
-from controller.settings import ServiceSettings, StabilitySettings
+from controller.settings import StabilitySettings
 from controller.stability import Inventory, Pending, StabilityGate
-from controller.telemetry.base import ServiceWindow
 
 NOW = Assignment("H100-SXM", 2, 64, 600.0)
 
@@ -116,30 +114,3 @@ def test_a_service_gives_way_early_only_to_one_at_least_as_important() -> None:
     pending.append(Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now))
     out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
     assert out["chat"] == chat_now and out["bulk"].replicas == 1
-
-
-def test_no_service_gives_way_early_to_token_speed() -> None:
-    """code (priority 2) planned a fourth replica while it meets its targets on three: bulk's shrink for it
-    waits for its confirmation (a replica stopped kills what it holds); once code lacks capacity, bulk gives
-    way at once."""
-    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=3))
-    code_now, bulk_now = Assignment("H100-SXM", 3, 64, 600.0), Assignment("H100-SXM", 2, 64, 600.0)
-    pending = [Pending("code", 2, code_now, replace(code_now, replicas=4), replace(code_now, replicas=4),
-                       needs=False),
-               Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now)]
-    assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"] == bulk_now
-    pending[0] = replace(pending[0], needs=True)
-    assert gate.make_room({"H100-SXM": Inventory(free=0)}, pending)["bulk"].replicas == 1
-
-
-def test_targets_are_met_by_the_service_statistic_with_nothing_waiting() -> None:
-    window = ServiceWindow(15.0, 8.0, 1200.0, 300.0, ttft_ms=100.0, itl_ms=19.0, ttft_p95_ms=850.0, itl_p95_ms=25.0,
-                           running=30.0, waiting=0.0, kv_usage=0.3, preemptions=0.0, replicas=3)
-    mean = ServiceSettings(name="chat", model="m", ttft_ms=300.0, itl_ms=30.0, statistic="mean")
-    p95 = replace(mean, statistic="p95", ttft_ms=800.0, itl_ms=45.0)
-    assert meets_targets(mean, window)
-    assert not meets_targets(p95, window)  # its p95 TTFT is over 800 ms
-    assert meets_targets(p95, replace(window, ttft_p95_ms=240.0))
-    assert not meets_targets(mean, replace(window, waiting=2.0))  # requests wait: capacity lacks
-    assert not meets_targets(mean, replace(window, ttft_ms=None)) and not meets_targets(mean, None)
-    assert not meets_targets(replace(p95, statistic="p99"), replace(window, ttft_p95_ms=240.0))  # p95 cannot show p99
