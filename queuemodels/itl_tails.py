@@ -7,7 +7,6 @@ a step that also carries a new prompt (probability X * decode(B)) is longer by p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -74,21 +73,36 @@ def _prompt_steps(law: StepLaw, step: NDArray[np.float64], weight: NDArray[np.fl
     mass = np.add.reduceat(weight, starts)
     group_plain = np.add.reduceat(weight * plain, starts) / np.where(mass > 0.0, mass, 1.0)
     mean_k = throughput_per_ms * group_plain / (1.0 - m)
-    p = 1.0 - m * m  # negative binomial: variance / mean = 1 / p
-    r = np.maximum(mean_k * p / max(m * m, 1e-12), 1e-12)
-    k = np.arange(0, K_MAX + 1, dtype=float)
-    log_pmf = (gammaln(k[None, :] + r[:, None]) - gammaln(r[:, None]) - gammaln(k + 1.0)[None, :]
-               + r[:, None] * math.log(p) + k[None, :] * math.log(max(m * m, 1e-300)))
-    pmf = np.exp(log_pmf)
-    top = max(int(np.flatnonzero(pmf.max(axis=0) > NEGLIGIBLE)[-1]), 1)  # past it, what is left rides column top
-    pmf = pmf[:, : top + 1]
-    pmf[:, -1] += np.maximum(1.0 - pmf.sum(axis=1), 0.0)
+    pmfs, tops = prompts_per_step(mean_k[None, :], np.array([m]), np.array([groups]))
+    top = int(tops[0])
+    pmf = pmfs[0, :, : top + 1]
     extra = _prompt_costs(law.prompt_cv**2)[:top] * cost
     extra_w = np.repeat(pmf[:, 1:], extra.shape[1], axis=1) / extra.shape[1]
     # steps without a prompt keep each batch's own length; those with prompts, their group's mean plain step
     values = np.concatenate([plain, (group_plain[:, None] + extra.ravel()[None, :]).ravel()])
     weights = np.concatenate([weight * pmf[owner, 0], (mass[:, None] * extra_w).ravel()])
     return values, weights
+
+
+def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
+                     groups: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The negative binomial pmf of the prompts a step carries, k = 0..K_MAX, per row and group of batches (mean
+    `mean_k`, variance mean / (1 - m^2); a row's groups past its `groups` are padding), cut past the last count
+    any of a row's groups reaches NEGLIGIBLE at (`top`, at least 1; K_MAX where even the mean is past it), each
+    group's remaining mass on that count. For one chain (`_prompt_steps`) and many (queuemodels.stacked_itl)."""
+    p = 1.0 - m * m
+    r = np.maximum(mean_k * (p / np.maximum(m * m, 1e-12))[:, None], 1e-12)
+    k = np.arange(0, K_MAX + 1, dtype=float)
+    log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - gammaln(k + 1.0)
+               + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m * m, 1e-300))[:, None, None])
+    pmf = np.exp(log_pmf)
+    real = np.arange(mean_k.shape[1])[None, :] < groups[:, None]
+    reached = np.asarray((np.where(real[:, :, None], pmf, 0.0) > NEGLIGIBLE).any(axis=1))
+    top: NDArray[np.int64] = np.maximum(K_MAX - np.argmax(reached[:, ::-1], axis=1), 1)
+    pmf = np.where(k[None, None, :] <= top[:, None, None], pmf, 0.0)
+    rest = np.maximum(1.0 - pmf.sum(axis=2), 0.0)
+    pmf[np.arange(len(top))[:, None], np.arange(mean_k.shape[1])[None, :], top[:, None]] += rest
+    return pmf, top
 
 
 @lru_cache(maxsize=64)

@@ -11,11 +11,10 @@ checks costs a few array passes, not a distribution built through the interprete
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gammaln
 
-from queuemodels.itl_tails import K_MAX, NEGLIGIBLE, PROMPT_GROUPS, QUANTILES, _prompt_costs
+from queuemodels.itl_tails import K_MAX, PROMPT_GROUPS, QUANTILES, _prompt_costs, prompts_per_step
 from queuemodels.law_arrays import Bools, Floats
-from queuemodels.stacked_tails import Chains, Ints
+from queuemodels.stacked_tails import Chains
 
 
 def itl_exceedances(c: Chains, itl_ms: Floats) -> Floats:
@@ -60,7 +59,7 @@ def _riding(c: Chains, rows: Bools, weight: Floats, step: Floats, throughput: Fl
     mass = np.bincount(flat, w, size).reshape(len(idx), PROMPT_GROUPS)
     group_plain = np.bincount(flat, w * plain, size).reshape(mass.shape) / np.where(mass > 0.0, mass, 1.0)
     m = np.minimum(x * cost, 0.99)
-    pmf = _prompts_per_step(x[:, None] * group_plain / (1.0 - m[:, None]), m, groups)
+    pmf, _ = prompts_per_step(x[:, None] * group_plain / (1.0 - m[:, None]), m, groups)
     # the summed cost of k = 1..K_MAX prompts at each quantile, per row (rows of one base share a spread)
     spreads, which = np.unique(laws.prompt_cv[idx] ** 2, return_inverse=True)
     costs = np.stack([np.broadcast_to(_prompt_costs(float(v)), (K_MAX, len(QUANTILES))) for v in spreads])
@@ -72,23 +71,3 @@ def _riding(c: Chains, rows: Bools, weight: Floats, step: Floats, throughput: Fl
             + (riders * (values > limit[:, None, None, None]).mean(axis=3)).sum(axis=(1, 2)))
     total = np.bincount(at, plain_w, len(idx)) + riders.sum(axis=(1, 2))
     return over, total
-
-
-def _prompts_per_step(mean_k: Floats, m: Floats, groups: Ints) -> Floats:
-    """The negative binomial pmf of the prompts a step carries (k = 0..K_MAX, per row and group; mean `mean_k`,
-    variance mean / (1 - m^2)), cut past the last count any of a row's groups reaches NEGLIGIBLE at, the rest of
-    each group's mass on that count."""
-    p = 1.0 - m * m
-    r = np.maximum(mean_k * (p / np.maximum(m * m, 1e-12))[:, None], 1e-12)
-    k = np.arange(0, K_MAX + 1, dtype=float)
-    log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - gammaln(k + 1.0)
-               + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m * m, 1e-300))[:, None, None])
-    pmf = np.exp(log_pmf)
-    real = np.arange(PROMPT_GROUPS)[None, :] < groups[:, None]  # a row of fewer batches has fewer groups
-    reached: Bools = np.asarray((np.where(real[:, :, None], pmf, 0.0) > NEGLIGIBLE).any(axis=1))
-    top: Ints = np.maximum(K_MAX - np.argmax(reached[:, ::-1], axis=1), 1)
-    pmf = np.where(k[None, None, :] <= top[:, None, None], pmf, 0.0)
-    rest = np.maximum(1.0 - pmf.sum(axis=2), 0.0)
-    pmf[np.arange(len(top))[:, None], np.arange(PROMPT_GROUPS)[None, :], top[:, None]] += rest
-    out: Floats = pmf
-    return out

@@ -68,3 +68,11 @@ def test_short_prompts_leave_the_tail_to_the_batch() -> None:
     short = Load(6.0, 128, 1024, in_cv=0.5, out_cv=0.5)
     perf = MODEL.analyze(PARAMS, short, ServerShape(128, 1000, None), PROFILE)
     assert perf.itl_p99_ms < 1.3 * perf.itl_ms  # a 128-token prompt adds a few ms to the step that carries it
+
+
+def test_more_prompts_a_step_than_the_counts_read_ride_the_last_count() -> None:
+    """Thousands of short prompts a second: even the mean count of prompts a step carries is past K_MAX, so every
+    count read is below NEGLIGIBLE; the mass rides the last count read (an IndexError before)."""
+    params, load, shape = ServiceParams("gen1", 12, 0.09, 10, 0.035), Load(5000, 8, 1), ServerShape(256, 1000)
+    perf = MODEL.analyze(params, load, shape)
+    assert np.isfinite(perf.itl_p95_ms) and perf.itl_p95_ms > MODEL.analyze(params, load.at_rate(50), shape).itl_p95_ms
