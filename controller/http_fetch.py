@@ -12,6 +12,7 @@ which each caller sorts into its own errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import socket
 import threading
@@ -40,32 +41,72 @@ class HttpAnswer:
 
 
 class _Watch:
-    """The deadline of one request: its connections' sockets are shut when it passes, which ends any read."""
+    """The deadline of one request: the sockets its connections open are shut when it passes, which ends any read.
+    A socket opened after it passed is shut at once; once the answer is whole, nothing is shut."""
 
     def __init__(self, timeout_s: float) -> None:
         self.deadline = time.monotonic() + timeout_s
         self.sockets: list[socket.socket] = []
         self.fired = False
         """Whether the deadline shut the sockets: what was read after may look whole (headers end at EOF)."""
+        self.done = False
+        self.lock = threading.Lock()
         self.timer = threading.Timer(timeout_s, self.shut)
         self.timer.daemon = True
 
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.fired:
+                _shutdown(sock)
+
     def shut(self) -> None:
-        self.fired = True
-        for sock in self.sockets:  # the OS socket's, also under TLS (the reading thread's SSL object is left to it)
-            with contextlib.suppress(OSError):  # already closed
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        with self.lock:
+            if self.done:
+                return
+            self.fired = True
+            for sock in self.sockets:
+                _shutdown(sock)
+
+    def finish(self) -> bool:
+        """The answer is in (or given up): no socket is shut from now on. Whether the deadline came first."""
+        with self.lock:
+            self.done = True
+            return self.fired
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """The OS socket's shutdown, also under TLS (the reading thread's SSL object is left to it)."""
+    with contextlib.suppress(OSError):  # already closed
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_current = threading.local()
+"""The watch of the request this thread is making: every connection it opens meanwhile (a redirect's, a proxy's)
+registers with it."""
 
 
 def _watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
     class Watched(base):  # type: ignore[valid-type, misc]
-        """A connection whose socket its request's watch can shut."""
-
-        watch: _Watch
+        """A connection whose sockets the watch of the request being made can shut: the plain one as soon as it is
+        connected (a proxy's tunnel is covered; a TLS handshake is bounded per read only), and the TLS one."""
 
         def connect(self) -> None:
+            watch: _Watch | None = getattr(_current, "watch", None)
+            if watch is None:
+                return super().connect()  # type: ignore[no-any-return]
+            create = self._create_connection  # type: ignore[has-type]
+
+            def created(*args: Any, **kwargs: Any) -> socket.socket:
+                sock: socket.socket = create(*args, **kwargs)
+                watch.add(sock)
+                return sock
+
+            self._create_connection = created
             super().connect()
-            self.watch.sockets.append(self.sock)
+            if self.sock is not None:
+                watch.add(self.sock)
+            return None
 
     return Watched
 
@@ -73,27 +114,14 @@ def _watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPCon
 _HTTP, _HTTPS = _watched(http.client.HTTPConnection), _watched(http.client.HTTPSConnection)
 
 
-class _Request(urllib.request.Request):
-    watch: _Watch
-
-
 class WatchedHttp(urllib.request.HTTPHandler):
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_connection(_HTTP, req), req)
+        return self.do_open(_HTTP, req)
 
 
 class WatchedHttps(urllib.request.HTTPSHandler):
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_connection(_HTTPS, req), req, context=self._context)  # type: ignore[attr-defined]
-
-
-def _connection(cls: type[http.client.HTTPConnection], req: urllib.request.Request) -> Any:
-    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
-        conn = cls(*args, **kwargs)
-        conn.watch = req.watch  # type: ignore[attr-defined]
-        return conn
-
-    return make
+        return self.do_open(_HTTPS, req, context=self._context)  # type: ignore[attr-defined]
 
 
 def opener(proxies: Mapping[str, str] | None = None) -> urllib.request.OpenerDirector:
@@ -105,26 +133,37 @@ def opener(proxies: Mapping[str, str] | None = None) -> urllib.request.OpenerDir
     return urllib.request.build_opener(*handlers)
 
 
+@functools.cache
+def _default() -> urllib.request.OpenerDirector:
+    """The environment's proxies, read once (as urllib's own default opener reads them)."""
+    return opener()
+
+
 def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: bytes | None = None,
                  via: urllib.request.OpenerDirector | None = None, max_body: int = MAX_BODY) -> HttpAnswer:
-    """GET `url` (POST `data` where given) and read the whole answer within `timeout_s`. `via`: an `opener` (None:
-    one with the environment's proxies, read now)."""
-    request = _Request(url, data=data, headers=dict(headers))
-    request.watch = watch = _Watch(timeout_s)
+    """GET `url` (POST `data` where given) and read the whole answer within `timeout_s`, redirects included. `via`:
+    an `opener` (None: one with the environment's proxies)."""
+    request = urllib.request.Request(url, data=data, headers=dict(headers))
+    watch = _current.watch = _Watch(timeout_s)
     watch.timer.start()
     try:
         try:
-            with (via or opener()).open(request, timeout=timeout_s) as r:
+            with (via or _default()).open(request, timeout=timeout_s) as r:
                 answer = HttpAnswer(r.status, _lower(r.headers), _body(r, url, watch.deadline, max_body, True))
-            if watch.fired:
+                late = watch.finish()  # before the socket closes: a shut one's number may be another's by then
+            if late:
                 raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s")
             return answer
         except urllib.error.HTTPError as exc:
-            return HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, watch.deadline, max_body, False))
+            answer = HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, watch.deadline, max_body, False))
+            watch.finish()
+            return answer
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
     finally:
+        watch.finish()
         watch.timer.cancel()
+        _current.watch = None
 
 
 def _lower(headers: Any) -> dict[str, str]:

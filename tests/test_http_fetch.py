@@ -105,3 +105,34 @@ def test_an_answer_past_the_size_bound_is_refused() -> None:
 def test_a_vllm_page_that_trickles_is_a_telemetry_error() -> None:
     with serving(b"y" * 200, pause_s=0.02) as url, pytest.raises(TelemetryError, match=r"scrape: .* still coming"):
         http_get(url, 0.3)
+
+
+def test_a_redirect_is_followed_under_the_same_deadline() -> None:
+    """A 302 to a whole page is followed; to a page that trickles, the second connection is shut at the first
+    one's deadline too."""
+    target = [""]
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/old"
+    try:
+        with serving(b"moved") as target[0]:
+            assert http_request(url, {}, 1.0).body == b"moved"
+        with serving(b"x" * 200, pause_s=0.02) as target[0]:
+            started = time.monotonic()
+            with pytest.raises(Unreachable):
+                http_request(url, {}, 0.3)
+            assert time.monotonic() - started < 0.6
+    finally:
+        server.shutdown()
+        server.server_close()
