@@ -162,3 +162,17 @@ def test_the_fast_ticks_read_of_the_plans_waits_a_tick_at_most(emu: KubeEmulator
     with pytest.raises(TelemetryError):
         plans.sample(1.0)
     assert time.monotonic() - started < 1.0
+
+
+def test_one_flush_writes_within_a_tick_whatever_the_nodes(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Every PATCH answers 0.25 s late, each within the 0.3 s tick: the first is written, the second finds less than
+    half the tick left and waits, queued and not failed, for the next flush (a tick of writes, not one per node)."""
+    plans, gpu = two_nodes(emu, tmp_path, timeout_s=5.0, tick_s=0.3)
+    emu.fail("PATCH", "nodepowerplans/gpu-", delay_s=0.25, times=2)
+    plans.set_power_limit(gpu["gpu-a"], 500.0)
+    plans.set_power_limit(gpu["gpu-b"], 400.0)
+    started = time.monotonic()
+    assert plans.flush(1.0, 2000.0) == []
+    assert time.monotonic() - started < 0.45
+    assert (limits(emu, "gpu-a"), limits(emu, "gpu-b")) == ({"0": 500.0}, None)
+    assert plans.flush(2.0, 2000.0) == [] and limits(emu, "gpu-b") == {"0": 400.0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -76,8 +77,9 @@ class NodePlans:
         self.plan_ttl_s, self.safe_cap_share, self.stale_after_s = plan_ttl_s, safe_cap_share, stale_after_s
         self.timeout_s = timeout_s
         self.tick_timeout_s = min(timeout_s, tick_s) if tick_s else timeout_s
-        """What the fast tick's calls (the plans' LIST, a plan's PATCH) may take: within one tick (`tick_s`), so
-        a slow API server costs the governor a tick, never several."""
+        """What the fast tick's reading of the plans (a LIST) may take, and its writing of them (the PATCHes of a
+        flush, all together): within one tick (`tick_s`) each, so a slow API server costs the governor a tick
+        or two, never one per node."""
         self.index: dict[tuple[str, int], int] = {}
         """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
         self.where: dict[int, tuple[str, int]] = {}
@@ -233,9 +235,10 @@ class NodePlans:
         only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; where
         one of those fails or waits, no raise is written this tick and the limits stay queued, as the fast
         loop lowers before it raises (a raise must not land beside a failed cut). Once a write fails for a reason
-        that may pass (a timeout, the API down), the nodes after it wait for the next tick: an outage costs a tick
-        one timeout, not one per node. The safe caps fit the site's
-        `budget_w` and each domain's (watts, GPUs) together: a GPU's is the lowest its levels give."""
+        that may pass (a timeout, the API down), or the writes have left less than half a tick (`tick_timeout_s`,
+        all together), the nodes after it wait for the next tick: an outage costs a tick one timeout, not one per
+        node. The safe caps fit the site's `budget_w` and each domain's (watts, GPUs) together: a GPU's is the
+        lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
@@ -265,9 +268,11 @@ class NodePlans:
         failed: list[str] = []
         cut_failed = False  # then no raise is written this tick: the fast loop lowers limits before it raises any
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
+        deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
             queued = pending.get(node, {})
-            if unreachable or (cut_failed and raises(node)):
+            left_s = deadline - time.monotonic()  # a write gets half a tick at least, else waits for the next
+            if unreachable or left_s < 0.5 * self.tick_timeout_s or (cut_failed and raises(node)):
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
             old = self.written.get(node, {})
@@ -278,7 +283,7 @@ class NodePlans:
                 continue
             target = f"node_plan:{node}"
             if self.retry.may_try(target, now):
-                error = self._write(node, spec, now)
+                error = self._write(node, spec, now, left_s)
                 if error is None:
                     self.retry.succeeded(target)
                     continue
@@ -289,13 +294,13 @@ class NodePlans:
             cut_failed = cut_failed or lowers(node)
         return failed
 
-    def _write(self, node: str, spec: dict[str, Any], now: float) -> ActuatorError | None:
-        """Patch the node's plan; why it failed, or None."""
+    def _write(self, node: str, spec: dict[str, Any], now: float, timeout_s: float) -> ActuatorError | None:
+        """Patch the node's plan within `timeout_s`; why it failed, or None."""
         seq = self.sequence.get(node, 0) + 1
         body = {"spec": {**self._settings(), **spec, "sequence": seq}}
         try:
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body,
-                                                    _request_timeout=self.tick_timeout_s, _content_type=MERGE)
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=timeout_s,
+                                                    _content_type=MERGE)
         except Exception as exc:
             return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
@@ -312,7 +317,7 @@ class NodePlans:
         for plan in self._plans(self.timeout_s):
             node = plan["metadata"]["name"]
             self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
-            why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now)
+            why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now, self.timeout_s)
             if why is not None:
                 failed.append(str(why))
         return failed
