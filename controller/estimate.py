@@ -31,7 +31,7 @@ class Estimator:
         """Services the last plan could not serve in full."""
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                in_force: Assignment, batch_still: bool, drain_s: float, kv_tokens: float = 0.0) -> str:
+                in_force: Assignment, batch_still: bool, drain_s: float, kv_tokens: float) -> str:
         """Update the service's load and feed its pair's tuner (`kv_tokens`: the cache of the replicas in force);
         returns the tuner's verdict (or why none)."""
         m = self.metrics

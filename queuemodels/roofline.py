@@ -95,15 +95,15 @@ class Roofline:
         f(K c) = cbrt(memory^3 + (decode + K c)^3) - cbrt(memory^3 + decode^3), so a prompt costs E[f(K c)] / E[K]
         per chunk: alone (per_step -> 0) what `prompt_ms` says, all of its compute once many share a step. A
         prompt in k chunks under a token budget rides k steps whose room it fills: x / k of them share one."""
+        k = float(self.chunks(batch))
+        x = per_step / k
+        if x <= 1e-9:
+            return self.prompt_ms(batch)
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
-        k = float(self.chunks(batch))
         chunk = self.prompt_compute_ms / k
-        x = per_step / k
         m3 = memory**3
         base = (m3 + decode**3) ** (1.0 / 3.0)
-        if x <= 1e-9:
-            return float(k * (self.prompt_overhead_ms + (m3 + (decode + chunk) ** 3) ** (1.0 / 3.0) - base))
         weight = math.exp(-x)
         added = 0.0
         for riders in range(1, int(x + 6.0 * math.sqrt(x)) + 4):  # the Poisson mass past it is under 1e-9

@@ -143,7 +143,7 @@ def test_prompts_riding_one_step_share_the_memory_time_that_hides_them() -> None
     """A step that carries several prompts is one forward pass: its memory time hides their compute once."""
     roof = Roofline.of(BENT, Load(1.0, 2048, 256))
     alone = roof.prompt_ms(192.0)
-    assert roof.prompt_gpu_ms(192.0, 0.0) == pytest.approx(alone, rel=1e-12)
+    assert roof.prompt_gpu_ms(192.0, 1e-6) == pytest.approx(alone, rel=1e-5)  # the Poisson sum's own limit
     costs = [roof.prompt_gpu_ms(192.0, x) for x in (0.25, 0.75, 2.0, 8.0, 30.0)]
     assert np.all(np.diff(costs) > 0)  # the more ride one step, the less of each one's compute hides
     # many riders: each pays its whole compute, and a share of the step's fixed cost that vanishes

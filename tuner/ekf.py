@@ -92,7 +92,7 @@ class PairFilter:
     def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
-        family = self.prior.family  # the KV cache's size is read, not fitted: the prior or a window carries it
+        family = self.prior.family  # the KV cache's size is read, not fitted: the prior's here, a window's in predict
         params = ServiceParams(family, **{k: float(a) for k, a in zip(NAMES[family], v[:n], strict=True)},
                                kv_tokens=self.prior.kv_tokens)
         profile = self._latency_profile(v)
