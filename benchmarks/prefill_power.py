@@ -7,8 +7,9 @@ Issue 20's heavy-tail misses (`wattscale`'s code 0.829 against `slo-only`'s 0.94
 compute-bound prefills slowed by caps that sum under the hard budget. This measures it on the emulator: it runs
 one policy as `wattscale simulate` does (the same fleet, seed and arrivals) and prints, as JSON, the run's
 figures, per named service every 60-s window's quantile TTFT and ITL (the service's statistic; `mean` services
-their p95), the same TTFT quantile of its prompts under 4,000 tokens, its GPUs' mean limit and whether the window
-met the targets, and per GPU (named by the service it ends the run on) the engine-step seconds the power limit
+their p95), the same TTFT quantile of its prompts under 4,000 tokens, its GPUs' mean limit and the share of the
+window's requests that met the targets (`met`, as `simulate` scores them: a request not finished misses), and per
+GPU (named by the service it ends the run on) the engine-step seconds the power limit
 slowed and the seconds it cost: each step's length at the clock the limit allowed less its length at the clock
 it would have run at without the limit. The step law is observed, not changed (simulator/hardware.py).
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.simulate.accounting import QUANTILES, WINDOW_S, figures
+from controller.simulate.accounting import QUANTILES, WINDOW_S, figures, request_met
 from controller.simulate.runner import run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
@@ -83,7 +84,9 @@ def main() -> None:
     for name in filter(None, args.services.split(",")):
         svc = next(s for s in scn.config.services if s.name == name)
         q = QUANTILES.get(svc.statistic, 95.0)
-        fin = r.host.services[name].requests.finished()
+        log = r.host.services[name].requests
+        fin = log.finished()
+        arrived, met = request_met(svc, log.arrivals(), fin, args.duration_s, WINDOW_S)  # as `simulate` scores them
         rows = []
         for w in range(int(args.duration_s // WINDOW_S)):
             mine = (fin.arrival_s >= w * WINDOW_S) & (fin.arrival_s < (w + 1) * WINDOW_S)
@@ -98,7 +101,7 @@ def main() -> None:
                          "ttft_q_ms": round(ttft, 1), "ttft_q_short_ms": round(float(
                              np.percentile(fin.ttft_s[short], q) * 1000), 1) if short.any() else None,
                          "itl_q_ms": round(itl, 2), "mean_limit_w": round(float(np.nanmean(limits)), 1),
-                         "met": ttft <= svc.ttft_ms and itl <= svc.itl_ms})
+                         "met": round(float(met[w] / arrived[w]), 4) if w < len(arrived) and arrived[w] else None})
         out["windows"][name] = {"quantile": q, "mean_ttft_q_ms": round(float(np.mean([x["ttft_q_ms"] for x in rows])),
                                                                        1), "rows": rows}
     print(json.dumps(out, indent=1))
