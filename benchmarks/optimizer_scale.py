@@ -24,7 +24,8 @@ from dataclasses import replace
 import numpy as np
 
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
-from controller.optimizer.candidates import enumerate_all, valued
+from controller.optimizer.candidates import enumerate_all
+from controller.optimizer.values import valued
 from controller.settings import OptimizerSettings
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG

@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver
-from controller.optimizer.candidates import enumerate_all, valued
+from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.problem import Choice
+from controller.optimizer.values import valued
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 

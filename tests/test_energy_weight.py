@@ -10,7 +10,8 @@ import pytest
 
 from controller.config_loader import ConfigError
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
-from controller.optimizer.candidates import energy_price, enumerate_all, valued
+from controller.optimizer.candidates import enumerate_all
+from controller.optimizer.values import energy_price, valued
 from controller.settings import load_settings
 from controller.simulate.controlled import slo_only_settings
 from queuemodels import Load, ServiceParams, Targets

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from controller.optimizer import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, get_solver, solve
-from controller.optimizer.candidates import enumerate_all, shed_weights, valued
+from controller.optimizer.candidates import enumerate_all
+from controller.optimizer.values import shed_weights, valued
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 

@@ -12,9 +12,10 @@ import pytest
 from controller.config_loader import ConfigError
 from controller.domain_rooms import domain_rooms, placements
 from controller.optimizer import DomainRoom, Problem, Solution, get_solver, solve
-from controller.optimizer.candidates import enumerate_all, valued
+from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.domains import domain_w, fit_domains
 from controller.optimizer.problem import Candidate
+from controller.optimizer.values import valued
 from controller.settings import load_settings
 from queuemodels.accelerators import CATALOG
 from tests.test_optimizer import H100, services

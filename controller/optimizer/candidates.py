@@ -14,12 +14,8 @@ the remedy and nothing is added.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import math
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from operator import attrgetter
@@ -30,6 +26,7 @@ import numpy as np
 from controller.optimizer.clocks import clock_of, shape_choices, sure_savings
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from controller.optimizer.sizing import Brackets, Shapes, Sizer, rates_per_replica, size_together
+from controller.optimizer.values import collector_paused
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
 from queuemodels.law_arrays import Bases, Floats, Points
@@ -42,7 +39,6 @@ replicas only through a shape that needs more (a smaller max batch), and changed
 SPARE_SHAPES = 4
 """Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
 ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
-GRAIN = 0.005
 Shape = tuple[int, float, float | None]
 """A (max batch, cap, clock) the optimizer sizes."""
 Needs = dict[Shape, int | None]
@@ -232,20 +228,7 @@ def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     return out
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic collector held off while a fleet's candidates are built and valued: they hold no cycles,
-    and its passes over the heap as it grows cost a third of a 1,000-service cycle."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-@_collector_paused()
+@collector_paused()
 def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     """Every service's candidates on every accelerator it may run on: every pair's shapes sized together
     (`size_together`), then their full candidates valued together, then the spare and partial ones."""
@@ -278,59 +261,3 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, more), strict=True):
         out[pair.service] += sure(cs + extra, draws + extra_draws)
     return out
-
-
-def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
-    """Penalty per unit of unserved share, by priority: a shortfall of more than GRAIN (0.5 %) of a service's
-    load outweighs every service's score (n x scale) and every service of lower priority shed entirely.
-    Plans trade load a replica at a time, often a few % of a service, so the whole load is served wherever
-    it can be, and a lower priority gives way first, at that grain and not only for whole services."""
-    weights: dict[int, float] = {}
-    below = 0.0
-    scores = len(problem.services) * scale
-    per_level = Counter(s.priority for s in problem.services)
-    for level in sorted(per_level, reverse=True):
-        weights[level] = (scores + below) / GRAIN
-        below += weights[level] * per_level[level]
-    return weights
-
-
-def _changes(current: Assignment | None, a: Assignment) -> int:
-    """What moving from `current` to `a` costs, in transition penalties: a scale counts once, a rolling restart
-    (new max batch) or a move to another accelerator twice. A cap costs nothing to move (the governor moves
-    limits every second), so it counts for nothing: were it counted, a cap read back a few watts off every
-    level would charge every candidate alike and leave no hysteresis at all. A locked clock moves as freely."""
-    if current is None:
-        return 0
-    return ((a.replicas != current.replicas) + 2 * (a.max_batch != current.max_batch)
-            + 2 * (a.accelerator != current.accelerator))
-
-
-def energy_price(problem: Problem, candidates: list[list[Candidate]]) -> float:
-    """Token speed a watt of draw costs: `energy_weight` x the fastest plan's speed per watt of the site's draw
-    (each service's fastest candidate, idle GPUs included). At weight 1 this is one step of Dinkelbach's method
-    from that plan towards the most token speed per watt: a 1 % cut in the site's draw is worth 1 % of speed."""
-    if problem.objective != "token_speed" or problem.energy_weight <= 0:
-        return 0.0
-    fastest = [max(cs, key=lambda c: c.score) for cs in candidates if cs]
-    draw_w = problem.idle_w + sum(c.power_w for c in fastest)
-    return problem.energy_weight * sum(c.score for c in fastest) / max(draw_w, 1.0)
-
-
-@_collector_paused()
-def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[list[Candidate]], list[float]]:
-    """Attach each candidate's value; returns them with each service's value when shed entirely."""
-    scale = max((abs(c.score) for cs in candidates for c in cs), default=1.0) or 1.0
-    price = energy_price(problem, candidates)
-    weights = shed_weights(problem, scale)
-    out, shed = [], []
-    make, penalty, floor = Candidate._make, problem.transition_penalty, 1e-3 * scale
-    for svc, cs in zip(problem.services, candidates, strict=True):
-        w = weights[svc.priority]
-        share = 1.0 / svc.load.rate_rps if svc.load.rate_rps > 0 else 0.0
-        now = svc.current
-        out.append([make((*c[:8], c.score - price * c.power_w - w * c.short_rps * share - (
-            penalty * max(abs(c.score), floor) * _changes(now, c.assignment) if now else 0.0), c.spare)) for c in cs])
-        shed.append(-w if svc.load.rate_rps > 0 else -w * 1e-3)  # dropping below min_replicas always costs
-    return out, shed
-

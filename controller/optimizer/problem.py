@@ -90,7 +90,7 @@ class Problem:
     """Power domains the plan fits within as well as the site (optimizer/domains.py)."""
     energy_weight: float = 0.0
     """Token speed only: the price of a watt of a candidate's draw, as a share of the fastest plan's token speed
-    per watt of the site's draw (candidates.energy_price)."""
+    per watt of the site's draw (values.energy_price)."""
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

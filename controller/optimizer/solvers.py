@@ -11,10 +11,11 @@ from typing import Protocol
 import numpy as np
 
 from controller.lp import Lp
-from controller.optimizer.candidates import enumerate_all, valued, with_tails
+from controller.optimizer.candidates import enumerate_all, with_tails
 from controller.optimizer.domains import domain_w, fit_domains, over
 from controller.optimizer.greedy import Greedy
 from controller.optimizer.problem import Candidate, Choice, Problem, ServiceResult, Solution
+from controller.optimizer.values import valued
 
 
 class Solver(Protocol):
