@@ -1,9 +1,8 @@
 """Candidate enumeration: per service, each (accelerator, max batch, cap) sized by the queue model.
 
 A full candidate serves the whole load with ceil(load / max rate) replicas; partial ones serve what
-fewer replicas can, so a short budget degrades a service before it drops it. Values fold the objective,
-the priority-weighted shortfall (so lower priorities give way first, a replica's worth at a time) and the
-transition penalty.
+fewer replicas can, so a short budget degrades a service before it drops it. What each is worth to the
+solvers is optimizer/values.py's.
 
 A new max batch is a rolling restart: one replica at a time is down while it reloads. A candidate that
 changes the max batch of what runs therefore keeps, besides its own replicas, enough for its load minus one

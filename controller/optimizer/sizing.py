@@ -151,10 +151,9 @@ class Sizer:
     once, where a fleet sizes hundreds of thousands of shapes a cycle."""
 
     def __init__(self, model: str, params: ServiceParams, load: Load, targets: Targets, profile: PowerProfile) -> None:
-        self.model, self.params, self.load, self.targets, self.profile = model, params, load, targets, profile
-        self.per_unit = load.at_rate(1.0)
+        self.model, self.load, self.targets = model, load, targets
         self.base: Base = (params, load, profile)
-        self.basis, self.guess_basis = _numbers((model, params, self.per_unit, targets, profile),
+        self.basis, self.guess_basis = _numbers((model, params, load.at_rate(1.0), targets, profile),
                                                 (model, "guess", targets, profile))
 
     def rate_per_replica(self, shape: ServerShape) -> float:
