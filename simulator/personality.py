@@ -15,38 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from simulator.hardware import step_length_ms
 from simulator.llms import StepCost
-
-
-@dataclass(frozen=True)
-class StepWork:
-    """What one engine step carries."""
-
-    prefill_tokens: int
-    prefill_seqs: int
-    """Sequences with a prompt chunk in this step."""
-    attention_pairs: float
-    """Sum over prompt chunks of chunk x (context before it + chunk / 2): the query-key pairs prefill
-    attention computes (0 unless the personality asks for it)."""
-    decode_seqs: int
-    context_tokens: int
-    """KV-cache tokens of every live sequence (what decode attention reads)."""
-
-
-@dataclass(frozen=True)
-class StepTime:
-    """A step's time parts (ms at full clock): `overhead` is host-side (no GPU draw, no clock), `compute`
-    overlaps `memory` (roofline smooth maximum), `serial` is compute in kernels of its own (no overlap)."""
-
-    overhead_ms: float
-    compute_ms: float
-    memory_ms: float
-    serial_ms: float = 0.0
-
-    def ms(self, clock: float = 1.0) -> float:
-        """The step's length at a clock fraction (a cap slows compute, not memory or the host)."""
-        return step_length_ms(clock, self.compute_ms, self.memory_ms, self.overhead_ms, self.serial_ms)
 
 
 @dataclass(frozen=True)
@@ -67,16 +36,13 @@ class Personality:
     attention_context: float | None = None
     """Context length at which a prompt token's attention FLOPs equal its weights' (None: ignored)."""
 
-    def step_time(self, cost: StepCost, work: StepWork) -> StepTime:
-        """The step's time parts under this personality."""
-        compute, memory, overhead, serial = self.step_parts(cost, work.prefill_tokens, work.prefill_seqs,
-                                                            work.attention_pairs, work.decode_seqs, work.context_tokens)
-        return StepTime(overhead, compute, memory, serial)
-
     def step_parts(self, cost: StepCost, prefill_tokens: int, prefill_seqs: int, attention_pairs: float,
                    decode_seqs: int, context_tokens: int) -> tuple[float, float, float, float]:
-        """`step_time`'s parts as (compute, memory, overhead, serial) ms, the order `SimGPU.run_step` takes: what
-        the engine asks every step, built without the two records."""
+        """One step's time parts at full clock, as (compute, memory, overhead, serial) ms, the order
+        `SimGPU.run_step` and `hardware.step_length_ms` take: `overhead` is host-side (no GPU draw, no clock),
+        `compute` overlaps `memory` (roofline smooth maximum), `serial` is compute in kernels of its own (no
+        overlap). `attention_pairs` is the sum over prompt chunks of chunk x (context before it + chunk / 2), the
+        query-key pairs prefill attention computes; `context_tokens` the KV-cache tokens decode attention reads."""
         decode_ms = cost.decode_ms_per_seq * decode_seqs
         if self.decode_knee is not None:
             decode_ms *= 1.0 + decode_seqs / self.decode_knee

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from simulator.engine import VLLMEngine
-from simulator.hardware import SPECS, SimGPU, step_core_ms
+from simulator.hardware import SPECS, SimGPU, step_core_ms, step_length_ms
 from simulator.host import SimHost
 from simulator.llms import LLMS, step_cost
-from simulator.personality import PERSONALITIES, StepWork, get_personality
+from simulator.personality import PERSONALITIES, get_personality
 from simulator.workload import TokenDist, Workload, constant
 
 COST = step_cost(LLMS["llama-3.1-8b"], SPECS["H100-SXM"])
 
 
 def step_ms(name: str, prefill: int = 0, decode: int = 0, context: int = 0, pairs: float = 0.0) -> float:
-    work = StepWork(prefill, 1 if prefill else 0, pairs, decode, context)
-    return get_personality(name).step_time(COST, work).ms()
+    return step_length_ms(1.0, *get_personality(name).step_parts(COST, prefill, 1 if prefill else 0, pairs, decode,
+                                                                 context))
 
 
 def test_roofline_is_the_original_law() -> None:
