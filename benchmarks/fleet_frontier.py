@@ -24,17 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.simulate.plant import token_mix
+from controller.simulate.report import T_OVER_C_GAIN, TOKENS_PER_JOULE_GAIN
 from controller.simulate.scenario import load_scenario
-from controller.simulate.sizing import static_fleet
+from controller.simulate.sizing import replica_for, static_fleet
 from simulator.hardware import SPECS
-from simulator.personality import chosen_for
 from simulator.probe import Replica, measure
 from simulator.workload import TokenSampler
 
 CLOCKS = (None, 0.7, 0.5, 0.3)
 """SM clock locks tried, shares of the maximum (None: free)."""
-ENERGY_GAIN = 1.3
-SPEED_GAIN = 1.15
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,9 @@ def main() -> None:
     args = ap.parse_args()
     scn = load_scenario(Path(args.scenario))
     seed = scn.settings.seed
+    if len(set(scn.gpu_types)) > 1:
+        raise SystemExit(f"{args.scenario}: a host of several GPU types ({sorted(set(scn.gpu_types))}); "
+                         "the frontier load-tests one")
     gpu_type = scn.gpu_types[0]
     spec = SPECS[gpu_type]
     fleet = static_fleet(scn, seed)
@@ -79,8 +80,7 @@ def main() -> None:
     for svc in scn.config.services:
         w = scn.workload(svc.name)
         prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
-        replica = Replica(svc.model, gpu_type, seed,
-                          personality=chosen_for(scn.config.simulator.personalities, svc.model, gpu_type) or "roofline")
+        replica = replica_for(scn, svc, gpu_type, seed)
 
         probe = Probe(replica, w.rate_rps, prompts, outputs, svc.initial_max_batch, args.requests, args.seed)
         options[svc.name] = [probe.run(n, c) for n in range(1, min(svc.max_replicas, len(scn.gpu_types)) + 1)
@@ -97,8 +97,8 @@ def main() -> None:
 
     static_w, static_tc = totals(static)
     _, uniform_tc = totals(uniform)
-    draw_bound_w = static_w / ENERGY_GAIN  # same tokens served: tokens per joule scale as 1 / draw
-    speed_need = SPEED_GAIN * uniform_tc
+    draw_bound_w = static_w / TOKENS_PER_JOULE_GAIN  # same tokens served: tokens per joule scale as 1 / draw
+    speed_need = T_OVER_C_GAIN * uniform_tc
     names = list(options)
     plans = []
     for combo in itertools.product(*(options[n] for n in names)):

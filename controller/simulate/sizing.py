@@ -44,11 +44,16 @@ def capacity_rps(replica: Replica, prompts: TokenSampler, outputs: TokenSampler,
     return low
 
 
+def replica_for(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> Replica:
+    """A probe replica of the service's model on `gpu_type`, with the engine personality the scenario gives it."""
+    name = chosen_for(scn.config.simulator.personalities, svc.model, gpu_type) or "roofline"
+    return Replica(svc.model, gpu_type, seed, personality=name)
+
+
 def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> int:
     w = scn.workload(svc.name)
     prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
-    name = chosen_for(scn.config.simulator.personalities, svc.model, gpu_type) or "roofline"
-    cap = capacity_rps(Replica(svc.model, gpu_type, seed, personality=name), prompts, outputs,
+    cap = capacity_rps(replica_for(scn, svc, gpu_type, seed), prompts, outputs,
                        svc.initial_max_batch, svc.ttft_ms, svc.itl_ms, svc.statistic)
     peak = peak_rps(w, scn.settings.duration_s)
     return svc.max_replicas if cap <= 0 else math.ceil(peak / cap)
