@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.simulate.accounting import QUANTILES, WINDOW_S, figures, request_met
+from controller.simulate.accounting import QUANTILES, WINDOW_S, figures, request_met, scored_end_s
 from controller.simulate.runner import run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
@@ -44,7 +44,7 @@ def throttle_meter() -> Iterator[dict[int, list[float]]]:
     def metered(self: hardware.SimGPU, compute_ms: float, memory_ms: float, overhead_ms: float,
                 serial_ms: float = 0.0) -> tuple[float, float, float]:
         clock, power_w, step_ms = step(self, compute_ms, memory_ms, overhead_ms, serial_ms)
-        top = 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
+        top = self.top_clock
         if clock < top:
             free_ms = hardware.step_length_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
             acc = seen.setdefault(self.index, [0.0, 0.0])
@@ -86,7 +86,7 @@ def main() -> None:
         q = QUANTILES.get(svc.statistic, 95.0)
         log = r.host.services[name].requests
         fin = log.finished()
-        arrived, met = request_met(svc, log.arrivals(), fin, args.duration_s, WINDOW_S)  # as `simulate` scores them
+        arrived, met = request_met(svc, log.arrivals(), fin, scored_end_s(float(r.trace.t_s[-1])))  # as `simulate`
         rows = []
         for w in range(int(args.duration_s // WINDOW_S)):
             mine = (fin.arrival_s >= w * WINDOW_S) & (fin.arrival_s < (w + 1) * WINDOW_S)

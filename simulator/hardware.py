@@ -91,12 +91,17 @@ class SimGPU:
         spec = self.spec
         return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m), step
 
+    @property
+    def top_clock(self) -> float:
+        """The highest clock a step may run at, as a share of the maximum: the lock's, else the maximum."""
+        return 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
+
     def run_step(self, compute_ms: float, memory_ms: float, overhead_ms: float,
                  serial_ms: float = 0.0) -> tuple[float, float, float]:
         """One engine step: the clock it settles at (the largest, up to a lock, whose draw fits the limit: a
         bisection, draw rising with the clock), its draw and its length (ms) at that clock, each sum made once
         (the engine's every step asks all three)."""
-        top = 1.0 if self.locked_clock_mhz is None else self.locked_clock_mhz / self.spec.max_clock_mhz
+        top = self.top_clock
         power_w, step_ms = self._draw_and_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
         if power_w <= self.power_limit_w:
             self.clock_fraction = top

@@ -89,12 +89,17 @@ def violations(run: Run) -> tuple[float, float]:
     return float(np.count_nonzero(over & ~excused)) * dt, float(np.count_nonzero(over)) * dt
 
 
+def scored_end_s(duration_s: float) -> float:
+    """Arrivals up to when are scored: requests of the last GRACE_S may not have finished when the run ends."""
+    return max(duration_s - GRACE_S, duration_s / 2)
+
+
 def figures(scn: Scenario, run: Run) -> dict[str, Any]:
     """Every figure of one run (JSON-ready)."""
     tr = run.trace
     duration = float(tr.t_s[-1])
     hours = duration / 3600.0
-    end = max(duration - GRACE_S, duration / 2)
+    end = scored_end_s(duration)
     energy_j = sum(g.energy_j for g in run.host.gpus)
     services: dict[str, Any] = {}
     tokens, t_over_c = 0, 0.0
