@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -15,6 +14,7 @@ from typing import Any
 
 import pynvml
 import pytest
+from conftest import load_benchmark
 from fake_pynvml import FakeGpu, FakeNvml
 from test_nvml import FIELDS
 
@@ -22,11 +22,7 @@ from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from controller import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpu_probe", ROOT / "benchmarks" / "gpu_probe.py")
-assert _spec is not None and _spec.loader is not None
-gpu_probe = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_probe"] = gpu_probe  # dataclasses look their module up there
-_spec.loader.exec_module(gpu_probe)
+gpu_probe = load_benchmark("gpu_probe")
 
 
 class FakeClock:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from simulator.probe import Measured, Replica, measure
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("queue_heldout", ROOT / "benchmarks" / "queue_heldout.py")
-assert _spec is not None and _spec.loader is not None
-queue_heldout = importlib.util.module_from_spec(_spec)
-sys.modules["queue_heldout"] = queue_heldout
-_spec.loader.exec_module(queue_heldout)
+queue_heldout = load_benchmark("queue_heldout")
 
 SHAPE = ("roofline", 8, 128, 1.0)
 SAT, UTIL, REQUESTS = 2.6, 0.6, 300
