@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 
 from queuemodels.power import Batch
 from queuemodels.types import Load, ServiceParams, Unstable
@@ -104,11 +105,12 @@ class Roofline:
         chunk = self.prompt_compute_ms / k
         m3 = memory**3
         base = (m3 + decode**3) ** (1.0 / 3.0)
-        weight = math.exp(-x)
-        added = 0.0
-        for riders in range(1, int(x + 6.0 * math.sqrt(x)) + 4):  # the Poisson mass past it is under 1e-9
-            weight *= x / riders
-            added += weight * ((m3 + (decode + riders * chunk) ** 3) ** (1.0 / 3.0) - base)
+        # the Poisson mass of K riders within 6 sigma of x + 3 (outside, under 1e-9), weighted in log space:
+        # e^-x underflows to 0 past x = 745, and a product of ratios from it would lose the compute altogether
+        spread = 6.0 * math.sqrt(x)
+        riders = np.arange(max(1, int(x - spread)), int(x + spread) + 4, dtype=float)
+        weight = np.exp(riders * math.log(x) - x - gammaln(riders + 1.0))
+        added = float(weight @ (np.cbrt(m3 + (decode + riders * chunk) ** 3) - base))
         return float(k * (-math.expm1(-x) * self.prompt_overhead_ms + added) / x)
 
     def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
