@@ -315,6 +315,9 @@ class PairFilter:
         before = self._within(self._residuals(self.history))
         self.fit(windows, reset_spread=False)
         residuals = self._residuals(windows)
+        if residuals is None:  # the joint law cannot take some window's load: it explains nothing
+            self.x, self.p = x, p
+            return False
         within = self._within(residuals)
         rejected_fit = all(within[len(self.history):])
         kept = float(np.mean(within[: len(self.history)] or [True]))
@@ -332,20 +335,24 @@ class PairFilter:
             return None
         return [np.log(h / self.observed(o)) for o, h in zip(windows, figures, strict=True) if h is not None]
 
+    @property
+    def _limit(self) -> float:
+        """Three sigma of the observation error, in log."""
+        return 3.0 * self.settings.error_level / 1.96
+
     def _within(self, residuals: list[NDArray[np.float64]] | None) -> list[bool]:
-        """Which residuals are within 3 sigma of the observation error (none where there are none)."""
+        """Which residuals are within 3 sigma of the observation error (none where the law could take no load)."""
         if residuals is None:
             return [False]
-        limit = 3.0 * self.settings.error_level / 1.96
-        return [bool(np.abs(r).max() <= limit) for r in residuals]
+        return [bool(np.abs(r).max() <= self._limit) for r in residuals]
 
-    def _as_neighbours(self, residuals: list[NDArray[np.float64]] | None) -> bool:
+    def _as_neighbours(self, residuals: list[NDArray[np.float64]]) -> bool:
         """Whether every rejected window errs as the recent windows of its shape do (within 3 sigma of their mean
         error: a max batch within 2x, prompts within 1.5x): what the law misses there, not a change in time. A
         server that changed leaves its old windows and the run on either side of any law fitted to both."""
-        if residuals is None or not self.history:
+        if not self.history:
             return False
-        limit = 3.0 * self.settings.error_level / 1.96
+        limit = self._limit
         recent = residuals[: len(self.history)]
         for obs, error in zip(self.suspects, residuals[len(self.history):], strict=True):
             like = [r for o, r in zip(self.history, recent, strict=True)
