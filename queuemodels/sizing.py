@@ -121,6 +121,16 @@ def saturation_rps(
     return root if surplus(root) >= 0.0 else root - rel_tol * trickle
 
 
+def _bracket(params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None, law_fn: LawFn,
+             rel_tol: float) -> tuple[float, float]:
+    """Where a max rate is searched: a trickle (a thousandth of one request's service rate), and just below the
+    saturation rate. Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it,
+    and a bounded queue past it turns the excess away, with latencies that would pass a percentile target."""
+    law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
+    return (0.001 * 1000.0 / float(law.tau(1.0)),
+            SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol))
+
+
 def max_rate(
     params: ServiceParams,
     load: Load,
@@ -131,11 +141,7 @@ def max_rate(
     law_fn: LawFn = capped_law,
 ) -> float:
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
-    law = law_fn(params, replace(load, rate_rps=0.0), profile, shape)
-    low = 0.001 * 1000.0 / float(law.tau(1.0))
-    # Not the capacity at a trickle: under continuous batching the arrivals' own prompts lower it, and a
-    # bounded queue past it turns the excess away, with latencies that would pass a percentile target.
-    high = SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
+    low, high = _bracket(params, load, shape, profile, law_fn, rel_tol)
 
     def feasible(rate_rps: float) -> bool:
         return _feasible(law_fn, params, load, profile, shape, rate_rps, targets)
@@ -166,10 +172,8 @@ def max_rates_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = cap
     known to fit and known not to (`fits_rps`, `misses_rps`, a sizing's brackets) start the brackets narrower."""
     k = len(points.rates_rps)
     low, high = np.zeros(k), np.zeros(k)
-    for i in range(k):  # max_rate's own bracket: a trickle, and just below the saturation rate
-        params, load, shape, profile = points.point(i)
-        low[i] = 0.001 * 1000.0 / float(law_fn(params, load.at_rate(0.0), profile, shape).tau(1.0))
-        high[i] = SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol)
+    for i in range(k):
+        low[i], high[i] = _bracket(*points.point(i), law_fn, rel_tol)
     fits = np.zeros(k) if fits_rps is None else fits_rps
     misses = np.full(k, np.inf) if misses_rps is None else misses_rps
     low_ok, high_ok = fits >= low, fits >= high

@@ -171,7 +171,8 @@ class Sizer:
         if most < 1:
             return [None] * len(shapes)
         if load.rate_rps <= 0:
-            return [1 if self.rate_per_replica(shape) > 0 else None for shape in shapes]
+            rates = rates_per_replica(self.model, [(self, shape, None) for shape in shapes])
+            return [1 if rate > 0 else None for rate in rates]
         brackets, decided, need = opening
         fits_rps, misses_rps = brackets.fits_rps, brackets.misses_rps
         out: list[int | None] = [n if n <= most else None for n in need.tolist()]
