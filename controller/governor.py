@@ -37,9 +37,10 @@ class PowerGovernor:
     @staticmethod
     def accounted_w(sample: GpuSample) -> float:
         """What a GPU counts for: its reading, or its limit where it has none (a NaN reading is none: it would
-        pass every comparison and lift the ramp's ceiling)."""
+        pass every comparison and lift the ramp's ceiling); a reading past what the GPU can draw at all is a
+        glitch, counted at that most (one 5,000 W reading on a 700 W GPU sent every GPU to its floor)."""
         p = sample.power_w
-        return p if p is not None and math.isfinite(p) else sample.power_limit_w
+        return min(p, sample.max_limit_w) if p is not None and math.isfinite(p) else sample.power_limit_w
 
     def threshold_w(self) -> float:
         return self.settings.budget_w * (1 - self.settings.headroom)

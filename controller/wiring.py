@@ -218,7 +218,8 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         envelopes = {a.name: (CATALOG[a.name].min_power_w, CATALOG[a.name].max_power_w) for a in settings.accelerators}
         gpus = PrometheusGpuSource(t.prometheus_url, t.gpu_source, (acc.min_power_w, acc.max_power_w),
                                    {name: key for key, name in deployments(settings).items()},
-                                   min(t.timeout_s, settings.daemon.fast_interval_s),  # the fast loop waits on it
+                                   # the fast loop waits on it: half a tick, so a slow answer costs no tick its turn
+                                   min(t.timeout_s, 0.5 * settings.daemon.fast_interval_s),
                                    envelopes=envelopes)
     else:
         gpus = SimGpuSource(sim(), lock)
