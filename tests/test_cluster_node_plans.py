@@ -176,3 +176,13 @@ def test_one_flush_writes_within_a_tick_whatever_the_nodes(emu: KubeEmulator, tm
     assert time.monotonic() - started < 0.45
     assert (limits(emu, "gpu-a"), limits(emu, "gpu-b")) == ({"0": 500.0}, None)
     assert plans.flush(2.0, 2000.0) == [] and limits(emu, "gpu-b") == {"0": 400.0}
+
+
+def test_a_new_fast_tick_moves_the_bounds_derived_from_it(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The operator takes a policy's new `daemon.fast_interval_s` live: the plans' calls and staleness follow it."""
+    plans, _ = two_nodes(emu, tmp_path, timeout_s=5.0, tick_s=5.0)
+    assert (plans.tick_timeout_s, plans.stale_after_s) == (5.0, 10.0)
+    plans.configure(60.0, 0.6, tick_s=0.5)
+    assert (plans.tick_timeout_s, plans.stale_after_s) == (0.5, 10.0)
+    plans.configure(60.0, 0.6, tick_s=8.0)
+    assert (plans.tick_timeout_s, plans.stale_after_s) == (5.0, 24.0)

@@ -59,6 +59,12 @@ def _gpus_of(pod: Mapping[str, Any]) -> int:
     return total
 
 
+def stale_after_s(tick_s: float) -> float:
+    """How long an agent's beat may stand still before its GPUs count as missing: three fast ticks, 10 s at
+    least."""
+    return max(3.0 * tick_s, 10.0)
+
+
 def renew_s(plan_ttl_s: float) -> float:
     """How often a plan is rewritten however little changed, and the longest a failing node waits to be tried
     again: a quarter of its TTL, so an agent sees a fresh plan well before its own runs out."""
@@ -108,9 +114,13 @@ class NodePlans:
         self.specs: dict[str, dict[str, Any]] = {}
         """Node -> its plan's spec as the API holds it (last written or adopted): what its agent is served."""
 
-    def configure(self, plan_ttl_s: float, safe_cap_share: float) -> None:
+    def configure(self, plan_ttl_s: float, safe_cap_share: float, tick_s: float | None = None) -> None:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
-        the next flush (an agent must not time a renewal by the old TTL); nodes given up on are tried afresh."""
+        the next flush (an agent must not time a renewal by the old TTL); nodes given up on are tried afresh.
+        A new fast tick (`tick_s`; None: as it was) moves what the fast tick's calls may take and when a beat is
+        stale."""
+        if tick_s is not None:
+            self.tick_timeout_s, self.stale_after_s = min(self.timeout_s, tick_s), stale_after_s(tick_s)
         if (plan_ttl_s, safe_cap_share) != (self.plan_ttl_s, self.safe_cap_share):
             self.retry.max_delay_s = renew_s(plan_ttl_s)
             self.retry.forget()

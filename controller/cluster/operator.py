@@ -25,7 +25,7 @@ from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
-from controller.cluster.nodes import NodePlans, owner_caps
+from controller.cluster.nodes import NodePlans, owner_caps, stale_after_s
 from controller.cluster.plan_server import PlanServer
 from controller.cluster.resources import (
     GROUP,
@@ -171,7 +171,7 @@ class ClusterLoop:
         assert res.settings is not None and res.policy is not None
         s, p = res.settings, res.policy
         self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
-                                       max(3 * s.daemon.fast_interval_s, 10.0), s.actuators.kubernetes_timeout_s,
+                                       stale_after_s(s.daemon.fast_interval_s), s.actuators.kubernetes_timeout_s,
                                        lambda node: self.metrics.errors.labels("node_status").inc(),
                                        tick_s=s.daemon.fast_interval_s)
         self.deployments.target(s)
@@ -306,8 +306,10 @@ class ClusterLoop:
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
+            c.fast.governor.interval_s = res.settings.daemon.fast_interval_s  # the ramps' share of a tick
         if res is not None and res.policy is not None and may_act():
-            plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share)
+            plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,
+                            (res.settings or c.settings).daemon.fast_interval_s)
             try:
                 plans.ensure(res.policy.node_selector)
             except Exception as exc:
