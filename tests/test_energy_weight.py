@@ -11,6 +11,7 @@ import pytest
 from controller.config_loader import ConfigError
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import enumerate_all
+from controller.optimizer.problem import Assignment, Candidate
 from controller.optimizer.values import energy_price, valued
 from controller.settings import load_settings
 from controller.simulate.controlled import slo_only_settings
@@ -41,16 +42,23 @@ def test_a_price_on_watts_trades_speed_for_more_speed_per_watt() -> None:
 
 def test_the_price_is_the_fastest_plans_speed_per_watt_times_the_weight() -> None:
     problem = _problem(0.5)
+    assert problem.idle_w == 760.0  # 8 H100s idle
+
+    def option(service: int, score: float, power_w: float) -> Candidate:
+        return Candidate(service, Assignment("H100-SXM", 1, 64, 700.0), 1, power_w, 2.99, 1.0, 0.0, score)
+
+    # each service's fastest is not its first: chat 20 at 300 W, code 30 at 400 W
+    hand = [[option(0, 10.0, 100.0), option(0, 20.0, 300.0)], [option(1, 5.0, 50.0), option(1, 30.0, 400.0)]]
+    assert energy_price(problem, hand) == pytest.approx(0.5 * 50.0 / 1460.0)
+    assert energy_price(_problem(0.0), hand) == 0.0
+    assert energy_price(replace(problem, objective="energy"), hand) == 0.0  # energy and cost price watts already
     raw = enumerate_all(problem)
-    fastest = [max(cs, key=lambda c: c.score) for cs in raw]
-    per_w = sum(c.score for c in fastest) / (problem.idle_w + sum(c.power_w for c in fastest))
-    assert energy_price(problem, raw) == pytest.approx(0.5 * per_w)
-    assert energy_price(_problem(0.0), raw) == 0.0
-    assert energy_price(replace(problem, objective="energy"), raw) == 0.0  # energy and cost price watts already
+    price = energy_price(problem, raw)
     [chat, _], _ = valued(replace(problem, transition_penalty=0.0), raw)
+    assert price > 0 and any(c.short_rps == 0 for c in chat)
     for c in chat:
         if c.short_rps == 0:
-            assert c.value == pytest.approx(c.score - 0.5 * per_w * c.power_w)
+            assert c.value == pytest.approx(c.score - price * c.power_w)
 
 
 def test_the_solvers_agree_with_the_oracle_under_a_price() -> None:
