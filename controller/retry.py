@@ -56,9 +56,11 @@ class RetryBook:
             log.info("%s: works again after %d failure(s)", target, before.count)
 
     def forget(self, target: str = "") -> None:
-        """Start afresh for `target` and its parts (`target/...`), or for every target (their config changed)."""
-        self.failing = {t: f for t, f in self.failing.items()
-                        if target and t != target and not t.startswith(target + "/")}
+        """Start afresh for `target` and its parts (`target/...`), or for every target (their config changed).
+        The operator's slow worker forgets while its fast tick records failures: read from one copy of the items
+        (iterating the dict itself could raise as the other thread adds to it)."""
+        self.failing = {} if not target else {t: f for t, f in list(self.failing.items())
+                                              if t != target and not t.startswith(target + "/")}
 
     def blocked(self) -> list[str]:
         """Targets given up on, for the decision log (read from another thread: one copy of the items)."""
