@@ -1,7 +1,8 @@
 """The operator's node plans against the Kubernetes API emulator through the official client: a node whose plan
 write times out or is refused waits its backoff (controller/retry.py), so the fast tick that writes the plans
 waits on it once, not every second, while the other nodes' plans are written; nothing queued is lost. And the
-node agent's plan GET (the budget sources' `http_get`) ignores the environment's proxies, as a pod must."""
+node agent's plan GET (`http_fetch.http_request` through a proxy-less opener) ignores the environment's proxies,
+as a pod must."""
 
 from __future__ import annotations
 
