@@ -532,11 +532,43 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {
             "holderIdentity": "new", "renewTime": stamp, "acquireTime": stamp}}, "wattscale")
-        loop.lease.renewed_at -= loop.lease.duration_s / RENEW_SHARE  # the next step is the one that renews it
-        loop.step(0.2)
-        assert loop.controller is None and not loop.lease.valid() and not server.ready()
+        loop.lease.renewed_at -= loop.lease.duration_s / RENEW_SHARE  # the next step wakes its renewal
+        until(lambda: loop.step(0.2) and loop.controller is None, what="the leader standing down")
+        assert not loop.lease.valid() and not server.ready()
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
         c.enforcer.replicas.set_replicas(f"{NS}/chat", "H100-SXM", 3)
     with pytest.raises(TransientActuatorError, match="no longer holds the Lease"):
         c.enforcer.batch.set_max_batch(f"{NS}/chat", 16)
     assert replicas(emu, "vllm-chat") == 0 and max_num_seqs(emu, "vllm-chat") == 100
+
+
+def test_a_stalled_or_failing_lease_api_holds_no_fast_step_and_a_leader_stops_once_its_lease_runs_out(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A Lease read answered 1.5 s late: the renewal waits in its own worker while every fast step returns at
+    once and the leader keeps acting. Renewals that fail (500) keep it acting only while the Lease is valid (3 s from
+    the start of the last renewal that succeeded, before any standby may take it), then it stands down."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"), lease_s=3.0)
+    t0 = time.monotonic()
+    loop.step(0.0)
+    assert loop.controller is not None
+    emu.fail("GET", "/leases/", delay_s=1.5, times=1)
+    steps = []
+    while time.monotonic() - t0 < 3.5:  # renewal due at 1 s, its read answered at 2.5 s
+        started = time.monotonic()
+        loop.step(started - t0)
+        steps.append(time.monotonic() - started)
+        assert loop.controller is not None, "the leader stood down while its Lease was valid"
+        time.sleep(0.1)
+    assert max(steps) < 1.0, f"a fast step waited on the Lease: {max(steps):.1f} s"
+    until(lambda: loop.lease.renewed_at > t0 + 0.5 and loop.lease.valid(), what="the late renewal")
+    emu.fail("GET", "/leases/", code=500)
+    renewed = loop.lease.renewed_at
+    until(lambda: loop.step(time.monotonic() - t0) and loop.controller is None, timeout_s=8.0,
+          what="the leader standing down")
+    assert time.monotonic() - renewed >= 3.0 and not loop.lease.valid()

@@ -2,9 +2,10 @@
 
 As in the host daemon, the slow tick (PromQL, Deployment and pod reads, the MILP, scale and patch calls, status
 writes) runs in a worker woken each slow period, so that while it waits on the network the fast step goes on:
-the governor ticks, the node plans are renewed and so is the Lease. The Plan passes from the slow tick to the
-fast one by reference, as in the daemon; no lock is held across I/O. A slow tick in flight when the Lease is
-lost may not act: every scale, patch and status write asks `may_act` first.
+the governor ticks and the node plans are renewed. The Lease is renewed by a worker of its own, woken by the
+fast step when it is due; it counts as held until a renewal is refused or it runs past its duration. The Plan
+passes from the slow tick to the fast one by reference, as in the daemon; no lock is held across I/O. A slow
+tick in flight when the Lease is lost may not act: every scale, patch and status write asks `may_act` first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class SlowWorker:
     """Runs `tick(now)` in a daemon thread each time it is woken; a wake-up while the last is not yet picked
     up is an overrun (`on_overrun`). Stopped, it runs no further tick (one in flight ends on its timeouts)."""
 
-    def __init__(self, tick: Callable[[], None], on_overrun: Callable[[], None],
+    def __init__(self, tick: Callable[[], object], on_overrun: Callable[[], None],
                  on_error: Callable[[Exception], None]) -> None:
         self.tick, self.on_overrun, self.on_error = tick, on_overrun, on_error
         self.due = threading.Event()

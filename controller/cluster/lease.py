@@ -13,8 +13,8 @@ from typing import Any
 log = logging.getLogger("wattscale.operator")
 
 RENEW_SHARE = 3.0
-"""A held Lease is renewed once a `duration / RENEW_SHARE` has passed, not on every fast tick: two requests a
-second before the governor acted, blocked for their timeouts on a slow API server."""
+"""A held Lease is renewed once a `duration / RENEW_SHARE` has passed (client-go's retry period), not on every
+fast tick; the acting operator renews it in a thread of its own (`due`), so the governor never waits on it."""
 
 
 def _now() -> dt.datetime:
@@ -32,6 +32,8 @@ class Lease:
         self.held = False
         self.renewed_at = -1e18
         """When (monotonic) the request that last took or renewed the Lease was started."""
+        self.failing = False
+        """A renewal failed and none has succeeded since (logged once)."""
         self.observed: tuple[Any, ...] | None = None
         self.observed_at = 0.0
         """The Lease's record (holder, renewTime, resourceVersion) as last read, and when (monotonic) it last
@@ -42,6 +44,10 @@ class Lease:
         """Whether this operator may act now: it holds the Lease and renewed it within its duration (a step
         blocked on the API past that may have let a standby take over)."""
         return self.held and time.monotonic() - self.renewed_at < self.duration_s
+
+    def due(self) -> bool:
+        """Whether a held Lease is old enough to renew (`hold` asks the API only then)."""
+        return self.held and time.monotonic() - self.renewed_at >= self.duration_s / RENEW_SHARE
 
     def _body(self, old: Any, acquire: bool) -> Any:
         from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
@@ -55,13 +61,15 @@ class Lease:
         return V1Lease(metadata=meta, spec=spec)
 
     def hold(self) -> bool:
-        """Take or renew the Lease; whether this operator holds it now. API failures count as not held (a
-        leader that cannot renew stops acting before another may take over)."""
+        """Take or renew the Lease; whether this operator holds it now. A renewal that fails on a timeout or an
+        outage leaves the Lease held while it is `valid` (renewed within its duration, timed from the start of
+        the last request that renewed it: no standby may take it before then), to be tried again; a conflict
+        (another wrote it) or another holder ends it, and a Lease not held stays not held on any failure."""
         from kubernetes.client.exceptions import ApiException
 
         started = time.monotonic()
         if self.held and started - self.renewed_at < self.duration_s / RENEW_SHARE:
-            return True  # renewed a moment ago: the fast tick goes on without a request (client-go's retry period)
+            return True  # renewed a moment ago: no request
         try:
             try:
                 old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
@@ -83,11 +91,14 @@ class Lease:
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)
             self.renewed_at = started
+            self.failing = False
             return self._became(True)
         except Exception as exc:  # a conflict (another took it), a timeout, a refusal
-            if self.held:
+            conflict = isinstance(exc, ApiException) and exc.status == 409
+            if self.held and not self.failing:
                 log.warning("lease %s/%s not renewed: %s", self.namespace, self.name, exc)
-            return self._became(False)
+            self.failing = self.held
+            return self._became(not conflict and self.valid())
 
     def _became(self, held: bool) -> bool:
         if held != self.held:

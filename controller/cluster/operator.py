@@ -102,6 +102,8 @@ class ClusterLoop:
         self.deployments = Deployments(api_client, self.metrics)
         self.next_slow = 0.0
         self.worker: SlowWorker | None = None
+        self.renewer: SlowWorker | None = None
+        """Renews the Lease while this operator acts, so that a slow API server holds no fast step."""
         self.owners: SlowWorker | None = None
         """Refreshes which pods hold which GPUs every `OWNER_TICKS` fast ticks, so a new replica gets its
         service's cap within seconds (not a slow period) of being scheduled."""
@@ -207,6 +209,7 @@ class ClusterLoop:
                                  self._slow_failed)
         self.owners = SlowWorker(lambda: self._refresh_owners(plans),
                                  lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
+        self.renewer = SlowWorker(self.lease.hold, lambda: None, self._slow_failed)
         self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
 
@@ -228,10 +231,10 @@ class ClusterLoop:
         log.warning("slow tick failed: %r", exc, exc_info=True)
 
     def _stop_worker(self) -> None:
-        for worker in (self.worker, self.owners):
+        for worker in (self.worker, self.owners, self.renewer):
             if worker is not None:
                 worker.stop()
-        self.worker = self.owners = None
+        self.worker = self.owners = self.renewer = None
 
     def _now(self) -> float:
         return time.monotonic() + self.offset
@@ -265,12 +268,13 @@ class ClusterLoop:
         """One fast tick if this operator holds the Lease, waking the slow worker when its period is due (not
         waiting for it); returns the seconds to the next step."""
         self.offset = now - time.monotonic()
-        if not self.lease.hold():
-            if self.controller is not None:
-                log.warning("the Lease was lost: this operator stops acting")
-                self.stand_down(False, now)  # its give_back is a no-op: the Lease is not held
+        if self.controller is not None and not self.lease.valid():
+            log.warning("the Lease was lost: this operator stops acting")
+            self.stand_down(False, now)  # its give_back is a no-op: the Lease is not held
             return 2.0
-        if self.controller is None:
+        if self.controller is None:  # nothing is governed here yet: this step may wait on the API
+            if not self.lease.hold():
+                return 2.0
             res = self.read()
             self.reporter.resources(res)
             if res.settings is None:
@@ -278,6 +282,8 @@ class ClusterLoop:
             self.controller = self._lead(res, now)
         c, plans = self.controller, self.plans
         assert plans is not None
+        if self.lease.due() and self.renewer is not None:
+            self.renewer.wake()  # a renewal in flight takes the wake-up as its next try
         c.tick_fast(now)
         power = c.governor.settings
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
