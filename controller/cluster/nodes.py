@@ -4,59 +4,27 @@ caps, a renewal sequence) and the agent's status (its GPUs' readings).
 Seen from the control loop, the plans are a `GpuSource` (the agents' readings, numbered across the cluster)
 and a `PowerLimiter` (limits collected each fast tick and written once per node by `flush`). A node whose
 write fails waits its backoff (`controller/retry.py`): the fast tick that writes the plans waits on a
-timing-out node once, not on every tick. Which service a
-GPU serves is read from the pods: a variant's Deployment's pods on a node hold that node's GPUs in index
-order (sorted by pod name); the device plugin's own choice is not visible to the API, so two services on one
-node may see each other's GPUs swapped (docs/cluster.md).
+timing-out node once, not on every tick. Which service a GPU serves is read from the pods
+(controller/cluster/node_gpus.py).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
+from controller.cluster.node_gpus import owners_of, reading
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
 from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger("wattscale.operator")
-GPU_RESOURCE = "nvidia.com/gpu"
 MERGE = "application/merge-patch+json"
-
-
-def _number(value: Any, field: str, required: bool) -> float | None:
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _reading(g: Any) -> tuple[Any, ...]:
-    """(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, sm_clock_mhz) of one GPU entry an agent
-    reported; KeyError, TypeError or ValueError where it is malformed."""
-    index, uuid = g["index"], g["uuid"]
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
-    if not isinstance(uuid, str) or not uuid:
-        raise ValueError(f"uuid must be a string, got {uuid!r}")
-    return (index, uuid, str(g.get("name") or ""),
-            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"))
-              for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
-
-
-def _gpus_of(pod: Mapping[str, Any]) -> int:
-    total = 0
-    for c in pod.get("spec", {}).get("containers", []):
-        limits = (c.get("resources") or {}).get("limits") or {}
-        total += int(limits.get(GPU_RESOURCE, 0) or 0)
-    return total
 
 
 def stale_after_s(tick_s: float) -> float:
@@ -161,20 +129,7 @@ class NodePlans:
 
     def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
         """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, in index order."""
-        per_node: dict[str, list[tuple[str, int, str, str]]] = {}
-        for (service, variant), pods in pods_by_variant.items():
-            for pod in pods:
-                node = pod.get("spec", {}).get("nodeName")
-                if node and pod.get("status", {}).get("phase", "Running") in ("Pending", "Running"):
-                    per_node.setdefault(node, []).append((pod["metadata"]["name"], _gpus_of(pod), service, variant))
-        owners: dict[tuple[str, int], tuple[str, str]] = {}
-        for node, held in per_node.items():
-            k = 0
-            for _, n, service, variant in sorted(held):
-                for _ in range(n):
-                    owners[node, k] = (service, variant)
-                    k += 1
-        self.owners = owners
+        self.owners = owners_of(pods_by_variant)
 
     def unowned(self) -> list[str]:
         """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
@@ -204,7 +159,7 @@ class NodePlans:
             gpus = status.get("gpus")
             for k, g in enumerate(gpus if isinstance(gpus, list) else []):
                 try:
-                    local, uuid, name, *watts = _reading(g)
+                    local, uuid, name, *watts = reading(g)
                 except (KeyError, TypeError, ValueError) as exc:
                     self._bad(node, k, exc)
                     continue
@@ -346,13 +301,3 @@ class NodePlans:
                                   "ttl_s": spec.get("ttl_s"), "safe_cap_share": spec.get("safe_cap_share")}
         return held
 
-
-def owner_caps(plans: NodePlans, held: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, str], float]:
-    """(service, variant) -> the highest limit the plans hold on its GPUs (a new leader's starting caps)."""
-    out: dict[tuple[str, str], float] = {}
-    for node, limits in held.items():
-        for local, watts in limits.items():
-            owner = plans.owners.get((node, int(local)))
-            if owner is not None:
-                out[owner] = max(out.get(owner, 0.0), watts)
-    return out

@@ -25,7 +25,8 @@ from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
-from controller.cluster.nodes import NodePlans, owner_caps, stale_after_s
+from controller.cluster.node_gpus import owner_caps
+from controller.cluster.nodes import NodePlans, stale_after_s
 from controller.cluster.plan_server import PlanServer
 from controller.cluster.resources import (
     GROUP,
@@ -193,7 +194,7 @@ class ClusterLoop:
         pods = self.deployments.pods()
         if pods is not None:
             plans.refresh_owners(pods)
-        held = owner_caps(plans, plans.adopt())
+        held = owner_caps(plans.owners, plans.adopt())
         if self.server is not None:  # served from the plans as adopted: the agents see no renewal until one
             self.server.attach(plans.spec_of, self.lease.valid)
         for name, a in list(c.assignments.items()):

@@ -1,0 +1,72 @@
+"""What the operator reads about a node's GPUs: an agent's reported entries, checked one by one, and which
+service holds each GPU, from the pods. A variant's Deployment's pods on a node hold that node's GPUs in index
+order (sorted by pod name); the device plugin's own choice is not visible to the API, so two services on one
+node may see each other's GPUs swapped (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def _number(value: Any, field: str, required: bool) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def reading(g: Any) -> tuple[Any, ...]:
+    """(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, sm_clock_mhz) of one GPU entry an agent
+    reported; KeyError, TypeError or ValueError where it is malformed."""
+    index, uuid = g["index"], g["uuid"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
+    if not isinstance(uuid, str) or not uuid:
+        raise ValueError(f"uuid must be a string, got {uuid!r}")
+    return (index, uuid, str(g.get("name") or ""),
+            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"))
+              for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
+
+
+def _gpus_of(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for c in pod.get("spec", {}).get("containers", []):
+        limits = (c.get("resources") or {}).get("limits") or {}
+        total += int(limits.get(GPU_RESOURCE, 0) or 0)
+    return total
+
+
+def owners_of(pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]
+              ) -> dict[tuple[str, int], tuple[str, str]]:
+    """(node, GPU index) -> (service, variant), from each (service, variant)'s pending or running pods."""
+    per_node: dict[str, list[tuple[str, int, str, str]]] = {}
+    for (service, variant), pods in pods_by_variant.items():
+        for pod in pods:
+            node = pod.get("spec", {}).get("nodeName")
+            if node and pod.get("status", {}).get("phase", "Running") in ("Pending", "Running"):
+                per_node.setdefault(node, []).append((pod["metadata"]["name"], _gpus_of(pod), service, variant))
+    owners: dict[tuple[str, int], tuple[str, str]] = {}
+    for node, held in per_node.items():
+        k = 0
+        for _, n, service, variant in sorted(held):
+            for _ in range(n):
+                owners[node, k] = (service, variant)
+                k += 1
+    return owners
+
+
+def owner_caps(owners: Mapping[tuple[str, int], tuple[str, str]],
+               held: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, str], float]:
+    """(service, variant) -> the highest limit the plans hold on its GPUs (a new leader's starting caps)."""
+    out: dict[tuple[str, str], float] = {}
+    for node, limits in held.items():
+        for local, watts in limits.items():
+            owner = owners.get((node, int(local)))
+            if owner is not None:
+                out[owner] = max(out.get(owner, 0.0), watts)
+    return out
