@@ -90,6 +90,15 @@ class SimHost:
         self.services[name] = svc
         self.scale(name, replicas, delay_s=0.0)
 
+    def keep_samples_from_now(self) -> None:
+        """Every engine, running or started later, keeps its raw TTFT and ITL samples from now on: exact
+        percentiles for a benchmark, beside what the histograms let Prometheus read."""
+        self.keep_samples = True
+        for svc in self.services.values():
+            for r in svc.replicas:
+                r.engine.metrics.ttft.keep()
+                r.engine.metrics.itl.keep()
+
     @property
     def gpu_types(self) -> list[str]:
         """The GPU types on this host, in GPU order, each once."""

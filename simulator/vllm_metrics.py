@@ -60,6 +60,11 @@ class Histogram:
         if self.samples is not None:
             self.samples.append(np.full(times, value))
 
+    def keep(self) -> None:
+        """Keep raw samples from now on (a ground-truth benchmark asks it of engines already running)."""
+        if self.samples is None:
+            self.samples = []
+
     @property
     def count(self) -> int:
         return sum(self.counts)
