@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from controller.config_loader import ConfigError
 from queuemodels.accelerators import CATALOG
+from simulator.llms import LLMS
 
 if TYPE_CHECKING:
     from controller.power_settings import PowerDomainSettings
@@ -176,6 +177,14 @@ def _simulated_host(s: Settings) -> None:
         if a.count != host:
             raise ConfigError(f"accelerators[{a.name}].count",
                               f"{a.count} is not the simulated host's {host} {a.name} GPUs ({where})")
+    runs = {svc.model for svc in s.services}
+    for svc in s.services:
+        if svc.model not in LLMS:
+            raise ConfigError(f"{svc_path(svc.name)}.model", f"{svc.model!r} is not a model the simulator serves; "
+                              f"expected one of {sorted(LLMS)}")
+    for key in sim.personalities:
+        if key.split("|", 1)[0] not in runs:
+            raise ConfigError(f"simulator.personalities.{key}", f"no service runs model {key.split('|', 1)[0]!r}")
     n = len(types)
     for svc in s.services:
         outside = [g for g in svc.gpus if g >= n]

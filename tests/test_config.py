@@ -288,6 +288,18 @@ def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) ->
     (tmp_path / "bad.toml").write_text(text.replace('"chunked"', '"fast"'))
     with pytest.raises(ConfigError, match=r"simulator\.personalities\.llama-3\.1-8b: unknown 'fast'"):
         load_settings(tmp_path / "bad.toml")
+    (tmp_path / "unused.toml").write_text(text.replace('"llama-3.1-8b" = "chunked"', '"llama-3.1-70b-fp8" = "chunked"'))
+    with pytest.raises(ConfigError, match=r"^simulator\.personalities\.llama-3\.1-70b-fp8: no service runs model"):
+        load_settings(tmp_path / "unused.toml")
+
+
+def test_a_model_the_simulated_host_does_not_serve_is_refused_by_name(tmp_path: Path) -> None:
+    """Caught where check-config looks, not by the host when `run` builds it."""
+    text = (ROOT / "config" / "sim.toml").read_text().replace('model = "qwen2.5-14b"', 'model = "Qwen/Qwen2.5-14B"')
+    (tmp_path / "m.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"^services\[code\]\.model: 'Qwen/Qwen2\.5-14B' is not a model the "
+                                          r"simulator serves; expected one of \['granite-13b'"):
+        load_settings(tmp_path / "m.toml")
 
 
 def test_nvml_limits_with_cluster_gpu_numbering_are_refused(tmp_path: Path) -> None:
