@@ -95,6 +95,9 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
     assert main(["simulate", str(good), "--report", str(tmp_path / "r"), "--duration-s", "61"]) == 2
     assert "--duration-s: must be in [1, 60]" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["simulate", str(good), "--report", str(tmp_path / "a-file" / "r")]) == 2
+    assert f"--report: {tmp_path / 'a-file' / 'r'}: cannot be written (Not a directory)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
     assert "unknown policy hpa" in capsys.readouterr().err

@@ -91,8 +91,11 @@ def simulate_command(args: argparse.Namespace) -> int:
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
-    report_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
+    except OSError as exc:
+        raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
