@@ -12,8 +12,9 @@ import threading
 import time
 from typing import Any
 
-from controller.cli_args import number, seconds
+from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
+from controller.preflight import check_metrics_bind
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -49,12 +50,28 @@ def _stop_after(duration_s: float | None, stop: threading.Event) -> None:
         timer.start()
 
 
+def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
+    """Each endpoint's port free on its address (bound and closed), refused by option name otherwise."""
+    for name, port in ports:
+        listen = args.plan_listen if name == "plan" else args.metrics_listen
+        where = "--plan-listen" if name == "plan" else "--metrics-listen"
+        check_metrics_bind(listen, port, (where, f"--{name}-port"))
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
+    _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
+    from actuators import ActuatorError
+    from actuators.kubernetes import api_client
+
+    try:  # the credentials kopf will log in with: none is an error now, not a retry every minute
+        api_client(args.kubeconfig)
+    except ActuatorError as exc:
+        raise ConfigError("operator", str(exc)) from exc
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),
@@ -102,6 +119,7 @@ def _agent(args: argparse.Namespace) -> int:
         raise ConfigError("agent", str(exc)) from exc
     except ImportError:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
+    _ports(args, ("metrics", args.metrics_port))
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
@@ -136,11 +154,11 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--state-dir", default="/var/lib/wattscale", help="tuner state and the decision log")
     o.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
     o.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
-    o.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics; 0: none")
-    o.add_argument("--health-port", type=int, default=0, help="port of kopf's /healthz; 0: none")
+    o.add_argument("--metrics-port", type=whole(0, 65535), default=9464, help="port of /metrics; 0: none")
+    o.add_argument("--health-port", type=whole(0, 65535), default=0, help="port of kopf's /healthz; 0: none")
     o.add_argument("--plan-listen", default="127.0.0.1", help="address of the agents' plan endpoint and its "
                    "/readyz (default 127.0.0.1; in a pod 0.0.0.0, behind the operator's Service)")
-    o.add_argument("--plan-port", type=int, default=9466, help="port of the agents' plan endpoint; 0: none")
+    o.add_argument("--plan-port", type=whole(0, 65535), default=9466, help="port of the agents' plan endpoint; 0: none")
     o.add_argument("--agent-account", default="wattscale-agent", help="the node agents' ServiceAccount in the "
                    "operator's namespace: the only one served plans (default wattscale-agent)")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
@@ -161,7 +179,7 @@ def add_cluster_commands(sub: Any) -> None:
     a.add_argument("--default-ttl-s", type=number(1.0, 86400.0), default=60.0,
                    help="TTL of a plan that names none (default 60)")
     a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
-    a.add_argument("--metrics-port", type=int, default=9465, help="port of /metrics; 0: none")
+    a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics; 0: none")
     a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
     a.set_defaults(func=_agent, daemon=True)

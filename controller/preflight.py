@@ -17,9 +17,10 @@ from controller.config_loader import ConfigError
 from controller.settings import Settings
 
 
-def check_metrics_bind(listen: str, port: int) -> None:
+def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metrics.listen", "metrics.port")) -> None:
     """Bind and close a socket as the metrics server would (SO_REUSEADDR, so a closing predecessor's
-    TIME_WAIT is no conflict); raises ConfigError naming the field. Port 0 disables the endpoint."""
+    TIME_WAIT is no conflict); raises ConfigError naming the field (`fields`: the address's and the port's, a
+    config's or a command line's). Port 0 disables the endpoint."""
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in listen else socket.AF_INET
@@ -29,10 +30,10 @@ def check_metrics_bind(listen: str, port: int) -> None:
             sock.bind((listen, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError("metrics.port", f"{port} is already in use on {listen}") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ConfigError("metrics.listen", f"{listen} is not an address of this host") from None
-            raise ConfigError("metrics.port", f"cannot bind {listen}:{port} ({exc.strerror})") from None
+                raise ConfigError(fields[1], f"{port} is already in use on {listen}") from None
+            if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+                raise ConfigError(fields[0], f"{listen} is not an address of this host") from None
+            raise ConfigError(fields[1], f"cannot bind {listen}:{port} ({exc.strerror})") from None
 
 
 def unwritable(directory: Path) -> str | None:

@@ -572,3 +572,19 @@ def test_a_stalled_or_failing_lease_api_holds_no_fast_step_and_a_leader_stops_on
     until(lambda: loop.step(time.monotonic() - t0) and loop.controller is None, timeout_s=8.0,
           what="the leader standing down")
     assert time.monotonic() - renewed >= 3.0 and not loop.lease.valid()
+
+
+def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the agent does: exit 2 with one line, not kopf's login retried every minute behind a traceback."""
+    from controller.cli import main
+
+    common = ["operator", "--metrics-port", "0", "--plan-port", "0"]
+    assert main([*common, "--kubeconfig", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattscale: operator: kubernetes: no usable credentials") and "Traceback" not in err
+    assert main(["operator", "--metrics-listen", "not-an-ip", "--plan-port", "0"]) == 2
+    assert "wattscale: --metrics-listen: not-an-ip is not an address of this host" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["operator", "--health-port", "99999"])
+    assert "--health-port: must be in 0..65535, got '99999'" in capsys.readouterr().err
