@@ -53,13 +53,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from controller.status import last_decision, report, text
+    from controller.status import status
 
     settings = load_settings(Path(args.config))
     if settings.decision_log_path is None:
         raise ConfigError("daemon.decision_log", "is empty: the daemon writes no decision log to read")
-    rep = report(settings, last_decision(settings.decision_log_path))
-    print(json.dumps(rep, indent=2) if args.json else text(rep))
+    print(status(settings, settings.decision_log_path, args.json))
     return 0
 
 

@@ -5,6 +5,7 @@ and why not, read from the running daemon's last decision-log line (no connectio
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from controller.config_loader import ConfigError
 from controller.settings import ServiceSettings, Settings
 
+STALE_CYCLES = 3
+"""Slow cycles past which the last decision is flagged stale (the daemon writes one a cycle)."""
 TAIL_BYTES = 1 << 20
 """How much of the log's end is read for its last line (a line holds every service of one cycle)."""
 
@@ -70,13 +73,29 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
                               "slo_met": met, "slo": figures, "why": why, "tuner": r.get("tuner")}
     wall = record.get("wall_time")
     age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
-    return {"age_s": age, "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
+    if age is not None and not math.isfinite(age):
+        raise ValueError(f"wall_time {wall!r}")
+    return {"age_s": age, "stale": age is not None and age > STALE_CYCLES * settings.daemon.slow_interval_s,
+            "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": record.get("errors", []),
             "blocked": record.get("blocked", []), "services": services}
 
 
+def status(settings: Settings, path: Path, as_json: bool) -> str:
+    """What `wattscale status` prints; a last record this version cannot read is one ConfigError, no traceback."""
+    record = last_decision(path)
+    try:
+        rep = report(settings, record)
+        return json.dumps(rep, indent=2) if as_json else text(rep)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError("daemon.decision_log", f"{path}: its last record cannot be read ({type(exc).__name__}: "
+                          f"{exc})") from None
+
+
 def text(rep: dict[str, Any]) -> str:
     age = "" if rep["age_s"] is None else f", decided {rep['age_s']:.0f} s ago"
+    if rep["stale"]:
+        age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
     lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{age}"]
     for name, s in rep["services"].items():

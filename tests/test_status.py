@@ -39,3 +39,30 @@ def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Pat
     assert main(["status", "--config", str(sim_config())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("wattscale: daemon.decision_log: cannot read"), err
+
+
+@pytest.mark.parametrize("edit", [{"wall_time": "x"}, {"services": {"chat": 5}}, {"budget_w": "lots"},
+                                  {"wall_time": float("nan")}])
+def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited or foreign decision log: one line naming the file, no traceback and no "nan s ago"."""
+    path = sim_config()
+    log = load_settings(path).decision_log_path
+    assert log is not None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 0.0, "services": {}, **edit}) + "\n")
+    assert main(["status", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"wattscale: daemon.decision_log: {log}: its last record cannot be "
+                                               "read"), err
+
+
+def test_an_old_last_decision_is_flagged_stale(sim_config: Callable[..., Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = sim_config()
+    log = load_settings(path).decision_log_path
+    assert log is not None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 1.0, "services": {}}) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    assert "(stale: is the daemon running?)" in capsys.readouterr().out.splitlines()[0]
