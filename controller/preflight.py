@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 from controller.budget.assemble import combiner
-from controller.budget.settings import DemandResponseSettings
+from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import Settings
 
@@ -82,12 +82,18 @@ def check_free_port(where: str, port: int) -> None:
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
+    warnings: list[str] = []
     if settings.budget is not None:
         combiner(settings.budget, os.environ, base_dir=settings.base_dir)  # a missing secret is named here
         for name, source in settings.budget.sources:
             if isinstance(source, DemandResponseSettings) and source.port:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
-    warnings = check_backends(settings)
+            if isinstance(source, CarbonCsvSettings):
+                csv = Path(settings.base_dir) / source.path
+                if not (csv.is_file() and os.access(csv, os.R_OK)):
+                    warnings.append(f"power.budget.sources[{name}].path: {csv} is not a readable file; the budget "
+                                    f"stays at safe_budget_w ({settings.budget.safe_budget_w:g} W) until it is")
+    warnings += check_backends(settings)
     problem = unwritable(settings.state_path.parent)
     if problem is not None:
         warnings.append(f"daemon.state_dir: {problem}; tuner state will not be saved")

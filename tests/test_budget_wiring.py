@@ -83,6 +83,23 @@ def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budget_in_force(
+        sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import main
+
+    path = sim_config({"port = 9464": "port = 0"})
+    path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n'
+                    '\n[power.budget]\nsafe_budget_w = 2000\n[[power.budget.sources]]\nkind = "carbon_csv"\n'
+                    'name = "grid"\npath = "nope.csv"\ncurve = [[100.0, 4000.0], [400.0, 2500.0]]\n'))
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"power.budget.sources[grid].path: {path.parent / 'nope.csv'} is not a readable file" in err
+    daemon = Daemon(path, load_settings(path))
+    daemon.controller.set_budget(2000.0, "grid: safe budget", 0.0)
+    assert daemon._status() == "budget 2000 W (grid: safe budget), 3 services"
+    daemon.parts.close()
+
+
 def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: Callable[..., Path],
                                                                      tmp_path: Path) -> None:
     port = free_port()
