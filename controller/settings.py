@@ -58,7 +58,8 @@ class DaemonSettings:
         if not 1 <= self.failsafe_after_ticks <= 3600:
             raise ConfigError(f"{where}.failsafe_after_ticks", f"must be in 1..3600, got {self.failsafe_after_ticks}")
         if self.slow_interval_s < self.fast_interval_s:
-            raise ConfigError(f"{where}.slow_interval_s", "must not be shorter than fast_interval_s")
+            raise ConfigError(f"{where}.slow_interval_s", f"must not be shorter than fast_interval_s "
+                              f"({self.slow_interval_s:g} s < {self.fast_interval_s:g} s)")
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,10 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
 def _minimum_fits(s: Settings) -> None:
     """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
     left at 0 replicas without a shortfall to say so."""
+    for a in s.accelerators:
+        if 0 < a.count < a.gpus_per_replica:
+            raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more than the "
+                              f"{a.count} GPUs of count: no replica fits")
     room = sum(a.count // a.gpus_per_replica for a in s.accelerators)
     needed = 0
     for svc in s.services:

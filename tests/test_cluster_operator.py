@@ -323,7 +323,7 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
     got = until(lambda: [c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
                          if c["status"] == "False"], what="the policy's error")[0]
     assert got["status"] == "False" and got["message"] == ("spec.daemon.slow_interval_s: must not be shorter "
-                                                           "than fast_interval_s")
+                                                           "than fast_interval_s (1 s < 2 s)")
     assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
     assert loop.controller.governor.settings.budget_w == 2400.0
     loop.stand_down(release=False, now=5.0)

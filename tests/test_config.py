@@ -344,3 +344,14 @@ def test_power_domain_errors_name_the_field(tmp_path: Path, domains: str, messag
     (tmp_path / "ok.toml").write_text(base.replace('mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\n'
                                                    + nested))
     assert [d.name for d in load_settings(tmp_path / "ok.toml").power.domains] == ["rack-a", "pdu-1"]
+
+
+def test_intervals_and_replica_sizes_are_refused_with_their_values(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text()
+    (tmp_path / "i.toml").write_text(text.replace("fast_interval_s = 1.0", "fast_interval_s = 30.0"))
+    with pytest.raises(ConfigError, match=r"^daemon\.slow_interval_s: must not be shorter than fast_interval_s "
+                                          r"\(15 s < 30 s\)"):
+        load_settings(tmp_path / "i.toml")
+    (tmp_path / "g.toml").write_text(text.replace("count = 8", "count = 8\ngpus_per_replica = 16"))
+    with pytest.raises(ConfigError, match=r"^accelerators\[H100-SXM\]\.gpus_per_replica: 16 is more than the 8 GPUs"):
+        load_settings(tmp_path / "g.toml")
