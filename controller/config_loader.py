@@ -134,7 +134,8 @@ def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            raise ConfigError(path, f"unknown key (expected one of {sorted(fields)})")
+            keys = sorted(n for n, f in fields.items() if f.metadata.get("key", True))  # not the loader's own
+            raise ConfigError(path, f"unknown key (expected one of {keys})")
         kwargs[key] = convert(hints[key], value, path)
     missing = [
         n for n, f in fields.items()

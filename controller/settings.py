@@ -301,11 +301,11 @@ class Settings:
     """Backends."""
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     """The simulated host (used by the `sim` sources and actuators)."""
-    budget: BudgetSettings | None = None
+    budget: BudgetSettings | None = field(default=None, metadata={"key": False})
     """`[power.budget]` (read by `load_settings`, not a table of its own): sources that lower the budget below
     `power.budget_w` over time (a schedule, grid carbon intensity, demand response); the lowest wins. None:
     `power.budget_w` alone."""
-    base_dir: str = "."
+    base_dir: str = field(default=".", metadata={"key": False})
     """Directory relative paths resolve against (set by the loader to the config file's)."""
 
     def check(self, where: str) -> None:
@@ -359,7 +359,9 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     data = dict(data)
     if "budget" in data:
         raise ConfigError("budget", "unknown key: budget sources go in [power.budget]")
-    data.setdefault("base_dir", str(base_dir))
+    if "base_dir" in data:
+        raise ConfigError("base_dir", "unknown key: relative paths are read from the config file's directory")
+    data["base_dir"] = str(base_dir)
     power = data.get("power")
     if isinstance(power, dict):
         power = data["power"] = dict(power)

@@ -355,3 +355,10 @@ def test_intervals_and_replica_sizes_are_refused_with_their_values(tmp_path: Pat
     (tmp_path / "g.toml").write_text(text.replace("count = 8", "count = 8\ngpus_per_replica = 16"))
     with pytest.raises(ConfigError, match=r"^accelerators\[H100-SXM\]\.gpus_per_replica: 16 is more than the 8 GPUs"):
         load_settings(tmp_path / "g.toml")
+
+
+def test_base_dir_is_not_a_key_a_config_may_set(tmp_path: Path) -> None:
+    """Relative paths are read from the config file's directory; a top-level key must not move them all."""
+    (tmp_path / "b.toml").write_text('base_dir = "/nonexistent"\n' + (ROOT / "config" / "sim.toml").read_text())
+    with pytest.raises(ConfigError, match=r"^base_dir: unknown key"):
+        load_settings(tmp_path / "b.toml")
