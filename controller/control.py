@@ -191,10 +191,11 @@ class Controller:
             window = windows.get(svc.name)
             now_on = self.assignments[svc.name]
             verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), now_on,
-                                             in_force[svc.name].still, s.optimizer.drain_s,
+                                             in_force[svc.name].still, s.optimizer,
                                              self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
-                                            "tuner": verdict}
+                                            "tuner": verdict, "slo_margin": self.estimator.margins.margin(
+                                                svc.name, s.optimizer.slo_margin_step)}
         try:
             solution = solve(self._problem(), self.solver)
         except Exception as exc:
@@ -239,7 +240,10 @@ class Controller:
                     profiles[a] = self.basis.keep(f"{key}|power", signature, prof)
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
             in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
-            demands.append(ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic),
+            margin = self.estimator.margins.margin(svc.name, s.optimizer.slo_margin_step)
+            self.metrics.slo_margin.labels(svc.name).set(margin)
+            demands.append(ServiceDemand(svc.name, svc.priority,
+                                         Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
                                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
                                          svc.max_replicas, svc.max_queue, current, profiles,
                                          placements(s, svc)))

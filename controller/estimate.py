@@ -12,8 +12,9 @@ import math
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
-from controller.settings import ServiceSettings
+from controller.settings import OptimizerSettings, ServiceSettings
 from controller.sizing_basis import TokenMix
+from controller.slo_margin import SloMargins
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load
 from queuemodels.types import NAMES
@@ -29,11 +30,12 @@ class Estimator:
         """Services whose last window spanned a restart: the next one still completes what it held up."""
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
+        self.margins = SloMargins()
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                in_force: Assignment, batch_still: bool, drain_s: float, kv_tokens: float) -> str:
-        """Update the service's load and feed its pair's tuner (`kv_tokens`: the cache of the replicas in force);
-        returns the tuner's verdict (or why none)."""
+                in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
+        """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
+        in force); returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         if window is None:
@@ -44,7 +46,7 @@ class Estimator:
         # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for. Nor is the
         # queue of a service the last plan left short: sized as demand, it would only grow its shortfall.
         sized = window.steady and svc.name not in self.short
-        backlog = window.waiting / drain_s if sized else 0.0
+        backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
         if window.in_tokens and window.out_tokens:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
@@ -63,6 +65,10 @@ class Estimator:
             self.settling.add(svc.name)
         if window.ttft_ms is None or window.itl_ms is None:
             return "no latency"
+        if steady:  # short of replicas too: a margin that itself left it short decays in its met windows
+            met = _met(svc, window)
+            if met is not None:
+                self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max)
         obs = Observation(
             rate_rps=window.rate_rps / window.replicas,
             in_tokens=window.in_tokens or svc.in_tokens,
@@ -124,3 +130,13 @@ def window_clock(draws: list[DrawReading]) -> float | None:
     if not any(r.clock_share is not None for r in draws):
         return None
     return sum(r.clock_share or 1.0 for r in draws) / len(draws)
+
+
+def _met(svc: ServiceSettings, window: ServiceWindow) -> bool | None:
+    """Whether the window's statistic met both targets (a p99 target judged on the p95 the window reports: a
+    miss there is a miss); None where the window has no reading of it."""
+    ttft, itl = ((window.ttft_ms, window.itl_ms) if svc.statistic == "mean"
+                 else (window.ttft_p95_ms, window.itl_p95_ms))
+    if ttft is None or itl is None:
+        return None
+    return ttft <= svc.ttft_ms and itl <= svc.itl_ms

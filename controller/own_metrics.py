@@ -28,6 +28,8 @@ class OwnMetrics:
         lat = ["service", "stat"]
         self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)
         self.itl_pred = Gauge("wattscale_service_itl_predicted_ms", "Predicted ITL.", lat, registry=r)
+        self.slo_margin = Gauge("wattscale_service_slo_margin_ratio", "Share taken off the service's targets in "
+                                "planning, learned from the windows that missed them.", ["service"], registry=r)
         self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT.", lat, registry=r)
         self.itl_obs = Gauge("wattscale_service_itl_observed_ms", "Observed ITL.", lat, registry=r)
         self.rate_obs = Gauge("wattscale_service_rate_rps", "Observed request rate.", ["service"], registry=r)

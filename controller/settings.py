@@ -113,6 +113,14 @@ class OptimizerSettings:
     drain_s: float = 120.0
     """Time within which a queued backlog is to be served: waiting / drain_s joins the demand sized for
     (shorter drains faster, but sizes every transient queue as lasting demand)."""
+    slo_margin_step: float = 0.1
+    """Margin a service's planning targets gain for each steady window that missed them (controller/slo_margin.py:
+    a percentile target allows a smaller share over it, a mean target a smaller value); 0 plans at the targets."""
+    slo_miss_share: float = 0.02
+    """Share of its steady windows a service may miss its targets in: each window that met them takes
+    slo_margin_step x slo_miss_share / (1 - slo_miss_share) off the margin, so it settles at this miss rate."""
+    slo_margin_max: float = 0.5
+    """Largest margin a service is planned with."""
 
     def check(self, where: str) -> None:
         if not 0 <= self.resize_tolerance < 0.5:
@@ -125,7 +133,10 @@ class OptimizerSettings:
                               f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_range(self, where, ("energy_weight",), 0.0, 10.0)
-        check_range(self, where, ("clock_min_saving",), 0.0, 0.5)
+        check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
+        check_range(self, where, ("slo_margin_max",), 0.0, 0.9)
+        check_positive(self, where, ("slo_miss_share",))
+        check_range(self, where, ("slo_miss_share",), 0.0, 0.5)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
         check_range(self, where, ("drain_s",), 0.0, 86400.0)

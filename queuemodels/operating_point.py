@@ -12,7 +12,6 @@ from queuemodels.tails import ttft_exceedance, ttft_quantiles
 from queuemodels.types import Performance, PowerProfile, ServerShape, Targets
 
 PROBS = (0.95, 0.99)
-PROB_OF = {"p95": 0.95, "p99": 0.99}
 
 
 def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary:
@@ -49,12 +48,12 @@ def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -
     1 - q), one survival evaluation per metric, rather than by searching for the percentile."""
     chain = solve_chain(law, shape, rate_rps)
     m = means(chain)
+    ttft_ms, itl_ms, allowed = targets.limits()
     if targets.statistic == "mean":
         _, ttft, itl = _mean_latencies(law, chain, m)
-        return ttft <= targets.ttft_ms and itl <= targets.itl_ms
-    allowed = 1.0 - PROB_OF[targets.statistic]
-    return (itl_exceedance(chain, law, m.throughput_per_ms, targets.itl_ms) <= allowed
-            and ttft_exceedance(chain, law, targets.ttft_ms) <= allowed)
+        return ttft <= ttft_ms and itl <= itl_ms
+    return (itl_exceedance(chain, law, m.throughput_per_ms, itl_ms) <= allowed
+            and ttft_exceedance(chain, law, ttft_ms) <= allowed)
 
 
 def evaluate(law: StepLaw, chain: Stationary, shape: ServerShape, profile: PowerProfile | None,

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from queuemodels.law_arrays import Bools, Floats, ManyLawFn, Points, laws_of
-from queuemodels.operating_point import PROB_OF, meets
+from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.stacked import solve_together
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
@@ -60,7 +60,7 @@ def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn 
     out = np.zeros(len(points.rates_rps), dtype=bool)
     carried = np.flatnonzero(_surpluses(points, law_fn, many) >= 0.0)
     some = points.take(carried)
-    per_base = np.array([(t.ttft_ms, t.itl_ms, 1.0 - PROB_OF.get(t.statistic, 0.0)) for t in targets], dtype=float)
+    per_base = np.array([t.limits() for t in targets], dtype=float)
     ttft_ms, itl_ms, allowed = per_base.reshape(len(targets), 3)[some.base].T
     mean = allowed >= 1.0  # a mean target (a percentile's allows less than all)
     built, has, together = solve_together(law_fn, many, some, draws=False, limits=(

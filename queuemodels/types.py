@@ -22,6 +22,8 @@ starts at 1, the physics: a decode token runs the same weight GEMMs as a prompt 
 budget_tokens starts at 2048, the geometric middle of vLLM's defaults for `max_num_batched_tokens` (512 under
 V0's chunked prefill, 8192 under V1 on large GPUs), so the bounds hold both."""
 STATISTICS = ("mean", "p95", "p99")
+QUANTILE_OF = {"p95": 0.95, "p99": 0.99}
+"""The quantile a percentile statistic names."""
 
 
 DEFAULT_MAX_QUEUE = 1024
@@ -215,12 +217,26 @@ class Targets:
     ttft_ms: float
     itl_ms: float
     statistic: str = "mean"
+    margin: float = 0.0
+    """Share taken off what the targets allow when planning: a percentile target then allows (1 - q)(1 - margin)
+    of requests and tokens over it, a mean target (1 - margin) of its value."""
 
     def __post_init__(self) -> None:
         _check("ttft_ms", self.ttft_ms, positive=True)
         _check("itl_ms", self.itl_ms, positive=True)
         if self.statistic not in STATISTICS:
             raise ModelInputError(f"statistic: unknown {self.statistic!r}, expected one of {STATISTICS}")
+        _check("margin", self.margin)
+        if self.margin >= 1.0:
+            raise ModelInputError(f"margin: must be below 1, got {self.margin!r}")
+
+    def limits(self) -> tuple[float, float, float]:
+        """(TTFT ms, ITL ms, share allowed over them) as planned: a mean target's values less the margin and a
+        share of 1 (a mean allows any share over it); a percentile's values and (1 - q)(1 - margin)."""
+        if self.statistic == "mean":
+            keep = 1.0 - self.margin
+            return self.ttft_ms * keep, self.itl_ms * keep, 1.0
+        return self.ttft_ms, self.itl_ms, (1.0 - QUANTILE_OF[self.statistic]) * (1.0 - self.margin)
 
 
 @dataclass(frozen=True)
@@ -242,6 +258,7 @@ class Performance:
     extra: dict[str, float] = field(default_factory=dict)
 
     def meets(self, targets: Targets) -> bool:
+        """At the targets' own values (a planning margin is the sizing's: queuemodels.sizing)."""
         ttft, itl = self.latency_at(targets.statistic)
         return ttft <= targets.ttft_ms and itl <= targets.itl_ms
 

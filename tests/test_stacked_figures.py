@@ -66,7 +66,8 @@ def test_stacked_figures_are_the_single_point_ones(model: str, params: ServicePa
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
-       st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95")]),
+       st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95"),
+                        Targets(300, 40, margin=0.3), Targets(900, 60, "p95", 0.4)]),
        st.sampled_from([H100, None]), points)
 def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParams, load: Load, targets: Targets,
                                                 profile: PowerProfile | None,
