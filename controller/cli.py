@@ -214,6 +214,8 @@ def _optimize(args: argparse.Namespace) -> int:
         t = doc["totals"]
         print(f"power {t['power_w']:.0f} W, cost {t['cost']:.2f}/h, objective {t['objective']:.3f}, "
               f"solve {t['solve_s'] * 1000:.1f} ms")
+        for note in doc["notes"]:
+            print(f"note: {note}")
     return 0
 
 

@@ -151,3 +151,17 @@ def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], sp
     assert main(["plan", str(path)]) == 2
     err = one_line(capsys)
     assert re.search(message, err), err
+
+
+def test_optimize_says_inventory_where_no_usable_type_has_a_gpu_and_prints_its_notes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bulk runs only on H100s: with none on offer it is short for inventory, not its SLO; a budget no plan fits
+    prints the solver's note in text mode too, not only with --json."""
+    text = (ROOT / "config" / "examples" / "optimize.toml").read_text()
+    (tmp_path / "none.toml").write_text(text.replace("count = 6", "count = 0", 1))
+    assert main(["optimize", str(tmp_path / "none.toml")]) == 0
+    bulk = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("bulk"))
+    assert bulk.endswith("SHORT 6.00 rps (inventory)"), bulk
+    (tmp_path / "tight.toml").write_text(text.replace("budget_w = 3000", "budget_w = 1", 1))
+    assert main(["optimize", str(tmp_path / "tight.toml")]) == 0
+    assert any(x.startswith("note: milp: ") for x in capsys.readouterr().out.splitlines())

@@ -142,8 +142,10 @@ def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01) -> S
 
 
 def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice) -> str:
-    if not cands:
-        return "slo"
+    if not cands:  # no shape meets the targets, or no accelerator it runs on has a replica's GPUs at all
+        offered = {a.name: a for a in problem.accelerators}
+        usable = [offered[name] for name in problem.services[i].params if name in offered]
+        return "inventory" if all(a.count < a.gpus_per_replica for a in usable) else "slo"
     others = [c for k, c in enumerate(choice) if k != i]
     used: dict[str, int] = {}
     for c in others:
