@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from controller.budget.assemble import combiner
@@ -43,8 +44,11 @@ def unwritable(directory: Path) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
+    try:  # a file made and dropped: os.access says yes to root on a read-only or virtual file system
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or exc})"
     return None
 
 

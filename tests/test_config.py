@@ -201,7 +201,15 @@ def test_read_only_state_dir_is_a_warning(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "ro").chmod(0o500)
     path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "ro/state"'))
     assert main(["check-config", str(path)]) == 0
-    assert "is not writable; tuner state will not be saved" in capsys.readouterr().err
+    assert "is not writable (Permission denied); tuner state will not be saved" in capsys.readouterr().err
+
+
+def test_a_state_dir_on_a_virtual_file_system_is_a_warning_for_root_too(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """os.access says yes to root under /proc; a file made there says no."""
+    path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "/proc/wattscale-test/state"'))
+    assert main(["check-config", str(path)]) == 0
+    assert "daemon.state_dir: /proc is not writable (" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("duration", ["nan", "-5", "0", "inf", "soon"])
