@@ -194,13 +194,14 @@ class Controller:
                                              in_force[svc.name].still, s.optimizer,
                                              self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
-                                            "tuner": verdict, "slo_margin": self.estimator.margins.margin(
-                                                svc.name, s.optimizer.slo_margin_step)}
+                                            "tuner": verdict}
         try:
             solution = solve(self._problem(), self.solver)
         except Exception as exc:
             self.error("optimizer", str(exc))
             solution = None
+        for svc in s.services:
+            record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
@@ -221,7 +222,7 @@ class Controller:
         self.metrics.plan_version.set(version)
 
     def _problem(self) -> Problem:
-        s = self.settings
+        s, o = self.settings, self.settings.optimizer
         accs = tuple(a.offer() for a in s.accelerators)
         demands = []
         for svc in s.services:
@@ -240,14 +241,13 @@ class Controller:
                     profiles[a] = self.basis.keep(f"{key}|power", signature, prof)
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
             in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
-            margin = self.estimator.margins.margin(svc.name, s.optimizer.slo_margin_step)
+            margin = self.estimator.margins.margin(svc.name, o.slo_margin_step, o.slo_margin_max)
             self.metrics.slo_margin.labels(svc.name).set(margin)
             demands.append(ServiceDemand(svc.name, svc.priority,
                                          Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
                                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
                                          svc.max_replicas, svc.max_queue, current, profiles,
                                          placements(s, svc)))
-        o = s.optimizer
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight)

@@ -14,7 +14,7 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
 from controller.settings import OptimizerSettings, ServiceSettings
 from controller.sizing_basis import TokenMix
-from controller.slo_margin import SloMargins
+from controller.slo_margin import SloMargins, slo_met
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load
 from queuemodels.types import NAMES
@@ -65,10 +65,11 @@ class Estimator:
             self.settling.add(svc.name)
         if window.ttft_ms is None or window.itl_ms is None:
             return "no latency"
-        if steady:  # short of replicas too: a margin that itself left it short decays in its met windows
-            met = _met(svc, window)
-            if met is not None:
-                self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max)
+        met = slo_met(svc, window.ttft_ms, window.itl_ms, window.ttft_p95_ms, window.itl_p95_ms) if steady else None
+        # A miss counts against the plan only where it ran as planned: not left short, no GPU cut by the
+        # governor. A met window always counts, so a margin that itself left a service short still decays.
+        if met is not None and (met or (svc.name not in self.short and not any(r.cut for r in draws))):
+            self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max)
         obs = Observation(
             rate_rps=window.rate_rps / window.replicas,
             in_tokens=window.in_tokens or svc.in_tokens,
@@ -131,12 +132,3 @@ def window_clock(draws: list[DrawReading]) -> float | None:
         return None
     return sum(r.clock_share or 1.0 for r in draws) / len(draws)
 
-
-def _met(svc: ServiceSettings, window: ServiceWindow) -> bool | None:
-    """Whether the window's statistic met both targets (a p99 target judged on the p95 the window reports: a
-    miss there is a miss); None where the window has no reading of it."""
-    ttft, itl = ((window.ttft_ms, window.itl_ms) if svc.statistic == "mean"
-                 else (window.ttft_p95_ms, window.itl_p95_ms))
-    if ttft is None or itl is None:
-        return None
-    return ttft <= svc.ttft_ms and itl <= svc.itl_ms

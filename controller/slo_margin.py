@@ -7,8 +7,9 @@ service sits where any of these tips a share of its windows over them. So each s
 (`Targets.margin`: a percentile target then allows a smaller share of requests and tokens over it, a mean
 target a smaller value), learned from its own windows as a stochastic-approximation quantile tracker: a steady
 window that missed adds `step`, one that met takes `step x miss_share / (1 - miss_share)` off, so the level
-settles where `miss_share` of windows miss. The optimizer reads it in whole steps, so one window's verdict
-resizes nothing; a level above `max_margin` counts as that.
+settles where `miss_share` of windows miss. The optimizer reads it in whole steps, with hysteresis: the
+margin planned rises as soon as the level reaches a step, and falls only once the level is half a step
+below it, so a lone miss at a step's edge does not add replicas for one cycle and take them back the next.
 """
 
 from __future__ import annotations
@@ -16,24 +17,47 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from controller.service_settings import ServiceSettings
+
 
 @dataclass
 class SloMargins:
     """Each service's learned margin; kept across reloads (its Estimator is long-lived)."""
 
     level: dict[str, float] = field(default_factory=dict)
+    planned: dict[str, float] = field(default_factory=dict)
+    """The margin each service is planned with (`margin`)."""
 
     def observe(self, name: str, met: bool, step: float, miss_share: float, max_margin: float) -> None:
         """One steady window's verdict for `name` (the targets met, or not)."""
         if step <= 0.0:
             self.level.pop(name, None)
+            self.planned.pop(name, None)
             return
         now = self.level.get(name, 0.0)
         now += step if not met else -step * miss_share / (1.0 - miss_share)
         self.level[name] = min(max(now, 0.0), max_margin)
 
-    def margin(self, name: str, step: float) -> float:
-        """The margin planned with: the level in whole steps (0 where no window missed yet)."""
+    def margin(self, name: str, step: float, max_margin: float) -> float:
+        """The margin planned with: the level in whole steps, at most `max_margin` (a reload may lower it), up at
+        once and down only half a step late (0 where no window missed yet)."""
         if step <= 0.0:
             return 0.0
-        return step * math.floor(self.level.get(name, 0.0) / step + 1e-9)
+        level = min(self.level.get(name, 0.0), max_margin)
+        now = self.planned.get(name, 0.0)
+        whole = step * math.floor(level / step + 1e-9)
+        if whole > now or level < now - step / 2:
+            now = whole
+        now = min(now, max_margin)
+        self.planned[name] = now
+        return now
+
+
+def slo_met(svc: ServiceSettings, ttft_ms: float | None, itl_ms: float | None, ttft_p95_ms: float | None,
+            itl_p95_ms: float | None) -> bool | None:
+    """Whether a window's statistic met both of the service's targets (a p99 target judged on the p95 a window
+    reports: a miss there is a miss); None where the window has no reading of it."""
+    ttft, itl = (ttft_ms, itl_ms) if svc.statistic == "mean" else (ttft_p95_ms, itl_p95_ms)
+    if ttft is None or itl is None:
+        return None
+    return ttft <= svc.ttft_ms and itl <= svc.itl_ms

@@ -12,6 +12,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.settings import ServiceSettings, Settings
+from controller.slo_margin import slo_met
 
 STALE_CYCLES = 3
 """Slow cycles past which the last decision is flagged stale (the daemon writes one a cycle)."""
@@ -49,12 +50,13 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     """Whether the window's statistic met both targets, and the figures that say so."""
     if not observed:
         return None, "no window observed"
-    suffix = "" if svc.statistic == "mean" else "_p95"
-    ttft, itl = observed.get(f"ttft{suffix}_ms"), observed.get(f"itl{suffix}_ms")
-    if ttft is None or itl is None:
+    met = slo_met(svc, observed.get("ttft_ms"), observed.get("itl_ms"), observed.get("ttft_p95_ms"),
+                  observed.get("itl_p95_ms"))
+    if met is None:
         return None, "no latency observed (no traffic)"
+    suffix = "" if svc.statistic == "mean" else "_p95"
+    ttft, itl = observed[f"ttft{suffix}_ms"], observed[f"itl{suffix}_ms"]
     stat = svc.statistic if svc.statistic != "p99" else "p95 (p99 target)"
-    met = ttft <= svc.ttft_ms and itl <= svc.itl_ms
     return met, f"{stat} TTFT {ttft:.0f}/{svc.ttft_ms:.0f} ms, ITL {itl:.1f}/{svc.itl_ms:.0f} ms"
 
 

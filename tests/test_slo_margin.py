@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from controller.estimate import Estimator
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
+from controller.plan import DrawReading
 from controller.settings import OptimizerSettings, load_settings
 from controller.slo_margin import SloMargins
 from controller.telemetry.base import ServiceWindow
@@ -24,16 +25,34 @@ STEP, SHARE, TOP = 0.1, 0.02, 0.5
 def test_a_miss_adds_a_step_and_met_windows_take_it_off_at_the_miss_share() -> None:
     m = SloMargins()
     m.observe("a", False, STEP, SHARE, TOP)
-    assert m.margin("a", STEP) == pytest.approx(0.1)
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.1)
     for _ in range(48):  # 1 miss in 50 windows is the share allowed: back to where it was, almost
         m.observe("a", True, STEP, SHARE, TOP)
-    assert m.margin("a", STEP) == 0.0 and m.level["a"] == pytest.approx(STEP / 49, rel=1e-9)
+    assert m.margin("a", STEP, TOP) == 0.0 and m.level["a"] == pytest.approx(STEP / 49, rel=1e-9)
     for _ in range(20):
         m.observe("a", False, STEP, SHARE, TOP)
-    assert m.margin("a", STEP) == pytest.approx(TOP)  # bounded
-    assert m.margin("b", STEP) == 0.0  # a service never judged plans at its targets
+    assert m.margin("a", STEP, TOP) == pytest.approx(TOP)  # bounded
+    assert m.margin("b", STEP, TOP) == 0.0  # a service never judged plans at its targets
     m.observe("a", False, 0.0, SHARE, TOP)  # a step of 0 turns it off and forgets the level
-    assert m.margin("a", 0.0) == 0.0 and "a" not in m.level
+    assert m.margin("a", 0.0, TOP) == 0.0 and "a" not in m.level
+
+
+def test_the_planned_margin_falls_half_a_step_late_and_never_past_the_largest_allowed() -> None:
+    """A lone miss at a step's edge must not add replicas for one cycle and take them back the next; a reload
+    that lowers slo_margin_max takes effect at once, before any window is judged."""
+    m = SloMargins()
+    m.level["a"] = 0.195
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.1)
+    m.observe("a", False, STEP, SHARE, TOP)  # 0.295: a step up at once
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.2)
+    m.observe("a", True, STEP, SHARE, TOP)  # just under 0.2 + 0.1: held
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.2)
+    m.level["a"] = 0.16
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.2)  # still within half a step
+    m.level["a"] = 0.149
+    assert m.margin("a", STEP, TOP) == pytest.approx(0.1)
+    m.level["a"] = 0.5
+    assert m.margin("a", STEP, 0.3) == pytest.approx(0.3)
 
 
 def test_the_level_settles_where_the_miss_share_is_met() -> None:
@@ -78,10 +97,17 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
 
     def observe(window: ServiceWindow, still: bool = True) -> float:
         est.observe(code, window, [], a, still, o, 0.0)
-        return est.margins.margin("code", o.slo_margin_step)
+        return est.margins.margin("code", o.slo_margin_step, o.slo_margin_max)
 
     assert observe(_window(30.0)) == 0.0
     assert observe(_window(60.0, steady=False)) == 0.0  # a restart's window says nothing of the plan
     assert observe(_window(60.0)) == 0.0  # the window after a restart still completes what it held up
     assert observe(_window(60.0)) == pytest.approx(0.1)  # steady, and over the p95 target
     assert observe(_window(60.0), still=False) == pytest.approx(0.1)  # a max batch rolling out
+    observe(_window(30.0))  # settled again
+    est.short.add("code")  # the plan could not serve it in full: its miss is not the model's
+    assert observe(_window(60.0)) == pytest.approx(0.1)
+    est.short.discard("code")
+    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)], a, True, o, 0.0)  # a GPU held down
+    assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
+    assert observe(_window(60.0)) == pytest.approx(0.2)
