@@ -588,3 +588,19 @@ def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_l
     with pytest.raises(SystemExit):
         main(["operator", "--health-port", "99999"])
     assert "--health-port: must be in 0..65535, got '99999'" in capsys.readouterr().err
+
+
+def test_a_renewal_in_flight_never_takes_back_a_lease_given_back_meanwhile(cluster: tuple[KubeEmulator, Any]) -> None:
+    """The renewer's read answered late, after the Lease was given back (a clean exit): the renewal ends not
+    held and leaves the holder empty, so a successor takes over at once rather than after the Lease's term."""
+    emu, client = cluster
+    lease = Lease(client, "wattscale", "wattscale-operator", "leader", duration_s=3.0)
+    assert lease.hold()
+    lease.renewed_at -= lease.duration_s / RENEW_SHARE  # due
+    emu.fail("GET", "/leases/", delay_s=1.0, times=1)
+    renewal = threading.Thread(target=lease.hold)
+    renewal.start()
+    time.sleep(0.3)
+    emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {"holderIdentity": None}}, "wattscale")
+    renewal.join(timeout=10.0)
+    assert not lease.held and lease_holder(emu) == ""

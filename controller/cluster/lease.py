@@ -68,13 +68,14 @@ class Lease:
         from kubernetes.client.exceptions import ApiException
 
         started = time.monotonic()
-        if self.held and started - self.renewed_at < self.duration_s / RENEW_SHARE:
+        if self.held and not self.due():
             return True  # renewed a moment ago: no request
+        renewing = self.held  # a renewal never takes a Lease back that was given back or taken meanwhile
         try:
             try:
                 old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
             except ApiException as exc:
-                if exc.status != 404:
+                if exc.status != 404 or renewing:
                     raise
                 self.api.create_namespaced_lease(self.namespace, self._body(None, True),
                                                  _request_timeout=self.timeout_s)
@@ -86,7 +87,7 @@ class Lease:
             if record != self.observed:
                 self.observed, self.observed_at = record, started
             expired = renewed is None or started - self.observed_at > duration
-            if holder and holder != self.identity and not expired:
+            if (holder and holder != self.identity and not expired) or (renewing and holder != self.identity):
                 return self._became(False)
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)
@@ -99,6 +100,10 @@ class Lease:
                 log.warning("lease %s/%s not renewed: %s", self.namespace, self.name, exc)
             self.failing = self.held
             return self._became(not conflict and self.valid())
+
+    def lapse(self) -> None:
+        """Count the Lease as no longer held: its term ran out unrenewed (so `give_back` sends nothing)."""
+        self._became(False)
 
     def _became(self, held: bool) -> bool:
         if held != self.held:

@@ -270,9 +270,7 @@ class ClusterLoop:
         waiting for it); returns the seconds to the next step."""
         self.offset = now - time.monotonic()
         if self.controller is not None and not self.lease.valid():
-            log.warning("the Lease was lost: this operator stops acting")
-            self.stand_down(False, now)  # its give_back is a no-op: the Lease is not held
-            return 2.0
+            return self._lost(now)
         if self.controller is None:  # nothing is governed here yet: this step may wait on the API
             if not self.lease.hold():
                 return 2.0
@@ -286,6 +284,8 @@ class ClusterLoop:
         if self.lease.due() and self.renewer is not None:
             self.renewer.wake()  # a renewal in flight takes the wake-up as its next try
         c.tick_fast(now)
+        if not self.lease.valid():  # leading took past the Lease's term (a slow API): no plan is written now
+            return self._lost(now)
         power = c.governor.settings
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
@@ -297,6 +297,12 @@ class ClusterLoop:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
             self.owners.wake()
         return c.settings.daemon.fast_interval_s
+
+    def _lost(self, now: float) -> float:
+        log.warning("the Lease was lost: this operator stops acting")
+        self.lease.lapse()
+        self.stand_down(False, now)  # its give_back is a no-op: the Lease is not held
+        return 2.0
 
     def _slow(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool], now: float) -> None:
         """One slow tick (the worker's): the resources read, the settings reconfigured, the optimizer's cycle,
