@@ -159,10 +159,11 @@ class Daemon:
 
     def _status(self) -> str:
         """The budget in force (a budget source's, where it has lowered the configured one) and the services."""
-        budget = self.controller.power(self.settings).budget_w
-        why = self.controller.budget_from
-        source = f" ({why[1]})" if why is not None and budget < self.settings.power.budget_w else ""
-        return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services"
+        c = self.controller
+        why = c.budget_from  # read once: the budget thread writes it
+        power = c.power(self.settings)
+        source = f" ({why[1]})" if why is not None and power is not self.settings.power else ""
+        return f"budget {power.budget_w:.0f} W{source}, {len(self.settings.services)} services"
 
     def _on_job_event(self, event: JobEvent) -> None:
         """Errors, missed runs and overruns (a run still going when the next is due: a JobSubmissionEvent,

@@ -12,7 +12,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from controller.budget.assemble import combiner
+from controller.budget.assemble import combiner, resolve
+from controller.budget.base import BudgetError
+from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import Settings
@@ -92,11 +94,12 @@ def preflight(settings: Settings) -> list[str]:
         for name, source in settings.budget.sources:
             if isinstance(source, DemandResponseSettings) and source.port:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
-            if isinstance(source, CarbonCsvSettings):
-                csv = Path(settings.base_dir) / source.path
-                if not (csv.is_file() and os.access(csv, os.R_OK)):
-                    warnings.append(f"power.budget.sources[{name}].path: {csv} is not a readable file; the budget "
-                                    f"stays at safe_budget_w ({settings.budget.safe_budget_w:g} W) until it is")
+            if isinstance(source, CarbonCsvSettings):  # read as the daemon will: missing, unreadable, malformed
+                try:
+                    CsvIntensityFeed(resolve(settings.base_dir, source.path), source.basis).fetch(0.0)
+                except BudgetError as exc:
+                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
+                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")
     warnings += check_backends(settings)
     problem = unwritable(settings.state_path.parent)
     if problem is not None:

@@ -93,10 +93,13 @@ def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budg
                     'name = "grid"\npath = "nope.csv"\ncurve = [[100.0, 4000.0], [400.0, 2500.0]]\n'))
     assert main(["check-config", str(path)]) == 0
     err = capsys.readouterr().err
-    assert f"power.budget.sources[grid].path: {path.parent / 'nope.csv'} is not a readable file" in err
+    assert "power.budget.sources[grid].path: csv nope.csv: [Errno 2] No such file or directory" in err
+    (path.parent / "nope.csv").write_text("hello,world\n")  # there, but not a carbon CSV
+    assert main(["check-config", str(path)]) == 0
+    assert "power.budget.sources[grid].path: csv nope.csv: no datetime column" in capsys.readouterr().err
     daemon = Daemon(path, load_settings(path))
-    daemon.controller.set_budget(2000.0, "grid: safe budget", 0.0)
-    assert daemon._status() == "budget 2000 W (grid: safe budget), 3 services"
+    daemon.step_budget()
+    assert daemon._status().startswith("budget 2000 W (grid: safe budget"), daemon._status()
     daemon.parts.close()
 
 
