@@ -39,24 +39,24 @@ from prometheus_client import CollectorRegistry
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
+from controller.simulate.accounting import QUANTILES
 from controller.wiring import build_parts
+from simulator.engine import VLLMEngine
 from simulator.host import SimService
 from tuner import Tuner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PROB = {"p95": 95.0, "p99": 99.0}
-
-
-def _served_since(svc: SimService, taken: dict[str, tuple[int, int]]) -> tuple[NDArray[np.float64], ...]:
-    """The TTFT and ITL samples (ms) the service's engines recorded since the last call (`taken`: how many of
-    each engine's sample blocks were read, by engine)."""
-    ttft, itl = [], []
+def _served_since(svc: SimService, seen: dict[str, tuple[VLLMEngine, int, int]]) -> tuple[NDArray[np.float64], ...]:
+    """The TTFT and ITL samples (ms) the service's engines recorded since the last call (`seen`: each of its
+    engines so far, with how many of its sample blocks were read; one scaled away since keeps its last ones)."""
     for r in svc.replicas:
-        m, seen = r.engine.metrics, taken.get(r.engine.engine_id, (0, 0))
-        new_ttft, new_itl = (m.ttft.samples or [])[seen[0]:], (m.itl.samples or [])[seen[1]:]
-        taken[r.engine.engine_id] = (seen[0] + len(new_ttft), seen[1] + len(new_itl))
+        seen.setdefault(r.engine.engine_id, (r.engine, 0, 0))
+    ttft, itl = [], []
+    for key, (engine, n_ttft, n_itl) in seen.items():
+        new_ttft, new_itl = (engine.metrics.ttft.samples or [])[n_ttft:], (engine.metrics.itl.samples or [])[n_itl:]
+        seen[key] = (engine, n_ttft + len(new_ttft), n_itl + len(new_itl))
         ttft += new_ttft
         itl += new_itl
     return tuple(1000.0 * np.concatenate(x) if x else np.zeros(0) for x in (ttft, itl))
@@ -84,7 +84,7 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
         ctl = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, tuner,
                          OwnMetrics(registry), clocks=parts.clocks)
         parts.host.keep_samples_from_now()
-        taken: dict[str, tuple[int, int]] = {}
+        engines: dict[str, dict[str, tuple[VLLMEngine, int, int]]] = {}
         met: Counter[str] = Counter()
         exact: Counter[str] = Counter()
         seen: Counter[str] = Counter()
@@ -115,11 +115,12 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
                     labels = {"service": svc.name, "stat": svc.statistic}
                     ttft = registry.get_sample_value("wattscale_service_ttft_observed_ms", labels)
                     itl = registry.get_sample_value("wattscale_service_itl_observed_ms", labels)
-                    window = _served_since(parts.host.services[svc.name], taken)
+                    window = _served_since(parts.host.services[svc.name], engines.setdefault(svc.name, {}))
                     if ttft is not None and itl is not None:
                         seen[svc.name] += 1
                         met[svc.name] += ttft <= svc.ttft_ms and itl <= svc.itl_ms
-                        stat = np.mean if svc.statistic == "mean" else partial(np.percentile, q=PROB[svc.statistic])
+                        stat = (np.mean if svc.statistic == "mean"
+                                else partial(np.percentile, q=QUANTILES[svc.statistic]))
                         exact[svc.name] += all(len(v) and stat(v) <= target for v, target in
                                                zip(window, (svc.ttft_ms, svc.itl_ms), strict=True))
         verdicts: Counter[str] = Counter()
