@@ -129,15 +129,16 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
 def _minimum_fits(s: Settings) -> None:
     """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
     left at 0 replicas without a shortfall to say so."""
-    for a in s.accelerators:
-        if 0 < a.count < a.gpus_per_replica:
-            raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more than the "
-                              f"{a.count} GPUs of count: no replica fits")
     room = sum(a.count // a.gpus_per_replica for a in s.accelerators)
     needed = 0
     for svc in s.services:
         needed += svc.min_replicas
         if needed > room:
+            for a in s.accelerators:  # where that is why, the accelerator is what to mend, not the service
+                if 0 < a.count < a.gpus_per_replica:
+                    raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more "
+                                      f"than the {a.count} GPUs of count: no replica fits, and the services' "
+                                      f"min_replicas need {needed}")
             raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
                               f"to {needed}, more replicas than the accelerators hold ({room})")
 
