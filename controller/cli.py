@@ -116,6 +116,10 @@ def _analyze(args: argparse.Namespace) -> int:
     prof = profile(args.accelerator) if args.accelerator else None
     if args.power_cap_w is not None and prof is None:
         raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
+    if args.power_cap_w is not None and prof is not None and not (
+            prof.min_power_w <= args.power_cap_w <= prof.max_power_w):
+        raise ModelInputError(f"--power-cap-w: must be within {args.accelerator}'s limits, {prof.min_power_w:g}-"
+                              f"{prof.max_power_w:g} W, got {args.power_cap_w:g}")
     perf = get_model(args.model).analyze(params, load, shape, prof)
     out: dict[str, object] = {
         "ttft_ms": perf.ttft_ms, "itl_ms": perf.itl_ms, "ttft_p95_ms": perf.ttft_p95_ms, "itl_p95_ms": perf.itl_p95_ms,
@@ -169,6 +173,12 @@ def _tune(args: argparse.Namespace) -> int:
     if prof is None and any(o.power_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
                               "its draw curve")
+    for i, o in enumerate(observations, start=1):
+        if prof is not None and o.power_cap_w is not None and not (
+                prof.min_power_w <= o.power_cap_w <= prof.max_power_w):
+            raise ObservationFileError(f"{args.observations}: observation {i}: column 'power_cap_w' must be within "
+                                       f"{args.accelerator}'s limits, {prof.min_power_w:g}-{prof.max_power_w:g} W, "
+                                       f"got {o.power_cap_w:g}")
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
     if pair.accepted == 0:  # warm-up rows count: they are fitted

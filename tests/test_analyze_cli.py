@@ -67,6 +67,8 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
                                                  "max_batch 64 saturates at 18.1665 rps"),
     (["--accelerator", "B300"], "accelerator: unknown 'B300'"),
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
+    (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
+     "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),
     (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),
     (["--batch-sizes", "8,16"], "--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms"),
 ])
