@@ -213,7 +213,6 @@ def main() -> None:
                     f"costs the engine has (default {MODEL})")
     args = ap.parse_args()
     truth = Truth(args.pair_seed, args.engine_model, args.quick)
-    logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
     names = args.personality
     train_shapes = [(n, b, p, c) for n, b, p, c in product(names, (32, 64), (256, 1024), (1.0, 0.6))]
     test_shapes = [(n, b, p, c) for n, b, p, c in product(names, (8, 256) if args.quick else (8, 32, 128, 256),
@@ -239,6 +238,7 @@ def main() -> None:
             saved.write_text(json.dumps({"truth": asdict(truth), "saturation": [[list(k), v] for k, v in sats.items()],
                                          "windows": rows}))
     test_sats = {k: v for k, v in sats.items() if k in set(test_shapes)}
+    logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
     for name in names:
         train = [r for r in rows if r["train"] and r["personality"] == name]
         train.sort(key=lambda r: (r["max_batch"], r["prompt"], r["cap"], r["util"]))
