@@ -1,6 +1,7 @@
 """Held-out accuracy of the tuned queue model on every engine personality of the simulator.
 
     python benchmarks/queue_heldout.py [--quick] [--workers N] [--personality NAME ...] [--measurements FILE]
+                                       [--pair-seed N] [--engine-model NAME]
 
 As a user would try it: for each personality (`simulator/personality.py`), record training windows at a
 narrow design - max batch 32 and 64, prompts of 256 and 1024 tokens (the middle band), 20-80 % of the
@@ -11,7 +12,14 @@ the band's middle, 30-90 % load, caps 100 % and 60 %, each measured over indepen
 mean TTFT is known to 7 % (3 to 10 windows). Outputs are 256 tokens with cv 1 (geometric-like), prompts cv
 0.5. Prints one JSON line per personality: median and p90 relative error of mean TTFT, mean ITL and p95
 TTFT; the signed error of the predicted capacity (saturation rate) per shape; the number of stable points
-(below 85 % load) the model calls unstable. Targets are printed beside the figures.
+(below 85 % load) the model calls unstable; the truth's settings (below). Targets are printed beside the
+figures.
+
+The engine is llama-3.1-8b on an H100-SXM at pair seed 0 by default: the engine the model's recent changes
+were chosen on, so its figures are in-sample. `--pair-seed N` draws other hidden efficiencies (the
+simulator's `step_cost`) and `--engine-model NAME` another served model's costs (and KV cache, which the
+prior takes as `wattscale tune` would read it): an engine the model was not shaped on. A file saved with
+`--measurements` stores these settings (and `--quick`), and is refused under other ones.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,7 @@ from queuemodels import (
     get_model,
 )
 from queuemodels.accelerators import profile
+from simulator.llms import LLMS
 from simulator.personality import PERSONALITIES
 from simulator.probe import Measured, Replica, measure, saturation_rps
 from simulator.workload import TokenDist
@@ -48,14 +57,48 @@ from tuner.offline import run
 
 MODEL, GPU = "llama-3.1-8b", "H100-SXM"
 PROFILE = profile(GPU)
-KV_TOKENS = float(Replica(MODEL, GPU).cost().kv_capacity_tokens)
-"""The replicas' KV cache, as every vLLM publishes it (`vllm:cache_config_info`: num_gpu_blocks x block_size)."""
-PRIOR = ServiceParams("gen1", alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05,  # `wattscale tune`'s
-                      kv_tokens=KV_TOKENS)
 OUT_TOKENS, IN_CV, OUT_CV = 256, 0.5, 1.0
 TARGETS = {"median_ttft": 0.10, "p90_ttft": 0.25, "median_itl": 0.05, "p90_itl": 0.15, "median_ttft_p95": 0.20,
            "capacity_within_10pct_share": 0.9, "stable_called_unstable": 0}
 Shape = tuple[str, int, int, float]  # personality, max batch, prompt tokens, cap share of the maximum
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The settings the ground truth is recorded under: the engine every replica runs, and the run's length.
+    Passed to the workers with each point (nothing global changes after they fork) and stored with the runs."""
+
+    pair_seed: int = 0
+    """Draws the engine's hidden efficiencies (`simulator.llms.step_cost`); 0 is the engine the model was shaped on."""
+    engine_model: str = MODEL
+    """The served model (one of `simulator.llms.LLMS`) whose hidden costs and KV cache the engine has."""
+    quick: bool = False
+    """Fewer held-out shapes (batch 8 and 256, uncapped) and shorter windows at 90 % load (`--quick`)."""
+
+    def replica(self, personality: str) -> Replica:
+        return Replica(self.engine_model, GPU, pair_seed=self.pair_seed, personality=personality)
+
+    def prior(self, family: str) -> ServiceParams:
+        """`wattscale tune`'s default prior, with the KV cache the replicas publish (`vllm:cache_config_info`:
+        num_gpu_blocks x block_size), as a user starts."""
+        kv_tokens = float(self.replica("roofline").cost().kv_capacity_tokens)
+        return ServiceParams(family, alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05, kv_tokens=kv_tokens)
+
+
+def check_stored(stored: dict[str, Any], truth: Truth, names: list[str], path: Path) -> None:
+    """Refuse a measurements file recorded under other truth settings, or without the personalities asked for."""
+    recorded = stored.get("truth", {})
+    for field in dataclasses.fields(Truth):
+        asked = getattr(truth, field.name)
+        if field.name not in recorded:
+            raise SystemExit(f"{path}: {field.name} not stored (recorded before the settings were); "
+                             f"asked {field.name}={asked!r}: record it again")
+        if recorded[field.name] != asked:
+            raise SystemExit(f"{path}: recorded with {field.name}={recorded[field.name]!r}, asked "
+                             f"{field.name}={asked!r}: use another file or the recorded setting")
+    missing = sorted(set(names) - {r["personality"] for r in stored["windows"]})
+    if missing:
+        raise SystemExit(f"{path}: no windows of personality {', '.join(missing)}: record them in another file")
 SATURATION_COMPLETIONS = 20_000
 """Completions a shape's capacity is timed over: output lengths with cv 1 put the mean of 3,000 within 1.8 %
 (batch 8 with 128-token prompts drew a mean of 262.5 tokens and read its capacity 2.6 % low), and at 90 % load a
@@ -75,21 +118,21 @@ def _cap_w(share: float) -> float | None:
     return None if share >= 1.0 else share * PROFILE.max_power_w
 
 
-def saturation(shape: Shape) -> float:
+def saturation(point: tuple[Truth, Shape]) -> float:
     """Measured capacity of one shape (in a worker process)."""
-    name, batch, n_in, cap = shape
-    return saturation_rps(Replica(MODEL, GPU, personality=name), *_tokens(n_in), batch, _cap_w(cap), seed=batch + n_in,
+    truth, (name, batch, n_in, cap) = point
+    return saturation_rps(truth.replica(name), *_tokens(n_in), batch, _cap_w(cap), seed=batch + n_in,
                           min_completions=SATURATION_COMPLETIONS)
 
 
-def window(point: tuple[Shape, float, float, int, int]) -> dict[str, Any]:
+def window(point: tuple[Truth, Shape, float, float, int, int]) -> dict[str, Any]:
     """One steady Poisson window at `util` of the shape's measured capacity (in a worker process), or, for a
     held-out point (`max_runs` > 1), independent windows at the same offered rate until their mean TTFT is known
     to TRUTH_SE (or `max_runs` are spent), pooled: the truth a prediction is scored against."""
-    (name, batch, n_in, cap), sat, util, requests, max_runs = point
+    truth, (name, batch, n_in, cap), sat, util, requests, max_runs = point
     runs: list[Measured] = []
     while len(runs) < max_runs:
-        runs.append(measure(Replica(MODEL, GPU, personality=name), util * sat, *_tokens(n_in), batch, _cap_w(cap),
+        runs.append(measure(truth.replica(name), util * sat, *_tokens(n_in), batch, _cap_w(cap),
                             requests=requests, seed=int(1000 * util) + batch + n_in + 7919 * len(runs)))
         ttfts = np.array([m.ttft_ms for m in runs])
         if len(runs) >= TRUTH_MIN_RUNS and ttfts.std(ddof=1) / np.sqrt(len(runs)) <= TRUTH_SE * ttfts.mean():
@@ -116,10 +159,9 @@ def _stats(errs: list[float]) -> tuple[float, float]:
 
 
 def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sats: dict[Shape, float],
-          model_name: str, family: str) -> dict[str, Any]:
+          model_name: str, family: str, settings: Truth) -> dict[str, Any]:
     """Fit on `train` as `wattscale tune --accelerator --fit-power --family` does, then predict `test`."""
-    prior = dataclasses.replace(PRIOR, family=family)
-    pair = PairFilter(prior, PROFILE, fit_power=True, queue_model=model_name)
+    pair = PairFilter(settings.prior(family), PROFILE, fit_power=True, queue_model=model_name)
     report = run(pair, [observation(r) for r in train])
     params, prof = pair.params()
     model = get_model(model_name)
@@ -152,6 +194,7 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
         "stable_called_unstable": called_unstable,
         "fit": {k: report[k] for k in ("params", "verdicts", "bounds_hit")},
         "targets": TARGETS,
+        **asdict(settings),
     }
 
 
@@ -164,8 +207,12 @@ def main() -> None:
     ap.add_argument("--family", default="gen1", choices=FAMILIES, help="of the prior (default gen1, as tune's)")
     ap.add_argument("--order-seed", type=int, default=0, help="draws the order the tuner sees the windows in")
     ap.add_argument("--measurements", help="JSON file: reuse the simulator runs saved there, or save them")
+    ap.add_argument("--pair-seed", type=int, default=0, help="draws the engine's hidden efficiencies (default 0, "
+                    "the engine the model was shaped on)")
+    ap.add_argument("--engine-model", default=MODEL, choices=sorted(LLMS), help="the served model whose hidden "
+                    f"costs the engine has (default {MODEL})")
     args = ap.parse_args()
-    logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
+    truth = Truth(args.pair_seed, args.engine_model, args.quick)
     names = args.personality
     train_shapes = [(n, b, p, c) for n, b, p, c in product(names, (32, 64), (256, 1024), (1.0, 0.6))]
     test_shapes = [(n, b, p, c) for n, b, p, c in product(names, (8, 256) if args.quick else (8, 32, 128, 256),
@@ -173,28 +220,31 @@ def main() -> None:
     saved = Path(args.measurements) if args.measurements else None
     if saved is not None and saved.exists():
         stored = json.loads(saved.read_text())
+        check_stored(stored, truth, names, saved)
         sats = {tuple(k): v for k, v in stored["saturation"]}
         rows = stored["windows"]
     else:
         with ProcessPoolExecutor(args.workers) as pool:
             shapes = train_shapes + test_shapes
-            sats = dict(zip(shapes, pool.map(saturation, shapes), strict=True))
+            sats = dict(zip(shapes, pool.map(saturation, [(truth, s) for s in shapes]), strict=True))
             long_run = 3000 if args.quick else 8000
-            points = [(s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000, 1)
+            points = [(truth, s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000, 1)
                       for s in train_shapes for u in ((0.2, 0.5, 0.8) if s[3] == 1.0 else (0.5,))]
-            points += [(s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000, TRUTH_MAX_RUNS)
+            points += [(truth, s, sats[s], u, 1500 if u < 0.5 else long_run if u > 0.8 else 3000, TRUTH_MAX_RUNS)
                        for s in test_shapes for u in (0.3, 0.6, 0.9)]
             rows = [{**r, "train": i < len(points) - 3 * len(test_shapes)}
                     for i, r in enumerate(pool.map(window, points))]
         if saved is not None:
-            saved.write_text(json.dumps({"saturation": [[list(k), v] for k, v in sats.items()], "windows": rows}))
+            saved.write_text(json.dumps({"truth": asdict(truth), "saturation": [[list(k), v] for k, v in sats.items()],
+                                         "windows": rows}))
     test_sats = {k: v for k, v in sats.items() if k in set(test_shapes)}
+    logging.getLogger("tuner.offline").setLevel(logging.ERROR)  # its warnings are in each line's "fit"
     for name in names:
         train = [r for r in rows if r["train"] and r["personality"] == name]
         train.sort(key=lambda r: (r["max_batch"], r["prompt"], r["cap"], r["util"]))
         np.random.default_rng(args.order_seed).shuffle(train)  # windows come in no designed order
         test = [r for r in rows if not r["train"] and r["personality"] == name]
-        print(json.dumps(score(name, train, test, test_sats, args.model, args.family)))
+        print(json.dumps(score(name, train, test, test_sats, args.model, args.family, truth)))
 
 
 if __name__ == "__main__":
