@@ -46,7 +46,7 @@ class SloMargins:
         level = min(self.level.get(name, 0.0), max_margin)
         now = self.planned.get(name, 0.0)
         whole = step * math.floor(level / step + 1e-9)
-        if whole > now or level < now - step / 2:
+        if whole > now or level < now - step / 2 or level <= 0.0:
             now = whole
         now = min(now, max_margin)
         self.planned[name] = now

@@ -604,3 +604,52 @@ def test_a_renewal_in_flight_never_takes_back_a_lease_given_back_meanwhile(clust
     emu.patch("coordination.k8s.io", "leases", "wattscale-operator", {"spec": {"holderIdentity": None}}, "wattscale")
     renewal.join(timeout=10.0)
     assert not lease.held and lease_holder(emu) == ""
+
+
+def test_a_lease_deleted_under_its_holder_ends_its_term_so_only_one_operator_acts(
+        cluster: tuple[KubeEmulator, Any]) -> None:
+    emu, client = cluster
+    leader = Lease(client, "wattscale", "wattscale-operator", "leader", duration_s=3.0)
+    standby = Lease(client, "wattscale", "wattscale-operator", "standby", duration_s=3.0)
+    assert leader.hold()
+    emu.delete("coordination.k8s.io", "leases", "wattscale-operator", "wattscale")
+    leader.renewed_at -= leader.duration_s / RENEW_SHARE  # due
+    assert not leader.hold() and not leader.valid()
+    assert standby.hold() and lease_holder(emu) == "standby"
+
+
+def test_a_lease_that_runs_out_while_its_renewal_hangs_is_stood_down_from_without_a_request(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The renewal's write hangs past the Lease's term: the fast step stands down at once (no give_back, which
+    would wait on the same API), and the hung renewal, failing, does not make it lead again."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"), lease_s=2.0)
+    t0 = time.monotonic()
+    loop.step(0.0)
+    assert loop.controller is not None
+    emu.fail("PUT", "/leases/", code=500, delay_s=4.0)
+    steps = []
+    while loop.controller is not None and time.monotonic() - t0 < 6.0:
+        started = time.monotonic()
+        loop.step(started - t0)
+        steps.append(time.monotonic() - started)
+        time.sleep(0.1)
+    assert loop.controller is None and not loop.lease.held and max(steps) < 1.0, (loop.controller, max(steps))
+
+
+def test_a_first_leading_step_that_outlasts_the_lease_writes_no_plan(cluster: tuple[KubeEmulator, Any],
+                                                                     tmp_path: Path) -> None:
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "slow", "wattscale",
+                       str(tmp_path / "state"), lease_s=1.0)
+    emu.fail("GET", "/powerpolicies/", delay_s=1.5, times=1)  # reading the resources takes past the term
+    loop.step(0.0)
+    assert loop.controller is None
+    assert not [p for _, m, p in emu.requests if m == "PATCH" and "/nodepowerplans/" in p]

@@ -53,6 +53,8 @@ def test_the_planned_margin_falls_half_a_step_late_and_never_past_the_largest_al
     assert m.margin("a", STEP, TOP) == pytest.approx(0.1)
     m.level["a"] = 0.5
     assert m.margin("a", STEP, 0.3) == pytest.approx(0.3)
+    m.level["a"], m.planned["a"] = 0.0, 0.05  # a reload doubled the step: half of it is never under 0
+    assert m.margin("a", STEP, TOP) == 0.0
 
 
 def test_the_level_settles_where_the_miss_share_is_met() -> None:

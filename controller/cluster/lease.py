@@ -75,8 +75,10 @@ class Lease:
             try:
                 old = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.timeout_s)
             except ApiException as exc:
-                if exc.status != 404 or renewing:
+                if exc.status != 404:
                     raise
+                if renewing:  # deleted under it: a standby may create it now, so this term is over
+                    return self._became(False)
                 self.api.create_namespaced_lease(self.namespace, self._body(None, True),
                                                  _request_timeout=self.timeout_s)
                 self.renewed_at = started
