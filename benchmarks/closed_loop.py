@@ -51,12 +51,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def _served_since(svc: SimService, seen: dict[str, tuple[VLLMEngine, int, int]]) -> tuple[NDArray[np.float64], ...]:
     """The TTFT and ITL samples (ms) the service's engines recorded since the last call (`seen`: each of its
     engines so far, with how many of its sample blocks were read; one scaled away since keeps its last ones)."""
+    live = {r.engine.engine_id for r in svc.replicas}
     for r in svc.replicas:
         seen.setdefault(r.engine.engine_id, (r.engine, 0, 0))
     ttft, itl = [], []
-    for key, (engine, n_ttft, n_itl) in seen.items():
+    for key, (engine, n_ttft, n_itl) in list(seen.items()):
         new_ttft, new_itl = (engine.metrics.ttft.samples or [])[n_ttft:], (engine.metrics.itl.samples or [])[n_itl:]
         seen[key] = (engine, n_ttft + len(new_ttft), n_itl + len(new_itl))
+        if key not in live:  # read for the last time
+            del seen[key]
         ttft += new_ttft
         itl += new_itl
     return tuple(1000.0 * np.concatenate(x) if x else np.zeros(0) for x in (ttft, itl))

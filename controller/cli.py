@@ -167,18 +167,13 @@ def _tune(args: argparse.Namespace) -> int:
         raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
     prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
     prof = profile(args.accelerator) if args.accelerator else None
-    observations = read_bounded(Path(args.observations))
+    observations = read_bounded(Path(args.observations),
+                                None if prof is None else (prof.min_power_w, prof.max_power_w))
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
                               "its draw curve")
-    for i, o in enumerate(observations, start=1):
-        if prof is not None and o.power_cap_w is not None and not (
-                prof.min_power_w <= o.power_cap_w <= prof.max_power_w):
-            raise ObservationFileError(f"{args.observations}: observation {i}: column 'power_cap_w' must be within "
-                                       f"{args.accelerator}'s limits, {prof.min_power_w:g}-{prof.max_power_w:g} W, "
-                                       f"got {o.power_cap_w:g}")
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
     if pair.accepted == 0:  # warm-up rows count: they are fitted

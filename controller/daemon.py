@@ -159,11 +159,10 @@ class Daemon:
 
     def _status(self) -> str:
         """The budget in force (a budget source's, where it has lowered the configured one) and the services."""
-        c = self.controller
-        why = c.budget_from  # read once: the budget thread writes it
-        power = c.power(self.settings)
-        source = f" ({why[1]})" if why is not None and power is not self.settings.power else ""
-        return f"budget {power.budget_w:.0f} W{source}, {len(self.settings.services)} services"
+        why = self.controller.budget_from  # read once: the budget thread writes it
+        lowered = why is not None and why[0] < self.settings.power.budget_w
+        budget, source = (why[0], f" ({why[1]})") if why is not None and lowered else (self.settings.power.budget_w, "")
+        return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services"
 
     def _on_job_event(self, event: JobEvent) -> None:
         """Errors, missed runs and overruns (a run still going when the next is due: a JobSubmissionEvent,

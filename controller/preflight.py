@@ -12,9 +12,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from controller.budget.assemble import combiner, resolve
+from controller.budget.api_http import http_get
+from controller.budget.assemble import combiner, feed
 from controller.budget.base import BudgetError
-from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import Settings
@@ -96,7 +96,7 @@ def preflight(settings: Settings) -> list[str]:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
             if isinstance(source, CarbonCsvSettings):  # read as the daemon will: missing, unreadable, malformed
                 try:
-                    CsvIntensityFeed(resolve(settings.base_dir, source.path), source.basis).fetch(0.0)
+                    feed(source, f"power.budget.sources[{name}]", os.environ, http_get, settings.base_dir).fetch(0.0)
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")

@@ -89,7 +89,7 @@ class SchemaWriter:
         props: dict[str, Any] = {}
         required = []
         for f in dataclasses.fields(cls):
-            if f.name in skip:
+            if f.name in skip or not f.metadata.get("key", True):  # the loader's own fields are no keys
                 continue
             prop = {**self.of(hints[f.name]), **self.extra.get(f"{cls.__name__}.{f.name}", {})}
             if f.name in docs:

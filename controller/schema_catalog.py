@@ -3,7 +3,6 @@ schema`): the TOML config, the optimize spec, the plan specs and the custom reso
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from controller.budget.settings import KINDS, BudgetSettings
@@ -17,8 +16,7 @@ from controller.settings import Settings
 def config_schema() -> dict[str, Any]:
     """The TOML config: the Settings classes, with `[power.budget]` inside `[power]` as the loader reads it
     (its sources each selected by `kind`)."""
-    loaders = {f.name for f in dataclasses.fields(Settings) if not f.metadata.get("key", True)}
-    doc = document(Settings, "wattscale config (TOML)", exclude={Settings: loaders})
+    doc = document(Settings, "wattscale config (TOML)")
     w = SchemaWriter()
     sources = []
     for kind, cls in KINDS.items():

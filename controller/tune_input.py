@@ -21,12 +21,14 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def read_bounded(path: Path) -> list[Observation]:
-    """The file's observations, each value within what a real server reports; ObservationFileError names
-    the observation (1 = the first data row), the column and the value."""
+def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) -> list[Observation]:
+    """The file's observations, each value within what a real server reports (a power cap within
+    `cap_limits_w`, the accelerator's, where it is known); ObservationFileError names the observation (1 = the
+    first data row), the column and the value."""
     observations = read_observations(path)
+    bounds = BOUNDS if cap_limits_w is None else {**BOUNDS, "power_cap_w": cap_limits_w}
     for i, obs in enumerate(observations, start=1):
-        for name, (low, high) in BOUNDS.items():
+        for name, (low, high) in bounds.items():
             value = getattr(obs, name)
             if value is None or (name in GATED and not math.isfinite(value)):
                 continue
