@@ -542,21 +542,27 @@ def test_a_leader_that_lost_the_lease_scales_and_patches_nothing(cluster: tuple[
     assert replicas(emu, "vllm-chat") == 0 and max_num_seqs(emu, "vllm-chat") == 100
 
 
+def leading(emu: KubeEmulator, tmp_path: Path, lease_s: float) -> tuple[ClusterLoop, float]:
+    """An operator leading one service (fast tick 0.2 s, slow 60 s) under a Lease of `lease_s`, and when it began."""
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"), lease_s=lease_s)
+    t0 = time.monotonic()
+    loop.step(0.0)
+    assert loop.controller is not None
+    return loop, t0
+
+
 def test_a_stalled_or_failing_lease_api_holds_no_fast_step_and_a_leader_stops_once_its_lease_runs_out(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """A Lease read answered 1.5 s late: the renewal waits in its own worker while every fast step returns at
     once and the leader keeps acting. Renewals that fail (500) keep it acting only while the Lease is valid (3 s from
     the start of the last renewal that succeeded, before any standby may take it), then it stands down."""
     emu, _ = cluster
-    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
-    body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
-    emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                       str(tmp_path / "state"), lease_s=3.0)
-    t0 = time.monotonic()
-    loop.step(0.0)
-    assert loop.controller is not None
+    loop, t0 = leading(emu, tmp_path, lease_s=3.0)
     emu.fail("GET", "/leases/", delay_s=1.5, times=1)
     steps = []
     while time.monotonic() - t0 < 3.5:  # renewal due at 1 s, its read answered at 2.5 s
@@ -623,15 +629,7 @@ def test_a_lease_that_runs_out_while_its_renewal_hangs_is_stood_down_from_withou
     """The renewal's write hangs past the Lease's term: the fast step stands down at once (no give_back, which
     would wait on the same API), and the hung renewal, failing, does not make it lead again."""
     emu, _ = cluster
-    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
-    body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
-    emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                       str(tmp_path / "state"), lease_s=2.0)
-    t0 = time.monotonic()
-    loop.step(0.0)
-    assert loop.controller is not None
+    loop, t0 = leading(emu, tmp_path, lease_s=2.0)
     emu.fail("PUT", "/leases/", code=500, delay_s=4.0)
     steps = []
     while loop.controller is not None and time.monotonic() - t0 < 6.0:
