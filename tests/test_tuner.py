@@ -168,6 +168,7 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,five,6\n", "'ttft_ms' is not a number"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n", "no observations"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,5,6,7\n", ":2: 7 values for 6 columns"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,2\n", "'steady' must be 1 or 0"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,nan,nan,nan\n" * 3,
      "'max_batch' must be a whole"),

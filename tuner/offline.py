@@ -108,7 +108,12 @@ def read_observations(path: Path) -> list[Observation]:
             unknown = [c for c in reader.fieldnames or [] if c not in REQUIRED + OPTIONAL]
             if unknown:
                 raise ObservationFileError(f"{path}: unknown columns {unknown}")
-            out = [_row(row, f"{path}:{i}") for i, row in enumerate(reader, start=2)]
+            out = []
+            for i, row in enumerate(reader, start=2):
+                if None in row:  # DictReader files a row's values past the header under None
+                    raise ObservationFileError(f"{path}:{i}: {len(reader.fieldnames or []) + len(row[None])} values "
+                                               f"for {len(reader.fieldnames or [])} columns")
+                out.append(_row(row, f"{path}:{i}"))
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
