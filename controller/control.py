@@ -97,6 +97,7 @@ class Controller:
         """The newest settings, with the sources' budget, to the governor (one reference); under the lock."""
         power = self.power(self._latest)
         self.fast.governor.settings = power
+        self.fast.governor.interval_s = self._latest.daemon.fast_interval_s  # the ramps' share of a tick
         self.metrics.budget.set(power.budget_w)
 
     def power(self, settings: Settings) -> PowerSettings:

@@ -162,3 +162,12 @@ def test_a_service_the_config_drops_leaves_nothing_behind(tmp_path: Path) -> Non
     ctl.tick_slow(15.0)  # settings are adopted at the start of a slow tick
     assert all("code" not in table for table in (ctl.assignments, ctl.variants, ctl.kv_tokens, ctl.draining))
     assert "chat" in ctl.variants and "chat" in ctl.kv_tokens
+
+
+def test_new_settings_give_the_governor_their_fast_tick_for_its_ramps(tmp_path: Path) -> None:
+    """The operator takes a policy's fast tick live: the governor's ramp share of a tick moves with it, as the
+    budget does, the moment the settings are handed over."""
+    ctl, _, _ = controller(tmp_path)
+    s = ctl.settings
+    ctl.reconfigure(dataclasses.replace(s, daemon=dataclasses.replace(s.daemon, fast_interval_s=0.5)))
+    assert ctl.fast.governor.interval_s == 0.5

@@ -319,7 +319,6 @@ class ClusterLoop:
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
                 c.vllm = self._vllm(res.settings)
             c.reconfigure(res.settings)
-            c.fast.governor.interval_s = res.settings.daemon.fast_interval_s  # the ramps' share of a tick
         if res is not None and res.policy is not None and may_act():
             plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,
                             (res.settings or c.settings).daemon.fast_interval_s)
