@@ -131,4 +131,3 @@ def window_clock(draws: list[DrawReading]) -> float | None:
     if not any(r.clock_share is not None for r in draws):
         return None
     return sum(r.clock_share or 1.0 for r in draws) / len(draws)
-

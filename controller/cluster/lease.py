@@ -89,7 +89,7 @@ class Lease:
             if record != self.observed:
                 self.observed, self.observed_at = record, started
             expired = renewed is None or started - self.observed_at > duration
-            if (holder and holder != self.identity and not expired) or (renewing and holder != self.identity):
+            if holder != self.identity and (renewing or (holder and not expired)):
                 return self._became(False)
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)

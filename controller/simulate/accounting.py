@@ -27,6 +27,7 @@ from controller.service_settings import ServiceSettings
 from controller.simulate.power_figures import drops, power_figures
 from controller.simulate.runner import Run
 from controller.simulate.scenario import Scenario
+from queuemodels.types import QUANTILE_OF
 from simulator.requests import Finished
 
 WINDOW_S = 60.0
@@ -37,7 +38,8 @@ VIOLATION_SHARE = 0.02
 """Draw above the budget by more than this share is a violation."""
 STEP_GRACE_S = 2.0
 """After a budget step-down, the governor has this long to bring the draw under it."""
-QUANTILES = {"p95": 95.0, "p99": 99.0}
+QUANTILES = {name: 100.0 * q for name, q in QUANTILE_OF.items()}
+"""Each percentile statistic as np.percentile takes it."""
 
 
 def _window_met(svc: ServiceSettings, ttft_s: NDArray[np.float64], itl_s: NDArray[np.float64]) -> bool:

@@ -22,7 +22,7 @@ Fetch = Callable[[str, dict[str, str], float], bytes]
 
 
 def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-    """POST a form (controller.http_fetch: the answer read whole within about twice `timeout_s`); HTTP errors still
+    """POST a form (controller.http_fetch: the answer read whole within `timeout_s`); HTTP errors still
     return Prometheus' JSON error envelope when it sent one."""
     try:
         answer = http_request(url, {}, timeout_s, data=urllib.parse.urlencode(form).encode())

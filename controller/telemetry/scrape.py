@@ -26,7 +26,7 @@ OnError = Callable[[str, str], None]
 
 
 def http_get(url: str, timeout_s: float) -> str:
-    """The page at `url` (controller.http_fetch: read whole within about twice `timeout_s`, at most 16 MiB)."""
+    """The page at `url` (controller.http_fetch: read whole within `timeout_s`, at most 16 MiB)."""
     try:
         answer = http_request(url, {}, timeout_s)
     except Unreachable as exc:
