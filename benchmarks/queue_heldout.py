@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--personality", nargs="*", default=sorted(PERSONALITIES), choices=sorted(PERSONALITIES))
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--family", default="gen1", choices=FAMILIES, help="of the prior (default gen1, as tune's)")
+    ap.add_argument("--family", default="step", choices=FAMILIES, help="of the prior (default step, as tune's)")
     ap.add_argument("--order-seed", type=int, default=0, help="draws the order the tuner sees the windows in")
     ap.add_argument("--measurements", help="JSON file: reuse the simulator runs saved there, or save them")
     ap.add_argument("--pair-seed", type=int, default=0, help="draws the engine's hidden efficiencies (default 0, "

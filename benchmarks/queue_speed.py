@@ -1,10 +1,11 @@
 """Speed of the queue model: one full analysis (means, p95/p99 tails, power) and one sizing.
 
-    python benchmarks/queue_speed.py [--family step]
+    python benchmarks/queue_speed.py [--family gen1]
 
 Prints JSON: analyze_us (median over repeats, K = 1,000, batch 64, a 400 W cap on an H100 profile),
-max_rate_ms for mean and p95 targets (median), and analyze_us at K = 10,000 for scale. `--family step` times
-the step family (its roofline: a convex decode step, a prompt's cost at the load's batch, a token budget).
+max_rate_ms for mean and p95 targets (median), and analyze_us at K = 10,000 for scale. The step family, the
+daemon's default (its roofline: a convex decode step, a prompt's cost at the load's batch, a token budget), unless
+`--family gen1` times llm-inferno's affine law.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def median_s(fn: object, number: int, repeat: int = 7) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="gen1", choices=("gen1", "step"))
+    ap.add_argument("--family", default="step", choices=("gen1", "step"))
     args = ap.parse_args()
     model = get_model(DEFAULT_MODEL)
     params = ServiceParams(args.family, alpha_ms=20.0, beta_ms=0.5, gamma_ms=30.0, delta_ms=0.02).with_step_defaults()

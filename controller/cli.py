@@ -100,7 +100,9 @@ def _gpus(args: argparse.Namespace) -> int:
 
 
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
-                  "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6, "in_cv": 10.0, "out_cv": 10.0}
+                  "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": 1e3, "budget_tokens": MAX_TOKENS,
+                  "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
+                  "in_cv": 10.0, "out_cv": 10.0}
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
 
 
@@ -110,7 +112,12 @@ def _analyze(args: argparse.Namespace) -> int:
         if value is None or not math.isfinite(value) or not 0 <= value <= high:
             raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0 and <= {high:g}, "
                                   f"got {value}")
-    params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
+    step_terms = ("kappa_ms", "epsilon_ms", "rho", "budget_tokens")
+    if args.family != "step" and any(getattr(args, n) for n in step_terms):
+        flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)
+        raise ModelInputError(f"--family: {args.family} has no {flags}; they are the step family's")
+    params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms,
+                           **{n: getattr(args, n) for n in (*step_terms, "kv_tokens")})
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None

@@ -17,8 +17,15 @@ PARAMS_HELP = {
     "alpha-ms": "decode step base time (ms)",
     "beta-ms": "decode step time per sequence in the batch (ms)",
     "gamma-ms": "prefill base time (ms)",
-    "delta-ms": "prefill time per prompt token and sequence (ms; gen1 only)",
+    "delta-ms": "prefill time per prompt token (ms; gen1 and step)",
 }
+STEP_HELP = {
+    "kappa-ms": "decode time per sequence per token of context (ms)",
+    "epsilon-ms": "fixed time of a step that carries a prompt (ms)",
+    "rho": "decode compute per sequence relative to a prompt token's (0: affine decode)",
+    "budget-tokens": "tokens one step schedules, vLLM's max_num_batched_tokens (0: no limit)",
+}
+"""The step family's terms beyond gen1's four, as `tune` prints them (docs/queue-models.md)."""
 ACCELERATORS = ", ".join(sorted(CATALOG))
 
 
@@ -87,9 +94,10 @@ def batch_sizes(text: str) -> list[int]:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS),
                    help="queue model: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)")
-    p.add_argument("--family", default="gen1", choices=list(FAMILIES),
-                   help="service-time family of the parameters: gen1, gen2, or step (gen1 with a context cost "
-                        "and a per-prefill-step cost the tuner fits; docs/queue-models.md)")
+    p.add_argument("--family", default="step", choices=list(FAMILIES),
+                   help="service-time family of the parameters: step (the default: gen1 in vLLM's tokens per step, "
+                        "with a context cost, a per-prefill-step cost, a convex decode and a token budget), gen1 or "
+                        "gen2 (llm-inferno's; docs/queue-models.md)")
 
 
 def add_analyze_args(a: argparse.ArgumentParser) -> None:
@@ -97,6 +105,12 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     for name in ("alpha-ms", "beta-ms", "gamma-ms"):
         a.add_argument(f"--{name}", type=float, required=True, metavar="MS", help=PARAMS_HELP[name])
     a.add_argument("--delta-ms", type=float, default=0.0, metavar="MS", help=PARAMS_HELP["delta-ms"] + ", default 0")
+    for name, text in STEP_HELP.items():
+        a.add_argument(f"--{name}", type=float, default=0.0, metavar="MS" if name.endswith("-ms") else "N",
+                       help=f"step family: {text}, default 0 (with all four 0 the step family is gen1)")
+    a.add_argument("--kv-tokens", type=float, default=0.0, metavar="N",
+                   help="one replica's KV-cache tokens (num_gpu_blocks x block_size): bounds the batch; default 0, "
+                        "unbounded")
     a.add_argument("--in-tokens", type=float, required=True, metavar="N", help="mean prompt length (tokens)")
     a.add_argument("--out-tokens", type=float, required=True, metavar="N", help="mean output length (tokens)")
     a.add_argument("--rate-rps", type=float, required=True, metavar="RPS", help="arrival rate (requests/s)")

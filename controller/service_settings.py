@@ -41,8 +41,9 @@ MAX_SIM_RATE_RPS = 10_000.0
 
 @dataclass(frozen=True)
 class PriorSettings:
-    family: str = "gen1"
-    """Service-time family of the queue model."""
+    family: str = "step"
+    """Service-time family of the queue model: step (gen1 in vLLM's tokens per step; the default, the family
+    that held out best on engines it was not shaped on), gen1 or gen2 (llm-inferno's; docs/queue-models.md)."""
     alpha_ms: float = 20.0
     """Decode step base time (ms)."""
     beta_ms: float = 0.2

@@ -45,6 +45,21 @@ def test_gen2_a_bounded_queue_and_no_accelerator(capsys: pytest.CaptureFixture[s
     assert float(out["utilization"]) <= 1.0  # type: ignore[arg-type]
 
 
+def test_the_step_familys_terms_as_tune_prints_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default family is step: its four terms and the KV cache reach the model (what `tune` fitted can be
+    analysed); left out, the law is gen1's to the bit; given under another family, one line names them."""
+    terms = {"kappa_ms": 4e-5, "epsilon_ms": 3.0, "rho": 1.0, "budget_tokens": 2048.0, "kv_tokens": 60_000.0}
+    flags = [x for k, v in terms.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    out = run([*BASE, *flags], capsys)
+    step = ServiceParams("step", 11.4, 0.05, 4.9, 0.035, **terms)
+    perf = get_model("mm1k-cb").analyze(step, Load(10.0, 400, 200), ServerShape(64, 1024, None))
+    assert out["ttft_ms"] == pytest.approx(perf.ttft_ms, rel=1e-12)
+    assert out["itl_ms"] == pytest.approx(perf.itl_ms, rel=1e-12)
+    assert run(BASE, capsys)["ttft_ms"] == run([*BASE, "--family", "gen1"], capsys)["ttft_ms"] != out["ttft_ms"]
+    assert main([*BASE, "--family", "gen1", "--rho", "1"]) == 2
+    assert "--family: gen1 has no --kappa-ms" in capsys.readouterr().err
+
+
 def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[str]) -> None:
     sizes = [8, 16, 32, 64, 128, 256]
     out = run([*BASE, "--accelerator", "H100-SXM", *SLO, "--batch-sizes", ",".join(map(str, sizes))], capsys)
