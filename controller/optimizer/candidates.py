@@ -229,8 +229,23 @@ def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
 
 @collector_paused()
 def enumerate_all(problem: Problem) -> list[list[Candidate]]:
-    """Every service's candidates on every accelerator it may run on: every pair's shapes sized together
-    (`size_together`), then their full candidates valued together, then the spare and partial ones."""
+    """Every service's candidates on every accelerator it may run on (`_enumerate`). The SLO margin learnt from a
+    service's missed windows never leaves it with none: where no shape meets its targets less the margin, it is
+    planned against its own (a margin taken for TTFT's misses had made a long-context ITL unreachable, and the
+    service, planned as short, got no replica for its queue)."""
+    out = _enumerate(problem)
+    bare = {i for i, cs in enumerate(out) if not cs and problem.services[i].targets.margin > 0.0}
+    if bare:
+        own = tuple(replace(s, targets=replace(s.targets, margin=0.0)) if i in bare else s
+                    for i, s in enumerate(problem.services))
+        again = _enumerate(replace(problem, services=own))
+        out = [again[i] if i in bare else cs for i, cs in enumerate(out)]
+    return out
+
+
+def _enumerate(problem: Problem) -> list[list[Candidate]]:
+    """Every pair's shapes sized together (`size_together`), then their full candidates valued together, then the
+    spare and partial ones."""
     pairs = []
     for i, svc in enumerate(problem.services):
         for acc in problem.accelerators:
