@@ -57,6 +57,8 @@ class Controller:
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)
         self.assignments: dict[str, Assignment] = {}
+        self._at_floor = False
+        """Whether the governor's limits were all at their floors over budget at the last fast tick."""
         """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
         target for that variant's GPUs."""
         self.variants: dict[str, tuple[str, ...]] = {}
@@ -154,8 +156,20 @@ class Controller:
         self._count(kind, message)
         self._errors.append(f"{kind}: {message}")
 
-    def tick_fast(self, now: float) -> None:
+    def tick_fast(self, now: float) -> bool:
+        """One fast tick; True where the slow loop should plan now rather than at its period: the governor has cut
+        every limit to its floor and the site is still over its budget (a drop below what the replicas running
+        draw at their floors), so only the fewer replicas a plan asks for can bring the draw down. Once an
+        episode, so a budget no plan can meet does not plan every tick."""
         self.fast.tick(now)
+        exhausted = self.governor.exhausted
+        due = exhausted and not self._at_floor
+        self._at_floor = exhausted
+        if due:
+            self.metrics.errors.labels("over_budget_at_floor").inc()
+            log.warning("power: over the %.0f-W threshold with every limit at its floor; planning fewer replicas "
+                        "now", self.governor.threshold_w())
+        return due
 
     # -- slow loop -------------------------------------------------------------------------------
     def tick_slow(self, now: float) -> Solution | None:
@@ -271,6 +285,8 @@ class Controller:
         record["degradation"] = degradation
         changed = []
         pending = []
+        urgent = self.governor.exhausted  # over budget with every limit at its floor: shrinks pass the gate at once
+        degradation["urgent"] = urgent
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = self._planned(result, current, svc.min_replicas)
@@ -285,7 +301,7 @@ class Controller:
                 self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned,
                                    self.gate.admit(now, svc.name, current, planned,
-                                                   result.reason if result.short_rps > 0 else None)))
+                                                   result.reason if result.short_rps > 0 else None, urgent)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")

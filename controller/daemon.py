@@ -81,7 +81,8 @@ class Daemon:
             with self.parts.plant_lock:
                 self.parts.host.advance_to(now)
             self.metrics.plant_cpu.inc(time.thread_time() - started)
-        self.controller.tick_fast(now)
+        if self.controller.tick_fast(now):
+            self.slow_due.set()  # caps are at their floors over budget: plan fewer replicas now, not at the period
         self.last_fast = time.monotonic()
 
     def wake_slow(self) -> None:

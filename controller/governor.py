@@ -33,6 +33,9 @@ class PowerGovernor:
         self.cut_w: dict[str, float] = {}
         """GPU UUID -> watts held below the plan's cap."""
         self.emergency = False
+        self.exhausted = False
+        """Over the threshold with every limit it may set at its floor: caps can cut no more, only fewer
+        replicas (the slow loop's) bring the draw down."""
 
     @staticmethod
     def accounted_w(sample: GpuSample) -> float:
@@ -85,6 +88,8 @@ class PowerGovernor:
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned)
+        self.exhausted = measured > threshold and all(limits[g.uuid] <= g.min_limit_w + 1.0 for g in samples
+                                                      if g.uuid not in pinned)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:

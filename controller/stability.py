@@ -1,6 +1,9 @@
 """The stability gate between a plan and the actuators: cooldown, confirmation, step limits, safety first.
 
-Changes that lower power pass at once (a budget is a hard limit). Adding replicas waits out only the
+Changes that lower power pass at once (a budget is a hard limit): lower caps always, and fewer replicas, whole,
+while the site is over its budget with every limit at its floor (`urgent`: the governor is exhausted; only
+fewer replicas bring the draw down then, and confirming them would leave the site over its budget for
+`confirm_cycles` cycles). Adding replicas waits out only the
 service's cooldown. What costs capacity to make - a new max batch (a rolling restart), fewer replicas, or
 a move to another accelerator type - must also be asked for `confirm_cycles` cycles in a row, so one noisy
 estimate does not set it off. Replicas move at most `max_replica_step`, caps at most `max_cap_step_w` up,
@@ -56,14 +59,17 @@ class StabilityGate:
         return shape_n, shrink_n
 
     def admit(self, now: float, service: str, current: Assignment, planned: Assignment,
-              short_reason: str | None = None) -> Assignment:
+              short_reason: str | None = None, urgent: bool = False) -> Assignment:
         """What of `planned` may be applied now, starting from `current`; `short_reason` is why the plan leaves
-        the service short of its load (None: it does not)."""
+        the service short of its load (None: it does not); `urgent`: over budget with every limit at its floor."""
         s = self.settings
         shape_n, shrink_n = self._streaks(service, current, planned)
         held = self._restart_held(now, service, short_reason)
         if planned == current:
             return current
+        if urgent and planned.accelerator == current.accelerator and planned.replicas < current.replicas:
+            return replace(current, replicas=planned.replicas, power_cap_w=min(planned.power_cap_w,
+                                                                               current.power_cap_w))
         cooling = now - self.last_change_s.get(service, -float("inf")) < s.cooldown_s
         if planned.accelerator != current.accelerator:
             if cooling or shape_n < s.confirm_cycles:

@@ -120,6 +120,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"replicas than the accelerators hold \(8\)"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 700"),
          "power.budget_w: 700 W is below the fleet's idle draw, 760 W"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 900"),  # 3 replicas at 200 W and 5 GPUs idle at 95
+         r"power.budget_w: 900 W \(873 W less headroom\) is below what the services' min_replicas draw busy at "
+         r"their GPUs' lowest limits with every other GPU idle, 1075 W"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"), r"power.budget_w: must be in \[0, 1e\+08\]"),
         (lambda t: t.replace("max_replica_step = 1", "max_replica_step = 99999999999999999999"),
          "stability.max_replica_step: must be an integer of at most 64 bits"),

@@ -54,6 +54,21 @@ def test_an_overdraw_is_cut_from_the_lowest_priority_first() -> None:
     assert sum(s.power_w or 0.0 for s in plant.samples()) <= 2000.0 * 0.97 + 1e-6
 
 
+def test_exhausted_only_once_every_limit_is_at_its_floor_over_budget() -> None:
+    """A cut that fits under the threshold is an emergency, not exhaustion; a budget under four GPUs' 200-W
+    floors is both, until the draw falls under it (a replica stopped)."""
+    governor = PowerGovernor(PowerSettings(budget_w=2000.0))
+    plant = Plant({0: 500.0, 1: 500.0, 2: 600.0, 3: 600.0})
+    plant.tick(governor)
+    assert governor.emergency and not governor.exhausted
+    governor.settings = replace(governor.settings, budget_w=700.0)
+    plant.tick(governor)
+    assert governor.exhausted and all(v == 200.0 for v in plant.limit_w.values())
+    plant.natural_w.update({2: 60.0, 3: 60.0})  # bulk's replicas stopped: idle draw
+    plant.tick(governor)
+    assert not governor.exhausted
+
+
 def test_a_release_never_carries_the_draw_back_over_the_threshold() -> None:
     """bulk's load spikes (cuts follow), then chat's falls away: the spare below the release line is given
     back to bulk a watt of limit for a watt of spare, so the site never crosses the threshold again, and once

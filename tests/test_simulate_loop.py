@@ -32,6 +32,20 @@ def test_a_budget_step_down_is_held_within_two_seconds(small_scenario: Callable[
     assert f["budget_violation_raw_s"] <= 2
 
 
+def test_a_budget_below_the_replicas_floors_sheds_a_replica_at_once(small_scenario: Callable[..., Path]) -> None:
+    """The budget drops to 330 W where two busy GPUs at their 200-W floors draw 400: caps cannot hold it, so the
+    fast tick wakes the slow loop, whose plan's fewer replicas pass the stability gate at once (it held them for
+    its confirmation and cooldown: 43 s over the budget)."""
+    scn = load_scenario(small_scenario('name = "floor"\nduration_s = 100\nseed = 3\n[[events]]\nat_s = 60\n'
+                                       'kind = "budget"\nbudget_w = 330\n'))
+    r = run(scn, "wattscale", 3, TWO_GPUS)
+    tr = r.trace
+    assert tr.replicas["chat"][(tr.t_s > 50) & (tr.t_s <= 60)].min() == 2
+    assert tr.replicas["chat"][tr.t_s >= 62].max() == 1
+    assert tr.draw_w[tr.t_s > 62].max() <= 330 * 1.02
+    assert figures(scn, r)["budget_violation_s"] == 0
+
+
 def test_lost_gpu_telemetry_brings_safe_caps(small_scenario: Callable[..., Path]) -> None:
     """GPU readings fail for 30 s under a budget below the load's draw: after the fail-safe's ticks the limits
     sum within the budget, whatever the GPUs do, and the draw stays under it."""

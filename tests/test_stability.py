@@ -37,6 +37,18 @@ def test_lower_caps_pass_during_cooldown_and_confirmation() -> None:
     assert cut == Assignment("H100-SXM", 3, 64, 400.0)  # cooling: only the cut goes through
 
 
+def test_fewer_replicas_pass_whole_while_the_site_is_over_budget_with_caps_cut() -> None:
+    """Urgent (every limit at its floor over budget): a shrink skips cooldown, confirmation and the step limit;
+    a growth or a new max batch in the same plan does not."""
+    gate = StabilityGate(StabilitySettings(cooldown_s=120.0, confirm_cycles=3, max_replica_step=1))
+    gate.note_change(0.0, "bulk")
+    now = Assignment("H100-SXM", 4, 64, 600.0)
+    assert gate.admit(10.0, "bulk", now, Assignment("H100-SXM", 1, 32, 200.0)) == replace(now, power_cap_w=200.0)
+    assert gate.admit(11.0, "bulk", now, Assignment("H100-SXM", 1, 32, 200.0), urgent=True) == Assignment(
+        "H100-SXM", 1, 64, 200.0)
+    assert gate.admit(12.0, "bulk", now, Assignment("H100-SXM", 5, 64, 600.0), urgent=True) == now  # cooling
+
+
 def test_cooldown_counts_from_a_change_the_actuators_took() -> None:
     gate = StabilityGate(StabilitySettings(cooldown_s=60.0))
     more = Assignment("H100-SXM", 3, 64, 600.0)

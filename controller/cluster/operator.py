@@ -283,15 +283,16 @@ class ClusterLoop:
         assert plans is not None
         if self.lease.due() and self.renewer is not None:
             self.renewer.wake()  # a renewal in flight takes the wake-up as its next try
-        c.tick_fast(now)
+        early = c.tick_fast(now)  # limits at their floors over budget: the slow worker plans fewer replicas now
         if not self.lease.valid():  # leading took past the Lease's term (a slow API): no plan is written now
             return self._lost(now)
         power = c.governor.settings
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
         c.metrics.errors.labels("node_plan").inc(len(failed))  # and every failure is counted
-        if now >= self.next_slow and self.worker is not None:
-            self.next_slow = now + c.settings.daemon.slow_interval_s
+        if (early or now >= self.next_slow) and self.worker is not None:
+            if now >= self.next_slow:
+                self.next_slow = now + c.settings.daemon.slow_interval_s
             self.worker.wake()
         if now >= self.next_owners and self.owners is not None:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s

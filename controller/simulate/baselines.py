@@ -112,8 +112,9 @@ class StaticPolicy:
         if self.caps is not None:
             self.caps.set_budget(budget_w, now)
 
-    def tick_fast(self, now: float) -> None:
-        """Nothing: a static fleet does not react."""
+    def tick_fast(self, now: float) -> bool:
+        """Nothing: a static fleet does not react (and asks for no early slow tick)."""
+        return False
 
     def tick_slow(self, now: float) -> None:
         """Nothing: a static fleet does not react."""
@@ -134,12 +135,14 @@ class ThresholdPolicy:
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         self.caps.set_budget(budget_w, now)
 
-    def tick_fast(self, now: float) -> None:
+    def tick_fast(self, now: float) -> bool:
+        """The uniform caps' tick, and the HPA's sync on its own period (never an early slow tick)."""
         self.caps.tick(now)
         if now >= self.next_sync_s:
             self.next_sync_s += HPA_SYNC_S
             for svc in self.services:
                 self._sync(now, svc)
+        return False
 
     def tick_slow(self, now: float) -> None:
         """Nothing beyond the HPA's own sync period."""

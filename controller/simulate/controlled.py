@@ -73,10 +73,12 @@ class ControllerPolicy:
         else:
             self.controller.set_budget(budget_w, why, now)
 
-    def tick_fast(self, now: float) -> None:
-        self.controller.tick_fast(now)
+    def tick_fast(self, now: float) -> bool:
+        """One fast tick; True where the slow loop should plan now (`Controller.tick_fast`)."""
+        due = self.controller.tick_fast(now)
         if self.caps is not None:
             self.caps.tick(now)
+        return due
 
     def tick_slow(self, now: float) -> None:
         self.controller.tick_slow(now)

@@ -33,7 +33,9 @@ FLAT = "wattscale-flat"
 class Policy(Protocol):
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None: ...
 
-    def tick_fast(self, now: float) -> None: ...
+    def tick_fast(self, now: float) -> bool:
+        """One fast tick; True where the slow tick should run now, before its period."""
+        ...
 
     def tick_slow(self, now: float) -> None: ...
 
@@ -128,9 +130,9 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             trace.intensity_g_per_kwh[k] = intensity_now
             for name, domain in domains.items():
                 trace.domain_draw_w[name][k] = domain.read(t)
-            ctl.tick_fast(t)
-            if t >= next_slow - 1e-9:
-                next_slow += slow
+            early = ctl.tick_fast(t)  # as the daemon: the slow loop woken at once, its period kept
+            if early or t >= next_slow - 1e-9:
+                next_slow += slow if t >= next_slow - 1e-9 else 0.0
                 ctl.tick_slow(t)
                 if progress is not None:
                     progress(t - done)
