@@ -72,6 +72,38 @@ def api_client(kubeconfig: str = "") -> Any:
     return client.ApiClient(cfg)
 
 
+def reach(api_client: Any, timeout_s: float = 5.0) -> None:
+    """One GET /version within `timeout_s`: an API server that cannot be reached (or refuses the credentials) is
+    one error now, before kopf starts, not kopf's nine tries over a minute ending in tracebacks."""
+    from kubernetes.client import VersionApi
+    from kubernetes.client.exceptions import ApiException
+
+    host = api_client.configuration.host
+    try:
+        VersionApi(api_client).get_code(_request_timeout=timeout_s)
+    except ApiException as exc:
+        meaning = STATUS[401][2] if exc.status == 401 else f"{exc.reason}"
+        raise PermanentActuatorError(f"kubernetes API {host} answered HTTP {exc.status}: {meaning}") from None
+    except Exception as exc:
+        raise PermanentActuatorError(unreachable(host, exc)) from None
+
+
+def unreachable(host: str, exc: BaseException) -> str:
+    """`kubernetes API HOST unreachable (CAUSE)`: the innermost OS error's words (refused, timed out, no such
+    host), not urllib3's or aiohttp's nested repr of a connection object."""
+    cause: BaseException = exc
+    for _ in range(8):  # a chain of wrapped errors, each depth bounded
+        if isinstance(cause, OSError) and cause.strerror:
+            break
+        inner = getattr(cause, "reason", None)
+        inner = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
+        if inner is None:
+            break
+        cause = inner
+    words = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause) or type(cause).__name__
+    return f"kubernetes API {host} unreachable ({' '.join(str(words).split())[:200]})"
+
+
 class KubernetesReplicaScaler:
     name = "kubernetes"
 

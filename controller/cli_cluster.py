@@ -16,6 +16,9 @@ from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
 from controller.preflight import check_metrics_bind
 
+PROBE_TIMEOUT_S = 5.0
+"""How long the operator waits for the API server's /version before it refuses to start."""
+
 
 def _schema(args: argparse.Namespace) -> int:
     from controller.schema_catalog import schemas
@@ -66,12 +69,13 @@ def _operator(args: argparse.Namespace) -> int:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
     from actuators import ActuatorError
-    from actuators.kubernetes import api_client
+    from actuators.kubernetes import api_client, reach, unreachable
 
-    try:  # the credentials kopf will log in with: none is an error now, not a retry every minute
-        api_client(args.kubeconfig)
+    try:  # the credentials kopf will log in with, and the API they reach: an error now, not kopf's retries
+        client = api_client(args.kubeconfig)
+        reach(client, PROBE_TIMEOUT_S)
     except ActuatorError as exc:
-        raise ConfigError("operator", str(exc)) from exc
+        raise ConfigError("operator", str(exc)) from None
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),
@@ -96,7 +100,10 @@ def _operator(args: argparse.Namespace) -> int:
                             liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz"
                             if args.health_port else None)
 
-    asyncio.run(operate())
+    try:
+        asyncio.run(operate())
+    except OSError as exc:  # kopf gave up on the API (its nine tries; aiohttp's connection errors are OSErrors)
+        raise ConfigError("operator", unreachable(client.configuration.host, exc)) from None
     return 0
 
 

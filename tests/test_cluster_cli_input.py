@@ -1,0 +1,49 @@
+"""`wattscale operator` and `wattscale agent` refuse what they cannot start on in one line, exit 2: an API server
+that cannot be reached (refused or silent, within a bounded probe)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import free_port
+
+from controller import cli_cluster
+from controller.cli import main
+
+OPERATOR = ["operator", "--metrics-port", "0", "--plan-port", "0", "--duration", "10"]
+
+
+def kubeconfig(path: Path, server: str) -> str:
+    """A kubeconfig whose one context points at `server` with a token."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return str(path)
+
+
+def test_the_operator_refuses_an_api_server_that_refuses_connections_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A closed loopback port: one line naming the server, exit 2, before kopf starts (it exited 0 with
+    --duration 10, never having reached the API, and after a minute of retries 1 with tracebacks otherwise)."""
+    server = f"https://127.0.0.1:{free_port()}"
+    assert main([*OPERATOR, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", server)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"wattscale: operator: kubernetes API {server} unreachable (Connection refused)\n", err
+
+
+def test_the_operators_probe_of_a_silent_api_server_is_bounded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and never answers: refused within the probe's timeout."""
+    monkeypatch.setattr(cli_cluster, "PROBE_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        server = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        assert main([*OPERATOR, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", server)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wattscale: operator: kubernetes API {server} unreachable (") and err.count("\n") == 1
+    assert "timed out" in err and "Traceback" not in err
+
