@@ -58,6 +58,7 @@ def api_client(kubeconfig: str = "") -> Any:
     """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig file. urllib3's own
     retries are off: it tried a GET that timed out three more times, so a call could take four times its timeout
     (the operator's fast tick reads the plans by one), and every caller already retries on its own backoff."""
+    import yaml
     from kubernetes import client, config
 
     cfg = client.Configuration()
@@ -68,6 +69,12 @@ def api_client(kubeconfig: str = "") -> Any:
             config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     except config.ConfigException as exc:
         raise PermanentActuatorError(f"kubernetes: no usable credentials: {exc}") from exc
+    except yaml.YAMLError as exc:  # the client's parser error spans lines: one line here, with where it broke
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PermanentActuatorError(f"kubernetes: kubeconfig {kubeconfig or '~/.kube/config'} is not valid "
+                                     f"YAML: {problem}{at}") from None
     cfg.retries = 0
     return client.ApiClient(cfg)
 

@@ -1,5 +1,5 @@
 """`wattscale operator` and `wattscale agent` refuse what they cannot start on in one line, exit 2: an API server
-that cannot be reached (refused or silent, within a bounded probe)."""
+that cannot be reached (refused or silent, within a bounded probe), a kubeconfig that is not YAML."""
 
 from __future__ import annotations
 
@@ -47,3 +47,15 @@ def test_the_operators_probe_of_a_silent_api_server_is_bounded(
     assert err.startswith(f"wattscale: operator: kubernetes API {server} unreachable (") and err.count("\n") == 1
     assert "timed out" in err and "Traceback" not in err
 
+
+@pytest.mark.parametrize("command", [OPERATOR, ["agent", "--node", "n1", "--metrics-port", "0", "--duration", "1"]])
+def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not YAML: one line with where the parser stopped (it was yaml's ParserError through a traceback)."""
+    bad = tmp_path / "kc.yaml"
+    bad.write_text("not: [yaml\n")
+    assert main([*command, "--kubeconfig", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wattscale: {command[0]}: kubernetes: kubeconfig {bad} is not valid YAML: ") and \
+        err.count("\n") == 1, err
+    assert "(line 2, column 1)" in err and "Traceback" not in err
