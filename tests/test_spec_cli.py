@@ -118,7 +118,7 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
     cases = [
         ([str(infinite)], f"{infinite}:2: column 'max_batch' must be a whole number >= 1, got inf"),
-        ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
+        ([str(huge)], f"{huge}:3: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
         ([str(nan)], f"{nan}: no usable observation (5 non-finite)"),
