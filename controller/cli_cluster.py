@@ -40,8 +40,20 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoConnectionTracebacks(logging.Filter):
+    """A connection error (refused, reset, timed out: an OSError) logged by kopf or asyncio with its traceback
+    keeps its one-line message; the traceback, the same dozens of lines through aiohttp each time, goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoConnectionTracebacks())
     for library in ("urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(library).setLevel(logging.WARNING)
 

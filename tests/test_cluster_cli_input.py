@@ -3,6 +3,8 @@ that cannot be reached (refused or silent, within a bounded probe), a kubeconfig
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
 from pathlib import Path
 
@@ -59,3 +61,22 @@ def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
     assert err.startswith(f"wattscale: {command[0]}: kubernetes: kubeconfig {bad} is not valid YAML: ") and \
         err.count("\n") == 1, err
     assert "(line 2, column 1)" in err and "Traceback" not in err
+
+
+def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() -> None:
+    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays."""
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(cli_cluster._NoConnectionTracebacks())
+    log = logging.getLogger("test.kopf")
+    log.addHandler(handler)
+    try:
+        for exc in (ConnectionRefusedError(111, "Connect call failed"), ValueError("a bug")):
+            try:
+                raise exc
+            except Exception:
+                log.error("Resource observer has failed: %s", exc, exc_info=True)
+    finally:
+        log.removeHandler(handler)
+    text = handler.stream.getvalue()
+    assert text.startswith("Resource observer has failed: [Errno 111] Connect call failed\n")
+    assert text.count("Traceback") == 1 and "ValueError: a bug" in text  # other errors keep theirs
