@@ -4,6 +4,8 @@ plan that cannot be solved exits 1; no option is silently ignored."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +167,15 @@ def test_optimize_says_inventory_where_no_usable_type_has_a_gpu_and_prints_its_n
     (tmp_path / "tight.toml").write_text(text.replace("budget_w = 3000", "budget_w = 1", 1))
     assert main(["optimize", str(tmp_path / "tight.toml")]) == 0
     assert any(x.startswith("note: milp: ") for x in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("argv", [["schema"], ["plan", PACKING, "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv: list[str]) -> None:
+    """`wattscale schema | head`: the reader's end closed before the command writes (it ended in a
+    BrokenPipeError traceback); exit 1 as Python's own EPIPE advice, nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and err == "", err
