@@ -52,6 +52,12 @@ def code_service(name: str) -> str:
     (lambda t: t.replace('name = "A100-SXM4"', 'name = "H100-SXM"'), r"accelerators\[H100-SXM\].name: duplicate"),
     (lambda t: t.replace("alpha_ms = 12,", "alpha_ms = inf,"),
      r"services\[chat\].params.H100-SXM.alpha_ms: must be > 0, got inf"),
+    (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20,', 'params."L4" = { alpha_ms = 20,'),
+     r"services\[chat\].params.L4: L4 is not in the inventory \(accelerators: \['A100-SXM4', 'H100-SXM'\]\)"),
+    (lambda t: t.replace("beta_ms = 0.15, ", "", 1),
+     r"services\[chat\].params.A100-SXM4.beta_ms: required key is missing \(a spec gives alpha_ms, beta_ms, "
+     r"gamma_ms\)"),
+    (lambda t: "extra = { note = 1 }\n" + t, r"^wattscale: extra: unknown key \(expected one of \['accelerators', "),
 ])
 def test_bad_optimize_spec_is_one_line_naming_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
