@@ -185,3 +185,41 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(argv: list[str]) -> No
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1 and err == "", err
+
+
+def test_the_optimize_docs_show_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/optimize-spec.md's sample output is the example spec's (it showed a plan the command no longer
+    made: chat 1 x batch 128, 2952.1 W); timings aside, figures within 1e-6."""
+    import json
+
+    doc = (ROOT / "docs" / "optimize-spec.md").read_text()
+    shown = json.loads(doc.split("## Output (`--json`)", 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    assert main(["optimize", str(ROOT / "config" / "examples" / "optimize.toml"), "--solver", "milp", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for timing in ("solve_s", "candidates_s"):
+        del shown["totals"][timing], printed["totals"][timing]
+    assert _approx(printed) == _approx(shown)
+
+
+def _approx(doc: object) -> object:
+    """Floats rounded to 6 significant digits, the rest as is: the comparison the docs' figures get."""
+    if isinstance(doc, dict):
+        return {k: _approx(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_approx(v) for v in doc]
+    return float(f"{doc:.6g}") if isinstance(doc, float) else doc
+
+
+def test_every_benchmark_the_readme_lists_prints_its_json_on_one_line() -> None:
+    """README: 'Each prints one JSON line'; planner.py printed 21 indented lines (so did three others)."""
+    import ast
+
+    readme = (ROOT / "README.md").read_text()
+    listed = readme.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    names = sorted(set(re.findall(r"`(?:benchmarks/)?([a-z_]+\.py)`", listed)))
+    assert "planner.py" in names and len(names) >= 10
+    for name in names:
+        tree = ast.parse((ROOT / "benchmarks" / name).read_text())
+        dumps = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                 and c.func.attr == "dumps"]
+        assert dumps and not [k.arg for c in dumps for k in c.keywords if k.arg == "indent"], name
