@@ -131,11 +131,14 @@ def _agent(args: argparse.Namespace) -> int:
     node = args.node or os.environ.get("NODE_NAME", "")
     if not node:
         raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
+    client = None
     try:
         client = api_client(args.kubeconfig)
         devices = NvmlDevices()
-    except ActuatorError as exc:
-        raise ConfigError("agent", str(exc)) from exc
+    except ActuatorError as exc:  # NVML's: the agent has no simulated GPUs, it belongs on GPU nodes only
+        raise ConfigError("agent", str(exc) if client is None else f"{exc}; the agent sets this node's GPUs through "
+                          "NVML, so it runs on GPU nodes only (deploy/kubernetes/base/agent.yaml selects "
+                          "nvidia.com/gpu.present=true)") from exc
     except ImportError:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port))

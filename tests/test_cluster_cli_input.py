@@ -1,19 +1,26 @@
 """`wattscale operator` and `wattscale agent` refuse what they cannot start on in one line, exit 2: an API server
-that cannot be reached (refused or silent, within a bounded probe), a kubeconfig that is not YAML."""
+that cannot be reached (refused or silent, within a bounded probe), a kubeconfig that is not YAML, a node
+without NVML."""
 
 from __future__ import annotations
 
 import io
 import logging
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import free_port
+from fake_pynvml import FakeNvml
 
 from controller import cli_cluster
 from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.settings import load_settings
+from controller.wiring import build_parts
 
 OPERATOR = ["operator", "--metrics-port", "0", "--plan-port", "0", "--duration", "10"]
 
@@ -80,3 +87,22 @@ def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() 
     text = handler.stream.getvalue()
     assert text.startswith("Resource observer has failed: [Errno 111] Connect call failed\n")
     assert text.count("Traceback") == 1 and "ValueError: a bug" in text  # other errors keep theirs
+
+
+def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        sim_config: Callable[..., Path]) -> None:
+    """The NVML error told the agent to `use gpu_source = "sim"`, an option only the daemon has: the agent is
+    told where it runs, the daemon which setting it can change."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], library=False))
+    agent = ["agent", "--node", "n1", "--metrics-port", "0"]
+    assert main([*agent, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", "https://127.0.0.1:1")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("wattscale: agent: NVML init: libnvidia-ml.so.1 not found: install the NVIDIA driver (or run on a "
+                   "GPU host); the agent sets this node's GPUs through NVML, so it runs on GPU nodes only "
+                   "(deploy/kubernetes/base/agent.yaml selects nvidia.com/gpu.present=true)\n"), err
+    config = sim_config({'gpu_source = "sim"': 'gpu_source = "nvml"'})
+    with pytest.raises(ConfigError) as exc:
+        build_parts(load_settings(config), FakeNvml([], library=False))
+    assert exc.value.where == "telemetry.gpu_source" and exc.value.reason.endswith('; off a GPU host, "sim" (as '
+                                                                                   'config/sim.toml)')
