@@ -87,7 +87,9 @@ def reach(api_client: Any, timeout_s: float = 5.0) -> None:
 
     host = api_client.configuration.host
     try:
-        VersionApi(api_client).get_code(_request_timeout=timeout_s)
+        # the answer's status is all the probe needs: not read into the client's model, which refuses a
+        # server's document that lacks a field it calls required
+        VersionApi(api_client).get_code(_request_timeout=timeout_s, _preload_content=False).release_conn()
     except ApiException as exc:
         meaning = STATUS[401][2] if exc.status == 401 else f"{exc.reason}"
         raise PermanentActuatorError(f"kubernetes API {host} answered HTTP {exc.status}: {meaning}") from None
