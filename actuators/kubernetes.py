@@ -58,6 +58,7 @@ def api_client(kubeconfig: str = "") -> Any:
     """In-cluster credentials inside a pod (unless a kubeconfig is named), else the kubeconfig file. urllib3's own
     retries are off: it tried a GET that timed out three more times, so a call could take four times its timeout
     (the operator's fast tick reads the plans by one), and every caller already retries on its own backoff."""
+    import yaml
     from kubernetes import client, config
 
     cfg = client.Configuration()
@@ -68,8 +69,48 @@ def api_client(kubeconfig: str = "") -> Any:
             config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     except config.ConfigException as exc:
         raise PermanentActuatorError(f"kubernetes: no usable credentials: {exc}") from exc
+    except yaml.YAMLError as exc:  # the client's parser error spans lines: one line here, with where it broke
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PermanentActuatorError(f"kubernetes: kubeconfig {kubeconfig or '~/.kube/config'} is not valid "
+                                     f"YAML: {problem}{at}") from None
     cfg.retries = 0
     return client.ApiClient(cfg)
+
+
+def reach(api_client: Any, timeout_s: float = 5.0) -> None:
+    """One GET /version within `timeout_s`: an API server that cannot be reached (or refuses the credentials) is
+    one error now, before kopf starts, not kopf's nine tries over a minute ending in tracebacks."""
+    from kubernetes.client import VersionApi
+    from kubernetes.client.exceptions import ApiException
+
+    host = api_client.configuration.host
+    try:
+        # the answer's status is all the probe needs: not read into the client's model, which refuses a
+        # server's document that lacks a field it calls required
+        VersionApi(api_client).get_code(_request_timeout=timeout_s, _preload_content=False).release_conn()
+    except ApiException as exc:
+        meaning = STATUS[401][2] if exc.status == 401 else f"{exc.reason}"
+        raise PermanentActuatorError(f"kubernetes API {host} answered HTTP {exc.status}: {meaning}") from None
+    except Exception as exc:
+        raise PermanentActuatorError(unreachable(host, exc)) from None
+
+
+def unreachable(host: str, exc: BaseException) -> str:
+    """`kubernetes API HOST unreachable (CAUSE)`: the innermost OS error's words (refused, timed out, no such
+    host), not urllib3's or aiohttp's nested repr of a connection object."""
+    cause: BaseException = exc
+    for _ in range(8):  # a chain of wrapped errors, each depth bounded
+        if isinstance(cause, OSError) and cause.strerror:
+            break
+        inner = getattr(cause, "reason", None)
+        inner = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
+        if inner is None:
+            break
+        cause = inner
+    words = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause) or type(cause).__name__
+    return f"kubernetes API {host} unreachable ({' '.join(str(words).split())[:200]})"
 
 
 class KubernetesReplicaScaler:

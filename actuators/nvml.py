@@ -16,7 +16,8 @@ from typing import Any
 
 from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError
 
-# pynvml error class name -> (transient?, what it means for the operator)
+# pynvml error class name -> (transient?, what it means for the operator); what else to run instead is the
+# caller's to say (the daemon's config has a "sim" source, the node agent has none)
 ERRORS: dict[str, tuple[bool, str]] = {
     "NVMLError_NoPermission": (False, "no permission: setting power limits or locked clocks needs root or "
                                       "CAP_SYS_ADMIN"),
@@ -24,9 +25,8 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "NVMLError_GpuIsLost": (False, "the GPU has fallen off the bus: reset it or reboot"),
     "NVMLError_InvalidArgument": (False, "invalid argument"),
     "NVMLError_LibraryNotFound": (False, "libnvidia-ml.so.1 not found: install the NVIDIA driver "
-                                         "(or run on a GPU host; use gpu_source = \"sim\" elsewhere)"),
-    "NVMLError_DriverNotLoaded": (False, "the NVIDIA driver is not loaded: load it (modprobe nvidia) or "
-                                         "use gpu_source = \"sim\""),
+                                         "(or run on a GPU host)"),
+    "NVMLError_DriverNotLoaded": (False, "the NVIDIA driver is not loaded: load it (modprobe nvidia)"),
     "NVMLError_Uninitialized": (True, "NVML not initialised"),
     "NVMLError_Timeout": (True, "NVML timed out"),
     "NVMLError_InUse": (True, "the GPU is busy with another operation"),

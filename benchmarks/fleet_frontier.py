@@ -122,7 +122,7 @@ def main() -> None:
         "most_t_over_c_at_1.3x_tokens_per_joule": line(max(at_energy, key=lambda p: p[1], default=None)),
         "most_tokens_per_joule_at_1.15x_t_over_c": line(min(at_speed, key=lambda p: p[0], default=None)),
         "options": options,
-    }, indent=1, allow_nan=False))
+    }, allow_nan=False))
 
 
 if __name__ == "__main__":

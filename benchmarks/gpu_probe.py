@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None, nvml: ModuleType | Any = None, clock: Cl
     except (ActuatorError, TelemetryError) as exc:
         print(f"gpu_probe: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2) if args.json else summary(report))
+    print(json.dumps(report) if args.json else summary(report))
     return 0 if report["ok"] else 1
 
 

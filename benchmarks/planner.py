@@ -76,7 +76,7 @@ def main() -> None:
         "seed001_robust_deterministic_cost": round(nominal.costs["total"], 2),
         "targets": {"seed002_milp_s": 1.0, "seed002_greedy_gap": 0.01, "seed001_solve_s": 1.0,
                     "seed001_robust_solve_s": 1.0},
-    }, indent=2))
+    }))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def main() -> None:
         "power_oblivious": {**o_score, "cap_share": round(share, 4), "plan": show(plan)},
         "objective_ratio": round(a_score["objective"] / o_score["objective"], 4) if o_score["objective"] else None,
         "target": {"objective_ratio": 1.15},
-    }, indent=1))
+    }))
 
 
 if __name__ == "__main__":

@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelInputError, ObservationFileError) as exc:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, what is left unwritten to /dev/null
+        with contextlib.suppress(OSError, ValueError):  # (a test's captured stdout has no descriptor)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

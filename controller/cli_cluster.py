@@ -16,6 +16,9 @@ from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
 from controller.preflight import check_metrics_bind
 
+PROBE_TIMEOUT_S = 5.0
+"""How long the operator waits for the API server's /version before it refuses to start."""
+
 
 def _schema(args: argparse.Namespace) -> int:
     from controller.schema_catalog import schemas
@@ -37,8 +40,20 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoConnectionTracebacks(logging.Filter):
+    """A connection error (refused, reset, timed out: an OSError) logged by kopf or asyncio with its traceback
+    keeps its one-line message; the traceback, the same dozens of lines through aiohttp each time, goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoConnectionTracebacks())
     for library in ("urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(library).setLevel(logging.WARNING)
 
@@ -66,12 +81,13 @@ def _operator(args: argparse.Namespace) -> int:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
     from actuators import ActuatorError
-    from actuators.kubernetes import api_client
+    from actuators.kubernetes import api_client, reach, unreachable
 
-    try:  # the credentials kopf will log in with: none is an error now, not a retry every minute
-        api_client(args.kubeconfig)
+    try:  # the credentials kopf will log in with, and the API they reach: an error now, not kopf's retries
+        client = api_client(args.kubeconfig)
+        reach(client, PROBE_TIMEOUT_S)
     except ActuatorError as exc:
-        raise ConfigError("operator", str(exc)) from exc
+        raise ConfigError("operator", str(exc)) from None
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),
@@ -96,7 +112,10 @@ def _operator(args: argparse.Namespace) -> int:
                             liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz"
                             if args.health_port else None)
 
-    asyncio.run(operate())
+    try:
+        asyncio.run(operate())
+    except OSError as exc:  # kopf gave up on the API (its nine tries; aiohttp's connection errors are OSErrors)
+        raise ConfigError("operator", unreachable(client.configuration.host, exc)) from None
     return 0
 
 
@@ -112,11 +131,14 @@ def _agent(args: argparse.Namespace) -> int:
     node = args.node or os.environ.get("NODE_NAME", "")
     if not node:
         raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
+    client = None
     try:
         client = api_client(args.kubeconfig)
         devices = NvmlDevices()
-    except ActuatorError as exc:
-        raise ConfigError("agent", str(exc)) from exc
+    except ActuatorError as exc:  # NVML's: the agent has no simulated GPUs, it belongs on GPU nodes only
+        raise ConfigError("agent", str(exc) if client is None else f"{exc}; the agent sets this node's GPUs through "
+                          "NVML, so it runs on GPU nodes only (deploy/kubernetes/base/agent.yaml selects "
+                          "nvidia.com/gpu.present=true)") from exc
     except ImportError:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port))

@@ -132,7 +132,8 @@ class Daemon:
         for name, source in self.settings.budget.sources if self.settings.budget is not None else ():
             if isinstance(source, DemandResponseSettings) and source.port:
                 try:
-                    servers.append(serve_signals(resolve(self.settings.base_dir, source.path), source.port))
+                    servers.append(serve_signals(resolve(self.settings.base_dir, source.path), source.port,
+                                                 self.metrics.errors.labels("signal_client").inc))
                 except OSError as exc:
                     raise ConfigError(f"power.budget.sources[{name}].port", f"cannot listen on 127.0.0.1:"
                                       f"{source.port}: {exc.strerror or exc}") from None

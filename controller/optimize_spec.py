@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
+from controller.config_loader import ConfigError, build, check_positive, check_range, item_path, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings, check_choices, check_clock_levels
@@ -80,8 +80,6 @@ class Spec:
     """Candidate locked SM clocks as shares of the maximum (1.0: unlocked; docs/clocks.md)."""
     transition_penalty: float = 0.0
     """Penalty on changes (no current allocation in a spec)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form notes, ignored."""
 
     def check(self, where: str) -> None:
         check_positive(self, "", ("budget_w",))
@@ -101,12 +99,32 @@ class Spec:
             if svc.name in seen:
                 raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {svc.name!r}")
             seen.add(svc.name)
-            if not set(svc.params) & names:
-                raise ConfigError(f"services[{svc.name}].params", f"names none of the accelerators {sorted(names)}")
+            for acc in svc.params:
+                if acc not in names:
+                    raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "
+                                      f"(accelerators: {sorted(names)})")
+
+
+REQUIRED_PARAMS = ("alpha_ms", "beta_ms", "gamma_ms")
+"""Queue-model parameters a spec must give for each accelerator (docs/optimize-spec.md): a spec describes a
+fitted system, so a left-out one is a mistake, not the daemon's prior default."""
+
+
+def _check_required_params(data: dict[str, Any]) -> None:
+    """Each `params."ACCELERATOR"` table names REQUIRED_PARAMS (read from the file: the settings class fills
+    the daemon's defaults in); run after `build`, which has checked the tables' types."""
+    for i, svc in enumerate(data.get("services", [])):
+        for acc, table in svc.get("params", {}).items():
+            missing = [k for k in REQUIRED_PARAMS if k not in table]
+            if missing:
+                raise ConfigError(f"{item_path('services', i, svc)}.params.{acc}.{missing[0]}",
+                                  f"required key is missing (a spec gives {', '.join(REQUIRED_PARAMS)})")
 
 
 def load_spec(path: Path) -> Problem:
-    spec = build(Spec, read_toml(path))
+    data = read_toml(path)
+    spec = build(Spec, data)
+    _check_required_params(data)
     accs = tuple(a.offer() for a in spec.accelerators)
     services = tuple(
         ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),

@@ -99,7 +99,7 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
     except ActuatorError as exc:
         field = "telemetry.gpu_source" if t.gpu_source == "nvml" else "actuators.power" if a.power == "nvml" \
             else "actuators.clocks"
-        raise ConfigError(field, str(exc)) from exc
+        raise ConfigError(field, f'{exc}; off a GPU host, "sim" (as config/sim.toml)') from exc
 
 
 def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, str]]:

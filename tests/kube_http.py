@@ -41,8 +41,10 @@ def scale(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def discovery(kinds: list[Kind], path: str) -> dict[str, Any] | None:
     """The discovery documents (`/version`, `/api`, `/apis`, a group version's resources), None elsewhere."""
-    if path == "/version":
-        return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulator"}
+    if path in ("/version", "/version/"):  # the official client's VersionApi asks the latter, as servers take both
+        return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulator", "gitCommit": "0" * 40,
+                "gitTreeState": "clean", "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5",
+                "compiler": "gc", "platform": "linux/amd64"}  # every field a server sends (VersionInfo's required)
     if path == "/api":
         return {"kind": "APIVersions", "versions": ["v1"]}
     if path == "/apis":

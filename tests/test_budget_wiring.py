@@ -140,6 +140,40 @@ def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: 
         server.server_close()
 
 
+def test_clients_that_hang_up_before_their_answer_are_counted_and_logged_once(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Content-Length 100 and a hang-up (closed, or reset): the endpoint printed a BrokenPipeError traceback
+    into the daemon's log each time; now each is counted, the first logged, and the next client is answered."""
+    import struct
+    import time
+
+    from controller.budget.endpoint import serve_signals
+
+    port, drops = free_port(), []
+    server = serve_signals(str(tmp_path / "signal.json"), port, lambda: drops.append(1))
+    head = b"POST /signal HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"budget_w\": 1"
+    try:
+        with caplog.at_level("WARNING", logger="controller.budget.endpoint"):
+            for reset in (False, True):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                conn.sendall(head)
+                if reset:  # an RST, not a FIN: the server's read or write meets ConnectionResetError
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            deadline = time.monotonic() + 5.0
+            while len(drops) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # the server goes on
+            conn.sendall(b"GET /signal HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"".join(iter(lambda: conn.recv(4096), b"")).startswith(b"HTTP/1.0 405")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(drops) == 2
+    assert [r.getMessage()[:34] for r in caplog.records] == ["demand-response endpoint: a client"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_top_level_budget_table_is_refused(sim_config: Callable[..., Path]) -> None:
     path = sim_config()
     path.write_text(path.read_text() + "\n[budget]\nsafe_budget_w = 1000\n")

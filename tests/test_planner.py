@@ -262,6 +262,26 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
     assert where in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("spec", "old", "new", "message"), [
+    ("seed002-packing.toml", "seed = 0", "seed = -1", "seed: must be in 0..2^63-1, got -1"),
+    ("seed001-allocation.toml", "arrival_rate_qph = 36000", "arrival_rate_qph = 1e15",
+     "queries.summarization.arrival_rate_qph: must be in [0, 1e+09], got 1000000000000000.0"),
+    ("seed001-allocation.toml", "error_rate = 0.03", "error_rate = 2",
+     "queries.summarization.error_rate: must be in [0, 1], got 2.0"),
+])
+def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:
+    """A negative seed was numpy's traceback in the draw, 1e15 queries an hour HiGHS's 'Model error' naming no
+    field, an error rate of 2 accepted as a share."""
+    text = (PLANS / spec).read_text()
+    assert old in text
+    path = tmp_path / "spec.toml"
+    path.write_text(text.replace(old, new, 1))
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"wattscale: {message}\n", err
+
+
 def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
     """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while a command runs they go to
     standard error, and what the command prints stays on standard output, whole."""

@@ -4,6 +4,8 @@ plan that cannot be solved exits 1; no option is silently ignored."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +52,12 @@ def code_service(name: str) -> str:
     (lambda t: t.replace('name = "A100-SXM4"', 'name = "H100-SXM"'), r"accelerators\[H100-SXM\].name: duplicate"),
     (lambda t: t.replace("alpha_ms = 12,", "alpha_ms = inf,"),
      r"services\[chat\].params.H100-SXM.alpha_ms: must be > 0, got inf"),
+    (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20,', 'params."L4" = { alpha_ms = 20,'),
+     r"services\[chat\].params.L4: L4 is not in the inventory \(accelerators: \['A100-SXM4', 'H100-SXM'\]\)"),
+    (lambda t: t.replace("beta_ms = 0.15, ", "", 1),
+     r"services\[chat\].params.A100-SXM4.beta_ms: required key is missing \(a spec gives alpha_ms, beta_ms, "
+     r"gamma_ms\)"),
+    (lambda t: "extra = { note = 1 }\n" + t, r"^wattscale: extra: unknown key \(expected one of \['accelerators', "),
 ])
 def test_bad_optimize_spec_is_one_line_naming_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
@@ -118,7 +126,7 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
     cases = [
         ([str(infinite)], f"{infinite}:2: column 'max_batch' must be a whole number >= 1, got inf"),
-        ([str(huge)], f"{huge}: observation 2: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
+        ([str(huge)], f"{huge}:3: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
         ([str(nan)], f"{nan}: no usable observation (5 non-finite)"),
@@ -165,3 +173,53 @@ def test_optimize_says_inventory_where_no_usable_type_has_a_gpu_and_prints_its_n
     (tmp_path / "tight.toml").write_text(text.replace("budget_w = 3000", "budget_w = 1", 1))
     assert main(["optimize", str(tmp_path / "tight.toml")]) == 0
     assert any(x.startswith("note: milp: ") for x in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("argv", [["schema"], ["plan", PACKING, "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv: list[str]) -> None:
+    """`wattscale schema | head`: the reader's end closed before the command writes (it ended in a
+    BrokenPipeError traceback); exit 1 as Python's own EPIPE advice, nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and err == "", err
+
+
+def test_the_optimize_docs_show_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/optimize-spec.md's sample output is the example spec's (it showed a plan the command no longer
+    made: chat 1 x batch 128, 2952.1 W); timings aside, figures within 1e-6."""
+    import json
+
+    doc = (ROOT / "docs" / "optimize-spec.md").read_text()
+    shown = json.loads(doc.split("## Output (`--json`)", 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    assert main(["optimize", str(ROOT / "config" / "examples" / "optimize.toml"), "--solver", "milp", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for timing in ("solve_s", "candidates_s"):
+        del shown["totals"][timing], printed["totals"][timing]
+    assert _approx(printed) == _approx(shown)
+
+
+def _approx(doc: object) -> object:
+    """Floats rounded to 6 significant digits, the rest as is: the comparison the docs' figures get."""
+    if isinstance(doc, dict):
+        return {k: _approx(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_approx(v) for v in doc]
+    return float(f"{doc:.6g}") if isinstance(doc, float) else doc
+
+
+def test_every_benchmark_the_readme_lists_prints_its_json_on_one_line() -> None:
+    """README: 'Each prints one JSON line'; planner.py printed 21 indented lines (so did three others)."""
+    import ast
+
+    readme = (ROOT / "README.md").read_text()
+    listed = readme.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    names = sorted(set(re.findall(r"`(?:benchmarks/)?([a-z_]+\.py)`", listed)))
+    assert "planner.py" in names and len(names) >= 10
+    for name in names:
+        tree = ast.parse((ROOT / "benchmarks" / name).read_text())
+        dumps = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                 and c.func.attr == "dumps"]
+        assert dumps and not [k.arg for c in dumps for k in c.keywords if k.arg == "indent"], name

@@ -158,7 +158,7 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     report = json.loads(capsys.readouterr().out)
     assert report["observations"] == 12 and report["verdicts"]["non-finite"] == 1
     assert report["verdicts"]["transient"] == 1
-    assert report["rejected_rows"]["non-finite"] == [11] and report["rejected_rows"]["transient"] == [12]
+    assert report["rejected_rows"]["non-finite"] == [12] and report["rejected_rows"]["transient"] == [13]  # lines
     assert report["error_in_sample"]["median_ttft"] < 0.03 and report["error_in_sample"]["median_itl"] < 0.03
 
 
@@ -195,7 +195,7 @@ def test_tune_cli_refuses_a_cap_outside_the_accelerators_limits(tmp_path: Path,
     path.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,power_cap_w\n1,200,100,8,50,20,5000\n")
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "observation 1: column 'power_cap_w' must be in [200, 700], got 5000.0" in err[0], err
+    assert len(err) == 1 and f"{path}:2: column 'power_cap_w' must be in [200, 700], got 5000.0" in err[0], err
 
 
 def test_tune_cli_refuses_a_binary_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

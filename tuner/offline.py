@@ -16,7 +16,8 @@ CSV columns (a header row names them; order is free):
 rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
 of the window's requests, itl_ms the mean gap between consecutive output tokens (per token, not per request).
 Rows go through the same filter as the daemon's, in file order: warm-up fit, then EKF updates with
-gating; the report gives the fitted parameters, the counts, the rows rejected and why, the parameters
+gating; the report gives the fitted parameters, the counts, the rows rejected and why (by file
+line, the header's being 1), the parameters
 held at their bounds [prior / 10, 10 x prior] (also warned on stderr), and the prediction error before each
 update (one step ahead) and after the last one (in sample). A file with no usable row is refused. With
 --accelerator, rows with power_w also fit the pair's draw curve (`draw` in the report, with its in-sample
@@ -97,27 +98,57 @@ def _row(row: dict[str, str], where: str) -> Observation:
     )
 
 
-def read_observations(path: Path) -> list[Observation]:
-    """Parse the CSV; NaN values are kept (the filter gates them), malformed ones are refused."""
+class ObservationRows(list[Observation]):
+    """A file's observations with the file line of each (the header is line 1): every message about one row,
+    the reader's, the bounds' and the tuner's rejections, names it the same way, `path:line`."""
+
+    def __init__(self, path: Path, rows: list[tuple[int, Observation]]) -> None:
+        super().__init__(obs for _, obs in rows)
+        self.path = path
+        self.lines = [line for line, _ in rows]
+
+    def where(self, i: int) -> str:
+        """`path:line` of the i-th observation (0-based)."""
+        return f"{self.path}:{self.lines[i]}"
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    """Column names for a message, cut: a file without newlines makes its whole text one header."""
+    shown = [n if len(n) <= 40 else n[:40] + "..." for n in names[:most]]
+    return f"{shown}" + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _check_header(path: Path, fieldnames: list[str]) -> None:
+    twice = sorted({c for c in fieldnames if fieldnames.count(c) > 1})
+    if twice:
+        raise ObservationFileError(f"{path}: column {_names(twice)} named more than once in the header")
+    missing = [c for c in REQUIRED if c not in fieldnames]
+    if missing:
+        raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
+    unknown = [c for c in fieldnames if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
+
+
+def read_observations(path: Path) -> ObservationRows:
+    """Parse the CSV (a UTF-8 byte-order mark, as Excel writes, is read past); NaN values are kept (the filter
+    gates them), malformed ones are refused, each by its file line."""
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
-            unknown = [c for c in reader.fieldnames or [] if c not in REQUIRED + OPTIONAL]
-            if unknown:
-                raise ObservationFileError(f"{path}: unknown columns {unknown}")
-            out = []
-            for i, row in enumerate(reader, start=2):
+            _check_header(path, list(reader.fieldnames or []))
+            rows = []
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
                 if None in row:  # DictReader files a row's values past the header under None
-                    raise ObservationFileError(f"{path}:{i}: {len(reader.fieldnames or []) + len(row[None])} values "
+                    raise ObservationFileError(f"{where}: {len(reader.fieldnames or []) + len(row[None])} values "
                                                f"for {len(reader.fieldnames or [])} columns")
-                out.append(_row(row, f"{path}:{i}"))
+                rows.append((reader.line_num, _row(row, where)))
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ObservationFileError(f"{path}: not a CSV text file ({exc})") from None
+        raise ObservationFileError(f"{path}: not a CSV text file ({str(exc)[:200]})") from None
+    out = ObservationRows(path, rows)
     if not out:
         raise ObservationFileError(f"{path}: no observations")
     problems = [o.problem() for o in out]
@@ -160,6 +191,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     ahead: list[tuple[float, float]] = []
     verdicts: dict[str, int] = {}
     rejected: dict[str, list[int]] = {}
+    file = observations if isinstance(observations, ObservationRows) else None
+    named: dict[str, list[str]] = {}  # each rejected row as `path:line`, or its place where no file is known
     for row, obs in enumerate(observations, start=1):
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
@@ -168,7 +201,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
         if not verdict.accepted:
-            rejected.setdefault(verdict.reason, []).append(row)
+            rejected.setdefault(verdict.reason, []).append(row if file is None else file.lines[row - 1])
+            named.setdefault(verdict.reason, []).append(f"observation {row}" if file is None else file.where(row - 1))
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
@@ -194,8 +228,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     out["rejected_rows"] = rejected
     out["bounds_hit"] = bounds_hit(pair)
     if rejected:
-        log.warning("tune: rows rejected (data rows, header excluded): %s", "; ".join(
-            f"{why} {REASONS.get(why, '')}: rows {', '.join(map(str, rows))}" for why, rows in rejected.items()))
+        log.warning("tune: rows rejected: %s", "; ".join(
+            f"{why} {REASONS.get(why, '')}: {', '.join(rows)}" for why, rows in named.items()))
     for name, where in out["bounds_hit"].items():
         log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
                     name, where)

@@ -9,18 +9,39 @@ a grid-event script lowers the budget with one request:
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
 
+log = logging.getLogger(__name__)
 
-def serve_signals(path: str, port: int) -> ThreadingHTTPServer:
-    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it."""
+
+CLIENT_TIMEOUT_S = 10.0
+"""How long one client may take to send its request: a client that names a body and sends none holds no thread
+for longer (http.server closes it quietly)."""
+
+
+def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None) -> ThreadingHTTPServer:
+    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. A client that
+    hangs up before its answer is counted through `dropped` each time and logged the first time."""
+    logged = threading.Event()
+
+    def hung_up(why: str) -> None:
+        dropped()
+        if not logged.is_set():
+            logged.set()
+            log.warning("demand-response endpoint: a client %s before its answer (counted in wattscale_errors"
+                        "{kind=\"signal_client\"}; logged once)", why)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = CLIENT_TIMEOUT_S
+
         def log_message(self, *args: Any) -> None:
             pass  # the source logs what a signal changes
 
@@ -31,6 +52,9 @@ def serve_signals(path: str, port: int) -> ThreadingHTTPServer:
                 status, reply = 400, {"error": "Content-Length is not a number"}
             else:
                 body = self.rfile.read(length) if method == "POST" else b""
+                if len(body) < length:  # the client closed its side with its body short: nobody reads an answer
+                    hung_up(f"sent {len(body)} of its {length} body bytes and closed")
+                    return
                 status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
             data = json.dumps(reply).encode()
             self.send_response(status)
@@ -45,7 +69,16 @@ def serve_signals(path: str, port: int) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             self._answer("GET")
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A hang-up, while the request is read or the answer written: counted, not socketserver's
+            traceback on stderr (the daemon's log); anything else as before."""
+            if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                hung_up("hung up")
+            else:
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="wattscale-signal", daemon=True).start()
     return server

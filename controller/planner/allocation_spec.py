@@ -13,6 +13,7 @@ from typing import Literal
 
 from controller.config_loader import ConfigError, check_positive, check_range
 from controller.planner.packing_spec import MAX_CARDS, MAX_TIME_LIMIT_S
+from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_REPLICAS
 
 
@@ -50,6 +51,18 @@ class QueryType:
         check_positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
         check_positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",
                                 "unmet_penalty", "delay_penalty", "token_size_gb"), allow_zero=True)
+        check_range(self, where, ("error_rate", "error_threshold"), 0.0, 1.0)  # shares of the queries
+        for name, high in QUERY_BOUNDS.items():
+            check_range(self, where, (name,), 0.0, high)
+
+
+QUERY_BOUNDS = {"input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "arrival_rate_qph": 1e9,
+                "compute_gflop_per_token": 1e5, "delay_s_per_token": 60.0, "delay_threshold_s": 86400.0,
+                "unmet_penalty": 1e6, "delay_penalty": 1e6, "token_size_gb": 1.0}
+"""A query type's figures at most: a million-token query, 1e9 queries an hour (280,000 a second), a minute a
+token, a day's delay, $1e6 a query. Past them the solver's rows span more orders of magnitude than HiGHS takes
+(1e15 queries an hour was its 'Model error', 1e12 a plan that cost less to serve more), and no workload is
+there."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,9 @@ class ModelSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, where, tuple(f.name for f in fields(self)))
+        check_range(self, where, ("weights_gb",), 0.0, 1e5)
+        check_range(self, where, ("kv_gb_per_token",), 0.0, 10.0)
+        check_range(self, where, ("delay_factor", "error_factor"), 0.0, 1e3)
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,10 @@ class GpuSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
+        check_range(self, where, ("rental_per_h",), 0.0, 1e5)
+        check_range(self, where, ("memory_gb",), 0.0, 1e4)
+        check_range(self, where, ("compute_tflops",), 0.0, 1e6)
+        check_range(self, where, ("delay_factor",), 0.0, 1e3)
         if not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees):
             raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], got {list(self.tp_degrees)}")
         if not 0 <= self.available <= MAX_CARDS:
@@ -107,6 +127,7 @@ class Precision:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"))
+        check_range(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"), 0.0, 1e3)
         check_range(self, where, tuple(n for n in ("delay_deviation", "error_deviation")
                                        if getattr(self, n) is not None), 0.0, MAX_DEVIATION)
 
@@ -199,6 +220,10 @@ class AllocationSpec:
         check_positive(self, "", ("budget", "rental_period_h", "time_limit_s", "token_retention_h"))
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
         check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
+        check_range(self, "", ("budget",), 0.0, 1e12)
+        check_range(self, "", ("rental_period_h", "token_retention_h"), 0.0, 8784.0)  # a (leap) year
+        check_range(self, "", ("storage_rate",), 0.0, 1e3)
+        check_range(self, "", ("storage_capacity_gb",), 0.0, 1e9)
         for name in ("queries", "models", "gpus", "precisions"):
             if not getattr(self, name):
                 raise ConfigError(name, "at least one entry is required")

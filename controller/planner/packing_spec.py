@@ -117,6 +117,8 @@ class PackingSpec:
             raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {list(self.scales)[:8]}")
         if any(k > MAX_CONFIG_CARDS for k in self.cards):
             raise ConfigError("cards", f"at most {MAX_CONFIG_CARDS} cards per config, got {list(self.cards)[:8]}")
+        if not 0 <= self.seed < 2**63:  # as simulate's: numpy's generator takes no negative seed
+            raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         for gpu in self.homogeneous:
             if gpu not in self.gpus:
                 raise ConfigError("homogeneous", f"unknown GPU type {gpu!r}, expected one of {sorted(self.gpus)}")

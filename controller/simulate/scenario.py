@@ -29,6 +29,7 @@ from controller.config_loader import ConfigError, build, check_positive, check_r
 from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
+from queuemodels.accelerators import CATALOG
 from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
@@ -110,8 +111,8 @@ class EventSettings:
     written into the config's demand-response source's file; gpu_lost: GPU `gpu` falls off the bus; slowdown:
     every step of `service`'s engines takes `factor` times as long from now on; telemetry_lost: GPU readings
     fail for `duration_s`."""
-    budget_w: float = 0.0
-    """budget, demand_response: the new site budget (W)."""
+    budget_w: float | None = None
+    """budget, demand_response: the new site budget (W); required for those two."""
     gpu: int = -1
     """gpu_lost: the GPU's index on the simulated host."""
     service: str = ""
@@ -125,6 +126,8 @@ class EventSettings:
 
     def check(self, where: str) -> None:
         check_range(self, where, ("at_s",), 0.0, MAX_DURATION_S)
+        if self.kind in ("budget", "demand_response") and self.budget_w is None:
+            raise ConfigError(f"{where}.budget_w", f"is missing: a {self.kind} event needs the new site budget (W)")
         if self.kind == "demand_response":
             check_positive(self, where, ("budget_w", "duration_s"))
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
@@ -268,6 +271,19 @@ def _check_sources(config: Settings) -> None:
                               "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
 
 
+def _check_budgets(s: ScenarioSettings, config: Settings) -> None:
+    """The budgets the run sets as the config's budget (its start, each budget event) held to what the daemon
+    holds `power.budget_w` to (controller/settings_checks.py): not below the fleet's idle draw, which no cap
+    can bring the GPUs under."""
+    idle_w = sum(a.count * CATALOG[a.name].idle_power_w for a in config.accelerators)
+    named = [("budget_w", s.budget_w)] + [(f"events[{i}].budget_w", e.budget_w) for i, e in enumerate(s.events)
+                                          if e.kind == "budget"]
+    for where, budget_w in named:
+        if budget_w and budget_w < idle_w:
+            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle_w:g} W (accelerators' "
+                              f"count x the catalogue's idle power, as the daemon refuses power.budget_w)")
+
+
 def load_scenario(path: Path) -> Scenario:
     """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
     the config file's fields, prefixed with the file)."""
@@ -282,7 +298,9 @@ def load_scenario(path: Path) -> Scenario:
         raise ConfigError(f"{where}: {exc.where}", exc.reason) from None
     _check_against_config(s, config)
     _check_sources(config)
-    budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events if e.kind == "budget"]
+    _check_budgets(s, config)
+    budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events
+                                                       if e.kind == "budget" and e.budget_w is not None]
     sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities})
     config = dataclasses.replace(config, simulator=sim,
                                  power=dataclasses.replace(config.power, budget_w=max(budgets)))

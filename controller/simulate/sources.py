@@ -92,6 +92,8 @@ class SimBudget:
 
     def apply(self, e: EventSettings, t_s: float) -> None:
         """A budget or demand-response event at simulated second `t_s`."""
+        if e.budget_w is None:  # another kind of event (both of these need it, checked when read)
+            return
         if e.kind == "budget":
             self.event_w = e.budget_w
         elif e.kind == "demand_response":

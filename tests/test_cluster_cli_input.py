@@ -1,0 +1,108 @@
+"""`wattscale operator` and `wattscale agent` refuse what they cannot start on in one line, exit 2: an API server
+that cannot be reached (refused or silent, within a bounded probe), a kubeconfig that is not YAML, a node
+without NVML."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import free_port
+from fake_pynvml import FakeNvml
+
+from controller import cli_cluster
+from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.settings import load_settings
+from controller.wiring import build_parts
+
+OPERATOR = ["operator", "--metrics-port", "0", "--plan-port", "0", "--duration", "10"]
+
+
+def kubeconfig(path: Path, server: str) -> str:
+    """A kubeconfig whose one context points at `server` with a token."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return str(path)
+
+
+def test_the_operator_refuses_an_api_server_that_refuses_connections_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A closed loopback port: one line naming the server, exit 2, before kopf starts (it exited 0 with
+    --duration 10, never having reached the API, and after a minute of retries 1 with tracebacks otherwise)."""
+    server = f"https://127.0.0.1:{free_port()}"
+    assert main([*OPERATOR, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", server)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"wattscale: operator: kubernetes API {server} unreachable (Connection refused)\n", err
+
+
+def test_the_operators_probe_of_a_silent_api_server_is_bounded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the connection and never answers: refused within the probe's timeout."""
+    monkeypatch.setattr(cli_cluster, "PROBE_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        server = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        assert main([*OPERATOR, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", server)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wattscale: operator: kubernetes API {server} unreachable (") and err.count("\n") == 1
+    assert "timed out" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [OPERATOR, ["agent", "--node", "n1", "--metrics-port", "0", "--duration", "1"]])
+def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not YAML: one line with where the parser stopped (it was yaml's ParserError through a traceback)."""
+    bad = tmp_path / "kc.yaml"
+    bad.write_text("not: [yaml\n")
+    assert main([*command, "--kubeconfig", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wattscale: {command[0]}: kubernetes: kubeconfig {bad} is not valid YAML: ") and \
+        err.count("\n") == 1, err
+    assert "(line 2, column 1)" in err and "Traceback" not in err
+
+
+def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() -> None:
+    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays."""
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(cli_cluster._NoConnectionTracebacks())
+    log = logging.getLogger("test.kopf")
+    log.addHandler(handler)
+    try:
+        for exc in (ConnectionRefusedError(111, "Connect call failed"), ValueError("a bug")):
+            try:
+                raise exc
+            except Exception:
+                log.error("Resource observer has failed: %s", exc, exc_info=True)
+    finally:
+        log.removeHandler(handler)
+    text = handler.stream.getvalue()
+    assert text.startswith("Resource observer has failed: [Errno 111] Connect call failed\n")
+    assert text.count("Traceback") == 1 and "ValueError: a bug" in text  # other errors keep theirs
+
+
+def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        sim_config: Callable[..., Path]) -> None:
+    """The NVML error told the agent to `use gpu_source = "sim"`, an option only the daemon has: the agent is
+    told where it runs, the daemon which setting it can change."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], library=False))
+    agent = ["agent", "--node", "n1", "--metrics-port", "0"]
+    assert main([*agent, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", "https://127.0.0.1:1")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("wattscale: agent: NVML init: libnvidia-ml.so.1 not found: install the NVIDIA driver (or run on a "
+                   "GPU host); the agent sets this node's GPUs through NVML, so it runs on GPU nodes only "
+                   "(deploy/kubernetes/base/agent.yaml selects nvidia.com/gpu.present=true)\n"), err
+    config = sim_config({'gpu_source = "sim"': 'gpu_source = "nvml"'})
+    with pytest.raises(ConfigError) as exc:
+        build_parts(load_settings(config), FakeNvml([], library=False))
+    assert exc.value.where == "telemetry.gpu_source" and exc.value.reason.endswith('; off a GPU host, "sim" (as '
+                                                                                   'config/sim.toml)')
