@@ -64,9 +64,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """The file's checks and the host probes `run` makes before it starts (the same functions)."""
+    from controller.wiring import probe_nvml
+
     s = load_settings(Path(args.file))
     for warning in preflight(s):
         print(f"wattscale: warning: {warning}", file=sys.stderr)
+    probe_nvml(s)  # the driver, as `run` starts it (build_parts)
     print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
     return 0
 

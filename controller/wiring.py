@@ -102,6 +102,14 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError(field, f'{exc}; off a GPU host, "sim" (as config/sim.toml)') from exc
 
 
+def probe_nvml(settings: Settings, nvml: Any = None) -> None:
+    """NVML started and shut down where a setting names it, so `check-config` fails as `run` would (no driver,
+    no library, no permission), the field named."""
+    devices = _nvml_devices(settings, nvml)
+    if devices is not None:
+        _shut_down(devices)
+
+
 def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, str]]:
     """GPU index -> its service and variant. Every GPU on the host must belong to a service: the governor would
     hold an unowned one at its minimum, so a forgotten `gpus` list would pin every GPU at its floor unsaid."""

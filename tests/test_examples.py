@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,22 @@ def host_copy(tmp_path: Path) -> Path:
     return path
 
 
-def test_host_example_passes_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_host_example_passes_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU host it passes; without the driver check-config fails as `run` would, naming the field (NVML is
+    started and shut down, as `run` starts it)."""
+    from fake_pynvml import FakeGpu, FakeNvml
+
+    fake = FakeNvml([FakeGpu() for _ in range(8)])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert main(["check-config", str(host_copy(tmp_path))]) == 0
     out = capsys.readouterr()
     assert "ok (3 services, budget 4000 W)" in out.out and out.err == ""
+    assert not fake.initialised  # shut down again
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], library=False))
+    assert main(["check-config", str(host_copy(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wattscale: telemetry.gpu_source: NVML init: libnvidia-ml.so.1 not found") and "\n" not in err
 
 
 def test_host_example_wires_nvml_vllm_units_and_prometheus(tmp_path: Path) -> None:
