@@ -286,7 +286,8 @@ class Controller:
         changed = []
         pending = []
         urgent = self.governor.exhausted  # over budget with every limit at its floor: shrinks pass the gate at once
-        degradation["urgent"] = urgent
+        degradation.update(urgent=urgent, emergency=self.governor.emergency)
+        record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = self._planned(result, current, svc.min_replicas)
@@ -336,6 +337,7 @@ class Controller:
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update({
                 "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
+                "applied": shape(a),
                 "running": in_force[svc.name].running,
                 "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
                 "gate_held": gate_held(planned, admitted[svc.name]), "asked": enforced.asked,

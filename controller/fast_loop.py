@@ -65,6 +65,8 @@ class FastLoop:
         self.lost = 0
         """Failed or blind samples in a row."""
         self.held_gpus = 0
+        self.draw_w: float | None = None
+        """The site's draw the last tick read (each GPU as the governor counts it); None before one."""
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.seen: dict[str, GpuSample] = {}
         """Every GPU listed so far, by UUID, as last read."""
@@ -141,6 +143,7 @@ class FastLoop:
                 series.clock.set(g.sm_clock_mhz)
             total += PowerGovernor.accounted_w(g)
         m.draw.set(total)
+        self.draw_w = total
         self._record_draws(samples, plan)
         pinned = missing | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
         limits = self.governor.step(samples, plan, pinned)

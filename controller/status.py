@@ -71,14 +71,22 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
             why.append(f"short {r.get('short_rps', 0):.2f} rps ({r['reason']})")
         why += [f"gate held {h}" for h in r.get("gate_held", [])]
         why += [f"actuator held {h}" for h in r.get("actuator_held", [])]
-        services[svc.name] = {"priority": svc.priority, "in_force": r.get("in_force"), "planned": r.get("planned"),
-                              "slo_met": met, "slo": figures, "why": why, "tuner": r.get("tuner")}
+        # what the cycle applied is what runs now; a record of before "applied" says what ran before it
+        services[svc.name] = {"priority": svc.priority, "in_force": r.get("applied", r.get("in_force")),
+                              "planned": r.get("planned"), "slo_met": met, "slo": figures, "why": why,
+                              "tuner": r.get("tuner")}
+    for name in sorted(set(record["services"]) - {svc.name for svc in settings.services}):
+        r = record["services"][name]  # in the daemon's config but not this file's (an edit not yet loaded)
+        services[name] = {"priority": None, "in_force": r.get("applied", r.get("in_force")),
+                          "planned": r.get("planned"), "slo_met": None, "slo": "not in this config file", "why": [],
+                          "tuner": r.get("tuner")}
     wall = record.get("wall_time")
     age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
     if age is not None and not math.isfinite(age):
         raise ValueError(f"wall_time {wall!r}")
     return {"age_s": age, "stale": age is not None and age > STALE_CYCLES * settings.daemon.slow_interval_s,
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
+            "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": record.get("errors", []),
             "blocked": record.get("blocked", []), "services": services}
 
@@ -99,11 +107,18 @@ def text(rep: dict[str, Any]) -> str:
     if rep["stale"]:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
-    lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{age}"]
+    drawn = "" if rep["draw_w"] is None else f", drawing {rep['draw_w']:.0f} W"
+    lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{drawn}{age}"]
+    d = rep["degradation"]
+    if d.get("emergency"):
+        floor = "; every limit at its floor" if d.get("urgent") else ""
+        lines.append(f"power emergency: the governor holds {d.get('gpus_held_below_plan', 0)} GPUs below the plan's "
+                     f"caps (step {d.get('step', '?')}){floor}")
     for name, s in rep["services"].items():
         verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]
         planned = "" if s["planned"] == s["in_force"] else f"; planned {_shape(s['planned'])}"
-        lines.append(f"{name} (priority {s['priority']}): {_shape(s['in_force'])}{planned}; {verdict}: {s['slo']}")
+        priority = "" if s["priority"] is None else f" (priority {s['priority']})"
+        lines.append(f"{name}{priority}: {_shape(s['in_force'])}{planned}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
     lines += [f"given up until its config changes: {b}" for b in rep["blocked"]]

@@ -66,3 +66,28 @@ def test_an_old_last_decision_is_flagged_stale(sim_config: Callable[..., Path],
     log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 1.0, "services": {}}) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     assert "(stale: is the daemon running?)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config: Callable[..., Path],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The applied shape, not the one before the decision; the measured draw and the governor's emergency; a
+    service the running daemon has and this file does not (a refused reload's edit) is still listed."""
+    path = sim_config()
+    log = load_settings(path).decision_log_path
+    assert log is not None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    before = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
+    after = {**before, "replicas": 2, "cap_w": 520.0}
+    record = {"t": 1.0, "budget_w": 900.0, "predicted_w": 760.0, "draw_w": 1390.0, "wall_time": 1e12,
+              "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 8, "step": "caps"},
+              "services": {"chat": {"in_force": before, "applied": after, "planned": after},
+                           "old-name": {"in_force": before, "applied": before, "planned": before}}}
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("budget 900 W, plan predicts 760 W, drawing 1390 W")
+    assert out[1] == ("power emergency: the governor holds 8 GPUs below the plan's caps (step caps); every limit "
+                      "at its floor")
+    assert any(x.startswith("chat (priority 1): 2 x H100-SXM batch 64 cap 520 W; SLO unknown") for x in out), out
+    assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
+               for x in out), out
