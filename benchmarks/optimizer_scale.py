@@ -1,6 +1,6 @@
 """Solver speed and greedy's optimality gap at fleet scale.
 
-    python benchmarks/optimizer_scale.py [--services 100] [--big 1000] [--seed 0]
+    python benchmarks/optimizer_scale.py [--services 100] [--big 1000] [--seed 0] [--family gen1|step]
 
 100 services (5 models x 4 SLO classes, loads drawn per service) on 6 accelerator types with a shared
 inventory, batch sizes {8..512}, 5 power levels, and a budget that binds. Sizing every candidate runs
@@ -11,7 +11,9 @@ valued objective both maximise, and greedy_s_1000 for 1,000 services. cycle_s_10
 whole slow cycle's planning (sizing, valuing and the default solver's choice) the cycle after a cold one,
 every service's load moved by up to 3 %, as the daemon plans from one cycle to the next (its sizing basis
 holds the fitted parameters still while they only jitter), cycle_cpu_s_* the same cycles' CPU seconds;
-cold_cycle_s_* is the first cycle.
+cold_cycle_s_* is the first cycle. `--family` (default gen1) is the queue-model family of every service's
+parameters: gen1's affine laws are sized and valued stacked (queuemodels/stacked.py), the step family's (the
+daemon's default) point by point, so at fleet scale it costs tens of times more (docs/optimize-spec.md).
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ BATCHES = (8, 16, 32, 64, 128, 256, 512)
 LEVELS = (0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def params(model_scale: float, acc: str) -> ServiceParams:
+def params(model_scale: float, acc: str, family: str = "gen1") -> ServiceParams:
+    """A model's parameters on an accelerator; the step family's further terms at the tuner's starting values."""
     s = model_scale * SPEED[acc]
-    return ServiceParams("gen1", 9.0 * s, 0.04 * s, 5.0 * s, 0.03 * s)
+    return ServiceParams(family, 9.0 * s, 0.04 * s, 5.0 * s, 0.03 * s).with_step_defaults()
 
 
-def problem(n: int, seed: int) -> Problem:
+def problem(n: int, seed: int, family: str = "gen1") -> Problem:
     rng = np.random.default_rng(seed)
     accs = tuple(AcceleratorType(a, int(n * 0.6), PRICE[a], CATALOG[a]) for a in SPEED)
     services = []
@@ -55,7 +58,7 @@ def problem(n: int, seed: int) -> Problem:
         n_in, n_out = TOKENS[cls]
         rate = float(rng.uniform(1.0, 12.0))
         services.append(ServiceDemand(f"svc-{i}", 1 + cls, CLASSES[cls], Load(rate, n_in, n_out),
-                                      {a: params(MODELS[model], a) for a in SPEED}, max_replicas=16))
+                                      {a: params(MODELS[model], a, family) for a in SPEED}, max_replicas=16))
     full_w = sum(a.count * a.profile.max_power_w for a in accs)
     return Problem(tuple(services), accs, 0.35 * full_w, "token_speed", batch_sizes=BATCHES, power_levels=LEVELS,
                    transition_penalty=0.0)
@@ -97,8 +100,9 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=100)
     ap.add_argument("--big", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", default="gen1", choices=("gen1", "step"), help="of every service's parameters")
     args = ap.parse_args()
-    p = problem(args.services, args.seed)
+    p = problem(args.services, args.seed, args.family)
     t0 = time.perf_counter()
     raw = enumerate_all(p)
     candidates_s = time.perf_counter() - t0
@@ -107,13 +111,14 @@ def main() -> None:
     milp_s, milp_obj = timed_choice(p, "milp", cands, shed)
     greedy_s, greedy_obj = timed_choice(p, "greedy", cands, shed)
     check = solve(p, get_solver("milp", 30.0, 0.01))
-    big = problem(args.big, args.seed + 1)
+    big = problem(args.big, args.seed + 1, args.family)
     t0 = time.perf_counter()
     big_cands, big_shed = valued(big, enumerate_all(big))
     big_candidates_s = time.perf_counter() - t0
     cycle_1000 = cycle_s(moved(big, args.seed + 1))
     greedy_s_1000, _ = timed_choice(big, "greedy", big_cands, big_shed)
     print(json.dumps({
+        "family": args.family,
         "services": args.services,
         "candidates": sum(len(c) for c in cands),
         "candidates_s": round(candidates_s, 3),
