@@ -7,7 +7,8 @@ inventory, batch sizes {8..512}, 5 power levels, and a budget that binds. Sizing
 the queue model (cached per model, class and shape across services, as the daemon caches it across
 cycles); the solvers then choose among the candidates. Prints JSON: candidates_s (sizing, reported
 apart), milp_s and greedy_s (choice only, median of 5), greedy_gap = (milp - greedy) / |milp| on the
-valued objective both maximise, and greedy_s_1000 for 1,000 services. cycle_s_100 and cycle_s_1000 are a
+valued objective both maximise, and greedy_s_1000 for 1,000 services (`--big N`: the *_1000 keys hold N's,
+`big` says N). cycle_s_100 and cycle_s_1000 are a
 whole slow cycle's planning (sizing, valuing and the default solver's choice) the cycle after a cold one,
 every service's load moved by up to 3 %, as the daemon plans from one cycle to the next (its sizing basis
 holds the fitted parameters still while they only jitter), cycle_cpu_s_* the same cycles' CPU seconds;
@@ -120,6 +121,7 @@ def main() -> None:
     print(json.dumps({
         "family": args.family,
         "services": args.services,
+        "big": args.big,
         "candidates": sum(len(c) for c in cands),
         "candidates_s": round(candidates_s, 3),
         "milp_s": round(milp_s, 4),

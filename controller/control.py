@@ -12,6 +12,7 @@ logged and counted.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -57,10 +58,12 @@ class Controller:
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)
         self.assignments: dict[str, Assignment] = {}
-        self._at_floor = False
-        """Whether the governor's limits were all at their floors over budget at the last fast tick."""
         """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
         target for that variant's GPUs."""
+        self._at_floor = False
+        """Whether the governor's limits were all at their floors over budget at the last fast tick."""
+        self._early_s = -math.inf
+        """When the fast tick last asked for an early slow tick: at most one a slow period."""
         self.variants: dict[str, tuple[str, ...]] = {}
         """The accelerator types each service may run on."""
         self.kv_tokens: dict[str, dict[str, float]] = {}
@@ -160,12 +163,14 @@ class Controller:
         """One fast tick; True where the slow loop should plan now rather than at its period: the governor has cut
         every limit to its floor and the site is still over its budget (a drop below what the replicas running
         draw at their floors), so only the fewer replicas a plan asks for can bring the draw down. Once an
-        episode, so a budget no plan can meet does not plan every tick."""
+        episode and one a slow period, so a budget no plan can meet, or a draw that dips under the threshold and
+        back, does not plan every tick."""
         self.fast.tick(now)
         exhausted = self.governor.exhausted
-        due = exhausted and not self._at_floor
+        due = exhausted and not self._at_floor and now - self._early_s >= self.settings.daemon.slow_interval_s
         self._at_floor = exhausted
         if due:
+            self._early_s = now
             self.metrics.errors.labels("over_budget_at_floor").inc()
             log.warning("power: over the %.0f-W threshold with every limit at its floor; planning fewer replicas "
                         "now", self.governor.threshold_w())

@@ -65,9 +65,9 @@ class FastLoop:
         self.lost = 0
         """Failed or blind samples in a row."""
         self.held_gpus = 0
-        self.draw_w: float | None = None
-        """The site's draw the last tick read (each GPU as the governor counts it); None before one."""
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
+        self.draw_w: float | None = None
+        """The site's draw the last tick read (each GPU as the governor counts it); None where it read none."""
         self.seen: dict[str, GpuSample] = {}
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
@@ -95,6 +95,8 @@ class FastLoop:
                 raise ValueError("no GPU returned a power reading")
         except Exception as exc:  # any source failure is survived; after a few, safe caps
             self.lost += 1
+            self.draw_w = None  # nothing read: no draw to report, and no floor the governor saw reached
+            self.governor.exhausted = False
             if self.lost == 1:
                 self.on_error("gpu_source", str(exc))
             else:

@@ -18,6 +18,7 @@ from controller.budget.base import BudgetError
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import Settings
+from controller.settings_checks import floor_w
 
 
 def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metrics.listen", "metrics.port")) -> None:
@@ -101,6 +102,11 @@ def preflight(settings: Settings) -> list[str]:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")
     warnings += check_backends(settings)
+    threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
+    if threshold_w < floor:  # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas
+        warnings.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below "
+                        f"what the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU "
+                        f"idle, {floor:.0f} W: under load no cap holds it, and the plan cannot go below min_replicas")
     problem = unwritable(settings.state_path.parent)
     if problem is not None:
         warnings.append(f"daemon.state_dir: {problem}; tuner state will not be saved")

@@ -42,8 +42,9 @@ MAX_SIM_RATE_RPS = 10_000.0
 @dataclass(frozen=True)
 class PriorSettings:
     family: str = "step"
-    """Service-time family of the queue model: step (gen1 in vLLM's tokens per step; the default, the family
-    that held out best on engines it was not shaped on), gen1 or gen2 (llm-inferno's; docs/queue-models.md)."""
+    """Service-time family of the queue model: step (gen1 in vLLM's tokens per step; the default: it held out
+    best on engines it was not tuned on, under the engine laws its terms mirror), gen1 or gen2 (llm-inferno's;
+    docs/queue-models.md)."""
     alpha_ms: float = 20.0
     """Decode step base time (ms)."""
     beta_ms: float = 0.2

@@ -102,10 +102,10 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError(field, f'{exc}; off a GPU host, "sim" (as config/sim.toml)') from exc
 
 
-def probe_nvml(settings: Settings, nvml: Any = None) -> None:
+def probe_nvml(settings: Settings) -> None:
     """NVML started and shut down where a setting names it, so `check-config` fails as `run` would (no driver,
     no library, no permission), the field named."""
-    devices = _nvml_devices(settings, nvml)
+    devices = _nvml_devices(settings, None)
     if devices is not None:
         _shut_down(devices)
 

@@ -24,7 +24,7 @@ def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys:
     daemon.parts.close()
     assert main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("budget 4000 W, plan predicts") and "decided" in out[0]
+    assert out[0].startswith("budget 4000 W, plan predicts") and ", drawing " in out[0] and "decided" in out[0]
     for name in ("chat", "code", "batch-summaries"):
         line = next(x for x in out if x.startswith(f"{name} (priority"))
         assert "x H100-SXM batch" in line and ("SLO met" in line or "SLO missed" in line), line
@@ -32,6 +32,11 @@ def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys:
     rep = json.loads(capsys.readouterr().out)
     assert rep["services"]["code"]["slo"].startswith("p95 TTFT")
     assert rep["services"]["chat"]["in_force"]["accelerator"] == "H100-SXM" and rep["age_s"] < 60
+    assert rep["draw_w"] > 0 and rep["degradation"]["emergency"] is False and rep["degradation"]["urgent"] is False
+    running = daemon.controller.assignments["chat"]  # what the last cycle applied is what status says runs
+    assert rep["services"]["chat"]["in_force"] == {"accelerator": running.accelerator, "replicas": running.replicas,
+                                                   "max_batch": running.max_batch,
+                                                   "cap_w": round(running.power_cap_w, 1)}
 
 
 def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Path],

@@ -190,13 +190,14 @@ class PairFilter:
         except (FloatingPointError, np.linalg.LinAlgError):
             return self._reject("model-error")
 
-    def fit(self, observations: list[Observation], reset_spread: bool = True) -> None:
+    def fit(self, observations: list[Observation], reset_spread: bool = True, tol: float = 1e-6) -> None:
         """Robust MAP fit of log parameters to `observations`: log errors under soft-L1 beyond the
         observation error (one burst window does not drag it), plus a prior that keeps the anchor's shape
         (the prior, or the estimate before a shift) at a free common scale, so that directions a few windows
         leave unidentified (the gamma/delta ridge) stay where the anchor had them. Trust-region reflective
-        within the bounds: a few dozen model evaluations. `reset_spread` restarts the covariance at the initial
-        spread (a warm-up); a periodic refit keeps the filter's own."""
+        within the bounds: a few dozen model evaluations, until the cost and the step change by less than `tol`.
+        `reset_spread` restarts the covariance at the initial spread (a warm-up); a periodic refit keeps the
+        filter's own."""
         s = self.settings
         low, high = self.bounds
         free = self.prior_vector() > 0
@@ -217,10 +218,6 @@ class PairFilter:
                 out.append(np.full(2, 10.0) if h is None else np.log(h / self.observed(o)))
             return np.concatenate(out)
 
-        # a warm-up settles the shape from a few windows and is cheap; a periodic refit starts at the estimate,
-        # over up to refit_window windows, and stops at a relative change of 1e-4 (the daemon's CPU: 52 -> 40 s a
-        # simulated hour with the step family, whose laws are solved point by point)
-        tol = 1e-6 if reset_spread else 1e-4
         result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol,
                                xtol=tol, loss="soft_l1", f_scale=sigma_obs)
         self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
@@ -276,7 +273,10 @@ class PairFilter:
         if self.settings.refit_every and self.since_refit >= self.settings.refit_every and not warming:
             self.since_refit = 0
             # the filter's spread stays what its updates made it
-            self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False)
+            # it starts at the estimate, over up to refit_window windows: a relative change of 1e-4 in cost and
+            # step is close enough (the daemon's CPU with the step family, whose laws are solved point by point,
+            # 52 -> 40 s a simulated hour); a warm-up or a shift's fit settles the shape from a few, at 1e-6
+            self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False, tol=1e-4)
 
     def _warm(self, obs: Observation) -> Verdict:
         self.warmup.append(obs)

@@ -52,7 +52,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                 status, reply = 400, {"error": "Content-Length is not a number"}
             else:
                 body = self.rfile.read(length) if method == "POST" else b""
-                if len(body) < length:  # the client closed its side with its body short: nobody reads an answer
+                if method == "POST" and len(body) < length:  # closed with its body short: nobody reads an answer
                     hung_up(f"sent {len(body)} of its {length} body bytes and closed")
                     return
                 status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)

@@ -238,16 +238,18 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     if bare:
         own = tuple(replace(s, targets=replace(s.targets, margin=0.0)) if i in bare else s
                     for i, s in enumerate(problem.services))
-        again = _enumerate(replace(problem, services=own))
+        again = _enumerate(replace(problem, services=own), bare)
         out = [again[i] if i in bare else cs for i, cs in enumerate(out)]
     return out
 
 
-def _enumerate(problem: Problem) -> list[list[Candidate]]:
+def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Candidate]]:
     """Every pair's shapes sized together (`size_together`), then their full candidates valued together, then the
-    spare and partial ones."""
+    spare and partial ones; of the services `only` names where given (the others' lists left empty)."""
     pairs = []
     for i, svc in enumerate(problem.services):
+        if only is not None and i not in only:
+            continue
         for acc in problem.accelerators:
             if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
                 continue

@@ -28,8 +28,7 @@ from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
 from controller.settings import Settings, load_settings, settings_from
-from controller.settings_checks import MAX_POWER_W
-from queuemodels.accelerators import CATALOG
+from controller.settings_checks import MAX_POWER_W, idle_w
 from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
@@ -275,12 +274,12 @@ def _check_budgets(s: ScenarioSettings, config: Settings) -> None:
     """The budgets the run sets as the config's budget (its start, each budget event) held to what the daemon
     holds `power.budget_w` to (controller/settings_checks.py): not below the fleet's idle draw, which no cap
     can bring the GPUs under."""
-    idle_w = sum(a.count * CATALOG[a.name].idle_power_w for a in config.accelerators)
+    idle = idle_w(config)
     named = [("budget_w", s.budget_w)] + [(f"events[{i}].budget_w", e.budget_w) for i, e in enumerate(s.events)
                                           if e.kind == "budget"]
     for where, budget_w in named:
-        if budget_w and budget_w < idle_w:
-            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle_w:g} W (accelerators' "
+        if budget_w and budget_w < idle:
+            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
                               f"count x the catalogue's idle power, as the daemon refuses power.budget_w)")
 
 
