@@ -1,7 +1,7 @@
 """Energy per token with locked SM clocks against caps alone, at equal SLO attainment.
 
     python benchmarks/clock_gain.py [--requests 800] [--seeds 0,1] [--services decode-heavy,prefill-heavy]
-                                    [--fresh-seeds 1] [--statistic p95]
+                                    [--fresh-seeds 1] [--statistic p95] [--family step|gen1]
 
 Services of llama-3.1-8b on H100-SXM GPUs of the emulator at a steady Poisson load, each with a p95 SLO on
 TTFT and inter-token latency: decode-heavy (128 tokens in, 1024 out) at 6 rps, a load one GPU serves; the
@@ -55,8 +55,9 @@ from tuner import Observation, PairFilter
 GPU = "H100-SXM"
 REPLICA = Replica("llama-3.1-8b", GPU)
 MAX_CLOCK_MHZ = 1980
-PRIOR = ServiceParams("gen1", alpha_ms=20.0, beta_ms=0.2, gamma_ms=20.0, delta_ms=0.06)
-"""A generic prior (config/sim.toml's for this model), 2-4x off the emulator's law."""
+PRIOR = {"alpha_ms": 20.0, "beta_ms": 0.2, "gamma_ms": 20.0, "delta_ms": 0.06}
+"""A generic prior (config/sim.toml's for this model), 2-4x off the emulator's law, in the family `--family`
+names (the step family, the daemon's default; gen1 the figures of docs/clocks.md before it)."""
 CAPS_LEVELS = (0.6, 0.7, 0.8, 0.9, 1.0)
 FLOOR_LEVELS = tuple(round(0.3 + 0.05 * k, 2) for k in range(15))
 """Down to the driver's floor (200 W on an H100-SXM: 0.29 of 700 W), as finely as the clock levels."""
@@ -148,9 +149,9 @@ def run(svc: Service, batch: int, rate_rps: float, requests: int, seed: int, cap
                float(window.sum()) / (end - start), float(np.mean(waiting)))
 
 
-def learn(svc: Service, requests: int, seed: int) -> tuple[ServiceParams, PowerProfile | None]:
+def learn(svc: Service, requests: int, seed: int, family: str) -> tuple[ServiceParams, PowerProfile | None]:
     """The tuner's fit from windows at several loads, batches and clocks (interleaved, as a daemon sees them)."""
-    pair = PairFilter(PRIOR, profile(GPU), fit_power=True)
+    pair = PairFilter(ServiceParams(family, **PRIOR), profile(GPU), fit_power=True)
     windows = [(rate, batch, clock) for clock in LEARN_CLOCKS for batch in LEARN_BATCHES for rate in svc.learn_rps]
     order = np.random.default_rng(seed).permutation(len(windows))
     for k in order:
@@ -349,13 +350,15 @@ def main() -> None:
     ap.add_argument("--services", default=",".join(s.name for s in SERVICES), help="comma-separated services to run")
     ap.add_argument("--fresh-seeds", type=int, default=1,
                     help="fresh seeds each level's chosen plans run again on (0: none)")
+    ap.add_argument("--family", choices=("step", "gen1"), default="step",
+                    help="the prior's queue-model family (default step, the daemon's)")
     ap.add_argument("--statistic", choices=("p95", "p99"), default="p95",
                     help="the SLO's percentile the optimizer plans for (the levels scored stay 95, 97 and 99 %%)")
     args = ap.parse_args()
     chosen = [replace(s, targets=replace(s.targets, statistic=args.statistic))
               for s in SERVICES if s.name in args.services.split(",")]
     runs = {seed: one_seed(args.requests, seed, chosen, args.clock_min_saving,
-                           tuple(FRESH_SEED + 1000 * seed + 20 * j for j in range(args.fresh_seeds)))
+                           tuple(FRESH_SEED + 1000 * seed + 20 * j for j in range(args.fresh_seeds)), args.family)
             for seed in (int(s) for s in args.seeds.split(","))}
     summary = {svc.name: {arm: {key: [r[svc.name]["energy_saving"][arm][key] for r in runs.values()]  # type: ignore[index]
                                 for key in SAVINGS} for arm in ("vs_caps", "vs_floor_caps")} for svc in chosen}
@@ -379,10 +382,10 @@ def fresh_saving(compared_: object, key: str) -> float | str | None:
 
 
 def one_seed(requests: int, seed: int, services: list[Service], min_saving: float,
-             fresh_seeds: tuple[int, ...] = ()) -> dict[str, dict[str, object]]:
+             fresh_seeds: tuple[int, ...] = (), family: str = "step") -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for svc in services:
-        params, prof = learn(svc, requests, seed)
+        params, prof = learn(svc, requests, seed, family)
         fitted = None if prof is None else {"clock_time_sensitivity": round(prof.clock_time_sensitivity, 3),
                                             "clock_draw_exponent": round(prof.clock_draw_exponent, 3)}
         arms = {k: Arm(svc, params, prof, p, c, min_saving, requests, seed) for k, (p, c) in {
