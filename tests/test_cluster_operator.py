@@ -651,3 +651,23 @@ def test_a_first_leading_step_that_outlasts_the_lease_writes_no_plan(cluster: tu
     loop.step(0.0)
     assert loop.controller is None
     assert not [p for _, m, p in emu.requests if m == "PATCH" and "/nodepowerplans/" in p]
+
+
+def test_an_early_wake_of_the_slow_worker_is_no_overrun() -> None:
+    """The fast step wakes the slow worker early where the governor is at its floors over budget: while the
+    periodic wake-up is still due that is no overrun; a periodic one then is."""
+    from controller.cluster.acting import SlowWorker
+
+    started, release, overruns = threading.Event(), threading.Event(), []
+    worker = SlowWorker(lambda: (started.set(), release.wait(5.0)), lambda: overruns.append(1), lambda exc: None)
+    try:
+        worker.wake()
+        assert started.wait(5.0)  # the tick runs, holding the worker
+        worker.wake()  # due again while it runs
+        worker.wake(early=True)
+        assert overruns == []
+        worker.wake()
+        assert overruns == [1]
+    finally:
+        worker.stop()
+        release.set()

@@ -31,8 +31,9 @@ class SlowWorker:
         self.thread = threading.Thread(target=self._run, name="wattscale-operator-slow", daemon=True)
         self.thread.start()
 
-    def wake(self) -> None:
-        if self.due.is_set():
+    def wake(self, early: bool = False) -> None:
+        """Wake the worker; an `early` wake-up (asked between periods) is no overrun when one is still due."""
+        if self.due.is_set() and not early:
             self.on_overrun()
         self.due.set()
 

@@ -290,10 +290,11 @@ class ClusterLoop:
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
         c.metrics.errors.labels("node_plan").inc(len(failed))  # and every failure is counted
-        if (early or now >= self.next_slow) and self.worker is not None:
-            if now >= self.next_slow:
-                self.next_slow = now + c.settings.daemon.slow_interval_s
+        if now >= self.next_slow and self.worker is not None:
+            self.next_slow = now + c.settings.daemon.slow_interval_s
             self.worker.wake()
+        elif early and self.worker is not None:
+            self.worker.wake(early=True)
         if now >= self.next_owners and self.owners is not None:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
             self.owners.wake()
