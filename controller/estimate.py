@@ -31,6 +31,8 @@ class Estimator:
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
         self.margins = SloMargins()
+        self.waiting: dict[str, float] = {}
+        """Per service: requests waiting at its last window's end (every replica), for the next one's queue growth."""
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
@@ -38,8 +40,10 @@ class Estimator:
         in force); returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
+        waited = self.waiting.pop(svc.name, None)
         if window is None:
             return "no window"
+        self.waiting[svc.name] = window.waiting
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return "no replica served"  # every replica restarting: no word on demand, keep the estimate
@@ -86,6 +90,8 @@ class Estimator:
             in_cv=svc.in_tokens_cv,
             out_cv=svc.out_tokens_cv,
             steady=steady,
+            # a queue that grew through the window is a ramp or an overload, not a steady state, whatever marks it
+            queue_growth=None if waited is None else (window.waiting - waited) / window.replicas,
             queue_ms=window.queue_ms,
             kv_tokens=kv_tokens,
         )

@@ -113,3 +113,23 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)], a, True, o, 0.0)  # a GPU held down
     assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
     assert observe(_window(60.0)) == pytest.approx(0.2)
+
+
+def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
+    """The daemon judges steadiness from the data too: 40 more requests waiting at a window's end than at the
+    last one's, on 2 replicas of max batch 64, is a ramp or an overload (20 a replica, over 64 / 4)."""
+    s = load_settings(ROOT / "config" / "sim.toml")
+    code = next(svc for svc in s.services if svc.name == "code")
+    tuner = Tuner(None)
+    tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    a, o = Assignment("H100-SXM", 2, 64, 700.0), OptimizerSettings()
+
+    def window(waiting: float) -> ServiceWindow:
+        return ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
+
+    assert est.observe(code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
+    assert est.observe(code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
+    assert est.observe(code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
+    assert est.observe(code, None, [], a, True, o, 0.0) == "no window"
+    assert est.observe(code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown
