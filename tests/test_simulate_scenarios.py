@@ -63,6 +63,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\n', "duration_s", "required key is missing"),
     ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b" = "fast" }\n', "personalities.llama-3.1-8b",
      "'fast'"),
+    ('name = "x"\nduration_s = 60\npersonalities = { "mistral-7b" = "chunked" }\n', "personalities.mistral-7b",
+     "runs model 'mistral-7b'"),
     # budget sources and their events (tests/test_simulate_budget_sources.py)
     ('name = "x"\nduration_s = 60\n[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
      'kind = "electricitymaps"\nzone = "DE"\ncurve = [[100, 1400]]\n', "power.budget.sources[0].kind",

@@ -230,6 +230,10 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
     if not config.uses_sim:
         raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
                           "(telemetry and actuators \"sim\", as config/sim.toml)")
+    models = {svc.model for svc in config.services}
+    for key in s.personalities:  # as the config's own simulator.personalities (controller/settings_checks.py)
+        if key.split("|", 1)[0] not in models:
+            raise ConfigError(f"personalities.{key}", f"no service of {s.config} runs model {key.split('|', 1)[0]!r}")
     gpus = len(config.simulator.host_types)
     for i, e in enumerate(s.events):
         where = f"events[{i}]"
