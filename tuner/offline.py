@@ -190,9 +190,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     """Feed every observation through the filter; the report `wattscale tune --json` prints."""
     ahead: list[tuple[float, float]] = []
     verdicts: dict[str, int] = {}
-    rejected: dict[str, list[int]] = {}
+    rejected: dict[str, list[int]] = {}  # by reason: the file's line numbers, or the places where no file is known
     file = observations if isinstance(observations, ObservationRows) else None
-    named: dict[str, list[str]] = {}  # each rejected row as `path:line`, or its place where no file is known
     for row, obs in enumerate(observations, start=1):
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
@@ -202,7 +201,6 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
         if not verdict.accepted:
             rejected.setdefault(verdict.reason, []).append(row if file is None else file.lines[row - 1])
-            named.setdefault(verdict.reason, []).append(f"observation {row}" if file is None else file.where(row - 1))
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
@@ -228,8 +226,11 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     out["rejected_rows"] = rejected
     out["bounds_hit"] = bounds_hit(pair)
     if rejected:
+        def place(n: int) -> str:  # `path:line`, as ObservationRows.where says it
+            return f"observation {n}" if file is None else f"{file.path}:{n}"
+
         log.warning("tune: rows rejected: %s", "; ".join(
-            f"{why} {REASONS.get(why, '')}: {', '.join(rows)}" for why, rows in named.items()))
+            f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows))}" for why, rows in rejected.items()))
     for name, where in out["bounds_hit"].items():
         log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
                     name, where)
