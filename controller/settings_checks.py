@@ -6,6 +6,7 @@ Every limit here keeps a cycle's work bounded; a value past one is a typo or an 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from controller.config_loader import ConfigError
@@ -142,6 +143,15 @@ def floor_w(s: Settings) -> float:
     return idle_w(s) + busy
 
 
+def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], config: str = "") -> None:
+    """Each engine personality ("model" or "model|gpu_type") names a model a service runs: one that none runs
+    would be accepted and do nothing."""
+    for key in personalities:
+        model = key.split("|", 1)[0]
+        if model not in models:
+            raise ConfigError(f"{where}.{key}", f"no service{f' of {config}' if config else ''} runs model {model!r}")
+
+
 def _minimum_fits(s: Settings) -> None:
     """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
     left at 0 replicas without a shortfall to say so."""
@@ -203,9 +213,7 @@ def _simulated_host(s: Settings) -> None:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{svc.model!r} is not a model the simulator serves; "
                               f"expected one of {sorted(LLMS)}")
-    for key in sim.personalities:
-        if key.split("|", 1)[0] not in runs:
-            raise ConfigError(f"simulator.personalities.{key}", f"no service runs model {key.split('|', 1)[0]!r}")
+    check_personalities("simulator.personalities", sim.personalities, runs)
     n = len(types)
     for svc in s.services:
         outside = [g for g in svc.gpus if g >= n]

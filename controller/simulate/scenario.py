@@ -28,7 +28,7 @@ from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
 from controller.settings import Settings, load_settings, settings_from
-from controller.settings_checks import MAX_POWER_W, idle_w
+from controller.settings_checks import MAX_POWER_W, check_personalities, idle_w
 from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
@@ -230,10 +230,7 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
     if not config.uses_sim:
         raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
                           "(telemetry and actuators \"sim\", as config/sim.toml)")
-    models = {svc.model for svc in config.services}
-    for key in s.personalities:  # as the config's own simulator.personalities (controller/settings_checks.py)
-        if key.split("|", 1)[0] not in models:
-            raise ConfigError(f"personalities.{key}", f"no service of {s.config} runs model {key.split('|', 1)[0]!r}")
+    check_personalities("personalities", s.personalities, {svc.model for svc in config.services}, s.config)
     gpus = len(config.simulator.host_types)
     for i, e in enumerate(s.events):
         where = f"events[{i}]"
