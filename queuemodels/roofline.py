@@ -23,11 +23,16 @@ from scipy.special import gammaln
 from queuemodels.power import Batch
 from queuemodels.types import Load, ServiceParams, Unstable
 
-CHUNK_SMOOTHING = 4.0
-"""Exponent of the smooth maximum of 1 and L / room that counts a prompt's steps (chunks are whole in each step
-but a prompt's place among them is not; and a fit needs a slope where one chunk is enough)."""
 SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
+
+
+def smooth_chunks(ratio: Batch) -> Batch:
+    """The smooth maximum of 1 and `ratio` (L / room) that counts a prompt's steps, (1 + ratio^4)^(1/4): chunks are
+    whole in each step but a prompt's place among them is not, and a fit needs a slope where one chunk is enough.
+    Two square roots: a power costs five times as much, and a fleet's chains read it at every state."""
+    out: Batch = np.sqrt(np.sqrt(1.0 + np.square(np.square(ratio))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,9 @@ class Roofline:
             return 1.0 + 0.0 * batch
         if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
             ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
-            return float((1.0 + ratio**CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING))
+            return math.sqrt(math.sqrt(1.0 + (ratio * ratio) ** 2))
         room = np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0)
-        out: Batch = (1.0 + (self.prompt_tokens / room) ** CHUNK_SMOOTHING) ** (1.0 / CHUNK_SMOOTHING)
-        return out
+        return smooth_chunks(self.prompt_tokens / room)
 
     def _memory(self, batch: Batch) -> Batch:
         return self.memory_ms + self.memory_per_seq_ms * batch
@@ -122,13 +126,13 @@ class Roofline:
         that hides their compute (a prompt's own TTFT still waits for all of its step). Returns (cost to the
         prompt, cost to the GPU per prompt, batch)."""
         batch = 1.0
-        c_p = c_gpu = self.prompt_ms(batch)
+        c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_gpu * prefill_factor / 1000.0)
             step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
-            c_p, c_gpu = self.prompt_ms(batch), self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)
-        return c_p, c_gpu, batch
+            c_gpu = self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)
+        return self.prompt_ms(batch), c_gpu, batch
 
     def budget_wait_ms(self, load: Load, batch: float, step_ms: float) -> tuple[float, float]:
         """The wait for the prompts ahead, where a token budget serialises them: a step gives prompts what the
@@ -144,4 +148,4 @@ class Roofline:
                            f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
         service_ms = float(self.chunks(batch)) * step_ms
         wait = use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
-        return wait, (wait * wait * (2.0 / use - 1.0) if use > 0.0 else 0.0)
+        return wait, (wait * (2.0 * wait / use - wait) if use > 0.0 else 0.0)  # wait / use: no overflow at a trickle

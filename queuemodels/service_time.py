@@ -27,6 +27,9 @@ from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.roofline import Roofline
 from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
+NEWTON_STEPS = 12
+"""At most this many in `StepLaw.batch_at`: tau is smooth, so they settle to rounding in three to five."""
+
 
 @dataclass(frozen=True)
 class StepLaw:
@@ -85,17 +88,24 @@ class StepLaw:
 
     def batch_at(self, service_ms: float, max_batch: float) -> float:
         """The batch whose tau is `service_ms`, within [0, max_batch]: exact for the affine law; tau increasing
-        otherwise, read off a grid of it and refined by two Newton steps."""
+        otherwise, from the affine law's batch (above it: the bend and chunks only add) by Newton's steps kept
+        within the bracket they narrow, until they settle."""
+        affine = min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0.0 else 1.0
         if self.roofline is None:
-            return min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0.0 else 1.0
-        grid = np.linspace(0.0, max_batch, 65)
-        n = float(np.interp(service_ms, self.tau(grid), grid))
-        for _ in range(2):
-            if n <= 0.0 or n >= max_batch:
-                break
+            return affine
+        n, low, high = affine, 0.0, max_batch
+        for _ in range(NEWTON_STEPS):
+            miss = float(self.tau(n)) - service_ms
+            low, high = (n, high) if miss < 0.0 else (low, n) if miss > 0.0 else (low, high)
             h = 1e-4 * max(n, 1.0)
-            slope = (float(self.tau(n + h)) - float(self.tau(n - h))) / (2.0 * h)
-            n = min(max(n - (float(self.tau(n)) - service_ms) / max(slope, 1e-12), 0.0), max_batch)
+            slope = (float(self.tau(n + h)) - service_ms - miss) / h
+            after = n - miss / slope if slope > 0.0 else (low + high) / 2.0
+            if not low <= after <= high:
+                after = (low + high) / 2.0
+            settled = abs(after - n) <= 1e-13 * max(after, 1.0)
+            n = after
+            if settled:
+                break
         return n
 
     @property

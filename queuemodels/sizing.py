@@ -14,10 +14,11 @@ from dataclasses import replace
 import numpy as np
 from scipy.optimize import brentq
 
-from queuemodels.law_arrays import Bools, Floats, ManyLawFn, Points, laws_of
+from queuemodels.law_arrays import ManyLawFn, Points, laws_of
 from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, capped_law
 from queuemodels.stacked import solve_together
+from queuemodels.step_arrays import Bools, Floats
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
 
 SATURATION_SHARE = 0.999
@@ -81,7 +82,7 @@ def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     faster = points.at_rates(points.rates_rps / SATURATION_SHARE)
     tops = faster.tops()
     laws, built = laws_of(many, faster, tops)
-    out: Floats = 1000.0 * tops / (laws.t0 + laws.t1 * tops) - faster.rates_rps
+    out: Floats = 1000.0 * tops / laws.tau(tops) - faster.rates_rps
     for i in np.flatnonzero(~built).tolist():
         params, load, shape, profile = faster.point(i)
         out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)

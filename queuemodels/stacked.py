@@ -21,10 +21,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, MAX_STATES, TAIL_MASS
-from queuemodels.law_arrays import Bools, Floats, LawArrays, ManyLawFn, Points, laws_of
+from queuemodels.law_arrays import ManyLawFn, Points, laws_of
 from queuemodels.service_time import LawFn, StepLaw
 from queuemodels.stacked_itl import itl_exceedances
 from queuemodels.stacked_tails import Chains, ttft_exceedances
+from queuemodels.step_arrays import Bools, Floats, LawArrays
 from queuemodels.types import ModelInputError
 
 Limits = tuple[Floats, Floats]
@@ -79,9 +80,9 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     the draw at its base's profile, and the exceedances of `limits` where given."""
     k = len(tops)
     queue = points.queues
-    t0, t1, top, lam = laws.t0, laws.t1, tops, points.rates_rps / 1000.0
-    full = t0 + t1 * top
-    positive = has & (np.minimum(t0 + t1, full) > 0.0) & (lam > 0.0)
+    top, lam = tops, points.rates_rps / 1000.0
+    full = laws.tau(top)
+    positive = has & (np.minimum(laws.tau(np.ones(k)), full) > 0.0) & (lam > 0.0)
     rho = np.where(positive, lam * full / np.where(positive, top, 1.0), 1.0)
     light = positive & (rho < RHO_COVERED)
     # K as queuemodels.operating_point.solve_chain sets it: where the unbounded tail's mass falls below TAIL_MASS,
@@ -89,18 +90,26 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     tail = top + np.ceil(math.log(TAIL_MASS) / np.log(np.where(light, rho, 0.5)))
     short = (queue >= 0) & (top + queue <= 4 * top)
     capacity = np.where(queue < 0, tail, np.where(short, top + queue, np.minimum(top + queue, tail)))
-    covered = laws.affine & light & (short | (tail <= MAX_STATES))
+    covered = light & (short | (tail <= MAX_STATES))
     nan = np.full(k, np.nan)
     out = Figures(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy(), covered, nan.copy(), nan.copy())
     if not covered.any():
         return out
     covered_idx = np.flatnonzero(covered)
+    # an affine tau(n) = t0 + t1 n; a roofline's is that plus a bend and chunks that grow with n, so below the
+    # batch it is at most t0 + t1 n plus what they add at the batch: the same bound with t0 raised by that
+    t1 = laws.t1
+    t0 = np.where(laws.affine, laws.t0, full - t1 * top)
     span = np.zeros(k)
     span[covered_idx] = _span((lam * t0)[covered_idx], (lam * t1)[covered_idx], top[covered_idx])
     ends = np.cumsum(span[covered_idx])  # a block of states at a time: a fleet's are many times the caches
+    moments = np.full((3, k), np.nan)
     for idx in np.split(covered_idx, np.searchsorted(ends, np.arange(BLOCK_STATES, ends[-1], BLOCK_STATES))):
-        _solve_block(out, laws, points, idx, lam[idx], t0[idx], t1[idx], top[idx], span[idx], rho[idx],
+        _solve_block(out, moments, laws, points, idx, lam[idx], top[idx], span[idx], rho[idx],
                      capacity[idx] - top[idx], queue[idx], draws, limits)
+    done = np.flatnonzero(out.covered)  # the latencies of every block's rows at once: fewer, longer array passes
+    out.ttft_ms[done], out.itl_ms[done], out.prefill_ms[done] = _latencies(laws.rows(done), top[done],
+                                                                           *moments[:, done])
     return out
 
 
@@ -118,11 +127,12 @@ def _span(lam_t0: Floats, lam_t1: Floats, top: Floats) -> Floats:
     return out
 
 
-def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats, t0: Floats,
-                 t1: Floats, top: Floats, span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
+def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points, idx: NDArray[np.intp], lam: Floats,
+                 top: Floats, span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
                  limits: Limits | None) -> None:
-    """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered); the
-    states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
+    """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered) but
+    their latencies, and into `moments` what those are read from (mean service and wait, idle share); the states
+    past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
     # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more);
     # a row's value at each of its states by np.repeat, several times faster than indexing by row
     sizes = span.astype(np.int64)
@@ -134,7 +144,11 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
         return out
 
     b = np.arange(float(ends[-1])) - np.repeat(starts - 1.0, sizes)
-    steps = np.log(per_state(lam * t0) / b + per_state(lam * t1))  # log of lambda tau(n) / n, the chain's step up
+    rows = laws.rows(idx)
+    if rows.affine.all():  # log of lambda tau(n) / n, the chain's step up
+        steps = np.log(per_state(lam * rows.t0) / b + per_state(lam * rows.t1))
+    else:
+        steps = np.log(per_state(lam) * rows.chain_taus(b, sizes, points.base[idx]) / b)
     # each row's own running sum, log p(n) / p(0): one cumsum over all rows, each row's steps centred on their mean
     # so the sum returns to about 0 at every row's end and its rounding does not grow from row to row
     mean = np.add.reduceat(steps, starts) / sizes
@@ -153,36 +167,33 @@ def _solve_block(out: Figures, laws: LawArrays, points: Points, idx: NDArray[np.
     block = np.where(tail_len > 0, last * rho_m, last) / total
     accepted = lam * (1.0 - block)
     fine = ~((queue >= 0) & (block >= BLOCKING_NEGLIGIBLE))
-    ttft, itl, prefill = _latencies(laws, idx, t0, t1, top, accepted, in_system, in_service, idle / total)
+    service = in_service / accepted
+    moments[:, idx] = service, np.maximum(0.0, in_system / accepted - service), idle / total
     power = np.full(len(idx), np.nan)
     if draws:
         power = _draws(points, idx, per_state, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx],
                        starts, ends - 1)
-    for column, values in zip(out[:5], (in_system, ttft, itl, prefill, power), strict=True):
-        column[idx] = np.where(fine, values, np.nan)
+    out.in_system[idx], out.power_w[idx] = np.where(fine, in_system, np.nan), np.where(fine, power, np.nan)
     out.covered[idx[~fine]] = False
     if limits is not None and (asked := ~np.isnan(limits[0][idx]) & fine).any():  # rows under a percentile target
         states, sizes = np.repeat(asked, sizes), sizes[asked]
-        chains = Chains(LawArrays._make(f[idx[asked]] for f in laws), np.repeat(np.arange(len(sizes)), sizes),
+        chains = Chains(rows.rows(np.flatnonzero(asked)), np.repeat(np.arange(len(sizes)), sizes),
                         b[states], head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
                             idle, total, last, tail0, top, rho, tail_len, lam, block)))
         out.ttft_over[idx[asked]] = ttft_exceedances(chains, limits[0][idx[asked]])
         out.itl_over[idx[asked]] = itl_exceedances(chains, limits[1][idx[asked]])
 
 
-def _latencies(laws: LawArrays, idx: NDArray[np.intp], t0: Floats, t1: Floats, top: Floats, accepted: Floats,
-               in_system: Floats, in_service: Floats, idle: Floats) -> tuple[Floats, Floats, Floats]:
-    """(mean TTFT, mean ITL, prefill) as queuemodels.operating_point reads them off a chain's means: the batch a
-    request is served in from Little's law, its decode step, and the queueing wait before its prefill."""
-    p0, p1, d0, d1, residual_share, residual_ms, wait_scale = (
-        getattr(laws, f)[idx] for f in ("p0", "p1", "d0", "d1", "residual_share", "residual_ms", "wait_scale"))
-    service = in_service / accepted
-    wait = np.maximum(0.0, in_system / accepted - service)
-    n_eff = np.where(t1 > 0.0, np.clip((service - t0) / np.where(t1 > 0.0, t1, 1.0), 0.0, top), 1.0)
-    decode = d0 + d1 * n_eff
-    residual = (1.0 - idle) * (residual_share * decode + residual_ms)
-    prefill = p0 + p1 * n_eff
-    return wait_scale * wait + prefill + residual, decode, prefill
+def _latencies(laws: LawArrays, top: Floats, service: Floats, wait: Floats, idle: Floats) -> tuple[Floats, Floats,
+                                                                                                  Floats]:
+    """(mean TTFT, mean ITL, prefill) as queuemodels.operating_point reads them off a chain's means (service and
+    wait per request, the idle share): the batch a request is served in from Little's law, its decode step, and
+    the queueing wait before its prefill."""
+    n_eff = laws.batch_at(service, top)
+    decode = laws.decode(n_eff)
+    residual = (1.0 - idle) * (laws.residual_share * decode + laws.residual_ms)
+    prefill = laws.prefill(n_eff)
+    return laws.wait_scale * wait + prefill + residual, decode, prefill
 
 
 def _draws(points: Points, idx: NDArray[np.intp], per_state: Callable[[Floats], Floats], b: Floats, head: Floats,

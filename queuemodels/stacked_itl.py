@@ -13,19 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from queuemodels.itl_tails import K_MAX, PROMPT_GROUPS, QUANTILES, _prompt_costs, prompts_per_step
-from queuemodels.law_arrays import Bools, Floats
 from queuemodels.stacked_tails import Chains
+from queuemodels.step_arrays import Bools, Floats
 
 
 def itl_exceedances(c: Chains, itl_ms: Floats) -> Floats:
     """P(ITL > itl_ms) per row (itl_tails.itl_exceedance)."""
     laws, row, b = c.laws, c.row, c.b
     share = np.where(b == c.top[row], c.head + c.tail0[row], c.head) / c.total[row]
-    step = laws.d0[row] + laws.d1[row] * b
+    step = laws.decode(b, lambda x: x[row])
     weight = share * b / step  # > 0 in total: a covered row has load
     throughput = c.lam * (1.0 - c.block)
     limit = itl_ms[row]
-    spike = np.maximum(0.0, laws.p0 + laws.p1 - laws.d0 - laws.d1)
+    spike = np.maximum(0.0, laws.prefill(np.ones(len(c.top))) - laws.decode(np.ones(len(c.top))))
     with_prompt = np.minimum(1.0, throughput[row] * step)
     over = np.add.reduceat(weight * ((1.0 - with_prompt) * (step > limit)
                                      + with_prompt * (step + spike[row] > limit)), c.starts)

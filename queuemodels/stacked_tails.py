@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaincc
 
-from queuemodels.law_arrays import Floats, LawArrays
+from queuemodels.step_arrays import Floats, LawArrays
 from queuemodels.tails import ERLANG_MAX, GROUPS, NEGLIGIBLE
 
 Ints = NDArray[np.int64]
@@ -59,8 +59,8 @@ def ttft_exceedances(c: Chains, ttft_ms: Floats) -> Floats:
     waiting_states = c.last * np.where(c.tail_len > 0, (1.0 - c.rho**c.tail_len) / (1.0 - c.rho), 0.0)
     waiting_mass = waiting_states / accepted
     waits = waiting_mass >= NEGLIGIBLE
-    shifted = (ttft_ms - (laws.p0 + laws.p1 * c.top)) / laws.wait_scale
-    mu = c.top / (laws.t0 + laws.t1 * c.top)
+    shifted = (ttft_ms - laws.prefill(c.top)) / laws.wait_scale
+    mu = c.top / laws.tau(c.top)
     wait = np.where(shifted <= 0.0, waiting_mass, 0.0)
     later = np.flatnonzero(waits & (shifted > 0.0))
     if len(later):
@@ -103,23 +103,24 @@ def _free_exceedance(c: Chains, t_ms: Floats, accepted: Floats) -> Floats:
     row, n, q, starts = _free_states(c, accepted)
     rows = len(c.top)
     fixed_law = (laws.prompt_ms <= 0.0) & (laws.residual_share <= 0.0)
-    prefill_at = laws.p0[row] + laws.p1[row] * (n + 1.0)
+    prefill_at = laws.prefill(n + 1.0, lambda x: x[row])
     out: Floats = np.bincount(row, q * (fixed_law[row] & (prefill_at > t_ms[row])), minlength=rows).astype(float)
     # the rest: states with more than 1e-12 of the row's heaviest, from its first such to its last
     live = q > 1e-12 * np.maximum.reduceat(q, starts)[row]
     first = np.minimum.reduceat(np.where(live, n, np.inf), starts)
     last = np.maximum.reduceat(np.where(live, n, -np.inf), starts)
     keep = ~fixed_law[row] & (n >= first[row]) & (n <= last[row])
-    row, n, q = row[keep], n[keep], q[keep]
+    row, n, q, prefill_at = row[keep], n[keep], q[keep], prefill_at[keep]
     if not len(row):
         return out
-    d0, d1, p0, p1, cost, cv, share, residual_ms = (getattr(laws, f)[row] for f in (
-        "d0", "d1", "p0", "p1", "prompt_ms", "prompt_cv", "residual_share", "residual_ms"))
-    step = d0 + d1 * np.maximum(n, 1.0)
+    cost, cv, share, residual_ms, budget_wait, budget_var = (getattr(laws, f)[row] for f in (
+        "prompt_ms", "prompt_cv", "residual_share", "residual_ms", "budget_wait_ms", "budget_wait_var"))
+    step = laws.decode(np.maximum(n, 1.0), lambda x: x[row])
     residual = (n > 0) * (share * step + residual_ms)
-    spread = cost + residual
-    variance = (cv * cost) ** 2 + _in_flight_variance(n, step, residual, cost, share, residual_ms, cv)
-    mean_t = p0 + p1 * (n + 1.0) - cost + spread
+    spread = cost + budget_wait + residual
+    variance = ((cv * cost) ** 2 + budget_var
+                + _in_flight_variance(n, step, residual, cost, share, residual_ms, cv))
+    mean_t = prefill_at - cost - budget_wait + spread
     group, grouped = _groups(row, rows)
     mass = np.bincount(group, q)
     weight = np.where(mass > 0.0, mass, 1.0)

@@ -16,7 +16,8 @@ from controller.optimizer import sizing
 from controller.optimizer.sizing import Sizer, fit_search, size_together
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from queuemodels.law_arrays import Bools, Points
+from queuemodels.law_arrays import Points
+from queuemodels.step_arrays import Bools
 
 PARAMS = ServiceParams("gen1", 12, 0.09, 10, 0.035)
 STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)

@@ -13,11 +13,13 @@ from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, Servic
 from queuemodels.accelerators import CATALOG
 from queuemodels.analyzer import MODELS
 from queuemodels.chain import means
+from queuemodels.continuous_arrays import continuous_laws
 from queuemodels.itl_tails import itl_exceedance
-from queuemodels.law_arrays import FIELDS, Bases, Points, continuous_laws
+from queuemodels.law_arrays import Bases, Points
 from queuemodels.operating_point import solve_chain
 from queuemodels.service_time import continuous_law
 from queuemodels.stacked import _span, solve_together
+from queuemodels.step_arrays import FIELDS, ROOFLINE_FIELDS
 from queuemodels.tails import GROUPS, ttft_exceedance
 
 H100 = CATALOG["H100-SXM"]
@@ -25,7 +27,9 @@ L40S = CATALOG["L40S"]
 GEN1 = ServiceParams("gen1", 12, 0.09, 10, 0.035)
 GEN2 = ServiceParams("gen2", 14, 0.002, 0.0004)
 STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0, budget_tokens=1024.0)
-"""A roofline law: not stacked, solved alone."""
+"""A roofline law: decode bends at large batches, prompts chunk under a token budget."""
+BENT = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0)
+"""The roofline's bend without a token budget."""
 
 shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
                    st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))
@@ -78,7 +82,7 @@ def test_targets_checked_together_as_one_by_one(model: str, params: ServiceParam
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2]),
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, BENT]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000, 0.0, 0.5)]),
        st.sampled_from([H100, L40S, None]), points, st.floats(20.0, 4000.0), st.floats(10.0, 400.0))
 def test_shares_over_a_limit_read_together_as_alone(model: str, params: ServiceParams, load: Load,
@@ -102,7 +106,7 @@ def test_shares_over_a_limit_read_together_as_alone(model: str, params: ServiceP
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2]),
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
        st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95")]),
        st.sampled_from([H100, None]), st.lists(shapes, min_size=1, max_size=5), st.floats(0.5, 1.5))
@@ -138,13 +142,15 @@ def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
         assert math.isclose(together.ttft_over[i], ttft_exceedance(chain, law, 60.0), rel_tol=1e-9)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0)]),
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0), STEP, BENT, replace(STEP, kv_tokens=90_000.0),
+                        replace(STEP, budget_tokens=300.0)]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
        st.one_of(st.sampled_from([H100, L40S, None]), fitted), points)
 def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
                                                  pts: list[tuple[ServerShape, float]]) -> None:
-    """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays."""
+    """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays (a
+    roofline's to rounding: np.cbrt where the scalar law takes `** (1/3)`), and the same step times at any batch."""
     together = Points(Bases([(params, load, profile)]), np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
                       np.array([r for _, r in pts]))
     laws, built = continuous_laws(together, together.tops())
@@ -156,7 +162,19 @@ def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: L
             assert not built[i]
             continue
         assert built[i]
-        assert [getattr(laws, f)[i] for f in FIELDS] == [getattr(want, f) for f in FIELDS]
+        got = [getattr(laws, f)[i] for f in (*FIELDS, "bend_scale", "budget_wait_ms", "budget_wait_var")]
+        expected = [getattr(want, f) for f in (*FIELDS, "bend_scale", "budget_wait_ms", "budget_wait_var")]
+        if want.roofline is None:  # its bend_scale scales no bend
+            assert got[:len(FIELDS)] == expected[:len(FIELDS)] and laws.affine[i]
+            continue
+        assert np.allclose(got, expected, rtol=1e-12, atol=1e-300) and not laws.affine[i]  # denormals round
+        assert [getattr(laws, f)[i] for f in ROOFLINE_FIELDS] == [getattr(want.roofline, f) for f in ROOFLINE_FIELDS]
+        row, batches = laws.rows(np.full(3, i)), np.array([1.0, 7.5, float(shape.max_batch)])
+        for name in ("tau", "prefill", "decode"):
+            assert np.allclose(getattr(row, name)(batches), getattr(want, name)(batches), rtol=1e-12, atol=0.0)
+        served_ms = float(want.tau(0.3 * shape.max_batch + 0.2))
+        assert math.isclose(float(row.batch_at(np.full(3, served_ms), np.full(3, float(shape.max_batch)))[0]),
+                            want.batch_at(served_ms, float(shape.max_batch)), rel_tol=1e-12, abs_tol=1e-12)
 
 
 def test_light_affine_points_are_solved_together_not_alone() -> None:
@@ -172,6 +190,23 @@ def test_light_affine_points_are_solved_together_not_alone() -> None:
     lam = np.array([ld.rate_rps for _, ld, _, _ in rows]) / 1000.0
     tops = np.array([s.max_batch for _, _, s, _ in rows], dtype=float)
     assert (_span(lam * laws.t0, lam * laws.t1, tops) < tops).sum() >= len(rows) // 2  # light: solved on fewer states
+    for k, row in enumerate(rows):
+        want = alone("mm1k-cb", *row)
+        assert want is not None
+        got = (together.in_system[k], together.ttft_ms[k], together.itl_ms[k], together.prefill_ms[k],
+               together.power_w[k])
+        assert all(math.isclose(g, w, rel_tol=1e-9) for g, w in zip(got, want, strict=True))
+
+
+def test_roofline_points_are_solved_together_not_alone() -> None:
+    """The step family's roofline laws (the daemon's default) are built as arrays and solved stacked too: at a
+    fleet's scale one by one they cost seconds a cycle. Light and busy, capped, clocked, bounded or not."""
+    load = Load(1.0, 800, 200, 1.0, 0.5)
+    rows = [(params, load.at_rate(rate), ServerShape(batch, queue, cap, clock), H100)
+            for params in (STEP, BENT) for batch in (8, 64, 256) for queue in (None, 1024) for cap in (None, 450.0)
+            for clock in (None, 0.7) for rate in (0.3, 1.5)]
+    built_alone, _, together = solve_together(continuous_law, continuous_laws, Points.of(rows))
+    assert together.covered.all() and not built_alone
     for k, row in enumerate(rows):
         want = alone("mm1k-cb", *row)
         assert want is not None

@@ -28,8 +28,9 @@ from controller.optimizer.sizing import Brackets, Shapes, Sizer, rates_per_repli
 from controller.optimizer.values import collector_paused
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
-from queuemodels.law_arrays import Bases, Floats, Points
+from queuemodels.law_arrays import Bases, Points
 from queuemodels.power import uncapped_peak_w
+from queuemodels.step_arrays import Floats
 
 MAX_PARTIAL = 6
 EXTRA_REPLICAS = 2

@@ -20,7 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
-from queuemodels.law_arrays import Base, Bases, Bools, Floats, Points
+from queuemodels.law_arrays import Base, Bases, Points
+from queuemodels.step_arrays import Bools, Floats
 
 MAX_KEPT = 100_000
 """Entries kept per table (brackets: least recently used dropped first): a fleet of 1,000 services, several times."""

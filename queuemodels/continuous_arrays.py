@@ -1,0 +1,104 @@
+"""The continuous law (service_time.continuous_law) of many operating points at once, as arrays.
+
+A fleet's plan values tens of thousands of points a cycle, and a law built through the interpreter costs ~13 us
+each (the step family's roofline ~100 us: its prompt's cost settles in four Poisson sums), more than solving it
+stacked. Most points share their parameters, token mix and power profile (a base) and differ in shape and rate:
+`continuous_laws` is continuous_law over arrays, operation for operation, so the figures match the scalar path
+to the bit on affine laws and to rounding on the roofline's (np.cbrt for a cube root). A rate whose prompts
+would fill the GPU, or the token budget's room, has no law (the scalar law raises there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from queuemodels.law_arrays import PROFILE_FIELDS, Points
+from queuemodels.roofline_arrays import Terms
+from queuemodels.step_arrays import ROOFLINE_FIELDS, Bools, Floats, Ints, LawArrays
+
+
+def _per_point(points: Points) -> dict[str, Floats]:
+    """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
+    clock (factors of 1), as the scalar law reads it."""
+    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv", "in_cv"), points.bases.loads[points.base].T,
+                   strict=True))
+    names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
+    out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
+    profiled = ~np.isnan(out["peak"])
+    out["cap"] = np.where(profiled, points.caps, np.nan)
+    out["clock"] = np.where(profiled, points.clocks, np.nan)
+    return out
+
+
+
+def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
+    """service_time.continuous_law at every point (at its KV-bound batch `tops`), and which points it built:
+    not those of a roofline law nor a rate whose prompts would fill the GPU."""
+    v = _per_point(points)
+    cap, clock, n = v["cap"], v["clock"], tops
+    capped, locked = ~np.isnan(cap), ~np.isnan(clock) & (np.nan_to_num(clock, nan=1.0) < 1.0)
+
+    def by_clock(compute_share: Floats | float) -> Floats:  # clock_time_factor
+        out: Floats = np.where(locked, 1.0 + v["cts"] * compute_share * (1.0 / np.where(locked, clock, 1.0) - 1.0),
+                               1.0)
+        return out
+
+    def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor: the slower of the lock and the cap alone
+        compute = batch / (batch + v["half"])
+        natural = v["idle"] + (v["peak"] - v["idle"]) * (v["busy"] + (1.0 - v["busy"]) * compute)
+        squeeze = np.maximum(0.0, natural / np.where(capped, cap, 1.0) - 1.0)
+        out: Floats = np.where(capped, np.maximum(by_clock(compute), 1.0 + v["ps"] * compute * squeeze),
+                               by_clock(compute))
+        return out
+
+    knee_w = v["idle"] + (v["knee"] * v["peak"] - v["idle"])  # prompt_draw_w at the free clock, as it sums it
+    squeeze = np.maximum(0.0, knee_w / np.where(capped, cap, 1.0) - 1.0)
+    prefill_factor = np.where(capped, np.maximum(by_clock(1.0), 1.0 + v["ps"] * squeeze), by_clock(1.0))
+    d0, d1 = v["d0"], v["d1"]
+    at_one = (d0 + d1) * decode_factor(np.ones_like(n))  # _capped_decode
+    single = n <= 1.0
+    slope = np.where(single, d1 * at_one / (d0 + d1), ((d0 + d1 * n) * decode_factor(n) - at_one) /
+                     (np.where(single, 2.0, n) - 1.0))
+    d0 = np.where(single, d0 * at_one / (d0 + d1), at_one - slope)
+    rates = points.rates_rps
+    c_gpu = v["c_p"]
+    bent = np.flatnonzero(~points.bases.affine[points.base])
+    roofline = points.bases.rooflines.take(points.base[bent])
+    batch = c_bent = np.ones(len(bent))
+    if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load)
+        c_gpu = c_gpu.copy()
+        c_bent, c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
+                                                             slope[bent], prefill_factor[bent], n[bent])
+    c_p = c_gpu * prefill_factor
+    phi = rates * c_gpu * prefill_factor / 1000.0
+    stretch = 1.0 / (1.0 - np.minimum(phi, 0.99))
+    d0, d1 = d0 * stretch, slope * stretch
+    built = phi < 0.99
+    k = len(n)
+    laws = LawArrays._make([c_p * (1.0 + phi**2) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p, np.full(k, 0.5),
+                            phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, v["in_cv"],
+                            *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.zeros(k), np.zeros(k),
+                            np.ones(k, dtype=bool)])
+    if bent.size:
+        _bend(laws, bent, roofline, c_bent * prefill_factor[bent], phi[bent], stretch[bent] * decode_factor(n)[bent],
+              batch, rates[bent], v["in_cv"][bent], built)
+    return laws, built
+
+
+def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, phi: Floats, bend_scale: Floats, batch: Floats,
+          rates_rps: Floats, in_cv: Floats, built: Bools) -> None:
+    """The roofline rows `bent` of `laws` as continuous_law finishes them: the prompt's own cost `c_p` (the GPU's
+    share `phi` already in the steps), the bend at its scale, and the wait under the token budget (no law where
+    prompts fill its room: `built`)."""
+    for name, terms in zip(ROOFLINE_FIELDS, (roofline.memory_ms, roofline.memory_per_seq_ms,
+                                             roofline.compute_per_seq_ms, roofline.prompt_tokens,
+                                             roofline.budget_tokens), strict=True):
+        getattr(laws, name)[bent] = terms
+    d0, d1 = laws.d0[bent], laws.d1[bent]
+    step_ms = d0 + d1 * batch + bend_scale * roofline.bend_ms(batch)
+    wait, var, use = roofline.budget_wait_ms(rates_rps, in_cv, batch, step_ms)
+    laws.p0[bent] = c_p * (1.0 + phi**2) + d0 + wait
+    laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, phi * c_p / 2.0
+    laws.bend_scale[bent], laws.budget_wait_ms[bent], laws.budget_wait_var[bent] = bend_scale, wait, var
+    laws.affine[bent] = False
+    built[bent] &= use < 0.99
