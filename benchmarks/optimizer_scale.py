@@ -1,6 +1,6 @@
 """Solver speed and greedy's optimality gap at fleet scale.
 
-    python benchmarks/optimizer_scale.py [--services 100] [--big 1000] [--seed 0] [--family gen1|step]
+    python benchmarks/optimizer_scale.py [--services 100] [--big 1000] [--seed 0] [--family step|gen1]
 
 100 services (5 models x 4 SLO classes, loads drawn per service) on 6 accelerator types with a shared
 inventory, batch sizes {8..512}, 5 power levels, and a budget that binds. Sizing every candidate runs
@@ -12,9 +12,9 @@ valued objective both maximise, and greedy_s_1000 for 1,000 services (`--big N`:
 whole slow cycle's planning (sizing, valuing and the default solver's choice) the cycle after a cold one,
 every service's load moved by up to 3 %, as the daemon plans from one cycle to the next (its sizing basis
 holds the fitted parameters still while they only jitter), cycle_cpu_s_* the same cycles' CPU seconds;
-cold_cycle_s_* is the first cycle. `--family` (default gen1) is the queue-model family of every service's
-parameters: gen1's affine laws are sized and valued stacked (queuemodels/stacked.py), the step family's (the
-daemon's default) point by point, so at fleet scale it costs tens of times more (docs/optimize-spec.md).
+cold_cycle_s_* is the first cycle. `--family` (default step, the daemon's) is the queue-model family of every
+service's parameters: both are sized and valued stacked (queuemodels/stacked.py); the step family's roofline (a
+decode bend at large batches, prompts chunked under a token budget) costs about a third more than gen1's affine law.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ BATCHES = (8, 16, 32, 64, 128, 256, 512)
 LEVELS = (0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def params(model_scale: float, acc: str, family: str = "gen1") -> ServiceParams:
+def params(model_scale: float, acc: str, family: str = "step") -> ServiceParams:
     """A model's parameters on an accelerator; the step family's further terms at the tuner's starting values."""
     s = model_scale * SPEED[acc]
     return ServiceParams(family, 9.0 * s, 0.04 * s, 5.0 * s, 0.03 * s).with_step_defaults()
 
 
-def problem(n: int, seed: int, family: str = "gen1") -> Problem:
+def problem(n: int, seed: int, family: str = "step") -> Problem:
     rng = np.random.default_rng(seed)
     accs = tuple(AcceleratorType(a, int(n * 0.6), PRICE[a], CATALOG[a]) for a in SPEED)
     services = []
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=100)
     ap.add_argument("--big", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--family", default="gen1", choices=("gen1", "step"), help="of every service's parameters")
+    ap.add_argument("--family", default="step", choices=("step", "gen1"), help="of every service's parameters")
     args = ap.parse_args()
     p = problem(args.services, args.seed, args.family)
     t0 = time.perf_counter()
