@@ -70,10 +70,14 @@ class Estimator:
         if window.ttft_ms is None or window.itl_ms is None:
             return "no latency"
         met = slo_met(svc, window.ttft_ms, window.itl_ms, window.ttft_p95_ms, window.itl_p95_ms) if steady else None
-        # A miss counts against the plan only where it ran as planned: not left short, no GPU cut by the
-        # governor. A met window always counts, so a margin that itself left a service short still decays.
-        if met is not None and (met or (svc.name not in self.short and not any(r.cut for r in draws))):
-            self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max)
+        # A miss counts against the plan only where it ran as planned: not where the plan left it short, and only in
+        # the share of the window's ticks the governor did not hold its GPUs below the plan (a window held
+        # throughout, a power emergency, teaches nothing; a tick or two of the ramp limiter's hold excuses nothing:
+        # heavy-tailed prompts' draw spikes meet it in every window they miss in). A met window always counts, so
+        # a margin that itself left a service short still decays.
+        held = sum(r.cut for r in draws) / len(draws) if draws else 0.0
+        if met is not None and (met or svc.name not in self.short):
+            self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max, 1.0 - held)
         obs = Observation(
             rate_rps=window.rate_rps / window.replicas,
             in_tokens=window.in_tokens or svc.in_tokens,

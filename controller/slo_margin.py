@@ -28,14 +28,16 @@ class SloMargins:
     planned: dict[str, float] = field(default_factory=dict)
     """The margin each service is planned with (`margin`)."""
 
-    def observe(self, name: str, met: bool, step: float, miss_share: float, max_margin: float) -> None:
-        """One steady window's verdict for `name` (the targets met, or not)."""
+    def observe(self, name: str, met: bool, step: float, miss_share: float, max_margin: float,
+                weight: float = 1.0) -> None:
+        """One steady window's verdict for `name` (the targets met, or not); a miss counts at `weight`, the share
+        of the window the plan ran as planned (`Estimator.observe`)."""
         if step <= 0.0:
             self.level.pop(name, None)
             self.planned.pop(name, None)
             return
         now = self.level.get(name, 0.0)
-        now += step if not met else -step * miss_share / (1.0 - miss_share)
+        now += step * weight if not met else -step * miss_share / (1.0 - miss_share)
         self.level[name] = min(max(now, 0.0), max_margin)
 
     def margin(self, name: str, step: float, max_margin: float) -> float:

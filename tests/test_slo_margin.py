@@ -110,9 +110,14 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     est.short.add("code")  # the plan could not serve it in full: its miss is not the model's
     assert observe(_window(60.0)) == pytest.approx(0.1)
     est.short.discard("code")
-    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)], a, True, o, 0.0)  # a GPU held down
+    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
     assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
     assert observe(_window(60.0)) == pytest.approx(0.2)
+    # held 2 ticks of 15 (the ramp limiter at a draw spike): the miss is the plan's, counted in 13 / 15
+    level = est.margins.level["code"]
+    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 2 + [DrawReading(380.0, 420.0, False)] * 13,
+                a, True, o, 0.0)
+    assert est.margins.level["code"] == pytest.approx(level + o.slo_margin_step * 13 / 15)
 
 
 def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
