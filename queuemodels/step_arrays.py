@@ -79,8 +79,10 @@ class LawArrays(NamedTuple):
         return out
 
     def rows(self, at: Ints | None) -> LawArrays:
-        """The laws of the rows `at` (one per element, repeats allowed; None: all)."""
-        return self if at is None else LawArrays._make(f[at] for f in self)
+        """The laws of the rows `at` (one per element, repeats allowed; None or every row in order: these)."""
+        if at is None or (len(at) == len(self.p0) and bool((at == np.arange(len(at))).all())):
+            return self
+        return LawArrays._make(f[at] for f in self)
 
     def _of(self, name: str, spread: Spread | None) -> Floats:
         """A field spread to the elements it is read at (None: one per row), spread only when read."""
