@@ -14,7 +14,7 @@ every service's load moved by up to 3 %, as the daemon plans from one cycle to t
 holds the fitted parameters still while they only jitter), cycle_cpu_s_* the same cycles' CPU seconds;
 cold_cycle_s_* is the first cycle. `--family` (default step, the daemon's) is the queue-model family of every
 service's parameters: both are sized and valued stacked (queuemodels/stacked.py); the step family's roofline (a
-decode bend at large batches, prompts chunked under a token budget) costs about a third more than gen1's affine law.
+decode bend at large batches, prompts chunked under a token budget) costs about 40 % more than gen1's affine law.
 """
 
 from __future__ import annotations

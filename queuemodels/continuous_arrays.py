@@ -57,15 +57,15 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     d0, d1 = v["d0"], v["d1"]
     at_one = (d0 + d1) * decode_factor(np.ones_like(n))  # _capped_decode
     single = n <= 1.0
-    slope = np.where(single, d1 * at_one / (d0 + d1), ((d0 + d1 * n) * decode_factor(n) - at_one) /
+    at_top = decode_factor(n)
+    slope = np.where(single, d1 * at_one / (d0 + d1), ((d0 + d1 * n) * at_top - at_one) /
                      (np.where(single, 2.0, n) - 1.0))
     d0 = np.where(single, d0 * at_one / (d0 + d1), at_one - slope)
     rates = points.rates_rps
     c_gpu = v["c_p"]
     bent = np.flatnonzero(~points.bases.affine[points.base])
-    roofline = points.bases.rooflines.take(points.base[bent])
-    batch = c_bent = np.ones(len(bent))
     if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load)
+        roofline = points.bases.rooflines.take(points.base[bent])
         c_gpu = c_gpu.copy()
         c_bent, c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
                                                              slope[bent], prefill_factor[bent], n[bent])
@@ -80,8 +80,9 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
                             *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.zeros(k), np.zeros(k),
                             np.ones(k, dtype=bool)])
     if bent.size:
-        _bend(laws, bent, roofline, c_bent * prefill_factor[bent], phi[bent], stretch[bent] * decode_factor(n)[bent],
+        _bend(laws, bent, roofline, c_bent * prefill_factor[bent], phi[bent], stretch[bent] * at_top[bent],
               batch, rates[bent], v["in_cv"][bent], built)
+    laws.p0[~built] = np.inf  # no law at this rate (the scalar law raises): not one to build again one by one
     return laws, built
 
 

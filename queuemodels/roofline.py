@@ -18,10 +18,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.special import gammaln
 
 from queuemodels.power import Batch
 from queuemodels.types import Load, ServiceParams, Unstable
+
+Floats = NDArray[np.float64]
 
 SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
@@ -33,6 +36,28 @@ def smooth_chunks(ratio: Batch) -> Batch:
     Two square roots: a power costs five times as much, and a fleet's chains read it at every state."""
     out: Batch = np.sqrt(np.sqrt(1.0 + np.square(np.square(ratio))))
     return out
+
+
+def chunks(prompt_tokens: Floats | float, budget_tokens: Floats | float, batch: Floats) -> Floats:
+    """`Roofline.chunks` over arrays, per row (1 where a row has no token budget)."""
+    limited = np.asarray(budget_tokens) > 0.0
+    if not limited.any():
+        return np.ones_like(batch)
+    room = np.maximum(budget_tokens - batch, budget_tokens / 8.0)
+    out: Floats = smooth_chunks(prompt_tokens / (room if limited.all() else np.where(limited, room, 1.0)))
+    return out if limited.all() else np.where(limited, out, 1.0)
+
+
+def bend_ms(memory_ms: Floats | float, memory_per_seq_ms: Floats | float, compute_per_seq_ms: Floats | float,
+            batch: Floats) -> Floats:
+    """`Roofline.bend_ms` over arrays, per row (0 where a row's decode has no compute term)."""
+    computes = np.asarray(compute_per_seq_ms) > 0.0
+    if not computes.any():
+        return np.zeros_like(batch)
+    memory = memory_ms + memory_per_seq_ms * batch
+    compute = compute_per_seq_ms * batch
+    out: Floats = np.cbrt(memory * memory * memory + compute * compute * compute) - memory
+    return out if computes.all() else np.where(computes, out, 0.0)
 
 
 @dataclass(frozen=True)
@@ -68,8 +93,7 @@ class Roofline:
         if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
             ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
             return math.sqrt(math.sqrt(1.0 + (ratio * ratio) ** 2))
-        room = np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0)
-        return smooth_chunks(self.prompt_tokens / room)
+        return chunks(self.prompt_tokens, self.budget_tokens, batch)
 
     def _memory(self, batch: Batch) -> Batch:
         return self.memory_ms + self.memory_per_seq_ms * batch
@@ -78,11 +102,10 @@ class Roofline:
         """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
         if self.compute_per_seq_ms <= 0.0:
             return 0.0 * batch
-        memory = self._memory(batch)
         if isinstance(batch, float):
+            memory = self._memory(batch)
             return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
-        out: Batch = np.cbrt(memory**3 + (self.compute_per_seq_ms * batch) ** 3) - memory
-        return out
+        return bend_ms(self.memory_ms, self.memory_per_seq_ms, self.compute_per_seq_ms, batch)
 
     def prompt_ms(self, batch: float) -> float:
         """What one prompt alone adds to the steps that decode `batch` sequences: each of its chunks adds what its

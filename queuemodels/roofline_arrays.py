@@ -15,9 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaln
 
-from queuemodels.roofline import SETTLE_STEPS, Roofline, smooth_chunks
+from queuemodels.roofline import SETTLE_STEPS, Floats, Roofline, bend_ms, chunks
 
-Floats = NDArray[np.float64]
 TERMS = ("memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "prompt_compute_ms", "prompt_overhead_ms",
          "prompt_tokens", "budget_tokens")
 """Roofline's fields, in the order `Terms` holds them."""
@@ -115,26 +114,3 @@ class Terms(NamedTuple):
         positive = held > 0.0
         var = np.where(positive, wait * (2.0 * wait / np.where(positive, held, 1.0) - wait), 0.0)
         return wait, var, use
-
-
-def chunks(prompt_tokens: Floats, budget_tokens: Floats, batch: Floats) -> Floats:
-    """Roofline.chunks per row (1 where a row has no token budget)."""
-    limited = budget_tokens > 0.0
-    if not limited.any():
-        return np.ones_like(batch)
-    room = np.maximum(budget_tokens - batch, budget_tokens / 8.0)
-    if limited.all():
-        return smooth_chunks(prompt_tokens / room)
-    out: Floats = np.where(limited, smooth_chunks(prompt_tokens / np.where(limited, room, 1.0)), 1.0)
-    return out
-
-
-def bend_ms(memory_ms: Floats, memory_per_seq_ms: Floats, compute_per_seq_ms: Floats, batch: Floats) -> Floats:
-    """Roofline.bend_ms per row (0 where a row's decode has no compute term)."""
-    computes = compute_per_seq_ms > 0.0
-    if not computes.any():
-        return np.zeros_like(batch)
-    memory = memory_ms + memory_per_seq_ms * batch
-    compute = compute_per_seq_ms * batch
-    out: Floats = np.cbrt(memory * memory * memory + compute * compute * compute) - memory
-    return out if computes.all() else np.where(computes, out, 0.0)

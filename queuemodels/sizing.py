@@ -83,7 +83,7 @@ def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     tops = faster.tops()
     laws, built = laws_of(many, faster, tops)
     out: Floats = 1000.0 * tops / laws.tau(tops) - faster.rates_rps
-    for i in np.flatnonzero(~built).tolist():
+    for i in np.flatnonzero(~built & np.isnan(laws.p0)).tolist():  # no array form (inf: no law, -rate above)
         params, load, shape, profile = faster.point(i)
         out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)
     return out

@@ -3,12 +3,13 @@
 The optimizer values each candidate (a shape and a replica count, so a rate per replica) by the mean number
 of requests in a replica and its mean draw, sizing checks mean targets, and the tuner's fits predict mean TTFT
 and ITL at every window many times over; solved one by one, each point costs a chain and a draw curve built
-through the interpreter, and a fleet has tens of thousands of candidates. For affine step laws (every law but
-the step family's roofline) the chains of many points are solved at once: the states up to each point's
-batch laid end to end, and the queue beyond it in closed form, since every state past the batch serves at the
-full batch's rate (a truncated geometric tail). The figures are those `analyze` gives, to rounding; a point
-the closed form does not cover (a roofline law, utilisation of the full batch within 1 % of 1, a bounded queue
-that turns more than a negligible share away, no arrivals) is marked for the caller to solve on its own.
+through the interpreter, and a fleet has tens of thousands of candidates. Here the chains of many points are
+solved at once, whatever their step law (affine, or the step family's roofline, whose tau grows with the
+batch): the states up to each point's batch laid end to end, and the queue beyond it in closed form, since
+every state past the batch serves at the full batch's rate (a truncated geometric tail). The figures are those
+`analyze` gives, to rounding; a point the closed form does not cover (utilisation of the full batch within 1 %
+of 1, a bounded queue that turns more than a negligible share away, no arrivals) is marked for the caller to
+solve on its own.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def solve_together(law_fn: LawFn, many: ManyLawFn | None, points: Points, draws:
     tops = points.tops()
     laws, has = laws_of(many, points, tops)
     built = {}
-    for i in np.flatnonzero(~has).tolist():
+    for i in np.flatnonzero(~has & np.isnan(laws.p0)).tolist():  # rows with no array form (inf: no law at all)
         params, load, shape, profile = points.point(i)
         try:
             built[i] = law_fn(params, load, profile, shape)
@@ -145,10 +146,7 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
 
     b = np.arange(float(ends[-1])) - np.repeat(starts - 1.0, sizes)
     rows = laws.rows(idx)
-    if rows.affine.all():  # log of lambda tau(n) / n, the chain's step up
-        steps = np.log(per_state(lam * rows.t0) / b + per_state(lam * rows.t1))
-    else:
-        steps = np.log(per_state(lam) * rows.chain_taus(b, sizes, points.base[idx]) / b)
+    steps = np.log(per_state(lam) * rows.chain_taus(b, sizes, points.base[idx]) / b)  # the chain's step up
     # each row's own running sum, log p(n) / p(0): one cumsum over all rows, each row's steps centred on their mean
     # so the sum returns to about 0 at every row's end and its rounding does not grow from row to row
     mean = np.add.reduceat(steps, starts) / sizes

@@ -12,10 +12,10 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels.roofline_arrays import bend_ms, chunks
+from queuemodels.roofline import Floats as Floats  # re-exported: the stacked modules read it here
+from queuemodels.roofline import bend_ms, chunks
 from queuemodels.service_time import NEWTON_STEPS, StepLaw
 
-Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]
 Ints = NDArray[np.intp]
 FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share", "residual_ms", "wait_scale",
@@ -164,22 +164,21 @@ class LawArrays(NamedTuple):
         return out
 
     def batch_at(self, service_ms: Floats, top: Floats) -> Floats:
-        """StepLaw.batch_at per row: exact on affine rows; on the others tau (increasing) read off a grid and
-        refined by Newton's method until it settles, as the scalar law refines it."""
+        """StepLaw.batch_at per row: exact on affine rows; on the others Newton's steps from the affine law's
+        batch, kept within the bracket they narrow, until they settle, as the scalar law takes them."""
         t1 = self.t1
         out: Floats = np.where(t1 > 0.0, np.clip((service_ms - self.t0) / np.where(t1 > 0.0, t1, 1.0), 0.0, top),
                                1.0)
         bent = np.flatnonzero(~self.affine)
         if bent.size:
-            out[bent] = _invert(self.rows(bent), service_ms[bent], top[bent])
+            out[bent] = _invert(self.rows(bent), service_ms[bent], top[bent], out[bent])
         return out
 
 
-def _invert(laws: LawArrays, service_ms: Floats, top: Floats) -> Floats:
-    """The batch n in [0, top] whose tau is `service_ms`, per row: StepLaw.batch_at's safeguarded Newton steps, each
-    on the rows not yet settled (most settle in three)."""
-    t1 = laws.t1
-    n = np.where(t1 > 0.0, np.clip((service_ms - laws.t0) / np.where(t1 > 0.0, t1, 1.0), 0.0, top), 0.0)
+def _invert(laws: LawArrays, service_ms: Floats, top: Floats, start: Floats) -> Floats:
+    """The batch n in [0, top] whose tau is `service_ms`, per row, from `start`: StepLaw.batch_at's safeguarded
+    Newton steps, each on the rows not yet settled (most settle in three)."""
+    n = start.copy()
     low, high = np.zeros_like(top), top.copy()
     open_ = np.arange(len(top))
     for _ in range(NEWTON_STEPS):
@@ -188,7 +187,7 @@ def _invert(laws: LawArrays, service_ms: Floats, top: Floats) -> Floats:
         lo, hi = np.where(miss < 0.0, x, low[open_]), np.where(miss > 0.0, x, high[open_])
         h = 1e-4 * np.maximum(x, 1.0)
         slope = (rows.tau(x + h) - target - miss) / h
-        after = x - np.where(slope > 0.0, miss / np.where(slope > 0.0, slope, 1.0), x - (lo + hi) / 2.0)
+        after = np.where(slope > 0.0, x - miss / np.where(slope > 0.0, slope, 1.0), (lo + hi) / 2.0)
         after = np.where((after < lo) | (after > hi), (lo + hi) / 2.0, after)
         settled = np.abs(after - x) <= 1e-13 * np.maximum(after, 1.0)
         n[open_], low[open_], high[open_] = after, lo, hi

@@ -200,16 +200,19 @@ def test_light_affine_points_are_solved_together_not_alone() -> None:
 
 def test_roofline_points_are_solved_together_not_alone() -> None:
     """The step family's roofline laws (the daemon's default) are built as arrays and solved stacked too: at a
-    fleet's scale one by one they cost seconds a cycle. Light and busy, capped, clocked, bounded or not."""
+    fleet's scale one by one they cost seconds a cycle. Light and busy, capped, clocked, bounded or not; many
+    points on one base each, as a plan's candidates of one service are (their chains read the bend and chunks off
+    one table per base)."""
     load = Load(1.0, 800, 200, 1.0, 0.5)
-    rows = [(params, load.at_rate(rate), ServerShape(batch, queue, cap, clock), H100)
-            for params in (STEP, BENT) for batch in (8, 64, 256) for queue in (None, 1024) for cap in (None, 450.0)
-            for clock in (None, 0.7) for rate in (0.3, 1.5)]
-    built_alone, _, together = solve_together(continuous_law, continuous_laws, Points.of(rows))
-    assert together.covered.all() and not built_alone
-    for k, row in enumerate(rows):
-        want = alone("mm1k-cb", *row)
+    shapes = [(ServerShape(batch, queue, cap, clock), rate) for batch in (8, 64, 256, 512) for queue in (None, 1024)
+              for cap in (None, 450.0) for clock in (None, 0.7) for rate in (0.3, 1.5)]
+    bases = Bases([(STEP, load, H100), (BENT, load, H100)])
+    together = Points(bases, np.repeat(np.arange(2), len(shapes)), [s for s, _ in shapes] * 2,
+                      np.array([r for _, r in shapes] * 2))
+    built_alone, _, figures = solve_together(continuous_law, continuous_laws, together)
+    assert figures.covered.all() and not built_alone
+    for k in range(len(together.rates_rps)):
+        want = alone("mm1k-cb", *together.point(k))
         assert want is not None
-        got = (together.in_system[k], together.ttft_ms[k], together.itl_ms[k], together.prefill_ms[k],
-               together.power_w[k])
+        got = (figures.in_system[k], figures.ttft_ms[k], figures.itl_ms[k], figures.prefill_ms[k], figures.power_w[k])
         assert all(math.isclose(g, w, rel_tol=1e-9) for g, w in zip(got, want, strict=True))

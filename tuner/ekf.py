@@ -274,7 +274,7 @@ class PairFilter:
             self.since_refit = 0
             # the filter's spread stays what its updates made it
             # it starts at the estimate, over up to refit_window windows: a relative change of 1e-4 in cost and
-            # step is close enough (the daemon's CPU with the step family, whose laws are solved point by point,
+            # step is close enough (the daemon's CPU with the step family, its laws then solved point by point,
             # 52 -> 40 s a simulated hour); a warm-up or a shift's fit settles the shape from a few, at 1e-6
             self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False, tol=1e-4)
 
