@@ -40,6 +40,7 @@ from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
 from controller.simulate.accounting import QUANTILES
+from controller.simulate.runner import slow_due
 from controller.wiring import build_parts
 from simulator.engine import VLLMEngine
 from simulator.host import SimService
@@ -99,12 +100,12 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
             t += s.daemon.fast_interval_s
             parts.host.advance_to(t)
             started = time.process_time()
-            early = ctl.tick_fast(t)  # as the daemon: caps at their floors over budget wake the slow loop
+            early = ctl.tick_fast(t)
             fast_cpu += time.process_time() - started
             draw = registry.get_sample_value("wattscale_power_draw_watts") or 0.0
             peak, over = max(peak, draw), over + (draw > s.power.budget_w + 1e-6)
-            if early or t >= next_slow:
-                next_slow += s.daemon.slow_interval_s if t >= next_slow else 0.0
+            due, next_slow = slow_due(early, t, next_slow, s.daemon.slow_interval_s)
+            if due:
                 batches = {name: a.max_batch for name, a in ctl.assignments.items()}
                 started = time.process_time()
                 ctl.tick_slow(t)

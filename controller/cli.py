@@ -34,6 +34,7 @@ from queuemodels import (
     get_model,
 )
 from queuemodels.accelerators import profile
+from queuemodels.types import NAMES
 from tuner.offline import ObservationFileError
 
 
@@ -115,7 +116,7 @@ def _analyze(args: argparse.Namespace) -> int:
         if value is None or not math.isfinite(value) or not 0 <= value <= high:
             raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0 and <= {high:g}, "
                                   f"got {value}")
-    step_terms = ("kappa_ms", "epsilon_ms", "rho", "budget_tokens")
+    step_terms = NAMES["step"][len(NAMES["gen1"]):]  # the step family's terms beyond gen1's four
     if args.family != "step" and any(getattr(args, n) for n in step_terms):
         flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)
         raise ModelInputError(f"--family: {args.family} has no {flags}; they are the step family's")

@@ -60,6 +60,13 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     return met, f"{stat} TTFT {ttft:.0f}/{svc.ttft_ms:.0f} ms, ITL {itl:.1f}/{svc.itl_ms:.0f} ms"
 
 
+def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, why: list[str]) -> dict[str, Any]:
+    """One service's line of the report: what the cycle applied is what runs now (a record written before
+    "applied" was says what ran before it)."""
+    return {"priority": priority, "in_force": r.get("applied", r.get("in_force")), "planned": r.get("planned"),
+            "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
+
+
 def report(settings: Settings, record: dict[str, Any], now_s: float | None = None) -> dict[str, Any]:
     """Per service: in force, planned, SLO met or not, and why (shortfall, what the gate or actuators held)."""
     services = {}
@@ -71,15 +78,10 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
             why.append(f"short {r.get('short_rps', 0):.2f} rps ({r['reason']})")
         why += [f"gate held {h}" for h in r.get("gate_held", [])]
         why += [f"actuator held {h}" for h in r.get("actuator_held", [])]
-        # what the cycle applied is what runs now; a record of before "applied" says what ran before it
-        services[svc.name] = {"priority": svc.priority, "in_force": r.get("applied", r.get("in_force")),
-                              "planned": r.get("planned"), "slo_met": met, "slo": figures, "why": why,
-                              "tuner": r.get("tuner")}
+        services[svc.name] = _entry(r, svc.priority, met, figures, why)
     for name in sorted(set(record["services"]) - {svc.name for svc in settings.services}):
-        r = record["services"][name]  # in the daemon's config but not this file's (an edit not yet loaded)
-        services[name] = {"priority": None, "in_force": r.get("applied", r.get("in_force")),
-                          "planned": r.get("planned"), "slo_met": None, "slo": "not in this config file", "why": [],
-                          "tuner": r.get("tuner")}
+        # in the daemon's config but not this file's (an edit not yet loaded)
+        services[name] = _entry(record["services"][name], None, None, "not in this config file", [])
     wall = record.get("wall_time")
     age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
     if age is not None and not math.isfinite(age):

@@ -23,7 +23,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 MAX_ROWS = 20_000
 """The most observations `tune` reads: the filter takes about 8 ms a row (a full EKF step with the model's
-Jacobian), so 20,000 rows are under three minutes; a longer recording is cut to its recent part first."""
+Jacobian), so 20,000 rows are under three minutes; a longer file is refused (its message says to keep the recent
+rows)."""
 
 
 def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) -> list[Observation]:

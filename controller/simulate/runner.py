@@ -30,6 +30,14 @@ FLAT = "wattscale-flat"
 """The Controller under a flat budget of the same mean as the scenario's (it takes `flat_budget_w`)."""
 
 
+def slow_due(early: bool, t: float, next_slow: float, period: float) -> tuple[bool, float]:
+    """Whether the slow tick runs at simulated time `t`, and when the next is due: at its period, or at once where
+    the fast tick asked (`early`: limits at their floors over budget), the period kept, as the daemon wakes its slow
+    loop."""
+    on_time = t >= next_slow - 1e-9
+    return early or on_time, next_slow + period if on_time else next_slow
+
+
 class Policy(Protocol):
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None: ...
 
@@ -130,9 +138,8 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             trace.intensity_g_per_kwh[k] = intensity_now
             for name, domain in domains.items():
                 trace.domain_draw_w[name][k] = domain.read(t)
-            early = ctl.tick_fast(t)  # as the daemon: the slow loop woken at once, its period kept
-            if early or t >= next_slow - 1e-9:
-                next_slow += slow if t >= next_slow - 1e-9 else 0.0
+            due, next_slow = slow_due(ctl.tick_fast(t), t, next_slow, slow)
+            if due:
                 ctl.tick_slow(t)
                 if progress is not None:
                     progress(t - done)
