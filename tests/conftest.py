@@ -140,3 +140,10 @@ def small_scenario(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """What a command wrote to stderr, held to one line and no traceback: how bad input is answered."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err

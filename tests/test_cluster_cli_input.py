@@ -4,7 +4,6 @@ without NVML."""
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
 import sys
@@ -70,22 +69,24 @@ def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
     assert "(line 2, column 1)" in err and "Traceback" not in err
 
 
-def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() -> None:
-    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays."""
-    handler = logging.StreamHandler(io.StringIO())
-    handler.addFilter(cli_cluster._NoConnectionTracebacks())
-    log = logging.getLogger("test.kopf")
-    log.addHandler(handler)
+def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays. Through the
+    root handlers, as the operator's logging is set up (`_logging`), and put back as they were after."""
+    root = logging.getLogger()
+    filters = {handler: list(handler.filters) for handler in root.handlers}
     try:
+        cli_cluster._logging("INFO")
         for exc in (ConnectionRefusedError(111, "Connect call failed"), ValueError("a bug")):
             try:
                 raise exc
             except Exception:
-                log.error("Resource observer has failed: %s", exc, exc_info=True)
+                logging.getLogger("test.kopf").error("Resource observer has failed: %s", exc, exc_info=True)
+        text = caplog.text
     finally:
-        log.removeHandler(handler)
-    text = handler.stream.getvalue()
-    assert text.startswith("Resource observer has failed: [Errno 111] Connect call failed\n")
+        for handler in root.handlers:
+            handler.filters[:] = filters.get(handler, [])
+    assert "Resource observer has failed: [Errno 111] Connect call failed\n" in text
     assert text.count("Traceback") == 1 and "ValueError: a bug" in text  # other errors keep theirs
 
 

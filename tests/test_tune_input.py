@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import one_line
 
 from controller.cli import main
 from controller.tune_input import MAX_ROWS, read_bounded
@@ -18,11 +19,6 @@ from tuner.offline import ObservationFileError, run
 HEADER = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms"
 ROW = "2,500,200,64,120,20"
 
-
-def one_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
