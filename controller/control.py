@@ -12,7 +12,6 @@ logged and counted.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from controller.decision_log import DecisionLog, gate_held, observed, shape, tex
 from controller.domain_rooms import domain_rooms, placements
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
-from controller.fast_loop import FastLoop
+from controller.fast_loop import FastLoop, FloorAlarm
 from controller.governor import PowerGovernor
 from controller.optimizer import Assignment, Problem, ServiceDemand, ServiceResult, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
@@ -60,10 +59,8 @@ class Controller:
         self.assignments: dict[str, Assignment] = {}
         """What is in force per service on its planned variant (read back each cycle); its cap is the governor's
         target for that variant's GPUs."""
-        self._at_floor = False
-        """Whether the governor's limits were all at their floors over budget at the last fast tick."""
-        self._early_s = -math.inf
-        """When the fast tick last asked for an early slow tick: at most one a slow period."""
+        self.alarm = FloorAlarm()
+        """When the fast tick asks for an early slow tick."""
         self.variants: dict[str, tuple[str, ...]] = {}
         """The accelerator types each service may run on."""
         self.kv_tokens: dict[str, dict[str, float]] = {}
@@ -160,17 +157,12 @@ class Controller:
         self._errors.append(f"{kind}: {message}")
 
     def tick_fast(self, now: float) -> bool:
-        """One fast tick; True where the slow loop should plan now rather than at its period: the governor has cut
-        every limit to its floor and the site is still over its budget (a drop below what the replicas running
-        draw at their floors), so only the fewer replicas a plan asks for can bring the draw down. Once an
-        episode and one a slow period, so a budget no plan can meet, or a draw that dips under the threshold and
-        back, does not plan every tick."""
+        """One fast tick; True where the slow loop should plan now rather than at its period (`FloorAlarm`: the
+        governor has cut every limit to its floor over budget, a drop below what the replicas running draw at
+        their floors)."""
         self.fast.tick(now)
-        exhausted = self.governor.exhausted
-        due = exhausted and not self._at_floor and now - self._early_s >= self.settings.daemon.slow_interval_s
-        self._at_floor = exhausted
+        due = self.alarm.ring(now, self.governor.exhausted, self.settings.daemon.slow_interval_s)
         if due:
-            self._early_s = now
             self.metrics.errors.labels("over_budget_at_floor").inc()
             log.warning("power: over the %.0f-W threshold with every limit at its floor; planning fewer replicas "
                         "now", self.governor.threshold_w())

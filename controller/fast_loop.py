@@ -47,6 +47,27 @@ class GpuSeries:
         return self.power
 
 
+@dataclass
+class FloorAlarm:
+    """When the fast loop asks the slow loop to plan now rather than at its period: the governor has cut every
+    limit to its floor and the site is still over its budget, so only fewer replicas can bring the draw down.
+    Once an episode, and at most once a slow period, so a budget no plan can meet, or a draw that dips under
+    the threshold and back, does not plan every tick."""
+
+    at_floor: bool = False
+    """Whether the limits were all at their floors over budget at the last tick."""
+    last_s: float = -math.inf
+    """When it last asked."""
+
+    def ring(self, now: float, exhausted: bool, period_s: float) -> bool:
+        """Whether to ask now, given whether the governor is exhausted at this tick."""
+        due = exhausted and not self.at_floor and now - self.last_s >= period_s
+        self.at_floor = exhausted
+        if due:
+            self.last_s = now
+        return due
+
+
 class FastLoop:
     def __init__(self, power_settings: PowerSettings, failsafe_after_ticks: int, gpus: GpuSource,
                  power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None],

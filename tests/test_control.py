@@ -84,6 +84,28 @@ def test_a_service_no_shape_can_serve_within_its_slo_keeps_what_runs(tmp_path: P
     assert ctl.assignments["code"] == before  # not cut to min replicas at the floor cap
 
 
+def test_a_budget_under_the_floors_asks_the_slow_loop_once_an_episode(tmp_path: Path) -> None:
+    """The simulated host's GPUs idle above a 300-W budget: every limit goes to its floor and the draw stays
+    over, so the fast tick asks for an early plan once (counted), not every tick of the episode; after the
+    budget is back for a while, a new episode asks again."""
+    ctl, _, registry = controller(tmp_path)
+
+    def budget(watts: float) -> None:
+        ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power,
+                                                                                    budget_w=watts)))
+
+    budget(300.0)
+    period = int(ctl.settings.daemon.slow_interval_s)
+    asked = [t for t in range(1, 2 * period) if ctl.tick_fast(float(t))]
+    assert asked == [1] and ctl.governor.exhausted
+    budget(10_000.0)
+    assert not any(ctl.tick_fast(float(t)) for t in range(2 * period, 2 * period + 5))
+    assert not ctl.governor.exhausted
+    budget(300.0)
+    assert [t for t in range(2 * period + 5, 3 * period) if ctl.tick_fast(float(t))] == [2 * period + 5]
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "over_budget_at_floor"}) == 2.0
+
+
 class ScriptedGpus:
     """One GPU serving chat, reading the draws a test hands it, one per fast tick."""
 

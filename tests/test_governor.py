@@ -14,7 +14,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from actuators import TransientActuatorError
-from controller.fast_loop import FastLoop
+from controller.fast_loop import FastLoop, FloorAlarm
 from controller.governor import PowerGovernor, safe_caps
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
@@ -71,23 +71,16 @@ def test_exhausted_only_once_every_limit_is_at_its_floor_over_budget() -> None:
 
 def test_the_early_slow_tick_is_asked_once_a_slow_period_when_the_floor_flickers() -> None:
     """Four GPUs whose 200-W floors draw 800 W against a 776-W threshold, one dipping every other tick (noise):
-    the real Controller.tick_fast asks the slow loop for an early tick once, not every other tick, and again
-    only a slow period later."""
-    from types import SimpleNamespace
-
-    from controller.control import Controller
-    from controller.settings import DaemonSettings
-
+    the alarm asks the slow loop for an early tick once, not every other tick, and again only a slow period
+    later."""
     governor = PowerGovernor(PowerSettings(budget_w=800.0))
     plant = Plant({0: 500.0, 1: 500.0, 2: 500.0, 3: 500.0})
-    ctl = SimpleNamespace(governor=governor, _at_floor=False, _early_s=-float("inf"),
-                          settings=SimpleNamespace(daemon=DaemonSettings(slow_interval_s=15.0)),
-                          metrics=OwnMetrics(CollectorRegistry()), fast=SimpleNamespace(tick=lambda now: plant.tick(
-                              governor)))
+    alarm = FloorAlarm()
     asked = []
     for k in range(40):
         plant.natural_w[3] = 150.0 if k % 2 else 500.0
-        if Controller.tick_fast(ctl, float(k)):  # type: ignore[arg-type]
+        plant.tick(governor)
+        if alarm.ring(float(k), governor.exhausted, 15.0):
             asked.append(k)
     assert asked == [0, 16, 32]
 
