@@ -79,14 +79,23 @@ def within_targets_of(points: Points, targets: Sequence[Targets], law_fn: LawFn 
 
 def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     """`_surplus` at every point at the rate sizing allows it (its rate over SATURATION_SHARE)."""
-    faster = points.at_rates(points.rates_rps / SATURATION_SHARE)
-    tops = faster.tops()
-    laws, built = laws_of(many, faster, tops)
-    out: Floats = 1000.0 * tops / laws.tau(tops) - faster.rates_rps
+    return _surplus_at(points.at_rates(points.rates_rps / SATURATION_SHARE), law_fn, many)[0]
+
+
+def _surplus_at(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> tuple[Floats, Floats]:
+    """`_surplus` at every point at its rate, and its law's step time at batch 1 (NaN where it has no law)."""
+    tops = points.tops()
+    laws, built = laws_of(many, points, tops)
+    out: Floats = 1000.0 * tops / laws.tau(tops) - points.rates_rps
+    one: Floats = laws.tau(np.ones(len(tops)))
     for i in np.flatnonzero(~built & np.isnan(laws.p0)).tolist():  # no array form (inf: no law, -rate above)
-        params, load, shape, profile = faster.point(i)
+        params, load, shape, profile = points.point(i)
         out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)
-    return out
+        try:
+            one[i] = float(law_fn(params, load, profile, shape).tau(1.0))
+        except ModelInputError:
+            one[i] = np.nan
+    return out, one
 
 
 def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,
@@ -132,6 +141,40 @@ def _bracket(params: ServiceParams, load: Load, shape: ServerShape, profile: Pow
             SATURATION_SHARE * saturation_rps(params, load, shape, profile, law_fn, rel_tol=rel_tol))
 
 
+SATURATION_ROUNDS = 60
+"""Rounds `_brackets` takes at most: regula falsi settles most points in under 10; past SECANT_ROUNDS the rest
+are bisected, so all are within tolerance well before the last."""
+SECANT_ROUNDS = 20
+
+
+def _brackets(points: Points, law_fn: LawFn, many: ManyLawFn | None, rel_tol: float) -> tuple[Floats, Floats]:
+    """`_bracket` at every point (rates not read), its saturation rate found for all at once: the Illinois
+    variant of regula falsi on the surplus, each round one stacked build of the laws, where Brent's method
+    built them one by one (most of a cold cycle's planning). As `saturation_rps`, the rate returned is one where
+    the surplus is not negative, within `rel_tol` of the trickle's capacity of the root."""
+    k = len(points.rates_rps)
+    trickle, one_ms = _surplus_at(points.at_rates(np.zeros(k)), law_fn, many)
+    trickle = np.nan_to_num(trickle, nan=0.0)
+    low = np.where(one_ms > 0.0, 1.0 / np.where(one_ms > 0.0, one_ms, 1.0), 0.0)
+    lo, hi, f_lo = np.zeros(k), trickle.copy(), trickle.copy()
+    f_hi = _surplus_at(points.at_rates(trickle), law_fn, many)[0]
+    lo[f_hi >= 0.0] = trickle[f_hi >= 0.0]  # the law does not depend on the rate
+    side = np.zeros(k)  # which end the last round moved (+1 lo, -1 hi): Illinois halves the other's value
+    for n in range(SATURATION_ROUNDS):
+        idx = np.flatnonzero((f_hi < 0.0) & (hi - lo > rel_tol * trickle))
+        if not idx.size:
+            break
+        a, b, fa, fb = lo[idx], hi[idx], f_lo[idx], f_hi[idx]
+        step = 0.25 * rel_tol * trickle[idx]
+        x = np.clip(a - fa * (b - a) / (fb - fa), a + step, b - step) if n < SECANT_ROUNDS else 0.5 * (a + b)
+        f = _surplus_at(points.take(idx).at_rates(x), law_fn, many)[0]
+        up = f >= 0.0
+        lo[idx], f_lo[idx] = np.where(up, x, a), np.where(up, f, np.where(side[idx] < 0, 0.5 * fa, fa))
+        hi[idx], f_hi[idx] = np.where(up, b, x), np.where(up, np.where(side[idx] > 0, 0.5 * fb, fb), f)
+        side[idx] = np.where(up, 1.0, -1.0)
+    return low, SATURATION_SHARE * lo
+
+
 def max_rate(
     params: ServiceParams,
     load: Load,
@@ -172,9 +215,7 @@ def max_rates_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = cap
     `within_targets_of`, so a few calls answer what a bisection per point answers in ~15 solves each. Rates
     known to fit and known not to (`fits_rps`, `misses_rps`, a sizing's brackets) start the brackets narrower."""
     k = len(points.rates_rps)
-    low, high = np.zeros(k), np.zeros(k)
-    for i in range(k):
-        low[i], high[i] = _bracket(*points.point(i), law_fn, rel_tol)
+    low, high = _brackets(points, law_fn, many, rel_tol)
     fits = np.zeros(k) if fits_rps is None else fits_rps
     misses = np.full(k, np.inf) if misses_rps is None else misses_rps
     low_ok, high_ok = fits >= low, fits >= high

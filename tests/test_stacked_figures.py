@@ -18,6 +18,7 @@ from queuemodels.itl_tails import itl_exceedance
 from queuemodels.law_arrays import Bases, Points
 from queuemodels.operating_point import solve_chain
 from queuemodels.service_time import continuous_law
+from queuemodels.sizing import SATURATION_SHARE, _bracket, _brackets, _surplus
 from queuemodels.stacked import _span, solve_together
 from queuemodels.step_arrays import FIELDS, ROOFLINE_FIELDS
 from queuemodels.tails import GROUPS, ttft_exceedance
@@ -125,6 +126,30 @@ def test_max_rates_found_together_are_each_ones_bisection(model: str, params: Se
     for got in (alone, hinted):
         assert ((got == 0.0) == (want == 0.0)).all()
         assert np.allclose(got, want, rtol=2e-4, atol=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, BENT, replace(
+    STEP, kv_tokens=60_000.0)]), st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6),
+                                                  Load(1.0, 100, 1000)]),
+       st.sampled_from([H100, L40S, None]), st.lists(shapes, min_size=1, max_size=8))
+def test_brackets_found_together_are_each_ones(model: str, params: ServiceParams, load: Load,
+                                               profile: PowerProfile | None, shape_list: list[ServerShape]) -> None:
+    """The max-rate search's bracket, its saturation rate found for all points at once by regula falsi, is each
+    point's own (Brent's method on its scalar law) within their tolerance (a share of the capacity at a
+    trickle), and never past saturation."""
+    chain_model = get_model(model)
+    rows = [(params, load, shape, profile) for shape in shape_list]
+    pts = Points.of(rows)
+    low, high = _brackets(pts, chain_model.law, chain_model.many, 1e-4)
+    for i in range(len(rows)):
+        p, ld, shape, pr = pts.point(i)
+        want_low, want_high = _bracket(p, ld, shape, pr, chain_model.law, 1e-4)
+        assert math.isclose(low[i], want_low, rel_tol=1e-12)
+        trickle = _surplus(chain_model.law, p, ld, shape, pr, 0.0)  # both find the root within 1e-4 of it
+        assert abs(high[i] - want_high) <= 2e-4 * trickle + 1e-12
+        sat = high[i] / SATURATION_SHARE
+        assert _surplus(chain_model.law, p, ld, shape, pr, sat) >= 0.0
 
 
 def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
