@@ -108,14 +108,20 @@ ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": M
                   "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
                   "in_cv": 10.0, "out_cv": 10.0}
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
+ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_tokens": (1.0, True)}
+"""Lower bounds other than 0 allowed (the bound, whether it is allowed), as the model's own checks hold them."""
 
 
 def _analyze(args: argparse.Namespace) -> int:
     for name, high in ANALYZE_BOUNDS.items():
         value = getattr(args, name)
-        if value is None or not math.isfinite(value) or not 0 <= value <= high:
-            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number >= 0 and <= {high:g}, "
-                                  f"got {value}")
+        low, allowed = ANALYZE_FLOORS.get(name, (0.0, True))
+        if value is None or not math.isfinite(value) or not (low <= value if allowed else low < value) or value > high:
+            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number {'>=' if allowed else '>'} "
+                                  f"{low:g} and <= {high:g}, got {value}")
+    if 0 < args.kv_tokens < args.in_tokens + args.out_tokens:
+        raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of this load ({args.in_tokens:g}"
+                              f" + {args.out_tokens:g} tokens); 0 leaves the cache unbounded")
     step_terms = NAMES["step"][len(NAMES["gen1"]):]  # the step family's terms beyond gen1's four
     if args.family != "step" and any(getattr(args, n) for n in step_terms):
         flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)

@@ -24,8 +24,10 @@ def _schema(args: argparse.Namespace) -> int:
     from controller.schema_catalog import schemas
 
     if args.crds:
-        import yaml
-
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("schema --crds", "needs: pip install 'wattscale[cluster]'") from None
         from controller.cluster.crds import crds
 
         print(yaml.safe_dump_all(crds(), sort_keys=False, width=120), end="")

@@ -133,8 +133,12 @@ def load_spec(path: Path) -> Problem:
                       s.min_replicas, s.max_replicas, s.max_queue)
         for s in spec.services
     )
-    return Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
-                   spec.transition_penalty, clock_levels=spec.clock_levels)
+    problem = Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
+                      spec.transition_penalty, clock_levels=spec.clock_levels)
+    if spec.budget_w < problem.idle_w:  # as check-config refuses a daemon's: no plan can be under it
+        raise ConfigError("budget_w", f"{spec.budget_w:g} W is below the inventory's idle draw, {problem.idle_w:g} W "
+                          "(accelerators' count x the catalogue's idle power)")
+    return problem
 
 
 def solution_json(sol: Solution) -> dict[str, Any]:

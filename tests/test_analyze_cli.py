@@ -75,7 +75,11 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize("args,message", [
     (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
-    (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number >= 0"),
+    (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number > 0"),
+    (["--alpha-ms", "0"], "--alpha-ms: must be a finite number > 0 and <= 60000, got 0.0"),  # as the flag says it
+    (["--in-tokens", "0"], "--in-tokens: must be a finite number > 0"),
+    (["--out-tokens", "0.5"], "--out-tokens: must be a finite number >= 1 and <= 1e+06, got 0.5"),
+    (["--kv-tokens", "1"], "--kv-tokens: 1 holds no whole request of this load (400 + 200 tokens)"),
     (["--rate-rps", "40", "--max-queue", "-1"], "rate_rps: 40 has no stationary solution with an unbounded queue: "
                                                 "max_batch 64 saturates at 18.1665 rps"),
     (["--rate-rps", "500", "--max-queue", "-1"], "rate_rps: 500 has no stationary solution with an unbounded queue: "
@@ -126,7 +130,7 @@ def test_absurd_model_numbers_are_refused_in_one_line(capsys: pytest.CaptureFixt
     """1e308 tokens or step times overflowed the models' arithmetic (a ZeroDivisionError traceback)."""
     assert main(replaced(BASE, ["--out-tokens", "1e308"])) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--out-tokens: must be a finite number >= 0 and <= 1e+06, got 1e+308" in err
+    assert err.count("\n") == 1 and "--out-tokens: must be a finite number >= 1 and <= 1e+06, got 1e+308" in err
 
 
 def test_an_overloaded_bounded_queue_serves_its_saturation_rate_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -159,16 +159,19 @@ def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], sp
 
 def test_optimize_says_inventory_where_no_usable_type_has_a_gpu_and_prints_its_notes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """bulk runs only on H100s: with none on offer it is short for inventory, not its SLO; a budget no plan fits
-    prints the solver's note in text mode too, not only with --json."""
+    """bulk runs only on H100s: with none on offer it is short for inventory, not its SLO; a MILP stopped before it
+    found a plan prints the solver's note in text mode too, not only with --json; a budget below the inventory's
+    idle draw is refused, as check-config refuses it."""
     text = (ROOT / "config" / "examples" / "optimize.toml").read_text()
     (tmp_path / "none.toml").write_text(text.replace("count = 6", "count = 0", 1))
     assert main(["optimize", str(tmp_path / "none.toml")]) == 0
     bulk = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("bulk"))
     assert bulk.endswith("SHORT 6.00 rps (inventory)"), bulk
-    (tmp_path / "tight.toml").write_text(text.replace("budget_w = 3000", "budget_w = 1", 1))
-    assert main(["optimize", str(tmp_path / "tight.toml")]) == 0
+    assert main(["optimize", str(ROOT / "config" / "examples" / "optimize.toml"), "--time-limit-s", "1e-6"]) == 0
     assert any(x.startswith("note: milp: ") for x in capsys.readouterr().out.splitlines())
+    (tmp_path / "tight.toml").write_text(text.replace("budget_w = 3000", "budget_w = 1", 1))
+    assert main(["optimize", str(tmp_path / "tight.toml")]) == 2  # as check-config refuses a daemon's
+    assert "budget_w: 1 W is below the inventory's idle draw, 850 W" in one_line(capsys)
 
 
 @pytest.mark.parametrize("argv", [["schema"], ["plan", PACKING, "--json"]])
@@ -221,3 +224,12 @@ def test_every_benchmark_the_readme_lists_prints_its_json_unindented() -> None:
         dumps = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
                  and c.func.attr == "dumps"]
         assert dumps and not [k.arg for c in dumps for k in c.keywords if k.arg == "indent"], name
+
+
+def test_schema_crds_without_pyyaml_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`schema --crds` writes YAML: where pyyaml is not installed (it comes with the cluster extra) it says so in
+    one line, as `operator` does, where it ended in a ModuleNotFoundError traceback."""
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
+    assert main(["schema", "--crds"]) == 2
+    assert "schema --crds: needs: pip install 'wattscale[cluster]'" in one_line(capsys)
