@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -33,23 +34,41 @@ def check_positive(obj: object, where: str, names: tuple[str, ...], allow_zero: 
         v = getattr(obj, name)
         if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
-            raise ConfigError(f"{where}.{name}" if where else name, f"must be {bound}, got {v}")
+            raise ConfigError(f"{where}.{name}" if where else name, f"must be a finite number {bound}, got {v}")
 
 
-def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float) -> None:
-    """Refuse the first of `names` on `obj` that is not a finite number in [low, high]: every bound a loop's
-    work or a model's input depends on is checked when the file is read, not found out by a hung cycle."""
+def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float,
+                low_open: bool = False) -> None:
+    """Refuse the first of `names` on `obj` that is not a finite number in [low, high] ((low, high] with
+    `low_open`): every bound a loop's work or a model's input depends on is checked when the file is read, not
+    found out by a hung cycle."""
     for name in names:
         v = getattr(obj, name)
-        if not (math.isfinite(v) and low <= v <= high):
-            raise ConfigError(f"{where}.{name}" if where else name, f"must be in [{low:g}, {high:g}], got {v}")
+        if not (math.isfinite(v) and (low < v if low_open else low <= v) and v <= high):
+            raise ConfigError(f"{where}.{name}" if where else name,
+                              f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {v}")
+
+
+NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+"""A name the daemon puts in log lines, Prometheus labels, file names and Kubernetes objects: 1-63 letters, digits,
+'.', '_' and '-', a letter or digit at each end (no control character, space or path)."""
+
+
+def check_name(name: str, where: str) -> None:
+    """Refuse a name outside NAME, naming the field and (its start, quoted) the value."""
+    if not name.strip():
+        raise ConfigError(f"{where}.name", "must not be empty")
+    if not NAME.fullmatch(name):
+        shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
+        raise ConfigError(f"{where}.name", f"must be 1-63 letters, digits, '.', '_' or '-', a letter or digit at "
+                          f"each end (it names log lines, metrics and Kubernetes objects), got {shown}")
 
 
 def item_path(where: str, index: int, value: object) -> str:
-    """A list entry's path: by its `name` where it has one (`services[chat]`), else by its index."""
+    """A list entry's path: by its `name` where it has a valid one (`services[chat]`), else by its index."""
     if isinstance(value, dict):
         name = value.get("name")
-        if isinstance(name, str) and name.strip():
+        if isinstance(name, str) and NAME.fullmatch(name):
             return f"{where}[{name}]"
     return f"{where}[{index}]"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.config_loader import ConfigError, build, check_positive, check_range, item_path, read_toml
+from controller.config_loader import ConfigError, build, check_name, check_positive, check_range, item_path, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings, check_choices, check_clock_levels
@@ -49,8 +49,7 @@ class SpecService:
     """Queue bound per replica."""
 
     def check(self, where: str) -> None:
-        if not self.name.strip():
-            raise ConfigError(f"{where}.name", "must not be empty")
+        check_name(self.name, where)
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
         check_service_bounds(self, where)
         if not self.params:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_name, check_range
 from controller.settings_checks import MAX_GPUS, MAX_POWER_W
 
 
@@ -22,10 +22,8 @@ class PowerDomainSettings:
     its rack), never in two racks."""
 
     def check(self, where: str) -> None:
-        if not self.name:
-            raise ConfigError(f"{where}.name", "must not be empty")
-        check_positive(self, where, ("limit_w",))
-        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W)
+        check_name(self.name, where)
+        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W, low_open=True)
         if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
 
@@ -89,8 +87,7 @@ class PowerSettings:
     as the site is, lowest priority first within the domain, even where the site has room."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("budget_w",))
-        check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
+        check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W, low_open=True)
         check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, MAX_POWER_W)
         check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.budget_w, where)
         check_domains_nest(self.domains, where)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_name, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ServiceParams
 
@@ -18,11 +18,11 @@ def check_service_bounds(s: Any, where: str) -> None:
     check_range(s, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
     if not 1 <= s.priority <= MAX_PRIORITY:
         raise ConfigError(f"{where}.priority", f"must be in 1..{MAX_PRIORITY}, got {s.priority}")
+    if not 1 <= s.max_replicas <= MAX_REPLICAS:  # a service no replica may serve is a mistake: remove it instead
+        raise ConfigError(f"{where}.max_replicas", f"must be in 1..{MAX_REPLICAS}, got {s.max_replicas}")
     if not 0 <= s.min_replicas <= s.max_replicas:
         raise ConfigError(f"{where}.min_replicas", f"must be between 0 and max_replicas ({s.max_replicas}), "
                           f"got {s.min_replicas}")
-    if s.max_replicas > MAX_REPLICAS:
-        raise ConfigError(f"{where}.max_replicas", f"must be <= {MAX_REPLICAS}, got {s.max_replicas}")
     if not 0 <= s.max_queue <= MAX_QUEUE:
         raise ConfigError(f"{where}.max_queue", f"must be in 0..{MAX_QUEUE}, got {s.max_queue}")
 
@@ -61,9 +61,8 @@ class PriorSettings:
     def check(self, where: str) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
-        check_positive(self, where, ("alpha_ms",))
-        check_range(self, where, ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0,
-                    MAX_STEP_MS)
+        check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
+        check_range(self, where, ("beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
 
     def params(self) -> ServiceParams:
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms, self.kappa_ms,
@@ -168,8 +167,7 @@ class ServiceSettings:
         return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv)
 
     def check(self, where: str) -> None:
-        if not self.name.strip():
-            raise ConfigError(f"{where}.name", "must not be empty")
+        check_name(self.name, where)
         if self.statistic not in STATISTICS:
             raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
         check_service_bounds(self, where)

@@ -86,7 +86,7 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({'end = "20:00"': 'end = "07:00"'}, "power.budget.sources[1].rules[0].end", "must be after start"),
     ({'start = "08:00"': 'start = "8am"'}, "power.budget.sources[1].rules[0].start", "not HH:MM"),
     ({'name = "grid"': 'name = "office-hours"'}, "power.budget.sources[2].name", "names another source"),
-    ({"safe_budget_w = 1200": "safe_budget_w = 0"}, "power.budget.safe_budget_w", "must be > 0"),
+    ({"safe_budget_w = 1200": "safe_budget_w = 0"}, "power.budget.safe_budget_w", "must be a finite number > 0"),
     ({"ttl_s = 600": "ttl = 600"}, "power.budget.ttl", "unknown key"),
     ({"lead_s = 3600": "lead_s = -1"}, "power.budget.sources[2].lead_s", ">= 0"),
     ({"zone = \"DE\"": "zone = \"\""}, "power.budget.sources[2].zone", "must not be empty"),

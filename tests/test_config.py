@@ -40,9 +40,11 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("[power]", "[power"), "invalid TOML"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nbudget_kw = 4"), "power.budget_kw: unknown key"),
         (lambda t: t.replace("budget_w = 4000", 'budget_w = "lots"'), "power.budget_w: must be a number"),
-        (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), "power.budget_w: must be > 0"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), r"power.budget_w: must be in \(0, 1e\+08\], got -5"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = nan"), "power.budget_w: must be a number, got nan"),
-        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[chat\].ttft_ms: must be > 0"),
+        (lambda t: t.replace("max_replicas = 4", "max_replicas = 0", 1),
+         r"services\[chat\].max_replicas: must be in 1..1024, got 0"),
+        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[chat\].ttft_ms: must be a finite number > 0"),
         (lambda t: t.replace('power = "sim"', 'power = "ipmi"'), "actuators.power: must be one of"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
         (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[code\].statistic: unknown"),
@@ -76,7 +78,7 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 5000.0").replace("speed = 1.0", "speed = 10.0"),
          r"simulator.speed: 10 x the services' sim.rate_rps is 50110 simulated arrivals per second"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),
-         r"services\[chat\].sim.cycle_period_s: must be > 0, got 0.0"),
+         r"services\[chat\].sim.cycle_period_s: must be a finite number > 0, got 0.0"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 100000"),
          "simulator.num_gpus: must be in 1..1024, got 100000"),
         (lambda t: t.replace("speed = 1.0", "speed = 1e12"),
@@ -94,7 +96,7 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          "metrics.listen: must be an IP address, got 'not-an-ip'"),
         (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = inf,", 1), r"services\[chat\].prior.beta_ms: .*got inf"),
         (lambda t: t.replace("alpha_ms = 20.0,", "alpha_ms = 0.0,", 1),
-         r"services\[chat\].prior.alpha_ms: must be > 0"),
+         r"services\[chat\].prior.alpha_ms: must be in \(0, 60000\]"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\nmax_queue = -5", 1),
          r"services\[chat\].max_queue: must be in 0..1000000, got -5"),
         (lambda t: t.replace('name = "code"', 'name = ""'), r"services\[1\].name: must not be empty"),
@@ -120,7 +122,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"replicas than the accelerators hold \(8\)"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 700"),
          "power.budget_w: 700 W is below the fleet's idle draw, 760 W"),
-        (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"), r"power.budget_w: must be in \[0, 1e\+08\]"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"),
+         r"power.budget_w: must be in \(0, 1e\+08\], got 1e\+300"),
         (lambda t: t.replace("max_replica_step = 1", "max_replica_step = 99999999999999999999"),
          "stability.max_replica_step: must be an integer of at most 64 bits"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 99999999999999999999"),
@@ -136,6 +139,24 @@ def test_bad_file_exits_2_naming_the_field(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert re.search(field, err), err
+
+
+@pytest.mark.parametrize("name,shown", [
+    ("co\\u001b[31mde\\nX", r"got 'co\\x1b\[31mde\\nX'"),  # an escape code and a newline for the log
+    ("x" * 100_000, r"got 'x{40}'\.\.\."),
+    ("Code Service!", r"got 'Code Service!'"),
+    ("-code", r"got '-code'"),
+])
+def test_a_service_name_that_would_garble_logs_or_labels_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, shown: str) -> None:
+    """A name goes into log lines, Prometheus labels and Kubernetes objects: one line naming the service by its
+    index (the name itself is the bad value), and the value quoted, cut to its start."""
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace('name = "code"', f'name = "{name}"'))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert re.search(r"services\[1\]\.name: must be 1-63 letters, digits.*" + shown, err), err
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,7 +51,7 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\n', "events[0].budget_w",
      "is missing: a budget event needs the new site budget (W)"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 0\n', "events[0].budget_w",
-     "must be > 0, got 0"),
+     "must be in (0, 1e+08], got 0"),
     ('name = "x"\nduration_s = 60\nbudget_w = 10\n', "budget_w", "10 W is below the fleet's idle draw, "),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 10\n', "events[0].budget_w",
      "10 W is below the fleet's idle draw, "),

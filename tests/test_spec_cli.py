@@ -39,7 +39,8 @@ def code_service(name: str) -> str:
     (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
-    (lambda t: t.replace("ttft_ms = 300", "ttft_ms = inf"), r"services\[chat\].ttft_ms: must be > 0, got inf"),
+    (lambda t: t.replace("ttft_ms = 300", "ttft_ms = inf"),
+     r"services\[chat\].ttft_ms: must be a finite number > 0, got inf"),
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmax_queue = -3", 1),
      r"services\[chat\].max_queue: must be in 0..1000000, got -3"),
     (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20, beta_ms = 0.15, gamma_ms = 18, delta_ms = 0.07 }\n', "")
@@ -47,7 +48,7 @@ def code_service(name: str) -> str:
      r"services\[chat\].params: needs the queue-model parameters of at least one accelerator"),
     (lambda t: t.replace('name = "A100-SXM4"', 'name = "H100-SXM"'), r"accelerators\[H100-SXM\].name: duplicate"),
     (lambda t: t.replace("alpha_ms = 12,", "alpha_ms = inf,"),
-     r"services\[chat\].params.H100-SXM.alpha_ms: must be > 0, got inf"),
+     r"services\[chat\].params.H100-SXM.alpha_ms: must be in \(0, 60000\], got inf"),
     (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20,', 'params."L4" = { alpha_ms = 20,'),
      r"services\[chat\].params.L4: L4 is not in the inventory \(accelerators: \['A100-SXM4', 'H100-SXM'\]\)"),
     (lambda t: t.replace("beta_ms = 0.15, ", "", 1),

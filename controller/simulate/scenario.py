@@ -131,8 +131,7 @@ class EventSettings:
             check_positive(self, where, ("budget_w", "duration_s"))
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         if self.kind == "budget":
-            check_positive(self, where, ("budget_w",))
-            check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
+            check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W, low_open=True)
         elif self.kind == "slowdown":
             if not self.service:
                 raise ConfigError(f"{where}.service", "required for a slowdown")
