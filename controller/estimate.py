@@ -33,6 +33,9 @@ class Estimator:
         self.margins = SloMargins()
         self.waiting: dict[str, float] = {}
         """Per service: requests waiting at its last window's end (every replica), for the next one's queue growth."""
+        self.observed: set[str] = set()
+        """Services whose demand a window has told (a replica served in it): until then the plan holds what runs,
+        where a first cycle had planned an unread load as none and cut every cap to its lowest level."""
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
@@ -56,6 +59,7 @@ class Estimator:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
                                                     window.out_tokens)
         self.load[svc.name] = svc.load(window.rate_rps + backlog, in_tokens, out_tokens)
+        self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:
             if ttft is not None:

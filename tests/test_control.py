@@ -49,6 +49,22 @@ def controller(tmp_path: Path, settings: Settings | None = None) -> tuple[Contro
     return ctl, vllm, registry
 
 
+def test_a_service_no_window_has_told_keeps_what_runs(tmp_path: Path) -> None:
+    """The first cycle after a start reads no window (a rate needs two scrapes): planned as no load, every cap
+    went to its lowest level on a host that may be busy. What runs stays until a window tells the demand; then
+    the plan applies."""
+    ctl, vllm, _ = controller(tmp_path)
+    before = dict(ctl.assignments)
+    ctl.tick_slow(15.0)
+    assert ctl.assignments == before
+    assert all(ctl.fast.plan.cap_w(name, a.accelerator) == a.power_cap_w for name, a in before.items())
+    vllm.next = {"chat": window(rate_rps=0.5)}
+    ctl.tick_slow(30.0)
+    assert ctl.assignments["chat"].power_cap_w < before["chat"].power_cap_w  # a light chat: a lower cap
+    assert {n: a for n, a in ctl.assignments.items() if n != "chat"} == {
+        n: a for n, a in before.items() if n != "chat"}  # the others still untold
+
+
 def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     ctl, vllm, _ = controller(tmp_path)
     drain_s = ctl.settings.optimizer.drain_s

@@ -363,22 +363,24 @@ def test_the_degradation_ladder_shows_in_metrics_and_the_decision_log(sim_config
 
 
 def test_a_budget_drop_goes_down_the_ladder_caps_first(sim_config: Callable[..., Path], tmp_path: Path) -> None:
-    """The budget drops from 4,000 W to 1,900 W at 120 s: the governor holds GPUs below their caps at once (the
-    first cycle after says caps), and the slow loop then shrinks services' replicas or max batch for budget."""
+    """The budget drops from 4,000 W to 1,900 W at 120 s: the governor holds GPUs below their caps at once (at the
+    next fast tick, before any slow cycle), and the slow loop then shrinks services' replicas or max batch for
+    budget."""
     ctl, advance, registry = sim_controller(load_settings(sim_config()))
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
-    shaped = []
+    shaped, held = [], {}
     for t in range(1, 181):
         if t == 120:
             ctl.set_budget(1900.0, "test drop", float(t))
         advance(float(t))
         ctl.tick_fast(float(t))
+        held[t] = registry.get_sample_value("wattscale_power_degradation", {"step": "caps"})
         if t % 15 == 0:
             ctl.tick_slow(float(t))
             shaped.append(registry.get_sample_value("wattscale_power_degradation", {"step": "shape"}))
+    assert held[119] == 0 and (held[121] or 0) >= 1, held
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     steps = [r["degradation"]["step"] for r in records if r["t"] > 120]
-    assert steps[0] == "caps" and ("shape" in steps or "shed" in steps), steps
     assert "shape" in steps, steps  # the middle step itself, between the caps and shedding
     shrunk = [r["degradation"]["shrunk_for_budget"] for r in records if r["degradation"]["step"] == "shape"]
     assert all(shrunk) and max(v or 0.0 for v in shaped) >= 1
