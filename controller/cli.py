@@ -1,5 +1,5 @@
-"""`wattscale` command line: run, check-config, analyze, tune, optimize, plan, simulate, gpus; schema, operator
-and agent (controller/cli_cluster.py)."""
+"""`wattscale` command line: run, check-config, status, analyze, tune, optimize, plan, simulate, gpus; schema,
+operator and agent (the cluster mode's)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tun
 from controller.cli_cluster import add_cluster_commands
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
-from controller.preflight import preflight
+from controller.preflight import preflight, unwritable
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
@@ -49,7 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("wattscale.daemon")
     for warning in warnings:
         log.warning("%s", warning)
-    log.info("tuner state: %s", settings.state_path.resolve())
+    if unwritable(settings.state_path.parent) is None:  # else the warning above says it will not be saved
+        log.info("tuner state: %s", settings.state_path.resolve())
     return Daemon(Path(args.config), settings).run(args.duration)
 
 
@@ -248,7 +249,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="wattscale", description=__doc__)
+    p = Parser(prog="wattscale", description="Plans and holds vLLM services' replicas, max batch, GPU power caps and "
+               "clocks so that each meets its SLO under a site power budget. `wattscale COMMAND --help` for each.")
     p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the daemon")

@@ -34,7 +34,9 @@ def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metri
             sock.bind((listen, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(fields[1], f"{port} is already in use on {listen}") from None
+                raise ConfigError(fields[1], f"{port} is already in use on {listen} (by a running wattscale? a "
+                                  "reload, SIGHUP, checks an edited file itself and keeps the running config if it "
+                                  "is bad)") from None
             if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
                 raise ConfigError(fields[0], f"{listen} is not an address of this host") from None
             raise ConfigError(fields[1], f"cannot bind {listen}:{port} ({exc.strerror})") from None

@@ -197,7 +197,8 @@ def test_metrics_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert main(["check-config", str(path)]) == 2
         assert main(["run", "--config", str(path), "--duration", "1"]) == 2  # refused before anything starts
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"wattscale: metrics.port: {port} is already in use on 127.0.0.1"] * 2
+    assert err == [f"wattscale: metrics.port: {port} is already in use on 127.0.0.1 (by a running wattscale? a reload, "
+                   "SIGHUP, checks an edited file itself and keeps the running config if it is bad)"] * 2
 
 
 def test_metrics_listen_not_on_this_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

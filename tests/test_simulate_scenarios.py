@@ -109,3 +109,10 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     with pytest.raises(SystemExit):
         main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
     assert "unknown policy hpa" in capsys.readouterr().err
+
+
+def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None:
+    """`wattscale simulate config/sim.toml` read the daemon's own keys as a scenario's unknown ones."""
+    with pytest.raises(ConfigError) as err:
+        load_scenario(ROOT / "config" / "sim.toml")
+    assert "is a daemon config, not a scenario" in str(err.value)

@@ -287,6 +287,9 @@ def load_scenario(path: Path) -> Scenario:
     """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
     the config file's fields, prefixed with the file)."""
     raw = read_toml(path)
+    if "services" in raw or "daemon" in raw:  # a daemon's config, which a scenario names in `config`
+        raise ConfigError(str(path), "is a daemon config, not a scenario: a scenario (config/scenarios/*.toml) names "
+                          "its config in `config` and adds a workload and events (docs/simulate.md)")
     power = raw.pop("power", None)
     s = build(ScenarioSettings, raw)
     config_path = (path.parent / s.config).resolve()
