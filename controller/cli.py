@@ -195,14 +195,15 @@ def _tune(args: argparse.Namespace) -> int:
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
     if pair.accepted == 0:  # warm-up rows count: they are fitted
-        raise ObservationFileError(f"{args.observations}: no observation was usable (verdicts {report['verdicts']}); "
-                                   "nothing was fitted")
+        verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
+        raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
-        print(f"{report['observations']} observations {report['verdicts']}: {params}")
+        verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
+        print(f"{report['observations']} observations ({verdicts}): {params}")
         print(f"error one step ahead: ttft {ahead['median_ttft']}, itl {ahead['median_itl']} (median); "
               f"in sample: ttft {fit['median_ttft']}, itl {fit['median_itl']}")
         if "draw" in report:

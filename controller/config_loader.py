@@ -126,7 +126,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return build(typing.cast(type, tp), value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, f"must be a number, got {value!r}")
+            shown = repr(value) if isinstance(value, (str, bool)) else f"{type(value).__name__} {value}"
+            raise ConfigError(where, f"must be a number, got {shown}")
         if value != value:
             raise ConfigError(where, "must be a number, got nan")
         if isinstance(value, int) and abs(value) >= 2**63:

@@ -16,4 +16,6 @@ def load_plan_spec(path: Path) -> PackingSpec | AllocationSpec:
         return build(PackingSpec, data)
     if kind == "allocation":
         return build(AllocationSpec, data)
+    if kind is None:
+        raise ConfigError("kind", "is missing: a plan spec says which it is, 'packing' or 'allocation'")
     raise ConfigError("kind", f"must be 'packing' or 'allocation', got {kind!r}")

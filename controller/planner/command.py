@@ -86,7 +86,9 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     else:
         for r in doc["results"]:
             cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
-            print(f"{r['solver']:<22} {cost:>12}  cards {r['cards']}  {r['note']}")
+            cards = ", ".join(f"{g} x{n}" for g, n in r["cards"].items())
+            print(f"{r['solver']:<12} {cost:>12}  cards {cards}  ({inst.requests} requests of trace {inst.trace} "
+                  f"on scenario {inst.scenario}) {r['note']}".rstrip())
     if not any(r["feasible"] for r in doc["results"]):
         print(f"wattscale: plan: no feasible packing of {inst.requests} requests ({inst.trace}) on scenario "
               f"{inst.scenario}'s cards with --solver {args.solver}", file=sys.stderr)

@@ -20,7 +20,9 @@ from controller.planner.packing import (
 )
 from controller.planner.packing_spec import PackingSpec
 
-SOLVERS = ("milp", "greedy", "homogeneous")
+SOLVERS = ("milp", "milp_per_type", "greedy", "homogeneous")
+"""What `--compare` runs: milp_per_type is the seed's per-type capacity row (docs/plan.md), shown beside, never
+planned with."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,9 @@ def solve_instance(spec: PackingSpec, configs: list[Config], inst: Instance,
     counts = draw_workload(spec, inst.trace, inst.requests)
     out = []
     for name in solvers:
-        if name == "milp":
-            out.append(solve_milp(configs, counts, cards, "shared", spec.time_limit_s, spec.mip_gap))
-            out.append(solve_milp(configs, counts, cards, "per_type", spec.time_limit_s, spec.mip_gap))
+        if name in ("milp", "milp_per_type"):
+            out.append(solve_milp(configs, counts, cards, "shared" if name == "milp" else "per_type",
+                                  spec.time_limit_s, spec.mip_gap))
         elif name == "greedy":
             out.append(solve_greedy(configs, counts, cards))
         else:
