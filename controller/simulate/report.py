@@ -20,6 +20,13 @@ POWER_FIGURES = ("mean_budget_w", "co2_kg", "co2_mg_per_token", "budget_bound_sh
                  "domain_over_s", "domain_longest_over_s", "ramp_rise_max_w_per_s", "ramp_fall_max_w_per_s",
                  "ramp_up_fast_s", "ramp_down_fast_s", "ramp_down_fast_by_limits_s")
 """controller/simulate/power_figures.py's; a column shows where some policy has a value."""
+POWER_LABELS = {"mean_budget_w": "mean budget (W)", "co2_kg": "CO2 (kg)", "co2_mg_per_token": "CO2 (mg/token)",
+                "budget_bound_share": "budget-bound share", "idle_energy_share": "idle energy share",
+                "drop_settle_s": "budget drop settled in (s)", "drop_over_after_s": "over after a drop (s)",
+                "domain_over_s": "domain over limit (s)", "domain_longest_over_s": "domain longest over (s)",
+                "ramp_rise_max_w_per_s": "fastest rise (W/s)", "ramp_fall_max_w_per_s": "fastest fall (W/s)",
+                "ramp_up_fast_s": "rising past the ramp limit (s)", "ramp_down_fast_s": "falling past it (s)",
+                "ramp_down_fast_by_limits_s": "falling past it by the limits (s)"}
 RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "energy_kwh",
                "tokens_per_joule", "sum_t_over_c", *POWER_FIGURES)
 SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "ttft_p95_ms", "itl_mean_ms",
@@ -71,11 +78,12 @@ def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
                     "target)", "value": restarts, "met": restarts <= MAX_RESTARTS_PER_HOUR})
     if "static" in baselines and baselines["static"]["tokens_per_joule"]:
         gain = (ws["tokens_per_joule"] or 0.0) / baselines["static"]["tokens_per_joule"]
-        out.append({"target": f"tokens_per_joule >= {TOKENS_PER_JOULE_GAIN} x static's (diurnal, tight budget)",
+        out.append({"target": f"tokens_per_joule >= {TOKENS_PER_JOULE_GAIN} x static's (asked on diurnal and "
+                              "tight-budget)",
                     "value": round(gain, 3), "met": gain >= TOKENS_PER_JOULE_GAIN})
     if "uniform-cap" in baselines and baselines["uniform-cap"]["sum_t_over_c"]:
         gain = (ws["sum_t_over_c"] or 0.0) / baselines["uniform-cap"]["sum_t_over_c"]
-        out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (diurnal, tight budget)",
+        out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (asked on diurnal and tight-budget)",
                     "value": round(gain, 3), "met": gain >= T_OVER_C_GAIN})
     return out + power_targets(scn, policies)
 
@@ -130,6 +138,11 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies)}
 
 
+def _fleet(fleet: dict[str, dict[str, int]]) -> str:
+    """Replicas per service and accelerator, as words: `chat: H100-SXM x2; code: ...`."""
+    return "; ".join(f"{svc}: " + ", ".join(f"{acc} x{n}" for acc, n in accs.items()) for svc, accs in fleet.items())
+
+
 def _cell(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -140,17 +153,22 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
              f"{doc['duration_s']:g} s of simulated time, seeds {', '.join(map(str, doc['seeds']))} (figures are "
              f"the mean over seeds); budget at the start {doc['start_budget_w']:g} W; events: "
              + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none") + ".",
-             f"The baselines' fleet (sized for the peak by load tests of one replica): `{doc['static_fleet']}`.", "",
-             "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) | energy (kWh) "
+             f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}.",
+             "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) | energy (kWh) "
              "| tokens / J | sum T/C |", "|---|---|---|---|---|---|---|"]
     for name, p in pol.items():
         lines.append(f"| {name} | {_cell(p['budget_violation_s'], '{:g}')} "
                      f"| {_cell(p['budget_violation_raw_s'], '{:g}')} "
                      f"| {_cell(p['peak_draw_w'], '{:.0f}')} | {_cell(p['energy_kwh'])} "
                      f"| {_cell(p['tokens_per_joule'])} | {_cell(p['sum_t_over_c'], '{:.2f}')} |")
+    lines += ["", "Budget violation: seconds whose mean draw passed the budget by more than 2 %, the first 2 s after a "
+              "step-down excused (raw: not excused). Sum T/C: over services, output tokens per second over requests "
+              "in the system (by Little's law, output tokens per request-second): the faster each request, the "
+              "higher."]
     shown = [k for k in POWER_FIGURES if any(p.get(k) is not None for p in pol.values())]
     if shown:
-        lines += ["", "## Power", "", "| policy | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        lines += ["", "## Power", "", "| policy | " + " | ".join(POWER_LABELS[k] for k in shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(_cell(p.get(k), "{:g}") for k in shown) + " |" for name, p in pol.items()]
     lines += ["", "## Services", "", "| service | policy | SLO attainment | TTFT p95 (ms) | ITL p95 (ms) "
               "| restarts / h | replica changes / h | replicas (mean) |", "|---|---|---|---|---|---|---|---|"]
