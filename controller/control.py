@@ -287,8 +287,8 @@ class Controller:
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
-            told = svc.name in self.estimator.observed  # no window has told its demand yet: what runs stays
-            planned = self._planned(result, current, svc.min_replicas) if told else current
+            held = self.estimator.untold(svc.name)  # no window has told its demand yet: what runs stays
+            planned = current if held else self._planned(result, current, svc.min_replicas)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             if bound and svc.name not in shed and (planned.replicas < current.replicas
                                                    or planned.max_batch < current.max_batch):

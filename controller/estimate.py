@@ -20,6 +20,9 @@ from queuemodels import Load
 from queuemodels.types import NAMES
 from tuner import Observation, Tuner, pair_key
 
+HOLD_CYCLES = 2
+"""Slow cycles without a window a service is held through at the start (`Estimator.untold`)."""
+
 
 class Estimator:
     def __init__(self, tuner: Tuner, metrics: OwnMetrics) -> None:
@@ -34,8 +37,16 @@ class Estimator:
         self.waiting: dict[str, float] = {}
         """Per service: requests waiting at its last window's end (every replica), for the next one's queue growth."""
         self.observed: set[str] = set()
-        """Services whose demand a window has told (a replica served in it): until then the plan holds what runs,
-        where a first cycle had planned an unread load as none and cut every cap to its lowest level."""
+        """Services whose demand a window has told (a replica served in it)."""
+        self.silent: dict[str, int] = {}
+        """Per service not yet told, the cycles it has had no window in."""
+
+    def untold(self, name: str) -> bool:
+        """Whether the plan should hold what runs for this service: no window has told its demand yet, and it has
+        been silent for at most HOLD_CYCLES (a start's first cycle has no window: a rate takes two scrapes). A first
+        cycle had planned the unread load as none and cut every cap to its lowest level on a host that may be busy;
+        a service whose metrics never come is planned on the estimate after (its configured mix at no load)."""
+        return name not in self.observed and self.silent.get(name, 0) <= HOLD_CYCLES
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
@@ -45,6 +56,8 @@ class Estimator:
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         waited = self.waiting.pop(svc.name, None)
         if window is None:
+            if svc.name not in self.observed:
+                self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
             return "no window"
         self.waiting[svc.name] = window.waiting
         m.rate_obs.labels(svc.name).set(window.rate_rps)

@@ -51,8 +51,8 @@ def controller(tmp_path: Path, settings: Settings | None = None) -> tuple[Contro
 
 def test_a_service_no_window_has_told_keeps_what_runs(tmp_path: Path) -> None:
     """The first cycle after a start reads no window (a rate needs two scrapes): planned as no load, every cap
-    went to its lowest level on a host that may be busy. What runs stays until a window tells the demand; then
-    the plan applies."""
+    went to its lowest level on a host that may be busy. What runs stays until a window tells the demand (then
+    the plan applies) or for two silent cycles (then the estimate is planned, as before)."""
     ctl, vllm, _ = controller(tmp_path)
     before = dict(ctl.assignments)
     ctl.tick_slow(15.0)
@@ -63,6 +63,8 @@ def test_a_service_no_window_has_told_keeps_what_runs(tmp_path: Path) -> None:
     assert ctl.assignments["chat"].power_cap_w < before["chat"].power_cap_w  # a light chat: a lower cap
     assert {n: a for n, a in ctl.assignments.items() if n != "chat"} == {
         n: a for n, a in before.items() if n != "chat"}  # the others still untold
+    ctl.tick_slow(45.0)  # a third cycle without a window: metrics that never come are planned on the estimate
+    assert ctl.assignments["code"].power_cap_w < before["code"].power_cap_w
 
 
 def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
