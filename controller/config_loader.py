@@ -49,11 +49,11 @@ def check_range(obj: object, where: str, names: tuple[str, ...], low: float, hig
                               f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {v}")
 
 
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?"
 NAME = re.compile(f"(?:{_PART}/)?{_PART}")
-"""A name the daemon puts in log lines, Prometheus labels, file names and Kubernetes objects: 1-63 letters, digits,
-'.', '_' and '-', a letter or digit at each end (no control character or space), after a `namespace/` in cluster
-mode (an LLMService's)."""
+"""A name the daemon puts in log lines, Prometheus labels and Kubernetes objects: 1-253 letters, digits, '.', '_'
+and '-', a letter or digit at each end (no control character or space; a Kubernetes object's name rule, which a
+cluster's LLMService, named `namespace/name`, keeps on each side)."""
 
 
 def check_name(name: str, where: str) -> None:
@@ -62,9 +62,8 @@ def check_name(name: str, where: str) -> None:
         raise ConfigError(f"{where}.name", "must not be empty")
     if not NAME.fullmatch(name):
         shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
-        raise ConfigError(f"{where}.name", f"must be 1-63 letters, digits, '.', '_' or '-', a letter or digit at "
-                          f"each end, after a namespace/ in cluster mode (it names log lines, metrics and Kubernetes "
-                          f"objects), got {shown}")
+        raise ConfigError(f"{where}.name", f"must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at "
+                          f"each end (it names log lines, metrics and Kubernetes objects), got {shown}")
 
 
 def item_path(where: str, index: int, value: object) -> str:

@@ -287,7 +287,8 @@ class Controller:
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
-            held = self.estimator.untold(svc.name)  # no window has told its demand yet: what runs stays
+            # no window has told its demand yet: what runs stays, unless the site is over budget at the floors
+            held = not urgent and self.estimator.untold(svc.name)
             planned = current if held else self._planned(result, current, svc.min_replicas)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             if bound and svc.name not in shed and (planned.replicas < current.replicas

@@ -39,7 +39,7 @@ class Estimator:
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
         self.silent: dict[str, int] = {}
-        """Per service not yet told, the cycles it has had no window in."""
+        """Per service not yet told, the cycles it has had no window in (or one no replica served in)."""
 
     def untold(self, name: str) -> bool:
         """Whether the plan should hold what runs for this service: no window has told its demand yet, and it has
@@ -55,14 +55,15 @@ class Estimator:
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         waited = self.waiting.pop(svc.name, None)
-        if window is None:
+        if window is None or window.replicas < 1:  # no word on demand: keep the estimate
             if svc.name not in self.observed:
                 self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
-            return "no window"
+            if window is None:
+                return "no window"
         self.waiting[svc.name] = window.waiting
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
-            return "no replica served"  # every replica restarting: no word on demand, keep the estimate
+            return "no replica served"  # every replica restarting
         # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for. Nor is the
         # queue of a service the last plan left short: sized as demand, it would only grow its shortfall.
         sized = window.steady and svc.name not in self.short

@@ -82,20 +82,22 @@ def _surpluses(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> Floats:
     return _surplus_at(points.at_rates(points.rates_rps / SATURATION_SHARE), law_fn, many)[0]
 
 
-def _surplus_at(points: Points, law_fn: LawFn, many: ManyLawFn | None) -> tuple[Floats, Floats]:
-    """`_surplus` at every point at its rate, and its law's step time at batch 1 (NaN where it has no law)."""
+def _surplus_at(points: Points, law_fn: LawFn, many: ManyLawFn | None, one: bool = False) -> tuple[Floats, Floats]:
+    """`_surplus` at every point at its rate, and where `one` is asked its law's step time at batch 1 (NaN where
+    it has no law, or was not asked)."""
     tops = points.tops()
     laws, built = laws_of(many, points, tops)
     out: Floats = 1000.0 * tops / laws.tau(tops) - points.rates_rps
-    one: Floats = laws.tau(np.ones(len(tops)))
+    at_one: Floats = laws.tau(np.ones(len(tops))) if one else np.full(len(tops), np.nan)
     for i in np.flatnonzero(~built & np.isnan(laws.p0)).tolist():  # no array form (inf: no law, -rate above)
         params, load, shape, profile = points.point(i)
         out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)
-        try:
-            one[i] = float(law_fn(params, load, profile, shape).tau(1.0))
-        except ModelInputError:
-            one[i] = np.nan
-    return out, one
+        if one:
+            try:
+                at_one[i] = float(law_fn(params, load, profile, shape).tau(1.0))
+            except ModelInputError:
+                at_one[i] = np.nan
+    return out, at_one
 
 
 def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,
@@ -145,6 +147,7 @@ SATURATION_ROUNDS = 60
 """Rounds `_brackets` takes at most: regula falsi settles most points in under 10; past SECANT_ROUNDS the rest
 are bisected, so all are within tolerance well before the last."""
 SECANT_ROUNDS = 20
+"""Rounds of regula falsi before bisection: enough for a smooth surplus, a bound for one that is not."""
 
 
 def _brackets(points: Points, law_fn: LawFn, many: ManyLawFn | None, rel_tol: float) -> tuple[Floats, Floats]:
@@ -153,7 +156,7 @@ def _brackets(points: Points, law_fn: LawFn, many: ManyLawFn | None, rel_tol: fl
     built them one by one (most of a cold cycle's planning). As `saturation_rps`, the rate returned is one where
     the surplus is not negative, within `rel_tol` of the trickle's capacity of the root."""
     k = len(points.rates_rps)
-    trickle, one_ms = _surplus_at(points.at_rates(np.zeros(k)), law_fn, many)
+    trickle, one_ms = _surplus_at(points.at_rates(np.zeros(k)), law_fn, many, one=True)
     trickle = np.nan_to_num(trickle, nan=0.0)
     low = np.where(one_ms > 0.0, 1.0 / np.where(one_ms > 0.0, one_ms, 1.0), 0.0)
     lo, hi, f_lo = np.zeros(k), trickle.copy(), trickle.copy()

@@ -156,7 +156,7 @@ def test_a_service_name_that_would_garble_logs_or_labels_is_refused(
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and len(err) < 400, err
-    assert re.search(r"services\[1\]\.name: must be 1-63 letters, digits.*" + shown, err), err
+    assert re.search(r"services\[1\]\.name: must be 1-253 letters, digits.*" + shown, err), err
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

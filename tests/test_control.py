@@ -67,6 +67,16 @@ def test_a_service_no_window_has_told_keeps_what_runs(tmp_path: Path) -> None:
     assert ctl.assignments["code"].power_cap_w < before["code"].power_cap_w
 
 
+def test_windows_no_replica_served_in_end_the_hold_as_missing_ones_do(tmp_path: Path) -> None:
+    """A service whose windows show no replica serving (engines that never became ready, series that match
+    nothing) was held for good: those cycles count as silent too."""
+    ctl, vllm, _ = controller(tmp_path)
+    for t in (15.0, 30.0, 45.0):
+        vllm.next = {"code": dataclasses.replace(window(), replicas=0)}
+        ctl.tick_slow(t)
+    assert not ctl.estimator.untold("code") and ctl.estimator.silent["code"] == 3
+
+
 def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     ctl, vllm, _ = controller(tmp_path)
     drain_s = ctl.settings.optimizer.drain_s
@@ -211,3 +221,16 @@ def test_new_settings_give_the_governor_their_fast_tick_for_its_ramps(tmp_path: 
     s = ctl.settings
     ctl.reconfigure(dataclasses.replace(s, daemon=dataclasses.replace(s.daemon, fast_interval_s=0.5)))
     assert ctl.fast.governor.interval_s == 0.5
+
+
+def test_over_budget_at_the_floors_a_start_does_not_hold_what_runs(tmp_path: Path) -> None:
+    """Every limit at its floor and the site still over: only a plan can bring the draw down, so a service no window
+    has told yet is planned at once (the alarm asks once an episode), not held."""
+    ctl, _, _ = controller(tmp_path)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=300.0)))
+    before = dict(ctl.assignments)
+    for t in range(1, 15):
+        ctl.tick_fast(float(t))
+    assert ctl.governor.exhausted
+    ctl.tick_slow(15.0)
+    assert ctl.estimator.untold("chat") and ctl.assignments != before

@@ -381,6 +381,7 @@ def test_a_budget_drop_goes_down_the_ladder_caps_first(sim_config: Callable[...,
     assert held[119] == 0 and (held[121] or 0) >= 1, held
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     steps = [r["degradation"]["step"] for r in records if r["t"] > 120]
+    assert steps[0] != "shed", steps  # the ladder's last step is not the first
     assert "shape" in steps, steps  # the middle step itself, between the caps and shedding
     shrunk = [r["degradation"]["shrunk_for_budget"] for r in records if r["degradation"]["step"] == "shape"]
     assert all(shrunk) and max(v or 0.0 for v in shaped) >= 1

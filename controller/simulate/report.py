@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from controller.simulate.accounting import STEP_GRACE_S, VIOLATION_SHARE
 from controller.simulate.power_figures import BOUND_SHARE
 from controller.simulate.runner import Trace
 from controller.simulate.scenario import Scenario
@@ -161,10 +162,10 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
                      f"| {_cell(p['budget_violation_raw_s'], '{:g}')} "
                      f"| {_cell(p['peak_draw_w'], '{:.0f}')} | {_cell(p['energy_kwh'])} "
                      f"| {_cell(p['tokens_per_joule'])} | {_cell(p['sum_t_over_c'], '{:.2f}')} |")
-    lines += ["", "Budget violation: seconds whose mean draw passed the budget by more than 2 %, the first 2 s after a "
-              "step-down excused (raw: not excused). Sum T/C: over services, output tokens per second over requests "
-              "in the system (by Little's law, output tokens per request-second): the faster each request, the "
-              "higher."]
+    lines += ["", f"Budget violation: seconds whose mean draw passed the budget by more than {VIOLATION_SHARE:.0%},"
+              f" the first {STEP_GRACE_S:g} s after a step-down excused (raw: not excused). Sum T/C: over services,"
+              " output tokens per second over requests in the system (by Little's law, output tokens per"
+              " request-second): the faster each request, the higher."]
     shown = [k for k in POWER_FIGURES if any(p.get(k) is not None for p in pol.values())]
     if shown:
         lines += ["", "## Power", "", "| policy | " + " | ".join(POWER_LABELS[k] for k in shown) + " |",
