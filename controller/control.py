@@ -274,22 +274,24 @@ class Controller:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
-        shed = [r.name for r in solution.services if r.reason in ("budget", "domain")]
+        urgent = self.governor.exhausted  # over budget with every limit at its floor: shrinks pass the gate at once
+        # no window has told their demand yet: what runs stays, unless the site is over budget at the floors
+        untold = [svc.name for svc in self.settings.services if not urgent and self.estimator.untold(svc.name)]
+        shed = [r.name for r in solution.services if r.reason in ("budget", "domain") and r.name not in untold]
         bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.power(self.settings).planned_w()
         m.degradation.labels("shed").set(len(shed))
         degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],
                                        "shed_for_budget": shed}
         record["degradation"] = degradation
+        if untold:
+            record["held_untold"] = untold  # predicted_w is still the plan's, these at no load
         changed = []
         pending = []
-        urgent = self.governor.exhausted  # over budget with every limit at its floor: shrinks pass the gate at once
         degradation.update(urgent=urgent, emergency=self.governor.emergency)
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
-            # no window has told its demand yet: what runs stays, unless the site is over budget at the floors
-            held = not urgent and self.estimator.untold(svc.name)
-            planned = current if held else self._planned(result, current, svc.min_replicas)
+            planned = current if svc.name in untold else self._planned(result, current, svc.min_replicas)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             if bound and svc.name not in shed and (planned.replicas < current.replicas
                                                    or planned.max_batch < current.max_batch):

@@ -4,12 +4,14 @@ the window's draw teaches the pair's draw curve, which the optimizer then sizes 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
+from controller.decision_log import DecisionLog
 from controller.estimate import window_cap_w
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
@@ -55,8 +57,11 @@ def test_a_service_no_window_has_told_keeps_what_runs(tmp_path: Path) -> None:
     the plan applies) or for two silent cycles (then the estimate is planned, as before)."""
     ctl, vllm, _ = controller(tmp_path)
     before = dict(ctl.assignments)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     ctl.tick_slow(15.0)
     assert ctl.assignments == before
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["held_untold"] == [svc.name for svc in ctl.settings.services]
     assert all(ctl.fast.plan.cap_w(name, a.accelerator) == a.power_cap_w for name, a in before.items())
     vllm.next = {"chat": window(rate_rps=0.5)}
     ctl.tick_slow(30.0)
