@@ -18,7 +18,7 @@ from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tun
 from controller.cli_cluster import add_cluster_commands
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
-from controller.preflight import preflight, unwritable
+from controller.preflight import STATE_DIR_WARNING, preflight
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("wattscale.daemon")
     for warning in warnings:
         log.warning("%s", warning)
-    if unwritable(settings.state_path.parent) is None:  # else the warning above says it will not be saved
+    if not any(w.startswith(STATE_DIR_WARNING) for w in warnings):  # else it says the state will not be saved
         log.info("tuner state: %s", settings.state_path.resolve())
     return Daemon(Path(args.config), settings).run(args.duration)
 
@@ -194,15 +194,14 @@ def _tune(args: argparse.Namespace) -> int:
                               "its draw curve")
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations)
+    verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
     if pair.accepted == 0:  # warm-up rows count: they are fitted
-        verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
-        verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
         print(f"{report['observations']} observations ({verdicts}): {params}")
         print(f"error one step ahead: ttft {ahead['median_ttft']}, itl {ahead['median_itl']} (median); "
               f"in sample: ttft {fit['median_ttft']}, itl {fit['median_itl']}")

@@ -55,11 +55,10 @@ class Estimator:
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         waited = self.waiting.pop(svc.name, None)
-        if window is None or window.replicas < 1:  # no word on demand: keep the estimate
-            if svc.name not in self.observed:
-                self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
-            if window is None:
-                return "no window"
+        if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
+            self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
+        if window is None:
+            return "no window"  # keep the estimate
         self.waiting[svc.name] = window.waiting
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:

@@ -20,6 +20,9 @@ from controller.config_loader import ConfigError
 from controller.settings import Settings
 from controller.settings_checks import floor_w
 
+STATE_DIR_WARNING = "daemon.state_dir:"
+"""How preflight's warning of a state directory it cannot write begins (`run` then logs no state path)."""
+
 
 def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metrics.listen", "metrics.port")) -> None:
     """Bind and close a socket as the metrics server would (SO_REUSEADDR, so a closing predecessor's
@@ -111,6 +114,6 @@ def preflight(settings: Settings) -> list[str]:
                         f"idle, {floor:.0f} W: under load no cap holds it, and the plan cannot go below min_replicas")
     problem = unwritable(settings.state_path.parent)
     if problem is not None:
-        warnings.append(f"daemon.state_dir: {problem}; tuner state will not be saved")
+        warnings.append(f"{STATE_DIR_WARNING} {problem}; tuner state will not be saved")
     return warnings
 

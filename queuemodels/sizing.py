@@ -16,7 +16,7 @@ from scipy.optimize import brentq
 
 from queuemodels.law_arrays import ManyLawFn, Points, laws_of
 from queuemodels.operating_point import meets
-from queuemodels.service_time import LawFn, capped_law
+from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.stacked import solve_together
 from queuemodels.step_arrays import Bools, Floats
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
@@ -91,23 +91,33 @@ def _surplus_at(points: Points, law_fn: LawFn, many: ManyLawFn | None, one: bool
     at_one: Floats = laws.tau(np.ones(len(tops))) if one else np.full(len(tops), np.nan)
     for i in np.flatnonzero(~built & np.isnan(laws.p0)).tolist():  # no array form (inf: no law, -rate above)
         params, load, shape, profile = points.point(i)
-        out[i] = _surplus(law_fn, params, load, shape, profile, load.rate_rps)
-        if one:
-            try:
-                at_one[i] = float(law_fn(params, load, profile, shape).tau(1.0))
-            except ModelInputError:
-                at_one[i] = np.nan
+        law = _law(law_fn, params, load, shape, profile)
+        out[i] = _full_batch_surplus(law, shape, load.rate_rps)
+        if one and law is not None:
+            at_one[i] = float(law.tau(1.0))
     return out, at_one
+
+
+def _law(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape,
+         profile: PowerProfile | None) -> StepLaw | None:
+    """The law at this load, None where the model has none (prompts alone would fill the GPU)."""
+    try:
+        return law_fn(params, load, profile, shape)
+    except ModelInputError:
+        return None
+
+
+def _full_batch_surplus(law: StepLaw | None, shape: ServerShape, rate_rps: float) -> float:
+    """What a full batch completes beyond `rate_rps` under `law` (rps; -rate where there is no law)."""
+    if law is None:
+        return -rate_rps
+    return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps
 
 
 def _surplus(law_fn: LawFn, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None,
              rate_rps: float) -> float:
     """What a full batch completes beyond `rate_rps` at the law that rate makes (rps; below 0 past saturation)."""
-    try:
-        law = law_fn(params, load.at_rate(rate_rps), profile, shape)
-    except ModelInputError:  # prompts alone would fill the GPU
-        return -rate_rps
-    return 1000.0 * shape.max_batch / float(law.tau(float(shape.max_batch))) - rate_rps
+    return _full_batch_surplus(_law(law_fn, params, load.at_rate(rate_rps), shape, profile), shape, rate_rps)
 
 
 def saturation_rps(
