@@ -14,14 +14,15 @@ import numpy as np
 
 from queuemodels.law_arrays import PROFILE_FIELDS, Points
 from queuemodels.roofline_arrays import Terms
+from queuemodels.service_time import prompt_cost
 from queuemodels.step_arrays import ROOFLINE_FIELDS, Bools, Floats, Ints, LawArrays
 
 
 def _per_point(points: Points) -> dict[str, Floats]:
     """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
     clock (factors of 1), as the scalar law reads it."""
-    out = dict(zip(("d0", "d1", "c_p", "out_tokens", "out_cv", "in_cv"), points.bases.loads[points.base].T,
-                   strict=True))
+    out = dict(zip(("d0", "d1", "overhead", "compute", "hidden", "out_tokens", "out_cv", "in_cv"),
+                   points.bases.loads[points.base].T, strict=True))
     names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
     out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
     profiled = ~np.isnan(out["peak"])
@@ -62,15 +63,15 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
                      (np.where(single, 2.0, n) - 1.0))
     d0 = np.where(single, d0 * at_one / (d0 + d1), at_one - slope)
     rates = points.rates_rps
-    c_gpu = v["c_p"]
+    c_p = prompt_cost(v["overhead"], v["compute"], v["hidden"], prefill_factor)
+    c_gpu = c_p.copy()
     bent = np.flatnonzero(~points.bases.affine[points.base])
-    if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load)
-        roofline = points.bases.rooflines.take(points.base[bent])
-        c_gpu = c_gpu.copy()
-        c_bent, c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
-                                                             slope[bent], prefill_factor[bent], n[bent])
-    c_p = c_gpu * prefill_factor
-    phi = rates * c_gpu * prefill_factor / 1000.0
+    if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load), its compute slowed
+        terms = points.bases.rooflines.take(points.base[bent])
+        roofline = terms._replace(prompt_compute_ms=terms.prompt_compute_ms * prefill_factor[bent])
+        c_p[bent], c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
+                                                                slope[bent], n[bent])
+    phi = rates * c_gpu / 1000.0
     stretch = 1.0 / (1.0 - np.minimum(phi, 0.99))
     d0, d1 = d0 * stretch, slope * stretch
     built = phi < 0.99
@@ -80,7 +81,7 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
                             *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.zeros(k), np.zeros(k),
                             np.ones(k, dtype=bool)])
     if bent.size:
-        _bend(laws, bent, roofline, c_bent * prefill_factor[bent], phi[bent], stretch[bent] * at_top[bent],
+        _bend(laws, bent, roofline, c_p[bent], phi[bent], stretch[bent] * at_top[bent],
               batch, rates[bent], v["in_cv"][bent], built)
     laws.p0[~built] = np.inf  # no law at this rate (the scalar law raises): not one to build again one by one
     return laws, built

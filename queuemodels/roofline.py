@@ -80,10 +80,12 @@ class Roofline:
     """Tokens a step schedules, decodes first (0: no limit)."""
 
     @classmethod
-    def of(cls, params: ServiceParams, load: Load) -> Roofline:
+    def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0) -> Roofline:
+        """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's)."""
         context = load.in_tokens + load.out_tokens / 2.0
         return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
-                   params.delta_ms * load.in_tokens, params.epsilon_ms, load.in_tokens, params.budget_tokens)
+                   prompt_factor * params.delta_ms * load.in_tokens, params.epsilon_ms, load.in_tokens,
+                   params.budget_tokens)
 
     def chunks(self, batch: Batch) -> Batch:
         """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that
@@ -140,8 +142,7 @@ class Roofline:
         added = float(weight @ (np.cbrt(m3 + (decode + riders * chunk) ** 3) - base))
         return float(k * (-math.expm1(-x) * self.prompt_overhead_ms + added) / x)
 
-    def prompt_at_load(self, load: Load, d0: float, d1: float, prefill_factor: float,
-                       max_batch: int) -> tuple[float, float, float]:
+    def prompt_at_load(self, load: Load, d0: float, d1: float, max_batch: int) -> tuple[float, float, float]:
         """The prompt's cost at the batch the load runs, by Little's law without queueing (at most the max
         batch): the batch sets the prompt's cost, whose share of the GPU stretches the steps that set the batch.
         `d0 + d1 B` is the rest of the decode step (overhead and per-sequence costs). The prompts that ride one
@@ -151,7 +152,7 @@ class Roofline:
         batch = 1.0
         c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
-            phi = min(0.9, load.rate_rps * c_gpu * prefill_factor / 1000.0)
+            phi = min(0.9, load.rate_rps * c_gpu / 1000.0)
             step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
             c_gpu = self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)

@@ -2,7 +2,9 @@
 
 Both families give per-step times that are affine in the batch B, so one request's service time
 tau(B) = prefill(B) + k * decode(B) is affine too and the effective concurrency can be inverted exactly.
-Power caps and locked SM clocks scale the prefill and decode laws separately (compute-bound vs memory-bound).
+Power caps and locked SM clocks scale the prefill and decode laws separately (compute-bound vs memory-bound);
+under continuous batching a cap or a lock slows a prompt's compute, inside the smooth maximum with the memory
+time that hides it, so a short prompt on a memory-bound step and the step's host-side overhead barely slow.
 
 Two readings of the same parameters (docs/queue-models.md):
 - batch (llm-inferno): a batch of B prompts is prefilled together, prefill(B) = gamma + delta L_in B;
@@ -192,17 +194,26 @@ def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: Se
     return at_one - slope, slope
 
 
-def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float]:
-    """(d0, d1, c_p): a decode step at batch B takes d0 + d1 B, one prompt adds c_p (ms)."""
+def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float, float, float]:
+    """(d0, d1, overhead, compute, hidden): a decode step at batch B takes d0 + d1 B; one prompt adds
+    `prompt_cost(overhead, compute, hidden)` (ms): its host-side overhead, and what its compute adds beyond the
+    memory time it hides under (gen2's prompt is all compute)."""
     n_in, m = load.in_tokens, load.out_tokens
     if params.family in ("gen1", "step"):
-        compute = params.delta_ms * n_in
-        hidden = params.gamma_ms
         per_seq = params.beta_ms + params.kappa_ms * (n_in + m / 2)
-        return params.alpha_ms, per_seq, params.epsilon_ms + float(np.cbrt(compute**3 + hidden**3)) - hidden
+        return params.alpha_ms, per_seq, params.epsilon_ms, params.delta_ms * n_in, params.gamma_ms
     per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
     d0 = params.alpha_ms + params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
-    return d0, per_seq, (params.beta_ms + params.gamma_ms) * n_in
+    return d0, per_seq, 0.0, (params.beta_ms + params.gamma_ms) * n_in, 0.0
+
+
+def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: Batch) -> Batch:
+    """What one prompt adds to a step (ms): the overhead, and its compute, slowed by `compute_factor` (a cap's or
+    a lock's), beyond the memory time that hides it (a smooth maximum). A cap slows the clock, so only the compute:
+    a short prompt that hides under the weights' read, or a step's host-side overhead, barely slows."""
+    slowed = compute_factor * compute
+    out: Batch = overhead + np.cbrt(slowed * slowed * slowed + hidden * hidden * hidden) - hidden
+    return out
 
 
 def has_roofline(params: ServiceParams) -> bool:
@@ -214,17 +225,16 @@ def has_roofline(params: ServiceParams) -> bool:
 def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law under continuous batching at a power cap; depends on the rate through phi."""
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
-    d0, d1, c_p = decode_and_prompt(params, load)
+    d0, d1, overhead, compute, hidden = decode_and_prompt(params, load)
     d0, d1 = _capped_decode(d0, d1, profile, shape)
     # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
     # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too
-    roofline = Roofline.of(params, load) if has_roofline(params) else None
+    roofline = Roofline.of(params, load, prefill_factor) if has_roofline(params) else None
     batch = 1.0
-    c_gpu = c_p
+    c_p = c_gpu = float(prompt_cost(overhead, compute, hidden, prefill_factor))
     if roofline is not None:
-        c_p, c_gpu, batch = roofline.prompt_at_load(load, d0, d1, prefill_factor, shape.max_batch)
-    c_p *= prefill_factor
-    phi = load.rate_rps * c_gpu * prefill_factor / 1000.0
+        c_p, c_gpu, batch = roofline.prompt_at_load(load, d0, d1, shape.max_batch)
+    phi = load.rate_rps * c_gpu / 1000.0
     if phi >= 0.99:
         raise Unstable(
             f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"

@@ -10,7 +10,8 @@ import pytest
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.roofline import Roofline
-from queuemodels.service_time import continuous_law
+from queuemodels.service_time import cap_factors, continuous_law
+from queuemodels.types import PowerProfile
 from queuemodels.types import STEP_DEFAULTS
 
 STEP = ServiceParams("step", 11.0, 0.005, 6.0, 0.035, kappa_ms=5e-5, epsilon_ms=0.5)
@@ -36,6 +37,22 @@ def test_a_prompt_hides_under_memory_only_until_the_decodes_are_compute_bound() 
     assert alone < 0.55 * roof.prompt_compute_ms  # 9 ms of compute, most of it under the 6 ms weights' read
     full = roof.prompt_ms(512.0) - roof.prompt_overhead_ms
     assert 0.9 * roof.prompt_compute_ms < full < roof.prompt_compute_ms  # the step is compute-bound: nearly all
+
+
+@pytest.mark.parametrize("params", [STEP, BENT], ids=["affine", "bent"])
+def test_a_cap_slows_a_prompts_compute_not_its_overhead_nor_what_memory_hides(params: ServiceParams) -> None:
+    profile = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95)
+    slow, _ = cap_factors(profile, 420.0)
+    assert slow > 1.3
+    with_overhead = dataclasses.replace(params, epsilon_ms=10.0)
+
+    def prompt_ms(load: Load, cap_w: float | None) -> float:
+        return continuous_law(with_overhead, load, profile, ServerShape(32, None, cap_w)).prompt_ms
+
+    short, long = Load(0.2, 64, 256), Load(0.2, 8192, 256)  # 2 ms of compute under a 6 ms read; 287 ms of it
+    assert prompt_ms(short, 420.0) < 1.03 * prompt_ms(short, None)  # the host's overhead and hidden compute
+    added = (prompt_ms(long, 420.0) - 10.0) / (prompt_ms(long, None) - 10.0)
+    assert added == pytest.approx(slow, rel=0.03)  # a compute-bound prompt slows with the clock
 
 
 def test_the_bend_lowers_capacity_at_large_batches_only() -> None:
