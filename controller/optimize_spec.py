@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from controller.config_loader import ConfigError, build, check_name, check_positive, check_range, item_path, read_toml
 from controller.optimizer import Problem, ServiceDemand, Solution
+from controller.optimizer_settings import check_choices, check_clock_levels
 from controller.service_settings import check_service_bounds
-from controller.settings import AcceleratorSettings, PriorSettings, check_choices, check_clock_levels
+from controller.settings import AcceleratorSettings, PriorSettings
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 

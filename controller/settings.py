@@ -13,17 +13,17 @@ from typing import Any, Literal
 from controller.budget.settings import BudgetSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.optimizer.problem import AcceleratorType
+from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
-from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_GPUS, MAX_SHAPES, MAX_SIM_SPEED, check_settings
-from queuemodels import DEFAULT_MODEL, MODELS
+from controller.settings_checks import MAX_GPUS, check_settings
+from controller.simulator_settings import SimulatorSettings
 from queuemodels.accelerators import CATALOG
-from simulator.personality import PERSONALITIES
 
 __all__ = [
     "AcceleratorSettings", "ActuatorSettings", "DaemonSettings", "MetricsSettings", "OptimizerSettings",
     "PowerDomainSettings", "PowerSettings", "PriorSettings", "ServiceSettings", "Settings", "SimWorkloadSettings",
-    "SimulatorSettings", "StabilitySettings", "TelemetrySettings", "check_choices", "check_domain_lines",
+    "SimulatorSettings", "StabilitySettings", "TelemetrySettings", "check_domain_lines",
     "check_domains_nest", "load_settings",
 ]
 
@@ -76,72 +76,6 @@ class MetricsSettings:
             raise ConfigError(f"{where}.listen", f"must be an IP address, got {self.listen!r}") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    objective: Literal["cost", "token_speed", "energy"] = "token_speed"
-    """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
-    solver: Literal["auto", "greedy", "milp", "exhaustive"] = "auto"
-    """Solver by name. auto: the MILP beside greedy where the problem is small (a host's services), the better
-    plan taken; greedy alone at fleet scale."""
-    queue_model: str = DEFAULT_MODEL
-    """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
-    """Candidate `--max-num-seqs` values."""
-    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
-    """Candidate power caps as shares of each accelerator's maximum limit."""
-    clock_levels: tuple[float, ...] = (1.0,)
-    """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
-    backend (`actuators.clocks`)."""
-    energy_weight: float = 0.0
-    """With the token_speed objective, what a watt of predicted draw costs, as a share of the fleet's token speed
-    per watt of the site's draw (idle included): at 1.0 a plan gives up 1 % of token speed for 1 % less draw (the
-    product of token speed and tokens per joule is what it maximises); 0 leaves energy out."""
-    clock_min_saving: float = 0.05
-    """Least share of a service's energy per request a locked clock must be predicted to save against the best
-    plan at the free clock before it is planned: a smaller saving is within the model's own draw errors."""
-    transition_penalty: float = 0.05
-    """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
-    restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
-    time_limit_s: float = 2.0
-    """Time limit of the MILP solver."""
-    mip_gap: float = 0.01
-    """Relative optimality gap of the MILP solver."""
-    resize_tolerance: float = 0.05
-    """Relative move of a fitted parameter or token mean below which candidates keep their cached sizing."""
-    drain_s: float = 120.0
-    """Time within which a queued backlog is to be served: waiting / drain_s joins the demand sized for
-    (shorter drains faster, but sizes every transient queue as lasting demand)."""
-    slo_margin_step: float = 0.1
-    """Margin a service's planning targets gain for each steady window that missed them (controller/slo_margin.py:
-    a percentile target allows a smaller share over it, a mean target a smaller value); 0 plans at the targets."""
-    slo_miss_share: float = 0.02
-    """Share of its steady windows a service may miss its targets in: each window that met them takes
-    slo_margin_step x slo_miss_share / (1 - slo_miss_share) off the margin, so it settles at this miss rate."""
-    slo_margin_max: float = 0.5
-    """Largest margin a service is planned with."""
-
-    def check(self, where: str) -> None:
-        if not 0 <= self.resize_tolerance < 0.5:
-            raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
-        check_choices(where, self.batch_sizes, self.power_levels)
-        check_clock_levels(where, self.clock_levels)
-        shapes = len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels)
-        if shapes > MAX_SHAPES:
-            raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
-                              f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
-        check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
-        check_range(self, where, ("energy_weight",), 0.0, 10.0)
-        check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
-        check_range(self, where, ("slo_margin_max",), 0.0, 0.9)
-        check_positive(self, where, ("slo_miss_share",))
-        check_range(self, where, ("slo_miss_share",), 0.0, 0.5)
-        check_positive(self, where, ("time_limit_s", "drain_s"))
-        check_range(self, where, ("time_limit_s",), 0.0, 60.0)
-        check_range(self, where, ("drain_s",), 0.0, 86400.0)
-        if self.queue_model not in MODELS:
-            raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -221,51 +155,6 @@ class ActuatorSettings:
 
 
 @dataclass(frozen=True)
-class SimulatorSettings:
-    gpu_type: str = "H100-SXM"
-    """GPU type of the simulated host."""
-    num_gpus: int = 8
-    """GPUs on the simulated host."""
-    seed: int = 1
-    """Seed of the hidden parameters, arrivals and noise."""
-    speed: float = 1.0
-    """Simulated seconds per wall-clock second."""
-    start_delay_s: float = 30.0
-    """Time a new or restarted vLLM replica takes to load its model."""
-    personalities: dict[str, str] = field(default_factory=dict)
-    """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
-    prefill-overhead, compute-bound-decode, long-context (simulator/personality.py)."""
-    gpu_types: tuple[str, ...] = ()
-    """Each GPU's type in index order, for a mixed host (e.g. four H100-SXM then four L40S); empty: `num_gpus`
-    of `gpu_type`."""
-
-    @property
-    def host_types(self) -> list[str]:
-        """The simulated host's GPU types, one entry per GPU."""
-        return list(self.gpu_types) or [self.gpu_type] * self.num_gpus
-
-    def check(self, where: str) -> None:
-        for key, name in self.personalities.items():
-            if name not in PERSONALITIES:
-                raise ConfigError(f"{where}.personalities.{key}", f"unknown {name!r}, expected one of "
-                                  f"{sorted(PERSONALITIES)}")
-        if self.gpu_type not in CATALOG:
-            raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
-        if not 1 <= self.num_gpus <= MAX_GPUS:
-            raise ConfigError(f"{where}.num_gpus", f"must be in 1..{MAX_GPUS}, got {self.num_gpus}")
-        if len(self.gpu_types) > MAX_GPUS:
-            raise ConfigError(f"{where}.gpu_types", f"must list at most {MAX_GPUS} GPUs, got {len(self.gpu_types)}")
-        for i, name in enumerate(self.gpu_types):
-            if name not in CATALOG:
-                raise ConfigError(f"{where}.gpu_types[{i}]", f"unknown {name!r}, expected one of {sorted(CATALOG)}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
-        check_positive(self, where, ("speed",))
-        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED)
-        check_range(self, where, ("start_delay_s",), 0.0, 86400.0)
-
-
-@dataclass(frozen=True)
 class AcceleratorSettings:
     name: str
     """Accelerator type (a catalogue name, e.g. H100-SXM)."""
@@ -340,24 +229,6 @@ class Settings:
     def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
         """The service's variants, the first accelerator's with its own targets where it names none."""
         return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)
-
-
-def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
-    """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
-    if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):
-        raise ConfigError(f"{where}.batch_sizes" if where else "batch_sizes",
-                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {list(batch_sizes)[:8]}")
-    if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
-        raise ConfigError(f"{where}.power_levels" if where else "power_levels",
-                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
-
-
-def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
-    """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
-    if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
-            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
-        raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
-                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(clock_levels)[:8]}")
 
 
 def load_settings(path: Path) -> Settings:

@@ -1,0 +1,94 @@
+"""`wattscale analyze`: the queue model's figures at one operating point, from the command line's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
+from queuemodels import (
+    Load,
+    ModelInputError,
+    PowerProfile,
+    ServerShape,
+    ServiceParams,
+    Targets,
+    best_batch_for_power,
+    best_batch_for_rate,
+    get_model,
+)
+from queuemodels.accelerators import profile
+from queuemodels.types import NAMES
+
+ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
+                  "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": 1e3, "budget_tokens": MAX_TOKENS,
+                  "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
+                  "in_cv": 10.0, "out_cv": 10.0}
+"""analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
+ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_tokens": (1.0, True)}
+"""Lower bounds other than 0 allowed (the bound, whether it is allowed), as the model's own checks hold them."""
+
+
+def analyze(args: argparse.Namespace) -> int:
+    """`wattscale analyze`: one operating point's figures, after checking every number it is given."""
+    for name, high in ANALYZE_BOUNDS.items():
+        value = getattr(args, name)
+        low, allowed = ANALYZE_FLOORS.get(name, (0.0, True))
+        if value is None or not math.isfinite(value) or not (low <= value if allowed else low < value) or value > high:
+            raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number {'>=' if allowed else '>'} "
+                                  f"{low:g} and <= {high:g}, got {value}")
+    if 0 < args.kv_tokens < args.in_tokens + args.out_tokens:
+        raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of this load ({args.in_tokens:g}"
+                              f" + {args.out_tokens:g} tokens); 0 leaves the cache unbounded")
+    step_terms = NAMES["step"][len(NAMES["gen1"]):]  # the step family's terms beyond gen1's four
+    if args.family != "step" and any(getattr(args, n) for n in step_terms):
+        flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)
+        raise ModelInputError(f"--family: {args.family} has no {flags}; they are the step family's")
+    params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms,
+                           **{n: getattr(args, n) for n in (*step_terms, "kv_tokens")})
+    load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
+    shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
+    prof = profile(args.accelerator) if args.accelerator else None
+    if args.power_cap_w is not None and prof is None:
+        raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
+    if args.power_cap_w is not None and prof is not None and not (
+            prof.min_power_w <= args.power_cap_w <= prof.max_power_w):
+        raise ModelInputError(f"--power-cap-w: must be within {args.accelerator}'s limits, {prof.min_power_w:g}-"
+                              f"{prof.max_power_w:g} W, got {args.power_cap_w:g}")
+    perf = get_model(args.model).analyze(params, load, shape, prof)
+    out: dict[str, object] = {
+        "ttft_ms": perf.ttft_ms, "itl_ms": perf.itl_ms, "ttft_p95_ms": perf.ttft_p95_ms, "itl_p95_ms": perf.itl_p95_ms,
+        "ttft_p99_ms": perf.ttft_p99_ms, "itl_p99_ms": perf.itl_p99_ms, "throughput_rps": perf.throughput_rps,
+        "mean_batch": perf.mean_batch, "utilization": perf.utilization, "block_probability": perf.block_probability,
+        "power_w": None if math.isnan(perf.power_w) else perf.power_w,
+        "saturation_rps": get_model(args.model).saturation_rps(params, load, shape, prof),
+    }
+    if args.ttft_slo_ms is not None or args.itl_slo_ms is not None:
+        if args.ttft_slo_ms is None or args.itl_slo_ms is None:
+            raise ModelInputError("--ttft-slo-ms and --itl-slo-ms: give both for sizing")
+        targets = Targets(args.ttft_slo_ms, args.itl_slo_ms, args.slo_statistic)
+        out["max_rate_rps"] = get_model(args.model).max_rate(params, load, shape, targets, prof)
+        if args.batch_sizes:
+            out.update(_batch_choices(args, params, load, shape, targets, prof))
+    elif args.batch_sizes:
+        raise ModelInputError("--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms to choose by")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, shape: ServerShape,
+                   targets: Targets, prof: PowerProfile | None) -> dict[str, object]:
+    """Among --batch-sizes: the max batch that takes the most load within the targets, and (with an
+    accelerator) the one that serves --rate-rps within them at the lowest draw (null when none does)."""
+    model = get_model(args.model)
+    by_rate = best_batch_for_rate(model, params, load, args.batch_sizes, shape.max_queue, targets, prof,
+                                  shape.power_cap_w)
+    out: dict[str, object] = {"best_batch_for_rate": {"max_batch": by_rate.max_batch or None,
+                                                      "max_rate_rps": by_rate.max_rate_rps}}
+    if prof is not None:
+        by_power = best_batch_for_power(model, params, load, args.batch_sizes, shape.max_queue, targets, prof,
+                                        shape.power_cap_w)
+        out["best_batch_for_power"] = None if by_power is None or by_power.performance is None else {
+            "max_batch": by_power.max_batch, "power_w": by_power.performance.power_w}
+    return out

@@ -1,0 +1,95 @@
+"""The optimizer's settings ([optimizer]): what it plans among and for, and how often a plan may change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.config_loader import ConfigError, check_positive, check_range
+from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_SHAPES
+from queuemodels import DEFAULT_MODEL, MODELS
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    objective: Literal["cost", "token_speed", "energy"] = "token_speed"
+    """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
+    solver: Literal["auto", "greedy", "milp", "exhaustive"] = "auto"
+    """Solver by name. auto: the MILP beside greedy where the problem is small (a host's services), the better
+    plan taken; greedy alone at fleet scale."""
+    queue_model: str = DEFAULT_MODEL
+    """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    """Candidate `--max-num-seqs` values."""
+    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    """Candidate power caps as shares of each accelerator's maximum limit."""
+    clock_levels: tuple[float, ...] = (1.0,)
+    """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
+    backend (`actuators.clocks`)."""
+    energy_weight: float = 0.0
+    """With the token_speed objective, what a watt of predicted draw costs, as a share of the fleet's token speed
+    per watt of the site's draw (idle included): at 1.0 a plan gives up 1 % of token speed for 1 % less draw (the
+    product of token speed and tokens per joule is what it maximises); 0 leaves energy out."""
+    clock_min_saving: float = 0.05
+    """Least share of a service's energy per request a locked clock must be predicted to save against the best
+    plan at the free clock before it is planned: a smaller saving is within the model's own draw errors."""
+    transition_penalty: float = 0.05
+    """Share of its score a candidate must gain over what runs before a scale is made; a new max batch (a rolling
+    restart) or a move to another accelerator must gain twice that. Moving a cap costs nothing."""
+    time_limit_s: float = 2.0
+    """Time limit of the MILP solver."""
+    mip_gap: float = 0.01
+    """Relative optimality gap of the MILP solver."""
+    resize_tolerance: float = 0.05
+    """Relative move of a fitted parameter or token mean below which candidates keep their cached sizing."""
+    drain_s: float = 120.0
+    """Time within which a queued backlog is to be served: waiting / drain_s joins the demand sized for
+    (shorter drains faster, but sizes every transient queue as lasting demand)."""
+    slo_margin_step: float = 0.1
+    """Margin a service's planning targets gain for each steady window that missed them (controller/slo_margin.py:
+    a percentile target allows a smaller share over it, a mean target a smaller value); 0 plans at the targets."""
+    slo_miss_share: float = 0.02
+    """Share of its steady windows a service may miss its targets in: each window that met them takes
+    slo_margin_step x slo_miss_share / (1 - slo_miss_share) off the margin, so it settles at this miss rate."""
+    slo_margin_max: float = 0.5
+    """Largest margin a service is planned with."""
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.resize_tolerance < 0.5:
+            raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
+        check_choices(where, self.batch_sizes, self.power_levels)
+        check_clock_levels(where, self.clock_levels)
+        shapes = len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels)
+        if shapes > MAX_SHAPES:
+            raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
+                              f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
+        check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
+        check_range(self, where, ("energy_weight",), 0.0, 10.0)
+        check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
+        check_range(self, where, ("slo_margin_max",), 0.0, 0.9)
+        check_positive(self, where, ("slo_miss_share",))
+        check_range(self, where, ("slo_miss_share",), 0.0, 0.5)
+        check_positive(self, where, ("time_limit_s", "drain_s"))
+        check_range(self, where, ("time_limit_s",), 0.0, 60.0)
+        check_range(self, where, ("drain_s",), 0.0, 86400.0)
+        if self.queue_model not in MODELS:
+            raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
+
+
+
+def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
+    """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
+    if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):
+        raise ConfigError(f"{where}.batch_sizes" if where else "batch_sizes",
+                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {list(batch_sizes)[:8]}")
+    if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
+        raise ConfigError(f"{where}.power_levels" if where else "power_levels",
+                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
+
+
+def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
+    """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
+    if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
+            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
+        raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
+                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(clock_levels)[:8]}")

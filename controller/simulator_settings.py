@@ -1,0 +1,55 @@
+"""The simulated host's settings ([simulator]): its GPUs and the engines' hidden personalities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controller.config_loader import ConfigError, check_positive, check_range
+from controller.settings_checks import MAX_GPUS, MAX_SIM_SPEED
+from queuemodels.accelerators import CATALOG
+from simulator.personality import PERSONALITIES
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    gpu_type: str = "H100-SXM"
+    """GPU type of the simulated host."""
+    num_gpus: int = 8
+    """GPUs on the simulated host."""
+    seed: int = 1
+    """Seed of the hidden parameters, arrivals and noise."""
+    speed: float = 1.0
+    """Simulated seconds per wall-clock second."""
+    start_delay_s: float = 30.0
+    """Time a new or restarted vLLM replica takes to load its model."""
+    personalities: dict[str, str] = field(default_factory=dict)
+    """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
+    prefill-overhead, compute-bound-decode, long-context (simulator/personality.py)."""
+    gpu_types: tuple[str, ...] = ()
+    """Each GPU's type in index order, for a mixed host (e.g. four H100-SXM then four L40S); empty: `num_gpus`
+    of `gpu_type`."""
+
+    @property
+    def host_types(self) -> list[str]:
+        """The simulated host's GPU types, one entry per GPU."""
+        return list(self.gpu_types) or [self.gpu_type] * self.num_gpus
+
+    def check(self, where: str) -> None:
+        for key, name in self.personalities.items():
+            if name not in PERSONALITIES:
+                raise ConfigError(f"{where}.personalities.{key}", f"unknown {name!r}, expected one of "
+                                  f"{sorted(PERSONALITIES)}")
+        if self.gpu_type not in CATALOG:
+            raise ConfigError(f"{where}.gpu_type", f"unknown {self.gpu_type!r}, expected one of {sorted(CATALOG)}")
+        if not 1 <= self.num_gpus <= MAX_GPUS:
+            raise ConfigError(f"{where}.num_gpus", f"must be in 1..{MAX_GPUS}, got {self.num_gpus}")
+        if len(self.gpu_types) > MAX_GPUS:
+            raise ConfigError(f"{where}.gpu_types", f"must list at most {MAX_GPUS} GPUs, got {len(self.gpu_types)}")
+        for i, name in enumerate(self.gpu_types):
+            if name not in CATALOG:
+                raise ConfigError(f"{where}.gpu_types[{i}]", f"unknown {name!r}, expected one of {sorted(CATALOG)}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
+        check_positive(self, where, ("speed",))
+        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED)
+        check_range(self, where, ("start_delay_s",), 0.0, 86400.0)
