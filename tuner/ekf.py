@@ -5,13 +5,11 @@ caps vary. Observation z = log [TTFT, ITL] (ms); h(x) is the queue model at the 
 and cap (REFERENCE.md section 2). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
 it says nothing true about service times, which would otherwise absorb the draw model's error. Windows
 run at different locked SM clocks train the pair's clock sensitivities (`tuner/clock.py`).
-Robustness: a robust least-squares warm-up on the first observations that keeps the prior's shape where
-they leave it open, the same fit over the recent windows every few updates, a chi-square NIS gate,
-clamping to [prior/10, 10 prior], rejection of non-positive
-parameters, and a refit on the rejected observations themselves after repeated gate rejections in a row (a
-real shift, not an outlier: they are the best evidence of the new law, and a linearised update from far
-away overshoots), anchored on the estimate before the shift - unless one law explains them together with
-the recent windows (the estimate was young, not the server changed): then that joint fit ("refit").
+Robustness: a robust least-squares warm-up that keeps the prior's shape where the windows leave it open
+(`tuner/robust_fit.py`), the same fit over the recent windows every few updates, a chi-square NIS gate,
+clamping to [prior/10, 10 prior], rejection of non-positive parameters, and after a run of gate rejections
+either a warm-up on them anchored on the estimate before (a shift: a linearised update from far away
+overshoots) or a joint fit where one law explains them with the recent windows (`tuner/shift.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
@@ -31,6 +28,8 @@ from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
 from tuner.observation import Observation
+from tuner.robust_fit import anchor_for, carrying_start, map_fit, scaled_entries
+from tuner.shift import one_law, within
 
 __all__ = ["FilterSettings", "PairFilter", "Verdict"]
 
@@ -191,76 +190,23 @@ class PairFilter:
             return self._reject("model-error")
 
     def fit(self, observations: list[Observation], reset_spread: bool = True, tol: float = 1e-6) -> None:
-        """Robust MAP fit of log parameters to `observations`: log errors under soft-L1 beyond the
-        observation error (one burst window does not drag it), plus a prior that keeps the anchor's shape
-        (the prior, or the estimate before a shift) at a free common scale, so that directions a few windows
-        leave unidentified (the gamma/delta ridge) stay where the anchor had them. Trust-region reflective
-        within the bounds: a few dozen model evaluations, until the cost and the step change by less than `tol`.
-        `reset_spread` restarts the covariance at the initial spread (a warm-up); a periodic refit keeps the
-        filter's own."""
-        s = self.settings
+        """Robust MAP fit to `observations` (tuner/robust_fit.py), holding the anchor's shape (the prior, or the
+        estimate before a shift). `reset_spread` restarts the covariance at the initial spread (a warm-up); a
+        periodic refit keeps the filter's own."""
         low, high = self.bounds
         free = self.prior_vector() > 0
-        lo = np.append(np.log(low[free]), -np.log(10.0))
-        hi = np.append(np.log(high[free]), np.log(10.0))
-        anchor = np.log(self._anchor_for(observations)[free])
-        start_x = self._carrying_start(observations)
-        scaled = self._scaled()[free]
-        start = np.clip(np.append(np.log(start_x[free]), np.mean((np.log(start_x[free]) - anchor)[scaled])), lo, hi)
-        sigma_obs = s.error_level / 1.96
-        prior_weight = sigma_obs / s.anchor_spread
 
-        def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
-            x = self.prior_vector()
-            x[free] = np.exp(v[:-1])
-            out = [prior_weight * (v[:-1] - anchor - v[-1] * scaled)]
-            for o, h in zip(observations, self.predict_many([(o, x) for o in observations]), strict=True):
-                out.append(np.full(2, 10.0) if h is None else np.log(h / self.observed(o)))
-            return np.concatenate(out)
+        def errors(x: NDArray[np.float64]) -> list[NDArray[np.float64] | None]:
+            return self._log_errors(observations, x)
 
-        result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol,
-                               xtol=tol, loss="soft_l1", f_scale=sigma_obs)
-        self.x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
+        start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors(x)))
+        self.x = map_fit(errors, start, self._anchor_for(observations), scaled_entries(self.prior.family, len(self.x)),
+                         free, (low, high), self.settings, tol)
         if reset_spread:
-            self.p = np.diag((s.initial_spread * self.x) ** 2)
+            self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
 
     def _anchor_for(self, observations: list[Observation]) -> NDArray[np.float64]:
-        """The shape a fit holds. A step prior written in gen1's numbers (kappa left 0) carries gen1's
-        per-sequence cost in beta, the KV read at the context its windows ran included, while the step family
-        reads that read apart (kappa x context): held at both, the per-sequence cost is counted twice, and the
-        fit trades the excess against the other terms (the step's fixed time, the prompt's). So its beta is held
-        at what is left once kappa's starting value has read the KV at these windows' mean context (at least a
-        tenth of it)."""
-        if self.prior.family != "step" or self.prior.kappa_ms > 0 or not np.array_equal(self.anchor,
-                                                                                       self.prior_vector()):
-            return self.anchor
-        context = float(np.mean([o.in_tokens + o.out_tokens / 2.0 for o in observations]))
-        names = NAMES["step"]
-        anchor = self.anchor.copy()
-        beta, kappa = names.index("beta_ms"), names.index("kappa_ms")
-        anchor[beta] = max(anchor[beta] - anchor[kappa] * context, anchor[beta] / 10.0)
-        return anchor
-
-    def _scaled(self) -> NDArray[np.bool_]:
-        """Which entries of the state move with the anchor's common scale: the times, not the token counts (a
-        step's token budget is no time: scaled with the times, it would chunk prompts no window saw chunked)
-        nor rho, a ratio of compute per token (a decode token runs a prompt token's GEMMs): scaled with the
-        times it read the times' scale (0.5-0.7) where no window reaches the crossover, and put capacity at batch
-        256 10-12 % over on queue_heldout's engines."""
-        names = [*NAMES[self.prior.family], "prefill_sensitivity"][: len(self.x)]
-        return np.array([not n.endswith("_tokens") and n != "rho" for n in names])
-
-    def _carrying_start(self, observations: list[Observation]) -> NDArray[np.float64]:
-        """The estimate, scaled down until the model carries every observed load: where it calls one
-        impossible the loss is flat, and a fit started there cannot leave."""
-        low, _ = self.bounds
-        free = self.prior_vector() > 0
-        for scale in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1):
-            x = self.x.copy()
-            x[free] = np.maximum(x[free] * scale, low[free])
-            if all(h is not None for h in self.predict_many([(o, x) for o in observations])):
-                return x
-        return self.x.copy()
+        return anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
 
     def _refit(self, obs: Observation) -> None:
         """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated
@@ -305,27 +251,16 @@ class PairFilter:
         return Verdict(True, "shift", nis)
 
     def _explains_all(self) -> bool:
-        """Whether one law explains the recent windows and the rejected run together (a young estimate, not
-        a shift): the robust fit over them all, kept if it puts every rejected window within 3 sigma of the
-        observation error, and as many of the recent ones as the estimate did before it (80 % of them where it
-        did better): a shift is a run the old windows' law cannot take in without losing them. Measured against
-        the estimate, not absolutely: a law that misses some steady windows (gen1's queueing at 80 % load, 0.28
-        to 0.37 out) missed them before the run too, and a new warm-up on the run alone would only forget them.
-        Kept too where every rejected window errs as the recent windows of its shape do under that law
-        (`_as_neighbours`): a law that cannot fit one shape with the rest misses the run there as it missed them.
-        Otherwise the estimate is left as it was."""
+        """Whether one law explains the recent windows and the rejected run together (tuner/shift.py): then it is
+        the estimate; otherwise the estimate is left as it was."""
         windows = [*self.history, *self.suspects]
         x, p = self.x.copy(), self.p.copy()
-        before = self._within(self._residuals(self.history))
+        limit = 3.0 * self.settings.error_level / 1.96  # three sigma of the observation error, in log
+        before = within(self._residuals(self.history), limit)
         self.fit(windows, reset_spread=False)
         residuals = self._residuals(windows)
-        if residuals is None:  # the joint law cannot take some window's load: it explains nothing
-            self.x, self.p = x, p
-            return False
-        within = self._within(residuals)
-        rejected_fit = all(within[len(self.history):])
-        kept = float(np.mean(within[: len(self.history)] or [True]))
-        if (rejected_fit and kept >= min(0.8, float(np.mean(before or [True])))) or self._as_neighbours(residuals):
+        # a joint law that cannot take some window's load explains nothing
+        if residuals is not None and one_law(self.history, self.suspects, before, residuals, limit):
             self.history = windows[-self.settings.refit_window:]
             self.suspects.clear()
             return True
@@ -334,36 +269,13 @@ class PairFilter:
 
     def _residuals(self, windows: list[Observation]) -> list[NDArray[np.float64]] | None:
         """Log errors [TTFT, ITL] of the estimate at each window (None where the model cannot take one's load)."""
-        figures = self.predict_many([(o, self.x) for o in windows])
-        if any(h is None for h in figures):
-            return None
-        return [np.log(h / self.observed(o)) for o, h in zip(windows, figures, strict=True) if h is not None]
+        errors = self._log_errors(windows, self.x)
+        return None if any(e is None for e in errors) else [e for e in errors if e is not None]
 
-    @property
-    def _limit(self) -> float:
-        """Three sigma of the observation error, in log."""
-        return 3.0 * self.settings.error_level / 1.96
-
-    def _within(self, residuals: list[NDArray[np.float64]] | None) -> list[bool]:
-        """Which residuals are within 3 sigma of the observation error (none where the law could take no load)."""
-        if residuals is None:
-            return [False]
-        return [bool(np.abs(r).max() <= self._limit) for r in residuals]
-
-    def _as_neighbours(self, residuals: list[NDArray[np.float64]]) -> bool:
-        """Whether every rejected window errs as the recent windows of its shape do (within 3 sigma of their mean
-        error: a max batch within 2x, prompts within 1.5x): what the law misses there, not a change in time. A
-        server that changed leaves its old windows and the run on either side of any law fitted to both."""
-        if not self.history:
-            return False
-        limit = self._limit
-        recent = residuals[: len(self.history)]
-        for obs, error in zip(self.suspects, residuals[len(self.history):], strict=True):
-            like = [r for o, r in zip(self.history, recent, strict=True)
-                    if 0.5 <= o.max_batch / obs.max_batch <= 2.0 and 1 / 1.5 <= o.in_tokens / obs.in_tokens <= 1.5]
-            if not like or np.abs(error - np.mean(like, axis=0)).max() > limit:
-                return False
-        return True
+    def _log_errors(self, windows: list[Observation], x: NDArray[np.float64]) -> list[NDArray[np.float64] | None]:
+        """Log errors [TTFT, ITL] of the state `x` at each window (None where the model cannot take one's load)."""
+        figures = self.predict_many([(o, x) for o in windows])
+        return [None if h is None else np.log(h / self.observed(o)) for o, h in zip(windows, figures, strict=True)]
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings

@@ -1,0 +1,86 @@
+"""The pair filter's robust MAP fit (the warm-up's, a shift's and the periodic refit's), as functions of what it
+is given: log errors under soft-L1 beyond the observation error, and a prior that keeps an anchor's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares
+
+from queuemodels import ServiceParams
+from queuemodels.types import NAMES
+from tuner.filter_settings import FilterSettings
+from tuner.observation import Observation
+
+Vector = NDArray[np.float64]
+Errors = Callable[[Vector], list[Vector | None]]
+"""Log errors [TTFT, ITL] of the model at a state, one per window (None where it cannot take the window's load)."""
+
+
+def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.bool_], free: NDArray[np.bool_],
+            bounds: tuple[Vector, Vector], settings: FilterSettings, tol: float) -> Vector:
+    """Robust MAP fit of the free log parameters: log errors under soft-L1 beyond the observation error (one burst
+    window does not drag it), plus a prior that keeps the anchor's shape at a free common scale over the `scaled`
+    entries, so that directions a few windows leave unidentified (the gamma/delta ridge) stay where the anchor had
+    them. Trust-region reflective within the bounds, until the cost and the step change by less than `tol`.
+    Returns the state, its fixed entries (the prior's zeros) as `start_x` has them."""
+    low, high = bounds
+    lo = np.append(np.log(low[free]), -np.log(10.0))
+    hi = np.append(np.log(high[free]), np.log(10.0))
+    held = np.log(anchor[free])
+    shape = scaled[free]
+    start = np.clip(np.append(np.log(start_x[free]), np.mean((np.log(start_x[free]) - held)[shape])), lo, hi)
+    sigma_obs = settings.error_level / 1.96
+    prior_weight = sigma_obs / settings.anchor_spread
+
+    def residuals(v: Vector) -> Vector:
+        x = start_x.copy()
+        x[free] = np.exp(v[:-1])
+        out = [prior_weight * (v[:-1] - held - v[-1] * shape)]
+        out += [np.full(2, 10.0) if e is None else e for e in errors(x)]
+        return np.concatenate(out)
+
+    result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol, xtol=tol,
+                           loss="soft_l1", f_scale=sigma_obs)
+    x = start_x.copy()
+    x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
+    return x
+
+
+def anchor_for(prior: ServiceParams, anchor: Vector, prior_vector: Vector, observations: list[Observation]) -> Vector:
+    """The shape a fit holds. A step prior written in gen1's numbers (kappa left 0) carries gen1's per-sequence cost
+    in beta, the KV read at the context its windows ran included, while the step family reads that read apart
+    (kappa x context): held at both, the per-sequence cost is counted twice, and the fit trades the excess against
+    the other terms (the step's fixed time, the prompt's). So its beta is held at what is left once kappa's starting
+    value has read the KV at these windows' mean context (at least a tenth of it)."""
+    if prior.family != "step" or prior.kappa_ms > 0 or not np.array_equal(anchor, prior_vector):
+        return anchor
+    context = float(np.mean([o.in_tokens + o.out_tokens / 2.0 for o in observations]))
+    names = NAMES["step"]
+    held = anchor.copy()
+    beta, kappa = names.index("beta_ms"), names.index("kappa_ms")
+    held[beta] = max(held[beta] - held[kappa] * context, held[beta] / 10.0)
+    return held
+
+
+def scaled_entries(family: str, size: int) -> NDArray[np.bool_]:
+    """Which entries of the state move with the anchor's common scale: the times, not the token counts (a step's
+    token budget is no time: scaled with the times, it would chunk prompts no window saw chunked) nor rho, a ratio
+    of compute per token (a decode token runs a prompt token's GEMMs): scaled with the times it read the times'
+    scale (0.5-0.7) where no window reaches the crossover, and put capacity at batch 256 10-12 % over on
+    queue_heldout's engines."""
+    names = [*NAMES[family], "prefill_sensitivity"][:size]
+    return np.array([not n.endswith("_tokens") and n != "rho" for n in names])
+
+
+def carrying_start(x: Vector, low: Vector, free: NDArray[np.bool_], carries: Callable[[Vector], bool]) -> Vector:
+    """The estimate, scaled down until the model carries every observed load: where it calls one impossible the
+    loss is flat, and a fit started there cannot leave."""
+    for scale in (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1):
+        start = x.copy()
+        start[free] = np.maximum(x[free] * scale, low[free])
+        if carries(start):
+            return start
+    return x.copy()
