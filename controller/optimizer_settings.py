@@ -76,7 +76,6 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
 
 
-
 def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
     """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
     if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):

@@ -1,4 +1,5 @@
-"""Typed, validated settings; every field documented (a service's in controller/service_settings.py). Parsed
+"""Typed, validated settings; every field documented (a service's in controller/service_settings.py, [optimizer]'s
+in controller/optimizer_settings.py, [simulator]'s in controller/simulator_settings.py). Parsed
 from TOML at the edge (config_loader); each field's bounds are checked by its class, what fields say together
 by controller/settings_checks.py."""
 

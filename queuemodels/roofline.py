@@ -62,7 +62,8 @@ def bend_ms(memory_ms: Floats | float, memory_per_seq_ms: Floats | float, comput
 
 @dataclass(frozen=True)
 class Roofline:
-    """One step's memory and compute terms (ms at full clock, before a cap)."""
+    """One step's memory and compute terms (ms at full clock, before a cap; but the prompt's compute, which
+    `of` slows by a cap's or a lock's factor)."""
 
     memory_ms: float
     """The weights' read (gamma)."""
@@ -71,7 +72,9 @@ class Roofline:
     compute_per_seq_ms: float
     """Each decoding sequence's compute (rho delta)."""
     prompt_compute_ms: float
-    """One prompt's compute (delta L_in)."""
+    """One prompt's compute (delta L_in, slowed by a cap or a lock). The decodes' compute it shares a step with is
+    kept at full clock here: a cap slows that apart (the law's bend_scale), so a prompt on a compute-bound step
+    may read a little more hidden than it is."""
     prompt_overhead_ms: float
     """The fixed cost of a step that carries a prompt (epsilon)."""
     prompt_tokens: float = 0.0
@@ -84,7 +87,7 @@ class Roofline:
         """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's)."""
         context = load.in_tokens + load.out_tokens / 2.0
         return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
-                   prompt_factor * params.delta_ms * load.in_tokens, params.epsilon_ms, load.in_tokens,
+                   params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens,
                    params.budget_tokens)
 
     def chunks(self, batch: Batch) -> Batch:

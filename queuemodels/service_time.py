@@ -196,8 +196,8 @@ def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, shape: Se
 
 def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float, float, float]:
     """(d0, d1, overhead, compute, hidden): a decode step at batch B takes d0 + d1 B; one prompt adds
-    `prompt_cost(overhead, compute, hidden)` (ms): its host-side overhead, and what its compute adds beyond the
-    memory time it hides under (gen2's prompt is all compute)."""
+    `prompt_cost(overhead, compute, hidden, factor)` (ms): its host-side overhead, and what its compute (slowed by
+    a cap's or a lock's factor) adds beyond the memory time it hides under (gen2's prompt is all compute)."""
     n_in, m = load.in_tokens, load.out_tokens
     if params.family in ("gen1", "step"):
         per_seq = params.beta_ms + params.kappa_ms * (n_in + m / 2)
@@ -210,7 +210,9 @@ def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, 
 def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: Batch) -> Batch:
     """What one prompt adds to a step (ms): the overhead, and its compute, slowed by `compute_factor` (a cap's or
     a lock's), beyond the memory time that hides it (a smooth maximum). A cap slows the clock, so only the compute:
-    a short prompt that hides under the weights' read, or a step's host-side overhead, barely slows."""
+    a short prompt that hides under the weights' read, or a step's host-side overhead, barely slows; a prompt whose
+    compute about matches the memory time adds more than the factor times what it added (slowed, it comes out
+    from under the read), though the step it rides slows by less; a long one slows by the factor."""
     slowed = compute_factor * compute
     out: Batch = overhead + np.cbrt(slowed * slowed * slowed + hidden * hidden * hidden) - hidden
     return out

@@ -154,7 +154,8 @@ class PowerProfile:
     prefill_sensitivity: float = 1.0
     """Slow-down of compute per unit of relative squeeze below its knee: a prompt's compute (under continuous
     batching, inside the step's smooth maximum: what the weights' read hides barely slows, nor does the
-    host-side overhead), and under continuous batching the compute share of a decode step, B / (B + batch_half)."""
+    host-side overhead; the batched reading, mm1k-batch, slows its whole prefill), and under continuous batching the
+    compute share of a decode step, B / (B + batch_half)."""
     decode_sensitivity: float = 0.1
     """Slow-down of decode steps per unit of squeeze in the batched reading (mm1k-batch, one knee)."""
     knee_fraction: float = 0.9

@@ -12,7 +12,7 @@ import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
 from tuner import FilterSettings, Observation, PairFilter, Tuner
-from tuner.shift import within
+from tuner.shift import three_sigma, within
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
 PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
@@ -264,8 +264,8 @@ def test_a_run_that_one_law_takes_in_with_the_steady_windows_is_no_shift() -> No
     pair.accepted, pair.history = 8, list(steady)
     young = ServiceParams("gen1", 12.0, 0.09, 13.0, 0.05)  # the gamma/delta ridge, off at longer prompts
     pair.x, pair.p = np.array(young.as_vector()), np.diag((0.01 * np.array(young.as_vector())) ** 2)
-    three_sigma = 3.0 * pair.settings.error_level / 1.96
-    assert not all(within(pair._residuals(steady[:3] + steady[6:]), three_sigma))  # the young estimate misses some
+    limit = three_sigma(pair.settings.error_level)
+    assert not all(within(pair._residuals(steady[:3] + steady[6:]), limit))  # the young estimate misses some
     reasons = [pair.update(observe(TRUE, r, n_in=2000)).reason for r in (1.0, 2.0, 1.5)]
     assert reasons == ["gate", "gate", "refit"], reasons
     probe = observe(TRUE, 1.2, n_in=2000)

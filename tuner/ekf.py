@@ -29,7 +29,7 @@ from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
 from tuner.observation import Observation
 from tuner.robust_fit import anchor_for, carrying_start, map_fit, scaled_entries
-from tuner.shift import one_law, within
+from tuner.shift import one_law, three_sigma, within
 
 __all__ = ["FilterSettings", "PairFilter", "Verdict"]
 
@@ -255,7 +255,7 @@ class PairFilter:
         the estimate; otherwise the estimate is left as it was."""
         windows = [*self.history, *self.suspects]
         x, p = self.x.copy(), self.p.copy()
-        limit = 3.0 * self.settings.error_level / 1.96  # three sigma of the observation error, in log
+        limit = three_sigma(self.settings.error_level)
         before = within(self._residuals(self.history), limit)
         self.fit(windows, reset_spread=False)
         residuals = self._residuals(windows)

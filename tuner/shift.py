@@ -13,6 +13,11 @@ Residuals = list[NDArray[np.float64]]
 """Log errors [TTFT, ITL] of one law at each window: the recent ones, then the rejected run."""
 
 
+def three_sigma(error_level: float) -> float:
+    """Three sigma of the observation error, in log (`error_level` is its 95 % bound)."""
+    return 3.0 * error_level / 1.96
+
+
 def within(residuals: Residuals | None, limit: float) -> list[bool]:
     """Which residuals are within `limit` (3 sigma of the observation error; none where the law took no load)."""
     if residuals is None:
