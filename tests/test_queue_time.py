@@ -12,6 +12,7 @@ from queuemodels import Load, ServerShape, ServiceParams, get_model
 from queuemodels.types import NAMES, STEP_DEFAULTS
 from tuner import FilterSettings, Observation, PairFilter
 from tuner.offline import read_observations
+from tuner.robust_fit import anchor_for
 
 TRUTH = ServiceParams("step", 11.8, 0.01, 6.2, 0.034, kappa_ms=5e-5, epsilon_ms=0.5, rho=1.0, budget_tokens=8000.0)
 PRIOR = ServiceParams("step", 15.0, 0.1, 10.0, 0.05)
@@ -73,12 +74,13 @@ def test_a_gen1_shaped_step_prior_holds_beta_without_the_kv_read_kappa_takes() -
     windows = engine_windows(1.0, True)
     beta, kappa = NAMES["step"].index("beta_ms"), NAMES["step"].index("kappa_ms")
     context = float(np.mean([o.in_tokens + o.out_tokens / 2 for o in windows]))
-    held = PairFilter(PRIOR, None)._anchor_for(windows)
+    fresh = PairFilter(PRIOR, None)
+    held = anchor_for(fresh.prior, fresh.anchor, fresh.prior_vector(), windows)
     assert held[beta] == pytest.approx(max(0.1 - STEP_DEFAULTS["kappa_ms"] * context, 0.01))
     assert held[kappa] == STEP_DEFAULTS["kappa_ms"]
     # a prior that sets kappa itself, and the estimate a shift anchors on, are held as they are
     own = PairFilter(dataclasses.replace(PRIOR, kappa_ms=5e-5), None)
-    assert np.array_equal(own._anchor_for(windows), own.anchor)
+    assert np.array_equal(anchor_for(own.prior, own.anchor, own.prior_vector(), windows), own.anchor)
     shifted = PairFilter(PRIOR, None)
     shifted.anchor = 1.3 * shifted.anchor
-    assert np.array_equal(shifted._anchor_for(windows), shifted.anchor)
+    assert np.array_equal(anchor_for(shifted.prior, shifted.anchor, shifted.prior_vector(), windows), shifted.anchor)

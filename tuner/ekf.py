@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
@@ -196,17 +197,13 @@ class PairFilter:
         low, high = self.bounds
         free = self.prior_vector() > 0
 
-        def errors(x: NDArray[np.float64]) -> list[NDArray[np.float64] | None]:
-            return self._log_errors(observations, x)
-
+        errors = partial(self._log_errors, observations)
         start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors(x)))
-        self.x = map_fit(errors, start, self._anchor_for(observations), scaled_entries(self.prior.family, len(self.x)),
+        anchor = anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
+        self.x = map_fit(errors, start, anchor, scaled_entries(self.prior.family, len(self.x)),
                          free, (low, high), self.settings, tol)
         if reset_spread:
             self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
-
-    def _anchor_for(self, observations: list[Observation]) -> NDArray[np.float64]:
-        return anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
 
     def _refit(self, obs: Observation) -> None:
         """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated

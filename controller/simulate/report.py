@@ -16,11 +16,6 @@ from controller.simulate.power_figures import BOUND_SHARE
 from controller.simulate.runner import Trace
 from controller.simulate.scenario import Scenario
 
-POWER_FIGURES = ("mean_budget_w", "co2_kg", "co2_mg_per_token", "budget_bound_share", "idle_energy_share",
-                 "drop_settle_s", "drop_over_after_s",
-                 "domain_over_s", "domain_longest_over_s", "ramp_rise_max_w_per_s", "ramp_fall_max_w_per_s",
-                 "ramp_up_fast_s", "ramp_down_fast_s", "ramp_down_fast_by_limits_s")
-"""controller/simulate/power_figures.py's; a column shows where some policy has a value."""
 POWER_LABELS = {"mean_budget_w": "mean budget (W)", "co2_kg": "CO2 (kg)", "co2_mg_per_token": "CO2 (mg/token)",
                 "budget_bound_share": "budget-bound share", "idle_energy_share": "idle energy share",
                 "drop_settle_s": "budget drop settled in (s)", "drop_over_after_s": "over after a drop (s)",
@@ -28,6 +23,9 @@ POWER_LABELS = {"mean_budget_w": "mean budget (W)", "co2_kg": "CO2 (kg)", "co2_m
                 "ramp_rise_max_w_per_s": "fastest rise (W/s)", "ramp_fall_max_w_per_s": "fastest fall (W/s)",
                 "ramp_up_fast_s": "rising past the ramp limit (s)", "ramp_down_fast_s": "falling past it (s)",
                 "ramp_down_fast_by_limits_s": "falling past it by the limits (s)"}
+"""controller/simulate/power_figures.py's figures, each with its column's heading; a column shows where some policy
+has a value."""
+POWER_FIGURES = tuple(POWER_LABELS)
 RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "energy_kwh",
                "tokens_per_joule", "sum_t_over_c", *POWER_FIGURES)
 SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "ttft_p95_ms", "itl_mean_ms",
