@@ -7,11 +7,12 @@ Fast at fleet scale (vector operations per service), and checked against the MIL
 from __future__ import annotations
 
 import heapq
-from operator import attrgetter
+from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
-from controller.optimizer.problem import Assignment, Candidate, Choice, Problem
+from controller.optimizer.problem import Candidate, Choice, Problem
 from controller.optimizer.trades import Flat, Ranked, exchange, trade_power
 
 
@@ -27,17 +28,10 @@ class Greedy:
     prices = 10
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
-        acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
-
-        def as_arrays(cs: list[Candidate]) -> tuple[Ranked, np.ndarray]:
-            """The candidates as arrays, and which of them the passes take (no spare replicas)."""
-            rows = np.array([(c.value, c.power_w, c.gpus, acc_index[c.assignment.accelerator], c.spare) for c in cs],
-                            dtype=float).reshape(len(cs), 5).T
-            return Ranked(rows[0], rows[1], rows[2], rows[3].astype(int)), np.flatnonzero(rows[4] == 0)
-
-        ranked = [sorted(cs, key=attrgetter("value"), reverse=True) for cs in cands]  # ties kept in order
-        both = [as_arrays(cs) for cs in ranked]
-        every, lean = [a for a, _ in both], [ks for _, ks in both]
+        columns = _Columns.of(problem, cands)
+        ranked = [[cs[k] for k in ks.tolist()] for cs, ks in zip(cands, columns.rank, strict=True)]
+        every = [columns.ranked(i) for i in range(len(cands))]
+        lean = [np.flatnonzero(columns.spare[columns.span(i)] == 0) for i in range(len(cands))]
         arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
 
         def regret(i: int) -> float:
@@ -64,7 +58,7 @@ class Greedy:
                 best, best_v = picks, v
         best = [int(lean[i][j]) if j >= 0 else -1 for i, j in enumerate(best)]
         arrays = every
-        self._fill_spares(ranked, arrays, best, count, budget)
+        self._fill_spares(columns, arrays, best, count, budget)
         # A spare took its first pick's shape; another of as many GPUs and watts may be worth more.
         self._upgrade(order, arrays, best, count, budget, shed)
         if any(a.value.size for a in arrays):
@@ -74,18 +68,16 @@ class Greedy:
         return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
 
     @staticmethod
-    def _fill_spares(ranked: list[list[Candidate]], arrays: list[Ranked], picks: list[int], count: np.ndarray,
+    def _fill_spares(columns: _Columns, arrays: list[Ranked], picks: list[int], count: np.ndarray,
                      budget: float) -> None:
         """Hand out spare replicas one at a time, the best gain first, while GPUs and watts allow: each step moves
         a service to its pick's shape with one replica more. Room only shrinks, so a step that does not fit now
         never will, and each service's next step joins the heap once its last is taken."""
-        where = [{_key(c.assignment): k for k, c in enumerate(cs)} for cs in ranked]
         spare_w, left = _room(arrays, picks, count, budget)
 
         def step(i: int) -> tuple[float, int, int] | None:
             j = picks[i]
-            a = ranked[i][j].assignment
-            k = where[i].get((a.accelerator, a.replicas + 1, a.max_batch, a.power_cap_w, a.sm_clock_fraction))
+            k = columns.one_more(i, j)
             if k is None or arrays[i].value[k] <= arrays[i].value[j] + 1e-12:
                 return None
             return (-(arrays[i].value[k] - arrays[i].value[j]), i, k)
@@ -145,8 +137,11 @@ class Greedy:
             if a.power[0] - freed_w <= spare_w and a.gpus[0] <= left[a.acc[0]] + freed:
                 k = 0  # the most valuable fits: no vector pass
             else:
-                # only candidates before the current one can be worth more
+                # only candidates before the current one can be worth more, and none of them fits where even the
+                # one of least draw among them does not
                 upto = int(np.count_nonzero(a.value > now))
+                if a.least_w[upto - 1] - freed_w > spare_w:
+                    continue
                 room = left[a.acc[:upto]].copy()
                 if j >= 0:
                     room[a.acc[:upto] == a.acc[j]] += a.gpus[j]
@@ -175,12 +170,6 @@ def _best_each(flat: Flat, price: float) -> list[int]:
     return list(out.tolist())
 
 
-def _key(a: Assignment) -> tuple[str, int, int, float, float | None]:
-    """An assignment's fields as a plain tuple: hashed in C, where the dataclass's hash runs in Python (a fleet's
-    spares look up every candidate by it)."""
-    return a.accelerator, a.replicas, a.max_batch, a.power_cap_w, a.sm_clock_fraction
-
-
 def _room(arrays: list[Ranked], picks: list[int], count: np.ndarray, budget: float) -> tuple[float, np.ndarray]:
     """Watts and GPUs per accelerator that `picks` leave free."""
     spare_w = budget + 1e-6 - sum(arrays[i].power[j] for i, j in enumerate(picks) if j >= 0)
@@ -189,3 +178,64 @@ def _room(arrays: list[Ranked], picks: list[int], count: np.ndarray, budget: flo
         if j >= 0:
             left[arrays[i].acc[j]] -= arrays[i].gpus[j]
     return spare_w, left
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Every service's candidates as columns end to end, in the order given, and each service's ranking (most
+    valuable first, ties in order): read once, where a fleet holds a hundred thousand candidates."""
+
+    first: np.ndarray
+    """Each service's first row, and past the last one its end."""
+    rank: list[np.ndarray]
+    value: np.ndarray
+    power: np.ndarray
+    gpus: np.ndarray
+    acc: np.ndarray
+    spare: np.ndarray
+    shape: np.ndarray
+    """(replicas, max batch, cap, clock or 0 where free) per row, ranked within each service."""
+
+    @classmethod
+    def of(cls, problem: Problem, cands: list[list[Candidate]]) -> _Columns:
+        acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
+        rows = [c for cs in cands for c in cs]
+        first = np.cumsum([0] + [len(cs) for cs in cands])
+        who = np.repeat(np.arange(len(cands)), np.diff(first))
+        if not rows:
+            none = np.zeros(0)
+            return cls(first, [none.astype(np.intp)] * len(cands), none, none, none, none.astype(int), none,
+                       np.zeros((0, 4)))
+        n = len(rows)
+
+        def column(name: str) -> np.ndarray:
+            """One field of every row: no tuple per row, so the collector stays idle."""
+            return np.fromiter(map(itemgetter(Candidate._fields.index(name)), rows), float, n)
+
+        value = column("value")
+        order = np.lexsort((-value, who))  # stable: ties keep their order
+        rank = [order[a:b] - a for a, b in zip(first[:-1].tolist(), first[1:].tolist(), strict=True)]
+        # assignments are shared between candidates (candidates.py builds them once each): read each one once
+        each = np.fromiter(map(id, map(itemgetter(Candidate._fields.index("assignment")), rows)), np.int64, n)
+        ids, at = np.unique(each, return_index=True)
+        one = np.array([(a.replicas, a.max_batch, a.power_cap_w, a.sm_clock_fraction or 0.0,
+                         acc_index[a.accelerator]) for a in (rows[k].assignment for k in at.tolist())], dtype=float)
+        shape = one.reshape(ids.size, 5)[np.searchsorted(ids, each)][order]
+        power, gpus, spare = (column(f)[order] for f in ("power_w", "gpus", "spare"))
+        return cls(first, rank, value[order], power, gpus, shape[:, 4].astype(int), spare, shape[:, :4])
+
+    def span(self, i: int) -> slice:
+        return slice(int(self.first[i]), int(self.first[i + 1]))
+
+    def ranked(self, i: int) -> Ranked:
+        s = self.span(i)
+        return Ranked(self.value[s], self.power[s], self.gpus[s], self.acc[s])
+
+    def one_more(self, i: int, j: int) -> int | None:
+        """Service i's candidate (by its rank) on the same accelerator and shape as its j-th with one replica more
+        (the last of equals), or None."""
+        s = self.span(i)
+        shape, acc = self.shape[s], self.acc[s]
+        want = shape[j] + (1.0, 0.0, 0.0, 0.0)
+        hit = np.flatnonzero((shape == want).all(axis=1) & (acc == acc[j]))
+        return int(hit[-1]) if hit.size else None

@@ -7,6 +7,7 @@ few vector operations; a round makes the best trade it finds, and the rounds sto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -26,6 +27,12 @@ class Ranked:
     power: np.ndarray
     gpus: np.ndarray
     acc: np.ndarray
+
+    @cached_property
+    def least_w(self) -> list[float]:
+        """The least draw among the first k + 1 candidates, at k: a bound that rules out a whole prefix at once."""
+        out: list[float] = np.minimum.accumulate(self.power).tolist()
+        return out
 
 
 @dataclass(frozen=True)
