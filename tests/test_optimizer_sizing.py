@@ -75,20 +75,41 @@ def fresh_tables(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(sizing, name, empty)
 
 
-def test_services_sized_together_need_what_each_needs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fleet's rounds answered in one call each (services sharing a basis in waves) give each service the needs
-    it has sized alone, with nothing known before."""
+@pytest.mark.parametrize("moved", [1.0, 1.13, 0.62], ids=["same", "up", "down"])
+def test_services_sized_together_need_what_each_needs_alone(monkeypatch: pytest.MonkeyPatch, moved: float) -> None:
+    """A fleet's rounds answered in one call each give each service the needs it has sized alone, with nothing
+    known before: the first time (services sharing a basis in waves), and a cycle later, the loads moved (side by
+    side, on the brackets they share)."""
     shapes = [ServerShape(batch, 1024, cap) for batch in (8, 64, 256) for cap in (None, 450.0)]
     fleet = [(params, Load(rate, 800, 200), targets) for params in (PARAMS, STEP)
              for targets in (Targets(300, 40), Targets(900, 60, "p95")) for rate in (0.5, 6.0, 6.5, 40.0)]
     fresh_tables(monkeypatch)
-    together = size_together("mm1k-cb", [(Sizer("mm1k-cb", p, load, t, H100), shapes, 16) for p, load, t in fleet])
+    cycles = [[(Sizer("mm1k-cb", p, replace(load, rate_rps=load.rate_rps * k), t, H100), shapes, 16)
+               for p, load, t in fleet] for k in (1.0, moved)]
+    together = [size_together("mm1k-cb", jobs) for jobs in cycles]
     alone = []
-    for params, load, targets in fleet:
+    for sizer, _, _ in cycles[1]:
         fresh_tables(monkeypatch)
-        alone.append([Sizer("mm1k-cb", params, load, targets, H100).need(shape, 16) for shape in shapes])
-    assert together == alone
-    assert {n for needs in alone for n in needs} > {None, 1}  # light and heavy loads, shapes that cannot carry them
+        alone.append([Sizer("mm1k-cb", *sizer.base[:2], sizer.targets, H100).need(shape, 16) for shape in shapes])
+    assert together[1] == alone
+    assert {n for needs in together[0] for n in needs} > {None, 1}  # light and heavy loads, shapes carrying none
+
+
+def test_a_load_that_drifts_is_answered_by_the_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a shape is sized, its brackets are widened to what a load within DRIFT of it needs: the next cycles'
+    loads, up or down, cost no solve (where the shape's max rate is not within the drift of a share)."""
+    solves = counting_solves(monkeypatch)
+    shape, targets, rate = ServerShape(64, 1024, 600.0), Targets(300, 40), 20.0
+    sizer = Sizer("mm1k-cb", PARAMS, Load(rate, 800, 200), targets, H100)
+    need = sizer.need(shape, 16)
+    cold = len(solves)
+    per_replica = Sizer("mm1k-cb", PARAMS, Load(rate, 800, 200), targets, H100).rate_per_replica(shape)
+    assert need is not None and need > 1
+    assert rate * (1 + sizing.DRIFT) / need < per_replica < rate * (1 - sizing.DRIFT) / (need - 1)
+    del solves[cold:]
+    for k in (0.92, 0.97, 1.04, 1.09):
+        assert Sizer("mm1k-cb", PARAMS, Load(rate * k, 800, 200), targets, H100).need(shape, 16) == need
+    assert len(solves) == cold
 
 
 def counting_solves(monkeypatch: pytest.MonkeyPatch) -> list[float]:

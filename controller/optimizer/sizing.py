@@ -3,9 +3,10 @@
 Sizing through the max rate costs a bisection, about 15 chain solves per shape, while a replica count asks
 less: only whether each count's share fits. Per shape (its exact inputs, which the daemon's sizing basis
 holds still while estimates jitter) the rates known to fit and known not to are kept as a bracket; only a
-count whose share falls inside the bracket is solved, and the answer narrows it. A shape sized in an
-earlier cycle mostly needs no solve at all, a new one two or three, from a guess the same shape's last
-bracket gives where the inputs moved.
+count whose share falls inside the bracket is solved, and the answer narrows it. Once sized, a shape's
+bracket is widened by two more checks in the next round to what a load within DRIFT needs, so a shape sized
+in an earlier cycle mostly needs no solve at all while its load drifts, a new one two or three, from a guess
+the same shape's last bracket gives where the inputs moved.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Brackets:
         return float(self.fits_rps[self.row[shape]])
 
 
+DRIFT = 0.1
+"""Relative move of a load between cycles the brackets are widened to answer without a solve (`_drift_probes`)."""
+
+
 _bases: dict[object, int] = {}
 """What every shape of one service on one accelerator shares (model, parameters, load per unit of rate, targets,
 power profile), by a number: a bracket's key hashes that number, not the dozens of fields behind it."""
@@ -94,17 +99,22 @@ Job = tuple["Sizer", Sequence[ServerShape], int]
 def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
     """Each job's needs (`Sizer.search`), every job's round of checks answered in one call of the queue model,
     which solves them together: a fleet's sizing costs a few calls a cycle, not one per service and round. Jobs
-    that share brackets (one basis: equal parameters, mix, targets and profile) run in successive waves, each
-    starting from what the one before it learnt, as they would one by one."""
-    waves: list[list[int]] = []
+    that share brackets (one basis: equal parameters, mix, targets and profile) and find them blank run in
+    successive waves, each starting from what the one before it learnt, as they would one by one; where the
+    brackets already know something, a search is short and they run side by side (brackets only ever narrow)."""
+    waves: list[list[int]] = [[]]
     seen: Counter[int] = Counter()
-    for j, (sizer, _, _) in enumerate(jobs):
+    for j, (sizer, shapes, _) in enumerate(jobs):
+        brackets = sizer.brackets_of(shapes)
+        if brackets.fits_rps.any() or np.isfinite(brackets.misses_rps).any():
+            waves[0].append(j)
+            continue
         if seen[sizer.basis] == len(waves):
             waves.append([])
         waves[seen[sizer.basis]].append(j)
         seen[sizer.basis] += 1
     out: list[list[int | None]] = [[] for _ in jobs]
-    for wave in waves:
+    for wave in filter(None, waves):
         for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave]), strict=True):
             out[j] = needs
     return out
@@ -112,7 +122,7 @@ def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
 
 def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
     """The jobs' searches side by side, what their brackets answer read for all at once, each round's checks in
-    one call."""
+    one call (none where the brackets answered every search's round)."""
     brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
     sizes = [len(shapes) for _, shapes, _ in jobs]
     rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
@@ -141,7 +151,7 @@ def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
         sizes = [len(asked[j]) for j in order]
         points = Points(bases, np.repeat(order, sizes), [shape for shape, _ in checks],
                         np.array([rate for _, rate in checks]))
-        answers = get_model(model).within_targets_of(points, targets)
+        answers = get_model(model).within_targets_of(points, targets) if checks else np.zeros(0, dtype=bool)
         for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
             step(j, part)
     return out
@@ -183,8 +193,10 @@ class Sizer:
             search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
             searches[i] = search, next(search)
 
+        probes: list[tuple[int, float]] = []
+
         def advance(i: int, fits: bool) -> bool:
-            """Answer shape i's search; False once it has finished (its need recorded)."""
+            """Answer shape i's search; False once it has finished (its need recorded, its probes queued)."""
             search, _ = searches[i]
             try:
                 searches[i] = search, search.send(fits)
@@ -193,9 +205,11 @@ class Sizer:
                 out[i] = done.value
                 self._remember(shapes[i], float(fits_rps[i]))
                 del searches[i]
+                probes.extend((i, rate) for rate in _drift_probes(load.rate_rps, done.value, most)
+                              if fits_rps[i] < rate < misses_rps[i])
                 return False
 
-        while searches:
+        while searches or probes:
             asked = {}
             for i in list(searches):
                 while True:  # answered from the bracket while it can
@@ -205,12 +219,15 @@ class Sizer:
                         break
                     if not advance(i, rate <= fits_rps[i]):
                         break
-            answers = yield [(shapes[i], rate) for i, rate in asked.items()]
-            for (i, rate), ok in zip(asked.items(), answers.tolist(), strict=True):
+            probed, probes = probes, []
+            checks = [*asked.items(), *probed]
+            answers = (yield [(shapes[i], rate) for i, rate in checks]).tolist()
+            for (i, rate), ok in zip(checks, answers, strict=True):
                 if ok:
-                    fits_rps[i] = rate
+                    fits_rps[i] = max(fits_rps[i], rate)
                 else:
-                    misses_rps[i] = rate
+                    misses_rps[i] = min(misses_rps[i], rate)
+            for i, ok in zip(asked, answers[:len(asked)], strict=True):
                 advance(i, ok)
         return out
 
@@ -275,6 +292,16 @@ def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | floa
     never = rate_rps / np.maximum(most, 1.0) >= misses_rps  # `most`'s share is known not to fit: no count does
     decided = never | known & ((n <= 1.0) | (rate_rps / np.maximum(n - 1.0, 1.0) >= misses_rps))
     return decided, np.where(decided & ~never, n, most + 1).astype(np.int64)
+
+
+def _drift_probes(rate_rps: float, need: int | None, most: int) -> tuple[float, ...]:
+    """Rates whose answers let the brackets decide this need again while the load stays within DRIFT of
+    `rate_rps`: the need's share at a load DRIFT larger, and the share of one replica fewer (or of the most, where
+    none carries it) at a load DRIFT smaller. Asked beside the next round's checks, once a shape is sized."""
+    if need is None:
+        return (rate_rps * (1.0 - DRIFT) / most,)
+    up = rate_rps * (1.0 + DRIFT) / need
+    return (up,) if need == 1 else (up, rate_rps * (1.0 - DRIFT) / (need - 1))
 
 
 def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
