@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.optimizer import sizing
-from controller.optimizer.sizing import Sizer, fit_search, size_together
+from controller.optimizer import counts, sizing
+from controller.optimizer.counts import fit_search
+from controller.optimizer.sizing import Sizer, size_together
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
 from queuemodels.law_arrays import Points
@@ -105,7 +106,7 @@ def test_a_load_that_drifts_is_answered_by_the_brackets(monkeypatch: pytest.Monk
     cold = len(solves)
     per_replica = Sizer("mm1k-cb", PARAMS, Load(rate, 800, 200), targets, H100).rate_per_replica(shape)
     assert need is not None and need > 1
-    assert rate * (1 + sizing.DRIFT) / need < per_replica < rate * (1 - sizing.DRIFT) / (need - 1)
+    assert rate * (1 + counts.DRIFT) / need < per_replica < rate * (1 - counts.DRIFT) / (need - 1)
     del solves[cold:]
     for k in (0.92, 0.97, 1.04, 1.09):
         assert Sizer("mm1k-cb", PARAMS, Load(rate * k, 800, 200), targets, H100).need(shape, 16) == need
@@ -159,7 +160,7 @@ def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap
         assert share <= fits_rps or share >= fits_rps + gap, "the search needed a solve"
         return share <= fits_rps
 
-    decided, need = sizing._from_brackets(np.array([fits_rps, 0.0, 0.0]),
+    decided, need = counts.from_brackets(np.array([fits_rps, 0.0, 0.0]),
                                           np.array([fits_rps + gap, np.inf, fits_rps + gap]), load_rps, most)
     assert not decided[1]  # nothing known
     if decided[0]:

@@ -3,10 +3,10 @@
 Sizing through the max rate costs a bisection, about 15 chain solves per shape, while a replica count asks
 less: only whether each count's share fits. Per shape (its exact inputs, which the daemon's sizing basis
 holds still while estimates jitter) the rates known to fit and known not to are kept as a bracket; only a
-count whose share falls inside the bracket is solved, and the answer narrows it. Once sized, a shape's
-bracket is widened by two more checks in the next round to what a load within DRIFT needs, so a shape sized
-in an earlier cycle mostly needs no solve at all while its load drifts, a new one two or three, from a guess
-the same shape's last bracket gives where the inputs moved.
+count whose share falls inside the bracket is solved, and the answer narrows it (controller.optimizer.counts).
+Once sized, a shape's bracket is widened by two more checks in the next round to what a load within DRIFT
+needs, so a shape sized in an earlier cycle mostly needs no solve at all while its load drifts, a new one two
+or three, from a guess the same shape's last bracket gives where the inputs moved.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
+from controller.optimizer.counts import drift_probes, fit_search, from_brackets
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.law_arrays import Base, Bases, Points
 from queuemodels.step_arrays import Bools, Floats
@@ -64,10 +65,6 @@ class Brackets:
         """The largest rate per replica known to meet the targets on this shape (0 where none is): a lower bound on
         its max rate that costs nothing, for ranking shapes not worth a bisection each."""
         return float(self.fits_rps[self.row[shape]])
-
-
-DRIFT = 0.1
-"""Relative move of a load between cycles the brackets are widened to answer without a solve (`_drift_probes`)."""
 
 
 _bases: dict[object, int] = {}
@@ -127,7 +124,7 @@ def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
     sizes = [len(shapes) for _, shapes, _ in jobs]
     rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
     mosts = np.repeat([most for _, _, most in jobs], sizes).astype(float)
-    decided, need = _from_brackets(np.concatenate([b.fits_rps for b in brackets]),
+    decided, need = from_brackets(np.concatenate([b.fits_rps for b in brackets]),
                                    np.concatenate([b.misses_rps for b in brackets]), rates, mosts)
     cuts = np.cumsum(sizes)[:-1]
     searches = {j: sizer.search(shapes, most, (b, d, n)) for j, ((sizer, shapes, most), b, d, n) in
@@ -174,7 +171,7 @@ class Sizer:
     def search(self, shapes: Sequence[ServerShape], most: int, opening: tuple[Brackets, Bools, NDArray[np.int64]]) -> \
             Generator[list[tuple[ServerShape, float]], Bools, list[int | None]]:
         """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
-        None where `most` do not. `opening`: the shapes' brackets and what they answer (`_from_brackets`). The
+        None where `most` do not. `opening`: the shapes' brackets and what they answer (`from_brackets`). The
         shapes' searches run side by side: each round yields the (shape, rate per replica) checks the brackets do
         not answer and is sent whether each fits (`size_together` answers many services' rounds in one call of
         the queue model)."""
@@ -205,7 +202,7 @@ class Sizer:
                 out[i] = done.value
                 self._remember(shapes[i], float(fits_rps[i]))
                 del searches[i]
-                probes.extend((i, rate) for rate in _drift_probes(load.rate_rps, done.value, most)
+                probes.extend((i, rate) for rate in drift_probes(load.rate_rps, done.value, most)
                               if fits_rps[i] < rate < misses_rps[i])
                 return False
 
@@ -275,61 +272,3 @@ def rates_per_replica(model: str, asks: Sequence[tuple[Sizer, ServerShape, Brack
         rates = get_model(model).max_rates_of(points, [s.targets for s in sizers], known[:, 0], known[:, 1])
         _max_rates.update(zip(missing, rates.tolist(), strict=True))
     return [_max_rates[(sizer.basis, shape)] for sizer, shape, _ in asks]
-
-
-def _from_brackets(fits_rps: Floats, misses_rps: Floats, rate_rps: Floats | float, most: Floats | int) -> tuple[
-        Bools, NDArray[np.int64]]:
-    """Per shape, whether its bracket alone answers, and the need where it does: n replicas' shares are known to
-    fit and n - 1's known not to (or n is 1), or the most replicas' share is known not to fit (the shape cannot
-    carry the load: a need past `most`), so no search is needed, as for most shapes from one cycle to the next."""
-    known = fits_rps > 0.0
-    fits = np.where(known, fits_rps, 1.0)
-    n = np.clip(np.ceil(rate_rps / fits), 1.0, most + 1.0)  # past `most` it is enough that `most` do not fit
-    while (fewer := (n > 1.0) & (rate_rps / np.maximum(n - 1.0, 1.0) <= fits)).any():  # ceil's rounding: a step
-        n = np.where(fewer, n - 1.0, n)
-    while (more := (rate_rps / n > fits) & (n <= most)).any():
-        n = np.where(more, n + 1.0, n)
-    never = rate_rps / np.maximum(most, 1.0) >= misses_rps  # `most`'s share is known not to fit: no count does
-    decided = never | known & ((n <= 1.0) | (rate_rps / np.maximum(n - 1.0, 1.0) >= misses_rps))
-    return decided, np.where(decided & ~never, n, most + 1).astype(np.int64)
-
-
-def _drift_probes(rate_rps: float, need: int | None, most: int) -> tuple[float, ...]:
-    """Rates whose answers let the brackets decide this need again while the load stays within DRIFT of
-    `rate_rps`: the need's share at a load DRIFT larger, and the share of one replica fewer (or of the most, where
-    none carries it) at a load DRIFT smaller. Asked beside the next round's checks, once a shape is sized."""
-    if need is None:
-        return (rate_rps * (1.0 - DRIFT) / most,)
-    up = rate_rps * (1.0 + DRIFT) / need
-    return (up,) if need == 1 else (up, rate_rps * (1.0 - DRIFT) / (need - 1))
-
-
-def fit_search(most: int, guess: int) -> Generator[int, bool, int | None]:
-    """Smallest n in 1..most that fits, fitting monotone (false, then true): yields each n to check and is sent
-    whether it fits; outward from `guess` in doubling steps, then by bisection, so a right guess costs two
-    checks and a wrong one a few more. A generator, so many shapes' searches can be answered together."""
-    n = min(max(guess, 1), most)
-    bad, good, step = 0, n, 1
-    if (yield n):
-        while good - step > bad:
-            if not (yield good - step):
-                bad = good - step
-                break
-            good, step = good - step, 2 * step
-    else:
-        bad = n
-        while True:
-            probe = min(most, bad + step)
-            if (yield probe):
-                good = probe
-                break
-            if probe == most:
-                return None
-            bad, step = probe, 2 * step
-    while good - bad > 1:
-        mid = (good + bad) // 2
-        if (yield mid):
-            good = mid
-        else:
-            bad = mid
-    return good
