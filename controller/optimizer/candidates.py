@@ -16,7 +16,8 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -92,6 +93,9 @@ def _scores(problem: Problem, cost: Floats, power_w: Floats, in_system: Floats, 
 
 _assignment = lru_cache(maxsize=1 << 16)(Assignment)
 """Assignments shared by every candidate that names the same one (a frozen dataclass is slow to build)."""
+_candidate = partial(tuple.__new__, Candidate)
+"""A Candidate from its fields in order, as `Candidate._make` builds it less its Python-level checks (a fleet's
+cycle builds hundreds of thousands)."""
 Spec = tuple[int, float, float | None, int, float, int]
 """A candidate before it is valued: (max batch, cap, clock, replicas, served rps, spare replicas)."""
 
@@ -114,32 +118,40 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
                                                                                          list[float]]]:
     """Each pair's specs valued, all of them in one call of the queue model (which solves them together), with the
     predicted draw of the GPUs each holds; a spec whose rate per replica the model cannot take is dropped."""
-    flat = [(k, spec) for k, pair_specs in enumerate(specs) for spec in pair_specs]
-    points = Points(Bases(pair.sizer.base for pair in pairs), np.array([k for k, _ in flat], dtype=np.intp),
-                    [pairs[k].shapes[spec[:3]] for k, spec in flat],
-                    np.array([served / n for _, (*_, n, served, _) in flat]))
+    k = np.repeat(np.arange(len(pairs)), [len(pair_specs) for pair_specs in specs])
+    # by field: batch, cap, clock, replicas, served, spare
+    columns = list(zip(*chain.from_iterable(specs), strict=True)) or [()] * 6
+    shapes = list(chain.from_iterable(map(pair.shapes.__getitem__, zip(*(c[a:b] for c in columns[:3]), strict=True))
+                                      for pair, (a, b) in zip(pairs, _spans(specs), strict=True)))
+    replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
+    points = Points(Bases(pair.sizer.base for pair in pairs), k, shapes, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
-    k = points.base
     per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.idle_power_w,
-                          problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens)
-                         for p in pairs], dtype=float).reshape(len(pairs), 5)[k].T
-    gpus_per_replica, price, idle_w, rate_rps, out_tokens = per_pair
-    replicas, served = (np.array([spec[j] for _, spec in flat], dtype=float) for j in (3, 4))
+                          problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens,
+                          p.service) for p in pairs], dtype=float).reshape(len(pairs), 6)[k].T
+    gpus_per_replica, price, idle_w, rate_rps, out_tokens, service = per_pair
     gpus = replicas * gpus_per_replica
-    per_gpu_w = np.array([spec[1] for _, spec in flat]) if problem.budget_mode == "caps" else figures.power_w
+    per_gpu_w = np.array(columns[1], dtype=float) if problem.budget_mode == "caps" else figures.power_w
     cost = gpus * price
     score = _scores(problem, cost, gpus * per_gpu_w, replicas * figures.in_system, served, out_tokens)
     keep = figures.covered
-    columns = (gpus.astype(int), gpus * (per_gpu_w - idle_w), cost, np.maximum(0.0, rate_rps - served), score)
-    kept = [(pairs[j].service, pairs[j].acc.name, spec) for (j, spec), covered in zip(flat, keep.tolist(), strict=True)
-            if covered]
-    made = [Candidate(service, _assignment(acc, n, batch, cap_w, clock), g, power_w, c, served_rps, short, v, 0.0,
-                      spare)
-            for (service, acc, (batch, cap_w, clock, n, served_rps, spare)), g, power_w, c, short, v in zip(
-                kept, *(col[keep].tolist() for col in columns), strict=True)]
+    kept = keep.tolist()
+    names = [pair.acc.name for pair in pairs]
+    assignments = map(_assignment, compress((names[j] for j in k.tolist()), kept),
+                      *(compress(columns[j], kept) for j in (3, 0, 1, 2)))
+    made = list(map(_candidate, zip(service[keep].astype(int).tolist(), assignments, gpus[keep].astype(int).tolist(),
+                                    *(col[keep].tolist() for col in (gpus * (per_gpu_w - idle_w), cost, served,
+                                                                     np.maximum(0.0, rate_rps - served), score)),
+                                    repeat(0.0), compress(columns[5], kept))))
     draws = (gpus * figures.power_w)[keep].tolist()
-    ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # `flat` runs pair by pair
+    ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # the specs run pair by pair
     return [(made[a:b], draws[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _spans(specs: list[list[Spec]]) -> list[tuple[int, int]]:
+    """Where each pair's specs lie in all of them laid end to end."""
+    ends = np.cumsum([len(pair_specs) for pair_specs in specs]).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:
