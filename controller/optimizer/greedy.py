@@ -50,8 +50,12 @@ class Greedy:
         best: list[int] = [-1] * len(cands)
         best_v = sum(shed)
         flat = Flat.of(arrays, shed)
+        last: list[int] = []
         for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
             picks = self._pass(order, arrays, count.copy(), budget, float(price), _best_each(flat, float(price)))
+            if picks == last:  # the upgrades would end where the last price's did, already weighed
+                continue
+            last = picks.copy()
             self._upgrade(order, arrays, picks, count, budget, shed)
             v = sum(arrays[i].value[j] if j >= 0 else shed[i] for i, j in enumerate(picks))
             if v > best_v + 1e-12:
