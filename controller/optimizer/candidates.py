@@ -205,8 +205,8 @@ def _partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets
         return []
     if not known:
         return list(needs)
-    fewest = (s for s, n in needs.items() if n == min(known))
-    return [max(fewest, key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
+    least = min(known)
+    return [max((s for s, n in needs.items() if n == least), key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
 
 
 def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Spec]:
