@@ -237,3 +237,15 @@ def test_a_margin_never_leaves_a_service_without_candidates() -> None:
     assert got[2] and [c.assignment for c in got[2]] == [c.assignment for c in want[2]]
     assert [c.assignment for c in got[0]] == [c.assignment for c in want[0]]
     assert solve(problem, get_solver("greedy")).services[2].reason != "slo"
+
+
+def test_candidates_built_by_field_are_whole() -> None:
+    """`_value` builds candidates with tuple.__new__ for speed, past namedtuple's count of fields: each must still
+    hold every field, of its type (a field added to Candidate and not to `_value` would shift the others)."""
+    for problem in CASES[:6]:
+        for cs in enumerate_all(problem):
+            for c in cs:
+                assert len(c) == len(Candidate._fields) and c == Candidate._make(c)
+                assert isinstance(c.assignment, Assignment) and isinstance(c.gpus, int) and isinstance(c.spare, int)
+                assert all(isinstance(v, float) for v in (c.power_w, c.cost_per_hour, c.served_rps, c.short_rps,
+                                                          c.score, c.value))

@@ -199,7 +199,8 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
 def _partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets) -> list[Shape]:
     """The shapes partial candidates may run on (`_partials`): among those needing the fewest replicas (the need
     falls as the rate rises), the one whose known fitting rate is highest (`brackets`: those the shapes were sized
-    with); every shape where none carries the load; none where one replica carries it."""
+    with, their searches' checks and drift probes of this cycle and earlier ones, a lower bound of each one's max
+    rate that costs nothing); every shape where none carries the load; none where one replica carries it."""
     known = [n for n in needs.values() if n is not None]
     if problem.services[pair.service].load.rate_rps <= 0 or (known and min(known) == 1):
         return []

@@ -173,7 +173,8 @@ class Sizer:
         """For each shape, the fewest replicas (1..most) whose equal shares of the load each meet the targets;
         None where `most` do not. `opening`: the shapes' brackets and what they answer (`from_brackets`). The
         shapes' searches run side by side: each round yields the (shape, rate per replica) checks the brackets do
-        not answer and is sent whether each fits (`size_together` answers many services' rounds in one call of
+        not answer, then the drift probes of the shapes sized in the round before (`drift_probes`: they only widen
+        the brackets), and is sent whether each fits (`size_together` answers many services' rounds in one call of
         the queue model)."""
         load = self.load
         if most < 1:
