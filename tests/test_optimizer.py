@@ -249,3 +249,14 @@ def test_candidates_built_by_field_are_whole() -> None:
                 assert isinstance(c.assignment, Assignment) and isinstance(c.gpus, int) and isinstance(c.spare, int)
                 assert all(isinstance(v, float) for v in (c.power_w, c.cost_per_hour, c.served_rps, c.short_rps,
                                                           c.score, c.value))
+
+
+@pytest.mark.parametrize("solver", ["greedy", "milp", "auto", "exhaustive"])
+def test_nothing_to_run_on_is_a_plan_not_a_traceback(solver: str) -> None:
+    """The last GPU of a host's one type lost (no service has a candidate anywhere), or every service removed by a
+    reload: each solver plans nothing and says why, where `_value` and the solvers once raised."""
+    lost = replace(H100, count=0)
+    for problem in (Problem(services((4.0, 2.0, 3.0)), (lost,), 3000.0), Problem((), (H100,), 3000.0)):
+        plan = solve(problem, get_solver(solver))
+        assert all(s.assignment is None and s.reason == "inventory" for s in plan.services)
+        assert len(plan.services) == len(problem.services) and plan.power_w == problem.idle_w

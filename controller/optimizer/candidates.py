@@ -17,7 +17,7 @@ import heapq
 import math
 from dataclasses import replace
 from functools import lru_cache, partial
-from itertools import chain, compress, repeat
+from itertools import chain, compress, pairwise, repeat
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -145,13 +145,13 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
                                     repeat(0.0), compress(columns[5], kept))))
     draws = (gpus * figures.power_w)[keep].tolist()
     ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # the specs run pair by pair
-    return [(made[a:b], draws[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    return [(made[a:b], draws[a:b]) for a, b in pairwise([0, *ends])]
 
 
 def _spans(specs: list[list[Spec]]) -> list[tuple[int, int]]:
     """Where each pair's specs lie in all of them laid end to end."""
     ends = np.cumsum([len(pair_specs) for pair_specs in specs]).tolist()
-    return list(zip([0, *ends[:-1]], ends, strict=True))
+    return list(pairwise([0, *ends]))
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:

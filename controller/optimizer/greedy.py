@@ -28,6 +28,8 @@ class Greedy:
     prices = 10
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
+        if not cands:
+            return [], []  # no service: nothing to choose (every service removed by a reload)
         columns = _Columns.of(problem, cands)
         ranked = [[cs[k] for k in ks.tolist()] for cs, ks in zip(cands, columns.rank, strict=True)]
         every = [columns.ranked(i) for i in range(len(cands))]

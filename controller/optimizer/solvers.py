@@ -78,6 +78,8 @@ class Milp:
     def exact(self, problem: Problem, cands: list[list[Candidate]],
               shed: list[float]) -> tuple[Choice | None, list[str]]:
         """The MILP's choice (None where it found no incumbent: the note says so)."""
+        if not cands:
+            return [], []  # no service: a MILP without variables is not one HiGHS takes
         lp = Lp()
         picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
                  for i, cs in enumerate(cands)]
