@@ -41,19 +41,13 @@ class Greedy:
             return float(v[0] - (v[1] if len(v) > 1 else shed[i])) if len(v) else 0.0
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
-        # The highest power price a choice can turn on: a trade between two candidates of a service, or
-        # serving it at all against shedding it (what starves a lower priority when a higher one overspends).
-        spread = [float(np.ptp(a.value) / max(np.ptp(a.power), 1e-9)) for a in arrays if a.value.size > 1]
-        serve = [float(np.max((a.value - shed[i]) / np.maximum(a.power, 1.0))) for i, a in enumerate(arrays)
-                 if a.value.size]
-        top = max([*spread, *serve], default=1.0) or 1.0
         count = np.array([a.count for a in problem.accelerators], dtype=float)
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = sum(shed)
         flat = Flat.of(arrays, shed)
         last: list[int] = []
-        for price in [0.0, *np.geomspace(top * 1e-4, top, self.prices)]:
+        for price in _prices(arrays, shed, self.prices):
             picks = self._pass(order, arrays, count.copy(), budget, float(price), _best_each(flat, float(price)))
             if picks == last:  # the upgrades would end where the last price's did, already weighed
                 continue
@@ -160,6 +154,26 @@ class Greedy:
                 left[a.acc[j]] += a.gpus[j]
             left[a.acc[k]] -= a.gpus[k]
             picks[i] = k
+
+
+def _prices(arrays: list[Ranked], shed: list[float], n: int) -> list[float]:
+    """The power prices the passes run at: 0, and `n` spaced evenly in log from the lowest a choice turns on (a
+    service leaving its most valuable candidate for one of less draw) to the highest (a trade between two
+    candidates of a service, or serving it at all against shedding it: what starves a lower priority when a
+    higher one overspends). Shed penalties put the highest many decades above the lowest, where token speed
+    trades against watts: a range that stopped 4 decades below the highest never priced a higher priority's
+    speed low enough to leave the watts to a lower one's service."""
+    spread = [float(np.ptp(a.value) / max(np.ptp(a.power), 1e-9)) for a in arrays if a.value.size > 1]
+    serve = [float(np.max((a.value - shed[i]) / np.maximum(a.power, 1.0))) for i, a in enumerate(arrays)
+             if a.value.size]
+    top = max([*spread, *serve], default=1.0) or 1.0
+    low = top * 1e-4
+    for a in arrays:  # ranked: the first is the most valuable
+        leaner = a.power < a.power[0] if a.value.size > 1 else np.zeros(0, dtype=bool)
+        if leaner.any():
+            gains = (a.value[0] - a.value[leaner]) / (a.power[0] - a.power[leaner])
+            low = min(low, float(np.min(gains, initial=low, where=gains > 0.0)))
+    return [0.0, *np.geomspace(low, top, n).tolist()]
 
 
 def _best_each(flat: Flat, price: float) -> list[int]:
