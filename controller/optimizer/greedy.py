@@ -1,7 +1,7 @@
 """The greedy solver: priority and regret order under power prices, then upgrades, spares and exchanges.
 
 Fast at fleet scale (vector operations per service), and checked against the MILP and the exhaustive oracle
-(tests/test_optimizer.py, benchmarks/optimizer_scale.py).
+(tests/test_optimizer.py, benchmarks/optimizer_scale.py, benchmarks/greedy_tight.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Greedy:
 
     name = "greedy"
     prices = 10
+    """Power prices swept besides 0 (`_prices`), each a pass and an upgrade sweep."""
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         if not cands:
