@@ -48,7 +48,7 @@ class Greedy:
         best_v = sum(shed)
         flat = Flat.of(arrays, shed)
         last: list[int] = []
-        for price in _prices(arrays, shed, self.prices):
+        for price in _prices(flat, self.prices):
             picks = self._pass(order, arrays, count.copy(), budget, float(price), _best_each(flat, float(price)))
             if picks == last:  # the upgrades would end where the last price's did, already weighed
                 continue
@@ -157,23 +157,29 @@ class Greedy:
             picks[i] = k
 
 
-def _prices(arrays: list[Ranked], shed: list[float], n: int) -> list[float]:
+def _prices(flat: Flat, n: int) -> list[float]:
     """The power prices the passes run at: 0, and `n` spaced evenly in log from the lowest a choice turns on (a
     service leaving its most valuable candidate for one of less draw) to the highest (a trade between two
     candidates of a service, or serving it at all against shedding it: what starves a lower priority when a
     higher one overspends). Shed penalties put the highest many decades above the lowest, where token speed
     trades against watts: a range that stopped 4 decades below the highest never priced a higher priority's
     speed low enough to leave the watts to a lower one's service."""
-    spread = [float(np.ptp(a.value) / max(np.ptp(a.power), 1e-9)) for a in arrays if a.value.size > 1]
-    serve = [float(np.max((a.value - shed[i]) / np.maximum(a.power, 1.0))) for i, a in enumerate(arrays)
-             if a.value.size]
-    top = max([*spread, *serve], default=1.0) or 1.0
-    low = top * 1e-4
-    for a in arrays:  # ranked: the first is the most valuable
-        leaner = a.power < a.power[0] if a.value.size > 1 else np.zeros(0, dtype=bool)
-        if leaner.any():
-            gains = (a.value[0] - a.value[leaner]) / (a.power[0] - a.power[leaner])
-            low = min(low, float(np.min(gains, initial=low, where=gains > 0.0)))
+    if not flat.who.size:
+        return [0.0, *np.geomspace(1e-4, 1.0, n).tolist()]
+    starts = flat.first[np.bincount(flat.who, minlength=flat.first.size) > 0]  # services with candidates
+
+    def ptp(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.maximum.reduceat(x, starts) - np.minimum.reduceat(x, starts)
+        return out
+
+    several = np.diff(np.append(starts, flat.who.size)) > 1
+    spread = (ptp(flat.value) / np.maximum(ptp(flat.power), 1e-9))[several]
+    serve = (flat.value - flat.shed[flat.who]) / np.maximum(flat.power, 1.0)
+    top = max(float(spread.max(initial=-np.inf)), float(serve.max())) or 1.0
+    head = flat.first[flat.who]  # ranked: each service's first candidate is its most valuable
+    leaner = flat.power < flat.power[head]
+    gains = (flat.value[head] - flat.value)[leaner] / (flat.power[head] - flat.power)[leaner]
+    low = float(np.min(gains, initial=top * 1e-4, where=gains > 0.0))
     return [0.0, *np.geomspace(low, top, n).tolist()]
 
 
