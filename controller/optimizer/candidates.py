@@ -121,8 +121,7 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
     k = np.repeat(np.arange(len(pairs)), [len(pair_specs) for pair_specs in specs])
     # by field: batch, cap, clock, replicas, served, spare
     columns = list(zip(*chain.from_iterable(specs), strict=True)) or [()] * 6
-    shapes = list(chain.from_iterable(map(pair.shapes.__getitem__, zip(*(c[a:b] for c in columns[:3]), strict=True))
-                                      for pair, (a, b) in zip(pairs, _spans(specs), strict=True)))
+    shapes = [pair.shapes[spec[:3]] for pair, pair_specs in zip(pairs, specs, strict=True) for spec in pair_specs]
     replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
     points = Points(Bases(pair.sizer.base for pair in pairs), k, shapes, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
@@ -146,12 +145,6 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
     draws = (gpus * figures.power_w)[keep].tolist()
     ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # the specs run pair by pair
     return [(made[a:b], draws[a:b]) for a, b in pairwise([0, *ends])]
-
-
-def _spans(specs: list[list[Spec]]) -> list[tuple[int, int]]:
-    """Where each pair's specs lie in all of them laid end to end."""
-    ends = np.cumsum([len(pair_specs) for pair_specs in specs]).tolist()
-    return list(pairwise([0, *ends]))
 
 
 def with_tails(problem: Problem, c: Candidate) -> Performance | None:
