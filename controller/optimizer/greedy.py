@@ -32,7 +32,6 @@ class Greedy:
         if not cands:
             return [], []  # no service: nothing to choose (every service removed by a reload)
         columns = _Columns.of(problem, cands)
-        ranked = [[cs[k] for k in ks.tolist()] for cs, ks in zip(cands, columns.rank, strict=True)]
         every = [columns.ranked(i) for i in range(len(cands))]
         lean = [np.flatnonzero(columns.spare[columns.span(i)] == 0) for i in range(len(cands))]
         arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
@@ -49,7 +48,7 @@ class Greedy:
         flat = Flat.of(arrays, shed)
         last: list[int] = []
         for price in _prices(flat, self.prices):
-            picks = self._pass(order, arrays, count.copy(), budget, float(price), _best_each(flat, float(price)))
+            picks = self._pass(order, arrays, count.copy(), budget, price, _best_each(flat, price))
             if picks == last:  # the upgrades would end where the last price's did, already weighed
                 continue
             last = picks.copy()
@@ -66,7 +65,7 @@ class Greedy:
             flat = Flat.of(arrays, shed)
             trade_power(flat, best, count, problem.budget_w - problem.idle_w)
             exchange(flat, best, count, problem.budget_w - problem.idle_w)
-        return [ranked[i][j] if j >= 0 else None for i, j in enumerate(best)], []
+        return [cands[i][int(columns.rank[i][j])] if j >= 0 else None for i, j in enumerate(best)], []
 
     @staticmethod
     def _fill_spares(columns: _Columns, arrays: list[Ranked], picks: list[int], count: np.ndarray,
@@ -165,7 +164,7 @@ def _prices(flat: Flat, n: int) -> list[float]:
     trades against watts: a range that stopped 4 decades below the highest never priced a higher priority's
     speed low enough to leave the watts to a lower one's service."""
     if not flat.who.size:
-        return [0.0, *np.geomspace(1e-4, 1.0, n).tolist()]
+        return [0.0]  # no candidate: every price picks nothing
     starts = flat.first[np.bincount(flat.who, minlength=flat.first.size) > 0]  # services with candidates
 
     def ptp(x: np.ndarray) -> np.ndarray:
