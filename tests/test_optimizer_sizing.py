@@ -161,7 +161,7 @@ def test_a_bracket_that_decides_gives_what_the_search_would(fits_rps: float, gap
         return share <= fits_rps
 
     decided, need = counts.from_brackets(np.array([fits_rps, 0.0, 0.0]),
-                                          np.array([fits_rps + gap, np.inf, fits_rps + gap]), load_rps, most)
+                                         np.array([fits_rps + gap, np.inf, fits_rps + gap]), load_rps, most)
     assert not decided[1]  # nothing known
     if decided[0]:
         assert (need[0] if need[0] <= most else None) == first_fit(fits, most, 1)

@@ -57,6 +57,11 @@ class Brackets:
     def unknown(cls, shapes: tuple[ServerShape, ...]) -> Brackets:
         return cls(shapes, np.zeros(len(shapes)), np.full(len(shapes), np.inf))
 
+    @property
+    def blank(self) -> bool:
+        """Nothing is known yet of any of its shapes."""
+        return not (self.fits_rps.any() or np.isfinite(self.misses_rps).any())
+
     @cached_property
     def row(self) -> dict[ServerShape, int]:
         return {shape: i for i, shape in enumerate(self.shapes)}
@@ -99,11 +104,11 @@ def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
     that share brackets (one basis: equal parameters, mix, targets and profile) and find them blank run in
     successive waves, each starting from what the one before it learnt, as they would one by one; where the
     brackets already know something, a search is short and they run side by side (brackets only ever narrow)."""
+    brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
     waves: list[list[int]] = [[]]
     seen: Counter[int] = Counter()
-    for j, (sizer, shapes, _) in enumerate(jobs):
-        brackets = sizer.brackets_of(shapes)
-        if brackets.fits_rps.any() or np.isfinite(brackets.misses_rps).any():
+    for j, ((sizer, _, _), known) in enumerate(zip(jobs, brackets, strict=True)):
+        if not known.blank:
             waves[0].append(j)
             continue
         if seen[sizer.basis] == len(waves):
@@ -112,20 +117,20 @@ def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
         seen[sizer.basis] += 1
     out: list[list[int | None]] = [[] for _ in jobs]
     for wave in filter(None, waves):
-        for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave]), strict=True):
+        for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave], [brackets[j] for j in wave]),
+                            strict=True):
             out[j] = needs
     return out
 
 
-def _lockstep(model: str, jobs: list[Job]) -> list[list[int | None]]:
-    """The jobs' searches side by side, what their brackets answer read for all at once, each round's checks in
-    one call (none where the brackets answered every search's round)."""
-    brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
+def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets]) -> list[list[int | None]]:
+    """The jobs' searches side by side on their brackets, what those answer read for all at once, each round's
+    checks in one call (none where the brackets answered every search's round)."""
     sizes = [len(shapes) for _, shapes, _ in jobs]
     rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
     mosts = np.repeat([most for _, _, most in jobs], sizes).astype(float)
     decided, need = from_brackets(np.concatenate([b.fits_rps for b in brackets]),
-                                   np.concatenate([b.misses_rps for b in brackets]), rates, mosts)
+                                  np.concatenate([b.misses_rps for b in brackets]), rates, mosts)
     cuts = np.cumsum(sizes)[:-1]
     searches = {j: sizer.search(shapes, most, (b, d, n)) for j, ((sizer, shapes, most), b, d, n) in
                 enumerate(zip(jobs, brackets, np.split(decided, cuts), np.split(need, cuts), strict=True))}
