@@ -19,23 +19,12 @@ import json
 import time
 
 import numpy as np
-from optimizer_scale import moved, problem  # a sibling script: benchmarks/ is the script's directory
+from optimizer_scale import add_served, moved, problem, shares  # sibling scripts: benchmarks/ is their directory
+from solver_gap import value
 
 from controller.optimizer import get_solver
 from controller.optimizer.candidates import enumerate_all
-from controller.optimizer.problem import Choice, Problem
 from controller.optimizer.values import valued
-
-
-def value(choice: Choice, shed: list[float]) -> float:
-    return sum(c.value if c is not None else s for c, s in zip(choice, shed, strict=True))
-
-
-def served(p: Problem, choice: Choice, into: dict[int, list[float]]) -> None:
-    for svc, c in zip(p.services, choice, strict=True):
-        got = into.setdefault(svc.priority, [0.0, 0.0])
-        got[0] += c.served_rps if c is not None else 0.0
-        got[1] += svc.load.rate_rps
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     exact, greedy = get_solver("milp", 120.0, 0.0), get_solver("greedy")
     units: list[float] = []
     ms: list[float] = []
-    shares: dict[str, dict[int, list[float]]] = {"greedy": {}, "milp": {}}
+    served: dict[str, dict[int, list[float]]] = {"greedy": {}, "milp": {}}
     for seed in range(args.seeds):
         p = problem(args.services, seed)
         for cycle in range(args.cycles):
@@ -58,15 +47,14 @@ def main() -> None:
             ms.append(1000 * (time.perf_counter() - t0))
             unit = min((-s for s in shed if s < 0), default=1.0)
             units.append((value(best, shed) - value(got, shed)) / unit)
-            served(p, best, shares["milp"])
-            served(p, got, shares["greedy"])
+            add_served(p, best, served["milp"])
+            add_served(p, got, served["greedy"])
             p = moved(p, 200 + cycle)
     print(json.dumps({
         "plans": len(units),
         "plans_within_4": int(np.sum(np.array(units) <= 4.0)),
         "shortfall_units": {"total": round(float(np.sum(units)), 1), "worst": round(float(np.max(units)), 1)},
-        "served_share": {name: {k: round(a / b, 4) for k, (a, b) in sorted(by.items()) if b > 0}
-                         for name, by in shares.items()},
+        "served_share": {name: shares(by) for name, by in served.items()},
         "greedy_median_ms": round(float(np.median(ms)), 2),
     }))
 

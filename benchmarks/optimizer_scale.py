@@ -81,11 +81,21 @@ def timed_choice(p: Problem, name: str, cands: list, shed: list[float],  # type:
     # Both solvers maximise the valued objective: chosen values, and the shed value where none is chosen.
     value = sum(c.value if c is not None else s for c, s in zip(choice, shed, strict=True))
     served: dict[int, list[float]] = {}
+    add_served(p, choice, served)
+    return elapsed, value, shares(served)
+
+
+def add_served(p: Problem, choice: list, into: dict[int, list[float]]) -> None:  # type: ignore[type-arg]
+    """Add each priority's served and offered rates (rps) under `choice` to `into`."""
     for svc, c in zip(p.services, choice, strict=True):
-        got = served.setdefault(svc.priority, [0.0, 0.0])
+        got = into.setdefault(svc.priority, [0.0, 0.0])
         got[0] += c.served_rps if c is not None else 0.0
         got[1] += svc.load.rate_rps
-    return elapsed, value, {k: round(a / b, 4) for k, (a, b) in sorted(served.items()) if b > 0}
+
+
+def shares(served: dict[int, list[float]]) -> dict[int, float]:
+    """Each priority's share of its offered load served (`add_served`'s sums)."""
+    return {k: round(a / b, 4) for k, (a, b) in sorted(served.items()) if b > 0}
 
 
 def moved(p: Problem, seed: int) -> Problem:
