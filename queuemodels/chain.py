@@ -69,7 +69,6 @@ def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
 def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) -> Stationary:
     """Solve p(n+1) = p(n) lambda / mu(n+1), normalised, for n = 0..capacity."""
     n = np.arange(1, capacity + 1, dtype=float)
-    b = np.minimum(n, float(max_batch))
     if min(float(law.tau(1.0)), float(law.tau(float(max_batch)))) <= 0:  # tau is affine or convex in the batch
         raise ModelInputError("service time: parameters give a non-positive service time")
     mu_full = max_batch / float(law.tau(float(max_batch)))
@@ -77,7 +76,10 @@ def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) 
     if rate_per_ms <= 0.0:
         p[0] = 1.0
         return Stationary(p, max_batch, 0.0, mu_full)
-    log_mu = np.log(b) - np.log(law.tau(b))
+    served = min(capacity, max_batch)  # every state past the batch serves at the full batch's rate
+    log_mu = np.log(n[:served]) - np.log(law.at_batches(served).tau)
+    if capacity > served:
+        log_mu = np.concatenate([log_mu, np.full(capacity - served, log_mu[-1])])
     log_p = np.empty(capacity + 1)
     log_p[0] = 0.0
     log_p[1:] = n * math.log(rate_per_ms) - np.cumsum(log_mu)

@@ -36,7 +36,7 @@ def _itl_distribution(
     n_batch = chain.max_batch
     by_batch = chain.batch_share[1:]
     batch = np.arange(1, n_batch + 1, dtype=float)
-    step = law.decode(batch)
+    step = law.at_batches(n_batch).decode
     weight = by_batch * batch / step
     if weight.sum() <= 0:
         weight = np.zeros(n_batch)

@@ -20,9 +20,11 @@ Two readings of the same parameters (docs/queue-models.md):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from queuemodels.clock import clock_time_factor
 from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
@@ -31,6 +33,14 @@ from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Un
 
 NEWTON_STEPS = 12
 """At most this many in `StepLaw.batch_at`: tau is smooth, so they settle to rounding in three to five."""
+
+
+class Batches(NamedTuple):
+    """A law's times at batches 1..n (batch b at index b - 1), as its array methods give them."""
+
+    decode: NDArray[np.float64]
+    prefill: NDArray[np.float64]
+    tau: NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class StepLaw:
     """The part of prefill(B) a prompt waits for the prompts ahead under a token budget (a variable wait)."""
     budget_wait_var: float = 0.0
     """Its variance (ms^2)."""
+    _batches: dict[int, Batches] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """`at_batches`'s tables by n: a chain and its tails read the same batches several times."""
 
     def bend(self, batch: Batch) -> Batch:
         """What a step at `batch` takes beyond the affine law: decode compute its memory time no longer hides."""
@@ -87,6 +99,24 @@ class StepLaw:
         bend = self.bend(batch)
         steps = self.roofline.chunks(batch) - 1.0 + self.decode_steps
         return self.p0 + self.p1 * batch + bend + steps * (self.d0 + self.d1 * batch + bend)
+
+    def at_batches(self, n: int) -> Batches:
+        """decode, prefill and tau at batches 1..n, worked out once per law and n (a roofline's bend and chunks
+        cost a few array passes each, and an analysis reads them at every state four times)."""
+        if n not in self._batches:
+            batch = np.arange(1.0, n + 1.0)
+            if self.roofline is None:
+                decode = self.d0 + self.d1 * batch
+                self._batches[n] = Batches(decode, self.p0 + self.p1 * batch, self.t0 + self.t1 * batch)
+            else:
+                bend = self.bend(batch)
+                chunks = self.roofline.chunks(batch) - 1.0
+                base = self.p0 + self.p1 * batch + bend
+                step = self.d0 + self.d1 * batch + bend
+                self._batches[n] = Batches(step, base + chunks * step, base + (chunks + self.decode_steps) * step)
+            for table in self._batches[n]:
+                table.flags.writeable = False  # shared by every reader of the law
+        return self._batches[n]
 
     def batch_at(self, service_ms: float, max_batch: float) -> float:
         """The batch whose tau is `service_ms`, within [0, max_batch]: exact for the affine law; tau increasing
