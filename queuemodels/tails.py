@@ -144,16 +144,22 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     scale = (np.where(point, 1.0, spread) / shape)[None, :]
     fixed_t = (mean_t - spread)[None, :]
     more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
+    points = bool(point.any())
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
-        over = np.maximum(t[:, None] - fixed_t, 0.0) / scale
-        term = np.ones_like(over)
-        total = term.copy()
-        for step in more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
-            term *= over * step
-            total += term
-        tail = np.exp(-over) * total
-        tail[:, point] = t[:, None] < fixed_t[:, point]
+        over = t[:, None] - fixed_t
+        np.maximum(over, 0.0, out=over)
+        over /= scale
+        tail = np.exp(-over)
+        if more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
+            term = over * more_terms[0]
+            total = term + 1.0
+            for step in more_terms[1:]:
+                term *= over * step
+                total += term
+            tail *= total
+        if points:
+            tail[:, point] = t[:, None] < fixed_t[:, point]
         return np.asarray(tail @ q, dtype=float)
 
     return survival
