@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import replace
-from functools import lru_cache, partial
+from functools import lru_cache
 from itertools import chain, compress, pairwise, repeat
 from operator import attrgetter
 from typing import NamedTuple
@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from controller.optimizer.clocks import clock_of, shape_choices, sure_savings
-from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
+from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, make_candidate
 from controller.optimizer.sizing import Brackets, Shapes, Sizer, rates_per_replica, size_together
 from controller.optimizer.values import collector_paused
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
@@ -93,9 +93,6 @@ def _scores(problem: Problem, cost: Floats, power_w: Floats, in_system: Floats, 
 
 _assignment = lru_cache(maxsize=1 << 16)(Assignment)
 """Assignments shared by every candidate that names the same one (a frozen dataclass is slow to build)."""
-_candidate = partial(tuple.__new__, Candidate)
-"""A Candidate from its fields in order, as `Candidate._make` builds it less its Python-level checks (a fleet's
-cycle builds hundreds of thousands)."""
 Spec = tuple[int, float, float | None, int, float, int]
 """A candidate before it is valued: (max batch, cap, clock, replicas, served rps, spare replicas)."""
 
@@ -138,10 +135,11 @@ def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list
     names = [pair.acc.name for pair in pairs]
     assignments = map(_assignment, compress((names[j] for j in k.tolist()), kept),
                       *(compress(columns[j], kept) for j in (3, 0, 1, 2)))
-    made = list(map(_candidate, zip(service[keep].astype(int).tolist(), assignments, gpus[keep].astype(int).tolist(),
-                                    *(col[keep].tolist() for col in (gpus * (per_gpu_w - idle_w), cost, served,
-                                                                     np.maximum(0.0, rate_rps - served), score)),
-                                    repeat(0.0), compress(columns[5], kept))))
+    made = list(map(make_candidate, zip(service[keep].astype(int).tolist(), assignments,
+                                        gpus[keep].astype(int).tolist(),
+                                        *(col[keep].tolist() for col in (gpus * (per_gpu_w - idle_w), cost, served,
+                                                                         np.maximum(0.0, rate_rps - served), score)),
+                                        repeat(0.0), compress(columns[5], kept))))
     draws = (gpus * figures.power_w)[keep].tolist()
     ends = np.cumsum(np.bincount(k[keep], minlength=len(pairs))).tolist()  # the specs run pair by pair
     return [(made[a:b], draws[a:b]) for a, b in pairwise([0, *ends])]
