@@ -111,16 +111,17 @@ class Pair(NamedTuple):
     """The same, in order, as its brackets are kept by."""
 
 
-def _value(problem: Problem, pairs: list[Pair], specs: list[list[Spec]]) -> list[tuple[list[Candidate],
-                                                                                         list[float]]]:
+def _value(problem: Problem, pairs: list[Pair], bases: Bases,
+           specs: list[list[Spec]]) -> list[tuple[list[Candidate], list[float]]]:
     """Each pair's specs valued, all of them in one call of the queue model (which solves them together), with the
-    predicted draw of the GPUs each holds; a spec whose rate per replica the model cannot take is dropped."""
+    predicted draw of the GPUs each holds; a spec whose rate per replica the model cannot take is dropped. `bases`:
+    the pairs' sizers' bases, in order."""
     k = np.repeat(np.arange(len(pairs)), [len(pair_specs) for pair_specs in specs])
     # by field: batch, cap, clock, replicas, served, spare
     columns = list(zip(*chain.from_iterable(specs), strict=True)) or [()] * 6
     shapes = [pair.shapes[spec[:3]] for pair, pair_specs in zip(pairs, specs, strict=True) for spec in pair_specs]
     replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
-    points = Points(Bases(pair.sizer.base for pair in pairs), k, shapes, served / replicas)
+    points = Points(bases, k, shapes, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
     per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.idle_power_w,
                           problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens,
@@ -262,9 +263,10 @@ def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Cand
             pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile),
                               min(svc.max_replicas, acc.count // acc.gpus_per_replica),
                               *_kind_shapes(problem, acc, profile, svc.max_queue)))
-    sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs])
+    bases = Bases(p.sizer.base for p in pairs)  # what the queue model reads of them, worked out once
+    sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs], bases)
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
-    full = _value(problem, pairs, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
+    full = _value(problem, pairs, bases, [_full(problem, p, n) for p, n in zip(pairs, needs, strict=True)])
     locked = any(clock_of(level) is not None for level in problem.clock_levels)
 
     def sure(cs: list[Candidate], draws_w: list[float]) -> list[Candidate]:
@@ -279,6 +281,6 @@ def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Cand
             + _partials(problem, p, {s: next(rates) for s in pool})
             for p, f, pool in zip(pairs, full, pools, strict=True)]
     out: list[list[Candidate]] = [[] for _ in problem.services]
-    for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, more), strict=True):
+    for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, bases, more), strict=True):
         out[pair.service] += sure(cs + extra, draws + extra_draws)
     return out

@@ -98,12 +98,15 @@ Job = tuple["Sizer", Sequence[ServerShape], int]
 """One service's shapes on one accelerator to size, and the most replicas it may run."""
 
 
-def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
+def size_together(model: str, jobs: list[Job], bases: Bases | None = None) -> list[list[int | None]]:
     """Each job's needs (`Sizer.search`), every job's round of checks answered in one call of the queue model,
     which solves them together: a fleet's sizing costs a few calls a cycle, not one per service and round. Jobs
     that share brackets (one basis: equal parameters, mix, targets and profile) and find them blank run in
     successive waves, each starting from what the one before it learnt, as they would one by one; where the
-    brackets already know something, a search is short and they run side by side (brackets only ever narrow)."""
+    brackets already know something, a search is short and they run side by side (brackets only ever narrow).
+    `bases`: the jobs' sizers' bases, in order, where the caller has them (what they read is worked out once)."""
+    bases = Bases(sizer.base for sizer, _, _ in jobs) if bases is None else bases
+    targets = [sizer.targets for sizer, _, _ in jobs]
     brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
     waves: list[list[int]] = [[]]
     seen: Counter[int] = Counter()
@@ -117,15 +120,17 @@ def size_together(model: str, jobs: list[Job]) -> list[list[int | None]]:
         seen[sizer.basis] += 1
     out: list[list[int | None]] = [[] for _ in jobs]
     for wave in filter(None, waves):
-        for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave], [brackets[j] for j in wave]),
-                            strict=True):
+        for j, needs in zip(wave, _lockstep(model, [jobs[j] for j in wave], [brackets[j] for j in wave],
+                                            (bases, targets, wave)), strict=True):
             out[j] = needs
     return out
 
 
-def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets]) -> list[list[int | None]]:
+def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets],
+              bases: tuple[Bases, list[Targets], list[int]]) -> list[list[int | None]]:
     """The jobs' searches side by side on their brackets, what those answer read for all at once, each round's
-    checks in one call (none where the brackets answered every search's round)."""
+    checks in one call (none where the brackets answered every search's round). `bases`: every job's base and
+    targets, and these jobs' rows among them."""
     sizes = [len(shapes) for _, shapes, _ in jobs]
     rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
     mosts = np.repeat([most for _, _, most in jobs], sizes).astype(float)
@@ -146,12 +151,12 @@ def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets]) -> list[lis
 
     for j in searches:
         step(j, None)
-    bases, targets = Bases(sizer.base for sizer, _, _ in jobs), [sizer.targets for sizer, _, _ in jobs]
+    every, targets, rows = bases
     while asked:
         order = list(asked)
         checks = [check for j in order for check in asked[j]]
         sizes = [len(asked[j]) for j in order]
-        points = Points(bases, np.repeat(order, sizes), [shape for shape, _ in checks],
+        points = Points(every, np.repeat([rows[j] for j in order], sizes), [shape for shape, _ in checks],
                         np.array([rate for _, rate in checks]))
         answers = get_model(model).within_targets_of(points, targets) if checks else np.zeros(0, dtype=bool)
         for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
