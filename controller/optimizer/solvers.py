@@ -15,7 +15,7 @@ from controller.optimizer.candidates import enumerate_all, with_tails
 from controller.optimizer.domains import domain_w, fit_domains, over
 from controller.optimizer.greedy import Greedy
 from controller.optimizer.problem import Candidate, Choice, Problem, ServiceResult, Solution
-from controller.optimizer.values import valued
+from controller.optimizer.values import collector_paused, valued
 
 
 class Solver(Protocol):
@@ -178,8 +178,11 @@ def _domain_full(problem: Problem, more: list[Candidate], taken: list[Candidate]
     return False
 
 
+@collector_paused()
 def solve(problem: Problem, solver: Solver) -> Solution:
-    """Enumerate, value, choose, and report (with the reason for every shortfall)."""
+    """Enumerate, value, choose, and report (with the reason for every shortfall). The collector is held off
+    throughout, not stage by stage: each stage's end had it scan everything the cycle had built so far, cycles of
+    which there are none (at 1,000 services three scans cost 0.08 s, one 0.02 s)."""
     t0 = time.perf_counter()
     raw = enumerate_all(problem)
     t1 = time.perf_counter()
