@@ -25,6 +25,8 @@ NEGLIGIBLE = 1e-9
 """Share of steps below which more prompts per step are not read."""
 QUANTILES = (np.arange(8) + 0.5) / 8
 """Where a prompt-carrying step's spread of prompt costs is read."""
+_COUNTS = np.arange(0, K_MAX + 1, dtype=float)
+_LOG_COUNT_FACTORIAL = gammaln(_COUNTS + 1.0)
 
 
 def _itl_distribution(
@@ -92,12 +94,12 @@ def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
     group's remaining mass on that count. For one chain (`_prompt_steps`) and many (queuemodels.stacked_itl)."""
     p = 1.0 - m * m
     r = np.maximum(mean_k * (p / np.maximum(m * m, 1e-12))[:, None], 1e-12)
-    k = np.arange(0, K_MAX + 1, dtype=float)
-    log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - gammaln(k + 1.0)
+    k = _COUNTS
+    log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - _LOG_COUNT_FACTORIAL
                + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m * m, 1e-300))[:, None, None])
     pmf = np.exp(log_pmf)
     real = np.arange(mean_k.shape[1])[None, :] < groups[:, None]
-    reached = np.asarray((np.where(real[:, :, None], pmf, 0.0) > NEGLIGIBLE).any(axis=1))
+    reached = ((pmf > NEGLIGIBLE) & real[:, :, None]).any(axis=1)
     top: NDArray[np.int64] = np.maximum(K_MAX - np.argmax(reached[:, ::-1], axis=1), 1)
     pmf = np.where(k[None, None, :] <= top[:, None, None], pmf, 0.0)
     rest = np.maximum(1.0 - pmf.sum(axis=2), 0.0)

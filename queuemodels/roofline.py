@@ -28,6 +28,8 @@ Floats = NDArray[np.float64]
 
 SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
+SHORT_SUM = 16
+"""Poisson terms up to which `prompt_gpu_ms` sums them one by one (light loads: a few riders a step)."""
 
 
 def smooth_chunks(ratio: Batch) -> Batch:
@@ -98,7 +100,7 @@ class Roofline:
         if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
             ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
             return math.sqrt(math.sqrt(1.0 + (ratio * ratio) ** 2))
-        return chunks(self.prompt_tokens, self.budget_tokens, batch)
+        return smooth_chunks(self.prompt_tokens / np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0))
 
     def _memory(self, batch: Batch) -> Batch:
         return self.memory_ms + self.memory_per_seq_ms * batch
@@ -107,10 +109,12 @@ class Roofline:
         """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
         if self.compute_per_seq_ms <= 0.0:
             return 0.0 * batch
+        memory = self._memory(batch)
         if isinstance(batch, float):
-            memory = self._memory(batch)
             return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
-        return bend_ms(self.memory_ms, self.memory_per_seq_ms, self.compute_per_seq_ms, batch)
+        compute = self.compute_per_seq_ms * batch  # `bend_ms`'s operations, less its per-row checks
+        out: Batch = np.cbrt(memory * memory * memory + compute * compute * compute) - memory
+        return out
 
     def prompt_ms(self, batch: float) -> float:
         """What one prompt alone adds to the steps that decode `batch` sequences: each of its chunks adds what its
@@ -140,9 +144,15 @@ class Roofline:
         # the Poisson mass of K riders within 6 sigma of x + 3 (outside, under 1e-9), weighted in log space:
         # e^-x underflows to 0 past x = 745, and a product of ratios from it would lose the compute altogether
         spread = 6.0 * math.sqrt(x)
-        riders = np.arange(max(1, int(x - spread)), int(x + spread) + 4, dtype=float)
-        weight = np.exp(riders * math.log(x) - x - gammaln(riders + 1.0))
-        added = float(weight @ (np.cbrt(m3 + (decode + riders * chunk) ** 3) - base))
+        counts = range(max(1, int(x - spread)), int(x + spread) + 4)
+        if len(counts) <= SHORT_SUM:  # the interpreter's loop: numpy's calls cost more on arrays this short
+            log_x = math.log(x)
+            added = math.fsum(math.exp(n * log_x - x - math.lgamma(n + 1.0))
+                              * (math.cbrt(m3 + (decode + n * chunk) ** 3) - base) for n in counts)
+        else:
+            riders = np.arange(counts.start, counts.stop, dtype=float)
+            weight = np.exp(riders * math.log(x) - x - gammaln(riders + 1.0))
+            added = float(weight @ (np.cbrt(m3 + (decode + riders * chunk) ** 3) - base))
         return float(k * (-math.expm1(-x) * self.prompt_overhead_ms + added) / x)
 
     def prompt_at_load(self, load: Load, d0: float, d1: float, max_batch: int) -> tuple[float, float, float]:
