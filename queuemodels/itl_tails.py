@@ -26,7 +26,10 @@ NEGLIGIBLE = 1e-9
 QUANTILES = (np.arange(8) + 0.5) / 8
 """Where a prompt-carrying step's spread of prompt costs is read."""
 _COUNTS = np.arange(0, K_MAX + 1, dtype=float)
+"""Prompts a step may carry, k = 0..K_MAX (`prompts_per_step`)."""
 _LOG_COUNT_FACTORIAL = gammaln(_COUNTS + 1.0)
+"""log k! of each."""
+_COUNTS.flags.writeable = _LOG_COUNT_FACTORIAL.flags.writeable = False
 
 
 def _itl_distribution(

@@ -106,16 +106,16 @@ class StepLaw:
         if n not in self._batches:
             batch = np.arange(1.0, n + 1.0)
             if self.roofline is None:
-                decode = self.d0 + self.d1 * batch
-                self._batches[n] = Batches(decode, self.p0 + self.p1 * batch, self.t0 + self.t1 * batch)
+                tables = Batches(self.d0 + self.d1 * batch, self.p0 + self.p1 * batch, self.t0 + self.t1 * batch)
             else:
                 bend = self.bend(batch)
                 chunks = self.roofline.chunks(batch) - 1.0
                 base = self.p0 + self.p1 * batch + bend
                 step = self.d0 + self.d1 * batch + bend
-                self._batches[n] = Batches(step, base + chunks * step, base + (chunks + self.decode_steps) * step)
-            for table in self._batches[n]:
+                tables = Batches(step, base + chunks * step, base + (chunks + self.decode_steps) * step)
+            for table in tables:
                 table.flags.writeable = False  # shared by every reader of the law
+            self._batches[n] = tables
         return self._batches[n]
 
     def batch_at(self, service_ms: float, max_batch: float) -> float:

@@ -169,3 +169,33 @@ def test_prompts_riding_one_step_share_the_memory_time_that_hides_them() -> None
     short = Roofline.of(BENT, Load(1.0, 16, 256))
     compute = short.prompt_gpu_ms(8.0, 1.0) - short.prompt_overhead_ms * (1.0 - np.exp(-1.0))
     assert 0.0 < compute < 0.05 * short.prompt_compute_ms
+
+
+@pytest.mark.parametrize("x", [0.05, 0.9, 3.0, 30.0])
+def test_the_poisson_sum_is_the_same_term_by_term_as_over_arrays(monkeypatch: pytest.MonkeyPatch, x: float) -> None:
+    """The riders' sum is taken one term at a time where it has few terms and over arrays where it has many: the
+    two agree to rounding on either side of the switch."""
+    import queuemodels.roofline as roofline
+
+    roof = Roofline.of(BENT, Load(1.0, 2048, 256))
+    monkeypatch.setattr(roofline, "SHORT_SUM", 10_000)
+    by_term = roof.prompt_gpu_ms(96.0, x)
+    monkeypatch.setattr(roofline, "SHORT_SUM", 0)
+    assert roof.prompt_gpu_ms(96.0, x) == pytest.approx(by_term, rel=1e-13)
+
+
+def test_a_laws_batch_tables_are_its_own_times_and_shared_read_only() -> None:
+    """`at_batches` holds what decode, prefill and tau give at batches 1..n; it is cached on the law, so the arrays
+    are read-only, and a law built from it by `replace` (another cap's) starts without them."""
+    shape = ServerShape(64, None)
+    law = continuous_law(dataclasses.replace(BENT, budget_tokens=1024.0), Load(2.0, 512, 256), None, shape)
+    batch = np.arange(1.0, 65.0)
+    tables = law.at_batches(64)
+    for table, times in zip(tables, (law.decode(batch), law.prefill(batch), law.tau(batch)), strict=True):
+        np.testing.assert_array_equal(table, times)
+        with pytest.raises(ValueError, match="read-only"):
+            table[0] = 0.0
+    assert law.at_batches(64) is tables
+    other = dataclasses.replace(law, bend_scale=2.0)
+    assert other.at_batches(64).decode[-1] > tables.decode[-1]
+    assert dataclasses.replace(law) == law and hash(dataclasses.replace(law)) == hash(law)  # the cache is not compared

@@ -106,6 +106,8 @@ def size_together(model: str, jobs: list[Job], bases: Bases | None = None) -> li
     brackets already know something, a search is short and they run side by side (brackets only ever narrow).
     `bases`: the jobs' sizers' bases, in order, where the caller has them (what they read is worked out once)."""
     bases = Bases(sizer.base for sizer, _, _ in jobs) if bases is None else bases
+    if len(bases) != len(jobs):
+        raise ValueError(f"size_together: {len(bases)} bases for {len(jobs)} jobs")
     targets = [sizer.targets for sizer, _, _ in jobs]
     brackets = [sizer.brackets_of(shapes) for sizer, shapes, _ in jobs]
     waves: list[list[int]] = [[]]
@@ -127,10 +129,10 @@ def size_together(model: str, jobs: list[Job], bases: Bases | None = None) -> li
 
 
 def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets],
-              bases: tuple[Bases, list[Targets], list[int]]) -> list[list[int | None]]:
+              shared: tuple[Bases, list[Targets], list[int]]) -> list[list[int | None]]:
     """The jobs' searches side by side on their brackets, what those answer read for all at once, each round's
-    checks in one call (none where the brackets answered every search's round). `bases`: every job's base and
-    targets, and these jobs' rows among them."""
+    checks in one call (none where the brackets answered every search's round). `shared`: every job's base and
+    targets (`size_together`'s), and these jobs' rows among them."""
     sizes = [len(shapes) for _, shapes, _ in jobs]
     rates = np.repeat([sizer.load.rate_rps for sizer, _, _ in jobs], sizes).astype(float)
     mosts = np.repeat([most for _, _, most in jobs], sizes).astype(float)
@@ -151,7 +153,7 @@ def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets],
 
     for j in searches:
         step(j, None)
-    every, targets, rows = bases
+    every, targets, rows = shared
     while asked:
         order = list(asked)
         checks = [check for j in order for check in asked[j]]

@@ -24,8 +24,10 @@ GRAIN = 0.005
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cyclic collector held off while a fleet's candidates are built and valued: they hold no cycles,
-    and its passes over the heap as it grows cost a third of a 1,000-service cycle."""
+    """Python's cyclic collector held off while a fleet's plan is made (candidates built, valued and chosen, in
+    `solve` the whole of it): they hold no cycles, and its passes over the heap as it grows cost a third of a
+    1,000-service cycle. The pause is the whole process's, the daemon's other threads included, for as long as the
+    plan takes."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -79,7 +81,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     columns of every service's candidates at once (a fleet's cycle values hundreds of thousands)."""
     fields = list(zip(*chain.from_iterable(candidates), strict=True)) or [()] * len(Candidate._fields)
     score, power_w, short_rps = (np.array(fields[j], dtype=float) for j in (7, 3, 6))
-    scale = float(np.abs(score).max(initial=0.0)) or 1.0
+    scale = float(np.max(np.abs(score), initial=0.0, where=~np.isnan(score))) or 1.0  # as max() skips a NaN
     price = energy_price(problem, candidates)
     weights = shed_weights(problem, scale)
     sizes = [len(cs) for cs in candidates]
