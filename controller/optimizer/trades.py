@@ -89,6 +89,17 @@ class Flat:
         picks[int(self.who[k])] = int(k - self.first[self.who[k]])
 
 
+def top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first and ties in index order, as `np.argsort(-values,
+    kind="stable")[:k]` gives them, without sorting them all (tens of thousands of moves a round)."""
+    if values.size <= k:
+        return np.argsort(-values, kind="stable")
+    kth = np.partition(values, values.size - k)[values.size - k]
+    pick = np.flatnonzero(values >= kth)
+    out: np.ndarray = pick[np.argsort(-values[pick], kind="stable")][:k]
+    return out
+
+
 def trade_power(flat: Flat, picks: list[int], count: np.ndarray, budget: float) -> None:
     """Trades on the power row: one service (the donor) moves to a candidate drawing less, on the same accelerator
     with no more GPUs, and another (the taker, or a shed service) to one worth more that fits the GPUs free now,
@@ -112,7 +123,7 @@ def trade_power(flat: Flat, picks: list[int], count: np.ndarray, budget: float) 
         take, at = take[ok], at[ok]
         net = p.dv[take] - least[at]
         best: tuple[float, int, int] | None = None
-        for r in np.argsort(-net)[:8]:  # best few takers; a donor must be another service
+        for r in top(net, 8):  # best few takers; a donor must be another service
             t, n = take[r], int(at[r])
             others = n + np.flatnonzero(who[give[n:]] != who[t])
             if others.size:
@@ -135,10 +146,13 @@ def exchange(flat: Flat, picks: list[int], count: np.ndarray, budget: float) -> 
     who, gpus, acc = flat.who, flat.gpus, flat.acc
     for _ in range(EXCHANGE_ROUNDS):
         p = flat.picks(picks, count, budget)
-        back = np.where(p.chosen[who] & (p.acc[who] == acc), p.gpus[who], 0.0)  # a donor's own GPUs, where it goes
+        placed = p.chosen[who]  # candidates of the services that hold a pick: the donors' moves
+        # GPUs a donor's move leaves free on its accelerator beyond what it takes (its own, where it stays)
+        slack = np.where(placed & (p.acc[who] == acc), p.gpus[who], 0.0) - gpus
+        freed_w = -p.dp
         takers = np.flatnonzero(p.dv > 1e-12)
         best: tuple[float, int, int | None] | None = None
-        for t in takers[np.argsort(-p.dv[takers], kind="stable")][:EXCHANGE_TAKERS]:
+        for t in takers[top(p.dv[takers], EXCHANGE_TAKERS)]:
             i = int(who[t])
             room = p.left.copy()
             if p.chosen[i]:
@@ -149,7 +163,7 @@ def exchange(flat: Flat, picks: list[int], count: np.ndarray, budget: float) -> 
                 if best is None or p.dv[t] > best[0]:
                     best = (float(p.dv[t]), int(t), None)
                 continue
-            ok = p.chosen[who] & (who != i) & (-p.dp >= need_w) & (room[acc] + back - gpus >= 0)
+            ok = placed & (who != i) & (freed_w >= need_w) & (room[acc] + slack >= 0)
             if room[acc[t]] < 0:  # the donor must also give back GPUs of the taker's accelerator
                 own = np.where(p.acc[who] == acc[t], p.gpus[who], 0.0)
                 ok &= room[acc[t]] + own - np.where(acc == acc[t], gpus, 0.0) >= 0
