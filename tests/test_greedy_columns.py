@@ -4,11 +4,13 @@ with one replica more, the last of equals in the ranking."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.optimizer import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand
 from controller.optimizer.greedy import _Columns
+from controller.optimizer.trades import top
 from queuemodels import Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -42,3 +44,11 @@ def test_the_columns_rank_and_step_as_the_plain_definitions(fleet: list[list[tup
             a = c.assignment
             want = where.get((a.accelerator, a.replicas + 1, a.max_batch, a.power_cap_w, a.sm_clock_fraction))
             assert columns.one_more(i, j) == want
+
+
+@given(st.lists(st.sampled_from([0.0, 1.0, 2.5, -3.0, 7.0]) | st.floats(-5.0, 5.0), max_size=60), st.integers(1, 20))
+def test_the_best_few_moves_are_a_stable_sorts_first(values: list[float], k: int) -> None:
+    """`top` picks a round's best moves without sorting them all: the k largest, ties in index order, exactly as
+    a stable sort of all of them puts first."""
+    x = np.array(values, dtype=float)
+    assert top(x, k).tolist() == np.argsort(-x, kind="stable")[:k].tolist()

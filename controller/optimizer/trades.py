@@ -17,6 +17,8 @@ EXCHANGE_ROUNDS = 16
 """Trades of any kind made at most after them, each the best found: enough for the few a plan needs."""
 EXCHANGE_TAKERS = 16
 """Takers tried per round, the most valuable moves first."""
+TAKERS_READ = 8
+"""Takers of the best net gains a power round tries for a donor of another service."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ def top(values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _net(dv: np.ndarray, need: np.ndarray, freed: np.ndarray, least: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Takers' gains `dv` net of the least loss among the donors that free their `need` of watts (`freed` ascending,
+    `least` its suffix minima of the loss), and where those donors start."""
+    at = np.searchsorted(freed, need, side="left")
+    return dv - least[at], at
+
+
 def trade_power(flat: Flat, picks: list[int], count: np.ndarray, budget: float) -> None:
     """Trades on the power row: one service (the donor) moves to a candidate drawing less, on the same accelerator
     with no more GPUs, and another (the taker, or a shed service) to one worth more that fits the GPUs free now,
@@ -118,13 +127,20 @@ def trade_power(flat: Flat, picks: list[int], count: np.ndarray, budget: float) 
         give = give[np.argsort(-p.dp[give], kind="stable")]  # by watts freed, ascending
         freed, loss = -p.dp[give], -p.dv[give]
         least = np.minimum.accumulate(loss[::-1])[::-1]
-        at = np.searchsorted(freed, p.dp[take] - p.spare_w - 1e-9, side="left")
-        ok = at < give.size
-        take, at = take[ok], at[ok]
-        net = p.dv[take] - least[at]
+        need = p.dp[take] - p.spare_w - 1e-9  # watts a donor must free
+        take, need = take[need <= freed[-1]], need[need <= freed[-1]]  # where some donor frees enough
+        dv = p.dv[take]
+        # least only grows along the donors, so dv - least[0] bounds a taker's net gain: the best few are among
+        # those whose bound reaches what the most valuable takers net (a search for each of them costs more)
+        bound = dv - least[0]
+        lead = top(bound, 8 * TAKERS_READ)
+        lead_net = _net(dv[lead], need[lead], freed, least)[0]
+        floor = np.partition(lead_net, -TAKERS_READ)[-TAKERS_READ] if lead_net.size >= TAKERS_READ else -np.inf
+        rows = np.flatnonzero(bound >= floor)
+        gains, at = _net(dv[rows], need[rows], freed, least)
         best: tuple[float, int, int] | None = None
-        for r in top(net, 8):  # best few takers; a donor must be another service
-            t, n = take[r], int(at[r])
+        for q in top(gains, TAKERS_READ):  # best few takers; a donor must be another service
+            t, n = take[rows[q]], int(at[q])
             others = n + np.flatnonzero(who[give[n:]] != who[t])
             if others.size:
                 m = int(others[np.argmin(loss[others])])
