@@ -84,8 +84,11 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting: no one to answer
+                self.close_connection = True
 
         def _serve(self, method: str) -> None:
             if emu.closing.is_set():  # closed: a kept-alive connection is dropped unanswered
