@@ -40,12 +40,24 @@ def smooth_chunks(ratio: Batch) -> Batch:
     return out
 
 
+def room_tokens(budget_tokens: Floats | float, batch: Floats) -> Floats:
+    """A step's budget left for prompts after its decodes, at least an eighth of it (`Roofline.chunks`)."""
+    out: Floats = np.maximum(budget_tokens - batch, budget_tokens / 8.0)
+    return out
+
+
+def unhidden_ms(memory_ms: Floats, compute_ms: Floats) -> Floats:
+    """What compute adds to a step beyond the memory time that hides it: the smooth maximum's excess."""
+    out: Floats = np.cbrt(memory_ms * memory_ms * memory_ms + compute_ms * compute_ms * compute_ms) - memory_ms
+    return out
+
+
 def chunks(prompt_tokens: Floats | float, budget_tokens: Floats | float, batch: Floats) -> Floats:
     """`Roofline.chunks` over arrays, per row (1 where a row has no token budget)."""
     limited = np.asarray(budget_tokens) > 0.0
     if not limited.any():
         return np.ones_like(batch)
-    room = np.maximum(budget_tokens - batch, budget_tokens / 8.0)
+    room = room_tokens(budget_tokens, batch)
     out: Floats = smooth_chunks(prompt_tokens / (room if limited.all() else np.where(limited, room, 1.0)))
     return out if limited.all() else np.where(limited, out, 1.0)
 
@@ -56,9 +68,7 @@ def bend_ms(memory_ms: Floats | float, memory_per_seq_ms: Floats | float, comput
     computes = np.asarray(compute_per_seq_ms) > 0.0
     if not computes.any():
         return np.zeros_like(batch)
-    memory = memory_ms + memory_per_seq_ms * batch
-    compute = compute_per_seq_ms * batch
-    out: Floats = np.cbrt(memory * memory * memory + compute * compute * compute) - memory
+    out = unhidden_ms(memory_ms + memory_per_seq_ms * batch, compute_per_seq_ms * batch)
     return out if computes.all() else np.where(computes, out, 0.0)
 
 
@@ -100,7 +110,7 @@ class Roofline:
         if isinstance(batch, float):  # a scalar without numpy's per-call cost (the chain's inner loops)
             ratio = self.prompt_tokens / max(self.budget_tokens - batch, self.budget_tokens / 8.0)
             return math.sqrt(math.sqrt(1.0 + (ratio * ratio) ** 2))
-        return smooth_chunks(self.prompt_tokens / np.maximum(self.budget_tokens - batch, self.budget_tokens / 8.0))
+        return smooth_chunks(self.prompt_tokens / room_tokens(self.budget_tokens, batch))  # every row limited
 
     def _memory(self, batch: Batch) -> Batch:
         return self.memory_ms + self.memory_per_seq_ms * batch
@@ -112,9 +122,7 @@ class Roofline:
         memory = self._memory(batch)
         if isinstance(batch, float):
             return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
-        compute = self.compute_per_seq_ms * batch  # `bend_ms`'s operations, less its per-row checks
-        out: Batch = np.cbrt(memory * memory * memory + compute * compute * compute) - memory
-        return out
+        return unhidden_ms(memory, self.compute_per_seq_ms * batch)  # one row: `bend_ms` less its per-row checks
 
     def prompt_ms(self, batch: float) -> float:
         """What one prompt alone adds to the steps that decode `batch` sequences: each of its chunks adds what its

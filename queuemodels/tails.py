@@ -119,7 +119,8 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step. States an
     arrival almost never sees are left out, and the rest merged into at most `groups` groups."""
     states = np.arange(len(free_q), dtype=float)
-    free_t = law.at_batches(len(free_q)).prefill
+    table = law.at_batches(len(free_q))  # state n admits an arrival into a batch of n + 1
+    free_t = table.prefill
     if law.prompt_ms <= 0 and law.residual_share <= 0:
         # Mass whose prefill time exceeds t (prefill is increasing in n).
         tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
@@ -129,7 +130,7 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
         return lambda t: np.zeros(len(t))
     span = slice(int(live[0]), int(live[-1]) + 1)
     states = states[span]
-    step = law.at_batches(len(free_q)).decode[np.maximum(states.astype(np.intp), 1) - 1]
+    step = table.decode[np.maximum(states.astype(np.intp), 1) - 1]  # the step in flight: of n, at least 1
     residual = (states > 0) * (law.residual_share * step + law.residual_ms)
     spread = law.prompt_ms + law.budget_wait_ms + residual
     variance = ((law.prompt_cv * law.prompt_ms) ** 2 + law.budget_wait_var

@@ -19,6 +19,8 @@ EXCHANGE_TAKERS = 16
 """Takers tried per round, the most valuable moves first."""
 TAKERS_READ = 8
 """Takers of the best net gains a power round tries for a donor of another service."""
+TAKERS_LEAD = 64
+"""Takers of the most value a power round nets first, to bound which others can be among the best."""
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,15 @@ def trade_power(flat: Flat, picks: list[int], count: np.ndarray, budget: float) 
         freed, loss = -p.dp[give], -p.dv[give]
         least = np.minimum.accumulate(loss[::-1])[::-1]
         need = p.dp[take] - p.spare_w - 1e-9  # watts a donor must free
-        take, need = take[need <= freed[-1]], need[need <= freed[-1]]  # where some donor frees enough
+        freeable = need <= freed[-1]  # some donor frees enough
+        take, need = take[freeable], need[freeable]
         dv = p.dv[take]
         # least only grows along the donors, so dv - least[0] bounds a taker's net gain: the best few are among
         # those whose bound reaches what the most valuable takers net (a search for each of them costs more)
         bound = dv - least[0]
-        lead = top(bound, 8 * TAKERS_READ)
+        lead = top(bound, TAKERS_LEAD)
         lead_net = _net(dv[lead], need[lead], freed, least)[0]
-        floor = np.partition(lead_net, -TAKERS_READ)[-TAKERS_READ] if lead_net.size >= TAKERS_READ else -np.inf
+        floor = lead_net[top(lead_net, TAKERS_READ)[-1]] if lead_net.size >= TAKERS_READ else -np.inf
         rows = np.flatnonzero(bound >= floor)
         gains, at = _net(dv[rows], need[rows], freed, least)
         best: tuple[float, int, int] | None = None

@@ -18,6 +18,8 @@ from controller.optimizer.problem import Assignment, Candidate, Problem, make_ca
 
 T = TypeVar("T")
 
+_FIELD = {name: k for k, name in enumerate(Candidate._fields)}
+"""A Candidate field's position: `valued` reads and writes them as columns."""
 GRAIN = 0.005
 """Share of a service's load whose shortfall outweighs every service's score (`shed_weights`)."""
 
@@ -80,7 +82,7 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     """Attach each candidate's value; returns them with each service's value when shed entirely. Worked out as
     columns of every service's candidates at once (a fleet's cycle values hundreds of thousands)."""
     fields = list(zip(*chain.from_iterable(candidates), strict=True)) or [()] * len(Candidate._fields)
-    score, power_w, short_rps = (np.array(fields[j], dtype=float) for j in (7, 3, 6))
+    score, power_w, short_rps = (np.array(fields[_FIELD[f]], dtype=float) for f in ("score", "power_w", "short_rps"))
     scale = float(np.max(np.abs(score), initial=0.0, where=~np.isnan(score))) or 1.0  # as max() skips a NaN
     price = energy_price(problem, candidates)
     weights = shed_weights(problem, scale)
@@ -89,11 +91,12 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     share = np.repeat([1.0 / s.load.rate_rps if s.load.rate_rps > 0 else 0.0 for s in problem.services], sizes)
     value = score - price * power_w - w * short_rps * share
     if any(s.current is not None for s in problem.services):
-        changes = np.fromiter(chain.from_iterable(
-            (_changes(s.current, a) for a in assignments) for s, assignments in zip(
-                problem.services, _split(list(fields[1]), sizes), strict=True)), dtype=float, count=len(score))
+        assignments = _split(list(fields[_FIELD["assignment"]]), sizes)
+        changes = np.fromiter(chain.from_iterable((_changes(s.current, a) for a in each) for s, each in zip(
+            problem.services, assignments, strict=True)), dtype=float, count=len(score))
         value -= problem.transition_penalty * np.maximum(np.abs(score), 1e-3 * scale) * changes
-    made = list(map(make_candidate, zip(*fields[:8], value.tolist(), fields[9], strict=True)))
+    fields[_FIELD["value"]] = value.tolist()
+    made = list(map(make_candidate, zip(*fields, strict=True)))
     shed = [-weights[s.priority] if s.load.rate_rps > 0 else -weights[s.priority] * 1e-3  # below min_replicas
             for s in problem.services]
     return _split(made, sizes), shed
