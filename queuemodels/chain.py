@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,13 +40,15 @@ class Stationary:
         out: NDArray[np.float64] = np.minimum(np.arange(len(self.p), dtype=float), float(self.max_batch))
         return out
 
-    @property
+    @cached_property
     def batch_share(self) -> NDArray[np.float64]:
-        """Share of time with a batch of B running, B = 0 .. max batch (every waiting state runs a full one)."""
+        """Share of time with a batch of B running, B = 0 .. max batch (every waiting state runs a full one).
+        Read-only, worked out once: the draw and the ITL tail both read it."""
         share = np.zeros(self.max_batch + 1)
         upto = min(self.max_batch, self.capacity)
         share[:upto] = self.p[:upto]
         share[upto] += self.p[upto:].sum()
+        share.flags.writeable = False
         return share
 
 

@@ -16,6 +16,7 @@ from scipy.special import gammaincinv, gammaln
 
 from queuemodels.chain import Stationary
 from queuemodels.service_time import StepLaw
+from queuemodels.tails import runs
 
 PROMPT_GROUPS = 8
 """Groups of batches whose prompt-carrying steps share one plain step length (`_prompt_steps`)."""
@@ -72,9 +73,8 @@ def _prompt_steps(law: StepLaw, step: NDArray[np.float64], weight: NDArray[np.fl
     phi = min(2.0 * law.residual_ms / cost, 0.99)  # residual_ms = phi c_p / 2
     plain = step * (1.0 - phi)
     m = min(throughput_per_ms * cost, 0.99)
-    groups = min(PROMPT_GROUPS, len(weight))
-    starts = (np.arange(groups) * len(weight)) // groups
-    owner = np.searchsorted(starts, np.arange(len(weight)), side="right") - 1
+    starts, owner = runs(len(weight), PROMPT_GROUPS)
+    groups = len(starts)
     mass = np.add.reduceat(weight, starts)
     group_plain = np.add.reduceat(weight * plain, starts) / np.where(mass > 0.0, mass, 1.0)
     mean_k = throughput_per_ms * group_plain / (1.0 - m)
@@ -82,10 +82,13 @@ def _prompt_steps(law: StepLaw, step: NDArray[np.float64], weight: NDArray[np.fl
     top = int(tops[0])
     pmf = pmfs[0, :, : top + 1]
     extra = _prompt_costs(law.prompt_cv**2)[:top] * cost
-    extra_w = np.repeat(pmf[:, 1:], extra.shape[1], axis=1) / extra.shape[1]
-    # steps without a prompt keep each batch's own length; those with prompts, their group's mean plain step
-    values = np.concatenate([plain, (group_plain[:, None] + extra.ravel()[None, :]).ravel()])
-    weights = np.concatenate([weight * pmf[owner, 0], (mass[:, None] * extra_w).ravel()])
+    # steps without a prompt keep each batch's own length; those with k prompts, their group's mean plain step
+    # plus the k prompts' cost at each of its quantiles (one where prompts do not vary), an equal share of the steps
+    n, width = len(plain), extra.shape[1]
+    values, weights = np.empty(n + groups * top * width), np.empty(n + groups * top * width)
+    values[:n], weights[:n] = plain, weight * pmf[owner, 0]
+    np.add(group_plain[:, None, None], extra[None, :, :], out=values[n:].reshape(groups, top, width))
+    np.multiply(mass[:, None, None], (pmf[:, 1:] / width)[:, :, None], out=weights[n:].reshape(groups, top, width))
     return values, weights
 
 
@@ -95,14 +98,17 @@ def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
     `mean_k`, variance mean / (1 - m^2); a row's groups past its `groups` are padding), cut past the last count
     any of a row's groups reaches NEGLIGIBLE at (`top`, at least 1; K_MAX where even the mean is past it), each
     group's remaining mass on that count. For one chain (`_prompt_steps`) and many (queuemodels.stacked_itl)."""
-    p = 1.0 - m * m
-    r = np.maximum(mean_k * (p / np.maximum(m * m, 1e-12))[:, None], 1e-12)
+    m2 = m * m
+    p = 1.0 - m2
+    r = np.maximum(mean_k * (p / np.maximum(m2, 1e-12))[:, None], 1e-12)
     k = _COUNTS
     log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - _LOG_COUNT_FACTORIAL
-               + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m * m, 1e-300))[:, None, None])
+               + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m2, 1e-300))[:, None, None])
     pmf = np.exp(log_pmf)
-    real = np.arange(mean_k.shape[1])[None, :] < groups[:, None]
-    reached = ((pmf > NEGLIGIBLE) & real[:, :, None]).any(axis=1)
+    above = pmf > NEGLIGIBLE
+    if int(groups.min()) < mean_k.shape[1]:  # padding: not read
+        above &= (np.arange(mean_k.shape[1])[None, :] < groups[:, None])[:, :, None]
+    reached = above.any(axis=1)
     top: NDArray[np.int64] = np.maximum(K_MAX - np.argmax(reached[:, ::-1], axis=1), 1)
     pmf = np.where(k[None, None, :] <= top[:, None, None], pmf, 0.0)
     rest = np.maximum(1.0 - pmf.sum(axis=2), 0.0)

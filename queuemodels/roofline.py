@@ -30,6 +30,8 @@ SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
 SHORT_SUM = 16
 """Poisson terms up to which `prompt_gpu_ms` sums them one by one (light loads: a few riders a step)."""
+_LOG_FACTORIAL = [math.lgamma(n + 1.0) for n in range(4 * SHORT_SUM)]
+"""log n! for the riders such a sum reads (n < 12 where it has at most 16 terms)."""
 
 
 def smooth_chunks(ratio: Batch) -> Batch:
@@ -155,8 +157,10 @@ class Roofline:
         counts = range(max(1, int(x - spread)), int(x + spread) + 4)
         if len(counts) <= SHORT_SUM:  # the interpreter's loop: numpy's calls cost more on arrays this short
             log_x = math.log(x)
-            added = math.fsum(math.exp(n * log_x - x - math.lgamma(n + 1.0))
-                              * (math.cbrt(m3 + (decode + n * chunk) ** 3) - base) for n in counts)
+            log_factorial = (_LOG_FACTORIAL if counts.stop <= len(_LOG_FACTORIAL)
+                             else [math.lgamma(n + 1.0) for n in range(counts.stop)])
+            added = math.fsum([math.exp(n * log_x - x - log_factorial[n])
+                               * (math.cbrt(m3 + (decode + n * chunk) ** 3) - base) for n in counts])
         else:
             riders = np.arange(counts.start, counts.stop, dtype=float)
             weight = np.exp(riders * math.log(x) - x - gammaln(riders + 1.0))

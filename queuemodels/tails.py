@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,37 +78,54 @@ def _overloaded_survival(mu: float, waiting_q: NDArray[np.float64], groups: int 
     return survival
 
 
+@lru_cache(maxsize=512)
+def runs(n: int, groups: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The first state of each of min(groups, n) runs of adjacent states of equal width over n states, and each
+    state's run. Read-only and cached: a chain's length recurs from one analysis to the next."""
+    groups = min(groups, n)
+    starts = (np.arange(groups) * n) // groups
+    owner = np.repeat(np.arange(groups), np.diff(starts, append=n))
+    starts.flags.writeable = owner.flags.writeable = False
+    return starts, owner
+
+
 def _grouped(q: NDArray[np.float64], groups: int, *columns: NDArray[np.float64]) -> list[NDArray[np.float64]]:
     """Mass and mass-weighted columns of at most `groups` runs of adjacent states of equal width. Neighbouring
     states differ little (times are affine in the state), so a mixture over groups is a mixture over states
     with far fewer terms; the variance of the first column inside each group is returned last."""
-    groups = min(groups, len(q))
-    starts = (np.arange(groups) * len(q)) // groups
+    starts = runs(len(q), groups)[0]
     mass = np.add.reduceat(q, starts)
     keep = mass > 0
-    weight = np.where(keep, mass, 1.0)
+    every = bool(keep.all())
+    weight = mass if every else np.where(keep, mass, 1.0)
     means = [np.add.reduceat(q * c, starts) / weight for c in columns]
     second = np.add.reduceat(q * columns[0] ** 2, starts) / weight
-    return [a[keep] for a in (mass, *means, np.maximum(second - means[0] ** 2, 0.0))]
+    out = [mass, *means, np.maximum(second - means[0] ** 2, 0.0)]
+    return out if every else [a[keep] for a in out]
 
 
-def _in_flight_variance(law: StepLaw, states: NDArray[np.float64], step: NDArray[np.float64],
-                        residual: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Variance of the wait for the step in flight (`step`: the decode step in each state). That wait is
-    uniform over the step, but the step is a plain decode step or, for the share phi of the time the GPU
-    spends on prompts, one that carries a prompt, longer by the prompt's cost c (spread prompt_cv): a mixture
-    whose second moment the prompt steps dominate, where a uniform wait over one mean step has the tail of the
-    decode step alone (p95 TTFT at 60 % load with long prompts read 25-40 % short). Never below that uniform
-    wait's own variance, residual^2 / 3."""
-    uniform = residual**2 / 3.0
+def _in_flight_variance(law: StepLaw, step: NDArray[np.float64], residual: NDArray[np.float64],
+                        first_empty: bool) -> NDArray[np.float64]:
+    """Variance of the wait for the step in flight (`step`: the decode step in each state; `first_empty`: the
+    first state is the empty replica's, where nothing is in flight). That wait is uniform over the step, but
+    the step is a plain decode step or, for the share phi of the time the GPU spends on prompts, one that
+    carries a prompt, longer by the prompt's cost c (spread prompt_cv): a mixture whose second moment the
+    prompt steps dominate, where a uniform wait over one mean step has the tail of the decode step alone (p95
+    TTFT at 60 % load with long prompts read 25-40 % short). Never below that uniform wait's own variance,
+    residual^2 / 3."""
+    square = residual**2
+    uniform = square / 3.0
     cost = law.prompt_ms
     if cost <= 0.0 or law.residual_share <= 0.0:
         return uniform
     phi = min(2.0 * law.residual_ms / cost, 0.99)  # residual_ms = phi c_p / 2
     spread2 = (law.prompt_cv * cost) ** 2
     long = step + cost
-    second = (1.0 - phi) * step**2 / 3.0 + phi * (long**3 + 3.0 * long * spread2) / (3.0 * long)
-    out: NDArray[np.float64] = np.where(states > 0, np.maximum(second - residual**2, uniform), uniform)
+    three_long = 3.0 * long
+    second = (1.0 - phi) * step**2 / 3.0 + phi * (long**3 + three_long * spread2) / three_long
+    out: NDArray[np.float64] = np.maximum(second - square, uniform)
+    if first_empty:
+        out[0] = uniform[0]
     return out
 
 
@@ -118,7 +136,6 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     (uniform over a step) vary: their sum is taken as an Erlang variable with its mean and about its
     variance (the shape rounded, at most ERLANG_MAX), on top of the fixed part of the step. States an
     arrival almost never sees are left out, and the rest merged into at most `groups` groups."""
-    states = np.arange(len(free_q), dtype=float)
     table = law.at_batches(len(free_q))  # state n admits an arrival into a batch of n + 1
     free_t = table.prefill
     if law.prompt_ms <= 0 and law.residual_share <= 0:
@@ -128,31 +145,35 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     live = np.flatnonzero(free_q > 1e-12 * free_q.max(initial=0.0))
     if len(live) == 0:  # every arrival waits (an overloaded bounded queue)
         return lambda t: np.zeros(len(t))
-    span = slice(int(live[0]), int(live[-1]) + 1)
-    states = states[span]
-    step = table.decode[np.maximum(states.astype(np.intp), 1) - 1]  # the step in flight: of n, at least 1
-    residual = (states > 0) * (law.residual_share * step + law.residual_ms)
+    first, end = int(live[0]), int(live[-1]) + 1
+    # the step in flight in state n is the decode step of n (the empty replica's, n = 0, has none in flight)
+    decode = table.decode
+    step = decode[first - 1:end - 1] if first > 0 else np.concatenate([decode[:1], decode[:end - 1]])
+    residual = law.residual_share * step + law.residual_ms
+    if first == 0:
+        residual[0] = 0.0
     spread = law.prompt_ms + law.budget_wait_ms + residual
     variance = ((law.prompt_cv * law.prompt_ms) ** 2 + law.budget_wait_var
-                + _in_flight_variance(law, states, step, residual))
-    mean_t = free_t[span] - law.prompt_ms - law.budget_wait_ms + spread
-    q = free_q[span]
+                + _in_flight_variance(law, step, residual, first == 0))
+    mean_t = free_t[first:end] - law.prompt_ms - law.budget_wait_ms + spread
+    q = free_q[first:end]
     if len(q) > groups:
         q, mean_t, spread, variance, location_var = _grouped(q, groups, mean_t, spread, variance)
         variance = variance + location_var
     shape = np.maximum(np.rint(np.minimum(spread**2 / np.maximum(variance, 1e-300), ERLANG_MAX)), 1.0)
     point = spread <= 0.0  # nothing varies (no prompt cost, no step in flight): the time is its mean exactly
-    scale = (np.where(point, 1.0, spread) / shape)[None, :]
-    fixed_t = (mean_t - spread)[None, :]
-    more_terms = [(shape > j)[None, :] / j for j in range(1, int(shape.max(initial=1.0)))]
     points = bool(point.any())
+    scale = ((np.where(point, 1.0, spread) if points else spread) / shape)[None, :]
+    fixed_t = (mean_t - spread)[None, :]
+    orders = np.arange(1.0, shape.max(initial=1.0))[:, None]
+    more_terms = (shape > orders) / orders  # row j - 1: 1 / j where a group's Erlang has a term x^j / j!
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
         over = t[:, None] - fixed_t
         np.maximum(over, 0.0, out=over)
         over /= scale
         tail = np.exp(-over)
-        if more_terms:  # Erlang survival: e^-x sum_{j < k} x^j / j!
+        if len(more_terms):  # Erlang survival: e^-x sum_{j < k} x^j / j!
             term = over * more_terms[0]
             total = term + 1.0
             for step in more_terms[1:]:
@@ -193,34 +214,34 @@ def ttft_survival(chain: Stationary, law: StepLaw, groups: int = GROUPS) -> tupl
 def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float]) -> list[float]:
     """t with survival(t) = 1 - prob for each prob, from one vectorised pass over a geometric grid
     (dense near `low`, where steep survival curves fall), interpolating log survival between points."""
-    levels = np.log([1.0 - q for q in probs])
+    levels = [math.log(1.0 - q) for q in probs]
     low = max(low, 1e-6 * high)
-    for _ in range(60):
-        grid = low * (high / low) ** UNIT
-        with np.errstate(divide="ignore"):
-            log_s = np.log(survival(grid))
-        if log_s[-1] <= levels.min():
-            break
-        high = low + 2.0 * (high - low)
     out: list[float] = []
-    for level in levels:
-        t, j = _crossing(grid, log_s, float(level))
-        if log_s[j] < log_s[j - 1] - STEEP:
-            # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
-            # interpolating its log survival linearly would put the percentile below the mean: read it finer.
-            fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
-            with np.errstate(divide="ignore"):
-                t, _ = _crossing(fine, np.log(survival(fine)), float(level))
-        out.append(t)
+    with np.errstate(divide="ignore"):
+        for _ in range(60):
+            grid = low * (high / low) ** UNIT
+            log_s = np.log(survival(grid))
+            if log_s[-1] <= min(levels):
+                break
+            high = low + 2.0 * (high - low)
+        for level in levels:
+            t, j = _crossing(grid, log_s, level)
+            if log_s[j] < log_s[j - 1] - STEEP:
+                # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
+                # interpolating its log survival linearly would put the percentile below the mean: read it finer.
+                fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
+                t, _ = _crossing(fine, np.log(survival(fine)), level)
+            out.append(t)
     return out
 
 
 def _crossing(grid: NDArray[np.float64], log_s: NDArray[np.float64], level: float) -> tuple[float, int]:
     """Where log survival falls to `level`, interpolated, and the index of the first point at or below it."""
     j = min(max(int(np.count_nonzero(log_s > level)), 1), len(grid) - 1)
-    s0, s1 = log_s[j - 1], log_s[j]
+    s0, s1 = log_s[j - 1].item(), log_s[j].item()
+    g0, g1 = grid[j - 1].item(), grid[j].item()
     frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
-    return float(grid[j - 1] + frac * (grid[j] - grid[j - 1])), j
+    return g0 + frac * (g1 - g0), j
 
 
 def ttft_quantiles(

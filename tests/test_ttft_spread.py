@@ -22,11 +22,11 @@ def test_a_prompt_step_in_flight_widens_the_wait_for_it_and_only_where_prompts_c
     long = continuous_law(STEP, Load(3.0, 2048, 256, in_cv=0.5), None, ServerShape(32, None))
     step = long.decode(np.maximum(states, 1.0))
     residual = (states > 0) * (0.5 * step + long.residual_ms)
-    wider = _in_flight_variance(long, states, step, residual)
+    wider = _in_flight_variance(long, step, residual, first_empty=True)  # state 0 first
     assert np.all(wider[1:] > 2.0 * residual[1:] ** 2 / 3.0)  # a mixture with the prompt steps' long tail
     assert wider[0] == 0.0  # an idle engine has no step in flight
     no_prompt = dataclasses.replace(long, prompt_ms=0.0)
-    assert np.array_equal(_in_flight_variance(no_prompt, states, step, residual), residual**2 / 3.0)
+    assert np.array_equal(_in_flight_variance(no_prompt, step, residual, first_empty=True), residual**2 / 3.0)
 
 
 def test_the_spread_moves_the_tail_and_leaves_the_mean() -> None:
