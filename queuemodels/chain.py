@@ -47,7 +47,7 @@ class Stationary:
         share = np.zeros(self.max_batch + 1)
         upto = min(self.max_batch, self.capacity)
         share[:upto] = self.p[:upto]
-        share[upto] += self.p[upto:].sum()
+        share[upto] += np.add.reduce(self.p[upto:])
         share.flags.writeable = False
         return share
 
@@ -72,9 +72,10 @@ def unbounded_capacity(law: StepLaw, max_batch: int, rate_per_ms: float) -> int:
 def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) -> Stationary:
     """Solve p(n+1) = p(n) lambda / mu(n+1), normalised, for n = 0..capacity."""
     n = np.arange(1, capacity + 1, dtype=float)
-    if min(float(law.tau(1.0)), float(law.tau(float(max_batch)))) <= 0:  # tau is affine or convex in the batch
+    tau_full = float(law.tau(float(max_batch)))
+    if min(float(law.tau(1.0)), tau_full) <= 0:  # tau is affine or convex in the batch
         raise ModelInputError("service time: parameters give a non-positive service time")
-    mu_full = max_batch / float(law.tau(float(max_batch)))
+    mu_full = max_batch / tau_full
     p = np.zeros(capacity + 1)
     if rate_per_ms <= 0.0:
         p[0] = 1.0
@@ -85,10 +86,10 @@ def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) 
         log_mu = np.concatenate([log_mu, np.full(capacity - served, log_mu[-1])])
     log_p = np.empty(capacity + 1)
     log_p[0] = 0.0
-    log_p[1:] = n * math.log(rate_per_ms) - np.cumsum(log_mu)
-    log_p -= log_p.max()
+    log_p[1:] = n * math.log(rate_per_ms) - log_mu.cumsum()
+    log_p -= np.maximum.reduce(log_p)
     p = np.exp(log_p)
-    p /= p.sum()
+    p /= np.add.reduce(p)
     return Stationary(p, max_batch, rate_per_ms, mu_full)
 
 

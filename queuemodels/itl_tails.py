@@ -44,7 +44,7 @@ def _itl_distribution(
     batch = np.arange(1, n_batch + 1, dtype=float)
     step = law.at_batches(n_batch).decode
     weight = by_batch * batch / step
-    if weight.sum() <= 0:
+    if np.add.reduce(weight) <= 0:
         weight = np.zeros(n_batch)
         weight[0] = 1.0
     if law.prompt_ms > 0.0 and law.residual_share > 0.0:
@@ -54,8 +54,8 @@ def _itl_distribution(
         with_prompt = np.minimum(1.0, throughput_per_ms * step)
         values = np.concatenate([step, step + spike])
         weights = np.concatenate([weight * (1.0 - with_prompt), weight * with_prompt])
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
+    order = values.argsort()
+    cum = weights[order].cumsum()
     return values[order], cum / cum[-1]
 
 
@@ -100,19 +100,24 @@ def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
     group's remaining mass on that count. For one chain (`_prompt_steps`) and many (queuemodels.stacked_itl)."""
     m2 = m * m
     p = 1.0 - m2
-    r = np.maximum(mean_k * (p / np.maximum(m2, 1e-12))[:, None], 1e-12)
+    r = np.maximum(mean_k * (p / np.maximum(m2, 1e-12))[:, None], 1e-12)[:, :, None]
     k = _COUNTS
-    log_pmf = (gammaln(k + r[:, :, None]) - gammaln(r)[:, :, None] - _LOG_COUNT_FACTORIAL
-               + (r * np.log(p)[:, None])[:, :, None] + k * np.log(np.maximum(m2, 1e-300))[:, None, None])
+    # log Gamma(k + r) - log Gamma(r) = sum_{j < k} log(r + j): a running sum of logs, where gammaln costs several
+    # times as much per element (a fleet's stacked chains have thousands of rows) and the difference of two loses
+    # digits once r is large
+    rising = np.zeros((*r.shape[:2], K_MAX + 1))
+    np.add.accumulate(np.log(r + k[:-1]), axis=2, out=rising[:, :, 1:])
+    log_pmf = (rising - _LOG_COUNT_FACTORIAL + r * np.log(p)[:, None, None]
+               + k * np.log(np.maximum(m2, 1e-300))[:, None, None])
     pmf = np.exp(log_pmf)
     above = pmf > NEGLIGIBLE
     if int(groups.min()) < mean_k.shape[1]:  # padding: not read
         above &= (np.arange(mean_k.shape[1])[None, :] < groups[:, None])[:, :, None]
-    reached = above.any(axis=1)
-    top: NDArray[np.int64] = np.maximum(K_MAX - np.argmax(reached[:, ::-1], axis=1), 1)
-    pmf = np.where(k[None, None, :] <= top[:, None, None], pmf, 0.0)
-    rest = np.maximum(1.0 - pmf.sum(axis=2), 0.0)
-    pmf[np.arange(len(top))[:, None], np.arange(mean_k.shape[1])[None, :], top[:, None]] += rest
+    reached = np.logical_or.reduce(above, axis=1)
+    top: NDArray[np.int64] = np.maximum(K_MAX - reached[:, ::-1].argmax(axis=1), 1)
+    cut = np.where(k <= top[:, None, None], pmf, 0.0)
+    rest = np.maximum(1.0 - np.add.reduce(cut, axis=2), 0.0)
+    pmf = np.where(k == top[:, None, None], cut + rest[:, :, None], cut)  # the rest rides the last count
     return pmf, top
 
 
@@ -132,7 +137,7 @@ def itl_quantiles(
 ) -> list[float]:
     """Token-weighted ITL percentiles, with prompt-interference spikes."""
     values, cum = _itl_distribution(chain, law, throughput_per_ms)
-    picks = np.searchsorted(cum, np.asarray(probs), side="left")
+    picks = cum.searchsorted(probs, side="left")
     return [float(values[min(i, len(values) - 1)]) for i in picks]
 
 

@@ -74,10 +74,10 @@ def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.fl
     dynamic = profile.max_power_w - profile.idle_power_w
     compute = batch / (batch + profile.batch_half) * scale[..., None]
     natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
-    decode = (np.minimum(natural, limits_w[..., None]) * share[..., 1:]).sum(axis=-1)
+    decode = np.add.reduce(np.minimum(natural, limits_w[..., None]) * share[..., 1:], axis=-1)
     knee = profile.knee_fraction * profile.max_power_w
     prompt_w = profile.idle_power_w + (knee - profile.idle_power_w) * scale
-    prompt = np.minimum(prompt_w, limits_w) * share[..., 1:].sum(axis=-1)
+    prompt = np.minimum(prompt_w, limits_w) * np.add.reduce(share[..., 1:], axis=-1)
     phi = occupancy.prompt_share
     out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt
     return out

@@ -142,7 +142,7 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
         # Mass whose prefill time exceeds t (prefill is increasing in n).
         tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
         return lambda t: np.asarray(tail_mass[np.searchsorted(free_t, t, side="right")], dtype=float)
-    live = np.flatnonzero(free_q > 1e-12 * free_q.max(initial=0.0))
+    live = np.flatnonzero(free_q > 1e-12 * np.maximum.reduce(free_q, initial=0.0))
     if len(live) == 0:  # every arrival waits (an overloaded bounded queue)
         return lambda t: np.zeros(len(t))
     first, end = int(live[0]), int(live[-1]) + 1
@@ -165,7 +165,7 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     points = bool(point.any())
     scale = ((np.where(point, 1.0, spread) if points else spread) / shape)[None, :]
     fixed_t = (mean_t - spread)[None, :]
-    orders = np.arange(1.0, shape.max(initial=1.0))[:, None]
+    orders = np.arange(1.0, np.maximum.reduce(shape, initial=1.0))[:, None]
     more_terms = (shape > orders) / orders  # row j - 1: 1 / j where a group's Erlang has a term x^j / j!
 
     def survival(t: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -194,7 +194,7 @@ def ttft_survival(chain: Stationary, law: StepLaw, groups: int = GROUPS) -> tupl
     accepted = p[:-1] / max(1e-300, 1.0 - p[-1])
     n_free = min(chain.max_batch, chain.capacity)
     free_survival = _free_survival(law, accepted[:n_free], groups)
-    waiting_mass = float(accepted[n_free:].sum())
+    waiting_mass = float(np.add.reduce(accepted[n_free:]))
     if waiting_mass < NEGLIGIBLE:
         return free_survival, waiting_mass
     full_prefill = law.prefill(float(chain.max_batch))
