@@ -133,13 +133,13 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         if value != value:
             raise ConfigError(where, "must be a number, got nan")
         if isinstance(value, int) and abs(value) >= 2**63:
-            raise ConfigError(where, "must be a number of at most 64 bits")
+            raise ConfigError(where, f"must be a number of at most 64 bits, got {value}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(where, f"must be an integer, got {value!r}")
         if abs(value) >= 2**63:
-            raise ConfigError(where, "must be an integer of at most 64 bits")
+            raise ConfigError(where, f"must be an integer of at most 64 bits, got {value}")
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):

@@ -26,6 +26,9 @@ class PowerDomainSettings:
         check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W, low_open=True)
         if not self.gpus or any(not 0 <= g < MAX_GPUS for g in self.gpus):
             raise ConfigError(f"{where}.gpus", f"must list GPU indices in 0..{MAX_GPUS - 1}, got {list(self.gpus)}")
+        twice = sorted({g for g in self.gpus if self.gpus.count(g) > 1})
+        if twice:  # each GPU's idle draw would be counted once a listing
+            raise ConfigError(f"{where}.gpus", f"GPU {twice[0]} is listed more than once, got {list(self.gpus)[:16]}")
 
 
 def check_domain_lines(lines: Sequence[tuple[str, float]], budget_w: float, where: str) -> None:

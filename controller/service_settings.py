@@ -8,6 +8,7 @@ from typing import Any
 from controller.config_loader import ConfigError, check_name, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ServiceParams
+from queuemodels.types import LEAST_TERM
 
 
 def check_service_bounds(s: Any, where: str) -> None:
@@ -63,6 +64,9 @@ class PriorSettings:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        for name in ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"):
+            if 0.0 < getattr(self, name) < LEAST_TERM:  # the tuner would have no room between its bounds
+                raise ConfigError(f"{where}.{name}", f"must be 0 or at least {LEAST_TERM:g}, got {getattr(self, name)}")
 
     def params(self) -> ServiceParams:
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms, self.kappa_ms,
@@ -180,6 +184,10 @@ class ServiceSettings:
                 raise ConfigError(f"{where}.variants[{v.accelerator}].gpus",
                                   f"GPU indices must be in 0..{MAX_GPUS - 1}, got {list(v.gpus)}")
             check_range(v, f"{where}.variants[{v.accelerator}]", ("kv_cache_tokens",), 0, MAX_KV_TOKENS)
+            if 0 < v.kv_cache_tokens < self.in_tokens + self.out_tokens:
+                raise ConfigError(f"{where}.variants[{v.accelerator}].kv_cache_tokens",
+                                  f"{v.kv_cache_tokens} holds no whole request of this service (in_tokens + out_tokens "
+                                  f"= {self.in_tokens + self.out_tokens:g}); 0 leaves the cache unbounded")
         if any(not 1 <= p <= 65535 for p in self.vllm_ports):
             raise ConfigError(f"{where}.vllm_ports", f"must be ports in 1..65535, got {list(self.vllm_ports)}")
         for url in self.metrics_urls:

@@ -17,7 +17,7 @@ from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
-from controller.settings_checks import MAX_GPUS, check_settings
+from controller.settings_checks import MAX_GPUS, check_budget_sources, check_settings
 from controller.simulator_settings import SimulatorSettings
 from queuemodels.accelerators import CATALOG
 
@@ -258,4 +258,6 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     if budget.safe_budget_w > settings.power.budget_w:
         raise ConfigError("power.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
                           f"({settings.power.budget_w:g} W)")
-    return dataclasses.replace(settings, budget=budget)
+    settings = dataclasses.replace(settings, budget=budget)
+    check_budget_sources(settings)
+    return settings

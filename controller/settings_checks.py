@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from controller.budget.settings import FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -85,18 +86,41 @@ def check_settings(s: Settings) -> None:
                               f"draw, {idle:g} W")
 
 
+def check_budget_sources(s: Settings) -> None:
+    """The budgets a config states outright (the safe budget, a fixed source's, a schedule's) at or above the fleet's
+    idle draw, as power.budget_w is: below it every plan is a power emergency from the first tick."""
+    if s.budget is None:
+        return
+    idle = idle_w(s)
+    stated = [("power.budget.safe_budget_w", s.budget.safe_budget_w)]
+    for i, (_, src) in enumerate(s.budget.sources):
+        at = f"power.budget.sources[{i}]"
+        if isinstance(src, FixedSettings):
+            stated.append((f"{at}.budget_w", src.budget_w))
+        elif isinstance(src, ScheduleSettings):
+            stated.append((f"{at}.default_budget_w", src.default_budget_w))
+            stated += [(f"{at}.rules[{j}].budget_w", rule.budget_w) for j, rule in enumerate(src.rules)]
+    for where, budget_w in stated:
+        if budget_w < idle:
+            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
+                              "count x the catalogue's idle power)")
+
+
 def _unique(s: Settings) -> None:
     seen: set[str] = set()
     for a in s.accelerators:
         if a.name in seen:
             raise ConfigError(f"accelerators[{a.name}].name", f"duplicate accelerator {a.name!r}")
         seen.add(a.name)
-    seen.clear()
+    named: dict[str, str] = {}  # by the name in lower case: a Deployment's default name and the operator's objects
     owner: dict[int, str] = {}
     for svc in s.services:
-        if svc.name in seen:
-            raise ConfigError(f"{svc_path(svc.name)}.name", f"duplicate service name {svc.name!r}")
-        seen.add(svc.name)
+        if svc.name.lower() in named:
+            other = named[svc.name.lower()]
+            raise ConfigError(f"{svc_path(svc.name)}.name", f"duplicate service name {svc.name!r}" + (
+                "" if other == svc.name else f" (as {other!r}: names are compared in lower case, as the Kubernetes "
+                "objects named after them are)"))
+        named[svc.name.lower()] = svc.name
         _variants(s, svc)
         for v in s.variants_of(svc):
             where = f"{svc_path(svc.name)}" + (f".variants[{v.accelerator}]" if svc.variants else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_range
 from controller.settings_checks import MAX_GPUS, MAX_SIM_SPEED
 from queuemodels.accelerators import CATALOG
 from simulator.personality import PERSONALITIES
@@ -50,6 +50,5 @@ class SimulatorSettings:
                 raise ConfigError(f"{where}.gpu_types[{i}]", f"unknown {name!r}, expected one of {sorted(CATALOG)}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
-        check_positive(self, where, ("speed",))
-        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED)
+        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED, low_open=True)
         check_range(self, where, ("start_delay_s",), 0.0, 86400.0)

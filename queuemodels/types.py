@@ -13,6 +13,9 @@ NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alph
          "step": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms", "rho",
                   "budget_tokens")}
 """Each family's free parameters, in filter order."""
+LEAST_TERM = 1e-9
+"""The smallest positive value a parameter may take (0 leaves its term out): the tuner's floor, and far below any
+engine's step times, so a smaller one is a typo, which would leave the tuner no room between its bounds."""
 STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0, "rho": 1.0, "budget_tokens": 2048.0}
 """Starting values of the step family's four terms where a prior leaves them at 0: the tuner moves each
 within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a
@@ -90,6 +93,10 @@ class ServiceParams:
         _check("rho", self.rho)
         _check("budget_tokens", self.budget_tokens)
         _check("kv_tokens", self.kv_tokens)
+        for name in NAMES["step"]:
+            value = getattr(self, name)
+            if 0.0 < value < LEAST_TERM:
+                raise ModelInputError(f"{name}: must be 0 or at least {LEAST_TERM:g}, got {value!r}")
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""

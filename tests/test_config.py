@@ -82,7 +82,7 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 100000"),
          "simulator.num_gpus: must be in 1..1024, got 100000"),
         (lambda t: t.replace("speed = 1.0", "speed = 1e12"),
-         r"simulator.speed: must be in \[0, 100\], got 1000000000000.0"),
+         r"simulator.speed: must be in \(0, 100\], got 1000000000000.0"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 1024").replace("count = 8", "count = 1024")
          .replace("speed = 1.0", "speed = 50.0").replace("budget_w = 4000", "budget_w = 200000"),
          "simulator.speed: 50 x 1024 GPUs is more than 8192"),
@@ -101,6 +101,20 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[chat\].max_queue: must be in 0..1000000, got -5"),
         (lambda t: t.replace('name = "code"', 'name = ""'), r"services\[1\].name: must not be empty"),
         (lambda t: t.replace('name = "code"', 'name = "chat"'), r"services\[chat\].name: duplicate service name"),
+        (lambda t: t.replace('name = "code"', 'name = "CHAT"'),
+         r"services\[CHAT\].name: duplicate service name 'CHAT' \(as 'chat': names are compared in lower case"),
+        (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = 1e-12,", 1),
+         r"services\[chat\].prior.beta_ms: must be 0 or at least 1e-09, got 1e-12"),
+        (lambda t: t.replace("initial_max_batch = 64",
+                             'initial_max_batch = 64\nvariants = [{ accelerator = "H100-SXM", kv_cache_tokens = 1 }]',
+                             1),
+         r"services\[chat\].variants\[H100-SXM\].kv_cache_tokens: 1 holds no whole request of this service"),
+        (lambda t: t.replace('mode = "predicted"\n', 'mode = "predicted"\n[power.budget]\nsafe_budget_w = 1\n'
+                             '[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 3000\n'),
+         "power.budget.safe_budget_w: 1 W is below the fleet's idle draw, 760 W"),
+        (lambda t: t.replace('mode = "predicted"\n', 'mode = "predicted"\n[power.budget]\nsafe_budget_w = 3000\n'
+                             '[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 500\n'),
+         r"power.budget.sources\[0\].budget_w: 500 W is below the fleet's idle draw, 760 W"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [99]", 1),
          r"services\[chat\].gpus: GPU 99 is not on the simulated host \(GPUs 0..7\)"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [1]")
@@ -125,9 +139,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"),
          r"power.budget_w: must be in \(0, 1e\+08\], got 1e\+300"),
         (lambda t: t.replace("max_replica_step = 1", "max_replica_step = 99999999999999999999"),
-         "stability.max_replica_step: must be an integer of at most 64 bits"),
+         "stability.max_replica_step: must be an integer of at most 64 bits, got 99999999999999999999"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 99999999999999999999"),
-         "power.budget_w: must be a number of at most 64 bits"),
+         "power.budget_w: must be a number of at most 64 bits, got 99999999999999999999"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(
@@ -358,6 +372,8 @@ def test_power_domains_are_read_and_must_be_on_the_host(tmp_path: Path) -> None:
      'gpus = [3, 4, 5]\n', r"^power\.domains\[rack-b\]\.gpus: GPU 3 is in domain 'rack-a' too, and neither holds"),
     ('name = "rack-a"\nlimit_w = 1800\ngpus = [0, 1, 2, 3]\n[[power.domains]]\nname = "pdu-1"\nlimit_w = 1900\n'
      'gpus = [0, 1]\n', r"^power\.domains\[pdu-1\]\.limit_w: 1900 W is above 1800 W of domain 'rack-a'"),
+    ('name = "rack-a"\nlimit_w = 2000\ngpus = [0, 0, 0]\n',
+     r"^power\.domains\[rack-a\]\.gpus: GPU 0 is listed more than once, got \[0, 0, 0\]"),
     ('name = "rack-a"\nlimit_w = 400\ngpus = [0, 1, 2, 3]\n',
      r"^power\.domains\[rack-a\]\.limit_w: 400 W leaves 349 W to plan with .*below its GPUs' idle draw, 380 W"),
 ])

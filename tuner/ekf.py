@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from scipy.stats import chi2
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
-from queuemodels.types import NAMES
+from queuemodels.types import LEAST_TERM, NAMES
 from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
@@ -81,7 +81,7 @@ class PairFilter:
     @property
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         x0 = self.prior_vector()
-        return np.maximum(x0 / 10.0, 1e-9 * (x0 > 0)), 10.0 * x0
+        return np.maximum(x0 / 10.0, LEAST_TERM * (x0 > 0)), 10.0 * x0
 
     def _latency_profile(self, v: NDArray[np.float64]) -> PowerProfile | None:
         """The catalogue profile with the fitted prefill sensitivity (the draw curve's anchor)."""
