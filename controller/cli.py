@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
+from controller import strict_json
 from controller.cli_analyze import analyze
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, number, seconds
 from controller.cli_cluster import add_cluster_commands
@@ -85,7 +85,7 @@ def _gpus(args: argparse.Namespace) -> int:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(readings, indent=2))
+        print(strict_json.dumps(readings, indent=2))
         return 0
     for r in readings:
         power = "-" if r["power_w"] is None else f"{r['power_w']:.0f} W"
@@ -117,7 +117,7 @@ def _tune(args: argparse.Namespace) -> int:
     if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(strict_json.dumps(report, indent=2))
     else:
         params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
@@ -144,7 +144,7 @@ def _optimize(args: argparse.Namespace) -> int:
         raise ConfigError("--solver", f"{exc} ({len(problem.services)} services)") from None
     doc = solution_json(solution)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(strict_json.dumps(doc, indent=2))
     else:
         for s in doc["services"]:
             print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -12,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from controller import strict_json
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
 from controller.preflight import check_metrics_bind
@@ -34,11 +34,11 @@ def _schema(args: argparse.Namespace) -> int:
         return 0
     every = schemas()
     if args.name is None:
-        print(json.dumps(every, indent=2))
+        print(strict_json.dumps(every, indent=2))
         return 0
     if args.name not in every:
         raise ConfigError("schema", f"unknown {args.name!r}, expected one of {sorted(every)}")
-    print(json.dumps(every[args.name], indent=2))
+    print(strict_json.dumps(every[args.name], indent=2))
     return 0
 
 

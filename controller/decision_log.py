@@ -9,13 +9,13 @@ old file kept) and to the log at DEBUG. Writing never stops a cycle: a failure i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from controller import strict_json
 from controller.optimizer import Assignment
 from controller.telemetry.base import ServiceWindow
 
@@ -30,11 +30,11 @@ class DecisionLog:
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record; whether it reached the file (always True without one). A line in the file also
         says when it was written (`wall_time`, Unix seconds), for `wattscale status`."""
-        line = json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+        line = strict_json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
         log.debug("%s", line)
         if self.path is None:
             return True
-        line = json.dumps({**record, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
+        line = strict_json.dumps({**record, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
                           default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controller import strict_json
 from controller.config_loader import ConfigError
 from controller.settings import ServiceSettings, Settings
 from controller.slo_margin import slo_met
@@ -98,7 +99,7 @@ def status(settings: Settings, path: Path, as_json: bool) -> str:
     record = last_decision(path)
     try:
         rep = report(settings, record)
-        return json.dumps(rep, indent=2) if as_json else text(rep)
+        return strict_json.dumps(rep, indent=2) if as_json else text(rep)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError("daemon.decision_log", f"{path}: its last record cannot be read ({type(exc).__name__}: "
                           f"{exc})") from None

@@ -13,11 +13,15 @@ from tuner.offline import ObservationFileError, read_observations
 
 GATED = ("rate_rps", "in_tokens", "out_tokens", "ttft_ms", "itl_ms")
 """Columns the filter itself gates when not finite ("non-finite"): NaN there is a row to skip, not an error."""
+UNSAID = ("served_rps", "queue_growth", "queue_ms")
+"""Columns whose NaN reads as a window that does not say them (as an empty cell); any other value out of bounds
+is refused."""
 BOUNDS: dict[str, tuple[float, float]] = {
     "rate_rps": (0.0, 1e6), "in_tokens": (0.0, MAX_TOKENS), "out_tokens": (0.0, MAX_TOKENS),
     "max_batch": (1, MAX_BATCH), "max_queue": (0, MAX_QUEUE), "ttft_ms": (0.0, 1e7), "itl_ms": (0.0, 1e7),
     "power_cap_w": (0.0, 1e4), "power_w": (0.0, 1e4), "waiting": (0.0, 1e9), "preemptions": (0.0, 1e9),
-    "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0),
+    "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0), "served_rps": (0.0, 1e6), "queue_growth": (-1e9, 1e9),
+    "queue_ms": (0.0, 1e7),
 }
 
 
@@ -31,15 +35,12 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
     """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (a
     power cap within `cap_limits_w`, the accelerator's, where it is known); ObservationFileError names the row
     (`path:line`), the column and the value."""
-    observations = read_observations(path)  # parsing is milliseconds; the filter's steps are what a row costs
-    if len(observations) > MAX_ROWS:
-        raise ObservationFileError(f"{path}: {len(observations)} observations, more than the {MAX_ROWS} tune reads "
-                                   "(about 8 ms each); keep the recent ones")
+    observations = read_observations(path, MAX_ROWS)
     bounds = BOUNDS if cap_limits_w is None else {**BOUNDS, "power_cap_w": cap_limits_w}
     for i, obs in enumerate(observations):
         for name, (low, high) in bounds.items():
             value = getattr(obs, name)
-            if value is None or (name in GATED and not math.isfinite(value)):
+            if value is None or (name in GATED and not math.isfinite(value)) or (name in UNSAID and math.isnan(value)):
                 continue
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "

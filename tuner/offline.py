@@ -53,6 +53,8 @@ class ObservationFileError(ValueError):
 
 def _parse(text: str, col: str, where: str) -> float:
     try:
+        if "_" in text:  # Python's float reads "1_0" as 10; no CSV writer means that
+            raise ValueError(text)
         return float(text)
     except ValueError:
         raise ObservationFileError(f"{where}: column {col!r} is not a number: {text!r}") from None
@@ -130,19 +132,23 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
         raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
 
 
-def read_observations(path: Path) -> ObservationRows:
+def read_observations(path: Path, max_rows: int | None = None) -> ObservationRows:
     """Parse the CSV (a UTF-8 byte-order mark, as Excel writes, is read past); NaN values are kept (the filter
-    gates them), malformed ones are refused, each by its file line."""
+    gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
+    is refused as soon as its reader gets there, not after parsing all of it."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             _check_header(path, list(reader.fieldnames or []))
-            rows = []
+            rows: list[tuple[int, Observation]] = []
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 if None in row:  # DictReader files a row's values past the header under None
                     raise ObservationFileError(f"{where}: {len(reader.fieldnames or []) + len(row[None])} values "
                                                f"for {len(reader.fieldnames or [])} columns")
+                if max_rows is not None and len(rows) >= max_rows:
+                    raise ObservationFileError(f"{path}: more than the {max_rows} observations tune reads (about "
+                                               f"8 ms each; the next is line {reader.line_num}); keep the recent ones")
                 rows.append((reader.line_num, _row(row, where)))
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None

@@ -8,7 +8,6 @@ a grid-event script lowers the budget with one request:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from controller import strict_json
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                     hung_up(f"sent {len(body)} of its {length} body bytes and closed")
                     return
                 status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
-            data = json.dumps(reply).encode()
+            data = strict_json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -14,7 +14,6 @@ Bounded: one thread, a socket timeout on every connection, GET only with no body
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+from controller import strict_json
 from controller.cluster.resources import GROUP, VERSION
 
 log = logging.getLogger("wattscale.operator")
@@ -180,7 +180,7 @@ def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler
             pass
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            data = strict_json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

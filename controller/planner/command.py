@@ -4,11 +4,11 @@ long solve starts (an option that does not apply is refused, not ignored)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from controller import strict_json
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation_spec import AllocationSpec
@@ -51,7 +51,7 @@ def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
     model = AllocationModel(spec)
     best = model.solve()
     doc = allocation_json(model, best, explain_unmet(model, best))
-    print(json.dumps(doc, indent=2) if args.json else allocation_text(doc))
+    print(strict_json.dumps(doc, indent=2) if args.json else allocation_text(doc))
     return 0 if best.ok else 1
 
 
@@ -59,7 +59,7 @@ def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) ->
     from controller.planner.packing_report import compare, compare_table, plot_compare
 
     rows = compare(spec)
-    print(json.dumps(rows, indent=2) if args.json else compare_table(rows))
+    print(strict_json.dumps(rows, indent=2) if args.json else compare_table(rows))
     if plots is not None:
         try:
             written = plot_compare(rows, plots)
@@ -82,7 +82,7 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     configs = enumerate_configs(spec)
     doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print(strict_json.dumps(doc, indent=2))
     else:
         for r in doc["results"]:
             cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
