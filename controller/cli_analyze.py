@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
+from controller import strict_json
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from queuemodels import (
     Load,
@@ -31,7 +31,18 @@ ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_toke
 
 
 def analyze(args: argparse.Namespace) -> int:
-    """`wattscale analyze`: one operating point's figures, after checking every number it is given."""
+    """`wattscale analyze`: one operating point's figures, after checking every number it is given. The model's
+    messages name its fields (`rate_rps: ...`); the user typed flags, so they are named as flags."""
+    try:
+        return _analyze(args)
+    except ModelInputError as exc:
+        field, sep, rest = str(exc).partition(": ")
+        if sep and field in vars(args):
+            raise type(exc)(f"--{field.replace('_', '-')}: {rest}") from None
+        raise
+
+
+def _analyze(args: argparse.Namespace) -> int:
     for name, high in ANALYZE_BOUNDS.items():
         value = getattr(args, name)
         low, allowed = ANALYZE_FLOORS.get(name, (0.0, True))
@@ -73,7 +84,7 @@ def analyze(args: argparse.Namespace) -> int:
             out.update(_batch_choices(args, params, load, shape, targets, prof))
     elif args.batch_sizes:
         raise ModelInputError("--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms to choose by")
-    print(json.dumps(out, indent=2))
+    print(strict_json.dumps(out, indent=2))
     return 0
 
 

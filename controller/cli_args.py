@@ -52,6 +52,13 @@ def number(low: float, high: float, low_open: bool = False) -> Callable[[str], f
     return parse
 
 
+def directory(text: str) -> str:
+    """An argparse type: a directory to write into, named (an empty name wrote into the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a directory, got {text!r}")
+    return text
+
+
 def whole(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in low..high."""
 
@@ -155,7 +162,7 @@ def add_plan_args(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"],
                     help="packing: milp, greedy or homogeneous (one GPU type); allocation: milp only")
     pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
-    pl.add_argument("--plots", default=None, metavar="DIR",
+    pl.add_argument("--plots", type=directory, default=None, metavar="DIR",
                     help="packing --compare: one PNG per scenario into DIR (created if its parent exists)")
     pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
     pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")

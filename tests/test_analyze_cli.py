@@ -80,11 +80,11 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     (["--in-tokens", "0"], "--in-tokens: must be a finite number > 0"),
     (["--out-tokens", "0.5"], "--out-tokens: must be a finite number >= 1 and <= 1e+06, got 0.5"),
     (["--kv-tokens", "1"], "--kv-tokens: 1 holds no whole request of this load (400 + 200 tokens)"),
-    (["--rate-rps", "40", "--max-queue", "-1"], "rate_rps: 40 has no stationary solution with an unbounded queue: "
+    (["--rate-rps", "40", "--max-queue", "-1"], "--rate-rps: 40 has no stationary solution with an unbounded queue: "
                                                 "max_batch 64 saturates at 18.1665 rps"),
-    (["--rate-rps", "500", "--max-queue", "-1"], "rate_rps: 500 has no stationary solution with an unbounded queue: "
+    (["--rate-rps", "500", "--max-queue", "-1"], "--rate-rps: 500 has no stationary solution with an unbounded queue: "
                                                  "max_batch 64 saturates at 18.1665 rps"),
-    (["--accelerator", "B300"], "accelerator: unknown 'B300'"),
+    (["--accelerator", "B300"], "--accelerator: unknown 'B300'"),
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
     (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
      "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),

@@ -268,6 +268,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "queries.summarization.arrival_rate_qph: must be in [0, 1e+09], got 1000000000000000.0"),
     ("seed001-allocation.toml", "error_rate = 0.03", "error_rate = 2",
      "queries.summarization.error_rate: must be in [0, 1], got 2.0"),
+    ("seed002-packing.toml", "price_per_h = 1.75", "price_per_h = 1e308",
+     "gpus.A100_80G.price_per_h: must be in (0, 1e+06], got 1e+308"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:
@@ -330,3 +332,15 @@ def test_a_plan_stopped_before_optimality_is_marked_and_not_explained() -> None:
     doc = allocation_json(model, stopped, explain_unmet(model, stopped))
     assert doc["optimal"] is False and doc["dropped"] == []
     assert "not proven optimal (gap 40.00%)" in allocation_text(doc)
+
+
+def test_a_query_type_without_demand_is_not_explained_as_dropped(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A type at 0 queries an hour was a ZeroDivisionError in the report's penalty-to-serve figure."""
+    text = (PLANS / "seed001-allocation.toml").read_text()
+    path = tmp_path / "spec.toml"
+    assert text.count("arrival_rate_qph = 180000") == 1  # qa's
+    path.write_text(text.replace("arrival_rate_qph = 180000", "arrival_rate_qph = 0"))
+    assert main(["plan", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and all(d["query"] != "qa" for d in doc["dropped"])

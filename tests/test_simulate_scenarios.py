@@ -56,6 +56,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 10\n', "events[0].budget_w",
      "10 W is below the fleet's idle draw, "),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 2\n', "events[0].gpu", "0..1"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 1\nfactor = 1e308\n',
+     "events[0].factor", "does not apply to a gpu_lost event (it reads gpu), got 1e+308"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nfactor = 1.3\n', "events[0].service",
      "required"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nservice = "code"\n',
@@ -109,6 +111,9 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     with pytest.raises(SystemExit):
         main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
     assert "unknown policy hpa" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an empty name wrote the report into the working directory
+        main(["simulate", str(good), "--report", ""])
+    assert "--report: must name a directory, got ''" in capsys.readouterr().err
 
 
 def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None:

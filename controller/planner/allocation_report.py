@@ -30,10 +30,10 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
     out = []
     spec = model.spec
     for i, share in best.unmet.items():
-        if share <= 1e-6:
-            continue
         qt = spec.queries[i]
         queries = qt.arrival_rate_qph * spec.rental_period_h
+        if share <= 1e-6 or queries <= 0.0:  # nothing dropped (a type with no demand drops nothing)
+            continue
         served = model.solve(force_served=i)
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]

@@ -6,7 +6,6 @@ follows from the type's memory and compute needs (see docs/plan.md). Prices are 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +19,10 @@ MAX_CONFIG_CARDS = 64
 """Most cards in one config."""
 MAX_TIME_LIMIT_S = 600.0
 """Longest MILP time limit per instance."""
+MAX_PRICE_PER_H = 1e6
+"""Dearest card ($/h): past it a price is a unit mistake, and the MILP's costs would overflow."""
+MAX_SIZE = 1e9
+"""Largest memory (GB), compute figure, trace share or speedup: far past any card's, and finite in every sum."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class GpuSpec:
     """Relative compute capability (the seed uses dense TFLOPS)."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("price_per_h", "memory_gb", "compute"))
+        check_range(self, where, ("price_per_h",), 0.0, MAX_PRICE_PER_H, low_open=True)
+        check_range(self, where, ("memory_gb", "compute"), 0.0, MAX_SIZE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class RequestType:
     """Compute one request needs, in the units of GpuSpec.compute divided by compute_adjust."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("memory_gb", "compute"))
+        check_range(self, where, ("memory_gb", "compute"), 0.0, MAX_SIZE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -97,15 +101,15 @@ class PackingSpec:
                 if rtype not in self.request_types:
                     raise ConfigError(f"traces.{tname}.{rtype}",
                                       f"unknown request type, expected one of {sorted(self.request_types)}")
-                if not (share >= 0 and math.isfinite(share)):
-                    raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share >= 0, got {share}")
+                if not 0 <= share <= MAX_SIZE:
+                    raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share in [0, {MAX_SIZE:g}], got {share}")
             if sum(shares.values()) <= 0:
                 raise ConfigError(f"traces.{tname}", "shares sum to 0")
         if len(self.cards) != len(self.speedups) or not self.cards:
             raise ConfigError("speedups",
                               f"needs one entry per cards entry ({len(self.cards)}), got {len(self.speedups)}")
-        if any(k < 1 for k in self.cards) or not all(0 < s < math.inf for s in self.speedups):
-            raise ConfigError("cards/speedups", "cards must be >= 1 and speedups > 0")
+        if any(k < 1 for k in self.cards) or not all(0 < s <= MAX_SIZE for s in self.speedups):
+            raise ConfigError("cards/speedups", f"cards must be >= 1 and speedups in (0, {MAX_SIZE:g}]")
         for f in ("mem_util", "fit_margin"):
             if not 0 < getattr(self, f) <= 1:
                 raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")

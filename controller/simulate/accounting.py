@@ -44,7 +44,8 @@ QUANTILES = {name: 100.0 * q for name, q in QUANTILE_OF.items()}
 
 def _window_met(svc: ServiceSettings, ttft_s: NDArray[np.float64], itl_s: NDArray[np.float64]) -> bool:
     q = QUANTILES[svc.statistic]
-    return bool(np.percentile(ttft_s, q) * 1000 <= svc.ttft_ms and np.percentile(itl_s, q) * 1000 <= svc.itl_ms)
+    with np.errstate(invalid="ignore"):  # a quantile between two unfinished requests (inf) reads NaN: a miss too
+        return bool(np.percentile(ttft_s, q) * 1000 <= svc.ttft_ms and np.percentile(itl_s, q) * 1000 <= svc.itl_ms)
 
 
 def request_met(svc: ServiceSettings, arrivals: NDArray[np.float64], fin: Finished, end_s: float,

@@ -101,6 +101,13 @@ class WorkloadSettings:
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 
+APPLIES: dict[str, tuple[str, ...]] = {
+    "budget": ("budget_w",), "demand_response": ("budget_w", "duration_s", "reason"), "gpu_lost": ("gpu",),
+    "slowdown": ("service", "factor"), "telemetry_lost": ("duration_s",),
+}
+"""The fields each kind of event reads (besides `at_s`): any other one set is a mistake, refused by name."""
+
+
 @dataclass(frozen=True)
 class EventSettings:
     at_s: float
@@ -125,6 +132,10 @@ class EventSettings:
 
     def check(self, where: str) -> None:
         check_range(self, where, ("at_s",), 0.0, MAX_DURATION_S)
+        for f in dataclasses.fields(self):
+            if f.name not in ("at_s", "kind", *APPLIES[self.kind]) and getattr(self, f.name) != f.default:
+                raise ConfigError(f"{where}.{f.name}", f"does not apply to a {self.kind} event (it reads "
+                                  f"{', '.join(APPLIES[self.kind])}), got {getattr(self, f.name)!r}")
         if self.kind in ("budget", "demand_response") and self.budget_w is None:
             raise ConfigError(f"{where}.budget_w", f"is missing: a {self.kind} event needs the new site budget (W)")
         if self.kind == "demand_response":
