@@ -102,12 +102,7 @@ def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
     p = 1.0 - m2
     r = np.maximum(mean_k * (p / np.maximum(m2, 1e-12))[:, None], 1e-12)[:, :, None]
     k = _COUNTS
-    # log Gamma(k + r) - log Gamma(r) = sum_{j < k} log(r + j): a running sum of logs, where gammaln costs several
-    # times as much per element (a fleet's stacked chains have thousands of rows) and the difference of two loses
-    # digits once r is large
-    rising = np.zeros((*r.shape[:2], K_MAX + 1))
-    np.add.accumulate(np.log(r + k[:-1]), axis=2, out=rising[:, :, 1:])
-    log_pmf = (rising - _LOG_COUNT_FACTORIAL + r * np.log(p)[:, None, None]
+    log_pmf = (gammaln(k + r) - gammaln(r) - _LOG_COUNT_FACTORIAL + r * np.log(p)[:, None, None]
                + k * np.log(np.maximum(m2, 1e-300))[:, None, None])
     pmf = np.exp(log_pmf)
     above = pmf > NEGLIGIBLE
@@ -115,9 +110,9 @@ def prompts_per_step(mean_k: NDArray[np.float64], m: NDArray[np.float64],
         above &= (np.arange(mean_k.shape[1])[None, :] < groups[:, None])[:, :, None]
     reached = np.logical_or.reduce(above, axis=1)
     top: NDArray[np.int64] = np.maximum(K_MAX - reached[:, ::-1].argmax(axis=1), 1)
-    cut = np.where(k <= top[:, None, None], pmf, 0.0)
-    rest = np.maximum(1.0 - np.add.reduce(cut, axis=2), 0.0)
-    pmf = np.where(k == top[:, None, None], cut + rest[:, :, None], cut)  # the rest rides the last count
+    pmf = np.where(k <= top[:, None, None], pmf, 0.0)
+    rest = np.maximum(1.0 - np.add.reduce(pmf, axis=2), 0.0)
+    pmf[np.arange(len(top))[:, None], np.arange(mean_k.shape[1])[None, :], top[:, None]] += rest
     return pmf, top
 
 
