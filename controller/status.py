@@ -34,8 +34,8 @@ def last_decision(path: Path) -> dict[str, Any]:
     for line in reversed(lines):
         try:
             record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the tail's start, or being written
+        except (ValueError, RecursionError):
+            continue  # a line cut by the tail's start, or being written (or no log line: nested thousands deep)
         if isinstance(record, dict) and isinstance(record.get("services"), dict):
             return record
     raise ConfigError("daemon.decision_log", f"{path} holds no decision yet")
@@ -100,7 +100,7 @@ def status(settings: Settings, path: Path, as_json: bool) -> str:
     try:
         rep = report(settings, record)
         return strict_json.dumps(rep, indent=2) if as_json else text(rep)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ConfigError("daemon.decision_log", f"{path}: its last record cannot be read ({type(exc).__name__}: "
                           f"{exc})") from None
 

@@ -16,6 +16,9 @@ NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alph
 LEAST_TERM = 1e-9
 """The smallest positive value a parameter may take (0 leaves its term out): the tuner's floor, and far below any
 engine's step times, so a smaller one is a typo, which would leave the tuner no room between its bounds."""
+LEAST_CLOCK = 0.01
+"""The lowest locked SM clock a shape may hold, as a share of the maximum: no GPU's lowest supported clock is
+below it (an H100's is 0.11), and a smaller share would overflow the clock's slow-down."""
 STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0, "rho": 1.0, "budget_tokens": 2048.0}
 """Starting values of the step family's four terms where a prior leaves them at 0: the tuner moves each
 within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a
@@ -214,8 +217,9 @@ class ServerShape:
             _check("power_cap_w", self.power_cap_w, positive=True)
         if self.sm_clock_fraction is not None:
             _check("sm_clock_fraction", self.sm_clock_fraction, positive=True)
-            if self.sm_clock_fraction > 1.0:
-                raise ModelInputError(f"sm_clock_fraction: must be in (0, 1], got {self.sm_clock_fraction!r}")
+            if not LEAST_CLOCK <= self.sm_clock_fraction <= 1.0:
+                raise ModelInputError(f"sm_clock_fraction: must be in [{LEAST_CLOCK:g}, 1], got "
+                                      f"{self.sm_clock_fraction!r}")
 
 
 

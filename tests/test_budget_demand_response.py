@@ -41,6 +41,9 @@ def test_a_signal_lowers_the_budget_until_its_deadline(tmp_path: Path) -> None:
     (json.dumps({**SIGNAL, "until": "x"}), "unknown key 'until'"),
     (json.dumps({"deadline": SIGNAL["deadline"]}), "budget_w"),
     (json.dumps([SIGNAL]), "not a JSON object"),
+    ('{"budget_w": 1' + "0" * 400 + ', "deadline": "2030-01-01T00:00:00Z"}',
+     "budget_w: an integer out of a float's range"),
+    ("[" * 3000, "unreadable"),
 ])
 def test_a_broken_signal_file_is_an_error_until_it_is_fixed(tmp_path: Path, doc: str, message: str) -> None:
     path = tmp_path / "signal.json"
@@ -115,3 +118,17 @@ def test_a_signal_posted_over_loopback_reaches_the_source(endpoint: tuple[str, P
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(urllib.request.Request(url, data=b'{"budget_w": 1}'), timeout=2)
     assert caught.value.code == 400
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ('{"budget_w": 1' + "0" * 400 + ', "deadline": "2030-01-01T00:00:00Z"}', "out of a float's range"),
+    (json.dumps({**SIGNAL, "deadline": "9999-12-31T23:59:59-14:00"}), "past the year 9998"),
+    (json.dumps({**SIGNAL, "reason": "peak\nWARNING fake line"}), "printable"),
+    ("[" * 3000, "not JSON"),
+])
+def test_a_hostile_post_gets_a_400_not_a_dropped_connection(tmp_path: Path, doc: str, words: str) -> None:
+    """Each of these was a traceback in the handler's thread (OverflowError, year 10000, RecursionError) and a
+    connection closed without an answer, or (a newline) a log line forged."""
+    status, reply = accept_signal("127.0.0.1", "POST", doc.encode(), T0, str(tmp_path / "signal.json"))
+    assert status == 400 and words in reply["error"], reply
+    assert not (tmp_path / "signal.json").exists()

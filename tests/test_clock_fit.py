@@ -56,3 +56,8 @@ def test_unusable_windows_are_not_kept_and_state_round_trips() -> None:
     saved = fit.dump()
     saved["recent"][0]["itl_ms"] = 0.0  # a window observe() refuses: kept, it would break the next fit
     assert not ClockFit().restore(saved)
+    saved = fit.dump()  # a hand-edited clock no GPU locks at overflowed every slow tick's fit (OverflowError)
+    saved["recent"][0]["sm_clock_fraction"] = 1e-300
+    assert not ClockFit().restore(saved)
+    assert replace(window(0.6, 1.0), sm_clock_fraction=1e-300).problem() == "bad-shape"
+    assert not fit.observe(replace(window(0.6, 1.0), power_cap_w=-5.0), PARAMS, CATALOGUE, "mm1k-cb")

@@ -344,3 +344,4 @@ def test_a_query_type_without_demand_is_not_explained_as_dropped(tmp_path: Path,
     assert main(["plan", str(path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and all(d["query"] != "qa" for d in doc["dropped"])
+    assert doc["unmet"]["qa"] == 0.0 and all(math.copysign(1.0, v) == 1.0 for v in doc["unmet"].values())

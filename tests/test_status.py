@@ -47,7 +47,7 @@ def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Pat
 
 
 @pytest.mark.parametrize("edit", [{"wall_time": "x"}, {"services": {"chat": 5}}, {"budget_w": "lots"},
-                                  {"wall_time": float("nan")}])
+                                  {"wall_time": float("nan")}, {"budget_w": 10**400}])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A hand-edited or foreign decision log: one line naming the file, no traceback and no "nan s ago"."""
@@ -96,3 +96,15 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     assert any(x.startswith("chat (priority 1): 2 x H100-SXM batch 64 cap 520 W; SLO unknown") for x in out), out
     assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
                for x in out), out
+
+
+def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[..., Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """json.loads raised RecursionError on it, a traceback; it is read past as a line that is no record."""
+    path = sim_config()
+    log = load_settings(path).decision_log_path
+    assert log is not None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("[" * 100_000 + "\n")
+    assert main(["status", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: {log} holds no decision yet"

@@ -249,6 +249,7 @@ REASONS = {
     "unsteady-queue": "(the queue grew through the window)", "saturated": "(a full batch queued, or preemptions)",
     "gate": "(far from the model's prediction: an outlier)", "model-error": "(the model cannot evaluate it)",
     "non-positive": "(the update would make a parameter <= 0)",
+    "bad-shape": "(a locked clock or power cap no GPU runs at)",
 }
 """What each rejection reason means, for the warning `tune` prints."""
 

@@ -108,8 +108,14 @@ def parse_time_s(value: object, what: str) -> float:
 
 
 def number(value: object, what: str) -> float:
-    """A finite JSON number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MalformedAnswer(f"{what}: {value!r} is not a number")
-    return float(value)
+    """A finite JSON number (not a bool; an integer of hundreds of digits is out of range, not a traceback)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedAnswer(f"{what}: {repr(value)[:40]} is not a number")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise MalformedAnswer(f"{what}: an integer out of a float's range") from None
+    if not math.isfinite(out):
+        raise MalformedAnswer(f"{what}: {out!r} is not a finite number")
+    return out
 

@@ -34,6 +34,10 @@ class DemandSignal:
     reason: str
 
 
+LATEST_DEADLINE_S = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
+"""No signal lasts past this (a later one could not be written back as a UTC date)."""
+
+
 def parse_signal(doc: Any, what: str) -> DemandSignal:
     """A signal from its JSON document; a missing or unknown key, a budget <= 0 or a deadline without an
     offset raises MalformedAnswer."""
@@ -46,9 +50,12 @@ def parse_signal(doc: Any, what: str) -> DemandSignal:
     if budget_w <= 0:
         raise MalformedAnswer(f"{what}: budget_w must be > 0, got {budget_w}")
     reason = doc.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 200:
-        raise MalformedAnswer(f"{what}: reason must be a string of at most 200 characters")
-    return DemandSignal(budget_w, parse_time_s(doc.get("deadline"), f"{what}: deadline"), reason)
+    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
+        raise MalformedAnswer(f"{what}: reason must be a printable string of at most 200 characters (it is logged)")
+    deadline_s = parse_time_s(doc.get("deadline"), f"{what}: deadline")
+    if deadline_s >= LATEST_DEADLINE_S:
+        raise MalformedAnswer(f"{what}: deadline {doc.get('deadline')!r} is past the year 9998")
+    return DemandSignal(budget_w, deadline_s, reason)
 
 
 class DemandResponseSource:
@@ -71,8 +78,8 @@ class DemandResponseSource:
             try:
                 with open(self.path, "rb") as f:
                     self.signal = parse_signal(json.loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
-            except (OSError, ValueError) as exc:
-                raise MalformedAnswer(f"{what}: unreadable: {exc}", self.retry_s) from exc
+            except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+                raise MalformedAnswer(f"{what}: unreadable: {str(exc)[:200]}", self.retry_s) from None
             except MalformedAnswer as exc:
                 raise MalformedAnswer(str(exc), self.retry_s) from exc
             self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -115,8 +122,8 @@ def accept_signal(client_host: str, method: str, body: bytes, now: float, path: 
         return 413, {"error": f"a signal is at most {MAX_SIGNAL_BYTES} bytes"}
     try:
         signal = parse_signal(json.loads(body), "signal")
-    except ValueError as exc:
-        return 400, {"error": f"not JSON: {exc}"}
+    except (ValueError, RecursionError) as exc:
+        return 400, {"error": f"not JSON: {str(exc)[:200]}"}
     except MalformedAnswer as exc:
         return 400, {"error": str(exc)}
     if signal.deadline_s <= now:

@@ -88,7 +88,8 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
                         for (j, k), (tp, r) in sorted(a.deployments.items())],
-        "unmet": dict(a.unmet),
+        # a type without demand drops nothing, and a solver's -0.0 is 0
+        "unmet": {i: 0.0 if spec.queries[i].arrival_rate_qph <= 0 else max(0.0, v) for i, v in a.unmet.items()},
         "cost": a.costs,
         "dropped": explanations,
         "solve_s": a.solve_s,
