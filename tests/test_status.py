@@ -14,6 +14,14 @@ from controller.daemon import Daemon
 from controller.settings import load_settings
 
 
+def decision_log(config: Path) -> Path:
+    """The config's decision-log path, its directory made (the tests write the log's lines themselves)."""
+    log = load_settings(config).decision_log_path
+    assert log is not None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
+
+
 def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
     path = sim_config({"port = 9464": "port = 0"})
     daemon = Daemon(path, load_settings(path))
@@ -52,9 +60,7 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A hand-edited or foreign decision log: one line naming the file, no traceback and no "nan s ago"."""
     path = sim_config()
-    log = load_settings(path).decision_log_path
-    assert log is not None
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = decision_log(path)
     log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 0.0, "services": {}, **edit}) + "\n")
     assert main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -65,9 +71,7 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
 def test_an_old_last_decision_is_flagged_stale(sim_config: Callable[..., Path],
                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = sim_config()
-    log = load_settings(path).decision_log_path
-    assert log is not None
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = decision_log(path)
     log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 1.0, "services": {}}) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     assert "(stale: is the daemon running?)" in capsys.readouterr().out.splitlines()[0]
@@ -78,9 +82,7 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     """The applied shape, not the one before the decision; the measured draw and the governor's emergency; a
     service the running daemon has and this file does not (a refused reload's edit) is still listed."""
     path = sim_config()
-    log = load_settings(path).decision_log_path
-    assert log is not None
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = decision_log(path)
     before = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
     after = {**before, "replicas": 2, "cap_w": 520.0}
     record = {"t": 1.0, "budget_w": 900.0, "predicted_w": 760.0, "draw_w": 1390.0, "wall_time": 1e12,
@@ -102,9 +104,7 @@ def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[.
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """json.loads raised RecursionError on it, a traceback; it is read past as a line that is no record."""
     path = sim_config()
-    log = load_settings(path).decision_log_path
-    assert log is not None
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = decision_log(path)
     log.write_text("[" * 100_000 + "\n")
     assert main(["status", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: {log} holds no decision yet"
