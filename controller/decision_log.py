@@ -30,12 +30,13 @@ class DecisionLog:
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record; whether it reached the file (always True without one). A line in the file also
         says when it was written (`wall_time`, Unix seconds), for `wattscale status`."""
-        line = strict_json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
-        log.debug("%s", line)
+        clean = strict_json.finite(record)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        line = strict_json.dumps({**record, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
-                          default=str)
+        line = strict_json.dumps({**clean, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
+                                 default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:

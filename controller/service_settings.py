@@ -7,8 +7,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError, check_name, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
-from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ServiceParams
-from queuemodels.types import LEAST_TERM
+from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ModelInputError, ServiceParams
 
 
 def check_service_bounds(s: Any, where: str) -> None:
@@ -64,9 +63,11 @@ class PriorSettings:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
-        for name in ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"):
-            if 0.0 < getattr(self, name) < LEAST_TERM:  # the tuner would have no room between its bounds
-                raise ConfigError(f"{where}.{name}", f"must be 0 or at least {LEAST_TERM:g}, got {getattr(self, name)}")
+        try:  # the model's own checks (a term between 0 and LEAST_TERM leaves the tuner no room between its bounds)
+            self.params()
+        except ModelInputError as exc:
+            name, _, why = str(exc).partition(": ")
+            raise ConfigError(f"{where}.{name}", why) from None
 
     def params(self) -> ServiceParams:
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms, self.kappa_ms,

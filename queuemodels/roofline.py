@@ -30,8 +30,9 @@ SETTLE_STEPS = 4
 """Fixed-point steps between the running batch and the prompt's cost it sets."""
 SHORT_SUM = 16
 """Poisson terms up to which `prompt_gpu_ms` sums them one by one (light loads: a few riders a step)."""
-_LOG_FACTORIAL = [math.lgamma(n + 1.0) for n in range(4 * SHORT_SUM)]
-"""log n! for the riders such a sum reads (n < 12 where it has at most 16 terms)."""
+_LOG_FACTORIAL = [math.lgamma(n + 1.0) for n in range(SHORT_SUM + 1)]
+"""log n! for the riders a short sum reads: it starts at 1 (one that starts later has x > 40 and spans some
+12 sqrt(x) > 16 terms), so its at most 16 terms end by n = SHORT_SUM."""
 
 
 def smooth_chunks(ratio: Batch) -> Batch:
@@ -157,9 +158,7 @@ class Roofline:
         counts = range(max(1, int(x - spread)), int(x + spread) + 4)
         if len(counts) <= SHORT_SUM:  # the interpreter's loop: numpy's calls cost more on arrays this short
             log_x = math.log(x)
-            log_factorial = (_LOG_FACTORIAL if counts.stop <= len(_LOG_FACTORIAL)
-                             else [math.lgamma(n + 1.0) for n in range(counts.stop)])
-            added = math.fsum([math.exp(n * log_x - x - log_factorial[n])
+            added = math.fsum([math.exp(n * log_x - x - _LOG_FACTORIAL[n])
                                * (math.cbrt(m3 + (decode + n * chunk) ** 3) - base) for n in counts])
         else:
             riders = np.arange(counts.start, counts.stop, dtype=float)

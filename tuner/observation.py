@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from queuemodels import Load, ServerShape
-from queuemodels.types import LEAST_CLOCK
+from queuemodels import Load, ModelInputError, ServerShape
 
 STEADY_RATE_BAND = 0.2
 """Relative gap between served and offered rates beyond which a window is not steady. In a steady window
@@ -68,9 +67,9 @@ class Observation:
         values = (self.rate_rps, self.in_tokens, self.out_tokens, self.ttft_ms, self.itl_ms)
         if any(v is None or not math.isfinite(v) for v in values):
             return "non-finite"
-        if self.sm_clock_fraction is not None and not LEAST_CLOCK <= self.sm_clock_fraction <= 1.0:
-            return "bad-shape"  # a clock no GPU locks at (a hand-edited state file): the model cannot read it
-        if self.power_cap_w is not None and not 0.0 < self.power_cap_w < math.inf:
+        try:  # a clock or cap no GPU runs at (a hand-edited state file): no model reads it
+            _ = self.shape
+        except ModelInputError:
             return "bad-shape"
         if self.rate_rps <= 0 or self.ttft_ms <= 0 or self.itl_ms <= 0 or self.in_tokens <= 0 or self.out_tokens < 1:
             return "no-traffic"

@@ -232,7 +232,9 @@ class AllocationModel:
         chosen = {i: sum(lp.value(x, ("z", i, j, k)) > 0.5 for j in s.models for k in self.tiers) for i in s.queries}
         budgets = {i: budget(s.robust.gamma, s.robust.protection, n) for i, n in chosen.items()}
         used = {r: v for r, v in shares.items() if v > 1e-6}
-        return Allocation(True, used, deployments, {i: lp.value(x, ("u", i)) for i in s.queries}, costs, solve_s,
+        # a type without demand drops nothing whatever its free column says, and a solver's -0.0 is 0
+        unmet = {i: 0.0 if q.arrival_rate_qph <= 0 else max(0.0, lp.value(x, ("u", i))) for i, q in s.queries.items()}
+        return Allocation(True, used, deployments, unmet, costs, solve_s,
                           res.message, res.optimal, res.gap, budgets, self._worst_case(used, budgets))
 
     def _worst_case(self, shares: dict[Route, float], budgets: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -32,7 +32,7 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
     for i, share in best.unmet.items():
         qt = spec.queries[i]
         queries = qt.arrival_rate_qph * spec.rental_period_h
-        if share <= 1e-6 or queries <= 0.0:  # nothing dropped (a type with no demand drops nothing)
+        if share <= 1e-6:
             continue
         served = model.solve(force_served=i)
         if served.ok:
@@ -88,8 +88,7 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}
                         for (j, k), (tp, r) in sorted(a.deployments.items())],
-        # a type without demand drops nothing, and a solver's -0.0 is 0
-        "unmet": {i: 0.0 if spec.queries[i].arrival_rate_qph <= 0 else max(0.0, v) for i, v in a.unmet.items()},
+        "unmet": dict(a.unmet),
         "cost": a.costs,
         "dropped": explanations,
         "solve_s": a.solve_s,
