@@ -14,7 +14,7 @@ from pathlib import Path
 
 from controller import strict_json
 from controller.cli_analyze import analyze
-from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, number, seconds
+from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
@@ -173,12 +173,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the daemon")
-    r.add_argument("--config", required=True, metavar="FILE", help="TOML config (see config/sim.toml)")
+    r.add_argument("--config", required=True, type=file, metavar="FILE", help="TOML config (see config/sim.toml)")
     r.add_argument("--duration", type=seconds, default=None, metavar="S",
                    help="stop after this many wall-clock seconds (default: run until SIGTERM)")
     r.set_defaults(func=_run, daemon=True)
     c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host")
-    c.add_argument("file", metavar="FILE", help="TOML config")
+    c.add_argument("file", type=file, metavar="FILE", help="TOML config")
     c.set_defaults(func=_check)
     a = sub.add_parser("analyze", help="one queue-model evaluation (JSON)")
     add_analyze_args(a)
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     add_tune_args(t)
     t.set_defaults(func=_tune)
     o = sub.add_parser("optimize", help="one optimization of a system spec")
-    o.add_argument("spec", metavar="SPEC", help="TOML system spec (see docs/optimize-spec.md)")
+    o.add_argument("spec", type=file, metavar="SPEC", help="TOML system spec (see docs/optimize-spec.md)")
     o.add_argument("--solver", default="auto", choices=["auto", "greedy", "milp", "exhaustive"],
                    help="auto (milp beside greedy on small problems, greedy alone beyond), greedy (fast), milp "
                         "(optimal within --mip-gap) or exhaustive (a few services only)")
@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=plan_command)
     st = sub.add_parser("status", help="what runs against what is planned, per service, SLO met or not and why "
                         "(from the daemon's decision log)")
-    st.add_argument("--config", required=True, metavar="FILE", help="the TOML config the daemon runs with")
+    st.add_argument("--config", required=True, type=file, metavar="FILE", help="the TOML config the daemon runs with")
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=_status)
     sim = sub.add_parser("simulate", help="the closed loop against today's policies on a scenario, in simulated time "

@@ -59,6 +59,14 @@ def directory(text: str) -> str:
     return text
 
 
+def file(text: str) -> str:
+    """An argparse type: a file to read, named (an empty name read as the working directory, "'.': not a
+    regular file")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a file, got {text!r}")
+    return text
+
+
 def whole(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in low..high."""
 
@@ -143,7 +151,7 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
 
 
 def add_tune_args(t: argparse.ArgumentParser) -> None:
-    t.add_argument("observations", metavar="CSV", help="observations, one row per window (config/examples/"
+    t.add_argument("observations", type=file, metavar="CSV", help="observations, one row per window (config/examples/"
                                                        "observations.csv; columns in tuner/offline.py)")
     _model_args(t)
     for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
@@ -158,7 +166,8 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
 
 
 def add_plan_args(pl: argparse.ArgumentParser) -> None:
-    pl.add_argument("spec", metavar="SPEC", help="TOML planning spec, kind packing or allocation (docs/plan.md)")
+    pl.add_argument("spec", type=file, metavar="SPEC",
+                    help="TOML planning spec, kind packing or allocation (docs/plan.md)")
     pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"],
                     help="packing: milp, greedy or homogeneous (one GPU type); allocation: milp only")
     pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")

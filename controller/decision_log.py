@@ -18,6 +18,7 @@ from typing import Any
 from controller import strict_json
 from controller.optimizer import Assignment
 from controller.telemetry.base import ServiceWindow
+from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.decisions")
 
@@ -41,7 +42,7 @@ class DecisionLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with self.path.open("a", encoding="utf-8") as f:
+            with open_plain(self.path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
         except OSError as exc:
             if not self.failed:

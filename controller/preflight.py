@@ -112,6 +112,9 @@ def preflight(settings: Settings) -> list[str]:
         warnings.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below "
                         f"what the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU "
                         f"idle, {floor:.0f} W: under load no cap holds it, and the plan cannot go below min_replicas")
+    for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
+        if path is not None and path.exists() and not path.is_file():  # a FIFO would block its reader or writer
+            raise ConfigError(field, f"{path} is not a regular file")
     problem = unwritable(settings.state_path.parent)
     if problem is not None:
         warnings.append(f"{STATE_DIR_WARNING} {problem}; tuner state will not be saved")

@@ -14,6 +14,7 @@ from controller import strict_json
 from controller.config_loader import ConfigError
 from controller.settings import ServiceSettings, Settings
 from controller.slo_margin import slo_met
+from tuner.store import open_plain
 
 STALE_CYCLES = 3
 """Slow cycles past which the last decision is flagged stale (the daemon writes one a cycle)."""
@@ -24,7 +25,7 @@ TAIL_BYTES = 1 << 20
 def last_decision(path: Path) -> dict[str, Any]:
     """The last whole line of the decision log; ConfigError naming the file where there is none."""
     try:
-        with path.open("rb") as f:
+        with open_plain(path, "rb") as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - TAIL_BYTES))
             lines = f.read().decode("utf-8", "replace").splitlines()
@@ -77,8 +78,8 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
         why = []
         if r.get("reason"):
             why.append(f"short {r.get('short_rps', 0):.2f} rps ({r['reason']})")
-        why += [f"gate held {h}" for h in r.get("gate_held", [])]
-        why += [f"actuator held {h}" for h in r.get("actuator_held", [])]
+        why += [f"gate held {h}" for h in _items(r.get("gate_held"))]
+        why += [f"actuator held {h}" for h in _items(r.get("actuator_held"))]
         services[svc.name] = _entry(r, svc.priority, met, figures, why)
     for name in sorted(set(record["services"]) - {svc.name for svc in settings.services}):
         # in the daemon's config but not this file's (an edit not yet loaded)
@@ -87,11 +88,24 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
     age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
     if age is not None and not math.isfinite(age):
         raise ValueError(f"wall_time {wall!r}")
-    return {"age_s": age, "stale": age is not None and age > STALE_CYCLES * settings.daemon.slow_interval_s,
+    # a decision from the future is no sign of life either (a clock set back, or a foreign file)
+    fresh = (-settings.daemon.slow_interval_s, STALE_CYCLES * settings.daemon.slow_interval_s)
+    return {"age_s": age, "stale": age is not None and not fresh[0] <= age <= fresh[1],
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
             "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
-            "budget_why": (record.get("budget") or {}).get("why"), "errors": record.get("errors", []),
-            "blocked": record.get("blocked", []), "services": services}
+            "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
+            "blocked": _items(record.get("blocked")), "services": services}
+
+
+def _items(value: Any) -> list[Any]:
+    """A record's list (none: empty); a lone string is one item, not one a character."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {value!r:.40}")
+    return value
 
 
 def status(settings: Settings, path: Path, as_json: bool) -> str:
@@ -106,7 +120,8 @@ def status(settings: Settings, path: Path, as_json: bool) -> str:
 
 
 def text(rep: dict[str, Any]) -> str:
-    age = "" if rep["age_s"] is None else f", decided {rep['age_s']:.0f} s ago"
+    age = "" if rep["age_s"] is None else (f", decided {rep['age_s']:.0f} s ago" if rep["age_s"] >= 0 else
+                                            f", dated {-rep['age_s']:.0f} s in the future")
     if rep["stale"]:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
@@ -125,4 +140,4 @@ def text(rep: dict[str, Any]) -> str:
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
     lines += [f"given up until its config changes: {b}" for b in rep["blocked"]]
-    return "\n".join(lines)
+    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in lines)

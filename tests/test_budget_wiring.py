@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -135,6 +136,28 @@ def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: 
             conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\nConnection: close\r\n\r\n")
             answer = b"".join(iter(lambda: conn.recv(4096), b"")).decode()
         assert answer.startswith("HTTP/1.0 400") and "Content-Length is not a number" in answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_signal_endpoint_takes_signals_at_slash_signal_only(tmp_path: Path) -> None:
+    """A signal POSTed to any other path (a typo, a scanner) is a 404 and stores nothing; a query string is fine."""
+    from controller.budget.endpoint import serve_signals
+
+    port, path = free_port(), tmp_path / "signal.json"
+    server = serve_signals(str(path), port)
+    deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
+    body = json.dumps({"budget_w": 2400, "deadline": deadline}).encode()
+    try:
+        for where in ("/", "/signals", "/signal/x", "/metrics"):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{where}", data=body), timeout=5)
+            assert caught.value.code == 404 and b"POST a signal to /signal" in caught.value.read()
+        assert not path.exists()
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal?from=bms", data=body),
+                                    timeout=5) as answer:
+            assert answer.status == 200 and path.exists()
     finally:
         server.shutdown()
         server.server_close()

@@ -84,6 +84,16 @@ def test_bad_optimize_option_is_one_line(capsys: pytest.CaptureFixture[str], arg
     assert message in one_line(capsys)
 
 
+@pytest.mark.parametrize("argv", [["run", "--config", ""], ["check-config", " "], ["status", "--config", ""],
+                                  ["optimize", ""], ["plan", ""], ["tune", ""], ["simulate", "", "--report", "r"]])
+def test_an_empty_file_name_is_refused_as_such(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """An empty name was read as the working directory: "'.': not a regular file"."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert re.search(r"argument [-A-Za-z]+: must name a file, got '\s?'$", one_line(capsys)), argv
+
+
 def test_plan_options_that_do_not_apply_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     afile = tmp_path / "afile"
     afile.write_text("")

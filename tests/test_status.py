@@ -4,6 +4,7 @@ its SLO met or not; one line and exit 2 where there is no log to read."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,13 +69,34 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
                                                "read"), err
 
 
-def test_an_old_last_decision_is_flagged_stale(sim_config: Callable[..., Path],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("wall_time", "words"), [(1.0, " s ago"), (4e9, " s in the future")])
+def test_an_old_or_future_last_decision_is_flagged_stale(sim_config: Callable[..., Path],
+                                                         capsys: pytest.CaptureFixture[str], wall_time: float,
+                                                         words: str) -> None:
+    """A line from the future is no sign of life either (a clock set back, or another host's log)."""
     path = sim_config()
     log = decision_log(path)
-    log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 1.0, "services": {}}) + "\n")
+    log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": wall_time, "services": {}}) + "\n")
     assert main(["status", "--config", str(path)]) == 0
-    assert "(stale: is the daemon running?)" in capsys.readouterr().out.splitlines()[0]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert words in first and first.endswith("(stale: is the daemon running?)"), first
+
+
+def test_a_foreign_records_strings_and_escapes_are_printed_as_one_safe_line(
+        sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A string where a list belongs was printed a character a line; a name holding terminal escapes raw."""
+    path = sim_config()
+    log = decision_log(path)
+    shape = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
+    record = {"t": 1.0, "budget_w": 900.0, "wall_time": time.time(), "errors": "nvml down",
+              "services": {"chat": {"in_force": shape, "planned": shape, "gate_held": "replicas 1 not 2"},
+                           "evil\x1b[2J\nname": {"in_force": shape, "planned": shape}}}
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  - gate held replicas 1 not 2" in out and "error: nvml down" in out, out
+    assert any(x.startswith("evil\\x1b[2J\\nname: 1 x H100-SXM") for x in out), out
+    assert not any("\x1b" in x for x in out)
 
 
 def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config: Callable[..., Path],
@@ -85,7 +107,7 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     log = decision_log(path)
     before = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
     after = {**before, "replicas": 2, "cap_w": 520.0}
-    record = {"t": 1.0, "budget_w": 900.0, "predicted_w": 760.0, "draw_w": 1390.0, "wall_time": 1e12,
+    record = {"t": 1.0, "budget_w": 900.0, "predicted_w": 760.0, "draw_w": 1390.0, "wall_time": time.time(),
               "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 8, "step": "caps"},
               "services": {"chat": {"in_force": before, "applied": after, "planned": after},
                            "old-name": {"in_force": before, "applied": before, "planned": before}}}

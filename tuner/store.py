@@ -4,14 +4,16 @@ stop the daemon or fail every cycle. A state dir that cannot be written is warne
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import stat
 import tempfile
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -44,6 +46,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_plain(path: str | os.PathLike[str], mode: str = "rb", encoding: str | None = None) -> IO[Any]:
+    """`open` for the daemon's own files that refuses a FIFO (reading one, or appending to one, blocks until
+    another process opens its end: a loop would wait for ever) and, to read, anything but a regular file (a
+    device reads without end): OSError naming the path."""
+    flags = os.O_RDONLY if mode in ("r", "rb") else os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)  # a FIFO opens without waiting, or fails
+    try:
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(kind) or (flags == os.O_RDONLY and not stat.S_ISREG(kind)):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, encoding=encoding)
+    except BaseException:
+        os.close(fd)
         raise
 
 
@@ -195,7 +214,8 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
     if not path.exists():
         return []
     try:
-        doc = json.loads(path.read_text())
+        with open_plain(path, "r", encoding="utf-8") as f:
+            doc = json.loads(f.read())
     except OSError as exc:
         return [f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"]
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors

@@ -40,6 +40,7 @@ from controller.budget.api_http import (
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import IntensityPoint
 from controller.http_fetch import HttpAnswer
+from tuner.store import open_plain
 
 G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""
@@ -203,7 +204,7 @@ class CsvIntensityFeed:
         try:
             st = os.stat(self.path)
             if (st.st_mtime_ns, st.st_size, st.st_ino) != self.seen:
-                with open(self.path, encoding="utf-8-sig") as f:
+                with open_plain(self.path, "r", encoding="utf-8-sig") as f:
                     self.points = parse_intensity_csv(f.read(), self.basis, self.name)
                 self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from controller.budget.api_http import MalformedAnswer, number, parse_time_s
 from controller.budget.base import BudgetReading, TransientBudgetError
-from tuner.store import atomic_write_text
+from tuner.store import atomic_write_text, open_plain
 
 MAX_SIGNAL_BYTES = 4096
 KEYS = {"budget_w", "deadline", "reason"}
@@ -76,7 +76,7 @@ class DemandResponseSource:
             self.signal = None
             what = f"demand response {self.path}"
             try:
-                with open(self.path, "rb") as f:
+                with open_plain(self.path, "rb") as f:
                     self.signal = parse_signal(json.loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
             except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
                 raise MalformedAnswer(f"{what}: unreadable: {str(exc)[:200]}", self.retry_s) from None

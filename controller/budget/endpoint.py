@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,7 +56,10 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                 if method == "POST" and len(body) < length:  # closed with its body short: nobody reads an answer
                     hung_up(f"sent {len(body)} of its {length} body bytes and closed")
                     return
-                status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
+                if urllib.parse.urlsplit(self.path).path != "/signal":  # read first: a reset would hide the 404
+                    status, reply = 404, {"error": "no such endpoint; POST a signal to /signal"}
+                else:
+                    status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
             data = strict_json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

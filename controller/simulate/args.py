@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli_args import directory, number, whole
+from controller.cli_args import directory, file, number, whole
 
 POLICIES = ("static", "uniform-cap", "threshold", "slo-only", "wattscale", "wattscale-flat")
 """Every policy `wattscale simulate` knows, in the order reports show them."""
@@ -23,7 +23,8 @@ def policy_list(text: str) -> list[str]:
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenario", metavar="SCENARIO", help="scenario TOML (see config/scenarios/ and docs/simulate.md)")
+    p.add_argument("scenario", type=file, metavar="SCENARIO",
+                   help="scenario TOML (see config/scenarios/ and docs/simulate.md)")
     p.add_argument("--report", type=directory, required=True, metavar="DIR",
                    help="directory for summary.json, summary.md, PNGs")
     p.add_argument("--policies", type=policy_list, default=list(DEFAULT_POLICIES), metavar="LIST",

@@ -1,0 +1,84 @@
+"""The daemon's own files are regular files: a FIFO in the place of the tuner state, the decision log, a
+demand-response signal or a carbon CSV is refused at once (opening one waits for a process at its other end:
+the loop that opened it would wait for ever), and `check-config` names the field."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.budget.api_http import MalformedAnswer
+from controller.budget.base import TransientBudgetError
+from controller.budget.carbon_feeds import CsvIntensityFeed
+from controller.budget.demand_response import DemandResponseSource
+from controller.cli import main
+from controller.config_loader import ConfigError
+from controller.decision_log import DecisionLog
+from controller.status import last_decision
+from tuner import store
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """`call()`'s result or exception, or a failure if it is still waiting after `seconds`."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(("value", call()))
+        except Exception as exc:  # handed back to the test, which names what it expects
+            out.append(("error", exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert out, f"still waiting after {seconds} s"
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_a_fifo_as_the_tuner_state_is_one_warning_and_the_priors(tmp_path: Path) -> None:
+    path = fifo(tmp_path / "tuner.json")
+    warnings = within(5.0, lambda: store.load(path, {}))
+    assert warnings == [f"{path}: cannot read tuner state (not a regular file); starting from priors"]
+
+
+def test_a_fifo_as_the_decision_log_is_a_failed_write_not_a_stalled_cycle(tmp_path: Path) -> None:
+    log = DecisionLog(fifo(tmp_path / "decisions.jsonl"))
+    assert within(5.0, lambda: log.write({"services": {}})) is False
+    assert log.failed
+
+
+def test_status_on_a_fifo_names_the_decision_log(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^daemon\.decision_log: cannot read .*: not a regular file"):
+        within(5.0, lambda: last_decision(fifo(tmp_path / "decisions.jsonl")))
+
+
+def test_budget_sources_refuse_a_fifo_and_retry(tmp_path: Path) -> None:
+    with pytest.raises(MalformedAnswer, match="not a regular file"):
+        within(5.0, lambda: DemandResponseSource(str(fifo(tmp_path / "signal.json"))).step(0.0))
+    with pytest.raises(TransientBudgetError, match="not a regular file"):
+        within(5.0, lambda: CsvIntensityFeed(str(fifo(tmp_path / "grid.csv"))).fetch(0.0))
+
+
+@pytest.mark.parametrize(("name", "field"), [("tuner.json", "daemon.state_dir"),
+                                             ("decisions.jsonl", "daemon.decision_log")])
+def test_check_config_names_a_state_file_that_is_not_a_regular_file(
+        sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+        field: str) -> None:
+    path = sim_config()
+    fifo(tmp_path / "state" / name)
+    assert within(20.0, lambda: main(["check-config", str(path)])) == 2
+    assert f"{field}: {tmp_path / 'state' / name} is not a regular file" in capsys.readouterr().err
