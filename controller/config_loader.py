@@ -84,7 +84,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "not readable (permission denied)")
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except tomllib.TOMLDecodeError as exc:
@@ -93,6 +93,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
     except RecursionError:
         raise ConfigError(str(path), "invalid TOML: nested too deeply") from None
+    if not doc:  # a file cut short by an editor reads better so than as its first missing key
+        raise ConfigError(str(path), "holds no settings (empty, or only comments)")
+    return doc
 
 
 def _type_name(tp: Any) -> str:

@@ -38,6 +38,7 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     "edit,field",
     [
         (lambda t: t.replace("[power]", "[power"), "invalid TOML"),
+        (lambda t: "# emptied by an editor\n", r"holds no settings \(empty, or only comments\)"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nbudget_kw = 4"), "power.budget_kw: unknown key"),
         (lambda t: t.replace("budget_w = 4000", 'budget_w = "lots"'), "power.budget_w: must be a number"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), r"power.budget_w: must be in \(0, 1e\+08\], got -5"),
