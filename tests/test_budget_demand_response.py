@@ -125,6 +125,7 @@ def test_a_signal_posted_over_loopback_reaches_the_source(endpoint: tuple[str, P
     (json.dumps({**SIGNAL, "deadline": "9999-12-31T23:59:59-14:00"}), "past the year 9998"),
     (json.dumps({**SIGNAL, "reason": "peak\nWARNING fake line"}), "printable"),
     ("[" * 3000, "not JSON"),
+    ('{"budget_w": 1500, "budget_w": 150000, "deadline": "2030-01-01T00:00:00Z"}', "'budget_w' given twice"),
 ])
 def test_a_hostile_post_gets_a_400_not_a_dropped_connection(tmp_path: Path, doc: str, words: str) -> None:
     """Each of these was a traceback in the handler's thread (OverflowError, year 10000, RecursionError) and a

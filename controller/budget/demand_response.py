@@ -38,6 +38,20 @@ LATEST_DEADLINE_S = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
 """No signal lasts past this (a later one could not be written back as a UTC date)."""
 
 
+def loads(text: bytes) -> Any:
+    """JSON with each key once: a signal that names its budget twice says two things (ValueError)."""
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"{key!r} given twice")
+            seen.add(key)
+        return dict(pairs)
+
+    return json.loads(text, object_pairs_hook=once)
+
+
 def parse_signal(doc: Any, what: str) -> DemandSignal:
     """A signal from its JSON document; a missing or unknown key, a budget <= 0 or a deadline without an
     offset raises MalformedAnswer."""
@@ -77,7 +91,7 @@ class DemandResponseSource:
             what = f"demand response {self.path}"
             try:
                 with open_plain(self.path, "rb") as f:
-                    self.signal = parse_signal(json.loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
+                    self.signal = parse_signal(loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
             except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
                 raise MalformedAnswer(f"{what}: unreadable: {str(exc)[:200]}", self.retry_s) from None
             except MalformedAnswer as exc:
@@ -121,7 +135,7 @@ def accept_signal(client_host: str, method: str, body: bytes, now: float, path: 
     if len(body) > MAX_SIGNAL_BYTES:
         return 413, {"error": f"a signal is at most {MAX_SIGNAL_BYTES} bytes"}
     try:
-        signal = parse_signal(json.loads(body), "signal")
+        signal = parse_signal(loads(body), "signal")
     except (ValueError, RecursionError) as exc:
         return 400, {"error": f"not JSON: {str(exc)[:200]}"}
     except MalformedAnswer as exc:
