@@ -156,7 +156,12 @@ def _agent(args: argparse.Namespace) -> int:
     logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
     try:
         while not stop.is_set():
-            agent.step(time.monotonic())
+            try:
+                agent.step(time.monotonic())
+            except Exception as exc:  # a bug: the limits hold (an exit would restore the defaults: fail open)
+                agent.failed("step", repr(exc))
+            else:
+                agent.failing.discard("step")
             stop.wait(args.interval_s)
     finally:
         agent.close()

@@ -279,3 +279,45 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
     assert plans.flush(25.9, 1000.0) == [] and patches() == 2
     assert plans.flush(26.0, 1000.0) == []
     assert limits("gpu-a") == {"0": 600.0} and limits("gpu-b") == {"0": 200.0}
+
+
+@pytest.mark.parametrize("spec", [
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 500.0, "1": "abc"}},
+    {"sequence": 2, "ttl_s": "x", "limits_w": {"0": 500.0}},
+    {"sequence": 2, "ttl_s": 10**400, "limits_w": {"0": 500.0}},
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": [500.0, 400.0]},
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {"zero": 500.0}},
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {}, "safe_caps_w": {"0": "abc"}},
+    {"sequence": "2", "ttl_s": 10.0, "limits_w": {"0": 500.0}},
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 500.0}, "release": "yes"},
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 5e9}},
+])
+def test_a_plan_the_agent_cannot_read_is_an_unreadable_plan_not_a_crash(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer, spec: dict[str, Any]) -> None:
+    """Each of these raised out of the agent's step (ValueError, OverflowError, AttributeError), and its exit put
+    the GPUs back at their default limits: failing open. Now the plan is refused whole, the last one read holds
+    until its TTL, then the safe caps."""
+    nvml = FakeNvml([FakeGpu(), FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served)
+    serving = {"spec": {"sequence": 1, "ttl_s": 10.0, "limits_w": {"0": 600.0, "1": 600.0},
+                        "safe_caps_w": {"0": 300.0, "1": 300.0}}}
+    served.attach(lambda node: serving["spec"], lambda: True)
+    assert agent.step(0.0) == "following" and limits(nvml) == [600.0, 600.0]
+    serving["spec"] = spec
+    assert agent.step(5.0) == "following" and limits(nvml) == [600.0, 600.0]
+    assert agent.step(11.0) == "failsafe" and limits(nvml) == [300.0, 300.0]
+    assert agent.metrics.errors.labels("plan")._value.get() == 2
+    assert "plan" in agent.failing
+
+
+def test_an_answer_nested_thousands_deep_is_an_unreadable_plan(emu: KubeEmulator, tmp_path: Any, served: PlanServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body past the parser's recursion limit (a proxy's, or a forged answer) raised RecursionError out of step."""
+    import controller.cluster.agent as agent_module
+    from controller.http_fetch import HttpAnswer
+
+    nvml = FakeNvml([FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served)
+    monkeypatch.setattr(agent_module, "http_request", lambda *a, **k: HttpAnswer(200, {}, b"[" * 100_000))
+    assert agent.step(0.0) == "failsafe" and limits(nvml) == [420.0]
+    assert agent.metrics.errors.labels("plan")._value.get() == 1

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster_fixtures import (
+    NODE,
     NS,
     Link,
     agent_token,
@@ -45,6 +46,7 @@ from actuators.kubernetes_batch import read_flag
 from controller.cluster.lease import RENEW_SHARE, Lease
 from controller.cluster.nodes import NodePlans
 from controller.cluster.operator import ClusterLoop, Resources
+from controller.cluster.plan_spec import read_spec
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.status import Reporter
 
@@ -554,6 +556,25 @@ def leading(emu: KubeEmulator, tmp_path: Path, lease_s: float) -> tuple[ClusterL
     loop.step(0.0)
     assert loop.controller is not None
     return loop, t0
+
+
+@pytest.mark.parametrize("spec", [{"sequence": 3, "limits_w": {"abc": 300.0, "0": 400.0}}, {"sequence": "abc"},
+                                  {"sequence": 1, "limits_w": [1.0, 2.0]}, "not an object"])
+def test_a_plan_written_past_the_schema_is_read_as_empty_and_rewritten_whole(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture, spec: Any) -> None:
+    """A plan with a key that is no GPU index (which the schema lets through), or stored before a schema, stopped
+    every leading step (int('abc')) while the Lease was renewed: no standby took over, no plan was renewed. Now
+    it is read as empty, logged once, and the next write replaces it whole (its stray keys nulled)."""
+    emu, _ = cluster
+    emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": NODE},
+                              "spec": spec})
+    loop, t0 = leading(emu, tmp_path, lease_s=15.0)
+    loop.step(time.monotonic() - t0)
+    stored = (emu.get(GROUP, PLANS, NODE) or {})["spec"]
+    written = read_spec(stored)  # readable now
+    assert written.sequence >= 1 and set(stored.get("limits_w", {})) <= {"0", "1", "2", "3"}, stored
+    assert sum(f"NodePowerPlan {NODE}: spec" in r.getMessage() for r in caplog.records) == 1
+    loop.stand_down(release=False, now=time.monotonic() - t0)
 
 
 def test_a_stalled_or_failing_lease_api_holds_no_fast_step_and_a_leader_stops_once_its_lease_runs_out(

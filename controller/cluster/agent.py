@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
+from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
 
@@ -60,23 +61,23 @@ class NodeAgent:
         self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
         self.seen: tuple[Any, float] | None = None
         """The plan's last sequence and when it was first seen (this node's clock)."""
-        self.last: dict[str, Any] | None = None
-        """The plan last read."""
+        self.last: PlanSpec | None = None
+        """The spec of the plan last read (None: no plan for this node)."""
         self.beat = 0
         self.mode = "starting"
         self.failing: set[str] = set()
 
-    def _once(self, kind: str, message: str) -> None:
+    def failed(self, kind: str, message: str) -> None:
         """Log the first failure of a run, count every one."""
         self.metrics.errors.labels(kind).inc()
         if kind not in self.failing:
             log.warning("%s: %s", kind, message)
         self.failing.add(kind)
 
-    def _plan(self) -> dict[str, Any] | None:
-        """This node's plan as the acting operator serves it (at most 1 MiB read); None where it has none for this
-        node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/403/503, a
-        body that is not a plan) where no plan came."""
+    def _plan(self) -> PlanSpec | None:
+        """This node's plan's spec as the acting operator serves it (at most 1 MiB read); None where it has none
+        for this node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/403/
+        503, a body that is not a plan: one field a plan cannot hold refuses it whole) where no plan came."""
         with open(self.token_file, encoding="utf-8") as f:
             token = f.read(1 << 16).strip()
         answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, via=self.http,
@@ -85,39 +86,43 @@ class NodeAgent:
             return None
         if answer.status != 200:
             raise ValueError(f"{self.plan_url}: HTTP {answer.status} {answer.body[:200].decode(errors='replace')}")
-        plan = json.loads(answer.body)
+        try:
+            plan = json.loads(answer.body)
+        except RecursionError:
+            raise ValueError(f"{self.plan_url}: the answer is nested too deeply") from None
         if not isinstance(plan, dict) or not isinstance(plan.get("spec"), dict):
             raise ValueError(f"{self.plan_url}: the answer is not a NodePowerPlan")
+        spec = read_spec(plan["spec"])
         self.failing.discard("plan")
-        return plan
+        return spec
 
     def step(self, now: float) -> str:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
         try:
             plan = self._plan()
         except (OSError, ValueError, Unreachable) as exc:
-            self._once("plan", str(exc))
+            self.failed("plan", str(exc))
             plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
         self.last = plan
-        spec = (plan or {}).get("spec") or {}
-        if plan and (self.seen is None or spec.get("sequence") != self.seen[0]):
-            self.seen = (spec.get("sequence"), now)
-        ttl = float(spec.get("ttl_s") or self.default_ttl_s)
+        spec = plan or PlanSpec()
+        if plan and (self.seen is None or spec.sequence != self.seen[0]):
+            self.seen = (spec.sequence, now)
+        ttl = spec.ttl_s or self.default_ttl_s
         age = None if self.seen is None else now - self.seen[1]
         fresh = plan is not None and age is not None and age <= ttl
         # Released holds without renewals (its policy is gone: nobody renews it); else a stale plan fails closed.
-        mode = "released" if plan and spec.get("release") else "following" if fresh else "failsafe"
+        mode = "released" if plan and spec.release else "following" if fresh else "failsafe"
         try:
             count = self.devices.count()
         except ActuatorError as exc:
-            self._once("nvml", str(exc))
+            self.failed("nvml", str(exc))
             return mode
         gpus = []
         for i in range(count):
             try:
                 gpus.append(self._apply(self.devices.read(i), mode, spec))
             except ActuatorError as exc:
-                self._once(f"gpu{i}", str(exc))
+                self.failed(f"gpu{i}", str(exc))
         self.metrics.failsafe.labels(self.node).set(1.0 if mode == "failsafe" else 0.0)
         self.metrics.plan_age.labels(self.node).set(age if age is not None else float("nan"))
         if mode != self.mode:
@@ -127,17 +132,15 @@ class NodeAgent:
             self._report(gpus, spec)
         return mode
 
-    def _apply(self, g: GpuReading, mode: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, g: GpuReading, mode: str, spec: PlanSpec) -> dict[str, Any]:
         key = str(g.index)
         if mode == "released":
             target = g.default_limit_w if g.default_limit_w is not None else g.power_limit_w
         else:
-            share = spec.get("safe_cap_share")  # the policy's; the agent's own where the plan has none
-            if not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
-                share = self.safe_cap_share
-            safe = float((spec.get("safe_caps_w") or {}).get(key) or max(g.min_limit_w, share * g.max_limit_w))
-            planned = (spec.get("limits_w") or {}).get(key) if mode == "following" else None
-            target = float(planned) if planned is not None else min(g.power_limit_w, safe)  # never a rise
+            share = self.safe_cap_share if spec.safe_cap_share is None else spec.safe_cap_share  # the policy's first
+            safe = spec.safe_caps_w.get(g.index) or max(g.min_limit_w, share * g.max_limit_w)
+            planned = spec.limits_w.get(g.index) if mode == "following" else None
+            target = planned if planned is not None else min(g.power_limit_w, safe)  # never a rise
         limit = g.power_limit_w
         if abs(target - limit) >= 1.0:
             limit = self.limiter.set_power_limit(g.index, target)
@@ -152,16 +155,16 @@ class NodeAgent:
                 "limit_w": limit, "min_w": g.min_limit_w, "max_w": g.max_limit_w, "default_w": g.default_limit_w,
                 "sm_clock_mhz": g.sm_clock_mhz}
 
-    def _report(self, gpus: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    def _report(self, gpus: list[dict[str, Any]], spec: PlanSpec) -> None:
         self.beat += 1
-        body = {"status": {"beat": self.beat, "mode": self.mode, "plan_sequence": spec.get("sequence"),
+        body = {"status": {"beat": self.beat, "mode": self.mode, "plan_sequence": spec.sequence,
                            "gpus": gpus}}
         try:
             self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLANS, self.node, body,
                                                            _request_timeout=self.timeout_s, _content_type=MERGE)
             self.failing.discard("report")
         except Exception as exc:
-            self._once("report", str(translate(exc, f"NodePowerPlan {self.node} status")))
+            self.failed("report", str(translate(exc, f"NodePowerPlan {self.node} status")))
 
     def close(self) -> None:
         """On exit: every GPU back at its default limit (what failed is logged), then NVML shut down."""

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 GPU_RESOURCE = "nvidia.com/gpu"
+MAX_POD_GPUS = 64
+"""Most GPUs one container's limit is read as; past it (a quantity like "1k") no node could run the pod."""
 
 
 def _number(value: Any, field: str, required: bool) -> float | None:
@@ -37,8 +39,20 @@ def _gpus_of(pod: Mapping[str, Any]) -> int:
     total = 0
     for c in pod.get("spec", {}).get("containers", []):
         limits = (c.get("resources") or {}).get("limits") or {}
-        total += int(limits.get(GPU_RESOURCE, 0) or 0)
+        total += _count(limits.get(GPU_RESOURCE, 0) or 0)
     return total
+
+
+def _count(quantity: Any) -> int:
+    """A container's GPU limit, a Kubernetes quantity ("2", "1k", "2e0"); 0 where it is no whole number of GPUs a
+    node could hold (the device plugin would not start such a pod)."""
+    from kubernetes.utils import parse_quantity
+
+    try:
+        n = parse_quantity(quantity)
+    except (ValueError, TypeError, ArithmeticError):
+        return 0
+    return int(n) if n == int(n) and 0 <= n <= MAX_POD_GPUS else 0
 
 
 def owners_of(pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]

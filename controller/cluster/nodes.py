@@ -18,6 +18,7 @@ from typing import Any
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
 from controller.cluster.node_gpus import owners_of, reading
+from controller.cluster.plan_spec import LIMIT_FIELDS, PlanSpec, read_spec, stored_keys
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
@@ -79,6 +80,8 @@ class NodePlans:
         """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
+        self.stray: dict[str, dict[str, set[str]]] = {}
+        """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
         self.specs: dict[str, dict[str, Any]] = {}
         """Node -> its plan's spec as the API holds it (last written or adopted): what its agent is served."""
 
@@ -148,8 +151,9 @@ class NodePlans:
             raise TelemetryError(str(translate(exc, "node plans"))) from exc
         out: list[GpuSample] = []
         for plan in plans:
-            node, status = plan["metadata"]["name"], plan.get("status") or {}
-            self.sequence.setdefault(node, int(plan.get("spec", {}).get("sequence", 0)))
+            node, status = plan["metadata"]["name"], plan.get("status")
+            status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
+            self.sequence.setdefault(node, self._read(node, plan).sequence)
             beat = status.get("beat")
             last = self.beats.get(node)
             if last is None or last[0] != beat:
@@ -263,12 +267,16 @@ class NodePlans:
         """Patch the node's plan within `timeout_s`; why it failed, or None."""
         seq = self.sequence.get(node, 0) + 1
         body = {"spec": {**self._settings(), **spec, "sequence": seq}}
+        stray = self.stray.get(node, {})  # a merge patch keeps the keys it does not name: the stored ones go as null
+        patch = {**body["spec"], **{f: {**dict.fromkeys(stray[f]), **spec[f]} for f in LIMIT_FIELDS
+                                    if f in spec and stray.get(f)}}
         try:
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, body, _request_timeout=timeout_s,
-                                                    _content_type=MERGE)
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, {"spec": patch},
+                                                    _request_timeout=timeout_s, _content_type=MERGE)
         except Exception as exc:
             return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
+        self.stray.pop(node, None)
         self.specs[node] = body["spec"]
         return None
 
@@ -281,7 +289,7 @@ class NodePlans:
         failed = []
         for plan in self._plans(self.timeout_s):
             node = plan["metadata"]["name"]
-            self.sequence[node] = max(self.sequence.get(node, 0), int(plan.get("spec", {}).get("sequence", 0)))
+            self.sequence[node] = max(self.sequence.get(node, 0), self._read(node, plan).sequence)
             why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now, self.timeout_s)
             if why is not None:
                 failed.append(str(why))
@@ -292,12 +300,26 @@ class NodePlans:
         sequences, so renewals go on counting up."""
         held: dict[str, dict[str, float]] = {}
         for plan in self._plans(self.timeout_s):
-            node, spec = plan["metadata"]["name"], plan.get("spec") or {}
-            self.sequence[node] = int(spec.get("sequence", 0))
-            self.specs[node] = dict(spec)
-            held[node] = {k: float(v) for k, v in (spec.get("limits_w") or {}).items()}
-            self.written[node] = {"limits_w": dict(spec.get("limits_w") or {}),
-                                  "safe_caps_w": dict(spec.get("safe_caps_w") or {}), "release": False,
-                                  "ttl_s": spec.get("ttl_s"), "safe_cap_share": spec.get("safe_cap_share")}
+            node = plan["metadata"]["name"]
+            spec = self._read(node, plan)
+            self.sequence[node] = spec.sequence
+            if node not in self.stray:  # served as it stands; one that cannot be read waits for its rewrite
+                self.specs[node] = dict(plan.get("spec") or {})
+            held[node] = {str(k): w for k, w in spec.limits_w.items()}
+            self.written[node] = {"limits_w": dict(held[node]),
+                                  "safe_caps_w": {str(k): w for k, w in spec.safe_caps_w.items()}, "release": False,
+                                  "ttl_s": spec.ttl_s, "safe_cap_share": spec.safe_cap_share}
         return held
+
+    def _read(self, node: str, plan: dict[str, Any]) -> PlanSpec:
+        """The plan's spec; one that cannot be read (written past the schema) counts as empty, is logged once,
+        and its next write replaces it whole."""
+        try:
+            spec = read_spec(plan.get("spec"))
+        except ValueError as exc:
+            if node not in self.stray:
+                log.warning("NodePowerPlan %s: %s; read as empty and rewritten whole at the next write", node, exc)
+            self.stray[node] = stored_keys(plan.get("spec"))
+            return PlanSpec()
+        return spec
 

@@ -1,0 +1,29 @@
+"""Which service holds which GPU, read from the pods: a container's GPU limit is a Kubernetes quantity, and one
+that is no whole number of GPUs a node could hold counts none (it stopped every leading step: int("1k"))."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cluster_fixtures import NODE, pod
+
+from controller.cluster.node_gpus import owner_caps, owners_of
+
+
+def with_gpus(name: str, quantity: Any) -> dict[str, Any]:
+    p = pod(name, "vllm-chat", 1)
+    p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = quantity
+    return p
+
+
+@pytest.mark.parametrize(("quantity", "held"), [("2", 2), (2, 2), ("2e0", 2), ("1k", 0), ("0.5", 0), ("abc", 0),
+                                                ("-1", 0), ({"a": 1}, 0), ("64", 64), ("65", 0)])
+def test_a_containers_gpu_limit_is_read_as_a_quantity(quantity: Any, held: int) -> None:
+    owners = owners_of({("llm/chat", "H100-SXM"): [with_gpus("a-0", quantity), with_gpus("b-0", "1")]})
+    assert sorted(k for node, k in owners if node == NODE) == list(range(held + 1))
+
+
+def test_a_new_leaders_starting_caps_are_the_highest_its_gpus_hold() -> None:
+    owners = owners_of({("llm/chat", "H100-SXM"): [with_gpus("a-0", "2")]})
+    assert owner_caps(owners, {NODE: {"0": 400.0, "1": 450.0, "2": 600.0}}) == {("llm/chat", "H100-SXM"): 450.0}
