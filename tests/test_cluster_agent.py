@@ -6,6 +6,8 @@ emulator), which reviews the agent's token with the emulator and serves only the
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -321,3 +323,42 @@ def test_an_answer_nested_thousands_deep_is_an_unreadable_plan(emu: KubeEmulator
     monkeypatch.setattr(agent_module, "http_request", lambda *a, **k: HttpAnswer(200, {}, b"[" * 100_000))
     assert agent.step(0.0) == "failsafe" and limits(nvml) == [420.0]
     assert agent.metrics.errors.labels("plan")._value.get() == 1
+
+
+def test_a_client_that_sends_a_byte_a_second_holds_up_no_agent(served: PlanServer, monkeypatch: pytest.MonkeyPatch,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """The endpoint served one connection at a time, with a timeout per read: a client that dripped its header a
+    byte every 1.5 s held every agent's request (and the readiness probe) for as long as it liked. Now each
+    connection has its thread and is cut REQUEST_S after it was accepted; a client gone early is no traceback."""
+    import socket
+    import time
+
+    import controller.cluster.plan_server as plan_server_module
+
+    monkeypatch.setattr(plan_server_module, "REQUEST_S", 1.5)
+    slow = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+    slow.sendall(b"GET /readyz HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    dripped = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while time.monotonic() - t0 < 4.0 and not dripped.is_set():
+                slow.sendall(b"X")
+                time.sleep(0.3)
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=5) as answer:
+            assert answer.status == 200 and time.monotonic() - t0 < 1.0
+        assert slow.recv(4096) == b"" and time.monotonic() - t0 < 3.0  # cut, not served for ever
+    finally:
+        dripped.set()
+        slow.close()
+    for _ in range(3):  # gone before the answer
+        gone = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+        gone.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        gone.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=5) as answer:
+        assert answer.status == 200
+    assert "Traceback" not in capfd.readouterr().err

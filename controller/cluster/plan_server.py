@@ -8,19 +8,24 @@ the agent's ServiceAccount, and serves only the node the token names in its
 account or another node. Answers are cached `cache_s` so the API is not asked at every agent step. Only the
 Lease holder serves (503 elsewhere); `/readyz` says the same, so the Service routes to the leader.
 
-Bounded: one thread, a socket timeout on every connection, GET only with no body, a header of bounded size.
+Bounded: a thread per connection, at most MAX_CLIENTS at once (more are closed unanswered), each cut after
+REQUEST_S whatever it sends (a client that sends a byte a second holds no agent's request up), GET only with no
+body, a header of bounded size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from controller import strict_json
@@ -34,7 +39,11 @@ MAX_TOKEN_CHARS = 16384
 MAX_CACHED = 1024
 FAILED_REVIEW_S = 5.0
 """How long a TokenReview that failed (the API unreachable) answers 503 for its token before it is asked again:
-with the API down, one request per token waits on it, not every one (the endpoint has one thread)."""
+with the API down, one request per token waits on it, not every one."""
+MAX_CLIENTS = 256
+"""Connections served at once."""
+REQUEST_S = 10.0
+"""Longest one connection is served, from accept to answer (a TokenReview's timeout included)."""
 
 
 class Refused(Exception):
@@ -63,21 +72,25 @@ class TokenReviewer:
         """`account`: the agents' ServiceAccount as a username, `system:serviceaccount:<namespace>:<name>`."""
         self.clock = clock
         self.cache: dict[str, tuple[float, Caller | Refused]] = {}
+        self.lock = threading.Lock()
+        """Guards the cache (requests are served in threads of their own; a review is asked outside it)."""
         self.failing = False
 
     def node_of(self, token: str) -> str:
         """The node an agent's token may read the plan of; Refused (401, 403, 503) otherwise."""
         key = hashlib.sha256(token.encode()).hexdigest()
         now = self.clock()
-        hit = self.cache.get(key)
+        with self.lock:
+            hit = self.cache.get(key)
         if hit is None or hit[0] <= now:
             answer = self._review(token)
-            if len(self.cache) >= MAX_CACHED:
-                self.cache = {k: v for k, v in self.cache.items() if v[0] > now}
-                while len(self.cache) >= MAX_CACHED:
-                    del self.cache[next(iter(self.cache))]
             hold = FAILED_REVIEW_S if isinstance(answer, Refused) and answer.code == 503 else self.cache_s
-            hit = self.cache[key] = (now + hold, answer)
+            with self.lock:
+                if len(self.cache) >= MAX_CACHED:
+                    self.cache = {k: v for k, v in self.cache.items() if v[0] > now}
+                    while len(self.cache) >= MAX_CACHED:
+                        del self.cache[next(iter(self.cache))]
+                hit = self.cache[key] = (now + hold, answer)
         answer = hit[1]
         if isinstance(answer, Refused):
             raise answer
@@ -117,7 +130,7 @@ class PlanServer:
         self.reviewer = reviewer
         self.source: tuple[PlanOf, Callable[[], bool]] | None = None
         self.lock = threading.Lock()
-        self.server = HTTPServer((listen, port), _handler(self, timeout_s))
+        self.server = _Server((listen, port), _handler(self, timeout_s))
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                        daemon=True, name="plan-server")
@@ -168,6 +181,45 @@ class PlanServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(2.0)
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CLIENTS of them, each connection shut after REQUEST_S; a client gone
+    before its answer is no traceback."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(REQUEST_S, _cut, (request,))
+        timer.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a hang-up, a reset or the cut: nothing to say
+            super().handle_error(request, client_address)
+
+
+def _cut(request: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        request.shutdown(socket.SHUT_RDWR)  # ends the handler's read or write at once
 
 
 def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler]:
