@@ -9,12 +9,13 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from controller import strict_json
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
-from controller.preflight import check_metrics_bind
+from controller.preflight import check_metrics_bind, unwritable
 
 PROBE_TIMEOUT_S = 5.0
 """How long the operator waits for the API server's /version before it refuses to start."""
@@ -68,7 +69,12 @@ def _stop_after(duration_s: float | None, stop: threading.Event) -> None:
 
 
 def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
-    """Each endpoint's port free on its address (bound and closed), refused by option name otherwise."""
+    """Each endpoint's port free on its address (bound and closed) and no other endpoint's, refused by option
+    name otherwise."""
+    taken: dict[int, str] = {}
+    for name, port in ports:
+        if port and taken.setdefault(port, name) != name:
+            raise ConfigError(f"--{name}-port", f"{port} is also --{taken[port]}-port: each endpoint needs its own")
     for name, port in ports:
         listen = args.plan_listen if name == "plan" else args.metrics_listen
         where = "--plan-listen" if name == "plan" else "--metrics-listen"
@@ -90,6 +96,9 @@ def _operator(args: argparse.Namespace) -> int:
         reach(client, PROBE_TIMEOUT_S)
     except ActuatorError as exc:
         raise ConfigError("operator", str(exc)) from None
+    problem = unwritable(Path(args.state_dir))
+    if problem is not None:  # every leading step would fail on it while the Lease is held
+        raise ConfigError("--state-dir", problem)
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),

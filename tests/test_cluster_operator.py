@@ -615,6 +615,23 @@ def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_l
     with pytest.raises(SystemExit):
         main(["operator", "--health-port", "99999"])
     assert "--health-port: must be in 0..65535, got '99999'" in capsys.readouterr().err
+    port = free_port()  # one port for two endpoints: kopf's traceback when the second bound it
+    assert main(["operator", "--metrics-port", str(port), "--plan-port", str(port), "--health-port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (f"wattscale: --plan-port: {port} is also --metrics-port: each "
+                                               "endpoint needs its own")
+
+
+def test_the_operator_command_refuses_a_state_dir_it_cannot_write(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A file as the state dir: it led, renewed the Lease and failed every step on FileExistsError."""
+    from controller.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    assert main(["operator", "--kubeconfig", str(tmp_path / "kubeconfig"), "--metrics-port", "0", "--plan-port",
+                 "0", "--health-port", "0", "--state-dir", str(tmp_path / "a-file" / "state")]) == 2
+    # (the emulator, in this process, may print a client's hang-up after it)
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == f"wattscale: --state-dir: {tmp_path / 'a-file'} is not a directory"
 
 
 def test_a_renewal_in_flight_never_takes_back_a_lease_given_back_meanwhile(cluster: tuple[KubeEmulator, Any]) -> None:
