@@ -63,6 +63,13 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nservice = "code"\n',
      "events[0].service", "'code'"),
     ('name = "x"\n', "duration_s", "required key is missing"),
+    # overlapping bursts multiply (4 x 100 at 10,000 rps: an 18 TiB allocation), stacked slowdowns too
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1000\nbursts = [{ start_s = 0, duration_s = 30, '
+     'factor = 5 }, { start_s = 10, duration_s = 30, factor = 4 }]\n', "workload.chat.bursts",
+     "the rate reaches 20000 rps at 10 s (rate_rps x the bursts then), over 10000"),
+    ('name = "x"\nduration_s = 60\n' + "".join(f'[[events]]\nat_s = {t}\nkind = "slowdown"\nservice = "chat"\n'
+                                               f'factor = 4\n' for t in (30, 9)),
+     "events[0].factor", "with the slowdowns before it, chat's steps take 16 times as long; at most 10"),
     ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b" = "fast" }\n', "personalities.llama-3.1-8b",
      "'fast'"),
     ('name = "x"\nduration_s = 60\npersonalities = { "mistral-7b" = "chunked" }\n', "personalities.mistral-7b",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,8 @@ from simulator.personality import PERSONALITIES
 
 MAX_DURATION_S = 7 * 86400.0
 """Longest scenario: a week of simulated time."""
+MIN_SLOWDOWN, MAX_SLOWDOWN = 0.1, 10.0
+"""How much faster or slower slowdown events may make a service's steps, each and all together."""
 
 EventKind = Literal["budget", "demand_response", "gpu_lost", "slowdown", "telemetry_lost"]
 API_SOURCES = ("electricitymaps", "watttime")
@@ -92,12 +95,26 @@ class WorkloadSettings:
     prompt_tail: PromptTailSettings | None = None
     """A heavy tail of long prompts on top of the log-normal body; None: none."""
 
+    def peak_rate(self) -> tuple[float, float]:
+        """The highest rate the bursts reach (overlapping ones multiply), and where."""
+        ends = [b.start_s + b.duration_s for b in self.bursts]
+        top, at_s = 1.0, 0.0
+        for t in sorted({0.0, *(b.start_s for b in self.bursts), *ends}):
+            product = math.prod(b.factor for b, end in zip(self.bursts, ends, strict=True) if b.start_s <= t < end)
+            if product > top:
+                top, at_s = product, t
+        return self.rate_rps * top, at_s
+
     def check(self, where: str) -> None:
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("phase_s",), -MAX_DURATION_S, MAX_DURATION_S)
         check_range(self, where, ("in_tokens", "out_tokens"), 0.0, MAX_TOKENS)
+        peak, at_s = self.peak_rate()
+        if peak > MAX_SIM_RATE_RPS:  # bursts that overlap multiply
+            raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
+                              f"bursts then), over {MAX_SIM_RATE_RPS:g}")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 
@@ -146,7 +163,7 @@ class EventSettings:
         elif self.kind == "slowdown":
             if not self.service:
                 raise ConfigError(f"{where}.service", "required for a slowdown")
-            check_range(self, where, ("factor",), 0.1, 10.0)
+            check_range(self, where, ("factor",), MIN_SLOWDOWN, MAX_SLOWDOWN)
         elif self.kind == "telemetry_lost":
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
 
@@ -253,6 +270,14 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+    slowed: dict[str, float] = {}
+    for i, e in sorted(enumerate(s.events), key=lambda ie: ie[1].at_s):
+        if e.kind == "slowdown":  # each multiplies the ones before it
+            slowed[e.service] = slowed.get(e.service, 1.0) * e.factor
+            if not MIN_SLOWDOWN <= slowed[e.service] <= MAX_SLOWDOWN:
+                raise ConfigError(f"events[{i}].factor", f"with the slowdowns before it, {e.service}'s steps take "
+                                  f"{slowed[e.service]:.6g} times as long; at most {MAX_SLOWDOWN:g} and at least "
+                                  f"{MIN_SLOWDOWN:g} in all")
 
 
 def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
