@@ -3,11 +3,13 @@ plan that cannot be solved exits 1; no option is silently ignored."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import one_line
@@ -71,6 +73,29 @@ def test_exhaustive_on_too_many_services_is_a_clear_error(tmp_path: Path, capsys
     path.write_text(OPTIMIZE + "".join(code_service(f"code{k}") for k in range(5)))
     assert main(["optimize", str(path), "--solver", "exhaustive"]) == 2
     assert "--solver: exhaustive: more than 2000000 combinations; use greedy or milp (8 services)" in one_line(capsys)
+
+
+def test_priorities_past_what_the_milp_can_order_fall_back_to_greedy(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Each priority level weighs a shortfall some 200 times the one below: at 12 levels HiGHS failed, at some 140
+    the weights overflowed to inf and the MILP raised (every slow tick of a daemon on `solver = "milp"`)."""
+    text = OPTIMIZE + "".join(code_service(f"code{k}").replace("priority = 2", f"priority = {k + 3}")
+                              for k in range(10))
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    assert main(["optimize", str(path), "--solver", "milp"]) == 0
+    out = capsys.readouterr()
+    assert "note: milp: 12 priority levels weigh a shortfall up to" in out.out + out.err, out
+    assert "greedy result used" in out.out + out.err and "Traceback" not in out.err
+
+
+def test_shed_weights_stay_finite_over_any_number_of_levels() -> None:
+    from controller.optimizer.values import MAX_SHED_WEIGHT, shed_weights
+
+    services = [SimpleNamespace(priority=p) for p in range(1, 1001)]
+    weights = shed_weights(SimpleNamespace(services=services), 1.0)  # type: ignore[arg-type]
+    assert all(math.isfinite(w) for w in weights.values()) and weights[1] == MAX_SHED_WEIGHT
+    assert weights[1000] < weights[999] < weights[998]
 
 
 @pytest.mark.parametrize("args,message", [

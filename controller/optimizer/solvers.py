@@ -59,6 +59,11 @@ class Exhaustive:
         return best, []
 
 
+MAX_COST = 1e20
+"""Largest objective coefficient the MILP is given: HiGHS counts a cost past it as infinite (some six priority
+levels of `shed_weights`; beyond, it answered "status code not recognized", or scipy refused an inf)."""
+
+
 class Milp:
     """Assignment MILP on HiGHS: one candidate (or shed) per service, inventory and budget rows."""
 
@@ -80,6 +85,10 @@ class Milp:
         """The MILP's choice (None where it found no incumbent: the note says so)."""
         if not cands:
             return [], []  # no service: a MILP without variables is not one HiGHS takes
+        if max(map(abs, shed)) > MAX_COST:
+            return None, [f"milp: {len({s.priority for s in problem.services})} priority levels weigh a "
+                          f"shortfall up to {max(map(abs, shed)):.3g}, past what its tolerances order; greedy "
+                          "result used"]
         lp = Lp()
         picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
                  for i, cs in enumerate(cands)]

@@ -22,6 +22,9 @@ _FIELD = {name: k for k, name in enumerate(Candidate._fields)}
 """A Candidate field's position: `valued` reads and writes them as columns."""
 GRAIN = 0.005
 """Share of a service's load whose shortfall outweighs every service's score (`shed_weights`)."""
+MAX_SHED_WEIGHT = 1e100
+"""Ceiling of a priority's weight: each level's is some 200 times the one below, so past some 40 levels the
+highest share this one (their order among themselves is lost) and no value overflows to inf."""
 
 
 @contextmanager
@@ -50,7 +53,7 @@ def shed_weights(problem: Problem, scale: float) -> dict[int, float]:
     scores = len(problem.services) * scale
     per_level = Counter(s.priority for s in problem.services)
     for level in sorted(per_level, reverse=True):
-        weights[level] = (scores + below) / GRAIN
+        weights[level] = min((scores + below) / GRAIN, MAX_SHED_WEIGHT)
         below += weights[level] * per_level[level]
     return weights
 
