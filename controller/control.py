@@ -73,6 +73,10 @@ class Controller:
         self._latest = settings
         """The newest settings (a reload's, before the slow loop adopts them)."""
         self._errors: list[str] = []
+        self._failing: dict[str, str] = {}
+        """Kind -> its failure logged last (a run of failures is logged once)."""
+        self._failed_now: set[str] = set()
+        """Kinds that failed in this slow cycle."""
         self.budget_from: tuple[float, str] | None = None
         """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
         self._budget_lock = threading.Lock()
@@ -147,14 +151,26 @@ class Controller:
                 table.pop(gone, None)
 
     def _count(self, kind: str, message: str) -> None:
-        """Log and count a failure the fast loop survived."""
+        """Log and count a failure the fast loop survived (it logs the first of a run alone)."""
         self.metrics.errors.labels(kind).inc()
         log.warning("%s: %s", kind, message)
 
     def error(self, kind: str, message: str) -> None:
-        """Log and count a failure the slow loop survived (also what sources report of themselves)."""
-        self._count(kind, message)
+        """Count a failure the loops survived (also what sources report of themselves), and log the first of a
+        run: a kind logs again once a slow cycle has passed without it. Every one is in the decision log."""
+        self.metrics.errors.labels(kind).inc()
+        if kind not in self._failing:
+            log.warning("%s: %s (logged once while it lasts; counted in wattscale_errors_total)", kind, message)
+        self._failing[kind] = message
+        self._failed_now.add(kind)
         self._errors.append(f"{kind}: {message}")
+
+    def _recovered(self) -> None:
+        """End of a slow cycle: each kind that failed before and not in this one is a run ended."""
+        for kind in set(self._failing) - self._failed_now:
+            log.info("%s: recovered", kind)
+            del self._failing[kind]
+        self._failed_now = set()
 
     def tick_fast(self, now: float) -> bool:
         """One fast tick; True where the slow loop should plan now rather than at its period (`FloorAlarm`: the
@@ -218,6 +234,7 @@ class Controller:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
         record["errors"] = self._errors
+        self._recovered()
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
         if not self.decisions.write(record):
             self.metrics.errors.labels("decision_log").inc()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -385,3 +386,35 @@ def test_a_budget_drop_goes_down_the_ladder_caps_first(sim_config: Callable[...,
     assert "shape" in steps, steps  # the middle step itself, between the caps and shedding
     shrunk = [r["degradation"]["shrunk_for_budget"] for r in records if r["degradation"]["step"] == "shape"]
     assert all(shrunk) and max(v or 0.0 for v in shaped) >= 1
+
+
+def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A Prometheus outage wrote the same warning every slow cycle (every 3 s on a short period): now the first of
+    a run is logged, each is counted and in the cycle's record, and the end of a run is one line."""
+    settings = load_settings(sim_config())
+    ctl, advance, registry = sim_controller(settings)
+    real = ctl.vllm
+
+    class Outage:
+        down = True
+
+        def observe(self, now: float, services: list[str]) -> Any:
+            if self.down:
+                raise ConnectionError("prometheus at 127.0.0.1:9 unreachable")
+            return real.observe(now, services)
+
+    outage = Outage()
+    ctl.vllm = outage  # type: ignore[assignment]
+    t = 0.0
+    with caplog.at_level("INFO", logger="wattscale.controller"):
+        for down in (True, True, True, False, True, True):
+            outage.down = down
+            t += 30.0
+            advance(t)
+            ctl.tick_fast(t)
+            ctl.tick_slow(t)
+    warned = [r for r in caplog.records if r.getMessage().startswith("vllm_source: prometheus")]
+    assert len(warned) == 2, [r.getMessage() for r in caplog.records]
+    assert sum(r.getMessage() == "vllm_source: recovered" for r in caplog.records) == 1
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "vllm_source"}) == 5
