@@ -66,6 +66,7 @@ def check_settings(s: Settings) -> None:
     if not s.accelerators:
         raise ConfigError("accelerators", "at least one accelerator type is required")
     _unique(s)
+    _one_prior_per_engine(s)
     _backends(s)
     if s.optimizer.time_limit_s >= s.daemon.slow_interval_s:
         raise ConfigError("optimizer.time_limit_s", f"{s.optimizer.time_limit_s} s must be shorter than "
@@ -128,6 +129,18 @@ def _unique(s: Settings) -> None:
                 if g in owner:
                     raise ConfigError(f"{where}.gpus", f"GPU {g} is already {svc_path(owner[g])}'s")
                 owner[g] = svc.name
+
+
+def _one_prior_per_engine(s: Settings) -> None:
+    """Services that run one model on one accelerator type share its tuned model (the tuner keys it so): a second
+    prior for it would be dropped without a word."""
+    first: dict[tuple[str, str], ServiceSettings] = {}
+    for svc in s.services:
+        for v in s.variants_of(svc):
+            other = first.setdefault((svc.model, v.accelerator), svc)
+            if other.prior != svc.prior:
+                raise ConfigError(f"{svc_path(svc.name)}.prior", f"differs from {svc_path(other.name)}'s, which runs "
+                                  f"{svc.model} on {v.accelerator} too: they share one tuned model, so one prior")
 
 
 def _variants(s: Settings, svc: ServiceSettings) -> None:

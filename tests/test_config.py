@@ -39,6 +39,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     [
         (lambda t: t.replace("[power]", "[power"), "invalid TOML"),
         (lambda t: "# emptied by an editor\n", r"holds no settings \(empty, or only comments\)"),
+        (lambda t: t.replace('model = "qwen2.5-14b"', 'model = "llama-3.1-8b"'),
+         r"services\[code\].prior: differs from services\[chat\]'s, which runs llama-3.1-8b on H100-SXM too: they "
+         "share one tuned model, so one prior"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nbudget_kw = 4"), "power.budget_kw: unknown key"),
         (lambda t: t.replace("budget_w = 4000", 'budget_w = "lots"'), "power.budget_w: must be a number"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), r"power.budget_w: must be in \(0, 1e\+08\], got -5"),
