@@ -48,7 +48,8 @@ path = "SIGNAL"
 
 
 def table(text: str = TOML, **replace: str) -> dict[str, object]:
-    for old, new in replace.items():
+    """The TOML with each replacement made; the API's URL (`URL`) the public one unless one is given."""
+    for old, new in {"URL": "https://api.electricitymap.org", **replace}.items():
         assert old in text, old
         text = text.replace(old, new)
     doc = tomllib.loads(text)["power"]["budget"]
@@ -90,6 +91,11 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({"ttl_s = 600": "ttl = 600"}, "power.budget.ttl", "unknown key"),
     ({"lead_s = 3600": "lead_s = -1"}, "power.budget.sources[2].lead_s", ">= 0"),
     ({"zone = \"DE\"": "zone = \"\""}, "power.budget.sources[2].zone", "must not be empty"),
+    # a config (a PowerPolicy, in a cluster) must not send another secret of the process anywhere it names
+    ({"zone = \"DE\"": "zone = \"DE\"\ntoken_env = \"KUBECONFIG\""}, "power.budget.sources[2].token_env",
+     "must name a variable starting with ELECTRICITYMAPS_ or WATTSCALE_, got 'KUBECONFIG'"),
+    ({"URL": "http://10.0.0.9:8080"}, "power.budget.sources[2].url",
+     r"must be an https URL \(http only to a loopback address\), got 'http://10.0.0.9:8080'"),
 ])
 def test_a_bad_table_is_refused_naming_the_field(replace: dict[str, str], field: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason) as caught:

@@ -157,9 +157,11 @@ def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
     when = [i for i, n in enumerate(names) if n.startswith("datetime")]
     wanted = ("(direct)",) if basis == "direct" else ("(life cycle)", "(lifecycle)", "(life-cycle)", "(lca)")
     value = [i for i, n in enumerate(names) if "carbon intensity" in n and n.endswith(wanted)]
+    if len(header) < 2:  # not echoed: a file that is no CSV (a token, a password file) stays out of the logs
+        raise MalformedAnswer("its first line holds no comma: not a CSV export with a header")
     if not when or not value:
         missing = "datetime" if not when else f"carbon intensity ({basis.replace('_', ' ')})"
-        raise MalformedAnswer(f"no {missing} column in header {header}")
+        raise MalformedAnswer(f"no {missing} column in header {[h[:40] for h in header[:12]]}")
     return when[0], value[0]
 
 

@@ -6,6 +6,8 @@ its `kind`.
 from __future__ import annotations
 
 import dataclasses
+import re
+import urllib.parse
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -91,14 +93,29 @@ class CarbonSettings(SourceSettings):
         check_positive(self, where, ("lead_s",), allow_zero=True)
 
 
+def check_secret_source(s: Any, where: str, prefix: str, names: tuple[str, ...]) -> None:
+    """A source's secrets come from variables named for it, and go to its API over TLS: a config (or, in a
+    cluster, a PowerPolicy) must not be able to send another secret of the process to an address it names."""
+    for name in names:
+        value = getattr(s, name)
+        if not re.fullmatch(rf"({prefix}|WATTSCALE_)[A-Z0-9_]+", value):
+            raise ConfigError(f"{where}.{name}", f"must name a variable starting with {prefix} or WATTSCALE_, got "
+                              f"{value!r:.60}")
+    url = urllib.parse.urlsplit(s.url)
+    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+        raise ConfigError(f"{where}.url", f"must be an https URL (http only to a loopback address), got {s.url!r:.80}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ElectricityMapsSettings(CarbonSettings):
     zone: str
     """Electricity Maps zone, e.g. "DE" or "US-CAL-CISO"."""
     token_env: str = "ELECTRICITYMAPS_TOKEN"
-    """Environment variable holding the API token (kept out of the config file)."""
+    """Environment variable holding the API token (kept out of the config file); its name starts with
+    ELECTRICITYMAPS_ or WATTSCALE_ (no other secret of the process is sent anywhere)."""
     url: str = "https://api.electricitymap.org"
-    """API base URL."""
+    """API base URL: https (plain http only to a loopback address)."""
     use_forecast: bool = True
     """Also ask `/forecast` (needs a plan that includes it); false: the latest value only."""
     timeout_s: float = 10.0
@@ -109,6 +126,7 @@ class ElectricityMapsSettings(CarbonSettings):
         check_positive(self, where, ("timeout_s",))
         if not self.zone:
             raise ConfigError(f"{where}.zone", "must not be empty")
+        check_secret_source(self, where, "ELECTRICITYMAPS_", ("token_env",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,11 +134,11 @@ class WattTimeSettings(CarbonSettings):
     region: str
     """WattTime region, e.g. "CAISO_NORTH"."""
     username_env: str = "WATTTIME_USERNAME"
-    """Environment variable holding the login's user name."""
+    """Environment variable holding the login's user name (named WATTTIME_... or WATTSCALE_...)."""
     password_env: str = "WATTTIME_PASSWORD"
-    """Environment variable holding the login's password."""
+    """Environment variable holding the login's password (named WATTTIME_... or WATTSCALE_...)."""
     url: str = "https://api.watttime.org"
-    """API base URL."""
+    """API base URL: https (plain http only to a loopback address)."""
     horizon_hours: int = 2
     """Forecast horizon asked for, in hours (at least `lead_s`)."""
     timeout_s: float = 10.0
@@ -131,6 +149,7 @@ class WattTimeSettings(CarbonSettings):
         check_positive(self, where, ("timeout_s",))
         if not self.region:
             raise ConfigError(f"{where}.region", "must not be empty")
+        check_secret_source(self, where, "WATTTIME_", ("username_env", "password_env"))
         if not 1 <= self.horizon_hours <= 72 or self.horizon_hours * 3600 < self.lead_s:
             raise ConfigError(f"{where}.horizon_hours", f"must be in 1..72 and cover lead_s, got {self.horizon_hours}")
 
