@@ -42,6 +42,8 @@ from controller.budget.carbon import IntensityPoint
 from controller.http_fetch import HttpAnswer
 from tuner.store import open_plain
 
+MAX_INTENSITY = 5000.0
+"""Highest carbon intensity a row may state (gCO2eq/kWh): coal plants emit about 1,000."""
 G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""
 
@@ -182,16 +184,23 @@ def parse_intensity_csv(text: str, basis: Basis = "life_cycle", what: str = "csv
         t_col, v_col = column_index(header, basis)
     except MalformedAnswer as exc:
         raise MalformedAnswer(f"{what}: {exc}") from exc
-    out = []
+    out: list[IntensityPoint] = []
+    lines: dict[float, int] = {}
     for line, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
         try:
             if not row[v_col].strip():
                 continue
-            out.append(IntensityPoint(parse_utc_s(row[t_col]), float(row[v_col])))
-        except (IndexError, ValueError) as exc:
+            point = IntensityPoint(parse_utc_s(row[t_col]), float(row[v_col]))
+        except (IndexError, ValueError, OverflowError) as exc:
             raise MalformedAnswer(f"{what}: line {line}: {exc}") from exc
+        if not 0.0 <= point.g_per_kwh <= MAX_INTENSITY:  # NaN too
+            raise MalformedAnswer(f"{what}: line {line}: intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got "
+                                  f"{row[v_col].strip()[:40]!r}")
+        if lines.setdefault(point.at_s, line) != line:  # two rows for one time: which one holds is a guess
+            raise MalformedAnswer(f"{what}: line {line}: its time repeats line {lines[point.at_s]}'s")
+        out.append(point)
     return out
 
 
