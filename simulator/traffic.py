@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.workload import RateFn, TokenDist
+from simulator.workload import CONTEXT_TOKENS, RateFn, TokenDist
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class HeavyTail:
     tail_share: float
     tail_min: float
     alpha: float
-    maximum: int = 32768
+    maximum: int = CONTEXT_TOKENS
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         values = self.body.draw(rng, n)

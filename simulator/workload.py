@@ -24,13 +24,17 @@ class TokenSampler(Hashable, Protocol):
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray: ...
 
 
+CONTEXT_TOKENS = 32768
+"""Longest prompt or output a simulated engine holds: draws past it are clipped, as a context window clips them."""
+
+
 @dataclass(frozen=True)
 class TokenDist:
     """Log-normal token counts with a mean and a coefficient of variation, clipped to [1, max]."""
 
     mean: float
     cv: float = 0.5
-    maximum: int = 32768
+    maximum: int = CONTEXT_TOKENS
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.cv <= 0:

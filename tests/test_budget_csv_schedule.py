@@ -41,7 +41,7 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
     ("Datetime (UTC),Zone Id\n2026-12-01 00:00:00,DE", "no carbon intensity"),
     (NEW_HEADER + "\n" + ROWS[0] + "\n2026-12-01 01:00:00,Germany,Germany,DE,1,abc", "line 3"),
     (NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2", "line 2"),
-    *((NEW_HEADER + f"\n2026-12-01 00:00:00,Germany,Germany,DE,1,{v}", rf"line 2: intensity must be in \[0, 5000\]")
+    *((NEW_HEADER + f"\n2026-12-01 00:00:00,Germany,Germany,DE,1,{v}", r"line 2: intensity must be in \[0, 5000\]")
       for v in ("nan", "-inf", "-3", "1e999", "9000")),
     (NEW_HEADER + "\n" + ROWS[0] + "\n" + ROWS[0], "line 3: its time repeats line 2's"),
     ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1", "its first line holds no comma: not a CSV export"),

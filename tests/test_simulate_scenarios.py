@@ -63,6 +63,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nservice = "code"\n',
      "events[0].service", "'code'"),
     ('name = "x"\n', "duration_s", "required key is missing"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nin_tokens = 100000\n', "workload.chat.in_tokens",
+     "must be in [0, 32768]"),
     # overlapping bursts multiply (4 x 100 at 10,000 rps: an 18 TiB allocation), stacked slowdowns too
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1000\nbursts = [{ start_s = 0, duration_s = 30, '
      'factor = 5 }, { start_s = 10, duration_s = 30, factor = 4 }]\n', "workload.chat.bursts",
@@ -100,6 +102,17 @@ def test_a_bad_config_is_named_with_its_file(small_scenario: Callable[..., Path]
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert err.value.where == "config (host.toml): services[chat].ttft_ms"
+
+
+def test_a_configs_token_mix_past_the_engines_context_is_named(small_scenario: Callable[..., Path]) -> None:
+    """The simulated engines clip draws at their context: a mean past it ran silently as another workload."""
+    path = small_scenario('name = "x"\nduration_s = 60\n')
+    host = path.parent / "host.toml"
+    host.write_text(host.read_text().replace("in_tokens = 400\n", "in_tokens = 100000\n", 1))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert err.value.where == "workload.chat.in_tokens" and "past the simulated engines' context (32768)" in str(
+        err.value)
 
 
 def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Callable[..., Path], tmp_path: Path,

@@ -27,10 +27,11 @@ from typing import Any, Literal
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
-from controller.service_settings import MAX_SIM_RATE_RPS, MAX_TOKENS
+from controller.service_settings import MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W, check_personalities, idle_w
 from simulator.personality import PERSONALITIES
+from simulator.workload import CONTEXT_TOKENS
 
 MAX_DURATION_S = 7 * 86400.0
 """Longest scenario: a week of simulated time."""
@@ -68,7 +69,7 @@ class PromptTailSettings:
 
     def check(self, where: str) -> None:
         check_range(self, where, ("share",), 0.0, 1.0)
-        check_range(self, where, ("min_tokens",), 1.0, MAX_TOKENS)
+        check_range(self, where, ("min_tokens",), 1.0, CONTEXT_TOKENS)
         check_range(self, where, ("alpha",), 0.5, 10.0)
 
 
@@ -110,7 +111,7 @@ class WorkloadSettings:
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("phase_s",), -MAX_DURATION_S, MAX_DURATION_S)
-        check_range(self, where, ("in_tokens", "out_tokens"), 0.0, MAX_TOKENS)
+        check_range(self, where, ("in_tokens", "out_tokens"), 0.0, CONTEXT_TOKENS)  # the engines' context
         peak, at_s = self.peak_rate()
         if peak > MAX_SIM_RATE_RPS:  # bursts that overlap multiply
             raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
@@ -270,6 +271,12 @@ def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+    for svc in config.services:  # a mean the scenario takes from the config
+        w = s.workload.get(svc.name)
+        for name in ("in_tokens", "out_tokens"):
+            if not (w and getattr(w, name)) and getattr(svc, name) > CONTEXT_TOKENS:
+                raise ConfigError(f"workload.{svc.name}.{name}", f"the config's {getattr(svc, name):g} tokens are past "
+                                  f"the simulated engines' context ({CONTEXT_TOKENS}); give a mean within it here")
     slowed: dict[str, float] = {}
     for i, e in sorted(enumerate(s.events), key=lambda ie: ie[1].at_s):
         if e.kind == "slowdown":  # each multiplies the ones before it
