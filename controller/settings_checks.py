@@ -180,13 +180,17 @@ def floor_w(s: Settings) -> float:
     return idle_w(s) + busy
 
 
-def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], config: str = "") -> None:
-    """Each engine personality ("model" or "model|gpu_type") names a model a service runs: one that none runs
-    would be accepted and do nothing."""
+def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], gpu_types: set[str],
+                        config: str = "") -> None:
+    """Each engine personality ("model" or "model|gpu_type") names a model a service runs, on a GPU type the host
+    has: one that names neither would be accepted and do nothing."""
     for key in personalities:
-        model = key.split("|", 1)[0]
+        model, bar, gpu = key.partition("|")
         if model not in models:
             raise ConfigError(f"{where}.{key}", f"no service{f' of {config}' if config else ''} runs model {model!r}")
+        if bar and gpu not in gpu_types:
+            raise ConfigError(f"{where}.{key}", f"the simulated host has no GPU type {gpu!r} (it has "
+                              f"{sorted(gpu_types)})")
 
 
 def _minimum_fits(s: Settings) -> None:
@@ -250,7 +254,7 @@ def _simulated_host(s: Settings) -> None:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{svc.model!r} is not a model the simulator serves; "
                               f"expected one of {sorted(LLMS)}")
-    check_personalities("simulator.personalities", sim.personalities, runs)
+    check_personalities("simulator.personalities", sim.personalities, runs, set(types))
     n = len(types)
     for svc in s.services:
         outside = [g for g in svc.gpus if g >= n]

@@ -76,6 +76,12 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
      "'fast'"),
     ('name = "x"\nduration_s = 60\npersonalities = { "mistral-7b" = "chunked" }\n', "personalities.mistral-7b",
      "runs model 'mistral-7b'"),
+    ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b|NOPE" = "chunked" }\n',
+     "personalities.llama-3.1-8b|NOPE", "the simulated host has no GPU type 'NOPE' (it has ['H100-SXM'])"),
+    ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b|" = "chunked" }\n', "personalities.llama-3.1-8b|",
+     "no GPU type ''"),
+    ('name = "x"\nduration_s = 60\n' + '[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 1\n' * 2, "events[1].gpu",
+     "GPU 1 is lost already (events[0])"),
     # budget sources and their events (tests/test_simulate_budget_sources.py)
     ('name = "x"\nduration_s = 60\n[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
      'kind = "electricitymaps"\nzone = "DE"\ncurve = [[100, 1400]]\n', "power.budget.sources[0].kind",

@@ -25,22 +25,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
-from controller.budget.settings import KINDS, DemandResponseSettings
 from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
-from controller.settings_checks import MAX_POWER_W, check_personalities, idle_w
+from controller.settings_checks import MAX_POWER_W
+from controller.simulate.scenario_checks import MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
 from simulator.personality import PERSONALITIES
 from simulator.workload import CONTEXT_TOKENS
 
 MAX_DURATION_S = 7 * 86400.0
 """Longest scenario: a week of simulated time."""
-MIN_SLOWDOWN, MAX_SLOWDOWN = 0.1, 10.0
-"""How much faster or slower slowdown events may make a service's steps, each and all together."""
 
 EventKind = Literal["budget", "demand_response", "gpu_lost", "slowdown", "telemetry_lost"]
-API_SOURCES = ("electricitymaps", "watttime")
-"""Budget source kinds that ask a remote API: a scenario runs offline, so its carbon comes from a CSV."""
 
 
 @dataclass(frozen=True)
@@ -250,43 +246,6 @@ class Scenario:
         return WorkloadSettings(w.rate_rps, w.cycle_amplitude, w.cycle_period_s, in_cv=w.in_cv, out_cv=w.out_cv)
 
 
-def _check_against_config(s: ScenarioSettings, config: Settings) -> None:
-    names = [svc.name for svc in config.services]
-    for name in s.workload:
-        if name not in names:
-            raise ConfigError(f"workload.{name}", f"no such service in {s.config} (services: {', '.join(names)})")
-    if not config.uses_sim:
-        raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
-                          "(telemetry and actuators \"sim\", as config/sim.toml)")
-    check_personalities("personalities", s.personalities, {svc.model for svc in config.services}, s.config)
-    gpus = len(config.simulator.host_types)
-    for i, e in enumerate(s.events):
-        where = f"events[{i}]"
-        if e.at_s > s.duration_s:
-            raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
-        if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
-            raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
-        if e.kind == "demand_response" and not any(
-                isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
-            raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
-        if e.kind == "slowdown" and e.service not in names:
-            raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
-    for svc in config.services:  # a mean the scenario takes from the config
-        w = s.workload.get(svc.name)
-        for name in ("in_tokens", "out_tokens"):
-            if not (w and getattr(w, name)) and getattr(svc, name) > CONTEXT_TOKENS:
-                raise ConfigError(f"workload.{svc.name}.{name}", f"the config's {getattr(svc, name):g} tokens are past "
-                                  f"the simulated engines' context ({CONTEXT_TOKENS}); give a mean within it here")
-    slowed: dict[str, float] = {}
-    for i, e in sorted(enumerate(s.events), key=lambda ie: ie[1].at_s):
-        if e.kind == "slowdown":  # each multiplies the ones before it
-            slowed[e.service] = slowed.get(e.service, 1.0) * e.factor
-            if not MIN_SLOWDOWN <= slowed[e.service] <= MAX_SLOWDOWN:
-                raise ConfigError(f"events[{i}].factor", f"with the slowdowns before it, {e.service}'s steps take "
-                                  f"{slowed[e.service]:.6g} times as long; at most {MAX_SLOWDOWN:g} and at least "
-                                  f"{MIN_SLOWDOWN:g} in all")
-
-
 def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
     """The config with the scenario's `[power]` keys laid over its own (a ramp limit, domains, budget sources).
     The config's relative paths stay its own; the scenario's (its sources' files) resolve from its directory."""
@@ -304,28 +263,6 @@ def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
     return settings_from(data, config_path.resolve().parent)
 
 
-def _check_sources(config: Settings) -> None:
-    """A scenario runs offline and on its own clock: no budget source that asks a remote API."""
-    for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
-        kind = next(k for k, cls in KINDS.items() if type(src) is cls)
-        if kind in API_SOURCES:
-            raise ConfigError(f"power.budget.sources[{i}].kind", f"{kind!r} asks a remote API; a scenario reads "
-                              "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
-
-
-def _check_budgets(s: ScenarioSettings, config: Settings) -> None:
-    """The budgets the run sets as the config's budget (its start, each budget event) held to what the daemon
-    holds `power.budget_w` to (controller/settings_checks.py): not below the fleet's idle draw, which no cap
-    can bring the GPUs under."""
-    idle = idle_w(config)
-    named = [("budget_w", s.budget_w)] + [(f"events[{i}].budget_w", e.budget_w) for i, e in enumerate(s.events)
-                                          if e.kind == "budget"]
-    for where, budget_w in named:
-        if budget_w and budget_w < idle:
-            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              f"count x the catalogue's idle power, as the daemon refuses power.budget_w)")
-
-
 def load_scenario(path: Path) -> Scenario:
     """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
     the config file's fields, prefixed with the file)."""
@@ -341,9 +278,7 @@ def load_scenario(path: Path) -> Scenario:
     except ConfigError as exc:
         where = f"config ({config_path.name})" + (" with the scenario's [power]" if power is not None else "")
         raise ConfigError(f"{where}: {exc.where}", exc.reason) from None
-    _check_against_config(s, config)
-    _check_sources(config)
-    _check_budgets(s, config)
+    check_scenario(s, config)
     budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events
                                                        if e.kind == "budget" and e.budget_w is not None]
     sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities})

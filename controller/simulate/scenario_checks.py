@@ -1,0 +1,91 @@
+"""A scenario's checks against the config it runs: its workload's services, events and personalities name what
+the config has, stacked slowdowns stay in bounds, no budget source asks a remote API, and no budget it sets is
+below the fleet's idle draw."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.budget.settings import KINDS, DemandResponseSettings
+from controller.config_loader import ConfigError
+from controller.settings import Settings
+from controller.settings_checks import check_personalities, idle_w
+from simulator.workload import CONTEXT_TOKENS
+
+if TYPE_CHECKING:
+    from controller.simulate.scenario import ScenarioSettings
+
+MIN_SLOWDOWN, MAX_SLOWDOWN = 0.1, 10.0
+"""How much faster or slower slowdown events may make a service's steps, each and all together."""
+API_SOURCES = ("electricitymaps", "watttime")
+"""Budget source kinds that ask a remote API: a scenario runs offline, so its carbon comes from a CSV."""
+
+
+def check_scenario(s: ScenarioSettings, config: Settings) -> None:
+    """Raise ConfigError naming the scenario's (or its config's) field that does not fit the other."""
+    _against_config(s, config)
+    _sources(config)
+    _budgets(s, config)
+
+
+def _against_config(s: ScenarioSettings, config: Settings) -> None:
+    names = [svc.name for svc in config.services]
+    for name in s.workload:
+        if name not in names:
+            raise ConfigError(f"workload.{name}", f"no such service in {s.config} (services: {', '.join(names)})")
+    if not config.uses_sim:
+        raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
+                          "(telemetry and actuators \"sim\", as config/sim.toml)")
+    check_personalities("personalities", s.personalities, {svc.model for svc in config.services},
+                        set(config.simulator.host_types), s.config)
+    gpus = len(config.simulator.host_types)
+    lost: dict[int, int] = {}
+    for i, e in enumerate(s.events):
+        where = f"events[{i}]"
+        if e.at_s > s.duration_s:
+            raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
+        if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
+            raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
+        if e.kind == "gpu_lost" and lost.setdefault(e.gpu, i) != i:  # a lost GPU stays lost
+            raise ConfigError(f"{where}.gpu", f"GPU {e.gpu} is lost already (events[{lost[e.gpu]}])")
+        if e.kind == "demand_response" and not any(
+                isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
+            raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
+        if e.kind == "slowdown" and e.service not in names:
+            raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+    for svc in config.services:  # a mean the scenario takes from the config
+        w = s.workload.get(svc.name)
+        for name in ("in_tokens", "out_tokens"):
+            if not (w and getattr(w, name)) and getattr(svc, name) > CONTEXT_TOKENS:
+                raise ConfigError(f"workload.{svc.name}.{name}", f"the config's {getattr(svc, name):g} tokens are past "
+                                  f"the simulated engines' context ({CONTEXT_TOKENS}); give a mean within it here")
+    slowed: dict[str, float] = {}
+    for i, e in sorted(enumerate(s.events), key=lambda ie: ie[1].at_s):
+        if e.kind == "slowdown":  # each multiplies the ones before it
+            slowed[e.service] = slowed.get(e.service, 1.0) * e.factor
+            if not MIN_SLOWDOWN <= slowed[e.service] <= MAX_SLOWDOWN:
+                raise ConfigError(f"events[{i}].factor", f"with the slowdowns before it, {e.service}'s steps take "
+                                  f"{slowed[e.service]:.6g} times as long; at most {MAX_SLOWDOWN:g} and at least "
+                                  f"{MIN_SLOWDOWN:g} in all")
+
+
+def _sources(config: Settings) -> None:
+    """A scenario runs offline and on its own clock: no budget source that asks a remote API."""
+    for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
+        kind = next(k for k, cls in KINDS.items() if type(src) is cls)
+        if kind in API_SOURCES:
+            raise ConfigError(f"power.budget.sources[{i}].kind", f"{kind!r} asks a remote API; a scenario reads "
+                              "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
+
+
+def _budgets(s: ScenarioSettings, config: Settings) -> None:
+    """The budgets the run sets as the config's budget (its start, each budget event) held to what the daemon
+    holds `power.budget_w` to (controller/settings_checks.py): not below the fleet's idle draw, which no cap
+    can bring the GPUs under."""
+    idle = idle_w(config)
+    named = [("budget_w", s.budget_w)] + [(f"events[{i}].budget_w", e.budget_w) for i, e in enumerate(s.events)
+                                          if e.kind == "budget"]
+    for where, budget_w in named:
+        if budget_w and budget_w < idle:
+            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
+                              f"count x the catalogue's idle power, as the daemon refuses power.budget_w)")
