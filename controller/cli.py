@@ -251,9 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, what is left unwritten to /dev/null
-        with contextlib.suppress(OSError, ValueError):  # (a test's captured stdout has no descriptor)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output()
         return 1
+    except OSError as exc:  # the output cannot be written (a full disk, /dev/full), or a file the command names
+        _drop_output()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"wattscale: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+def _drop_output() -> None:
+    """What is left unwritten goes to /dev/null (the interpreter's flush at exit would fail again)."""
+    with contextlib.suppress(OSError, ValueError):  # (a test's captured stdout has no descriptor)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -222,6 +222,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(argv: list[str]) -> No
     assert proc.wait(timeout=60) == 1 and err == "", err
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_an_output_that_cannot_be_written_is_one_line() -> None:
+    """`wattscale schema > /dev/full` (a full disk): an OSError traceback; now one line and exit 1."""
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "controller.cli", "schema", "config"], stdout=full,
+                             stderr=subprocess.PIPE, cwd=ROOT, timeout=60, text=True)
+    assert out.returncode == 1 and out.stderr == "wattscale: No space left on device\n", out.stderr
+
+
 def test_the_optimize_docs_show_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/optimize-spec.md's sample output is the example spec's (it showed a plan the command no longer
     made: chat 1 x batch 128, 2952.1 W); timings aside, figures within 1e-6."""
