@@ -13,6 +13,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -73,6 +74,12 @@ def item_path(where: str, index: int, value: object) -> str:
         if isinstance(name, str) and NAME.fullmatch(name):
             return f"{where}[{name}]"
     return f"{where}[{index}]"
+
+
+def shown(values: Sequence[object], first: int = 8) -> str:
+    """A list as a message quotes it: whole where it is short, else its first values and how many it holds."""
+    head = list(values)[:first]
+    return str(head) if len(values) <= first else f"{str(head)[:-1]}, ...] ({len(values)} values)"
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_positive, check_range, shown
 from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_SHAPES
 from queuemodels import DEFAULT_MODEL, MODELS
 
@@ -80,10 +80,10 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
     """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
     if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):
         raise ConfigError(f"{where}.batch_sizes" if where else "batch_sizes",
-                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {list(batch_sizes)[:8]}")
+                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {shown(batch_sizes)}")
     if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
         raise ConfigError(f"{where}.power_levels" if where else "power_levels",
-                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {list(power_levels)[:8]}")
+                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {shown(power_levels)}")
 
 
 def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
@@ -91,4 +91,4 @@ def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
     if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
             isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
         raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
-                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {list(clock_levels)[:8]}")
+                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {shown(clock_levels)}")

@@ -35,6 +35,9 @@ def code_service(name: str) -> str:
     (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = []"), "power_levels: must be 1..64"),
     (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = [-0.5, 3.0]"),
      r"power_levels: must be 1..64 shares in \(0, 1\], got \[-0.5, 3.0\]"),
+    (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", f"power_levels = {[0.5] * 65}"),
+     r"power_levels: must be 1..64 shares in \(0, 1\], got \[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, ...\] "
+     r"\(65 values\)"),
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmin_replicas = 5", 1),
      r"services\[chat\].min_replicas: must be between 0 and max_replicas \(4\), got 5"),
     (lambda t: t.replace("priority = 2", "priority = -1"), r"services\[code\].priority: must be in 1..1000, got -1"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_positive, check_range, shown
 
 MAX_REQUESTS = 10_000_000
 """Largest workload (requests) drawn and packed."""
@@ -118,9 +118,9 @@ class PackingSpec:
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
         check_range(self, "", ("mip_gap",), 0.0, 1.0)
         if not self.scales or any(not 0 <= n <= MAX_REQUESTS for n in self.scales):
-            raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {list(self.scales)[:8]}")
+            raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {shown(self.scales)}")
         if any(k > MAX_CONFIG_CARDS for k in self.cards):
-            raise ConfigError("cards", f"at most {MAX_CONFIG_CARDS} cards per config, got {list(self.cards)[:8]}")
+            raise ConfigError("cards", f"at most {MAX_CONFIG_CARDS} cards per config, got {shown(self.cards)}")
         if not 0 <= self.seed < 2**63:  # as simulate's: numpy's generator takes no negative seed
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         for gpu in self.homogeneous:
