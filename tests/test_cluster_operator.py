@@ -287,6 +287,29 @@ def test_a_second_operator_stays_passive_takes_over_and_no_restart_raises_a_cap(
         assert not raised(plan(emu), before), "the restarted leader's plan raises a cap"
 
 
+def test_a_newcomer_that_overfills_the_inventory_is_refused_not_the_service_running_before_it(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """Another namespace's LLMService whose min_replicas fill the inventory made the running `llm/chat` Invalid
+    ("spec.min_replicas: ... add up to 6"), a field chat never changed: services are now checked oldest first."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    hog = service("hog", "vllm-hog", min_replicas=4)
+    hog["metadata"]["namespace"] = "aaa"
+    emu.put(GROUP, SERVICES, hog)
+    emu.put(GROUP, POLICIES, policy())
+    hog_deployment = deployment("vllm-hog", "hog", 0, 64)
+    hog_deployment["metadata"]["namespace"] = "aaa"
+    emu.put("apps", "deployments", hog_deployment)
+    with emu.store.cond:  # created a minute apart (the API's timestamps have a second's resolution)
+        emu.store.objects[GROUP, SERVICES, NS, "chat"]["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+        emu.store.objects[GROUP, SERVICES, "aaa", "hog"]["metadata"]["creationTimestamp"] = "2026-12-01T10:01:00Z"
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    res = loop.read()
+    assert res.settings is not None and [s.name for s in res.settings.services] == [f"{NS}/chat"]
+    assert set(res.errors) == {"aaa/hog"} and res.errors["aaa/hog"].where == "spec.min_replicas", res.errors
+
+
 def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """The operator's loop without kopf, stepped with explicit times: a policy edit that fails its checks is

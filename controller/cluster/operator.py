@@ -137,7 +137,10 @@ class ClusterLoop:
         assert policy is not None
         services: dict[str, ServiceSettings] = {}
         owners: dict[tuple[str, str], str] = {}
-        for key, obj in sorted(objects.items()):
+        # oldest first: a cross-field error (min_replicas past the inventory) falls on the newcomer, not on a
+        # service that was running before it came
+        for key, obj in sorted(objects.items(), key=lambda kv: (str(kv[1]["metadata"].get("creationTimestamp")),
+                                                                kv[0])):
             ns, name = key.split("/", 1)
             try:
                 svc = service_settings(ns, name, _spec(obj))
