@@ -351,7 +351,16 @@ def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_s
                                                            "than fast_interval_s (1 s < 2 s)")
     assert loop.controller.settings.power.budget_w == 2400.0  # the last good policy holds
     assert loop.controller.governor.settings.budget_w == 2400.0
-    loop.stand_down(release=False, now=5.0)
+    # a queue model is the tuner's state: refused as a host's reload refuses it (it was taken without a word)
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"daemon": {"fast_interval_s": 0.2},
+                                                    "optimizer": {"queue_model": "mm1k-batch"}}})
+    ticks = iter(range(25, 1000))
+    got = until(lambda: loop.step(0.2 * next(ticks)) and [
+        c for c in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"]
+        if c["message"].startswith("spec.optimizer.queue_model")], what="the queue model refused")[0]
+    assert got["status"] == "False" and "changes with an operator restart" in got["message"]
+    assert loop.controller.settings.optimizer.queue_model == "mm1k-cb"
+    loop.stand_down(release=False, now=200.0)
     assert not (emu.get("coordination.k8s.io", "leases", "wattscale-operator", "wattscale") or {})["spec"].get(
         "holderIdentity")  # given back on a clean exit
 

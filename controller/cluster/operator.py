@@ -317,6 +317,12 @@ class ClusterLoop:
         except Exception as exc:
             c.error("custom_resources", str(exc))
             res = None
+        running = c.settings.optimizer.queue_model
+        if res is not None and res.settings is not None and res.settings.optimizer.queue_model != running:
+            # as a host's reload refuses it: the tuner's state is the running model's; the last good settings hold
+            res.errors["policy"] = ConfigError("spec.optimizer.queue_model", f"changes with an operator restart (the "
+                                               f"tuner's state is {running!r}'s); the policy as it was runs on")
+            res.settings = None
         if res is not None and res.settings is not None and res.settings != c.settings and may_act():
             if res.settings.budget != c.settings.budget:
                 self.budget.restart(res.settings, c, self._now)
