@@ -90,6 +90,8 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({"safe_budget_w = 1200": "safe_budget_w = 0"}, "power.budget.safe_budget_w", "must be a finite number > 0"),
     ({"ttl_s = 600": "ttl = 600"}, "power.budget.ttl", "unknown key"),
     ({"lead_s = 3600": "lead_s = -1"}, "power.budget.sources[2].lead_s", ">= 0"),
+    ({"lead_s = 3600": "lead_s = 3600\nrefresh_s = 1e12"}, "power.budget.sources[2].refresh_s",
+     r"must be in \(0, 86400\]"),
     ({"zone = \"DE\"": "zone = \"\""}, "power.budget.sources[2].zone", "must not be empty"),
     # a config (a PowerPolicy, in a cluster) must not send another secret of the process anywhere it names
     ({"zone = \"DE\"": "zone = \"DE\"\ntoken_env = \"KUBECONFIG\""}, "power.budget.sources[2].token_env",

@@ -114,6 +114,17 @@ def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
         build(PowerPolicySpec, spec["spec"], "spec")
 
 
+def test_a_policys_demand_response_source_takes_no_port() -> None:
+    """The signal endpoint is the host daemon's; on a policy its port was accepted and served by nobody."""
+    spec = policy(budget_w=2400.0)["spec"]
+    spec["budget"] = {"safe_budget_w": 1200.0, "sources": [{"kind": "fixed", "budget_w": 2000.0},
+                                                           {"kind": "demand_response", "path": "/s/x.json",
+                                                            "port": 9477}]}
+    with pytest.raises(ConfigError, match=r"^spec\.budget\.sources\[demand_response\]\.port: the operator serves no "
+                                          r"signal endpoint"):
+        policy_spec(spec)
+
+
 def test_a_variant_pinned_to_a_node_pool_is_planned_in_its_domain(tmp_path: Path) -> None:
     """A variant whose Deployment runs in one domain's nodes: its watts are charged there once the pool's GPUs
     have reported, count in no domain before, and a pool the policy does not name is refused by field."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
-from controller.config_loader import ConfigError, build, check_positive
+from controller.config_loader import ConfigError, build, check_positive, check_range
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,14 +83,17 @@ class CarbonSettings(SourceSettings):
     lead_s: float = 3600.0
     """How far ahead the forecast is read: the budget is the lowest over the next `lead_s`."""
     refresh_s: float = 900.0
-    """How often the feed is asked again."""
+    """How often the feed is asked again (s, up to a day)."""
     stale_after_s: float = 7200.0
-    """How long one intensity holds when no later one came (the point in force older than this fails)."""
+    """How long one intensity holds when no later one came (the point in force older than this fails; s, up to
+    a week)."""
 
     def check(self, where: str) -> None:
         check_curve(self.curve, f"{where}.curve")
-        check_positive(self, where, ("refresh_s", "stale_after_s"))
+        check_range(self, where, ("refresh_s",), 0.0, 86_400.0, low_open=True)
+        check_range(self, where, ("stale_after_s",), 0.0, 7 * 86_400.0, low_open=True)
         check_positive(self, where, ("lead_s",), allow_zero=True)
+        check_range(self, where, ("lead_s",), 0.0, 7 * 86_400.0)
 
 
 def check_secret_source(s: Any, where: str, prefix: str, names: tuple[str, ...]) -> None:

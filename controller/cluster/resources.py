@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.budget.settings import budget_settings
+from controller.budget.settings import DemandResponseSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range
 from controller.service_settings import PriorSettings, ServiceSettings
 from controller.settings import (
@@ -164,6 +164,10 @@ def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
     policy = replace(build(PowerPolicySpec, rest, "spec"), budget=table)
     if table:
         budget = budget_settings(table, "spec.budget")
+        for name, source in budget.sources:
+            if isinstance(source, DemandResponseSettings) and source.port:  # the daemon's, on a host
+                raise ConfigError(f"spec.budget.sources[{name}].port", "the operator serves no signal endpoint: "
+                                  "write the signal to its `path` (a mounted ConfigMap or volume)")
         if budget.safe_budget_w > policy.power.budget_w:
             raise ConfigError("spec.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
                               f"({policy.power.budget_w:g} W)")
