@@ -89,6 +89,7 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\n'
      'duration_s = 30\n', "events[0].kind", "needs a demand_response source"),
     ('name = "x"\nduration_s = 60\nstart_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
+    ('name = "x"\nduration_s = 60\nstart_utc = "9999-12-31T23:59:00Z"\n', "start_utc", "ends outside the years"),
     ('name = "x"\nduration_s = 60\ngrid_time_scale = 0\n', "grid_time_scale", "must be in"),
     ('name = "x"\nduration_s = 60\n[power]\nramp_up_w_per_s = -5\n',
      "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s", "must be in"),

@@ -35,6 +35,8 @@ from simulator.workload import CONTEXT_TOKENS
 
 MAX_DURATION_S = 7 * 86400.0
 """Longest scenario: a week of simulated time."""
+EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
+"""The span (Unix seconds) a scenario's grid clock may read: schedules and CSVs step dates a day either side."""
 
 EventKind = Literal["budget", "demand_response", "gpu_lost", "slowdown", "telemetry_lost"]
 
@@ -207,6 +209,10 @@ class ScenarioSettings:
             raise ConfigError("start_utc", f"must be an ISO 8601 time, got {self.start_utc!r}") from exc
         if start.tzinfo is None:
             raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {self.start_utc!r}")
+        end = start.timestamp() + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
+        if not EARLIEST_S <= end <= LATEST_S:
+            raise ConfigError("start_utc", f"{self.start_utc!r} with duration_s x grid_time_scale ends outside the "
+                              "years 1971..9998, where the budget sources' dates run")
         for key, name in self.personalities.items():
             if name not in PERSONALITIES:
                 raise ConfigError(f"personalities.{key}", f"unknown {name!r}, expected one of {sorted(PERSONALITIES)}")
