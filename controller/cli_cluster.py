@@ -24,6 +24,8 @@ PROBE_TIMEOUT_S = 5.0
 def _schema(args: argparse.Namespace) -> int:
     from controller.schema_catalog import schemas
 
+    if args.crds and args.name:
+        raise ConfigError("schema --crds", f"prints every CustomResourceDefinition: no name, got {args.name!r}")
     if args.crds:
         try:
             import yaml

@@ -77,6 +77,10 @@ def test_schema_command_prints_every_schema_from_the_settings(capsys: pytest.Cap
     budget = every["config"]["properties"]["power"]["properties"]["budget_w"]
     assert budget["type"] == "number" and budget["description"].startswith("Site power budget")
     assert main(["schema", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["schema", "config", "--crds"]) == 2  # the name was ignored: every CRD printed
+    assert capsys.readouterr().err.strip() == ("wattscale: schema --crds: prints every CustomResourceDefinition: no "
+                                               "name, got 'config'")
 
 
 def keys_outside(schema: dict[str, Any], data: Any, where: str = "") -> list[str]:
