@@ -462,6 +462,9 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
         # the schema refuses the bad entries now: written by an older agent under an older schema
         emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
             "name": node}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
+    # a whole status written past the schema: that node reads no GPU (it failed every tick for the whole cluster)
+    emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
+        "name": "gpu-c"}, "spec": {"sequence": 1}, "status": "garbage"})
     counted: list[str] = []
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)
