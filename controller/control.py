@@ -73,10 +73,13 @@ class Controller:
         self._latest = settings
         """The newest settings (a reload's, before the slow loop adopts them)."""
         self._errors: list[str] = []
-        self._failing: dict[str, str] = {}
-        """Kind -> its failure logged last (a run of failures is logged once)."""
-        self._failed_now: set[str] = set()
-        """Kinds that failed in this slow cycle."""
+        """Failures reported since the last decision (`kind: message`)."""
+        self._failing: set[tuple[str, str]] = set()
+        """Failures of the cycle before: one repeated now is not logged again."""
+        self._failed_now: set[tuple[str, str]] = set()
+        """Failures of this cycle."""
+        self._errors_lock = threading.Lock()
+        """Sources, the budget thread and the operator report from their own threads."""
         self.budget_from: tuple[float, str] | None = None
         """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
         self._budget_lock = threading.Lock()
@@ -156,21 +159,24 @@ class Controller:
         log.warning("%s: %s", kind, message)
 
     def error(self, kind: str, message: str) -> None:
-        """Count a failure the loops survived (also what sources report of themselves), and log the first of a
-        run: a kind logs again once a slow cycle has passed without it. Every one is in the decision log."""
+        """Count a failure the loops survived (also what sources and the operator report), record it in the next
+        decision, and log the first of a run: the same failure again logs once a slow cycle has passed without
+        it (another endpoint's, another message, logs at once)."""
         self.metrics.errors.labels(kind).inc()
-        if kind not in self._failing:
-            log.warning("%s: %s (logged once while it lasts; counted in wattscale_errors_total)", kind, message)
-        self._failing[kind] = message
-        self._failed_now.add(kind)
-        self._errors.append(f"{kind}: {message}")
+        with self._errors_lock:
+            if (kind, message) not in self._failing:
+                log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
+            self._failing.add((kind, message))
+            self._failed_now.add((kind, message))
+            self._errors.append(f"{kind}: {message}")
 
-    def _recovered(self) -> None:
-        """End of a slow cycle: each kind that failed before and not in this one is a run ended."""
-        for kind in set(self._failing) - self._failed_now:
-            log.info("%s: recovered", kind)
-            del self._failing[kind]
-        self._failed_now = set()
+    def _cycle_errors(self) -> list[str]:
+        """The failures reported since the last decision, handed to this one; a failure not repeated in it ends
+        its run (the next of it is logged)."""
+        with self._errors_lock:
+            errors, self._errors = self._errors, []
+            self._failing, self._failed_now = self._failed_now, set()
+        return errors
 
     def tick_fast(self, now: float) -> bool:
         """One fast tick; True where the slow loop should plan now rather than at its period (`FloorAlarm`: the
@@ -193,7 +199,6 @@ class Controller:
         if settings is not None:
             self._adopt(settings)
         s = self.settings
-        self._errors = []
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
         if changes or self.budget_from is not None:
             record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
@@ -233,8 +238,7 @@ class Controller:
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
-        record["errors"] = self._errors
-        self._recovered()
+        record["errors"] = self._cycle_errors()
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
         if not self.decisions.write(record):
             self.metrics.errors.labels("decision_log").inc()

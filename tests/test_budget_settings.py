@@ -98,6 +98,8 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
      "must name a variable starting with ELECTRICITYMAPS_ or WATTSCALE_, got 'KUBECONFIG'"),
     ({"URL": "http://10.0.0.9:8080"}, "power.budget.sources[2].url",
      r"must be an https URL \(http only to a loopback address\), got 'http://10.0.0.9:8080'"),
+    ({"URL": "https://[abc"}, "power.budget.sources[2].url", "must be an https URL"),
+    ({"URL": "https://api.example:99999"}, "power.budget.sources[2].url", "must be an https URL"),
 ])
 def test_a_bad_table_is_refused_naming_the_field(replace: dict[str, str], field: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason) as caught:

@@ -456,8 +456,10 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
         return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "power_w": 300.0, "energy_j": 1.0,
                 "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0, **fields}
 
+    # (and an index or watts past what a plan may state: the limit written back would make the agent refuse it)
     bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
-           {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5"]
+           {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5", gpu(12345),
+           gpu(6, max_w=1e6)]
     for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
         # the schema refuses the bad entries now: written by an older agent under an older schema
         emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
@@ -470,9 +472,9 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     got = plans.sample(0.0)
     assert sorted((plans.where[s.index], s.uuid) for s in got) == [
         (("gpu-a", 0), "GPU-0"), (("gpu-b", 0), "GPU-0"), (("gpu-b", 1), "GPU-1")]
-    assert counted == ["gpu-a"] * 5
+    assert counted == ["gpu-a"] * 7
     plans.sample(1.0)  # counted each time, logged once
-    assert len(counted) == 10 and len(plans.bad) == 5
+    assert len(counted) == 14 and len(plans.bad) == 7
 
 
 def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_changes(

@@ -104,9 +104,13 @@ def check_secret_source(s: Any, where: str, prefix: str, names: tuple[str, ...])
         if not re.fullmatch(rf"({prefix}|WATTSCALE_)[A-Z0-9_]+", value):
             raise ConfigError(f"{where}.{name}", f"must name a variable starting with {prefix} or WATTSCALE_, got "
                               f"{value!r:.60}")
-    url = urllib.parse.urlsplit(s.url)
-    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
-    if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+    try:
+        url = urllib.parse.urlsplit(s.url)
+        _ = url.port  # a port past 65535 or not a number raises here
+    except ValueError:
+        url = None
+    if url is None or not url.hostname or not (url.scheme == "https" or (
+            url.scheme == "http" and url.hostname in ("localhost", "127.0.0.1", "::1"))):
         raise ConfigError(f"{where}.url", f"must be an https URL (http only to a loopback address), got {s.url!r:.80}")
 
 

@@ -9,16 +9,20 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller.cluster.plan_spec import MAX_GPU_INDEX, MAX_LIMIT_W
+
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_POD_GPUS = 64
 """Most GPUs one container's limit is read as; past it (a quantity like "1k") no node could run the pod."""
 
 
-def _number(value: Any, field: str, required: bool) -> float | None:
+def _number(value: Any, field: str, required: bool, high: float = math.inf) -> float | None:
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if not 0.0 <= value <= high:
+        raise ValueError(f"{field} must be in [0, {high:g}], got {value!r}")
     return float(value)
 
 
@@ -26,12 +30,13 @@ def reading(g: Any) -> tuple[Any, ...]:
     """(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, sm_clock_mhz) of one GPU entry an agent
     reported; KeyError, TypeError or ValueError where it is malformed."""
     index, uuid = g["index"], g["uuid"]
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_GPU_INDEX:
         raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
     if not isinstance(uuid, str) or not uuid:
         raise ValueError(f"uuid must be a string, got {uuid!r}")
+    # watts within what a plan may state (plan_spec.py): a limit the operator writes, its agent must read back
     return (index, uuid, str(g.get("name") or ""),
-            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"))
+            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"), MAX_LIMIT_W if f.endswith("_w") else math.inf)
               for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
 
 

@@ -188,6 +188,7 @@ class _Server(ThreadingHTTPServer):
     before its answer is no traceback."""
 
     daemon_threads = True
+    block_on_close = False  # close() waits for no client: each is cut within REQUEST_S anyway
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
@@ -205,7 +206,12 @@ class _Server(ThreadingHTTPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         timer = threading.Timer(REQUEST_S, _cut, (request,))
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError:  # no thread left for the cut (a flood): not served, its slot freed
+            self.shutdown_request(request)
+            self.slots.release()
+            return
         try:
             super().process_request_thread(request, client_address)
         finally:
