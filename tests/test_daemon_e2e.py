@@ -162,3 +162,32 @@ def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> N
         assert wait_for(lambda: metric(scrape(port), "wattscale_power_draw_watts") <= budget, 2.5 - (
             time.monotonic() - stepped)), (draw, budget)
         stops_on_sigterm_within_5_s(proc)
+
+
+def catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (Linux: bit 0 of SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16) & 1)  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_runs(tmp_path: Path) -> None:
+    """`wattscale run` spends a second or more importing before its handlers are in: a SIGHUP then ended it
+    (exit 129). The entry point keeps the request, and the daemon reloads once it runs."""
+    cfg = tmp_path / "sim.toml"
+    write_config(cfg, free_port(), tmp_path / "state", 4000)
+    log_path = tmp_path / "daemon.log"
+    argv = [sys.executable, "-c", "import sys; from controller.launch import main; sys.exit(main())", "run",
+            "--config", str(cfg), "--duration", "4"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            assert wait_for(lambda: catches_sighup(proc.pid), 10.0)
+            assert "wattscale running" not in log_path.read_text()  # still starting
+            proc.send_signal(signal.SIGHUP)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log_path.read_text()
+    assert "config reloaded: budget 4000 W, 3 services" in text and "Traceback" not in text, text

@@ -1,0 +1,20 @@
+"""The `wattscale` command's entry point, kept light: importing the rest takes a second or more, and a SIGHUP
+that reaches a starting `wattscale run` in that time (a reload asked at once) would end it, SIGHUP's default.
+Until the daemon installs its own handlers, the request is kept here, and the daemon reloads once it runs."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+RELOAD_ASKED = threading.Event()
+"""Set by a SIGHUP that came before the daemon's handler."""
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["run"]:  # only the daemon reloads; other commands keep SIGHUP's default
+        signal.signal(signal.SIGHUP, lambda *_: RELOAD_ASKED.set())
+    from controller.cli import main as cli_main
+
+    return cli_main()
