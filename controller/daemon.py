@@ -35,11 +35,11 @@ from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
-from controller.launch import RELOAD_ASKED
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
+from controller.startup import RELOAD_ASKED
 from controller.wiring import build_parts
 from tuner import Tuner
 
@@ -187,7 +187,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
-        if RELOAD_ASKED.is_set():  # asked while starting (controller/launch.py): done now
+        if RELOAD_ASKED.is_set():  # asked while starting (controller/launch.py keeps it): done now
             self.reload_event.set()
         scheduler = BackgroundScheduler()
         scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 
-RELOAD_ASKED = threading.Event()
-"""Set by a SIGHUP that came before the daemon's handler."""
+from controller.startup import RELOAD_ASKED
 
 
 def main() -> int:
