@@ -111,6 +111,15 @@ class NvmlDevices:
         except self.nvml.NVMLError_NotSupported:
             return None
 
+    def _telemetry(self, fn: Callable[[], Any]) -> Any:
+        """A reading the GPU, its driver (an older one lacks the function) or this user may not have: None then
+        (one such field must not lose the GPU's whole reading); any other error is raised translated."""
+        try:
+            return fn()
+        except (self.nvml.NVMLError_NotSupported, self.nvml.NVMLError_FunctionNotFound,
+                self.nvml.NVMLError_NoPermission):
+            return None
+
     def limits_w(self, index: int) -> tuple[float, float, float]:
         """(current, min, max) power limit in W."""
         nv, h = self.nvml, self._handle(index)
@@ -120,13 +129,13 @@ class NvmlDevices:
 
     def read(self, index: int) -> GpuReading:
         nv, h = self.nvml, self._handle(index)
-        opt = self._optional
+        opt = self._telemetry
         with self._errors(f"GPU {index}"):
             name = nv.nvmlDeviceGetName(h)
             uuid = nv.nvmlDeviceGetUUID(h)
             limit, low, high = self.limits_w(index)
             power = opt(lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
-            instant = opt(lambda: self._field_w(h, nv.NVML_FI_DEV_POWER_INSTANT))
+            instant = self._field_w(h, nv.NVML_FI_DEV_POWER_INSTANT)
             energy = opt(lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0)
             default = opt(lambda: nv.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000.0)
             enforced = opt(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0)
@@ -144,8 +153,12 @@ class NvmlDevices:
             None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp)
 
     def _field_w(self, handle: Any, field_id: int) -> float | None:
-        """A power field (mW) through nvmlDeviceGetFieldValues; None when the driver has no value for it."""
-        (value,) = self.nvml.nvmlDeviceGetFieldValues(handle, [field_id])
+        """A power field (mW) through nvmlDeviceGetFieldValues; None when the driver has no value for it, or the
+        read fails (a second reading beside the power usage: its error is no reason to lose the GPU's)."""
+        try:
+            (value,) = self.nvml.nvmlDeviceGetFieldValues(handle, [field_id])
+        except self.nvml.NVMLError:
+            return None
         if value.nvmlReturn != 0:
             return None
         return float(value.value.uiVal) / 1000.0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from actuators import ActuatorError
 from actuators.nvml import GpuReading, NvmlDevices
 from controller.telemetry.base import GpuSample, TelemetryError
+
+log = logging.getLogger(__name__)
 
 
 class NvmlGpuSource:
@@ -12,12 +16,15 @@ class NvmlGpuSource:
     there.
 
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
-    counts it at its cap); only a failure to enumerate the GPUs fails the whole sample."""
+    counts it at its cap); one never read is left out, logged once (its limits are unknown: a lost GPU at start
+    failed every sample, and the governor set no limit on the others); only a failure to enumerate the GPUs
+    fails the whole sample."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
         self.owners = owners
         self._last: dict[int, GpuReading] = {}
+        self._unread: set[int] = set()
 
     def readings(self) -> list[GpuReading | ActuatorError]:
         try:
@@ -42,7 +49,10 @@ class NvmlGpuSource:
                 continue
             last = self._last.get(index)
             if last is None:
-                raise TelemetryError(f"GPU {index}: {r} (and never read before)")
+                if index not in self._unread:
+                    log.warning("%s; never read, so left out of the governor's sample until it reads", r)
+                self._unread.add(index)
+                continue
             samples.append(GpuSample(index, last.uuid, last.name, None, None, last.power_limit_w, last.min_limit_w,
                                      last.max_limit_w, None, *self._owner(index)))
         return samples
