@@ -20,6 +20,26 @@ from queuemodels import Load
 from queuemodels.types import NAMES
 from tuner import Observation, Tuner, pair_key
 
+MAX_WINDOW_RPS = 100_000.0
+"""Most requests a second one service's window may report: past it a figure is a unit or counter mistake (the
+queue model's sizing of it took minutes and gigabytes)."""
+MAX_WINDOW_TOKENS = 1_000_000.0
+"""Longest mean prompt or output a window may report."""
+
+
+def window_problem(w: ServiceWindow) -> str | None:
+    """Why a window cannot be a load (a negative or absurd figure from a source); None where it can."""
+    if not (math.isfinite(w.rate_rps) and 0.0 <= w.rate_rps <= MAX_WINDOW_RPS):
+        return f"rate {w.rate_rps:g} rps outside [0, {MAX_WINDOW_RPS:g}]"
+    for name in ("in_tokens", "out_tokens"):
+        v = getattr(w, name)
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_TOKENS):
+            return f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
+    if not (math.isfinite(w.waiting) and w.waiting >= 0.0):
+        return f"waiting {w.waiting:g} below 0"
+    return None
+
+
 HOLD_CYCLES = 2
 """Slow cycles without a window a service is held through at the start (`Estimator.untold`)."""
 
@@ -59,6 +79,10 @@ class Estimator:
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
         if window is None:
             return "no window"  # keep the estimate
+        problem = window_problem(window)
+        if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
+            m.errors.labels("bad_window").inc()
+            return f"window refused: {problem}"
         self.waiting[svc.name] = window.waiting
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
@@ -68,9 +92,9 @@ class Estimator:
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
-        if window.in_tokens and window.out_tokens:
-            in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s, window.in_tokens,
-                                                    window.out_tokens)
+        if window.in_tokens and window.out_tokens:  # a mean under one token (requests that ended at once): one
+            in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s,
+                                                    max(window.in_tokens, 1.0), max(window.out_tokens, 1.0))
         self.load[svc.name] = svc.load(window.rate_rps + backlog, in_tokens, out_tokens)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))

@@ -431,3 +431,40 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
                                      "vllm_source: prometheus at 127.0.0.1:9 unreachable"]
     assert len([r for r in caplog.records if r.getMessage().startswith("vllm_source: prometheus")]) == 2
 
+
+
+@pytest.mark.parametrize(("edit", "verdict"), [
+    ({"rate_rps": -1.0}, "window refused: rate -1 rps outside [0, 100000]"),
+    ({"rate_rps": 1e8}, "window refused: rate 1e+08 rps outside [0, 100000]"),
+    ({"waiting": -1000.0}, "window refused: waiting -1000 below 0"),
+    ({"in_tokens": 1e12}, "window refused: in_tokens 1e+12 outside [0, 1e+06]"),
+    ({"out_tokens": 0.5}, None),  # a mean under one token: read as one, the cycle plans
+])
+def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
+        sim_config: Callable[..., Path], edit: dict[str, float], verdict: str | None) -> None:
+    """A negative rate or backlog, or a mean under one token, raised out of every slow tick (ModelInputError:
+    nothing planned, no record); a rate of 1e8 held one tick for minutes and gigabytes."""
+    settings = load_settings(sim_config())
+    ctl, advance, registry = sim_controller(settings)
+    real = ctl.vllm
+    records: list[dict[str, Any]] = []
+
+    class Kept(DecisionLog):
+        def write(self, record: dict[str, Any]) -> bool:
+            records.append(record)
+            return True
+
+    class Hostile:
+        def observe(self, now: float, services: list[str]) -> Any:
+            windows = real.observe(now, services)
+            return {name: dataclasses.replace(w, **edit) if name == "chat" else w for name, w in windows.items()}
+
+    ctl.vllm, ctl.decisions = Hostile(), Kept(None)  # type: ignore[assignment]
+    for t in (30.0, 60.0, 90.0):
+        advance(t)
+        ctl.tick_fast(t)
+        assert ctl.tick_slow(t) is not None  # planned
+    chat = records[-1]["services"]["chat"]
+    assert (chat["tuner"] == verdict) if verdict else not chat["tuner"].startswith("window refused"), chat
+    refused = registry.get_sample_value("wattscale_errors_total", {"kind": "bad_window"})
+    assert (refused or 0) >= 1 if verdict else refused is None  # (the first cycle has no window: a rate takes two)
