@@ -12,6 +12,7 @@ run in the background: `set_max_batch` returns at once, and a failure is raised 
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
@@ -133,7 +134,7 @@ def healthy(url: str, timeout_s: float) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return int(r.status) == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # a port that speaks no HTTP: not healthy
         return False
 
 

@@ -119,3 +119,21 @@ def test_scrape_over_http_from_the_real_time_emulator() -> None:
     dead = ScrapeVllmSource({"chat": (f"http://127.0.0.1:{port}/metrics",)}, {"chat": MODEL}, timeout_s=1.0,
                             on_error=lambda k, m: errors.append(m))
     assert dead.observe(0.0, ["chat"]) == {"chat": None} and "unreachable" in errors[0]
+
+
+def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> None:
+    """`le="fast"` (or no `le`), which the text parser accepts, raised out of `observe`: every service lost its
+    window, and those read before it lost theirs for good."""
+    host = _host()
+    pages = Pages(host)
+
+    def hostile(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        return page + f'vllm:time_to_first_token_seconds_bucket{{model_name="{MODEL}",le="fast"}} 3.0\n'
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=hostile)
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.ttft_p95_ms is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)

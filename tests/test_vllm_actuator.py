@@ -142,3 +142,23 @@ def test_config_with_the_vllm_backend_supervises_the_servers(tmp_path: Path) -> 
         assert flags(ports["code"])["max_num_seqs"] == 16
     finally:
         parts.batch.close()
+
+
+def test_a_health_port_that_speaks_no_http_is_not_healthy() -> None:
+    """`-ERR` on the health port (another server, a wrong port) raised http.client.BadStatusLine out of the
+    rollout: a traceback, no rollback, and `run` ended with its child still serving."""
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"-ERR unknown command\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        assert healthy(f"http://127.0.0.1:{port}/health", 2.0) is False

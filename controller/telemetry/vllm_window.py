@@ -71,7 +71,9 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
                 k = (series, COUNTERS[name[:-6]])
                 snap.counters[k] = snap.counters.get(k, 0.0) + s.value
             elif name.endswith("_bucket") and name[:-7] in HISTOGRAMS:
-                snap.hist_buckets[(series, HISTOGRAMS[name[:-7]], float(s.labels["le"]))] = s.value
+                le = _bound(s.labels.get("le"))
+                if le is not None:  # a bucket without a number for its bound is no bucket (not the page's end)
+                    snap.hist_buckets[(series, HISTOGRAMS[name[:-7]], le)] = s.value
             elif name.endswith("_sum") and name[:-4] in HISTOGRAMS:
                 snap.hist_sum[(series, HISTOGRAMS[name[:-4]])] = s.value
             elif name.endswith("_count") and name[:-6] in HISTOGRAMS:
@@ -80,6 +82,14 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
                 key = GAUGES[name]
                 snap.gauges[key] = snap.gauges.get(key, 0.0) + s.value
     return out
+
+
+def _bound(le: str | None) -> float | None:
+    """A histogram bucket's upper bound (`+Inf` included); None where the label is missing or no number."""
+    try:
+        return None if le is None else float(le)
+    except ValueError:
+        return None
 
 
 def _delta(new: float, old: float) -> float:
