@@ -29,6 +29,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
+from actuators import ActuatorError
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
 from controller.budget.settings import DemandResponseSettings
@@ -196,7 +197,11 @@ class Daemon:
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
         scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
-        self.parts.start()  # servers the daemon supervises are up before the loops start
+        try:
+            self.parts.start()  # servers the daemon supervises are up before the loops start
+        except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
+            self.parts.close()
+            raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         if self.budget is not None:  # its first step too in its own thread: an API's timeout delays no loop
             threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
         endpoints = self.signal_endpoints()

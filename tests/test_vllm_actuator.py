@@ -162,3 +162,31 @@ def test_a_health_port_that_speaks_no_http_is_not_healthy() -> None:
 
         threading.Thread(target=answer, daemon=True).start()
         assert healthy(f"http://127.0.0.1:{port}/health", 2.0) is False
+
+
+def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`run` raised TransientActuatorError with a traceback and left its vLLM children running (PPID 1)."""
+    import contextlib
+
+    from controller.cli import main
+
+    marker = f"never-healthy-{free_port()}"
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    text = text.replace('batch = "sim"', 'batch = "vllm"\nhealth_timeout_s = 1.0').replace("port = 9464", "port = 0")
+    text = text.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"')
+    command = json.dumps([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    for name in ("chat", "code", "batch-summaries"):
+        text = text.replace(f'name = "{name}"\n',
+                            f'name = "{name}"\nvllm_command = {command}\nvllm_ports = [{free_port()}]\n')
+    path = tmp_path / "host.toml"
+    path.write_text(text)
+    assert main(["run", "--config", str(path), "--duration", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "wattscale: actuators.batch: the vLLM servers did not start: chat:" in err and "Traceback" not in err
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if marker.encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+    assert left == [], f"vLLM children left running: {left}"
