@@ -195,20 +195,25 @@ class Daemon:
         d = s.daemon
         scheduler.add_job(self.fast, "interval", seconds=d.fast_interval_s, id="fast", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
-        scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
-                          coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
-        try:
-            self.parts.start()  # servers the daemon supervises are up before the loops start
-        except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
-            self.parts.close()
-            raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         if self.budget is not None:  # its first step too in its own thread: an API's timeout delays no loop
             threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
         endpoints = self.signal_endpoints()
         self.fast()
+        scheduler.start()  # the governor and the budget act while supervised servers start (minutes, for vLLM)
+        try:
+            self.parts.start()  # servers the daemon supervises are up before the slow loop plans
+        except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
+            self.stop_event.set()
+            scheduler.shutdown(wait=True)
+            for server in endpoints:
+                server.shutdown()
+                server.server_close()
+            self.parts.close()
+            raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
-        scheduler.start()
+        scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
         deadline = None if duration_s is None else time.monotonic() + duration_s

@@ -168,12 +168,16 @@ def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_pa
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """`run` raised TransientActuatorError with a traceback and left its vLLM children running (PPID 1)."""
     import contextlib
+    import time
 
     from controller.cli import main
+    from controller.config_loader import ConfigError
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
 
     marker = f"never-healthy-{free_port()}"
     text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
-    text = text.replace('batch = "sim"', 'batch = "vllm"\nhealth_timeout_s = 1.0').replace("port = 9464", "port = 0")
+    text = text.replace('batch = "sim"', 'batch = "vllm"\nhealth_timeout_s = 2.5').replace("port = 9464", "port = 0")
     text = text.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"')
     command = json.dumps([sys.executable, "-c", "import time; time.sleep(60)", marker])
     for name in ("chat", "code", "batch-summaries"):
@@ -181,6 +185,11 @@ def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_pa
                             f'name = "{name}"\nvllm_command = {command}\nvllm_ports = [{free_port()}]\n')
     path = tmp_path / "host.toml"
     path.write_text(text)
+    daemon = Daemon(path, load_settings(path))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^actuators\.batch: the vLLM servers did not start: chat:"):
+        daemon.run(5.0)
+    assert daemon.last_fast - started >= 1.0  # the governor ticked while the servers started (it waited for them)
     assert main(["run", "--config", str(path), "--duration", "5"]) == 2
     err = capsys.readouterr().err
     assert "wattscale: actuators.batch: the vLLM servers did not start: chat:" in err and "Traceback" not in err
