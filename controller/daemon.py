@@ -203,12 +203,7 @@ class Daemon:
         try:
             self.parts.start()  # servers the daemon supervises are up before the slow loop plans
         except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
-            self.stop_event.set()
-            scheduler.shutdown(wait=True)
-            for server in endpoints:
-                server.shutdown()
-                server.server_close()
-            self.parts.close()
+            self._shut_down(scheduler, endpoints)
             raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
@@ -228,12 +223,18 @@ class Daemon:
                 break
         self.notifier.stopping()
         log.info("stopping")
+        self._shut_down(scheduler, endpoints, worker)
+        return 0
+
+    def _shut_down(self, scheduler: BackgroundScheduler, endpoints: list[ThreadingHTTPServer],
+                   worker: threading.Thread | None = None) -> None:
+        """Stop the loops, the signal endpoints and the parts (the servers the daemon started among them)."""
         self.stop_event.set()
         self.slow_due.set()  # wakes the worker to see it
         scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
-        worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
+        if worker is not None:
+            worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
         for server in endpoints:
             server.shutdown()
             server.server_close()
         self.parts.close()
-        return 0

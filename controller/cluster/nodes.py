@@ -153,7 +153,8 @@ class NodePlans:
         for plan in plans:
             node, status = plan["metadata"]["name"], plan.get("status")
             status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
-            self.sequence.setdefault(node, self._read(node, plan).sequence)
+            if node not in self.sequence:  # read once, not each fast tick
+                self.sequence[node] = self._read(node, plan).sequence
             beat = status.get("beat")
             last = self.beats.get(node)
             if last is None or last[0] != beat:
