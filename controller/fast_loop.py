@@ -23,6 +23,7 @@ from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample, GpuSource
+from controller.telemetry.plausible import LimitCheck
 
 log = logging.getLogger("wattscale.governor")
 
@@ -93,6 +94,8 @@ class FastLoop:
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
         """GPUs seen before and missing from the last listing."""
+        self.limits = LimitCheck()
+        """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.series: dict[int, GpuSeries] = {}
         """GPU index -> its exported series, looked up once (a label lookup per GPU and series each tick cost more
         than the governor's step)."""
@@ -114,6 +117,7 @@ class FastLoop:
                        for g in self.gpus.sample(now)]  # a NaN or infinite reading is none, here for every reader
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
+            samples, unknown, problems = self.limits.check(samples)
         except Exception as exc:  # any source failure is survived; after a few, safe caps
             self.lost += 1
             self.draw_w = None  # nothing read: no draw to report, and no floor the governor saw reached
@@ -129,9 +133,14 @@ class FastLoop:
                 log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
             self.lost = 0
             self.metrics.failsafe.set(0.0)
+            for problem in problems:
+                self.on_error("gpu_limits", problem)
+            if self.limits.implausible > len(problems):
+                self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
             samples, missing = self._with_missing(samples)
             self.samples = samples
-            self._govern(now, samples, missing, self.plan)  # one plan for the whole tick, whatever the slow loop swaps
+            # one plan for the whole tick, whatever the slow loop swaps
+            self._govern(now, samples, missing | unknown, self.plan)
         self.cycle.observe(time.perf_counter() - started)
 
     def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
@@ -148,7 +157,9 @@ class FastLoop:
         self.seen.update((g.uuid, g) for g in samples)
         return samples + missing, frozenset(self.missing)
 
-    def _govern(self, now: float, samples: list[GpuSample], missing: frozenset[str], plan: Plan) -> None:
+    def _govern(self, now: float, samples: list[GpuSample], untouched: frozenset[str], plan: Plan) -> None:
+        """Count, govern and set the limits; `untouched` GPUs (missing from the listing, or of unknown limits) are
+        counted at their limit in force and not set."""
         m = self.metrics
         total = 0.0
         for g in samples:
@@ -168,9 +179,9 @@ class FastLoop:
         m.draw.set(total)
         self.draw_w = total
         self._record_draws(samples, plan)
-        pinned = missing | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
+        pinned = untouched | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
         limits = self.governor.step(samples, plan, pinned)
-        by_index = {g.index: g for g in samples if g.uuid not in missing}
+        by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
         # Decreases first: the rises were fitted around them, so none is made where a decrease failed.
@@ -182,7 +193,7 @@ class FastLoop:
             cuts = {g.uuid: w for g, w in lower}
             after = {g.uuid: applied.get(g.uuid) or cuts.get(g.uuid) or g.power_limit_w for g in samples}
             self.clocks.step(now, samples, plan, after,
-                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid], plan)), missing)
+                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid], plan)), untouched)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
     def _held_down(self, g: GpuSample, limit_w: float, plan: Plan) -> bool:

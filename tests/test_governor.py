@@ -353,3 +353,64 @@ def test_a_reading_past_what_the_gpu_can_draw_counts_at_that_most() -> None:
     assert PowerGovernor.accounted_w(g) == 700.0
     assert PowerGovernor.accounted_w(replace(g, power_w=float("nan"))) == 700.0  # none: its limit
     assert PowerGovernor.accounted_w(replace(g, power_w=420.0)) == 420.0
+
+
+class ListedPlant(StuckPlant):
+    """StuckPlant whose GPU 0 reports the limits `report` gives it, and whose every set succeeds."""
+
+    def __init__(self, min_w: float, max_w: float, limit_w: float | None = None) -> None:
+        super().__init__()
+        self.report = (min_w, max_w, limit_w)
+
+    def sample(self, now: float) -> list[GpuSample]:
+        first, second = super().sample(now)
+        low, high, limit = self.report
+        return [replace(first, power_w=None, min_limit_w=low, max_limit_w=high,
+                        power_limit_w=first.power_limit_w if limit is None else limit), second]
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        assert 0.0 <= watts <= 700.0, (gpu_index, watts)
+        self.limit_w[gpu_index] = watts
+        return watts
+
+
+def run_listed(plant: ListedPlant, ticks: int = 12) -> tuple[FastLoop, list[tuple[str, str]]]:
+    errors: list[tuple[str, str]] = []
+    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: errors.append((kind, message)))
+    fast.plan = Plan.of(1, {"lo": {"A100": 700.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    for t in range(1, ticks + 1):
+        fast.tick(float(t))
+        assert fast.draw_w is not None and fast.draw_w == fast.draw_w  # never NaN
+        assert sum(plant.limit_w.values()) <= 970.0 + 2.0 or plant.limit_w[0] == 500.0, (t, plant.limit_w)
+    return fast, errors
+
+
+def test_a_nan_limit_without_a_reading_counts_at_the_gpus_maximum_not_as_nan() -> None:
+    """DCGM's limit series NaN, the GPU unread: the sum was NaN, read as under budget, and GPU 1 rose to 700 W
+    beside a GPU that may draw 700 W. Now GPU 0 counts at its 700 W maximum and GPU 1 gets the rest."""
+    plant = ListedPlant(100.0, 700.0, float("nan"))
+    _, errors = run_listed(plant)
+    assert plant.limit_w[1] <= 970.0 - 100.0 + 1.0 and not errors  # GPU 0 is set (to its share): counted again
+
+
+def test_reversed_or_negative_limits_keep_the_last_plausible_pair_and_are_reported_once() -> None:
+    plant = ListedPlant(100.0, 700.0)
+    fast, errors = run_listed(plant, 3)
+    for bad in [(700.0, 100.0), (-50.0, 700.0), (100.0, float("inf")), (100.0, 1e9)]:
+        plant.report = (*bad, None)
+        for t in range(4, 8):
+            fast.tick(float(t))
+            assert all(0.0 <= w <= 700.0 for w in plant.limit_w.values())  # the plant asserts it too
+            assert sum(plant.limit_w.values()) <= 972.0
+            assert fast.samples[0].min_limit_w == 100.0 and fast.samples[0].max_limit_w == 700.0
+    assert [kind for kind, _ in errors] == ["gpu_limits"]  # once for the GPU, counted every tick
+    assert "700-100 W" in errors[0][1] and "its last limits, 100-700 W, are kept" in errors[0][1]
+
+
+def test_a_gpu_never_seen_with_plausible_limits_counts_at_the_others_maximum_and_is_not_set() -> None:
+    plant = ListedPlant(-1.0, float("nan"), 500.0)
+    _, errors = run_listed(plant)
+    assert plant.limit_w[0] == 500.0  # never set
+    assert plant.limit_w[1] <= 970.0 - 700.0 + 1.0  # GPU 0 counted at 700 W, the largest maximum beside it
+    assert len(errors) == 1 and "not set" in errors[0][1]
