@@ -107,16 +107,7 @@ class SystemdRunner:
         self.dropin_dir, self.systemctl, self.timeout_s = dropin_dir, systemctl, timeout_s
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
-        folder = self.dropin_dir / f"{replica.name}.d"
-        folder.mkdir(parents=True, exist_ok=True)
-        text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / "50-wattscale.conf")
+        self._write_dropin(replica, max_num_seqs)
         for args in (("daemon-reload",), ("restart", replica.name)):
             try:
                 done = subprocess.run([*self.systemctl, *args], capture_output=True, timeout=self.timeout_s)
@@ -125,6 +116,26 @@ class SystemdRunner:
             if done.returncode != 0:
                 raise PermanentActuatorError(f"{replica.name}: systemctl {' '.join(args)} failed: "
                                              f"{done.stderr.decode(errors='replace').strip()[:200]}")
+
+    def _write_dropin(self, replica: Replica, max_num_seqs: int) -> None:
+        """The drop-in, written whole or not at all (a failed write leaves no temporary file behind)."""
+        folder = self.dropin_dir / f"{replica.name}.d"
+        text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
+        tmp: str | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, folder / "50-wattscale.conf")
+        except OSError as exc:  # permissions, a read-only or full disk: the operator must act
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise PermanentActuatorError(f"{replica.name}: cannot write its drop-in in {folder}: "
+                                         f"{exc.strerror or exc}") from exc
 
     def close(self) -> None:
         pass
@@ -212,11 +223,17 @@ class VllmBatchSizer:
         self.runner.close()
 
     def _rollout(self, service: str, max_num_seqs: int) -> None:
+        """A rollout's thread: whatever fails is logged and raised on the service's next change, never lost with
+        the thread."""
         try:
             self._roll(service, max_num_seqs)
         except ActuatorError as exc:
             log.warning("%s", exc)
             self._failures[service] = exc
+        except Exception as exc:  # a runner's bug must not end the thread unrecorded
+            log.error("%s: the rollout to --max-num-seqs %d failed: %r", service, max_num_seqs, exc)
+            self._failures[service] = PermanentActuatorError(f"{service}: the rollout to --max-num-seqs "
+                                                             f"{max_num_seqs} failed: {exc!r}")
 
     def _roll(self, service: str, max_num_seqs: int) -> None:
         old = self.current[service]
@@ -224,18 +241,34 @@ class VllmBatchSizer:
         for r in self.replicas[service]:  # one at a time: the others keep serving
             if self._closing.is_set():
                 return
-            self.runner.restart(r, max_num_seqs)
             changed.append(r)
-            if not self._wait_healthy(r):
-                unhealthy = []
-                for back in reversed(changed):
-                    self.runner.restart(back, old)
-                    if not self._wait_healthy(back):
-                        unhealthy.append(back.name)
-                raise PermanentActuatorError(
-                    f"{service}: {r.name} did not come back healthy with --max-num-seqs {max_num_seqs} within "
-                    f"{self.health_timeout_s:.0f} s; rolled back to {old}"
-                    + (f", but {', '.join(unhealthy)} is not healthy either" if unhealthy else ""))
-            log.info("%s: %s restarted with --max-num-seqs %d", service, r.name, max_num_seqs)
+            try:
+                self.runner.restart(r, max_num_seqs)
+            except Exception as exc:  # an actuator error or a runner's bug: the replicas changed go back, never a
+                why = str(exc) if isinstance(exc, ActuatorError) else repr(exc)  # service half at each value
+            else:
+                if self._wait_healthy(r):
+                    log.info("%s: %s restarted with --max-num-seqs %d", service, r.name, max_num_seqs)
+                    continue
+                why = (f"{r.name} did not come back healthy with --max-num-seqs {max_num_seqs} within "
+                       f"{self.health_timeout_s:.0f} s")
+            unhealthy = self._put_back(changed, old)
+            raise PermanentActuatorError(f"{service}: {why}; rolled back to {old}"
+                                         + (f", but {', '.join(unhealthy)} is not healthy" if unhealthy else ""))
         self.current[service] = max_num_seqs
         self.actions.append(Action("max_num_seqs", service, max_num_seqs))
+
+    def _put_back(self, changed: list[Replica], old: int) -> list[str]:
+        """Restart the replicas changed so far at the old value, the last first; the names of those that do not
+        come back healthy (each is tried, whatever another does)."""
+        unhealthy = []
+        for back in reversed(changed):
+            try:
+                self.runner.restart(back, old)
+            except Exception as exc:
+                log.warning("%s: putting it back at %d failed: %r", back.name, old, exc)
+                unhealthy.append(back.name)
+                continue
+            if not self._wait_healthy(back):
+                unhealthy.append(back.name)
+        return unhealthy

@@ -199,3 +199,45 @@ def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_pa
             if marker.encode() in cmdline.read_bytes():
                 left.append(cmdline.parent.name)
     assert left == [], f"vLLM children left running: {left}"
+
+
+def test_a_drop_in_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """The drop-in folder's parent is a file (as a read-only /etc or a full disk would also refuse): an OSError
+    raised in the rollout thread ended it without a word, and the change was never reported."""
+    (tmp_path / "etc").write_text("not a folder")
+    runner = SystemdRunner(tmp_path / "etc", (sys.executable, "-c", "pass"))
+    with pytest.raises(PermanentActuatorError, match=r"vllm-chat@0\.service: cannot write its drop-in in .*etc"):
+        runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
+
+
+class FlakyRunner:
+    """Records restarts; the replica named in `fails` raises what `error` makes of it, once per value."""
+
+    supervises = False
+
+    def __init__(self, fails: str, error: Exception) -> None:
+        self.fails, self.error = fails, error
+        self.restarts: list[tuple[str, int]] = []
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        self.restarts.append((replica.name, max_num_seqs))
+        if replica.name == self.fails and max_num_seqs != 32:
+            raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [PermanentActuatorError("c1: systemctl restart failed"), OSError("bug")])
+def test_a_replica_that_fails_to_restart_puts_back_the_ones_changed_and_is_raised_next(error: Exception) -> None:
+    reps = tuple(Replica(f"c{i}", f"http://h/{i}") for i in range(3))
+    runner = FlakyRunner("c1", error)
+    sizer = VllmBatchSizer(runner, {"chat": reps}, {"chat": 32}, health_timeout_s=1.0, poll_s=0.01,
+                           probe=lambda url, timeout_s: True)
+    sizer.set_max_batch("chat", 64)
+    sizer.wait(5.0)
+    # c1 itself is put back too (a failed restart may have half-run), then c0: the service runs one value
+    assert runner.restarts == [("c0", 64), ("c1", 64), ("c1", 32), ("c0", 32)]
+    assert sizer.get_max_batch("chat").max_batch == 32
+    with pytest.raises(PermanentActuatorError, match=r"chat: .*(systemctl restart failed|bug)"):
+        sizer.set_max_batch("chat", 16)
