@@ -137,3 +137,25 @@ def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> No
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
     assert w is not None and w.ttft_p95_ms is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
+
+
+def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> None:
+    """A restart keeps the page's address and engine label, so the same series; its counters fall to zero. The
+    window was called steady, and the tuner learnt from a dark replica and a cold cache (Prometheus' source
+    reads resets() for this)."""
+    host = _host()
+    pages = Pages(host)
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=pages.fetch)
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    host.advance_to(50.0)
+    w = source.observe(50.0, ["chat"])["chat"]
+    assert w is not None and w.steady
+    engine = host.services["chat"].replicas[1].engine
+    engine.metrics = type(engine.metrics)(MODEL)  # the server came back: every counter from zero
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and not w.steady and w.replicas == 2
+    host.advance_to(110.0)
+    w = source.observe(110.0, ["chat"])["chat"]
+    assert w is not None and w.steady

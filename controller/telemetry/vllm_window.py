@@ -101,6 +101,12 @@ def _summed(new: dict[Key, float], old: dict[Key, float], figure: str) -> float:
     return sum(_delta(v, old.get(k, 0.0)) for k, v in new.items() if k[1] == figure)
 
 
+def _reset(new: dict[Key, float], old: dict[Key, float]) -> bool:
+    """Whether a series' counter fell: its engine restarted in the window (on the same address, so the series is
+    the same; what Prometheus' resets() counts)."""
+    return any(v < old[k] for k, v in new.items() if k in old)
+
+
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Prometheus' histogram_quantile on cumulative bucket deltas (linear within a bucket)."""
     edges = sorted(buckets)
@@ -156,6 +162,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         kv_usage=new.gauges.get("kv", 0.0) / max(1, len(new.engines)),
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
-        steady=new.engines == old.engines,
+        steady=new.engines == old.engines and not _reset(new.counters, old.counters)
+        and not _reset(new.hist_count, old.hist_count),
         queue_ms=mean("queue", 1000.0),
     )
