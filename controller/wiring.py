@@ -234,7 +234,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
     vllm: VllmSource
     models = {s.name: s.model for s in settings.services}
     if t.vllm_source == "prometheus":
-        vllm = PrometheusVllmSource(t.prometheus_url, models, t.window_s, t.timeout_s)
+        vllm = PrometheusVllmSource(t.prometheus_url, models, t.window_s, t.timeout_s, on_error=on_error)
     elif t.vllm_source == "scrape":
         urls = {s.name: s.metrics_urls for s in settings.services}
         vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error)

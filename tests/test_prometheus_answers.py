@@ -54,3 +54,44 @@ def test_a_restart_or_a_changed_replica_count_makes_the_window_unsteady(restarts
                                   fetch=lambda url, form, t: vector(*[v for v in [by_query[form["query"]]] if v]))
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.steady is steady
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"[]", "a JSON list"), (b'{"status":"success","data":[]}', "without a result list"),
+    (b'{"status":"success","data":{"result":[{"metric":{}}]}}', "not \\(labels, \\[time, value\\]\\)"),
+    (b'{"status":"success","data":{"result":[{"metric":{},"value":[1,"x"]}]}}', "not \\(labels"),
+    (b'{"status":"success","data":{"result":[{"metric":[],"value":[1,"2"]}]}}', "labels are no object"),
+])
+def test_an_answer_of_another_shape_is_one_error_naming_its_query(body: bytes, why: str) -> None:
+    """These raised AttributeError, KeyError or TypeError out of the source, naming no query."""
+    with pytest.raises(TelemetryError, match=f"prometheus: .*{why}.*for 'sum by .model_name. .*"):
+        instant_vector(body, "sum by (model_name) (rate(x[60s]))")
+
+
+def test_a_long_query_or_answer_is_quoted_short() -> None:
+    with pytest.raises(TelemetryError) as caught:
+        instant_vector(b'{"status":"error","error":"' + b"x" * 100_000 + b'"}', "q" * 10_000)
+    assert len(str(caught.value)) < 500 and str(caught.value).count(" characters)") == 2
+
+
+def test_one_unreadable_figure_loses_that_figure_alone_and_is_reported() -> None:
+    """A p95 query Prometheus refuses (a many-to-many match, a timeout) failed every service's window."""
+    answers = {"rate_rps": "4", "replicas": "2", "running": "3", "waiting": "0", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": "0", "replicas_before": "2", "ttft_s": "0.2"}
+    promql = queries(["m"], "60s")
+    broken = {promql["ttft_p95_s"], promql["restarts"]}
+    errors: list[tuple[str, str]] = []
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] in broken:
+            return b'{"status":"error","errorType":"execution","error":"many-to-many matching not allowed"}'
+        return vector(*[v for v in [answers.get(k) for k, q in promql.items() if q == form["query"]] if v])
+
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, fetch=fetch, on_error=lambda *e: errors.append(e))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == 4.0 and w.ttft_ms == pytest.approx(200.0) and w.ttft_p95_ms is None
+    assert not w.steady  # whether a server restarted is not known
+    assert [k for k, _ in errors] == ["prometheus", "prometheus"] and "many-to-many" in errors[0][1]
+    broken.add(promql["rate_rps"])
+    with pytest.raises(TelemetryError, match="many-to-many"):  # without the rate no service has a window
+        source.observe(1.0, ["chat"])

@@ -159,3 +159,12 @@ def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> N
     host.advance_to(110.0)
     w = source.observe(110.0, ["chat"])["chat"]
     assert w is not None and w.steady
+
+
+def test_a_page_of_one_huge_bad_line_is_quoted_short() -> None:
+    errors: list[str] = []
+    source = ScrapeVllmSource({"chat": ("http://x/metrics",)}, {"chat": MODEL},
+                              fetch=lambda url, t: "vllm:x{" + "a" * 1_000_000 + "\n",
+                              on_error=lambda k, m: errors.append(m))
+    assert source.observe(1.0, ["chat"]) == {"chat": None}
+    assert len(errors) == 1 and "not a Prometheus text page" in errors[0] and len(errors[0]) < 300

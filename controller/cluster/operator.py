@@ -192,7 +192,9 @@ class ClusterLoop:
         batch = GuardedBatch(KubernetesBatchSizer(self.client, self.deployments.batch_targets,
                                                   {x.name: x.initial_max_batch for x in s.services}), may_act)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
-        c = Controller(s, plans, self._vllm(s), plans, batch, replicas, tuner, self.metrics, self.decisions)
+        vllm = self._vllm(s)
+        c = Controller(s, plans, vllm, plans, batch, replicas, tuner, self.metrics, self.decisions)
+        vllm.on_error = c.error  # its lost figures counted by the controller they feed
         plans.ensure(p.node_selector)
         pods = self.deployments.pods()
         if pods is not None:
@@ -244,9 +246,10 @@ class ClusterLoop:
         return time.monotonic() + self.offset
 
 
-    def _vllm(self, s: Settings) -> PrometheusVllmSource:
+    def _vllm(self, s: Settings, on_error: Callable[[str, str], None] | None = None) -> PrometheusVllmSource:
         t = s.telemetry
-        return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s)
+        return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s,
+                                    on_error=on_error)
 
     def stand_down(self, release: bool, now: float) -> None:
         """Stop acting: on the policy's deletion the agents are told to restore default limits; on an exit or a
@@ -328,7 +331,7 @@ class ClusterLoop:
                 self.budget.restart(res.settings, c, self._now)
             self.deployments.target(res.settings)
             if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
-                c.vllm = self._vllm(res.settings)
+                c.vllm = self._vllm(res.settings, c.error)
             c.reconfigure(res.settings)
         if res is not None and res.policy is not None and may_act():
             plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,

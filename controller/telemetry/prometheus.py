@@ -3,13 +3,17 @@ figure for all services' models at once (grouped by `model_name`).
 
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
 (no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency. A
-Prometheus that cannot be reached, answers an HTTP error or an error envelope fails the whole observation
-with one `TelemetryError` (the controller counts it and keeps its last plan).
+Prometheus that cannot be reached or answers an HTTP error fails the whole observation with one
+`TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot be read (an error
+envelope, a wrong shape: `BadAnswer`, naming its query) loses that figure alone, reported to `on_error`; only
+the figures every window needs (`CORE`) fail the whole observation, and a window whose restart figures were
+lost is not called steady.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import urllib.parse
@@ -18,7 +22,21 @@ from collections.abc import Callable
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError
 
+log = logging.getLogger(__name__)
+
 Fetch = Callable[[str, dict[str, str], float], bytes]
+CORE = frozenset({"rate_rps", "replicas"})
+"""Figures without which no service has a window."""
+SHOWN_CHARS = 160
+"""How much of a query or an answer a message quotes."""
+
+
+class BadAnswer(TelemetryError):
+    """Prometheus answered, but not an instant vector this source can read."""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"... ({len(text)} characters)"
 
 
 def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
@@ -67,18 +85,31 @@ def queries(models: list[str], window: str) -> dict[str, str]:
 
 def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]]:
     """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
-    observation). An error envelope or a body that is not JSON raises TelemetryError."""
+    observation). An error envelope, a body that is not JSON or JSON of another shape raises BadAnswer."""
     try:
         doc = json.loads(body)
     except ValueError as exc:
-        raise TelemetryError(f"prometheus: not JSON for {query!r}") from exc
-    if doc.get("status") != "success":
-        raise TelemetryError(f"prometheus: {doc.get('errorType', 'error')}: {doc.get('error', '?')} for {query!r}")
+        raise BadAnswer(f"prometheus: not JSON for {_short(query)!r}") from exc
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        why = (f"{doc.get('errorType', 'error')}: {doc.get('error', '?')}" if isinstance(doc, dict)
+               else f"a JSON {type(doc).__name__}")
+        raise BadAnswer(f"prometheus: {_short(str(why))} for {_short(query)!r}")
+    data = doc.get("data")
+    result = data.get("result", []) if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise BadAnswer(f"prometheus: an answer without a result list for {_short(query)!r}")
     out = []
-    for item in doc.get("data", {}).get("result", []):
-        value = float(item["value"][1])
+    for item in result:
+        try:
+            labels, (_, text) = item["metric"], item["value"]
+            value = float(text)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise BadAnswer(f"prometheus: a series that is not (labels, [time, value]) for {_short(query)!r}: "
+                            f"{_short(json.dumps(item))}") from exc
+        if not isinstance(labels, dict):
+            raise BadAnswer(f"prometheus: a series whose labels are no object for {_short(query)!r}")
         if math.isfinite(value):
-            out.append((dict(item["metric"]), value))
+            out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out
 
 
@@ -105,8 +136,11 @@ class PrometheusVllmSource:
     """Reads each service's figures from Prometheus at the controller's time."""
 
     def __init__(self, url: str, models: dict[str, str], window_s: float = 60.0, timeout_s: float = 5.0,
-                 fetch: Fetch = http_post, wall_time: Callable[[float], float] | None = None) -> None:
+                 fetch: Fetch = http_post, wall_time: Callable[[float], float] | None = None,
+                 on_error: Callable[[str, str], None] | None = None) -> None:
         self.api = PrometheusApi(url, timeout_s, fetch)
+        self.on_error = on_error or (lambda kind, message: log.warning("%s: %s", kind, message))
+        """Where a figure lost to an unreadable answer is reported (the controller counts and logs it)."""
         self.models = models
         self.window_s = window_s
         self.wall_time = wall_time
@@ -116,9 +150,18 @@ class PrometheusVllmSource:
         at = self.wall_time(now) if self.wall_time else None
         models = sorted({self.models[s] for s in services if s in self.models})
         answers: dict[str, dict[str, float]] = {}
+        lost: set[str] = set()
         if models:
-            window = f"{round(self.window_s)}s"
-            answers = {k: by_model(self.api.query(q, at)) for k, q in queries(models, window).items()}
+            for figure, promql in queries(models, f"{round(self.window_s)}s").items():
+                try:
+                    answers[figure] = by_model(self.api.query(promql, at))
+                except BadAnswer as exc:
+                    if figure in CORE:
+                        raise
+                    self.on_error("prometheus", str(exc))
+                    answers[figure] = {}
+                    lost.add(figure)
+        unsure = bool(lost & {"restarts", "replicas_before"})
         out: dict[str, ServiceWindow | None] = {}
         for name in services:
             model = self.models.get(name)
@@ -140,5 +183,6 @@ class PrometheusVllmSource:
                 out_tokens=v["out_tokens"], ttft_ms=ms("ttft_s"), itl_ms=ms("itl_s"), ttft_p95_ms=ms("ttft_p95_s"),
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
-                steady=not v["restarts"] and v["replicas_before"] in (None, replicas), queue_ms=ms("queue_s"))
+                steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
+                queue_ms=ms("queue_s"))
         return out

@@ -21,6 +21,8 @@ from controller.telemetry.vllm_window import Snapshot, snapshots, window
 
 log = logging.getLogger(__name__)
 
+SHOWN_CHARS = 160
+"""How much of the parser's complaint a message quotes."""
 FetchPage = Callable[[str, float], str]
 OnError = Callable[[str, str], None]
 
@@ -41,7 +43,9 @@ def parse_page(text: str, instance: str) -> list[Metric]:
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:
-        raise TelemetryError(f"scrape: {instance}: not a Prometheus text page ({exc})") from exc
+        why = str(exc)  # the parser quotes the whole line it stopped at: a page may be one line of 16 MiB
+        raise TelemetryError(f"scrape: {instance}: not a Prometheus text page "
+                             f"({why[:SHOWN_CHARS]}{'...' if len(why) > SHOWN_CHARS else ''})") from exc
     for fam in families:
         fam.samples = [s._replace(labels={**s.labels, "instance": instance}) for s in fam.samples]
     return families
