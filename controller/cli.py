@@ -102,7 +102,10 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.fit_power and not args.accelerator:
         raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
-    prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms)
+    if args.family == "gen2" and args.delta_ms is not None:
+        raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
+    delta_ms = 0.0 if args.family == "gen2" else 0.05 if args.delta_ms is None else args.delta_ms
+    prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms)
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations),
                                 None if prof is None else (prof.min_power_w, prof.max_power_w))

@@ -67,6 +67,13 @@ def file(text: str) -> str:
     return text
 
 
+def accelerator(text: str) -> str:
+    """An argparse type: an accelerator of the catalogue, by name."""
+    if text not in CATALOG:
+        raise argparse.ArgumentTypeError(f"unknown {text!r}, expected one of {ACCELERATORS}")
+    return text
+
+
 def whole(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in low..high."""
 
@@ -138,7 +145,8 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
                         "and observation files; -1: unbounded")
     a.add_argument("--power-cap-w", type=number(0.0, 10_000.0, low_open=True), default=None, metavar="W",
                    help="GPU power cap (W); needs --accelerator")
-    a.add_argument("--accelerator", default=None, metavar="NAME", help=f"power profile: {ACCELERATORS}")
+    a.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
+                   help=f"power profile: {ACCELERATORS}")
     a.add_argument("--ttft-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
                    help="time-to-first-token objective (ms); with --itl-slo-ms, max_rate_rps is reported")
     a.add_argument("--itl-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
@@ -156,9 +164,10 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
     _model_args(t)
     for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
         low_open = name == "alpha-ms"
-        t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), default=default, metavar="MS",
+        t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
+                       default=None if name == "delta-ms" else default,  # gen2 has none: given, it is refused
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
-    t.add_argument("--accelerator", default=None, metavar="NAME",
+    t.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile, needed when rows carry power caps or draws: {ACCELERATORS}")
     t.add_argument("--fit-power", action="store_true",
                    help="also fit the prefill power sensitivity (needs --accelerator)")

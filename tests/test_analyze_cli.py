@@ -84,7 +84,7 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
                                                 "max_batch 64 saturates at 18.1665 rps"),
     (["--rate-rps", "500", "--max-queue", "-1"], "--rate-rps: 500 has no stationary solution with an unbounded queue: "
                                                  "max_batch 64 saturates at 18.1665 rps"),
-    (["--accelerator", "B300"], "--accelerator: unknown 'B300'"),
+    (["--family", "gen2"], "--delta-ms: gen2 has no per-token prefill term"),  # was silently ignored
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
     (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
      "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),
@@ -105,6 +105,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture
     (["--max-batch", "1000000000"], "argument --max-batch: must be in 1..4096, got '1000000000'"),
     (["--max-queue", "-7"], "argument --max-queue: must be in -1..1000000, got '-7'"),
     (["--power-cap-w", "nan"], "argument --power-cap-w: must be a finite number in (0, 10000]"),
+    (["--accelerator", "B300"], "argument --accelerator: unknown 'B300', expected one of A100-SXM4, H100-PCIe"),
 ])
 def test_a_bad_option_is_refused_by_argparse_in_one_line(capsys: pytest.CaptureFixture[str], args: list[str],
                                                          message: str) -> None:

@@ -105,3 +105,22 @@ def test_tune_json_writes_figures_it_does_not_have_as_null(tmp_path: Path,
 
     doc = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert doc["error_one_step_ahead"]["median_ttft"] is None
+
+
+def test_a_gen2_prior_with_a_per_token_prefill_term_is_refused_and_without_one_fitted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gen2 has no delta: `--delta-ms` was taken and silently dropped."""
+    path = tmp_path / "rows.csv"
+    path.write_text(f"{HEADER}\n{ROW}\n")
+    assert main(["tune", str(path), "--family", "gen2", "--delta-ms", "0.1"]) == 2
+    assert "--delta-ms: gen2 has no per-token prefill term" in one_line(capsys)
+    assert main(["tune", str(path), "--family", "gen2", "--gamma-ms", "0.002", "--json"]) == 0
+    assert "delta_ms" not in json.loads(capsys.readouterr().out)["params"]
+
+
+def test_an_unknown_accelerator_is_named_as_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text(f"{HEADER}\n{ROW}\n")
+    with pytest.raises(SystemExit):
+        main(["tune", str(path), "--accelerator", "H999"])
+    assert "argument --accelerator: unknown 'H999', expected one of A100-SXM4" in one_line(capsys)
