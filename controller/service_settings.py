@@ -51,8 +51,8 @@ class PriorSettings:
     """Decode step time per sequence in the batch (ms)."""
     gamma_ms: float = 20.0
     """Prefill base time (ms)."""
-    delta_ms: float = 0.05
-    """Prefill time per prompt token and sequence (ms)."""
+    delta_ms: float | None = None
+    """Prefill time per prompt token and sequence (ms); unset: 0.05 (gen1 and step; gen2 has no such term)."""
     kappa_ms: float = 0.0
     """Step family: decode time per sequence per token of context (ms); 0: the tuner starts from 1e-4."""
     epsilon_ms: float = 0.0
@@ -62,7 +62,9 @@ class PriorSettings:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
-        check_range(self, where, ("beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        if self.delta_ms is not None:
+            check_range(self, where, ("delta_ms",), 0.0, MAX_STEP_MS)
         try:  # the model's own checks (a term between 0 and LEAST_TERM leaves the tuner no room between its bounds)
             self.params()
         except ModelInputError as exc:
@@ -70,7 +72,8 @@ class PriorSettings:
             raise ConfigError(f"{where}.{name}", why) from None
 
     def params(self) -> ServiceParams:
-        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, self.delta_ms, self.kappa_ms,
+        delta_ms = self.delta_ms if self.delta_ms is not None else 0.0 if self.family == "gen2" else 0.05
+        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, delta_ms, self.kappa_ms,
                              self.epsilon_ms)
 
 

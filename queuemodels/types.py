@@ -100,6 +100,8 @@ class ServiceParams:
             value = getattr(self, name)
             if 0.0 < value < LEAST_TERM:
                 raise ModelInputError(f"{name}: must be 0 or at least {LEAST_TERM:g}, got {value!r}")
+            if value and name not in NAMES[self.family]:  # a term the family never reads: silently dropped
+                raise ModelInputError(f"{name}: the {self.family} family has no such term, got {value!r}")
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""
