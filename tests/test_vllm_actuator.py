@@ -241,3 +241,33 @@ def test_a_replica_that_fails_to_restart_puts_back_the_ones_changed_and_is_raise
     assert sizer.get_max_batch("chat").max_batch == 32
     with pytest.raises(PermanentActuatorError, match=r"chat: .*(systemctl restart failed|bug)"):
         sizer.set_max_batch("chat", 16)
+
+
+def test_a_health_answer_trickled_a_byte_at_a_time_is_not_healthy_within_the_probes_time() -> None:
+    """urllib's timeout bounds each read: a server sending its answer a byte every 0.2 s held `healthy` for the
+    whole answer, and a rollout's probe with it. The daemon's probe bounds the whole answer."""
+    import threading
+    import time
+
+    from controller.wiring import healthy_within
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"x" * 40 + b"\r\n\r\nok"
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5.0)
+    port = server.getsockname()[1]
+
+    def trickle() -> None:
+        with server, server.accept()[0] as conn:
+            for byte in answer:
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    assert not healthy_within(f"http://127.0.0.1:{port}/health", 1.0)
+    assert time.monotonic() - started < 3.0
+    thread.join(15.0)
