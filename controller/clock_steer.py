@@ -79,11 +79,11 @@ class ClockSteer:
                 self.suspect.discard(g.index)
                 self.retry.succeeded(target)
             except PermanentActuatorError as exc:
-                self._fall_back(f"GPU {g.index}: {exc}")
+                self._fall_back(_about(g.index, exc))
                 return
             except Exception as exc:  # any other failure of a backend is survived as a transient one
                 error = exc if isinstance(exc, ActuatorError) else \
-                    TransientActuatorError(f"GPU {g.index}: {exc!r}", delay_s=1.0)
+                    TransientActuatorError(_about(g.index, repr(exc)), delay_s=1.0)
                 self.metrics.actuations.labels(self.locker.name, "locked_clock", "error").inc()
                 self.metrics.errors.labels("clock_actuator").inc()
                 self.known.discard(g.index)  # a lock may have been set and failed its read-back
@@ -118,3 +118,9 @@ class ClockSteer:
         self.locked.clear()
         self.shed.holds.clear()
         self.held_series.set(0)
+
+
+def _about(index: int, error: object) -> str:
+    """An error's message naming its GPU once (a backend's own messages may already: "GPU 5 lock clocks: ...")."""
+    text = str(error)
+    return text if text.lower().startswith(f"gpu {index}") else f"GPU {index}: {text}"

@@ -97,6 +97,7 @@ def test_gpus_without_locked_clocks_leave_the_daemon_on_caps_alone(sim_config: C
             ctl.tick_fast(float(t))
     assert ctl.clock_levels() == (1.0,) and ctl.fast.clocks is not None
     assert "not supported" in (ctl.fast.clocks.off or "")
+    assert (ctl.fast.clocks.off or "").startswith("GPU 0 ") and "GPU 0: GPU 0" not in ctl.fast.clocks.off  # once
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) == 1.0
     assert sum("running on power caps alone" in r.getMessage() for r in caplog.records) == 1
     assert all(g.locked_mhz is None for g in fake.gpus)  # what was locked before the fall-back is unlocked
