@@ -16,7 +16,6 @@ import os
 import signal
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from apscheduler.events import (
@@ -30,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
 from actuators import ActuatorError
+from controller.bounded_server import BoundedServer
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
 from controller.budget.settings import DemandResponseSettings
@@ -128,7 +128,7 @@ class Daemon:
         while not self.stop_event.wait(self.settings.daemon.fast_interval_s):
             self.step_budget()
 
-    def signal_endpoints(self) -> list[ThreadingHTTPServer]:
+    def signal_endpoints(self) -> list[BoundedServer]:
         """The demand-response sources' loopback endpoints, where they name a port."""
         servers = []
         for name, source in self.settings.budget.sources if self.settings.budget is not None else ():
@@ -226,7 +226,7 @@ class Daemon:
         self._shut_down(scheduler, endpoints, worker)
         return 0
 
-    def _shut_down(self, scheduler: BackgroundScheduler, endpoints: list[ThreadingHTTPServer],
+    def _shut_down(self, scheduler: BackgroundScheduler, endpoints: list[BoundedServer],
                    worker: threading.Thread | None = None) -> None:
         """Stop the loops, the signal endpoints and the parts (the servers the daemon started among them)."""
         self.stop_event.set()

@@ -203,3 +203,38 @@ def test_a_top_level_budget_table_is_refused(sim_config: Callable[..., Path]) ->
     path.write_text(path.read_text() + "\n[budget]\nsafe_budget_w = 1000\n")
     with pytest.raises(ConfigError, match=r"^budget: unknown key: budget sources go in \[power\.budget\]"):
         load_settings(path)
+
+
+def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read had a 10 s timeout, so a client sending a byte every few seconds held its connection and its
+    thread for as long as it liked, and any number of them. Now a connection is cut REQUEST_S after accept (at
+    most MAX_CLIENTS at once), counted as a client gone, and a signal gets through meanwhile."""
+    import time
+
+    from controller.budget.endpoint import serve_signals
+
+    port, path, drops = free_port(), tmp_path / "signal.json", []
+    server = serve_signals(str(path), port, lambda: drops.append(1))
+    monkeypatch.setattr(server, "request_s", 1.0)
+    deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.6:
+            slow.sendall(b"X")
+            time.sleep(0.2)
+        body = json.dumps({"budget_w": 2400, "deadline": deadline}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body),
+                                    timeout=5) as answer:
+            assert answer.status == 200 and path.exists()
+        assert slow.recv(4096) == b"" and time.monotonic() - t0 < 3.0  # cut, unanswered
+        slow.close()
+        until = time.monotonic() + 5.0
+        while not drops and time.monotonic() < until:
+            time.sleep(0.02)
+        assert drops
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -333,9 +333,7 @@ def test_a_client_that_sends_a_byte_a_second_holds_up_no_agent(served: PlanServe
     import socket
     import time
 
-    import controller.cluster.plan_server as plan_server_module
-
-    monkeypatch.setattr(plan_server_module, "REQUEST_S", 1.5)
+    monkeypatch.setattr(served.server, "request_s", 1.5)
     slow = socket.create_connection(("127.0.0.1", served.port), timeout=5)
     slow.sendall(b"GET /readyz HTTP/1.1\r\n")
     t0 = time.monotonic()

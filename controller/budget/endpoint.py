@@ -9,39 +9,40 @@ a grid-event script lowers the budget with one request:
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from controller import strict_json
+from controller.bounded_server import REQUEST_S, BoundedServer, serve_in_thread
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
 
 log = logging.getLogger(__name__)
 
 
-CLIENT_TIMEOUT_S = 10.0
-"""How long one client may take to send its request: a client that names a body and sends none holds no thread
-for longer (http.server closes it quietly)."""
+MAX_CLIENTS = 16
+"""Connections served at once (a signal is one short request from one system; more are closed unanswered)."""
 
 
-def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None) -> ThreadingHTTPServer:
-    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. A client that
-    hangs up before its answer is counted through `dropped` each time and logged the first time."""
+def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None) -> BoundedServer:
+    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
+    (controller.bounded_server): a connection is cut REQUEST_S after it was accepted, however it sends, and at
+    most MAX_CLIENTS are served at once. A client gone before its answer is counted through `dropped` each time
+    and logged the first time."""
     logged = threading.Event()
 
     def hung_up(why: str) -> None:
         dropped()
         if not logged.is_set():
             logged.set()
-            log.warning("demand-response endpoint: a client %s before its answer (counted in wattscale_errors"
+            log.warning("demand-response endpoint: a client %s (counted in wattscale_errors"
                         "{kind=\"signal_client\"}; logged once)", why)
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = CLIENT_TIMEOUT_S
+        timeout = REQUEST_S  # each read's; the connection's whole time is the server's cut
 
         def log_message(self, *args: Any) -> None:
             pass  # the source logs what a signal changes
@@ -73,16 +74,6 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
         def do_GET(self) -> None:
             self._answer("GET")
 
-    class Server(ThreadingHTTPServer):
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            """A hang-up, while the request is read or the answer written: counted, not socketserver's
-            traceback on stderr (the daemon's log); anything else as before."""
-            if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-                hung_up("hung up")
-            else:
-                super().handle_error(request, client_address)
-
-    server = Server(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="wattscale-signal", daemon=True).start()
+    server = BoundedServer(("127.0.0.1", port), Handler, hung_up, MAX_CLIENTS)
+    serve_in_thread(server, "wattscale-signal")
     return server

@@ -8,27 +8,25 @@ the agent's ServiceAccount, and serves only the node the token names in its
 account or another node. Answers are cached `cache_s` so the API is not asked at every agent step. Only the
 Lease holder serves (503 elsewhere); `/readyz` says the same, so the Service routes to the leader.
 
-Bounded: a thread per connection, at most MAX_CLIENTS at once (more are closed unanswered), each cut after
-REQUEST_S whatever it sends (a client that sends a byte a second holds no agent's request up), GET only with no
-body, a header of bounded size.
+Bounded (controller.bounded_server): a thread per connection, at most MAX_CLIENTS at once (more are closed
+unanswered), each cut after REQUEST_S (a TokenReview's wait included) whatever it sends (a client that sends a
+byte a second holds no agent's request up), GET only with no body, a header of bounded size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from controller import strict_json
+from controller.bounded_server import BoundedServer, serve_in_thread
 from controller.cluster.resources import GROUP, VERSION
 
 log = logging.getLogger("wattscale.operator")
@@ -40,10 +38,6 @@ MAX_CACHED = 1024
 FAILED_REVIEW_S = 5.0
 """How long a TokenReview that failed (the API unreachable) answers 503 for its token before it is asked again:
 with the API down, one request per token waits on it, not every one."""
-MAX_CLIENTS = 256
-"""Connections served at once."""
-REQUEST_S = 10.0
-"""Longest one connection is served, from accept to answer (a TokenReview's timeout included)."""
 
 
 class Refused(Exception):
@@ -130,11 +124,9 @@ class PlanServer:
         self.reviewer = reviewer
         self.source: tuple[PlanOf, Callable[[], bool]] | None = None
         self.lock = threading.Lock()
-        self.server = _Server((listen, port), _handler(self, timeout_s))
+        self.server = BoundedServer((listen, port), _handler(self, timeout_s))
         self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       daemon=True, name="plan-server")
-        self.thread.start()
+        self.thread = serve_in_thread(self.server, "plan-server")
         log.info("serving node plans on %s:%d", listen, self.port)
 
     def attach(self, plan_of: PlanOf, serving: Callable[[], bool]) -> None:
@@ -181,51 +173,6 @@ class PlanServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(2.0)
-
-
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CLIENTS of them, each connection shut after REQUEST_S; a client gone
-    before its answer is no traceback."""
-
-    daemon_threads = True
-    block_on_close = False  # close() waits for no client: each is cut within REQUEST_S anyway
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
-        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: its slot is free again
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        timer = threading.Timer(REQUEST_S, _cut, (request,))
-        try:
-            timer.start()
-        except RuntimeError:  # no thread left for the cut (a flood): not served, its slot freed
-            self.shutdown_request(request)
-            self.slots.release()
-            return
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            timer.cancel()
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # a hang-up, a reset or the cut: nothing to say
-            super().handle_error(request, client_address)
-
-
-def _cut(request: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # closed meanwhile
-        request.shutdown(socket.SHUT_RDWR)  # ends the handler's read or write at once
 
 
 def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler]:

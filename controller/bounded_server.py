@@ -1,0 +1,82 @@
+"""The HTTP server behind every endpoint wattscale listens on (the operator's plan endpoint, the daemon's
+demand-response endpoint), bounded so no client can hold it.
+
+`http.server` bounds each socket read, not a request: a client that sends a byte a second holds its thread for as
+long as it likes, and a single-threaded server with it. Here each connection has a thread of its own, at most
+`max_clients` at once (more are closed unanswered), and is shut `request_s` after it was accepted whatever it is
+doing. A client gone before its answer (a hang-up, a reset, the cut) is reported to `hung_up`, never as
+socketserver's traceback on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MAX_CLIENTS = 256
+"""Connections served at once."""
+REQUEST_S = 10.0
+"""Longest one connection is served, from accept to answer."""
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_clients` of them, each connection shut after `request_s`."""
+
+    daemon_threads = True
+    block_on_close = False  # close() waits for no client: each is cut within request_s anyway
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 hung_up: Callable[[str], None] = lambda why: None, max_clients: int = MAX_CLIENTS,
+                 request_s: float = REQUEST_S) -> None:
+        super().__init__(address, handler)
+        self.hung_up, self.request_s = hung_up, request_s
+        """`hung_up`: told how each client went before its answer (the caller counts and logs)."""
+        self.slots = threading.BoundedSemaphore(max_clients)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(self.request_s, _cut, (request,))
+        try:
+            timer.start()
+        except RuntimeError:  # no thread left for the cut (a flood): not served, its slot freed
+            self.shutdown_request(request)
+            self.slots.release()
+            return
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a hang-up, a reset or the cut
+            self.hung_up(f"went before its answer ({type(error).__name__}, or cut after {self.request_s:g} s)")
+        else:
+            super().handle_error(request, client_address)
+
+
+def _cut(request: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        request.shutdown(socket.SHUT_RDWR)  # ends the handler's read or write at once
+
+
+def serve_in_thread(server: BoundedServer, name: str) -> threading.Thread:
+    """Serve until `server.shutdown()`, in a daemon thread of its own."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name=name)
+    thread.start()
+    return thread
