@@ -36,7 +36,8 @@ def test_a_signal_lowers_the_budget_until_its_deadline(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("doc", "message"), [
     ("{not json", "unreadable"),
-    (json.dumps({**SIGNAL, "budget_w": 0}), "budget_w must be > 0"),
+    (json.dumps({**SIGNAL, "budget_w": 0}), "budget_w must be at least 1 W"),
+    (json.dumps({**SIGNAL, "budget_w": 1e-300}), "budget_w must be at least 1 W .*got 1e-300"),
     (json.dumps({**SIGNAL, "deadline": "2026-12-01T15:30:00"}), "no offset"),
     (json.dumps({**SIGNAL, "until": "x"}), "unknown key 'until'"),
     (json.dumps({"deadline": SIGNAL["deadline"]}), "budget_w"),

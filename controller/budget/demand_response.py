@@ -61,8 +61,8 @@ def parse_signal(doc: Any, what: str) -> DemandSignal:
     if unknown:
         raise MalformedAnswer(f"{what}: unknown key {unknown[0]!r} (expected {sorted(KEYS)})")
     budget_w = number(doc.get("budget_w"), f"{what}: budget_w")
-    if budget_w <= 0:
-        raise MalformedAnswer(f"{what}: budget_w must be > 0, got {budget_w}")
+    if budget_w < 1.0:  # below a watt no site runs: 1e-300 was taken, and logged as "0 W"
+        raise MalformedAnswer(f"{what}: budget_w must be at least 1 W (1: every GPU at its floor), got {budget_w:g}")
     reason = doc.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
         raise MalformedAnswer(f"{what}: reason must be a printable string of at most 200 characters (it is logged)")
