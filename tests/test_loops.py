@@ -34,6 +34,18 @@ from controller.wiring import build_parts
 from tuner import Tuner
 
 
+class Kept(DecisionLog):
+    """A decision log that keeps its records in a list instead of a file."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__(None)
+        self.records = records
+
+    def write(self, record: dict[str, Any]) -> bool:
+        self.records.append(record)
+        return True
+
+
 def sim_controller(settings: Settings) -> tuple[Controller, Callable[[float], None], CollectorRegistry]:
     """A controller on the simulated host; returns it, a function that advances the plant, and its metrics."""
     parts = build_parts(settings)
@@ -419,12 +431,7 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "vllm_source"}) == 5
     records: list[dict[str, Any]] = []
 
-    class Kept(DecisionLog):
-        def write(self, record: dict[str, Any]) -> bool:
-            records.append(record)
-            return True
-
-    ctl.decisions = Kept(None)
+    ctl.decisions = Kept(records)
     ctl.error("budget_source", "grid: token missing")  # between two cycles (another thread): in the next record
     ctl.tick_slow(t + 30.0)
     assert records[-1]["errors"] == ["budget_source: grid: token missing",
@@ -449,17 +456,12 @@ def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
     real = ctl.vllm
     records: list[dict[str, Any]] = []
 
-    class Kept(DecisionLog):
-        def write(self, record: dict[str, Any]) -> bool:
-            records.append(record)
-            return True
-
     class Hostile:
         def observe(self, now: float, services: list[str]) -> Any:
             windows = real.observe(now, services)
             return {name: dataclasses.replace(w, **edit) if name == "chat" else w for name, w in windows.items()}
 
-    ctl.vllm, ctl.decisions = Hostile(), Kept(None)  # type: ignore[assignment]
+    ctl.vllm, ctl.decisions = Hostile(), Kept(records)  # type: ignore[assignment]
     for t in (30.0, 60.0, 90.0):
         advance(t)
         ctl.tick_fast(t)
