@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeVar
 
 import numpy as np
@@ -69,22 +70,42 @@ def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.fl
             clocks: NDArray[np.float64] | float = 1.0) -> NDArray[np.float64]:
     """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit, at its clock."""
     share = occupancy.batch_share
-    batch = np.arange(1, share.shape[-1], dtype=float)
-    scale = clock_draw_scale(profile, np.asarray(clocks, dtype=float))
-    dynamic = profile.max_power_w - profile.idle_power_w
-    compute = batch / (batch + profile.batch_half) * scale[..., None]
-    natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
+    natural, prompt_w = _curves(profile, share.shape[-1] - 1, np.asarray(clocks, dtype=float))
     decode = np.add.reduce(np.minimum(natural, limits_w[..., None]) * share[..., 1:], axis=-1)
-    knee = profile.knee_fraction * profile.max_power_w
-    prompt_w = profile.idle_power_w + (knee - profile.idle_power_w) * scale
     prompt = np.minimum(prompt_w, limits_w) * np.add.reduce(share[..., 1:], axis=-1)
     phi = occupancy.prompt_share
     out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt
     return out
 
 
+def _curves(profile: PowerProfile, max_batch: int,
+            clocks: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The uncapped draw of a decode step at batches 1..max_batch (last axis), and of prompts, at each clock."""
+    batch = np.arange(1, max_batch + 1, dtype=float)
+    scale = clock_draw_scale(profile, clocks)
+    dynamic = profile.max_power_w - profile.idle_power_w
+    compute = batch / (batch + profile.batch_half) * scale[..., None]
+    natural = profile.idle_power_w + dynamic * (profile.busy_share + (1.0 - profile.busy_share) * compute)
+    knee = profile.knee_fraction * profile.max_power_w
+    return natural, profile.idle_power_w + (knee - profile.idle_power_w) * scale
+
+
 def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float | None,
                 clock: float | None = None) -> float:
-    """Expected draw over one occupancy at a locked clock share (None: unlocked), never above the cap."""
-    limits = np.asarray(limit_w(profile, power_cap_w))
-    return float(draws_w(profile, occupancy, limits, 1.0 if clock is None else clock))
+    """Expected draw over one occupancy at a locked clock share (None: unlocked), never above the cap: `draws_w`
+    for one occupancy, its curves worked out once per profile, batch and clock (`_decode_curve`)."""
+    limit = limit_w(profile, power_cap_w)
+    share = occupancy.batch_share
+    natural, prompt_w = _decode_curve(profile, share.shape[-1] - 1, 1.0 if clock is None else clock)
+    busy = np.add.reduce(share[1:])
+    decode = np.add.reduce(np.minimum(natural, limit) * share[1:])
+    phi = float(occupancy.prompt_share)
+    return float(profile.idle_power_w * share[0] + (1.0 - phi) * decode + phi * min(prompt_w, limit) * busy)
+
+
+@lru_cache(maxsize=256)
+def _decode_curve(profile: PowerProfile, max_batch: int, clock: float) -> tuple[NDArray[np.float64], float]:
+    """`_curves` at one clock, worked out once: a pure function of the profile, read at every analysis."""
+    natural, prompt_w = _curves(profile, max_batch, np.asarray(clock, dtype=float))
+    natural.flags.writeable = False
+    return natural, float(prompt_w)

@@ -94,13 +94,16 @@ def _grouped(q: NDArray[np.float64], groups: int, *columns: NDArray[np.float64])
     states differ little (times are affine in the state), so a mixture over groups is a mixture over states
     with far fewer terms; the variance of the first column inside each group is returned last."""
     starts = runs(len(q), groups)[0]
-    mass = np.add.reduceat(q, starts)
+    weighted = np.empty((len(columns) + 2, len(q)))  # one reduceat over the rows: q, q c for each c, q c0^2
+    weighted[0] = q
+    np.multiply(q, columns, out=weighted[1:-1])
+    np.multiply(weighted[1], columns[0], out=weighted[-1])
+    sums = np.add.reduceat(weighted, starts, axis=1)
+    mass = sums[0]
     keep = mass > 0
     every = bool(keep.all())
-    weight = mass if every else np.where(keep, mass, 1.0)
-    means = [np.add.reduceat(q * c, starts) / weight for c in columns]
-    second = np.add.reduceat(q * columns[0] ** 2, starts) / weight
-    out = [mass, *means, np.maximum(second - means[0] ** 2, 0.0)]
+    moments = sums[1:] / (mass if every else np.where(keep, mass, 1.0))
+    out = [mass, *moments[:-1], np.maximum(moments[-1] - moments[0] ** 2, 0.0)]
     return out if every else [a[keep] for a in out]
 
 
@@ -142,7 +145,7 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
         # Mass whose prefill time exceeds t (prefill is increasing in n).
         tail_mass = np.concatenate([np.cumsum(free_q[::-1])[::-1], [0.0]])
         return lambda t: np.asarray(tail_mass[np.searchsorted(free_t, t, side="right")], dtype=float)
-    live = np.flatnonzero(free_q > 1e-12 * np.maximum.reduce(free_q, initial=0.0))
+    live = np.flatnonzero(free_q > 1e-12 * free_q.max())  # free_q holds a state at least
     if len(live) == 0:  # every arrival waits (an overloaded bounded queue)
         return lambda t: np.zeros(len(t))
     first, end = int(live[0]), int(live[-1]) + 1
@@ -216,32 +219,39 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
     (dense near `low`, where steep survival curves fall), interpolating log survival between points."""
     levels = [math.log(1.0 - q) for q in probs]
     low = max(low, 1e-6 * high)
+    for _ in range(60):
+        grid = low * (high / low) ** UNIT
+        log_s = _log(survival(grid))
+        if log_s[-1] <= min(levels):
+            break
+        high = low + 2.0 * (high - low)
+    # log survival falls along the grid: the first point at or below each level, for all levels at once
+    firsts = np.minimum(np.maximum(np.searchsorted(-log_s, -np.asarray(levels), side="left"), 1), len(grid) - 1)
     out: list[float] = []
-    with np.errstate(divide="ignore"):
-        for _ in range(60):
-            grid = low * (high / low) ** UNIT
-            log_s = np.log(survival(grid))
-            if log_s[-1] <= min(levels):
-                break
-            high = low + 2.0 * (high - low)
-        for level in levels:
-            t, j = _crossing(grid, log_s, level)
-            if log_s[j] < log_s[j - 1] - STEEP:
-                # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
-                # interpolating its log survival linearly would put the percentile below the mean: read it finer.
-                fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
-                t, _ = _crossing(fine, np.log(survival(fine)), level)
-            out.append(t)
+    for level, j in zip(levels, firsts.tolist(), strict=True):
+        t = _between(grid, log_s, level, j)
+        if log_s[j] < log_s[j - 1] - STEEP:
+            # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
+            # interpolating its log survival linearly would put the percentile below the mean: read it finer.
+            fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
+            fine_log = _log(survival(fine))
+            t = _between(fine, fine_log, level, min(max(int(np.count_nonzero(fine_log > level)), 1), len(fine) - 1))
+        out.append(t)
     return out
 
 
-def _crossing(grid: NDArray[np.float64], log_s: NDArray[np.float64], level: float) -> tuple[float, int]:
-    """Where log survival falls to `level`, interpolated, and the index of the first point at or below it."""
-    j = min(max(int(np.count_nonzero(log_s > level)), 1), len(grid) - 1)
-    s0, s1 = log_s[j - 1].item(), log_s[j].item()
-    g0, g1 = grid[j - 1].item(), grid[j].item()
+def _log(s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log s, -inf where s is 0 (without numpy's warning machinery, which costs more than the log)."""
+    out: NDArray[np.float64] = np.log(s, out=np.full(len(s), -np.inf), where=s > 0.0)
+    return out
+
+
+def _between(grid: NDArray[np.float64], log_s: NDArray[np.float64], level: float, j: int) -> float:
+    """Where log survival falls to `level` between grid points j - 1 and j, interpolated."""
+    s0, s1 = float(log_s[j - 1]), float(log_s[j])
+    g0, g1 = float(grid[j - 1]), float(grid[j])
     frac = min(max((s0 - level) / (s0 - s1), 0.0), 1.0) if s0 > s1 else 0.0
-    return g0 + frac * (g1 - g0), j
+    return g0 + frac * (g1 - g0)
 
 
 def ttft_quantiles(
