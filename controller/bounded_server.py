@@ -3,9 +3,9 @@ demand-response endpoint), bounded so no client can hold it.
 
 `http.server` bounds each socket read, not a request: a client that sends a byte a second holds its thread for as
 long as it likes, and a single-threaded server with it. Here each connection has a thread of its own, at most
-`max_clients` at once (more are closed unanswered), and is shut `request_s` after it was accepted whatever it is
-doing. A client gone before its answer (a hang-up, a reset, the cut) is reported to `hung_up`, never as
-socketserver's traceback on stderr.
+`max_clients` at once and `per_address` from one address (more are closed unanswered: one host cannot take every
+slot), and is shut `request_s` after it was accepted whatever it is doing. A client gone before its answer (a
+hang-up, a reset, the cut) is reported to `hung_up`, never as socketserver's traceback on stderr.
 """
 
 from __future__ import annotations
@@ -20,33 +20,51 @@ from typing import Any
 
 MAX_CLIENTS = 256
 """Connections served at once."""
+PER_ADDRESS = 16
+"""Connections served at once from one address."""
 REQUEST_S = 10.0
 """Longest one connection is served, from accept to answer."""
 
 
 class BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most `max_clients` of them, each connection shut after `request_s`."""
+    """A thread per connection, at most `max_clients` of them (`per_address` from one address), each connection
+    shut after `request_s`."""
 
     daemon_threads = True
     block_on_close = False  # close() waits for no client: each is cut within request_s anyway
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  hung_up: Callable[[str], None] = lambda why: None, max_clients: int = MAX_CLIENTS,
-                 request_s: float = REQUEST_S) -> None:
+                 request_s: float = REQUEST_S, per_address: int = PER_ADDRESS) -> None:
         super().__init__(address, handler)
         self.hung_up, self.request_s = hung_up, request_s
         """`hung_up`: told how each client went before its answer (the caller counts and logs)."""
         self.slots = threading.BoundedSemaphore(max_clients)
+        self.per_address = per_address
+        self.by_address: dict[str, int] = {}
+        """Connections in service by client address (guarded by `lock`)."""
+        self.lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        host = str(client_address[0])
+        with self.lock:
+            held = self.by_address.get(host, 0)
+            if held >= self.per_address or not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            self.by_address[host] = held + 1
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: its slot is free again
-            self.slots.release()
+            self._free(host)
             raise
+
+    def _free(self, host: str) -> None:
+        with self.lock:
+            self.slots.release()
+            left = self.by_address.pop(host) - 1
+            if left:
+                self.by_address[host] = left
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         timer = threading.Timer(self.request_s, _cut, (request,))
@@ -54,13 +72,13 @@ class BoundedServer(ThreadingHTTPServer):
             timer.start()
         except RuntimeError:  # no thread left for the cut (a flood): not served, its slot freed
             self.shutdown_request(request)
-            self.slots.release()
+            self._free(str(client_address[0]))
             return
         try:
             super().process_request_thread(request, client_address)
         finally:
             timer.cancel()
-            self.slots.release()
+            self._free(str(client_address[0]))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]

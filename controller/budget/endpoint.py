@@ -74,6 +74,6 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
         def do_GET(self) -> None:
             self._answer("GET")
 
-    server = BoundedServer(("127.0.0.1", port), Handler, hung_up, MAX_CLIENTS)
+    server = BoundedServer(("127.0.0.1", port), Handler, hung_up, MAX_CLIENTS, per_address=MAX_CLIENTS)  # loopback
     serve_in_thread(server, "wattscale-signal")
     return server
