@@ -51,9 +51,9 @@ class ClockSteer:
     def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float],
              shedding: frozenset[str], missing: frozenset[str]) -> None:
         """Lock each GPU at its service's planned clock, or lower where the clock lever holds it: given the limits
-        in force after this tick (by UUID), the GPUs the governor holds below the plan's cap, and those missing
-        from the listing (counted at their last reading, without one: the lever keeps their holds, nothing is set
-        on them)."""
+        in force after this tick (by UUID), the GPUs the governor holds below the plan's cap, and those `missing`
+        from the listing or of unknown limits (the governor sets nothing on them: the lever keeps their holds, and
+        sets nothing either)."""
         if self.off is not None:
             return
         self.suspect |= {g.index for g in samples if g.uuid not in missing} - self.known

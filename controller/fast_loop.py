@@ -158,8 +158,8 @@ class FastLoop:
         return samples + missing, frozenset(self.missing)
 
     def _govern(self, now: float, samples: list[GpuSample], untouched: frozenset[str], plan: Plan) -> None:
-        """Count, govern and set the limits; `untouched` GPUs (missing from the listing, or of unknown limits) are
-        counted at their limit in force and not set."""
+        """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at
+        their last limit, those of unknown limits at the most they may draw (controller.telemetry.plausible)."""
         m = self.metrics
         total = 0.0
         for g in samples:

@@ -56,8 +56,8 @@ class PowerGovernor:
     ) -> dict[int, float]:
         """Limits to set now (GPU index -> watts), only where they differ from what is in force. A GPU no
         service runs on, or whose variant the plan has no cap for, is held at its minimum. A `pinned` GPU
-        (UUID) cannot be set now (its actuator failed, or it is missing from the listing): it is counted at
-        the limit in force, and the others are fitted around it."""
+        (UUID) cannot be set now (its actuator failed, it is missing from the listing, or its limits are unknown):
+        it is counted at the limit in force, and the others are fitted around it."""
         s = self.settings
         priorities = plan.priorities
         target = {}

@@ -356,17 +356,19 @@ def test_a_reading_past_what_the_gpu_can_draw_counts_at_that_most() -> None:
 
 
 class ListedPlant(StuckPlant):
-    """StuckPlant whose GPU 0 reports the limits `report` gives it, and whose every set succeeds."""
+    """StuckPlant whose GPU 0 reports the limits `report` gives it (min, max, limit in force: None keeps its own)
+    and `reading`, GPU 1 the fields `peer` replaces; every set succeeds."""
 
-    def __init__(self, min_w: float, max_w: float, limit_w: float | None = None) -> None:
+    def __init__(self, min_w: float, max_w: float, limit_w: float | None = None, reading: float | None = None,
+                 **peer: object) -> None:
         super().__init__()
-        self.report = (min_w, max_w, limit_w)
+        self.report, self.reading, self.peer = (min_w, max_w, limit_w), reading, peer
 
     def sample(self, now: float) -> list[GpuSample]:
         first, second = super().sample(now)
         low, high, limit = self.report
-        return [replace(first, power_w=None, min_limit_w=low, max_limit_w=high,
-                        power_limit_w=first.power_limit_w if limit is None else limit), second]
+        return [replace(first, power_w=self.reading, min_limit_w=low, max_limit_w=high,
+                        power_limit_w=first.power_limit_w if limit is None else limit), replace(second, **self.peer)]
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         assert 0.0 <= watts <= 700.0, (gpu_index, watts)
@@ -375,42 +377,69 @@ class ListedPlant(StuckPlant):
 
 
 def run_listed(plant: ListedPlant, ticks: int = 12) -> tuple[FastLoop, list[tuple[str, str]]]:
+    """The fast loop over `plant`: the limits in force never sum over the threshold, nor is the draw ever NaN."""
     errors: list[tuple[str, str]] = []
     fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
                     lambda kind, message: errors.append((kind, message)))
     fast.plan = Plan.of(1, {"lo": {"A100": 700.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
     for t in range(1, ticks + 1):
         fast.tick(float(t))
-        assert fast.draw_w is not None and fast.draw_w == fast.draw_w  # never NaN
-        assert sum(plant.limit_w.values()) <= 970.0 + 2.0 or plant.limit_w[0] == 500.0, (t, plant.limit_w)
+        assert fast.draw_w is None or fast.draw_w == fast.draw_w  # never NaN
+        assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
     return fast, errors
 
 
-def test_a_nan_limit_without_a_reading_counts_at_the_gpus_maximum_not_as_nan() -> None:
+def test_a_nan_limit_in_force_counts_at_the_gpus_maximum_not_as_nan() -> None:
     """DCGM's limit series NaN, the GPU unread: the sum was NaN, read as under budget, and GPU 1 rose to 700 W
-    beside a GPU that may draw 700 W. Now GPU 0 counts at its 700 W maximum and GPU 1 gets the rest."""
+    beside a GPU that may draw 700 W. Now GPU 0 counts at its 700 W maximum, is reported once, and GPU 1 gets the
+    rest."""
     plant = ListedPlant(100.0, 700.0, float("nan"))
     _, errors = run_listed(plant)
-    assert plant.limit_w[1] <= 970.0 - 100.0 + 1.0 and not errors  # GPU 0 is set (to its share): counted again
+    assert plant.limit_w[1] <= 970.0 - 100.0 + 1.0  # GPU 0 is set (to its share): counted again
+    assert [kind for kind, _ in errors] == ["gpu_limits"] and "limit in force of nan W" in errors[0][1]
 
 
 def test_reversed_or_negative_limits_keep_the_last_plausible_pair_and_are_reported_once() -> None:
     plant = ListedPlant(100.0, 700.0)
     fast, errors = run_listed(plant, 3)
-    for bad in [(700.0, 100.0), (-50.0, 700.0), (100.0, float("inf")), (100.0, 1e9)]:
+    for bad in [(700.0, 100.0), (-50.0, 700.0), (100.0, float("inf")), (100.0, 1e9), (0.0, 0.0)]:
         plant.report = (*bad, None)
         for t in range(4, 8):
             fast.tick(float(t))
             assert all(0.0 <= w <= 700.0 for w in plant.limit_w.values())  # the plant asserts it too
             assert sum(plant.limit_w.values()) <= 972.0
             assert fast.samples[0].min_limit_w == 100.0 and fast.samples[0].max_limit_w == 700.0
-    assert [kind for kind, _ in errors] == ["gpu_limits"]  # once for the GPU, counted every tick
+    assert [kind for kind, _ in errors] == ["gpu_limits"]  # once for the run, counted every tick
     assert "700-100 W" in errors[0][1] and "its last limits, 100-700 W, are kept" in errors[0][1]
+    plant.report = (100.0, 700.0, None)
+    fast.tick(8.0)
+    plant.report = (0.0, 0.0, None)
+    fast.tick(9.0)
+    assert len(errors) == 2 and "0-0 W" in errors[1][1]  # a new run of it is reported again
 
 
-def test_a_gpu_never_seen_with_plausible_limits_counts_at_the_others_maximum_and_is_not_set() -> None:
+def test_a_gpu_never_seen_with_plausible_limits_counts_at_the_most_it_may_draw_and_is_not_set() -> None:
+    """A 0-0 pair counted a GPU drawing 650 W as 0 W; a NaN pair beside an L4 counted an H100 at the L4's 72 W."""
     plant = ListedPlant(-1.0, float("nan"), 500.0)
     _, errors = run_listed(plant)
     assert plant.limit_w[0] == 500.0  # never set
     assert plant.limit_w[1] <= 970.0 - 700.0 + 1.0  # GPU 0 counted at 700 W, the largest maximum beside it
     assert len(errors) == 1 and "not set" in errors[0][1]
+    for low, high in [(0.0, 0.0), (float("nan"), float("nan"))]:
+        mixed = ListedPlant(low, high, 700.0, reading=650.0, name="L4", min_limit_w=40.0, max_limit_w=72.0)
+        mixed.limit_w[1] = 72.0
+        fast, _ = run_listed(mixed)
+        assert fast.draw_w is not None and fast.draw_w >= 700.0 and fast.samples[0].max_limit_w == 700.0
+
+
+def test_gpus_with_nothing_to_count_them_at_are_a_lost_sample_naming_them() -> None:
+    """Every GPU's limits unknown, and GPU 0 neither read nor with a limit in force: no figure to count it at, so
+    the tick is lost (the failsafe's caps follow) and the error names each problem; once it reads, it counts at
+    its reading, and GPU 1 at its limit in force (450 W, over its 280-W reading)."""
+    plant = ListedPlant(float("nan"), float("nan"), float("nan"), min_limit_w=-1.0, max_limit_w=-1.0, power_w=280.0)
+    fast, errors = run_listed(plant, 4)
+    assert fast.lost == 4 and errors[0][0] == "gpu_source" and "nothing to count it at" in errors[0][1]
+    assert "GPU a (0) reports limits nan-nan W" in errors[0][1] and "GPU b (1) reports limits -1--1 W" in errors[0][1]
+    plant.reading = 300.0
+    fast.tick(5.0)
+    assert fast.lost == 0 and fast.draw_w == 300.0 + 280.0
