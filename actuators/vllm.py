@@ -12,7 +12,6 @@ run in the background: `set_max_batch` returns at once, and a failure is raised 
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import signal
@@ -20,8 +19,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,14 +138,6 @@ class SystemdRunner:
         pass
 
 
-def healthy(url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return int(r.status) == 200
-    except (urllib.error.URLError, OSError, http.client.HTTPException):  # a port that speaks no HTTP: not healthy
-        return False
-
-
 class VllmBatchSizer:
     """Rolls changes out in a background thread per service, so a slow restart never holds up the control
     loops (the power governor keeps running); a failed rollout is raised on the service's next change."""
@@ -156,8 +145,9 @@ class VllmBatchSizer:
     name = "vllm"
 
     def __init__(self, runner: ServerRunner, replicas: dict[str, tuple[Replica, ...]], initial: dict[str, int],
-                 health_timeout_s: float = 300.0, poll_s: float = 1.0,
-                 probe: Callable[[str, float], bool] = healthy) -> None:
+                 probe: Callable[[str, float], bool], health_timeout_s: float = 300.0, poll_s: float = 1.0) -> None:
+        """`probe(url, timeout_s)`: whether a server's /health answers 200 within the time (the daemon's reads the
+        whole answer within it: controller.wiring.healthy_within)."""
         self.runner, self.replicas = runner, replicas
         self.current = dict(initial)
         self.health_timeout_s, self.poll_s, self.probe = health_timeout_s, poll_s, probe
@@ -180,8 +170,11 @@ class VllmBatchSizer:
     def _wait_healthy(self, replica: Replica) -> bool:
         deadline = time.monotonic() + self.health_timeout_s
         while time.monotonic() < deadline and not self._closing.is_set():
-            if self.probe(replica.health_url, min(5.0, self.poll_s * 5)):
-                return True
+            try:
+                if self.probe(replica.health_url, min(5.0, self.poll_s * 5)):
+                    return True
+            except Exception as exc:  # a probe's own failure (a URL it cannot read) is no answer: not healthy
+                log.debug("%s: health probe failed: %r", replica.name, exc)
             self._closing.wait(self.poll_s)
         return False
 
@@ -246,15 +239,20 @@ class VllmBatchSizer:
                 self.runner.restart(r, max_num_seqs)
             except Exception as exc:  # an actuator error or a runner's bug: the replicas changed go back, never a
                 why = str(exc) if isinstance(exc, ActuatorError) else repr(exc)  # service half at each value
+                retry_s = exc.delay_s if isinstance(exc, TransientActuatorError) else None
             else:
+                retry_s = None
                 if self._wait_healthy(r):
                     log.info("%s: %s restarted with --max-num-seqs %d", service, r.name, max_num_seqs)
                     continue
                 why = (f"{r.name} did not come back healthy with --max-num-seqs {max_num_seqs} within "
                        f"{self.health_timeout_s:.0f} s")
             unhealthy = self._put_back(changed, old)
-            raise PermanentActuatorError(f"{service}: {why}; rolled back to {old}"
-                                         + (f", but {', '.join(unhealthy)} is not healthy" if unhealthy else ""))
+            message = f"{service}: {why}; rolled back to {old}" + (
+                f", but {', '.join(unhealthy)} is not healthy" if unhealthy else "")
+            # a restart that may work later (systemctl timed out) is tried again after its delay; the rest wait for
+            # the service's config to change
+            raise PermanentActuatorError(message) if retry_s is None else TransientActuatorError(message, retry_s)
         self.current[service] = max_num_seqs
         self.actions.append(Action("max_num_seqs", service, max_num_seqs))
 

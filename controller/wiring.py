@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +167,14 @@ def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
         replicas[s.name] = tuple(
             Replica(unit, f"http://127.0.0.1:{port}/health", (*s.vllm_command, "--port", str(port)))
             for unit, port in zip(units, s.vllm_ports, strict=True))
-    return VllmBatchSizer(runner, replicas, {s.name: s.initial_max_batch for s in settings.services},
-                          a.health_timeout_s, probe=healthy_within)
+    return VllmBatchSizer(runner, replicas, {s.name: s.initial_max_batch for s in settings.services}, healthy_within,
+                          a.health_timeout_s)
+
+
+@functools.cache
+def _local() -> urllib.request.OpenerDirector:
+    """An opener without proxies, built once."""
+    return opener({})
 
 
 def healthy_within(url: str, timeout_s: float) -> bool:
@@ -174,7 +182,7 @@ def healthy_within(url: str, timeout_s: float) -> bool:
     server trickling its answer a byte a read held a probe, and a rollout, for ever); no proxy: the servers are
     this host's."""
     try:
-        return http_request(url, {}, timeout_s, via=opener({}), max_body=4096).status == 200
+        return http_request(url, {}, timeout_s, via=_local(), max_body=4096).status == 200
     except Unreachable:
         return False
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from actuators import PermanentActuatorError, TransientActuatorError
-from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, healthy, with_max_num_seqs
+from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, with_max_num_seqs
+from controller.wiring import healthy_within as healthy
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
 
@@ -91,7 +92,7 @@ def test_close_stops_the_children(fleet: tuple[VllmBatchSizer, ChildRunner, list
 
 
 def test_bad_requests_are_permanent() -> None:
-    sizer = VllmBatchSizer(ChildRunner(), {}, {})
+    sizer = VllmBatchSizer(ChildRunner(), {}, {}, healthy)
     with pytest.raises(PermanentActuatorError, match="no vLLM servers"):
         sizer.set_max_batch("nope", 8)
 
@@ -228,8 +229,15 @@ class FlakyRunner:
         pass
 
 
-@pytest.mark.parametrize("error", [PermanentActuatorError("c1: systemctl restart failed"), OSError("bug")])
-def test_a_replica_that_fails_to_restart_puts_back_the_ones_changed_and_is_raised_next(error: Exception) -> None:
+@pytest.mark.parametrize("error,kind", [
+    (PermanentActuatorError("c1: systemctl restart failed"), PermanentActuatorError),
+    (OSError("bug"), PermanentActuatorError),
+    (TransientActuatorError("c1: systemctl restart: timed out", 30.0), TransientActuatorError),
+])
+def test_a_replica_that_fails_to_restart_puts_back_the_ones_changed_and_is_raised_next(
+        error: Exception, kind: type[ActuatorError]) -> None:
+    """A transient failure stays transient (a systemctl timeout is tried again after its delay; made permanent, it
+    froze the service's batch until its config changed)."""
     reps = tuple(Replica(f"c{i}", f"http://h/{i}") for i in range(3))
     runner = FlakyRunner("c1", error)
     sizer = VllmBatchSizer(runner, {"chat": reps}, {"chat": 32}, health_timeout_s=1.0, poll_s=0.01,
@@ -239,8 +247,9 @@ def test_a_replica_that_fails_to_restart_puts_back_the_ones_changed_and_is_raise
     # c1 itself is put back too (a failed restart may have half-run), then c0: the service runs one value
     assert runner.restarts == [("c0", 64), ("c1", 64), ("c1", 32), ("c0", 32)]
     assert sizer.get_max_batch("chat").max_batch == 32
-    with pytest.raises(PermanentActuatorError, match=r"chat: .*(systemctl restart failed|bug)"):
+    with pytest.raises(kind, match=r"chat: .*(systemctl restart failed|bug|timed out).*rolled back to 32") as caught:
         sizer.set_max_batch("chat", 16)
+    assert type(caught.value) is kind and (kind is PermanentActuatorError or caught.value.delay_s == 30.0)
 
 
 def test_a_health_answer_trickled_a_byte_at_a_time_is_not_healthy_within_the_probes_time() -> None:
