@@ -55,7 +55,11 @@ class BoundedServer(ThreadingHTTPServer):
             self.by_address[host] = held + 1
         try:
             super().process_request(request, client_address)
-        except BaseException:  # no thread started: its slot is free again
+        except RuntimeError:  # no thread left to serve it (a flood): closed unanswered, its slot free again
+            self.shutdown_request(request)
+            self._free(host)
+            self.hung_up("was closed unanswered: no thread left to serve it")
+        except BaseException:
             self._free(host)
             raise
 

@@ -61,6 +61,8 @@ def test_a_restart_or_a_changed_replica_count_makes_the_window_unsteady(restarts
     (b'{"status":"success","data":{"result":[{"metric":{}}]}}', "not \\(labels, \\[time, value\\]\\)"),
     (b'{"status":"success","data":{"result":[{"metric":{},"value":[1,"x"]}]}}', "not \\(labels"),
     (b'{"status":"success","data":{"result":[{"metric":[],"value":[1,"2"]}]}}', "labels are no object"),
+    (b'{"status":"success","data":{"result":[{"metric":{},"value":[1,true]}]}}', "whose value no string"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # past the parser's depth: RecursionError escaped
 ])
 def test_an_answer_of_another_shape_is_one_error_naming_its_query(body: bytes, why: str) -> None:
     """These raised AttributeError, KeyError or TypeError out of the source, naming no query."""

@@ -3,11 +3,11 @@ figure for all services' models at once (grouped by `model_name`).
 
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
 (no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency. A
-Prometheus that cannot be reached or answers an HTTP error fails the whole observation with one
-`TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot be read (an error
-envelope, a wrong shape: `BadAnswer`, naming its query) loses that figure alone, reported to `on_error`; only
-the figures every window needs (`CORE`) fail the whole observation, and a window whose restart figures were
-lost is not called steady.
+Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
+observation with one `TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot
+be read (an error envelope, whatever its HTTP status; a wrong shape: `BadAnswer`, naming its query) loses that
+figure alone, reported to `on_error`; only the figures every window needs (`CORE`) fail the whole observation,
+and a window whose restart figures were lost is not called steady.
 """
 
 from __future__ import annotations
@@ -20,23 +20,17 @@ import urllib.parse
 from collections.abc import Callable
 
 from controller.http_fetch import Unreachable, http_request
-from controller.telemetry.base import ServiceWindow, TelemetryError
+from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, dict[str, str], float], bytes]
 CORE = frozenset({"rate_rps", "replicas"})
 """Figures without which no service has a window."""
-SHOWN_CHARS = 160
-"""How much of a query or an answer a message quotes."""
 
 
 class BadAnswer(TelemetryError):
     """Prometheus answered, but not an instant vector this source can read."""
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"... ({len(text)} characters)"
 
 
 def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
@@ -88,26 +82,27 @@ def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]
     observation). An error envelope, a body that is not JSON or JSON of another shape raises BadAnswer."""
     try:
         doc = json.loads(body)
-    except ValueError as exc:
-        raise BadAnswer(f"prometheus: not JSON for {_short(query)!r}") from exc
+    except (ValueError, RecursionError) as exc:  # nested past the parser's depth: no answer either
+        raise BadAnswer(f"prometheus: not JSON for {shortened(query)!r}") from exc
     if not isinstance(doc, dict) or doc.get("status") != "success":
         why = (f"{doc.get('errorType', 'error')}: {doc.get('error', '?')}" if isinstance(doc, dict)
                else f"a JSON {type(doc).__name__}")
-        raise BadAnswer(f"prometheus: {_short(str(why))} for {_short(query)!r}")
+        raise BadAnswer(f"prometheus: {shortened(str(why))} for {shortened(query)!r}")
     data = doc.get("data")
     result = data.get("result", []) if isinstance(data, dict) else None
     if not isinstance(result, list):
-        raise BadAnswer(f"prometheus: an answer without a result list for {_short(query)!r}")
+        raise BadAnswer(f"prometheus: an answer without a result list for {shortened(query)!r}")
     out = []
     for item in result:
         try:
             labels, (_, text) = item["metric"], item["value"]
-            value = float(text)
+            value = float(text) if isinstance(text, str) else math.nan  # Prometheus sends every value as a string
         except (TypeError, KeyError, ValueError) as exc:
-            raise BadAnswer(f"prometheus: a series that is not (labels, [time, value]) for {_short(query)!r}: "
-                            f"{_short(json.dumps(item))}") from exc
-        if not isinstance(labels, dict):
-            raise BadAnswer(f"prometheus: a series whose labels are no object for {_short(query)!r}")
+            raise BadAnswer(f"prometheus: a series that is not (labels, [time, value]) for {shortened(query)!r}: "
+                            f"{shortened(json.dumps(item))}") from exc
+        if not isinstance(labels, dict) or not isinstance(text, str):
+            raise BadAnswer(f"prometheus: a series whose labels are no object or whose value no string for "
+                            f"{shortened(query)!r}: {shortened(json.dumps(item))}")
         if math.isfinite(value):
             out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out

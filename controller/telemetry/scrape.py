@@ -16,13 +16,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.http_fetch import Unreachable, http_request
-from controller.telemetry.base import ServiceWindow, TelemetryError
+from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
 from controller.telemetry.vllm_window import Snapshot, snapshots, window
 
 log = logging.getLogger(__name__)
 
-SHOWN_CHARS = 160
-"""How much of the parser's complaint a message quotes."""
 FetchPage = Callable[[str, float], str]
 OnError = Callable[[str, str], None]
 
@@ -43,9 +41,8 @@ def parse_page(text: str, instance: str) -> list[Metric]:
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:
-        why = str(exc)  # the parser quotes the whole line it stopped at: a page may be one line of 16 MiB
-        raise TelemetryError(f"scrape: {instance}: not a Prometheus text page "
-                             f"({why[:SHOWN_CHARS]}{'...' if len(why) > SHOWN_CHARS else ''})") from exc
+        # the parser quotes the whole line it stopped at: a page may be one line of 16 MiB
+        raise TelemetryError(f"scrape: {instance}: not a Prometheus text page ({shortened(str(exc))})") from exc
     for fam in families:
         fam.samples = [s._replace(labels={**s.labels, "instance": instance}) for s in fam.samples]
     return families
