@@ -45,6 +45,7 @@ from queuemodels import (
     ModelInputError,
     ServerShape,
     ServiceParams,
+    default_delta_ms,
     get_model,
 )
 from queuemodels.accelerators import profile
@@ -82,7 +83,8 @@ class Truth:
         """`wattscale tune`'s default prior, with the KV cache the replicas publish (`vllm:cache_config_info`:
         num_gpu_blocks x block_size), as a user starts."""
         kv_tokens = float(self.replica("roofline").cost().kv_capacity_tokens)
-        return ServiceParams(family, alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=0.05, kv_tokens=kv_tokens)
+        return ServiceParams(family, alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=default_delta_ms(family),
+                             kv_tokens=kv_tokens)
 
 
 def check_stored(stored: dict[str, Any], truth: Truth, names: list[str], path: Path) -> None:

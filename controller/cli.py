@@ -24,6 +24,7 @@ from controller.simulate.args import add_simulate_args
 from queuemodels import (
     ModelInputError,
     ServiceParams,
+    default_delta_ms,
 )
 from queuemodels.accelerators import profile
 from tuner.offline import ObservationFileError
@@ -104,7 +105,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
     if args.family == "gen2" and args.delta_ms is not None:
         raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
-    delta_ms = 0.0 if args.family == "gen2" else 0.05 if args.delta_ms is None else args.delta_ms
+    delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
     prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms)
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations),

@@ -52,8 +52,6 @@ def _analyze(args: argparse.Namespace) -> int:
     if 0 < args.kv_tokens < args.in_tokens + args.out_tokens:
         raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of this load ({args.in_tokens:g}"
                               f" + {args.out_tokens:g} tokens); 0 leaves the cache unbounded")
-    if args.family == "gen2" and args.delta_ms:
-        raise ModelInputError("--delta-ms: gen2 has no per-token prefill term (its gamma is per token); leave it out")
     step_terms = NAMES["step"][len(NAMES["gen1"]):]  # the step family's terms beyond gen1's four
     if args.family != "step" and any(getattr(args, n) for n in step_terms):
         flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)

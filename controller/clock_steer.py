@@ -11,6 +11,7 @@ clock lever (controller/clock_shed.py) may hold its clock below the plan's so th
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from actuators import ActuatorError, ClockLocker, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
@@ -123,4 +124,4 @@ class ClockSteer:
 def _about(index: int, error: object) -> str:
     """An error's message naming its GPU once (a backend's own messages may already: "GPU 5 lock clocks: ...")."""
     text = str(error)
-    return text if text.lower().startswith(f"gpu {index}") else f"GPU {index}: {text}"
+    return text if re.match(rf"gpu {index}\b", text, re.IGNORECASE) else f"GPU {index}: {text}"

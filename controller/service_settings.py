@@ -7,7 +7,15 @@ from typing import Any
 
 from controller.config_loader import ConfigError, check_name, check_positive, check_range
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
-from queuemodels import DEFAULT_MAX_QUEUE, FAMILIES, STATISTICS, Load, ModelInputError, ServiceParams
+from queuemodels import (
+    DEFAULT_MAX_QUEUE,
+    FAMILIES,
+    STATISTICS,
+    Load,
+    ModelInputError,
+    ServiceParams,
+    default_delta_ms,
+)
 
 
 def check_service_bounds(s: Any, where: str) -> None:
@@ -72,7 +80,7 @@ class PriorSettings:
             raise ConfigError(f"{where}.{name}", why) from None
 
     def params(self) -> ServiceParams:
-        delta_ms = self.delta_ms if self.delta_ms is not None else 0.0 if self.family == "gen2" else 0.05
+        delta_ms = self.delta_ms if self.delta_ms is not None else default_delta_ms(self.family)
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, delta_ms, self.kappa_ms,
                              self.epsilon_ms)
 

@@ -16,6 +16,7 @@ from queuemodels.types import (
     ServiceParams,
     Targets,
     Unstable,
+    default_delta_ms,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Unstable",
     "best_batch_for_power",
     "best_batch_for_rate",
+    "default_delta_ms",
     "get_model",
     "max_rate",
     "mean_draw_w",

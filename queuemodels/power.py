@@ -69,11 +69,16 @@ def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
 def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.float64],
             clocks: NDArray[np.float64] | float = 1.0) -> NDArray[np.float64]:
     """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit, at its clock."""
-    share = occupancy.batch_share
-    natural, prompt_w = _curves(profile, share.shape[-1] - 1, np.asarray(clocks, dtype=float))
+    natural, prompt_w = _curves(profile, occupancy.batch_share.shape[-1] - 1, np.asarray(clocks, dtype=float))
+    return _mixed(profile, occupancy, natural, prompt_w, limits_w)
+
+
+def _mixed(profile: PowerProfile, occupancy: Occupancy, natural: NDArray[np.float64],
+           prompt_w: NDArray[np.float64] | float, limits_w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Idle, decode and prompt time, each at its draw, each phase clipped at the limit on its own."""
+    share, phi = occupancy.batch_share, occupancy.prompt_share
     decode = np.add.reduce(np.minimum(natural, limits_w[..., None]) * share[..., 1:], axis=-1)
     prompt = np.minimum(prompt_w, limits_w) * np.add.reduce(share[..., 1:], axis=-1)
-    phi = occupancy.prompt_share
     out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt
     return out
 
@@ -94,13 +99,8 @@ def mean_draw_w(profile: PowerProfile, occupancy: Occupancy, power_cap_w: float 
                 clock: float | None = None) -> float:
     """Expected draw over one occupancy at a locked clock share (None: unlocked), never above the cap: `draws_w`
     for one occupancy, its curves worked out once per profile, batch and clock (`_decode_curve`)."""
-    limit = limit_w(profile, power_cap_w)
-    share = occupancy.batch_share
-    natural, prompt_w = _decode_curve(profile, share.shape[-1] - 1, 1.0 if clock is None else clock)
-    busy = np.add.reduce(share[1:])
-    decode = np.add.reduce(np.minimum(natural, limit) * share[1:])
-    phi = float(occupancy.prompt_share)
-    return float(profile.idle_power_w * share[0] + (1.0 - phi) * decode + phi * min(prompt_w, limit) * busy)
+    natural, prompt_w = _decode_curve(profile, occupancy.batch_share.shape[-1] - 1, 1.0 if clock is None else clock)
+    return float(_mixed(profile, occupancy, natural, prompt_w, np.asarray(limit_w(profile, power_cap_w))))
 
 
 @lru_cache(maxsize=256)

@@ -241,8 +241,8 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
 
 
 def _log(s: NDArray[np.float64]) -> NDArray[np.float64]:
-    """log s, -inf where s is 0 (without numpy's warning machinery, which costs more than the log)."""
-    out: NDArray[np.float64] = np.log(s, out=np.full(len(s), -np.inf), where=s > 0.0)
+    """log s, -inf where s is 0 (without numpy's warning machinery, which costs more than the log); NaN stays NaN."""
+    out: NDArray[np.float64] = np.log(s, out=np.full(len(s), -np.inf), where=~(s <= 0.0))
     return out
 
 

@@ -19,6 +19,15 @@ engine's step times, so a smaller one is a typo, which would leave the tuner no 
 LEAST_CLOCK = 0.01
 """The lowest locked SM clock a shape may hold, as a share of the maximum: no GPU's lowest supported clock is
 below it (an H100's is 0.11), and a smaller share would overflow the clock's slow-down."""
+PRIOR_DELTA_MS = 0.05
+"""A prior's per-token prefill time where none is given (ms): an 8B model's on an H100 within a few times."""
+
+
+def default_delta_ms(family: str) -> float:
+    """The prior's delta where none is given: PRIOR_DELTA_MS, none for gen2 (which has no such term)."""
+    return 0.0 if family == "gen2" else PRIOR_DELTA_MS
+
+
 STEP_DEFAULTS = {"kappa_ms": 1e-4, "epsilon_ms": 2.0, "rho": 1.0, "budget_tokens": 2048.0}
 """Starting values of the step family's four terms where a prior leaves them at 0: the tuner moves each
 within [1/10, 10x] of them. The KV read per context token of an 8B model on an H100 is about 4e-5 ms and a

@@ -84,7 +84,7 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
                                                 "max_batch 64 saturates at 18.1665 rps"),
     (["--rate-rps", "500", "--max-queue", "-1"], "--rate-rps: 500 has no stationary solution with an unbounded queue: "
                                                  "max_batch 64 saturates at 18.1665 rps"),
-    (["--family", "gen2"], "--delta-ms: gen2 has no per-token prefill term"),  # was silently ignored
+    (["--family", "gen2"], "--delta-ms: the gen2 family has no such term, got 0.035"),  # was silently ignored
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
     (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
      "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),
