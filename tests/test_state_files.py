@@ -44,6 +44,16 @@ def skew_p(doc: dict[str, Any]) -> None:
     doc["pairs"]["m|gpu"]["p"][0][1] = 1.0
 
 
+def huge_cov(doc: dict[str, Any]) -> None:
+    p = doc["pairs"]["m|gpu"]["p"]
+    p[0][1] = p[1][0] = 1e300  # symmetric and finite: every update after it was rejected, for good
+
+
+def indefinite_cov(doc: dict[str, Any]) -> None:
+    p = doc["pairs"]["m|gpu"]["p"]
+    p[0][1] = p[1][0] = -1.0
+
+
 def bad_draw(doc: dict[str, Any]) -> None:
     window = {"rate_rps": 3.0, "in_tokens": 500, "out_tokens": 200, "max_batch": 64, "max_queue": 512,
               "ttft_ms": "lots", "itl_ms": 20.0}  # an Observation would take the string as it is
@@ -58,6 +68,8 @@ def bad_draw(doc: dict[str, Any]) -> None:
     (pair_edit("x", [250.0, 1.8, 400.0, 0.7]), "saved state of m|gpu: outside the filter's bounds for its prior"),
     (pair_edit("p", [[1.0]]), "saved state of m|gpu: p is not a finite 4 x 4 matrix"),
     (skew_p, "saved state of m|gpu: p is not a covariance"),
+    (huge_cov, "saved state of m|gpu: p is not a covariance (positive semi-definite"),
+    (indefinite_cov, "saved state of m|gpu: p is not a covariance (positive semi-definite"),
     (pair_edit("updates", -1), "saved state of m|gpu: updates or accepted is not a count"),
     (pair_edit("accepted", True), "saved state of m|gpu: updates or accepted is not a count"),
     (lambda doc: doc["pairs"].update(other="x"), "saved state of other: not a table"),
@@ -83,10 +95,19 @@ def test_a_bad_state_file_is_set_aside_with_one_warning(
     assert tuner.update("m", "gpu", observe(3.0)).accepted and path.exists()
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"[" * 100_000, b'{"kind": "wattscale-tuner"}'])
-def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"[" * 100_000, b'{"kind": "wattscale-tuner"}', None])
+def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes | None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """None: a file past the size read (a 3 GB one was read whole: 6 GB of memory and 17 s before the daemon ran)."""
+    from tuner import store
+
     path = tmp_path / "tuner.json"
-    path.write_bytes(content)
+    if content is None:
+        monkeypatch.setattr(store, "MAX_STATE_BYTES", 500)
+        saved_state(path)
+        assert path.stat().st_size > 500
+    else:
+        path.write_bytes(content)
     with caplog.at_level(logging.WARNING):
         pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
     np.testing.assert_allclose(pair.x, PRIOR.as_vector())

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 STATE_KIND = "wattscale-tuner"
 STATE_VERSION = 1
+MAX_STATE_BYTES = 32 << 20
+"""Largest tuner state read (a pair's state is some 6 KB: room for thousands of pairs); a larger file is set
+aside unread (a 3 GB one took 6 GB of memory and 17 s before the daemon ran)."""
 MAX_PARAM = 1e6
 """Largest saved parameter (ms, or a sensitivity); the filter clamps to 10x its prior, far below."""
 OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
@@ -127,6 +130,10 @@ def pair_problem(data: object) -> str | None:
     cov = np.array(p, dtype=float)
     if np.any(np.diag(cov) < 0) or not np.allclose(cov, cov.T, rtol=1e-6, atol=1e-12):
         return "p is not a covariance (symmetric, variances >= 0)"
+    if np.abs(cov).max() > MAX_PARAM or np.linalg.eigvalsh(0.5 * (cov + cov.T)).min() < -1e-9 * max(1.0, cov.max()):
+        # a symmetric matrix with a 1e300 covariance, or one not positive semi-definite, rejected every update
+        # after it (and, saved only on an accepted one, for good)
+        return f"p is not a covariance (positive semi-definite, entries within {MAX_PARAM:g})"
     if not _count(data.get("updates")) or not _count(data.get("accepted")):
         return "updates or accepted is not a count"
     rejected = data.get("rejected")
@@ -215,7 +222,10 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
         return []
     try:
         with open_plain(path, "r", encoding="utf-8") as f:
-            doc = json.loads(f.read())
+            text = f.read(MAX_STATE_BYTES + 1)
+        if len(text) > MAX_STATE_BYTES:
+            return [set_aside(path, f"tuner state larger than {MAX_STATE_BYTES >> 20} MiB, left unread")]
+        doc = json.loads(text)
     except OSError as exc:
         return [f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"]
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
