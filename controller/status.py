@@ -27,7 +27,8 @@ def last_decision(path: Path) -> dict[str, Any]:
     try:
         with open_plain(path, "rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - TAIL_BYTES))
+            size = f.tell()
+            f.seek(max(0, size - TAIL_BYTES))
             lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError as exc:
         raise ConfigError("daemon.decision_log", f"cannot read {path}: {exc.strerror or exc} (is the daemon "
@@ -39,6 +40,9 @@ def last_decision(path: Path) -> dict[str, Any]:
             continue  # a line cut by the tail's start, or being written (or no log line: nested thousands deep)
         if isinstance(record, dict) and isinstance(record.get("services"), dict):
             return record
+    if size > TAIL_BYTES:  # a record longer than the tail read, or no log line at all
+        raise ConfigError("daemon.decision_log", f"{path}: its last {TAIL_BYTES >> 20} MiB hold no whole decision "
+                          f"record (the file is {size} bytes)")
     raise ConfigError("daemon.decision_log", f"{path} holds no decision yet")
 
 
@@ -113,8 +117,9 @@ def status(settings: Settings, path: Path, as_json: bool) -> str:
     record = last_decision(path)
     try:
         rep = report(settings, record)
-        return strict_json.dumps(rep, indent=2) if as_json else text(rep)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
+        return strict_json.dumps(rep, indent=2) if as_json else shown
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         raise ConfigError("daemon.decision_log", f"{path}: its last record cannot be read ({type(exc).__name__}: "
                           f"{exc})") from None
 

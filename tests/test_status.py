@@ -57,16 +57,48 @@ def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Pat
 
 @pytest.mark.parametrize("edit", [{"wall_time": "x"}, {"services": {"chat": 5}}, {"budget_w": "lots"},
                                   {"wall_time": float("nan")}, {"budget_w": 10**400}])
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """A hand-edited or foreign decision log: one line naming the file, no traceback and no "nan s ago"."""
+                                                      as_json: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited or foreign decision log: one line naming the file, no traceback and no "nan s ago"; the same
+    in JSON (it printed what the text refused)."""
     path = sim_config()
     log = decision_log(path)
     log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 0.0, "services": {}, **edit}) + "\n")
-    assert main(["status", "--config", str(path)]) == 2
+    assert main(["status", "--config", str(path), *as_json]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"wattscale: daemon.decision_log: {log}: its last record cannot be "
                                                "read"), err
+
+
+def test_a_record_nested_past_the_json_writer_is_one_line(sim_config: Callable[..., Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A real record whose tuner figures are nested 600 deep parses, but the strict JSON writer recursed past
+    Python's limit: a traceback in --json."""
+    path = sim_config({"port = 9464": "port = 0"})
+    daemon = Daemon(path, load_settings(path))
+    daemon.t0 -= 20.0
+    daemon.fast()
+    daemon.slow()
+    daemon.parts.close()
+    log = decision_log(path)
+    record = json.loads(log.read_text().splitlines()[-1])
+    record["services"]["chat"]["tuner"] = "DEEP"
+    log.write_text(json.dumps(record).replace('"DEEP"', "[" * 600 + "]" * 600) + "\n")
+    assert main(["status", "--config", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "RecursionError" in err
+
+
+def test_a_last_line_past_the_tail_read_is_named_as_such(sim_config: Callable[..., Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid record and then a 2-MiB line: "holds no decision yet", which was false."""
+    path = sim_config()
+    log = decision_log(path)
+    log.write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 0.0, "services": {}}) + "\n"
+                   + "x" * (2 << 20) + "\n")
+    assert main(["status", "--config", str(path)]) == 2
+    assert "its last 1 MiB hold no whole decision record" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("wall_time", "words"), [(1.0, " s ago"), (4e9, " s in the future")])
