@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,6 +142,13 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     with pytest.raises(SystemExit):  # an empty name wrote the report into the working directory
         main(["simulate", str(good), "--report", ""])
     assert "--report: must name a directory, got ''" in capsys.readouterr().err
+    for name, make in [("summary.md", os.mkfifo), ("simulate.log", os.mkfifo), ("summary.json", os.mkdir),
+                       ("trace-static.csv", lambda p: os.symlink(tmp_path / "nowhere", p))]:
+        report = tmp_path / f"report-{name}"
+        report.mkdir()
+        make(report / name)  # a FIFO blocked the run for ever; a directory failed it after the whole simulation
+        assert main(["simulate", str(good), "--report", str(report), "--policies", "static"]) == 2
+        assert f"--report: {report / name} exists and is not a regular file" in capsys.readouterr().err
 
 
 def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None:

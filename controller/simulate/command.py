@@ -82,6 +82,20 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     return doc
 
 
+REPORT_FILES = ("*.log", "*.json", "*.jsonl", "*.md", "*.csv", "*.png")
+"""What a report writes into its directory (simulate.log, summary.*, traces, decision logs, plots)."""
+
+
+def _check_report_files(report_dir: Path) -> None:
+    """Refuse, before anything runs, a report directory where a file the report writes is not a plain file: a FIFO
+    blocked the run for ever, a directory or a dangling link failed it after the whole simulation."""
+    for pattern in REPORT_FILES:
+        for path in report_dir.glob(pattern):
+            if path.is_symlink() or not path.is_file():
+                raise ConfigError("--report", f"{path} exists and is not a regular file (the report writes it); "
+                                  "remove it or name another directory")
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     scn = load_scenario(Path(args.scenario))
     duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
@@ -93,6 +107,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
+        _check_report_files(report_dir)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
