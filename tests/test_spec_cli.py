@@ -139,6 +139,31 @@ def test_plan_options_that_do_not_apply_are_refused(tmp_path: Path, capsys: pyte
         assert message in one_line(capsys)
 
 
+def test_extreme_sizes_within_bounds_are_a_type_that_fits_nowhere(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A card of compute 1e-300 against a request of 1e9: a copy held 1e-308 requests, and greedy's count of
+    copies overflowed (a traceback), the homogeneous one too, and HiGHS called the model an error. Now it holds
+    none, and each solver says the type fits no config, by name."""
+    path = tmp_path / "plan.toml"
+    text = re.sub(r"(price_per_h = [0-9.]+, memory_gb = [0-9]+, compute = )[0-9]+", r"\g<1>1e-300",
+                  Path(PACKING).read_text())  # every card's
+    path.write_text(text.replace("t1 = { memory_gb = 4, compute = 20 }", "t1 = { memory_gb = 4, compute = 1e9 }"))
+    for solver in ("greedy", "milp", "homogeneous"):
+        assert main(["plan", str(path), "--solver", solver]) == 1
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err and "no feasible packing" in err
+        assert solver == "homogeneous" or "request type 't1' fits no config" in out
+
+
+def test_compare_past_its_instances_is_refused_before_solving(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(Path(PACKING).read_text().replace("scales = [1000, 3000, 5000]",
+                                                      f"scales = {list(range(1000, 1100))}"))
+    assert main(["plan", str(path), "--compare"]) == 2
+    assert "--compare: 4 scenarios x 3 traces x 100 scales = 1200 instances, past the 200" in one_line(capsys)
+
+
 def test_plan_requests_absurd_or_infeasible(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["plan", PACKING, "--requests", "100000000"])
@@ -186,6 +211,15 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
      r"scales: needs request counts in 0..10000000"),
     (ALLOCATION, lambda t: t.replace("max_replicas = 16", "max_replicas = 100000"),
      "max_replicas: must be in 1..1024, got 100000"),
+    (PACKING, lambda t: t.replace("cards = [1, 2, 4, 8]", "cards = [1, 1, 4, 8]"),  # the second speedup won
+     r"cards: names a value twice: \[1, 1, 4, 8\]"),
+    (PACKING, lambda t: t.replace("scales = [1000, 3000, 5000]", "scales = [1000, 1000, 5000]"),
+     "scales: names a value twice"),
+    (PACKING, lambda t: t.replace("cards = [1, 2, 4, 8]", f"cards = {list(range(1, 65))}").replace(
+        "speedups = [1.0, 1.75, 3.2, 5.6]", f"speedups = {[1.0] * 64}").replace(
+        "[request_types]", "[request_types]\n" + "".join(f"x{i} = {{ memory_gb = 1, compute = 1 }}\n"
+                                                        for i in range(300))),
+     r"request_types: 6 GPU types x 64 config sizes x 309 request types = 118656 flows, past the 100000"),
 ])
 def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str,
                           edit: Callable[[str], str], message: str) -> None:

@@ -12,7 +12,7 @@ from controller import strict_json
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation_spec import AllocationSpec
-from controller.planner.packing_spec import PackingSpec
+from controller.planner.packing_spec import MAX_INSTANCES, PackingSpec
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -58,13 +58,18 @@ def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
 def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) -> int:
     from controller.planner.packing_report import compare, compare_table, plot_compare
 
+    instances = len(spec.scenarios) * len(spec.traces) * len(spec.scales)
+    if instances > MAX_INSTANCES:  # each solved within time_limit_s, and nothing printed until the last
+        raise ConfigError("--compare", f"{len(spec.scenarios)} scenarios x {len(spec.traces)} traces x "
+                          f"{len(spec.scales)} scales = {instances} instances, past the {MAX_INSTANCES} it solves "
+                          f"(each within time_limit_s, {spec.time_limit_s:g} s); run fewer, or one with --scenario")
     rows = compare(spec)
     print(strict_json.dumps(rows, indent=2) if args.json else compare_table(rows))
     if plots is not None:
         try:
             written = plot_compare(rows, plots)
         except OSError as exc:
-            raise ConfigError("--plots", f"cannot write into {plots} ({exc.strerror})") from None
+            raise ConfigError("--plots", f"cannot write into {plots} ({exc.strerror or exc})") from None
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
     return 0

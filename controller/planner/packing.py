@@ -18,6 +18,9 @@ from controller.lp import Lp
 from controller.planner.packing_spec import PackingSpec
 
 CapacityModel = Literal["shared", "per_type"]
+MIN_HOLDS = 1e-6
+"""Fewest requests of a type a copy holds for it to count as holding any (1e-300 overflowed greedy's copy count
+and made HiGHS's model an error)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def enumerate_configs(spec: PackingSpec) -> list[Config]:
             for t in spec.request_types.values()
         ]
         for k, s in zip(spec.cards, spec.speedups, strict=True):
-            configs.append(Config(f"{g}_x{k}", g, k, gs.price_per_h * k, tuple(h * s for h in per_card)))
+            holds = tuple(h * s if h * s >= MIN_HOLDS else 0.0 for h in per_card)
+            configs.append(Config(f"{g}_x{k}", g, k, gs.price_per_h * k, holds))
     return configs
 
 
@@ -89,21 +93,27 @@ def draw_workload(spec: PackingSpec, trace: str, requests: int) -> np.ndarray:
 
 
 def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
-               capacity: CapacityModel = "shared", time_limit_s: float = 10.0, mip_gap: float = 1e-4) -> PackingResult:
+               capacity: CapacityModel = "shared", time_limit_s: float = 10.0, mip_gap: float = 1e-4,
+               type_names: tuple[str, ...] = ()) -> PackingResult:
     """min sum_c cost_c y_c over integer copies y and continuous flows, on HiGHS."""
     t0 = time.perf_counter()
     name = "milp" if capacity == "shared" else "milp_per_type"
     lp = Lp()
     y = [lp.var(("y", c), integer=True, cost=cf.cost_per_h) for c, cf in enumerate(configs)]
     flow = {(w, c): lp.var(("f", w, c)) for c, cf in enumerate(configs) for w, h in enumerate(cf.holds) if h > 0}
+    by_type: list[list[tuple[int, float]]] = [[] for _ in counts]
+    by_config: list[list[tuple[int, float]]] = [[] for _ in configs]
+    for (w, c), f in flow.items():  # each flow's rows, gathered once (a scan of every flow per row was quadratic)
+        by_type[w].append((f, 1.0))
+        by_config[c].append((f, 1.0 / configs[c].holds[w]))
     for w, n in enumerate(counts):
-        if n > 0 and not any(fw == w for fw, _ in flow):
+        if n > 0 and not by_type[w]:
             return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0,
-                                 f"request type #{w} fits no config")
-        lp.row([(f, 1.0) for (fw, _), f in flow.items() if fw == w], float(n), float(n))
+                                 f"request type {_named(w, type_names)} fits no config")
+        lp.row(by_type[w], float(n), float(n))
     if capacity == "shared":
-        for c, cf in enumerate(configs):
-            lp.row([(f, 1.0 / cf.holds[w]) for (w, fc), f in flow.items() if fc == c] + [(y[c], -1.0)], -np.inf, 0.0)
+        for c in range(len(configs)):
+            lp.row([*by_config[c], (y[c], -1.0)], -np.inf, 0.0)
     else:
         for (w, c), f in flow.items():
             lp.row([(f, 1.0), (y[c], -configs[c].holds[w])], -np.inf, 0.0)
@@ -120,11 +130,20 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
                          solve_s, note, res.optimal, res.gap)
 
 
-def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int]) -> PackingResult:
+def _named(w: int, type_names: tuple[str, ...]) -> str:
+    return repr(type_names[w]) if w < len(type_names) else f"#{w}"
+
+
+def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
+                 type_names: tuple[str, ...] = ()) -> PackingResult:
     """Two passes. Each type first rents whole copies of its cheapest config per request (then the next cheapest
     when cards run out); the remainders, each less than a copy, then share copies: repeatedly rent the copy that
     covers the most remainder value (requests x their best price) per dollar."""
     t0 = time.perf_counter()
+    for w in np.flatnonzero(counts > 0).tolist():
+        if not any(cf.holds[w] > 0 for cf in configs):
+            return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
+                                 f"request type {_named(w, type_names)} fits no config")
     left = dict(cards)
     copies: dict[int, int] = {}
     need = counts.astype(float).copy()
@@ -156,7 +175,8 @@ def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int
                 best = (score, c, take)
         if best is None:
             return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
-                                 f"request type #{int(np.flatnonzero(need)[0])}: not enough cards left")
+                                 f"request type {_named(int(np.flatnonzero(need)[0]), type_names)}: not enough "
+                                 "cards left")
         _, c, take = best
         _rent(c, 1, configs[c], copies, left)
         need = np.where(need - take < 1e-9, 0.0, need - take)

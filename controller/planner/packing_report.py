@@ -40,12 +40,13 @@ def solve_instance(spec: PackingSpec, configs: list[Config], inst: Instance,
     cards = available_cards(spec, inst.scenario)
     counts = draw_workload(spec, inst.trace, inst.requests)
     out = []
+    names = tuple(spec.request_types)
     for name in solvers:
         if name in ("milp", "milp_per_type"):
             out.append(solve_milp(configs, counts, cards, "shared" if name == "milp" else "per_type",
-                                  spec.time_limit_s, spec.mip_gap))
+                                  spec.time_limit_s, spec.mip_gap, names))
         elif name == "greedy":
-            out.append(solve_greedy(configs, counts, cards))
+            out.append(solve_greedy(configs, counts, cards, names))
         else:
             out.extend(solve_homogeneous(configs, counts, cards, g) for g in spec.homogeneous or tuple(spec.gpus))
     return out

@@ -21,6 +21,11 @@ MAX_TIME_LIMIT_S = 600.0
 """Longest MILP time limit per instance."""
 MAX_PRICE_PER_H = 1e6
 """Dearest card ($/h): past it a price is a unit mistake, and the MILP's costs would overflow."""
+MAX_FLOWS = 100_000
+"""Most (GPU type x config size x request type) triples the MILP takes: one variable each (80 x 80 x 64 built for
+a minute and ran out its time limit at a 100 % gap)."""
+MAX_INSTANCES = 200
+"""Most instances (scenarios x traces x scales) --compare solves, each within time_limit_s."""
 MAX_SIZE = 1e9
 """Largest memory (GB), compute figure, trace share or speedup: far past any card's, and finite in every sum."""
 
@@ -121,6 +126,15 @@ class PackingSpec:
             raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {shown(self.scales)}")
         if any(k > MAX_CONFIG_CARDS for k in self.cards):
             raise ConfigError("cards", f"at most {MAX_CONFIG_CARDS} cards per config, got {shown(self.cards)}")
+        for name in ("cards", "scales", "homogeneous"):  # a second speedup for one size halved the cost
+            values = getattr(self, name)
+            if len(set(values)) < len(values):
+                raise ConfigError(name, f"names a value twice: {shown(values)}")
+        flows = len(self.gpus) * len(self.cards) * len(self.request_types)
+        if flows > MAX_FLOWS:
+            raise ConfigError("request_types", f"{len(self.gpus)} GPU types x {len(self.cards)} config sizes x "
+                              f"{len(self.request_types)} request types = {flows} flows, past the {MAX_FLOWS} the "
+                              "planner solves in minutes; merge some")
         if not 0 <= self.seed < 2**63:  # as simulate's: numpy's generator takes no negative seed
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         for gpu in self.homogeneous:
