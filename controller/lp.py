@@ -29,6 +29,8 @@ class LpResult:
     """Solved to optimality (within the gap), not stopped at a limit with an incumbent."""
     gap: float = float("nan")
     """HiGHS's relative gap between the point and the best bound (0 proven optimal; nan without a point)."""
+    infeasible: bool = False
+    """Proven to have no feasible point (not merely stopped at a limit before finding one)."""
 
 
 class Lp:
@@ -76,7 +78,7 @@ class Lp:
                                    options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap,
                                             "presolve": presolve})
         if res.x is None:
-            return LpResult(False, float("nan"), np.empty(0), str(res.message))
+            return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2)
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly
         gap = 0.0 if gap is None and not any(self.integer) else float("nan") if gap is None else float(gap)
         return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message), optimal=res.status == 0, gap=gap)

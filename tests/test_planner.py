@@ -207,6 +207,32 @@ def test_unreachable_delay_threshold_is_named() -> None:
     assert why["reason"] == "delay" and why["parameter"] == "queries.q.delay_threshold_s"
 
 
+def test_weights_that_fit_no_gpu_or_too_little_compute_are_named() -> None:
+    """Both read "no single limit, relaxed alone, lets it be served": the weights-fit filter leaves such a model
+    out of the MILP, and the memory and compute rows were not among the limits tried."""
+    spec = replace(_tiny_allocation(1), queries={"q": replace(_tiny_allocation(1).queries["q"], unmet_penalty=10.0)})
+    tight = replace(spec, gpus={n: replace(g, memory_gb=4) for n, g in spec.gpus.items()})
+    model = AllocationModel(tight)
+    (why,) = explain_unmet(model, model.solve())
+    assert why["reason"] == "memory" and "weights fit any GPU's memory" in why["text"]
+    slow = replace(spec, gpus={n: replace(g, compute_tflops=1e-4) for n, g in spec.gpus.items()})
+    model = AllocationModel(slow)
+    (why,) = explain_unmet(model, model.solve())
+    assert why["reason"] == "compute" and why["parameter"] == "gpus.<name>.compute_tflops"
+
+
+def test_explanations_stop_at_the_specs_time_limit() -> None:
+    """Up to 8 solves a dropped type, each of up to time_limit_s: 75 s for a spec that printed "solved in 7.9 s".
+    Past the limit the rest say they were not explained."""
+    spec = replace(_tiny_allocation(1), queries={"q": replace(_tiny_allocation(1).queries["q"],
+                                                               delay_threshold_s=0.01, unmet_penalty=10.0)})
+    model = AllocationModel(spec)
+    best = model.solve()
+    clock = iter([0.0, *[1e9] * 20])  # the deadline is set, then every reading is past it
+    (why,) = explain_unmet(model, best, lambda: next(clock))
+    assert why["reason"] == "unexplained" and "not explained within time_limit_s" in why["text"]
+
+
 def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
     spec = load_plan_spec(PLANS / "seed001-allocation.toml")
     assert isinstance(spec, AllocationSpec)

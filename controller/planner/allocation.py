@@ -49,6 +49,8 @@ class Allocation:
     worst_case: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per served query type, its mean delay and error rate, nominal and at the worst case of its budget:
     delay_s, worst_delay_s, error, worst_error."""
+    infeasible: bool = False
+    """No plan exists (not merely none found within the time limit)."""
 
 
 class AllocationModel:
@@ -210,15 +212,19 @@ class AllocationModel:
             lp.row([(lp.index[("y", j, k)], 1.0) for j in s.models for k in self.tiers if k[0] == gname],
                    -float("inf"), float(g.available), "inventory")
 
-    def solve(self, force_served: str | None = None, without: frozenset[str] = frozenset()) -> Allocation:
+    def solve(self, force_served: str | None = None, without: frozenset[str] = frozenset(),
+              time_limit_s: float | None = None) -> Allocation:
+        """The optimum (`force_served`: that query type's unmet share held at 0; `without`: constraint groups left
+        out), within `time_limit_s` (None: the spec's)."""
         t0 = time.perf_counter()
         fix = {self.lp.index[("u", force_served)]: 0.0} if force_served else None
-        res = self.lp.solve(without=without, fix=fix, time_limit_s=self.spec.time_limit_s, presolve=False)
+        res = self.lp.solve(without=without, fix=fix, presolve=False,
+                            time_limit_s=self.spec.time_limit_s if time_limit_s is None else time_limit_s)
         return self._read(res, time.perf_counter() - t0)
 
     def _read(self, res: LpResult, solve_s: float) -> Allocation:
         if not res.ok:
-            return Allocation(False, {}, {}, {}, {}, solve_s, res.message)
+            return Allocation(False, {}, {}, {}, {}, solve_s, res.message, infeasible=res.infeasible)
         s, lp, x = self.spec, self.lp, res.x
         shares = {(i, j, k): lp.value(x, ("x", i, j, k)) for i in s.queries for j in s.models for k in self.tiers}
         deployments = {}

@@ -2,11 +2,14 @@
 
 For each query type with unmet demand the model is solved again with that type forced to be served. If that
 is feasible, the penalty was simply cheaper than serving: the report gives the unmet penalty above which
-serving pays. If not, each limit on the type is dropped in turn until it is: that limit is the reason.
+serving pays. If not, each limit on the type is dropped in turn until it is: that limit is the reason. All the
+explanations together take at most the spec's time_limit_s more (a type left when it runs out says so).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -19,22 +22,48 @@ _LIMITS = (
     ("budget", "budget"),
     ("inventory", "gpus.<name>.available"),
     ("storage", "storage_capacity_gb"),
+    ("memory", "gpus.<name>.memory_gb"),
+    ("compute", "gpus.<name>.compute_tflops"),
 )
 
 
-def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, Any]]:
+def explain_unmet(model: AllocationModel, best: Allocation,
+                  clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     """Why each query type's dropped demand is dropped, by solving again with one limit relaxed. Withheld
     (empty) unless `best` is a proven optimum: a plan stopped at the time limit is no fair baseline."""
     if not (best.ok and best.optimal):
         return []
     out = []
     spec = model.spec
+    deadline = clock() + spec.time_limit_s  # up to 8 solves a type, each of up to the spec's limit
+
+    def left_s() -> float:
+        return max(0.0, deadline - clock())
+
+    # a model whose weights fit no GPU at any TP degree is not in the MILP at all: no relaxed row would serve it
+    deployable = any(model.replicas(j, k) for j in spec.models for k in model.tiers)
+
     for i, share in best.unmet.items():
         qt = spec.queries[i]
         queries = qt.arrival_rate_qph * spec.rental_period_h
         if share <= 1e-6:
             continue
-        served = model.solve(force_served=i)
+        unexplained = {"query": i, "unmet_share": share, "reason": "unexplained", "parameter": None,
+                       "text": f"{i}: {share:.0%} of its demand is dropped; not explained within time_limit_s "
+                               f"({spec.time_limit_s:g} s, the explanations' own)."}
+        if not deployable:
+            out.append({"query": i, "unmet_share": share, "reason": "memory", "parameter": "gpus.<name>.memory_gb",
+                        "text": f"{i}: {share:.0%} of its demand is dropped because no model's weights fit any GPU's "
+                                "memory (memory_gb x mem_util) at its tp_degrees; relax gpus.<name>.memory_gb or "
+                                "tp_degrees."})
+            continue
+        if left_s() <= 0.0:
+            out.append(unexplained)
+            continue
+        served = model.solve(force_served=i, time_limit_s=left_s())
+        if not served.ok and not served.infeasible:  # stopped before it knew
+            out.append(unexplained)
+            continue
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]
             above = qt.unmet_penalty + extra / (share * queries)
@@ -48,7 +77,10 @@ def explain_unmet(model: AllocationModel, best: Allocation) -> list[dict[str, An
             continue
         for group, parameter in _LIMITS:
             g = group.format(i=i)
-            relaxed = model.solve(force_served=i, without=frozenset({g}))
+            relaxed = model.solve(force_served=i, without=frozenset({g}), time_limit_s=left_s())
+            if not relaxed.ok and not relaxed.infeasible:
+                out.append(unexplained)
+                break
             if relaxed.ok:
                 param = parameter.format(i=i)
                 extra_text = ""
