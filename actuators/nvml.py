@@ -33,6 +33,19 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "NVMLError_Unknown": (True, "unknown NVML error"),
 }
 POWER_CAP_BITING = 0x4  # nvmlClocksEventReasonSwPowerCap
+MAX_DEVICES = 1024
+"""More devices than any host holds (8 GPUs of 7 MIG slices each are 56): a count past it is a broken driver."""
+
+
+def _text(read: Callable[[], Any], instead: str) -> str:
+    """A name or UUID as printable text: pynvml decodes the driver's bytes itself and raised UnicodeDecodeError out
+    of every read of a GPU whose UUID is not UTF-8; control characters (terminal escapes) are written escaped."""
+    try:
+        value = read()
+    except UnicodeDecodeError:
+        return instead
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def translate(exc: Exception, what: str) -> ActuatorError:
@@ -96,7 +109,10 @@ class NvmlDevices:
 
     def count(self) -> int:
         with self._errors("device count"):
-            return int(self.nvml.nvmlDeviceGetCount())
+            n = int(self.nvml.nvmlDeviceGetCount())
+        if not 0 <= n <= MAX_DEVICES:  # a million were read one by one, for minutes and gigabytes
+            raise PermanentActuatorError(f"device count: NVML reports {n} GPUs, past the {MAX_DEVICES} any host holds")
+        return n
 
     def _handle(self, index: int) -> Any:
         if index not in self._handles:
@@ -131,8 +147,8 @@ class NvmlDevices:
         nv, h = self.nvml, self._handle(index)
         opt = self._telemetry
         with self._errors(f"GPU {index}"):
-            name = nv.nvmlDeviceGetName(h)
-            uuid = nv.nvmlDeviceGetUUID(h)
+            name = _text(lambda: nv.nvmlDeviceGetName(h), f"GPU {index}")
+            uuid = _text(lambda: nv.nvmlDeviceGetUUID(h), f"GPU-undecodable-{index}")
             limit, low, high = self.limits_w(index)
             power = opt(lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
             instant = self._field_w(h, nv.NVML_FI_DEV_POWER_INSTANT)
@@ -146,8 +162,7 @@ class NvmlDevices:
             memory = opt(lambda: nv.nvmlDeviceGetMemoryInfo(h))
             temp = opt(lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
         return GpuReading(
-            index, name.decode() if isinstance(name, bytes) else str(name),
-            uuid.decode() if isinstance(uuid, bytes) else str(uuid), power, instant, energy, limit, default, low,
+            index, name, uuid, power, instant, energy, limit, default, low,
             high, enforced, sm, mem_clock, reasons, None if reasons is None else bool(reasons & POWER_CAP_BITING),
             None if util is None else float(util.gpu), None if util is None else float(util.memory),
             None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp)

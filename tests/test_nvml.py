@@ -203,3 +203,32 @@ def test_restore_defaults_reports_a_failed_device_count_instead_of_raising() -> 
     fake.fail[("count", -1)] = pynvml.NVMLError_GpuIsLost
     failed = NvmlPowerLimiter(dev).restore_defaults()
     assert len(failed) == 1 and "fallen off the bus" in failed[0]
+
+
+class OddDriver(FakeNvml):
+    """A driver whose UUIDs are not UTF-8 (pynvml's own decode raises, as it does on such bytes), whose names carry
+    a terminal escape, and whose device count may be absurd."""
+
+    count = 2
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return b"GPU-\xff\xfe".decode()
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return "NVIDIA \x1b[31mH100"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+
+def test_an_undecodable_uuid_an_escape_or_an_absurd_count_is_no_traceback() -> None:
+    """The UUID raised UnicodeDecodeError out of every read (and `gpus`); the escape reached the terminal raw; a
+    count of a million was read one device at a time for minutes."""
+    fake = OddDriver([FakeGpu(), FakeGpu()])
+    dev = NvmlDevices(fake)
+    first, second = dev.read(0), dev.read(1)
+    assert (first.uuid, second.uuid) == ("GPU-undecodable-0", "GPU-undecodable-1")  # apart, and stable
+    assert first.name == "NVIDIA \\x1b[31mH100"
+    fake.count = 1_000_000
+    with pytest.raises(PermanentActuatorError, match="device count: NVML reports 1000000 GPUs, past the 1024"):
+        dev.count()
