@@ -82,6 +82,10 @@ def shown(values: Sequence[object], first: int = 8) -> str:
     return str(head) if len(values) <= first else f"{str(head)[:-1]}, ...] ({len(values)} values)"
 
 
+MAX_TOML_BYTES = 16 << 20
+"""Largest TOML file read (a config of a thousand services is some 500 KB)."""
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(str(path), "no such file")
@@ -91,9 +95,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "not readable (permission denied)")
     try:
         with path.open("rb") as f:
-            doc = tomllib.load(f)
+            data = f.read(MAX_TOML_BYTES + 1)
+        if len(data) > MAX_TOML_BYTES:
+            raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES >> 20} MiB: no config, scenario or spec is")
+        doc = tomllib.loads(data.decode())
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
+    except OSError as exc:  # /proc/self/mem is a regular file whose read fails
+        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:

@@ -269,6 +269,12 @@ def test_plan_cli_allocation_text_says_why(capsys: pytest.CaptureFixture[str]) -
     assert "Raise queries.qa.unmet_penalty above" in out and "TP 1" in out
 
 
+def test_a_spec_that_cannot_be_read_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """/proc/self/mem is a regular file whose read fails: "wattscale: Input/output error", naming no file."""
+    assert main(["plan", "/proc/self/mem"]) == 2
+    assert capsys.readouterr().err == "wattscale: /proc/self/mem: cannot be read (Input/output error)\n"
+
+
 @pytest.mark.parametrize(("text", "where"), [
     ('kind = "fleet"', "kind"),
     ('kind = "packing"\ngpus = {}\nrequest_types = {}\nscenarios = {}\ntraces = {}', "gpus"),
@@ -296,6 +302,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "queries.summarization.error_rate: must be in [0, 1], got 2.0"),
     ("seed002-packing.toml", "price_per_h = 1.75", "price_per_h = 1e308",
      "gpus.A100_80G.price_per_h: must be in (0, 1e+06], got 1e+308"),
+    ("seed001-allocation.toml", "compute_efficiency = 0.4", "compute_efficiency = 7",  # named neither nor the value
+     "compute_efficiency: must be in (0, 1], got 7.0"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:

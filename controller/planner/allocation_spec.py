@@ -227,8 +227,9 @@ class AllocationSpec:
         for name in ("queries", "models", "gpus", "precisions"):
             if not getattr(self, name):
                 raise ConfigError(name, "at least one entry is required")
-        if not 0 < self.compute_efficiency <= 1 or not 0 < self.mem_util <= 1:
-            raise ConfigError("compute_efficiency/mem_util", "must be in (0, 1]")
+        for name in ("compute_efficiency", "mem_util"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(name, f"must be in (0, 1], got {getattr(self, name)!r}")
         for n in ("1", "2", "4", "8"):
             if not 0 < self.tp_speedup.get(n, 0) < math.inf:
                 raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")

@@ -82,8 +82,8 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
                     args.requests if args.requests is not None else max(spec.scales))
     if inst.scenario not in spec.scenarios or inst.trace not in spec.traces:
-        raise ConfigError("--scenario/--trace",
-                          f"expected a scenario in {list(spec.scenarios)} and a trace in {list(spec.traces)}")
+        raise ConfigError("--scenario/--trace", f"got {inst.scenario!r} and {inst.trace!r}; expected a scenario in "
+                          f"{list(spec.scenarios)} and a trace in {list(spec.traces)}")
     configs = enumerate_configs(spec)
     doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
     if args.json:
