@@ -379,3 +379,18 @@ def test_a_query_type_without_demand_is_not_explained_as_dropped(tmp_path: Path,
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and all(d["query"] != "qa" for d in doc["dropped"])
     assert doc["unmet"]["qa"] == 0.0 and all(math.copysign(1.0, v) == 1.0 for v in doc["unmet"].values())
+
+
+def test_a_milp_stopped_at_its_time_limit_is_marked_in_the_compare_table() -> None:
+    """The table printed an incumbent as the optimum: greedy's gap read -27 % against it, unmarked."""
+    from controller.planner.packing_report import compare_table
+
+    def result(solver: str, cost: float, optimal: bool) -> dict[str, object]:
+        return {"solver": solver, "feasible": True, "cost_per_h": cost, "optimal": optimal}
+
+    rows = [{"scenario": "s", "trace": "t", "requests": 1000,
+             "results": [result("milp", 658.67, False), result("greedy", 479.95, False)]}]
+    table = compare_table(rows)
+    assert "658.67*" in table and "479.95*" not in table and "*: stopped at time_limit_s" in table
+    rows[0]["results"] = [result("milp", 470.0, True), result("greedy", 479.95, False)]
+    assert "*" not in compare_table(rows)

@@ -75,13 +75,20 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'scenario':<12}{'trace':<12}{'requests':>9}" + "".join(f"{n.replace('homogeneous:', 'homo:'):>16}"
                                                                       for n in names)
     lines = [head + f"{'greedy gap':>12}"]
+    stopped = False
     for row in rows:
         costs = {r["solver"]: r["cost_per_h"] for r in row["results"]}
-        cells = "".join(f"{'fail' if costs[n] is None else format(costs[n], '.2f'):>16}" for n in names)
+        # a MILP stopped at its time limit is an incumbent, not an optimum: marked, or its gap reads as greedy's
+        marks = {r["solver"]: "*" if r["solver"].startswith("milp") and r["feasible"] and not r["optimal"] else ""
+                 for r in row["results"]}
+        stopped = stopped or any(marks.values())
+        cells = "".join(f"{'fail' if costs[n] is None else format(costs[n], '.2f') + marks[n]:>16}" for n in names)
         gap = (costs["greedy"] / costs["milp"] - 1) if costs.get("milp") and costs.get("greedy") else math.nan
         lines.append(f"{row['scenario']:<12}{row['trace']:<12}{row['requests']:>9}{cells}{gap:>12.4f}")
     lines.append("milp: shared capacity row (ours); milp_per_type: the seed's per-type row, which counts a config "
                  "once per request type and so under-states the cost.")
+    if stopped:
+        lines.append("*: stopped at time_limit_s before proving optimal (the best found; --json gives its gap).")
     return "\n".join(lines)
 
 
