@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -113,7 +114,15 @@ def preflight(settings: Settings) -> list[str]:
                         f"what the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU "
                         f"idle, {floor:.0f} W: under load no cap holds it, and the plan cannot go below min_replicas")
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
-        if path is not None and path.exists() and not path.is_file():  # a FIFO would block its reader or writer
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:  # missing: written at the first cycle; a folder that is none: warned of below
+            if exc.errno == errno.ELOOP:  # a link loop: the daemon could never write it
+                raise ConfigError(field, f"{path} cannot be opened ({exc.strerror})") from None
+            continue
+        if not stat.S_ISREG(mode):  # a FIFO would block its reader or writer
             raise ConfigError(field, f"{path} is not a regular file")
     problem = unwritable(settings.state_path.parent)
     if problem is not None:

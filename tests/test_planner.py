@@ -304,6 +304,10 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "gpus.A100_80G.price_per_h: must be in (0, 1e+06], got 1e+308"),
     ("seed001-allocation.toml", "compute_efficiency = 0.4", "compute_efficiency = 7",  # named neither nor the value
      "compute_efficiency: must be in (0, 1], got 7.0"),
+    ("seed001-allocation.toml", "mem_util = 0.9", "mem_util = 0.9\ntp_speedup = { 1 = 1.0, 2 = 1.9, 3 = 2.5, "
+     "4 = 3.6, 8 = 6.6 }", "tp_speedup.3: no TP degree: the degrees are 1, 2, 4 and 8"),  # ignored without a word
+    ("seed001-allocation.toml", "[gpus.T4]", "[gpus.T4]\ntp_degrees = [1, 1, 1]",
+     "gpus.T4.tp_degrees: must be a subset of [1, 2, 4, 8], each once, got [1, 1, 1]"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:

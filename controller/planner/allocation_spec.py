@@ -104,8 +104,10 @@ class GpuSpec:
         check_range(self, where, ("memory_gb",), 0.0, 1e4)
         check_range(self, where, ("compute_tflops",), 0.0, 1e6)
         check_range(self, where, ("delay_factor",), 0.0, 1e3)
-        if not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees):
-            raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], got {list(self.tp_degrees)}")
+        if (not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees)
+                or len(set(self.tp_degrees)) < len(self.tp_degrees)):
+            raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], each once, got "
+                                                     f"{list(self.tp_degrees)}")
         if not 0 <= self.available <= MAX_CARDS:
             raise ConfigError(f"{where}.available", f"must be in 0..{MAX_CARDS}, got {self.available}")
 
@@ -230,6 +232,8 @@ class AllocationSpec:
         for name in ("compute_efficiency", "mem_util"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(name, f"must be in (0, 1], got {getattr(self, name)!r}")
+        for n in sorted(set(self.tp_speedup) - {"1", "2", "4", "8"}):  # taken and never read
+            raise ConfigError(f"tp_speedup.{n}", "no TP degree: the degrees are 1, 2, 4 and 8")
         for n in ("1", "2", "4", "8"):
             if not 0 < self.tp_speedup.get(n, 0) < math.inf:
                 raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")
