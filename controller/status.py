@@ -56,6 +56,7 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     """Whether the window's statistic met both targets, and the figures that say so."""
     if not observed:
         return None, "no window observed"
+    observed = {k: v for k, v in observed.items() if not (isinstance(v, float) and not math.isfinite(v))}  # NaN: none
     met = slo_met(svc, observed.get("ttft_ms"), observed.get("itl_ms"), observed.get("ttft_p95_ms"),
                   observed.get("itl_p95_ms"))
     if met is None:
@@ -124,9 +125,14 @@ def status(settings: Settings, path: Path, as_json: bool) -> str:
                           f"{exc})") from None
 
 
+def _seconds(s: float) -> str:
+    """Seconds as a person reads them: whole below a billion, a short float past (1e308 printed 309 digits)."""
+    return f"{s:.0f}" if s < 1e9 else f"{s:.3g}"
+
+
 def text(rep: dict[str, Any]) -> str:
-    age = "" if rep["age_s"] is None else (f", decided {rep['age_s']:.0f} s ago" if rep["age_s"] >= 0 else
-                                            f", dated {-rep['age_s']:.0f} s in the future")
+    age = "" if rep["age_s"] is None else (f", decided {_seconds(rep['age_s'])} s ago" if rep["age_s"] >= 0 else
+                                            f", dated {_seconds(-rep['age_s'])} s in the future")
     if rep["stale"]:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""

@@ -162,3 +162,22 @@ def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[.
     log.write_text("[" * 100_000 + "\n")
     assert main(["status", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: {log} holds no decision yet"
+
+
+def test_a_nan_latency_is_unknown_and_an_absurd_age_is_short(sim_config: Callable[..., Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A foreign log's NaN TTFT read "SLO missed: mean TTFT nan/300"; a wall_time of -1e308 printed 309 digits."""
+    path = sim_config({"port = 9464": "port = 0"})
+    daemon = Daemon(path, load_settings(path))
+    daemon.t0 -= 20.0
+    daemon.fast()
+    daemon.slow()
+    daemon.parts.close()
+    log = decision_log(path)
+    record = json.loads(log.read_text().splitlines()[-1])
+    record["wall_time"] = -1e308
+    record["services"]["chat"]["observed"] = {"ttft_ms": float("nan"), "itl_ms": 10.0}
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "decided 1e+308 s ago" in out and "nan" not in out.lower() and "no latency observed" in out
