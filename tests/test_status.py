@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,19 @@ def decision_log(config: Path) -> Path:
     assert log is not None
     log.parent.mkdir(parents=True, exist_ok=True)
     return log
+
+
+def real_record(sim_config: Callable[..., Path]) -> tuple[Path, Path, dict[str, Any]]:
+    """A config, its decision log and the last record a daemon wrote there after one cycle."""
+    path = sim_config({"port = 9464": "port = 0"})
+    daemon = Daemon(path, load_settings(path))
+    daemon.t0 -= 20.0
+    daemon.fast()
+    daemon.slow()
+    daemon.parts.close()
+    log = decision_log(path)
+    record: dict[str, Any] = json.loads(log.read_text().splitlines()[-1])
+    return path, log, record
 
 
 def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,14 +89,7 @@ def test_a_record_nested_past_the_json_writer_is_one_line(sim_config: Callable[.
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A real record whose tuner figures are nested 600 deep parses, but the strict JSON writer recursed past
     Python's limit: a traceback in --json."""
-    path = sim_config({"port = 9464": "port = 0"})
-    daemon = Daemon(path, load_settings(path))
-    daemon.t0 -= 20.0
-    daemon.fast()
-    daemon.slow()
-    daemon.parts.close()
-    log = decision_log(path)
-    record = json.loads(log.read_text().splitlines()[-1])
+    path, log, record = real_record(sim_config)
     record["services"]["chat"]["tuner"] = "DEEP"
     log.write_text(json.dumps(record).replace('"DEEP"', "[" * 600 + "]" * 600) + "\n")
     assert main(["status", "--config", str(path), "--json"]) == 2
@@ -167,14 +174,7 @@ def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[.
 def test_a_nan_latency_is_unknown_and_an_absurd_age_is_short(sim_config: Callable[..., Path],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A foreign log's NaN TTFT read "SLO missed: mean TTFT nan/300"; a wall_time of -1e308 printed 309 digits."""
-    path = sim_config({"port = 9464": "port = 0"})
-    daemon = Daemon(path, load_settings(path))
-    daemon.t0 -= 20.0
-    daemon.fast()
-    daemon.slow()
-    daemon.parts.close()
-    log = decision_log(path)
-    record = json.loads(log.read_text().splitlines()[-1])
+    path, log, record = real_record(sim_config)
     record["wall_time"] = -1e308
     record["services"]["chat"]["observed"] = {"ttft_ms": float("nan"), "itl_ms": 10.0}
     log.write_text(json.dumps(record) + "\n")
