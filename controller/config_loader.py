@@ -114,6 +114,13 @@ def read_toml(path: Path) -> dict[str, Any]:
     return doc
 
 
+def quoted(value: object, chars: int = 80) -> str:
+    """A value as an error line quotes it: its repr, cut with its length past `chars` (10**400 printed 401
+    digits)."""
+    text = repr(value)
+    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} characters)"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -129,7 +136,7 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(where, f"must be one of {list(choices)}, got {value!r}")
+            raise ConfigError(where, f"must be one of {list(choices)}, got {quoted(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
@@ -147,22 +154,22 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return build(typing.cast(type, tp), value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            shown = repr(value) if isinstance(value, (str, bool)) else f"{type(value).__name__} {value}"
+            shown = quoted(value) if isinstance(value, (str, bool)) else f"{type(value).__name__} {quoted(value)}"
             raise ConfigError(where, f"must be a number, got {shown}")
         if value != value:
             raise ConfigError(where, "must be a number, got nan")
         if isinstance(value, int) and abs(value) >= 2**63:
-            raise ConfigError(where, f"must be a number of at most 64 bits, got {value}")
+            raise ConfigError(where, f"must be a number of at most 64 bits, got {quoted(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, f"must be an integer, got {value!r}")
+            raise ConfigError(where, f"must be an integer, got {quoted(value)}")
         if abs(value) >= 2**63:
-            raise ConfigError(where, f"must be an integer of at most 64 bits, got {value}")
+            raise ConfigError(where, f"must be an integer of at most 64 bits, got {quoted(value)}")
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):
-            raise ConfigError(where, f"must be a {_type_name(tp)}, got {value!r}")
+            raise ConfigError(where, f"must be a {_type_name(tp)}, got {quoted(value)}")
         return value
     raise ConfigError(where, f"unsupported type {_type_name(tp)}")
 

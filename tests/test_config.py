@@ -150,6 +150,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          "stability.max_replica_step: must be an integer of at most 64 bits, got 99999999999999999999"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 99999999999999999999"),
          "power.budget_w: must be a number of at most 64 bits, got 99999999999999999999"),
+        (lambda t: t.replace("budget_w = 4000", f"budget_w = {10**400}"),  # it printed all 401 digits
+         r"power.budget_w: must be a number of at most 64 bits, got 1000000000\d{70}\.\.\. \(401 characters\)$"),
     ],
 )
 def test_bad_file_exits_2_naming_the_field(
