@@ -42,9 +42,9 @@ def _text(read: Callable[[], Any], instead: str) -> str:
     of every read of a GPU whose UUID is not UTF-8; control characters (terminal escapes) are written escaped."""
     try:
         value = read()
+        text = value.decode() if isinstance(value, bytes) else str(value)  # older pynvml returns the bytes
     except UnicodeDecodeError:
         return instead
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 

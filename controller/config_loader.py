@@ -97,7 +97,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
         if len(data) > MAX_TOML_BYTES:
-            raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES >> 20} MiB: no config, scenario or spec is")
+            raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no config, scenario or spec is")
         doc = tomllib.loads(data.decode())
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None

@@ -149,6 +149,14 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
         make(report / name)  # a FIFO blocked the run for ever; a directory failed it after the whole simulation
         assert main(["simulate", str(good), "--report", str(report), "--policies", "static"]) == 2
         assert f"--report: {report / name} exists and is not a regular file" in capsys.readouterr().err
+    mine = tmp_path / "report-mine"
+    mine.mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    os.symlink(tmp_path / "notes.txt", mine / "notes.md")  # a user's own files the report never writes
+    os.mkdir(mine / "old-runs.json")
+    os.symlink(tmp_path / "notes.txt", mine / "summary.md")  # a link to a regular file is written through
+    assert main(["simulate", str(good), "--report", str(mine), "--policies", "static", "--no-progress"]) == 0
+    capsys.readouterr()
 
 
 def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None:

@@ -155,6 +155,17 @@ def test_extreme_sizes_within_bounds_are_a_type_that_fits_nowhere(tmp_path: Path
         assert solver == "homogeneous" or "request type 't1' fits no config" in out
 
 
+def test_a_spec_past_the_size_any_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import controller.config_loader as loader
+
+    monkeypatch.setattr(loader, "MAX_TOML_BYTES", 1 << 10)
+    path = tmp_path / "plan.toml"
+    path.write_text(Path(PACKING).read_text())
+    assert main(["plan", str(path)]) == 2
+    assert f"{path}: larger than 1024 bytes: no config, scenario or spec is" in one_line(capsys)
+
+
 def test_compare_past_its_instances_is_refused_before_solving(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "plan.toml"
@@ -215,6 +226,8 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
      r"cards: names a value twice: \[1, 1, 4, 8\]"),
     (PACKING, lambda t: t.replace("scales = [1000, 3000, 5000]", "scales = [1000, 1000, 5000]"),
      "scales: names a value twice"),
+    (PACKING, lambda t: t.replace('homogeneous = ["A100_80G",', 'homogeneous = ["A100_80G", "A100_80G",'),
+     "homogeneous: names a value twice"),
     (PACKING, lambda t: t.replace("cards = [1, 2, 4, 8]", f"cards = {list(range(1, 65))}").replace(
         "speedups = [1.0, 1.75, 3.2, 5.6]", f"speedups = {[1.0] * 64}").replace(
         "[request_types]", "[request_types]\n" + "".join(f"x{i} = {{ memory_gb = 1, compute = 1 }}\n"

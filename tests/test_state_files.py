@@ -68,8 +68,8 @@ def bad_draw(doc: dict[str, Any]) -> None:
     (pair_edit("x", [250.0, 1.8, 400.0, 0.7]), "saved state of m|gpu: outside the filter's bounds for its prior"),
     (pair_edit("p", [[1.0]]), "saved state of m|gpu: p is not a finite 4 x 4 matrix"),
     (skew_p, "saved state of m|gpu: p is not a covariance"),
-    (huge_cov, "saved state of m|gpu: p is not a covariance (positive semi-definite"),
-    (indefinite_cov, "saved state of m|gpu: p is not a covariance (positive semi-definite"),
+    (huge_cov, "saved state of m|gpu: p is not a covariance (not positive semi-definite)"),
+    (indefinite_cov, "saved state of m|gpu: p is not a covariance (not positive semi-definite)"),
     (pair_edit("updates", -1), "saved state of m|gpu: updates or accepted is not a count"),
     (pair_edit("accepted", True), "saved state of m|gpu: updates or accepted is not a count"),
     (lambda doc: doc["pairs"].update(other="x"), "saved state of other: not a table"),
@@ -146,3 +146,20 @@ def test_an_unwritable_state_dir_warns_once_and_runs_on(tmp_path: Path, caplog: 
         verdicts = [tuner.update("m", "gpu", observe(r)) for r in (2.0, 8.0, 5.0)]
     assert all(v.accepted for v in verdicts)
     assert len(caplog.records) == 1 and "cannot save tuner state" in caplog.text
+
+
+def test_a_token_budgets_state_loads_back_unchanged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A step prior with max_num_batched_tokens 8192 starts with a variance of (0.15 x 8192)^2 = 1.5e6: a cap of
+    1e6 on P's entries set every pair's state aside at each restart."""
+    prior = ServiceParams("step", 24.0, 0.18, 40.0, 0.07, budget_tokens=8192.0).with_step_defaults()
+    path = tmp_path / "tuner.json"
+    tuner = Tuner(path)
+    tuner.ensure("m", "gpu", prior, None)
+    for r in (2.0, 8.0):
+        tuner.update("m", "gpu", observe(r))
+    saved = json.loads(path.read_text())["pairs"]["m|gpu"]
+    assert max(max(row) for row in saved["p"]) > 1e6
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", prior, None)
+    assert not caplog.records and path.exists()
+    np.testing.assert_allclose(pair.x, saved["x"])

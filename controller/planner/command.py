@@ -62,7 +62,8 @@ def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) ->
     if instances > MAX_INSTANCES:  # each solved within time_limit_s, and nothing printed until the last
         raise ConfigError("--compare", f"{len(spec.scenarios)} scenarios x {len(spec.traces)} traces x "
                           f"{len(spec.scales)} scales = {instances} instances, past the {MAX_INSTANCES} it solves "
-                          f"(each within time_limit_s, {spec.time_limit_s:g} s); run fewer, or one with --scenario")
+                          f"(each within time_limit_s, {spec.time_limit_s:g} s); name fewer scenarios, traces or "
+                          "scales")
     rows = compare(spec)
     print(strict_json.dumps(rows, indent=2) if args.json else compare_table(rows))
     if plots is not None:

@@ -106,10 +106,10 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     for (w, c), f in flow.items():  # each flow's rows, gathered once (a scan of every flow per row was quadratic)
         by_type[w].append((f, 1.0))
         by_config[c].append((f, 1.0 / configs[c].holds[w]))
+    homeless = _homeless(configs, counts, type_names)
+    if homeless is not None:
+        return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0, homeless)
     for w, n in enumerate(counts):
-        if n > 0 and not by_type[w]:
-            return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0,
-                                 f"request type {_named(w, type_names)} fits no config")
         lp.row(by_type[w], float(n), float(n))
     if capacity == "shared":
         for c in range(len(configs)):
@@ -134,16 +134,23 @@ def _named(w: int, type_names: tuple[str, ...]) -> str:
     return repr(type_names[w]) if w < len(type_names) else f"#{w}"
 
 
+def _homeless(configs: list[Config], counts: np.ndarray, type_names: tuple[str, ...]) -> str | None:
+    """Why no solver can hold the workload where a type with requests fits no config; None where every one fits."""
+    for w in np.flatnonzero(counts > 0).tolist():
+        if not any(cf.holds[w] > 0 for cf in configs):
+            return f"request type {_named(w, type_names)} fits no config"
+    return None
+
+
 def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
                  type_names: tuple[str, ...] = ()) -> PackingResult:
     """Two passes. Each type first rents whole copies of its cheapest config per request (then the next cheapest
     when cards run out); the remainders, each less than a copy, then share copies: repeatedly rent the copy that
     covers the most remainder value (requests x their best price) per dollar."""
     t0 = time.perf_counter()
-    for w in np.flatnonzero(counts > 0).tolist():
-        if not any(cf.holds[w] > 0 for cf in configs):
-            return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
-                                 f"request type {_named(w, type_names)} fits no config")
+    homeless = _homeless(configs, counts, type_names)
+    if homeless is not None:
+        return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0, homeless)
     left = dict(cards)
     copies: dict[int, int] = {}
     need = counts.astype(float).copy()

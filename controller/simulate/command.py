@@ -12,6 +12,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import figures
+from controller.simulate.plots import PLOTS
 from controller.simulate.report import POWER_FIGURES, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, Run, run
 from controller.simulate.scenario import Scenario, load_scenario
@@ -82,18 +83,16 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     return doc
 
 
-REPORT_FILES = ("*.log", "*.json", "*.jsonl", "*.md", "*.csv", "*.png")
-"""What a report writes into its directory (simulate.log, summary.*, traces, decision logs, plots)."""
-
-
-def _check_report_files(report_dir: Path) -> None:
-    """Refuse, before anything runs, a report directory where a file the report writes is not a plain file: a FIFO
-    blocked the run for ever, a directory or a dangling link failed it after the whole simulation."""
-    for pattern in REPORT_FILES:
-        for path in report_dir.glob(pattern):
-            if path.is_symlink() or not path.is_file():
-                raise ConfigError("--report", f"{path} exists and is not a regular file (the report writes it); "
-                                  "remove it or name another directory")
+def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int]) -> None:
+    """Refuse, before anything runs, a report directory where a file the report writes is there and no regular
+    file (a link to one is fine): a FIFO blocked the run for ever, a directory or a dangling link failed it after
+    the whole simulation."""
+    names = ["simulate.log", "summary.json", "summary.md", *PLOTS, *(f"trace-{p}.csv" for p in policies),
+             *(f"decisions-seed{s}.jsonl" for s in seeds)]
+    for path in (report_dir / name for name in names):
+        if (path.is_symlink() or path.exists()) and not path.is_file():
+            raise ConfigError("--report", f"{path} exists and is not a regular file (the report writes it); "
+                              "remove it or name another directory")
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -105,9 +104,10 @@ def simulate_command(args: argparse.Namespace) -> int:
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
+    seeds = [scn.settings.seed + k for k in range(args.seeds)]
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
-        _check_report_files(report_dir)
+        _check_report_files(report_dir, args.policies, seeds)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
@@ -115,7 +115,6 @@ def simulate_command(args: argparse.Namespace) -> int:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    seeds = [scn.settings.seed + k for k in range(args.seeds)]
     try:
         doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress)
     finally:

@@ -12,6 +12,9 @@ from controller.simulate.accounting import GRACE_S, WINDOW_S, request_met
 from controller.simulate.runner import Run
 from controller.simulate.scenario import Scenario
 
+PLOTS = ("power.png", "slo.png", "actuators.png", "energy.png")
+"""The PNGs a report draws, in the order the summary shows them."""
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -83,11 +86,12 @@ def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
 def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Run], policies: dict[str, Any]) -> list[str]:
     """Write the PNGs into `report_dir`; their file names, in the order the summary shows them."""
     plt = _pyplot()
-    power(plt, runs, report_dir / "power.png")
-    slo(plt, scn, runs, report_dir / "slo.png")
-    actuators(plt, scn, runs, report_dir / "actuators.png")
-    energy(plt, policies, report_dir / "energy.png")
-    return ["power.png", "slo.png", "actuators.png", "energy.png"]
+    power_png, slo_png, actuators_png, energy_png = (report_dir / name for name in PLOTS)
+    power(plt, runs, power_png)
+    slo(plt, scn, runs, slo_png)
+    actuators(plt, scn, runs, actuators_png)
+    energy(plt, policies, energy_png)
+    return list(PLOTS)
 
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
