@@ -7,6 +7,7 @@ the real `pynvml` error classes.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,20 +121,16 @@ class NvmlDevices:
                 self._handles[index] = self.nvml.nvmlDeviceGetHandleByIndex(index)
         return self._handles[index]
 
-    def _optional(self, fn: Callable[[], Any]) -> Any:
-        """A field the GPU may not support: None then; any other error is raised translated."""
+    def _optional(self, fn: Callable[[], Any], telemetry: bool = False) -> Any:
+        """A field the GPU may not support: None then; any other error is raised translated. A `telemetry` reading
+        is also absent where the driver lacks the function (an older one) or this user may not read it: one such
+        field must not lose the GPU's whole reading."""
+        nv = self.nvml
+        absent = ((nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound, nv.NVMLError_NoPermission) if telemetry
+                  else (nv.NVMLError_NotSupported,))
         try:
             return fn()
-        except self.nvml.NVMLError_NotSupported:
-            return None
-
-    def _telemetry(self, fn: Callable[[], Any]) -> Any:
-        """A reading the GPU, its driver (an older one lacks the function) or this user may not have: None then
-        (one such field must not lose the GPU's whole reading); any other error is raised translated."""
-        try:
-            return fn()
-        except (self.nvml.NVMLError_NotSupported, self.nvml.NVMLError_FunctionNotFound,
-                self.nvml.NVMLError_NoPermission):
+        except absent:
             return None
 
     def limits_w(self, index: int) -> tuple[float, float, float]:
@@ -145,7 +142,7 @@ class NvmlDevices:
 
     def read(self, index: int) -> GpuReading:
         nv, h = self.nvml, self._handle(index)
-        opt = self._telemetry
+        opt = functools.partial(self._optional, telemetry=True)
         with self._errors(f"GPU {index}"):
             name = _text(lambda: nv.nvmlDeviceGetName(h), f"GPU {index}")
             uuid = _text(lambda: nv.nvmlDeviceGetUUID(h), f"GPU-undecodable-{index}")
