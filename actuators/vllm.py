@@ -147,7 +147,7 @@ class VllmBatchSizer:
     def __init__(self, runner: ServerRunner, replicas: dict[str, tuple[Replica, ...]], initial: dict[str, int],
                  probe: Callable[[str, float], bool], health_timeout_s: float = 300.0, poll_s: float = 1.0) -> None:
         """`probe(url, timeout_s)`: whether a server's /health answers 200 within the time (the daemon's reads the
-        whole answer within it: controller.wiring.healthy_within)."""
+        whole answer within it: controller.http_fetch.healthy_within)."""
         self.runner, self.replicas = runner, replicas
         self.current = dict(initial)
         self.health_timeout_s, self.poll_s, self.probe = health_timeout_s, poll_s, probe

@@ -163,12 +163,13 @@ class Controller:
         decision, and log the first of a run: the same failure again logs once a slow cycle has passed without
         it (another endpoint's, another message, logs at once)."""
         self.metrics.errors.labels(kind).inc()
-        with self._errors_lock:
-            if (kind, message) not in self._failing:
-                log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
+        with self._errors_lock:  # held for the bookkeeping alone: the fast loop reports here too
+            first = (kind, message) not in self._failing
             self._failing.add((kind, message))
             self._failed_now.add((kind, message))
             self._errors.append(f"{kind}: {message}")
+        if first:
+            log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
 
     def _cycle_errors(self) -> list[str]:
         """The failures reported since the last decision, handed to this one; a failure not repeated in it ends

@@ -1,5 +1,5 @@
 """One bounded HTTP request for every source the daemon reads over HTTP (vLLM pages, Prometheus, budget and carbon
-APIs, the operator's node plans).
+APIs, the operator's node plans, the health of the vLLM servers the daemon restarts).
 
 urllib's timeout bounds each socket operation, not the answer: a server that trickles its status line, headers or
 body a byte at a time keeps a read going for ever, and one that streams on fills the memory. Here the request's
@@ -195,3 +195,18 @@ def _body(r: Any, url: str, deadline: float, max_body: int, whole: bool) -> byte
         why = "is still coming after the timeout" if time.monotonic() > deadline else "broke off"
         raise Unreachable(f"{url}: the answer {why} ({len(body)} of {stated} bytes)")
     return body
+
+
+@functools.cache
+def _local() -> urllib.request.OpenerDirector:
+    """An opener without proxies, built once (the probe's servers are this host's)."""
+    return opener({})
+
+
+def healthy_within(url: str, timeout_s: float) -> bool:
+    """A server's /health answers 200 within `timeout_s`, the whole answer (urllib's timeout bounds each read: a
+    server trickling its answer a byte a read held a probe, and a rollout, for ever); no proxy."""
+    try:
+        return http_request(url, {}, timeout_s, via=_local(), max_body=4096).status == 200
+    except Unreachable:
+        return False

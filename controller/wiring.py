@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from actuators.nvml_clocks import NvmlClockLocker
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
 from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, VllmBatchSizer
 from controller.config_loader import ConfigError
-from controller.http_fetch import Unreachable, http_request, opener
+from controller.http_fetch import healthy_within
 from controller.settings import Settings
 from controller.telemetry.base import GpuSource, VllmSource
 from controller.telemetry.cluster_power import PrometheusGpuSource
@@ -169,22 +167,6 @@ def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
             for unit, port in zip(units, s.vllm_ports, strict=True))
     return VllmBatchSizer(runner, replicas, {s.name: s.initial_max_batch for s in settings.services}, healthy_within,
                           a.health_timeout_s)
-
-
-@functools.cache
-def _local() -> urllib.request.OpenerDirector:
-    """An opener without proxies, built once."""
-    return opener({})
-
-
-def healthy_within(url: str, timeout_s: float) -> bool:
-    """A server's /health answers 200 within `timeout_s`, the whole answer (urllib's timeout bounds each read: a
-    server trickling its answer a byte a read held a probe, and a rollout, for ever); no proxy: the servers are
-    this host's."""
-    try:
-        return http_request(url, {}, timeout_s, via=_local(), max_body=4096).status == 200
-    except Unreachable:
-        return False
 
 
 def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None = None) -> Parts:

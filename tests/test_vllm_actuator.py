@@ -15,7 +15,7 @@ import pytest
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
 from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, with_max_num_seqs
-from controller.wiring import healthy_within as healthy
+from controller.http_fetch import healthy_within as healthy
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
 
@@ -258,7 +258,7 @@ def test_a_health_answer_trickled_a_byte_at_a_time_is_not_healthy_within_the_pro
     import threading
     import time
 
-    from controller.wiring import healthy_within
+    from controller.http_fetch import healthy_within
 
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"x" * 40 + b"\r\n\r\nok"
     server = socket.create_server(("127.0.0.1", 0))
