@@ -96,16 +96,21 @@ def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]
     for item in result:
         try:
             labels, (_, text) = item["metric"], item["value"]
-            value = float(text) if isinstance(text, str) else math.nan  # Prometheus sends every value as a string
         except (TypeError, KeyError, ValueError) as exc:
-            raise BadAnswer(f"prometheus: a series that is not (labels, [time, value]) for {shortened(query)!r}: "
-                            f"{shortened(json.dumps(item))}") from exc
-        if not isinstance(labels, dict) or not isinstance(text, str):
-            raise BadAnswer(f"prometheus: a series whose labels are no object or whose value no string for "
-                            f"{shortened(query)!r}: {shortened(json.dumps(item))}")
+            raise _bad_series(query, item, "that is not (labels, [time, value])") from exc
+        if not isinstance(labels, dict) or not isinstance(text, str):  # Prometheus sends every value as a string
+            raise _bad_series(query, item, "whose labels are no object or whose value no string")
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise _bad_series(query, item, "that is not (labels, [time, value])") from exc
         if math.isfinite(value):
             out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out
+
+
+def _bad_series(query: str, item: object, what: str) -> BadAnswer:
+    return BadAnswer(f"prometheus: a series {what} for {shortened(query)!r}: {shortened(json.dumps(item))}")
 
 
 def by_model(answer: list[tuple[dict[str, str], float]]) -> dict[str, float]:
