@@ -225,19 +225,24 @@ def quantiles(survival: Survival, low: float, high: float, probs: Sequence[float
         if log_s[-1] <= min(levels):
             break
         high = low + 2.0 * (high - low)
-    # log survival falls along the grid: the first point at or below each level, for all levels at once
-    firsts = np.minimum(np.maximum(np.searchsorted(-log_s, -np.asarray(levels), side="left"), 1), len(grid) - 1)
     out: list[float] = []
-    for level, j in zip(levels, firsts.tolist(), strict=True):
+    for level, j in zip(levels, _firsts(log_s, levels), strict=True):
         t = _between(grid, log_s, level, j)
         if log_s[j] < log_s[j - 1] - STEEP:
             # A narrow distribution far from zero (an overloaded queue's wait) falls within one bracket, where
             # interpolating its log survival linearly would put the percentile below the mean: read it finer.
             fine = np.linspace(grid[j - 1], grid[j], GRID // 4)
             fine_log = _log(survival(fine))
-            t = _between(fine, fine_log, level, min(max(int(np.count_nonzero(fine_log > level)), 1), len(fine) - 1))
+            t = _between(fine, fine_log, level, _firsts(fine_log, [level])[0])
         out.append(t)
     return out
+
+
+def _firsts(log_s: NDArray[np.float64], levels: Sequence[float]) -> list[int]:
+    """Per level, the first point at or below it (log survival falls along the grid), within 1..len - 1 so a
+    bracket [j - 1, j] exists: one search for all levels."""
+    found = np.searchsorted(-log_s, -np.asarray(levels), side="left")
+    return np.minimum(np.maximum(found, 1), len(log_s) - 1).tolist()  # type: ignore[no-any-return]
 
 
 def _log(s: NDArray[np.float64]) -> NDArray[np.float64]:
