@@ -232,8 +232,9 @@ class AllocationSpec:
         for name in ("compute_efficiency", "mem_util"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(name, f"must be in (0, 1], got {getattr(self, name)!r}")
-        for n in sorted(set(self.tp_speedup) - {"1", "2", "4", "8"}):  # taken and never read
-            raise ConfigError(f"tp_speedup.{n}", "no TP degree: the degrees are 1, 2, 4 and 8")
+        stray = sorted(set(self.tp_speedup) - {"1", "2", "4", "8"})  # taken and never read
+        if stray:
+            raise ConfigError(f"tp_speedup.{stray[0]}", "no TP degree: the degrees are 1, 2, 4 and 8")
         for n in ("1", "2", "4", "8"):
             if not 0 < self.tp_speedup.get(n, 0) < math.inf:
                 raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")

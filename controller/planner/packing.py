@@ -98,6 +98,9 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     """min sum_c cost_c y_c over integer copies y and continuous flows, on HiGHS."""
     t0 = time.perf_counter()
     name = "milp" if capacity == "shared" else "milp_per_type"
+    homeless = _homeless(configs, counts, type_names)
+    if homeless is not None:  # before anything is built
+        return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0, homeless)
     lp = Lp()
     y = [lp.var(("y", c), integer=True, cost=cf.cost_per_h) for c, cf in enumerate(configs)]
     flow = {(w, c): lp.var(("f", w, c)) for c, cf in enumerate(configs) for w, h in enumerate(cf.holds) if h > 0}
@@ -106,9 +109,6 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     for (w, c), f in flow.items():  # each flow's rows, gathered once (a scan of every flow per row was quadratic)
         by_type[w].append((f, 1.0))
         by_config[c].append((f, 1.0 / configs[c].holds[w]))
-    homeless = _homeless(configs, counts, type_names)
-    if homeless is not None:
-        return PackingResult(name, False, math.inf, {}, time.perf_counter() - t0, homeless)
     for w, n in enumerate(counts):
         lp.row(by_type[w], float(n), float(n))
     if capacity == "shared":
