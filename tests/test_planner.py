@@ -233,6 +233,16 @@ def test_explanations_stop_at_the_specs_time_limit() -> None:
     assert why["reason"] == "unexplained" and "not explained within time_limit_s" in why["text"]
 
 
+def test_an_explanation_the_solver_ends_with_time_left_says_how_it_ended() -> None:
+    """A solve that stops before it knows while the explanations' time is not spent (HiGHS's own limit here; a
+    numerical failure the same) gives the solver's message, not a time limit that was never reached."""
+    spec = replace(_tiny_allocation(1), queries={"q": replace(_tiny_allocation(1).queries["q"],
+                                                               delay_threshold_s=0.01, unmet_penalty=10.0)})
+    best = AllocationModel(spec).solve()
+    (why,) = explain_unmet(AllocationModel(replace(spec, time_limit_s=1e-9)), best, lambda: 0.0)
+    assert why["reason"] == "unexplained" and "the solver stopped (Time limit reached" in why["text"]
+
+
 def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
     spec = load_plan_spec(PLANS / "seed001-allocation.toml")
     assert isinstance(spec, AllocationSpec)

@@ -48,9 +48,6 @@ def explain_unmet(model: AllocationModel, best: Allocation,
         queries = qt.arrival_rate_qph * spec.rental_period_h
         if share <= 1e-6:
             continue
-        unexplained = {"query": i, "unmet_share": share, "reason": "unexplained", "parameter": None,
-                       "text": f"{i}: {share:.0%} of its demand is dropped; not explained within time_limit_s "
-                               f"({spec.time_limit_s:g} s, the explanations' own)."}
         if not deployable:
             out.append({"query": i, "unmet_share": share, "reason": "memory", "parameter": "gpus.<name>.memory_gb",
                         "text": f"{i}: {share:.0%} of its demand is dropped because no model's weights fit any GPU's "
@@ -58,11 +55,11 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                                 "tp_degrees."})
             continue
         if left_s() <= 0.0:
-            out.append(unexplained)
+            out.append(_unexplained(i, share, spec.time_limit_s))
             continue
         served = model.solve(force_served=i, time_limit_s=left_s())
         if not served.ok and not served.infeasible:  # stopped before it knew
-            out.append(unexplained)
+            out.append(_unexplained(i, share, spec.time_limit_s, served.message if left_s() > 0.0 else None))
             continue
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]
@@ -79,7 +76,7 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             g = group.format(i=i)
             relaxed = model.solve(force_served=i, without=frozenset({g}), time_limit_s=left_s())
             if not relaxed.ok and not relaxed.infeasible:
-                out.append(unexplained)
+                out.append(_unexplained(i, share, spec.time_limit_s, relaxed.message if left_s() > 0.0 else None))
                 break
             if relaxed.ok:
                 param = parameter.format(i=i)
@@ -101,6 +98,15 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                         "text": f"{i}: {share:.0%} of its demand is dropped; no single limit, relaxed alone, lets it "
                                 "be served (several bind together)."})
     return out
+
+
+def _unexplained(i: str, share: float, time_limit_s: float, stopped: str | None = None) -> dict[str, Any]:
+    """A type whose explanation ran out of time, or (`stopped`: HiGHS's message) whose solve ended before it knew
+    for another reason, with time left."""
+    why = (f"not explained: the solver stopped ({stopped})" if stopped else
+           f"not explained within time_limit_s ({time_limit_s:g} s, the explanations' own)")
+    return {"query": i, "unmet_share": share, "reason": "unexplained", "parameter": None,
+            "text": f"{i}: {share:.0%} of its demand is dropped; {why}."}
 
 
 def allocation_json(model: AllocationModel, a: Allocation, explanations: list[dict[str, Any]]) -> dict[str, Any]:
