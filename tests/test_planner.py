@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from scipy.optimize import linprog
 from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
-from controller.planner.allocation import AllocationModel
+from controller.planner.allocation import Allocation, AllocationModel
 from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
 from controller.planner.allocation_spec import AllocationSpec, GpuSpec, ModelSpec, Precision, QueryType, RobustSpec
 from controller.planner.packing import (
@@ -195,6 +196,24 @@ def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
                                                                   unmet_penalty=why["serve_above"] * 1.05)})
     served = AllocationModel(raised).solve()
     assert served.unmet["qa"] < 1e-6
+    assert why["serve_above_proven"] and "at most" not in why["text"]
+
+
+class _CutShort(AllocationModel):
+    """The same MILP, each forced solve read as HiGHS reads one it stopped at the limit with an incumbent."""
+
+    def solve(self, **kw: Any) -> Allocation:
+        got = super().solve(**kw)
+        return replace(got, optimal=False) if kw.get("force_served") else got
+
+
+def test_a_penalty_read_off_a_cut_short_solve_is_an_upper_bound() -> None:
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    model = _CutShort(spec)
+    (why,) = explain_unmet(model, model.solve())
+    assert why["reason"] == "penalty" and not why["serve_above_proven"]
+    assert "would cost at most" in why["text"] and "before proving it" in why["text"]
 
 
 def test_unreachable_delay_threshold_is_named() -> None:

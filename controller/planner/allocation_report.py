@@ -64,12 +64,16 @@ def explain_unmet(model: AllocationModel, best: Allocation,
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]
             above = qt.unmet_penalty + extra / (share * queries)
+            # a serving plan stopped at the limit costs at most what it says: the figures are upper bounds
+            most = "" if served.optimal else "at most "
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
-                "value": qt.unmet_penalty, "serve_above": above,
+                "value": qt.unmet_penalty, "serve_above": above, "serve_above_proven": served.optimal,
                 "text": (f"{i}: {share:.0%} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
-                         f"{extra:.2f} $ more per period. Raise queries.{i}.unmet_penalty above {above:.4g} $/query."),
+                         f"{most}{extra:.2f} $ more per period. Raise queries.{i}.unmet_penalty above {most}"
+                         f"{above:.4g} $/query."
+                         + ("" if served.optimal else " (its solve stopped at the time limit before proving it)")),
             })
             continue
         for group, parameter in _LIMITS:
