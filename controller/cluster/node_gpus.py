@@ -9,7 +9,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controller.cluster.plan_spec import MAX_GPU_INDEX, MAX_LIMIT_W
+from controller.cluster.plan_spec import MAX_GPU_INDEX
+from controller.telemetry.plausible import MAX_GPU_LIMIT_W
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_POD_GPUS = 64
@@ -34,9 +35,10 @@ def reading(g: Any) -> tuple[Any, ...]:
         raise ValueError(f"index must be a GPU's NVML index, got {index!r}")
     if not isinstance(uuid, str) or not uuid:
         raise ValueError(f"uuid must be a string, got {uuid!r}")
-    # watts within what a plan may state (plan_spec.py): a limit the operator writes, its agent must read back
+    # watts within what one GPU's limit may be (telemetry/plausible.py), as a plan's limits are (plan_spec.py)
     return (index, uuid, str(g.get("name") or ""),
-            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"), MAX_LIMIT_W if f.endswith("_w") else math.inf)
+            *(_number(g.get(f), f, f in ("limit_w", "min_w", "max_w"),
+                      MAX_GPU_LIMIT_W if f.endswith("_w") else math.inf)
               for f in ("power_w", "energy_j", "limit_w", "min_w", "max_w", "sm_clock_mhz")))
 
 

@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.telemetry.plausible import MAX_GPU_LIMIT_W
+
 MAX_SEQUENCE = 2**53
 """Largest renewal sequence (JSON's exact integers)."""
 MAX_TTL_S = 86_400.0
 """Longest plan TTL a spec may state (a day): the policy's own bound is far below."""
-MAX_LIMIT_W = 100_000.0
-"""Largest power limit or safe cap of one GPU a spec may state."""
 MAX_GPU_INDEX = 9999
 """Largest NVML index a spec's key may name (four digits)."""
 LIMIT_FIELDS = ("limits_w", "safe_caps_w")
@@ -58,7 +58,7 @@ def _limits(value: Any, where: str) -> dict[int, float]:
     for key, watts in value.items():
         if not (isinstance(key, str) and key.isdecimal() and key.isascii() and len(key) <= 4):  # <= MAX_GPU_INDEX
             raise ValueError(f"spec.{where}: {key!r:.40} is not a GPU's NVML index")
-        out[int(key)] = _number(watts, f"{where}.{key}", 0.0, MAX_LIMIT_W)
+        out[int(key)] = _number(watts, f"{where}.{key}", 0.0, MAX_GPU_LIMIT_W)
     return out
 
 
