@@ -84,13 +84,15 @@ def test_check_config_names_a_state_file_that_is_not_a_regular_file(
     assert f"{field}: {tmp_path / 'state' / name} is not a regular file" in capsys.readouterr().err
 
 
-def test_check_config_names_a_decision_log_that_is_a_link_loop(sim_config: Callable[..., Path], tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """check-config said ok, and run warned every cycle that the log "cannot be written"."""
+@pytest.mark.parametrize(("name", "field"), [("tuner.json", "daemon.state_dir"),
+                                             ("decisions.jsonl", "daemon.decision_log")])
+def test_check_config_names_a_state_file_that_is_a_link_loop(sim_config: Callable[..., Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str], name: str,
+                                                             field: str) -> None:
+    """check-config said ok, and run warned every cycle that the file "cannot be written"."""
     path = sim_config()
-    log = tmp_path / "state" / "decisions.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(log, log)  # a link to itself: ELOOP
+    link = tmp_path / "state" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(link, link)  # a link to itself: ELOOP
     assert main(["check-config", str(path)]) == 2
-    assert f"daemon.decision_log: {log} cannot be opened (Too many levels of symbolic links)" in \
-        capsys.readouterr().err
+    assert f"{field}: {link} cannot be opened (Too many levels of symbolic links)" in capsys.readouterr().err
