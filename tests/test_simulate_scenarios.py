@@ -136,6 +136,10 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     (tmp_path / "a-file").write_text("")
     assert main(["simulate", str(good), "--report", str(tmp_path / "a-file" / "r")]) == 2
     assert f"--report: {tmp_path / 'a-file' / 'r'}: cannot be written (Not a directory)" in capsys.readouterr().err
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone" / "r")  # mkdir said only "File exists"
+    assert main(["simulate", str(good), "--report", str(tmp_path / "dangling")]) == 2
+    assert f"--report: {tmp_path / 'dangling'} is a link to {tmp_path / 'gone' / 'r'}, which does not exist" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
     assert "unknown policy hpa" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -104,6 +105,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
+    if report_dir.is_symlink() and not report_dir.exists():  # mkdir would say only "File exists"
+        raise ConfigError("--report", f"{report_dir} is a link to {os.readlink(report_dir)}, which does not exist")
     seeds = [scn.settings.seed + k for k in range(args.seeds)]
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
