@@ -20,22 +20,22 @@ from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
+from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
+from controller.failures import Failures
 from controller.fast_loop import FastLoop, FloorAlarm
 from controller.governor import PowerGovernor
-from controller.optimizer import Assignment, Problem, ServiceDemand, ServiceResult, Solution, get_solver, solve
+from controller.optimizer import Assignment, Problem, ServiceResult, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import Inventory, Pending, StabilityGate
 from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
-from queuemodels import ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
-from queuemodels.power import natural_draw_w
-from tuner import Tuner, pair_key
+from tuner import Tuner
 
 BUDGET_BOUND = 0.98
 """A plan predicting at least this share of the budget it plans for is budget-bound: a service it shrinks then
@@ -49,8 +49,9 @@ class Controller:
                  batch: BatchSizer, replicas: ReplicaScaler, tuner: Tuner, metrics: OwnMetrics,
                  decisions: DecisionLog | None = None, clocks: ClockLocker | None = None) -> None:
         self.vllm, self.tuner, self.metrics = vllm, tuner, metrics
-        self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics, self._count,
-                             settings.daemon.fast_interval_s, clocks)
+        self.failures = Failures(metrics.errors)
+        self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics,
+                             self.failures.count, settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
         self.estimator = Estimator(tuner, metrics)
         self.gate = StabilityGate(settings.stability)
@@ -72,14 +73,6 @@ class Controller:
         self._next: Settings | None = None
         self._latest = settings
         """The newest settings (a reload's, before the slow loop adopts them)."""
-        self._errors: list[str] = []
-        """Failures reported since the last decision (`kind: message`)."""
-        self._failing: set[tuple[str, str]] = set()
-        """Failures of the cycle before: one repeated now is not logged again."""
-        self._failed_now: set[tuple[str, str]] = set()
-        """Failures of this cycle."""
-        self._errors_lock = threading.Lock()
-        """Sources, the budget thread and the operator report from their own threads."""
         self.budget_from: tuple[float, str] | None = None
         """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
         self._budget_lock = threading.Lock()
@@ -153,31 +146,9 @@ class Controller:
             for table in (self.draining, self.variants, self.kv_tokens):
                 table.pop(gone, None)
 
-    def _count(self, kind: str, message: str) -> None:
-        """Log and count a failure the fast loop survived (it logs the first of a run alone)."""
-        self.metrics.errors.labels(kind).inc()
-        log.warning("%s: %s", kind, message)
-
     def error(self, kind: str, message: str) -> None:
-        """Count a failure the loops survived (also what sources and the operator report), record it in the next
-        decision, and log the first of a run: the same failure again logs once a slow cycle has passed without
-        it (another endpoint's, another message, logs at once)."""
-        self.metrics.errors.labels(kind).inc()
-        with self._errors_lock:  # held for the bookkeeping alone: the fast loop reports here too
-            first = (kind, message) not in self._failing
-            self._failing.add((kind, message))
-            self._failed_now.add((kind, message))
-            self._errors.append(f"{kind}: {message}")
-        if first:
-            log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
-
-    def _cycle_errors(self) -> list[str]:
-        """The failures reported since the last decision, handed to this one; a failure not repeated in it ends
-        its run (the next of it is logged)."""
-        with self._errors_lock:
-            errors, self._errors = self._errors, []
-            self._failing, self._failed_now = self._failed_now, set()
-        return errors
+        """Report a failure the loops survived (also what sources and the operator report: controller/failures.py)."""
+        self.failures.report(kind, message)
 
     def tick_fast(self, now: float) -> bool:
         """One fast tick; True where the slow loop should plan now rather than at its period (`FloorAlarm`: the
@@ -239,7 +210,7 @@ class Controller:
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
-        record["errors"] = self._cycle_errors()
+        record["errors"] = self.failures.take()
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
         if not self.decisions.write(record):
             self.metrics.errors.labels("decision_log").inc()
@@ -260,28 +231,11 @@ class Controller:
         accs = tuple(a.offer() for a in s.accelerators)
         demands = []
         for svc in s.services:
-            current = self.assignments[svc.name]
-            params, profiles = {}, {}
-            for a in self.variants[svc.name]:  # the types it has a replica target on, and no other
-                key = pair_key(svc.model, a)
-                fitted = self.tuner.params(svc.model, a)
-                p = fitted[0] if fitted else svc.prior.params()
-                held = ServiceParams.from_vector(p.family, self.basis.hold(key, p.as_vector()))
-                params[a] = replace(held, kv_tokens=self.kv_tokens[svc.name][a])  # read, not fitted
-                if fitted is not None and fitted[1] is not None:
-                    # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.
-                    prof = fitted[1]
-                    signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
-                    profiles[a] = self.basis.keep(f"{key}|power", signature, prof)
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
-            in_tokens, out_tokens = self.basis.hold(svc.name, (load.in_tokens, load.out_tokens))
             margin = self.estimator.margins.margin(svc.name, o.slo_margin_step, o.slo_margin_max)
             self.metrics.slo_margin.labels(svc.name).set(margin)
-            demands.append(ServiceDemand(svc.name, svc.priority,
-                                         Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
-                                         svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas,
-                                         svc.max_replicas, svc.max_queue, current, profiles,
-                                         placements(s, svc)))
+            demands.append(service_demand(svc, load, margin, self.assignments[svc.name], self.variants[svc.name],
+                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight)
@@ -329,7 +283,8 @@ class Controller:
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")
-        admitted = self.gate.make_room(self._inventory(in_force), pending)
+        admitted = self.gate.make_room(Inventory.of(self.settings.accelerators,
+                                                        (got.running for got in in_force.values())), pending)
         by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
                                                                   strict=True)}
         # Shrinks first, so the GPUs they free are there for the scale-ups of the same cycle.
@@ -348,15 +303,7 @@ class Controller:
                 others = self.draining.get(svc.name, {})
                 self.draining[svc.name] = {**{v: w for v, w in others.items() if v != a.accelerator},
                                            current.accelerator: current.power_cap_w}
-            m.replicas.labels(svc.name).set(a.replicas)
-            m.max_batch.labels(svc.name).set(a.max_batch)
-            m.cap.labels(svc.name).set(a.power_cap_w)
-            if result.performance is not None:
-                perf = result.performance
-                m.ttft_pred.labels(svc.name, "mean").set(perf.ttft_ms)
-                m.itl_pred.labels(svc.name, "mean").set(perf.itl_ms)
-                m.ttft_pred.labels(svc.name, "p95").set(perf.ttft_p95_ms)
-                m.itl_pred.labels(svc.name, "p95").set(perf.itl_p95_ms)
+            m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update({
                 "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
@@ -373,15 +320,6 @@ class Controller:
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
                 "no change", solution.power_w, self.power(self.settings).budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
-
-    def _inventory(self, in_force: Mapping[str, InForce]) -> dict[str, Inventory]:
-        """Per accelerator type, the GPUs no replica holds now (as read back) and the GPUs a replica takes."""
-        used: dict[str, int] = {}
-        for got in in_force.values():
-            for acc, n in got.running.items():
-                used[acc] = used.get(acc, 0) + n
-        return {a.name: Inventory(a.count - used.get(a.name, 0) * a.gpus_per_replica, a.gpus_per_replica)
-                for a in self.settings.accelerators}
 
     @staticmethod
     def _planned(result: ServiceResult, current: Assignment, min_replicas: int) -> Assignment:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from queuemodels import Performance
+
 
 class OwnMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -60,3 +62,15 @@ class OwnMetrics:
         self.plant_cpu = Counter("wattscale_sim_plant_cpu_seconds", "CPU time of stepping the simulated host "
                                  "(the plant; absent on real hardware, so not the daemon's own overhead).",
                                  registry=r)
+
+    def show_applied(self, service: str, replicas: int, max_batch: int, cap_w: float,
+                     predicted: Performance | None) -> None:
+        """What a cycle applied to a service, and what the plan predicts of it (None: no prediction)."""
+        self.replicas.labels(service).set(replicas)
+        self.max_batch.labels(service).set(max_batch)
+        self.cap.labels(service).set(cap_w)
+        if predicted is not None:
+            self.ttft_pred.labels(service, "mean").set(predicted.ttft_ms)
+            self.itl_pred.labels(service, "mean").set(predicted.itl_ms)
+            self.ttft_pred.labels(service, "p95").set(predicted.ttft_p95_ms)
+            self.itl_pred.labels(service, "p95").set(predicted.itl_p95_ms)

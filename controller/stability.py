@@ -30,11 +30,11 @@ on one cycle's plan; 23 of its requests waited up to 4.7 s).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from controller.optimizer import Assignment
-from controller.settings import StabilitySettings
+from controller.settings import AcceleratorSettings, StabilitySettings
 
 CAPACITY_SHORT = ("replicas", "inventory")
 """Shortfall reasons (controller/optimizer/solvers.py) that leave no replica to carry a rolling restart."""
@@ -135,6 +135,18 @@ class Inventory:
 
     free: int
     gpus_per_replica: int = 1
+
+    @classmethod
+    def of(cls, accelerators: Iterable[AcceleratorSettings],
+           running: Iterable[Mapping[str, int]]) -> dict[str, Inventory]:
+        """Per accelerator type, the GPUs no replica holds (`running`: each service's replicas per type, as read
+        back) and the GPUs a replica takes."""
+        used: dict[str, int] = {}
+        for got in running:
+            for acc, n in got.items():
+                used[acc] = used.get(acc, 0) + n
+        return {a.name: cls(a.count - used.get(a.name, 0) * a.gpus_per_replica, a.gpus_per_replica)
+                for a in accelerators}
 
 
 @dataclass(frozen=True)

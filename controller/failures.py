@@ -1,0 +1,52 @@
+"""Failures the loops survive: each counted, recorded in the next decision, and logged once while it repeats.
+
+Sources, the budget thread and the operator report from their own threads, so the book is locked; the lock is
+held for the bookkeeping alone (the fast loop reports here too), never while logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import Counter
+
+log = logging.getLogger("wattscale.controller")
+
+
+class Failures:
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        """wattscale_errors_total, by kind."""
+        self._since: list[str] = []
+        """Failures reported since the last decision (`kind: message`)."""
+        self._before: set[tuple[str, str]] = set()
+        """Failures of the cycle before: one repeated now is not logged again."""
+        self._now: set[tuple[str, str]] = set()
+        """Failures of this cycle."""
+        self._lock = threading.Lock()
+
+    def count(self, kind: str, message: str) -> None:
+        """Count and log a failure the fast loop survived (it logs the first of a run alone)."""
+        self.counter.labels(kind).inc()
+        log.warning("%s: %s", kind, message)
+
+    def report(self, kind: str, message: str) -> None:
+        """Count a failure, record it for the next decision, and log the first of a run: the same failure again
+        logs once a slow cycle has passed without it (another endpoint's, another message, logs at once)."""
+        self.counter.labels(kind).inc()
+        with self._lock:
+            first = (kind, message) not in self._before
+            self._before.add((kind, message))
+            self._now.add((kind, message))
+            self._since.append(f"{kind}: {message}")
+        if first:
+            log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
+
+    def take(self) -> list[str]:
+        """The failures reported since the last decision, handed to this one; a failure not repeated in it ends
+        its run (the next of it is logged)."""
+        with self._lock:
+            since, self._since = self._since, []
+            self._before, self._now = self._now, set()
+        return since
