@@ -45,9 +45,10 @@ from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
 from controller.cluster.lease import RENEW_SHARE, Lease
 from controller.cluster.nodes import NodePlans
-from controller.cluster.operator import ClusterLoop, Resources
+from controller.cluster.operator import ClusterLoop
 from controller.cluster.plan_spec import read_spec
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
+from controller.cluster.snapshot import Resources
 from controller.cluster.status import Reporter
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]

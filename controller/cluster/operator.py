@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from actuators.kubernetes import KubernetesReplicaScaler, translate
+from actuators.kubernetes import KubernetesReplicaScaler
 from actuators.kubernetes_batch import KubernetesBatchSizer
 from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
@@ -28,24 +28,13 @@ from controller.cluster.lease import Lease
 from controller.cluster.node_gpus import owner_caps
 from controller.cluster.nodes import NodePlans, stale_after_s
 from controller.cluster.plan_server import PlanServer
-from controller.cluster.resources import (
-    GROUP,
-    POLICIES,
-    SERVICES,
-    VERSION,
-    PowerPolicySpec,
-    policy_spec,
-    service_field,
-    service_settings,
-    settings_of,
-)
+from controller.cluster.snapshot import Resources, read_resources
 from controller.cluster.status import Reporter
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
-from controller.service_settings import ServiceSettings
 from controller.settings import Settings
 from controller.telemetry.prometheus import PrometheusVllmSource
 from tuner import Tuner
@@ -53,13 +42,6 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
-
-
-def _spec(obj: dict[str, Any]) -> dict[str, Any]:
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        raise ConfigError("spec", f"must be an object, got {type(spec).__name__}")
-    return spec
 
 
 class KeptDecisions(DecisionLog):
@@ -70,20 +52,6 @@ class KeptDecisions(DecisionLog):
     def write(self, record: dict[str, Any]) -> bool:
         self.last = record
         return super().write(record)
-
-
-@dataclass
-class Resources:
-    """What the resources say this cycle: the settings (None: no valid policy) and each resource's error."""
-
-    settings: Settings | None
-    policy: PowerPolicySpec | None
-    errors: dict[str, ConfigError]
-    """`namespace/name` of an LLMService (or `policy`) -> why it is left out."""
-    objects: dict[str, dict[str, Any]]
-    """`namespace/name` -> the LLMService object as read."""
-    policy_obj: dict[str, Any]
-    """The PowerPolicy object as read."""
 
 
 class ClusterLoop:
@@ -119,56 +87,8 @@ class ClusterLoop:
 
     # -- the resources -------------------------------------------------------------------------
     def read(self) -> Resources:
-        errors: dict[str, ConfigError] = {}
-        try:
-            policy_obj = self.custom.get_cluster_custom_object(GROUP, VERSION, POLICIES, self.policy_name,
-                                                               _request_timeout=self.timeout_s)
-            items = self.custom.list_cluster_custom_object(GROUP, VERSION, SERVICES,
-                                                           _request_timeout=self.timeout_s)["items"]
-        except Exception as exc:
-            raise translate(exc, "custom resources") from exc
-        objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
-                   if not o["metadata"].get("deletionTimestamp")}
-        try:
-            policy: PowerPolicySpec | None = policy_spec(_spec(policy_obj))
-        except ConfigError as exc:
-            errors["policy"] = exc
-            return Resources(None, None, errors, objects, policy_obj)
-        assert policy is not None
-        services: dict[str, ServiceSettings] = {}
-        owners: dict[tuple[str, str], str] = {}
-        # oldest first: a cross-field error (min_replicas past the inventory) falls on the newcomer, not on a
-        # service that was running before it came
-        for key, obj in sorted(objects.items(), key=lambda kv: (str(kv[1]["metadata"].get("creationTimestamp")),
-                                                                kv[0])):
-            ns, name = key.split("/", 1)
-            try:
-                svc = service_settings(ns, name, _spec(obj))
-                self.deployments.check(svc)
-                for i, v in enumerate(svc.variants):
-                    other = owners.setdefault((ns, v.deployment), key)
-                    if other != key:
-                        raise ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{v.deployment} is already "
-                                          f"LLMService {other}'s")
-                services[key] = svc
-            except ConfigError as exc:
-                errors[key] = exc
-            except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
-                errors[key] = ConfigError("spec.variants", str(exc))
-        while services:  # a cross-field error names its service: that one is left out, the others go on
-            try:
-                domains = ({} if self.plans is None else
-                           self.plans.domain_gpus({d.name: d.node_selector for d in policy.domains}))
-                return Resources(settings_of(policy, list(services.values()), self.state_dir, domains), policy,
-                                 errors, objects, policy_obj)
-            except ConfigError as exc:
-                named = service_field(exc.where)
-                if named is None or named[0] not in services:
-                    errors["policy"] = ConfigError(f"spec.{exc.where}", exc.reason)
-                    return Resources(None, policy, errors, objects, policy_obj)
-                del services[named[0]]
-                errors[named[0]] = ConfigError(named[1], exc.reason)
-        return Resources(None, policy, errors, objects, policy_obj)
+        return read_resources(self.custom, self.policy_name, self.deployments, self.plans, self.state_dir,
+                              self.timeout_s)
 
     # -- leadership ------------------------------------------------------------------------------
     def _lead(self, res: Resources, now: float) -> Controller:

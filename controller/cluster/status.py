@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.cluster.resources import GROUP, POLICIES, SERVICES, VERSION
+from controller.cluster.snapshot import Resources
 from controller.optimizer.problem import Solution
-
-if TYPE_CHECKING:
-    from controller.cluster.operator import Resources
 
 log = logging.getLogger("wattscale.operator")
 MERGE = "application/merge-patch+json"

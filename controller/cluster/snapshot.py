@@ -1,0 +1,104 @@
+"""What the custom resources say this cycle: the PowerPolicy and the LLMServices read into the daemon's settings.
+
+A resource that cannot be read is left out with the error naming its field (its status says so), and the
+others go on: one bad LLMService never stops the policy, and a cross-field error falls on the service it names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actuators.kubernetes import translate
+from controller.cluster.deployments import Deployments
+from controller.cluster.nodes import NodePlans
+from controller.cluster.resources import (
+    GROUP,
+    POLICIES,
+    SERVICES,
+    VERSION,
+    PowerPolicySpec,
+    policy_spec,
+    service_field,
+    service_settings,
+    settings_of,
+)
+from controller.config_loader import ConfigError
+from controller.service_settings import ServiceSettings
+from controller.settings import Settings
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise ConfigError("spec", f"must be an object, got {type(spec).__name__}")
+    return spec
+
+
+
+@dataclass
+class Resources:
+    """What the resources say this cycle: the settings (None: no valid policy) and each resource's error."""
+
+    settings: Settings | None
+    policy: PowerPolicySpec | None
+    errors: dict[str, ConfigError]
+    """`namespace/name` of an LLMService (or `policy`) -> why it is left out."""
+    objects: dict[str, dict[str, Any]]
+    """`namespace/name` -> the LLMService object as read."""
+    policy_obj: dict[str, Any]
+    """The PowerPolicy object as read."""
+
+
+def read_resources(custom: Any, policy_name: str, deployments: Deployments, plans: NodePlans | None,
+                   state_dir: str, timeout_s: float) -> Resources:
+    """The policy named and every LLMService not being deleted, through `custom` (a CustomObjectsApi), each
+    checked against its Deployments; `plans` gives the domains' GPUs (None: not leading, none known)."""
+    errors: dict[str, ConfigError] = {}
+    try:
+        policy_obj = custom.get_cluster_custom_object(GROUP, VERSION, POLICIES, policy_name,
+                                                      _request_timeout=timeout_s)
+        items = custom.list_cluster_custom_object(GROUP, VERSION, SERVICES, _request_timeout=timeout_s)["items"]
+    except Exception as exc:
+        raise translate(exc, "custom resources") from exc
+    objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
+               if not o["metadata"].get("deletionTimestamp")}
+    try:
+        policy: PowerPolicySpec | None = policy_spec(_spec(policy_obj))
+    except ConfigError as exc:
+        errors["policy"] = exc
+        return Resources(None, None, errors, objects, policy_obj)
+    assert policy is not None
+    services: dict[str, ServiceSettings] = {}
+    owners: dict[tuple[str, str], str] = {}
+    # oldest first: a cross-field error (min_replicas past the inventory) falls on the newcomer, not on a
+    # service that was running before it came
+    for key, obj in sorted(objects.items(), key=lambda kv: (str(kv[1]["metadata"].get("creationTimestamp")),
+                                                            kv[0])):
+        ns, name = key.split("/", 1)
+        try:
+            svc = service_settings(ns, name, _spec(obj))
+            deployments.check(svc)
+            for i, v in enumerate(svc.variants):
+                other = owners.setdefault((ns, v.deployment), key)
+                if other != key:
+                    raise ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{v.deployment} is already "
+                                      f"LLMService {other}'s")
+            services[key] = svc
+        except ConfigError as exc:
+            errors[key] = exc
+        except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
+            errors[key] = ConfigError("spec.variants", str(exc))
+    while services:  # a cross-field error names its service: that one is left out, the others go on
+        try:
+            domains = {} if plans is None else plans.domain_gpus({d.name: d.node_selector for d in policy.domains})
+            return Resources(settings_of(policy, list(services.values()), state_dir, domains), policy,
+                             errors, objects, policy_obj)
+        except ConfigError as exc:
+            named = service_field(exc.where)
+            if named is None or named[0] not in services:
+                errors["policy"] = ConfigError(f"spec.{exc.where}", exc.reason)
+                return Resources(None, policy, errors, objects, policy_obj)
+            del services[named[0]]
+            errors[named[0]] = ConfigError(named[1], exc.reason)
+    return Resources(None, policy, errors, objects, policy_obj)
