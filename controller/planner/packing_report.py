@@ -86,7 +86,7 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
         gap = (costs["greedy"] / costs["milp"] - 1) if costs.get("milp") and costs.get("greedy") else math.nan
         lines.append(f"{row['scenario']:<12}{row['trace']:<12}{row['requests']:>9}{cells}{gap:>12.4f}")
     lines.append("milp: shared capacity row (ours); milp_per_type: the seed's per-type row, which counts a config "
-                 "once per request type and so under-states the cost.")
+                 "once per request type, so its optimum under-states the cost (one stopped at the limit may not).")
     if stopped:
         lines.append("*: stopped at time_limit_s before proving optimal (the best found; --json gives its gap).")
     return "\n".join(lines)
