@@ -223,3 +223,23 @@ def test_every_dashboard_query_names_a_metric_the_daemon_exports(tmp_path: Path)
     page = generate_latest(daemon.registry).decode()  # what /metrics serves
     exported = set(re.findall(r"^(?:# HELP )?(wattscale_[a-z_]+)", page, re.M))  # a sample, or a family none fed yet
     assert names <= exported, f"not on /metrics: {sorted(names - exported)}"
+
+
+def test_the_image_holds_every_package_the_wheel_ships_and_runs_what_the_manifests_ask() -> None:
+    """The Dockerfile copies the packages pyproject.toml ships (one left out is an ImportError in the pod, not
+    here), with nothing else, and its entry point is the command every manifest's args begin with."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    shipped = {p.rstrip("*") for p in tomllib.loads((ROOT / "pyproject.toml").read_text())
+               ["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+    assert copied == shipped
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {f"!{p}/" for p in shipped} <= set(ignored)
+    assert 'ENTRYPOINT ["wattscale"]' in dockerfile
+    subcommands = {c["args"][0] for d in render() if d["kind"] in ("Deployment", "DaemonSet")
+                   for c in d["spec"]["template"]["spec"]["containers"]}
+    assert subcommands == {"operator", "agent"}
+    for name in subcommands:  # each is a subcommand of that entry point
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
