@@ -1,4 +1,5 @@
-"""Public power envelopes of common accelerators (REFERENCE.md section 4), as power profiles."""
+"""Public power envelopes of common accelerators (NVIDIA's datasheets: default and maximum limit, minimum limit,
+idle), as power profiles."""
 
 from __future__ import annotations
 

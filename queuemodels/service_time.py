@@ -1,4 +1,4 @@
-"""Service-time families of REFERENCE.md section 1, reduced to affine laws in the batch size.
+"""Service-time families gen1 and gen2 of llm-inferno's queue-analysis, reduced to affine laws in the batch size.
 
 Both families give per-step times that are affine in the batch B, so one request's service time
 tau(B) = prefill(B) + k * decode(B) is affine too and the effective concurrency can be inverted exactly.

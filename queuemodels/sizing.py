@@ -1,8 +1,8 @@
 """Sizing: the largest arrival rate one replica takes within its targets.
 
 Every latency figure of the chain grows with the arrival rate, so the largest feasible rate is found
-by bisection on [0.001 mu(1), 0.999 of the saturation rate] (REFERENCE.md section 1), with the law rebuilt at each rate
-(the continuous-batching law depends on it).
+by bisection on [0.001 mu(1), 0.999 of the saturation rate] (as llm-inferno's queue-analysis sizes), with the
+law rebuilt at each rate (the continuous-batching law depends on it).
 """
 
 from __future__ import annotations

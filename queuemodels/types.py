@@ -163,9 +163,9 @@ class PowerProfile:
     time factor = 1 + sensitivity * max(0, knee_w / cap_w - 1).
     Prompts keep the GPU compute-bound: they draw knee_fraction of the peak, their knee. A decode step with
     batch B draws idle + (peak - idle) * [busy_share + (1 - busy_share) * B / (B + batch_half)]: a small
-    batch is memory-bound and draws well below the peak, so a cap may never bite it (REFERENCE.md
-    section 4); under continuous batching that draw is its knee, and what slows is its compute share. The
-    draw parameters are catalogue defaults until the tuner fits them to a pair's observed power.
+    batch is memory-bound and draws well below the peak, so a cap may never bite it (decode on an H200 draws
+    137-300 W of 700 W, arXiv 2605.11999); under continuous batching that draw is its knee, and what slows is its
+    compute share. The draw parameters are catalogue defaults until the tuner fits them to a pair's observed power.
     """
 
     name: str

@@ -19,7 +19,8 @@ CLOCK_STEP_MHZ = 15
 @dataclass(frozen=True)
 class GpuSpec:
     """Hardware facts of one GPU type: public figures (bandwidth, FLOPS, the driver's power-limit range and
-    idle draw, as in REFERENCE.md section 4); the split of dynamic power is the simulator's own."""
+    idle draw, as NVIDIA's datasheets and `nvidia-smi -q` give them); the split of dynamic power is the
+    simulator's own."""
 
     name: str
     memory_tb_s: float

@@ -2,7 +2,7 @@
 
 State x = the family's service-time parameters (ms), plus the prefill power sensitivity when power
 caps vary. Observation z = log [TTFT, ITL] (ms); h(x) is the queue model at the observed load, batch limit
-and cap (REFERENCE.md section 2). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
+and cap (after llm-inferno's model-tuner). Observed GPU power trains the pair's draw curve apart (`tuner/draw.py`):
 it says nothing true about service times, which would otherwise absorb the draw model's error. Windows
 run at different locked SM clocks train the pair's clock sensitivities (`tuner/clock.py`).
 Robustness: a robust least-squares warm-up that keeps the prior's shape where the windows leave it open

@@ -1,5 +1,5 @@
-"""Where grid carbon intensity comes from, as feeds for the carbon source: the two APIs of REFERENCE.md
-section 9 and a CSV in Electricity Maps' export format (section 12).
+"""Where grid carbon intensity comes from, as feeds for the carbon source: the Electricity Maps v3 and
+WattTime v3 APIs, and a CSV in Electricity Maps' export format.
 
 Electricity Maps v3: `GET /v3/carbon-intensity/latest?zone=Z` answers `{zone, carbonIntensity, datetime,
 updatedAt, isEstimated}`, `GET /v3/carbon-intensity/forecast?zone=Z` answers `{zone, forecast:

@@ -1,4 +1,4 @@
-"""vLLM source `prometheus`: the PromQL of REFERENCE.md section 3 over Prometheus' HTTP API, one query per
+"""vLLM source `prometheus`: PromQL over vLLM V1's own metrics (`vllm:*`) through Prometheus' HTTP API, one query per
 figure for all services' models at once (grouped by `model_name`).
 
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
