@@ -16,3 +16,7 @@ def main() -> int:
     from controller.cli import main as cli_main
 
     return cli_main()
+
+
+if __name__ == "__main__":  # `python -m controller.launch`, as the installed `wattscale` runs it
+    sys.exit(main())
