@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
-from tuner import Observation, Tuner
+from tuner import Observation, Tuner, store
 
 PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -163,3 +163,27 @@ def test_a_token_budgets_state_loads_back_unchanged(tmp_path: Path, caplog: pyte
         pair = Tuner(path).ensure("m", "gpu", prior, None)
     assert not caplog.records and path.exists()
     np.testing.assert_allclose(pair.x, saved["x"])
+
+
+def test_many_pairs_restore_from_one_read_and_a_changed_file_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon starting with many pairs read the file (up to 32 MiB) and parsed it once a pair; a file written
+    since (a save renames a new one in) is read again, so a pair ensured later gets what was saved last."""
+    path = tmp_path / "tuner.json"
+    writer = Tuner(path)
+    for k in range(12):
+        writer.ensure("m", f"gpu{k}", PRIOR, None)
+    for r in (2.0, 8.0, 5.0, 11.0):
+        writer.update("m", "gpu0", observe(r))
+    opened: list[object] = []
+    real_open = store.open_plain
+    monkeypatch.setattr(store, "open_plain", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    reader = Tuner(path)
+    for k in range(12):
+        reader.ensure("m", f"gpu{k}", PRIOR, None)
+    assert len(opened) == 1
+    assert reader.filters["m|gpu0"].accepted == writer.filters["m|gpu0"].accepted > 0
+    writer.update("m", "gpu1", observe(6.0))  # saved: a new file
+    reader.ensure("m", "gpu1", ServiceParams("gen1", 24.0, 0.18, 40.0, 0.08), None)  # another prior: a new filter
+    reader.ensure("m", "gpu1", PRIOR, None)
+    assert len(opened) == 2 and reader.filters["m|gpu1"].updates == writer.filters["m|gpu1"].updates > 0
