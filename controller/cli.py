@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # the output cannot be written (a full disk, /dev/full), or a file the command names
         _drop_output()
-        where = f" ({exc.filename})" if exc.filename else ""
+        where = (f" ({exc.filename})" if exc.filename else
+                 " (writing its output)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) else "")
         print(f"wattscale: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
