@@ -272,7 +272,7 @@ class Controller:
             if bound and svc.name not in shed and (planned.replicas < current.replicas
                                                    or planned.max_batch < current.max_batch):
                 degradation["shrunk_for_budget"].append(svc.name)
-            m.short.labels(svc.name, result.reason or "none").set(result.short_rps)
+            m.show_short(svc.name, result.reason, result.short_rps)
             if result.short_rps > 0:
                 self.estimator.short.add(svc.name)
             else:

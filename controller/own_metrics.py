@@ -43,6 +43,8 @@ class OwnMetrics:
         self.cap = Gauge("wattscale_service_power_cap_watts", "Planned per-GPU cap.", ["service"], registry=r)
         self.short = Gauge("wattscale_service_shortfall_rps", "Load the plan cannot serve.", ["service", "reason"],
                            registry=r)
+        self._short_reason: dict[str, str] = {}
+        """Each service's reason in its shortfall series (`show_short`)."""
         self.cycle = Histogram("wattscale_cycle_duration_seconds", "Duration of a control cycle.", ["loop"],
                                buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10), registry=r)
         self.errors = Counter("wattscale_errors", "Errors survived, by kind.", ["kind"], registry=r)
@@ -74,3 +76,13 @@ class OwnMetrics:
             self.itl_pred.labels(service, "mean").set(predicted.itl_ms)
             self.ttft_pred.labels(service, "p95").set(predicted.ttft_p95_ms)
             self.itl_pred.labels(service, "p95").set(predicted.itl_p95_ms)
+
+    def show_short(self, service: str, reason: str | None, short_rps: float) -> None:
+        """The load a service's plan cannot serve, under its reason ("none" with none): one series a service, so an
+        alert on a shortfall the last plan left stops when the shortfall does."""
+        label = reason or "none"
+        before = self._short_reason.get(service)
+        if before is not None and before != label:
+            self.short.remove(service, before)
+        self._short_reason[service] = label
+        self.short.labels(service, label).set(short_rps)

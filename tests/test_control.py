@@ -239,3 +239,15 @@ def test_over_budget_at_the_floors_a_start_does_not_hold_what_runs(tmp_path: Pat
     assert ctl.governor.exhausted
     ctl.tick_slow(15.0)
     assert ctl.estimator.untold("chat") and ctl.assignments != before
+
+
+def test_a_shortfall_that_ends_leaves_no_series_behind_under_its_old_reason() -> None:
+    """After a budget cut and its end, `shortfall_rps{reason="budget"}` read 3.13 until a restart (an alert on
+    it fired for ever) while the decision log said 0."""
+    registry = CollectorRegistry()
+    metrics = OwnMetrics(registry)
+    metrics.show_short("code", "budget", 3.13)
+    assert registry.get_sample_value("wattscale_service_shortfall_rps", {"service": "code", "reason": "budget"}) == 3.13
+    metrics.show_short("code", None, 0.0)
+    assert registry.get_sample_value("wattscale_service_shortfall_rps", {"service": "code", "reason": "budget"}) is None
+    assert registry.get_sample_value("wattscale_service_shortfall_rps", {"service": "code", "reason": "none"}) == 0.0
