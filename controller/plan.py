@@ -8,6 +8,7 @@ waits for the slow loop's network I/O. Readings are appended under a lock held f
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -62,18 +63,27 @@ class DrawReading(NamedTuple):
     clock_share: float | None = None
 
 
+LEDGER_KEEP = 4096
+"""Readings kept per service, the newest: slow ticks that keep failing before they take them (or a service the
+operator no longer plans) would otherwise grow the ledger a reading a fast tick for ever."""
+
+
 class DrawLedger:
     """Per service, its readings since the slow loop last took them: the window's draw the tuner fits the draw
     curve to (one tick is a 1-s reading of a load that swings), and the limits it ran under."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = LEDGER_KEEP) -> None:
         self._lock = threading.Lock()
-        self._readings: dict[str, list[DrawReading]] = {}
+        self._keep = keep
+        self._readings: dict[str, deque[DrawReading]] = {}
 
     def add(self, service: str, reading: DrawReading) -> None:
         with self._lock:
-            self._readings.setdefault(service, []).append(reading)
+            got = self._readings.get(service)
+            if got is None:
+                got = self._readings[service] = deque(maxlen=self._keep)
+            got.append(reading)
 
     def take(self, service: str) -> list[DrawReading]:
         with self._lock:
-            return self._readings.pop(service, [])
+            return list(self._readings.pop(service, ()))

@@ -14,7 +14,7 @@ from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.estimate import window_cap_w
 from controller.own_metrics import OwnMetrics
-from controller.plan import DrawReading
+from controller.plan import DrawLedger, DrawReading
 from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.wiring import build_parts
@@ -251,3 +251,14 @@ def test_a_shortfall_that_ends_leaves_no_series_behind_under_its_old_reason() ->
     metrics.show_short("code", None, 0.0)
     assert registry.get_sample_value("wattscale_service_shortfall_rps", {"service": "code", "reason": "budget"}) is None
     assert registry.get_sample_value("wattscale_service_shortfall_rps", {"service": "code", "reason": "none"}) == 0.0
+
+
+def test_the_draw_ledger_keeps_the_newest_readings_while_no_slow_tick_takes_them() -> None:
+    """A slow tick failing before it took the ledger left it to grow a reading a service and fast tick (about
+    35 MB a day)."""
+    ledger = DrawLedger(keep=100)
+    for k in range(1000):
+        ledger.add("chat", DrawReading(float(k), 400.0, False))
+    got = ledger.take("chat")
+    assert [r.draw_w for r in got] == [float(k) for k in range(900, 1000)]
+    assert ledger.take("chat") == []
