@@ -32,6 +32,8 @@ from tuner import Tuner
 
 UNLIMITED_W = 1e7
 """The budget `slo-only` plans against: none that binds."""
+REPORT_LOG_BYTES = 1 << 30
+"""The report's decision log is whole (the daemon's rotates at 16 MiB: a week's simulation writes some 90 MB)."""
 
 
 def slo_only_settings(settings: Settings) -> Settings:
@@ -65,7 +67,8 @@ class ControllerPolicy:
         self.controller = Controller(s, OutageGpuSource(SimGpuSource(host), outages), SimVllmSource(host), power,
                                      SimBatchSizer(host), SimReplicaScaler(host),
                                      Tuner(s.state_path, queue_model=s.optimizer.queue_model),
-                                     OwnMetrics(CollectorRegistry()), DecisionLog(decision_log), clock_locker(s, host))
+                                     OwnMetrics(CollectorRegistry()), DecisionLog(decision_log, REPORT_LOG_BYTES),
+                                     clock_locker(s, host))
 
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         if self.caps is not None:
