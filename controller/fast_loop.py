@@ -22,7 +22,7 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
 from controller.settings import PowerSettings
-from controller.telemetry.base import GpuSample, GpuSource
+from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck
 
 log = logging.getLogger("wattscale.governor")
@@ -137,6 +137,8 @@ class FastLoop:
                 self.on_error("gpu_limits", problem)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
+            if isinstance(self.gpus, DepartingGpus):
+                self._retire(self.gpus.departed())
             samples, missing = self._with_missing(samples)
             self.samples = samples
             # one plan for the whole tick, whatever the slow loop swaps
@@ -156,6 +158,24 @@ class FastLoop:
         self.missing = {g.uuid for g in missing}
         self.seen.update((g.uuid, g) for g in samples)
         return samples + missing, frozenset(self.missing)
+
+    def _retire(self, gone: frozenset[str]) -> None:
+        """Forget GPUs gone for good: no longer counted as missing, their series and records dropped."""
+        m = self.metrics
+        for uuid in gone:
+            g = self.seen.pop(uuid, None)
+            self.missing.discard(uuid)
+            self.limits.forget(uuid)
+            self.governor.cut_w.pop(uuid, None)
+            self.retry.forget(f"power_limit:{uuid}")
+            series = None if g is None else self.series.pop(g.index, None)
+            if g is not None and series is not None:
+                gpu = str(g.index)
+                for family in (m.gpu_limit, m.gpu_energy, m.gpu_clock):
+                    family.remove(gpu)
+                if series.owner is not None:
+                    m.gpu_power.remove(gpu, series.owner)
+            log.info("GPU %s left the site: no longer counted", uuid)
 
     def _govern(self, now: float, samples: list[GpuSample], untouched: frozenset[str], plan: Plan) -> None:
         """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at

@@ -16,12 +16,16 @@ import yaml
 from cluster_fixtures import agent_token, gpus, plan_server, start
 from conftest import free_port
 from kube_emulator import KubeEmulator
+from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.nodes import NodePlans
 from controller.cluster.resources import GROUP, PLANS
+from controller.fast_loop import FastLoop
+from controller.own_metrics import OwnMetrics
+from controller.power_settings import PowerSettings
 from controller.telemetry.base import TelemetryError
 
 NODES = ("gpu-a", "gpu-b")
@@ -187,3 +191,30 @@ def test_a_new_fast_tick_moves_the_bounds_derived_from_it(emu: KubeEmulator, tmp
     assert (plans.tick_timeout_s, plans.stale_after_s) == (0.5, 10.0)
     plans.configure(60.0, 0.6, tick_s=8.0)
     assert (plans.tick_timeout_s, plans.stale_after_s) == (5.0, 24.0)
+
+
+def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b is replaced by gpu-c (deleted, its plan left behind). gpu-b's GPU was counted at its last limit for
+    ever: 400 + 400 + 700 W against a 1,300-W budget, a power emergency on a site drawing 800 W, and one more
+    GPU kept (and exported) with every node replaced. Now it departs with its node; numbers are not reused."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    registry = CollectorRegistry()
+    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(registry), lambda kind, message: None)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)
+    assert fast.draw_w == 800.0 and registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": "1"})
+    emu.delete("", "nodes", "gpu-b")
+    emu.put("", "nodes", {"metadata": {"name": "gpu-c", "labels": {"gpu": "h100"}}})
+    assert plans.ensure({}) == ["gpu-a", "gpu-c"]
+    emu.patch(GROUP, PLANS, "gpu-c", {"status": {"beat": 1, "gpus": [
+        {"index": 0, "uuid": "GPU-gpu-c", "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0,
+         "min_w": 200.0, "max_w": 700.0}]}})
+    for t in range(2, 30):  # past gpu-b's stale beat, which made it missing before
+        for node in ("gpu-a", "gpu-c"):  # their agents report
+            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+        fast.tick(float(t))
+        assert not fast.governor.emergency and fast.draw_w == 800.0, t
+    assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and not fast.seen.keys() - {
+        "GPU-gpu-a", "GPU-gpu-c"}
+    assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
+    assert sorted(plans.where.values()) == [("gpu-a", 0), ("gpu-c", 0)] and max(plans.where) == 2

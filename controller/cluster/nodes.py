@@ -80,6 +80,13 @@ class NodePlans:
         """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
+        self.listed: frozenset[str] | None = None
+        """The nodes the selector picked at its last listing (None: not listed yet). A plan of any other node is
+        one whose node left the site (deleted, relabelled): its GPUs are gone for good (`departed`)."""
+        self.next_index = 0
+        """The cluster number the next GPU seen takes (numbers of departed GPUs are not given again)."""
+        self._departed: set[str] = set()
+        """UUIDs of GPUs whose node left the site, not yet handed to the fast loop."""
         self.stray: dict[str, dict[str, set[str]]] = {}
         """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
         self.specs: dict[str, dict[str, Any]] = {}
@@ -108,6 +115,7 @@ class NodePlans:
         try:
             listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
             self.labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
+            self.listed = frozenset(self.labels)
             nodes = sorted(self.labels)
             have = {p["metadata"]["name"] for p in self._plans(self.timeout_s)}
             for node in nodes:
@@ -127,7 +135,7 @@ class NodePlans:
         out = {}
         for name, selector in selectors.items():
             nodes = {n for n, labels in self.labels.items() if all(labels.get(k) == v for k, v in selector.items())}
-            out[name] = tuple(sorted(i for (node, _), i in self.index.items() if node in nodes))
+            out[name] = tuple(sorted(i for (node, _), i in list(self.index.items()) if node in nodes))
         return out
 
     def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
@@ -150,8 +158,13 @@ class NodePlans:
         except Exception as exc:
             raise TelemetryError(str(translate(exc, "node plans"))) from exc
         out: list[GpuSample] = []
+        listed = self.listed
+        if listed is not None:
+            self._forget({key for key in self.index if key[0] not in listed})
         for plan in plans:
             node, status = plan["metadata"]["name"], plan.get("status")
+            if listed is not None and node not in listed:
+                continue  # its node left the site: its plan (until deleted) reports GPUs no longer ours
             status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
             if node not in self.sequence:  # read once, not each fast tick
                 self.sequence[node] = self._read(node, plan).sequence
@@ -169,7 +182,10 @@ class NodePlans:
                     self._bad(node, k, exc)
                     continue
                 key = (node, local)
-                index = self.index.setdefault(key, len(self.index))
+                index = self.index.get(key)
+                if index is None:
+                    index = self.index[key] = self.next_index
+                    self.next_index += 1
                 self.where[index] = key
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts
@@ -178,6 +194,26 @@ class NodePlans:
                 self.samples[index] = sample
                 out.append(sample)
         return out
+
+    def departed(self) -> frozenset[str]:
+        """UUIDs of the GPUs whose node left the site since the last call: the fast loop stops counting them (a
+        replaced node's GPUs were counted at their last limits for ever, a power emergency on a site under budget)."""
+        out, self._departed = frozenset(self._departed), set()
+        return out
+
+    def _forget(self, keys: set[tuple[str, int]]) -> None:
+        """Drop the GPUs of nodes that left the site, and what was kept of those nodes."""
+        for key in keys:
+            index = self.index.pop(key)
+            self.where.pop(index, None)
+            sample = self.samples.pop(index, None)
+            if sample is not None:
+                self._departed.add(sample.uuid)
+            log.info("node %s left the site: its GPU %d (cluster number %d) is no longer counted", key[0], key[1],
+                     index)
+        for node in {node for node, _ in keys}:
+            for table in (self.beats, self.sequence, self.pending):
+                table.pop(node, None)
 
     def _bad(self, node: str, k: int, exc: Exception) -> None:
         """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged

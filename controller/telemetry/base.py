@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 SHOWN_CHARS = 160
 """How much of a query, an answer or a parser's complaint a message quotes."""
@@ -63,6 +63,16 @@ class ServiceWindow:
 
 class GpuSource(Protocol):
     def sample(self, now: float) -> list[GpuSample]: ...
+
+
+@runtime_checkable
+class DepartingGpus(Protocol):
+    """A GPU source that knows when a GPU is gone for good (the operator's node plans: its node left the site),
+    where others only see it missing (counted at its last limit, as it may still draw)."""
+
+    def departed(self) -> frozenset[str]:
+        """UUIDs of the GPUs gone since the last call."""
+        ...
 
 
 class VllmSource(Protocol):
