@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import strict_json
+from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError
 from controller.preflight import check_metrics_bind, unwritable
@@ -86,7 +87,7 @@ def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
     except ImportError:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
@@ -113,7 +114,7 @@ def _operator(args: argparse.Namespace) -> int:
 
     registry = CollectorRegistry()
     if args.metrics_port:
-        start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
+        serve_metrics(args.metrics_listen, args.metrics_port, registry)
 
     async def operate() -> None:
         # --duration ends the run as a SIGTERM does (kopf's own handler), not through a stop flag: kopf leaves
@@ -133,7 +134,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from actuators import ActuatorError
     from actuators.kubernetes import api_client
@@ -157,7 +158,7 @@ def _agent(args: argparse.Namespace) -> int:
     _ports(args, ("metrics", args.metrics_port))
     registry = CollectorRegistry()
     if args.metrics_port:
-        start_http_server(args.metrics_port, args.metrics_listen, registry=registry)
+        serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
                       args.default_ttl_s)
     stop = threading.Event()

@@ -26,10 +26,10 @@ from apscheduler.events import (
     JobExecutionEvent,
 )
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from actuators import ActuatorError
-from controller.bounded_server import BoundedServer
+from controller.bounded_server import BoundedServer, serve_metrics
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
 from controller.budget.settings import DemandResponseSettings
@@ -180,7 +180,7 @@ class Daemon:
         s = self.settings
         if s.metrics.port:
             try:
-                start_http_server(s.metrics.port, addr=s.metrics.listen, registry=self.registry)
+                serve_metrics(s.metrics.listen, s.metrics.port, self.registry)
             except OSError as exc:  # taken since the preflight probe looked
                 raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
                                   f"{exc.strerror or exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Gauge
 
-from controller.bounded_server import BoundedServer, serve_in_thread
+from controller.bounded_server import PER_ADDRESS, BoundedServer, serve_in_thread, serve_metrics
 
 
 class Hello(BaseHTTPRequestHandler):
@@ -67,3 +69,24 @@ def test_one_address_holding_its_share_of_slots_leaves_the_rest_to_others(server
     with connect(server, "127.0.0.2") as again:  # and the address may come back
         again.sendall(b"Host: x\r\n\r\n")
         assert again.recv(64).startswith(b"HTTP/1.0 200")
+
+
+def test_metrics_are_served_bounded_and_answer_a_scrape_beside_idle_connections() -> None:
+    """prometheus_client's server gave each connection a thread of its own, without cap or deadline: 400 idle
+    connections held 364 threads. Now one address holds its share, and a scrape from another is answered."""
+    registry = CollectorRegistry()
+    Gauge("wattscale_test_up", "A test gauge.", registry=registry).set(1.0)
+    served = serve_metrics("127.0.0.1", 0, registry)
+    try:
+        before = threading.active_count()
+        with ExitStack() as stack:
+            for _ in range(40):  # connections past the address's share are closed at once
+                stack.enter_context(connect(served, "127.0.0.2"))
+            time.sleep(0.3)
+            assert threading.active_count() - before <= 2 * PER_ADDRESS  # a thread and a cut timer each
+            url = f"http://127.0.0.1:{served.server_address[1]}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                assert b"wattscale_test_up 1.0" in answer.read()
+    finally:
+        served.shutdown()
+        served.server_close()
