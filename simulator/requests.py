@@ -8,6 +8,7 @@ by a restart and served elsewhere finishes once, with its first arrival time; on
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,10 @@ class RequestLog:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._arrivals: list[float] = []
-        self._rows: list[tuple[float, float, float, int, int]] = []  # arrival, first token, done, in, out
+        # flat machine doubles: a request as Python objects took some 230 bytes (25 MB a simulated hour a policy)
+        self._arrivals = array("d")
+        self._rows = array("d")
+        """Five a finished request: arrival, first token, done, in tokens, out tokens."""
 
     def arrive(self, times_s: list[float]) -> None:
         if self.enabled:
@@ -42,13 +45,13 @@ class RequestLog:
 
     def finish(self, arrival_s: float, first_token_s: float, done_s: float, in_tokens: int, out_tokens: int) -> None:
         if self.enabled:
-            self._rows.append((arrival_s, first_token_s, done_s, in_tokens, out_tokens))
+            self._rows.extend((arrival_s, first_token_s, done_s, in_tokens, out_tokens))
 
     def arrivals(self) -> NDArray[np.float64]:
-        return np.asarray(self._arrivals, dtype=float)
+        return np.array(self._arrivals, dtype=float)  # a copy: the log may grow after
 
     def finished(self) -> Finished:
-        rows = np.asarray(self._rows, dtype=float).reshape(-1, 5)
+        rows = np.array(self._rows, dtype=float).reshape(-1, 5)
         arrival, first, done = rows[:, 0], rows[:, 1], rows[:, 2]
         out = rows[:, 4].astype(np.int64)
         itl = np.where(out > 1, (done - first) / np.maximum(out - 1, 1), 0.0)
