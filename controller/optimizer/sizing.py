@@ -25,8 +25,10 @@ from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, Targets,
 from queuemodels.law_arrays import Base, Bases, Points
 from queuemodels.step_arrays import Bools, Floats
 
-MAX_KEPT = 100_000
-"""Entries kept per table (brackets: least recently used dropped first): a fleet of 1,000 services, several times."""
+MAX_KEPT = 20_000
+"""Entries kept per table (brackets: least recently used dropped first). A fleet's cycle needs few (1,000 services
+of `benchmarks/optimizer_scale.py`: 144 bases, 994 max rates), but a tuner's refits add bases as a daemon runs
+(about 100 an hour for three services, some 2.4 KB each): at 100,000 a daemon grew 240 MB over six weeks."""
 
 
 class Shapes(tuple[ServerShape, ...]):
