@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pytest
 from cluster_fixtures import NS, policy, service
+from prometheus_client import CollectorRegistry
 
+from actuators.dryrun import DryRunPowerLimiter
 from controller.cluster.resources import PowerPolicySpec, policy_spec, service_settings, settings_of
 from controller.config_loader import ConfigError, build
 from controller.domain_rooms import placements
+from controller.fast_loop import FastLoop
+from controller.own_metrics import OwnMetrics
+from controller.power_settings import PowerSettings
 from controller.settings import load_settings
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.cluster_power import QUERIES, PrometheusGpuSource
+from controller.telemetry.cluster_power import GONE_AFTER_S, QUERIES, PrometheusGpuSource
 from controller.telemetry.prometheus import http_post
 from controller.wiring import build_parts
 
@@ -172,3 +177,30 @@ def test_the_queries_of_one_sample_share_one_timeout() -> None:
     with pytest.raises(TelemetryError, match=r"longer than 0\.2 s"):
         source.sample(0.0)
     assert 2 <= len(given) <= 3 and given[0] <= 0.2 and all(b < a - 0.07 for a, b in itertools.pairwise(given))
+
+
+def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node n1 (two GPUs) is replaced by n3. Positions shifted: n2's GPU took n1's number while n1 was counted
+    missing at its last limits (two GPUs under one number), and n1's GPUs were counted for ever, the site read
+    over budget. Now each keeps its number, and after GONE_AFTER_S absent they depart and are not counted."""
+    listed = {"n1": ["GPU-a0", "GPU-a1"], "n2": ["GPU-b1"]}
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] != "DCGM_FI_DEV_POWER_USAGE":
+            return answer([])
+        return answer([(dcgm_gpu(node, uuid), "300") for node, uuids in listed.items() for uuid in uuids])
+
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    registry = CollectorRegistry()
+    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(registry),
+                    lambda kind, message: None)
+    fast.tick(0.0)
+    assert {g.uuid: g.index for g in fast.samples} == {"GPU-a0": 0, "GPU-a1": 1, "GPU-b1": 2}
+    listed = {"n2": ["GPU-b1"], "n3": ["GPU-c0", "GPU-c1"]}
+    fast.tick(1.0)
+    assert {g.uuid: g.index for g in fast.samples if g.power_w is not None} == {"GPU-b1": 2, "GPU-c0": 3,
+                                                                                "GPU-c1": 4}
+    assert fast.draw_w == 900.0 + 2 * 700.0  # n1's GPUs missing: counted at their last limits, for now
+    fast.tick(GONE_AFTER_S + 2.0)
+    assert fast.draw_w == 900.0 and {g.uuid for g in fast.samples} == {"GPU-b1", "GPU-c0", "GPU-c1"}
+    assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": "0"}) is None

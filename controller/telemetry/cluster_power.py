@@ -6,8 +6,12 @@ A cluster controller cannot open NVML on other nodes; it reads what the node exp
   the `UUID` label, owned by a service when the exporter's pod mapping names one of its Deployment's pods.
 - kepler: `kepler_node_gpu_watts`, one series per GPU of a node (no energy, clocks or limits).
 Limits the exporter does not give come from the accelerator's catalogue profile. Samples are ordered by
-(node, GPU) so indices are stable between reads. A GPU seen in some series but whose power is NaN or missing
-is sampled with `power_w=None` (the governor counts it at its cap); a failed query fails the whole sample.
+(node, GPU), and each GPU keeps the index it was first given (ordinal positions shifted as a node came or went,
+and a GPU missing from a read took another's number). A GPU seen in some series but whose power is NaN or
+missing is sampled with `power_w=None` (the governor counts it at its cap); a failed query fails the whole sample.
+A GPU absent from every series for GONE_AFTER_S has left the cluster (`departed`): counted at its last limit for
+ever, a replaced node's GPUs made the site read over budget and the plan shed replicas. (These sources never set a
+limit: a cluster's caps are set on each node, by its host daemon or the node agent.)
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from controller.telemetry.base import GpuSample, TelemetryError
 from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
 
 Flavour = Literal["dcgm", "kepler"]
+GONE_AFTER_S = 900.0
+"""A GPU absent this long has left the cluster: three times Prometheus' 5 minutes before a vanished exporter's
+series go stale."""
 
 QUERIES: dict[Flavour, dict[str, str]] = {
     "dcgm": {"power_w": "DCGM_FI_DEV_POWER_USAGE", "energy_mj": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
@@ -43,6 +50,14 @@ class PrometheusGpuSource:
         self.flavour, self.limits_w = flavour, limits_w
         self.deployments = deployments
         """Deployment name -> (service, variant), to own a GPU whose pod is one of the Deployment's pods."""
+        self.index: dict[tuple[str, str], int] = {}
+        """(node, GPU) -> its index, from the first read that listed it."""
+        self.next_index = 0
+        """The index the next GPU listed takes (a departed GPU's is not given again)."""
+        self.last_seen: dict[tuple[str, str], tuple[float, str]] = {}
+        """(node, GPU) -> when it was last listed, and its UUID."""
+        self._departed: set[str] = set()
+        """UUIDs of GPUs gone, not yet handed to the fast loop."""
         self.envelopes = envelopes or {}
         """Accelerator type -> its (min, max) limits: a GPU's own, by the variant that runs on it or by its
         model name (DCGM's modelName, e.g. "NVIDIA L40S" for L40S); `limits_w` where neither says."""
@@ -79,14 +94,29 @@ class PrometheusGpuSource:
                 figures.setdefault(key, {})[figure] = value
                 labels_of.setdefault(key, labels)
         out = []
-        for index, key in enumerate(sorted(labels_of)):
+        for key in sorted(labels_of):
             f, labels = figures[key], labels_of[key]
             energy = f.get("energy_mj")
             service, variant = self._owner(labels)
             lo, hi = self._envelope(variant, labels.get("modelName", ""))
+            index = self.index.get(key)
+            if index is None:
+                index = self.index[key] = self.next_index
+                self.next_index += 1
+            uuid = labels.get("UUID") or "/".join(key)
+            self.last_seen[key] = (now, uuid)
             out.append(GpuSample(
-                index=index, uuid=labels.get("UUID") or "/".join(key), name=labels.get("modelName", ""),
+                index=index, uuid=uuid, name=labels.get("modelName", ""),
                 power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
                 sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
+        for key, (seen, uuid) in list(self.last_seen.items()):
+            if now - seen > GONE_AFTER_S:
+                del self.last_seen[key], self.index[key]
+                self._departed.add(uuid)
+        return out
+
+    def departed(self) -> frozenset[str]:
+        """UUIDs of the GPUs absent for GONE_AFTER_S since the last call."""
+        out, self._departed = frozenset(self._departed), set()
         return out
