@@ -278,7 +278,8 @@ def test_an_output_that_cannot_be_written_is_one_line() -> None:
     with open("/dev/full", "w") as full:
         out = subprocess.run([sys.executable, "-m", "controller.cli", "schema", "config"], stdout=full,
                              stderr=subprocess.PIPE, cwd=ROOT, timeout=60, text=True)
-    assert out.returncode == 1 and out.stderr == "wattscale: No space left on device\n", out.stderr
+    assert out.returncode == 1 and out.stderr == "wattscale: No space left on device (writing its output)\n", \
+        out.stderr
 
 
 def test_the_optimize_docs_show_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
