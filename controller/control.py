@@ -137,8 +137,10 @@ class Controller:
                 acc = variants[0]
                 self.assignments[svc.name] = Assignment(acc, svc.min_replicas, svc.initial_max_batch,
                                                         CATALOG[acc].max_power_w)
-            for acc in variants:  # the cache's size is read, not fitted: each window carries its service's
-                self.tuner.ensure(svc.model, acc, svc.prior.params(), CATALOG[acc])
+        # every pair's filter, restored from one read of the state file; the cache's size is read, not fitted: each
+        # window carries its service's
+        self.tuner.ensure_all((svc.model, acc, svc.prior.params(), CATALOG[acc])
+                              for svc in settings.services for acc in self.variants[svc.name])
         if old.power != settings.power:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:

@@ -165,10 +165,10 @@ def test_a_token_budgets_state_loads_back_unchanged(tmp_path: Path, caplog: pyte
     np.testing.assert_allclose(pair.x, saved["x"])
 
 
-def test_many_pairs_restore_from_one_read_and_a_changed_file_is_read_again(
+def test_many_pairs_restore_from_one_read_and_a_pair_made_later_reads_what_was_saved_last(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A daemon starting with many pairs read the file (up to 32 MiB) and parsed it once a pair; a file written
-    since (a save renames a new one in) is read again, so a pair ensured later gets what was saved last."""
+    """A daemon starting with many pairs read the file (up to 32 MiB) and parsed it once a pair; a pair made
+    later (a new prior) reads the file again, and gets what was saved last. Nothing parsed is kept between."""
     path = tmp_path / "tuner.json"
     writer = Tuner(path)
     for k in range(12):
@@ -179,11 +179,10 @@ def test_many_pairs_restore_from_one_read_and_a_changed_file_is_read_again(
     real_open = store.open_plain
     monkeypatch.setattr(store, "open_plain", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     reader = Tuner(path)
-    for k in range(12):
-        reader.ensure("m", f"gpu{k}", PRIOR, None)
+    reader.ensure_all(("m", f"gpu{k}", PRIOR, None) for k in range(12))  # as the controller starts
     assert len(opened) == 1
     assert reader.filters["m|gpu0"].accepted == writer.filters["m|gpu0"].accepted > 0
     writer.update("m", "gpu1", observe(6.0))  # saved: a new file
     reader.ensure("m", "gpu1", ServiceParams("gen1", 24.0, 0.18, 40.0, 0.08), None)  # another prior: a new filter
     reader.ensure("m", "gpu1", PRIOR, None)
-    assert len(opened) == 2 and reader.filters["m|gpu1"].updates == writer.filters["m|gpu1"].updates > 0
+    assert len(opened) == 3 and reader.filters["m|gpu1"].updates == writer.filters["m|gpu1"].updates > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from queuemodels import DEFAULT_MODEL, PowerProfile, ServiceParams
@@ -36,16 +37,22 @@ class Tuner:
         self, model: str, accelerator: str, prior: ServiceParams, profile: PowerProfile | None, fit_power: bool = False
     ) -> PairFilter:
         """The pair's filter, created from the prior (and restored from saved state) on first use."""
-        key = pair_key(model, accelerator)
-        current = self.filters.get(key)
-        if current is not None and current.prior == prior:
-            return current
-        pair = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
-        self.filters[key] = pair
-        if self.state_path is not None:
-            for warning in store.load(self.state_path, {key: pair}):
+        self.ensure_all([(model, accelerator, prior, profile)], fit_power)
+        return self.filters[pair_key(model, accelerator)]
+
+    def ensure_all(self, pairs: Iterable[tuple[str, str, ServiceParams, PowerProfile | None]],
+                   fit_power: bool = False) -> None:
+        """Each (model, accelerator, prior, profile)'s filter, those new (or of a new prior) restored from saved state
+        together: one read of the state file for all of them (one a pair read a 32-MiB file a pair at start)."""
+        fresh: dict[str, PairFilter] = {}
+        for model, accelerator, prior, profile in pairs:
+            key = pair_key(model, accelerator)
+            current = self.filters.get(key)
+            if current is None or current.prior != prior:
+                fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
+        if fresh and self.state_path is not None:
+            for warning in store.load(self.state_path, fresh):
                 log.warning("%s", warning)
-        return pair
 
     def params(self, model: str, accelerator: str) -> tuple[ServiceParams, PowerProfile | None] | None:
         pair = self.filters.get(pair_key(model, accelerator))

@@ -33,9 +33,6 @@ OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
 OBSERVATION_REQUIRED = {f.name for f in fields(Observation) if f.default is MISSING}
 OBSERVATION_OPTIONAL = {f.name for f in fields(Observation) if f.default is None}
 """Fields an observation may hold as null (a reading a window did not have)."""
-_documents: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-"""The last valid document read per path, by (inode, size, mtime): a daemon starting with many pairs restores them
-all from one read (a 32-MiB file read once a pair was seconds of start-up each); a save renames a new file in."""
 _save_failures: dict[Path, str] = {}
 """The last save error per path, so that a dir that stays unwritable is one warning, not one per cycle."""
 
@@ -219,44 +216,25 @@ def doc_problem(doc: object) -> str | None:
     return None
 
 
-def _document(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The valid state document at `path` (None: none there, or a warning why not), read again only when the file
-    changed (`_documents`)."""
-    if not path.exists():
-        return None, None
-    try:
-        st = path.stat()
-        known = _documents.get(path)
-        if known is not None and known[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
-            return known[1], None
-        with open_plain(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read(MAX_STATE_BYTES + 1)
-        if len(data) > MAX_STATE_BYTES:
-            return None, set_aside(path, f"tuner state larger than {MAX_STATE_BYTES >> 20} MiB, left unread")
-        doc = json.loads(data.decode("utf-8"))
-    except OSError as exc:
-        return None, f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"
-    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-        return None, set_aside(path, f"unreadable tuner state ({str(exc)[:80]})")
-    problem = doc_problem(doc)
-    if problem is not None:
-        return None, set_aside(path, problem)
-    if len(_documents) >= 16:
-        _documents.clear()
-    _documents[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), doc)
-    return doc, None
-
-
 def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
     """Restore what fits into `filters`; returns warnings (never raises on bad content)."""
-    doc, warning = _document(path)
-    if doc is None:
-        return [] if warning is None else [warning]
-    problem = next((f"saved state of {k}: outside the filter's bounds for its prior"
-                    for k, f in filters.items() if k in doc["pairs"] and out_of_bounds(f, doc["pairs"][k])), None)
+    if not path.exists():
+        return []
+    try:
+        with open_plain(path, "rb") as f:
+            data = f.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            return [set_aside(path, f"tuner state larger than {MAX_STATE_BYTES >> 20} MiB, left unread")]
+        doc = json.loads(data.decode("utf-8"))
+    except OSError as exc:
+        return [f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"]
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        return [set_aside(path, f"unreadable tuner state ({str(exc)[:80]})")]
+    problem = doc_problem(doc)
+    if problem is None:
+        problem = next((f"saved state of {k}: outside the filter's bounds for its prior"
+                        for k, f in filters.items() if k in doc["pairs"] and out_of_bounds(f, doc["pairs"][k])), None)
     if problem is not None:
-        _documents.pop(path, None)
         return [set_aside(path, problem)]
     warnings = []
     for key, data in doc["pairs"].items():
