@@ -94,6 +94,8 @@ class FastLoop:
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
         """GPUs seen before and missing from the last listing."""
+        self.departing = gpus if isinstance(gpus, DepartingGpus) else None
+        """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.series: dict[int, GpuSeries] = {}
@@ -137,8 +139,8 @@ class FastLoop:
                 self.on_error("gpu_limits", problem)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
-            if isinstance(self.gpus, DepartingGpus):
-                self._retire(self.gpus.departed())
+            if self.departing is not None:  # gone for good, unless listed now (a node renamed, a key changed)
+                self._retire(self.departing.departed() - {g.uuid for g in samples})
             samples, missing = self._with_missing(samples)
             self.samples = samples
             # one plan for the whole tick, whatever the slow loop swaps

@@ -194,9 +194,10 @@ def test_a_new_fast_tick_moves_the_bounds_derived_from_it(emu: KubeEmulator, tmp
 
 
 def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEmulator, tmp_path: Path) -> None:
-    """gpu-b is replaced by gpu-c (deleted, its plan left behind). gpu-b's GPU was counted at its last limit for
-    ever: 400 + 400 + 700 W against a 1,300-W budget, a power emergency on a site drawing 800 W, and one more
-    GPU kept (and exported) with every node replaced. Now it departs with its node; numbers are not reused."""
+    """gpu-b is replaced by gpu-c (deleted, its plan left behind, its agent gone). gpu-b's GPU was counted at its
+    last limit for ever: 400 + 400 + 700 W against a 1,300-W budget, a power emergency on a site drawing 800 W,
+    and one more GPU kept (and exported) with every node replaced. Now, off the node list with its agent silent,
+    it departs; numbers are not reused, and its plan is no longer renewed."""
     plans, gpu = two_nodes(emu, tmp_path)
     registry = CollectorRegistry()
     fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(registry), lambda kind, message: None)
@@ -213,8 +214,52 @@ def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEm
         for node in ("gpu-a", "gpu-c"):  # their agents report
             emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
         fast.tick(float(t))
-        assert not fast.governor.emergency and fast.draw_w == 800.0, t
-    assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and not fast.seen.keys() - {
-        "GPU-gpu-a", "GPU-gpu-c"}
+        plans.flush(float(t), 1300.0)
+        assert not fast.governor.emergency, t
+    assert fast.draw_w == 800.0 and {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"}
+    assert not fast.seen.keys() - {"GPU-gpu-a", "GPU-gpu-c"}
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
     assert sorted(plans.where.values()) == [("gpu-a", 0), ("gpu-c", 0)] and max(plans.where) == 2
+    renewals = patches(emu, "gpu-b")
+    for t in range(30, 60):
+        plans.flush(float(t), 1300.0)
+    assert patches(emu, "gpu-b") == renewals  # its plan is left alone
+
+
+def test_a_node_relabelled_out_whose_agent_reports_is_still_counted(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Off the policy's node list, gpu-b's agent (selected by the GPU label, not the policy's) goes on reporting
+    and applying its plan: its GPU still draws, so it stays in the count (it had left it at once: 800 -> 400 W)."""
+    plans, _ = two_nodes(emu, tmp_path)
+    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
+    emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "other"}}})
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a"]
+    for t in range(1, 30):
+        for node in NODES:
+            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+        fast.tick(float(t))
+        assert fast.draw_w == 800.0, t
+
+
+def test_a_gpu_under_a_new_node_name_keeps_what_the_governor_holds_of_it(emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b comes back as gpu-c with the same GPU: the old name's departure must not wipe the live GPU's cut,
+    limits and records (the UUID departed the tick it was listed under its new name)."""
+    plans, _ = two_nodes(emu, tmp_path)
+    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)
+    emu.delete("", "nodes", "gpu-b")
+    emu.put("", "nodes", {"metadata": {"name": "gpu-c", "labels": {"gpu": "h100"}}})
+    assert plans.ensure({}) == ["gpu-a", "gpu-c"]
+    emu.patch(GROUP, PLANS, "gpu-c", {"status": {"beat": 1, "gpus": [
+        {"index": 0, "uuid": "GPU-gpu-b", "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0,
+         "min_w": 200.0, "max_w": 700.0}]}})
+    for t in range(2, 30):
+        for node in ("gpu-a", "gpu-c"):
+            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+        fast.governor.cut_w["GPU-gpu-b"] = 50.0  # a cut the governor holds on it
+        fast.tick(float(t))
+        assert "GPU-gpu-b" in fast.seen and "GPU-gpu-b" in fast.limits.known, t
+    assert fast.draw_w == 800.0 and plans.gone == {"gpu-b": 1}

@@ -204,3 +204,37 @@ def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs(monkeypatch: pytest
     fast.tick(GONE_AFTER_S + 2.0)
     assert fast.draw_w == 900.0 and {g.uuid for g in fast.samples} == {"GPU-b1", "GPU-c0", "GPU-c1"}
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": "0"}) is None
+
+
+def test_no_gpu_departs_while_no_series_at_all_come_back() -> None:
+    """The exporters' series all gone (an exporter or the scrape down, a fresh Prometheus) read as every GPU
+    leaving: after 15 minutes the site read 0 W and the fail-safe never fired. Now they stay missing, counted."""
+    listed: list[tuple[dict[str, str], str]] = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n1", "GPU-a1"), "300")]
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        return answer(listed if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
+
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.tick(0.0)
+    listed = []
+    for t in (1.0, GONE_AFTER_S + 2.0, 2 * GONE_AFTER_S):
+        fast.tick(t)
+        assert fast.draw_w == 1400.0 and len(fast.samples) == 2
+
+
+def test_a_dcgm_gpu_is_one_gpu_whatever_its_exporter_pod_is_called() -> None:
+    """DCGM's Hostname is the exporter pod's name unless told the node's: a rollout gave each GPU a new key (and
+    number), and the old key departed the live GPU 15 minutes later. Keyed by UUID, it keeps its number."""
+    host = ["dcgm-exporter-abc12"]
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        gpus = [(dcgm_gpu(host[0], "GPU-a0"), "300")]
+        return answer(gpus if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
+
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    assert [g.index for g in source.sample(0.0)] == [0]
+    host[0] = "dcgm-exporter-xyz89"
+    assert [g.index for g in source.sample(1.0)] == [0]
+    assert [g.index for g in source.sample(GONE_AFTER_S + 2.0)] == [0] and source.departed() == frozenset()

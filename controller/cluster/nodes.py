@@ -81,12 +81,14 @@ class NodePlans:
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
         self.listed: frozenset[str] | None = None
-        """The nodes the selector picked at its last listing (None: not listed yet). A plan of any other node is
-        one whose node left the site (deleted, relabelled): its GPUs are gone for good (`departed`)."""
+        """The nodes the selector picked at its last listing (None: not listed yet). A plan of any other node whose
+        agent has gone silent is one whose node left the site (deleted, relabelled): its GPUs depart (`_leave`)."""
         self.next_index = 0
         """The cluster number the next GPU seen takes (numbers of departed GPUs are not given again)."""
         self._departed: set[str] = set()
         """UUIDs of GPUs whose node left the site, not yet handed to the fast loop."""
+        self.gone: dict[str, Any] = {}
+        """Node -> its agent's last beat, for each node that left the site while its plan remains (`_leave`)."""
         self.stray: dict[str, dict[str, set[str]]] = {}
         """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
         self.specs: dict[str, dict[str, Any]] = {}
@@ -159,20 +161,25 @@ class NodePlans:
             raise TelemetryError(str(translate(exc, "node plans"))) from exc
         out: list[GpuSample] = []
         listed = self.listed
-        if listed is not None:
-            self._forget({key for key in self.index if key[0] not in listed})
+        names = set()
         for plan in plans:
             node, status = plan["metadata"]["name"], plan.get("status")
-            if listed is not None and node not in listed:
-                continue  # its node left the site: its plan (until deleted) reports GPUs no longer ours
+            names.add(node)
             status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
+            beat = status.get("beat")
+            if node in self.gone:
+                if self.gone[node] == beat and (listed is None or node not in listed):
+                    continue  # gone, and its plan (until deleted) says nothing new
+                del self.gone[node]
+                log.info("node %s is back: its GPUs are counted again", node)
             if node not in self.sequence:  # read once, not each fast tick
                 self.sequence[node] = self._read(node, plan).sequence
-            beat = status.get("beat")
             last = self.beats.get(node)
             if last is None or last[0] != beat:
                 self.beats[node] = (beat, now)
             elif now - last[1] > self.stale_after_s:
+                if listed is not None and node not in listed:  # off the node list, its agent silent: gone
+                    self._leave(node, beat)
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
             for k, g in enumerate(gpus if isinstance(gpus, list) else []):
@@ -193,6 +200,7 @@ class NodePlans:
                 sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)
+        self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
         return out
 
     def departed(self) -> frozenset[str]:
@@ -201,19 +209,22 @@ class NodePlans:
         out, self._departed = frozenset(self._departed), set()
         return out
 
-    def _forget(self, keys: set[tuple[str, int]]) -> None:
-        """Drop the GPUs of nodes that left the site, and what was kept of those nodes."""
-        for key in keys:
+    def _leave(self, node: str, beat: Any) -> None:
+        """A node off the node list whose agent has gone silent has left the site: its GPUs depart, what was kept
+        of it is dropped, and its plan is no longer read nor renewed until the node is listed or reports again. (One
+        relabelled out whose agent still reports is still counted, and its plan renewed: its GPUs still draw.)"""
+        self.gone[node] = beat
+        for key in [key for key in self.index if key[0] == node]:
             index = self.index.pop(key)
             self.where.pop(index, None)
             sample = self.samples.pop(index, None)
             if sample is not None:
                 self._departed.add(sample.uuid)
-            log.info("node %s left the site: its GPU %d (cluster number %d) is no longer counted", key[0], key[1],
-                     index)
-        for node in {node for node, _ in keys}:
-            for table in (self.beats, self.sequence, self.pending):
-                table.pop(node, None)
+        for table in (self.beats, self.sequence, self.pending, self.written, self.renewed, self.specs, self.stray):
+            table.pop(node, None)
+        self.bad = {key: why for key, why in self.bad.items() if key[0] != node}
+        log.warning("node %s left the site (off the policy's node list, its agent silent): its GPUs are no longer "
+                    "counted", node)
 
     def _bad(self, node: str, k: int, exc: Exception) -> None:
         """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged

@@ -5,17 +5,19 @@ A cluster controller cannot open NVML on other nodes; it reads what the node exp
   (MHz) and, where the exporter's counters include it, `DCGM_FI_DEV_POWER_MGMT_LIMIT` (W); GPUs keyed by
   the `UUID` label, owned by a service when the exporter's pod mapping names one of its Deployment's pods.
 - kepler: `kepler_node_gpu_watts`, one series per GPU of a node (no energy, clocks or limits).
-Limits the exporter does not give come from the accelerator's catalogue profile. Samples are ordered by
-(node, GPU), and each GPU keeps the index it was first given (ordinal positions shifted as a node came or went,
+Limits the exporter does not give come from the accelerator's catalogue profile. Samples are ordered by their
+key (`gpu_key`), and each GPU keeps the index it was first given (ordinal positions shifted as a node came or went,
 and a GPU missing from a read took another's number). A GPU seen in some series but whose power is NaN or
 missing is sampled with `power_w=None` (the governor counts it at its cap); a failed query fails the whole sample.
-A GPU absent from every series for GONE_AFTER_S has left the cluster (`departed`): counted at its last limit for
-ever, a replaced node's GPUs made the site read over budget and the plan shed replicas. (These sources never set a
-limit: a cluster's caps are set on each node, by its host daemon or the node agent.)
+A GPU absent from every series for GONE_AFTER_S while others report has left the cluster (`departed`): counted at
+its last limit for ever, a replaced node's GPUs made the site read over budget and the plan shed replicas. A read
+with no series at all departs none (the exporters or the scrape are down: every GPU is missing, counted at its last
+limit). These sources never set a limit: a cluster's caps are set on each node, by its host daemon or the agent.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Literal
@@ -23,6 +25,7 @@ from typing import Literal
 from controller.telemetry.base import GpuSample, TelemetryError
 from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
 
+log = logging.getLogger(__name__)
 Flavour = Literal["dcgm", "kepler"]
 GONE_AFTER_S = 900.0
 """A GPU absent this long has left the cluster: three times Prometheus' 5 minutes before a vanished exporter's
@@ -36,9 +39,12 @@ QUERIES: dict[Flavour, dict[str, str]] = {
 
 
 def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
-    """(node, GPU) of a series: DCGM's Hostname and UUID, or Kepler's instance and gpu/index label."""
+    """(node, GPU) of a series: DCGM's UUID alone (unique everywhere; its Hostname is the exporter pod's name unless
+    the exporter is told the node's, so a rollout renamed every GPU), or Kepler's instance and gpu/index label."""
+    if labels.get("UUID"):
+        return "", labels["UUID"]
     node = labels.get("Hostname") or labels.get("instance") or labels.get("node", "")
-    gpu = labels.get("UUID") or labels.get("gpu") or labels.get("index") or labels.get("zone", "")
+    gpu = labels.get("gpu") or labels.get("index") or labels.get("zone", "")
     return node, gpu
 
 
@@ -110,10 +116,14 @@ class PrometheusGpuSource:
                 power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
                 sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
+        if not out:  # no series at all: the exporters or the scrape are gone, not every GPU (all missing, counted)
+            return out
         for key, (seen, uuid) in list(self.last_seen.items()):
             if now - seen > GONE_AFTER_S:
                 del self.last_seen[key], self.index[key]
                 self._departed.add(uuid)
+                log.warning("GPU %s absent from the exporters' series for %.0f s while others report: taken to have "
+                            "left the cluster, no longer counted", uuid, now - seen)
         return out
 
     def departed(self) -> frozenset[str]:
