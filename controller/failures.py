@@ -15,6 +15,8 @@ log = logging.getLogger("wattscale.controller")
 
 
 class Failures:
+    """The failure book of one controller: what it counts, what the next decision records, what is logged."""
+
     def __init__(self, counter: Counter) -> None:
         self.counter = counter
         """wattscale_errors_total, by kind."""

@@ -78,6 +78,7 @@ class DrawLedger:
         self._readings: dict[str, deque[DrawReading]] = {}
 
     def add(self, service: str, reading: DrawReading) -> None:
+        """One fast tick's reading of a service's GPUs (the fast loop's thread)."""
         with self._lock:
             got = self._readings.get(service)
             if got is None:
@@ -85,5 +86,6 @@ class DrawLedger:
             got.append(reading)
 
     def take(self, service: str) -> list[DrawReading]:
+        """The service's readings since the last take, oldest first (the slow loop's thread)."""
         with self._lock:
             return list(self._readings.pop(service, ()))

@@ -29,11 +29,11 @@ from controller.settings import Settings
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """A resource's spec: ConfigError where it is no object (a schema-less write)."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise ConfigError("spec", f"must be an object, got {type(spec).__name__}")
     return spec
-
 
 
 @dataclass

@@ -71,9 +71,10 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                 "value": qt.unmet_penalty, "serve_above": above, "serve_above_proven": served.optimal,
                 "text": (f"{i}: {share:.0%} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
-                         f"{most}{extra:.2f} $ more per period. Raise queries.{i}.unmet_penalty above {most}"
-                         f"{above:.4g} $/query."
-                         + ("" if served.optimal else " (its solve stopped at the time limit before proving it)")),
+                         f"{most}{extra:.2f} $ more per period. "
+                         + (f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if served.optimal else
+                            f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at "
+                            "the time limit: the true threshold may be lower).")),
             })
             continue
         for group, parameter in _LIMITS:
