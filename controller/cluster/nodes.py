@@ -1,10 +1,10 @@
 """The operator's side of the node plans: one `NodePowerPlan` per GPU node, the operator's spec (limits, safe
 caps, a renewal sequence) and the agent's status (its GPUs' readings).
 
-Seen from the control loop, the plans are a `GpuSource` (the agents' readings, numbered across the cluster)
-and a `PowerLimiter` (limits collected each fast tick and written once per node by `flush`). A node whose
-write fails waits its backoff (`controller/retry.py`): the fast tick that writes the plans waits on a
-timing-out node once, not on every tick. Which service a GPU serves is read from the pods
+Seen from the control loop, the plans are a `GpuSource` (the agents' readings, numbered across the cluster:
+controller/cluster/node_readings.py) and a `PowerLimiter` (limits collected each fast tick and written once per
+node by `flush`). A node whose write fails waits its backoff (`controller/retry.py`): the fast tick that writes the
+plans waits on a timing-out node once, not on every tick. Which service a GPU serves is read from the pods
 (controller/cluster/node_gpus.py).
 """
 
@@ -17,21 +17,15 @@ from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
-from controller.cluster.node_gpus import owners_of, reading
-from controller.cluster.plan_spec import LIMIT_FIELDS, PlanSpec, read_spec, stored_keys
+from controller.cluster.node_gpus import owners_of
+from controller.cluster.node_readings import NodeReadings, stale_after_s
+from controller.cluster.plan_spec import LIMIT_FIELDS
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
-from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger("wattscale.operator")
 MERGE = "application/merge-patch+json"
-
-
-def stale_after_s(tick_s: float) -> float:
-    """How long an agent's beat may stand still before its GPUs count as missing: three fast ticks, 10 s at
-    least."""
-    return max(3.0 * tick_s, 10.0)
 
 
 def renew_s(plan_ttl_s: float) -> float:
@@ -40,7 +34,9 @@ def renew_s(plan_ttl_s: float) -> float:
     return plan_ttl_s / 4
 
 
-class NodePlans:
+class NodePlans(NodeReadings):
+    """The node plans as the loop's GPU source (`NodeReadings`) and power limiter, and the leader's hold on them."""
+
     name = "node-plans"
 
     def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
@@ -48,22 +44,12 @@ class NodePlans:
                  tick_s: float | None = None) -> None:
         from kubernetes.client import CoreV1Api, CustomObjectsApi
 
-        self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
-        self.plan_ttl_s, self.safe_cap_share, self.stale_after_s = plan_ttl_s, safe_cap_share, stale_after_s
+        super().__init__(CustomObjectsApi(api_client), stale_after_s,
+                         min(timeout_s, tick_s) if tick_s else timeout_s, on_bad)
+        self.core = CoreV1Api(api_client)
+        self.plan_ttl_s, self.safe_cap_share = plan_ttl_s, safe_cap_share
         self.timeout_s = timeout_s
-        self.tick_timeout_s = min(timeout_s, tick_s) if tick_s else timeout_s
-        """What the fast tick's reading of the plans (a LIST) may take, and its writing of them (the PATCHes of a
-        flush, all together): within one tick (`tick_s`) each, so a slow API server costs the governor a tick
-        or two, never one per node."""
-        self.index: dict[tuple[str, int], int] = {}
-        """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
-        self.where: dict[int, tuple[str, int]] = {}
-        """The index's inverse, kept beside it: the fast loop looks a GPU up on every limit it sets."""
-        self.owners: dict[tuple[str, int], tuple[str, str]] = {}
-        """(node, NVML index) -> (service, variant), from the pods."""
-        self.beats: dict[str, tuple[Any, float]] = {}
-        """Node -> its agent's last beat and when it changed (controller time)."""
-        self.samples: dict[int, GpuSample] = {}
+        """What the slow loop's calls may take (a fast tick's: `tick_timeout_s`, within a tick)."""
         self.pending: dict[str, dict[str, float]] = {}
         """Node -> limits the fast loop set that are not written yet (kept through a failed write)."""
         self.retry = RetryBook(base_delay_s=1.0, max_delay_s=renew_s(plan_ttl_s))
@@ -72,27 +58,16 @@ class NodePlans:
         again or the policy's plan settings change. Each run of failures is logged once."""
         self.written: dict[str, dict[str, Any]] = {}
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
-        self.sequence: dict[str, int] = {}
         self.renewed: dict[str, float] = {}
-        self.on_bad = on_bad
-        """Called with the node for every malformed GPU entry its agent reports (the operator counts them)."""
-        self.bad: dict[tuple[str, int], str] = {}
-        """(node, entry) -> why it was last skipped (logged once while it stays so)."""
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last listed (which power domains it is in)."""
-        self.listed: frozenset[str] | None = None
-        """The nodes the selector picked at its last listing (None: not listed yet). A plan of any other node whose
-        agent has gone silent is one whose node left the site (deleted, relabelled): its GPUs depart (`_leave`)."""
-        self.next_index = 0
-        """The cluster number the next GPU seen takes (numbers of departed GPUs are not given again)."""
-        self._departed: set[str] = set()
-        """UUIDs of GPUs whose node left the site, not yet handed to the fast loop."""
-        self.gone: dict[str, Any] = {}
-        """Node -> its agent's last beat, for each node that left the site while its plan remains (`_leave`)."""
-        self.stray: dict[str, dict[str, set[str]]] = {}
-        """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
         self.specs: dict[str, dict[str, Any]] = {}
         """Node -> its plan's spec as the API holds it (last written or adopted): what its agent is served."""
+
+    def _drop(self, node: str) -> None:
+        """What the writes kept of a node that left the site: no plan is written for it while it is gone."""
+        for table in (self.pending, self.written, self.renewed, self.specs):
+            table.pop(node, None)
 
     def configure(self, plan_ttl_s: float, safe_cap_share: float, tick_s: float | None = None) -> None:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at
@@ -148,92 +123,6 @@ class NodePlans:
         """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
         limit (reported on the PowerPolicy's status)."""
         return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners)
-
-    # -- GpuSource (fast loop) -----------------------------------------------------------------
-    def _plans(self, timeout_s: float) -> list[dict[str, Any]]:
-        answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=timeout_s)
-        return list(answer.get("items", []))
-
-    def sample(self, now: float) -> list[GpuSample]:
-        try:
-            plans = self._plans(self.tick_timeout_s)
-        except Exception as exc:
-            raise TelemetryError(str(translate(exc, "node plans"))) from exc
-        out: list[GpuSample] = []
-        listed = self.listed
-        names = set()
-        for plan in plans:
-            node, status = plan["metadata"]["name"], plan.get("status")
-            names.add(node)
-            status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
-            beat = status.get("beat")
-            if node in self.gone:
-                if self.gone[node] == beat and (listed is None or node not in listed):
-                    continue  # gone, and its plan (until deleted) says nothing new
-                del self.gone[node]
-                log.info("node %s is back: its GPUs are counted again", node)
-            if node not in self.sequence:  # read once, not each fast tick
-                self.sequence[node] = self._read(node, plan).sequence
-            last = self.beats.get(node)
-            if last is None or last[0] != beat:
-                self.beats[node] = (beat, now)
-            elif now - last[1] > self.stale_after_s:
-                if listed is not None and node not in listed:  # off the node list, its agent silent: gone
-                    self._leave(node, beat)
-                continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
-            gpus = status.get("gpus")
-            for k, g in enumerate(gpus if isinstance(gpus, list) else []):
-                try:
-                    local, uuid, name, *watts = reading(g)
-                except (KeyError, TypeError, ValueError) as exc:
-                    self._bad(node, k, exc)
-                    continue
-                key = (node, local)
-                index = self.index.get(key)
-                if index is None:
-                    index = self.index[key] = self.next_index
-                    self.next_index += 1
-                self.where[index] = key
-                service, variant = self.owners.get(key, (None, None))
-                power_w, energy_j, limit_w, min_w, max_w, clock = watts
-                assert limit_w is not None and min_w is not None and max_w is not None
-                sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
-                self.samples[index] = sample
-                out.append(sample)
-        self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
-        return out
-
-    def departed(self) -> frozenset[str]:
-        """UUIDs of the GPUs whose node left the site since the last call: the fast loop stops counting them (a
-        replaced node's GPUs were counted at their last limits for ever, a power emergency on a site under budget)."""
-        out, self._departed = frozenset(self._departed), set()
-        return out
-
-    def _leave(self, node: str, beat: Any) -> None:
-        """A node off the node list whose agent has gone silent has left the site: its GPUs depart, what was kept
-        of it is dropped, and its plan is no longer read nor renewed until the node is listed or reports again. (One
-        relabelled out whose agent still reports is still counted, and its plan renewed: its GPUs still draw.)"""
-        self.gone[node] = beat
-        for key in [key for key in self.index if key[0] == node]:
-            index = self.index.pop(key)
-            self.where.pop(index, None)
-            sample = self.samples.pop(index, None)
-            if sample is not None:
-                self._departed.add(sample.uuid)
-        for table in (self.beats, self.sequence, self.pending, self.written, self.renewed, self.specs, self.stray):
-            table.pop(node, None)
-        self.bad = {key: why for key, why in self.bad.items() if key[0] != node}
-        log.warning("node %s left the site (off the policy's node list, its agent silent): its GPUs are no longer "
-                    "counted", node)
-
-    def _bad(self, node: str, k: int, exc: Exception) -> None:
-        """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged
-        once while it stays bad."""
-        self.on_bad(node)
-        why = f"{type(exc).__name__}: {exc}"
-        if self.bad.get((node, k)) != why:
-            log.warning("NodePowerPlan %s: status.gpus[%d] skipped: %s", node, k, why)
-        self.bad[node, k] = why
 
     # -- PowerLimiter (fast loop) ---------------------------------------------------------------
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
@@ -358,16 +247,3 @@ class NodePlans:
                                   "safe_caps_w": {str(k): w for k, w in spec.safe_caps_w.items()}, "release": False,
                                   "ttl_s": spec.ttl_s, "safe_cap_share": spec.safe_cap_share}
         return held
-
-    def _read(self, node: str, plan: dict[str, Any]) -> PlanSpec:
-        """The plan's spec; one that cannot be read (written past the schema) counts as empty, is logged once,
-        and its next write replaces it whole."""
-        try:
-            spec = read_spec(plan.get("spec"))
-        except ValueError as exc:
-            if node not in self.stray:
-                log.warning("NodePowerPlan %s: %s; read as empty and rewritten whole at the next write", node, exc)
-            self.stray[node] = stored_keys(plan.get("spec"))
-            return PlanSpec()
-        return spec
-

@@ -26,7 +26,8 @@ from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.deployments import Deployments
 from controller.cluster.lease import Lease
 from controller.cluster.node_gpus import owner_caps
-from controller.cluster.nodes import NodePlans, stale_after_s
+from controller.cluster.node_readings import stale_after_s
+from controller.cluster.nodes import NodePlans
 from controller.cluster.plan_server import PlanServer
 from controller.cluster.snapshot import Resources, read_resources
 from controller.cluster.status import Reporter
