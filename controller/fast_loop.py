@@ -159,25 +159,33 @@ class FastLoop:
                             g.index, g.power_limit_w)
         self.missing = {g.uuid for g in missing}
         self.seen.update((g.uuid, g) for g in samples)
+        numbers = {g.index for g in samples} | {g.index for g in missing}
+        for index in [i for i in self.series if i not in numbers]:  # a number no GPU holds now (a node renamed)
+            self._drop_series(index)
         return samples + missing, frozenset(self.missing)
 
     def _retire(self, gone: frozenset[str]) -> None:
         """Forget GPUs gone for good: no longer counted as missing, their series and records dropped."""
-        m = self.metrics
         for uuid in gone:
             g = self.seen.pop(uuid, None)
             self.missing.discard(uuid)
             self.limits.forget(uuid)
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")
-            series = None if g is None else self.series.pop(g.index, None)
-            if g is not None and series is not None:
-                gpu = str(g.index)
-                for family in (m.gpu_limit, m.gpu_energy, m.gpu_clock):
-                    family.remove(gpu)
-                if series.owner is not None:
-                    m.gpu_power.remove(gpu, series.owner)
+            if g is not None:
+                self._drop_series(g.index)
             log.info("GPU %s left the site: no longer counted", uuid)
+
+    def _drop_series(self, index: int) -> None:
+        """The exported series of a GPU number no GPU holds any more."""
+        series = self.series.pop(index, None)
+        if series is None:
+            return
+        m, gpu = self.metrics, str(index)
+        for family in (m.gpu_limit, m.gpu_energy, m.gpu_clock):
+            family.remove(gpu)
+        if series.owner is not None:
+            m.gpu_power.remove(gpu, series.owner)
 
     def _govern(self, now: float, samples: list[GpuSample], untouched: frozenset[str], plan: Plan) -> None:
         """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
+from controller.cluster.node_readings import NODE_GONE_AFTER_S
 from controller.cluster.nodes import NodePlans
 from controller.cluster.resources import GROUP, PLANS
 from controller.fast_loop import FastLoop
@@ -193,73 +194,148 @@ def test_a_new_fast_tick_moves_the_bounds_derived_from_it(emu: KubeEmulator, tmp
     assert (plans.tick_timeout_s, plans.stale_after_s) == (5.0, 24.0)
 
 
-def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEmulator, tmp_path: Path) -> None:
-    """gpu-b is replaced by gpu-c (deleted, its plan left behind, its agent gone). gpu-b's GPU was counted at its
-    last limit for ever: 400 + 400 + 700 W against a 1,300-W budget, a power emergency on a site drawing 800 W,
-    and one more GPU kept (and exported) with every node replaced. Now, off the node list with its agent silent,
-    it departs; numbers are not reused, and its plan is no longer renewed."""
-    plans, gpu = two_nodes(emu, tmp_path)
-    registry = CollectorRegistry()
-    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(registry), lambda kind, message: None)
-    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
-    fast.tick(1.0)
-    assert fast.draw_w == 800.0 and registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": "1"})
+def beat(emu: KubeEmulator, t: float, *nodes: str) -> None:
+    """The named nodes' agents report (their beat moves)."""
+    for node in nodes:
+        emu.patch(GROUP, PLANS, node, {"status": {"beat": int(t)}})
+
+
+def replace_b_by_c(emu: KubeEmulator, plans: NodePlans, uuid: str = "GPU-gpu-c") -> None:
+    """gpu-b deleted (its plan left behind, its agent gone), gpu-c joining with one GPU."""
     emu.delete("", "nodes", "gpu-b")
     emu.put("", "nodes", {"metadata": {"name": "gpu-c", "labels": {"gpu": "h100"}}})
     assert plans.ensure({}) == ["gpu-a", "gpu-c"]
     emu.patch(GROUP, PLANS, "gpu-c", {"status": {"beat": 1, "gpus": [
-        {"index": 0, "uuid": "GPU-gpu-c", "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0,
+        {"index": 0, "uuid": uuid, "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0,
          "min_w": 200.0, "max_w": 700.0}]}})
-    for t in range(2, 30):  # past gpu-b's stale beat, which made it missing before
-        for node in ("gpu-a", "gpu-c"):  # their agents report
-            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+
+
+def loop(plans: NodePlans, registry: CollectorRegistry | None = None) -> FastLoop:
+    return FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(registry or CollectorRegistry()),
+                    lambda kind, message: None)
+
+
+def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b is replaced by gpu-c. gpu-b's GPU was counted at its last limit for ever (400 + 400 + 700 W against a
+    1,300-W budget: a power emergency on a site drawing 800 W, and one more GPU kept and exported with every node
+    replaced). Off the node list with its agent silent NODE_GONE_AFTER_S, it departs; until then it counts (it
+    may still draw). Numbers are not reused, and its plan is no longer renewed."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    registry = CollectorRegistry()
+    fast = loop(plans, registry)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)
+    assert fast.draw_w == 800.0 and registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": "1"})
+    replace_b_by_c(emu, plans)
+    for t in range(2, 20):
+        beat(emu, t, "gpu-a", "gpu-c")
         fast.tick(float(t))
         plans.flush(float(t), 1300.0)
-        assert not fast.governor.emergency, t
-    assert fast.draw_w == 800.0 and {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"}
-    assert not fast.seen.keys() - {"GPU-gpu-a", "GPU-gpu-c"}
+    assert fast.draw_w == 400.0 + 400.0 + 700.0 and "GPU-gpu-b" in fast.seen  # missing: at its last limit
+    for t in range(int(NODE_GONE_AFTER_S), int(NODE_GONE_AFTER_S) + 10):
+        beat(emu, t, "gpu-a", "gpu-c")
+        fast.tick(float(t))
+        plans.flush(float(t), 1300.0)
+    assert not fast.governor.emergency and fast.draw_w == 800.0
+    assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and "GPU-gpu-b" not in fast.seen
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
     assert sorted(plans.where.values()) == [("gpu-a", 0), ("gpu-c", 0)] and max(plans.where) == 2
     renewals = patches(emu, "gpu-b")
-    for t in range(30, 60):
+    for t in range(400, 460):
         plans.flush(float(t), 1300.0)
     assert patches(emu, "gpu-b") == renewals  # its plan is left alone
 
 
-def test_a_node_relabelled_out_whose_agent_reports_is_still_counted(emu: KubeEmulator, tmp_path: Path) -> None:
-    """Off the policy's node list, gpu-b's agent (selected by the GPU label, not the policy's) goes on reporting
-    and applying its plan: its GPU still draws, so it stays in the count (it had left it at once: 800 -> 400 W)."""
+def test_a_node_deleted_with_its_plan_departs_too(emu: KubeEmulator, tmp_path: Path) -> None:
+    """`kubectl delete node gpu-b; kubectl delete nodepowerplan gpu-b`: with no plan left to go stale, its GPU was
+    missing for ever, at its last limit, and all kept of it leaked."""
     plans, _ = two_nodes(emu, tmp_path)
-    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
+    fast = loop(plans)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)
+    emu.delete("", "nodes", "gpu-b")
+    emu.delete(GROUP, PLANS, "gpu-b")
+    assert plans.ensure({}) == ["gpu-a"]
+    for t in (2.0, NODE_GONE_AFTER_S - 1.0):
+        beat(emu, t, "gpu-a")
+        fast.tick(t)
+        assert fast.draw_w == 400.0 + 700.0
+    beat(emu, NODE_GONE_AFTER_S + 1.0, "gpu-a")
+    fast.tick(NODE_GONE_AFTER_S + 1.0)
+    assert fast.draw_w == 400.0 and [key for key in plans.index if key[0] == "gpu-b"] == []
+    assert "gpu-b" not in plans.sequence and "gpu-b" not in plans.beats
+
+
+def test_a_listed_node_whose_agent_is_silent_counts_at_its_last_limits_for_as_long(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """On the node list, a silent agent never takes its GPUs out of the count: they may still draw."""
+    plans, _ = two_nodes(emu, tmp_path)
+    fast = loop(plans)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    for t in (1.0, 20.0, 2 * NODE_GONE_AFTER_S, 10 * NODE_GONE_AFTER_S):
+        beat(emu, t, "gpu-a")
+        fast.tick(t)
+    assert fast.draw_w == 400.0 + 700.0 and plans.gone == {}
+
+
+def test_a_node_relabelled_out_whose_agent_reports_or_restarts_is_still_counted(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """Off the policy's node list, gpu-b's agent goes on reporting and applying its plan (or restarts, silent a
+    while): its GPU still draws, so it stays in the count (it had left it at once: 800 -> 400 W)."""
+    plans, _ = two_nodes(emu, tmp_path)
+    fast = loop(plans)
     assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
     emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "other"}}})
     assert plans.ensure({"gpu": "h100"}) == ["gpu-a"]
-    for t in range(1, 30):
-        for node in NODES:
-            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+    for t in range(1, 40):
+        beat(emu, t, *(NODES if not 5 <= t < 35 else ("gpu-a",)))  # gpu-b's agent restarting for 30 s
         fast.tick(float(t))
-        assert fast.draw_w == 800.0, t
+        assert fast.draw_w in (800.0, 400.0 + 700.0), t
+    assert fast.draw_w == 800.0 and plans.gone == {}
+
+
+@pytest.mark.parametrize("back", ["beats again", "listed again"])
+def test_a_gone_node_that_comes_back_is_counted_again(emu: KubeEmulator, tmp_path: Path, back: str) -> None:
+    """Gone (off the list, agent silent), gpu-b comes back when its agent reports again or it is listed again:
+    counted under a new number, its plan renewed."""
+    plans, _ = two_nodes(emu, tmp_path)
+    fast = loop(plans)
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
+    emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "other"}}})
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a"]
+    for t in (1.0, 20.0, NODE_GONE_AFTER_S + 1.0, NODE_GONE_AFTER_S + 2.0):
+        beat(emu, t, "gpu-a")
+        fast.tick(t)
+        plans.flush(t, 1300.0)
+    assert plans.gone == {"gpu-b": 1} and fast.draw_w == 400.0
+    renewals = patches(emu, "gpu-b")
+    if back == "beats again":
+        beat(emu, 0.0, "gpu-b")  # a beat it has not reported before (the agent restarted: 0)
+    else:
+        emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "h100"}}})
+        assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
+    t = NODE_GONE_AFTER_S + 3.0
+    beat(emu, t, "gpu-a")
+    fast.tick(t)
+    plans.flush(t + 1000.0, 1300.0)
+    assert fast.draw_w == 800.0 and plans.gone == {} and ("gpu-b", 0) in plans.index
+    assert plans.index["gpu-b", 0] == 2 and patches(emu, "gpu-b") > renewals
 
 
 def test_a_gpu_under_a_new_node_name_keeps_what_the_governor_holds_of_it(emu: KubeEmulator, tmp_path: Path) -> None:
     """gpu-b comes back as gpu-c with the same GPU: the old name's departure must not wipe the live GPU's cut,
-    limits and records (the UUID departed the tick it was listed under its new name)."""
-    plans, _ = two_nodes(emu, tmp_path)
-    fast = FastLoop(PowerSettings(budget_w=1300.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
+    limits and records (the UUID departed the tick it was listed under its new name), and the old number's series
+    go."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    registry = CollectorRegistry()
+    fast = loop(plans, registry)
     assert plans.ensure({}) == ["gpu-a", "gpu-b"]
     fast.tick(1.0)
-    emu.delete("", "nodes", "gpu-b")
-    emu.put("", "nodes", {"metadata": {"name": "gpu-c", "labels": {"gpu": "h100"}}})
-    assert plans.ensure({}) == ["gpu-a", "gpu-c"]
-    emu.patch(GROUP, PLANS, "gpu-c", {"status": {"beat": 1, "gpus": [
-        {"index": 0, "uuid": "GPU-gpu-b", "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0,
-         "min_w": 200.0, "max_w": 700.0}]}})
-    for t in range(2, 30):
-        for node in ("gpu-a", "gpu-c"):
-            emu.patch(GROUP, PLANS, node, {"status": {"beat": t}})
+    replace_b_by_c(emu, plans, uuid="GPU-gpu-b")
+    for t in (*range(2, 20), NODE_GONE_AFTER_S + 1.0, NODE_GONE_AFTER_S + 2.0):
+        beat(emu, t, "gpu-a", "gpu-c")
         fast.governor.cut_w["GPU-gpu-b"] = 50.0  # a cut the governor holds on it
         fast.tick(float(t))
         assert "GPU-gpu-b" in fast.seen and "GPU-gpu-b" in fast.limits.known, t
     assert fast.draw_w == 800.0 and plans.gone == {"gpu-b": 1}
+    assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None

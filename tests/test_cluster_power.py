@@ -238,3 +238,29 @@ def test_a_dcgm_gpu_is_one_gpu_whatever_its_exporter_pod_is_called() -> None:
     host[0] = "dcgm-exporter-xyz89"
     assert [g.index for g in source.sample(1.0)] == [0]
     assert [g.index for g in source.sample(GONE_AFTER_S + 2.0)] == [0] and source.departed() == frozenset()
+
+
+def test_an_outage_is_no_absence_when_the_series_come_back_one_exporter_at_a_time() -> None:
+    """After an outage with no series at all, the first read that listed one exporter's GPUs took the whole
+    outage as the others' absence and departed them at once (draw 1,400 -> 300 W). Absence counts only over reads
+    that listed others."""
+    both = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n2", "GPU-b0"), "300")]
+    listed = list(both)
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        return answer(listed if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
+
+    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.tick(0.0)
+    listed = []
+    fast.tick(500.0)
+    fast.tick(1000.0)
+    listed = both[:1]  # n1's exporter scraped first after the outage
+    fast.tick(1001.0)
+    assert fast.draw_w == 300.0 + 700.0  # n2's GPU missing, counted at its last limit
+    fast.tick(1000.0 + GONE_AFTER_S)
+    assert fast.draw_w == 300.0 + 700.0  # absent GONE_AFTER_S exactly (from 1,000 s): still counted
+    fast.tick(1001.0 + GONE_AFTER_S)
+    assert fast.draw_w == 300.0

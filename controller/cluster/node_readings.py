@@ -16,6 +16,9 @@ from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger("wattscale.operator")
+NODE_GONE_AFTER_S = 300.0
+"""How long a node off the policy's node list must have had a silent agent before its GPUs leave the count (until
+then they count at their last limits, as they may still draw)."""
 
 
 def stale_after_s(tick_s: float) -> float:
@@ -91,7 +94,7 @@ class NodeReadings:
             if last is None or last[0] != beat:
                 self.beats[node] = (beat, now)
             elif now - last[1] > self.stale_after_s:
-                if listed is not None and node not in listed:  # off the node list, its agent silent: gone
+                if self._off(node, listed, now):
                     self._leave(node, beat)
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
@@ -114,7 +117,17 @@ class NodeReadings:
                 self.samples[index] = sample
                 out.append(sample)
         self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
+        for node in {node for node, _ in self.index} - names:  # its plan deleted: missing, until it is gone
+            if self._off(node, listed, now):
+                self._leave(node, None)
         return out
+
+    def _off(self, node: str, listed: frozenset[str] | None, now: float) -> bool:
+        """Whether a node has left the site: off the node list, and its agent silent for NODE_GONE_AFTER_S (an
+        agent's restart or rollout, or an API outage, is well within it: its GPUs stay counted meanwhile)."""
+        last = self.beats.get(node)
+        return (listed is not None and node not in listed and last is not None
+                and now - last[1] > NODE_GONE_AFTER_S)
 
     def departed(self) -> frozenset[str]:
         """UUIDs of the GPUs whose node left the site since the last call: the fast loop stops counting them (a
@@ -123,9 +136,9 @@ class NodeReadings:
         return out
 
     def _leave(self, node: str, beat: Any) -> None:
-        """A node off the node list whose agent has gone silent has left the site: its GPUs depart, what was kept
-        of it is dropped, and its plan is no longer read nor renewed until the node is listed or reports again. (One
-        relabelled out whose agent still reports is still counted, and its plan renewed: its GPUs still draw.)"""
+        """A node that left the site (`_off`): its GPUs depart, what was kept of it is dropped, and its plan is no
+        longer read nor renewed until the node is listed or reports again. (One relabelled out whose agent still
+        reports is still counted, and its plan renewed: its GPUs still draw.)"""
         self.gone[node] = beat
         for key in [key for key in self.index if key[0] == node]:
             index = self.index.pop(key)

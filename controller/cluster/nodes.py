@@ -68,6 +68,7 @@ class NodePlans(NodeReadings):
         """What the writes kept of a node that left the site: no plan is written for it while it is gone."""
         for table in (self.pending, self.written, self.renewed, self.specs):
             table.pop(node, None)
+        self.retry.forget(f"node_plan:{node}")
 
     def configure(self, plan_ttl_s: float, safe_cap_share: float, tick_s: float | None = None) -> None:
         """The policy's plan settings, edited while this operator leads: every plan is rewritten with them at

@@ -60,8 +60,10 @@ class PrometheusGpuSource:
         """(node, GPU) -> its index, from the first read that listed it."""
         self.next_index = 0
         """The index the next GPU listed takes (a departed GPU's is not given again)."""
-        self.last_seen: dict[tuple[str, str], tuple[float, str]] = {}
-        """(node, GPU) -> when it was last listed, and its UUID."""
+        self.absent: dict[tuple[str, str], tuple[float, str]] = {}
+        """(node, GPU) -> how long it has been absent from reads that listed others (s), and its UUID."""
+        self.last_read_s: float | None = None
+        """When the last read was (controller time)."""
         self._departed: set[str] = set()
         """UUIDs of GPUs gone, not yet handed to the fast loop."""
         self.envelopes = envelopes or {}
@@ -110,20 +112,26 @@ class PrometheusGpuSource:
                 index = self.index[key] = self.next_index
                 self.next_index += 1
             uuid = labels.get("UUID") or "/".join(key)
-            self.last_seen[key] = (now, uuid)
+            self.absent[key] = (0.0, uuid)
             out.append(GpuSample(
                 index=index, uuid=uuid, name=labels.get("modelName", ""),
                 power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
                 sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
-        if not out:  # no series at all: the exporters or the scrape are gone, not every GPU (all missing, counted)
+        step_s, self.last_read_s = (0.0 if self.last_read_s is None else now - self.last_read_s), now
+        if not out:  # no series at all: the exporters or the scrape are down, not every GPU gone (all missing)
             return out
-        for key, (seen, uuid) in list(self.last_seen.items()):
-            if now - seen > GONE_AFTER_S:
-                del self.last_seen[key], self.index[key]
-                self._departed.add(uuid)
-                log.warning("GPU %s absent from the exporters' series for %.0f s while others report: taken to have "
-                            "left the cluster, no longer counted", uuid, now - seen)
+        for key, (absent_s, uuid) in list(self.absent.items()):
+            if key in labels_of:  # read now
+                continue
+            absent_s += step_s  # absence counts only over reads that listed others: not an outage's length
+            if absent_s <= GONE_AFTER_S:
+                self.absent[key] = (absent_s, uuid)
+                continue
+            del self.absent[key], self.index[key]
+            self._departed.add(uuid)
+            log.warning("GPU %s absent from the exporters' series for %.0f s while others report: taken to have left "
+                        "the cluster, no longer counted", uuid, absent_s)
         return out
 
     def departed(self) -> frozenset[str]:
