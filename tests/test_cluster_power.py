@@ -179,24 +179,36 @@ def test_the_queries_of_one_sample_share_one_timeout() -> None:
     assert 2 <= len(given) <= 3 and given[0] <= 0.2 and all(b < a - 0.07 for a, b in itertools.pairwise(given))
 
 
-def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs(monkeypatch: pytest.MonkeyPatch) -> None:
+Series = list[tuple[dict[str, str], str]]
+
+
+def power_series(listed: Series) -> PrometheusGpuSource:
+    """A dcgm source whose Prometheus answers `listed` (changed in place by the test) for power, nothing else."""
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        return answer(listed if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
+
+    return PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+
+
+def governed(source: PrometheusGpuSource, registry: CollectorRegistry | None = None) -> FastLoop:
+    """The fast loop on `source`, 2,000 W, dry-run limits."""
+    return FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(),
+                    OwnMetrics(registry or CollectorRegistry()), lambda kind, message: None)
+
+
+def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs() -> None:
     """Node n1 (two GPUs) is replaced by n3. Positions shifted: n2's GPU took n1's number while n1 was counted
     missing at its last limits (two GPUs under one number), and n1's GPUs were counted for ever, the site read
     over budget. Now each keeps its number, and after GONE_AFTER_S absent they depart and are not counted."""
-    listed = {"n1": ["GPU-a0", "GPU-a1"], "n2": ["GPU-b1"]}
-
-    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        if form["query"] != "DCGM_FI_DEV_POWER_USAGE":
-            return answer([])
-        return answer([(dcgm_gpu(node, uuid), "300") for node, uuids in listed.items() for uuid in uuids])
-
-    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    listed: Series = [(dcgm_gpu(node, uuid), "300") for node, uuid in (("n1", "GPU-a0"), ("n1", "GPU-a1"),
+                                                                      ("n2", "GPU-b1"))]
     registry = CollectorRegistry()
-    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(registry),
-                    lambda kind, message: None)
+    fast = governed(power_series(listed), registry)
     fast.tick(0.0)
     assert {g.uuid: g.index for g in fast.samples} == {"GPU-a0": 0, "GPU-a1": 1, "GPU-b1": 2}
-    listed = {"n2": ["GPU-b1"], "n3": ["GPU-c0", "GPU-c1"]}
+    listed[:] = [(dcgm_gpu(node, uuid), "300") for node, uuid in (("n2", "GPU-b1"), ("n3", "GPU-c0"),
+                                                                  ("n3", "GPU-c1"))]
     fast.tick(1.0)
     assert {g.uuid: g.index for g in fast.samples if g.power_w is not None} == {"GPU-b1": 2, "GPU-c0": 3,
                                                                                 "GPU-c1": 4}
@@ -209,16 +221,10 @@ def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs(monkeypatch: pytest
 def test_no_gpu_departs_while_no_series_at_all_come_back() -> None:
     """The exporters' series all gone (an exporter or the scrape down, a fresh Prometheus) read as every GPU
     leaving: after 15 minutes the site read 0 W and the fail-safe never fired. Now they stay missing, counted."""
-    listed: list[tuple[dict[str, str], str]] = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n1", "GPU-a1"), "300")]
-
-    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        return answer(listed if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
-
-    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
-    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
+    listed: Series = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n1", "GPU-a1"), "300")]
+    fast = governed(power_series(listed))
     fast.tick(0.0)
-    listed = []
+    listed.clear()
     for t in (1.0, GONE_AFTER_S + 2.0, 2 * GONE_AFTER_S):
         fast.tick(t)
         assert fast.draw_w == 1400.0 and len(fast.samples) == 2
@@ -227,15 +233,10 @@ def test_no_gpu_departs_while_no_series_at_all_come_back() -> None:
 def test_a_dcgm_gpu_is_one_gpu_whatever_its_exporter_pod_is_called() -> None:
     """DCGM's Hostname is the exporter pod's name unless told the node's: a rollout gave each GPU a new key (and
     number), and the old key departed the live GPU 15 minutes later. Keyed by UUID, it keeps its number."""
-    host = ["dcgm-exporter-abc12"]
-
-    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        gpus = [(dcgm_gpu(host[0], "GPU-a0"), "300")]
-        return answer(gpus if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
-
-    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
+    listed: Series = [(dcgm_gpu("dcgm-exporter-abc12", "GPU-a0"), "300")]
+    source = power_series(listed)
     assert [g.index for g in source.sample(0.0)] == [0]
-    host[0] = "dcgm-exporter-xyz89"
+    listed[:] = [(dcgm_gpu("dcgm-exporter-xyz89", "GPU-a0"), "300")]
     assert [g.index for g in source.sample(1.0)] == [0]
     assert [g.index for g in source.sample(GONE_AFTER_S + 2.0)] == [0] and source.departed() == frozenset()
 
@@ -244,20 +245,14 @@ def test_an_outage_is_no_absence_when_the_series_come_back_one_exporter_at_a_tim
     """After an outage with no series at all, the first read that listed one exporter's GPUs took the whole
     outage as the others' absence and departed them at once (draw 1,400 -> 300 W). Absence counts only over reads
     that listed others."""
-    both = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n2", "GPU-b0"), "300")]
+    both: Series = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n2", "GPU-b0"), "300")]
     listed = list(both)
-
-    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        return answer(listed if form["query"] == "DCGM_FI_DEV_POWER_USAGE" else [])
-
-    source = PrometheusGpuSource("http://prom:9090", "dcgm", (200.0, 700.0), {}, fetch=fetch)
-    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, source, DryRunPowerLimiter(), OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
+    fast = governed(power_series(listed))
     fast.tick(0.0)
-    listed = []
+    listed.clear()
     fast.tick(500.0)
     fast.tick(1000.0)
-    listed = both[:1]  # n1's exporter scraped first after the outage
+    listed[:] = both[:1]  # n1's exporter scraped first after the outage
     fast.tick(1001.0)
     assert fast.draw_w == 300.0 + 700.0  # n2's GPU missing, counted at its last limit
     fast.tick(1000.0 + GONE_AFTER_S)
