@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from controller.telemetry.base import shortened
+
 T = TypeVar("T")
 
 
@@ -114,11 +116,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def quoted(value: object, chars: int = 80) -> str:
-    """A value as an error line quotes it: its repr, cut with its length past `chars` (10**400 printed 401
+def quoted(value: object) -> str:
+    """A value as an error line quotes it: its repr, cut with its length past 80 characters (10**400 printed 401
     digits)."""
-    text = repr(value)
-    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} characters)"
+    return shortened(repr(value), 80)
 
 
 def _type_name(tp: Any) -> str:

@@ -9,10 +9,10 @@ SHOWN_CHARS = 160
 """How much of a query, an answer or a parser's complaint a message quotes."""
 
 
-def shortened(text: str) -> str:
-    """`text` as a message quotes it: at most SHOWN_CHARS, and how long it was where it was cut (a page or an
-    answer may be one line of megabytes)."""
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"... ({len(text)} characters)"
+def shortened(text: str, chars: int = SHOWN_CHARS) -> str:
+    """`text` as a message quotes it: at most `chars`, and how long it was where it was cut (a page or an answer
+    may be one line of megabytes)."""
+    return text if len(text) <= chars else text[:chars] + f"... ({len(text)} characters)"
 
 
 class TelemetryError(Exception):
