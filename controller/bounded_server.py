@@ -29,6 +29,11 @@ REQUEST_S = 10.0
 """Longest one connection is served, from accept to answer."""
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family a listen address takes: IPv6 for one with a colon, IPv4 otherwise."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class BoundedServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_clients` of them (`per_address` from one address), each connection
     shut after `request_s`."""
@@ -39,6 +44,7 @@ class BoundedServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  hung_up: Callable[[str], None] = lambda why: None, max_clients: int = MAX_CLIENTS,
                  request_s: float = REQUEST_S, per_address: int = PER_ADDRESS) -> None:
+        self.address_family = address_family(address[0])  # before the socket is made: an IPv6 listen address too
         super().__init__(address, handler)
         self.hung_up, self.request_s = hung_up, request_s
         """`hung_up`: told how each client went before its answer (the caller counts and logs)."""
@@ -111,8 +117,6 @@ def serve_metrics(listen: str, port: int, registry: CollectorRegistry) -> Bounde
     """`registry` on http://listen:port/metrics, bounded as every endpoint here (prometheus_client's own server
     gave each connection a thread without cap or deadline: 400 idle connections held 364 threads). OSError where
     the address cannot be bound."""
-    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
-    server_class = type("MetricsServer", (BoundedServer,), {"address_family": family})
-    server: BoundedServer = server_class((listen, port), MetricsHandler.factory(registry))
+    server = BoundedServer((listen, port), MetricsHandler.factory(registry))
     serve_in_thread(server, "metrics")
     return server

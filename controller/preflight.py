@@ -13,6 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner, feed
 from controller.budget.base import BudgetError
@@ -31,8 +32,7 @@ def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metri
     config's or a command line's). Port 0 disables the endpoint."""
     if port == 0:
         return
-    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(address_family(listen), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((listen, port))

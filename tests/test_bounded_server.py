@@ -90,3 +90,16 @@ def test_metrics_are_served_bounded_and_answer_a_scrape_beside_idle_connections(
     finally:
         served.shutdown()
         served.server_close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this system")
+def test_an_ipv6_listen_address_is_served_by_every_endpoint() -> None:
+    """The family was the metrics server's own (the plan endpoint's `--plan-listen ::1` failed to bind)."""
+    served = BoundedServer(("::1", 0), Hello)
+    serve_in_thread(served, "test-ipv6")
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{served.server_address[1]}/", timeout=5) as answer:
+            assert answer.read() == b"ok"
+    finally:
+        served.shutdown()
+        served.server_close()
