@@ -165,15 +165,14 @@ class FastLoop:
         return samples + missing, frozenset(self.missing)
 
     def _retire(self, gone: frozenset[str]) -> None:
-        """Forget GPUs gone for good: no longer counted as missing, their series and records dropped."""
+        """Forget GPUs gone for good: no longer counted as missing, their records dropped (their series go with the
+        numbers no GPU holds, `_with_missing`)."""
         for uuid in gone:
-            g = self.seen.pop(uuid, None)
+            self.seen.pop(uuid, None)
             self.missing.discard(uuid)
             self.limits.forget(uuid)
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")
-            if g is not None:
-                self._drop_series(g.index)
             log.info("GPU %s left the site: no longer counted", uuid)
 
     def _drop_series(self, index: int) -> None:

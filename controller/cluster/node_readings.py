@@ -13,7 +13,7 @@ from actuators.kubernetes import translate
 from controller.cluster.node_gpus import reading
 from controller.cluster.plan_spec import PlanSpec, read_spec, stored_keys
 from controller.cluster.resources import GROUP, PLANS, VERSION
-from controller.telemetry.base import GpuSample, TelemetryError
+from controller.telemetry.base import GpuSample, Numbers, TelemetryError
 
 log = logging.getLogger("wattscale.operator")
 NODE_GONE_AFTER_S = 300.0
@@ -39,7 +39,7 @@ class NodeReadings:
         """What the fast tick's reading of the plans (a LIST) may take, and its writing of them (the PATCHes of a
         flush, all together): within one tick each, so a slow API server costs the governor a tick or two, never
         one per node."""
-        self.index: dict[tuple[str, int], int] = {}
+        self.index = Numbers()
         """(node, NVML index) -> the GPU's index across the cluster, kept while the operator runs."""
         self.where: dict[int, tuple[str, int]] = {}
         """The index's inverse, kept beside it: the fast loop looks a GPU up on every limit it sets."""
@@ -57,8 +57,6 @@ class NodeReadings:
         self.listed: frozenset[str] | None = None
         """The nodes the selector picked at its last listing (None: not listed yet). A plan of any other node whose
         agent has gone silent is one whose node left the site (deleted, relabelled): its GPUs depart (`_leave`)."""
-        self.next_index = 0
-        """The cluster number the next GPU seen takes (numbers of departed GPUs are not given again)."""
         self._departed: set[str] = set()
         """UUIDs of GPUs whose node left the site, not yet handed to the fast loop."""
         self.gone: dict[str, Any] = {}
@@ -105,10 +103,7 @@ class NodeReadings:
                     self._bad(node, k, exc)
                     continue
                 key = (node, local)
-                index = self.index.get(key)
-                if index is None:
-                    index = self.index[key] = self.next_index
-                    self.next_index += 1
+                index = self.index.number(key)
                 self.where[index] = key
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 SHOWN_CHARS = 160
 """How much of a query, an answer or a parser's complaint a message quotes."""
@@ -13,6 +13,23 @@ def shortened(text: str, chars: int = SHOWN_CHARS) -> str:
     """`text` as a message quotes it: at most `chars`, and how long it was where it was cut (a page or an answer
     may be one line of megabytes)."""
     return text if len(text) <= chars else text[:chars] + f"... ({len(text)} characters)"
+
+
+class Numbers(dict[tuple[str, Any], int]):
+    """GPU numbers by key, in the order first seen; one dropped with its key is never given again (a cluster's
+    GPUs come and go, and a number reused would hand one GPU another's series and records)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next = 0
+
+    def number(self, key: tuple[str, Any]) -> int:
+        """The key's number, a new one where it has none."""
+        n = self.get(key)
+        if n is None:
+            n = self[key] = self.next
+            self.next += 1
+        return n
 
 
 class TelemetryError(Exception):

@@ -22,7 +22,7 @@ import re
 import time
 from typing import Literal
 
-from controller.telemetry.base import GpuSample, TelemetryError
+from controller.telemetry.base import GpuSample, Numbers, TelemetryError
 from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,8 @@ class PrometheusGpuSource:
         self.flavour, self.limits_w = flavour, limits_w
         self.deployments = deployments
         """Deployment name -> (service, variant), to own a GPU whose pod is one of the Deployment's pods."""
-        self.index: dict[tuple[str, str], int] = {}
+        self.index = Numbers()
         """(node, GPU) -> its index, from the first read that listed it."""
-        self.next_index = 0
-        """The index the next GPU listed takes (a departed GPU's is not given again)."""
         self.absent: dict[tuple[str, str], tuple[float, str]] = {}
         """(node, GPU) -> how long it has been absent from reads that listed others (s), and its UUID."""
         self.last_read_s: float | None = None
@@ -107,10 +105,7 @@ class PrometheusGpuSource:
             energy = f.get("energy_mj")
             service, variant = self._owner(labels)
             lo, hi = self._envelope(variant, labels.get("modelName", ""))
-            index = self.index.get(key)
-            if index is None:
-                index = self.index[key] = self.next_index
-                self.next_index += 1
+            index = self.index.number(key)
             uuid = labels.get("UUID") or "/".join(key)
             self.absent[key] = (0.0, uuid)
             out.append(GpuSample(
