@@ -85,13 +85,38 @@ def test_each_gpu_gets_its_own_types_limits_by_its_variant_or_its_model_name() -
     assert pcie.variant == "L40S"  # the longest Deployment name its pod starts with
 
 
-def test_kepler_gpu_watts_per_node_and_gpu() -> None:
-    series = [({"instance": "n1:9102", "gpu": "0"}, "150"), ({"instance": "n1:9102", "gpu": "1"}, "75.5")]
+def kepler(instance: str, gpu: str, uuid: str = "") -> dict[str, str]:
+    """A Kepler series' labels: the scrape's instance (the exporter pod's address), the constant node_name, the
+    GPU's index and, on Kepler's newer exporters, its UUID."""
+    return {"instance": instance, "node_name": "n1", "gpu": gpu, "vendor": "nvidia",
+            **({"gpu_uuid": uuid} if uuid else {})}
+
+
+def test_kepler_gpu_watts_and_joules_per_gpu_uuid_with_the_info_series_name() -> None:
+    series = {"kepler_node_gpu_watts": [(kepler("10.0.0.5:28282", "0", "GPU-k0"), "150"),
+                                        (kepler("10.0.0.5:28282", "1", "GPU-k1"), "75.5")],
+              "kepler_node_gpu_joules_total": [(kepler("10.0.0.5:28282", "0", "GPU-k0"), "9000.5")],
+              "kepler_node_gpu_info": [({**kepler("10.0.0.5:28282", "1", "GPU-k1"), "gpu_name": "NVIDIA L40S"}, "1")]}
     source = PrometheusGpuSource("http://prom", "kepler", (100.0, 400.0), {},
-                                 fetch=lambda url, form, t: answer(series))
-    samples = source.sample(0.0)
-    assert [(s.uuid, s.power_w, s.energy_j, s.power_limit_w) for s in samples] == [
-        ("n1:9102/0", 150.0, None, 400.0), ("n1:9102/1", 75.5, None, 400.0)]
+                                 fetch=lambda url, form, t: answer(series[form["query"]]),
+                                 envelopes={"L40S": (100.0, 350.0), "L4": (40.0, 72.0)})
+    k0, k1 = source.sample(0.0)
+    assert (k0.uuid, k0.power_w, k0.energy_j, k0.power_limit_w, k0.name) == ("GPU-k0", 150.0, 9000.5, 400.0, "")
+    assert (k1.uuid, k1.power_w, k1.energy_j, k1.name, k1.max_limit_w) == ("GPU-k1", 75.5, None, "NVIDIA L40S", 350.0)
+
+
+@pytest.mark.parametrize("uuid", ["GPU-k0", ""], ids=["gpu_uuid", "older exporter"])
+def test_a_restarted_kepler_exporter_keeps_its_gpus_numbers(uuid: str) -> None:
+    """The exporter pod's new address is a new `instance`: keyed by it, every GPU was a new one, counted beside
+    its old self at its last limit until GONE_AFTER_S had passed (the site read twice its GPUs)."""
+    now = {"instance": "10.0.0.5:28282"}
+    source = PrometheusGpuSource("http://prom", "kepler", (100.0, 400.0), {}, fetch=lambda url, form, t: answer(
+        [(kepler(now["instance"], "0", uuid), "150")] if form["query"] == "kepler_node_gpu_watts" else []))
+    before = source.sample(0.0)
+    now["instance"] = "10.0.0.9:28282"
+    after = source.sample(5.0)
+    assert [(s.index, s.uuid) for s in after] == [(s.index, s.uuid) for s in before]
+    assert after[0].uuid == (uuid or "n1/0") and not source.absent.keys() - {("", uuid) if uuid else ("n1", "0")}
 
 
 def test_an_unreachable_prometheus_fails_the_sample() -> None:

@@ -4,7 +4,8 @@ A cluster controller cannot open NVML on other nodes; it reads what the node exp
 - dcgm: `DCGM_FI_DEV_POWER_USAGE` (W), `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (mJ), `DCGM_FI_DEV_SM_CLOCK`
   (MHz) and, where the exporter's counters include it, `DCGM_FI_DEV_POWER_MGMT_LIMIT` (W); GPUs keyed by
   the `UUID` label, owned by a service when the exporter's pod mapping names one of its Deployment's pods.
-- kepler: `kepler_node_gpu_watts`, one series per GPU of a node (no energy, clocks or limits).
+- kepler: `kepler_node_gpu_watts` (W) and `kepler_node_gpu_joules_total` (J), one series per GPU of a node, keyed
+  by its `gpu_uuid` label, and `kepler_node_gpu_info` for the GPU's `gpu_name` (no clocks or limits).
 Limits the exporter does not give come from the accelerator's catalogue profile. Samples are ordered by their
 key (`gpu_key`), and each GPU keeps the index it was first given (ordinal positions shifted as a node came or went,
 and a GPU missing from a read took another's number). A GPU seen in some series but whose power is NaN or
@@ -34,16 +35,20 @@ series go stale."""
 QUERIES: dict[Flavour, dict[str, str]] = {
     "dcgm": {"power_w": "DCGM_FI_DEV_POWER_USAGE", "energy_mj": "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
              "sm_clock_mhz": "DCGM_FI_DEV_SM_CLOCK", "limit_w": "DCGM_FI_DEV_POWER_MGMT_LIMIT"},
-    "kepler": {"power_w": "kepler_node_gpu_watts"},
+    "kepler": {"power_w": "kepler_node_gpu_watts", "energy_j": "kepler_node_gpu_joules_total",
+               "info": "kepler_node_gpu_info"},
 }
 
 
 def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
-    """(node, GPU) of a series: DCGM's UUID alone (unique everywhere; its Hostname is the exporter pod's name unless
-    the exporter is told the node's, so a rollout renamed every GPU), or Kepler's instance and gpu/index label."""
-    if labels.get("UUID"):
-        return "", labels["UUID"]
-    node = labels.get("Hostname") or labels.get("instance") or labels.get("node", "")
+    """(node, GPU) of a series: its UUID alone where the exporter gives one (DCGM's `UUID`, Kepler's `gpu_uuid`:
+    unique everywhere, where DCGM's Hostname is the exporter pod's name unless the exporter is told the node's and
+    the scrape's `instance` is the pod's address, so a rollout renamed every GPU and counted it twice), else the
+    node's name and the GPU's index label."""
+    uuid = labels.get("UUID") or labels.get("gpu_uuid")
+    if uuid:
+        return "", uuid
+    node = labels.get("Hostname") or labels.get("node_name") or labels.get("node") or labels.get("instance", "")
     gpu = labels.get("gpu") or labels.get("index") or labels.get("zone", "")
     return node, gpu
 
@@ -98,19 +103,22 @@ class PrometheusGpuSource:
             for labels, value in self.api.query(promql, timeout_s=left_s):
                 key = gpu_key(labels)
                 figures.setdefault(key, {})[figure] = value
-                labels_of.setdefault(key, labels)
+                merged = labels_of.setdefault(key, labels)
+                if merged is not labels:  # a label only one series has (Kepler's gpu_name is on its info series)
+                    labels_of[key] = {**labels, **merged}
         out = []
         for key in sorted(labels_of):
             f, labels = figures[key], labels_of[key]
-            energy = f.get("energy_mj")
+            energy = f["energy_mj"] / 1000.0 if "energy_mj" in f else f.get("energy_j")
             service, variant = self._owner(labels)
-            lo, hi = self._envelope(variant, labels.get("modelName", ""))
+            name = labels.get("modelName") or labels.get("gpu_name", "")
+            lo, hi = self._envelope(variant, name)
             index = self.index.number(key)
-            uuid = labels.get("UUID") or "/".join(key)
+            uuid = key[1] if not key[0] else "/".join(key)
             self.absent[key] = (0.0, uuid)
             out.append(GpuSample(
-                index=index, uuid=uuid, name=labels.get("modelName", ""),
-                power_w=f.get("power_w"), energy_j=None if energy is None else energy / 1000.0,
+                index=index, uuid=uuid, name=name,
+                power_w=f.get("power_w"), energy_j=energy,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
                 sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
         step_s, self.last_read_s = (0.0 if self.last_read_s is None else now - self.last_read_s), now
