@@ -476,6 +476,8 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     assert counted == ["gpu-a"] * 7
     plans.sample(1.0)  # counted each time, logged once
     assert len(counted) == 14 and len(plans.bad) == 7
+    emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(k) for k in range(8)]}})
+    assert len(plans.sample(2.0)) == 10 and plans.bad == {}  # mended: forgotten, so logged anew if bad again
 
 
 def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_changes(

@@ -102,6 +102,8 @@ class NodeReadings:
                 except (KeyError, TypeError, ValueError) as exc:
                     self._bad(node, k, exc)
                     continue
+                if self.bad:
+                    self.bad.pop((node, k), None)  # readable again: logged anew if it turns bad again
                 key = (node, local)
                 index = self.index.number(key)
                 self.where[index] = key
