@@ -294,6 +294,30 @@ def test_a_node_relabelled_out_whose_agent_reports_or_restarts_is_still_counted(
     assert fast.draw_w == 800.0 and plans.gone == {}
 
 
+def test_a_node_relabelled_out_stays_in_its_power_domains_while_it_is_counted(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """Off the policy's node list, gpu-b's GPU still counts at the site, and counted in no power domain (its labels
+    were those of the last listing): its rack's limit went unguarded for its draw. It keeps the domains it was
+    last listed in until it leaves the site."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    fast = loop(plans)
+    rack = {"rack-1": {"gpu": "h100"}}
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
+    assert plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"], gpu["gpu-b"])}
+    emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "other"}}})
+    assert plans.ensure({"gpu": "h100"}) == ["gpu-a"]
+    for t in (1.0, 20.0):
+        beat(emu, t, *NODES)
+        fast.tick(t)
+    assert fast.draw_w == 800.0 and plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"], gpu["gpu-b"])}
+    for t in (NODE_GONE_AFTER_S + 30.0, NODE_GONE_AFTER_S + 31.0):  # its agent silent since: it left
+        beat(emu, t, "gpu-a")
+        fast.tick(t)
+    plans.ensure({"gpu": "h100"})
+    assert fast.draw_w == 400.0 and plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"],)}
+    assert set(plans.labels) == {"gpu-a"}
+
+
 @pytest.mark.parametrize("back", ["beats again", "listed again"])
 def test_a_gone_node_that_comes_back_is_counted_again(emu: KubeEmulator, tmp_path: Path, back: str) -> None:
     """Gone (off the list, agent silent), gpu-b comes back when its agent reports again or it is listed again:
