@@ -3,16 +3,15 @@
 tick_fast(now): the fast loop (controller/fast_loop.py) samples GPUs and governs power to the latest plan.
 tick_slow(now): read back -> estimate -> plan -> gate -> enforce, then publish the plan and log the decision.
 The two share nothing but the published plan, the draw ledger, the governor's settings (swapped whole under
-one lock with the budget sources' budget) and two flags (the fast loop's retry record is read through one
-copy, and reset only by the fast loop itself), so the daemon runs them in two threads and the governor
-never waits on the slow loop's network I/O. Nothing here reads the wall clock or sleeps; every failure is
-logged and counted.
+one lock with the budget sources' budget: controller/handoff.py) and two flags (the fast loop's retry record is
+read through one copy, and reset only by the fast loop itself), so the daemon runs them in two threads and the
+governor never waits on the slow loop's network I/O. Nothing here reads the wall clock or sleeps; every failure
+is logged and counted.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -27,7 +26,8 @@ from controller.estimate import Estimator
 from controller.failures import Failures
 from controller.fast_loop import FastLoop, FloorAlarm
 from controller.governor import PowerGovernor
-from controller.optimizer import Assignment, Problem, ServiceResult, Solution, get_solver, solve
+from controller.handoff import Handoff
+from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import PowerSettings, Settings
@@ -70,53 +70,31 @@ class Controller:
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
         the planned variant's cap is its assignment's."""
         self.settings = settings
-        self._next: Settings | None = None
-        self._latest = settings
-        """The newest settings (a reload's, before the slow loop adopts them)."""
-        self.budget_from: tuple[float, str] | None = None
-        """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
-        self._budget_lock = threading.Lock()
-        """Held while the newest settings and the sources' budget become the governor's settings (a reload and
-        the budget thread may both do it), and while the slow loop takes a reload or the budget changes."""
-        self._budget_changes: list[dict[str, Any]] = []
+        self.handoff = Handoff(settings, self.fast.governor, metrics)
         self._adopt(settings)
-        self._to_governor()
         self._publish(0)
 
     @property
     def governor(self) -> PowerGovernor:
         return self.fast.governor
 
+    @property
+    def budget_from(self) -> tuple[float, str] | None:
+        """The budget sources' budget and why; None: `power.budget_w` alone."""
+        return self.handoff.budget_from
+
     def reconfigure(self, settings: Settings) -> None:
         """Adopt new settings (a reload checked by controller/reload.py): the governor's budget at once, the
         rest at the start of the next slow tick, so a tick in flight keeps one config throughout. Cuts,
         streaks, cooldowns, retry records and tuner state are kept."""
-        with self._budget_lock:
-            self._latest = self._next = settings
-            self._to_governor()
-
-    def _to_governor(self) -> None:
-        """The newest settings, with the sources' budget, to the governor (one reference); under the lock."""
-        power = self.power(self._latest)
-        self.fast.governor.settings = power
-        self.fast.governor.interval_s = self._latest.daemon.fast_interval_s  # the ramps' share of a tick
-        self.metrics.budget.set(power.budget_w)
+        self.handoff.reconfigure(settings)
 
     def power(self, settings: Settings) -> PowerSettings:
-        """The power settings in force: the configured budget, lowered by the budget sources where they say."""
-        dynamic = self.budget_from
-        if dynamic is None or dynamic[0] >= settings.power.budget_w:
-            return settings.power
-        return replace(settings.power, budget_w=dynamic[0])
+        return self.handoff.power(settings)
 
     def set_budget(self, budget_w: float, why: str, now: float) -> None:
-        """The budget sources moved the budget (another thread may call this): the governor takes it at once,
-        the next plan plans for it, the decision log says why."""
-        with self._budget_lock:
-            self.budget_from = (budget_w, why)
-            self._to_governor()
-            self._budget_changes.append({"t": round(now, 3), "budget_w": self.fast.governor.settings.budget_w,
-                                         "why": why})
+        """The budget sources moved the budget (another thread may call this): the governor takes it at once."""
+        self.handoff.set_budget(budget_w, why, now)
 
     def _adopt(self, settings: Settings) -> None:
         old = self.settings
@@ -167,9 +145,7 @@ class Controller:
     # -- slow loop -------------------------------------------------------------------------------
     def tick_slow(self, now: float) -> Solution | None:
         started = time.perf_counter()
-        with self._budget_lock:
-            settings, self._next = self._next, None
-            changes, self._budget_changes = self._budget_changes, []
+        settings, changes = self.handoff.take()
         if settings is not None:
             self._adopt(settings)
         s = self.settings
@@ -178,17 +154,10 @@ class Controller:
             record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
         in_force = {}
         for svc in s.services:
-            got = self.enforcer.read_back(svc.name, self.variants[svc.name], self.assignments[svc.name])
-            acc = got.assignment.accelerator
-            if acc != self.assignments[svc.name].accelerator:  # found running elsewhere: that type's own cap
-                cap = self.draining.get(svc.name, {}).get(acc, CATALOG[acc].max_power_w)
-                got = replace(got, assignment=replace(got.assignment, power_cap_w=cap, sm_clock_fraction=None))
-            in_force[svc.name] = got
-            old = {**self.draining.get(svc.name, {}), self.assignments[svc.name].accelerator:
-                   self.assignments[svc.name].power_cap_w}
-            self.assignments[svc.name] = got.assignment
-            self.draining[svc.name] = {v: old.get(v, CATALOG[v].min_power_w) for v, n in got.running.items()
-                                       if n > 0 and v != acc}
+            got, self.draining[svc.name] = self.enforcer.in_force(svc.name, self.variants[svc.name],
+                                                                  self.assignments[svc.name],
+                                                                  self.draining.get(svc.name, {}))
+            in_force[svc.name], self.assignments[svc.name] = got, got.assignment
         try:
             windows = self.vllm.observe(now, [svc.name for svc in s.services])
         except Exception as exc:
@@ -269,7 +238,7 @@ class Controller:
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
-            planned = current if svc.name in untold else self._planned(result, current, svc.min_replicas)
+            planned = current if svc.name in untold else result.planned(current, svc.min_replicas)
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             if bound and svc.name not in shed and (planned.replicas < current.replicas
                                                    or planned.max_batch < current.max_batch):
@@ -322,14 +291,3 @@ class Controller:
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
                 "no change", solution.power_w, self.power(self.settings).budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
-
-    @staticmethod
-    def _planned(result: ServiceResult, current: Assignment, min_replicas: int) -> Assignment:
-        if result.assignment is not None:
-            return result.assignment
-        # No shape meets the SLO at all (the model says so): starving it would only make that worse, so what
-        # runs stays. Shed for budget or inventory: the least it may have.
-        if result.reason == "slo":
-            return current
-        floor_w = CATALOG[current.accelerator].min_power_w
-        return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)

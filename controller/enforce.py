@@ -13,12 +13,14 @@ config changes); a rollout in flight is not asked for again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from actuators import ActuatorError, BatchInForce, BatchSizer, ReplicaScaler
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.retry import RetryBook
+from queuemodels.accelerators import CATALOG
 
 log = logging.getLogger("wattscale.controller")
 
@@ -53,6 +55,20 @@ class Enforcer:
         """Per service, replicas per variant at the last read."""
         self.reads_failing: set[str] = set()
         """Reads failing now (logged once a run)."""
+
+    def in_force(self, service: str, variants: tuple[str, ...], believed: Assignment,
+                 draining: Mapping[str, float]) -> tuple[InForce, dict[str, float]]:
+        """`read_back` with the caps, and the caps of the variants draining after it. Found running on another
+        variant than planned, the service runs at that type's own cap (the one it drains with, else full
+        power); every other variant still running keeps its cap until drained (the believed one its
+        assignment's, one never seen its floor)."""
+        got = self.read_back(service, variants, believed)
+        acc = got.assignment.accelerator
+        if acc != believed.accelerator:
+            cap = draining.get(acc, CATALOG[acc].max_power_w)
+            got = replace(got, assignment=replace(got.assignment, power_cap_w=cap, sm_clock_fraction=None))
+        caps = {**draining, believed.accelerator: believed.power_cap_w}
+        return got, {v: caps.get(v, CATALOG[v].min_power_w) for v, n in got.running.items() if n > 0 and v != acc}
 
     def read_back(self, service: str, variants: tuple[str, ...], believed: Assignment) -> InForce:
         """The service as it runs (what was believed where a read fails). The planned variant stays the one

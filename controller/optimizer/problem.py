@@ -8,6 +8,7 @@ from functools import partial
 from typing import Literal, NamedTuple
 
 from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, Load, Performance, PowerProfile, ServiceParams, Targets
+from queuemodels.accelerators import CATALOG
 
 Objective = Literal["cost", "token_speed", "energy"]
 
@@ -134,6 +135,17 @@ class ServiceResult:
     cost_per_hour: float
     short_rps: float = 0.0
     reason: str | None = None
+
+    def planned(self, current: Assignment, min_replicas: int) -> Assignment:
+        """What to run in place of `current`: the assignment chosen; where none is, `current` for a service no
+        shape serves within its SLO (the model says so: starving it would only make that worse), and the least
+        it may have (its min replicas at the floor cap) for one shed for budget or inventory."""
+        if self.assignment is not None:
+            return self.assignment
+        if self.reason == "slo":
+            return current
+        floor_w = CATALOG[current.accelerator].min_power_w
+        return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""What other threads hand the control loops: a reload's settings and the budget sources' budget.
+
+The governor takes both at once, as one reference to new power settings made under one lock (a reload and the
+budget thread may both hand something over); the slow loop takes them at the start of its next tick, so a tick in
+flight keeps one config throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+from controller.governor import PowerGovernor
+from controller.own_metrics import OwnMetrics
+from controller.settings import PowerSettings, Settings
+
+
+class Handoff:
+    def __init__(self, settings: Settings, governor: PowerGovernor, metrics: OwnMetrics) -> None:
+        self.governor, self.metrics = governor, metrics
+        self.latest = settings
+        """The newest settings (a reload's, before the slow loop adopts them)."""
+        self.budget_from: tuple[float, str] | None = None
+        """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
+        self._next: Settings | None = None
+        self._changes: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        """Held while the newest settings and the sources' budget become the governor's settings, and while the
+        slow loop takes a reload or the budget changes."""
+        self._to_governor()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New settings (a reload checked by controller/reload.py): the governor's budget at once, the rest for the
+        slow loop's next tick."""
+        with self._lock:
+            self.latest = self._next = settings
+            self._to_governor()
+
+    def set_budget(self, budget_w: float, why: str, now: float) -> None:
+        """The budget sources moved the budget: the governor takes it at once, the next plan plans for it, the
+        decision log says why."""
+        with self._lock:
+            self.budget_from = (budget_w, why)
+            self._to_governor()
+            self._changes.append({"t": round(now, 3), "budget_w": self.governor.settings.budget_w, "why": why})
+
+    def take(self) -> tuple[Settings | None, list[dict[str, Any]]]:
+        """For the slow loop's tick: the settings of a reload since the last (None: none), and the budget's changes."""
+        with self._lock:
+            settings, self._next = self._next, None
+            changes, self._changes = self._changes, []
+        return settings, changes
+
+    def power(self, settings: Settings) -> PowerSettings:
+        """The power settings in force: the configured budget, lowered by the budget sources where they say."""
+        dynamic = self.budget_from
+        if dynamic is None or dynamic[0] >= settings.power.budget_w:
+            return settings.power
+        return replace(settings.power, budget_w=dynamic[0])
+
+    def _to_governor(self) -> None:
+        """The newest settings, with the sources' budget, to the governor (one reference)."""
+        power = self.power(self.latest)
+        self.governor.settings = power
+        self.governor.interval_s = self.latest.daemon.fast_interval_s  # the ramps' share of a tick
+        self.metrics.budget.set(power.budget_w)
