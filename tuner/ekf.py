@@ -102,7 +102,7 @@ class PairFilter:
         """h(x): the model's [TTFT, ITL] at the observation's operating point; TTFT's rest after the queueing
         time where `observed` reads that (the prompt's own steps at the batch it joins)."""
         params, profile = self.params(x)
-        perf = get_model(self.queue_model).analyze(_cache(params, obs), obs.load, obs.shape, profile, tails=False)
+        perf = get_model(self.queue_model).analyze(obs.at_cache(params), obs.load, obs.shape, profile, tails=False)
         return np.array([perf.extra["prefill_ms"] if self._splits(obs) else perf.ttft_ms, perf.itl_ms])
 
     def predict_many(self, pairs: list[tuple[Observation, NDArray[np.float64] | None]]) -> list[
@@ -112,7 +112,7 @@ class PairFilter:
         points = []
         for obs, x in pairs:
             params, profile = self.params(x)
-            points.append((_cache(params, obs), obs.load, obs.shape, profile))
+            points.append((obs.at_cache(params), obs.load, obs.shape, profile))
         figures = get_model(self.queue_model).mean_figures(points)
         return [None if f is None else np.array([f.prefill_ms if self._splits(obs) else f.ttft_ms, f.itl_ms])
                 for (obs, _), f in zip(pairs, figures, strict=True)]
@@ -134,8 +134,7 @@ class PairFilter:
     def log_predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x) in log space: the filter works on relative errors, and latency's 1 / (1 - rho) growth near
         saturation becomes a gentle slope a linearised update can follow."""
-        out: NDArray[np.float64] = np.log(self.predict(obs, x))
-        return out
+        return np.log(self.predict(obs, x))
 
     def jacobian(self, obs: Observation) -> NDArray[np.float64]:
         """Of log h, by central differences, eps = 1 % of each parameter (every perturbed state in one call)."""
@@ -196,7 +195,6 @@ class PairFilter:
         periodic refit keeps the filter's own."""
         low, high = self.bounds
         free = self.prior_vector() > 0
-
         errors = partial(self._log_errors, observations)
         start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors(x)))
         anchor = anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
@@ -215,10 +213,9 @@ class PairFilter:
         warming = self.accepted < self.settings.warmup_observations or self.rewarm > 0
         if self.settings.refit_every and self.since_refit >= self.settings.refit_every and not warming:
             self.since_refit = 0
-            # the filter's spread stays what its updates made it
-            # it starts at the estimate, over up to refit_window windows: a relative change of 1e-4 in cost and
-            # step is close enough (the daemon's CPU with the step family, its laws then solved point by point,
-            # 52 -> 40 s a simulated hour); a warm-up or a shift's fit settles the shape from a few, at 1e-6
+            # the filter's spread stays what its updates made it; the fit starts at the estimate, over up to
+            # refit_window windows: a relative change of 1e-4 in cost and step is close enough (the daemon's CPU with
+            # the step family, 52 -> 40 s a simulated hour); a warm-up or a shift's fit settles the shape at 1e-6
             self.fit([*self.history, *self.suspects][-self.settings.refit_window:], reset_spread=False, tol=1e-4)
 
     def _warm(self, obs: Observation) -> Verdict:
@@ -301,8 +298,3 @@ class PairFilter:
         self.p = 0.5 * (ekf.P + ekf.P.T)
         self.accepted += 1
         return Verdict(True, "accepted", nis)
-
-
-def _cache(params: ServiceParams, obs: Observation) -> ServiceParams:
-    """The parameters at the KV cache of the replicas that served `obs`, where it says (else the prior's)."""
-    return dataclasses.replace(params, kv_tokens=obs.kv_tokens) if obs.kv_tokens > 0.0 else params

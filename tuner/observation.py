@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from queuemodels import Load, ModelInputError, ServerShape
+from queuemodels import Load, ModelInputError, ServerShape, ServiceParams
 
 STEADY_RATE_BAND = 0.2
 """Relative gap between served and offered rates beyond which a window is not steady. In a steady window
@@ -61,6 +61,10 @@ class Observation:
         """Whether the queueing time is recorded and leaves a positive rest of TTFT (a window whose
         histograms disagree, queue time at or above TTFT, is read whole)."""
         return self.queue_ms is not None and 0.0 <= self.queue_ms < self.ttft_ms
+
+    def at_cache(self, params: ServiceParams) -> ServiceParams:
+        """`params` at the KV cache of the replicas that served this window, where it says (else theirs)."""
+        return replace(params, kv_tokens=self.kv_tokens) if self.kv_tokens > 0.0 else params
 
     def problem(self) -> str | None:
         """Why this observation cannot be used at all (None when it can)."""
