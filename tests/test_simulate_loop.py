@@ -3,13 +3,15 @@ must hold whatever the load does, and a report that is the same for the same see
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from controller.simulate.accounting import figures
+from controller.simulate.accounting import WINDOW_S, figures, shown
 from controller.simulate.command import simulate
 from controller.simulate.runner import run
 from controller.simulate.scenario import load_scenario
@@ -97,3 +99,18 @@ def test_the_same_seed_gives_the_same_summary(small_scenario: Callable[..., Path
     assert "| chat | wattscale |" in (tmp_path / "a" / "summary.md").read_text()
     other = simulate(scn, tmp_path / "c", ["static"], [4], 90.0, progress=False)
     assert other["policies"]["static"] != one["policies"]["static"]
+
+
+def test_what_the_report_draws_of_a_run_keeps_none_of_its_requests(small_scenario: Callable[..., Path]) -> None:
+    """The report kept each policy's first-seed run whole for its PNGs, the plant with every request (some 4 MB
+    a simulated hour a policy: GBs for a week's scenario). It keeps the trace and the per-window shares."""
+    scn = load_scenario(small_scenario('name = "kept"\nduration_s = 120\nseed = 3\n'))
+    r = run(scn, "static", 3, TWO_GPUS)
+    kept = shown(scn, r)
+    plant = weakref.ref(r.host)
+    share = kept.met_share["chat"]
+    assert kept.trace is r.trace and len(share) == int(np.ceil(60.0 / WINDOW_S))  # up to GRACE_S before the end
+    assert np.nanmin(share) >= 0.0 and np.nanmax(share) <= 1.0
+    del r
+    gc.collect()
+    assert plant() is None

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from numpy.typing import NDArray
 
 from controller.service_settings import ServiceSettings
 from controller.simulate.power_figures import drops, power_figures
-from controller.simulate.runner import Run
+from controller.simulate.runner import Run, Trace
 from controller.simulate.scenario import Scenario
 from queuemodels.types import QUANTILE_OF
 from simulator.requests import Finished
@@ -46,6 +47,26 @@ def _window_met(svc: ServiceSettings, ttft_s: NDArray[np.float64], itl_s: NDArra
     q = QUANTILES[svc.statistic]
     with np.errstate(invalid="ignore"):  # a quantile between two unfinished requests (inf) reads NaN: a miss too
         return bool(np.percentile(ttft_s, q) * 1000 <= svc.ttft_ms and np.percentile(itl_s, q) * 1000 <= svc.itl_ms)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the report's figures draw of a policy's first-seed run, kept in place of the run (whose plant holds
+    every request: some 4 MB a simulated hour a policy): its per-second trace, and each service's share of the
+    requests that met its targets per WINDOW_S (NaN where none arrived)."""
+
+    trace: Trace
+    met_share: dict[str, NDArray[np.float64]]
+
+
+def shown(scn: Scenario, run: Run) -> Shown:
+    shares = {}
+    for svc in scn.config.services:
+        log = run.host.services[svc.name].requests
+        end = max(float(run.trace.t_s[-1]) - GRACE_S, float(run.trace.t_s[-1]) / 2)
+        arrived, met = request_met(svc, log.arrivals(), log.finished(), end)
+        shares[svc.name] = np.divide(met, arrived, out=np.full(len(arrived), np.nan), where=arrived > 0)
+    return Shown(run.trace, shares)
 
 
 def request_met(svc: ServiceSettings, arrivals: NDArray[np.float64], fin: Finished, end_s: float,

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from controller.config_loader import ConfigError
-from controller.simulate.accounting import figures
+from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.plots import PLOTS
 from controller.simulate.report import POWER_FIGURES, aggregate, summary, write, write_trace
-from controller.simulate.runner import FLAT, Run, run
+from controller.simulate.runner import FLAT, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.sources import mean_budget_w
@@ -49,7 +49,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
         tqdm = NoBar
 
     report_dir.mkdir(parents=True, exist_ok=True)
-    first: dict[str, Run] = {}
+    first: dict[str, Shown] = {}
     per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     fleets: dict[int, dict[str, dict[str, int]]] = {}
     flat_w = None
@@ -68,7 +68,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
                         flat_budget_w=flat_w)
                 per_policy[policy].append(figures(scn, r))
                 if seed == seeds[0]:
-                    first[policy] = r
+                    first[policy] = shown(scn, r)
                     write_trace(report_dir / f"trace-{policy}.csv", r.trace)
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
     doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated)

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.simulate.accounting import GRACE_S, WINDOW_S, request_met
-from controller.simulate.runner import Run
+from controller.simulate.accounting import WINDOW_S, Shown
 from controller.simulate.scenario import Scenario
 
 PLOTS = ("power.png", "slo.png", "actuators.png", "energy.png")
@@ -25,7 +24,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def power(plt: Any, runs: dict[str, Run], path: Path) -> None:
+def power(plt: Any, runs: dict[str, Shown], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, r in runs.items():
         ax.plot(r.trace.t_s / 60, r.trace.draw_w, lw=0.7, label=name)
@@ -36,15 +35,12 @@ def power(plt: Any, runs: dict[str, Run], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def slo(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
+def slo(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
     services = scn.config.services
     fig, axes = plt.subplots(len(services), 1, figsize=(10, 2.4 * len(services)), squeeze=False, sharex=True)
     for ax, svc in zip(axes[:, 0], services, strict=True):
         for name, r in runs.items():
-            log = r.host.services[svc.name].requests
-            end = max(float(r.trace.t_s[-1]) - GRACE_S, float(r.trace.t_s[-1]) / 2)
-            arrived, met = request_met(svc, log.arrivals(), log.finished(), end)
-            share = np.divide(met, arrived, out=np.full(len(arrived), np.nan), where=arrived > 0)
+            share = r.met_share[svc.name]
             ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, lw=0.9, label=name)
         ax.set(ylabel="met", ylim=(-0.02, 1.02), title=f"{svc.name} ({svc.statistic} TTFT <= {svc.ttft_ms:g} ms, "
                f"ITL <= {svc.itl_ms:g} ms), per {WINDOW_S:g} s")
@@ -53,7 +49,7 @@ def slo(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def actuators(plt: Any, scn: Scenario, runs: dict[str, Run], path: Path) -> None:
+def actuators(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
     services = scn.config.services
     fig, axes = plt.subplots(len(services), 3, figsize=(13, 2.4 * len(services)), squeeze=False, sharex=True)
     for row, svc in zip(axes, services, strict=True):
@@ -83,7 +79,7 @@ def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Run], policies: dict[str, Any]) -> list[str]:
+def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Shown], policies: dict[str, Any]) -> list[str]:
     """Write the PNGs into `report_dir`; their file names, in the order the summary shows them."""
     plt = _pyplot()
     power_png, slo_png, actuators_png, energy_png = (report_dir / name for name in PLOTS)
