@@ -367,11 +367,17 @@ class KubeEmulator:
             if obj is not None and obj["metadata"].get("generation") == generation and not self.closing.is_set():
                 self._write(key, {**obj, "status": {k: v for k, v in status.items() if v}})
 
-    def _list(self, gp: tuple[str, str], ns: str | None, selector: str) -> tuple[list[dict[str, Any]], int]:
+    def _list(self, gp: tuple[str, str], ns: str | None, selector: str,
+              fields: str = "") -> tuple[list[dict[str, Any]], int]:
+        """The objects a list returns: by label selector (k=v, comma-separated) and by the one field selector
+        every kind has, `metadata.name=<name>` (another is refused, as the server refuses a field it lacks)."""
         want = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        named = dict(p.split("=", 1) for p in fields.split(",") if "=" in p)
+        if set(named) - {"metadata.name"}:
+            raise ApiError(400, "BadRequest", f"field label not supported: {sorted(set(named))}")
         with self.store.cond:
-            out = [copy.deepcopy(o) for (g, p, n, _), o in self.store.objects.items()
-                   if (g, p) == gp and (ns is None or n == ns)
+            out = [copy.deepcopy(o) for (g, p, n, name), o in self.store.objects.items()
+                   if (g, p) == gp and (ns is None or n == ns) and named.get("metadata.name", name) == name
                    and all(o["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
             return out, self.store.rv
 

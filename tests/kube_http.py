@@ -121,7 +121,7 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                     self._watch(gp, ns, int(query.get("resourceVersion") or 0),
                                 float(query.get("timeoutSeconds") or emu.watch_s))
                 elif name is None and method == "GET":
-                    items, rv = emu._list(gp, ns, query.get("labelSelector", ""))
+                    items, rv = emu._list(gp, ns, query.get("labelSelector", ""), query.get("fieldSelector", ""))
                     self._send(200, {"kind": f"{kind.kind}List", "apiVersion": "v1", "items": items,
                                      "metadata": {"resourceVersion": str(rv)}})
                 elif name is None and method == "POST" and gp == ("authentication.k8s.io", "tokenreviews"):

@@ -297,24 +297,36 @@ def test_a_node_relabelled_out_whose_agent_reports_or_restarts_is_still_counted(
 def test_a_node_relabelled_out_stays_in_its_power_domains_while_it_is_counted(
         emu: KubeEmulator, tmp_path: Path) -> None:
     """Off the policy's node list, gpu-b's GPU still counts at the site, and counted in no power domain (its labels
-    were those of the last listing): its rack's limit went unguarded for its draw. It keeps the domains it was
-    last listed in until it leaves the site."""
+    were the listing's): its rack's limit went unguarded for its draw. Its labels are read by name while it is
+    counted (after an operator's restart too), kept as last read once the node is deleted, dropped once it left."""
     plans, gpu = two_nodes(emu, tmp_path)
     fast = loop(plans)
-    rack = {"rack-1": {"gpu": "h100"}}
+    for node in NODES:
+        emu.patch("", "nodes", node, {"metadata": {"labels": {"gpu": "h100", "rack": "r1"}}})
+    racks = {"rack-1": {"rack": "r1"}, "rack-2": {"rack": "r2"}}
     assert plans.ensure({"gpu": "h100"}) == ["gpu-a", "gpu-b"]
-    assert plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"], gpu["gpu-b"])}
+    assert plans.domain_gpus(racks) == {"rack-1": (gpu["gpu-a"], gpu["gpu-b"]), "rack-2": ()}
     emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"gpu": "other"}}})
     assert plans.ensure({"gpu": "h100"}) == ["gpu-a"]
     for t in (1.0, 20.0):
         beat(emu, t, *NODES)
         fast.tick(t)
-    assert fast.draw_w == 800.0 and plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"], gpu["gpu-b"])}
+    assert fast.draw_w == 800.0 and plans.domain_gpus(racks)["rack-1"] == (gpu["gpu-a"], gpu["gpu-b"])
+    emu.patch("", "nodes", "gpu-b", {"metadata": {"labels": {"rack": "r2"}}})  # moved: its rack is read now
+    plans.ensure({"gpu": "h100"})
+    assert plans.domain_gpus(racks) == {"rack-1": (gpu["gpu-a"],), "rack-2": (gpu["gpu-b"],)}
+    restarted = NodePlans(plans.custom.api_client, 60.0, 0.6, 10.0)
+    restarted.sample(21.0)
+    restarted.ensure({"gpu": "h100"})  # never listed by this operator: read by name
+    assert set(restarted.labels) == {"gpu-a", "gpu-b"} and restarted.labels["gpu-b"]["rack"] == "r2"
+    emu.delete("", "nodes", "gpu-b")  # deleted, its agent still reporting: as last read
+    plans.ensure({"gpu": "h100"})
+    assert plans.domain_gpus(racks)["rack-2"] == (gpu["gpu-b"],)
     for t in (NODE_GONE_AFTER_S + 30.0, NODE_GONE_AFTER_S + 31.0):  # its agent silent since: it left
         beat(emu, t, "gpu-a")
         fast.tick(t)
     plans.ensure({"gpu": "h100"})
-    assert fast.draw_w == 400.0 and plans.domain_gpus(rack) == {"rack-1": (gpu["gpu-a"],)}
+    assert fast.draw_w == 400.0 and plans.domain_gpus(racks) == {"rack-1": (gpu["gpu-a"],), "rack-2": ()}
     assert set(plans.labels) == {"gpu-a"}
 
 

@@ -60,14 +60,14 @@ class NodePlans(NodeReadings):
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.renewed: dict[str, float] = {}
         self.labels: dict[str, dict[str, str]] = {}
-        """Node -> its labels, as last listed (which power domains it is in): a node off the list whose GPUs are
-        still counted keeps its domains until it leaves the site."""
+        """Node -> its labels, as last read (which power domains it is in): the listed nodes', and those of each
+        node off the list whose GPUs are still counted (written by the slow loop alone: `ensure`)."""
         self.specs: dict[str, dict[str, Any]] = {}
         """Node -> its plan's spec as the API holds it (last written or adopted): what its agent is served."""
 
     def _drop(self, node: str) -> None:
         """What the writes kept of a node that left the site: no plan is written for it while it is gone."""
-        for table in (self.pending, self.written, self.renewed, self.specs, self.labels):
+        for table in (self.pending, self.written, self.renewed, self.specs):
             table.pop(node, None)
         self.retry.forget(f"node_plan:{node}")
 
@@ -93,11 +93,16 @@ class NodePlans(NodeReadings):
         selector = ",".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
         try:
             listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
-            fresh = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
-            counted = {node for node, _ in self.index}  # off the list but counted (it may draw): as last listed
-            self.labels = {**{n: labels for n, labels in self.labels.items() if n in counted}, **fresh}
-            self.listed = frozenset(fresh)
-            nodes = sorted(fresh)
+            labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
+            self.listed = frozenset(labels)
+            nodes = sorted(labels)
+            for node in sorted({node for node, _ in list(self.index)} - self.listed):
+                # off the list but counted (it may draw): in the domains its labels put it in now (as last read
+                # where it is deleted)
+                found = self.core.list_node(field_selector=f"metadata.name={node}",
+                                            _request_timeout=self.timeout_s).items
+                labels[node] = dict(found[0].metadata.labels or {}) if found else self.labels.get(node, {})
+            self.labels = labels
             have = {p["metadata"]["name"] for p in self._plans(self.timeout_s)}
             for node in nodes:
                 if node not in have:
