@@ -60,6 +60,7 @@ class Shown:
 
 
 def shown(scn: Scenario, run: Run) -> Shown:
+    """What the report draws of `run`, measured as `figures` measures attainment (up to GRACE_S before the end)."""
     shares = {}
     for svc in scn.config.services:
         log = run.host.services[svc.name].requests
