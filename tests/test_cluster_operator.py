@@ -478,6 +478,13 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     assert len(counted) == 14 and len(plans.bad) == 7
     emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(k) for k in range(8)]}})
     assert len(plans.sample(2.0)) == 10 and plans.bad == {}  # mended: forgotten, so logged anew if bad again
+    emu.delete(GROUP, PLANS, "gpu-a")  # written again past the schema: a bad entry at the end
+    emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
+        "name": "gpu-a"}, "spec": {"sequence": 1}, "status": {"beat": 3, "gpus": [gpu(0), gpu(1, limit_w=None)]}})
+    plans.sample(3.0)
+    assert list(plans.bad) == [("gpu-a", 1)]
+    emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 4, "gpus": [gpu(0)]}})
+    assert len(plans.sample(4.0)) == 3 and plans.bad == {}  # the list got shorter: the entry past it too
 
 
 def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_changes(

@@ -96,7 +96,11 @@ class NodeReadings:
                     self._leave(node, beat)
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
-            for k, g in enumerate(gpus if isinstance(gpus, list) else []):
+            gpus = gpus if isinstance(gpus, list) else []
+            if self.bad:  # entries past the end are no longer bad: logged anew if they come back bad
+                for key in [key for key in self.bad if key[0] == node and key[1] >= len(gpus)]:
+                    del self.bad[key]
+            for k, g in enumerate(gpus):
                 try:
                     local, uuid, name, *watts = reading(g)
                 except (KeyError, TypeError, ValueError) as exc:
