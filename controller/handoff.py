@@ -17,9 +17,11 @@ from controller.settings import PowerSettings, Settings
 
 
 class Handoff:
+    """One lock over what the reload and budget threads hand over; the governor holds the result by reference."""
+
     def __init__(self, settings: Settings, governor: PowerGovernor, metrics: OwnMetrics) -> None:
         self.governor, self.metrics = governor, metrics
-        self.latest = settings
+        self._latest = settings
         """The newest settings (a reload's, before the slow loop adopts them)."""
         self.budget_from: tuple[float, str] | None = None
         """The budget sources' budget and why (`set_budget`); None: `power.budget_w` alone."""
@@ -34,7 +36,7 @@ class Handoff:
         """New settings (a reload checked by controller/reload.py): the governor's budget at once, the rest for the
         slow loop's next tick."""
         with self._lock:
-            self.latest = self._next = settings
+            self._latest = self._next = settings
             self._to_governor()
 
     def set_budget(self, budget_w: float, why: str, now: float) -> None:
@@ -61,7 +63,7 @@ class Handoff:
 
     def _to_governor(self) -> None:
         """The newest settings, with the sources' budget, to the governor (one reference)."""
-        power = self.power(self.latest)
+        power = self.power(self._latest)
         self.governor.settings = power
-        self.governor.interval_s = self.latest.daemon.fast_interval_s  # the ramps' share of a tick
+        self.governor.interval_s = self._latest.daemon.fast_interval_s  # the ramps' share of a tick
         self.metrics.budget.set(power.budget_w)

@@ -85,6 +85,34 @@ def test_each_gpu_gets_its_own_types_limits_by_its_variant_or_its_model_name() -
     assert pcie.variant == "L40S"  # the longest Deployment name its pod starts with
 
 
+def test_an_unowned_gpus_name_that_fits_two_types_as_well_takes_the_higher_limits() -> None:
+    """DCGM names an H100 SXM "NVIDIA H100 80GB HBM3", as near H100-PCIe as H100-SXM: with the PCIe card listed
+    first it was counted at 350 W, half what it may draw."""
+    series = [({"UUID": "GPU-1", "modelName": "NVIDIA H100 80GB HBM3"}, "650"),
+              ({"UUID": "GPU-2", "modelName": "NVIDIA H100 PCIe"}, "300")]
+    source = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), {},
+                                 fetch=lambda url, form, t: answer(series if "USAGE" in form["query"] else []),
+                                 envelopes={"H100-PCIe": (200.0, 350.0), "H100-SXM": (200.0, 700.0)})
+    sxm, pcie = source.sample(0.0)
+    assert (sxm.max_limit_w, sxm.power_limit_w, pcie.max_limit_w) == (700.0, 700.0, 350.0)
+
+
+def test_a_gpus_labels_are_merged_over_its_series() -> None:
+    """The pod that owns a GPU on a later series only (DCGM's pod mapping on some counters), and a GPU only
+    Kepler's info series lists: counted, its power unknown (at its limit, as a NaN reading)."""
+    dcgm = {"DCGM_FI_DEV_POWER_USAGE": [({"UUID": "GPU-1"}, "400")],
+            "DCGM_FI_DEV_SM_CLOCK": [({"UUID": "GPU-1", "exported_pod": "chat-7d9f-abcde"}, "1755")]}
+    owned = PrometheusGpuSource("http://prom", "dcgm", (200.0, 700.0), {"chat": ("chat", "H100-SXM")},
+                                fetch=lambda url, form, t: answer(dcgm.get(form["query"], [])))
+    assert [(g.uuid, g.service, g.power_w) for g in owned.sample(0.0)] == [("GPU-1", "chat", 400.0)]
+    kepler_series = {"kepler_node_gpu_watts": [(kepler("10.0.0.5:28282", "0", "GPU-k0"), "150")],
+                     "kepler_node_gpu_info": [({**kepler("10.0.0.5:28282", "1", "GPU-k1"), "gpu_name": "L4"}, "1")]}
+    info_only = PrometheusGpuSource("http://prom", "kepler", (100.0, 400.0), {},
+                                    fetch=lambda url, form, t: answer(kepler_series.get(form["query"], [])))
+    assert [(g.uuid, g.power_w, g.power_limit_w) for g in info_only.sample(0.0)] == [
+        ("GPU-k0", 150.0, 400.0), ("GPU-k1", None, 400.0)]
+
+
 def kepler(instance: str, gpu: str, uuid: str = "") -> dict[str, str]:
     """A Kepler series' labels: the scrape's instance (the exporter pod's address), the constant node_name, the
     GPU's index and, on Kepler's newer exporters, its UUID."""

@@ -63,7 +63,7 @@ class Observation:
         return self.queue_ms is not None and 0.0 <= self.queue_ms < self.ttft_ms
 
     def at_cache(self, params: ServiceParams) -> ServiceParams:
-        """`params` at the KV cache of the replicas that served this window, where it says (else theirs)."""
+        """`params` at the KV cache of the replicas that served this window, where it says (else the prior's)."""
         return replace(params, kv_tokens=self.kv_tokens) if self.kv_tokens > 0.0 else params
 
     def problem(self) -> str | None:

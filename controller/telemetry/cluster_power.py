@@ -82,12 +82,14 @@ class PrometheusGpuSource:
 
     def _envelope(self, variant: str | None, model_name: str) -> tuple[float, float]:
         """The variant's type's limits; else the type whose name's parts (H100, PCIe) are most of them words of
-        the model name ("NVIDIA H100 PCIe" is H100-PCIe, "NVIDIA L40S" is not L4); else `limits_w`."""
+        the model name ("NVIDIA H100 PCIe" is H100-PCIe, "NVIDIA L40S" is not L4), the higher limit of a tie (an
+        H100 SXM is "NVIDIA H100 80GB HBM3": read as a PCIe card, it was counted at 350 W of its 700); else
+        `limits_w`."""
         if variant in self.envelopes:
             return self.envelopes[variant]
         words = set(re.split(r"[\s_-]+", model_name.lower()))
         scores = {a: sum(part in words for part in a.lower().split("-")) for a in self.envelopes}
-        best = max(scores, key=lambda a: scores[a], default=None)
+        best = max(scores, key=lambda a: (scores[a], self.envelopes[a][1]), default=None)
         return self.envelopes[best] if best is not None and scores[best] > 0 else self.limits_w
 
     def sample(self, now: float) -> list[GpuSample]:
@@ -104,7 +106,7 @@ class PrometheusGpuSource:
                 key = gpu_key(labels)
                 figures.setdefault(key, {})[figure] = value
                 merged = labels_of.setdefault(key, labels)
-                if merged is not labels:  # a label only one series has (Kepler's gpu_name is on its info series)
+                if merged is not labels:  # labels the GPU's earlier series lack (Kepler's gpu_name: its info's)
                     labels_of[key] = {**labels, **merged}
         out = []
         for key in sorted(labels_of):
