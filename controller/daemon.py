@@ -33,7 +33,7 @@ from controller.bounded_server import BoundedServer, serve_metrics
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
 from controller.budget.settings import DemandResponseSettings
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
@@ -154,6 +154,10 @@ class Daemon:
         except ConfigError as exc:
             self.metrics.reloads.labels("refused").inc()
             log.error("reload refused, keeping the running config: %s", exc)
+        except Exception as exc:  # a check that let a value through unchecked: the daemon must outlive it
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload refused, keeping the running config: %s: %s (a value no check caught: please "
+                      "report it)", type(exc).__name__, quoted(str(exc)))
         else:
             self.controller.reconfigure(new)
             self.settings = new

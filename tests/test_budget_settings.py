@@ -83,6 +83,11 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({"[[100, 3000], [500, 1000]]": "[[100, 1000], [500, 3000]]"}, "power.budget.sources[2].curve[1]",
       "not monotonic"),
     ({"Europe/Berlin": "Mars/Olympus"}, "power.budget.sources[1].time_zone", "unknown time zone"),
+    # a directory of zones, and a name past the file system's: OSErrors that ended a reload with a traceback
+    ({"Europe/Berlin": "America"}, "power.budget.sources[1].time_zone", "unknown time zone 'America'"),
+    ({"Europe/Berlin": "E" * 300}, "power.budget.sources[1].time_zone", r"unknown time zone 'EEE.*\(302 characters"),
+    ({'kind = "fixed"': "kind = []"}, "power.budget.sources[0].kind", r"unknown source \[\]"),
+    ({'kind = "fixed"': "kind = { a = 1 }"}, "power.budget.sources[0].kind", "unknown source {'a': 1}"),
     ({'"fri"]': '"fri", "fun"]'}, "power.budget.sources[1].rules[0].days[5]", "must be one of"),
     ({'end = "20:00"': 'end = "07:00"'}, "power.budget.sources[1].rules[0].end", "must be after start"),
     ({'start = "08:00"': 'start = "8am"'}, "power.budget.sources[1].rules[0].start", "not HH:MM"),

@@ -43,6 +43,7 @@ from kube_http import PATH
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
+from controller.cluster import snapshot
 from controller.cluster.lease import RENEW_SHARE, Lease
 from controller.cluster.nodes import NodePlans
 from controller.cluster.operator import ClusterLoop
@@ -309,6 +310,39 @@ def test_a_newcomer_that_overfills_the_inventory_is_refused_not_the_service_runn
     res = loop.read()
     assert res.settings is not None and [s.name for s in res.settings.services] == [f"{NS}/chat"]
     assert set(res.errors) == {"aaa/hog"} and res.errors["aaa/hog"].where == "spec.min_replicas", res.errors
+
+
+@pytest.mark.parametrize(("sources", "field"), [
+    ([{"kind": [], "budget_w": 2000.0}], "spec.budget.sources[0].kind"),
+    ([{"kind": "schedule", "time_zone": "America", "default_budget_w": 2000.0}], "spec.budget.sources[0].time_zone"),
+])
+def test_a_policys_budget_source_past_its_checks_is_refused_by_field(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, sources: list[dict[str, Any]], field: str) -> None:
+    """`spec.budget` keeps unknown fields (the schema cannot say each source's): a source's `kind = []` (a
+    TypeError) or a time zone that names a directory of zones (an OSError) failed every step with a traceback."""
+    emu, _ = cluster
+    bad = policy()
+    bad["spec"]["budget"] = {"safe_budget_w": 1200.0, "sources": sources}
+    emu.put(GROUP, POLICIES, bad)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    res = loop.read()
+    assert res.settings is None and res.errors["policy"].where == field, res.errors
+
+
+def test_a_policy_failing_past_every_check_is_reported_not_raised(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emu, _ = cluster
+    emu.put(GROUP, POLICIES, policy())
+
+    def unchecked(spec: Any) -> None:
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(snapshot, "policy_spec", unchecked)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    res = loop.read()
+    assert res.settings is None and str(res.errors["policy"]).startswith("spec: TypeError: \"unhashable type")
 
 
 def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(

@@ -331,6 +331,27 @@ def test_sighup_with_a_bad_bound_keeps_the_running_config(tmp_path: Path, old: s
     assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
 
 
+def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value no check caught (a budget source's `kind = []` was a TypeError) ended the daemon on SIGHUP."""
+    from controller import daemon as daemon_module
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD.replace("port = 9464", "port = 0"))
+    daemon = Daemon(path, load_settings(path))
+    before = daemon.settings
+
+    def unchecked(path: Path) -> None:
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(daemon_module, "load_settings", unchecked)
+    daemon.reload()
+    assert daemon.settings is before
+    assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
+
+
 def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) -> None:
     from controller.wiring import build_host
 

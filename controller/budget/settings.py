@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
-from controller.config_loader import ConfigError, build, check_positive, check_range
+from controller.config_loader import ConfigError, build, check_positive, check_range, quoted
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +72,8 @@ class ScheduleSettings(SourceSettings):
         check_positive(self, where, ("default_budget_w",))
         try:
             zoneinfo.ZoneInfo(self.time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(f"{where}.time_zone", f"unknown time zone {self.time_zone!r}") from exc
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America": a directory of zones
+            raise ConfigError(f"{where}.time_zone", f"unknown time zone {quoted(self.time_zone)}") from exc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,8 +223,8 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
             raise ConfigError(at, "must be a table")
         fields = dict(table)
         kind = fields.pop("kind", None)
-        if kind not in KINDS:
-            raise ConfigError(f"{at}.kind", f"unknown source {kind!r} (expected one of {sorted(KINDS)})")
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise ConfigError(f"{at}.kind", f"unknown source {quoted(kind)} (expected one of {sorted(KINDS)})")
         settings = build(KINDS[kind], fields, at)
         name = settings.name or str(kind)
         if name in sources:
