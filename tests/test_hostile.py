@@ -16,6 +16,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
+import pytest
 from hostile_inputs import Edit, apply_safely, assert_clean, bounded, edits_of, load, run_cli, toml_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -155,6 +156,18 @@ def test_state_file_on_hostile_content(doc: Any) -> None:
     finally:
         logger.removeHandler(collect)
     assert len(collect.messages) <= 1, collect.messages
+
+
+@pytest.mark.parametrize("field", ["x", "prior", "p"])
+def test_a_state_file_integer_too_big_for_a_float_is_set_aside(field: str) -> None:
+    """JSON integers have no bound: one of 401 digits made math.isfinite raise, and the daemon stopped at start."""
+    doc = json.loads(json.dumps(STATE))
+    pair = next(iter(doc["pairs"].values()))
+    if field == "p":
+        pair["p"][0][0] = 10**400
+    else:
+        pair[field][0] = 10**400
+    test_state_file_on_hostile_content.hypothesis.inner_test(doc)  # type: ignore[attr-defined]
 
 
 COLUMNS = ["rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms", "max_queue", "power_cap_w",

@@ -139,6 +139,23 @@ def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> No
     assert w is not None and w.ttft_p95_ms is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
 
 
+def test_a_sample_too_big_for_a_float_is_skipped_not_the_whole_page() -> None:
+    """The text parser gives `1` and 400 zeros as an int, which math.isfinite cannot take (OverflowError): every
+    service lost its window that cycle, and those read before it lost theirs for good."""
+    host = _host()
+    pages = Pages(host)
+
+    def hostile(url: str, timeout_s: float) -> str:
+        return pages.fetch(url, timeout_s) + f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 1{"0" * 400}\n'
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=hostile)
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
+
+
 def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> None:
     """A restart keeps the page's address and engine label, so the same series; its counters fall to zero. The
     window was called steady, and the tuner learnt from a dark replica and a cold cache (Prometheus' source

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import stat
+import sys
 import tempfile
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -85,7 +86,10 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
 
 
 def _number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number (an integer of 400 digits is an int Python cannot make a float: math.isfinite raised)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return abs(v) <= sys.float_info.max
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _count(v: object) -> bool:

@@ -60,8 +60,8 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
     out: dict[str, Snapshot] = {}
     for fam in families:
         for s in fam.samples:
-            model = s.labels.get("model_name")
-            if model is None or not math.isfinite(s.value):
+            model, value = s.labels.get("model_name"), _finite(s.value)
+            if model is None or value is None:
                 continue
             snap = out.setdefault(model, Snapshot(time_s))
             series = s.labels.get("instance", "") + "/" + s.labels.get("engine", "0")
@@ -69,19 +69,29 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
             name = s.name
             if name.endswith("_total") and name[:-6] in COUNTERS:
                 k = (series, COUNTERS[name[:-6]])
-                snap.counters[k] = snap.counters.get(k, 0.0) + s.value
+                snap.counters[k] = snap.counters.get(k, 0.0) + value
             elif name.endswith("_bucket") and name[:-7] in HISTOGRAMS:
                 le = _bound(s.labels.get("le"))
                 if le is not None:  # a bucket without a number for its bound is no bucket (not the page's end)
-                    snap.hist_buckets[(series, HISTOGRAMS[name[:-7]], le)] = s.value
+                    snap.hist_buckets[(series, HISTOGRAMS[name[:-7]], le)] = value
             elif name.endswith("_sum") and name[:-4] in HISTOGRAMS:
-                snap.hist_sum[(series, HISTOGRAMS[name[:-4]])] = s.value
+                snap.hist_sum[(series, HISTOGRAMS[name[:-4]])] = value
             elif name.endswith("_count") and name[:-6] in HISTOGRAMS:
-                snap.hist_count[(series, HISTOGRAMS[name[:-6]])] = s.value
+                snap.hist_count[(series, HISTOGRAMS[name[:-6]])] = value
             elif name in GAUGES:
                 key = GAUGES[name]
-                snap.gauges[key] = snap.gauges.get(key, 0.0) + s.value
+                snap.gauges[key] = snap.gauges.get(key, 0.0) + value
     return out
+
+
+def _finite(value: float) -> float | None:
+    """A sample's value as a finite float; None where it is none (the text parser gives an integer as an int: one
+    of 400 digits made math.isfinite raise, which cost every service its window)."""
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
 
 
 def _bound(le: str | None) -> float | None:
