@@ -62,6 +62,8 @@ def api_client(kubeconfig: str = "") -> Any:
     from kubernetes import client, config
 
     cfg = client.Configuration()
+    if kubeconfig or "KUBERNETES_SERVICE_HOST" not in os.environ:
+        _plain_files(kubeconfig)
     try:
         if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ:
             config.load_incluster_config(client_configuration=cfg)
@@ -77,6 +79,15 @@ def api_client(kubeconfig: str = "") -> Any:
                                      f"YAML: {problem}{at}") from None
     cfg.retries = 0
     return client.ApiClient(cfg)
+
+
+def _plain_files(kubeconfig: str) -> None:
+    """Refuse a kubeconfig the client would read that is there but no regular file: a FIFO blocked the operator
+    and the agent for ever (`--duration` too), a device read without end."""
+    paths = [kubeconfig] if kubeconfig else os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)
+    for path in (os.path.expanduser(p) for p in paths if p):
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise PermanentActuatorError(f"kubernetes: kubeconfig {path} is not a regular file")
 
 
 def reach(api_client: Any, timeout_s: float = 5.0) -> None:

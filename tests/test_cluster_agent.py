@@ -7,6 +7,7 @@ emulator), which reviews the agent's token with the emulator and serves only the
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -75,6 +76,20 @@ def test_no_plan_sets_safe_caps_without_raising_a_limit(emu: KubeEmulator, tmp_p
     assert agent.step(0.0) == "failsafe"
     assert limits(nvml) == [420.0, 300.0]  # 0.6 x 700 W; the 300 W GPU is not raised to it
     assert agent.metrics.failsafe.labels(NODE)._value.get() == 1.0
+
+
+def test_a_fifo_as_the_token_file_is_no_plan_not_a_stalled_agent(emu: KubeEmulator, tmp_path: Any,
+                                                                  served: PlanServer) -> None:
+    """The token is read at every request: a FIFO in its place blocked the agent's step for ever, its GPUs left
+    at whatever limits they had."""
+    os.mkfifo(tmp_path / "token-fifo")
+    nvml = FakeNvml([FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served, str(tmp_path / "token-fifo"))
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.append(agent.step(0.0)), daemon=True)
+    worker.start()
+    worker.join(10.0)
+    assert done == ["failsafe"] and limits(nvml) == [420.0]
 
 
 def test_a_stale_plan_without_safe_caps_uses_the_policys_safe_cap_share(emu: KubeEmulator, tmp_path: Any,

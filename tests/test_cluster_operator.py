@@ -5,6 +5,7 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -691,6 +692,9 @@ def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_l
     assert main([*common, "--kubeconfig", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wattscale: operator: kubernetes: no usable credentials") and "Traceback" not in err
+    os.mkfifo(tmp_path / "fifo")  # opened as it came, it blocked the operator for ever (`--duration` too)
+    assert main([*common, "--kubeconfig", str(tmp_path / "fifo"), "--duration", "1"]) == 2
+    assert f"kubernetes: kubeconfig {tmp_path / 'fifo'} is not a regular file" in capsys.readouterr().err
     assert main(["operator", "--metrics-listen", "not-an-ip", "--plan-port", "0"]) == 2
     assert "wattscale: --metrics-listen: not-an-ip is not an address of this host" in capsys.readouterr().err
     with pytest.raises(SystemExit):

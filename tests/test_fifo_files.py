@@ -96,3 +96,12 @@ def test_check_config_names_a_state_file_that_is_a_link_loop(sim_config: Callabl
     os.symlink(link, link)  # a link to itself: ELOOP
     assert main(["check-config", str(path)]) == 2
     assert f"{field}: {link} cannot be opened (Too many levels of symbolic links)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_tune_refuses_a_fifo_or_a_device_as_its_observations(tmp_path: Path, kind: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`wattscale tune` opened its CSV as it came: a FIFO waited for ever, /dev/zero read until memory ran out."""
+    path = fifo(tmp_path / "obs.csv") if kind == "fifo" else Path("/dev/zero")
+    assert within(10.0, lambda: main(["tune", str(path)])) == 2
+    assert f"{path}: cannot read (not a regular file)" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from queuemodels import DEFAULT_MAX_QUEUE, ModelInputError
 from queuemodels.types import NAMES
 from tuner.ekf import PairFilter
 from tuner.observation import Observation
+from tuner.store import open_plain
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
     gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
     is refused as soon as its reader gets there, not after parsing all of it."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
             reader = csv.DictReader(f)
             _check_header(path, list(reader.fieldnames or []))
             rows: list[tuple[int, Observation]] = []

@@ -53,7 +53,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def open_plain(path: str | os.PathLike[str], mode: str = "rb", encoding: str | None = None) -> IO[Any]:
+def open_plain(path: str | os.PathLike[str], mode: str = "rb", encoding: str | None = None,
+               newline: str | None = None) -> IO[Any]:
     """`open` for the daemon's own files that refuses a FIFO (reading one, or appending to one, blocks until
     another process opens its end: a loop would wait for ever) and, to read, anything but a regular file (a
     device reads without end): OSError naming the path."""
@@ -64,7 +65,7 @@ def open_plain(path: str | os.PathLike[str], mode: str = "rb", encoding: str | N
         if stat.S_ISFIFO(kind) or (flags == os.O_RDONLY and not stat.S_ISREG(kind)):
             raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         os.set_blocking(fd, True)
-        return os.fdopen(fd, mode, encoding=encoding)
+        return os.fdopen(fd, mode, encoding=encoding, newline=newline)
     except BaseException:
         os.close(fd)
         raise

@@ -27,6 +27,7 @@ from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
+from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"
@@ -78,7 +79,7 @@ class NodeAgent:
         """This node's plan's spec as the acting operator serves it (at most 1 MiB read); None where it has none
         for this node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/403/
         503, a body that is not a plan: one field a plan cannot hold refuses it whole) where no plan came."""
-        with open(self.token_file, encoding="utf-8") as f:
+        with open_plain(self.token_file, "r", encoding="utf-8") as f:  # a FIFO waited for ever
             token = f.read(1 << 16).strip()
         answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, via=self.http,
                               max_body=1 << 20)
