@@ -171,6 +171,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if tp in (str, bool):
         if not isinstance(value, tp):
             raise ConfigError(where, f"must be a {_type_name(tp)}, got {quoted(value)}")
+        if tp is str and "\x00" in value:  # no name, path or URL holds one (a path with it raised ValueError)
+            raise ConfigError(where, f"must not contain a NUL character, got {quoted(value)}")
         return value
     raise ConfigError(where, f"unsupported type {_type_name(tp)}")
 

@@ -452,3 +452,18 @@ def test_a_budget_below_the_min_replicas_floor_is_a_warning(tmp_path: Path,
     assert err == ("wattscale: warning: power.budget_w: 900 W (873 W less headroom) is below what the services' "
                    "min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, 1075 W: under "
                    "load no cap holds it, and the plan cannot go below min_replicas")
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ('state_dir = "../var/state"', 'state_dir = "a\\u0000b"', "daemon.state_dir"),
+    ('state_dir = "../var/state"', 'state_dir = "../var/state"\ndecision_log = "d\\u0000.jsonl"',
+     "daemon.decision_log"),
+    ("[power]", '[power]\nbudget = { safe_budget_w = 1000, sources = [{ kind = "carbon_csv", path = "a\\u0000b.csv", '
+                'curve = [[100, 3000]] }, { kind = "fixed", budget_w = 2000 }] }', "power.budget.sources[0].path"),
+])
+def test_a_nul_character_in_a_path_is_refused_by_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       old: str, new: str, field: str) -> None:
+    """A path holding NUL raised ValueError ("embedded null byte") from os.stat: a traceback in check-config and
+    run, where a demand-response signal's passed check-config and failed at run time."""
+    assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == 2
+    assert f"{field}: must not contain a NUL character" in capsys.readouterr().err
