@@ -15,7 +15,7 @@ from typing import Any
 from controller import strict_json
 from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.preflight import check_metrics_bind, unwritable
 
 PROBE_TIMEOUT_S = 5.0
@@ -26,7 +26,7 @@ def _schema(args: argparse.Namespace) -> int:
     from controller.schema_catalog import schemas
 
     if args.crds and args.name:
-        raise ConfigError("schema --crds", f"prints every CustomResourceDefinition: no name, got {args.name!r}")
+        raise ConfigError("schema --crds", f"prints every CustomResourceDefinition: no name, got {quoted(args.name)}")
     if args.crds:
         try:
             import yaml
@@ -41,7 +41,7 @@ def _schema(args: argparse.Namespace) -> int:
         print(strict_json.dumps(every, indent=2))
         return 0
     if args.name not in every:
-        raise ConfigError("schema", f"unknown {args.name!r}, expected one of {sorted(every)}")
+        raise ConfigError("schema", f"unknown {quoted(args.name)}, expected one of {sorted(every)}")
     print(strict_json.dumps(every[args.name], indent=2))
     return 0
 

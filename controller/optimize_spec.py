@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.config_loader import ConfigError, build, check_name, check_positive, check_range, item_path, read_toml
+from controller.config_loader import (
+    ConfigError,
+    build,
+    check_name,
+    check_positive,
+    check_range,
+    item_path,
+    quoted,
+    read_toml,
+)
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels
 from controller.service_settings import check_service_bounds
@@ -93,11 +102,11 @@ class Spec:
         names = {a.name for a in self.accelerators}
         if len(names) < len(self.accelerators):
             dup = next(a.name for a in self.accelerators if sum(b.name == a.name for b in self.accelerators) > 1)
-            raise ConfigError(f"accelerators[{dup}].name", f"duplicate accelerator {dup!r}")
+            raise ConfigError(f"accelerators[{dup}].name", f"duplicate accelerator {quoted(dup)}")
         seen: set[str] = set()
         for svc in self.services:
             if svc.name in seen:
-                raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {svc.name!r}")
+                raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {quoted(svc.name)}")
             seen.add(svc.name)
             for acc in svc.params:
                 if acc not in names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, shown
+from controller.config_loader import ConfigError, check_positive, check_range, quoted, shown
 from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_SHAPES
 from queuemodels import DEFAULT_MODEL, MODELS
 
@@ -73,7 +73,8 @@ class OptimizerSettings:
         check_range(self, where, ("time_limit_s",), 0.0, 60.0)
         check_range(self, where, ("drain_s",), 0.0, 86400.0)
         if self.queue_model not in MODELS:
-            raise ConfigError(f"{where}.queue_model", f"unknown {self.queue_model!r}, expected one of {sorted(MODELS)}")
+            raise ConfigError(f"{where}.queue_model", f"unknown {quoted(self.queue_model)}, expected one of "
+                                                      f"{sorted(MODELS)}")
 
 
 def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:

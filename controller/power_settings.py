@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_name, check_range
+from controller.config_loader import ConfigError, check_name, check_range, quoted
 from controller.settings_checks import MAX_GPUS, MAX_POWER_W
 
 
@@ -37,7 +37,7 @@ def check_domain_lines(lines: Sequence[tuple[str, float]], budget_w: float, wher
     names = [name for name, _ in lines]
     for name, limit_w in lines:
         if names.count(name) > 1:
-            raise ConfigError(f"{at}[{name}].name", f"duplicate domain {name!r}")
+            raise ConfigError(f"{at}[{name}].name", f"duplicate domain {quoted(name)}")
         if limit_w > budget_w:
             raise ConfigError(f"{at}[{name}].limit_w", f"{limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
 
@@ -55,12 +55,12 @@ def check_domains_nest(domains: Sequence[PowerDomainSettings], where: str) -> No
             if not shared or inner == outer:
                 continue
             if not (inner <= outer or outer <= inner):
-                raise ConfigError(f"{at}[{d.name}].gpus", f"GPU {shared[0]} is in domain {other.name!r} "
+                raise ConfigError(f"{at}[{d.name}].gpus", f"GPU {shared[0]} is in domain {quoted(other.name)} "
                                   "too, and neither holds the other (a GPU is fed by one rack; domains may only nest)")
             small, big = (d, other) if inner <= outer else (other, d)
             if small.limit_w > big.limit_w:
                 raise ConfigError(f"{at}[{small.name}].limit_w", f"{small.limit_w:g} W is above "
-                                  f"{big.limit_w:g} W of domain {big.name!r}, which holds it")
+                                  f"{big.limit_w:g} W of domain {quoted(big.name)}, which holds it")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner, feed
 from controller.budget.base import BudgetError
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import floor_w
 
@@ -74,7 +74,8 @@ def check_backends(settings: Settings) -> list[str]:
         for svc in settings.services:
             program = svc.vllm_command[0]
             if shutil.which(program) is None:
-                raise ConfigError(f"services[{svc.name}].vllm_command", f"{program!r} is not an executable program")
+                raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
+                                  "executable program")
     if a.batch == "vllm" and a.vllm_runner == "systemd":
         problem = unwritable(Path(settings.base_dir) / a.systemd_dropin_dir)
         if problem is not None:

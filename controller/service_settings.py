@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.config_loader import ConfigError, check_name, check_positive, check_range
+from controller.config_loader import ConfigError, check_name, check_positive, check_range, quoted
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import (
     DEFAULT_MAX_QUEUE,
@@ -68,7 +68,7 @@ class PriorSettings:
 
     def check(self, where: str) -> None:
         if self.family not in FAMILIES:
-            raise ConfigError(f"{where}.family", f"unknown {self.family!r}, expected one of {list(FAMILIES)}")
+            raise ConfigError(f"{where}.family", f"unknown {quoted(self.family)}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
         if self.delta_ms is not None:
@@ -185,7 +185,8 @@ class ServiceSettings:
     def check(self, where: str) -> None:
         check_name(self.name, where)
         if self.statistic not in STATISTICS:
-            raise ConfigError(f"{where}.statistic", f"unknown {self.statistic!r}, expected one of {list(STATISTICS)}")
+            raise ConfigError(f"{where}.statistic", f"unknown {quoted(self.statistic)}, expected one of "
+                                                    f"{list(STATISTICS)}")
         check_service_bounds(self, where)
         if not 1 <= self.initial_max_batch <= MAX_BATCH:
             raise ConfigError(f"{where}.initial_max_batch", f"must be in 1..{MAX_BATCH}, got {self.initial_max_batch}")
@@ -204,4 +205,4 @@ class ServiceSettings:
             raise ConfigError(f"{where}.vllm_ports", f"must be ports in 1..65535, got {list(self.vllm_ports)}")
         for url in self.metrics_urls:
             if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {url!r}")
+                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {quoted(url)}")

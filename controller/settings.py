@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.budget.settings import BudgetSettings, budget_settings
-from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
+from controller.config_loader import ConfigError, build, check_positive, check_range, quoted, read_toml
 from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
@@ -74,7 +74,7 @@ class MetricsSettings:
         try:
             ipaddress.ip_address(self.listen)
         except ValueError:
-            raise ConfigError(f"{where}.listen", f"must be an IP address, got {self.listen!r}") from None
+            raise ConfigError(f"{where}.listen", f"must be an IP address, got {quoted(self.listen)}") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
 
@@ -116,7 +116,7 @@ class TelemetrySettings:
 
     def check(self, where: str) -> None:
         if not self.prometheus_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {self.prometheus_url!r}")
+            raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {quoted(self.prometheus_url)}")
         check_positive(self, where, ("window_s", "timeout_s"))
         check_range(self, where, ("window_s",), 0.0, 86400.0)
         check_range(self, where, ("timeout_s",), 0.0, 300.0)
@@ -168,7 +168,8 @@ class AcceleratorSettings:
 
     def check(self, where: str) -> None:
         if self.name not in CATALOG:
-            raise ConfigError(f"{where}.name", f"unknown accelerator {self.name!r}, expected one of {sorted(CATALOG)}")
+            raise ConfigError(f"{where}.name", f"unknown accelerator {quoted(self.name)}, expected one of "
+                                               f"{sorted(CATALOG)}")
         if not 0 <= self.count <= MAX_GPUS:
             raise ConfigError(f"{where}.count", f"must be in 0..{MAX_GPUS}, got {self.count}")
         check_range(self, where, ("cost_per_hour",), 0.0, 1e6)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from controller.budget.settings import FixedSettings, ScheduleSettings
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
 
@@ -111,16 +111,16 @@ def _unique(s: Settings) -> None:
     seen: set[str] = set()
     for a in s.accelerators:
         if a.name in seen:
-            raise ConfigError(f"accelerators[{a.name}].name", f"duplicate accelerator {a.name!r}")
+            raise ConfigError(f"accelerators[{a.name}].name", f"duplicate accelerator {quoted(a.name)}")
         seen.add(a.name)
     named: dict[str, str] = {}  # by the name in lower case: a Deployment's default name and the operator's objects
     owner: dict[int, str] = {}
     for svc in s.services:
         if svc.name.lower() in named:
             other = named[svc.name.lower()]
-            raise ConfigError(f"{svc_path(svc.name)}.name", f"duplicate service name {svc.name!r}" + (
-                "" if other == svc.name else f" (as {other!r}: names are compared in lower case, as the Kubernetes "
-                "objects named after them are)"))
+            raise ConfigError(f"{svc_path(svc.name)}.name", f"duplicate service name {quoted(svc.name)}" + (
+                "" if other == svc.name else f" (as {quoted(other)}: names are compared in lower case, as the "
+                "Kubernetes objects named after them are)"))
         named[svc.name.lower()] = svc.name
         _variants(s, svc)
         for v in s.variants_of(svc):
@@ -153,14 +153,15 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
     domains = [d.name for d in s.power.domains]
     for v in svc.variants:
         if v.accelerator not in known:
-            raise ConfigError(where, f"accelerator {v.accelerator!r} is not among the accelerators {sorted(known)}")
+            raise ConfigError(where, f"accelerator {quoted(v.accelerator)} is not among the accelerators "
+                                     f"{sorted(known)}")
         if kinds.count(v.accelerator) > 1:
-            raise ConfigError(where, f"accelerator {v.accelerator!r} twice")
+            raise ConfigError(where, f"accelerator {quoted(v.accelerator)} twice")
         if v.domain and v.gpus:
             raise ConfigError(f"{where}[{v.accelerator}].domain", "give the variant's GPUs or its domain, not both "
                               "(its GPUs say which domains they are in)")
         if v.domain and v.domain not in domains:
-            raise ConfigError(f"{where}[{v.accelerator}].domain", f"unknown domain {v.domain!r}, expected one of "
+            raise ConfigError(f"{where}[{v.accelerator}].domain", f"unknown domain {quoted(v.domain)}, expected one of "
                               f"power.domains {domains}")
 
 
@@ -187,9 +188,10 @@ def check_personalities(where: str, personalities: Mapping[str, str], models: se
     for key in personalities:
         model, bar, gpu = key.partition("|")
         if model not in models:
-            raise ConfigError(f"{where}.{key}", f"no service{f' of {config}' if config else ''} runs model {model!r}")
+            raise ConfigError(f"{where}.{key}", f"no service{f' of {config}' if config else ''} runs model "
+                                                f"{quoted(model)}")
         if bar and gpu not in gpu_types:
-            raise ConfigError(f"{where}.{key}", f"the simulated host has no GPU type {gpu!r} (it has "
+            raise ConfigError(f"{where}.{key}", f"the simulated host has no GPU type {quoted(gpu)} (it has "
                               f"{sorted(gpu_types)})")
 
 
@@ -252,8 +254,8 @@ def _simulated_host(s: Settings) -> None:
     runs = {svc.model for svc in s.services}
     for svc in s.services:
         if svc.model not in LLMS:
-            raise ConfigError(f"{svc_path(svc.name)}.model", f"{svc.model!r} is not a model the simulator serves; "
-                              f"expected one of {sorted(LLMS)}")
+            raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
+                              f"serves; expected one of {sorted(LLMS)}")
     check_personalities("simulator.personalities", sim.personalities, runs, set(types))
     n = len(types)
     for svc in s.services:

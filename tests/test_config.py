@@ -467,3 +467,17 @@ def test_a_nul_character_in_a_path_is_refused_by_field(tmp_path: Path, capsys: p
     run, where a demand-response signal's passed check-config and failed at run time."""
     assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == 2
     assert f"{field}: must not contain a NUL character" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ('statistic = "mean"', 'statistic = "' + "p" * 100_000 + '"'),
+    ('family = "step"', 'family = "' + "s" * 100_000 + '"'),
+    ('name = "H100-SXM"', 'name = "' + "H" * 100_000 + '"'),
+    ("[telemetry]", '[telemetry]\nprometheus_url = "' + "u" * 100_000 + '"'),
+])
+def test_an_error_quotes_a_long_value_cut_not_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    old: str, new: str) -> None:
+    """A 100-KB value made a 100-KB error line (the loader's own checks cut it at 80 characters; these did not)."""
+    assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 400 and "characters" in err, err[:400]

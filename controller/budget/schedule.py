@@ -41,7 +41,8 @@ def minutes(hhmm: str) -> int:
     """"HH:MM" (00:00 to 24:00) as minutes after midnight; raises ValueError otherwise."""
     hours, _, mins = hhmm.partition(":")
     if len(hours) != 2 or len(mins) != 2 or not (hours + mins).isdigit():
-        raise ValueError(f"{hhmm!r} is not HH:MM")
+        shown = repr(hhmm) if len(hhmm) <= 20 else f"{hhmm[:20]!r}... ({len(hhmm)} characters)"
+        raise ValueError(f"{shown} is not HH:MM")
     total = int(hours) * 60 + int(mins)
     if int(mins) > 59 or total > 24 * 60:
         raise ValueError(f"{hhmm!r} is not a time of day")

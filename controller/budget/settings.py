@@ -49,7 +49,7 @@ class ScheduleRuleSettings:
             raise ConfigError(f"{where}.days", "needs at least one weekday")
         for i, day in enumerate(self.days):
             if day not in WEEKDAYS:
-                raise ConfigError(f"{where}.days[{i}]", f"must be one of {list(WEEKDAYS)}, got {day!r}")
+                raise ConfigError(f"{where}.days[{i}]", f"must be one of {list(WEEKDAYS)}, got {quoted(day)}")
         for key in ("start", "end"):
             try:
                 minutes(getattr(self, key))
@@ -228,7 +228,7 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
         settings = build(KINDS[kind], fields, at)
         name = settings.name or str(kind)
         if name in sources:
-            raise ConfigError(f"{at}.name", f"{name!r} names another source too")
+            raise ConfigError(f"{at}.name", f"{quoted(name)} names another source too")
         sources[name] = settings
     if all(isinstance(s, DemandResponseSettings) for s in sources.values()):
         raise ConfigError(f"{where}.sources", "needs a source besides demand response")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.budget.settings import DemandResponseSettings, budget_settings
-from controller.config_loader import ConfigError, build, check_positive, check_range
+from controller.config_loader import ConfigError, build, check_positive, check_range, quoted
 from controller.service_settings import PriorSettings, ServiceSettings
 from controller.settings import (
     AcceleratorSettings,
@@ -179,8 +179,8 @@ def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> Service
     s = build(LlmServiceSpec, spec, "spec")
     for i, v in enumerate(s.variants):
         if v.accelerator not in CATALOG:
-            raise ConfigError(f"spec.variants[{i}].accelerator", f"unknown accelerator {v.accelerator!r}, expected "
-                              f"one of {sorted(CATALOG)}")
+            raise ConfigError(f"spec.variants[{i}].accelerator", f"unknown accelerator {quoted(v.accelerator)}, "
+                              f"expected one of {sorted(CATALOG)}")
     data = {k: v for k, v in spec.items() if k != "variants"}
     data["name"] = f"{namespace}/{name}"
     data["variants"] = [{"accelerator": v.accelerator, "deployment": v.deployment, "domain": v.domain}
@@ -217,7 +217,7 @@ def pooled(svc: ServiceSettings, named: list[str], held: set[str]) -> ServiceSet
     for v in svc.variants:
         if v.domain and v.domain not in named:
             raise ConfigError(f"services[{svc.name}].variants[{v.accelerator}].domain",
-                              f"unknown domain {v.domain!r}, expected one of the policy's domains {named}")
+                              f"unknown domain {quoted(v.domain)}, expected one of the policy's domains {named}")
     return replace(svc, variants=tuple(v if v.domain in held else replace(v, domain="") for v in svc.variants))
 
 

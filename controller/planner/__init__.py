@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.config_loader import ConfigError, build, read_toml
+from controller.config_loader import ConfigError, build, quoted, read_toml
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import PackingSpec
 
@@ -18,4 +18,4 @@ def load_plan_spec(path: Path) -> PackingSpec | AllocationSpec:
         return build(AllocationSpec, data)
     if kind is None:
         raise ConfigError("kind", "is missing: a plan spec says which it is, 'packing' or 'allocation'")
-    raise ConfigError("kind", f"must be 'packing' or 'allocation', got {kind!r}")
+    raise ConfigError("kind", f"must be 'packing' or 'allocation', got {quoted(kind)}")

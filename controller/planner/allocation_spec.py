@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range
+from controller.config_loader import ConfigError, check_positive, check_range, quoted
 from controller.planner.packing_spec import MAX_CARDS, MAX_TIME_LIMIT_S
 from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_REPLICAS
@@ -231,7 +231,7 @@ class AllocationSpec:
                 raise ConfigError(name, "at least one entry is required")
         for name in ("compute_efficiency", "mem_util"):
             if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(name, f"must be in (0, 1], got {getattr(self, name)!r}")
+                raise ConfigError(name, f"must be in (0, 1], got {quoted(getattr(self, name))}")
         stray = sorted(set(self.tp_speedup) - {"1", "2", "4", "8"})  # taken and never read
         if stray:
             raise ConfigError(f"tp_speedup.{stray[0]}", "no TP degree: the degrees are 1, 2, 4 and 8")

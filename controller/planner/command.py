@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from controller import strict_json
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.planner import load_plan_spec
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import MAX_INSTANCES, PackingSpec
@@ -83,8 +83,8 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
                     args.requests if args.requests is not None else max(spec.scales))
     if inst.scenario not in spec.scenarios or inst.trace not in spec.traces:
-        raise ConfigError("--scenario/--trace", f"got {inst.scenario!r} and {inst.trace!r}; expected a scenario in "
-                          f"{list(spec.scenarios)} and a trace in {list(spec.traces)}")
+        raise ConfigError("--scenario/--trace", f"got {quoted(inst.scenario)} and {quoted(inst.trace)}; "
+                          f"expected a scenario in {list(spec.scenarios)} and a trace in {list(spec.traces)}")
     configs = enumerate_configs(spec)
     doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
     if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, shown
+from controller.config_loader import ConfigError, check_positive, check_range, quoted, shown
 
 MAX_REQUESTS = 10_000_000
 """Largest workload (requests) drawn and packed."""
@@ -139,4 +139,4 @@ class PackingSpec:
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         for gpu in self.homogeneous:
             if gpu not in self.gpus:
-                raise ConfigError("homogeneous", f"unknown GPU type {gpu!r}, expected one of {sorted(self.gpus)}")
+                raise ConfigError("homogeneous", f"unknown GPU type {quoted(gpu)}, expected one of {sorted(self.gpus)}")

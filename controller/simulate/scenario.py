@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
-from controller.config_loader import ConfigError, build, check_positive, check_range, read_toml
+from controller.config_loader import ConfigError, build, check_positive, check_range, quoted, read_toml
 from controller.service_settings import MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
@@ -151,7 +151,7 @@ class EventSettings:
         for f in dataclasses.fields(self):
             if f.name not in ("at_s", "kind", *APPLIES[self.kind]) and getattr(self, f.name) != f.default:
                 raise ConfigError(f"{where}.{f.name}", f"does not apply to a {self.kind} event (it reads "
-                                  f"{', '.join(APPLIES[self.kind])}), got {getattr(self, f.name)!r}")
+                                  f"{', '.join(APPLIES[self.kind])}), got {quoted(getattr(self, f.name))}")
         if self.kind in ("budget", "demand_response") and self.budget_w is None:
             raise ConfigError(f"{where}.budget_w", f"is missing: a {self.kind} event needs the new site budget (W)")
         if self.kind == "demand_response":
@@ -206,16 +206,18 @@ class ScenarioSettings:
         try:
             start = dt.datetime.fromisoformat(self.start_utc.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise ConfigError("start_utc", f"must be an ISO 8601 time, got {self.start_utc!r}") from exc
+            raise ConfigError("start_utc", f"must be an ISO 8601 time, got {quoted(self.start_utc)}") from exc
         if start.tzinfo is None:
-            raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {self.start_utc!r}")
+            raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {quoted(self.start_utc)}")
         end = start.timestamp() + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
         if not EARLIEST_S <= end <= LATEST_S:
-            raise ConfigError("start_utc", f"{self.start_utc!r} with duration_s x grid_time_scale ends outside the "
+            raise ConfigError("start_utc", f"{quoted(self.start_utc)} with duration_s x grid_time_scale ends outside "
+                              "the "
                               "years 1971..9998, where the budget sources' dates run")
         for key, name in self.personalities.items():
             if name not in PERSONALITIES:
-                raise ConfigError(f"personalities.{key}", f"unknown {name!r}, expected one of {sorted(PERSONALITIES)}")
+                raise ConfigError(f"personalities.{key}", f"unknown {quoted(name)}, expected one of "
+                                  f"{sorted(PERSONALITIES)}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from controller.budget.settings import KINDS, DemandResponseSettings
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import check_personalities, idle_w
 from simulator.workload import CONTEXT_TOKENS
@@ -52,7 +52,7 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
                 isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
         if e.kind == "slowdown" and e.service not in names:
-            raise ConfigError(f"{where}.service", f"no such service {e.service!r} (services: {', '.join(names)})")
+            raise ConfigError(f"{where}.service", f"no such service {quoted(e.service)} (services: {', '.join(names)})")
     for svc in config.services:  # a mean the scenario takes from the config
         w = s.workload.get(svc.name)
         for name in ("in_tokens", "out_tokens"):
@@ -74,7 +74,7 @@ def _sources(config: Settings) -> None:
     for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
         kind = next(k for k, cls in KINDS.items() if type(src) is cls)
         if kind in API_SOURCES:
-            raise ConfigError(f"power.budget.sources[{i}].kind", f"{kind!r} asks a remote API; a scenario reads "
+            raise ConfigError(f"power.budget.sources[{i}].kind", f"{quoted(kind)} asks a remote API; a scenario reads "
                               "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
 
 
