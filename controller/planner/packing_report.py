@@ -88,7 +88,8 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
     lines.append("milp: shared capacity row (ours); milp_per_type: the seed's per-type row, which counts a config "
                  "once per request type, so its optimum under-states the cost (one stopped at the limit may not).")
     if stopped:
-        lines.append("*: stopped at time_limit_s before proving optimal (the best found; --json gives its gap).")
+        lines.append("*: not proven optimal: stopped at time_limit_s (the best found; --json gives its gap), or copies "
+                     "rounded up past the solver's tolerance (--json gives the note).")
     return "\n".join(lines)
 
 
