@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
+from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.simulate.accounting import figures
 from controller.simulate.power_figures import carbon_figures, domain_figures, drop_figures, ramp_figures
@@ -72,12 +73,31 @@ def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Cal
     assert f["budget_bound_share"] is not None and 0 < f["idle_energy_share"] < 1
 
 
-def test_a_broken_carbon_csv_falls_back_to_the_safe_budget_without_a_traceback(
+@pytest.mark.parametrize(("content", "reason"), [
+    (None, "No such file"), ("", "empty file"), ("not,an,export\n1,2,3\n", "column"),
+    (HEADER, "no intensity in its rows"),
+])
+def test_a_scenarios_carbon_csv_is_read_once_before_it_runs(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                            content: str | None, reason: str) -> None:
+    """A missing, empty or garbled CSV ran the whole simulation on the safe budget (no CO2 figures), said only in
+    simulate.log."""
+    if content is not None:
+        (tmp_path / "grid.csv").write_text(content)
+    body = ('name = "carbon"\nduration_s = 30\nseed = 3\n[power.budget]\nsafe_budget_w = 900\nttl_s = 60\n'
+            '[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n')
+    with pytest.raises(ConfigError, match=reason) as caught:
+        load_scenario(small_scenario(body))
+    assert caught.value.where == "power.budget.sources[0].path"
+
+
+def test_a_carbon_csv_broken_while_it_runs_falls_back_to_the_safe_budget_without_a_traceback(
         small_scenario: Callable[..., Path], tmp_path: Path) -> None:
-    (tmp_path / "grid.csv").write_text("not,an,export\n1,2,3\n")
+    (tmp_path / "grid.csv").write_text(HEADER + "2026-04-15 00:00:00,X,X,X,100,100,synthetic\n")
     scn = load_scenario(small_scenario(
-        'name = "carbon"\nduration_s = 30\nseed = 3\n[power.budget]\nsafe_budget_w = 900\nttl_s = 60\n'
-        '[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n'))
+        'name = "carbon"\nduration_s = 30\nseed = 3\nstart_utc = "2026-04-15T00:00:00Z"\n[power.budget]\n'
+        'safe_budget_w = 900\nttl_s = 60\n[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\n'
+        'curve = [[100, 1400], [300, 800]]\n'))
+    (tmp_path / "grid.csv").write_text("not,an,export\n1,2,3\n")
     r = run(scn, "wattscale", 3, TWO_GPUS)
     assert set(r.trace.budget_w) == {900.0}
     assert figures(scn, r)["co2_mg_per_token"] is None
@@ -130,6 +150,7 @@ def test_a_scenarios_power_keys_leave_the_configs_own_paths_to_the_config(small_
     host = small_scenario("").parent / "host.toml"
     host.write_text(host.read_text() + '\n[power.budget]\nsafe_budget_w = 1000\n[[power.budget.sources]]\n'
                     'kind = "carbon_csv"\npath = "grid.csv"\ncurve = [[100, 1400], [300, 800]]\n')
+    (host.parent / "grid.csv").write_text(HEADER + "2026-04-15 00:00:00,X,X,X,100,100,synthetic\n")
     (tmp_path / "scn").mkdir()
     (tmp_path / "scn" / "ramp.toml").write_text('config = "../host.toml"\nname = "r"\nduration_s = 30\n[power]\n'
                                                 'ramp_up_w_per_s = 50\n')

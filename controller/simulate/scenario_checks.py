@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from controller.budget.settings import KINDS, DemandResponseSettings
+from controller.budget.assemble import resolve
+from controller.budget.base import BudgetError
+from controller.budget.carbon_feeds import CsvIntensityFeed
+from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import check_personalities, idle_w
@@ -70,12 +73,21 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
 
 
 def _sources(config: Settings) -> None:
-    """A scenario runs offline and on its own clock: no budget source that asks a remote API."""
+    """A scenario runs offline and on its own clock: no budget source that asks a remote API, and each carbon CSV
+    read once here (one missing, empty or garbled ran the whole simulation on the safe budget, said only in
+    simulate.log)."""
     for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
         kind = next(k for k, cls in KINDS.items() if type(src) is cls)
         if kind in API_SOURCES:
             raise ConfigError(f"power.budget.sources[{i}].kind", f"{quoted(kind)} asks a remote API; a scenario reads "
                               "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
+        if isinstance(src, CarbonCsvSettings):
+            try:
+                points = CsvIntensityFeed(resolve(config.base_dir, src.path), src.basis).fetch(0.0)
+            except BudgetError as exc:
+                raise ConfigError(f"power.budget.sources[{i}].path", str(exc)) from None
+            if not points:
+                raise ConfigError(f"power.budget.sources[{i}].path", f"{src.path}: no intensity in its rows")
 
 
 def _budgets(s: ScenarioSettings, config: Settings) -> None:
