@@ -12,7 +12,7 @@ from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.continuous_arrays import continuous_laws
 from queuemodels.kv_cache import fitting_shape
 from queuemodels.law_arrays import ManyLawFn, Points
-from queuemodels.operating_point import evaluate, occupancy, solve_chain
+from queuemodels.operating_point import blocking, evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
 from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
@@ -144,22 +144,23 @@ class ChainModel:
         self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None, low: float
     ) -> tuple[StepLaw, Stationary]:
         """Bisection on the accepted rate x = lambda (1 - P(full) at a law built for x), between `low` (what
-        the law at the offered rate accepts: a lighter law blocks less) and the offered rate."""
+        the law at the offered rate accepts: a lighter law blocks less) and the offered rate; P(full) in closed
+        form, the chain solved once, at the last law."""
         high, best = load.rate_rps, None
         while best is None or high - low > 1e-4 * high:
             mid = 0.5 * (low + high)
             try:
                 law = self.law(params, replace(load, rate_rps=mid), profile, shape)
-                chain = solve_chain(law, shape, load.rate_rps)
+                full = blocking(law, shape, load.rate_rps)
             except Unstable:
                 high = mid
                 continue
-            best = law, chain
-            if load.rate_rps * (1.0 - chain.p[-1]) >= mid:
+            best = law
+            if load.rate_rps * (1.0 - full) >= mid:
                 low = mid
             else:
                 high = mid
-        return best
+        return best, solve_chain(best, shape, load.rate_rps)
 
     def max_rate(
         self,

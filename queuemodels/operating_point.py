@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from queuemodels.chain import Means, Stationary, means, stationary, unbounded_capacity
+from queuemodels.chain import Means, Stationary, full_probability, means, stationary, unbounded_capacity
 from queuemodels.itl_tails import itl_exceedance, itl_quantiles
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.service_time import StepLaw
@@ -17,15 +17,22 @@ PROBS = (0.95, 0.99)
 def solve_chain(law: StepLaw, shape: ServerShape, rate_rps: float) -> Stationary:
     """The chain up to K = N + Q; a long queue under a stable load stops where the unbounded chain's tail
     mass falls below 1e-12 (the states beyond carry nothing and cost time)."""
-    rate_per_ms = rate_rps / 1000.0
+    return stationary(law, shape.max_batch, _capacity(law, shape, rate_rps / 1000.0), rate_rps / 1000.0)
+
+
+def blocking(law: StepLaw, shape: ServerShape, rate_rps: float) -> float:
+    """P(full) of `solve_chain`'s chain, in closed form (chain.full_probability)."""
+    return full_probability(law, shape.max_batch, _capacity(law, shape, rate_rps / 1000.0), rate_rps / 1000.0)
+
+
+def _capacity(law: StepLaw, shape: ServerShape, rate_per_ms: float) -> int:
     mu_full = shape.max_batch / float(law.tau(float(shape.max_batch)))
     if shape.max_queue is None:
-        capacity = unbounded_capacity(law, shape.max_batch, rate_per_ms)
-    else:
-        capacity = shape.max_batch + shape.max_queue
-        if rate_per_ms < mu_full and capacity > 4 * shape.max_batch:
-            capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
-    return stationary(law, shape.max_batch, capacity, rate_per_ms)
+        return unbounded_capacity(law, shape.max_batch, rate_per_ms)
+    capacity = shape.max_batch + shape.max_queue
+    if rate_per_ms < mu_full and capacity > 4 * shape.max_batch:
+        capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
+    return capacity
 
 
 def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:

@@ -315,6 +315,29 @@ def test_an_overloaded_bounded_queue_serves_its_saturation_with_tails_above_the_
         assert perf.ttft_ms <= perf.ttft_p95_ms <= perf.ttft_p99_ms
 
 
+@pytest.mark.parametrize("max_queue", [0, 16, 1024, 200_000])
+def test_the_accepted_rate_bisection_reads_blocking_in_closed_form_and_solves_one_chain(
+        max_queue: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bisection solved the whole chain at each of its ~15 steps for P(full) alone: on a queue of a million
+    states an overloaded analysis took a second, and `tune` on such windows half a minute a row. P(full) in
+    closed form is the chain's own to 1e-9, and the chain is solved once."""
+    from queuemodels import operating_point
+
+    params = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, Load(1.0, 1024, 256), ServerShape(64, None))
+    shape = ServerShape(64, max_queue)
+    law = continuous_law(params, Load(0.9 * sat, 1024, 256), None, shape)  # the law at an accepted rate
+    for rate in (0.5 * sat, 0.99 * sat, 1.5 * sat, 3.0 * sat):  # the chain at the offered one
+        p_full = float(solve_chain(law, shape, rate).p[-1])
+        assert operating_point.blocking(law, shape, rate) == pytest.approx(p_full, rel=1e-9, abs=1e-300)
+    solved: list[int] = []
+    real = operating_point.stationary
+    monkeypatch.setattr(operating_point, "stationary", lambda *a: solved.append(1) or real(*a))
+    perf = model.analyze(params, Load(3.0 * sat, 1024, 256), shape)
+    assert len(solved) <= 2 and perf.throughput_rps == pytest.approx(sat, rel=1e-3 if max_queue else 0.1)
+
+
 def test_percentile_sizing_on_a_bounded_queue_stays_below_saturation() -> None:
     params, load = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035), Load(1.0, 1024, 256)
     model = get_model("mm1k-cb")
