@@ -17,7 +17,7 @@ from controller.config_loader import (
     read_toml,
 )
 from controller.optimizer import Problem, ServiceDemand, Solution
-from controller.optimizer_settings import check_choices, check_clock_levels
+from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
@@ -98,6 +98,7 @@ class Spec:
             raise ConfigError("accelerators", "at least one accelerator type is required")
         check_choices("", self.batch_sizes, self.power_levels)
         check_clock_levels("", self.clock_levels)
+        check_shapes("", self.batch_sizes, self.power_levels, self.clock_levels)  # 64 x 64 sized for minutes
         check_range(self, "", ("transition_penalty",), 0.0, 1.0)
         names = {a.name for a in self.accelerators}
         if len(names) < len(self.accelerators):

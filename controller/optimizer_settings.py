@@ -59,10 +59,7 @@ class OptimizerSettings:
             raise ConfigError(f"{where}.resize_tolerance", f"must be in [0, 0.5), got {self.resize_tolerance}")
         check_choices(where, self.batch_sizes, self.power_levels)
         check_clock_levels(where, self.clock_levels)
-        shapes = len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels)
-        if shapes > MAX_SHAPES:
-            raise ConfigError(f"{where}.clock_levels", f"batch_sizes x power_levels x clock_levels give {shapes} "
-                              f"shapes to size per service and accelerator each cycle; at most {MAX_SHAPES}")
+        check_shapes(where, self.batch_sizes, self.power_levels, self.clock_levels)
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_range(self, where, ("energy_weight",), 0.0, 10.0)
         check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
@@ -85,6 +82,16 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
     if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
         raise ConfigError(f"{where}.power_levels" if where else "power_levels",
                           f"must be 1..{MAX_CHOICES} shares in (0, 1], got {shown(power_levels)}")
+
+
+def check_shapes(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...],
+                 clock_levels: tuple[float, ...]) -> None:
+    """The shapes a plan sizes per service and accelerator, at most MAX_SHAPES (sizing work grows with them)."""
+    shapes = len(batch_sizes) * len(power_levels) * len(clock_levels)
+    if shapes > MAX_SHAPES:
+        raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
+                          f"batch_sizes x power_levels x clock_levels give {shapes} shapes to size per service and "
+                          f"accelerator; at most {MAX_SHAPES}")
 
 
 def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:

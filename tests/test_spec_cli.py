@@ -60,6 +60,10 @@ def code_service(name: str) -> str:
      r"services\[chat\].params.A100-SXM4.beta_ms: required key is missing \(a spec gives alpha_ms, beta_ms, "
      r"gamma_ms\)"),
     (lambda t: "extra = { note = 1 }\n" + t, r"^wattscale: extra: unknown key \(expected one of \['accelerators', "),
+    # 64 batch sizes x 64 levels: minutes of sizing (3 services took 30 s), where a daemon's config is held to 1,024
+    (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", f"batch_sizes = {list(range(1, 65))}")
+     .replace("power_levels = [0.6, 0.8, 1.0]", f"power_levels = {[k / 64 for k in range(1, 65)]}"),
+     r"clock_levels: batch_sizes x power_levels x clock_levels give 4096 shapes .* at most 1024"),
 ])
 def test_bad_optimize_spec_is_one_line_naming_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[str], str], message: str
