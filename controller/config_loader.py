@@ -109,6 +109,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # an integer past Python's 4,300 digits
+        raise ConfigError(str(path), f"invalid TOML: {shortened(str(exc), 200)}") from None
     except RecursionError:
         raise ConfigError(str(path), "invalid TOML: nested too deeply") from None
     if not doc:  # a file cut short by an editor reads better so than as its first missing key

@@ -21,6 +21,7 @@ from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import floor_w
+from controller.telemetry.base import shortened
 
 STATE_DIR_WARNING = "daemon.state_dir:"
 """How preflight's warning of a state directory it cannot write begins (`run` then logs no state path)."""
@@ -49,8 +50,11 @@ def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metri
 def unwritable(directory: Path) -> str | None:
     """Why files could not be created in `directory` (or the parents it would be made in); None if they can."""
     probe = directory
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+    except OSError as exc:  # a name past the file system's (ENAMETOOLONG): exists() raises it
+        return f"{shortened(str(directory), 80)} cannot be a directory ({exc.strerror or exc})"
     if not probe.is_dir():
         return f"{probe} is not a directory"
     try:  # a file made and dropped: os.access says yes to root on a read-only or virtual file system

@@ -97,7 +97,7 @@ def full_probability(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: f
     """p[capacity] of `stationary`'s chain without building it: every state past the batch has the full batch's
     rate, so the block beyond it is geometric and sums in closed form (the accepted-rate bisection asks this
     a dozen times; on a queue of a million states each chain took 40 ms)."""
-    if rate_per_ms <= 0.0:
+    if rate_per_ms <= 0.0 or capacity == 0:
         return 0.0 if capacity > 0 else 1.0
     served = min(capacity, max_batch)
     n = np.arange(1, served + 1, dtype=float)

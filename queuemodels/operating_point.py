@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import numpy as np
 
 from queuemodels.chain import Means, Stationary, full_probability, means, stationary, unbounded_capacity
@@ -9,7 +11,7 @@ from queuemodels.itl_tails import itl_exceedance, itl_quantiles
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.service_time import StepLaw
 from queuemodels.tails import ttft_exceedance, ttft_quantiles
-from queuemodels.types import Performance, PowerProfile, ServerShape, Targets
+from queuemodels.types import ModelInputError, Performance, PowerProfile, ServerShape, Targets
 
 PROBS = (0.95, 0.99)
 
@@ -31,7 +33,8 @@ def _capacity(law: StepLaw, shape: ServerShape, rate_per_ms: float) -> int:
         return unbounded_capacity(law, shape.max_batch, rate_per_ms)
     capacity = shape.max_batch + shape.max_queue
     if rate_per_ms < mu_full and capacity > 4 * shape.max_batch:
-        capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
+        with suppress(ModelInputError):  # too near saturation to cut: the bounded queue whole, as it is
+            capacity = min(capacity, unbounded_capacity(law, shape.max_batch, rate_per_ms))
     return capacity
 
 

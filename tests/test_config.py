@@ -481,3 +481,17 @@ def test_an_error_quotes_a_long_value_cut_not_whole(tmp_path: Path, capsys: pyte
     assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == 2
     err = capsys.readouterr().err
     assert len(err) < 400 and "characters" in err, err[:400]
+
+
+@pytest.mark.parametrize(("old", "new", "rc", "message"), [
+    ("port = 9464", "port = 1" + "0" * 5000, 2, "invalid TOML: Exceeds the limit"),  # tomllib: a plain ValueError
+    ('state_dir = "../var/state"', 'state_dir = "' + "s" * 100_000 + '"', 0,
+     "cannot be a directory (File name too long); tuner state will not be saved"),
+])
+def test_a_value_past_what_the_system_takes_is_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              old: str, new: str, rc: int, message: str) -> None:
+    """A 5,001-digit integer and a 100-KB state_dir ended check-config with a traceback (tomllib's ValueError,
+    Path.exists' ENAMETOOLONG)."""
+    assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == rc
+    err = capsys.readouterr().err
+    assert message in err and len(err) < 600 and "Traceback" not in err, err[:600]

@@ -338,6 +338,16 @@ def test_the_accepted_rate_bisection_reads_blocking_in_closed_form_and_solves_on
     assert len(solved) <= 2 and perf.throughput_rps == pytest.approx(sat, rel=1e-3 if max_queue else 0.1)
 
 
+def test_a_bounded_queue_a_hair_below_saturation_is_analysed_whole() -> None:
+    """A long bounded queue is cut where an unbounded one's tail vanishes; a hair below saturation that cut is past
+    the chain's bound, which raised "too close to 1 for an unbounded queue" on a queue of 1,024."""
+    params = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, Load(1.0, 1024, 256), ServerShape(8, None))
+    perf = model.analyze(params, Load(0.99999 * sat, 1024, 256), ServerShape(8, 1024))
+    assert 0.0 < perf.block_probability < 0.01 and perf.ttft_ms <= perf.ttft_p95_ms
+
+
 def test_percentile_sizing_on_a_bounded_queue_stays_below_saturation() -> None:
     params, load = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035), Load(1.0, 1024, 256)
     model = get_model("mm1k-cb")

@@ -114,9 +114,11 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     if capacity == "shared":
         for c in range(len(configs)):
             lp.row([*by_config[c], (y[c], -1.0)], -np.inf, 0.0)
-    else:
-        for (w, c), f in flow.items():
-            lp.row([(f, 1.0), (y[c], -configs[c].holds[w])], -np.inf, 0.0)
+    # f[w, c] <= min(n_w, h[w, c]) y_c: implied (a flow is at most its type's count), and it keeps a copy that holds
+    # billions from carrying a workload as a millionth of itself, within HiGHS' integrality tolerance (per_type:
+    # its own row, tightened)
+    for (w, c), f in flow.items():
+        lp.row([(f, 1.0), (y[c], -min(float(counts[w]), configs[c].holds[w]))], -np.inf, 0.0)
     for g, n in cards.items():
         lp.row([(y[c], float(cf.cards)) for c, cf in enumerate(configs) if cf.gpu == g], -np.inf, float(n))
     res = lp.solve(time_limit_s=time_limit_s, mip_gap=mip_gap)
@@ -131,21 +133,22 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
         if res.x[f] >= 0.5:  # a request's half or more: less is the solver's tolerance, not a request
             share = res.x[f] / configs[c].holds[w]
             need[c] = max(need[c] + share if capacity == "shared" else max(need[c], share), 1e-300)  # > 0: used
-    short = [c for c, n in enumerate(rented) if need[c] > 0.0 and n < max(1.0, need[c] - 1e-6)]
-    for c in short:
-        rented[c] = max(1, math.ceil(need[c] - 1e-6))
+    short = [c for c, n in enumerate(rented) if need[c] > 0.0 and n < max(1.0, need[c] - 1e-5 * max(1.0, need[c]))]
+    for c in short:  # a last resort: the rows above keep the solver's copies within its flows
+        rented[c] = max(1, math.ceil(need[c] - 1e-5 * max(1.0, need[c])))
     total = sum(cf.cost_per_h * n for cf, n in zip(configs, rented, strict=True))
     copies = {cf.name: n for cf, n in zip(configs, rented, strict=True) if n > 0}
+    stopped = "" if res.optimal else f"stopped at the time limit, gap {res.gap:.2%}"
     if short:
         over = [g for g, n in cards.items() if sum(k * cf.cards for cf, k in zip(configs, rented, strict=True)
                                                      if cf.gpu == g) > n]
         note = ("the solver's copies fell short of its flows (its integrality tolerance, with configs holding "
-                f"{max(max(cf.holds) for cf in configs):.3g} requests): rounded up, not proven optimal")
+                f"{max(max(cf.holds) for cf in configs):.3g} requests): rounded up, not proven optimal"
+                + (f"; {stopped}" if stopped else ""))
         if over:
             return PackingResult(name, False, math.inf, {}, solve_s, f"{note}; then over the {over[0]} available")
         return PackingResult(name, True, total, copies, solve_s, note, False, res.gap)
-    note = "" if res.optimal else f"stopped at the time limit, gap {res.gap:.2%}"
-    return PackingResult(name, True, total, copies, solve_s, note, res.optimal, res.gap)
+    return PackingResult(name, True, total, copies, solve_s, stopped, res.optimal, res.gap)
 
 
 def _named(w: int, type_names: tuple[str, ...]) -> str:

@@ -212,8 +212,7 @@ class ScenarioSettings:
         end = start.timestamp() + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
         if not EARLIEST_S <= end <= LATEST_S:
             raise ConfigError("start_utc", f"{quoted(self.start_utc)} with duration_s x grid_time_scale ends outside "
-                              "the "
-                              "years 1971..9998, where the budget sources' dates run")
+                              "the years 1971..9998, where the budget sources' dates run")
         for key, name in self.personalities.items():
             if name not in PERSONALITIES:
                 raise ConfigError(f"personalities.{key}", f"unknown {quoted(name)}, expected one of "

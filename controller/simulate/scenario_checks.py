@@ -13,6 +13,7 @@ from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseS
 from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import check_personalities, idle_w
+from controller.telemetry.base import shortened
 from simulator.workload import CONTEXT_TOKENS
 
 if TYPE_CHECKING:
@@ -85,9 +86,9 @@ def _sources(config: Settings) -> None:
             try:
                 points = CsvIntensityFeed(resolve(config.base_dir, src.path), src.basis).fetch(0.0)
             except BudgetError as exc:
-                raise ConfigError(f"power.budget.sources[{i}].path", str(exc)) from None
+                raise ConfigError(f"power.budget.sources[{i}].path", shortened(str(exc), 300)) from None
             if not points:
-                raise ConfigError(f"power.budget.sources[{i}].path", f"{src.path}: no intensity in its rows")
+                raise ConfigError(f"power.budget.sources[{i}].path", f"{quoted(src.path)}: no intensity in its rows")
 
 
 def _budgets(s: ScenarioSettings, config: Settings) -> None:
