@@ -126,16 +126,11 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     if not res.ok:
         return PackingResult(name, False, math.inf, {}, solve_s, res.message)
     rented = [round(res.x[col]) for col in y]
-    # the copies the flows need: a copy holding 1e10 requests carries a workload as 1e-7 of one, within HiGHS'
-    # integrality tolerance, and rounded to none (a plan of no cards called optimal)
-    need = [0.0] * len(configs)
-    for (w, c), f in flow.items():
-        if res.x[f] >= 0.5:  # a request's half or more: less is the solver's tolerance, not a request
-            share = res.x[f] / configs[c].holds[w]
-            need[c] = max(need[c] + share if capacity == "shared" else max(need[c], share), 1e-300)  # > 0: used
-    short = [c for c, n in enumerate(rented) if need[c] > 0.0 and n < max(1.0, need[c] - 1e-5 * max(1.0, need[c]))]
-    for c in short:  # a last resort: the rows above keep the solver's copies within its flows
-        rented[c] = max(1, math.ceil(need[c] - 1e-5 * max(1.0, need[c])))
+    # a last resort: the rows above bound each flow by its config's copies, so a config carrying half a request or
+    # more has a copy unless the solver's integrality tolerance rounded one of under 1e-6 to none (one suffices)
+    short = sorted({c for (_, c), f in flow.items() if res.x[f] >= 0.5 and rented[c] == 0})
+    for c in short:
+        rented[c] = 1
     total = sum(cf.cost_per_h * n for cf, n in zip(configs, rented, strict=True))
     copies = {cf.name: n for cf, n in zip(configs, rented, strict=True) if n > 0}
     stopped = "" if res.optimal else f"stopped at the time limit, gap {res.gap:.2%}"
