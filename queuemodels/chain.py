@@ -81,7 +81,7 @@ def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) 
         p[0] = 1.0
         return Stationary(p, max_batch, 0.0, mu_full)
     served = min(capacity, max_batch)  # every state past the batch serves at the full batch's rate
-    log_mu = np.log(n[:served]) - np.log(law.at_batches(served).tau)
+    log_mu = _log_mu(law, served)
     if capacity > served:
         log_mu = np.concatenate([log_mu, np.full(capacity - served, log_mu[-1])])
     log_p = np.empty(capacity + 1)
@@ -93,6 +93,12 @@ def stationary(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) 
     return Stationary(p, max_batch, rate_per_ms, mu_full)
 
 
+def _log_mu(law: StepLaw, served: int) -> NDArray[np.float64]:
+    """log mu(n) for n = 1..served: a batch of n completes requests at n / tau(n)."""
+    out: NDArray[np.float64] = np.log(np.arange(1, served + 1, dtype=float)) - np.log(law.at_batches(served).tau)
+    return out
+
+
 def full_probability(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: float) -> float:
     """p[capacity] of `stationary`'s chain without building it: every state past the batch has the full batch's
     rate, so the block beyond it is geometric and sums in closed form (the accepted-rate bisection asks this
@@ -100,12 +106,12 @@ def full_probability(law: StepLaw, max_batch: int, capacity: int, rate_per_ms: f
     if rate_per_ms <= 0.0 or capacity == 0:
         return 0.0 if capacity > 0 else 1.0
     served = min(capacity, max_batch)
-    n = np.arange(1, served + 1, dtype=float)
+    log_mu = _log_mu(law, served)
     log_p = np.empty(served + 1)
     log_p[0] = 0.0
-    log_p[1:] = n * math.log(rate_per_ms) - (np.log(n) - np.log(law.at_batches(served).tau)).cumsum()
+    log_p[1:] = np.arange(1, served + 1) * math.log(rate_per_ms) - log_mu.cumsum()
     m = capacity - served  # states past the batch, each r = lambda / mu(N) times the one before
-    g = math.log(rate_per_ms) - (math.log(served) - math.log(float(law.at_batches(served).tau[-1])))
+    g = math.log(rate_per_ms) - float(log_mu[-1])
     last = float(log_p[-1]) + m * g  # log p[capacity], unnormalised
     top = max(float(np.maximum.reduce(log_p)), last)
     head = float(np.add.reduce(np.exp(log_p - top)))
