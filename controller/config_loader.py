@@ -124,6 +124,11 @@ def quoted(value: object) -> str:
     return shortened(repr(value), 80)
 
 
+def unchecked(where: str, exc: Exception) -> ConfigError:
+    """A failure past every check (a reload's, a policy's) as one error line: the running config goes on."""
+    return ConfigError(where, f"{type(exc).__name__}: {quoted(str(exc))} (a value no check caught: please report it)")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 

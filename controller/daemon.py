@@ -33,7 +33,7 @@ from controller.bounded_server import BoundedServer, serve_metrics
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
 from controller.budget.settings import DemandResponseSettings
-from controller.config_loader import ConfigError, quoted
+from controller.config_loader import ConfigError, unchecked
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
@@ -156,8 +156,7 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
         except Exception as exc:  # a check that let a value through unchecked: the daemon must outlive it
             self.metrics.reloads.labels("refused").inc()
-            log.error("reload refused, keeping the running config: %s: %s (a value no check caught: please "
-                      "report it)", type(exc).__name__, quoted(str(exc)))
+            log.error("reload refused, keeping the running config: %s", unchecked(str(self.config_path), exc))
         else:
             self.controller.reconfigure(new)
             self.settings = new

@@ -23,7 +23,7 @@ from controller.cluster.resources import (
     service_settings,
     settings_of,
 )
-from controller.config_loader import ConfigError, quoted
+from controller.config_loader import ConfigError, unchecked
 from controller.service_settings import ServiceSettings
 from controller.settings import Settings
 
@@ -69,7 +69,7 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
         errors["policy"] = exc
         return Resources(None, None, errors, objects, policy_obj)
     except Exception as exc:  # a value no check caught: on the policy's status, not a traceback every step
-        errors["policy"] = unchecked(exc)
+        errors["policy"] = unchecked("spec", exc)
         return Resources(None, None, errors, objects, policy_obj)
     assert policy is not None
     services: dict[str, ServiceSettings] = {}
@@ -105,11 +105,6 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
             del services[named[0]]
             errors[named[0]] = ConfigError(named[1], exc.reason)
         except Exception as exc:
-            errors["policy"] = unchecked(exc)
+            errors["policy"] = unchecked("spec", exc)
             return Resources(None, policy, errors, objects, policy_obj)
     return Resources(None, policy, errors, objects, policy_obj)
-
-
-def unchecked(exc: Exception) -> ConfigError:
-    """A failure past every check, as the policy's error (the last good settings go on)."""
-    return ConfigError("spec", f"{type(exc).__name__}: {quoted(str(exc))} (a value no check caught: please report it)")
