@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from controller.budget.base import BudgetPoint, BudgetReading
+from controller.telemetry.base import shortened
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEK_S = 7 * 86400.0
@@ -41,8 +42,7 @@ def minutes(hhmm: str) -> int:
     """"HH:MM" (00:00 to 24:00) as minutes after midnight; raises ValueError otherwise."""
     hours, _, mins = hhmm.partition(":")
     if len(hours) != 2 or len(mins) != 2 or not (hours + mins).isdigit():
-        shown = repr(hhmm) if len(hhmm) <= 20 else f"{hhmm[:20]!r}... ({len(hhmm)} characters)"
-        raise ValueError(f"{shown} is not HH:MM")
+        raise ValueError(f"{shortened(repr(hhmm), 20)} is not HH:MM")
     total = int(hours) * 60 + int(mins)
     if int(mins) > 59 or total > 24 * 60:
         raise ValueError(f"{hhmm!r} is not a time of day")

@@ -64,8 +64,7 @@ def shown(scn: Scenario, run: Run) -> Shown:
     shares = {}
     for svc in scn.config.services:
         log = run.host.services[svc.name].requests
-        end = max(float(run.trace.t_s[-1]) - GRACE_S, float(run.trace.t_s[-1]) / 2)
-        arrived, met = request_met(svc, log.arrivals(), log.finished(), end)
+        arrived, met = request_met(svc, log.arrivals(), log.finished(), scored_end_s(float(run.trace.t_s[-1])))
         shares[svc.name] = np.divide(met, arrived, out=np.full(len(arrived), np.nan), where=arrived > 0)
     return Shown(run.trace, shares)
 
