@@ -139,8 +139,9 @@ class FastLoop:
                 self.on_error("gpu_limits", problem)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
-            if self.departing is not None:  # gone for good, unless listed now (a node renamed, a key changed)
-                self._retire(self.departing.departed() - {g.uuid for g in samples})
+            gone = self.departing.departed() if self.departing is not None else frozenset()
+            if gone:  # gone for good, unless listed now (a node renamed, a key changed)
+                self._retire(gone - {g.uuid for g in samples})
             samples, missing = self._with_missing(samples)
             self.samples = samples
             # one plan for the whole tick, whatever the slow loop swaps

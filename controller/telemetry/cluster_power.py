@@ -53,6 +53,11 @@ def gpu_key(labels: dict[str, str]) -> tuple[str, str]:
     return node, gpu
 
 
+def _uuid(key: tuple[str, str]) -> str:
+    """A GPU's UUID as the fast loop knows it: the exporter's, else node/index."""
+    return key[1] if not key[0] else "/".join(key)
+
+
 class PrometheusGpuSource:
     def __init__(self, url: str, flavour: Flavour, limits_w: tuple[float, float],
                  deployments: dict[str, tuple[str, str]], timeout_s: float = 5.0, fetch: Fetch = http_post,
@@ -63,8 +68,8 @@ class PrometheusGpuSource:
         """Deployment name -> (service, variant), to own a GPU whose pod is one of the Deployment's pods."""
         self.index = Numbers()
         """(node, GPU) -> its index, from the first read that listed it."""
-        self.absent: dict[tuple[str, str], tuple[float, str]] = {}
-        """(node, GPU) -> how long it has been absent from reads that listed others (s), and its UUID."""
+        self.absent: dict[tuple[str, str], float] = {}
+        """(node, GPU) -> how long it has been absent from reads that listed others (s)."""
         self.last_read_s: float | None = None
         """When the last read was (controller time)."""
         self._departed: set[str] = set()
@@ -115,28 +120,23 @@ class PrometheusGpuSource:
             service, variant = self._owner(labels)
             name = labels.get("modelName") or labels.get("gpu_name", "")
             lo, hi = self._envelope(variant, name)
-            index = self.index.number(key)
-            uuid = key[1] if not key[0] else "/".join(key)
-            self.absent[key] = (0.0, uuid)
+            self.absent[key] = 0.0
             out.append(GpuSample(
-                index=index, uuid=uuid, name=name,
+                index=self.index.number(key), uuid=_uuid(key), name=name,
                 power_w=f.get("power_w"), energy_j=energy,
                 power_limit_w=f.get("limit_w", hi), min_limit_w=lo, max_limit_w=hi,
                 sm_clock_mhz=f.get("sm_clock_mhz"), service=service, variant=variant))
         step_s, self.last_read_s = (0.0 if self.last_read_s is None else now - self.last_read_s), now
         if not out:  # no series at all: the exporters or the scrape are down, not every GPU gone (all missing)
             return out
-        for key, (absent_s, uuid) in list(self.absent.items()):
-            if key in labels_of:  # read now
-                continue
-            absent_s += step_s  # absence counts only over reads that listed others: not an outage's length
-            if absent_s <= GONE_AFTER_S:
-                self.absent[key] = (absent_s, uuid)
-                continue
-            del self.absent[key], self.index[key]
-            self._departed.add(uuid)
-            log.warning("GPU %s absent from the exporters' series for %.0f s while others report: taken to have left "
-                        "the cluster, no longer counted", uuid, absent_s)
+        for key in [key for key in self.absent if key not in labels_of]:
+            self.absent[key] += step_s  # absence counts only over reads that listed others: not an outage's length
+            if self.absent[key] > GONE_AFTER_S:
+                absent_s = self.absent.pop(key)
+                del self.index[key]
+                self._departed.add(_uuid(key))
+                log.warning("GPU %s absent from the exporters' series for %.0f s while others report: taken to have "
+                            "left the cluster, no longer counted", _uuid(key), absent_s)
         return out
 
     def departed(self) -> frozenset[str]:
