@@ -96,18 +96,14 @@ class NodeReadings:
                     self._leave(node, beat)
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
-            gpus = gpus if isinstance(gpus, list) else []
-            if self.bad:  # entries past the end are no longer bad: logged anew if they come back bad
-                for key in [key for key in self.bad if key[0] == node and key[1] >= len(gpus)]:
-                    del self.bad[key]
-            for k, g in enumerate(gpus):
+            bad_now: set[tuple[str, int]] = set()
+            for k, g in enumerate(gpus if isinstance(gpus, list) else []):
                 try:
                     local, uuid, name, *watts = reading(g)
                 except (KeyError, TypeError, ValueError) as exc:
                     self._bad(node, k, exc)
+                    bad_now.add((node, k))
                     continue
-                if self.bad:
-                    self.bad.pop((node, k), None)  # readable again: logged anew if it turns bad again
                 key = (node, local)
                 index = self.index.number(key)
                 self.where[index] = key
@@ -117,6 +113,8 @@ class NodeReadings:
                 sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)
+            if self.bad:  # an entry is bad while a read finds it so: mended or gone, it is logged anew if bad again
+                self.bad = {key: why for key, why in self.bad.items() if key[0] != node or key in bad_now}
         self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
         for node in {node for node, _ in self.index} - names:  # its plan deleted: missing, until it is gone
             if self._off(node, listed, now):
