@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cluster_fixtures import NODE, pod
 
-from controller.cluster.node_gpus import owner_caps, owners_of
+from controller.cluster.node_gpus import owner_caps, owners_of, reading
 
 
 def with_gpus(name: str, quantity: Any) -> dict[str, Any]:
@@ -27,3 +27,13 @@ def test_a_containers_gpu_limit_is_read_as_a_quantity(quantity: Any, held: int) 
 def test_a_new_leaders_starting_caps_are_the_highest_its_gpus_hold() -> None:
     owners = owners_of({("llm/chat", "H100-SXM"): [with_gpus("a-0", "2")]})
     assert owner_caps(owners, {NODE: {"0": 400.0, "1": 450.0, "2": 600.0}}) == {("llm/chat", "H100-SXM"): 450.0}
+
+
+@pytest.mark.parametrize("field", ["power_w", "limit_w"])
+def test_an_agents_reading_too_big_for_a_float_is_a_malformed_entry(field: str) -> None:
+    """An integer of 401 digits made math.isfinite raise OverflowError, which the operator's read of the plans
+    (skipping entries that raise KeyError, TypeError or ValueError) let through: every fast tick failed."""
+    entry = {"index": 0, "uuid": "GPU-0", "name": "H100", "power_w": 300.0, "energy_j": 1.0, "limit_w": 700.0,
+             "min_w": 200.0, "max_w": 700.0, field: 10**400}
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        reading(entry)

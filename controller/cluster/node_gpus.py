@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller.cluster.plan_spec import MAX_GPU_INDEX
+from controller.telemetry.base import finite
 from controller.telemetry.plausible import MAX_GPU_LIMIT_W
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -20,8 +21,8 @@ MAX_POD_GPUS = 64
 def _number(value: Any, field: str, required: bool, high: float = math.inf) -> float | None:
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if finite(value) is None:  # a 400-digit integer too (math.isfinite raised OverflowError, no ValueError)
+        raise ValueError(f"{field} must be a finite number, got {value!r:.60}")
     if not 0.0 <= value <= high:
         raise ValueError(f"{field} must be in [0, {high:g}], got {value!r}")
     return float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -13,6 +14,18 @@ def shortened(text: str, chars: int = SHOWN_CHARS) -> str:
     """`text` as a message quotes it: at most `chars`, and how long it was where it was cut (a page or an answer
     may be one line of megabytes)."""
     return text if len(text) <= chars else text[:chars] + f"... ({len(text)} characters)"
+
+
+def finite(value: object) -> float | None:
+    """A reading's number as a finite float; None for a bool, no number, NaN, infinity, or an integer past a float's
+    range (JSON and the text exposition format give one of 400 digits as an int, which math.isfinite raises on)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
 
 
 class Numbers(dict[tuple[str, Any], int]):

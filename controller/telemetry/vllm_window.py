@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client.metrics_core import Metric
 
-from controller.telemetry.base import ServiceWindow
+from controller.telemetry.base import ServiceWindow, finite
 
 COUNTERS = {
     "vllm:request_success": "success",
@@ -60,7 +60,7 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
     out: dict[str, Snapshot] = {}
     for fam in families:
         for s in fam.samples:
-            model, value = s.labels.get("model_name"), _finite(s.value)
+            model, value = s.labels.get("model_name"), finite(s.value)
             if model is None or value is None:
                 continue
             snap = out.setdefault(model, Snapshot(time_s))
@@ -82,16 +82,6 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
                 key = GAUGES[name]
                 snap.gauges[key] = snap.gauges.get(key, 0.0) + value
     return out
-
-
-def _finite(value: float) -> float | None:
-    """A sample's value as a finite float; None where it is none (the text parser gives an integer as an int: one
-    of 400 digits made math.isfinite raise, which cost every service its window)."""
-    try:
-        out = float(value)
-    except OverflowError:
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _bound(le: str | None) -> float | None:
