@@ -53,12 +53,13 @@ def free_port() -> int:
 
 
 def sim_config_text(state: Path, replacements: dict[str, str] | None = None) -> str:
-    """config/sim.toml with its state under `state`, and each `{old: new}` text replacement made."""
+    """config/sim.toml with its state under `state`, and each `{old: new}` text replacement made; its metrics on a
+    port of the system's choosing unless a replacement sets one (a daemon running beside the tests holds 9464)."""
     text = (ROOT / "config" / "sim.toml").read_text().replace('state_dir = "../var/state"', f'state_dir = "{state}"')
     for old, new in (replacements or {}).items():
         assert old in text, old
         text = text.replace(old, new)
-    return text
+    return text.replace("port = 9464", "port = 0")
 
 
 @pytest.fixture

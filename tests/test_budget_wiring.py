@@ -33,7 +33,7 @@ def budget_table(signal: Path, safe_w: int = 2000) -> str:
 
 def with_budget(sim_config: Callable[..., Path], signal: Path, name: str = "wattscale.toml", safe_w: int = 2000,
                 ) -> Path:
-    path = sim_config({"port = 9464": "port = 0"}, name=name)
+    path = sim_config(name=name)
     text = path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n' + budget_table(signal, safe_w))
     path.write_text(text)
     return path
@@ -74,7 +74,7 @@ def test_the_budget_table_is_checked_and_its_change_needs_a_restart(sim_config: 
 
 
 def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[..., Path]) -> None:
-    path = sim_config({"port = 9464": "port = 0"})
+    path = sim_config()
     path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n'
                     '\n[power.budget]\nsafe_budget_w = 2000\n[[power.budget.sources]]\nkind = "electricitymaps"\n'
                     'zone = "DE"\ncurve = [[100.0, 4000.0], [400.0, 2500.0]]\n'))
@@ -88,7 +88,7 @@ def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budg
         sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
     from controller.cli import main
 
-    path = sim_config({"port = 9464": "port = 0"})
+    path = sim_config()
     path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n'
                     '\n[power.budget]\nsafe_budget_w = 2000\n[[power.budget.sources]]\nkind = "carbon_csv"\n'
                     'name = "grid"\npath = "nope.csv"\ncurve = [[100.0, 4000.0], [400.0, 2500.0]]\n'))

@@ -237,7 +237,7 @@ def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Calla
 def test_the_watchdog_is_silent_while_the_fast_loop_stalls(sim_config: Callable[..., Path], tmp_path: Path) -> None:
     """The daemon, in this process, with systemd's notify socket played by the test: while a GPU read hangs
     for 4 s no WATCHDOG=1 arrives after the first 2 s of it; once it returns, pings resume."""
-    path = sim_config({"port = 9464": "port = 0"})
+    path = sim_config()
     daemon = Daemon(path, load_settings(path))
     address = str(tmp_path / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -26,7 +26,7 @@ def decision_log(config: Path) -> Path:
 
 def real_record(sim_config: Callable[..., Path]) -> tuple[Path, Path, dict[str, Any]]:
     """A config, its decision log and the last record a daemon wrote there after one cycle."""
-    path = sim_config({"port = 9464": "port = 0"})
+    path = sim_config()
     daemon = Daemon(path, load_settings(path))
     daemon.t0 -= 20.0
     daemon.fast()
@@ -38,7 +38,7 @@ def real_record(sim_config: Callable[..., Path]) -> tuple[Path, Path, dict[str, 
 
 
 def test_status_reads_the_last_decision(sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
-    path = sim_config({"port = 9464": "port = 0"})
+    path = sim_config()
     daemon = Daemon(path, load_settings(path))
     for _ in range(2):
         daemon.t0 -= 20.0  # 20 simulated seconds a step: the services serve and a window is observed
