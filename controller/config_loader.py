@@ -88,7 +88,45 @@ MAX_TOML_BYTES = 16 << 20
 """Largest TOML file read (a config of a thousand services is some 500 KB)."""
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+USES = {
+    "daemon config": "run it with `wattscale run --config FILE`, check it with `wattscale check-config FILE` (a "
+                     "scenario names one in `config`)",
+    "scenario": "run it with `wattscale simulate FILE --report DIR` (docs/simulate.md)",
+    "plan spec": "run it with `wattscale plan FILE` (docs/plan.md)",
+    "optimize spec": "run it with `wattscale optimize FILE` (docs/optimize-spec.md)",
+}
+"""What each kind of TOML file the commands read is, and how it is used."""
+
+
+def file_kind(doc: dict[str, Any]) -> str | None:
+    """Which of USES a TOML document is, by its top-level keys (None where they do not say): a file given to the
+    wrong command is named as what it is, not by its first key the command does not know."""
+    if isinstance(doc.get("kind"), str):
+        return "plan spec"
+    if "workload" in doc or {"config", "duration_s"} <= doc.keys():
+        return "scenario"
+    if doc.keys() & {"daemon", "metrics", "telemetry", "actuators"}:
+        return "daemon config"
+    if doc.keys() & {"budget_w", "objective", "batch_sizes", "power_levels"}:
+        return "optimize spec"
+    return "daemon config" if "services" in doc else None
+
+
+def read_toml(path: Path, expect: str | None = None) -> dict[str, Any]:
+    """A TOML file's tables, refused as one error line where it cannot be read, holds nothing, or is another kind
+    of file (USES) than `expect`."""
+    doc = _parsed(path)
+    found = file_kind(doc) if expect else None
+    if expect and found and found != expect:
+        raise ConfigError(str(path), f"is {_an(found)}, not {_an(expect)}: {USES[found]}")
+    return doc
+
+
+def _an(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _parsed(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(str(path), "no such file")
     if not path.is_file():

@@ -132,7 +132,7 @@ def _check_required_params(data: dict[str, Any]) -> None:
 
 
 def load_spec(path: Path) -> Problem:
-    data = read_toml(path)
+    data = read_toml(path, "optimize spec")
     spec = build(Spec, data)
     _check_required_params(data)
     accs = tuple(a.offer() for a in spec.accelerators)

@@ -235,7 +235,7 @@ class Settings:
 
 def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the field and the reason."""
-    return settings_from(read_toml(path), path.resolve().parent)
+    return settings_from(read_toml(path, "daemon config"), path.resolve().parent)
 
 
 def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:

@@ -333,3 +333,19 @@ def test_schema_crds_without_pyyaml_says_what_to_install(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
     assert main(["schema", "--crds"]) == 2
     assert "schema --crds: needs: pip install 'wattscale[cluster]'" in one_line(capsys)
+
+
+FILES = {"daemon config": "config/sim.toml", "scenario": "config/scenarios/diurnal.toml",
+         "plan spec": "config/plans/seed002-packing.toml", "optimize spec": "config/examples/optimize.toml"}
+COMMANDS = {"daemon config": ["check-config"], "scenario": ["simulate", "--report", "{tmp}"],
+            "plan spec": ["plan"], "optimize spec": ["optimize"]}
+
+
+@pytest.mark.parametrize(("given", "command"), [(g, c) for g in FILES for c in COMMANDS if g != c])
+def test_a_shipped_file_given_to_another_command_is_named_for_what_it_is(
+        given: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config on a scenario said "name: unknown key", and on a plan spec pointed at [power.budget]."""
+    argv = [a.replace("{tmp}", str(tmp_path / "report")) for a in COMMANDS[command]]
+    assert main([argv[0], str(ROOT / FILES[given]), *argv[1:]]) == 2
+    an = "an" if given[0] in "aeiou" else "a"
+    assert f"is {an} {given}, not " in one_line(capsys)

@@ -10,7 +10,7 @@ from controller.planner.packing_spec import PackingSpec
 
 
 def load_plan_spec(path: Path) -> PackingSpec | AllocationSpec:
-    data = read_toml(path)
+    data = read_toml(path, "plan spec")
     kind = data.get("kind")
     if kind == "packing":
         return build(PackingSpec, data)

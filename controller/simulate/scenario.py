@@ -264,7 +264,7 @@ def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
         sources = [{**src, "path": str(scenario_dir.resolve() / src["path"])}
                    if isinstance(src, dict) and isinstance(src.get("path"), str) else src for src in sources]
         power = {**power, "budget": {**budget, "sources": sources}}
-    data = read_toml(config_path)
+    data = read_toml(config_path, "daemon config")
     table = data.get("power")
     data["power"] = {**(table if isinstance(table, dict) else {}), **power}
     return settings_from(data, config_path.resolve().parent)
@@ -273,10 +273,7 @@ def _with_power(config_path: Path, power: Any, scenario_dir: Path) -> Settings:
 def load_scenario(path: Path) -> Scenario:
     """Read, check and resolve a scenario file; raises ConfigError naming the field (the config's errors name
     the config file's fields, prefixed with the file)."""
-    raw = read_toml(path)
-    if "services" in raw or "daemon" in raw:  # a daemon's config, which a scenario names in `config`
-        raise ConfigError(str(path), "is a daemon config, not a scenario: a scenario (config/scenarios/*.toml) names "
-                          "its config in `config` and adds a workload and events (docs/simulate.md)")
+    raw = read_toml(path, "scenario")
     power = raw.pop("power", None)
     s = build(ScenarioSettings, raw)
     config_path = (path.parent / s.config).resolve()
