@@ -129,6 +129,8 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     assert ramps["ramp_rise_max_w_per_s"] == 50.0 and ramps["ramp_fall_max_w_per_s"] == 60.0
     assert ramps["ramp_up_fast_s"] == 7.0 and ramps["ramp_down_fast_s"] == 9.0
     assert ramps["ramp_down_fast_by_limits_s"] == 7.0
+    rising = ramp_figures(power, trace_of([500.0 + t for t in range(40)], [2000.0] * 40), 1.0)
+    assert rising["ramp_rise_max_w_per_s"] == 1.0 and rising["ramp_fall_max_w_per_s"] == 0.0  # read -1 W/s
 
 
 def test_the_carbon_figures_count_what_the_trace_shows() -> None:

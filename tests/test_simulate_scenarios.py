@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,3 +170,26 @@ def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None
     with pytest.raises(ConfigError) as err:
         load_scenario(ROOT / "config" / "sim.toml")
     assert "is a daemon config, not a scenario" in str(err.value)
+
+
+def test_the_report_says_each_targets_unit_each_log_lines_run_and_why_it_has_no_figures(
+        small_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ratio (tokens/J against static's) printed as bare as seconds; the policies' log lines read alike; without
+    matplotlib the summary's Figures section was empty and the warning went to simulate.log alone."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    path = small_scenario('name = "x"\nduration_s = 60\nseed = 3\n[[events]]\nat_s = 20\nkind = "budget"\n'
+                          'budget_w = 700\n')  # a plan to log
+    report = tmp_path / "r"
+    assert main(["simulate", str(path), "--report", str(report), "--policies", "static,wattscale",
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "target met: budget_violation_s = 0: 0.0 s\n" in out
+    assert re.search(r"tokens_per_joule >= 1.3 x static's .*: [0-9.]+ x static's\n", out)
+    assert "No figures: matplotlib is not installed" in err
+    summary = (report / "summary.md").read_text()
+    assert "60 s of simulated time, seed 3;" in summary
+    assert "No figures: matplotlib is not installed (pip install 'wattscale[plots]')." in summary
+    runs = {line.split("]")[0] + "]" for line in (report / "simulate.log").read_text().splitlines()}
+    assert "INFO [wattscale seed 3]" in runs and runs <= {"INFO [wattscale seed 3]", "WARNING [wattscale seed 3]",
+                                                           "INFO [static seed 3]", "WARNING [static seed 3]"}

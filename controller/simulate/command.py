@@ -14,11 +14,24 @@ from typing import Any
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.plots import PLOTS
-from controller.simulate.report import POWER_FIGURES, aggregate, summary, write, write_trace
+from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.sources import mean_budget_w
+
+
+class _RunOf(logging.Filter):
+    """Names the run each line of simulate.log came from: the policies' lines read alike."""
+
+    run = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run = self.run
+        return True
+
+
+RUN = _RunOf()
 
 
 class NoBar:
@@ -60,9 +73,11 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]") as bar:
         for seed in seeds:
             bar.set_description(f"seed {seed}: sizing the static fleet")
+            RUN.run = f"sizing seed {seed}"
             fleets[seed] = static_fleet(scn, seed)
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
+                RUN.run = f"{policy} seed {seed}"
                 r = run(scn, policy, seed, fleets[seed], duration_s, progress=bar.update,
                         decision_log=report_dir / f"decisions-seed{seed}.jsonl" if policy == "wattscale" else None,
                         flat_budget_w=flat_w)
@@ -78,8 +93,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
 
         images = draw_all(report_dir, scn, first, aggregated)
     except ImportError:
-        logging.getLogger("wattscale.simulate").warning("matplotlib is not installed: no PNGs "
-                                                        "(pip install 'wattscale[plots]')")
+        print(f"wattscale: warning: {NO_PLOTS}", file=sys.stderr)
         images = []
     write(report_dir, doc, images)
     return doc
@@ -115,7 +129,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(levelname)s [%(run)s] %(name)s: %(message)s"))
+    handler.addFilter(RUN)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -130,6 +145,6 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
     for t in doc["targets"]:
-        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']}")
+        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']} {t['unit']}")
     print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)
     return 0

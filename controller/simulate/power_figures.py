@@ -112,8 +112,8 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
     for k, j in drops(trace):  # a window that holds any of a drop, until a second after it settled
         free[max(0, k - w + 1):(len(rate) if j < 0 else j + w + 1)] = False
     out: dict[str, float | None] = {
-        "ramp_rise_max_w_per_s": _round(float(rate[free].max())) if free.any() else None,
-        "ramp_fall_max_w_per_s": _round(float(-rate[free].min())) if free.any() else None,
+        "ramp_rise_max_w_per_s": _round(max(0.0, float(rate[free].max()))) if free.any() else None,
+        "ramp_fall_max_w_per_s": _round(max(0.0, float(-rate[free].min()))) if free.any() else None,
         "ramp_up_fast_s": None, "ramp_down_fast_s": None, "ramp_down_fast_by_limits_s": None}
     if up_w > 0:
         out["ramp_up_fast_s"] = float(np.count_nonzero(free & (rate > up_w * (1 + RAMP_SHARE)))) * dt

@@ -60,22 +60,24 @@ def _attainment_targets(svc: ServiceSettings, mine: float, baselines: dict[str, 
     static = baselines.get("static", {}).get("services", {}).get(svc.name, {}).get("slo_attainment")
     if static is not None and static >= 0.99:
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= 0.99 (static reaches "
-                    f"{static:.3f})", "value": mine, "met": mine >= 0.99})
+                    f"{static:.3f})", "value": mine, "unit": "of requests", "met": mine >= 0.99})
     best = max(((k, v["services"][svc.name]["slo_attainment"] or 0.0) for k, v in baselines.items()),
                key=lambda kv: kv[1], default=None)
     if best is not None:
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= every baseline's "
-                    f"(best: {best[0]} {best[1]:.3f})", "value": mine, "met": mine >= best[1] - 1e-9})
+                    f"(best: {best[0]} {best[1]:.3f})", "value": mine, "unit": "of requests",
+                    "met": mine >= best[1] - 1e-9})
     return out
 
 
 def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for `wattscale`, each with the figures it was judged on (empty without it)."""
+    """The targets set for `wattscale` (docs/simulate.md), each with the figure it was judged on and its unit
+    (empty without it)."""
     ws = policies.get("wattscale")
     if ws is None:
         return []
     out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
-                                  "met": ws["budget_violation_s"] == 0}]
+                                  "unit": "s", "met": ws["budget_violation_s"] == 0}]
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"]
@@ -83,21 +85,22 @@ def targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
             out += _attainment_targets(svc, mine, baselines)
         restarts = ws["services"][svc.name]["restarts_per_hour"] or 0.0
         out.append({"target": f"{svc.name}: restarts <= {MAX_RESTARTS_PER_HOUR:g} per service-hour (a steady load's "
-                    "target)", "value": restarts, "met": restarts <= MAX_RESTARTS_PER_HOUR})
+                    "target)", "value": restarts, "unit": "per hour", "met": restarts <= MAX_RESTARTS_PER_HOUR})
     if "static" in baselines and baselines["static"]["tokens_per_joule"]:
         gain = (ws["tokens_per_joule"] or 0.0) / baselines["static"]["tokens_per_joule"]
-        out.append({"target": f"tokens_per_joule >= {TOKENS_PER_JOULE_GAIN} x static's (asked on diurnal and "
-                              "tight-budget)",
-                    "value": round(gain, 3), "met": gain >= TOKENS_PER_JOULE_GAIN})
+        out.append({"target": f"tokens_per_joule >= {TOKENS_PER_JOULE_GAIN} x static's (set for the diurnal and "
+                              "tight-budget scenarios)",
+                    "value": round(gain, 3), "unit": "x static's", "met": gain >= TOKENS_PER_JOULE_GAIN})
     if "uniform-cap" in baselines and baselines["uniform-cap"]["sum_t_over_c"]:
         gain = (ws["sum_t_over_c"] or 0.0) / baselines["uniform-cap"]["sum_t_over_c"]
-        out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (asked on diurnal and tight-budget)",
-                    "value": round(gain, 3), "met": gain >= T_OVER_C_GAIN})
+        out.append({"target": f"sum_t_over_c >= {T_OVER_C_GAIN} x uniform-cap's (set for the diurnal and "
+                              "tight-budget scenarios)",
+                    "value": round(gain, 3), "unit": "x uniform-cap's", "met": gain >= T_OVER_C_GAIN})
     return out + power_targets(scn, policies)
 
 
 def power_targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 21's targets for `wattscale`, where the scenario has their subject."""
+    """The power targets for `wattscale` (docs/power.md), where the scenario has their subject."""
     ws, flat = policies.get("wattscale"), policies.get("wattscale-flat")
     if ws is None:
         return []
@@ -106,25 +109,26 @@ def power_targets(scn: Scenario, policies: dict[str, Any]) -> list[dict[str, Any
         gain = 1.0 - ws["co2_mg_per_token"] / flat["co2_mg_per_token"]
         out.append({"target": f"co2_mg_per_token >= {CO2_GAIN:.0%} below wattscale-flat's (mean budget "
                     f"{ws['mean_budget_w']} vs {flat['mean_budget_w']} W)", "value": round(gain, 4),
+                    "unit": "(share below wattscale-flat's)",
                     "met": gain >= CO2_GAIN, "why": carbon_limits(ws, flat)})
         first = min(scn.config.services, key=lambda svc: svc.priority)
         mine = ws["services"][first.name]["slo_attainment"] or 0.0
         theirs = flat["services"][first.name]["slo_attainment"] or 0.0
         out.append({"target": f"{first.name} (priority {first.priority}): slo_attainment >= wattscale-flat's "
-                    f"({theirs:.4f})", "value": mine, "met": mine >= theirs - 0.005})
+                    f"({theirs:.4f})", "value": mine, "unit": "of requests", "met": mine >= theirs - 0.005})
     if ws["drop_settle_s"] is not None:
         out.append({"target": f"every budget drop met within {MAX_SETTLE_S:g} s (drop_settle_s)",
-                    "value": ws["drop_settle_s"], "met": ws["drop_settle_s"] <= MAX_SETTLE_S})
+                    "value": ws["drop_settle_s"], "unit": "s", "met": ws["drop_settle_s"] <= MAX_SETTLE_S})
         out.append({"target": "0 s over the budget after a drop was met (drop_over_after_s)",
-                    "value": ws["drop_over_after_s"], "met": ws["drop_over_after_s"] == 0})
+                    "value": ws["drop_over_after_s"], "unit": "s", "met": ws["drop_over_after_s"] == 0})
     if ws["domain_longest_over_s"] is not None:
         out.append({"target": f"no power domain over its limit for more than {MAX_SETTLE_S:g} s "
-                    "(domain_longest_over_s)", "value": ws["domain_longest_over_s"],
+                    "(domain_longest_over_s)", "value": ws["domain_longest_over_s"], "unit": "s",
                     "met": ws["domain_longest_over_s"] <= MAX_SETTLE_S})
     for key, side in (("ramp_up_fast_s", "rises"), ("ramp_down_fast_by_limits_s", "falls the limits made")):
         if ws[key] is not None:
             out.append({"target": f"0 s of draw {side} faster than the ramp limit outside a budget drop ({key})",
-                        "value": ws[key], "met": ws[key] == 0})
+                        "value": ws[key], "unit": "s", "met": ws[key] == 0})
     return out
 
 
@@ -151,6 +155,9 @@ def _fleet(fleet: dict[str, dict[str, int]]) -> str:
     return "; ".join(f"{svc}: " + ", ".join(f"{acc} x{n}" for acc, n in accs.items()) for svc, accs in fleet.items())
 
 
+NO_PLOTS = "No figures: matplotlib is not installed (pip install 'wattscale[plots]')."
+
+
 def _cell(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -158,8 +165,10 @@ def _cell(v: Any, fmt: str = "{:.3f}") -> str:
 def markdown(doc: dict[str, Any], images: list[str]) -> str:
     pol = doc["policies"]
     lines = [f"# Scenario `{doc['scenario']}`", "", doc["description"] or "", "",
-             f"{doc['duration_s']:g} s of simulated time, seeds {', '.join(map(str, doc['seeds']))} (figures are "
-             f"the mean over seeds); budget at the start {doc['start_budget_w']:g} W; events: "
+             f"{doc['duration_s']:g} s of simulated time, "
+             + (f"seed {doc['seeds'][0]}" if len(doc["seeds"]) == 1 else
+                f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")
+             + f"; budget at the start {doc['start_budget_w']:g} W; events: "
              + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none") + ".",
              f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}.",
              "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) | energy (kWh) "
@@ -189,9 +198,10 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
                          f"| {_cell(s['replicas_mean'], '{:.2f}')} |")
     if doc["targets"]:
         lines += ["", "## Targets (wattscale)", "", "| target | value | met |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in doc["targets"]]
+        lines += [f"| {t['target']} | {t['value']} {t['unit']} | {'yes' if t['met'] else '**no**'} |"
+                  for t in doc["targets"]]
         lines += [f"\n{t['target'].split(' (')[0]}: {t['why']}." for t in doc["targets"] if not t["met"] and "why" in t]
-    lines += ["", "## Figures", ""] + [f"![{Path(i).stem}]({i})" for i in images]
+    lines += ["", "## Figures", ""] + ([f"![{Path(i).stem}]({i})" for i in images] or [NO_PLOTS])
     lines += ["", "How each figure is measured: docs/simulate.md.", ""]
     return "\n".join(lines)
 
