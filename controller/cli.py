@@ -127,12 +127,14 @@ def _tune(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
         print(f"{report['observations']} observations ({verdicts}): {params}")
-        print(f"error one step ahead: ttft {ahead['median_ttft']}, itl {ahead['median_itl']} (median); "
-              f"in sample: ttft {fit['median_ttft']}, itl {fit['median_itl']}")
+        print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
+              f"one step ahead ttft {ahead['median_ttft']}, itl {ahead['median_itl']}; in sample ttft "
+              f"{fit['median_ttft']}, itl {fit['median_itl']}")
         if "draw" in report:
             d = report["draw"]
-            print(f"draw curve: busy share {d['busy_share']}, batch half {d['batch_half']} from {d['windows']} "
-                  f"windows; median error {d['median_abs_err_power']}")
+            print(f"draw curve: busy share {d['busy_share']} (of peak - idle, drawn at any batch), batch half "
+                  f"{d['batch_half']} (the batch that draws half the rest), from {d['windows']} windows; median "
+                  f"relative error {d['median_abs_err_power']}")
     return 0
 
 
