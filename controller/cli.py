@@ -22,11 +22,7 @@ from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
-from queuemodels import (
-    ModelInputError,
-    ServiceParams,
-    default_delta_ms,
-)
+from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms
 from queuemodels.accelerators import profile
 from tuner.offline import ObservationFileError
 
@@ -138,6 +134,15 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latencies(perf: Performance | None, statistic: str) -> str:
+    """TTFT and ITL as the service's targets read them (its mean, p95 or p99); dashes where nothing runs."""
+    if perf is None:
+        return f"  ttft {statistic} {'-':>7} ms  itl {statistic} {'-':>6} ms"
+    ttft, itl = ((perf.ttft_ms, perf.itl_ms) if statistic == "mean" else
+                 (getattr(perf, f"ttft_{statistic}_ms"), getattr(perf, f"itl_{statistic}_ms")))
+    return f"  ttft {statistic} {ttft:>7.1f} ms  itl {statistic} {itl:>6.1f} ms"
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from controller.optimize_spec import load_spec, solution_json
     from controller.optimizer import get_solver, solve
@@ -153,12 +158,12 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.json:
         print(strict_json.dumps(doc, indent=2))
     else:
-        for s in doc["services"]:
+        statistic = {svc.name: svc.targets.statistic for svc in problem.services}
+        for s, r in zip(doc["services"], solution.services, strict=True):
             print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "
-                  f"cap {s['power_cap_w'] or 0:>5.0f} W"
+                  + (f"cap {s['power_cap_w']:>5.0f} W" if s["power_cap_w"] else f"cap {'-':>5} W")
                   + (f" clock {s['sm_clock_share']:.0%}" if s["sm_clock_share"] else "")
-                  + f"  ttft {s['ttft_ms'] or 0:>7.1f} ms"
-                  f"  itl {s['itl_ms'] or 0:>6.1f} ms"
+                  + _latencies(r.performance, statistic[r.name])
                   + (f"  SHORT {s['short_rps']:.2f} rps ({s['reason']})" if s["reason"] else ""))
         t = doc["totals"]
         print(f"power {t['power_w']:.0f} W, cost {t['cost']:.2f}/h, objective {t['objective']:.3f}, "
