@@ -126,7 +126,9 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     _model_args(a)
     for name in ("alpha-ms", "beta-ms", "gamma-ms"):
         a.add_argument(f"--{name}", type=float, required=True, metavar="MS", help=PARAMS_HELP[name])
-    a.add_argument("--delta-ms", type=float, default=0.0, metavar="MS", help=PARAMS_HELP["delta-ms"] + ", default 0")
+    a.add_argument("--delta-ms", type=float, default=0.0, metavar="MS",
+                   help=PARAMS_HELP["delta-ms"] + ", default 0 (as every term not given: analyze evaluates the "
+                        "parameters it is given, e.g. those tune prints; tune's prior starts at 0.05)")
     for name, text in STEP_HELP.items():
         a.add_argument(f"--{name}", type=float, default=0.0, metavar="MS" if name.endswith("-ms") else "N",
                        help=f"step family: {text}, default 0 (with all four 0 the step family is gen1)")
