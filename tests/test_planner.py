@@ -311,6 +311,18 @@ def test_plan_cli_compare_writes_one_chart_per_scenario(tmp_path: Path, capsys: 
     assert "milp_per_type" in out and out.count("\n") >= 36
 
 
+def test_plan_cli_packing_text_says_which_instance_it_solved_and_aligns_its_rows(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --scenario/--trace/--requests the instance was chosen silently, and each row repeated it; a
+    failed row's cost stood left of the others'."""
+    assert main(["plan", str(PLANS / "seed002-packing.toml"), "--solver", "homogeneous", "--requests", "200"]) == 0
+    head, *rows = capsys.readouterr().out.splitlines()
+    assert head == ("200 requests of trace swiss_ai on scenario scarce (--requests 200; --scenario, --trace and "
+                    "--requests choose others)")
+    assert len(rows) == 3 and len({row.index("  cards ") for row in rows}) == 1, rows
+    assert all("requests of trace" not in row for row in rows)
+
+
 def test_plan_cli_allocation_text_says_why(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(PLANS / "seed001-allocation.toml")]) == 0
     out = capsys.readouterr().out

@@ -90,11 +90,16 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     if args.json:
         print(strict_json.dumps(doc, indent=2))
     else:
+        chosen = [f"--{k} {v}" for k, v in (("scenario", args.scenario), ("trace", args.trace),
+                                             ("requests", args.requests)) if v is not None]
+        how = ", ".join(chosen) if chosen else "the spec's first scenario and trace at its largest scale"
+        rest = "" if len(chosen) == 3 else "; --scenario, --trace and --requests choose others"
+        print(f"{inst.requests} requests of trace {inst.trace} on scenario {inst.scenario} ({how}{rest})")
+        width = max(len(r["solver"]) for r in doc["results"])
         for r in doc["results"]:
             cost = "fail" if r["cost_per_h"] is None else f"{r['cost_per_h']:.2f} $/h"
-            cards = ", ".join(f"{g} x{n}" for g, n in r["cards"].items())
-            print(f"{r['solver']:<12} {cost:>12}  cards {cards}  ({inst.requests} requests of trace {inst.trace} "
-                  f"on scenario {inst.scenario}) {r['note']}".rstrip())
+            cards = ", ".join(f"{g} x{n}" for g, n in r["cards"].items()) or "-"
+            print(f"{r['solver']:<{width}} {cost:>12}  cards {cards}  {r['note']}".rstrip())
     if not any(r["feasible"] for r in doc["results"]):
         print(f"wattscale: plan: no feasible packing of {inst.requests} requests ({inst.trace}) on scenario "
               f"{inst.scenario}'s cards with --solver {args.solver}", file=sys.stderr)
