@@ -2,7 +2,7 @@
 
     python benchmarks/fleet_frontier.py [--scenario config/scenarios/diurnal.toml] [--requests 1500] [--seed 1]
 
-Issue 20 asks wattscale for tokens per joule >= 1.3 x `static`'s together with sum T/C >= 1.15 x `uniform-cap`'s.
+The simulate targets ask wattscale for tokens per joule >= 1.3 x `static`'s with sum T/C >= 1.15 x `uniform-cap`'s.
 Whether any plan reaches both is a fact of the engines, so this measures it on them, as clock_frontier.py does
 for one service: each service at its mean rate (the cycle's mean; bursts left out) on 1..max_replicas replicas
 (the load split evenly), each replica at the config's max batch with its SM clock free or locked at 0.7, 0.5 or

@@ -3,7 +3,7 @@
     python benchmarks/prefill_power.py [--scenario config/scenarios/heavy-tail.toml] [--policy wattscale]
         [--duration-s 1200] [--services code,chat]
 
-Issue 20's heavy-tail misses (`wattscale`'s code 0.829 against `slo-only`'s 0.949) were suspected to be long,
+The heavy-tail scenario's misses (`wattscale`'s code 0.829 against `slo-only`'s 0.949) were suspected to be long,
 compute-bound prefills slowed by caps that sum under the hard budget. This measures it on the emulator: it runs
 one policy as `wattscale simulate` does (the same fleet, seed and arrivals) and prints, as JSON, the run's
 figures, per named service every 60-s window's quantile TTFT and ITL (the service's statistic; `mean` services

@@ -4,7 +4,7 @@
 
 Each policy runs once on one core (this process), from the static fleet sized for the scenario's peak
 (sizing's load tests are timed apart: they run once per seed, whatever the policies). The target
-(issue 20) is <= 60 s of wall time per simulated hour per policy. Prints JSON: per policy wall_s,
+is <= 60 s of wall time per simulated hour per policy. Prints JSON: per policy wall_s,
 cpu_s, and both per simulated hour; sizing_s; and the slowest policy's figure against the target.
 Wall time counts what else the machine runs; cpu_s does not.
 """

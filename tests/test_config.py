@@ -275,7 +275,7 @@ def test_run_duration_must_be_finite_and_positive(duration: str, capsys: pytest.
     ("speed = 1.0", "speed = 1e12"),
 ])
 def test_run_refuses_what_hung_the_daemon_at_once(tmp_path: Path, old: str, new: str) -> None:
-    """The configs whose slow tick never ended (issue 25) are refused by `run` itself, in one line."""
+    """The configs whose slow tick never ended are refused by `run` itself, in one line."""
     path = write(tmp_path, GOOD.replace(old, new, 1))
     argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(path), "--duration", "30"]
     # a run that started would last its 30 s: 20 s leaves a busy 2-core machine its imports (5 s did not, once)

@@ -1,4 +1,4 @@
-"""Budget sources in simulated time (controller/simulate/sources.py) and issue 21's power figures: the
+"""Budget sources in simulated time (controller/simulate/sources.py) and the power figures: the
 sources read the scenario's clock, never the wall clock; a demand-response signal reaches the real source
 through its file; the figures count what the trace shows."""
 

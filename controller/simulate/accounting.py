@@ -7,7 +7,7 @@
   latency in its window's quantile.
 - budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
   counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
-- the power figures of issue 21 (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
+- the power figures (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
   Little's law makes output tokens / request-seconds in the system of the finished requests.

@@ -1,4 +1,4 @@
-"""The policies operators run today, each the honest best of its kind (issue 20):
+"""The policies operators run today, each the honest best of its kind:
 
 - `static`: the fleet sized for the peak (sizing.py), the config's max batch, full power;
 - `uniform-cap`: the same fleet, the budget split evenly over the GPUs as power limits;

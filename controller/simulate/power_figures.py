@@ -1,4 +1,4 @@
-"""A run's power figures beyond the budget's violations, measured on the GPUs' energy counters (issue 21):
+"""A run's power figures beyond the budget's violations, measured on the GPUs' energy counters:
 
 - budget drops (a source's, a demand-response signal's, a budget event's): `drop_settle_s`, the longest any
   drop took from the new budget to the end of the first second whose mean site draw was under it;

@@ -35,9 +35,9 @@ TOKENS_PER_JOULE_GAIN = 1.3
 T_OVER_C_GAIN = 1.15
 MAX_RESTARTS_PER_HOUR = 2.0
 CO2_GAIN = 0.2
-"""Issue 21: CO2 per token at least this share below wattscale-flat's."""
+"""CO2 per token at least this share below wattscale-flat's."""
 MAX_SETTLE_S = 2.0
-"""Issue 21: a budget drop met within this long, and a domain over its limit no longer than this."""
+"""A budget drop met within this long, and a domain over its limit no longer than this."""
 
 
 def _mean(values: list[Any]) -> float | None:
