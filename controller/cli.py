@@ -19,7 +19,7 @@ from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tun
 from controller.cli_cluster import add_cluster_commands
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
-from controller.preflight import STATE_DIR_WARNING, preflight
+from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
 from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms
@@ -58,10 +58,12 @@ def _check(args: argparse.Namespace) -> int:
     from controller.wiring import probe_nvml
 
     s = load_settings(Path(args.file))
-    for warning in preflight(s):
+    for warning in file_warnings(s) if args.file_only else preflight(s):
         print(f"wattscale: warning: {warning}", file=sys.stderr)
-    probe_nvml(s)  # the driver, as `run` starts it (build_parts)
-    print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W)")
+    if not args.file_only:
+        probe_nvml(s)  # the driver, as `run` starts it (build_parts)
+    print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W"
+          + ("; the file alone: this host was not probed)" if args.file_only else ")"))
     return 0
 
 
@@ -191,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run, daemon=True)
     c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host")
     c.add_argument("file", type=file, metavar="FILE", help="TOML config")
+    c.add_argument("--file-only", action="store_true",
+                   help="check the file alone, off the host it is for (CI, a laptop): the metrics port, NVML, the "
+                        "backends' programs, budget sources and directories are not probed")
     c.set_defaults(func=_check)
     a = sub.add_parser("analyze", help="one queue-model evaluation (JSON)")
     add_analyze_args(a)

@@ -97,6 +97,17 @@ def check_free_port(where: str, port: int) -> None:
             raise ConfigError(where, f"cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
 
 
+def file_warnings(settings: Settings) -> list[str]:
+    """What the file alone says `run` would warn of (no host probed)."""
+    threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
+    if threshold_w >= floor:
+        return []
+    # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas
+    return [f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what the "
+            f"services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} W: "
+            "under load no cap holds it, and the plan cannot go below min_replicas"]
+
+
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
@@ -112,12 +123,7 @@ def preflight(settings: Settings) -> list[str]:
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")
-    warnings += check_backends(settings)
-    threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
-    if threshold_w < floor:  # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas
-        warnings.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below "
-                        f"what the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU "
-                        f"idle, {floor:.0f} W: under load no cap holds it, and the plan cannot go below min_replicas")
+    warnings += check_backends(settings) + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
         if path is None:
             continue

@@ -496,3 +496,17 @@ def test_a_value_past_what_the_system_takes_is_one_short_line(tmp_path: Path, ca
     assert main(["check-config", str(write(tmp_path, GOOD.replace(old, new, 1)))]) == rc
     err = capsys.readouterr().err
     assert message in err and len(err) < 600 and "Traceback" not in err, err[:600]
+
+
+def test_check_config_file_only_checks_a_host_config_off_its_host(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A host config names NVML, which a laptop or CI has not: check-config refused the good file as it refuses a
+    bad one (exit 2), so no config could be checked off its host. The file's own checks still run."""
+    host = ROOT / "config" / "examples" / "host.toml"
+    assert main(["check-config", "--file-only", str(host)]) == 0
+    assert capsys.readouterr().out == f"{host}: ok (3 services, budget 4000 W; the file alone: this host was not " \
+        "probed)\n"
+    bad = tmp_path / "host.toml"
+    bad.write_text(host.read_text().replace("budget_w = 4000", "budget_w = -5"))
+    assert main(["check-config", "--file-only", str(bad)]) == 2
+    assert "power.budget_w: must be in (0, 1e+08], got -5.0" in capsys.readouterr().err
