@@ -281,12 +281,13 @@ class Controller:
                 "applied": shape(a),
                 "running": in_force[svc.name].running,
                 "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
-                "gate_held": gate_held(planned, admitted[svc.name]), "asked": enforced.asked,
+                "gate_held": (gated := gate_held(planned, admitted[svc.name])), "asked": enforced.asked,
                 "actuator_held": enforced.held})
             if planned != current or enforced.asked or enforced.held:
                 short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
                 changed.append(f"{svc.name}: {text(current)} -> planned {text(planned)}, applied {text(a)}{short}"
-                               + (f" [held: {'; '.join(enforced.held)}]" if enforced.held else ""))
+                               + "".join(f" [{who} held: {'; '.join(what)}]" for who, what in
+                                         (("gate", gated), ("actuator", enforced.held)) if what))
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
                 "no change", solution.power_w, self.power(self.settings).budget_w,

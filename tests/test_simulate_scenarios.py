@@ -172,7 +172,7 @@ def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None
     assert "is a daemon config, not a scenario" in str(err.value)
 
 
-def test_the_report_says_each_targets_unit_each_log_lines_run_and_why_it_has_no_figures(
+def test_the_report_says_each_targets_unit_each_log_lines_run_and_hold_and_why_it_has_no_figures(
         small_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A ratio (tokens/J against static's) printed as bare as seconds; the policies' log lines read alike; without
@@ -190,6 +190,10 @@ def test_the_report_says_each_targets_unit_each_log_lines_run_and_why_it_has_no_
     summary = (report / "summary.md").read_text()
     assert "60 s of simulated time, seed 3;" in summary
     assert "No figures: matplotlib is not installed (pip install 'wattscale[plots]')." in summary
-    runs = {line.split("]")[0] + "]" for line in (report / "simulate.log").read_text().splitlines()}
+    log = (report / "simulate.log").read_text()
+    runs = {line.split("]")[0] + "]" for line in log.splitlines()}
+    # a plan the stability gate held back said "planned 1x ..., applied 2x ..." and not why
+    held = re.findall(r"planned (\d+)x[^,]*, applied (\d+)x[^;|]*\[gate held: replicas (\d+) not (\d+)", log)
+    assert held and all((p, a) == (n, g) for p, a, g, n in held), log
     assert "INFO [wattscale seed 3]" in runs and runs <= {"INFO [wattscale seed 3]", "WARNING [wattscale seed 3]",
                                                            "INFO [static seed 3]", "WARNING [static seed 3]"}
