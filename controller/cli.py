@@ -49,7 +49,7 @@ def _status(args: argparse.Namespace) -> int:
     settings = load_settings(Path(args.config))
     if settings.decision_log_path is None:
         raise ConfigError("daemon.decision_log", "is empty: the daemon writes no decision log to read")
-    print(status(settings, settings.decision_log_path, args.json))
+    print(status(settings, settings.decision_log_path, args.json, Path(args.config)))
     return 0
 
 

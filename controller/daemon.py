@@ -58,7 +58,7 @@ class Daemon:
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
-                                     DecisionLog(settings.decision_log_path), p.clocks)
+                                     DecisionLog(settings.decision_log_path, config=config_path), p.clocks)
         self.budget = (None if settings.budget is None
                        else combiner(settings.budget, os.environ, base_dir=settings.base_dir))
         """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs

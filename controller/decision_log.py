@@ -24,20 +24,22 @@ log = logging.getLogger("wattscale.decisions")
 
 
 class DecisionLog:
-    def __init__(self, path: Path | None, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, path: Path | None, max_bytes: int = 16 << 20, config: Path | None = None) -> None:
         self.path, self.max_bytes = path, max_bytes
+        self.config = None if config is None else str(config.resolve())
+        """The config file of the daemon writing, in each line: two configs may share a log, and status tells."""
         self.failed = False
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record; whether it reached the file (always True without one). A line in the file also
-        says when it was written (`wall_time`, Unix seconds), for `wattscale status`."""
+        says when it was written (`wall_time`, Unix seconds) and by which config (`config`), for `wattscale status`."""
         clean = strict_json.finite(record)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        line = strict_json.dumps({**clean, "wall_time": round(time.time(), 3)}, separators=(",", ":"), sort_keys=True,
-                                 default=str)
+        mark = {"wall_time": round(time.time(), 3)} | ({} if self.config is None else {"config": self.config})
+        line = strict_json.dumps({**clean, **mark}, separators=(",", ":"), sort_keys=True, default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:

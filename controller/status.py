@@ -74,8 +74,10 @@ def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, 
             "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
 
 
-def report(settings: Settings, record: dict[str, Any], now_s: float | None = None) -> dict[str, Any]:
-    """Per service: in force, planned, SLO met or not, and why (shortfall, what the gate or actuators held)."""
+def report(settings: Settings, record: dict[str, Any], now_s: float | None = None,
+           config: Path | None = None) -> dict[str, Any]:
+    """Per service: in force, planned, SLO met or not, and why (shortfall, what the gate or actuators held);
+    `other_config`: the config the record's daemon ran where it is not `config` (two configs share the log)."""
     services = {}
     for svc in settings.services:
         r = record["services"].get(svc.name, {})
@@ -99,7 +101,9 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
             "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
-            "blocked": _items(record.get("blocked")), "services": services}
+            "blocked": _items(record.get("blocked")), "services": services,
+            "other_config": None if config is None or record.get("config") in (None, str(config.resolve()))
+            else str(record["config"])}
 
 
 def _items(value: Any) -> list[Any]:
@@ -113,11 +117,12 @@ def _items(value: Any) -> list[Any]:
     return value
 
 
-def status(settings: Settings, path: Path, as_json: bool) -> str:
-    """What `wattscale status` prints; a last record this version cannot read is one ConfigError, no traceback."""
+def status(settings: Settings, path: Path, as_json: bool, config: Path | None = None) -> str:
+    """What `wattscale status` prints (of the daemon running `config`); a last record this version cannot read is
+    one ConfigError, no traceback."""
     record = last_decision(path)
     try:
-        rep = report(settings, record)
+        rep = report(settings, record, config=config)
         shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
@@ -138,6 +143,9 @@ def text(rep: dict[str, Any]) -> str:
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
     drawn = "" if rep["draw_w"] is None else f", drawing {rep['draw_w']:.0f} W"
     lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{drawn}{age}"]
+    if rep["other_config"]:
+        lines.insert(0, f"written by the daemon running {rep['other_config']}, not this config: the two share "
+                        "daemon.decision_log (give each its own daemon.state_dir)")
     d = rep["degradation"]
     if d.get("emergency"):
         floor = "; every limit at its floor" if d.get("urgent") else ""
