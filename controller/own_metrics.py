@@ -26,10 +26,13 @@ class OwnMetrics:
                                  "step shape = services a budget-bound plan gives fewer replicas or a smaller max "
                                  "batch than run (minutes); step shed = services the plan leaves short for budget.",
                                  ["step"], registry=r)
-        self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts.", registry=r)
+        self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts at the load it "
+                                    "planned for (a service no window has told the demand of yet counts at no load).",
+                                    registry=r)
         lat = ["service", "stat"]
         self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)
-        self.itl_pred = Gauge("wattscale_service_itl_predicted_ms", "Predicted ITL.", lat, registry=r)
+        self.itl_pred = Gauge("wattscale_service_itl_predicted_ms", "Predicted ITL, token-weighted (rare long steps "
+                              "that carry prompts can put the mean above the p95).", lat, registry=r)
         self.slo_margin = Gauge("wattscale_service_slo_margin_ratio", "Share taken off the service's targets in "
                                 "planning, learned from the windows that missed them.", ["service"], registry=r)
         self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT.", lat, registry=r)
