@@ -189,6 +189,7 @@ def test_the_report_says_each_targets_unit_each_log_lines_run_and_hold_and_why_i
     assert "No figures: matplotlib is not installed" in err
     summary = (report / "summary.md").read_text()
     assert "60 s of simulated time, seed 3;" in summary
+    assert "chat (priority 1) mean TTFT <= 300 ms, ITL <= 30 ms." in summary  # the targets attainment is read against
     assert "No figures: matplotlib is not installed (pip install 'wattscale[plots]')." in summary
     log = (report / "simulate.log").read_text()
     runs = {line.split("]")[0] + "]" for line in log.splitlines()}

@@ -12,7 +12,7 @@ from typing import Any
 
 from controller import strict_json
 from controller.service_settings import ServiceSettings
-from controller.simulate.accounting import STEP_GRACE_S, VIOLATION_SHARE
+from controller.simulate.accounting import STEP_GRACE_S, VIOLATION_SHARE, WINDOW_S
 from controller.simulate.power_figures import BOUND_SHARE
 from controller.simulate.runner import Trace
 from controller.simulate.scenario import Scenario
@@ -147,6 +147,8 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
     return {"scenario": scn.settings.name, "description": scn.settings.description, "file": str(scn.path),
             "duration_s": duration_s, "seeds": seeds, "start_budget_w": scn.start_budget_w,
             "events": [{"at_s": e.at_s, "kind": e.kind} for e in scn.settings.events],
+            "slos": {svc.name: {"priority": svc.priority, "statistic": svc.statistic, "ttft_ms": svc.ttft_ms,
+                                "itl_ms": svc.itl_ms} for svc in scn.config.services},
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies)}
 
 
@@ -170,6 +172,10 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
                 f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")
              + f"; budget at the start {doc['start_budget_w']:g} W; events: "
              + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none") + ".",
+             "SLOs (a mean service's request meets its own when its TTFT and mean inter-token gap do; a p95 or "
+             f"p99 service's requests of a {WINDOW_S:g}-s window meet theirs when the window's quantiles do): "
+             + "; ".join(f"{name} (priority {t['priority']}) {t['statistic']} TTFT <= {t['ttft_ms']:g} ms, ITL <= "
+                         f"{t['itl_ms']:g} ms" for name, t in doc["slos"].items()) + ".",
              f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}.",
              "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) | energy (kWh) "
              "| tokens / J | sum T/C |", "|---|---|---|---|---|---|---|"]
