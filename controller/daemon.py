@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 from apscheduler.events import (
@@ -193,7 +194,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         if RELOAD_ASKED.is_set():  # asked while starting (controller/launch.py keeps it): done now
             self.reload_event.set()
-        scheduler = BackgroundScheduler()
+        scheduler = BackgroundScheduler(timezone=UTC)  # interval jobs need no zone: a TZ tzlocal cannot read stopped it
         scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         d = s.daemon
         scheduler.add_job(self.fast, "interval", seconds=d.fast_interval_s, id="fast", max_instances=1,

@@ -303,6 +303,16 @@ def test_a_metrics_port_taken_after_the_probe_is_one_config_error(sim_config: Ca
             daemon.run(duration_s=1.0)
 
 
+@pytest.mark.parametrize("tz", ["UTC0", "JST-9", "CET-1CEST,M3.5.0,M10.5.0/3", "Nowhere/Land"])
+def test_a_posix_or_unknown_tz_does_not_stop_the_daemon(sim_config: Callable[..., Path],
+                                                        monkeypatch: pytest.MonkeyPatch, tz: str) -> None:
+    """The scheduler asked tzlocal for the local zone, which refuses a POSIX TZ (and an unknown one): run ended
+    with a ZoneInfoNotFoundError traceback. Its jobs are intervals: no zone is needed."""
+    monkeypatch.setenv("TZ", tz)
+    path = sim_config()
+    assert Daemon(path, load_settings(path)).run(duration_s=0.5) == 0
+
+
 def test_a_gpus_power_is_one_series_whoever_owns_it(sim_config: Callable[..., Path]) -> None:
     """GPU 3 is idle, then serves chat: its power is exported once, under its present owner only."""
     s = load_settings(sim_config())
