@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
-from controller import strict_json
+from controller import log_writer, strict_json
 from controller.cli_analyze import analyze
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = load_settings(Path(args.config))
     warnings = preflight(settings)
-    logging.basicConfig(level=settings.daemon.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_writer.install(settings.daemon.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for library in ("apscheduler", "urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
         logging.getLogger(library).setLevel(logging.WARNING)
     log = logging.getLogger("wattscale.daemon")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import strict_json
+from controller import log_writer, strict_json
 from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError, quoted
@@ -57,7 +57,7 @@ class _NoConnectionTracebacks(logging.Filter):
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_writer.install(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_NoConnectionTracebacks())
     for library in ("urllib3", "kubernetes", "aiohttp"):

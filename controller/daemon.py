@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from actuators import ActuatorError
+from controller import log_writer
 from controller.bounded_server import BoundedServer, serve_metrics
 from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals
@@ -223,6 +224,8 @@ class Daemon:
                 self.reload()
             if self.fast_alive():
                 self.notifier.watchdog()
+            if dropped := log_writer.take_dropped():  # standard error's reader stopped: the loops went on
+                self.metrics.errors.labels("log_dropped").inc(dropped)
             if deadline is not None and time.monotonic() >= deadline:
                 break
         self.notifier.stopping()

@@ -258,16 +258,16 @@ class FastLoop:
             domain_caps, fit = safe_caps(inside, line_w)
             caps.update({i: min(w, caps[i]) for i, w in domain_caps.items()})
             fits = fits and fit
-        if self.lost == self.failsafe_after_ticks:
-            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
-                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
-            if not fits:
-                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
         self.metrics.failsafe.set(1.0)
         self.samples = [replace(g, power_limit_w=caps[g.index])
                         if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) is not None
                         else g
                         for g in self.samples]
+        if self.lost == self.failsafe_after_ticks:  # said once the caps are set: the saying is not the safety
+            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
+                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
+            if not fits:
+                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
 
     def _record_draws(self, samples: list[GpuSample], plan: Plan) -> None:
         """Per service, its GPUs' mean draw and mean limit at this tick, and whether the governor held any of

@@ -1,0 +1,86 @@
+"""Logging that never holds up a loop, for the long-running commands (run, operator, agent).
+
+A log call only puts its record on a bounded queue; one writer thread formats it and writes standard error's
+descriptor itself. A reader that stops reading (journald hung, a paused pipe, a terminal after Ctrl-S) then
+stalls that thread alone: before, the slow loop stopped inside a log call, the budget thread waited for the
+handler's lock, and SIGTERM waited for the pipe. Past the queue's bound records are dropped and counted
+(`take_dropped`); the writer holds no lock of Python's own stream, so the process still exits while it waits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import logging.handlers
+import os
+import queue
+import threading
+
+QUEUE_RECORDS = 10_000
+"""Records held while the writer waits (a few MB at most)."""
+EXIT_WAIT_S = 1.0
+"""How long the exit waits for the writer to write what is queued."""
+
+_dropped = 0
+_lock = threading.Lock()
+
+
+def take_dropped() -> int:
+    """Records dropped since the last call (the queue was full: the reader of standard error stopped)."""
+    global _dropped
+    with _lock:
+        n, _dropped = _dropped, 0
+    return n
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Puts a record on the queue without waiting; a full queue drops it."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        global _dropped
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            with _lock:
+                _dropped += 1
+
+
+def _write(fd: int, text: str) -> None:
+    """`text` written whole to `fd`, errors dropped (a closed standard error must not raise into logging, whose
+    report of it would go to the same closed stream)."""
+    data = text.encode("utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+def _drain(records: queue.Queue[logging.LogRecord | None], formatter: logging.Formatter, fd: int) -> None:
+    """The writer: no logging.Handler, whose lock logging's exit takes (a writer waiting on the reader held it)."""
+    while (record := records.get()) is not None:
+        _write(fd, formatter.format(record) + "\n")
+
+
+def install(level: str | int, fmt: str, fd: int = 2) -> None:
+    """Route the root logger through the queue to `fd` at `level`; at exit the writer has a second to finish
+    (a reader that stopped reading keeps what is queued, not the exit). Where the root logger has handlers already
+    (a test's capture), they are kept as they are, as logging.basicConfig keeps them. Filters go on the root's
+    handlers: a record is formatted as it is queued."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if root.handlers:
+        return
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
+    root.addHandler(_Enqueue(records))
+    writer = threading.Thread(target=_drain, args=(records, logging.Formatter(fmt), fd), name="wattscale-log",
+                              daemon=True)
+    writer.start()
+
+    def stop() -> None:
+        with contextlib.suppress(queue.Full):
+            records.put_nowait(None)
+        writer.join(EXIT_WAIT_S)
+
+    atexit.register(stop)  # before logging's own exit (registered first, run last)
