@@ -9,6 +9,7 @@ old file kept) and to the log at DEBUG. Writing never stops a cycle: a failure i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -29,6 +30,8 @@ class DecisionLog:
         self.config = None if config is None else str(config.resolve())
         """The config file of the daemon writing, in each line: two configs may share a log, and status tells."""
         self.failed = False
+        self.checked = False
+        """Whether the file's last line was read for a tear (`_append`)."""
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record; whether it reached the file (always True without one). A line in the file also
@@ -44,8 +47,7 @@ class DecisionLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with open_plain(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            self._append(self.path, (line + "\n").encode("utf-8"))
         except OSError as exc:
             if not self.failed:
                 log.warning("decision log %s cannot be written: %s", self.path, exc)
@@ -55,6 +57,32 @@ class DecisionLog:
             log.info("decision log %s written again", self.path)
         self.failed = False
         return True
+
+
+    def _append(self, path: Path, data: bytes) -> None:
+        """`data` appended whole, or the file left as it was: a full disk left part of a line, and the next line
+        written once there was room was joined to it (neither one JSON). A file whose last line is torn (a crash
+        mid-write) is read for it at the first write and after a failed one."""
+        with open_plain(path, "ab") as f:
+            fd = f.fileno()
+            end = os.fstat(fd).st_size
+            if self.failed or not self.checked:
+                if end and _last_byte(path) != b"\n":
+                    data = b"\n" + data
+                self.checked = True
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+
+
+def _last_byte(path: Path) -> bytes:
+    with open_plain(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return bytes(f.read(1))
 
 
 def observed(w: ServiceWindow) -> dict[str, Any]:

@@ -1,0 +1,40 @@
+"""The decision log's file (controller/decision_log.py): each line whole JSON, whatever the disk did."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from controller.decision_log import DecisionLog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_decision_line_a_full_disk_cut_is_taken_back(tmp_path: Path) -> None:
+    """A full disk left part of a line in decisions.jsonl, and the first line written once there was room was
+    joined to it: neither was JSON. Here the file may grow to 900 bytes (RLIMIT_FSIZE: the write past it is cut
+    short and then fails, as on a full disk); a file whose last line a crash tore is mended at the next write."""
+    log = tmp_path / "decisions.jsonl"
+    script = f"""
+import resource
+from pathlib import Path
+from controller.decision_log import DecisionLog
+path = Path({str(log)!r})
+d = DecisionLog(path)
+assert d.write({{"t": 1, "pad": "x" * 400}})
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (900, hard))
+assert not d.write({{"t": 2, "pad": "x" * 800}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+assert d.write({{"t": 3}})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["t"] for line in log.read_text().splitlines()] == [1, 3]
+    with log.open("a") as f:
+        f.write('{"t": 4, "torn')  # a crash mid-write
+    assert DecisionLog(log).write({"t": 5})
+    lines = log.read_text().splitlines()
+    assert lines[-2] == '{"t": 4, "torn' and json.loads(lines[-1])["t"] == 5
