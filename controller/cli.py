@@ -236,25 +236,35 @@ def parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def native_output_to_stderr() -> Iterator[None]:
     """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
-    still reach standard output: a command's JSON stays whole whatever its solver prints."""
-    sys.stdout.flush()
+    still reach standard output: a command's JSON stays whole whatever its solver prints. A name that the output's
+    encoding cannot hold (a path of non-UTF-8 bytes) is printed escaped; a closed standard output prints nothing."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
     try:
         on_fd_1 = sys.stdout.fileno() == 1
-    except (AttributeError, OSError, ValueError):  # captured in memory (a test): Python's prints are not on it
+    except (AttributeError, OSError, ValueError):  # captured in memory (a test), or closed: prints are not on it
         on_fd_1 = False
-    saved_out, saved_fd = sys.stdout, os.dup(1)
-    os.dup2(2, 1)
-    if on_fd_1:
-        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=saved_out.encoding or "utf-8")
+    saved_out = sys.stdout
+    try:
+        saved_fd: int | None = os.dup(1)
+    except OSError:  # closed: a file opened now would take descriptor 1, and native output with it
+        saved_fd = None
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
+    if on_fd_1 and saved_fd is not None:
+        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=saved_out.encoding or "utf-8",
+                               errors="backslashreplace")
     try:
         yield
     finally:
-        sys.stdout.flush()
-        if on_fd_1:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        if on_fd_1 and saved_fd is not None:
             sys.stdout.close()
             sys.stdout = saved_out
-        os.dup2(saved_fd, 1)
-        os.close(saved_fd)
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ plan that cannot be solved exits 1; no option is silently ignored."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -352,3 +353,20 @@ def test_a_shipped_file_given_to_another_command_is_named_for_what_it_is(
     assert main([argv[0], str(ROOT / FILES[given]), *argv[1:]]) == 2
     an = "an" if given[0] in "aeiou" else "a"
     assert f"is {an} {given}, not " in one_line(capsys)
+
+
+def test_a_name_stdout_cannot_encode_and_a_closed_stdout_are_no_traceback(sim_config: Callable[..., Path],
+                                                                          tmp_path: Path) -> None:
+    """check-config on a path of non-UTF-8 bytes ended in UnicodeEncodeError (surrogates not allowed), and with
+    standard output closed (`>&-`) in AttributeError ('NoneType' has no 'flush')."""
+    odd = os.path.join(os.fsencode(tmp_path), b"d\xff\xfe sp")
+    os.mkdir(odd)
+    config = os.path.join(odd, b"sim.toml")
+    with open(config, "w") as f:
+        f.write(sim_config().read_text())
+    argv = [sys.executable, "-m", "controller.cli", "check-config"]
+    done = subprocess.run([*argv, config], capture_output=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.endswith(b"sim.toml: ok (3 services, budget 4000 W)\n"), done.stderr
+    closed = subprocess.run([*argv, sim_config()], stdout=None, stderr=subprocess.PIPE, timeout=60, cwd=ROOT,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0 and closed.stderr == b"", closed.stderr
