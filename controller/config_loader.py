@@ -136,9 +136,10 @@ def _parsed(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
-        if len(data) > MAX_TOML_BYTES:
-            raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no config, scenario or spec is")
-        doc = tomllib.loads(data.decode())
+        if len(data) > MAX_TOML_BYTES:  # (a ConfigError is a ValueError: raised below, it would be wrapped again)
+            doc = None
+        else:
+            doc = tomllib.loads(data.decode())
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except OSError as exc:  # /proc/self/mem is a regular file whose read fails
@@ -151,6 +152,8 @@ def _parsed(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"invalid TOML: {shortened(str(exc), 200)}") from None
     except RecursionError:
         raise ConfigError(str(path), "invalid TOML: nested too deeply") from None
+    if doc is None:
+        raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no config, scenario or spec is")
     if not doc:  # a file cut short by an editor reads better so than as its first missing key
         raise ConfigError(str(path), "holds no settings (empty, or only comments)")
     return doc

@@ -168,7 +168,7 @@ def test_a_spec_past_the_size_any_is_refused_unread(tmp_path: Path, capsys: pyte
     path = tmp_path / "plan.toml"
     path.write_text(Path(PACKING).read_text())
     assert main(["plan", str(path)]) == 2
-    assert f"{path}: larger than 1024 bytes: no config, scenario or spec is" in one_line(capsys)
+    assert one_line(capsys) == f"wattscale: {path}: larger than 1024 bytes: no config, scenario or spec is\n"  # once
 
 
 def test_compare_past_its_instances_is_refused_before_solving(tmp_path: Path,
