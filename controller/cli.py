@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -40,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if not any(w.startswith(STATE_DIR_WARNING) for w in warnings):  # else it says the state will not be saved
         log.info("tuner state: %s", settings.state_path.resolve())
-    return Daemon(Path(args.config), settings).run(args.duration)
+    rc = Daemon(Path(args.config), settings).run(args.duration)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the process ends: Python's exit restores the
+        signal.signal(sig, signal.SIG_IGN)                      # defaults, and a second signal then killed it
+    return rc
 
 
 def _status(args: argparse.Namespace) -> int:

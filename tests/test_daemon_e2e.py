@@ -191,3 +191,20 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_runs(tmp_path: Pat
                 proc.kill()
     text = log_path.read_text()
     assert "config reloaded: budget 4000 W, 3 services" in text and "Traceback" not in text, text
+
+
+def test_signals_that_keep_coming_while_it_stops_do_not_kill_it(tmp_path: Path) -> None:
+    """A second SIGTERM (or SIGINT, SIGHUP) a few ms after the first met the default handlers Python's exit
+    puts back: the daemon, already stopped cleanly, was reported killed by the signal."""
+    port = free_port()
+    cfg = tmp_path / "wattscale.toml"
+    write_config(cfg, port, tmp_path / "state", 2000)
+    with daemon_process(cfg, tmp_path / "daemon.log", 60) as proc:
+        assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+            time.sleep(0.002)
+        assert proc.wait(timeout=5) == 0
