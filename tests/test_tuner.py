@@ -292,3 +292,20 @@ def test_a_run_that_errs_as_its_shape_always_did_is_no_shift_and_a_changed_serve
     pair.accepted, pair.history, pair.p = 8, mixed, np.diag((0.01 * pair.x) ** 2)
     slower = ServiceParams("gen1", 12.0 * 1.3, 0.09 * 1.3, 20.0 * 1.3, 0.035 * 1.3)
     assert [pair.update(observe(slower, r, n_in=250)).reason for r in (2.5, 3.5, 4.5)] == ["gate", "gate", "shift"]
+
+
+def test_a_prior_that_changes_and_changes_back_keeps_what_the_pair_learnt(tmp_path: Path) -> None:
+    """A config reloaded half-written lost its last service's prior, and the whole file, reloaded next, brought
+    it back: the pair started from the prior both times, and what it had learnt was saved over and gone."""
+    path = tmp_path / "tuner.json"
+    tuner = Tuner(path)
+    tuner.ensure("m", "gpu", PRIOR, None)
+    for r in (2.0, 8.0, 5.0, 11.0):
+        tuner.update("m", "gpu", observe(TRUE, r))
+    learnt = tuner.filters["m|gpu"].x.copy()
+    other = dataclasses.replace(PRIOR, alpha_ms=30.0)
+    assert tuner.ensure("m", "gpu", other, None).accepted == 0  # another prior: learning starts over
+    tuner.update("m", "gpu", observe(TRUE, 3.0))  # and is saved, over the state of the old prior
+    back = tuner.ensure("m", "gpu", PRIOR, None)
+    np.testing.assert_array_equal(back.x, learnt)
+    assert back.accepted == 4

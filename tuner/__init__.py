@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 __all__ = ["FilterSettings", "Observation", "PairFilter", "Tuner", "Verdict", "pair_key"]
 
 
+MAX_ASIDE = 64
+"""Filters kept aside at most (`Tuner.aside`)."""
+
+
 def pair_key(model: str, accelerator: str) -> str:
     return f"{model}|{accelerator}"
 
@@ -30,6 +34,9 @@ class Tuner:
         self.settings = settings or FilterSettings()
         self.queue_model = queue_model
         self.filters: dict[str, PairFilter] = {}
+        self.aside: dict[tuple[str, ServiceParams], PairFilter] = {}
+        """Filters a prior's change replaced, by pair and prior, taken back where that prior returns: a config
+        reloaded half-written (its last service's prior cut off) and then whole lost what the pair had learnt."""
         self.save_failures = 0
         """Saves of the state that failed (the file could not be written); the daemon counts them."""
 
@@ -48,7 +55,16 @@ class Tuner:
         for model, accelerator, prior, profile in pairs:
             key = pair_key(model, accelerator)
             current = self.filters.get(key)
-            if current is None or current.prior != prior:
+            if current is not None and current.prior == prior:
+                continue
+            if current is not None:
+                self.aside[(key, current.prior)] = current
+                while len(self.aside) > MAX_ASIDE:
+                    del self.aside[next(iter(self.aside))]  # the oldest
+            back = self.aside.pop((key, prior), None)
+            if back is not None:
+                self.filters[key] = back
+            else:
                 fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
         if fresh and self.state_path is not None:
             for warning in store.load(self.state_path, fresh):
