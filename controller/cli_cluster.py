@@ -174,6 +174,8 @@ def _agent(args: argparse.Namespace) -> int:
                 agent.failed("step", repr(exc))
             else:
                 agent.failing.discard("step")
+            if dropped := log_writer.take_dropped():  # standard error's reader stopped: the limits went on
+                agent.metrics.errors.labels("log_dropped").inc(dropped)
             stop.wait(args.interval_s)
     finally:
         agent.close()

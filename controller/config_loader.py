@@ -136,10 +136,8 @@ def _parsed(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
-        if len(data) > MAX_TOML_BYTES:  # (a ConfigError is a ValueError: raised below, it would be wrapped again)
-            doc = None
-        else:
-            doc = tomllib.loads(data.decode())
+        # too large: refused below (a ConfigError is a ValueError: raised here, it would be wrapped again)
+        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data.decode())
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except OSError as exc:  # /proc/self/mem is a regular file whose read fails

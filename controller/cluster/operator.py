@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import KubernetesReplicaScaler
 from actuators.kubernetes_batch import KubernetesBatchSizer
+from controller import log_writer
 from controller.cluster.acting import GuardedBatch, GuardedReplicas, SlowWorker
 from controller.cluster.budget_thread import BudgetThread
 from controller.cluster.deployments import Deployments
@@ -217,6 +218,8 @@ class ClusterLoop:
         domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
         failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
         c.metrics.errors.labels("node_plan").inc(len(failed))  # and every failure is counted
+        if dropped := log_writer.take_dropped():  # standard error's reader stopped: the governor went on
+            c.metrics.errors.labels("log_dropped").inc(dropped)
         if now >= self.next_slow and self.worker is not None:
             self.next_slow = now + c.settings.daemon.slow_interval_s
             self.worker.wake()
