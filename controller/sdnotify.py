@@ -18,6 +18,7 @@ class Notifier:
             return
         addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+            s.setblocking(False)  # a systemd that stopped reading fills its socket: dropped, not waited on
             s.sendto("\n".join(lines).encode(), addr)  # OSError: systemd went away; nothing to tell
 
     def ready(self, status: str) -> None:
