@@ -109,7 +109,12 @@ def file_kind(doc: dict[str, Any]) -> str | None:
         return "daemon config"
     if doc.keys() & {"budget_w", "objective", "batch_sizes", "power_levels"}:
         return "optimize spec"
-    return "daemon config" if "services" in doc else None
+    services = doc.get("services")
+    if not isinstance(services, list) or not all(isinstance(svc, dict) for svc in services):
+        return None
+    if any("model" in svc for svc in services):  # a daemon's service names its model, a spec's its parameters
+        return "daemon config"
+    return "optimize spec" if any("params" in svc for svc in services) else None
 
 
 def read_toml(path: Path, expect: str | None = None) -> dict[str, Any]:

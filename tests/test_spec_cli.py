@@ -370,3 +370,12 @@ def test_a_name_stdout_cannot_encode_and_a_closed_stdout_are_no_traceback(sim_co
     closed = subprocess.run([*argv, sim_config()], stdout=None, stderr=subprocess.PIPE, timeout=60, cwd=ROOT,
                             preexec_fn=lambda: os.close(1))
     assert closed.returncode == 0 and closed.stderr == b"", closed.stderr
+
+
+def test_an_optimize_spec_missing_its_budget_is_told_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec without `budget_w` has services (as a daemon's config has): its own missing field is the error."""
+    path = tmp_path / "spec.toml"
+    path.write_text(OPTIMIZE.replace("budget_w = 3000\n", ""))
+    assert main(["optimize", str(path)]) == 2
+    err = one_line(capsys)
+    assert "budget_w" in err and "daemon config" not in err, err
