@@ -373,9 +373,10 @@ def test_a_name_stdout_cannot_encode_and_a_closed_stdout_are_no_traceback(sim_co
 
 
 def test_an_optimize_spec_missing_its_budget_is_told_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A spec without `budget_w` has services (as a daemon's config has): its own missing field is the error."""
+    """A spec of accelerators and services alone (no `budget_w`, its other settings left at their defaults) has
+    services as a daemon's config has: its own missing field is the error."""
     path = tmp_path / "spec.toml"
-    path.write_text(OPTIMIZE.replace("budget_w = 3000\n", ""))
+    path.write_text(OPTIMIZE[OPTIMIZE.index("[[accelerators]]"):])
     assert main(["optimize", str(path)]) == 2
     err = one_line(capsys)
     assert "budget_w" in err and "daemon config" not in err, err
