@@ -52,6 +52,7 @@ class Tuner:
         """Each (model, accelerator, prior, profile)'s filter, those new (or of a new prior) restored from saved state
         together: one read of the state file for all of them (one a pair read a 32-MiB file a pair at start)."""
         fresh: dict[str, PairFilter] = {}
+        back: dict[str, PairFilter] = {}
         for model, accelerator, prior, profile in pairs:
             key = pair_key(model, accelerator)
             current = self.filters.get(key)
@@ -61,14 +62,15 @@ class Tuner:
                 self.aside[(key, current.prior)] = current
                 while len(self.aside) > MAX_ASIDE:
                     del self.aside[next(iter(self.aside))]  # the oldest
-            back = self.aside.pop((key, prior), None)
-            if back is not None:
-                self.filters[key] = back
-            else:
-                fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
+            if (kept := self.aside.pop((key, prior), None)) is not None:
+                back[key] = kept
+            fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
         if fresh and self.state_path is not None:
-            for warning in store.load(self.state_path, fresh):
+            for warning in store.load(self.state_path, fresh, back):
                 log.warning("%s", warning)
+        for key, kept in back.items():
+            if fresh[key].updates == 0:  # the file has no state of this prior (saved since under another)
+                self.filters[key] = kept
 
     def params(self, model: str, accelerator: str) -> tuple[ServiceParams, PowerProfile | None] | None:
         pair = self.filters.get(pair_key(model, accelerator))

@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import IO, Any
@@ -221,8 +222,9 @@ def doc_problem(doc: object) -> str | None:
     return None
 
 
-def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
-    """Restore what fits into `filters`; returns warnings (never raises on bad content)."""
+def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()) -> list[str]:
+    """Restore what fits into `filters`; returns warnings (never raises on bad content). A pair of `aside`, whose
+    state the caller holds from before its prior changed, is not warned of where the file has none of its prior."""
     if not path.exists():
         return []
     try:
@@ -246,7 +248,7 @@ def load(path: Path, filters: dict[str, PairFilter]) -> list[str]:
         if key not in filters:
             continue
         notes = []
-        if not restore_pair(filters[key], data):
+        if not restore_pair(filters[key], data) and key not in aside:
             notes.append(f"state of {key} no longer matches its prior; starting from the prior")
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
         if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
