@@ -8,7 +8,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -41,10 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if not any(w.startswith(STATE_DIR_WARNING) for w in warnings):  # else it says the state will not be saved
         log.info("tuner state: %s", settings.state_path.resolve())
-    rc = Daemon(Path(args.config), settings).run(args.duration)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the process ends: Python's exit restores the
-        signal.signal(sig, signal.SIG_IGN)                      # defaults, and a second signal then killed it
-    return rc
+    return Daemon(Path(args.config), settings).run(args.duration)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -144,8 +140,7 @@ def _latencies(perf: Performance | None, statistic: str) -> str:
     """TTFT and ITL as the service's targets read them (its mean, p95 or p99); dashes where nothing runs."""
     if perf is None:
         return f"  ttft {statistic} {'-':>7} ms  itl {statistic} {'-':>6} ms"
-    ttft, itl = ((perf.ttft_ms, perf.itl_ms) if statistic == "mean" else
-                 (getattr(perf, f"ttft_{statistic}_ms"), getattr(perf, f"itl_{statistic}_ms")))
+    ttft, itl = perf.latency_at(statistic)
     return f"  ttft {statistic} {ttft:>7.1f} ms  itl {statistic} {itl:>6.1f} ms"
 
 
@@ -240,8 +235,8 @@ def parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def native_output_to_stderr() -> Iterator[None]:
     """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
-    still reach standard output: a command's JSON stays whole whatever its solver prints. A name that the output's
-    encoding cannot hold (a path of non-UTF-8 bytes) is printed escaped; a closed standard output prints nothing."""
+    still reach standard output: a command's JSON stays whole whatever its solver prints. A name of non-UTF-8 bytes
+    prints as those bytes (escaped where the output is not UTF-8); a closed standard output prints nothing."""
     if sys.stdout is not None:
         sys.stdout.flush()
     try:
@@ -256,8 +251,10 @@ def native_output_to_stderr() -> Iterator[None]:
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
     if on_fd_1 and saved_fd is not None:
-        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=saved_out.encoding or "utf-8",
-                               errors="backslashreplace")
+        encoding = saved_out.encoding or "utf-8"
+        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=encoding,  # a name's own bytes where UTF-8 can
+                               errors="surrogateescape" if encoding.lower().replace("-", "") == "utf8"
+                               else "backslashreplace")
     try:
         yield
     finally:

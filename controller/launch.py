@@ -15,7 +15,12 @@ def main() -> int:
         signal.signal(signal.SIGHUP, lambda *_: RELOAD_ASKED.set())
     from controller.cli import main as cli_main
 
-    return cli_main()
+    try:
+        return cli_main()
+    finally:
+        if sys.argv[1:2] == ["run"]:  # the daemon has stopped: Python's exit puts the default handlers back, and a
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # second signal then killed it
+                signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # `python -m controller.launch`, as the installed `wattscale` runs it

@@ -27,10 +27,12 @@ pytestmark = pytest.mark.integration
 
 
 @contextlib.contextmanager
-def daemon_process(cfg: Path, log_path: Path, duration_s: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`wattscale run` on `cfg`, its output in `log_path`; killed on the way out if still running."""
+def daemon_process(cfg: Path, log_path: Path, duration_s: int,
+                   entry: str = "controller.cli") -> Iterator[subprocess.Popen[bytes]]:
+    """`wattscale run` on `cfg`, its output in `log_path`; killed on the way out if still running. `entry`:
+    controller.launch is the installed command's."""
     with log_path.open("w") as log:
-        argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--duration", str(duration_s)]
+        argv = [sys.executable, "-m", entry, "run", "--config", str(cfg), "--duration", str(duration_s)]
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             yield proc
@@ -199,7 +201,7 @@ def test_signals_that_keep_coming_while_it_stops_do_not_kill_it(tmp_path: Path) 
     port = free_port()
     cfg = tmp_path / "wattscale.toml"
     write_config(cfg, port, tmp_path / "state", 2000)
-    with daemon_process(cfg, tmp_path / "daemon.log", 60) as proc:
+    with daemon_process(cfg, tmp_path / "daemon.log", 60, "controller.launch") as proc:
         assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
