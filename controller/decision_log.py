@@ -27,7 +27,7 @@ log = logging.getLogger("wattscale.decisions")
 class DecisionLog:
     def __init__(self, path: Path | None, max_bytes: int = 16 << 20, config: Path | None = None) -> None:
         self.path, self.max_bytes = path, max_bytes
-        self.config = None if config is None else str(config.resolve())
+        self.config = None if config is None else os.path.abspath(config)  # not resolved: a ConfigMap's link moves
         """The config file of the daemon writing, in each line: two configs may share a log, and status tells."""
         self.failed = False
         self.checked = False

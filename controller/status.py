@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,18 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
             "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
             "blocked": _items(record.get("blocked")), "services": services,
-            "other_config": None if config is None or record.get("config") in (None, str(config.resolve()))
-            else str(record["config"])}
+            "other_config": None if config is None or _same(record.get("config"), config) else str(record["config"])}
+
+
+def _same(written_by: Any, config: Path) -> bool:
+    """The record's config is `config` (or names none): the same name (a ConfigMap's link the kubelet has moved
+    since still names it) or the same file (one reached through a link)."""
+    if written_by is None or written_by == os.path.abspath(config):
+        return True
+    try:
+        return Path(str(written_by)).resolve() == config.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL: not shown as the same
+        return False
 
 
 def _items(value: Any) -> list[Any]:

@@ -186,14 +186,25 @@ def test_a_nan_latency_is_unknown_and_an_absurd_age_is_short(sim_config: Callabl
 def test_status_says_when_the_log_is_another_configs(sim_config: Callable[..., Path],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Two configs with one state directory (the shipped sim.toml and a scenario's host both read var/state):
-    status under one showed the other's fleet as its own."""
-    path, _, record = real_record(sim_config)
-    assert record["config"] == str(path.resolve())
-    assert main(["status", "--config", str(path)]) == 0
+    status under one showed the other's fleet as its own. The same file by another name is no other config."""
+    path, log, record = real_record(sim_config)
+    assert record["config"] == str(path.absolute())
+    link = path.with_name("link.toml")
+    link.symlink_to(path)
+    for name in (path, link):
+        assert main(["status", "--config", str(name)]) == 0
+        assert "written by the daemon running" not in capsys.readouterr().out
+    # a ConfigMap's file: the daemon ran with the link, which the kubelet has since moved to a new folder
+    log.write_text(json.dumps({**record, "config": str(link)}) + "\n")
+    moved = path.with_name("moved.toml")
+    moved.write_text(path.read_text())
+    link.unlink()
+    link.symlink_to(moved)
+    assert main(["status", "--config", str(link)]) == 0
     assert "written by the daemon running" not in capsys.readouterr().out
     other = path.with_name("other.toml")
     other.write_text(path.read_text())
     assert main(["status", "--config", str(other)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first == (f"written by the daemon running {path.resolve()}, not this config: the two share "
+    assert first == (f"written by the daemon running {link}, not this config: the two share "
                      "daemon.decision_log (give each its own daemon.state_dir)")

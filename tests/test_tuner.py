@@ -309,3 +309,4 @@ def test_a_prior_that_changes_and_changes_back_keeps_what_the_pair_learnt(tmp_pa
     back = tuner.ensure("m", "gpu", PRIOR, None)
     np.testing.assert_array_equal(back.x, learnt)
     assert back.accepted == 4
+    assert Tuner(path).ensure("m", "gpu", PRIOR, None).accepted == 4  # saved at once: a restart keeps it too

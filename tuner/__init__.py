@@ -68,9 +68,11 @@ class Tuner:
         if fresh and self.state_path is not None:
             for warning in store.load(self.state_path, fresh, back):
                 log.warning("%s", warning)
-        for key, kept in back.items():
-            if fresh[key].updates == 0:  # the file has no state of this prior (saved since under another)
-                self.filters[key] = kept
+        taken = [key for key, kept in back.items() if fresh[key].updates == 0]  # the file has none of its prior
+        for key in taken:
+            self.filters[key] = back[key]
+        if taken and self.state_path is not None and not store.save(self.state_path, self.filters):
+            self.save_failures += 1  # saved at once: a restart before the pair's next window keeps it too
 
     def params(self, model: str, accelerator: str) -> tuple[ServiceParams, PowerProfile | None] | None:
         pair = self.filters.get(pair_key(model, accelerator))
