@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         with native_output_to_stderr():
             return int(args.func(args))
     except (ConfigError, ModelInputError, ObservationFileError) as exc:
+        log_writer.flush(1.0)  # what `run` logged before it comes first
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, what is left unwritten to /dev/null

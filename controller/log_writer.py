@@ -10,12 +10,12 @@ handler's lock, and SIGTERM waited for the pipe. Past the queue's bound records 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import logging.handlers
 import os
 import queue
 import threading
+import time
 
 QUEUE_RECORDS = 10_000
 """Records held while the writer waits (a few MB at most)."""
@@ -57,30 +57,43 @@ def _write(fd: int, text: str) -> None:
         pass
 
 
-def _drain(records: queue.Queue[logging.LogRecord | None], formatter: logging.Formatter, fd: int) -> None:
+def _drain(records: queue.Queue[logging.LogRecord], formatter: logging.Formatter, fd: int) -> None:
     """The writer: no logging.Handler, whose lock logging's exit takes (a writer waiting on the reader held it)."""
-    while (record := records.get()) is not None:
-        _write(fd, formatter.format(record) + "\n")
+    while True:
+        record = records.get()
+        try:
+            _write(fd, formatter.format(record) + "\n")
+        finally:
+            records.task_done()
+
+
+_records: queue.Queue[logging.LogRecord] | None = None
+"""The queue `install` made (None before)."""
+
+
+def flush(timeout_s: float) -> None:
+    """Wait, `timeout_s` at most, for the writer to write what is queued: before a line printed to standard error
+    directly (an error's), which would otherwise come before the log lines logged before it."""
+    if _records is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    with _records.all_tasks_done:
+        while _records.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
+            _records.all_tasks_done.wait(left)
 
 
 def install(level: str | int, fmt: str, fd: int = 2) -> None:
     """Route the root logger through the queue to `fd` at `level`; at exit the writer has a second to finish
     (a reader that stopped reading keeps what is queued, not the exit). Where the root logger has handlers already
-    (a test's capture), they are kept as they are, as logging.basicConfig keeps them. Filters go on the root's
-    handlers: a record is formatted as it is queued."""
+    (a test's capture) nothing changes, as with logging.basicConfig. Filters go on the root's handlers: a record is
+    formatted as it is queued."""
+    global _records
     root = logging.getLogger()
-    root.setLevel(level)
     if root.handlers:
         return
-    records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
-    root.addHandler(_Enqueue(records))
-    writer = threading.Thread(target=_drain, args=(records, logging.Formatter(fmt), fd), name="wattscale-log",
-                              daemon=True)
-    writer.start()
-
-    def stop() -> None:
-        with contextlib.suppress(queue.Full):
-            records.put_nowait(None)
-        writer.join(EXIT_WAIT_S)
-
-    atexit.register(stop)  # before logging's own exit (registered first, run last)
+    root.setLevel(level)
+    _records = queue.Queue(QUEUE_RECORDS)
+    root.addHandler(_Enqueue(_records))
+    threading.Thread(target=_drain, args=(_records, logging.Formatter(fmt), fd), name="wattscale-log",
+                     daemon=True).start()
+    atexit.register(flush, EXIT_WAIT_S)  # before logging's own exit (registered first, run last)

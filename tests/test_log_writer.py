@@ -51,3 +51,19 @@ def test_a_full_queue_drops_and_counts_records(monkeypatch: pytest.MonkeyPatch) 
     for k in range(5):
         handler.handle(logging.LogRecord("x", logging.INFO, __file__, 1, "m %d", (k,), None))
     assert log_writer.take_dropped() == 3 and log_writer.take_dropped() == 0
+
+
+def test_flush_puts_what_was_logged_before_a_line_printed_after() -> None:
+    """An error printed straight to standard error (`wattscale: ...`) came before the log lines logged before it,
+    and could land on the same line as one of them."""
+    script = """
+import logging, sys
+from controller import log_writer
+log_writer.install("INFO", "%(message)s")
+for k in range(200):
+    logging.getLogger("x").warning("line %d", k)
+log_writer.flush(5.0)
+print("wattscale: the error", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.stderr.splitlines() == [f"line {k}" for k in range(200)] + ["wattscale: the error"]
