@@ -103,7 +103,7 @@ def file_kind(doc: dict[str, Any]) -> str | None:
     wrong command is named as what it is, not by its first key the command does not know."""
     if isinstance(doc.get("kind"), str):
         return "plan spec"
-    if "workload" in doc or {"config", "duration_s"} <= doc.keys():
+    if "workload" in doc or isinstance(doc.get("config"), str):  # a scenario names its daemon config
         return "scenario"
     if doc.keys() & {"daemon", "metrics", "telemetry", "actuators"}:
         return "daemon config"

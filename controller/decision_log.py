@@ -58,7 +58,6 @@ class DecisionLog:
         self.failed = False
         return True
 
-
     def _append(self, path: Path, data: bytes) -> None:
         """`data` appended whole, or the file left as it was: a full disk left part of a line, and the next line
         written once there was room was joined to it (neither one JSON). A file whose last line is torn (a crash

@@ -480,4 +480,3 @@ def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
     assert (chat["tuner"] == verdict) if verdict else not chat["tuner"].startswith("window refused"), chat
     refused = registry.get_sample_value("wattscale_errors_total", {"kind": "bad_window"})
     assert (refused or 0) >= 1 if verdict else refused is None  # (the first cycle has no window: a rate takes two)
-

@@ -86,6 +86,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
                     first[policy] = shown(scn, r)
                     write_trace(report_dir / f"trace-{policy}.csv", r.trace)
                 del r  # its plant holds every request: gone before the next run builds its own
+    RUN.run = "-"  # the lines after the runs are no run's
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
     doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated)
     try:
