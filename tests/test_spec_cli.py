@@ -380,3 +380,12 @@ def test_an_optimize_spec_missing_its_budget_is_told_so(tmp_path: Path, capsys: 
     assert main(["optimize", str(path)]) == 2
     err = one_line(capsys)
     assert "budget_w" in err and "daemon config" not in err, err
+
+
+def test_a_scenario_missing_its_duration_is_told_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario that sets a budget but not `duration_s` read as an optimize spec (its budget_w)."""
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "x"\nconfig = "{ROOT / "config" / "sim.toml"}"\nbudget_w = 3000\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path / "r")]) == 2
+    err = one_line(capsys)
+    assert "duration_s" in err and "optimize spec" not in err, err
