@@ -4,12 +4,9 @@ operator and agent (the cluster mode's)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
-import os
 import sys
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from controller import log_writer, strict_json
 from controller.cli_analyze import analyze
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
+from controller.cli_output import drop_output, native_output_to_stderr
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
@@ -232,42 +230,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def native_output_to_stderr() -> Iterator[None]:
-    """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
-    still reach standard output: a command's JSON stays whole whatever its solver prints. A name of non-UTF-8 bytes
-    prints as those bytes (escaped where the output is not UTF-8); a closed standard output prints nothing."""
-    if sys.stdout is not None:
-        sys.stdout.flush()
-    try:
-        on_fd_1 = sys.stdout.fileno() == 1
-    except (AttributeError, OSError, ValueError):  # captured in memory (a test), or closed: prints are not on it
-        on_fd_1 = False
-    saved_out = sys.stdout
-    try:
-        saved_fd: int | None = os.dup(1)
-    except OSError:  # closed: a file opened now would take descriptor 1, and native output with it
-        saved_fd = None
-    with contextlib.suppress(OSError):
-        os.dup2(2, 1)
-    if on_fd_1 and saved_fd is not None:
-        encoding = saved_out.encoding or "utf-8"
-        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=encoding,  # a name's own bytes where UTF-8 can
-                               errors="surrogateescape" if encoding.lower().replace("-", "") == "utf8"
-                               else "backslashreplace")
-    try:
-        yield
-    finally:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        if on_fd_1 and saved_fd is not None:
-            sys.stdout.close()
-            sys.stdout = saved_out
-        if saved_fd is not None:
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -280,20 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, what is left unwritten to /dev/null
-        _drop_output()
+        drop_output()
         return 1
     except OSError as exc:  # the output cannot be written (a full disk, /dev/full), or a file the command names
-        _drop_output()
+        drop_output()
         where = (f" ({exc.filename})" if exc.filename else
                  " (writing its output)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) else "")
         print(f"wattscale: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-
-
-def _drop_output() -> None:
-    """What is left unwritten goes to /dev/null (the interpreter's flush at exit would fail again)."""
-    with contextlib.suppress(OSError, ValueError):  # (a test's captured stdout has no descriptor)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

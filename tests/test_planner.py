@@ -385,7 +385,7 @@ def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
 def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
     """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while a command runs they go to
     standard error, and what the command prints stays on standard output, whole."""
-    code = ("import os; from controller.cli import native_output_to_stderr\n"
+    code = ("import os; from controller.cli_output import native_output_to_stderr\n"
             "with native_output_to_stderr():\n"
             "    os.write(1, b'HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\\n')\n"
             "    print('{}')\n"

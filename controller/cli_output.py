@@ -1,0 +1,53 @@
+"""How the commands write their output: standard output for what they print, nothing of a solver's own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_output_to_stderr() -> Iterator[None]:
+    """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
+    still reach standard output: a command's JSON stays whole whatever its solver prints. A name of non-UTF-8 bytes
+    prints as those bytes (escaped where the output is not UTF-8); a closed standard output prints nothing."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    try:
+        on_fd_1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # captured in memory (a test), or closed: prints are not on it
+        on_fd_1 = False
+    saved_out = sys.stdout
+    try:
+        saved_fd: int | None = os.dup(1)
+    except OSError:  # closed: a file opened now would take descriptor 1, and native output with it
+        saved_fd = None
+    try:
+        os.dup2(2, 1)
+    except OSError:  # standard error closed: native output goes nowhere rather than into the JSON
+        os.dup2(null := os.open(os.devnull, os.O_WRONLY), 1)
+        os.close(null)
+    if on_fd_1 and saved_fd is not None:
+        encoding = saved_out.encoding or "utf-8"
+        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=encoding,  # a name's own bytes where UTF-8 can
+                               errors="surrogateescape" if encoding.lower().replace("-", "") == "utf8"
+                               else "backslashreplace")
+    try:
+        yield
+    finally:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        if on_fd_1 and saved_fd is not None:
+            sys.stdout.close()
+            sys.stdout = saved_out
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+
+
+def drop_output() -> None:
+    """What is left unwritten goes to /dev/null (the interpreter's flush at exit would fail again)."""
+    with contextlib.suppress(OSError, ValueError):  # (a test's captured stdout has no descriptor)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
