@@ -252,12 +252,14 @@ class FastLoop:
 
     def _failsafe(self, now: float) -> None:
         """Limits that fit the budget, and every power domain's limit, whatever the GPUs draw, on every GPU last
-        seen."""
+        seen; none above the limit it had."""
         caps, fits = safe_caps(self.samples, self.governor.threshold_w())
         for line_w, inside in self.governor.domains(self.samples):
             domain_caps, fit = safe_caps(inside, line_w)
             caps.update({i: min(w, caps[i]) for i, w in domain_caps.items()})
             fits = fits and fit
+        # a safe cap never raises a limit: a GPU held lower (one no service owns, at its minimum) stays there
+        caps = {g.index: min(caps[g.index], max(g.power_limit_w, g.min_limit_w)) for g in self.samples}
         self.metrics.failsafe.set(1.0)
         self.samples = [replace(g, power_limit_w=caps[g.index])
                         if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) is not None

@@ -234,6 +234,27 @@ def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Calla
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_source"}) == 10.0
 
 
+def test_safe_caps_never_raise_a_limit(sim_config: Callable[..., Path]) -> None:
+    """The failsafe set every GPU to one level that fits the budget: GPUs the plan held at 200 W (none of the
+    services' own) and serving ones at 420 W went to 582 W while only their readings were lost."""
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 6000"}))
+    ctl, advance, _ = sim_controller(s)
+    host_gpus = ctl.fast.gpus
+    for t in range(1, 10):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    for g in host_gpus.sample(9.0)[:4]:  # type: ignore[attr-defined]
+        ctl.fast.power.set_power_limit(g.index, 300.0)  # held low, as a plan or a cut holds them
+    ctl.fast.gpus = LosingGpus(host_gpus, 10.0, 30.0)
+    before = {g.index: g.power_limit_w for g in host_gpus.sample(9.5)}  # type: ignore[attr-defined]
+    assert min(before.values()) < 700.0  # the budget's level: 700 W, every GPU's maximum
+    for t in range(10, 20):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    after = {g.index: g.power_limit_w for g in host_gpus.sample(20.0)}  # type: ignore[attr-defined]
+    assert all(after[i] <= before[i] for i in before), (before, after)
+
+
 def test_the_watchdog_is_silent_while_the_fast_loop_stalls(sim_config: Callable[..., Path], tmp_path: Path) -> None:
     """The daemon, in this process, with systemd's notify socket played by the test: while a GPU read hangs
     for 4 s no WATCHDOG=1 arrives after the first 2 s of it; once it returns, pings resume."""
