@@ -146,7 +146,7 @@ class KubernetesReplicaScaler:
                                                                _request_timeout=self.timeout_s)
         except Exception as exc:
             raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
-        return int(scale.spec.replicas or 0)
+        return _replicas(scale, service)
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         if replicas < 0:
@@ -159,4 +159,14 @@ class KubernetesReplicaScaler:
         except Exception as exc:
             raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
         log.info("scaled %s/%s to %d replicas", ref.namespace, ref.name, replicas)
-        return int(scale.spec.replicas or 0)
+        return _replicas(scale, service)
+
+
+def _replicas(scale: Any, service: str) -> int:
+    """A Scale's replicas; an answer without a spec (a body the client could not read) is the API server's
+    fault, tried again later."""
+    spec = getattr(scale, "spec", None)
+    replicas = getattr(spec, "replicas", None)
+    if spec is None or not isinstance(replicas, int | None):
+        raise TransientActuatorError(f"{service}: the API server's Scale holds no replica count", 10.0)
+    return replicas or 0

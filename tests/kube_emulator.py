@@ -152,11 +152,13 @@ class KubeEmulator:
                 "users": [{"name": "emu", "user": {"token": token}}],
                 "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
 
-    def fail(self, method: str, path: str, code: int = 0, delay_s: float = 0.0, times: int | None = None) -> None:
+    def fail(self, method: str, path: str, code: int = 0, delay_s: float = 0.0, times: int | None = None,
+             body: bytes | None = None) -> None:
         """Requests of `method` whose path matches the regex `path` answered with HTTP `code` (a Status as the
-        server sends it) and/or `delay_s` late, for the next `times` of them (None: every one): the failures
-        a real API server has (a 409 on a write that raced, a 500, a slow answer) on demand."""
-        self.faults.append(Fault(method, re.compile(path), code, delay_s, times))
+        server sends it), or with `body` as it is, and/or `delay_s` late, for the next `times` of them (None: every
+        one): the failures a real API server has (a 409 on a write that raced, a 500, a slow answer, a body a proxy
+        cut short) on demand."""
+        self.faults.append(Fault(method, re.compile(path), code, delay_s, times, body))
 
     def _fault(self, method: str, path: str) -> Fault | None:
         with self.store.cond:
@@ -389,3 +391,5 @@ class Fault:
     code: int
     delay_s: float
     times: int | None
+    body: bytes | None = None
+    """Answered with HTTP 200 and these bytes as they are (a body cut short, not JSON)."""

@@ -80,7 +80,9 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
+            self._send_bytes(status, json.dumps(body).encode())
+
+        def _send_bytes(self, status: int, data: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -106,6 +108,9 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                     emu.closing.wait(fault.delay_s)
                     if fault.code:
                         raise ApiError(fault.code, REASONS.get(fault.code, "InternalError"), "a scripted failure")
+                    if fault.body is not None:
+                        self._send_bytes(200, fault.body)
+                        return
                 if method == "GET" and (doc := discovery(list(emu.store.kinds.values()), url.path)) is not None:
                     self._send(200, doc)
                     return

@@ -41,6 +41,7 @@ from conftest import ROOT, free_port
 from kopf.testing import KopfRunner
 from kube_emulator import KubeEmulator
 from kube_http import PATH
+from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
@@ -52,6 +53,7 @@ from controller.cluster.plan_spec import read_spec
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.snapshot import Resources
 from controller.cluster.status import Reporter
+from controller.own_metrics import OwnMetrics
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
 
@@ -794,3 +796,16 @@ def test_an_early_wake_of_the_slow_worker_is_no_overrun() -> None:
     finally:
         worker.stop()
         release.set()
+
+
+def test_a_slow_tick_failing_the_same_way_logs_its_traceback_once(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An API answering garbage failed every slow tick, and each printed the same traceback; each is counted."""
+    registry = CollectorRegistry()
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"), metrics=OwnMetrics(registry))
+    for exc in (AttributeError("'NoneType' object has no attribute 'replicas'"),) * 5 + (KeyError("spec"),):
+        loop._slow_failed(exc)
+    tracebacks = [r for r in caplog.records if r.getMessage().startswith("slow tick failed")]
+    assert len(tracebacks) == 2 and all(r.exc_info and r.exc_info[0] is not None for r in tracebacks)
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "slow_tick"}) == 6.0

@@ -157,3 +157,12 @@ def test_a_missing_kubeconfig_refuses_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         build_parts(load_settings(path))
     assert err.value.where == "actuators.kubeconfig"
+
+
+def test_kubernetes_a_body_the_client_cannot_read_is_transient(kube: KubeEmulator) -> None:
+    """Every answer cut short (a proxy, a broken API server): the client hands back no Scale, and reading its
+    replicas raised AttributeError out of the slow tick, a traceback each cycle."""
+    s = _kube_scaler(kube)
+    kube.fail("GET", "/scale$", body=b'{"kind": "Scale", "spec": {"repl')
+    with pytest.raises(TransientActuatorError, match="holds no replica count"):
+        s.get_replicas("chat", H100)

@@ -80,6 +80,7 @@ class ClusterLoop:
         service's cap within seconds (not a slow period) of being scheduled."""
         self.next_owners = 0.0
         self.unowned: list[str] = []
+        self.slow_failures: set[str] = set()
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -155,8 +156,15 @@ class ClusterLoop:
         self.metrics.errors.labels("slow_overrun").inc()
 
     def _slow_failed(self, exc: Exception) -> None:
+        """Counted each time; logged with its traceback the first time it reads so (an API answering garbage
+        failed every tick, and printed the same traceback each)."""
         self.metrics.errors.labels("slow_tick").inc()
-        log.warning("slow tick failed: %r", exc, exc_info=True)
+        if repr(exc) in self.slow_failures:
+            return
+        if len(self.slow_failures) >= 64:
+            self.slow_failures.clear()
+        self.slow_failures.add(repr(exc))
+        log.warning("slow tick failed: %r (logged once while it repeats)", exc, exc_info=exc)
 
     def _stop_worker(self) -> None:
         for worker in (self.worker, self.owners, self.renewer):
