@@ -160,7 +160,7 @@ def _agent(args: argparse.Namespace) -> int:
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
-                      args.default_ttl_s)
+                      args.default_ttl_s, report_timeout_s=min(5.0, args.interval_s))  # a cut waits a step at most
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -169,7 +169,8 @@ def _agent(args: argparse.Namespace) -> int:
     try:
         while not stop.is_set():
             try:
-                agent.step(time.monotonic())
+                plan = agent.fetch()
+                agent.act(time.monotonic(), plan)  # the time after the fetch: its wait is the plan's age too
             except Exception as exc:  # a bug: the limits hold (an exit would restore the defaults: fail open)
                 agent.failed("step", repr(exc))
             else:

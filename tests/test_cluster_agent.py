@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -376,3 +377,20 @@ def test_a_client_that_sends_a_byte_a_second_holds_up_no_agent(served: PlanServe
     with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/readyz", timeout=5) as answer:
         assert answer.status == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_slow_status_write_holds_up_the_next_limits_a_step_at_most(emu: KubeEmulator, tmp_path: Any,
+                                                                      served: PlanServer) -> None:
+    """The status report waited its full 5 s on an API server answering 10 s late, and the next plan's cut reached
+    the GPUs that much later (`agent` bounds the report's wait by its step interval)."""
+    nvml = FakeNvml([FakeGpu(), FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served)
+    agent.timeout_s, agent.report_timeout_s = 5.0, 0.5  # the command's: its default, and a step of 0.5 s
+    emu.fail("PATCH", f"/nodepowerplans/{NODE}/status$", delay_s=10.0)
+    put_plan(emu, 1, {"0": 400.0, "1": 400.0})
+    started = time.monotonic()
+    assert agent.step(0.0) == "following" and limits(nvml) == [400.0, 400.0]
+    put_plan(emu, 2, {"0": 300.0, "1": 300.0})
+    agent.step(1.0)
+    assert limits(nvml) == [300.0, 300.0] and time.monotonic() - started < 3.0
+    assert agent.metrics.errors.labels("report")._value.get() == 2

@@ -49,7 +49,8 @@ class AgentMetrics:
 class NodeAgent:
     def __init__(self, node: str, devices: NvmlDevices, api_client: Any, operator_url: str, token_file: str,
                  registry: CollectorRegistry | None = None, safe_cap_share: float = 0.6, default_ttl_s: float = 60.0,
-                 timeout_s: float = 5.0, clock: Callable[[], float] | None = None) -> None:
+                 timeout_s: float = 5.0, clock: Callable[[], float] | None = None,
+                 report_timeout_s: float | None = None) -> None:
         from kubernetes.client import CustomObjectsApi
 
         self.node, self.devices = node, devices
@@ -60,6 +61,8 @@ class NodeAgent:
         self.custom = CustomObjectsApi(api_client)
         self.metrics = AgentMetrics(registry or CollectorRegistry())
         self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
+        self.report_timeout_s = timeout_s if report_timeout_s is None else report_timeout_s
+        """How long a status report may wait: what a slow API server delays the next step's limits by."""
         self.seen: tuple[Any, float] | None = None
         """The plan's last sequence and when it was first seen (this node's clock)."""
         self.last: PlanSpec | None = None
@@ -99,11 +102,20 @@ class NodeAgent:
 
     def step(self, now: float) -> str:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
+        return self.act(now, self.fetch())
+
+    def fetch(self) -> PlanSpec | None:
+        """The plan read now, or the last one read where it cannot be (it holds, unrenewed, so it goes stale in
+        its TTL). Apart from `act`, so the time a plan is judged at is taken after its fetch (up to `timeout_s`
+        waiting on an operator that does not answer counted no age)."""
         try:
-            plan = self._plan()
+            return self._plan()
         except (OSError, ValueError, Unreachable) as exc:
             self.failed("plan", str(exc))
-            plan = self.last  # unreadable: the last one read holds, unrenewed, so it goes stale in its TTL
+            return self.last
+
+    def act(self, now: float, plan: PlanSpec | None) -> str:
+        """`plan` (from `fetch`) at `now`: the GPUs' limits set, then reported."""
         self.last = plan
         spec = plan or PlanSpec()
         if plan and (self.seen is None or spec.sequence != self.seen[0]):
@@ -162,7 +174,8 @@ class NodeAgent:
                            "gpus": gpus}}
         try:
             self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLANS, self.node, body,
-                                                           _request_timeout=self.timeout_s, _content_type=MERGE)
+                                                           _request_timeout=self.report_timeout_s,
+                                                           _content_type=MERGE)
             self.failing.discard("report")
         except Exception as exc:
             self.failed("report", str(translate(exc, f"NodePowerPlan {self.node} status")))
