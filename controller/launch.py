@@ -9,17 +9,22 @@ import sys
 
 from controller.startup import RELOAD_ASKED
 
+LONG_RUNNING = ("run", "operator", "agent")
+
 
 def main() -> int:
-    if sys.argv[1:2] == ["run"]:  # only the daemon reloads; other commands keep SIGHUP's default
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "run":  # only the daemon reloads; short commands keep SIGHUP's default
         signal.signal(signal.SIGHUP, lambda *_: RELOAD_ASKED.set())
+    elif command in LONG_RUNNING:  # their settings are the cluster's, no file to reload: SIGHUP killed them
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from controller.cli import main as cli_main
 
     try:
         return cli_main()
     finally:
-        if sys.argv[1:2] == ["run"]:  # the daemon has stopped: Python's exit puts the default handlers back, and a
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # second signal then killed it
+        if command in LONG_RUNNING:  # stopped: Python's exit puts the default handlers back, and a second
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # signal then killed it
                 signal.signal(sig, signal.SIG_IGN)
 
 

@@ -210,3 +210,23 @@ def test_signals_that_keep_coming_while_it_stops_do_not_kill_it(tmp_path: Path) 
                     proc.send_signal(sig)
             time.sleep(0.002)
         assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.parametrize("command", ["operator", "agent"])
+def test_sighup_does_not_end_the_operator_or_the_agent(command: str) -> None:
+    """Neither reads a file to reload (their settings are the cluster's): SIGHUP's default ended them at once,
+    the agent without restoring its GPUs' limits and the operator without giving back its Lease."""
+    script = f"""
+import os, signal, sys, time
+import controller.cli
+def command(argv=None):
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(0.3)
+    return 0
+controller.cli.main = command
+sys.argv = ["wattscale", "{command}"]
+from controller.launch import main
+sys.exit(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, (done.returncode, done.stderr)
