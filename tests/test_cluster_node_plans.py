@@ -375,3 +375,17 @@ def test_a_gpu_under_a_new_node_name_keeps_what_the_governor_holds_of_it(emu: Ku
         assert "GPU-gpu-b" in fast.seen and "GPU-gpu-b" in fast.limits.known, t
     assert fast.draw_w == 800.0 and plans.gone == {"gpu-b": 1}
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
+
+
+def test_a_new_leader_starts_from_no_limit_above_what_the_agent_reports(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The API down 25 s: the agents fell back to their safe caps (582 W), and the leader retaking the Lease
+    started from the plans' old 700 W, raising the GPUs for seconds until its first slow tick."""
+    plans, _ = two_nodes(emu, tmp_path)
+    for node, reported in (("gpu-a", 582.0), ("gpu-b", "garbage")):
+        plan = emu.get(GROUP, PLANS, node)
+        assert plan is not None
+        plan["spec"] = {"sequence": 7, "limits_w": {"0": 700.0}, "ttl_s": 60.0}
+        plan["status"]["gpus"][0]["limit_w"] = reported
+        emu.delete(GROUP, PLANS, node)
+        emu.stored(GROUP, PLANS, plan)  # (stored: a report the schema would refuse is in storage before it)
+    assert plans.adopt() == {"gpu-a": {"0": 582.0}, "gpu-b": {"0": 700.0}}  # a report not read holds nothing lower

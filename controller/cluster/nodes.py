@@ -23,6 +23,7 @@ from controller.cluster.plan_spec import LIMIT_FIELDS
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
+from controller.telemetry.base import finite
 
 log = logging.getLogger("wattscale.operator")
 MERGE = "application/merge-patch+json"
@@ -242,8 +243,9 @@ class NodePlans(NodeReadings):
         return failed
 
     def adopt(self) -> dict[str, dict[str, float]]:
-        """The limits the plans hold now (a previous leader's), so a new leader starts from them; also their
-        sequences, so renewals go on counting up."""
+        """The limits the plans hold now (a previous leader's), so a new leader starts from them, none above the
+        limit its agent last reported (an agent fallen back to its safe cap while no leader renewed the plan was
+        raised to the plan's old limit); also their sequences, so renewals go on counting up."""
         held: dict[str, dict[str, float]] = {}
         for plan in self._plans(self.timeout_s):
             node = plan["metadata"]["name"]
@@ -251,8 +253,21 @@ class NodePlans(NodeReadings):
             self.sequence[node] = spec.sequence
             if node not in self.stray:  # served as it stands; one that cannot be read waits for its rewrite
                 self.specs[node] = dict(plan.get("spec") or {})
-            held[node] = {str(k): w for k, w in spec.limits_w.items()}
-            self.written[node] = {"limits_w": dict(held[node]),
+            reported = _reported_limits(plan)
+            held[node] = {str(k): min(w, reported.get(str(k), w)) for k, w in spec.limits_w.items()}
+            self.written[node] = {"limits_w": {str(k): w for k, w in spec.limits_w.items()},
                                   "safe_caps_w": {str(k): w for k, w in spec.safe_caps_w.items()}, "release": False,
                                   "ttl_s": spec.ttl_s, "safe_cap_share": spec.safe_cap_share}
         return held
+
+
+def _reported_limits(plan: Mapping[str, Any]) -> dict[str, float]:
+    """Each GPU's limit as the node's agent last reported it (its status), by local index; what cannot be read as
+    one is left out."""
+    status = plan.get("status")
+    gpus = status.get("gpus") if isinstance(status, Mapping) else None
+    out: dict[str, float] = {}
+    for g in gpus if isinstance(gpus, list) else []:
+        if isinstance(g, Mapping) and isinstance(g.get("index"), int) and (w := finite(g.get("limit_w"))) is not None:
+            out[str(g["index"])] = w
+    return out
