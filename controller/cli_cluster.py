@@ -56,10 +56,21 @@ class _NoConnectionTracebacks(logging.Filter):
         return True
 
 
+class _NoRepeatedStopSignals(logging.Filter):
+    """kopf stops on the first SIGTERM by setting a future's result; every further signal before it is done sets
+    it again, and asyncio logs each with a traceback (InvalidStateError): a storm of signals printed a dozen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "asyncio" and record.exc_info
+                    and isinstance(record.exc_info[1], asyncio.InvalidStateError)
+                    and "Future.set_result(<Signals." in record.getMessage())
+
+
 def _logging(level: str) -> None:
     log_writer.install(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_NoConnectionTracebacks())
+        handler.addFilter(_NoRepeatedStopSignals())
     for library in ("urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(library).setLevel(logging.WARNING)
 

@@ -4,7 +4,9 @@ without NVML."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -107,3 +109,21 @@ def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
         build_parts(load_settings(config), FakeNvml([], library=False))
     assert exc.value.where == "telemetry.gpu_source" and exc.value.reason.endswith('; off a GPU host, "sim" (as '
                                                                                    'config/sim.toml)')
+
+
+def test_a_storm_of_stop_signals_logs_no_traceback_per_signal(caplog: pytest.LogCaptureFixture) -> None:
+    """kopf stops on SIGTERM by setting a future's result; each further signal set it again, and asyncio logged
+    an InvalidStateError traceback for each (13 in a 3-s storm). Another callback's error still shows."""
+    loop = asyncio.new_event_loop()
+    try:
+        stopped = loop.create_future()
+        stopped.set_result(signal.SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # as loop.add_signal_handler calls it, signal after signal
+            loop.call_soon(stopped.set_result, sig)
+        loop.call_soon(int, "not a number")  # a real error in a callback
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    kept = [r for r in caplog.records if r.name == "asyncio" and cli_cluster._NoRepeatedStopSignals().filter(r)]
+    assert len([r for r in caplog.records if r.name == "asyncio"]) == 3
+    assert len(kept) == 1 and isinstance(kept[0].exc_info[1], ValueError)  # type: ignore[index]
