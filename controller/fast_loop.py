@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 
 from actuators import ActuatorError, ClockLocker, PowerLimiter
 from controller.clock_steer import ClockSteer
-from controller.governor import PowerGovernor, pressed, safe_caps
+from controller.governor import PowerGovernor, pressed
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
@@ -86,6 +86,8 @@ class FastLoop:
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.failsafe_due: set[int] = set()
+        """GPUs the failsafe has yet to set once since it began."""
         self.held_gpus = 0
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.draw_w: float | None = None
@@ -218,6 +220,9 @@ class FastLoop:
         applied = {g.uuid: self._set(now, g, w) for g, w in lower}
         if None not in applied.values():
             applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
+        # the limits in force now, which a failsafe that follows starts from (not those read before this tick's sets)
+        self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
+                        for g in self.samples]
         if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it, or
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}
@@ -251,20 +256,16 @@ class FastLoop:
         return applied
 
     def _failsafe(self, now: float) -> None:
-        """Limits that fit the budget, and every power domain's limit, whatever the GPUs draw, on every GPU last
-        seen; none above the limit it had."""
-        caps, fits = safe_caps(self.samples, self.governor.threshold_w())
-        for line_w, inside in self.governor.domains(self.samples):
-            domain_caps, fit = safe_caps(inside, line_w)
-            caps.update({i: min(w, caps[i]) for i, w in domain_caps.items()})
-            fits = fits and fit
-        # a safe cap never raises a limit: a GPU held lower (one no service owns, at its minimum) stays there
-        caps = {g.index: min(caps[g.index], max(g.power_limit_w, g.min_limit_w)) for g in self.samples}
+        """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
+        says (a limit read late may be above it) until set, then where its limit differs."""
+        caps, fits = self.governor.failsafe_caps(self.samples)
         self.metrics.failsafe.set(1.0)
-        self.samples = [replace(g, power_limit_w=caps[g.index])
-                        if abs(g.power_limit_w - caps[g.index]) >= 1.0 and self._set(now, g, caps[g.index]) is not None
-                        else g
-                        for g in self.samples]
+        if self.lost == self.failsafe_after_ticks:
+            self.failsafe_due = set(caps)
+        done = {g.index for g in self.samples if (g.index in self.failsafe_due or abs(g.power_limit_w - caps[g.index])
+                                                  >= 1.0) and self._set(now, g, caps[g.index]) is not None}
+        self.failsafe_due -= done
+        self.samples = [replace(g, power_limit_w=caps[g.index]) if g.index in done else g for g in self.samples]
         if self.lost == self.failsafe_after_ticks:  # said once the caps are set: the saying is not the safety
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")

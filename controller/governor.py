@@ -173,6 +173,16 @@ class PowerGovernor:
         s = self.settings
         return [(d.limit_w * (1 - s.headroom), [g for g in samples if g.index in d.gpus]) for d in s.domains]
 
+    def failsafe_caps(self, samples: Sequence[GpuSample]) -> tuple[dict[int, float], bool]:
+        """Limits that fit the budget and every domain's line whatever the GPUs draw (`safe_caps`), none above the
+        limit a GPU has (one held lower, at its minimum for no service, stays there); and whether they fit."""
+        caps, fits = safe_caps(samples, self.threshold_w())
+        for line_w, inside in self.domains(samples):
+            domain_caps, fit = safe_caps(inside, line_w)
+            caps.update({i: min(w, caps[i]) for i, w in domain_caps.items()})
+            fits = fits and fit
+        return {g.index: min(caps[g.index], max(g.power_limit_w, g.min_limit_w)) for g in samples}, fits
+
     def _order(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
         """GPU groups from the lowest priority (largest number) up; idle GPUs first of all."""
         groups: dict[int, list[GpuSample]] = {}

@@ -443,3 +443,46 @@ def test_gpus_with_nothing_to_count_them_at_are_a_lost_sample_naming_them() -> N
     plant.reading = 300.0
     fast.tick(5.0)
     assert fast.lost == 0 and fast.draw_w == 300.0 + 280.0
+
+
+class SwappingPlant:
+    """Two GPUs of one priority whose plan swaps room from GPU 0 to GPU 1; its readings can go (`down`)."""
+
+    name = "swapping"
+
+    def __init__(self) -> None:
+        self.limit_w, self.down = {0: 600.0, 1: 300.0}, False
+
+    def sample(self, now: float) -> list[GpuSample]:
+        if self.down:
+            raise OSError("exporter down")
+        return [GpuSample(i, "ab"[i], "A100", self.limit_w[i] - 5.0, None, self.limit_w[i], 100.0, 700.0,
+                          service="ab"[i], variant="A100") for i in (0, 1)]
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        self.limit_w[gpu_index] = watts
+        return watts
+
+
+def test_safe_caps_start_from_the_limits_in_force_not_those_read_before_the_last_sets() -> None:
+    """The last tick before the readings went moved GPU 1 from 300 to 600 W and GPU 0 the other way; the failsafe
+    read the limits from before those sets: it left GPU 1 at 600 (its 300 read under the 485-W level) and raised
+    GPU 0 to 485, 1,085 W against a 970-W threshold for the whole outage."""
+    plant = SwappingPlant()
+    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"a": {"A100": 600.0}, "b": {"A100": 300.0}}, {"a": 1, "b": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    fast.plan = Plan.of(2, {"a": {"A100": 300.0}, "b": {"A100": 600.0}}, {"a": 1, "b": 1})
+    t = 6
+    while not plant.limit_w[1] > 485.0:  # until a tick raises GPU 1 past the safe level
+        fast.tick(float(t))
+        t += 1
+        assert t < 60
+    in_force = dict(plant.limit_w)
+    plant.down = True
+    for k in range(5):
+        fast.tick(float(t + k))
+    assert sum(plant.limit_w.values()) <= fast.governor.threshold_w() + 1e-6, plant.limit_w
+    assert all(plant.limit_w[i] <= in_force[i] for i in in_force), (in_force, plant.limit_w)  # and none raised
