@@ -381,7 +381,7 @@ def test_a_new_leader_starts_from_no_limit_above_what_the_agent_reports(emu: Kub
     """The API down 25 s: the agents fell back to their safe caps (582 W), and the leader retaking the Lease
     started from the plans' old 700 W, raising the GPUs for seconds until its first slow tick."""
     plans, _ = two_nodes(emu, tmp_path)
-    for node, reported in (("gpu-a", 582.0), ("gpu-b", "garbage")):
+    for node, reported in (("gpu-a", 582.0), ("gpu-b", -5.0)):  # -5: no limit a GPU of 200-700 W can be at
         plan = emu.get(GROUP, PLANS, node)
         assert plan is not None
         plan["spec"] = {"sequence": 7, "limits_w": {"0": 700.0}, "ttl_s": 60.0}
@@ -389,3 +389,5 @@ def test_a_new_leader_starts_from_no_limit_above_what_the_agent_reports(emu: Kub
         emu.delete(GROUP, PLANS, node)
         emu.stored(GROUP, PLANS, plan)  # (stored: a report the schema would refuse is in storage before it)
     assert plans.adopt() == {"gpu-a": {"0": 582.0}, "gpu-b": {"0": 700.0}}  # a report not read holds nothing lower
+    assert plans.flush(1.0, 2000.0) == []  # the first renewal: the plans as adopted, not the old 700 W
+    assert limits(emu, "gpu-a") == {"0": 582.0} and limits(emu, "gpu-b") == {"0": 700.0}

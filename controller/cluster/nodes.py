@@ -255,19 +255,22 @@ class NodePlans(NodeReadings):
                 self.specs[node] = dict(plan.get("spec") or {})
             reported = _reported_limits(plan)
             held[node] = {str(k): min(w, reported.get(str(k), w)) for k, w in spec.limits_w.items()}
-            self.written[node] = {"limits_w": {str(k): w for k, w in spec.limits_w.items()},
+            self.written[node] = {"limits_w": dict(held[node]),  # the first renewal writes them so
                                   "safe_caps_w": {str(k): w for k, w in spec.safe_caps_w.items()}, "release": False,
                                   "ttl_s": spec.ttl_s, "safe_cap_share": spec.safe_cap_share}
         return held
 
 
 def _reported_limits(plan: Mapping[str, Any]) -> dict[str, float]:
-    """Each GPU's limit as the node's agent last reported it (its status), by local index; what cannot be read as
-    one is left out."""
+    """Each GPU's limit as the node's agent last reported it (its status), by local index; one that cannot be read
+    as a limit within the GPU's reported range is left out."""
     status = plan.get("status")
     gpus = status.get("gpus") if isinstance(status, Mapping) else None
     out: dict[str, float] = {}
     for g in gpus if isinstance(gpus, list) else []:
-        if isinstance(g, Mapping) and isinstance(g.get("index"), int) and (w := finite(g.get("limit_w"))) is not None:
+        if not isinstance(g, Mapping) or isinstance(g.get("index"), bool) or not isinstance(g.get("index"), int):
+            continue
+        w, low, high = (finite(g.get(k)) for k in ("limit_w", "min_w", "max_w"))
+        if w is not None and low is not None and high is not None and low <= w <= high:
             out[str(g["index"])] = w
     return out
