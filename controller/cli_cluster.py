@@ -67,10 +67,8 @@ class _NoRepeatedStopSignals(logging.Filter):
 
 
 def _logging(level: str) -> None:
-    log_writer.install(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_NoConnectionTracebacks())
-        handler.addFilter(_NoRepeatedStopSignals())
+    log_writer.install(level, "%(asctime)s %(levelname)s %(name)s: %(message)s",
+                       filters=(_NoConnectionTracebacks(), _NoRepeatedStopSignals()))
     for library in ("urllib3", "kubernetes", "aiohttp"):
         logging.getLogger(library).setLevel(logging.WARNING)
 

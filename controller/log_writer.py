@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 
 QUEUE_RECORDS = 10_000
 """Records held while the writer waits (a few MB at most)."""
@@ -82,18 +83,21 @@ def flush(timeout_s: float) -> None:
             _records.all_tasks_done.wait(left)
 
 
-def install(level: str | int, fmt: str, fd: int = 2) -> None:
+def install(level: str | int, fmt: str, fd: int = 2, filters: Sequence[logging.Filter] = ()) -> None:
     """Route the root logger through the queue to `fd` at `level`; at exit the writer has a second to finish
     (a reader that stopped reading keeps what is queued, not the exit). Where the root logger has handlers already
-    (a test's capture) nothing changes, as with logging.basicConfig. Filters go on the root's handlers: a record is
-    formatted as it is queued."""
+    (a test's capture) nothing changes, as with logging.basicConfig, `filters` included (a test's handlers are the
+    session's). The filters see each record before it is formatted, as it is queued."""
     global _records
     root = logging.getLogger()
     if root.handlers:
         return
     root.setLevel(level)
     _records = queue.Queue(QUEUE_RECORDS)
-    root.addHandler(_Enqueue(_records))
+    handler = _Enqueue(_records)
+    for f in filters:
+        handler.addFilter(f)
+    root.addHandler(handler)
     threading.Thread(target=_drain, args=(_records, logging.Formatter(fmt), fd), name="wattscale-log",
                      daemon=True).start()
     atexit.register(flush, EXIT_WAIT_S)  # before logging's own exit (registered first, run last)

@@ -4,17 +4,15 @@ without NVML."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import ROOT, free_port
 from fake_pynvml import FakeNvml
 
 from controller import cli_cluster
@@ -71,25 +69,23 @@ def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
     assert "(line 2, column 1)" in err and "Traceback" not in err
 
 
-def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays. Through the
-    root handlers, as the operator's logging is set up (`_logging`), and put back as they were after."""
-    root = logging.getLogger()
-    filters = {handler: list(handler.filters) for handler in root.handlers}
+def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() -> None:
+    """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays, as the
+    operator's logging is set up (`_logging`)."""
+    script = """
+import logging
+from controller import cli_cluster, log_writer
+cli_cluster._logging("INFO")
+for exc in (ConnectionRefusedError(111, "Connect call failed"), ValueError("a bug")):
     try:
-        cli_cluster._logging("INFO")
-        for exc in (ConnectionRefusedError(111, "Connect call failed"), ValueError("a bug")):
-            try:
-                raise exc
-            except Exception:
-                logging.getLogger("test.kopf").error("Resource observer has failed: %s", exc, exc_info=True)
-        text = caplog.text
-    finally:
-        for handler in root.handlers:
-            handler.filters[:] = filters.get(handler, [])
-    assert "Resource observer has failed: [Errno 111] Connect call failed\n" in text
-    assert text.count("Traceback") == 1 and "ValueError: a bug" in text  # other errors keep theirs
+        raise exc
+    except Exception:
+        logging.getLogger("test.kopf").error("Resource observer has failed: %s", exc, exc_info=True)
+log_writer.flush(5.0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "Resource observer has failed: [Errno 111] Connect call failed\n" in done.stderr, done.stderr
+    assert done.stderr.count("Traceback") == 1 and "ValueError: a bug" in done.stderr  # other errors keep theirs
 
 
 def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
@@ -111,19 +107,22 @@ def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
                                                                                    'config/sim.toml)')
 
 
-def test_a_storm_of_stop_signals_logs_no_traceback_per_signal(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_storm_of_stop_signals_logs_no_traceback_per_signal() -> None:
     """kopf stops on SIGTERM by setting a future's result; each further signal set it again, and asyncio logged
     an InvalidStateError traceback for each (13 in a 3-s storm). Another callback's error still shows."""
-    loop = asyncio.new_event_loop()
-    try:
-        stopped = loop.create_future()
-        stopped.set_result(signal.SIGTERM)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # as loop.add_signal_handler calls it, signal after signal
-            loop.call_soon(stopped.set_result, sig)
-        loop.call_soon(int, "not a number")  # a real error in a callback
-        loop.run_until_complete(asyncio.sleep(0.01))
-    finally:
-        loop.close()
-    kept = [r for r in caplog.records if r.name == "asyncio" and cli_cluster._NoRepeatedStopSignals().filter(r)]
-    assert len([r for r in caplog.records if r.name == "asyncio"]) == 3
-    assert len(kept) == 1 and isinstance(kept[0].exc_info[1], ValueError)  # type: ignore[index]
+    script = """
+import asyncio, signal
+from controller import cli_cluster, log_writer
+cli_cluster._logging("INFO")
+loop = asyncio.new_event_loop()
+stopped = loop.create_future()
+stopped.set_result(signal.SIGTERM)
+for sig in (signal.SIGTERM, signal.SIGINT):  # as loop.add_signal_handler calls it, signal after signal
+    loop.call_soon(stopped.set_result, sig)
+loop.call_soon(int, "not a number")  # a real error in a callback
+loop.run_until_complete(asyncio.sleep(0.01))
+log_writer.flush(5.0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "InvalidStateError" not in done.stderr and done.stderr.count("Traceback") == 1, done.stderr
+    assert "ValueError: invalid literal for int()" in done.stderr
