@@ -21,11 +21,14 @@ log = logging.getLogger("wattscale.operator")
 
 class SlowWorker:
     """Runs `tick(now)` in a daemon thread each time it is woken; a wake-up while the last is not yet picked
-    up is an overrun (`on_overrun`). Stopped, it runs no further tick (one in flight ends on its timeouts)."""
+    up is an overrun (`on_overrun`). Stopped, it runs no further tick (one in flight ends on its timeouts). A tick
+    that fails goes to `on_error` with whether the tick before failed the same way (to log a run of them once)."""
 
     def __init__(self, tick: Callable[[], object], on_overrun: Callable[[], None],
-                 on_error: Callable[[Exception], None]) -> None:
+                 on_error: Callable[[Exception, bool], None]) -> None:
         self.tick, self.on_overrun, self.on_error = tick, on_overrun, on_error
+        self.failing: str | None = None
+        """The last tick's failure (repr), None where it succeeded."""
         self.due = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="wattscale-operator-slow", daemon=True)
@@ -50,7 +53,10 @@ class SlowWorker:
             try:
                 self.tick()
             except Exception as exc:  # a bug or an outage not survived below: counted, the loop goes on
-                self.on_error(exc)
+                self.on_error(exc, repr(exc) == self.failing)
+                self.failing = repr(exc)
+            else:
+                self.failing = None
 
 
 def _refuse(what: str) -> TransientActuatorError:

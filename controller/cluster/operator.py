@@ -80,7 +80,6 @@ class ClusterLoop:
         service's cap within seconds (not a slow period) of being scheduled."""
         self.next_owners = 0.0
         self.unowned: list[str] = []
-        self.slow_failures: set[str] = set()
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -155,16 +154,12 @@ class ClusterLoop:
     def _overrun(self) -> None:
         self.metrics.errors.labels("slow_overrun").inc()
 
-    def _slow_failed(self, exc: Exception) -> None:
-        """Counted each time; logged with its traceback the first time it reads so (an API answering garbage
-        failed every tick, and printed the same traceback each)."""
+    def _slow_failed(self, exc: Exception, repeated: bool) -> None:
+        """Counted each time; logged with its traceback the first time of a run of the same failure (an API
+        answering garbage failed every tick, and printed the same traceback each)."""
         self.metrics.errors.labels("slow_tick").inc()
-        if repr(exc) in self.slow_failures:
-            return
-        if len(self.slow_failures) >= 64:
-            self.slow_failures.clear()
-        self.slow_failures.add(repr(exc))
-        log.warning("slow tick failed: %r (logged once while it repeats)", exc, exc_info=exc)
+        if not repeated:
+            log.warning("slow tick failed: %r (logged once while it repeats)", exc, exc_info=exc)
 
     def _stop_worker(self) -> None:
         for worker in (self.worker, self.owners, self.renewer):
