@@ -167,6 +167,6 @@ def _replicas(scale: Any, service: str) -> int:
     fault, tried again later."""
     spec = getattr(scale, "spec", None)
     replicas = getattr(spec, "replicas", None)
-    if spec is None or not isinstance(replicas, int | None):
+    if spec is None or isinstance(replicas, bool) or not isinstance(replicas, int | None):
         raise TransientActuatorError(f"{service}: the API server's Scale holds no replica count", 10.0)
     return replicas or 0

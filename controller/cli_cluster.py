@@ -169,7 +169,7 @@ def _agent(args: argparse.Namespace) -> int:
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
-                      args.default_ttl_s, report_timeout_s=min(5.0, args.interval_s))  # a cut waits a step at most
+                      args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)))  # a cut waits a step
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
