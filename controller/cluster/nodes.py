@@ -17,13 +17,12 @@ from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
-from controller.cluster.node_gpus import owners_of
+from controller.cluster.node_gpus import owners_of, reading
 from controller.cluster.node_readings import NodeReadings, stale_after_s
 from controller.cluster.plan_spec import LIMIT_FIELDS
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
-from controller.telemetry.base import finite
 
 log = logging.getLogger("wattscale.operator")
 MERGE = "application/merge-patch+json"
@@ -262,15 +261,16 @@ class NodePlans(NodeReadings):
 
 
 def _reported_limits(plan: Mapping[str, Any]) -> dict[str, float]:
-    """Each GPU's limit as the node's agent last reported it (its status), by local index; one that cannot be read
-    as a limit within the GPU's reported range is left out."""
+    """Each GPU's limit as the node's agent last reported it (its status, read as `node_gpus.reading` reads it),
+    by local index; an entry that cannot be read, or whose limit lies outside its GPU's range, is left out."""
     status = plan.get("status")
     gpus = status.get("gpus") if isinstance(status, Mapping) else None
     out: dict[str, float] = {}
     for g in gpus if isinstance(gpus, list) else []:
-        if not isinstance(g, Mapping) or isinstance(g.get("index"), bool) or not isinstance(g.get("index"), int):
+        try:
+            index, _, _, _, _, limit_w, min_w, max_w, _ = reading(g)
+        except (KeyError, TypeError, ValueError):
             continue
-        w, low, high = (finite(g.get(k)) for k in ("limit_w", "min_w", "max_w"))
-        if w is not None and low is not None and high is not None and low <= w <= high:
-            out[str(g["index"])] = w
+        if min_w <= limit_w <= max_w:
+            out[str(index)] = limit_w
     return out
