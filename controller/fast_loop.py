@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from prometheus_client import Gauge
-
 from actuators import ActuatorError, ClockLocker, PowerLimiter
 from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor, pressed
-from controller.own_metrics import OwnMetrics
+from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
 from controller.settings import PowerSettings
@@ -26,26 +24,6 @@ from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck
 
 log = logging.getLogger("wattscale.governor")
-
-
-@dataclass
-class GpuSeries:
-    """One GPU's exported series: limit, energy and clock, and its power under the service that owns it (one
-    series a GPU: as owners change, the old one is removed)."""
-
-    limit: Gauge
-    energy: Gauge
-    clock: Gauge
-    owner: str | None = None
-    power: Gauge | None = None
-
-    def power_of(self, family: Gauge, gpu: str, owner: str) -> Gauge:
-        """The power series under `owner`, the one under a former owner removed."""
-        if self.power is None or self.owner != owner:
-            if self.owner is not None:
-                family.remove(gpu, self.owner)
-            self.owner, self.power = owner, family.labels(gpu, owner)
-        return self.power
 
 
 @dataclass
@@ -220,9 +198,9 @@ class FastLoop:
         applied = {g.uuid: self._set(now, g, w) for g, w in lower}
         if None not in applied.values():
             applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
-        # the limits in force now, which a failsafe that follows starts from (not those read before this tick's sets)
-        self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
-                        for g in self.samples]
+        if applied:  # the limits in force now, which a failsafe that follows starts from (not those read before)
+            self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
+                            for g in self.samples]
         if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it, or
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}
@@ -262,10 +240,15 @@ class FastLoop:
         self.metrics.failsafe.set(1.0)
         if self.lost == self.failsafe_after_ticks:
             self.failsafe_due = set(caps)
-        done = {g.index for g in self.samples if (g.index in self.failsafe_due or abs(g.power_limit_w - caps[g.index])
-                                                  >= 1.0) and self._set(now, g, caps[g.index]) is not None}
-        self.failsafe_due -= done
-        self.samples = [replace(g, power_limit_w=caps[g.index]) if g.index in done else g for g in self.samples]
+        samples = []  # a new listing: the slow loop may be reading the last one
+        for g in self.samples:
+            cap = caps[g.index]
+            due = g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0
+            if due and self._set(now, g, cap) is not None:
+                self.failsafe_due.discard(g.index)
+                g = replace(g, power_limit_w=cap)
+            samples.append(g)
+        self.samples = samples
         if self.lost == self.failsafe_after_ticks:  # said once the caps are set: the saying is not the safety
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from queuemodels import Performance
@@ -89,3 +91,23 @@ class OwnMetrics:
             self.short.remove(service, before)
         self._short_reason[service] = label
         self.short.labels(service, label).set(short_rps)
+
+
+@dataclass
+class GpuSeries:
+    """One GPU's exported series: limit, energy and clock, and its power under the service that owns it (one
+    series a GPU: as owners change, the old one is removed)."""
+
+    limit: Gauge
+    energy: Gauge
+    clock: Gauge
+    owner: str | None = None
+    power: Gauge | None = None
+
+    def power_of(self, family: Gauge, gpu: str, owner: str) -> Gauge:
+        """The power series under `owner`, the one under a former owner removed."""
+        if self.power is None or self.owner != owner:
+            if self.owner is not None:
+                family.remove(gpu, self.owner)
+            self.owner, self.power = owner, family.labels(gpu, owner)
+        return self.power
