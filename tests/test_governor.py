@@ -7,8 +7,10 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -181,6 +183,15 @@ def test_safe_caps_fit_the_budget_and_each_gpus_own_limits() -> None:
     assert not fits and caps == {0: 200.0, 1: 100.0}
 
 
+def fast_on(plant: Any, caps_w: dict[str, float], priorities: dict[str, int],
+            on_error: Callable[[str, str], None] = lambda kind, message: None) -> FastLoop:
+    """A fast loop on `plant` (its GPUs' source and their limiter) under 1,000 W, each service of A100s at its cap
+    and priority."""
+    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()), on_error)
+    fast.plan = Plan.of(1, {name: {"A100": w} for name, w in caps_w.items()}, priorities)
+    return fast
+
+
 class StuckPlant:
     """Two GPUs; GPU 0's limit cannot be changed (every set fails, as NVML's would when busy)."""
 
@@ -204,9 +215,7 @@ def test_a_gpu_whose_limit_cannot_be_set_is_fitted_around_not_over_the_budget() 
     """The governor would lower GPU 0 to make room for GPU 1 (higher priority); GPU 0's sets fail, so it is
     counted at the limit it keeps and GPU 1 gets only the room left: the limits in force never sum over."""
     plant = StuckPlant()
-    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
-    fast.plan = Plan.of(1, {"lo": {"A100": 500.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
     for t in range(1, 26):
         fast.tick(float(t))
         assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
@@ -217,9 +226,7 @@ def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None
     """GPU 0's exporter goes away: its last limit (500 W) stays in the sum, so GPU 1 is not given its room."""
     plant = StuckPlant()
     listing = plant.sample
-    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
-    fast.plan = Plan.of(1, {"lo": {"A100": 500.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
     fast.tick(1.0)
     plant.sample = lambda now: listing(now)[1:]  # type: ignore[method-assign]
     for t in range(2, 20):
@@ -379,9 +386,8 @@ class ListedPlant(StuckPlant):
 def run_listed(plant: ListedPlant, ticks: int = 12) -> tuple[FastLoop, list[tuple[str, str]]]:
     """The fast loop over `plant`: the limits in force never sum over the threshold, nor is the draw ever NaN."""
     errors: list[tuple[str, str]] = []
-    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: errors.append((kind, message)))
-    fast.plan = Plan.of(1, {"lo": {"A100": 700.0}, "hi": {"A100": 700.0}}, {"lo": 2, "hi": 1})
+    fast = fast_on(plant, {"lo": 700.0, "hi": 700.0}, {"lo": 2, "hi": 1},
+                   lambda kind, message: errors.append((kind, message)))
     for t in range(1, ticks + 1):
         fast.tick(float(t))
         assert fast.draw_w is None or fast.draw_w == fast.draw_w  # never NaN
@@ -469,9 +475,7 @@ def test_safe_caps_start_from_the_limits_in_force_not_those_read_before_the_last
     read the limits from before those sets: it left GPU 1 at 600 (its 300 read under the 485-W level) and raised
     GPU 0 to 485, 1,085 W against a 970-W threshold for the whole outage."""
     plant = SwappingPlant()
-    fast = FastLoop(PowerSettings(budget_w=1000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
-    fast.plan = Plan.of(1, {"a": {"A100": 600.0}, "b": {"A100": 300.0}}, {"a": 1, "b": 1})
+    fast = fast_on(plant, {"a": 600.0, "b": 300.0}, {"a": 1, "b": 1})
     for t in range(1, 6):
         fast.tick(float(t))
     fast.plan = Plan.of(2, {"a": {"A100": 300.0}, "b": {"A100": 600.0}}, {"a": 1, "b": 1})
