@@ -8,6 +8,8 @@
 - budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
   counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
 - the power figures (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
+- limits_over_budget_s: seconds the GPUs' power limits summed above the budget (a policy whose limits do may draw
+  over it when its load peaks; wattscale's never do).
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
   Little's law makes output tokens / request-seconds in the system of the finished requests.
@@ -150,6 +152,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
             "replicas_mean": _round(float(tr.replicas[svc.name].mean()), 2),
         }
     violation_s, raw_s = violations(run)
+    dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
     return {
         "seed": run.seed,
         "duration_s": duration,
@@ -157,6 +160,8 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         "budget_violation_raw_s": raw_s,
         "peak_draw_w": _round(float(tr.draw_w.max()), 1),
         "mean_draw_w": _round(float(tr.draw_w.mean()), 1),
+        "limits_over_budget_s": float(np.count_nonzero(tr.limits_w > tr.budget_w)) * dt,
+        "mean_limits_w": _round(float(tr.limits_w.mean()), 1),
         "energy_kwh": _round(energy_j / 3.6e6, 4),
         "tokens_per_joule": _round(tokens / energy_j if energy_j > 0 else 0.0, 4),
         "sum_t_over_c": _round(t_over_c, 3),

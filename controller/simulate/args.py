@@ -34,4 +34,7 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-s", type=number(1.0, 7 * 86400.0), default=None, metavar="S",
                    help="simulated seconds instead of the scenario's duration_s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-frontier", action="store_true",
+                   help="where an energy target is missed, do not load-test the emulator's frontier to say why "
+                        "(up to a minute)")
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import Shown, figures, shown
+from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
-from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, summary, write, write_trace
+from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, energy_missed, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
@@ -54,8 +55,9 @@ class NoBar:
 
 
 def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[int], duration_s: float,
-             progress: bool = True) -> dict[str, Any]:
-    """Run, measure, write the report; returns the summary."""
+             progress: bool = True, explain: bool = True) -> dict[str, Any]:
+    """Run, measure, write the report; returns the summary. With `explain`, a missed energy target has the emulator's
+    frontier measured (controller/simulate/frontier.py) to say whether any plan reaches it."""
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is the `plots` extra's; the run does not need it
@@ -88,7 +90,15 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
                 del r  # its plant holds every request: gone before the next run builds its own
     RUN.run = "-"  # the lines after the runs are no run's
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
-    doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated)
+    front: dict[str, Any] | str | None = None
+    if explain and energy_missed(aggregated):
+        if progress:
+            print("wattscale: an energy target was missed: load-testing the emulator's frontier", file=sys.stderr)
+        try:
+            front = frontier(scn, fleets[seeds[0]])
+        except FrontierUnavailable as exc:
+            front = f"the emulator's frontier was not measured: {exc}"
+    doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated, front)
     try:
         from controller.simulate.plots import draw_all
 
@@ -136,7 +146,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress)
+        doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress,
+                       explain=not args.no_frontier)
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -146,6 +157,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
     for t in doc["targets"]:
-        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']} {t['unit']}")
+        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']} {t['unit']}"
+              + (f"\n  why: {t['why']}" if not t["met"] and "why" in t else ""))
     print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)
     return 0

@@ -1,0 +1,195 @@
+"""The emulator's own speed-energy frontier for a scenario's fleet: what the best plan of a grid reaches, with no
+model, no optimizer and no controller, so that a missed energy target can be told apart from a missed plan.
+
+The simulate targets ask `wattscale` for tokens per joule >= 1.3 x `static`'s together with sum T/C >= 1.15 x
+`uniform-cap`'s. Whether any plan reaches both is a fact of the engines, so this measures it on them: each service
+at its mean rate (bursts and cycles left out) on 1..max_replicas replicas (the load split evenly), each replica at
+the config's max batch with its SM clock free or locked at 0.7, 0.5 or 0.3 of the maximum, load-tested on the
+scenario's hidden engine (simulator/probe.py). A replica's figures: its draw above idle (idle GPUs draw as much
+under any plan) and its T/C, mean output tokens over the request's mean time in the system (mean TTFT + mean
+output x mean ITL). A plan is one option per service within the host's GPUs; a small MILP picks the fastest plan
+at 1.3 x the static fleet's tokens per joule (same tokens served: the site's draw at most static's / 1.3) and the
+least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every GPU capped at the budget's even share).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from controller.simulate.plant import token_mix
+from controller.simulate.scenario import Scenario
+from controller.simulate.sizing import replica_for
+from simulator.hardware import SPECS
+from simulator.probe import Replica, measure
+from simulator.workload import TokenSampler
+
+CLOCKS = (None, 0.7, 0.5, 0.3)
+"""SM clock locks tried, shares of the maximum (None: free)."""
+REQUESTS = 1500
+"""Requests of one load test (the first 15 % are warm-up)."""
+MAX_LOAD_TESTS = 256
+"""Most load tests a frontier runs (about 0.3 s each on one core); a larger host is not measured."""
+TOKENS_PER_JOULE_GAIN = 1.3
+"""The tokens-per-joule target, x `static`'s."""
+T_OVER_C_GAIN = 1.15
+"""The sum T/C target, x `uniform-cap`'s."""
+
+
+class FrontierUnavailable(Exception):
+    """The frontier cannot be measured for this scenario; the message says why."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One service's replicas at one clock, load-tested."""
+
+    replicas: int
+    clock: float | None
+    """SM clock lock, share of the maximum (None: free)."""
+    dynamic_w: float
+    """The replicas' draw above idle."""
+    t_over_c: float
+    ttft_ms: float
+    itl_ms: float
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One service's load test: its whole mean rate split evenly over `n` replicas."""
+
+    replica: Replica
+    rate_rps: float
+    prompts: TokenSampler
+    outputs: TokenSampler
+    max_batch: int
+    seed: int
+
+    def run(self, n: int, clock: float | None, cap_w: float | None = None) -> Option:
+        spec = SPECS[self.replica.gpu_type]
+        mhz = None if clock is None else int(round(clock * spec.max_clock_mhz / 15) * 15)
+        m = measure(self.replica, self.rate_rps / n, self.prompts, self.outputs, self.max_batch, power_limit_w=cap_w,
+                    requests=REQUESTS, seed=self.seed, locked_clock_mhz=mhz)
+        t_over_c = m.out_tokens / (m.ttft_ms / 1e3 + m.out_tokens * m.itl_ms / 1e3)
+        return Option(n, clock, round(n * (m.power_w - spec.idle_w), 1), round(t_over_c, 2), round(m.ttft_ms, 1),
+                      round(m.itl_ms, 2))
+
+
+def _probes(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int) -> tuple[str, dict[str, _Probe]]:
+    """The host's one GPU type and a probe per service; FrontierUnavailable where the grid cannot be measured."""
+    types = sorted(set(scn.gpu_types))
+    if len(types) > 1:
+        raise FrontierUnavailable(f"the host has several GPU types ({', '.join(types)}); the frontier load-tests one")
+    probes: dict[str, _Probe] = {}
+    tests = 0
+    for svc in scn.config.services:
+        w = scn.workload(svc.name)
+        if w.rate_rps <= 0:
+            raise FrontierUnavailable(f"{svc.name} has no load (rate_rps 0) to load-test")
+        if not sum(fleet.get(svc.name, {}).values()):
+            raise FrontierUnavailable(f"the static fleet runs no replica of {svc.name}")
+        prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
+        probes[svc.name] = _Probe(replica_for(scn, svc, types[0], scn.settings.seed), w.rate_rps, prompts, outputs,
+                                  svc.initial_max_batch, probe_seed)
+        tests += len(_replica_counts(scn, svc.name)) * len(CLOCKS) + 1
+    if tests > MAX_LOAD_TESTS:
+        raise FrontierUnavailable(f"it would take {tests} load tests (at most {MAX_LOAD_TESTS} are run)")
+    return types[0], probes
+
+
+def _replica_counts(scn: Scenario, service: str) -> range:
+    svc = next(s for s in scn.config.services if s.name == service)
+    return range(max(1, svc.min_replicas), min(svc.max_replicas, len(scn.gpu_types)) + 1)
+
+
+def pick(options: list[list[Option]], gpus: int, *, most_speed_within_w: float | None = None,
+          least_draw_for_speed: float | None = None) -> list[Option] | None:
+    """One option per service within `gpus`: the fastest within a draw above idle, or the least drawing at a
+    speed (None where no plan of the grid fits)."""
+    flat = [o for opts in options for o in opts]
+    draw = np.array([o.dynamic_w for o in flat])
+    speed = np.array([o.t_over_c for o in flat])
+    one_each = np.zeros((len(options), len(flat)))
+    k = 0
+    for row, opts in enumerate(options):
+        one_each[row, k:k + len(opts)] = 1.0
+        k += len(opts)
+    rows = [LinearConstraint(one_each, 1.0, 1.0),
+            LinearConstraint(np.array([[float(o.replicas) for o in flat]]), 0.0, float(gpus))]
+    if most_speed_within_w is not None:
+        rows.append(LinearConstraint(draw[None, :], -np.inf, most_speed_within_w))
+        cost = -speed
+    else:
+        rows.append(LinearConstraint(speed[None, :], least_draw_for_speed, np.inf))
+        cost = draw
+    res = milp(cost, constraints=rows, integrality=np.ones(len(flat)), bounds=Bounds(0.0, 1.0),
+               options={"time_limit": 10.0})
+    if res.x is None or res.status not in (0, 1):  # 1: time limit, with a feasible plan
+        return None
+    return [o for o, x in zip(flat, res.x, strict=True) if x > 0.5]
+
+
+def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 1) -> dict[str, Any]:
+    """The static and uniform-cap fleets' figures on the grid, and the two best plans (None where none fits);
+    FrontierUnavailable where it cannot be measured."""
+    gpu_type, probes = _probes(scn, fleet, probe_seed)
+    gpus = len(scn.gpu_types)
+    idle_w = SPECS[gpu_type].idle_w * gpus
+    even_cap_w = scn.start_budget_w / gpus
+    options = {name: [p.run(n, c) for n in _replica_counts(scn, name) for c in CLOCKS] for name, p in probes.items()}
+    static = {name: next(o for o in options[name] if o.replicas == sum(fleet[name].values()) and o.clock is None)
+              for name in probes}
+    uniform = {name: p.run(static[name].replicas, None, even_cap_w) for name, p in probes.items()}
+    static_w = idle_w + sum(o.dynamic_w for o in static.values())
+    uniform_tc = sum(o.t_over_c for o in uniform.values())
+    names = list(options)
+
+    def plan(chosen: list[Option] | None) -> dict[str, Any] | None:
+        if chosen is None:
+            return None
+        draw_w = idle_w + sum(o.dynamic_w for o in chosen)
+        tc = sum(o.t_over_c for o in chosen)
+        return {"draw_w": round(draw_w, 1), "t_over_c": round(tc, 2),
+                "tokens_per_joule_vs_static": round(static_w / draw_w, 3),
+                "t_over_c_vs_uniform_cap": round(tc / uniform_tc, 3),
+                "plan": {n: asdict(o) for n, o in zip(names, chosen, strict=True)}}
+
+    grid = [options[n] for n in names]
+    return {
+        "gpus": gpus, "gpu_type": gpu_type, "idle_w": idle_w, "clocks": list(CLOCKS), "requests": REQUESTS,
+        "static": {"draw_w": round(static_w, 1), "t_over_c": round(sum(o.t_over_c for o in static.values()), 2),
+                   "plan": {n: asdict(o) for n, o in static.items()}},
+        "uniform_cap": {"t_over_c": round(uniform_tc, 2), "cap_w": round(even_cap_w, 1)},
+        "most_t_over_c_at_energy_target": plan(pick(grid, gpus, most_speed_within_w=static_w / TOKENS_PER_JOULE_GAIN
+                                                     - idle_w)),
+        "most_tokens_per_joule_at_speed_target": plan(pick(grid, gpus, least_draw_for_speed=T_OVER_C_GAIN
+                                                            * uniform_tc)),
+        "options": {n: [asdict(o) for o in opts] for n, opts in options.items()},
+    }
+
+
+def _plan_words(plan: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {o['replicas']} at " + ("the free clock" if o["clock"] is None else f"{o['clock']:g}")
+                     for name, o in plan["plan"].items())
+
+
+def explain(front: dict[str, Any]) -> str:
+    """Why the energy targets were missed, in the frontier's figures."""
+    at_energy, at_speed = front["most_t_over_c_at_energy_target"], front["most_tokens_per_joule_at_speed_target"]
+    words = ["the emulator's frontier for this host (each service alone at its mean rate on 1 to its most replicas, "
+             "the SM clock free or locked at 0.7, 0.5 or 0.3, load-tested with no model or controller, and no SLO "
+             "asked of a plan): "]
+    words.append(f"at {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule the fastest plan reaches "
+                 + (f"{at_energy['t_over_c_vs_uniform_cap']:g} x uniform-cap's sum T/C ({_plan_words(at_energy)})"
+                    if at_energy else "nothing: no plan of the grid draws that little"))
+    words.append(f"; at {T_OVER_C_GAIN:g} x uniform-cap's sum T/C the least-drawing plan reaches "
+                 + (f"{at_speed['tokens_per_joule_vs_static']:g} x static's tokens per joule ({_plan_words(at_speed)})"
+                    if at_speed else "nothing: no plan of the grid is that fast"))
+    both = (at_energy is not None and at_energy["t_over_c_vs_uniform_cap"] >= T_OVER_C_GAIN) or (
+        at_speed is not None and at_speed["tokens_per_joule_vs_static"] >= TOKENS_PER_JOULE_GAIN)
+    words.append("; a plan of the grid meets both, which wattscale did not find" if both else
+                 "; so no plan of the grid meets both")
+    return "".join(words)

@@ -1,0 +1,108 @@
+"""A missed simulate target says why in the report's own figures: the emulator's frontier for the energy targets,
+the baselines' power limits for an attainment target."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.cli import main
+from controller.simulate import frontier as frontier_module
+from controller.simulate.frontier import FrontierUnavailable, Option, frontier, pick
+from controller.simulate.report import targets
+from controller.simulate.scenario import load_scenario
+from controller.simulate.sizing import static_fleet
+
+
+def _grid(rng: np.random.Generator, services: int) -> list[list[Option]]:
+    return [[Option(int(n), None, float(rng.uniform(50, 600)), float(rng.uniform(10, 90)), 0.0, 0.0)
+             for n in rng.integers(1, 4, size=int(rng.integers(2, 6)))] for _ in range(services)]
+
+
+def test_pick_finds_what_a_search_of_every_plan_finds() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        grid = _grid(rng, int(rng.integers(1, 4)))
+        gpus, bound_w, need = int(rng.integers(2, 8)), float(rng.uniform(100, 1500)), float(rng.uniform(20, 200))
+        plans = [p for p in itertools.product(*grid) if sum(o.replicas for o in p) <= gpus]
+        within = [p for p in plans if sum(o.dynamic_w for o in p) <= bound_w]
+        fast = [p for p in plans if sum(o.t_over_c for o in p) >= need]
+        fastest = pick(grid, gpus, most_speed_within_w=bound_w)
+        least = pick(grid, gpus, least_draw_for_speed=need)
+        assert (fastest is None) == (not within) and (least is None) == (not fast)
+        if fastest is not None:
+            assert sum(o.t_over_c for o in fastest) == pytest.approx(max(sum(o.t_over_c for o in p) for p in within))
+        if least is not None:
+            assert sum(o.dynamic_w for o in least) == pytest.approx(min(sum(o.dynamic_w for o in p) for p in fast))
+
+
+def test_the_frontier_load_tests_the_scenarios_own_engine(small_scenario: Callable[..., Path]) -> None:
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
+    front = frontier(scn, {"chat": {"H100-SXM": 2}})
+    assert [(o["replicas"], o["clock"]) for o in front["options"]["chat"]] == [
+        (n, c) for n in (1, 2) for c in frontier_module.CLOCKS]
+    static = front["static"]["plan"]["chat"]
+    assert static == front["options"]["chat"][4] and front["static"]["draw_w"] == 190 + static["dynamic_w"]
+    slow = front["options"]["chat"][7]  # 2 replicas at 0.3 of the clock: slower and cheaper than at the free clock
+    assert slow["t_over_c"] < static["t_over_c"] and slow["dynamic_w"] < static["dynamic_w"]
+    best = front["most_t_over_c_at_energy_target"]
+    assert best["tokens_per_joule_vs_static"] >= 1.3 and best["draw_w"] <= front["static"]["draw_w"] / 1.3
+
+
+def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..., Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n', gpus=4))
+    with pytest.raises(FrontierUnavailable, match="runs no replica of chat"):
+        frontier(scn, {})
+    monkeypatch.setattr(frontier_module, "MAX_LOAD_TESTS", 16)
+    with pytest.raises(FrontierUnavailable, match="17 load tests"):  # 4 replica counts x 4 clocks + uniform-cap's
+        frontier(scn, static_fleet(scn, 3))
+
+
+def _policy(attainment: float, limits_over_s: float, tokens_per_joule: float = 2.0, t_over_c: float = 90.0
+            ) -> dict[str, Any]:
+    return {"budget_violation_s": 0.0, "tokens_per_joule": tokens_per_joule, "sum_t_over_c": t_over_c,
+            "limits_over_budget_s": limits_over_s, "mean_limits_w": 1500.0 if limits_over_s else 1300.0,
+            "mean_budget_w": 1400.0, "co2_mg_per_token": None, "drop_settle_s": None, "domain_longest_over_s": None,
+            "ramp_up_fast_s": None, "ramp_down_fast_by_limits_s": None,
+            "services": {"chat": {"slo_attainment": attainment, "restarts_per_hour": 0.0}}}
+
+
+def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_scenario: Callable[..., Path]) -> None:
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
+    ahead = {"static": _policy(0.99, 60.0), "slo-only": _policy(0.985, 12.0), "uniform-cap": _policy(0.9, 0.0)}
+    got = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 0.0)})}
+    why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.990)"]["why"]
+    assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (mean 1500 W); "
+                   "slo-only (0.9850) ran with its GPUs' power limits summed above the budget for 12 s (mean 1500 W); "
+                   "wattscale's for 0 s (mean 1300 W, mean budget 1400 W): the baselines' lead came with limits that "
+                   "a hard budget does not allow")
+    within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
+    got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)})}
+    assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
+        "; uniform-cap did better within the budget's sum of limits")
+    mine = _policy(0.99, 0.0, 2.2, 110.0)
+    energy = {t["target"].split(" (")[0]: t for t in targets(scn, {**ahead, "wattscale": mine}, "not measured here")}
+    assert energy["tokens_per_joule >= 1.3 x static's"]["why"] == "not measured here"
+    assert "why" not in energy["sum_t_over_c >= 1.15 x uniform-cap's"]  # met: 110 / 90
+
+
+def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = small_scenario('name = "f"\nduration_s = 60\nseed = 3\n')
+    report = tmp_path / "r"
+    assert main(["simulate", str(path), "--report", str(report), "--policies", "static,uniform-cap,wattscale",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "target MISSED: tokens_per_joule >= 1.3 x static's" in out
+    assert "\n  why: the emulator's frontier for this host" in out and "x uniform-cap's sum T/C (chat 2 at " in out
+    assert "- tokens_per_joule >= 1.3 x static's" in (report / "summary.md").read_text()
+    assert main(["simulate", str(path), "--report", str(report), "--policies", "static,wattscale", "--no-progress",
+                 "--no-frontier"]) == 0
+    out = capsys.readouterr().out
+    assert "target MISSED: tokens_per_joule" in out and "why:" not in out
