@@ -80,12 +80,14 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.990)"]["why"]
     assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (mean 1500 W); "
                    "slo-only (0.9850) ran with its GPUs' power limits summed above the budget for 12 s (mean 1500 W); "
-                   "wattscale's for 0 s (mean 1300 W, mean budget 1400 W): the baselines' lead came with limits that "
-                   "a hard budget does not allow")
+                   "wattscale (0.9800) kept its GPUs' power limits' sum within the budget (mean 1300 W), under a mean "
+                   "budget of 1400 W: their lead came with limits that a hard budget does not allow")
+    assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
+        "under a mean budget of 1400 W: static's lead came with limits that a hard budget does not allow")
     within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)})}
     assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
-        "; uniform-cap did better within the budget's sum of limits")
+        "; so uniform-cap did better within the budget's sum of limits")
     mine = _policy(0.99, 0.0, 2.2, 110.0)
     energy = {t["target"].split(" (")[0]: t for t in targets(scn, {**ahead, "wattscale": mine}, "not measured here")}
     assert energy["tokens_per_joule >= 1.3 x static's"]["why"] == "not measured here"

@@ -54,19 +54,22 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _limits_words(name: str, figures: dict[str, Any]) -> str:
+    over = figures["limits_over_budget_s"]
+    return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" if over else
+            f"{name} kept its GPUs' power limits' sum within the budget") + f" (mean {figures['mean_limits_w']:g} W)"
+
+
 def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
     """What the baselines that did better ran on: power limits summed above the budget are what a hard budget
     rules out, and what lets long prompts run at full clock when their GPUs peak together."""
     better = {k: v for k, v in baselines.items() if (v["services"][service]["slo_attainment"] or 0.0) > mine + 1e-9}
-    lines = [f"{k} ({v['services'][service]['slo_attainment']:.4f}) ran with its GPUs' power limits summed above "
-             f"the budget for {v['limits_over_budget_s']:g} s (mean {v['mean_limits_w']:g} W)"
-             for k, v in better.items()]
+    lines = [_limits_words(f"{k} ({v['services'][service]['slo_attainment']:.4f})", v) for k, v in better.items()]
+    lines.append(_limits_words(f"wattscale ({mine:.4f})", ws) + f", under a mean budget of {ws['mean_budget_w']:g} W")
     within = [k for k, v in better.items() if not v["limits_over_budget_s"]]
-    ours = (f"wattscale's for {ws['limits_over_budget_s']:g} s (mean {ws['mean_limits_w']:g} W, mean budget "
-            f"{ws['mean_budget_w']:g} W)")
-    return "; ".join(lines) + f"; {ours}" + (
-        f"; {' and '.join(within)} did better within the budget's sum of limits" if within else
-        ": the baselines' lead came with limits that a hard budget does not allow")
+    whose = "their" if len(better) > 1 else f"{next(iter(better))}'s"
+    return "; ".join(lines) + (f"; so {' and '.join(within)} did better within the budget's sum of limits" if within
+                               else f": {whose} lead came with limits that a hard budget does not allow")
 
 
 def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], baselines: dict[str, Any]
@@ -77,7 +80,9 @@ def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], b
     static = baselines.get("static", {}).get("services", {}).get(svc.name, {}).get("slo_attainment")
     if static is not None and static >= 0.99:
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= 0.99 (static reaches "
-                    f"{static:.3f})", "value": mine, "unit": "of requests", "met": mine >= 0.99})
+                    f"{static:.3f})", "value": mine, "unit": "of requests", "met": mine >= 0.99}
+                   | ({} if mine >= 0.99 else {"why": _attainment_why(svc.name, mine, ws,
+                                                                      {"static": baselines["static"]})}))
     best = max(((k, v["services"][svc.name]["slo_attainment"] or 0.0) for k, v in baselines.items()),
                key=lambda kv: kv[1], default=None)
     if best is not None:
