@@ -57,7 +57,7 @@ def test_the_frontier_load_tests_the_scenarios_own_engine(small_scenario: Callab
 def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..., Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n', gpus=4))
-    with pytest.raises(FrontierUnavailable, match="runs no replica of chat"):
+    with pytest.raises(FrontierUnavailable, match="runs 0 replicas of chat, outside the 1 to 4 the grid tries"):
         frontier(scn, {})
     monkeypatch.setattr(frontier_module, "MAX_LOAD_TESTS", 16)
     with pytest.raises(FrontierUnavailable, match="17 load tests"):  # 4 replica counts x 4 clocks + uniform-cap's

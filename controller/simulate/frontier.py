@@ -14,6 +14,7 @@ least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every GPU capped at th
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -74,6 +75,8 @@ class _Probe:
         m = measure(self.replica, self.rate_rps / n, self.prompts, self.outputs, self.max_batch, power_limit_w=cap_w,
                     requests=REQUESTS, seed=self.seed, locked_clock_mhz=mhz)
         t_over_c = m.out_tokens / (m.ttft_ms / 1e3 + m.out_tokens * m.itl_ms / 1e3)
+        if not math.isfinite(t_over_c):  # no request reached its first token in the window: none served
+            t_over_c = 0.0
         return Option(n, clock, round(n * (m.power_w - spec.idle_w), 1), round(t_over_c, 2), round(m.ttft_ms, 1),
                       round(m.itl_ms, 2))
 
@@ -89,12 +92,14 @@ def _probes(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int) ->
         w = scn.workload(svc.name)
         if w.rate_rps <= 0:
             raise FrontierUnavailable(f"{svc.name} has no load (rate_rps 0) to load-test")
-        if not sum(fleet.get(svc.name, {}).values()):
-            raise FrontierUnavailable(f"the static fleet runs no replica of {svc.name}")
+        static_n, counts = sum(fleet.get(svc.name, {}).values()), _replica_counts(scn, svc.name)
+        if static_n not in counts:
+            raise FrontierUnavailable(f"the static fleet runs {static_n} replicas of {svc.name}, outside the "
+                                      f"{counts.start} to {counts.stop - 1} the grid tries")
         prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
         probes[svc.name] = _Probe(replica_for(scn, svc, types[0], scn.settings.seed), w.rate_rps, prompts, outputs,
                                   svc.initial_max_batch, probe_seed)
-        tests += len(_replica_counts(scn, svc.name)) * len(CLOCKS) + 1
+        tests += len(counts) * len(CLOCKS) + 1
     if tests > MAX_LOAD_TESTS:
         raise FrontierUnavailable(f"it would take {tests} load tests (at most {MAX_LOAD_TESTS} are run)")
     return types[0], probes
