@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +218,17 @@ def test_tune_says_which_parameters_sit_on_their_bounds(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING):
         report = run(PairFilter(prior, None), rows)
     assert report["bounds_hit"] == {"delta_ms": "lower bound 0.105 (prior / 10)"}
-    assert "delta_ms held at its lower bound 0.105" in caplog.text
+    # said once, as soon as the warm-up shows it (a prior that far off refits slowly: a user may stop it there)
+    assert caplog.text.count("delta_ms held at its lower bound 0.105") == 1
+    assert re.search(r"delta_ms held at its lower bound 0.105 \(prior / 10\) from row [3-6];", caplog.text)
+
+
+def test_tune_prints_parameters_as_analyze_takes_them_back() -> None:
+    """Six fixed decimals printed a fit's alpha_ms of 1e-9 as 0, which `analyze` and a prior refuse."""
+    from tuner.offline import significant
+
+    assert significant(2.63817432e-09) == 2.63817e-09 and significant(13.519712345) == 13.5197
+    assert significant(2048.6912) == 2048.69
 
 
 def test_a_client_that_drops_is_not_saturated_and_steadiness_is_read_from_data() -> None:

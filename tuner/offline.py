@@ -183,6 +183,12 @@ class ErrorSummary:
         return cls(*(round(float(x), 4) for x in (*np.median(a, axis=0), *a.max(axis=0))))
 
 
+def significant(value: float) -> float:
+    """`value` to six significant digits: what `analyze` and a config's prior take back as printed (a fixed six
+    decimals printed a fit's 1e-9 ms as 0, which they refuse)."""
+    return float(f"{value:.6g}")
+
+
 def relative_errors(pair: PairFilter, obs: Observation) -> tuple[float, float] | None:
     if obs.problem() is not None:
         return None
@@ -199,6 +205,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     verdicts: dict[str, int] = {}
     rejected: dict[str, list[int]] = {}  # by reason: the file's line numbers, or the places where no file is known
     file = observations if isinstance(observations, ObservationRows) else None
+    held: dict[str, str] = {}  # the bounds the fit sat on after its warm-up, said then
     for row, obs in enumerate(observations, start=1):
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
@@ -206,6 +213,11 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
                 ahead.append(err)
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
+        if not held and pair.accepted >= pair.settings.warmup_observations:
+            held = bounds_hit(pair)  # said as soon as the warm-up shows it: a prior that far off refits slowly
+            for name, where in held.items():
+                log.warning("tune: %s held at its %s from row %d; the observations ask for a value outside what the "
+                            "prior allows (a prior nearer them fits faster)", name, where, row)
         if not verdict.accepted:
             rejected.setdefault(verdict.reason, []).append(row if file is None else file.lines[row - 1])
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
@@ -215,7 +227,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "queue_model": pair.queue_model,
         "family": params.family,
-        "params": {n: round(v, 6) for n, v in zip(names, params.as_vector(), strict=False)},
+        "params": {n: significant(v) for n, v in zip(names, params.as_vector(), strict=False)},
         "observations": len(observations),
         "verdicts": verdicts,
         "covariance_trace": float(np.trace(pair.p)),
@@ -223,7 +235,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
         "error_in_sample": ErrorSummary.of(fitted).__dict__,
     }
     if pair.fit_power and profile is not None:
-        out["params"]["prefill_sensitivity"] = round(profile.prefill_sensitivity, 6)
+        out["params"]["prefill_sensitivity"] = significant(profile.prefill_sensitivity)
     if profile is not None and pair.draw.busy_share is not None:
         draw_err = pair.draw.error(params, profile, pair.queue_model)
         out["draw"] = {"busy_share": round(profile.busy_share, 4), "batch_half": round(profile.batch_half, 2),
@@ -239,6 +251,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
         log.warning("tune: rows rejected: %s", "; ".join(
             f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows))}" for why, rows in rejected.items()))
     for name, where in out["bounds_hit"].items():
+        if held.get(name) == where:
+            continue
         log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
                     name, where)
     return out
