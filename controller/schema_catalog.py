@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.budget.settings import KINDS, BudgetSettings
-from controller.optimize_spec import Spec
+from controller.optimize_spec import REQUIRED_PARAMS, Spec
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import PackingSpec
 from controller.schema import SchemaWriter, document
@@ -30,11 +30,22 @@ def config_schema() -> dict[str, Any]:
     return doc
 
 
+def optimize_spec_schema() -> dict[str, Any]:
+    """The optimize spec: its `params` tables are the config's prior, whose defaults a spec does not take (it
+    describes a fitted system: REQUIRED_PARAMS are required, as the loader says)."""
+    doc = document(Spec, "wattscale optimize spec (TOML)")
+    prior = doc["properties"]["services"]["items"]["properties"]["params"]["additionalProperties"]
+    for name in REQUIRED_PARAMS:
+        prior["properties"][name].pop("default", None)
+    prior["required"] = list(REQUIRED_PARAMS)
+    return doc
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Name -> schema; the CRDs' are their openAPIV3Schema."""
     from controller.cluster.crds import crds
 
-    out = {"config": config_schema(), "optimize-spec": document(Spec, "wattscale optimize spec (TOML)"),
+    out = {"config": config_schema(), "optimize-spec": optimize_spec_schema(),
            "plan-packing": document(PackingSpec, "wattscale plan: packing spec (TOML)"),
            "plan-allocation": document(AllocationSpec, "wattscale plan: allocation spec (TOML)")}
     for c in crds():

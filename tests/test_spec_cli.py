@@ -389,3 +389,23 @@ def test_a_scenario_missing_its_duration_is_told_so(tmp_path: Path, capsys: pyte
     assert main(["simulate", str(path), "--report", str(tmp_path / "r")]) == 2
     err = one_line(capsys)
     assert "duration_s" in err and "optimize spec" not in err, err
+
+
+def test_the_optimize_spec_schema_requires_the_params_the_loader_requires() -> None:
+    """The schema gave a spec's params the daemon's prior defaults, so a table of delta_ms alone passed it and
+    `optimize` refused it: the schema and the command agree now."""
+    import tomllib
+
+    from jsonschema import Draft202012Validator
+
+    from controller.schema_catalog import schemas
+
+    validator = Draft202012Validator(schemas()["optimize-spec"])
+    spec = tomllib.loads(OPTIMIZE)
+    assert not list(validator.iter_errors(spec))
+    spec["services"][0]["params"] = {"H100-SXM": {"delta_ms": 0.035}}
+    assert [e.message for e in validator.iter_errors(spec)] == ["'alpha_ms' is a required property",
+                                                                "'beta_ms' is a required property",
+                                                                "'gamma_ms' is a required property"]
+    prior = schemas()["config"]["properties"]["services"]["items"]["properties"]["prior"]
+    assert prior["properties"]["alpha_ms"]["default"] == 20.0  # a daemon's prior still takes its defaults
