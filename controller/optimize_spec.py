@@ -20,6 +20,7 @@ from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
+from controller.settings_checks import minimum_fits
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -113,6 +114,7 @@ class Spec:
                 if acc not in names:
                     raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "
                                       f"(accelerators: {sorted(names)})")
+        minimum_fits(self.accelerators, self.services)
 
 
 REQUIRED_PARAMS = ("alpha_ms", "beta_ms", "gamma_ms")

@@ -6,8 +6,8 @@ Every limit here keeps a cycle's work bounded; a value past one is a typo or an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from controller.budget.settings import FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted
@@ -17,7 +17,7 @@ from simulator.llms import LLMS
 if TYPE_CHECKING:
     from controller.power_settings import PowerDomainSettings
     from controller.service_settings import ServiceSettings
-    from controller.settings import Settings
+    from controller.settings import AcceleratorSettings, Settings
 
 MAX_BATCH = 4096
 """Largest `--max-num-seqs` (vLLM's own scheduler is not built for more)."""
@@ -73,7 +73,7 @@ def check_settings(s: Settings) -> None:
                           f"daemon.slow_interval_s ({s.daemon.slow_interval_s} s)")
     if s.uses_sim:
         _simulated_host(s)
-    _minimum_fits(s)
+    minimum_fits(s.accelerators, s.services)
     idle = idle_w(s)
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
@@ -195,15 +195,22 @@ def check_personalities(where: str, personalities: Mapping[str, str], models: se
                               f"{sorted(gpu_types)})")
 
 
-def _minimum_fits(s: Settings) -> None:
-    """The services' min_replicas fit the inventory together: a minimum the plan cannot place is a service
-    left at 0 replicas without a shortfall to say so."""
-    room = sum(a.count // a.gpus_per_replica for a in s.accelerators)
+class _Bounded(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def min_replicas(self) -> int: ...
+
+
+def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence[_Bounded]) -> None:
+    """The services' min_replicas fit the inventory together (a config's or an optimize spec's): a minimum the
+    plan cannot place is a service left at 0 replicas, or short, without the inventory named as why."""
+    room = sum(a.count // a.gpus_per_replica for a in accelerators)
     needed = 0
-    for svc in s.services:
+    for svc in services:
         needed += svc.min_replicas
         if needed > room:
-            for a in s.accelerators:  # where that is why, the accelerator is what to mend, not the service
+            for a in accelerators:  # where that is why, the accelerator is what to mend, not the service
                 if 0 < a.count < a.gpus_per_replica:
                     raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more "
                                       f"than the {a.count} GPUs of count: no replica fits, and the services' "

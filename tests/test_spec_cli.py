@@ -87,7 +87,7 @@ def test_priorities_past_what_the_milp_can_order_fall_back_to_greedy(tmp_path: P
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Each priority level weighs a shortfall some 200 times the one below: at 12 levels HiGHS failed, at some 140
     the weights overflowed to inf and the MILP raised (every slow tick of a daemon on `solver = "milp"`)."""
-    text = OPTIMIZE + "".join(code_service(f"code{k}").replace("priority = 2", f"priority = {k + 3}")
+    text = OPTIMIZE + "".join(code_service(f"code{k}").replace("priority = 2", f"priority = {k + 3}\nmin_replicas = 0")
                               for k in range(10))
     path = tmp_path / "spec.toml"
     path.write_text(text)
@@ -409,3 +409,13 @@ def test_the_optimize_spec_schema_requires_the_params_the_loader_requires() -> N
                                                                 "'gamma_ms' is a required property"]
     prior = schemas()["config"]["properties"]["services"]["items"]["properties"]["prior"]
     assert prior["properties"]["alpha_ms"]["default"] == 20.0  # a daemon's prior still takes its defaults
+
+
+def test_an_optimize_spec_whose_minimums_the_inventory_cannot_hold_is_refused_by_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It planned chat at 0 replicas and called it an SLO shortfall; a daemon's config is refused so."""
+    path = tmp_path / "spec.toml"
+    path.write_text(OPTIMIZE.replace("max_replicas = 4", "min_replicas = 100\nmax_replicas = 100", 1))
+    assert main(["optimize", str(path)]) == 2
+    assert "services[chat].min_replicas: the services' min_replicas up to here add up to 100, more replicas than " \
+           "the accelerators hold (10)" in one_line(capsys)
