@@ -161,8 +161,13 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     os.symlink(tmp_path / "notes.txt", mine / "notes.md")  # a user's own files the report never writes
     os.mkdir(mine / "old-runs.json")
     os.symlink(tmp_path / "notes.txt", mine / "summary.md")  # a link to a regular file is written through
+    for earlier in ("trace-wattscale.csv", "decisions-seed9.jsonl", "power.png"):  # another report's, left beside
+        (mine / earlier).write_text("an earlier run's")                               # the new summary
     assert main(["simulate", str(good), "--report", str(mine), "--policies", "static", "--no-progress"]) == 0
     capsys.readouterr()
+    assert sorted(p.name for p in mine.iterdir() if not p.name.endswith(".png")) == [
+        "notes.md", "old-runs.json", "simulate.log", "summary.json", "summary.md", "trace-static.csv"]
+    assert not (mine / "power.png").exists() or (mine / "power.png").read_bytes() != b"an earlier run's"
 
 
 def test_a_daemon_config_given_as_the_scenario_is_named_for_what_it_is() -> None:
@@ -198,3 +203,14 @@ def test_the_report_says_each_targets_unit_each_log_lines_run_and_hold_and_why_i
     assert held and all((p, a) == (n, g) for p, a, g, n in held), log
     assert "INFO [wattscale seed 3]" in runs and runs <= {"INFO [wattscale seed 3]", "WARNING [wattscale seed 3]",
                                                            "INFO [static seed 3]", "WARNING [static seed 3]"}
+
+
+def test_the_summary_lists_the_events_the_run_reached(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A run cut short by --duration-s listed every event of the scenario as if it had struck."""
+    path = small_scenario('name = "x"\nduration_s = 120\n[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 900\n'
+                          '[[events]]\nat_s = 50\nkind = "budget"\nbudget_w = 1400\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path), "--policies", "static", "--no-progress",
+                 "--duration-s", "30"]) == 0
+    capsys.readouterr()
+    assert "; events: budget at 9 s (1 more after the run's end)." in (tmp_path / "summary.md").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.simulate.accounting import Shown, figures, shown
+from controller.simulate.args import POLICIES
 from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
 from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, energy_missed, summary, write, write_trace
@@ -122,6 +124,18 @@ def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int])
                               "remove it or name another directory")
 
 
+def _clear_earlier_report(report_dir: Path) -> None:
+    """Remove what an earlier report in `report_dir` wrote (its traces, decision logs, PNGs): a run of other policies
+    or seeds left them beside the new summary, which says nothing of them."""
+    for path in report_dir.iterdir():
+        if (EARLIER.fullmatch(path.name) or path.name in PLOTS) and path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+EARLIER = re.compile(r"trace-(" + "|".join(map(re.escape, POLICIES)) + r")\.csv|decisions-seed\d+\.jsonl")
+"""The names of an earlier report's per-policy and per-seed files."""
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     scn = load_scenario(Path(args.scenario))
     duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
@@ -137,6 +151,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         _check_report_files(report_dir, args.policies, seeds)
+        _clear_earlier_report(report_dir)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None

@@ -195,7 +195,8 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
     """The report's document; `frontier` (figures, or why none were measured) where an energy target was missed."""
     return {"scenario": scn.settings.name, "description": scn.settings.description, "file": str(scn.path),
             "duration_s": duration_s, "seeds": seeds, "start_budget_w": scn.start_budget_w,
-            "events": [{"at_s": e.at_s, "kind": e.kind} for e in scn.settings.events],
+            "events": [{"at_s": e.at_s, "kind": e.kind} for e in scn.settings.events if e.at_s < duration_s],
+            "events_after_end": sum(e.at_s >= duration_s for e in scn.settings.events),
             "slos": {svc.name: {"priority": svc.priority, "statistic": svc.statistic, "ttft_ms": svc.ttft_ms,
                                 "itl_ms": svc.itl_ms} for svc in scn.config.services},
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, frontier),
@@ -221,7 +222,8 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
              + (f"seed {doc['seeds'][0]}" if len(doc["seeds"]) == 1 else
                 f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")
              + f"; budget at the start {doc['start_budget_w']:g} W; events: "
-             + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none") + ".",
+             + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none")
+             + (f" ({doc['events_after_end']} more after the run's end)" if doc["events_after_end"] else "") + ".",
              "SLOs (a mean service's request meets its own when its TTFT and mean inter-token gap do; a p95 or "
              f"p99 service's requests of a {WINDOW_S:g}-s window meet theirs when the window's quantiles do): "
              + "; ".join(f"{name} (priority {t['priority']}) {t['statistic']} TTFT <= {t['ttft_ms']:g} ms, ITL <= "
