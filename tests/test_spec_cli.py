@@ -238,6 +238,11 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         "[request_types]", "[request_types]\n" + "".join(f"x{i} = {{ memory_gb = 1, compute = 1 }}\n"
                                                         for i in range(300))),
      r"request_types: 6 GPU types x 64 config sizes x 309 request types = 118656 flows, past the 100000"),
+    (PACKING, lambda t: t.replace("speedups = [1.0, 1.75, 3.2, 5.6]", "speedups = [1.0, 1.75, 3.2, 1e308]"),
+     r"speedups\[3\]: must be in \(0, 1e\+09\], got 1e\+308"),  # it said "cards/speedups", neither the entry
+    (PACKING, lambda t: t.replace("cards = [1, 2, 4, 8]", "cards = [0, 2, 4, 8]"), r"cards\[0\]: must be >= 1, got 0"),
+    (PACKING, lambda t: t.replace("compute_adjust = 10.0", "compute_adjust = 1e-300"),
+     r"compute_adjust: must be in \[1e-06, 1e\+06\], got 1e-300"),  # it fitted no config, or every one at 1e308
 ])
 def test_plan_spec_bounds(tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str,
                           edit: Callable[[str], str], message: str) -> None:

@@ -15,16 +15,26 @@ from typing import Any
 
 from controller.planner.allocation import Allocation, AllocationModel
 
-# constraint group -> the spec parameter that relaxes it ({i}: the query type)
+# constraint group -> the spec parameters that relax it ({i}: the query type; gpus.*: any GPU type's)
 _LIMITS = (
     ("delay:{i}", "queries.{i}.delay_threshold_s"),
     ("error:{i}", "queries.{i}.error_threshold"),
     ("budget", "budget"),
-    ("inventory", "gpus.<name>.available"),
+    ("inventory", "gpus.*.available"),
     ("storage", "storage_capacity_gb"),
-    ("memory", "gpus.<name>.memory_gb"),
-    ("compute", "gpus.<name>.compute_tflops"),
+    ("memory", "mem_util or gpus.*.memory_gb"),
+    ("compute", "compute_efficiency or gpus.*.compute_tflops"),
 )
+
+
+def dropped(share: float) -> str:
+    """A share of demand as a percentage that reads 100 % or 0 % only when it is: 99.96 % dropped is not all of it
+    (the JSON's shares showed 0.04 % served where the text said 100 %)."""
+    if share >= 1.0 or share <= 0.0 or 0.01 <= share <= 0.99:
+        return f"{share:.0%}"
+    if share < 0.0001:
+        return "under 0.01%"
+    return "over 99.99%" if share > 0.9999 else f"{share:.2%}"
 
 
 def explain_unmet(model: AllocationModel, best: Allocation,
@@ -49,10 +59,10 @@ def explain_unmet(model: AllocationModel, best: Allocation,
         if share <= 1e-6:
             continue
         if not deployable:
-            out.append({"query": i, "unmet_share": share, "reason": "memory", "parameter": "gpus.<name>.memory_gb",
-                        "text": f"{i}: {share:.0%} of its demand is dropped because no model's weights fit any GPU's "
-                                "memory (memory_gb x mem_util) at its tp_degrees; relax gpus.<name>.memory_gb or "
-                                "tp_degrees."})
+            out.append({"query": i, "unmet_share": share, "reason": "memory", "parameter": "gpus.*.memory_gb",
+                        "text": f"{i}: {dropped(share)} of its demand is dropped because no model's weights fit any "
+                                "GPU's memory (memory_gb x mem_util) at its tp_degrees; relax a GPU type's memory_gb "
+                                "(gpus.*.memory_gb), mem_util or tp_degrees."})
             continue
         if left_s() <= 0.0:
             out.append(_unexplained(i, share, spec.time_limit_s))
@@ -69,7 +79,7 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
                 "value": qt.unmet_penalty, "serve_above": above, "serve_above_proven": served.optimal,
-                "text": (f"{i}: {share:.0%} of its demand is dropped because paying its unmet penalty "
+                "text": (f"{i}: {dropped(share)} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
                          f"{most}{extra:.2f} $ more per period. "
                          + (f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if served.optimal else
@@ -94,14 +104,14 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                                   "lower robust.protection or robust.gamma, or the tiers' deviations, relax it too.")
                 out.append({
                     "query": i, "unmet_share": share, "reason": g.split(":")[0], "parameter": param,
-                    "text": (f"{i}: {share:.0%} of its demand is dropped because no plan serves it within the "
+                    "text": (f"{i}: {dropped(share)} of its demand is dropped because no plan serves it within the "
                              f"{g.split(':')[0]} limit; relax {param}.{extra_text}"),
                 })
                 break
         else:
             out.append({"query": i, "unmet_share": share, "reason": "several", "parameter": None,
-                        "text": f"{i}: {share:.0%} of its demand is dropped; no single limit, relaxed alone, lets it "
-                                "be served (several bind together)."})
+                        "text": f"{i}: {dropped(share)} of its demand is dropped; no single limit, relaxed alone, "
+                                "lets it be served (several bind together)."})
     return out
 
 
@@ -111,7 +121,7 @@ def _unexplained(i: str, share: float, time_limit_s: float, stopped: str | None 
     why = (f"not explained: the solver stopped ({stopped})" if stopped else
            f"not explained within time_limit_s ({time_limit_s:g} s, the explanations' own)")
     return {"query": i, "unmet_share": share, "reason": "unexplained", "parameter": None,
-            "text": f"{i}: {share:.0%} of its demand is dropped; {why}."}
+            "text": f"{i}: {dropped(share)} of its demand is dropped; {why}."}
 
 
 def allocation_json(model: AllocationModel, a: Allocation, explanations: list[dict[str, Any]]) -> dict[str, Any]:

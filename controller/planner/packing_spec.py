@@ -76,7 +76,7 @@ class PackingSpec:
     fit_margin: float = 0.95
     """A type whose one request needs more than this share of a card's memory cannot use the card."""
     compute_adjust: float = 10.0
-    """Compute scaling between GpuSpec.compute and RequestType.compute."""
+    """Compute scaling between GpuSpec.compute and RequestType.compute (1e-6 to 1e6)."""
     availability_scale: int = 150
     """Multiplier on the scenarios' card counts."""
     scales: tuple[int, ...] = (1000, 3000, 5000)
@@ -113,13 +113,18 @@ class PackingSpec:
         if len(self.cards) != len(self.speedups) or not self.cards:
             raise ConfigError("speedups",
                               f"needs one entry per cards entry ({len(self.cards)}), got {len(self.speedups)}")
-        if any(k < 1 for k in self.cards) or not all(0 < s <= MAX_SIZE for s in self.speedups):
-            raise ConfigError("cards/speedups", f"cards must be >= 1 and speedups in (0, {MAX_SIZE:g}]")
+        for k, n in enumerate(self.cards):
+            if n < 1:
+                raise ConfigError(f"cards[{k}]", f"must be >= 1, got {n}")
+        for k, x in enumerate(self.speedups):
+            if not 0 < x <= MAX_SIZE:
+                raise ConfigError(f"speedups[{k}]", f"must be in (0, {MAX_SIZE:g}], got {x}")
         for f in ("mem_util", "fit_margin"):
             if not 0 < getattr(self, f) <= 1:
                 raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")
         check_positive(self, "", ("compute_adjust", "availability_scale", "time_limit_s"))
         check_range(self, "", ("availability_scale",), 1, MAX_CARDS)
+        check_range(self, "", ("compute_adjust",), 1e-6, 1e6)  # a unit's scale: past it, every config fits or none
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
         check_range(self, "", ("mip_gap",), 0.0, 1.0)
         if not self.scales or any(not 0 <= n <= MAX_REQUESTS for n in self.scales):
