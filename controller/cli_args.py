@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from controller.planner.packing_spec import MAX_REQUESTS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
+from controller.telemetry.base import shortened
 from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS
 from queuemodels.accelerators import CATALOG
 
@@ -102,14 +103,15 @@ def seconds(text: str) -> float:
 
 def batch_sizes(text: str) -> list[int]:
     """--batch-sizes: a comma-separated list of whole numbers in 1..MAX_BATCH."""
+    given = shortened(repr(text), 80)  # a list of thousands was echoed whole
     try:
         sizes = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {given}") from None
     if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {given}")
     if max(sizes) > MAX_BATCH or len(sizes) > 64:
-        raise argparse.ArgumentTypeError(f"at most 64 batch sizes, each <= {MAX_BATCH}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"at most 64 batch sizes, each <= {MAX_BATCH}, got {given}")
     return sizes
 
 

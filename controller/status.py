@@ -141,19 +141,21 @@ def status(settings: Settings, path: Path, as_json: bool, config: Path | None = 
                           f"{exc})") from None
 
 
-def _seconds(s: float) -> str:
-    """Seconds as a person reads them: whole below a billion, a short float past (1e308 printed 309 digits)."""
-    return f"{s:.0f}" if s < 1e9 else f"{s:.3g}"
+def _figure(x: float) -> str:
+    """Seconds or watts as a person reads them: whole below a billion, a short float past (1e308 printed 309
+    digits)."""
+    return f"{x:.0f}" if abs(x) < 1e9 else f"{x:.3g}"
 
 
 def text(rep: dict[str, Any]) -> str:
-    age = "" if rep["age_s"] is None else (f", decided {_seconds(rep['age_s'])} s ago" if rep["age_s"] >= 0 else
-                                            f", dated {_seconds(-rep['age_s'])} s in the future")
+    age = "" if rep["age_s"] is None else (f", decided {_figure(rep['age_s'])} s ago" if rep["age_s"] >= 0 else
+                                            f", dated {_figure(-rep['age_s'])} s in the future")
     if rep["stale"]:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
-    drawn = "" if rep["draw_w"] is None else f", drawing {rep['draw_w']:.0f} W"
-    lines = [f"budget {rep['budget_w']:.0f} W{why}, plan predicts {rep['predicted_w'] or 0:.0f} W{drawn}{age}"]
+    drawn = "" if rep["draw_w"] is None else f", drawing {_figure(rep['draw_w'])} W"
+    lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W"
+             f"{drawn}{age}"]
     if rep["other_config"]:
         lines.insert(0, f"written by the daemon running {rep['other_config']}, not this config: the two share "
                         "daemon.decision_log (give each its own daemon.state_dir)")

@@ -44,5 +44,5 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
                 continue
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
-                                           f"[{low:g}, {high:g}], got {value}")
+                                           f"[{low:g}, {high:g}], got {value:g}")
     return observations

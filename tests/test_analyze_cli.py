@@ -101,6 +101,9 @@ def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture
 @pytest.mark.parametrize("args,message", [
     (["--batch-sizes", "8,0"], "argument --batch-sizes: every batch size must be >= 1, got '8,0'"),
     (["--batch-sizes", "8,100000"], "argument --batch-sizes: at most 64 batch sizes, each <= 4096"),
+    (["--batch-sizes", ",".join(map(str, range(1, 4097)))],  # echoed whole: 19 KB on one line
+     "at most 64 batch sizes, each <= 4096, got '1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,"
+     "26,27,28,29,3... (19374 characters)\n"),
     (["--max-batch", "0"], "argument --max-batch: must be in 1..4096, got '0'"),
     (["--max-batch", "1000000000"], "argument --max-batch: must be in 1..4096, got '1000000000'"),
     (["--max-queue", "-7"], "argument --max-queue: must be in -1..1000000, got '-7'"),

@@ -200,12 +200,16 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     infinite.write_text(header + "1,500,200,inf,30,10\n")
     huge = tmp_path / "huge.csv"
     huge.write_text(header + "1,500,200,64,30,10\n1,1e308,200,64,30,10\n")
+    queue = tmp_path / "queue.csv"
+    queue.write_text(header.rstrip("\n") + ",max_queue\n1,500,200,64,30,10,1e300\n")
     cases = [
         ([str(infinite)], f"{infinite}:2: column 'max_batch' must be a whole number >= 1, got inf"),
         ([str(huge)], f"{huge}:3: column 'in_tokens' must be in [0, 1e+06], got 1e+308"),
+        ([str(queue)], f"{queue}:2: column 'max_queue' must be in [0, 1e+06], got 1e+300"),  # not 301 digits
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
-        ([str(nan)], f"{nan}: no usable observation (5 non-finite)"),
+        ([str(nan)], f"{nan}: no usable observation (5 non-finite; the first, {nan}:2: non-finite (a latency, rate "
+                     "or token count is missing))"),
     ]
     for argv, message in cases:
         assert main(["tune", *argv]) == 2, argv

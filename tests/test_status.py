@@ -176,11 +176,13 @@ def test_a_nan_latency_is_unknown_and_an_absurd_age_is_short(sim_config: Callabl
     """A foreign log's NaN TTFT read "SLO missed: mean TTFT nan/300"; a wall_time of -1e308 printed 309 digits."""
     path, log, record = real_record(sim_config)
     record["wall_time"] = -1e308
+    record["budget_w"], record["predicted_w"] = 1e308, -1e300  # as many digits again
     record["services"]["chat"]["observed"] = {"ttft_ms": float("nan"), "itl_ms": 10.0}
     log.write_text(json.dumps(record) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "decided 1e+308 s ago" in out and "nan" not in out.lower() and "no latency observed" in out
+    assert out.startswith("budget 1e+308 W, plan predicts -1e+300 W"), out
 
 
 def test_status_says_when_the_log_is_another_configs(sim_config: Callable[..., Path],

@@ -175,8 +175,10 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,nan,nan,nan\n" * 3,
      "'max_batch' must be a whole"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,8,nan,nan\n" * 3,
-     "no usable observation (3 non-finite)"),
-    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,0\n", "(1 transient)"),
+     "no usable observation (3 non-finite; the first, "),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,0\n", "(1 transient;"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n-3,500,200,8,30,10\n",  # it named neither row nor why
+     "bad.csv:2: no-traffic (no requests or zero latency))"),
 ])
 def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                     message: str) -> None:
@@ -197,7 +199,7 @@ def test_tune_cli_refuses_a_cap_outside_the_accelerators_limits(tmp_path: Path,
     path.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,power_cap_w\n1,200,100,8,50,20,5000\n")
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{path}:2: column 'power_cap_w' must be in [200, 700], got 5000.0" in err[0], err
+    assert len(err) == 1 and f"{path}:2: column 'power_cap_w' must be in [200, 700], got 5000" in err[0], err
 
 
 def test_tune_cli_refuses_a_binary_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -161,7 +161,9 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
     problems = [o.problem() for o in out]
     if all(p is not None for p in problems):
         counts = ", ".join(f"{problems.count(p)} {p}" for p in sorted({str(p) for p in problems}))
-        raise ObservationFileError(f"{path}: no usable observation ({counts})")
+        first = str(problems[0])
+        raise ObservationFileError(f"{path}: no usable observation ({counts}; the first, {out.where(0)}: {first} "
+                                   f"{REASONS.get(first, '')})")
     return out
 
 
