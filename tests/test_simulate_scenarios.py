@@ -45,6 +45,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("body", "field", "words"), [
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rpss = 3\n', "workload.chat.rate_rpss", "unknown key"),
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = -1\n', "workload.chat.rate_rps", "must be in"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nin_tokens = 32768\nout_tokens = 32768\n',
+     "workload.chat.out_tokens", "in_tokens + out_tokens is 65536, over the engines' context of 32768 tokens"),
     ('name = "x"\nduration_s = 60\n[workload.nope]\nrate_rps = 1\n', "workload.nope", "no such service"),
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = [{ start_s = 5, duration_s = 5, '
      'factor = -2 }]\n', "workload.chat.bursts[0].factor", "-2"),

@@ -110,6 +110,9 @@ class WorkloadSettings:
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("phase_s",), -MAX_DURATION_S, MAX_DURATION_S)
         check_range(self, where, ("in_tokens", "out_tokens"), 0.0, CONTEXT_TOKENS)  # the engines' context
+        if self.in_tokens + self.out_tokens > CONTEXT_TOKENS:  # no request would fit: every one a miss, slowly
+            raise ConfigError(f"{where}.out_tokens", f"in_tokens + out_tokens is {self.in_tokens + self.out_tokens:g}, "
+                              f"over the engines' context of {CONTEXT_TOKENS} tokens")
         peak, at_s = self.peak_rate()
         if peak > MAX_SIM_RATE_RPS:  # bursts that overlap multiply
             raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
