@@ -13,6 +13,7 @@ import pytest
 
 from controller.cli import main
 from controller.simulate import frontier as frontier_module
+from controller.simulate.command import simulate
 from controller.simulate.frontier import FrontierUnavailable, Option, frontier, pick
 from controller.simulate.report import targets
 from controller.simulate.scenario import load_scenario
@@ -20,7 +21,7 @@ from controller.simulate.sizing import static_fleet
 
 
 def _grid(rng: np.random.Generator, services: int) -> list[list[Option]]:
-    return [[Option(int(n), None, float(rng.uniform(50, 600)), float(rng.uniform(10, 90)), 0.0, 0.0)
+    return [[Option(int(n), None, float(rng.uniform(50, 600)), float(rng.uniform(10, 90)), 0.0, 0.0, 1.0)
              for n in rng.integers(1, 4, size=int(rng.integers(2, 6)))] for _ in range(services)]
 
 
@@ -52,6 +53,10 @@ def test_the_frontier_load_tests_the_scenarios_own_engine(small_scenario: Callab
     assert slow["t_over_c"] < static["t_over_c"] and slow["dynamic_w"] < static["dynamic_w"]
     best = front["most_t_over_c_at_energy_target"]
     assert best["tokens_per_joule_vs_static"] >= 1.3 and best["draw_w"] <= front["static"]["draw_w"] / 1.3
+    # one replica at a locked clock cannot keep up with 20 rps: its low draw serves fewer tokens, no plan of the same
+    # tokens (a plan of one at 0.3 of the clock read as the cheapest, serving under half the load)
+    assert [o["served_share"] < 0.97 for o in front["options"]["chat"]][:4] == [False, True, True, True]
+    assert best["plan"]["chat"]["served_share"] >= 0.97 and front["meets_both"] is False
 
 
 def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..., Path],
@@ -64,10 +69,19 @@ def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..
         frontier(scn, static_fleet(scn, 3))
 
 
+def test_an_even_split_of_the_budget_is_within_it(small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    """7 x (2600 / 7) sums to 2600.0000000000005 W: uniform-cap read as over the budget every second."""
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 30\nseed = 3\n', gpus=7, budget_w=2600.0))
+    doc = simulate(scn, tmp_path, ["uniform-cap"], [3], 30.0, progress=False, explain=False)
+    assert doc["policies"]["uniform-cap"]["mean_limits_w"] == 2600.0
+    assert doc["policies"]["uniform-cap"]["limits_over_budget_s"] == 0.0
+
+
 def _policy(attainment: float, limits_over_s: float, tokens_per_joule: float = 2.0, t_over_c: float = 90.0
             ) -> dict[str, Any]:
     return {"budget_violation_s": 0.0, "tokens_per_joule": tokens_per_joule, "sum_t_over_c": t_over_c,
             "limits_over_budget_s": limits_over_s, "mean_limits_w": 1500.0 if limits_over_s else 1300.0,
+            "peak_draw_w": 1350.0,
             "mean_budget_w": 1400.0, "co2_mg_per_token": None, "drop_settle_s": None, "domain_longest_over_s": None,
             "ramp_up_fast_s": None, "ramp_down_fast_by_limits_s": None,
             "services": {"chat": {"slo_attainment": attainment, "restarts_per_hour": 0.0}}}
@@ -78,12 +92,17 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     ahead = {"static": _policy(0.99, 60.0), "slo-only": _policy(0.985, 12.0), "uniform-cap": _policy(0.9, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 0.0)})}
     why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.990)"]["why"]
-    assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (mean 1500 W); "
-                   "slo-only (0.9850) ran with its GPUs' power limits summed above the budget for 12 s (mean 1500 W); "
-                   "wattscale (0.9800) kept its GPUs' power limits' sum within the budget (mean 1300 W), under a mean "
-                   "budget of 1400 W: their lead came with limits that a hard budget does not allow")
+    assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (mean 1500 W; "
+                   "peak draw 1350 W); slo-only (0.9850) ran with its GPUs' power limits summed above the budget for "
+                   "12 s (mean 1500 W; peak draw 1350 W); wattscale (0.9800) kept its GPUs' power limits' sum within "
+                   "the budget (mean 1300 W; peak draw 1350 W), under a mean budget of 1400 W: those ahead ran on "
+                   "limits that a hard budget does not allow")
     assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
-        "under a mean budget of 1400 W: static's lead came with limits that a hard budget does not allow")
+        "under a mean budget of 1400 W: static ran on limits that a hard budget does not allow")
+    # a budget under the GPUs' lowest limits: wattscale's sum is over it too, and no conclusion is drawn
+    floor = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 30.0)})}
+    assert floor["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
+        "under a mean budget of 1400 W")
     within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)})}
     assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(

@@ -163,8 +163,14 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     os.symlink(tmp_path / "notes.txt", mine / "notes.md")  # a user's own files the report never writes
     os.mkdir(mine / "old-runs.json")
     os.symlink(tmp_path / "notes.txt", mine / "summary.md")  # a link to a regular file is written through
-    for earlier in ("trace-wattscale.csv", "decisions-seed9.jsonl", "power.png"):  # another report's, left beside
-        (mine / earlier).write_text("an earlier run's")                               # the new summary
+    for earlier in ("trace-wattscale.csv", "decisions-seed9.jsonl", "power.png", "summary.json"):  # an earlier
+        (mine / earlier).write_text("an earlier run's")                 # report's, left beside the new summary
+    (tmp_path / "mine-too").mkdir()
+    (tmp_path / "mine-too" / "trace-static.csv").write_text("a user's")  # no report here: not touched
+    (tmp_path / "mine-too" / "decisions-seed9.jsonl").write_text("a user's")
+    assert main(["simulate", str(good), "--report", str(tmp_path / "mine-too"), "--policies", "uniform-cap",
+                 "--no-progress", "--no-frontier"]) == 0
+    assert (tmp_path / "mine-too" / "decisions-seed9.jsonl").read_text() == "a user's"
     assert main(["simulate", str(good), "--report", str(mine), "--policies", "static", "--no-progress"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in mine.iterdir() if not p.name.endswith(".png")) == [

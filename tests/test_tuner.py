@@ -222,7 +222,8 @@ def test_tune_says_which_parameters_sit_on_their_bounds(caplog: pytest.LogCaptur
     assert report["bounds_hit"] == {"delta_ms": "lower bound 0.105 (prior / 10)"}
     # said once, as soon as the warm-up shows it (a prior that far off refits slowly: a user may stop it there)
     assert caplog.text.count("delta_ms held at its lower bound 0.105") == 1
-    assert re.search(r"delta_ms held at its lower bound 0.105 \(prior / 10\) from row [3-6];", caplog.text)
+    assert re.search(r"delta_ms held at its lower bound 0.105 \(prior / 10\) after the warm-up \(observation [3-6]\);",
+                     caplog.text)
 
 
 def test_tune_prints_parameters_as_analyze_takes_them_back() -> None:

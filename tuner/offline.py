@@ -207,7 +207,7 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     verdicts: dict[str, int] = {}
     rejected: dict[str, list[int]] = {}  # by reason: the file's line numbers, or the places where no file is known
     file = observations if isinstance(observations, ObservationRows) else None
-    held: dict[str, str] = {}  # the bounds the fit sat on after its warm-up, said then
+    held: dict[str, str] | None = None  # the bounds the fit sat on as its warm-up ended, said then
     for row, obs in enumerate(observations, start=1):
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
@@ -215,11 +215,12 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
                 ahead.append(err)
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
-        if not held and pair.accepted >= pair.settings.warmup_observations:
-            held = bounds_hit(pair)  # said as soon as the warm-up shows it: a prior that far off refits slowly
+        if held is None and pair.accepted >= pair.settings.warmup_observations:
+            held = bounds_hit(pair)  # said once, as the warm-up ends: a prior that far off refits slowly
             for name, where in held.items():
-                log.warning("tune: %s held at its %s from row %d; the observations ask for a value outside what the "
-                            "prior allows (a prior nearer them fits faster)", name, where, row)
+                log.warning("tune: %s held at its %s after the warm-up (%s); the observations ask for a value outside "
+                            "what the prior allows (a prior nearer them fits faster)", name, where,
+                            f"observation {row}" if file is None else file.where(row - 1))
         if not verdict.accepted:
             rejected.setdefault(verdict.reason, []).append(row if file is None else file.lines[row - 1])
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
@@ -252,8 +253,10 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
 
         log.warning("tune: rows rejected: %s", "; ".join(
             f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows))}" for why, rows in rejected.items()))
+    for name in sorted(set(held or {}) - set(out["bounds_hit"])):
+        log.warning("tune: %s left its bound later on; the final fit is within what the prior allows", name)
     for name, where in out["bounds_hit"].items():
-        if held.get(name) == where:
+        if (held or {}).get(name) == where:
             continue
         log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
                     name, where)
@@ -272,13 +275,14 @@ REASONS = {
 
 
 def bounds_hit(pair: PairFilter) -> dict[str, str]:
-    """The fitted parameters at their clamp [prior / 10, 10 x prior], each with the bound it sits on."""
+    """The fitted parameters at their clamp [prior / 10, 10 x prior] (within 0.1 %: a fit parked that close is
+    held by it), each with the bound it sits on."""
     low, high = pair.bounds
     names = (*NAMES[pair.prior.family], "prefill_sensitivity")
     out: dict[str, str] = {}
     for name, x, lo, hi in zip(names, pair.x, low, high, strict=False):
-        if hi > 0 and x <= lo * (1 + 1e-6):
+        if hi > 0 and x <= lo * (1 + 1e-3):
             out[name] = f"lower bound {lo:.6g} (prior / 10)"
-        elif hi > 0 and x >= hi * (1 - 1e-6):
+        elif hi > 0 and x >= hi * (1 - 1e-3):
             out[name] = f"upper bound {hi:.6g} (10 x prior)"
     return out

@@ -41,6 +41,9 @@ VIOLATION_SHARE = 0.02
 """Draw above the budget by more than this share is a violation."""
 STEP_GRACE_S = 2.0
 """After a budget step-down, the governor has this long to bring the draw under it."""
+LIMITS_SLACK_W = 0.5
+"""Limits summed within this of the budget are within it: an even split of 2,600 W over 7 GPUs sums to
+2600.0000000000005."""
 QUANTILES = {name: 100.0 * q for name, q in QUANTILE_OF.items()}
 """Each percentile statistic as np.percentile takes it."""
 
@@ -160,7 +163,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         "budget_violation_raw_s": raw_s,
         "peak_draw_w": _round(float(tr.draw_w.max()), 1),
         "mean_draw_w": _round(float(tr.draw_w.mean()), 1),
-        "limits_over_budget_s": float(np.count_nonzero(tr.limits_w > tr.budget_w)) * dt,
+        "limits_over_budget_s": float(np.count_nonzero(tr.limits_w > tr.budget_w + LIMITS_SLACK_W)) * dt,
         "mean_limits_w": _round(float(tr.limits_w.mean()), 1),
         "energy_kwh": _round(energy_j / 3.6e6, 4),
         "tokens_per_joule": _round(tokens / energy_j if energy_j > 0 else 0.0, 4),

@@ -124,11 +124,17 @@ def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int])
                               "remove it or name another directory")
 
 
-def _clear_earlier_report(report_dir: Path) -> None:
-    """Remove what an earlier report in `report_dir` wrote (its traces, decision logs, PNGs): a run of other policies
-    or seeds left them beside the new summary, which says nothing of them."""
+def _clear_earlier_report(report_dir: Path, policies: list[str], seeds: list[int]) -> None:
+    """Where `report_dir` holds an earlier report (its summary.json), remove that report's traces, decision logs and
+    PNGs this run does not write again: a run of other policies or seeds left them beside the new summary, which says
+    nothing of them. A directory without a summary is left as it is (its files may be a user's own)."""
+    if not (report_dir / "summary.json").is_file():
+        return
+    mine = {f"trace-{p}.csv" for p in policies} | {f"decisions-seed{s}.jsonl" for s in seeds}
     for path in report_dir.iterdir():
-        if (EARLIER.fullmatch(path.name) or path.name in PLOTS) and path.is_file() and not path.is_symlink():
+        if path.name in mine or not (EARLIER.fullmatch(path.name) or path.name in PLOTS):
+            continue
+        if path.is_file() and not path.is_symlink():
             path.unlink()
 
 
@@ -151,7 +157,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         _check_report_files(report_dir, args.policies, seeds)
-        _clear_earlier_report(report_dir)
+        _clear_earlier_report(report_dir, args.policies, seeds)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None

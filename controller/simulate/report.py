@@ -57,19 +57,24 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _limits_words(name: str, figures: dict[str, Any]) -> str:
     over = figures["limits_over_budget_s"]
     return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" if over else
-            f"{name} kept its GPUs' power limits' sum within the budget") + f" (mean {figures['mean_limits_w']:g} W)"
+            f"{name} kept its GPUs' power limits' sum within the budget") + (
+        f" (mean {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W)")
 
 
 def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
-    """What the baselines that did better ran on: power limits summed above the budget are what a hard budget
-    rules out, and what lets long prompts run at full clock when their GPUs peak together."""
+    """What the baselines that did better ran on, beside wattscale: limits summed above the budget are what a hard
+    budget rules out (and what let their long prompts run at full clock when their GPUs peaked together); the line
+    draws that conclusion only where wattscale's own limits stayed within the budget and no better baseline's did."""
     better = {k: v for k, v in baselines.items() if (v["services"][service]["slo_attainment"] or 0.0) > mine + 1e-9}
     lines = [_limits_words(f"{k} ({v['services'][service]['slo_attainment']:.4f})", v) for k, v in better.items()]
     lines.append(_limits_words(f"wattscale ({mine:.4f})", ws) + f", under a mean budget of {ws['mean_budget_w']:g} W")
     within = [k for k, v in better.items() if not v["limits_over_budget_s"]]
-    whose = "their" if len(better) > 1 else f"{next(iter(better))}'s"
-    return "; ".join(lines) + (f"; so {' and '.join(within)} did better within the budget's sum of limits" if within
-                               else f": {whose} lead came with limits that a hard budget does not allow")
+    if within:
+        return "; ".join(lines) + f"; so {' and '.join(within)} did better within the budget's sum of limits"
+    if ws["limits_over_budget_s"]:  # a budget under the GPUs' lowest limits: no policy can hold a sum within it
+        return "; ".join(lines)
+    whose = "those ahead" if len(better) > 1 else next(iter(better))
+    return "; ".join(lines) + f": {whose} ran on limits that a hard budget does not allow"
 
 
 def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], baselines: dict[str, Any]
