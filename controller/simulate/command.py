@@ -95,7 +95,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     front: dict[str, Any] | str | None = None
     if explain and energy_missed(aggregated):
         if progress:
-            print("wattscale: an energy target was missed: load-testing the emulator's frontier", file=sys.stderr)
+            print("wattscale: measuring the emulator's frontier to explain a missed energy target", file=sys.stderr)
         try:
             front = frontier(scn, fleets[seeds[0]])
         except FrontierUnavailable as exc:

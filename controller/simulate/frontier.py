@@ -196,23 +196,26 @@ def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 
 
 
 def _plan_words(plan: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {o['replicas']} at " + ("the free clock" if o["clock"] is None else f"{o['clock']:g}")
+    return ", ".join(f"{name} {o['replicas']} replica{'s' * (o['replicas'] != 1)} at "
+                     + ("the free clock" if o["clock"] is None else f"{o['clock']:g} of the clock")
                      for name, o in plan["plan"].items())
 
 
 def explain(front: dict[str, Any]) -> str:
-    """Why the energy targets were missed, in the frontier's figures."""
+    """Why the energy targets were missed, in the frontier's figures (a bound from load tests, not this run's)."""
     at_energy, at_speed = front["most_t_over_c_at_energy_target"], front["most_tokens_per_joule_at_speed_target"]
-    words = ["the emulator's frontier for this host (each service alone at its steady mean rate on 1 to its most "
-             "replicas, the SM clock free or locked at 0.7, 0.5 or 0.3, load-tested with no model or controller; "
-             f"options that serve under {MIN_SERVED:.0%} of their load left out, no SLO asked of a plan; uniform-cap "
-             f"as every GPU at {front['uniform_cap']['cap_w']:g} W, the starting budget's even share): "]
-    words.append(f"at {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule the fastest plan reaches "
-                 + (f"{at_energy['t_over_c_vs_uniform_cap']:g} x uniform-cap's sum T/C ({_plan_words(at_energy)})"
-                    if at_energy else "nothing: no plan of the grid draws that little"))
-    words.append(f"; at {T_OVER_C_GAIN:g} x uniform-cap's sum T/C the least-drawing plan reaches "
+    words = ["a bound from load tests, not from this run: each service alone at its steady mean rate on 1 to "
+             "max_replicas replicas, its SM clock free or locked at 0.7, 0.5 or 0.3, no power caps, no SLO required, "
+             f"options that complete under {MIN_SERVED:.0%} of their load left out; ratios against the same tests' "
+             f"static fleet and even-cap fleet (every GPU at {front['uniform_cap']['cap_w']:g} W, the starting "
+             "budget's even share), not against the rows above. "]
+    words.append(f"The fastest plan at {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule reaches "
+                 + (f"{at_energy['t_over_c_vs_uniform_cap']:g} x the even-cap fleet's sum T/C "
+                    f"({_plan_words(at_energy)})"
+                    if at_energy else "nothing: no tested plan draws that little"))
+    words.append(f"; the most efficient plan at {T_OVER_C_GAIN:g} x the even-cap fleet's sum T/C reaches "
                  + (f"{at_speed['tokens_per_joule_vs_static']:g} x static's tokens per joule ({_plan_words(at_speed)})"
-                    if at_speed else "nothing: no plan of the grid is that fast"))
-    words.append("; a plan of the grid meets both at steady load with no SLO asked, which wattscale's plans did not "
-                 "reach" if front["meets_both"] else "; so no plan of the grid meets both")
+                    if at_speed else "nothing: no tested plan is that fast"))
+    words.append("; a tested plan meets both (at steady load, no SLO required), which wattscale's plans did not "
+                 "reach" if front["meets_both"] else "; no tested plan meets both")
     return "".join(words)

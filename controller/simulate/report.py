@@ -58,7 +58,7 @@ def _limits_words(name: str, figures: dict[str, Any]) -> str:
     over = figures["limits_over_budget_s"]
     return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" if over else
             f"{name} kept its GPUs' power limits' sum within the budget") + (
-        f" (mean {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W)")
+        f" (limits' mean sum {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W)")
 
 
 def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
@@ -70,7 +70,8 @@ def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: di
     lines.append(_limits_words(f"wattscale ({mine:.4f})", ws) + f", under a mean budget of {ws['mean_budget_w']:g} W")
     within = [k for k, v in better.items() if not v["limits_over_budget_s"]]
     if within:
-        return "; ".join(lines) + f"; so {' and '.join(within)} did better within the budget's sum of limits"
+        return "; ".join(lines) + f"; {' and '.join(within)} did better with limits within the budget, so the hard " \
+            "limit does not explain this miss"
     if ws["limits_over_budget_s"]:  # a budget under the GPUs' lowest limits: no policy can hold a sum within it
         return "; ".join(lines)
     whose = "those ahead" if len(better) > 1 else next(iter(better))
@@ -246,7 +247,8 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
               f" the first {STEP_GRACE_S:g} s after a step-down excused (raw: not excused). Sum T/C: over services,"
               " output tokens per second over requests in the system (by Little's law, output tokens per"
               " request-second): the faster each request, the higher. Limits over budget: seconds the GPUs' power"
-              " limits summed above the budget, which leaves the draw under it to the load alone."]
+              " limits summed above the budget; in those seconds only the load kept the draw under it (compare the"
+              " peak draw)."]
     shown = [k for k in POWER_FIGURES if any(p.get(k) is not None for p in pol.values())]
     if shown:
         lines += ["", "## Power", "", "| policy | " + " | ".join(POWER_LABELS[k] for k in shown) + " |",
