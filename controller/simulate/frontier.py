@@ -18,9 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-
+from controller.lp import Lp
 from controller.simulate.plant import token_mix
 from controller.simulate.scenario import Scenario
 from controller.simulate.sizing import replica_for
@@ -68,6 +66,10 @@ class Option:
 class _Probe:
     """One service's load test: its whole mean rate split evenly over `n` replicas."""
 
+    counts: range
+    """The replica counts the grid tries: max(1, min_replicas) to max_replicas, within the host's GPUs."""
+    static_n: int
+    """The static fleet's replicas of it."""
     replica: Replica
     rate_rps: float
     prompts: TokenSampler
@@ -103,51 +105,40 @@ def _probes(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int) ->
         w = scn.workload(svc.name)
         if w.rate_rps <= 0:
             raise FrontierUnavailable(f"{svc.name} has no load (rate_rps 0) to load-test")
-        static_n, counts = sum(fleet.get(svc.name, {}).values()), _replica_counts(scn, svc.name)
+        static_n = sum(fleet.get(svc.name, {}).values())
+        counts = range(max(1, svc.min_replicas), min(svc.max_replicas, len(scn.gpu_types)) + 1)
         if static_n not in counts:
             raise FrontierUnavailable(f"the static fleet runs {static_n} replicas of {svc.name}, outside the "
                                       f"{counts.start} to {counts.stop - 1} the grid tries")
         prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
-        probes[svc.name] = _Probe(replica_for(scn, svc, types[0], scn.settings.seed), w.rate_rps, prompts, outputs,
-                                  svc.initial_max_batch, probe_seed)
+        probes[svc.name] = _Probe(counts, static_n, replica_for(scn, svc, types[0], scn.settings.seed), w.rate_rps,
+                                  prompts, outputs, svc.initial_max_batch, probe_seed)
         tests += len(counts) * len(CLOCKS) + 1
     if tests > MAX_LOAD_TESTS:
         raise FrontierUnavailable(f"it would take {tests} load tests (at most {MAX_LOAD_TESTS} are run)")
     return types[0], probes
 
 
-def _replica_counts(scn: Scenario, service: str) -> range:
-    svc = next(s for s in scn.config.services if s.name == service)
-    return range(max(1, svc.min_replicas), min(svc.max_replicas, len(scn.gpu_types)) + 1)
-
-
 def pick(options: list[list[Option]], gpus: int, *, most_speed_within_w: float | None = None,
-          least_draw_for_speed: float | None = None) -> list[Option] | None:
+         least_draw_for_speed: float | None = None) -> list[Option] | None:
     """One option per service within `gpus`: the fastest within a draw above idle, or the least drawing at a
-    speed (None where no plan of the grid fits)."""
-    flat = [o for opts in options for o in opts]
-    draw = np.array([o.dynamic_w for o in flat])
-    speed = np.array([o.t_over_c for o in flat])
-    one_each = np.zeros((len(options), len(flat)))
-    k = 0
-    for row, opts in enumerate(options):
-        one_each[row, k:k + len(opts)] = 1.0
-        k += len(opts)
-    rows = [LinearConstraint(one_each, 1.0, 1.0),
-            LinearConstraint(np.array([[float(o.replicas) for o in flat]]), 0.0, float(gpus))]
+    speed (None where no plan of the grid fits), on the project's MILP builder (controller/lp.py)."""
+    lp = Lp()
+    fastest = most_speed_within_w is not None
+    chosen = [[lp.var((k, j), 0.0, 1.0, integer=True, cost=-o.t_over_c if fastest else o.dynamic_w)
+               for j, o in enumerate(opts)] for k, opts in enumerate(options)]
+    flat = [(v, o) for vs, opts in zip(chosen, options, strict=True) for v, o in zip(vs, opts, strict=True)]
+    for vs in chosen:
+        lp.row(((v, 1.0) for v in vs), 1.0, 1.0)
+    lp.row(((v, float(o.replicas)) for v, o in flat), 0.0, float(gpus))
     if most_speed_within_w is not None:
-        rows.append(LinearConstraint(draw[None, :], -np.inf, most_speed_within_w))
-        cost = -speed
+        lp.row(((v, o.dynamic_w) for v, o in flat), -float("inf"), most_speed_within_w)
     else:
-        rows.append(LinearConstraint(speed[None, :], least_draw_for_speed, np.inf))
-        cost = draw
-    res = milp(cost, constraints=rows, integrality=np.ones(len(flat)), bounds=Bounds(0.0, 1.0),
-               options={"time_limit": 10.0})
-    if res.status == 1:  # a plan of a few hundred options takes milliseconds: one that does not is no bound
+        lp.row(((v, o.t_over_c) for v, o in flat), least_draw_for_speed or 0.0, float("inf"))
+    res = lp.solve()
+    if res.ok and not res.optimal:  # a plan of a few hundred options takes milliseconds: one that does not is no bound
         raise FrontierUnavailable("its MILP stopped at its time limit (10 s) before it proved a plan best")
-    if res.x is None or res.status != 0:
-        return None
-    return [o for o, x in zip(flat, res.x, strict=True) if x > 0.5]
+    return [o for v, o in flat if res.x[v] > 0.5] if res.ok else None
 
 
 def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 1) -> dict[str, Any]:
@@ -157,9 +148,9 @@ def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 
     gpus = len(scn.gpu_types)
     idle_w = SPECS[gpu_type].idle_w * gpus
     even_cap_w = scn.start_budget_w / gpus
-    options = {name: [p.run(n, c) for n in _replica_counts(scn, name) for c in CLOCKS] for name, p in probes.items()}
-    static = {name: next(o for o in options[name] if o.replicas == sum(fleet[name].values()) and o.clock is None)
-              for name in probes}
+    options = {name: [p.run(n, c) for n in p.counts for c in CLOCKS] for name, p in probes.items()}
+    static = {name: next(o for o in options[name] if o.replicas == p.static_n and o.clock is None)
+              for name, p in probes.items()}
     uniform = {name: p.run(static[name].replicas, None, even_cap_w) for name, p in probes.items()}
     static_w = idle_w + sum(o.dynamic_w for o in static.values())
     uniform_tc = sum(o.t_over_c for o in uniform.values())
