@@ -208,7 +208,12 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     rejected: dict[str, list[int]] = {}  # by reason: the file's line numbers, or the places where no file is known
     file = observations if isinstance(observations, ObservationRows) else None
     held: dict[str, str] | None = None  # the bounds the fit sat on as its warm-up ended, said then
+
+    def place(n: int) -> str:  # `path:line`, as ObservationRows.where says it
+        return f"observation {n}" if file is None else f"{file.path}:{n}"
+
     for row, obs in enumerate(observations, start=1):
+        line = row if file is None else file.lines[row - 1]
         if pair.accepted >= pair.settings.warmup_observations:
             err = relative_errors(pair, obs)
             if err is not None:
@@ -218,11 +223,9 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
         if held is None and pair.accepted >= pair.settings.warmup_observations:
             held = bounds_hit(pair)  # said once, as the warm-up ends: a prior that far off refits slowly
             for name, where in held.items():
-                log.warning("tune: %s held at its %s after the warm-up (%s); the observations ask for a value outside "
-                            "what the prior allows (a prior nearer them fits faster)", name, where,
-                            f"observation {row}" if file is None else file.where(row - 1))
+                _say_held(name, where, f" after the warm-up ({place(line)})")
         if not verdict.accepted:
-            rejected.setdefault(verdict.reason, []).append(row if file is None else file.lines[row - 1])
+            rejected.setdefault(verdict.reason, []).append(line)
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
@@ -248,19 +251,20 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
     out["rejected_rows"] = rejected
     out["bounds_hit"] = bounds_hit(pair)
     if rejected:
-        def place(n: int) -> str:  # `path:line`, as ObservationRows.where says it
-            return f"observation {n}" if file is None else f"{file.path}:{n}"
-
         log.warning("tune: rows rejected: %s", "; ".join(
             f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows))}" for why, rows in rejected.items()))
-    for name in sorted(set(held or {}) - set(out["bounds_hit"])):
+    held = held or {}
+    for name in sorted(set(held) - set(out["bounds_hit"])):
         log.warning("tune: %s left its bound later on; the final fit is within what the prior allows", name)
     for name, where in out["bounds_hit"].items():
-        if (held or {}).get(name) == where:
-            continue
-        log.warning("tune: %s held at its %s; the observations ask for a value outside what the prior allows",
-                    name, where)
+        if held.get(name) != where:
+            _say_held(name, where)
     return out
+
+
+def _say_held(name: str, where: str, when: str = "") -> None:
+    log.warning("tune: %s held at its %s%s; the observations ask for a value outside what the prior allows (a prior "
+                "nearer them fits faster)", name, where, when)
 
 
 REASONS = {

@@ -112,12 +112,16 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     return doc
 
 
+def _per_run(policies: list[str], seeds: list[int]) -> list[str]:
+    """The report's files of each policy (its first seed's trace) and of each seed (wattscale's decision log)."""
+    return [*(f"trace-{p}.csv" for p in policies), *(f"decisions-seed{s}.jsonl" for s in seeds)]
+
+
 def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int]) -> None:
     """Refuse, before anything runs, a report directory where a file the report writes is there and no regular
     file (a link to one is fine): a FIFO blocked the run for ever, a directory or a dangling link failed it after
     the whole simulation."""
-    names = ["simulate.log", "summary.json", "summary.md", *PLOTS, *(f"trace-{p}.csv" for p in policies),
-             *(f"decisions-seed{s}.jsonl" for s in seeds)]
+    names = ["simulate.log", "summary.json", "summary.md", *PLOTS, *_per_run(policies, seeds)]
     for path in (report_dir / name for name in names):
         if (path.is_symlink() or path.exists()) and not path.is_file():
             raise ConfigError("--report", f"{path} exists and is not a regular file (the report writes it); "
@@ -130,7 +134,7 @@ def _clear_earlier_report(report_dir: Path, policies: list[str], seeds: list[int
     nothing of them. A directory without a summary is left as it is (its files may be a user's own)."""
     if not (report_dir / "summary.json").is_file():
         return
-    mine = {f"trace-{p}.csv" for p in policies} | {f"decisions-seed{s}.jsonl" for s in seeds}
+    mine = set(_per_run(policies, seeds))
     for path in report_dir.iterdir():
         if path.name in mine or not (EARLIER.fullmatch(path.name) or path.name in PLOTS):
             continue
