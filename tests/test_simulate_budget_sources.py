@@ -17,10 +17,10 @@ from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.simulate.accounting import figures
 from controller.simulate.power_figures import carbon_figures, domain_figures, drop_figures, ramp_figures
-from controller.simulate.report import carbon_limits
 from controller.simulate.runner import Trace, run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sources import mean_budget_w
+from controller.simulate.targets import carbon_limits
 
 TWO_GPUS = {"chat": {"H100-SXM": 2}}
 HEADER = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"

@@ -15,9 +15,9 @@ from controller.cli import main
 from controller.simulate import frontier as frontier_module
 from controller.simulate.command import simulate
 from controller.simulate.frontier import FrontierUnavailable, Option, frontier, pick
-from controller.simulate.report import targets
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
+from controller.simulate.targets import energy_missed, not_judged, targets
 
 
 def _grid(rng: np.random.Generator, services: int) -> list[list[Option]]:
@@ -107,15 +107,32 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)})}
     assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
         "; uniform-cap did better with limits within the budget, so the hard limit does not explain this miss")
-    mine = _policy(0.99, 0.0, 2.2, 110.0)
-    energy = {t["target"].split(" (")[0]: t for t in targets(scn, {**ahead, "wattscale": mine}, "not measured here")}
+
+
+def test_energy_targets_are_judged_where_the_scenario_asks_for_them(small_scenario: Callable[..., Path]) -> None:
+    policies = {"static": _policy(0.99, 60.0), "uniform-cap": _policy(0.9, 0.0),
+                "wattscale": _policy(0.99, 0.0, 2.2, 110.0)}
+    unasked = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
+    assert not [t for t in targets(unasked, policies, "not measured here") if "x static's" in t["target"]]
+    assert not energy_missed(unasked, policies)
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\nenergy_targets = true\n'))
+    assert energy_missed(scn, policies)
+    energy = {t["target"]: t for t in targets(scn, policies, "not measured here")}
     assert energy["tokens_per_joule >= 1.3 x static's"]["why"] == "not measured here"
     assert "why" not in energy["sum_t_over_c >= 1.15 x uniform-cap's"]  # met: 110 / 90
+    assert not_judged(scn, policies) == []
+    alone = {"wattscale": policies["wattscale"]}
+    assert not_judged(scn, alone) == ["slo_attainment >= every baseline's: no baseline ran",
+                                      "slo_attainment >= 0.99 where static reaches it: static did not run",
+                                      "tokens_per_joule >= 1.3 x static's: static did not run",
+                                      "sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run"]
+    assert not_judged(unasked, alone)[2:] == []
+    assert not_judged(scn, {"static": policies["static"]}) == ["every target: wattscale did not run (--policies)"]
 
 
 def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callable[..., Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    path = small_scenario('name = "f"\nduration_s = 60\nseed = 3\n')
+    path = small_scenario('name = "f"\nduration_s = 60\nseed = 3\nenergy_targets = true\n')
     report = tmp_path / "r"
     assert main(["simulate", str(path), "--report", str(report), "--policies", "static,uniform-cap,wattscale",
                  "--no-progress"]) == 0
@@ -128,3 +145,5 @@ def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callabl
                  "--no-frontier"]) == 0
     out = capsys.readouterr().out
     assert "target MISSED: tokens_per_joule" in out and "why:" not in out
+    assert "\nnot judged: sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run\n" in out
+    assert "- sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run." in (report / "summary.md").read_text()

@@ -191,14 +191,15 @@ def test_the_report_says_each_targets_unit_each_log_lines_run_and_hold_and_why_i
     """A ratio (tokens/J against static's) printed as bare as seconds; the policies' log lines read alike; without
     matplotlib the summary's Figures section was empty and the warning went to simulate.log alone."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    path = small_scenario('name = "x"\nduration_s = 60\nseed = 3\n[[events]]\nat_s = 20\nkind = "budget"\n'
+    path = small_scenario('name = "x"\nduration_s = 60\nseed = 3\nenergy_targets = true\n'
+                          '[[events]]\nat_s = 20\nkind = "budget"\n'
                           'budget_w = 700\n')  # a plan to log
     report = tmp_path / "r"
     assert main(["simulate", str(path), "--report", str(report), "--policies", "static,wattscale",
                  "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert "target met: budget_violation_s = 0: 0.0 s\n" in out
-    assert re.search(r"tokens_per_joule >= 1.3 x static's .*: [0-9.]+ x static's\n", out)
+    assert re.search(r"tokens_per_joule >= 1.3 x static's: [0-9.]+ x static's\n", out)
     assert "No figures: matplotlib is not installed" in err
     summary = (report / "summary.md").read_text()
     assert "60 s of simulated time, seed 3;" in summary

@@ -17,11 +17,12 @@ from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.args import POLICIES
 from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
-from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, energy_missed, summary, write, write_trace
+from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.sources import mean_budget_w
+from controller.simulate.targets import energy_missed
 
 
 class _RunOf(logging.Filter):
@@ -93,7 +94,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     RUN.run = "-"  # the lines after the runs are no run's
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
     front: dict[str, Any] | str | None = None
-    if explain and energy_missed(aggregated):
+    if explain and energy_missed(scn, aggregated):
         if progress:
             print("wattscale: measuring the emulator's frontier to explain a missed energy target", file=sys.stderr)
         try:
@@ -184,5 +185,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     for t in doc["targets"]:
         print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']} {t['unit']}"
               + (f"\n  why: {t['why']}" if not t["met"] and "why" in t else ""))
+    for line in doc["not_judged"]:
+        print(f"not judged: {line}")
     print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)
     return 0

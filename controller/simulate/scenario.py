@@ -181,6 +181,9 @@ class ScenarioSettings:
     """Simulated time (s)."""
     description: str = ""
     """What the scenario tries, in a sentence or two (the report quotes it)."""
+    energy_targets: bool = False
+    """Judge wattscale's tokens per joule (>= 1.3 x static's) and sum T/C (>= 1.15 x uniform-cap's) as targets, as
+    diurnal and tight-budget do; off, the report gives the figures without a verdict."""
     seed: int = 1
     """First seed of the hidden engine costs, arrivals and noise; `--seeds N` runs seed .. seed + N - 1."""
     budget_w: float = 0.0
