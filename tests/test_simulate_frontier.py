@@ -90,7 +90,7 @@ def _policy(attainment: float, limits_over_s: float, tokens_per_joule: float = 2
 def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_scenario: Callable[..., Path]) -> None:
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
     ahead = {"static": _policy(0.99, 60.0), "slo-only": _policy(0.985, 12.0), "uniform-cap": _policy(0.9, 0.0)}
-    got = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 0.0)})}
+    got = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 0.0)}, 3600.0)}
     why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.990)"]["why"]
     assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (limits' mean "
                    "sum 1500 W; peak draw 1350 W); slo-only (0.9850) ran with its GPUs' power limits summed above the "
@@ -100,11 +100,11 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
         "under a mean budget of 1400 W: static ran on limits that a hard budget does not allow")
     # a budget under the GPUs' lowest limits: wattscale's sum is over it too, and no conclusion is drawn
-    floor = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 30.0)})}
+    floor = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 30.0)}, 3600.0)}
     assert floor["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
         "under a mean budget of 1400 W")
     within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
-    got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)})}
+    got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)}, 3600.0)}
     assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
         "; uniform-cap did better with limits within the budget, so the hard limit does not explain this miss")
 
@@ -113,11 +113,11 @@ def test_energy_targets_are_judged_where_the_scenario_asks_for_them(small_scenar
     policies = {"static": _policy(0.99, 60.0), "uniform-cap": _policy(0.9, 0.0),
                 "wattscale": _policy(0.99, 0.0, 2.2, 110.0)}
     unasked = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
-    assert not [t for t in targets(unasked, policies, "not measured here") if "x static's" in t["target"]]
+    assert not [t for t in targets(unasked, policies, 3600.0, "not measured here") if "x static's" in t["target"]]
     assert not energy_missed(unasked, policies)
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\nenergy_targets = true\n'))
     assert energy_missed(scn, policies)
-    energy = {t["target"]: t for t in targets(scn, policies, "not measured here")}
+    energy = {t["target"]: t for t in targets(scn, policies, 3600.0, "not measured here")}
     assert energy["tokens_per_joule >= 1.3 x static's"]["why"] == "not measured here"
     assert "why" not in energy["sum_t_over_c >= 1.15 x uniform-cap's"]  # met: 110 / 90
     assert not_judged(scn, policies) == []
@@ -147,3 +147,20 @@ def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callabl
     assert "target MISSED: tokens_per_joule" in out and "why:" not in out
     assert "\nnot judged: sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run\n" in out
     assert "- sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run." in (report / "summary.md").read_text()
+
+
+def test_a_run_under_an_hour_judges_its_restarts_by_their_count(small_scenario: Callable[..., Path]) -> None:
+    """One restart in a 10-minute run read 6 per hour, a MISSED verdict on what the next 50 minutes never held."""
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 3600\nseed = 3\n'))
+
+    def restarts(per_hour: float, duration_s: float) -> dict[str, Any]:
+        ws = _policy(0.99, 0.0)
+        ws["services"]["chat"]["restarts_per_hour"] = per_hour
+        return next(t for t in targets(scn, {"wattscale": ws}, duration_s) if "restarts" in t["target"])
+
+    one = restarts(6.0, 600.0)
+    assert one == {"target": "chat: restarts <= 2 per service-hour (a steady load's target; 1 in this 600-s run, "
+                   "judged as its first hour)", "value": 6.0, "unit": "per hour", "met": True}
+    assert not restarts(18.0, 600.0)["met"]  # 3 in 10 minutes: more than an hour may have
+    assert restarts(6.0, 3600.0) == {"target": "chat: restarts <= 2 per service-hour (a steady load's target)",
+                                     "value": 6.0, "unit": "per hour", "met": False}

@@ -56,7 +56,7 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
             "events_after_end": sum(e.at_s >= duration_s for e in scn.settings.events),
             "slos": {svc.name: {"priority": svc.priority, "statistic": svc.statistic, "ttft_ms": svc.ttft_ms,
                                 "itl_ms": svc.itl_ms} for svc in scn.config.services},
-            "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, frontier),
+            "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, duration_s, frontier),
             "not_judged": not_judged(scn, policies),
             **({"frontier": frontier} if frontier is not None else {})}
 
