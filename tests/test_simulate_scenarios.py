@@ -200,6 +200,7 @@ def test_the_report_says_each_targets_unit_each_log_lines_run_and_hold_and_why_i
     out, err = capsys.readouterr()
     assert "target met: budget_violation_s = 0: 0.0 s\n" in out
     assert re.search(r"tokens_per_joule >= 1.3 x static's: [0-9.]+ x static's\n", out)
+    assert re.search(r"^wattscale .*  mean budget [0-9.]+ W", out, re.M) and "mean_budget_w" not in out  # as labelled
     assert "No figures: matplotlib is not installed" in err
     summary = (report / "summary.md").read_text()
     assert "60 s of simulated time, seed 3;" in summary

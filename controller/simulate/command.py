@@ -17,7 +17,7 @@ from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.args import POLICIES
 from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
-from controller.simulate.report import NO_PLOTS, POWER_FIGURES, aggregate, summary, write, write_trace
+from controller.simulate.report import NO_PLOTS, POWER_FIGURES, POWER_LABELS, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sizing import static_fleet
@@ -147,6 +147,12 @@ EARLIER = re.compile(r"trace-(" + "|".join(map(re.escape, POLICIES)) + r")\.csv|
 """The names of an earlier report's per-policy and per-seed files."""
 
 
+def _labelled(key: str, value: float) -> str:
+    """A power figure as its summary column reads, the unit after the value: `fastest rise 12.3 W/s`."""
+    label, _, unit = POWER_LABELS[key].partition(" (")
+    return f"{label} {value:g}" + (f" {unit.rstrip(')')}" if unit else "")
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     scn = load_scenario(Path(args.scenario))
     duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
@@ -179,7 +185,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         handler.close()
     for policy, p in doc["policies"].items():
         slo = ", ".join(f"{k} {v['slo_attainment']}" for k, v in p["services"].items())
-        power = "  ".join(f"{k} {p[k]:g}" for k in POWER_FIGURES if p.get(k) is not None)
+        power = "  ".join(_labelled(k, p[k]) for k in POWER_FIGURES if p.get(k) is not None)
         print(f"{policy:<12} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
     for t in doc["targets"]:
