@@ -129,7 +129,7 @@ class VLLMEngine:
             if not self.n_active:
                 nxt = self.waiting[0][0] if self.waiting else t_s
                 idle_until = min(max(nxt, self.now_s), t_s)
-                self.gpu.account(idle_until - self.now_s, self.gpu.spec.idle_w)
+                self.gpu.account(idle_until - self.now_s, self.gpu.spec.idle_w, idle_until)
                 self.now_s = idle_until
                 if idle_until >= t_s:
                     return
@@ -196,7 +196,7 @@ class VLLMEngine:
             self._drawn = 0
         step_ms = step_ms * self._noise[self._drawn] + self._hiccup[self._drawn]
         self._drawn += 1
-        self.gpu.account(step_ms / 1000.0, power_w)
+        self.gpu.account(step_ms / 1000.0, power_w, self.now_s + step_ms / 1000.0)
         self.now_s += step_ms / 1000.0
         self.metrics.iteration_tokens.observe_one(prefill_tokens + n_decode)
         return step_ms

@@ -63,6 +63,9 @@ class SimGPU:
         self.clock_fraction = 1.0
         self.locked_clock_mhz: int | None = None
         self.last_power_w = spec.idle_w
+        self.accounted_to_s = 0.0
+        """Simulated time up to which `energy_j` holds the draw: an engine step is accounted whole as it starts."""
+        self._last_s = 0.0
         self._window_j = 0.0
         self._window_s = 0.0
 
@@ -121,13 +124,20 @@ class SimGPU:
             at_low = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
         return low, *at_low
 
-    def account(self, seconds: float, power_w: float) -> None:
-        """Integrate energy over a busy or idle stretch."""
+    def account(self, seconds: float, power_w: float, end_s: float) -> None:
+        """Integrate energy over a busy or idle stretch that ends at simulated time `end_s`."""
         power_w = min(power_w, self.power_limit_w)
         self.energy_j += power_w * seconds
+        self.accounted_to_s, self._last_s = end_s, seconds
         self._window_j += power_w * seconds
         self._window_s += seconds
         self.last_power_w = power_w
+
+    def energy_at_j(self, t_s: float) -> float:
+        """The energy counter as it reads at `t_s`, as a real one integrates the draw while it happens: the part of
+        the last stretch (a step accounted whole as it began) after `t_s` not yet drawn. Read per second, the whole
+        step read as drawn in its first second: a 3-s step of 400 W was 1,200 W in one second and 0 in the next."""
+        return self.energy_j - self.last_power_w * min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
 
     def sample_power_w(self) -> float:
         """Mean draw since the last sample (what NVML's 1 s average reports)."""

@@ -215,10 +215,10 @@ class SimHost:
                     self._route(svc, req)
                 for rep in svc.replicas:
                     if rep.ready_at_s >= end:
-                        rep.gpu.account(end - self.now_s, rep.gpu.spec.idle_w)  # loading the model
+                        rep.gpu.account(end - self.now_s, rep.gpu.spec.idle_w, end)  # loading the model
                     rep.engine.advance_to(end)
             busy = {r.gpu.index for s in self.services.values() for r in s.replicas}
             for gpu in self.gpus:
                 if gpu.index not in busy and gpu.index not in self.lost:
-                    gpu.account(end - self.now_s, gpu.spec.idle_w)
+                    gpu.account(end - self.now_s, gpu.spec.idle_w, end)
             self.now_s = end

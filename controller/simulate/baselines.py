@@ -42,14 +42,14 @@ class DrawMeter:
     def __init__(self, host: SimHost, gpus: Sequence[int] | None = None) -> None:
         self.host = host
         self.gpus = range(len(host.gpus)) if gpus is None else gpus
-        self._energy_j = self._total()
+        self._energy_j = self._total(host.now_s)
         self._t = host.now_s
 
-    def _total(self) -> float:
-        return sum(self.host.gpus[i].energy_j for i in self.gpus)
+    def _total(self, now: float) -> float:
+        return sum(self.host.gpus[i].energy_at_j(now) for i in self.gpus)
 
     def read(self, now: float) -> float:
-        energy = self._total()
+        energy = self._total(now)
         draw = (energy - self._energy_j) / max(now - self._t, 1e-9)
         self._energy_j, self._t = energy, now
         return draw
