@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -61,6 +62,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 10\n', "events[0].budget_w",
      "10 W is below the fleet's idle draw, "),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 2\n', "events[0].gpu", "0..1"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\n', "events[0].gpu",
+     "is missing: a gpu_lost event names the GPU, an index in 0..1"),  # it said "got -1", a value never written
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 1\nfactor = 1e308\n',
      "events[0].factor", "does not apply to a gpu_lost event (it reads gpu), got 1e+308"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nfactor = 1.3\n', "events[0].service",
@@ -222,5 +225,24 @@ def test_the_summary_lists_the_events_the_run_reached(small_scenario: Callable[.
                           '[[events]]\nat_s = 50\nkind = "budget"\nbudget_w = 1400\n')
     assert main(["simulate", str(path), "--report", str(tmp_path), "--policies", "static", "--no-progress",
                  "--duration-s", "30"]) == 0
-    capsys.readouterr()
-    assert "; events: budget at 9 s (1 more after the run's end)." in (tmp_path / "summary.md").read_text()
+    err = capsys.readouterr().err
+    summary = (tmp_path / "summary.md").read_text()
+    assert "; events: budget at 9 s (budget_w 900) (1 more after the run's end)." in summary
+    assert "--duration-s 30 ends the run before 1 of the scenario's events (budget at 50 s)" in err  # said at once
+    assert json.loads((tmp_path / "summary.json").read_text())["events"] == [
+        {"at_s": 9.0, "kind": "budget", "budget_w": 900.0}]
+
+
+def test_a_reused_report_holds_this_runs_decision_log_alone(small_scenario: Callable[..., Path], tmp_path: Path
+                                                            ) -> None:
+    """The daemon's decision log appends: a second run into the same report put its cycles after the first's, and a
+    run without wattscale kept the earlier log beside a summary that says nothing of it."""
+    path = small_scenario('name = "x"\nduration_s = 60\nseed = 3\n')
+    log = tmp_path / "r" / "decisions-seed3.jsonl"
+    for _ in range(2):
+        assert main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "wattscale",
+                     "--no-progress"]) == 0
+        times = [json.loads(line)["t"] for line in log.read_text().splitlines()]
+        assert times == sorted(set(times)) and len(times) >= 2, times
+    assert main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static", "--no-progress"]) == 0
+    assert not log.exists()

@@ -83,8 +83,10 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
                 RUN.run = f"{policy} seed {seed}"
-                r = run(scn, policy, seed, fleets[seed], duration_s, progress=bar.update,
-                        decision_log=report_dir / f"decisions-seed{seed}.jsonl" if policy == "wattscale" else None,
+                log = report_dir / _decisions(seed) if policy == "wattscale" else None
+                if log is not None:
+                    log.open("w").close()  # the daemon's log appends: an earlier report's cycles went before these
+                r = run(scn, policy, seed, fleets[seed], duration_s, progress=bar.update, decision_log=log,
                         flat_budget_w=flat_w)
                 per_policy[policy].append(figures(scn, r))
                 if seed == seeds[0]:
@@ -115,7 +117,11 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
 
 def _per_run(policies: list[str], seeds: list[int]) -> list[str]:
     """The report's files of each policy (its first seed's trace) and of each seed (wattscale's decision log)."""
-    return [*(f"trace-{p}.csv" for p in policies), *(f"decisions-seed{s}.jsonl" for s in seeds)]
+    return [*(f"trace-{p}.csv" for p in policies), *(_decisions(s) for s in seeds if "wattscale" in policies)]
+
+
+def _decisions(seed: int) -> str:
+    return f"decisions-seed{seed}.jsonl"
 
 
 def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int]) -> None:
@@ -159,6 +165,11 @@ def simulate_command(args: argparse.Namespace) -> int:
     if not 1.0 <= duration <= scn.settings.duration_s:
         raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "
                           f"got {duration:g}")
+    cut = [e for e in scn.settings.events if e.at_s >= duration]
+    if cut:
+        print(f"wattscale: warning: --duration-s {duration:g} ends the run before {len(cut)} of the scenario's events "
+              f"({', '.join(f'{e.kind} at {e.at_s:g} s' for e in cut[:3])}{', ...' if len(cut) > 3 else ''}): "
+              "the run and its report leave them out", file=sys.stderr)
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")

@@ -13,7 +13,7 @@ from typing import Any
 from controller import strict_json
 from controller.simulate.accounting import STEP_GRACE_S, VIOLATION_SHARE, WINDOW_S
 from controller.simulate.runner import Trace
-from controller.simulate.scenario import Scenario
+from controller.simulate.scenario import APPLIES, Scenario
 from controller.simulate.targets import not_judged, targets
 
 POWER_LABELS = {"mean_budget_w": "mean budget (W)", "co2_kg": "CO2 (kg)", "co2_mg_per_token": "CO2 (mg/token)",
@@ -52,13 +52,21 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
     """The report's document; `frontier` (figures, or why none were measured) where an energy target was missed."""
     return {"scenario": scn.settings.name, "description": scn.settings.description, "file": str(scn.path),
             "duration_s": duration_s, "seeds": seeds, "start_budget_w": scn.start_budget_w,
-            "events": [{"at_s": e.at_s, "kind": e.kind} for e in scn.settings.events if e.at_s < duration_s],
+            "events": [{"at_s": e.at_s, "kind": e.kind} | {k: getattr(e, k) for k in APPLIES[e.kind]}
+                       for e in scn.settings.events if e.at_s < duration_s],
             "events_after_end": sum(e.at_s >= duration_s for e in scn.settings.events),
             "slos": {svc.name: {"priority": svc.priority, "statistic": svc.statistic, "ttft_ms": svc.ttft_ms,
                                 "itl_ms": svc.itl_ms} for svc in scn.config.services},
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, duration_s, frontier),
             "not_judged": not_judged(scn, policies),
             **({"frontier": frontier} if frontier is not None else {})}
+
+
+def event_words(event: dict[str, Any]) -> str:
+    """`gpu_lost at 200 s (gpu 3)`: an event of the summary with what it did."""
+    what = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
+                     if k not in ("at_s", "kind") and v != "")
+    return f"{event['kind']} at {event['at_s']:g} s" + (f" ({what})" if what else "")
 
 
 def _fleet(fleet: dict[str, dict[str, int]]) -> str:
@@ -80,7 +88,7 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
              + (f"seed {doc['seeds'][0]}" if len(doc["seeds"]) == 1 else
                 f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")
              + f"; budget at the start {doc['start_budget_w']:g} W; events: "
-             + (", ".join(f"{e['kind']} at {e['at_s']:g} s" for e in doc["events"]) or "none")
+             + (", ".join(map(event_words, doc["events"])) or "none")
              + (f" ({doc['events_after_end']} more after the run's end)" if doc["events_after_end"] else "") + ".",
              "SLOs (a mean service's request meets its own when its TTFT and mean inter-token gap do; a p95 or "
              f"p99 service's requests of a {WINDOW_S:g}-s window meet theirs when the window's quantiles do): "

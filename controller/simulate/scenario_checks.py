@@ -48,6 +48,8 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
         where = f"events[{i}]"
         if e.at_s > s.duration_s:
             raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
+        if e.kind == "gpu_lost" and e.gpu == -1:  # the default: the user never wrote it
+            raise ConfigError(f"{where}.gpu", f"is missing: a gpu_lost event names the GPU, an index in 0..{gpus - 1}")
         if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
             raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
         if e.kind == "gpu_lost" and lost.setdefault(e.gpu, i) != i:  # a lost GPU stays lost
