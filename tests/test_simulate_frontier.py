@@ -106,7 +106,15 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)}, 3600.0)}
     assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
-        "; uniform-cap did better with limits within the budget, so the hard limit does not explain this miss")
+        "; uniform-cap did better within the budget and every power domain's limit, so the hard limits do not explain "
+        "this miss")
+    # a rack over its own limit is a hard limit broken too (rack-limit: uniform-cap's racks 44 s over theirs)
+    racks = {**within, "uniform-cap": _policy(0.995, 0.0) | {"domain_over_s": 44.0}}
+    why = {t["target"]: t for t in targets(scn, {**racks, "wattscale": _policy(0.98, 0.0)}, 3600.0)}[
+        "chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"]
+    assert "uniform-cap (0.9950) kept its GPUs' power limits' sum within the budget (limits' mean sum 1300 W; peak " \
+        "draw 1350 W; a power domain's draw over its limit 44 s)" in why
+    assert why.endswith(": those ahead ran on limits that a hard budget does not allow, or over a power domain's limit")
 
 
 def test_energy_targets_are_judged_where_the_scenario_asks_for_them(small_scenario: Callable[..., Path]) -> None:

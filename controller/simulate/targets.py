@@ -19,27 +19,35 @@ MAX_SETTLE_S = 2.0
 
 
 def _limits_words(name: str, figures: dict[str, Any]) -> str:
-    over = figures["limits_over_budget_s"]
+    over, domains = figures["limits_over_budget_s"], figures.get("domain_over_s")
     return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" if over else
             f"{name} kept its GPUs' power limits' sum within the budget") + (
-        f" (limits' mean sum {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W)")
+        f" (limits' mean sum {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W"
+        + (f"; a power domain's draw over its limit {domains:g} s" if domains else "") + ")")
+
+
+def _over_a_limit(figures: dict[str, Any]) -> bool:
+    """Whether a run's limits summed above the budget, or a power domain (a rack) drew over its own limit."""
+    return bool(figures["limits_over_budget_s"] or figures.get("domain_over_s"))
 
 
 def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
-    """What the baselines that did better ran on, beside wattscale: limits summed above the budget are what a hard
-    budget rules out (and what let their long prompts run at full clock when their GPUs peaked together); the line
-    draws that conclusion only where wattscale's own limits stayed within the budget and no better baseline's did."""
+    """What the baselines that did better ran on, beside wattscale: limits summed above the budget, or a rack over its
+    limit, are what hard limits rule out (and what let their long prompts run at full clock when their GPUs peaked
+    together); the line draws that conclusion only where wattscale stayed within both and no better baseline did."""
     better = {k: v for k, v in baselines.items() if (v["services"][service]["slo_attainment"] or 0.0) > mine + 1e-9}
     lines = [_limits_words(f"{k} ({v['services'][service]['slo_attainment']:.4f})", v) for k, v in better.items()]
     lines.append(_limits_words(f"wattscale ({mine:.4f})", ws) + f", under a mean budget of {ws['mean_budget_w']:g} W")
-    within = [k for k, v in better.items() if not v["limits_over_budget_s"]]
+    within = [k for k, v in better.items() if not _over_a_limit(v)]
     if within:
-        return "; ".join(lines) + f"; {' and '.join(within)} did better with limits within the budget, so the hard " \
-            "limit does not explain this miss"
-    if ws["limits_over_budget_s"]:  # a budget under the GPUs' lowest limits: no policy can hold a sum within it
+        return "; ".join(lines) + f"; {' and '.join(within)} did better within the budget and every power domain's " \
+            "limit, so the hard limits do not explain this miss"
+    if _over_a_limit(ws):  # a budget under the GPUs' lowest limits: no policy can hold a sum within it
         return "; ".join(lines)
     whose = "those ahead" if len(better) > 1 else next(iter(better))
-    return "; ".join(lines) + f": {whose} ran on limits that a hard budget does not allow"
+    domains = any(v.get("domain_over_s") for v in better.values())
+    return "; ".join(lines) + f": {whose} ran on limits that a hard budget does not allow" + (
+        ", or over a power domain's limit" if domains else "")
 
 
 def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], baselines: dict[str, Any]
