@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import strict_json
-from controller.simulate.accounting import STEP_GRACE_S, VIOLATION_SHARE, WINDOW_S
+from controller.simulate.accounting import GRACE_S, STEP_GRACE_S, VIOLATION_SHARE, WINDOW_S
 from controller.simulate.runner import Trace
 from controller.simulate.scenario import APPLIES, Scenario
 from controller.simulate.targets import not_judged, targets
@@ -114,15 +114,22 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
         lines += ["", "## Power", "", "| policy | " + " | ".join(POWER_LABELS[k] for k in shown) + " |",
                   "|---" * (len(shown) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(_cell(p.get(k), "{:g}") for k in shown) + " |" for name, p in pol.items()]
-    lines += ["", "## Services", "", "| service | policy | SLO attainment | TTFT p95 (ms) | ITL p95 (ms) "
-              "| restarts / h | replica changes / h | replicas (mean) |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Services", "", "| service | policy | SLO attainment | finished / arrived | TTFT p95 (ms) "
+              "| ITL p95 (ms) | restarts / h | replica changes / h | replicas (mean) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for svc in next(iter(pol.values()))["services"]:
         for name, p in pol.items():
             s = p["services"][svc]
-            lines.append(f"| {svc} | {name} | {_cell(s['slo_attainment'])} | {_cell(s['ttft_p95_ms'], '{:.0f}')} "
+            lines.append(f"| {svc} | {name} | {_cell(s['slo_attainment'])} "
+                         f"| {_cell(s['finished'], '{:.0f}')} / {_cell(s['requests'], '{:.0f}')} "
+                         f"| {_cell(s['ttft_p95_ms'], '{:.0f}')} "
                          f"| {_cell(s['itl_p95_ms'], '{:.1f}')} | {_cell(s['restarts_per_hour'], '{:.1f}')} "
                          f"| {_cell(s['replica_changes_per_hour'], '{:.1f}')} "
                          f"| {_cell(s['replicas_mean'], '{:.2f}')} |")
+    lines += ["", f"Requests that arrived up to {GRACE_S:g} s before the run's end (in the first half of a run under "
+              f"{2 * GRACE_S:g} s) are scored; TTFT and ITL p95 are over those that finished, and one that never "
+              "finished (dropped, still queued) counts as a miss in the attainment alone. Per-hour rates of a run "
+              "shorter than an hour are its counts scaled to the hour."]
     if doc["targets"]:
         lines += ["", "## Targets (wattscale)", "", "| target | value | met |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['value']} {t['unit']} | {'yes' if t['met'] else '**no**'} |"
