@@ -84,7 +84,7 @@ def _policy(attainment: float, limits_over_s: float, tokens_per_joule: float = 2
             "peak_draw_w": 1350.0,
             "mean_budget_w": 1400.0, "co2_mg_per_token": None, "drop_settle_s": None, "domain_longest_over_s": None,
             "ramp_up_fast_s": None, "ramp_down_fast_by_limits_s": None,
-            "services": {"chat": {"slo_attainment": attainment, "restarts_per_hour": 0.0}}}
+            "services": {"chat": {"slo_attainment": attainment, "finished": 100.0, "restarts_per_hour": 0.0}}}
 
 
 def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_scenario: Callable[..., Path]) -> None:
@@ -172,3 +172,17 @@ def test_a_run_under_an_hour_judges_its_restarts_by_their_count(small_scenario: 
     assert not restarts(18.0, 600.0)["met"]  # 3 in 10 minutes: more than an hour may have
     assert restarts(6.0, 3600.0) == {"target": "chat: restarts <= 2 per service-hour (a steady load's target)",
                                      "value": 6.0, "unit": "per hour", "met": False}
+
+
+def test_a_service_no_policy_finished_a_request_of_is_not_judged(small_scenario: Callable[..., Path]) -> None:
+    """`--duration-s 1`: no request finished, every attainment read 0, and 0 >= every baseline's 0 was called met."""
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
+    none = {k: _policy(0.0, 0.0) for k in ("static", "wattscale")}
+    for p in none.values():
+        p["services"]["chat"]["finished"] = 0.0
+    assert not [t for t in targets(scn, none, 1.0) if "slo_attainment" in t["target"]]
+    assert not_judged(scn, none) == ["chat: slo_attainment: no request of it finished under any policy (too short a "
+                                     "run)"]
+    none["static"]["services"]["chat"] |= {"finished": 3.0, "slo_attainment": 0.5}  # wattscale's 0 is a miss
+    assert [t["met"] for t in targets(scn, none, 1.0) if "slo_attainment" in t["target"]] == [False]
+    assert not_judged(scn, none) == []

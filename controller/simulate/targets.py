@@ -117,12 +117,18 @@ def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"]
-        if mine is not None:  # None: no request of it came, nothing to judge its attainment by
+        if mine is not None and _finished_anywhere(policies, svc.name):  # else nothing to judge its attainment by
             out += _attainment_targets(svc, mine, ws, baselines)
         out.append(_restarts_target(svc.name, ws["services"][svc.name]["restarts_per_hour"] or 0.0, duration_s))
     if scn.settings.energy_targets:
         out += energy_targets(policies, frontier)
     return out + power_targets(scn, policies)
+
+
+def _finished_anywhere(policies: dict[str, Any], service: str) -> bool:
+    """Whether some policy finished a request of `service`: in a run of a few seconds none did, every attainment
+    read 0, and "0 >= every baseline's 0" was called met."""
+    return any(p["services"][service]["finished"] for p in policies.values())
 
 
 def _restarts_target(service: str, per_hour: float, duration_s: float) -> dict[str, Any]:
@@ -140,8 +146,10 @@ def not_judged(scn: Scenario, policies: dict[str, Any]) -> list[str]:
     (`--policies`), or a service had no request."""
     if "wattscale" not in policies:
         return ["every target: wattscale did not run (--policies)"]
-    out = [f"{name}: slo_attainment: no request of it came" for name, s in policies["wattscale"]["services"].items()
-           if s["slo_attainment"] is None]
+    out = [f"{name}: slo_attainment: no request of it came" if s["slo_attainment"] is None else
+           f"{name}: slo_attainment: no request of it finished under any policy (too short a run)"
+           for name, s in policies["wattscale"]["services"].items()
+           if s["slo_attainment"] is None or not _finished_anywhere(policies, name)]
     if not set(policies) - {"wattscale", "wattscale-flat"}:
         out.append("slo_attainment >= every baseline's: no baseline ran")
     if "static" not in policies:
@@ -151,7 +159,7 @@ def not_judged(scn: Scenario, policies: dict[str, Any]) -> list[str]:
     if scn.settings.energy_targets:
         gains = zip(energy_gains(policies), ENERGY_TARGETS, strict=True)
         out += [f"{figure} >= {need} x {base}'s: " + (f"{base} did not run" if base not in policies else
-                                                      f"{base} has no {figure}")
+                                                      f"{base} finished no request to measure it by")
                 for gain, (need, figure, base) in gains if gain is None]
     return out
 
