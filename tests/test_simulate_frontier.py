@@ -14,7 +14,7 @@ import pytest
 from controller.cli import main
 from controller.simulate import frontier as frontier_module
 from controller.simulate.command import simulate
-from controller.simulate.frontier import FrontierUnavailable, Option, frontier, pick
+from controller.simulate.frontier import FrontierUnavailable, Option, explain, frontier, pick
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.targets import energy_missed, not_judged, targets
@@ -186,3 +186,11 @@ def test_a_service_no_policy_finished_a_request_of_is_not_judged(small_scenario:
     none["static"]["services"]["chat"] |= {"finished": 3.0, "slo_attainment": 0.5}  # wattscale's 0 is a miss
     assert [t["met"] for t in targets(scn, none, 1.0) if "slo_attainment" in t["target"]] == [False]
     assert not_judged(scn, none) == []
+
+
+def test_a_frontier_with_no_plan_at_a_target_says_so_in_words() -> None:
+    """It read "reaches nothing: no tested plan is that fast"."""
+    why = explain({"most_t_over_c_at_energy_target": None, "most_tokens_per_joule_at_speed_target": None,
+                   "uniform_cap": {"cap_w": 325.0}, "meets_both": False})
+    assert why.endswith("not against the rows above. No tested plan reaches 1.3 x static's tokens per joule; no tested "
+                        "plan reaches 1.15 x the even-cap fleet's sum T/C; no tested plan meets both")

@@ -201,12 +201,11 @@ def explain(front: dict[str, Any]) -> str:
              f"static fleet and even-cap fleet (every GPU at {front['uniform_cap']['cap_w']:g} W, the starting "
              "budget's even share), not against the rows above. "]
     words.append(f"The fastest plan at {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule reaches "
-                 + (f"{at_energy['t_over_c_vs_uniform_cap']:g} x the even-cap fleet's sum T/C "
-                    f"({_plan_words(at_energy)})"
-                    if at_energy else "nothing: no tested plan draws that little"))
+                 f"{at_energy['t_over_c_vs_uniform_cap']:g} x the even-cap fleet's sum T/C ({_plan_words(at_energy)})"
+                 if at_energy else f"No tested plan reaches {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule")
     words.append(f"; the most efficient plan at {T_OVER_C_GAIN:g} x the even-cap fleet's sum T/C reaches "
-                 + (f"{at_speed['tokens_per_joule_vs_static']:g} x static's tokens per joule ({_plan_words(at_speed)})"
-                    if at_speed else "nothing: no tested plan is that fast"))
+                 f"{at_speed['tokens_per_joule_vs_static']:g} x static's tokens per joule ({_plan_words(at_speed)})"
+                 if at_speed else f"; no tested plan reaches {T_OVER_C_GAIN:g} x the even-cap fleet's sum T/C")
     words.append("; a tested plan meets both (at steady load, no SLO required), which wattscale's plans did not "
                  "reach" if front["meets_both"] else "; no tested plan meets both")
     return "".join(words)
