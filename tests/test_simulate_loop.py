@@ -139,3 +139,17 @@ def test_the_site_draw_is_read_as_it_happens_not_a_step_ahead(small_scenario: Ca
     tr = run(scn, "uniform-cap", 3, {"chat": {"H100-SXM": 2}}).trace
     assert np.nanmax(tr.draw_w - tr.limits_w) <= 1e-6
     assert np.nanmax(tr.draw_w) > 0.95 * 700.0  # the caps bind: the reading is at stake
+
+
+def test_the_power_figure_draws_each_domain_against_its_limit(small_scenario: Callable[..., Path], tmp_path: Path
+                                                             ) -> None:
+    """rack-limit's power.png drew the site alone: not the rack the scenario is about."""
+    pytest.importorskip("matplotlib")
+
+    def height(body: str, report: str) -> int:
+        scn = load_scenario(small_scenario('name = "r"\nduration_s = 30\nseed = 3\n' + body))
+        simulate(scn, tmp_path / report, ["static"], [3], 30.0, progress=False, explain=False)
+        return int.from_bytes((tmp_path / report / "power.png").read_bytes()[20:24], "big")  # the PNG's IHDR
+
+    site = height("", "site")
+    assert height('[power]\ndomains = [{ name = "rack", limit_w = 650, gpus = [0] }]\n', "rack") > site * 1.4

@@ -1,5 +1,6 @@
-"""The report's PNGs (first seed's runs): site power against the budget, SLO attainment per service over time,
-replicas / max batch / caps per service, and energy and tokens per joule per policy."""
+"""The report's PNGs (first seed's runs): site power against the budget (and each power domain's against its limit),
+SLO attainment per service over time, replicas / max batch / caps per service, and energy and tokens per joule per
+policy."""
 
 from __future__ import annotations
 
@@ -24,14 +25,24 @@ def _pyplot() -> Any:
     return plt
 
 
-def power(plt: Any, runs: dict[str, Shown], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(10, 4))
+def power(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
+    """Site draw against the budget, and each power domain's (a rack's) draw against its own limit below it."""
+    domains = scn.config.power.domains
+    fig, axes = plt.subplots(1 + len(domains), 1, figsize=(10, 4 + 2.4 * len(domains)), squeeze=False, sharex=True)
+    site = axes[0, 0]
     for name, r in runs.items():
-        ax.plot(r.trace.t_s / 60, r.trace.draw_w, lw=0.7, label=name)
+        site.plot(r.trace.t_s / 60, r.trace.draw_w, lw=0.7, label=name)
     first = next(iter(runs.values())).trace
-    ax.plot(first.t_s / 60, first.budget_w, "k--", lw=1.2, label="budget")
-    ax.set(xlabel="minutes", ylabel="site draw (W)", title="Site power against the budget")
-    ax.legend(fontsize=8, ncol=3)
+    site.plot(first.t_s / 60, first.budget_w, "k--", lw=1.2, label="budget")
+    site.set(ylabel="site draw (W)", title="Site power against the budget")
+    site.legend(fontsize=8, ncol=3)
+    for ax, domain in zip(axes[1:, 0], domains, strict=True):
+        for name, r in runs.items():
+            ax.plot(r.trace.t_s / 60, r.trace.domain_draw_w[domain.name], lw=0.7, label=name)
+        ax.axhline(domain.limit_w, color="k", ls="--", lw=1.2, label="limit")
+        ax.set(ylabel="draw (W)", title=f"Power domain {domain.name} (GPUs {', '.join(map(str, domain.gpus))}) "
+               "against its limit")
+    axes[-1, 0].set_xlabel("minutes")
     _save(plt, fig, path)
 
 
@@ -83,7 +94,7 @@ def draw_all(report_dir: Path, scn: Scenario, runs: dict[str, Shown], policies: 
     """Write the PNGs into `report_dir`; their file names, in the order the summary shows them."""
     plt = _pyplot()
     power_png, slo_png, actuators_png, energy_png = (report_dir / name for name in PLOTS)
-    power(plt, runs, power_png)
+    power(plt, scn, runs, power_png)
     slo(plt, scn, runs, slo_png)
     actuators(plt, scn, runs, actuators_png)
     energy(plt, policies, energy_png)
