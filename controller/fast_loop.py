@@ -76,6 +76,8 @@ class FastLoop:
         """GPUs seen before and missing from the last listing."""
         self.departing = gpus if isinstance(gpus, DepartingGpus) else None
         """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
+        self.no_draw: set[str] = set()
+        """GPUs whose last reading was no draw (`_drawing`): reported as they start, counted while they go on."""
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.series: dict[int, GpuSeries] = {}
@@ -95,8 +97,7 @@ class FastLoop:
             self.retry_afresh = False
             self.retry.forget()
         try:
-            samples = [replace(g, power_w=None) if g.power_w is not None and not math.isfinite(g.power_w) else g
-                       for g in self.gpus.sample(now)]  # a NaN or infinite reading is none, here for every reader
+            samples = self._drawing(self.gpus.sample(now))
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
             samples, unknown, problems = self.limits.check(samples)
@@ -127,6 +128,22 @@ class FastLoop:
             # one plan for the whole tick, whatever the slow loop swaps
             self._govern(now, samples, missing | unknown, self.plan)
         self.cycle.observe(time.perf_counter() - started)
+
+    def _drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
+        """The listing with every reading that is no draw (NaN, infinite, negative: a source's glitch or sentinel)
+        made none, here for every reader: the governor counts such a GPU at its limit. A GPU that starts giving them
+        is reported, each one counted (read, -500 W from a DCGM exporter took the site to -4,000 W and ended a power
+        emergency)."""
+        bad = {g.uuid: g for g in samples
+               if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
+        for uuid, g in bad.items():
+            if uuid in self.no_draw:
+                self.metrics.errors.labels("gpu_power").inc()
+            else:
+                self.on_error("gpu_power", f"GPU {g.index} ({uuid}) read {g.power_w} W, which is no draw: counted "
+                              "at its power limit while it reads so")
+        self.no_draw = set(bad)
+        return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
 
     def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with every GPU seen before and missing now (an exporter down, a stale series) added

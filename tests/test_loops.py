@@ -234,6 +234,38 @@ def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Calla
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_source"}) == 10.0
 
 
+class GlitchingGpu:
+    """The simulated host's GPU source with GPU 0 reading `reading` W from tick `at` on: a DCGM exporter's sentinel."""
+
+    def __init__(self, inner: object, at: float, reading: float) -> None:
+        self.inner, self.at, self.reading = inner, at, reading
+
+    def sample(self, now: float) -> list[GpuSample]:
+        listing: list[GpuSample] = self.inner.sample(now)  # type: ignore[attr-defined]
+        return [dataclasses.replace(g, power_w=self.reading) if g.index == 0 and now >= self.at else g for g in listing]
+
+
+@pytest.mark.parametrize("reading", [-500.0, math.nan])
+def test_a_reading_that_is_no_draw_counts_at_the_limit_and_is_said_once(sim_config: Callable[..., Path],
+                                                                       caplog: pytest.LogCaptureFixture,
+                                                                       reading: float) -> None:
+    """-500 W per GPU from a DCGM exporter read as a site draw of -4,000 W and ended a power emergency, unsaid."""
+    s = load_settings(sim_config())
+    ctl, advance, registry = sim_controller(s)
+    host_gpus = ctl.fast.gpus
+    ctl.fast.gpus = GlitchingGpu(host_gpus, 5.0, reading)
+    for t in range(1, 12):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        draws = [ctl.governor.accounted_w(g) for g in ctl.fast.samples]
+        assert ctl.fast.draw_w is not None and ctl.fast.draw_w >= sum(draws[1:])
+        if t >= 5:
+            assert draws[0] == ctl.fast.samples[0].power_limit_w  # none read: counted at its limit
+    said = [r for r in caplog.records if "gpu_power" in r.getMessage()]
+    assert len(said) == 1 and "GPU 0 (" in said[0].getMessage() and "which is no draw" in said[0].getMessage()
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_power"}) == 7.0  # ticks 5-11
+
+
 def test_safe_caps_never_raise_a_limit(sim_config: Callable[..., Path]) -> None:
     """The failsafe set every GPU to one level that fits the budget: GPUs the plan held at 200 W (none of the
     services' own) and serving ones at 420 W went to 582 W while only their readings were lost."""
