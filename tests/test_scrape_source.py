@@ -185,3 +185,53 @@ def test_a_page_of_one_huge_bad_line_is_quoted_short() -> None:
                               on_error=lambda k, m: errors.append(m))
     assert source.observe(1.0, ["chat"]) == {"chat": None}
     assert len(errors) == 1 and "not a Prometheus text page" in errors[0] and len(errors[0]) < 300
+
+
+def test_a_page_of_nan_samples_holds_the_window_and_says_so() -> None:
+    """A replica whose every sample read NaN gave a window of rate 0 and no replica, steady, and unsaid: the plan
+    took code from 3 replicas to 2 on no word of its demand. A NaN or negative sample is no reading: left out and
+    said; a page with none of the model's holds the window, and the next good one spans both."""
+    host = _host()
+    pages = Pages(host)
+    errors: list[str] = []
+    nan = {"on": False}
+
+    def glitching(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        if not nan["on"]:
+            return page
+        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith("vllm:") else line
+                         for line in page.splitlines()) + "\n"
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
+                              on_error=lambda kind, msg: errors.append(msg))
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    start = _totals(host)[0]
+    nan["on"] = True
+    host.advance_to(50.0)
+    assert source.observe(50.0, ["chat"]) == {"chat": None}
+    assert errors == [f"chat: vLLM samples of {MODEL} that are no reading (NaN, infinite or negative) left out",
+                      f"chat: no vLLM sample of {MODEL} on {', '.join(pages.urls)}; its window waits for one"]
+    nan["on"] = False
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.window_s == 60.0 and w.replicas == 2
+    assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
+
+
+def test_a_negative_gauge_is_no_reading() -> None:
+    host = _host()
+    pages = Pages(host)
+    errors: list[str] = []
+
+    def hostile(url: str, timeout_s: float) -> str:  # summed in, a -1000 took the service's queue below 0
+        return pages.fetch(url, timeout_s) + f'vllm:num_requests_waiting{{model_name="{MODEL}"}} -1000\n'
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=hostile,
+                              on_error=lambda kind, msg: errors.append(msg))
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.waiting >= 0.0 and errors and "no reading" in errors[0]

@@ -4,7 +4,8 @@
 Rates come from counter deltas between this observation and the last (vllm_window does what rate() does).
 Each page's series carry the page's URL as `instance`, so replicas and restarts stay apart. When a page of
 a service cannot be fetched or parsed, the failure goes to `on_error` and the service has no observation
-this time; its last snapshot is kept, so the next window spans both and no traffic is lost or invented.
+this time; its last snapshot is kept, so the next window spans both and no traffic is lost or invented. So
+does a page that holds no sample of the service's model (every one NaN, or a model name that is not served).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
-from controller.telemetry.vllm_window import Snapshot, snapshots, window
+from controller.telemetry.vllm_window import Snapshot, snapshots, unreadable, window
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,16 @@ class ScrapeVllmSource:
             if model is None or not urls or any(p is None for p in pages):
                 out[name] = None
                 continue
-            snap = snapshots([f for page in pages if page for f in page], now).get(model, Snapshot(now))
+            families = [f for page in pages if page for f in page]
+            if unreadable(families, model):
+                self.on_error("scrape", f"{name}: vLLM samples of {model} that are no reading (NaN, infinite or "
+                              "negative) left out")
+            snap = snapshots(families, now).get(model)
+            if snap is None:  # the pages hold nothing of the model: no word on its demand, not a demand of 0
+                self.on_error("scrape", f"{name}: no vLLM sample of {model} on {', '.join(urls)}; its window waits "
+                              "for one")
+                out[name] = None
+                continue
             last = self._last.get(name)
             self._last[name] = snap
             out[name] = window(snap, last) if last is not None else None

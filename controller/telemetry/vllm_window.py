@@ -60,7 +60,7 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
     out: dict[str, Snapshot] = {}
     for fam in families:
         for s in fam.samples:
-            model, value = s.labels.get("model_name"), finite(s.value)
+            model, value = s.labels.get("model_name"), _reading(s.value)
             if model is None or value is None:
                 continue
             snap = out.setdefault(model, Snapshot(time_s))
@@ -82,6 +82,27 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
                 key = GAUGES[name]
                 snap.gauges[key] = snap.gauges.get(key, 0.0) + value
     return out
+
+
+def _reading(value: object) -> float | None:
+    """A vLLM sample's value: a finite number, never negative (every figure read counts or measures something);
+    None otherwise, left out as no reading."""
+    out = finite(value)
+    return out if out is not None and out >= 0.0 else None
+
+
+def unreadable(families: Iterable[Metric], model: str) -> int:
+    """How many of `model`'s samples of the families a window reads `snapshots` leaves out as no reading (NaN,
+    infinite, negative)."""
+    return sum(1 for fam in families for s in fam.samples
+               if s.labels.get("model_name") == model and _family(s.name) in FAMILIES and _reading(s.value) is None)
+
+
+def _family(name: str) -> str:
+    for suffix in ("_total", "_bucket", "_sum", "_count"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _bound(le: str | None) -> float | None:
