@@ -98,6 +98,11 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({"lead_s = 3600": "lead_s = 3600\nrefresh_s = 1e12"}, "power.budget.sources[2].refresh_s",
      r"must be in \(0, 86400\]"),
     ({"zone = \"DE\"": "zone = \"\""}, "power.budget.sources[2].zone", "must not be empty"),
+    # a request that never times out (1e308 overflowed the thread's wait) held the config's budget while it hung
+    ({"timeout_s = 1.0": "timeout_s = 1e308"}, "power.budget.sources[2].timeout_s", r"must be in \(0, 60\]"),
+    # a broken signal file read again only after retry_s: a signal the endpoint accepted meanwhile never applied
+    ({'path = "SIGNAL"': 'path = "SIGNAL"\nretry_s = 1e308'}, "power.budget.sources[3].retry_s",
+     r"must be in \(0, 60\]"),
     # a config (a PowerPolicy, in a cluster) must not send another secret of the process anywhere it names
     ({"zone = \"DE\"": "zone = \"DE\"\ntoken_env = \"KUBECONFIG\""}, "power.budget.sources[2].token_env",
      "must name a variable starting with ELECTRICITYMAPS_ or WATTSCALE_, got 'KUBECONFIG'"),

@@ -16,6 +16,11 @@ from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
 from controller.config_loader import ConfigError, build, check_positive, check_range, quoted
 
+MAX_TIMEOUT_S = 60.0
+"""The longest an API source's request may take."""
+MAX_RETRY_S = 60.0
+"""The longest a demand-response source waits to read a broken signal file again."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class SourceSettings:
@@ -126,11 +131,12 @@ class ElectricityMapsSettings(CarbonSettings):
     use_forecast: bool = True
     """Also ask `/forecast` (needs a plan that includes it); false: the latest value only."""
     timeout_s: float = 10.0
-    """Timeout of each request."""
+    """Timeout of each request (at most 60 s: the source counts as failed, and the safe budget may apply, only once
+    a request has returned)."""
 
     def check(self, where: str) -> None:
         super().check(where)
-        check_positive(self, where, ("timeout_s",))
+        check_range(self, where, ("timeout_s",), 0.0, MAX_TIMEOUT_S, low_open=True)
         if not self.zone:
             raise ConfigError(f"{where}.zone", "must not be empty")
         check_secret_source(self, where, "ELECTRICITYMAPS_", ("token_env",))
@@ -149,11 +155,12 @@ class WattTimeSettings(CarbonSettings):
     horizon_hours: int = 2
     """Forecast horizon asked for, in hours (at least `lead_s`)."""
     timeout_s: float = 10.0
-    """Timeout of each request."""
+    """Timeout of each request (at most 60 s: the source counts as failed, and the safe budget may apply, only once
+    a request has returned)."""
 
     def check(self, where: str) -> None:
         super().check(where)
-        check_positive(self, where, ("timeout_s",))
+        check_range(self, where, ("timeout_s",), 0.0, MAX_TIMEOUT_S, low_open=True)
         if not self.region:
             raise ConfigError(f"{where}.region", "must not be empty")
         check_secret_source(self, where, "WATTTIME_", ("username_env", "password_env"))
@@ -179,12 +186,13 @@ class DemandResponseSettings(SourceSettings):
     path: str
     """The signal file the daemon re-reads when it changes (the loopback endpoint writes it too)."""
     retry_s: float = 5.0
-    """Delay before a broken or unreadable signal file is read again."""
+    """Delay before a broken or unreadable signal file is read again (at most 60 s: a signal written meanwhile
+    waits for it)."""
     port: int = 0
     """A port on 127.0.0.1 where the daemon takes POSTed signals into `path` (loopback only); 0: none."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("retry_s",))
+        check_range(self, where, ("retry_s",), 0.0, MAX_RETRY_S, low_open=True)
         if not self.path:
             raise ConfigError(f"{where}.path", "must not be empty")
         if not 0 <= self.port <= 65535:
