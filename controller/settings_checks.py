@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from controller.budget.settings import FixedSettings, ScheduleSettings
+from controller.budget.settings import DemandResponseSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -92,6 +92,7 @@ def check_budget_sources(s: Settings) -> None:
     idle draw, as power.budget_w is: below it every plan is a power emergency from the first tick."""
     if s.budget is None:
         return
+    _one_port_each(s)
     idle = idle_w(s)
     stated = [("power.budget.safe_budget_w", s.budget.safe_budget_w)]
     for i, (_, src) in enumerate(s.budget.sources):
@@ -105,6 +106,19 @@ def check_budget_sources(s: Settings) -> None:
         if budget_w < idle:
             raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
                               "count x the catalogue's idle power)")
+
+
+def _one_port_each(s: Settings) -> None:
+    """Each demand-response endpoint on a port of its own, not the metrics endpoint's: check-config probes each port
+    alone, and `run` failed on the second to bind."""
+    taken = {s.metrics.port: "metrics.port"} if s.metrics.port else {}
+    for i, (_, src) in enumerate(s.budget.sources if s.budget else ()):
+        port = src.port if isinstance(src, DemandResponseSettings) else 0
+        if port:
+            where = f"power.budget.sources[{i}].port"
+            if port in taken:
+                raise ConfigError(where, f"{port} is also {taken[port]}'s: each endpoint needs its own port")
+            taken[port] = where
 
 
 def _unique(s: Settings) -> None:

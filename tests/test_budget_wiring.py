@@ -238,3 +238,19 @@ def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], tmp_path: Path) -> None:
+    """check-config probed each port alone and said ok; `run` then failed binding the second."""
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    text = path.read_text().replace('path = "', 'port = 19501\npath = "')
+    second = '[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\nport = 19501\npath = "x.json"\n'
+    path.write_text(text + second)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    reason = "19501 is also power.budget.sources[1].port's: each endpoint needs its own port"
+    assert (caught.value.where, caught.value.reason) == ("power.budget.sources[2].port", reason)
+    path.write_text(text.replace("port = 0", "port = 19501"))  # the metrics endpoint's
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.where == "power.budget.sources[1].port" and "is also metrics.port's" in caught.value.reason
