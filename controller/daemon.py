@@ -69,6 +69,10 @@ class Daemon:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.slow_due = threading.Event()
+        self.slow_started = time.monotonic()
+        """When the slow worker began its last cycle."""
+        self.overrunning = False
+        """Whether the slow loop has overrun its period since its last cycle began (said once a run)."""
         self.t0 = time.monotonic()
         self.last_fast = self.t0
         """When a fast tick last ended (monotonic): the watchdog is pinged only while it is recent."""
@@ -90,9 +94,16 @@ class Daemon:
         self.last_fast = time.monotonic()
 
     def wake_slow(self) -> None:
-        """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle."""
+        """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle (logged as
+        a run of them starts: a slow cycle stuck on a hanging endpoint was counted and never said)."""
         if self.slow_due.is_set():
             self.metrics.errors.labels("slow_overrun").inc()
+            if not self.overrunning:
+                self.overrunning = True
+                log.warning("slow loop: a cycle has run %.0f s, past the %g-s period (telemetry or an actuator "
+                            "slow to answer?); the power governor steers on; each overrun counted in "
+                            "wattscale_errors_total{kind=\"slow_overrun\"}", time.monotonic() - self.slow_started,
+                            self.settings.daemon.slow_interval_s)
         self.slow_due.set()
 
     def slow_worker(self) -> None:
@@ -101,7 +112,11 @@ class Daemon:
             if self.stop_event.is_set():
                 return
             self.slow_due.clear()
+            self.slow_started = time.monotonic()
             self.slow()
+            if self.overrunning:
+                self.overrunning = False
+                log.info("slow loop: caught up (that cycle took %.0f s)", time.monotonic() - self.slow_started)
 
     def slow(self) -> None:
         """One slow tick now (the worker's; also what a test steps by hand)."""

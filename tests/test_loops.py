@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import socket
 import threading
@@ -531,3 +532,27 @@ def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
     assert (chat["tuner"] == verdict) if verdict else not chat["tuner"].startswith("window refused"), chat
     refused = registry.get_sample_value("wattscale_errors_total", {"kind": "bad_window"})
     assert (refused or 0) >= 1 if verdict else refused is None  # (the first cycle has no window: a rate takes two)
+
+
+def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A slow cycle stuck on endpoints that never answered was counted (slow_overrun) and never logged."""
+    caplog.set_level(logging.INFO, logger="wattscale")
+    path = sim_config()
+    daemon = Daemon(path, load_settings(path))
+    for _ in range(3):  # due, then two periods while no worker took it: a cycle stuck
+        daemon.wake_slow()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")]
+    assert len(said) == 1 and "past the 15-s period" in said[0], said
+    assert daemon.metrics.errors.labels("slow_overrun")._value.get() == 2.0
+    worker = threading.Thread(target=daemon.slow_worker)
+    worker.start()
+    deadline = time.monotonic() + 60.0
+    while daemon.overrunning and time.monotonic() < deadline:
+        time.sleep(0.01)
+    daemon.stop_event.set()
+    daemon.slow_due.set()
+    worker.join(timeout=60.0)
+    assert not worker.is_alive() and not daemon.overrunning
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")][1].startswith(
+        "slow loop: caught up (that cycle took")
