@@ -36,6 +36,10 @@ BatchBackend = Literal["sim", "vllm", "dry-run"]
 ReplicaBackend = Literal["sim", "kubernetes", "dry-run"]
 
 
+NAME_MAX = 255
+"""The longest file name (bytes) Linux file systems take."""
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     fast_interval_s: float = 1.0
@@ -61,6 +65,12 @@ class DaemonSettings:
         if self.slow_interval_s < self.fast_interval_s:
             raise ConfigError(f"{where}.slow_interval_s", f"must not be shorter than fast_interval_s "
                               f"({self.slow_interval_s:g} s < {self.fast_interval_s:g} s)")
+        for name in ("state_dir", "decision_log"):  # `run` failed on it naming no field; check-config only warned
+            value = getattr(self, name)
+            longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)
+            if longest > NAME_MAX:
+                raise ConfigError(f"{where}.{name}", f"{quoted(value)} holds a name of {longest} bytes, past the "
+                                  f"{NAME_MAX} a file system takes")
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,18 @@ def test_a_nul_character_in_a_path_is_refused_by_field(tmp_path: Path, capsys: p
     assert f"{field}: must not contain a NUL character" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("new", "field"), [
+    ('state_dir = "/tmp/' + "d" * 300 + '/state"', "daemon.state_dir"),
+    ('state_dir = "../var/state"\ndecision_log = "' + "e" * 256 + '.jsonl"', "daemon.decision_log"),
+])
+def test_a_path_with_a_name_too_long_for_a_file_system_is_refused_by_field(tmp_path: Path, new: str, field: str,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config warned and said ok; `run` exited 1 with "File name too long", naming no field."""
+    assert main(["check-config", str(write(tmp_path, GOOD.replace('state_dir = "../var/state"', new, 1)))]) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: " in err and "bytes, past the 255 a file system takes" in err
+
+
 @pytest.mark.parametrize(("old", "new"), [
     ('statistic = "mean"', 'statistic = "' + "p" * 100_000 + '"'),
     ('family = "step"', 'family = "' + "s" * 100_000 + '"'),
