@@ -11,11 +11,13 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
-from controller.budget.assemble import combiner, feed
+from controller.budget.assemble import combiner
+from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
@@ -117,9 +119,10 @@ def preflight(settings: Settings) -> list[str]:
         for name, source in settings.budget.sources:
             if isinstance(source, DemandResponseSettings) and source.port:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
-            if isinstance(source, CarbonCsvSettings):  # read as the daemon will: missing, unreadable, malformed
-                try:
-                    feed(source, f"power.budget.sources[{name}]", os.environ, http_get, settings.base_dir).fetch(0.0)
+            if isinstance(source, CarbonCsvSettings):  # read as the daemon will: missing, unreadable, malformed, or
+                try:                                     # no row in force now (rows of past years alone)
+                    budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
+                                  settings.base_dir).step(time.time())
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")

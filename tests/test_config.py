@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -498,8 +499,8 @@ def test_an_error_quotes_a_long_value_cut_not_whole(tmp_path: Path, capsys: pyte
 
 @pytest.mark.parametrize(("old", "new", "rc", "message"), [
     ("port = 0", "port = 1" + "0" * 5000, 2, "invalid TOML: Exceeds the limit"),  # tomllib: a plain ValueError
-    ('state_dir = "../var/state"', 'state_dir = "' + "s" * 100_000 + '"', 0,
-     "cannot be a directory (File name too long); tuner state will not be saved"),
+    ('state_dir = "../var/state"', 'state_dir = "' + "s" * 100_000 + '"', 2,
+     "holds a name of 100000 bytes, past the 255 a file system takes"),
 ])
 def test_a_value_past_what_the_system_takes_is_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               old: str, new: str, rc: int, message: str) -> None:
@@ -522,3 +523,24 @@ def test_check_config_file_only_checks_a_host_config_off_its_host(tmp_path: Path
     bad.write_text(host.read_text().replace("budget_w = 4000", "budget_w = -5"))
     assert main(["check-config", "--file-only", str(bad)]) == 2
     assert "power.budget_w: must be in (0, 1e+08], got -5.0" in capsys.readouterr().err
+
+
+def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """check-config read the CSV as of 1970 and said ok; `run` fell to the safe budget within 3 s ("no intensity
+    in force at 1796353655")."""
+    header = ("Datetime (UTC),Country,Zone name,Zone id,Carbon intensity gCO₂eq/kWh (direct),"
+              "Carbon intensity gCO₂eq/kWh (Life cycle)\n")
+
+    def check(hours_ago: float) -> str:
+        at = datetime.now(UTC) - timedelta(hours=hours_ago)
+        (tmp_path / "grid.csv").write_text(header + f"{at:%Y-%m-%d %H:%M:%S},X,X,X,200,250\n")
+        budget = ('[power]\nbudget = { safe_budget_w = 3000, sources = [{ kind = "carbon_csv", path = "grid.csv", '
+                  'curve = [[100, 4000], [500, 2500]] }] }')
+        assert main(["check-config", str(write(tmp_path, GOOD.replace("[power]", budget, 1)))]) == 0
+        return capsys.readouterr().err
+
+    assert "grid.csv" not in check(0.5)
+    err = check(24 * 365 * 5)  # the rows of past years alone
+    assert "power.budget.sources[carbon_csv].path: csv" in err and "no intensity in force at 20" in err
+    assert "the budget stays at safe_budget_w (3000 W) until it can be read" in err

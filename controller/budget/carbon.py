@@ -11,6 +11,7 @@ and every point up to `now + lead_s`.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,7 +103,9 @@ class CarbonBudgetSource:
         k = bisect.bisect_right(self.starts, now)  # points[:k] have started, points[k:] are forecast
         if k == 0 or now - self.points[k - 1].at_s > self.stale_after_s:
             retry_s = max(0.0, self.next_fetch_s - now)
-            raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {now:.0f}", retry_s)
+            when = dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="seconds")
+            raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {when} (the latest point must be "
+                                       f"at most stale_after_s, {self.stale_after_s:g} s, old)", retry_s)
         ahead = bisect.bisect_right(self.starts, now + self.lead_s)
         lowest = min(range(k - 1, ahead), key=lambda i: (self.ahead[i].budget_w, self.points[i].at_s))
         budget_w, point = self.ahead[lowest].budget_w, self.points[lowest]
