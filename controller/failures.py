@@ -13,6 +13,10 @@ from prometheus_client import Counter
 
 log = logging.getLogger("wattscale.controller")
 
+SAID_ONE_BY_ONE = 5
+"""New failures of one kind logged one by one in a cycle (GPUs gone missing at once, likewise); the rest in one line:
+an exporter listing 5,000 GPUs made some 10,000 lines in seconds."""
+
 
 class Failures:
     """The failure book of one controller: what it counts, what the next decision records, what is logged."""
@@ -26,6 +30,8 @@ class Failures:
         """Failures of the cycle before: one repeated now is not logged again."""
         self._now: set[tuple[str, str]] = set()
         """Failures of this cycle."""
+        self._said: dict[str, int] = {}
+        """New failures of each kind this cycle (`SAID_ONE_BY_ONE` of them logged one by one)."""
         self._lock = threading.Lock()
 
     def count(self, kind: str, message: str) -> None:
@@ -42,7 +48,10 @@ class Failures:
             self._before.add((kind, message))
             self._now.add((kind, message))
             self._since.append(f"{kind}: {message}")
-        if first:
+            said = first and self._said.get(kind, 0) < SAID_ONE_BY_ONE
+            if first:
+                self._said[kind] = self._said.get(kind, 0) + 1
+        if said:
             log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
 
     def take(self) -> list[str]:
@@ -51,4 +60,9 @@ class Failures:
         with self._lock:
             since, self._since = self._since, []
             self._before, self._now = self._now, set()
+            said, self._said = self._said, {}
+        for kind, n in said.items():
+            if n > SAID_ONE_BY_ONE:
+                log.warning("%s: %d more new failures of this kind, not logged one by one (each counted in "
+                            "wattscale_errors_total)", kind, n - SAID_ONE_BY_ONE)
         return since

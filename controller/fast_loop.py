@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from actuators import ActuatorError, ClockLocker, PowerLimiter
 from controller.clock_steer import ClockSteer
+from controller.failures import SAID_ONE_BY_ONE
 from controller.governor import PowerGovernor, pressed
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
@@ -76,8 +77,7 @@ class FastLoop:
         """GPUs seen before and missing from the last listing."""
         self.departing = gpus if isinstance(gpus, DepartingGpus) else None
         """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
-        self.no_draw: set[str] = set()
-        """GPUs whose last reading was no draw (`_drawing`): reported as they start, counted while they go on."""
+        self.no_draw: set[str] = set()  # GPUs whose last reading was no draw (`_drawing`)
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.series: dict[int, GpuSeries] = {}
@@ -130,10 +130,9 @@ class FastLoop:
         self.cycle.observe(time.perf_counter() - started)
 
     def _drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
-        """The listing with every reading that is no draw (NaN, infinite, negative: a source's glitch or sentinel)
-        made none, here for every reader: the governor counts such a GPU at its limit. A GPU that starts giving them
-        is reported, each one counted (read, -500 W from a DCGM exporter took the site to -4,000 W and ended a power
-        emergency)."""
+        """The listing with every reading that is no draw (NaN, infinite, negative) made none, for every reader: the
+        governor counts the GPU at its limit. A GPU that starts giving them is reported, each one counted (read,
+        -500 W from a DCGM exporter took the site to -4,000 W and ended a power emergency)."""
         bad = {g.uuid: g for g in samples
                if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
         for uuid, g in bad.items():
@@ -151,10 +150,12 @@ class FastLoop:
         listed = {g.uuid for g in samples}
         missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
                    for uuid, g in self.seen.items() if uuid not in listed]
-        for g in missing:
-            if g.uuid not in self.missing:
-                log.warning("GPU %s (%d) is missing from the listing: counted at its last limit, %.0f W", g.uuid,
-                            g.index, g.power_limit_w)
+        gone = [g for g in missing if g.uuid not in self.missing]
+        for g in gone[:SAID_ONE_BY_ONE]:
+            log.warning("GPU %s (%d) is missing from the listing: counted at its last limit, %.0f W", g.uuid,
+                        g.index, g.power_limit_w)
+        if len(gone) > SAID_ONE_BY_ONE:  # an exporter of a whole cluster gone: thousands of lines in a second
+            log.warning("%d more GPUs missing from the listing, each at its last limit", len(gone) - SAID_ONE_BY_ONE)
         self.missing = {g.uuid for g in missing}
         self.seen.update((g.uuid, g) for g in samples)
         numbers = {g.index for g in samples} | {g.index for g in missing}

@@ -25,6 +25,7 @@ from controller.control import Controller
 from controller.daemon import Daemon
 from controller.decision_log import DecisionLog
 from controller.enforce import Enforcer, InForce
+from controller.failures import SAID_ONE_BY_ONE
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
@@ -556,3 +557,17 @@ def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted
     assert not worker.is_alive() and not daemon.overrunning
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")][1].startswith(
         "slow loop: caught up (that cycle took")
+
+
+def test_many_gpus_gone_from_the_listing_at_once_are_named_a_few_and_counted(sim_config: Callable[..., Path],
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    s = load_settings(sim_config())
+    ctl, advance, _ = sim_controller(s)
+    for t in range(1, 3):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    ctl.fast.gpus = type("Gone", (), {"sample": lambda self, now: []})()  # every GPU off the listing at once
+    ctl.tick_fast(3.0)
+    said = [r.getMessage() for r in caplog.records if "missing from the listing" in r.getMessage()]
+    assert len(said) == SAID_ONE_BY_ONE + 1 and said[-1] == (f"{8 - SAID_ONE_BY_ONE} more GPUs missing from the "
+                                                             "listing, each at its last limit")

@@ -38,7 +38,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
         dropped()
         if not logged.is_set():
             logged.set()
-            log.warning("demand-response endpoint: a client %s (counted in wattscale_errors"
+            log.warning("demand-response endpoint: a client %s (counted in wattscale_errors_total"
                         "{kind=\"signal_client\"}; logged once)", why)
 
     class Handler(BaseHTTPRequestHandler):

@@ -1,0 +1,26 @@
+"""The failure book: each failure counted, recorded for the next decision, and logged once while it repeats; many
+new ones of a kind at once logged as a few and a count."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from controller.failures import SAID_ONE_BY_ONE, Failures
+
+
+def test_a_flood_of_new_failures_of_one_kind_is_logged_as_a_few_and_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """An exporter listing 5,000 GPUs against 8 made some 10,000 lines in seconds, one per GPU it named."""
+    counter = Counter("errors", "test", ["kind"], registry=CollectorRegistry())
+    book = Failures(counter)
+    for _ in range(2):
+        for gpu in range(5000):
+            book.report("power_limit", f"gpu {gpu}: no such GPU")
+        book.report("scrape", "chat: page down")
+        assert len(book.take()) == 5001
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == SAID_ONE_BY_ONE + 2  # the second cycle repeats every one: nothing new to say
+    assert lines[SAID_ONE_BY_ONE].startswith("scrape: chat: page down")
+    assert lines[-1] == (f"power_limit: {5000 - SAID_ONE_BY_ONE} more new failures of this kind, not logged one by "
+                         "one (each counted in wattscale_errors_total)")
+    assert counter.labels("power_limit")._value.get() == 10_000
