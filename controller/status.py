@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from controller import strict_json
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.settings import ServiceSettings, Settings
 from controller.slo_margin import slo_met
+from controller.telemetry.base import shortened
 from tuner.store import open_plain
 
 STALE_CYCLES = 3
@@ -44,6 +45,10 @@ def last_decision(path: Path) -> dict[str, Any]:
     if size > TAIL_BYTES:  # a record longer than the tail read, or no log line at all
         raise ConfigError("daemon.decision_log", f"{path}: its last {TAIL_BYTES >> 20} MiB hold no whole decision "
                           f"record (the file is {size} bytes)")
+    written = [line for line in lines if line.strip()]
+    if written:  # lines, none a decision: not "yet", but a file the daemon did not write (or cut by hand)
+        raise ConfigError("daemon.decision_log", f"{path}: no line of it is a decision record ({len(written)} "
+                          f"read; the last: {quoted(written[-1])}); is it the daemon's decision log?")
     raise ConfigError("daemon.decision_log", f"{path} holds no decision yet")
 
 
@@ -137,8 +142,9 @@ def status(settings: Settings, path: Path, as_json: bool, config: Path | None = 
         shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
-        raise ConfigError("daemon.decision_log", f"{path}: its last record cannot be read ({type(exc).__name__}: "
-                          f"{exc})") from None
+        raise ConfigError("daemon.decision_log", f"{path}: its last record has a field that is not what the daemon "
+                          f"writes ({shortened(str(exc))}): edited by hand, or from another version of wattscale; "
+                          "the running daemon writes a new one each cycle") from None
 
 
 def _figure(x: float) -> str:
