@@ -119,8 +119,8 @@ def preflight(settings: Settings) -> list[str]:
         for name, source in settings.budget.sources:
             if isinstance(source, DemandResponseSettings) and source.port:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
-            if isinstance(source, CarbonCsvSettings):  # read as the daemon will: missing, unreadable, malformed, or
-                try:                                     # no row in force now (rows of past years alone)
+            if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
+                try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
                                   settings.base_dir).step(time.time())
                 except BudgetError as exc:

@@ -105,3 +105,17 @@ def test_tune_refuses_a_fifo_or_a_device_as_its_observations(tmp_path: Path, kin
     path = fifo(tmp_path / "obs.csv") if kind == "fifo" else Path("/dev/zero")
     assert within(10.0, lambda: main(["tune", str(path)])) == 2
     assert f"{path}: cannot read (not a regular file)" in capsys.readouterr().err
+
+
+def test_check_config_warns_of_a_demand_response_signal_that_is_no_file(sim_config: Callable[..., Path],
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A carbon CSV that is a FIFO was warned of, a signal file that is one was not."""
+    signal = fifo(tmp_path / "signal.json")
+    path = sim_config()
+    table = (f'\n[power.budget]\nsafe_budget_w = 3000\n[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 3800\n'
+             f'[[power.budget.sources]]\nkind = "demand_response"\npath = "{signal}"\n')
+    path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n' + table))
+    assert within(20.0, lambda: main(["check-config", str(path)])) == 0
+    err = capsys.readouterr().err
+    assert "power.budget.sources[demand_response].path: demand response" in err and "safe_budget_w (3000 W)" in err
