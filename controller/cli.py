@@ -7,6 +7,7 @@ import argparse
 import errno
 import logging
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -93,6 +94,24 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+class TuneProgress:
+    """Says on stderr how far `tune` is, every PROGRESS_S of wall time (200 rows far from the prior ran minutes
+    without a word)."""
+
+    def __init__(self) -> None:
+        self.started = self.said = time.monotonic()
+
+    def __call__(self, done: int, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.said >= PROGRESS_S and done < rows:
+            self.said = now
+            print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s (rows far from the "
+                  "prior are each refitted)", file=sys.stderr)
+
+
+PROGRESS_S = 10.0
+
+
 def _tune(args: argparse.Namespace) -> int:
     from controller.tune_input import read_bounded
     from tuner import PairFilter
@@ -113,7 +132,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
                               "its draw curve")
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
-    report = run(pair, observations)
+    report = run(pair, observations, TuneProgress())
     verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
     if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")

@@ -78,3 +78,14 @@ def test_systemd_readme_names_files_that_exist() -> None:
     named = set(re.findall(r"\b((?:config|systemd)/[\w./-]+\.(?:toml|service|csv))", text))
     assert named, "the README names no repository file"
     assert [p for p in sorted(named) if not (ROOT / p).is_file()] == []
+
+
+def test_tune_says_how_far_it_is_while_it_runs(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 rows far from the prior ran minutes without a word: each refitted, near a second a row."""
+    monkeypatch.setattr("controller.cli.PROGRESS_S", 0.0)  # every row, here
+    csv = ROOT / "config" / "examples" / "observations.csv"
+    rows = len(csv.read_text().splitlines()) - 1
+    assert main(["tune", str(csv), "--accelerator", "H100-SXM"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wattscale: tune: ")]
+    assert said[0].startswith(f"wattscale: tune: 1 of {rows} rows fitted in ") and len(said) == rows - 1

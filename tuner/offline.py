@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,10 @@ def relative_errors(pair: PairFilter, obs: Observation) -> tuple[float, float] |
     return abs(pred[0] / obs.ttft_ms - 1.0), abs(pred[1] / obs.itl_ms - 1.0)
 
 
-def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
-    """Feed every observation through the filter; the report `wattscale tune --json` prints."""
+def run(pair: PairFilter, observations: list[Observation],
+        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Feed every observation through the filter; the report `wattscale tune --json` prints. `progress` gets the rows
+    done and their count after each row (rows far from the prior may each be refitted, a second or more each)."""
     ahead: list[tuple[float, float]] = []
     verdicts: dict[str, int] = {}
     rejected: dict[str, list[int]] = {}  # by reason: the file's line numbers, or the places where no file is known
@@ -226,6 +229,8 @@ def run(pair: PairFilter, observations: list[Observation]) -> dict[str, Any]:
                 _say_held(name, where, f" after the warm-up ({place(line)})")
         if not verdict.accepted:
             rejected.setdefault(verdict.reason, []).append(line)
+        if progress is not None:
+            progress(row, len(observations))
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
