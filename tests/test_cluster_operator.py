@@ -750,6 +750,19 @@ def test_a_lease_deleted_under_its_holder_ends_its_term_so_only_one_operator_act
     assert standby.hold() and lease_holder(emu) == "standby"
 
 
+def test_a_renewal_after_the_term_ran_out_does_not_take_the_lease_back(cluster: tuple[KubeEmulator, Any]) -> None:
+    """A renewal that starts once the term ran out unrenewed (a step blocked on the API past it) ends the term,
+    even where no standby took the Lease meanwhile: the fast step that finds it not valid stands down, whatever
+    the renewer's thread did first."""
+    emu, client = cluster
+    leader = Lease(client, "wattscale", "wattscale-operator", "leader", duration_s=3.0)
+    assert leader.hold()
+    leader.renewed_at -= leader.duration_s  # the term ran out
+    writes = len([1 for _, m, p in emu.requests if m == "PUT" and "/leases/" in p])
+    assert not leader.hold() and not leader.held
+    assert len([1 for _, m, p in emu.requests if m == "PUT" and "/leases/" in p]) == writes
+
+
 def test_a_lease_that_runs_out_while_its_renewal_hangs_is_stood_down_from_without_a_request(
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """The renewal's write hangs past the Lease's term: the fast step stands down at once (no give_back, which

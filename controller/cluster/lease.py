@@ -64,12 +64,15 @@ class Lease:
         """Take or renew the Lease; whether this operator holds it now. A renewal that fails on a timeout or an
         outage leaves the Lease held while it is `valid` (renewed within its duration, timed from the start of
         the last request that renewed it: no standby may take it before then), to be tried again; a conflict
-        (another wrote it) or another holder ends it, and a Lease not held stays not held on any failure."""
+        (another wrote it), another holder or a term that ran out unrenewed ends it, and a Lease not held stays not
+        held on any failure."""
         from kubernetes.client.exceptions import ApiException
 
         started = time.monotonic()
         if self.held and not self.due():
             return True  # renewed a moment ago: no request
+        if self.held and not self.valid():  # its term ran out unrenewed: a standby may act, so this term is over
+            return self._became(False)  # (as client-go's elector stops leading past its renew deadline)
         renewing = self.held  # a renewal never takes a Lease back that was given back or taken meanwhile
         try:
             try:
