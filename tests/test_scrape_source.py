@@ -139,21 +139,30 @@ def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> No
     assert w is not None and w.ttft_p95_ms is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
 
 
-def test_a_sample_too_big_for_a_float_is_skipped_not_the_whole_page() -> None:
+def test_a_sample_too_big_for_a_float_is_no_reading_not_an_error_of_the_whole_cycle() -> None:
     """The text parser gives `1` and 400 zeros as an int, which math.isfinite cannot take (OverflowError): every
-    service lost its window that cycle, and those read before it lost theirs for good."""
+    service lost its window that cycle, and those read before it lost theirs for good. It is no reading now: said,
+    the window held, and the next good page's window spans both."""
     host = _host()
     pages = Pages(host)
+    errors: list[str] = []
+    hostile = {"on": False}
 
-    def hostile(url: str, timeout_s: float) -> str:
-        return pages.fetch(url, timeout_s) + f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 1{"0" * 400}\n'
+    def fetch(url: str, timeout_s: float) -> str:
+        extra = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 1{"0" * 400}\n' if hostile["on"] else ""
+        return pages.fetch(url, timeout_s) + extra
 
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=hostile)
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
+                              on_error=lambda kind, msg: errors.append(msg))
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
+    hostile["on"] = True
     host.advance_to(80.0)
-    w = source.observe(80.0, ["chat"])["chat"]
-    assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
+    assert source.observe(80.0, ["chat"]) == {"chat": None} and "no reading" in errors[0]
+    hostile["on"] = False
+    host.advance_to(110.0)
+    w = source.observe(110.0, ["chat"])["chat"]
+    assert w is not None and w.window_s == 90.0 and w.rate_rps == pytest.approx(10.0, rel=0.1)
 
 
 def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> None:
@@ -189,8 +198,8 @@ def test_a_page_of_one_huge_bad_line_is_quoted_short() -> None:
 
 def test_a_page_of_nan_samples_holds_the_window_and_says_so() -> None:
     """A replica whose every sample read NaN gave a window of rate 0 and no replica, steady, and unsaid: the plan
-    took code from 3 replicas to 2 on no word of its demand. A NaN or negative sample is no reading: left out and
-    said; a page with none of the model's holds the window, and the next good one spans both."""
+    took code from 3 replicas to 2 on no word of its demand. A NaN or negative sample is no reading: said, and
+    the window held, so the next good one spans both."""
     host = _host()
     pages = Pages(host)
     errors: list[str] = []
@@ -211,8 +220,9 @@ def test_a_page_of_nan_samples_holds_the_window_and_says_so() -> None:
     nan["on"] = True
     host.advance_to(50.0)
     assert source.observe(50.0, ["chat"]) == {"chat": None}
-    assert errors == [f"chat: vLLM samples of {MODEL} that are no reading (NaN, infinite or negative) left out",
-                      f"chat: no vLLM sample of {MODEL} on {', '.join(pages.urls)}; its window waits for one"]
+    assert len(errors) == 1 and errors[0].startswith("chat: ") and errors[0].endswith(
+        f" vLLM sample(s) of {MODEL} are no reading (NaN, infinite or negative); its window waits for pages "
+        "without one")
     nan["on"] = False
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
@@ -224,14 +234,54 @@ def test_a_negative_gauge_is_no_reading() -> None:
     host = _host()
     pages = Pages(host)
     errors: list[str] = []
+    hostile = {"on": True}
 
-    def hostile(url: str, timeout_s: float) -> str:  # summed in, a -1000 took the service's queue below 0
-        return pages.fetch(url, timeout_s) + f'vllm:num_requests_waiting{{model_name="{MODEL}"}} -1000\n'
+    def fetch(url: str, timeout_s: float) -> str:  # summed in, a -1000 took the service's queue below 0
+        extra = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} -1000\n' if hostile["on"] else ""
+        return pages.fetch(url, timeout_s) + extra
 
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=hostile,
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
+                              on_error=lambda kind, msg: errors.append(msg))
+    hostile["on"] = False
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    hostile["on"] = True
+    host.advance_to(50.0)
+    assert source.observe(50.0, ["chat"]) == {"chat": None} and "no reading" in errors[0]
+    hostile["on"] = False
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.waiting >= 0.0 and w.window_s == 60.0
+
+
+@pytest.mark.parametrize("one_replica", [False, True])
+def test_one_unreadable_series_holds_the_window_rather_than_dropping_then_spiking_its_rate(one_replica: bool) -> None:
+    """Only the success counter read NaN, or one replica's whole page: that series was left out, so the window
+    read its requests as none, and the next, finding the series again, counted all it ever served as new (a
+    rate many times the offered one)."""
+    host = _host()
+    pages = Pages(host)
+    errors: list[str] = []
+    nan = {"on": False}
+
+    def glitching(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        if not nan["on"] or (one_replica and url != pages.urls[0]):
+            return page
+        hit = "vllm:" if one_replica else "vllm:request_success_total"
+        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith(hit) else line
+                         for line in page.splitlines()) + "\n"
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
                               on_error=lambda kind, msg: errors.append(msg))
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
+    start = _totals(host)[0]
+    nan["on"] = True
+    host.advance_to(50.0)
+    assert source.observe(50.0, ["chat"]) == {"chat": None} and len(errors) == 1
+    nan["on"] = False
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
-    assert w is not None and w.waiting >= 0.0 and errors and "no reading" in errors[0]
+    assert w is not None and w.window_s == 60.0 and w.replicas == 2
+    assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)

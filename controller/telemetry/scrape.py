@@ -77,9 +77,11 @@ class ScrapeVllmSource:
                 out[name] = None
                 continue
             families = [f for page in pages if page for f in page]
-            if unreadable(families, model):
-                self.on_error("scrape", f"{name}: vLLM samples of {model} that are no reading (NaN, infinite or "
-                              "negative) left out")
+            if bad := unreadable(families, model):  # a series left out reads as a rate of 0, then a spike
+                self.on_error("scrape", f"{name}: {bad} vLLM sample(s) of {model} are no reading (NaN, infinite or "
+                              "negative); its window waits for pages without one")
+                out[name] = None
+                continue
             snap = snapshots(families, now).get(model)
             if snap is None:  # the pages hold nothing of the model: no word on its demand, not a demand of 0
                 self.on_error("scrape", f"{name}: no vLLM sample of {model} on {', '.join(urls)}; its window waits "

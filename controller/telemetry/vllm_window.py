@@ -99,6 +99,7 @@ def unreadable(families: Iterable[Metric], model: str) -> int:
 
 
 def _family(name: str) -> str:
+    """A sample's family: its name less the suffix a counter or histogram sample carries."""
     for suffix in ("_total", "_bucket", "_sum", "_count"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
