@@ -139,6 +139,16 @@ class SimGPU:
         step read as drawn in its first second: a 3-s step of 400 W was 1,200 W in one second and 0 in the next."""
         return self.energy_j - self.last_power_w * min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
 
+    def cut_at(self, t_s: float) -> None:
+        """The engine on it stopped at `t_s` (drained, scaled away, lost): the part of its last step after `t_s`
+        was never drawn, and what runs next on it is accounted from `t_s`."""
+        over = min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
+        self.energy_j -= self.last_power_w * over
+        self.accounted_to_s, self._last_s = self.accounted_to_s - over, self._last_s - over
+        if self._window_s >= over:
+            self._window_j -= self.last_power_w * over
+            self._window_s -= over
+
     def sample_power_w(self) -> float:
         """Mean draw since the last sample (what NVML's 1 s average reports)."""
         if self._window_s <= 0:

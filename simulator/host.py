@@ -144,7 +144,7 @@ class SimHost:
         while len(mine) > max(0, replicas):
             gone = mine.pop()
             svc.replicas.remove(gone)
-            self._requeue(svc, gone.engine.drain())
+            self._requeue(svc, self._stop(gone))
         return len(mine)
 
     def lose_gpu(self, index: int) -> None:
@@ -154,7 +154,7 @@ class SimHost:
         for svc in self.services.values():
             for rep in [r for r in svc.replicas if r.gpu.index == index]:
                 svc.replicas.remove(rep)
-                self._requeue(svc, rep.engine.drain())
+                self._requeue(svc, self._stop(rep))
 
     def slow_down(self, name: str, factor: float) -> None:
         """Every step of the service's engines, running and future, takes `factor` times as long."""
@@ -181,7 +181,7 @@ class SimHost:
             if i >= len(svc.replicas):
                 continue
             old = svc.replicas[i]
-            pending = old.engine.drain()
+            pending = self._stop(old)
             svc.replicas[i] = self._new_replica(svc, old.gpu, self.start_delay_s)
             self._requeue(svc, pending)
 
@@ -190,6 +190,11 @@ class SimHost:
 
     def lock_clock(self, gpu_index: int, mhz: int | None) -> int | None:
         return self.gpus[gpu_index].lock_clock(mhz)
+
+    def _stop(self, rep: Replica) -> list[tuple[float, int, int]]:
+        """Stop a replica now: its GPU stops drawing for the step it was in; what it held, for the router."""
+        rep.gpu.cut_at(self.now_s)
+        return rep.engine.drain()
 
     def _requeue(self, svc: SimService, requests: list[tuple[float, int, int]]) -> None:
         for req in requests:

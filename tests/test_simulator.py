@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from simulator.hardware import SPECS, SimGPU
@@ -52,6 +53,27 @@ def test_energy_counter_is_monotonic_and_idle_gpus_draw_idle_power() -> None:
         last = now
     idle = host.gpus[3]
     assert abs(idle.sample_power_w() - idle.spec.idle_w) < 1e-6
+
+
+@pytest.mark.parametrize("stop", ["scale", "restart", "lose"])
+def test_a_replica_stopped_mid_step_draws_no_more_of_that_step(stop: str) -> None:
+    """A step is accounted whole as it begins: a replica stopped in it (scaled away, restarted, its GPU lost) kept
+    the rest of the step's joules, and its GPU drew idle over them: 2,336 W read in a second off a 700 W GPU at 20 x
+    slower steps."""
+    host = busy_host(rate_rps=40.0, replicas=1)
+    host.advance_to(10.0)
+    host.slow_down("chat", 20.0)
+    gpu = host.gpus[0]
+    host.advance_to(20.0)
+    assert gpu.accounted_to_s > host.now_s + 0.5  # stopped in a step
+    {"scale": lambda: host.scale("chat", 0), "restart": lambda: host.restart_with_batch("chat", 32),
+     "lose": lambda: host.lose_gpu(0)}[stop]()
+    before = gpu.energy_at_j(host.now_s)
+    for t in np.arange(21.0, 31.0):
+        host.advance_to(float(t))
+        now = gpu.energy_at_j(host.now_s)
+        assert now - before <= gpu.spec.max_limit_w + 1e-6 and now >= before
+        before = now
 
 
 def test_rolling_restart_keeps_the_service_serving() -> None:
