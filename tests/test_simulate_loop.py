@@ -18,6 +18,7 @@ from controller.simulate.accounting import figures
 from controller.simulate.command import simulate
 from controller.simulate.runner import Run, run
 from controller.simulate.scenario import load_scenario
+from controller.simulate.sources import mean_budget_w
 
 TWO_GPUS = {"chat": {"H100-SXM": 2}}
 
@@ -35,6 +36,16 @@ def test_a_budget_step_down_is_held_within_two_seconds(small_scenario: Callable[
     f = figures(scn, r)
     assert f["budget_violation_s"] == 0
     assert f["budget_violation_raw_s"] <= 2
+
+
+def test_an_event_in_the_last_tick_applies(small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    """An event between the last tick's start and the end was listed as in the run and never applied (events
+    were applied at the first tick at or after them), and the flat policy's mean budget left it out too."""
+    scn = load_scenario(small_scenario('name = "late"\nduration_s = 10\nseed = 3\n[[events]]\nat_s = 9.5\n'
+                                       'kind = "budget"\nbudget_w = 500\n'))
+    tr = run(scn, "static", 3, TWO_GPUS).trace
+    assert tr.budget_w[-1] == 500 and tr.budget_w[-2] == 1400
+    assert mean_budget_w(scn, 10.0, tmp_path) == pytest.approx((9 * 1400 + 500) / 10)
 
 
 def test_a_budget_below_the_replicas_floors_sheds_a_replica_at_once(small_scenario: Callable[..., Path]) -> None:

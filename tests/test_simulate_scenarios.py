@@ -52,7 +52,9 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = [{ start_s = 5, duration_s = 5, '
      'factor = -2 }]\n', "workload.chat.bursts[0].factor", "-2"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 90\nkind = "budget"\nbudget_w = 500\n', "events[0].at_s",
-     "after the scenario's end"),
+     "90 s is not before the scenario's end (60 s): it would never apply"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 60\nkind = "budget"\nbudget_w = 500\n', "events[0].at_s",
+     "60 s is not before the scenario's end"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "meteor"\n', "events[0].kind", "meteor"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "budget"\n', "events[0].budget_w",
      "is missing: a budget event needs the new site budget (W)"),

@@ -46,8 +46,9 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
     lost: dict[int, int] = {}
     for i, e in enumerate(s.events):
         where = f"events[{i}]"
-        if e.at_s > s.duration_s:
-            raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is after the scenario's end ({s.duration_s:g} s)")
+        if e.at_s >= s.duration_s:
+            raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is not before the scenario's end ({s.duration_s:g} s): "
+                              "it would never apply")
         if e.kind == "gpu_lost" and e.gpu == -1:  # the default: the user never wrote it
             raise ConfigError(f"{where}.gpu", f"is missing: a gpu_lost event names the GPU, an index in 0..{gpus - 1}")
         if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:

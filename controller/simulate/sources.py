@@ -124,7 +124,7 @@ def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
     total = 0.0
     for k in range(n):
         t = k * fast
-        while events and events[0].at_s <= t:
+        while events and events[0].at_s < t + fast:  # as the run applies it: at the start of its tick
             budget.apply(events.pop(0), t)
         total += budget.step(t)
     return total / n
