@@ -172,6 +172,8 @@ def test_a_run_under_an_hour_judges_its_restarts_by_their_count(small_scenario: 
     assert not restarts(18.0, 600.0)["met"]  # 3 in 10 minutes: more than an hour may have
     assert restarts(6.0, 3600.0) == {"target": "chat: restarts <= 2 per service-hour (a steady load's target)",
                                      "value": 6.0, "unit": "per hour", "met": False}
+    # --duration-s 599.5 runs 600 s of whole fast ticks, and its rate is per hour of those: 1 restart, not 0.999
+    assert restarts(6.0, 599.5)["target"].endswith("; 1 in this 600-s run, judged as its first hour)")
 
 
 def test_a_service_no_policy_finished_a_request_of_is_not_judged(small_scenario: Callable[..., Path]) -> None:

@@ -4,6 +4,7 @@ against the baselines that ran, each with the figure it was judged on, why it wa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from controller.service_settings import ServiceSettings
@@ -115,11 +116,13 @@ def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
     out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
                                   "unit": "s", "met": ws["budget_violation_s"] == 0}]
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
+    fast = scn.config.daemon.fast_interval_s
+    ran_s = math.ceil(duration_s / fast) * fast  # whole fast ticks, as the run's rates are per hour of them
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"]
         if mine is not None and _finished_anywhere(policies, svc.name):  # else nothing to judge its attainment by
             out += _attainment_targets(svc, mine, ws, baselines)
-        out.append(_restarts_target(svc.name, ws["services"][svc.name]["restarts_per_hour"] or 0.0, duration_s))
+        out.append(_restarts_target(svc.name, ws["services"][svc.name]["restarts_per_hour"] or 0.0, ran_s))
     if scn.settings.energy_targets:
         out += energy_targets(policies, frontier)
     return out + power_targets(scn, policies)
