@@ -125,7 +125,7 @@ def preflight(settings: Settings) -> list[str]:
                                   settings.base_dir).step(time.time())
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
-                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it can be read")
+                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
     warnings += check_backends(settings) + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
         if path is None:
