@@ -94,6 +94,10 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+PROGRESS_S = 10.0
+"""Seconds of wall time between two of `tune`'s progress lines."""
+
+
 class TuneProgress:
     """Says on stderr how far `tune` is, every PROGRESS_S of wall time (200 rows far from the prior ran minutes
     without a word)."""
@@ -107,9 +111,6 @@ class TuneProgress:
             self.said = now
             print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s (rows far from the "
                   "prior are each refitted)", file=sys.stderr)
-
-
-PROGRESS_S = 10.0
 
 
 def _tune(args: argparse.Namespace) -> int:

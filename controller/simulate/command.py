@@ -121,6 +121,7 @@ def _per_run(policies: list[str], seeds: list[int]) -> list[str]:
 
 
 def _decisions(seed: int) -> str:
+    """The decision log's name in the report folder: one per seed of the wattscale policy."""
     return f"decisions-seed{seed}.jsonl"
 
 
