@@ -77,8 +77,8 @@ class ScrapeVllmSource:
                 out[name] = None
                 continue
             families = [f for page in pages if page for f in page]
-            if bad := unreadable(families, model):  # a series left out reads as a rate of 0, then a spike
-                self.on_error("scrape", f"{name}: {bad} vLLM sample(s) of {model} are no reading (NaN, infinite or "
+            if unreadable(families, model):  # a series left out reads as a rate of 0, then a spike
+                self.on_error("scrape", f"{name}: vLLM samples of {model} that are no reading (NaN, infinite or "
                               "negative); its window waits for pages without one")
                 out[name] = None
                 continue

@@ -91,11 +91,11 @@ def _reading(value: object) -> float | None:
     return out if out is not None and out >= 0.0 else None
 
 
-def unreadable(families: Iterable[Metric], model: str) -> int:
-    """How many of `model`'s samples of the families a window reads `snapshots` leaves out as no reading (NaN,
-    infinite, negative)."""
-    return sum(1 for fam in families for s in fam.samples
-               if s.labels.get("model_name") == model and _family(s.name) in FAMILIES and _reading(s.value) is None)
+def unreadable(families: Iterable[Metric], model: str) -> bool:
+    """Whether a sample of `model` in the families a window reads is no reading (NaN, infinite, negative), which
+    `snapshots` would leave out."""
+    return any(s.labels.get("model_name") == model and _family(s.name) in FAMILIES and _reading(s.value) is None
+               for fam in families for s in fam.samples)
 
 
 def _family(name: str) -> str:
