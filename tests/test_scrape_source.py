@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.scrape import ScrapeVllmSource
+from controller.telemetry.scrape import HOLD_CYCLES, ScrapeVllmSource
 from simulator.host import SimHost
 from simulator.serve import RealTimeEmulator
 from simulator.vllm_metrics import VllmCollector
@@ -141,8 +141,8 @@ def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> No
 
 def test_a_sample_too_big_for_a_float_is_no_reading_not_an_error_of_the_whole_cycle() -> None:
     """The text parser gives `1` and 400 zeros as an int, which math.isfinite cannot take (OverflowError): every
-    service lost its window that cycle, and those read before it lost theirs for good. It is no reading now: said,
-    the window held, and the next good page's window spans both."""
+    service lost its window that cycle, and those read before it lost theirs for good. It is no reading now, a
+    gauge's: said and left out."""
     host = _host()
     pages = Pages(host)
     errors: list[str] = []
@@ -158,11 +158,10 @@ def test_a_sample_too_big_for_a_float_is_no_reading_not_an_error_of_the_whole_cy
     source.observe(20.0, ["chat"])
     hostile["on"] = True
     host.advance_to(80.0)
-    assert source.observe(80.0, ["chat"]) == {"chat": None} and "no reading" in errors[0]
-    hostile["on"] = False
-    host.advance_to(110.0)
-    w = source.observe(110.0, ["chat"])["chat"]
-    assert w is not None and w.window_s == 90.0 and w.rate_rps == pytest.approx(10.0, rel=0.1)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
+    assert errors == [f"chat: {pages.urls[0]}: vllm:num_requests_waiting of {MODEL} is no reading (NaN, infinite "
+                      "or negative): left out"]
 
 
 def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> None:
@@ -220,8 +219,8 @@ def test_a_page_of_nan_samples_holds_the_window_and_says_so() -> None:
     nan["on"] = True
     host.advance_to(50.0)
     assert source.observe(50.0, ["chat"]) == {"chat": None}
-    assert errors == [f"chat: vLLM samples of {MODEL} that are no reading (NaN, infinite or negative); its window "
-                      "waits for pages without one"]  # no count: the same failure logs once while it repeats
+    assert len(errors) == 1 and errors[0].startswith(f"chat: {pages.urls[0]}: vllm:") and errors[0].endswith(
+        f" of {MODEL} is no reading (NaN, infinite or negative): its window waits for pages without one")
     nan["on"] = False
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
@@ -233,7 +232,7 @@ def test_a_negative_gauge_is_no_reading() -> None:
     host = _host()
     pages = Pages(host)
     errors: list[str] = []
-    hostile = {"on": True}
+    hostile = {"on": False}
 
     def fetch(url: str, timeout_s: float) -> str:  # summed in, a -1000 took the service's queue below 0
         extra = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} -1000\n' if hostile["on"] else ""
@@ -241,16 +240,12 @@ def test_a_negative_gauge_is_no_reading() -> None:
 
     source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
                               on_error=lambda kind, msg: errors.append(msg))
-    hostile["on"] = False
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
     hostile["on"] = True
     host.advance_to(50.0)
-    assert source.observe(50.0, ["chat"]) == {"chat": None} and "no reading" in errors[0]
-    hostile["on"] = False
-    host.advance_to(80.0)
-    w = source.observe(80.0, ["chat"])["chat"]
-    assert w is not None and w.waiting >= 0.0 and w.window_s == 60.0
+    w = source.observe(50.0, ["chat"])["chat"]
+    assert w is not None and w.waiting >= 0.0 and "left out" in errors[0]
 
 
 @pytest.mark.parametrize("one_replica", [False, True])
@@ -284,3 +279,37 @@ def test_one_unreadable_series_holds_the_window_rather_than_dropping_then_spikin
     w = source.observe(80.0, ["chat"])["chat"]
     assert w is not None and w.window_s == 60.0 and w.replicas == 2
     assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
+
+
+def test_a_counter_that_stays_no_reading_holds_the_window_a_while_then_goes_on_without_it() -> None:
+    """One replica's success counter read NaN for good: every window was held, so the service's demand froze at
+    its last reading for as long as the exporter lived. Held HOLD_CYCLES windows, then read without it; back, the
+    series counts from its first reading (not all it ever counted)."""
+    host = _host()
+    pages = Pages(host)
+    errors: list[str] = []
+    nan = {"on": False}
+
+    def glitching(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        if not nan["on"] or url != pages.urls[0]:
+            return page
+        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith("vllm:request_success_total") else line
+                         for line in page.splitlines()) + "\n"
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
+                              on_error=lambda kind, msg: errors.append(msg))
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    nan["on"] = True
+    got = []
+    for t in range(50, 50 + 30 * (HOLD_CYCLES + 2), 30):
+        host.advance_to(float(t))
+        got.append(source.observe(float(t), ["chat"])["chat"])
+    assert got[:HOLD_CYCLES] == [None] * HOLD_CYCLES and all(w is not None for w in got[HOLD_CYCLES:])
+    assert errors[HOLD_CYCLES].endswith(f"left out after {HOLD_CYCLES} windows held for it")
+    nan["on"] = False
+    t0, start = float(t), _totals(host)[0]
+    host.advance_to(t0 + 30.0)
+    back = source.observe(t0 + 30.0, ["chat"])["chat"]
+    assert back is not None and back.rate_rps <= (_totals(host)[0] - start) / 30.0 * 1.01  # no spike

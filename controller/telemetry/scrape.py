@@ -5,7 +5,10 @@ Rates come from counter deltas between this observation and the last (vllm_windo
 Each page's series carry the page's URL as `instance`, so replicas and restarts stay apart. When a page of
 a service cannot be fetched or parsed, the failure goes to `on_error` and the service has no observation
 this time; its last snapshot is kept, so the next window spans both and no traffic is lost or invented. So
-does a page that holds no sample of the service's model (every one NaN, or a model name that is not served).
+does a page that holds no sample of the service's model (a model name that is not served), and, for up to
+HOLD_CYCLES windows, one whose counter or histogram sample is no reading (NaN, infinite, negative): left out,
+that series would read as no requests, then, back, as all it ever counted. Past that the window goes on without
+it (the series counts again from its next reading); a gauge that is no reading is left out at once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
-from controller.telemetry.vllm_window import Snapshot, snapshots, unreadable, window
+from controller.telemetry.vllm_window import Snapshot, is_gauge, snapshots, unreadable, window
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ def parse_page(text: str, instance: str) -> list[Metric]:
     return families
 
 
+HOLD_CYCLES = 3
+"""Windows in a row a service's window is held for a counter that is no reading, before it goes on without it
+(an exporter that keeps one froze the service's demand for good)."""
+
+
 def _log_error(kind: str, message: str) -> None:
     log.warning("%s: %s", kind, message)
 
@@ -60,6 +68,8 @@ class ScrapeVllmSource:
         self.timeout_s = timeout_s
         self.fetch, self.on_error = fetch, on_error or _log_error
         self._last: dict[str, Snapshot] = {}
+        self._held: dict[str, int] = {}
+        """Per service: windows held in a row for a counter that is no reading."""
 
     def _read(self, url: str) -> list[Metric] | None:
         try:
@@ -77,13 +87,21 @@ class ScrapeVllmSource:
                 out[name] = None
                 continue
             families = [f for page in pages if page for f in page]
-            if unreadable(families, model):  # a series left out reads as a rate of 0, then a spike
-                self.on_error("scrape", f"{name}: vLLM samples of {model} that are no reading (NaN, infinite or "
-                              "negative); its window waits for pages without one")
-                out[name] = None
-                continue
+            if bad := unreadable(families, model):
+                first = bad[0]
+                counted = not all(map(is_gauge, bad))  # a counter left out reads as a rate from nothing
+                held = self._held[name] = self._held.get(name, 0) + 1 if counted else 0
+                what = ("its window waits for pages without one" if 0 < held <= HOLD_CYCLES else
+                        "left out" if not counted else f"left out after {HOLD_CYCLES} windows held for it")
+                self.on_error("scrape", f"{name}: {first.labels.get('instance', '')}: {first.name} of {model} is no "
+                              f"reading (NaN, infinite or negative): {what}")
+                if 0 < held <= HOLD_CYCLES:
+                    out[name] = None
+                    continue
+            else:
+                self._held.pop(name, None)
             snap = snapshots(families, now).get(model)
-            if snap is None:  # the pages hold nothing of the model: no word on its demand, not a demand of 0
+            if snap is None or not snap.engines:  # nothing of the model: no word on its demand, not a demand of 0
                 self.on_error("scrape", f"{name}: no vLLM sample of {model} on {', '.join(urls)}; its window waits "
                               "for one")
                 out[name] = None

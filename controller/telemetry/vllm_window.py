@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from controller.telemetry.base import ServiceWindow, finite
 
@@ -53,6 +54,8 @@ class Snapshot:
     hist_buckets: dict[tuple[str, str, float], float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
     engines: set[str] = field(default_factory=set)
+    known: set[str] = field(default_factory=set)
+    """The engine series with any sample, a reading or not: a counter first read on one counts from there."""
 
 
 def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
@@ -61,10 +64,13 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
     for fam in families:
         for s in fam.samples:
             model, value = s.labels.get("model_name"), _reading(s.value)
-            if model is None or value is None:
+            if model is None:
                 continue
             snap = out.setdefault(model, Snapshot(time_s))
             series = s.labels.get("instance", "") + "/" + s.labels.get("engine", "0")
+            snap.known.add(series)
+            if value is None:
+                continue
             snap.engines.add(series)
             name = s.name
             if name.endswith("_total") and name[:-6] in COUNTERS:
@@ -91,11 +97,17 @@ def _reading(value: object) -> float | None:
     return out if out is not None and out >= 0.0 else None
 
 
-def unreadable(families: Iterable[Metric], model: str) -> bool:
-    """Whether a sample of `model` in the families a window reads is no reading (NaN, infinite, negative), which
-    `snapshots` would leave out."""
-    return any(s.labels.get("model_name") == model and _family(s.name) in FAMILIES and _reading(s.value) is None
-               for fam in families for s in fam.samples)
+def unreadable(families: Iterable[Metric], model: str) -> list[Sample]:
+    """The samples of `model` in the families a window reads that are no reading (NaN, infinite, negative), which
+    `snapshots` leaves out."""
+    return [s for fam in families for s in fam.samples
+            if s.labels.get("model_name") == model and _family(s.name) in FAMILIES and _reading(s.value) is None]
+
+
+def is_gauge(sample: Sample) -> bool:
+    """Whether a sample is a gauge's: one left out under-reads a window, where a counter's makes a rate from
+    nothing (`window`)."""
+    return sample.name in GAUGES
 
 
 def _family(name: str) -> str:
@@ -118,9 +130,16 @@ def _delta(new: float, old: float) -> float:
     return new - old if new >= old else new
 
 
-def _summed(new: dict[Key, float], old: dict[Key, float], figure: str) -> float:
-    """Sum over engine series of each series' increase (a reset counts from zero)."""
-    return sum(_delta(v, old.get(k, 0.0)) for k, v in new.items() if k[1] == figure)
+def _since(new: float, old: float | None) -> float:
+    """A counter's increase; one missing from the old snapshot of an engine it saw (a sample that was no reading
+    there) counts from its first reading, not from zero, which would read all it ever counted as new."""
+    return 0.0 if old is None else _delta(new, old)
+
+
+def _summed(new: dict[Key, float], old: dict[Key, float], figure: str, seen: set[str]) -> float:
+    """Sum over engine series of each series' increase (a reset counts from zero; an engine `seen` before whose
+    series is new counts from its first reading)."""
+    return sum(_since(v, old.get(k, None if k[0] in seen else 0.0)) for k, v in new.items() if k[1] == figure)
 
 
 def _reset(new: dict[Key, float], old: dict[Key, float]) -> bool:
@@ -153,20 +172,23 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
     if dt <= 0:
         return None
 
+    seen = old.known
+
     def counter(key: str) -> float:
-        return _summed(new.counters, old.counters, key)
+        return _summed(new.counters, old.counters, key, seen)
 
     def mean(key: str, scale: float) -> float | None:
-        n = _summed(new.hist_count, old.hist_count, key)
+        n = _summed(new.hist_count, old.hist_count, key, seen)
         if n <= 0:
             return None
-        return scale * _summed(new.hist_sum, old.hist_sum, key) / n
+        return scale * _summed(new.hist_sum, old.hist_sum, key, seen) / n
 
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
         for (series, figure, le), c in new.hist_buckets.items():
             if figure == key:
-                buckets[le] = buckets.get(le, 0.0) + _delta(c, old.hist_buckets.get((series, figure, le), 0.0))
+                was = old.hist_buckets.get((series, figure, le), None if series in seen else 0.0)
+                buckets[le] = buckets.get(le, 0.0) + _since(c, was)
         v = histogram_quantile(0.95, buckets)
         return None if v is None else 1000.0 * v
 
