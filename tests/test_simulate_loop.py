@@ -46,6 +46,9 @@ def test_an_event_in_the_last_tick_applies(small_scenario: Callable[..., Path], 
     tr = run(scn, "static", 3, TWO_GPUS).trace
     assert tr.budget_w[-1] == 500 and tr.budget_w[-2] == 1400
     assert mean_budget_w(scn, 10.0, tmp_path) == pytest.approx((9 * 1400 + 500) / 10)
+    # cut short by --duration-s 9.4 (10 ticks), the event is after the run's end, as the report says: not applied
+    assert run(scn, "static", 3, TWO_GPUS, duration_s=9.4).trace.budget_w[-1] == 1400
+    assert mean_budget_w(scn, 9.4, tmp_path / "cut") == 1400
 
 
 def test_a_budget_below_the_replicas_floors_sheds_a_replica_at_once(small_scenario: Callable[..., Path]) -> None:

@@ -119,7 +119,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
         budget = -1.0
         t, next_slow, done = 0.0, slow, 0.0
         for k in range(n):
-            while events and events[0].at_s < t + fast:  # applied at the start of the tick it falls in
+            while events and events[0].at_s < min(t + fast, duration):  # at the start of the tick it falls in
                 e = events.pop(0)
                 if e.kind in ("budget", "demand_response"):
                     sources.apply(e, t)

@@ -91,13 +91,14 @@ class SimBudget:
         return dataclasses.replace(settings, sources=tuple(out))
 
     def apply(self, e: EventSettings, t_s: float) -> None:
-        """A budget or demand-response event at simulated second `t_s`."""
+        """A budget or demand-response event, applied at simulated second `t_s` (its signal ends `duration_s` after
+        the event's own time)."""
         if e.budget_w is None:  # another kind of event (both of these need it, checked when read)
             return
         if e.kind == "budget":
             self.event_w = e.budget_w
         elif e.kind == "demand_response":
-            signal = DemandSignal(e.budget_w, self.clock(t_s + e.duration_s), e.reason or "scenario event")
+            signal = DemandSignal(e.budget_w, self.clock(e.at_s + e.duration_s), e.reason or "scenario event")
             for path in self.signal_paths:
                 store_signal(str(path), signal)
 
@@ -124,7 +125,7 @@ def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
     total = 0.0
     for k in range(n):
         t = k * fast
-        while events and events[0].at_s < t + fast:  # as the run applies it: at the start of its tick
+        while events and events[0].at_s < min(t + fast, duration_s):  # as the run applies it
             budget.apply(events.pop(0), t)
         total += budget.step(t)
     return total / n
