@@ -68,12 +68,14 @@ def test_a_replica_stopped_mid_step_draws_no_more_of_that_step(stop: str) -> Non
     assert gpu.accounted_to_s > host.now_s + 0.5  # stopped in a step
     {"scale": lambda: host.scale("chat", 0), "restart": lambda: host.restart_with_batch("chat", 32),
      "lose": lambda: host.lose_gpu(0)}[stop]()
-    before = gpu.energy_at_j(host.now_s)
+    before = stopped = gpu.energy_at_j(host.now_s)
     for t in np.arange(21.0, 31.0):
         host.advance_to(float(t))
         now = gpu.energy_at_j(host.now_s)
         assert now - before <= gpu.spec.max_limit_w + 1e-6 and now >= before
         before = now
+    if stop == "lose":  # off the bus: it draws nothing more, the rest of its step included
+        assert before == stopped
 
 
 def test_rolling_restart_keeps_the_service_serving() -> None:
