@@ -150,7 +150,6 @@ class Controller:
             self._adopt(settings)
         s = self.settings
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
-        self.estimator.ceilings.at_budget(record["budget_w"])
         if changes or self.budget_from is not None:
             record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
         in_force = {}
@@ -169,9 +168,9 @@ class Controller:
             now_on = self.assignments[svc.name]
             verdict = self.estimator.observe(svc, window, self.fast.ledger.take(svc.name), now_on,
                                              in_force[svc.name].still, s.optimizer,
-                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0), now)
+                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
-                                            "tuner": verdict, "topped_out": self.estimator.ceilings.record(svc.name)}
+                                            "tuner": verdict}
         try:
             solution = solve(self._problem(), self.solver)
         except Exception as exc:
@@ -207,8 +206,7 @@ class Controller:
             margin = self.estimator.margins.margin(svc.name, o.slo_margin_step, o.slo_margin_max)
             self.metrics.slo_margin.labels(svc.name).set(margin)
             demands.append(service_demand(svc, load, margin, self.assignments[svc.name], self.variants[svc.name],
-                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc),
-                                          self.estimator.ceilings.of(svc.name)))
+                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight)

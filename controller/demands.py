@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.optimizer import Assignment, Ceiling, ServiceDemand
+from controller.optimizer import Assignment, ServiceDemand
 from controller.service_settings import ServiceSettings
 from controller.sizing_basis import SizingBasis
 from queuemodels import Load, PowerProfile, ServiceParams, Targets
@@ -19,12 +19,10 @@ from tuner import Tuner, pair_key
 
 def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Assignment, variants: tuple[str, ...],
                    kv_tokens: dict[str, float], tuner: Tuner, basis: SizingBasis,
-                   gpus: dict[str, tuple[int, ...]], ceilings: dict[str, tuple[Ceiling, ...]] | None = None
-                   ) -> ServiceDemand:
+                   gpus: dict[str, tuple[int, ...]]) -> ServiceDemand:
     """`svc`'s demand at `load` (its token mix held by `basis`) with its targets less `margin`, on `variants` (the
     types it has a replica target on, and no other), whose KV-cache tokens `kv_tokens` gives (read, not fitted);
-    `gpus`: where its replicas run per type (domain_rooms.placements); `ceilings`: the rates per replica its
-    replicas were seen to top out at (controller/capacity_ceiling.py)."""
+    `gpus`: where its replicas run per type (domain_rooms.placements)."""
     params: dict[str, ServiceParams] = {}
     profiles: dict[str, PowerProfile] = {}
     for a in variants:
@@ -41,4 +39,4 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
     in_tokens, out_tokens = basis.hold(svc.name, (load.in_tokens, load.out_tokens))
     return ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas, svc.max_replicas,
-                         svc.max_queue, current, profiles, gpus, ceilings or {})
+                         svc.max_queue, current, profiles, gpus)

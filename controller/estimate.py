@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from controller.capacity_ceiling import Ceilings
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
@@ -55,8 +54,6 @@ class Estimator:
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
         self.margins = SloMargins()
-        self.ceilings = Ceilings()
-        """The rates per replica services' replicas were seen to top out at."""
         self.waiting: dict[str, float] = {}
         """Per service: requests waiting at its last window's end (every replica), for the next one's queue growth."""
         self.observed: set[str] = set()
@@ -72,9 +69,9 @@ class Estimator:
         return name not in self.observed and self.silent.get(name, 0) <= HOLD_CYCLES
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float, now: float) -> str:
-        """Update the service's load, its SLO margin, its pair's tuner (`kv_tokens`: the cache of the replicas
-        in force) and capacity ceiling; returns the tuner's verdict (or why none)."""
+                in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
+        """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
+        in force); returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         waited = self.waiting.pop(svc.name, None)
@@ -149,7 +146,6 @@ class Estimator:
         if self.tuner.save_failures > failures:  # logged once by the store; counted every time
             m.errors.labels("tuner_state").inc()
         result = "accepted" if verdict.accepted else verdict.reason
-        self.ceilings.observe(svc.name, in_force, obs, result, now)
         m.tuner_updates.labels(key, result).inc()
         self._export(key, verdict.nis)
         return result

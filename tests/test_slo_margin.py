@@ -98,7 +98,7 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     o = OptimizerSettings()
 
     def observe(window: ServiceWindow, still: bool = True) -> float:
-        est.observe(code, window, [], a, still, o, 0.0, 0.0)
+        est.observe(code, window, [], a, still, o, 0.0)
         return est.margins.margin("code", o.slo_margin_step, o.slo_margin_max)
 
     assert observe(_window(30.0)) == 0.0
@@ -110,20 +110,19 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     est.short.add("code")  # the plan could not serve it in full: its miss is not the model's
     assert observe(_window(60.0)) == pytest.approx(0.1)
     est.short.discard("code")
-    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0, 0.0)  # held throughout
+    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
     assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
     assert observe(_window(60.0)) == pytest.approx(0.2)
     # held 2 ticks of 15 (the ramp limiter at a draw spike): the miss is the plan's, counted in 13 / 15
     level = est.margins.level["code"]
     est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 2 + [DrawReading(380.0, 420.0, False)] * 13,
-                a, True, o, 0.0, 0.0)
+                a, True, o, 0.0)
     assert est.margins.level["code"] == pytest.approx(level + o.slo_margin_step * 13 / 15)
 
 
 def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
     """The daemon judges steadiness from the data too: 40 more requests waiting at a window's end than at the
-    last one's, on 2 replicas of max batch 64, is a ramp or an overload (20 a replica, over 64 / 4): what they
-    served then bounds what the plan asks of them (controller/capacity_ceiling.py)."""
+    last one's, on 2 replicas of max batch 64, is a ramp or an overload (20 a replica, over 64 / 4)."""
     s = load_settings(ROOT / "config" / "sim.toml")
     code = next(svc for svc in s.services if svc.name == "code")
     tuner = Tuner(None)
@@ -134,10 +133,8 @@ def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
     def window(waiting: float) -> ServiceWindow:
         return ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
 
-    assert est.observe(code, window(0.0), [], a, True, o, 0.0, 0.0) != "unsteady-queue"  # no window before: unknown
-    assert est.observe(code, window(40.0), [], a, True, o, 0.0, 0.0) == "unsteady-queue"
-    assert est.ceilings.record("code") == {"H100-SXM": {"rps_per_replica": 0.85 * 4.0 / 2, "max_batch": 64,
-                                                        "cap_w": 700.0, "clock": None}}  # what the replicas served
-    assert est.observe(code, window(42.0), [], a, True, o, 0.0, 0.0) != "unsteady-queue"  # a queue that holds
-    assert est.observe(code, None, [], a, True, o, 0.0, 0.0) == "no window"
-    assert est.observe(code, window(90.0), [], a, True, o, 0.0, 0.0) != "unsteady-queue"  # after a gap: unknown
+    assert est.observe(code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
+    assert est.observe(code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
+    assert est.observe(code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
+    assert est.observe(code, None, [], a, True, o, 0.0) == "no window"
+    assert est.observe(code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown

@@ -207,10 +207,8 @@ def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[S
     one replica takes most on, each full: what a short budget degrades a service to."""
     if not rates:
         return []
-    svc = problem.services[pair.service]
-    rate_rps = svc.load.rate_rps
+    rate_rps = problem.services[pair.service].load.rate_rps
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
-    best_rate = min(best_rate, svc.limit_rps(pair.acc.name, batch, cap, clock) or best_rate)
     if best_rate <= 0:
         return []
     most = min(pair.most, math.ceil(rate_rps / best_rate - 1e-9) - 1)
@@ -229,9 +227,7 @@ def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
         if n is None:
             continue
         restart = _restart_need(svc, cur, pair, cap, clock, needs) if cur and cur.max_batch != batch else 0
-        top = svc.limit_rps(pair.acc.name, batch, cap, clock)  # what replicas were seen to top out at
-        seen = math.ceil(svc.load.rate_rps / top - 1e-9) if top else 0
-        need = max(svc.min_replicas, n, restart, seen)
+        need = max(svc.min_replicas, n, restart)
         if need <= pair.most:
             out.append((batch, cap, clock, need, svc.load.rate_rps, 0))
     return out

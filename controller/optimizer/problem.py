@@ -37,24 +37,6 @@ class Assignment:
 
 
 @dataclass(frozen=True)
-class Ceiling:
-    """The most rate per replica the plan puts on a replica of a shape as small as this one or smaller (max batch,
-    cap, clock), whatever the queue model predicts: what the service's replicas were seen to do bounds what the
-    model may be trusted with (controller/capacity_ceiling.py)."""
-
-    rps_per_replica: float
-    max_batch: int = 1 << 30
-    cap_w: float = float("inf")
-    clock: float | None = None
-
-    def limit_rps(self, batch: int, cap_w: float, clock: float | None) -> float | None:
-        """The most rate per replica a shape may be planned for; None where this ceiling says nothing of it."""
-        if batch <= self.max_batch and cap_w <= self.cap_w + 1e-6 and (clock or 1.0) <= (self.clock or 1.0) + 1e-9:
-            return self.rps_per_replica
-        return None
-
-
-@dataclass(frozen=True)
 class ServiceDemand:
     """One LLM service: its class, load, bounds, model parameters per accelerator, current assignment."""
 
@@ -76,17 +58,8 @@ class ServiceDemand:
     the k-th (`gpus_per_replica` each). Absent: placement unknown (any free GPU), held per domain by the
     governor alone."""
 
-    ceilings: dict[str, tuple[Ceiling, ...]] = field(default_factory=dict)
-    """Per accelerator, the bounds what its replicas were seen to do sets on a replica's rate (none: the model's
-    word alone)."""
-
     def profile(self, acc: AcceleratorType) -> PowerProfile:
         return self.profiles.get(acc.name, acc.profile)
-
-    def limit_rps(self, acc: str, batch: int, cap_w: float, clock: float | None) -> float | None:
-        """The most rate per replica a shape on `acc` may be planned for, where a ceiling says (`Ceiling`)."""
-        limits = [x for c in self.ceilings.get(acc, ()) if (x := c.limit_rps(batch, cap_w, clock)) is not None]
-        return min(limits, default=None)
 
 
 @dataclass(frozen=True)
