@@ -307,9 +307,41 @@ def test_a_counter_that_stays_no_reading_holds_the_window_a_while_then_goes_on_w
         host.advance_to(float(t))
         got.append(source.observe(float(t), ["chat"])["chat"])
     assert got[:HOLD_CYCLES] == [None] * HOLD_CYCLES and all(w is not None for w in got[HOLD_CYCLES:])
+    assert not any(w.steady for w in got[HOLD_CYCLES:] if w is not None)  # a series left out: the tuner waits
     assert errors[HOLD_CYCLES].endswith(f"left out after {HOLD_CYCLES} windows held for it")
     nan["on"] = False
     t0, start = float(t), _totals(host)[0]
     host.advance_to(t0 + 30.0)
     back = source.observe(t0 + 30.0, ["chat"])["chat"]
     assert back is not None and back.rate_rps <= (_totals(host)[0] - start) / 30.0 * 1.01  # no spike
+
+
+def _page(instance: str, success: float | None, waiting: float = 0.0) -> str:
+    """A vLLM page of one engine: its waiting gauge, and its success counter where it has one (vLLM < 0.13 made
+    a counter's series on its first use)."""
+    out = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} {waiting}\n'
+    if success is not None:
+        out += f'vllm:request_success_total{{model_name="{MODEL}",finished_reason="stop"}} {success}\n'
+    return out
+
+
+def test_a_counter_an_engine_makes_on_its_first_use_counts_from_zero() -> None:
+    """A replica idle at one window has no success series yet; at the next it has served 30: those are its
+    requests, not all it ever counted before (a rule that counted from the first reading lost them for good)."""
+    urls = ("http://a/metrics", "http://b/metrics")
+    served = {"http://a/metrics": [10.0, 40.0], "http://b/metrics": [None, 30.0]}
+    k = {"i": 0}
+    source = ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=lambda url, t: _page(url, served[url][k["i"]]))
+    assert source.observe(0.0, ["chat"]) == {"chat": None}
+    k["i"] = 1
+    w = source.observe(10.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == pytest.approx((30.0 + 30.0) / 10.0) and w.steady
+
+
+def test_a_request_counter_unread_on_every_replica_is_no_demand_of_zero() -> None:
+    """Past the hold, the success counter NaN on every page read as 0 requests a second: the plan took the
+    service to its minimum. Its demand is unknown: the window waits."""
+    urls = ("http://a/metrics", "http://b/metrics")
+    source = ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=lambda url, t: _page(url, float("nan"), 3.0),
+                              on_error=lambda kind, msg: None)
+    assert all(source.observe(float(t), ["chat"]) == {"chat": None} for t in range(0, 30 * (HOLD_CYCLES + 3), 30))

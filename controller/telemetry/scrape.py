@@ -8,7 +8,9 @@ this time; its last snapshot is kept, so the next window spans both and no traff
 does a page that holds no sample of the service's model (a model name that is not served), and, for up to
 HOLD_CYCLES windows, one whose counter or histogram sample is no reading (NaN, infinite, negative): left out,
 that series would read as no requests, then, back, as all it ever counted. Past that the window goes on without
-it (the series counts again from its next reading); a gauge that is no reading is left out at once.
+it: not steady (the tuner learns nothing from it), that series' requests missing from its rate until it reads
+again, from its next reading on; while no finished-request counter of the model reads anywhere, the window waits.
+A gauge that is no reading is left out at once.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class ScrapeVllmSource:
                 continue
             families = [f for page in pages if page for f in page]
             if bad := unreadable(families, model):
-                first = bad[0]
-                counted = not all(map(is_gauge, bad))  # a counter left out reads as a rate from nothing
+                first = next((b for b in bad if not is_gauge(b)), bad[0])
+                counted = not is_gauge(first)  # a counter left out reads as a rate from nothing
                 held = self._held[name] = self._held.get(name, 0) + 1 if counted else 0
                 what = ("its window waits for pages without one" if 0 < held <= HOLD_CYCLES else
                         "left out" if not counted else f"left out after {HOLD_CYCLES} windows held for it")
@@ -102,9 +104,13 @@ class ScrapeVllmSource:
                 self._held.pop(name, None)
             snap = snapshots(families, now).get(model)
             if snap is None or not snap.engines:  # nothing of the model: no word on its demand, not a demand of 0
-                self.on_error("scrape", f"{name}: no vLLM sample of {model} on {', '.join(urls)}; its window waits "
-                              "for one")
+                if not bad:  # (else said above)
+                    self.on_error("scrape", f"{name}: no vLLM sample of {model} on {', '.join(urls)}; its window "
+                                  "waits for one")
                 out[name] = None
+                continue
+            if snap.unread and not any(k[1] == "success" for k in snap.counters):  # no finished request readable:
+                out[name] = None  # its demand is unknown, not 0
                 continue
             last = self._last.get(name)
             self._last[name] = snap

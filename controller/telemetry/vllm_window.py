@@ -54,8 +54,9 @@ class Snapshot:
     hist_buckets: dict[tuple[str, str, float], float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
     engines: set[str] = field(default_factory=set)
-    known: set[str] = field(default_factory=set)
-    """The engine series with any sample, a reading or not: a counter first read on one counts from there."""
+    unread: set[Key] = field(default_factory=set)
+    """The (series, figure) counters and histograms with a sample that was no reading: left out whole (a partial
+    sum would jump when the rest came back), and counted from their next reading, not from zero."""
 
 
 def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
@@ -68,11 +69,12 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
                 continue
             snap = out.setdefault(model, Snapshot(time_s))
             series = s.labels.get("instance", "") + "/" + s.labels.get("engine", "0")
-            snap.known.add(series)
+            name = s.name
             if value is None:
+                if (figure := _figure(name)) is not None:
+                    snap.unread.add((series, figure))
                 continue
             snap.engines.add(series)
-            name = s.name
             if name.endswith("_total") and name[:-6] in COUNTERS:
                 k = (series, COUNTERS[name[:-6]])
                 snap.counters[k] = snap.counters.get(k, 0.0) + value
@@ -87,7 +89,19 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
             elif name in GAUGES:
                 key = GAUGES[name]
                 snap.gauges[key] = snap.gauges.get(key, 0.0) + value
+    for snap in out.values():
+        for table in (snap.counters, snap.hist_sum, snap.hist_count):
+            for k in snap.unread & table.keys():
+                del table[k]
+        if snap.unread:
+            snap.hist_buckets = {k: v for k, v in snap.hist_buckets.items() if k[:2] not in snap.unread}
     return out
+
+
+def _figure(name: str) -> str | None:
+    """The counter or histogram figure a sample's name is of (None: a gauge's, or no figure a window reads)."""
+    family = _family(name)
+    return COUNTERS.get(family) if name.endswith("_total") else HISTOGRAMS.get(family)
 
 
 def _reading(value: object) -> float | None:
@@ -131,15 +145,15 @@ def _delta(new: float, old: float) -> float:
 
 
 def _since(new: float, old: float | None) -> float:
-    """A counter's increase; one missing from the old snapshot of an engine it saw (a sample that was no reading
-    there) counts from its first reading, not from zero, which would read all it ever counted as new."""
+    """A counter's increase; one that was no reading in the old snapshot (None) counts from its first reading,
+    not from zero, which would read all it ever counted as new."""
     return 0.0 if old is None else _delta(new, old)
 
 
-def _summed(new: dict[Key, float], old: dict[Key, float], figure: str, seen: set[str]) -> float:
-    """Sum over engine series of each series' increase (a reset counts from zero; an engine `seen` before whose
-    series is new counts from its first reading)."""
-    return sum(_since(v, old.get(k, None if k[0] in seen else 0.0)) for k, v in new.items() if k[1] == figure)
+def _summed(new: dict[Key, float], old: Snapshot, table: dict[Key, float], figure: str) -> float:
+    """Sum over engine series of each series' increase (a reset, or a series new to the window, counts from zero;
+    one the old snapshot had no reading of, from its first reading)."""
+    return sum(_since(v, table.get(k, None if k in old.unread else 0.0)) for k, v in new.items() if k[1] == figure)
 
 
 def _reset(new: dict[Key, float], old: dict[Key, float]) -> bool:
@@ -172,22 +186,20 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
     if dt <= 0:
         return None
 
-    seen = old.known
-
     def counter(key: str) -> float:
-        return _summed(new.counters, old.counters, key, seen)
+        return _summed(new.counters, old, old.counters, key)
 
     def mean(key: str, scale: float) -> float | None:
-        n = _summed(new.hist_count, old.hist_count, key, seen)
+        n = _summed(new.hist_count, old, old.hist_count, key)
         if n <= 0:
             return None
-        return scale * _summed(new.hist_sum, old.hist_sum, key, seen) / n
+        return scale * _summed(new.hist_sum, old, old.hist_sum, key) / n
 
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
         for (series, figure, le), c in new.hist_buckets.items():
             if figure == key:
-                was = old.hist_buckets.get((series, figure, le), None if series in seen else 0.0)
+                was = old.hist_buckets.get((series, figure, le), None if (series, figure) in old.unread else 0.0)
                 buckets[le] = buckets.get(le, 0.0) + _since(c, was)
         v = histogram_quantile(0.95, buckets)
         return None if v is None else 1000.0 * v
@@ -207,6 +219,6 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
         steady=new.engines == old.engines and not _reset(new.counters, old.counters)
-        and not _reset(new.hist_count, old.hist_count),
+        and not _reset(new.hist_count, old.hist_count) and not (new.unread or old.unread),  # a series left out
         queue_ms=mean("queue", 1000.0),
     )
