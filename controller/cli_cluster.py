@@ -166,13 +166,13 @@ def _agent(args: argparse.Namespace) -> int:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port))
     registry = CollectorRegistry()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop
+        signal.signal(sig, lambda *_: stop.set())
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
                       args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)))  # a cut waits a step
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     _stop_after(args.duration, stop)
     logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
     try:

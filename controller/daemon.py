@@ -198,6 +198,10 @@ class Daemon:
 
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
+        # before anything is served: a SIGTERM as the metrics came up met the default handler and killed it
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         if s.metrics.port:
             try:
                 serve_metrics(s.metrics.listen, s.metrics.port, self.registry)
@@ -205,9 +209,6 @@ class Daemon:
                 raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
                                   f"{exc.strerror or exc}") from None
             log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         if RELOAD_ASKED.is_set():  # asked while starting (controller/launch.py keeps it): done now
             self.reload_event.set()
         scheduler = BackgroundScheduler(timezone=UTC)  # interval jobs need no zone: a TZ tzlocal cannot read stopped it
