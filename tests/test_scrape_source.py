@@ -139,31 +139,6 @@ def test_a_bucket_whose_bound_is_no_number_is_skipped_not_the_whole_page() -> No
     assert w is not None and w.ttft_p95_ms is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
 
 
-def test_a_sample_too_big_for_a_float_is_no_reading_not_an_error_of_the_whole_cycle() -> None:
-    """The text parser gives `1` and 400 zeros as an int, which math.isfinite cannot take (OverflowError): every
-    service lost its window that cycle, and those read before it lost theirs for good. It is no reading now, a
-    gauge's: said and left out."""
-    host = _host()
-    pages = Pages(host)
-    errors: list[str] = []
-    hostile = {"on": False}
-
-    def fetch(url: str, timeout_s: float) -> str:
-        extra = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 1{"0" * 400}\n' if hostile["on"] else ""
-        return pages.fetch(url, timeout_s) + extra
-
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
-                              on_error=lambda kind, msg: errors.append(msg))
-    host.advance_to(20.0)
-    source.observe(20.0, ["chat"])
-    hostile["on"] = True
-    host.advance_to(80.0)
-    w = source.observe(80.0, ["chat"])["chat"]
-    assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1)
-    assert errors == [f"chat: {pages.urls[0]}: vllm:num_requests_waiting of {MODEL} is no reading (NaN, infinite "
-                      "or negative): left out"]
-
-
 def test_a_server_restarted_on_the_same_address_makes_its_window_unsteady() -> None:
     """A restart keeps the page's address and engine label, so the same series; its counters fall to zero. The
     window was called steady, and the tuner learnt from a dark replica and a cold cache (Prometheus' source
@@ -195,86 +170,66 @@ def test_a_page_of_one_huge_bad_line_is_quoted_short() -> None:
     assert len(errors) == 1 and "not a Prometheus text page" in errors[0] and len(errors[0]) < 300
 
 
-def test_a_page_of_nan_samples_holds_the_window_and_says_so() -> None:
-    """A replica whose every sample read NaN gave a window of rate 0 and no replica, steady, and unsaid: the plan
-    took code from 3 replicas to 2 on no word of its demand. A NaN or negative sample is no reading: said, and
-    the window held, so the next good one spans both."""
-    host = _host()
-    pages = Pages(host)
-    errors: list[str] = []
-    nan = {"on": False}
+class Glitch:
+    """The emulator's pages with an exporter's glitch while `on`: the lines starting with `prefix` read NaN on
+    the page `only` (None: every page), or `extra` lines added."""
 
-    def glitching(url: str, timeout_s: float) -> str:
-        page = pages.fetch(url, timeout_s)
-        if not nan["on"]:
+    def __init__(self, pages: Pages, prefix: str = "vllm:", only: str | None = None, extra: str = "") -> None:
+        self.pages, self.prefix, self.only, self.extra, self.on = pages, prefix, only, extra, False
+        self.errors: list[str] = []
+
+    def fetch(self, url: str, timeout_s: float) -> str:
+        page = self.pages.fetch(url, timeout_s)
+        if not self.on or (self.only is not None and url != self.only):
             return page
-        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith("vllm:") else line
+        if self.extra:
+            return page + self.extra
+        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith(self.prefix) else line
                          for line in page.splitlines()) + "\n"
 
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
-                              on_error=lambda kind, msg: errors.append(msg))
+    def source(self) -> ScrapeVllmSource:
+        return ScrapeVllmSource({"chat": self.pages.urls}, {"chat": MODEL}, fetch=self.fetch,
+                                on_error=lambda kind, msg: self.errors.append(msg))
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "-1000"], ids=["too-big-for-a-float", "negative"])
+def test_a_gauge_that_is_no_reading_is_left_out_and_said(value: str) -> None:
+    """The text parser gives `1` and 400 zeros as an int, which math.isfinite cannot take (OverflowError): every
+    service lost its window that cycle, and those read before it lost theirs for good; summed in, a -1000 took the
+    service's queue below 0. A gauge's sample that is no reading is said and left out."""
+    host = _host()
+    glitch = Glitch(Pages(host), extra=f'vllm:num_requests_waiting{{model_name="{MODEL}"}} {value}\n')
+    source = glitch.source()
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
-    start = _totals(host)[0]
-    nan["on"] = True
-    host.advance_to(50.0)
-    assert source.observe(50.0, ["chat"]) == {"chat": None}
-    assert len(errors) == 1 and errors[0].startswith(f"chat: {pages.urls[0]}: vllm:") and errors[0].endswith(
-        f" of {MODEL} is no reading (NaN, infinite or negative): its window waits for pages without one")
-    nan["on"] = False
+    glitch.on = True
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
-    assert w is not None and w.window_s == 60.0 and w.replicas == 2
-    assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
+    assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1) and w.waiting >= 0.0
+    assert glitch.errors == [f"chat: {glitch.pages.urls[0]}: vllm:num_requests_waiting of {MODEL} is no reading "
+                             "(NaN, infinite or negative): left out"]
 
 
-def test_a_negative_gauge_is_no_reading() -> None:
+@pytest.mark.parametrize("glitch_of", ["every page", "the success counter", "one replica"])
+def test_an_unreadable_counter_holds_the_window_rather_than_dropping_then_spiking_its_rate(glitch_of: str) -> None:
+    """A replica whose every sample read NaN gave a window of rate 0 and no replica, steady, and unsaid: the plan
+    took code from 3 replicas to 2 on no word of its demand. Only the success counter NaN, or one replica's whole
+    page: that series was left out, so the window read its requests as none, and the next, finding it again,
+    counted all it ever served as new. Said, and the window held, so the next good one spans both."""
     host = _host()
     pages = Pages(host)
-    errors: list[str] = []
-    hostile = {"on": False}
-
-    def fetch(url: str, timeout_s: float) -> str:  # summed in, a -1000 took the service's queue below 0
-        extra = f'vllm:num_requests_waiting{{model_name="{MODEL}"}} -1000\n' if hostile["on"] else ""
-        return pages.fetch(url, timeout_s) + extra
-
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
-                              on_error=lambda kind, msg: errors.append(msg))
-    host.advance_to(20.0)
-    source.observe(20.0, ["chat"])
-    hostile["on"] = True
-    host.advance_to(50.0)
-    w = source.observe(50.0, ["chat"])["chat"]
-    assert w is not None and w.waiting >= 0.0 and "left out" in errors[0]
-
-
-@pytest.mark.parametrize("one_replica", [False, True])
-def test_one_unreadable_series_holds_the_window_rather_than_dropping_then_spiking_its_rate(one_replica: bool) -> None:
-    """Only the success counter read NaN, or one replica's whole page: that series was left out, so the window
-    read its requests as none, and the next, finding the series again, counted all it ever served as new (a
-    rate many times the offered one)."""
-    host = _host()
-    pages = Pages(host)
-    errors: list[str] = []
-    nan = {"on": False}
-
-    def glitching(url: str, timeout_s: float) -> str:
-        page = pages.fetch(url, timeout_s)
-        if not nan["on"] or (one_replica and url != pages.urls[0]):
-            return page
-        hit = "vllm:" if one_replica else "vllm:request_success_total"
-        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith(hit) else line
-                         for line in page.splitlines()) + "\n"
-
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
-                              on_error=lambda kind, msg: errors.append(msg))
+    glitch = Glitch(pages, "vllm:request_success_total" if glitch_of == "the success counter" else "vllm:",
+                    pages.urls[0] if glitch_of == "one replica" else None)
+    source = glitch.source()
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
     start = _totals(host)[0]
-    nan["on"] = True
+    glitch.on = True
     host.advance_to(50.0)
-    assert source.observe(50.0, ["chat"]) == {"chat": None} and len(errors) == 1
-    nan["on"] = False
+    assert source.observe(50.0, ["chat"]) == {"chat": None} and len(glitch.errors) == 1
+    assert glitch.errors[0].startswith(f"chat: {pages.urls[0]}: vllm:") and glitch.errors[0].endswith(
+        f" of {MODEL} is no reading (NaN, infinite or negative): its window waits for pages without one")
+    glitch.on = False
     host.advance_to(80.0)
     w = source.observe(80.0, ["chat"])["chat"]
     assert w is not None and w.window_s == 60.0 and w.replicas == 2
@@ -283,33 +238,23 @@ def test_one_unreadable_series_holds_the_window_rather_than_dropping_then_spikin
 
 def test_a_counter_that_stays_no_reading_holds_the_window_a_while_then_goes_on_without_it() -> None:
     """One replica's success counter read NaN for good: every window was held, so the service's demand froze at
-    its last reading for as long as the exporter lived. Held HOLD_CYCLES windows, then read without it; back, the
-    series counts from its first reading (not all it ever counted)."""
+    its last reading for as long as the exporter lived. Held HOLD_CYCLES windows, then read without it (not
+    steady); back, the series counts from its first reading (not all it ever counted)."""
     host = _host()
     pages = Pages(host)
-    errors: list[str] = []
-    nan = {"on": False}
-
-    def glitching(url: str, timeout_s: float) -> str:
-        page = pages.fetch(url, timeout_s)
-        if not nan["on"] or url != pages.urls[0]:
-            return page
-        return "\n".join(line.rsplit(" ", 1)[0] + " NaN" if line.startswith("vllm:request_success_total") else line
-                         for line in page.splitlines()) + "\n"
-
-    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=glitching,
-                              on_error=lambda kind, msg: errors.append(msg))
+    glitch = Glitch(pages, "vllm:request_success_total", pages.urls[0])
+    source = glitch.source()
     host.advance_to(20.0)
     source.observe(20.0, ["chat"])
-    nan["on"] = True
+    glitch.on = True
     got = []
     for t in range(50, 50 + 30 * (HOLD_CYCLES + 2), 30):
         host.advance_to(float(t))
         got.append(source.observe(float(t), ["chat"])["chat"])
     assert got[:HOLD_CYCLES] == [None] * HOLD_CYCLES and all(w is not None for w in got[HOLD_CYCLES:])
     assert not any(w.steady for w in got[HOLD_CYCLES:] if w is not None)  # a series left out: the tuner waits
-    assert errors[HOLD_CYCLES].endswith(f"left out after {HOLD_CYCLES} windows held for it")
-    nan["on"] = False
+    assert glitch.errors[HOLD_CYCLES].endswith(f"left out after {HOLD_CYCLES} windows held for it")
+    glitch.on = False
     t0, start = float(t), _totals(host)[0]
     host.advance_to(t0 + 30.0)
     back = source.observe(t0 + 30.0, ["chat"])["chat"]
