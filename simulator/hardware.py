@@ -137,13 +137,17 @@ class SimGPU:
         """The energy counter as it reads at `t_s`, as a real one integrates the draw while it happens: the part of
         the last stretch (a step accounted whole as it began) after `t_s` not yet drawn. Read per second, the whole
         step read as drawn in its first second: a 3-s step of 400 W was 1,200 W in one second and 0 in the next."""
-        return self.energy_j - self.last_power_w * min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
+        return self.energy_j - self.last_power_w * self._ahead_s(t_s)
+
+    def _ahead_s(self, t_s: float) -> float:
+        """Seconds of the last stretch accounted after `t_s` (it was accounted whole as it began)."""
+        return min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
 
     def cut_at(self, t_s: float) -> None:
         """The engine on it stopped at `t_s` (drained, scaled away, lost): the part of its last step after `t_s`
         was never drawn, and what runs next on it is accounted from `t_s`. The step's tokens stay counted (an
         engine counts them as the step begins): a bias in tokens per joule under 0.01 % on the shipped scenarios."""
-        over = min(max(self.accounted_to_s - t_s, 0.0), self._last_s)
+        over = self._ahead_s(t_s)
         self.energy_j -= self.last_power_w * over
         self.accounted_to_s, self._last_s = self.accounted_to_s - over, self._last_s - over
         if self._window_s >= over:

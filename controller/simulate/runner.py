@@ -23,7 +23,7 @@ from controller.simulate.baselines import DrawMeter, ReactiveCaps, StaticPolicy,
 from controller.simulate.controlled import ControllerPolicy
 from controller.simulate.plant import Fleet, Outages, build_host
 from controller.simulate.scenario import Scenario
-from controller.simulate.sources import Intensity, SimBudget
+from controller.simulate.sources import Intensity, SimBudget, events_due
 from simulator.host import SimHost
 
 FLAT = "wattscale-flat"
@@ -119,8 +119,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
         budget = -1.0
         t, next_slow, done = 0.0, slow, 0.0
         for k in range(n):
-            while events and events[0].at_s < min(t + fast, duration):  # at the start of the tick it falls in
-                e = events.pop(0)
+            for e in events_due(events, t, fast, duration):
                 if e.kind in ("budget", "demand_response"):
                     sources.apply(e, t)
                 elif e.kind == "gpu_lost":

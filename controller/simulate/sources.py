@@ -14,7 +14,7 @@ import bisect
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from controller.budget.assemble import combiner, resolve
@@ -125,7 +125,14 @@ def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
     total = 0.0
     for k in range(n):
         t = k * fast
-        while events and events[0].at_s < min(t + fast, duration_s):  # as the run applies it
-            budget.apply(events.pop(0), t)
+        for e in events_due(events, t, fast, duration_s):
+            budget.apply(e, t)
         total += budget.step(t)
     return total / n
+
+
+def events_due(events: list[EventSettings], t_s: float, fast_s: float, end_s: float) -> Iterator[EventSettings]:
+    """Take from `events` (sorted by time) those a tick starting at `t_s` applies: the ones that fall in it, before
+    the run's end `end_s` (an event not on a tick applies at the start of the tick it falls in)."""
+    while events and events[0].at_s < min(t_s + fast_s, end_s):
+        yield events.pop(0)

@@ -89,19 +89,18 @@ class ScrapeVllmSource:
                 out[name] = None
                 continue
             families = [f for page in pages if page for f in page]
-            if bad := unreadable(families, model):
-                first = next((b for b in bad if not is_gauge(b)), bad[0])
-                counted = not is_gauge(first)  # a counter left out reads as a rate from nothing
-                held = self._held[name] = self._held.get(name, 0) + 1 if counted else 0
-                what = ("its window waits for pages without one" if 0 < held <= HOLD_CYCLES else
-                        "left out" if not counted else f"left out after {HOLD_CYCLES} windows held for it")
+            bad = unreadable(families, model)
+            counter = next((b for b in bad if not is_gauge(b)), None)  # left out, one reads as a rate from nothing
+            held = self._held[name] = self._held.get(name, 0) + 1 if counter else 0
+            if bad:
+                first = counter or bad[0]
+                what = ("its window waits for pages without one" if held <= HOLD_CYCLES else
+                        f"left out after {HOLD_CYCLES} windows held for it") if counter else "left out"
                 self.on_error("scrape", f"{name}: {first.labels.get('instance', '')}: {first.name} of {model} is no "
                               f"reading (NaN, infinite or negative): {what}")
-                if 0 < held <= HOLD_CYCLES:
-                    out[name] = None
-                    continue
-            else:
-                self._held.pop(name, None)
+            if 0 < held <= HOLD_CYCLES:
+                out[name] = None
+                continue
             snap = snapshots(families, now).get(model)
             if snap is None or not snap.engines:  # nothing of the model: no word on its demand, not a demand of 0
                 if not bad:  # (else said above)
