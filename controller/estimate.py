@@ -54,8 +54,9 @@ class Estimator:
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
         self.margins = SloMargins()
-        self.waiting: dict[str, float] = {}
-        """Per service: requests waiting at its last window's end (every replica), for the next one's queue growth."""
+        self.waiting: dict[str, tuple[float, float]] = {}
+        """Per service: when its last window ended and the requests then waiting (every replica), for the next one's
+        queue growth."""
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
         self.silent: dict[str, int] = {}
@@ -68,7 +69,7 @@ class Estimator:
         a service whose metrics never come is planned on the estimate after (its configured mix at no load)."""
         return name not in self.observed and self.silent.get(name, 0) <= HOLD_CYCLES
 
-    def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
+    def observe(self, now: float, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
         """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
         in force); returns the tuner's verdict (or why none)."""
@@ -83,19 +84,25 @@ class Estimator:
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
             m.errors.labels("bad_window").inc()
             return f"window refused: {problem}"
-        self.waiting[svc.name] = window.waiting
+        self.waiting[svc.name] = (now, window.waiting)
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
-        # A restart's queue is the restart's, not demand: only a steady window's backlog is sized for. Nor is the
-        # queue of a service the last plan left short: sized as demand, it would only grow its shortfall.
+        # What was served is not what arrived: a queue that grew through a steady window took the difference
+        # (arrivals = completions + queue growth), and a saturated replica's completions read its capacity, not the
+        # demand. A restart's queue is the restart's, not demand: only a steady window's growth and backlog are
+        # sized for. Nor is the backlog of a service the last plan left short: sized as demand, it would only grow
+        # its shortfall (its arrivals still count).
+        growth = 0.0
+        if window.steady and waited is not None and now > waited[0]:
+            growth = max(0.0, window.waiting - waited[1]) / (now - waited[0])
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
         if window.in_tokens and window.out_tokens:  # a mean under one token (requests that ended at once): one
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s,
                                                     max(window.in_tokens, 1.0), max(window.out_tokens, 1.0))
-        self.load[svc.name] = svc.load(window.rate_rps + backlog, in_tokens, out_tokens)
+        self.load[svc.name] = svc.load(window.rate_rps + growth + backlog, in_tokens, out_tokens)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:
@@ -136,7 +143,7 @@ class Estimator:
             out_cv=svc.out_tokens_cv,
             steady=steady,
             # a queue that grew through the window is a ramp or an overload, not a steady state, whatever marks it
-            queue_growth=None if waited is None else (window.waiting - waited) / window.replicas,
+            queue_growth=None if waited is None else (window.waiting - waited[1]) / window.replicas,
             queue_ms=window.queue_ms,
             kv_tokens=kv_tokens,
         )

@@ -98,7 +98,7 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     o = OptimizerSettings()
 
     def observe(window: ServiceWindow, still: bool = True) -> float:
-        est.observe(code, window, [], a, still, o, 0.0)
+        est.observe(0.0, code, window, [], a, still, o, 0.0)
         return est.margins.margin("code", o.slo_margin_step, o.slo_margin_max)
 
     assert observe(_window(30.0)) == 0.0
@@ -110,13 +110,13 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     est.short.add("code")  # the plan could not serve it in full: its miss is not the model's
     assert observe(_window(60.0)) == pytest.approx(0.1)
     est.short.discard("code")
-    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
+    est.observe(0.0, code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
     assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
     assert observe(_window(60.0)) == pytest.approx(0.2)
     # held 2 ticks of 15 (the ramp limiter at a draw spike): the miss is the plan's, counted in 13 / 15
     level = est.margins.level["code"]
-    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 2 + [DrawReading(380.0, 420.0, False)] * 13,
-                a, True, o, 0.0)
+    draws = [DrawReading(400.0, 420.0, True)] * 2 + [DrawReading(380.0, 420.0, False)] * 13
+    est.observe(0.0, code, _window(60.0), draws, a, True, o, 0.0)
     assert est.margins.level["code"] == pytest.approx(level + o.slo_margin_step * 13 / 15)
 
 
@@ -133,8 +133,33 @@ def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
     def window(waiting: float) -> ServiceWindow:
         return ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
 
-    assert est.observe(code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
-    assert est.observe(code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
-    assert est.observe(code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
-    assert est.observe(code, None, [], a, True, o, 0.0) == "no window"
-    assert est.observe(code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown
+    assert est.observe(0.0, code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
+    assert est.observe(0.0, code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
+    assert est.observe(0.0, code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
+    assert est.observe(0.0, code, None, [], a, True, o, 0.0) == "no window"
+    assert est.observe(0.0, code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown
+
+
+def test_demand_is_what_arrived_not_what_was_served() -> None:
+    """A saturated replica's completions read its capacity: the queue's growth over the window is demand too
+    (arrivals = completions + growth), and a steady window's backlog joins it as waiting / drain_s."""
+    s = load_settings(ROOT / "config" / "sim.toml")
+    code = next(svc for svc in s.services if svc.name == "code")
+    tuner = Tuner(None)
+    tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    a, o = Assignment("H100-SXM", 1, 64, 700.0), OptimizerSettings(drain_s=120.0)
+
+    def rate(now: float, waiting: float, steady: bool = True) -> float:
+        w = ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 64.0, waiting, 0.1, 0.0, 1,
+                          steady=steady)
+        est.observe(now, code, w, [], a, True, o, 0.0)
+        return est.load["code"].rate_rps
+
+    assert rate(0.0, 0.0) == pytest.approx(4.0)  # no window before: nothing to compare
+    assert rate(15.0, 60.0) == pytest.approx(4.0 + 60.0 / 15.0 + 60.0 / 120.0)
+    assert rate(30.0, 30.0) == pytest.approx(4.0 + 30.0 / 120.0)  # a queue draining: served covers arrivals
+    est.short.add("code")  # the plan left it short: its backlog is the shortfall's, its arrivals still demand
+    assert rate(45.0, 90.0) == pytest.approx(4.0 + 60.0 / 15.0)
+    est.short.discard("code")
+    assert rate(60.0, 150.0, steady=False) == pytest.approx(4.0)  # a restart's queue is the restart's

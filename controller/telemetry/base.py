@@ -73,6 +73,8 @@ class ServiceWindow:
 
     window_s: float
     rate_rps: float
+    """Requests finished per second over the window (`vllm:request_success_total`): served, not offered; the
+    estimator adds the queue's growth to read what arrived."""
     in_tokens: float | None
     out_tokens: float | None
     ttft_ms: float | None
@@ -81,6 +83,7 @@ class ServiceWindow:
     itl_p95_ms: float | None
     running: float
     waiting: float
+    """Requests queued at the window's end, every replica together (`vllm:num_requests_waiting`)."""
     kv_usage: float
     preemptions: float
     replicas: int
