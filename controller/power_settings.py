@@ -73,10 +73,11 @@ class PowerSettings:
     """Share of the budget the governor keeps free against measurement noise."""
     release_below: float = 0.85
     """The governor lifts emergency caps once measured draw is below this share of the budget."""
-    plan_margin: float = 0.1
+    plan_margin: float = 0.0
     """In predicted mode, the share of budget x (1 - headroom), where the governor starts cutting, that the
-    plan's predicted mean draw leaves free: room for load that grows between plans, rollouts the stability
-    gate holds back, 1-s swings and the draw model's error, so that the governor acts on surprises only."""
+    plan's predicted mean draw leaves free (for a draw model known to read low). 0: the plan may reach the
+    governor's threshold, which holds the budget tick by tick whatever the draw does; a margin sheds the
+    lowest priorities' replicas for watts the site may never draw."""
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
     load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus

@@ -407,8 +407,8 @@ def test_power_domains_are_read_and_must_be_on_the_host(tmp_path: Path) -> None:
      'gpus = [0, 1]\n', r"^power\.domains\[pdu-1\]\.limit_w: 1900 W is above 1800 W of domain 'rack-a'"),
     ('name = "rack-a"\nlimit_w = 2000\ngpus = [0, 0, 0]\n',
      r"^power\.domains\[rack-a\]\.gpus: GPU 0 is listed more than once, got \[0, 0, 0\]"),
-    ('name = "rack-a"\nlimit_w = 400\ngpus = [0, 1, 2, 3]\n',
-     r"^power\.domains\[rack-a\]\.limit_w: 400 W leaves 349 W to plan with .*below its GPUs' idle draw, 380 W"),
+    ('name = "rack-a"\nlimit_w = 380\ngpus = [0, 1, 2, 3]\n',
+     r"^power\.domains\[rack-a\]\.limit_w: 380 W leaves 369 W to plan with .*below its GPUs' idle draw, 380 W"),
 ])
 def test_power_domain_errors_name_the_field(tmp_path: Path, domains: str, message: str) -> None:
     """A domain with no GPUs, a rack above the site, a GPU in two racks, a PDU above its rack: each refused by

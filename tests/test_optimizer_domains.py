@@ -97,8 +97,8 @@ def test_the_repair_brings_the_lowest_priority_in_the_domain_down_first() -> Non
 
 def test_a_domain_room_is_its_line_scaled_as_the_budget_less_its_idle_gpus(tmp_path: Path) -> None:
     text = (ROOT / "config" / "sim.toml").read_text().replace(
-        'mode = "predicted"\n', 'mode = "predicted"\n[[power.domains]]\nname = "rack-a"\nlimit_w = 1800\n'
-        'gpus = [0, 1, 2, 3]\n')
+        'mode = "predicted"\n', 'mode = "predicted"\nplan_margin = 0.1\n[[power.domains]]\nname = "rack-a"\n'
+        'limit_w = 1800\ngpus = [0, 1, 2, 3]\n')
     (tmp_path / "d.toml").write_text(text)
     s = load_settings(tmp_path / "d.toml")
     low = replace(s, power=replace(s.power, budget_w=2000.0))  # a source's budget: the same share applies
