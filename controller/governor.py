@@ -87,7 +87,7 @@ class PowerGovernor:
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
-        limits = self._allot(samples, want, priorities, ceiling, pinned)
+        limits = self._allot(samples, want, priorities, ceiling, pinned, shared=ceiling < threshold)
         self.exhausted = measured > threshold and all(limits[g.uuid] <= g.min_limit_w + 1.0 for g in samples
                                                       if g.uuid not in pinned)
         out = {}
@@ -115,14 +115,18 @@ class PowerGovernor:
                 want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               ceiling_w: float, pinned: frozenset[str] = frozenset()) -> dict[str, float]:
+               ceiling_w: float, pinned: frozenset[str] = frozenset(), shared: bool = False) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
         limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
         while it has room under it. One pressed against its limit grows by a step a tick, highest priority
         first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
         priority first), then out of strictly lower priorities' limits. Room still free then goes to the
         plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
-        over, unused room is taken back, lowest priority first."""
+        over, unused room is taken back, lowest priority first. `shared`: the ceiling is a ramp's, not the
+        budget's; the tick's room is then shared evenly by the GPUs pressing, and none takes a lower priority's
+        limit (the ramp gives room again next tick). Given whole to the highest priority, a GPU that looked
+        pressed in its draw's noise took every tick's room and did not draw it, and the others stayed at their
+        floors for the hour."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
@@ -141,10 +145,11 @@ class PowerGovernor:
                 rooms.move(g.uuid, -take)
         pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
+        share = max(0.0, rooms.room[-1]) / max(1, len(pressing)) if shared else math.inf
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
-            lower = [h for group in groups[:k] for h in group]
+            lower = [] if shared else [h for group in groups[:k] for h in group]
             for g in groups[k]:
-                need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
+                need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]), share)
                 if need < 1.0 or g.uuid not in pressing:
                     continue
                 unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]

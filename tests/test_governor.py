@@ -268,6 +268,31 @@ def test_a_small_ramp_still_grows_a_fleet_drawing_under_its_caps() -> None:
     assert reads[-1] - reads[0] >= 0.5 * 10.0 * 39 and max(rises) <= 10.0 + 1e-6, reads
 
 
+class NoisyPlant(Plant):
+    """chat's draw swings +-12 W about 270 W (its load's, under its caps): near a limit just above it, it reads as
+    pressed one tick and not the next."""
+
+    def __init__(self, natural_w: dict[int, float]) -> None:
+        super().__init__(natural_w)
+        self.rng = np.random.default_rng(3)
+
+    def samples(self) -> list[GpuSample]:
+        noise = self.rng.uniform(-12.0, 12.0, len(OWNERS))
+        return [replace(g, power_w=min(self.natural_w[g.index] + (noise[g.index] if g.service == "chat" else 0.0),
+                                       self.limit_w[g.index])) for g in super().samples()]
+
+
+def test_a_ramp_grows_the_gpus_pressed_against_it_past_a_higher_priority_that_draws_its_load() -> None:
+    """Every GPU starts at its 200-W floor under a loose budget and a 25 W/s ramp; chat needs about 270 W, bulk
+    600 W. bulk reaches its load within a few minutes: given whole to chat, whose draw reads pressed one tick in
+    two, each tick's room went to a limit chat did not draw, and bulk stayed at its floor."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=25.0), interval_s=1.0)
+    plant = NoisyPlant({0: 270.0, 1: 270.0, 2: 600.0, 3: 600.0})
+    plant.limit_w = {i: 200.0 for i in OWNERS}
+    reads = [plant.tick(governor) for _ in range(180)]
+    assert min(plant.limit_w[2], plant.limit_w[3]) >= 550.0 and reads[-1] >= 1650.0, (plant.limit_w, reads[-1])
+
+
 def test_a_ramp_down_limit_slows_a_planned_fall_but_not_a_budget_drop() -> None:
     """Every GPU draws 700 W under a loose budget; the plan lowers the caps to 300 W: with a 100 W/s ramp
     down, the site's draw falls at most 100 W a tick until it reaches 1,200 W. Then the budget drops under
