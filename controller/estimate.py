@@ -91,11 +91,13 @@ class Estimator:
         # What was served is not what arrived: a queue that grew through a steady window took the difference
         # (arrivals = completions + queue growth), and a saturated replica's completions read its capacity, not the
         # demand. A restart's queue is the restart's, not demand: only a steady window's growth and backlog are
-        # sized for. Nor is the backlog of a service the last plan left short: sized as demand, it would only grow
-        # its shortfall (its arrivals still count).
+        # sized for (nor the growth of the window after one, which still completes what the restart held up). Nor
+        # is the backlog of a service the last plan left short: sized as demand, it would only grow its shortfall
+        # (its arrivals still count).
         growth = 0.0
-        if window.steady and waited is not None and now > waited[0]:
-            growth = max(0.0, window.waiting - waited[1]) / (now - waited[0])
+        if window.steady and svc.name not in self.settling and waited is not None:
+            # over the window at least: a cycle the floor alarm brings early reads a gauge that grew between scrapes
+            growth = max(0.0, window.waiting - waited[1]) / max(now - waited[0], window.window_s)
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens

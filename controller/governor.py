@@ -87,7 +87,7 @@ class PowerGovernor:
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
-        limits = self._allot(samples, want, priorities, ceiling, pinned, shared=ceiling < threshold)
+        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling)
         self.exhausted = measured > threshold and all(limits[g.uuid] <= g.min_limit_w + 1.0 for g in samples
                                                       if g.uuid not in pinned)
         out = {}
@@ -99,8 +99,11 @@ class PowerGovernor:
     def _ramp_base_w(self, samples: Sequence[GpuSample]) -> float:
         """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
         little under it on average; counted at its draw, the site could never grow by less than that gap a
-        tick, and a fleet at its caps would stall under a small ramp), the others at their draw."""
-        return sum(g.power_limit_w if pressed(g) else self.accounted_w(g) for g in samples)
+        tick, and a fleet at its caps would stall under a small ramp), and so does one at its minimum limit (no
+        limit holds its draw lower; an idle GPU's 120 W under its floor took every tick's ramp for good), the
+        others at their draw."""
+        return sum(g.power_limit_w if pressed(g) or g.power_limit_w <= g.min_limit_w + 1.0 else self.accounted_w(g)
+                   for g in samples)
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
@@ -115,18 +118,18 @@ class PowerGovernor:
                 want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               ceiling_w: float, pinned: frozenset[str] = frozenset(), shared: bool = False) -> dict[str, float]:
+               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
         limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
         while it has room under it. One pressed against its limit grows by a step a tick, highest priority
         first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
         priority first), then out of strictly lower priorities' limits. Room still free then goes to the
         plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
-        over, unused room is taken back, lowest priority first. `shared`: the ceiling is a ramp's, not the
-        budget's; the tick's room is then shared evenly by the GPUs pressing, and none takes a lower priority's
-        limit (the ramp gives room again next tick). Given whole to the highest priority, a GPU that looked
-        pressed in its draw's noise took every tick's room and did not draw it, and the others stayed at their
-        floors for the hour."""
+        over, unused room is taken back, lowest priority first. `beyond_w`: the room the budget leaves above a
+        ramp's ceiling. A GPU only the ramp holds back (its domains and the budget have its room) grows by an even
+        share of the tick's room and takes no lower priority's limit: the ramp gives room again next tick. Given
+        whole to the highest priority, a GPU that looked pressed in its draw's noise took every tick's room and
+        did not draw it, and the others stayed at their floors for the hour."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
@@ -145,13 +148,15 @@ class PowerGovernor:
                 rooms.move(g.uuid, -take)
         pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
-        share = max(0.0, rooms.room[-1]) / max(1, len(pressing)) if shared else math.inf
+        share = max(0.0, rooms.room[-1]) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
-            lower = [] if shared else [h for group in groups[:k] for h in group]
             for g in groups[k]:
-                need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]), share)
+                need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
                 if need < 1.0 or g.uuid not in pressing:
                     continue
+                ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
+                need = min(need, share) if ramp_only else need
+                lower = [] if ramp_only else [h for group in groups[:k] for h in group]
                 unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
                 for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
                     if rooms.of(g.uuid) >= need:
@@ -247,9 +252,12 @@ class Rooms:
         self.room = [ceiling - sum(limit[u] for u in m) for ceiling, m in domains]
         self.members = [frozenset(m) for _, m in domains]
 
-    def of(self, uuid: str) -> float:
-        """The room a GPU may grow into: the least its domains leave."""
-        return min((r for r, m in zip(self.room, self.members, strict=True) if uuid in m), default=math.inf)
+    def of(self, uuid: str, site_extra_w: float = 0.0) -> float:
+        """The room a GPU may grow into: the least its domains leave (the site, last, `site_extra_w` more)."""
+        last = len(self.room) - 1
+        return min((r + (site_extra_w if i == last else 0.0) for i, (r, m) in enumerate(zip(self.room, self.members,
+                                                                                           strict=True)) if uuid in m),
+                   default=math.inf)
 
     def move(self, uuid: str, delta_w: float) -> None:
         for i, m in enumerate(self.members):

@@ -293,6 +293,30 @@ def test_a_ramp_grows_the_gpus_pressed_against_it_past_a_higher_priority_that_dr
     assert min(plant.limit_w[2], plant.limit_w[3]) >= 550.0 and reads[-1] >= 1650.0, (plant.limit_w, reads[-1])
 
 
+def test_a_gpu_idle_under_its_floor_does_not_take_the_ramp() -> None:
+    """GPU 3 draws 80 W under its 200-W minimum limit, which no limit can take back: counted at its draw, its 120 W
+    took every tick's 25 W of ramp and the three GPUs pressing at 300 W never grew."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=25.0), interval_s=1.0)
+    plant = Plant({0: 600.0, 1: 600.0, 2: 600.0, 3: 80.0})
+    plant.limit_w = {0: 300.0, 1: 300.0, 2: 300.0, 3: 200.0}
+    reads = [plant.tick(governor) for _ in range(60)]
+    assert min(plant.limit_w[i] for i in (0, 1, 2)) >= 550.0, plant.limit_w
+    assert max(b - a for a, b in itertools.pairwise(reads)) <= 25.0 + 1e-6
+
+
+def test_where_the_budget_binds_under_a_ramp_the_higher_priority_still_takes_from_the_lower() -> None:
+    """1,455 W of threshold, a 25 W/s ramp: chat pressing at 480 W wants 700, bulk draws its 700 W, and bulk's second
+    GPU serves lightly (100 W under a 272-W limit, slack that keeps the ramp's ceiling under the threshold). The
+    budget is what binds, so chat takes bulk's limit as it would with no ramp."""
+    settings = PowerSettings(budget_w=1500.0, ramp_up_w_per_s=25.0)
+    governor = PowerGovernor(settings, interval_s=1.0)
+    plant = Plant({0: 700.0, 1: 700.0, 2: 700.0, 3: 100.0})
+    plant.limit_w = {0: 480.0, 1: 200.0, 2: 700.0, 3: 272.0}
+    for _ in range(60):
+        plant.tick(governor)
+    assert plant.limit_w[0] >= 650.0 and sum(plant.limit_w.values()) <= 1500.0 * 0.97 + 1e-6, plant.limit_w
+
+
 def test_a_ramp_down_limit_slows_a_planned_fall_but_not_a_budget_drop() -> None:
     """Every GPU draws 700 W under a loose budget; the plan lowers the caps to 300 W: with a 100 W/s ramp
     down, the site's draw falls at most 100 W a tick until it reaches 1,200 W. Then the budget drops under

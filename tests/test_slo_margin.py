@@ -163,3 +163,6 @@ def test_demand_is_what_arrived_not_what_was_served() -> None:
     assert rate(45.0, 90.0) == pytest.approx(4.0 + 60.0 / 15.0)
     est.short.discard("code")
     assert rate(60.0, 150.0, steady=False) == pytest.approx(4.0)  # a restart's queue is the restart's
+    assert rate(75.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)  # and the next window's growth still its
+    assert rate(90.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)
+    assert rate(91.0, 220.0) == pytest.approx(4.0 + 30.0 / 15.0 + 220.0 / 120.0)  # a cycle 1 s on: over the window
