@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from controller.plan import Plan
+from controller.power_rooms import Rooms
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -88,7 +89,7 @@ class PowerGovernor:
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling)
-        self.exhausted = measured > threshold and all(limits[g.uuid] <= g.min_limit_w + 1.0 for g in samples
+        self.exhausted = measured > threshold and all(_at_floor(limits[g.uuid], g) for g in samples
                                                       if g.uuid not in pinned)
         out = {}
         for g in samples:
@@ -99,10 +100,9 @@ class PowerGovernor:
     def _ramp_base_w(self, samples: Sequence[GpuSample]) -> float:
         """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
         little under it on average; counted at its draw, the site could never grow by less than that gap a
-        tick, and a fleet at its caps would stall under a small ramp), and so does one at its minimum limit (no
-        limit holds its draw lower; an idle GPU's 120 W under its floor took every tick's ramp for good), the
-        others at their draw."""
-        return sum(g.power_limit_w if pressed(g) or g.power_limit_w <= g.min_limit_w + 1.0 else self.accounted_w(g)
+        tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
+        holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw."""
+        return sum(g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) else self.accounted_w(g)
                    for g in samples)
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
@@ -125,11 +125,9 @@ class PowerGovernor:
         first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
         priority first), then out of strictly lower priorities' limits. Room still free then goes to the
         plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
-        over, unused room is taken back, lowest priority first. `beyond_w`: the room the budget leaves above a
-        ramp's ceiling. A GPU only the ramp holds back (its domains and the budget have its room) grows by an even
-        share of the tick's room and takes no lower priority's limit: the ramp gives room again next tick. Given
-        whole to the highest priority, a GPU that looked pressed in its draw's noise took every tick's room and
-        did not draw it, and the others stayed at their floors for the hour."""
+        over, unused room is taken back, lowest priority first. `beyond_w`: the budget's room above a ramp's
+        ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes no lower
+        priority's limit (given whole to the highest priority, one pressed in its draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
@@ -150,15 +148,15 @@ class PowerGovernor:
                    and g.uuid not in pinned}
         share = max(0.0, rooms.room[-1]) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
+            lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
                 need = min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid]))
                 if need < 1.0 or g.uuid not in pressing:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                lower = [] if ramp_only else [h for group in groups[:k] for h in group]
                 unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
-                for h, least in [*unused, *((h, h.min_limit_w) for h in lower)]:
+                for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
                     if rooms.of(g.uuid) >= need:
                         break
                     least = max(least, floor[h.uuid] if h.uuid not in pressing else h.min_limit_w)
@@ -243,32 +241,6 @@ class PowerGovernor:
                 over -= give
 
 
-class Rooms:
-    """The room each power domain leaves under its ceiling, kept up to date as limits move."""
-
-    def __init__(self, domains: list[tuple[float, list[str]]], limit: Mapping[str, float]) -> None:
-        # Summed in the listing's order: a set's order changes with the process's string hashing, and float
-        # sums in another order differ in the last bits, enough to flip a comparison and the run after it.
-        self.room = [ceiling - sum(limit[u] for u in m) for ceiling, m in domains]
-        self.members = [frozenset(m) for _, m in domains]
-
-    def of(self, uuid: str, site_extra_w: float = 0.0) -> float:
-        """The room a GPU may grow into: the least its domains leave (the site, last, `site_extra_w` more)."""
-        last = len(self.room) - 1
-        return min((r + (site_extra_w if i == last else 0.0) for i, (r, m) in enumerate(zip(self.room, self.members,
-                                                                                           strict=True)) if uuid in m),
-                   default=math.inf)
-
-    def move(self, uuid: str, delta_w: float) -> None:
-        for i, m in enumerate(self.members):
-            if uuid in m:
-                self.room[i] -= delta_w
-
-    def shared_short(self, uuid: str, giver: str, need_w: float) -> bool:
-        """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free)."""
-        return any(uuid in m and giver in m and r < need_w for r, m in zip(self.room, self.members, strict=True))
-
-
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
     return PowerGovernor.accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
@@ -277,6 +249,10 @@ def pressed(g: GpuSample) -> bool:
 def pressed_w(limit_w: float) -> float:
     """How close to its limit a GPU draws before it counts as pressed against it (wants room to grow)."""
     return max(10.0, 0.05 * limit_w)
+
+
+def _at_floor(limit_w: float, g: GpuSample) -> bool:
+    return limit_w <= g.min_limit_w + 1.0  # within the 1 W a limit is set to
 
 
 def _step_w(limit_w: float) -> float:
