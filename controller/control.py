@@ -172,12 +172,15 @@ class Controller:
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
                                             "tuner": verdict}
         try:
-            solution = solve(self._problem(), self.solver)
+            problem = self._problem()
+            solution = solve(problem, self.solver)
         except Exception as exc:
             self.error("optimizer", str(exc))
-            solution = None
-        for svc in s.services:
+            problem, solution = None, None
+        for k, svc in enumerate(s.services):
             record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
+            if problem is not None and problem.services[k].untried:
+                record["services"][svc.name]["untried"] = sorted(problem.services[k].untried)
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)

@@ -22,7 +22,8 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
                    gpus: dict[str, tuple[int, ...]]) -> ServiceDemand:
     """`svc`'s demand at `load` (its token mix held by `basis`) with its targets less `margin`, on `variants` (the
     types it has a replica target on, and no other), whose KV-cache tokens `kv_tokens` gives (read, not fitted);
-    `gpus`: where its replicas run per type (domain_rooms.placements)."""
+    `gpus`: where its replicas run per type (domain_rooms.placements). The types it does not run on whose pair no
+    window has measured are marked `untried`: their parameters are its one prior, written for whichever GPU."""
     params: dict[str, ServiceParams] = {}
     profiles: dict[str, PowerProfile] = {}
     for a in variants:
@@ -37,6 +38,7 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
             signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
             profiles[a] = basis.keep(f"{key}|power", signature, prof)
     in_tokens, out_tokens = basis.hold(svc.name, (load.in_tokens, load.out_tokens))
+    untried = frozenset(a for a in variants if a != current.accelerator and not tuner.measured(svc.model, a))
     return ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas, svc.max_replicas,
-                         svc.max_queue, current, profiles, gpus)
+                         svc.max_queue, current, profiles, gpus, untried)

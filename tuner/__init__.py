@@ -78,6 +78,11 @@ class Tuner:
         pair = self.filters.get(pair_key(model, accelerator))
         return None if pair is None else pair.params()
 
+    def measured(self, model: str, accelerator: str) -> bool:
+        """Whether a window of the pair has been fitted (its parameters are no longer the prior alone)."""
+        pair = self.filters.get(pair_key(model, accelerator))
+        return pair is not None and pair.accepted > 0
+
     def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
         pair = self.filters[pair_key(model, accelerator)]
         verdict = pair.update(obs)

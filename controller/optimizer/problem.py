@@ -57,6 +57,9 @@ class ServiceDemand:
     """Per accelerator, the GPU indices its replicas take, in order (a host's `gpus` list): replica k runs on
     the k-th (`gpus_per_replica` each). Absent: placement unknown (any free GPU), held per domain by the
     governor alone."""
+    untried: frozenset[str] = frozenset()
+    """Accelerators it does not run on whose pair no window has measured: what it would serve there is only as
+    good as a prior written for another type (values.UNTRIED_RISK)."""
 
     def profile(self, acc: AcceleratorType) -> PowerProfile:
         return self.profiles.get(acc.name, acc.profile)

@@ -1,6 +1,6 @@
 """What a candidate is worth to the solvers: its score under the objective, less the price of the watts it adds
-(`energy_weight`), the priority-weighted penalty for the load it leaves unserved, and the transition penalty for
-what it changes; and what shedding a service entirely is worth."""
+(`energy_weight`), the priority-weighted penalty for the load it leaves unserved (or serves on a type never
+measured), and the transition penalty for what it changes; and what shedding a service entirely is worth."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ _FIELD = {name: k for k, name in enumerate(Candidate._fields)}
 """A Candidate field's position: `valued` reads and writes them as columns."""
 GRAIN = 0.005
 """Share of a service's load whose shortfall outweighs every service's score (`shed_weights`)."""
+UNTRIED_RISK = 0.25
+"""Share of what a service would serve on a type no window of its pair has measured (`ServiceDemand.untried`)
+that is valued as unserved: it moves there only to serve more than this share of its load that the types it
+was measured on cannot, and never for a lower priority's room. The prior is one per service, written for one
+GPU; an L40S serves decode 2-4 x slower than an H100, and a plan that took the prior at its word there moved a
+chat service to GPUs that missed its target at any load, and back, every other cycle."""
 MAX_SHED_WEIGHT = 1e100
 """Ceiling of a priority's weight: each level's is some 200 times the one below, so past some 40 levels the
 highest share this one (their order among themselves is lost) and no value overflows to inf."""
@@ -85,18 +91,23 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     """Attach each candidate's value; returns them with each service's value when shed entirely. Worked out as
     columns of every service's candidates at once (a fleet's cycle values hundreds of thousands)."""
     fields = list(zip(*chain.from_iterable(candidates), strict=True)) or [()] * len(Candidate._fields)
-    score, power_w, short_rps = (np.array(fields[_FIELD[f]], dtype=float) for f in ("score", "power_w", "short_rps"))
+    score, power_w, short_rps, served_rps = (np.array(fields[_FIELD[f]], dtype=float)
+                                             for f in ("score", "power_w", "short_rps", "served_rps"))
     scale = float(np.max(np.abs(score), initial=0.0, where=~np.isnan(score))) or 1.0  # as max() skips a NaN
     price = energy_price(problem, candidates)
     weights = shed_weights(problem, scale)
     sizes = [len(cs) for cs in candidates]
     w = np.repeat([weights[s.priority] for s in problem.services], sizes)
     share = np.repeat([1.0 / s.load.rate_rps if s.load.rate_rps > 0 else 0.0 for s in problem.services], sizes)
+    assignments = list(zip(problem.services, _split(list(fields[_FIELD["assignment"]]), sizes), strict=True))
     value = score - price * power_w - w * short_rps * share
+    if any(s.untried for s in problem.services):
+        untried = np.fromiter(chain.from_iterable((a.accelerator in s.untried for a in each) for s, each in
+                                                  assignments), dtype=float, count=len(score))
+        value -= w * UNTRIED_RISK * untried * served_rps * share
     if any(s.current is not None for s in problem.services):
-        assignments = _split(list(fields[_FIELD["assignment"]]), sizes)
-        changes = np.fromiter(chain.from_iterable((_changes(s.current, a) for a in each) for s, each in zip(
-            problem.services, assignments, strict=True)), dtype=float, count=len(score))
+        changes = np.fromiter(chain.from_iterable((_changes(s.current, a) for a in each) for s, each in assignments),
+                              dtype=float, count=len(score))
         value -= problem.transition_penalty * np.maximum(np.abs(score), 1e-3 * scale) * changes
     fields[_FIELD["value"]] = value.tolist()
     made = list(map(make_candidate, zip(*fields, strict=True)))

@@ -1,0 +1,89 @@
+"""A type no window of a service's pair has measured: its parameters are the service's one prior, written for
+another GPU, so the plan moves the service there only to serve load it could not serve otherwise, and never to
+make room for a lower priority."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from prometheus_client import CollectorRegistry
+
+from controller.demands import service_demand
+from controller.estimate import Estimator
+from controller.optimizer import AcceleratorType, Assignment, Problem, ServiceDemand, get_solver, solve
+from controller.own_metrics import OwnMetrics
+from controller.settings import OptimizerSettings, load_settings
+from controller.sizing_basis import SizingBasis
+from controller.telemetry.base import ServiceWindow
+from queuemodels import Load, ServiceParams, Targets
+from queuemodels.accelerators import CATALOG
+from tuner import Tuner
+
+CHAT = ServiceParams("step", 20.0, 0.2, 20.0, 0.06)
+CODE = ServiceParams("step", 30.0, 0.3, 30.0, 0.1)
+ON_H100 = Assignment("H100-SXM", 1, 64, 700.0)
+SOLVERS = ("greedy", "milp", "exhaustive")
+
+
+def _chat(rate: float, untried: frozenset[str]) -> ServiceDemand:
+    return ServiceDemand("chat", 1, Targets(300, 30), Load(rate, 400, 200), {"H100-SXM": CHAT, "L40S": CHAT},
+                         max_replicas=4, current=ON_H100, untried=untried)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_higher_priority_is_not_moved_to_an_untried_type_for_a_lower_ones_room(solver: str) -> None:
+    """Two H100s, two L40S: code (priority 2) runs on H100s only and wants both. Taken at its prior's word, chat
+    goes to the L40S to give code the second H100; untried there, it stays and code is planned short."""
+    code = ServiceDemand("code", 2, Targets(800, 45, "p95"), Load(2.5, 1200, 300), {"H100-SXM": CODE},
+                         max_replicas=2, current=ON_H100)
+    accs = (AcceleratorType("H100-SXM", 2, 2.99, CATALOG["H100-SXM"]), AcceleratorType("L40S", 2, 1.1, CATALOG["L40S"]))
+
+    def plan(untried: frozenset[str]) -> list[tuple[str, int, float]]:
+        problem = Problem((_chat(6.0, untried), code), accs, 5000.0, batch_sizes=(16, 64), power_levels=(0.6, 1.0))
+        sol = solve(problem, get_solver(solver))
+        return [(s.assignment.accelerator, s.assignment.replicas, s.short_rps) for s in sol.services
+                if s.assignment is not None]
+
+    trusted = plan(frozenset())
+    assert [(a, n) for a, n, _ in trusted] == [("L40S", 2), ("H100-SXM", 2)] and trusted[1][2] == 0.0
+    cautious = plan(frozenset({"L40S"}))
+    assert [(a, n) for a, n, _ in cautious] == [("H100-SXM", 1), ("H100-SXM", 1)] and cautious[1][2] > 0.5
+
+
+@pytest.mark.parametrize("solver", SOLVERS[:2])
+def test_a_service_moves_to_an_untried_type_for_a_quarter_of_its_load_and_not_less(solver: str) -> None:
+    """One H100 and four L40S: at 8 rps the H100 leaves 15 % of chat's load unserved, and chat stays; at 10 rps
+    it leaves 32 %, and chat goes where the prior says it is served (the move then measures the pair)."""
+    accs = (AcceleratorType("H100-SXM", 1, 2.99, CATALOG["H100-SXM"]), AcceleratorType("L40S", 4, 1.1, CATALOG["L40S"]))
+    got = {}
+    for rate in (8.0, 10.0):
+        problem = Problem((_chat(rate, frozenset({"L40S"})),), accs, 5000.0, batch_sizes=(16, 64),
+                          power_levels=(0.6, 1.0))
+        s = solve(problem, get_solver(solver)).services[0]
+        assert s.assignment is not None
+        got[rate] = (s.assignment.accelerator, s.short_rps / rate)
+    assert got[8.0][0] == "H100-SXM" and 0.1 < got[8.0][1] < 0.25
+    assert got[10.0] == ("L40S", 0.0)
+
+
+def test_a_type_is_untried_until_a_window_of_its_pair_is_fitted() -> None:
+    """On the mixed host every service may run on either type. The type a service runs on is never untried (its
+    windows are that pair's); the other is, until a steady window of the pair teaches the tuner."""
+    s = load_settings(ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml")
+    chat = next(svc for svc in s.services if svc.name == "chat")
+    tuner = Tuner(None)
+    tuner.ensure_all((chat.model, a, chat.prior.params(), CATALOG[a]) for a in ("H100-SXM", "L40S"))
+    variants, kv = ("H100-SXM", "L40S"), {"H100-SXM": 0.0, "L40S": 0.0}
+
+    def untried(current: Assignment) -> frozenset[str]:
+        return service_demand(chat, chat.load(6.0, 400, 200), 0.0, current, variants, kv, tuner, SizingBasis(0.05),
+                              {}).untried
+
+    assert untried(ON_H100) == {"L40S"}
+    on_l40s = Assignment("L40S", 2, 64, 350.0)
+    assert untried(on_l40s) == {"H100-SXM"}
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    window = ServiceWindow(15.0, 3.0, 400.0, 200.0, 120.0, 34.0, 200.0, 40.0, 4.0, 0.0, 0.0, 0.0, 2)
+    assert est.observe(15.0, chat, window, [], on_l40s, True, OptimizerSettings(), 0.0) == "accepted"
+    assert tuner.measured(chat.model, "L40S") and not tuner.measured(chat.model, "H100-SXM")
+    assert untried(ON_H100) == frozenset()
