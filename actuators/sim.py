@@ -62,7 +62,7 @@ class SimBatchSizer:
             raise PermanentActuatorError(f"{service}: unknown service")
         with self.lock:
             svc = self.host.services[service]
-            running = Counter(r.engine.max_num_seqs for r in svc.replicas)
+            running = Counter(r.engine.max_num_seqs for r in (*svc.replicas, *(g.replica for g in svc.restarting())))
             planned = svc.max_num_seqs
         if not running:
             return BatchInForce(planned)
@@ -94,7 +94,7 @@ class SimReplicaScaler:
     def get_replicas(self, service: str, variant: str) -> int:
         self._check(service, variant)
         with self.lock:
-            return sum(r.gpu.spec.name == variant for r in self.host.services[service].replicas)
+            return self.host.services[service].count(variant)
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         self._check(service, variant)

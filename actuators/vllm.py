@@ -62,30 +62,46 @@ def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
     return [*out, "--max-num-seqs", str(n)]
 
 
+def shutdown_timeout_s(argv: tuple[str, ...]) -> float:
+    """vLLM's `--shutdown-timeout` in argv (either spelling): how long it drains on SIGTERM; 0 where absent."""
+    for k, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--shutdown-timeout=") else (
+            argv[k + 1] if arg == "--shutdown-timeout" and k + 1 < len(argv) else None)
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 class ChildRunner:
-    """Starts, stops and restarts servers as children of the daemon."""
+    """Starts, stops and restarts servers as children of the daemon. A server started with vLLM's
+    `--shutdown-timeout` is given that long to drain what it holds, beyond `stop_timeout_s`, before it is killed."""
 
     supervises = True
 
     def __init__(self, stop_timeout_s: float = 10.0) -> None:
         self.stop_timeout_s = stop_timeout_s
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        """Per replica, its process and how long it is given to stop."""
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
         self._stop(replica.name)
         try:
-            self.procs[replica.name] = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs),
-                                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs), stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         except OSError as exc:
             raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
+        self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
 
     def _stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
+        proc, wait_s = self.procs.pop(name, (None, 0.0))
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(self.stop_timeout_s)
+            proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)

@@ -22,6 +22,10 @@ class SimulatorSettings:
     """Simulated seconds per wall-clock second."""
     start_delay_s: float = 30.0
     """Time a new or restarted vLLM replica takes to load its model."""
+    shutdown_timeout_s: float = 0.0
+    """vLLM's `--shutdown-timeout`: a replica scaled away or restarted takes no new request and finishes those it
+    holds for up to this long, its GPU busy until then; what it holds past it is resubmitted by the router. 0:
+    vLLM's default, it aborts them at once (the router resubmits them all, their progress lost)."""
     personalities: dict[str, str] = field(default_factory=dict)
     """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
     prefill-overhead, compute-bound-decode, long-context (simulator/personality.py)."""
@@ -53,4 +57,4 @@ class SimulatorSettings:
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
         check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED, low_open=True)
-        check_range(self, where, ("start_delay_s",), 0.0, 86400.0)
+        check_range(self, where, ("start_delay_s", "shutdown_timeout_s"), 0.0, 86400.0)

@@ -2,7 +2,9 @@
 
 Replicas start after a model-load delay, restart one at a time when `max_num_seqs` changes, and hand
 their unfinished requests back to the router when they stop, as a real deployment behind a load
-balancer would. Everything advances in simulated time through `advance_to`.
+balancer would; with a shutdown timeout (vLLM's `--shutdown-timeout`), a replica scaled away or restarted
+first takes no new request and finishes those it holds, up to that long, its GPU busy until it is gone.
+Everything advances in simulated time through `advance_to`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ class Replica:
 
 
 @dataclass
+class Leaving:
+    """A replica draining after its stop: routed nothing, serving what it holds until `deadline_s`."""
+
+    replica: Replica
+    deadline_s: float
+    restart: bool
+    """A rolling restart's: a new engine starts on its GPU once it is gone."""
+
+
+@dataclass
 class SimService:
     """The replicas of one model behind a join-shortest-queue router."""
 
@@ -40,8 +52,18 @@ class SimService:
     max_num_seqs: int
     replicas: list[Replica] = field(default_factory=list)
     requests: RequestLog = field(default_factory=RequestLog)
+    leaving: list[Leaving] = field(default_factory=list)
     cost_scale: float = 1.0
     """Every step of its engines takes this many times the pair's hidden cost (a drift after an upgrade)."""
+
+    def restarting(self) -> list[Leaving]:
+        """The replicas a rolling restart drains, each to start again on its GPU."""
+        return [g for g in self.leaving if g.restart]
+
+    def count(self, gpu_type: str | None = None) -> int:
+        """Replicas as its deployment counts them (of one type, where given): a restart's draining one included."""
+        every = (*self.replicas, *(g.replica for g in self.restarting()))
+        return sum(gpu_type in (None, r.gpu.spec.name) for r in every)
 
 
 class SimHost:
@@ -57,11 +79,13 @@ class SimHost:
         personalities: Mapping[str, str] | None = None,
         gpu_types: Sequence[str] = (),
         log_requests: bool = False,
+        shutdown_timeout_s: float = 0.0,
     ) -> None:
         """`personalities` maps "model|gpu_type" (or a model name) to an engine personality; any other pair
         runs the roofline law. `gpu_types`, where given, lists each GPU's type (a mixed host) instead of
         `num_gpus` of `gpu_type`. `log_requests` keeps every request's arrival and finish (what `wattscale
-        simulate` scores); off, as in the daemon, nothing grows with the requests served."""
+        simulate` scores); off, as in the daemon, nothing grows with the requests served. `shutdown_timeout_s`:
+        how long a stopped replica drains (0: it aborts what it holds, vLLM's default)."""
         types = list(gpu_types) or [gpu_type] * num_gpus
         for name in types:
             if name not in SPECS:
@@ -76,8 +100,10 @@ class SimHost:
         self.start_delay_s = start_delay_s
         self.keep_samples = keep_samples
         self.log_requests = log_requests
+        self.shutdown_timeout_s = shutdown_timeout_s
         self._rng = np.random.default_rng(seed)
-        self._swaps: list[tuple[float, str, int]] = []  # (when, service, replica) of rolling restarts
+        self._rolling: dict[str, list[Replica]] = {}
+        """Per service, the replicas a rolling restart has still to restart, in order."""
         self._started = 0  # engines started so far: each gets its own metric series
 
     def add_service(self, name: str, model: str, workload: Workload, replicas: int, max_num_seqs: int,
@@ -105,13 +131,19 @@ class SimHost:
         return list(dict.fromkeys(g.spec.name for g in self.gpus))
 
     def ready_engines(self, name: str | None = None) -> list[VLLMEngine]:
-        """The engines serving now (a replica loading its model is not), of one service or all."""
+        """The engines serving now (a replica loading its model is not; one draining is, to what it holds), of
+        one service or all."""
         services = self.services.values() if name is None else [self.services[name]]
-        return [r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s]
+        return [*(r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s),
+                *(gone.replica.engine for s in services for gone in s.leaving)]
+
+    def _busy(self) -> set[int]:
+        """GPUs a replica runs on, draining ones included."""
+        return {r.gpu.index for s in self.services.values() for r in (*s.replicas, *(g.replica for g in s.leaving))}
 
     def free_gpus(self, gpu_type: str | None = None) -> list[SimGPU]:
         """GPUs with no replica (of one type, where given), lost ones left out."""
-        used = {r.gpu.index for s in self.services.values() for r in s.replicas} | self.lost
+        used = self._busy() | self.lost
         return [g for g in self.gpus if g.index not in used and gpu_type in (None, g.spec.name)]
 
     def personality(self, model: str, gpu_type: str | None = None) -> Personality:
@@ -135,17 +167,22 @@ class SimHost:
         kind = gpu_type or svc.accelerator
         delay = self.start_delay_s if delay_s is None else delay_s
         mine = [r for r in svc.replicas if r.gpu.spec.name == kind]
-        while len(mine) < replicas:
+        coming = [g for g in svc.restarting() if g.replica.gpu.spec.name == kind]  # a restart's, owed its GPU
+        while len(mine) + len(coming) < replicas:
             free = self.free_gpus(kind)
             if not free:
                 break
             mine.append(self._new_replica(svc, free[0], delay))
             svc.replicas.append(mine[-1])
-        while len(mine) > max(0, replicas):
+        while len(mine) + len(coming) > max(0, replicas):
+            if coming:
+                coming.pop().restart = False  # it drains and is not started again
+                continue
             gone = mine.pop()
             svc.replicas.remove(gone)
-            self._requeue(svc, self._stop(gone))
-        return len(mine)
+            if not self._drain(svc, gone, restart=False):
+                self._requeue(svc, self._stop(gone))
+        return len(mine) + len(coming)
 
     def lose_gpu(self, index: int) -> None:
         """GPU `index` falls off the bus: its replica dies (the router resubmits what it held) and it is
@@ -155,6 +192,9 @@ class SimHost:
             for rep in [r for r in svc.replicas if r.gpu.index == index]:
                 svc.replicas.remove(rep)
                 self._requeue(svc, self._stop(rep))
+            for gone in [g for g in svc.leaving if g.replica.gpu.index == index]:
+                svc.leaving.remove(gone)
+                self._requeue(svc, self._stop(gone.replica))
 
     def slow_down(self, name: str, factor: float) -> None:
         """Every step of the service's engines, running and future, takes `factor` times as long."""
@@ -164,26 +204,47 @@ class SimHost:
             rep.engine.cost = scaled(rep.engine.cost, factor)
 
     def restart_with_batch(self, name: str, max_num_seqs: int) -> None:
-        """A rolling restart with a new `--max-num-seqs`: replica i stops at now + i * delay, once the one
-        before it is back, so the service never goes dark."""
+        """A rolling restart with a new `--max-num-seqs`: one replica at a time stops (or drains) and starts
+        again, the next once every other serves, so the service never goes dark."""
         svc = self.services[name]
         svc.max_num_seqs = max_num_seqs
-        self._swaps = [w for w in self._swaps if w[1] != name]
-        for i in range(len(svc.replicas)):
-            self._swaps.append((self.now_s + self.start_delay_s * i, name, i))
-        self._swaps.sort()
+        self._rolling[name] = list(svc.replicas)
         self._do_swaps()
 
     def _do_swaps(self) -> None:
-        while self._swaps and self._swaps[0][0] <= self.now_s:
-            _, name, i = self._swaps.pop(0)
+        for name, queue in self._rolling.items():
             svc = self.services[name]
-            if i >= len(svc.replicas):
-                continue
-            old = svc.replicas[i]
-            pending = self._stop(old)
-            svc.replicas[i] = self._new_replica(svc, old.gpu, self.start_delay_s)
-            self._requeue(svc, pending)
+            while queue and not svc.restarting() and all(
+                    r.ready_at_s <= self.now_s for r in svc.replicas):
+                old = queue.pop(0)
+                if old not in svc.replicas:
+                    continue  # scaled away since
+                i = svc.replicas.index(old)
+                if self._drain(svc, old, restart=True):
+                    svc.replicas.pop(i)
+                else:
+                    pending = self._stop(old)
+                    svc.replicas[i] = self._new_replica(svc, old.gpu, self.start_delay_s)
+                    self._requeue(svc, pending)
+        self._rolling = {name: queue for name, queue in self._rolling.items() if queue}
+
+    def _drain(self, svc: SimService, rep: Replica, restart: bool) -> bool:
+        """Whether `rep`, taken off the router, drains what it holds rather than stopping at once."""
+        if self.shutdown_timeout_s <= 0 or rep.ready_at_s > self.now_s or rep.engine.outstanding == 0:
+            return False
+        svc.leaving.append(Leaving(rep, self.now_s + self.shutdown_timeout_s, restart))
+        return True
+
+    def _leave(self) -> None:
+        """Stop the draining replicas that finished what they held or ran out of time (what is left goes back to
+        the router), a restart's new engine started on its GPU."""
+        for svc in self.services.values():
+            for gone in [g for g in svc.leaving if g.replica.engine.outstanding == 0 or self.now_s >= g.deadline_s]:
+                svc.leaving.remove(gone)
+                pending = self._stop(gone.replica)
+                if gone.restart:
+                    svc.replicas.append(self._new_replica(svc, gone.replica.gpu, self.start_delay_s))
+                self._requeue(svc, pending)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         return self.gpus[gpu_index].set_power_limit(watts)
@@ -211,6 +272,7 @@ class SimHost:
     def advance_to(self, t_s: float, slice_s: float = 0.05) -> None:
         """Dispatch arrivals and run every engine up to `t_s`, in slices of `slice_s`."""
         while self.now_s < t_s:
+            self._leave()
             self._do_swaps()
             end = min(t_s, self.now_s + slice_s)
             for svc in self.services.values():
@@ -222,7 +284,9 @@ class SimHost:
                     if rep.ready_at_s >= end:
                         rep.gpu.account(end - self.now_s, rep.gpu.spec.idle_w, end)  # loading the model
                     rep.engine.advance_to(end)
-            busy = {r.gpu.index for s in self.services.values() for r in s.replicas}
+                for gone in svc.leaving:
+                    gone.replica.engine.advance_to(end)
+            busy = self._busy()
             for gpu in self.gpus:
                 if gpu.index not in busy and gpu.index not in self.lost:
                     gpu.account(end - self.now_s, gpu.spec.idle_w, end)

@@ -267,3 +267,49 @@ def test_the_request_log_holds_a_request_in_machine_words() -> None:
     done = log.finished()
     assert len(log.arrivals()) == 20_000 and done.ttft_s[7] == 0.25 and done.itl_s[7] == 1.75 / 8
     assert done.in_tokens[7] == 512 and done.out_tokens.dtype == np.int64
+
+
+def draining_host(shutdown_timeout_s: float) -> SimHost:
+    host = SimHost("H100-SXM", 4, seed=1, start_delay_s=5.0, log_requests=True, shutdown_timeout_s=shutdown_timeout_s)
+    work = Workload(constant(20.0), TokenDist(800), TokenDist(150), np.random.default_rng(1))
+    host.add_service("chat", "llama-3.1-8b", work, replicas=2, max_num_seqs=64)
+    host.advance_to(10.0)
+    return host
+
+
+def test_a_replica_scaled_away_finishes_what_it_holds_within_its_shutdown_timeout() -> None:
+    """vLLM's `--shutdown-timeout`: the stopped replica takes nothing new, serves its 20 requests to the end
+    and keeps its GPU till then; without it they go back to the router and start again on the other replica."""
+    ttft_max = {}
+    for timeout_s in (0.0, 60.0):
+        host = draining_host(timeout_s)
+        svc = host.services["chat"]
+        assert svc.replicas[1].engine.outstanding == 20
+        assert host.scale("chat", 1) == 1 and svc.count() == 1
+        assert len(host.free_gpus()) == (3 if timeout_s == 0 else 2)
+        host.advance_to(30.0)
+        assert len(host.free_gpus()) == 3 and not svc.leaving
+        ttft_max[timeout_s] = float(np.max(svc.requests.finished().ttft_s))
+    assert ttft_max[60.0] < 1.0 < ttft_max[0.0]
+
+
+def test_a_drained_replica_out_of_time_hands_the_rest_back() -> None:
+    host = draining_host(0.5)
+    svc = host.services["chat"]
+    host.scale("chat", 1)
+    host.advance_to(10.6)
+    assert not svc.leaving and len(host.free_gpus()) == 3
+    host.advance_to(40.0)
+    assert len(svc.requests.finished().ttft_s) == len(svc.requests.arrivals()) - svc.replicas[0].engine.outstanding
+
+
+def test_a_rolling_restart_drains_one_replica_at_a_time_and_keeps_the_count() -> None:
+    host = draining_host(60.0)
+    svc = host.services["chat"]
+    host.restart_with_batch("chat", 32)
+    assert len(svc.replicas) == 1 and svc.count() == 2 and host.scale("chat", 2) == 2  # the drained one is owed
+    for k in range(120):
+        host.advance_to(10.0 + 0.25 * (k + 1))
+        assert any(r.ready_at_s <= host.now_s for r in svc.replicas)  # never dark
+        assert len(svc.restarting()) <= 1
+    assert [r.engine.max_num_seqs for r in svc.replicas] == [32, 32] and not svc.leaving

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
-from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, with_max_num_seqs
+from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, shutdown_timeout_s, with_max_num_seqs
 from controller.http_fetch import healthy_within as healthy
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
@@ -89,6 +90,26 @@ def test_close_stops_the_children(fleet: tuple[VllmBatchSizer, ChildRunner, list
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+DRAINING = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.0), sys.exit(0)))  # vLLM draining\n"
+            "time.sleep(60)")
+
+
+@pytest.mark.parametrize("flag", [(), ("--shutdown-timeout", "5"), ("--shutdown-timeout=5",)])
+def test_a_server_with_a_shutdown_timeout_is_given_it_to_drain(flag: tuple[str, ...]) -> None:
+    """Killed after stop_timeout_s without the flag (vLLM then aborts at once anyway); with it, the 1-s drain
+    ends on its own."""
+    runner = ChildRunner(stop_timeout_s=0.2)
+    replica = Replica("chat-0", "http://127.0.0.1:1/health", (sys.executable, "-c", DRAINING, *flag))
+    runner.restart(replica, 8)
+    proc = runner.procs["chat-0"][0]
+    time.sleep(0.5)  # its handler installed
+    runner.close()
+    assert proc.returncode == (0 if flag else -9)
+    assert shutdown_timeout_s(("vllm", "serve", *flag)) == (5.0 if flag else 0.0)
+    assert shutdown_timeout_s(("--shutdown-timeout", "soon")) == 0.0 == shutdown_timeout_s(("--shutdown-timeout",))
 
 
 def test_bad_requests_are_permanent() -> None:
