@@ -212,7 +212,8 @@ class Controller:
                                           self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
-                       clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight)
+                       clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight,
+                       untried_margin=o.slo_margin_max)
 
     def clock_levels(self) -> tuple[float, ...]:
         """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""

@@ -1,8 +1,11 @@
 """A type no window of a service's pair has measured: its parameters are the service's one prior, written for
-another GPU, so the plan moves the service there only to serve load it could not serve otherwise, and never to
+another GPU, so the plan moves the service there where the prior meets its targets with the untried margin to
+spare, or to serve more than a quarter of its load that it could not serve otherwise; never, short of that, to
 make room for a lower priority."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from conftest import ROOT
@@ -52,8 +55,9 @@ def test_a_higher_priority_is_not_moved_to_an_untried_type_for_a_lower_ones_room
 
 @pytest.mark.parametrize("solver", SOLVERS[:2])
 def test_a_service_moves_to_an_untried_type_for_a_quarter_of_its_load_and_not_less(solver: str) -> None:
-    """One H100 and four L40S: at 8 rps the H100 leaves 15 % of chat's load unserved, and chat stays; at 10 rps
-    it leaves 32 %, and chat goes where the prior says it is served (the move then measures the pair)."""
+    """One H100 and four L40S; chat's prior (a 20-ms step) cannot meet its 30-ms mean ITL with half of it to
+    spare. At 8 rps the H100 leaves 15 % of chat's load unserved, and chat stays; at 10 rps it leaves 32 %, and
+    chat goes where the prior says it is served at its own targets (the move then measures the pair)."""
     accs = (AcceleratorType("H100-SXM", 1, 2.99, CATALOG["H100-SXM"]), AcceleratorType("L40S", 4, 1.1, CATALOG["L40S"]))
     got = {}
     for rate in (8.0, 10.0):
@@ -64,6 +68,17 @@ def test_a_service_moves_to_an_untried_type_for_a_quarter_of_its_load_and_not_le
         got[rate] = (s.assignment.accelerator, s.short_rps / rate)
     assert got[8.0][0] == "H100-SXM" and 0.1 < got[8.0][1] < 0.25
     assert got[10.0] == ("L40S", 0.0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_an_untried_type_the_prior_calls_comfortable_is_planned_for_its_own_sake(solver: str) -> None:
+    """At a 100-ms ITL target the prior meets it with half to spare on the L40S, 30 times cheaper an hour: the
+    cost objective moves chat there, untried or not."""
+    accs = (AcceleratorType("H100-SXM", 2, 30.0, CATALOG["H100-SXM"]), AcceleratorType("L40S", 4, 1.0, CATALOG["L40S"]))
+    chat = replace(_chat(6.0, frozenset({"L40S"})), targets=Targets(2000, 100))
+    problem = Problem((chat,), accs, 5000.0, objective="cost", batch_sizes=(16, 64), power_levels=(0.6, 1.0))
+    s = solve(problem, get_solver(solver)).services[0]
+    assert s.assignment is not None and s.assignment.accelerator == "L40S" and s.short_rps == 0.0
 
 
 def test_a_type_is_untried_until_a_window_of_its_pair_is_fitted() -> None:

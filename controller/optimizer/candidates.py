@@ -235,14 +235,15 @@ def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
 
 @collector_paused()
 def enumerate_all(problem: Problem) -> list[list[Candidate]]:
-    """Every service's candidates on every accelerator it may run on (`_enumerate`). The SLO margin learnt from a
-    service's missed windows never leaves it with none: where no shape meets its targets less the margin, it is
-    planned against its own (a margin taken for TTFT's misses had made a long-context ITL unreachable, and the
-    service, planned as short, got no replica for its queue)."""
+    """Every service's candidates on every accelerator it may run on (`_enumerate`). A margin (the SLO margin learnt
+    from a service's missed windows, an untried type's) never leaves it with none: where no shape meets its targets
+    less the margins, it is planned against its own (a margin taken for TTFT's misses had made a long-context ITL
+    unreachable, and the service, planned as short, got no replica for its queue)."""
     out = _enumerate(problem)
-    bare = {i for i, cs in enumerate(out) if not cs and problem.services[i].targets.margin > 0.0}
+    bare = {i for i, cs in enumerate(out) if not cs and (problem.services[i].targets.margin > 0.0 or (
+        problem.services[i].untried and problem.untried_margin > 0.0))}
     if bare:
-        own = tuple(replace(s, targets=replace(s.targets, margin=0.0)) if i in bare else s
+        own = tuple(replace(s, targets=replace(s.targets, margin=0.0), untried=frozenset()) if i in bare else s
                     for i, s in enumerate(problem.services))
         again = _enumerate(replace(problem, services=own), bare)
         out = [again[i] if i in bare else cs for i, cs in enumerate(out)]
@@ -260,7 +261,8 @@ def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Cand
             if acc.name not in svc.params or acc.count < acc.gpus_per_replica:
                 continue
             profile = svc.profile(acc)
-            pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, svc.targets, profile),
+            targets = svc.targets_on(acc.name, problem.untried_margin)
+            pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, targets, profile),
                               min(svc.max_replicas, acc.count // acc.gpus_per_replica),
                               *_kind_shapes(problem, acc, profile, svc.max_queue)))
     bases = Bases(p.sizer.base for p in pairs)  # what the queue model reads of them, worked out once

@@ -3,7 +3,7 @@ domains."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, NamedTuple
 
@@ -58,11 +58,20 @@ class ServiceDemand:
     the k-th (`gpus_per_replica` each). Absent: placement unknown (any free GPU), held per domain by the
     governor alone."""
     untried: frozenset[str] = frozenset()
-    """Accelerators it does not run on whose pair no window has measured: what it would serve there is only as
-    good as a prior written for another type (values.UNTRIED_RISK)."""
+    """Accelerators it does not run on whose pair no window has measured: its parameters there are a prior
+    written for another type. They are planned at `Problem.untried_margin`, or, `untried_at_risk`, at its own
+    margin with a share of what it serves there counted as unserved (values.UNTRIED_RISK)."""
+    untried_at_risk: bool = False
 
     def profile(self, acc: AcceleratorType) -> PowerProfile:
         return self.profiles.get(acc.name, acc.profile)
+
+    def targets_on(self, accelerator: str, untried_margin: float) -> Targets:
+        """Its targets as planned on `accelerator`: an untried type's less `untried_margin` at least, unless at
+        risk."""
+        if accelerator not in self.untried or self.untried_at_risk or untried_margin <= self.targets.margin:
+            return self.targets
+        return replace(self.targets, margin=untried_margin)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,9 @@ class Problem:
     energy_weight: float = 0.0
     """Token speed only: the price of a watt of a candidate's draw, as a share of the fastest plan's token speed
     per watt of the site's draw (values.energy_price)."""
+    untried_margin: float = 0.5
+    """The margin a service's untried types are planned at (`ServiceDemand.untried`): their prior must meet its
+    targets with this much to spare."""
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)

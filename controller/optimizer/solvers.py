@@ -6,6 +6,7 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -189,6 +190,20 @@ def _domain_full(problem: Problem, more: list[Candidate], taken: list[Candidate]
 
 @collector_paused()
 def solve(problem: Problem, solver: Solver) -> Solution:
+    """`_solved`, and again where it left a service short that has untried types (`ServiceDemand.untried`), with
+    those at risk: a prior written for another GPU is trusted only with the untried margin to spare (on a mixed
+    host chat's H100 prior had it moved to L40S GPUs that missed its target at any load, to give code an H100),
+    but a service its measured types cannot carry may try one at its own targets, at a price."""
+    solution = _solved(problem, solver)
+    risky = {r.name for r, s in zip(solution.services, problem.services, strict=True)
+             if r.short_rps > 1e-9 and s.untried and not s.untried_at_risk}
+    if not risky:
+        return solution
+    return _solved(replace(problem, services=tuple(replace(s, untried_at_risk=True) if s.name in risky else s
+                                                  for s in problem.services)), solver)
+
+
+def _solved(problem: Problem, solver: Solver) -> Solution:
     """Enumerate, value, choose, and report (with the reason for every shortfall). The collector is held off
     throughout, not stage by stage: each stage's end had it scan everything the cycle had built so far, cycles of
     which there are none (at 1,000 services three scans cost 0.08 s, one 0.02 s)."""

@@ -1,6 +1,6 @@
 """What a candidate is worth to the solvers: its score under the objective, less the price of the watts it adds
-(`energy_weight`), the priority-weighted penalty for the load it leaves unserved (or serves on a type never
-measured), and the transition penalty for what it changes; and what shedding a service entirely is worth."""
+(`energy_weight`), the priority-weighted penalty for the load it leaves unserved (or serves at risk on a type
+never measured), and the transition penalty for what it changes; and what shedding a service entirely is worth."""
 
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ _FIELD = {name: k for k, name in enumerate(Candidate._fields)}
 GRAIN = 0.005
 """Share of a service's load whose shortfall outweighs every service's score (`shed_weights`)."""
 UNTRIED_RISK = 0.25
-"""Share of what a service would serve on a type no window of its pair has measured (`ServiceDemand.untried`)
-that is valued as unserved: it moves there only to serve more than this share of its load that the types it
-was measured on cannot, and never for a lower priority's room. The prior is one per service, written for one
-GPU; an L40S serves decode 2-4 x slower than an H100, and a plan that took the prior at its word there moved a
-chat service to GPUs that missed its target at any load, and back, every other cycle."""
+"""Share of what a service at risk (`ServiceDemand.untried_at_risk`: left short where its untried types must meet
+its targets with the untried margin to spare) would serve on an untried type, planned at its own margin, that is
+valued as unserved: it moves there for more than this share of its load that the types it was measured on
+cannot serve, and never for a lower priority's room."""
 MAX_SHED_WEIGHT = 1e100
 """Ceiling of a priority's weight: each level's is some 200 times the one below, so past some 40 levels the
 highest share this one (their order among themselves is lost) and no value overflows to inf."""
@@ -101,9 +100,9 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     share = np.repeat([1.0 / s.load.rate_rps if s.load.rate_rps > 0 else 0.0 for s in problem.services], sizes)
     assignments = list(zip(problem.services, _split(list(fields[_FIELD["assignment"]]), sizes), strict=True))
     value = score - price * power_w - w * short_rps * share
-    if any(s.untried for s in problem.services):
-        untried = np.fromiter(chain.from_iterable((a.accelerator in s.untried for a in each) for s, each in
-                                                  assignments), dtype=float, count=len(score))
+    if any(s.untried_at_risk for s in problem.services):
+        untried = np.fromiter(chain.from_iterable((s.untried_at_risk and a.accelerator in s.untried for a in each)
+                                                  for s, each in assignments), dtype=float, count=len(score))
         value -= w * UNTRIED_RISK * untried * served_rps * share
     if any(s.current is not None for s in problem.services):
         changes = np.fromiter(chain.from_iterable((_changes(s.current, a) for a in each) for s, each in assignments),
