@@ -3,6 +3,7 @@ before the H100 one is scaled down, and no GPU is ever asked for a limit outside
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
 from controller.config_loader import ConfigError
 from controller.control import Controller
+from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
@@ -127,7 +129,11 @@ def on_host(tmp_path: Path, h100: int, l40s: int) -> tuple[Controller, Host, Dry
 
 
 def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_range(tmp_path: Path) -> None:
+    """The L40S is untried at first (the decision log says so) but the prior meets chat's loose targets there with
+    half to spare, and it costs a thirtieth of an H100: the plan moves chat there; the H100 pair, measured, is not
+    untried once chat has left it."""
     ctl, host, scaler = on_host(tmp_path, 1, 0)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     seen: list[dict[str, int]] = []
     for t in range(1, 241):
         ctl.tick_fast(float(t))
@@ -144,6 +150,8 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
         assert lo <= watts <= hi, (index, watts)
     l40s = [w for i, w in host.asked if GPUS[i][0] == "L40S"]
     assert l40s and max(l40s) == ctl.assignments["chat"].power_cap_w <= 350.0  # the plan's cap for its own type
+    records = [json.loads(line)["services"]["chat"] for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert records[0]["untried"] == ["L40S"] and "untried" not in records[-1]
 
 
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
