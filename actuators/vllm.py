@@ -96,19 +96,24 @@ class ChildRunner:
         self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
 
     def _stop(self, name: str) -> None:
-        proc, wait_s = self.procs.pop(name, (None, 0.0))
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        self._stop_all([name])
+
+    def _stop_all(self, names: list[str]) -> None:
+        """SIGTERM to each, then each waited for until its own time is up (together: a drain each, not one after
+        another), then killed."""
+        running = [(proc, time.monotonic() + wait_s) for proc, wait_s in (self.procs.pop(n, (None, 0.0)) for n in names)
+                   if proc is not None and proc.poll() is None]
+        for proc, _ in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc, until in running:
+            try:
+                proc.wait(max(0.0, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
     def close(self) -> None:
-        for name in list(self.procs):
-            self._stop(name)
+        self._stop_all(list(self.procs))
 
 
 class SystemdRunner:

@@ -53,6 +53,8 @@ class SimService:
     replicas: list[Replica] = field(default_factory=list)
     requests: RequestLog = field(default_factory=RequestLog)
     leaving: list[Leaving] = field(default_factory=list)
+    held: list[tuple[float, int, int]] = field(default_factory=list)
+    """Requests that came while its one replica drained for a restart: the router holds them for the next."""
     cost_scale: float = 1.0
     """Every step of its engines takes this many times the pair's hidden cost (a drift after an upgrade)."""
 
@@ -131,11 +133,10 @@ class SimHost:
         return list(dict.fromkeys(g.spec.name for g in self.gpus))
 
     def ready_engines(self, name: str | None = None) -> list[VLLMEngine]:
-        """The engines serving now (a replica loading its model is not; one draining is, to what it holds), of
-        one service or all."""
+        """The engines serving now, of one service or all: a replica loading its model is not, nor one draining
+        (out of the router, as out of a Deployment's endpoints: a window sees it gone)."""
         services = self.services.values() if name is None else [self.services[name]]
-        return [*(r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s),
-                *(gone.replica.engine for s in services for gone in s.leaving)]
+        return [r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s]
 
     def _busy(self) -> set[int]:
         """GPUs a replica runs on, draining ones included."""
@@ -244,6 +245,7 @@ class SimHost:
                 pending = self._stop(gone.replica)
                 if gone.restart:
                     svc.replicas.append(self._new_replica(svc, gone.replica.gpu, self.start_delay_s))
+                pending, svc.held = [*pending, *svc.held], []
                 self._requeue(svc, pending)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
@@ -262,9 +264,12 @@ class SimHost:
             self._route(svc, req)
 
     def _route(self, svc: SimService, req: tuple[float, int, int]) -> None:
-        """To the ready replica with the fewest requests (any replica while none is ready)."""
+        """To the ready replica with the fewest requests (any replica while none is ready; held while the only one
+        drains to restart)."""
         ready = [r for r in svc.replicas if r.ready_at_s <= max(self.now_s, req[0])] or svc.replicas
         if not ready:
+            if svc.restarting():
+                svc.held.append(req)
             return  # no replica at all: the request is dropped, as behind an empty service
         best = min(ready, key=lambda r: r.engine.outstanding)
         best.engine.submit(req[0], req[1], req[2])

@@ -313,3 +313,23 @@ def test_a_rolling_restart_drains_one_replica_at_a_time_and_keeps_the_count() ->
         assert any(r.ready_at_s <= host.now_s for r in svc.replicas)  # never dark
         assert len(svc.restarting()) <= 1
     assert [r.engine.max_num_seqs for r in svc.replicas] == [32, 32] and not svc.leaving
+
+
+def test_a_lone_replica_draining_to_restart_loses_no_request() -> None:
+    """The router holds what comes while the only replica drains, for the one that starts after it; the draining
+    GPU stays its service's (the governor keeps its limit) and its engine is out of the metrics."""
+    from controller.telemetry.sim import SimGpuSource
+
+    host = SimHost("H100-SXM", 2, seed=1, start_delay_s=5.0, log_requests=True, shutdown_timeout_s=30.0)
+    work = Workload(constant(10.0), TokenDist(800), TokenDist(150), np.random.default_rng(1))
+    host.add_service("chat", "llama-3.1-8b", work, replicas=1, max_num_seqs=64)
+    host.advance_to(10.0)
+    svc = host.services["chat"]
+    host.restart_with_batch("chat", 32)
+    host.advance_to(10.5)
+    assert not svc.replicas and svc.count() == 1 and not host.ready_engines("chat")
+    assert [g.service for g in SimGpuSource(host).sample(10.5)] == ["chat", None]
+    host.advance_to(60.0)
+    assert [r.engine.max_num_seqs for r in svc.replicas] == [32] and not svc.held
+    left = svc.replicas[0].engine.outstanding
+    assert len(svc.requests.finished().ttft_s) == len(svc.requests.arrivals()) - left

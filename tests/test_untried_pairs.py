@@ -81,6 +81,29 @@ def test_an_untried_type_the_prior_calls_comfortable_is_planned_for_its_own_sake
     assert s.assignment is not None and s.assignment.accelerator == "L40S" and s.short_rps == 0.0
 
 
+@pytest.mark.parametrize("solver", SOLVERS[:2])
+def test_a_learnt_margin_that_leaves_no_shape_does_not_open_the_untried_type_for_nothing(solver: str) -> None:
+    """Chat's windows taught it a 0.4 margin, under which no shape meets its 30-ms mean ITL: it is planned against
+    its own targets on the H100 it runs on, not moved to the untried L40S for its lower cost."""
+    accs = (AcceleratorType("H100-SXM", 2, 2.99, CATALOG["H100-SXM"]), AcceleratorType("L40S", 4, 1.1, CATALOG["L40S"]))
+    chat = replace(_chat(4.0, frozenset({"L40S"})), targets=Targets(300, 30, "mean", 0.4))
+    problem = Problem((chat,), accs, 5000.0, objective="cost", batch_sizes=(16, 64), power_levels=(0.6, 1.0))
+    s = solve(problem, get_solver(solver)).services[0]
+    assert s.assignment is not None and s.assignment.accelerator == "H100-SXM" and s.short_rps == 0.0
+    s = solve(replace(problem, services=(replace(chat, untried=frozenset()),)), get_solver(solver)).services[0]
+    assert s.assignment is not None and s.assignment.accelerator == "L40S"  # trusted, it would have moved
+
+
+def test_the_plan_at_risk_is_kept_only_where_it_leaves_less_unserved() -> None:
+    """Under 600 W, 30 rps of chat: the two untried L40S that meet the margin serve more than the one H100. At
+    risk they are charged too, and the plan made so had taken the H100 (21.3 rps short against 12.8)."""
+    accs = (AcceleratorType("H100-SXM", 1, 3.0, CATALOG["H100-SXM"]), AcceleratorType("L40S", 4, 1.0, CATALOG["L40S"]))
+    chat = replace(_chat(30.0, frozenset({"L40S"})), targets=Targets(2000, 100), max_replicas=8)
+    problem = Problem((chat,), accs, 600.0, objective="cost", batch_sizes=(16, 64), power_levels=(0.6, 1.0))
+    s = solve(problem, get_solver("milp")).services[0]
+    assert s.assignment is not None and s.assignment.accelerator == "L40S" and s.short_rps < 15.0
+
+
 def test_a_type_is_untried_until_a_window_of_its_pair_is_fitted() -> None:
     """On the mixed host every service may run on either type. The type a service runs on is never untried (its
     windows are that pair's); the other is, until a steady window of the pair teaches the tuner."""

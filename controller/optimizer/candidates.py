@@ -238,13 +238,16 @@ def enumerate_all(problem: Problem) -> list[list[Candidate]]:
     """Every service's candidates on every accelerator it may run on (`_enumerate`). A margin (the SLO margin learnt
     from a service's missed windows, an untried type's) never leaves it with none: where no shape meets its targets
     less the margins, it is planned against its own (a margin taken for TTFT's misses had made a long-context ITL
-    unreachable, and the service, planned as short, got no replica for its queue)."""
+    unreachable, and the service, planned as short, got no replica for its queue), its untried types left out
+    unless at risk (there valued at a price: their prior trusted at its own targets for nothing had been a move
+    for cost to a type never measured)."""
     out = _enumerate(problem)
     bare = {i for i, cs in enumerate(out) if not cs and (problem.services[i].targets.margin > 0.0 or (
         problem.services[i].untried and problem.untried_margin > 0.0))}
     if bare:
-        own = tuple(replace(s, targets=replace(s.targets, margin=0.0), untried=frozenset()) if i in bare else s
-                    for i, s in enumerate(problem.services))
+        own = tuple(replace(s, targets=replace(s.targets, margin=0.0), params={
+            a: p for a, p in s.params.items() if s.untried_at_risk or a not in s.untried}) if i in bare else s
+            for i, s in enumerate(problem.services))
         again = _enumerate(replace(problem, services=own), bare)
         out = [again[i] if i in bare else cs for i, cs in enumerate(out)]
     return out

@@ -193,14 +193,26 @@ def solve(problem: Problem, solver: Solver) -> Solution:
     """`_solved`, and again where it left a service short that has untried types (`ServiceDemand.untried`), with
     those at risk: a prior written for another GPU is trusted only with the untried margin to spare (on a mixed
     host chat's H100 prior had it moved to L40S GPUs that missed its target at any load, to give code an H100),
-    but a service its measured types cannot carry may try one at its own targets, at a price."""
+    but a service its measured types cannot carry may try one at its own targets, at a price. The second plan is
+    kept where it leaves less unserved, priority by priority (at risk, a type that met the margin is charged too)."""
     solution = _solved(problem, solver)
     risky = {r.name for r, s in zip(solution.services, problem.services, strict=True)
              if r.short_rps > 1e-9 and s.untried and not s.untried_at_risk}
     if not risky:
         return solution
-    return _solved(replace(problem, services=tuple(replace(s, untried_at_risk=True) if s.name in risky else s
-                                                  for s in problem.services)), solver)
+    again = _solved(replace(problem, services=tuple(replace(s, untried_at_risk=True) if s.name in risky else s
+                                                   for s in problem.services)), solver)
+    best = again if _shortfalls(problem, again) < _shortfalls(problem, solution) else solution
+    return replace(best, solve_s=solution.solve_s + again.solve_s,
+                   candidates_s=solution.candidates_s + again.candidates_s)
+
+
+def _shortfalls(problem: Problem, solution: Solution) -> list[float]:
+    """The shares of load a plan leaves unserved, summed per priority level, the highest first (compared as the
+    shed weights rank them), rounded past the solvers' noise."""
+    levels = sorted({s.priority for s in problem.services})
+    return [round(sum(r.short_rps / s.load.rate_rps for r, s in zip(solution.services, problem.services, strict=True)
+                      if s.priority == level and s.load.rate_rps > 0), 6) for level in levels]
 
 
 def _solved(problem: Problem, solver: Solver) -> Solution:

@@ -153,7 +153,7 @@ def _record(trace: Trace, k: int, host: SimHost) -> None:
     live = [g for g in host.gpus if g.index not in host.lost]
     trace.limits_w[k] = sum(g.power_limit_w for g in live)
     for name, svc in host.services.items():
-        trace.replicas[name][k] = len(svc.replicas)
+        trace.replicas[name][k] = svc.count()  # a rolling restart's draining replica counts
         trace.max_batch[name][k] = svc.max_num_seqs
         limits = [r.gpu.power_limit_w for r in svc.replicas]
         trace.cap_w[name][k] = sum(limits) / len(limits) if limits else np.nan

@@ -19,7 +19,8 @@ class SimGpuSource:
             return self._sample()
 
     def _sample(self) -> list[GpuSample]:
-        owner = {r.gpu.index: s.name for s in self.host.services.values() for r in s.replicas}
+        owner = {r.gpu.index: s.name for s in self.host.services.values()
+                 for r in (*s.replicas, *(g.replica for g in s.leaving))}  # a draining replica's GPU is still its
         return [
             GpuSample(
                 index=g.index,
