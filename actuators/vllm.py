@@ -85,15 +85,21 @@ class ChildRunner:
         self.stop_timeout_s = stop_timeout_s
         self.procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
         """Per replica, its process and how long it is given to stop."""
+        self._lock = threading.Lock()
+        self._closed = False
+        """Closed: no server starts again (a rollout thread still in a drain's stop would leave one running)."""
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
         self._stop(replica.name)
-        try:
-            proc = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs), stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        except OSError as exc:
-            raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
-        self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
+        with self._lock:
+            if self._closed:
+                raise PermanentActuatorError(f"{replica.name}: not started again: the daemon is stopping")
+            try:
+                proc = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs), stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
+            self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
 
     def _stop(self, name: str) -> None:
         self._stop_all([name])
@@ -101,7 +107,9 @@ class ChildRunner:
     def _stop_all(self, names: list[str]) -> None:
         """SIGTERM to each, then each waited for until its own time is up (together: a drain each, not one after
         another), then killed."""
-        running = [(proc, time.monotonic() + wait_s) for proc, wait_s in (self.procs.pop(n, (None, 0.0)) for n in names)
+        with self._lock:
+            taken = [self.procs.pop(n, (None, 0.0)) for n in names]
+        running = [(proc, time.monotonic() + wait_s) for proc, wait_s in taken
                    if proc is not None and proc.poll() is None]
         for proc, _ in running:
             proc.send_signal(signal.SIGTERM)
@@ -113,7 +121,10 @@ class ChildRunner:
                 proc.wait(5)
 
     def close(self) -> None:
-        self._stop_all(list(self.procs))
+        with self._lock:
+            self._closed = True
+            names = list(self.procs)
+        self._stop_all(names)
 
 
 class SystemdRunner:

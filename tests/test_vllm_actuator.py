@@ -110,6 +110,9 @@ def test_a_server_with_a_shutdown_timeout_is_given_it_to_drain(flag: tuple[str, 
     assert proc.returncode == (0 if flag else -9)
     assert shutdown_timeout_s(("vllm", "serve", *flag)) == (5.0 if flag else 0.0)
     assert shutdown_timeout_s(("--shutdown-timeout", "soon")) == 0.0 == shutdown_timeout_s(("--shutdown-timeout",))
+    with pytest.raises(PermanentActuatorError, match="the daemon is stopping"):
+        runner.restart(replica, 16)  # a rollout thread still draining when the daemon closed starts nothing
+    assert not runner.procs
 
 
 def test_bad_requests_are_permanent() -> None:
