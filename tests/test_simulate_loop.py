@@ -117,6 +117,9 @@ def test_the_same_seed_gives_the_same_summary(small_scenario: Callable[..., Path
                if line.startswith("| chat | wattscale |"))
     services = json.loads((tmp_path / "a" / "summary.json").read_text())["policies"]["wattscale"]["services"]
     assert f"| {services['chat']['finished']:g} / {services['chat']['requests']:g} |" in row  # what the p95s are over
+    plant = json.loads((tmp_path / "a" / "summary.json").read_text())["plant"]  # what a scale-down costs there
+    assert plant["shutdown_timeout_s"] == 0.0
+    assert "restarted aborts what it holds" in (tmp_path / "a" / "summary.md").read_text()
     other = simulate(scn, tmp_path / "c", ["static"], [4], 90.0, progress=False)
     assert other["policies"]["static"] != one["policies"]["static"]
 

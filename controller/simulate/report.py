@@ -57,9 +57,19 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
             "events_after_end": sum(e.at_s >= duration_s for e in scn.settings.events),
             "slos": {svc.name: {"priority": svc.priority, "statistic": svc.statistic, "ttft_ms": svc.ttft_ms,
                                 "itl_ms": svc.itl_ms} for svc in scn.config.services},
+            "plant": {"start_delay_s": scn.config.simulator.start_delay_s,
+                      "shutdown_timeout_s": scn.config.simulator.shutdown_timeout_s},
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, duration_s, frontier),
             "not_judged": not_judged(scn, policies),
             **({"frontier": frontier} if frontier is not None else {})}
+
+
+def _plant_words(plant: dict[str, float]) -> str:
+    """How the simulated vLLM starts and stops, which decides what every scale-down costs a policy that scales."""
+    stop = (f"drains what it holds for up to {plant['shutdown_timeout_s']:g} s (vLLM's --shutdown-timeout)"
+            if plant["shutdown_timeout_s"] > 0 else "aborts what it holds, resubmitted from the start (vLLM's "
+            "default: no --shutdown-timeout)")
+    return f"A replica takes {plant['start_delay_s']:g} s to load its model; one scaled away or restarted {stop}."
 
 
 def event_words(event: dict[str, Any]) -> str:
@@ -95,6 +105,7 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
              + "; ".join(f"{name} (priority {t['priority']}) {t['statistic']} TTFT <= {t['ttft_ms']:g} ms, ITL <= "
                          f"{t['itl_ms']:g} ms" for name, t in doc["slos"].items()) + ".",
              f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}.",
+             _plant_words(doc["plant"]),
              "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) "
              "| limits over budget (s) | energy (kWh) | tokens / J | sum T/C |", "|---|---|---|---|---|---|---|---|"]
     for name, p in pol.items():
