@@ -52,7 +52,8 @@ class OptimizerSettings:
     """Share of its steady windows a service may miss its targets in: each window that met them takes
     slo_margin_step x slo_miss_share / (1 - slo_miss_share) off the margin, so it settles at this miss rate."""
     slo_margin_max: float = 0.5
-    """Largest margin a service is planned with."""
+    """Largest margin a service is planned with; also the one an accelerator type it may run on, but that no window
+    of its model has measured, is planned at (its prior was written for another type)."""
 
     def check(self, where: str) -> None:
         if not 0 <= self.resize_tolerance < 0.5:
