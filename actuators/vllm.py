@@ -118,7 +118,10 @@ class ChildRunner:
                 proc.wait(max(0.0, until - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(5)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:  # stuck in the kernel: the others are still seen to
+                    log.warning("vLLM server pid %d did not exit after SIGKILL", proc.pid)
 
     def close(self) -> None:
         with self._lock:
@@ -242,10 +245,11 @@ class VllmBatchSizer:
             thread.join(timeout_s)
 
     def close(self) -> None:
-        """Stop rolling (no new restarts) and stop the servers the runner owns."""
+        """Stop rolling (no new restarts) and stop the servers the runner owns: the runner first, so that a rollout
+        in flight starts (and puts back) nothing while its servers drain."""
         self._closing.set()
-        self.wait(10.0)
         self.runner.close()
+        self.wait(10.0)
 
     def _rollout(self, service: str, max_num_seqs: int) -> None:
         """A rollout's thread: whatever fails is logged and raised on the service's next change, never lost with

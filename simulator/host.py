@@ -134,9 +134,15 @@ class SimHost:
 
     def ready_engines(self, name: str | None = None) -> list[VLLMEngine]:
         """The engines serving now, of one service or all: a replica loading its model is not, nor one draining
-        (out of the router, as out of a Deployment's endpoints: a window sees it gone)."""
+        (out of the router, as out of a Deployment's endpoints)."""
         services = self.services.values() if name is None else [self.services[name]]
         return [r.engine for s in services for r in s.replicas if r.ready_at_s <= self.now_s]
+
+    def scraped_engines(self, name: str | None = None) -> list[VLLMEngine]:
+        """The engines a /metrics scrape reads: those serving and those draining (a server exposes its metrics
+        until it exits)."""
+        services = self.services.values() if name is None else [self.services[name]]
+        return [*self.ready_engines(name), *(g.replica.engine for s in services for g in s.leaving)]
 
     def _busy(self) -> set[int]:
         """GPUs a replica runs on, draining ones included."""
@@ -169,7 +175,12 @@ class SimHost:
         delay = self.start_delay_s if delay_s is None else delay_s
         mine = [r for r in svc.replicas if r.gpu.spec.name == kind]
         coming = [g for g in svc.restarting() if g.replica.gpu.spec.name == kind]  # a restart's, owed its GPU
+        leaving = [g for g in svc.leaving if not g.restart and g.replica.gpu.spec.name == kind]
         while len(mine) + len(coming) < replicas:
+            if leaving:  # scaled back before it is gone: a new one starts on its GPU when it is
+                leaving[-1].restart = True
+                coming.append(leaving.pop())
+                continue
             free = self.free_gpus(kind)
             if not free:
                 break
@@ -195,7 +206,8 @@ class SimHost:
                 self._requeue(svc, self._stop(rep))
             for gone in [g for g in svc.leaving if g.replica.gpu.index == index]:
                 svc.leaving.remove(gone)
-                self._requeue(svc, self._stop(gone.replica))
+                pending, svc.held = [*self._stop(gone.replica), *svc.held], []
+                self._requeue(svc, pending)
 
     def slow_down(self, name: str, factor: float) -> None:
         """Every step of the service's engines, running and future, takes `factor` times as long."""

@@ -57,7 +57,7 @@ class RealTimeEmulator:
         self._thread.start()
 
     def _engines(self) -> list[EngineView]:
-        return list(self.host.ready_engines())
+        return list(self.host.scraped_engines())
 
     def collect(self) -> Iterator[Metric]:
         """One consistent page: the host does not step while it renders."""

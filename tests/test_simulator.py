@@ -333,3 +333,51 @@ def test_a_lone_replica_draining_to_restart_loses_no_request() -> None:
     assert [r.engine.max_num_seqs for r in svc.replicas] == [32] and not svc.held
     left = svc.replicas[0].engine.outstanding
     assert len(svc.requests.finished().ttft_s) == len(svc.requests.arrivals()) - left
+
+
+def lone_replica_restarting(gpus: int) -> SimHost:
+    host = SimHost("H100-SXM", gpus, seed=1, start_delay_s=5.0, log_requests=True, shutdown_timeout_s=30.0)
+    work = Workload(constant(10.0), TokenDist(800), TokenDist(150), np.random.default_rng(1))
+    host.add_service("chat", "llama-3.1-8b", work, replicas=1, max_num_seqs=64)
+    host.advance_to(10.0)
+    host.restart_with_batch("chat", 32)
+    host.advance_to(11.0)
+    assert host.services["chat"].held
+    return host
+
+
+def test_what_a_lone_draining_replica_held_is_neither_stranded_nor_lost() -> None:
+    """Its GPU lost: what was held goes back to the router (here, to the replicas scaled up after). Scaled to 0
+    and back while it drains: the new one waits for its GPU, then serves all of it."""
+    host = lone_replica_restarting(3)
+    svc = host.services["chat"]
+    host.lose_gpu(svc.leaving[0].replica.gpu.index)
+    assert not svc.held
+    host.scale("chat", 2)
+    host.advance_to(60.0)
+    assert not svc.held and float(np.max(svc.requests.finished().ttft_s)) < 10.0
+    host = lone_replica_restarting(1)
+    svc = host.services["chat"]
+    assert host.scale("chat", 0) == 0 and host.scale("chat", 1) == 1
+    host.advance_to(60.0)
+    assert [r.engine.max_num_seqs for r in svc.replicas] == [32] and not svc.held
+    served = len(svc.requests.finished().ttft_s) + svc.replicas[0].engine.outstanding
+    assert served == len(svc.requests.arrivals())
+
+
+def test_a_window_a_replica_drains_in_is_not_steady_and_counts_those_serving() -> None:
+    from controller.telemetry.sim import SimVllmSource
+
+    host = draining_host(60.0)
+    source = SimVllmSource(host)
+    source.observe(10.0, ["chat"])
+    host.scale("chat", 1)
+    host.advance_to(10.2)
+    w = source.observe(10.2, ["chat"])["chat"]
+    assert w is not None and not w.steady and w.replicas == 1 and host.services["chat"].leaving
+    host.advance_to(30.0)
+    w = source.observe(30.0, ["chat"])["chat"]  # the drain ended within it
+    assert w is not None and not w.steady and not host.services["chat"].leaving
+    host.advance_to(45.0)
+    w = source.observe(45.0, ["chat"])["chat"]
+    assert w is not None and w.steady and w.replicas == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.telemetry.vllm_window import FAMILIES, Snapshot, snapshots, window
@@ -47,6 +48,8 @@ class SimVllmSource:
     def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
         self.host, self.lock = host, lock or threading.Lock()
         self._last: dict[str, Snapshot] = {}
+        self._draining: set[str] = set()
+        """Services a replica of which was draining at the last read."""
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         out: dict[str, ServiceWindow | None] = {}
@@ -56,10 +59,23 @@ class SimVllmSource:
                 out[name] = None
                 continue
             with self.lock:
-                engines = self.host.ready_engines(name)
+                engines = self.host.scraped_engines(name)
+                serving = len(self.host.ready_engines(name))
+                draining = bool(svc.leaving)
                 families = list(VllmCollector(lambda e=engines: e, FAMILIES).collect())  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
-            old = self._last.get(name)
+            old, was_draining = self._last.get(name), name in self._draining
             self._last[name] = snap
-            out[name] = None if old is None else window(snap, old)
+            if draining:
+                self._draining.add(name)
+            else:
+                self._draining.discard(name)
+            if old is None:
+                out[name] = None
+                continue
+            # A draining server is still scraped (its completions count) but serves no new request: a window
+            # it is in is no steady state, and its replicas are those serving.
+            w = window(snap, old)
+            out[name] = w if w is None else replace(w, replicas=serving,
+                                                    steady=w.steady and not (draining or was_draining))
         return out
