@@ -62,7 +62,7 @@ class SimBatchSizer:
             raise PermanentActuatorError(f"{service}: unknown service")
         with self.lock:
             svc = self.host.services[service]
-            running = Counter(r.engine.max_num_seqs for r in (*svc.replicas, *(g.replica for g in svc.restarting())))
+            running = Counter(r.engine.max_num_seqs for r in svc.counted())
             planned = svc.max_num_seqs
         if not running:
             return BatchInForce(planned)

@@ -62,16 +62,25 @@ def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
     return [*out, "--max-num-seqs", str(n)]
 
 
+MAX_SHUTDOWN_S = 3600.0
+"""Longest drain waited for on a server's stop, whatever its argv says (an `inf` would hold the daemon's exit)."""
+
+
 def shutdown_timeout_s(argv: tuple[str, ...]) -> float:
-    """vLLM's `--shutdown-timeout` in argv (either spelling): how long it drains on SIGTERM; 0 where absent."""
+    """vLLM's `--shutdown-timeout` in argv (either spelling): how long it drains on SIGTERM; 0 where absent or
+    not a number, at most MAX_SHUTDOWN_S."""
     for k, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--shutdown-timeout=") else (
-            argv[k + 1] if arg == "--shutdown-timeout" and k + 1 < len(argv) else None)
-        if value is not None:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return 0.0
+        if arg.startswith("--shutdown-timeout="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--shutdown-timeout" and k + 1 < len(argv):
+            value = argv[k + 1]
+        else:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            return 0.0
+        return min(seconds, MAX_SHUTDOWN_S) if seconds > 0 else 0.0  # NaN is not > 0
     return 0.0
 
 

@@ -177,10 +177,11 @@ class Controller:
         except Exception as exc:
             self.error("optimizer", str(exc))
             problem, solution = None, None
-        for k, svc in enumerate(s.services):
+        for svc in s.services:
             record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
-            if problem is not None and problem.services[k].untried:
-                record["services"][svc.name]["untried"] = sorted(problem.services[k].untried)
+        for demand in problem.services if problem is not None else ():
+            if demand.untried:
+                record["services"][demand.name]["untried"] = sorted(demand.untried)
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)

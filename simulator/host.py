@@ -62,10 +62,17 @@ class SimService:
         """The replicas a rolling restart drains, each to start again on its GPU."""
         return [g for g in self.leaving if g.restart]
 
+    def holding(self) -> list[Replica]:
+        """Its replicas and those draining: each holds its GPU."""
+        return [*self.replicas, *(g.replica for g in self.leaving)]
+
+    def counted(self) -> list[Replica]:
+        """Its replicas as its deployment counts them: a restart's draining one included."""
+        return [*self.replicas, *(g.replica for g in self.restarting())]
+
     def count(self, gpu_type: str | None = None) -> int:
-        """Replicas as its deployment counts them (of one type, where given): a restart's draining one included."""
-        every = (*self.replicas, *(g.replica for g in self.restarting()))
-        return sum(gpu_type in (None, r.gpu.spec.name) for r in every)
+        """How many it counts (of one type, where given)."""
+        return sum(gpu_type in (None, r.gpu.spec.name) for r in self.counted())
 
 
 class SimHost:
@@ -146,7 +153,7 @@ class SimHost:
 
     def _busy(self) -> set[int]:
         """GPUs a replica runs on, draining ones included."""
-        return {r.gpu.index for s in self.services.values() for r in (*s.replicas, *(g.replica for g in s.leaving))}
+        return {r.gpu.index for s in self.services.values() for r in s.holding()}
 
     def free_gpus(self, gpu_type: str | None = None) -> list[SimGPU]:
         """GPUs with no replica (of one type, where given), lost ones left out."""

@@ -110,6 +110,8 @@ def test_a_server_with_a_shutdown_timeout_is_given_it_to_drain(flag: tuple[str, 
     assert proc.returncode == (0 if flag else -9)
     assert shutdown_timeout_s(("vllm", "serve", *flag)) == (5.0 if flag else 0.0)
     assert shutdown_timeout_s(("--shutdown-timeout", "soon")) == 0.0 == shutdown_timeout_s(("--shutdown-timeout",))
+    assert shutdown_timeout_s(("--shutdown-timeout=inf",)) == 3600.0  # bounded: an exit never waits for ever
+    assert shutdown_timeout_s(("--shutdown-timeout=nan",)) == 0.0
     with pytest.raises(PermanentActuatorError, match="the daemon is stopping"):
         runner.restart(replica, 16)  # a rollout thread still draining when the daemon closed starts nothing
     assert not runner.procs

@@ -20,8 +20,7 @@ class SimGpuSource:
             return self._sample()
 
     def _sample(self) -> list[GpuSample]:
-        owner = {r.gpu.index: s.name for s in self.host.services.values()
-                 for r in (*s.replicas, *(g.replica for g in s.leaving))}  # a draining replica's GPU is still its
+        owner = {r.gpu.index: s.name for s in self.host.services.values() for r in s.holding()}
         return [
             GpuSample(
                 index=g.index,
@@ -48,8 +47,6 @@ class SimVllmSource:
     def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
         self.host, self.lock = host, lock or threading.Lock()
         self._last: dict[str, Snapshot] = {}
-        self._draining: set[str] = set()
-        """Services a replica of which was draining at the last read."""
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         out: dict[str, ServiceWindow | None] = {}
@@ -64,18 +61,11 @@ class SimVllmSource:
                 draining = bool(svc.leaving)
                 families = list(VllmCollector(lambda e=engines: e, FAMILIES).collect())  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
-            old, was_draining = self._last.get(name), name in self._draining
+            old = self._last.get(name)
             self._last[name] = snap
-            if draining:
-                self._draining.add(name)
-            else:
-                self._draining.discard(name)
-            if old is None:
-                out[name] = None
-                continue
-            # A draining server is still scraped (its completions count) but serves no new request: a window
-            # it is in is no steady state, and its replicas are those serving.
-            w = window(snap, old)
-            out[name] = w if w is None else replace(w, replicas=serving,
-                                                    steady=w.steady and not (draining or was_draining))
+            w = None if old is None else window(snap, old)
+            # A draining server is still scraped (its completions count) but serves no new request: a window it
+            # drains in is no steady state (one whose drain ended is not either: its engine left the scrape), and
+            # its replicas are those serving.
+            out[name] = w if w is None else replace(w, replicas=serving, steady=w.steady and not draining)
         return out
