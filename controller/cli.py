@@ -8,7 +8,7 @@ import errno
 import logging
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from controller import log_writer, strict_json
@@ -198,10 +198,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate_command(args)
 
 
+def _version() -> str:
+    """The installed distribution's version. A source tree run as `python -m controller.cli` without
+    `pip install` has no metadata to read, and --help must not fail for that."""
+    try:
+        return version("wattscale")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="wattscale", description="Plans and holds vLLM services' replicas, max batch, GPU power caps and "
                "clocks so that each meets its SLO under a site power budget. `wattscale COMMAND --help` for each.")
-    p.add_argument("--version", action="version", version=f"wattscale {version('wattscale')}")
+    p.add_argument("--version", action="version", version=f"wattscale {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the daemon")
     r.add_argument("--config", required=True, type=file, metavar="FILE", help="TOML config (see config/sim.toml)")

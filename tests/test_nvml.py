@@ -155,6 +155,23 @@ def test_gpus_command_lists_every_field_or_names_the_missing_driver() -> None:
         assert "NVIDIA driver" in run.stderr
 
 
+def test_a_source_tree_never_installed_still_answers(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m controller.cli` from a checkout with no package metadata (how gpu_probe first ran on an H200)
+    built its parser on `importlib.metadata.version` and died with a traceback before any command ran."""
+    from importlib.metadata import PackageNotFoundError
+
+    from controller import cli
+
+    def missing(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(cli, "version", missing)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == "wattscale (not installed: run from a source tree)\n"
+
+
 def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
     """nvml GPUs, Prometheus, dry-run batch and replicas: no simulated host is built or stepped."""
     from controller.settings import load_settings
