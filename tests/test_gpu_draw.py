@@ -1,0 +1,75 @@
+"""benchmarks/gpu_draw.py against the fake `pynvml` and a load that draws by a known law: the sweep reads, the
+fit recovers the law, and nothing is set."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from dataclasses import replace
+
+import pytest
+from conftest import load_benchmark
+from fake_pynvml import FakeGpu, FakeNvml
+
+from queuemodels.accelerators import profile
+from queuemodels.power import natural_draw_w
+
+load_benchmark("gpu_probe")  # gpu_draw imports it as a sibling script
+gpu_draw = load_benchmark("gpu_draw")
+LAW = replace(profile("H100-SXM"), idle_power_w=80.0, busy_share=0.45, batch_half=300.0)
+
+
+class LawLoad:
+    """Sets the fake GPU's demand to the law's draw at each batch. The fake accrues one second of its draw on
+    every power read, so a phase lasts as many seconds as it reads the GPU."""
+
+    def __init__(self, gpu: FakeGpu) -> None:
+        self.gpu = gpu
+        self.batches: list[int] = []
+
+    def shape(self) -> dict[str, str]:
+        return {"load": "law"}
+
+    def flops(self, batch: int) -> float:
+        return 1e12 * batch
+
+    def run(self, batch: int, seconds: float, tick: Callable[[], None]) -> tuple[int, float]:
+        self.batches.append(batch)
+        watts = LAW.idle_power_w if batch == 0 else float(natural_draw_w(LAW, float(batch)))
+        self.gpu.demand_mw = round(watts * 1000)
+        for _ in range(int(seconds)):
+            tick()
+        return int(seconds), float(int(seconds) + 1)  # a step a tick
+
+
+def test_sweep_recovers_the_draw_law_and_sets_nothing() -> None:
+    gpu = FakeGpu()
+    nvml, load = FakeNvml([gpu]), LawLoad(gpu)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert gpu_draw.main(["--seconds", "4", "--batches", "0,1,8,64,512,4096"], nvml=nvml, load=load) == 0
+    report = json.loads(out.getvalue())
+    assert [p["batch"] for p in report["phases"]] == [0, 1, 8, 64, 512, 4096]
+    assert load.batches == [0, 0, 1, 1, 8, 8, 64, 64, 512, 512, 4096, 4096]  # a warm-up before each phase
+    by_batch = {p["batch"]: p for p in report["phases"]}
+    assert by_batch[0]["energy_power_w"] == pytest.approx(80.0)
+    assert by_batch[512]["energy_power_w"] == pytest.approx(float(natural_draw_w(LAW, 512.0)), rel=1e-3)
+    assert by_batch[64]["reads"] == 6  # before, one per tick, after
+    assert by_batch[64]["step_ms"] == 1000 * 5 / 4 and by_batch[64]["tflops"] == 64 * 4 / 5
+    per_token = float(natural_draw_w(LAW, 512.0)) * 5 / (512 * 4)  # 5 s at the draw for 4 steps of 512
+    assert by_batch[512]["joules_per_token"] == pytest.approx(per_token, rel=1e-4)
+    assert report["shape"] == {"load": "law"}
+    law = report["law"]
+    assert law["peak_w"] == 700 and law["idle_w"] == pytest.approx(80.0)
+    assert law["fitted"]["busy_share"] == pytest.approx(0.45, abs=0.01)
+    assert law["fitted"]["batch_half"] == pytest.approx(300.0, rel=0.03)
+    assert law["catalogue_defaults"] == {"busy_share": 0.2, "batch_half": 96.0}
+    assert nvml.sets == [] and nvml.locks == []
+
+
+def test_bad_batches_are_one_clear_error() -> None:
+    with pytest.raises(SystemExit) as stop:
+        gpu_draw.main(["--batches", "1,x"], nvml=FakeNvml([FakeGpu()]), load=LawLoad(FakeGpu()))
+    assert stop.value.code == 2
