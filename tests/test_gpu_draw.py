@@ -1,5 +1,5 @@
-"""benchmarks/gpu_draw.py against the fake `pynvml` and a load that draws by a known law: the sweep reads, the
-fit recovers the law, and nothing is set."""
+"""benchmarks/gpu_draw.py and nvml_calls.py against the fake `pynvml` (gpu_draw with a load that draws by a known
+law): the sweep reads, the fit recovers the law, every call is timed, and nothing is set."""
 
 from __future__ import annotations
 
@@ -73,3 +73,13 @@ def test_bad_batches_are_one_clear_error() -> None:
     with pytest.raises(SystemExit) as stop:
         gpu_draw.main(["--batches", "1,x"], nvml=FakeNvml([FakeGpu()]), load=LawLoad(FakeGpu()))
     assert stop.value.code == 2
+
+
+def test_nvml_calls_times_every_call_of_a_read_and_sets_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    nvml_calls = load_benchmark("nvml_calls")
+    nvml = FakeNvml([FakeGpu()])
+    assert nvml_calls.main(["--repeat", "5"], nvml=nvml) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["calls"]) == 16 and report["repeat"] == 5 and not nvml.initialised
+    assert report["read_us"] == pytest.approx(sum(c["mean_us"] for c in report["calls"].values()), abs=0.1)
+    assert nvml.sets == [] and nvml.locks == []

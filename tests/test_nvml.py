@@ -90,6 +90,22 @@ def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
     assert second[1].power_w is None and second[1].power_limit_w == 700.0  # the governor counts it at its cap
 
 
+def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
+    """On an H200 the counter was 4 ms of a GPU's 4.2-ms read, and only a Prometheus gauge reads it."""
+    fake, dev = devices(2)
+    counted = fake.nvmlDeviceGetTotalEnergyConsumption
+    reads: list[float] = []
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda h: reads.append(now) or counted(h)  # type: ignore[method-assign]
+    source = NvmlGpuSource(dev, {})
+    energies = []
+    for now in (0.0, 1.0, 9.0, 10.0, 11.0, 20.5):
+        energies.append([s.energy_j for s in source.sample(now)])
+    assert reads == [0.0, 0.0, 10.0, 10.0, 20.5, 20.5]
+    assert [e is not None for e, _ in energies] == [True, False, False, True, False, True]
+    assert all(s.power_w == 450.0 for s in source.sample(21.0))  # the power is read every tick
+    assert all(r.energy_j is not None for r in source.readings() if not isinstance(r, Exception))  # probe, `gpus`
+
+
 def test_a_gpu_never_read_is_left_out_and_no_device_count_fails_the_sample(caplog: pytest.LogCaptureFixture) -> None:
     """A GPU lost before its first read failed every sample: the governor, in failsafe with no GPU seen, set no
     limit on the others for the whole run (5,600 W under a 4,000-W budget). It is left out, logged once."""

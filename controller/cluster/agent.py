@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from actuators import ActuatorError
 from actuators.kubernetes import translate
-from actuators.nvml import GpuReading, NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices, NvmlPowerLimiter
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
@@ -69,6 +69,8 @@ class NodeAgent:
         """The spec of the plan last read (None: no plan for this node)."""
         self.beat = 0
         self.mode = "starting"
+        self.energy_due = float("-inf")
+        """When the energy counter is next read (ENERGY_EVERY_S apart: it is the costly read, and only a gauge)."""
         self.failing: set[str] = set()
 
     def failed(self, kind: str, message: str) -> None:
@@ -130,10 +132,13 @@ class NodeAgent:
         except ActuatorError as exc:
             self.failed("nvml", str(exc))
             return mode
+        energy = now >= self.energy_due
+        if energy:
+            self.energy_due = now + ENERGY_EVERY_S
         gpus = []
         for i in range(count):
             try:
-                gpus.append(self._apply(self.devices.read(i), mode, spec))
+                gpus.append(self._apply(self.devices.read(i, energy), mode, spec))
             except ActuatorError as exc:
                 self.failed(f"gpu{i}", str(exc))
         self.metrics.failsafe.labels(self.node).set(1.0 if mode == "failsafe" else 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from actuators import ActuatorError
-from actuators.nvml import GpuReading, NvmlDevices
+from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices
 from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger(__name__)
@@ -18,15 +18,17 @@ class NvmlGpuSource:
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
     counts it at its cap); one never read is left out, logged once (its limits are unknown: a lost GPU at start
     failed every sample, and the governor set no limit on the others); only a failure to enumerate the GPUs
-    fails the whole sample."""
+    fails the whole sample. The energy counter is read every ENERGY_EVERY_S of the sample's time, `energy_j` None
+    between."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
         self.owners = owners
         self._last: dict[int, GpuReading] = {}
         self._unread: set[int] = set()
+        self._energy_due = float("-inf")
 
-    def readings(self) -> list[GpuReading | ActuatorError]:
+    def readings(self, energy: bool = True) -> list[GpuReading | ActuatorError]:
         try:
             n = self.devices.count()
         except ActuatorError as exc:
@@ -34,14 +36,17 @@ class NvmlGpuSource:
         out: list[GpuReading | ActuatorError] = []
         for index in range(n):
             try:
-                out.append(self.devices.read(index))
+                out.append(self.devices.read(index, energy))
             except ActuatorError as exc:
                 out.append(exc)
         return out
 
     def sample(self, now: float) -> list[GpuSample]:
+        energy = now >= self._energy_due
+        if energy:
+            self._energy_due = now + ENERGY_EVERY_S
         samples = []
-        for index, r in enumerate(self.readings()):
+        for index, r in enumerate(self.readings(energy)):
             if isinstance(r, GpuReading):
                 self._last[index] = r
                 samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
