@@ -152,3 +152,27 @@ def test_the_curve_is_refitted_where_a_window_misses_it_and_every_eighth_window(
     assert pair.draw.unfitted == 0
     pair.update(window(3.0, 128, off=1.2))  # 20 % more than the curve says: refitted at once
     assert pair.draw.unfitted == 0 and pair.params()[1] != fitted
+
+
+def test_a_prior_above_the_truth_is_learnt_down_on_windows_capped_below_it() -> None:
+    """The fit once saw the cap, not the curve: a prior that put decode above a window's cap predicted the cap
+    whatever its parameters, and the fit had no slope to follow. A 0.45 busy share stayed 0.45 for an hour on
+    GPUs capped at 339 W that drew 290 (budget-step with the catalogue's share raised to what an H200 draws)."""
+    model = get_model(DEFAULT_MODEL)
+    h100 = profile("H100-SXM")
+    prior, truth = replace(h100, busy_share=0.45, batch_half=64.0), replace(h100, busy_share=0.15, batch_half=96.0)
+    cap_w = 339.0
+
+    def window(rate: float, batch: int) -> Observation:
+        perf = model.analyze(PRIOR, Load(rate, 500, 200), ServerShape(batch, 1024, cap_w), truth, tails=False)
+        return Observation(rate, 500, 200, batch, 1024, perf.ttft_ms, perf.itl_ms, cap_w, perf.power_w)
+
+    windows = [window(rate, batch) for rate, batch in ((1.0, 32), (2.5, 64), (4.0, 128), (3.0, 64), (1.5, 32))]
+    assert all(o.power_w is not None and o.power_w < 0.9 * cap_w for o in windows)  # the cap never bound
+    pair = PairFilter(PRIOR, prior)
+    for o in windows:
+        pair.update(o)
+    params, fitted = pair.params()
+    assert fitted is not None and pair.draw.busy_share is not None and pair.draw.busy_share < 0.3
+    error = pair.draw.error(params, fitted, pair.queue_model)
+    assert error is not None and error < 0.03, error
