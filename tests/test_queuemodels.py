@@ -139,7 +139,7 @@ def test_draw_is_idle_at_rest_and_the_full_batch_draw_when_overloaded() -> None:
     running and draws idle + (peak - idle) (busy + (1 - busy) N / (N + h)), or the cap below that."""
     rest = MODEL.analyze(PARAMS, Load(0.0, 512, 128), ServerShape(64, 100, 500.0), H100)
     assert rest.power_w == pytest.approx(95.0, rel=1e-12)
-    full_w = 95 + 605 * (0.2 + 0.8 * 64 / (64 + 96))
+    full_w = 95 + 605 * (H100.busy_share + (1 - H100.busy_share) * 64 / (64 + H100.batch_half))
     over = MODEL.analyze(PARAMS, Load(500.0, 512, 128), ServerShape(64, 100), H100)
     assert over.power_w == pytest.approx(full_w, rel=1e-9)
     capped = MODEL.analyze(PARAMS, Load(500.0, 512, 128), ServerShape(64, 100, 300.0), H100)
