@@ -176,3 +176,22 @@ def test_a_prior_above_the_truth_is_learnt_down_on_windows_capped_below_it() -> 
     assert fitted is not None and pair.draw.busy_share is not None and pair.draw.busy_share < 0.3
     error = pair.draw.error(params, fitted, pair.queue_model)
     assert error is not None and error < 0.03, error
+
+
+@pytest.mark.parametrize("under", [1.0, 0.985])
+def test_a_cap_that_binds_leaves_a_right_curve_where_it_is(under: float) -> None:
+    """The slope that lets a curve above a cap learn down must not pull a right one down to the cap: windows
+    whose GPUs sit at (or, as an H200 under SwPowerCap reads, 1.5 % under) a 300-W cap they would pass."""
+    model = get_model(DEFAULT_MODEL)
+    truth = replace(profile("H100-SXM"), busy_share=0.45, batch_half=64.0)
+    cap_w = 300.0
+
+    def window(rate: float, batch: int) -> Observation:
+        perf = model.analyze(PRIOR, Load(rate, 500, 200), ServerShape(batch, 1024, cap_w), truth, tails=False)
+        return Observation(rate, 500, 200, batch, 1024, perf.ttft_ms, perf.itl_ms, cap_w, perf.power_w * under)
+
+    pair = PairFilter(PRIOR, truth)
+    for rate, batch in ((1.0, 32), (2.5, 64), (4.0, 128), (3.0, 64), (1.5, 32), (2.0, 128)):
+        pair.update(window(rate, batch))
+    pair.refit_draw()
+    assert pair.draw.busy_share == pytest.approx(0.45, abs=0.03)

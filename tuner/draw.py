@@ -28,9 +28,11 @@ Floats = NDArray[np.float64]
 BUSY_BOUNDS = (0.0, 0.9)
 HALF_BOUNDS = (1.0, 4096.0)
 CLIP_LEAK = 0.01
-"""Slope the fit keeps above a window's limit. Clipped flat, a curve that puts decode above the cap predicts the
-cap whatever its parameters, and the fit has no way down: a busy share of 0.45 stayed there for an hour on GPUs
-capped at 339 W that drew 290 (budget-step). A hundredth biases a truly capped window by 1 % of the excess."""
+"""Slope the fit keeps above the limit of a window the curve over-predicts as the fit starts. Clipped flat, a
+curve that puts decode above the cap predicts the cap whatever its parameters, and the fit has no way down: a
+busy share of 0.45 stayed there for an hour on GPUs capped at 339 W that drew 290 (budget-step). A window the
+curve already reads within its error level (a cap that binds) keeps the flat clip: there the slope would pull
+the curve down to the cap."""
 
 
 @dataclass
@@ -109,11 +111,13 @@ class DrawFit:
         if read is None:
             return
         occupancy, limits, seen, clocks = read
+        over = draws_w(profile, occupancy, limits, clocks) / seen - 1.0 > self.error_level
+        leak = np.where(over, CLIP_LEAK, 0.0)
         anchor = np.array([catalogue.busy_share, math.log(catalogue.batch_half)])
 
         def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
             curve = replace(catalogue, busy_share=float(v[0]), batch_half=math.exp(v[1]))
-            errors = draws_w(curve, occupancy, limits, clocks, leak=CLIP_LEAK) / seen - 1.0
+            errors = draws_w(curve, occupancy, limits, clocks, leak=leak) / seen - 1.0
             return np.concatenate([errors / self.error_level, (v - anchor) / self.prior_spread])
 
         lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
