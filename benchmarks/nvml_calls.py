@@ -4,7 +4,7 @@
 
 Times every call `repeat` times after one untimed call and prints one JSON object: per call its mean and p90 in
 microseconds, and their sum (one read of one GPU). NVML is reached through gpu_probe's `ReadOnlyNvml`, so no
-setter can be called. On an H200 the energy counter was 4.0 of the read's 4.2 ms (docs/gpus.md), which is why
+setter can be called. On an H200 the energy counter was 4.1 of the read's 4.4 ms (docs/gpus.md), which is why
 the daemon reads it every `ENERGY_EVERY_S` only.
 """
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from controller.config_loader import ConfigError, check_range, quoted
 from controller.settings_checks import MAX_GPUS, MAX_SIM_SPEED
-from queuemodels.accelerators import CATALOG
+from simulator.hardware import SPECS
 from simulator.personality import PERSONALITIES
 
 
@@ -43,17 +43,17 @@ class SimulatorSettings:
             if name not in PERSONALITIES:
                 raise ConfigError(f"{where}.personalities.{key}", f"unknown {quoted(name)}, expected one of "
                                   f"{sorted(PERSONALITIES)}")
-        if self.gpu_type not in CATALOG:
-            raise ConfigError(f"{where}.gpu_type", f"unknown {quoted(self.gpu_type)}, expected one of "
-                              f"{sorted(CATALOG)}")
+        if self.gpu_type not in SPECS:
+            raise ConfigError(f"{where}.gpu_type", f"{quoted(self.gpu_type)} is not a GPU the simulator has, "
+                              f"expected one of {sorted(SPECS)}")
         if not 1 <= self.num_gpus <= MAX_GPUS:
             raise ConfigError(f"{where}.num_gpus", f"must be in 1..{MAX_GPUS}, got {self.num_gpus}")
         if len(self.gpu_types) > MAX_GPUS:
             raise ConfigError(f"{where}.gpu_types", f"must list at most {MAX_GPUS} GPUs, got {len(self.gpu_types)}")
         for i, name in enumerate(self.gpu_types):
-            if name not in CATALOG:
-                raise ConfigError(f"{where}.gpu_types[{i}]", f"unknown {quoted(name)}, expected one of "
-                                  f"{sorted(CATALOG)}")
+            if name not in SPECS:
+                raise ConfigError(f"{where}.gpu_types[{i}]", f"{quoted(name)} is not a GPU the simulator has, "
+                                  f"expected one of {sorted(SPECS)}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
         check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED, low_open=True)

@@ -354,6 +354,14 @@ def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path:
     assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
 
 
+def test_a_catalogue_gpu_the_simulator_lacks_is_a_config_error(tmp_path: Path) -> None:
+    """H200-SXM is in the catalogue (measured) but not simulated: `run` died in build_host with a bare ValueError."""
+    text = (ROOT / "config" / "sim.toml").read_text()
+    (tmp_path / "h200.toml").write_text(text.replace('gpu_type = "H100-SXM"', 'gpu_type = "H200-SXM"'))
+    with pytest.raises(ConfigError, match=r"^simulator\.gpu_type: 'H200-SXM' is not a GPU the simulator has"):
+        load_settings(tmp_path / "h200.toml")
+
+
 def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) -> None:
     from controller.wiring import build_host
 

@@ -98,10 +98,10 @@ def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
     fake.nvmlDeviceGetTotalEnergyConsumption = lambda h: reads.append(now) or counted(h)  # type: ignore[method-assign]
     source = NvmlGpuSource(dev, {})
     energies = []
-    for now in (0.0, 1.0, 9.0, 10.0, 11.0, 20.5):
+    for now in (0.0, 1.0, 9.0, 10.0, 11.0, 20.5, 3.0, 4.0):  # then the clock restarts: read again at once
         energies.append([s.energy_j for s in source.sample(now)])
-    assert reads == [0.0, 0.0, 10.0, 10.0, 20.5, 20.5]
-    assert [e is not None for e, _ in energies] == [True, False, False, True, False, True]
+    assert reads == [0.0, 0.0, 10.0, 10.0, 20.5, 20.5, 3.0, 3.0]
+    assert [e is not None for e, _ in energies] == [True, False, False, True, False, True, True, False]
     assert all(s.power_w == 450.0 for s in source.sample(21.0))  # the power is read every tick
     assert all(r.energy_j is not None for r in source.readings() if not isinstance(r, Exception))  # probe, `gpus`
 

@@ -71,6 +71,8 @@ class NodeAgent:
         self.mode = "starting"
         self.energy_due = float("-inf")
         """When the energy counter is next read (ENERGY_EVERY_S apart: it is the costly read, and only a gauge)."""
+        self.energy_j: dict[str, float] = {}
+        """Each GPU's (by UUID) last counter reading, reported between reads: the operator may read few statuses."""
         self.failing: set[str] = set()
 
     def failed(self, kind: str, message: str) -> None:
@@ -132,7 +134,7 @@ class NodeAgent:
         except ActuatorError as exc:
             self.failed("nvml", str(exc))
             return mode
-        energy = now >= self.energy_due
+        energy = not self.energy_due - ENERGY_EVERY_S <= now < self.energy_due  # a clock that went back reads too
         if energy:
             self.energy_due = now + ENERGY_EVERY_S
         gpus = []
@@ -166,10 +168,12 @@ class NodeAgent:
         if g.power_w is not None:
             self.metrics.power.labels(*labels).set(g.power_w)
         if g.energy_j is not None:
+            self.energy_j[g.uuid] = g.energy_j
             self.metrics.energy.labels(*labels).set(g.energy_j)
         self.metrics.limit.labels(*labels).set(limit)
         self.failing.discard(f"gpu{g.index}")
-        return {"index": g.index, "uuid": g.uuid, "name": g.name, "power_w": g.power_w, "energy_j": g.energy_j,
+        return {"index": g.index, "uuid": g.uuid, "name": g.name, "power_w": g.power_w,
+                "energy_j": self.energy_j.get(g.uuid),
                 "limit_w": limit, "min_w": g.min_limit_w, "max_w": g.max_limit_w, "default_w": g.default_limit_w,
                 "sm_clock_mhz": g.sm_clock_mhz}
 

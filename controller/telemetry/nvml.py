@@ -42,7 +42,7 @@ class NvmlGpuSource:
         return out
 
     def sample(self, now: float) -> list[GpuSample]:
-        energy = now >= self._energy_due
+        energy = not self._energy_due - ENERGY_EVERY_S <= now < self._energy_due  # a clock that went back reads too
         if energy:
             self._energy_due = now + ENERGY_EVERY_S
         samples = []
