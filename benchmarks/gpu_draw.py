@@ -11,8 +11,9 @@ attention over a KV cache included (`DecodeLoad`). Per batch (0: the GPU idle, a
 back to back for --seconds after a one-second warm-up, reads the GPU through gpu_probe's `ReadOnlyNvml` (no
 setter reachable), and prints one JSON object: per phase the step time, TFLOP/s, mean draw from the energy
 counter, joules per token, SM and memory clocks and clock-event reasons; then the catalogue's decode draw law
-(`queuemodels.power.natural_draw_w`) fitted to the points: its `busy_share` and `batch_half` against the
-defaults. Nothing is set.
+(`queuemodels.power.natural_draw_w`) fitted to the points the cap did not hold (`capped`: SwPowerCap on half
+the reads or more), relative to the idle phase's draw: its `busy_share` and `batch_half` against the defaults.
+Nothing is set.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from actuators.nvml import GpuReading, NvmlDevices
 from queuemodels.power import natural_draw_w
 from queuemodels.types import PowerProfile
 
-BATCHES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+BATCHES = {"gemm": (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
+           "decode": (0, 1, 4, 16, 32, 64, 128, 256)}  # decode: a batch of 1,024 needs 137 GB of KV cache
 K, N = 8192, 32768  # the gemm load's weight matrix: 512 MiB of bf16
 # The decode load: Llama-3-8B's shape (hidden 4096, 32 layers, 32 query and 8 KV heads of 128, MLP 14336).
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, MLP = 4096, 32, 32, 8, 128, 14336
 WARMUP_S = 1.0
-CHUNK_S = 0.05  # steps launched between two synchronisations (and two NVML reads)
+CHUNK_S = 0.05  # steps launched between two synchronisations (and an NVML read, the energy counter left out)
 
 
 class Load(Protocol):
@@ -101,7 +103,8 @@ class GemmLoad:
 class DecodeLoad:
     """One decode step of a Llama-3-8B-shaped model in eager PyTorch: per layer the QKV, output and MLP
     products and attention of one new token per sequence over a KV cache of `context` tokens (grouped-query
-    SDPA). No norms, no sampling, no CUDA graphs, the cache not grown: a proxy for vLLM's decode, not vLLM."""
+    SDPA). No norms, no LM head (1 GB more a step), no sampling, no CUDA graphs, the cache not grown: a proxy
+    for vLLM's decode, not vLLM."""
 
     def __init__(self, context: int) -> None:
         import torch
@@ -147,8 +150,8 @@ class DecodeLoad:
 def phase(devices: NvmlDevices, index: int, load: Load, batch: int, seconds: float) -> dict[str, Any]:
     """One batch: a warm-up, then the measured run with the GPU read after every chunk."""
     load.run(batch, WARMUP_S, lambda: None)
-    reads: list[GpuReading] = [devices.read(index)]
-    steps, elapsed = load.run(batch, seconds, lambda: reads.append(devices.read(index)))
+    reads: list[GpuReading] = [devices.read(index)]  # the energy counter (4 ms on an H200) first and last only
+    steps, elapsed = load.run(batch, seconds, lambda: reads.append(devices.read(index, energy=False)))
     reads.append(devices.read(index))
     first, last = reads[0], reads[-1]
     energy_w = None
@@ -174,6 +177,7 @@ def phase(devices: NvmlDevices, index: int, load: Load, batch: int, seconds: flo
         "mem_clock_mhz_median": median([r.mem_clock_mhz for r in reads]),
         "temperature_c_max": max((r.temperature_c for r in reads if r.temperature_c is not None), default=None),
         "reads": len(reads), "reasons_seen": dict(sorted(reasons.items())),
+        "capped": 2 * reasons["SwPowerCap"] >= len(reads),
     }
 
 
@@ -202,7 +206,8 @@ def measure(nvml: ModuleType | Any, load: Load, batches: Sequence[int], seconds:
     finally:
         devices.close()
     idle = next((p["energy_power_w"] for p in phases if p["batch"] == 0), None)
-    busy = [(p["batch"], p["energy_power_w"]) for p in phases if p["batch"] > 0 and p["energy_power_w"]]
+    busy = [(p["batch"], p["energy_power_w"]) for p in phases
+            if p["batch"] > 0 and p["energy_power_w"] and not p["capped"]]  # at the cap: not the natural draw
     peak = gpu.default_limit_w or gpu.max_limit_w
     law = fit_law(idle, peak, busy) if idle and len(busy) >= 2 else None
     defaults = {f.name: f.default for f in fields(PowerProfile) if f.name in ("busy_share", "batch_half")}
@@ -220,10 +225,10 @@ def main(argv: list[str] | None = None, nvml: ModuleType | Any = None, load: Loa
     ap.add_argument("--load", choices=("gemm", "decode"), default="gemm", help="what a step is (default gemm)")
     ap.add_argument("--context", type=int, default=1024, help="decode: KV-cache tokens per sequence (default 1024)")
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per batch (default 6)")
-    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated; 0 is the GPU idle")
+    ap.add_argument("--batches", default=None, help="comma-separated, 0 the GPU idle (default: the load's own)")
     args = ap.parse_args(argv)
     try:
-        batches = [int(b) for b in args.batches.split(",")]
+        batches = list(BATCHES[args.load]) if args.batches is None else [int(b) for b in args.batches.split(",")]
     except ValueError:
         ap.error(f"--batches: comma-separated integers, got {args.batches!r}")
     if args.seconds <= 0 or args.context <= 0 or any(b < 0 for b in batches):

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 from conftest import load_benchmark
@@ -45,7 +46,7 @@ class LawLoad:
 
 
 def test_sweep_recovers_the_draw_law_and_sets_nothing() -> None:
-    gpu = FakeGpu()
+    gpu = FakeGpu(limit_mw=650_000)  # batch 4096 would draw 677 W: held at the cap, left out of the fit
     nvml, load = FakeNvml([gpu]), LawLoad(gpu)
     out = io.StringIO()
     with redirect_stdout(out):
@@ -61,6 +62,8 @@ def test_sweep_recovers_the_draw_law_and_sets_nothing() -> None:
     per_token = float(natural_draw_w(LAW, 512.0)) * 5 / (512 * 4)  # 5 s at the draw for 4 steps of 512
     assert by_batch[512]["joules_per_token"] == pytest.approx(per_token, rel=1e-4)
     assert report["shape"] == {"load": "law"}
+    assert [p["capped"] for p in report["phases"]] == [False] * 5 + [True]
+    assert by_batch[4096]["energy_power_w"] == pytest.approx(650.0)
     law = report["law"]
     assert law["peak_w"] == 700 and law["idle_w"] == pytest.approx(80.0)
     assert law["fitted"]["busy_share"] == pytest.approx(0.45, abs=0.01)
@@ -83,3 +86,25 @@ def test_nvml_calls_times_every_call_of_a_read_and_sets_nothing(capsys: pytest.C
     assert len(report["calls"]) == 16 and report["repeat"] == 5 and not nvml.initialised
     assert report["read_us"] == pytest.approx(sum(c["mean_us"] for c in report["calls"].values()), abs=0.1)
     assert nvml.sets == [] and nvml.locks == []
+
+
+def test_timed_synchronises_and_ticks_after_every_chunk_and_counts_every_step() -> None:
+    """The loop both loads run: what it returns is what ran, and the GPU is read only between chunks."""
+    events: list[str] = []
+
+    class Cuda:
+        @staticmethod
+        def synchronize() -> None:
+            events.append("sync")
+
+    class Torch:
+        cuda = Cuda
+
+    steps, elapsed = gpu_draw.timed(Torch, lambda: events.append("step"), 0.12, lambda: events.append("tick"))
+    assert events.count("step") == steps > 0 and elapsed >= 0.12
+    assert events.count("sync") == events.count("tick") >= 2
+    assert all(b == "tick" for a, b in pairwise(events) if a == "sync")  # a read after each chunk's end
+    assert events[-1] == "tick"
+    idle_events = len(events)
+    assert gpu_draw.timed(Torch, None, 0.06, lambda: events.append("tick"))[0] == 0
+    assert "step" not in events[idle_events:] and "sync" not in events[idle_events:]
