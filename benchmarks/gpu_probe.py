@@ -2,10 +2,12 @@
 
     python benchmarks/gpu_probe.py --json [--duration-s 60]
 
-Runs `wattscale gpus --json`, samples the `nvml` GPU source at 1 Hz for --duration-s and reports its CPU
-cost (process CPU seconds per wall second, as a percentage of one core; target < 1 %), checks each energy
-counter is monotonic and agrees with the integrated power within 5 %, decodes the clock-event reasons seen,
-and lists the supported clocks and power-limit constraints. docs/gpus.md says what each field means.
+Runs `wattscale gpus --json`, samples the `nvml` GPU source at 1 Hz for --duration-s as the daemon does
+(every field each second, the costly energy counter every ENERGY_EVERY_S and at the window's end) and reports
+its CPU cost (process CPU seconds per wall second, as a percentage of one core; target < 1 %), checks each
+energy counter is monotonic and agrees with the power integrated between its reads within 5 %, decodes the
+clock-event reasons seen, and lists the supported clocks and power-limit constraints. docs/gpus.md says what
+each field means.
 
 Nothing is ever set: the probe's NVML is `ReadOnlyNvml`, which exposes reads only, so no setter is there to
 call. Exit status: 0 every check passed or could not apply, 1 a check failed, 2 NVML is unusable (no driver).
@@ -27,7 +29,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from actuators import ActuatorError
-from actuators.nvml import GpuReading, NvmlDevices
+from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.nvml import NvmlGpuSource
 
@@ -35,15 +37,11 @@ INTERVAL_S = 1.0  # the fast loop's sampling rate
 CPU_TARGET_PCT = 1.0  # nvml sampling below this share of one core
 ENERGY_TARGET = 0.05  # |counter - integrated power| / counter at most this
 # NVML's clock-event (formerly throttle) reason bits, by their NVML names.
-CLOCK_EVENT_REASONS = {
-    0x1: "GpuIdle", 0x2: "ApplicationsClocksSetting", 0x4: "SwPowerCap", 0x8: "HwSlowdown", 0x10: "SyncBoost",
-    0x20: "SwThermalSlowdown", 0x40: "HwThermalSlowdown", 0x80: "HwPowerBrakeSlowdown",
-    0x100: "DisplayClockSetting", 0x200: "BoardLimit", 0x400: "Reliability",
-}
-NULL_MEANS = {
-    "power_instant_w": "the driver gives no NVML_FI_DEV_POWER_INSTANT value (NotSupported on this GPU or driver)",
-    "power_capped": "follows clock_event_reasons, NotSupported on this GPU",
-}
+CLOCK_EVENT_REASONS = {1 << bit: name for bit, name in enumerate((  # 0x1 GpuIdle .. 0x400 Reliability
+    "GpuIdle", "ApplicationsClocksSetting", "SwPowerCap", "HwSlowdown", "SyncBoost", "SwThermalSlowdown",
+    "HwThermalSlowdown", "HwPowerBrakeSlowdown", "DisplayClockSetting", "BoardLimit", "Reliability"))}
+NULL_MEANS = {"power_instant_w": "the driver gives no NVML_FI_DEV_POWER_INSTANT value (NotSupported on this GPU or "
+              "driver)", "power_capped": "follows clock_event_reasons, NotSupported on this GPU"}
 
 
 class ReadOnlyNvml:
@@ -113,7 +111,8 @@ class Window:
 
 
 def sample_window(source: NvmlGpuSource, clock: Clock, duration_s: float) -> Window:
-    """Reads every GPU at 1 Hz on a fixed schedule (no drift) for `duration_s`, timing each read's CPU."""
+    """Reads every GPU at 1 Hz on a fixed schedule (no drift) for `duration_s`, timing each read's CPU; the
+    energy counter on the daemon's cadence and at the last tick."""
     w = Window()
     ticks = max(1, round(duration_s / INTERVAL_S))
     start_wall, start_cpu = clock.wall(), clock.cpu()
@@ -123,7 +122,7 @@ def sample_window(source: NvmlGpuSource, clock: Clock, duration_s: float) -> Win
             clock.sleep(delay)
         t0, c0 = clock.wall(), clock.cpu()
         try:
-            readings = source.readings()
+            readings = source.readings(k % round(ENERGY_EVERY_S / INTERVAL_S) == 0 or k == ticks)
         except TelemetryError:
             w.failed_samples += 1
             continue
@@ -146,17 +145,18 @@ def decode_reasons(bits: int) -> list[str]:
 
 
 def energy_check(points: Sequence[tuple[float, float | None, float | None]]) -> dict[str, Any]:
-    """The energy counter against the power integrated (trapezoids) over the same reads: (time, W, J) each."""
-    both = [(t, p, e) for t, p, e in points if p is not None and e is not None]
+    """The energy counter's rise against the power integrated (trapezoids) over every read between its first
+    and last reading: (time, W, J or None where the counter was not read) each."""
+    marks = [(t, e) for t, _, e in points if e is not None]
+    powered = [(t, p) for t, p, _ in points if p is not None and marks and marks[0][0] <= t <= marks[-1][0]]
     out: dict[str, Any] = {"monotonic": None, "counter_j": None, "integrated_j": None, "rel_err": None,
                            "target": f"<= {ENERGY_TARGET}", "ok": None, "note": None}
-    if len(both) < 2:
+    if len(marks) < 2 or len(powered) < 2:
         out["note"] = "energy counter or power usage NotSupported on this GPU (or fewer than 2 reads)"
         return out
-    counter = both[-1][2] - both[0][2]
-    integrated = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0, _), (t1, p1, _) in pairwise(both))
-    energy = [e for _, _, e in points if e is not None]
-    out["monotonic"] = all(b >= a for a, b in pairwise(energy))
+    counter = marks[-1][1] - marks[0][1]
+    integrated = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in pairwise(powered))
+    out["monotonic"] = all(b >= a for (_, a), (_, b) in pairwise(marks))
     out["counter_j"], out["integrated_j"] = round(counter, 3), round(integrated, 3)
     if counter <= 0:
         out["note"], out["ok"] = "the energy counter did not advance", False
@@ -244,8 +244,7 @@ def probe(nvml: ModuleType | Any, clock: Clock, run_cli: Callable[[], CliResult]
     }
     n = len(w.sample_wall_s)
     return {
-        "ok": False not in checks.values(),
-        "checks": checks,
+        "ok": False not in checks.values(), "checks": checks,
         "targets": {"nvml_sampling_cpu_percent_of_core": f"< {CPU_TARGET_PCT}",
                     "energy_agreement_rel_err": f"<= {ENERGY_TARGET}"},
         "window": {"duration_s": round(w.wall_s, 3), "interval_s": INTERVAL_S, "samples": w.samples,

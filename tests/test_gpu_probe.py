@@ -146,6 +146,25 @@ def test_the_probes_nvml_exposes_no_setter() -> None:
     assert [n for n in mutating if hasattr(wrapped, n)] == []
 
 
+def test_the_counter_is_read_on_the_daemons_cadence_and_the_power_between_its_reads_integrated(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Read every second, the counter (4.1 of an H200's 4.4-ms read) made the probe's CPU figure 5 x the daemon's,
+    which reads it every ENERGY_EVERY_S: the probe now reads it at ticks 0, 10, 20 and the last, as the daemon
+    would, and checks it against the power of every read between."""
+    clock = FakeClock()
+    nvml = ProbeNvml([FakeGpu(demand_mw=300_000)], clock)
+    counted = nvml.nvmlDeviceGetTotalEnergyConsumption
+    ticks: list[float] = []
+    nvml.nvmlDeviceGetTotalEnergyConsumption = lambda h: ticks.append(clock.t) or counted(h)  # type: ignore[method-assign]
+    failed = gpu_probe.CliResult(["wattscale", "gpus", "--json"], 2, "", "no\n")
+    assert gpu_probe.main(["--json", "--duration-s", "25"], nvml=nvml, clock=clock, run_cli=lambda: failed) == 1
+    energy = json.loads(capsys.readouterr().out)["gpus"][0]["energy"]
+    assert [round(t - ticks[1]) for t in ticks[1:]] == [0, 10, 20, 25]  # after the first read, before the window
+    assert energy["counter_j"] == pytest.approx(25 * 300.0) and energy["ok"] is True
+    sparse = [(float(t), 100.0, 100.0 * t if t % 10 == 0 else None) for t in range(31)]
+    assert gpu_probe.energy_check(sparse)["integrated_j"] == pytest.approx(3000.0)
+
+
 def test_energy_check_flags_a_counter_that_goes_back_or_disagrees() -> None:
     steady = [(float(t), 100.0, 100.0 * t) for t in range(61)]
     assert gpu_probe.energy_check(steady)["ok"] is True
