@@ -62,6 +62,20 @@ for Prometheus (scraped every 15 s or so), and on an H200 it was 4.1 ms of the 4
 (docs/gpus.md): 3.4 % of a core for 8 GPUs read at the fast tick's 1 Hz."""
 
 
+class EnergyCadence:
+    """When a reader of every GPU at `now` (its own clock) also reads the energy counter: every ENERGY_EVERY_S,
+    and at once where the clock went back."""
+
+    def __init__(self) -> None:
+        self._due = float("-inf")
+
+    def due(self, now: float) -> bool:
+        if self._due - ENERGY_EVERY_S <= now < self._due:
+            return False
+        self._due = now + ENERGY_EVERY_S
+        return True
+
+
 @dataclass(frozen=True)
 class GpuReading:
     """Everything the `nvml` source reads from one GPU; None where the GPU does not support a field."""

@@ -3,11 +3,11 @@
     python benchmarks/gpu_probe.py --json [--duration-s 60]
 
 Runs `wattscale gpus --json`, samples the `nvml` GPU source at 1 Hz for --duration-s as the daemon does
-(every field each second, the costly energy counter every ENERGY_EVERY_S and at the window's end) and reports
-its CPU cost (process CPU seconds per wall second, as a percentage of one core; target < 1 %), checks each
-energy counter is monotonic and agrees with the power integrated between its reads within 5 %, decodes the
-clock-event reasons seen, and lists the supported clocks and power-limit constraints. docs/gpus.md says what
-each field means.
+(every field each second, the costly energy counter every 10 s, `EnergyCadence`, and at the window's end) and
+reports its CPU cost (process CPU seconds per wall second, as a percentage of one core; target < 1 %), checks
+each energy counter is monotonic and agrees with the power integrated between its reads within 5 %, decodes
+the clock-event reasons seen, and lists the supported clocks and power-limit constraints. docs/gpus.md says
+what each field means.
 
 Nothing is ever set: the probe's NVML is `ReadOnlyNvml`, which exposes reads only, so no setter is there to
 call. Exit status: 0 every check passed or could not apply, 1 a check failed, 2 NVML is unusable (no driver).
@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from actuators import ActuatorError
-from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices
+from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.nvml import NvmlGpuSource
 
@@ -113,7 +113,7 @@ class Window:
 def sample_window(source: NvmlGpuSource, clock: Clock, duration_s: float) -> Window:
     """Reads every GPU at 1 Hz on a fixed schedule (no drift) for `duration_s`, timing each read's CPU; the
     energy counter on the daemon's cadence and at the last tick."""
-    w = Window()
+    w, cadence = Window(), EnergyCadence()
     ticks = max(1, round(duration_s / INTERVAL_S))
     start_wall, start_cpu = clock.wall(), clock.cpu()
     for k in range(ticks + 1):
@@ -122,7 +122,7 @@ def sample_window(source: NvmlGpuSource, clock: Clock, duration_s: float) -> Win
             clock.sleep(delay)
         t0, c0 = clock.wall(), clock.cpu()
         try:
-            readings = source.readings(k % round(ENERGY_EVERY_S / INTERVAL_S) == 0 or k == ticks)
+            readings = source.readings(cadence.due(k * INTERVAL_S) or k == ticks)
         except TelemetryError:
             w.failed_samples += 1
             continue

@@ -68,7 +68,7 @@ def limit_w(profile: PowerProfile, power_cap_w: float | None) -> float:
 
 def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.float64],
             clocks: NDArray[np.float64] | float = 1.0,
-            leak: NDArray[np.float64] | float = 0.0) -> NDArray[np.float64]:
+            leak: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """Expected draw of each (stacked) occupancy, each phase clipped at that occupancy's limit, at its clock.
     `leak` (per occupancy): the share of a decode draw above the limit still counted, for a fit that needs a
     slope there."""
@@ -78,12 +78,12 @@ def draws_w(profile: PowerProfile, occupancy: Occupancy, limits_w: NDArray[np.fl
 
 def _mixed(profile: PowerProfile, occupancy: Occupancy, natural: NDArray[np.float64],
            prompt_w: NDArray[np.float64] | float, limits_w: NDArray[np.float64],
-           leak: NDArray[np.float64] | float = 0.0) -> NDArray[np.float64]:
+           leak: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """Idle, decode and prompt time, each at its draw, each phase clipped at the limit on its own."""
     share, phi = occupancy.batch_share, occupancy.prompt_share
     clipped = np.minimum(natural, limits_w[..., None])
-    if np.any(leak):
-        clipped = clipped + np.asarray(leak)[..., None] * (natural - clipped)
+    if leak is not None:
+        clipped = clipped + leak[..., None] * (natural - clipped)
     decode = np.add.reduce(clipped * share[..., 1:], axis=-1)
     prompt = np.minimum(prompt_w, limits_w) * np.add.reduce(share[..., 1:], axis=-1)
     out: NDArray[np.float64] = profile.idle_power_w * share[..., 0] + (1.0 - phi) * decode + phi * prompt

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from actuators import ActuatorError
 from actuators.kubernetes import translate
-from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices, NvmlPowerLimiter
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
@@ -69,8 +69,8 @@ class NodeAgent:
         """The spec of the plan last read (None: no plan for this node)."""
         self.beat = 0
         self.mode = "starting"
-        self.energy_due = float("-inf")
-        """When the energy counter is next read (ENERGY_EVERY_S apart: it is the costly read, and only a gauge)."""
+        self.energy = EnergyCadence()
+        """When the energy counter is read (the costly read, and only a gauge)."""
         self.energy_j: dict[str, float] = {}
         """Each GPU's (by UUID) last counter reading, reported between reads: the operator may read few statuses."""
         self.failing: set[str] = set()
@@ -134,9 +134,7 @@ class NodeAgent:
         except ActuatorError as exc:
             self.failed("nvml", str(exc))
             return mode
-        energy = not self.energy_due - ENERGY_EVERY_S <= now < self.energy_due  # a clock that went back reads too
-        if energy:
-            self.energy_due = now + ENERGY_EVERY_S
+        energy = self.energy.due(now)
         gpus = []
         for i in range(count):
             try:

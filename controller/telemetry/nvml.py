@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from actuators import ActuatorError
-from actuators.nvml import ENERGY_EVERY_S, GpuReading, NvmlDevices
+from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices
 from controller.telemetry.base import GpuSample, TelemetryError
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ class NvmlGpuSource:
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
     counts it at its cap); one never read is left out, logged once (its limits are unknown: a lost GPU at start
     failed every sample, and the governor set no limit on the others); only a failure to enumerate the GPUs
-    fails the whole sample. The energy counter is read every ENERGY_EVERY_S of the sample's time, `energy_j` None
+    fails the whole sample. The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None
     between."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
@@ -26,7 +26,7 @@ class NvmlGpuSource:
         self.owners = owners
         self._last: dict[int, GpuReading] = {}
         self._unread: set[int] = set()
-        self._energy_due = float("-inf")
+        self._energy = EnergyCadence()
 
     def readings(self, energy: bool = True) -> list[GpuReading | ActuatorError]:
         try:
@@ -42,11 +42,8 @@ class NvmlGpuSource:
         return out
 
     def sample(self, now: float) -> list[GpuSample]:
-        energy = not self._energy_due - ENERGY_EVERY_S <= now < self._energy_due  # a clock that went back reads too
-        if energy:
-            self._energy_due = now + ENERGY_EVERY_S
         samples = []
-        for index, r in enumerate(self.readings(energy)):
+        for index, r in enumerate(self.readings(self._energy.due(now))):
             if isinstance(r, GpuReading):
                 self._last[index] = r
                 samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
