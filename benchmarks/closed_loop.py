@@ -43,7 +43,7 @@ from controller.simulate.accounting import QUANTILES
 from controller.simulate.runner import slow_due
 from controller.wiring import build_parts
 from simulator.engine import VLLMEngine
-from simulator.host import SimService
+from simulator.service import SimService
 from tuner import Tuner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ Everything advances in simulated time through `advance_to`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,60 +18,8 @@ from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, scaled, step_cost
 from simulator.personality import ROOFLINE, Personality, chosen_for, get_personality
 from simulator.requests import RequestLog
+from simulator.service import Leaving, Replica, SimService
 from simulator.workload import Workload
-
-
-@dataclass
-class Replica:
-    """One vLLM server process on one GPU; serves once `ready_at_s` has passed."""
-
-    engine: VLLMEngine
-    gpu: SimGPU
-    ready_at_s: float
-
-
-@dataclass
-class Leaving:
-    """A replica draining after its stop: routed nothing, serving what it holds until `deadline_s`."""
-
-    replica: Replica
-    deadline_s: float
-    restart: bool
-    """A rolling restart's: a new engine starts on its GPU once it is gone."""
-
-
-@dataclass
-class SimService:
-    """The replicas of one model behind a join-shortest-queue router."""
-
-    name: str
-    model: str
-    accelerator: str
-    workload: Workload
-    max_num_seqs: int
-    replicas: list[Replica] = field(default_factory=list)
-    requests: RequestLog = field(default_factory=RequestLog)
-    leaving: list[Leaving] = field(default_factory=list)
-    held: list[tuple[float, int, int]] = field(default_factory=list)
-    """Requests that came while its one replica drained for a restart: the router holds them for the next."""
-    cost_scale: float = 1.0
-    """Every step of its engines takes this many times the pair's hidden cost (a drift after an upgrade)."""
-
-    def restarting(self) -> list[Leaving]:
-        """The replicas a rolling restart drains, each to start again on its GPU."""
-        return [g for g in self.leaving if g.restart]
-
-    def holding(self) -> list[Replica]:
-        """Its replicas and those draining: each holds its GPU."""
-        return [*self.replicas, *(g.replica for g in self.leaving)]
-
-    def counted(self) -> list[Replica]:
-        """Its replicas as its deployment counts them: a restart's draining one included."""
-        return [*self.replicas, *(g.replica for g in self.restarting())]
-
-    def count(self, gpu_type: str | None = None) -> int:
-        """How many it counts (of one type, where given)."""
-        return sum(gpu_type in (None, r.gpu.spec.name) for r in self.counted())
 
 
 class SimHost:
@@ -212,9 +159,7 @@ class SimHost:
                 svc.replicas.remove(rep)
                 self._requeue(svc, self._stop(rep))
             for gone in [g for g in svc.leaving if g.replica.gpu.index == index]:
-                svc.leaving.remove(gone)
-                pending, svc.held = [*self._stop(gone.replica), *svc.held], []
-                self._requeue(svc, pending)
+                self._release(svc, gone, restart=False)
 
     def slow_down(self, name: str, factor: float) -> None:
         """Every step of the service's engines, running and future, takes `factor` times as long."""
@@ -232,6 +177,8 @@ class SimHost:
         self._do_swaps()
 
     def _do_swaps(self) -> None:
+        if not self._rolling:
+            return
         for name, queue in self._rolling.items():
             svc = self.services[name]
             while queue and not svc.restarting() and all(
@@ -260,12 +207,17 @@ class SimHost:
         the router), a restart's new engine started on its GPU."""
         for svc in self.services.values():
             for gone in [g for g in svc.leaving if g.replica.engine.outstanding == 0 or self.now_s >= g.deadline_s]:
-                svc.leaving.remove(gone)
-                pending = self._stop(gone.replica)
-                if gone.restart:
-                    svc.replicas.append(self._new_replica(svc, gone.replica.gpu, self.start_delay_s))
-                pending, svc.held = [*pending, *svc.held], []
-                self._requeue(svc, pending)
+                self._release(svc, gone, gone.restart)
+
+    def _release(self, svc: SimService, gone: Leaving, restart: bool) -> None:
+        """A draining replica stops (lost or done): a restart's new engine starts on its GPU, and what it and
+        the requests held for it hold goes back to the router."""
+        svc.leaving.remove(gone)
+        pending = self._stop(gone.replica)
+        if restart:
+            svc.replicas.append(self._new_replica(svc, gone.replica.gpu, self.start_delay_s))
+        pending, svc.held = [*pending, *svc.held], []
+        self._requeue(svc, pending)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
         return self.gpus[gpu_index].set_power_limit(watts)

@@ -317,7 +317,7 @@ def test_a_rolling_restart_drains_one_replica_at_a_time_and_keeps_the_count() ->
 
 def test_a_lone_replica_draining_to_restart_loses_no_request() -> None:
     """The router holds what comes while the only replica drains, for the one that starts after it; the draining
-    GPU stays its service's (the governor keeps its limit) and its engine is out of the metrics."""
+    GPU stays its service's (the governor keeps its limit) and its engine, out of the router, is still scraped."""
     from controller.telemetry.sim import SimGpuSource
 
     host = SimHost("H100-SXM", 2, seed=1, start_delay_s=5.0, log_requests=True, shutdown_timeout_s=30.0)
@@ -328,6 +328,7 @@ def test_a_lone_replica_draining_to_restart_loses_no_request() -> None:
     host.restart_with_batch("chat", 32)
     host.advance_to(10.5)
     assert not svc.replicas and svc.count() == 1 and not host.ready_engines("chat")
+    assert host.scraped_engines("chat") == [svc.leaving[0].replica.engine]
     assert [g.service for g in SimGpuSource(host).sample(10.5)] == ["chat", None]
     host.advance_to(60.0)
     assert [r.engine.max_num_seqs for r in svc.replicas] == [32] and not svc.held

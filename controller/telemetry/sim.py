@@ -56,9 +56,8 @@ class SimVllmSource:
                 out[name] = None
                 continue
             with self.lock:
-                engines = self.host.scraped_engines(name)
-                serving = len(self.host.ready_engines(name))
-                draining = bool(svc.leaving)
+                engines = self.host.scraped_engines(name)  # those serving, then those draining
+                serving, draining = len(engines) - len(svc.leaving), bool(svc.leaving)
                 families = list(VllmCollector(lambda e=engines: e, FAMILIES).collect())  # type: ignore[misc]
             snap = snapshots(families, now).get(svc.model, Snapshot(now))
             old = self._last.get(name)
