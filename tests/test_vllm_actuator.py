@@ -92,20 +92,25 @@ def test_close_stops_the_children(fleet: tuple[VllmBatchSizer, ChildRunner, list
             os.kill(pid, 0)
 
 
-DRAINING = ("import signal, sys, time\n"
+DRAINING = ("import pathlib, signal, sys, time\n"
             "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.0), sys.exit(0)))  # vLLM draining\n"
+            "pathlib.Path({ready!r}).touch()\n"
             "time.sleep(60)")
 
 
 @pytest.mark.parametrize("flag", [(), ("--shutdown-timeout", "5"), ("--shutdown-timeout=5",)])
-def test_a_server_with_a_shutdown_timeout_is_given_it_to_drain(flag: tuple[str, ...]) -> None:
+def test_a_server_with_a_shutdown_timeout_is_given_it_to_drain(flag: tuple[str, ...], tmp_path: Path) -> None:
     """Killed after stop_timeout_s without the flag (vLLM then aborts at once anyway); with it, the 1-s drain
     ends on its own."""
     runner = ChildRunner(stop_timeout_s=0.2)
-    replica = Replica("chat-0", "http://127.0.0.1:1/health", (sys.executable, "-c", DRAINING, *flag))
+    ready = tmp_path / "handler-installed"
+    script = DRAINING.format(ready=str(ready))
+    replica = Replica("chat-0", "http://127.0.0.1:1/health", (sys.executable, "-c", script, *flag))
     runner.restart(replica, 8)
     proc = runner.procs["chat-0"][0]
-    time.sleep(0.5)  # its handler installed
+    deadline = time.monotonic() + 30.0
+    while not ready.exists() and time.monotonic() < deadline:  # its handler installed, not a guessed sleep
+        time.sleep(0.02)
     runner.close()
     assert proc.returncode == (0 if flag else -9)
     assert shutdown_timeout_s(("vllm", "serve", *flag)) == (5.0 if flag else 0.0)
