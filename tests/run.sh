@@ -12,4 +12,5 @@ fi
 .venv/bin/lint-imports --config pyproject.toml
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# one worker per core: most of the suite's wall time is tests waiting out real timeouts and servers
+.venv/bin/python -m pytest -n auto "$@"
