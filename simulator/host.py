@@ -131,15 +131,18 @@ class SimHost:
         coming = [g for g in svc.restarting() if g.replica.gpu.spec.name == kind]  # a restart's, owed its GPU
         leaving = [g for g in svc.leaving if not g.restart and g.replica.gpu.spec.name == kind]
         while len(mine) + len(coming) < replicas:
-            if leaving:  # scaled back before it is gone: a new one starts on its GPU when it is
+            free = self.free_gpus(kind)
+            if free:  # a free GPU first, as a scheduler places a new pod while the old one still terminates
+                mine.append(self._new_replica(svc, free[0], delay))
+                svc.replicas.append(mine[-1])
+            elif leaving:  # none free: a new one starts on a draining replica's GPU once it is gone
                 leaving[-1].restart = True
                 coming.append(leaving.pop())
-                continue
-            free = self.free_gpus(kind)
-            if not free:
+            else:
                 break
-            mine.append(self._new_replica(svc, free[0], delay))
-            svc.replicas.append(mine[-1])
+        if svc.replicas and svc.held:  # what the router held for a restart goes to the replica started
+            pending, svc.held = svc.held, []
+            self._requeue(svc, pending)
         while len(mine) + len(coming) > max(0, replicas):
             if coming:
                 coming.pop().restart = False  # it drains and is not started again

@@ -293,6 +293,27 @@ def test_a_replica_scaled_away_finishes_what_it_holds_within_its_shutdown_timeou
     assert ttft_max[60.0] < 1.0 < ttft_max[0.0]
 
 
+def test_a_replica_scaled_back_while_one_drains_starts_on_a_free_gpu() -> None:
+    """As a scheduler places a new pod while the old one still terminates: scaled down and back up, the new replica
+    starts on a free GPU at once; only with none free does it wait for the draining one's."""
+    host = draining_host(60.0)
+    svc = host.services["chat"]
+    draining_gpu = svc.replicas[1].gpu.index
+    assert host.scale("chat", 1) == 1 and host.scale("chat", 2) == 2
+    assert [g.replica.gpu.index for g in svc.leaving] == [draining_gpu] and not svc.restarting()
+    assert draining_gpu not in {r.gpu.index for r in svc.replicas} and len(host.free_gpus()) == 1
+    assert sorted(r.ready_at_s for r in svc.replicas)[-1] == 15.0  # its start delay, not the drain's end
+    host = draining_host(60.0)
+    svc = host.services["chat"]
+    host.add_service("code", "llama-3.1-8b", Workload(constant(1.0), TokenDist(800), TokenDist(150),
+                                                       np.random.default_rng(2)), replicas=2, max_num_seqs=64)
+    assert not host.free_gpus()
+    assert host.scale("chat", 1) == 1 and host.scale("chat", 2) == 2
+    assert [g.replica.gpu.index for g in svc.restarting()] == [draining_gpu]
+    host.advance_to(40.0)
+    assert draining_gpu in {r.gpu.index for r in svc.replicas} and not svc.leaving
+
+
 def test_a_drained_replica_out_of_time_hands_the_rest_back() -> None:
     host = draining_host(0.5)
     svc = host.services["chat"]
@@ -348,8 +369,9 @@ def lone_replica_restarting(gpus: int) -> SimHost:
 
 
 def test_what_a_lone_draining_replica_held_is_neither_stranded_nor_lost() -> None:
-    """Its GPU lost: what was held goes back to the router (here, to the replicas scaled up after). Scaled to 0
-    and back while it drains: the new one waits for its GPU, then serves all of it."""
+    """Its GPU lost: what was held goes back to the router (here, to the replicas scaled up after). Scaled up while
+    it drains: the replica on a free GPU takes what was held. Scaled to 0 and back with no GPU free: the new one
+    waits for its GPU, then serves all of it."""
     host = lone_replica_restarting(3)
     svc = host.services["chat"]
     host.lose_gpu(svc.leaving[0].replica.gpu.index)
@@ -357,6 +379,12 @@ def test_what_a_lone_draining_replica_held_is_neither_stranded_nor_lost() -> Non
     host.scale("chat", 2)
     host.advance_to(60.0)
     assert not svc.held and float(np.max(svc.requests.finished().ttft_s)) < 10.0
+    host = lone_replica_restarting(3)
+    svc = host.services["chat"]
+    host.scale("chat", 2)  # a free GPU takes what the router held, not the drain's end 30 s on
+    assert not svc.held and svc.leaving
+    host.advance_to(60.0)
+    assert float(np.max(svc.requests.finished().ttft_s)) < 10.0
     host = lone_replica_restarting(1)
     svc = host.services["chat"]
     assert host.scale("chat", 0) == 0 and host.scale("chat", 1) == 1
