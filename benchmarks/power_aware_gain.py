@@ -72,7 +72,7 @@ def score(problem: Problem, plan: list[Assignment | None], served: list[float]) 
                                                                              a.power_cap_w), acc.profile)
         except ModelInputError:
             continue
-        power += a.replicas * acc.gpus_per_replica * (perf.power_w - acc.profile.idle_power_w)
+        power += a.replicas * acc.gpus_per_replica * (perf.power_w - acc.profile.empty_draw_w)
         if perf.meets(svc.targets) and perf.block_probability <= 1e-3:
             good += perf.throughput_rps * a.replicas
         if perf.mean_in_system > 0:

@@ -21,6 +21,7 @@ from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from controller.decision_log import DecisionLog, gate_held, observed, shape, text
 from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
+from controller.empty_draw import EmptyDraw
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.failures import Failures
@@ -53,7 +54,7 @@ class Controller:
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics,
                              self.failures.count, settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
-        self.estimator = Estimator(tuner, metrics)
+        self.estimator, self.empty = Estimator(tuner, metrics), EmptyDraw()
         self.gate = StabilityGate(settings.stability)
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)
@@ -115,8 +116,7 @@ class Controller:
                 acc = variants[0]
                 self.assignments[svc.name] = Assignment(acc, svc.min_replicas, svc.initial_max_batch,
                                                         CATALOG[acc].max_power_w)
-        # every pair's filter, restored from one read of the state file; the cache's size is read, not fitted: each
-        # window carries its service's
+        # every pair's filter, restored from one read of the state file (the cache's size is read off each window)
         self.tuner.ensure_all((svc.model, acc, svc.prior.params(), CATALOG[acc])
                               for svc in settings.services for acc in self.variants[svc.name])
         if old.power != settings.power:
@@ -203,7 +203,8 @@ class Controller:
 
     def _problem(self) -> Problem:
         s, o = self.settings, self.settings.optimizer
-        accs = tuple(a.offer() for a in s.accelerators)
+        self.empty.observe(self.fast.ledger.take_free(), self.fast.samples, [a.name for a in s.accelerators])
+        accs = self.empty.offers(s.accelerators)
         demands = []
         for svc in s.services:
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
@@ -213,8 +214,8 @@ class Controller:
                                           self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
         return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
-                       clock_min_saving=o.clock_min_saving, domains=domain_rooms(s), energy_weight=o.energy_weight,
-                       untried_margin=o.slo_margin_max)
+                       clock_min_saving=o.clock_min_saving, domains=domain_rooms(s, self.empty.learnt_w()),
+                       energy_weight=o.energy_weight, untried_margin=o.slo_margin_max)
 
     def clock_levels(self) -> tuple[float, ...]:
         """The clock levels to plan among: the settings', while a clock backend runs and has not fallen back."""

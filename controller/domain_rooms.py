@@ -1,9 +1,11 @@
 """The power domains as the optimizer plans within them: each domain's line scaled as the site's budget is
-for planning (headroom, and in predicted mode the plan's margin), less its GPUs' idle draw; and where each
-service's replicas sit (its variants' GPU lists on a host, or the domain a variant runs in: a cluster's node
-pool)."""
+for planning (headroom, and in predicted mode the plan's margin), less what its GPUs draw with no replica; and
+where each service's replicas sit (its variants' GPU lists on a host, or the domain a variant runs in: a
+cluster's node pool)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from controller.optimizer import DomainRoom
 from controller.service_settings import ServiceSettings
@@ -11,8 +13,10 @@ from controller.settings import Settings
 from controller.settings_checks import domain_room_w
 
 
-def domain_rooms(settings: Settings) -> tuple[DomainRoom, ...]:
-    return tuple(DomainRoom(d.name, domain_room_w(settings, d), frozenset(d.gpus)) for d in settings.power.domains)
+def domain_rooms(settings: Settings, empty_w: Mapping[str, float] | None = None) -> tuple[DomainRoom, ...]:
+    """`empty_w`: per accelerator, what its GPUs draw with no process where read (else the catalogue's)."""
+    return tuple(DomainRoom(d.name, domain_room_w(settings, d, empty_w), frozenset(d.gpus))
+                 for d in settings.power.domains)
 
 
 def placements(settings: Settings, svc: ServiceSettings) -> dict[str, tuple[int, ...]]:

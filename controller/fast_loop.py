@@ -188,8 +188,7 @@ class FastLoop:
     def _govern(self, now: float, samples: list[GpuSample], untouched: frozenset[str], plan: Plan) -> None:
         """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at
         their last limit, those of unknown limits at the most they may draw (controller.telemetry.plausible)."""
-        m = self.metrics
-        total = 0.0
+        m, total = self.metrics, 0.0
         for g in samples:
             series = self.series.get(g.index)
             if series is None:
@@ -274,12 +273,13 @@ class FastLoop:
                 log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
 
     def _record_draws(self, samples: list[GpuSample], plan: Plan) -> None:
-        """Per service, its GPUs' mean draw and mean limit at this tick, and whether the governor held any of
-        them down (read before this tick's step: the limits the reading ran under)."""
+        """Per service, its GPUs' mean draw and limit at this tick (before its step: the limits the reading ran
+        under) and whether the governor held any down; and each free GPU's draw (controller/empty_draw.py)."""
         by_service: dict[str, list[GpuSample]] = {}
         for g in samples:
             if g.service is not None and g.power_w is not None:
                 by_service.setdefault(g.service, []).append(g)
+        self.ledger.add_free([(g.name, w) for g in samples if g.service is None and (w := g.power_w) is not None])
         cut = self.governor.cut_w
 
         def held(g: GpuSample) -> bool:

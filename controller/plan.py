@@ -64,8 +64,8 @@ class DrawReading(NamedTuple):
 
 
 LEDGER_KEEP = 4096
-"""Readings kept per service, the newest: slow ticks that keep failing before they take them (or a service the
-operator no longer plans) would otherwise grow the ledger a reading a fast tick for ever."""
+"""Readings kept per service (and of the free GPUs), the newest: slow ticks that keep failing before they take
+them (or a service the operator no longer plans) would otherwise grow the ledger a reading a fast tick for ever."""
 
 
 class DrawLedger:
@@ -76,6 +76,7 @@ class DrawLedger:
         self._lock = threading.Lock()
         self._keep = keep
         self._readings: dict[str, deque[DrawReading]] = {}
+        self._free: deque[tuple[str, float]] = deque(maxlen=keep)
 
     def add(self, service: str, reading: DrawReading) -> None:
         """One fast tick's reading of a service's GPUs (the fast loop's thread)."""
@@ -89,3 +90,15 @@ class DrawLedger:
         """The service's readings since the last take, oldest first (the slow loop's thread)."""
         with self._lock:
             return list(self._readings.pop(service, ()))
+
+    def add_free(self, readings: list[tuple[str, float]]) -> None:
+        """One fast tick's readings of the GPUs no service holds: (GPU name, draw)."""
+        with self._lock:
+            self._free.extend(readings)
+
+    def take_free(self) -> list[tuple[str, float]]:
+        """The free GPUs' readings since the last take (controller/empty_draw.py)."""
+        with self._lock:
+            out = list(self._free)
+            self._free.clear()
+            return out

@@ -45,18 +45,20 @@ def svc_path(name: str) -> str:
     return f"services[{name}]"
 
 
-def domain_idle_w(s: Settings, gpus: tuple[int, ...]) -> float:
-    """What these GPUs draw idle: each as its variant's accelerator, else the first accelerator."""
+def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
+    """What these GPUs draw with no replica: each as its variant's accelerator, else the first accelerator, at
+    `empty_w`'s draw for its type where given (read off free GPUs), else the catalogue's."""
     kind = {g: v.accelerator for svc in s.services for v in s.variants_of(svc) for g in v.gpus}
     default = s.accelerators[0].name
-    return sum(CATALOG[kind.get(g, default)].idle_power_w for g in gpus)
+    known = empty_w or {}
+    return sum(known.get(k, CATALOG[k].empty_draw_w) for k in (kind.get(g, default) for g in gpus))
 
 
-def domain_room_w(s: Settings, d: PowerDomainSettings) -> float:
+def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, float] | None = None) -> float:
     """What the plan may put in a domain: its line scaled as the site's budget is for planning (headroom, and in
-    predicted mode the plan's margin: shares, so a budget source's value changes none of it), less its GPUs'
-    idle draw."""
-    return d.limit_w * s.power.planned_w() / s.power.budget_w - domain_idle_w(s, d.gpus)
+    predicted mode the plan's margin: shares, so a budget source's value changes none of it), less what its GPUs
+    draw with no replica."""
+    return d.limit_w * s.power.planned_w() / s.power.budget_w - domain_idle_w(s, d.gpus, empty_w)
 
 
 def check_settings(s: Settings) -> None:

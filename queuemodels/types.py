@@ -189,11 +189,23 @@ class PowerProfile:
     """Share of a compute phase whose time follows 1 / the locked SM clock (queuemodels/clock.py)."""
     clock_draw_exponent: float = 2.0
     """The compute part of the dynamic draw falls as the locked clock's share to this power."""
+    empty_power_w: float | None = None
+    """Draw of a GPU with no process on it, below `idle_power_w` (a replica's idle: a loaded model's CUDA context
+    keeps the GPU out of its deepest idle state); None: not known, taken as `idle_power_w`."""
+
+    @property
+    def empty_draw_w(self) -> float:
+        """What a GPU no replica holds draws: the floor a plan pays for it."""
+        return self.idle_power_w if self.empty_power_w is None else self.empty_power_w
 
     def __post_init__(self) -> None:
         _check("max_power_w", self.max_power_w, positive=True)
         _check("min_power_w", self.min_power_w, positive=True)
         _check("idle_power_w", self.idle_power_w)
+        if self.empty_power_w is not None:
+            _check("empty_power_w", self.empty_power_w)
+            if self.empty_power_w > self.idle_power_w:
+                raise ModelInputError(f"empty_power_w: must not exceed idle_power_w, got {self.empty_power_w!r}")
         if not self.min_power_w <= self.max_power_w:
             raise ModelInputError("min_power_w: must not exceed max_power_w")
         if not self.idle_power_w < self.max_power_w:

@@ -32,21 +32,28 @@ class GpuSpec:
     min_limit_w: float
     max_limit_w: float
     idle_w: float
+    """Draw of a GPU a loaded engine holds idle (its CUDA context keeps it out of the deepest idle state)."""
+    empty_w: float
+    """Draw of a GPU with no process on it. Hidden: the catalogue does not give it; the controller reads it off
+    the GPUs it leaves free. Set at about two thirds of `idle_w`, as one H200 read (80 W with no process, 124-128 W
+    with a CUDA context held, docs/gpus.md)."""
 
 
 SPECS: dict[str, GpuSpec] = {
     s.name: s
     for s in (
         GpuSpec("H100-SXM", 3.35, 990.0, 80, 1980, compute_w=560, memory_w=230, min_limit_w=200, max_limit_w=700,
-                idle_w=95),
+                idle_w=95, empty_w=62),
         GpuSpec("H100-PCIe", 2.0, 756.0, 80, 1755, compute_w=270, memory_w=110, min_limit_w=200, max_limit_w=350,
-                idle_w=60),
+                idle_w=60, empty_w=40),
         GpuSpec("A100-SXM4", 2.04, 312.0, 80, 1410, compute_w=300, memory_w=130, min_limit_w=100, max_limit_w=400,
-                idle_w=70),
+                idle_w=70, empty_w=46),
         GpuSpec("L40S", 0.864, 362.0, 48, 2520, compute_w=280, memory_w=90, min_limit_w=100, max_limit_w=350,
-                idle_w=45),
-        GpuSpec("L4", 0.3, 121.0, 24, 2040, compute_w=52, memory_w=20, min_limit_w=40, max_limit_w=72, idle_w=16),
-        GpuSpec("T4", 0.32, 65.0, 16, 1590, compute_w=55, memory_w=20, min_limit_w=60, max_limit_w=70, idle_w=12),
+                idle_w=45, empty_w=30),
+        GpuSpec("L4", 0.3, 121.0, 24, 2040, compute_w=52, memory_w=20, min_limit_w=40, max_limit_w=72, idle_w=16,
+                empty_w=11),
+        GpuSpec("T4", 0.32, 65.0, 16, 1590, compute_w=55, memory_w=20, min_limit_w=60, max_limit_w=70, idle_w=12,
+                empty_w=8),
     )
 }
 
@@ -62,7 +69,7 @@ class SimGPU:
         self.energy_j = 0.0
         self.clock_fraction = 1.0
         self.locked_clock_mhz: int | None = None
-        self.last_power_w = spec.idle_w
+        self.last_power_w = spec.empty_w
         self.accounted_to_s = 0.0
         """Simulated time up to which `energy_j` holds the draw: an engine step is accounted whole as it starts."""
         self._last_s = 0.0

@@ -268,5 +268,5 @@ class SimHost:
             busy = self._busy()
             for gpu in self.gpus:
                 if gpu.index not in busy and gpu.index not in self.lost:
-                    gpu.account(end - self.now_s, gpu.spec.idle_w, end)
+                    gpu.account(end - self.now_s, gpu.spec.empty_w, end)  # no process on it
             self.now_s = end

@@ -18,6 +18,7 @@ from controller.simulate.frontier import FrontierUnavailable, Option, explain, f
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.targets import energy_missed, not_judged, targets
+from simulator.hardware import SPECS
 
 
 def _grid(rng: np.random.Generator, services: int) -> list[list[Option]]:
@@ -48,7 +49,8 @@ def test_the_frontier_load_tests_the_scenarios_own_engine(small_scenario: Callab
     assert [(o["replicas"], o["clock"]) for o in front["options"]["chat"]] == [
         (n, c) for n in (1, 2) for c in frontier_module.CLOCKS]
     static = front["static"]["plan"]["chat"]
-    assert static == front["options"]["chat"][4] and front["static"]["draw_w"] == 190 + static["dynamic_w"]
+    assert static == front["options"]["chat"][4] and front["static"]["draw_w"] == pytest.approx(
+        2 * SPECS["H100-SXM"].empty_w + static["dynamic_w"])  # both GPUs with no process, the replicas above
     slow = front["options"]["chat"][7]  # 2 replicas at 0.3 of the clock: slower and cheaper than at the free clock
     assert slow["t_over_c"] < static["t_over_c"] and slow["dynamic_w"] < static["dynamic_w"]
     best = front["most_t_over_c_at_energy_target"]

@@ -44,6 +44,8 @@ def test_power_limit_is_clamped_like_the_driver() -> None:
 
 
 def test_energy_counter_is_monotonic_and_idle_gpus_draw_idle_power() -> None:
+    """A GPU with no process draws its empty power; one a loaded replica holds idle, more (its context): an H200
+    read 80 and 124-128 W."""
     host = busy_host(replicas=1)
     last = [g.energy_j for g in host.gpus]
     for _ in range(5):
@@ -51,8 +53,11 @@ def test_energy_counter_is_monotonic_and_idle_gpus_draw_idle_power() -> None:
         now = [g.energy_j for g in host.gpus]
         assert all(b >= a for a, b in zip(last, now, strict=True))
         last = now
-    idle = host.gpus[3]
-    assert abs(idle.sample_power_w() - idle.spec.idle_w) < 1e-6
+    empty = host.gpus[3]
+    assert abs(empty.sample_power_w() - empty.spec.empty_w) < 1e-6 and empty.spec.empty_w < empty.spec.idle_w
+    host = busy_host(rate_rps=0.0, replicas=1)
+    host.advance_to(10.0)
+    assert abs(host.gpus[0].sample_power_w() - host.gpus[0].spec.idle_w) < 1e-6
 
 
 @pytest.mark.parametrize("stop", ["scale", "restart", "lose"])

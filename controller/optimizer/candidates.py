@@ -123,10 +123,10 @@ def _value(problem: Problem, pairs: list[Pair], bases: Bases,
     replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
     points = Points(bases, k, shapes, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
-    per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.idle_power_w,
+    per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.empty_draw_w,
                           problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens,
                           p.service) for p in pairs], dtype=float).reshape(len(pairs), 6)[k].T
-    gpus_per_replica, price, idle_w, rate_rps, out_tokens, service = per_pair
+    gpus_per_replica, price, empty_w, rate_rps, out_tokens, service = per_pair
     gpus = replicas * gpus_per_replica
     per_gpu_w = np.array(columns[1], dtype=float) if problem.budget_mode == "caps" else figures.power_w
     cost = gpus * price
@@ -138,7 +138,7 @@ def _value(problem: Problem, pairs: list[Pair], bases: Bases,
                       *(compress(columns[j], kept) for j in (3, 0, 1, 2)))
     made = list(map(make_candidate, zip(service[keep].astype(int).tolist(), assignments,
                                         gpus[keep].astype(int).tolist(),
-                                        *(col[keep].tolist() for col in (gpus * (per_gpu_w - idle_w), cost, served,
+                                        *(col[keep].tolist() for col in (gpus * (per_gpu_w - empty_w), cost, served,
                                                                          np.maximum(0.0, rate_rps - served), score)),
                                         repeat(0.0), compress(columns[5], kept))))
     draws = (gpus * figures.power_w)[keep].tolist()

@@ -114,8 +114,9 @@ class Problem:
 
     @property
     def idle_w(self) -> float:
-        """Draw of every GPU left idle: the floor any plan pays."""
-        return sum(a.count * a.profile.idle_power_w for a in self.accelerators)
+        """Draw of every GPU with no replica on it: the floor any plan pays (a candidate's draw is above it, its
+        replicas' idle included)."""
+        return sum(a.count * a.profile.empty_draw_w for a in self.accelerators)
 
 
 class Candidate(NamedTuple):
@@ -126,7 +127,7 @@ class Candidate(NamedTuple):
     assignment: Assignment
     gpus: int
     power_w: float
-    """Draw above idle of the GPUs it occupies (what it adds to the site's power)."""
+    """Draw of the GPUs it occupies above what they draw with no replica (what it adds to the site's power)."""
     cost_per_hour: float
     served_rps: float
     short_rps: float

@@ -53,7 +53,7 @@ class Option:
     clock: float | None
     """SM clock lock, share of the maximum (None: free)."""
     dynamic_w: float
-    """The replicas' draw above idle."""
+    """The replicas' draw above their GPUs' with no process."""
     t_over_c: float
     ttft_ms: float | None
     """Mean TTFT of the requests that started (None: none did)."""
@@ -86,7 +86,7 @@ class _Probe:
         if not math.isfinite(t_over_c):  # no request reached its first token in the window: none served
             t_over_c = 0.0
         served = m.throughput_rps / m.rate_rps if m.rate_rps > 0 else 0.0
-        return Option(n, clock, round(n * (m.power_w - spec.idle_w), 1), round(t_over_c, 2), _finite(m.ttft_ms, 1),
+        return Option(n, clock, round(n * (m.power_w - spec.empty_w), 1), round(t_over_c, 2), _finite(m.ttft_ms, 1),
                       _finite(m.itl_ms, 2), round(served, 3))
 
 
@@ -146,7 +146,7 @@ def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 
     FrontierUnavailable where it cannot be measured."""
     gpu_type, probes = _probes(scn, fleet, probe_seed)
     gpus = len(scn.gpu_types)
-    idle_w = SPECS[gpu_type].idle_w * gpus
+    idle_w = SPECS[gpu_type].empty_w * gpus  # every GPU with no process; a replica's idle is in its option
     even_cap_w = scn.start_budget_w / gpus
     options = {name: [p.run(n, c) for n in p.counts for c in CLOCKS] for name, p in probes.items()}
     static = {name: next(o for o in options[name] if o.replicas == p.static_n and o.clock is None)

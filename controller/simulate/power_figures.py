@@ -15,7 +15,7 @@
   output token of finished requests, where the config has a carbon CSV; `mean_budget_w`, the budget's mean;
   and what bounds the gain a budget that follows the grid can make: `budget_bound_share`, the share of seconds
   whose draw was within BOUND_SHARE of the budget (elsewhere a lower budget would have cut nothing), and
-  `idle_energy_share`, the share of the energy the GPUs draw idle (paid whatever the plan).
+  `idle_energy_share`, the share of the energy the GPUs would draw with no process (paid whatever the plan).
 
 A figure whose subject is absent (no drop, no domain, no ramp limit, no intensity) is None.
 """
@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from controller.settings import PowerSettings, Settings
 from controller.simulate.runner import Trace
-from queuemodels.accelerators import CATALOG
+from simulator.hardware import SPECS
 
 BOUND_SHARE = 0.05
 """A second's draw this close under the budget counts as bound by it."""
@@ -143,4 +143,4 @@ def power_figures(cfg: Settings, trace: Trace, tokens: int) -> dict[str, Any]:
     """Every power figure of one run (JSON-ready)."""
     dt = float(trace.t_s[0]) if len(trace.t_s) else 1.0
     return {**drop_figures(trace, dt), **domain_figures(cfg.power, trace, dt), **ramp_figures(cfg.power, trace, dt),
-            **carbon_figures(trace, dt, tokens, sum(CATALOG[t].idle_power_w for t in cfg.simulator.host_types))}
+            **carbon_figures(trace, dt, tokens, sum(SPECS[t].empty_w for t in cfg.simulator.host_types))}

@@ -1,0 +1,76 @@
+"""What a GPU with no process draws: read off the free GPUs, the floor a plan pays, a replica's context on top."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.empty_draw import MIN_READINGS, EmptyDraw
+from controller.optimizer import AcceleratorType, Problem, ServiceDemand
+from controller.optimizer.candidates import enumerate_all
+from controller.settings import load_settings
+from controller.telemetry.base import GpuSample
+from queuemodels import Load, ServiceParams, Targets
+from queuemodels.accelerators import CATALOG
+from simulator.hardware import SPECS
+from tests.test_loops import sim_controller
+
+NVML_NAME = "NVIDIA H100 80GB HBM3"
+MIXED_HOST = Path(__file__).resolve().parents[1] / "config" / "scenarios" / "hosts" / "h100-l40s.toml"
+
+
+def sample(index: int, service: str | None, name: str = NVML_NAME) -> GpuSample:
+    return GpuSample(index, f"GPU-{index}", name, 300.0, None, 700.0, 200.0, 700.0, service=service,
+                     variant="H100-SXM" if service else None)
+
+
+def test_the_free_gpus_readings_make_the_empty_draw_once_there_are_enough() -> None:
+    """By type: a GPU's NVML name is the type a GPU of that name a service holds is labelled with; a reading
+    above the type's idle power (a process the daemon does not know of) is not an empty GPU's."""
+    empty = EmptyDraw()
+    listing = [sample(0, "chat"), sample(1, None)]
+    kinds = ["H100-SXM", "L40S"]
+    empty.observe([(NVML_NAME, 60.0)] * (MIN_READINGS - 1) + [(NVML_NAME, 400.0), ("NVIDIA L40S", 30.0)],
+                  listing, kinds)
+    assert empty.learnt_w() == {}  # too few, the 400 W left out, the L40S's name never seen on a labelled GPU
+    empty.observe([(NVML_NAME, 64.0)] * 2, listing, kinds)
+    assert empty.learnt_w() == {"H100-SXM": 60.0}
+    h100, l40s = empty.offers(load_settings(MIXED_HOST).accelerators)
+    assert h100.profile.empty_draw_w == 60.0 and h100.profile.idle_power_w == CATALOG["H100-SXM"].idle_power_w
+    assert l40s.profile.empty_draw_w == CATALOG["L40S"].idle_power_w  # not read: the catalogue's idle
+
+
+def test_a_replica_pays_for_its_context_and_a_free_gpu_counts_at_its_empty_draw() -> None:
+    catalogue = CATALOG["H100-SXM"]
+    demand = ServiceDemand("chat", 1, Targets(300, 40), Load(6.0, 400, 200),
+                           {"H100-SXM": ServiceParams("gen1", 12, 0.09, 10, 0.035)}, max_replicas=3)
+
+    def problem(empty_w: float | None) -> Problem:
+        acc = AcceleratorType("H100-SXM", 8, 2.99, replace(catalogue, empty_power_w=empty_w))
+        return Problem((demand,), (acc,), 5000.0, batch_sizes=(64,), power_levels=(1.0,))
+
+    known, unknown = problem(62.0), problem(None)
+    assert (known.idle_w, unknown.idle_w) == (8 * 62.0, 8 * catalogue.idle_power_w)
+    [with_context], [without] = enumerate_all(known), enumerate_all(unknown)
+    assert with_context and [c.assignment for c in with_context] == [c.assignment for c in without]
+    for a, b in zip(with_context, without, strict=True):  # the same draw, 33 W a GPU more above the floor
+        assert a.power_w - b.power_w == pytest.approx(a.gpus * (catalogue.idle_power_w - 62.0))
+    with pytest.raises(ValueError, match="empty_power_w: must not exceed idle_power_w"):
+        replace(catalogue, empty_power_w=catalogue.idle_power_w + 1)
+
+
+def test_the_controller_reads_the_hidden_empty_draw_off_the_simulated_hosts_free_gpus(
+        sim_config: Callable[..., Path]) -> None:
+    """config/sim.toml's host starts one replica of each of its three services on 8 GPUs: the five free ones
+    teach the plan the simulator's hidden draw of a GPU with no process, which the catalogue does not give."""
+    ctl, advance, _ = sim_controller(load_settings(sim_config()))
+    for t in range(1, 9):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    assert sum(g.service is None for g in ctl.fast.samples) == 5
+    ctl.tick_slow(8.0)
+    assert ctl.empty.learnt_w() == {"H100-SXM": pytest.approx(SPECS["H100-SXM"].empty_w)}
+    assert ctl._problem().idle_w == pytest.approx(8 * SPECS["H100-SXM"].empty_w)
