@@ -54,7 +54,7 @@ class Controller:
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics,
                              self.failures.count, settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
-        self.estimator, self.empty = Estimator(tuner, metrics), EmptyDraw()
+        self.estimator, self.empty = Estimator(tuner, metrics), EmptyDraw(metrics.empty_power)
         self.gate = StabilityGate(settings.stability)
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)

@@ -10,11 +10,13 @@ idle power is not an empty GPU (a process the daemon does not know of, a replica
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
+from prometheus_client import Gauge
 
 from controller.optimizer import AcceleratorType
 from controller.settings import AcceleratorSettings
@@ -26,12 +28,17 @@ KEEP = 600
 MIN_READINGS = 30
 """Readings of a type before its median replaces the catalogue's figure."""
 
+log = logging.getLogger("wattscale.controller")
+
 
 class EmptyDraw:
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge | None = None) -> None:
+        self.gauge = gauge
+        """`wattscale_gpu_empty_power_watts`, by accelerator: set for each type read."""
         self._readings: dict[str, deque[float]] = {}
         self._types: dict[str, str] = {}
         """GPU name (NVML's, "NVIDIA H100 80GB HBM3") -> accelerator type, as the GPUs services hold are labelled."""
+        self._said: set[str] = set()
 
     def observe(self, free: Iterable[tuple[str, float]], listing: Iterable[GpuSample],
                 accelerators: Sequence[str]) -> None:
@@ -53,10 +60,17 @@ class EmptyDraw:
     def offers(self, accelerators: Iterable[AcceleratorSettings]) -> tuple[AcceleratorType, ...]:
         """The inventory as the optimizer sees it, each type's empty draw as read where it was."""
         learnt = self.learnt_w()
+        for kind in sorted(learnt.keys() - self._said):
+            log.info("%s GPUs draw %.0f W with no process (read off the free ones; a replica's idle: %.0f W)", kind,
+                     learnt[kind], CATALOG[kind].idle_power_w)
+            self._said.add(kind)
+        if self.gauge is not None:
+            for kind, watts in learnt.items():
+                self.gauge.labels(kind).set(watts)
         out = []
         for acc in accelerators:
             offer = acc.offer()
-            if (watts := learnt.get(acc.name)) is not None:
-                offer = replace(offer, profile=replace(offer.profile, empty_power_w=watts))
+            if (read := learnt.get(acc.name)) is not None:
+                offer = replace(offer, profile=replace(offer.profile, empty_power_w=read))
             out.append(offer)
         return tuple(out)

@@ -31,6 +31,8 @@ class OwnMetrics:
         self.predicted_draw = Gauge("wattscale_power_predicted_watts", "Draw the plan predicts at the load it "
                                     "planned for (a service no window has told the demand of yet counts at no load).",
                                     registry=r)
+        self.empty_power = Gauge("wattscale_gpu_empty_power_watts", "What a GPU of this type draws with no process, "
+                                 "read off the GPUs no replica holds (absent until read).", ["accelerator"], registry=r)
         lat = ["service", "stat"]
         self.ttft_pred = Gauge("wattscale_service_ttft_predicted_ms", "Predicted TTFT.", lat, registry=r)
         self.itl_pred = Gauge("wattscale_service_itl_predicted_ms", "Predicted ITL, token-weighted (rare long steps "

@@ -66,11 +66,13 @@ def test_the_controller_reads_the_hidden_empty_draw_off_the_simulated_hosts_free
         sim_config: Callable[..., Path]) -> None:
     """config/sim.toml's host starts one replica of each of its three services on 8 GPUs: the five free ones
     teach the plan the simulator's hidden draw of a GPU with no process, which the catalogue does not give."""
-    ctl, advance, _ = sim_controller(load_settings(sim_config()))
+    ctl, advance, registry = sim_controller(load_settings(sim_config()))
     for t in range(1, 9):
         advance(float(t))
         ctl.tick_fast(float(t))
     assert sum(g.service is None for g in ctl.fast.samples) == 5
     ctl.tick_slow(8.0)
     assert ctl.empty.learnt_w() == {"H100-SXM": pytest.approx(SPECS["H100-SXM"].empty_w)}
+    read = registry.get_sample_value("wattscale_gpu_empty_power_watts", {"accelerator": "H100-SXM"})
+    assert read == pytest.approx(SPECS["H100-SXM"].empty_w)
     assert ctl._problem().idle_w == pytest.approx(8 * SPECS["H100-SXM"].empty_w)
