@@ -1,11 +1,14 @@
 """What a GPU with no process on it draws, read off the GPUs no replica holds.
 
-A loaded model's CUDA context keeps its GPU out of the deepest idle state: one H200 drew 124-128 W idle with a
+A loaded model's CUDA context keeps its GPU out of the deepest idle state: one H200 drew 122-128 W idle with a
 context held and 80 W with no process (docs/gpus.md). The catalogue's idle power is the first, the floor of a
 replica's draw curve; the second is what a plan pays for a GPU it leaves free, so what a replica's context costs
-and what freeing a GPU saves. The catalogue holds it for few types, so the daemon reads it: every fast tick's
-draw of each GPU no service holds, by accelerator type, the median of the recent ones. A reading above the type's
-idle power is not an empty GPU (a process the daemon does not know of, a replica just stopped) and is left out.
+and what freeing a GPU saves. The catalogue holds it for few types, so the controller reads it where replicas
+come and go (a cluster, the simulated host): every fast tick's draw of each GPU no service holds, by accelerator
+type, the median of the recent ones. A reading above the type's idle power is not an empty GPU (a process the
+daemon does not know of, a replica just stopped) and is left out; an idle context of another tenant is not told
+apart, and errs high, the safe side. The figure the plan uses moves only by more than `STEP_W`, so a median that
+wanders by a watt does not make every cycle's sizing a new one (the profile is in its cache keys).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ KEEP = 600
 """Readings kept per type, the newest: ten minutes of one free GPU read each second."""
 MIN_READINGS = 30
 """Readings of a type before its median replaces the catalogue's figure."""
+STEP_W = 2.0
+"""Least move of the median (W) that changes the figure the plan uses."""
 
 log = logging.getLogger("wattscale.controller")
 
@@ -38,39 +43,47 @@ class EmptyDraw:
         self._readings: dict[str, deque[float]] = {}
         self._types: dict[str, str] = {}
         """GPU name (NVML's, "NVIDIA H100 80GB HBM3") -> accelerator type, as the GPUs services hold are labelled."""
-        self._said: set[str] = set()
+        self._used: dict[str, float] = {}
+        """Per type, the figure the plan uses (whole watts)."""
 
     def observe(self, free: Iterable[tuple[str, float]], listing: Iterable[GpuSample],
                 accelerators: Sequence[str]) -> None:
         """Take the free GPUs' readings (GPU name, draw) since the last call; `listing`, the GPUs as last read,
-        tells which type a name is (a type's own name, or one a service's GPU of that type carries)."""
+        tells which type a name is: a type's own name, or one a service's GPU of that type carries. With one type
+        configured, a name is taken as it only while no name of it is known, and never another type's own name."""
         for g in listing:
             if g.variant is not None and g.variant in accelerators:
                 self._types[g.name] = g.variant
-        only = accelerators[0] if len(accelerators) == 1 else None
+        only = accelerators[0] if len(accelerators) == 1 and only_unnamed(self._types, accelerators[0]) else None
         for name, watts in free:
-            kind = name if name in accelerators else self._types.get(name, only)
+            kind = name if name in accelerators else self._types.get(name, None if name in CATALOG else only)
             if kind is not None and kind in CATALOG and 0.0 < watts <= CATALOG[kind].idle_power_w:
                 self._readings.setdefault(kind, deque(maxlen=KEEP)).append(watts)
+        for kind, got in self._readings.items():
+            median = float(np.median(got))
+            if len(got) >= MIN_READINGS and abs(median - self._used.get(kind, -np.inf)) > STEP_W:
+                if kind not in self._used:
+                    log.info("%s GPUs draw %.0f W with no process (read off the free ones; a replica's idle: %.0f W)",
+                             kind, median, CATALOG[kind].idle_power_w)
+                self._used[kind] = round(median)
+                if self.gauge is not None:
+                    self.gauge.labels(kind).set(self._used[kind])
 
     def learnt_w(self) -> dict[str, float]:
-        """Per type read often enough, what its GPUs draw with no process."""
-        return {kind: float(np.median(got)) for kind, got in self._readings.items() if len(got) >= MIN_READINGS}
+        """Per type read often enough, what its GPUs draw with no process, as the plan uses it."""
+        return dict(self._used)
 
     def offers(self, accelerators: Iterable[AcceleratorSettings]) -> tuple[AcceleratorType, ...]:
         """The inventory as the optimizer sees it, each type's empty draw as read where it was."""
-        learnt = self.learnt_w()
-        for kind in sorted(learnt.keys() - self._said):
-            log.info("%s GPUs draw %.0f W with no process (read off the free ones; a replica's idle: %.0f W)", kind,
-                     learnt[kind], CATALOG[kind].idle_power_w)
-            self._said.add(kind)
-        if self.gauge is not None:
-            for kind, watts in learnt.items():
-                self.gauge.labels(kind).set(watts)
         out = []
         for acc in accelerators:
             offer = acc.offer()
-            if (read := learnt.get(acc.name)) is not None:
+            if (read := self._used.get(acc.name)) is not None:
                 offer = replace(offer, profile=replace(offer.profile, empty_power_w=read))
             out.append(offer)
         return tuple(out)
+
+
+def only_unnamed(types: dict[str, str], kind: str) -> bool:
+    """Whether no GPU name is known to be `kind`'s."""
+    return kind not in types.values()

@@ -79,7 +79,7 @@ def check_settings(s: Settings) -> None:
     idle = idle_w(s)
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
-                          "(accelerators' count x the catalogue's idle power)")
+                          "(accelerators' count x the catalogue's draw with no process)")
     for d in s.power.domains:
         room_w = domain_room_w(s, d)
         if room_w < 0:
@@ -107,7 +107,7 @@ def check_budget_sources(s: Settings) -> None:
     for where, budget_w in stated:
         if budget_w < idle:
             raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              "count x the catalogue's idle power)")
+                              "count x the catalogue's draw with no process)")
 
 
 def _one_port_each(s: Settings) -> None:
@@ -182,15 +182,15 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
 
 
 def idle_w(s: Settings) -> float:
-    """What the fleet draws idle: every accelerator's count at the catalogue's idle power."""
-    return sum(a.count * CATALOG[a.name].idle_power_w for a in s.accelerators)
+    """What the fleet draws idle: every accelerator's count at the catalogue's draw with no process."""
+    return sum(a.count * CATALOG[a.name].empty_draw_w for a in s.accelerators)
 
 
 def floor_w(s: Settings) -> float:
     """The least the site can be held to under load: every service's min_replicas busy at the lowest limit of its
-    cheapest accelerator, every other GPU idle (the catalogue's figures). Below it only fewer replicas help, and
-    min_replicas forbids them."""
-    per_replica = {a.name: a.gpus_per_replica * (CATALOG[a.name].min_power_w - CATALOG[a.name].idle_power_w)
+    cheapest accelerator, every other GPU with no process (the catalogue's figures). Below it only fewer replicas
+    help, and min_replicas forbids them."""
+    per_replica = {a.name: a.gpus_per_replica * (CATALOG[a.name].min_power_w - CATALOG[a.name].empty_draw_w)
                    for a in s.accelerators}
     busy = sum(svc.min_replicas * min(per_replica.get(v.accelerator, 0.0) for v in s.variants_of(svc))
                for svc in s.services)

@@ -4,17 +4,16 @@ from queuemodels.analyzer import DEFAULT_MODEL, MODELS, ChainModel, QueueModel, 
 from queuemodels.batch_choice import BatchChoice, best_batch_for_power, best_batch_for_rate
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.sizing import max_rate
+from queuemodels.targets import Performance, Targets
 from queuemodels.types import (
     DEFAULT_MAX_QUEUE,
     FAMILIES,
     STATISTICS,
     Load,
     ModelInputError,
-    Performance,
     PowerProfile,
     ServerShape,
     ServiceParams,
-    Targets,
     Unstable,
     default_delta_ms,
 )

@@ -18,15 +18,14 @@ from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
 from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
 from queuemodels.stacked import Figures, solve_together
 from queuemodels.step_arrays import Bools, Floats
+from queuemodels.targets import Performance, Targets
 from queuemodels.types import (
     Load,
     ModelInputError,
-    Performance,
     Point,
     PowerProfile,
     ServerShape,
     ServiceParams,
-    Targets,
     Unstable,
 )
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from queuemodels.analyzer import QueueModel
-from queuemodels.types import Load, ModelInputError, Performance, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.targets import Performance, Targets
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
 
 
 @dataclass(frozen=True)

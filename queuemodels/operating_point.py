@@ -11,7 +11,8 @@ from queuemodels.itl_tails import itl_exceedance, itl_quantiles
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.service_time import StepLaw
 from queuemodels.tails import ttft_exceedance, ttft_quantiles
-from queuemodels.types import ModelInputError, Performance, PowerProfile, ServerShape, Targets
+from queuemodels.targets import Performance, Targets
+from queuemodels.types import ModelInputError, PowerProfile, ServerShape
 
 PROBS = (0.95, 0.99)
 

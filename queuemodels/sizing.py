@@ -19,7 +19,8 @@ from queuemodels.operating_point import meets
 from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.stacked import solve_together
 from queuemodels.step_arrays import Bools, Floats
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams, Targets
+from queuemodels.targets import Targets
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
 
 SATURATION_SHARE = 0.999
 """Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess

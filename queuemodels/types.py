@@ -1,4 +1,5 @@
-"""Value types shared by every queue model: parameters, load, server shape, prediction.
+"""Value types shared by every queue model: parameters, load, server shape, power profile (targets and predictions:
+queuemodels/targets.py).
 
 Times inside the models are milliseconds (`_ms`), rates per second (`_rps`), power in watts (`_w`).
 """
@@ -6,7 +7,7 @@ Times inside the models are milliseconds (`_ms`), rates per second (`_rps`), pow
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 FAMILIES = ("gen1", "gen2", "step")
 NAMES = {"gen1": ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms"), "gen2": ("alpha_ms", "beta_ms", "gamma_ms"),
@@ -53,7 +54,7 @@ class Unstable(ModelInputError):
     """The offered rate exceeds what the shape can serve and nothing (no bounded queue) turns the excess away."""
 
 
-def _check(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
+def check_number(name: str, value: float, *, positive: bool = False, allow_zero: bool = True) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ModelInputError(f"{name}: must be a finite number, got {value!r}")
     if positive and value <= 0:
@@ -96,15 +97,15 @@ class ServiceParams:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ModelInputError(f"family: unknown {self.family!r}, expected one of {FAMILIES}")
-        _check("alpha_ms", self.alpha_ms, positive=True)
-        _check("beta_ms", self.beta_ms)
-        _check("gamma_ms", self.gamma_ms)
-        _check("delta_ms", self.delta_ms)
-        _check("kappa_ms", self.kappa_ms)
-        _check("epsilon_ms", self.epsilon_ms)
-        _check("rho", self.rho)
-        _check("budget_tokens", self.budget_tokens)
-        _check("kv_tokens", self.kv_tokens)
+        check_number("alpha_ms", self.alpha_ms, positive=True)
+        check_number("beta_ms", self.beta_ms)
+        check_number("gamma_ms", self.gamma_ms)
+        check_number("delta_ms", self.delta_ms)
+        check_number("kappa_ms", self.kappa_ms)
+        check_number("epsilon_ms", self.epsilon_ms)
+        check_number("rho", self.rho)
+        check_number("budget_tokens", self.budget_tokens)
+        check_number("kv_tokens", self.kv_tokens)
         for name in NAMES["step"]:
             value = getattr(self, name)
             if 0.0 < value < LEAST_TERM:
@@ -143,10 +144,10 @@ class Load:
     (1 + cv^2) / 2 (Allen-Cunneen); 1 keeps the M/M/1 chain's own delay."""
 
     def __post_init__(self) -> None:
-        _check("rate_rps", self.rate_rps)
-        _check("in_tokens", self.in_tokens, positive=True)
-        _check("in_cv", self.in_cv)
-        _check("out_cv", self.out_cv)
+        check_number("rate_rps", self.rate_rps)
+        check_number("in_tokens", self.in_tokens, positive=True)
+        check_number("in_cv", self.in_cv)
+        check_number("out_cv", self.out_cv)
         if self.out_tokens < 1 or math.isnan(self.out_tokens) or math.isinf(self.out_tokens):
             raise ModelInputError(f"out_tokens: must be >= 1, got {self.out_tokens!r}")
 
@@ -199,26 +200,26 @@ class PowerProfile:
         return self.idle_power_w if self.empty_power_w is None else self.empty_power_w
 
     def __post_init__(self) -> None:
-        _check("max_power_w", self.max_power_w, positive=True)
-        _check("min_power_w", self.min_power_w, positive=True)
-        _check("idle_power_w", self.idle_power_w)
+        check_number("max_power_w", self.max_power_w, positive=True)
+        check_number("min_power_w", self.min_power_w, positive=True)
+        check_number("idle_power_w", self.idle_power_w)
         if self.empty_power_w is not None:
-            _check("empty_power_w", self.empty_power_w)
+            check_number("empty_power_w", self.empty_power_w)
             if self.empty_power_w > self.idle_power_w:
                 raise ModelInputError(f"empty_power_w: must not exceed idle_power_w, got {self.empty_power_w!r}")
         if not self.min_power_w <= self.max_power_w:
             raise ModelInputError("min_power_w: must not exceed max_power_w")
         if not self.idle_power_w < self.max_power_w:
             raise ModelInputError("idle_power_w: must be below max_power_w")
-        _check("prefill_sensitivity", self.prefill_sensitivity)
-        _check("decode_sensitivity", self.decode_sensitivity)
-        _check("knee_fraction", self.knee_fraction, positive=True)
-        _check("busy_share", self.busy_share)
+        check_number("prefill_sensitivity", self.prefill_sensitivity)
+        check_number("decode_sensitivity", self.decode_sensitivity)
+        check_number("knee_fraction", self.knee_fraction, positive=True)
+        check_number("busy_share", self.busy_share)
         if self.busy_share >= 1.0:
             raise ModelInputError(f"busy_share: must be below 1, got {self.busy_share!r}")
-        _check("batch_half", self.batch_half, positive=True)
-        _check("clock_time_sensitivity", self.clock_time_sensitivity)
-        _check("clock_draw_exponent", self.clock_draw_exponent)
+        check_number("batch_half", self.batch_half, positive=True)
+        check_number("clock_time_sensitivity", self.clock_time_sensitivity)
+        check_number("clock_draw_exponent", self.clock_draw_exponent)
 
 
 @dataclass(frozen=True)
@@ -237,74 +238,13 @@ class ServerShape:
         if self.max_queue is not None and (not isinstance(self.max_queue, int) or self.max_queue < 0):
             raise ModelInputError(f"max_queue: must be an integer >= 0, got {self.max_queue!r}")
         if self.power_cap_w is not None:
-            _check("power_cap_w", self.power_cap_w, positive=True)
+            check_number("power_cap_w", self.power_cap_w, positive=True)
         if self.sm_clock_fraction is not None:
-            _check("sm_clock_fraction", self.sm_clock_fraction, positive=True)
+            check_number("sm_clock_fraction", self.sm_clock_fraction, positive=True)
             if not LEAST_CLOCK <= self.sm_clock_fraction <= 1.0:
                 raise ModelInputError(f"sm_clock_fraction: must be in [{LEAST_CLOCK:g}, 1], got "
                                       f"{self.sm_clock_fraction!r}")
 
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Latency objectives of a service class, on the mean or a tail (`statistic`)."""
-
-    ttft_ms: float
-    itl_ms: float
-    statistic: str = "mean"
-    margin: float = 0.0
-    """Share taken off what the targets allow when planning: a percentile target then allows (1 - q)(1 - margin)
-    of requests and tokens over it, a mean target (1 - margin) of its value."""
-
-    def __post_init__(self) -> None:
-        _check("ttft_ms", self.ttft_ms, positive=True)
-        _check("itl_ms", self.itl_ms, positive=True)
-        if self.statistic not in STATISTICS:
-            raise ModelInputError(f"statistic: unknown {self.statistic!r}, expected one of {STATISTICS}")
-        _check("margin", self.margin)
-        if self.margin >= 1.0:
-            raise ModelInputError(f"margin: must be below 1, got {self.margin!r}")
-
-    def limits(self) -> tuple[float, float, float]:
-        """(TTFT ms, ITL ms, share allowed over them) as planned: a mean target's values less the margin and a
-        share of 1 (a mean allows any share over it); a percentile's values and (1 - q)(1 - margin)."""
-        if self.statistic == "mean":
-            keep = 1.0 - self.margin
-            return self.ttft_ms * keep, self.itl_ms * keep, 1.0
-        return self.ttft_ms, self.itl_ms, (1.0 - QUANTILE_OF[self.statistic]) * (1.0 - self.margin)
-
-
-@dataclass(frozen=True)
-class Performance:
-    """What a replica delivers at a load (means unless named otherwise)."""
-
-    ttft_ms: float
-    itl_ms: float
-    ttft_p95_ms: float
-    itl_p95_ms: float
-    ttft_p99_ms: float
-    itl_p99_ms: float
-    throughput_rps: float
-    mean_batch: float
-    mean_in_system: float
-    utilization: float
-    block_probability: float
-    power_w: float
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def meets(self, targets: Targets) -> bool:
-        """At the targets' own values (a planning margin is the sizing's: queuemodels.sizing)."""
-        ttft, itl = self.latency_at(targets.statistic)
-        return ttft <= targets.ttft_ms and itl <= targets.itl_ms
-
-    def latency_at(self, statistic: str) -> tuple[float, float]:
-        """(TTFT, ITL) at the statistic a target names."""
-        if statistic == "p95":
-            return self.ttft_p95_ms, self.itl_p95_ms
-        if statistic == "p99":
-            return self.ttft_p99_ms, self.itl_p99_ms
-        return self.ttft_ms, self.itl_ms
 
 
 Point = tuple[ServiceParams, Load, ServerShape, PowerProfile | None]

@@ -43,6 +43,34 @@ def test_the_free_gpus_readings_make_the_empty_draw_once_there_are_enough() -> N
     assert l40s.profile.empty_draw_w == CATALOG["L40S"].idle_power_w  # not read: the catalogue's idle
 
 
+def test_with_one_type_an_unknown_name_is_it_only_until_a_name_of_it_is_known() -> None:
+    """Never another catalogue type's own name; and once a GPU of the type is labelled, only its name."""
+    empty = EmptyDraw()
+    empty.observe([(NVML_NAME, 60.0)] * MIN_READINGS + [("L40S", 30.0)] * MIN_READINGS, [], ["H100-SXM"])
+    assert empty.learnt_w() == {"H100-SXM": 60.0}
+    empty.observe([("NVIDIA L4", 12.0)] * 3 * MIN_READINGS, [sample(0, "chat")], ["H100-SXM"])
+    assert empty.learnt_w() == {"H100-SXM": 60.0}  # an L4 node's GPUs are not H100s with no process
+
+
+def test_the_figure_the_plan_uses_moves_only_past_a_step() -> None:
+    """A median that wanders by a watt keeps the plan's profile, and with it every cache keyed on it."""
+    empty = EmptyDraw()
+    listing = [sample(0, "chat")]
+    empty.observe([(NVML_NAME, 60.0)] * MIN_READINGS, listing, ["H100-SXM"])
+    first = empty.offers(load_settings(MIXED_HOST).accelerators)
+    empty.observe([(NVML_NAME, 61.5)] * 2 * MIN_READINGS, listing, ["H100-SXM"])
+    assert empty.learnt_w() == {"H100-SXM": 60.0} and empty.offers(load_settings(MIXED_HOST).accelerators) == first
+    empty.observe([(NVML_NAME, 64.0)] * 5 * MIN_READINGS, listing, ["H100-SXM"])
+    assert empty.learnt_w() == {"H100-SXM": 64.0}
+
+
+def test_the_h200_entry_holds_both_idles_it_was_measured_at() -> None:
+    """docs/gpus.md: 122-128 W with a CUDA context held, 80 W with no process."""
+    h200 = CATALOG["H200-SXM"]
+    assert (h200.idle_power_w, h200.empty_draw_w) == (126, 80)
+    assert CATALOG["H100-SXM"].empty_draw_w == CATALOG["H100-SXM"].idle_power_w  # not published: read
+
+
 def test_a_replica_pays_for_its_context_and_a_free_gpu_counts_at_its_empty_draw() -> None:
     catalogue = CATALOG["H100-SXM"]
     demand = ServiceDemand("chat", 1, Targets(300, 40), Load(6.0, 400, 200),
@@ -75,4 +103,5 @@ def test_the_controller_reads_the_hidden_empty_draw_off_the_simulated_hosts_free
     assert ctl.empty.learnt_w() == {"H100-SXM": pytest.approx(SPECS["H100-SXM"].empty_w)}
     read = registry.get_sample_value("wattscale_gpu_empty_power_watts", {"accelerator": "H100-SXM"})
     assert read == pytest.approx(SPECS["H100-SXM"].empty_w)
-    assert ctl._problem().idle_w == pytest.approx(8 * SPECS["H100-SXM"].empty_w)
+    problem = ctl._problem()
+    assert problem.idle_w == pytest.approx(8 * SPECS["H100-SXM"].empty_w)

@@ -104,6 +104,8 @@ def test_a_domain_room_is_its_line_scaled_as_the_budget_less_its_idle_gpus(tmp_p
     low = replace(s, power=replace(s.power, budget_w=2000.0))  # a source's budget: the same share applies
     (room,) = domain_rooms(low)
     assert room.room_w == pytest.approx(1800 * 0.97 * 0.9 - 4 * CATALOG["H100-SXM"].idle_power_w)
+    (read,) = domain_rooms(low, {"H100-SXM": 62.0})  # what its GPUs draw with no process, as read off free ones
+    assert read.room_w == pytest.approx(1800 * 0.97 * 0.9 - 4 * 62.0)
     assert room.gpus == frozenset({0, 1, 2, 3})
     assert placements(s, s.services[0]) == {}  # the simulated host lists no GPUs: placement unknown
 

@@ -34,7 +34,8 @@ def sure_savings(candidates: list[Candidate], draws_w: list[float], min_saving: 
     """The candidates (one service's on one accelerator, with the predicted draw of the GPUs each holds, idle
     included) less those at a locked clock that the model does not predict to save at least `min_saving` of the
     energy per request of a candidate at the free clock serving as much. The whole draw counts, whatever the
-    budget mode: a lower clock bought with one more replica pays that GPU's idle draw. A locked candidate that no
+    budget mode: a lower clock bought with one more replica pays that GPU's whole draw (its draw with no process
+    too, which it would draw free: the rule errs against the lock). A locked candidate that no
     free one serves as much as is kept (nothing says it costs energy)."""
     per_request = [w / max(c.served_rps, 1e-9) for c, w in zip(candidates, draws_w, strict=True)]
     free = [(c.served_rps, w) for c, w in zip(candidates, per_request, strict=True)

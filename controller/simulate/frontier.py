@@ -5,11 +5,12 @@ The simulate targets ask `wattscale` for tokens per joule >= 1.3 x `static`'s to
 `uniform-cap`'s. Whether any plan reaches both is a fact of the engines, so this measures it on them: each service
 at its mean rate (bursts and cycles left out) on 1..max_replicas replicas (the load split evenly), each replica at
 the config's max batch with its SM clock free or locked at 0.7, 0.5 or 0.3 of the maximum, load-tested on the
-scenario's hidden engine (simulator/probe.py). A replica's figures: its draw above idle (idle GPUs draw as much
-under any plan) and its T/C, mean output tokens over the request's mean time in the system (mean TTFT + mean
-output x mean ITL). A plan is one option per service within the host's GPUs; a small MILP picks the fastest plan
-at 1.3 x the static fleet's tokens per joule (same tokens served: the site's draw at most static's / 1.3) and the
-least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every GPU capped at the budget's even share).
+scenario's hidden engine (simulator/probe.py). A replica's figures: its draw above its GPU's with no process (a GPU
+with no replica draws that under any plan) and its T/C, mean output tokens over the request's mean time in the
+system (mean TTFT + mean output x mean ITL). A plan is one option per service within the host's GPUs; a small MILP
+picks the fastest plan at 1.3 x the static fleet's tokens per joule (same tokens served: the site's draw at most
+static's / 1.3) and the least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every GPU capped at the budget's
+even share).
 """
 
 from __future__ import annotations

@@ -205,6 +205,6 @@ def carbon_limits(ws: dict[str, Any], flat: dict[str, Any]) -> str:
     binds, on the draw above idle, and only on load that could run at another hour."""
     return (f"what bounds it: the flat budget bound the draw (within {BOUND_SHARE:.0%}) "
             f"{flat['budget_bound_share']:.1%} of the time and the following one {ws['budget_bound_share']:.1%} "
-            "(elsewhere a lower budget cuts nothing); the GPUs' idle draw is "
+            "(elsewhere a lower budget cuts nothing); the GPUs' draw with no process is "
             f"{ws['idle_energy_share']:.0%} of the energy, paid at every hour; and every request is served as it "
             "arrives: none is deferred to a cleaner hour")
