@@ -58,10 +58,14 @@ def _shape(s: dict[str, Any] | None) -> str:
     return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W"
 
 
+NO_WINDOW = "no window observed"
+"""A service's SLO line before any window measured it: the plan counted it at no load."""
+
+
 def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | None, str]:
     """Whether the window's statistic met both targets, and the figures that say so."""
     if not observed:
-        return None, "no window observed"
+        return None, NO_WINDOW
     observed = {k: v for k, v in observed.items() if not (isinstance(v, float) and not math.isfinite(v))}  # NaN: none
     met = slo_met(svc, observed.get("ttft_ms"), observed.get("itl_ms"), observed.get("ttft_p95_ms"),
                   observed.get("itl_p95_ms"))
@@ -160,7 +164,9 @@ def text(rep: dict[str, Any]) -> str:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
     drawn = "" if rep["draw_w"] is None else f", drawing {_figure(rep['draw_w'])} W"
-    lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W"
+    unseen = sum(s["slo"] == NO_WINDOW for s in rep["services"].values())
+    at = f" (at no load for services no window has measured yet: {unseen})" if unseen else ""
+    lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W{at}"
              f"{drawn}{age}"]
     if rep["other_config"]:
         lines.insert(0, f"written by the daemon running {rep['other_config']}, not this config: the two share "
