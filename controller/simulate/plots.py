@@ -70,6 +70,9 @@ def actuators(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> No
             row[1].step(t, r.trace.max_batch[svc.name], lw=0.9, label=name)
             row[2].plot(t, r.trace.cap_w[svc.name], lw=0.8, label=name)
         row[0].set_ylabel(svc.name)
+        for ax in row[:2]:  # counts: whole ticks, read as they are (a constant 64 had read "+6.4e1" offsets)
+            ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.ticklabel_format(axis="y", useOffset=False)
     for ax, title in zip(axes[0], ("replicas", "max batch", "mean power limit (W)"), strict=True):
         ax.set_title(title)
     for ax in axes[-1]:
@@ -81,9 +84,10 @@ def actuators(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> No
 def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
     names = list(policies)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.bar(names, [policies[n]["energy_kwh"] or 0.0 for n in names], color="tab:orange")
+    colours = [f"C{i}" for i in range(len(names))]  # each policy in its colour of the other figures
+    a.bar(names, [policies[n]["energy_kwh"] or 0.0 for n in names], color=colours)
     a.set(title="GPU energy (kWh)")
-    b.bar(names, [policies[n]["tokens_per_joule"] or 0.0 for n in names], color="tab:green")
+    b.bar(names, [policies[n]["tokens_per_joule"] or 0.0 for n in names], color=colours)
     b.set(title="output tokens per joule")
     for ax in (a, b):
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
