@@ -50,9 +50,10 @@ def slo(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
     services = scn.config.services
     fig, axes = plt.subplots(len(services), 1, figsize=(10, 2.4 * len(services)), squeeze=False, sharex=True)
     for ax, svc in zip(axes[:, 0], services, strict=True):
-        for name, r in runs.items():
+        for k, (name, r) in enumerate(runs.items()):  # dashes apart: policies that all meet it draw one line at 1.0
             share = r.met_share[svc.name]
-            ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, lw=0.9, label=name)
+            ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, lw=1.2, ls=("-", "--", "-.", ":")[k % 4],
+                    label=name)
         ax.set(ylabel="met", ylim=(-0.02, 1.02), title=f"{svc.name} ({svc.statistic} TTFT <= {svc.ttft_ms:g} ms, "
                f"ITL <= {svc.itl_ms:g} ms), per {WINDOW_S:g} s")
     axes[0, 0].legend(fontsize=8, ncol=5)
