@@ -54,12 +54,15 @@ class EmptyDraw:
         for g in listing:
             if g.variant is not None and g.variant in accelerators:
                 self._types[g.name] = g.variant
-        only = accelerators[0] if len(accelerators) == 1 and only_unnamed(self._types, accelerators[0]) else None
+        only = accelerators[0] if len(accelerators) == 1 and accelerators[0] not in self._types.values() else None
+        fresh = set()
         for name, watts in free:
             kind = name if name in accelerators else self._types.get(name, None if name in CATALOG else only)
-            if kind is not None and kind in CATALOG and 0.0 < watts <= CATALOG[kind].idle_power_w:
+            if kind is not None and 0.0 < watts <= CATALOG[kind].idle_power_w:
                 self._readings.setdefault(kind, deque(maxlen=KEEP)).append(watts)
-        for kind, got in self._readings.items():
+                fresh.add(kind)
+        for kind in sorted(fresh):  # a type no free GPU was read of since keeps its figure
+            got = self._readings[kind]
             median = float(np.median(got))
             if len(got) >= MIN_READINGS and abs(median - self._used.get(kind, -np.inf)) > STEP_W:
                 if kind not in self._used:
@@ -82,8 +85,3 @@ class EmptyDraw:
                 offer = replace(offer, profile=replace(offer.profile, empty_power_w=read))
             out.append(offer)
         return tuple(out)
-
-
-def only_unnamed(types: dict[str, str], kind: str) -> bool:
-    """Whether no GPU name is known to be `kind`'s."""
-    return kind not in types.values()
