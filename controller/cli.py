@@ -43,12 +43,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from controller.status import status
+    from controller.status import status, view
 
-    settings = load_settings(Path(args.config))
-    if settings.decision_log_path is None:
+    config = view(Path(args.config))
+    if config.log is None:
         raise ConfigError("daemon.decision_log", "is empty: the daemon writes no decision log to read")
-    print(status(settings, settings.decision_log_path, args.json, Path(args.config)))
+    print(status(config, config.log, args.json, Path(args.config)))
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from controller.telemetry.base import ServiceWindow
 from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.decisions")
+HOST = socket.gethostname()
+"""This host's name, in each line: `wattscale status` asks whether the writing process runs only on its host."""
 
 
 class DecisionLog:
@@ -35,13 +38,15 @@ class DecisionLog:
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record; whether it reached the file (always True without one). A line in the file also
-        says when it was written (`wall_time`, Unix seconds) and by which config (`config`), for `wattscale status`."""
+        says when it was written (`wall_time`, Unix seconds), by which config (`config`) and process (`pid` on
+        `host`), for `wattscale status`."""
         clean = strict_json.finite(record)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        mark = {"wall_time": round(time.time(), 3)} | ({} if self.config is None else {"config": self.config})
+        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST} | (
+            {} if self.config is None else {"config": self.config})
         line = strict_json.dumps({**clean, **mark}, separators=(",", ":"), sort_keys=True, default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

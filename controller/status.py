@@ -9,11 +9,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from controller import strict_json
-from controller.config_loader import ConfigError, quoted
-from controller.settings import ServiceSettings, Settings
+from controller.config_loader import ConfigError, build, quoted, read_toml
+from controller.decision_log import HOST
+from controller.settings import DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
 from controller.telemetry.base import shortened
 from tuner.store import open_plain
@@ -84,12 +85,40 @@ def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, 
             "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
 
 
-def report(settings: Settings, record: dict[str, Any], now_s: float | None = None,
+class View(NamedTuple):
+    """What status reads of a config: its services' targets, the slow loop's period and the decision log."""
+
+    services: tuple[ServiceSettings, ...]
+    slow_interval_s: float
+    log: Path | None
+    problem: str | None = None
+    """Why the file does not load where it does not (its [daemon] table read alone: the log is still found)."""
+
+
+def view(config: Path) -> View:
+    """The config's view; where the file does not load but its [daemon] table does, that table's log and period
+    with no services (a refused edit is when an operator asks the running daemon most); else the ConfigError."""
+    try:
+        s = load_settings(config)
+        return View(s.services, s.daemon.slow_interval_s, s.decision_log_path)
+    except ConfigError as exc:
+        try:
+            table = read_toml(config, "daemon config").get("daemon", {})
+            daemon = build(DaemonSettings, table if isinstance(table, dict) else {}, "daemon")
+        except ConfigError:
+            raise exc from None
+        log = config.resolve().parent / daemon.state_dir / daemon.decision_log if daemon.decision_log else None
+        return View((), daemon.slow_interval_s, log, str(exc))
+
+
+def report(config_view: View, record: dict[str, Any], now_s: float | None = None,
            config: Path | None = None) -> dict[str, Any]:
     """Per service: in force, planned, SLO met or not, and why (shortfall, what the gate or actuators held);
-    `other_config`: the config the record's daemon ran where it is not `config` (two configs share the log)."""
+    `other_config`: the config the record's daemon ran where it is not `config` (two configs share the log);
+    `writer_running`: whether the process that wrote the record runs (None where this host cannot tell)."""
     services = {}
-    for svc in settings.services:
+    unknown = "not in this config file" if config_view.problem is None else "the config file does not load"
+    for svc in config_view.services:
         r = record["services"].get(svc.name, {})
         met, figures = _slo(svc, r.get("observed"))
         why = []
@@ -98,21 +127,37 @@ def report(settings: Settings, record: dict[str, Any], now_s: float | None = Non
         why += [f"gate held {h}" for h in _items(r.get("gate_held"))]
         why += [f"actuator held {h}" for h in _items(r.get("actuator_held"))]
         services[svc.name] = _entry(r, svc.priority, met, figures, why)
-    for name in sorted(set(record["services"]) - {svc.name for svc in settings.services}):
-        # in the daemon's config but not this file's (an edit not yet loaded)
-        services[name] = _entry(record["services"][name], None, None, "not in this config file", [])
+    for name in sorted(set(record["services"]) - {svc.name for svc in config_view.services}):
+        # in the daemon's config but not this file's (an edit not yet loaded, or a file that does not load)
+        services[name] = _entry(record["services"][name], None, None, unknown, [])
     wall = record.get("wall_time")
     age = None if wall is None else round((time.time() if now_s is None else now_s) - float(wall), 1)
     if age is not None and not math.isfinite(age):
         raise ValueError(f"wall_time {wall!r}")
     # a decision from the future is no sign of life either (a clock set back, or a foreign file)
-    fresh = (-settings.daemon.slow_interval_s, STALE_CYCLES * settings.daemon.slow_interval_s)
-    return {"age_s": age, "stale": age is not None and not fresh[0] <= age <= fresh[1],
+    fresh = (-config_view.slow_interval_s, STALE_CYCLES * config_view.slow_interval_s)
+    running = _running(record.get("pid"), record.get("host"))
+    return {"age_s": age, "stale": running is False or (age is not None and not fresh[0] <= age <= fresh[1]),
+            "writer_running": running, "config_problem": config_view.problem,
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
             "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
             "blocked": _items(record.get("blocked")), "services": services,
             "other_config": None if config is None or _same(record.get("config"), config) else str(record["config"])}
+
+
+def _running(pid: Any, host: Any) -> bool | None:
+    """Whether process `pid` runs, where the record was written on this host (a daemon stopped or restarted since
+    left its last cycle reading as current for STALE_CYCLES; a reused pid reads as running, as before)."""
+    if host != HOST or not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
+        return None  # another host's process, or no pid: 0 and -1 would signal a process group, not a process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process, running
+        return True
+    return True
 
 
 def _same(written_by: Any, config: Path) -> bool:
@@ -137,12 +182,12 @@ def _items(value: Any) -> list[Any]:
     return value
 
 
-def status(settings: Settings, path: Path, as_json: bool, config: Path | None = None) -> str:
+def status(config_view: View, path: Path, as_json: bool, config: Path | None = None) -> str:
     """What `wattscale status` prints (of the daemon running `config`); a last record this version cannot read is
     one ConfigError, no traceback."""
     record = last_decision(path)
     try:
-        rep = report(settings, record, config=config)
+        rep = report(config_view, record, config=config)
         shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
@@ -160,7 +205,9 @@ def _figure(x: float) -> str:
 def text(rep: dict[str, Any]) -> str:
     age = "" if rep["age_s"] is None else (f", decided {_figure(rep['age_s'])} s ago" if rep["age_s"] >= 0 else
                                             f", dated {_figure(-rep['age_s'])} s in the future")
-    if rep["stale"]:
+    if rep["writer_running"] is False:
+        age += " (stale: the daemon that wrote it has stopped)"
+    elif rep["stale"]:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
     drawn = "" if rep["draw_w"] is None else f", drawing {_figure(rep['draw_w'])} W"
@@ -168,6 +215,9 @@ def text(rep: dict[str, Any]) -> str:
     at = f" (at no load for services no window has measured yet: {unseen})" if unseen else ""
     lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W{at}"
              f"{drawn}{age}"]
+    if rep["config_problem"]:
+        lines.insert(0, f"this config file does not load ({rep['config_problem']}): a running daemon keeps the "
+                        "config it loaded last; its services below without this file's targets")
     if rep["other_config"]:
         lines.insert(0, f"written by the daemon running {rep['other_config']}, not this config: the two share "
                         "daemon.decision_log (give each its own daemon.state_dir)")

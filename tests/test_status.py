@@ -4,6 +4,9 @@ its SLO met or not; one line and exit 2 where there is no log to read."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -230,3 +233,54 @@ def test_status_says_when_the_log_is_another_configs(sim_config: Callable[..., P
     first = capsys.readouterr().out.splitlines()[0]
     assert first == (f"written by the daemon running {link}, not this config: the two share "
                      "daemon.decision_log (give each its own daemon.state_dir)")
+
+
+def exited_pid() -> int:
+    """The pid of a process that has run and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_last_decision_whose_daemon_has_stopped_is_stale_at_once(sim_config: Callable[..., Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A daemon stopped (or restarted and not yet through a cycle) left its last cycle reading as current for three
+    slow cycles: each line names its process, and on its host status asks whether it runs."""
+    path, log, record = real_record(sim_config)
+    assert record["pid"] == os.getpid()  # this process wrote it, and runs
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["writer_running"] is True and rep["stale"] is False
+    log.write_text(json.dumps({**record, "pid": exited_pid()}) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(" s ago (stale: the daemon that wrote it has stopped)")
+    # another host's process, or a pid that would name a process group or none: not asked, and not stale for it
+    for pid, host in ((exited_pid(), "elsewhere"), (0, record["host"]), (-1, record["host"]),
+                      (True, record["host"]), (1 << 40, record["host"]), ("1", record["host"])):
+        log.write_text(json.dumps({**record, "pid": pid, "host": host}) + "\n")
+        assert main(["status", "--config", str(path), "--json"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["writer_running"] is None and rep["stale"] is False, (pid, host)
+
+
+def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_config: Callable[..., Path],
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An edit the daemon refused (it keeps running its config) made status refuse too, when it is most wanted:
+    the file's [daemon] table still finds the log, and the services are shown without this file's targets. A
+    [daemon] table that does not load is the file's error, as before."""
+    path, _, _ = real_record(sim_config)
+    path.write_text(path.read_text().replace("ttft_ms = 300", "ttft_ms = -1"))
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("this config file does not load (services[chat].ttft_ms: ") and "-1" in out[0], out
+    assert out[0].endswith("a running daemon keeps the config it loaded last; its services below without this "
+                           "file's targets")
+    assert any(x.startswith("chat: 1 x H100-SXM") and x.endswith("SLO unknown: the config file does not load")
+               for x in out), out
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["config_problem"].startswith("services[chat].ttft_ms") and rep["services"]["chat"]["slo_met"] is None
+    path.write_text(path.read_text().replace("slow_interval_s = ", "slow_interval_s = -"))
+    assert main(["status", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wattscale: daemon.slow_interval_s: must be in"), err
