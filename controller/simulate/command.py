@@ -74,7 +74,8 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     if FLAT in policies:
         with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
             flat_w = mean_budget_w(scn, duration_s, Path(tmp))
-    with tqdm(total=duration_s * len(policies) * len(seeds), unit="sim s", disable=not progress,
+    # disable=None: no bar where stderr is no terminal (a redirected log took every redraw)
+    with tqdm(total=duration_s * len(policies) * len(seeds), unit="sim s", disable=None if progress else True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}]") as bar:
         for seed in seeds:
             bar.set_description(f"seed {seed}: sizing the static fleet")
