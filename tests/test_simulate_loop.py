@@ -170,3 +170,33 @@ def test_the_power_figure_draws_each_domain_against_its_limit(small_scenario: Ca
 
     site = height("", "site")
     assert height('[power]\ndomains = [{ name = "rack", limit_w = 650, gpus = [0] }]\n', "rack") > site * 1.4
+
+
+def test_policies_on_one_value_stay_apart_in_the_figures(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five policies running one fleet drew one line (static under uniform-cap, every max batch under wattscale's),
+    and slo.png drew the first and the fifth both solid; a constant max batch of 64 sat on a 61-67 axis, as if it
+    varied. Each policy's line has its own dash and width now, and counts are drawn from 0."""
+    pytest.importorskip("matplotlib")
+    from controller.simulate import plots
+    from controller.simulate.accounting import Shown
+    from controller.simulate.runner import Trace
+
+    scn = load_scenario(small_scenario('name = "styles"\nduration_s = 60\n'))
+    t = np.arange(1.0, 61.0)
+    flat = {"chat": np.full(60, 64.0)}
+    trace = Trace(t, t * 0 + 1400, t * 0 + 900, t * 0 + 1400, {"chat": t * 0 + 2}, flat, {"chat": t * 0 + 500},
+                  t * 0 + np.nan, {})
+    runs = {name: Shown(trace, {"chat": np.ones(4)}) for name in command.POLICIES}
+    figs: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figs.append(fig))
+    plt = plots._pyplot()
+    plots.slo(plt, scn, runs, tmp_path / "slo.png")
+    plots.actuators(plt, scn, runs, tmp_path / "actuators.png")
+    for ax in [figs[0].axes[0], *figs[1].axes]:
+        styles = {(str(line.get_linestyle()), line.get_linewidth()) for line in ax.get_lines()}
+        assert len(styles) == len(command.POLICIES), styles
+    replicas, batch = figs[1].axes[:2]
+    assert replicas.get_ylim()[0] == 0 and batch.get_ylim()[0] == 0 and batch.get_ylim()[1] > 64
+    for fig in figs:
+        plt.close(fig)

@@ -16,6 +16,15 @@ PLOTS = ("power.png", "slo.png", "actuators.png", "energy.png")
 """The PNGs a report draws, in the order the summary shows them."""
 
 
+DASHES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+
+
+def _style(k: int) -> dict[str, Any]:
+    """The k-th policy's line where policies overlap (all at 1.0, one fleet, one cap): a dash of its own, and each
+    thinner than the one before, drawn over it, so that lines on one value read as nested strokes."""
+    return {"ls": DASHES[k % len(DASHES)], "lw": max(0.8, 2.4 - 0.4 * k)}
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -50,10 +59,9 @@ def slo(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
     services = scn.config.services
     fig, axes = plt.subplots(len(services), 1, figsize=(10, 2.4 * len(services)), squeeze=False, sharex=True)
     for ax, svc in zip(axes[:, 0], services, strict=True):
-        for k, (name, r) in enumerate(runs.items()):  # dashes apart: policies that all meet it draw one line at 1.0
+        for k, (name, r) in enumerate(runs.items()):
             share = r.met_share[svc.name]
-            ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, lw=1.2, ls=("-", "--", "-.", ":")[k % 4],
-                    label=name)
+            ax.plot((np.arange(len(share)) + 0.5) * WINDOW_S / 60, share, label=name, **_style(k))
         ax.set(ylabel="met", ylim=(-0.02, 1.02), title=f"{svc.name} ({svc.statistic} TTFT <= {svc.ttft_ms:g} ms, "
                f"ITL <= {svc.itl_ms:g} ms), per {WINDOW_S:g} s")
     axes[0, 0].legend(fontsize=8, ncol=5)
@@ -65,15 +73,16 @@ def actuators(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> No
     services = scn.config.services
     fig, axes = plt.subplots(len(services), 3, figsize=(13, 2.4 * len(services)), squeeze=False, sharex=True)
     for row, svc in zip(axes, services, strict=True):
-        for name, r in runs.items():
+        for k, (name, r) in enumerate(runs.items()):
             t = r.trace.t_s / 60
-            row[0].step(t, r.trace.replicas[svc.name], lw=0.9, label=name)
-            row[1].step(t, r.trace.max_batch[svc.name], lw=0.9, label=name)
-            row[2].plot(t, r.trace.cap_w[svc.name], lw=0.8, label=name)
+            row[0].step(t, r.trace.replicas[svc.name], label=name, **_style(k))
+            row[1].step(t, r.trace.max_batch[svc.name], label=name, **_style(k))
+            row[2].plot(t, r.trace.cap_w[svc.name], label=name, **_style(k))
         row[0].set_ylabel(svc.name)
-        for ax in row[:2]:  # counts: whole ticks, read as they are (a constant 64 had read "+6.4e1" offsets)
+        for ax in row[:2]:  # counts from 0 with whole ticks (a constant 64 on a 61-67 axis read as varying)
             ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
             ax.ticklabel_format(axis="y", useOffset=False)
+            ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]) * 1.08)
     for ax, title in zip(axes[0], ("replicas", "max batch", "mean power limit (W)"), strict=True):
         ax.set_title(title)
     for ax in axes[-1]:
