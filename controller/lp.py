@@ -11,8 +11,6 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
-from scipy.sparse import coo_array
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,9 @@ class Lp:
               time_limit_s: float = 10.0, mip_gap: float = 1e-6, presolve: bool = True) -> LpResult:
         """`presolve=False` for a model whose builder has done the reductions already (HiGHS's presolve and
         the restarts it triggers then cost more than they save: docs/plan.md, "Speed")."""
+        from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp  # 0.3 s: not at every command's start
+        from scipy.sparse import coo_array
+
         kept = [r for r in self.rows if r[3] not in without]
         r_idx = [k for k, (ents, _, _, _) in enumerate(kept) for _ in ents]
         c_idx = [i for ents, _, _, _ in kept for i, _ in ents]

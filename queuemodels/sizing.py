@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from scipy.optimize import brentq
 
 from queuemodels.law_arrays import ManyLawFn, Points, laws_of
 from queuemodels.operating_point import meets
@@ -140,6 +139,8 @@ def saturation_rps(
     trickle = surplus(0.0)
     if surplus(trickle) >= 0.0:
         return trickle  # the law does not depend on the rate
+    from scipy.optimize import brentq  # here: scipy.optimize is 0.3 s of every command's start
+
     root = float(brentq(surplus, 0.0, trickle, xtol=rel_tol * trickle, rtol=max(rel_tol, 4.5e-16)))
     return root if surplus(root) >= 0.0 else root - rel_tol * trickle
 

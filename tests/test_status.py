@@ -284,3 +284,12 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("wattscale: daemon.slow_interval_s: must be in"), err
+
+
+def test_a_command_starts_without_the_fitting_libraries() -> None:
+    """Every command paid 2.2 s of CPU before it began, 1.2 s of it filterpy's scipy.stats and scipy.optimize,
+    which only a fit or a MILP uses: `status`, polled, and `--version` among them. They load where they are used."""
+    code = ("import sys, controller.cli, controller.status\n"
+            "print(sorted(m for m in ('filterpy', 'scipy.stats', 'scipy.optimize') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout

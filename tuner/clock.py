@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 
 from queuemodels import ModelInputError, PowerProfile, ServiceParams, get_model
 from queuemodels.clock import clock_share
@@ -103,6 +102,8 @@ class ClockFit:
         start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
                          self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
         try:
+            from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
+
             result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5],
                                    loss="soft_l1", f_scale=3.0)
         except ValueError:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 
 from queuemodels import ModelInputError, Occupancy, PowerProfile, ServiceParams, get_model
 from queuemodels.clock import clock_share
@@ -123,6 +122,8 @@ class DrawFit:
         lo = np.array([BUSY_BOUNDS[0], math.log(HALF_BOUNDS[0])])
         hi = np.array([BUSY_BOUNDS[1], math.log(HALF_BOUNDS[1])])
         start = np.clip([profile.busy_share, math.log(profile.batch_half)], lo, hi)
+        from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
+
         result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.1, 1.0])
         self.busy_share = float(result.x[0])
         self.batch_half = float(math.exp(result.x[1]))

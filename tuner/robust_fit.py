@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import least_squares
 
 from queuemodels import ServiceParams
 from queuemodels.types import NAMES
@@ -41,6 +40,8 @@ def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.
         out = [prior_weight * (v[:-1] - held - v[-1] * shape)]
         out += [np.full(2, 10.0) if e is None else e for e in errors(x)]
         return np.concatenate(out)
+
+    from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
 
     result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol, xtol=tol,
                            loss="soft_l1", f_scale=sigma_obs)
