@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from controller.planner.packing_spec import MAX_REQUESTS
+from controller.service_settings import MAX_SLO_MS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
 from controller.telemetry.base import shortened
 from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS
@@ -151,9 +152,9 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
                    help="GPU power cap (W); needs --accelerator")
     a.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile: {ACCELERATORS}")
-    a.add_argument("--ttft-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
+    a.add_argument("--ttft-slo-ms", type=number(0.0, MAX_SLO_MS, low_open=True), default=None, metavar="MS",
                    help="time-to-first-token objective (ms); with --itl-slo-ms, max_rate_rps is reported")
-    a.add_argument("--itl-slo-ms", type=number(0.0, 1e7, low_open=True), default=None, metavar="MS",
+    a.add_argument("--itl-slo-ms", type=number(0.0, MAX_SLO_MS, low_open=True), default=None, metavar="MS",
                    help="inter-token-latency objective (ms)")
     a.add_argument("--slo-statistic", default="mean", choices=["mean", "p95", "p99"],
                    help="statistic the objectives apply to")

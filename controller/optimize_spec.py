@@ -10,7 +10,6 @@ from controller.config_loader import (
     ConfigError,
     build,
     check_name,
-    check_positive,
     check_range,
     item_path,
     quoted,
@@ -20,7 +19,7 @@ from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
-from controller.settings_checks import minimum_fits
+from controller.settings_checks import MAX_POWER_W, minimum_fits
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -92,7 +91,7 @@ class Spec:
     """Penalty on changes (no current allocation in a spec)."""
 
     def check(self, where: str) -> None:
-        check_positive(self, "", ("budget_w",))
+        check_range(self, "", ("budget_w",), 0.0, MAX_POWER_W, low_open=True)  # as a config's
         if not self.services:
             raise ConfigError("services", "at least one service is required")
         if not self.accelerators:

@@ -63,7 +63,7 @@ def unwritable(directory: Path) -> str | None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        return f"{probe} is not writable ({exc.strerror or exc})"
+        return f"no file can be created in {probe} ({exc.strerror or exc})"
     return None
 
 

@@ -21,7 +21,7 @@ from queuemodels import (
 def check_service_bounds(s: Any, where: str) -> None:
     """The bounds a service's objectives, token mix, priority, replicas and queue keep, in a config and in an
     optimize spec alike (`s` has those fields)."""
-    check_positive(s, where, ("ttft_ms", "itl_ms"))
+    check_range(s, where, ("ttft_ms", "itl_ms"), 0.0, MAX_SLO_MS, low_open=True)  # analyze's --*-slo-ms's too
     check_range(s, where, ("in_tokens", "out_tokens"), 1.0, MAX_TOKENS)
     check_range(s, where, ("in_tokens_cv", "out_tokens_cv"), 0.0, 10.0)
     if not 1 <= s.priority <= MAX_PRIORITY:
@@ -37,6 +37,8 @@ def check_service_bounds(s: Any, where: str) -> None:
 
 MAX_STEP_MS = 60_000.0
 """Largest prior step time (ms): a minute per decode step or prompt is a unit mistake."""
+MAX_SLO_MS = 1e7
+"""Longest TTFT or ITL objective (ms, some 2.8 hours): a config, an optimize spec and `analyze` hold the same."""
 MAX_TOKENS = 1_000_000.0
 """Longest mean prompt or output (tokens)."""
 MAX_PRIORITY = 1000

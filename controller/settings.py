@@ -71,6 +71,11 @@ class DaemonSettings:
             if longest > NAME_MAX:
                 raise ConfigError(f"{where}.{name}", f"{quoted(value)} holds a name of {longest} bytes, past the "
                                   f"{NAME_MAX} a file system takes")
+        if self.decision_log and (Path(self.decision_log).name != self.decision_log or self.decision_log == ".."):
+            # "." named the state dir itself ("Is a directory" every cycle, status with nothing to read), and a path
+            # left state_dir
+            raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} must be a file name in "
+                              "state_dir, with no directory in it")
 
 
 @dataclass(frozen=True)

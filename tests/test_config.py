@@ -50,7 +50,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("budget_w = 4000", "budget_w = nan"), "power.budget_w: must be a number, got nan"),
         (lambda t: t.replace("max_replicas = 4", "max_replicas = 0", 1),
          r"services\[chat\].max_replicas: must be in 1..1024, got 0"),
-        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"), r"services\[chat\].ttft_ms: must be a finite number > 0"),
+        (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"),
+         r"services\[chat\].ttft_ms: must be in \(0, 1e\+07\], got 0"),
         (lambda t: t.replace('power = "sim"', 'power = "ipmi"'), "actuators.power: must be one of"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
         (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[code\].statistic: unknown"),
@@ -249,7 +250,8 @@ def test_read_only_state_dir_is_a_warning(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "ro").chmod(0o500)
     path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "ro/state"'))
     assert main(["check-config", str(path)]) == 0
-    assert "is not writable (Permission denied); tuner state will not be saved" in capsys.readouterr().err
+    assert "no file can be created in " in (err := capsys.readouterr().err)
+    assert err.strip().endswith(" (Permission denied); tuner state will not be saved")
 
 
 def test_a_state_dir_on_a_virtual_file_system_is_a_warning_for_root_too(tmp_path: Path,
@@ -257,7 +259,7 @@ def test_a_state_dir_on_a_virtual_file_system_is_a_warning_for_root_too(tmp_path
     """os.access says yes to root under /proc; a file made there says no."""
     path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "/proc/wattscale-test/state"'))
     assert main(["check-config", str(path)]) == 0
-    assert "daemon.state_dir: /proc is not writable (" in capsys.readouterr().err
+    assert "daemon.state_dir: no file can be created in /proc (" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("duration", ["nan", "-5", "0", "inf", "soon"])
@@ -489,6 +491,17 @@ def test_a_path_with_a_name_too_long_for_a_file_system_is_refused_by_field(tmp_p
     assert main(["check-config", str(write(tmp_path, GOOD.replace('state_dir = "../var/state"', new, 1)))]) == 2
     err = capsys.readouterr().err
     assert f"{field}: " in err and "bytes, past the 255 a file system takes" in err
+
+
+@pytest.mark.parametrize("name", [".", "..", "sub/dir/", "../../x/y.jsonl", "/tmp/decisions.jsonl"])
+def test_a_decision_log_that_is_no_file_name_in_state_dir_is_refused(tmp_path: Path, name: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """"." passed check-config and named the state dir itself: `run` warned "Is a directory" every cycle and
+    status had nothing to read; a path wrote outside state_dir, which the docs say holds it."""
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "../var/state"\ndecision_log = "{name}"', 1)
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip() == (f"wattscale: daemon.decision_log: '{name}' must be a file name in "
+                                               "state_dir, with no directory in it")
 
 
 @pytest.mark.parametrize(("old", "new"), [

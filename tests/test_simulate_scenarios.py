@@ -66,6 +66,10 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 2\n', "events[0].gpu", "0..1"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\n', "events[0].gpu",
      "is missing: a gpu_lost event names the GPU, an index in 0..1"),  # it said "got -1", a value never written
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 5\nin_tokens = 0.001\n', "workload.chat.in_tokens",
+     "must be 0 (the service's) or at least 1, got 0.001"),
+    ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = -1\n', "events[0].gpu",
+     "must be a GPU index in 0..1, got -1"),  # -1, the unset default then, read "is missing"
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 1\nfactor = 1e308\n',
      "events[0].factor", "does not apply to a gpu_lost event (it reads gpu), got 1e+308"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "slowdown"\nfactor = 1.3\n', "events[0].service",
@@ -130,6 +134,15 @@ def test_a_configs_token_mix_past_the_engines_context_is_named(small_scenario: C
         load_scenario(path)
     assert err.value.where == "workload.chat.in_tokens" and "past the simulated engines' context (32768)" in str(
         err.value)
+
+
+def test_seeds_past_the_last_one_are_refused(small_scenario: Callable[..., Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """seed = 2^63-1 with --seeds 2 ran a seed of 2^63, outside the range the scenario's seed is held to."""
+    path = small_scenario(f'name = "x"\nduration_s = 60\nseed = {2**63 - 1}\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path / "r"), "--seeds", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (f"wattscale: --seeds: 2 seeds from the scenario's seed {2**63 - 1} "
+                                               "pass 2^63-1")
 
 
 def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Callable[..., Path], tmp_path: Path,

@@ -46,7 +46,10 @@ def code_service(name: str) -> str:
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
     (lambda t: t.replace("ttft_ms = 300", "ttft_ms = inf"),
-     r"services\[chat\].ttft_ms: must be a finite number > 0, got inf"),
+     r"services\[chat\].ttft_ms: must be in \(0, 1e\+07\], got inf"),
+    (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 1e308"),  # analyze held its --ttft-slo-ms to 1e7, specs not
+     r"services\[chat\].ttft_ms: must be in \(0, 1e\+07\], got 1e\+308"),
+    (lambda t: t.replace("budget_w = 3000", "budget_w = 1e308"), r"budget_w: must be in \(0, 1e\+08\], got 1e\+308"),
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmax_queue = -3", 1),
      r"services\[chat\].max_queue: must be in 0..1000000, got -3"),
     (lambda t: t.replace('params."A100-SXM4" = { alpha_ms = 20, beta_ms = 0.15, gamma_ms = 18, delta_ms = 0.07 }\n', "")

@@ -177,6 +177,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
     if report_dir.is_symlink() and not report_dir.exists():  # mkdir would say only "File exists"
         raise ConfigError("--report", f"{report_dir} is a link to {os.readlink(report_dir)}, which does not exist")
+    if scn.settings.seed + args.seeds - 1 >= 2**63:  # the seeds' range: a run of seed 2^63 read as any other
+        raise ConfigError("--seeds", f"{args.seeds} seeds from the scenario's seed {scn.settings.seed} pass 2^63-1")
     seeds = [scn.settings.seed + k for k in range(args.seeds)]
     try:
         report_dir.mkdir(parents=True, exist_ok=True)

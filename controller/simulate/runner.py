@@ -122,7 +122,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             for e in events_due(events, t, fast, duration):
                 if e.kind in ("budget", "demand_response"):
                     sources.apply(e, t)
-                elif e.kind == "gpu_lost":
+                elif e.kind == "gpu_lost" and e.gpu is not None:  # checked: a gpu_lost event names one
                     host.lose_gpu(e.gpu)
                 elif e.kind == "slowdown":
                     host.slow_down(e.service, e.factor)

@@ -49,12 +49,14 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
         if e.at_s >= s.duration_s:
             raise ConfigError(f"{where}.at_s", f"{e.at_s:g} s is not before the scenario's end ({s.duration_s:g} s): "
                               "it would never apply")
-        if e.kind == "gpu_lost" and e.gpu == -1:  # the default: the user never wrote it
-            raise ConfigError(f"{where}.gpu", f"is missing: a gpu_lost event names the GPU, an index in 0..{gpus - 1}")
-        if e.kind == "gpu_lost" and not 0 <= e.gpu < gpus:
-            raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
-        if e.kind == "gpu_lost" and lost.setdefault(e.gpu, i) != i:  # a lost GPU stays lost
-            raise ConfigError(f"{where}.gpu", f"GPU {e.gpu} is lost already (events[{lost[e.gpu]}])")
+        if e.kind == "gpu_lost":
+            if e.gpu is None:
+                raise ConfigError(f"{where}.gpu", f"is missing: a gpu_lost event names the GPU, an index in "
+                                  f"0..{gpus - 1}")
+            if not 0 <= e.gpu < gpus:  # -1, the default once, read "is missing"
+                raise ConfigError(f"{where}.gpu", f"must be a GPU index in 0..{gpus - 1}, got {e.gpu}")
+            if lost.setdefault(e.gpu, i) != i:  # a lost GPU stays lost
+                raise ConfigError(f"{where}.gpu", f"GPU {e.gpu} is lost already (events[{lost[e.gpu]}])")
         if e.kind == "demand_response" and not any(
                 isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
