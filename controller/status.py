@@ -56,6 +56,9 @@ def last_decision(path: Path) -> dict[str, Any]:
 def _shape(s: dict[str, Any] | None) -> str:
     if not s:
         return "nothing"
+    for name in ("replicas", "max_batch", "cap_w"):  # a hand-edited -5 replicas or an inf cap is no shape it wrote
+        if not 0 <= s[name] < math.inf:
+            raise ValueError(f"{name} {s[name]!r:.40}")
     return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W"
 
 
@@ -135,6 +138,9 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
     if age is not None and not math.isfinite(age):
         raise ValueError(f"wall_time {wall!r}")
     # a decision from the future is no sign of life either (a clock set back, or a foreign file)
+    for name in ("budget_w", "predicted_w", "draw_w"):  # the daemon writes finite figures or none (1e999 read inf)
+        if record.get(name) is not None and not math.isfinite(record[name]):
+            raise ValueError(f"{name} {record[name]!r}")
     fresh = (-config_view.slow_interval_s, STALE_CYCLES * config_view.slow_interval_s)
     running = _running(record.get("pid"), record.get("host"))
     return {"age_s": age, "stale": running is False or (age is not None and not fresh[0] <= age <= fresh[1]),

@@ -73,8 +73,13 @@ def test_status_without_a_decision_log_is_one_line(sim_config: Callable[..., Pat
     assert len(err) == 1 and err[0].startswith("wattscale: daemon.decision_log: cannot read"), err
 
 
+SHAPE = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
+
+
 @pytest.mark.parametrize("edit", [{"wall_time": "x"}, {"services": {"chat": 5}}, {"budget_w": "lots"},
-                                  {"wall_time": float("nan")}, {"budget_w": 10**400}])
+                                  {"wall_time": float("nan")}, {"budget_w": 10**400}, {"draw_w": float("inf")},
+                                  {"services": {"chat": {"in_force": {**SHAPE, "replicas": -5}}}},
+                                  {"services": {"chat": {"in_force": {**SHAPE, "cap_w": float("inf")}}}}])
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       as_json: list[str], capsys: pytest.CaptureFixture[str]) -> None:
