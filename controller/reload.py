@@ -42,10 +42,10 @@ def check_reload(old: Settings, new: Settings) -> None:
         _fixed(f"services[{a.name}]", a, b)
     if len(new.accelerators) != len(old.accelerators):
         raise ConfigError("accelerators", "accelerator types change with a restart; reload refused")
-    for k, (x, y) in enumerate(zip(old.accelerators, new.accelerators, strict=True)):
+    for x, y in zip(old.accelerators, new.accelerators, strict=True):
         for name in FIXED_ACCELERATOR_FIELDS:
-            if getattr(x, name) != getattr(y, name):
-                raise ConfigError(f"accelerators[{k}].{name}", "changes need a restart; reload refused")
+            if getattr(x, name) != getattr(y, name):  # by the running type's name, as the file's checks name it
+                raise ConfigError(f"accelerators[{x.name}].{name}", "changes need a restart; reload refused")
 
 
 def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:

@@ -94,6 +94,7 @@ def test_reloading_the_same_file_while_a_cut_is_held_changes_nothing(sim_config:
     ('name = "chat"\nmodel = "llama-3.1-8b"', 'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0, 1]',
      "services[chat].gpus"),
     ('name = "code"', 'name = "coder"', "services"),
+    ('name = "H100-SXM"', 'name = "H100-SXM"\ngpus_per_replica = 2', "accelerators[H100-SXM].gpus_per_replica"),
     ('name = "chat"\nmodel = "llama-3.1-8b"', 'name = "chat"\nmodel = "llama-3.1-8b"\n'
      'variants = [{ accelerator = "H100-SXM", gpus = [0, 1] }]', "services[chat].variants"),
 ])
