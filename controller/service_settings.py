@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.config_loader import ConfigError, check_name, check_positive, check_range, quoted
+from controller.config_loader import ConfigError, check_name, check_range, quoted
 from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import (
     DEFAULT_MAX_QUEUE,
@@ -103,7 +103,7 @@ class SimWorkloadSettings:
     def check(self, where: str) -> None:
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
-        check_positive(self, where, ("cycle_period_s",))
+        check_range(self, where, ("cycle_period_s",), 1.0, 7 * 86400.0)  # as a scenario's: a second to a week
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 

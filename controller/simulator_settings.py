@@ -9,6 +9,9 @@ from controller.settings_checks import MAX_GPUS, MAX_SIM_SPEED
 from simulator.hardware import SPECS
 from simulator.personality import PERSONALITIES
 
+MIN_SIM_SPEED = 0.01
+"""Fewest simulated seconds per wall-clock second (1e-308 was taken: a simulated host that never moves)."""
+
 
 @dataclass(frozen=True)
 class SimulatorSettings:
@@ -56,5 +59,5 @@ class SimulatorSettings:
                                   f"expected one of {sorted(SPECS)}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}.seed", f"must be in 0..2^63-1, got {self.seed}")
-        check_range(self, where, ("speed",), 0.0, MAX_SIM_SPEED, low_open=True)
+        check_range(self, where, ("speed",), MIN_SIM_SPEED, MAX_SIM_SPEED)
         check_range(self, where, ("start_delay_s", "shutdown_timeout_s"), 0.0, 86400.0)

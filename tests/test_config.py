@@ -85,11 +85,15 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 5000.0").replace("speed = 1.0", "speed = 10.0"),
          r"simulator.speed: 10 x the services' sim.rate_rps is 50110 simulated arrivals per second"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),
-         r"services\[chat\].sim.cycle_period_s: must be a finite number > 0, got 0.0"),
+         r"services\[chat\].sim.cycle_period_s: must be in \[1, 604800\], got 0.0"),
+        (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 1e308"),  # a scenario's is held to a week
+         r"services\[chat\].sim.cycle_period_s: must be in \[1, 604800\], got 1e\+308"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 100000"),
          "simulator.num_gpus: must be in 1..1024, got 100000"),
         (lambda t: t.replace("speed = 1.0", "speed = 1e12"),
-         r"simulator.speed: must be in \(0, 100\], got 1000000000000.0"),
+         r"simulator.speed: must be in \[0.01, 100\], got 1000000000000.0"),
+        (lambda t: t.replace("speed = 1.0", "speed = 1e-308"),  # a simulated host that never moved
+         r"simulator.speed: must be in \[0.01, 100\], got 1e-308"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 1024").replace("count = 8", "count = 1024")
          .replace("speed = 1.0", "speed = 50.0").replace("budget_w = 4000", "budget_w = 200000"),
          "simulator.speed: 50 x 1024 GPUs is more than 8192"),
