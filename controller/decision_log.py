@@ -23,8 +23,21 @@ from controller.telemetry.base import ServiceWindow
 from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.decisions")
+
+
+def _pid_namespace() -> int | None:
+    """This process's pid namespace (Linux; None elsewhere): a pid names a process only within it (a container on
+    the host's network has the host's name and pids of its own)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 HOST = socket.gethostname()
-"""This host's name, in each line: `wattscale status` asks whether the writing process runs only on its host."""
+PID_NS = _pid_namespace()
+"""This host's name and pid namespace, in each line: `wattscale status` asks whether the writing process runs only
+where both are its own."""
 
 
 class DecisionLog:
@@ -45,7 +58,7 @@ class DecisionLog:
             log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST} | (
+        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST, "pid_ns": PID_NS} | (
             {} if self.config is None else {"config": self.config})
         line = strict_json.dumps({**clean, **mark}, separators=(",", ":"), sort_keys=True, default=str)
         try:

@@ -259,10 +259,12 @@ def test_a_last_decision_whose_daemon_has_stopped_is_stale_at_once(sim_config: C
     log.write_text(json.dumps({**record, "pid": exited_pid()}) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(" s ago (stale: the daemon that wrote it has stopped)")
-    # another host's process, or a pid that would name a process group or none: not asked, and not stale for it
-    for pid, host in ((exited_pid(), "elsewhere"), (0, record["host"]), (-1, record["host"]),
-                      (True, record["host"]), (1 << 40, record["host"]), ("1", record["host"])):
-        log.write_text(json.dumps({**record, "pid": pid, "host": host}) + "\n")
+    # another host's process or another pid namespace's (a container on the host's network has the host's name),
+    # or a pid that would name a process group or none: not asked, and not stale for it
+    here = (record["host"], record["pid_ns"])
+    for pid, (host, space) in ((exited_pid(), ("elsewhere", record["pid_ns"])), (exited_pid(), (record["host"], 1)),
+                               (0, here), (-1, here), (True, here), (1 << 40, here), ("1", here)):
+        log.write_text(json.dumps({**record, "pid": pid, "host": host, "pid_ns": space}) + "\n")
         assert main(["status", "--config", str(path), "--json"]) == 0
         rep = json.loads(capsys.readouterr().out)
         assert rep["writer_running"] is None and rep["stale"] is False, (pid, host)
