@@ -34,10 +34,19 @@ def _pid_namespace() -> int | None:
         return None
 
 
-HOST = socket.gethostname()
-PID_NS = _pid_namespace()
-"""This host's name and pid namespace, in each line: `wattscale status` asks whether the writing process runs only
-where both are its own."""
+def _boot_id() -> str | None:
+    """This boot's id (Linux; None elsewhere): two hosts of one name, or one host rebooted, share pid namespaces'
+    numbers but not it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read(64).strip()
+    except (OSError, ValueError):
+        return None
+
+
+HOST, PID_NS, BOOT_ID = socket.gethostname(), _pid_namespace(), _boot_id()
+"""This host's name, pid namespace and boot, in each line: `wattscale status` asks whether the writing process
+runs only where all three are its own."""
 
 
 class DecisionLog:
@@ -58,7 +67,8 @@ class DecisionLog:
             log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST, "pid_ns": PID_NS} | (
+        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST, "pid_ns": PID_NS,
+                "boot_id": BOOT_ID} | (
             {} if self.config is None else {"config": self.config})
         line = strict_json.dumps({**clean, **mark}, separators=(",", ":"), sort_keys=True, default=str)
         try:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from controller import strict_json
 from controller.config_loader import ConfigError, build, quoted, read_toml
-from controller.decision_log import HOST, PID_NS
+from controller.decision_log import BOOT_ID, HOST, PID_NS
 from controller.settings import DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
 from controller.telemetry.base import shortened
@@ -107,7 +107,9 @@ def view(config: Path) -> View:
     except ConfigError as exc:
         try:
             table = read_toml(config, "daemon config").get("daemon", {})
-            daemon = build(DaemonSettings, table if isinstance(table, dict) else {}, "daemon")
+            if not isinstance(table, dict):  # `daemon = 5`: no table to find the log by (the default's is another's)
+                raise exc from None
+            daemon = build(DaemonSettings, table, "daemon")
         except ConfigError:
             raise exc from None
         log = config.resolve().parent / daemon.state_dir / daemon.decision_log if daemon.decision_log else None
@@ -142,7 +144,7 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
         if record.get(name) is not None and not math.isfinite(record[name]):
             raise ValueError(f"{name} {record[name]!r}")
     fresh = (-config_view.slow_interval_s, STALE_CYCLES * config_view.slow_interval_s)
-    running = _running(record.get("pid"), record.get("host"), record.get("pid_ns"))
+    running = _running(record.get("pid"), (record.get("host"), record.get("pid_ns"), record.get("boot_id")))
     return {"age_s": age, "stale": running is False or (age is not None and not fresh[0] <= age <= fresh[1]),
             "writer_running": running, "config_problem": config_view.problem,
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
@@ -152,11 +154,11 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
             "other_config": None if config is None or _same(record.get("config"), config) else str(record["config"])}
 
 
-def _running(pid: Any, host: Any, pid_ns: Any) -> bool | None:
-    """Whether process `pid` runs, where the record was written on this host in this pid namespace (a daemon stopped
-    or restarted since left its last cycle reading as current for STALE_CYCLES; a reused pid reads as running, as
-    before)."""
-    if (host, pid_ns) != (HOST, PID_NS) or PID_NS is None:  # another host's, or a container's pids
+def _running(pid: Any, where: tuple[Any, Any, Any]) -> bool | None:
+    """Whether process `pid` runs, where the record was written on this host, in this pid namespace, since its boot
+    (a daemon stopped or restarted since left its last cycle reading as current for STALE_CYCLES; a reused pid
+    reads as running, as before)."""
+    if where != (HOST, PID_NS, BOOT_ID) or None in where:  # another host's (of the same name), a container's pids
         return None
     if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
         return None  # no pid: 0 and -1 would signal a process group, not a process

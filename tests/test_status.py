@@ -259,12 +259,13 @@ def test_a_last_decision_whose_daemon_has_stopped_is_stale_at_once(sim_config: C
     log.write_text(json.dumps({**record, "pid": exited_pid()}) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(" s ago (stale: the daemon that wrote it has stopped)")
-    # another host's process or another pid namespace's (a container on the host's network has the host's name),
-    # or a pid that would name a process group or none: not asked, and not stale for it
-    here = (record["host"], record["pid_ns"])
-    for pid, (host, space) in ((exited_pid(), ("elsewhere", record["pid_ns"])), (exited_pid(), (record["host"], 1)),
-                               (0, here), (-1, here), (True, here), (1 << 40, here), ("1", here)):
-        log.write_text(json.dumps({**record, "pid": pid, "host": host, "pid_ns": space}) + "\n")
+    # another host's process, another pid namespace's (a container on the host's network has the host's name) or
+    # another boot's, or a pid that would name a process group or none: not asked, and not stale for it
+    here = (record["host"], record["pid_ns"], record["boot_id"])
+    for pid, (host, space, boot) in ((exited_pid(), ("elsewhere", *here[1:])), (exited_pid(), (here[0], 1, here[2])),
+                                     (exited_pid(), (*here[:2], "another boot")), (0, here), (-1, here),
+                                     (True, here), (1 << 40, here), ("1", here)):
+        log.write_text(json.dumps({**record, "pid": pid, "host": host, "pid_ns": space, "boot_id": boot}) + "\n")
         assert main(["status", "--config", str(path), "--json"]) == 0
         rep = json.loads(capsys.readouterr().out)
         assert rep["writer_running"] is None and rep["stale"] is False, (pid, host)
@@ -275,7 +276,7 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     """An edit the daemon refused (it keeps running its config) made status refuse too, when it is most wanted:
     the file's [daemon] table still finds the log, and the services are shown without this file's targets. A
     [daemon] table that does not load is the file's error, as before."""
-    path, _, _ = real_record(sim_config)
+    path, log, _ = real_record(sim_config)
     path.write_text(path.read_text().replace("ttft_ms = 300", "ttft_ms = -1"))
     assert main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -291,6 +292,13 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("wattscale: daemon.slow_interval_s: must be in"), err
+    # `daemon = 5`: no table to find the log by, and the default state_dir's log is another daemon's
+    other = path.parent / "var" / "state" / "decisions.jsonl"
+    other.parent.mkdir(parents=True)
+    other.write_text(log.read_text())
+    path.write_text(path.read_text().replace("[daemon]\n", "daemon = 5\n[elsewhere]\n", 1))
+    assert main(["status", "--config", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_a_command_starts_without_the_fitting_libraries() -> None:
