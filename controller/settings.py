@@ -40,6 +40,10 @@ NAME_MAX = 255
 """The longest file name (bytes) Linux file systems take."""
 
 
+STATE_FILE = "tuner.json"
+"""The tuner state's file in state_dir (its set-aside copies and temporary files begin with it too)."""
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     fast_interval_s: float = 1.0
@@ -76,6 +80,8 @@ class DaemonSettings:
             # left state_dir
             raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} must be a file name in "
                               "state_dir, with no directory in it")
+        if self.decision_log.lstrip(".").startswith(STATE_FILE):  # its lines would make the tuner's state unreadable
+            raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} is the tuner state's file")
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,7 @@ class Settings:
 
     @property
     def state_path(self) -> Path:
-        return Path(self.base_dir) / self.daemon.state_dir / "tuner.json"
+        return Path(self.base_dir) / self.daemon.state_dir / STATE_FILE
 
     @property
     def decision_log_path(self) -> Path | None:

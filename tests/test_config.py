@@ -508,6 +508,16 @@ def test_a_decision_log_that_is_no_file_name_in_state_dir_is_refused(tmp_path: P
                                                "state_dir, with no directory in it")
 
 
+@pytest.mark.parametrize("name", ["tuner.json", "tuner.json.bad", ".tuner.json.x1"])
+def test_a_decision_log_on_the_tuner_state_is_refused(tmp_path: Path, name: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """"tuner.json" passed: the decision lines appended to the tuner's state made it unreadable, set aside at the
+    next start with what the tuner had learnt."""
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "../var/state"\ndecision_log = "{name}"', 1)
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: '{name}' is the tuner state's file"
+
+
 @pytest.mark.parametrize(("old", "new"), [
     ('statistic = "mean"', 'statistic = "' + "p" * 100_000 + '"'),
     ('family = "step"', 'family = "' + "s" * 100_000 + '"'),
