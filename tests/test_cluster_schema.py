@@ -58,6 +58,7 @@ def test_the_schema_refuses_what_it_can_express_naming_each_field(
         "spec.min_replicas": with_spec(good, min_replicas=-1),
         "spec.priority": with_spec(good, priority=0),
         "spec.ttft_ms": with_spec(good, ttft_ms=0),
+        "spec.itl_ms": with_spec(good, itl_ms=2e7),  # past MAX_SLO_MS, as check_service_bounds says
         "spec.statistic": with_spec(good, statistic="p50"),
         "spec.variants": with_spec(good, variants=[]),
         "spec.model": {**good, "spec": {k: v for k, v in good["spec"].items() if k != "model"}},

@@ -16,7 +16,7 @@ from controller.cluster.resources import (
     PowerPolicySpec,
 )
 from controller.schema import SchemaWriter
-from controller.service_settings import MAX_PRIORITY
+from controller.service_settings import MAX_PRIORITY, MAX_SLO_MS
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
 from controller.settings_checks import MAX_BATCH, MAX_POWER_W, MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
@@ -34,7 +34,8 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "LlmServiceSpec.variants": {"minItems": 1},
           # the single-field bounds the classes check (check_service_bounds, PowerSettings, PowerPolicySpec),
           # so the API server refuses them at once; what fields say together (min <= max) stays the loader's
-          "LlmServiceSpec.ttft_ms": POSITIVE, "LlmServiceSpec.itl_ms": POSITIVE,
+          "LlmServiceSpec.ttft_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
+          "LlmServiceSpec.itl_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.priority": {"minimum": 1, "maximum": MAX_PRIORITY},
           "LlmServiceSpec.min_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
           "LlmServiceSpec.max_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
