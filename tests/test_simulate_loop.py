@@ -7,6 +7,7 @@ import gc
 import json
 import weakref
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,9 @@ def test_policies_on_one_value_stay_apart_in_the_figures(small_scenario: Callabl
     plt = plots._pyplot()
     plots.slo(plt, scn, runs, tmp_path / "slo.png")
     plots.actuators(plt, scn, runs, tmp_path / "actuators.png")
-    for ax in [figs[0].axes[0], *figs[1].axes]:
-        styles = {(str(line.get_linestyle()), line.get_linewidth()) for line in ax.get_lines()}
-        assert len(styles) == len(command.POLICIES), styles
+    for ax in [figs[0].axes[0], *figs[1].axes]:  # each thinner than the one before, drawn over it
+        widths = [line.get_linewidth() for line in ax.get_lines()]
+        assert len(widths) == len(command.POLICIES) and all(a > b for a, b in pairwise(widths)), widths
     replicas, batch = figs[1].axes[:2]
     assert replicas.get_ylim()[0] == 0 and batch.get_ylim()[0] == 0 and batch.get_ylim()[1] > 64
     for fig in figs:

@@ -274,7 +274,6 @@ class PairFilter:
         s = self.settings
         z = np.log(self.observed(obs))
         from filterpy.kalman import ExtendedKalmanFilter  # here: its scipy.stats is 0.7 s of every command's start
-
         ekf = ExtendedKalmanFilter(dim_x=len(self.x), dim_z=len(z))
         ekf.x = self.x.reshape(-1, 1).copy()
         ekf.P = self.p.copy()
@@ -286,8 +285,7 @@ class PairFilter:
         innovation_cov = h @ ekf.P @ h.T + ekf.R
         nis = float(y @ np.linalg.solve(innovation_cov, y))
         self.last_nis = nis
-        # the chi-square quantile, as scipy.stats.chi2.ppf gives it (scipy.stats costs 0.6 s of every command's start)
-        if nis > 2.0 * gammaincinv(len(z) / 2.0, s.gate_probability):
+        if nis > 2.0 * gammaincinv(len(z) / 2.0, s.gate_probability):  # chi2.ppf, without scipy.stats' 0.6-s import
             return self._suspect(obs, "gate", nis)
         self.history = [*self.history, *self.suspects][-s.refit_window:]  # outliers, not a shift: kept
         self.suspects.clear()

@@ -110,10 +110,9 @@ class WorkloadSettings:
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("phase_s",), -MAX_DURATION_S, MAX_DURATION_S)
         check_range(self, where, ("in_tokens", "out_tokens"), 0.0, CONTEXT_TOKENS)  # the engines' context
-        for name in ("in_tokens", "out_tokens"):
-            if 0.0 < getattr(self, name) < 1.0:  # a mean under one token; 0 is "the service's"
-                raise ConfigError(f"{where}.{name}", f"must be 0 (the service's) or at least 1, got "
-                                  f"{getattr(self, name)}")
+        for name in ("in_tokens", "out_tokens"):  # a mean under one token is none; 0 is "the service's"
+            if 0.0 < (v := getattr(self, name)) < 1.0:
+                raise ConfigError(f"{where}.{name}", f"must be 0 (the service's) or at least 1, got {v}")
         if self.in_tokens + self.out_tokens > CONTEXT_TOKENS:  # no request would fit: every one a miss, slowly
             raise ConfigError(f"{where}.out_tokens", f"in_tokens + out_tokens is {self.in_tokens + self.out_tokens:g}, "
                               f"over the engines' context of {CONTEXT_TOKENS} tokens")
