@@ -24,6 +24,7 @@ from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import floor_w
 from controller.telemetry.base import shortened
+from queuemodels.accelerators import CATALOG
 
 STATE_DIR_WARNING = "daemon.state_dir:"
 """How preflight's warning of a state directory it cannot write begins (`run` then logs no state path)."""
@@ -101,13 +102,14 @@ def check_free_port(where: str, port: int) -> None:
 
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
+    out = _floor_levels(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
     if threshold_w >= floor:
-        return []
+        return out
     # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas
-    return [f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what the "
-            f"services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} W: "
-            "under load no cap holds it, and the plan cannot go below min_replicas"]
+    return [*out, f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what "
+            f"the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} "
+            "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
 def preflight(settings: Settings) -> list[str]:
@@ -143,3 +145,15 @@ def preflight(settings: Settings) -> list[str]:
         warnings.append(f"{STATE_DIR_WARNING} {problem}; tuner state will not be saved")
     return warnings
 
+
+def _floor_levels(settings: Settings) -> list[str]:
+    """The power levels under an accelerator's lowest limit: planned at that floor (the driver takes no less), so
+    more than one of them is one cap offered twice ([0.01] read as a cap of 7 W)."""
+    out = []
+    for a in settings.accelerators:
+        p = CATALOG[a.name]
+        below = [f"{x:g}" for x in settings.optimizer.power_levels if x * p.max_power_w < p.min_power_w]
+        if below:
+            out.append(f"optimizer.power_levels: {', '.join(below)} of {a.name}'s {p.max_power_w:g} W is below its "
+                       f"lowest limit, {p.min_power_w:g} W: planned at that limit")
+    return out

@@ -582,3 +582,12 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
     assert "the budget stays at safe_budget_w (3000 W) until it gives one" in err
     err = check(-5)  # a forecast alone: nothing in force yet
     assert "no intensity in force at 20" in err and ": its first point starts at 20" in err
+
+
+def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """[0.01] passed without a word: the plan holds such a level at the GPU's floor, a cap the file did not ask."""
+    path = write(tmp_path, GOOD.replace("power_levels = [0.6, 0.75, 0.9, 1.0]", "power_levels = [0.01, 0.2, 1.0]"))
+    assert main(["check-config", "--file-only", str(path)]) == 0
+    assert capsys.readouterr().err.strip() == ("wattscale: warning: optimizer.power_levels: 0.01, 0.2 of H100-SXM's "
+                                               "700 W is below its lowest limit, 200 W: planned at that limit")
