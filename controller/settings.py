@@ -83,6 +83,10 @@ class DaemonSettings:
         if self.decision_log.lstrip(".").startswith(STATE_FILE):  # its lines would make the tuner's state unreadable
             raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} is the tuner state's file")
 
+    def decision_log_path(self, base_dir: Path) -> Path | None:
+        """The decision log's file, relative paths from `base_dir` (the config file's directory); None: none."""
+        return base_dir / self.state_dir / self.decision_log if self.decision_log else None
+
 
 @dataclass(frozen=True)
 class MetricsSettings:
@@ -246,8 +250,7 @@ class Settings:
 
     @property
     def decision_log_path(self) -> Path | None:
-        d = self.daemon
-        return Path(self.base_dir) / d.state_dir / d.decision_log if d.decision_log else None
+        return self.daemon.decision_log_path(Path(self.base_dir))
 
     def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
         """The service's variants, the first accelerator's with its own targets where it names none."""

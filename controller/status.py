@@ -107,13 +107,12 @@ def view(config: Path) -> View:
     except ConfigError as exc:
         try:
             table = read_toml(config, "daemon config").get("daemon", {})
-            if not isinstance(table, dict):  # `daemon = 5`: no table to find the log by (the default's is another's)
-                raise exc from None
-            daemon = build(DaemonSettings, table, "daemon")
+            daemon = build(DaemonSettings, table, "daemon") if isinstance(table, dict) else None
         except ConfigError:
+            daemon = None
+        if daemon is None:  # no [daemon] table to find the log by (`daemon = 5`: the default's is another daemon's)
             raise exc from None
-        log = config.resolve().parent / daemon.state_dir / daemon.decision_log if daemon.decision_log else None
-        return View((), daemon.slow_interval_s, log, str(exc))
+        return View((), daemon.slow_interval_s, daemon.decision_log_path(config.resolve().parent), str(exc))
 
 
 def report(config_view: View, record: dict[str, Any], now_s: float | None = None,
