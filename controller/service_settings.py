@@ -47,6 +47,8 @@ MAX_KV_TOKENS = 1_000_000_000
 """KV-cache tokens of one replica: a billion is a unit mistake (bytes for tokens)."""
 MAX_SIM_RATE_RPS = 10_000.0
 """Highest simulated arrival rate of one service (requests/s)."""
+MAX_DURATION_S = 7 * 86400.0
+"""Longest simulated stretch (a scenario, a cycle's period): a week."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class SimWorkloadSettings:
     def check(self, where: str) -> None:
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
-        check_range(self, where, ("cycle_period_s",), 1.0, 7 * 86400.0)  # as a scenario's: a second to a week
+        check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)  # as a scenario's
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 

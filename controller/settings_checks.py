@@ -33,8 +33,6 @@ MAX_CHOICES = 64
 """Longest list of candidate batch sizes or power levels (sizing work grows with their product)."""
 MAX_SHAPES = 1024
 """Most (batch, power, clock) shapes the optimizer sizes per service and accelerator in one cycle."""
-MAX_SIM_SPEED = 100.0
-"""Most simulated seconds per wall-clock second."""
 MAX_SIM_GPU_SECONDS = 8192.0
 """Most simulated GPU-seconds per wall-clock second (speed x num_gpus) the plant keeps up with in a fast tick."""
 MAX_SIM_ARRIVALS = 20_000.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.config_loader import ConfigError, check_range, quoted
-from controller.settings_checks import MAX_GPUS, MAX_SIM_SPEED
+from controller.settings_checks import MAX_GPUS
 from simulator.hardware import SPECS
 from simulator.personality import PERSONALITIES
 
-MIN_SIM_SPEED = 0.01
-"""Fewest simulated seconds per wall-clock second (1e-308 was taken: a simulated host that never moves)."""
+MIN_SIM_SPEED, MAX_SIM_SPEED = 0.01, 100.0
+"""Simulated seconds per wall-clock second, fewest and most (1e-308 was taken: a simulated host that never moves)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from controller.cli_args import directory, file, number, whole
+from controller.service_settings import MAX_DURATION_S
 
 POLICIES = ("static", "uniform-cap", "threshold", "slo-only", "wattscale", "wattscale-flat")
 """Every policy `wattscale simulate` knows, in the order reports show them."""
@@ -31,7 +32,7 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated policies of {','.join(POLICIES)} (default: {','.join(DEFAULT_POLICIES)})")
     p.add_argument("--seeds", type=whole(1, 64), default=1, metavar="N",
                    help="runs per policy, seeds scenario.seed .. + N - 1 (1-64, default 1)")
-    p.add_argument("--duration-s", type=number(1.0, 7 * 86400.0), default=None, metavar="S",
+    p.add_argument("--duration-s", type=number(1.0, MAX_DURATION_S), default=None, metavar="S",
                    help="simulated seconds instead of the scenario's duration_s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-frontier", action="store_true",

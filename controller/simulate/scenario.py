@@ -26,15 +26,13 @@ from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.config_loader import ConfigError, build, check_positive, check_range, quoted, read_toml
-from controller.service_settings import MAX_SIM_RATE_RPS
+from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
 from controller.simulate.scenario_checks import MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
 from simulator.personality import PERSONALITIES
 from simulator.workload import CONTEXT_TOKENS
 
-MAX_DURATION_S = 7 * 86400.0
-"""Longest scenario: a week of simulated time."""
 EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
 """The span (Unix seconds) a scenario's grid clock may read: schedules and CSVs step dates a day either side."""
 
