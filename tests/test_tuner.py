@@ -324,3 +324,30 @@ def test_a_prior_that_changes_and_changes_back_keeps_what_the_pair_learnt(tmp_pa
     np.testing.assert_array_equal(back.x, learnt)
     assert back.accepted == 4
     assert Tuner(path).ensure("m", "gpu", PRIOR, None).accepted == 4  # saved at once: a restart keeps it too
+
+
+def test_a_fit_solves_each_jacobians_perturbed_states_in_one_call_and_lands_where_one_by_one_does() -> None:
+    # least_squares' finite differences perturb one parameter at a time; solved one call each, they were most of
+    # a fit's time (and of the daemon's tuner's). Batched, the fit must land where state-by-state calls land.
+    rng = np.random.default_rng(4)
+    windows = [observe(TRUE, r, noise=0.03, rng=rng) for r in (3.0, 9.0, 6.0, 4.5, 7.5, 10.0)]
+    batched, single = PairFilter(PRIOR, None), PairFilter(PRIOR, None)
+    sizes: list[int] = []
+    real = PairFilter.predict_many
+
+    def counted(self: PairFilter, pairs: list) -> list:  # type: ignore[type-arg]
+        sizes.append(len(pairs))
+        return real(self, pairs)
+
+    def one_by_one(self: PairFilter, pairs: list) -> list:  # type: ignore[type-arg]
+        return [out for pair in pairs for out in real(self, [pair])]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PairFilter, "predict_many", counted)
+        batched.fit(windows)
+        mp.setattr(PairFilter, "predict_many", one_by_one)
+        single.fit(windows)
+    free = len(batched.x) + 1  # the fit's log parameters and the anchor's common scale
+    assert max(sizes) == free * len(windows)  # a Jacobian's states, all in one call
+    assert np.allclose(batched.x, single.x, rtol=1e-4)  # to the fit's tolerance: the stacked solve rounds apart
+    assert not np.allclose(batched.x, PRIOR.as_vector(), rtol=0.05)  # it moved: the comparison says something

@@ -108,10 +108,8 @@ class PairFilter:
             NDArray[np.float64] | None]:
         """`predict` at many (observation, state) pairs in one call of the queue model (which solves them together:
         a fit's windows, a Jacobian's perturbed states); None where the model cannot take the load."""
-        points = []
-        for obs, x in pairs:
-            params, profile = self.params(x)
-            points.append((obs.at_cache(params), obs.load, obs.shape, profile))
+        made = {k: self.params(x) for k, x in {id(x): x for _, x in pairs}.items()}  # once a state, not a window
+        points = [(obs.at_cache(made[id(x)][0]), obs.load, obs.shape, made[id(x)][1]) for obs, x in pairs]
         figures = get_model(self.queue_model).mean_figures(points)
         return [None if f is None else np.array([f.prefill_ms if self._splits(obs) else f.ttft_ms, f.itl_ms])
                 for (obs, _), f in zip(pairs, figures, strict=True)]
@@ -195,7 +193,7 @@ class PairFilter:
         low, high = self.bounds
         free = self.prior_vector() > 0
         errors = partial(self._log_errors, observations)
-        start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors(x)))
+        start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors([x])[0]))
         anchor = anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
         self.x = map_fit(errors, start, anchor, scaled_entries(self.prior.family, len(self.x)),
                          free, (low, high), self.settings, tol)
@@ -261,14 +259,16 @@ class PairFilter:
         return False
 
     def _residuals(self, windows: list[Observation]) -> list[NDArray[np.float64]] | None:
-        """Log errors [TTFT, ITL] of the estimate at each window (None where the model cannot take one's load)."""
-        errors = self._log_errors(windows, self.x)
+        """The estimate's `_log_errors` at each window; None where the model cannot take one's load."""
+        errors = self._log_errors(windows, [self.x])[0]
         return None if any(e is None for e in errors) else [e for e in errors if e is not None]
 
-    def _log_errors(self, windows: list[Observation], x: NDArray[np.float64]) -> list[NDArray[np.float64] | None]:
-        """Log errors [TTFT, ITL] of the state `x` at each window (None where the model cannot take one's load)."""
-        figures = self.predict_many([(o, x) for o in windows])
-        return [None if h is None else np.log(h / self.observed(o)) for o, h in zip(windows, figures, strict=True)]
+    def _log_errors(self, windows: list[Observation], xs: list[NDArray[np.float64]]) -> list[
+            list[NDArray[np.float64] | None]]:
+        """Log errors [TTFT, ITL] of each state at each window (None: a load it cannot take), solved in one call."""
+        figures = iter(self.predict_many([(o, x) for x in xs for o in windows]))
+        seen = [self.observed(o) for o in windows]
+        return [[None if h is None else np.log(h / z) for z, h in zip(seen, figures, strict=False)] for _ in xs]
 
     def _filter(self, obs: Observation) -> Verdict:
         s = self.settings

@@ -3,7 +3,7 @@ is given: log errors under soft-L1 beyond the observation error, and a prior tha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,8 +14,9 @@ from tuner.filter_settings import FilterSettings
 from tuner.observation import Observation
 
 Vector = NDArray[np.float64]
-Errors = Callable[[Vector], list[Vector | None]]
-"""Log errors [TTFT, ITL] of the model at a state, one per window (None where it cannot take the window's load)."""
+Errors = Callable[[list[Vector]], list[list[Vector | None]]]
+"""Log errors [TTFT, ITL] of the model at each of several states (solved together), one list per state, one entry
+per window (None where it cannot take the window's load)."""
 
 
 def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.bool_], free: NDArray[np.bool_],
@@ -34,17 +35,25 @@ def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.
     sigma_obs = settings.error_level / 1.96
     prior_weight = sigma_obs / settings.anchor_spread
 
-    def residuals(v: Vector) -> Vector:
-        x = start_x.copy()
-        x[free] = np.exp(v[:-1])
-        out = [prior_weight * (v[:-1] - held - v[-1] * shape)]
-        out += [np.full(2, 10.0) if e is None else e for e in errors(x)]
-        return np.concatenate(out)
+    def residuals_many(vs: list[Vector]) -> list[Vector]:
+        states = []
+        for v in vs:
+            x = start_x.copy()
+            x[free] = np.exp(v[:-1])
+            states.append(x)
+        return [np.concatenate([prior_weight * (v[:-1] - held - v[-1] * shape),
+                                *(np.full(2, 10.0) if e is None else e for e in errs)])
+                for v, errs in zip(vs, errors(states), strict=True)]
+
+    def jacobian_states(_fun: Callable[[Vector], Vector], vs: Iterable[Vector]) -> list[Vector]:
+        """A finite-difference Jacobian's perturbed states (least_squares' `workers` map), solved in one call of
+        the queue model: one call a parameter had been most of a fit's time (and the daemon's tuner's)."""
+        return residuals_many(list(vs))
 
     from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
 
-    result = least_squares(residuals, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol, xtol=tol,
-                           loss="soft_l1", f_scale=sigma_obs)
+    result = least_squares(lambda v: residuals_many([v])[0], start, bounds=(lo, hi), method="trf", diff_step=1e-4,
+                           ftol=tol, xtol=tol, loss="soft_l1", f_scale=sigma_obs, workers=jacobian_states)
     x = start_x.copy()
     x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
     return x
