@@ -167,14 +167,17 @@ def learn(svc: Service, requests: int, seed: int, family: str) -> tuple[ServiceP
 
 def plan(svc: Service, params: ServiceParams, prof: PowerProfile | None, power_levels: tuple[float, ...],
          clock_levels: tuple[float, ...], min_saving: float) -> tuple[Assignment | None, Performance | None, float]:
-    """The optimizer's plan, with what the model predicts for it (a replica's latencies, the service's draw)."""
+    """The optimizer's plan, with what the model predicts for it (a replica's latencies, the service's GPUs' draw:
+    the plan's own figure is its draw above the GPUs' empty floor, which the site counts apart)."""
     acc = AcceleratorType(GPU, 16, 2.99, profile(GPU))
     demand = ServiceDemand(svc.name, 1, svc.targets, Load(svc.rate_rps, svc.in_tokens, svc.out_tokens, 0.5, 0.5),
                            {GPU: params}, max_replicas=16, profiles={GPU: prof} if prof is not None else {})
     problem = Problem((demand,), (acc,), 1e6, "energy", "predicted", (16, 32, 64, 128, 256), power_levels,
                       clock_levels=clock_levels, clock_min_saving=min_saving)
     result = solve(problem, get_solver("milp")).services[0]
-    return result.assignment, result.performance, result.power_w
+    a = result.assignment
+    floor_w = 0.0 if a is None else a.replicas * acc.gpus_per_replica * acc.profile.empty_draw_w
+    return a, result.performance, result.power_w + floor_w
 
 
 class Arm:
