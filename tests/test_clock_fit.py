@@ -61,3 +61,31 @@ def test_unusable_windows_are_not_kept_and_state_round_trips() -> None:
     assert not ClockFit().restore(saved)
     assert replace(window(0.6, 1.0), sm_clock_fraction=1e-300).problem() == "bad-shape"
     assert not fit.observe(replace(window(0.6, 1.0), power_cap_w=-5.0), PARAMS, CATALOGUE, "mm1k-cb")
+
+
+def test_a_fit_solves_every_window_at_a_jacobians_states_in_one_call_of_the_model() -> None:
+    # The fit had run `analyze` window by window at every state least_squares tried: a third of clock_gain's
+    # learning. Batched, it must land where the model's windows taken one at a time land.
+    windows = [window(clock, rate) for clock in (None, 0.8, 0.6) for rate in (1.5, 3.0)]
+    model = type(get_model("mm1k-cb"))
+    real = model.mean_figures
+    sizes: list[int] = []
+
+    def counted(self: object, points: list) -> list:  # type: ignore[type-arg]
+        sizes.append(len(points))
+        return real(self, points)  # type: ignore[arg-type]
+
+    def one_by_one(self: object, points: list) -> list:  # type: ignore[type-arg]
+        return [real(self, [p])[0] for p in points]  # type: ignore[arg-type]
+
+    fits = []
+    for patched in (counted, one_by_one):
+        fit = ClockFit(recent=list(windows))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(model, "mean_figures", patched)
+            mp.setattr(model, "analyze", None)  # none of it window by window
+            fit.fit(PARAMS, CATALOGUE, "mm1k-cb")
+        fits.append((fit.time_sensitivity, fit.draw_exponent))
+    assert max(sizes) == 2 * len(windows)  # both perturbed states of a Jacobian, every window
+    assert fits[0] == pytest.approx(fits[1], rel=1e-3)
+    assert fits[0][0] == pytest.approx(0.55, abs=0.05)  # it found the truth: the comparison says something

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels import ModelInputError, PowerProfile, ServiceParams, get_model
+from queuemodels import PowerProfile, ServiceParams, get_model
 from queuemodels.clock import clock_share
-from queuemodels.power import draws_w, limit_w
 from tuner.observation import Observation
+from tuner.robust_fit import stacked_least_squares
 
 TIME_BOUNDS = (0.0, 1.5)
 EXPONENT_BOUNDS = (0.5, 4.0)
@@ -74,38 +74,32 @@ class ClockFit:
         anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent])
         windows = self.recent
         seen_itl = np.log([o.itl_ms for o in windows])
-        with_power = [o for o in windows if o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0]
+        powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0 for o in windows])
+        seen_w = np.array([float(o.power_w or 1.0) if p else 1.0 for o, p in zip(windows, powered, strict=True)])
 
-        def residuals(v: NDArray[np.float64]) -> NDArray[np.float64]:
-            profile = replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]))
-            latency = np.zeros_like(seen_itl)
-            draws = np.zeros(len(with_power))
-            for k, o in enumerate(windows):
-                try:
-                    latency[k] = math.log(model.analyze(params, o.load, o.shape, profile, tails=False).itl_ms) \
-                        - seen_itl[k]
-                except ModelInputError:
-                    latency[k] = 5.0  # the law cannot carry this load at these values: far off
-            for k, o in enumerate(with_power):
-                try:
-                    occupancy = model.occupancy(params, o.load, o.shape, profile)
-                    predicted = draws_w(profile, occupancy, np.asarray(limit_w(profile, o.power_cap_w)),
-                                        clock_share(o.sm_clock_fraction))
-                    draws[k] = float(predicted) / float(o.power_w or 1.0) - 1.0
-                except ModelInputError:
-                    draws[k] = 1.0
-            return np.concatenate([latency / self.latency_error, draws / self.draw_error,
-                                   (v - anchor) / self.prior_spread])
+        def residuals_many(vs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
+            """At each state, every window solved in one call of the queue model (None where it cannot carry the
+            window's load at these values: far off)."""
+            profiles = [replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]))
+                        for v in vs]
+            figures = iter(model.mean_figures([(params, o.load, o.shape, p) for p in profiles for o in windows]))
+            out = []
+            for v in vs:
+                at = [next(figures) for _ in windows]
+                latency = np.array([5.0 if f is None else math.log(f.itl_ms) - s for f, s in zip(at, seen_itl,
+                                                                                                  strict=True)])
+                draws = np.array([1.0 if f is None else f.power_w / w - 1.0 for f, w in zip(at, seen_w, strict=True)])
+                out.append(np.concatenate([latency / self.latency_error, draws[powered] / self.draw_error,
+                                           (v - anchor) / self.prior_spread]))
+            return out
 
         lo = np.array([TIME_BOUNDS[0], EXPONENT_BOUNDS[0]])
         hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1]])
         start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
                          self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
         try:
-            from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
-
-            result = least_squares(residuals, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5],
-                                   loss="soft_l1", f_scale=3.0)
+            result = stacked_least_squares(residuals_many, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5],
+                                           loss="soft_l1", f_scale=3.0)
         except ValueError:
             return  # residuals not finite at the start: the values in force stay, the next window refits
         self.time_sensitivity, self.draw_exponent = float(result.x[0]), float(result.x[1])

@@ -3,7 +3,8 @@ is given: log errors under soft-L1 beyond the observation error, and a prior tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,18 +46,22 @@ def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.
                                 *(np.full(2, 10.0) if e is None else e for e in errs)])
                 for v, errs in zip(vs, errors(states), strict=True)]
 
-    def jacobian_states(_fun: Callable[[Vector], Vector], vs: Iterable[Vector]) -> list[Vector]:
-        """A finite-difference Jacobian's perturbed states (least_squares' `workers` map), solved in one call of
-        the queue model: one call a parameter had been most of a fit's time (and the daemon's tuner's)."""
-        return residuals_many(list(vs))
-
-    from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
-
-    result = least_squares(lambda v: residuals_many([v])[0], start, bounds=(lo, hi), method="trf", diff_step=1e-4,
-                           ftol=tol, xtol=tol, loss="soft_l1", f_scale=sigma_obs, workers=jacobian_states)
+    result = stacked_least_squares(residuals_many, start, bounds=(lo, hi), method="trf", diff_step=1e-4, ftol=tol,
+                                   xtol=tol, loss="soft_l1", f_scale=sigma_obs)
     x = start_x.copy()
     x[free] = np.clip(np.exp(result.x[:-1]), low[free], high[free])
     return x
+
+
+def stacked_least_squares(residuals_many: Callable[[list[Vector]], list[Vector]], start: Vector,
+                          **options: Any) -> Any:
+    """scipy's least_squares on residuals worked out for many states at once: a finite-difference Jacobian's
+    perturbed states (least_squares' `workers` map) go to the queue model in one call, which solves them
+    together. One call a parameter had been most of a fit's time, and of the daemon's tuner's."""
+    from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
+
+    return least_squares(lambda v: residuals_many([v])[0], start,
+                         workers=lambda _fun, vs: residuals_many(list(vs)), **options)
 
 
 def anchor_for(prior: ServiceParams, anchor: Vector, prior_vector: Vector, observations: list[Observation]) -> Vector:
