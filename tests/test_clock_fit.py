@@ -67,6 +67,7 @@ def test_a_fit_solves_every_window_at_a_jacobians_states_in_one_call_of_the_mode
     # The fit had run `analyze` window by window at every state least_squares tried: a third of clock_gain's
     # learning. Batched, it must land where the model's windows taken one at a time land.
     windows = [window(clock, rate) for clock in (None, 0.8, 0.6) for rate in (1.5, 3.0)]
+    windows.insert(3, replace(window(0.7, 2.0), power_w=None))  # no draw read: its latency counts, its draw not
     model = type(get_model("mm1k-cb"))
     real = model.mean_figures
     sizes: list[int] = []

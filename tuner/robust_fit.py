@@ -56,8 +56,9 @@ def map_fit(errors: Errors, start_x: Vector, anchor: Vector, scaled: NDArray[np.
 def stacked_least_squares(residuals_many: Callable[[list[Vector]], list[Vector]], start: Vector,
                           **options: Any) -> Any:
     """scipy's least_squares on residuals worked out for many states at once: a finite-difference Jacobian's
-    perturbed states (least_squares' `workers` map) go to the queue model in one call, which solves them
-    together. One call a parameter had been most of a fit's time, and of the daemon's tuner's."""
+    perturbed states (least_squares' `workers` map, scipy 1.16 on) go to the queue model in one call, which solves
+    them together. One call a parameter had been most of a fit's time, and of the daemon's tuner's. (scipy reports a
+    TypeError raised inside the map as the map's own, chained to the real one.)"""
     from scipy.optimize import least_squares  # loaded where a fit runs, not at every command's start
 
     return least_squares(lambda v: residuals_many([v])[0], start,
