@@ -44,7 +44,7 @@ from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.startup import RELOAD_ASKED
 from controller.wiring import build_parts
-from tuner import Tuner
+from tuner import Tuner, load_fitting_libraries
 
 log = logging.getLogger("wattscale.daemon")
 
@@ -107,6 +107,7 @@ class Daemon:
         self.slow_due.set()
 
     def slow_worker(self) -> None:
+        load_fitting_libraries()  # a second of imports here, not inside the slow cycle that first filters
         while True:
             self.slow_due.wait()
             if self.stop_event.is_set():

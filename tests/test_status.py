@@ -308,3 +308,17 @@ def test_a_command_starts_without_the_fitting_libraries() -> None:
             "print(sorted(m for m in ('filterpy', 'scipy.stats', 'scipy.optimize') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_daemon_loads_the_fitting_libraries_as_its_slow_worker_starts(sim_config: Callable[..., Path]) -> None:
+    """Loaded at first use, filterpy's import (a second of CPU, scipy.stats with it) fell inside the slow cycle that
+    first filtered a window, in the daemon's steady state: it is loaded as the slow worker starts, before any cycle."""
+    path = sim_config()
+    code = ("import sys\nfrom pathlib import Path\nfrom controller.daemon import Daemon\n"
+            "from controller.settings import load_settings\n"
+            f"path = Path({str(path)!r})\ndaemon = Daemon(path, load_settings(path))\n"
+            "before = [m for m in ('filterpy', 'scipy.optimize') if m in sys.modules]\n"
+            "daemon.stop_event.set()\ndaemon.slow_due.set()\ndaemon.slow_worker()  # returns before a cycle: stopped\n"
+            "print(before, [m for m in ('filterpy.kalman', 'scipy.optimize') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[] ['filterpy.kalman', 'scipy.optimize']", out.stdout

@@ -13,11 +13,18 @@ from tuner.observation import Observation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FilterSettings", "Observation", "PairFilter", "Tuner", "Verdict", "pair_key"]
+__all__ = ["FilterSettings", "Observation", "PairFilter", "Tuner", "Verdict", "load_fitting_libraries", "pair_key"]
 
 
 MAX_ASIDE = 64
 """Filters kept aside at most (`Tuner.aside`)."""
+
+
+def load_fitting_libraries() -> None:
+    """Import what the fits run on (filterpy's EKF, scipy.optimize) now. Commands that never fit leave them out
+    (a second of CPU at every start); a daemon loads them as it starts, not in the slow cycle that first fits."""
+    import filterpy.kalman  # noqa: F401
+    import scipy.optimize  # noqa: F401
 
 
 def pair_key(model: str, accelerator: str) -> str:
