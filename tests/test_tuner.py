@@ -351,3 +351,24 @@ def test_a_fit_solves_each_jacobians_perturbed_states_in_one_call_and_lands_wher
     assert max(sizes) == free * len(windows)  # a Jacobian's states, all in one call
     assert np.allclose(batched.x, single.x, rtol=1e-4)  # to the fit's tolerance: the stacked solve rounds apart
     assert not np.allclose(batched.x, PRIOR.as_vector(), rtol=0.05)  # it moved: the comparison says something
+
+
+def test_a_filter_update_runs_the_model_once_at_the_estimate() -> None:
+    # h(x) served the innovation and then filterpy's update, whose predicted state is x itself: two solves of the
+    # same chain. Worked out once, the update lands on the same state.
+    pair = PairFilter(PRIOR, None)
+    for r in (3.0, 9.0, 6.0):
+        assert pair.update(observe(TRUE, r)).reason == "warmup"
+    window = observe(TRUE, 4.5)
+    model = type(get_model(DEFAULT_MODEL))
+    real = model.analyze
+    calls: list[tuple[object, ...]] = []
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model, "analyze", counted)
+        assert pair.update(window).reason == "accepted"
+    assert len(calls) == 1

@@ -280,8 +280,8 @@ class PairFilter:
         ekf.Q = np.diag((s.process_noise * self.x) ** 2)
         ekf.R = np.eye(len(z)) * (s.error_level / 1.96) ** 2
         ekf.predict()
-        h = self.jacobian(obs)
-        y = z - self.log_predict(obs)
+        h, hx = self.jacobian(obs), self.log_predict(obs)  # h(x) once: the filter's predicted state is x itself
+        y = z - hx
         innovation_cov = h @ ekf.P @ h.T + ekf.R
         nis = float(y @ np.linalg.solve(innovation_cov, y))
         self.last_nis = nis
@@ -289,7 +289,7 @@ class PairFilter:
             return self._suspect(obs, "gate", nis)
         self.history = [*self.history, *self.suspects][-s.refit_window:]  # outliers, not a shift: kept
         self.suspects.clear()
-        ekf.update(z.reshape(-1, 1), lambda _x: h, lambda x: self.log_predict(obs, x.ravel()).reshape(-1, 1))
+        ekf.update(z.reshape(-1, 1), lambda _x: h, lambda _x: hx.reshape(-1, 1))
         new_x = ekf.x.ravel()
         if np.any(new_x[self.prior_vector() > 0] <= 0):
             return self._reject("non-positive", nis)
