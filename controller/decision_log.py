@@ -54,6 +54,9 @@ class DecisionLog:
         self.path, self.max_bytes = path, max_bytes
         self.config = None if config is None else os.path.abspath(config)  # not resolved: a ConfigMap's link moves
         """The config file of the daemon writing, in each line: two configs may share a log, and status tells."""
+        self.writer = {"pid": os.getpid(), "host": HOST, "pid_ns": PID_NS, "boot_id": BOOT_ID} | (
+            {} if self.config is None else {"config": self.config})
+        """Which process wrote each line, and by which config: the same for every line."""
         self.failed = False
         self.checked = False
         """Whether the file's last line was read for a tear (`_append`)."""
@@ -67,10 +70,8 @@ class DecisionLog:
             log.debug("%s", strict_json.dumps(clean, separators=(",", ":"), sort_keys=True, default=str))
         if self.path is None:
             return True
-        mark = {"wall_time": round(time.time(), 3), "pid": os.getpid(), "host": HOST, "pid_ns": PID_NS,
-                "boot_id": BOOT_ID} | (
-            {} if self.config is None else {"config": self.config})
-        line = strict_json.dumps({**clean, **mark}, separators=(",", ":"), sort_keys=True, default=str)
+        line = strict_json.dumps({**clean, "wall_time": round(time.time(), 3), **self.writer}, separators=(",", ":"),
+                                 sort_keys=True, default=str)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:

@@ -166,7 +166,7 @@ def _running(pid: Any, where: tuple[Any, Any, Any]) -> bool | None:
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: another user's process, running
-        return True
+        pass
     return True
 
 

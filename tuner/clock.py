@@ -75,7 +75,7 @@ class ClockFit:
         windows = self.recent
         seen_itl = np.log([o.itl_ms for o in windows])
         powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0 for o in windows])
-        seen_w = np.array([float(o.power_w or 1.0) if p else 1.0 for o, p in zip(windows, powered, strict=True)])
+        seen_w = np.array([o.power_w if p else 1.0 for o, p in zip(windows, powered, strict=True)], dtype=float)
 
         def residuals_many(vs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
             """At each state, every window solved in one call of the queue model (None where it cannot carry the
