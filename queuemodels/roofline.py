@@ -77,18 +77,18 @@ def bend_ms(memory_ms: Floats | float, memory_per_seq_ms: Floats | float, comput
 
 @dataclass(frozen=True)
 class Roofline:
-    """One step's memory and compute terms (ms at full clock, before a cap; but the prompt's compute, which
-    `of` slows by a cap's or a lock's factor)."""
+    """One step's memory and compute terms (ms before a cap; the compute at the step's clock: `of` slows the
+    prompt's by a cap's or a lock's factor, the decodes' by a lock's; a locked clock leaves the memory time)."""
 
     memory_ms: float
     """The weights' read (gamma)."""
     memory_per_seq_ms: float
     """Each decoding sequence's KV read (kappa x its mean context)."""
     compute_per_seq_ms: float
-    """Each decoding sequence's compute (rho delta)."""
+    """Each decoding sequence's compute (rho delta, slowed by a lock)."""
     prompt_compute_ms: float
     """One prompt's compute (delta L_in, slowed by a cap or a lock). The decodes' compute it shares a step with is
-    kept at full clock here: a cap slows that apart (the law's bend_scale), so a prompt on a compute-bound step
+    slowed here by a lock only: a cap slows that apart (the law's bend_scale), so a prompt on a compute-bound step
     may read a little more hidden than it is."""
     prompt_overhead_ms: float
     """The fixed cost of a step that carries a prompt (epsilon)."""
@@ -98,10 +98,11 @@ class Roofline:
     """Tokens a step schedules, decodes first (0: no limit)."""
 
     @classmethod
-    def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0) -> Roofline:
-        """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's)."""
+    def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0, decode_factor: float = 1.0) -> Roofline:
+        """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's),
+        the decodes' by `decode_factor` (a lock's)."""
         context = load.in_tokens + load.out_tokens / 2.0
-        return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms,
+        return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms * decode_factor,
                    params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens,
                    params.budget_tokens)
 

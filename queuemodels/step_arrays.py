@@ -132,10 +132,17 @@ class LawArrays(NamedTuple):
         its longest chain, and read off that table: a fleet's chains hold millions of states."""
         if self.affine.all():
             return self._tau(b, lambda x: np.repeat(x, sizes), 0.0, 0.0)
-        unique, inverse = np.unique(groups, return_inverse=True)
-        longest = np.zeros(len(unique), dtype=np.int64)
+        # a lock slows a row's decode compute (its roofline's compute term): rows of one base at different clocks
+        # are groups of their own
+        order = np.lexsort((self.compute_per_seq_ms, groups))
+        grouped, compute = groups[order], self.compute_per_seq_ms[order]
+        starts = np.concatenate([[True], (grouped[1:] != grouped[:-1]) | (compute[1:] != compute[:-1])])
+        inverse = np.empty(len(order), dtype=np.intp)
+        inverse[order] = np.cumsum(starts) - 1
+        n_groups = int(inverse.max()) + 1
+        longest = np.zeros(n_groups, dtype=np.int64)
         np.maximum.at(longest, inverse, sizes)
-        first = np.zeros(len(unique), dtype=np.intp)  # a row of each group
+        first = np.zeros(n_groups, dtype=np.intp)  # a row of each group
         first[inverse[::-1]] = np.arange(len(inverse))[::-1]
         offsets = np.cumsum(longest) - longest
         batches = np.arange(float(longest.sum())) - np.repeat(offsets - 1.0, longest)

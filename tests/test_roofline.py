@@ -11,7 +11,8 @@ import pytest
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.roofline import Roofline
-from queuemodels.service_time import cap_factors, continuous_law
+from queuemodels.service_time import StepLaw, continuous_law
+from queuemodels.slowdowns import cap_factors
 from queuemodels.types import STEP_DEFAULTS, PowerProfile
 
 STEP = ServiceParams("step", 11.0, 0.005, 6.0, 0.035, kappa_ms=5e-5, epsilon_ms=0.5)
@@ -53,6 +54,42 @@ def test_a_cap_slows_a_prompts_compute_not_its_overhead_nor_what_memory_hides(pa
     assert prompt_ms(short, 420.0) < 1.03 * prompt_ms(short, None)  # the host's overhead and hidden compute
     added = (prompt_ms(long, 420.0) - 10.0) / (prompt_ms(long, None) - 10.0)
     assert added == pytest.approx(slow, rel=0.03)  # a compute-bound prompt slows with the clock
+
+
+def test_a_lock_slows_decode_only_where_its_compute_shows() -> None:
+    """Under the roofline a locked clock slows the compute inside a step's smooth maximum, not its memory time:
+    memory-bound decode keeps its pace (at a trickle of prompts, whose share of the GPU would stretch it; the affine
+    law's compute share, B / (B + batch_half) of the draw, had
+    slowed it by half the clock's factor), the compute-bound batch past the crossover slows by nearly the clock's
+    factor, and a prompt by it."""
+    profile = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95, batch_half=8.0)
+
+    def law(clock: float | None, in_tokens: int = 256) -> StepLaw:
+        return continuous_law(BENT, Load(0.01, in_tokens, 256), profile, ServerShape(512, None, None, clock))
+
+    free, half = law(None), law(0.5)
+    assert half.decode(8.0) / free.decode(8.0) < 1.01  # memory-bound at batch 8: the lock does not show
+    assert half.decode(512.0) / free.decode(512.0) > 1.5  # compute-bound: 2x its compute, most of the step
+    assert law(0.5, 4096).prompt_ms / law(None, 4096).prompt_ms > 1.8  # a 4,096-token prompt is compute
+
+
+@pytest.mark.parametrize("params", [STEP, BENT], ids=["affine", "bent"])
+def test_a_lock_never_makes_a_capped_roofline_gpu_faster(params: ServiceParams) -> None:
+    """A GPU under a cap and a lock runs at the lower of the two clocks: where the cap slows the full batch's step
+    more than the lock would, the cap sets the clock (the lock only slows the prompts further), and a lock that
+    sets it is not squeezed by the cap as well."""
+    model, load, prof = get_model("mm1k-cb"), Load(2.0, 1024, 256), PowerProfile(
+        "H100", max_power_w=700, min_power_w=200, idle_power_w=95, batch_half=16.0)
+
+    def itl(batch: int, cap_w: float | None, clock: float | None) -> float:
+        return model.analyze(params, load, ServerShape(batch, 1024, cap_w, clock), prof, tails=False).itl_ms
+
+    for batch in (16, 256):
+        for cap_w in (210.0, 420.0):
+            for clock in (0.5, 0.9):
+                both, cap_alone, lock_alone = itl(batch, cap_w, clock), itl(batch, cap_w, None), itl(batch, None, clock)
+                assert both >= cap_alone * (1.0 - 1e-9)
+                assert both <= max(cap_alone, lock_alone) * 1.05  # the slower lever, not both compounded
 
 
 def test_the_bend_lowers_capacity_at_large_batches_only() -> None:
