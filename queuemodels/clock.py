@@ -3,11 +3,12 @@
 Compute takes cycles, so its time scales as 1/f, f the SM clock as a share of the GPU's maximum; memory-bound
 work does not slow. `clock_time_sensitivity` is the share of a compute phase that follows the clock (1: all
 of it): a prompt's compute (under continuous batching inside the step's smooth maximum with the memory time
-that hides it; the whole prefill in the batched reading), and under continuous batching the compute share of a
-decode step, B / (B + batch_half), as for a cap. The compute part of the dynamic draw falls as
-f^`clock_draw_exponent` (dynamic power is f V^2 and the voltage falls with the clock: between 1 and 3 in CMOS,
-2 the prior). Both are the
-pair's own, fitted by tuner/clock.py from windows run at different clocks; the catalogue's are generic.
+that hides it; the whole prefill in the batched reading), and under continuous batching a decode step's compute:
+the step family's roofline term inside the same smooth maximum (memory-bound decode keeps its pace), or, in the
+affine laws, the compute share of the step's draw, B / (B + batch_half), as for a cap. The compute part of the
+dynamic draw falls as f^`clock_draw_exponent` (dynamic power is f V^2 and the voltage falls with the clock:
+between 1 and 3 in CMOS, 2 the prior). Both are the pair's own, fitted by tuner/clock.py from windows run at
+different clocks; the catalogue's are generic.
 """
 
 from __future__ import annotations

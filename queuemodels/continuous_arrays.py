@@ -54,27 +54,19 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     bent_rows = ~points.bases.affine[points.base]
     bent = np.flatnonzero(bent_rows)
     terms = points.bases.rooflines.take(points.base[bent])
-    lock = np.ones(len(n))  # _decode_lock: what a lock multiplies a roofline row's decode compute by
-    lock[bent] = by_clock(1.0)[bent]
-    if (contest := np.flatnonzero(capped[bent] & (lock[bent] > 1.0))).size:  # the cap may set the clock instead
-        rows, at = bent[contest], terms.take(contest)
-        plain = d0[rows] + d1[rows] * n[rows]
-        by_lock = ((plain + at._replace(compute_per_seq_ms=at.compute_per_seq_ms * lock[rows]).bend_ms(n[rows]))
-                   / (plain + at.bend_ms(n[rows])))
-        lock[rows] = np.where(by_lock >= cap_factor(n)[rows], lock[rows], 1.0)
-    decode_cap = capped & (lock <= 1.0)  # a lock that sets a row's clock: the cap does not bite its decodes
+    lock = by_clock(1.0)[bent]  # what a lock multiplies a roofline row's decode compute by
 
-    def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor: the slower of the lock and the cap alone
+    def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor; a lock slows the affine rows by compute share
         own = np.where(bent_rows, 1.0, by_clock(batch / (batch + v["half"])))
-        out: Floats = np.where(decode_cap, np.maximum(own, cap_factor(batch)), own)
+        out: Floats = np.where(capped, np.maximum(own, cap_factor(batch)), own)
         return out
 
     knee_w = v["idle"] + (v["knee"] * v["peak"] - v["idle"])  # prompt_draw_w at the free clock, as it sums it
     squeeze = np.maximum(0.0, knee_w / np.where(capped, cap, 1.0) - 1.0)
     prefill_factor = np.where(capped, np.maximum(by_clock(1.0), 1.0 + v["ps"] * squeeze), by_clock(1.0))
-    at_one = (d0 + d1) * decode_factor(np.ones_like(n))  # _capped_decode
-    single = n <= 1.0
+    at_one = (d0 + d1) * decode_factor(np.ones_like(n))  # capped_decode
     at_top = decode_factor(n)
+    single = n <= 1.0
     slope = np.where(single, d1 * at_one / (d0 + d1), ((d0 + d1 * n) * at_top - at_one) /
                      (np.where(single, 2.0, n) - 1.0))
     d0 = np.where(single, d0 * at_one / (d0 + d1), at_one - slope)
@@ -83,7 +75,7 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     c_gpu = c_p.copy()
     if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load), its compute slowed
         roofline = terms._replace(prompt_compute_ms=terms.prompt_compute_ms * prefill_factor[bent],
-                                  compute_per_seq_ms=terms.compute_per_seq_ms * lock[bent])
+                                  compute_per_seq_ms=terms.compute_per_seq_ms * lock)
         c_p[bent], c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
                                                                 slope[bent], n[bent])
     phi = rates * c_gpu / 1000.0

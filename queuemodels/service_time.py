@@ -27,9 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.clock import clock_time_factor
-from queuemodels.power import Batch
+from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.roofline import Roofline
-from queuemodels.slowdowns import cap_factors, capped_decode, decode_cap_factor, decode_lock
 from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
 
 NEWTON_STEPS = 12
@@ -167,6 +166,21 @@ def step_law(params: ServiceParams, load: Load) -> StepLaw:
     return StepLaw(params.alpha_ms + prefill_extra, per_seq, params.alpha_ms + decode_extra, per_seq, m)
 
 
+def cap_factors(profile: PowerProfile | None, power_cap_w: float | None,
+                clock: float | None = None) -> tuple[float, float]:
+    """(prefill, decode) time multipliers a power cap and a locked clock share cause; (1, 1) when neither.
+    A GPU under both runs at the lower of the two clocks: the lock's, or the one the cap lets it draw. So each
+    phase takes the larger of the two slow-downs, the lock's and the cap's alone; a lock never makes a capped
+    GPU faster (decode's, in the batched reading: `capped_law`)."""
+    if profile is None:
+        return 1.0, 1.0
+    prefill_clock = clock_time_factor(profile, clock, 1.0)
+    if power_cap_w is None:
+        return prefill_clock, 1.0
+    squeeze = max(0.0, prompt_draw_w(profile) / power_cap_w - 1.0)
+    return max(prefill_clock, 1.0 + profile.prefill_sensitivity * squeeze), 1.0 + profile.decode_sensitivity * squeeze
+
+
 def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
     """The step law at a power cap and clock (the batched reading: decode steps follow the clock as the
     compute share of a full batch does)."""
@@ -178,6 +192,37 @@ def capped_law(params: ServiceParams, load: Load, profile: PowerProfile | None, 
 
 
 LawFn = Callable[[ServiceParams, Load, "PowerProfile | None", ServerShape], StepLaw]
+
+
+def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, batch: float,
+                      clock: float | None = None) -> float:
+    """Time multiplier of a decode step at `batch` under a cap. A cap slows the compute in a step, as it slows
+    prompts (prefill_sensitivity), and only once the step would draw more than the cap: a small batch is
+    memory-bound and draws well below the peak, so a cap may never bite it. The compute share of a decode
+    step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half).
+    A locked clock slows that compute share by itself (the affine laws; the roofline's lock slows its compute term
+    instead, `continuous_law`); under a cap as well, the step runs at the lower of the lock and the clock the cap
+    allows, so it takes the larger of the two slow-downs (`cap_factors`)."""
+    if profile is None:
+        return 1.0
+    compute_share = batch / (batch + profile.batch_half)
+    by_clock = clock_time_factor(profile, clock, compute_share)
+    if power_cap_w is None:
+        return by_clock
+    squeeze = max(0.0, natural_draw_w(profile, batch) / power_cap_w - 1.0)
+    return max(by_clock, 1.0 + profile.prefill_sensitivity * compute_share * squeeze)
+
+
+def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, max_batch: int, power_cap_w: float | None,
+                   clock: float | None) -> tuple[float, float]:
+    """(d0, d1) of the capped decode step: the line through its times at batch 1 and at the max batch, so
+    the law stays affine and is exact where it matters most (light load, and the full batch of saturation)."""
+    n = float(max_batch)
+    at_one = (d0 + d1) * decode_cap_factor(profile, power_cap_w, 1.0, clock)
+    if n <= 1.0:
+        return d0 * at_one / (d0 + d1), d1 * at_one / (d0 + d1)
+    slope = ((d0 + d1 * n) * decode_cap_factor(profile, power_cap_w, n, clock) - at_one) / (n - 1.0)
+    return at_one - slope, slope
 
 
 def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, float, float, float]:
@@ -215,14 +260,14 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
     d0, d1, overhead, compute, hidden = decode_and_prompt(params, load)
     # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
-    # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too (a lock slows its decodes' compute
-    # share); with them the lock slows the decodes' compute in the roofline (`decode_lock`)
+    # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too, whose decodes a lock slows by their
+    # compute share; with them it slows the decodes' compute in the roofline, and a cap that binds slows the step on
+    # top (where both bind, slower than the lower of the two clocks: never faster than either lever alone)
     roofed = has_roofline(params)
-    lock = decode_lock(params, load, profile, shape, d0, d1) if roofed else 1.0
-    cap_w = None if lock > 1.0 else shape.power_cap_w  # a lock that sets the clock: the cap does not bite
     clock = None if roofed else shape.sm_clock_fraction
-    d0, d1 = capped_decode(d0, d1, profile, shape.max_batch, cap_w, clock)
-    roofline = Roofline.of(params, load, prefill_factor, lock) if roofed else None
+    d0, d1 = _capped_decode(d0, d1, profile, shape.max_batch, shape.power_cap_w, clock)
+    roofline = Roofline.of(params, load, prefill_factor,
+                           clock_time_factor(profile, shape.sm_clock_fraction, 1.0)) if roofed else None
     batch = 1.0
     c_p = c_gpu = float(prompt_cost(overhead, compute, hidden, prefill_factor))
     if roofline is not None:
@@ -236,7 +281,7 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     d0, d1 = d0 * stretch, d1 * stretch
     wait_scale = (1.0 + load.out_cv**2) / 2.0
     # the bend is compute at large batches: the cap slows it as it slows the full batch's step
-    bend_scale = stretch * decode_cap_factor(profile, cap_w, float(shape.max_batch), clock)
+    bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch), clock)
     budget_wait = budget_var = 0.0
     if roofline is not None:  # the prompts ahead, where a token budget serialises them
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))

@@ -127,13 +127,13 @@ class LawArrays(NamedTuple):
 
     def chain_taus(self, b: Floats, sizes: NDArray[np.int64], groups: Ints) -> Floats:
         """tau at every state of the rows' chains laid end to end (states 1..sizes[i] of row i, at `b`), where rows
-        of one group share their roofline terms (a base: the candidates of one service on one accelerator). A state's
-        bend and chunks depend only on those and its batch, so they are worked out once per group and batch, up to
-        its longest chain, and read off that table: a fleet's chains hold millions of states."""
+        of one group (a base: the candidates of one service on one accelerator) share their roofline terms but the
+        decode compute a lock slows. A state's bend and chunks depend only on those and its batch, so they are worked
+        out once per group, compute term and batch, up to its longest chain, and read off that table: a fleet's
+        chains hold millions of states."""
         if self.affine.all():
             return self._tau(b, lambda x: np.repeat(x, sizes), 0.0, 0.0)
-        # a lock slows a row's decode compute (its roofline's compute term): rows of one base at different clocks
-        # are groups of their own
+        # a lock slows a row's decode compute (its roofline's compute term): a base's rows at different clocks apart
         order = np.lexsort((self.compute_per_seq_ms, groups))
         grouped, compute = groups[order], self.compute_per_seq_ms[order]
         starts = np.concatenate([[True], (grouped[1:] != grouped[:-1]) | (compute[1:] != compute[:-1])])
