@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError, quoted
 from controller.preflight import check_metrics_bind, unwritable
+from controller.startup import Asked
 
 PROBE_TIMEOUT_S = 5.0
 """How long the operator waits for the API server's /version before it refuses to start."""
@@ -73,11 +73,12 @@ def _logging(level: str) -> None:
         logging.getLogger(library).setLevel(logging.WARNING)
 
 
-def _stop_after(duration_s: float | None, stop: threading.Event) -> None:
-    if duration_s is not None:
-        timer = threading.Timer(duration_s, stop.set)
-        timer.daemon = True
-        timer.start()
+def _nap(stop: Asked, seconds: float, deadline: float | None) -> None:
+    """Wait `seconds` in short naps, waking early for a stop a signal asked (a handler records it without a
+    lock: startup.Asked) or at `deadline` (monotonic)."""
+    end = time.monotonic() + seconds if deadline is None else min(time.monotonic() + seconds, deadline)
+    while not stop.asked and (left := end - time.monotonic()) > 0:
+        time.sleep(min(0.2, left))
 
 
 def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
@@ -166,17 +167,17 @@ def _agent(args: argparse.Namespace) -> int:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port))
     registry = CollectorRegistry()
-    stop = threading.Event()
+    stop = Asked()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop)
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
                       args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)))  # a cut waits a step
-    _stop_after(args.duration, stop)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
     logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
     try:
-        while not stop.is_set():
+        while not stop.asked and (deadline is None or time.monotonic() < deadline):
             try:
                 plan = agent.fetch()
                 agent.act(time.monotonic(), plan)  # the time after the fetch: its wait is the plan's age too
@@ -186,7 +187,7 @@ def _agent(args: argparse.Namespace) -> int:
                 agent.failing.discard("step")
             if dropped := log_writer.take_dropped():  # standard error's reader stopped: the limits went on
                 agent.metrics.errors.labels("log_dropped").inc(dropped)
-            stop.wait(args.interval_s)
+            _nap(stop, args.interval_s, deadline)
     finally:
         agent.close()
     return 0

@@ -42,7 +42,7 @@ from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
-from controller.startup import RELOAD_ASKED
+from controller.startup import RELOAD_ASKED, Asked
 from controller.wiring import build_parts
 from tuner import Tuner, load_fitting_libraries
 
@@ -67,7 +67,6 @@ class Daemon:
         delays no loop."""
         self.notifier = Notifier()
         self.stop_event = threading.Event()
-        self.reload_event = threading.Event()
         self.slow_due = threading.Event()
         self.slow_started = time.monotonic()
         """When the slow worker began its last cycle."""
@@ -200,9 +199,10 @@ class Daemon:
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
         # before anything is served: a SIGTERM as the metrics came up met the default handler and killed it
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+        stop, reload = Asked(), Asked()  # the handlers record; the loop below acts (startup.Asked says why)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
         if s.metrics.port:
             try:
                 serve_metrics(s.metrics.listen, s.metrics.port, self.registry)
@@ -210,8 +210,8 @@ class Daemon:
                 raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
                                   f"{exc.strerror or exc}") from None
             log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
-        if RELOAD_ASKED.is_set():  # asked while starting (controller/launch.py keeps it): done now
-            self.reload_event.set()
+        if RELOAD_ASKED.take():  # asked while starting (controller/launch.py keeps it): done now
+            reload()
         scheduler = BackgroundScheduler(timezone=UTC)  # interval jobs need no zone: a TZ tzlocal cannot read stopped it
         scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         d = s.daemon
@@ -235,9 +235,8 @@ class Daemon:
         log.info("wattscale running: %s", self._status())
         deadline = None if duration_s is None else time.monotonic() + duration_s
         ping = (self.notifier.watchdog_s or 10.0) / 2
-        while not self.stop_event.wait(min(0.2, ping)):
-            if self.reload_event.is_set():
-                self.reload_event.clear()
+        while not self.stop_event.wait(min(0.2, ping)) and not stop.asked:
+            if reload.take():
                 self.reload()
             if self.fast_alive():
                 self.notifier.watchdog()

@@ -15,7 +15,7 @@ LONG_RUNNING = ("run", "operator", "agent")
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "run":  # only the daemon reloads; short commands keep SIGHUP's default
-        signal.signal(signal.SIGHUP, lambda *_: RELOAD_ASKED.set())
+        signal.signal(signal.SIGHUP, RELOAD_ASKED)
     elif command in LONG_RUNNING:  # their settings are the cluster's, no file to reload: SIGHUP killed them
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from controller.cli import main as cli_main
