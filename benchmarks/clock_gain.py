@@ -390,7 +390,8 @@ def one_seed(requests: int, seed: int, services: list[Service], min_saving: floa
     for svc in services:
         params, prof = learn(svc, requests, seed, family)
         fitted = None if prof is None else {"clock_time_sensitivity": round(prof.clock_time_sensitivity, 3),
-                                            "clock_draw_exponent": round(prof.clock_draw_exponent, 3)}
+                                            "clock_draw_exponent": round(prof.clock_draw_exponent, 3),
+                                            "clock_step_share": round(prof.clock_step_share, 3)}
         arms = {k: Arm(svc, params, prof, p, c, min_saving, requests, seed) for k, (p, c) in {
             "caps": (CAPS_LEVELS, (1.0,)), "caps_and_clocks": (CAPS_LEVELS, CLOCK_LEVELS),
             "floor_caps": (FLOOR_LEVELS, (1.0,)), "floor_caps_and_clocks": (FLOOR_LEVELS, CLOCK_LEVELS)}.items()}

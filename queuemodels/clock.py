@@ -4,10 +4,11 @@ Compute takes cycles, so its time scales as 1/f, f the SM clock as a share of th
 work does not slow. `clock_time_sensitivity` is the share of a compute phase that follows the clock (1: all
 of it): a prompt's compute (under continuous batching inside the step's smooth maximum with the memory time
 that hides it; the whole prefill in the batched reading), and under continuous batching a decode step's compute:
-the step family's roofline term inside the same smooth maximum (memory-bound decode keeps its pace), or, in the
-affine laws, the compute share of the step's draw, B / (B + batch_half), as for a cap. The compute part of the
+the step family's roofline term inside the same smooth maximum (memory-bound decode keeps its pace, but for the
+share of its fixed per-step time that runs on the GPU's clock, `clock_step_share`), or, in the affine laws, the
+compute share of the step's draw, B / (B + batch_half), as for a cap. The compute part of the
 dynamic draw falls as f^`clock_draw_exponent` (dynamic power is f V^2 and the voltage falls with the clock:
-between 1 and 3 in CMOS, 2 the prior). Both are the pair's own, fitted by tuner/clock.py from windows run at
+between 1 and 3 in CMOS, 2 the prior). All three are the pair's own, fitted by tuner/clock.py from windows run at
 different clocks; the catalogue's are generic.
 """
 
@@ -28,6 +29,14 @@ def clock_time_factor(profile: PowerProfile | None, clock: float | None, compute
     if profile is None or clock is None or clock >= 1.0:
         return 1.0
     return 1.0 + profile.clock_time_sensitivity * compute_share * (1.0 / clock - 1.0)
+
+
+def step_clock_factor(profile: PowerProfile | None, clock: float | None) -> float:
+    """Time multiplier of a roofline decode step's fixed per-step time at a locked clock: its share that runs on
+    the GPU's clock (`clock_step_share`, fitted) follows 1 / the clock, the host's part does not."""
+    if profile is None or clock is None or clock >= 1.0 or profile.clock_step_share <= 0.0:
+        return 1.0
+    return 1.0 + profile.clock_step_share * (1.0 / clock - 1.0)
 
 
 def clock_draw_scale(profile: PowerProfile, clock: Clock) -> Clock:

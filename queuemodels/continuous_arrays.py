@@ -23,7 +23,7 @@ def _per_point(points: Points) -> dict[str, Floats]:
     clock (factors of 1), as the scalar law reads it."""
     out = dict(zip(("d0", "d1", "overhead", "compute", "hidden", "out_tokens", "out_cv", "in_cv"),
                    points.bases.loads[points.base].T, strict=True))
-    names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp")
+    names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp", "step_share")
     out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
     profiled = ~np.isnan(out["peak"])
     out["cap"] = np.where(profiled, points.caps, np.nan)
@@ -50,11 +50,13 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
         out: Floats = 1.0 + v["ps"] * compute * np.maximum(0.0, natural / np.where(capped, cap, 1.0) - 1.0)
         return out
 
-    d0, d1 = v["d0"], v["d1"]
     bent_rows = ~points.bases.affine[points.base]
     bent = np.flatnonzero(bent_rows)
     terms = points.bases.rooflines.take(points.base[bent])
     lock = by_clock(1.0)[bent]  # what a lock multiplies a roofline row's decode compute by
+    d0, d1 = v["d0"], v["d1"]
+    if (slowed := bent_rows & locked & (v["step_share"] > 0.0)).any():  # its per-step time's share (step_clock)
+        d0 = np.where(slowed, d0 * (1.0 + v["step_share"] * (1.0 / np.where(slowed, clock, 1.0) - 1.0)), d0)
 
     def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor; a lock slows the affine rows by compute share
         own = np.where(bent_rows, 1.0, by_clock(batch / (batch + v["half"])))

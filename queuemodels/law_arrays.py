@@ -24,7 +24,7 @@ from queuemodels.types import Load, Point, PowerProfile, ServerShape, ServicePar
 Base = tuple[ServiceParams, Load, PowerProfile | None]
 """What many points share: parameters, the load's token mix (its rate is not read) and the power profile."""
 PROFILE_FIELDS = ("idle_power_w", "max_power_w", "knee_fraction", "busy_share", "batch_half", "prefill_sensitivity",
-                  "clock_time_sensitivity", "clock_draw_exponent")
+                  "clock_time_sensitivity", "clock_draw_exponent", "clock_step_share")
 
 
 class Bases(tuple[Base, ...]):

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels.clock import clock_time_factor
+from queuemodels.clock import clock_time_factor, step_clock_factor
 from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.roofline import Roofline
 from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
@@ -265,6 +265,8 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     # top (where both bind, slower than the lower of the two clocks: never faster than either lever alone)
     roofed = has_roofline(params)
     clock = None if roofed else shape.sm_clock_fraction
+    if roofed:
+        d0 *= step_clock_factor(profile, shape.sm_clock_fraction)
     d0, d1 = _capped_decode(d0, d1, profile, shape.max_batch, shape.power_cap_w, clock)
     roofline = Roofline.of(params, load, prefill_factor,
                            clock_time_factor(profile, shape.sm_clock_fraction, 1.0)) if roofed else None

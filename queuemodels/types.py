@@ -190,6 +190,9 @@ class PowerProfile:
     """Share of a compute phase whose time follows 1 / the locked SM clock (queuemodels/clock.py)."""
     clock_draw_exponent: float = 2.0
     """The compute part of the dynamic draw falls as the locked clock's share to this power."""
+    clock_step_share: float = 0.0
+    """Share of a roofline decode step's fixed per-step time (alpha: small kernels and launches, and the host's
+    scheduling, which no clock slows) that follows 1 / the locked clock: 0 in the catalogue, fitted by the tuner."""
     empty_power_w: float | None = None
     """Draw of a GPU with no process on it, below `idle_power_w` (a replica's idle: a loaded model's CUDA context
     keeps the GPU out of its deepest idle state); None: not known, taken as `idle_power_w`."""
@@ -220,6 +223,7 @@ class PowerProfile:
         check_number("batch_half", self.batch_half, positive=True)
         check_number("clock_time_sensitivity", self.clock_time_sensitivity)
         check_number("clock_draw_exponent", self.clock_draw_exponent)
+        check_number("clock_step_share", self.clock_step_share)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ CATALOGUE = PowerProfile("H100-SXM", 700.0, 200.0, 95.0)
 TRUE = replace(CATALOGUE, clock_time_sensitivity=0.55, clock_draw_exponent=2.9)
 
 
-def window(clock: float | None, rate: float, truth: PowerProfile = TRUE) -> Observation:
+def window(clock: float | None, rate: float, truth: PowerProfile = TRUE, params: ServiceParams = PARAMS) -> Observation:
     """What a replica at this clock shows, as the law with the true sensitivities says."""
     load, shape = Load(rate, 300.0, 600.0), ServerShape(64, 1024, 700.0, clock)
-    perf = get_model("mm1k-cb").analyze(PARAMS, load, shape, truth, tails=False)
+    perf = get_model("mm1k-cb").analyze(params, load, shape, truth, tails=False)
     return Observation(rate, 300.0, 600.0, 64, 1024, perf.ttft_ms, perf.itl_ms, 700.0, perf.power_w,
                        sm_clock_fraction=clock)
 
@@ -87,6 +87,38 @@ def test_a_fit_solves_every_window_at_a_jacobians_states_in_one_call_of_the_mode
             mp.setattr(model, "analyze", None)  # none of it window by window
             fit.fit(PARAMS, CATALOGUE, "mm1k-cb")
         fits.append((fit.time_sensitivity, fit.draw_exponent))
-    assert max(sizes) == 2 * len(windows)  # both perturbed states of a Jacobian, every window
+    assert max(sizes) == 3 * len(windows)  # the three perturbed states of a Jacobian, every window
     assert fits[0] == pytest.approx(fits[1], rel=1e-3)
     assert fits[0][0] == pytest.approx(0.55, abs=0.05)  # it found the truth: the comparison says something
+
+
+ROOF = ServiceParams("step", 10.0, 0.03, 8.0, 0.03).with_step_defaults()
+"""A roofline law whose step is mostly its fixed per-step time (alpha 10 ms), as decode-bound services fit."""
+
+
+@pytest.mark.parametrize("share", [0.0, 0.4])
+def test_the_share_of_a_decode_steps_fixed_time_that_follows_the_clock_is_learnt(share: float) -> None:
+    """Under the roofline a lock slows only the compute the memory time no longer hides, and, by the share the
+    engine runs on the GPU's clock (its small kernels and launches; none of the host's scheduling), the step's fixed
+    time: each engine's own, learnt from windows at several clocks, 0 where decode keeps its pace."""
+    truth = replace(CATALOGUE, clock_time_sensitivity=0.9, clock_step_share=share)
+    fit = ClockFit()
+    for clock in (None, 0.8, 0.6, 0.5):
+        for rate in (1.5, 3.0):
+            fit.observe(window(clock, rate, truth, ROOF), ROOF, CATALOGUE, "mm1k-cb")
+    assert fit.step_share == pytest.approx(share, abs=0.05)
+    held_out = window(0.7, 2.2, truth, ROOF)
+    perf = get_model("mm1k-cb").analyze(ROOF, held_out.load, held_out.shape, fit.applied(CATALOGUE), tails=False)
+    assert perf.itl_ms == pytest.approx(held_out.itl_ms, rel=0.01)
+
+
+def test_a_state_file_from_before_the_step_share_restores_with_none() -> None:
+    fit = ClockFit()
+    for clock in (None, 0.6):
+        fit.observe(window(clock, 2.0), PARAMS, CATALOGUE, "mm1k-cb")
+    old = {k: v for k, v in fit.dump().items() if k != "step_share"}
+    again = ClockFit()
+    assert again.restore(old) and again.step_share == 0.0
+    assert again.applied(CATALOGUE).clock_time_sensitivity == fit.time_sensitivity
+    assert not ClockFit().restore({**fit.dump(), "step_share": 2.0})
+    assert not ClockFit().restore({**fit.dump(), "step_share": None})

@@ -72,6 +72,18 @@ def test_a_lock_slows_decode_only_where_its_compute_shows() -> None:
     assert law(0.5, 4096).prompt_ms / law(None, 4096).prompt_ms > 1.8  # a 4,096-token prompt is compute
 
 
+def test_a_locks_share_of_the_per_step_time_slows_a_roofline_step_only() -> None:
+    """The fitted share of a decode step's fixed time that runs on the GPU's clock (`clock_step_share`) follows the
+    lock under the roofline; the affine laws' decodes follow it by their compute share, as before."""
+    prof = PowerProfile("H100", max_power_w=700, min_power_w=200, idle_power_w=95, clock_step_share=0.5)
+    plain = dataclasses.replace(prof, clock_step_share=0.0)
+    load, shape = Load(0.01, 256, 256), ServerShape(64, None, None, 0.5)
+    slowed, kept = continuous_law(BENT, load, prof, shape), continuous_law(BENT, load, plain, shape)
+    assert slowed.d0 / kept.d0 == pytest.approx(1.5, rel=1e-6)  # alpha, half of it at half the clock: 1.5x
+    assert slowed.d1 == pytest.approx(kept.d1, rel=1e-6)
+    assert continuous_law(STEP, load, prof, shape) == continuous_law(STEP, load, plain, shape)
+
+
 @pytest.mark.parametrize("params", [STEP, BENT, dataclasses.replace(BENT, rho=4.0)], ids=["affine", "bent", "rho4"])
 def test_a_lock_never_makes_a_capped_gpu_faster_at_any_batch(params: ServiceParams) -> None:
     """A GPU under a cap and a lock runs at the lower of the two clocks, so its decode step is never shorter than

@@ -227,13 +227,14 @@ def test_roofline_points_are_solved_together_not_alone() -> None:
     """The step family's roofline laws (the daemon's default) are built as arrays and solved stacked too: at a
     fleet's scale one by one they cost seconds a cycle. Light and busy, capped, clocked, bounded or not; many
     points on one base each, as a plan's candidates of one service are (their chains read the bend and chunks off
-    one table per base and clock: a lock slows the decodes' compute, so a base's clocks bend apart)."""
+    one table per base and clock: a lock slows the decodes' compute, so a base's clocks bend apart), with the
+    fitted share of a step's fixed time that follows the clock too."""
     load = Load(1.0, 800, 200, 1.0, 0.5)
     shapes = [(ServerShape(batch, queue, cap, clock), rate) for batch in (8, 64, 256, 512) for queue in (None, 1024)
               for cap in (None, 450.0) for clock in (None, 0.7) for rate in (0.3, 1.5)]
-    bases = Bases([(STEP, load, H100), (BENT, load, H100)])
-    together = Points(bases, np.repeat(np.arange(2), len(shapes)), [s for s, _ in shapes] * 2,
-                      np.array([r for _, r in shapes] * 2))
+    bases = Bases([(STEP, load, H100), (BENT, load, H100), (BENT, load, replace(H100, clock_step_share=0.3))])
+    together = Points(bases, np.repeat(np.arange(3), len(shapes)), [s for s, _ in shapes] * 3,
+                      np.array([r for _, r in shapes] * 3))
     built_alone, _, figures = solve_together(continuous_law, continuous_laws, together)
     assert figures.covered.all() and not built_alone
     for k in range(len(together.rates_rps)):

@@ -1,8 +1,9 @@
 """A pair's clock sensitivity, fitted to windows run at different locked SM clocks (never read from a plant).
 
-How much a phase's time follows 1 / the clock, and how fast the compute part of the draw falls with it
-(queuemodels/clock.py), can only be told apart from the rest of the law by windows run at different clocks:
-until the kept windows span `min_spread` of the clock range the pair keeps the catalogue's generic values.
+How much a phase's time follows 1 / the clock, how much of a roofline decode step's fixed per-step time does,
+and how fast the compute part of the draw falls with it (queuemodels/clock.py), can only be told apart from the
+rest of the law by windows run at different clocks: until the kept windows span `min_spread` of the clock range
+the pair keeps the catalogue's generic values.
 The fit is bounded robust least squares (soft L1: a window near saturation, whose queueing the law gets far
 wrong, must not outweigh the rest) on the windows' log inter-token latencies at the filter's current
 parameters - a decode step's time, which the clock acts on directly; TTFT is mostly queueing - and on their
@@ -25,6 +26,7 @@ from tuner.robust_fit import stacked_least_squares
 
 TIME_BOUNDS = (0.0, 1.5)
 EXPONENT_BOUNDS = (0.5, 4.0)
+STEP_BOUNDS = (0.0, 1.0)
 
 
 @dataclass
@@ -44,16 +46,18 @@ class ClockFit:
     recent: list[Observation] = field(default_factory=list)
     time_sensitivity: float | None = None
     draw_exponent: float | None = None
+    step_share: float | None = None
+    """The share of a roofline decode step's per-step time that follows the clock (None until the first fit)."""
     _applied: tuple[PowerProfile, PowerProfile] | None = field(default=None, repr=False, compare=False)
     """The last profile given to `applied` and its result: the filter asks for it at every model evaluation."""
 
     def applied(self, profile: PowerProfile) -> PowerProfile:
         """The profile with the fitted sensitivities (unchanged before the first fit)."""
-        if self.time_sensitivity is None or self.draw_exponent is None:
+        if self.time_sensitivity is None or self.draw_exponent is None or self.step_share is None:
             return profile
         if self._applied is None or self._applied[0] is not profile:
             self._applied = profile, replace(profile, clock_time_sensitivity=self.time_sensitivity,
-                                             clock_draw_exponent=self.draw_exponent)
+                                             clock_draw_exponent=self.draw_exponent, clock_step_share=self.step_share)
         return self._applied[1]
 
     def spread(self) -> float:
@@ -71,7 +75,7 @@ class ClockFit:
 
     def fit(self, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> None:
         model = get_model(queue_model)
-        anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent])
+        anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent, catalogue.clock_step_share])
         windows = self.recent
         seen_itl = np.log([o.itl_ms for o in windows])
         powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0 for o in windows])
@@ -80,8 +84,8 @@ class ClockFit:
         def residuals_many(vs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:
             """At each state, every window solved in one call of the queue model (None where it cannot carry the
             window's load at these values: far off)."""
-            profiles = [replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]))
-                        for v in vs]
+            profiles = [replace(catalogue, clock_time_sensitivity=float(v[0]), clock_draw_exponent=float(v[1]),
+                                clock_step_share=float(v[2])) for v in vs]
             figures = iter(model.mean_figures([(params, o.load, o.shape, p) for p in profiles for o in windows]))
             out = []
             for v in vs:
@@ -93,21 +97,21 @@ class ClockFit:
                                            (v - anchor) / self.prior_spread]))
             return out
 
-        lo = np.array([TIME_BOUNDS[0], EXPONENT_BOUNDS[0]])
-        hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1]])
-        start = np.clip([self.time_sensitivity if self.time_sensitivity is not None else anchor[0],
-                         self.draw_exponent if self.draw_exponent is not None else anchor[1]], lo, hi)
+        lo = np.array([TIME_BOUNDS[0], EXPONENT_BOUNDS[0], STEP_BOUNDS[0]])
+        hi = np.array([TIME_BOUNDS[1], EXPONENT_BOUNDS[1], STEP_BOUNDS[1]])
+        fitted = (self.time_sensitivity, self.draw_exponent, self.step_share)
+        start = np.clip([anchor[i] if v is None else v for i, v in enumerate(fitted)], lo, hi)
         try:
-            result = stacked_least_squares(residuals_many, start, bounds=(lo, hi), method="trf", x_scale=[0.2, 0.5],
-                                           loss="soft_l1", f_scale=3.0)
+            result = stacked_least_squares(residuals_many, start, bounds=(lo, hi), method="trf",
+                                           x_scale=[0.2, 0.5, 0.2], loss="soft_l1", f_scale=3.0)
         except ValueError:
             return  # residuals not finite at the start: the values in force stay, the next window refits
-        self.time_sensitivity, self.draw_exponent = float(result.x[0]), float(result.x[1])
+        self.time_sensitivity, self.draw_exponent, self.step_share = (float(x) for x in result.x)
         self._applied = None
 
     def dump(self) -> dict[str, Any]:
         return {"time_sensitivity": self.time_sensitivity, "draw_exponent": self.draw_exponent,
-                "recent": [dict(vars(o)) for o in self.recent]}
+                "step_share": self.step_share, "recent": [dict(vars(o)) for o in self.recent]}
 
     def restore(self, data: dict[str, Any]) -> bool:
         """Load saved state; False (and nothing changed) when it does not parse or is out of bounds."""
@@ -116,15 +120,19 @@ class ClockFit:
             if any(o.problem() is not None for o in recent):
                 return False  # a window observe() would have refused: it would only break the next fit
             time_s, exponent = data["time_sensitivity"], data["draw_exponent"]
-            if (time_s is None) != (exponent is None):
+            # a file from before the step share: its law had none, the catalogue's 0
+            share = data.get("step_share", None if time_s is None else 0.0)
+            if not (time_s is None) == (exponent is None) == (share is None):
                 return False
             if time_s is not None and not (TIME_BOUNDS[0] <= float(time_s) <= TIME_BOUNDS[1]
-                                           and EXPONENT_BOUNDS[0] <= float(exponent) <= EXPONENT_BOUNDS[1]):
+                                           and EXPONENT_BOUNDS[0] <= float(exponent) <= EXPONENT_BOUNDS[1]
+                                           and STEP_BOUNDS[0] <= float(share or 0.0) <= STEP_BOUNDS[1]):
                 return False
         except (KeyError, TypeError, ValueError):
             return False
         self.recent = recent[-self.keep :]
         self.time_sensitivity = None if time_s is None else float(time_s)
         self.draw_exponent = None if exponent is None else float(exponent)
+        self.step_share = None if share is None else float(share)
         self._applied = None
         return True
