@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -168,6 +169,23 @@ def test_a_state_file_integer_too_big_for_a_float_is_set_aside(field: str) -> No
     else:
         pair[field][0] = 10**400
     test_state_file_on_hostile_content.hypothesis.inner_test(doc)  # type: ignore[attr-defined]
+
+
+def test_a_state_file_with_a_variance_past_any_the_filter_makes_is_set_aside() -> None:
+    """A variance of 1e300 is finite and positive semi-definite, and made every update's innovation covariance
+    ill-conditioned (scipy's LinAlgWarning at each): one warning naming p, and the pair starts from its prior."""
+    doc = json.loads(json.dumps(STATE))
+    pair = next(iter(doc["pairs"].values()))
+    pair["p"][2][2] *= 1e300
+    with TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = Path(d) / "tuner.json"
+        path.write_text(json.dumps(doc))
+        tuner = Tuner(path)
+        pair_filter = tuner.ensure("m", "gpu", PRIOR, None)
+        assert np.allclose(pair_filter.x, [24.0, 0.18, 40.0, 0.07])  # PRIOR's
+        tuner.update("m", "gpu", observation(3.0))
+        assert (Path(d) / "tuner.json.bad").exists()
 
 
 COLUMNS = ["rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms", "max_queue", "power_cap_w",

@@ -31,6 +31,10 @@ MAX_STATE_BYTES = 32 << 20
 aside unread (a 3 GB one took 6 GB of memory and 17 s before the daemon ran)."""
 MAX_PARAM = 1e6
 """Largest saved parameter (ms, or a sensitivity); the filter clamps to 10x its prior, far below."""
+MAX_SPREAD = 1e3
+"""Largest saved standard deviation of a parameter, in multiples of the larger of its prior and its estimate: the
+filter clamps the estimate within 10x the prior, so a spread past this says nothing (a variance of 1e300 made every
+update's innovation covariance ill-conditioned)."""
 OBSERVATION_FIELDS = {f.name for f in fields(Observation)}
 OBSERVATION_REQUIRED = {f.name for f in fields(Observation) if f.default is MISSING}
 OBSERVATION_OPTIONAL = {f.name for f in fields(Observation) if f.default is None}
@@ -136,6 +140,9 @@ def pair_problem(data: object) -> str | None:
     cov = np.array(p, dtype=float)
     if np.any(np.diag(cov) < 0) or not np.allclose(cov, cov.T, rtol=1e-6, atol=1e-12):
         return "p is not a covariance (symmetric, variances >= 0)"
+    prior = np.asarray(data["prior"], dtype=float)
+    if len(prior) == n and np.any(np.diag(cov) > (MAX_SPREAD * np.maximum(prior, np.asarray(data["x"]))) ** 2):
+        return f"p is not a covariance this filter makes (a spread over {MAX_SPREAD:g}x a parameter's prior)"
     if np.linalg.eigvalsh(0.5 * (cov + cov.T)).min() < -1e-9 * max(1.0, float(np.diag(cov).max())):
         # one not positive semi-definite (a symmetric 1e300 entry is not either) rejected every update after it,
         # and, saved only on an accepted one, for good
