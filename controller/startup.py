@@ -18,9 +18,11 @@ class Asked:
         self.asked = True
 
     def take(self) -> bool:
-        """Whether it was asked since the last take."""
-        asked, self.asked = self.asked, False
-        return asked
+        """Whether it was asked since the last take (cleared only once seen: a signal between the two is kept)."""
+        if not self.asked:
+            return False
+        self.asked = False
+        return True
 
 
 RELOAD_ASKED = Asked()

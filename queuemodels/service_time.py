@@ -201,8 +201,8 @@ def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, b
     memory-bound and draws well below the peak, so a cap may never bite it. The compute share of a decode
     step is what its draw says: the part of the dynamic draw above the memory-bound base, B / (B + batch_half).
     A locked clock slows that compute share by itself (the affine laws; the roofline's lock slows its compute term
-    instead, `continuous_law`); under a cap as well, the step runs at the lower of the lock and the clock the cap
-    allows, so it takes the larger of the two slow-downs (`cap_factors`)."""
+    and the fitted share of its per-step time instead, `continuous_law`); under a cap as well, the step runs at the
+    lower of the lock and the clock the cap allows, so it takes the larger of the two slow-downs (`cap_factors`)."""
     if profile is None:
         return 1.0
     compute_share = batch / (batch + profile.batch_half)

@@ -112,7 +112,7 @@ def test_the_share_of_a_decode_steps_fixed_time_that_follows_the_clock_is_learnt
     assert perf.itl_ms == pytest.approx(held_out.itl_ms, rel=0.01)
 
 
-def test_a_state_file_from_before_the_step_share_restores_with_none() -> None:
+def test_a_state_file_from_before_the_step_share_restores_with_a_share_of_0() -> None:
     fit = ClockFit()
     for clock in (None, 0.6):
         fit.observe(window(clock, 2.0), PARAMS, CATALOGUE, "mm1k-cb")
@@ -122,3 +122,18 @@ def test_a_state_file_from_before_the_step_share_restores_with_none() -> None:
     assert again.applied(CATALOGUE).clock_time_sensitivity == fit.time_sensitivity
     assert not ClockFit().restore({**fit.dump(), "step_share": 2.0})
     assert not ClockFit().restore({**fit.dump(), "step_share": None})
+
+
+@pytest.mark.parametrize("value", ["", "0.5", [], {}, True, 10**400, float("nan"), -0.1],
+                         ids=["empty", "text", "list", "table", "bool", "huge-int", "nan", "negative"])
+def test_a_hostile_step_share_is_refused_and_changes_nothing(value: object) -> None:
+    """A state file is anyone's to edit: a value no fit writes is refused (the daemon starts from the catalogue),
+    never raised (a string or an integer of 400 digits had stopped the daemon at start)."""
+    fit = ClockFit()
+    for clock in (None, 0.6):
+        fit.observe(window(clock, 2.0), PARAMS, CATALOGUE, "mm1k-cb")
+    saved = fit.dump()
+    before = (fit.time_sensitivity, fit.draw_exponent, fit.step_share, list(fit.recent))
+    assert not fit.restore({**saved, "step_share": value})
+    assert not fit.restore({**saved, "time_sensitivity": value})
+    assert (fit.time_sensitivity, fit.draw_exponent, fit.step_share, fit.recent) == before

@@ -119,20 +119,23 @@ class ClockFit:
             recent = [Observation(**o) for o in data["recent"]]
             if any(o.problem() is not None for o in recent):
                 return False  # a window observe() would have refused: it would only break the next fit
-            time_s, exponent = data["time_sensitivity"], data["draw_exponent"]
+            time_s = data["time_sensitivity"]
             # a file from before the step share: its law had none, the catalogue's 0
-            share = data.get("step_share", None if time_s is None else 0.0)
-            if not (time_s is None) == (exponent is None) == (share is None):
+            saved = (time_s, data["draw_exponent"], data.get("step_share", None if time_s is None else 0.0))
+            if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in saved):
                 return False
-            if time_s is not None and not (TIME_BOUNDS[0] <= float(time_s) <= TIME_BOUNDS[1]
-                                           and EXPONENT_BOUNDS[0] <= float(exponent) <= EXPONENT_BOUNDS[1]
-                                           and STEP_BOUNDS[0] <= float(share or 0.0) <= STEP_BOUNDS[1]):
+            if not (saved[0] is None) == (saved[1] is None) == (saved[2] is None):
                 return False
-        except (KeyError, TypeError, ValueError):
+            fitted = [float(v) for v in saved if v is not None]  # all or none; an int of 400 digits overflows
+            if fitted and not all(lo <= v <= hi for v, (lo, hi) in zip(fitted, (TIME_BOUNDS, EXPONENT_BOUNDS,
+                                                                                 STEP_BOUNDS), strict=True)):
+                return False
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return False
         self.recent = recent[-self.keep :]
-        self.time_sensitivity = None if time_s is None else float(time_s)
-        self.draw_exponent = None if exponent is None else float(exponent)
-        self.step_share = None if share is None else float(share)
+        if fitted:
+            self.time_sensitivity, self.draw_exponent, self.step_share = fitted
+        else:
+            self.time_sensitivity = self.draw_exponent = self.step_share = None
         self._applied = None
         return True
