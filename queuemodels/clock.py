@@ -24,19 +24,20 @@ from queuemodels.types import PowerProfile
 Clock = TypeVar("Clock", float, NDArray[np.float64])
 
 
+def slowed(sensitivity: float, clock: float | None) -> float:
+    """Time multiplier of work whose share `sensitivity` follows 1 / a locked clock share (None: unlocked)."""
+    return 1.0 if clock is None or clock >= 1.0 else 1.0 + sensitivity * (1.0 / clock - 1.0)
+
+
 def clock_time_factor(profile: PowerProfile | None, clock: float | None, compute_share: float) -> float:
     """Time multiplier of a phase whose `compute_share` is compute, at a locked clock (None: unlocked)."""
-    if profile is None or clock is None or clock >= 1.0:
-        return 1.0
-    return 1.0 + profile.clock_time_sensitivity * compute_share * (1.0 / clock - 1.0)
+    return 1.0 if profile is None else slowed(profile.clock_time_sensitivity * compute_share, clock)
 
 
 def step_clock_factor(profile: PowerProfile | None, clock: float | None) -> float:
     """Time multiplier of a roofline decode step's fixed per-step time at a locked clock: its share that runs on
     the GPU's clock (`clock_step_share`, fitted) follows 1 / the clock, the host's part does not."""
-    if profile is None or clock is None or clock >= 1.0 or profile.clock_step_share <= 0.0:
-        return 1.0
-    return 1.0 + profile.clock_step_share * (1.0 / clock - 1.0)
+    return 1.0 if profile is None else slowed(profile.clock_step_share, clock)
 
 
 def clock_draw_scale(profile: PowerProfile, clock: Clock) -> Clock:

@@ -39,10 +39,12 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     cap, clock, n = v["cap"], v["clock"], tops
     capped, locked = ~np.isnan(cap), ~np.isnan(clock) & (np.nan_to_num(clock, nan=1.0) < 1.0)
 
-    def by_clock(compute_share: Floats | float) -> Floats:  # clock_time_factor
-        out: Floats = np.where(locked, 1.0 + v["cts"] * compute_share * (1.0 / np.where(locked, clock, 1.0) - 1.0),
-                               1.0)
+    def slowed(sensitivity: Floats) -> Floats:  # queuemodels.clock.slowed
+        out: Floats = np.where(locked, 1.0 + sensitivity * (1.0 / np.where(locked, clock, 1.0) - 1.0), 1.0)
         return out
+
+    def by_clock(compute_share: Floats | float) -> Floats:  # clock_time_factor
+        return slowed(v["cts"] * compute_share)
 
     def cap_factor(batch: Floats) -> Floats:  # decode_cap_factor's cap term
         compute = batch / (batch + v["half"])
@@ -55,8 +57,8 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     terms = points.bases.rooflines.take(points.base[bent])
     lock = by_clock(1.0)[bent]  # what a lock multiplies a roofline row's decode compute by
     d0, d1 = v["d0"], v["d1"]
-    if (slowed := bent_rows & locked & (v["step_share"] > 0.0)).any():  # its per-step time's share (step_clock)
-        d0 = np.where(slowed, d0 * (1.0 + v["step_share"] * (1.0 / np.where(slowed, clock, 1.0) - 1.0)), d0)
+    if (bent_rows & locked).any():  # the share of a roofline row's per-step time that follows the lock
+        d0 = d0 * np.where(bent_rows, slowed(v["step_share"]), 1.0)  # step_clock_factor
 
     def decode_factor(batch: Floats) -> Floats:  # decode_cap_factor; a lock slows the affine rows by compute share
         own = np.where(bent_rows, 1.0, by_clock(batch / (batch + v["half"])))

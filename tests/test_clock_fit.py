@@ -86,7 +86,7 @@ def test_a_fit_solves_every_window_at_a_jacobians_states_in_one_call_of_the_mode
             mp.setattr(model, "mean_figures", patched)
             mp.setattr(model, "analyze", None)  # none of it window by window
             fit.fit(PARAMS, CATALOGUE, "mm1k-cb")
-        fits.append((fit.time_sensitivity, fit.draw_exponent))
+        fits.append((fit.time_sensitivity, fit.draw_exponent, fit.step_share))
     assert max(sizes) == 3 * len(windows)  # the three perturbed states of a Jacobian, every window
     assert fits[0] == pytest.approx(fits[1], rel=1e-3)
     assert fits[0][0] == pytest.approx(0.55, abs=0.05)  # it found the truth: the comparison says something
