@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import signal
@@ -166,10 +167,15 @@ def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> N
         stops_on_sigterm_within_5_s(proc)
 
 
-def catches_sighup(pid: int) -> bool:
-    """Whether the process has a handler for SIGHUP (Linux: bit 0 of SigCgt in /proc/PID/status)."""
+def catches(pid: int, sig: signal.Signals = signal.SIGHUP) -> bool:
+    """Whether the process has a handler for `sig` (Linux: bit sig - 1 of SigCgt in /proc/PID/status)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return bool(int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16) & 1)  # type: ignore[union-attr]
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    return bool(caught >> (sig - 1) & 1)
+
+
+LAUNCH = [sys.executable, "-c", "import sys; from controller.launch import main; sys.exit(main())"]
+"""The installed `wattscale` command's entry point, with its arguments to follow."""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -179,12 +185,11 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_runs(tmp_path: Pat
     cfg = tmp_path / "sim.toml"
     write_config(cfg, free_port(), tmp_path / "state", 4000)
     log_path = tmp_path / "daemon.log"
-    argv = [sys.executable, "-c", "import sys; from controller.launch import main; sys.exit(main())", "run",
-            "--config", str(cfg), "--duration", "4"]
+    argv = [*LAUNCH, "run", "--config", str(cfg), "--duration", "4"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            assert wait_for(lambda: catches_sighup(proc.pid), 10.0)
+            assert wait_for(lambda: catches(proc.pid), 10.0)
             assert "wattscale running" not in log_path.read_text()  # still starting
             proc.send_signal(signal.SIGHUP)
             assert proc.wait(timeout=30) == 0
@@ -193,6 +198,29 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_runs(tmp_path: Pat
                 proc.kill()
     text = log_path.read_text()
     assert "config reloaded: budget 4000 W, 3 services" in text and "Traceback" not in text, text
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_stop_while_the_daemon_starts_ends_it_with_one_line(tmp_path: Path) -> None:
+    """A SIGTERM (systemctl stop) in the second or more `wattscale run` spends importing met Python's default and
+    killed it (exit -15), and a SIGINT printed a traceback of whatever module was importing: now it stops with one
+    line and exit 0, as a running daemon does."""
+    cfg = tmp_path / "sim.toml"
+    write_config(cfg, free_port(), tmp_path / "state", 4000)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        log_path = tmp_path / f"daemon-{sig.name}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([*LAUNCH, "run", "--config", str(cfg), "--duration", "30"], stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=ROOT)
+            try:
+                assert wait_for(functools.partial(catches, proc.pid, signal.SIGTERM), 10.0)  # the entry point's
+                proc.send_signal(sig)
+                assert proc.wait(timeout=10) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        text = log_path.read_text()
+        assert text == f"wattscale: stopped by {sig.name} while starting\n", text
 
 
 def test_signals_that_keep_coming_while_it_stops_do_not_kill_it(tmp_path: Path) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -261,3 +264,28 @@ def test_a_reused_report_holds_this_runs_decision_log_alone(small_scenario: Call
         assert times == sorted(set(times)) and len(times) >= 2, times
     assert main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static", "--no-progress"]) == 0
     assert not log.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_interrupted_says_so_in_one_line_and_in_its_log(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                                sig: signal.Signals) -> None:
+    """Ctrl-C on a run of minutes printed some 46 lines of numpy's frames and left an empty simulate.log; a SIGTERM
+    killed it without a word."""
+    scn = small_scenario("name = \"long\"\nduration_s = 3600\nseed = 1\n")
+    report = tmp_path / "report"
+    argv = [sys.executable, "-c", "import sys; from controller.launch import main; sys.exit(main())", "simulate",
+            str(scn), "--report", str(report), "--policies", "wattscale", "--no-progress", "--no-frontier"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (report / "simulate.log").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.5)  # in the run
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig and err == f"wattscale: interrupted by {sig.name}\n" and out == "", err
+    assert "interrupted: no report written" in (report / "simulate.log").read_text()
+    assert not (report / "summary.json").exists()

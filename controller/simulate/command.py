@@ -195,6 +195,9 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress,
                        explain=not args.no_frontier)
+    except KeyboardInterrupt:  # the log says why the folder holds no new report (the command line says it too)
+        logging.getLogger(__name__).warning("interrupted: no report written")
+        raise
     finally:
         root.removeHandler(handler)
         handler.close()
