@@ -24,6 +24,8 @@ from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, 
 SATURATION_SHARE = 0.999
 """Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess
 away, with latencies that would pass a percentile target."""
+RATE_REL_TOL = 1e-4
+"""Relative width to which a max rate is found: two rates closer than this are the same rate."""
 
 
 def _feasible(
@@ -196,7 +198,7 @@ def max_rate(
     shape: ServerShape,
     targets: Targets,
     profile: PowerProfile | None = None,
-    rel_tol: float = 1e-4,
+    rel_tol: float = RATE_REL_TOL,
     law_fn: LawFn = capped_law,
 ) -> float:
     """Largest rate (rps) meeting `targets`; 0.0 when even a trickle of load misses them."""
@@ -223,7 +225,7 @@ GRID_RATES = 7
 
 
 def max_rates_of(points: Points, targets: Sequence[Targets], law_fn: LawFn = capped_law,
-                 many: ManyLawFn | None = None, rel_tol: float = 1e-4, fits_rps: Floats | None = None,
+                 many: ManyLawFn | None = None, rel_tol: float = RATE_REL_TOL, fits_rps: Floats | None = None,
                  misses_rps: Floats | None = None) -> Floats:
     """`max_rate` at every point (its rate is not read), `targets` per base, within the same tolerance: each
     point's bracket is narrowed GRID_RATES + 1-fold a round, every point's rates checked in one call of

@@ -9,6 +9,7 @@ import pytest
 from controller.cli import main
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import profile
+from queuemodels.batch_choice import TIE
 
 BASE = ["analyze", "--alpha-ms", "11.4", "--beta-ms", "0.05", "--gamma-ms", "4.9", "--delta-ms", "0.035",
         "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "10"]
@@ -67,10 +68,27 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     rates = [model.max_rate(PARAMS, Load(10.0, 400, 200), ServerShape(n, None), Targets(300, 30), h100)
              for n in sizes]
     by_rate = out["best_batch_for_rate"]
-    assert isinstance(by_rate, dict) and by_rate["max_rate_rps"] == pytest.approx(max(rates), rel=1e-12)
-    assert by_rate["max_batch"] == sizes[rates.index(max(rates))]
+    assert isinstance(by_rate, dict)
+    assert by_rate["max_rate_rps"] == pytest.approx(rates[sizes.index(by_rate["max_batch"])], rel=1e-12)
+    assert max(rates) <= by_rate["max_rate_rps"] * (1 + TIE)
     by_power = out["best_batch_for_power"]
     assert isinstance(by_power, dict) and by_power["max_batch"] in sizes
+
+
+
+def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pytest.CaptureFixture[str]) -> None:
+    """At 6 rps a replica runs some 36 sequences: max batch 64 and 128 serve it alike, and read a rate 2.5e-5 and a
+    draw 1e-8 apart (the rate's bisection width, the mass of the states past 64). 128 had won both: the command told
+    a user to restart vLLM with a larger --max-num-seqs for nothing."""
+    args = ["analyze", "--alpha-ms", "20", "--beta-ms", "0.2", "--gamma-ms", "20", "--delta-ms", "0.06",
+            "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "6", "--accelerator", "H100-SXM",
+            "--power-cap-w", "500", *SLO]
+    alone = [run([*args, "--max-batch", str(n)], capsys) for n in (64, 128)]
+    rates, draws = ([float(out[key]) for out in alone] for key in ("max_rate_rps", "power_w"))  # type: ignore[arg-type]
+    assert rates[0] < rates[1] <= rates[0] * (1 + TIE) and draws[1] < draws[0] <= draws[1] * (1 + TIE)  # the case
+    out = run([*args, "--batch-sizes", "16,32,64,128"], capsys)
+    assert out["best_batch_for_rate"] == {"max_batch": 64, "max_rate_rps": rates[0]}
+    assert out["best_batch_for_power"] == {"max_batch": 64, "power_w": draws[0]}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -22,6 +22,7 @@ from queuemodels import (
     get_model,
     max_rate,
 )
+from queuemodels.batch_choice import TIE
 from queuemodels.chain import means
 from queuemodels.operating_point import solve_chain
 from queuemodels.service_time import StepLaw, continuous_law
@@ -204,18 +205,19 @@ def test_max_rate_zero_when_targets_are_impossible() -> None:
 
 def test_best_batch_choices() -> None:
     """The batch that takes the most rate takes at least what every other candidate does; the batch that
-    draws least at a rate meets the targets there and draws no more than any other that does."""
+    draws least at a rate meets the targets there and draws no more than any other that does (within TIE)."""
     targets = Targets(ttft_ms=600, itl_ms=40)
     batches = [4, 8, 16, 32, 64]
     by_rate = best_batch_for_rate(CB, PARAMS, LOAD, batches, 200, targets)
     rates = {n: CB.max_rate(PARAMS, LOAD, ServerShape(n, 200), targets) for n in batches}
-    assert by_rate.max_batch in batches and by_rate.max_rate_rps == max(rates.values()) > 0
+    assert by_rate.max_rate_rps == rates[by_rate.max_batch] > 0
+    assert all(r <= by_rate.max_rate_rps * (1 + TIE) for r in rates.values())
     load = Load(1.0, 512, 128)
     by_power = best_batch_for_power(CB, PARAMS, load, batches, 200, targets, H100, 500)
     assert by_power is not None and by_power.performance is not None and by_power.performance.meets(targets)
     draws = [p.power_w for p in (CB.analyze(PARAMS, load, ServerShape(n, 200, 500), H100) for n in batches)
              if p.meets(targets)]
-    assert by_power.performance.power_w == min(draws)
+    assert by_power.performance.power_w <= min(draws) * (1 + TIE)
     assert best_batch_for_power(CB, PARAMS, Load(50.0, 512, 128), batches, 200, targets, H100, 500) is None
 
 
