@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 from controller import strict_json
+from controller.cli_args import FITTED_PROFILE_HELP
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from queuemodels import (
     Load,
@@ -28,6 +30,8 @@ ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": M
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
 ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_tokens": (1.0, True)}
 """Lower bounds other than 0 allowed (the bound, whether it is allowed), as the model's own checks hold them."""
+FITTED_HIGHS = {"prefill_sensitivity": 100.0, "busy_share": 1.0, "batch_half": 1e6}
+"""Upper bounds of the fitted profile's flags (a share's 1 the profile refuses itself): tune fits within them."""
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -61,6 +65,15 @@ def _analyze(args: argparse.Namespace) -> int:
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None
+    fitted = {flag.replace("-", "_"): value for flag in FITTED_PROFILE_HELP
+              if (value := getattr(args, flag.replace("-", "_"))) is not None}
+    if fitted and prof is None:
+        raise ModelInputError(f"--{next(iter(fitted)).replace('_', '-')}: needs --accelerator, whose profile it sets")
+    if fitted and prof is not None:
+        prof = dataclasses.replace(prof, **fitted)  # checked as the profile checks its own (a NaN, a share of 1)
+        for name, value in fitted.items():
+            if value > FITTED_HIGHS[name]:
+                raise ModelInputError(f"--{name.replace('_', '-')}: must be <= {FITTED_HIGHS[name]:g}, got {value:g}")
     if args.power_cap_w is not None and prof is None:
         raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
     if args.power_cap_w is not None and prof is not None and not (

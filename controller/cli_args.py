@@ -125,6 +125,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "gen2 (llm-inferno's; docs/queue-models.md)")
 
 
+FITTED_PROFILE_HELP = {
+    "prefill-sensitivity": "how much a power cap slows a prompt's compute (prefill_sensitivity)",
+    "busy-share": "share of the peak's dynamic draw a busy GPU draws at any batch (the draw curve's busy share)",
+    "batch-half": "batch that draws half the rest of the dynamic draw (the draw curve's batch half)",
+}
+"""`analyze`'s flags for the parts of an accelerator's profile that `tune --fit-power` fits."""
+
+
 def add_analyze_args(a: argparse.ArgumentParser) -> None:
     _model_args(a)
     for name in ("alpha-ms", "beta-ms", "gamma-ms"):
@@ -152,6 +160,9 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
                    help="GPU power cap (W); needs --accelerator")
     a.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile: {ACCELERATORS}")
+    for flag, text in FITTED_PROFILE_HELP.items():
+        a.add_argument(f"--{flag}", type=float, default=None, metavar="X",
+                       help=f"{text}, as `tune --fit-power` prints it, in place of the accelerator's catalogue figure")
     a.add_argument("--ttft-slo-ms", type=number(0.0, MAX_SLO_MS, low_open=True), default=None, metavar="MS",
                    help="time-to-first-token objective (ms); with --itl-slo-ms, max_rate_rps is reported")
     a.add_argument("--itl-slo-ms", type=number(0.0, MAX_SLO_MS, low_open=True), default=None, metavar="MS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -91,6 +92,18 @@ def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pyte
     assert out["best_batch_for_power"] == {"max_batch": 64, "power_w": draws[0]}
 
 
+def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tune --fit-power` prints a prompt's cap sensitivity and a draw curve; analyze had no flags for them, so its
+    draw and capped figures were the catalogue's whatever the fit said."""
+    fit = {"prefill_sensitivity": 0.38, "busy_share": 0.2253, "batch_half": 79.64}
+    flags = [x for k, v in fit.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    args = [*BASE, "--accelerator", "H100-SXM", "--power-cap-w", "400"]
+    out, plain = run([*args, *flags], capsys), run(args, capsys)
+    fitted = dataclasses.replace(profile("H100-SXM"), **fit)
+    perf = get_model("mm1k-cb").analyze(PARAMS, Load(10.0, 400, 200), ServerShape(64, 1024, 400.0), fitted)
+    assert out["power_w"] == pytest.approx(perf.power_w, rel=1e-12) and out["power_w"] != plain["power_w"]
+    assert out["ttft_ms"] == pytest.approx(perf.ttft_ms, rel=1e-12) and out["ttft_ms"] != plain["ttft_ms"]
+
 @pytest.mark.parametrize("args,message", [
     (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
     (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number > 0"),
@@ -108,6 +121,10 @@ def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pyte
      "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),
     (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),
     (["--batch-sizes", "8,16"], "--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms"),
+    (["--busy-share", "0.3"], "--busy-share: needs --accelerator, whose profile it sets"),
+    (["--accelerator", "H100-SXM", "--busy-share", "1"], "--busy-share: must be below 1, got 1.0"),
+    (["--accelerator", "H100-SXM", "--batch-half", "nan"], "--batch-half: must be a finite number, got nan"),
+    (["--accelerator", "H100-SXM", "--prefill-sensitivity", "1e9"], "--prefill-sensitivity: must be <= 100, got 1e+09"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture[str], args: list[str],
                                                    message: str) -> None:
