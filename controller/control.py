@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
-from controller.decision_log import DecisionLog, gate_held, observed, shape, text
+from controller.decision_log import DecisionLog, gate_held, gpus, observed, shape, text
 from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
 from controller.empty_draw import EmptyDraw
@@ -166,11 +166,11 @@ class Controller:
         for svc in s.services:
             window = windows.get(svc.name)
             now_on = self.assignments[svc.name]
-            verdict = self.estimator.observe(now, svc, window, self.fast.ledger.take(svc.name), now_on,
+            verdict = self.estimator.observe(now, svc, window, readings := self.fast.ledger.take(svc.name), now_on,
                                              in_force[svc.name].still, s.optimizer,
                                              self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
-                                            "tuner": verdict}
+                                            "tuner": verdict, "gpus": gpus(readings)}
         try:
             problem = self._problem()
             solution = solve(problem, self.solver)

@@ -19,6 +19,7 @@ from typing import Any
 
 from controller import strict_json
 from controller.optimizer import Assignment
+from controller.plan import DrawReading
 from controller.telemetry.base import ServiceWindow
 from tuner.store import open_plain
 
@@ -117,6 +118,16 @@ def observed(w: ServiceWindow) -> dict[str, Any]:
     """A window as the decision log records it."""
     return {"rate_rps": w.rate_rps, "ttft_ms": w.ttft_ms, "itl_ms": w.itl_ms, "ttft_p95_ms": w.ttft_p95_ms,
             "itl_p95_ms": w.itl_p95_ms, "waiting": w.waiting, "replicas": w.replicas, "steady": w.steady}
+
+
+def gpus(readings: list[DrawReading]) -> dict[str, float] | None:
+    """A service's GPUs over the cycle as the decision log records them: their mean draw and the mean limit they ran
+    under (the governor's, tick by tick: under a budget that binds, below the plan's cap); None without a reading."""
+    if not readings:
+        return None
+    n = len(readings)
+    return {"draw_w": round(sum(r.draw_w for r in readings) / n, 1),
+            "limit_w": round(sum(r.limit_w for r in readings) / n, 1)}
 
 
 def shape(a: Assignment) -> dict[str, Any]:

@@ -85,7 +85,18 @@ def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, 
     """One service's line of the report: what the cycle applied is what runs now (a record written before
     "applied" was says what ran before it)."""
     return {"priority": priority, "in_force": r.get("applied", r.get("in_force")), "planned": r.get("planned"),
-            "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
+            "gpus": _gpus(r.get("gpus")), "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
+
+
+def _gpus(g: Any) -> dict[str, float] | None:
+    """The service's GPUs over the cycle (mean draw and limit), as the daemon writes them, or none (a record from
+    before it did)."""
+    if g is None:
+        return None
+    for name in ("draw_w", "limit_w"):
+        if isinstance(g[name], bool) or not 0 <= g[name] < math.inf:  # a hand-edited "" or inf is no draw it wrote
+            raise ValueError(f"gpus.{name} {g[name]!r:.40}")
+    return {"draw_w": g["draw_w"], "limit_w": g["limit_w"]}
 
 
 class View(NamedTuple):
@@ -240,7 +251,9 @@ def text(rep: dict[str, Any]) -> str:
         verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]
         planned = "" if s["planned"] == s["in_force"] else f"; planned {_shape(s['planned'])}"
         priority = "" if s["priority"] is None else f" (priority {s['priority']})"
-        lines.append(f"{name}{priority}: {_shape(s['in_force'])}{planned}; {verdict}: {s['slo']}")
+        gpus = "" if s["gpus"] is None else (f"; its GPUs under {_figure(s['gpus']['limit_w'])} W limits, drawing "
+                                             f"{_figure(s['gpus']['draw_w'])} W")  # the governor's, not the plan's cap
+        lines.append(f"{name}{priority}: {_shape(s['in_force'])}{planned}{gpus}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
     lines += [f"given up until its config changes: {b}" for b in rep["blocked"]]

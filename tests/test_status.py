@@ -79,7 +79,9 @@ SHAPE = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420
 @pytest.mark.parametrize("edit", [{"wall_time": "x"}, {"services": {"chat": 5}}, {"budget_w": "lots"},
                                   {"wall_time": float("nan")}, {"budget_w": 10**400}, {"draw_w": float("inf")},
                                   {"services": {"chat": {"in_force": {**SHAPE, "replicas": -5}}}},
-                                  {"services": {"chat": {"in_force": {**SHAPE, "cap_w": float("inf")}}}}])
+                                  {"services": {"chat": {"in_force": {**SHAPE, "cap_w": float("inf")}}}},
+                                  {"services": {"chat": {"gpus": {"draw_w": "", "limit_w": 400.0}}}},
+                                  {"services": {"chat": {"gpus": {"draw_w": 300.0}}}}])
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       as_json: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -322,3 +324,23 @@ def test_the_daemon_loads_the_fitting_libraries_as_its_slow_worker_starts(sim_co
             "print(before, [m for m in ('filterpy.kalman', 'scipy.optimize') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[] ['filterpy.kalman', 'scipy.optimize']", out.stdout
+
+
+def test_status_says_the_limits_the_governor_runs_the_gpus_under(sim_config: Callable[..., Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Under a budget that binds, the governor holds the limits' sum under it tick by tick, below the plan's caps:
+    status said "cap 630 W" of GPUs that ran under 425-510 W (a new-user trial). Now it says both."""
+    path = sim_config({"budget_w = 4000": "budget_w = 2400"})
+    daemon = Daemon(path, load_settings(path))
+    for _ in range(3):
+        daemon.t0 -= 20.0
+        daemon.fast()
+        daemon.slow()
+    daemon.parts.close()
+    record = json.loads(decision_log(path).read_text().splitlines()[-1])
+    chat = record["services"]["chat"]
+    assert chat["gpus"]["draw_w"] > 0 and chat["gpus"]["limit_w"] < chat["in_force"]["cap_w"], chat
+    assert main(["status", "--config", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))
+    assert (f"cap {chat['applied']['cap_w']:.0f} W; its GPUs under {chat['gpus']['limit_w']:.0f} W limits, drawing "
+            f"{chat['gpus']['draw_w']:.0f} W; SLO") in line, line
