@@ -103,7 +103,7 @@ class Controller:
         self.gate.settings = settings.stability
         self.basis.tolerance = settings.optimizer.resize_tolerance
         o = settings.optimizer
-        self.solver = get_solver(o.solver, o.time_limit_s, o.mip_gap)
+        self.solver = get_solver(o.solver, o.time_limit_s, o.mip_gap, lambda m: self.error("optimizer", m))
         before = {s.name: s for s in old.services}
         for svc in settings.services:
             if before.get(svc.name) != svc:  # its config changed: a target given up on may be tried again

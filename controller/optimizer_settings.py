@@ -16,7 +16,8 @@ class OptimizerSettings:
     """Minimum cost, maximum sum of per-request token speed (seed 000), or minimum energy."""
     solver: Literal["auto", "greedy", "milp", "exhaustive"] = "auto"
     """Solver by name. auto: the MILP beside greedy where the problem is small (a host's services), the better
-    plan taken; greedy alone at fleet scale."""
+    plan taken; greedy alone at fleet scale. exhaustive (a few services only) plans with auto, and says so, in a
+    cycle whose candidates make more than 2,000,000 combinations."""
     queue_model: str = DEFAULT_MODEL
     """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)

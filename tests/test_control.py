@@ -262,3 +262,24 @@ def test_the_draw_ledger_keeps_the_newest_readings_while_no_slow_tick_takes_them
     got = ledger.take("chat")
     assert [r.draw_w for r in got] == [float(k) for k in range(900, 1000)]
     assert ledger.take("chat") == []
+
+
+def test_an_exhaustive_search_past_its_limit_plans_with_auto_and_says_so(tmp_path: Path) -> None:
+    """check-config accepts `solver = "exhaustive"` (how many combinations a config's services make shows only once
+    they are sized), and for five services every cycle's search refused its 2e6 combinations: the daemon never
+    planned. Now it plans with auto and says why, naming the setting, once while it repeats."""
+    text = (ROOT / "config" / "sim.toml").read_text().replace('solver = "greedy"', 'solver = "exhaustive"')
+    chat = text[text.index('[[services]]\nname = "chat"'):text.index("[[services]]", text.index('name = "chat"'))]
+    path = tmp_path / "five.toml"
+    path.write_text(text.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path}/s"') + "".join(
+        chat.replace('name = "chat"', f'name = "chat{k}"') for k in range(2)))
+    ctl, vllm, _ = controller(tmp_path, load_settings(path))
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    before = dict(ctl.assignments)
+    vllm.next = {svc.name: window(rate_rps=0.5) for svc in ctl.settings.services}
+    for k in range(2):
+        ctl.tick_slow(15.0 * (k + 1))
+        errors = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])["errors"]
+        assert len(errors) == 1 and errors[0].startswith("optimizer: optimizer.solver: exhaustive: ") and (
+            "planned with auto instead" in errors[0]), errors
+    assert all(ctl.assignments[n].power_cap_w < a.power_cap_w for n, a in before.items())  # light loads, planned

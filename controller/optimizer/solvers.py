@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -42,15 +42,25 @@ def _value(choice: Sequence[Candidate | None], shed: list[float]) -> float:
 
 
 class Exhaustive:
-    """Every combination (small cases only): the oracle the other solvers are tested against."""
+    """Every combination (small cases only): the oracle the other solvers are tested against. Past its limit it
+    refuses, or where the caller must plan all the same (the daemon: a config's services and shapes only show how
+    many combinations they make once sized) plans with `Auto` and says so to `too_big`."""
 
     name = "exhaustive"
     limit = 2_000_000
 
+    def __init__(self, too_big: Callable[[str], None] | None = None, fallback: Solver | None = None) -> None:
+        self.too_big, self.fallback = too_big, fallback
+
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         options: list[list[Candidate | None]] = [[*cs, None] for cs in cands]
-        if math.prod(len(o) for o in options) > self.limit:
-            raise ValueError(f"exhaustive: more than {self.limit} combinations; use greedy or milp")
+        if (count := math.prod(len(o) for o in options)) > self.limit:
+            if self.too_big is None or self.fallback is None:
+                raise ValueError(f"exhaustive: more than {self.limit} combinations; use greedy or milp")
+            self.too_big(f"optimizer.solver: exhaustive: {count:.3g} combinations of {len(cands)} services' "
+                         f"candidates, past its {self.limit:,}: planned with {self.fallback.name} instead; set "
+                         "auto, greedy or milp")
+            return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
         for combo in itertools.product(*options):
@@ -141,7 +151,10 @@ class Auto:
         return choice, [*notes, *milp_notes]
 
 
-def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01) -> Solver:
+def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01,
+               too_big: Callable[[str], None] | None = None) -> Solver:
+    """The solver by name; `too_big`, where given, hears why an exhaustive search past its limit planned with auto
+    (without it, such a search refuses: `optimize` says so in one line)."""
     if name == "auto":
         return Auto(time_limit_s, mip_gap)
     if name == "greedy":
@@ -149,7 +162,7 @@ def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01) -> S
     if name == "milp":
         return Milp(time_limit_s, mip_gap)
     if name == "exhaustive":
-        return Exhaustive()
+        return Exhaustive(too_big, Auto(time_limit_s, mip_gap))
     raise ValueError(f"solver: unknown {name!r}, expected one of ['auto', 'exhaustive', 'greedy', 'milp']")
 
 
