@@ -13,6 +13,7 @@ from controller.budget.settings import DemandResponseSettings, FixedSettings, Sc
 from controller.config_loader import ConfigError, quoted
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
+from simulator.workload import CONTEXT_TOKENS
 
 if TYPE_CHECKING:
     from controller.power_settings import PowerDomainSettings
@@ -272,23 +273,20 @@ def _simulated_host(s: Settings) -> None:
         if a.count != host:
             raise ConfigError(f"accelerators[{a.name}].count",
                               f"{a.count} is not the simulated host's {host} {a.name} GPUs ({where})")
-    runs = {svc.model for svc in s.services}
     for svc in s.services:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
                               f"serves; expected one of {sorted(LLMS)}")
-    check_personalities("simulator.personalities", sim.personalities, runs, set(types))
+        for name in ("in_tokens", "out_tokens"):  # its engines cut there: the plan would be for requests never sent
+            if getattr(svc, name) > CONTEXT_TOKENS:
+                raise ConfigError(f"{svc_path(svc.name)}.{name}", f"{getattr(svc, name):g} tokens are past the "
+                                  f"simulated engines' context ({CONTEXT_TOKENS})")
+    check_personalities("simulator.personalities", sim.personalities, {svc.model for svc in s.services}, set(types))
     n = len(types)
-    for svc in s.services:
-        outside = [g for g in svc.gpus if g >= n]
-        if outside:
-            raise ConfigError(f"{svc_path(svc.name)}.gpus",
-                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{n - 1})")
-    for d in s.power.domains:
-        outside = [g for g in d.gpus if g >= n]
-        if outside:
-            raise ConfigError(f"power.domains[{d.name}].gpus",
-                              f"GPU {outside[0]} is not on the simulated host (GPUs 0..{n - 1})")
+    for at, gpus in [*((f"{svc_path(svc.name)}.gpus", svc.gpus) for svc in s.services),
+                     *((f"power.domains[{d.name}].gpus", d.gpus) for d in s.power.domains)]:
+        if outside := [g for g in gpus if g >= n]:
+            raise ConfigError(at, f"GPU {outside[0]} is not on the simulated host (GPUs 0..{n - 1})")
     if sim.speed * n > MAX_SIM_GPU_SECONDS:
         raise ConfigError("simulator.speed", f"{sim.speed:g} x {n} GPUs is more than "
                           f"{MAX_SIM_GPU_SECONDS:g} simulated GPU-seconds per second")

@@ -16,6 +16,7 @@ import pytest
 
 from controller.cli import main
 from controller.config_loader import ConfigError
+from controller.settings import load_settings
 from controller.simulate.scenario import Scenario, load_scenario
 from controller.simulate.sources import SimBudget
 
@@ -128,15 +129,20 @@ def test_a_bad_config_is_named_with_its_file(small_scenario: Callable[..., Path]
     assert err.value.where == "config (host.toml): services[chat].ttft_ms"
 
 
-def test_a_configs_token_mix_past_the_engines_context_is_named(small_scenario: Callable[..., Path]) -> None:
-    """The simulated engines clip draws at their context: a mean past it ran silently as another workload."""
+@pytest.mark.parametrize("name", ["in_tokens", "out_tokens"])
+def test_a_configs_token_mix_past_the_engines_context_is_named(small_scenario: Callable[..., Path], name: str) -> None:
+    """The simulated engines clip draws at their context: a mean past it ran silently as another workload, under
+    `simulate` and under `run` alike (which check-config passed, and whose plan was for prompts never sent)."""
     path = small_scenario('name = "x"\nduration_s = 60\n')
     host = path.parent / "host.toml"
-    host.write_text(host.read_text().replace("in_tokens = 400\n", "in_tokens = 100000\n", 1))
+    host.write_text(host.read_text().replace(f"{name} = ", f"{name} = 100000 # ", 1))
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
-    assert err.value.where == "workload.chat.in_tokens" and "past the simulated engines' context (32768)" in str(
-        err.value)
+    assert err.value.where == f"config (host.toml): services[chat].{name}"
+    assert str(err.value).endswith("100000 tokens are past the simulated engines' context (32768)")
+    with pytest.raises(ConfigError) as err:
+        load_settings(host)
+    assert err.value.where == f"services[chat].{name}"
 
 
 def test_seeds_past_the_last_one_are_refused(small_scenario: Callable[..., Path], tmp_path: Path,

@@ -14,7 +14,6 @@ from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
 from controller.settings_checks import check_personalities, idle_w
 from controller.telemetry.base import shortened
-from simulator.workload import CONTEXT_TOKENS
 
 if TYPE_CHECKING:
     from controller.simulate.scenario import ScenarioSettings
@@ -62,12 +61,6 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {quoted(e.service)} (services: {', '.join(names)})")
-    for svc in config.services:  # a mean the scenario takes from the config
-        w = s.workload.get(svc.name)
-        for name in ("in_tokens", "out_tokens"):
-            if not (w and getattr(w, name)) and getattr(svc, name) > CONTEXT_TOKENS:
-                raise ConfigError(f"workload.{svc.name}.{name}", f"the config's {getattr(svc, name):g} tokens are past "
-                                  f"the simulated engines' context ({CONTEXT_TOKENS}); give a mean within it here")
     slowed: dict[str, float] = {}
     for i, e in sorted(enumerate(s.events), key=lambda ie: ie[1].at_s):
         if e.kind == "slowdown":  # each multiplies the ones before it
