@@ -23,7 +23,7 @@ from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
 from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms
 from queuemodels.accelerators import profile
-from tuner.offline import ObservationFileError
+from tuner.observation_file import ObservationFileError
 
 
 def _run(args: argparse.Namespace) -> int:

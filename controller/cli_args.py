@@ -176,7 +176,7 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
 
 def add_tune_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("observations", type=file, metavar="CSV", help="observations, one row per window (config/examples/"
-                                                       "observations.csv; columns in tuner/offline.py)")
+                                                       "observations.csv; columns in tuner/observation_file.py)")
     _model_args(t)
     for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
         low_open = name == "alpha-ms"

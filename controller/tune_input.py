@@ -9,7 +9,7 @@ from pathlib import Path
 from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
 from tuner import Observation
-from tuner.offline import ObservationFileError, read_observations
+from tuner.observation_file import ObservationFileError, read_observations, require_usable
 
 GATED = ("rate_rps", "in_tokens", "out_tokens", "ttft_ms", "itl_ms")
 """Columns the filter itself gates when not finite ("non-finite"): NaN there is a row to skip, not an error."""
@@ -35,7 +35,7 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
     """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (a
     power cap within `cap_limits_w`, the accelerator's, where it is known); ObservationFileError names the row
     (`path:line`), the column and the value."""
-    observations = read_observations(path, MAX_ROWS)
+    observations = read_observations(path, MAX_ROWS, usable=False)  # a value out of bounds named before "no usable"
     bounds = BOUNDS if cap_limits_w is None else {**BOUNDS, "power_cap_w": cap_limits_w}
     for i, obs in enumerate(observations):
         for name, (low, high) in bounds.items():
@@ -45,4 +45,4 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
                                            f"[{low:g}, {high:g}], got {value:g}")
-    return observations
+    return require_usable(observations)

@@ -11,7 +11,7 @@ import pytest
 from queuemodels import Load, ServerShape, ServiceParams, get_model
 from queuemodels.types import NAMES, STEP_DEFAULTS
 from tuner import FilterSettings, Observation, PairFilter
-from tuner.offline import read_observations
+from tuner.observation_file import read_observations
 from tuner.robust_fit import anchor_for
 
 TRUTH = ServiceParams("step", 11.8, 0.01, 6.2, 0.034, kappa_ms=5e-5, epsilon_ms=0.5, rho=1.0, budget_tokens=8000.0)

@@ -15,7 +15,8 @@ from controller.cli import main
 from controller.tune_input import MAX_ROWS, read_bounded
 from queuemodels import ServiceParams
 from tuner import PairFilter
-from tuner.offline import ObservationFileError, run
+from tuner.observation_file import ObservationFileError
+from tuner.offline import run
 
 HEADER = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms"
 ROW = "2,500,200,64,120,20"
@@ -90,6 +91,33 @@ def test_a_number_with_underscores_or_a_queueing_time_out_of_bounds_is_refused(t
     path.write_text(f"{HEADER},queue_ms,served_rps\n{ROW},nan,nan\n")
     obs = read_bounded(path)[0]
     assert obs.queue_ms is not None and obs.queue_ms != obs.queue_ms and not obs.splits_queue and obs.problem() is None
+
+
+
+@pytest.mark.parametrize("column", ["rate_rps", "ttft_ms", "max_batch", "power_cap_w"])
+def test_a_number_past_any_float_is_refused_as_written(tmp_path: Path, column: str) -> None:
+    """400 digits (or 1e999) read as inf: a rate or a latency then passed for a missing figure and the row was
+    dropped without a word, a max batch read "got inf"; 1e308 was refused by name."""
+    path = tmp_path / "obs.csv"
+    values = dict(zip(HEADER.split(","), ROW.split(","), strict=True))
+    for text, shown in (("9" * 400, "9" * 40 + "... (400 characters)"), ("1e999", "1e999")):
+        row = {**values, column: text} if column in values else {**values}
+        path.write_text(f"{HEADER},power_cap_w\n{','.join(row.values())},{text if column == 'power_cap_w' else 400}\n")
+        with pytest.raises(ObservationFileError) as err:
+            read_bounded(path, (200.0, 700.0))
+        assert str(err.value) == f"{path}:2: column {column!r} is past any number a float holds: {shown}"
+
+
+def test_every_row_out_of_bounds_is_named_as_one_row_is(tmp_path: Path) -> None:
+    """One row with a cap of 0 was refused by its column and value, every row so as "no usable observation (18
+    bad-shape ...)": the bounds were checked after the rows' usability."""
+    path = tmp_path / "obs.csv"
+    for rows in ([f"{ROW},400", f"{ROW},0"], [f"{ROW},0", f"{ROW},0"]):
+        path.write_text("\n".join([f"{HEADER},power_cap_w", *rows]) + "\n")
+        with pytest.raises(ObservationFileError) as err:
+            read_bounded(path, (200.0, 700.0))
+        line = 2 + rows.index(f"{ROW},0")
+        assert str(err.value) == f"{path}:{line}: column 'power_cap_w' must be in [200, 700], got 0"
 
 
 def test_tune_json_writes_figures_it_does_not_have_as_null(tmp_path: Path,

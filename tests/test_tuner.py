@@ -178,6 +178,8 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
      "no usable observation (3 non-finite; the first, "),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,0\n", "(1 transient;"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n-3,500,200,8,30,10\n",  # it named neither row nor why
+     "bad.csv:2: column 'rate_rps' must be in [0, 1e+06], got -3"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n0,500,200,8,30,10\n",
      "bad.csv:2: no-traffic (no requests or zero latency))"),
 ])
 def test_tune_cli_refuses_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,

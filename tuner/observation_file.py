@@ -1,0 +1,173 @@
+"""Recorded observations for `wattscale tune`: the CSV file, each row checked and named by its file line.
+
+CSV columns (a header row names them; order is free):
+  rate_rps, in_tokens, out_tokens, max_batch, ttft_ms, itl_ms   required, one row per replica and cycle
+  max_queue                                                     optional, default 1024 (0: a client that drops)
+  power_cap_w, power_w                                          optional, empty = not capped / not sampled
+  waiting, preemptions                                          optional, default 0 (saturation gating)
+  in_cv, out_cv                                                 optional, default 1 (token-length spread)
+  steady                                                        optional, 1 or 0 (0: a restart in the window)
+  served_rps, queue_growth                                      optional: completions per second, and waiting
+                                                                at the window's end less at its start; with
+                                                                them a window is judged steady from its data
+  queue_ms                                                      optional: mean time from arrival to scheduling
+                                                                (vllm:request_queue_time_seconds); with it the
+                                                                law is fitted to TTFT less it
+rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
+of the window's requests, itl_ms the mean gap between consecutive output tokens (per token, not per request).
+A file with no usable row is refused, with why each row is not (`REASONS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from queuemodels import DEFAULT_MAX_QUEUE
+from tuner.observation import Observation
+from tuner.store import open_plain
+
+REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
+OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",
+            "queue_growth", "queue_ms")
+
+
+class ObservationFileError(ValueError):
+    """A recorded-observation file that cannot be read; the message names the row and column."""
+
+
+def _parse(text: str, col: str, where: str) -> float:
+    try:
+        if "_" in text:  # Python's float reads "1_0" as 10; no CSV writer means that
+            raise ValueError(text)
+        value = float(text)
+    except ValueError:
+        raise ObservationFileError(f"{where}: column {col!r} is not a number: {text!r}") from None
+    if math.isinf(value) and "inf" not in text.lower():  # 1e999, 400 digits: read as inf, a missing figure
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise ObservationFileError(f"{where}: column {col!r} is past any number a float holds: {shown}")
+    return value
+
+
+def _required(row: dict[str, str], col: str, where: str) -> float:
+    text = (row.get(col) or "").strip()
+    if not text:
+        raise ObservationFileError(f"{where}: column {col!r} is empty")
+    return _parse(text, col, where)
+
+
+def _optional(row: dict[str, str], col: str, where: str) -> float | None:
+    text = (row.get(col) or "").strip()
+    return _parse(text, col, where) if text else None
+
+
+def _default(row: dict[str, str], col: str, where: str, default: float) -> float:
+    value = _optional(row, col, where)
+    if value is not None and not 0 <= value < math.inf:
+        raise ObservationFileError(f"{where}: column {col!r} must be >= 0, got {value}")
+    return default if value is None else value
+
+
+def _row(row: dict[str, str], where: str) -> Observation:
+    v = {c: _required(row, c, where) for c in REQUIRED}
+    if not (math.isfinite(v["max_batch"]) and v["max_batch"] >= 1 and v["max_batch"] == int(v["max_batch"])):
+        raise ObservationFileError(f"{where}: column 'max_batch' must be a whole number >= 1, got {v['max_batch']}")
+    max_queue = _optional(row, "max_queue", where)
+    if max_queue is not None and not (math.isfinite(max_queue) and max_queue >= 0 and max_queue == int(max_queue)):
+        raise ObservationFileError(f"{where}: column 'max_queue' must be a whole number >= 0, got {max_queue}")
+    steady = _optional(row, "steady", where)
+    if steady not in (None, 0.0, 1.0):
+        raise ObservationFileError(f"{where}: column 'steady' must be 1 or 0, got {steady}")
+    return Observation(
+        rate_rps=v["rate_rps"], in_tokens=v["in_tokens"], out_tokens=v["out_tokens"], max_batch=int(v["max_batch"]),
+        max_queue=DEFAULT_MAX_QUEUE if max_queue is None else int(max_queue), ttft_ms=v["ttft_ms"], itl_ms=v["itl_ms"],
+        power_cap_w=_optional(row, "power_cap_w", where), power_w=_optional(row, "power_w", where),
+        waiting=_optional(row, "waiting", where) or 0.0, preemptions=_optional(row, "preemptions", where) or 0.0,
+        in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
+        steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
+        queue_growth=_optional(row, "queue_growth", where), queue_ms=_optional(row, "queue_ms", where),
+    )
+
+
+class ObservationRows(list[Observation]):
+    """A file's observations with the file line of each (the header is line 1): every message about one row,
+    the reader's, the bounds' and the tuner's rejections, names it the same way, `path:line`."""
+
+    def __init__(self, path: Path, rows: list[tuple[int, Observation]]) -> None:
+        super().__init__(obs for _, obs in rows)
+        self.path = path
+        self.lines = [line for line, _ in rows]
+
+    def where(self, i: int) -> str:
+        """`path:line` of the i-th observation (0-based)."""
+        return f"{self.path}:{self.lines[i]}"
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    """Column names for a message, cut: a file without newlines makes its whole text one header."""
+    shown = [n if len(n) <= 40 else n[:40] + "..." for n in names[:most]]
+    return f"{shown}" + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _check_header(path: Path, fieldnames: list[str]) -> None:
+    twice = sorted({c for c in fieldnames if fieldnames.count(c) > 1})
+    if twice:
+        raise ObservationFileError(f"{path}: column {_names(twice)} named more than once in the header")
+    missing = [c for c in REQUIRED if c not in fieldnames]
+    if missing:
+        raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
+    unknown = [c for c in fieldnames if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
+
+
+def read_observations(path: Path, max_rows: int | None = None, usable: bool = True) -> ObservationRows:
+    """Parse the CSV (a UTF-8 byte-order mark, as Excel writes, is read past); NaN values are kept (the filter
+    gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
+    is refused as soon as its reader gets there, not after parsing all of it. `usable`: a file of which no row
+    is (`require_usable`) is refused too (a caller that checks the rows' values first asks that itself)."""
+    try:
+        with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
+            reader = csv.DictReader(f)
+            _check_header(path, list(reader.fieldnames or []))
+            rows: list[tuple[int, Observation]] = []
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row:  # DictReader files a row's values past the header under None
+                    raise ObservationFileError(f"{where}: {len(reader.fieldnames or []) + len(row[None])} values "
+                                               f"for {len(reader.fieldnames or [])} columns")
+                if max_rows is not None and len(rows) >= max_rows:
+                    raise ObservationFileError(f"{path}: more than the {max_rows} observations tune reads (about "
+                                               f"8 ms each; the next is line {reader.line_num}); keep the recent ones")
+                rows.append((reader.line_num, _row(row, where)))
+    except OSError as exc:
+        raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ObservationFileError(f"{path}: not a CSV text file ({str(exc)[:200]})") from None
+    out = ObservationRows(path, rows)
+    if not out:
+        raise ObservationFileError(f"{path}: no observations")
+    return require_usable(out) if usable else out
+
+
+def require_usable(out: ObservationRows) -> ObservationRows:
+    """The rows, where one at least is usable; else one error counting why each is not."""
+    problems = [o.problem() for o in out]
+    if all(p is not None for p in problems):
+        counts = ", ".join(f"{problems.count(p)} {p}" for p in sorted({str(p) for p in problems}))
+        first = str(problems[0])
+        raise ObservationFileError(f"{out.path}: no usable observation ({counts}; the first, {out.where(0)}: {first} "
+                                   f"{REASONS.get(first, '')})")
+    return out
+
+
+REASONS = {
+    "non-finite": "(a latency, rate or token count is missing)", "no-traffic": "(no requests or zero latency)",
+    "transient": "(a restart in the window)", "unsteady-rate": "(served far from offered: a ramp or a backlog)",
+    "unsteady-queue": "(the queue grew through the window)", "saturated": "(a full batch queued, or preemptions)",
+    "gate": "(far from the model's prediction: an outlier)", "model-error": "(the model cannot evaluate it)",
+    "non-positive": "(the update would make a parameter <= 0)",
+    "bad-shape": "(a locked clock or power cap no GPU runs at)",
+}
+"""What each rejection reason means, for the warning `tune` prints."""
