@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -21,6 +22,7 @@ from controller import strict_json
 from controller.optimizer import Assignment
 from controller.plan import DrawReading
 from controller.telemetry.base import ServiceWindow
+from controller.telemetry.plausible import MAX_GPU_LIMIT_W
 from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.decisions")
@@ -122,12 +124,13 @@ def observed(w: ServiceWindow) -> dict[str, Any]:
 
 def gpus(readings: list[DrawReading]) -> dict[str, float] | None:
     """A service's GPUs over the cycle as the decision log records them: their mean draw and the mean limit they ran
-    under (the governor's, tick by tick: under a budget that binds, below the plan's cap); None without a reading."""
-    if not readings:
+    under (the governor's, tick by tick: under a budget that binds, below the plan's cap); None without a reading
+    a GPU can make."""
+    kept = [r for r in readings if 0 <= r.draw_w <= MAX_GPU_LIMIT_W and 0 <= r.limit_w <= MAX_GPU_LIMIT_W]
+    if not kept:  # none, or none a GPU draws (a source's 1e308 W summed to inf, which the log writes as null)
         return None
-    n = len(readings)
-    return {"draw_w": round(sum(r.draw_w for r in readings) / n, 1),
-            "limit_w": round(sum(r.limit_w for r in readings) / n, 1)}
+    return {"draw_w": round(math.fsum(r.draw_w for r in kept) / len(kept), 1),
+            "limit_w": round(math.fsum(r.limit_w for r in kept) / len(kept), 1)}
 
 
 def shape(a: Assignment) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.decision_log import DecisionLog
+from controller.decision_log import DecisionLog, gpus
+from controller.plan import DrawReading
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,12 @@ assert d.write({{"t": 3}})
     assert DecisionLog(log).write({"t": 5})
     lines = log.read_text().splitlines()
     assert lines[-2] == '{"t": 4, "torn' and json.loads(lines[-1])["t"] == 5
+
+
+def test_a_cycles_gpu_readings_past_any_gpu_are_left_out_of_its_means() -> None:
+    """Three readings of 1e308 W summed to inf, which the log writes as null, and `status` then refused the record
+    the daemon wrote itself."""
+    huge = DrawReading(1e308, 1e308, False)
+    assert gpus([huge] * 3) is None and gpus([]) is None
+    assert gpus([huge, DrawReading(300.0, 400.0, False), DrawReading(float("nan"), 400.0, False),
+                 DrawReading(500.0, 600.0, True)]) == {"draw_w": 400.0, "limit_w": 500.0}
