@@ -39,15 +39,14 @@ def best_batch_for_rate(
     profile: PowerProfile | None = None,
     power_cap_w: float | None = None,
 ) -> BatchChoice:
-    """The max batch that lets one replica take the most load within targets (the smallest on a tie);
+    """The max batch that lets one replica take the most load within targets (the smallest within TIE of the most);
     max_batch 0 when none takes any."""
-    best = BatchChoice(0, 0.0)
-    for n in sorted(batches):
-        rate = model.max_rate(params, load, ServerShape(n, max_queue, power_cap_w), targets, profile)
-        if rate > best.max_rate_rps * (1 + TIE):
-            best = BatchChoice(n, rate)
-    return best
-
+    rates = [(n, model.max_rate(params, load, ServerShape(n, max_queue, power_cap_w), targets, profile))
+             for n in sorted(batches)]
+    most = max((rate for _, rate in rates), default=0.0)
+    if most <= 0.0:
+        return BatchChoice(0, 0.0)
+    return next(BatchChoice(n, rate) for n, rate in rates if rate * (1 + TIE) >= most)
 
 def best_batch_for_power(
     model: QueueModel,
@@ -59,17 +58,19 @@ def best_batch_for_power(
     profile: PowerProfile,
     power_cap_w: float | None = None,
 ) -> BatchChoice | None:
-    """The max batch that serves `load.rate_rps` within targets at the lowest mean draw (the smallest among
-    equal draws: a batch the load never fills draws the same); None when none does (or none without
-    turning requests away)."""
-    best: BatchChoice | None = None
+    """The max batch that serves `load.rate_rps` within targets at the lowest mean draw (the smallest within TIE of
+    the lowest: a batch the load never fills draws the same); None when none does (or none without turning requests
+    away)."""
+    fits: list[tuple[int, Performance]] = []
     for n in sorted(batches):
         try:
             perf = model.analyze(params, load, ServerShape(n, max_queue, power_cap_w), profile)
         except ModelInputError:
             continue
-        if not perf.meets(targets) or perf.block_probability > 1e-3:
-            continue
-        if best is None or best.performance is None or perf.power_w < best.performance.power_w * (1 - TIE):
-            best = BatchChoice(n, load.rate_rps, perf)
-    return best
+        if perf.meets(targets) and perf.block_probability <= 1e-3:
+            fits.append((n, perf))
+    if not fits:
+        return None
+    least = min(perf.power_w for _, perf in fits)
+    n, perf = next((n, perf) for n, perf in fits if perf.power_w * (1 - TIE) <= least)
+    return BatchChoice(n, load.rate_rps, perf)
