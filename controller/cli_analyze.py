@@ -22,6 +22,7 @@ from queuemodels import (
 )
 from queuemodels.accelerators import profile
 from queuemodels.types import NAMES
+from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
                   "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": 1e3, "budget_tokens": MAX_TOKENS,
@@ -30,8 +31,8 @@ ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": M
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
 ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_tokens": (1.0, True)}
 """Lower bounds other than 0 allowed (the bound, whether it is allowed), as the model's own checks hold them."""
-FITTED_HIGHS = {"prefill_sensitivity": 100.0, "busy_share": 1.0, "batch_half": 1e6}
-"""Upper bounds of the fitted profile's flags (a share's 1 the profile refuses itself): tune fits within them."""
+FITTED_BOUNDS = {"prefill_sensitivity": (0.0, 100.0), "busy_share": BUSY_BOUNDS, "batch_half": HALF_BOUNDS}
+"""The fitted profile's flags' ranges: the draw curve's are those `tune --fit-power` fits within."""
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -72,8 +73,9 @@ def _analyze(args: argparse.Namespace) -> int:
     if fitted and prof is not None:
         prof = dataclasses.replace(prof, **fitted)  # checked as the profile checks its own (a NaN, a share of 1)
         for name, value in fitted.items():
-            if value > FITTED_HIGHS[name]:
-                raise ModelInputError(f"--{name.replace('_', '-')}: must be <= {FITTED_HIGHS[name]:g}, got {value:g}")
+            low, high = FITTED_BOUNDS[name]
+            if not low <= value <= high:
+                raise ModelInputError(f"--{name.replace('_', '-')}: must be in [{low:g}, {high:g}], got {value:g}")
     if args.power_cap_w is not None and prof is None:
         raise ModelInputError("--power-cap-w: needs --accelerator to know the power envelope")
     if args.power_cap_w is not None and prof is not None and not (

@@ -35,7 +35,7 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
     """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (a
     power cap within `cap_limits_w`, the accelerator's, where it is known); ObservationFileError names the row
     (`path:line`), the column and the value."""
-    observations = read_observations(path, MAX_ROWS, usable=False)  # a value out of bounds named before "no usable"
+    observations = read_observations(path, MAX_ROWS)
     bounds = BOUNDS if cap_limits_w is None else {**BOUNDS, "power_cap_w": cap_limits_w}
     for i, obs in enumerate(observations):
         for name, (low, high) in bounds.items():
@@ -45,4 +45,4 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
                                            f"[{low:g}, {high:g}], got {value:g}")
-    return require_usable(observations)
+    return require_usable(observations)  # after the bounds: a value out of them names its column

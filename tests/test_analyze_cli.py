@@ -76,7 +76,6 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     assert isinstance(by_power, dict) and by_power["max_batch"] in sizes
 
 
-
 def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pytest.CaptureFixture[str]) -> None:
     """At 6 rps a replica runs some 36 sequences: max batch 64 and 128 serve it alike, and read a rate 2.5e-5 and a
     draw 1e-8 apart (the rate's bisection width, the mass of the states past 64). 128 had won both: the command told
@@ -104,6 +103,7 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
     assert out["power_w"] == pytest.approx(perf.power_w, rel=1e-12) and out["power_w"] != plain["power_w"]
     assert out["ttft_ms"] == pytest.approx(perf.ttft_ms, rel=1e-12) and out["ttft_ms"] != plain["ttft_ms"]
 
+
 @pytest.mark.parametrize("args,message", [
     (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
     (["--alpha-ms", "nan"], "--alpha-ms: must be a finite number > 0"),
@@ -123,8 +123,11 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
     (["--batch-sizes", "8,16"], "--batch-sizes: needs --ttft-slo-ms and --itl-slo-ms"),
     (["--busy-share", "0.3"], "--busy-share: needs --accelerator, whose profile it sets"),
     (["--accelerator", "H100-SXM", "--busy-share", "1"], "--busy-share: must be below 1, got 1.0"),
+    (["--accelerator", "H100-SXM", "--busy-share", "0.95"], "--busy-share: must be in [0, 0.9], got 0.95"),
+    (["--accelerator", "H100-SXM", "--batch-half", "0.5"], "--batch-half: must be in [1, 4096], got 0.5"),
     (["--accelerator", "H100-SXM", "--batch-half", "nan"], "--batch-half: must be a finite number, got nan"),
-    (["--accelerator", "H100-SXM", "--prefill-sensitivity", "1e9"], "--prefill-sensitivity: must be <= 100, got 1e+09"),
+    (["--accelerator", "H100-SXM", "--prefill-sensitivity", "1e9"],
+     "--prefill-sensitivity: must be in [0, 100], got 1e+09"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture[str], args: list[str],
                                                    message: str) -> None:

@@ -22,7 +22,6 @@ HEADER = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms"
 ROW = "2,500,200,64,120,20"
 
 
-
 def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     """Excel's 'CSV UTF-8' starts with a BOM: it was read into the first column's name ("missing rate_rps")."""
     path = tmp_path / "excel.csv"
@@ -91,7 +90,6 @@ def test_a_number_with_underscores_or_a_queueing_time_out_of_bounds_is_refused(t
     path.write_text(f"{HEADER},queue_ms,served_rps\n{ROW},nan,nan\n")
     obs = read_bounded(path)[0]
     assert obs.queue_ms is not None and obs.queue_ms != obs.queue_ms and not obs.splits_queue and obs.problem() is None
-
 
 
 @pytest.mark.parametrize("column", ["rate_rps", "ttft_ms", "max_batch", "power_cap_w"])

@@ -122,11 +122,11 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
         raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
 
 
-def read_observations(path: Path, max_rows: int | None = None, usable: bool = True) -> ObservationRows:
+def read_observations(path: Path, max_rows: int | None = None) -> ObservationRows:
     """Parse the CSV (a UTF-8 byte-order mark, as Excel writes, is read past); NaN values are kept (the filter
     gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
-    is refused as soon as its reader gets there, not after parsing all of it. `usable`: a file of which no row
-    is (`require_usable`) is refused too (a caller that checks the rows' values first asks that itself)."""
+    is refused as soon as its reader gets there, not after parsing all of it. Whether any row is usable is the
+    caller's to ask (`require_usable`), once it has checked the values' bounds: those name a row's column."""
     try:
         with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
             reader = csv.DictReader(f)
@@ -148,7 +148,7 @@ def read_observations(path: Path, max_rows: int | None = None, usable: bool = Tr
     out = ObservationRows(path, rows)
     if not out:
         raise ObservationFileError(f"{path}: no observations")
-    return require_usable(out) if usable else out
+    return out
 
 
 def require_usable(out: ObservationRows) -> ObservationRows:

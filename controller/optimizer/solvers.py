@@ -49,17 +49,17 @@ class Exhaustive:
     name = "exhaustive"
     limit = 2_000_000
 
-    def __init__(self, too_big: Callable[[str], None] | None = None, fallback: Solver | None = None) -> None:
-        self.too_big, self.fallback = too_big, fallback
+    def __init__(self, too_big: Callable[[str], None] | None = None, time_limit_s: float = 2.0,
+                 mip_gap: float = 0.01) -> None:
+        self.too_big, self.fallback = too_big, Auto(time_limit_s, mip_gap)
 
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         options: list[list[Candidate | None]] = [[*cs, None] for cs in cands]
-        if (count := math.prod(len(o) for o in options)) > self.limit:
-            if self.too_big is None or self.fallback is None:
+        if math.prod(len(o) for o in options) > self.limit:
+            if self.too_big is None:
                 raise ValueError(f"exhaustive: more than {self.limit} combinations; use greedy or milp")
-            self.too_big(f"optimizer.solver: exhaustive: {count:.3g} combinations of {len(cands)} services' "
-                         f"candidates, past its {self.limit:,}: planned with {self.fallback.name} instead; set "
-                         "auto, greedy or milp")
+            self.too_big(f'solver "exhaustive" (optimizer.solver): more than {self.limit:,} combinations of the '
+                         f"services' candidates: planned with {self.fallback.name} instead; set auto, greedy or milp")
             return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
@@ -162,7 +162,7 @@ def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01,
     if name == "milp":
         return Milp(time_limit_s, mip_gap)
     if name == "exhaustive":
-        return Exhaustive(too_big, Auto(time_limit_s, mip_gap))
+        return Exhaustive(too_big, time_limit_s, mip_gap)
     raise ValueError(f"solver: unknown {name!r}, expected one of ['auto', 'exhaustive', 'greedy', 'milp']")
 
 
