@@ -277,10 +277,10 @@ def _simulated_host(s: Settings) -> None:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
                               f"serves; expected one of {sorted(LLMS)}")
-        for name in ("in_tokens", "out_tokens"):  # its engines cut there: the plan would be for requests never sent
-            if getattr(svc, name) > CONTEXT_TOKENS:
-                raise ConfigError(f"{svc_path(svc.name)}.{name}", f"{getattr(svc, name):g} tokens are past the "
-                                  f"simulated engines' context ({CONTEXT_TOKENS})")
+        if svc.in_tokens + svc.out_tokens > CONTEXT_TOKENS:  # its engines cut there: a plan for requests never sent
+            name = "in_tokens" if svc.in_tokens > CONTEXT_TOKENS else "out_tokens"
+            raise ConfigError(f"{svc_path(svc.name)}.{name}", f"in_tokens + out_tokens is {svc.in_tokens:g} + "
+                              f"{svc.out_tokens:g}, past the simulated engines' context of {CONTEXT_TOKENS} tokens")
     check_personalities("simulator.personalities", sim.personalities, {svc.model for svc in s.services}, set(types))
     n = len(types)
     for at, gpus in [*((f"{svc_path(svc.name)}.gpus", svc.gpus) for svc in s.services),

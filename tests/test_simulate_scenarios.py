@@ -139,7 +139,9 @@ def test_a_configs_token_mix_past_the_engines_context_is_named(small_scenario: C
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert err.value.where == f"config (host.toml): services[chat].{name}"
-    assert str(err.value).endswith("100000 tokens are past the simulated engines' context (32768)")
+    mix = "100000 + 200" if name == "in_tokens" else "400 + 100000"
+    assert str(err.value).endswith(f"in_tokens + out_tokens is {mix}, past the simulated engines' context of 32768 "
+                                   "tokens")
     with pytest.raises(ConfigError) as err:
         load_settings(host)
     assert err.value.where == f"services[chat].{name}"
