@@ -54,9 +54,9 @@ def indefinite_cov(doc: dict[str, Any]) -> None:
     p[0][1] = p[1][0] = -1.0
 
 
-def bad_draw(doc: dict[str, Any]) -> None:
+def bad_draw(doc: dict[str, Any], **edit: object) -> None:
     window = {"rate_rps": 3.0, "in_tokens": 500, "out_tokens": 200, "max_batch": 64, "max_queue": 512,
-              "ttft_ms": "lots", "itl_ms": 20.0}  # an Observation would take the string as it is
+              "ttft_ms": 120.0, "itl_ms": 20.0, "power_w": 400.0, **edit}
     doc["pairs"]["m|gpu"]["draw"]["recent"] = [window]
 
 
@@ -114,11 +114,14 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
     assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
 
 
-def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Windows that are not observations (which the curve would fail on every cycle) drop the curve alone."""
+@pytest.mark.parametrize("edit", [{"ttft_ms": "lots"}, {"rate_rps": 1e308}, {"steady": 0}])
+def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                               edit: dict[str, object]) -> None:
+    """Windows that are not observations (which the curve would fail on every cycle), or none the curve keeps (a
+    rate of 1e308 overflowed the model to NaN: every slow tick failed for good), drop the curve alone."""
     path = tmp_path / "tuner.json"
     doc = saved_state(path)
-    bad_draw(doc)
+    bad_draw(doc, **edit)
     path.write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING):
         pair = Tuner(path).ensure("m", "gpu", PRIOR, None)

@@ -146,6 +146,8 @@ class DrawFit:
         """Load saved state; False (and nothing changed) when it does not parse."""
         try:
             recent = [Observation(**o) for o in data["recent"]]
+            if any(o.problem() is not None for o in recent):  # none `observe` keeps: a hand-edited file
+                return False
             busy, half = data["busy_share"], data["batch_half"]
             fitted = busy is not None and half is not None
             in_bounds = fitted and BUSY_BOUNDS[0] <= busy <= BUSY_BOUNDS[1] and HALF_BOUNDS[0] <= half <= HALF_BOUNDS[1]

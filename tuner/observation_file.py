@@ -163,7 +163,8 @@ def require_usable(out: ObservationRows) -> ObservationRows:
 
 
 REASONS = {
-    "non-finite": "(a latency, rate or token count is missing)", "no-traffic": "(no requests or zero latency)",
+    "non-finite": "(a latency, rate or token count is missing)", "implausible": "(a figure past 1e9: no reading)",
+    "no-traffic": "(no requests or zero latency)",
     "transient": "(a restart in the window)", "unsteady-rate": "(served far from offered: a ramp or a backlog)",
     "unsteady-queue": "(the queue grew through the window)", "saturated": "(a full batch queued, or preemptions)",
     "gate": "(far from the model's prediction: an outlier)", "model-error": "(the model cannot evaluate it)",
