@@ -4,6 +4,7 @@ time-of-day table across a daylight-saving change."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
     *((NEW_HEADER + f"\n2026-12-01 00:00:00,Germany,Germany,DE,1,{v}", r"line 2: intensity must be in \[0, 5000\]")
       for v in ("nan", "-inf", "-3", "1e999", "9000")),
     (NEW_HEADER + "\n" + ROWS[0] + "\n" + ROWS[0], "line 3: its time repeats line 2's"),
+    # the UTC year 0 and 10000: the message that named them raised out of check-config and the daemon's start
+    *((NEW_HEADER + f"\n{t},Germany,Germany,DE,1,2", re.escape(f"line 2: time '{t}' is outside 1970-9998 UTC"))
+      for t in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-12:00", "1969-12-31 23:59:59")),
     ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1", "its first line holds no comma: not a CSV export"),
 ])
 def test_a_broken_export_names_what_is_wrong(text: str, message: str) -> None:

@@ -94,6 +94,18 @@ def json_object(body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+LATEST_S = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
+"""No grid time reaches this, nor one before 1970: past either the log could not write it back as a UTC date."""
+
+
+def within_years(t_s: float, text: str) -> float:
+    """`t_s`, where it is a time a grid reports (1970 to 9998 UTC); ValueError naming `text` otherwise (year 1 at
+    +05:00 is year 0 in UTC: the message that named it raised out of the daemon's start)."""
+    if not 0.0 <= t_s < LATEST_S:
+        raise ValueError(f"time {text.strip()[:40]!r} is outside 1970-9998 UTC")
+    return t_s
+
+
 def parse_time_s(value: object, what: str) -> float:
     """An ISO 8601 time with its offset ("Z" included) as Unix seconds; a naive time is refused."""
     if not isinstance(value, str):
@@ -104,7 +116,10 @@ def parse_time_s(value: object, what: str) -> float:
         raise MalformedAnswer(f"{what}: time {value!r} is not ISO 8601") from exc
     if t.tzinfo is None:
         raise MalformedAnswer(f"{what}: time {value!r} has no offset")
-    return t.timestamp()
+    try:
+        return within_years(t.timestamp(), value)
+    except ValueError as exc:
+        raise MalformedAnswer(f"{what}: {exc}") from None
 
 
 def number(value: object, what: str) -> float:

@@ -36,6 +36,7 @@ from controller.budget.api_http import (
     number,
     parse_time_s,
     reach,
+    within_years,
 )
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import IntensityPoint
@@ -170,7 +171,7 @@ def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
 def parse_utc_s(text: str) -> float:
     """An export's time as Unix seconds: ISO 8601, with or without an offset (then UTC, as the column says)."""
     t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+    return within_years((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp(), text)
 
 
 def parse_intensity_csv(text: str, basis: Basis = "life_cycle", what: str = "csv") -> list[IntensityPoint]:
