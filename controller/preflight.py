@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from controller.bounded_server import address_family
-from controller.budget.api_http import http_get
+from controller.budget.api_http import MalformedAnswer, http_get
 from controller.budget.assemble import combiner
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
@@ -112,6 +112,17 @@ def file_warnings(settings: Settings) -> list[str]:
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
+def _check_signal_path(where: str, path: Path, settings: Settings) -> None:
+    """The file a demand-response endpoint stores its signals in is not one the daemon writes itself, and its folder
+    is there: every POST was refused (500) where it was not, and nothing said so."""
+    if not path.parent.is_dir():
+        raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
+    for field, own in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
+        if own is not None and path.resolve() == own.resolve():
+            raise ConfigError(where, f"{path} is the daemon's own file ({field}): the endpoint would write its signals "
+                              "over it; name a file of its own")
+
+
 def preflight(settings: Settings) -> list[str]:
     """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
@@ -119,12 +130,21 @@ def preflight(settings: Settings) -> list[str]:
     if settings.budget is not None:
         combiner(settings.budget, os.environ, base_dir=settings.base_dir)  # a missing secret is named here
         for name, source in settings.budget.sources:
-            if isinstance(source, DemandResponseSettings) and source.port:
+            endpoint = isinstance(source, DemandResponseSettings) and source.port > 0
+            if isinstance(source, DemandResponseSettings) and endpoint:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
+                _check_signal_path(f"power.budget.sources[{name}].path", Path(settings.base_dir) / source.path,
+                                   settings)
             if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
                 try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
                                   settings.base_dir).step(time.time())
+                except MalformedAnswer as exc:
+                    if endpoint:  # the config itself, the tuner's state: the first POST wrote over it
+                        raise ConfigError(f"power.budget.sources[{name}].path", f"{exc}: the endpoint writes its "
+                                          "signals over it; name a file of its own") from None
+                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
+                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.daemon import Daemon
 from controller.reload import check_reload
@@ -86,7 +87,6 @@ def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[
 
 def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budget_in_force(
         sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from controller.cli import main
 
     path = sim_config()
     path.write_text(path.read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n'
@@ -254,3 +254,22 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert caught.value.where == "power.budget.sources[1].port" and "is also metrics.port's" in caught.value.reason
+
+
+@pytest.mark.parametrize(("signal", "message"), [
+    ("wattscale.toml", "unreadable: Expecting value: line 1 column 1 (char 0): the endpoint writes its signals over "
+                       "it; name a file of its own"),
+    ("state/tuner.json", "is the daemon's own file (daemon.state_dir): the endpoint would write its signals over it"),
+    ("nowhere/signal.json", "nowhere is no directory: the endpoint could store no signal there"),
+])
+def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str], signal: str,
+                                                       message: str) -> None:
+    """check-config said ok of an endpoint whose signal file was the config itself (one POST wrote over it, and the
+    next start read invalid TOML), the tuner's state, or a file in no folder (every POST refused, 500, unsaid)."""
+    (tmp_path / "state").mkdir()
+    path = with_budget(sim_config, tmp_path / signal)
+    path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattscale: power.budget.sources[grid].path: ") and message in err and err.count("\n") == 1

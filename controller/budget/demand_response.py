@@ -34,8 +34,6 @@ class DemandSignal:
     reason: str
 
 
-LATEST_DEADLINE_S = dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp()
-"""No signal lasts past this (a later one could not be written back as a UTC date)."""
 
 
 def loads(text: bytes) -> Any:
@@ -66,9 +64,7 @@ def parse_signal(doc: Any, what: str) -> DemandSignal:
     reason = doc.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
         raise MalformedAnswer(f"{what}: reason must be a printable string of at most 200 characters (it is logged)")
-    deadline_s = parse_time_s(doc.get("deadline"), f"{what}: deadline")
-    if deadline_s >= LATEST_DEADLINE_S:
-        raise MalformedAnswer(f"{what}: deadline {doc.get('deadline')!r} is past the year 9998")
+    deadline_s = parse_time_s(doc.get("deadline"), f"{what}: deadline")  # within 1970-9998: written back as UTC
     return DemandSignal(budget_w, deadline_s, reason)
 
 
