@@ -64,6 +64,12 @@ class ScheduleRuleSettings:
             raise ConfigError(f"{where}.end", f"must be after start {self.start}, got {self.end}")
 
 
+MAX_RULES = 400
+"""Most rules a schedule holds: its budget is read each second over a week of every rule's boundaries, in time
+that grows with the square of the rules (3,000 took 1.2 s a read, and a budget drop reached the governor seconds
+late)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSettings(SourceSettings):
     time_zone: str
@@ -71,10 +77,13 @@ class ScheduleSettings(SourceSettings):
     default_budget_w: float
     """The budget in watts when no rule holds."""
     rules: tuple[ScheduleRuleSettings, ...] = ()
-    """Weekday x time-of-day rules; where several hold, the lowest budget wins."""
+    """Weekday x time-of-day rules (at most MAX_RULES); where several hold, the lowest budget wins."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("default_budget_w",))
+        if len(self.rules) > MAX_RULES:
+            raise ConfigError(f"{where}.rules", f"{len(self.rules)} rules: at most {MAX_RULES} (a week's half-hours "
+                              "are 336 slots; the daemon reads every rule's week each second)")
         try:
             zoneinfo.ZoneInfo(self.time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America": a directory of zones
