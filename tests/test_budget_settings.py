@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 import tomllib
 from pathlib import Path
 
@@ -155,3 +156,25 @@ def test_every_settings_field_has_a_docstring() -> None:
                 if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
                     undocumented.append(f"{cls.name}.{ast.unparse(stmt.target)}")
     assert undocumented == []
+
+
+def test_a_slow_carbon_api_holds_no_other_source_back(tmp_path: Path) -> None:
+    """The budget thread steps the sources one after another, and an API answering after 40 s held a demand-response
+    signal back all that time. Its fetch now runs in a thread of its own: a step waits for it half a second, the
+    signal applies on time, and the answer is taken at a later step."""
+    signal = tmp_path / "signal.json"
+    routes = {f"/v3/carbon-intensity/{kind}": [Reply(200, recorded(f"em_{kind}_DE.json"), delay_s=1.5)]
+              for kind in ("latest", "forecast")}
+    with FakeBudgetApi(routes) as api:
+        bounds = {"timeout_s = 1.0": "timeout_s = 9"}
+        parsed = settings.budget_settings(table(URL=api.url, SIGNAL=str(signal), **bounds))
+        combiner = assemble.combiner(parsed, {"ELECTRICITYMAPS_TOKEN": "t0k"})
+        signal.write_text(json.dumps({"budget_w": 900, "deadline": "2026-12-01T15:40:00Z"}))
+        started = time.monotonic()
+        first = combiner.step(T0 + 1800.0)
+        assert time.monotonic() - started < 2.0 and (first.source, first.budget_w) == ("demand_response", 900.0)
+        assert "its answer is pending" in combiner.states["grid"].error
+        deadline = time.monotonic() + 30.0
+        while combiner.states["grid"].reading is None and time.monotonic() < deadline:
+            combiner.step(T0 + 1800.0 + (time.monotonic() - started))
+        assert combiner.states["grid"].reading is not None and combiner.states["grid"].error == ""

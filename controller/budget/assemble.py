@@ -13,6 +13,7 @@ from controller.budget.carbon import CarbonBudgetSource, IntensityFeed, PowerCur
 from controller.budget.carbon_feeds import CsvIntensityFeed, ElectricityMapsFeed, WattTimeFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.demand_response import DemandResponseSource
+from controller.budget.prefetch import Prefetching
 from controller.budget.schedule import WEEKDAYS, FixedSource, Rule, ScheduleSource, minutes
 from controller.budget.settings import (
     BudgetSettings,
@@ -41,13 +42,14 @@ def resolve(base_dir: str, path: str) -> str:
 
 
 def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".") -> IntensityFeed:
+    """A source's feed: an API's fetched in a thread of its own (controller/budget/prefetch.py), a CSV's read."""
     if isinstance(s, ElectricityMapsSettings):
         token = secret(env, s.token_env, f"{where}.token_env")
-        return ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch)
+        return Prefetching(ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch))
     if isinstance(s, WattTimeSettings):
         user = secret(env, s.username_env, f"{where}.username_env")
         password = secret(env, s.password_env, f"{where}.password_env")
-        return WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch)
+        return Prefetching(WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch))
     if isinstance(s, CarbonCsvSettings):
         return CsvIntensityFeed(resolve(base_dir, s.path), s.basis)
     raise ConfigError(f"{where}.kind", f"no carbon feed for {type(s).__name__}")
