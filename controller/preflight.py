@@ -102,7 +102,7 @@ def check_free_port(where: str, port: int) -> None:
 
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
-    out = _floor_levels(settings)
+    out = _floor_levels(settings) + _domain_floors(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
     if threshold_w >= floor:
         return out
@@ -164,6 +164,19 @@ def preflight(settings: Settings) -> list[str]:
     if problem is not None:
         warnings.append(f"{STATE_DIR_WARNING} {problem}; tuner state will not be saved")
     return warnings
+
+
+def _domain_floors(settings: Settings) -> list[str]:
+    """Domains whose line, less headroom, is under their GPUs' lowest limits: busy, they draw over it whatever the
+    governor does (a rack of four H100s under 500 W drew 800 W a whole run, and nothing said why)."""
+    out = []
+    kind = {g: v.accelerator for svc in settings.services for v in settings.variants_of(svc) for g in v.gpus}
+    for d in settings.power.domains:
+        floor = sum(CATALOG[kind.get(g, settings.accelerators[0].name)].min_power_w for g in d.gpus)
+        if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:
+            out.append(f"power.domains[{d.name}].limit_w: {d.limit_w:g} W ({line:.0f} W less headroom) is below its "
+                       f"GPUs' lowest limits, {floor:.0f} W: busy, they draw over it whatever the governor sets")
+    return out
 
 
 def _floor_levels(settings: Settings) -> list[str]:

@@ -591,3 +591,16 @@ def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,
     assert main(["check-config", "--file-only", str(path)]) == 0
     assert capsys.readouterr().err.strip() == ("wattscale: warning: optimizer.power_levels: 0.01, 0.2 of H100-SXM's "
                                                "700 W is below its lowest limit, 200 W: planned at that limit")
+
+
+def test_a_domain_under_its_gpus_lowest_limits_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rack of four H100s under 500 W (above their idle 380 W) passed without a word, and drew 800 W a whole run:
+    the governor takes no GPU below its lowest limit."""
+    for limit_w, warned in ((500, True), (1000, False)):
+        rack = f'\n[[power.domains]]\nname = "rack-a"\nlimit_w = {limit_w}\ngpus = [0, 1, 2, 3]\n'
+        text = (ROOT / "config" / "sim.toml").read_text().replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack)
+        (tmp_path / "d.toml").write_text(text)
+        assert main(["check-config", "--file-only", str(tmp_path / "d.toml")]) == 0
+        err = capsys.readouterr().err.strip()
+        assert (err == "wattscale: warning: power.domains[rack-a].limit_w: 500 W (485 W less headroom) is below its "
+                       "GPUs' lowest limits, 800 W: busy, they draw over it whatever the governor sets") == warned, err
