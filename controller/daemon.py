@@ -62,7 +62,8 @@ class Daemon:
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
                                      DecisionLog(settings.decision_log_path, config=config_path), p.clocks)
         self.budget = (None if settings.budget is None
-                       else combiner(settings.budget, os.environ, base_dir=settings.base_dir))
+                       else combiner(settings.budget, os.environ, base_dir=settings.base_dir,
+                                     failed=self.metrics.errors.labels("budget_source").inc))
         """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
         delays no loop."""
         self.notifier = Notifier()

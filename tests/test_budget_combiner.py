@@ -127,3 +127,14 @@ def test_a_source_failing_in_an_unforeseen_way_fails_alone() -> None:
     assert combiner.step(0.0).budget_w == 1500.0
     assert combiner.step(60.0).budget_w == 1200.0  # grid still stepped, its lower value wins
     assert combiner.step(700.0).budget_w == 1000.0  # the broken source's last value is past its TTL
+
+
+def test_every_failed_read_is_counted_though_a_run_of_them_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A broken signal file or CSV was logged once and never counted: wattscale_errors_total said nothing of it."""
+    failed = []
+    grid = Scripted(TransientBudgetError("broken", 1.0), TransientBudgetError("broken", 1.0), reading(1800.0))
+    combiner = BudgetCombiner({"grid": grid}, ttl_s=600.0, safe_budget_w=1000.0, failed=lambda: failed.append(1))
+    with caplog.at_level(logging.WARNING):
+        for t in range(4):
+            combiner.step(float(t))
+    assert len(failed) == 2 and grid.steps == 4 and caplog.text.count("broken") == 1

@@ -4,7 +4,7 @@ builds the same objects against a fake."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from controller.budget.api_http import Fetch, http_get
@@ -72,9 +72,10 @@ def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, 
 
 
 def combiner(settings: BudgetSettings, env: Mapping[str, str], fetch: Fetch = http_get,
-             where: str = "power.budget", base_dir: str = ".") -> BudgetCombiner:
-    """The combiner of every configured source (file paths relative to `base_dir`); a missing secret raises
-    ConfigError naming its field."""
+             where: str = "power.budget", base_dir: str = ".", failed: Callable[[], None] = lambda: None,
+             ) -> BudgetCombiner:
+    """The combiner of every configured source (file paths relative to `base_dir`; `failed` counts each failed
+    read of one); a missing secret raises ConfigError naming its field."""
     sources = {name: source(s, f"{where}.sources[{i}]", env, fetch, base_dir)
                for i, (name, s) in enumerate(settings.sources)}
-    return BudgetCombiner(sources, settings.ttl_s, settings.safe_budget_w)
+    return BudgetCombiner(sources, settings.ttl_s, settings.safe_budget_w, failed=failed)

@@ -10,7 +10,7 @@ and the decision log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controller.budget.base import BudgetError, BudgetReading, BudgetSource, PermanentBudgetError, TransientBudgetError
@@ -56,9 +56,12 @@ class SourceState:
 
 class BudgetCombiner:
     def __init__(self, sources: Mapping[str, BudgetSource], ttl_s: float, safe_budget_w: float,
-                 default_retry_s: float = 60.0) -> None:
+                 default_retry_s: float = 60.0, failed: Callable[[], None] = lambda: None) -> None:
         self.sources = dict(sources)
         self.ttl_s, self.safe_budget_w, self.default_retry_s = ttl_s, safe_budget_w, default_retry_s
+        self.failed = failed
+        """Counts each failed read of a source (the daemon's wattscale_errors_total{kind="budget_source"}): one is
+        logged once a run of them, each counted."""
         self.states = {name: SourceState() for name in self.sources}
         self.last: Budget | None = None
 
@@ -70,6 +73,7 @@ class BudgetCombiner:
         try:
             reading = source.step(now)
         except Exception as exc:  # one source's failure, of any kind, is that source's alone
+            self.failed()
             delay_s = exc.retry_after_s if isinstance(exc, TransientBudgetError) else self.default_retry_s
             if not state.error:
                 log.warning("budget source %s: %s", name, exc)

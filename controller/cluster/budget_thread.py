@@ -32,7 +32,8 @@ class BudgetThread:
         if s.budget is None:
             return
         try:
-            sources = combiner(s.budget, os.environ, where="spec.budget", base_dir=self.state_dir)
+            sources = combiner(s.budget, os.environ, where="spec.budget", base_dir=self.state_dir,
+                               failed=self.metrics.errors.labels("budget_source").inc)
         except ConfigError as exc:
             c.error("budget_source", str(exc))
             return
