@@ -20,6 +20,7 @@ from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, Vl
 from controller.config_loader import ConfigError
 from controller.http_fetch import healthy_within
 from controller.settings import Settings
+from controller.settings_checks import svc_path
 from controller.telemetry.base import GpuSource, VllmSource
 from controller.telemetry.cluster_power import PrometheusGpuSource
 from controller.telemetry.nvml import NvmlGpuSource
@@ -119,10 +120,11 @@ def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, st
         count = devices.count()
     except ActuatorError as exc:
         raise ConfigError("telemetry.gpu_source", str(exc)) from exc
-    unknown = sorted({g for g in owners if g >= count} | {g for d in settings.power.domains for g in d.gpus
-                                                          if g >= count})
-    if unknown:
-        raise ConfigError("services.gpus", f"GPU {', '.join(map(str, unknown))} not on this host ({count} GPUs)")
+    places = [(svc_path(s.name) + (f".variants[{v.accelerator}]" if s.variants else "") + ".gpus", v.gpus)
+              for s in settings.services for v in settings.variants_of(s)]
+    for where, gpus in [*places, *((f"power.domains[{d.name}].gpus", d.gpus) for d in settings.power.domains)]:
+        if unknown := sorted(g for g in gpus if g >= count):  # named where it is written: a rack's, a service's
+            raise ConfigError(where, f"GPU {', '.join(map(str, unknown))} not on this host ({count} GPUs)")
     unowned = [g for g in range(count) if g not in owners]
     if unowned:
         raise ConfigError("services.gpus", f"GPU {', '.join(map(str, unowned))} belong(s) to no service; list each "

@@ -15,6 +15,7 @@ from fake_pynvml import FakeGpu, FakeNvml
 from actuators import PermanentActuatorError, TransientActuatorError
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from controller.config_loader import ConfigError
+from controller.power_settings import PowerDomainSettings
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.nvml import NvmlGpuSource
 
@@ -208,8 +209,11 @@ def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
     assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
     with pytest.raises(ConfigError, match=r"services.gpus: GPU 6, 7 belong\(s\) to no service"):
         build_parts(replace(owned, services=owned.services[:2]), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
-    with pytest.raises(ConfigError, match="GPU 7 not on this host"):
+    with pytest.raises(ConfigError, match=r"^services\[batch-summaries\]\.gpus: GPU 7 not on this host \(7 GPUs\)"):
         build_parts(owned, nvml=FakeNvml([FakeGpu() for _ in range(7)]))
+    rack = PowerDomainSettings("rack-b", 1500.0, (4, 5, 8))  # a rack's index past the host, named as the rack's
+    with pytest.raises(ConfigError, match=r"^power\.domains\[rack-b\]\.gpus: GPU 8 not on this host \(8 GPUs\)"):
+        build_parts(replace(owned, power=replace(owned.power, domains=(rack,))), nvml=FakeNvml([FakeGpu()] * 8))
 
 
 @pytest.mark.parametrize("restore", [True, False])
