@@ -69,8 +69,12 @@ def api_client(kubeconfig: str = "") -> Any:
             config.load_incluster_config(client_configuration=cfg)
         else:
             config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
-    except config.ConfigException as exc:
-        raise PermanentActuatorError(f"kubernetes: no usable credentials: {exc}") from exc
+    except config.ConfigException as exc:  # its message names no file: which one was read (a missing one reads empty)
+        read = "in-cluster" if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ else (
+            kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config"))
+        missing = "" if read == "in-cluster" or os.path.exists(os.path.expanduser(read.split(os.pathsep)[0])) \
+            else ", which does not exist"
+        raise PermanentActuatorError(f"kubernetes: no usable credentials in {read}{missing}: {exc}") from exc
     except yaml.YAMLError as exc:  # the client's parser error spans lines: one line here, with where it broke
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
