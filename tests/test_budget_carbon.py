@@ -3,13 +3,17 @@ clients against loopback fakes serving recorded answers in each API's documented
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from fake_budget_api import FakeBudgetApi, Reply, recorded
 
 from controller.budget.api_http import MalformedAnswer, parse_time_s
-from controller.budget.base import PermanentBudgetError, TransientBudgetError
+from controller.budget.base import BudgetReading, PendingBudgetError, PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import CarbonBudgetSource, IntensityPoint, PowerCurve, check_curve
 from controller.budget.carbon_feeds import ElectricityMapsFeed, WattTimeFeed
+from controller.budget.prefetch import Prefetching
 from controller.config_loader import ConfigError
 
 T0 = parse_time_s("2026-12-01T15:00:00Z", "test")
@@ -149,3 +153,49 @@ def test_watttime_failures_are_sorted_by_recovery(routes: dict[str, list[Reply]]
         WattTimeFeed("CAISO_NORTH", "ann", "s3cret", api.url, timeout_s=0.2).fetch(T0)
     if retry_s is not None:
         assert isinstance(caught.value, TransientBudgetError) and caught.value.retry_after_s == retry_s
+
+
+class GatedFeed:
+    """A feed whose fetch waits until the test opens its gate, then answers its points or raises its error."""
+
+    name = "gated"
+
+    def __init__(self, points: list[IntensityPoint], error: Exception | None = None) -> None:
+        self.points, self.error, self.gate, self.fetches = points, error, threading.Event(), 0
+
+    def fetch(self, now: float) -> list[IntensityPoint]:
+        self.fetches += 1
+        assert self.gate.wait(30.0)
+        if self.error is not None:
+            raise self.error
+        return self.points
+
+
+def answered(source: CarbonBudgetSource, now: float) -> BudgetReading:
+    """The source's reading once the fetch in flight has ended (a step does not wait for one it did not ask)."""
+    for _ in range(3000):
+        try:
+            return source.step(now)
+        except PendingBudgetError:
+            time.sleep(0.01)
+    raise AssertionError("the fetch never ended")
+
+
+def test_a_fetch_in_flight_is_pending_then_answers_and_the_source_holds_its_points_meanwhile() -> None:
+    """One fetch at a time, waited for by the step that asks; the carbon source answers from the points it holds
+    while the next is in flight; the answer's own error comes through as the feed raised it."""
+    feed = GatedFeed([IntensityPoint(T0, 100.0)])
+    source = CarbonBudgetSource(Prefetching(feed, wait_s=0.05), CURVE, refresh_s=600.0)
+    with pytest.raises(PendingBudgetError, match="gated: its answer is pending"):
+        source.step(T0)  # nothing held yet
+    feed.gate.set()
+    assert answered(source, T0 + 1.0).budget_w == 3000.0 and feed.fetches == 1
+    feed.gate.clear()
+    feed.points = [IntensityPoint(T0, 500.0)]
+    assert source.step(T0 + 700.0).budget_w == 3000.0  # the refresh is in flight: the points held answer
+    feed.error = PermanentBudgetError("gated: token refused")
+    feed.gate.set()
+    with pytest.raises(PermanentBudgetError, match=r"^gated: token refused$"):
+        while source.step(T0 + 701.0).budget_w == 3000.0:  # the points held, until the worker's answer is taken
+            time.sleep(0.01)
+    assert feed.fetches == 2

@@ -13,7 +13,7 @@ from controller.budget.carbon import CarbonBudgetSource, IntensityFeed, PowerCur
 from controller.budget.carbon_feeds import CsvIntensityFeed, ElectricityMapsFeed, WattTimeFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.demand_response import DemandResponseSource
-from controller.budget.prefetch import Prefetching
+from controller.budget.prefetch import WAIT_S, Prefetching
 from controller.budget.schedule import WEEKDAYS, FixedSource, Rule, ScheduleSource, minutes
 from controller.budget.settings import (
     BudgetSettings,
@@ -41,22 +41,25 @@ def resolve(base_dir: str, path: str) -> str:
     return str(Path(base_dir) / path)
 
 
-def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".") -> IntensityFeed:
-    """A source's feed: an API's fetched in a thread of its own (controller/budget/prefetch.py), a CSV's read."""
+def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".",
+         wait_s: float = WAIT_S) -> IntensityFeed:
+    """A source's feed: an API's fetched in a thread of its own, waited for `wait_s` (controller/budget/prefetch.py),
+    a CSV's read."""
     if isinstance(s, ElectricityMapsSettings):
         token = secret(env, s.token_env, f"{where}.token_env")
-        return Prefetching(ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch))
+        return Prefetching(ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch), wait_s)
     if isinstance(s, WattTimeSettings):
         user = secret(env, s.username_env, f"{where}.username_env")
         password = secret(env, s.password_env, f"{where}.password_env")
-        return Prefetching(WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch))
+        return Prefetching(WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch), wait_s)
     if isinstance(s, CarbonCsvSettings):
         return CsvIntensityFeed(resolve(base_dir, s.path), s.basis)
     raise ConfigError(f"{where}.kind", f"no carbon feed for {type(s).__name__}")
 
 
-def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".") -> BudgetSource:
-    """One source from its settings."""
+def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".",
+           wait_s: float = WAIT_S) -> BudgetSource:
+    """One source from its settings (`wait_s`: `feed`'s)."""
     if isinstance(s, FixedSettings):
         return FixedSource(s.budget_w)
     if isinstance(s, ScheduleSettings):
@@ -64,8 +67,8 @@ def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, 
                       f"{','.join(r.days)} {r.start}-{r.end}") for r in s.rules]
         return ScheduleSource(rules, s.default_budget_w, s.time_zone)
     if isinstance(s, CarbonSettings):
-        return CarbonBudgetSource(feed(s, where, env, fetch, base_dir), PowerCurve(s.curve), s.lead_s, s.refresh_s,
-                                  s.stale_after_s)
+        return CarbonBudgetSource(feed(s, where, env, fetch, base_dir, wait_s), PowerCurve(s.curve), s.lead_s,
+                                  s.refresh_s, s.stale_after_s)
     if isinstance(s, DemandResponseSettings):
         return DemandResponseSource(resolve(base_dir, s.path), s.retry_s)
     raise ConfigError(f"{where}.kind", f"no source for {type(s).__name__}")
@@ -73,9 +76,9 @@ def source(s: SourceSettings, where: str, env: Mapping[str, str], fetch: Fetch, 
 
 def combiner(settings: BudgetSettings, env: Mapping[str, str], fetch: Fetch = http_get,
              where: str = "power.budget", base_dir: str = ".", failed: Callable[[], None] = lambda: None,
-             ) -> BudgetCombiner:
+             wait_s: float = WAIT_S) -> BudgetCombiner:
     """The combiner of every configured source (file paths relative to `base_dir`; `failed` counts each failed
-    read of one); a missing secret raises ConfigError naming its field."""
-    sources = {name: source(s, f"{where}.sources[{i}]", env, fetch, base_dir)
+    read of one; `wait_s`: `feed`'s); a missing secret raises ConfigError naming its field."""
+    sources = {name: source(s, f"{where}.sources[{i}]", env, fetch, base_dir, wait_s)
                for i, (name, s) in enumerate(settings.sources)}
     return BudgetCombiner(sources, settings.ttl_s, settings.safe_budget_w, failed=failed)

@@ -44,6 +44,11 @@ class TransientBudgetError(BudgetError):
         self.retry_after_s = retry_after_s
 
 
+class PendingBudgetError(TransientBudgetError):
+    """The source's answer is still on its way (an API's request in flight): no failure, and until its first answer
+    the source sets no limit (controller/budget/prefetch.py)."""
+
+
 class PermanentBudgetError(BudgetError):
     """Not worth trying again until the config changes (a refused token, an unknown zone)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.budget.base import BudgetPoint, BudgetReading, TransientBudgetError
+from controller.budget.base import BudgetPoint, BudgetReading, PendingBudgetError, TransientBudgetError
 from controller.config_loader import ConfigError
 
 
@@ -91,7 +91,13 @@ class CarbonBudgetSource:
 
     def step(self, now: float) -> BudgetReading:
         if now >= self.next_fetch_s:
-            self.points = sorted(self.feed.fetch(now), key=lambda p: p.at_s)
+            try:
+                fetched = self.feed.fetch(now)
+            except PendingBudgetError:  # an answer on its way: the points held meanwhile, if any
+                if not self.points:
+                    raise
+                return self.reading(now)
+            self.points = sorted(fetched, key=lambda p: p.at_s)
             self.starts = [p.at_s for p in self.points]
             self.ahead = [BudgetPoint(p.at_s, self.curve.watts(p.g_per_kwh)) for p in self.points]
             self.next_fetch_s = now + self.refresh_s

@@ -13,7 +13,14 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from controller.budget.base import BudgetError, BudgetReading, BudgetSource, PermanentBudgetError, TransientBudgetError
+from controller.budget.base import (
+    BudgetError,
+    BudgetReading,
+    BudgetSource,
+    PendingBudgetError,
+    PermanentBudgetError,
+    TransientBudgetError,
+)
 
 log = logging.getLogger("wattscale.budget")
 
@@ -52,6 +59,8 @@ class SourceState:
     """The error of a run of failures; "" while the source answers."""
     retry_at_s: float = float("-inf")
     permanent: bool = False
+    pending: bool = False
+    """Its first answer is on its way (PendingBudgetError): until it comes, or fails, it sets no limit."""
 
 
 class BudgetCombiner:
@@ -72,8 +81,12 @@ class BudgetCombiner:
             return
         try:
             reading = source.step(now)
+        except PendingBudgetError as exc:  # no failure: asked again shortly, not logged, not counted
+            state.pending, state.retry_at_s = state.read_at_s is None and not state.error, now + exc.retry_after_s
+            return
         except Exception as exc:  # one source's failure, of any kind, is that source's alone
             self.failed()
+            state.pending = False
             delay_s = exc.retry_after_s if isinstance(exc, TransientBudgetError) else self.default_retry_s
             if not state.error:
                 log.warning("budget source %s: %s", name, exc)
@@ -84,11 +97,13 @@ class BudgetCombiner:
             return
         if state.error:
             log.info("budget source %s answers again", name)
-        state.reading, state.read_at_s, state.error = reading, now, ""
+        state.reading, state.read_at_s, state.error, state.pending = reading, now, "", False
 
     def value(self, name: str, now: float) -> tuple[float, str] | None:
         """What one source contributes at `now`: (watts, why), or None when it sets no limit."""
         state = self.states[name]
+        if state.pending:  # a first answer on its way, as before it came (the daemon's start waited for it)
+            return None
         if state.read_at_s is not None and now - state.read_at_s <= self.ttl_s:
             if state.reading is None:
                 return None

@@ -2,9 +2,10 @@
 
 The budget thread steps every source each fast tick, one after another. An API that answers after its timeout
 (up to 60 s, a login and retries more) held the demand-response file and the schedule back all that time: a
-signal to cut the site's draw waited for the carbon API. Here the fetch runs in a worker thread, and a step waits
-for it at most `wait_s`: past that the feed says its answer is pending, the combiner holds the source's last
-reading (within its ttl_s) and the other sources are read on time. The answer is taken at a later step.
+signal to cut the site's draw waited for the carbon API. Here the fetch runs in a worker thread, and the step that
+asks for it waits at most `wait_s`: past that the feed says its answer is pending (PendingBudgetError, no failure),
+the carbon source answers from the points it holds, and the other sources are read on time. Each later step takes
+the answer once it has come, without waiting.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from controller.budget.base import TransientBudgetError
+from controller.budget.base import PendingBudgetError
 from controller.budget.carbon import IntensityFeed, IntensityPoint
 
 WAIT_S = 0.5
-"""The most a step waits for the API: with two such feeds a step stays within a one-second fast tick."""
+"""The most the step that asks waits for the API: with two such feeds it stays within a one-second fast tick."""
 PENDING_RETRY_S = 1.0
 """When a step asks again for an answer still pending."""
 
@@ -34,18 +35,17 @@ class Prefetching:
         self._asked_s = 0.0
 
     def fetch(self, now: float) -> Sequence[IntensityPoint]:
-        """The feed's answer for `now`, or the answer to a fetch asked earlier and still running (its points are
-        absolute times); TransientBudgetError while none has come within `wait_s`."""
+        """The feed's answer for `now`, or that of a fetch asked earlier and just done (its points are absolute
+        times); PendingBudgetError while none has come (waited for `wait_s` only by the step that asks)."""
         if self._worker is None:
+            worker = threading.Thread(target=self._fetch, args=(now,), name=f"wattscale-{self.name}", daemon=True)
             self._points, self._error, self._asked_s = (), None, time.monotonic()
-            self._worker = threading.Thread(target=self._fetch, args=(now,), name=f"wattscale-{self.name}",
-                                            daemon=True)
-            self._worker.start()
-        self._worker.join(self.wait_s)
+            worker.start()  # kept once started: one that failed to start would be joined for ever
+            self._worker = worker
+            worker.join(self.wait_s)
         if self._worker.is_alive():
-            waited_s = time.monotonic() - self._asked_s
-            raise TransientBudgetError(f"{self.name}: its answer is pending (asked {waited_s:.0f} s ago); the other "
-                                       "sources are read meanwhile", PENDING_RETRY_S)
+            raise PendingBudgetError(f"{self.name}: its answer is pending (asked {time.monotonic() - self._asked_s:.0f}"
+                                     " s ago)", PENDING_RETRY_S)
         self._worker = None
         if self._error is not None:
             raise self._error
