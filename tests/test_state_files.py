@@ -114,7 +114,8 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
     assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
 
 
-@pytest.mark.parametrize("edit", [{"ttft_ms": "lots"}, {"rate_rps": 1e308}, {"steady": 0}])
+@pytest.mark.parametrize("edit", [{"ttft_ms": "lots"}, {"rate_rps": 1e308}, {"steady": 0}, {"power_w": None},
+                                  {"power_w": 0.0}])
 def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                edit: dict[str, object]) -> None:
     """Windows that are not observations (which the curve would fail on every cycle), or none the curve keeps (a

@@ -34,6 +34,11 @@ curve already reads within its error level (a cap that binds) keeps the flat cli
 the curve down to the cap."""
 
 
+def keeps(obs: Observation) -> bool:
+    """Whether the curve learns from a window: a steady one with a power reading (no other tells the draw)."""
+    return obs.power_w is not None and math.isfinite(obs.power_w) and obs.power_w > 0 and obs.problem() is None
+
+
 @dataclass
 class DrawFit:
     """Recent observed draws of one pair and the curve fitted to them (None until the first fit)."""
@@ -65,7 +70,7 @@ class DrawFit:
     def observe(self, obs: Observation, params: ServiceParams, catalogue: PowerProfile, queue_model: str) -> bool:
         """Keep a steady window with a power reading, refitting where it tells something new; False (nothing
         kept) for any other window."""
-        if obs.power_w is None or not math.isfinite(obs.power_w) or obs.power_w <= 0 or obs.problem() is not None:
+        if not keeps(obs):
             return False
         self.recent = [*self.recent, obs][-self.keep :]
         self.unfitted += 1
@@ -146,7 +151,7 @@ class DrawFit:
         """Load saved state; False (and nothing changed) when it does not parse."""
         try:
             recent = [Observation(**o) for o in data["recent"]]
-            if any(o.problem() is not None for o in recent):  # none `observe` keeps: a hand-edited file
+            if not all(map(keeps, recent)):  # a window `observe` keeps none of: a hand-edited file
                 return False
             busy, half = data["busy_share"], data["batch_half"]
             fitted = busy is not None and half is not None
