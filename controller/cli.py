@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.daemon import Daemon
 
     settings = load_settings(Path(args.config))
-    warnings = preflight(settings)
+    warnings = preflight(settings, Path(args.config))
     log_writer.install(settings.daemon.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for library in ("apscheduler", "urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
         logging.getLogger(library).setLevel(logging.WARNING)
@@ -57,7 +57,7 @@ def _check(args: argparse.Namespace) -> int:
     from controller.wiring import probe_nvml
 
     s = load_settings(Path(args.file))
-    for warning in file_warnings(s) if args.file_only else preflight(s):
+    for warning in file_warnings(s) if args.file_only else preflight(s, Path(args.file)):
         print(f"wattscale: warning: {warning}", file=sys.stderr)
     if not args.file_only:
         probe_nvml(s)  # the driver, as `run` starts it (build_parts)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from controller.bounded_server import address_family
-from controller.budget.api_http import MalformedAnswer, http_get
+from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
@@ -112,39 +112,35 @@ def file_warnings(settings: Settings) -> list[str]:
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
-def _check_signal_path(where: str, path: Path, settings: Settings) -> None:
-    """The file a demand-response endpoint stores its signals in is not one the daemon writes itself, and its folder
-    is there: every POST was refused (500) where it was not, and nothing said so."""
+def _check_signal_path(where: str, path: Path, settings: Settings, config: Path | None) -> None:
+    """The file a demand-response endpoint stores its signals in is none of the daemon's own (one POST wrote over the
+    config file, and the next start read invalid TOML), and its folder is there: every POST was refused (500) where
+    it was not, and nothing said so."""
     if not path.parent.is_dir():
         raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
-    for field, own in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
+    for what, own in (("the config file", config), ("the tuner's state (daemon.state_dir)", settings.state_path),
+                      ("daemon.decision_log", settings.decision_log_path)):
         if own is not None and path.resolve() == own.resolve():
-            raise ConfigError(where, f"{path} is the daemon's own file ({field}): the endpoint would write its signals "
-                              "over it; name a file of its own")
+            raise ConfigError(where, f"{path} is {what}: the endpoint would write its signals over it; name a file "
+                              "of its own")
 
 
-def preflight(settings: Settings) -> list[str]:
-    """The host checks `run` relies on: raises ConfigError for what stops the daemon, returns warnings."""
+def preflight(settings: Settings, config: Path | None = None) -> list[str]:
+    """The host checks `run` relies on (`config`: the settings' file): raises ConfigError for what stops the daemon,
+    returns warnings."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
     warnings: list[str] = []
     if settings.budget is not None:
         combiner(settings.budget, os.environ, base_dir=settings.base_dir)  # a missing secret is named here
         for name, source in settings.budget.sources:
-            endpoint = isinstance(source, DemandResponseSettings) and source.port > 0
-            if isinstance(source, DemandResponseSettings) and endpoint:
+            if isinstance(source, DemandResponseSettings) and source.port:
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
                 _check_signal_path(f"power.budget.sources[{name}].path", Path(settings.base_dir) / source.path,
-                                   settings)
+                                   settings, config)
             if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
                 try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
                                   settings.base_dir).step(time.time())
-                except MalformedAnswer as exc:
-                    if endpoint:  # the config itself, the tuner's state: the first POST wrote over it
-                        raise ConfigError(f"power.budget.sources[{name}].path", f"{exc}: the endpoint writes its "
-                                          "signals over it; name a file of its own") from None
-                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
-                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
@@ -170,7 +166,8 @@ def _domain_floors(settings: Settings) -> list[str]:
     """Domains whose line, less headroom, is under their GPUs' lowest limits: busy, they draw over it whatever the
     governor does (a rack of four H100s under 500 W drew 800 W a whole run, and nothing said why)."""
     out = []
-    kind = {g: v.accelerator for svc in settings.services for v in settings.variants_of(svc) for g in v.gpus}
+    kind = dict(enumerate(settings.simulator.host_types)) if settings.uses_sim else {
+        g: v.accelerator for svc in settings.services for v in settings.variants_of(svc) for g in v.gpus}
     for d in settings.power.domains:
         floor = sum(CATALOG[kind.get(g, settings.accelerators[0].name)].min_power_w for g in d.gpus)
         if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:

@@ -257,19 +257,26 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
 
 
 @pytest.mark.parametrize(("signal", "message"), [
-    ("wattscale.toml", "unreadable: Expecting value: line 1 column 1 (char 0): the endpoint writes its signals over "
-                       "it; name a file of its own"),
-    ("state/tuner.json", "is the daemon's own file (daemon.state_dir): the endpoint would write its signals over it"),
+    ("wattscale.toml", "wattscale.toml is the config file: the endpoint would write its signals over it; name a "
+                       "file of its own"),
+    ("state/tuner.json", "tuner.json is the tuner's state (daemon.state_dir): the endpoint would write"),
     ("nowhere/signal.json", "nowhere is no directory: the endpoint could store no signal there"),
 ])
 def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str], signal: str,
                                                        message: str) -> None:
     """check-config said ok of an endpoint whose signal file was the config itself (one POST wrote over it, and the
-    next start read invalid TOML), the tuner's state, or a file in no folder (every POST refused, 500, unsaid)."""
+    next start read invalid TOML), the tuner's state, or a file in no folder (every POST refused, 500, unsaid). A
+    file that holds no signal yet (made empty beforehand) is a warning, as it was: the endpoint writes over it."""
     (tmp_path / "state").mkdir()
     path = with_budget(sim_config, tmp_path / signal)
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wattscale: power.budget.sources[grid].path: ") and message in err and err.count("\n") == 1
+
+    if signal == "nowhere/signal.json":  # an empty file made beforehand: warned of, not refused
+        (tmp_path / "empty.json").write_text("")
+        path.write_text(path.read_text().replace(str(tmp_path / signal), str(tmp_path / "empty.json")))
+        assert main(["check-config", str(path)]) == 0
+        assert "power.budget.sources[grid].path: demand response" in capsys.readouterr().err

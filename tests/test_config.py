@@ -604,3 +604,14 @@ def test_a_domain_under_its_gpus_lowest_limits_is_a_warning(tmp_path: Path, caps
         err = capsys.readouterr().err.strip()
         assert (err == "wattscale: warning: power.domains[rack-a].limit_w: 500 W (485 W less headroom) is below its "
                        "GPUs' lowest limits, 800 W: busy, they draw over it whatever the governor sets") == warned, err
+
+
+
+def test_a_domain_of_another_gpu_type_on_a_mixed_simulated_host_is_held_to_its_own_floor(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The L40S rack of the H100 + L40S host was read as H100s (800 W of lowest limits where its four draw 400 W)."""
+    rack = '\n[[power.domains]]\nname = "rack-l"\nlimit_w = 420\ngpus = [4, 5, 6, 7]\n'
+    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
+    (tmp_path / "h.toml").write_text(text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1))
+    assert main(["check-config", "--file-only", str(tmp_path / "h.toml")]) == 0
+    assert "power.domains" not in capsys.readouterr().err

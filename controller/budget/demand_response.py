@@ -34,8 +34,6 @@ class DemandSignal:
     reason: str
 
 
-
-
 def loads(text: bytes) -> Any:
     """JSON with each key once: a signal that names its budget twice says two things (ValueError)."""
 
