@@ -164,8 +164,7 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
     kinds = [v.accelerator for v in svc.variants]
     if svc.variants and (svc.gpus or svc.deployment):
         raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
-    known = {a.name for a in s.accelerators}
-    domains = [d.name for d in s.power.domains]
+    known, domains = {a.name for a in s.accelerators}, [d.name for d in s.power.domains]
     for v in svc.variants:
         if v.accelerator not in known:
             raise ConfigError(where, f"accelerator {quoted(v.accelerator)} is not among the accelerators "
@@ -178,6 +177,11 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
         if v.domain and v.domain not in domains:
             raise ConfigError(f"{where}[{v.accelerator}].domain", f"unknown domain {quoted(v.domain)}, expected one of "
                               f"power.domains {domains}")
+        types = s.simulator.host_types if s.uses_sim else []  # a real host's types per GPU only NVML tells
+        on = {types[g] for d in s.power.domains if d.name == v.domain for g in d.gpus if g < len(types)}
+        if on and v.accelerator not in on:  # its replicas charged to a rack its GPUs are not in
+            raise ConfigError(f"{where}[{v.accelerator}].domain", f"{quoted(v.domain)} holds {', '.join(sorted(on))} "
+                              f"GPUs of the simulated host, no {v.accelerator}")
 
 
 def idle_w(s: Settings) -> float:

@@ -142,3 +142,18 @@ def test_a_variant_in_a_pool_has_every_replicas_watts_charged_there(tmp_path: Pa
 def test_a_variants_pool_is_checked_by_field(tmp_path: Path, variant: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(_pooled(tmp_path, variant))
+
+
+def test_a_variants_pool_holds_gpus_of_its_type_on_a_simulated_host(tmp_path: Path) -> None:
+    """An H100 variant charged to the rack of the mixed host's L40S GPUs was taken and ran: every replica's watts
+    went to a rack its GPUs are not in."""
+    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
+    rack = '[[power.domains]]\nname = "rack-l"\nlimit_w = 1500\ngpus = [4, 5, 6, 7]\n'
+    text = text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1)
+    chat = 'variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]'
+    assert chat in text
+    pooled = chat.replace('"H100-SXM" }', '"H100-SXM", domain = "rack-l" }')
+    (tmp_path / "mixed.toml").write_text(text.replace(chat, pooled, 1))
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[H100-SXM\]\.domain: 'rack-l' holds L40S GPUs "
+                                          r"of the simulated host, no H100-SXM$"):
+        load_settings(tmp_path / "mixed.toml")
