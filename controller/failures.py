@@ -40,14 +40,16 @@ class Failures:
         log.warning("%s: %s", kind, message)
 
     def report(self, kind: str, message: str) -> None:
-        """Count a failure, record it for the next decision, and log the first of a run: the same failure again
-        logs once a slow cycle has passed without it (another endpoint's, another message, logs at once)."""
+        """Count a failure, record it for the next decision (once a cycle: a plan solved twice failed twice alike),
+        and log the first of a run: the same failure again logs once a slow cycle has passed without it (another
+        endpoint's, another message, logs at once)."""
         self.counter.labels(kind).inc()
         with self._lock:
             first = (kind, message) not in self._before
+            if (kind, message) not in self._now:
+                self._since.append(f"{kind}: {message}")
             self._before.add((kind, message))
             self._now.add((kind, message))
-            self._since.append(f"{kind}: {message}")
             said = first and self._said.get(kind, 0) < SAID_ONE_BY_ONE
             if first:
                 self._said[kind] = self._said.get(kind, 0) + 1

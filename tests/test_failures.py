@@ -24,3 +24,17 @@ def test_a_flood_of_new_failures_of_one_kind_is_logged_as_a_few_and_a_count(capl
     assert lines[-1] == (f"power_limit: {5000 - SAID_ONE_BY_ONE} more new failures of this kind, not logged one by "
                          "one (each counted in wattscale_errors_total)")
     assert counter.labels("power_limit")._value.get() == 10_000
+
+
+def test_one_failure_twice_in_a_cycle_is_recorded_once_and_counted_twice() -> None:
+    """A plan solved twice in a cycle (again with untried accelerators at risk) fell back twice alike, and the
+    decision listed the same line twice."""
+    counter = Counter("errors", "test", ["kind"], registry=CollectorRegistry())
+    book = Failures(counter)
+    for _ in range(2):
+        book.report("optimizer", "solver 'exhaustive': planned with auto instead")
+    book.report("optimizer", "another")
+    assert book.take() == ["optimizer: solver 'exhaustive': planned with auto instead", "optimizer: another"]
+    assert counter.labels("optimizer")._value.get() == 3
+    book.report("optimizer", "another")  # the next cycle records it again
+    assert book.take() == ["optimizer: another"]
