@@ -85,7 +85,11 @@ def test_retry_after_as_an_http_date_counts_from_the_servers_date() -> None:
     assert retry_after_s(headers, 60.0) == 90.0
     assert retry_after_s({"retry-after": "soon"}, 60.0) == 60.0
     assert retry_after_s({"retry-after": "Tue, 01 Dec 2026 15:02:00 GMT"}, 60.0) == 60.0  # no Date to count from
-    assert retry_after_s({"retry-after": "-5"}, 60.0) == 0.0
+    # within [1 s, an hour]: 1e308 s or the year 9999 never asked the source again, -5 asked it every tick
+    assert retry_after_s({"retry-after": "-5"}, 60.0) == 1.0
+    assert retry_after_s({"retry-after": "1e308"}, 60.0) == 3600.0
+    assert retry_after_s({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT", "date": "Thu, 01 Jan 1970 00:00:00 GMT"},
+                         60.0) == 3600.0
 
 
 @pytest.mark.parametrize("body", [b"<html>gateway</html>", b"[1, 2]", b""])

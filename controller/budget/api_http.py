@@ -46,7 +46,7 @@ def reach(fetch: Fetch, url: str, headers: Mapping[str, str], timeout_s: float, 
 
 def retry_after_s(headers: Mapping[str, str], default_s: float) -> float:
     """A Retry-After in seconds, or as an HTTP date counted from the answer's own Date header (the server's
-    clock, never ours); `default_s` when absent or unreadable."""
+    clock, never ours), within [1, MAX_RETRY_AFTER_S]; `default_s` when absent or unreadable."""
     value = headers.get("retry-after", "").strip()
     if not value:
         return default_s
@@ -59,7 +59,12 @@ def retry_after_s(headers: Mapping[str, str], default_s: float) -> float:
         except (TypeError, ValueError):
             return default_s
         seconds = (until - sent).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else default_s
+    return min(max(1.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else default_s
+
+
+MAX_RETRY_AFTER_S = 3600.0
+"""The longest Retry-After taken: 1e308 s (or a date in the year 9999) asked the source never again, a transient
+answer made permanent; one under a second (or in the past) asked it every tick."""
 
 
 def checked(answer: HttpAnswer, what: str, default_retry_s: float) -> bytes:
