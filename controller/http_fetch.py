@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,10 +125,24 @@ class WatchedHttps(urllib.request.HTTPSHandler):
         return self.do_open(_HTTPS, req, context=self._context)  # type: ignore[attr-defined]
 
 
+class SameOrigin(urllib.request.HTTPRedirectHandler):
+    """Redirects followed within the request's own scheme, host and port only; another's 3xx is the answer. urllib
+    followed one to ftp:// (whose reads no deadline here bounds: the source hung for good, unsaid) and sent every
+    header, an API's token included, to any host, plain http too."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        old, new = (urllib.parse.urlsplit(u) for u in (req.full_url, urllib.parse.urljoin(req.full_url, newurl)))
+        if (old.scheme, old.netloc) != (new.scheme, new.netloc):
+            return None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def opener(proxies: Mapping[str, str] | None = None) -> urllib.request.OpenerDirector:
-    """An opener whose requests `http_request` can end at their deadline; `proxies` as urllib's ProxyHandler takes
-    them (None: the environment's, as urllib's default; {}: none, as in a cluster)."""
-    handlers: list[Any] = [WatchedHttp, WatchedHttps]
+    """An opener whose requests `http_request` can end at their deadline, redirected within their origin only;
+    `proxies` as urllib's ProxyHandler takes them (None: the environment's, as urllib's default; {}: none, as in a
+    cluster)."""
+    handlers: list[Any] = [WatchedHttp, WatchedHttps, SameOrigin]
     if proxies is not None:
         handlers.append(urllib.request.ProxyHandler(dict(proxies)))
     return urllib.request.build_opener(*handlers)
@@ -141,7 +156,8 @@ def _default() -> urllib.request.OpenerDirector:
 
 def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: bytes | None = None,
                  via: urllib.request.OpenerDirector | None = None, max_body: int = MAX_BODY) -> HttpAnswer:
-    """GET `url` (POST `data` where given) and read the whole answer within `timeout_s`, redirects included. `via`:
+    """GET `url` (POST `data` where given) and read the whole answer within `timeout_s`, redirects within its origin
+    included. `via`:
     an `opener` (None: one with the environment's proxies)."""
     request = urllib.request.Request(url, data=data, headers=dict(headers))
     watch = _current.watch = _Watch(timeout_s)

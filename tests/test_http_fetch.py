@@ -107,32 +107,50 @@ def test_a_vllm_page_that_trickles_is_a_telemetry_error() -> None:
         http_get(url, 0.3)
 
 
-def test_a_redirect_is_followed_under_the_same_deadline() -> None:
-    """A 302 to a whole page is followed; to a page that trickles, the second connection is shut at the first
-    one's deadline too."""
-    target = [""]
+def test_a_redirect_is_followed_within_its_origin_under_the_same_deadline() -> None:
+    """A 302 to a whole page of the same server is followed; to one that trickles, the second request is cut at the
+    first one's deadline too. A 302 to another origin is the answer: urllib followed one to ftp:// (whose reads no
+    deadline here bounds) and sent every header, an API's token included, to any host."""
+    seen: list[tuple[str, str | None]] = []
+    away = [""]
 
     class Redirect(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", target[0])
-            self.send_header("Content-Length", "0")
+            seen.append((self.path, self.headers.get("Auth-Token")))
+            target = {"/old": "/new", "/slow": "/trickle", "/away": away[0]}.get(self.path)
+            body = b"x" * 200 if self.path == "/trickle" else b"moved"
+            self.send_response(302 if target else 200)
+            if target:
+                self.send_header("Location", target)
+            self.send_header("Content-Length", "0" if target else str(len(body)))
             self.end_headers()
+            if not target:
+                for k in range(len(body)):  # a byte at a time where it trickles
+                    self.wfile.write(body[k:k + 1])
+                    self.wfile.flush()
+                    if self.path == "/trickle":
+                        time.sleep(0.02)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/old"
+    url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        with serving(b"moved") as target[0]:
-            assert http_request(url, {}, 1.0).body == b"moved"
-        with serving(b"x" * 200, pause_s=0.02) as target[0]:
-            started = time.monotonic()
-            with pytest.raises(Unreachable):
-                http_request(url, {}, 0.3)
-            assert time.monotonic() - started < 0.6
+        assert http_request(url + "/old", {"Auth-Token": "t0k"}, 1.0).body == b"moved"
+        started = time.monotonic()
+        with pytest.raises(Unreachable):
+            http_request(url + "/slow", {}, 0.3)
+        assert time.monotonic() - started < 0.6
+        with serving(b"elsewhere") as away[0]:
+            answer = http_request(url + "/away", {"Auth-Token": "t0k"}, 1.0)
+        assert answer.status == 302 and answer.body == b""
+        away[0] = "ftp://127.0.0.1:9/x"
+        assert http_request(url + "/away", {}, 1.0).status == 302
+        assert [path for path, _ in seen] == ["/old", "/new", "/slow", "/trickle", "/away", "/away"]
+        assert seen[1] == ("/new", "t0k")  # within its origin the headers go along, as before
     finally:
         server.shutdown()
         server.server_close()
