@@ -58,10 +58,14 @@ class BoundedServer(ThreadingHTTPServer):
         host = str(client_address[0])
         with self.lock:
             held = self.by_address.get(host, 0)
-            if held >= self.per_address or not self.slots.acquire(blocking=False):
-                self.shutdown_request(request)
-                return
-            self.by_address[host] = held + 1
+            full = held >= self.per_address or not self.slots.acquire(blocking=False)
+            if not full:
+                self.by_address[host] = held + 1
+        if full:  # told, not only closed: clients that hold every slot made a valid one's loss silent
+            self.shutdown_request(request)
+            self.hung_up(f"was closed unanswered: {'its address holds' if held >= self.per_address else 'others hold'} "
+                         "every slot")
+            return
         try:
             super().process_request(request, client_address)
         except RuntimeError:  # no thread left to serve it (a flood): closed unanswered, its slot free again

@@ -4,6 +4,7 @@ a reload that changes the sources is refused; a secret the environment lacks is 
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import subprocess
@@ -239,6 +240,39 @@ def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: P
         server.shutdown()
         server.server_close()
 
+
+
+def test_idle_connections_holding_every_slot_are_cut_soon_and_each_refusal_is_counted(tmp_path: Path) -> None:
+    """Sixteen connections that sent nothing held every slot for 10 s, again each time they were opened, and the valid
+    signals refused meanwhile were neither counted nor logged. Now each refusal is counted and the idle ones are cut
+    after REQUEST_CUT_S, so a signal gets through within it."""
+    import time
+
+    from controller.budget.endpoint import MAX_CLIENTS, REQUEST_CUT_S, serve_signals
+
+    port, path, drops = free_port(), tmp_path / "signal.json", []
+    server = serve_signals(str(path), port, lambda: drops.append(1))
+    body = json.dumps({"budget_w": 2400, "deadline": (datetime.now(UTC) + timedelta(minutes=20)).isoformat()})
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CLIENTS)]
+    try:
+        time.sleep(0.2)  # every slot taken
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body.encode()),
+                                   timeout=5)
+        assert drops and not path.exists()  # refused, and counted
+        started = time.monotonic()
+        while not path.exists() and time.monotonic() - started < REQUEST_CUT_S + 5.0:
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body.encode()),
+                                       timeout=5).close()
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+                time.sleep(0.1)
+        assert path.exists() and time.monotonic() - started < REQUEST_CUT_S + 2.0
+    finally:
+        for conn in idle:
+            conn.close()
+        server.shutdown()
+        server.server_close()
 
 def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], tmp_path: Path) -> None:
     """check-config probed each port alone and said ok; `run` then failed binding the second."""

@@ -17,19 +17,23 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from controller import strict_json
-from controller.bounded_server import REQUEST_S, BoundedServer, serve_in_thread
+from controller.bounded_server import BoundedServer, serve_in_thread
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
 
 log = logging.getLogger(__name__)
 
 
 MAX_CLIENTS = 16
-"""Connections served at once (a signal is one short request from one system; more are closed unanswered)."""
+"""Connections served at once (a signal is one short request from one system; more are closed unanswered, each
+counted)."""
+REQUEST_CUT_S = 2.0
+"""Longest one connection is served: a signal is a few hundred bytes on loopback, and connections that sent
+nothing held every slot for the server-wide 10 s, each time they were opened again."""
 
 
 def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None) -> BoundedServer:
     """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
-    (controller.bounded_server): a connection is cut REQUEST_S after it was accepted, however it sends, and at
+    (controller.bounded_server): a connection is cut REQUEST_CUT_S after it was accepted, however it sends, and at
     most MAX_CLIENTS are served at once. A client gone before its answer is counted through `dropped` each time
     and logged the first time."""
     logged = threading.Event()
@@ -42,7 +46,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                         "{kind=\"signal_client\"}; logged once)", why)
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_S  # each read's; the connection's whole time is the server's cut
+        timeout = REQUEST_CUT_S  # each read's; the connection's whole time is the server's cut
 
         def log_message(self, *args: Any) -> None:
             pass  # the source logs what a signal changes
@@ -74,6 +78,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
         def do_GET(self) -> None:
             self._answer("GET")
 
-    server = BoundedServer(("127.0.0.1", port), Handler, hung_up, MAX_CLIENTS, per_address=MAX_CLIENTS)  # loopback
+    server = BoundedServer(("127.0.0.1", port), Handler, hung_up, MAX_CLIENTS, REQUEST_CUT_S,
+                           per_address=MAX_CLIENTS)  # loopback
     serve_in_thread(server, "wattscale-signal")
     return server
