@@ -62,9 +62,9 @@ class BoundedServer(ThreadingHTTPServer):
             if not full:
                 self.by_address[host] = held + 1
         if full:  # told, not only closed: clients that hold every slot made a valid one's loss silent
-            self.shutdown_request(request)
             self.hung_up(f"was closed unanswered: {'its address holds' if held >= self.per_address else 'others hold'} "
                          "every slot")
+            self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
