@@ -17,6 +17,7 @@ from controller.budget.api_http import (
     retry_after_s,
 )
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
+from controller.budget.carbon_feeds import em_point
 from controller.http_fetch import HttpAnswer
 
 
@@ -92,10 +93,19 @@ def test_retry_after_as_an_http_date_counts_from_the_servers_date() -> None:
                          60.0) == 3600.0
 
 
-@pytest.mark.parametrize("body", [b"<html>gateway</html>", b"[1, 2]", b""])
+@pytest.mark.parametrize("body", [b"<html>gateway</html>", b"[1, 2]", b"", b"[" * 100_000])
 def test_a_body_that_is_not_one_json_object_is_malformed(body: bytes) -> None:
-    with pytest.raises(MalformedAnswer):
+    """Nested 100k deep: Python's recursion message, naming no endpoint, had come through."""
+    with pytest.raises(MalformedAnswer, match=r"^x: "):
         json_object(body, "x")
+
+
+@pytest.mark.parametrize("g", [-5.0, 5001.0])
+def test_an_apis_intensity_out_of_any_grids_range_is_malformed(g: float) -> None:
+    """-5 gCO2/kWh from the API read as the cleanest grid there is: the curve's highest budget (a CSV's row is refused
+    so)."""
+    with pytest.raises(MalformedAnswer, match=r"^em: intensity must be in \[0, 5000\] gCO2/kWh"):
+        em_point({"datetime": "2026-12-01T15:00:00Z", "carbonIntensity": g}, "em")
 
 
 def test_times_need_an_offset() -> None:

@@ -94,6 +94,8 @@ def json_object(body: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(body)
     except ValueError as exc:
         raise MalformedAnswer(f"{what}: not JSON") from exc
+    except RecursionError:  # nested thousands deep: Python's own message named no endpoint
+        raise MalformedAnswer(f"{what}: JSON nested too deep") from None
     if not isinstance(doc, dict):
         raise MalformedAnswer(f"{what}: not a JSON object")
     return doc

@@ -49,9 +49,18 @@ G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""
 
 
+def intensity(g_per_kwh: float, what: str) -> float:
+    """An intensity a grid can have, in [0, MAX_INTENSITY] gCO2/kWh, as a CSV's rows are held: an API's -5 read as
+    the cleanest grid there is (the curve's highest budget)."""
+    if not 0.0 <= g_per_kwh <= MAX_INTENSITY:
+        raise MalformedAnswer(f"{what}: intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got {g_per_kwh:g}")
+    return g_per_kwh
+
+
 def em_point(doc: dict[str, Any], what: str) -> IntensityPoint:
     """The point of an Electricity Maps `/latest` answer or forecast entry."""
-    return IntensityPoint(parse_time_s(doc.get("datetime"), what), number(doc.get("carbonIntensity"), what))
+    return IntensityPoint(parse_time_s(doc.get("datetime"), what),
+                          intensity(number(doc.get("carbonIntensity"), what), what))
 
 
 def em_forecast_points(doc: dict[str, Any], what: str) -> list[IntensityPoint]:
@@ -104,7 +113,7 @@ def wt_forecast_points(doc: dict[str, Any], what: str) -> list[IntensityPoint]:
             raise MalformedAnswer(f"{what}: data entry {entry!r} is not an object")
         lbs_per_mwh = number(entry.get("value"), what)
         out.append(IntensityPoint(parse_time_s(entry.get("point_time"), what),
-                                  lbs_per_mwh * G_PER_KWH_PER_LBS_PER_MWH))
+                                  intensity(lbs_per_mwh * G_PER_KWH_PER_LBS_PER_MWH, what)))
     return out
 
 
