@@ -48,6 +48,7 @@ def best_batch_for_rate(
         return BatchChoice(0, 0.0)
     return next(BatchChoice(n, rate) for n, rate in rates if rate * (1 + TIE) >= most)
 
+
 def best_batch_for_power(
     model: QueueModel,
     params: ServiceParams,

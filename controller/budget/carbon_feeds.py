@@ -49,11 +49,13 @@ G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""
 
 
-def intensity(g_per_kwh: float, what: str) -> float:
-    """An intensity a grid can have, in [0, MAX_INTENSITY] gCO2/kWh, as a CSV's rows are held: an API's -5 read as
-    the cleanest grid there is (the curve's highest budget)."""
+def intensity(g_per_kwh: float, what: str, written: str | None = None) -> float:
+    """An intensity a grid can have, in [0, MAX_INTENSITY] gCO2/kWh (NaN is not), an API's and a CSV's alike: an
+    API's -5 read as the cleanest grid there is (the curve's highest budget). `written`: the value as the file has
+    it, for the message."""
     if not 0.0 <= g_per_kwh <= MAX_INTENSITY:
-        raise MalformedAnswer(f"{what}: intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got {g_per_kwh:g}")
+        got = f"{g_per_kwh:g}" if written is None else repr(written.strip()[:40])
+        raise MalformedAnswer(f"{what}: intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got {got}")
     return g_per_kwh
 
 
@@ -205,9 +207,7 @@ def parse_intensity_csv(text: str, basis: Basis = "life_cycle", what: str = "csv
             point = IntensityPoint(parse_utc_s(row[t_col]), float(row[v_col]))
         except (IndexError, ValueError, OverflowError) as exc:
             raise MalformedAnswer(f"{what}: line {line}: {exc}") from exc
-        if not 0.0 <= point.g_per_kwh <= MAX_INTENSITY:  # NaN too
-            raise MalformedAnswer(f"{what}: line {line}: intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got "
-                                  f"{row[v_col].strip()[:40]!r}")
+        intensity(point.g_per_kwh, f"{what}: line {line}", row[v_col])
         if lines.setdefault(point.at_s, line) != line:  # two rows for one time: which one holds is a guess
             raise MalformedAnswer(f"{what}: line {line}: its time repeats line {lines[point.at_s]}'s")
         out.append(point)
