@@ -54,6 +54,17 @@ def number(low: float, high: float, low_open: bool = False) -> Callable[[str], f
     return parse
 
 
+def finite(text: str) -> float:
+    """An argparse type: a finite number, refused as written (1e999 parses as inf); its range is checked later."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def directory(text: str) -> str:
     """An argparse type: a directory to write into, named (an empty name wrote into the working directory)."""
     if not text.strip():
@@ -136,21 +147,21 @@ FITTED_PROFILE_HELP = {
 def add_analyze_args(a: argparse.ArgumentParser) -> None:
     _model_args(a)
     for name in ("alpha-ms", "beta-ms", "gamma-ms"):
-        a.add_argument(f"--{name}", type=float, required=True, metavar="MS", help=PARAMS_HELP[name])
-    a.add_argument("--delta-ms", type=float, default=0.0, metavar="MS",
+        a.add_argument(f"--{name}", type=finite, required=True, metavar="MS", help=PARAMS_HELP[name])
+    a.add_argument("--delta-ms", type=finite, default=0.0, metavar="MS",
                    help=PARAMS_HELP["delta-ms"] + ", default 0 (as every term not given: analyze evaluates the "
                         "parameters it is given, e.g. those tune prints; tune's prior starts at 0.05)")
     for name, text in STEP_HELP.items():
-        a.add_argument(f"--{name}", type=float, default=0.0, metavar="MS" if name.endswith("-ms") else "N",
+        a.add_argument(f"--{name}", type=finite, default=0.0, metavar="MS" if name.endswith("-ms") else "N",
                        help=f"step family: {text}, default 0 (with all four 0 the step family is gen1)")
-    a.add_argument("--kv-tokens", type=float, default=0.0, metavar="N",
+    a.add_argument("--kv-tokens", type=finite, default=0.0, metavar="N",
                    help="one replica's KV-cache tokens (num_gpu_blocks x block_size): bounds the batch; default 0, "
                         "unbounded")
-    a.add_argument("--in-tokens", type=float, required=True, metavar="N", help="mean prompt length (tokens)")
-    a.add_argument("--out-tokens", type=float, required=True, metavar="N", help="mean output length (tokens)")
-    a.add_argument("--rate-rps", type=float, required=True, metavar="RPS", help="arrival rate (requests/s)")
-    a.add_argument("--in-cv", type=float, default=1.0, metavar="CV", help="spread of prompt lengths (std / mean)")
-    a.add_argument("--out-cv", type=float, default=1.0, metavar="CV", help="spread of output lengths (std / mean)")
+    a.add_argument("--in-tokens", type=finite, required=True, metavar="N", help="mean prompt length (tokens)")
+    a.add_argument("--out-tokens", type=finite, required=True, metavar="N", help="mean output length (tokens)")
+    a.add_argument("--rate-rps", type=finite, required=True, metavar="RPS", help="arrival rate (requests/s)")
+    a.add_argument("--in-cv", type=finite, default=1.0, metavar="CV", help="spread of prompt lengths (std / mean)")
+    a.add_argument("--out-cv", type=finite, default=1.0, metavar="CV", help="spread of output lengths (std / mean)")
     a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",
                    help=f"vLLM --max-num-seqs (sequences), 1..{MAX_BATCH}, default 64")
     a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",
@@ -161,7 +172,7 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile: {ACCELERATORS}")
     for flag, text in FITTED_PROFILE_HELP.items():
-        a.add_argument(f"--{flag}", type=float, default=None, metavar="X",
+        a.add_argument(f"--{flag}", type=finite, default=None, metavar="X",
                        help=f"{text}, as `tune --fit-power` prints it, in place of the accelerator's catalogue figure")
     a.add_argument("--ttft-slo-ms", type=number(0.0, MAX_SLO_MS, low_open=True), default=None, metavar="MS",
                    help="time-to-first-token objective (ms); with --itl-slo-ms, max_rate_rps is reported")
