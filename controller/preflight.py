@@ -166,8 +166,7 @@ def _domain_floors(settings: Settings) -> list[str]:
     """Domains whose line, less headroom, is under their GPUs' lowest limits: busy, they draw over it whatever the
     governor does (a rack of four H100s under 500 W drew 800 W a whole run, and nothing said why)."""
     out = []
-    kind = dict(enumerate(settings.simulator.host_types)) if settings.uses_sim else {
-        g: v.accelerator for svc in settings.services for v in settings.variants_of(svc) for g in v.gpus}
+    kind = settings.gpu_types()
     for d in settings.power.domains:
         floor = sum(CATALOG[kind.get(g, settings.accelerators[0].name)].min_power_w for g in d.gpus)
         if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:

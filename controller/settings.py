@@ -252,6 +252,13 @@ class Settings:
     def decision_log_path(self) -> Path | None:
         return self.daemon.decision_log_path(Path(self.base_dir))
 
+    def gpu_types(self) -> dict[int, str]:
+        """Each GPU's type where the config knows it: a simulated host's as built, else the accelerator of the variant
+        that names it (a real host's types per index are NVML's; a GPU no variant names is the first accelerator's)."""
+        if self.uses_sim:
+            return dict(enumerate(self.simulator.host_types))
+        return {g: v.accelerator for svc in self.services for v in self.variants_of(svc) for g in v.gpus}
+
     def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
         """The service's variants, the first accelerator's with its own targets where it names none."""
         return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)

@@ -45,11 +45,9 @@ def svc_path(name: str) -> str:
 
 
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
-    """What these GPUs draw with no replica: each as its variant's accelerator, else the first accelerator, at
+    """What these GPUs draw with no replica, each as its type (`Settings.gpu_types`, else the first accelerator's), at
     `empty_w`'s draw for its type where given (read off free GPUs), else the catalogue's."""
-    kind = {g: v.accelerator for svc in s.services for v in s.variants_of(svc) for g in v.gpus}
-    default = s.accelerators[0].name
-    known = empty_w or {}
+    kind, default, known = s.gpu_types(), s.accelerators[0].name, empty_w or {}
     return sum(known.get(k, CATALOG[k].empty_draw_w) for k in (kind.get(g, default) for g in gpus))
 
 

@@ -157,3 +157,16 @@ def test_a_variants_pool_holds_gpus_of_its_type_on_a_simulated_host(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[H100-SXM\]\.domain: 'rack-l' holds L40S GPUs "
                                           r"of the simulated host, no H100-SXM$"):
         load_settings(tmp_path / "mixed.toml")
+
+
+def test_a_rack_of_a_mixed_hosts_l40s_gpus_idles_at_their_draw(tmp_path: Path) -> None:
+    """Its room is its line less what L40S GPUs draw with no replica: no variant names them, and the first
+    accelerator's (H100) idle draw had been taken for each."""
+    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
+    rack = '[[power.domains]]\nname = "rack-l"\nlimit_w = 1500\ngpus = [4, 5, 6, 7]\n'
+    (tmp_path / "mixed.toml").write_text(text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1))
+    s = load_settings(tmp_path / "mixed.toml")
+    assert s.accelerators[0].name == "H100-SXM"
+    (room,) = domain_rooms(s)
+    scale = s.power.planned_w() / s.power.budget_w
+    assert room.room_w == pytest.approx(1500 * scale - 4 * CATALOG["L40S"].empty_draw_w)
