@@ -31,7 +31,7 @@ class SimulatorSettings:
     vLLM's default, it aborts them at once (the router resubmits them all, their progress lost)."""
     personalities: dict[str, str] = field(default_factory=dict)
     """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
-    prefill-overhead, compute-bound-decode, long-context (simulator/personality.py)."""
+    prefill-overhead, compute-bound-decode, long-context, mixture-of-experts (simulator/personality.py)."""
     gpu_types: tuple[str, ...] = ()
     """Each GPU's type in index order, for a mixed host (e.g. four H100-SXM then four L40S); empty: `num_gpus`
     of `gpu_type`."""

@@ -35,6 +35,12 @@ class Personality:
     """KV bytes read per context token, relative to the model's grouped-query layout."""
     attention_context: float | None = None
     """Context length at which a prompt token's attention FLOPs equal its weights' (None: ignored)."""
+    experts_per_token: float | None = None
+    """Mixture of experts: the share of a layer's routed experts one token runs (top-k / experts; None: dense)."""
+    expert_share: float = 0.0
+    """Share of the weights' bytes in routed experts, read only where some token of the step routes to them."""
+    active_share: float = 1.0
+    """A token's FLOPs relative to the dense law's (the active parameters' share)."""
 
     def step_parts(self, cost: StepCost, prefill_tokens: int, prefill_seqs: int, attention_pairs: float,
                    decode_seqs: int, context_tokens: int) -> tuple[float, float, float, float]:
@@ -43,16 +49,20 @@ class Personality:
         `compute` overlaps `memory` (roofline smooth maximum), `serial` is compute in kernels of its own (no
         overlap). `attention_pairs` is the sum over prompt chunks of chunk x (context before it + chunk / 2), the
         query-key pairs prefill attention computes; `context_tokens` the KV-cache tokens decode attention reads."""
-        decode_ms = cost.decode_ms_per_seq * decode_seqs
+        decode_ms = cost.decode_ms_per_seq * decode_seqs * self.active_share
         if self.decode_knee is not None:
             decode_ms *= 1.0 + decode_seqs / self.decode_knee
-        prefill_ms = cost.prefill_ms_per_token * prefill_tokens
+        prefill_ms = cost.prefill_ms_per_token * prefill_tokens * self.active_share  # the GEMMs; attention is dense
         if self.attention_context is not None:
             prefill_ms += cost.prefill_ms_per_token * attention_pairs / self.attention_context
         overhead = cost.overhead_ms
         if prefill_seqs:
             overhead += self.prefill_step_ms * cost.overhead_ms
-        memory_ms = cost.weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(context_tokens)
+        weights_ms = cost.weights_ms
+        if self.experts_per_token is not None:  # experts no token of the step routes to are not read
+            unread = (1.0 - self.experts_per_token) ** (prefill_tokens + decode_seqs)
+            weights_ms *= 1.0 - self.expert_share * unread
+        memory_ms = weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(context_tokens)
         if self.serial_prefill:
             return decode_ms, memory_ms, overhead, prefill_ms
         return prefill_ms + decode_ms, memory_ms, overhead, 0.0
@@ -86,6 +96,12 @@ PERSONALITIES: dict[str, Personality] = {
         # 8B model match its weights' 2 x 8e9 at about 30k tokens; run at a quarter of the GEMMs' efficiency
         # (FlashAttention at small head counts), at 8k.
         Personality("long-context", kv_read_factor=4.0, attention_context=8000.0),
+        # A mixture of experts (OLMoE-1B-7B: 64 routed experts, 8 per token, a fifth of its 7B weights active;
+        # Mixtral, Qwen3-MoE and DeepSeek route the same way): a token runs only its experts' GEMMs, and a step
+        # reads only the experts some token of it routes to, 1 - (1 - 8/64)^T of them for T tokens. Small batches
+        # read part of the weights, so the decode step is concave in the batch up to some 32 sequences and flat
+        # past it, where the dense laws are affine or convex (Muennighoff et al., OLMoE, ICLR 2025).
+        Personality("mixture-of-experts", experts_per_token=8.0 / 64.0, expert_share=0.85, active_share=0.2),
     )
 }
 

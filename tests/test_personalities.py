@@ -83,3 +83,16 @@ def test_host_picks_a_personality_per_model_and_gpu() -> None:
     with pytest.raises(ValueError, match="personality"):
         SimHost("H100-SXM", 1, personalities={"llama-3.1-8b": "nonesuch"})
     assert "roofline" in PERSONALITIES
+
+
+def test_a_mixture_of_experts_reads_the_experts_its_tokens_route_to() -> None:
+    """A step reads the experts some token routes to: a small batch reads part of the weights, so the decode step
+    is concave in the batch and flat once every expert is read; a token runs a fifth of the dense GEMMs."""
+    times = [step_ms("mixture-of-experts", decode=b) for b in (1, 4, 16, 64, 256)]
+    slopes = np.diff(times) / np.diff([1, 4, 16, 64, 256])
+    assert np.all(np.diff(slopes) < 0) and times[0] < 0.7 * times[3]  # a quarter of the weights, and the overhead
+    # by 64 tokens every expert is read: the dense model's memory-bound step, and flat past it
+    assert times[3] == pytest.approx(step_ms("roofline", decode=1), rel=0.02) == times[4]
+    prompt = step_ms("mixture-of-experts", prefill=8000) - step_ms("mixture-of-experts", prefill=1)
+    assert prompt == pytest.approx(0.2 * (step_ms("roofline", prefill=8000) - step_ms("roofline", prefill=1)),
+                                   rel=0.05)
