@@ -107,6 +107,12 @@ def test_a_copy_holding_billions_still_rents_a_card(capacity: str) -> None:
     assert only_h.copies == {"h_x1": 1}
     none_left = solve_milp(configs, np.array([3000.0, 2000.0]), {"g": 0, "h": 0}, capacity)  # type: ignore[arg-type]
     assert not none_left.feasible
+    # the homogeneous baseline rounded a workload under a billionth of a copy down to none: feasible at 0 $/h
+    huge = [Config("g_x1", "g", 1, 0.5, (1e13, 1e13))]
+    alone = solve_homogeneous(huge, np.array([3000.0, 2000.0]), {"g": 4}, "g", capacity)  # type: ignore[arg-type]
+    assert alone.feasible and alone.copies == {"g_x1": 1} and alone.cost_per_h == 0.5, alone
+    assert not solve_homogeneous(huge, np.array([3000.0, 2000.0]), {"g": 0}, "g",
+                                 capacity).feasible  # type: ignore[arg-type]
 
 
 def test_greedy_within_one_percent_of_milp_on_seed_002() -> None:
