@@ -224,6 +224,18 @@ def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
     assert why["serve_above_proven"] and "at most" not in why["text"]
 
 
+def test_demand_too_small_to_price_is_said_so_not_divided_by() -> None:
+    """A rate and a period of 1e-200 each (in their ranges) make 1e-400 queries a period, 0 in floats: the
+    threshold's division raised ZeroDivisionError out of `plan`."""
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    tiny = replace(spec, rental_period_h=1e-200,
+                   queries={k: replace(q, arrival_rate_qph=1e-200) for k, q in spec.queries.items()})
+    model = AllocationModel(tiny)
+    whys = explain_unmet(model, model.solve())
+    assert whys and all(w["serve_above"] is None and "No penalty per query serves it" in w["text"] for w in whys)
+
+
 class _CutShort(AllocationModel):
     """The same MILP, each forced solve read as HiGHS reads one it stopped at the limit with an incumbent."""
 

@@ -8,6 +8,7 @@ explanations together take at most the spec's time_limit_s more (a type left whe
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -73,18 +74,22 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             continue
         if served.ok:
             extra = served.costs["total"] - best.costs["total"]
-            above = qt.unmet_penalty + extra / (share * queries)
+            lost = share * queries  # under 1e-308 queries a period (rates of 1e-200 both) it reads 0
+            above = qt.unmet_penalty + extra / lost if lost > 0.0 else math.inf
             # a serving plan stopped at the limit costs at most what it says: the figures are upper bounds
             most = "" if served.optimal else "at most "
+            raise_it = (f"No penalty per query serves it: {lost:.3g} queries a period are dropped, which no number "
+                        "prices." if not math.isfinite(above) else
+                        f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if served.optimal else
+                        f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at the "
+                        "time limit: the true threshold may be lower).")
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
-                "value": qt.unmet_penalty, "serve_above": above, "serve_above_proven": served.optimal,
+                "value": qt.unmet_penalty, "serve_above": above if math.isfinite(above) else None,
+                "serve_above_proven": served.optimal,
                 "text": (f"{i}: {dropped(share)} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
-                         f"{most}{extra:.2f} $ more per period. "
-                         + (f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if served.optimal else
-                            f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at "
-                            "the time limit: the true threshold may be lower).")),
+                         f"{most}{extra:.2f} $ more per period. " + raise_it),
             })
             continue
         for group, parameter in _LIMITS:
