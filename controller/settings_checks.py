@@ -169,6 +169,9 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
                                      f"{sorted(known)}")
         if kinds.count(v.accelerator) > 1:
             raise ConfigError(where, f"accelerator {quoted(v.accelerator)} twice")
+        if v.deployment and [u.deployment for u in svc.variants].count(v.deployment) > 1:  # one scale, two variants
+            raise ConfigError(f"{where}[{v.accelerator}].deployment", f"{quoted(v.deployment)} is another variant's "
+                              "too: each variant scales a Deployment of its own")
         if v.domain and v.gpus:
             raise ConfigError(f"{where}[{v.accelerator}].domain", "give the variant's GPUs or its domain, not both "
                               "(its GPUs say which domains they are in)")
@@ -264,8 +267,7 @@ def _backends(s: Settings) -> None:
 def _simulated_host(s: Settings) -> None:
     """The inventory is the simulated host's GPUs, the services' GPUs are among them, and the plant's work
     per wall-clock second stays within what a fast tick can do."""
-    sim = s.simulator
-    types = sim.host_types
+    sim, types = s.simulator, s.simulator.host_types
     where = "simulator.gpu_types" if sim.gpu_types else "simulator.gpu_type"
     unknown = sorted(set(types) - {a.name for a in s.accelerators})
     if unknown:

@@ -615,3 +615,17 @@ def test_a_domain_of_another_gpu_type_on_a_mixed_simulated_host_is_held_to_its_o
     (tmp_path / "h.toml").write_text(text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1))
     assert main(["check-config", "--file-only", str(tmp_path / "h.toml")]) == 0
     assert "power.domains" not in capsys.readouterr().err
+
+
+def test_two_variants_of_a_service_may_not_scale_one_deployment(tmp_path: Path) -> None:
+    """Draining one variant scales its Deployment to 0, the other's replicas with it, and the operator counted the
+    same pods once per variant: accepted, the plan could never settle."""
+    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
+    chat = 'variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]'
+    assert chat in text
+    shared = 'variants = [{ accelerator = "H100-SXM", deployment = "vllm-chat" }, { accelerator = "L40S", ' \
+             'deployment = "vllm-chat" }]'
+    (tmp_path / "mixed.toml").write_text(text.replace(chat, shared, 1))
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[H100-SXM\]\.deployment: 'vllm-chat' is "
+                                          r"another variant's too: each variant scales a Deployment of its own$"):
+        load_settings(tmp_path / "mixed.toml")
