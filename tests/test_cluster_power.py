@@ -13,7 +13,7 @@ from cluster_fixtures import NS, policy, service
 from prometheus_client import CollectorRegistry
 
 from actuators.dryrun import DryRunPowerLimiter
-from controller.cluster.resources import PowerPolicySpec, policy_spec, service_settings, settings_of
+from controller.cluster.resources import PowerPolicySpec, policy_field, policy_spec, service_settings, settings_of
 from controller.config_loader import ConfigError, build
 from controller.domain_rooms import placements
 from controller.fast_loop import FastLoop
@@ -214,6 +214,19 @@ def test_policy_domains_must_nest_on_the_gpus_their_nodes_report(tmp_path: Path)
         settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": tuple(range(8))})
     held = settings_of(spec, chat, str(tmp_path), {"rack-1": (0, 1, 2, 3), "row-a": (0, 1, 2, 3)})
     assert [d.name for d in held.power.domains] == ["rack-1", "row-a"]
+
+
+def test_a_domain_error_from_the_settings_names_the_policys_field(tmp_path: Path) -> None:
+    """The settings call a policy's domains power.domains; the operator had reported `spec.power.domains[r]`, a
+    field a PowerPolicy refuses, where the user's is `spec.domains[r]`."""
+    spec = policy_spec(policy(budget_w=2400.0, domains=[
+        {"name": "r", "limit_w": 1.0, "node_selector": {"rack": "r1"}}])["spec"])
+    chat = [service_settings(NS, "chat", service("chat", "chat-h100")["spec"])]
+    with pytest.raises(ConfigError) as exc:
+        settings_of(spec, chat, str(tmp_path), {"r": (0, 1, 2, 3)})
+    assert exc.value.where == "power.domains[r].limit_w"
+    assert policy_field(exc.value.where) == "spec.domains[r].limit_w"
+    assert policy_field("optimizer.solver") == "spec.optimizer.solver"
 
 
 def test_the_queries_of_one_sample_share_one_timeout() -> None:

@@ -221,6 +221,12 @@ def pooled(svc: ServiceSettings, named: list[str], held: set[str]) -> ServiceSet
     return replace(svc, variants=tuple(v if v.domain in held else replace(v, domain="") for v in svc.variants))
 
 
+def policy_field(where: str) -> str:
+    """The PowerPolicy field a settings error names (not a service's): the settings' power.domains are the policy's
+    `spec.domains`, every other field is under `spec` as the settings name it."""
+    return "spec." + (where.removeprefix("power.") if where.startswith("power.domains") else where)
+
+
 def service_field(where: str) -> tuple[str, str] | None:
     """(`namespace/name`, the field under spec) where a settings error names a service, else None."""
     if not where.startswith("services["):

@@ -18,6 +18,7 @@ from controller.cluster.resources import (
     SERVICES,
     VERSION,
     PowerPolicySpec,
+    policy_field,
     policy_spec,
     service_field,
     service_settings,
@@ -100,7 +101,7 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
         except ConfigError as exc:
             named = service_field(exc.where)
             if named is None or named[0] not in services:
-                errors["policy"] = ConfigError(f"spec.{exc.where}", exc.reason)
+                errors["policy"] = ConfigError(policy_field(exc.where), exc.reason)
                 return Resources(None, policy, errors, objects, policy_obj)
             del services[named[0]]
             errors[named[0]] = ConfigError(named[1], exc.reason)
