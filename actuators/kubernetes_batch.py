@@ -21,11 +21,13 @@ FLAG = "--max-num-seqs"
 PREVIOUS = "wattscale.dev/previous-max-num-seqs"
 
 
-def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
+def _container(deployment: dict[str, Any], where: str) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"].get("containers") or []
     for c in containers:
         if any(str(a).startswith(FLAG) for a in c.get("args") or []):
             return dict(c)
+    if not containers:  # an API server refuses this; an emulator or a hand-stored object may not
+        raise PermanentActuatorError(f"{where}: the Deployment has no container to run vLLM in")
     return dict(containers[0])
 
 
@@ -77,7 +79,8 @@ class KubernetesBatchSizer:
         values, rolls = [], []
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            value = read_flag([str(a) for a in _container(d).get("args") or []])
+            value = read_flag([str(a) for a in _container(d, f"{service} ({ref.namespace}/{ref.name})").get("args")
+                               or []])
             if value is None:
                 continue
             if rolling(d):
@@ -94,7 +97,7 @@ class KubernetesBatchSizer:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            c = _container(d)
+            c = _container(d, f"{service} ({ref.namespace}/{ref.name})")
             args = tuple(str(a) for a in c.get("args") or [])
             if read_flag(args) == max_num_seqs:
                 continue

@@ -11,7 +11,7 @@ import yaml
 from cluster_fixtures import NS, deployment, until
 from kube_emulator import KubeEmulator
 
-from actuators import BatchInForce
+from actuators import BatchInForce, PermanentActuatorError
 from actuators.kubernetes import DeploymentRef, api_client
 from actuators.kubernetes_batch import KubernetesBatchSizer, rolling
 
@@ -52,5 +52,25 @@ def test_a_patch_reads_as_rolling_until_the_deployment_controller_has_rolled_it_
         assert sizer.get_max_batch("chat") == BatchInForce(100, 32)
         until(lambda: sizer.get_max_batch("chat") == BatchInForce(32), what="the rollout done")
         assert rolling(emu.get("apps", "deployments", "vllm-chat", NS) or {}) is False
+    finally:
+        emu.close()
+
+
+def test_a_deployment_without_a_container_is_one_services_permanent_error(tmp_path: Path) -> None:
+    """Its IndexError had failed the operator's whole slow tick: no service was planned. Now the service whose
+    Deployment it is gets an actuator error (logged, counted), and the others go on."""
+    emu = KubeEmulator(watch_s=2.0, rollout_s=1.0)
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+        empty = deployment("vllm-chat", "chat", 2, 100)
+        empty["spec"]["template"]["spec"]["containers"] = []
+        emu.put("apps", "deployments", empty)
+        sizer = KubernetesBatchSizer(api_client(str(kubeconfig)), {"chat": (DeploymentRef(NS, "vllm-chat"),)},
+                                     {"chat": 64})
+        for act in (lambda: sizer.get_max_batch("chat"), lambda: sizer.set_max_batch("chat", 32)):
+            with pytest.raises(PermanentActuatorError, match=r"^chat \(llm/vllm-chat\): the Deployment has no "
+                                                             r"container to run vLLM in$"):
+                act()
     finally:
         emu.close()
