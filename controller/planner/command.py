@@ -80,7 +80,8 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
     from controller.planner.packing import enumerate_configs
     from controller.planner.packing_report import Instance, result_json, solve_instance
 
-    inst = Instance(args.scenario or next(iter(spec.scenarios)), args.trace or next(iter(spec.traces)),
+    inst = Instance(next(iter(spec.scenarios)) if args.scenario is None else args.scenario,  # '' is a name, unknown
+                    next(iter(spec.traces)) if args.trace is None else args.trace,
                     args.requests if args.requests is not None else max(spec.scales))
     if inst.scenario not in spec.scenarios or inst.trace not in spec.traces:
         raise ConfigError("--scenario/--trace", f"got {quoted(inst.scenario)} and {quoted(inst.trace)}; "
