@@ -8,6 +8,7 @@ the real `pynvml` error classes.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -266,6 +267,8 @@ class NvmlPowerLimiter:
         self.gate = RaiseGate(min_interval_s, clock)
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        if not math.isfinite(watts):  # min/max let NaN through, and round(nan) raised out of the tick
+            raise TransientActuatorError(f"GPU {gpu_index}: a power limit of {watts} W is no number of watts", 1.0)
         current, low, high = self.devices.limits_w(gpu_index)
         target = min(max(watts, low), high)
         if abs(target - current) < 1.0 or not self.gate.may_set(gpu_index, target > current):

@@ -25,12 +25,12 @@ from controller.empty_draw import EmptyDraw
 from controller.enforce import Enforcer, InForce
 from controller.estimate import Estimator
 from controller.failures import Failures
-from controller.fast_loop import FastLoop, FloorAlarm
+from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
 from controller.handoff import Handoff
 from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
-from controller.plan import Plan
+from controller.plan import FloorAlarm, Plan
 from controller.settings import PowerSettings, Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import Inventory, Pending, StabilityGate

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from actuators import ActuatorError, ClockLocker, PowerLimiter
 from controller.clock_steer import ClockSteer
@@ -25,27 +25,6 @@ from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck
 
 log = logging.getLogger("wattscale.governor")
-
-
-@dataclass
-class FloorAlarm:
-    """When the fast loop asks the slow loop to plan now rather than at its period: the governor has cut every
-    limit to its floor and the site is still over its budget, so only fewer replicas can bring the draw down.
-    Once an episode, and at most once a slow period, so a budget no plan can meet, or a draw that dips under
-    the threshold and back, does not plan every tick."""
-
-    at_floor: bool = False
-    """Whether the limits were all at their floors over budget at the last tick."""
-    last_s: float = -math.inf
-    """When it last asked."""
-
-    def ring(self, now: float, exhausted: bool, period_s: float) -> bool:
-        """Whether to ask now, given whether the governor is exhausted at this tick."""
-        due = exhausted and not self.at_floor and now - self.last_s >= period_s
-        self.at_floor = exhausted
-        if due:
-            self.last_s = now
-        return due
 
 
 class FastLoop:
@@ -67,6 +46,10 @@ class FastLoop:
         """Failed or blind samples in a row."""
         self.failsafe_due: set[int] = set()
         """GPUs the failsafe has yet to set once since it began."""
+        self.failsafe_on = False
+        """Whether safe caps hold (readings lost for `failsafe_after_ticks`, or the budget cut while blind)."""
+        self.governed_w = -math.inf
+        """The budget's threshold at the last tick that read the GPUs (-inf before one)."""
         self.held_gpus = 0
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.draw_w: float | None = None
@@ -98,6 +81,8 @@ class FastLoop:
             self.retry.forget()
         try:
             samples = self._drawing(self.gpus.sample(now))
+            if not samples and self.seen:  # every GPU seen before gone at once: the source lost them, not the site
+                raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
             samples, unknown, problems = self.limits.check(samples)
@@ -109,12 +94,13 @@ class FastLoop:
                 self.on_error("gpu_source", str(exc))
             else:
                 self.metrics.errors.labels("gpu_source").inc()
-            if self.lost >= self.failsafe_after_ticks:
+            # a budget cut while blind is acted on at once: the hard limit waits on no count of lost ticks
+            if self.lost >= self.failsafe_after_ticks or self.governor.threshold_w() < self.governed_w - 1.0:
                 self._failsafe(now)
         else:
-            if self.lost >= self.failsafe_after_ticks:
+            if self.failsafe_on:
                 log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
-            self.lost = 0
+            self.lost, self.failsafe_on, self.governed_w = 0, False, self.governor.threshold_w()
             self.metrics.failsafe.set(0.0)
             for problem in problems:
                 self.on_error("gpu_limits", problem)
@@ -239,10 +225,10 @@ class FastLoop:
         m = self.metrics
         try:
             applied = self.power.set_power_limit(g.index, watts)
-        except ActuatorError as exc:
+        except Exception as exc:  # a backend's error it did not translate is retried too: it may not stop a tick
             m.actuations.labels(self.power.name, "power_limit", "error").inc()
             m.errors.labels("power_actuator").inc()
-            self.retry.failed(target, now, exc)
+            self.retry.failed(target, now, exc if isinstance(exc, ActuatorError) else ActuatorError(repr(exc)))
             return None
         self.retry.succeeded(target)
         m.actuations.labels(self.power.name, "power_limit", "ok").inc()
@@ -255,7 +241,8 @@ class FastLoop:
         says (a limit read late may be above it) until set, then where its limit differs."""
         caps, fits = self.governor.failsafe_caps(self.samples)
         self.metrics.failsafe.set(1.0)
-        if self.lost == self.failsafe_after_ticks:
+        entered, self.failsafe_on = not self.failsafe_on, True
+        if entered:
             self.failsafe_due = set(caps)
         samples = []  # a new listing: the slow loop may be reading the last one
         for g in self.samples:
@@ -266,8 +253,10 @@ class FastLoop:
                 g = replace(g, power_limit_w=cap)
             samples.append(g)
         self.samples = samples
-        if self.lost == self.failsafe_after_ticks:  # said once the caps are set: the saying is not the safety
-            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
+        if entered:  # said once the caps are set: the saying is not the safety
+            cut_w = self.governor.threshold_w()
+            why = "" if self.lost >= self.failsafe_after_ticks else f", the budget cut to {cut_w:.0f} W meanwhile"
+            log.error("GPU readings lost for %d ticks%s: safe caps %s", self.lost, why,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
             if not fits:
                 log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")

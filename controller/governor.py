@@ -89,8 +89,8 @@ class PowerGovernor:
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
         limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling)
-        self.exhausted = measured > threshold and all(_at_floor(limits[g.uuid], g) for g in samples
-                                                      if g.uuid not in pinned)
+        free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
+        self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:

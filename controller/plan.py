@@ -1,4 +1,5 @@
-"""What the two loops hand each other: the slow loop's plan one way, the fast loop's draw readings the other.
+"""What the two loops hand each other: the slow loop's plan one way, the fast loop's draw readings (and its call
+to plan now, `FloorAlarm`) the other.
 
 Each side owns its own state; they meet only here. A plan is immutable and published by swapping one
 reference, so the fast loop reads a whole plan or the one before it, never a half-written one, and never
@@ -7,6 +8,7 @@ waits for the slow loop's network I/O. Readings are appended under a lock held f
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -102,3 +104,24 @@ class DrawLedger:
             out = list(self._free)
             self._free.clear()
             return out
+
+
+@dataclass
+class FloorAlarm:
+    """When the fast loop asks the slow loop to plan now rather than at its period: the governor has cut every
+    limit to its floor and the site is still over its budget, so only fewer replicas can bring the draw down.
+    Once an episode, and at most once a slow period, so a budget no plan can meet, or a draw that dips under
+    the threshold and back, does not plan every tick."""
+
+    at_floor: bool = False
+    """Whether the limits were all at their floors over budget at the last tick."""
+    last_s: float = -math.inf
+    """When it last asked."""
+
+    def ring(self, now: float, exhausted: bool, period_s: float) -> bool:
+        """Whether to ask now, given whether the governor is exhausted at this tick."""
+        due = exhausted and not self.at_floor and now - self.last_s >= period_s
+        self.at_floor = exhausted
+        if due:
+            self.last_s = now
+        return due

@@ -16,10 +16,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from actuators import TransientActuatorError
-from controller.fast_loop import FastLoop, FloorAlarm
+from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor, safe_caps
 from controller.own_metrics import OwnMetrics
-from controller.plan import Plan
+from controller.plan import FloorAlarm, Plan
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -220,6 +220,72 @@ def test_a_gpu_whose_limit_cannot_be_set_is_fitted_around_not_over_the_budget() 
         fast.tick(float(t))
         assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
     assert plant.limit_w[0] == 500.0 and plant.limit_w[1] > 450.0  # GPU 1 grew into what room there was
+
+
+class BuggyPlant(StuckPlant):
+    """StuckPlant whose GPU 0 set raises what no backend should (an error it did not translate, or round(nan))."""
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        if gpu_index == 0:
+            raise ValueError("cannot convert float NaN to integer")
+        return super().set_power_limit(gpu_index, watts)
+
+
+def test_an_error_a_backend_did_not_translate_is_one_gpus_failure_not_the_ticks() -> None:
+    """A RuntimeError from the limiter had failed every tick with a traceback, no limit set, and no failsafe: the
+    budget broken while the metrics went on. Now it is GPU 0's failure, counted and retried; GPU 1 is fitted
+    around it as around any GPU whose set fails."""
+    plant = BuggyPlant()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    for t in range(1, 26):
+        fast.tick(float(t))
+        assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
+    assert plant.limit_w[0] == 500.0 and plant.limit_w[1] > 450.0
+    errors = fast.metrics.errors.labels("power_actuator")._value.get()
+    assert 3 <= errors <= 25  # retried with backoff, each failure counted
+
+
+class BlindPlant(StuckPlant):
+    """StuckPlant whose every set succeeds and whose readings can be lost (`blind`)."""
+
+    blind = False
+
+    def sample(self, now: float) -> list[GpuSample]:
+        if self.blind:
+            raise TimeoutError("the exporter does not answer")
+        return super().sample(now)
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        self.limit_w[gpu_index] = watts
+        return watts
+
+
+def test_a_budget_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
+    """The readings fail and the budget falls in the same second: safe caps came only with the third lost tick
+    (failsafe_after_ticks), the site over its new budget until then. Now the first lost tick under a lower
+    threshold sets them."""
+    plant = BlindPlant()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    plant.blind = True
+    fast.tick(6.0)  # lost, the budget as before: nothing yet (one lost tick is noise)
+    assert not fast.failsafe_on and sum(plant.limit_w.values()) > 600.0
+    fast.governor.settings = replace(fast.governor.settings, budget_w=600.0)
+    fast.tick(7.0)
+    assert fast.failsafe_on and sum(plant.limit_w.values()) <= 600.0 * 0.97 + 1e-6, plant.limit_w
+    plant.blind = False
+    fast.tick(8.0)
+    assert not fast.failsafe_on and fast.lost == 0
+
+
+def test_no_gpu_the_governor_may_set_is_not_its_floors_exhausted() -> None:
+    """Every GPU pinned (missing, or its sets failing) over the budget: `all` over none had read as every limit at
+    its floor, and the daemon shrank replicas for a floor it never reached."""
+    governor = PowerGovernor(PowerSettings(budget_w=700.0))
+    samples = Plant({0: 500.0, 1: 500.0, 2: 600.0, 3: 600.0}).samples()
+    governor.step(samples, PLAN, frozenset(g.uuid for g in samples))
+    assert governor.emergency and not governor.exhausted
 
 
 def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None:

@@ -567,8 +567,26 @@ def test_many_gpus_gone_from_the_listing_at_once_are_named_a_few_and_counted(sim
     for t in range(1, 3):
         advance(float(t))
         ctl.tick_fast(float(t))
-    ctl.fast.gpus = type("Gone", (), {"sample": lambda self, now: []})()  # every GPU off the listing at once
+    one = ctl.fast.samples[:1]
+    ctl.fast.gpus = type("Gone", (), {"sample": lambda self, now: one})()  # every GPU but one off the listing at once
     ctl.tick_fast(3.0)
     said = [r.getMessage() for r in caplog.records if "missing from the listing" in r.getMessage()]
-    assert len(said) == SAID_ONE_BY_ONE + 1 and said[-1] == (f"{8 - SAID_ONE_BY_ONE} more GPUs missing from the "
+    assert len(said) == SAID_ONE_BY_ONE + 1 and said[-1] == (f"{7 - SAID_ONE_BY_ONE} more GPUs missing from the "
                                                              "listing, each at its last limit")
+
+
+def test_an_empty_listing_after_gpus_were_seen_is_a_lost_sample(sim_config: Callable[..., Path]) -> None:
+    """A source that lists no GPU at all (an exporter's series gone, NVML counting 0) had every GPU counted as
+    missing and left unset, the governor 'at its floors' over none: under a budget cut it never cut, nor failed
+    safe. Now it is a lost sample, and safe caps follow."""
+    s = load_settings(sim_config())
+    ctl, advance, registry = sim_controller(s)
+    for t in range(1, 3):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    ctl.fast.gpus = type("Gone", (), {"sample": lambda self, now: []})()
+    for t in range(3, 3 + s.daemon.failsafe_after_ticks):
+        ctl.tick_fast(float(t))
+    assert ctl.fast.lost == s.daemon.failsafe_after_ticks and not ctl.fast.governor.exhausted
+    assert registry.get_sample_value("wattscale_power_failsafe") == 1.0
+    assert sum(g.power_limit_w for g in ctl.fast.samples) <= s.power.budget_w * (1 - s.power.headroom)

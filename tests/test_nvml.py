@@ -54,6 +54,10 @@ def test_limit_is_clamped_and_read_back() -> None:
     assert limiter.set_power_limit(0, 5000.0) == 700.0
     assert fake.sets == [(0, 200_000), (0, 700_000)]
     assert limiter.set_power_limit(0, 700.4) == 700.0 and len(fake.sets) == 2  # unchanged: not rewritten
+    for bad in (float("nan"), float("inf")):  # min/max passed NaN on, and round(nan) raised ValueError
+        with pytest.raises(TransientActuatorError, match="no number of watts"):
+            limiter.set_power_limit(0, bad)
+    assert len(fake.sets) == 2
 
 
 def test_raises_are_rate_limited_but_cuts_always_go_through() -> None:
