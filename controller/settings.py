@@ -56,7 +56,8 @@ class DaemonSettings:
     """Log verbosity."""
     failsafe_after_ticks: int = 3
     """Fast ticks in a row without GPU readings after which the governor sets limits whose sum fits the
-    budget by construction (it cannot see the draw it would otherwise steer)."""
+    budget by construction (it cannot see the draw it would otherwise steer); at once where the budget falls
+    meanwhile."""
     decision_log: str = "decisions.jsonl"
     """File (in `state_dir`) that gets one JSON line per slow cycle: inputs, plan, what the gate held back,
     what was applied, errors; empty: to the log at DEBUG only."""

@@ -23,6 +23,7 @@ from controller.settings import Settings
 from controller.settings_checks import svc_path
 from controller.telemetry.base import GpuSource, VllmSource
 from controller.telemetry.cluster_power import PrometheusGpuSource
+from controller.telemetry.deadline import SampleDeadline
 from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.prometheus import PrometheusVllmSource
 from controller.telemetry.scrape import OnError, ScrapeVllmSource
@@ -234,6 +235,8 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
                                    envelopes=envelopes)
     else:
         gpus = SimGpuSource(sim(), lock)
+    if not isinstance(gpus, SimGpuSource):  # a real read may hang (NVML, a name lookup): a tick waits 0.6 of itself
+        gpus = SampleDeadline(gpus, 0.6 * settings.daemon.fast_interval_s)
     vllm: VllmSource
     models = {s.name: s.model for s in settings.services}
     if t.vllm_source == "prometheus":

@@ -22,6 +22,7 @@ from controller.power_settings import PowerSettings
 from controller.settings import load_settings
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.cluster_power import GONE_AFTER_S, QUERIES, PrometheusGpuSource
+from controller.telemetry.deadline import SampleDeadline
 from controller.telemetry.prometheus import http_post
 from controller.wiring import build_parts
 
@@ -163,7 +164,8 @@ def test_config_selects_the_cluster_power_source(flavour: str, tmp_path: Path) -
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     parts = build_parts(load_settings(path))
-    assert parts.host is None and isinstance(parts.gpus, PrometheusGpuSource) and parts.gpus.flavour == flavour
+    assert parts.host is None and isinstance(parts.gpus, SampleDeadline)  # a tick waits a bounded time on it
+    assert isinstance(parts.gpus.source, PrometheusGpuSource) and parts.gpus.source.flavour == flavour
 
 
 def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
@@ -286,14 +288,17 @@ def test_a_gpu_keeps_its_index_and_one_gone_for_good_departs() -> None:
 
 def test_no_gpu_departs_while_no_series_at_all_come_back() -> None:
     """The exporters' series all gone (an exporter or the scrape down, a fresh Prometheus) read as every GPU
-    leaving: after 15 minutes the site read 0 W and the fail-safe never fired. Now they stay missing, counted."""
+    leaving: after 15 minutes the site read 0 W and the fail-safe never fired. Then they stayed missing, counted
+    at their last limits, and unset whatever the budget did; now an empty listing is a lost sample: the GPUs
+    stay, and the fail-safe fires."""
     listed: Series = [(dcgm_gpu("n1", "GPU-a0"), "300"), (dcgm_gpu("n1", "GPU-a1"), "300")]
     fast = governed(power_series(listed))
     fast.tick(0.0)
     listed.clear()
-    for t in (1.0, GONE_AFTER_S + 2.0, 2 * GONE_AFTER_S):
+    for lost, t in enumerate((1.0, 2.0, 3.0, GONE_AFTER_S + 2.0, 2 * GONE_AFTER_S), start=1):
         fast.tick(t)
-        assert fast.draw_w == 1400.0 and len(fast.samples) == 2
+        assert fast.draw_w is None and len(fast.samples) == 2 and fast.lost == lost
+    assert fast.failsafe_on
 
 
 def test_a_dcgm_gpu_is_one_gpu_whatever_its_exporter_pod_is_called() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.telemetry.deadline import SampleDeadline
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ROOT / "config" / "examples" / "host.toml"
@@ -61,7 +62,8 @@ def test_host_example_wires_nvml_vllm_units_and_prometheus(tmp_path: Path) -> No
 
     parts = build_parts(load_settings(host_copy(tmp_path)), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
     assert parts.host is None
-    assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
+    assert isinstance(parts.gpus, SampleDeadline) and isinstance(parts.gpus.source, NvmlGpuSource)
+    assert isinstance(parts.power, NvmlPowerLimiter)
     assert isinstance(parts.batch, VllmBatchSizer) and isinstance(parts.vllm, PrometheusVllmSource)
 
 

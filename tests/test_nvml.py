@@ -17,6 +17,7 @@ from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from controller.config_loader import ConfigError
 from controller.power_settings import PowerDomainSettings
 from controller.telemetry.base import TelemetryError
+from controller.telemetry.deadline import SampleDeadline
 from controller.telemetry.nvml import NvmlGpuSource
 
 FIELDS = ("index", "name", "uuid", "power_w", "power_instant_w", "energy_j", "power_limit_w", "default_limit_w",
@@ -210,7 +211,8 @@ def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
                                                                             strict=True)))
     parts = build_parts(owned, nvml=FakeNvml([FakeGpu() for _ in range(8)]))
     assert parts.host is None
-    assert isinstance(parts.gpus, NvmlGpuSource) and isinstance(parts.power, NvmlPowerLimiter)
+    assert isinstance(parts.gpus, SampleDeadline) and isinstance(parts.gpus.source, NvmlGpuSource)
+    assert isinstance(parts.power, NvmlPowerLimiter)
     with pytest.raises(ConfigError, match=r"services.gpus: GPU 6, 7 belong\(s\) to no service"):
         build_parts(replace(owned, services=owned.services[:2]), nvml=FakeNvml([FakeGpu() for _ in range(8)]))
     with pytest.raises(ConfigError, match=r"^services\[batch-summaries\]\.gpus: GPU 7 not on this host \(7 GPUs\)"):

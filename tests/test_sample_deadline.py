@@ -1,0 +1,68 @@
+"""A GPU read that hangs costs the fast loop its deadline, not its ticks: the governor still cuts, or fails safe."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from test_governor import BlindPlant, fast_on
+
+from controller.telemetry.base import GpuSample, TelemetryError
+from controller.telemetry.deadline import SampleDeadline
+
+
+class HangingPlant(BlindPlant):
+    """BlindPlant whose reads hang until `release` is set, while `hang` is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang, self.release, self.reads = False, threading.Event(), 0
+
+    def sample(self, now: float) -> list[GpuSample]:
+        self.reads += 1
+        if self.hang:
+            self.release.wait(10.0)  # bounded: a test that fails leaves no thread for good
+        return super().sample(now)
+
+
+def test_a_hung_read_is_refused_at_its_deadline_and_not_started_again_while_it_hangs() -> None:
+    plant = HangingPlant()
+    source = SampleDeadline(plant, 0.05)
+    assert [g.index for g in source.sample(1.0)] == [0, 1]
+    plant.hang = True
+    started = time.monotonic()
+    with pytest.raises(TelemetryError, match=r"longer than its 0.05 s deadline"):
+        source.sample(2.0)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(TelemetryError, match=r"has not returned \(deadline 0.05 s\); no other is started"):
+        source.sample(3.0)
+    assert plant.reads == 2  # one thread hangs, not one a tick
+    plant.hang = False
+    plant.release.set()
+    time.sleep(0.05)
+    assert [g.index for g in source.sample(4.0)] == [0, 1]
+    plant.blind = True  # the source's own failure reaches the tick as it was raised
+    with pytest.raises(TimeoutError, match="the exporter does not answer"):
+        source.sample(5.0)
+
+
+def test_the_governor_cuts_a_budget_drop_while_the_read_hangs() -> None:
+    """A read hung for 8 s had held every tick (one job at a time): the budget fell to 2,000 W beside a draw of
+    2,380 and nothing moved. Behind the deadline the next tick is a lost sample, and with the budget fallen it
+    sets safe caps at once."""
+    plant = HangingPlant()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    fast.gpus = SampleDeadline(plant, 0.05)
+    for t in range(1, 4):
+        fast.tick(float(t))
+    plant.hang = True
+    fast.governor.settings = replace(fast.governor.settings, budget_w=600.0)
+    try:
+        started = time.monotonic()
+        fast.tick(4.0)
+        assert time.monotonic() - started < 1.0
+        assert fast.failsafe_on and sum(plant.limit_w.values()) <= 600.0 * 0.97 + 1e-6, plant.limit_w
+    finally:
+        plant.release.set()
