@@ -199,3 +199,24 @@ def test_a_fetch_in_flight_is_pending_then_answers_and_the_source_holds_its_poin
         while source.step(T0 + 701.0).budget_w == 3000.0:  # the points held, until the worker's answer is taken
             time.sleep(0.01)
     assert feed.fetches == 2
+
+
+def test_a_refresh_is_not_waited_for_only_a_feed_that_never_answered() -> None:
+    """Each refresh's step waited half a second for its API: four feeds refreshing at once held a demand-response
+    signal back two seconds. A feed that has answered is not waited for: its refresh is taken a step later."""
+    feed = GatedFeed([IntensityPoint(T0, 100.0)])
+    prefetch = Prefetching(feed, wait_s=0.3)
+    feed.gate.set()
+    assert [p.g_per_kwh for p in prefetch.fetch(T0)] == [100.0]  # the first answer, waited for
+    feed.gate.clear()
+    started = time.monotonic()
+    with pytest.raises(PendingBudgetError):
+        prefetch.fetch(T0 + 700.0)
+    assert time.monotonic() - started < 0.2
+    feed.gate.set()
+    while True:
+        try:
+            assert [p.g_per_kwh for p in prefetch.fetch(T0 + 701.0)] == [100.0]
+            break
+        except PendingBudgetError:
+            time.sleep(0.01)
