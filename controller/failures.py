@@ -35,8 +35,13 @@ class Failures:
         self._lock = threading.Lock()
 
     def count(self, kind: str, message: str) -> None:
-        """Count and log a failure the fast loop survived (it logs the first of a run alone)."""
+        """Count, log and record for the next decision a failure the fast loop survived (it reports the first of a
+        run alone, and counts the rest itself): GPU readings lost for minutes had left no trace in the decision log."""
         self.counter.labels(kind).inc()
+        with self._lock:  # once a cycle, as `report`: a source that fails every other tick starts a run each time
+            if (kind, message) not in self._now:
+                self._since.append(f"{kind}: {message}")
+            self._now.add((kind, message))
         log.warning("%s: %s", kind, message)
 
     def report(self, kind: str, message: str) -> None:

@@ -38,3 +38,15 @@ def test_one_failure_twice_in_a_cycle_is_recorded_once_and_counted_twice() -> No
     assert counter.labels("optimizer")._value.get() == 3
     book.report("optimizer", "another")  # the next cycle records it again
     assert book.take() == ["optimizer: another"]
+
+
+def test_a_fast_loop_failure_is_recorded_in_the_next_decision_once_a_cycle() -> None:
+    """The fast loop's failures were counted and logged but never recorded: a decision log of GPU readings lost
+    for minutes read "errors": [] throughout."""
+    counter = Counter("errors", "test", ["kind"], registry=CollectorRegistry())
+    book = Failures(counter)
+    for _ in range(3):  # a source that fails every other tick starts a run each time
+        book.count("gpu_source", "the exporter does not answer")
+    assert book.take() == ["gpu_source: the exporter does not answer"]
+    assert counter.labels("gpu_source")._value.get() == 3
+    assert book.take() == []
