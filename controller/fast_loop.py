@@ -137,6 +137,8 @@ class FastLoop:
         missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
                    for uuid, g in self.seen.items() if uuid not in listed]
         gone = [g for g in missing if g.uuid not in self.missing]
+        if gone:  # each GPU that drops out of sight counted once, as it is logged
+            self.metrics.errors.labels("gpu_missing").inc(len(gone))
         for g in gone[:SAID_ONE_BY_ONE]:
             log.warning("GPU %s (%d) is missing from the listing: counted at its last limit, %.0f W", g.uuid,
                         g.index, g.power_limit_w)

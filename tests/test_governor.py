@@ -299,6 +299,7 @@ def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None
         fast.tick(float(t))
         assert plant.limit_w[1] <= 970.0 - 500.0 + 1.0, (t, plant.limit_w)
     assert fast.missing == {"a"}
+    assert fast.metrics.errors.labels("gpu_missing")._value.get() == 1  # counted as it went, not every tick
 
 
 def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
