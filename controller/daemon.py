@@ -73,6 +73,10 @@ class Daemon:
         """When the slow worker began its last cycle."""
         self.overrunning = False
         """Whether the slow loop has overrun its period since its last cycle began (said once a run)."""
+        self.slow_running = False
+        """Whether the slow worker is inside a cycle (a period that finds it so is an overrun)."""
+        self.fast_failing = False
+        """Whether the last fast tick failed (the first failure of a run is logged, each counted)."""
         self.t0 = time.monotonic()
         self.last_fast = self.t0
         """When a fast tick last ended (monotonic): the watchdog is pinged only while it is recent."""
@@ -84,19 +88,28 @@ class Daemon:
 
     def fast(self) -> None:
         now = self.now()
-        if self.parts.host is not None:
-            started = time.thread_time()
-            with self.parts.plant_lock:
-                self.parts.host.advance_to(now)
-            self.metrics.plant_cpu.inc(time.thread_time() - started)
-        if self.controller.tick_fast(now):
-            self.slow_due.set()  # caps are at their floors over budget: plan fewer replicas now, not at the period
+        try:
+            if self.parts.host is not None:
+                started = time.thread_time()
+                with self.parts.plant_lock:
+                    self.parts.host.advance_to(now)
+                self.metrics.plant_cpu.inc(time.thread_time() - started)
+            if self.controller.tick_fast(now):
+                self.slow_due.set()  # caps at their floors over budget: plan fewer replicas now, not at the period
+        except Exception as exc:  # a bug, not an input: a traceback every tick said nothing the first had not
+            self.metrics.errors.labels("fast_tick").inc()
+            if not self.fast_failing:
+                log.exception("fast tick failed (logged once while it fails, each counted in wattscale_errors_total"
+                              "{kind=\"fast_tick\"}; the watchdog is not pinged meanwhile): %r", exc)
+            self.fast_failing = True
+            return
+        self.fast_failing = False
         self.last_fast = time.monotonic()
 
     def wake_slow(self) -> None:
         """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle (logged as
         a run of them starts: a slow cycle stuck on a hanging endpoint was counted and never said)."""
-        if self.slow_due.is_set():
+        if self.slow_running:  # the cycle the last period began (or one before) still runs
             self.metrics.errors.labels("slow_overrun").inc()
             if not self.overrunning:
                 self.overrunning = True
@@ -113,8 +126,9 @@ class Daemon:
             if self.stop_event.is_set():
                 return
             self.slow_due.clear()
-            self.slow_started = time.monotonic()
+            self.slow_started, self.slow_running = time.monotonic(), True
             self.slow()
+            self.slow_running = False
             if self.overrunning:
                 self.overrunning = False
                 log.info("slow loop: caught up (that cycle took %.0f s)", time.monotonic() - self.slow_started)

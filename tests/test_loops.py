@@ -538,11 +538,16 @@ def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
 
 def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted(
         sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
-    """A slow cycle stuck on endpoints that never answered was counted (slow_overrun) and never logged."""
+    """A slow cycle stuck on endpoints that never answered was counted (slow_overrun) and never logged; then it
+    was counted and said only two periods after it began (the first period found the cycle due, not running)."""
     caplog.set_level(logging.INFO, logger="wattscale")
     path = sim_config()
     daemon = Daemon(path, load_settings(path))
-    for _ in range(3):  # due, then two periods while no worker took it: a cycle stuck
+    daemon.wake_slow()  # due: a worker takes it
+    assert daemon.metrics.errors.labels("slow_overrun")._value.get() == 0.0
+    daemon.slow_due.clear()  # ... as it does when it begins the cycle, and is stuck in it
+    daemon.slow_running = True
+    for _ in range(2):  # the next period finds it running, and the one after
         daemon.wake_slow()
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")]
     assert len(said) == 1 and "past the 15-s period" in said[0], said
@@ -558,6 +563,28 @@ def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted
     assert not worker.is_alive() and not daemon.overrunning
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")][1].startswith(
         "slow loop: caught up (that cycle took")
+
+
+def test_a_fast_tick_that_fails_is_said_once_a_run_counted_each_time_and_stops_the_watchdog(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a tick had logged its traceback every second (and APScheduler's beside it)."""
+    path = sim_config()
+    daemon = Daemon(path, load_settings(path))
+    daemon.fast()
+    ticked = daemon.last_fast
+
+    def broken(now: float) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(daemon.controller, "tick_fast", broken)
+    for _ in range(3):
+        daemon.fast()
+    said = [r for r in caplog.records if r.getMessage().startswith("fast tick failed")]
+    assert len(said) == 1 and said[0].exc_info is not None
+    assert daemon.metrics.errors.labels("fast_tick")._value.get() == 3.0 and daemon.last_fast == ticked
+    monkeypatch.undo()
+    daemon.fast()
+    assert daemon.last_fast > ticked and not daemon.fast_failing
 
 
 def test_many_gpus_gone_from_the_listing_at_once_are_named_a_few_and_counted(sim_config: Callable[..., Path],
