@@ -109,14 +109,15 @@ class Daemon:
     def wake_slow(self) -> None:
         """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle (logged as
         a run of them starts: a slow cycle stuck on a hanging endpoint was counted and never said)."""
-        if self.slow_running:  # the cycle the last period began (or one before) still runs
+        period = self.settings.daemon.slow_interval_s  # a cycle the floor alarm began just now is no overrun
+        if self.slow_running and time.monotonic() - self.slow_started >= 0.5 * period:
             self.metrics.errors.labels("slow_overrun").inc()
             if not self.overrunning:
                 self.overrunning = True
                 log.warning("slow loop: a cycle has run %.0f s, past the %g-s period (telemetry or an actuator "
                             "slow to answer?); the power governor steers on; each overrun counted in "
                             "wattscale_errors_total{kind=\"slow_overrun\"}", time.monotonic() - self.slow_started,
-                            self.settings.daemon.slow_interval_s)
+                            period)
         self.slow_due.set()
 
     def slow_worker(self) -> None:

@@ -1,8 +1,8 @@
 """The fast loop: it alone samples the GPUs and owns the governor and the power limits.
 
-It reads the slow loop's latest plan (one reference) and never waits on it. After `failsafe_after_ticks`
-failed or blind samples in a row it sets limits whose sum fits the budget by construction, on the GPUs it
-last saw, and says so in a metric, until readings come back.
+It reads the slow loop's latest plan (one reference) and never waits on it. Without readings it still holds
+the budget (controller/blind.py): a budget that falls meanwhile is cut at once, and after `failsafe_after_ticks`
+lost ticks limits whose sum fits it by construction go to the GPUs it last saw, until readings come back.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from actuators import ActuatorError, ClockLocker, PowerLimiter
+from controller.blind import Blind
 from controller.clock_steer import ClockSteer
 from controller.failures import SAID_ONE_BY_ONE
 from controller.governor import PowerGovernor, pressed
@@ -33,7 +34,6 @@ class FastLoop:
                  interval_s: float = 1.0, clocks: ClockLocker | None = None) -> None:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
         self.governor = PowerGovernor(power_settings, interval_s)
-        self.failsafe_after_ticks = failsafe_after_ticks
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
@@ -42,14 +42,8 @@ class FastLoop:
         so its retries stay within ten seconds."""
         self.samples: list[GpuSample] = []
         """The last good listing: the GPUs safe caps go to when readings fail."""
-        self.lost = 0
-        """Failed or blind samples in a row."""
-        self.failsafe_due: set[int] = set()
-        """GPUs the failsafe has yet to set once since it began."""
-        self.failsafe_on = False
-        """Whether safe caps hold (readings lost for `failsafe_after_ticks`, or the budget cut while blind)."""
-        self.governed_w = -math.inf
-        """The budget's threshold at the last tick that read the GPUs (-inf before one)."""
+        self.blind = Blind(failsafe_after_ticks)
+        """What it does while it cannot read the GPUs (controller/blind.py)."""
         self.held_gpus = 0
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.draw_w: float | None = None
@@ -81,34 +75,29 @@ class FastLoop:
             self.retry.forget()
         try:
             samples = self._drawing(self.gpus.sample(now))
+            gone = self.departing.departed() if self.departing is not None else frozenset()
+            if gone:  # gone for good, unless listed now (a node renamed, a key changed)
+                self._retire(gone - {g.uuid for g in samples})
             if not samples and self.seen:  # every GPU seen before gone at once: the source lost them, not the site
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
             samples, unknown, problems = self.limits.check(samples)
-        except Exception as exc:  # any source failure is survived; after a few, safe caps
-            self.lost += 1
+        except Exception as exc:  # any source failure is survived: a budget cut held, after a few, safe caps
             self.draw_w = None  # nothing read: no draw to report, and no floor the governor saw reached
             self.governor.exhausted = False
-            if self.lost == 1:
+            if self.blind.lost == 0:
                 self.on_error("gpu_source", str(exc))
             else:
                 self.metrics.errors.labels("gpu_source").inc()
-            # a budget cut while blind is acted on at once: the hard limit waits on no count of lost ticks
-            if self.lost >= self.failsafe_after_ticks or self.governor.threshold_w() < self.governed_w - 1.0:
-                self._failsafe(now)
+            self.blind.step(self, now)
         else:
-            if self.failsafe_on:
-                log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
-            self.lost, self.failsafe_on, self.governed_w = 0, False, self.governor.threshold_w()
+            self.blind.read()
             self.metrics.failsafe.set(0.0)
             for problem in problems:
                 self.on_error("gpu_limits", problem)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
-            gone = self.departing.departed() if self.departing is not None else frozenset()
-            if gone:  # gone for good, unless listed now (a node renamed, a key changed)
-                self._retire(gone - {g.uuid for g in samples})
             samples, missing = self._with_missing(samples)
             self.samples = samples
             # one plan for the whole tick, whatever the slow loop swaps
@@ -200,9 +189,9 @@ class FastLoop:
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
         # Decreases first: the rises were fitted around them, so none is made where a decrease failed.
-        applied = {g.uuid: self._set(now, g, w) for g, w in lower}
+        applied = {g.uuid: self.set_limit(now, g, w) for g, w in lower}
         if None not in applied.values():
-            applied.update((g.uuid, self._set(now, g, w)) for g, w in higher)
+            applied.update((g.uuid, self.set_limit(now, g, w)) for g, w in higher)
         if applied:  # the limits in force now, which a failsafe that follows starts from (not those read before)
             self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
                             for g in self.samples]
@@ -219,7 +208,7 @@ class FastLoop:
         cap = plan.cap_w(g.service, g.variant) if g.service else None
         return self.governor.cut_w.get(g.uuid, 0.0) > 0 or (cap is not None and limit_w < cap - 1.0)
 
-    def _set(self, now: float, g: GpuSample, watts: float) -> float | None:
+    def set_limit(self, now: float, g: GpuSample, watts: float) -> float | None:
         """Set one GPU's limit, as its retry record allows; the limit in force after, None where it was not set."""
         target = f"power_limit:{g.uuid}"
         if not self.retry.may_try(target, now):
@@ -237,31 +226,6 @@ class FastLoop:
         if abs(applied - watts) > 1.0:
             log.debug("GPU %d limit %.0f W asked, %.0f W in force", g.index, watts, applied)
         return applied
-
-    def _failsafe(self, now: float) -> None:
-        """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
-        says (a limit read late may be above it) until set, then where its limit differs."""
-        caps, fits = self.governor.failsafe_caps(self.samples)
-        self.metrics.failsafe.set(1.0)
-        entered, self.failsafe_on = not self.failsafe_on, True
-        if entered:
-            self.failsafe_due = set(caps)
-        samples = []  # a new listing: the slow loop may be reading the last one
-        for g in self.samples:
-            cap = caps[g.index]
-            due = g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0
-            if due and self._set(now, g, cap) is not None:
-                self.failsafe_due.discard(g.index)
-                g = replace(g, power_limit_w=cap)
-            samples.append(g)
-        self.samples = samples
-        if entered:  # said once the caps are set: the saying is not the safety
-            cut_w = self.governor.threshold_w()
-            why = "" if self.lost >= self.failsafe_after_ticks else f", the budget cut to {cut_w:.0f} W meanwhile"
-            log.error("GPU readings lost for %d ticks%s: safe caps %s", self.lost, why,
-                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
-            if not fits:
-                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
 
     def _record_draws(self, samples: list[GpuSample], plan: Plan) -> None:
         """Per service, its GPUs' mean draw and limit at this tick (before its step: the limits the reading ran

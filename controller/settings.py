@@ -260,6 +260,10 @@ class Settings:
             return dict(enumerate(self.simulator.host_types))
         return {g: v.accelerator for svc in self.services for v in self.variants_of(svc) for g in v.gpus}
 
+    def deployment_of(self, svc: ServiceSettings, v: VariantSettings) -> str:
+        """A variant's Deployment: as named, else its service's (no variants listed) or `<service>-<accelerator>`."""
+        return v.deployment or (f"{svc.name}-{v.accelerator}".lower() if svc.variants else svc.name)
+
     def variants_of(self, svc: ServiceSettings) -> tuple[VariantSettings, ...]:
         """The service's variants, the first accelerator's with its own targets where it names none."""
         return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)

@@ -121,13 +121,12 @@ def _one_port_each(s: Settings) -> None:
 
 
 def _unique(s: Settings) -> None:
-    seen: set[str] = set()
-    for a in s.accelerators:
-        if a.name in seen:
-            raise ConfigError(f"accelerators[{a.name}].name", f"duplicate accelerator {quoted(a.name)}")
-        seen.add(a.name)
+    names = [a.name for a in s.accelerators]
+    if dup := next((n for i, n in enumerate(names) if n in names[:i]), None):
+        raise ConfigError(f"accelerators[{dup}].name", f"duplicate accelerator {quoted(dup)}")
     named: dict[str, str] = {}  # by the name in lower case: a Deployment's default name and the operator's objects
     owner: dict[int, str] = {}
+    scaled: dict[str, str] = {}  # Deployment -> the variant that scales it (two: one drained takes the other's away)
     for svc in s.services:
         if svc.name.lower() in named:
             other = named[svc.name.lower()]
@@ -138,6 +137,10 @@ def _unique(s: Settings) -> None:
         _variants(s, svc)
         for v in s.variants_of(svc):
             where = f"{svc_path(svc.name)}" + (f".variants[{v.accelerator}]" if svc.variants else "")
+            if (deployment := s.deployment_of(svc, v)) in scaled:
+                raise ConfigError(f"{where}.deployment", f"{quoted(deployment)} is {scaled[deployment]}'s too: each "
+                                  "variant scales a Deployment of its own")
+            scaled[deployment] = where
             for g in v.gpus:
                 if g in owner:
                     raise ConfigError(f"{where}.gpus", f"GPU {g} is already {svc_path(owner[g])}'s")
@@ -169,9 +172,6 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
                                      f"{sorted(known)}")
         if kinds.count(v.accelerator) > 1:
             raise ConfigError(where, f"accelerator {quoted(v.accelerator)} twice")
-        if v.deployment and [u.deployment for u in svc.variants].count(v.deployment) > 1:  # one scale, two variants
-            raise ConfigError(f"{where}[{v.accelerator}].deployment", f"{quoted(v.deployment)} is another variant's "
-                              "too: each variant scales a Deployment of its own")
         if v.domain and v.gpus:
             raise ConfigError(f"{where}[{v.accelerator}].domain", "give the variant's GPUs or its domain, not both "
                               "(its GPUs say which domains they are in)")

@@ -149,13 +149,9 @@ def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
 
 
 def deployments(settings: Settings) -> dict[tuple[str, str], str]:
-    """(service, variant) -> its Deployment: as named, else the service's name for a service with no variants
-    listed, else `<service>-<accelerator>` in lower case."""
-    out = {}
-    for s in settings.services:
-        for v in settings.variants_of(s):
-            out[s.name, v.accelerator] = v.deployment or (f"{s.name}-{v.accelerator}".lower() if s.variants else s.name)
-    return out
+    """(service, variant) -> its Deployment (`Settings.deployment_of`)."""
+    return {(s.name, v.accelerator): settings.deployment_of(s, v) for s in settings.services
+            for v in settings.variants_of(s)}
 
 
 def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
@@ -235,8 +231,8 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
                                    envelopes=envelopes)
     else:
         gpus = SimGpuSource(sim(), lock)
-    if not isinstance(gpus, SimGpuSource):  # a real read may hang (NVML, a name lookup): a tick waits 0.6 of itself
-        gpus = SampleDeadline(gpus, 0.6 * settings.daemon.fast_interval_s)
+    if not isinstance(gpus, SimGpuSource):  # a real read may hang (NVML, a name lookup): a tick waits 0.8 of itself
+        gpus = SampleDeadline(gpus, 0.8 * settings.daemon.fast_interval_s)
     vllm: VllmSource
     models = {s.name: s.model for s in settings.services}
     if t.vllm_source == "prometheus":

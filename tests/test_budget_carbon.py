@@ -192,12 +192,13 @@ def test_a_fetch_in_flight_is_pending_then_answers_and_the_source_holds_its_poin
     assert answered(source, T0 + 1.0).budget_w == 3000.0 and feed.fetches == 1
     feed.gate.clear()
     feed.points = [IntensityPoint(T0, 500.0)]
-    assert source.step(T0 + 700.0).budget_w == 3000.0  # the refresh is in flight: the points held answer
+    with pytest.raises(PendingBudgetError) as pending:  # the refresh is in flight: no fresh answer ...
+        source.step(T0 + 700.0)
+    assert pending.value.held is not None and pending.value.held.budget_w == 3000.0  # ... the points held meanwhile
     feed.error = PermanentBudgetError("gated: token refused")
     feed.gate.set()
     with pytest.raises(PermanentBudgetError, match=r"^gated: token refused$"):
-        while source.step(T0 + 701.0).budget_w == 3000.0:  # the points held, until the worker's answer is taken
-            time.sleep(0.01)
+        answered(source, T0 + 701.0)  # pending, until the worker's answer is taken
     assert feed.fetches == 2
 
 

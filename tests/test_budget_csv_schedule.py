@@ -134,7 +134,8 @@ def test_a_stepped_schedule_reads_as_a_fresh_one_at_every_second_it_is_asked() -
     set back."""
     rules = [Rule(WORKDAYS, minutes("08:00"), minutes("20:00"), 1000.0, "work"),
              Rule(frozenset({0, 6}), minutes("12:00"), minutes("13:00"), 800.0, "noon"),
-             Rule(frozenset({6}), minutes("01:30"), minutes("03:30"), 600.0, "night")]
+             Rule(frozenset({6}), minutes("01:30"), minutes("03:30"), 600.0, "night"),
+             Rule(WORKDAYS, minutes("20:00"), minutes("22:00"), 1000.0, "evening")]  # the same budget, its own why
     stepped = ScheduleSource(rules, 2000.0, "Europe/Berlin", horizon_s=6 * 3600.0)
     times = [utc("2026-03-28T20:00:00") + 600.0 * i for i in range(1300)]  # nine days in ten-minute steps
     times[700:700] = [times[6], times[6] + 1.0, times[-1]]  # set back, then forward past the week

@@ -20,7 +20,7 @@ from controller.fast_loop import FastLoop
 from controller.own_metrics import OwnMetrics
 from controller.power_settings import PowerSettings
 from controller.settings import load_settings
-from controller.telemetry.base import TelemetryError
+from controller.telemetry.base import DepartingGpus, TelemetryError
 from controller.telemetry.cluster_power import GONE_AFTER_S, QUERIES, PrometheusGpuSource
 from controller.telemetry.deadline import SampleDeadline
 from controller.telemetry.prometheus import http_post
@@ -166,6 +166,7 @@ def test_config_selects_the_cluster_power_source(flavour: str, tmp_path: Path) -
     parts = build_parts(load_settings(path))
     assert parts.host is None and isinstance(parts.gpus, SampleDeadline)  # a tick waits a bounded time on it
     assert isinstance(parts.gpus.source, PrometheusGpuSource) and parts.gpus.source.flavour == flavour
+    assert isinstance(parts.gpus, DepartingGpus)  # the GPUs it says left pass through: the fast loop retires them
 
 
 def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
@@ -297,8 +298,8 @@ def test_no_gpu_departs_while_no_series_at_all_come_back() -> None:
     listed.clear()
     for lost, t in enumerate((1.0, 2.0, 3.0, GONE_AFTER_S + 2.0, 2 * GONE_AFTER_S), start=1):
         fast.tick(t)
-        assert fast.draw_w is None and len(fast.samples) == 2 and fast.lost == lost
-    assert fast.failsafe_on
+        assert fast.draw_w is None and len(fast.samples) == 2 and fast.blind.lost == lost
+    assert fast.blind.failsafe_on
 
 
 def test_a_dcgm_gpu_is_one_gpu_whatever_its_exporter_pod_is_called() -> None:

@@ -626,6 +626,17 @@ def test_two_variants_of_a_service_may_not_scale_one_deployment(tmp_path: Path) 
     shared = 'variants = [{ accelerator = "H100-SXM", deployment = "vllm-chat" }, { accelerator = "L40S", ' \
              'deployment = "vllm-chat" }]'
     (tmp_path / "mixed.toml").write_text(text.replace(chat, shared, 1))
-    with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[H100-SXM\]\.deployment: 'vllm-chat' is "
-                                          r"another variant's too: each variant scales a Deployment of its own$"):
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[L40S\]\.deployment: 'vllm-chat' is "
+                                          r"services\[chat\]\.variants\[H100-SXM\]'s too: each variant scales a "
+                                          r"Deployment of its own$"):
+        load_settings(tmp_path / "mixed.toml")
+    # a name as the other's default is, and another service's variant, alike
+    default = 'variants = [{ accelerator = "H100-SXM", deployment = "chat-l40s" }, { accelerator = "L40S" }]'
+    (tmp_path / "mixed.toml").write_text(text.replace(chat, default, 1))
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[L40S\]\.deployment: 'chat-l40s' is "):
+        load_settings(tmp_path / "mixed.toml")
+    theirs = 'variants = [{ accelerator = "H100-SXM", deployment = "code-h100-sxm" }, { accelerator = "L40S" }]'
+    (tmp_path / "mixed.toml").write_text(text.replace(chat, theirs, 1))
+    with pytest.raises(ConfigError, match=r"^services\[code\]\.variants\[H100-SXM\]\.deployment: 'code-h100-sxm' "
+                                          r"is services\[chat\]\.variants\[H100-SXM\]'s too"):
         load_settings(tmp_path / "mixed.toml")

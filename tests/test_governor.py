@@ -263,20 +263,65 @@ class BlindPlant(StuckPlant):
 def test_a_budget_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
     """The readings fail and the budget falls in the same second: safe caps came only with the third lost tick
     (failsafe_after_ticks), the site over its new budget until then. Now the first lost tick under a lower
-    threshold sets them."""
+    threshold cuts what the limits in force pass it by, as if every GPU drew its limit (the governor's cut, by
+    priority: the failsafe's one level had cut every GPU alike); a fall the limits already fit moves nothing."""
     plant = BlindPlant()
     fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
     for t in range(1, 6):
         fast.tick(float(t))
+    before = dict(plant.limit_w)
     plant.blind = True
-    fast.tick(6.0)  # lost, the budget as before: nothing yet (one lost tick is noise)
-    assert not fast.failsafe_on and sum(plant.limit_w.values()) > 600.0
-    fast.governor.settings = replace(fast.governor.settings, budget_w=600.0)
+    fast.governor.settings = replace(fast.governor.settings, budget_w=995.0)  # 965 W: the limits fit it
+    fast.tick(6.0)
+    assert plant.limit_w == before and sum(before.values()) <= 965.0
+    fast.governor.settings = replace(fast.governor.settings, budget_w=500.0)  # 485 W
     fast.tick(7.0)
-    assert fast.failsafe_on and sum(plant.limit_w.values()) <= 600.0 * 0.97 + 1e-6, plant.limit_w
-    plant.blind = False
+    assert not fast.blind.failsafe_on and sum(plant.limit_w.values()) <= 500.0 * 0.97 + 1e-6, plant.limit_w
+    assert fast.metrics.emergency._value.get() == 1.0
     fast.tick(8.0)
-    assert not fast.failsafe_on and fast.lost == 0
+    assert fast.blind.failsafe_on  # the third lost tick: safe caps as before
+    plant.blind = False
+    fast.tick(9.0)
+    assert not fast.blind.failsafe_on and fast.blind.lost == 0
+
+
+def test_a_domain_line_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
+    """A rack's limit lowered while blind waited the whole failsafe count: the cut compared the site's threshold
+    alone."""
+    plant = BlindPlant()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    assert plant.limit_w[1] > 400.0
+    plant.blind = True
+    rack = PowerDomainSettings("rack", 400.0, (1,))
+    fast.governor.settings = replace(fast.governor.settings, domains=(rack,))
+    fast.tick(6.0)
+    assert not fast.blind.failsafe_on and plant.limit_w[1] <= 400.0 * 0.97 + 1e-6, plant.limit_w
+
+
+class AllLeave(BlindPlant):
+    """BlindPlant whose GPUs all leave the site for good at once (`gone`): listed no more, and said to have left."""
+
+    gone = False
+
+    def sample(self, now: float) -> list[GpuSample]:
+        return [] if self.gone else super().sample(now)
+
+    def departed(self) -> frozenset[str]:
+        return frozenset({"a", "b"}) if self.gone else frozenset()
+
+
+def test_every_gpu_leaving_for_good_at_once_is_retired_not_a_lost_sample() -> None:
+    """The last node of a site deleted: its GPUs listed none and were said to have left, but the empty listing was
+    refused as a lost sample first, so they were never retired and safe caps went to GPUs that were not there."""
+    plant = AllLeave()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    fast.tick(1.0)
+    plant.gone = True
+    for t in range(2, 8):
+        fast.tick(float(t))
+    assert fast.blind.lost == 0 and not fast.blind.failsafe_on and not fast.seen
 
 
 def test_no_gpu_the_governor_may_set_is_not_its_floors_exhausted() -> None:
@@ -560,11 +605,11 @@ def test_gpus_with_nothing_to_count_them_at_are_a_lost_sample_naming_them() -> N
     its reading, and GPU 1 at its limit in force (450 W, over its 280-W reading)."""
     plant = ListedPlant(float("nan"), float("nan"), float("nan"), min_limit_w=-1.0, max_limit_w=-1.0, power_w=280.0)
     fast, errors = run_listed(plant, 4)
-    assert fast.lost == 4 and errors[0][0] == "gpu_source" and "nothing to count it at" in errors[0][1]
+    assert fast.blind.lost == 4 and errors[0][0] == "gpu_source" and "nothing to count it at" in errors[0][1]
     assert "GPU a (0) reports limits nan-nan W" in errors[0][1] and "GPU b (1) reports limits -1--1 W" in errors[0][1]
     plant.reading = 300.0
     fast.tick(5.0)
-    assert fast.lost == 0 and fast.draw_w == 300.0 + 280.0
+    assert fast.blind.lost == 0 and fast.draw_w == 300.0 + 280.0
 
 
 class SwappingPlant:

@@ -546,7 +546,11 @@ def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted
     daemon.wake_slow()  # due: a worker takes it
     assert daemon.metrics.errors.labels("slow_overrun")._value.get() == 0.0
     daemon.slow_due.clear()  # ... as it does when it begins the cycle, and is stuck in it
-    daemon.slow_running = True
+    daemon.slow_running, daemon.slow_started = True, time.monotonic()
+    daemon.wake_slow()  # a cycle the floor alarm began just before the period is no overrun
+    assert daemon.metrics.errors.labels("slow_overrun")._value.get() == 0.0
+    daemon.slow_due.clear()
+    daemon.slow_started -= 15.0  # a period on, it still runs
     for _ in range(2):  # the next period finds it running, and the one after
         daemon.wake_slow()
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")]
@@ -614,6 +618,6 @@ def test_an_empty_listing_after_gpus_were_seen_is_a_lost_sample(sim_config: Call
     ctl.fast.gpus = type("Gone", (), {"sample": lambda self, now: []})()
     for t in range(3, 3 + s.daemon.failsafe_after_ticks):
         ctl.tick_fast(float(t))
-    assert ctl.fast.lost == s.daemon.failsafe_after_ticks and not ctl.fast.governor.exhausted
+    assert ctl.fast.blind.lost == s.daemon.failsafe_after_ticks and not ctl.fast.governor.exhausted
     assert registry.get_sample_value("wattscale_power_failsafe") == 1.0
     assert sum(g.power_limit_w for g in ctl.fast.samples) <= s.power.budget_w * (1 - s.power.headroom)

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from test_governor import BlindPlant, fast_on
 
-from controller.telemetry.base import GpuSample, TelemetryError
+from controller.telemetry.base import DepartingGpus, GpuSample, TelemetryError
 from controller.telemetry.deadline import SampleDeadline
 
 
@@ -51,7 +51,7 @@ def test_a_hung_read_is_refused_at_its_deadline_and_not_started_again_while_it_h
 def test_the_governor_cuts_a_budget_drop_while_the_read_hangs() -> None:
     """A read hung for 8 s had held every tick (one job at a time): the budget fell to 2,000 W beside a draw of
     2,380 and nothing moved. Behind the deadline the next tick is a lost sample, and with the budget fallen it
-    sets safe caps at once."""
+    cuts the limits at once."""
     plant = HangingPlant()
     fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
     fast.gpus = SampleDeadline(plant, 0.05)
@@ -63,6 +63,50 @@ def test_the_governor_cuts_a_budget_drop_while_the_read_hangs() -> None:
         started = time.monotonic()
         fast.tick(4.0)
         assert time.monotonic() - started < 1.0
-        assert fast.failsafe_on and sum(plant.limit_w.values()) <= 600.0 * 0.97 + 1e-6, plant.limit_w
+        assert not fast.blind.failsafe_on and sum(plant.limit_w.values()) <= 600.0 * 0.97 + 1e-6, plant.limit_w
     finally:
         plant.release.set()
+
+
+class SlowPlant(BlindPlant):
+    """BlindPlant whose reads take `read_s`."""
+
+    def __init__(self, read_s: float) -> None:
+        super().__init__()
+        self.read_s = read_s
+
+    def sample(self, now: float) -> list[GpuSample]:
+        time.sleep(self.read_s)
+        return super().sample(now)
+
+
+def test_a_source_slower_than_the_deadline_is_lost_each_tick_and_says_what_mends_it() -> None:
+    """A late answer is dropped, not used a tick later: its limits would predate those set since, and the room
+    under the budget read from them would be wrong."""
+    source = SampleDeadline(SlowPlant(0.08), 0.05)
+    for now in (1.0, 2.0, 3.0):
+        with pytest.raises(TelemetryError, match=r"longer than its 0\.05 s deadline \(a source this slow needs a "
+                                                 r"longer daemon\.fast_interval_s\)"):
+            source.sample(now)
+        time.sleep(0.05)  # the rest of the tick: the read ends before the next
+
+
+class Leaving(BlindPlant):
+    """BlindPlant that says GPU 'a' left the site, once."""
+
+    told = False
+
+    def departed(self) -> frozenset[str]:
+        out = frozenset() if self.told else frozenset({"a"})
+        self.told = True
+        return out
+
+
+def test_the_gpus_a_source_says_left_pass_through_the_deadline() -> None:
+    """The wrapper hid the source's departures (no `departed`): a GPU that left the cluster stayed counted at its
+    last limit for good, and a new one could take its number."""
+    assert isinstance(SampleDeadline(BlindPlant(), 0.5), DepartingGpus)  # one that says none says none
+    assert SampleDeadline(BlindPlant(), 0.5).departed() == frozenset()
+    source = SampleDeadline(Leaving(), 0.5)
+    source.sample(1.0)
+    assert source.departed() == {"a"} and source.departed() == frozenset()

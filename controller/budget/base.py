@@ -48,6 +48,12 @@ class PendingBudgetError(TransientBudgetError):
     """The source's answer is still on its way (an API's request in flight): no failure, and until its first answer
     the source sets no limit (controller/budget/prefetch.py)."""
 
+    def __init__(self, message: str, retry_after_s: float, held: BudgetReading | None = None) -> None:
+        super().__init__(message, retry_after_s)
+        self.held = held
+        """What the source tells meanwhile from what it holds (a carbon curve's forecast points): no fresh answer,
+        so the age of the last one, and its error, still hold."""
+
 
 class PermanentBudgetError(BudgetError):
     """Not worth trying again until the config changes (a refused token, an unknown zone)."""

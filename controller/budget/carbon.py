@@ -93,10 +93,10 @@ class CarbonBudgetSource:
         if now >= self.next_fetch_s:
             try:
                 fetched = self.feed.fetch(now)
-            except PendingBudgetError:  # an answer on its way: the points held meanwhile, if any
+            except PendingBudgetError as exc:  # an answer on its way: the points held meanwhile, if any
                 if not self.points:
                     raise
-                return self.reading(now)
+                raise PendingBudgetError(str(exc), exc.retry_after_s, held=self.reading(now)) from None
             self.points = sorted(fetched, key=lambda p: p.at_s)
             self.starts = [p.at_s for p in self.points]
             self.ahead = [BudgetPoint(p.at_s, self.curve.watts(p.g_per_kwh)) for p in self.points]

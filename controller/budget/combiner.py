@@ -83,6 +83,8 @@ class BudgetCombiner:
             reading = source.step(now)
         except PendingBudgetError as exc:  # no failure: asked again shortly, not logged, not counted
             state.pending, state.retry_at_s = state.read_at_s is None and not state.error, now + exc.retry_after_s
+            if exc.held is not None and state.read_at_s is not None:  # no fresh answer: its age and error hold
+                state.reading = exc.held
             return
         except Exception as exc:  # one source's failure, of any kind, is that source's alone
             self.failed()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from controller.budget.base import BudgetPoint, BudgetReading
@@ -56,8 +56,8 @@ class ScheduleSource:
         self.tz = ZoneInfo(time_zone)
         self.horizon_s = horizon_s
         """How far ahead the reading's forecast lists the table's changes."""
-        self._held: tuple[float, BudgetReading, tuple[BudgetPoint, ...]] | None = None
-        """The last week read: when, its reading, and the table's changes over it."""
+        self._held: tuple[float, float, tuple[BudgetPoint, ...]] | None = None
+        """The last week read: when, until when its budget held, and the table's changes over it."""
 
     def budget_at(self, now: float) -> tuple[float, str]:
         local = dt.datetime.fromtimestamp(now, self.tz)
@@ -86,26 +86,22 @@ class ScheduleSource:
 
     def step(self, now: float) -> BudgetReading:
         """The budget at `now`, valid until the table next changes it (a week covers every table), with the
-        changes within `horizon_s` as forecast. The week's changes are read again only once the budget changes, the
-        forecast would pass the week read, or the clock went back: a read costs rules x boundaries (400 rules took
-        47 ms), and the source is stepped every second."""
+        changes within `horizon_s` as forecast. The budget and its rule are read each step; the week's changes
+        only once the budget changes, the forecast would pass the week read, or the clock went back: they cost
+        rules x boundaries (400 rules took 47 ms), and the source is stepped every second."""
         held = self._held
-        if held is None or not held[0] <= now < held[1].valid_until_s or now + self.horizon_s > held[0] + WEEK_S:
-            held = self._held = (now, *self._read(now))
-        start, reading, changes = held
-        if now == start:
-            return reading
-        return replace(reading, forecast=tuple(p for p in changes if now < p.at_s <= now + self.horizon_s))
-
-    def _read(self, now: float) -> tuple[BudgetReading, tuple[BudgetPoint, ...]]:
-        """The reading at `now` and the table's changes over the week after it."""
+        if held is None or not held[0] <= now < held[1] or now + self.horizon_s > held[0] + WEEK_S:
+            held = self._held = (now, *self._changes(now))
+        _, valid_until_s, changes = held
         budget_w, why = self.budget_at(now)
-        changes, last_w = [], budget_w
+        return BudgetReading(budget_w, why, valid_until_s, tuple(p for p in changes if p.at_s <= now + self.horizon_s))
+
+    def _changes(self, now: float) -> tuple[float, tuple[BudgetPoint, ...]]:
+        """When the budget at `now` next changes, and the table's changes over the week after it."""
+        changes, last_w = [], self.budget_at(now)[0]
         for t in self.boundaries(now, now + WEEK_S):
             w, _ = self.budget_at(t)
             if w != last_w:
                 changes.append(BudgetPoint(t, w))
                 last_w = w
-        valid_until_s = changes[0].at_s if changes else math.inf
-        forecast = tuple(p for p in changes if p.at_s <= now + self.horizon_s)
-        return BudgetReading(budget_w, why, valid_until_s, forecast), tuple(changes)
+        return changes[0].at_s if changes else math.inf, tuple(changes)

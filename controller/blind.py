@@ -1,0 +1,89 @@
+"""The fast loop while it cannot read the GPUs (a failed, blind, empty or hung sample).
+
+The governor steers on readings; without them it still holds the budget. A tick that read the GPUs leaves
+their limits within the threshold and every domain's line, so limits past either mean a budget or a line that
+fell meanwhile: it is cut at once, the governor stepping on the last listing with every GPU drawing its limit
+(the most it may), lowest priority first, and nothing rises while blind. After
+`failsafe_after_ticks` lost ticks in a row, limits whose sum fits the budget by construction go to every GPU
+last seen, and `wattscale_power_failsafe` reads 1, until readings return.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.fast_loop import FastLoop
+
+log = logging.getLogger("wattscale.governor")
+
+
+class Blind:
+    """The fast loop's state and steps between readings."""
+
+    def __init__(self, failsafe_after_ticks: int) -> None:
+        self.failsafe_after_ticks = failsafe_after_ticks
+        self.lost = 0
+        """Failed or blind samples in a row."""
+        self.failsafe_due: set[int] = set()
+        """GPUs the failsafe has yet to set once since it began."""
+        self.failsafe_on = False
+        """Whether safe caps hold."""
+        self.cut_said = False
+        """Whether a cut while blind was logged in this run of lost ticks."""
+
+    def read(self) -> None:
+        """A tick read the GPUs: the run of lost ticks, if any, ends."""
+        if self.failsafe_on:
+            log.info("GPU readings back after %d lost ticks; the governor steers again", self.lost)
+        self.lost, self.failsafe_on, self.cut_said = 0, False, False
+
+    def step(self, loop: FastLoop, now: float) -> None:
+        """One more lost tick: safe caps once there are enough, before that a cut where the limits pass a line."""
+        self.lost += 1
+        if self.lost >= self.failsafe_after_ticks:
+            self._failsafe(loop, now)
+        else:  # the hard limit waits on no count of ticks
+            self._cut(loop, now)
+
+    def _cut(self, loop: FastLoop, now: float) -> None:
+        governor, threshold = loop.governor, loop.governor.threshold_w()
+        lines = [(threshold, loop.samples), *governor.domains(loop.samples)]
+        if all(sum(g.power_limit_w for g in inside) <= line_w + 1.0 for line_w, inside in lines):
+            return
+        at_limits = [replace(g, power_w=g.power_limit_w) for g in loop.samples]
+        limits = governor.step(at_limits, loop.plan, frozenset(loop.missing))
+        set_w = {g.uuid: loop.set_limit(now, g, limits[g.index]) for g in loop.samples
+                 if limits.get(g.index, g.power_limit_w) < g.power_limit_w}
+        loop.samples = [replace(g, power_limit_w=w) if (w := set_w.get(g.uuid)) is not None else g
+                        for g in loop.samples]
+        loop.metrics.emergency.set(1.0)
+        if not self.cut_said:
+            log.warning("limits over the %.0f-W threshold or a domain's line with the GPU readings lost: cut as if "
+                        "every GPU drew its limit", threshold)
+            self.cut_said = True
+
+    def _failsafe(self, loop: FastLoop, now: float) -> None:
+        """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
+        says (a limit read late may be above it) until set, then where its limit differs."""
+        caps, fits = loop.governor.failsafe_caps(loop.samples)
+        loop.metrics.failsafe.set(1.0)
+        entered, self.failsafe_on = not self.failsafe_on, True
+        if entered:
+            self.failsafe_due = set(caps)
+        samples = []  # a new listing: the slow loop may be reading the last one
+        for g in loop.samples:
+            cap = caps[g.index]
+            due = g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0
+            if due and loop.set_limit(now, g, cap) is not None:
+                self.failsafe_due.discard(g.index)
+                g = replace(g, power_limit_w=cap)
+            samples.append(g)
+        loop.samples = samples
+        if entered:  # said once the caps are set: the saying is not the safety
+            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
+                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
+            if not fits:
+                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
