@@ -59,6 +59,7 @@ class Blind:
                  if limits.get(g.index, g.power_limit_w) < g.power_limit_w}
         loop.samples = [replace(g, power_limit_w=w) if (w := set_w.get(g.uuid)) is not None else g
                         for g in loop.samples]
+        loop.export_limits()
         loop.metrics.emergency.set(1.0)
         if not self.cut_said:
             log.warning("limits over the %.0f-W threshold or a domain's line with the GPU readings lost: cut as if "
@@ -82,6 +83,7 @@ class Blind:
                 g = replace(g, power_limit_w=cap)
             samples.append(g)
         loop.samples = samples
+        loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")

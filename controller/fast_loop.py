@@ -85,6 +85,7 @@ class FastLoop:
             samples, unknown, problems = self.limits.check(samples)
         except Exception as exc:  # any source failure is survived: a budget cut held, after a few, safe caps
             self.draw_w = None  # nothing read: no draw to report, and no floor the governor saw reached
+            self.metrics.draw.set(math.nan)  # a gap in the series, not the last draw read held as if measured
             self.governor.exhausted = False
             if self.blind.lost == 0:
                 self.on_error("gpu_source", str(exc))
@@ -207,6 +208,12 @@ class FastLoop:
         """Whether the governor holds a GPU below its plan's cap (a cut, or a limit the budget squeezes under it)."""
         cap = plan.cap_w(g.service, g.variant) if g.service else None
         return self.governor.cut_w.get(g.uuid, 0.0) > 0 or (cap is not None and limit_w < cap - 1.0)
+
+    def export_limits(self) -> None:
+        """Each GPU's limit in force as the metrics say it, where set while blind (no listing sets them then)."""
+        for g in self.samples:
+            if (series := self.series.get(g.index)) is not None:
+                series.limit.set(g.power_limit_w)
 
     def set_limit(self, now: float, g: GpuSample, watts: float) -> float | None:
         """Set one GPU's limit, as its retry record allows; the limit in force after, None where it was not set."""

@@ -621,3 +621,7 @@ def test_an_empty_listing_after_gpus_were_seen_is_a_lost_sample(sim_config: Call
     assert ctl.fast.blind.lost == s.daemon.failsafe_after_ticks and not ctl.fast.governor.exhausted
     assert registry.get_sample_value("wattscale_power_failsafe") == 1.0
     assert sum(g.power_limit_w for g in ctl.fast.samples) <= s.power.budget_w * (1 - s.power.headroom)
+    # the metrics say what is known: no draw (the last one had been held as if measured), the caps in force
+    assert math.isnan(registry.get_sample_value("wattscale_power_draw_watts") or 0.0)
+    assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(g.index)})
+            for g in ctl.fast.samples] == [g.power_limit_w for g in ctl.fast.samples]
