@@ -127,12 +127,11 @@ class FastLoop:
         missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
                    for uuid, g in self.seen.items() if uuid not in listed]
         gone = [g for g in missing if g.uuid not in self.missing]
-        if gone:  # each GPU that drops out of sight counted once, as it is logged
-            self.metrics.errors.labels("gpu_missing").inc(len(gone))
-        for g in gone[:SAID_ONE_BY_ONE]:
-            log.warning("GPU %s (%d) is missing from the listing: counted at its last limit, %.0f W", g.uuid,
-                        g.index, g.power_limit_w)
+        for g in gone[:SAID_ONE_BY_ONE]:  # each counted once as it goes, the first few logged and recorded
+            self.on_error("gpu_missing", f"GPU {g.uuid} ({g.index}) is missing from the listing: counted at its last "
+                          f"limit, {g.power_limit_w:.0f} W")
         if len(gone) > SAID_ONE_BY_ONE:  # an exporter of a whole cluster gone: thousands of lines in a second
+            self.metrics.errors.labels("gpu_missing").inc(len(gone) - SAID_ONE_BY_ONE)
             log.warning("%d more GPUs missing from the listing, each at its last limit", len(gone) - SAID_ONE_BY_ONE)
         self.missing = {g.uuid for g in missing}
         self.seen.update((g.uuid, g) for g in samples)
