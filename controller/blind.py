@@ -2,8 +2,7 @@
 
 The governor steers on readings; without them it still holds the budget. A tick that read the GPUs leaves
 their limits within the threshold and every domain's line, so limits past either mean a budget or a line that
-fell meanwhile: it is cut at once, the governor stepping on the last listing with every GPU drawing its limit
-(the most it may), lowest priority first, and nothing rises while blind. After
+fell meanwhile: the excess is cut at once, lowest priority first, and nothing rises while blind. After
 `failsafe_after_ticks` lost ticks in a row, limits whose sum fits the budget by construction go to every GPU
 last seen, and `wattscale_power_failsafe` reads 1, until readings return.
 """
@@ -49,21 +48,35 @@ class Blind:
             self._cut(loop, now)
 
     def _cut(self, loop: FastLoop, now: float) -> None:
+        """What the limits in force pass each domain's line and then the threshold by, taken off them lowest
+        priority first (within a priority, in proportion to the room above their floors), none below its floor and
+        none of a GPU that cannot be set (missing, or its sets in backoff). The governor's own state is left as it
+        was: its step would grow the GPUs it read as pressed, out of the limits of lower priorities."""
         governor, threshold = loop.governor, loop.governor.threshold_w()
-        lines = [(threshold, loop.samples), *governor.domains(loop.samples)]
-        if all(sum(g.power_limit_w for g in inside) <= line_w + 1.0 for line_w, inside in lines):
+        pinned = loop.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
+        limit = {g.uuid: g.power_limit_w for g in loop.samples}
+        for line_w, inside in [*governor.domains(loop.samples), (threshold, loop.samples)]:  # the site last
+            excess = sum(limit[g.uuid] for g in inside) - line_w
+            for group in governor.by_priority(inside, loop.plan.priorities):
+                room = {g.uuid: max(0.0, limit[g.uuid] - g.min_limit_w) for g in group if g.uuid not in pinned}
+                total = sum(room.values())
+                if excess <= 1.0 or total <= 0.0:
+                    continue
+                take = min(excess, total)
+                for uuid, r in room.items():
+                    limit[uuid] -= take * r / total
+                excess -= take
+        set_w = {g.uuid: loop.set_limit(now, g, limit[g.uuid]) for g in loop.samples
+                 if limit[g.uuid] < g.power_limit_w - 1.0}
+        if not set_w:
             return
-        at_limits = [replace(g, power_w=g.power_limit_w) for g in loop.samples]
-        limits = governor.step(at_limits, loop.plan, frozenset(loop.missing))
-        set_w = {g.uuid: loop.set_limit(now, g, limits[g.index]) for g in loop.samples
-                 if limits.get(g.index, g.power_limit_w) < g.power_limit_w}
         loop.samples = [replace(g, power_limit_w=w) if (w := set_w.get(g.uuid)) is not None else g
                         for g in loop.samples]
         loop.export_limits()
         loop.metrics.emergency.set(1.0)
         if not self.cut_said:
-            log.warning("limits over the %.0f-W threshold or a domain's line with the GPU readings lost: cut as if "
-                        "every GPU drew its limit", threshold)
+            log.warning("limits over the %.0f-W threshold or a domain's line with the GPU readings lost: the excess "
+                        "cut, lowest priority first", threshold)
             self.cut_said = True
 
     def _failsafe(self, loop: FastLoop, now: float) -> None:

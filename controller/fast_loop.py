@@ -150,6 +150,7 @@ class FastLoop:
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")
             log.info("GPU %s left the site: no longer counted", uuid)
+        self.samples = [g for g in self.samples if g.uuid not in gone]  # nor given safe caps
 
     def _drop_series(self, index: int) -> None:
         """The exported series of a GPU number no GPU holds any more."""

@@ -132,7 +132,7 @@ class PowerGovernor:
                                                                                         self.accounted_w(g)))
                  for g in samples}
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
-        groups = self._order(samples, priorities)  # lowest priority first
+        groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
         rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
                        (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
@@ -191,7 +191,7 @@ class PowerGovernor:
             fits = fits and fit
         return {g.index: min(caps[g.index], max(g.power_limit_w, g.min_limit_w)) for g in samples}, fits
 
-    def _order(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
+    def by_priority(self, samples: Sequence[GpuSample], priorities: Mapping[str, int]) -> list[list[GpuSample]]:
         """GPU groups from the lowest priority (largest number) up; idle GPUs first of all."""
         groups: dict[int, list[GpuSample]] = {}
         for g in samples:
@@ -201,7 +201,7 @@ class PowerGovernor:
 
     def _cut(self, samples: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
              excess_w: float) -> None:
-        for group in self._order(samples, priorities):
+        for group in self.by_priority(samples, priorities):
             room = {g.uuid: max(0.0, min(self.accounted_w(g), target[g.uuid] - self.cut_w.get(g.uuid, 0.0))
                                 - g.min_limit_w) for g in group}
             total = sum(room.values())
@@ -219,7 +219,7 @@ class PowerGovernor:
 
     def _release(self, samples: Sequence[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
         """Give cuts back, highest priority first, no more in all than `spare_w`."""
-        for group in reversed(self._order(samples, priorities)):
+        for group in reversed(self.by_priority(samples, priorities)):
             for g in group:
                 cut = self.cut_w.get(g.uuid, 0.0)
                 give = min(cut, spare_w)
@@ -232,7 +232,7 @@ class PowerGovernor:
                   budget: float) -> None:
         """Conservative mode: the caps themselves must fit the budget; trim lowest priority first."""
         over = sum(target.values()) - budget
-        for group in self._order(samples, priorities):
+        for group in self.by_priority(samples, priorities):
             for g in group:
                 if over <= 0:
                     return

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from actuators import TransientActuatorError
@@ -285,6 +286,30 @@ def test_a_budget_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> 
     assert not fast.blind.failsafe_on and fast.blind.lost == 0
 
 
+class IdlingPlant(BlindPlant):
+    """BlindPlant whose two GPUs draw 300 W each, well under their limits."""
+
+    def sample(self, now: float) -> list[GpuSample]:
+        return [replace(g, power_w=300.0) for g in super().sample(now)]
+
+
+def test_a_blind_cut_takes_the_excess_alone_from_the_lowest_priority() -> None:
+    """Stepped on limits as draws, the governor read every GPU as pressed: it grew the higher priority's limit out
+    of the lower's, and the cut applied (decreases only) took twice the excess or more from the lower priority."""
+    plant = IdlingPlant()
+    fast = fast_on(plant, {"lo": 700.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    before = dict(plant.limit_w)
+    plant.blind = True
+    fast.governor.settings = replace(fast.governor.settings, budget_w=800.0)  # 776 W
+    fast.tick(6.0)
+    excess = sum(before.values()) - 776.0
+    assert excess > 50.0 and plant.limit_w[1] == before[1]  # "hi" (priority 1) keeps its limit
+    assert before[0] - plant.limit_w[0] == pytest.approx(excess, abs=1.0)  # "lo" gives the excess, no more
+    assert fast.governor.cut_w == {} and not fast.governor.exhausted  # the governor's own state as it was
+
+
 def test_a_domain_line_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
     """A rack's limit lowered while blind waited the whole failsafe count: the cut compared the site's threshold
     alone."""
@@ -322,6 +347,32 @@ def test_every_gpu_leaving_for_good_at_once_is_retired_not_a_lost_sample() -> No
     for t in range(2, 8):
         fast.tick(float(t))
     assert fast.blind.lost == 0 and not fast.blind.failsafe_on and not fast.seen
+
+
+class HalfLeave(BlindPlant):
+    """BlindPlant whose GPU 'a' leaves for good (`gone`) while GPU 'b' reads no power."""
+
+    gone = False
+
+    def sample(self, now: float) -> list[GpuSample]:
+        listing = super().sample(now)
+        return [replace(listing[1], power_w=None)] if self.gone else listing
+
+    def departed(self) -> frozenset[str]:
+        return frozenset({"a"}) if self.gone else frozenset()
+
+
+def test_a_gpu_retired_on_a_lost_tick_gets_no_safe_cap() -> None:
+    """Retired on a tick whose listing was then lost, it stayed in the last listing: the failsafe shared the budget
+    with it and wrote a limit to a GPU no longer there."""
+    plant = HalfLeave()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    fast.tick(1.0)
+    gone_at = plant.limit_w[0]
+    plant.gone = True
+    for t in range(2, 6):
+        fast.tick(float(t))
+    assert fast.blind.failsafe_on and [g.uuid for g in fast.samples] == ["b"] and plant.limit_w[0] == gone_at
 
 
 def test_no_gpu_the_governor_may_set_is_not_its_floors_exhausted() -> None:
