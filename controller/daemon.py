@@ -68,6 +68,8 @@ class Daemon:
         delays no loop."""
         self.notifier = Notifier()
         self.stop_event = threading.Event()
+        self.budget_due = threading.Event()
+        """Set by a demand-response endpoint once it stored a signal: the budget is stepped then, not a tick later."""
         self.slow_due = threading.Event()
         self.slow_started = time.monotonic()
         """When the slow worker began its last cycle."""
@@ -158,7 +160,11 @@ class Daemon:
 
     def budget_worker(self) -> None:
         self.step_budget()
-        while not self.stop_event.wait(self.settings.daemon.fast_interval_s):
+        while True:
+            self.budget_due.wait(self.settings.daemon.fast_interval_s)  # a tick, or a signal stored
+            self.budget_due.clear()
+            if self.stop_event.is_set():
+                return
             self.step_budget()
 
     def signal_endpoints(self) -> list[BoundedServer]:
@@ -168,7 +174,7 @@ class Daemon:
             if isinstance(source, DemandResponseSettings) and source.port:
                 try:
                     servers.append(serve_signals(resolve(self.settings.base_dir, source.path), source.port,
-                                                 self.metrics.errors.labels("signal_client").inc))
+                                                 self.metrics.errors.labels("signal_client").inc, self.budget_due.set))
                 except OSError as exc:
                     raise ConfigError(f"power.budget.sources[{name}].port", f"cannot listen on 127.0.0.1:"
                                       f"{source.port}: {exc.strerror or exc}") from None
@@ -269,7 +275,8 @@ class Daemon:
                    worker: threading.Thread | None = None) -> None:
         """Stop the loops, the signal endpoints and the parts (the servers the daemon started among them)."""
         self.stop_event.set()
-        self.slow_due.set()  # wakes the worker to see it
+        self.slow_due.set()  # wakes the workers to see it
+        self.budget_due.set()
         scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
         if worker is not None:
             worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process

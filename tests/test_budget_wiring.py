@@ -9,6 +9,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -107,24 +109,36 @@ def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budg
 
 def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: Callable[..., Path],
                                                                      tmp_path: Path) -> None:
+    """... at once: the endpoint wakes the budget thread, which had stepped the sources a tick later (with a
+    30-s tick here, the signal would wait 30 s)."""
     port = free_port()
     path = with_budget(sim_config, tmp_path / "signal.json")
-    path.write_text(path.read_text().replace('path = "', f'port = {port}\npath = "'))
+    text = path.read_text().replace('path = "', f'port = {port}\npath = "')
+    path.write_text(text.replace("fast_interval_s = 1.0", "fast_interval_s = 30.0").replace("slow_interval_s = 15.0",
+                                                                                   "slow_interval_s = 60.0"))
     daemon = Daemon(path, load_settings(path))
     servers = daemon.signal_endpoints()
+    worker = threading.Thread(target=daemon.budget_worker)
+    worker.start()
     try:
         deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
         body = json.dumps({"budget_w": 2400, "deadline": deadline, "reason": "site event"}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, method="POST")
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200 and json.loads(answer.read())["budget_w"] == 2400
-        daemon.step_budget()
+        until = time.monotonic() + 10.0
+        while daemon.controller.governor.settings.budget_w != 2400.0 and time.monotonic() < until:
+            time.sleep(0.01)
         assert daemon.controller.governor.settings.budget_w == 2400.0
     finally:
+        daemon.stop_event.set()
+        daemon.budget_due.set()
+        worker.join(10.0)
         for server in servers:
             server.shutdown()
             server.server_close()
         daemon.parts.close()
+    assert not worker.is_alive()
 
 
 def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: Path) -> None:

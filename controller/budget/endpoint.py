@@ -31,11 +31,12 @@ REQUEST_CUT_S = 2.0
 nothing held every slot for the server-wide 10 s, each time they were opened again."""
 
 
-def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None) -> BoundedServer:
+def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None,
+                  stored: Callable[[], None] = lambda: None) -> BoundedServer:
     """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
     (controller.bounded_server): a connection is cut REQUEST_CUT_S after it was accepted, however it sends, and at
     most MAX_CLIENTS are served at once. A client gone before its answer is counted through `dropped` each time
-    and logged the first time."""
+    and logged the first time; `stored` is called once a signal is stored (the daemon steps its budget then)."""
     logged = threading.Event()
 
     def hung_up(why: str) -> None:
@@ -65,6 +66,8 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                     status, reply = 404, {"error": "no such endpoint; POST a signal to /signal"}
                 else:
                     status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
+                    if method == "POST" and status == 200:
+                        stored()
             data = strict_json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
