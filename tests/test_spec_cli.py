@@ -256,7 +256,7 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
      r"request_types: 6 GPU types x 64 config sizes x 309 request types = 118656 flows, past the 100000"),
     (ALLOCATION, lambda t: t + "".join(f"[models.m{i}]\nweights_gb = 14.0\nkv_gb_per_token = 0.0005\n"
                                        for i in range(700)),  # 256,000 routes had built 2.3 GB for 27 s
-     r"^wattscale: queries: 4 query types x 703 models x 4 GPU types x 2 precisions = 22496 routes, past the 20000"),
+     r"^wattscale: models: 4 query types x 703 models x 4 GPU types x 2 precisions = 22496 routes, past the 20000"),
     (PACKING, lambda t: t.replace("speedups = [1.0, 1.75, 3.2, 5.6]", "speedups = [1.0, 1.75, 3.2, 1e308]"),
      r"speedups\[3\]: must be in \(0, 1e\+09\], got 1e\+308"),  # it said "cards/speedups", neither the entry
     (PACKING, lambda t: t.replace("cards = [1, 2, 4, 8]", "cards = [0, 2, 4, 8]"), r"cards\[0\]: must be >= 1, got 0"),

@@ -234,8 +234,9 @@ class AllocationSpec:
             if not getattr(self, name):
                 raise ConfigError(name, "at least one entry is required")
         routes = len(self.queries) * len(self.models) * len(self.tiers())
-        if routes > MAX_ROUTES:
-            raise ConfigError("queries", f"{len(self.queries)} query types x {len(self.models)} models x "
+        if routes > MAX_ROUTES:  # named by its longest table, the one to merge first
+            longest = max(("queries", "models", "gpus", "precisions"), key=lambda name: len(getattr(self, name)))
+            raise ConfigError(longest, f"{len(self.queries)} query types x {len(self.models)} models x "
                               f"{len(self.gpus)} GPU types x {len(self.precisions)} precisions = {routes} routes, past "
                               f"the {MAX_ROUTES} the planner builds and solves in minutes; merge some")
         for name in ("compute_efficiency", "mem_util"):
