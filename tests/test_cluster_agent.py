@@ -313,6 +313,7 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
     {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 500.0}, "release": "yes"},
     {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 5e9}},
     {"sequence": 2, "ttl_s": 10.0, "limits_w": {"0": 20_000.0}},  # no GPU's limit: past telemetry/plausible.py's bound
+    {"sequence": 2, "ttl_s": 10.0, "limits_w": {"1": 500.0, "0001": 250.0}},  # one GPU twice: the later had won
 ])
 def test_a_plan_the_agent_cannot_read_is_an_unreadable_plan_not_a_crash(
         emu: KubeEmulator, tmp_path: Any, served: PlanServer, spec: dict[str, Any]) -> None:

@@ -56,7 +56,8 @@ def _limits(value: Any, where: str) -> dict[int, float]:
         raise ValueError(f"spec.{where}: must be a map of GPU index to watts, got {value!r:.60}")
     out = {}
     for key, watts in value.items():
-        if not (isinstance(key, str) and key.isdecimal() and key.isascii() and len(key) <= 4):  # <= MAX_GPU_INDEX
+        if not (isinstance(key, str) and key.isdecimal() and key.isascii() and len(key) <= 4  # <= MAX_GPU_INDEX
+                and str(int(key)) == key):  # "0001" and "1" had named one GPU, the later silently winning
             raise ValueError(f"spec.{where}: {key!r:.40} is not a GPU's NVML index")
         out[int(key)] = _number(watts, f"{where}.{key}", 0.0, MAX_GPU_LIMIT_W)
     return out
