@@ -261,17 +261,23 @@ class BlindPlant(StuckPlant):
         return watts
 
 
+def blinded(plant: BlindPlant, caps_w: dict[str, float]) -> tuple[FastLoop, dict[int, float]]:
+    """A fast loop on `plant` ("lo" priority 2, "hi" 1) after five ticks that read it, gone blind since; and the
+    limits in force before."""
+    fast = fast_on(plant, caps_w, {"lo": 2, "hi": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    plant.blind = True
+    return fast, dict(plant.limit_w)
+
+
 def test_a_budget_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
     """The readings fail and the budget falls in the same second: safe caps came only with the third lost tick
     (failsafe_after_ticks), the site over its new budget until then. Now the first lost tick under a lower
-    threshold cuts what the limits in force pass it by, as if every GPU drew its limit (the governor's cut, by
-    priority: the failsafe's one level had cut every GPU alike); a fall the limits already fit moves nothing."""
+    threshold cuts what the limits in force pass it by, lowest priority first; a fall the limits already fit
+    moves nothing."""
     plant = BlindPlant()
-    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
-    for t in range(1, 6):
-        fast.tick(float(t))
-    before = dict(plant.limit_w)
-    plant.blind = True
+    fast, before = blinded(plant, {"lo": 500.0, "hi": 700.0})
     fast.governor.settings = replace(fast.governor.settings, budget_w=995.0)  # 965 W: the limits fit it
     fast.tick(6.0)
     assert plant.limit_w == before and sum(before.values()) <= 965.0
@@ -297,11 +303,7 @@ def test_a_blind_cut_takes_the_excess_alone_from_the_lowest_priority() -> None:
     """Stepped on limits as draws, the governor read every GPU as pressed: it grew the higher priority's limit out
     of the lower's, and the cut applied (decreases only) took twice the excess or more from the lower priority."""
     plant = IdlingPlant()
-    fast = fast_on(plant, {"lo": 700.0, "hi": 700.0}, {"lo": 2, "hi": 1})
-    for t in range(1, 6):
-        fast.tick(float(t))
-    before = dict(plant.limit_w)
-    plant.blind = True
+    fast, before = blinded(plant, {"lo": 700.0, "hi": 700.0})
     fast.governor.settings = replace(fast.governor.settings, budget_w=800.0)  # 776 W
     fast.tick(6.0)
     excess = sum(before.values()) - 776.0
@@ -314,11 +316,8 @@ def test_a_domain_line_cut_while_the_readings_are_lost_is_held_at_the_next_tick(
     """A rack's limit lowered while blind waited the whole failsafe count: the cut compared the site's threshold
     alone."""
     plant = BlindPlant()
-    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
-    for t in range(1, 6):
-        fast.tick(float(t))
-    assert plant.limit_w[1] > 400.0
-    plant.blind = True
+    fast, before = blinded(plant, {"lo": 500.0, "hi": 700.0})
+    assert before[1] > 400.0
     rack = PowerDomainSettings("rack", 400.0, (1,))
     fast.governor.settings = replace(fast.governor.settings, domains=(rack,))
     fast.tick(6.0)
