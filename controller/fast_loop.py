@@ -37,7 +37,7 @@ class FastLoop:
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
-        self.retry = RetryBook(base_delay_s=1.0, max_delay_s=10.0)
+        self.retry = RetryBook(1.0, 10.0, lambda said: on_error("power_actuator", said))
         """Per GPU: a GPU in backoff is pinned at its limit in force (the governor fits the others around it),
         so its retries stay within ten seconds."""
         self.samples: list[GpuSample] = []
@@ -225,8 +225,8 @@ class FastLoop:
             applied = self.power.set_power_limit(g.index, watts)
         except Exception as exc:  # a backend's error it did not translate is retried too: it may not stop a tick
             m.actuations.labels(self.power.name, "power_limit", "error").inc()
-            m.errors.labels("power_actuator").inc()
-            self.retry.failed(target, now, exc if isinstance(exc, ActuatorError) else ActuatorError(repr(exc)))
+            if not self.retry.failed(target, now, exc if isinstance(exc, ActuatorError) else ActuatorError(repr(exc))):
+                m.errors.labels("power_actuator").inc()  # the first of a run is counted where the book reports it
             return None
         self.retry.succeeded(target)
         m.actuations.labels(self.power.name, "power_limit", "ok").inc()

@@ -10,6 +10,7 @@ taken as transient with the base delay.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
@@ -28,27 +29,35 @@ class Failing:
 
 
 class RetryBook:
-    def __init__(self, base_delay_s: float = 1.0, max_delay_s: float = 300.0) -> None:
+    def __init__(self, base_delay_s: float = 1.0, max_delay_s: float = 300.0,
+                 report: Callable[[str], None] | None = None) -> None:
         self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
         self.failing: dict[str, Failing] = {}
+        self.report = report
+        """Where the first failure of a run is said (a loop's failure book: counted, recorded in the next
+        decision, logged); None: logged here."""
 
     def may_try(self, target: str, now: float) -> bool:
         f = self.failing.get(target)
         return f is None or (not f.permanent and now >= f.retry_at)
 
-    def failed(self, target: str, now: float, exc: ActuatorError) -> None:
-        """Record a failure: when to try next, and log it if it starts a run."""
+    def failed(self, target: str, now: float, exc: ActuatorError) -> bool:
+        """Record a failure: when to try next, and say it if it starts a run; whether it did."""
         before = self.failing.get(target)
         count = 1 if before is None else before.count + 1
         permanent = isinstance(exc, PermanentActuatorError)
         delay = exc.delay_s if isinstance(exc, TransientActuatorError) else self.base_delay_s
         delay = min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
         self.failing[target] = Failing(count, now + delay, str(exc), permanent)
-        if before is None:
-            if permanent:
-                log.error("%s: %s; no more tries until its config changes", target, exc)
-            else:
-                log.warning("%s: %s; retrying in %.0f s", target, exc, delay)
+        if before is not None:
+            return False
+        said = (f"{target}: {exc}; no more tries until its config changes" if permanent else
+                f"{target}: {exc}; retrying in {delay:.0f} s")
+        if self.report is not None:
+            self.report(said)
+        else:
+            log.log(logging.ERROR if permanent else logging.WARNING, "%s", said)
+        return True
 
     def succeeded(self, target: str) -> None:
         before = self.failing.pop(target, None)

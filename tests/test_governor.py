@@ -396,7 +396,8 @@ def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None
         fast.tick(float(t))
         assert plant.limit_w[1] <= 970.0 - 500.0 + 1.0, (t, plant.limit_w)
     assert fast.missing == {"a"}
-    assert [kind for kind, _ in errors] == ["gpu_missing"]  # reported (counted, recorded) as it went, not each tick
+    # each reported (counted, recorded) as its run began, not each tick: GPU 0's sets failing, then GPU 0 gone
+    assert [kind for kind, _ in errors] == ["power_actuator", "gpu_missing"], errors
 
 
 def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
