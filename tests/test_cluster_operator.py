@@ -488,18 +488,19 @@ def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(
 def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_counted(
         cluster: tuple[KubeEmulator, Any]) -> None:
     """One agent's bad entries (a null limit, no uuid, no index, a text reading, not an object) cost only those
-    GPUs; its good entry and the other node's GPUs are read."""
+    GPUs; its good entry and the other node's GPUs are read. So does an entry whose UUID another lists (the fast
+    loop keys GPUs by UUID: two samples of one had masked each other)."""
     emu, client = cluster
 
-    def gpu(index: Any, **fields: Any) -> dict[str, Any]:
-        return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "power_w": 300.0, "energy_j": 1.0,
+    def gpu(index: Any, node: str = "a", **fields: Any) -> dict[str, Any]:
+        return {"index": index, "uuid": f"GPU-{node}{index}", "name": "H100", "power_w": 300.0, "energy_j": 1.0,
                 "limit_w": 700.0, "min_w": 200.0, "max_w": 700.0, **fields}
 
     # (and an index or watts past what a plan may state: the limit written back would make the agent refuse it)
     bad = [gpu(1, limit_w=None), {k: v for k, v in gpu(2).items() if k != "uuid"},
            {k: v for k, v in gpu(3).items() if k != "index"}, gpu(4, power_w="300"), "GPU 5", gpu(12345),
            gpu(6, max_w=1e6)]
-    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0), gpu(1)])):
+    for node, entries in (("gpu-a", [gpu(0), *bad]), ("gpu-b", [gpu(0, "b"), gpu(1, "b"), gpu(2, uuid="GPU-a0")])):
         # the schema refuses the bad entries now: written by an older agent under an older schema
         emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
             "name": node}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": entries}})
@@ -510,11 +511,13 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)
     assert sorted((plans.where[s.index], s.uuid) for s in got) == [
-        (("gpu-a", 0), "GPU-0"), (("gpu-b", 0), "GPU-0"), (("gpu-b", 1), "GPU-1")]
-    assert counted == ["gpu-a"] * 7
+        (("gpu-a", 0), "GPU-a0"), (("gpu-b", 0), "GPU-b0"), (("gpu-b", 1), "GPU-b1")]
+    assert counted == ["gpu-a"] * 7 + ["gpu-b"]
+    assert "uuid 'GPU-a0' is gpu-a's GPU 0's too" in plans.bad["gpu-b", 2]
     plans.sample(1.0)  # counted each time, logged once
-    assert len(counted) == 14 and len(plans.bad) == 7
+    assert len(counted) == 16 and len(plans.bad) == 8
     emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(k) for k in range(8)]}})
+    emu.patch(GROUP, PLANS, "gpu-b", {"status": {"beat": 2, "gpus": [gpu(0, "b"), gpu(1, "b")]}})
     assert len(plans.sample(2.0)) == 10 and plans.bad == {}  # mended: forgotten, so logged anew if bad again
     emu.delete(GROUP, PLANS, "gpu-a")  # written again past the schema: a bad entry at the end
     emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {

@@ -76,6 +76,7 @@ class NodeReadings:
         out: list[GpuSample] = []
         listed = self.listed
         names = set()
+        uuids: dict[str, str] = {}  # listed this read -> where: one GPU is one sample (the loop keys GPUs by UUID)
         for plan in plans:
             node, status = plan["metadata"]["name"], plan.get("status")
             names.add(node)
@@ -100,6 +101,9 @@ class NodeReadings:
             for k, g in enumerate(gpus if isinstance(gpus, list) else []):
                 try:
                     local, uuid, name, *watts = reading(g)
+                    if uuid in uuids:
+                        raise ValueError(f"uuid {uuid!r:.60} is {uuids[uuid]}'s too")
+                    uuids[uuid] = f"{node}'s GPU {local}"
                 except (KeyError, TypeError, ValueError) as exc:
                     self._bad(node, k, exc)
                     bad_now.add((node, k))
