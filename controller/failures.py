@@ -38,10 +38,8 @@ class Failures:
         """Count, log and record for the next decision a failure the fast loop survived (it reports the first of a
         run alone, and counts the rest itself): GPU readings lost for minutes had left no trace in the decision log."""
         self.counter.labels(kind).inc()
-        with self._lock:  # once a cycle, as `report`: a source that fails every other tick starts a run each time
-            if (kind, message) not in self._now:
-                self._since.append(f"{kind}: {message}")
-            self._now.add((kind, message))
+        with self._lock:  # a source that fails every other tick starts a run each time: recorded once a cycle
+            self._record(kind, message)
         log.warning("%s: %s", kind, message)
 
     def report(self, kind: str, message: str) -> None:
@@ -51,15 +49,19 @@ class Failures:
         self.counter.labels(kind).inc()
         with self._lock:
             first = (kind, message) not in self._before
-            if (kind, message) not in self._now:
-                self._since.append(f"{kind}: {message}")
+            self._record(kind, message)
             self._before.add((kind, message))
-            self._now.add((kind, message))
             said = first and self._said.get(kind, 0) < SAID_ONE_BY_ONE
             if first:
                 self._said[kind] = self._said.get(kind, 0) + 1
         if said:
             log.warning("%s: %s (logged once while it repeats; counted in wattscale_errors_total)", kind, message)
+
+    def _record(self, kind: str, message: str) -> None:
+        """For the next decision, once a cycle (the lock held)."""
+        if (kind, message) not in self._now:
+            self._since.append(f"{kind}: {message}")
+        self._now.add((kind, message))
 
     def take(self) -> list[str]:
         """The failures reported since the last decision, handed to this one; a failure not repeated in it ends
