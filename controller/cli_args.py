@@ -39,7 +39,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number in [low, high] ((low, high] with low_open)."""
+    """An argparse type: a finite number in [low, high] ((low, high] with low_open), refused as written (1e999 parses
+    as inf); with both bounds infinite, any finite number (`finite`)."""
 
     def parse(text: str) -> float:
         try:
@@ -47,22 +48,16 @@ def number(low: float, high: float, low_open: bool = False) -> Callable[[str], f
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         if not (math.isfinite(value) and (low < value if low_open else low <= value) and value <= high):
-            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"must be a finite number in {bounds}, got {text!r}")
+            bounded = math.isfinite(low) or math.isfinite(high)
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]" if bounded else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number{bounds}, got {text!r}")
         return value
 
     return parse
 
 
-def finite(text: str) -> float:
-    """An argparse type: a finite number, refused as written (1e999 parses as inf); its range is checked later."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+finite = number(-math.inf, math.inf)
+"""An argparse type: a finite number (its range is checked later, by the command)."""
 
 
 def directory(text: str) -> str:
