@@ -111,6 +111,7 @@ def test_a_copy_holding_billions_still_rents_a_card(capacity: str) -> None:
     huge = [Config("g_x1", "g", 1, 0.5, (1e13, 1e13))]
     alone = solve_homogeneous(huge, np.array([3000.0, 2000.0]), {"g": 4}, "g", capacity)  # type: ignore[arg-type]
     assert alone.feasible and alone.copies == {"g_x1": 1} and alone.cost_per_h == 0.5, alone
+    assert type(alone.copies["g_x1"]) is int  # a count, not True (the JSON report printed "g_x1": true)
     assert not solve_homogeneous(huge, np.array([3000.0, 2000.0]), {"g": 0}, "g",
                                  capacity).feasible  # type: ignore[arg-type]
 

@@ -223,7 +223,7 @@ def solve_homogeneous(configs: list[Config], counts: np.ndarray, cards: dict[str
             continue
         loads = [n / h for n, h in zip(counts, cf.holds, strict=True) if n > 0]
         # a billionth of slack for the sum's rounding, and a workload of less than that still needs its one copy
-        n = max(math.ceil((sum(loads) if capacity == "shared" else max(loads, default=0.0)) - 1e-9), bool(loads))
+        n = max(math.ceil((sum(loads) if capacity == "shared" else max(loads, default=0.0)) - 1e-9), int(bool(loads)))
         if n * cf.cards <= cards.get(gpu, 0) and (best is None or n * cf.cost_per_h < best[0]):
             best = (n * cf.cost_per_h, cf.name, n)
     solve_s = time.perf_counter() - t0
