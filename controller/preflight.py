@@ -166,9 +166,8 @@ def _domain_floors(settings: Settings) -> list[str]:
     """Domains whose line, less headroom, is under their GPUs' lowest limits: busy, they draw over it whatever the
     governor does (a rack of four H100s under 500 W drew 800 W a whole run, and nothing said why)."""
     out = []
-    kind = settings.gpu_types()
     for d in settings.power.domains:
-        floor = sum(CATALOG[kind.get(g, settings.accelerators[0].name)].min_power_w for g in d.gpus)
+        floor = sum(CATALOG[k].min_power_w for k in settings.gpu_types(d.gpus))
         if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:
             out.append(f"power.domains[{d.name}].limit_w: {d.limit_w:g} W ({line:.0f} W less headroom) is below its "
                        f"GPUs' lowest limits, {floor:.0f} W: busy, they draw over it whatever the governor sets")

@@ -253,12 +253,12 @@ class Settings:
     def decision_log_path(self) -> Path | None:
         return self.daemon.decision_log_path(Path(self.base_dir))
 
-    def gpu_types(self) -> dict[int, str]:
-        """Each GPU's type where the config knows it: a simulated host's as built, else the accelerator of the variant
-        that names it (a real host's types per index are NVML's; a GPU no variant names is the first accelerator's)."""
-        if self.uses_sim:
-            return dict(enumerate(self.simulator.host_types))
-        return {g: v.accelerator for svc in self.services for v in self.variants_of(svc) for g in v.gpus}
+    def gpu_types(self, gpus: tuple[int, ...]) -> list[str]:
+        """Each of these GPUs' type: a simulated host's as built, else the accelerator of the variant that names it,
+        else the first accelerator's (a real host's types per index are NVML's)."""
+        kinds = dict(enumerate(self.simulator.host_types)) if self.uses_sim else {
+            g: v.accelerator for svc in self.services for v in self.variants_of(svc) for g in v.gpus}
+        return [kinds.get(g, self.accelerators[0].name) for g in gpus]
 
     def deployment_of(self, svc: ServiceSettings, v: VariantSettings) -> str:
         """A variant's Deployment: as named, else its service's (no variants listed) or `<service>-<accelerator>`."""

@@ -47,8 +47,8 @@ def svc_path(name: str) -> str:
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
     """What these GPUs draw with no replica, each as its type (`Settings.gpu_types`, else the first accelerator's), at
     `empty_w`'s draw for its type where given (read off free GPUs), else the catalogue's."""
-    kind, default, known = s.gpu_types(), s.accelerators[0].name, empty_w or {}
-    return sum(known.get(k, CATALOG[k].empty_draw_w) for k in (kind.get(g, default) for g in gpus))
+    known = empty_w or {}
+    return sum(known.get(k, CATALOG[k].empty_draw_w) for k in s.gpu_types(gpus))
 
 
 def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, float] | None = None) -> float:
@@ -166,6 +166,7 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
     if svc.variants and (svc.gpus or svc.deployment):
         raise ConfigError(where, "give `gpus` and `deployment` per variant, not for the service")
     known, domains = {a.name for a in s.accelerators}, [d.name for d in s.power.domains]
+    types = s.simulator.host_types if s.uses_sim else []  # a real host's types per GPU only NVML tells
     for v in svc.variants:
         if v.accelerator not in known:
             raise ConfigError(where, f"accelerator {quoted(v.accelerator)} is not among the accelerators "
@@ -178,7 +179,6 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
         if v.domain and v.domain not in domains:
             raise ConfigError(f"{where}[{v.accelerator}].domain", f"unknown domain {quoted(v.domain)}, expected one of "
                               f"power.domains {domains}")
-        types = s.simulator.host_types if s.uses_sim else []  # a real host's types per GPU only NVML tells
         on = {types[g] for d in s.power.domains if d.name == v.domain for g in d.gpus if g < len(types)}
         if on and v.accelerator not in on:  # its replicas charged to a rack its GPUs are not in
             raise ConfigError(f"{where}[{v.accelerator}].domain", f"{quoted(v.domain)} holds {', '.join(sorted(on))} "
