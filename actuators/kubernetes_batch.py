@@ -31,6 +31,11 @@ def _container(deployment: dict[str, Any], where: str) -> dict[str, Any]:
     return dict(containers[0])
 
 
+def _where(service: str, ref: DeploymentRef) -> str:
+    """A service's Deployment as messages name it."""
+    return f"{service} ({ref.namespace}/{ref.name})"
+
+
 def read_flag(args: Sequence[str]) -> int | None:
     """The value of `--max-num-seqs N` or `--max-num-seqs=N` in an argv; None where absent or unreadable."""
     for i, a in enumerate(args):
@@ -72,15 +77,14 @@ class KubernetesBatchSizer:
         try:
             obj = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
         except Exception as exc:
-            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+            raise translate(exc, _where(service, ref)) from exc
         return dict(self.plain(obj))
 
     def get_max_batch(self, service: str) -> BatchInForce:
         values, rolls = [], []
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            value = read_flag([str(a) for a in _container(d, f"{service} ({ref.namespace}/{ref.name})").get("args")
-                               or []])
+            value = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
             if value is None:
                 continue
             if rolling(d):
@@ -97,7 +101,7 @@ class KubernetesBatchSizer:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            c = _container(d, f"{service} ({ref.namespace}/{ref.name})")
+            c = _container(d, _where(service, ref))
             args = tuple(str(a) for a in c.get("args") or [])
             if read_flag(args) == max_num_seqs:
                 continue
@@ -109,5 +113,5 @@ class KubernetesBatchSizer:
                 self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
                                                       _content_type="application/strategic-merge-patch+json")
             except Exception as exc:
-                raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+                raise translate(exc, _where(service, ref)) from exc
             log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, before)
