@@ -76,16 +76,17 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             extra = served.costs["total"] - best.costs["total"]
             lost = share * queries  # under 1e-308 queries a period (rates of 1e-200 both) it reads 0
             above = qt.unmet_penalty + extra / lost if lost > 0.0 else math.inf
+            priced = math.isfinite(above)  # not where it overflows (5e-324 queries) or none are lost
             # a serving plan stopped at the limit costs at most what it says: the figures are upper bounds
             most = "" if served.optimal else "at most "
             raise_it = (f"No penalty per query serves it: {lost:.3g} queries a period are dropped, which no number "
-                        "prices." if not math.isfinite(above) else
+                        "prices." if not priced else
                         f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if served.optimal else
                         f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at the "
                         "time limit: the true threshold may be lower).")
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
-                "value": qt.unmet_penalty, "serve_above": above if math.isfinite(above) else None,
+                "value": qt.unmet_penalty, "serve_above": above if priced else None,
                 "serve_above_proven": served.optimal,
                 "text": (f"{i}: {dropped(share)} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
