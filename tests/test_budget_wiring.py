@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import until
 from conftest import free_port
 
 from controller.cli import main
@@ -126,10 +127,7 @@ def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: 
         request = urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, method="POST")
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200 and json.loads(answer.read())["budget_w"] == 2400
-        until = time.monotonic() + 10.0
-        while daemon.controller.governor.settings.budget_w != 2400.0 and time.monotonic() < until:
-            time.sleep(0.01)
-        assert daemon.controller.governor.settings.budget_w == 2400.0
+        until(lambda: daemon.controller.governor.settings.budget_w == 2400.0, 10.0, "the signal's budget")
     finally:
         daemon.stop_event.set()
         daemon.budget_due.set()
@@ -183,7 +181,6 @@ def test_clients_that_hang_up_before_their_answer_are_counted_and_logged_once(
     """Content-Length 100 and a hang-up (closed, or reset): the endpoint printed a BrokenPipeError traceback
     into the daemon's log each time; now each is counted, the first logged, and the next client is answered."""
     import struct
-    import time
 
     from controller.budget.endpoint import serve_signals
 
@@ -225,7 +222,6 @@ def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: P
     """Each read had a 10 s timeout, so a client sending a byte every few seconds held its connection and its
     thread for as long as it liked, and any number of them. Now a connection is cut REQUEST_S after accept (at
     most MAX_CLIENTS at once), counted as a client gone, and a signal gets through meanwhile."""
-    import time
 
     from controller.budget.endpoint import serve_signals
 
@@ -246,10 +242,7 @@ def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: P
             assert answer.status == 200 and path.exists()
         assert slow.recv(4096) == b"" and time.monotonic() - t0 < 3.0  # cut, unanswered
         slow.close()
-        until = time.monotonic() + 5.0
-        while not drops and time.monotonic() < until:
-            time.sleep(0.02)
-        assert drops
+        until(lambda: drops, 5.0, "the dropped client counted")
     finally:
         server.shutdown()
         server.server_close()
