@@ -143,6 +143,22 @@ def small_scenario(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+MIXED_HOST = ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml"
+"""Four H100-SXM then four L40S GPUs; chat runs on either (`MIXED_CHAT`)."""
+MIXED_CHAT = 'variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]'
+
+
+def mixed_host(path: Path, rack_w: float | None = None, chat: str = MIXED_CHAT) -> Path:
+    """MIXED_HOST written to `path`, with a rack "rack-l" over its L40S GPUs at `rack_w`, chat's variants as given."""
+    text = MIXED_HOST.read_text()
+    assert MIXED_CHAT in text
+    if rack_w is not None:
+        rack = f'[[power.domains]]\nname = "rack-l"\nlimit_w = {rack_w:g}\ngpus = [4, 5, 6, 7]\n'
+        text = text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1)
+    path.write_text(text.replace(MIXED_CHAT, chat, 1))
+    return path
+
+
 def one_line(capsys: pytest.CaptureFixture[str]) -> str:
     """What a command wrote to stderr, held to one line and no traceback: how bad input is answered."""
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import mixed_host
 
 from controller.cli import main
 from controller.config_loader import ConfigError
@@ -610,33 +611,26 @@ def test_a_domain_under_its_gpus_lowest_limits_is_a_warning(tmp_path: Path, caps
 def test_a_domain_of_another_gpu_type_on_a_mixed_simulated_host_is_held_to_its_own_floor(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The L40S rack of the H100 + L40S host was read as H100s (800 W of lowest limits where its four draw 400 W)."""
-    rack = '\n[[power.domains]]\nname = "rack-l"\nlimit_w = 420\ngpus = [4, 5, 6, 7]\n'
-    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
-    (tmp_path / "h.toml").write_text(text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1))
-    assert main(["check-config", "--file-only", str(tmp_path / "h.toml")]) == 0
+    assert main(["check-config", "--file-only", str(mixed_host(tmp_path / "h.toml", 420))]) == 0
     assert "power.domains" not in capsys.readouterr().err
 
 
 def test_two_variants_of_a_service_may_not_scale_one_deployment(tmp_path: Path) -> None:
     """Draining one variant scales its Deployment to 0, the other's replicas with it, and the operator counted the
     same pods once per variant: accepted, the plan could never settle."""
-    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
-    chat = 'variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]'
-    assert chat in text
+    path = tmp_path / "mixed.toml"
     shared = 'variants = [{ accelerator = "H100-SXM", deployment = "vllm-chat" }, { accelerator = "L40S", ' \
              'deployment = "vllm-chat" }]'
-    (tmp_path / "mixed.toml").write_text(text.replace(chat, shared, 1))
     with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[L40S\]\.deployment: 'vllm-chat' is "
                                           r"services\[chat\]\.variants\[H100-SXM\]'s too: each variant scales a "
                                           r"Deployment of its own$"):
-        load_settings(tmp_path / "mixed.toml")
+        load_settings(mixed_host(path, chat=shared))
     # a name as the other's default is, and another service's variant, alike
     default = 'variants = [{ accelerator = "H100-SXM", deployment = "chat-l40s" }, { accelerator = "L40S" }]'
-    (tmp_path / "mixed.toml").write_text(text.replace(chat, default, 1))
     with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[L40S\]\.deployment: 'chat-l40s' is "):
-        load_settings(tmp_path / "mixed.toml")
+        load_settings(mixed_host(path, chat=default))
     theirs = 'variants = [{ accelerator = "H100-SXM", deployment = "code-h100-sxm" }, { accelerator = "L40S" }]'
-    (tmp_path / "mixed.toml").write_text(text.replace(chat, theirs, 1))
+    mixed_host(path, chat=theirs)
     with pytest.raises(ConfigError, match=r"^services\[code\]\.variants\[H100-SXM\]\.deployment: 'code-h100-sxm' "
                                           r"is services\[chat\]\.variants\[H100-SXM\]'s too"):
         load_settings(tmp_path / "mixed.toml")

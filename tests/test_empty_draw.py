@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import MIXED_HOST
 
 from controller.empty_draw import MIN_READINGS, EmptyDraw
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand
@@ -19,7 +20,6 @@ from simulator.hardware import SPECS
 from tests.test_loops import sim_controller
 
 NVML_NAME = "NVIDIA H100 80GB HBM3"
-MIXED_HOST = Path(__file__).resolve().parents[1] / "config" / "scenarios" / "hosts" / "h100-l40s.toml"
 
 
 def sample(index: int, service: str | None, name: str = NVML_NAME) -> GpuSample:

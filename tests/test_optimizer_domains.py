@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import MIXED_CHAT, mixed_host
 
 from controller.config_loader import ConfigError
 from controller.domain_rooms import domain_rooms, placements
@@ -147,25 +148,16 @@ def test_a_variants_pool_is_checked_by_field(tmp_path: Path, variant: str, messa
 def test_a_variants_pool_holds_gpus_of_its_type_on_a_simulated_host(tmp_path: Path) -> None:
     """An H100 variant charged to the rack of the mixed host's L40S GPUs was taken and ran: every replica's watts
     went to a rack its GPUs are not in."""
-    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
-    rack = '[[power.domains]]\nname = "rack-l"\nlimit_w = 1500\ngpus = [4, 5, 6, 7]\n'
-    text = text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1)
-    chat = 'variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]'
-    assert chat in text
-    pooled = chat.replace('"H100-SXM" }', '"H100-SXM", domain = "rack-l" }')
-    (tmp_path / "mixed.toml").write_text(text.replace(chat, pooled, 1))
+    pooled = MIXED_CHAT.replace('"H100-SXM" }', '"H100-SXM", domain = "rack-l" }')
     with pytest.raises(ConfigError, match=r"^services\[chat\]\.variants\[H100-SXM\]\.domain: 'rack-l' holds L40S GPUs "
                                           r"of the simulated host, no H100-SXM$"):
-        load_settings(tmp_path / "mixed.toml")
+        load_settings(mixed_host(tmp_path / "mixed.toml", 1500, pooled))
 
 
 def test_a_rack_of_a_mixed_hosts_l40s_gpus_idles_at_their_draw(tmp_path: Path) -> None:
     """Its room is its line less what L40S GPUs draw with no replica: no variant names them, and the first
     accelerator's (H100) idle draw had been taken for each."""
-    text = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
-    rack = '[[power.domains]]\nname = "rack-l"\nlimit_w = 1500\ngpus = [4, 5, 6, 7]\n'
-    (tmp_path / "mixed.toml").write_text(text.replace('mode = "predicted"\n', 'mode = "predicted"\n' + rack, 1))
-    s = load_settings(tmp_path / "mixed.toml")
+    s = load_settings(mixed_host(tmp_path / "mixed.toml", 1500))
     assert s.accelerators[0].name == "H100-SXM"
     (room,) = domain_rooms(s)
     scale = s.power.planned_w() / s.power.budget_w
