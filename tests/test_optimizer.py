@@ -163,6 +163,19 @@ def test_token_speed_is_offered_spare_replicas_cost_is_not() -> None:
         assert full == list(range(full[0], full[0] + spare + 1))
 
 
+def test_the_replicas_in_force_stay_a_candidate_however_far_past_the_need() -> None:
+    """Token speed is offered spares up to EXTRA_REPLICAS past each shape's need; replicas in force past that at the
+    batch in force are still offered, else staying is no candidate and a plan with GPUs to spare restarts into a
+    smaller batch whose need reaches them, then back (a mixture of experts' engine did, every 105 s)."""
+    fresh = Problem((_chat(None, 1.0),), (H100,), 5000.0, batch_sizes=(16, 64), power_levels=(1.0,))
+    need = min(c.assignment.replicas for c in enumerate_all(fresh)[0] if c.assignment.max_batch == 64)
+    current = Assignment("H100-SXM", need + 4, 64, 700.0)
+    problem = replace(fresh, services=(_chat(current, 1.0),))
+    offered = {c.assignment.replicas for c in enumerate_all(problem)[0] if c.assignment.max_batch == 64}
+    assert offered == set(range(need, need + 5))
+    assert solve(problem, get_solver("milp")).services[0].assignment.max_batch == 64
+
+
 def test_the_transition_penalty_charges_scales_and_restarts_never_a_cap() -> None:
     """The governor moves limits every second, so a cap in force between the levels must not charge every
     candidate the penalty alike (that left no hysteresis on replicas and batch); a restart costs twice a scale."""

@@ -172,8 +172,10 @@ def _restart_need(svc: ServiceDemand, cur: Assignment, pair: Pair, cap_w: float,
 
 def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
-    on the max batch in force (so more replicas never have to come through a restart) and on the shapes scoring
-    best at their need, where a plan with watts and GPUs to spare would look."""
+    on the max batch in force (so more replicas never have to come through a restart), up to the replicas in force
+    however far past the need they are (else staying is no candidate, and a plan with spare GPUs restarts into a
+    batch whose need sits nearer them, then back), and on the shapes scoring best at their need, where a plan with
+    watts and GPUs to spare would look."""
     svc = problem.services[pair.service]
     now = svc.current
     batch_now = now.max_batch if now is not None and now.accelerator == pair.acc.name else None
@@ -183,7 +185,10 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
         a = c.assignment
         if a.max_batch != batch_now and id(c) not in best:
             continue
-        for n in range(a.replicas + 1, min(pair.most, a.replicas + EXTRA_REPLICAS) + 1):
+        most = a.replicas + EXTRA_REPLICAS
+        if a.max_batch == batch_now and now is not None:
+            most = max(most, now.replicas)
+        for n in range(a.replicas + 1, min(pair.most, most) + 1):
             out.append((a.max_batch, a.power_cap_w, a.sm_clock_fraction, n, svc.load.rate_rps, n - a.replicas))
     return out
 
