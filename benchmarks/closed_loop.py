@@ -1,6 +1,7 @@
 """The whole control loop on the simulated host of config/sim.toml, in simulated time.
 
     python benchmarks/closed_loop.py [--config config/sim.toml] [--duration-s 1800] [--seeds 4]
+                                     [--personality NAME] [--expert-weight-share X --expert-token-share Y]
 
 The controller the daemon runs, stepped with explicit times (fast tick every fast_interval_s, slow
 tick every slow_interval_s) against the token-level emulator: the ground truth it must learn and
@@ -67,8 +68,9 @@ def _served_since(svc: SimService, seen: dict[str, tuple[VLLMEngine, int, int]])
 
 
 def run(config: str, seed: int | None, duration_s: float, budget_w: float | None = None,
-        personality: str | None = None) -> dict[str, Any]:
-    """One closed-loop run with the simulator seeded `seed` (None: the config's seed)."""
+        personality: str | None = None, experts: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
+    """One closed-loop run with the simulator seeded `seed` (None: the config's seed); `experts`: every service's
+    prior's routing (expert weight share, expert token share), as a config of a mixture of experts writes it."""
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(config).read_text()
@@ -81,6 +83,10 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
             s = replace(s, power=replace(s.power, budget_w=budget_w))
         if personality is not None:
             s = replace(s, simulator=replace(s.simulator, personalities={v.model: personality for v in s.services}))
+        if experts[0] > 0.0:
+            s = replace(s, services=tuple(replace(v, prior=replace(v.prior, expert_weight_share=experts[0],
+                                                                   expert_token_share=experts[1]))
+                                          for v in s.services))
         parts = build_parts(s)
         assert parts.host is not None, "closed_loop needs a config whose parts are simulated"
         registry = CollectorRegistry()
@@ -161,13 +167,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--budget-w", type=float, default=None, help="site budget in watts instead of the config's")
     ap.add_argument("--personality", default=None, help="every service's engine personality (simulator/personality.py)")
+    ap.add_argument("--expert-weight-share", type=float, default=0.0,
+                    help="every service's prior: a mixture of experts' share of the weights in routed experts")
+    ap.add_argument("--expert-token-share", type=float, default=0.0,
+                    help="every service's prior: the share of routed experts one token runs")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     first = load_settings(Path(args.config)).simulator.seed
     seeds = [first + k for k in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run, [args.config] * len(seeds), seeds, [args.duration_s] * len(seeds),
-                             [args.budget_w] * len(seeds), [args.personality] * len(seeds)))
+                             [args.budget_w] * len(seeds), [args.personality] * len(seeds),
+                             [(args.expert_weight_share, args.expert_token_share)] * len(seeds)))
     slo: dict[str, list[float]] = {}
     for r in runs:
         for name, svc in r["services"].items():

@@ -62,6 +62,11 @@ OUT_TOKENS, IN_CV, OUT_CV = 256, 0.5, 1.0
 TARGETS = {"median_ttft": 0.10, "p90_ttft": 0.25, "median_itl": 0.05, "p90_itl": 0.15, "median_ttft_p95": 0.20,
            "capacity_within_10pct_share": 0.9, "stable_called_unstable": 0}
 Shape = tuple[str, int, int, float]  # personality, max batch, prompt tokens, cap share of the maximum
+CARDS = {"mixture-of-experts": (0.93, 8.0 / 64.0)}
+"""The routing a user reads off the card of the model a personality imitates, and gives `wattscale tune`
+(--expert-weight-share, --expert-token-share): OLMoE-1B-7B routes each token to 8 of 64 experts and has 6.9B
+parameters, 1.3B active, so its routed experts hold 64 x (6.9 - 1.3) / 56 = 6.4B of them, 93 %. Not the engine's
+own share, which stays hidden (the simulator's reads 85 % of the weights' bytes)."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,13 @@ class Truth:
     def replica(self, personality: str) -> Replica:
         return Replica(self.engine_model, GPU, pair_seed=self.pair_seed, personality=personality)
 
-    def prior(self, family: str) -> ServiceParams:
+    def prior(self, family: str, personality: str) -> ServiceParams:
         """`wattscale tune`'s default prior, with the KV cache the replicas publish (`vllm:cache_config_info`:
-        num_gpu_blocks x block_size), as a user starts."""
+        num_gpu_blocks x block_size) and a mixture of experts' routing off its card (`CARDS`), as a user starts."""
         kv_tokens = float(self.replica("roofline").cost().kv_capacity_tokens)
+        weights, tokens = CARDS.get(personality, (0.0, 0.0)) if family == "step" else (0.0, 0.0)
         return ServiceParams(family, alpha_ms=15.0, beta_ms=0.1, gamma_ms=10.0, delta_ms=default_delta_ms(family),
-                             kv_tokens=kv_tokens)
+                             kv_tokens=kv_tokens, expert_weight_share=weights, expert_token_share=tokens)
 
 
 def check_stored(stored: dict[str, Any], truth: Truth, names: list[str], path: Path) -> None:
@@ -163,7 +169,7 @@ def _stats(errs: list[float]) -> tuple[float, float]:
 def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sats: dict[Shape, float],
           model_name: str, family: str, settings: Truth) -> dict[str, Any]:
     """Fit on `train` as `wattscale tune --accelerator --fit-power --family` does, then predict `test`."""
-    pair = PairFilter(settings.prior(family), PROFILE, fit_power=True, queue_model=model_name)
+    pair = PairFilter(settings.prior(family, name), PROFILE, fit_power=True, queue_model=model_name)
     report = run(pair, [observation(r) for r in train])
     params, prof = pair.params()
     model = get_model(model_name)

@@ -123,7 +123,13 @@ def _tune(args: argparse.Namespace) -> int:
     if args.family == "gen2" and args.delta_ms is not None:
         raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
     delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
-    prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms)
+    try:
+        prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
+                              expert_weight_share=args.expert_weight_share,
+                              expert_token_share=args.expert_token_share)
+    except ModelInputError as exc:  # named as the flag the user typed
+        name, _, why = str(exc).partition(": ")
+        raise ModelInputError(f"--{name.replace('_', '-')}: {why}") from None
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations),
                                 None if prof is None else (prof.min_power_w, prof.max_power_w))

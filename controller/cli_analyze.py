@@ -62,7 +62,8 @@ def _analyze(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)
         raise ModelInputError(f"--family: {args.family} has no {flags}; they are the step family's")
     params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms,
-                           **{n: getattr(args, n) for n in (*step_terms, "kv_tokens")})
+                           **{n: getattr(args, n) for n in (*step_terms, "kv_tokens", "expert_weight_share",
+                                                            "expert_token_share")})
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None

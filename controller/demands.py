@@ -30,7 +30,7 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
         key = pair_key(svc.model, a)
         fitted = tuner.params(svc.model, a)
         p = fitted[0] if fitted else svc.prior.params()
-        held = ServiceParams.from_vector(p.family, basis.hold(key, p.as_vector()))
+        held = p.with_vector(basis.hold(key, p.as_vector()))
         params[a] = replace(held, kv_tokens=kv_tokens[a])
         if fitted is not None and fitted[1] is not None:
             # The pair's draw curve (and cap sensitivity) as fitted, held while what it predicts holds.

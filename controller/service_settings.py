@@ -69,12 +69,19 @@ class PriorSettings:
     """Step family: decode time per sequence per token of context (ms); 0: the tuner starts from 1e-4."""
     epsilon_ms: float = 0.0
     """Step family: fixed time of a step that carries a prompt (ms); 0: the tuner starts from 2."""
+    expert_weight_share: float = 0.0
+    """Step family, a mixture of experts: share of the weights in routed experts (their parameters over all, off
+    the model card; read, not fitted): a decode step reads only the experts its tokens route to. 0: a dense model."""
+    expert_token_share: float = 0.0
+    """Step family, a mixture of experts: share of routed experts one token runs (experts per token over routed
+    experts: 8/64 for OLMoE, 2/8 for Mixtral, 8/128 for Qwen3-30B-A3B)."""
 
     def check(self, where: str) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {quoted(self.family)}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        check_range(self, where, ("expert_weight_share", "expert_token_share"), 0.0, 1.0)
         if self.delta_ms is not None:
             check_range(self, where, ("delta_ms",), 0.0, MAX_STEP_MS)
         try:  # the model's own checks (a term between 0 and LEAST_TERM leaves the tuner no room between its bounds)
@@ -86,7 +93,8 @@ class PriorSettings:
     def params(self) -> ServiceParams:
         delta_ms = self.delta_ms if self.delta_ms is not None else default_delta_ms(self.family)
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, delta_ms, self.kappa_ms,
-                             self.epsilon_ms)
+                             self.epsilon_ms, expert_weight_share=self.expert_weight_share,
+                             expert_token_share=self.expert_token_share)
 
 
 @dataclass(frozen=True)

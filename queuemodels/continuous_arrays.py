@@ -89,29 +89,29 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     k = len(n)
     laws = LawArrays._make([c_p * (1.0 + phi**2) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p, np.full(k, 0.5),
                             phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, v["in_cv"],
-                            *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.zeros(k), np.zeros(k),
+                            *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.ones(k), np.zeros(k), np.zeros(k),
                             np.ones(k, dtype=bool)])
     if bent.size:
-        _bend(laws, bent, roofline, c_p[bent], phi[bent], stretch[bent] * at_top[bent],
+        _bend(laws, bent, roofline, c_p[bent], phi[bent], (stretch[bent] * at_top[bent], stretch[bent]),
               batch, rates[bent], v["in_cv"][bent], built)
     laws.p0[~built] = np.inf  # no law at this rate (the scalar law raises): not one to build again one by one
     return laws, built
 
 
-def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, phi: Floats, bend_scale: Floats, batch: Floats,
-          rates_rps: Floats, in_cv: Floats, built: Bools) -> None:
+def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, phi: Floats, scales: tuple[Floats, Floats],
+          batch: Floats, rates_rps: Floats, in_cv: Floats, built: Bools) -> None:
     """The roofline rows `bent` of `laws` as continuous_law finishes them: the prompt's own cost `c_p` (the GPU's
-    share `phi` already in the steps), the bend at its scale, and the wait under the token budget (no law where
-    prompts fill its room: `built`)."""
-    for name, terms in zip(ROOFLINE_FIELDS, (roofline.memory_ms, roofline.memory_per_seq_ms,
-                                             roofline.compute_per_seq_ms, roofline.prompt_tokens,
-                                             roofline.budget_tokens), strict=True):
-        getattr(laws, name)[bent] = terms
+    share `phi` already in the steps), the bend and the experts' read skipped at their `scales`, and the wait under
+    the token budget (no law where prompts fill its room: `built`)."""
+    bend_scale, skip_scale = scales
+    for name in ROOFLINE_FIELDS:
+        getattr(laws, name)[bent] = getattr(roofline, name)
     d0, d1 = laws.d0[bent], laws.d1[bent]
-    step_ms = d0 + d1 * batch + bend_scale * roofline.bend_ms(batch)
+    step_ms = d0 + d1 * batch + bend_scale * roofline.bend_ms(batch) - skip_scale * roofline.skipped_ms(batch)
     wait, var, use = roofline.budget_wait_ms(rates_rps, in_cv, batch, step_ms)
     laws.p0[bent] = c_p * (1.0 + phi**2) + d0 + wait
     laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, phi * c_p / 2.0
-    laws.bend_scale[bent], laws.budget_wait_ms[bent], laws.budget_wait_var[bent] = bend_scale, wait, var
+    laws.bend_scale[bent], laws.skip_scale[bent] = bend_scale, skip_scale
+    laws.budget_wait_ms[bent], laws.budget_wait_var[bent] = wait, var
     laws.affine[bent] = False
     built[bent] &= use < 0.99

@@ -9,6 +9,9 @@ so the step takes about the larger of the two (a smooth maximum, the one the pro
   maximum (plus epsilon): it hides under the memory time the decodes leave, and costs its whole compute once
   the decodes have made the step compute-bound. The prompts that ride one step hide under its memory time
   together, so the GPU's cost per prompt grows with how many share a step (`prompt_gpu_ms`).
+A mixture of experts reads only the routed experts some token of a step runs: a decode step of B sequences skips
+a share miss^B of their read (miss the share of experts one token leaves), so the decode step is concave in the batch
+at small batches, and a step that carries a prompt reads them all.
 With rho = kappa = 0 the prompt's cost is gen1's, cbrt((delta L_in)^3 + gamma^3) - gamma, and the bend is 0.
 """
 
@@ -66,13 +69,22 @@ def chunks(prompt_tokens: Floats | float, budget_tokens: Floats | float, batch: 
 
 
 def bend_ms(memory_ms: Floats | float, memory_per_seq_ms: Floats | float, compute_per_seq_ms: Floats | float,
-            batch: Floats) -> Floats:
+            batch: Floats, expert_read_ms: Floats | float = 0.0, expert_miss: Floats | float = 0.0) -> Floats:
     """`Roofline.bend_ms` over arrays, per row (0 where a row's decode has no compute term)."""
     computes = np.asarray(compute_per_seq_ms) > 0.0
     if not computes.any():
         return np.zeros_like(batch)
-    out = unhidden_ms(memory_ms + memory_per_seq_ms * batch, compute_per_seq_ms * batch)
+    memory = memory_ms + memory_per_seq_ms * batch
+    if (np.asarray(expert_read_ms) > 0.0).any():
+        memory = memory - skipped_ms(expert_read_ms, expert_miss, batch)
+    out = unhidden_ms(memory, compute_per_seq_ms * batch)
     return out if computes.all() else np.where(computes, out, 0.0)
+
+
+def skipped_ms(expert_read_ms: Floats | float, expert_miss: Floats | float, batch: Floats) -> Floats:
+    """`Roofline.skipped_ms` over arrays, per row (0 where a row has no experts)."""
+    out: Floats = expert_read_ms * np.power(expert_miss, batch)
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,13 @@ class Roofline:
     """A prompt's length (L_in)."""
     budget_tokens: float = 0.0
     """Tokens a step schedules, decodes first (0: no limit)."""
+    expert_read_ms: float = 0.0
+    """The routed experts' part of the weights' read: the expert weight share of gamma, or of alpha where a fit
+    left gamma above it (a decode step reads the weights within its fixed time alpha, so a small batch never
+    skips more than that); 0: a dense model."""
+    expert_miss: float = 0.0
+    """The share of routed experts one token leaves unread: a decode step of B sequences skips expert_miss^B of
+    their read. A step that carries a prompt reads them all (its hundreds of tokens route everywhere)."""
 
     @classmethod
     def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0, decode_factor: float = 1.0) -> Roofline:
@@ -104,7 +123,8 @@ class Roofline:
         context = load.in_tokens + load.out_tokens / 2.0
         return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms * decode_factor,
                    params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens,
-                   params.budget_tokens)
+                   params.budget_tokens, min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share,
+                   params.expert_miss)
 
     def chunks(self, batch: Batch) -> Batch:
         """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that
@@ -117,25 +137,40 @@ class Roofline:
         return smooth_chunks(self.prompt_tokens / room_tokens(self.budget_tokens, batch))  # every row limited
 
     def _memory(self, batch: Batch) -> Batch:
+        """A step's memory time where it reads every expert (one that carries a prompt)."""
         return self.memory_ms + self.memory_per_seq_ms * batch
+
+    def skipped_ms(self, batch: Batch) -> Batch:
+        """The experts' read a decode step of `batch` sequences skips: those none of its tokens route to. It is
+        memory time, so no cap or lock slows it (0 for a dense model)."""
+        if self.expert_read_ms <= 0.0:
+            return 0.0 * batch
+        out: Batch = self.expert_read_ms * self.expert_miss**batch
+        return out
+
+    def _decode_memory(self, batch: Batch) -> Batch:
+        """A decode step's memory time: every sequence's KV and the weights its tokens route to."""
+        return self._memory(batch) - self.skipped_ms(batch)
 
     def bend_ms(self, batch: Batch) -> Batch:
         """What a decode step at `batch` takes beyond its memory time: the compute that no longer hides."""
         if self.compute_per_seq_ms <= 0.0:
             return 0.0 * batch
-        memory = self._memory(batch)
+        memory = self._decode_memory(batch)
         if isinstance(batch, float):
             return float((memory**3 + (self.compute_per_seq_ms * batch) ** 3) ** (1.0 / 3.0) - memory)
         return unhidden_ms(memory, self.compute_per_seq_ms * batch)  # one row: `bend_ms` less its per-row checks
 
     def prompt_ms(self, batch: float) -> float:
         """What one prompt alone adds to the steps that decode `batch` sequences: each of its chunks adds what its
-        compute adds to the step's smooth maximum, plus the fixed cost of a step that carries a prompt."""
+        compute adds to the step's smooth maximum, plus the fixed cost of a step that carries a prompt (and, for a
+        mixture of experts, the read of the experts the decodes alone skip)."""
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
         k = float(self.chunks(batch))
         with_chunk = (memory**3 + (decode + self.prompt_compute_ms / k) ** 3) ** (1.0 / 3.0)
-        return float(k * (self.prompt_overhead_ms + with_chunk - (memory**3 + decode**3) ** (1.0 / 3.0)))
+        return float(k * (self.prompt_overhead_ms + with_chunk
+                          - (self._decode_memory(batch) ** 3 + decode**3) ** (1.0 / 3.0)))
 
     def prompt_gpu_ms(self, batch: float, per_step: float) -> float:
         """What one prompt costs the GPU where `per_step` prompts (Poisson) arrive per step: the prompts that ride
@@ -152,7 +187,7 @@ class Roofline:
         decode = self.compute_per_seq_ms * batch
         chunk = self.prompt_compute_ms / k
         m3 = memory**3
-        base = (m3 + decode**3) ** (1.0 / 3.0)
+        base = (self._decode_memory(batch) ** 3 + decode**3) ** (1.0 / 3.0)
         # the Poisson mass of K riders within 6 sigma of x + 3 (outside, under 1e-9), weighted in log space:
         # e^-x underflows to 0 past x = 745, and a product of ratios from it would lose the compute altogether
         spread = 6.0 * math.sqrt(x)
@@ -178,7 +213,7 @@ class Roofline:
         c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_gpu / 1000.0)
-            step = (d0 + d1 * batch + float(self.bend_ms(batch))) / (1.0 - phi)
+            step = (d0 + d1 * batch + float(self.bend_ms(batch)) - float(self.skipped_ms(batch))) / (1.0 - phi)
             batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
             c_gpu = self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)
         return self.prompt_ms(batch), c_gpu, batch

@@ -15,10 +15,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaln
 
-from queuemodels.roofline import SETTLE_STEPS, Floats, Roofline, bend_ms, chunks
+from queuemodels.roofline import SETTLE_STEPS, Floats, Roofline, bend_ms, chunks, skipped_ms
 
 TERMS = ("memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "prompt_compute_ms", "prompt_overhead_ms",
-         "prompt_tokens", "budget_tokens")
+         "prompt_tokens", "budget_tokens", "expert_read_ms", "expert_miss")
 """Roofline's fields, in the order `Terms` holds them."""
 
 
@@ -32,6 +32,8 @@ class Terms(NamedTuple):
     prompt_overhead_ms: Floats
     prompt_tokens: Floats
     budget_tokens: Floats
+    expert_read_ms: Floats
+    expert_miss: Floats
 
     @classmethod
     def of(cls, rooflines: list[Roofline]) -> Terms:
@@ -45,11 +47,21 @@ class Terms(NamedTuple):
         return chunks(self.prompt_tokens, self.budget_tokens, batch)
 
     def bend_ms(self, batch: Floats) -> Floats:
-        return bend_ms(self.memory_ms, self.memory_per_seq_ms, self.compute_per_seq_ms, batch)
+        return bend_ms(self.memory_ms, self.memory_per_seq_ms, self.compute_per_seq_ms, batch, self.expert_read_ms,
+                       self.expert_miss)
+
+    def skipped_ms(self, batch: Floats) -> Floats:
+        return skipped_ms(self.expert_read_ms, self.expert_miss, batch)
 
     def _memory(self, batch: Floats) -> Floats:
         out: Floats = self.memory_ms + self.memory_per_seq_ms * batch
         return out
+
+    def _decode_memory(self, batch: Floats) -> Floats:
+        """Roofline._decode_memory per row."""
+        if not (self.expert_read_ms > 0.0).any():
+            return self._memory(batch)
+        return self._memory(batch) - self.skipped_ms(batch)
 
     def prompt_ms(self, batch: Floats) -> Floats:
         """Roofline.prompt_ms per row."""
@@ -57,7 +69,7 @@ class Terms(NamedTuple):
         decode = self.compute_per_seq_ms * batch
         k = self.chunks(batch)
         with_chunk = np.cbrt(memory**3 + (decode + self.prompt_compute_ms / k) ** 3)
-        out: Floats = k * (self.prompt_overhead_ms + with_chunk - np.cbrt(memory**3 + decode**3))
+        out: Floats = k * (self.prompt_overhead_ms + with_chunk - np.cbrt(self._decode_memory(batch) ** 3 + decode**3))
         return out
 
     def prompt_gpu_ms(self, batch: Floats, per_step: Floats) -> Floats:
@@ -81,7 +93,8 @@ class Terms(NamedTuple):
         memory = self._memory(batch)
         decode = self.compute_per_seq_ms * batch
         m3 = memory * memory * memory
-        base = np.cbrt(m3 + decode * decode * decode)
+        read = self._decode_memory(batch)
+        base = np.cbrt(read * read * read + decode * decode * decode)
         weight = np.exp(riders * per_rider(np.log(x_)) - per_rider(x_) - log_factorial[riders.astype(np.intp) + 1])
         riding = per_rider(decode) + riders * per_rider(self.prompt_compute_ms / k)
         added = np.add.reduceat(weight * (np.cbrt(per_rider(m3) + riding * riding * riding) - per_rider(base)), starts)
@@ -95,7 +108,7 @@ class Terms(NamedTuple):
         c_gpu = self.prompt_ms(batch)
         for _ in range(SETTLE_STEPS):
             phi = np.minimum(0.9, rate_rps * c_gpu / 1000.0)
-            step = (d0 + d1 * batch + self.bend_ms(batch)) / (1.0 - phi)
+            step = (d0 + d1 * batch + self.bend_ms(batch) - self.skipped_ms(batch)) / (1.0 - phi)
             batch = np.minimum(max_batch, np.maximum(1.0, rate_rps * out_tokens * step / 1000.0))
             c_gpu = self.prompt_gpu_ms(batch, rate_rps * step / 1000.0)
         return self.prompt_ms(batch), c_gpu, batch

@@ -67,6 +67,8 @@ class StepLaw:
     """The step family's memory and compute terms: a decode step also takes their bend (None: affine)."""
     bend_scale: float = 1.0
     """Time multiplier of the bend (a cap, the prompts' share of the GPU)."""
+    skip_scale: float = 1.0
+    """Time multiplier of the experts' read a small batch skips (the prompts' share of the GPU: it is memory time)."""
     budget_wait_ms: float = 0.0
     """The part of prefill(B) a prompt waits for the prompts ahead under a token budget (a variable wait)."""
     budget_wait_var: float = 0.0
@@ -75,10 +77,13 @@ class StepLaw:
     """`at_batches`'s tables by n: a chain and its tails read the same batches several times."""
 
     def bend(self, batch: Batch) -> Batch:
-        """What a step at `batch` takes beyond the affine law: decode compute its memory time no longer hides."""
+        """What a step at `batch` takes beyond the affine law: decode compute its memory time no longer hides, less
+        the experts' read it skips (a mixture of experts)."""
         if self.roofline is None:
             return 0.0 * batch
-        return self.bend_scale * self.roofline.bend_ms(batch)
+        if self.roofline.expert_read_ms <= 0.0:
+            return self.bend_scale * self.roofline.bend_ms(batch)
+        return self.bend_scale * self.roofline.bend_ms(batch) - self.skip_scale * self.roofline.skipped_ms(batch)
 
     def prefill(self, batch: Batch) -> Batch:
         """The time to a first token in a batch of `batch`: a prompt that spans several steps (chunks under a
@@ -151,7 +156,8 @@ class StepLaw:
     def scaled(self, prefill_factor: float, decode_factor: float) -> StepLaw:
         f, g = prefill_factor, decode_factor
         return replace(self, p0=self.p0 * f, p1=self.p1 * f, d0=self.d0 * g, d1=self.d1 * g,
-                       prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f, bend_scale=self.bend_scale * g)
+                       prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f, bend_scale=self.bend_scale * g,
+                       skip_scale=self.skip_scale * g)
 
 
 def step_law(params: ServiceParams, load: Load) -> StepLaw:
@@ -251,8 +257,8 @@ def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: 
 
 def has_roofline(params: ServiceParams) -> bool:
     """Whether the continuous law bends at large batches and chunks prompts (the step family with rho or a token
-    budget); otherwise it is affine in the batch."""
-    return params.family == "step" and bool(params.rho or params.budget_tokens)
+    budget), or reads fewer experts at small ones; otherwise it is affine in the batch."""
+    return params.family == "step" and bool(params.rho or params.budget_tokens or params.expert_weight_share)
 
 
 def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
@@ -286,8 +292,9 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch), clock)
     budget_wait = budget_var = 0.0
     if roofline is not None:  # the prompts ahead, where a token budget serialises them
-        step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch))
+        step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch)) - stretch * roofline.skipped_ms(batch)
         budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
     return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
                    residual_share=0.5, residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
-                   roofline=roofline, bend_scale=bend_scale, budget_wait_ms=budget_wait, budget_wait_var=budget_var)
+                   roofline=roofline, bend_scale=bend_scale, skip_scale=stretch, budget_wait_ms=budget_wait,
+                   budget_wait_var=budget_var)

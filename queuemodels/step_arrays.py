@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.roofline import Floats as Floats  # re-exported: the stacked modules read it here
-from queuemodels.roofline import bend_ms, chunks
+from queuemodels.roofline import bend_ms, chunks, skipped_ms
 from queuemodels.service_time import NEWTON_STEPS, StepLaw
 
 Bools = NDArray[np.bool_]
@@ -22,7 +22,8 @@ FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share",
           "prompt_cv")
 Spread = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 """Takes a value per row to each element a row's law is read at (a gather by row, or a repeat)."""
-ROOFLINE_FIELDS = ("memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "prompt_tokens", "budget_tokens")
+ROOFLINE_FIELDS = ("memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "prompt_tokens", "budget_tokens",
+                   "expert_read_ms", "expert_miss")
 """A roofline law's terms, as queuemodels.roofline.Roofline names them."""
 
 
@@ -47,7 +48,10 @@ class LawArrays(NamedTuple):
     compute_per_seq_ms: Floats
     prompt_tokens: Floats
     budget_tokens: Floats
+    expert_read_ms: Floats
+    expert_miss: Floats
     bend_scale: Floats
+    skip_scale: Floats
     budget_wait_ms: Floats
     budget_wait_var: Floats
     affine: Bools
@@ -55,7 +59,7 @@ class LawArrays(NamedTuple):
     @classmethod
     def empty(cls, n: int) -> LawArrays:
         return cls._make([*(np.full(n, np.nan) for _ in FIELDS), *(np.zeros(n) for _ in ROOFLINE_FIELDS),
-                          np.ones(n), np.zeros(n), np.zeros(n), np.ones(n, dtype=bool)])
+                          np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.ones(n, dtype=bool)])
 
     def put(self, i: int, law: StepLaw) -> None:
         """Row i from a law built by the scalar path."""
@@ -64,8 +68,8 @@ class LawArrays(NamedTuple):
         roofline = law.roofline
         for name in ROOFLINE_FIELDS:
             getattr(self, name)[i] = 0.0 if roofline is None else getattr(roofline, name)
-        self.bend_scale[i], self.budget_wait_ms[i], self.budget_wait_var[i] = (
-            law.bend_scale, law.budget_wait_ms, law.budget_wait_var)
+        self.bend_scale[i], self.skip_scale[i], self.budget_wait_ms[i], self.budget_wait_var[i] = (
+            law.bend_scale, law.skip_scale, law.budget_wait_ms, law.budget_wait_var)
         self.affine[i] = roofline is None
 
     @property
@@ -94,10 +98,19 @@ class LawArrays(NamedTuple):
         `b` that is its (`at` or a repeat)."""
         if self.affine.all():
             return np.zeros_like(b)
-        out: Floats = self._of("bend_scale", spread) * bend_ms(
-            self._of("memory_ms", spread), self._of("memory_per_seq_ms", spread),
-            self._of("compute_per_seq_ms", spread), b)
+        out: Floats = self._of("bend_scale", spread) * self._raw_bend(b, spread)
+        if self.routed:
+            out -= self._of("skip_scale", spread) * self._skipped(b, spread)
         return out
+
+    @property
+    def routed(self) -> bool:
+        """Whether any row is a mixture of experts (whose small batches skip part of the weights' read)."""
+        return bool((self.expert_read_ms > 0.0).any())
+
+    def _skipped(self, b: Floats, spread: Spread | None) -> Floats:
+        """The experts' read a decode step at `b` skips, per row, at its scale 1."""
+        return skipped_ms(self._of("expert_read_ms", spread), self._of("expert_miss", spread), b)
 
     def chunks(self, b: Floats, spread: Spread | None = None) -> Floats:
         """Roofline.chunks per row at its batch `b` (1 without a token budget)."""
@@ -121,9 +134,14 @@ class LawArrays(NamedTuple):
         """One request's service time per row at its batch `b` (StepLaw.tau)."""
         if self.affine.all():
             return self._tau(b, spread, 0.0, 0.0)
-        raw = bend_ms(self._of("memory_ms", spread), self._of("memory_per_seq_ms", spread),
-                      self._of("compute_per_seq_ms", spread), b)
-        return self._tau(b, spread, raw, self.chunks(b, spread) - 1.0)
+        skipped = self._skipped(b, spread) if self.routed else 0.0
+        return self._tau(b, spread, self._raw_bend(b, spread), self.chunks(b, spread) - 1.0, skipped)
+
+    def _raw_bend(self, b: Floats, spread: Spread | None) -> Floats:
+        """The bend per row at its batch `b`, at its scale 1."""
+        memory, per_seq, compute, read, miss = (self._of(name, spread) for name in (
+            "memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "expert_read_ms", "expert_miss"))
+        return bend_ms(memory, per_seq, compute, b, read, miss)
 
     def chain_taus(self, b: Floats, sizes: NDArray[np.int64], groups: Ints) -> Floats:
         """tau at every state of the rows' chains laid end to end (states 1..sizes[i] of row i, at `b`), where rows
@@ -152,14 +170,18 @@ class LawArrays(NamedTuple):
             return out
 
         raw = bend_ms(per_batch(self.memory_ms), per_batch(self.memory_per_seq_ms), per_batch(self.compute_per_seq_ms),
-                      batches)
+                      batches, per_batch(self.expert_read_ms), per_batch(self.expert_miss))
         further = chunks(per_batch(self.prompt_tokens), per_batch(self.budget_tokens), batches) - 1.0
         at = np.repeat(offsets[inverse] - 1, sizes) + b.astype(np.int64)
-        return self._tau(b, lambda x: np.repeat(x, sizes), raw[at], further[at])
+        skipped = skipped_ms(per_batch(self.expert_read_ms), per_batch(self.expert_miss), batches)[at] if (
+            self.routed) else 0.0
+        return self._tau(b, lambda x: np.repeat(x, sizes), raw[at], further[at], skipped)
 
-    def _tau(self, b: Floats, spread: Spread | None, raw: Floats | float, further: Floats | float) -> Floats:
-        """tau from the bend at its scale 1 (`raw`) and the chunks beyond the first (`further`) at `b`: t0 + t1 b,
-        what the bend adds to the prefill and every decode, and the further chunks' steps."""
+    def _tau(self, b: Floats, spread: Spread | None, raw: Floats | float, further: Floats | float,
+             skipped: Floats | float = 0.0) -> Floats:
+        """tau from the bend at its scale 1 (`raw`), the chunks beyond the first (`further`) and the experts' read
+        skipped (`skipped`, at its scale 1) at `b`: t0 + t1 b, what the bend adds to the prefill and every decode,
+        and the further chunks' steps."""
         t0, t1 = (self.t0, self.t1) if spread is None else (spread(self.t0), spread(self.t1))
         if self.affine.all():
             out: Floats = t0 + t1 * b
@@ -167,7 +189,12 @@ class LawArrays(NamedTuple):
         scale = self._of("bend_scale", spread)
         step = self._of("d0", spread) + self._of("d1", spread) * b + scale * raw
         whole = self.bend_scale * (1.0 + self.decode_steps)
-        out = t0 + t1 * b + (whole if spread is None else spread(whole)) * raw + further * step
+        out = t0 + t1 * b + (whole if spread is None else spread(whole)) * raw
+        if self.routed:
+            skip = self._of("skip_scale", spread) * skipped
+            step -= skip
+            out -= (1.0 + self._of("decode_steps", spread)) * skip
+        out += further * step
         return out
 
     def batch_at(self, service_ms: Floats, top: Floats) -> Floats:

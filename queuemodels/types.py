@@ -93,6 +93,13 @@ class ServiceParams:
     kv_tokens: float = 0.0
     """KV-cache tokens of one replica, read not fitted (vLLM's `cache_config_info`: num_gpu_blocks x block_size;
     any family; 0: unbounded): it bounds the batch a load's sequences fit in (`queuemodels/kv_cache.py`)."""
+    expert_weight_share: float = 0.0
+    """A mixture of experts: the share of the weights' bytes in routed experts (their parameters over all; step
+    family; read off the model card, not fitted; 0: a dense model). A decode step reads only the experts some token
+    of it routes to, so a small batch skips part of the weights' read (gamma)."""
+    expert_token_share: float = 0.0
+    """The share of a layer's routed experts one token runs (experts per token over routed experts: 8 / 64 for
+    OLMoE, 2 / 8 for Mixtral); with `expert_weight_share`, read not fitted."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -106,12 +113,31 @@ class ServiceParams:
         check_number("rho", self.rho)
         check_number("budget_tokens", self.budget_tokens)
         check_number("kv_tokens", self.kv_tokens)
+        self._check_experts()
         for name in NAMES["step"]:
             value = getattr(self, name)
             if 0.0 < value < LEAST_TERM:
                 raise ModelInputError(f"{name}: must be 0 or at least {LEAST_TERM:g}, got {value!r}")
             if value and name not in NAMES[self.family]:  # a term the family never reads: silently dropped
                 raise ModelInputError(f"{name}: the {self.family} family has no such term, got {value!r}")
+
+    def _check_experts(self) -> None:
+        for name in ("expert_weight_share", "expert_token_share"):
+            value = getattr(self, name)
+            check_number(name, value)
+            if value > 1.0:
+                raise ModelInputError(f"{name}: a share, must be at most 1, got {value!r}")
+        if self.expert_weight_share > 0.0 and self.family != "step":
+            raise ModelInputError(f"expert_weight_share: the {self.family} family has no such term, got "
+                                  f"{self.expert_weight_share!r}")
+        if self.expert_weight_share > 0.0 and self.expert_token_share <= 0.0:
+            raise ModelInputError("expert_token_share: must be > 0 where expert_weight_share is set (a token runs "
+                                  f"some experts), got {self.expert_token_share!r}")
+
+    @property
+    def expert_miss(self) -> float:
+        """The share of routed experts one token leaves unread: a step of B tokens skips expert_miss^B of them."""
+        return 1.0 - self.expert_token_share if self.expert_weight_share > 0.0 else 0.0
 
     def as_vector(self) -> tuple[float, ...]:
         """The free parameters of the family, in filter order."""
@@ -120,6 +146,12 @@ class ServiceParams:
     @classmethod
     def from_vector(cls, family: str, values: tuple[float, ...] | list[float]) -> ServiceParams:
         return cls(family, **{n: float(v) for n, v in zip(NAMES[family], values, strict=True)})
+
+    def with_vector(self, values: tuple[float, ...] | list[float]) -> ServiceParams:
+        """These parameters with the free ones (`as_vector`'s) set to `values`, the read ones (the KV cache, the
+        experts' routing) kept."""
+        return replace(self.from_vector(self.family, values), kv_tokens=self.kv_tokens,
+                       expert_weight_share=self.expert_weight_share, expert_token_share=self.expert_token_share)
 
     def with_step_defaults(self) -> ServiceParams:
         """The step family's terms a prior left at 0 set to their starting values (what the tuner can move)."""

@@ -62,8 +62,12 @@ def test_the_pair_seed_and_engine_model_reach_a_worker_s_replica() -> None:
     assert {k: fresh_row[k] for k in one} == pytest.approx(one, nan_ok=True)
     assert fresh_row["itl_ms"] != pytest.approx(default_row["itl_ms"], rel=0.01)  # another engine, not the default
     # the prior reads that engine's KV cache, as `wattscale tune` starts on its replicas
-    assert fresh.prior("step").kv_tokens == Replica("qwen2.5-14b", queue_heldout.GPU).cost().kv_capacity_tokens
-    assert fresh.prior("step").kv_tokens != TRUTH.prior("step").kv_tokens
+    prior = fresh.prior("step", "roofline")
+    assert prior.kv_tokens == Replica("qwen2.5-14b", queue_heldout.GPU).cost().kv_capacity_tokens
+    assert prior.kv_tokens != TRUTH.prior("step", "roofline").kv_tokens
+    assert prior.expert_weight_share == 0.0  # a dense engine's prior reads no routing
+    routed = fresh.prior("step", "mixture-of-experts")  # a user reads its model card
+    assert (routed.expert_weight_share, routed.expert_token_share) == queue_heldout.CARDS["mixture-of-experts"]
 
 
 def _stored(path: Path, **truth: object) -> None:

@@ -31,6 +31,8 @@ STEP = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0,
 """A roofline law: decode bends at large batches, prompts chunk under a token budget."""
 BENT = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0)
 """The roofline's bend without a token budget."""
+MOE = replace(STEP, expert_weight_share=0.85, expert_token_share=0.125)
+"""A mixture of experts: a decode step reads only the experts its tokens route to."""
 
 shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
                    st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))
@@ -52,7 +54,7 @@ def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape,
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, MOE]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
        st.lists(st.sampled_from([H100, L40S, None]), min_size=12, max_size=12), points)
 def test_stacked_figures_are_the_single_point_ones(model: str, params: ServiceParams, load: Load,
@@ -69,7 +71,7 @@ def test_stacked_figures_are_the_single_point_ones(model: str, params: ServicePa
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, MOE]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
        st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95"),
                         Targets(300, 40, margin=0.3), Targets(900, 60, "p95", 0.4)]),
@@ -107,7 +109,7 @@ def test_shares_over_a_limit_read_together_as_alone(model: str, params: ServiceP
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP]),
+@given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, MOE]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6)]),
        st.sampled_from([Targets(300, 40), Targets(2000, 80), Targets(40, 20), Targets(900, 60, "p95")]),
        st.sampled_from([H100, None]), st.lists(shapes, min_size=1, max_size=5), st.floats(0.5, 1.5))
@@ -169,7 +171,7 @@ def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0), STEP, BENT, replace(STEP, kv_tokens=90_000.0),
-                        replace(STEP, budget_tokens=300.0)]),
+                        replace(STEP, budget_tokens=300.0), MOE, replace(MOE, rho=0.0, budget_tokens=0.0)]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000)]),
        st.one_of(st.sampled_from([H100, L40S, None]), fitted), points)
 def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
@@ -187,8 +189,8 @@ def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: L
             assert not built[i]
             continue
         assert built[i]
-        got = [getattr(laws, f)[i] for f in (*FIELDS, "bend_scale", "budget_wait_ms", "budget_wait_var")]
-        expected = [getattr(want, f) for f in (*FIELDS, "bend_scale", "budget_wait_ms", "budget_wait_var")]
+        names = (*FIELDS, "bend_scale", "skip_scale", "budget_wait_ms", "budget_wait_var")
+        got, expected = [getattr(laws, f)[i] for f in names], [getattr(want, f) for f in names]
         if want.roofline is None:  # its bend_scale scales no bend
             assert got[:len(FIELDS)] == expected[:len(FIELDS)] and laws.affine[i]
             continue

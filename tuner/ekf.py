@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from scipy.special import gammaincinv
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
-from queuemodels.types import LEAST_TERM, NAMES
+from queuemodels.types import LEAST_TERM
 from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
@@ -91,9 +91,9 @@ class PairFilter:
     def params(self, x: NDArray[np.float64] | None = None) -> tuple[ServiceParams, PowerProfile | None]:
         v = self.x if x is None else x
         n = len(self.prior.as_vector())
-        family = self.prior.family  # the KV cache's size is read, not fitted: the prior's here, a window's in predict
-        params = ServiceParams(family, **{k: float(a) for k, a in zip(NAMES[family], v[:n], strict=True)},
-                               kv_tokens=self.prior.kv_tokens)
+        # the KV cache's size and the experts' routing are read, not fitted: the prior's here (a window's KV cache in
+        # predict)
+        params = self.prior.with_vector(v[:n].tolist())
         profile = self._latency_profile(v)
         return params, None if profile is None else self.draw.applied(self.clock.applied(profile))
 
