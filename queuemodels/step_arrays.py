@@ -139,9 +139,11 @@ class LawArrays(NamedTuple):
 
     def _raw_bend(self, b: Floats, spread: Spread | None) -> Floats:
         """The bend per row at its batch `b`, at its scale 1."""
-        memory, per_seq, compute, read, miss = (self._of(name, spread) for name in (
-            "memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "expert_read_ms", "expert_miss"))
-        return bend_ms(memory, per_seq, compute, b, read, miss)
+        memory, per_seq, compute = (self._of(name, spread) for name in (
+            "memory_ms", "memory_per_seq_ms", "compute_per_seq_ms"))
+        if not self.routed:
+            return bend_ms(memory, per_seq, compute, b)
+        return bend_ms(memory, per_seq, compute, b, self._of("expert_read_ms", spread), self._of("expert_miss", spread))
 
     def chain_taus(self, b: Floats, sizes: NDArray[np.int64], groups: Ints) -> Floats:
         """tau at every state of the rows' chains laid end to end (states 1..sizes[i] of row i, at `b`), where rows
@@ -169,12 +171,12 @@ class LawArrays(NamedTuple):
             out: Floats = np.repeat(x[first], longest)
             return out
 
+        read, miss = (per_batch(self.expert_read_ms), per_batch(self.expert_miss)) if self.routed else (0.0, 0.0)
         raw = bend_ms(per_batch(self.memory_ms), per_batch(self.memory_per_seq_ms), per_batch(self.compute_per_seq_ms),
-                      batches, per_batch(self.expert_read_ms), per_batch(self.expert_miss))
+                      batches, read, miss)
         further = chunks(per_batch(self.prompt_tokens), per_batch(self.budget_tokens), batches) - 1.0
         at = np.repeat(offsets[inverse] - 1, sizes) + b.astype(np.int64)
-        skipped = skipped_ms(per_batch(self.expert_read_ms), per_batch(self.expert_miss), batches)[at] if (
-            self.routed) else 0.0
+        skipped = skipped_ms(read, miss, batches)[at] if self.routed else 0.0
         return self._tau(b, lambda x: np.repeat(x, sizes), raw[at], further[at], skipped)
 
     def _tau(self, b: Floats, spread: Spread | None, raw: Floats | float, further: Floats | float,
