@@ -172,14 +172,16 @@ def _restart_need(svc: ServiceDemand, cur: Assignment, pair: Pair, cap_w: float,
 
 def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
     """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
-    on the max batch in force (so more replicas never have to come through a restart), up to the replicas in force
-    however far past the need they are (else staying is no candidate, and a plan with spare GPUs restarts into a
-    batch whose need sits nearer them, then back), and on the shapes scoring best at their need, where a plan with
-    watts and GPUs to spare would look."""
+    on the shapes scoring best at their need, where a plan with watts and GPUs to spare would look, and on the max
+    batch in force (so more replicas never have to come through a restart) as far as on any of those: a batch in force
+    that needs fewer replicas than another offered no candidate as many as that one's, so a plan with GPUs to spare
+    restarted into it to keep its replicas, and back (staying must be offered; offered however far past any need,
+    the replicas of a past peak were kept)."""
     svc = problem.services[pair.service]
     now = svc.current
     batch_now = now.max_batch if now is not None and now.accelerator == pair.acc.name else None
     best = set(map(id, heapq.nlargest(SPARE_SHAPES, full, key=attrgetter("score"))))
+    reach = max((c.assignment.replicas for c in full if id(c) in best), default=0) + EXTRA_REPLICAS
     out = []
     for c in full:
         a = c.assignment
@@ -187,7 +189,7 @@ def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
             continue
         most = a.replicas + EXTRA_REPLICAS
         if a.max_batch == batch_now and now is not None:
-            most = max(most, now.replicas)
+            most = max(most, min(now.replicas, reach))
         for n in range(a.replicas + 1, min(pair.most, most) + 1):
             out.append((a.max_batch, a.power_cap_w, a.sm_clock_fraction, n, svc.load.rate_rps, n - a.replicas))
     return out
