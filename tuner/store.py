@@ -81,6 +81,7 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
         "family": f.prior.family,
         "queue_model": f.queue_model,
         "prior": list(f.prior_vector()),
+        "routing": _routing(f),
         "x": [float(v) for v in f.x],
         "p": f.p.tolist(),
         "updates": f.updates,
@@ -89,6 +90,11 @@ def dump_pair(f: PairFilter) -> dict[str, Any]:
         "draw": f.draw.dump(),
         "clock": f.clock.dump(),
     }
+
+
+def _routing(f: PairFilter) -> list[float]:
+    """The experts' routing the filter's law reads (read, not fitted: a fit under another routing is another law)."""
+    return [f.prior.expert_weight_share, f.prior.expert_token_share]
 
 
 def _number(v: object) -> bool:
@@ -132,6 +138,9 @@ def pair_problem(data: object) -> str | None:
     for name in ("prior", "x"):
         if not _vector(data.get(name)) or not data[name]:
             return f"{name} is not a list of finite numbers in [0, {MAX_PARAM:g}]"
+    routing = data.get("routing", [0.0, 0.0])  # state saved before the routing was: a dense model's
+    if not (isinstance(routing, list) and len(routing) == 2 and all(_number(v) and 0 <= v <= 1 for v in routing)):
+        return "routing is not two shares in [0, 1]"
     n = len(data["x"])
     p = data.get("p")
     if not (isinstance(p, list) and len(p) == n and all(isinstance(r, list) and len(r) == n for r in p)
@@ -156,13 +165,14 @@ def pair_problem(data: object) -> str | None:
 
 
 def fits(f: PairFilter, data: dict[str, Any]) -> bool:
-    """Validated saved state was written by a filter of the same family, queue model, prior and shape."""
+    """Validated saved state was written by a filter of the same family, queue model, prior, routing and shape."""
     prior = np.asarray(data["prior"], dtype=float)
     return (
         data["family"] == f.prior.family
         and data.get("queue_model", "mm1k-batch") == f.queue_model
         and prior.shape == f.prior_vector().shape
         and bool(np.allclose(prior, f.prior_vector()))
+        and data.get("routing", [0.0, 0.0]) == _routing(f)
         and len(data["x"]) == f.x.size
     )
 
