@@ -173,6 +173,8 @@ def main() -> None:
                     help="every service's prior: the share of routed experts one token runs")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if bool(args.expert_weight_share) != bool(args.expert_token_share):
+        ap.error("--expert-weight-share and --expert-token-share go together (a mixture of experts' routing)")
     first = load_settings(Path(args.config)).simulator.seed
     seeds = [first + k for k in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:

@@ -12,7 +12,7 @@ from controller.planner.packing_spec import MAX_REQUESTS
 from controller.service_settings import MAX_SLO_MS
 from controller.settings_checks import MAX_BATCH, MAX_QUEUE
 from controller.telemetry.base import shortened
-from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS
+from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS, MOST_WEIGHT_SHARE
 from queuemodels.accelerators import CATALOG
 
 PARAMS_HELP = {
@@ -133,7 +133,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _expert_args(p: argparse.ArgumentParser) -> None:
     """A mixture of experts' routing, read off its model card (step family; not fitted)."""
-    p.add_argument("--expert-weight-share", type=number(0.0, 1.0), default=0.0, metavar="SHARE",
+    p.add_argument("--expert-weight-share", type=number(0.0, MOST_WEIGHT_SHARE), default=0.0, metavar="SHARE",
                    help="mixture of experts: share of the weights in routed experts (their parameters over all); "
                         "default 0, a dense model")
     p.add_argument("--expert-token-share", type=number(0.0, 1.0), default=0.0, metavar="SHARE",

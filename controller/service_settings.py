@@ -10,6 +10,7 @@ from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLI
 from queuemodels import (
     DEFAULT_MAX_QUEUE,
     FAMILIES,
+    MOST_WEIGHT_SHARE,
     STATISTICS,
     Load,
     ModelInputError,
@@ -81,7 +82,8 @@ class PriorSettings:
             raise ConfigError(f"{where}.family", f"unknown {quoted(self.family)}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
-        check_range(self, where, ("expert_weight_share", "expert_token_share"), 0.0, 1.0)
+        check_range(self, where, ("expert_weight_share",), 0.0, MOST_WEIGHT_SHARE)
+        check_range(self, where, ("expert_token_share",), 0.0, 1.0)
         if self.delta_ms is not None:
             check_range(self, where, ("delta_ms",), 0.0, MAX_STEP_MS)
         try:  # the model's own checks (a term between 0 and LEAST_TERM leaves the tuner no room between its bounds)

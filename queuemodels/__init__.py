@@ -8,6 +8,7 @@ from queuemodels.targets import Performance, Targets
 from queuemodels.types import (
     DEFAULT_MAX_QUEUE,
     FAMILIES,
+    MOST_WEIGHT_SHARE,
     STATISTICS,
     Load,
     ModelInputError,
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "FAMILIES",
     "MODELS",
+    "MOST_WEIGHT_SHARE",
     "STATISTICS",
     "BatchChoice",
     "ChainModel",

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from scipy.special import gammaln
 
 from queuemodels.power import Batch
-from queuemodels.types import Load, ServiceParams, Unstable
+from queuemodels.types import STEP_DEFAULTS, Load, ServiceParams, Unstable
 
 Floats = NDArray[np.float64]
 
@@ -119,12 +119,16 @@ class Roofline:
     @classmethod
     def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0, decode_factor: float = 1.0) -> Roofline:
         """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's),
-        the decodes' by `decode_factor` (a lock's)."""
+        the decodes' by `decode_factor` (a lock's). A mixture of experts' routing is read by the roofline: a prior
+        that leaves rho and the budget 0 (the affine reading) is read at their starting values, as the tuner starts
+        (read with rho 0, a lock had slowed no decode)."""
+        rho, budget = params.rho, params.budget_tokens
+        if params.expert_weight_share > 0.0 and not (rho or budget):
+            rho, budget = STEP_DEFAULTS["rho"], STEP_DEFAULTS["budget_tokens"]
         context = load.in_tokens + load.out_tokens / 2.0
-        return cls(params.gamma_ms, params.kappa_ms * context, params.rho * params.delta_ms * decode_factor,
-                   params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens,
-                   params.budget_tokens, min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share,
-                   params.expert_miss)
+        return cls(params.gamma_ms, params.kappa_ms * context, rho * params.delta_ms * decode_factor,
+                   params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens, budget,
+                   min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share, params.expert_miss)
 
     def chunks(self, batch: Batch) -> Batch:
         """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that

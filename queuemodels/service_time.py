@@ -125,8 +125,8 @@ class StepLaw:
 
     def batch_at(self, service_ms: float, max_batch: float) -> float:
         """The batch whose tau is `service_ms`, within [0, max_batch]: exact for the affine law; tau increasing
-        otherwise, from the affine law's batch (above it: the bend and chunks only add) by Newton's steps kept
-        within the bracket they narrow, until they settle."""
+        otherwise, from the affine law's batch (the bend and chunks move the root below it, the experts' skip above)
+        by Newton's steps kept within the bracket they narrow, from [0, max_batch], until they settle."""
         affine = min(max((service_ms - self.t0) / self.t1, 0.0), max_batch) if self.t1 > 0.0 else 1.0
         if self.roofline is None:
             return affine

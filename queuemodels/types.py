@@ -42,6 +42,12 @@ QUANTILE_OF = {"p95": 0.95, "p99": 0.99}
 """The quantile a percentile statistic names."""
 
 
+MOST_WEIGHT_SHARE = 0.99
+"""The largest share of a model's weights in routed experts (DeepSeek-V3's is 0.97): some are always shared."""
+LEAST_TOKEN_SHARE = 1.0 / 4096.0
+"""The smallest share of routed experts one token runs (top-1 of 4,096; DeepSeek-V3 runs 8 of 256)."""
+
+
 DEFAULT_MAX_QUEUE = 1024
 """Requests a replica queues beyond its batch when nothing says otherwise (settings, CSVs, the optimizer)."""
 
@@ -122,17 +128,22 @@ class ServiceParams:
                 raise ModelInputError(f"{name}: the {self.family} family has no such term, got {value!r}")
 
     def _check_experts(self) -> None:
-        for name in ("expert_weight_share", "expert_token_share"):
-            value = getattr(self, name)
-            check_number(name, value)
-            if value > 1.0:
-                raise ModelInputError(f"{name}: a share, must be at most 1, got {value!r}")
-        if self.expert_weight_share > 0.0 and self.family != "step":
-            raise ModelInputError(f"expert_weight_share: the {self.family} family has no such term, got "
-                                  f"{self.expert_weight_share!r}")
-        if self.expert_weight_share > 0.0 and self.expert_token_share <= 0.0:
-            raise ModelInputError("expert_token_share: must be > 0 where expert_weight_share is set (a token runs "
-                                  f"some experts), got {self.expert_token_share!r}")
+        """The routing's shares: the weights' in experts below 1 (attention and embeddings are shared), a token's at
+        least LEAST_TOKEN_SHARE (else a step of any batch would skip the experts' whole read), both or neither."""
+        weights, tokens = self.expert_weight_share, self.expert_token_share
+        check_number("expert_weight_share", weights)
+        check_number("expert_token_share", tokens)
+        if weights > MOST_WEIGHT_SHARE:
+            raise ModelInputError(f"expert_weight_share: must be at most {MOST_WEIGHT_SHARE:g} (attention and "
+                                  f"embeddings are in no expert), got {weights!r}")
+        if weights and self.family != "step":
+            raise ModelInputError(f"expert_weight_share: the {self.family} family has no such term, got {weights!r}")
+        if tokens and not weights:
+            raise ModelInputError(f"expert_token_share: needs expert_weight_share (a dense model routes nothing), got "
+                                  f"{tokens!r}")
+        if weights and not LEAST_TOKEN_SHARE <= tokens <= 1.0:
+            raise ModelInputError(f"expert_token_share: must be in [{LEAST_TOKEN_SHARE:g}, 1] where "
+                                  f"expert_weight_share is set (a token runs some experts), got {tokens!r}")
 
     @property
     def expert_miss(self) -> float:
