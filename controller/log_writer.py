@@ -78,9 +78,14 @@ def flush(timeout_s: float) -> None:
     if _records is None:
         return
     deadline = time.monotonic() + timeout_s
-    with _records.all_tasks_done:
+    done = _records.all_tasks_done
+    if not done.acquire(timeout=timeout_s):  # a signal that landed just as a record was queued can leave the
+        return  # queue's lock held (a `with` does not cover its own __enter__): exit without the last lines
+    try:
         while _records.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
-            _records.all_tasks_done.wait(left)
+            done.wait(left)
+    finally:
+        done.release()
 
 
 def install(level: str | int, fmt: str, fd: int = 2, filters: Sequence[logging.Filter] = ()) -> None:

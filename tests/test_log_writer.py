@@ -67,3 +67,21 @@ print("wattscale: the error", file=sys.stderr)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.stderr.splitlines() == [f"line {k}" for k in range(200)] + ["wattscale: the error"]
+
+
+def test_an_exit_waits_no_longer_for_a_queue_whose_lock_was_left_held() -> None:
+    """A SIGTERM that lands just as a record is queued can leave the queue's lock held (a `with` does not cover
+    its own __enter__): the exit's flush waited on that lock for ever, and the stopped daemon never exited."""
+    script = """
+import logging, sys, time
+from controller import log_writer
+log_writer.install("INFO", "%(message)s")
+logging.getLogger("x").warning("before")
+log_writer.flush(5.0)
+log_writer._records.mutex.acquire()  # as an interrupted put leaves it
+started = time.monotonic()
+log_writer.flush(0.5)
+print(f"waited {time.monotonic() - started:.1f}", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert done.returncode == 0 and done.stderr.splitlines()[:2] == ["before", "waited 0.5"], done.stderr
