@@ -79,8 +79,11 @@ def flush(timeout_s: float) -> None:
         return
     deadline = time.monotonic() + timeout_s
     done = _records.all_tasks_done
-    if not done.acquire(timeout=timeout_s):  # a signal that landed just as a record was queued can leave the
-        return  # queue's lock held (a `with` does not cover its own __enter__): exit without the last lines
+    # a signal that landed just as a record was queued can leave the queue's lock held (a `with` does not cover its
+    # own __enter__): the exit's flush then goes without the last lines. Only the exit's: a log call after such a
+    # signal would still wait, so no handler that raises may log (launch's prints; the daemon's only record)
+    if not done.acquire(timeout=min(max(timeout_s, 0.0), threading.TIMEOUT_MAX)):
+        return
     try:
         while _records.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
             done.wait(left)

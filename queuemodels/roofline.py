@@ -120,8 +120,8 @@ class Roofline:
     def of(cls, params: ServiceParams, load: Load, prompt_factor: float = 1.0, decode_factor: float = 1.0) -> Roofline:
         """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's),
         the decodes' by `decode_factor` (a lock's). A mixture of experts' routing is read by the roofline: a prior
-        that leaves rho and the budget 0 (the affine reading) is read at their starting values, as the tuner starts
-        (read with rho 0, a lock had slowed no decode)."""
+        that leaves rho and the budget 0 (the affine reading) reads those two at the tuner's starting values (read
+        with rho 0, a lock had slowed no decode)."""
         rho, budget = params.rho, params.budget_tokens
         if params.expert_weight_share > 0.0 and not (rho or budget):
             rho, budget = STEP_DEFAULTS["rho"], STEP_DEFAULTS["budget_tokens"]

@@ -266,7 +266,8 @@ def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()
             continue
         notes = []
         if not restore_pair(filters[key], data) and key not in aside:
-            notes.append(f"state of {key} no longer matches its prior; starting from the prior")
+            notes.append(f"state of {key} no longer matches its prior (or its experts' routing); starting from the "
+                         "prior")
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
         if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
             notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
