@@ -189,6 +189,22 @@ def test_the_replicas_of_a_past_peak_are_not_kept() -> None:
     assert solve(problem, get_solver("milp")).services[0].assignment.replicas <= 4
 
 
+def test_two_services_a_budget_fits_one_of_do_not_take_turns() -> None:
+    """Shedding a running service is a transition, charged as a scale: uncharged, two tied services a budget fits
+    only one of swapped which ran every cycle (starting one and shedding the other cost nothing)."""
+    twins = [ServiceDemand(name, 1, Targets(300, 40), Load(48, 512, 200), {"H100-SXM": P14}, max_replicas=most)
+             for name, most in (("s0", 11), ("s1", 13))]
+    problem = Problem(tuple(twins), (replace(H100, count=17),), 3000.0, batch_sizes=(8, 64, 128),
+                      power_levels=(1.0,), clock_levels=(0.7, 1.0))
+    running = []
+    for _ in range(4):
+        solution = solve(problem, get_solver("auto"))
+        running.append(tuple(s.assignment is not None for s in solution.services))
+        problem = replace(problem, services=tuple(replace(d, current=s.assignment)
+                                                  for d, s in zip(problem.services, solution.services, strict=True)))
+    assert len(set(running)) == 1 and sum(running[0]) == 1, running
+
+
 def test_the_transition_penalty_charges_scales_and_restarts_never_a_cap() -> None:
     """The governor moves limits every second, so a cap in force between the levels must not charge every
     candidate the penalty alike (that left no hysteresis on replicas and batch); a restart costs twice a scale."""

@@ -112,6 +112,11 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
     made = list(map(make_candidate, zip(*fields, strict=True)))
     shed = [-weights[s.priority] if s.load.rate_rps > 0 else -weights[s.priority] * 1e-3  # below min_replicas
             for s in problem.services]
+    # shedding a running service is a transition like a scale (to none), charged at its best candidate's score:
+    # uncharged, two services a budget fits one of swapped which ran every cycle where they tied
+    for i, (svc, scores) in enumerate(zip(problem.services, _split(np.abs(score).tolist(), sizes), strict=True)):
+        if svc.current is not None and scores:
+            shed[i] -= problem.transition_penalty * max(max(scores), 1e-3 * scale)
     return _split(made, sizes), shed
 
 
