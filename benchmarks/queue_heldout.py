@@ -18,8 +18,9 @@ figures.
 The engine is llama-3.1-8b on an H100-SXM at pair seed 0 by default: the engine the model's recent changes
 were chosen on, so its figures are in-sample. `--pair-seed N` draws other hidden efficiencies (the
 simulator's `step_cost`) and `--engine-model NAME` another served model's costs (and KV cache, which the
-prior takes as `wattscale tune` would read it): an engine the model was not shaped on. A file saved with
-`--measurements` stores these settings (and `--quick`), and is refused under other ones.
+prior takes as `wattscale tune` would read it): an engine the model was not shaped on. The mixture-of-experts
+personality's prior is given the routing off the card of the model it imitates (`CARDS`), as a user gives `tune`.
+A file saved with `--measurements` stores these settings (and `--quick`), and is refused under other ones.
 """
 
 from __future__ import annotations
