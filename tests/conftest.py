@@ -11,6 +11,7 @@ examples (about 5 minutes), for a hunt before a release:
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -31,6 +32,12 @@ settings.register_profile("ci", derandomize=True, database=None, max_examples=12
 settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # a suite started as a script's background job (`cmd &`) ignores SIGINT, and the commands the tests start
+    # inherit that: the tests that stop one with a SIGINT waited out its whole run. They are started as a shell
+    # starts them in the foreground.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def load_benchmark(name: str) -> ModuleType:
