@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from controller import log_writer, strict_json
-from controller.cli_analyze import analyze
+from controller.cli_analyze import NO_EXPERTS, analyze
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
 from controller.cli_output import drop_output, native_output_to_stderr
@@ -123,6 +123,8 @@ def _tune(args: argparse.Namespace) -> int:
     if args.family == "gen2" and args.delta_ms is not None:
         raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
     delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
+    if args.expert_weight_share and args.model == "mm1k-batch":
+        raise ModelInputError(f"--expert-weight-share: {NO_EXPERTS}")
     try:
         prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
                               expert_weight_share=args.expert_weight_share,

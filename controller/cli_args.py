@@ -132,13 +132,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _expert_args(p: argparse.ArgumentParser) -> None:
-    """A mixture of experts' routing, read off its model card (step family; not fitted)."""
+    """A mixture of experts' routing, read off its model card (step family, mm1k-cb; not fitted)."""
     p.add_argument("--expert-weight-share", type=number(0.0, MOST_WEIGHT_SHARE), default=0.0, metavar="SHARE",
-                   help="mixture of experts: share of the weights in routed experts (their parameters over all); "
-                        "default 0, a dense model")
+                   help="mixture of experts: share of the parameters in routed experts, at most 0.99; off the card, "
+                        "(total - active) / (total x (1 - token share)): OLMoE's 6.9B, 1.3B active, 8 of 64 experts "
+                        "give 0.93; default 0, a dense model")
     p.add_argument("--expert-token-share", type=number(0.0, 1.0), default=0.0, metavar="SHARE",
-                   help="mixture of experts: share of routed experts one token runs (experts per token / experts, "
-                        "8/64 = 0.125 for OLMoE)")
+                   help="with --expert-weight-share: share of routed experts one token runs, experts per token / "
+                        "experts (8/64 = 0.125 for OLMoE, 2/8 for Mixtral), at least 1/4096")
 
 
 FITTED_PROFILE_HELP = {

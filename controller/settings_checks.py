@@ -1,8 +1,6 @@
 """Bounds and cross-field checks of the daemon's settings: what one field cannot say alone (inventory against
-the simulated host, budget against idle draw, GPU indices, the simulator's work per wall second).
-
-Every limit here keeps a cycle's work bounded; a value past one is a typo or an attack, never a fleet.
-"""
+the simulated host, budget against idle draw, GPU indices, the simulator's work per wall second). Every limit here
+keeps a cycle's work bounded; a value past one is a typo or an attack, never a fleet."""
 
 from __future__ import annotations
 
@@ -112,8 +110,7 @@ def _one_port_each(s: Settings) -> None:
     alone, and `run` failed on the second to bind."""
     taken = {s.metrics.port: "metrics.port"} if s.metrics.port else {}
     for i, (_, src) in enumerate(s.budget.sources if s.budget else ()):
-        port = src.port if isinstance(src, DemandResponseSettings) else 0
-        if port:
+        if port := src.port if isinstance(src, DemandResponseSettings) else 0:
             where = f"power.budget.sources[{i}].port"
             if port in taken:
                 raise ConfigError(where, f"{port} is also {taken[port]}'s: each endpoint needs its own port")
@@ -149,9 +146,12 @@ def _unique(s: Settings) -> None:
 
 def _one_prior_per_engine(s: Settings) -> None:
     """Services that run one model on one accelerator type share its tuned model (the tuner keys it so): a second
-    prior for it would be dropped without a word."""
+    prior for it would be dropped without a word. The batched reading has no experts' term: a routing is refused."""
     first: dict[tuple[str, str], ServiceSettings] = {}
     for svc in s.services:
+        if svc.prior.expert_weight_share and s.optimizer.queue_model == "mm1k-batch":
+            raise ConfigError(f"{svc_path(svc.name)}.prior.expert_weight_share", "optimizer.queue_model mm1k-batch has "
+                              "no experts' term (mm1k-cb, the default, reads it)")
         for v in s.variants_of(svc):
             other = first.setdefault((svc.model, v.accelerator), svc)
             if other.prior != svc.prior:

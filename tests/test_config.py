@@ -123,6 +123,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[chat\].prior.kappa_ms: the gen1 family has no such term, got 0.01"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 64, alpha_ms', 1),
          r"services\[chat\].prior.expert_weight_share: must be in \[0, 0.99\], got 64"),
+        (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 0.9, '
+                             'expert_token_share = 0.125, alpha_ms', 1)
+         .replace("[optimizer]", '[optimizer]\nqueue_model = "mm1k-batch"'),
+         r"services\[chat\].prior.expert_weight_share: optimizer.queue_model mm1k-batch has no experts' term"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 0.9, alpha_ms', 1),
          r"services\[chat\].prior.expert_token_share: must be in \[0.000244141, 1\] where expert_weight_share is set"),
         (lambda t: t.replace("initial_max_batch = 64",
