@@ -151,8 +151,6 @@ def _tune(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
         print(f"{report['observations']} observations ({verdicts}): {params}")
-        if "routing" in report:  # the fitted times hold under this routing only
-            print("under the experts' routing given: " + ", ".join(f"{k} {v:g}" for k, v in report["routing"].items()))
         print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
               f"one step ahead ttft {ahead['median_ttft']}, itl {ahead['median_itl']}; in sample ttft "
               f"{fit['median_ttft']}, itl {fit['median_itl']}")

@@ -105,9 +105,9 @@ def run(pair: PairFilter, observations: list[Observation],
         "error_one_step_ahead": ErrorSummary.of(ahead).__dict__,
         "error_in_sample": ErrorSummary.of(fitted).__dict__,
     }
-    if params.expert_weight_share:  # read, not fitted: the law the times were fitted under
-        out["routing"] = {"expert_weight_share": params.expert_weight_share,
-                          "expert_token_share": params.expert_token_share}
+    if params.expert_weight_share:  # read, not fitted, but the law the times hold under: a spec copying them needs it
+        out["params"].update(expert_weight_share=params.expert_weight_share,
+                             expert_token_share=params.expert_token_share)
     if pair.fit_power and profile is not None:
         out["params"]["prefill_sensitivity"] = significant(profile.prefill_sensitivity)
     if profile is not None and pair.draw.busy_share is not None:
