@@ -215,12 +215,20 @@ def test_a_stop_while_the_daemon_starts_ends_it_with_one_line(tmp_path: Path) ->
             try:
                 assert wait_for(functools.partial(catches, proc.pid, signal.SIGTERM), 10.0)  # the entry point's
                 proc.send_signal(sig)
-                assert proc.wait(timeout=10) == 0
+                assert wait_for(lambda p=proc: p.poll() is not None, 10.0), signal_state(proc.pid)
+                assert proc.returncode == 0
             finally:
                 if proc.poll() is None:
                     proc.kill()
         text = log_path.read_text()
         assert text == f"wattscale: stopped by {sig.name} while starting\n", text
+
+
+def signal_state(pid: int) -> str:
+    """A process's signal masks (/proc/PID/status: pending, blocked, ignored, caught), for a signal that went
+    unanswered: about one run in twelve of the test above, the SIGINT half, its daemon ran on (cause not found)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "not stopped; " + " ".join(line for line in status.splitlines() if line.startswith(("Sig", "ShdPnd")))
 
 
 def test_signals_that_keep_coming_while_it_stops_do_not_kill_it(tmp_path: Path) -> None:
