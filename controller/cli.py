@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from controller import log_writer, strict_json
-from controller.cli_analyze import NO_EXPERTS, analyze
+from controller.cli_analyze import analyze, as_flags
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
 from controller.cli_output import drop_output, native_output_to_stderr
@@ -21,7 +21,7 @@ from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
-from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms
+from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms, get_model
 from queuemodels.accelerators import profile
 from tuner.observation_file import ObservationFileError
 
@@ -123,15 +123,13 @@ def _tune(args: argparse.Namespace) -> int:
     if args.family == "gen2" and args.delta_ms is not None:
         raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
     delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
-    if args.expert_weight_share and args.model == "mm1k-batch":
-        raise ModelInputError(f"--expert-weight-share: {NO_EXPERTS}")
     try:
         prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
                               expert_weight_share=args.expert_weight_share,
                               expert_token_share=args.expert_token_share)
-    except ModelInputError as exc:  # named as the flag the user typed
-        name, _, why = str(exc).partition(": ")
-        raise ModelInputError(f"--{name.replace('_', '-')}: {why}") from None
+        get_model(args.model).check(prior)
+    except ModelInputError as exc:
+        raise as_flags(exc, args) from None
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations),
                                 None if prof is None else (prof.min_power_w, prof.max_power_w))

@@ -24,8 +24,6 @@ from queuemodels.accelerators import profile
 from queuemodels.types import NAMES
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
-NO_EXPERTS = "the mm1k-batch model (llm-inferno's batched reading) has no experts' term; mm1k-cb, the default, reads it"
-
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
                   "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": 1e3, "budget_tokens": MAX_TOKENS,
                   "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
@@ -43,10 +41,13 @@ def analyze(args: argparse.Namespace) -> int:
     try:
         return _analyze(args)
     except ModelInputError as exc:
-        field, sep, rest = str(exc).partition(": ")
-        if sep and field in vars(args):
-            raise type(exc)(f"--{field.replace('_', '-')}: {rest}") from None
-        raise
+        raise as_flags(exc, args) from None
+
+
+def as_flags(exc: ModelInputError, args: argparse.Namespace) -> ModelInputError:
+    """The model's error (`field: why`) with its field named as the flag the user typed, where it is one."""
+    field, sep, rest = str(exc).partition(": ")
+    return type(exc)(f"--{field.replace('_', '-')}: {rest}") if sep and field in vars(args) else exc
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -63,11 +64,10 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.family != "step" and any(getattr(args, n) for n in step_terms):
         flags = ", ".join("--" + n.replace("_", "-") for n in step_terms)
         raise ModelInputError(f"--family: {args.family} has no {flags}; they are the step family's")
-    if args.expert_weight_share and args.model == "mm1k-batch":
-        raise ModelInputError(f"--expert-weight-share: {NO_EXPERTS}")
     params = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, args.delta_ms,
                            **{n: getattr(args, n) for n in (*step_terms, "kv_tokens", "expert_weight_share",
                                                             "expert_token_share")})
+    get_model(args.model).check(params)
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None

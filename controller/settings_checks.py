@@ -5,10 +5,12 @@ keeps a cycle's work bounded; a value past one is a typo or an attack, never a f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from typing import TYPE_CHECKING, Protocol
 
 from controller.budget.settings import DemandResponseSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted
+from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
 from simulator.workload import CONTEXT_TOKENS
@@ -45,8 +47,7 @@ def svc_path(name: str) -> str:
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
     """What these GPUs draw with no replica, each as its type (`Settings.gpu_types`, else the first accelerator's), at
     `empty_w`'s draw for its type where given (read off free GPUs), else the catalogue's."""
-    known = empty_w or {}
-    return sum(known.get(k, CATALOG[k].empty_draw_w) for k in s.gpu_types(gpus))
+    return sum((empty_w or {}).get(k, CATALOG[k].empty_draw_w) for k in s.gpu_types(gpus))
 
 
 def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, float] | None = None) -> float:
@@ -90,8 +91,7 @@ def check_budget_sources(s: Settings) -> None:
     if s.budget is None:
         return
     _one_port_each(s)
-    idle = idle_w(s)
-    stated = [("power.budget.safe_budget_w", s.budget.safe_budget_w)]
+    idle, stated = idle_w(s), [("power.budget.safe_budget_w", s.budget.safe_budget_w)]
     for i, (_, src) in enumerate(s.budget.sources):
         at = f"power.budget.sources[{i}]"
         if isinstance(src, FixedSettings):
@@ -146,12 +146,14 @@ def _unique(s: Settings) -> None:
 
 def _one_prior_per_engine(s: Settings) -> None:
     """Services that run one model on one accelerator type share its tuned model (the tuner keys it so): a second
-    prior for it would be dropped without a word. The batched reading has no experts' term: a routing is refused."""
+    prior for it would be dropped without a word, nor may a term the queue model has not be (a routing, mm1k-batch)."""
     first: dict[tuple[str, str], ServiceSettings] = {}
     for svc in s.services:
-        if svc.prior.expert_weight_share and s.optimizer.queue_model == "mm1k-batch":
-            raise ConfigError(f"{svc_path(svc.name)}.prior.expert_weight_share", "optimizer.queue_model mm1k-batch has "
-                              "no experts' term (mm1k-cb, the default, reads it)")
+        try:
+            get_model(s.optimizer.queue_model).check(svc.prior.params())
+        except ModelInputError as exc:
+            name, _, why = str(exc).partition(": ")
+            raise ConfigError(f"{svc_path(svc.name)}.prior.{name}", f"optimizer.queue_model {why}") from None
         for v in s.variants_of(svc):
             other = first.setdefault((svc.model, v.accelerator), svc)
             if other.prior != svc.prior:
@@ -226,9 +228,7 @@ def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence
     """The services' min_replicas fit the inventory together (a config's or an optimize spec's): a minimum the
     plan cannot place is a service left at 0 replicas, or short, without the inventory named as why."""
     room = sum(a.count // a.gpus_per_replica for a in accelerators)
-    needed = 0
-    for svc in services:
-        needed += svc.min_replicas
+    for svc, needed in zip(services, accumulate(b.min_replicas for b in services), strict=True):
         if needed > room:
             for a in accelerators:  # where that is why, the accelerator is what to mend, not the service
                 if 0 < a.count < a.gpus_per_replica:

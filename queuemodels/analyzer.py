@@ -92,6 +92,8 @@ class QueueModel(Protocol):
     def max_rates_of(self, points: Points, targets: Sequence[Targets], fits_rps: Floats | None = None,
                      misses_rps: Floats | None = None) -> Floats: ...
 
+    def check(self, params: ServiceParams) -> None: ...
+
 
 @dataclass(frozen=True)
 class ChainModel:
@@ -102,6 +104,15 @@ class ChainModel:
     law: LawFn
     many: ManyLawFn | None = None
     """The same law built for many points at once, as arrays (None: built one by one)."""
+    routed: bool = False
+    """Whether the law reads a mixture of experts' routing (the step family's roofline does)."""
+
+    def check(self, params: ServiceParams) -> None:
+        """Refuse, naming the field, parameters the law would read only in part (a routing it has no term for would
+        be dropped without a word)."""
+        if params.expert_weight_share and not self.routed:
+            raise ModelInputError(f"expert_weight_share: {self.name} has no experts' term ({DEFAULT_MODEL}, the "
+                                  "default, reads it)")
 
     def analyze(
         self,
@@ -232,7 +243,8 @@ class ChainModel:
 
 DEFAULT_MODEL = "mm1k-cb"
 MODELS: dict[str, QueueModel] = {
-    m.name: m for m in (ChainModel("mm1k-cb", continuous_law, continuous_laws), ChainModel("mm1k-batch", capped_law))
+    m.name: m for m in (ChainModel("mm1k-cb", continuous_law, continuous_laws, routed=True),
+                        ChainModel("mm1k-batch", capped_law))
 }
 
 
