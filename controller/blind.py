@@ -13,6 +13,8 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from controller.governor import take_lowest_first
+
 if TYPE_CHECKING:
     from controller.fast_loop import FastLoop
 
@@ -56,16 +58,10 @@ class Blind:
         pinned = loop.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
         limit = {g.uuid: g.power_limit_w for g in loop.samples}
         for line_w, inside in [*governor.domains(loop.samples), (threshold, loop.samples)]:  # the site last
-            excess = sum(limit[g.uuid] for g in inside) - line_w
-            for group in governor.by_priority(inside, loop.plan.priorities):
-                room = {g.uuid: max(0.0, limit[g.uuid] - g.min_limit_w) for g in group if g.uuid not in pinned}
-                total = sum(room.values())
-                if excess <= 1.0 or total <= 0.0:
-                    continue
-                take = min(excess, total)
-                for uuid, r in room.items():
-                    limit[uuid] -= take * r / total
-                excess -= take
+            rooms = [{g.uuid: max(0.0, limit[g.uuid] - g.min_limit_w) for g in group if g.uuid not in pinned}
+                     for group in governor.by_priority(inside, loop.plan.priorities)]
+            for uuid, take in take_lowest_first(rooms, sum(limit[g.uuid] for g in inside) - line_w, 1.0).items():
+                limit[uuid] -= take
         set_w = {g.uuid: loop.set_limit(now, g, limit[g.uuid]) for g in loop.samples
                  if limit[g.uuid] < g.power_limit_w - 1.0}
         if not set_w:

@@ -201,21 +201,12 @@ class PowerGovernor:
 
     def _cut(self, samples: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
              excess_w: float) -> None:
-        for group in self.by_priority(samples, priorities):
-            room = {g.uuid: max(0.0, min(self.accounted_w(g), target[g.uuid] - self.cut_w.get(g.uuid, 0.0))
-                                - g.min_limit_w) for g in group}
-            total = sum(room.values())
-            if total <= 0:
-                continue
-            take = min(excess_w, total)
-            for g in group:
-                if room[g.uuid] > 0:
-                    # Cut below present draw, so the limit bites at once.
-                    draw_gap = max(0.0, target[g.uuid] - self.cut_w.get(g.uuid, 0.0) - self.accounted_w(g))
-                    self.cut_w[g.uuid] = self.cut_w.get(g.uuid, 0.0) + draw_gap + take * room[g.uuid] / total
-            excess_w -= take
-            if excess_w <= 0:
-                return
+        rooms = [{g.uuid: max(0.0, min(self.accounted_w(g), target[g.uuid] - self.cut_w.get(g.uuid, 0.0))
+                              - g.min_limit_w) for g in group} for group in self.by_priority(samples, priorities)]
+        by_uuid = {g.uuid: g for g in samples}
+        for uuid, take in take_lowest_first(rooms, excess_w).items():
+            cut = self.cut_w.get(uuid, 0.0)  # below present draw, so the limit bites at once
+            self.cut_w[uuid] = cut + max(0.0, target[uuid] - cut - self.accounted_w(by_uuid[uuid])) + take
 
     def _release(self, samples: Sequence[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
         """Give cuts back, highest priority first, no more in all than `spare_w`."""
@@ -259,6 +250,22 @@ def _step_w(limit_w: float) -> float:
     """The most a pressed GPU's limit grows in one tick: load that grows fast still gets room within
     seconds, and one tick's noise does not strip every other GPU of its room."""
     return max(25.0, 0.15 * limit_w)
+
+
+def take_lowest_first(rooms: Sequence[Mapping[str, float]], excess_w: float, slack_w: float = 0.0) -> dict[str, float]:
+    """What each GPU gives of `excess_w`: the priority groups' rooms (GPU -> watts it may give, lowest priority
+    first) taken in turn, within a group in proportion to room, until the excess is within `slack_w`."""
+    taken: dict[str, float] = {}
+    for room in rooms:
+        total = sum(room.values())
+        if excess_w <= slack_w:
+            break
+        if total <= 0.0:
+            continue
+        take = min(excess_w, total)
+        taken.update((uuid, take * r / total) for uuid, r in room.items() if r > 0.0)
+        excess_w -= take
+    return taken
 
 
 def _clamp(watts: float, g: GpuSample) -> float:
