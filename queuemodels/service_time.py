@@ -81,8 +81,6 @@ class StepLaw:
         the experts' read it skips (a mixture of experts)."""
         if self.roofline is None:
             return 0.0 * batch
-        if self.roofline.expert_read_ms <= 0.0:
-            return self.bend_scale * self.roofline.bend_ms(batch)
         return self.bend_scale * self.roofline.bend_ms(batch) - self.skip_scale * self.roofline.skipped_ms(batch)
 
     def prefill(self, batch: Batch) -> Batch:
