@@ -114,9 +114,9 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
             for s in problem.services]
     # shedding a running service is a transition like a scale (to none), charged at its best candidate's score:
     # uncharged, two services a budget fits one of swapped which ran every cycle where they tied
-    for i, (svc, scores) in enumerate(zip(problem.services, _split(np.abs(score).tolist(), sizes), strict=True)):
-        if svc.current is not None and scores:
-            shed[i] -= problem.transition_penalty * max(max(scores), 1e-3 * scale)
+    for i, (svc, (a, b)) in enumerate(zip(problem.services, pairwise(accumulate([0, *sizes])), strict=True)):
+        if svc.current is not None and b > a:
+            shed[i] -= problem.transition_penalty * max(float(np.abs(score[a:b]).max()), 1e-3 * scale)
     return _split(made, sizes), shed
 
 
