@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from controller.cli_args import add_expert_args
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
@@ -167,10 +168,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--budget-w", type=float, default=None, help="site budget in watts instead of the config's")
     ap.add_argument("--personality", default=None, help="every service's engine personality (simulator/personality.py)")
-    ap.add_argument("--expert-weight-share", type=float, default=0.0,
-                    help="every service's prior: a mixture of experts' share of the weights in routed experts")
-    ap.add_argument("--expert-token-share", type=float, default=0.0,
-                    help="every service's prior: the share of routed experts one token runs")
+    add_expert_args(ap)  # every service's prior's
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     if bool(args.expert_weight_share) != bool(args.expert_token_share):

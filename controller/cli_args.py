@@ -131,7 +131,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "gen2 (llm-inferno's; docs/queue-models.md)")
 
 
-def _expert_args(p: argparse.ArgumentParser) -> None:
+def add_expert_args(p: argparse.ArgumentParser) -> None:
     """A mixture of experts' routing, read off its model card (step family, mm1k-cb; not fitted)."""
     p.add_argument("--expert-weight-share", type=number(0.0, MOST_WEIGHT_SHARE), default=0.0, metavar="SHARE",
                    help="mixture of experts: share of the parameters in routed experts, at most 0.99; off the card, "
@@ -163,7 +163,7 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--kv-tokens", type=finite, default=0.0, metavar="N",
                    help="one replica's KV-cache tokens (num_gpu_blocks x block_size): bounds the batch; default 0, "
                         "unbounded")
-    _expert_args(a)
+    add_expert_args(a)
     a.add_argument("--in-tokens", type=finite, required=True, metavar="N", help="mean prompt length (tokens)")
     a.add_argument("--out-tokens", type=finite, required=True, metavar="N", help="mean output length (tokens)")
     a.add_argument("--rate-rps", type=finite, required=True, metavar="RPS", help="arrival rate (requests/s)")
@@ -201,7 +201,7 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
                        default=None if name == "delta-ms" else default,  # gen2 has none: given, it is refused
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
-    _expert_args(t)
+    add_expert_args(t)
     t.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile, needed when rows carry power caps or draws: {ACCELERATORS}")
     t.add_argument("--fit-power", action="store_true",
