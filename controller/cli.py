@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         log_writer.flush(1.0)  # what `run` logged before it comes first
         print(f"wattscale: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a stop before the command's own handlers: controller/launch.py's line after the log's
+        log_writer.flush(1.0)
+        raise
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, what is left unwritten to /dev/null
         drop_output()
         return 1

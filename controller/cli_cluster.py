@@ -16,7 +16,7 @@ from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError, quoted
 from controller.preflight import check_metrics_bind, unwritable
-from controller.startup import Asked
+from controller.startup import STOP_ASKED, Asked
 
 PROBE_TIMEOUT_S = 5.0
 """How long the operator waits for the API server's /version before it refuses to start."""
@@ -136,6 +136,7 @@ def _operator(args: argparse.Namespace) -> int:
                             liveness_endpoint=f"http://{args.metrics_listen}:{args.health_port}/healthz"
                             if args.health_port else None)
 
+    STOP_ASKED.check()  # a stop whose raise an import swallowed, before kopf's own handlers (controller/startup.py)
     try:
         asyncio.run(operate())
     except OSError as exc:  # kopf gave up on the API (its nine tries; aiohttp's connection errors are OSErrors)
@@ -170,6 +171,7 @@ def _agent(args: argparse.Namespace) -> int:
     stop = Asked()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop
         signal.signal(sig, stop)
+    STOP_ASKED.check()  # one before them whose raise was swallowed (controller/startup.py)
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,

@@ -42,7 +42,7 @@ from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
-from controller.startup import RELOAD_ASKED, Asked
+from controller.startup import RELOAD_ASKED, STOP_ASKED, Asked
 from controller.wiring import build_parts
 from tuner import Tuner, load_fitting_libraries
 
@@ -225,6 +225,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+        STOP_ASKED.check()  # a stop before these handlers whose raise was swallowed (controller/startup.py)
         if s.metrics.port:
             try:
                 serve_metrics(s.metrics.listen, s.metrics.port, self.registry)

@@ -12,18 +12,16 @@ import os
 import signal
 import sys
 
-from controller.startup import RELOAD_ASKED
+from controller.startup import RELOAD_ASKED, STOP_ASKED, Interrupted
 
 LONG_RUNNING = ("run", "operator", "agent")
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM before a command's own handlers (SIGINT's default raises KeyboardInterrupt, which says
-    nothing of the signal)."""
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python's hook for an exception it cannot raise (in a weakref callback, a __del__): a stop's Interrupted
+    there is kept in STOP_ASKED and acted on at its next check, not printed as a traceback."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def main() -> int:
@@ -35,9 +33,11 @@ def main() -> int:
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, _interrupt)
+                signal.signal(sig, STOP_ASKED)
+        sys.unraisablehook = _unraisable
         from controller.cli import main as cli_main
 
+        STOP_ASKED.check()  # a stop whose raise an import swallowed
         return cli_main()
     except KeyboardInterrupt as exc:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second one while this line is written: no traceback

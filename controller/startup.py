@@ -1,6 +1,6 @@
-"""What is asked of `wattscale run` by signals (controller/launch.py keeps a SIGHUP that comes before the daemon's
-handlers are in): a module that imports nothing of wattscale, so the daemon reads it without the command line's
-imports."""
+"""What signals ask of a command before its own handlers are in (controller/launch.py installs these: a SIGHUP kept
+for `wattscale run` to reload once it runs, a stop kept for any command to act on): a module that imports nothing of
+wattscale, so the entry point reads it without the command line's imports."""
 
 from __future__ import annotations
 
@@ -27,3 +27,32 @@ class Asked:
 
 RELOAD_ASKED = Asked()
 """Set by a SIGHUP that came before the daemon's handler."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM before a command's own handlers (SIGINT's default raises KeyboardInterrupt, which says
+    nothing of the signal)."""
+
+
+class StopAsked:
+    """The handler of SIGINT and SIGTERM until a command installs its own: it records the signal and raises
+    Interrupted. A raise that lands in a weakref callback or a __del__ (importlib runs one at each module lock it
+    drops, so any import may) is only printed as "Exception ignored" and the command ran on: one stop in some 150
+    while `wattscale run` started went unanswered. The record survives it: `check` raises it again where the
+    command can act, after the imports and once its own handlers are in."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.signum = self.signum or signum
+        raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise Interrupted where a stop was asked (and its raise may have been swallowed)."""
+        if self.signum:
+            raise Interrupted(self.signum)
+
+
+STOP_ASKED = StopAsked()
+"""Set by a SIGINT or SIGTERM that came before the command's own handlers (controller/launch.py installs it)."""

@@ -224,9 +224,69 @@ def test_a_stop_while_the_daemon_starts_ends_it_with_one_line(tmp_path: Path) ->
         assert text == f"wattscale: stopped by {sig.name} while starting\n", text
 
 
+SWALLOWED = """
+import os, signal, sys, weakref
+def swallowed(sig):
+    \"\"\"A signal whose handler runs inside a weakref callback, as it does where it lands in importlib's (one at
+    every module lock an import drops): Python prints what the handler raises there and goes on.\"\"\"
+    class Held: pass
+    def dropped(_ref):
+        os.kill(os.getpid(), sig)
+        for _ in range(100_000): pass
+    held = Held(); ref = weakref.ref(held, dropped); del held
+"""
+"""A script's preamble: `swallowed(sig)` delivers `sig` where its handler's exception cannot propagate."""
+
+
+def test_a_stop_whose_raise_an_import_swallows_still_stops_the_command() -> None:
+    """About one stop in 150 while `wattscale run` started went unanswered (the daemon ran on, after an "Exception
+    ignored" traceback): the handler's raise had landed in importlib's weakref callback. The entry point keeps the
+    signal and acts on it once the import returns: a short command is killed by it, with one line."""
+    script = SWALLOWED + """
+import types
+import controller
+fake = types.ModuleType("controller.cli")
+def lookup(name):
+    swallowed(signal.SIGINT)
+    return lambda argv=None: print("the command ran") or 0
+fake.__getattr__ = lookup
+sys.modules["controller.cli"] = fake
+sys.argv = ["wattscale", "analyze"]
+from controller.launch import main
+sys.exit(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGINT, "", "wattscale: interrupted by SIGINT\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_swallowed_before_the_daemon_s_handlers_stops_it_once_they_are_in(tmp_path: Path,
+                                                                                  sig: signal.Signals) -> None:
+    """The same after the imports, before `run` installs its own handlers: the daemon stops as a starting one does
+    (one line, exit 0), where it ran its whole --duration."""
+    cfg = tmp_path / "sim.toml"
+    write_config(cfg, free_port(), tmp_path / "state", 4000)
+    script = SWALLOWED + f"""
+import controller.cli
+real = controller.cli.main
+def command(argv=None):
+    swallowed(signal.{sig.name})
+    return real(argv)
+controller.cli.main = command
+sys.argv = ["wattscale", "run", "--config", {str(cfg)!r}, "--duration", "30"]
+from controller.launch import main
+sys.exit(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith(f"wattscale: stopped by {sig.name} while starting\n"), done.stderr
+    assert "wattscale running" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
 def signal_state(pid: int) -> str:
     """A process's signal masks (/proc/PID/status: pending, blocked, ignored, caught), for a signal that went
-    unanswered: about one run in twelve of the test above, the SIGINT half, its daemon ran on (cause not found)."""
+    unanswered (the test above failed so about one run in twelve, before the stop's raise swallowed in an import
+    was kept: the tests below)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return "not stopped; " + " ".join(line for line in status.splitlines() if line.startswith(("Sig", "ShdPnd")))
 
