@@ -141,8 +141,11 @@ class ServiceParams:
         if tokens and not weights:
             raise ModelInputError(f"expert_token_share: needs expert_weight_share (a dense model routes nothing), got "
                                   f"{tokens!r}")
+        if weights and not tokens:
+            raise ModelInputError(f"expert_token_share: needed with expert_weight_share {weights!r}: the experts a "
+                                  "token runs over the routed experts, from the model card (8 of 64: 0.125)")
         if weights and not LEAST_TOKEN_SHARE <= tokens <= 1.0:
-            raise ModelInputError(f"expert_token_share: must be in [{LEAST_TOKEN_SHARE:g}, 1] where "
+            raise ModelInputError(f"expert_token_share: must be in [1/{round(1 / LEAST_TOKEN_SHARE)}, 1] where "
                                   f"expert_weight_share is set (a token runs some experts), got {tokens!r}")
 
     @property
