@@ -7,9 +7,11 @@ would fill the GPU, a law without an array form) is built by the scalar law.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,6 +69,15 @@ class Bases(tuple[Base, ...]):
         return np.array([batch_limit(p, load) or np.inf for p, load, _ in self], dtype=float)
 
 
+SHAPE_FIELDS = attrgetter("max_batch", "max_queue", "power_cap_w", "sm_clock_fraction")
+"""What the arrays read of a ServerShape, in the columns of `Points.table`."""
+
+
+def shape_table(shapes: Sequence[ServerShape]) -> Floats:
+    """`Points.table`'s rows for these shapes, in one pass (a fleet's cycle reads a hundred thousand)."""
+    return np.array(list(map(SHAPE_FIELDS, shapes)), dtype=float).reshape(len(shapes), 4)
+
+
 @dataclass(frozen=True, eq=False)
 class Points:
     """Many operating points: each a base, a shape and a rate per replica."""
@@ -74,29 +85,37 @@ class Points:
     bases: Bases
     base: NDArray[np.intp]
     """Each point's base, by index."""
-    shapes: Sequence[ServerShape]
+    table: Floats
+    """Each point's shape as a row: max batch, queue bound, power cap and locked clock (NaN: none; `shape_table`)."""
     rates_rps: Floats
+
+    @classmethod
+    def shaped(cls, bases: Bases, base: NDArray[np.intp], shapes: Sequence[ServerShape], rates_rps: Floats) -> Points:
+        return cls(bases, base, shape_table(shapes), rates_rps)
 
     @classmethod
     def of(cls, points: Sequence[Point]) -> Points:
         """Points given one by one (each its own base)."""
-        return cls(Bases((p, load, profile) for p, load, _, profile in points), np.arange(len(points)),
-                   [shape for _, _, shape, _ in points], np.array([load.rate_rps for _, load, _, _ in points]))
+        return cls.shaped(Bases((p, load, profile) for p, load, _, profile in points), np.arange(len(points)),
+                          [shape for _, _, shape, _ in points], np.array([load.rate_rps for _, load, _, _ in points]))
 
     def point(self, i: int) -> Point:
         """The i-th point as the scalar path takes it: its load at its rate, its shape at the batch its KV cache
         holds."""
         params, load, profile = self.bases[self.base[i]]
         load = load.at_rate(float(self.rates_rps[i]))
-        return params, load, fitting_shape(params, load, self.shapes[i]), profile
+        batch, queue, cap, clock = self.table[i].tolist()
+        shape = ServerShape(int(batch), None if math.isnan(queue) else int(queue), None if math.isnan(cap) else cap,
+                            None if math.isnan(clock) else clock)
+        return params, load, fitting_shape(params, load, shape), profile
 
     def take(self, idx: NDArray[np.intp]) -> Points:
         """The points at `idx`, on the same bases."""
-        return Points(self.bases, self.base[idx], [self.shapes[i] for i in idx.tolist()], self.rates_rps[idx])
+        return Points(self.bases, self.base[idx], self.table[idx], self.rates_rps[idx])
 
     def at_rates(self, rates_rps: Floats) -> Points:
         """The same points at other rates."""
-        return Points(self.bases, self.base, self.shapes, rates_rps)
+        return Points(self.bases, self.base, self.table, rates_rps)
 
     def profile_fields(self, names: tuple[str, ...], at: NDArray[np.intp] | None = None) -> list[Floats]:
         """The named PowerProfile fields (of PROFILE_FIELDS) of each point's base (of the points `at`; NaN where a
@@ -104,25 +123,26 @@ class Points:
         columns = [PROFILE_FIELDS.index(n) for n in names]
         return list(self.bases.profiles[self.base if at is None else self.base[at]][:, columns].T)
 
-    @cached_property
+    @property
     def batches(self) -> Floats:
-        return np.array([s.max_batch for s in self.shapes], dtype=float)
+        return self.table[:, 0]
 
-    @cached_property
+    @property
     def queues(self) -> Floats:
         """Each shape's queue bound (-1: unbounded)."""
-        return np.array([-1 if s.max_queue is None else s.max_queue for s in self.shapes], dtype=float)
+        queue = self.table[:, 1]
+        out: Floats = np.where(np.isnan(queue), -1.0, queue)
+        return out
 
-    @cached_property
+    @property
     def caps(self) -> Floats:
         """Each shape's power cap (NaN: uncapped)."""
-        return np.array([np.nan if s.power_cap_w is None else s.power_cap_w for s in self.shapes], dtype=float)
+        return self.table[:, 2]
 
-    @cached_property
+    @property
     def clocks(self) -> Floats:
         """Each shape's locked clock share (NaN: unlocked)."""
-        return np.array([np.nan if s.sm_clock_fraction is None else s.sm_clock_fraction for s in self.shapes],
-                        dtype=float)
+        return self.table[:, 3]
 
     def tops(self) -> Floats:
         """Each point's max batch, cut to what its KV cache holds (queuemodels.kv_cache)."""

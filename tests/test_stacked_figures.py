@@ -178,8 +178,8 @@ def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: L
                                                  pts: list[tuple[ServerShape, float]]) -> None:
     """Operation for operation: the same floats, so stacked figures do not move when a law is built as arrays (a
     roofline's to rounding: np.cbrt where the scalar law takes `** (1/3)`), and the same step times at any batch."""
-    together = Points(Bases([(params, load, profile)]), np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
-                      np.array([r for _, r in pts]))
+    together = Points.shaped(Bases([(params, load, profile)]), np.zeros(len(pts), dtype=np.intp), [s for s, _ in pts],
+                             np.array([r for _, r in pts]))
     laws, built = continuous_laws(together, together.tops())
     for i in range(len(pts)):
         p, ld, shape, pr = together.point(i)
@@ -235,8 +235,8 @@ def test_roofline_points_are_solved_together_not_alone() -> None:
     shapes = [(ServerShape(batch, queue, cap, clock), rate) for batch in (8, 64, 256, 512) for queue in (None, 1024)
               for cap in (None, 450.0) for clock in (None, 0.7) for rate in (0.3, 1.5)]
     bases = Bases([(STEP, load, H100), (BENT, load, H100), (BENT, load, replace(H100, clock_step_share=0.3))])
-    together = Points(bases, np.repeat(np.arange(3), len(shapes)), [s for s, _ in shapes] * 3,
-                      np.array([r for _, r in shapes] * 3))
+    together = Points.shaped(bases, np.repeat(np.arange(3), len(shapes)), [s for s, _ in shapes] * 3,
+                             np.array([r for _, r in shapes] * 3))
     built_alone, _, figures = solve_together(continuous_law, continuous_laws, together)
     assert figures.covered.all() and not built_alone
     for k in range(len(together.rates_rps)):

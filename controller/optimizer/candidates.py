@@ -119,9 +119,11 @@ def _value(problem: Problem, pairs: list[Pair], bases: Bases,
     k = np.repeat(np.arange(len(pairs)), [len(pair_specs) for pair_specs in specs])
     # by field: batch, cap, clock, replicas, served, spare
     columns = list(zip(*chain.from_iterable(specs), strict=True)) or [()] * 6
-    shapes = [pair.shapes[spec[:3]] for pair, pair_specs in zip(pairs, specs, strict=True) for spec in pair_specs]
+    queues = np.array([problem.services[p.service].max_queue for p in pairs], dtype=float)  # None: NaN
+    # the shapes as the queue model reads them (Points.table): each spec's batch, cap and clock, its service's queue
+    table = np.array([columns[0], queues[k], columns[1], columns[2]], dtype=float).reshape(4, len(k)).T
     replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
-    points = Points(bases, k, shapes, served / replicas)
+    points = Points(bases, k, table, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
     per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.empty_draw_w,
                           problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens,

@@ -160,8 +160,8 @@ def _lockstep(model: str, jobs: list[Job], brackets: list[Brackets],
         order = list(asked)
         checks = [check for j in order for check in asked[j]]
         sizes = [len(asked[j]) for j in order]
-        points = Points(every, np.repeat([rows[j] for j in order], sizes), [shape for shape, _ in checks],
-                        np.array([rate for _, rate in checks]))
+        points = Points.shaped(every, np.repeat([rows[j] for j in order], sizes), [shape for shape, _ in checks],
+                               np.array([rate for _, rate in checks]))
         answers = get_model(model).within_targets_of(points, targets) if checks else np.zeros(0, dtype=bool)
         for j, part in zip(order, np.split(answers, np.cumsum(sizes)[:-1]), strict=True):
             step(j, part)
@@ -282,8 +282,9 @@ def rates_per_replica(model: str, asks: Sequence[tuple[Sizer, ServerShape, Brack
         base_of = {id(s): i for i, s in enumerate(sizers)}
         known = np.array([(b.fits_rps[b.row[shape]], b.misses_rps[b.row[shape]]) if b else (0.0, np.inf)
                           for _, shape, b in missing.values()], dtype=float).reshape(len(missing), 2)
-        points = Points(Bases(s.base for s in sizers), np.array([base_of[id(s)] for s, _, _ in missing.values()]),
-                        [shape for _, shape, _ in missing.values()], np.ones(len(missing)))
+        points = Points.shaped(Bases(s.base for s in sizers),
+                               np.array([base_of[id(s)] for s, _, _ in missing.values()]),
+                               [shape for _, shape, _ in missing.values()], np.ones(len(missing)))
         rates = get_model(model).max_rates_of(points, [s.targets for s in sizers], known[:, 0], known[:, 1])
         _max_rates.update(zip(missing, rates.tolist(), strict=True))
     return [_max_rates[(sizer.basis, shape)] for sizer, shape, _ in asks]
