@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import mixed_host
+from conftest import free_port, mixed_host
 
 from controller.cli import main
 from controller.config_loader import ConfigError
@@ -20,12 +20,6 @@ from controller.settings import load_settings
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = (ROOT / "config" / "sim.toml").read_text().replace("port = 9464", "port = 0")
 """The shipped file on a port of the system's choosing (a daemon running beside the tests holds 9464)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from controller.cli import main
 from controller.telemetry.deadline import SampleDeadline
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ROOT / "config" / "examples" / "host.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def host_copy(tmp_path: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.prometheus import PrometheusApi, PrometheusVllmSource, by_model
@@ -28,12 +28,6 @@ from simulator.workload import TokenDist, Workload, constant
 
 WINDOW_S = 20.0
 MODEL = "llama-3.1-8b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

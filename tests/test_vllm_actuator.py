@@ -13,18 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
 from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, shutdown_timeout_s, with_max_num_seqs
 from controller.http_fetch import healthy_within as healthy
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def flags(port: int) -> dict[str, int]:
