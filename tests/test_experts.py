@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,8 @@ def test_the_tuner_fits_the_times_and_keeps_the_routing_it_was_given() -> None:
     assert model.analyze(fitted, LOAD.at_rate(0.5), small, None, tails=False).itl_ms == pytest.approx(want, rel=0.05)
 
 
-def test_a_fit_saved_under_one_routing_is_not_restored_under_another(tmp_path: Path) -> None:
+def test_a_fit_saved_under_one_routing_is_not_restored_under_another(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The routing is read, not fitted, but a law under another routing is another law: a dense fit restored into
     a mixture of experts' filter took the skipped read on top of times that had absorbed it, and moved slowly."""
     path, model = tmp_path / "tuner.json", get_model("mm1k-cb")
@@ -115,7 +117,10 @@ def test_a_fit_saved_under_one_routing_is_not_restored_under_another(tmp_path: P
     for rate in (2.0, 6.0, 4.0, 8.0):
         perf = model.analyze(DENSE, LOAD.at_rate(rate), ServerShape(64, 1024), None, tails=False)
         tuner.update("m", "gpu", Observation(rate, 512, 256, 64, 1024, perf.ttft_ms, perf.itl_ms))
-    assert Tuner(path).ensure("m", "gpu", MOE, None).accepted == 0
+    with caplog.at_level(logging.WARNING):
+        assert Tuner(path).ensure("m", "gpu", MOE, None).accepted == 0
+    assert ("saved state of m|gpu was fitted under another experts' routing (dense, now expert_weight_share 0.9, "
+            "expert_token_share 0.125); starting from the prior") in caplog.text  # said, not "another prior"
     assert Tuner(path).ensure("m", "gpu", DENSE, None).accepted == 4
 
 

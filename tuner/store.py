@@ -164,17 +164,26 @@ def pair_problem(data: object) -> str | None:
     return None
 
 
+def mismatch(f: PairFilter, data: dict[str, Any]) -> str | None:
+    """What of the filter validated saved state was not written under (None: it was written by a filter of the same
+    family, queue model, prior, experts' routing and shape, and fits it)."""
+    prior = np.asarray(data["prior"], dtype=float)
+    if data["family"] != f.prior.family:
+        return f"family ({data['family']}, now {f.prior.family})"
+    if (saved := data.get("queue_model", "mm1k-batch")) != f.queue_model:
+        return f"queue model ({saved}, now {f.queue_model})"
+    if (routing := data.get("routing", [0.0, 0.0])) != _routing(f):
+        return "experts' routing ({}, now {})".format(*(
+            "dense" if not r[0] else f"expert_weight_share {r[0]:g}, expert_token_share {r[1]:g}"
+            for r in (routing, _routing(f))))
+    if prior.shape != f.prior_vector().shape or not np.allclose(prior, f.prior_vector()) or len(data["x"]) != f.x.size:
+        return "prior"
+    return None
+
+
 def fits(f: PairFilter, data: dict[str, Any]) -> bool:
     """Validated saved state was written by a filter of the same family, queue model, prior, routing and shape."""
-    prior = np.asarray(data["prior"], dtype=float)
-    return (
-        data["family"] == f.prior.family
-        and data.get("queue_model", "mm1k-batch") == f.queue_model
-        and prior.shape == f.prior_vector().shape
-        and bool(np.allclose(prior, f.prior_vector()))
-        and data.get("routing", [0.0, 0.0]) == _routing(f)
-        and len(data["x"]) == f.x.size
-    )
+    return mismatch(f, data) is None
 
 
 def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
@@ -265,9 +274,9 @@ def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()
         if key not in filters:
             continue
         notes = []
-        if not restore_pair(filters[key], data) and key not in aside:
-            notes.append(f"state of {key} no longer matches its prior (or its experts' routing); starting from the "
-                         "prior")
+        if (other := mismatch(filters[key], data)) is not None and key not in aside:
+            notes.append(f"state of {key} was fitted under another {other}; starting from the prior")
+        restore_pair(filters[key], data)
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
         if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
             notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
