@@ -164,7 +164,9 @@ def _parsed(path: Path) -> dict[str, Any]:
 
 def quoted(value: object) -> str:
     """A value as an error line quotes it: its repr, cut with its length past 80 characters (10**400 printed 401
-    digits)."""
+    digits); a boolean as TOML, JSON and YAML spell it (`true`, where Python's repr read `True`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return shortened(repr(value), 80)
 
 
