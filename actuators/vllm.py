@@ -45,6 +45,9 @@ class ServerRunner(Protocol):
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None: ...
 
+    def exited(self, name: str) -> int | None:
+        """The exit status of a replica's server that has ended (None: running, or not the runner's to see)."""
+
     def close(self) -> None: ...
 
 
@@ -109,6 +112,11 @@ class ChildRunner:
             except OSError as exc:
                 raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
             self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
+
+    def exited(self, name: str) -> int | None:
+        with self._lock:
+            proc = self.procs.get(name, (None, 0.0))[0]
+        return None if proc is None else proc.poll()
 
     def _stop(self, name: str) -> None:
         self._stop_all([name])
@@ -178,6 +186,9 @@ class SystemdRunner:
             raise PermanentActuatorError(f"{replica.name}: cannot write its drop-in in {folder}: "
                                          f"{exc.strerror or exc}") from exc
 
+    def exited(self, name: str) -> int | None:
+        return None  # systemd restarts or reports its units; /health says whether one serves
+
     def close(self) -> None:
         pass
 
@@ -201,26 +212,41 @@ class VllmBatchSizer:
         self._failures: dict[str, ActuatorError] = {}
         self._closing = threading.Event()
 
-    def start(self) -> None:
-        """Bring every replica up at its initial value when the runner supervises the servers."""
+    def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Bring every replica up at its initial value when the runner supervises the servers; `stopping` (polled
+        while a server comes up, which takes minutes) says the daemon was asked to stop: it returns at once, and
+        the daemon's exit stops what started."""
         if not self.runner.supervises:
             return
         for service, reps in self.replicas.items():
             for r in reps:
                 self.runner.restart(r, self.current[service])
-                if not self._wait_healthy(r):
-                    raise TransientActuatorError(f"{service}: {r.name} did not become healthy", 30.0)
+                if not self._wait_healthy(r, stopping):
+                    if stopping():
+                        return
+                    raise TransientActuatorError(f"{service}: {r.name} {self._unhealthy(r)}", 30.0)
 
-    def _wait_healthy(self, replica: Replica) -> bool:
+    def _wait_healthy(self, replica: Replica, stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Whether its /health answers within the timeout; False at once where its server has exited (a command
+        that fails as it starts waited out the whole timeout), or the sizer closes or `stopping` says so."""
         deadline = time.monotonic() + self.health_timeout_s
-        while time.monotonic() < deadline and not self._closing.is_set():
+        while time.monotonic() < deadline and not self._closing.is_set() and not stopping():
             try:
                 if self.probe(replica.health_url, min(5.0, self.poll_s * 5)):
                     return True
             except Exception as exc:  # a probe's own failure (a URL it cannot read) is no answer: not healthy
                 log.debug("%s: health probe failed: %r", replica.name, exc)
+            if self.runner.exited(replica.name) is not None:
+                return False
             self._closing.wait(self.poll_s)
         return False
+
+    def _unhealthy(self, replica: Replica) -> str:
+        """Why `_wait_healthy` gave up on a replica, as a sentence's predicate."""
+        code = self.runner.exited(replica.name)
+        if code is not None:
+            return f"exited with status {code} before its /health answered"
+        return f"did not become healthy within {self.health_timeout_s:.0f} s"
 
     def get_max_batch(self, service: str) -> BatchInForce:
         """The value every replica runs (a rollout's value only once all are back healthy; a rolled-back one
@@ -290,8 +316,7 @@ class VllmBatchSizer:
                 if self._wait_healthy(r):
                     log.info("%s: %s restarted with --max-num-seqs %d", service, r.name, max_num_seqs)
                     continue
-                why = (f"{r.name} did not come back healthy with --max-num-seqs {max_num_seqs} within "
-                       f"{self.health_timeout_s:.0f} s")
+                why = f"{r.name} {self._unhealthy(r)} with --max-num-seqs {max_num_seqs}"
             unhealthy = self._put_back(changed, old)
             message = f"{service}: {why}; rolled back to {old}" + (
                 f", but {', '.join(unhealthy)} is not healthy" if unhealthy else "")

@@ -245,18 +245,26 @@ class Daemon:
         endpoints = self.signal_endpoints()
         self.fast()
         scheduler.start()  # the governor and the budget act while supervised servers start (minutes, for vLLM)
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+
+        def ended() -> bool:
+            return stop.asked or (deadline is not None and time.monotonic() >= deadline)
+
         try:
-            self.parts.start()  # servers the daemon supervises are up before the slow loop plans
+            self.parts.start(ended)  # servers the daemon supervises are up before the slow loop plans
         except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
             self._shut_down(scheduler, endpoints)
             raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
+        if ended():  # while the servers started: they stop with the rest
+            log.info("stopping")
+            self._shut_down(scheduler, endpoints)
+            return 0
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
         scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
-        deadline = None if duration_s is None else time.monotonic() + duration_s
         ping = (self.notifier.watchdog_s or 10.0) / 2
         while not self.stop_event.wait(min(0.2, ping)) and not stop.asked:
             if reload.take():

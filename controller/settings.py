@@ -173,7 +173,8 @@ class ActuatorSettings:
     systemd_dropin_dir: str = "/etc/systemd/system"
     """Where the `vllm` backend writes `<unit>.d/50-wattscale.conf`."""
     health_timeout_s: float = 300.0
-    """How long a restarted vLLM server has to answer /health before the change is rolled back."""
+    """How long a restarted vLLM server has to answer /health before the change is rolled back (a child server
+    that exits fails at once; a stop or the end of `--duration` is not held up by the wait)."""
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("kubernetes_timeout_s", "health_timeout_s"))

@@ -43,8 +43,9 @@ class Parts:
     power: PowerLimiter
     batch: BatchSizer
     replicas: ReplicaScaler
-    starts: tuple[Callable[[], None], ...] = ()
-    """Run before the daemon's loops: vLLM servers it supervises come up first."""
+    starts: tuple[Callable[[Callable[[], bool]], None], ...] = ()
+    """Run before the daemon's loops: vLLM servers it supervises come up first. Each is given a callable it polls
+    while it waits (minutes, for vLLM): whether the daemon was asked to stop, when it returns at once."""
     stops: tuple[Callable[[], None], ...] = ()
     """Run on exit, in order: supervised servers stopped, default power limits restored where the config
     asks, the NVML session shut down. Each logs what it fails at and returns."""
@@ -53,9 +54,11 @@ class Parts:
     clocks: ClockLocker | None = None
     """Locks SM clocks (None: `actuators.clocks = "none"`, caps alone)."""
 
-    def start(self) -> None:
+    def start(self, stopping: Callable[[], bool]) -> None:
         for step in self.starts:
-            step()
+            if stopping():
+                return
+            step(stopping)
 
     def close(self) -> None:
         for step in self.stops:
@@ -181,7 +184,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         assert host is not None  # uses_sim holds whenever a part names "sim"
         return host
 
-    starts: list[Callable[[], None]] = []
+    starts: list[Callable[[Callable[[], bool]], None]] = []
     stops: list[Callable[[], None]] = []
     power: PowerLimiter
     if devices is not None and a.power == "nvml":

@@ -97,6 +97,9 @@ class InMemoryRunner:
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
         pass
 
+    def exited(self, name: str) -> int | None:
+        return None
+
     def close(self) -> None:
         pass
 

@@ -173,6 +173,9 @@ def test_a_failed_rollout_is_read_back_as_the_old_batch_and_not_asked_again() ->
         def restart(self, replica: Replica, max_num_seqs: int) -> None:
             self.restarts.append(max_num_seqs)
 
+        def exited(self, name: str) -> int | None:
+            return None
+
         def close(self) -> None:
             pass
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -194,24 +197,13 @@ def test_a_health_port_that_speaks_no_http_is_not_healthy() -> None:
 def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """`run` raised TransientActuatorError with a traceback and left its vLLM children running (PPID 1)."""
-    import contextlib
-    import time
-
     from controller.cli import main
     from controller.config_loader import ConfigError
     from controller.daemon import Daemon
     from controller.settings import load_settings
 
     marker = f"never-healthy-{free_port()}"
-    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
-    text = text.replace('batch = "sim"', 'batch = "vllm"\nhealth_timeout_s = 2.5').replace("port = 9464", "port = 0")
-    text = text.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"')
-    command = json.dumps([sys.executable, "-c", "import time; time.sleep(60)", marker])
-    for name in ("chat", "code", "batch-summaries"):
-        text = text.replace(f'name = "{name}"\n',
-                            f'name = "{name}"\nvllm_command = {command}\nvllm_ports = [{free_port()}]\n')
-    path = tmp_path / "host.toml"
-    path.write_text(text)
+    path = never_healthy_host(tmp_path, marker, 2.5)
     daemon = Daemon(path, load_settings(path))
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"^actuators\.batch: the vLLM servers did not start: chat:"):
@@ -220,12 +212,69 @@ def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_pa
     assert main(["run", "--config", str(path), "--duration", "5"]) == 2
     err = capsys.readouterr().err
     assert "wattscale: actuators.batch: the vLLM servers did not start: chat:" in err and "Traceback" not in err
-    left = []
+    assert running(marker) == [], f"vLLM children left running: {running(marker)}"
+
+
+def never_healthy_host(tmp_path: Path, marker: str, health_timeout_s: float) -> Path:
+    """sim.toml with the vllm backend, each service's server a process that never answers /health (`marker` in
+    its command line)."""
+    text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
+    text = text.replace('batch = "sim"', f'batch = "vllm"\nhealth_timeout_s = {health_timeout_s}')
+    text = text.replace("port = 9464", "port = 0").replace('state_dir = "../var/state"',
+                                                           f'state_dir = "{tmp_path / "state"}"')
+    command = json.dumps([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    for name in ("chat", "code", "batch-summaries"):
+        text = text.replace(f'name = "{name}"\n',
+                            f'name = "{name}"\nvllm_command = {command}\nvllm_ports = [{free_port()}]\n')
+    path = tmp_path / "host.toml"
+    path.write_text(text)
+    return path
+
+
+def running(marker: str) -> list[str]:
+    """The pids of processes with `marker` in their command line."""
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             if marker.encode() in cmdline.read_bytes():
-                left.append(cmdline.parent.name)
-    assert left == [], f"vLLM children left running: {left}"
+                found.append(cmdline.parent.name)
+    return found
+
+
+def test_a_stop_while_the_servers_come_up_ends_the_daemon_at_once(tmp_path: Path) -> None:
+    """`run` waited out every server's health timeout (300 s by default) before it looked at a SIGTERM or its
+    --duration: a stop while vLLM loaded took minutes, and systemd's own timeout killed it."""
+    marker = f"slow-to-load-{free_port()}"
+    path = never_healthy_host(tmp_path, marker, 120.0)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(path)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 30.0
+        while not running(marker) and time.monotonic() < deadline:  # the first server is up: the wait has begun
+            time.sleep(0.1)
+        assert running(marker), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15.0) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopping" in log.read_text() and running(marker) == []
+
+
+def test_a_server_that_exits_as_it_starts_fails_at_once_with_its_status() -> None:
+    """A command that cannot run (a bad flag, a missing model) was waited on for the whole health timeout."""
+    rep = Replica("chat-0", f"http://127.0.0.1:{free_port()}/health", (sys.executable, "-c", "raise SystemExit(3)"))
+    runner = ChildRunner(stop_timeout_s=5.0)
+    sizer = VllmBatchSizer(runner, {"chat": (rep,)}, {"chat": 32}, healthy, health_timeout_s=60.0, poll_s=0.1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientActuatorError, match=r"^chat: chat-0 exited with status 3 before its /health"):
+            sizer.start()
+    finally:
+        runner.close()
+    assert time.monotonic() - started < 10.0
 
 
 def test_a_drop_in_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(tmp_path: Path) -> None:
@@ -250,6 +299,9 @@ class FlakyRunner:
         self.restarts.append((replica.name, max_num_seqs))
         if replica.name == self.fails and max_num_seqs != 32:
             raise self.error
+
+    def exited(self, name: str) -> int | None:
+        return None
 
     def close(self) -> None:
         pass
