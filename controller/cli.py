@@ -21,6 +21,7 @@ from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
+from controller.state_lock import held
 from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms, get_model
 from queuemodels.accelerators import profile
 from tuner.observation_file import ObservationFileError
@@ -39,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if not any(w.startswith(STATE_DIR_WARNING) for w in warnings):  # else it says the state will not be saved
         log.info("tuner state: %s", settings.state_path.resolve())
-    return Daemon(Path(args.config), settings).run(args.duration)
+    with held(settings.state_path.parent):
+        return Daemon(Path(args.config), settings).run(args.duration)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -51,7 +51,8 @@ class DaemonSettings:
     slow_interval_s: float = 30.0
     """Period of the slow loop: observations, tuner, optimizer, actuation (s, up to a day)."""
     state_dir: str = "var/state"
-    """Where the tuner state lives (relative paths are relative to the config file)."""
+    """Where the tuner state lives (relative paths are relative to the config file); one daemon to a folder
+    (controller/state_lock.py)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log verbosity."""
     failsafe_after_ticks: int = 3

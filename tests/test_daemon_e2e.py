@@ -80,6 +80,26 @@ def write_config(path: Path, port: int, state: Path, budget_w: int) -> None:
     path.write_text(text)
 
 
+def test_a_second_daemon_on_the_same_state_dir_is_refused_in_one_line(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Two daemons on one state_dir overwrote each other's tuner state and decision log, silently: the second now
+    stops at once, naming the field and the first's pid; once the first has gone its state_dir is free again."""
+    from controller.cli import main
+
+    port = free_port()
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    write_config(first, port, tmp_path / "state", 4000)
+    write_config(second, free_port(), tmp_path / "state", 4000)
+    with daemon_process(first, tmp_path / "first.log", 60) as proc:
+        assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
+        assert main(["run", "--config", str(second), "--duration", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (f"wattscale: daemon.state_dir: {tmp_path / 'state'} is in use by another wattscale run "
+                           f"(pid {proc.pid}); give each daemon its own state_dir"), err
+        stops_on_sigterm_within_5_s(proc)
+    assert main(["run", "--config", str(second), "--duration", "1"]) == 0
+
+
 def test_daemon_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "wattscale.toml"

@@ -1,0 +1,44 @@
+"""One daemon to a state folder. Two `wattscale run` on one `daemon.state_dir` overwrote each other's tuner state
+and decision log (each read the other's fit as another prior's and started over), and nothing said so but
+`status`. `run` holds an exclusive lock on `<state_dir>/daemon.lock` for its whole life (flock: the kernel drops it
+when the process ends, however it ends, so a killed daemon leaves nothing to clean up); a second finds it held and
+stops with one line naming the first's pid."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from controller.config_loader import ConfigError
+
+LOCK_FILE = "daemon.lock"
+
+
+@contextlib.contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """The folder's lock, held by this process inside the block. Where the folder cannot hold one (a state dir
+    that cannot be written, a file system without flock) the block runs without it: that is warned of apart."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); "
+                              "give each daemon its own state_dir") from None
+        except OSError:
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it (a later `run` in this process takes it again)
