@@ -13,6 +13,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
@@ -72,11 +73,7 @@ def check_backends(settings: Settings) -> list[str]:
     """The programs and packages the named backends start or import; warnings for directories they write."""
     a, warnings = settings.actuators, []
     if a.replicas == "kubernetes":
-        if importlib.util.find_spec("kubernetes") is None:
-            raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'")
-        kubeconfig = Path(settings.base_dir) / a.kubeconfig
-        if a.kubeconfig and not (kubeconfig.is_file() and os.access(kubeconfig, os.R_OK)):
-            raise ConfigError("actuators.kubeconfig", f"{kubeconfig} is not a readable file")
+        kube_client(settings)
     if a.batch == "vllm" and a.vllm_runner == "child":
         for svc in settings.services:
             program = svc.vllm_command[0]
@@ -88,6 +85,28 @@ def check_backends(settings: Settings) -> list[str]:
         if problem is not None:
             warnings.append(f"actuators.systemd_dropin_dir: {problem}; changes of max batch will fail")
     return warnings
+
+
+def kube_client(settings: Settings) -> Any:
+    """The kubernetes backend's API client, from the credentials the config names (a kubeconfig relative to the
+    config file; none: in-cluster, else ~/.kube/config), read as `run` reads them: nothing reaches the API. A
+    ConfigError naming the field where they cannot be read (check-config said ok to a missing or broken file)."""
+    a = settings.actuators
+    if importlib.util.find_spec("kubernetes") is None:
+        raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'")
+    from actuators import ActuatorError
+    from actuators.kubernetes import api_client
+
+    kubeconfig = Path(settings.base_dir) / a.kubeconfig
+    if a.kubeconfig and not (kubeconfig.is_file() and os.access(kubeconfig, os.R_OK)):
+        raise ConfigError("actuators.kubeconfig", f"{kubeconfig} is not a readable file")
+    try:
+        return api_client(str(kubeconfig) if a.kubeconfig else "")
+    except ActuatorError as exc:
+        raise ConfigError("actuators.kubeconfig", str(exc)) from None
+    except OSError as exc:  # the default ~/.kube/config unreadable
+        raise ConfigError("actuators.kubeconfig", f"kubernetes: credentials cannot be read ({exc.strerror or exc})") \
+            from None
 
 
 def check_free_port(where: str, port: int) -> None:

@@ -166,7 +166,8 @@ class ActuatorSettings:
     kubernetes_namespace: str = "default"
     """Namespace of the services' Deployments (`kubernetes` replica backend)."""
     kubeconfig: str = ""
-    """Kubeconfig file; empty: in-cluster credentials inside a pod, else ~/.kube/config."""
+    """Kubeconfig file (relative to the config file); empty: in-cluster credentials inside a pod, else
+    ~/.kube/config."""
     kubernetes_timeout_s: float = 5.0
     """Timeout of one API call."""
     vllm_runner: Literal["child", "systemd"] = "child"

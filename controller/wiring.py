@@ -19,6 +19,7 @@ from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimRep
 from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, VllmBatchSizer
 from controller.config_loader import ConfigError
 from controller.http_fetch import healthy_within
+from controller.preflight import kube_client
 from controller.settings import Settings
 from controller.settings_checks import svc_path
 from controller.telemetry.base import GpuSource, VllmSource
@@ -137,17 +138,10 @@ def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, st
 
 
 def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
-    from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler, api_client
+    from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler
 
     a = settings.actuators
-    try:
-        client = api_client(a.kubeconfig)
-    except ImportError:
-        raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'") \
-            from None
-    except ActuatorError as exc:
-        raise ConfigError("actuators.kubeconfig", str(exc)) from exc
-    return KubernetesReplicaScaler(client, {key: DeploymentRef(a.kubernetes_namespace, name)
+    return KubernetesReplicaScaler(kube_client(settings), {key: DeploymentRef(a.kubernetes_namespace, name)
                                             for key, name in deployments(settings).items()}, a.kubernetes_timeout_s)
 
 

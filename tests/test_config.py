@@ -314,6 +314,29 @@ def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytes
     assert f"actuators.kubeconfig: {tmp_path / 'missing.yaml'} is not a readable file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("kubeconfig", "why"), [
+    ("garbage: [", r"kubeconfig \S+broken.yaml is not valid YAML"),
+    ("", r"no usable credentials in ~/.kube/config, which does not exist"),
+], ids=["broken-file", "none-at-all"])
+def test_kubernetes_credentials_run_cannot_read_are_refused_by_check_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kubeconfig: str,
+        why: str) -> None:
+    """check-config read only whether a named kubeconfig was a file: it said ok to a broken one, and to none at all
+    outside a cluster, where `run` then stopped at once on the credentials."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    named = ""
+    if kubeconfig:
+        (tmp_path / "broken.yaml").write_text(kubeconfig)
+        named = '\nkubeconfig = "broken.yaml"'
+    path = write(tmp_path, GOOD.replace('replicas = "sim"', f'replicas = "kubernetes"{named}'))
+    for command in (["check-config", str(path)], ["run", "--config", str(path), "--duration", "1"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert re.search(r"^wattscale: actuators\.kubeconfig: kubernetes: " + why, err[-1]), err
+
+
 def test_an_unwritable_dropin_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "afile").write_text("")
     text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"\n'
