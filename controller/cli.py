@@ -245,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--time-limit-s", type=number(0.0, 600.0, low_open=True), default=2.0, metavar="S",
                    help="milp: time limit in seconds, in (0, 600] (default 2)")
     o.add_argument("--mip-gap", type=number(0.0, 0.999), default=0.01, metavar="SHARE",
-                   help="milp: relative optimality gap, in [0, 1) (default 0.01)")
+                   help="milp: optimality gap as a share of the plan's score, in [0, 1) (default 0.01)")
     o.add_argument("--json", action="store_true", help="print the solution as JSON")
     o.set_defaults(func=_optimize)
     pl = sub.add_parser("plan", help="offline capacity planning (config packing or workload allocation)")

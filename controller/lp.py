@@ -7,6 +7,7 @@ keeps demand from being served.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
@@ -58,10 +59,13 @@ class Lp:
         return float(x[self.index[key]]) if key in self.index else 0.0
 
     def solve(self, *, without: frozenset[str] = frozenset(), fix: dict[int, float] | None = None,
-              time_limit_s: float = 10.0, mip_gap: float = 1e-6, presolve: bool = True) -> LpResult:
+              time_limit_s: float = 10.0, mip_gap: float = 1e-6, presolve: bool = True,
+              abs_gap: float | None = None) -> LpResult:
         """`presolve=False` for a model whose builder has done the reductions already (HiGHS's presolve and
-        the restarts it triggers then cost more than they save: docs/plan.md, "Speed")."""
-        from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp  # 0.3 s: not at every command's start
+        the restarts it triggers then cost more than they save: docs/plan.md, "Speed"). `abs_gap`: HiGHS stops
+        also once the point is within this much of the bound (an objective a large constant part dominates)."""
+        # 0.3 s to import: not at every command's start
+        from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
         from scipy.sparse import coo_array
 
         kept = [r for r in self.rows if r[3] not in without]
@@ -74,10 +78,13 @@ class Lp:
         for i, v in (fix or {}).items():
             lb[i] = ub[i] = v
         constraints = [LinearConstraint(a, [r[1] for r in kept], [r[2] for r in kept])] if kept else []
-        res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
-                                   integrality=np.array(self.integer),
-                                   options={"time_limit": time_limit_s, "mip_rel_gap": mip_gap,
-                                            "presolve": presolve})
+        options: dict[str, float | bool] = {"time_limit": time_limit_s, "mip_rel_gap": mip_gap, "presolve": presolve}
+        with warnings.catch_warnings():
+            if abs_gap is not None:  # scipy passes an option it does not list to HiGHS verbatim, and says so
+                options["mip_abs_gap"] = abs_gap
+                warnings.filterwarnings("ignore", "Unrecognized options")
+            res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
+                                       integrality=np.array(self.integer), options=options)
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2)
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly

@@ -40,7 +40,8 @@ class OptimizerSettings:
     time_limit_s: float = 2.0
     """Time limit of the MILP solver."""
     mip_gap: float = 0.01
-    """Relative optimality gap of the MILP solver."""
+    """Optimality gap of the MILP solver, as a share of the plan's score (the objective summed over each service's best
+    candidate), not of the whole valued objective that the shed penalties dominate."""
     resize_tolerance: float = 0.05
     """Relative move of a fitted parameter or token mean below which candidates keep their cached sizing."""
     drain_s: float = 120.0
