@@ -65,6 +65,9 @@ class OptimizerSettings:
         check_shapes(where, self.batch_sizes, self.power_levels, self.clock_levels)
         check_range(self, where, ("transition_penalty", "mip_gap"), 0.0, 1.0)
         check_range(self, where, ("energy_weight",), 0.0, 10.0)
+        if self.energy_weight and self.objective != "token_speed":  # read by no other objective: dropped unsaid
+            raise ConfigError(f"{where}.energy_weight", f"prices watts against token speed, and objective is "
+                              f"{self.objective!r}: set it 0, or objective \"token_speed\", got {self.energy_weight:g}")
         check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
         check_range(self, where, ("slo_margin_max",), 0.0, 0.9)
         check_positive(self, where, ("slo_miss_share",))

@@ -76,6 +76,16 @@ def test_a_bad_weight_is_refused_naming_its_field(sim_config: Callable[..., Path
         load_settings(sim_config({"energy_weight = 0.0": f"energy_weight = {value}"}))
 
 
+@pytest.mark.parametrize("objective", ["cost", "energy"])
+def test_a_weight_under_an_objective_that_reads_none_is_refused(sim_config: Callable[..., Path],
+                                                                objective: str) -> None:
+    """Only token speed trades against watts: under another objective the weight was accepted and dropped unsaid."""
+    edits = {"energy_weight = 0.0": "energy_weight = 0.5", 'objective = "token_speed"': f'objective = "{objective}"'}
+    with pytest.raises(ConfigError, match=rf"^optimizer\.energy_weight: prices watts against token speed, and "
+                       rf"objective is '{objective}': set it 0, or objective \"token_speed\", got 0.5"):
+        load_settings(sim_config(edits))
+
+
 def test_slo_only_plans_without_a_price_on_watts(sim_config: Callable[..., Path]) -> None:
     """The llm-d mode the `slo-only` baseline stands for knows no watts, whatever wattscale's own config weighs them."""
     settings = load_settings(sim_config({"energy_weight = 0.0": "energy_weight = 0.5"}))
