@@ -52,7 +52,7 @@ class SpecService:
     out_tokens_cv: float = 1.0
     """Spread of output lengths (std / mean)."""
     min_replicas: int = 1
-    """Lower replica bound."""
+    """Lower replica bound of a plan that serves the service (a service no room is left for is shed, x0)."""
     max_replicas: int = 64
     """Upper replica bound."""
     max_queue: int = DEFAULT_MAX_QUEUE

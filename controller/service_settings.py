@@ -153,7 +153,8 @@ class ServiceSettings:
     priority: int = 1
     """1 is most important; higher numbers give way first when power is short."""
     min_replicas: int = 1
-    """Never fewer replicas than this."""
+    """Never fewer replicas than this in a plan that serves it; a service shed (budget, inventory, a higher priority
+    first) keeps this many where they run, at the floor cap."""
     max_replicas: int = 8
     """Never more replicas than this."""
     in_tokens: float = 512.0
