@@ -106,13 +106,14 @@ class TuneProgress:
 
     def __init__(self) -> None:
         self.started = self.said = time.monotonic()
+        self.lines = 0
 
     def __call__(self, done: int, rows: int) -> None:
         now = time.monotonic()
         if now - self.said >= PROGRESS_S and done < rows:
-            self.said = now
-            print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s (rows far from the "
-                  "prior are each refitted)", file=sys.stderr)
+            why = "" if self.lines else " (rows far from the prior are each refitted)"  # said once
+            self.said, self.lines = now, self.lines + 1
+            print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s{why}", file=sys.stderr)
 
 
 def _tune(args: argparse.Namespace) -> int:

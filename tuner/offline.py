@@ -28,6 +28,10 @@ from tuner.observation_file import REASONS, ObservationRows
 
 log = logging.getLogger(__name__)
 
+SHOWN_ROWS = 10
+"""Rows named per reason in the warning of those rejected (a 20,000-row file's thousands made one line of 200 KB)."""
+
+
 @dataclass(frozen=True)
 class ErrorSummary:
     """Relative absolute errors of predicted mean TTFT and ITL."""
@@ -120,7 +124,9 @@ def run(pair: PairFilter, observations: list[Observation],
     out["bounds_hit"] = bounds_hit(pair)
     if rejected:
         log.warning("tune: rows rejected: %s", "; ".join(
-            f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows))}" for why, rows in rejected.items()))
+            f"{why} {REASONS.get(why, '')}: {', '.join(map(place, rows[:SHOWN_ROWS]))}"
+            + (f" and {len(rows) - SHOWN_ROWS} more (the report's rejected_rows lists them)"
+               if len(rows) > SHOWN_ROWS else "") for why, rows in rejected.items()))
     held = held or {}
     for name in sorted(set(held) - set(out["bounds_hit"])):
         log.warning("tune: %s left its bound later on; the final fit is within what the prior allows", name)
