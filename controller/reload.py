@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, quoted
 from controller.settings import ServiceSettings, Settings
 
 FIXED_SECTIONS = ("daemon", "telemetry", "actuators", "simulator", "metrics")
@@ -21,34 +21,39 @@ FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
 
 
 def check_reload(old: Settings, new: Settings) -> None:
-    """Raise ConfigError naming the first field whose change needs a restart."""
+    """Raise ConfigError naming the first field whose change needs a restart (the daemon logs it after "reload
+    refused, keeping the running config: ")."""
     for section in FIXED_SECTIONS:
         a, b = getattr(old, section), getattr(new, section)
         for f in fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
-                raise ConfigError(f"{section}.{f.name}", "changes need a restart; reload refused")
+                raise _restart(f"{section}.{f.name}", getattr(a, f.name), getattr(b, f.name))
     if new.budget != old.budget:
-        raise ConfigError("power.budget", "budget sources change with a restart (they hold tokens and readings); "
-                          "reload refused")
+        raise ConfigError("power.budget", "budget sources change with a restart (they hold tokens and readings)")
     if new.optimizer.queue_model != old.optimizer.queue_model:
-        raise ConfigError("optimizer.queue_model", "changes need a restart (the tuner's state); reload refused")
+        raise _restart("optimizer.queue_model", old.optimizer.queue_model, new.optimizer.queue_model,
+                       " (the tuner's state is the model's)")
     if [s.name for s in new.services] != [s.name for s in old.services]:
         added = sorted({s.name for s in new.services} - {s.name for s in old.services})
         removed = sorted({s.name for s in old.services} - {s.name for s in new.services})
         what = (f"added {added}" if added else "") + (" " if added and removed else "") + \
             (f"removed {removed}" if removed else "") or "reordered"
-        raise ConfigError("services", f"{what}: services change with a restart; reload refused")
+        raise ConfigError("services", f"{what}: services change with a restart")
     for a, b in zip(old.services, new.services, strict=True):
         _fixed(f"services[{a.name}]", a, b)
     if len(new.accelerators) != len(old.accelerators):
-        raise ConfigError("accelerators", "accelerator types change with a restart; reload refused")
+        raise ConfigError("accelerators", "accelerator types change with a restart")
     for x, y in zip(old.accelerators, new.accelerators, strict=True):
         for name in FIXED_ACCELERATOR_FIELDS:
             if getattr(x, name) != getattr(y, name):  # by the running type's name, as the file's checks name it
-                raise ConfigError(f"accelerators[{x.name}].{name}", "changes need a restart; reload refused")
+                raise _restart(f"accelerators[{x.name}].{name}", getattr(x, name), getattr(y, name))
 
 
 def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:
     for name in FIXED_SERVICE_FIELDS:
         if getattr(a, name) != getattr(b, name):
-            raise ConfigError(f"{where}.{name}", "changes need a restart; reload refused")
+            raise _restart(f"{where}.{name}", getattr(a, name), getattr(b, name))
+
+
+def _restart(where: str, running: object, asked: object, why: str = "") -> ConfigError:
+    return ConfigError(where, f"changes need a restart{why}: {quoted(running)} runs, the file asks {quoted(asked)}")

@@ -107,6 +107,16 @@ def test_a_reload_that_needs_a_restart_is_refused_by_name(sim_config: Callable[.
     assert str(err.value).startswith(field + ":"), err.value
 
 
+def test_a_refused_reload_says_what_runs_and_what_the_file_asks(sim_config: Callable[..., Path]) -> None:
+    """It read "daemon.slow_interval_s: changes need a restart; reload refused" after the daemon's own "reload
+    refused, keeping the running config:", and named neither value."""
+    before = load_settings(sim_config())
+    after = load_settings(sim_config({"slow_interval_s = 15.0": "slow_interval_s = 5.0"}, name="new.toml"))
+    with pytest.raises(ConfigError) as err:
+        check_reload(before, after)
+    assert str(err.value) == "daemon.slow_interval_s: changes need a restart: 15.0 runs, the file asks 5.0"
+
+
 def test_a_reload_of_live_fields_is_taken(sim_config: Callable[..., Path]) -> None:
     before = load_settings(sim_config())
     after = load_settings(sim_config({"budget_w = 4000": "budget_w = 3000", "cooldown_s = 60": "cooldown_s = 30"},
