@@ -148,7 +148,7 @@ def load_spec(path: Path) -> Problem:
                       spec.transition_penalty, clock_levels=spec.clock_levels)
     if spec.budget_w < problem.idle_w:  # as check-config refuses a daemon's: no plan can be under it
         raise ConfigError("budget_w", f"{spec.budget_w:g} W is below the inventory's idle draw, {problem.idle_w:g} W "
-                          "(accelerators' count x the catalogue's draw with no process)")
+                          "(accelerators' count x the catalogue's draw of a GPU no replica holds)")
     return problem
 
 

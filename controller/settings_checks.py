@@ -75,10 +75,9 @@ def check_settings(s: Settings) -> None:
     idle = idle_w(s)
     if s.power.budget_w < idle:
         raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
-                          "(accelerators' count x the catalogue's draw with no process)")
+                          "(accelerators' count x the catalogue's draw of a GPU no replica holds)")
     for d in s.power.domains:
-        room_w = domain_room_w(s, d)
-        if room_w < 0:
+        if (room_w := domain_room_w(s, d)) < 0:
             idle = domain_idle_w(s, d.gpus)
             raise ConfigError(f"power.domains[{d.name}].limit_w", f"{d.limit_w:g} W leaves {room_w + idle:.0f} W to "
                               f"plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' idle "
@@ -102,7 +101,7 @@ def check_budget_sources(s: Settings) -> None:
     for where, budget_w in stated:
         if budget_w < idle:
             raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              "count x the catalogue's draw with no process)")
+                              "count x the catalogue's draw of a GPU no replica holds)")
 
 
 def _one_port_each(s: Settings) -> None:
@@ -188,7 +187,7 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
 
 
 def idle_w(s: Settings) -> float:
-    """What the fleet draws idle: every accelerator's count at the catalogue's draw with no process."""
+    """What the fleet draws idle: every accelerator's count at the catalogue's draw of a GPU no replica holds."""
     return sum(a.count * CATALOG[a.name].empty_draw_w for a in s.accelerators)
 
 
@@ -269,14 +268,15 @@ def _simulated_host(s: Settings) -> None:
     per wall-clock second stays within what a fast tick can do."""
     sim, types = s.simulator, s.simulator.host_types
     where = "simulator.gpu_types" if sim.gpu_types else "simulator.gpu_type"
+    made_of = where if sim.gpu_types else f"{where} x num_gpus"
     unknown = sorted(set(types) - {a.name for a in s.accelerators})
     if unknown:
         raise ConfigError(where, f"{unknown[0]} must be one of the configured accelerators")
     for a in s.accelerators:
         host = types.count(a.name)
         if a.count != host:
-            raise ConfigError(f"accelerators[{a.name}].count",
-                              f"{a.count} is not the simulated host's {host} {a.name} GPUs ({where})")
+            raise ConfigError(f"accelerators[{a.name}].count", f"{a.count} is not the simulated host's {host} "
+                              f"{a.name} GPUs ({made_of}); the two must match")
     for svc in s.services:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "

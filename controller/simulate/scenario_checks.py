@@ -99,4 +99,5 @@ def _budgets(s: ScenarioSettings, config: Settings) -> None:
     for where, budget_w in named:
         if budget_w and budget_w < idle:
             raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              f"count x the catalogue's draw with no process, as the daemon refuses power.budget_w)")
+                              "count x the catalogue's draw of a GPU no replica holds, as the daemon refuses "
+                              "power.budget_w)")
