@@ -71,10 +71,10 @@ class OptimizerSettings:
         check_range(self, where, ("clock_min_saving", "slo_margin_step"), 0.0, 0.5)
         check_range(self, where, ("slo_margin_max",), 0.0, 0.9)
         check_positive(self, where, ("slo_miss_share",))
-        check_range(self, where, ("slo_miss_share",), 0.0, 0.5)
+        check_range(self, where, ("slo_miss_share",), 0.0, 0.5, low_open=True)
         check_positive(self, where, ("time_limit_s", "drain_s"))
-        check_range(self, where, ("time_limit_s",), 0.0, 60.0)
-        check_range(self, where, ("drain_s",), 0.0, 86400.0)
+        check_range(self, where, ("time_limit_s",), 0.0, 60.0, low_open=True)
+        check_range(self, where, ("drain_s",), 0.0, 86400.0, low_open=True)
         if self.queue_model not in MODELS:
             raise ConfigError(f"{where}.queue_model", f"unknown {quoted(self.queue_model)}, expected one of "
                                                       f"{sorted(MODELS)}")

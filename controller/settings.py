@@ -145,8 +145,8 @@ class TelemetrySettings:
         if not self.prometheus_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {quoted(self.prometheus_url)}")
         check_positive(self, where, ("window_s", "timeout_s"))
-        check_range(self, where, ("window_s",), 0.0, 86400.0)
-        check_range(self, where, ("timeout_s",), 0.0, 300.0)
+        check_range(self, where, ("window_s",), 0.0, 86400.0, low_open=True)
+        check_range(self, where, ("timeout_s",), 0.0, 300.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,8 @@ class ActuatorSettings:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("kubernetes_timeout_s", "health_timeout_s"))
-        check_range(self, where, ("kubernetes_timeout_s",), 0.0, 300.0)
-        check_range(self, where, ("health_timeout_s",), 0.0, 86400.0)
+        check_range(self, where, ("kubernetes_timeout_s",), 0.0, 300.0, low_open=True)
+        check_range(self, where, ("health_timeout_s",), 0.0, 86400.0, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class NodeDomain:
         if not self.name:
             raise ConfigError(f"{where}.name", "must not be empty")
         check_positive(self, where, ("limit_w",))
-        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W)
+        check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W, low_open=True)
         if not self.node_selector:
             raise ConfigError(f"{where}.node_selector", "must name at least one label")
 

@@ -104,10 +104,10 @@ class GpuSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("rental_per_h", "memory_gb", "compute_tflops", "delay_factor"))
-        check_range(self, where, ("rental_per_h",), 0.0, 1e5)
-        check_range(self, where, ("memory_gb",), 0.0, 1e4)
-        check_range(self, where, ("compute_tflops",), 0.0, 1e6)
-        check_range(self, where, ("delay_factor",), 0.0, 1e3)
+        check_range(self, where, ("rental_per_h",), 0.0, 1e5, low_open=True)
+        check_range(self, where, ("memory_gb",), 0.0, 1e4, low_open=True)
+        check_range(self, where, ("compute_tflops",), 0.0, 1e6, low_open=True)
+        check_range(self, where, ("delay_factor",), 0.0, 1e3, low_open=True)
         if (not self.tp_degrees or any(n not in (1, 2, 4, 8) for n in self.tp_degrees)
                 or len(set(self.tp_degrees)) < len(self.tp_degrees)):
             raise ConfigError(f"{where}.tp_degrees", f"must be a subset of [1, 2, 4, 8], each once, got "
@@ -133,7 +133,8 @@ class Precision:
 
     def check(self, where: str) -> None:
         check_positive(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"))
-        check_range(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"), 0.0, 1e3)
+        check_range(self, where, ("weight_factor", "compute_factor", "delay_factor", "error_factor"), 0.0, 1e3,
+                    low_open=True)
         check_range(self, where, tuple(n for n in ("delay_deviation", "error_deviation")
                                        if getattr(self, n) is not None), 0.0, MAX_DEVIATION)
 
