@@ -194,17 +194,17 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise ConfigError(where, f"must be a list, got {type(value).__name__}")
+            raise ConfigError(where, f"must be a list, got {quoted(value)}")
         (item,) = get_args(tp)[:1]
         return tuple(convert(item, v, item_path(where, i, v)) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+            raise ConfigError(where, f"must be a table, got {quoted(value)}")
         _, vt = get_args(tp)
         return {str(k): convert(vt, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+            raise ConfigError(where, f"must be a table, got {quoted(value)}")
         return build(typing.cast(type, tp), value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -44,6 +44,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("budget_w = 4000", "budget_w = -5"), r"power.budget_w: must be in \(0, 1e\+08\], got -5"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = nan"), "power.budget_w: must be a number, got nan"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = true"), "power.budget_w: must be a number, got true$"),
+        (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = 64.0", 1),
+         r"optimizer.batch_sizes: must be a list, got 64.0$"),
         (lambda t: t.replace("[optimizer]", "[optimizer]\ndrain_s = 1e308", 1),
          r"optimizer.drain_s: must be in \(0, 86400\], got 1e\+308"),  # 0 is refused too: "[0," said it was not
         (lambda t: t.replace("max_replicas = 4", "max_replicas = 0", 1),
