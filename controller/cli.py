@@ -7,23 +7,22 @@ import argparse
 import errno
 import logging
 import sys
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from controller import log_writer, strict_json
-from controller.cli_analyze import analyze, as_flags
+from controller.cli_analyze import analyze
 from controller.cli_args import Parser, add_analyze_args, add_plan_args, add_tune_args, file, number, seconds
 from controller.cli_cluster import add_cluster_commands
 from controller.cli_output import drop_output, native_output_to_stderr
+from controller.cli_tune import tune
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
-from queuemodels import ModelInputError, Performance, ServiceParams, default_delta_ms, get_model
-from queuemodels.accelerators import profile
+from queuemodels import ModelInputError, Performance
 from tuner.observation_file import ObservationFileError
 
 
@@ -93,73 +92,6 @@ def _gpus(args: argparse.Namespace) -> int:
         print(f"{r['index']}: {r['name']} {r['uuid']}  power {power} of limit {r['power_limit_w']:.0f} W "
               f"({r['min_limit_w']:.0f}-{r['max_limit_w']:.0f} W), capped {r['power_capped']}; "
               f"{clock_text(r['clocks'])}")
-    return 0
-
-
-PROGRESS_S = 10.0
-"""Seconds of wall time between two of `tune`'s progress lines."""
-
-
-class TuneProgress:
-    """Says on stderr how far `tune` is, every PROGRESS_S of wall time (200 rows far from the prior ran minutes
-    without a word)."""
-
-    def __init__(self) -> None:
-        self.started = self.said = time.monotonic()
-        self.lines = 0
-
-    def __call__(self, done: int, rows: int) -> None:
-        now = time.monotonic()
-        if now - self.said >= PROGRESS_S and done < rows:
-            why = "" if self.lines else " (rows far from the prior are each refitted)"  # said once
-            self.said, self.lines = now, self.lines + 1
-            print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s{why}", file=sys.stderr)
-
-
-def _tune(args: argparse.Namespace) -> int:
-    from controller.tune_input import read_bounded
-    from tuner import PairFilter
-    from tuner.offline import run
-
-    if args.fit_power and not args.accelerator:
-        raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
-    if args.family == "gen2" and args.delta_ms is not None:
-        raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
-    delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
-    try:
-        prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
-                              expert_weight_share=args.expert_weight_share,
-                              expert_token_share=args.expert_token_share)
-        get_model(args.model).check(prior)
-    except ModelInputError as exc:
-        raise as_flags(exc, args) from None
-    prof = profile(args.accelerator) if args.accelerator else None
-    observations = read_bounded(Path(args.observations),
-                                None if prof is None else (prof.min_power_w, prof.max_power_w))
-    if prof is None and any(o.power_cap_w is not None for o in observations):
-        raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
-    if prof is None and any(o.power_w is not None for o in observations):
-        raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
-                              "its draw curve")
-    pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
-    report = run(pair, observations, TuneProgress())
-    verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
-    if pair.accepted == 0:  # warm-up rows count: they are fitted
-        raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
-    if args.json:
-        print(strict_json.dumps(report, indent=2))
-    else:
-        params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
-        ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
-        print(f"{report['observations']} observations ({verdicts}): {params}")
-        print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
-              f"one step ahead ttft {ahead['median_ttft']}, itl {ahead['median_itl']}; in sample ttft "
-              f"{fit['median_ttft']}, itl {fit['median_itl']}")
-        if "draw" in report:
-            d = report["draw"]
-            print(f"draw curve: busy share {d['busy_share']} (of peak - idle, drawn at any batch), batch half "
-                  f"{d['batch_half']} (the batch that draws half the rest), from {d['windows']} windows; median "
-                  f"relative error {d['median_abs_err_power']}")
     return 0
 
 
@@ -237,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=analyze)
     t = sub.add_parser("tune", help="run the tuner offline over recorded observations (CSV)")
     add_tune_args(t)
-    t.set_defaults(func=_tune)
+    t.set_defaults(func=tune)
     o = sub.add_parser("optimize", help="one optimization of a system spec")
     o.add_argument("spec", type=file, metavar="SPEC", help="TOML system spec (see docs/optimize-spec.md)")
     o.add_argument("--solver", default="auto", choices=["auto", "greedy", "milp", "exhaustive"],

@@ -79,7 +79,7 @@ def test_systemd_readme_names_files_that_exist() -> None:
 def test_tune_says_how_far_it_is_while_it_runs(capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """200 rows far from the prior ran minutes without a word: each refitted, near a second a row."""
-    monkeypatch.setattr("controller.cli.PROGRESS_S", 0.0)  # every row, here
+    monkeypatch.setattr("controller.cli_tune.PROGRESS_S", 0.0)  # every row, here
     csv = ROOT / "config" / "examples" / "observations.csv"
     rows = len(csv.read_text().splitlines()) - 1
     assert main(["tune", str(csv), "--accelerator", "H100-SXM"]) == 0

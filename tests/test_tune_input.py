@@ -18,6 +18,7 @@ from tuner import PairFilter
 from tuner.observation_file import ObservationFileError
 from tuner.offline import run
 
+ROOT = Path(__file__).resolve().parents[1]
 HEADER = "rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms"
 ROW = "2,500,200,64,120,20"
 
@@ -74,6 +75,19 @@ def test_every_check_names_a_row_by_its_file_line(tmp_path: Path, caplog: pytest
         report = run(PairFilter(ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07), None), observations)
     assert report["rejected_rows"] == {"non-finite": [4]} and "tune: rows rejected: non-finite" in caplog.text
     assert f": {path}:4" in caplog.text, caplog.text
+
+
+def test_a_file_of_one_row_reads_as_one_and_says_what_it_cannot_score(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A file all warm-up printed "1 observations" and "one step ahead ttft nan, itl nan"."""
+    from controller.cli import main
+
+    path = tmp_path / "one.csv"
+    path.write_text("".join((ROOT / "config" / "examples" / "observations.csv").read_text().splitlines(True)[:2]))
+    assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 observation (warmup 1): ") and "one step ahead every row was warm-up; in sample ttft " \
+        in out and "from 1 window;" in out and "nan" not in out, out
 
 
 def test_thousands_of_rejected_rows_are_named_ten_at_a_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,88 @@
+"""`wattscale tune`: the tuner run offline over recorded observations (a CSV), as the daemon runs it online."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from controller import strict_json
+from controller.cli_analyze import as_flags
+from controller.config_loader import ConfigError
+from queuemodels import ModelInputError, ServiceParams, default_delta_ms, get_model
+from queuemodels.accelerators import profile
+from tuner.observation_file import ObservationFileError
+
+PROGRESS_S = 10.0
+"""Seconds of wall time between two of `tune`'s progress lines."""
+
+
+class TuneProgress:
+    """Says on stderr how far `tune` is, every PROGRESS_S of wall time (200 rows far from the prior ran minutes
+    without a word)."""
+
+    def __init__(self) -> None:
+        self.started = self.said = time.monotonic()
+        self.lines = 0
+
+    def __call__(self, done: int, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.said >= PROGRESS_S and done < rows:
+            why = "" if self.lines else " (rows far from the prior are each refitted)"  # said once
+            self.said, self.lines = now, self.lines + 1
+            print(f"wattscale: tune: {done} of {rows} rows fitted in {now - self.started:.0f} s{why}", file=sys.stderr)
+
+
+def _median_errors(summary: dict[str, float], none: str) -> str:
+    """`ttft X, itl Y` of an error summary, or `none` where it holds no window (NaN: JSON's null)."""
+    t, i = summary["median_ttft"], summary["median_itl"]
+    return none if t != t and i != i else f"ttft {t}, itl {i}"
+
+
+def tune(args: argparse.Namespace) -> int:
+    from controller.tune_input import read_bounded
+    from tuner import PairFilter
+    from tuner.offline import run
+
+    if args.fit_power and not args.accelerator:
+        raise ConfigError("--fit-power", "needs --accelerator (the power profile it fits)")
+    if args.family == "gen2" and args.delta_ms is not None:
+        raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
+    delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
+    try:
+        prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
+                              expert_weight_share=args.expert_weight_share,
+                              expert_token_share=args.expert_token_share)
+        get_model(args.model).check(prior)
+    except ModelInputError as exc:
+        raise as_flags(exc, args) from None
+    prof = profile(args.accelerator) if args.accelerator else None
+    observations = read_bounded(Path(args.observations),
+                                None if prof is None else (prof.min_power_w, prof.max_power_w))
+    if prof is None and any(o.power_cap_w is not None for o in observations):
+        raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
+    if prof is None and any(o.power_w is not None for o in observations):
+        raise ModelInputError("--accelerator: the observations carry power readings; name the accelerator to fit "
+                              "its draw curve")
+    pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
+    report = run(pair, observations, TuneProgress())
+    verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
+    if pair.accepted == 0:  # warm-up rows count: they are fitted
+        raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
+    if args.json:
+        print(strict_json.dumps(report, indent=2))
+    else:
+        params = ", ".join(f"{k} {v:g}" for k, v in report["params"].items())
+        ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
+        n = report["observations"]
+        print(f"{n} observation{'' if n == 1 else 's'} ({verdicts}): {params}")
+        print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
+              f"one step ahead {_median_errors(ahead, 'every row was warm-up')}; in sample {_median_errors(fit, '-')}")
+        if "draw" in report:
+            d = report["draw"]
+            print(f"draw curve: busy share {d['busy_share']} (of peak - idle, drawn at any batch), batch half "
+                  f"{d['batch_half']} (the batch that draws half the rest), from {d['windows']} "
+                  f"window{'' if d['windows'] == 1 else 's'}; median "
+                  f"relative error {d['median_abs_err_power']}")
+    return 0
