@@ -166,6 +166,8 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.parametrize(("content", "message"), [
     ("rate_rps,in_tokens\n1,2\n", "missing columns"),
+    ("", "is empty (a header of the columns ['rate_rps'"),  # it said every column was missing
+    ("\n\n", "is empty"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,colour\n1,2,3,4,5,6,red\n", "unknown columns"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,five,6\n", "'ttft_ms' is not a number"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),

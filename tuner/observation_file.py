@@ -114,6 +114,8 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
     twice = sorted({c for c in fieldnames if fieldnames.count(c) > 1})
     if twice:
         raise ObservationFileError(f"{path}: column {_names(twice)} named more than once in the header")
+    if not fieldnames:
+        raise ObservationFileError(f"{path}: is empty (a header of the columns {list(REQUIRED)} comes first)")
     missing = [c for c in REQUIRED if c not in fieldnames]
     if missing:
         raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
