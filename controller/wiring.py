@@ -55,7 +55,7 @@ class Parts:
     clocks: ClockLocker | None = None
     """Locks SM clocks (None: `actuators.clocks = "none"`, caps alone)."""
 
-    def start(self, stopping: Callable[[], bool]) -> None:
+    def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
         for step in self.starts:
             if stopping():
                 return
