@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +16,20 @@ from pathlib import Path
 from controller.config_loader import ConfigError
 
 LOCK_FILE = "daemon.lock"
+log = logging.getLogger("wattscale.daemon")
 
 
 @contextlib.contextmanager
 def held(folder: Path) -> Iterator[None]:
     """The folder's lock, held by this process inside the block. Where the folder cannot hold one (a state dir
-    that cannot be written, a file system without flock) the block runs without it: that is warned of apart."""
+    that cannot be written, another user's lock file, a file system without flock) the block runs without it, and
+    says so: the power governor is not held back for want of a lock."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError:
+    except OSError as exc:
+        log.warning("daemon.state_dir: %s cannot be locked (%s): a second daemon on it would go unnoticed",
+                    folder / LOCK_FILE, exc.strerror or exc)
         yield
         return
     try:
@@ -34,11 +39,14 @@ def held(folder: Path) -> Iterator[None]:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             raise ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); "
                               "give each daemon its own state_dir") from None
-        except OSError:
+        except OSError as exc:
+            log.warning("daemon.state_dir: %s cannot be locked (%s): a second daemon on it would go unnoticed",
+                        folder / LOCK_FILE, exc.strerror or exc)
             yield
             return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # the pid is for the message only: a full disk does not stop the daemon
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # the lock goes with it (a later `run` in this process takes it again)

@@ -1,0 +1,30 @@
+"""One daemon to a state folder (controller/state_lock.py): the lock's failures never stop the daemon."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_held_all_the_same(tmp_path: Path) -> None:
+    """On a full disk (here: no file may grow, EFBIG) the pid's write failed out of `run` as 'No space left on
+    device (writing its output)', exit 1, and the power governor never started."""
+    script = ("import resource, sys\nfrom pathlib import Path\nresource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+              "from controller.state_lock import held\nwith held(Path(sys.argv[1])):\n    print('held')\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout) == (0, "held\n"), done.stderr
+    assert (tmp_path / "state" / "daemon.lock").read_text() == ""  # the lock file, without its pid
+
+
+def test_a_folder_that_cannot_hold_a_lock_runs_without_one_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    script = ("import logging, sys\nfrom pathlib import Path\nlogging.basicConfig(format='%(message)s')\n"
+              "from controller.state_lock import held\nwith held(Path(sys.argv[1])):\n    print('ran')\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "afile" / "state")], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr
+    assert "cannot be locked" in done.stderr and "a second daemon on it would go unnoticed" in done.stderr
