@@ -89,8 +89,9 @@ def check_backends(settings: Settings) -> list[str]:
 
 def kube_client(settings: Settings) -> Any:
     """The kubernetes backend's API client, from the credentials the config names (a kubeconfig relative to the
-    config file; none: in-cluster, else ~/.kube/config), read as `run` reads them: nothing reaches the API. A
-    ConfigError naming the field where they cannot be read (check-config said ok to a missing or broken file)."""
+    config file; none: in-cluster, else ~/.kube/config), read as `run` reads them: no API call is made, but a
+    kubeconfig's credential plugin (exec, auth-provider) runs as it would at start. A ConfigError naming the field
+    where they cannot be read (check-config said ok to a missing or broken file)."""
     a = settings.actuators
     if importlib.util.find_spec("kubernetes") is None:
         raise ConfigError("actuators.replicas", "the kubernetes backend needs: pip install 'wattscale[kubernetes]'")
@@ -102,8 +103,13 @@ def kube_client(settings: Settings) -> Any:
         raise ConfigError("actuators.kubeconfig", f"{kubeconfig} is not a readable file")
     try:
         return api_client(str(kubeconfig) if a.kubeconfig else "")
+    except ImportError as exc:  # installed, but its import broken
+        raise ConfigError("actuators.replicas", f"the kubernetes backend cannot import its client: {exc}") from None
     except ActuatorError as exc:
         raise ConfigError("actuators.kubeconfig", str(exc)) from None
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # YAML, but no kubeconfig's structure
+        raise ConfigError("actuators.kubeconfig", f"kubernetes: {kubeconfig if a.kubeconfig else '~/.kube/config'} "
+                          f"is not a kubeconfig ({type(exc).__name__}: {quoted(str(exc))})") from None
     except OSError as exc:  # the default ~/.kube/config unreadable
         raise ConfigError("actuators.kubeconfig", f"kubernetes: credentials cannot be read ({exc.strerror or exc})") \
             from None

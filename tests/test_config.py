@@ -320,8 +320,9 @@ def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytes
 
 @pytest.mark.parametrize(("kubeconfig", "why"), [
     ("garbage: [", r"kubeconfig \S+broken.yaml is not valid YAML"),
+    ("hello", r"\S+broken.yaml is not a kubeconfig \(TypeError"),  # a traceback
     ("", r"no usable credentials in ~/.kube/config, which does not exist"),
-], ids=["broken-file", "none-at-all"])
+], ids=["broken-file", "not-a-mapping", "none-at-all"])
 def test_kubernetes_credentials_run_cannot_read_are_refused_by_check_config(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kubeconfig: str,
         why: str) -> None:
