@@ -38,7 +38,10 @@ def main() -> int:
         from controller.cli import main as cli_main
 
         STOP_ASKED.check()  # a stop whose raise an import swallowed
-        return cli_main()
+        code = cli_main()
+        if command not in LONG_RUNNING:  # a stop swallowed in a later import (those that are lazy) is not lost
+            STOP_ASKED.check()
+        return code
     except KeyboardInterrupt as exc:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second one while this line is written: no traceback
             signal.signal(sig, signal.SIG_IGN)

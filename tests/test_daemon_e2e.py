@@ -279,6 +279,24 @@ sys.exit(main())
     assert (done.returncode, done.stdout, done.stderr) == (-signal.SIGINT, "", "wattscale: interrupted by SIGINT\n")
 
 
+def test_a_stop_a_short_command_swallows_as_it_runs_still_ends_it_killed_by_the_signal() -> None:
+    """A stop swallowed in a lazy import inside the command (scipy's, simulate's) let it run on and exit 0, the
+    Ctrl-C lost: the entry point acts on it once the command returns."""
+    script = SWALLOWED + """
+import controller.cli
+def command(argv=None):
+    swallowed(signal.SIGINT)
+    print("the command ran")
+    return 0
+controller.cli.main = command
+sys.argv = ["wattscale", "analyze"]
+from controller.launch import main
+sys.exit(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stderr) == (-signal.SIGINT, "wattscale: interrupted by SIGINT\n"), done
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_swallowed_before_the_daemon_s_handlers_stops_it_once_they_are_in(tmp_path: Path,
                                                                                   sig: signal.Signals) -> None:
