@@ -116,7 +116,8 @@ class Milp:
         # the gap is the plan's score's (its objective's, less the shed penalties): relative to an objective they
         # dominate, 1 % let HiGHS stop at a plan a quarter worse than the optimum, or one a few % of a higher
         # priority short for all of a lower one
-        scale = sum(max(abs(c.score) for c in cs) for cs in cands if cs) or 1.0
+        bests = (max(c.score for c in cs) for cs in cands if cs)  # each service's best (under cost, the least -cost)
+        scale = sum(abs(b) for b in bests if math.isfinite(b)) or 1.0
         res = lp.solve(time_limit_s=self.time_limit_s, mip_gap=0.0, abs_gap=self.mip_gap * scale)
         if not res.ok:
             return None, [f"milp: {res.message.strip()} without an incumbent; greedy result used"]
@@ -129,7 +130,7 @@ class Milp:
 
 
 class Auto:
-    """The MILP where the problem is small (a host's few services: milliseconds), greedy beyond it, where the
+    """The MILP where the problem is small (a host's few services: up to about a second), greedy beyond it, where the
     MILP's time grows and greedy's gap is measured small (benchmarks/optimizer_scale.py). Greedy's exchanges
     are pairwise, so on small GPU-tight problems a trade of three services escapes it; there the MILP finds
     it. Both run on a small problem and the better plan is taken, so a MILP stopped at its time limit never
