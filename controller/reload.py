@@ -9,7 +9,7 @@ it is refused, naming the first such field, and the running config is kept.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 
 from controller.config_loader import ConfigError, quoted
 from controller.settings import ServiceSettings, Settings
@@ -56,4 +56,14 @@ def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:
 
 
 def _restart(where: str, running: object, asked: object, why: str = "") -> ConfigError:
-    return ConfigError(where, f"changes need a restart{why}: {quoted(running)} runs, the file asks {quoted(asked)}")
+    """The refusal, at the first field that differs within a table (`services[chat].sim.out_cv`, not two reprs of
+    the whole table cut alike), a list quoted as the file writes it."""
+    if is_dataclass(running) and type(running) is type(asked):
+        for f in fields(running):
+            if getattr(running, f.name) != getattr(asked, f.name):
+                return _restart(f"{where}.{f.name}", getattr(running, f.name), getattr(asked, f.name), why)
+
+    def shown(v: object) -> str:
+        return quoted(list(v) if isinstance(v, tuple) else v)
+
+    return ConfigError(where, f"changes need a restart{why}: {shown(running)} runs, the file asks {shown(asked)}")

@@ -115,6 +115,11 @@ def test_a_refused_reload_says_what_runs_and_what_the_file_asks(sim_config: Call
     with pytest.raises(ConfigError) as err:
         check_reload(before, after)
     assert str(err.value) == "daemon.slow_interval_s: changes need a restart: 15.0 runs, the file asks 5.0"
+    after = load_settings(sim_config({"cycle_period_s = 900 }": "cycle_period_s = 900, out_cv = 2.0 }"},
+                                     name="table.toml"))
+    with pytest.raises(ConfigError) as err:  # a table's field, not two reprs of the table cut alike
+        check_reload(before, after)
+    assert str(err.value).startswith("services[chat].sim.out_cv: changes need a restart: "), err.value
 
 
 def test_a_reload_of_live_fields_is_taken(sim_config: Callable[..., Path]) -> None:
