@@ -244,6 +244,8 @@ class VllmBatchSizer:
     def _unhealthy(self, replica: Replica) -> str:
         """Why `_wait_healthy` gave up on a replica, as a sentence's predicate."""
         code = self.runner.exited(replica.name)
+        if code is not None and code < 0:
+            return f"was killed by {signal.Signals(-code).name} before its /health answered"
         if code is not None:
             return f"exited with status {code} before its /health answered"
         return f"did not become healthy within {self.health_timeout_s:.0f} s"

@@ -78,7 +78,8 @@ def tune(args: argparse.Namespace) -> int:
         n = report["observations"]
         print(f"{n} observation{'' if n == 1 else 's'} ({verdicts}): {params}")
         print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
-              f"one step ahead {_median_errors(ahead, 'every row was warm-up')}; in sample {_median_errors(fit, '-')}")
+              f"one step ahead {_median_errors(ahead, 'no row scored (warm-up)')}; "
+              f"in sample {_median_errors(fit, '-')}")
         if "draw" in report:
             d = report["draw"]
             print(f"draw curve: busy share {d['busy_share']} (of peak - idle, drawn at any batch), batch half "

@@ -256,6 +256,7 @@ class Daemon:
             self._shut_down(scheduler, endpoints)
             raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         if ended():  # while the servers started: they stop with the rest
+            self.notifier.stopping()
             log.info("stopping")
             self._shut_down(scheduler, endpoints)
             return 0

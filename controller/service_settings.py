@@ -174,7 +174,8 @@ class ServiceSettings:
     """The `/metrics` URLs of this service's vLLM servers (`vllm_source = "scrape"`)."""
     vllm_command: tuple[str, ...] = ()
     """`vllm` batch backend, child runner: a replica's command line (argv, no shell); wattscale adds
-    `--port` and `--max-num-seqs`."""
+    `--port` and `--max-num-seqs`. It runs in the foreground, as the daemon's child: one that forks and exits
+    (`docker run -d`) is a server that exited."""
     vllm_ports: tuple[int, ...] = ()
     """`vllm` batch backend: one port per replica on 127.0.0.1 (its /health is checked after a restart)."""
     systemd_units: tuple[str, ...] = ()

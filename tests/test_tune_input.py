@@ -86,7 +86,7 @@ def test_a_file_of_one_row_reads_as_one_and_says_what_it_cannot_score(tmp_path: 
     path.write_text("".join((ROOT / "config" / "examples" / "observations.csv").read_text().splitlines(True)[:2]))
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("1 observation (warmup 1): ") and "one step ahead every row was warm-up; in sample ttft " \
+    assert out.startswith("1 observation (warmup 1): ") and "one step ahead no row scored (warm-up); in sample ttft " \
         in out and "from 1 window;" in out and "nan" not in out, out
 
 

@@ -263,14 +263,18 @@ def test_a_stop_while_the_servers_come_up_ends_the_daemon_at_once(tmp_path: Path
     assert "stopping" in log.read_text() and running(marker) == []
 
 
-def test_a_server_that_exits_as_it_starts_fails_at_once_with_its_status() -> None:
+@pytest.mark.parametrize(("code", "said"), [
+    ("raise SystemExit(3)", "exited with status 3"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL"),  # not "status -9"
+])
+def test_a_server_that_exits_as_it_starts_fails_at_once_with_its_status(code: str, said: str) -> None:
     """A command that cannot run (a bad flag, a missing model) was waited on for the whole health timeout."""
-    rep = Replica("chat-0", f"http://127.0.0.1:{free_port()}/health", (sys.executable, "-c", "raise SystemExit(3)"))
+    rep = Replica("chat-0", f"http://127.0.0.1:{free_port()}/health", (sys.executable, "-c", code))
     runner = ChildRunner(stop_timeout_s=5.0)
     sizer = VllmBatchSizer(runner, {"chat": (rep,)}, {"chat": 32}, healthy, health_timeout_s=60.0, poll_s=0.1)
     started = time.monotonic()
     try:
-        with pytest.raises(TransientActuatorError, match=r"^chat: chat-0 exited with status 3 before its /health"):
+        with pytest.raises(TransientActuatorError, match=rf"^chat: chat-0 {said} before its /health"):
             sizer.start()
     finally:
         runner.close()

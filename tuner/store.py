@@ -176,8 +176,10 @@ def mismatch(f: PairFilter, data: dict[str, Any]) -> str | None:
         return "experts' routing ({}, now {})".format(*(
             "dense" if not r[0] else f"expert_weight_share {r[0]:g}, expert_token_share {r[1]:g}"
             for r in (routing, _routing(f))))
-    if prior.shape != f.prior_vector().shape or not np.allclose(prior, f.prior_vector()) or len(data["x"]) != f.x.size:
+    if prior.shape != f.prior_vector().shape or not np.allclose(prior, f.prior_vector()):
         return "prior"
+    if len(data["x"]) != f.x.size:  # the same law, other terms fitted (the draw curve's, with --fit-power)
+        return f"set of fitted terms ({len(data['x'])}, now {f.x.size})"
     return None
 
 
