@@ -82,9 +82,9 @@ class ModelSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, where, tuple(f.name for f in fields(self)))
-        check_range(self, where, ("weights_gb",), 0.0, 1e5)
-        check_range(self, where, ("kv_gb_per_token",), 0.0, 10.0)
-        check_range(self, where, ("delay_factor", "error_factor"), 0.0, 1e3)
+        check_range(self, where, ("weights_gb",), 0.0, 1e5, low_open=True)
+        check_range(self, where, ("kv_gb_per_token",), 0.0, 10.0, low_open=True)
+        check_range(self, where, ("delay_factor", "error_factor"), 0.0, 1e3, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -225,10 +225,10 @@ class AllocationSpec:
 
     def check(self, where: str) -> None:
         check_positive(self, "", ("budget", "rental_period_h", "time_limit_s", "token_retention_h"))
-        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
+        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S, low_open=True)
         check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
-        check_range(self, "", ("budget",), 0.0, 1e12)
-        check_range(self, "", ("rental_period_h", "token_retention_h"), 0.0, 8784.0)  # a (leap) year
+        check_range(self, "", ("budget",), 0.0, 1e12, low_open=True)
+        check_range(self, "", ("rental_period_h", "token_retention_h"), 0.0, 8784.0, low_open=True)  # a leap year
         check_range(self, "", ("storage_rate",), 0.0, 1e3)
         check_range(self, "", ("storage_capacity_gb",), 0.0, 1e9)
         for name in ("queries", "models", "gpus", "precisions"):

@@ -125,7 +125,7 @@ class PackingSpec:
         check_positive(self, "", ("availability_scale", "time_limit_s"))
         check_range(self, "", ("availability_scale",), 1, MAX_CARDS)
         check_range(self, "", ("compute_adjust",), 1e-6, 1e6)  # a unit's scale: past it, every config fits or none
-        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S)
+        check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S, low_open=True)
         check_range(self, "", ("mip_gap",), 0.0, 1.0)
         if not self.scales or any(not 0 <= n <= MAX_REQUESTS for n in self.scales):
             raise ConfigError("scales", f"needs request counts in 0..{MAX_REQUESTS}, got {shown(self.scales)}")
