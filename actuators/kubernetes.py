@@ -6,6 +6,7 @@ all the Role in deploy/kubernetes/ grants. API errors are translated at this bou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -102,14 +103,26 @@ def reach(api_client: Any, timeout_s: float = 5.0) -> None:
 
     host = api_client.configuration.host
     try:
-        # the answer's status is all the probe needs: not read into the client's model, which refuses a
-        # server's document that lacks a field it calls required
-        VersionApi(api_client).get_code(_request_timeout=timeout_s, _preload_content=False).release_conn()
+        # read as JSON, not into the client's model, which refuses a server's document that lacks a field it calls
+        # required; but a version there must be: any web server answers 200 (a wrong URL, a proxy), and kopf then
+        # failed on its discovery documents with a page of tracebacks
+        answer = VersionApi(api_client).get_code(_request_timeout=timeout_s, _preload_content=False)
+        try:
+            body = answer.read(1 << 16)
+        finally:
+            answer.release_conn()
     except ApiException as exc:
         meaning = STATUS[401][2] if exc.status == 401 else f"{exc.reason}"
         raise PermanentActuatorError(f"kubernetes API {host} answered HTTP {exc.status}: {meaning}") from None
     except Exception as exc:
         raise PermanentActuatorError(unreachable(host, exc)) from None
+    try:
+        version = json.loads(body)
+    except ValueError:
+        version = None
+    if not (isinstance(version, dict) and isinstance(version.get("gitVersion"), str)):
+        raise PermanentActuatorError(f"kubernetes API {host} answered /version with no Kubernetes version "
+                                     "(gitVersion): is it a Kubernetes API server?")
 
 
 def unreachable(host: str, exc: BaseException) -> str:

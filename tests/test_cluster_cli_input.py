@@ -4,9 +4,11 @@ without NVML."""
 
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +56,34 @@ def test_the_operators_probe_of_a_silent_api_server_is_bounded(
     err = capsys.readouterr().err
     assert err.startswith(f"wattscale: operator: kubernetes API {server} unreachable (") and err.count("\n") == 1
     assert "timed out" in err and "Traceback" not in err
+
+
+def test_the_operator_refuses_a_web_server_that_is_no_kubernetes_api_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong URL or a proxy that answers 200 to everything passed the probe, and kopf then failed on its
+    discovery documents ('versions') with a page of tracebacks, exit 1."""
+
+    class Anything(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", "13")
+            self.end_headers()
+            self.wfile.write(b"<html></html>")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Anything) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        server = f"http://127.0.0.1:{web.server_address[1]}"
+        try:
+            assert main([*OPERATOR, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", server)]) == 2
+        finally:
+            web.shutdown()
+    err = capsys.readouterr().err
+    assert err == (f"wattscale: operator: kubernetes API {server} answered /version with no Kubernetes version "
+                   "(gitVersion): is it a Kubernetes API server?\n"), err
 
 
 @pytest.mark.parametrize("command", [OPERATOR, ["agent", "--node", "n1", "--metrics-port", "0", "--duration", "1"]])
