@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,18 @@ def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
         check_metrics_bind(listen, port, (where, f"--{name}-port"))
 
 
+def _operator_url(url: str) -> None:
+    """The agent's --operator-url, an http(s) URL with a host: a typo started an agent whose every fetch failed,
+    its GPUs dropping to their safe caps once the plan's TTL ran out."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        fine = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # a bracket left open, a port past 65535
+        fine = False
+    if not fine:
+        raise ConfigError("--operator-url", f"must be an http(s) URL with a host, got {quoted(url)}")
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
@@ -156,6 +169,8 @@ def _agent(args: argparse.Namespace) -> int:
     node = args.node or os.environ.get("NODE_NAME", "")
     if not node:
         raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
+    _operator_url(args.operator_url)
+    _ports(args, ("metrics", args.metrics_port))  # the flags first: NVML's error hid them, and a GPU node ran on
     client = None
     try:
         client = api_client(args.kubeconfig)
@@ -166,7 +181,6 @@ def _agent(args: argparse.Namespace) -> int:
                           "nvidia.com/gpu.present=true)") from exc
     except ImportError:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
-    _ports(args, ("metrics", args.metrics_port))
     registry = CollectorRegistry()
     stop = Asked()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop

@@ -86,6 +86,15 @@ def test_the_operator_refuses_a_web_server_that_is_no_kubernetes_api_in_one_line
                    "(gitVersion): is it a Kubernetes API server?\n"), err
 
 
+@pytest.mark.parametrize("url", ["not a url", "ftp://host:9466", "http://[::1", "http://:9466"])
+def test_the_agent_refuses_an_operator_url_it_could_never_fetch_before_nvml(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The URL went unchecked into every fetch, and NVML's error came first: on a GPU node a typo started an agent
+    whose GPUs fell to their safe caps once the TTL ran out."""
+    assert main(["agent", "--node", "n1", "--metrics-port", "0", "--operator-url", url]) == 2
+    assert capsys.readouterr().err == f"wattscale: --operator-url: must be an http(s) URL with a host, got {url!r}\n"
+
+
 @pytest.mark.parametrize("command", [OPERATOR, ["agent", "--node", "n1", "--metrics-port", "0", "--duration", "1"]])
 def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
         command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
