@@ -76,11 +76,13 @@ def test_a_carbon_csv_sets_the_budget_on_the_scenarios_clock(small_scenario: Cal
 @pytest.mark.parametrize(("content", "reason"), [
     (None, "No such file"), ("", "empty file"), ("not,an,export\n1,2,3\n", "column"),
     (HEADER, "no intensity in its rows"),
+    (HEADER + "1999-04-15 00:00:00,X,X,X,100,100,synthetic\n",  # the run's dates missed: all at the safe budget
+     "its points run 1999-04-15T00:00Z to 1999-04-15T00:00Z, and the run reads 2026-"),
 ])
 def test_a_scenarios_carbon_csv_is_read_once_before_it_runs(small_scenario: Callable[..., Path], tmp_path: Path,
                                                             content: str | None, reason: str) -> None:
-    """A missing, empty or garbled CSV ran the whole simulation on the safe budget (no CO2 figures), said only in
-    simulate.log."""
+    """A missing, empty or garbled CSV, or one whose points miss the run's dates, ran the whole simulation on the
+    safe budget (no CO2 figures), said only in simulate.log."""
     if content is not None:
         (tmp_path / "grid.csv").write_text(content)
     body = ('name = "carbon"\nduration_s = 30\nseed = 3\n[power.budget]\nsafe_budget_w = 900\nttl_s = 60\n'

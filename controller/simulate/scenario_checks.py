@@ -4,11 +4,12 @@ below the fleet's idle draw."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from controller.budget.assemble import resolve
 from controller.budget.base import BudgetError
-from controller.budget.carbon_feeds import CsvIntensityFeed
+from controller.budget.carbon_feeds import CsvIntensityFeed, parse_utc_s
 from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.settings import Settings
@@ -27,7 +28,7 @@ API_SOURCES = ("electricitymaps", "watttime")
 def check_scenario(s: ScenarioSettings, config: Settings) -> None:
     """Raise ConfigError naming the scenario's (or its config's) field that does not fit the other."""
     _against_config(s, config)
-    _sources(config)
+    _sources(s, config)
     _budgets(s, config)
 
 
@@ -71,10 +72,10 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
                                   f"{MIN_SLOWDOWN:g} in all")
 
 
-def _sources(config: Settings) -> None:
+def _sources(s: ScenarioSettings, config: Settings) -> None:
     """A scenario runs offline and on its own clock: no budget source that asks a remote API, and each carbon CSV
-    read once here (one missing, empty or garbled ran the whole simulation on the safe budget, said only in
-    simulate.log)."""
+    read once here (one missing, empty or garbled, or one whose points miss the run's dates, ran the whole
+    simulation on the safe budget, said only in simulate.log)."""
     for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
         kind = next(k for k, cls in KINDS.items() if type(src) is cls)
         if kind in API_SOURCES:
@@ -87,6 +88,17 @@ def _sources(config: Settings) -> None:
                 raise ConfigError(f"power.budget.sources[{i}].path", shortened(str(exc), 300)) from None
             if not points:
                 raise ConfigError(f"power.budget.sources[{i}].path", f"{quoted(src.path)}: no intensity in its rows")
+            start = parse_utc_s(s.start_utc)
+            first, last = min(p.at_s for p in points), max(p.at_s for p in points)
+            if first > start or last < start + s.duration_s * s.grid_time_scale - src.stale_after_s:
+                raise ConfigError(f"power.budget.sources[{i}].path", f"{quoted(src.path)}: its points run "
+                                  f"{_day(first)} to {_day(last)}, and the run reads {_day(start)} on for "
+                                  f"{s.duration_s:g} s (x grid_time_scale {s.grid_time_scale:g}): its budget would be "
+                                  "the safe one")
+
+
+def _day(t_s: float) -> str:
+    return dt.datetime.fromtimestamp(t_s, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _budgets(s: ScenarioSettings, config: Settings) -> None:
