@@ -52,12 +52,13 @@ class QueryType:
         return self.input_tokens + self.output_tokens
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s"))
+        positive = ("input_tokens", "output_tokens", "delay_s_per_token", "delay_threshold_s")
+        check_positive(self, where, positive)
         check_positive(self, where, ("arrival_rate_qph", "compute_gflop_per_token", "error_rate", "error_threshold",
                                 "unmet_penalty", "delay_penalty", "token_size_gb"), allow_zero=True)
         check_range(self, where, ("error_rate", "error_threshold"), 0.0, 1.0)  # shares of the queries
         for name, high in QUERY_BOUNDS.items():
-            check_range(self, where, (name,), 0.0, high)
+            check_range(self, where, (name,), 0.0, high, low_open=name in positive)
 
 
 QUERY_BOUNDS = {"input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "arrival_rate_qph": 1e9,

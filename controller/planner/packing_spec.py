@@ -122,7 +122,7 @@ class PackingSpec:
         for f in ("mem_util", "fit_margin"):
             if not 0 < getattr(self, f) <= 1:
                 raise ConfigError(f, f"must be in (0, 1], got {getattr(self, f)}")
-        check_positive(self, "", ("availability_scale", "time_limit_s"))
+        check_positive(self, "", ("time_limit_s",))  # availability_scale: its range says 1 up
         check_range(self, "", ("availability_scale",), 1, MAX_CARDS)
         check_range(self, "", ("compute_adjust",), 1e-6, 1e6)  # a unit's scale: past it, every config fits or none
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S, low_open=True)
