@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 # HTTP status -> (transient?, retry delay s, what it means)
 STATUS: dict[int, tuple[bool, float, str]] = {
-    401: (False, 0.0, "unauthorised: the service account token was refused"),
+    401: (False, 0.0, "unauthorised: the credentials were refused (the kubeconfig's, or the pod's service account "
+                      "token)"),
     403: (False, 0.0, "forbidden: the Role must allow get and patch on deployments/scale"),
     404: (False, 0.0, "no such Deployment"),
     409: (True, 1.0, "conflict: the Deployment changed meanwhile"),

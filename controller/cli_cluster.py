@@ -221,14 +221,19 @@ def add_cluster_commands(sub: Any) -> None:
     o.add_argument("--policy", default="default", help="the PowerPolicy acted on (default: default)")
     o.add_argument("--namespace", default="", help="the Lease's and cluster Events' namespace (default: "
                    "POD_NAMESPACE)")
-    o.add_argument("--state-dir", default="/var/lib/wattscale", help="tuner state and the decision log")
-    o.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
+    o.add_argument("--state-dir", default="/var/lib/wattscale", help="tuner state and the decision log (default "
+                   "/var/lib/wattscale)")
+    o.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials in a pod, else "
+                   "~/.kube/config)")
     o.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
-    o.add_argument("--metrics-port", type=whole(0, 65535), default=9464, help="port of /metrics; 0: none")
-    o.add_argument("--health-port", type=whole(0, 65535), default=0, help="port of kopf's /healthz; 0: none")
+    o.add_argument("--metrics-port", type=whole(0, 65535), default=9464, help="port of /metrics; 0: none (default "
+                   "9464)")
+    o.add_argument("--health-port", type=whole(0, 65535), default=0, help="port of kopf's /healthz; 0: none "
+                   "(default 0)")
     o.add_argument("--plan-listen", default="127.0.0.1", help="address of the agents' plan endpoint and its "
                    "/readyz (default 127.0.0.1; in a pod 0.0.0.0, behind the operator's Service)")
-    o.add_argument("--plan-port", type=whole(0, 65535), default=9466, help="port of the agents' plan endpoint; 0: none")
+    o.add_argument("--plan-port", type=whole(0, 65535), default=9466, help="port of the agents' plan "
+                   "endpoint; 0: none (default 9466)")
     o.add_argument("--agent-account", default="wattscale-agent", help="the node agents' ServiceAccount in the "
                    "operator's namespace: the only one served plans (default wattscale-agent)")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
@@ -236,7 +241,8 @@ def add_cluster_commands(sub: Any) -> None:
     o.set_defaults(func=_operator, daemon=True)
     a = sub.add_parser("agent", help="the node agent: applies this node's NodePowerPlan through NVML")
     a.add_argument("--node", default="", help="this node's name (default: NODE_NAME)")
-    a.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials)")
+    a.add_argument("--kubeconfig", default="", help="kubeconfig (default: in-cluster credentials in a pod, else "
+                   "~/.kube/config)")
     a.add_argument("--operator-url", default="http://wattscale-operator.wattscale.svc:9466",
                    help="the operator's Service, which serves this node's plan (default "
                    "http://wattscale-operator.wattscale.svc:9466)")
@@ -249,7 +255,8 @@ def add_cluster_commands(sub: Any) -> None:
     a.add_argument("--default-ttl-s", type=number(1.0, 86400.0), default=60.0,
                    help="TTL of a plan that names none (default 60)")
     a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
-    a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics; 0: none")
+    a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics; 0: none (default "
+                   "9465)")
     a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")
     a.set_defaults(func=_agent, daemon=True)
