@@ -172,3 +172,15 @@ def test_a_scenarios_power_keys_leave_the_configs_own_paths_to_the_config(small_
 
     assert first_path("ramp.toml") == (tmp_path / "grid.csv").resolve()
     assert first_path("dr.toml") == (tmp_path / "scn" / "dr.json").resolve()
+
+
+def test_a_service_no_request_reached_reads_so_on_the_console(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Its attainment is None (summary.md says "no request of it came"): the console printed "SLO chat None"."""
+    from controller.cli import main
+
+    path = small_scenario('name = "idle"\nduration_s = 30\nseed = 3\n', rate_rps=0.0)
+    assert main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static", "--no-progress",
+                 "--no-frontier"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("static "))
+    assert line.endswith("SLO chat no request") or "SLO chat no request " in line, line

@@ -203,7 +203,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         handler.close()
     width = max(map(len, doc["policies"])) + 1  # the names in a column, as many as run
     for policy, p in doc["policies"].items():
-        slo = ", ".join(f"{k} {v['slo_attainment']}" for k, v in p["services"].items())
+        slo = ", ".join(f"{k} {'no request' if v['slo_attainment'] is None else v['slo_attainment']}"
+                        for k, v in p["services"].items())  # None: no request of it came (summary.md says so)
         power = "  ".join(_labelled(k, p[k]) for k in POWER_FIGURES if p.get(k) is not None)
         print(f"{policy:<{width}} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
