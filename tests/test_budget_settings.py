@@ -135,6 +135,14 @@ def test_a_csv_source_needs_a_path() -> None:
     assert caught.value.where == "power.budget.sources[0].path"
 
 
+def test_a_misspelled_sources_is_named_as_an_unknown_key() -> None:
+    """`[[power.budget.source]]` read as "power.budget.sources: needs a source besides demand response"."""
+    with pytest.raises(ConfigError, match=r"unknown key \(expected one of \['safe_budget_w', 'sources', 'ttl_s'\]\)") \
+            as caught:
+        settings.budget_settings({"safe_budget_w": 1000, "source": [{"kind": "fixed", "budget_w": 900}]})
+    assert caught.value.where == "power.budget.source"
+
+
 def test_demand_response_alone_is_refused() -> None:
     only_dr = {"safe_budget_w": 1000, "sources": [{"kind": "demand_response", "path": "s.json"}]}
     with pytest.raises(ConfigError) as caught:

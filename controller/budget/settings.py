@@ -230,6 +230,7 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
     """The `[power.budget]` table: `safe_budget_w`, `ttl_s` and `[[...sources]]`, each with a `kind`."""
     rest = dict(data)
     raw = rest.pop("sources", [])
+    budget = build(BudgetSettings, rest, where)  # its own keys first: a misspelled `sources` is named, as unknown
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.sources", "must be a list of tables")
     sources: dict[str, SourceSettings] = {}
@@ -248,4 +249,4 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
         sources[name] = settings
     if all(isinstance(s, DemandResponseSettings) for s in sources.values()):
         raise ConfigError(f"{where}.sources", "needs a source besides demand response")
-    return dataclasses.replace(build(BudgetSettings, rest, where), sources=tuple(sources.items()))
+    return dataclasses.replace(budget, sources=tuple(sources.items()))
