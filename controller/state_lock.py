@@ -24,29 +24,39 @@ def held(folder: Path) -> Iterator[None]:
     """The folder's lock, held by this process inside the block. Where the folder cannot hold one (a state dir
     that cannot be written, another user's lock file, a file system without flock) the block runs without it, and
     says so: the power governor is not held back for want of a lock."""
+    fd = _take(folder)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # the lock goes with it (a later `run` in this process takes it again)
+
+
+def _take(folder: Path) -> int | None:
+    """The lock file's descriptor, locked, with this pid in it; None (said once) where no lock can be had."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        log.warning("daemon.state_dir: %s cannot be locked (%s): a second daemon on it would go unnoticed",
-                    folder / LOCK_FILE, exc.strerror or exc)
-        yield
-        return
+        _unlocked(folder, exc)
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); "
-                              "give each daemon its own state_dir") from None
-        except OSError as exc:
-            log.warning("daemon.state_dir: %s cannot be locked (%s): a second daemon on it would go unnoticed",
-                        folder / LOCK_FILE, exc.strerror or exc)
-            yield
-            return
-        with contextlib.suppress(OSError):  # the pid is for the message only: a full disk does not stop the daemon
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)  # the lock goes with it (a later `run` in this process takes it again)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); "
+                          "give each daemon its own state_dir") from None
+    except OSError as exc:
+        os.close(fd)
+        _unlocked(folder, exc)
+        return None
+    with contextlib.suppress(OSError):  # the pid is for the message only: a full disk does not stop the daemon
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _unlocked(folder: Path, exc: OSError) -> None:
+    log.warning("daemon.state_dir: %s cannot be locked (%s): a second daemon on it would go unnoticed",
+                folder / LOCK_FILE, exc.strerror or exc)
