@@ -168,10 +168,10 @@ def _running(pid: Any, where: tuple[Any, Any, Any]) -> bool | None:
     """Whether process `pid` runs, where the record was written on this host, in this pid namespace, since its boot
     (a daemon stopped or restarted since left its last cycle reading as current for STALE_CYCLES; a reused pid
     reads as running, as before)."""
-    if where != (HOST, PID_NS, BOOT_ID) or None in where:  # another host's (of the same name), a container's pids
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22):
+        raise ValueError(f"pid {pid!r:.40}")  # the daemon writes its own: 0 and -1 would signal a process group
+    if where != (HOST, PID_NS, BOOT_ID) or None in where or pid is None:  # another host's, a container's pids
         return None
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
-        return None  # no pid: 0 and -1 would signal a process group, not a process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -212,8 +212,9 @@ def status(config_view: View, path: Path, as_json: bool, config: Path | None = N
         shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        what = f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else shortened(str(exc))
         raise ConfigError("daemon.decision_log", f"{path}: its last record has a field that is not what the daemon "
-                          f"writes ({shortened(str(exc))}): edited by hand, or from another version of wattscale; "
+                          f"writes ({what}): edited by hand, or from another version of wattscale; "
                           "the running daemon writes a new one each cycle") from None
 
 

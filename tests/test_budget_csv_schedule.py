@@ -40,8 +40,12 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
 @pytest.mark.parametrize(("text", "message"), [
     ("", "empty file"),
     ("Datetime (UTC),Zone Id\n2026-12-01 00:00:00,DE", "no carbon intensity"),
-    (NEW_HEADER + "\n" + ROWS[0] + "\n2026-12-01 01:00:00,Germany,Germany,DE,1,abc", "line 3"),
-    (NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2", "line 2"),
+    (NEW_HEADER + "\n" + ROWS[0] + "\n2026-12-01 01:00:00,Germany,Germany,DE,1,abc",
+     "line 3: intensity 'abc' is no number"),
+    (NEW_HEADER + "\nyesterday,Germany,Germany,DE,1,2", "line 2: time 'yesterday' is no ISO 8601 time"),
+    # a row cut short: the message had been Python's "list index out of range"
+    (NEW_HEADER + "\n" + ROWS[0] + "\n2026-12-01 01:00:00,Germany",
+     "line 3: 2 fields, where the header puts its time in field 1 and its intensity in field 6"),
     *((NEW_HEADER + f"\n2026-12-01 00:00:00,Germany,Germany,DE,1,{v}", r"line 2: intensity must be in \[0, 5000\]")
       for v in ("nan", "-inf", "-3", "1e999", "9000")),
     (NEW_HEADER + "\n" + ROWS[0] + "\n" + ROWS[0], "line 3: its time repeats line 2's"),

@@ -81,7 +81,8 @@ SHAPE = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420
                                   {"services": {"chat": {"in_force": {**SHAPE, "replicas": -5}}}},
                                   {"services": {"chat": {"in_force": {**SHAPE, "cap_w": float("inf")}}}},
                                   {"services": {"chat": {"gpus": {"draw_w": "", "limit_w": 400.0}}}},
-                                  {"services": {"chat": {"gpus": {"draw_w": 300.0}}}}])
+                                  {"services": {"chat": {"gpus": {"draw_w": 300.0}}}},
+                                  {"services": {"chat": {"in_force": {"replicas": 1}}}}])
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       as_json: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,6 +96,9 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
     assert len(err) == 1 and err[0].startswith(f"wattscale: daemon.decision_log: {log}: its last record has a field "
                                                "that is not what the daemon writes ("), err
     assert "Error" not in err[0]  # no Python class names: TypeError, AttributeError
+    if edit == {"services": {"chat": {"in_force": {"replicas": 1}}}}:  # a KeyError's text had been "('max_batch')"
+        assert err[0].endswith("writes (no field 'max_batch'): edited by hand, or from another version of wattscale; "
+                               "the running daemon writes a new one each cycle"), err
 
 
 def test_a_record_nested_past_the_json_writer_is_one_line(sim_config: Callable[..., Path],
@@ -262,15 +266,22 @@ def test_a_last_decision_whose_daemon_has_stopped_is_stale_at_once(sim_config: C
     assert main(["status", "--config", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(" s ago (stale: the daemon that wrote it has stopped)")
     # another host's process, another pid namespace's (a container on the host's network has the host's name) or
-    # another boot's, or a pid that would name a process group or none: not asked, and not stale for it
+    # another boot's, or a record with no pid: not asked, and not stale for it
     here = (record["host"], record["pid_ns"], record["boot_id"])
     for pid, (host, space, boot) in ((exited_pid(), ("elsewhere", *here[1:])), (exited_pid(), (here[0], 1, here[2])),
-                                     (exited_pid(), (*here[:2], "another boot")), (0, here), (-1, here),
-                                     (True, here), (1 << 40, here), ("1", here)):
+                                     (exited_pid(), (*here[:2], "another boot")), (None, here)):
         log.write_text(json.dumps({**record, "pid": pid, "host": host, "pid_ns": space, "boot_id": boot}) + "\n")
         assert main(["status", "--config", str(path), "--json"]) == 0
         rep = json.loads(capsys.readouterr().out)
         assert rep["writer_running"] is None and rep["stale"] is False, (pid, host)
+    # a pid the daemon never writes (one that would name a process group, or none) is a hand-edited record: refused,
+    # where it read as a current decision
+    for pid in (0, -1, True, 1 << 40, "1", 2.5):
+        log.write_text(json.dumps({**record, "pid": pid}) + "\n")
+        assert main(["status", "--config", str(path), "--json"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(f"writes (pid {pid!r}): edited by hand, or from another version of "
+                                                 "wattscale; the running daemon writes a new one each cycle"), err
 
 
 def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_config: Callable[..., Path],

@@ -181,7 +181,10 @@ def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
 
 def parse_utc_s(text: str) -> float:
     """An export's time as Unix seconds: ISO 8601, with or without an offset (then UTC, as the column says)."""
-    t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"time {text.strip()[:40]!r} is no ISO 8601 time (2026-03-01T14:00:00Z)") from None
     return within_years((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp(), text)
 
 
@@ -201,12 +204,20 @@ def parse_intensity_csv(text: str, basis: Basis = "life_cycle", what: str = "csv
     for line, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) <= max(t_col, v_col):
+            fields = f"{len(row)} field{'s' * (len(row) != 1)}"
+            raise MalformedAnswer(f"{what}: line {line}: {fields}, where the header puts its time in field "
+                                  f"{t_col + 1} and its intensity in field {v_col + 1}")
+        if not row[v_col].strip():
+            continue
         try:
-            if not row[v_col].strip():
-                continue
-            point = IntensityPoint(parse_utc_s(row[t_col]), float(row[v_col]))
-        except (IndexError, ValueError, OverflowError) as exc:
+            at_s = parse_utc_s(row[t_col])
+        except (ValueError, OverflowError) as exc:
             raise MalformedAnswer(f"{what}: line {line}: {exc}") from exc
+        try:
+            point = IntensityPoint(at_s, float(row[v_col]))
+        except ValueError as exc:
+            raise MalformedAnswer(f"{what}: line {line}: intensity {row[v_col].strip()[:40]!r} is no number") from exc
         intensity(point.g_per_kwh, f"{what}: line {line}", row[v_col])
         if lines.setdefault(point.at_s, line) != line:  # two rows for one time: which one holds is a guess
             raise MalformedAnswer(f"{what}: line {line}: its time repeats line {lines[point.at_s]}'s")
