@@ -396,6 +396,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "4 = 3.6, 8 = 6.6 }", "tp_speedup.3: no TP degree: the degrees are 1, 2, 4 and 8"),  # ignored without a word
     ("seed001-allocation.toml", "[gpus.T4]", "[gpus.T4]\ntp_degrees = [1, 1, 1]",
      "gpus.T4.tp_degrees: must be a subset of [1, 2, 4, 8], each once, got [1, 1, 1]"),
+    ("seed002-packing.toml", "cards = [1, 2, 4, 8]", "cards = []",  # had blamed speedups
+     "cards: needs at least one config size, e.g. [1, 2, 4, 8]"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:

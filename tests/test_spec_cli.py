@@ -163,6 +163,32 @@ def test_extreme_sizes_within_bounds_are_a_type_that_fits_nowhere(tmp_path: Path
         assert solver == "homogeneous" or "request type 't1' fits no config" in out
 
 
+def test_a_scenario_without_cards_says_so_in_each_solvers_words(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The MILP's row had read HiGHS's "The problem is infeasible. (HiGHS Status 8: ...)", and --compare's greedy gap
+    "nan"."""
+    path = tmp_path / "plan.toml"
+    text = Path(PACKING).read_text()
+    scarce = "scarce    = { RTX_4090 = 16, A40 = 12, RTX_A6000 = 8,  L40 = 12, A100_80G = 6,  H100 = 8 }"
+    assert scarce in text
+    path.write_text(text.replace(scarce, "scarce    = { RTX_4090 = 0, A40 = 0, RTX_A6000 = 0,  L40 = 0, "
+                                         "A100_80G = 0,  H100 = 0 }"))
+    assert main(["plan", str(path), "--solver", "milp"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].endswith("fail  cards -  infeasible: the scenario has no card"), out
+    assert main(["plan", str(path), "--compare"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("scarce")]
+    assert rows and all(r[3:] == ["fail"] * (len(r) - 4) + ["-"] for r in rows), out
+    assert "nan" not in out
+    path.write_text(text.replace(scarce, "scarce    = { RTX_4090 = 1, A40 = 0, RTX_A6000 = 0,  L40 = 0, "
+                                         "A100_80G = 0,  H100 = 0 }"))
+    assert main(["plan", str(path), "--solver", "milp"]) == 1
+    # the count after the spec's availability_scale
+    assert re.search(r"infeasible: the cards available \(RTX_4090 \d+\) cannot hold 5000 requests\n",
+                     capsys.readouterr().out)
+
+
 def test_a_spec_past_the_size_any_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import controller.config_loader as loader

@@ -124,7 +124,10 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     res = lp.solve(time_limit_s=time_limit_s, mip_gap=mip_gap)
     solve_s = time.perf_counter() - t0
     if not res.ok:
-        return PackingResult(name, False, math.inf, {}, solve_s, res.message)
+        held = ", ".join(f"{g} {n}" for g, n in cards.items() if n > 0)
+        why = (res.message if not res.infeasible else f"infeasible: the cards available ({held}) cannot hold "
+               f"{int(counts.sum())} requests" if held else "infeasible: the scenario has no card")
+        return PackingResult(name, False, math.inf, {}, solve_s, why)
     rented = [round(res.x[col]) for col in y]
     # a last resort: the rows above bound each flow by its config's copies, so a config carrying half a request or
     # more has a copy unless the solver's integrality tolerance rounded one of under 1e-6 to none (one suffices)

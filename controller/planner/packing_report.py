@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +82,8 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
                  for r in row["results"]}
         stopped = stopped or any(marks.values())
         cells = "".join(f"{'fail' if costs[n] is None else format(costs[n], '.2f') + marks[n]:>16}" for n in names)
-        gap = (costs["greedy"] / costs["milp"] - 1) if costs.get("milp") and costs.get("greedy") else math.nan
-        lines.append(f"{row['scenario']:<12}{row['trace']:<12}{row['requests']:>9}{cells}{gap:>12.4f}")
+        gap = f"{costs['greedy'] / costs['milp'] - 1:.4f}" if costs.get("milp") and costs.get("greedy") else "-"
+        lines.append(f"{row['scenario']:<12}{row['trace']:<12}{row['requests']:>9}{cells}{gap:>12}")
     lines.append("milp: shared capacity row (ours); milp_per_type: the seed's per-type row, which counts a config "
                  "once per request type, so its optimum under-states the cost (one stopped at the limit may not).")
     if stopped:

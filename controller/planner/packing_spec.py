@@ -110,7 +110,9 @@ class PackingSpec:
                     raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share in [0, {MAX_SIZE:g}], got {share}")
             if sum(shares.values()) <= 0:
                 raise ConfigError(f"traces.{tname}", "shares sum to 0")
-        if len(self.cards) != len(self.speedups) or not self.cards:
+        if not self.cards:
+            raise ConfigError("cards", "needs at least one config size, e.g. [1, 2, 4, 8]")
+        if len(self.cards) != len(self.speedups):
             raise ConfigError("speedups",
                               f"needs one entry per cards entry ({len(self.cards)}), got {len(self.speedups)}")
         for k, n in enumerate(self.cards):
