@@ -331,10 +331,12 @@ def test_robust_counterpart_costs_more_and_holds_the_worst_case() -> None:
 
 
 def test_plan_cli_compare_writes_one_chart_per_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(PLANS / "seed002-packing.toml"), "--compare", "--plots", str(tmp_path)]) == 0
-    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    """Into a folder it makes with its parents, as `simulate --report` does (it had refused a missing parent)."""
+    plots = tmp_path / "new" / "plots"
+    assert main(["plan", str(PLANS / "seed002-packing.toml"), "--compare", "--plots", str(plots)]) == 0
+    pngs = sorted(p.name for p in plots.glob("*.png"))
     assert pngs == ["scenario_balanced.png", "scenario_high_a100.png", "scenario_rich.png", "scenario_scarce.png"]
-    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert all((plots / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     out = capsys.readouterr().out
     assert "milp_per_type" in out and out.count("\n") >= 36
 

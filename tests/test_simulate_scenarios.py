@@ -176,6 +176,15 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     with pytest.raises(SystemExit):
         main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,hpa"])
     assert "unknown policy hpa" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # dropped unsaid, the second had read as a typo for a policy the report lacked
+        main(["simulate", str(path), "--report", str(tmp_path / "r"), "--policies", "static,wattscale,static"])
+    assert "argument --policies: static given twice; each policy runs once" in capsys.readouterr().err
+    # a warning about the run was printed before the refusal that stops it
+    two_events = small_scenario('name = "x"\nduration_s = 60\n[[events]]\nat_s = 50\nkind = "budget"\n'
+                                'budget_w = 1400\n', name="two.toml")
+    assert main(["simulate", str(two_events), "--report", str(tmp_path / "a-file" / "r"), "--duration-s", "30"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"wattscale: --report: {tmp_path / 'a-file' / 'r'}: cannot be written (Not a directory)"]
     with pytest.raises(SystemExit):  # an empty name wrote the report into the working directory
         main(["simulate", str(good), "--report", ""])
     assert "--report: must name a directory, got ''" in capsys.readouterr().err

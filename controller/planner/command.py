@@ -109,12 +109,14 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
 
 
 def _plots_dir(text: str | None) -> Path | None:
-    """--plots: an existing directory, or a new one in an existing directory (checked before a long solve)."""
+    """--plots: a directory, made with its parents as `simulate --report` makes its own, before a long solve."""
     if text is None:
         return None
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise ConfigError("--plots", f"{path} exists and is not a directory")
-    if not path.exists() and not path.parent.is_dir():
-        raise ConfigError("--plots", f"{path.parent} does not exist; create it first")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--plots", f"{path}: cannot be written ({exc.strerror or exc})") from None
     return path

@@ -20,7 +20,10 @@ def policy_list(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown policy {', '.join(unknown) or '(none)'}; expected a comma-separated "
                                          f"list of {', '.join(POLICIES)}")
-    return list(dict.fromkeys(names))
+    twice = sorted({p for p in names if names.count(p) > 1})
+    if twice:  # dropped unsaid, it read as a typo for another policy the report then lacks
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} given twice; each policy runs once")
+    return names
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> None:

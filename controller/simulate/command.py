@@ -167,11 +167,6 @@ def simulate_command(args: argparse.Namespace) -> int:
     if not 1.0 <= duration <= scn.settings.duration_s:
         raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "
                           f"got {duration:g}")
-    cut = [e for e in scn.settings.events if e.at_s >= duration]
-    if cut:
-        print(f"wattscale: warning: --duration-s {duration:g} ends the run before {len(cut)} of the scenario's events "
-              f"({', '.join(f'{e.kind} at {e.at_s:g} s' for e in cut[:3])}{', ...' if len(cut) > 3 else ''}): "
-              "the run and its report leave them out", file=sys.stderr)
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
@@ -187,6 +182,11 @@ def simulate_command(args: argparse.Namespace) -> int:
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
+    cut = [e for e in scn.settings.events if e.at_s >= duration]  # said once the run is sure to start
+    if cut:
+        print(f"wattscale: warning: --duration-s {duration:g} ends the run before {len(cut)} of the scenario's events "
+              f"({', '.join(f'{e.kind} at {e.at_s:g} s' for e in cut[:3])}{', ...' if len(cut) > 3 else ''}): "
+              "the run and its report leave them out", file=sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s [%(run)s] %(name)s: %(message)s"))
     handler.addFilter(RUN)
     root = logging.getLogger()
