@@ -122,4 +122,9 @@ def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, 
                                         shape.power_cap_w)
         out["best_batch_for_power"] = None if by_power is None or by_power.performance is None else {
             "max_batch": by_power.max_batch, "power_w": by_power.performance.power_w}
+        if out["best_batch_for_power"] is None:  # a bare null had said nothing of why
+            most = (f"the most any takes is {by_rate.max_rate_rps:.3g} rps (batch {by_rate.max_batch})"
+                    if by_rate.max_batch else "none meets them at any rate")
+            out["best_batch_for_power_why"] = (f"no batch size of {sorted(args.batch_sizes)} serves {load.rate_rps:g} "
+                                               f"rps within the targets without turning requests away: {most}")
     return out

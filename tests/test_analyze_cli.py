@@ -74,6 +74,16 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     assert max(rates) <= by_rate["max_rate_rps"] * (1 + TIE)
     by_power = out["best_batch_for_power"]
     assert isinstance(by_power, dict) and by_power["max_batch"] in sizes
+    assert "best_batch_for_power_why" not in out
+    # a rate no size serves: null, and why (a bare null had said nothing)
+    rate = [x if x != "10" else "1000" for x in BASE]
+    assert rate != BASE
+    out = run([*rate, "--accelerator", "H100-SXM", *SLO, "--batch-sizes", ",".join(map(str, sizes))], capsys)
+    best = out["best_batch_for_rate"]
+    assert out["best_batch_for_power"] is None and isinstance(best, dict)
+    assert out["best_batch_for_power_why"] == (
+        "no batch size of [8, 16, 32, 64, 128, 256] serves 1000 rps within the targets without turning requests "
+        f"away: the most any takes is {best['max_rate_rps']:.3g} rps (batch {best['max_batch']})")
 
 
 def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pytest.CaptureFixture[str]) -> None:
