@@ -247,7 +247,7 @@ def test_tune_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
         ([str(nan), "--fit-power"], "--fit-power: needs --accelerator"),
         ([str(binary)], f"{binary}: not a CSV text file"),
         ([str(nan)], f"{nan}: no usable observation (5 non-finite; the first, {nan}:2: non-finite (a latency, rate "
-                     "or token count is missing))"),
+                     "or token count is missing or infinite: +Inf is a quantile past the last bucket))"),
     ]
     for argv, message in cases:
         assert main(["tune", *argv]) == 2, argv

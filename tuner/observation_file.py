@@ -165,7 +165,8 @@ def require_usable(out: ObservationRows) -> ObservationRows:
 
 
 REASONS = {
-    "non-finite": "(a latency, rate or token count is missing)", "implausible": "(a figure past 1e9: no reading)",
+    "non-finite": "(a latency, rate or token count is missing or infinite: +Inf is a quantile past the last bucket)",
+    "implausible": "(a figure past 1e9: no reading)",
     "no-traffic": "(no requests or zero latency)",
     "transient": "(a restart in the window)", "unsteady-rate": "(served far from offered: a ramp or a backlog)",
     "unsteady-queue": "(the queue grew through the window)", "saturated": "(a full batch queued, or preemptions)",
