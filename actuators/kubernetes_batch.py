@@ -14,7 +14,7 @@ from typing import Any
 
 from actuators.base import BatchInForce, PermanentActuatorError
 from actuators.kubernetes import DeploymentRef, translate
-from actuators.vllm import with_max_num_seqs
+from actuators.vllm_servers import with_max_num_seqs
 
 log = logging.getLogger(__name__)
 FLAG = "--max-num-seqs"

@@ -16,7 +16,8 @@ from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLim
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from actuators.nvml_clocks import NvmlClockLocker
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
-from actuators.vllm import ChildRunner, Replica, ServerRunner, SystemdRunner, VllmBatchSizer
+from actuators.vllm import VllmBatchSizer
+from actuators.vllm_servers import ChildRunner, Replica, ServerRunner, SystemdRunner
 from controller.config_loader import ConfigError
 from controller.http_fetch import healthy_within
 from controller.preflight import kube_client

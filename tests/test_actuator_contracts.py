@@ -13,7 +13,8 @@ from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLim
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
 from actuators.nvml_clocks import NvmlClockLocker
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter
-from actuators.vllm import Replica, VllmBatchSizer
+from actuators.vllm import VllmBatchSizer
+from actuators.vllm_servers import Replica
 from controller.telemetry.base import GpuSource
 from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.sim import SimGpuSource

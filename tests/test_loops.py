@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from actuators import ActuatorError, BatchInForce, PermanentActuatorError, TransientActuatorError
 from actuators.dryrun import HISTORY, DryRunBatchSizer, DryRunPowerLimiter, DryRunReplicaScaler
-from actuators.vllm import Replica, VllmBatchSizer
+from actuators.vllm import VllmBatchSizer
+from actuators.vllm_servers import Replica
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.daemon import Daemon

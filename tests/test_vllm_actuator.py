@@ -19,7 +19,8 @@ import pytest
 from conftest import free_port
 
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
-from actuators.vllm import ChildRunner, Replica, SystemdRunner, VllmBatchSizer, shutdown_timeout_s, with_max_num_seqs
+from actuators.vllm import VllmBatchSizer
+from actuators.vllm_servers import ChildRunner, Replica, SystemdRunner, shutdown_timeout_s, with_max_num_seqs
 from controller.http_fetch import healthy_within as healthy
 
 STANDIN = str(Path(__file__).resolve().parent / "standin_vllm.py")

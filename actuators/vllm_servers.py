@@ -1,0 +1,184 @@
+"""How a vLLM server is run, behind `ServerRunner`: as a child process the daemon supervises (`ChildRunner`: argv
+lists, never a shell), or as a systemd unit whose ExecStart reads `${WATTSCALE_MAX_NUM_SEQS}` (`SystemdRunner`: the
+new value goes into a drop-in file, written atomically, then `systemctl daemon-reload` and `restart`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from actuators.base import PermanentActuatorError, TransientActuatorError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    """Child: a label; systemd: the unit name (e.g. vllm-chat@0.service)."""
+    health_url: str
+    """The server's /health URL."""
+    argv: tuple[str, ...] = ()
+    """Child: the server's command line without --max-num-seqs."""
+
+
+class ServerRunner(Protocol):
+    supervises: bool
+    """The daemon owns the servers: it brings them up at start and stops them on exit."""
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None: ...
+
+    def exited(self, name: str) -> int | None:
+        """The exit status of a replica's server that has ended (None: running, or not the runner's to see)."""
+
+    def close(self) -> None: ...
+
+
+def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
+    """argv with any --max-num-seqs (either spelling) replaced by n."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--max-num-seqs":
+            skip = True
+        elif not arg.startswith("--max-num-seqs="):
+            out.append(arg)
+    return [*out, "--max-num-seqs", str(n)]
+
+
+MAX_SHUTDOWN_S = 3600.0
+"""Longest drain waited for on a server's stop, whatever its argv says (an `inf` would hold the daemon's exit)."""
+
+
+def shutdown_timeout_s(argv: tuple[str, ...]) -> float:
+    """vLLM's `--shutdown-timeout` in argv (either spelling): how long it drains on SIGTERM; 0 where absent or
+    not a number, at most MAX_SHUTDOWN_S."""
+    for k, arg in enumerate(argv):
+        if arg.startswith("--shutdown-timeout="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--shutdown-timeout" and k + 1 < len(argv):
+            value = argv[k + 1]
+        else:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            return 0.0
+        return min(seconds, MAX_SHUTDOWN_S) if seconds > 0 else 0.0  # NaN is not > 0
+    return 0.0
+
+
+class ChildRunner:
+    """Starts, stops and restarts servers as children of the daemon. A server started with vLLM's
+    `--shutdown-timeout` is given that long to drain what it holds, beyond `stop_timeout_s`, before it is killed."""
+
+    supervises = True
+
+    def __init__(self, stop_timeout_s: float = 10.0) -> None:
+        self.stop_timeout_s = stop_timeout_s
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        """Per replica, its process and how long it is given to stop."""
+        self._lock = threading.Lock()
+        self._closed = False
+        """Closed: no server starts again (a rollout thread still in a drain's stop would leave one running)."""
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        self._stop(replica.name)
+        with self._lock:
+            if self._closed:
+                raise PermanentActuatorError(f"{replica.name}: not started again: the daemon is stopping")
+            try:
+                proc = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs), stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
+            self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
+
+    def exited(self, name: str) -> int | None:
+        with self._lock:
+            proc = self.procs.get(name, (None, 0.0))[0]
+        return None if proc is None else proc.poll()
+
+    def _stop(self, name: str) -> None:
+        self._stop_all([name])
+
+    def _stop_all(self, names: list[str]) -> None:
+        """SIGTERM to each, then each waited for until its own time is up (together: a drain each, not one after
+        another), then killed."""
+        with self._lock:
+            taken = [self.procs.pop(n, (None, 0.0)) for n in names]
+        running = [(proc, time.monotonic() + wait_s) for proc, wait_s in taken
+                   if proc is not None and proc.poll() is None]
+        for proc, _ in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc, until in running:
+            try:
+                proc.wait(max(0.0, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:  # stuck in the kernel: the others are still seen to
+                    log.warning("vLLM server pid %d did not exit after SIGKILL", proc.pid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            names = list(self.procs)
+        self._stop_all(names)
+
+
+class SystemdRunner:
+    """Drop-in `<dropin_dir>/<unit>.d/50-wattscale.conf` setting WATTSCALE_MAX_NUM_SEQS, then systemctl."""
+
+    supervises = False  # systemd runs the units; wattscale only changes them
+
+    def __init__(self, dropin_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
+        self.dropin_dir, self.systemctl, self.timeout_s = dropin_dir, systemctl, timeout_s
+
+    def restart(self, replica: Replica, max_num_seqs: int) -> None:
+        self._write_dropin(replica, max_num_seqs)
+        for args in (("daemon-reload",), ("restart", replica.name)):
+            try:
+                done = subprocess.run([*self.systemctl, *args], capture_output=True, timeout=self.timeout_s)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TransientActuatorError(f"{replica.name}: systemctl {args[0]}: {exc}", 30.0) from exc
+            if done.returncode != 0:
+                raise PermanentActuatorError(f"{replica.name}: systemctl {' '.join(args)} failed: "
+                                             f"{done.stderr.decode(errors='replace').strip()[:200]}")
+
+    def _write_dropin(self, replica: Replica, max_num_seqs: int) -> None:
+        """The drop-in, written whole or not at all (a failed write leaves no temporary file behind)."""
+        folder = self.dropin_dir / f"{replica.name}.d"
+        text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
+        tmp: str | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, folder / "50-wattscale.conf")
+        except OSError as exc:  # permissions, a read-only or full disk: the operator must act
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise PermanentActuatorError(f"{replica.name}: cannot write its drop-in in {folder}: "
+                                         f"{exc.strerror or exc}") from exc
+
+    def exited(self, name: str) -> int | None:
+        return None  # systemd restarts or reports its units; /health says whether one serves
+
+    def close(self) -> None:
+        pass
