@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.daemon import Daemon
 
     settings = load_settings(Path(args.config))
-    warnings = preflight(settings, Path(args.config))
+    warnings, kube = preflight(settings, Path(args.config))
     log_writer.install(settings.daemon.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     for library in ("apscheduler", "urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
         logging.getLogger(library).setLevel(logging.WARNING)
@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     if not any(w.startswith(STATE_DIR_WARNING) for w in warnings):  # else it says the state will not be saved
         log.info("tuner state: %s", settings.state_path.resolve())
     with held(settings.state_path.parent):
-        return Daemon(Path(args.config), settings).run(args.duration)
+        return Daemon(Path(args.config), settings, kube=kube).run(args.duration)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def _check(args: argparse.Namespace) -> int:
     from controller.wiring import probe_nvml
 
     s = load_settings(Path(args.file))
-    for warning in file_warnings(s) if args.file_only else preflight(s, Path(args.file)):
+    for warning in file_warnings(s) if args.file_only else preflight(s, Path(args.file)).warnings:
         print(f"wattscale: warning: {warning}", file=sys.stderr)
     if not args.file_only:
         probe_nvml(s)  # the driver, as `run` starts it (build_parts)

@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -50,13 +51,16 @@ log = logging.getLogger("wattscale.daemon")
 
 
 class Daemon:
-    def __init__(self, config_path: Path, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config_path: Path, settings: Settings, registry: CollectorRegistry | None = None,
+                 kube: Any = None) -> None:
+        """`kube`: the kubernetes backend's client where preflight built one (None: built here, as it names)."""
         self.config_path = config_path
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = OwnMetrics(self.registry)
         # sources report what they survive by themselves through the controller (built next, called later)
-        self.parts = build_parts(settings, on_error=lambda kind, message: self.controller.error(kind, message))
+        self.parts = build_parts(settings, on_error=lambda kind, message: self.controller.error(kind, message),
+                                 kube=kube)
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,

@@ -13,7 +13,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
@@ -69,11 +69,12 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def check_backends(settings: Settings) -> list[str]:
-    """The programs and packages the named backends start or import; warnings for directories they write."""
+def check_backends(settings: Settings) -> tuple[list[str], Any]:
+    """The programs and packages the named backends start or import; warnings for directories they write, and the
+    kubernetes backend's client where it is named (None else: `run` builds on it, so a credential plugin runs
+    once)."""
     a, warnings = settings.actuators, []
-    if a.replicas == "kubernetes":
-        kube_client(settings)
+    kube = kube_client(settings) if a.replicas == "kubernetes" else None
     if a.batch == "vllm" and a.vllm_runner == "child":
         for svc in settings.services:
             program = svc.vllm_command[0]
@@ -84,7 +85,7 @@ def check_backends(settings: Settings) -> list[str]:
         problem = unwritable(Path(settings.base_dir) / a.systemd_dropin_dir)
         if problem is not None:
             warnings.append(f"actuators.systemd_dropin_dir: {problem}; changes of max batch will fail")
-    return warnings
+    return warnings, kube
 
 
 def kube_client(settings: Settings) -> Any:
@@ -150,9 +151,15 @@ def _check_signal_path(where: str, path: Path, settings: Settings, config: Path 
                               "of its own")
 
 
-def preflight(settings: Settings, config: Path | None = None) -> list[str]:
+class Preflight(NamedTuple):
+    warnings: list[str]
+    kube: Any
+    """The kubernetes backend's API client, where the config names that backend (None else)."""
+
+
+def preflight(settings: Settings, config: Path | None = None) -> Preflight:
     """The host checks `run` relies on (`config`: the settings' file): raises ConfigError for what stops the daemon,
-    returns warnings."""
+    returns warnings and what `run` builds on."""
     check_metrics_bind(settings.metrics.listen, settings.metrics.port)
     warnings: list[str] = []
     if settings.budget is not None:
@@ -169,7 +176,8 @@ def preflight(settings: Settings, config: Path | None = None) -> list[str]:
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
                                     f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
-    warnings += check_backends(settings) + file_warnings(settings)
+    backends, kube = check_backends(settings)
+    warnings += backends + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
         if path is None:
             continue
@@ -184,7 +192,7 @@ def preflight(settings: Settings, config: Path | None = None) -> list[str]:
     problem = unwritable(settings.state_path.parent)
     if problem is not None:
         warnings.append(f"{STATE_DIR_WARNING} {problem}; tuner state will not be saved")
-    return warnings
+    return Preflight(warnings, kube)
 
 
 def _domain_floors(settings: Settings) -> list[str]:

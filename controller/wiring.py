@@ -138,12 +138,12 @@ def _owners(settings: Settings, devices: NvmlDevices) -> dict[int, tuple[str, st
     return owners
 
 
-def _kubernetes_scaler(settings: Settings) -> ReplicaScaler:
+def _kubernetes_scaler(settings: Settings, kube: Any) -> ReplicaScaler:
     from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler
 
     a = settings.actuators
-    return KubernetesReplicaScaler(kube_client(settings), {key: DeploymentRef(a.kubernetes_namespace, name)
-                                            for key, name in deployments(settings).items()}, a.kubernetes_timeout_s)
+    refs = {key: DeploymentRef(a.kubernetes_namespace, name) for key, name in deployments(settings).items()}
+    return KubernetesReplicaScaler(kube_client(settings) if kube is None else kube, refs, a.kubernetes_timeout_s)
 
 
 def deployments(settings: Settings) -> dict[tuple[str, str], str]:
@@ -166,9 +166,10 @@ def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
                           a.health_timeout_s)
 
 
-def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None = None) -> Parts:
+def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None = None, kube: Any = None) -> Parts:
     """The parts the settings name; `nvml` is the NVML module to use (None: the real `pynvml`); `on_error`
-    counts failures a source survives by itself (a scraped page). The simulated host is built only when
+    counts failures a source survives by itself (a scraped page); `kube`: the kubernetes client preflight built
+    (None: built here). The simulated host is built only when
     some part is simulated: nothing steps a plant no part reads."""
     t, a = settings.telemetry, settings.actuators
     host = build_host(settings) if settings.uses_sim else None
@@ -210,7 +211,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
             {s.name: s.initial_max_batch for s in settings.services})
     replicas: ReplicaScaler
     if a.replicas == "kubernetes":
-        replicas = _kubernetes_scaler(settings)
+        replicas = _kubernetes_scaler(settings, kube)
     elif a.replicas == "sim":
         replicas = SimReplicaScaler(sim(), lock)
     else:

@@ -3,7 +3,9 @@ against the Kubernetes API emulator), then the kubernetes error map: 404, 409, 5
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from actuators import PermanentActuatorError, ReplicaScaler, TransientActuatorEr
 from actuators.dryrun import DryRunReplicaScaler
 from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler
 from actuators.sim import SimReplicaScaler
+from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
 from controller.wiring import build_parts
@@ -148,6 +151,25 @@ def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: KubeEmulat
     assert parts.replicas.get_replicas("chat", H100) == 3
     with pytest.raises(PermanentActuatorError, match="no such Deployment"):
         parts.replicas.get_replicas("code", H100)
+
+
+def test_run_asks_a_credential_plugin_once(kube: KubeEmulator, tmp_path: Path,
+                                           sim_config: Callable[..., Path]) -> None:
+    """A kubeconfig's exec plugin (`aws eks get-token`, `gke-gcloud-auth-plugin`: a second or more each) ran twice
+    as `run` started, once in its preflight and once to build the backend: the client preflight built is used."""
+    calls = tmp_path / "calls"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(f"import json\nwith open({str(calls)!r}, 'a') as f:\n    f.write('called\\n')\n"
+                      "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential', "
+                      "'status': {'token': 'emulator'}}))\n")
+    config = kube.kubeconfig()
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+                                           "args": [str(plugin)], "interactiveMode": "Never"}}
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))  # JSON is YAML
+    path = sim_config({'replicas = "sim"': f'replicas = "kubernetes"\nkubernetes_namespace = "{NS}"\n'
+                                           f'kubeconfig = "{tmp_path / "kubeconfig"}"\nkubernetes_timeout_s = 2.0'})
+    assert main(["run", "--config", str(path), "--duration", "1"]) == 0
+    assert calls.read_text() == "called\n"
 
 
 def test_a_missing_kubeconfig_refuses_the_config(tmp_path: Path) -> None:
