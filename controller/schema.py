@@ -1,9 +1,10 @@
 """JSON Schemas generated from the settings' own dataclasses: their type hints give the types, their field
 docstrings the descriptions, their defaults the defaults. The TOML config, the optimize spec, the plan specs
 and the custom resources (controller/cluster/resources.py) are all described from the classes the loaders
-build, so a schema cannot drift from what `run`, `optimize`, `plan` and the operator accept. Bounds that a
-class checks in code (`check()`) are not repeated here; `extra` adds what a schema should refuse at once
-(an accelerator outside the catalogue)."""
+build, so a schema cannot drift from what `run`, `optimize`, `plan` and the operator accept. The numeric bounds a
+class's `check()` makes unconditionally are read off its code (controller/schema_bounds.py); the rest of what it
+checks is the loader's alone. `extra` adds what a schema should refuse at once (an accelerator outside the
+catalogue)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from controller.schema_bounds import Bound, field_bounds
 
 SCALARS: dict[Any, str] = {float: "number", int: "integer", str: "string", bool: "boolean"}
 
@@ -85,6 +88,7 @@ class SchemaWriter:
     def object(self, cls: type) -> dict[str, Any]:
         hints = get_type_hints(cls)
         docs = field_docs(cls)
+        bounds = field_bounds(cls)
         skip = self.exclude.get(cls, set())
         props: dict[str, Any] = {}
         required = []
@@ -92,6 +96,8 @@ class SchemaWriter:
             if f.name in skip or not f.metadata.get("key", True):  # the loader's own fields are no keys
                 continue
             prop = {**self.of(hints[f.name]), **self.extra.get(f"{cls.__name__}.{f.name}", {})}
+            if f.name in bounds:
+                self._bound(prop, bounds[f.name])
             if f.name in docs:
                 prop["description"] = docs[f.name]
             default = _default(f)
@@ -109,6 +115,20 @@ class SchemaWriter:
         if not self.crd:
             out["additionalProperties"] = False
         return out
+
+
+    def _bound(self, prop: dict[str, Any], bound: Bound) -> None:
+        """A number's bounds onto its schema (a nullable one's number); a CRD's OpenAPI v3.0 writes an open low
+        as a flag beside `minimum`."""
+        number = prop["anyOf"][0] if "anyOf" in prop else prop
+        if number.get("type") not in ("number", "integer") or {"minimum", "maximum"} & number.keys():
+            return  # `extra` bounds what the code checks through a helper (check_service_bounds): those stand
+        if self.crd and "exclusiveMinimum" in bound:
+            bound = {**{k: v for k, v in bound.items() if k != "exclusiveMinimum"},
+                     "minimum": bound["exclusiveMinimum"], "exclusiveMinimum": True}
+        if number["type"] == "integer":  # 1 for a whole count, not 1.0
+            bound = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in bound.items()}
+        number.update(bound)
 
 
 def document(cls: type, title: str, **kwargs: Any) -> dict[str, Any]:

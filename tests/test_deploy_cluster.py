@@ -116,6 +116,48 @@ def test_the_shipped_configs_and_specs_use_only_what_the_schemas_describe() -> N
         assert keys_outside(every[f"plan-{plan['kind']}"], plan) == [], path.name
 
 
+def _bounded(schema: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every number schema with a bound, by its path."""
+    if isinstance(schema, list):
+        return [b for k, v in enumerate(schema) for b in _bounded(v, f"{where}[{k}]")]
+    if not isinstance(schema, dict):
+        return []
+    here = [(where, schema)] if {"minimum", "exclusiveMinimum", "maximum"} & schema.keys() else []
+    return here + [b for k, v in schema.items() for b in _bounded(v, f"{where}.{k}")]
+
+
+def test_the_schemas_carry_the_bounds_the_loaders_check_and_the_shipped_files_meet_them() -> None:
+    """A spec that passed its schema could still be refused by the loader's ranges (1e308 W, a 0.01 s tick): the
+    bounds a class's check() makes are in its schema, its defaults within them, and each shipped file valid."""
+    from jsonschema import Draft202012Validator
+
+    every = schemas()
+    for name, schema in every.items():
+        for where, node in _bounded(schema):
+            if "default" in node:
+                assert not list(Draft202012Validator({k: v for k, v in node.items() if k != "default"})
+                                .iter_errors(node["default"])), (name, where)
+    config = every["config"]["properties"]
+    assert config["daemon"]["properties"]["fast_interval_s"] | {"description": ""} == {
+        "type": "number", "minimum": 0.1, "maximum": 3600.0, "default": 1.0, "description": ""}
+    assert {k: config["power"]["properties"]["budget_w"][k] for k in ("exclusiveMinimum", "maximum")} == {
+        "exclusiveMinimum": 0.0, "maximum": 1e8}
+    paths = {"config": [ROOT / "config" / "sim.toml", ROOT / "config" / "examples" / "host.toml"],
+             "optimize-spec": [ROOT / "config" / "examples" / "optimize.toml"]}
+    for plan in sorted((ROOT / "config" / "plans").glob("*.toml")):
+        paths.setdefault(f"plan-{tomllib.loads(plan.read_text())['kind']}", []).append(plan)
+    for name, files in paths.items():
+        for path in files:
+            errors = list(Draft202012Validator(every[name]).iter_errors(tomllib.loads(path.read_text())))
+            assert not errors, (path.name, [e.message for e in errors])
+    # and a value out of range fails both, naming the same field
+    text = (ROOT / "config" / "sim.toml").read_text()
+    assert "fast_interval_s = 1.0" in text
+    data = tomllib.loads(text.replace("fast_interval_s = 1.0", "fast_interval_s = 0.01"))
+    errors = list(Draft202012Validator(every["config"]).iter_errors(data))
+    assert [list(e.absolute_path) for e in errors] == [["daemon", "fast_interval_s"]]
+
+
 def test_the_base_renders_with_one_namespace_and_agreeing_accounts() -> None:
     docs = render()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}

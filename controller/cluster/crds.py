@@ -18,7 +18,7 @@ from controller.cluster.resources import (
 from controller.schema import SchemaWriter
 from controller.service_settings import MAX_PRIORITY, MAX_SLO_MS
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
-from controller.settings_checks import MAX_BATCH, MAX_POWER_W, MAX_REPLICAS
+from controller.settings_checks import MAX_BATCH, MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
 from queuemodels.accelerators import CATALOG
 
@@ -32,17 +32,16 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "AcceleratorSettings.name": {"enum": sorted(CATALOG)},
           "LlmServiceSpec.statistic": {"enum": list(STATISTICS)},
           "LlmServiceSpec.variants": {"minItems": 1},
-          # the single-field bounds the classes check (check_service_bounds, PowerSettings, PowerPolicySpec),
-          # so the API server refuses them at once; what fields say together (min <= max) stays the loader's
+          # the single-field bounds the classes check outside their own check_range calls (check_service_bounds,
+          # PowerPolicySpec's plan_ttl_s; the schema reads the rest off the code), so the API server refuses them
+          # at once; what fields say together (min <= max) stays the loader's
           "LlmServiceSpec.ttft_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.itl_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.priority": {"minimum": 1, "maximum": MAX_PRIORITY},
           "LlmServiceSpec.min_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
           "LlmServiceSpec.max_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
           "LlmServiceSpec.initial_max_batch": {"minimum": 1, "maximum": MAX_BATCH},
-          "PowerSettings.budget_w": {**POSITIVE, "maximum": MAX_POWER_W},
           "PowerPolicySpec.plan_ttl_s": {"minimum": PLAN_TTL_RANGE_S[0], "maximum": PLAN_TTL_RANGE_S[1]},
-          "PowerPolicySpec.safe_cap_share": {"minimum": 0.0, "maximum": 1.0},
           "PriorSettings.family": {"enum": list(FAMILIES)}})
 
 
