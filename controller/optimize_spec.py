@@ -15,6 +15,7 @@ from controller.config_loader import (
     quoted,
     read_toml,
 )
+from controller.idle_floor import below_idle
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
@@ -147,8 +148,7 @@ def load_spec(path: Path) -> Problem:
     problem = Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
                       spec.transition_penalty, clock_levels=spec.clock_levels)
     if spec.budget_w < problem.idle_w:  # as check-config refuses a daemon's: no plan can be under it
-        raise ConfigError("budget_w", f"{spec.budget_w:g} W is below the inventory's idle draw, {problem.idle_w:g} W "
-                          "(accelerators' count x the catalogue's draw of a GPU no replica holds)")
+        raise below_idle("budget_w", spec.budget_w, problem.idle_w, "inventory")
     return problem
 
 

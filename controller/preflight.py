@@ -22,8 +22,8 @@ from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
+from controller.idle_floor import floor_w
 from controller.settings import Settings
-from controller.settings_checks import floor_w
 from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from controller.budget.settings import DemandResponseSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted
+from controller.idle_floor import below_idle, idle_w
 from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -74,8 +75,7 @@ def check_settings(s: Settings) -> None:
     minimum_fits(s.accelerators, s.services)
     idle = idle_w(s)
     if s.power.budget_w < idle:
-        raise ConfigError("power.budget_w", f"{s.power.budget_w:g} W is below the fleet's idle draw, {idle:g} W "
-                          "(accelerators' count x the catalogue's draw of a GPU no replica holds)")
+        raise below_idle("power.budget_w", s.power.budget_w, idle)
     for d in s.power.domains:
         if (room_w := domain_room_w(s, d)) < 0:
             idle = domain_idle_w(s, d.gpus)
@@ -100,8 +100,7 @@ def check_budget_sources(s: Settings) -> None:
             stated += [(f"{at}.rules[{j}].budget_w", rule.budget_w) for j, rule in enumerate(src.rules)]
     for where, budget_w in stated:
         if budget_w < idle:
-            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              "count x the catalogue's draw of a GPU no replica holds)")
+            raise below_idle(where, budget_w, idle)
 
 
 def _one_port_each(s: Settings) -> None:
@@ -184,22 +183,6 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
         if on and v.accelerator not in on:  # its replicas charged to a rack its GPUs are not in
             raise ConfigError(f"{where}[{v.accelerator}].domain", f"{quoted(v.domain)} holds {', '.join(sorted(on))} "
                               f"GPUs of the simulated host, no {v.accelerator}")
-
-
-def idle_w(s: Settings) -> float:
-    """What the fleet draws idle: every accelerator's count at the catalogue's draw of a GPU no replica holds."""
-    return sum(a.count * CATALOG[a.name].empty_draw_w for a in s.accelerators)
-
-
-def floor_w(s: Settings) -> float:
-    """The least the site can be held to under load: every service's min_replicas busy at the lowest limit of its
-    cheapest accelerator, every other GPU with no process (the catalogue's figures). Below it only fewer replicas
-    help, and min_replicas forbids them."""
-    per_replica = {a.name: a.gpus_per_replica * (CATALOG[a.name].min_power_w - CATALOG[a.name].empty_draw_w)
-                   for a in s.accelerators}
-    busy = sum(svc.min_replicas * min(per_replica.get(v.accelerator, 0.0) for v in s.variants_of(svc))
-               for svc in s.services)
-    return idle_w(s) + busy
 
 
 def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], gpu_types: set[str],

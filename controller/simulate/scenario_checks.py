@@ -12,8 +12,9 @@ from controller.budget.base import BudgetError
 from controller.budget.carbon_feeds import CsvIntensityFeed, parse_utc_s
 from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
+from controller.idle_floor import below_idle, idle_w
 from controller.settings import Settings
-from controller.settings_checks import check_personalities, idle_w
+from controller.settings_checks import check_personalities
 from controller.telemetry.base import shortened
 
 if TYPE_CHECKING:
@@ -110,6 +111,4 @@ def _budgets(s: ScenarioSettings, config: Settings) -> None:
                                           if e.kind == "budget"]
     for where, budget_w in named:
         if budget_w and budget_w < idle:
-            raise ConfigError(where, f"{budget_w:g} W is below the fleet's idle draw, {idle:g} W (accelerators' "
-                              "count x the catalogue's draw of a GPU no replica holds, as the daemon refuses "
-                              "power.budget_w)")
+            raise below_idle(where, budget_w, idle, also=", as the daemon refuses power.budget_w")
