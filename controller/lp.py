@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# scipy passes an option its milp does not list (mip_abs_gap) to HiGHS verbatim, and warns that it does: that one
+# warning is filtered once here, for the process, where a catch_warnings around each solve swapped the process's
+# filters while other threads ran
+warnings.filterwarnings("ignore", r"Unrecognized options detected: \{'mip_abs_gap'\}")
+
 
 @dataclass(frozen=True)
 class LpResult:
@@ -79,12 +84,10 @@ class Lp:
             lb[i] = ub[i] = v
         constraints = [LinearConstraint(a, [r[1] for r in kept], [r[2] for r in kept])] if kept else []
         options: dict[str, float | bool] = {"time_limit": time_limit_s, "mip_rel_gap": mip_gap, "presolve": presolve}
-        with warnings.catch_warnings():
-            if abs_gap is not None:  # scipy passes an option it does not list to HiGHS verbatim, and says so
-                options["mip_abs_gap"] = abs_gap
-                warnings.filterwarnings("ignore", "Unrecognized options")
-            res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
-                                       integrality=np.array(self.integer), options=options)
+        if abs_gap is not None:
+            options["mip_abs_gap"] = abs_gap
+        res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
+                                   integrality=np.array(self.integer), options=options)
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2)
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly
