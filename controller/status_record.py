@@ -1,0 +1,106 @@
+"""The fields `status` reads of a decision record, checked before it reads them: one of another type (a hand edit,
+another version's record, a foreign file) is named by its path and value, where Python's own words ("'<=' not
+supported between instances of 'int' and 'str'") had reached the user.
+
+Each check raises ValueError("<path> <value>") or ("<path> has no field '<name>'"); fields status does not read are
+not checked (a newer daemon may add some)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any, str], None]
+
+
+def _bad(value: Any, path: str) -> ValueError:
+    return ValueError(f"{path or 'the record'} {value!r:.40}")
+
+
+def _at(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def number(value: Any, path: str) -> None:
+    """A finite number (no bool: JSON's true is no figure)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(value, path)
+
+
+def amount(value: Any, path: str) -> None:
+    """A finite number >= 0 (replicas, a batch, watts)."""
+    number(value, path)
+    if value < 0:
+        raise _bad(value, path)
+
+
+def reading(value: Any, path: str) -> None:
+    """A window's figure: a number (NaN where none was measured, as an older daemon wrote it) or a flag."""
+    if not isinstance(value, int | float):  # bool is an int
+        raise _bad(value, path)
+
+
+def text(value: Any, path: str) -> None:
+    if not isinstance(value, str):
+        raise _bad(value, path)
+
+
+def items(value: Any, path: str) -> None:
+    """A list, or a lone string (one item)."""
+    if not isinstance(value, list | str):
+        raise _bad(value, path)
+
+
+def optional(check: Check) -> Check:
+    def run(value: Any, path: str) -> None:
+        if value is not None:
+            check(value, path)
+    return run
+
+
+def table(fields: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
+    """An object whose named fields, where present (or `required`), pass their checks."""
+    def run(value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise _bad(value, path)
+        for name in required:
+            if name not in value:
+                raise ValueError(f"{path or 'the record'} has no field {name!r}")
+        for name, check in fields.items():
+            if name in value:
+                check(value[name], _at(path, name))
+    return run
+
+
+def each(check: Check) -> Check:
+    """An object whose every value passes `check` (services by name)."""
+    def run(value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise _bad(value, path)
+        for name, v in value.items():
+            check(v, _at(path, name))
+    return run
+
+
+SHAPE = optional(table({"accelerator": text, "replicas": amount, "max_batch": amount, "cap_w": amount},
+                       ("accelerator", "replicas", "max_batch", "cap_w")))
+SERVICE = table({
+    "in_force": SHAPE, "applied": SHAPE, "planned": SHAPE,
+    "gpus": optional(table({"draw_w": amount, "limit_w": amount}, ("draw_w", "limit_w"))),
+    "observed": optional(each(optional(reading))),
+    "reason": optional(text), "short_rps": optional(number),
+    "gate_held": optional(items), "actuator_held": optional(items),
+})
+RECORD = table({
+    "services": each(SERVICE), "wall_time": optional(number),
+    "budget_w": optional(number), "predicted_w": optional(number), "draw_w": optional(number),
+    "degradation": optional(table({"step": text, "gpus_held_below_plan": amount})),
+    "budget": optional(table({"why": optional(text)})),
+    "errors": optional(items), "blocked": optional(items), "config": optional(text),
+}, ("services",))
+
+
+def check_record(record: Any) -> None:
+    """Refuse a record whose fields status reads are not what the daemon writes (ValueError naming the first)."""
+    RECORD(record, "")
