@@ -98,23 +98,28 @@ USES = {
 """What each kind of TOML file the commands read is, and how it is used."""
 
 
+SIGNS = {
+    "plan spec": {"kind"},
+    "scenario": {"workload", "events", "config", "start_utc", "grid_time_scale", "personalities", "energy_targets"},
+    "daemon config": {"daemon", "metrics", "telemetry", "actuators", "simulator", "stability", "optimizer"},
+    "optimize spec": {"objective", "mode", "batch_sizes", "power_levels", "clock_levels", "transition_penalty"},
+}
+"""Top-level keys only one kind of file holds (`budget_w` is a spec's and a scenario's, and a daemon config's
+misplaced one; `[power]` a daemon config's and a scenario's overrides: no sign)."""
+
+
 def file_kind(doc: dict[str, Any]) -> str | None:
-    """Which of USES a TOML document is, by its top-level keys (None where they do not say): a file given to the
-    wrong command is named as what it is, not by its first key the command does not know."""
-    if isinstance(doc.get("kind"), str):
-        return "plan spec"
-    if "workload" in doc or isinstance(doc.get("config"), str):  # a scenario names its daemon config
-        return "scenario"
-    if doc.keys() & {"daemon", "metrics", "telemetry", "actuators"}:
-        return "daemon config"
-    if doc.keys() & {"budget_w", "objective", "batch_sizes", "power_levels"}:
-        return "optimize spec"
+    """Which of USES a TOML document is, where its top-level keys say so of one kind alone (None where they say
+    nothing, or point at two: a daemon config with a stray `kind`, a scenario without its `config`); a file given
+    to the wrong command is named as what it is, not by its first key the command does not know, and a mistake
+    within a file is left to that file's loader to name."""
+    found = {kind for kind, signs in SIGNS.items() if doc.keys() & signs}
     services = doc.get("services")
-    if not isinstance(services, list) or not all(isinstance(svc, dict) for svc in services):
-        return None
-    if any("model" in svc for svc in services):  # a daemon's service names its model, a spec's its parameters
-        return "daemon config"
-    return "optimize spec" if any("params" in svc for svc in services) else None
+    if isinstance(services, list) and all(isinstance(svc, dict) for svc in services):
+        # a daemon's service names its model, a spec's its parameters
+        found |= {"daemon config"} if any("model" in svc for svc in services) else set()
+        found |= {"optimize spec"} if any("params" in svc for svc in services) else set()
+    return found.pop() if len(found) == 1 else None
 
 
 def read_toml(path: Path, expect: str | None = None) -> dict[str, Any]:

@@ -198,6 +198,32 @@ def test_a_service_name_that_would_garble_logs_or_labels_is_refused(
     assert re.search(r"services\[1\]\.name: must be 1-253 letters, digits.*" + shown, err), err
 
 
+@pytest.mark.parametrize(("command", "text", "said"), [
+    # a daemon config's budget_w at the top, not under [power]: it had been "an optimize spec: run it with optimize"
+    (["check-config", "--file-only"], 'budget_w = 4000\n[simulator]\nnum_gpus = 4\n[[accelerators]]\n'
+     'name = "H100-SXM"\ncount = 4\n[[services]]\nname = "chat"\nmodel = "llama-3.1-8b"\nttft_ms = 500\nitl_ms = 50\n',
+     "budget_w: unknown key"),
+    # a stray kind: it had been "a plan spec: run it with plan"
+    (["check-config", "--file-only"], 'kind = "sim"\n' + GOOD, "kind: unknown key"),
+    # a scenario without its config: "an optimize spec", whose command then said "name: unknown key", a circle
+    (["simulate", "--report", "r"], 'name = "x"\nduration_s = 60\nbudget_w = 3000\n',
+     "config: required key is missing"),
+    # a file whose keys say one kind alone is still named as that kind
+    (["simulate", "--report", "r"], GOOD, "is a daemon config, not a scenario: run it with `wattscale run --config"),
+    (["optimize"], GOOD, "is a daemon config, not an optimize spec"),
+    (["plan"], (ROOT / "config" / "examples" / "optimize.toml").read_text(), "is an optimize spec, not a plan spec"),
+])
+def test_a_file_is_named_as_another_kind_only_where_its_keys_say_that_kind_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], text: str, said: str) -> None:
+    path = tmp_path / "file.toml"
+    path.write_text(text)
+    argv = [command[0], *command[1:2], str(path), *command[2:]] if command[0] == "check-config" else \
+        [command[0], str(path), *command[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.splitlines()) == 1, err
+
+
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(tmp_path / "nope.toml")]) == 2
     assert "no such file" in capsys.readouterr().err
