@@ -76,7 +76,7 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     suffix = "" if svc.statistic == "mean" else "_p95"
     ttft, itl = observed[f"ttft{suffix}_ms"], observed[f"itl{suffix}_ms"]
     stat = svc.statistic if svc.statistic != "p99" else "p95 (p99 target)"
-    return met, f"{stat} TTFT {ttft:.0f}/{svc.ttft_ms:.0f} ms, ITL {itl:.1f}/{svc.itl_ms:.0f} ms"
+    return met, f"{stat} TTFT {_figure(ttft)}/{svc.ttft_ms:.0f} ms, ITL {_figure(itl, 1)}/{svc.itl_ms:.0f} ms"
 
 
 def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, why: list[str]) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
         met, figures = _slo(svc, r.get("observed"))
         why = []
         if r.get("reason"):
-            why.append(f"short {r.get('short_rps', 0):.2f} rps ({r['reason']})")
+            why.append(f"short {_figure(r.get('short_rps', 0), 2)} rps ({r['reason']})")
         why += [f"gate held {h}" for h in _items(r.get("gate_held"))]
         why += [f"actuator held {h}" for h in _items(r.get("actuator_held"))]
         services[svc.name] = _entry(r, svc.priority, met, figures, why)
@@ -207,10 +207,10 @@ def status(config_view: View, path: Path, as_json: bool, config: Path | None = N
                           "the running daemon writes a new one each cycle") from None
 
 
-def _figure(x: float) -> str:
-    """Seconds or watts as a person reads them: whole below a billion, a short float past (1e308 printed 309
-    digits)."""
-    return f"{x:.0f}" if abs(x) < 1e9 else f"{x:.3g}"
+def _figure(x: float, decimals: int = 0) -> str:
+    """Seconds, watts, ms or rps as a person reads them: to `decimals` below a billion, a short float past (1e308
+    printed 309 digits)."""
+    return f"{x:.{decimals}f}" if abs(x) < 1e9 else f"{x:.3g}"
 
 
 def text(rep: dict[str, Any]) -> str:

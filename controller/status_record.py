@@ -41,6 +41,19 @@ def reading(value: Any, path: str) -> None:
         raise _bad(value, path)
 
 
+def whole(value: Any, path: str) -> None:
+    """A count: replicas, a batch (no bool, no 2.7)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(value, path)
+
+
+def latency(value: Any, path: str) -> None:
+    """A window's latency: >= 0, or NaN where none was measured (as an older daemon wrote it)."""
+    reading(value, path)
+    if isinstance(value, bool) or value < 0:
+        raise _bad(value, path)
+
+
 def text(value: Any, path: str) -> None:
     if not isinstance(value, str):
         raise _bad(value, path)
@@ -83,22 +96,23 @@ def each(check: Check) -> Check:
     return run
 
 
-SHAPE = optional(table({"accelerator": text, "replicas": amount, "max_batch": amount, "cap_w": amount},
+SHAPE = optional(table({"accelerator": text, "replicas": whole, "max_batch": whole, "cap_w": amount},
                        ("accelerator", "replicas", "max_batch", "cap_w")))
+LATENCIES = {name: optional(latency) for name in ("ttft_ms", "itl_ms", "ttft_p95_ms", "itl_p95_ms")}
 SERVICE = table({
     "in_force": SHAPE, "applied": SHAPE, "planned": SHAPE,
     "gpus": optional(table({"draw_w": amount, "limit_w": amount}, ("draw_w", "limit_w"))),
-    "observed": optional(each(optional(reading))),
-    "reason": optional(text), "short_rps": optional(number),
+    "observed": optional(table(LATENCIES)),
+    "reason": optional(text), "short_rps": optional(amount),
     "gate_held": optional(items), "actuator_held": optional(items),
 })
 RECORD = table({
     "services": each(SERVICE), "wall_time": optional(number),
-    "budget_w": optional(number), "predicted_w": optional(number), "draw_w": optional(number),
-    "degradation": optional(table({"step": text, "gpus_held_below_plan": amount})),
+    "budget_w": amount, "predicted_w": optional(amount), "draw_w": optional(amount),
+    "degradation": optional(table({"step": text, "gpus_held_below_plan": whole})),
     "budget": optional(table({"why": optional(text)})),
     "errors": optional(items), "blocked": optional(items), "config": optional(text),
-}, ("services",))
+}, ("services", "budget_w"))
 
 
 def check_record(record: Any) -> None:

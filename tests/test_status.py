@@ -106,6 +106,15 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
     ({"services": {"chat": {"gate_held": {"a": 1}}}}, "services.chat.gate_held {'a': 1}"),
     ({"budget_w": [1]}, "budget_w [1]"), ({"degradation": [1]}, "degradation [1]"), ({"budget": "x"}, "budget 'x'"),
     ({"wall_time": True}, "wall_time True"), ({"errors": 5}, "errors 5"),
+    # and values it had shown as nonsense: "True x H100-SXM", "2.7 x", "2 x 5 batch 64", "SLO met: mean TTFT -100",
+    # "drawing -5 W", "holds x GPUs", "budget 4000 W (['a'])", "abs(): 'NoneType'" where the budget was gone
+    ({"services": {"chat": {"in_force": {**SHAPE, "replicas": True}}}}, "services.chat.in_force.replicas True"),
+    ({"services": {"chat": {"in_force": {**SHAPE, "replicas": 2.7}}}}, "services.chat.in_force.replicas 2.7"),
+    ({"services": {"chat": {"in_force": {**SHAPE, "accelerator": 5}}}}, "services.chat.in_force.accelerator 5"),
+    ({"services": {"chat": {"observed": {"ttft_ms": -100.0, "itl_ms": 3.0}}}}, "services.chat.observed.ttft_ms -100.0"),
+    ({"draw_w": -5}, "draw_w -5"), ({"budget_w": None}, "budget_w None"),
+    ({"degradation": {"emergency": True, "gpus_held_below_plan": "x"}}, "degradation.gpus_held_below_plan 'x'"),
+    ({"budget": {"why": ["a"]}}, "budget.why ['a']"),
 ])
 def test_a_field_of_another_type_is_named_by_its_path(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       named: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,13 +239,15 @@ def test_a_nan_latency_is_unknown_and_an_absurd_age_is_short(sim_config: Callabl
     """A foreign log's NaN TTFT read "SLO missed: mean TTFT nan/300"; a wall_time of -1e308 printed 309 digits."""
     path, log, record = real_record(sim_config)
     record["wall_time"] = -1e308
-    record["budget_w"], record["predicted_w"] = 1e308, -1e300  # as many digits again
+    record["budget_w"], record["predicted_w"] = 1e308, 1e300  # as many digits again (a negative one is refused)
     record["services"]["chat"]["observed"] = {"ttft_ms": float("nan"), "itl_ms": 10.0}
+    record["services"]["code"].update(reason="busy", short_rps=1e308)  # "short 1000...(309 digits).00 rps"
     log.write_text(json.dumps(record) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "decided 1e+308 s ago" in out and "nan" not in out.lower() and "no latency observed" in out
-    assert out.startswith("budget 1e+308 W, plan predicts -1e+300 W"), out
+    assert "short 1e+308 rps (busy)" in out, out
+    assert out.startswith("budget 1e+308 W, plan predicts 1e+300 W"), out
 
 
 def test_status_says_when_the_log_is_another_configs(sim_config: Callable[..., Path],
