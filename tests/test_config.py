@@ -272,14 +272,18 @@ def test_metrics_listen_not_on_this_host(tmp_path: Path, capsys: pytest.CaptureF
     assert "metrics.listen: 192.0.2.1 is not an address of this host" in capsys.readouterr().err
 
 
-def test_state_dir_not_a_directory_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("state_dir", ["afile", "afile/state"])
+def test_a_state_dir_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               state_dir: str) -> None:
+    """It was a warning, and `run` went on with no lock, no tuner state and no decision log, each said as "File
+    exists"; a tuner state or decision log that is a folder is refused, and so is this."""
     (tmp_path / "afile").write_text("")
-    path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', 'state_dir = "afile/state"'))
-    assert main(["check-config", str(path)]) == 0
-    out = capsys.readouterr()
-    assert "ok" in out.out
-    assert out.err.strip() == (f"wattscale: warning: daemon.state_dir: {tmp_path / 'afile'} is not a directory; "
-                               "tuner state will not be saved")
+    path = write(tmp_path, GOOD.replace('state_dir = "../var/state"', f'state_dir = "{state_dir}"'))
+    said = (f"wattscale: daemon.state_dir: {tmp_path / 'afile'} is not a directory: the daemon keeps its lock, tuner "
+            "state and decision log in this folder\n")
+    for command in (["check-config", str(path)], ["run", "--config", str(path), "--duration", "1"]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == said
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes any directory")
