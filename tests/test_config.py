@@ -153,7 +153,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntransition_penalty = -0.1'),
          r"optimizer.transition_penalty: must be in \[0, 1\], got -0.1"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntime_limit_s = 20'),
-         r"optimizer.time_limit_s: 20.0 s must be shorter than daemon.slow_interval_s \(15.0 s\)"),
+         r"optimizer.time_limit_s: 20 s \(its default is 2 s\) must be shorter than daemon.slow_interval_s \(15 s\): "
+         "lower the one or raise the other"),
         (lambda t: t.replace("min_replicas = 1", "min_replicas = 4"),
          r"services\[batch-summaries\].min_replicas: the services' min_replicas up to here add up to 12, more "
          r"replicas than the accelerators hold \(8\)"),
