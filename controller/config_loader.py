@@ -69,6 +69,16 @@ def check_name(name: str, where: str) -> None:
                           f"each end (it names log lines, metrics and Kubernetes objects), got {shown}")
 
 
+def check_keys(table: dict[str, Any], where: str) -> None:
+    """Refuse a table's key outside NAME (a spec's GPU, model or trace names: "" printed a blank row, "A10:int8" a
+    tier label another GPU and precision also make)."""
+    for key in table:
+        if not NAME.fullmatch(key):
+            shown = repr(key[:40]) + ("..." if len(key) > 40 else "")
+            raise ConfigError(where, f"name {shown} must be 1-253 letters, digits, '.', '_' or '-', a letter or digit "
+                              "at each end")
+
+
 def item_path(where: str, index: int, value: object) -> str:
     """A list entry's path: by its `name` where it has a valid one (`services[chat]`), else by its index."""
     if isinstance(value, dict):

@@ -400,6 +400,15 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "gpus.T4.tp_degrees: must be a subset of [1, 2, 4, 8], each once, got [1, 1, 1]"),
     ("seed002-packing.toml", "cards = [1, 2, 4, 8]", "cards = []",  # had blamed speedups
      "cards: needs at least one config size, e.g. [1, 2, 4, 8]"),
+    ("seed002-packing.toml", "swiss_ai = { t1 = 0.33", "swiss_ai = { t1 = 0.93",  # had been normalised away
+     "traces.swiss_ai: shares sum to 1.6, not 1 (within 0.05: each is the share of the trace's requests of its type)"),
+    ("seed002-packing.toml", "swiss_ai = { t1 = 0.33", "swiss_ai = { t1 = -0.33",  # "a share in [0, 1e+09]"
+     "traces.swiss_ai.t1: must be a share in [0, 1], got -0.33"),
+    # a blank row, or a tier label another GPU and precision also make ("A10" at "int8:fp16")
+    ("seed002-packing.toml", "RTX_4090  = {", '"" = {',
+     "gpus: name '' must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"),
+    ("seed001-allocation.toml", "[gpus.T4]", '[gpus."A10:int8"]',
+     "gpus: name 'A10:int8' must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:

@@ -163,6 +163,9 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     err = capsys.readouterr().err
     assert err.startswith("wattscale: events[0].gpu: must be a GPU index in 0..1, got 7")
     assert "Traceback" not in err
+    escaped = small_scenario('name = "a\\u001b[31mred\\n"\nduration_s = 60\n', name="escaped.toml")
+    assert main(["simulate", str(escaped), "--report", str(tmp_path / "r")]) == 2  # it broke the report's heading
+    assert capsys.readouterr().err == "wattscale: name: must be printable, 1-200 characters, got 'a\\x1b[31mred\\n'\n"
     good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
     assert main(["simulate", str(good), "--report", str(tmp_path / "r"), "--duration-s", "61"]) == 2
     assert "--duration-s: must be in [1, 60]" in capsys.readouterr().err

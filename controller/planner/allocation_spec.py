@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, quoted
+from controller.config_loader import ConfigError, check_keys, check_positive, check_range, quoted
 from controller.planner.packing_spec import MAX_CARDS, MAX_TIME_LIMIT_S
 from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_REPLICAS
@@ -235,6 +235,7 @@ class AllocationSpec:
         for name in ("queries", "models", "gpus", "precisions"):
             if not getattr(self, name):
                 raise ConfigError(name, "at least one entry is required")
+            check_keys(getattr(self, name), name)
         routes = len(self.queries) * len(self.models) * len(self.tiers())
         if routes > MAX_ROUTES:  # named by its longest table, the one to merge first
             longest = max(("queries", "models", "gpus", "precisions"), key=lambda name: len(getattr(self, name)))

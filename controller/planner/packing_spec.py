@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, quoted, shown
+from controller.config_loader import ConfigError, check_keys, check_positive, check_range, quoted, shown
 
 MAX_REQUESTS = 10_000_000
 """Largest workload (requests) drawn and packed."""
@@ -27,7 +27,9 @@ a minute and ran out its time limit at a 100 % gap)."""
 MAX_INSTANCES = 200
 """Most instances (scenarios x traces x scales) --compare solves, each within time_limit_s."""
 MAX_SIZE = 1e9
-"""Largest memory (GB), compute figure, trace share or speedup: far past any card's, and finite in every sum."""
+"""Largest memory (GB), compute figure or speedup: far past any card's, and finite in every sum."""
+SHARE_SUM_SLACK = 0.05
+"""How far a trace's shares may sum from 1 (published shares are rounded; they are normalised)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class PackingSpec:
     scenarios: dict[str, dict[str, int]]
     """Availability scenarios: cards per GPU type (before availability_scale)."""
     traces: dict[str, dict[str, float]]
-    """Traces: the share of requests of each type (normalised)."""
+    """Traces: the share of requests of each type (summing to 1 within 0.05; normalised)."""
     cards: tuple[int, ...] = (1, 2, 4, 8)
     """Cards per config."""
     speedups: tuple[float, ...] = (1.0, 1.75, 3.2, 5.6)
@@ -94,6 +96,7 @@ class PackingSpec:
         for table in ("gpus", "request_types", "scenarios", "traces"):
             if not getattr(self, table):
                 raise ConfigError(table, "at least one entry is required")
+            check_keys(getattr(self, table), table)
         for sname, avail in self.scenarios.items():
             for gpu, n in avail.items():
                 if gpu not in self.gpus:
@@ -106,10 +109,12 @@ class PackingSpec:
                 if rtype not in self.request_types:
                     raise ConfigError(f"traces.{tname}.{rtype}",
                                       f"unknown request type, expected one of {sorted(self.request_types)}")
-                if not 0 <= share <= MAX_SIZE:
-                    raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share in [0, {MAX_SIZE:g}], got {share}")
-            if sum(shares.values()) <= 0:
-                raise ConfigError(f"traces.{tname}", "shares sum to 0")
+                if not 0 <= share <= 1:
+                    raise ConfigError(f"traces.{tname}.{rtype}", f"must be a share in [0, 1], got {share}")
+            total = sum(shares.values())
+            if abs(total - 1) > SHARE_SUM_SLACK:  # a typo (5.33 for 0.33) had been normalised away unsaid
+                raise ConfigError(f"traces.{tname}", f"shares sum to {total:g}, not 1 (within {SHARE_SUM_SLACK:g}: "
+                                  "each is the share of the trace's requests of its type)")
         if not self.cards:
             raise ConfigError("cards", "needs at least one config size, e.g. [1, 2, 4, 8]")
         if len(self.cards) != len(self.speedups):

@@ -203,8 +203,9 @@ class ScenarioSettings:
     time (refresh, lead and TTL are the sources' own seconds); 1: real time."""
 
     def check(self, where: str) -> None:
-        if not self.name.strip():
-            raise ConfigError("name", "must not be empty")
+        if not self.name.strip() or not self.name.isprintable() or len(self.name) > 200:  # it heads the report: an
+            # escape code or a newline broke its heading
+            raise ConfigError("name", f"must be printable, 1-200 characters, got {quoted(self.name)}")
         check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
         if not 0 <= self.seed < 2**63:
