@@ -105,11 +105,13 @@ class Spec:
         if len(names) < len(self.accelerators):
             dup = next(a.name for a in self.accelerators if sum(b.name == a.name for b in self.accelerators) > 1)
             raise ConfigError(f"accelerators[{dup}].name", f"duplicate accelerator {quoted(dup)}")
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # by the name in lower case, as a daemon config's (its Kubernetes objects') are
         for svc in self.services:
-            if svc.name in seen:
-                raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {quoted(svc.name)}")
-            seen.add(svc.name)
+            if (other := seen.get(svc.name.lower())) is not None:
+                raise ConfigError(f"services[{svc.name}].name", f"duplicate service name {quoted(svc.name)}" + (
+                    "" if other == svc.name else f" (as {quoted(other)}: names are compared in lower case, as a "
+                    "daemon config's are)"))
+            seen[svc.name.lower()] = svc.name
             for acc in svc.params:
                 if acc not in names:
                     raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "

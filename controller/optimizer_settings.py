@@ -81,13 +81,16 @@ class OptimizerSettings:
 
 
 def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
-    """Candidate batch sizes and power levels: non-empty, short enough to size, each in range."""
-    if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes):
+    """Candidate batch sizes and power levels: non-empty, short enough to size, each in range and given once (a
+    second 16 sized every shape twice)."""
+    if not 1 <= len(batch_sizes) <= MAX_CHOICES or not all(1 <= b <= MAX_BATCH for b in batch_sizes) or \
+            len(set(batch_sizes)) < len(batch_sizes):
         raise ConfigError(f"{where}.batch_sizes" if where else "batch_sizes",
-                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, got {shown(batch_sizes)}")
-    if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels):
+                          f"must be 1..{MAX_CHOICES} integers in 1..{MAX_BATCH}, each once, got {shown(batch_sizes)}")
+    if not 1 <= len(power_levels) <= MAX_CHOICES or not all(0 < p <= 1 for p in power_levels) or \
+            len(set(power_levels)) < len(power_levels):
         raise ConfigError(f"{where}.power_levels" if where else "power_levels",
-                          f"must be 1..{MAX_CHOICES} shares in (0, 1], got {shown(power_levels)}")
+                          f"must be 1..{MAX_CHOICES} shares in (0, 1], each once, got {shown(power_levels)}")
 
 
 def check_shapes(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...],
@@ -103,6 +106,7 @@ def check_shapes(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[f
 def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
     """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
     if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
-            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels):
+            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels) or \
+            len(set(clock_levels)) < len(clock_levels):
         raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
-                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], got {shown(clock_levels)}")
+                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], each once, got {shown(clock_levels)}")

@@ -89,7 +89,7 @@ def test_a_spec_takes_clock_levels_and_refuses_bad_ones_by_name(tmp_path: Path) 
     spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [0.5, 0.75, 1.0]'))
     assert load_spec(spec).clock_levels == (0.5, 0.75, 1.0)
     spec.write_text(text.replace('objective = "token_speed"', 'objective = "energy"\nclock_levels = [1.5]'))
-    with pytest.raises(ConfigError, match=r"clock_levels: must be 1..64 shares in \[0.1, 1\], got \[1.5\]"):
+    with pytest.raises(ConfigError, match=r"clock_levels: must be 1..64 shares in \[0.1, 1\], each once, got \[1.5\]"):
         load_spec(spec)
 
 

@@ -74,7 +74,11 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("initial_max_batch = 128", "initial_max_batch = 1000000000"),
          r"services\[batch-summaries\].initial_max_batch: must be in 1..4096, got 1000000000"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 1000000000]"),
-         r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, got \[16, 1000000000\]"),
+         r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, each once, got \[16, 1000000000\]"),
+        (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 16]"),  # sized each shape twice
+         r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, each once, got \[16, 16\]"),
+        (lambda t: t.replace("power_levels = [0.6, 0.75, 0.9, 1.0]", "power_levels = [0.6, 0.6]"),
+         r"optimizer.power_levels: must be 1..64 shares in \(0, 1\], each once, got \[0.6, 0.6\]"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = []"), "optimizer.batch_sizes: must be"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", f"batch_sizes = {list(range(1, 34))}")
          .replace("power_levels = [0.6, 0.75, 0.9, 1.0]", f"power_levels = {[k / 32 for k in range(1, 33)]}"),

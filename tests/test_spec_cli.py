@@ -31,13 +31,15 @@ def code_service(name: str) -> str:
 
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace('name = "code"', 'name = "chat"'), r"services\[chat\].name: duplicate service name 'chat'"),
+    (lambda t: t.replace('name = "code"', 'name = "CHAT"'),  # as a daemon config refuses them
+     r"services\[CHAT\].name: duplicate service name 'CHAT' \(as 'chat': names are compared in lower case"),
     (lambda t: t.replace('name = "code"', 'name = ""'), r"services\[1\].name: must not be empty"),
     (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = []"), "batch_sizes: must be 1..64"),
     (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = []"), "power_levels: must be 1..64"),
     (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", "power_levels = [-0.5, 3.0]"),
-     r"power_levels: must be 1..64 shares in \(0, 1\], got \[-0.5, 3.0\]"),
+     r"power_levels: must be 1..64 shares in \(0, 1\], each once, got \[-0.5, 3.0\]"),
     (lambda t: t.replace("power_levels = [0.6, 0.8, 1.0]", f"power_levels = {[0.5] * 65}"),
-     r"power_levels: must be 1..64 shares in \(0, 1\], got \[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, ...\] "
+     r"power_levels: must be 1..64 shares in \(0, 1\], each once, got \[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, ...\] "
      r"\(65 values\)"),
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmin_replicas = 5", 1),
      r"services\[chat\].min_replicas: must be between 0 and max_replicas \(4\), got 5"),
