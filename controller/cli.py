@@ -62,7 +62,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"wattscale: warning: {warning}", file=sys.stderr)
     if not args.file_only:
         probe_nvml(s)  # the driver, as `run` starts it (build_parts)
-    print(f"{args.file}: ok ({len(s.services)} services, budget {s.power.budget_w:.0f} W"
+    print(f"{args.file}: ok ({len(s.services)} service{'s' * (len(s.services) != 1)}, budget {s.power.budget_w:.0f} W"
           + ("; the file alone: this host was not probed)" if args.file_only else ")"))
     return 0
 

@@ -238,7 +238,7 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):
-            raise ConfigError(where, f"must be a {_type_name(tp)}, got {quoted(value)}")
+            raise ConfigError(where, f"must be {'a string' if tp is str else 'true or false'}, got {quoted(value)}")
         if tp is str and "\x00" in value:  # no name, path or URL holds one (a path with it raised ValueError)
             raise ConfigError(where, f"must not contain a NUL character, got {quoted(value)}")
         return value

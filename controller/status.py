@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from controller import strict_json
-from controller.config_loader import ConfigError, build, quoted, read_toml
+from controller.config_loader import ConfigError, build, read_toml
 from controller.decision_log import BOOT_ID, HOST, PID_NS
 from controller.settings import DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
@@ -48,9 +48,11 @@ def last_decision(path: Path) -> dict[str, Any]:
         raise ConfigError("daemon.decision_log", f"{path}: its last {TAIL_BYTES >> 20} MiB hold no whole decision "
                           f"record (the file is {size} bytes)")
     written = [line for line in lines if line.strip()]
-    if written:  # lines, none a decision: not "yet", but a file the daemon did not write (or cut by hand)
-        raise ConfigError("daemon.decision_log", f"{path}: no line of it is a decision record ({len(written)} "
-                          f"read; the last: {quoted(written[-1])}); is it the daemon's decision log?")
+    if written:  # lines, none a decision: not "yet", but a file the daemon did not write (or cut by hand); not
+        # quoted: a decision_log set to /etc/passwd printed one of its lines
+        lines_read = f"{len(written)} line{'s' * (len(written) != 1)}"
+        raise ConfigError("daemon.decision_log", f"{path}: no line of it is a decision record ({lines_read} read, "
+                          "none a JSON object holding services); is it the daemon's decision log?")
     raise ConfigError("daemon.decision_log", f"{path} holds no decision yet")
 
 

@@ -75,6 +75,11 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[batch-summaries\].initial_max_batch: must be in 1..4096, got 1000000000"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 1000000000]"),
          r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, each once, got \[16, 1000000000\]"),
+        # a Python type's name ("must be a str")
+        (lambda t: t.replace('state_dir = "../var/state"', "state_dir = 5"),
+         "daemon.state_dir: must be a string, got 5"),
+        (lambda t: t.replace("[actuators]", '[actuators]\nrestore_power_limits = "yes"'),
+         "actuators.restore_power_limits: must be true or false, got 'yes'"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 16]"),  # sized each shape twice
          r"optimizer.batch_sizes: must be 1..64 integers in 1..4096, each once, got \[16, 16\]"),
         (lambda t: t.replace("power_levels = [0.6, 0.75, 0.9, 1.0]", "power_levels = [0.6, 0.6]"),

@@ -142,6 +142,7 @@ def test_plan_options_that_do_not_apply_are_refused(tmp_path: Path, capsys: pyte
         ([PACKING, "--compare", "--plots", str(afile / "such")], f"--plots: {afile / 'such'}: cannot be written "
                                                                  "(Not a directory)"),
         ([PACKING, "--compare", "--requests", "10"], "--scenario/--trace/--requests: --compare runs every one"),
+        ([PACKING, "--compare", "--solver", "greedy"], "--solver: --compare runs every solver; give none"),
         ([ALLOCATION, "--requests", "10"], "--scenario/--trace/--requests: apply to packing specs only"),
     ]
     for argv, message in cases:

@@ -216,7 +216,7 @@ def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[.
     log.write_text("[" * 100_000 + "\n")
     assert main(["status", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"wattscale: daemon.decision_log: {log}: no line of it is a "
-                                                      "decision record (1 read; the last: '[[[[")
+                                                      "decision record (1 line read, none a JSON object")
 
 
 @pytest.mark.parametrize("line", ["garbage", "{}", "[]", "null"])
@@ -228,7 +228,11 @@ def test_a_log_of_lines_that_are_no_decision_says_so(sim_config: Callable[..., P
     log.write_text(line + "\n")
     assert main(["status", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (f"wattscale: daemon.decision_log: {log}: no line of it is a decision "
-                                               f"record (1 read; the last: '{line}'); is it the daemon's decision log?")
+                                               "record (1 line read, none a JSON object holding services); is it the "
+                                               "daemon's decision log?")
+    log.write_text(f"{line}\nroot:x:0:0:root:/root:/bin/bash\n")  # a foreign file's lines are not echoed
+    assert main(["status", "--config", str(path)]) == 2
+    assert "2 lines read" in (err := capsys.readouterr().err) and "root" not in err.replace(str(log), "")
     log.write_text("\n")
     assert main(["status", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: {log} holds no decision yet"

@@ -240,7 +240,7 @@ class CsvIntensityFeed:
                     self.points = parse_intensity_csv(f.read(), self.basis, self.name)
                 self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:
-            raise TransientBudgetError(f"{self.name}: {exc}", self.retry_s) from exc
+            raise TransientBudgetError(f"{self.name}: {self.path}: {exc.strerror or exc}", self.retry_s) from exc
         except (UnicodeDecodeError, csv.Error) as exc:
             raise MalformedAnswer(f"{self.name}: not a CSV text file ({exc})", self.retry_s) from exc
         except MalformedAnswer as exc:

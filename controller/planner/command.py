@@ -36,6 +36,8 @@ def plan_command(args: argparse.Namespace) -> int:
     if args.compare:
         if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "--compare runs every one; give neither")
+        if args.solver != "milp":  # the default: another was ignored unsaid
+            raise ConfigError("--solver", "--compare runs every solver; give none")
         return _compare(args, spec, plots)
     return _packing(args, spec)
 
