@@ -245,6 +245,8 @@ class AllocationSpec:
         for name in ("compute_efficiency", "mem_util"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(name, f"must be in (0, 1], got {quoted(getattr(self, name))}")
+        if self.token_storage == "whole_period" and self.token_retention_h != type(self).token_retention_h:
+            raise ConfigError("token_retention_h", 'applies with token_storage = "retained" only (it was ignored)')
         stray = sorted(set(self.tp_speedup) - {"1", "2", "4", "8"})  # taken and never read
         if stray:
             raise ConfigError(f"tp_speedup.{stray[0]}", "no TP degree: the degrees are 1, 2, 4 and 8")
