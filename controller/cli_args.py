@@ -212,8 +212,8 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
 def add_plan_args(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("spec", type=file, metavar="SPEC",
                     help="TOML planning spec, kind packing or allocation (docs/plan.md)")
-    pl.add_argument("--solver", default="milp", choices=["milp", "greedy", "homogeneous"],
-                    help="packing: milp, greedy or homogeneous (one GPU type); allocation: milp only")
+    pl.add_argument("--solver", default=None, choices=["milp", "greedy", "homogeneous"],
+                    help="packing: milp (the default), greedy or homogeneous (one GPU type); allocation: milp only")
     pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
     pl.add_argument("--plots", type=directory, default=None, metavar="DIR",
                     help="packing --compare: one PNG per scenario into DIR (created if its parent exists)")

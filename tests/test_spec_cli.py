@@ -139,15 +139,20 @@ def test_plan_options_that_do_not_apply_are_refused(tmp_path: Path, capsys: pyte
         ([PACKING, "--plots", str(tmp_path)], "--plots: applies with --compare only"),
         ([PACKING, "--gamma", "2"], "--gamma: applies to allocation specs only"),
         ([PACKING, "--compare", "--plots", str(afile)], f"--plots: {afile} exists and is not a directory"),
-        ([PACKING, "--compare", "--plots", str(afile / "such")], f"--plots: {afile / 'such'}: cannot be written "
-                                                                 "(Not a directory)"),
+        ([PACKING, "--compare", "--plots", str(afile / "such")], f"--plots: {afile / 'such'}: cannot be made: "
+                                                                 f"{afile} is not a directory"),
         ([PACKING, "--compare", "--requests", "10"], "--scenario/--trace/--requests: --compare runs every one"),
         ([PACKING, "--compare", "--solver", "greedy"], "--solver: --compare runs every solver; give none"),
+        ([PACKING, "--compare", "--solver", "milp"], "--solver: --compare runs every solver; give none"),
+        # refused before a folder is made (it had been left behind)
+        ([ALLOCATION, "--compare", "--plots", str(tmp_path / "made" / "by")], "--compare/--plots: apply to packing"),
+        ([str(tmp_path / "no-spec.toml"), "--compare", "--plots", str(tmp_path / "made" / "by")], "no such file"),
         ([ALLOCATION, "--requests", "10"], "--scenario/--trace/--requests: apply to packing specs only"),
     ]
     for argv, message in cases:
         assert main(["plan", *argv]) == 2, argv
         assert message in one_line(capsys)
+    assert not (tmp_path / "made").exists()
 
 
 def test_extreme_sizes_within_bounds_are_a_type_that_fits_nowhere(tmp_path: Path,

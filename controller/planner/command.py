@@ -21,11 +21,12 @@ def plan_command(args: argparse.Namespace) -> int:
         raise ConfigError("--plots", "applies with --compare only")
     plots = _plots_dir(args.plots)
     spec = load_plan_spec(Path(args.spec))
+    solver = args.solver or "milp"
     packing_options = args.scenario is not None or args.trace is not None or args.requests is not None
     if isinstance(spec, AllocationSpec):
         if args.compare:
             raise ConfigError("--compare/--plots", "apply to packing specs only")
-        if args.solver != "milp":
+        if solver != "milp":
             raise ConfigError("--solver", "an allocation spec is solved by milp only")
         if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "apply to packing specs only")
@@ -36,10 +37,10 @@ def plan_command(args: argparse.Namespace) -> int:
     if args.compare:
         if packing_options:
             raise ConfigError("--scenario/--trace/--requests", "--compare runs every one; give neither")
-        if args.solver != "milp":  # the default: another was ignored unsaid
+        if args.solver is not None:  # it was ignored unsaid
             raise ConfigError("--solver", "--compare runs every solver; give none")
         return _compare(args, spec, plots)
-    return _packing(args, spec)
+    return _packing(args, spec, solver)
 
 
 def _allocation(args: argparse.Namespace, spec: AllocationSpec) -> int:
@@ -66,6 +67,11 @@ def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) ->
                           f"{len(spec.scales)} scales = {instances} instances, past the {MAX_INSTANCES} it solves "
                           f"(each within time_limit_s, {spec.time_limit_s:g} s); name fewer scenarios, traces or "
                           "scales")
+    if plots is not None:  # before the solves: a folder that cannot be made is said at once
+        try:
+            plots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("--plots", f"{plots}: cannot be written ({exc.strerror or exc})") from None
     rows = compare(spec)
     print(strict_json.dumps(rows, indent=2) if args.json else compare_table(rows))
     if plots is not None:
@@ -78,7 +84,7 @@ def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) ->
     return 0
 
 
-def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
+def _packing(args: argparse.Namespace, spec: PackingSpec, solver: str) -> int:
     from controller.planner.packing import enumerate_configs
     from controller.planner.packing_report import Instance, result_json, solve_instance
 
@@ -89,7 +95,7 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
         raise ConfigError("--scenario/--trace", f"got {quoted(inst.scenario)} and {quoted(inst.trace)}; "
                           f"expected a scenario in {list(spec.scenarios)} and a trace in {list(spec.traces)}")
     configs = enumerate_configs(spec)
-    doc = result_json(configs, inst, solve_instance(spec, configs, inst, (args.solver,)))
+    doc = result_json(configs, inst, solve_instance(spec, configs, inst, (solver,)))
     if args.json:
         print(strict_json.dumps(doc, indent=2))
     else:
@@ -105,20 +111,20 @@ def _packing(args: argparse.Namespace, spec: PackingSpec) -> int:
             print(f"{r['solver']:<{width}} {cost:>12}  cards {cards}  {r['note']}".rstrip())
     if not any(r["feasible"] for r in doc["results"]):
         print(f"wattscale: plan: no feasible packing of {inst.requests} requests ({inst.trace}) on scenario "
-              f"{inst.scenario}'s cards with --solver {args.solver}", file=sys.stderr)
+              f"{inst.scenario}'s cards with --solver {solver}", file=sys.stderr)
         return 1
     return 0
 
 
 def _plots_dir(text: str | None) -> Path | None:
-    """--plots: a directory, made with its parents as `simulate --report` makes its own, before a long solve."""
+    """--plots: a directory, or one that can be made with its parents (as `simulate --report` makes its own), checked
+    before anything else is read; made only once the spec and its options are."""
     if text is None:
         return None
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise ConfigError("--plots", f"{path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--plots", f"{path}: cannot be written ({exc.strerror or exc})") from None
+    existing = next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError("--plots", f"{path}: cannot be made: {existing} is not a directory")
     return path
