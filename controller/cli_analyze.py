@@ -10,9 +10,11 @@ from controller import strict_json
 from controller.cli_args import FITTED_PROFILE_HELP
 from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
 from queuemodels import (
+    BatchChoice,
     Load,
     ModelInputError,
     PowerProfile,
+    QueueModel,
     ServerShape,
     ServiceParams,
     Targets,
@@ -21,6 +23,7 @@ from queuemodels import (
     get_model,
 )
 from queuemodels.accelerators import profile
+from queuemodels.batch_choice import BLOCK_LIMIT
 from queuemodels.types import NAMES
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
@@ -123,8 +126,20 @@ def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, 
         out["best_batch_for_power"] = None if by_power is None or by_power.performance is None else {
             "max_batch": by_power.max_batch, "power_w": by_power.performance.power_w}
         if out["best_batch_for_power"] is None:  # a bare null had said nothing of why
-            most = (f"the most any takes is {by_rate.max_rate_rps:.3g} rps (batch {by_rate.max_batch})"
-                    if by_rate.max_batch else "none meets them at any rate")
-            out["best_batch_for_power_why"] = (f"no batch size of {sorted(args.batch_sizes)} serves {load.rate_rps:g} "
-                                               f"rps within the targets without turning requests away: {most}")
+            out["best_batch_for_power_why"] = _why_none(args, model, params, load, shape, targets, prof, by_rate)
     return out
+
+
+def _why_none(args: argparse.Namespace, model: QueueModel, params: ServiceParams, load: Load, shape: ServerShape,
+              targets: Targets, prof: PowerProfile, by_rate: BatchChoice) -> str:
+    """Why no batch size serves --rate-rps within the targets: the rate is past what any takes, or one takes it but
+    turns more than BLOCK_LIMIT of requests away (its queue is full)."""
+    sizes = f"no batch size of {sorted(args.batch_sizes)} serves {load.rate_rps:g} rps within the targets"
+    if not by_rate.max_batch:
+        return f"{sizes}: none meets them at any rate"
+    if by_rate.max_rate_rps < load.rate_rps:
+        return f"{sizes}: the most any takes is {by_rate.max_rate_rps:.3g} rps (batch {by_rate.max_batch})"
+    blocked = model.analyze(params, load, dataclasses.replace(shape, max_batch=by_rate.max_batch),
+                            prof).block_probability
+    return (f"{sizes} without turning requests away: batch {by_rate.max_batch} meets them but turns {blocked:.2%} "
+            f"away (a full queue of {shape.max_queue}; at most {BLOCK_LIMIT:.1%})")

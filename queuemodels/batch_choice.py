@@ -27,6 +27,8 @@ class BatchChoice:
 
 TIE = RATE_REL_TOL
 """Relative difference within which two batches' rates (or draws) are a tie."""
+BLOCK_LIMIT = 1e-3
+"""Most of its requests a batch serving a load may turn away (its queue full) and still count as serving it."""
 
 
 def best_batch_for_rate(
@@ -68,7 +70,7 @@ def best_batch_for_power(
             perf = model.analyze(params, load, ServerShape(n, max_queue, power_cap_w), profile)
         except ModelInputError:
             continue
-        if perf.meets(targets) and perf.block_probability <= 1e-3:
+        if perf.meets(targets) and perf.block_probability <= BLOCK_LIMIT:
             fits.append((n, perf))
     if not fits:
         return None

@@ -82,8 +82,14 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
     best = out["best_batch_for_rate"]
     assert out["best_batch_for_power"] is None and isinstance(best, dict)
     assert out["best_batch_for_power_why"] == (
-        "no batch size of [8, 16, 32, 64, 128, 256] serves 1000 rps within the targets without turning requests "
-        f"away: the most any takes is {best['max_rate_rps']:.3g} rps (batch {best['max_batch']})")
+        "no batch size of [8, 16, 32, 64, 128, 256] serves 1000 rps within the targets: the most any takes is "
+        f"{best['max_rate_rps']:.3g} rps (batch {best['max_batch']})")
+    # a rate one batch takes within the targets, but with a queue of 2 that turns 5 % away: it had said the rate
+    out = run([*BASE, "--max-queue", "2", "--accelerator", "H100-SXM", *SLO, "--batch-sizes", "8,16,32"], capsys)
+    assert out["best_batch_for_power"] is None
+    assert out["best_batch_for_power_why"] == (
+        "no batch size of [8, 16, 32] serves 10 rps within the targets without turning requests away: batch 32 meets "
+        "them but turns 4.96% away (a full queue of 2; at most 0.1%)")
 
 
 def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pytest.CaptureFixture[str]) -> None:
