@@ -64,19 +64,28 @@ def check_name(name: str, where: str) -> None:
     if not name.strip():
         raise ConfigError(f"{where}.name", "must not be empty")
     if not NAME.fullmatch(name):
-        shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
-        raise ConfigError(f"{where}.name", f"must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at "
-                          f"each end (it names log lines, metrics and Kubernetes objects), got {shown}")
+        raise ConfigError(f"{where}.name", f"{RULE} (it names log lines, metrics and Kubernetes objects), got "
+                          f"{_start(name)}")
+
+
+KEY = re.compile(_PART)
+"""A spec table's key: NAME's part alone (a '/' made a plot's file name a folder that does not exist)."""
 
 
 def check_keys(table: dict[str, Any], where: str) -> None:
-    """Refuse a table's key outside NAME (a spec's GPU, model or trace names: "" printed a blank row, "A10:int8" a
+    """Refuse a table's key outside KEY (a spec's GPU, model or trace names: "" printed a blank row, "A10:int8" a
     tier label another GPU and precision also make)."""
     for key in table:
-        if not NAME.fullmatch(key):
-            shown = repr(key[:40]) + ("..." if len(key) > 40 else "")
-            raise ConfigError(where, f"name {shown} must be 1-253 letters, digits, '.', '_' or '-', a letter or digit "
-                              "at each end")
+        if not KEY.fullmatch(key):
+            raise ConfigError(where, f"name {_start(key)} {RULE}")
+
+
+RULE = "must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"
+"""What NAME and KEY take, as an error line says it."""
+
+
+def _start(name: str) -> str:
+    return repr(name[:40]) + ("..." if len(name) > 40 else "")
 
 
 def item_path(where: str, index: int, value: object) -> str:

@@ -411,6 +411,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "gpus: name '' must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"),
     ("seed001-allocation.toml", "[gpus.T4]", '[gpus."A10:int8"]',
      "gpus: name 'A10:int8' must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"),
+    ("seed002-packing.toml", "scarce    = {", '"a/b" = {',  # a name a --plots file could not be written under
+     "scenarios: name 'a/b' must be 1-253 letters, digits, '.', '_' or '-', a letter or digit at each end"),
 ])
 def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, old: str, new: str, message: str) -> None:
