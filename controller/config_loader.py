@@ -31,6 +31,11 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+UNIQUE = {"unique": True}
+"""A list field's metadata where its class's check refuses an entry given twice: the schemas say so (uniqueItems; a
+CRD's `x-kubernetes-list-type: set`, as the API server takes no uniqueItems)."""
+
+
 def check_positive(obj: object, where: str, names: tuple[str, ...], allow_zero: bool = False) -> None:
     """Refuse the first of `names` on `obj` that is not finite and > 0 (>= 0 with allow_zero)."""
     for name in names:

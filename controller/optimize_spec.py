@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from controller.config_loader import (
+    UNIQUE,
     ConfigError,
     build,
     check_name,
@@ -82,11 +83,11 @@ class Spec:
     """What to optimise."""
     mode: Literal["predicted", "caps"] = "predicted"
     """Budget predicted draw or caps."""
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    batch_sizes: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata=UNIQUE)
     """Candidate max batch sizes."""
-    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    power_levels: tuple[float, ...] = field(default=(0.6, 0.7, 0.8, 0.9, 1.0), metadata=UNIQUE)
     """Candidate caps as shares of the maximum limit."""
-    clock_levels: tuple[float, ...] = (1.0,)
+    clock_levels: tuple[float, ...] = field(default=(1.0,), metadata=UNIQUE)
     """Candidate locked SM clocks as shares of the maximum (1.0: unlocked; docs/clocks.md)."""
     transition_penalty: float = 0.0
     """Penalty on changes (no current allocation in a spec)."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, quoted, shown
+from controller.config_loader import UNIQUE, ConfigError, check_positive, check_range, quoted, shown
 from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_SHAPES
 from queuemodels import DEFAULT_MODEL, MODELS
 
@@ -20,11 +20,11 @@ class OptimizerSettings:
     cycle whose candidates make more than 2,000,000 combinations."""
     queue_model: str = DEFAULT_MODEL
     """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    batch_sizes: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata=UNIQUE)
     """Candidate `--max-num-seqs` values."""
-    power_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
+    power_levels: tuple[float, ...] = field(default=(0.6, 0.7, 0.8, 0.9, 1.0), metadata=UNIQUE)
     """Candidate power caps as shares of each accelerator's maximum limit."""
-    clock_levels: tuple[float, ...] = (1.0,)
+    clock_levels: tuple[float, ...] = field(default=(1.0,), metadata=UNIQUE)
     """Candidate locked SM clocks as shares of each GPU's maximum (1.0: unlocked); levels below 1 need a clock
     backend (`actuators.clocks`)."""
     energy_weight: float = 0.0

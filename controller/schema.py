@@ -98,6 +98,8 @@ class SchemaWriter:
             prop = {**self.of(hints[f.name]), **self.extra.get(f"{cls.__name__}.{f.name}", {})}
             if f.name in bounds:
                 self._bound(prop, bounds[f.name])
+            if f.metadata.get("unique"):
+                prop.update({"x-kubernetes-list-type": "set"} if self.crd else {"uniqueItems": True})
             if f.name in docs:
                 prop["description"] = docs[f.name]
             default = _default(f)

@@ -2,12 +2,12 @@
 the object validated against the `openAPIV3Schema` (types, enums, minimum/maximum, required, lengths), each
 failure a cause naming its field as the server's 422 Invalid does (`spec.variants[0].accelerator`).
 
-The validation is `jsonschema`'s Draft 4 (OpenAPI 3.0's schema is Draft 4's, with a boolean
-`exclusiveMinimum`), with the two OpenAPI additions the CRDs use: `nullable`, and an integer being any
-integral number (as the server's go-openapi validator reads JSON numbers). An update is ratcheted as the
-server (Kubernetes 1.30 and later) ratchets it: a field that fails the schema but is unchanged from the
-stored object (written under an older schema: stored objects are never re-validated) does not refuse the
-write, so a status can still be written on it. CEL rules are not emulated (the CRDs in deploy/ have none).
+The validation is `jsonschema`'s Draft 4 (OpenAPI 3.0's schema is Draft 4's, with a boolean `exclusiveMinimum`),
+with the OpenAPI additions the CRDs use: `nullable`, `x-kubernetes-list-type: set` (no item twice), and an integer
+being any integral number (as the server's go-openapi validator reads JSON numbers). An update is ratcheted as the
+server (Kubernetes 1.30 and later) ratchets it: a field that fails the schema but is unchanged from the stored
+object (written under an older schema: stored objects are never re-validated) does not refuse the write, so a status
+can still be written on it. CEL rules are not emulated (the CRDs in deploy/ have none).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     for key in ("items", "additionalProperties"):
         if isinstance(schema.get(key), dict):
             out[key] = _nullable(schema[key])
+    if schema.get("x-kubernetes-list-type") == "set":  # the server refuses an item given twice
+        out["uniqueItems"] = True
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
         if "enum" in out:
@@ -113,6 +115,10 @@ def _cause(error: jsonschema.ValidationError) -> Cause:
         got = JSON_TYPES.get(type(error.instance), "object")
         return Cause(where, "FieldValueTypeInvalid", f"Invalid value: {shown}: {where} in body must be of type "
                      f"{want}: {json.dumps(got)}")
+    if error.validator == "uniqueItems":  # a set list's: the second of two equal items
+        again = next(i for i, v in enumerate(error.instance) if v in error.instance[:i])
+        return Cause(f"{where}[{again}]", "FieldValueDuplicate",
+                     f"Duplicate value: {json.dumps(error.instance[again])}")
     bound = error.schema.get(error.validator)
     exclusive = error.schema.get(f"exclusive{str(error.validator).capitalize()}")
     said = {"minimum": f"should be greater than {'' if exclusive else 'or equal to '}{bound}",

@@ -76,7 +76,9 @@ def test_the_schema_refuses_what_it_can_express_naming_each_field(
     bad_policies = {"spec.power.budget_w": {**pp, "spec": {**pp["spec"], "power": {"budget_w": -1.0}}},
                     "spec.safe_cap_share": with_spec(pp, safe_cap_share=1.5),
                     "spec.plan_ttl_s": with_spec(pp, plan_ttl_s=1.0),
-                    "spec.accelerators[0].name": with_spec(pp, accelerators=[{"name": "B300", "count": 4}])}
+                    "spec.accelerators[0].name": with_spec(pp, accelerators=[{"name": "B300", "count": 4}]),
+                    # a list the operator refuses with an item given twice: the schema says so (a set)
+                    "spec.optimizer.batch_sizes[2]": with_spec(pp, optimizer={"batch_sizes": [16, 32, 16]})}
     for field, body in bad_policies.items():
         causes = refused(lambda body=body: custom.create_cluster_custom_object(GROUP, VERSION, POLICIES, body))
         assert [c["field"] for c in causes] == [field], causes

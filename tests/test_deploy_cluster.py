@@ -142,6 +142,8 @@ def test_the_schemas_carry_the_bounds_the_loaders_check_and_the_shipped_files_me
         "type": "number", "minimum": 0.1, "maximum": 3600.0, "default": 1.0, "description": ""}
     assert {k: config["power"]["properties"]["budget_w"][k] for k in ("exclusiveMinimum", "maximum")} == {
         "exclusiveMinimum": 0.0, "maximum": 1e8}
+    assert all(config["optimizer"]["properties"][k]["uniqueItems"] for k in ("batch_sizes", "power_levels",
+                                                                            "clock_levels"))  # refused twice
     paths = {"config": [ROOT / "config" / "sim.toml", ROOT / "config" / "examples" / "host.toml"],
              "optimize-spec": [ROOT / "config" / "examples" / "optimize.toml"]}
     for plan in sorted((ROOT / "config" / "plans").glob("*.toml")):
