@@ -398,8 +398,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "4 = 3.6, 8 = 6.6 }", "tp_speedup.3: no TP degree: the degrees are 1, 2, 4 and 8"),  # ignored without a word
     ("seed001-allocation.toml", "[gpus.T4]", "[gpus.T4]\ntp_degrees = [1, 1, 1]",
      "gpus.T4.tp_degrees: must be a subset of [1, 2, 4, 8], each once, got [1, 1, 1]"),
-    ("seed001-allocation.toml", "mem_util = 0.9", "mem_util = 0.9\ntoken_retention_h = 5",  # beside whole_period
-     'token_retention_h: applies with token_storage = "retained" only (it was ignored)'),
+    *(("seed001-allocation.toml", "mem_util = 0.9", f"mem_util = 0.9\ntoken_retention_h = {h}",  # ignored unsaid
+       'token_retention_h: applies with token_storage = "retained" only') for h in (5, 1.0)),
     ("seed002-packing.toml", "cards = [1, 2, 4, 8]", "cards = []",  # had blamed speedups
      "cards: needs at least one config size, e.g. [1, 2, 4, 8]"),
     ("seed002-packing.toml", "swiss_ai = { t1 = 0.33", "swiss_ai = { t1 = 0.93",  # had been normalised away

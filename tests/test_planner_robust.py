@@ -275,7 +275,8 @@ def _storage_spec(reading: str) -> AllocationSpec:
                           queries={"q": q}, models={"m": ModelSpec(14.0, 0.0005)},
                           gpus={"g": GpuSpec(1.0, 80, 300, tp_degrees=(1,), available=8)},
                           precisions={"fp16": Precision()}, rental_period_h=10.0, max_replicas=4,
-                          token_storage=reading, token_retention_h=1.0)  # type: ignore[arg-type]
+                          token_storage=reading,  # type: ignore[arg-type]
+                          token_retention_h=1.0 if reading == "retained" else None)
 
 
 def test_whole_period_reading_bills_every_token_for_the_period_apart_from_capacity() -> None:

@@ -169,7 +169,7 @@ class AllocationModel:
         """$ per period for the tokens of query type i's whole demand, served (x = 1): billed for the whole
         period (the seed's reading) or for their retention (docs/plan.md, "Token storage")."""
         s, qt = self.spec, self.spec.queries[i]
-        hours = s.rental_period_h if s.token_storage == "whole_period" else s.token_retention_h
+        hours = s.rental_period_h if s.token_storage == "whole_period" else s.retention_h
         return s.storage_rate * hours * qt.token_size_gb * qt.tokens * qt.arrival_rate_qph * s.rental_period_h
 
     def token_storage_gb(self, i: str) -> float:
@@ -177,7 +177,7 @@ class AllocationModel:
         s, qt = self.spec, self.spec.queries[i]
         if s.token_storage == "whole_period":
             return 0.0
-        return qt.token_size_gb * qt.tokens * qt.arrival_rate_qph * s.token_retention_h
+        return qt.token_size_gb * qt.tokens * qt.arrival_rate_qph * s.retention_h
 
     def _robust_row(self, i: str, routes: list[tuple[str, tuple[str, str]]], figure: Callable[[str, str, Tier],
                     float], deviation: DeviationName, limit: float, name: str) -> list[tuple[int, float]]:

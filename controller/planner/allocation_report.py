@@ -142,7 +142,7 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
                    "worst_case": a.worst_case,
                    "deviations": {f"{g}:{p}": asdict(spec.deviation((g, p))) for g, p in spec.tiers()}},
         "token_storage": spec.token_storage,
-        "token_retention_h": spec.token_retention_h if spec.token_storage == "retained" else None,
+        "token_retention_h": spec.retention_h if spec.token_storage == "retained" else None,
         "allocation": [{"query": i, "model": j, "gpu": k[0], "precision": k[1], "share": v}
                        for (i, j, k), v in sorted(a.shares.items())],
         "deployments": [{"model": j, "gpu": k[0], "precision": k[1], "tp": tp, "replicas": r, "gpus": tp * r}

@@ -19,6 +19,10 @@ from controller.settings_checks import MAX_REPLICAS
 MAX_ROUTES = 20_000
 """Most (query type x model x GPU type x precision) routes the MILP takes, a few variables and rows each: 20,000
 built and solved in 7 s and 0.3 GB, 256,000 in 27 s and 2.3 GB (building is outside time_limit_s)."""
+HOURS_MAX = 8784.0
+"""Longest rental period or retention: a leap year."""
+RETENTION_H = 1.0
+"""How long a served query's tokens are kept under token_storage "retained" where token_retention_h is not set."""
 
 
 @dataclass(frozen=True)
@@ -219,17 +223,22 @@ class AllocationSpec:
     reading: every token billed for the whole rental period, on storage apart from storage_capacity_gb).
     "retained" is the default as the only reading in which the storage paid for must also exist (docs/plan.md,
     "Token storage"); `wattscale plan` prints which reading a plan used."""
-    token_retention_h: float = 1.0
-    """Hours a served query's tokens are kept (token_storage "retained")."""
+    token_retention_h: float | None = None
+    """Hours a served query's tokens are kept (token_storage "retained" only; unset: RETENTION_H)."""
     time_limit_s: float = 10.0
     """Solver time limit."""
 
+    @property
+    def retention_h(self) -> float:
+        """How long a served query's tokens are kept under "retained"."""
+        return RETENTION_H if self.token_retention_h is None else self.token_retention_h
+
     def check(self, where: str) -> None:
-        check_positive(self, "", ("budget", "rental_period_h", "time_limit_s", "token_retention_h"))
+        check_positive(self, "", ("budget", "rental_period_h", "time_limit_s"))
         check_range(self, "", ("time_limit_s",), 0.0, MAX_TIME_LIMIT_S, low_open=True)
         check_positive(self, "", ("storage_rate", "storage_capacity_gb"), allow_zero=True)
         check_range(self, "", ("budget",), 0.0, 1e12, low_open=True)
-        check_range(self, "", ("rental_period_h", "token_retention_h"), 0.0, 8784.0, low_open=True)  # a leap year
+        check_range(self, "", ("rental_period_h",), 0.0, HOURS_MAX, low_open=True)
         check_range(self, "", ("storage_rate",), 0.0, 1e3)
         check_range(self, "", ("storage_capacity_gb",), 0.0, 1e9)
         for name in ("queries", "models", "gpus", "precisions"):
@@ -245,8 +254,10 @@ class AllocationSpec:
         for name in ("compute_efficiency", "mem_util"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(name, f"must be in (0, 1], got {quoted(getattr(self, name))}")
-        if self.token_storage == "whole_period" and self.token_retention_h != type(self).token_retention_h:
-            raise ConfigError("token_retention_h", 'applies with token_storage = "retained" only (it was ignored)')
+        if self.token_retention_h is not None:
+            if self.token_storage == "whole_period":  # it was ignored unsaid
+                raise ConfigError("token_retention_h", 'applies with token_storage = "retained" only')
+            check_range(self, "", ("token_retention_h",), 0.0, HOURS_MAX, low_open=True)
         stray = sorted(set(self.tp_speedup) - {"1", "2", "4", "8"})  # taken and never read
         if stray:
             raise ConfigError(f"tp_speedup.{stray[0]}", "no TP degree: the degrees are 1, 2, 4 and 8")
