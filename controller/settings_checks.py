@@ -68,10 +68,9 @@ def check_settings(s: Settings) -> None:
     _one_prior_per_engine(s)
     _backends(s)
     if s.optimizer.time_limit_s >= s.daemon.slow_interval_s:
-        raise ConfigError("optimizer.time_limit_s", f"{s.optimizer.time_limit_s:g} s (its default is "
-                          f"{type(s.optimizer).time_limit_s:g} s) must be "
-                          f"shorter than daemon.slow_interval_s ({s.daemon.slow_interval_s:g} s): lower the one or "
-                          "raise the other")
+        default = " (its default)" if s.optimizer.time_limit_s == type(s.optimizer).time_limit_s else ""
+        raise ConfigError("optimizer.time_limit_s", f"{s.optimizer.time_limit_s:g} s{default} must be shorter than "
+                          f"daemon.slow_interval_s ({s.daemon.slow_interval_s:g} s): lower the one or raise the other")
     if s.uses_sim:
         _simulated_host(s)
     minimum_fits(s.accelerators, s.services)

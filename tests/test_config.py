@@ -162,8 +162,11 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntransition_penalty = -0.1'),
          r"optimizer.transition_penalty: must be in \[0, 1\], got -0.1"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\ntime_limit_s = 20'),
-         r"optimizer.time_limit_s: 20 s \(its default is 2 s\) must be shorter than daemon.slow_interval_s \(15 s\): "
-         "lower the one or raise the other"),
+         r"optimizer.time_limit_s: 20 s must be shorter than daemon.slow_interval_s \(15 s\): lower the one or raise "
+         "the other"),
+        # a file that never set time_limit_s, whose slow_interval_s is within its own range
+        (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = 2.0"),
+         r"optimizer.time_limit_s: 2 s \(its default\) must be shorter than daemon.slow_interval_s \(2 s\)"),
         (lambda t: t.replace("min_replicas = 1", "min_replicas = 4"),
          r"services\[batch-summaries\].min_replicas: the services' min_replicas up to here add up to 12, more "
          r"replicas than the accelerators hold \(8\)"),
