@@ -157,11 +157,9 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
 
 
 def _running(pid: Any, where: tuple[Any, Any, Any]) -> bool | None:
-    """Whether process `pid` runs, where the record was written on this host, in this pid namespace, since its boot
-    (a daemon stopped or restarted since left its last cycle reading as current for STALE_CYCLES; a reused pid
-    reads as running, as before)."""
-    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22):
-        raise ValueError(f"pid {pid!r:.40}")  # the daemon writes its own: 0 and -1 would signal a process group
+    """Whether process `pid` (checked: controller/status_record.py) runs, where the record was written on this host,
+    in this pid namespace, since its boot (a daemon stopped or restarted since left its last cycle reading as
+    current for STALE_CYCLES; a reused pid reads as running, as before)."""
     if where != (HOST, PID_NS, BOOT_ID) or None in where or pid is None:  # another host's, a container's pids
         return None
     try:

@@ -35,12 +35,6 @@ def amount(value: Any, path: str) -> None:
         raise _bad(value, path)
 
 
-def reading(value: Any, path: str) -> None:
-    """A window's figure: a number (NaN where none was measured, as an older daemon wrote it) or a flag."""
-    if not isinstance(value, int | float):  # bool is an int
-        raise _bad(value, path)
-
-
 def whole(value: Any, path: str) -> None:
     """A count: replicas, a batch (no bool, no 2.7)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -49,8 +43,14 @@ def whole(value: Any, path: str) -> None:
 
 def latency(value: Any, path: str) -> None:
     """A window's latency: >= 0, or NaN where none was measured (as an older daemon wrote it)."""
-    reading(value, path)
-    if isinstance(value, bool) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _bad(value, path)
+
+
+def pid(value: Any, path: str) -> None:
+    """A process id: 0 and -1 would signal a process group, not a process; Linux's are below 2^22."""
+    whole(value, path)
+    if not 0 < value < 1 << 22:
         raise _bad(value, path)
 
 
@@ -111,7 +111,7 @@ RECORD = table({
     "budget_w": amount, "predicted_w": optional(amount), "draw_w": optional(amount),
     "degradation": optional(table({"step": text, "gpus_held_below_plan": whole})),
     "budget": optional(table({"why": optional(text)})),
-    "errors": optional(items), "blocked": optional(items), "config": optional(text),
+    "errors": optional(items), "blocked": optional(items), "config": optional(text), "pid": optional(pid),
 }, ("services", "budget_w"))
 
 
