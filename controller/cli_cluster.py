@@ -124,7 +124,7 @@ def _operator(args: argparse.Namespace) -> int:
         raise ConfigError("operator", str(exc)) from None
     problem = unwritable(Path(args.state_dir))
     if problem is not None:  # every leading step would fail on it while the Lease is held
-        raise ConfigError("--state-dir", problem)
+        raise ConfigError("--state-dir", str(problem))
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),

@@ -12,6 +12,7 @@ import socket
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,12 +52,19 @@ def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metri
             raise ConfigError(fields[1], f"cannot bind {listen}:{port} ({exc.strerror})") from None
 
 
-NOT_A_DIRECTORY = " is not a directory"
-"""How `unwritable` ends where the folder, or the part of its path that exists, is a file."""
+@dataclass(frozen=True)
+class NotAFolder:
+    """Where a directory's path meets a file: it can never be a folder, whatever its permissions."""
+
+    file: Path
+
+    def __str__(self) -> str:
+        return f"{self.file} is not a directory"
 
 
-def unwritable(directory: Path) -> str | None:
-    """Why files could not be created in `directory` (or the parents it would be made in); None if they can."""
+def unwritable(directory: Path) -> str | NotAFolder | None:
+    """Why files could not be created in `directory` (or the parents it would be made in): a reason, or the file in
+    its way; None if they can."""
     probe = directory
     try:
         while not probe.exists() and probe.parent != probe:
@@ -64,7 +72,7 @@ def unwritable(directory: Path) -> str | None:
     except OSError as exc:  # a name past the file system's (ENAMETOOLONG): exists() raises it
         return f"{shortened(str(directory), 80)} cannot be a directory ({exc.strerror or exc})"
     if not probe.is_dir():
-        return f"{probe}{NOT_A_DIRECTORY}"
+        return NotAFolder(probe)
     try:  # a file made and dropped: os.access says yes to root on a read-only or virtual file system
         with tempfile.TemporaryFile(dir=probe):
             pass
@@ -194,8 +202,8 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
         if not stat.S_ISREG(mode):  # a FIFO would block its reader or writer
             raise ConfigError(field, f"{path} is not a regular file")
     problem = unwritable(settings.state_path.parent)
-    if problem is not None and problem.endswith(NOT_A_DIRECTORY):  # a file where the folder must be: refused, as a
-        # tuner state or decision log that is a folder is (it ran with no lock, no state and no log, each said wrong)
+    if isinstance(problem, NotAFolder):  # refused, as a tuner state or decision log that is a folder is (it ran with
+        # no lock, no state and no log, each said wrong)
         raise ConfigError("daemon.state_dir", f"{problem}: the daemon keeps its lock, tuner state and decision log "
                           "in this folder")
     if problem is not None:
