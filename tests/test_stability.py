@@ -49,6 +49,20 @@ def test_fewer_replicas_pass_whole_while_the_site_is_over_budget_with_caps_cut()
     assert gate.admit(12.0, "bulk", now, Assignment("H100-SXM", 5, 64, 600.0), urgent=True) == now  # cooling
 
 
+def test_nothing_that_adds_draw_passes_while_the_site_is_over_budget_at_its_floors() -> None:
+    """A trial at a budget between the idle draw and the floors' draw: the slow loop added replicas while every
+    limit was at its floor (planned at its caps' draws, they drew their floors), over budget again each time.
+    Past its cooldown, a growth, a move or a new max batch is held while urgent; a lower cap still passes."""
+    gate = StabilityGate(StabilitySettings(cooldown_s=60.0, confirm_cycles=1, max_replica_step=2))
+    now = Assignment("H100-SXM", 2, 64, 420.0)
+    assert gate.admit(100.0, "code", now, Assignment("H100-SXM", 4, 64, 420.0), urgent=True) == now
+    assert gate.admit(101.0, "code", now, Assignment("L40S", 2, 64, 300.0), urgent=True) == now
+    assert gate.admit(102.0, "code", now, Assignment("H100-SXM", 2, 128, 400.0), urgent=True) == replace(
+        now, power_cap_w=400.0)
+    assert gate.admit(103.0, "code", now, Assignment("H100-SXM", 4, 64, 420.0)) == Assignment(
+        "H100-SXM", 4, 64, 420.0)  # once the governor holds the budget again
+
+
 def test_cooldown_counts_from_a_change_the_actuators_took() -> None:
     gate = StabilityGate(StabilitySettings(cooldown_s=60.0))
     more = Assignment("H100-SXM", 3, 64, 600.0)
