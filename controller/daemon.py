@@ -39,6 +39,7 @@ from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError, unchecked
 from controller.control import Controller
 from controller.decision_log import DecisionLog
+from controller.idle_floor import idle_w
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
 from controller.sdnotify import Notifier
@@ -54,13 +55,11 @@ class Daemon:
     def __init__(self, config_path: Path, settings: Settings, registry: CollectorRegistry | None = None,
                  kube: Any = None) -> None:
         """`kube`: the kubernetes backend's client where preflight built one (None: built here, as it names)."""
-        self.config_path = config_path
-        self.settings = settings
+        self.config_path, self.settings = config_path, settings
         self.registry = registry or CollectorRegistry()
         self.metrics = OwnMetrics(self.registry)
         # sources report what they survive by themselves through the controller (built next, called later)
-        self.parts = build_parts(settings, on_error=lambda kind, message: self.controller.error(kind, message),
-                                 kube=kube)
+        self.parts = build_parts(settings, None, lambda kind, message: self.controller.error(kind, message), kube)
         self.tuner = Tuner(settings.state_path, queue_model=settings.optimizer.queue_model)
         p = self.parts
         self.controller = Controller(settings, p.gpus, p.vllm, p.power, p.batch, p.replicas, self.tuner, self.metrics,
@@ -173,12 +172,13 @@ class Daemon:
 
     def signal_endpoints(self) -> list[BoundedServer]:
         """The demand-response sources' loopback endpoints, where they name a port."""
-        servers = []
-        for name, source in self.settings.budget.sources if self.settings.budget is not None else ():
+        servers, s = [], self.settings
+        for name, source in s.budget.sources if s.budget is not None else ():
             if isinstance(source, DemandResponseSettings) and source.port:
                 try:
-                    servers.append(serve_signals(resolve(self.settings.base_dir, source.path), source.port,
-                                                 self.metrics.errors.labels("signal_client").inc, self.budget_due.set))
+                    servers.append(serve_signals(resolve(s.base_dir, source.path), source.port, idle_w=idle_w(s),
+                                                 dropped=self.metrics.errors.labels("signal_client").inc,
+                                                 stored=self.budget_due.set))
                 except OSError as exc:
                     raise ConfigError(f"power.budget.sources[{name}].port", f"cannot listen on 127.0.0.1:"
                                       f"{source.port}: {exc.strerror or exc}") from None

@@ -80,6 +80,20 @@ def test_the_handler_stores_a_valid_signal_from_loopback_only(tmp_path: Path) ->
     assert status == 500 and "could not store" in reply["error"]
 
 
+def test_a_signal_says_what_it_replaces_and_warns_of_a_budget_under_the_idle_draw(tmp_path: Path) -> None:
+    """One file holds one signal: a short event posted during a long one had erased it without a word, and a
+    budget below the fleet's idle draw was taken with a plain 200."""
+    path = str(tmp_path / "signal.json")
+    assert "replaced" not in accept_signal("::1", "POST", json.dumps(SIGNAL).encode(), T0, path)[1]
+    short = {**SIGNAL, "budget_w": 300, "deadline": "2026-12-01T15:10:00Z"}
+    status, reply = accept_signal("::1", "POST", json.dumps(short).encode(), T0, path, idle_w=760.0)
+    assert status == 200 and reply["replaced"] == {"budget_w": 1500.0, "deadline_s": T0 + 1800.0}
+    assert reply["warning"] == ("300 W is below the fleet's idle draw, 760 W: every GPU is held at its floor until "
+                                "the deadline, and the site still draws more")
+    later = accept_signal("::1", "POST", json.dumps(SIGNAL).encode(), T0 + 900.0, path)[1]  # the short one ended
+    assert "replaced" not in later and "warning" not in later
+
+
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server whose POSTs go to accept_signal at time T0; it stops itself after 10 s."""

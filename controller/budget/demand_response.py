@@ -119,9 +119,12 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def accept_signal(client_host: str, method: str, body: bytes, now: float, path: str) -> tuple[int, dict[str, Any]]:
+def accept_signal(client_host: str, method: str, body: bytes, now: float, path: str,
+                  idle_w: float = 0.0) -> tuple[int, dict[str, Any]]:
     """Handle one request to the signal endpoint: (HTTP status, JSON reply). Only POSTs from a loopback
-    address are taken; a signal whose deadline has passed is refused."""
+    address are taken; a signal whose deadline has passed is refused. The reply says which signal in force the
+    stored one replaces (one file holds one signal), and warns of a budget under the fleet's idle draw `idle_w`
+    (taken, as the utility asks it, but no cap can meet it)."""
     if not is_loopback(client_host):
         return 403, {"error": "signals are taken from loopback only"}
     if method != "POST":
@@ -136,8 +139,26 @@ def accept_signal(client_host: str, method: str, body: bytes, now: float, path: 
         return 400, {"error": str(exc)}
     if signal.deadline_s <= now:
         return 400, {"error": "deadline has passed"}
+    before = _in_force(path, now)
     try:
         store_signal(path, signal)
     except OSError as exc:
         return 500, {"error": f"could not store the signal: {exc.strerror}"}
-    return 200, {"budget_w": signal.budget_w, "deadline_s": signal.deadline_s}
+    reply: dict[str, Any] = {"budget_w": signal.budget_w, "deadline_s": signal.deadline_s}
+    if before is not None:
+        reply["replaced"] = {"budget_w": before.budget_w, "deadline_s": before.deadline_s}
+    if signal.budget_w < idle_w:
+        reply["warning"] = (f"{signal.budget_w:g} W is below the fleet's idle draw, {idle_w:g} W: every GPU is held "
+                            "at its floor until the deadline, and the site still draws more")
+    return 200, reply
+
+
+def _in_force(path: str, now: float) -> DemandSignal | None:
+    """The signal the file holds, where its deadline is still ahead (none where there is no such file, or one
+    that does not parse: a new signal replaces it all the same)."""
+    try:
+        with open_plain(path, "rb") as f:
+            signal = parse_signal(loads(f.read(MAX_SIGNAL_BYTES + 1)), "signal file")
+    except (OSError, ValueError, RecursionError, MalformedAnswer):
+        return None
+    return signal if signal.deadline_s > now else None

@@ -8,6 +8,7 @@ a grid-event script lowers the budget with one request:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -32,19 +33,36 @@ nothing held every slot for the server-wide 10 s, each time they were opened aga
 
 
 def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None,
-                  stored: Callable[[], None] = lambda: None) -> BoundedServer:
+                  stored: Callable[[], None] = lambda: None, idle_w: float = 0.0) -> BoundedServer:
     """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
     (controller.bounded_server): a connection is cut REQUEST_CUT_S after it was accepted, however it sends, and at
-    most MAX_CLIENTS are served at once. A client gone before its answer is counted through `dropped` each time
-    and logged the first time; `stored` is called once a signal is stored (the daemon steps its budget then)."""
-    logged = threading.Event()
+    most MAX_CLIENTS are served at once. A client gone before its answer, or a signal refused, is counted through
+    `dropped` each time and logged the first time of its kind (a signal that could not be stored, every time);
+    `stored` is called once a signal is stored (the daemon steps its budget then), and the signal logged with what
+    it replaces. `idle_w`: the fleet's idle draw, which a signal's budget below is warned of."""
+    logged: set[str] = set()
+    lock = threading.Lock()
 
-    def hung_up(why: str) -> None:
+    def hung_up(why: str, kind: str = "client", level: int = logging.WARNING) -> None:
         dropped()
-        if not logged.is_set():
-            logged.set()
-            log.warning("demand-response endpoint: a client %s (counted in wattscale_errors_total"
-                        "{kind=\"signal_client\"}; logged once)", why)
+        with lock:
+            first = kind not in logged
+            logged.add(kind)
+        if first or level >= logging.ERROR:
+            log.log(level, "demand-response endpoint: %s%s (counted in wattscale_errors_total"
+                    "{kind=\"signal_client\"}%s)", "a client " if kind == "client" else "", why,
+                    "" if level >= logging.ERROR else "; logged once")
+
+    def said(status: int, reply: dict[str, Any]) -> None:
+        if status == 200:
+            replaced = reply.get("replaced")
+            log.log(logging.WARNING if "warning" in reply else logging.INFO, "demand-response signal stored: %g W "
+                    "until %s%s%s", reply["budget_w"], _iso(reply["deadline_s"]),
+                    "" if replaced is None else f", replacing {replaced['budget_w']:g} W until "
+                    f"{_iso(replaced['deadline_s'])}", f"; {reply['warning']}" if "warning" in reply else "")
+        elif status >= 400 and status != 404:
+            hung_up(f"a signal refused ({status}): {reply['error']}", f"refused {status}",
+                    logging.ERROR if status >= 500 else logging.WARNING)
 
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_CUT_S  # each read's; the connection's whole time is the server's cut
@@ -53,11 +71,11 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
             pass  # the source logs what a signal changes
 
         def _answer(self, method: str) -> None:
-            try:
-                length = max(0, min(int(self.headers.get("Content-Length") or 0), MAX_SIGNAL_BYTES + 1))
-            except ValueError:
-                status, reply = 400, {"error": "Content-Length is not a number"}
+            refusal = _length_refusal(self.headers.get("Content-Length"), method)
+            if refusal is not None:
+                status, reply = refusal
             else:
+                length = min(int(self.headers.get("Content-Length") or 0), MAX_SIGNAL_BYTES + 1)
                 body = self.rfile.read(length) if method == "POST" else b""
                 if method == "POST" and len(body) < length:  # closed with its body short: nobody reads an answer
                     hung_up(f"sent {len(body)} of its {length} body bytes and closed")
@@ -65,9 +83,11 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                 if urllib.parse.urlsplit(self.path).path != "/signal":  # read first: a reset would hide the 404
                     status, reply = 404, {"error": "no such endpoint; POST a signal to /signal"}
                 else:
-                    status, reply = accept_signal(self.client_address[0], method, body, time.time(), path)
+                    status, reply = accept_signal(self.client_address[0], method, body, time.time(), path, idle_w)
                     if method == "POST" and status == 200:
                         stored()
+            if method == "POST":
+                said(status, reply)
             data = strict_json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -85,3 +105,20 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                            per_address=MAX_CLIENTS)  # loopback
     serve_in_thread(server, "wattscale-signal")
     return server
+
+
+def _length_refusal(given: str | None, method: str) -> tuple[int, dict[str, Any]] | None:
+    """The answer to a Content-Length no body can be read by: none on a POST (a chunked body, read as empty, had
+    said "not JSON"), not a number, or negative; None where it is a count."""
+    if given is None:
+        return (411, {"error": "a signal needs a Content-Length header (a chunked body is not read)"}) \
+            if method == "POST" else None
+    try:
+        length = int(given)
+    except ValueError:
+        return 400, {"error": "Content-Length is not a number"}
+    return (400, {"error": "Content-Length must be >= 0"}) if length < 0 else None
+
+
+def _iso(t_s: float) -> str:
+    return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")
