@@ -41,7 +41,7 @@ from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.idle_floor import idle_w
 from controller.own_metrics import OwnMetrics
-from controller.reload import check_reload
+from controller.reload import changes, check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.startup import RELOAD_ASKED, STOP_ASKED, Asked
@@ -202,9 +202,9 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", unchecked(str(self.config_path), exc))
         else:
             self.controller.reconfigure(new)
-            self.settings = new
+            old, self.settings = self.settings, new
             self.metrics.reloads.labels("ok").inc()
-            log.info("config reloaded: budget %.0f W, %d services", new.power.budget_w, len(new.services))
+            log.info("config reloaded: changed %s; %s", changes(old, new), self._status())
         self.notifier.ready(self._status())
 
     def _status(self) -> str:

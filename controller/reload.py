@@ -67,3 +67,29 @@ def _restart(where: str, running: object, asked: object, why: str = "") -> Confi
         return quoted(list(v) if isinstance(v, tuple) else v)
 
     return ConfigError(where, f"changes need a restart{why}: {shown(running)} runs, the file asks {shown(asked)}")
+
+
+def changes(old: Settings, new: Settings, most: int = 5) -> str:
+    """What a reload changed, as its log line says it: each field that differs, by its path, from what ran to what
+    the file asks (`most` of them, then a count); "nothing" for a file edited to the same settings."""
+    found: list[str] = []
+    _diff("", old, new, found)
+    if not found:
+        return "nothing"
+    return ", ".join(found[:most]) + (f" and {len(found) - most} more" if len(found) > most else "")
+
+
+def _diff(where: str, a: object, b: object, found: list[str]) -> None:
+    if a == b:
+        return
+    if is_dataclass(a) and type(a) is type(b):
+        for f in fields(a):
+            _diff(f"{where}.{f.name}" if where else f.name, getattr(a, f.name), getattr(b, f.name), found)
+        return
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and all(
+            is_dataclass(x) and hasattr(x, "name") for x in (*a, *b)):  # services and accelerator types, by name
+        for x, y in zip(a, b, strict=True):
+            _diff(f"{where}[{x.name}]", x, y, found)
+        return
+    shown = (quoted(list(v) if isinstance(v, tuple) else v) for v in (a, b))
+    found.append(f"{where} {' -> '.join(shown)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -412,6 +413,28 @@ def test_sighup_with_a_bad_bound_keeps_the_running_config(tmp_path: Path, old: s
     daemon.reload()
     assert daemon.settings is before
     assert daemon.registry.get_sample_value("wattscale_config_reloads_total", {"result": "refused"}) == 1.0
+
+
+def test_a_reload_says_what_it_changed_and_the_budget_in_force(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Its line gave the configured budget (a source's lower one in force) and said nothing of what changed: a
+    10 MB comment read as a reload like any other."""
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD)
+    daemon = Daemon(path, load_settings(path))
+    path.write_text(GOOD.replace("budget_w = 4000", "budget_w = 3000").replace("ttft_ms = 300", "ttft_ms = 250", 1)
+                    .replace("cooldown_s = 60", "cooldown_s = 90"))
+    with caplog.at_level(logging.INFO, logger="wattscale.daemon"):
+        daemon.reload()
+        path.write_text(path.read_text() + "# a comment\n")
+        daemon.reload()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config reloaded")]
+    assert lines == ["config reloaded: changed power.budget_w 4000.0 -> 3000.0, services[chat].ttft_ms 300.0 -> 250.0, "
+                     "stability.cooldown_s 60.0 -> 90.0; budget 3000 W, 3 services",
+                     "config reloaded: changed nothing; budget 3000 W, 3 services"], lines
 
 
 def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path: Path,

@@ -217,7 +217,7 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_runs(tmp_path: Pat
             if proc.poll() is None:
                 proc.kill()
     text = log_path.read_text()
-    assert "config reloaded: budget 4000 W, 3 services" in text and "Traceback" not in text, text
+    assert "config reloaded: changed nothing; budget 4000 W, 3 services" in text and "Traceback" not in text, text
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
