@@ -151,7 +151,7 @@ class Controller:
         s = self.settings
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
         if changes or self.budget_from is not None:
-            record["budget"] = {"why": self.budget_from and self.budget_from[1], "changes": changes}
+            record["budget"] = {"why": self.handoff.why(s.power.budget_w), "changes": changes}
         in_force = {}
         for svc in s.services:
             got, self.draining[svc.name] = self.enforcer.in_force(svc.name, self.variants[svc.name],

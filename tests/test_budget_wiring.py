@@ -66,6 +66,14 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     assert record["budget_w"] == 2600.0 and "grid event 42" in record["budget"]["why"]
     ctl.reconfigure(load_settings(path))  # a reload keeps the sources' budget
     assert ctl.governor.settings.budget_w == 2600.0
+    # a reload to a budget under the sources': the record had kept naming the signal as why
+    path.write_text(path.read_text().replace("budget_w = 4000", "budget_w = 2000", 1))
+    ctl.reconfigure(load_settings(path))
+    assert ctl.governor.settings.budget_w == 2000.0
+    daemon.slow()
+    record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["budget_w"] == 2000.0
+    assert record["budget"]["why"] == "power.budget_w (the sources' 2600 W is above it)"
     daemon.parts.close()
 
 
