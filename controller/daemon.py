@@ -69,9 +69,7 @@ class Daemon:
                                      failed=self.metrics.errors.labels("budget_source").inc))
         """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
         delays no loop."""
-        self.notifier = Notifier()
-        self.stop_event = threading.Event()
-        self.budget_due = threading.Event()
+        self.notifier, self.stop_event, self.budget_due = Notifier(), threading.Event(), threading.Event()
         """Set by a demand-response endpoint once it stored a signal: the budget is stepped then, not a tick later."""
         self.slow_due = threading.Event()
         self.slow_started = time.monotonic()
@@ -149,7 +147,7 @@ class Daemon:
 
     def step_budget(self) -> None:
         """Step the budget sources at the wall clock's time (schedules and forecasts are in real time); a new
-        budget reaches the governor at once."""
+        budget reaches the governor at once, and what `status` says of it stays current."""
         assert self.budget is not None
         try:
             budget = self.budget.step(time.time())
@@ -159,7 +157,8 @@ class Daemon:
             return
         if budget.change is not None:
             self.metrics.budget_changes.labels(budget.source or "fallback").inc()
-            self.controller.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", self.now())
+        self.controller.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", self.now(),
+                                   budget.change is not None)  # a why that moved alone is kept fresh, not a change
 
     def budget_worker(self) -> None:
         self.step_budget()

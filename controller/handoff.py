@@ -39,13 +39,14 @@ class Handoff:
             self._latest = self._next = settings
             self._to_governor()
 
-    def set_budget(self, budget_w: float, why: str, now: float) -> None:
+    def set_budget(self, budget_w: float, why: str, now: float, changed: bool = True) -> None:
         """The budget sources moved the budget: the governor takes it at once, the next plan plans for it, the
-        decision log says why."""
+        decision log says why; `changed` False: the same budget for a why of its own (kept current, no change)."""
         with self._lock:
             self.budget_from = (budget_w, why)
-            self._to_governor()
-            self._changes.append({"t": round(now, 3), "budget_w": self.governor.settings.budget_w, "why": why})
+            if changed:
+                self._to_governor()
+                self._changes.append({"t": round(now, 3), "budget_w": self.governor.settings.budget_w, "why": why})
 
     def take(self) -> tuple[Settings | None, list[dict[str, Any]]]:
         """For the slow loop's tick: the settings of a reload since the last (None: none), and the budget's changes."""

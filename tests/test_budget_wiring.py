@@ -64,6 +64,14 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     assert ctl._problem().budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
     record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
     assert record["budget_w"] == 2600.0 and "grid event 42" in record["budget"]["why"]
+    # the same budget for another reason (or a source's newer error, a signal's time left): what status reads of it
+    # is kept current, where it had kept the first why for as long as the budget stood; no change is recorded
+    signal.write_text(json.dumps({"budget_w": 2600, "deadline": deadline, "reason": "grid event 43"}))
+    daemon.step_budget()
+    assert ctl.budget_from is not None and "grid event 43" in ctl.budget_from[1]
+    daemon.slow()
+    record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
+    assert "grid event 43" in record["budget"]["why"] and record["budget"]["changes"] == []
     ctl.reconfigure(load_settings(path))  # a reload keeps the sources' budget
     assert ctl.governor.settings.budget_w == 2600.0
     # a reload to a budget under the sources': the record had kept naming the signal as why
