@@ -149,9 +149,10 @@ class Controller:
         if settings is not None:
             self._adopt(settings)
         s = self.settings
-        record: dict[str, Any] = {"t": round(now, 3), "budget_w": self.power(s).budget_w, "services": {}}
-        if changes or self.budget_from is not None:
-            record["budget"] = {"why": self.handoff.why(s.power.budget_w), "changes": changes}
+        budget_w, why = self.handoff.budget(s.power.budget_w)
+        record: dict[str, Any] = {"t": round(now, 3), "budget_w": budget_w, "services": {}}
+        if changes or why is not None:
+            record["budget"] = {"why": why, "changes": changes}
         in_force = {}
         for svc in s.services:
             got, self.draining[svc.name] = self.enforcer.in_force(svc.name, self.variants[svc.name],
@@ -250,13 +251,10 @@ class Controller:
                                                    or planned.max_batch < current.max_batch):
                 degradation["shrunk_for_budget"].append(svc.name)
             m.show_short(svc.name, result.reason, result.short_rps)
-            if result.short_rps > 0:
-                self.estimator.short.add(svc.name)
-            else:
-                self.estimator.short.discard(svc.name)
-            pending.append(Pending(svc.name, svc.priority, current, planned,
-                                   self.gate.admit(now, svc.name, current, planned,
-                                                   result.reason if result.short_rps > 0 else None, urgent)))
+            (self.estimator.short.add if result.short_rps > 0 else self.estimator.short.discard)(svc.name)
+            pending.append(Pending(svc.name, svc.priority, current, planned, self.gate.admit(
+                now, svc.name, current, planned, result.reason if result.short_rps > 0 else None, urgent,
+                svc.min_replicas)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")

@@ -55,13 +55,16 @@ class Handoff:
             changes, self._changes = self._changes, []
         return settings, changes
 
-    def why(self, configured_w: float) -> str | None:
-        """Why the budget is what it is: the sources' reason where their budget is under the configured one (a
-        reload to a budget under theirs had kept naming them); None where no source has said."""
+    def budget(self, configured_w: float) -> tuple[float, str | None]:
+        """The budget in force and why, from one read of the sources' (the budget thread may move it between two):
+        their reason where their budget is under the configured one (a reload to a budget under theirs had kept
+        naming them); why None where no source has said."""
         source = self.budget_from
         if source is None:
-            return None
-        return source[1] if source[0] < configured_w else f"power.budget_w (the sources' {source[0]:.0f} W is above it)"
+            return configured_w, None
+        if source[0] < configured_w:
+            return source
+        return configured_w, f"power.budget_w (the sources' {source[0]:.0f} W is not below it)"
 
     def power(self, settings: Settings) -> PowerSettings:
         """The power settings in force: the configured budget, lowered by the budget sources where they say."""

@@ -3,13 +3,13 @@
 Changes that lower power pass at once (a budget is a hard limit): lower caps always, and fewer replicas, whole,
 while the site is over its budget with every limit at its floor (`urgent`: the governor is exhausted; only fewer
 replicas bring the draw down then, and confirming them would leave the site over its budget for `confirm_cycles`
-cycles); while urgent nothing else passes, no added replica, move or restart. Adding replicas otherwise waits out
-only the service's cooldown. What costs capacity to make - a new max batch (a rolling restart), fewer replicas, or
-a move to another accelerator type - must also be asked for `confirm_cycles` cycles in a row, so one noisy
-estimate does not set it off. Replicas move at most `max_replica_step`, caps at most `max_cap_step_w` up, per
-cycle; a move starts the new variant with at most `max_replica_step` replicas at the plan's cap for its type (a
-cap of one type says nothing of another's, so while a move waits for confirmation what runs keeps its own cap; the
-governor holds the budget meanwhile).
+cycles); while urgent nothing else passes: no replica past min_replicas, no restart, and a move waits while what
+it leaves shrinks. Adding replicas otherwise waits out only the service's cooldown. What costs capacity to make -
+a new max batch (a rolling restart), fewer replicas, or a move to another accelerator type - must also be asked
+for `confirm_cycles` cycles in a row, so one noisy estimate does not set it off. Replicas move at most
+`max_replica_step`, caps at most `max_cap_step_w` up, per cycle; a move starts the new variant with at most
+`max_replica_step` replicas at the plan's cap for its type (a cap of one type says nothing of another's, so while
+a move waits for confirmation what runs keeps its own cap; the governor holds the budget meanwhile).
 
 A new max batch also waits, up to `short_restart_hold_s`, while the plan leaves its service short of
 capacity with no replica to add ("replicas": at `max_replicas`; "inventory": no free GPU): a rolling restart
@@ -59,20 +59,22 @@ class StabilityGate:
         return shape_n, shrink_n
 
     def admit(self, now: float, service: str, current: Assignment, planned: Assignment,
-              short_reason: str | None = None, urgent: bool = False) -> Assignment:
+              short_reason: str | None = None, urgent: bool = False, least: int = 0) -> Assignment:
         """What of `planned` may be applied now, starting from `current`; `short_reason` is why the plan leaves
-        the service short of its load (None: it does not); `urgent`: over budget with every limit at its floor."""
+        the service short of its load (None: it does not); `urgent`: over budget with every limit at its floor;
+        `least`: the service's min_replicas, which it regains even while urgent."""
         s = self.settings
         shape_n, shrink_n = self._streaks(service, current, planned)
         held = self._restart_held(now, service, short_reason)
         if planned == current:
             return current
-        if urgent:  # fewer replicas, whole and at once; nothing that adds a GPU's draw (a replica, a move: the plan
-            # that asks for them reads the draws at its caps, not the floors the governor holds, where a replica
-            # slowed past its load draws its whole floor) and no restart
-            if planned.accelerator != current.accelerator:  # a cap of one type says nothing of another's
-                return current
-            return replace(current, replicas=min(planned.replicas, current.replicas),
+        if urgent:  # fewer replicas, whole and at once; nothing that adds a GPU's draw (a replica past min_replicas,
+            # a move: the plan that asks for them reads the draws at its caps, not the floors the governor holds,
+            # where a replica slowed past its load draws its whole floor) and no restart
+            if planned.accelerator != current.accelerator:  # a move waits; what it leaves shrinks now, as the plan
+                # counted it gone (a cap of one type says nothing of another's)
+                return replace(current, replicas=min(current.replicas, max(least, 1)))
+            return replace(current, replicas=max(min(planned.replicas, current.replicas), min(planned.replicas, least)),
                            power_cap_w=min(planned.power_cap_w, current.power_cap_w))
         cooling = now - self.last_change_s.get(service, -float("inf")) < s.cooldown_s
         if planned.accelerator != current.accelerator:

@@ -81,7 +81,7 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     daemon.slow()
     record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
     assert record["budget_w"] == 2000.0
-    assert record["budget"]["why"] == "power.budget_w (the sources' 2600 W is above it)"
+    assert record["budget"]["why"] == "power.budget_w (the sources' 2600 W is not below it)"
     daemon.parts.close()
 
 

@@ -56,11 +56,17 @@ def test_nothing_that_adds_draw_passes_while_the_site_is_over_budget_at_its_floo
     gate = StabilityGate(StabilitySettings(cooldown_s=60.0, confirm_cycles=1, max_replica_step=2))
     now = Assignment("H100-SXM", 2, 64, 420.0)
     assert gate.admit(100.0, "code", now, Assignment("H100-SXM", 4, 64, 420.0), urgent=True) == now
-    assert gate.admit(101.0, "code", now, Assignment("L40S", 2, 64, 300.0), urgent=True) == now
     assert gate.admit(102.0, "code", now, Assignment("H100-SXM", 2, 128, 400.0), urgent=True) == replace(
         now, power_cap_w=400.0)
     assert gate.admit(103.0, "code", now, Assignment("H100-SXM", 4, 64, 420.0)) == Assignment(
         "H100-SXM", 4, 64, 420.0)  # once the governor holds the budget again
+    # a move waits, and what it leaves shrinks to min_replicas (at least one) now, as the plan counted it gone (the
+    # whole move refused had left the site over budget, and the same move asked for every cycle)
+    four = replace(now, replicas=4)
+    assert gate.admit(104.0, "code", four, Assignment("L40S", 1, 64, 300.0), urgent=True) == replace(four, replicas=1)
+    assert gate.admit(105.0, "code", four, Assignment("L40S", 1, 64, 300.0), urgent=True, least=2) == now
+    # a service below its min_replicas (a unit that crashed, nothing yet running) regains them while urgent
+    assert gate.admit(106.0, "code", replace(now, replicas=0), now, urgent=True, least=1) == replace(now, replicas=1)
 
 
 def test_cooldown_counts_from_a_change_the_actuators_took() -> None:
