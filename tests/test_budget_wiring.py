@@ -85,6 +85,39 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     daemon.parts.close()
 
 
+def test_the_operators_budget_thread_keeps_the_why_current_as_the_daemon_does(sim_config: Callable[..., Path],
+                                                                              tmp_path: Path) -> None:
+    """Cluster mode steps the policy's sources in a thread of its own (controller/cluster/budget_thread.py); it had
+    kept the first reason for as long as the budget stood."""
+    from controller.cluster.budget_thread import BudgetThread
+
+    signal = tmp_path / "signal.json"
+    path = with_budget(sim_config, signal)
+    daemon = Daemon(path, load_settings(path))
+    ctl = daemon.controller
+    deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
+    signal.write_text(json.dumps({"budget_w": 2600, "deadline": deadline, "reason": "grid event 42"}))
+    thread = BudgetThread(daemon.metrics, str(tmp_path))
+
+    def says(reason: str) -> bool:  # within 10 s (the thread steps the sources every fast tick, 1 s)
+        deadline_s = time.monotonic() + 10.0
+        while time.monotonic() < deadline_s:
+            if ctl.budget_from is not None and reason in ctl.budget_from[1]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    thread.restart(daemon.settings, ctl, daemon.now)
+    try:
+        assert says("grid event 42")
+        signal.write_text(json.dumps({"budget_w": 2600, "deadline": deadline, "reason": "grid event 43"}))
+        assert says("grid event 43")
+    finally:
+        thread.stop()
+        daemon.parts.close()
+    assert ctl.governor.settings.budget_w == 2600.0
+
+
 def test_the_budget_table_is_checked_and_its_change_needs_a_restart(sim_config: Callable[..., Path],
                                                                     tmp_path: Path) -> None:
     before = load_settings(with_budget(sim_config, tmp_path / "a.json"))
