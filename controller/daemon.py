@@ -175,9 +175,9 @@ class Daemon:
         for name, source in s.budget.sources if s.budget is not None else ():
             if isinstance(source, DemandResponseSettings) and source.port:
                 try:
-                    servers.append(serve_signals(resolve(s.base_dir, source.path), source.port, idle_w=idle_w(s),
-                                                 dropped=self.metrics.errors.labels("signal_client").inc,
-                                                 stored=self.budget_due.set))
+                    servers.append(serve_signals(resolve(s.base_dir, source.path), source.port,
+                                                 self.metrics.errors.labels("signal_client").inc, self.budget_due.set,
+                                                 lambda: idle_w(self.settings)))  # a reload may change the fleet
                 except OSError as exc:
                     raise ConfigError(f"power.budget.sources[{name}].port", f"cannot listen on 127.0.0.1:"
                                       f"{source.port}: {exc.strerror or exc}") from None

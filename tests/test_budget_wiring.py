@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_the_signal_endpoint_says_a_chunked_body_and_counts_and_logs_what_it_ref
     from controller.budget.endpoint import serve_signals
 
     port, refused = free_port(), []
-    server = serve_signals(str(tmp_path / "signal.json"), port, lambda: refused.append(1), idle_w=760.0)
+    server = serve_signals(str(tmp_path / "signal.json"), port, lambda: refused.append(1), idle_w=lambda: 760.0)
 
     def send(head: bytes, body: bytes = b"") -> str:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
@@ -220,31 +221,40 @@ def test_the_signal_endpoint_says_a_chunked_body_and_counts_and_logs_what_it_ref
             return b"".join(iter(lambda: conn.recv(4096), b"")).decode()
 
     signal = json.dumps({"budget_w": 300, "deadline": "2099-01-01T00:00:00Z"}).encode()
+    other = json.dumps({"budget_w": 400, "deadline": "2099-01-01T00:00:00Z"}).encode()
+    post = b"Content-Length: %d\r\n" % len(signal)  # both are as long
     try:
         with caplog.at_level(logging.INFO, logger="controller.budget.endpoint"):
             assert send(b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(signal), signal)) \
                 .startswith("HTTP/1.0 411")
+            assert send(post + b"Transfer-Encoding: chunked\r\n", signal).startswith("HTTP/1.0 411")  # framing read
             assert send(b"Content-Length: -5\r\n").startswith("HTTP/1.0 400")
             assert send(b"Content-Length: 2\r\n", b"{}").startswith("HTTP/1.0 400")
-            stored = send(b"Content-Length: %d\r\n" % len(signal), signal)
+            stored = send(post, signal)
             assert stored.startswith("HTTP/1.0 200") and "below the fleet's idle draw, 760 W" in stored
-            again = send(b"Content-Length: %d\r\n" % len(signal), signal)  # replaces the first
+            again = send(post, other)  # replaces the first
             assert again.startswith("HTTP/1.0 200") and '"replaced": {"budget_w": 300' in again
+            assert send(post, other).startswith("HTTP/1.0 200")  # the same again: said at DEBUG only
             server.shutdown()
             server.server_close()
             gone = tmp_path / "gone" / "signal.json"
             server = serve_signals(str(gone), port, lambda: refused.append(1))
-            assert send(b"Content-Length: %d\r\n" % len(signal), signal).startswith("HTTP/1.0 500")
-            assert send(b"Content-Length: %d\r\n" % len(signal), signal).startswith("HTTP/1.0 500")
+            assert send(post, signal).startswith("HTTP/1.0 500") and send(post, signal).startswith("HTTP/1.0 500")
+            gone.parent.mkdir()
+            assert send(post, signal).startswith("HTTP/1.0 200")  # a store again: the next failure is said
+            shutil.rmtree(gone.parent)
+            assert send(post, signal).startswith("HTTP/1.0 500")
     finally:
         server.shutdown()
         server.server_close()
-    assert len(refused) == 5 and not gone.exists()  # 411, 400, 400 and both 500s
+    assert len(refused) == 7  # 411, 411, 400, 400 and the three 500s
     lines = [r.getMessage() for r in caplog.records]
     assert sum("a signal refused (400)" in line for line in lines) == 1  # once for its kind
-    assert sum("a signal refused (500): could not store the signal" in line for line in lines) == 2  # each time
-    assert any(line.startswith("demand-response signal stored: 300 W until 2099-01-01T00:00:00+00:00, replacing "
-                               "300 W until 2099-01-01T00:00:00+00:00; 300 W is below") for line in lines), lines
+    assert sum("a signal refused (500): could not store the signal" in line for line in lines) == 2  # once a run
+    assert sum(line.startswith("demand-response signal stored") for line in lines) == 3, lines  # not the same one
+    assert any(line.startswith("demand-response signal stored: 400 W until 2099-01-01T00:00:00+00:00, replacing 300 W "
+                               "until 2099-01-01T00:00:00+00:00; 400 W is below the fleet's idle draw, 760 W")
+               for line in lines), lines
 
 
 def test_the_signal_endpoint_takes_signals_at_slash_signal_only(tmp_path: Path) -> None:

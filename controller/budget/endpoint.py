@@ -20,6 +20,7 @@ from typing import Any
 from controller import strict_json
 from controller.bounded_server import BoundedServer, serve_in_thread
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
+from controller.telemetry.base import shortened
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +34,42 @@ nothing held every slot for the server-wide 10 s, each time they were opened aga
 
 
 def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None,
-                  stored: Callable[[], None] = lambda: None, idle_w: float = 0.0) -> BoundedServer:
+                  stored: Callable[[], None] = lambda: None, idle_w: Callable[[], float] = lambda: 0.0,
+                  ) -> BoundedServer:
     """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
     (controller.bounded_server): a connection is cut REQUEST_CUT_S after it was accepted, however it sends, and at
     most MAX_CLIENTS are served at once. A client gone before its answer, or a signal refused, is counted through
-    `dropped` each time and logged the first time of its kind (a signal that could not be stored, every time);
-    `stored` is called once a signal is stored (the daemon steps its budget then), and the signal logged with what
-    it replaces. `idle_w`: the fleet's idle draw, which a signal's budget below is warned of."""
+    `dropped` each time and logged the first time of its kind (a signal that could not be stored: the first of each
+    run of them); `stored` is called once a signal is stored (the daemon steps its budget then), and the signal
+    logged with what it replaces (at DEBUG where it is the same signal again). `idle_w`: the fleet's idle draw now,
+    which a signal's budget below is warned of."""
     logged: set[str] = set()
     lock = threading.Lock()
+    """Held over the logged kinds, and over a signal's read of the one in force and its store (two POSTs at once
+    would each say they replaced the same one)."""
 
     def hung_up(why: str, kind: str = "client", level: int = logging.WARNING) -> None:
         dropped()
         with lock:
             first = kind not in logged
             logged.add(kind)
-        if first or level >= logging.ERROR:
+        if first:
             log.log(level, "demand-response endpoint: %s%s (counted in wattscale_errors_total"
-                    "{kind=\"signal_client\"}%s)", "a client " if kind == "client" else "", why,
-                    "" if level >= logging.ERROR else "; logged once")
+                    "{kind=\"signal_client\"}; logged once%s)", "a client " if kind == "client" else "", why,
+                    " a run" if level >= logging.ERROR else "")
 
     def said(status: int, reply: dict[str, Any]) -> None:
         if status == 200:
-            replaced = reply.get("replaced")
-            log.log(logging.WARNING if "warning" in reply else logging.INFO, "demand-response signal stored: %g W "
-                    "until %s%s%s", reply["budget_w"], _iso(reply["deadline_s"]),
+            logged.discard("refused 500")  # stored again: the next failure to store is said
+            replaced, warning = reply.get("replaced"), reply.get("warning")
+            same = replaced is not None and (replaced["budget_w"], replaced["deadline_s"]) == (
+                reply["budget_w"], reply["deadline_s"])
+            log.log(logging.DEBUG if same else logging.WARNING if warning else logging.INFO,
+                    "demand-response signal stored: %g W until %s%s%s", reply["budget_w"], _iso(reply["deadline_s"]),
                     "" if replaced is None else f", replacing {replaced['budget_w']:g} W until "
-                    f"{_iso(replaced['deadline_s'])}", f"; {reply['warning']}" if "warning" in reply else "")
+                    f"{_iso(replaced['deadline_s'])}", f"; {warning}" if warning else "")
         elif status >= 400 and status != 404:
-            hung_up(f"a signal refused ({status}): {reply['error']}", f"refused {status}",
+            hung_up(f"a signal refused ({status}): {shortened(reply['error'], 200)}", f"refused {status}",
                     logging.ERROR if status >= 500 else logging.WARNING)
 
     class Handler(BaseHTTPRequestHandler):
@@ -71,7 +79,7 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
             pass  # the source logs what a signal changes
 
         def _answer(self, method: str) -> None:
-            refusal = _length_refusal(self.headers.get("Content-Length"), method)
+            refusal = _length_refusal(self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding"), method)
             if refusal is not None:
                 status, reply = refusal
             else:
@@ -83,7 +91,9 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
                 if urllib.parse.urlsplit(self.path).path != "/signal":  # read first: a reset would hide the 404
                     status, reply = 404, {"error": "no such endpoint; POST a signal to /signal"}
                 else:
-                    status, reply = accept_signal(self.client_address[0], method, body, time.time(), path, idle_w)
+                    with lock:
+                        status, reply = accept_signal(self.client_address[0], method, body, time.time(), path,
+                                                      idle_w())
                     if method == "POST" and status == 200:
                         stored()
             if method == "POST":
@@ -107,12 +117,12 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
     return server
 
 
-def _length_refusal(given: str | None, method: str) -> tuple[int, dict[str, Any]] | None:
+def _length_refusal(given: str | None, transfer: str | None, method: str) -> tuple[int, dict[str, Any]] | None:
     """The answer to a Content-Length no body can be read by: none on a POST (a chunked body, read as empty, had
     said "not JSON"), not a number, or negative; None where it is a count."""
-    if given is None:
-        return (411, {"error": "a signal needs a Content-Length header (a chunked body is not read)"}) \
-            if method == "POST" else None
+    if given is None or transfer is not None:
+        return (411, {"error": "a signal needs a Content-Length header and no Transfer-Encoding (a chunked body "
+                               "is not read)"}) if method == "POST" else None
     try:
         length = int(given)
     except ValueError:
