@@ -31,7 +31,7 @@ from controller.handoff import Handoff
 from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan
-from controller.settings import PowerSettings, Settings
+from controller.settings import Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import Inventory, Pending, StabilityGate
 from controller.telemetry.base import GpuSource, ServiceWindow, VllmSource
@@ -72,6 +72,8 @@ class Controller:
         the planned variant's cap is its assignment's."""
         self.settings = settings
         self.handoff = Handoff(settings, self.fast.governor, metrics)
+        self.tick_power = self.handoff.power(settings)
+        """The power settings a slow tick plans, checks and records against: one read of the budget a tick."""
         self._adopt(settings)
         self._publish(0)
 
@@ -89,9 +91,6 @@ class Controller:
         rest at the start of the next slow tick, so a tick in flight keeps one config throughout. Cuts,
         streaks, cooldowns, retry records and tuner state are kept."""
         self.handoff.reconfigure(settings)
-
-    def power(self, settings: Settings) -> PowerSettings:
-        return self.handoff.power(settings)
 
     def set_budget(self, budget_w: float, why: str, now: float, changed: bool = True) -> None:
         """The budget sources moved the budget, or its why alone (another thread may call this): Handoff.set_budget."""
@@ -150,6 +149,7 @@ class Controller:
             self._adopt(settings)
         s = self.settings
         budget_w, why = self.handoff.budget(s.power.budget_w)
+        self.tick_power = replace(s.power, budget_w=budget_w)  # the budget thread may move it within the tick
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": budget_w, "services": {}}
         if changes or why is not None:
             record["budget"] = {"why": why, "changes": changes}
@@ -213,7 +213,7 @@ class Controller:
             self.metrics.slo_margin.labels(svc.name).set(margin)
             demands.append(service_demand(svc, load, margin, self.assignments[svc.name], self.variants[svc.name],
                                           self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
-        return Problem(tuple(demands), accs, self.power(s).planned_w(), o.objective, s.power.mode, o.batch_sizes,
+        return Problem(tuple(demands), accs, self.tick_power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s, self.empty.learnt_w()),
                        energy_weight=o.energy_weight, untried_margin=o.slo_margin_max)
@@ -232,7 +232,7 @@ class Controller:
         # no window has told their demand yet: what runs stays, unless the site is over budget at the floors
         untold = [svc.name for svc in self.settings.services if not urgent and self.estimator.untold(svc.name)]
         shed = [r.name for r in solution.services if r.reason in ("budget", "domain") and r.name not in untold]
-        bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.power(self.settings).planned_w()
+        bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.tick_power.planned_w()
         m.degradation.labels("shed").set(len(shed))
         degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],
                                        "shed_for_budget": shed}
@@ -294,5 +294,5 @@ class Controller:
                                          (("gate", gated), ("actuator", enforced.held)) if what))
         level = logging.INFO if changed else logging.DEBUG
         log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
-                "no change", solution.power_w, self.power(self.settings).budget_w,
+                "no change", solution.power_w, self.tick_power.budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))
