@@ -280,8 +280,9 @@ class Daemon:
             if deadline is not None and time.monotonic() >= deadline:
                 break
         self.notifier.stopping()
-        log.info("stopping")
+        log.info("stopping%s", " (a reload asked with the stop is not made)" if reload.take() else "")
         self._shut_down(scheduler, endpoints, worker)
+        log.info("stopped")  # the journal's last line says the loops and parts are down, not only asked to be
         return 0
 
     def _shut_down(self, scheduler: BackgroundScheduler, endpoints: list[BoundedServer],

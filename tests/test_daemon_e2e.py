@@ -100,6 +100,16 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_in_one_line(tmp_path: 
     assert main(["run", "--config", str(second), "--duration", "1"]) == 0
 
 
+def test_the_last_line_says_the_daemon_has_stopped(tmp_path: Path) -> None:
+    """It had ended "stopping": the journal did not say whether the loops and parts ever came down."""
+    cfg = tmp_path / "sim.toml"
+    write_config(cfg, free_port(), tmp_path / "state", 4000)
+    done = subprocess.run([*LAUNCH, "run", "--config", str(cfg), "--duration", "1"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(": ", 1)[-1] for line in done.stderr.strip().splitlines()[-2:]] == ["stopping", "stopped"]
+
+
 def test_daemon_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "wattscale.toml"
