@@ -69,7 +69,9 @@ class Daemon:
                                      failed=self.metrics.errors.labels("budget_source").inc))
         """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
         delays no loop."""
-        self.notifier, self.stop_event, self.budget_due = Notifier(), threading.Event(), threading.Event()
+        self.notifier = Notifier()
+        self.stop_event = threading.Event()
+        self.budget_due = threading.Event()
         """Set by a demand-response endpoint once it stored a signal: the budget is stepped then, not a tick later."""
         self.slow_due = threading.Event()
         self.slow_started = time.monotonic()
@@ -155,10 +157,7 @@ class Daemon:
             self.metrics.errors.labels("budget_source").inc()
             log.exception("budget sources failed: %r", exc)
             return
-        if budget.change is not None:
-            self.metrics.budget_changes.labels(budget.source or "fallback").inc()
-        self.controller.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", self.now(),
-                                   budget.change is not None)  # a why that moved alone is kept fresh, not a change
+        self.controller.handoff.sources_stepped(budget, self.now())
 
     def budget_worker(self) -> None:
         self.step_budget()

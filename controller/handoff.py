@@ -11,6 +11,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+from controller.budget.combiner import Budget
 from controller.governor import PowerGovernor
 from controller.own_metrics import OwnMetrics
 from controller.settings import PowerSettings, Settings
@@ -54,6 +55,14 @@ class Handoff:
             settings, self._next = self._next, None
             changes, self._changes = self._changes, []
         return settings, changes
+
+    def sources_stepped(self, budget: Budget, now: float) -> None:
+        """A step of the budget sources (the daemon's budget thread and the operator's both hand theirs here): a
+        change counted and handed over; a why that moved alone (a signal's time left, a failing source's latest
+        error) kept current, with no change recorded."""
+        if budget.change is not None:
+            self.metrics.budget_changes.labels(budget.source or "fallback").inc()
+        self.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", now, budget.change is not None)
 
     def budget(self, configured_w: float) -> tuple[float, str | None]:
         """The budget in force and why, from one read of the sources' (the budget thread may move it between two):

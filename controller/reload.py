@@ -9,6 +9,7 @@ it is refused, naming the first such field, and the running config is kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 
 from controller.config_loader import ConfigError, quoted
@@ -58,38 +59,35 @@ def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:
 def _restart(where: str, running: object, asked: object, why: str = "") -> ConfigError:
     """The refusal, at the first field that differs within a table (`services[chat].sim.out_cv`, not two reprs of
     the whole table cut alike), a list quoted as the file writes it."""
-    if is_dataclass(running) and type(running) is type(asked):
-        for f in fields(running):
-            if getattr(running, f.name) != getattr(asked, f.name):
-                return _restart(f"{where}.{f.name}", getattr(running, f.name), getattr(asked, f.name), why)
-
-    def shown(v: object) -> str:
-        return quoted(list(v) if isinstance(v, tuple) else v)
-
-    return ConfigError(where, f"changes need a restart{why}: {shown(running)} runs, the file asks {shown(asked)}")
+    where, running, asked = next(_differences(where, running, asked))
+    return ConfigError(where, f"changes need a restart{why}: {_shown(running)} runs, the file asks {_shown(asked)}")
 
 
 def changes(old: Settings, new: Settings, most: int = 5) -> str:
     """What a reload changed, as its log line says it: each field that differs, by its path, from what ran to what
     the file asks (`most` of them, then a count); "nothing" for a file edited to the same settings."""
-    found: list[str] = []
-    _diff("", old, new, found)
+    found = [f"{where} {_shown(a)} -> {_shown(b)}" for where, a, b in _differences("", old, new)]
     if not found:
         return "nothing"
     return ", ".join(found[:most]) + (f" and {len(found) - most} more" if len(found) > most else "")
 
 
-def _diff(where: str, a: object, b: object, found: list[str]) -> None:
+def _differences(where: str, a: object, b: object) -> Iterator[tuple[str, object, object]]:
+    """Each field that differs between `a` and `b`, by its path from `where`, down through tables and lists of
+    named tables (services and accelerator types, by name)."""
     if a == b:
         return
     if is_dataclass(a) and type(a) is type(b):
         for f in fields(a):
-            _diff(f"{where}.{f.name}" if where else f.name, getattr(a, f.name), getattr(b, f.name), found)
+            yield from _differences(f"{where}.{f.name}" if where else f.name, getattr(a, f.name), getattr(b, f.name))
         return
     if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and all(
-            is_dataclass(x) and hasattr(x, "name") for x in (*a, *b)):  # services and accelerator types, by name
+            is_dataclass(x) and hasattr(x, "name") for x in (*a, *b)):
         for x, y in zip(a, b, strict=True):
-            _diff(f"{where}[{x.name}]", x, y, found)
+            yield from _differences(f"{where}[{x.name}]", x, y)
         return
-    shown = (quoted(list(v) if isinstance(v, tuple) else v) for v in (a, b))
-    found.append(f"{where} {' -> '.join(shown)}")
+    yield where, a, b
+
+
+def _shown(v: object) -> str:
+    return quoted(list(v) if isinstance(v, tuple) else v)

@@ -49,10 +49,7 @@ class BudgetThread:
         while True:
             try:
                 budget = sources.step(time.time())
-                if budget.change is not None:
-                    self.metrics.budget_changes.labels(budget.source or "fallback").inc()
-                c.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", now(),
-                             budget.change is not None)  # a why that moved alone is kept fresh, as the daemon's
+                c.handoff.sources_stepped(budget, now())
             except Exception as exc:  # a source's bug: counted and logged, the last budget holds
                 self.metrics.errors.labels("budget_source").inc()
                 log.warning("budget sources failed: %r", exc)
