@@ -7,8 +7,14 @@ no limit at that time (a demand-response source with no signal in force), or rai
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def utc_iso(t_s: float) -> str:
+    """A Unix time as the UTC time a reader of the log compares with a source's rows and deadlines."""
+    return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,12 @@ and every point up to `now + lead_s`.
 from __future__ import annotations
 
 import bisect
-import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.budget.base import BudgetPoint, BudgetReading, PendingBudgetError, TransientBudgetError
+from controller.budget.base import BudgetPoint, BudgetReading, PendingBudgetError, TransientBudgetError, utc_iso
 from controller.config_loader import ConfigError
 
 
@@ -109,10 +108,10 @@ class CarbonBudgetSource:
         k = bisect.bisect_right(self.starts, now)  # points[:k] have started, points[k:] are forecast
         if k == 0 or now - self.points[k - 1].at_s > self.stale_after_s:
             retry_s = max(0.0, self.next_fetch_s - now)
-            why = (f"its first point starts at {_iso(self.points[0].at_s)}" if k == 0 and self.points else
-                   "it holds no point" if k == 0 else f"its latest point, at {_iso(self.points[k - 1].at_s)}, is "
+            why = (f"its first point starts at {utc_iso(self.points[0].at_s)}" if k == 0 and self.points else
+                   "it holds no point" if k == 0 else f"its latest point, at {utc_iso(self.points[k - 1].at_s)}, is "
                    f"older than stale_after_s ({self.stale_after_s:g} s)")
-            raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {_iso(now)}: {why}", retry_s)
+            raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {utc_iso(now)}: {why}", retry_s)
         ahead = bisect.bisect_right(self.starts, now + self.lead_s)
         lowest = min(range(k - 1, ahead), key=lambda i: (self.ahead[i].budget_w, self.points[i].at_s))
         budget_w, point = self.ahead[lowest].budget_w, self.points[lowest]
@@ -121,8 +120,3 @@ class CarbonBudgetSource:
         valid_until_s = self.starts[k] if k < len(self.points) else self.points[k - 1].at_s + self.stale_after_s
         forecast = tuple(self.ahead[k:])
         return BudgetReading(budget_w, why, valid_until_s, forecast)
-
-
-def _iso(t_s: float) -> str:
-    """A Unix time as the UTC time a reader of the log compares with the CSV's rows."""
-    return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")

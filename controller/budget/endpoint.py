@@ -8,7 +8,6 @@ a grid-event script lowers the budget with one request:
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 from controller import strict_json
 from controller.bounded_server import BoundedServer, serve_in_thread
+from controller.budget.base import utc_iso
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
 from controller.telemetry.base import shortened
 
@@ -65,9 +65,9 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
             same = replaced is not None and (replaced["budget_w"], replaced["deadline_s"]) == (
                 reply["budget_w"], reply["deadline_s"])
             log.log(logging.DEBUG if same else logging.WARNING if warning else logging.INFO,
-                    "demand-response signal stored: %g W until %s%s%s", reply["budget_w"], _iso(reply["deadline_s"]),
+                    "demand-response signal stored: %g W until %s%s%s", reply["budget_w"], utc_iso(reply["deadline_s"]),
                     "" if replaced is None else f", replacing {replaced['budget_w']:g} W until "
-                    f"{_iso(replaced['deadline_s'])}", f"; {warning}" if warning else "")
+                    f"{utc_iso(replaced['deadline_s'])}", f"; {warning}" if warning else "")
         elif status >= 400 and status != 404:
             hung_up(f"a signal refused ({status}): {shortened(reply['error'], 200)}", f"refused {status}",
                     logging.ERROR if status >= 500 else logging.WARNING)
@@ -128,7 +128,3 @@ def _length_refusal(given: str | None, transfer: str | None, method: str) -> tup
     except ValueError:
         return 400, {"error": "Content-Length is not a number"}
     return (400, {"error": "Content-Length must be >= 0"}) if length < 0 else None
-
-
-def _iso(t_s: float) -> str:
-    return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")
