@@ -72,8 +72,7 @@ class Controller:
         the planned variant's cap is its assignment's."""
         self.settings = settings
         self.handoff = Handoff(settings, self.fast.governor, metrics)
-        self.tick_power = self.handoff.power(settings)
-        """The power settings a slow tick plans, checks and records against: one read of the budget a tick."""
+        self.tick_power = self.handoff.power(settings)  # what a slow tick plans, checks and records against
         self._adopt(settings)
         self._publish(0)
 
@@ -149,7 +148,7 @@ class Controller:
             self._adopt(settings)
         s = self.settings
         budget_w, why = self.handoff.budget(s.power.budget_w)
-        self.tick_power = replace(s.power, budget_w=budget_w)  # the budget thread may move it within the tick
+        self.tick_power = replace(s.power, budget_w=budget_w)  # one read a tick: the budget thread may move it
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": budget_w, "services": {}}
         if changes or why is not None:
             record["budget"] = {"why": why, "changes": changes}
@@ -251,7 +250,10 @@ class Controller:
                                                    or planned.max_batch < current.max_batch):
                 degradation["shrunk_for_budget"].append(svc.name)
             m.show_short(svc.name, result.reason, result.short_rps)
-            (self.estimator.short.add if result.short_rps > 0 else self.estimator.short.discard)(svc.name)
+            if result.short_rps > 0:
+                self.estimator.short.add(svc.name)
+            else:
+                self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned, self.gate.admit(
                 now, svc.name, current, planned, result.reason if result.short_rps > 0 else None, urgent,
                 svc.min_replicas)))
