@@ -2,13 +2,11 @@
 
 The limits in force always sum under budget x (1 - headroom): a GPU draws at most its limit, so whatever
 the load does before the next tick, the site cannot pass the threshold (a loose limit over a low draw is
-room a burst can fill in one tick, so it counts in full). A GPU no service runs on is held at its minimum and
-counts at its draw, as the plan counts it: no process of ours runs there; a replica started there counts at its
-limit from the first tick that shows it, while it loads, and its room is taken back at once. Within that sum, a
-GPU keeps its limit while it has room under it; one pressed against its limit grows a step a tick, highest
-priority first, from the free room, then from room other GPUs leave unused, then from lower priorities. Targets
-come from the plan (per-service caps); if measured draw still passes the threshold (a step-down of the budget,
-minimum limits) caps are cut below the draw, lowest priority first, and given back once draw is below budget x
+room a burst can fill in one tick, so it counts in full). Within that sum, a GPU keeps its limit while it
+has room under it; one pressed against its limit grows a step a tick, highest priority first, from the
+free room, then from room other GPUs leave unused, then from lower priorities. Targets come from the plan
+(per-service caps); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
+caps are cut below the draw, lowest priority first, and given back once draw is below budget x
 release_below. With ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and
 the governor's own lowering of limits (a smaller cap planned) takes it down no faster than
 `ramp_down_w_per_s`, except where the site or a domain is over its line (a budget drop). A GPU whose
@@ -87,12 +85,10 @@ class PowerGovernor:
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
         if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):
             self._hold_fall(samples, want, s.ramp_down_w_per_s * self.interval_s)
-        unheld = {g.uuid: max(0.0, want[g.uuid] - self.accounted_w(g)) for g in samples
-                  if g.service is None and g.uuid not in pinned}
-        ceiling = line = threshold + sum(unheld.values())
+        ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
-        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=line - ceiling, unheld_w=unheld)
+        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
         out = {}
@@ -122,39 +118,32 @@ class PowerGovernor:
                 want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0,
-               unheld_w: Mapping[str, float] | None = None) -> dict[str, float]:
+               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
         limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
         while it has room under it. One pressed against its limit grows by a step a tick, highest priority
         first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
         priority first), then out of strictly lower priorities' limits. Room still free then goes to the
         plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
-        over, unused room is taken back, lowest priority first, then limits below the draw. `beyond_w`: the
-        budget's room above a ramp's ceiling; `unheld_w`: what a GPU no service runs on counts for less than its
-        limit (in `ceiling_w` already, added to its domains' lines here). A GPU only the ramp holds back grows by
-        an even share of the tick's room and takes no lower priority's limit (given whole to the highest
-        priority, one pressed in its draw's noise took it every tick)."""
+        over, unused room is taken back, lowest priority first. `beyond_w`: the budget's room above a ramp's
+        ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes no lower
+        priority's limit (given whole to the highest priority, one pressed in its draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
         limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
-        unheld = unheld_w or {}
-        rooms = Rooms([*((line_w + sum(unheld.get(g.uuid, 0.0) for g in inside) - len(inside),
-                          [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
+        rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
                        (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
-        lowest = {g.uuid: g.power_limit_w if g.uuid in pinned else g.min_limit_w for g in samples}
         for i, members in enumerate(rooms.members):  # the racks first, the site last: each under its ceiling
-            for bound in (floor, lowest):  # unused room first, then below the draw (a replica just started)
-                for g in (g for g in order if g.uuid in members):
-                    over = -rooms.room[i]
-                    if over <= 0:
-                        break
-                    take = max(0.0, min(over, limit[g.uuid] - bound[g.uuid]))
-                    limit[g.uuid] -= take
-                    rooms.move(g.uuid, -take)
+            for g in (g for g in order if g.uuid in members):
+                over = -rooms.room[i]
+                if over <= 0:
+                    break
+                take = min(over, limit[g.uuid] - floor[g.uuid])
+                limit[g.uuid] -= take
+                rooms.move(g.uuid, -take)
         pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - pressed_w(limit[g.uuid])
                    and g.uuid not in pinned}
         share = max(0.0, rooms.room[-1]) / max(1, len(pressing))

@@ -155,68 +155,6 @@ def test_no_load_jump_carries_the_site_over_its_threshold() -> None:
         assert sum(plant.limit_w.values()) <= settings.budget_w * (1 - settings.headroom) + 1e-6
 
 
-
-class FreePlant(Plant):
-    """Plant's GPUs, some held by no service (`owners` None): no process draws there but its 60-W empty draw, until
-    a replica starts (an owner given), which loads for `loading` ticks at that draw before it serves."""
-
-    def __init__(self, natural_w: dict[int, float], owners: dict[int, str | None], loading: int = 1) -> None:
-        super().__init__(natural_w)
-        self.owners, self.loading, self.since = dict(owners), loading, dict.fromkeys(owners, loading)
-
-    def start(self, index: int, service: str) -> None:
-        self.owners[index], self.since[index] = service, 0
-
-    def samples(self) -> list[GpuSample]:
-        out = []
-        for g in super().samples():
-            owner = self.owners[g.index]
-            serving = owner is not None and self.since[g.index] >= self.loading
-            out.append(replace(g, service=owner, power_w=min(self.natural_w[g.index] if serving else 60.0,
-                                                             self.limit_w[g.index])))
-        return out
-
-    def tick(self, governor: PowerGovernor, plan: Plan = PLAN) -> float:
-        drawn = super().tick(governor, plan)
-        self.since = {i: n + 1 for i, n in self.since.items()}
-        return drawn
-
-
-def test_a_gpu_no_service_runs_on_counts_at_its_draw_not_its_floor() -> None:
-    """A 700-W budget, under the four GPUs' 200-W floors: chat on two GPUs at their floors wants 700 W, two free
-    GPUs held at their floors draw 60 W. Counted at their floors, the free GPUs left chat no room to grow, though
-    the site drew 520 W; counted at their draw, as the plan counts them, chat has 700 x 0.97 - 120 W."""
-    governor = PowerGovernor(PowerSettings(budget_w=700.0))
-    plant = FreePlant({i: 700.0 for i in OWNERS}, {0: "chat", 1: "chat", 2: None, 3: None})
-    plant.limit_w = {i: 200.0 for i in OWNERS}
-    for _ in range(40):
-        drawn = plant.tick(governor)
-    assert plant.limit_w[2] == plant.limit_w[3] == 200.0
-    assert plant.limit_w[0] + plant.limit_w[1] >= 679.0 - 120.0 - 4 - 1e-6, plant.limit_w
-    assert drawn <= 679.0 + 1e-6
-
-
-def test_a_replica_started_on_a_free_gpu_takes_its_room_back_before_it_serves() -> None:
-    """Replicas start on free GPUs and stop again under a 1,200-W budget, every GPU that serves pressing for its
-    700-W cap most ticks (its load anywhere the others): the room a free GPU leaves under its floor is taken back,
-    below the others' draw where none is unused, while the new replica loads, so the site's draw never passes its
-    threshold."""
-    settings = PowerSettings(budget_w=1200.0)
-    governor = PowerGovernor(settings)
-    plant = FreePlant({i: 700.0 for i in OWNERS}, {0: "chat", 1: None, 2: "bulk", 3: None})
-    plant.limit_w = {i: 200.0 for i in OWNERS}
-    rng = np.random.default_rng(11)
-    threshold = settings.budget_w * (1 - settings.headroom)
-    for k in range(400):
-        plant.natural_w = {i: 700.0 if rng.random() < 0.8 else float(rng.uniform(80.0, 700.0)) for i in OWNERS}
-        index = int(rng.choice([1, 3]))
-        if k % 7 == 0 and plant.owners[index] is None:
-            plant.start(index, "bulk")
-        elif k % 7 == 0:
-            plant.owners[index] = None  # the replica stopped
-        assert plant.tick(governor) <= threshold + 1e-6, k
-
-
 def test_when_every_gpu_wants_more_the_first_priority_gets_it() -> None:
     governor = PowerGovernor(PowerSettings(budget_w=2000.0))
     plant = Plant({i: 700.0 for i in OWNERS})

@@ -8,7 +8,6 @@ import pytest
 
 from actuators.base import PermanentActuatorError
 from actuators.sim import SimPowerLimiter, SimReplicaScaler
-from controller.simulate.runner import limits_w
 from controller.telemetry.sim import SimGpuSource
 from simulator.host import SimHost
 from simulator.traffic import Burst, HeavyTail, with_bursts
@@ -38,19 +37,6 @@ def test_a_mixed_host_scales_each_variant_on_its_own_gpus() -> None:
     log = host.services["chat"].requests
     assert len(log.finished().arrival_s) > 0.8 * len(log.arrivals())
 
-
-
-def test_the_limits_sum_counts_a_gpu_no_replica_holds_at_its_empty_draw_and_a_lost_one_not_at_all() -> None:
-    """No process runs on a free GPU to draw more than its empty draw, whatever its limit: counted at its limit, the
-    governor's room over free GPUs read as limits over the budget."""
-    host = mixed_host()
-    SimPowerLimiter(host).set_power_limit(1, 500)
-    h100, l40s = host.gpus[0].spec, host.gpus[2].spec
-    assert limits_w(host) == h100.max_limit_w + h100.empty_w + 2 * l40s.empty_w  # chat on GPU 0
-    SimReplicaScaler(host).set_replicas("chat", "H100-SXM", 2)
-    assert limits_w(host) == h100.max_limit_w + 500 + 2 * l40s.empty_w
-    host.lose_gpu(3)
-    assert limits_w(host) == h100.max_limit_w + 500 + l40s.empty_w
 
 def test_a_lost_gpu_is_gone_from_listing_limits_and_service_and_no_request_is_lost() -> None:
     host = mixed_host(rate_rps=8.0)

@@ -8,9 +8,8 @@
 - budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
   counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
 - the power figures (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
-- limits_over_budget_s: seconds the GPUs' power limits summed above the budget, a GPU no replica holds counted at
-  its empty draw (no process runs there to draw more): a policy whose limits do may draw over it when its load
-  peaks; wattscale's never do.
+- limits_over_budget_s: seconds the GPUs' power limits summed above the budget (a policy whose limits do may draw
+  over it when its load peaks; wattscale's never do).
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
   Little's law makes output tokens / request-seconds in the system of the finished requests.

@@ -56,8 +56,7 @@ class Trace:
     budget_w: NDArray[np.float64]
     draw_w: NDArray[np.float64]
     limits_w: NDArray[np.float64]
-    """The most the GPUs still on the bus may draw under their power limits: each at its limit, one no replica holds
-    at its empty draw."""
+    """Sum of the power limits of the GPUs still on the bus."""
     replicas: dict[str, NDArray[np.float64]]
     max_batch: dict[str, NDArray[np.float64]]
     cap_w: dict[str, NDArray[np.float64]]
@@ -139,7 +138,6 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             for name, domain in domains.items():
                 trace.domain_draw_w[name][k] = domain.read(t)
             due, next_slow = slow_due(ctl.tick_fast(t), t, next_slow, slow)
-            trace.limits_w[k] = limits_w(host)  # as the governor left them, before a slow tick starts a replica
             if due:
                 ctl.tick_slow(t)
                 if progress is not None:
@@ -151,15 +149,9 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     return Run(policy, seed, trace, host)
 
 
-def limits_w(host: SimHost) -> float:
-    """The most the GPUs still on the bus may draw under their limits: one no replica holds at its empty draw (no
-    process runs there; a replica started there counts at its limit from the governor's next tick, while it loads)."""
-    free = {g.index for g in host.free_gpus()}
-    return sum(min(g.power_limit_w, g.spec.empty_w) if g.index in free else g.power_limit_w
-               for g in host.gpus if g.index not in host.lost)
-
-
 def _record(trace: Trace, k: int, host: SimHost) -> None:
+    live = [g for g in host.gpus if g.index not in host.lost]
+    trace.limits_w[k] = sum(g.power_limit_w for g in live)
     for name, svc in host.services.items():
         trace.replicas[name][k] = svc.count()  # a rolling restart's draining replica counts
         trace.max_batch[name][k] = svc.max_num_seqs
