@@ -118,6 +118,21 @@ class Problem:
         replicas' idle included)."""
         return sum(a.count * a.profile.empty_draw_w for a in self.accelerators)
 
+    def shed_w(self) -> list[float]:
+        """What each service adds to that floor when shed: its min replicas run on at the floor cap
+        (`ServiceResult.planned`), each pressed against it while its load still arrives. A plan that counted 0
+        for them went over the budget it planned for and cut the replicas it had added."""
+        accs = {a.name: a for a in self.accelerators}
+        out = []
+        for svc in self.services:
+            acc = accs.get(svc.current.accelerator) if svc.current is not None else None
+            if acc is None or svc.load.rate_rps <= 0:
+                out.append(0.0)
+                continue
+            floor_w = max(0.0, acc.profile.min_power_w - acc.profile.empty_draw_w)
+            out.append(svc.min_replicas * acc.gpus_per_replica * floor_w)
+        return out
+
 
 class Candidate(NamedTuple):
     """One way to serve one service, with its predicted figures and its value to the objective (a named tuple: a
