@@ -142,6 +142,11 @@ def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
     out = _floor_levels(settings) + _domain_floors(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
+    lowest = sum(a.count * CATALOG[a.name].min_power_w for a in settings.accelerators)
+    if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
+        out.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below the "
+                   f"GPUs' lowest limits, {lowest:.0f} W: every GPU is held at its lowest limit, so a cap planned "
+                   "above it does not apply and the plan serves less than it predicts")
     if threshold_w >= floor:
         return out
     # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas

@@ -81,9 +81,9 @@ def test_budget_never_exceeded_and_lowest_priority_sheds_first() -> None:
 
 def test_a_shed_service_still_draws_its_floor_within_the_plan() -> None:
     """A shed service runs on at its min replicas at the floor cap, pressed against it as its load still arrives
-    (`ServiceResult.planned`): 138 W past an empty H100's 62. Counted at 0, the plans served the others with its
-    watts, and the site drew over the budget they were made for (1,050 W at 900). Every solver agrees with the
-    oracle."""
+    (`ServiceResult.planned`): 105 W past the catalogue's 95 W for an H100. Counted at 0, the plans served the
+    others with its watts, and the site drew over the budget they were made for (1,050 W at 900). Every solver
+    agrees with the oracle."""
     running = Assignment("H100-SXM", 1, 64, 700.0)
     floor_w = CATALOG["H100-SXM"].min_power_w - CATALOG["H100-SXM"].empty_draw_w
     for budget in range(900, 2001, 50):
