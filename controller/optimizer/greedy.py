@@ -34,7 +34,7 @@ class Greedy:
             return [], []  # no service: nothing to choose (every service removed by a reload)
         # a shed service still draws its floor (`Problem.shed_w`): the budget holds every service's, and serving one
         # costs what its candidate adds past it
-        shed_w = problem.shed_w()
+        shed_w = problem.shed_w(cands)
         columns = _Columns.of(problem, cands, shed_w)
         every = [columns.ranked(i) for i in range(len(cands))]
         lean = [np.flatnonzero(columns.spare[columns.span(i)] == 0) for i in range(len(cands))]

@@ -3,6 +3,7 @@ domains."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, NamedTuple
@@ -118,19 +119,22 @@ class Problem:
         replicas' idle included)."""
         return sum(a.count * a.profile.empty_draw_w for a in self.accelerators)
 
-    def shed_w(self) -> list[float]:
-        """What each service adds to that floor when shed: its min replicas run on at the floor cap
-        (`ServiceResult.planned`), each pressed against it while its load still arrives. A plan that counted 0
-        for them went over the budget it planned for and cut the replicas it had added."""
+    def shed_w(self, cands: Sequence[Sequence[Candidate]]) -> list[float]:
+        """The least each service adds to that floor shed (`ServiceResult.planned`), its load still arriving: its
+        min replicas at the floor cap, each pressed against it; with no candidate at all (no shape meets its
+        targets) it keeps what runs, each replica at the least the governor may hold it to, the floor (its cap above
+        is the governor's to cut, by priority). A plan that counted 0 for them went over the budget it planned for,
+        and the governor cut the replicas it had served with their watts."""
         accs = {a.name: a for a in self.accelerators}
         out = []
-        for svc in self.services:
-            acc = accs.get(svc.current.accelerator) if svc.current is not None else None
-            if acc is None or svc.load.rate_rps <= 0:
+        for svc, cs in zip(self.services, cands, strict=True):
+            cur = svc.current
+            acc = accs.get(cur.accelerator) if cur is not None else None
+            if cur is None or acc is None or svc.load.rate_rps <= 0:
                 out.append(0.0)
                 continue
-            floor_w = max(0.0, acc.profile.min_power_w - acc.profile.empty_draw_w)
-            out.append(svc.min_replicas * acc.gpus_per_replica * floor_w)
+            replicas = svc.min_replicas if cs else cur.replicas
+            out.append(replicas * acc.gpus_per_replica * max(0.0, acc.profile.min_power_w - acc.profile.empty_draw_w))
         return out
 
 

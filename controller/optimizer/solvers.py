@@ -66,7 +66,7 @@ class Exhaustive:
             return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
-        shed_w = problem.shed_w()
+        shed_w = problem.shed_w(cands)
         for combo in itertools.product(*options):
             v = _value(combo, shed)
             if v > best_v + 1e-9 and _fits(problem, combo, shed_w):
@@ -114,7 +114,7 @@ class Milp:
         for a in problem.accelerators:
             lp.row(((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name), -np.inf, a.count,
                    "inventory")
-        lp.row([*((x, c.power_w) for x, c in flat), *zip(sheds, problem.shed_w(), strict=True)], -np.inf,
+        lp.row([*((x, c.power_w) for x, c in flat), *zip(sheds, problem.shed_w(cands), strict=True)], -np.inf,
                problem.budget_w - problem.idle_w, "budget")
         for d in problem.domains:
             lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, max(0.0, d.room_w), f"domain {d.name}")
@@ -157,7 +157,7 @@ class Auto:
             return choice, notes
         exact, milp_notes = self.milp.exact(problem, cands, shed)
         if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact,
-                                                                                                 problem.shed_w()):
+                                                                                                 problem.shed_w(cands)):
             return exact, milp_notes
         return choice, [*notes, *milp_notes]
 
@@ -253,7 +253,7 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
         notes = [*notes, *brought_down]
     t2 = time.perf_counter()
     results = []
-    shed_w = problem.shed_w()
+    shed_w = problem.shed_w(cands)
     for i, (svc, c) in enumerate(zip(problem.services, choice, strict=True)):
         if c is None:
             reason = _reason(problem, i, cands[i], choice) if svc.load.rate_rps > 0 else None
