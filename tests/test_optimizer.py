@@ -79,40 +79,6 @@ def test_budget_never_exceeded_and_lowest_priority_sheds_first() -> None:
     assert reasons <= {"budget", "inventory", "replicas"}
 
 
-def test_a_shed_service_still_draws_its_floor_within_the_plan() -> None:
-    """A shed service runs on at its min replicas at the floor cap, pressed against it as its load still arrives
-    (`ServiceResult.planned`): 105 W past the catalogue's 95 W for an H100. Counted at 0, the plans served the
-    others with its watts, and the site drew over the budget they were made for (1,050 W at 900). Every solver
-    agrees with the oracle."""
-    running = Assignment("H100-SXM", 1, 64, 700.0)
-    floor_w = CATALOG["H100-SXM"].min_power_w - CATALOG["H100-SXM"].empty_draw_w
-    for budget in range(900, 2001, 50):
-        problem = Problem(tuple(replace(s, current=running) for s in services((10.0, 5.0, 6.0))), (H100,),
-                          float(budget), batch_sizes=(16, 64), power_levels=(0.6, 1.0))
-        oracle = solve(problem, get_solver("exhaustive"))
-        for sol in (oracle, solve(problem, get_solver("milp", mip_gap=0.0)), solve(problem, get_solver("greedy"))):
-            drawn = problem.idle_w + sum(r.power_w if r.assignment is not None else floor_w for r in sol.services)
-            assert drawn <= budget + 1e-6, (budget, sol.solver, [(r.name, r.assignment) for r in sol.services])
-            assert sol.power_w == pytest.approx(drawn)
-            assert [r.short_rps for r in sol.services] == pytest.approx([r.short_rps for r in oracle.services])
-            assert sol.objective == pytest.approx(oracle.objective, rel=1e-6, abs=1e-9)
-
-
-def test_a_service_no_shape_serves_keeps_what_runs_counted_at_its_floors() -> None:
-    """No shape meets `strict`'s targets, so its three replicas run on (`ServiceResult.planned`), each at least at
-    the floor the governor may hold it to: the plan holds them within the budget, as it predicts them."""
-    floor_w = CATALOG["H100-SXM"].min_power_w - CATALOG["H100-SXM"].empty_draw_w
-    strict = ServiceDemand("strict", 3, Targets(ttft_ms=1.0, itl_ms=1.0), Load(2, 512, 100), {"H100-SXM": P8},
-                           current=Assignment("H100-SXM", 3, 64, 700.0))
-    problem = Problem((*services((4.0, 2.0, 3.0))[:2], strict), (H100,), 1400.0, batch_sizes=(16, 64))
-    for name in ("greedy", "milp", "exhaustive"):
-        sol = solve(problem, get_solver(name))
-        kept = next(s for s in sol.services if s.name == "strict")
-        assert kept.reason == "slo" and kept.power_w == 3 * floor_w
-        served = sum(s.power_w for s in sol.services if s.assignment is not None)
-        assert problem.idle_w + served + 3 * floor_w == pytest.approx(sol.power_w) and sol.power_w <= 1400.0 + 1e-6
-
-
 @pytest.mark.parametrize("last", [False, True], ids=["first", "last"])
 def test_infeasible_slo_is_reported_not_crashed(last: bool) -> None:
     """A service no shape can serve has no candidates at all, wherever it sits among the others."""

@@ -32,10 +32,7 @@ class Greedy:
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         if not cands:
             return [], []  # no service: nothing to choose (every service removed by a reload)
-        # a shed service still draws its floor (`Problem.shed_w`): the budget holds every service's, and serving one
-        # costs what its candidate adds past it
-        shed_w = problem.shed_w(cands)
-        columns = _Columns.of(problem, cands, shed_w)
+        columns = _Columns.of(problem, cands)
         every = [columns.ranked(i) for i in range(len(cands))]
         lean = [np.flatnonzero(columns.spare[columns.span(i)] == 0) for i in range(len(cands))]
         arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
@@ -46,7 +43,7 @@ class Greedy:
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
         count = np.array([a.count for a in problem.accelerators], dtype=float)
-        budget = problem.budget_w - problem.idle_w - sum(shed_w)
+        budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = sum(shed)
         flat = Flat.of(arrays, shed)
@@ -67,8 +64,8 @@ class Greedy:
         self._upgrade(order, arrays, best, count, budget, shed)
         if any(a.value.size for a in arrays):
             flat = Flat.of(arrays, shed)
-            trade_power(flat, best, count, budget)
-            exchange(flat, best, count, budget)
+            trade_power(flat, best, count, problem.budget_w - problem.idle_w)
+            exchange(flat, best, count, problem.budget_w - problem.idle_w)
         return [cands[i][int(columns.rank[i][j])] if j >= 0 else None for i, j in enumerate(best)], []
 
     @staticmethod
@@ -227,8 +224,7 @@ class _Columns:
     """(replicas, max batch, cap, clock or 0 where free) per row, ranked within each service."""
 
     @classmethod
-    def of(cls, problem: Problem, cands: list[list[Candidate]], shed_w: list[float]) -> _Columns:
-        """`power` is each candidate's draw past its service's when shed."""
+    def of(cls, problem: Problem, cands: list[list[Candidate]]) -> _Columns:
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
         rows = [c for cs in cands for c in cs]
         first = np.cumsum([0] + [len(cs) for cs in cands])
@@ -252,8 +248,7 @@ class _Columns:
         one = np.array([(a.replicas, a.max_batch, a.power_cap_w, a.sm_clock_fraction or 0.0,
                          acc_index[a.accelerator]) for a in (rows[k].assignment for k in at.tolist())], dtype=float)
         shape = one.reshape(ids.size, 5)[inverse][order]
-        power = (column("power_w") - np.repeat(shed_w, np.diff(first)))[order]
-        gpus, spare = (column(f)[order] for f in ("gpus", "spare"))
+        power, gpus, spare = (column(f)[order] for f in ("power_w", "gpus", "spare"))
         return cls(first, rank, value[order], power, gpus, shape[:, 4].astype(int), spare, shape[:, :4])
 
     def span(self, i: int) -> slice:

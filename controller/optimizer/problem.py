@@ -3,7 +3,6 @@ domains."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, NamedTuple
@@ -118,24 +117,6 @@ class Problem:
         """Draw of every GPU with no replica on it: the floor any plan pays (a candidate's draw is above it, its
         replicas' idle included)."""
         return sum(a.count * a.profile.empty_draw_w for a in self.accelerators)
-
-    def shed_w(self, cands: Sequence[Sequence[Candidate]]) -> list[float]:
-        """The least each service adds to that floor shed (`ServiceResult.planned`), its load still arriving: its
-        min replicas at the floor cap, each pressed against it; with no candidate at all (no shape meets its
-        targets) it keeps what runs, each replica at the least the governor may hold it to, the floor (its cap above
-        is the governor's to cut, by priority). A plan that counted 0 for them went over the budget it planned for,
-        and the governor cut the replicas it had served with their watts."""
-        accs = {a.name: a for a in self.accelerators}
-        out = []
-        for svc, cs in zip(self.services, cands, strict=True):
-            cur = svc.current
-            acc = accs.get(cur.accelerator) if cur is not None else None
-            if cur is None or acc is None or svc.load.rate_rps <= 0:
-                out.append(0.0)
-                continue
-            replicas = svc.min_replicas if cs else cur.replicas
-            out.append(replicas * acc.gpus_per_replica * max(0.0, acc.profile.min_power_w - acc.profile.empty_draw_w))
-        return out
 
 
 class Candidate(NamedTuple):

@@ -25,14 +25,11 @@ class Solver(Protocol):
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]: ...
 
 
-def _fits(problem: Problem, choice: Sequence[Candidate | None], shed_w: Sequence[float]) -> bool:
-    """Within inventory, budget (a shed service at its `shed_w`) and domains."""
+def _fits(problem: Problem, choice: Sequence[Candidate | None]) -> bool:
     used: dict[str, int] = {}
     power = 0.0
-    for c, floor_w in zip(choice, shed_w, strict=True):
-        if c is None:
-            power += floor_w
-        else:
+    for c in choice:
+        if c is not None:
             used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
             power += c.power_w
     if power > problem.budget_w - problem.idle_w + 1e-6 or over(problem, choice):
@@ -66,10 +63,9 @@ class Exhaustive:
             return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
-        shed_w = problem.shed_w(cands)
         for combo in itertools.product(*options):
             v = _value(combo, shed)
-            if v > best_v + 1e-9 and _fits(problem, combo, shed_w):
+            if v > best_v + 1e-9 and _fits(problem, combo):
                 best, best_v = list(combo), v
         return best, []
 
@@ -107,15 +103,14 @@ class Milp:
         lp = Lp()
         picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
                  for i, cs in enumerate(cands)]
-        sheds = [lp.var(("shed", i), ub=1.0, integer=True, cost=-shed[i]) for i in range(len(picks))]
-        for row, x_shed in zip(picks, sheds, strict=True):  # each service takes one candidate or is shed
-            lp.row([*((x, 1.0) for x, _ in row), (x_shed, 1.0)], 1.0, 1.0, "one")
+        for i, row in enumerate(picks):  # each service takes one candidate or is shed
+            lp.row([*((x, 1.0) for x, _ in row), (lp.var(("shed", i), ub=1.0, integer=True, cost=-shed[i]), 1.0)],
+                   1.0, 1.0, "one")
         flat = [xc for row in picks for xc in row]
         for a in problem.accelerators:
             lp.row(((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name), -np.inf, a.count,
                    "inventory")
-        lp.row([*((x, c.power_w) for x, c in flat), *zip(sheds, problem.shed_w(cands), strict=True)], -np.inf,
-               problem.budget_w - problem.idle_w, "budget")
+        lp.row(((x, c.power_w) for x, c in flat), -np.inf, problem.budget_w - problem.idle_w, "budget")
         for d in problem.domains:
             lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, max(0.0, d.room_w), f"domain {d.name}")
         # the gap is the plan's score's (its objective's, less the shed penalties): relative to an objective they
@@ -156,8 +151,7 @@ class Auto:
         if sum(len(cs) for cs in cands) > self.milp_candidates:
             return choice, notes
         exact, milp_notes = self.milp.exact(problem, cands, shed)
-        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact,
-                                                                                                 problem.shed_w(cands)):
+        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact):
             return exact, milp_notes
         return choice, [*notes, *milp_notes]
 
@@ -253,16 +247,15 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
         notes = [*notes, *brought_down]
     t2 = time.perf_counter()
     results = []
-    shed_w = problem.shed_w(cands)
     for i, (svc, c) in enumerate(zip(problem.services, choice, strict=True)):
         if c is None:
             reason = _reason(problem, i, cands[i], choice) if svc.load.rate_rps > 0 else None
-            results.append(ServiceResult(svc.name, None, None, shed_w[i], 0.0, svc.load.rate_rps, reason))
+            results.append(ServiceResult(svc.name, None, None, 0.0, 0.0, svc.load.rate_rps, reason))
             continue
         reason = _reason(problem, i, cands[i], choice) if c.short_rps > 1e-9 else None
         results.append(ServiceResult(svc.name, c.assignment, with_tails(problem, c), c.power_w, c.cost_per_hour,
                                      c.short_rps, reason))
-    power = problem.idle_w + sum(c.power_w if c is not None else w for c, w in zip(choice, shed_w, strict=True))
+    power = problem.idle_w + sum(c.power_w for c in choice if c is not None)
     cost = sum(c.cost_per_hour for c in choice if c is not None)
     objective = sum(c.score for c in choice if c is not None)
     return Solution(solver.name, results, power, cost, objective, t2 - t1, t1 - t0, notes)

@@ -110,10 +110,8 @@ def valued(problem: Problem, candidates: list[list[Candidate]]) -> tuple[list[li
         value -= problem.transition_penalty * np.maximum(np.abs(score), 1e-3 * scale) * changes
     fields[_FIELD["value"]] = value.tolist()
     made = list(map(make_candidate, zip(*fields, strict=True)))
-    # shed: its priority's weight (a thousandth with no load: below min_replicas), less the price of the floor its
-    # min replicas still draw
-    shed = [-weights[s.priority] * (1.0 if s.load.rate_rps > 0 else 1e-3) - price * floor_w
-            for s, floor_w in zip(problem.services, problem.shed_w(candidates), strict=True)]
+    shed = [-weights[s.priority] if s.load.rate_rps > 0 else -weights[s.priority] * 1e-3  # below min_replicas
+            for s in problem.services]
     # shedding a running service is a transition like a scale (to none), charged at its best candidate's score:
     # uncharged, two services a budget fits one of swapped which ran every cycle where they tied
     for i, (svc, (a, b)) in enumerate(zip(problem.services, pairwise(accumulate([0, *sizes])), strict=True)):
