@@ -55,6 +55,8 @@ class FastLoop:
         self.departing = gpus if isinstance(gpus, DepartingGpus) else None
         """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
         self.no_draw: set[str] = set()  # GPUs whose last reading was no draw (`_drawing`)
+        self.under_floors = False
+        """Whether the GPUs' lowest limits summed above the threshold at the last tick (said as it starts and ends)."""
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.series: dict[int, GpuSeries] = {}
@@ -104,6 +106,21 @@ class FastLoop:
             # one plan for the whole tick, whatever the slow loop swaps
             self._govern(now, samples, missing | unknown, self.plan)
         self.cycle.observe(time.perf_counter() - started)
+
+    def _say_floors(self, samples: list[GpuSample]) -> None:
+        """Say once, as it starts, that the GPUs' lowest limits sum above the threshold (a budget source's drop, a
+        reload): every GPU is then held at its floor, and no cap the plan gives above it applies (check-config says
+        so of `budget_w`); and once as it ends."""
+        floors_w, threshold_w = sum(g.min_limit_w for g in samples), self.governor.threshold_w()
+        if (floors_w > threshold_w) == self.under_floors:
+            return
+        self.under_floors = not self.under_floors
+        if self.under_floors:
+            log.warning("power: the GPUs' lowest limits, %.0f W, sum above the %.0f-W threshold: every GPU is held at "
+                        "its lowest limit, and a cap planned above it does not apply", floors_w, threshold_w)
+        else:
+            log.info("power: the %.0f-W threshold is above the GPUs' lowest limits, %.0f W, again", threshold_w,
+                     floors_w)
 
     def _drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
         """The listing with every reading that is no draw (NaN, infinite, negative) made none, for every reader: the
@@ -186,6 +203,7 @@ class FastLoop:
         self._record_draws(samples, plan)
         pinned = untouched | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
         limits = self.governor.step(samples, plan, pinned)
+        self._say_floors(samples)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]

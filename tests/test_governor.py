@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -222,6 +223,26 @@ def test_a_gpu_whose_limit_cannot_be_set_is_fitted_around_not_over_the_budget() 
         assert sum(plant.limit_w.values()) <= 970.0 + 2.0, (t, plant.limit_w)
     assert plant.limit_w[0] == 500.0 and plant.limit_w[1] > 450.0  # GPU 1 grew into what room there was
 
+
+
+def test_a_threshold_under_the_gpus_lowest_limits_is_said_as_it_starts_and_as_it_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Two A100s' 100-W floors under a budget dropped to 150 W: every GPU is held at its floor, and the caps the plan
+    gives above it do not apply. Said once as it starts, not each tick, and once as the budget comes back."""
+    plant = StuckPlant()
+    fast = fast_on(plant, {"lo": 500.0, "hi": 700.0}, {"lo": 2, "hi": 1})
+    with caplog.at_level(logging.INFO, logger="wattscale.governor"):
+        fast.tick(1.0)
+        fast.governor.settings = replace(fast.governor.settings, budget_w=150.0)
+        for t in range(2, 6):
+            fast.tick(float(t))
+        fast.governor.settings = replace(fast.governor.settings, budget_w=1000.0)
+        fast.tick(6.0)
+        fast.tick(7.0)
+    said = [r.getMessage() for r in caplog.records if "lowest limits" in r.getMessage()]
+    assert said == ["power: the GPUs' lowest limits, 200 W, sum above the 146-W threshold: every GPU is held at its "
+                    "lowest limit, and a cap planned above it does not apply",
+                    "power: the 970-W threshold is above the GPUs' lowest limits, 200 W, again"], said
 
 class BuggyPlant(StuckPlant):
     """StuckPlant whose GPU 0 set raises what no backend should (an error it did not translate, or round(nan))."""
