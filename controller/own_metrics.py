@@ -18,7 +18,9 @@ class OwnMetrics:
         self.gpu_clock = Gauge("wattscale_gpu_sm_clock_mhz", "GPU SM clock.", ["gpu"], registry=r)
         self.budget = Gauge("wattscale_power_budget_watts", "Site power budget.", registry=r)
         self.draw = Gauge("wattscale_power_draw_watts", "Measured draw of all managed GPUs.", registry=r)
-        self.emergency = Gauge("wattscale_power_emergency", "1 while the governor cuts caps.", registry=r)
+        self.emergency = Gauge("wattscale_power_emergency", "1 from a draw over the governor's threshold (or a "
+                               "domain's line) until the draw is back under budget x release_below: its cuts held, "
+                               "whatever the draw now.", registry=r)
         self.failsafe = Gauge("wattscale_power_failsafe", "1 while GPU readings are lost and limits that fit the "
                               "budget by construction are in force.", registry=r)
         self.plan_version = Gauge("wattscale_plan_version", "Version of the plan the governor steers to.", registry=r)
