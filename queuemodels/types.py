@@ -296,6 +296,5 @@ class ServerShape:
                                       f"{self.sm_clock_fraction!r}")
 
 
-
 Point = tuple[ServiceParams, Load, ServerShape, PowerProfile | None]
 """One replica's operating point: its parameters, its load (the rate included), shape and power profile."""
