@@ -79,20 +79,6 @@ def test_budget_never_exceeded_and_lowest_priority_sheds_first() -> None:
     assert reasons <= {"budget", "inventory", "replicas"}
 
 
-
-def test_a_short_budget_never_plans_fewer_than_min_replicas() -> None:
-    """code runs at least 3 replicas: under a budget that cannot carry its load, the partial candidates that degrade
-    it had offered 1 and 2 (a plan of 1 replica at 1,400 W), below what its operator set; now it is served by 3 or
-    more, or shed (run on at its min_replicas at the floor cap)."""
-    chat, code, bulk = services((10.0, 5.0, 6.0))
-    problem = Problem((chat, replace(code, min_replicas=3), bulk), (H100,), 0.0, batch_sizes=(16, 64),
-                      power_levels=(0.6, 1.0))
-    for budget in range(800, 2601, 200):
-        for name in ("greedy", "milp", "exhaustive"):
-            sol = solve(replace(problem, budget_w=float(budget)), get_solver(name))
-            planned = sol.services[1].assignment
-            assert planned is None or planned.replicas >= 3, (budget, name, planned)
-
 @pytest.mark.parametrize("last", [False, True], ids=["first", "last"])
 def test_infeasible_slo_is_reported_not_crashed(last: bool) -> None:
     """A service no shape can serve has no candidates at all, wherever it sits among the others."""

@@ -212,17 +212,17 @@ def _partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets
 
 
 def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Spec]:
-    """Fewer replicas than the load needs, never fewer than min_replicas, on the shape of the pool (`_partial_pool`,
-    with each one's max rate) one replica takes most on, each full: what a short budget degrades a service to."""
+    """Fewer replicas than the load needs, on the shape of the pool (`_partial_pool`, with each one's max rate)
+    one replica takes most on, each full: what a short budget degrades a service to."""
     if not rates:
         return []
-    svc = problem.services[pair.service]
+    rate_rps = problem.services[pair.service].load.rate_rps
     (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
     if best_rate <= 0:
         return []
-    most, least = min(pair.most, math.ceil(svc.load.rate_rps / best_rate - 1e-9) - 1), max(1, svc.min_replicas)
-    steps = sorted({max(least, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)})
-    return [(batch, cap, clock, r, min(svc.load.rate_rps, r * best_rate), 0) for r in steps if r <= most]
+    most = min(pair.most, math.ceil(rate_rps / best_rate - 1e-9) - 1)
+    steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
+    return [(batch, cap, clock, r, min(rate_rps, r * best_rate), 0) for r in steps]
 
 
 def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
