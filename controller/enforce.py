@@ -107,14 +107,10 @@ class Enforcer:
         self._read_again(f"replicas_read:{service}/{variant}")
         return n
 
-    def apply(self, now: float, service: str, current: InForce, target: Assignment, serving: int | None = None,
-              plan: Assignment | None = None, urgent: bool = False) -> tuple[Assignment, Enforced]:
+    def apply(self, now: float, service: str, current: InForce, target: Assignment,
+              serving: int | None = None) -> tuple[Assignment, Enforced]:
         """Apply replica, variant and batch changes; returns what is in place as far as the actuators said.
-        `serving`: the replicas the service's vLLM metrics show serving (None: no window to say). `plan`: what the
-        plan wants, of which the gate admitted `target`: the variant a move leaves drains once the target's runs as
-        many replicas as the plan wants there (the gate admits a move a step at a time: drained at its first step,
-        a service of three ran on one through the cooldown), or, `urgent` (over budget at every floor), as many as
-        admitted."""
+        `serving`: the replicas the service's vLLM metrics show serving (None: no window to say)."""
         was = current.assignment
         done, asked, held = was, list[str](), list[str]()
         if target.accelerator != was.accelerator or target.replicas != was.replicas:
@@ -125,11 +121,8 @@ class Enforcer:
             if n is not None:
                 done = replace(done, accelerator=target.accelerator, replicas=n)
         elif any(n > 0 for v, n in current.running.items() if v != was.accelerator):
-            wanted = plan.replicas if plan is not None and plan.accelerator == target.accelerator and not urgent else 0
-            need = max(1, target.replicas, wanted)
-            if not current.read or was.replicas < need:
-                held.append(f"draining waits for {was.accelerator} to run {need} replicas ({was.replicas} now)")
-            elif serving is not None and serving >= sum(current.running.values()):
+            up = current.read and was.replicas >= max(1, target.replicas)
+            if up and serving is not None and serving >= sum(current.running.values()):
                 for v, n in current.running.items():  # the planned variant serves: drain the others
                     if v != was.accelerator and n > 0:
                         self._scale(now, service, v, 0, asked, held)

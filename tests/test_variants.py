@@ -4,7 +4,6 @@ before the H100 one is scaled down, and no GPU is ever asked for a limit outside
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,8 @@ from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
-from controller.enforce import Enforcer
-from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
-from controller.settings import StabilitySettings, load_settings
-from controller.stability import StabilityGate
+from controller.settings import load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
 from queuemodels import ServerShape
 from queuemodels.kv_cache import fitting_shape
@@ -157,34 +153,6 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
     records = [json.loads(line)["services"]["chat"] for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     assert records[0]["untried"] == ["L40S"] and "untried" not in records[-1]
 
-
-
-@pytest.mark.parametrize("urgent", [False, True])
-def test_a_move_drains_what_it_leaves_once_the_new_variant_runs_what_the_plan_wants(urgent: bool) -> None:
-    """The plan moves code's three replicas to A100s; the gate admits one replica a cooldown. Drained once the first
-    served, code ran on one replica for minutes: the H100s now drain once the A100s run all three. Over budget at
-    every floor (urgent: the gate starts no move then, but one begun before goes on), what was admitted is
-    enough: the old variant's draw goes at once."""
-    gate = StabilityGate(replace(StabilitySettings(), max_replica_step=1, confirm_cycles=1, cooldown_s=60.0))
-    scaler = DryRunReplicaScaler({("code", "H100-SXM"): 3, ("code", "A100-SXM4"): 0})
-    enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
-    believed, planned = Assignment("H100-SXM", 3, 64, 700.0), Assignment("A100-SXM4", 3, 64, 400.0)
-    draining: dict[str, float] = {}
-    running = []
-    for t in range(0, 301, 15):
-        got, draining = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), believed, draining)
-        admitted = gate.admit(float(t), "code", got.assignment, planned, None, False, 1)
-        believed, done = enforcer.apply(float(t), "code", got, admitted, sum(got.running.values()), planned, urgent)
-        if done.asked:
-            gate.note_change(float(t), "code")
-        if believed.accelerator != got.assignment.accelerator:
-            draining = {got.assignment.accelerator: got.assignment.power_cap_w}
-        running.append((scaler.get_replicas("code", "H100-SXM"), scaler.get_replicas("code", "A100-SXM4")))
-    if urgent:
-        assert running[1] == (0, 1)  # drained as soon as the admitted replica served
-    else:
-        assert all(h == 3 or a == 3 for h, a in running), running  # three replicas throughout
-        assert running[-1] == (0, 3) and (3, 3) in running, running
 
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
     """Deployed on L40S before the daemon came (its first variant is H100): read back, it is planned from
