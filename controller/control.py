@@ -269,7 +269,7 @@ class Controller:
             (svc, result), current, planned = by_name[p.name], p.current, p.planned
             window = observed_windows.get(svc.name)
             a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted[svc.name],
-                                              None if window is None else window.replicas)
+                                              None if window is None else window.replicas, planned, urgent)
             if enforced.asked:
                 self.gate.note_change(now, svc.name)
             # A lock never lets the draw past the cap, so the planned clock goes at once, on the variant it is for.

@@ -107,10 +107,14 @@ class Enforcer:
         self._read_again(f"replicas_read:{service}/{variant}")
         return n
 
-    def apply(self, now: float, service: str, current: InForce, target: Assignment,
-              serving: int | None = None) -> tuple[Assignment, Enforced]:
+    def apply(self, now: float, service: str, current: InForce, target: Assignment, serving: int | None = None,
+              plan: Assignment | None = None, urgent: bool = False) -> tuple[Assignment, Enforced]:
         """Apply replica, variant and batch changes; returns what is in place as far as the actuators said.
-        `serving`: the replicas the service's vLLM metrics show serving (None: no window to say)."""
+        `serving`: the replicas the service's vLLM metrics show serving (None: no window to say); `plan`: what the
+        plan wants, of which the gate admitted `target`: a variant the plan has turned back to is not drained while
+        the gate holds the move there (drained, a service of three ran on one replica, then started its three
+        again cold), unless `urgent` (over budget with every limit at its floor: the gate moves nothing then, and
+        the draw must go)."""
         was = current.assignment
         done, asked, held = was, list[str](), list[str]()
         if target.accelerator != was.accelerator or target.replicas != was.replicas:
@@ -124,7 +128,7 @@ class Enforcer:
             up = current.read and was.replicas >= max(1, target.replicas)
             if up and serving is not None and serving >= sum(current.running.values()):
                 for v, n in current.running.items():  # the planned variant serves: drain the others
-                    if v != was.accelerator and n > 0:
+                    if v != was.accelerator and n > 0 and (plan is None or urgent or v != plan.accelerator):
                         self._scale(now, service, v, 0, asked, held)
             else:
                 held.append(f"draining waits for {was.accelerator} to serve ({serving} of "

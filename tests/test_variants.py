@@ -4,6 +4,7 @@ before the H100 one is scaled down, and no GPU is ever asked for a limit outside
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,11 @@ from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
+from controller.enforce import Enforcer
+from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
-from controller.settings import load_settings
+from controller.settings import StabilitySettings, load_settings
+from controller.stability import StabilityGate
 from controller.telemetry.base import GpuSample, ServiceWindow
 from queuemodels import ServerShape
 from queuemodels.kv_cache import fitting_shape
@@ -153,6 +157,35 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
     records = [json.loads(line)["services"]["chat"] for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     assert records[0]["untried"] == ["L40S"] and "untried" not in records[-1]
 
+
+
+@pytest.mark.parametrize("urgent", [False, True])
+def test_a_variant_the_plan_turns_back_to_is_not_drained_meanwhile(urgent: bool) -> None:
+    """The plan moves code's three H100 replicas to A100s, then, its first A100 started, back. The gate holds the
+    move back for its cooldown; the H100s had been drained as soon as the A100 served, and code ran on one replica,
+    then started its three H100s again cold. Over budget at every floor (urgent) they go, as before: the gate moves
+    nothing then, and only the draw that leaves helps."""
+    gate = StabilityGate(replace(StabilitySettings(), max_replica_step=1, confirm_cycles=1, cooldown_s=60.0))
+    scaler = DryRunReplicaScaler({("code", "H100-SXM"): 3, ("code", "A100-SXM4"): 0})
+    enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
+    believed, draining = Assignment("H100-SXM", 3, 64, 700.0), dict[str, float]()
+    running = []
+    for t in range(0, 121, 15):
+        planned = Assignment("A100-SXM4", 3, 64, 400.0) if t == 0 else Assignment("H100-SXM", 3, 64, 700.0)
+        got, draining = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), believed, draining)
+        admitted = gate.admit(float(t), "code", got.assignment, planned, None, urgent and t > 0, 1)
+        believed, done = enforcer.apply(float(t), "code", got, admitted, sum(got.running.values()), planned,
+                                        urgent and t > 0)
+        if done.asked:
+            gate.note_change(float(t), "code")
+        if believed.accelerator != got.assignment.accelerator:
+            draining = {got.assignment.accelerator: got.assignment.power_cap_w}
+        running.append((scaler.get_replicas("code", "H100-SXM"), scaler.get_replicas("code", "A100-SXM4")))
+    assert running[0] == (3, 1)
+    if urgent:
+        assert running[1] == (0, 1), running  # the draw goes at once
+    else:
+        assert all(h == 3 for h, _ in running) and running[-1] == (3, 0), running  # moved back, never dark
 
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
     """Deployed on L40S before the daemon came (its first variant is H100): read back, it is planned from
