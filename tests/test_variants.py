@@ -158,7 +158,6 @@ def test_a_move_scales_the_new_variant_up_first_and_keeps_every_gpu_in_its_own_r
     assert records[0]["untried"] == ["L40S"] and "untried" not in records[-1]
 
 
-
 @pytest.mark.parametrize("urgent", [False, True])
 def test_a_variant_the_plan_turns_back_to_is_not_drained_meanwhile(urgent: bool) -> None:
     """The plan moves code's three H100 replicas to A100s, then, its first A100 started, back. The gate holds the
@@ -186,6 +185,7 @@ def test_a_variant_the_plan_turns_back_to_is_not_drained_meanwhile(urgent: bool)
         assert running[1] == (0, 1), running  # the draw goes at once
     else:
         assert all(h == 3 for h, _ in running) and running[-1] == (3, 0), running  # moved back, never dark
+
 
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
     """Deployed on L40S before the daemon came (its first variant is H100): read back, it is planned from
