@@ -22,7 +22,7 @@ from controller.decision_log import DecisionLog, gate_held, gpus, observed, shap
 from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
 from controller.empty_draw import EmptyDraw
-from controller.enforce import Enforcer, InForce
+from controller.enforce import Enforcer, InForce, draining_caps
 from controller.estimate import Estimator
 from controller.failures import Failures
 from controller.fast_loop import FastLoop
@@ -276,10 +276,7 @@ class Controller:
             a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
                         else None)
             self.assignments[svc.name] = a
-            if a.accelerator != current.accelerator:  # a move began: the old variant keeps its cap until drained
-                others = self.draining.get(svc.name, {})
-                self.draining[svc.name] = {**{v: w for v, w in others.items() if v != a.accelerator},
-                                           current.accelerator: current.power_cap_w}
+            self.draining[svc.name] = draining_caps(self.draining.get(svc.name, {}), current, a, planned)
             m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update({

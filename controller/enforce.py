@@ -193,3 +193,16 @@ class Enforcer:
         if key in self.reads_failing:
             self.reads_failing.discard(key)
             log.info("%s: works again", key)
+
+
+def draining_caps(held: Mapping[str, float], current: Assignment, applied: Assignment,
+                  plan: Assignment) -> dict[str, float]:
+    """The caps of the variants a service is leaving, each until drained (`Enforcer.in_force`): a move that begins
+    keeps the old variant at its own cap (the plan's is another type's), and a variant the plan has turned back to
+    is held to the plan's cap for it as well (kept at its old one, it drew past what the plan counted)."""
+    out = dict(held)
+    if applied.accelerator != current.accelerator:
+        out = {v: w for v, w in out.items() if v != applied.accelerator} | {current.accelerator: current.power_cap_w}
+    if plan.accelerator in out:
+        out[plan.accelerator] = min(out[plan.accelerator], plan.power_cap_w)
+    return out

@@ -14,7 +14,7 @@ from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
 from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.decision_log import DecisionLog
-from controller.enforce import Enforcer
+from controller.enforce import Enforcer, draining_caps
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.settings import StabilitySettings, load_settings
@@ -185,6 +185,17 @@ def test_a_variant_the_plan_turns_back_to_is_not_drained_meanwhile(urgent: bool)
         assert running[1] == (0, 1), running  # the draw goes at once
     else:
         assert all(h == 3 for h, _ in running) and running[-1] == (3, 0), running  # moved back, never dark
+
+
+def test_a_variant_the_plan_turns_back_to_is_held_to_the_plans_cap_for_it() -> None:
+    """Kept while the gate holds the move back, the H100s ran at their pre-move 700 W where the plan counted 450."""
+    h100, a100 = Assignment("H100-SXM", 3, 64, 700.0), Assignment("A100-SXM4", 1, 64, 400.0)
+    held = draining_caps({}, h100, a100, replace(a100, replicas=3))  # the move begins
+    assert held == {"H100-SXM": 700.0}
+    held = draining_caps(held, a100, a100, replace(h100, power_cap_w=450.0))  # the plan turns back
+    assert held == {"H100-SXM": 450.0}
+    assert draining_caps(held, a100, a100, replace(h100, power_cap_w=600.0)) == held  # never raised while held
+    assert draining_caps(held, a100, h100, h100) == {"A100-SXM4": 400.0}  # moved back: the A100 drains
 
 
 def test_a_service_found_running_on_another_variant_is_planned_from_there(tmp_path: Path) -> None:
