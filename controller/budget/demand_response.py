@@ -84,8 +84,7 @@ class DemandResponseSource:
             self.signal = None
             what = f"demand response {self.path}"
             try:
-                with open_plain(self.path, "rb") as f:
-                    self.signal = parse_signal(loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
+                self.signal = read_signal(self.path, what)
             except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
                 raise MalformedAnswer(f"{what}: unreadable: {str(exc)[:200]}", self.retry_s) from None
             except MalformedAnswer as exc:
@@ -97,6 +96,12 @@ class DemandResponseSource:
         why = f"demand response {s.budget_w:.0f} W for {s.deadline_s - now:.0f} s more" + (
             f" ({s.reason})" if s.reason else "")
         return BudgetReading(s.budget_w, why, s.deadline_s)
+
+
+def read_signal(path: str, what: str) -> DemandSignal:
+    """The signal a file holds (raises OSError, ValueError, RecursionError or MalformedAnswer where it holds none)."""
+    with open_plain(path, "rb") as f:
+        return parse_signal(loads(f.read(MAX_SIGNAL_BYTES + 1)), what)
 
 
 def store_signal(path: str, signal: DemandSignal) -> None:
@@ -157,8 +162,7 @@ def _in_force(path: str, now: float) -> DemandSignal | None:
     """The signal the file holds, where its deadline is still ahead (none where there is no such file, or one
     that does not parse: a new signal replaces it all the same)."""
     try:
-        with open_plain(path, "rb") as f:
-            signal = parse_signal(loads(f.read(MAX_SIGNAL_BYTES + 1)), "signal file")
+        signal = read_signal(path, "signal file")
     except (OSError, ValueError, RecursionError, MalformedAnswer):
         return None
     return signal if signal.deadline_s > now else None
