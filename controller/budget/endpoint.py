@@ -60,7 +60,8 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
 
     def said(status: int, reply: dict[str, Any]) -> None:
         if status == 200:
-            logged.discard("refused 500")  # stored again: the next failure to store is said
+            with lock:
+                logged.discard("refused 500")  # stored again: the next failure to store is said
             replaced, warning = reply.get("replaced"), reply.get("warning")
             same = replaced is not None and (replaced["budget_w"], replaced["deadline_s"]) == (
                 reply["budget_w"], reply["deadline_s"])
