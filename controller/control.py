@@ -91,9 +91,9 @@ class Controller:
         streaks, cooldowns, retry records and tuner state are kept."""
         self.handoff.reconfigure(settings)
 
-    def set_budget(self, budget_w: float, why: str, now: float, changed: bool = True) -> None:
-        """The budget sources moved the budget, or its why alone (another thread may call this): Handoff.set_budget."""
-        self.handoff.set_budget(budget_w, why, now, changed)
+    def set_budget(self, budget_w: float, why: str, now: float) -> None:
+        """The budget sources moved the budget (another thread may call this): the governor takes it at once."""
+        self.handoff.set_budget(budget_w, why, now)
 
     def _adopt(self, settings: Settings) -> None:
         old = self.settings
