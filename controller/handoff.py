@@ -76,11 +76,10 @@ class Handoff:
         return configured_w, f"power.budget_w (the sources' {source[0]:.0f} W is not below it)"
 
     def power(self, settings: Settings) -> PowerSettings:
-        """The power settings in force: the configured budget, lowered by the budget sources where they say."""
-        dynamic = self.budget_from
-        if dynamic is None or dynamic[0] >= settings.power.budget_w:
-            return settings.power
-        return replace(settings.power, budget_w=dynamic[0])
+        """The power settings in force: the configured budget, lowered by the budget sources where they say
+        (`budget`)."""
+        budget_w, _ = self.budget(settings.power.budget_w)
+        return settings.power if budget_w == settings.power.budget_w else replace(settings.power, budget_w=budget_w)
 
     def _to_governor(self) -> None:
         """The newest settings, with the sources' budget, to the governor (one reference)."""
