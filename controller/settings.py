@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-
 NAME_MAX = 255
 """The longest file name (bytes) Linux file systems take."""
 
