@@ -33,7 +33,7 @@ def test_the_columns_rank_and_step_as_the_plain_definitions(fleet: list[list[tup
     cands = [[candidate(i, a, v, s) for a, v, s in rows] for i, rows in enumerate(fleet)]
     problem = Problem(tuple(ServiceDemand(f"s{i}", 1, Targets(300, 40), Load(1.0, 100, 100), {})
                             for i in range(len(cands))), ACCS, 5000.0)
-    columns = _Columns.of(problem, cands)
+    columns = _Columns.of(problem, cands, problem.shed_gpus(cands))
     for i, cs in enumerate(cands):
         ranked = sorted(cs, key=lambda c: c.value, reverse=True)
         assert [cs[k] for k in columns.rank[i].tolist()] == ranked

@@ -32,7 +32,27 @@ class Greedy:
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]:
         if not cands:
             return [], []  # no service: nothing to choose (every service removed by a reload)
-        columns = _Columns.of(problem, cands)
+        # A shed service holds GPUs too (`Problem.shed_gpus`): they are taken off the inventory, and a candidate on
+        # the same accelerator counts only what it needs past them. One on another leaves them held, so a service
+        # moved off its type is chosen again with them free, kept where that plan still serves every such one.
+        held = problem.shed_gpus(cands)
+        choice = self._choose(problem, cands, shed, held)
+        moved = {i for i, (c, (acc, n)) in enumerate(zip(choice, held, strict=True))
+                 if c is not None and n > 0 and c.assignment.accelerator != acc}
+        if not moved:
+            return choice, []
+        again = self._choose(problem, cands, shed, [("", 0) if i in moved else h for i, h in enumerate(held)])
+
+        def value(picked: Choice) -> float:
+            return sum(c.value if c is not None else shed[i] for i, c in enumerate(picked))
+
+        if all(again[i] is not None for i in moved) and value(again) > value(choice) + 1e-12:
+            return again, []
+        return choice, []
+
+    def _choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float],
+                held: list[tuple[str, int]]) -> Choice:
+        columns = _Columns.of(problem, cands, held)
         every = [columns.ranked(i) for i in range(len(cands))]
         lean = [np.flatnonzero(columns.spare[columns.span(i)] == 0) for i in range(len(cands))]
         arrays = [Ranked(a.value[ks], a.power[ks], a.gpus[ks], a.acc[ks]) for a, ks in zip(every, lean, strict=True)]
@@ -42,7 +62,8 @@ class Greedy:
             return float(v[0] - (v[1] if len(v) > 1 else shed[i])) if len(v) else 0.0
 
         order = sorted(range(len(cands)), key=lambda i: (problem.services[i].priority, -regret(i)))
-        count = np.array([a.count for a in problem.accelerators], dtype=float)
+        count = np.array([a.count - sum(n for acc, n in held if acc == a.name) for a in problem.accelerators],
+                         dtype=float)
         budget = problem.budget_w - problem.idle_w
         best: list[int] = [-1] * len(cands)
         best_v = sum(shed)
@@ -66,7 +87,7 @@ class Greedy:
             flat = Flat.of(arrays, shed)
             trade_power(flat, best, count, problem.budget_w - problem.idle_w)
             exchange(flat, best, count, problem.budget_w - problem.idle_w)
-        return [cands[i][int(columns.rank[i][j])] if j >= 0 else None for i, j in enumerate(best)], []
+        return [cands[i][int(columns.rank[i][j])] if j >= 0 else None for i, j in enumerate(best)]
 
     @staticmethod
     def _fill_spares(columns: _Columns, arrays: list[Ranked], picks: list[int], count: np.ndarray,
@@ -224,7 +245,8 @@ class _Columns:
     """(replicas, max batch, cap, clock or 0 where free) per row, ranked within each service."""
 
     @classmethod
-    def of(cls, problem: Problem, cands: list[list[Candidate]]) -> _Columns:
+    def of(cls, problem: Problem, cands: list[list[Candidate]], held: list[tuple[str, int]]) -> _Columns:
+        """`gpus` is each candidate's GPUs past those its service holds shed on the same accelerator (`held`)."""
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
         rows = [c for cs in cands for c in cs]
         first = np.cumsum([0] + [len(cs) for cs in cands])
@@ -248,7 +270,10 @@ class _Columns:
         one = np.array([(a.replicas, a.max_batch, a.power_cap_w, a.sm_clock_fraction or 0.0,
                          acc_index[a.accelerator]) for a in (rows[k].assignment for k in at.tolist())], dtype=float)
         shape = one.reshape(ids.size, 5)[inverse][order]
-        power, gpus, spare = (column(f)[order] for f in ("power_w", "gpus", "spare"))
+        sizes = np.diff(first)
+        mine = one.reshape(ids.size, 5)[inverse][:, 4] == np.repeat([acc_index.get(a, -1) for a, _ in held], sizes)
+        gpus = (column("gpus") - np.where(mine, np.repeat([n for _, n in held], sizes), 0))[order]
+        power, spare = (column(f)[order] for f in ("power_w", "spare"))
         return cls(first, rank, value[order], power, gpus, shape[:, 4].astype(int), spare, shape[:, :4])
 
     def span(self, i: int) -> slice:

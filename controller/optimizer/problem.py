@@ -3,6 +3,7 @@ domains."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, NamedTuple
@@ -111,6 +112,21 @@ class Problem:
 
     def accelerator(self, name: str) -> AcceleratorType:
         return next(a for a in self.accelerators if a.name == name)
+
+    def shed_gpus(self, cands: Sequence[Sequence[Candidate]]) -> list[tuple[str, int]]:
+        """The GPUs each service holds shed (`ServiceResult.planned`), on the accelerator it runs on: its min replicas,
+        or with no candidate at all (no shape meets its targets) the replicas it runs; ("", 0) where nothing runs.
+        Left out of the inventory rows, they were planned for other services, whose starts then found no GPU."""
+        accs = {a.name: a for a in self.accelerators}
+        out = []
+        for svc, cs in zip(self.services, cands, strict=True):
+            acc = accs.get(svc.current.accelerator) if svc.current is not None else None
+            if svc.current is None or acc is None:
+                out.append(("", 0))
+            else:
+                wanted = (svc.min_replicas if cs else svc.current.replicas) * acc.gpus_per_replica
+                out.append((acc.name, min(wanted, acc.count)))  # no more than its type has (a GPU lost)
+        return out
 
     @property
     def idle_w(self) -> float:

@@ -25,16 +25,19 @@ class Solver(Protocol):
     def choose(self, problem: Problem, cands: list[list[Candidate]], shed: list[float]) -> tuple[Choice, list[str]]: ...
 
 
-def _fits(problem: Problem, choice: Sequence[Candidate | None]) -> bool:
+def _fits(problem: Problem, choice: Sequence[Candidate | None], shed_gpus: Sequence[tuple[str, int]]) -> bool:
+    """Within the budget, the domains and the inventory, a shed service holding its `shed_gpus`."""
     used: dict[str, int] = {}
     power = 0.0
-    for c in choice:
-        if c is not None:
+    for c, (acc, held) in zip(choice, shed_gpus, strict=True):
+        if c is None:
+            used[acc] = used.get(acc, 0) + held
+        else:
             used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
             power += c.power_w
     if power > problem.budget_w - problem.idle_w + 1e-6 or over(problem, choice):
         return False
-    return all(n <= problem.accelerator(a).count for a, n in used.items())
+    return all(n <= problem.accelerator(a).count for a, n in used.items() if n > 0)
 
 
 def _value(choice: Sequence[Candidate | None], shed: list[float]) -> float:
@@ -63,9 +66,10 @@ class Exhaustive:
             return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
         best_v = _value(best, shed)
+        held = problem.shed_gpus(cands)
         for combo in itertools.product(*options):
             v = _value(combo, shed)
-            if v > best_v + 1e-9 and _fits(problem, combo):
+            if v > best_v + 1e-9 and _fits(problem, combo, held):
                 best, best_v = list(combo), v
         return best, []
 
@@ -103,13 +107,14 @@ class Milp:
         lp = Lp()
         picks = [[(lp.var(("c", i, k), ub=1.0, integer=True, cost=-c.value), c) for k, c in enumerate(cs)]
                  for i, cs in enumerate(cands)]
-        for i, row in enumerate(picks):  # each service takes one candidate or is shed
-            lp.row([*((x, 1.0) for x, _ in row), (lp.var(("shed", i), ub=1.0, integer=True, cost=-shed[i]), 1.0)],
-                   1.0, 1.0, "one")
+        sheds = [lp.var(("shed", i), ub=1.0, integer=True, cost=-shed[i]) for i in range(len(picks))]
+        for row, x_shed in zip(picks, sheds, strict=True):  # each service takes one candidate or is shed
+            lp.row([*((x, 1.0) for x, _ in row), (x_shed, 1.0)], 1.0, 1.0, "one")
         flat = [xc for row in picks for xc in row]
-        for a in problem.accelerators:
-            lp.row(((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name), -np.inf, a.count,
-                   "inventory")
+        held = list(zip(sheds, problem.shed_gpus(cands), strict=True))
+        for a in problem.accelerators:  # a shed service holds its GPUs too
+            lp.row([*((x, float(c.gpus)) for x, c in flat if c.assignment.accelerator == a.name),
+                    *((x, float(n)) for x, (acc, n) in held if acc == a.name and n > 0)], -np.inf, a.count, "inventory")
         lp.row(((x, c.power_w) for x, c in flat), -np.inf, problem.budget_w - problem.idle_w, "budget")
         for d in problem.domains:
             lp.row(((x, domain_w(problem, c, d)) for x, c in flat), -np.inf, max(0.0, d.room_w), f"domain {d.name}")
@@ -151,7 +156,8 @@ class Auto:
         if sum(len(cs) for cs in cands) > self.milp_candidates:
             return choice, notes
         exact, milp_notes = self.milp.exact(problem, cands, shed)
-        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact):
+        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact,
+                                                                                                 problem.shed_gpus(cands)):
             return exact, milp_notes
         return choice, [*notes, *milp_notes]
 
