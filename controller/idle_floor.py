@@ -18,6 +18,12 @@ def idle_w(s: Settings) -> float:
     return sum(a.count * CATALOG[a.name].empty_draw_w for a in s.accelerators)
 
 
+def lowest_limits_w(s: Settings) -> float:
+    """Every GPU at its lowest power limit: the least the governor's limits sum to, so a budget under it holds every
+    GPU there and no cap planned above it applies."""
+    return sum(a.count * CATALOG[a.name].min_power_w for a in s.accelerators)
+
+
 def floor_w(s: Settings) -> float:
     """The least the site can be held to under load: every service's min_replicas busy at the lowest limit of its
     cheapest accelerator, every other GPU with no process (the catalogue's figures). Below it only fewer replicas

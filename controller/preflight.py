@@ -23,7 +23,7 @@ from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
-from controller.idle_floor import floor_w
+from controller.idle_floor import floor_w, lowest_limits_w
 from controller.settings import Settings
 from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
@@ -142,7 +142,7 @@ def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
     out = _floor_levels(settings) + _domain_floors(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
-    lowest = sum(a.count * CATALOG[a.name].min_power_w for a in settings.accelerators)
+    lowest = lowest_limits_w(settings)
     if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
         out.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below the "
                    f"GPUs' lowest limits, {lowest:.0f} W: every GPU is held at its lowest limit, so a cap planned "
