@@ -9,7 +9,9 @@ a new max batch (a rolling restart), fewer replicas, or a move to another accele
 for `confirm_cycles` cycles in a row, so one noisy estimate does not set it off. Replicas move at most
 `max_replica_step`, caps at most `max_cap_step_w` up, per cycle; a move starts the new variant with at most
 `max_replica_step` replicas at the plan's cap for its type (a cap of one type says nothing of another's, so while
-a move waits for confirmation what runs keeps its own cap; the governor holds the budget meanwhile).
+a move waits for confirmation what runs keeps its own cap; the governor holds the budget meanwhile). A service
+below its min_replicas (a move's new variant once the old one drained, a replica lost) steps back towards them at
+the next cycle, cooling or not.
 
 A new max batch also waits, up to `short_restart_hold_s`, while the plan leaves its service short of
 capacity with no replica to add ("replicas": at `max_replicas`; "inventory": no free GPU): a rolling restart
@@ -59,10 +61,12 @@ class StabilityGate:
         return shape_n, shrink_n
 
     def admit(self, now: float, service: str, current: Assignment, planned: Assignment,
-              short_reason: str | None = None, urgent: bool = False, least: int = 0) -> Assignment:
+              short_reason: str | None = None, urgent: bool = False, least: int = 0,
+              one_variant: bool = True) -> Assignment:
         """What of `planned` may be applied now, starting from `current`; `short_reason` is why the plan leaves
         the service short of its load (None: it does not); `urgent`: over budget with every limit at its floor;
-        `least`: the service's min_replicas, which it regains even while urgent."""
+        `least`: the service's min_replicas, which it regains even while urgent or cooling; `one_variant`: no
+        other variant of it runs (a move's old one drained)."""
         s = self.settings
         shape_n, shrink_n = self._streaks(service, current, planned)
         held = self._restart_held(now, service, short_reason)
@@ -86,7 +90,13 @@ class StabilityGate:
         if cap > current.power_cap_w:
             cap = min(cap, current.power_cap_w + s.max_cap_step_w)
         if cooling:
-            out = replace(current, power_cap_w=min(cap, current.power_cap_w))
+            # Below min_replicas, a step back towards them passes: a move starts the new variant at
+            # max_replica_step and drains the old once it serves, which held a service of three on one replica
+            # for the cooldown. Not while the old still runs: a regain its drain waited on would wait for GPUs
+            # another service's move frees only once this one's old variant is gone.
+            regain = min(planned.replicas, least) - current.replicas if one_variant else 0
+            out = replace(current, replicas=current.replicas + max(0, min(regain, s.max_replica_step)),
+                          power_cap_w=min(cap, current.power_cap_w))
         else:
             step = max(-s.max_replica_step, min(s.max_replica_step, planned.replicas - current.replicas))
             if step < 0 and shrink_n < s.confirm_cycles:

@@ -146,3 +146,15 @@ def test_a_service_gives_way_early_only_to_one_at_least_as_important() -> None:
     pending.append(Pending("bulk", 3, bulk_now, replace(bulk_now, replicas=1), bulk_now))
     out = gate.make_room({"H100-SXM": Inventory(free=0)}, pending)
     assert out["chat"] == chat_now and out["bulk"].replicas == 1
+
+
+def test_a_service_below_its_min_replicas_steps_back_while_cooling() -> None:
+    """A move's new variant, its old one drained, or a replica lost: the step back to min_replicas passes the
+    cooldown (not past the plan, nor past the step); mid-move, with the old variant still running, it waits."""
+    gate = StabilityGate(StabilitySettings(cooldown_s=120.0, max_replica_step=1))
+    gate.note_change(0.0, "code")
+    one = replace(NOW, replicas=1)
+    assert gate.admit(10.0, "code", one, replace(NOW, replicas=4), least=3) == replace(NOW, replicas=2)
+    assert gate.admit(11.0, "code", one, replace(NOW, replicas=4), least=3, one_variant=False) == one
+    assert gate.admit(12.0, "code", one, replace(NOW, replicas=4), least=1) == one
+    assert gate.admit(13.0, "code", one, one, least=3) == one  # a plan of one (a partial) is not overridden
