@@ -48,17 +48,21 @@ class StabilityGate:
         self.last_change_s: dict[str, float] = {}
         self._short_since: dict[str, float] = {}
         """Per service: when the plan first left it short of capacity, in the shortfall now running."""
-        self._asked: dict[str, tuple[tuple[str, int], int, int]] = {}
-        """Per service: the (accelerator, max batch) last planned, cycles in a row it was, cycles in a row fewer
-        replicas were."""
+        self._asked: dict[str, tuple[tuple[str, int], int, int, int]] = {}
+        """Per service: the (accelerator, max batch) last planned, cycles in a row it was, cycles in a row its
+        accelerator was, cycles in a row fewer replicas were."""
 
-    def _streaks(self, service: str, current: Assignment, planned: Assignment) -> tuple[int, int]:
+    def _streaks(self, service: str, current: Assignment, planned: Assignment) -> tuple[int, int, int]:
+        """Cycles in a row the plan asked for its shape (a new max batch), for its accelerator (a move: its new
+        replicas start at the max batch in force, so a max batch changing each cycle does not hold one back, where
+        the variant it turned back to and the one it left both ran on) and for fewer replicas."""
         shape = (planned.accelerator, planned.max_batch)
-        last, shape_n, shrink_n = self._asked.get(service, (shape, 0, 0))
+        last, shape_n, acc_n, shrink_n = self._asked.get(service, (shape, 0, 0, 0))
         shape_n = shape_n + 1 if last == shape else 1
+        acc_n = acc_n + 1 if last[0] == planned.accelerator else 1
         shrink_n = shrink_n + 1 if planned.replicas < current.replicas else 0
-        self._asked[service] = (shape, shape_n, shrink_n)
-        return shape_n, shrink_n
+        self._asked[service] = (shape, shape_n, acc_n, shrink_n)
+        return shape_n, acc_n, shrink_n
 
     def admit(self, now: float, service: str, current: Assignment, planned: Assignment,
               short_reason: str | None = None, urgent: bool = False, least: int = 0,
@@ -68,7 +72,7 @@ class StabilityGate:
         `least`: the service's min_replicas, which it regains even while urgent or cooling; `one_variant`: no
         other variant of it runs (a move's old one drained)."""
         s = self.settings
-        shape_n, shrink_n = self._streaks(service, current, planned)
+        shape_n, acc_n, shrink_n = self._streaks(service, current, planned)
         held = self._restart_held(now, service, short_reason)
         if planned == current:
             return current
@@ -82,7 +86,7 @@ class StabilityGate:
                            power_cap_w=min(planned.power_cap_w, current.power_cap_w))
         cooling = now - self.last_change_s.get(service, -float("inf")) < s.cooldown_s
         if planned.accelerator != current.accelerator:
-            if cooling or shape_n < s.confirm_cycles:
+            if cooling or acc_n < s.confirm_cycles:
                 return current
             # The service's max batch is one for all its replicas: the new ones start with it, a change follows.
             return replace(planned, replicas=min(planned.replicas, s.max_replica_step), max_batch=current.max_batch)

@@ -158,3 +158,16 @@ def test_a_service_below_its_min_replicas_steps_back_while_cooling() -> None:
     assert gate.admit(11.0, "code", one, replace(NOW, replicas=4), least=3, one_variant=False) == one
     assert gate.admit(12.0, "code", one, replace(NOW, replicas=4), least=1) == one
     assert gate.admit(13.0, "code", one, one, least=3) == one  # a plan of one (a partial) is not overridden
+
+
+def test_a_move_is_confirmed_on_its_accelerator_whatever_max_batch_the_plan_asks() -> None:
+    """A plan that turns back to the variant it left, its max batch changing each cycle, never confirmed the move
+    back (the streak was kept on accelerator and max batch together): both variants ran on. The new replicas
+    start at the max batch in force, so the move counts its accelerator alone; a new max batch still its shape."""
+    gate = StabilityGate(StabilitySettings(cooldown_s=0.0, confirm_cycles=3, max_replica_step=2))
+    on_l40s = Assignment("L40S", 2, 64, 300.0)
+    asks = [Assignment("H100-SXM", 2, batch, 600.0) for batch in (32, 64, 32)]
+    got = [gate.admit(15.0 * k, "code", on_l40s, ask) for k, ask in enumerate(asks)]
+    assert got[:2] == [on_l40s, on_l40s] and got[2] == Assignment("H100-SXM", 2, 64, 600.0), got
+    batch = [gate.admit(60.0 + 15.0 * k, "chat", NOW, replace(NOW, max_batch=b)) for k, b in enumerate((32, 128, 32))]
+    assert batch == [NOW, NOW, NOW]
