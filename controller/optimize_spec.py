@@ -117,7 +117,7 @@ class Spec:
                 if acc not in names:
                     raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "
                                       f"(accelerators: {sorted(names)})")
-        minimum_fits(self.accelerators, self.services)
+        minimum_fits(self.accelerators, self.services, [list(svc.params) for svc in self.services])
 
 
 REQUIRED_PARAMS = ("alpha_ms", "beta_ms", "gamma_ms")

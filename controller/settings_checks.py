@@ -73,7 +73,7 @@ def check_settings(s: Settings) -> None:
                           f"daemon.slow_interval_s ({s.daemon.slow_interval_s:g} s): lower the one or raise the other")
     if s.uses_sim:
         _simulated_host(s)
-    minimum_fits(s.accelerators, s.services)
+    minimum_fits(s.accelerators, s.services, [[v.accelerator for v in s.variants_of(svc)] for svc in s.services])
     idle = idle_w(s)
     if s.power.budget_w < idle:
         raise below_idle("power.budget_w", s.power.budget_w, idle)
@@ -207,10 +207,14 @@ class _Bounded(Protocol):
     def min_replicas(self) -> int: ...
 
 
-def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence[_Bounded]) -> None:
-    """The services' min_replicas fit the inventory together (a config's or an optimize spec's): a minimum the
-    plan cannot place is a service left at 0 replicas, or short, without the inventory named as why."""
-    room = sum(a.count // a.gpus_per_replica for a in accelerators)
+def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence[_Bounded],
+                 homes: Sequence[Sequence[str]]) -> None:
+    """The services' min_replicas fit the inventory together (a config's or an optimize spec's), and each one's on
+    some accelerator of its `homes` (a service runs on one type at a time): a minimum the plan cannot place is a
+    service left at 0 replicas, or short, without the inventory named as why. A service none of whose types is
+    on offer at all (a spec's what-if with count = 0) is planned short for inventory instead."""
+    most = {a.name: a.count // a.gpus_per_replica for a in accelerators}
+    room = sum(most.values())
     for svc, needed in zip(services, accumulate(b.min_replicas for b in services), strict=True):
         if needed > room:
             for a in accelerators:  # where that is why, the accelerator is what to mend, not the service
@@ -220,6 +224,11 @@ def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence
                                       f"min_replicas need {needed}")
             raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
                               f"to {needed}, more replicas than the accelerators hold ({room})")
+    for svc, names in zip(services, homes, strict=True):
+        if names and 0 < max(most.get(n, 0) for n in names) < svc.min_replicas:
+            held = ", ".join(f"{n} holds {most.get(n, 0)}" for n in names)
+            raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"{svc.min_replicas} replicas fit on none of its "
+                              f"accelerators ({held}): a service runs on one type at a time")
 
 
 def _backends(s: Settings) -> None:

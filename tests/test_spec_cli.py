@@ -43,6 +43,9 @@ def code_service(name: str) -> str:
      r"\(65 values\)"),
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 4\nmin_replicas = 5", 1),
      r"services\[chat\].min_replicas: must be between 0 and max_replicas \(4\), got 5"),
+    (lambda t: t.replace("max_replicas = 4", "max_replicas = 8\nmin_replicas = 7", 1),  # 10 in all, 6 on one type
+     r"services\[chat\].min_replicas: 7 replicas fit on none of its accelerators \(H100-SXM holds 6, "
+     r"A100-SXM4 holds 4\): a service runs on one type at a time"),
     (lambda t: t.replace("priority = 2", "priority = -1"), r"services\[code\].priority: must be in 1..1000, got -1"),
     (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
