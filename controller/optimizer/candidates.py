@@ -1,7 +1,8 @@
 """Candidate enumeration: per service, each (accelerator, max batch, cap) sized by the queue model.
 
 A full candidate serves the whole load with ceil(load / max rate) replicas; partial ones serve what
-fewer replicas can, so a short budget degrades a service before it drops it. What each is worth to the
+fewer replicas can, so a short budget degrades a service before it drops it (those and the spares past a
+shape's need are optimizer/ladders.py's). What each is worth to the
 solvers is optimizer/values.py's.
 
 A new max batch is a rolling restart: one replica at a time is down while it reloads. A candidate that
@@ -13,19 +14,17 @@ the remedy and nothing is added.
 
 from __future__ import annotations
 
-import heapq
-import math
 from dataclasses import replace
 from functools import lru_cache
 from itertools import chain, compress, pairwise, repeat
-from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
 
 from controller.optimizer.clocks import clock_of, shape_choices, sure_savings
+from controller.optimizer.ladders import partial_pool, partials, spares
 from controller.optimizer.problem import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, make_candidate
-from controller.optimizer.sizing import Brackets, Shapes, Sizer, rates_per_replica, size_together
+from controller.optimizer.sizing import Shapes, Sizer, rates_per_replica, size_together
 from controller.optimizer.values import collector_paused
 from queuemodels import Performance, PowerProfile, ServerShape, get_model
 from queuemodels.clock import clock_share
@@ -33,13 +32,6 @@ from queuemodels.law_arrays import Bases, Points
 from queuemodels.power import uncapped_peak_w
 from queuemodels.step_arrays import Floats
 
-MAX_PARTIAL = 6
-EXTRA_REPLICAS = 2
-"""Replicas beyond a shape's need offered to the token-speed objective: without them a plan could reach more
-replicas only through a shape that needs more (a smaller max batch), and changed its batch to scale."""
-SPARE_SHAPES = 4
-"""Shapes per service and accelerator offered spare replicas besides those of the max batch in force: the
-ones scoring best at their need (a spare for every shape tripled the candidates and the slow loop's cost)."""
 Shape = tuple[int, float, float | None]
 """A (max batch, cap, clock) the optimizer sizes."""
 Needs = dict[Shape, int | None]
@@ -172,59 +164,6 @@ def _restart_need(svc: ServiceDemand, cur: Assignment, pair: Pair, cap_w: float,
     return pair.most + 1 if pair.sizer.rate_per_replica(shape) > 0 else 0
 
 
-def _spares(problem: Problem, pair: Pair, full: list[Candidate]) -> list[Spec]:
-    """Token speed gains from replicas beyond the need (shorter queues), cost and energy never do. They are offered
-    on the shapes scoring best at their need, where a plan with watts and GPUs to spare would look, and on the max
-    batch in force (so more replicas never have to come through a restart) as far as on any of those: a batch in force
-    that needs fewer replicas than another offered no candidate as many as that one's, so a plan with GPUs to spare
-    restarted into it to keep its replicas, and back (staying must be offered; offered however far past any need,
-    the replicas of a past peak were kept)."""
-    svc = problem.services[pair.service]
-    now = svc.current
-    batch_now = now.max_batch if now is not None and now.accelerator == pair.acc.name else None
-    best = set(map(id, heapq.nlargest(SPARE_SHAPES, full, key=attrgetter("score"))))
-    reach = max((c.assignment.replicas for c in full if id(c) in best), default=0) + EXTRA_REPLICAS
-    out = []
-    for c in full:
-        a = c.assignment
-        if a.max_batch != batch_now and id(c) not in best:
-            continue
-        most = a.replicas + EXTRA_REPLICAS
-        if a.max_batch == batch_now and now is not None:
-            most = max(most, min(now.replicas, reach))
-        for n in range(a.replicas + 1, min(pair.most, most) + 1):
-            out.append((a.max_batch, a.power_cap_w, a.sm_clock_fraction, n, svc.load.rate_rps, n - a.replicas))
-    return out
-
-
-def _partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets) -> list[Shape]:
-    """The shapes partial candidates may run on (`_partials`): among those needing the fewest replicas (the need
-    falls as the rate rises), the one whose known fitting rate is highest (`brackets`: those the shapes were sized
-    with, their searches' checks and drift probes of this cycle and earlier ones, a lower bound of each one's max
-    rate that costs nothing); every shape where none carries the load; none where one replica carries it."""
-    known = [n for n in needs.values() if n is not None]
-    if problem.services[pair.service].load.rate_rps <= 0 or (known and min(known) == 1):
-        return []
-    if not known:
-        return list(needs)
-    least = min(known)
-    return [max((s for s, n in needs.items() if n == least), key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
-
-
-def _partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Spec]:
-    """Fewer replicas than the load needs, on the shape of the pool (`_partial_pool`, with each one's max rate)
-    one replica takes most on, each full: what a short budget degrades a service to."""
-    if not rates:
-        return []
-    rate_rps = problem.services[pair.service].load.rate_rps
-    (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
-    if best_rate <= 0:
-        return []
-    most = min(pair.most, math.ceil(rate_rps / best_rate - 1e-9) - 1)
-    steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
-    return [(batch, cap, clock, r, min(rate_rps, r * best_rate), 0) for r in steps]
-
-
 def _full(problem: Problem, pair: Pair, needs: Needs) -> list[Spec]:
     """A spec per shape that carries the whole load within the replicas the service may run there."""
     svc = problem.services[pair.service]
@@ -288,11 +227,11 @@ def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Cand
         return sure_savings(cs, draws_w, problem.clock_min_saving) if locked else cs
 
     brackets = [p.sizer.brackets_of(p.sized) for p in pairs]
-    pools = [_partial_pool(problem, *args) for args in zip(pairs, needs, brackets, strict=True)]
+    pools = [partial_pool(problem, *args) for args in zip(pairs, needs, brackets, strict=True)]
     asks = [(p.sizer, p.shapes[s], b) for p, pool, b in zip(pairs, pools, brackets, strict=True) for s in pool]
     rates = iter(rates_per_replica(problem.queue_model, asks))
-    more = [(_spares(problem, p, sure(*f)) if problem.objective == "token_speed" else [])
-            + _partials(problem, p, {s: next(rates) for s in pool})
+    more = [(spares(problem, p, sure(*f)) if problem.objective == "token_speed" else [])
+            + partials(problem, p, {s: next(rates) for s in pool})
             for p, f, pool in zip(pairs, full, pools, strict=True)]
     out: list[list[Candidate]] = [[] for _ in problem.services]
     for pair, (cs, draws), (extra, extra_draws) in zip(pairs, full, _value(problem, pairs, bases, more), strict=True):
