@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 MAX_PARTIAL = 6
 """Rungs of a partial ladder: replica counts spread evenly from 1 to one short of the need."""
+FRUGAL_RUNGS = 3
+"""Rungs of each frugal ladder (`_frugal`): a fallback where the fastest shape's does not fit, not a search."""
 EXTRA_REPLICAS = 2
 """Replicas beyond a shape's need offered to the token-speed objective: without them a plan could reach more
 replicas only through a shape that needs more (a smaller max batch), and changed its batch to scale."""
@@ -53,25 +56,42 @@ def partial_pool(problem: Problem, pair: Pair, needs: Needs, brackets: Brackets)
     """The shapes partial candidates may run on (`partials`): among those needing the fewest replicas (the need
     falls as the rate rises), the one whose known fitting rate is highest (`brackets`: those the shapes were sized
     with, their searches' checks and drift probes of this cycle and earlier ones, a lower bound of each one's max
-    rate that costs nothing); every shape where none carries the load; none where one replica carries it."""
+    rate that costs nothing), with its frugal ones (`_frugal`), whose ladders are there where one replica of the
+    fastest carries the load too; every shape where none carries it."""
     known = [n for n in needs.values() if n is not None]
-    if problem.services[pair.service].load.rate_rps <= 0 or (known and min(known) == 1):
+    if problem.services[pair.service].load.rate_rps <= 0:
         return []
     if not known:
         return list(needs)
     least = min(known)
-    return [max((s for s, n in needs.items() if n == least), key=lambda s: brackets.known_fit_rps(pair.shapes[s]))]
+    return _frugal(max((s for s, n in needs.items() if n == least),
+                       key=lambda s: brackets.known_fit_rps(pair.shapes[s])), needs)
+
+
+def _frugal(fastest: Shape, shapes: Iterable[Shape]) -> list[Shape]:
+    """`fastest` and the shapes of least draw at its clock: its max batch, and the smallest, at the lowest cap.
+    Busy at the fastest's cap, one replica can need more than a short budget holds; with no ladder below it, the
+    service was shed whole while one of lower priority ran (budget 1,000 W: chat shed, code served)."""
+    same = [s for s in shapes if s[2] == fastest[2]]
+    low = min(s[1] for s in same)
+    smallest = min(s[0] for s in same if s[1] == low)
+    return list(dict.fromkeys(s for s in (fastest, (fastest[0], low, fastest[2]), (smallest, low, fastest[2]))
+                              if s in same))
 
 
 def partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Spec]:
-    """Fewer replicas than the load needs, on the shape of the pool (`partial_pool`, with each one's max rate)
-    one replica takes most on, each full: what a short budget degrades a service to."""
+    """Fewer replicas than the load needs, each full, on the shape of the pool (`partial_pool`, with each one's max
+    rate) one replica takes most on and on its frugal ones: what a short budget degrades a service to."""
     if not rates:
         return []
     rate_rps = problem.services[pair.service].load.rate_rps
-    (batch, cap, clock), best_rate = max(rates.items(), key=lambda kv: kv[1])
-    if best_rate <= 0:
-        return []
-    most = min(pair.most, math.ceil(rate_rps / best_rate - 1e-9) - 1)
-    steps = sorted({max(1, round(most * k / MAX_PARTIAL)) for k in range(1, MAX_PARTIAL + 1)}) if most >= 1 else []
-    return [(batch, cap, clock, r, min(rate_rps, r * best_rate), 0) for r in steps]
+    out = []
+    for rungs, (batch, cap, clock) in zip((MAX_PARTIAL, FRUGAL_RUNGS, FRUGAL_RUNGS),
+                                          _frugal(max(rates, key=lambda s: rates[s]), rates), strict=False):
+        per_replica = rates[batch, cap, clock]
+        if per_replica <= 0:
+            continue
+        most = min(pair.most, math.ceil(rate_rps / per_replica - 1e-9) - 1)
+        steps = sorted({max(1, round(most * k / rungs)) for k in range(1, rungs + 1)}) if most >= 1 else []
+        out += [(batch, cap, clock, r, min(rate_rps, r * per_replica), 0) for r in steps]
+    return out

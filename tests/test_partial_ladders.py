@@ -1,0 +1,51 @@
+"""Partial ladders: a short budget degrades a service before it drops it, the highest priority last."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.optimize_spec import load_spec
+from controller.optimizer import AcceleratorType, Problem, get_solver, solve
+from tests.test_optimizer import A100, H100, services
+
+
+@pytest.mark.parametrize("accs", [(H100,), (H100, A100)], ids=["h100", "h100+a100"])
+def test_no_service_is_dropped_while_a_lower_priority_one_runs(accs: tuple[AcceleratorType, ...]) -> None:
+    """chat (priority 1) at 20 rps: its partial ladder ran only on its fastest shape, whose one replica drew more
+    than 870 W leaves; it was shed while code (priority 2) ran a replica on a frugal shape of its own."""
+    problem = Problem(services((20.0, 5.0, 5.0)), accs, 0.0, batch_sizes=(16, 64), power_levels=(0.6, 1.0))
+    for budget in range(int(problem.idle_w) + 50, int(problem.idle_w) + 1500, 50):
+        at = replace(problem, budget_w=float(budget))
+        for name in ("milp", "greedy"):
+            sol = solve(at, get_solver(name))
+            served = [s.load.rate_rps - r.short_rps > 1e-9 for r, s in zip(sol.services, at.services, strict=True)]
+            assert served == sorted(served, reverse=True), (budget, name, [r.assignment for r in sol.services])
+
+
+def test_a_load_one_replica_carries_is_served_in_part_where_its_draw_passes_the_budget(tmp_path: Path) -> None:
+    """One A100 carries 7 rps, drawing 253 W at any cap (the load sets the draw, not the cap) on a 250-W budget: no
+    full candidate fits, and with no partial one the service was shed whole. At the lowest cap it serves most."""
+    (tmp_path / "one.toml").write_text(ONE_A100)
+    problem = load_spec(tmp_path / "one.toml")
+    for name in ("milp", "greedy", "exhaustive"):
+        r = solve(problem, get_solver(name)).services[0]
+        assert r.assignment is not None and r.assignment.power_cap_w == 240.0, (name, r)
+        assert 0.0 < r.short_rps < 2.0, (name, r)
+    assert solve(replace(problem, budget_w=260.0), get_solver("milp")).services[0].short_rps == 0.0  # it fits whole
+
+
+ONE_A100 = """
+budget_w = 250
+[[accelerators]]
+name = "A100-SXM4"
+count = 1
+[[services]]
+name = "chat"
+rate_rps = 7
+ttft_ms = 300
+itl_ms = 40
+params."A100-SXM4" = { alpha_ms = 20, beta_ms = 0.15, gamma_ms = 18, delta_ms = 0.07 }
+"""
