@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from controller import strict_json
 from controller.cli_analyze import as_flags
@@ -86,4 +87,26 @@ def tune(args: argparse.Namespace) -> int:
                   f"{d['batch_half']} (the batch that draws half the rest), from {d['windows']} "
                   f"window{'' if d['windows'] == 1 else 's'}; median "
                   f"relative error {d['median_abs_err_power']}")
+    return _usable(report)
+
+
+UNUSABLE_ERROR = 1.0
+"""The in-sample median relative error of mean TTFT or ITL past which a fit is refused as unusable: off by more
+than the windows it was fitted to measured (a sound fit reads 0.01-0.4)."""
+
+
+def _usable(report: dict[str, Any]) -> int:
+    """0, or 1 with a line on stderr where the fit cannot be used (its parameters are printed all the same, to see
+    why); a note where too few rows were there to move most parameters off the prior."""
+    fit = report["error_in_sample"]
+    worst = max((v for v in (fit["median_ttft"], fit["median_itl"]) if v == v), default=0.0)
+    if worst > UNUSABLE_ERROR:
+        print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
+              f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable; a parameter "
+              "held at a bound above says which prior to move nearer the observations", file=sys.stderr)
+        return 1
+    n, k = report["observations"], len(report["params"])
+    if n < k:
+        print(f"wattscale: tune: {n} observation{'' if n == 1 else 's'} for {k} parameters: most stay near the "
+              "prior's values", file=sys.stderr)
     return 0

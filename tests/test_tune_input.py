@@ -85,9 +85,24 @@ def test_a_file_of_one_row_reads_as_one_and_says_what_it_cannot_score(tmp_path: 
     path = tmp_path / "one.csv"
     path.write_text("".join((ROOT / "config" / "examples" / "observations.csv").read_text().splitlines(True)[:2]))
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0
-    out = capsys.readouterr().out
+    got = capsys.readouterr()
+    out = got.out
     assert out.startswith("1 observation (warmup 1): ") and "one step ahead no row scored (warm-up); in sample ttft " \
         in out and "from 1 window;" in out and "nan" not in out, out
+    assert "tune: 1 observation for 8 parameters: most stay near the prior's values" in got.err  # said, exit 0
+
+
+def test_a_fit_that_does_not_explain_its_own_windows_exits_1_saying_so(capsys: pytest.CaptureFixture[str],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A prior ten times off the observations: alpha held at its bound, every row after the warm-up rejected, and
+    the parameters printed (in-sample TTFT off 11,000-fold) with exit 0, to be pasted into `analyze` or a spec."""
+    path = ROOT / "config" / "examples" / "observations.csv"
+    assert main(["tune", str(path), "--accelerator", "H100-SXM", "--alpha-ms", "1500"]) == 1
+    err = capsys.readouterr().err
+    assert "alpha_ms held at its lower bound 150 (prior / 10)" in caplog.text
+    assert "tune: the fit does not explain its own windows (in-sample median error ttft 11049" in err
+    assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0  # the example itself fits
+    assert "does not explain" not in capsys.readouterr().err
 
 
 def test_thousands_of_rejected_rows_are_named_ten_at_a_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
