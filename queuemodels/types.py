@@ -1,8 +1,5 @@
 """Value types shared by every queue model: parameters, load, server shape, power profile (targets and predictions:
-queuemodels/targets.py).
-
-Times inside the models are milliseconds (`_ms`), rates per second (`_rps`), power in watts (`_w`).
-"""
+queuemodels/targets.py). Times are milliseconds (`_ms`), rates per second (`_rps`), power in watts (`_w`)."""
 
 from __future__ import annotations
 
@@ -122,8 +119,9 @@ class ServiceParams:
         self._check_experts()
         for name in NAMES["step"]:
             value = getattr(self, name)
-            if 0.0 < value < LEAST_TERM:
-                raise ModelInputError(f"{name}: must be 0 or at least {LEAST_TERM:g}, got {value!r}")
+            if 0.0 < value < LEAST_TERM:  # alpha may not be 0 (check_number above): not offered it
+                raise ModelInputError(f"{name}: must be {'0 or ' * (name != 'alpha_ms')}at least {LEAST_TERM:g}, "
+                                      f"got {value!r}")
             if value and name not in NAMES[self.family]:  # a term the family never reads: silently dropped
                 raise ModelInputError(f"{name}: the {self.family} family has no such term, got {value!r}")
 

@@ -126,6 +126,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[CHAT\].name: duplicate service name 'CHAT' \(as 'chat': names are compared in lower case"),
         (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = 1e-12,", 1),
          r"services\[chat\].prior.beta_ms: must be 0 or at least 1e-09, got 1e-12"),
+        (lambda t: t.replace("alpha_ms = 20.0,", "alpha_ms = 1e-10,", 1),  # 0, offered, was refused as out of range
+         r"services\[chat\].prior.alpha_ms: must be at least 1e-09, got 1e-10$"),
         (lambda t: t.replace('family = "step"', 'family = "gen2"', 1),  # a term the family never reads was dropped
          r"services\[chat\].prior.delta_ms: the gen2 family has no such term, got 0.06"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "gen1", kappa_ms = 0.01, alpha_ms', 1),
