@@ -30,6 +30,13 @@ def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     assert [o.rate_rps for o in read_bounded(path)] == [2.0]
 
 
+def test_a_header_spaced_after_its_commas_is_read_as_its_names(tmp_path: Path) -> None:
+    """"rate_rps, in_tokens, ..." was refused as missing 'in_tokens', whose cell read ' in_tokens'."""
+    path = tmp_path / "spaced.csv"
+    path.write_text(HEADER.replace(",", ", ") + "\n" + ROW.replace(",", ", ") + "\n")
+    assert [(o.rate_rps, o.in_tokens, o.itl_ms) for o in read_bounded(path)] == [(2.0, 500.0, 20.0)]
+
+
 def test_a_column_named_twice_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "twice.csv"
     path.write_text(HEADER + ",ttft_ms\n" + ROW + ",130\n")

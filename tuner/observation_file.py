@@ -132,7 +132,8 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
     try:
         with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
             reader = csv.DictReader(f)
-            _check_header(path, list(reader.fieldnames or []))
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]  # "a, b" as a spreadsheet writes
+            _check_header(path, list(reader.fieldnames))
             rows: list[tuple[int, Observation]] = []
             for row in reader:
                 where = f"{path}:{reader.line_num}"
