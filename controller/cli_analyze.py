@@ -32,7 +32,7 @@ ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": M
                   "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
                   "in_cv": 10.0, "out_cv": 10.0}
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""
-ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (0.0, False), "out_tokens": (1.0, True)}
+ANALYZE_FLOORS = {"alpha_ms": (0.0, False), "in_tokens": (1.0, True), "out_tokens": (1.0, True)}
 """Lower bounds other than 0 allowed (the bound, whether it is allowed), as the model's own checks hold them."""
 FITTED_BOUNDS = {"prefill_sensitivity": (0.0, 100.0), "busy_share": BUSY_BOUNDS, "batch_half": HALF_BOUNDS}
 """The fitted profile's flags' ranges: the draw curve's are those `tune --fit-power` fits within."""

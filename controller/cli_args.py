@@ -119,6 +119,8 @@ def batch_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"every batch size must be >= 1, got {given}")
     if max(sizes) > MAX_BATCH or len(sizes) > 64:
         raise argparse.ArgumentTypeError(f"at most 64 batch sizes, each <= {MAX_BATCH}, got {given}")
+    if len(set(sizes)) < len(sizes):  # as a config's and a spec's batch_sizes are
+        raise argparse.ArgumentTypeError(f"each batch size once, got {given}")
     return sizes
 
 

@@ -123,8 +123,9 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
 @pytest.mark.parametrize("args,message", [
     (["--rate-rps", "-1"], "--rate-rps: must be a finite number >= 0"),
     (["--alpha-ms", "0"], "--alpha-ms: must be a finite number > 0 and <= 60000, got 0.0"),  # as the flag says it
-    (["--in-tokens", "0"], "--in-tokens: must be a finite number > 0"),
+    (["--in-tokens", "0"], "--in-tokens: must be a finite number >= 1 and <= 1e+06, got 0.0"),
     (["--out-tokens", "0.5"], "--out-tokens: must be a finite number >= 1 and <= 1e+06, got 0.5"),
+    (["--in-tokens", "0.001"], "--in-tokens: must be a finite number >= 1 and <= 1e+06, got 0.001"),  # as specs hold
     (["--kv-tokens", "1"], "--kv-tokens: 1 holds no whole request of this load (400 + 200 tokens)"),
     (["--rate-rps", "40", "--max-queue", "-1"], "--rate-rps: 40 has no stationary solution with an unbounded queue: "
                                                 "max_batch 64 saturates at 18.1665 rps"),
@@ -152,6 +153,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(capsys: pytest.CaptureFixture
 
 @pytest.mark.parametrize("args,message", [
     (["--batch-sizes", "8,0"], "argument --batch-sizes: every batch size must be >= 1, got '8,0'"),
+    (["--batch-sizes", "8,8"], "argument --batch-sizes: each batch size once, got '8,8'"),
     (["--batch-sizes", "8,100000"], "argument --batch-sizes: at most 64 batch sizes, each <= 4096"),
     (["--batch-sizes", ",".join(map(str, range(1, 4097)))],  # echoed whole: 19 KB on one line
      "at most 64 batch sizes, each <= 4096, got '1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,"
