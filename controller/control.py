@@ -242,9 +242,11 @@ class Controller:
         pending = []
         degradation.update(urgent=urgent, emergency=self.governor.emergency)
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
+        most = {a.name: a.count // a.gpus_per_replica for a in self.settings.accelerators}
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
-            planned = current if svc.name in untold else result.planned(current, svc.min_replicas)
+            planned = current if svc.name in untold else result.planned(current, svc.min_replicas,
+                                                                        most.get(current.accelerator))
             m.desired_replicas.labels(svc.name).set(planned.replicas)
             if bound and svc.name not in shed and (planned.replicas < current.replicas
                                                    or planned.max_batch < current.max_batch):

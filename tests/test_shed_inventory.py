@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.optimizer import Assignment, Problem, get_solver, solve
+from controller.optimizer import Assignment, Problem, ServiceResult, get_solver, solve
 from tests.test_optimizer import A100, H100, services
 
 
@@ -46,3 +46,13 @@ def test_no_plan_holds_more_gpus_of_a_type_than_it_has(mins: tuple[int, int, int
                 run = r.planned(s.current, s.min_replicas)
                 used[run.accelerator] += run.replicas
             assert used[H100.name] <= H100.count and used[A100.name] <= A100.count, (rates, budget, name, used)
+
+
+def test_a_shed_service_is_planned_no_more_replicas_than_its_type_holds() -> None:
+    """min_replicas 3, running on a type of two GPUs (another type holds three): shed there, it was planned three
+    replicas on two GPUs; it keeps what the type holds, at the floor cap."""
+    shed = ServiceResult("chat", None, None, 0.0, 0.0, 4.0, "budget")
+    on_two = Assignment("H100-SXM", 2, 64, 700.0)
+    assert shed.planned(on_two, 3, most=2) == Assignment("H100-SXM", 2, 64, 200.0)
+    assert shed.planned(on_two, 3) == Assignment("H100-SXM", 3, 64, 200.0)  # the type's count not given
+    assert replace(shed, reason="slo").planned(on_two, 3, most=2) == on_two  # no shape serves it: what runs stays

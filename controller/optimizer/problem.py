@@ -168,16 +168,18 @@ class ServiceResult:
     short_rps: float = 0.0
     reason: str | None = None
 
-    def planned(self, current: Assignment, min_replicas: int) -> Assignment:
+    def planned(self, current: Assignment, min_replicas: int, most: int | None = None) -> Assignment:
         """What to run in place of `current`: the assignment chosen; where none is, `current` for a service no
         shape serves within its SLO (the model says so: starving it would only make that worse), and the least
-        it may have (its min replicas at the floor cap) for one shed for budget or inventory."""
+        it may have (its min replicas at the floor cap, no more than the `most` its type holds) for one shed for
+        budget or inventory."""
         if self.assignment is not None:
             return self.assignment
         if self.reason == "slo":
             return current
         floor_w = CATALOG[current.accelerator].min_power_w
-        return Assignment(current.accelerator, min_replicas, current.max_batch, floor_w)
+        return Assignment(current.accelerator, min(min_replicas, min_replicas if most is None else most),
+                          current.max_batch, floor_w)
 
 
 @dataclass
