@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.optimize_spec import load_spec
-from controller.optimizer import AcceleratorType, Problem, get_solver, solve
+from controller.optimizer import AcceleratorType, Assignment, Problem, get_solver, solve
 from tests.test_optimizer import A100, H100, services
 
 
@@ -23,6 +23,19 @@ def test_no_service_is_dropped_while_a_lower_priority_one_runs(accs: tuple[Accel
             sol = solve(at, get_solver(name))
             served = [s.load.rate_rps - r.short_rps > 1e-9 for r, s in zip(sol.services, at.services, strict=True)]
             assert served == sorted(served, reverse=True), (budget, name, [r.assignment for r in sol.services])
+
+
+def test_a_frugal_ladder_starts_at_min_replicas() -> None:
+    """chat (min_replicas 3) at 5-20 rps: the frugal ladders, offered where one replica carries the load too, had
+    it planned one replica at batch 16 (the gate then shrank it to one, its load all on that one). They start at
+    its min_replicas, as its fastest shape's ladder never went below them here."""
+    for rate in (5.0, 8.0, 20.0):
+        svcs = tuple(replace(s, current=Assignment("H100-SXM", 3 if i == 0 else 1, 64, 700.0),
+                             min_replicas=3 if i == 0 else 1) for i, s in enumerate(services((rate, 5.0, 6.0))))
+        for budget in range(700, 1301, 50):
+            problem = Problem(svcs, (H100,), float(budget), batch_sizes=(16, 32, 64, 128), power_levels=(0.6, 0.8, 1.0))
+            chat = solve(problem, get_solver("milp")).services[0]
+            assert chat.planned(Assignment("H100-SXM", 3, 64, 700.0), 3).replicas >= 3, (rate, budget, chat)
 
 
 def test_a_load_one_replica_carries_is_served_in_part_where_its_draw_passes_the_budget(tmp_path: Path) -> None:

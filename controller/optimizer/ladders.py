@@ -84,14 +84,18 @@ def partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Sp
     rate) one replica takes most on and on its frugal ones: what a short budget degrades a service to."""
     if not rates:
         return []
-    rate_rps = problem.services[pair.service].load.rate_rps
+    svc = problem.services[pair.service]
     out = []
-    for rungs, (batch, cap, clock) in zip((MAX_PARTIAL, FRUGAL_RUNGS, FRUGAL_RUNGS),
-                                          _frugal(max(rates, key=lambda s: rates[s]), rates), strict=False):
+    # The frugal ladders start at min_replicas: a light load one replica carries had them below it (the gate then
+    # shrank the service to one), where the fastest's ladder, there only for a load past a replica, never was.
+    for (rungs, least), (batch, cap, clock) in zip(((MAX_PARTIAL, 1), (FRUGAL_RUNGS, svc.min_replicas),
+                                                    (FRUGAL_RUNGS, svc.min_replicas)),
+                                                   _frugal(max(rates, key=lambda s: rates[s]), rates), strict=False):
         per_replica = rates[batch, cap, clock]
         if per_replica <= 0:
             continue
-        most = min(pair.most, math.ceil(rate_rps / per_replica - 1e-9) - 1)
-        steps = sorted({max(1, round(most * k / rungs)) for k in range(1, rungs + 1)}) if most >= 1 else []
-        out += [(batch, cap, clock, r, min(rate_rps, r * per_replica), 0) for r in steps]
+        most = min(pair.most, math.ceil(svc.load.rate_rps / per_replica - 1e-9) - 1)
+        low = max(1, least)
+        steps = sorted({max(low, round(most * k / rungs)) for k in range(1, rungs + 1)}) if most >= low else []
+        out += [(batch, cap, clock, r, min(svc.load.rate_rps, r * per_replica), 0) for r in steps]
     return out
