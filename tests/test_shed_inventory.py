@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controller.optimizer import Assignment, Problem, ServiceResult, get_solver, solve
+from controller.optimizer import Assignment, DomainRoom, Problem, ServiceResult, get_solver, solve
 from tests.test_optimizer import A100, H100, services
 
 
@@ -56,3 +56,43 @@ def test_a_shed_service_is_planned_no_more_replicas_than_its_type_holds() -> Non
     assert shed.planned(on_two, 3, most=2) == Assignment("H100-SXM", 2, 64, 200.0)
     assert shed.planned(on_two, 3) == Assignment("H100-SXM", 3, 64, 200.0)  # the type's count not given
     assert replace(shed, reason="slo").planned(on_two, 3, most=2) == on_two  # no shape serves it: what runs stays
+
+
+PLACED = {"H100-SXM": tuple(range(6)), "A100-SXM4": (6, 7, 8, 9)}
+"""Each service's GPUs in order, per type, so that the power domains below see its replicas."""
+
+
+def _runs(problem: Problem, name: str) -> dict[str, int]:
+    """Replicas per type that a solver's plan runs: its picks, and a shed service's min replicas where it runs."""
+    used = {H100.name: 0, A100.name: 0}
+    for r, s in zip(solve(problem, get_solver(name, mip_gap=0.0)).services, problem.services, strict=True):
+        run = r.planned(s.current, s.min_replicas) if s.current is not None else r.assignment
+        if run is not None:
+            used[run.accelerator] += run.replicas
+    return used
+
+
+def _rooms(a100_w: float, h100_w: float) -> tuple[DomainRoom, ...]:
+    return DomainRoom("a100rack", a100_w, frozenset({6, 7, 8, 9})), DomainRoom("hrack", h100_w, frozenset({0, 1, 2}))
+
+
+@pytest.mark.parametrize("case", ["below-min", "moved"])
+def test_a_plan_the_domain_repair_sheds_from_still_fits_the_inventory(case: str) -> None:
+    """Greedy handed out the GPUs a shed service holds where a pick of it left them (a partial below min_replicas;
+    a move to another type), and the domain repair then shed it: bulk's 3 H100s beside chat's 4 (7 of 6), chat's 2
+    A100s beside code's 3 (5 of 4). Auto took greedy's plan over the MILP's, which fits, for its value."""
+    if case == "below-min":
+        now = (Assignment("H100-SXM", 2, 64, 700.0), Assignment("A100-SXM4", 2, 64, 400.0),
+               Assignment("H100-SXM", 2, 64, 700.0))
+        demands = tuple(replace(s, current=c, min_replicas=3, gpus=PLACED)
+                        for s, c in zip(services((5.0, 20.0, 10.0)), now, strict=True))
+        rooms = _rooms(100.0, 500.0)
+    else:
+        chat, code, bulk = (replace(s, gpus=PLACED) for s in services((5.0, 5.0, 20.0)))
+        demands = (replace(chat, current=Assignment("A100-SXM4", 2, 64, 400.0), min_replicas=2),
+                   replace(code, min_replicas=2), replace(bulk, min_replicas=3))
+        rooms = _rooms(600.0, 200.0)
+    problem = Problem(demands, (H100, A100), 2800.0, batch_sizes=(16, 64), power_levels=(0.6, 1.0), domains=rooms)
+    for name in ("greedy", "auto", "milp", "exhaustive"):
+        used = _runs(problem, name)
+        assert used[H100.name] <= H100.count and used[A100.name] <= A100.count, (case, name, used)

@@ -13,6 +13,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from controller.optimizer.domains import fit_domains
 from controller.optimizer.problem import Candidate, Choice, Problem
 from controller.optimizer.trades import Flat, Ranked, exchange, trade_power
 
@@ -33,8 +34,10 @@ class Greedy:
         if not cands:
             return [], []  # no service: nothing to choose (every service removed by a reload)
         # A shed service holds GPUs too (`Problem.shed_gpus`): they are taken off the inventory, and a candidate on
-        # the same accelerator counts only what it needs past them. One on another leaves them held, so a service
-        # moved off its type is chosen again with them free, kept where that plan still serves every such one.
+        # the same accelerator counts only what it needs past them (none below them: a pick under min_replicas
+        # that the domain repair sheds holds them again). One on another leaves them held, so a service moved off
+        # its type is chosen again with them free, kept where that plan, brought within the domains as `solve`
+        # will bring it, still serves every such one.
         held = problem.shed_gpus(cands)
         choice = self._choose(problem, cands, shed, held)
         moved = {i for i, (c, (acc, n)) in enumerate(zip(choice, held, strict=True))
@@ -42,11 +45,12 @@ class Greedy:
         if not moved:
             return choice, []
         again = self._choose(problem, cands, shed, [("", 0) if i in moved else h for i, h in enumerate(held)])
+        kept = fit_domains(problem, cands, again)[0] if problem.domains else again
 
         def value(picked: Choice) -> float:
             return sum(c.value if c is not None else shed[i] for i, c in enumerate(picked))
 
-        if all(again[i] is not None for i in moved) and value(again) > value(choice) + 1e-12:
+        if all(kept[i] is not None for i in moved) and value(again) > value(choice) + 1e-12:
             return again, []
         return choice, []
 
@@ -246,7 +250,8 @@ class _Columns:
 
     @classmethod
     def of(cls, problem: Problem, cands: list[list[Candidate]], held: list[tuple[str, int]]) -> _Columns:
-        """`gpus` is each candidate's GPUs past those its service holds shed on the same accelerator (`held`)."""
+        """`gpus` is each candidate's GPUs past those its service holds shed on the same accelerator (`held`), 0
+        where it needs no more."""
         acc_index = {a.name: k for k, a in enumerate(problem.accelerators)}
         rows = [c for cs in cands for c in cs]
         first = np.cumsum([0] + [len(cs) for cs in cands])
@@ -272,7 +277,7 @@ class _Columns:
         shape = one.reshape(ids.size, 5)[inverse][order]
         sizes = np.diff(first)
         mine = one.reshape(ids.size, 5)[inverse][:, 4] == np.repeat([acc_index.get(a, -1) for a, _ in held], sizes)
-        gpus = (column("gpus") - np.where(mine, np.repeat([n for _, n in held], sizes), 0))[order]
+        gpus = np.maximum(column("gpus") - np.where(mine, np.repeat([n for _, n in held], sizes), 0), 0)[order]
         power, spare = (column(f)[order] for f in ("power_w", "spare"))
         return cls(first, rank, value[order], power, gpus, shape[:, 4].astype(int), spare, shape[:, :4])
 

@@ -156,8 +156,9 @@ class Auto:
         if sum(len(cs) for cs in cands) > self.milp_candidates:
             return choice, notes
         exact, milp_notes = self.milp.exact(problem, cands, shed)
-        if exact is not None and _value(exact, shed) > _value(choice, shed) + 1e-9 and _fits(problem, exact,
-                                                                                                 problem.shed_gpus(cands)):
+        held = problem.shed_gpus(cands)
+        if exact is not None and _fits(problem, exact, held) and (
+                _value(exact, shed) > _value(choice, shed) + 1e-9 or not _fits(problem, choice, held)):
             return exact, milp_notes
         return choice, [*notes, *milp_notes]
 
