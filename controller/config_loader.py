@@ -191,6 +191,11 @@ def _parsed(path: Path) -> dict[str, Any]:
     return doc
 
 
+def svc_path(name: str) -> str:
+    """A service's field path in an error line, as a config's `[[services]]` names it."""
+    return f"services[{name}]"
+
+
 def quoted(value: object) -> str:
     """A value as an error line quotes it: its repr, cut with its length past 80 characters (10**400 printed 401
     digits); a boolean as TOML, JSON and YAML spell it (`true`, where Python's repr read `True`)."""

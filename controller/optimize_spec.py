@@ -17,11 +17,12 @@ from controller.config_loader import (
     read_toml,
 )
 from controller.idle_floor import below_idle
+from controller.minimums import minimum_fits
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
-from controller.settings_checks import MAX_POWER_W, minimum_fits
+from controller.settings_checks import MAX_POWER_W
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 

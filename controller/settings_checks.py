@@ -4,13 +4,13 @@ keeps a cycle's work bounded; a value past one is a typo or an attack, never a f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from itertools import accumulate
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from controller.budget.settings import DemandResponseSettings, FixedSettings, ScheduleSettings
-from controller.config_loader import ConfigError, quoted
+from controller.config_loader import ConfigError, quoted, svc_path
 from controller.idle_floor import below_idle, idle_w
+from controller.minimums import minimum_fits
 from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -19,7 +19,7 @@ from simulator.workload import CONTEXT_TOKENS
 if TYPE_CHECKING:
     from controller.power_settings import PowerDomainSettings
     from controller.service_settings import ServiceSettings
-    from controller.settings import AcceleratorSettings, Settings
+    from controller.settings import Settings
 
 MAX_BATCH = 4096
 """Largest `--max-num-seqs` (vLLM's own scheduler is not built for more)."""
@@ -39,10 +39,6 @@ MAX_SIM_GPU_SECONDS = 8192.0
 """Most simulated GPU-seconds per wall-clock second (speed x num_gpus) the plant keeps up with in a fast tick."""
 MAX_SIM_ARRIVALS = 20_000.0
 """Most simulated arrivals per wall-clock second (speed x the services' rates)."""
-
-
-def svc_path(name: str) -> str:
-    return f"services[{name}]"
 
 
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
@@ -198,37 +194,6 @@ def check_personalities(where: str, personalities: Mapping[str, str], models: se
         if bar and gpu not in gpu_types:
             raise ConfigError(f"{where}.{key}", f"the simulated host has no GPU type {quoted(gpu)} (it has "
                               f"{sorted(gpu_types)})")
-
-
-class _Bounded(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def min_replicas(self) -> int: ...
-
-
-def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence[_Bounded],
-                 homes: Sequence[Sequence[str]]) -> None:
-    """The services' min_replicas fit the inventory together (a config's or an optimize spec's), and each one's on
-    some accelerator of its `homes` (a service runs on one type at a time): a minimum the plan cannot place is a
-    service left at 0 replicas, or short, without the inventory named as why. A service none of whose types is
-    on offer at all (a spec's what-if with count = 0) is planned short for inventory instead."""
-    most = {a.name: a.count // a.gpus_per_replica for a in accelerators}
-    room = sum(most.values())
-    for svc, needed in zip(services, accumulate(b.min_replicas for b in services), strict=True):
-        if needed > room:
-            for a in accelerators:  # where that is why, the accelerator is what to mend, not the service
-                if 0 < a.count < a.gpus_per_replica:
-                    raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more "
-                                      f"than the {a.count} GPUs of count: no replica fits, and the services' "
-                                      f"min_replicas need {needed}")
-            raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
-                              f"to {needed}, more replicas than the accelerators hold ({room})")
-    for svc, names in zip(services, homes, strict=True):
-        if names and 0 < max(most.get(n, 0) for n in names) < svc.min_replicas:
-            held = ", ".join(f"{n} holds {most.get(n, 0)}" for n in names)
-            raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"{svc.min_replicas} replicas fit on none of its "
-                              f"accelerators ({held}): a service runs on one type at a time")
 
 
 def _backends(s: Settings) -> None:

@@ -18,11 +18,10 @@ from actuators.nvml_clocks import NvmlClockLocker
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
 from actuators.vllm import VllmBatchSizer
 from actuators.vllm_servers import ChildRunner, Replica, ServerRunner, SystemdRunner
-from controller.config_loader import ConfigError
+from controller.config_loader import ConfigError, svc_path
 from controller.http_fetch import healthy_within
 from controller.preflight import kube_client
 from controller.settings import Settings
-from controller.settings_checks import svc_path
 from controller.telemetry.base import GpuSource, VllmSource
 from controller.telemetry.cluster_power import PrometheusGpuSource
 from controller.telemetry.deadline import SampleDeadline

@@ -46,6 +46,11 @@ def code_service(name: str) -> str:
     (lambda t: t.replace("max_replicas = 4", "max_replicas = 8\nmin_replicas = 7", 1),  # 10 in all, 6 on one type
      r"services\[chat\].min_replicas: 7 replicas fit on none of its accelerators \(H100-SXM holds 6, "
      r"A100-SXM4 holds 4\): a service runs on one type at a time"),
+    (lambda t: t.replace("in_tokens = 2000", "in_tokens = 2000\nmin_replicas = 3")  # bulk and a copy: H100s only
+     + code_service("bulk2").replace("max_replicas = 4", "max_replicas = 4\nmin_replicas = 4")
+     .replace('params."A100-SXM4"', "# "),  # 9 of the 10 GPUs in all, 7 of the 6 H100s
+     r"services\[bulk2\].min_replicas: the min_replicas up to here of the services that run on H100-SXM alone add "
+     r"up to 7, more than it holds \(6\)"),
     (lambda t: t.replace("priority = 2", "priority = -1"), r"services\[code\].priority: must be in 1..1000, got -1"),
     (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
