@@ -82,7 +82,8 @@ class StabilityGate:
             if planned.accelerator != current.accelerator:  # a move waits; what it leaves shrinks now, as the plan
                 # counted it gone (a cap of one type says nothing of another's)
                 return replace(current, replicas=min(current.replicas, max(least, 1)))
-            return replace(current, replicas=max(min(planned.replicas, current.replicas), min(planned.replicas, least)),
+            regained = min(planned.replicas, least) if one_variant else 0  # not mid-move (below)
+            return replace(current, replicas=max(min(planned.replicas, current.replicas), regained),
                            power_cap_w=min(planned.power_cap_w, current.power_cap_w))
         cooling = now - self.last_change_s.get(service, -float("inf")) < s.cooldown_s
         if planned.accelerator != current.accelerator:
@@ -93,17 +94,18 @@ class StabilityGate:
         cap = planned.power_cap_w
         if cap > current.power_cap_w:
             cap = min(cap, current.power_cap_w + s.max_cap_step_w)
+        # Mid-move (its old variant still runs) the new one does not grow: the old drains once every replica of the
+        # service serves, and a growth pending for GPUs that another service's move frees only once this one's old
+        # variant is gone held both moves for good (two services trading types, a replica's warm-up past the
+        # cooldown). Once drained, below min_replicas a step back towards them passes, cooling or not: a move
+        # starts the new variant at max_replica_step, which held a service of three on one replica for the cooldown.
         if cooling:
-            # Below min_replicas, a step back towards them passes: a move starts the new variant at
-            # max_replica_step and drains the old once it serves, which held a service of three on one replica
-            # for the cooldown. Not while the old still runs: a regain its drain waited on would wait for GPUs
-            # another service's move frees only once this one's old variant is gone.
             regain = min(planned.replicas, least) - current.replicas if one_variant else 0
             out = replace(current, replicas=current.replicas + max(0, min(regain, s.max_replica_step)),
                           power_cap_w=min(cap, current.power_cap_w))
         else:
             step = max(-s.max_replica_step, min(s.max_replica_step, planned.replicas - current.replicas))
-            if step < 0 and shrink_n < s.confirm_cycles:
+            if (step < 0 and shrink_n < s.confirm_cycles) or (step > 0 and not one_variant):
                 step = 0
             batch = planned.max_batch if shape_n >= s.confirm_cycles else current.max_batch
             if batch != current.max_batch and (planned.replicas > current.replicas or held):
