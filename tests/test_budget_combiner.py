@@ -58,7 +58,8 @@ def test_a_failing_source_holds_for_the_ttl_then_counts_as_the_safe_budget(caplo
         back = combiner.step(602.0)
         assert back.budget_w == 1700.0 and combiner.states["grid"].error == ""
     assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [
-        "budget source grid: grid: HTTP 503"]  # the run of failures is logged once
+        "budget source grid: grid: HTTP 503",  # the run of failures is logged once
+        "budget sources: 1200 W from grid: safe budget: grid: HTTP 503"]  # and the fallback it brings
     assert "budget source grid answers again" in caplog.text
 
 
@@ -137,4 +138,20 @@ def test_every_failed_read_is_counted_though_a_run_of_them_is_logged_once(caplog
     with caplog.at_level(logging.WARNING):
         for t in range(4):
             combiner.step(float(t))
-    assert len(failed) == 2 and grid.steps == 4 and caplog.text.count("broken") == 1
+    assert len(failed) == 2 and grid.steps == 4 and caplog.text.count("budget source grid: broken") == 1
+
+
+def test_a_failed_sources_last_cut_holds_past_the_ttl_while_it_is_in_force() -> None:
+    """A demand-response signal of 2,000 W for 15 minutes, then its file broken: 120 s on, the safe budget (3,000 W)
+    lifted the utility's cut 13 minutes before its deadline. Its last reading holds while in force and under the
+    safe budget; past its deadline the safe budget does."""
+    cut = BudgetReading(2000.0, "demand response 2000 W", valid_until_s=900.0)
+    signal = Scripted(cut, TransientBudgetError("unreadable", 1.0), TransientBudgetError("unreadable", 1.0),
+                      TransientBudgetError("unreadable", 1.0), TransientBudgetError("unreadable", 1.0))
+    combiner = BudgetCombiner({"utility": signal}, ttl_s=120.0, safe_budget_w=3000.0)
+    assert combiner.step(0.0).budget_w == 2000.0
+    assert combiner.step(60.0).budget_w == 2000.0  # within the ttl
+    held = combiner.step(300.0)
+    assert held.budget_w == 2000.0 and "held past 120 s while in force, under the safe budget: unreadable" in held.why
+    assert combiner.step(899.0).budget_w == 2000.0
+    assert combiner.step(900.0).budget_w == 3000.0  # the signal's deadline passed

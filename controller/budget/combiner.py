@@ -2,7 +2,9 @@
 
 Each source is stepped at every `now` unless it is waiting out a retry delay (a transient error's
 Retry-After) or has failed permanently. A source that fails keeps its last good value for `ttl_s` after
-that value was read, then counts as the safe budget until it answers again. Every change of the budget,
+that value was read, then counts as the safe budget until it answers again, or as its last value where that is
+lower and still in force (`valid_until_s`: a demand-response signal's deadline): a broken signal file had lifted
+the utility's cut to the safe budget 13 minutes before its deadline. Every change of the budget,
 or of the source that sets it, comes back as a `BudgetChange` that says why, for the log, the metrics
 and the decision log.
 """
@@ -113,6 +115,10 @@ class BudgetCombiner:
             if state.error:
                 why = f"{why} (held {now - state.read_at_s:.0f} s of {self.ttl_s:.0f} s: {state.error})"
             return state.reading.budget_w, why
+        last = state.reading
+        if last is not None and now < last.valid_until_s and last.budget_w < self.safe_budget_w:
+            return last.budget_w, f"{last.why} (its last reading, held past {self.ttl_s:.0f} s while in force, under " \
+                                  f"the safe budget: {state.error})"
         return self.safe_budget_w, f"safe budget: {state.error or 'no reading yet'}"
 
     def step(self, now: float) -> Budget:
@@ -128,6 +134,8 @@ class BudgetCombiner:
         change = None
         if before is None or before.budget_w != budget_w or before.source != source:
             change = BudgetChange(now, budget_w, None if before is None else before.budget_w, source, why)
-            log.info("budget %.0f W from %s: %s", budget_w, source or "fallback", why)
+            failing = bool(source) and bool(self.states[source].error)  # a broken source's fallback: said louder
+            log.log(logging.WARNING if failing else logging.INFO, "budget sources: %.0f W from %s: %s", budget_w,
+                    source or "fallback", why)
         self.last = Budget(budget_w, source, why, change)
         return self.last
