@@ -29,8 +29,11 @@ def check_reload(old: Settings, new: Settings) -> None:
         for f in fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 raise _restart(f"{section}.{f.name}", getattr(a, f.name), getattr(b, f.name))
-    if new.budget != old.budget:
-        raise ConfigError("power.budget", "budget sources change with a restart (they hold tokens and readings)")
+    if new.budget != old.budget:  # named by its field, as every other such refusal is
+        if old.budget is None or new.budget is None:
+            raise ConfigError("power.budget", f"{'added' if old.budget is None else 'removed'}: budget sources change "
+                              "with a restart (they hold tokens and readings)")
+        raise _restart("power.budget", old.budget, new.budget, " (budget sources hold tokens and readings)")
     if new.optimizer.queue_model != old.optimizer.queue_model:
         raise _restart("optimizer.queue_model", old.optimizer.queue_model, new.optimizer.queue_model,
                        " (the tuner's state is the model's)")

@@ -233,10 +233,8 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     settings = build(Settings, data)
     if table is None:
         return settings
-    budget = budget_settings(table)
-    if budget.safe_budget_w > settings.power.budget_w:
-        raise ConfigError("power.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
-                          f"({settings.power.budget_w:g} W)")
-    settings = dataclasses.replace(settings, budget=budget)
+    # a safe budget above budget_w is held to it, as every source's is (refused, it barred lowering budget_w under it
+    # by a reload, where the safe budget waits for a restart)
+    settings = dataclasses.replace(settings, budget=budget_settings(table))
     check_budget_sources(settings)
     return settings

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -132,10 +133,17 @@ def test_the_budget_table_is_checked_and_its_change_needs_a_restart(sim_config: 
                                                                     tmp_path: Path) -> None:
     before = load_settings(with_budget(sim_config, tmp_path / "a.json"))
     after = load_settings(with_budget(sim_config, tmp_path / "b.json", name="other.toml"))
-    with pytest.raises(ConfigError, match=r"^power\.budget: budget sources change with a restart"):
+    with pytest.raises(ConfigError, match=r"^power\.budget\.sources: changes need a restart \(budget sources hold "
+                       r"tokens and readings\)"):
         check_reload(before, after)
-    with pytest.raises(ConfigError, match=r"^power.budget.safe_budget_w: 5000 W is above power.budget_w"):
-        load_settings(with_budget(sim_config, tmp_path / "a.json", name="high.toml", safe_w=5000))
+    with pytest.raises(ConfigError, match=r"^power\.budget\.safe_budget_w: changes need a restart \(budget sources "
+                       r"hold tokens and readings\): 2000.0 runs, the file asks 2500.0$"):  # named by its field and values
+        check_reload(before, load_settings(with_budget(sim_config, tmp_path / "a.json", name="c.toml", safe_w=2500)))
+    # a safe budget above budget_w is held to it, as a source's is: refused, it barred lowering budget_w under it by
+    # a reload (the safe budget's own change waits for a restart)
+    high = load_settings(with_budget(sim_config, tmp_path / "a.json", name="high.toml", safe_w=5000))
+    lower = replace(high, power=replace(high.power, budget_w=2800.0))
+    check_reload(high, lower)
 
 
 def test_check_config_names_a_secret_the_environment_lacks(sim_config: Callable[..., Path]) -> None:

@@ -168,9 +168,6 @@ def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
             if isinstance(source, DemandResponseSettings) and source.port:  # the daemon's, on a host
                 raise ConfigError(f"spec.budget.sources[{name}].port", "the operator serves no signal endpoint: "
                                   "write the signal to its `path` (a mounted ConfigMap or volume)")
-        if budget.safe_budget_w > policy.power.budget_w:
-            raise ConfigError("spec.budget.safe_budget_w", f"{budget.safe_budget_w:g} W is above power.budget_w "
-                              f"({policy.power.budget_w:g} W)")
     return policy
 
 
