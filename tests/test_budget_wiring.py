@@ -136,8 +136,9 @@ def test_the_budget_table_is_checked_and_its_change_needs_a_restart(sim_config: 
     with pytest.raises(ConfigError, match=r"^power\.budget\.sources: changes need a restart \(budget sources hold "
                        r"tokens and readings\)"):
         check_reload(before, after)
+    # named by its field and values
     with pytest.raises(ConfigError, match=r"^power\.budget\.safe_budget_w: changes need a restart \(budget sources "
-                       r"hold tokens and readings\): 2000.0 runs, the file asks 2500.0$"):  # named by its field and values
+                       r"hold tokens and readings\): 2000.0 runs, the file asks 2500.0$"):
         check_reload(before, load_settings(with_budget(sim_config, tmp_path / "a.json", name="c.toml", safe_w=2500)))
     # a safe budget above budget_w is held to it, as a source's is: refused, it barred lowering budget_w under it by
     # a reload (the safe budget's own change waits for a restart)

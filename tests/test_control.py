@@ -283,3 +283,16 @@ def test_an_exhaustive_search_past_its_limit_plans_with_auto_and_says_so(tmp_pat
         assert errors == ['optimizer: solver "exhaustive" (optimizer.solver): more than 2,000,000 combinations of the '
                           "services' candidates: planned with auto instead; set auto, greedy or milp"], errors
     assert all(ctl.assignments[n].power_cap_w < a.power_cap_w for n, a in before.items())  # light loads, planned
+
+
+def test_the_limit_metric_says_the_limits_a_tick_set_not_those_it_read(tmp_path: Path) -> None:
+    """A reload from 4,000 W to 1,700 W: the tick that cut the limits exported those it had read before (summing to
+    3,872 W), so a dashboard saw every limit over the budget for a tick after each cut."""
+    ctl, _, registry = controller(tmp_path)
+    ctl.tick_fast(1.0)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=1700.0)))
+    ctl.tick_fast(2.0)
+    exported = [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(g.index)})
+                for g in ctl.fast.samples]
+    assert exported == [g.power_limit_w for g in ctl.fast.samples]
+    assert sum(exported) <= 1700.0, exported
