@@ -25,6 +25,7 @@ from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
 from controller.settings import Settings
+from controller.state_lock import check_free
 from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
 
@@ -206,6 +207,7 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
             continue
         if not stat.S_ISREG(mode):  # a FIFO would block its reader or writer
             raise ConfigError(field, f"{path} is not a regular file")
+    check_free(settings.state_path.parent)  # another daemon's: `run` stops there
     problem = unwritable(settings.state_path.parent)
     if isinstance(problem, NotAFolder):  # refused, as a tuner state or decision log that is a folder is (it ran with
         # no lock, no state and no log, each said wrong)

@@ -45,8 +45,7 @@ def _take(folder: Path) -> int | None:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); "
-                          "give each daemon its own state_dir") from None
+        raise _in_use(folder, holder) from None
     except OSError as exc:
         os.close(fd)
         _unlocked(folder, exc)
@@ -55,6 +54,28 @@ def _take(folder: Path) -> int | None:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def check_free(folder: Path) -> None:
+    """Raise the ConfigError `run` would where another daemon holds the folder's lock (check-config's probe: it takes
+    the lock for a moment where it is free, and creates nothing)."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:  # no lock file (nothing ran there), or one `run` cannot open either: it says so itself
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(folder, os.read(fd, 32).decode(errors="replace").strip() or "unknown") from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)  # and the lock with it, where it was taken
+
+
+def _in_use(folder: Path, holder: str) -> ConfigError:
+    return ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); give each "
+                       "daemon its own state_dir")
 
 
 def _unlocked(folder: Path, exc: OSError) -> None:

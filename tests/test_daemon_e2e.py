@@ -94,9 +94,13 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused_in_one_line(tmp_path: 
         assert wait_for(lambda: "wattscale_service_replicas" in scrape(port), 30), "daemon never served metrics"
         assert main(["run", "--config", str(second), "--duration", "1"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1] == (f"wattscale: daemon.state_dir: {tmp_path / 'state'} is in use by another wattscale run "
-                           f"(pid {proc.pid}); give each daemon its own state_dir"), err
+        said = (f"wattscale: daemon.state_dir: {tmp_path / 'state'} is in use by another wattscale run "
+                f"(pid {proc.pid}); give each daemon its own state_dir")
+        assert err == [said], err  # the one line, before a word of the run (it had logged its tuner state)
+        assert main(["check-config", str(second)]) == 2  # which check-config had passed as ok
+        assert capsys.readouterr().err.strip().splitlines() == [said]
         stops_on_sigterm_within_5_s(proc)
+    assert main(["check-config", str(second)]) == 0
     assert main(["run", "--config", str(second), "--duration", "1"]) == 0
 
 
