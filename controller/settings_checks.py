@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from controller.budget.settings import DemandResponseSettings, FixedSettings, ScheduleSettings
+from controller.budget.settings import CarbonSettings, DemandResponseSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted, svc_path
 from controller.idle_floor import below_idle, idle_w
 from controller.minimums import minimum_fits
@@ -82,8 +82,9 @@ def check_settings(s: Settings) -> None:
 
 
 def check_budget_sources(s: Settings) -> None:
-    """The budgets a config states outright (the safe budget, a fixed source's, a schedule's) at or above the fleet's
-    idle draw, as power.budget_w is: below it every plan is a power emergency from the first tick."""
+    """The budgets a config states outright (the safe budget, a fixed source's, a schedule's, a carbon curve's
+    points) at or above the fleet's idle draw, as power.budget_w is: below it every plan is a power emergency from
+    the first tick (a curve's 500-W point ran the site there with no word)."""
     if s.budget is None:
         return
     _one_port_each(s)
@@ -95,6 +96,8 @@ def check_budget_sources(s: Settings) -> None:
         elif isinstance(src, ScheduleSettings):
             stated.append((f"{at}.default_budget_w", src.default_budget_w))
             stated += [(f"{at}.rules[{j}].budget_w", rule.budget_w) for j, rule in enumerate(src.rules)]
+        elif isinstance(src, CarbonSettings):
+            stated += [(f"{at}.curve[{j}]", watts) for j, (_, watts) in enumerate(src.curve)]
     for where, budget_w in stated:
         if budget_w < idle:
             raise below_idle(where, budget_w, idle)

@@ -150,6 +150,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace('mode = "predicted"\n', 'mode = "predicted"\n[power.budget]\nsafe_budget_w = 3000\n'
                              '[[power.budget.sources]]\nkind = "fixed"\nbudget_w = 500\n'),
          r"power.budget.sources\[0\].budget_w: 500 W is below the fleet's idle draw, 760 W"),
+        (lambda t: t.replace('mode = "predicted"\n', 'mode = "predicted"\n[power.budget]\nsafe_budget_w = 3000\n'
+                             '[[power.budget.sources]]\nkind = "carbon_csv"\npath = "grid.csv"\n'
+                             'curve = [[100, 4000], [300, 500]]\n'),  # it ran at 500 W with no word
+         r"power.budget.sources\[0\].curve\[1\]: 500 W is below the fleet's idle draw, 760 W"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [99]", 1),
          r"services\[chat\].gpus: GPU 99 is not on the simulated host \(GPUs 0..7\)"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [1]")
