@@ -212,10 +212,12 @@ class FastLoop:
         if None not in applied.values():
             applied.update((g.uuid, self.set_limit(now, g, w)) for g, w in higher)
         if applied:  # the limits in force now, which a failsafe that follows starts from (not those read before),
-            # and the metric says (it said the limits read before for a tick: a false "limits over budget" each cut)
+            # and the metric says where the device read them back (it said the limits read before for a tick: a
+            # false "limits over budget" each cut); node plans only queue theirs, so the next reading says them
             self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
                             for g in self.samples]
-            self.export_limits()
+            if not getattr(self.power, "applied_later", False):
+                self.export_limits()
         if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it, or
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}

@@ -391,3 +391,16 @@ def test_a_new_leader_starts_from_no_limit_above_what_the_agent_reports(emu: Kub
     assert plans.adopt() == {"gpu-a": {"0": 582.0}, "gpu-b": {"0": 700.0}}  # a report not read holds nothing lower
     assert plans.flush(1.0, 2000.0) == []  # the first renewal: the plans as adopted, not the old 700 W
     assert limits(emu, "gpu-a") == {"0": 582.0} and limits(emu, "gpu-b") == {"0": 700.0}
+
+
+def test_the_limit_metric_says_what_a_node_runs_not_a_limit_only_queued(emu: KubeEmulator, tmp_path: Path) -> None:
+    """On a host the limits a tick set are exported as it sets them (the device read them back); node plans only
+    queue theirs for a flush that may fail, so the metric keeps saying what each node's agent reports running."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    registry = CollectorRegistry()
+    fast = FastLoop(PowerSettings(budget_w=900.0), 3, plans, plans, OwnMetrics(registry), lambda kind, message: None)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)  # 2 x 700 W limits over a 900-W budget: cut, queued, not written
+    assert sum(g.power_limit_w for g in fast.samples) <= 900.0
+    assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu[node])})
+            for node in ("gpu-a", "gpu-b")] == [700.0, 700.0]

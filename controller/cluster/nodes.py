@@ -38,6 +38,9 @@ class NodePlans(NodeReadings):
     """The node plans as the loop's GPU source (`NodeReadings`) and power limiter, and the leader's hold on them."""
 
     name = "node-plans"
+    applied_later = True
+    """`set_power_limit` queues a limit for the next flush, and returns it: not a limit in force yet (the fast loop
+    exports the limits it reads, not these)."""
 
     def __init__(self, api_client: Any, plan_ttl_s: float, safe_cap_share: float, stale_after_s: float,
                  timeout_s: float = 5.0, on_bad: Callable[[str], None] = lambda node: None,
