@@ -258,7 +258,7 @@ class Controller:
                 self.estimator.short.discard(svc.name)
             pending.append(Pending(svc.name, svc.priority, current, planned, self.gate.admit(
                 now, svc.name, current, planned, result.reason if result.short_rps > 0 else None, urgent,
-                svc.min_replicas, sum(n > 0 for n in in_force[svc.name].running.values()) <= 1)))
+                svc.min_replicas, in_force[svc.name].one_variant)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")

@@ -44,6 +44,12 @@ class InForce:
     read: bool = True
     """Every variant's replicas were read this cycle (a count that was not is no evidence to drain on)."""
 
+    @property
+    def one_variant(self) -> bool:
+        """No other variant runs, as far as this cycle read: a count not read (a deleted Deployment's, kept at its
+        last) is no evidence of one, and had held a move's new variant from growing for good (the gate's `admit`)."""
+        return not self.read or sum(n > 0 for n in self.running.values()) <= 1
+
 
 class Enforcer:
     def __init__(self, replicas: ReplicaScaler, batch: BatchSizer, metrics: OwnMetrics) -> None:

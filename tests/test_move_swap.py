@@ -47,8 +47,7 @@ def swap(cooldown_s: float, warm_s: float, urgent_from_s: float | None) -> dict[
         for s in ("a", "b"):
             now, draining[s] = enforcer.in_force(s, TYPES, believed[s], draining[s])
             serving = sum(t - at >= warm_s for v in TYPES for at in placed[s, v])
-            one = sum(n > 0 for n in now.running.values()) <= 1
-            admitted = gate.admit(float(t), s, now.assignment, plan[s], None, urgent, 2, one)
+            admitted = gate.admit(float(t), s, now.assignment, plan[s], None, urgent, 2, now.one_variant)
             believed[s], done = enforcer.apply(float(t), s, now, admitted, serving, plan[s], urgent)
             if done.asked:
                 gate.note_change(float(t), s)

@@ -187,28 +187,43 @@ def test_a_variant_the_plan_turns_back_to_is_not_drained_meanwhile(urgent: bool)
         assert all(h == 3 for h, _ in running) and running[-1] == (3, 0), running  # moved back, never dark
 
 
-def test_a_move_runs_below_min_replicas_for_one_cycle_not_a_cooldown() -> None:
-    """code's three H100 replicas move to A100s one step a cycle (config/examples/host.toml's max_replica_step 1
-    with min_replicas 2). The old variant drains once the first new replica serves; code then ran on that one
-    through the two-minute cooldown. It steps back to its min_replicas at the next cycle, the cooldown or not."""
-    gate = StabilityGate(replace(StabilitySettings(), max_replica_step=1, confirm_cycles=1, cooldown_s=120.0))
+def move_code(cooldown_s: float, until_s: int, gone_at_s: float | None = None) -> list[tuple[int, int]]:
+    """code's three H100 replicas moved to three A100s one step a cycle (config/examples/host.toml's
+    max_replica_step 1 with min_replicas 2) through the real gate and enforcer; `gone_at_s`: when the H100
+    Deployment is deleted (its count no longer read). Returns the (H100, A100) replicas each cycle."""
+    gate = StabilityGate(replace(StabilitySettings(), max_replica_step=1, confirm_cycles=1, cooldown_s=cooldown_s))
     scaler = DryRunReplicaScaler({("code", "H100-SXM"): 3, ("code", "A100-SXM4"): 0})
     enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
     believed, draining, planned = Assignment("H100-SXM", 3, 64, 700.0), dict[str, float](), Assignment(
         "A100-SXM4", 3, 64, 400.0)
-    serving = []
-    for t in range(0, 301, 15):
+    counts = []
+    for t in range(0, until_s + 1, 15):
+        if gone_at_s is not None and t >= gone_at_s:
+            scaler.replicas.pop(("code", "H100-SXM"), None)
         got, draining = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), believed, draining)
-        one = sum(n > 0 for n in got.running.values()) <= 1
-        admitted = gate.admit(float(t), "code", got.assignment, planned, None, False, 2, one)
+        admitted = gate.admit(float(t), "code", got.assignment, planned, None, False, 2, got.one_variant)
         believed, done = enforcer.apply(float(t), "code", got, admitted, sum(got.running.values()), planned)
         if done.asked:
             gate.note_change(float(t), "code")
         if believed.accelerator != got.assignment.accelerator:
             draining = {got.assignment.accelerator: got.assignment.power_cap_w}
-        serving.append(sum(scaler.get_replicas("code", v) for v in ("H100-SXM", "A100-SXM4")))
-    assert serving[-1] == 3 and scaler.get_replicas("code", "H100-SXM") == 0, serving
-    assert sum(n < 2 for n in serving) == 1, serving  # the cycle the old variant drained, and no other
+        counts.append((scaler.replicas.get(("code", "H100-SXM"), 0), scaler.replicas["code", "A100-SXM4"]))
+    return counts
+
+
+def test_a_move_runs_below_min_replicas_for_one_cycle_not_a_cooldown() -> None:
+    """The old variant drains once the first new replica serves; code then ran on that one through the two-minute
+    cooldown. It steps back to its min_replicas at the next cycle, the cooldown or not."""
+    counts = move_code(120.0, 300)
+    assert counts[-1] == (0, 3), counts
+    assert sum(h + a < 2 for h, a in counts) == 1, counts  # the cycle the old variant drained, and no other
+
+
+def test_a_move_whose_old_deployment_is_deleted_still_grows() -> None:
+    """The H100 Deployment deleted once the first A100 started: its count, no longer read, was kept at 3, so the
+    service read as mid-move for good and its new variant never grew past one replica."""
+    counts = move_code(60.0, 1200, gone_at_s=15.0)
+    assert counts[-1] == (0, 3), counts
 
 
 def test_a_variant_the_plan_turns_back_to_is_held_to_the_plans_cap_for_it() -> None:
