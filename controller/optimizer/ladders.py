@@ -86,8 +86,10 @@ def partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Sp
         return []
     svc = problem.services[pair.service]
     out = []
-    # The frugal ladders start at min_replicas: a light load one replica carries had them below it (the gate then
-    # shrank the service to one), where the fastest's ladder, there only for a load past a replica, never was.
+    # The frugal ladders start at min_replicas: offered where one replica carries the load too, they had a light
+    # load's service shrunk to one replica, its whole load on it (the fastest's ladder goes down to one, but only
+    # where one replica does not carry the load). Held at min_replicas such a service can still be shed while a
+    # lower priority runs, as its shed floor counts at no draw (docs/optimize-spec.md).
     for (rungs, least), (batch, cap, clock) in zip(((MAX_PARTIAL, 1), (FRUGAL_RUNGS, svc.min_replicas),
                                                     (FRUGAL_RUNGS, svc.min_replicas)),
                                                    _frugal(max(rates, key=lambda s: rates[s]), rates), strict=False):
