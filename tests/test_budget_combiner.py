@@ -7,7 +7,13 @@ import logging
 
 import pytest
 
-from controller.budget.base import BudgetError, BudgetReading, PermanentBudgetError, TransientBudgetError
+from controller.budget.base import (
+    BudgetError,
+    BudgetReading,
+    PendingBudgetError,
+    PermanentBudgetError,
+    TransientBudgetError,
+)
 from controller.budget.combiner import BudgetChange, BudgetCombiner
 from controller.budget.schedule import FixedSource
 
@@ -155,3 +161,23 @@ def test_a_failed_sources_last_cut_holds_past_the_ttl_while_it_is_in_force() -> 
     assert held.budget_w == 2000.0 and "held past 120 s while in force, under the safe budget: unreadable" in held.why
     assert combiner.step(899.0).budget_w == 2000.0
     assert combiner.step(900.0).budget_w == 3000.0  # the signal's deadline passed
+
+
+def test_a_feed_whose_answer_stays_pending_counts_as_the_safe_budget_past_the_ttl() -> None:
+    """No failure, only an answer on its way each step, its cached points re-told with a validity that moves on:
+    held as a failed source's last cut is, it kept 2,000 W for three days where the ttl gives 30 minutes."""
+
+    class Pending:
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def step(self, now: float) -> BudgetReading:
+            self.steps += 1
+            if self.steps == 1:
+                return BudgetReading(2000.0, "api 400 gCO2/kWh", now + 3600.0)
+            raise PendingBudgetError("in flight", 1.0, held=BudgetReading(2000.0, "cached", now + 3600.0))
+
+    combiner = BudgetCombiner({"api": Pending()}, ttl_s=1800.0, safe_budget_w=3000.0)
+    assert combiner.step(0.0).budget_w == 2000.0
+    assert combiner.step(1800.0).budget_w == 2000.0
+    assert combiner.step(1900.0).budget_w == 3000.0

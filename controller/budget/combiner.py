@@ -115,8 +115,9 @@ class BudgetCombiner:
             if state.error:
                 why = f"{why} (held {now - state.read_at_s:.0f} s of {self.ttl_s:.0f} s: {state.error})"
             return state.reading.budget_w, why
-        last = state.reading
-        if last is not None and now < last.valid_until_s and last.budget_w < self.safe_budget_w:
+        last = state.reading  # held past the ttl on a failure only: a feed whose answer stays pending re-tells its
+        # cached points with a validity that moves on, which would hold them for good
+        if state.error and last is not None and now < last.valid_until_s and last.budget_w < self.safe_budget_w:
             return last.budget_w, f"{last.why} (its last reading, held past {self.ttl_s:.0f} s while in force, under " \
                                   f"the safe budget: {state.error})"
         return self.safe_budget_w, f"safe budget: {state.error or 'no reading yet'}"
