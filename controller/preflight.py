@@ -192,8 +192,9 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
                                   settings.base_dir).step(time.time())
                 except BudgetError as exc:
-                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at "
-                                    f"safe_budget_w ({settings.budget.safe_budget_w:g} W) until it gives one")
+                    safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)  # held to budget_w
+                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at {safe_w:g} W "
+                                    f"(safe_budget_w, at most budget_w) until it gives one")
     backends, kube = check_backends(settings)
     warnings += backends + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):

@@ -33,7 +33,12 @@ def check_reload(old: Settings, new: Settings) -> None:
         if old.budget is None or new.budget is None:
             raise ConfigError("power.budget", f"{'added' if old.budget is None else 'removed'}: budget sources change "
                               "with a restart (they hold tokens and readings)")
-        raise _restart("power.budget", old.budget, new.budget, " (budget sources hold tokens and readings)")
+        why = " (budget sources hold tokens and readings)"
+        if [n for n, _ in old.budget.sources] == [n for n, _ in new.budget.sources]:  # named by the source changed
+            for (name, a), (_, b) in zip(old.budget.sources, new.budget.sources, strict=True):
+                if a != b:
+                    raise _restart(f"power.budget.sources[{name}]", a, b, why)
+        raise _restart("power.budget", old.budget, new.budget, why)
     if new.optimizer.queue_model != old.optimizer.queue_model:
         raise _restart("optimizer.queue_model", old.optimizer.queue_model, new.optimizer.queue_model,
                        " (the tuner's state is the model's)")

@@ -697,7 +697,7 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
     err = check(24 * 365 * 5)  # the rows of past years alone
     assert "power.budget.sources[carbon_csv].path: csv" in err and "no intensity in force at 20" in err
     assert "its latest point, at 20" in err and "is older than stale_after_s (7200 s)" in err
-    assert "the budget stays at safe_budget_w (3000 W) until it gives one" in err
+    assert "the budget stays at 3000 W (safe_budget_w, at most budget_w) until it gives one" in err
     err = check(-5)  # a forecast alone: nothing in force yet
     assert "no intensity in force at 20" in err and ": its first point starts at 20" in err
 
