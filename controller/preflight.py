@@ -21,7 +21,7 @@ from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
-from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
+from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
 from controller.settings import Settings
@@ -141,7 +141,7 @@ def check_free_port(where: str, port: int) -> None:
 
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
-    out = _floor_levels(settings) + _domain_floors(settings)
+    out = _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
     lowest = lowest_limits_w(settings)
     if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
@@ -154,6 +154,18 @@ def file_warnings(settings: Settings) -> list[str]:
     return [*out, f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what "
             f"the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} "
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
+
+
+def _safe_above_curves(settings: Settings) -> list[str]:
+    """Carbon sources that can set a budget under the safe one: failed, once its last reading ends, such a source
+    counts as the safe budget, which lifts the cut it had set (a trial's 2,560 W went to 3,000 W)."""
+    if settings.budget is None:
+        return []
+    safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)
+    return [f"power.budget.safe_budget_w: {safe_w:g} W is above the {low_w:g} W that sources[{name}] can set: failed, "
+            "once its last reading ends, it counts as the safe budget, and the budget rises"
+            for name, src in settings.budget.sources if isinstance(src, CarbonSettings)
+            and (low_w := min(w for _, w in src.curve)) < safe_w]
 
 
 def _check_signal_path(where: str, path: Path, settings: Settings, config: Path | None) -> None:
