@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from actuators import ActuatorError, BatchInForce, BatchSizer, ReplicaScaler
+from actuators import ActuatorError, BatchInForce, BatchSizer, PermanentActuatorError, ReplicaScaler
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.retry import RetryBook
@@ -43,12 +43,15 @@ class InForce:
     still: bool
     read: bool = True
     """Every variant's replicas were read this cycle (a count that was not is no evidence to drain on)."""
+    gone: frozenset[str] = frozenset()
+    """Variants whose count read failed for good this cycle (a deleted Deployment: its count is kept at its last)."""
 
     @property
     def one_variant(self) -> bool:
-        """No other variant runs, as far as this cycle read: a count not read (a deleted Deployment's, kept at its
-        last) is no evidence of one, and had held a move's new variant from growing for good (the gate's `admit`)."""
-        return not self.read or sum(n > 0 for n in self.running.values()) <= 1
+        """No other variant runs but those gone: a deleted Deployment's count, kept at its last, had held a move's
+        new variant from growing for good (the gate's `admit`). A count a passing error hid still counts: ignored,
+        it let an urgent gate add a replica while the old variant ran on."""
+        return sum(n > 0 for v, n in self.running.items() if v not in self.gone) <= 1
 
 
 class Enforcer:
@@ -81,9 +84,9 @@ class Enforcer:
         the last plan chose while it runs or is starting; a service found running elsewhere only (as
         deployed before the daemon came) is taken where most of its replicas are."""
         before = self.running.get(service, {})
-        running, read = {}, True
+        running, read, gone = {}, True, set[str]()
         for v in variants:
-            n = self._read_replicas(service, v)
+            n = self._read_replicas(service, v, gone)
             read = read and n is not None
             running[v] = n if n is not None else believed.replicas if v == believed.accelerator else before.get(v, 0)
         self.running[service] = running
@@ -102,13 +105,16 @@ class Enforcer:
         one_variant = sum(1 for n in running.values() if n > 0) <= 1
         still = batch_read and batch.rolling_to is None and last == batch and one_variant
         assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
-        return InForce(assignment, running, still, read)
+        return InForce(assignment, running, still, read, frozenset(gone))
 
-    def _read_replicas(self, service: str, variant: str) -> int | None:
+    def _read_replicas(self, service: str, variant: str, gone: set[str]) -> int | None:
+        """The variant's replicas; None where the read failed (the variant added to `gone` where for good)."""
         try:
             n = self.replicas.get_replicas(service, variant)
         except ActuatorError as exc:
             self._error("replicas_read", f"{service}/{variant}", exc)
+            if isinstance(exc, PermanentActuatorError):
+                gone.add(variant)
             return None
         self._read_again(f"replicas_read:{service}/{variant}")
         return n

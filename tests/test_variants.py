@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from actuators import TransientActuatorError
 from actuators.dryrun import DryRunBatchSizer, DryRunReplicaScaler
 from controller.config_loader import ConfigError
 from controller.control import Controller
@@ -224,6 +225,26 @@ def test_a_move_whose_old_deployment_is_deleted_still_grows() -> None:
     service read as mid-move for good and its new variant never grew past one replica."""
     counts = move_code(60.0, 1200, gone_at_s=15.0)
     assert counts[-1] == (0, 3), counts
+
+
+def test_a_passing_read_error_mid_move_adds_no_replica_while_urgent() -> None:
+    """Mid-move (3 H100s, 1 A100) a read of one variant timed out: the service read as on one variant, and the gate,
+    over budget at every floor, regained the A100s to min_replicas beside the three H100s still drawing."""
+
+    class Flaky(DryRunReplicaScaler):
+        def get_replicas(self, service: str, variant: str) -> int:
+            if variant == "H100-SXM":
+                raise TransientActuatorError("timed out", 5.0)
+            return super().get_replicas(service, variant)
+
+    scaler = Flaky({("code", "H100-SXM"): 3, ("code", "A100-SXM4"): 1})
+    enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
+    enforcer.running["code"] = {"H100-SXM": 3, "A100-SXM4": 1}  # the last cycle's read
+    got, _ = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), Assignment("A100-SXM4", 1, 64, 400.0), {})
+    assert not got.one_variant and not got.read
+    gate = StabilityGate(replace(StabilitySettings(), max_replica_step=1, confirm_cycles=1, cooldown_s=120.0))
+    assert gate.admit(0.0, "code", got.assignment, Assignment("A100-SXM4", 3, 64, 400.0), None, True, 2,
+                      got.one_variant).replicas == 1
 
 
 def test_a_variant_the_plan_turns_back_to_is_held_to_the_plans_cap_for_it() -> None:
