@@ -181,3 +181,27 @@ def test_a_feed_whose_answer_stays_pending_counts_as_the_safe_budget_past_the_tt
     assert combiner.step(0.0).budget_w == 2000.0
     assert combiner.step(1800.0).budget_w == 2000.0
     assert combiner.step(1900.0).budget_w == 3000.0
+
+
+def test_a_feed_that_fails_then_stays_pending_holds_its_cut_only_while_its_last_answer_said() -> None:
+    """Answered once (valid an hour), then an error, then answers on their way that re-tell the cached points, each
+    valid an hour on from then: the cut was held for days past the ttl; it holds until the last answer's hour ends."""
+
+    class Feed:
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def step(self, now: float) -> BudgetReading:
+            self.steps += 1
+            if self.steps == 1:
+                return BudgetReading(2000.0, "api 400 gCO2/kWh", now + 3600.0)
+            if self.steps == 2:
+                raise TransientBudgetError("HTTP 503", 0.0)
+            raise PendingBudgetError("in flight", 0.0, held=BudgetReading(2000.0, "cached", now + 3600.0))
+
+    combiner = BudgetCombiner({"api": Feed()}, ttl_s=1800.0, safe_budget_w=3000.0)
+    assert combiner.step(0.0).budget_w == 2000.0
+    assert combiner.step(10.0).budget_w == 2000.0  # the error, within the ttl
+    assert combiner.step(3000.0).budget_w == 2000.0  # past the ttl, within the answer's hour
+    assert combiner.step(3600.0).budget_w == 3000.0
+    assert combiner.step(259200.0).budget_w == 3000.0

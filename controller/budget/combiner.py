@@ -63,6 +63,9 @@ class SourceState:
     permanent: bool = False
     pending: bool = False
     """Its first answer is on its way (PendingBudgetError): until it comes, or fails, it sets no limit."""
+    fresh_until_s: float = float("-inf")
+    """Until when the last good answer said it holds (a pending answer's re-told points move theirs on): past the
+    ttl, a failed source's cut holds no longer."""
 
 
 class BudgetCombiner:
@@ -102,6 +105,7 @@ class BudgetCombiner:
         if state.error:
             log.info("budget source %s answers again", name)
         state.reading, state.read_at_s, state.error, state.pending = reading, now, "", False
+        state.fresh_until_s = reading.valid_until_s if reading is not None else float("-inf")
 
     def value(self, name: str, now: float) -> tuple[float, str] | None:
         """What one source contributes at `now`: (watts, why), or None when it sets no limit."""
@@ -115,9 +119,9 @@ class BudgetCombiner:
             if state.error:
                 why = f"{why} (held {now - state.read_at_s:.0f} s of {self.ttl_s:.0f} s: {state.error})"
             return state.reading.budget_w, why
-        last = state.reading  # held past the ttl on a failure only: a feed whose answer stays pending re-tells its
-        # cached points with a validity that moves on, which would hold them for good
-        if state.error and last is not None and now < last.valid_until_s and last.budget_w < self.safe_budget_w:
+        last = state.reading  # held past the ttl on a failure only, and while the last good answer said it holds: a
+        # feed whose answers stay pending, or fail after one, re-tells its cached points with a validity that moves on
+        if state.error and last is not None and now < state.fresh_until_s and last.budget_w < self.safe_budget_w:
             return last.budget_w, f"{last.why} (its last reading, held past {self.ttl_s:.0f} s while in force, under " \
                                   f"the safe budget: {state.error})"
         return self.safe_budget_w, f"safe budget: {state.error or 'no reading yet'}"
