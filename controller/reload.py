@@ -34,20 +34,20 @@ def check_reload(old: Settings, new: Settings) -> None:
             raise ConfigError("power.budget", f"{'added' if old.budget is None else 'removed'}: budget sources change "
                               "with a restart (they hold tokens and readings)")
         why = " (budget sources hold tokens and readings)"
-        if [n for n, _ in old.budget.sources] == [n for n, _ in new.budget.sources]:  # named by the source changed
-            for (name, a), (_, b) in zip(old.budget.sources, new.budget.sources, strict=True):
-                if a != b:
-                    raise _restart(f"power.budget.sources[{name}]", a, b, why)
+        names = [n for n, _ in old.budget.sources], [n for n, _ in new.budget.sources]
+        if names[0] != names[1]:
+            raise ConfigError("power.budget.sources", f"{_listed(*names)}: budget sources change with a restart "
+                              "(they hold tokens and readings)")
+        for (name, a), (_, b) in zip(old.budget.sources, new.budget.sources, strict=True):
+            if a != b:  # named by the source and the field changed
+                raise _restart(f"power.budget.sources[{name}]", a, b, why)
         raise _restart("power.budget", old.budget, new.budget, why)
     if new.optimizer.queue_model != old.optimizer.queue_model:
         raise _restart("optimizer.queue_model", old.optimizer.queue_model, new.optimizer.queue_model,
                        " (the tuner's state is the model's)")
     if [s.name for s in new.services] != [s.name for s in old.services]:
-        added = sorted({s.name for s in new.services} - {s.name for s in old.services})
-        removed = sorted({s.name for s in old.services} - {s.name for s in new.services})
-        what = (f"added {added}" if added else "") + (" " if added and removed else "") + \
-            (f"removed {removed}" if removed else "") or "reordered"
-        raise ConfigError("services", f"{what}: services change with a restart")
+        raise ConfigError("services", f"{_listed([s.name for s in old.services], [s.name for s in new.services])}: "
+                          "services change with a restart")
     for a, b in zip(old.services, new.services, strict=True):
         _fixed(f"services[{a.name}]", a, b)
     if len(new.accelerators) != len(old.accelerators):
@@ -56,6 +56,13 @@ def check_reload(old: Settings, new: Settings) -> None:
         for name in FIXED_ACCELERATOR_FIELDS:
             if getattr(x, name) != getattr(y, name):  # by the running type's name, as the file's checks name it
                 raise _restart(f"accelerators[{x.name}].{name}", getattr(x, name), getattr(y, name))
+
+
+def _listed(old: list[str], new: list[str]) -> str:
+    """What changed between two lists of names: those added, those removed, or the order."""
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    return (f"added {added}" if added else "") + (" " if added and removed else "") + \
+        (f"removed {removed}" if removed else "") or "reordered"
 
 
 def _fixed(where: str, a: ServiceSettings, b: ServiceSettings) -> None:
@@ -89,10 +96,9 @@ def _differences(where: str, a: object, b: object) -> Iterator[tuple[str, object
         for f in fields(a):
             yield from _differences(f"{where}.{f.name}" if where else f.name, getattr(a, f.name), getattr(b, f.name))
         return
-    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and all(
-            is_dataclass(x) and hasattr(x, "name") for x in (*a, *b)):
-        for x, y in zip(a, b, strict=True):
-            yield from _differences(f"{where}[{x.name}]", x, y)
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and all(is_dataclass(x) for x in (*a, *b)):
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):  # a named table by its name, another by its place
+            yield from _differences(f"{where}[{getattr(x, 'name', k)}]", x, y)
         return
     yield where, a, b
 

@@ -644,3 +644,24 @@ def test_an_empty_listing_after_gpus_were_seen_is_a_lost_sample(sim_config: Call
     assert math.isnan(registry.get_sample_value("wattscale_power_draw_watts") or 0.0)
     assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(g.index)})
             for g in ctl.fast.samples] == [g.power_limit_w for g in ctl.fast.samples]
+
+
+def test_a_refused_budget_reload_names_what_changed(sim_config: Callable[..., Path]) -> None:
+    """A source added, or a schedule's rule changed, printed both source lists cut to 80 characters alike."""
+    table = ('\n[power.budget]\nsafe_budget_w = 3000\n[[power.budget.sources]]\nkind = "schedule"\nname = "tou"\n'
+             'time_zone = "UTC"\ndefault_budget_w = 3500\nrules = [{ days = ["mon"], start = "08:00", end = "18:00", '
+             'budget_w = 2000 }]\n')
+    with_table = {'mode = "predicted"\n': 'mode = "predicted"\n' + table}
+    before = load_settings(sim_config(with_table))
+    cases = [
+        (table + '[[power.budget.sources]]\nkind = "fixed"\nname = "contract"\nbudget_w = 3800\n',
+         "power.budget.sources: added ['contract']: budget sources change with a restart"),
+        (table.replace("budget_w = 2000 }", "budget_w = 2500 }"),
+         "power.budget.sources[tou].rules[0].budget_w: changes need a restart (budget sources hold tokens and "
+         "readings): 2000.0 runs, the file asks 2500.0"),
+    ]
+    for k, (edited, said) in enumerate(cases):
+        after = load_settings(sim_config({'mode = "predicted"\n': 'mode = "predicted"\n' + edited}, name=f"{k}.toml"))
+        with pytest.raises(ConfigError) as err:
+            check_reload(before, after)
+        assert str(err.value).startswith(said), err.value
