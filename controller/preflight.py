@@ -162,8 +162,10 @@ def _safe_above_curves(settings: Settings) -> list[str]:
     if settings.budget is None:
         return []
     safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)
-    return [f"power.budget.safe_budget_w: {safe_w:g} W is above the {low_w:g} W that sources[{name}] can set: failed, "
-            "once its last reading ends, it counts as the safe budget, and the budget rises"
+    held = f" (held to budget_w, {safe_w:g} W)" if safe_w < settings.budget.safe_budget_w else ""
+    return [f"power.budget.safe_budget_w: {settings.budget.safe_budget_w:g} W{held} is above the {low_w:g} W that "
+            f"sources[{name}] can set: failed, once its last reading ends, it counts as the safe budget, and the "
+            "budget rises"
             for name, src in settings.budget.sources if isinstance(src, CarbonSettings)
             and (low_w := min(w for _, w in src.curve)) < safe_w]
 
@@ -205,7 +207,7 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
                                   settings.base_dir).step(time.time())
                 except BudgetError as exc:
                     safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)  # held to budget_w
-                    warnings.append(f"power.budget.sources[{name}].path: {exc}; the budget stays at {safe_w:g} W "
+                    warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as {safe_w:g} W "
                                     f"(safe_budget_w, at most budget_w) until it gives one")
     backends, kube = check_backends(settings)
     warnings += backends + file_warnings(settings)

@@ -168,7 +168,7 @@ def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budg
     assert main(["check-config", str(path)]) == 0
     err = capsys.readouterr().err
     assert f"power.budget.sources[grid].path: csv nope.csv: {path.parent / 'nope.csv'}: No such file or directory; " \
-        "the budget stays at 2000 W (safe_budget_w, at most budget_w)" in err  # not "[Errno 2] ...", an OSError's
+        "it counts as 2000 W (safe_budget_w, at most budget_w)" in err  # not "[Errno 2] ...", an OSError's
     (path.parent / "nope.csv").write_text("hello,world\n")  # there, but not a carbon CSV
     assert main(["check-config", str(path)]) == 0
     assert "power.budget.sources[grid].path: csv nope.csv: no datetime column" in capsys.readouterr().err

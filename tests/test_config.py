@@ -697,12 +697,17 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
     err = check(24 * 365 * 5)  # the rows of past years alone
     assert "power.budget.sources[carbon_csv].path: csv" in err and "no intensity in force at 20" in err
     assert "its latest point, at 20" in err and "is older than stale_after_s (7200 s)" in err
-    assert "the budget stays at 3000 W (safe_budget_w, at most budget_w) until it gives one" in err
+    assert "it counts as 3000 W (safe_budget_w, at most budget_w) until it gives one" in err
     err = check(-5)  # a forecast alone: nothing in force yet
     assert "no intensity in force at 20" in err and ": its first point starts at 20" in err
     # its curve goes down to 2,500 W, under the safe budget: a failure, once its last reading ends, lifts its cut
     assert ("power.budget.safe_budget_w: 3000 W is above the 2500 W that sources[carbon_csv] can set: failed, once "
             "its last reading ends, it counts as the safe budget, and the budget rises") in err
+    (tmp_path / "held.toml").write_text((tmp_path / "w.toml").read_text().replace("budget_w = 4000",
+                                                                                         "budget_w = 2800", 1))
+    main(["check-config", "--file-only", str(tmp_path / "held.toml")])
+    assert ("power.budget.safe_budget_w: 3000 W (held to budget_w, 2800 W) is above the 2500 W that "
+            "sources[carbon_csv]") in capsys.readouterr().err  # the value the file gives, and the one that holds
 
 
 def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,

@@ -119,4 +119,4 @@ def test_check_config_warns_of_a_demand_response_signal_that_is_no_file(sim_conf
     assert within(20.0, lambda: main(["check-config", str(path)])) == 0
     err = capsys.readouterr().err
     assert "power.budget.sources[demand_response].path: demand response" in err
-    assert "the budget stays at 3000 W (safe_budget_w, at most budget_w)" in err
+    assert "it counts as 3000 W (safe_budget_w, at most budget_w)" in err
