@@ -263,7 +263,7 @@ class Controller:
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")
         admitted = self.gate.make_room(Inventory.of(self.settings.accelerators,
-                                                        (got.running for got in in_force.values())), pending)
+                                                        (got.live for got in in_force.values())), pending)
         by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
                                                                   strict=True)}
         # Shrinks first, so the GPUs they free are there for the scale-ups of the same cycle.

@@ -47,11 +47,16 @@ class InForce:
     """Variants whose count read failed for good this cycle (a deleted Deployment: its count is kept at its last)."""
 
     @property
+    def live(self) -> dict[str, int]:
+        """Replicas per variant but those gone: a deleted Deployment's count, kept at its last, had held a move's new
+        variant from growing for good (the gate's `admit`), its GPUs counted as held and its windows as unsteady. A
+        count a passing error hid still counts: ignored, it let an urgent gate add a replica beside it."""
+        return {v: n for v, n in self.running.items() if v not in self.gone}
+
+    @property
     def one_variant(self) -> bool:
-        """No other variant runs but those gone: a deleted Deployment's count, kept at its last, had held a move's
-        new variant from growing for good (the gate's `admit`). A count a passing error hid still counts: ignored,
-        it let an urgent gate add a replica while the old variant ran on."""
-        return sum(n > 0 for v, n in self.running.items() if v not in self.gone) <= 1
+        """No other variant runs (`live`)."""
+        return sum(n > 0 for n in self.live.values()) <= 1
 
 
 class Enforcer:
@@ -102,10 +107,9 @@ class Enforcer:
             batch_read = False
         last = self.batch_read.get(service, batch)
         self.batch_read[service] = batch
-        one_variant = sum(1 for n in running.values() if n > 0) <= 1
-        still = batch_read and batch.rolling_to is None and last == batch and one_variant
         assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
-        return InForce(assignment, running, still, read, frozenset(gone))
+        got = InForce(assignment, running, False, read, frozenset(gone))
+        return replace(got, still=batch_read and batch.rolling_to is None and last == batch and got.one_variant)
 
     def _read_replicas(self, service: str, variant: str, gone: set[str]) -> int | None:
         """The variant's replicas; None where the read failed (the variant added to `gone` where for good)."""
@@ -136,7 +140,7 @@ class Enforcer:
             n = self._scale(now, service, target.accelerator, want, asked, held)
             if n is not None:
                 done = replace(done, accelerator=target.accelerator, replicas=n)
-        elif any(n > 0 for v, n in current.running.items() if v != was.accelerator):
+        elif any(n > 0 for v, n in current.live.items() if v != was.accelerator):  # a gone one cannot drain
             up = current.read and was.replicas >= max(1, target.replicas)
             if up and serving is not None and serving >= sum(current.running.values()):
                 for v, n in current.running.items():  # the planned variant serves: drain the others

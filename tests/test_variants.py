@@ -225,6 +225,13 @@ def test_a_move_whose_old_deployment_is_deleted_still_grows() -> None:
     service read as mid-move for good and its new variant never grew past one replica."""
     counts = move_code(60.0, 1200, gone_at_s=15.0)
     assert counts[-1] == (0, 3), counts
+    scaler = DryRunReplicaScaler({("code", "A100-SXM4"): 3})  # the H100 Deployment gone: its last count, 3, kept
+    enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
+    enforcer.running["code"] = {"H100-SXM": 3, "A100-SXM4": 3}
+    for _ in range(2):  # a second read: the max batch held still since the first
+        got, _ = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), Assignment("A100-SXM4", 3, 64, 400.0), {})
+    assert got.running == {"H100-SXM": 3, "A100-SXM4": 3} and got.live == {"A100-SXM4": 3}
+    assert got.one_variant and got.still  # its windows teach again (they read as spanning a move for good)
 
 
 def test_a_passing_read_error_mid_move_adds_no_replica_while_urgent() -> None:
