@@ -29,6 +29,8 @@ def test_a_signal_lowers_the_budget_until_its_deadline(tmp_path: Path) -> None:
     reading = source.step(T0 + 60.0)
     assert reading is not None and reading.budget_w == 1500.0
     assert reading.valid_until_s == T0 + 1800.0 and "grid event 42" in reading.why
+    # the deadline itself, not "for 1740 s more": held while the file is broken, that went stale in status
+    assert reading.why == "demand response 1500 W until 2026-12-01T15:30:00+00:00 (grid event 42)"
     assert source.step(T0 + 1800.0) is None  # the deadline passed
     path.unlink()
     assert source.step(T0 + 60.0) is None

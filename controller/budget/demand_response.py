@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.budget.api_http import MalformedAnswer, number, parse_time_s
-from controller.budget.base import BudgetReading, TransientBudgetError
+from controller.budget.base import BudgetReading, TransientBudgetError, utc_iso
 from tuner.store import atomic_write_text, open_plain
 
 MAX_SIGNAL_BYTES = 4096
@@ -93,7 +93,7 @@ class DemandResponseSource:
         s = self.signal
         if s is None or now >= s.deadline_s:
             return None
-        why = f"demand response {s.budget_w:.0f} W for {s.deadline_s - now:.0f} s more" + (
+        why = f"demand response {s.budget_w:.0f} W until {utc_iso(s.deadline_s)}" + (  # "N s more" went stale held
             f" ({s.reason})" if s.reason else "")
         return BudgetReading(s.budget_w, why, s.deadline_s)
 
