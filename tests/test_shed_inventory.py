@@ -96,3 +96,15 @@ def test_a_plan_the_domain_repair_sheds_from_still_fits_the_inventory(case: str)
     for name in ("greedy", "auto", "milp", "exhaustive"):
         used = _runs(problem, name)
         assert used[H100.name] <= H100.count and used[A100.name] <= A100.count, (case, name, used)
+
+
+def test_a_service_the_domain_repair_sheds_is_short_for_its_domain() -> None:
+    """chat, moved by greedy off its A100s onto H100s whose rack (200 W) holds none of it, is shed by the domain
+    repair: it read as short for budget, the site's, with 2,800 W of it left."""
+    chat, code, bulk = (replace(s, gpus=PLACED) for s in services((5.0, 5.0, 20.0)))
+    demands = (replace(chat, current=Assignment("A100-SXM4", 2, 64, 400.0), min_replicas=2),
+               replace(code, min_replicas=2), replace(bulk, min_replicas=3))
+    problem = Problem(demands, (H100, A100), 2800.0, batch_sizes=(16, 64), power_levels=(0.6, 1.0),
+                      domains=_rooms(600.0, 200.0))
+    reasons = {r.name: r.reason for r in solve(problem, get_solver("greedy")).services}
+    assert reasons == {"chat": "domain", "code": None, "bulk": "replicas"}, reasons

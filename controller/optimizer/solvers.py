@@ -178,16 +178,19 @@ def get_solver(name: str, time_limit_s: float = 2.0, mip_gap: float = 0.01,
     raise ValueError(f"solver: unknown {name!r}, expected one of ['auto', 'exhaustive', 'greedy', 'milp']")
 
 
-def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice) -> str:
+def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice, held: list[tuple[str, int]]) -> str:
+    """Why service i is short: no shape or GPU serves it at all, not even max_replicas does, its domain, the
+    inventory (what the others take, a shed one's held GPUs among it), or the budget."""
     if not cands:  # no shape meets the targets, or no accelerator it runs on has a replica's GPUs at all
         offered = {a.name: a for a in problem.accelerators}
         usable = [offered[name] for name in problem.services[i].params if name in offered]
         return "inventory" if all(a.count < a.gpus_per_replica for a in usable) else "slo"
     others = [c for k, c in enumerate(choice) if k != i]
     used: dict[str, int] = {}
-    for c in others:
-        if c is not None:
-            used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
+    for k, c in enumerate(choice):
+        acc, n = (c.assignment.accelerator, c.gpus) if c is not None else held[k]
+        if k != i and n > 0:
+            used[acc] = used.get(acc, 0) + n
     best_served = max(c.served_rps for c in cands)
     if best_served < problem.services[i].load.rate_rps - 1e-9:
         return "replicas"  # even max_replicas of the best shape cannot take the load
@@ -249,17 +252,21 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
     t1 = time.perf_counter()
     cands, shed = valued(problem, raw)
     choice, notes = solver.choose(problem, cands, shed)
+    chosen = choice
     if problem.domains:
         choice, brought_down = fit_domains(problem, cands, choice)
         notes = [*notes, *brought_down]
     t2 = time.perf_counter()
+    held = problem.shed_gpus(cands)
     results = []
     for i, (svc, c) in enumerate(zip(problem.services, choice, strict=True)):
+        short = svc.load.rate_rps > 0 if c is None else c.short_rps > 1e-9
+        reason = _reason(problem, i, cands[i], choice, held) if short else None
+        if reason == "budget" and c is not chosen[i]:  # the domain repair brought it down: its domain, not the site
+            reason = "domain"
         if c is None:
-            reason = _reason(problem, i, cands[i], choice) if svc.load.rate_rps > 0 else None
             results.append(ServiceResult(svc.name, None, None, 0.0, 0.0, svc.load.rate_rps, reason))
             continue
-        reason = _reason(problem, i, cands[i], choice) if c.short_rps > 1e-9 else None
         results.append(ServiceResult(svc.name, c.assignment, with_tails(problem, c), c.power_w, c.cost_per_hour,
                                      c.short_rps, reason))
     power = problem.idle_w + sum(c.power_w for c in choice if c is not None)
