@@ -22,6 +22,11 @@ class PermanentActuatorError(ActuatorError):
     """Retrying will not help (no permission, unknown target, unsupported)."""
 
 
+class MissingTargetError(PermanentActuatorError):
+    """The target is not there (a deleted Deployment, HTTP 404): whatever it ran is gone with it, where a refusal
+    (forbidden) or an unreadable answer leaves what runs running."""
+
+
 @dataclass(frozen=True)
 class Action:
     """One change an actuator made (or, dry-run, would make)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from actuators.base import Action, BatchInForce, PermanentActuatorError, snap_clock_mhz
+from actuators.base import Action, BatchInForce, MissingTargetError, PermanentActuatorError, snap_clock_mhz
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,12 @@ class DryRunReplicaScaler:
 
     def get_replicas(self, service: str, variant: str) -> int:
         if (service, variant) not in self.replicas:
-            raise PermanentActuatorError(f"{service} on {variant}: unknown service or variant")
+            raise MissingTargetError(f"{service} on {variant}: unknown service or variant")
         return self.replicas[service, variant]
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         if (service, variant) not in self.replicas:
-            raise PermanentActuatorError(f"{service} on {variant}: unknown service or variant")
+            raise MissingTargetError(f"{service} on {variant}: unknown service or variant")
         if replicas < 0:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
         if self.replicas[service, variant] != replicas:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators.base import ActuatorError, MissingTargetError, PermanentActuatorError, TransientActuatorError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class DeploymentRef:
 
 
 def translate(exc: Exception, target: str) -> ActuatorError:
-    """One map from client failures to the error tree: statuses above; 5xx, timeouts and refused connections
-    are transient; anything else permanent."""
+    """One map from client failures to the error tree: statuses above (404 a missing target); 5xx, no answer at all
+    (status 0), timeouts and refused connections are transient; anything else permanent."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -47,9 +47,11 @@ def translate(exc: Exception, target: str) -> ActuatorError:
         if status in STATUS:
             transient, delay_s, meaning = STATUS[status]
             msg = f"{target}: {meaning} (HTTP {status})"
+            if status == 404:
+                return MissingTargetError(msg)
             return TransientActuatorError(msg, delay_s) if transient else PermanentActuatorError(msg)
-        if status >= 500:
-            return TransientActuatorError(f"{target}: API server error (HTTP {status})", 10.0)
+        if status >= 500 or status == 0:  # 0: no answer came (the client's own failure, a TLS error among them)
+            return TransientActuatorError(f"{target}: API server error (HTTP {status} {exc.reason})", 10.0)
         return PermanentActuatorError(f"{target}: HTTP {status} {exc.reason}")
     if isinstance(exc, (HTTPError, OSError)):
         return TransientActuatorError(f"{target}: API server unreachable or too slow ({type(exc).__name__})", 10.0)

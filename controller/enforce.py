@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from actuators import ActuatorError, BatchInForce, BatchSizer, PermanentActuatorError, ReplicaScaler
+from actuators import ActuatorError, BatchInForce, BatchSizer, MissingTargetError, ReplicaScaler
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.retry import RetryBook
@@ -42,15 +42,17 @@ class InForce:
     running: dict[str, int]
     still: bool
     read: bool = True
-    """Every variant's replicas were read this cycle (a count that was not is no evidence to drain on)."""
+    """Every variant's replicas were read this cycle, but those gone (a count that was not is no evidence to drain
+    on)."""
     gone: frozenset[str] = frozenset()
-    """Variants whose count read failed for good this cycle (a deleted Deployment: its count is kept at its last)."""
+    """Variants whose target was not there this cycle (a deleted Deployment: its count is kept at its last)."""
 
     @property
     def live(self) -> dict[str, int]:
         """Replicas per variant but those gone: a deleted Deployment's count, kept at its last, had held a move's new
         variant from growing for good (the gate's `admit`), its GPUs counted as held and its windows as unsteady. A
-        count a passing error hid still counts: ignored, it let an urgent gate add a replica beside it."""
+        count another error hid (a timeout, a refusal) still counts: ignored, it let an urgent gate add a replica
+        beside what still ran."""
         return {v: n for v, n in self.running.items() if v not in self.gone}
 
     @property
@@ -92,7 +94,7 @@ class Enforcer:
         running, read, gone = {}, True, set[str]()
         for v in variants:
             n = self._read_replicas(service, v, gone)
-            read = read and n is not None
+            read = read and (n is not None or v in gone)  # a gone one's count is no reading to wait for
             running[v] = n if n is not None else believed.replicas if v == believed.accelerator else before.get(v, 0)
         self.running[service] = running
         acc = believed.accelerator
@@ -109,15 +111,18 @@ class Enforcer:
         self.batch_read[service] = batch
         assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
         got = InForce(assignment, running, False, read, frozenset(gone))
-        return replace(got, still=batch_read and batch.rolling_to is None and last == batch and got.one_variant)
+        # the planned variant gone, the windows are another's: they teach its pair nothing
+        still = batch_read and batch.rolling_to is None and last == batch and got.one_variant and acc not in gone
+        return replace(got, still=still)
 
     def _read_replicas(self, service: str, variant: str, gone: set[str]) -> int | None:
-        """The variant's replicas; None where the read failed (the variant added to `gone` where for good)."""
+        """The variant's replicas; None where the read failed (the variant added to `gone` where its target is not
+        there)."""
         try:
             n = self.replicas.get_replicas(service, variant)
         except ActuatorError as exc:
             self._error("replicas_read", f"{service}/{variant}", exc)
-            if isinstance(exc, PermanentActuatorError):
+            if isinstance(exc, MissingTargetError):
                 gone.add(variant)
             return None
         self._read_again(f"replicas_read:{service}/{variant}")
@@ -142,13 +147,13 @@ class Enforcer:
                 done = replace(done, accelerator=target.accelerator, replicas=n)
         elif any(n > 0 for v, n in current.live.items() if v != was.accelerator):  # a gone one cannot drain
             up = current.read and was.replicas >= max(1, target.replicas)
-            if up and serving is not None and serving >= sum(current.running.values()):
-                for v, n in current.running.items():  # the planned variant serves: drain the others
+            if up and serving is not None and serving >= sum(current.live.values()):
+                for v, n in current.live.items():  # the planned variant serves: drain the others
                     if v != was.accelerator and n > 0 and (plan is None or urgent or v != plan.accelerator):
                         self._scale(now, service, v, 0, asked, held)
             else:
                 held.append(f"draining waits for {was.accelerator} to serve ({serving} of "
-                            f"{sum(current.running.values())} replicas serving)")
+                            f"{sum(current.live.values())} replicas serving)")
         rolling = self.batch_read.get(service, BatchInForce(was.max_batch)).rolling_to
         if target.max_batch != was.max_batch:
             key = f"max_batch:{service}"

@@ -14,7 +14,7 @@ from conftest import small_sim_host
 from kube_emulator import KubeEmulator
 from kubernetes import client
 
-from actuators import PermanentActuatorError, ReplicaScaler, TransientActuatorError
+from actuators import MissingTargetError, PermanentActuatorError, ReplicaScaler, TransientActuatorError
 from actuators.dryrun import DryRunReplicaScaler
 from actuators.kubernetes import DeploymentRef, KubernetesReplicaScaler
 from actuators.sim import SimReplicaScaler
@@ -89,8 +89,28 @@ def test_unknown_service_and_negative_counts_are_permanent(scaler: ReplicaScaler
 
 def test_kubernetes_missing_deployment_is_permanent(kube: KubeEmulator) -> None:
     kube.delete("apps", "deployments", "chat", NS)
-    with pytest.raises(PermanentActuatorError, match="no such Deployment"):
+    with pytest.raises(MissingTargetError, match="no such Deployment"):  # gone, and what it ran with it
         _kube_scaler(kube).set_replicas("chat", H100, 3)
+
+
+def test_kubernetes_a_refusal_is_permanent_but_no_missing_target(kube: KubeEmulator) -> None:
+    """A 403 (a Role changed) leaves the Deployment and its pods running: the enforcer must not read it as gone (it
+    took any permanent error for a deleted Deployment, so a move's old variant read as drained while it drew)."""
+    kube.fail("GET", SCALE.format("chat"), 403)
+    with pytest.raises(PermanentActuatorError, match="forbidden") as err:
+        _kube_scaler(kube).get_replicas("chat", H100)
+    assert not isinstance(err.value, MissingTargetError)
+
+
+def test_kubernetes_no_answer_at_all_is_transient() -> None:
+    """The client reports a TLS failure as an ApiException of status 0: it was permanent, so one hiccup stopped
+    every try until the config changed."""
+    from kubernetes.client.exceptions import ApiException
+
+    from actuators.kubernetes import translate
+
+    err = translate(ApiException(status=0, reason="SSLError(certificate verify failed)"), "ns/chat")
+    assert isinstance(err, TransientActuatorError) and "HTTP 0 SSLError" in str(err)
 
 
 def test_kubernetes_conflict_is_transient_and_a_retry_lands(kube: KubeEmulator) -> None:

@@ -254,6 +254,25 @@ def test_a_passing_read_error_mid_move_adds_no_replica_while_urgent() -> None:
                       got.one_variant).replicas == 1
 
 
+def test_a_gone_variant_neither_teaches_another_pair_nor_holds_a_drain_back() -> None:
+    """The planned variant's Deployment deleted mid-move: the windows, served by the other's replicas, were taught to
+    its pair. A third variant deleted: the drain of a live old one waited for its kept count to serve, for good."""
+    enforcer = Enforcer(DryRunReplicaScaler({("code", "A100-SXM4"): 3}), DryRunBatchSizer({"code": 64}),
+                        OwnMetrics(CollectorRegistry()))
+    enforcer.running["code"] = {"H100-SXM": 1, "A100-SXM4": 3}
+    for _ in range(2):
+        got, _ = enforcer.in_force("code", ("H100-SXM", "A100-SXM4"), Assignment("H100-SXM", 1, 64, 700.0), {})
+    assert got.assignment.accelerator == "H100-SXM" and got.gone == {"H100-SXM"} and not got.still
+    scaler = DryRunReplicaScaler({("code", "H100-SXM"): 3, ("code", "A100-SXM4"): 1})
+    enforcer = Enforcer(scaler, DryRunBatchSizer({"code": 64}), OwnMetrics(CollectorRegistry()))
+    enforcer.running["code"] = {"H100-SXM": 3, "A100-SXM4": 1, "L40S": 2}  # L40S's Deployment since deleted
+    h100 = Assignment("H100-SXM", 3, 64, 700.0)
+    got, _ = enforcer.in_force("code", ("H100-SXM", "A100-SXM4", "L40S"), h100, {})
+    assert got.read and got.gone == {"L40S"}
+    _, done = enforcer.apply(0.0, "code", got, h100, 4, h100)
+    assert done.asked == ("A100-SXM4 replicas -> 0",) and scaler.replicas["code", "A100-SXM4"] == 0, done
+
+
 def test_a_variant_the_plan_turns_back_to_is_held_to_the_plans_cap_for_it() -> None:
     """Kept while the gate holds the move back, the H100s ran at their pre-move 700 W where the plan counted 450."""
     h100, a100 = Assignment("H100-SXM", 3, 64, 700.0), Assignment("A100-SXM4", 1, 64, 400.0)
