@@ -163,43 +163,26 @@ def test_a_failed_sources_last_cut_holds_past_the_ttl_while_it_is_in_force() -> 
     assert combiner.step(900.0).budget_w == 3000.0  # the signal's deadline passed
 
 
+ANSWER = BudgetReading(2000.0, "api 400 gCO2/kWh", 3600.0)
+"""A feed's one answer, valid for its first hour."""
+RETOLD = PendingBudgetError("in flight", 0.0, held=BudgetReading(2000.0, "cached", 1e9))
+"""Its answers on their way after it, re-telling the cached points with a validity far on (it moves with time)."""
+
+
 def test_a_feed_whose_answer_stays_pending_counts_as_the_safe_budget_past_the_ttl() -> None:
-    """No failure, only an answer on its way each step, its cached points re-told with a validity that moves on:
-    held as a failed source's last cut is, it kept 2,000 W for three days where the ttl gives 30 minutes."""
-
-    class Pending:
-        def __init__(self) -> None:
-            self.steps = 0
-
-        def step(self, now: float) -> BudgetReading:
-            self.steps += 1
-            if self.steps == 1:
-                return BudgetReading(2000.0, "api 400 gCO2/kWh", now + 3600.0)
-            raise PendingBudgetError("in flight", 1.0, held=BudgetReading(2000.0, "cached", now + 3600.0))
-
-    combiner = BudgetCombiner({"api": Pending()}, ttl_s=1800.0, safe_budget_w=3000.0)
+    """No failure, only an answer on its way each step: held as a failed source's last cut is, it kept 2,000 W for
+    three days where the ttl gives 30 minutes."""
+    combiner = BudgetCombiner({"api": Scripted(ANSWER, RETOLD)}, ttl_s=1800.0, safe_budget_w=3000.0)
     assert combiner.step(0.0).budget_w == 2000.0
     assert combiner.step(1800.0).budget_w == 2000.0
     assert combiner.step(1900.0).budget_w == 3000.0
 
 
 def test_a_feed_that_fails_then_stays_pending_holds_its_cut_only_while_its_last_answer_said() -> None:
-    """Answered once (valid an hour), then an error, then answers on their way that re-tell the cached points, each
-    valid an hour on from then: the cut was held for days past the ttl; it holds until the last answer's hour ends."""
-
-    class Feed:
-        def __init__(self) -> None:
-            self.steps = 0
-
-        def step(self, now: float) -> BudgetReading:
-            self.steps += 1
-            if self.steps == 1:
-                return BudgetReading(2000.0, "api 400 gCO2/kWh", now + 3600.0)
-            if self.steps == 2:
-                raise TransientBudgetError("HTTP 503", 0.0)
-            raise PendingBudgetError("in flight", 0.0, held=BudgetReading(2000.0, "cached", now + 3600.0))
-
-    combiner = BudgetCombiner({"api": Feed()}, ttl_s=1800.0, safe_budget_w=3000.0)
+    """Answered once, then an error, then answers on their way: the cut was held for days past the ttl; it holds
+    until the last good answer's hour ends."""
+    down = TransientBudgetError("HTTP 503", 0.0)
+    combiner = BudgetCombiner({"api": Scripted(ANSWER, down, RETOLD)}, ttl_s=1800.0, safe_budget_w=3000.0)
     assert combiner.step(0.0).budget_w == 2000.0
     assert combiner.step(10.0).budget_w == 2000.0  # the error, within the ttl
     assert combiner.step(3000.0).budget_w == 2000.0  # past the ttl, within the answer's hour
