@@ -212,12 +212,10 @@ class FastLoop:
         if None not in applied.values():
             applied.update((g.uuid, self.set_limit(now, g, w)) for g, w in higher)
         if applied:  # the limits in force now, which a failsafe that follows starts from (not those read before),
-            # and the metric says where the device read them back (it said the limits read before for a tick: a
-            # false "limits over budget" each cut); node plans only queue theirs, so the next reading says them
+            # and the metric says (it said the limits read before for a tick: a false "limits over budget" each cut)
             self.samples = [replace(g, power_limit_w=w) if (w := applied.get(g.uuid)) is not None else g
                             for g in self.samples]
-            if not getattr(self.power, "applied_later", False):
-                self.export_limits()
+            self.export_limits()
         if self.clocks is not None:  # the lever steers each GPU's draw under the limit now in force on it, or
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}
@@ -232,7 +230,11 @@ class FastLoop:
         return self.governor.cut_w.get(g.uuid, 0.0) > 0 or (cap is not None and limit_w < cap - 1.0)
 
     def export_limits(self) -> None:
-        """Each GPU's limit in force as the metrics say it, where set while blind (no listing sets them then)."""
+        """Each GPU's limit in force as the metrics say it, once set (by a tick, or while blind: no listing says them
+        then), where the device read it back: node plans only queue theirs for a flush that may fail, so the next
+        reading of what each node's agent runs says them."""
+        if getattr(self.power, "applied_later", False):
+            return
         for g in self.samples:
             if (series := self.series.get(g.index)) is not None:
                 series.limit.set(g.power_limit_w)

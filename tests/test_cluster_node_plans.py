@@ -404,3 +404,18 @@ def test_the_limit_metric_says_what_a_node_runs_not_a_limit_only_queued(emu: Kub
     assert sum(g.power_limit_w for g in fast.samples) <= 900.0
     assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu[node])})
             for node in ("gpu-a", "gpu-b")] == [700.0, 700.0]
+
+
+def test_blind_the_limit_metric_keeps_what_the_nodes_last_reported(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Every agent silent: the failsafe's caps go into the node plans, queued for a flush; the metric had said them
+    as in force, though no node may ever have taken them."""
+    plans, gpu = two_nodes(emu, tmp_path)
+    registry = CollectorRegistry()
+    fast = loop(plans, registry)
+    assert plans.ensure({}) == ["gpu-a", "gpu-b"]
+    fast.tick(1.0)
+    for t in range(30, 40):  # no beat since 1: past stale_after_s, the readings are lost
+        fast.tick(float(t))
+    assert registry.get_sample_value("wattscale_power_failsafe") == 1.0  # safe caps queued: 200 W each
+    assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu[node])})
+            for node in ("gpu-a", "gpu-b")] == [700.0, 700.0]
