@@ -14,7 +14,7 @@ from operator import itemgetter
 import numpy as np
 
 from controller.optimizer.domains import fit_domains
-from controller.optimizer.problem import Candidate, Choice, Problem
+from controller.optimizer.problem import Candidate, Choice, Problem, choice_value
 from controller.optimizer.trades import Flat, Ranked, exchange, trade_power
 
 
@@ -46,11 +46,7 @@ class Greedy:
             return choice, []
         again = self._choose(problem, cands, shed, [("", 0) if i in moved else h for i, h in enumerate(held)])
         kept = fit_domains(problem, cands, again)[0] if problem.domains else again
-
-        def value(picked: Choice) -> float:
-            return sum(c.value if c is not None else shed[i] for i, c in enumerate(picked))
-
-        if all(kept[i] is not None for i in moved) and value(again) > value(choice) + 1e-12:
+        if all(kept[i] is not None for i in moved) and choice_value(again, shed) > choice_value(choice, shed) + 1e-12:
             return again, []
         return choice, []
 

@@ -178,8 +178,8 @@ class ServiceResult:
         if self.reason == "slo":
             return current
         floor_w = CATALOG[current.accelerator].min_power_w
-        return Assignment(current.accelerator, min(min_replicas, min_replicas if most is None else most),
-                          current.max_batch, floor_w)
+        replicas = min_replicas if most is None else min(min_replicas, most)
+        return Assignment(current.accelerator, replicas, current.max_batch, floor_w)
 
 
 @dataclass
@@ -200,3 +200,21 @@ class Solution:
 
 Choice = list[Candidate | None]
 """One candidate per service, or None where it is shed."""
+
+
+def choice_value(choice: Sequence[Candidate | None], shed: Sequence[float]) -> float:
+    """What every solver maximises: each chosen candidate's value, each shed service's penalty."""
+    return sum(c.value if c is not None else v for c, v in zip(choice, shed, strict=True))
+
+
+def gpus_used(choice: Sequence[Candidate | None], held: Sequence[tuple[str, int]],
+              but: int | None = None) -> dict[str, int]:
+    """GPUs per type a choice runs: each pick's, and the GPUs each shed service holds (`Problem.shed_gpus`); all
+    services' but `but`'s."""
+    used: dict[str, int] = {}
+    for k, (c, (acc, n)) in enumerate(zip(choice, held, strict=True)):
+        if c is not None:
+            acc, n = c.assignment.accelerator, c.gpus
+        if k != but and n > 0:
+            used[acc] = used.get(acc, 0) + n
+    return used

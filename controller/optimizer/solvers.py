@@ -15,7 +15,15 @@ from controller.lp import Lp
 from controller.optimizer.candidates import enumerate_all, with_tails
 from controller.optimizer.domains import domain_w, fit_domains, over
 from controller.optimizer.greedy import Greedy
-from controller.optimizer.problem import Candidate, Choice, Problem, ServiceResult, Solution
+from controller.optimizer.problem import (
+    Candidate,
+    Choice,
+    Problem,
+    ServiceResult,
+    Solution,
+    choice_value,
+    gpus_used,
+)
 from controller.optimizer.values import collector_paused, valued
 
 
@@ -27,21 +35,10 @@ class Solver(Protocol):
 
 def _fits(problem: Problem, choice: Sequence[Candidate | None], shed_gpus: Sequence[tuple[str, int]]) -> bool:
     """Within the budget, the domains and the inventory, a shed service holding its `shed_gpus`."""
-    used: dict[str, int] = {}
-    power = 0.0
-    for c, (acc, held) in zip(choice, shed_gpus, strict=True):
-        if c is None:
-            used[acc] = used.get(acc, 0) + held
-        else:
-            used[c.assignment.accelerator] = used.get(c.assignment.accelerator, 0) + c.gpus
-            power += c.power_w
+    power = sum(c.power_w for c in choice if c is not None)
     if power > problem.budget_w - problem.idle_w + 1e-6 or over(problem, choice):
         return False
-    return all(n <= problem.accelerator(a).count for a, n in used.items() if n > 0)
-
-
-def _value(choice: Sequence[Candidate | None], shed: list[float]) -> float:
-    return sum(c.value if c is not None else s for c, s in zip(choice, shed, strict=True))
+    return all(n <= problem.accelerator(a).count for a, n in gpus_used(choice, shed_gpus).items())
 
 
 class Exhaustive:
@@ -65,10 +62,10 @@ class Exhaustive:
                          f"services' candidates: planned with {self.fallback.name} instead; set auto, greedy or milp")
             return self.fallback.choose(problem, cands, shed)
         best: Choice = [None] * len(cands)
-        best_v = _value(best, shed)
+        best_v = choice_value(best, shed)
         held = problem.shed_gpus(cands)
         for combo in itertools.product(*options):
-            v = _value(combo, shed)
+            v = choice_value(combo, shed)
             if v > best_v + 1e-9 and _fits(problem, combo, held):
                 best, best_v = list(combo), v
         return best, []
@@ -158,7 +155,7 @@ class Auto:
         exact, milp_notes = self.milp.exact(problem, cands, shed)
         held = problem.shed_gpus(cands)
         if exact is not None and _fits(problem, exact, held) and (
-                _value(exact, shed) > _value(choice, shed) + 1e-9 or not _fits(problem, choice, held)):
+                choice_value(exact, shed) > choice_value(choice, shed) + 1e-9 or not _fits(problem, choice, held)):
             return exact, milp_notes
         return choice, [*notes, *milp_notes]
 
@@ -186,11 +183,7 @@ def _reason(problem: Problem, i: int, cands: list[Candidate], choice: Choice, he
         usable = [offered[name] for name in problem.services[i].params if name in offered]
         return "inventory" if all(a.count < a.gpus_per_replica for a in usable) else "slo"
     others = [c for k, c in enumerate(choice) if k != i]
-    used: dict[str, int] = {}
-    for k, c in enumerate(choice):
-        acc, n = (c.assignment.accelerator, c.gpus) if c is not None else held[k]
-        if k != i and n > 0:
-            used[acc] = used.get(acc, 0) + n
+    used = gpus_used(choice, held, but=i)
     best_served = max(c.served_rps for c in cands)
     if best_served < problem.services[i].load.rate_rps - 1e-9:
         return "replicas"  # even max_replicas of the best shape cannot take the load
