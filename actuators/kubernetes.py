@@ -16,15 +16,15 @@ from actuators.base import ActuatorError, MissingTargetError, PermanentActuatorE
 
 log = logging.getLogger(__name__)
 
-# HTTP status -> (transient?, retry delay s, what it means)
-STATUS: dict[int, tuple[bool, float, str]] = {
-    401: (False, 0.0, "unauthorised: the credentials were refused (the kubeconfig's, or the pod's service account "
-                      "token)"),
-    403: (False, 0.0, "forbidden: the Role must allow get and patch on deployments/scale"),
-    404: (False, 0.0, "no such Deployment"),
-    409: (True, 1.0, "conflict: the Deployment changed meanwhile"),
-    422: (False, 0.0, "the API server refused the replica count"),
-    429: (True, 5.0, "rate-limited by the API server"),
+# HTTP status -> (the error it is, retry delay s where transient, what it means)
+STATUS: dict[int, tuple[type[ActuatorError], float, str]] = {
+    401: (PermanentActuatorError, 0.0, "unauthorised: the credentials were refused (the kubeconfig's, or the pod's "
+                                       "service account token)"),
+    403: (PermanentActuatorError, 0.0, "forbidden: the Role must allow get and patch on deployments/scale"),
+    404: (MissingTargetError, 0.0, "no such Deployment"),
+    409: (TransientActuatorError, 1.0, "conflict: the Deployment changed meanwhile"),
+    422: (PermanentActuatorError, 0.0, "the API server refused the replica count"),
+    429: (TransientActuatorError, 5.0, "rate-limited by the API server"),
 }
 
 
@@ -45,11 +45,9 @@ def translate(exc: Exception, target: str) -> ActuatorError:
     if isinstance(exc, ApiException):
         status = int(exc.status or 0)
         if status in STATUS:
-            transient, delay_s, meaning = STATUS[status]
+            kind, delay_s, meaning = STATUS[status]
             msg = f"{target}: {meaning} (HTTP {status})"
-            if status == 404:
-                return MissingTargetError(msg)
-            return TransientActuatorError(msg, delay_s) if transient else PermanentActuatorError(msg)
+            return TransientActuatorError(msg, delay_s) if kind is TransientActuatorError else kind(msg)
         if status >= 500 or status == 0:  # 0: no answer came (the client's own failure, a TLS error among them)
             return TransientActuatorError(f"{target}: API server error (HTTP {status} {exc.reason})", 10.0)
         return PermanentActuatorError(f"{target}: HTTP {status} {exc.reason}")
