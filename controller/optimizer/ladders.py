@@ -90,14 +90,12 @@ def partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Sp
     # load's service shrunk to one replica, its whole load on it (the fastest's ladder goes down to one, but only
     # where one replica does not carry the load). Held at min_replicas such a service can still be shed while a
     # lower priority runs, as its shed floor counts at no draw (docs/optimize-spec.md).
-    for (rungs, least), (batch, cap, clock) in zip(((MAX_PARTIAL, 1), (FRUGAL_RUNGS, svc.min_replicas),
-                                                    (FRUGAL_RUNGS, svc.min_replicas)),
-                                                   _frugal(max(rates, key=lambda s: rates[s]), rates), strict=False):
+    for k, (batch, cap, clock) in enumerate(_frugal(max(rates, key=lambda s: rates[s]), rates)):
+        rungs, low = (MAX_PARTIAL, 1) if k == 0 else (FRUGAL_RUNGS, max(1, svc.min_replicas))  # the fastest first
         per_replica = rates[batch, cap, clock]
         if per_replica <= 0:
             continue
         most = min(pair.most, math.ceil(svc.load.rate_rps / per_replica - 1e-9) - 1)
-        low = max(1, least)
-        steps = sorted({max(low, round(most * k / rungs)) for k in range(1, rungs + 1)}) if most >= low else []
+        steps = sorted({max(low, round(most * j / rungs)) for j in range(1, rungs + 1)}) if most >= low else []
         out += [(batch, cap, clock, r, min(svc.load.rate_rps, r * per_replica), 0) for r in steps]
     return out
