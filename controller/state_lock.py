@@ -43,9 +43,9 @@ def _take(folder: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        error = _in_use(folder, fd)
         os.close(fd)
-        raise _in_use(folder, holder) from None
+        raise error from None
     except OSError as exc:
         os.close(fd)
         _unlocked(folder, exc)
@@ -66,14 +66,16 @@ def check_free(folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _in_use(folder, os.read(fd, 32).decode(errors="replace").strip() or "unknown") from None
+        raise _in_use(folder, fd) from None
     except OSError:
         return
     finally:
         os.close(fd)  # and the lock with it, where it was taken
 
 
-def _in_use(folder: Path, holder: str) -> ConfigError:
+def _in_use(folder: Path, fd: int) -> ConfigError:
+    """The refusal, naming the pid the holder wrote into the lock file (`fd`)."""
+    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
     return ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); give each "
                        "daemon its own state_dir")
 
