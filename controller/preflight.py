@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import math
 import os
 import shutil
 import socket
@@ -156,12 +157,17 @@ def file_warnings(settings: Settings) -> list[str]:
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
+def _fallback_w(settings: Settings) -> float:
+    """What a failed budget source counts as: the safe budget, held to budget_w (controller/handoff.py)."""
+    return min(settings.budget.safe_budget_w if settings.budget else math.inf, settings.power.budget_w)
+
+
 def _safe_above_curves(settings: Settings) -> list[str]:
     """Carbon sources that can set a budget under the safe one: failed, once its last reading ends, such a source
     counts as the safe budget, which lifts the cut it had set (a trial's 2,560 W went to 3,000 W)."""
     if settings.budget is None:
         return []
-    safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)
+    safe_w = _fallback_w(settings)
     held = f" (held to budget_w, {safe_w:g} W)" if safe_w < settings.budget.safe_budget_w else ""
     return [f"power.budget.safe_budget_w: {settings.budget.safe_budget_w:g} W{held} is above the {low_w:g} W that "
             f"sources[{name}] can set: failed, once its last reading ends, it counts as the safe budget, and the "
@@ -206,9 +212,8 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
                                   settings.base_dir).step(time.time())
                 except BudgetError as exc:
-                    safe_w = min(settings.budget.safe_budget_w, settings.power.budget_w)  # held to budget_w
-                    warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as {safe_w:g} W "
-                                    f"(safe_budget_w, at most budget_w) until it gives one")
+                    warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as "
+                                    f"{_fallback_w(settings):g} W (safe_budget_w, at most budget_w) until it gives one")
     backends, kube = check_backends(settings)
     warnings += backends + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):
