@@ -37,7 +37,9 @@ class Action:
 
 
 class PowerLimiter(Protocol):
-    """Sets GPU power limits; returns the limit read back from the device."""
+    """Sets GPU power limits; returns the limit read back from the device. One that only queues a limit for a later
+    write (the operator's node plans) and returns it says so with a class attribute `applied_later = True`: the
+    limit it returns is then none in force yet, and the metrics wait for a reading to say it."""
 
     name: str
 

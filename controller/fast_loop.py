@@ -33,6 +33,8 @@ class FastLoop:
                  power: PowerLimiter, metrics: OwnMetrics, on_error: Callable[[str, str], None],
                  interval_s: float = 1.0, clocks: ClockLocker | None = None) -> None:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
+        self.read_back = not getattr(power, "applied_later", False)
+        """Whether a limit the limiter returns is in force (actuators.base.PowerLimiter), so the metrics say it."""
         self.governor = PowerGovernor(power_settings, interval_s)
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
@@ -233,7 +235,7 @@ class FastLoop:
         """Each GPU's limit in force as the metrics say it, once set (by a tick, or while blind: no listing says them
         then), where the device read it back: node plans only queue theirs for a flush that may fail, so the next
         reading of what each node's agent runs says them."""
-        if getattr(self.power, "applied_later", False):
+        if not self.read_back:
             return
         for g in self.samples:
             if (series := self.series.get(g.index)) is not None:
