@@ -179,6 +179,7 @@ class Controller:
             problem, solution = None, None
         for svc in s.services:
             record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
+        self.estimator.save_margins()
         for demand in problem.services if problem is not None else ():
             if demand.untried:
                 record["services"][demand.name]["untried"] = sorted(demand.untried)

@@ -7,6 +7,7 @@ are labelled with the batch and the limits really in force, its draw dropped whe
 
 from __future__ import annotations
 
+import logging
 import math
 
 from controller.optimizer import Assignment
@@ -14,7 +15,7 @@ from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
 from controller.settings import OptimizerSettings, ServiceSettings
 from controller.sizing_basis import TokenMix
-from controller.slo_margin import SloMargins, slo_met
+from controller.slo_margin import MARGINS_FILE, SloMargins, slo_met
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load
 from queuemodels.types import NAMES
@@ -40,6 +41,7 @@ def window_problem(w: ServiceWindow) -> str | None:
     return None
 
 
+log = logging.getLogger("wattscale.controller")
 HOLD_CYCLES = 2
 """Slow cycles without a window a service is held through at the start (`Estimator.untold`)."""
 
@@ -53,7 +55,11 @@ class Estimator:
         """Services whose last window spanned a restart: the next one still completes what it held up."""
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
-        self.margins = SloMargins()
+        # saved beside the tuner's state, wherever it is saved
+        saved = None if tuner.state_path is None else tuner.state_path.with_name(MARGINS_FILE)
+        self.margins, problem = SloMargins.restored(saved)
+        if problem is not None:
+            log.warning("%s", problem)
         self.waiting: dict[str, tuple[float, float]] = {}
         """Per service: when its last window ended and the requests then waiting (every replica), for the next one's
         queue growth."""
@@ -158,6 +164,11 @@ class Estimator:
         m.tuner_updates.labels(key, result).inc()
         self._export(key, verdict.nis)
         return result
+
+    def save_margins(self) -> None:
+        """Write the margins a cycle changed (a failure is logged once by the margins, counted every time)."""
+        if not self.margins.save():
+            self.metrics.errors.labels("slo_margins").inc()
 
     def _export(self, key: str, nis: float) -> None:
         m = self.metrics

@@ -21,6 +21,8 @@ from controller.power_settings import PowerDomainSettings, PowerSettings, check_
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
 from controller.settings_checks import MAX_GPUS, check_budget_sources, check_settings
 from controller.simulator_settings import SimulatorSettings
+from controller.slo_margin import MARGINS_FILE
+from controller.state_lock import LOCK_FILE
 from queuemodels.accelerators import CATALOG
 
 __all__ = [
@@ -77,8 +79,10 @@ class DaemonSettings:
             # left state_dir
             raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} must be a file name in "
                               "state_dir, with no directory in it")
-        if self.decision_log.lstrip(".").startswith(STATE_FILE):  # its lines would make the tuner's state unreadable
-            raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} is the tuner state's file")
+        for own, what in ((STATE_FILE, "the tuner state's file"), (MARGINS_FILE, "the SLO margins' file"),
+                          (LOCK_FILE, "the daemon's lock")):
+            if self.decision_log.lstrip(".").startswith(own):  # its lines would make the file unreadable
+                raise ConfigError(f"{where}.decision_log", f"{quoted(self.decision_log)} is {what}")
 
     def decision_log_path(self, base_dir: Path) -> Path | None:
         """The decision log's file, relative paths from `base_dir` (the config file's directory); None: none."""

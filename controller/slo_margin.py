@@ -10,23 +10,93 @@ window that missed adds `step`, one that met takes `step x miss_share / (1 - mis
 settles where `miss_share` of windows miss. The optimizer reads it in whole steps, with hysteresis: the
 margin planned rises as soon as the level reaches a step, and falls only once the level is half a step
 below it, so a lone miss at a step's edge does not add replicas for one cycle and take them back the next.
+The margins are saved beside the tuner's state (`MARGINS_FILE`, written atomically when they change), so a
+restart plans with what the windows before it taught: started at 0, a service missed its SLO again in the
+windows that had raised its margin, a step a window.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from controller.service_settings import ServiceSettings
+from tuner.store import atomic_write_text, open_plain, set_aside
+
+MARGINS_FILE = "slo_margins.json"
+"""The margins' file, beside the tuner's state in `daemon.state_dir`."""
+MARGINS_KIND = "wattscale-slo-margins"
+MAX_MARGINS_BYTES = 4 << 20
+"""Largest margins file read (a service's entry is some 60 bytes); a larger one is set aside unread."""
+AT_0 = "starting the margins at 0"
+log = logging.getLogger("wattscale.controller")
 
 
 @dataclass
 class SloMargins:
-    """Each service's learned margin; kept across reloads (its Estimator is long-lived)."""
+    """Each service's learned margin; kept across reloads (its Estimator is long-lived) and, saved to `path`,
+    restarts."""
 
     level: dict[str, float] = field(default_factory=dict)
     planned: dict[str, float] = field(default_factory=dict)
     """The margin each service is planned with (`margin`)."""
+    path: Path | None = None
+    """Where they are saved (None: not saved)."""
+    saved: tuple[dict[str, float], dict[str, float]] = field(default_factory=lambda: ({}, {}))
+    """What the file holds (or was restored from): a cycle that changed nothing writes nothing."""
+    save_error: str | None = None
+    """The last save's error, so that a folder that stays unwritable is one warning, not one a cycle."""
+
+    @classmethod
+    def restored(cls, path: Path | None) -> tuple[SloMargins, str | None]:
+        """The margins saved at `path`, and a warning where the file is there but unusable (set aside as
+        `<name>.bad`: the margins start at 0, as the tuner's pairs start from their priors)."""
+        margins = cls(path=path)
+        if path is None or not path.exists():
+            return margins, None
+        try:
+            with open_plain(path, "rb") as f:
+                data = f.read(MAX_MARGINS_BYTES + 1)
+            if len(data) > MAX_MARGINS_BYTES:
+                return margins, set_aside(path, f"SLO margins over {MAX_MARGINS_BYTES >> 20} MiB, left unread", AT_0)
+            doc = json.loads(data.decode("utf-8"))
+        except OSError as exc:
+            return margins, f"{path}: cannot read SLO margins ({exc.strerror}); {AT_0}"
+        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            return margins, set_aside(path, f"unreadable SLO margins ({str(exc)[:80]})", AT_0)
+        ours = isinstance(doc, dict) and doc.get("kind") == MARGINS_KIND and doc.get("version") == 1
+        services = doc.get("services") if ours else None
+        if not isinstance(services, dict) or not all(
+                isinstance(v, dict) and set(v) == {"level", "planned"} and all(_share(x) for x in v.values())
+                for v in services.values()):
+            return margins, set_aside(path, "not a wattscale SLO margins file (version 1, shares in [0, 1])", AT_0)
+        margins.level = {k: float(v["level"]) for k, v in services.items()}
+        margins.planned = {k: float(v["planned"]) for k, v in services.items()}
+        margins.saved = (dict(margins.level), dict(margins.planned))
+        return margins, None
+
+    def save(self) -> bool:
+        """Write the margins where they changed since the last write; False (with one warning per new error) where
+        the file cannot be written: the daemon runs on, and a restart starts them at 0."""
+        now = (dict(self.level), dict(self.planned))
+        if self.path is None or now == self.saved:
+            return True
+        services = {k: {"level": v, "planned": self.planned.get(k, 0.0)} for k, v in sorted(self.level.items())}
+        doc = {"kind": MARGINS_KIND, "version": 1, "services": services}
+        try:
+            atomic_write_text(self.path, json.dumps(doc))
+        except OSError as exc:
+            message = f"{self.path}: cannot save SLO margins ({exc.strerror or exc}); running on, they start at 0 " \
+                      "on restart"
+            if message != self.save_error:
+                log.warning("%s", message)
+            self.save_error = message
+            return False
+        self.saved, self.save_error = now, None
+        return True
 
     def observe(self, name: str, met: bool, step: float, miss_share: float, max_margin: float,
                 weight: float = 1.0) -> None:
@@ -53,6 +123,10 @@ class SloMargins:
         now = min(now, max_margin)
         self.planned[name] = now
         return now
+
+
+def _share(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0
 
 
 def slo_met(svc: ServiceSettings, ttft_ms: float | None, itl_ms: float | None, ttft_p95_ms: float | None,

@@ -636,6 +636,18 @@ def test_a_decision_log_on_the_tuner_state_is_refused(tmp_path: Path, name: str,
     assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: '{name}' is the tuner state's file"
 
 
+@pytest.mark.parametrize(("name", "what"), [("slo_margins.json", "the SLO margins' file"),
+                                            (".slo_margins.json.x1", "the SLO margins' file"),
+                                            ("daemon.lock", "the daemon's lock")])
+def test_a_decision_log_on_another_of_the_daemons_files_is_refused(tmp_path: Path, name: str, what: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The SLO margins' file and the lock share the state dir with the log: lines appended to the margins made them
+    unreadable at the next start, and to the lock file they went into a file `status` reads a pid from."""
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "../var/state"\ndecision_log = "{name}"', 1)
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip() == f"wattscale: daemon.decision_log: '{name}' is {what}"
+
+
 @pytest.mark.parametrize(("old", "new"), [
     ('statistic = "mean"', 'statistic = "' + "p" * 100_000 + '"'),
     ('family = "step"', 'family = "' + "s" * 100_000 + '"'),

@@ -82,6 +82,35 @@ def test_windows_no_replica_served_in_end_the_hold_as_missing_ones_do(tmp_path: 
     assert not ctl.estimator.untold("code") and ctl.estimator.silent["code"] == 3
 
 
+def test_slo_margins_are_planned_with_again_after_a_restart(tmp_path: Path) -> None:
+    """A restart (an upgrade, a change of budget sources) started every margin at 0: the service missed its SLO
+    again in as many windows as had raised it. The margins are saved beside the tuner's state and read back."""
+    ctl, vllm, registry = controller(tmp_path)
+    missed = dataclasses.replace(window(), ttft_ms=900.0, ttft_p95_ms=1500.0)  # chat: mean TTFT <= 300 ms
+    for t in range(1, 6):
+        vllm.next = {"chat": missed}
+        ctl.tick_slow(15.0 * t)
+    learnt = ctl.estimator.margins.planned["chat"]
+    assert learnt >= 0.2 and (tmp_path / "s" / "slo_margins.json").exists()
+    again, vllm, registry = controller(tmp_path)
+    assert again.estimator.margins.level == ctl.estimator.margins.level
+    again.tick_slow(15.0)
+    assert registry.get_sample_value("wattscale_service_slo_margin_ratio", {"service": "chat"}) == learnt
+
+
+def test_an_unreadable_margins_file_is_set_aside_and_they_start_at_0(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "slo_margins.json").write_text('{"kind": "wattscale-slo-margins", "version": 1, '
+                                                     '"services": {"chat": {"level": 7, "planned": 0.1}}}')
+    ctl, _, _ = controller(tmp_path)
+    assert ctl.estimator.margins.level == {}
+    assert (tmp_path / "s" / "slo_margins.json.bad").exists()
+    assert [r.getMessage() for r in caplog.records if "margins" in r.getMessage()] == [
+        f"{tmp_path}/s/slo_margins.json: not a wattscale SLO margins file (version 1, shares in [0, 1]); set aside "
+        "as slo_margins.json.bad, starting the margins at 0"]
+
+
 def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     ctl, vllm, _ = controller(tmp_path)
     drain_s = ctl.settings.optimizer.drain_s

@@ -3,6 +3,8 @@ what sizing admits, and the estimator feeds it only the windows a plan ran stead
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -166,3 +168,34 @@ def test_demand_is_what_arrived_not_what_was_served() -> None:
     assert rate(75.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)  # and the next window's growth still its
     assert rate(90.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)
     assert rate(91.0, 220.0) == pytest.approx(4.0 + 30.0 / 15.0 + 220.0 / 120.0)  # a cycle 1 s on: over the window
+
+
+def test_margins_that_cannot_be_saved_warn_once_and_count_each_time(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "afile").write_text("")
+    tuner = Tuner(tmp_path / "afile" / "tuner.json")  # works as root too: a file is never a directory
+    registry = CollectorRegistry()
+    est = Estimator(tuner, OwnMetrics(registry))
+    for _ in range(3):
+        est.margins.observe("code", False, STEP, SHARE, TOP)
+        est.margins.margin("code", STEP, TOP)
+        est.save_margins()
+    est.save_margins()  # nothing changed, but the file does not hold it yet: tried again
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{tmp_path}/afile/slo_margins.json: cannot save SLO margins (")
+    assert message.endswith("); running on, they start at 0 on restart")
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "slo_margins"}) == 4.0
+    assert est.margins.planned["code"] == pytest.approx(0.3)
+
+
+def test_saved_margins_read_back_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "slo_margins.json"
+    margins = SloMargins(path=path)
+    margins.observe("chat", False, STEP, SHARE, TOP)
+    margins.observe("chat", False, STEP, SHARE, TOP)
+    margins.observe("chat", True, STEP, SHARE, TOP)
+    margins.margin("chat", STEP, TOP)
+    assert margins.save()
+    back, problem = SloMargins.restored(path)
+    assert problem is None and (back.level, back.planned) == (margins.level, margins.planned)
+    assert back.margin("chat", STEP, TOP) == margins.margin("chat", STEP, TOP) == pytest.approx(0.1)

@@ -224,14 +224,15 @@ def save(path: Path, filters: dict[str, PairFilter]) -> bool:
     return True
 
 
-def set_aside(path: Path, problem: str) -> str:
-    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log."""
+def set_aside(path: Path, problem: str, then: str = "starting from priors") -> str:
+    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log, ending in
+    what the daemon does `then`."""
     aside = path.with_name(path.name + ".bad")
     try:
         os.replace(path, aside)
     except OSError as exc:
-        return f"{path}: {problem}; could not set it aside ({exc.strerror}); starting from priors"
-    return f"{path}: {problem}; set aside as {aside.name}, starting from priors"
+        return f"{path}: {problem}; could not set it aside ({exc.strerror}); {then}"
+    return f"{path}: {problem}; set aside as {aside.name}, {then}"
 
 
 def doc_problem(doc: object) -> str | None:
