@@ -10,12 +10,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from controller.config_loader import ConfigError
 
 LOCK_FILE = "daemon.lock"
+LOCK_WAIT_S = 1.0
+"""How long `run` tries for a lock held by someone else before it stops: a probe's moment, not a daemon's life."""
 log = logging.getLogger("wattscale.daemon")
 
 
@@ -41,7 +44,7 @@ def _take(folder: Path) -> int | None:
         _unlocked(folder, exc)
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_within(fd, LOCK_WAIT_S)
     except BlockingIOError:
         error = _in_use(folder, fd)
         os.close(fd)
@@ -54,6 +57,20 @@ def _take(folder: Path) -> int | None:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _lock_within(fd: int, wait_s: float) -> None:
+    """The exclusive lock, tried again for up to `wait_s` (BlockingIOError past it): a check-config's probe holds it
+    for a moment, and a `run` started in that moment was refused as if a daemon held the folder."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def check_free(folder: Path) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
+
+from controller.config_loader import ConfigError
+from controller.state_lock import check_free, held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +36,19 @@ def test_a_folder_that_cannot_hold_a_lock_runs_without_one_and_says_so(tmp_path:
                           text=True, timeout=60, cwd=ROOT)
     assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr
     assert "cannot be locked" in done.stderr and "a second daemon on it would go unnoticed" in done.stderr
+
+
+def test_a_run_started_while_check_config_probes_the_lock_takes_it(tmp_path: Path) -> None:
+    """check-config's probe holds the lock for a moment; a `run` started in that moment stopped as if another daemon
+    held the folder (systemd's restart then tried again, or an operator read it as a second daemon)."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    probe = os.open(folder / "daemon.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(probe, fcntl.LOCK_EX)
+    let_go = threading.Timer(0.2, os.close, (probe,))
+    let_go.start()
+    with held(folder):
+        assert (folder / "daemon.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ConfigError, match="is in use by another wattscale run"):
+            check_free(folder)  # a daemon's lock is held for its life: the probe still finds it
+    let_go.join()
