@@ -845,3 +845,37 @@ def test_a_slow_tick_failing_the_same_way_logs_its_traceback_once_a_run(caplog: 
                       "slow tick failed: KeyError('x')",
                       "slow tick failed: AttributeError(\"'NoneType' object has no attribute 'replicas'\")"], logged
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "slow_tick"}) == 6.0
+
+
+def test_a_deployment_read_that_fails_for_a_moment_keeps_its_service_planned(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 500 or a timeout on a service's Deployment as the slow tick checked it took the service out of the settings:
+    out of the plan, its GPUs to their lowest limit, and its status "Invalid" for a slow period. It is kept as it
+    is while the failure may pass (counted, logged once); a Deployment gone is still refused by field."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=1))
+    emu.put(GROUP, SERVICES, service("summ", "vllm-summ", min_replicas=1, max_replicas=1))
+    emu.put("apps", "deployments", deployment("vllm-summ", "summ", 1, 64))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    loop.timeout_s = 1.0
+    t0 = time.monotonic()
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None, loop.read().errors
+    assert {s.name for s in c.settings.services} == {f"{NS}/chat", f"{NS}/summ"}
+    emu.fail("GET", r"/deployments/vllm-chat$", 500)
+    failed = loop.metrics.errors.labels("deployments")
+    until(lambda: loop.step(time.monotonic() - t0) and failed._value.get() >= 3, what="three failed checks")
+    assert {s.name for s in c.settings.services} == {f"{NS}/chat", f"{NS}/summ"}
+    assert f"{NS}/chat" in c.fast.plan.caps_w
+    assert sum("Deployment llm/vllm-chat: API server error" in r.getMessage() for r in caplog.records) == 1
+    emu.faults.clear()
+    emu.delete("apps", "deployments", "vllm-chat", NS)
+    until(lambda: loop.step(time.monotonic() - t0) and f"{NS}/chat" not in {s.name for s in c.settings.services},
+          what="the service whose Deployment is gone left out")
+    assert "no Deployment llm/vllm-chat" in status_of(emu, "chat")["conditions"][0]["message"]
+    loop.stand_down(release=False, now=time.monotonic() - t0)

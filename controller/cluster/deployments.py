@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
+from actuators.base import MissingTargetError, TransientActuatorError
 from actuators.kubernetes import DeploymentRef, translate
 from controller.config_loader import ConfigError
 from controller.own_metrics import OwnMetrics
@@ -35,20 +36,31 @@ class Deployments:
         """Service -> its variants' Deployments (the batch actuator holds this dict)."""
         self.failing: set[str] = set()
         """Deployments whose pods could not be listed (logged once while so)."""
+        self.unread: set[str] = set()
+        """Deployments whose check failed on an error that may pass (logged once while so)."""
 
     def check(self, svc: ServiceSettings) -> None:
-        """ConfigError naming the variant whose Deployment does not exist; other API errors pass through."""
-        from kubernetes.client.exceptions import ApiException
-
+        """ConfigError naming the variant whose Deployment does not exist; an API error for good (a 403) passes
+        through. One that may pass (a 5xx, a timeout) leaves the service as it is, counted each time and logged
+        once while it lasts: a blip of the API server had taken a running service out of the plan, and its GPUs
+        to their lowest limit, for a slow period."""
         ns = svc.name.split("/", 1)[0]
         for i, v in enumerate(svc.variants):
+            what = f"Deployment {ns}/{v.deployment}"
             try:
                 self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"no Deployment {ns}/{v.deployment}") \
-                        from None
-                raise translate(exc, f"Deployment {ns}/{v.deployment}") from exc
+            except Exception as exc:
+                error = translate(exc, what)
+                if isinstance(error, MissingTargetError):
+                    raise ConfigError(f"spec.variants[{i}].deployment", f"no {what}") from None
+                if not isinstance(error, TransientActuatorError):
+                    raise error from exc
+                self.metrics.errors.labels("deployments").inc()
+                if what not in self.unread:
+                    log.warning("%s; %s kept as it is until it reads", error, svc.name)
+                self.unread.add(what)
+                continue
+            self.unread.discard(what)
 
     def target(self, s: Settings) -> None:
         """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
