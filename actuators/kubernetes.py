@@ -20,12 +20,16 @@ log = logging.getLogger(__name__)
 STATUS: dict[int, tuple[type[ActuatorError], float, str]] = {
     401: (PermanentActuatorError, 0.0, "unauthorised: the credentials were refused (the kubeconfig's, or the pod's "
                                        "service account token)"),
-    403: (PermanentActuatorError, 0.0, "forbidden: the Role must allow get and patch on deployments/scale"),
-    404: (MissingTargetError, 0.0, "no such Deployment"),
-    409: (TransientActuatorError, 1.0, "conflict: the Deployment changed meanwhile"),
-    422: (PermanentActuatorError, 0.0, "the API server refused the replica count"),
+    403: (PermanentActuatorError, 0.0, "forbidden: the Role does not allow this request"),
+    404: (MissingTargetError, 0.0, "no such object"),
+    409: (TransientActuatorError, 1.0, "conflict: the object changed meanwhile"),
+    422: (PermanentActuatorError, 0.0, "the API server refused the object as invalid"),
     429: (TransientActuatorError, 5.0, "rate-limited by the API server"),
 }
+
+
+SCALE = "get and patch on deployments/scale"
+"""What the replica scaler's Role grants (deploy/kubernetes/role.yaml)."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,11 @@ class DeploymentRef:
     """Deployment name."""
 
 
-def translate(exc: Exception, target: str) -> ActuatorError:
+def translate(exc: Exception, target: str, needs: str = "") -> ActuatorError:
     """One map from client failures to the error tree: statuses above (404 a missing target); 5xx, no answer at all
-    (status 0), timeouts and refused connections are transient; anything else permanent."""
+    (status 0), timeouts and refused connections are transient; anything else permanent. `target` names the
+    object (every resource the operator, the agent and the actuators call goes through here), `needs` what the Role
+    must grant for it, said with a 403."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -46,6 +52,8 @@ def translate(exc: Exception, target: str) -> ActuatorError:
         status = int(exc.status or 0)
         if status in STATUS:
             kind, delay_s, meaning = STATUS[status]
+            if status == 403 and needs:
+                meaning = f"forbidden: the Role must allow {needs}"
             msg = f"{target}: {meaning} (HTTP {status})"
             return TransientActuatorError(msg, delay_s) if kind is TransientActuatorError else kind(msg)
         if status >= 500 or status == 0:  # 0: no answer came (the client's own failure, a TLS error among them)
@@ -163,7 +171,7 @@ class KubernetesReplicaScaler:
             scale = self.apps.read_namespaced_deployment_scale(ref.name, ref.namespace,
                                                                _request_timeout=self.timeout_s)
         except Exception as exc:
-            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})", SCALE) from exc
         return _replicas(scale, service)
 
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
@@ -175,7 +183,7 @@ class KubernetesReplicaScaler:
                                                                 {"spec": {"replicas": replicas}},
                                                                 _request_timeout=self.timeout_s)
         except Exception as exc:
-            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})") from exc
+            raise translate(exc, f"{service} ({ref.namespace}/{ref.name})", SCALE) from exc
         log.info("scaled %s/%s to %d replicas", ref.namespace, ref.name, replicas)
         return _replicas(scale, service)
 

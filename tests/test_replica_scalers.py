@@ -89,7 +89,7 @@ def test_unknown_service_and_negative_counts_are_permanent(scaler: ReplicaScaler
 
 def test_kubernetes_missing_deployment_is_permanent(kube: KubeEmulator) -> None:
     kube.delete("apps", "deployments", "chat", NS)
-    with pytest.raises(MissingTargetError, match="no such Deployment"):  # gone, and what it ran with it
+    with pytest.raises(MissingTargetError, match="no such object"):  # gone, and what it ran with it
         _kube_scaler(kube).set_replicas("chat", H100, 3)
 
 
@@ -97,9 +97,24 @@ def test_kubernetes_a_refusal_is_permanent_but_no_missing_target(kube: KubeEmula
     """A 403 (a Role changed) leaves the Deployment and its pods running: the enforcer must not read it as gone (it
     took any permanent error for a deleted Deployment, so a move's old variant read as drained while it drew)."""
     kube.fail("GET", SCALE.format("chat"), 403)
-    with pytest.raises(PermanentActuatorError, match="forbidden") as err:
+    with pytest.raises(PermanentActuatorError, match="forbidden: the Role must allow get and patch on "
+                       "deployments/scale") as err:
         _kube_scaler(kube).get_replicas("chat", H100)
     assert not isinstance(err.value, MissingTargetError)
+
+
+@pytest.mark.parametrize(("status", "said"), [(403, "forbidden: the Role does not allow this request"),
+                                               (404, "no such object"), (409, "conflict: the object changed meanwhile"),
+                                               (422, "the API server refused the object as invalid")])
+def test_an_api_error_on_any_resource_names_that_resource_not_a_deployments_scale(status: int, said: str) -> None:
+    """The map is shared by the node plans, the agent's status reports and the resources' reads: a 422 the agents'
+    admission policy answered read "the API server refused the replica count", a 403 named deployments/scale."""
+    from kubernetes.client.exceptions import ApiException
+
+    from actuators.kubernetes import translate
+
+    err = translate(ApiException(status=status), "NodePowerPlan gpu-a status")
+    assert str(err) == f"NodePowerPlan gpu-a status: {said} (HTTP {status})"
 
 
 def test_kubernetes_no_answer_at_all_is_transient() -> None:
@@ -169,7 +184,7 @@ def test_config_with_a_kubeconfig_builds_the_kubernetes_backend(kube: KubeEmulat
     parts = build_parts(load_settings(path))
     assert isinstance(parts.replicas, KubernetesReplicaScaler)
     assert parts.replicas.get_replicas("chat", H100) == 3
-    with pytest.raises(PermanentActuatorError, match="no such Deployment"):
+    with pytest.raises(PermanentActuatorError, match="no such object"):
         parts.replicas.get_replicas("code", H100)
 
 
