@@ -879,3 +879,22 @@ def test_a_deployment_read_that_fails_for_a_moment_keeps_its_service_planned(
           what="the service whose Deployment is gone left out")
     assert "no Deployment llm/vllm-chat" in status_of(emu, "chat")["conditions"][0]["message"]
     loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_lease_the_role_refuses_is_said_once_while_it_lasts(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A Role missing, or --namespace naming one the Role is not in: the operator never acted and said nothing."""
+    emu, _ = cluster
+    emu.fail("GET", r"/leases/", 403)
+    lease = Lease(api_client(str(tmp_path / "kubeconfig")), "wattscale", "wattscale-operator", "op")
+    assert not any(lease.hold() for _ in range(5))
+    said = [r.getMessage() for r in caplog.records if r.name == "wattscale.operator"]
+    assert said == ["lease wattscale/wattscale-operator: forbidden: the Role must allow get, create and update on "
+                    "coordination.k8s.io leases in its namespace (HTTP 403): this operator does not act until it can "
+                    "take the Lease"]
+    emu.faults.clear()
+    assert lease.hold()
+    lease.give_back()
+    emu.fail("GET", r"/leases/", 403)
+    assert not lease.hold()
+    assert sum("forbidden" in r.getMessage() for r in caplog.records) == 2  # a new refusal is said again

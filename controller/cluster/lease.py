@@ -10,7 +10,11 @@ import logging
 import time
 from typing import Any
 
+from actuators.kubernetes import translate
+
 log = logging.getLogger("wattscale.operator")
+LEASE = "get, create and update on coordination.k8s.io leases in its namespace"
+"""What the operator's Role grants for the Lease (deploy/kubernetes/base/operator-rbac.yaml)."""
 
 RENEW_SHARE = 3.0
 """A held Lease is renewed once a `duration / RENEW_SHARE` has passed (client-go's retry period), not on every
@@ -34,6 +38,9 @@ class Lease:
         """When (monotonic) the request that last took or renewed the Lease was started."""
         self.failing = False
         """A renewal failed and none has succeeded since (logged once)."""
+        self.refused: str | None = None
+        """Why the Lease could not be taken, as last logged (a Role missing, a namespace the Role is not in: once
+        while it lasts, where an operator that never acted had said nothing)."""
         self.observed: tuple[Any, ...] | None = None
         self.observed_at = 0.0
         """The Lease's record (holder, renewTime, resourceVersion) as last read, and when (monotonic) it last
@@ -84,7 +91,7 @@ class Lease:
                     return self._became(False)
                 self.api.create_namespaced_lease(self.namespace, self._body(None, True),
                                                  _request_timeout=self.timeout_s)
-                self.renewed_at = started
+                self.renewed_at, self.refused = started, None
                 return self._became(True)
             holder, renewed = old.spec.holder_identity, old.spec.renew_time
             duration = old.spec.lease_duration_seconds or self.duration_s
@@ -97,12 +104,16 @@ class Lease:
             self.api.replace_namespaced_lease(self.name, self.namespace, self._body(old, holder != self.identity),
                                               _request_timeout=self.timeout_s)
             self.renewed_at = started
-            self.failing = False
+            self.failing, self.refused = False, None
             return self._became(True)
         except Exception as exc:  # a conflict (another took it), a timeout, a refusal
             conflict = isinstance(exc, ApiException) and exc.status == 409
             if self.held and not self.failing:
                 log.warning("lease %s/%s not renewed: %s", self.namespace, self.name, exc)
+            if not self.held and not conflict and (said := str(translate(exc, f"lease {self.namespace}/{self.name}",
+                                                                          LEASE))) != self.refused:
+                log.warning("%s: this operator does not act until it can take the Lease", said)
+                self.refused = said
             self.failing = self.held
             return self._became(not conflict and self.valid())
 
