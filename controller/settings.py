@@ -228,6 +228,8 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     if "base_dir" in data:
         raise ConfigError("base_dir", "unknown key: relative paths are read from the config file's directory")
     data["base_dir"] = str(base_dir)
+    if not data.get("services"):  # a host's daemon with nothing to serve is a config's mistake
+        raise ConfigError("services", "at least one service is required")
     power = data.get("power")
     if isinstance(power, dict):
         power = data["power"] = dict(power)

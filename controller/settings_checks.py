@@ -55,9 +55,8 @@ def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, flo
 
 
 def check_settings(s: Settings) -> None:
-    """The cross-field checks; raises ConfigError naming the field (with its service path) and the values."""
-    if not s.services:
-        raise ConfigError("services", "at least one service is required")
+    """The cross-field checks; raises ConfigError naming the field (with its service path) and the values. A config
+    file must name a service (`settings_from`); an operator whose LLMServices are all left out governs with none."""
     if not s.accelerators:
         raise ConfigError("accelerators", "at least one accelerator type is required")
     _unique(s)

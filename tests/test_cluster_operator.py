@@ -898,3 +898,28 @@ def test_a_lease_the_role_refuses_is_said_once_while_it_lasts(cluster: tuple[Kub
     emu.fail("GET", r"/leases/", 403)
     assert not lease.hold()
     assert sum("forbidden" in r.getMessage() for r in caplog.records) == 2  # a new refusal is said again
+
+
+def test_a_policy_with_no_valid_service_is_governed_all_the_same(cluster: tuple[KubeEmulator, Any],
+                                                                 tmp_path: Path) -> None:
+    """A policy applied before its LLMServices, or whose services are all left out, was never acted on: no node
+    plans, the agents at their safe caps whatever the budget, and the policy's status "Ready: Acting". The operator
+    now leads with no service (every GPU no service holds is at its lowest limit), and plans a service once valid."""
+    emu, _ = cluster
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
+    emu.put(GROUP, POLICIES, body)
+    emu.put(GROUP, SERVICES, service("chat", "vllm-missing"))  # its Deployment is not there yet
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    t0 = time.monotonic()
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None and c.settings.services == ()
+    assert [p["metadata"]["name"] for p in emu.items(GROUP, PLANS)] == [NODE]
+    assert "no Deployment llm/vllm-missing" in status_of(emu, "chat")["conditions"][0]["message"]
+    emu.patch(GROUP, SERVICES, "chat", {"spec": {"variants": [{"accelerator": "H100-SXM", "deployment": "vllm-chat"}]}},
+              NS)
+    until(lambda: loop.step(time.monotonic() - t0) and f"{NS}/chat" in c.fast.plan.caps_w,
+          what="the service planned once its Deployment is there")
+    loop.stand_down(release=False, now=time.monotonic() - t0)

@@ -771,3 +771,10 @@ def test_two_variants_of_a_service_may_not_scale_one_deployment(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"^services\[code\]\.variants\[H100-SXM\]\.deployment: 'code-h100-sxm' "
                                           r"is services\[chat\]\.variants\[H100-SXM\]'s too"):
         load_settings(tmp_path / "mixed.toml")
+
+
+def test_a_config_with_no_service_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a file must name a service: the operator governs a policy whose LLMServices are all left out."""
+    text = "".join(part for part in re.split(r"(?m)^(?=\[)", GOOD) if not part.startswith(("[[services", "[services")))
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip() == "wattscale: services: at least one service is required"

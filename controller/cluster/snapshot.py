@@ -93,7 +93,7 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
             errors[key] = exc
         except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
             errors[key] = ConfigError("spec.variants", str(exc))
-    while services:  # a cross-field error names its service: that one is left out, the others go on
+    while True:  # a cross-field error names its service: that one is left out, the others go on
         try:
             domains = {} if plans is None else plans.domain_gpus({d.name: d.node_selector for d in policy.domains})
             return Resources(settings_of(policy, list(services.values()), state_dir, domains), policy,
@@ -108,4 +108,3 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
         except Exception as exc:
             errors["policy"] = unchecked("spec", exc)
             return Resources(None, policy, errors, objects, policy_obj)
-    return Resources(None, policy, errors, objects, policy_obj)
