@@ -923,3 +923,23 @@ def test_a_policy_with_no_valid_service_is_governed_all_the_same(cluster: tuple[
     until(lambda: loop.step(time.monotonic() - t0) and f"{NS}/chat" in c.fast.plan.caps_w,
           what="the service planned once its Deployment is there")
     loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_release_whose_plans_cannot_be_listed_is_tried_again_and_never_raises(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The policy deleted while the API failed the plans' LIST once: the release raised out of the stand-down (a
+    traceback in kopf's daemon, the loop half torn down) and, the policy gone, nothing tried it again."""
+    emu, _ = cluster
+    loop, _ = leading(emu, tmp_path, 15.0)
+    emu.fail("GET", r"/nodepowerplans$", 500, times=1)
+    loop.stand_down(release=True, now=1.0)
+    assert plan(emu)["spec"]["release"] is True and loop.controller is None and loop.plans is None
+    assert sum("release (try 1 of 3)" in r.getMessage() for r in caplog.records) == 1
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    loop.step(0.0)
+    assert loop.controller is not None
+    emu.fail("GET", r"/nodepowerplans$", 500)
+    loop.stand_down(release=True, now=1.0)
+    assert loop.controller is None
+    assert "not every agent was told to restore its default limits" in caplog.records[-1].getMessage()

@@ -234,9 +234,14 @@ class NodePlans(NodeReadings):
         return self.specs.get(node)
 
     def release(self, now: float) -> list[str]:
-        """Every plan asks its agent to restore the GPUs' default limits (the policy is gone)."""
+        """Every plan asks its agent to restore the GPUs' default limits (the policy is gone); what failed (never
+        raised: the operator stands down all the same)."""
+        try:
+            plans = self._plans(self.timeout_s)
+        except Exception as exc:
+            return [f"{translate(exc, 'node plans')}: no plan could be told to release"]
         failed = []
-        for plan in self._plans(self.timeout_s):
+        for plan in plans:
             node = plan["metadata"]["name"]
             self.sequence[node] = max(self.sequence.get(node, 0), self._read(node, plan).sequence)
             why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now, self.timeout_s)

@@ -44,6 +44,9 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
+RELEASE_TRIES = 3
+"""Tries, a second apart, at telling the agents to restore their defaults as the policy is deleted (within kopf's
+10-s cancellation timeout)."""
 
 
 class KeptDecisions(DecisionLog):
@@ -186,8 +189,17 @@ class ClusterLoop:
         released = release and self.plans is not None
         if released:
             assert self.plans is not None
-            for failure in self.plans.release(now):
-                log.warning("release: %s", failure)
+            for attempt in range(RELEASE_TRIES):  # nothing retries it after: the policy is gone
+                failures = self.plans.release(now)
+                if not failures:
+                    break
+                for failure in failures:
+                    log.warning("release (try %d of %d): %s", attempt + 1, RELEASE_TRIES, failure)
+                if attempt + 1 < RELEASE_TRIES:
+                    time.sleep(1.0)
+            else:
+                log.warning("release: not every agent was told to restore its default limits; those fall to their "
+                            "safe caps at their plan's TTL")
         self.controller = None
         self.plans = None
         if not released:
