@@ -224,7 +224,10 @@ class KubeEmulator:
     def patch(self, group: str, plural: str, name: str, patch: dict[str, Any], namespace: str = "") -> None:
         with self.store.cond:
             old = self.store.objects[group, plural, namespace, name]
-            self._write((group, plural, namespace, name), self._admit((group, plural), merge(old, patch), old))
+            new = merge(old, patch)
+            if new.get("spec") != old.get("spec"):  # as the server counts a spec's changes
+                new["metadata"] = {**new["metadata"], "generation": old["metadata"].get("generation", 1) + 1}
+            self._write((group, plural, namespace, name), self._admit((group, plural), new, old))
 
     def delete(self, group: str, plural: str, name: str, namespace: str = "") -> None:
         self._delete((group, plural, namespace, name))

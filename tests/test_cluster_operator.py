@@ -943,3 +943,45 @@ def test_a_release_whose_plans_cannot_be_listed_is_tried_again_and_never_raises(
     loop.stand_down(release=True, now=1.0)
     assert loop.controller is None
     assert "not every agent was told to restore its default limits" in caplog.records[-1].getMessage()
+
+
+def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_event(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The slow tick read the policy only at its period (60 s here), and later still behind a tick waiting on
+    Prometheus: a budget cut reached the governor that late, where a host's reload gives it at once. The watch's
+    event hands it over; a slow tick's read from before the edit is not applied over it."""
+    emu, _ = cluster
+    loop, t0 = leading(emu, tmp_path, 15.0)
+    c = loop.controller
+    assert c is not None and c.governor.settings.budget_w == 2400.0
+    stale = loop.read()
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 1500.0, "headroom": 0.03}}})
+    loop.policy_seen(emu.get(GROUP, POLICIES, "default"))
+    assert c.governor.settings.budget_w == 1500.0
+    loop.read = lambda: stale  # type: ignore[method-assign]  # a slow tick that read before the edit
+    loop._slow(c, loop.plans, lambda: True, time.monotonic() - t0)
+    assert c.governor.settings.budget_w == 1500.0 and c.settings.power.budget_w == 1500.0
+    bad = emu.get(GROUP, POLICIES, "default")
+    assert bad is not None
+    bad["spec"]["power"]["budget_w"], bad["metadata"]["generation"] = -5.0, 3  # stored past the schema
+    loop.policy_seen(bad)  # refused by the checks: the slow tick reports it, by field
+    assert c.governor.settings.budget_w == 1500.0 and loop.generation == 2
+    loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_the_operator_hands_a_policy_edit_to_the_governor_before_its_slow_tick(cluster: tuple[KubeEmulator, Any],
+                                                                               link: Link) -> None:
+    emu, client = cluster
+    nvml = gpus()
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 120.0}
+    emu.put(GROUP, POLICIES, body)
+    with running_agent(client, nvml, link), KopfRunner(OPERATOR, timeout=20) as runner:
+        until(lambda: len((plan(emu) or {}).get("spec", {}).get("limits_w", {})) == 4, what="node limits")
+        emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 900.0, "headroom": 0.03}}})
+        until(lambda: sum((plan(emu) or {})["spec"]["limits_w"].values()) <= 900.0 * 0.97 + 0.5, timeout_s=10.0,
+              what="the node's limits within the new budget, long before the slow tick")
+        emu.delete(GROUP, POLICIES, "default")
+        until(lambda: emu.get(GROUP, POLICIES, "default") is None, what="the policy's finalizer off")
+    assert runner.exit_code == 0, runner.output

@@ -43,6 +43,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.client = api_client(os.environ.get("KUBECONFIG", ""))
     memo.metrics = OwnMetrics(getattr(memo, "registry", None) or CollectorRegistry())
     memo.plan_server = None
+    memo.loops = {}  # the control loop of each policy acted on, for its watch events (`seen`)
     port = int(os.environ.get("WATTSCALE_PLAN_PORT") or 0)
     if port:
         agents = os.environ.get("WATTSCALE_AGENT_ACCOUNT") or "wattscale-agent"
@@ -69,6 +70,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs)
 
 
+@kopf.on.event(GROUP, VERSION, POLICIES)
+def seen(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Each watch event of a policy: its acting loop takes a new generation's power settings at once, where the slow
+    tick would read them only at its period (controller/cluster/policy_watch.py)."""
+    loop = getattr(memo, "loops", {}).get(name)
+    if loop is not None:
+        loop.policy_seen(dict(body))
+
+
 @kopf.daemon(GROUP, VERSION, POLICIES, cancellation_backoff=5.0, cancellation_timeout=10.0)
 def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
     """The control loop of the policy named by WATTSCALE_POLICY (others are left alone and say so)."""
@@ -77,6 +87,7 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
         return
     loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics,
                        server=memo.plan_server)
+    memo.loops[name] = loop
     t0 = time.monotonic()
     last = ""
     try:
@@ -92,6 +103,7 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
                 wait = 2.0
             stopped.wait(wait)
     finally:
+        memo.loops.pop(name, None)
         reason = stopped.reason
         deleted = reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason
         loop.stand_down(release=deleted, now=time.monotonic() - t0)

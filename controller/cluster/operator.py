@@ -30,11 +30,11 @@ from controller.cluster.node_gpus import owner_caps
 from controller.cluster.node_readings import stale_after_s
 from controller.cluster.nodes import NodePlans
 from controller.cluster.plan_server import PlanServer
+from controller.cluster.policy_watch import generation_of, watched_power
 from controller.cluster.snapshot import Resources, read_resources
-from controller.cluster.status import Reporter
+from controller.cluster.status import KeptDecisions, Reporter
 from controller.config_loader import ConfigError
 from controller.control import Controller
-from controller.decision_log import DecisionLog
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.settings import Settings
@@ -47,16 +47,6 @@ OWNER_TICKS = 10
 RELEASE_TRIES = 3
 """Tries, a second apart, at telling the agents to restore their defaults as the policy is deleted (within kopf's
 10-s cancellation timeout)."""
-
-
-class KeptDecisions(DecisionLog):
-    """The decision log, also keeping the last record: the resources' status is written from it."""
-
-    last: dict[str, Any] | None = None
-
-    def write(self, record: dict[str, Any]) -> bool:
-        self.last = record
-        return super().write(record)
 
 
 class ClusterLoop:
@@ -89,11 +79,27 @@ class ClusterLoop:
         """Controller time less the monotonic clock (the budget thread's `now`)."""
         self.server = server
         """Serves each node agent its plan while this operator holds the Lease (None: not served here)."""
+        self.generation = 0
+        """The policy's generation whose power settings the governor holds (`policy_seen`): a slow tick's read of an
+        older one is not applied."""
 
     # -- the resources -------------------------------------------------------------------------
     def read(self) -> Resources:
         return read_resources(self.custom, self.policy_name, self.deployments, self.plans, self.state_dir,
                               self.timeout_s)
+
+    def policy_seen(self, obj: dict[str, Any]) -> None:
+        """A watch event of the policy (kopf's thread; no API call): a new generation's power settings to the
+        governor at once (controller/cluster/policy_watch.py)."""
+        c = self.controller
+        seen = None if c is None else watched_power(c.settings, obj, self.generation)
+        if c is None or seen is None:
+            return
+        self.generation, settings = seen
+        if settings.power != c.settings.power:
+            log.info("PowerPolicy %s: power settings of generation %d to the governor (budget %.0f W)",
+                     self.policy_name, self.generation, settings.power.budget_w)
+            c.reconfigure(settings)
 
     # -- leadership ------------------------------------------------------------------------------
     def _lead(self, res: Resources, now: float) -> Controller:
@@ -101,6 +107,7 @@ class ClusterLoop:
         plans hold."""
         assert res.settings is not None and res.policy is not None
         s, p = res.settings, res.policy
+        self.generation = generation_of(res.policy_obj)
         self.plans = plans = NodePlans(self.client, p.plan_ttl_s, p.safe_cap_share,
                                        stale_after_s(s.daemon.fast_interval_s), s.actuators.kubernetes_timeout_s,
                                        lambda node: self.metrics.errors.labels("node_status").inc(),
@@ -259,6 +266,8 @@ class ClusterLoop:
         except Exception as exc:
             c.error("custom_resources", str(exc))
             res = None
+        if res is not None and generation_of(res.policy_obj) < self.generation:
+            res = None  # read before an edit the watch has handed the governor: the next tick reads it whole
         running = c.settings.optimizer.queue_model
         if res is not None and res.settings is not None and res.settings.optimizer.queue_model != running:
             # as a host's reload refuses it: the tuner's state is the running model's; the last good settings hold

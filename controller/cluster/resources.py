@@ -192,10 +192,7 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
     cluster's GPU numbers; a domain none of whose GPUs has reported yet is not held yet). ConfigError names a
     policy field or `services[ns/name]...`."""
     daemon = replace(policy.daemon, state_dir=state_dir, decision_log="decisions.jsonl")
-    gpus = domain_gpus or {}
-    power = replace(policy.power, domains=tuple(PowerDomainSettings(d.name, d.limit_w, gpus[d.name])
-                                                for d in policy.domains if gpus.get(d.name)))
-    check_domains_nest(power.domains, "")  # on the nodes' GPUs as they have reported (the caller adds `spec.`)
+    power = policy_power(policy, domain_gpus or {})
     pools = [pooled(svc, [d.name for d in policy.domains], {d.name for d in power.domains}) for svc in services]
     settings = Settings(power, policy.accelerators, tuple(pools), daemon=daemon,
                         optimizer=policy.optimizer, stability=policy.stability,
@@ -205,6 +202,15 @@ def settings_of(policy: PowerPolicySpec, services: list[ServiceSettings], state_
                         base_dir=state_dir)
     settings.check("")
     return settings
+
+
+def policy_power(policy: PowerPolicySpec, domain_gpus: Mapping[str, tuple[int, ...]]) -> PowerSettings:
+    """The policy's power settings, each node domain held on the GPUs `domain_gpus` gives it (a domain none of whose
+    GPUs has reported yet is not held yet), checked to nest on them (ConfigError: the caller adds `spec.`)."""
+    power = replace(policy.power, domains=tuple(PowerDomainSettings(d.name, d.limit_w, domain_gpus[d.name])
+                                                for d in policy.domains if domain_gpus.get(d.name)))
+    check_domains_nest(power.domains, "")
+    return power
 
 
 def pooled(svc: ServiceSettings, named: list[str], held: set[str]) -> ServiceSettings:

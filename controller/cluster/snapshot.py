@@ -29,7 +29,7 @@ from controller.service_settings import ServiceSettings
 from controller.settings import Settings
 
 
-def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+def resource_spec(obj: dict[str, Any]) -> dict[str, Any]:
     """A resource's spec: ConfigError where it is no object (a schema-less write)."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
@@ -65,7 +65,7 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
     objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
                if not o["metadata"].get("deletionTimestamp")}
     try:
-        policy: PowerPolicySpec | None = policy_spec(_spec(policy_obj))
+        policy: PowerPolicySpec | None = policy_spec(resource_spec(policy_obj))
     except ConfigError as exc:
         errors["policy"] = exc
         return Resources(None, None, errors, objects, policy_obj)
@@ -81,7 +81,7 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
                                                             kv[0])):
         ns, name = key.split("/", 1)
         try:
-            svc = service_settings(ns, name, _spec(obj))
+            svc = service_settings(ns, name, resource_spec(obj))
             deployments.check(svc)
             for i, v in enumerate(svc.variants):
                 other = owners.setdefault((ns, v.deployment), key)

@@ -11,6 +11,7 @@ from typing import Any
 
 from controller.cluster.resources import GROUP, POLICIES, SERVICES, VERSION
 from controller.cluster.snapshot import Resources
+from controller.decision_log import DecisionLog
 from controller.optimizer.problem import Solution
 
 log = logging.getLogger("wattscale.operator")
@@ -149,3 +150,13 @@ class Reporter:
         if policy_err is not None and old.get("message") != str(policy_err):
             self.event(policy, "PowerPolicy", "Invalid", str(policy_err), warning=True)
         self._patch_status(None, POLICIES, policy["metadata"]["name"], pstatus)
+
+
+class KeptDecisions(DecisionLog):
+    """The decision log, also keeping the last record: the resources' status is written from it."""
+
+    last: dict[str, Any] | None = None
+
+    def write(self, record: dict[str, Any]) -> bool:
+        self.last = record
+        return super().write(record)
