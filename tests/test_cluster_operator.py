@@ -985,3 +985,17 @@ def test_the_operator_hands_a_policy_edit_to_the_governor_before_its_slow_tick(c
         emu.delete(GROUP, POLICIES, "default")
         until(lambda: emu.get(GROUP, POLICIES, "default") is None, what="the policy's finalizer off")
     assert runner.exit_code == 0, runner.output
+
+
+def test_a_node_that_joins_gets_its_plan_within_the_owners_refresh_not_a_slow_period(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """Plans were made at the lead and each slow tick (60 s here): a node that joined held its agent's safe caps for
+    that long, drawing what no reading counted."""
+    emu, _ = cluster
+    loop, t0 = leading(emu, tmp_path, 15.0)
+    emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100", "rack": "r2"}}})
+    emu.put("", "nodes", {"metadata": {"name": "cpu-a", "labels": {"role": "web"}}})
+    until(lambda: loop.step(time.monotonic() - t0) and emu.get(GROUP, PLANS, "gpu-b") is not None, timeout_s=8.0,
+          what="the new node's plan")
+    assert emu.get(GROUP, PLANS, "cpu-a") is None
+    loop.stand_down(release=False, now=time.monotonic() - t0)

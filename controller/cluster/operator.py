@@ -73,6 +73,8 @@ class ClusterLoop:
         service's cap within seconds (not a slow period) of being scheduled."""
         self.next_owners = 0.0
         self.unowned: list[str] = []
+        self.node_selector: dict[str, str] = {}
+        """The policy's GPU nodes, as last read."""
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.offset = 0.0
@@ -127,6 +129,7 @@ class ClusterLoop:
         vllm = self._vllm(s)
         c = Controller(s, plans, vllm, plans, batch, replicas, tuner, self.metrics, self.decisions)
         vllm.on_error = c.error  # its lost figures counted by the controller they feed
+        self.node_selector = dict(p.node_selector)
         plans.ensure(p.node_selector)
         pods = self.deployments.pods()
         if pods is not None:
@@ -145,13 +148,19 @@ class ClusterLoop:
         self.budget.restart(s, c, self._now)
         self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
                                  self._slow_failed)
-        self.owners = SlowWorker(lambda: self._refresh_owners(plans),
+        self.owners = SlowWorker(lambda: self._refresh_owners(c, plans),
                                  lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
         self.renewer = SlowWorker(self.lease.hold, lambda: None, self._slow_failed)
         self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
 
-    def _refresh_owners(self, plans: NodePlans) -> None:
+    def _refresh_owners(self, c: Controller, plans: NodePlans) -> None:
+        """A plan for each node the selector picks (one that joined gets it within `OWNER_TICKS`, not a slow period:
+        until then its agent holds its safe caps, which no reading counts), and which pods hold which GPUs."""
+        try:
+            plans.ensure(self.node_selector)
+        except Exception as exc:
+            c.error("node_plans", str(exc))
         pods = self.deployments.pods()
         if pods is None:
             return
@@ -284,10 +293,7 @@ class ClusterLoop:
         if res is not None and res.policy is not None and may_act():
             plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,
                             (res.settings or c.settings).daemon.fast_interval_s)
-            try:
-                plans.ensure(res.policy.node_selector)
-            except Exception as exc:
-                c.error("node_plans", str(exc))
+            self.node_selector = dict(res.policy.node_selector)  # plans made for it by the owners' worker
         solution = c.tick_slow(now)  # on the owners the owners worker keeps fresh
         record = self.decisions.last if self.decisions is not None else None
         if res is not None and may_act():
