@@ -150,9 +150,10 @@ class NodePlans(NodeReadings):
               domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each
         quarter TTL; returns why each write tried failed (each node is tried on its own, a failed one again
-        only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; where
-        one of those fails or waits, no raise is written this tick and the limits stay queued, as the fast
-        loop lowers before it raises (a raise must not land beside a failed cut). Once a write fails for a reason
+        only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; while a
+        cut is not in force (written this tick, failed, or not yet reported by its agent), no raise is written
+        and the raises stay queued, as the fast loop lowers before it raises (a raise must not land beside a cut
+        its agent has not applied). Once a write fails for a reason
         that may pass (a timeout, the API down), or the writes have left less than half a tick (`tick_timeout_s`,
         all together), the nodes after it wait for the next tick: an outage costs a tick one timeout, not one per
         node. The safe caps fit the site's `budget_w` and each domain's (watts, GPUs) together: a GPU's is the
@@ -184,13 +185,15 @@ class NodePlans(NodeReadings):
             return any((old := in_force(node, k)) is None or w > old for k, w in pending.get(node, {}).items())
 
         failed: list[str] = []
-        cut_failed = False  # then no raise is written this tick: the fast loop lowers limits before it raises any
+        # no raise is written while a cut is not in force (failed, written this tick, or written before and not yet
+        # reported): the fast loop lowers limits before it raises any, and an agent applies its plan when it fetches it
+        hold_raises = any(self._cut_unapplied(node) for node in self.written)
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
             queued = pending.get(node, {})
             left_s = deadline - time.monotonic()  # a write gets half a tick at least, else waits for the next
-            if unreachable or left_s < 0.5 * self.tick_timeout_s or (cut_failed and raises(node)):
+            if unreachable or left_s < 0.5 * self.tick_timeout_s or (hold_raises and raises(node)):
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
             old = self.written.get(node, {})
@@ -204,13 +207,24 @@ class NodePlans(NodeReadings):
                 error = self._write(node, spec, now, left_s)
                 if error is None:
                     self.retry.succeeded(target)
+                    hold_raises = hold_raises or lowers(node)
                     continue
                 self.retry.failed(target, now, error)
                 failed.append(str(error))
                 unreachable = not isinstance(error, PermanentActuatorError)
             self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
-            cut_failed = cut_failed or lowers(node)
+            hold_raises = hold_raises or lowers(node)
         return failed
+
+    def _cut_unapplied(self, node: str) -> bool:
+        """Whether the node's agent still reports a GPU above the limit its plan was written with (the plan not yet
+        fetched: an agent cut off from the operator's endpoint holds the old limit until its TTL)."""
+        for k, w in self.written.get(node, {}).get("limits_w", {}).items():
+            i = self.index.get((node, int(k)))
+            g = self.samples.get(i) if i is not None else None
+            if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
+                return True
+        return False
 
     def _write(self, node: str, spec: dict[str, Any], now: float, timeout_s: float) -> ActuatorError | None:
         """Patch the node's plan within `timeout_s`; why it failed, or None."""
