@@ -313,7 +313,8 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
 def test_a_raise_waits_until_the_cut_beside_it_is_reported_in_force(emu: KubeEmulator, tmp_path: Path) -> None:
     """gpu-b cut (700 -> 200 W) and gpu-a raised on its room (300 -> 600 W) in one tick: both plans were written
     at once, and an agent cut off from the operator's endpoint held the old 700 W while gpu-a's took 600, caps
-    summing over the budget. The raise waits until gpu-b's agent reports the cut."""
+    summing over the budget. The raise waits while gpu-b's agent reports its old limit (test above: until it reports
+    the cut), not once it is silent (the governor counts a silent agent's GPUs at their last limit)."""
     from controller.cluster.nodes import NodePlans
 
     def status(node: str, limit_w: float, beat: int = 1) -> dict[str, Any]:
@@ -335,9 +336,9 @@ def test_a_raise_waits_until_the_cut_beside_it_is_reported_in_force(emu: KubeEmu
     assert plans.flush(1.0, 1000.0) == [] and limits("gpu-b") == {"0": 200.0} and limits("gpu-a") is None
     plans.sample(2.0)
     assert plans.flush(2.0, 1000.0) == [] and limits("gpu-a") is None  # gpu-b's agent still reports 700 W
-    emu.patch(GROUP, PLANS, "gpu-b", {"status": status("gpu-b", 200.0, 2)})  # its agent fetched and applied it
-    plans.sample(3.0)
-    assert plans.flush(3.0, 1000.0) == [] and limits("gpu-a") == {"0": 600.0}
+    emu.patch(GROUP, PLANS, "gpu-a", {"status": status("gpu-a", 300.0, 2)})  # gpu-a's agent goes on reporting
+    plans.sample(11.0)  # gpu-b's agent silent past the 10 s its beats go stale in: missing, counted at its 700 W
+    assert plans.flush(11.0, 1000.0) == [] and limits("gpu-a") == {"0": 600.0}  # by the governor: no hold for good
 
 
 @pytest.mark.parametrize("spec", [

@@ -48,6 +48,8 @@ class NodeReadings:
         self.beats: dict[str, tuple[Any, float]] = {}
         """Node -> its agent's last beat and when it changed (controller time)."""
         self.samples: dict[int, GpuSample] = {}
+        self.reporting: frozenset[int] = frozenset()
+        """The GPUs the last read listed (their agents reporting): a silent one's sample is its last."""
         self.sequence: dict[str, int] = {}
         """Node -> its plan's renewal sequence, as read or last written."""
         self.on_bad = on_bad
@@ -123,6 +125,7 @@ class NodeReadings:
         for node in {node for node, _ in self.index} - names:  # its plan deleted: missing, until it is gone
             if self._off(node, listed, now):
                 self._leave(node, None)
+        self.reporting = frozenset(g.index for g in out)
         return out
 
     def _off(self, node: str, listed: frozenset[str] | None, now: float) -> bool:

@@ -218,10 +218,11 @@ class NodePlans(NodeReadings):
 
     def _cut_unapplied(self, node: str) -> bool:
         """Whether the node's agent still reports a GPU above the limit its plan was written with (the plan not yet
-        fetched: an agent cut off from the operator's endpoint holds the old limit until its TTL)."""
+        fetched: an agent cut off from the operator's endpoint holds the old limit until its TTL). A silent agent's
+        GPUs are not: the governor counts them at their last limit, as missing."""
         for k, w in self.written.get(node, {}).get("limits_w", {}).items():
             i = self.index.get((node, int(k)))
-            g = self.samples.get(i) if i is not None else None
+            g = self.samples.get(i) if i in self.reporting else None
             if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
                 return True
         return False
