@@ -41,6 +41,8 @@ class FakeGpu:
     clock_mw: int = 0
     """The part of `demand_mw` that falls with a locked clock, as its share squared (compute: the rest, memory and
     idle, does not); 0: a lock leaves the draw as it is."""
+    memory_used_b: int = 70 * 2**30
+    """Memory in use (of 80 GiB): a vLLM engine's, by default; an idle GPU holds its driver's few MiB."""
 
     def want_mw(self) -> int:
         """What the GPU would draw without its limit: its demand at the clock it is locked at."""
@@ -177,7 +179,8 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
         self._gpu("memory", h)
         m = pynvml.c_nvmlMemory_t()
-        m.total, m.used, m.free = 80 * 2**30, 70 * 2**30, 10 * 2**30
+        used = self.gpus[int(h)].memory_used_b
+        m.total, m.used, m.free = 80 * 2**30, used, 80 * 2**30 - used
         return m
 
     def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:

@@ -999,3 +999,27 @@ def test_a_node_that_joins_gets_its_plan_within_the_owners_refresh_not_a_slow_pe
           what="the new node's plan")
     assert emu.get(GROUP, PLANS, "cpu-a") is None
     loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_the_gpus_a_services_pods_hold_are_those_in_use_as_the_agent_reports(
+        cluster: tuple[KubeEmulator, Any], link: Link, tmp_path: Path) -> None:
+    """The device plugin put the node's two chat pods on GPUs 1 and 3: read in index order, GPUs 0 and 1 took
+    chat's cap and the two serving were held at their lowest limit."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    nvml = gpus()
+    for k in (0, 2):
+        nvml.gpus[k].memory_used_b = 500 * 2**20  # the driver's context: no engine on it
+    with plan_server(api_client(str(tmp_path / "kubeconfig")), link.port) as server, running_agent(client, nvml, link):
+        loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                           str(tmp_path / "state"), server=server)
+        t0 = time.monotonic()
+        until(lambda: loop.step(time.monotonic() - t0) and loop.unowned == ["gpu-a/0", "gpu-a/2"],
+              what="GPUs 1 and 3 read as chat's")
+        limits = until(lambda: loop.step(time.monotonic() - t0) and len((plan(emu) or {})["spec"]["limits_w"]) == 4
+                       and (plan(emu) or {})["spec"]["limits_w"], what="limits on the four GPUs")
+        assert limits["1"] > limits["0"] and limits["3"] > limits["2"], limits
+        loop.stand_down(release=False, now=time.monotonic() - t0)

@@ -37,3 +37,16 @@ def test_an_agents_reading_too_big_for_a_float_is_a_malformed_entry(field: str) 
              "min_w": 200.0, "max_w": 700.0, field: 10**400}
     with pytest.raises(ValueError, match=f"{field} must be a finite number"):
         reading(entry)
+
+
+def test_a_pod_holds_the_gpus_in_use_not_the_first_in_index_order() -> None:
+    """The device plugin gave a node's one pod GPU 2: read as GPU 0, the GPU serving was held at its lowest limit as
+    no service's and an idle one got the cap, on a node of one service the docs called exact. The agents report
+    which GPUs hold memory; a running pod takes those, a pending one (no process yet) the others."""
+    running = pod("chat-0", "vllm-chat", 1)
+    in_use = {(NODE, 0): False, (NODE, 1): False, (NODE, 2): True, (NODE, 3): False}
+    assert owners_of({("llm/chat", "H100-SXM"): [running]}, in_use) == {(NODE, 2): ("llm/chat", "H100-SXM")}
+    pending = {**pod("chat-1", "vllm-chat", 2), "status": {"phase": "Pending"}}
+    owners = owners_of({("llm/chat", "H100-SXM"): [pending, running]}, in_use)
+    assert sorted(owners) == [(NODE, 0), (NODE, 1), (NODE, 2)]
+    assert owners_of({("llm/chat", "H100-SXM"): [running]}) == {(NODE, 0): ("llm/chat", "H100-SXM")}  # none reported

@@ -173,7 +173,7 @@ class NodeAgent:
         return {"index": g.index, "uuid": g.uuid, "name": g.name, "power_w": g.power_w,
                 "energy_j": self.energy_j.get(g.uuid),
                 "limit_w": limit, "min_w": g.min_limit_w, "max_w": g.max_limit_w, "default_w": g.default_limit_w,
-                "sm_clock_mhz": g.sm_clock_mhz}
+                "sm_clock_mhz": g.sm_clock_mhz, "memory_share": _memory_share(g)}
 
     def _report(self, gpus: list[dict[str, Any]], spec: PlanSpec) -> None:
         self.beat += 1
@@ -195,3 +195,10 @@ class NodeAgent:
             self.devices.close()
         except ActuatorError as exc:
             log.warning("NVML shutdown: %s", exc)
+
+
+def _memory_share(g: GpuReading) -> float | None:
+    """The share of its memory a GPU holds: which GPUs a pod runs on, to the operator (node_gpus.owners_of)."""
+    if g.memory_used_bytes is None or not g.memory_total_bytes:
+        return None
+    return round(min(1.0, g.memory_used_bytes / g.memory_total_bytes), 4)

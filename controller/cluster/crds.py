@@ -83,7 +83,9 @@ _GPU = {"type": "object", "required": ["index", "uuid", "limit_w", "min_w", "max
     **{k: {"type": "number", "nullable": True} for k in ("power_w", "energy_j", "default_w", "sm_clock_mhz")},
     **{k: {"type": "number"} for k in ("limit_w", "min_w", "max_w")},
     "index": {"type": "integer", "minimum": 0}, "uuid": {"type": "string", "minLength": 1},
-    "name": {"type": "string"}}}
+    "name": {"type": "string"},
+    "memory_share": {"type": "number", "nullable": True, "minimum": 0.0, "maximum": 1.0,
+                     "description": "Share of its memory in use: which GPUs a pod holds."}}}
 PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "sequence": {"type": "integer", "description": "Moved by the operator at every renewal; the agent fails "
                  "closed when it has not moved for ttl_s."},

@@ -1,10 +1,13 @@
 """What the operator reads about a node's GPUs: an agent's reported entries, checked one by one, and which
-service holds each GPU, from the pods. A variant's Deployment's pods on a node hold that node's GPUs in index
-order (sorted by pod name); the device plugin's own choice is not visible to the API, so two services on one
-node may see each other's GPUs swapped (docs/cluster.md)."""
+service holds each GPU, from the pods. The device plugin's choice of GPUs is not visible to the API; what is, is
+which GPUs hold memory (a vLLM engine takes most of its GPU's at start, an idle GPU holds its driver's few MiB,
+reported by the agent as `memory_share`). A node's running pods (sorted by name) hold its GPUs in use in index
+order, then its pending ones the others: exact on a node of one service, two services on one node may see each
+other's GPUs swapped (docs/cluster.md)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +19,8 @@ from controller.telemetry.plausible import MAX_GPU_LIMIT_W
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_POD_GPUS = 64
 """Most GPUs one container's limit is read as; past it (a quantity like "1k") no node could run the pod."""
+IN_USE_SHARE = 0.05
+"""Share of its memory above which a GPU is in use by some process (an idle one holds well under 1 %)."""
 
 
 def _number(value: Any, field: str, required: bool, high: float = math.inf) -> float | None:
@@ -63,22 +68,29 @@ def _count(quantity: Any) -> int:
     return int(n) if n == int(n) and 0 <= n <= MAX_POD_GPUS else 0
 
 
-def owners_of(pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]
-              ) -> dict[tuple[str, int], tuple[str, str]]:
-    """(node, GPU index) -> (service, variant), from each (service, variant)'s pending or running pods."""
-    per_node: dict[str, list[tuple[str, int, str, str]]] = {}
+def owners_of(pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
+              in_use: Mapping[tuple[str, int], bool] | None = None) -> dict[tuple[str, int], tuple[str, str]]:
+    """(node, GPU index) -> (service, variant), from each (service, variant)'s pending or running pods: running pods
+    hold the GPUs `in_use` ((node, index) -> whether it holds memory, as its agent reported) first, in index order,
+    then the others; a node no agent has reported on, its GPUs in index order (placed by the device plugin in the
+    index order of the free ones, as it takes them, they had read a pod on GPU 2 as on GPU 0)."""
+    per_node: dict[str, list[tuple[bool, str, int, str, str]]] = {}
     for (service, variant), pods in pods_by_variant.items():
         for pod in pods:
             node = pod.get("spec", {}).get("nodeName")
-            if node and pod.get("status", {}).get("phase", "Running") in ("Pending", "Running"):
-                per_node.setdefault(node, []).append((pod["metadata"]["name"], _gpus_of(pod), service, variant))
+            phase = pod.get("status", {}).get("phase", "Running")
+            if node and phase in ("Pending", "Running"):
+                per_node.setdefault(node, []).append((phase != "Running", pod["metadata"]["name"], _gpus_of(pod),
+                                                      service, variant))
+    used = in_use or {}
     owners: dict[tuple[str, int], tuple[str, str]] = {}
     for node, held in per_node.items():
-        k = 0
-        for _, n, service, variant in sorted(held):
-            for _ in range(n):
+        known = sorted(k for n, k in used if n == node)
+        order = iter([*(k for k in known if used[node, k]), *(k for k in known if not used[node, k]),
+                      *(k for k in range(len(known) + sum(h[2] for h in held)) if k not in known)])
+        for _, _, n, service, variant in sorted(held):
+            for k in itertools.islice(order, n):
                 owners[node, k] = (service, variant)
-                k += 1
     return owners
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from actuators.kubernetes import translate
-from controller.cluster.node_gpus import reading
+from controller.cluster.node_gpus import IN_USE_SHARE, reading
 from controller.cluster.plan_spec import PlanSpec, read_spec, stored_keys
 from controller.cluster.resources import GROUP, PLANS, VERSION
-from controller.telemetry.base import GpuSample, Numbers, TelemetryError
+from controller.telemetry.base import GpuSample, Numbers, TelemetryError, finite
 
 log = logging.getLogger("wattscale.operator")
 NODE_GONE_AFTER_S = 300.0
@@ -48,6 +48,8 @@ class NodeReadings:
         self.beats: dict[str, tuple[Any, float]] = {}
         """Node -> its agent's last beat and when it changed (controller time)."""
         self.samples: dict[int, GpuSample] = {}
+        self.in_use: dict[tuple[str, int], bool] = {}
+        """(node, NVML index) -> whether its agent last reported it holding memory (a process on it)."""
         self.reporting: frozenset[int] = frozenset()
         """The GPUs the last read listed (their agents reporting): a silent one's sample is its last."""
         self.sequence: dict[str, int] = {}
@@ -119,6 +121,9 @@ class NodeReadings:
                 sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)
+                share = finite(g.get("memory_share"))
+                if share is not None and 0.0 <= share <= 1.0:  # which GPUs a pod holds (node_gpus.owners_of)
+                    self.in_use[key] = share > IN_USE_SHARE
             if self.bad:  # an entry is bad while a read finds it so: mended or gone, it is logged anew if bad again
                 self.bad = {key: why for key, why in self.bad.items() if key[0] != node or key in bad_now}
         self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten

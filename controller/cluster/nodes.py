@@ -128,8 +128,8 @@ class NodePlans(NodeReadings):
         return out
 
     def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
-        """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, in index order."""
-        self.owners = owners_of(pods_by_variant)
+        """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, those in use first."""
+        self.owners = owners_of(pods_by_variant, self.in_use)
 
     def unowned(self) -> list[str]:
         """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
