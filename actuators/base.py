@@ -39,7 +39,10 @@ class Action:
 class PowerLimiter(Protocol):
     """Sets GPU power limits; returns the limit read back from the device. One that only queues a limit for a later
     write (the operator's node plans) and returns it says so with a class attribute `applied_later = True`: the
-    limit it returns is then none in force yet, and the metrics wait for a reading to say it."""
+    limit it returns is then none in force yet, and the metrics wait for a reading to say it. Such a limiter also
+    has `unapplied() -> set[int]`: the GPUs still holding a limit above the one written for them, which the
+    governor counts at the limit they hold (as a GPU whose limit could not be set) until their readings say the
+    write is in force."""
 
     name: str
 

@@ -35,6 +35,8 @@ class FastLoop:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
         self.read_back = not getattr(power, "applied_later", False)
         """Whether a limit the limiter returns is in force (actuators.base.PowerLimiter), so the metrics say it."""
+        self.unapplied: Callable[[], set[int]] | None = None if self.read_back else power.unapplied  # type: ignore[attr-defined]
+        """The GPUs whose written limit is not in force yet, where limits are applied later: counted at their own."""
         self.governor = PowerGovernor(power_settings, interval_s)
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
@@ -203,7 +205,9 @@ class FastLoop:
         m.draw.set(total)
         self.draw_w = total
         self._record_draws(samples, plan)
-        pinned = untouched | {g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)}
+        late = self.unapplied() if self.unapplied is not None else set()
+        pinned = untouched | {g.uuid for g in samples if g.index in late
+                              or not self.retry.may_try(f"power_limit:{g.uuid}", now)}
         limits = self.governor.step(samples, plan, pinned)
         self._say_floors(samples)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}

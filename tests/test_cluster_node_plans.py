@@ -26,6 +26,7 @@ from controller.cluster.nodes import NodePlans
 from controller.cluster.resources import GROUP, PLANS
 from controller.fast_loop import FastLoop
 from controller.own_metrics import OwnMetrics
+from controller.plan import Plan
 from controller.power_settings import PowerSettings
 from controller.telemetry.base import TelemetryError
 
@@ -419,3 +420,71 @@ def test_blind_the_limit_metric_keeps_what_the_nodes_last_reported(emu: KubeEmul
     assert registry.get_sample_value("wattscale_power_failsafe") == 1.0  # safe caps queued: 200 W each
     assert [registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu[node])})
             for node in ("gpu-a", "gpu-b")] == [700.0, 700.0]
+
+
+def test_a_raise_is_fitted_around_a_cut_its_agent_has_not_applied(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Caps on a 1,000-W site: code's GPU (gpu-b) cut 700 -> 300 W, chat's (gpu-a) raised 300 -> 700 W on that room.
+    Both were written in one tick, and an agent cut off from the operator's endpoint (or that had not fetched yet)
+    held 700 W while the other took the raise: 1,400 W of caps. The raise waits a tick; a GPU whose agent still
+    reports its old limit counts at it, the raise fitted around it; once the cut is reported in force, it lands."""
+    plans, gpu = two_nodes(emu, tmp_path)
+
+    def report(node: str, limit_w: float, beat: int) -> None:
+        emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "gpus": [
+            {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": 150.0, "energy_j": 1.0, "limit_w": limit_w,
+             "min_w": 200.0, "max_w": 700.0}]}})
+
+    report("gpu-a", 300.0, 2)
+    plans.ensure({})
+    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM")}
+    fast = FastLoop(PowerSettings(budget_w=1000.0, mode="caps", headroom=0.0), 3, plans, plans,
+                    OwnMetrics(CollectorRegistry()), lambda kind, message: None)
+    fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 300.0}}, {"chat": 1, "code": 2})
+
+    def written(node: str) -> float | None:
+        return ((emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w") or {}).get("0")
+
+    def tick(now: float) -> None:
+        fast.tick(now)
+        plans.flush(now, fast.governor.threshold_w())
+
+    tick(1.0)
+    assert (written("gpu-b"), written("gpu-a")) == (300.0, None)  # the cut first; the raise waits a tick
+    for t, beat in ((2.0, 3), (3.0, 4)):  # gpu-b's agent reports, still at 700 W: it has not applied the cut
+        report("gpu-a", written("gpu-a") or 300.0, beat)  # gpu-a's applies what it is given
+        report("gpu-b", 700.0, beat)
+        tick(t)
+        assert gpu["gpu-b"] in plans.unapplied()  # (and gpu-a for a tick, where it was given 298 W)
+        assert (written("gpu-a") or 300.0) <= 1000.0 - 700.0  # no raise past the room gpu-b's 700 W leaves
+    report("gpu-b", 300.0, 5)
+    report("gpu-a", written("gpu-a") or 300.0, 5)
+    tick(4.0)
+    assert plans.unapplied() == set() and (written("gpu-a") or 0.0) > 690.0  # the raise, within a watt a GPU
+
+
+def test_a_nodes_cut_goes_out_in_a_tick_its_raise_waits_for(emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-b cut and, on gpu-a, GPU 0 cut and GPU 1 raised in one tick: gpu-a's whole plan waited with its raise,
+    its cut too, for as long as the raises were held."""
+    def gpu(index: int, limit_w: float) -> dict[str, Any]:
+        return {"index": index, "uuid": f"GPU-{index}-{limit_w:.0f}", "name": "H100", "power_w": 100.0,
+                "energy_j": 1.0, "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}
+
+    emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100"}}})
+    for node, gpus_ in (("gpu-a", [gpu(0, 700.0), gpu(1, 300.0)]), ("gpu-b", [gpu(0, 701.0)])):
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
+                                  "metadata": {"name": node}, "spec": {"sequence": 1},
+                                  "status": {"beat": 1, "gpus": gpus_}})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
+    at = {plans.where[g.index]: g.index for g in plans.sample(0.0)}
+
+    def limits(node: str) -> Any:
+        return (emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w")
+
+    plans.set_power_limit(at["gpu-b", 0], 200.0)
+    plans.set_power_limit(at["gpu-a", 0], 250.0)
+    plans.set_power_limit(at["gpu-a", 1], 450.0)
+    assert plans.flush(1.0, 2000.0) == []
+    assert limits("gpu-b") == {"0": 200.0} and limits("gpu-a") == {"0": 250.0}
+    plans.set_power_limit(at["gpu-a", 1], 450.0)  # asked again at the next tick
+    assert plans.flush(2.0, 2000.0) == [] and limits("gpu-a") == {"0": 250.0, "1": 450.0}

@@ -104,3 +104,19 @@ def owner_caps(owners: Mapping[tuple[str, int], tuple[str, str]],
             if owner is not None:
                 out[owner] = max(out.get(owner, 0.0), watts)
     return out
+
+
+def reported_limits(plan: Mapping[str, Any]) -> dict[str, float]:
+    """Each GPU's limit as the node's agent last reported it (its status, read as `reading` reads it),
+    by local index; an entry that cannot be read, or whose limit lies outside its GPU's range, is left out."""
+    status = plan.get("status")
+    gpus = status.get("gpus") if isinstance(status, Mapping) else None
+    out: dict[str, float] = {}
+    for g in gpus if isinstance(gpus, list) else []:
+        try:
+            index, _, _, _, _, limit_w, min_w, max_w, _ = reading(g)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if min_w <= limit_w <= max_w:
+            out[str(index)] = limit_w
+    return out

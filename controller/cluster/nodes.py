@@ -17,7 +17,7 @@ from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
-from controller.cluster.node_gpus import owners_of, reading
+from controller.cluster.node_gpus import owners_of, reported_limits
 from controller.cluster.node_readings import NodeReadings, stale_after_s
 from controller.cluster.plan_spec import LIMIT_FIELDS
 from controller.cluster.resources import GROUP, PLANS, VERSION
@@ -55,6 +55,8 @@ class NodePlans(NodeReadings):
         """What the slow loop's calls may take (a fast tick's: `tick_timeout_s`, within a tick)."""
         self.pending: dict[str, dict[str, float]] = {}
         """Node -> limits the fast loop set that are not written yet (kept through a failed write)."""
+        self.asked: set[tuple[str, str]] = set()
+        """(node, NVML index) of the limits the fast loop set since the last flush."""
         self.retry = RetryBook(base_delay_s=1.0, max_delay_s=renew_s(plan_ttl_s))
         """Per node (`node_plan:<node>`): a failed write waits its delay, doubled on each failure in a row up to
         a renewal period (a quarter TTL); a permanent one (forbidden, no such plan) until the plan is created
@@ -129,7 +131,7 @@ class NodePlans(NodeReadings):
 
     def refresh_owners(self, pods_by_variant: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
         """(service, variant) -> its Deployment's pods: each pod's GPUs on its node, those in use first."""
-        self.owners = owners_of(pods_by_variant, self.in_use)
+        self.owners = owners_of(pods_by_variant, dict(self.in_use))  # the fast tick adds to it meanwhile
 
     def unowned(self) -> list[str]:
         """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
@@ -144,20 +146,34 @@ class NodePlans(NodeReadings):
             raise PermanentActuatorError(f"GPU {gpu_index}: on no node's plan")
         watts = min(max(watts, sample.min_limit_w), sample.max_limit_w)
         self.pending.setdefault(where[0], {})[str(where[1])] = round(watts, 1)
+        self.asked.add((where[0], str(where[1])))
         return watts
+
+    def unapplied(self) -> set[int]:
+        """GPUs whose agent, reporting, still holds a limit above the one its plan was written with (it applies a
+        plan as it fetches it; one cut off from the operator's endpoint holds min(old, safe cap)): the fast loop
+        counts them at that limit, as a host counts a GPU whose limit could not be set, and fits the others
+        around it. A silent agent's GPUs are missing, counted at their last limit all the same."""
+        out = set()
+        for node, spec in list(self.written.items()):
+            for k, w in spec.get("limits_w", {}).items():
+                i = self.index.get((node, int(k)))
+                g = self.samples.get(i) if i in self.reporting else None
+                if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
+                    out.add(g.index)
+        return out
 
     def flush(self, now: float, budget_w: float,
               domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
-        """Write each node's limits and safe caps where they changed, and renew every plan at least each
-        quarter TTL; returns why each write tried failed (each node is tried on its own, a failed one again
-        only after its backoff, its limits queued meanwhile). Nodes whose limits fall are written first; while a
-        cut is not in force (written this tick, failed, or not yet reported by its agent), no raise is written
-        and the raises stay queued, as the fast loop lowers before it raises (a raise must not land beside a cut
-        its agent has not applied). Once a write fails for a reason
-        that may pass (a timeout, the API down), or the writes have left less than half a tick (`tick_timeout_s`,
-        all together), the nodes after it wait for the next tick: an outage costs a tick one timeout, not one per
-        node. The safe caps fit the site's `budget_w` and each domain's (watts, GPUs) together: a GPU's is the
-        lowest its levels give."""
+        """Write each node's limits and safe caps where they changed, and renew every plan at least each quarter TTL;
+        returns why each write tried failed (each node on its own, a failed one again after its backoff, its limits
+        queued meanwhile). In a tick with a cut to write, the raises wait for the next, queued, as the fast loop
+        lowers before it raises: an agent applies a cut as it fetches its plan, and the next tick counts a GPU at the
+        limit it still holds (`unapplied`), fitting the raises around it (a raise it no longer asks for is dropped).
+        Once a write fails for a reason that may pass (a timeout, the API down), or the writes have left less than
+        half a tick (`tick_timeout_s`, all together), the nodes after it wait for the next tick: an outage costs a
+        tick one timeout, not one per node. The safe caps fit the site's `budget_w` and each domain's (watts, GPUs)
+        together: a GPU's is the lowest its levels give."""
         caps, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
@@ -169,6 +185,7 @@ class NodePlans(NodeReadings):
             node, local = where[index]
             safe.setdefault(node, {})[str(local)] = round(cap, 1)
         pending, self.pending = self.pending, {}
+        asked, self.asked = self.asked, set()
 
         def in_force(node: str, k: str) -> float | None:
             """The GPU's limit as its agent last reported it, else as last written (None: not known)."""
@@ -181,21 +198,28 @@ class NodePlans(NodeReadings):
         def lowers(node: str) -> bool:
             return any((old := in_force(node, k)) is not None and w < old for k, w in pending.get(node, {}).items())
 
-        def raises(node: str) -> bool:
-            return any((old := in_force(node, k)) is None or w > old for k, w in pending.get(node, {}).items())
+        def up(node: str, k: str, w: float) -> bool:
+            return (old := in_force(node, k)) is None or w > old
 
+        # A raise queued at an earlier tick and not asked for again is no longer wanted (the fast loop asks, each
+        # tick, for every limit it wants that is not in force): written late, it would land beside what it fitted since.
+        pending = {node: {k: w for k, w in q.items() if (node, k) in asked or not up(node, k, w)}
+                   for node, q in pending.items()}
         failed: list[str] = []
-        # no raise is written while a cut is not in force (failed, written this tick, or written before and not yet
-        # reported): the fast loop lowers limits before it raises any, and an agent applies its plan when it fetches it
-        hold_raises = any(self._cut_unapplied(node) for node in self.written)
+        # No raise is written in a tick that has a cut to write: the fast loop lowers limits before it raises any, and
+        # an agent applies its plan as it fetches it (a cut not yet in force at the next tick is `unapplied`).
+        hold_raises = any(map(lowers, pending))
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
             queued = pending.get(node, {})
             left_s = deadline - time.monotonic()  # a write gets half a tick at least, else waits for the next
-            if unreachable or left_s < 0.5 * self.tick_timeout_s or (hold_raises and raises(node)):
+            if unreachable or left_s < 0.5 * self.tick_timeout_s:
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
+            if hold_raises and (later := {k: w for k, w in queued.items() if up(node, k, w)}):
+                self.pending[node] = {**later, **self.pending.get(node, {})}  # its cuts go now, its raises next tick
+                queued = {k: w for k, w in queued.items() if k not in later}
             old = self.written.get(node, {})
             limits = {**old.get("limits_w", {}), **queued}
             spec = {"limits_w": limits, "safe_caps_w": safe.get(node, old.get("safe_caps_w", {})), "release": False,
@@ -207,25 +231,12 @@ class NodePlans(NodeReadings):
                 error = self._write(node, spec, now, left_s)
                 if error is None:
                     self.retry.succeeded(target)
-                    hold_raises = hold_raises or lowers(node)
                     continue
                 self.retry.failed(target, now, error)
                 failed.append(str(error))
                 unreachable = not isinstance(error, PermanentActuatorError)
             self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
-            hold_raises = hold_raises or lowers(node)
         return failed
-
-    def _cut_unapplied(self, node: str) -> bool:
-        """Whether the node's agent still reports a GPU above the limit its plan was written with (the plan not yet
-        fetched: an agent cut off from the operator's endpoint holds the old limit until its TTL). A silent agent's
-        GPUs are not: the governor counts them at their last limit, as missing."""
-        for k, w in self.written.get(node, {}).get("limits_w", {}).items():
-            i = self.index.get((node, int(k)))
-            g = self.samples.get(i) if i in self.reporting else None
-            if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
-                return True
-        return False
 
     def _write(self, node: str, spec: dict[str, Any], now: float, timeout_s: float) -> ActuatorError | None:
         """Patch the node's plan within `timeout_s`; why it failed, or None."""
@@ -275,25 +286,9 @@ class NodePlans(NodeReadings):
             self.sequence[node] = spec.sequence
             if node not in self.stray:  # served as it stands; one that cannot be read waits for its rewrite
                 self.specs[node] = dict(plan.get("spec") or {})
-            reported = _reported_limits(plan)
+            reported = reported_limits(plan)
             held[node] = {str(k): min(w, reported.get(str(k), w)) for k, w in spec.limits_w.items()}
             self.written[node] = {"limits_w": dict(held[node]),  # the first renewal writes them so
                                   "safe_caps_w": {str(k): w for k, w in spec.safe_caps_w.items()}, "release": False,
                                   "ttl_s": spec.ttl_s, "safe_cap_share": spec.safe_cap_share}
         return held
-
-
-def _reported_limits(plan: Mapping[str, Any]) -> dict[str, float]:
-    """Each GPU's limit as the node's agent last reported it (its status, read as `node_gpus.reading` reads it),
-    by local index; an entry that cannot be read, or whose limit lies outside its GPU's range, is left out."""
-    status = plan.get("status")
-    gpus = status.get("gpus") if isinstance(status, Mapping) else None
-    out: dict[str, float] = {}
-    for g in gpus if isinstance(gpus, list) else []:
-        try:
-            index, _, _, _, _, limit_w, min_w, max_w, _ = reading(g)
-        except (KeyError, TypeError, ValueError):
-            continue
-        if min_w <= limit_w <= max_w:
-            out[str(index)] = limit_w
-    return out
