@@ -33,6 +33,11 @@ class Handoff:
         slow loop takes a reload or the budget changes."""
         self._to_governor()
 
+    @property
+    def latest(self) -> Settings:
+        """The newest settings: a reload's, before the slow loop adopts them."""
+        return self._latest
+
     def reconfigure(self, settings: Settings) -> None:
         """New settings (a reload checked by controller/reload.py): the governor's budget at once, the rest for the
         slow loop's next tick."""

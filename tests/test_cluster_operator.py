@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from actuators.kubernetes import api_client
 from actuators.kubernetes_batch import read_flag
-from controller.cluster import snapshot
+from controller.cluster import operator, snapshot
 from controller.cluster.acting import SlowWorker
 from controller.cluster.lease import RENEW_SHARE, Lease
 from controller.cluster.nodes import NodePlans
@@ -926,7 +926,8 @@ def test_a_policy_with_no_valid_service_is_governed_all_the_same(cluster: tuple[
 
 
 def test_a_release_whose_plans_cannot_be_listed_is_tried_again_and_never_raises(
-        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The policy deleted while the API failed the plans' LIST once: the release raised out of the stand-down (a
     traceback in kopf's daemon, the loop half torn down) and, the policy gone, nothing tried it again."""
     emu, _ = cluster
@@ -934,14 +935,17 @@ def test_a_release_whose_plans_cannot_be_listed_is_tried_again_and_never_raises(
     emu.fail("GET", r"/nodepowerplans$", 500, times=1)
     loop.stand_down(release=True, now=1.0)
     assert plan(emu)["spec"]["release"] is True and loop.controller is None and loop.plans is None
-    assert sum("release (try 1 of 3)" in r.getMessage() for r in caplog.records) == 1
+    assert sum("no plan could be told to release" in r.getMessage() for r in caplog.records) == 1
     loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
                        str(tmp_path / "state"))
     loop.step(0.0)
     assert loop.controller is not None
     emu.fail("GET", r"/nodepowerplans$", 500)
+    monkeypatch.setattr(operator, "RELEASE_WITHIN_S", 2.5)
+    started = time.monotonic()
     loop.stand_down(release=True, now=1.0)
-    assert loop.controller is None
+    assert loop.controller is None and time.monotonic() - started < 2.5 + 1.0  # within kopf's window to stop it
+    assert sum("no plan could be told to release" in r.getMessage() for r in caplog.records) == 1 + 2
     assert "not every agent was told to restore its default limits" in caplog.records[-1].getMessage()
 
 
@@ -949,7 +953,8 @@ def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_even
         cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
     """The slow tick read the policy only at its period (60 s here), and later still behind a tick waiting on
     Prometheus: a budget cut reached the governor that late, where a host's reload gives it at once. The watch's
-    event hands it over; a slow tick's read from before the edit is not applied over it."""
+    event hands a cut over; a slow tick's read from before the edit is not applied over it; a rise, and a policy
+    the slow tick refuses, wait for the slow tick."""
     emu, _ = cluster
     loop, t0 = leading(emu, tmp_path, 15.0)
     c = loop.controller
@@ -958,6 +963,7 @@ def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_even
     emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 1500.0, "headroom": 0.03}}})
     loop.policy_seen(emu.get(GROUP, POLICIES, "default"))
     assert c.governor.settings.budget_w == 1500.0
+    real_read = loop.read
     loop.read = lambda: stale  # type: ignore[method-assign]  # a slow tick that read before the edit
     loop._slow(c, loop.plans, lambda: True, time.monotonic() - t0)
     assert c.governor.settings.budget_w == 1500.0 and c.settings.power.budget_w == 1500.0
@@ -965,7 +971,16 @@ def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_even
     assert bad is not None
     bad["spec"]["power"]["budget_w"], bad["metadata"]["generation"] = -5.0, 3  # stored past the schema
     loop.policy_seen(bad)  # refused by the checks: the slow tick reports it, by field
-    assert c.governor.settings.budget_w == 1500.0 and loop.generation == 2
+    assert c.governor.settings.budget_w == 1500.0
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 4000.0, "headroom": 0.03},
+                                                    "optimizer": {"time_limit_s": 0.5, "queue_model": "mm1k-batch"}}})
+    loop.policy_seen(emu.get(GROUP, POLICIES, "default"))  # a rise waits for the slow tick, which refuses this one
+    assert c.governor.settings.budget_w == 1500.0
+    loop.read = lambda: real_read()  # type: ignore[method-assign]
+    loop._slow(c, loop.plans, lambda: True, time.monotonic() - t0)
+    assert c.governor.settings.budget_w == 1500.0
+    assert "spec.optimizer.queue_model" in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0][
+        "message"]
     loop.stand_down(release=False, now=time.monotonic() - t0)
 
 

@@ -259,20 +259,25 @@ class NodePlans(NodeReadings):
         """The plan's spec a node's agent is served (controller/cluster/plan_server.py)."""
         return self.specs.get(node)
 
-    def release(self, now: float) -> list[str]:
-        """Every plan asks its agent to restore the GPUs' default limits (the policy is gone); what failed (never
-        raised: the operator stands down all the same)."""
-        try:
-            plans = self._plans(self.timeout_s)
-        except Exception as exc:
-            return [f"{translate(exc, 'node plans')}: no plan could be told to release"]
-        failed = []
-        for plan in plans:
-            node = plan["metadata"]["name"]
-            self.sequence[node] = max(self.sequence.get(node, 0), self._read(node, plan).sequence)
-            why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now, self.timeout_s)
-            if why is not None:
-                failed.append(str(why))
+    def release(self, now: float, within_s: float) -> list[str]:
+        """Every plan asks its agent to restore the GPUs' default limits (the policy is gone), tried again a second
+        apart within `within_s` (nothing tries it after), each call's timeout the time left; what failed at the last
+        try, each logged (never raised: the operator stands down all the same)."""
+        deadline, failed = time.monotonic() + within_s, ["not tried"]
+        while failed and (left_s := deadline - time.monotonic()) > 0.5:
+            try:
+                failed = []
+                for plan in self._plans(min(self.timeout_s, left_s)):
+                    node, left_s = plan["metadata"]["name"], deadline - time.monotonic()
+                    self.sequence[node] = max(self.sequence.get(node, 0), self._read(node, plan).sequence)
+                    why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now,
+                                      max(0.1, min(self.timeout_s, left_s)))
+                    failed += [] if why is None else [str(why)]
+            except Exception as exc:
+                failed = [f"{translate(exc, 'node plans')}: no plan could be told to release"]
+            for said in failed:
+                log.warning("release: %s", said)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic() - 0.5)) if failed else 0.0)
         return failed
 
     def adopt(self) -> dict[str, dict[str, float]]:

@@ -11,6 +11,7 @@ slow loop's worker thread each slow period (controller/cluster/acting.py) and ne
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,7 +31,7 @@ from controller.cluster.node_gpus import owner_caps
 from controller.cluster.node_readings import stale_after_s
 from controller.cluster.nodes import NodePlans
 from controller.cluster.plan_server import PlanServer
-from controller.cluster.policy_watch import generation_of, watched_power
+from controller.cluster.policy_watch import generation_of, watched_budget
 from controller.cluster.snapshot import Resources, read_resources
 from controller.cluster.status import KeptDecisions, Reporter
 from controller.config_loader import ConfigError
@@ -44,9 +45,9 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
-RELEASE_TRIES = 3
-"""Tries, a second apart, at telling the agents to restore their defaults as the policy is deleted (within kopf's
-10-s cancellation timeout)."""
+RELEASE_WITHIN_S = 8.0
+"""How long telling the agents to restore their defaults is tried as the policy is deleted: within the 15 s kopf
+gives a daemon to stop (its cancellation backoff and timeout) before it leaves the thread running, finalizer off."""
 
 
 class ClusterLoop:
@@ -81,9 +82,10 @@ class ClusterLoop:
         """Controller time less the monotonic clock (the budget thread's `now`)."""
         self.server = server
         """Serves each node agent its plan while this operator holds the Lease (None: not served here)."""
+        self.watched = threading.Lock()
+        """Held while a watch event or a slow tick hands settings over (kopf's thread and the slow worker's)."""
         self.generation = 0
-        """The policy's generation whose power settings the governor holds (`policy_seen`): a slow tick's read of an
-        older one is not applied."""
+        """The newest generation of the policy the watch has seen: a slow tick's read of an older one is not applied."""
 
     # -- the resources -------------------------------------------------------------------------
     def read(self) -> Resources:
@@ -91,17 +93,36 @@ class ClusterLoop:
                               self.timeout_s)
 
     def policy_seen(self, obj: dict[str, Any]) -> None:
-        """A watch event of the policy (kopf's thread; no API call): a new generation's power settings to the
-        governor at once (controller/cluster/policy_watch.py)."""
-        c = self.controller
-        seen = None if c is None else watched_power(c.settings, obj, self.generation)
-        if c is None or seen is None:
+        """A watch event of the policy (kopf's thread; no API call): a new generation's lower budget to the governor
+        at once (controller/cluster/policy_watch.py)."""
+        with self.watched:
+            c = self.controller
+            if c is None or generation_of(obj) <= self.generation:
+                return
+            self.generation = generation_of(obj)
+            settings = watched_budget(c.handoff.latest, obj)
+            if settings is not None:
+                log.info("PowerPolicy %s: budget %.0f W to the governor", self.policy_name, settings.power.budget_w)
+                c.reconfigure(settings)
+
+    def _adopt(self, c: Controller, res: Resources | None, may_act: Callable[[], bool]) -> None:
+        """The slow tick's read handed over, but not one older than the watch's last event (the next tick reads it), nor
+        a change of queue model (refused as a host's reload refuses it: the tuner's state is the running model's)."""
+        if res is None or res.settings is None or generation_of(res.policy_obj) < self.generation:
             return
-        self.generation, settings = seen
-        if settings.power != c.settings.power:
-            log.info("PowerPolicy %s: power settings of generation %d to the governor (budget %.0f W)",
-                     self.policy_name, self.generation, settings.power.budget_w)
-            c.reconfigure(settings)
+        running = c.settings.optimizer.queue_model
+        if res.settings.optimizer.queue_model != running:
+            res.errors["policy"] = ConfigError("spec.optimizer.queue_model", f"changes with an operator restart (the "
+                                               f"tuner's state is {running!r}'s); the policy as it was runs on")
+            res.settings = None
+            return
+        if res.settings != c.settings and may_act():
+            if res.settings.budget != c.settings.budget:
+                self.budget.restart(res.settings, c, self._now)
+            self.deployments.target(res.settings)
+            if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
+                c.vllm = self._vllm(res.settings, c.error)
+            c.reconfigure(res.settings)
 
     # -- leadership ------------------------------------------------------------------------------
     def _lead(self, res: Resources, now: float) -> Controller:
@@ -148,17 +169,18 @@ class ClusterLoop:
         self.budget.restart(s, c, self._now)
         self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
                                  self._slow_failed)
-        self.owners = SlowWorker(lambda: self._refresh_owners(c, plans),
+        self.owners = SlowWorker(lambda: self._refresh_owners(c, plans, may_act),
                                  lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
         self.renewer = SlowWorker(self.lease.hold, lambda: None, self._slow_failed)
         self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
 
-    def _refresh_owners(self, c: Controller, plans: NodePlans) -> None:
-        """A plan for each node the selector picks (one that joined gets it within `OWNER_TICKS`, not a slow period:
-        until then its agent holds its safe caps, which no reading counts), and which pods hold which GPUs."""
+    def _refresh_owners(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool]) -> None:
+        """A plan for each node the selector picks, while this leadership may act (one that joined gets it within
+        `OWNER_TICKS`, not a slow period: its agent holds its safe caps, which no reading counts), and the owners."""
         try:
-            plans.ensure(self.node_selector)
+            if may_act():
+                plans.ensure(self.node_selector)
         except Exception as exc:
             c.error("node_plans", str(exc))
         pods = self.deployments.pods()
@@ -189,7 +211,6 @@ class ClusterLoop:
     def _now(self) -> float:
         return time.monotonic() + self.offset
 
-
     def _vllm(self, s: Settings, on_error: Callable[[str, str], None] | None = None) -> PrometheusVllmSource:
         t = s.telemetry
         return PrometheusVllmSource(t.prometheus_url, {x.name: x.model for x in s.services}, t.window_s, t.timeout_s,
@@ -205,15 +226,7 @@ class ClusterLoop:
         released = release and self.plans is not None
         if released:
             assert self.plans is not None
-            for attempt in range(RELEASE_TRIES):  # nothing retries it after: the policy is gone
-                failures = self.plans.release(now)
-                if not failures:
-                    break
-                for failure in failures:
-                    log.warning("release (try %d of %d): %s", attempt + 1, RELEASE_TRIES, failure)
-                if attempt + 1 < RELEASE_TRIES:
-                    time.sleep(1.0)
-            else:
+            if self.plans.release(now, RELEASE_WITHIN_S):
                 log.warning("release: not every agent was told to restore its default limits; those fall to their "
                             "safe caps at their plan's TTL")
         self.controller = None
@@ -275,21 +288,8 @@ class ClusterLoop:
         except Exception as exc:
             c.error("custom_resources", str(exc))
             res = None
-        if res is not None and generation_of(res.policy_obj) < self.generation:
-            res = None  # read before an edit the watch has handed the governor: the next tick reads it whole
-        running = c.settings.optimizer.queue_model
-        if res is not None and res.settings is not None and res.settings.optimizer.queue_model != running:
-            # as a host's reload refuses it: the tuner's state is the running model's; the last good settings hold
-            res.errors["policy"] = ConfigError("spec.optimizer.queue_model", f"changes with an operator restart (the "
-                                               f"tuner's state is {running!r}'s); the policy as it was runs on")
-            res.settings = None
-        if res is not None and res.settings is not None and res.settings != c.settings and may_act():
-            if res.settings.budget != c.settings.budget:
-                self.budget.restart(res.settings, c, self._now)
-            self.deployments.target(res.settings)
-            if {x.name: x.model for x in res.settings.services} != {x.name: x.model for x in c.settings.services}:
-                c.vllm = self._vllm(res.settings, c.error)
-            c.reconfigure(res.settings)
+        with self.watched:  # a watch event may not land between this generation's check and its settings' handover
+            self._adopt(c, res, may_act)
         if res is not None and res.policy is not None and may_act():
             plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,
                             (res.settings or c.settings).daemon.fast_interval_s)

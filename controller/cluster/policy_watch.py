@@ -3,8 +3,7 @@
 The slow tick reads the custom resources at its period, after a tick that may wait on Prometheus: a budget cut
 written into the policy reached the governor a slow period late or more, where a host's reload gives it at once.
 kopf's watch hands each event of the policy to the acting loop (controller/cluster/handlers.py); a new generation's
-power settings, checked as the slow tick would check them, go to the governor then, and a slow tick's read of an
-older generation is not applied over them.
+lower budget goes to the governor then, and a slow tick's read of an older generation is not applied over it.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from controller.cluster.resources import policy_power, policy_spec
+from controller.cluster.resources import policy_spec
 from controller.cluster.snapshot import resource_spec
 from controller.settings import Settings
 
@@ -23,17 +22,17 @@ def generation_of(obj: dict[str, Any]) -> int:
     return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
 
 
-def watched_power(running: Settings, obj: dict[str, Any], seen: int) -> tuple[int, Settings] | None:
-    """The policy's generation and the running settings with its power settings (its domains on the GPUs they run on:
-    a new one waits for the slow tick, which knows its GPUs), where it is newer than `seen` and passes the checks;
-    None else (a policy the checks refuse waits for the slow tick, which reports it by field)."""
-    generation = generation_of(obj)
-    if generation <= seen:
-        return None
+def watched_budget(newest: Settings, obj: dict[str, Any]) -> Settings | None:
+    """`newest` (the settings the governor holds, a reload's still waiting for the slow tick among them) with the
+    policy's lower `power.budget_w`, where it is lower and they pass the checks; None else. A cut is the safe
+    direction, taken from a policy whatever the slow tick makes of the rest of it; a rise, and every other field,
+    waits for the slow tick, which reads the policy whole and refuses what it refuses."""
     try:
-        gpus = {d.name: d.gpus for d in running.power.domains}
-        settings = replace(running, power=policy_power(policy_spec(resource_spec(obj)), gpus))
+        budget_w = policy_spec(resource_spec(obj)).power.budget_w
+        if budget_w >= newest.power.budget_w:
+            return None
+        settings = replace(newest, power=replace(newest.power, budget_w=budget_w))
         settings.check("")
     except Exception:
         return None
-    return generation, settings
+    return settings
