@@ -268,13 +268,14 @@ def test_a_failed_token_review_answers_503_while_a_reviewed_token_is_still_serve
 def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu: KubeEmulator,
                                                                               tmp_path: Path) -> None:
     """The fast loop raises gpu-a (300 -> 600 W) only because it cut gpu-b (700 -> 200 W). gpu-b's plan write
-    fails: gpu-a's raise waits with it, queued, while gpu-b waits its backoff (a 500: 10 s, then 15, a quarter
-    of the 60 s TTL); once the API answers, gpu-b's cut lands, and gpu-a's raise at the tick after."""
+    fails: gpu-a's raise waits, queued, while gpu-b waits its backoff (a 500: 10 s, then 15, a quarter of the 60 s
+    TTL), and gpu-b counts at the 700 W it holds (`unapplied`), so the fast loop asks no raise on its room (one
+    node in backoff had held every raise in the cluster); once its cut is reported in force, gpu-a's raise lands."""
     from controller.cluster.nodes import NodePlans
 
-    def status(limit_w: float) -> dict[str, Any]:
-        return {"beat": 1, "gpus": [{"index": 0, "uuid": f"GPU-{limit_w:.0f}", "name": "H100", "power_w": 100.0,
-                                     "energy_j": 1.0, "limit_w": limit_w, "min_w": 100.0, "max_w": 700.0}]}
+    def status(limit_w: float, beat: int = 1) -> dict[str, Any]:
+        return {"beat": beat, "gpus": [{"index": 0, "uuid": f"GPU-{limit_w:.0f}", "name": "H100", "power_w": 100.0,
+                                        "energy_j": 1.0, "limit_w": limit_w, "min_w": 100.0, "max_w": 700.0}]}
 
     for node, limit_w in (("gpu-a", 300.0), ("gpu-b", 700.0)):
         emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
@@ -282,7 +283,6 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
     (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
     plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
     gpu = {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
-    plans.set_power_limit(gpu["gpu-a"], 600.0)
     plans.set_power_limit(gpu["gpu-b"], 200.0)
     emu.fail("PATCH", "nodepowerplans/gpu-b", code=500, times=2)
 
@@ -292,19 +292,27 @@ def test_no_raise_is_written_beside_a_failed_cut_and_nothing_queued_is_lost(emu:
     def patches() -> int:  # of gpu-b's plan (gpu-a's may be written meanwhile: its safe caps, not its raise)
         return sum(m == "PATCH" and "gpu-b" in path for _, m, path in emu.requests)
 
+    held = {"gpu-a": 300.0, "gpu-b": 700.0}  # what each agent reports holding
+
     def tick(now: float) -> list[str]:
-        plans.set_power_limit(gpu["gpu-a"], 600.0)  # the fast loop asks again each tick for what is not in force
+        """What the fast loop asks: gpu-a's raise while gpu-b's cut is counted done (it fits the raise on it)."""
+        for node, limit_w in held.items():
+            emu.patch(GROUP, PLANS, node, {"status": status(limit_w, int(now * 10))})
+        plans.sample(now)
+        if gpu["gpu-b"] not in plans.unapplied():
+            plans.set_power_limit(gpu["gpu-a"], 600.0)
         return plans.flush(now, 1000.0)
 
-    assert len(tick(1.0)) == 1 and not limits("gpu-a") and limits("gpu-b") is None
-    assert patches() == 1
+    plans.set_power_limit(gpu["gpu-a"], 600.0)  # the first tick fitted it on the cut
+    assert len(plans.flush(1.0, 1000.0)) == 1 and not limits("gpu-a") and limits("gpu-b") is None
+    assert patches() == 1 and plans.unapplied() == {gpu["gpu-b"]}  # queued, not written: at its 700 W
     assert tick(2.0) == [] and tick(10.9) == []  # in its backoff: not tried
-    assert patches() == 1 and not limits("gpu-a")
+    assert patches() == 1 and not limits("gpu-a") and plans.pending == {"gpu-b": {"0": 200.0}}  # the raise dropped
     assert len(tick(11.0)) == 1 and patches() == 2  # the second failure: 15 s more
     assert tick(25.9) == [] and patches() == 2
-    assert tick(26.0) == []
-    assert limits("gpu-b") == {"0": 200.0} and not limits("gpu-a")  # the raise waits for the next tick
-    assert tick(27.0) == []
+    assert tick(26.0) == [] and limits("gpu-b") == {"0": 200.0} and not limits("gpu-a")  # not applied yet
+    held["gpu-b"] = 200.0  # gpu-b's agent fetches its plan and applies it
+    assert tick(27.0) == [] and tick(28.0) == []
     assert limits("gpu-a") == {"0": 600.0} and limits("gpu-b") == {"0": 200.0}
 
 

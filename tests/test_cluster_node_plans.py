@@ -446,10 +446,10 @@ def test_a_raise_is_fitted_around_a_cut_its_agent_has_not_applied(emu: KubeEmula
 
     def tick(now: float) -> None:
         fast.tick(now)
-        plans.flush(now, fast.governor.threshold_w())
+        plans.flush(now, fast.governor.threshold_w(), caps=True)
 
     tick(1.0)
-    assert (written("gpu-b"), written("gpu-a")) == (300.0, None)  # the cut first; the raise waits a tick
+    assert (written("gpu-b"), written("gpu-a")) == (300.0, None)  # the cut; the raise waits for it to be in force
     for t, beat in ((2.0, 3), (3.0, 4)):  # gpu-b's agent reports, still at 700 W: it has not applied the cut
         report("gpu-a", written("gpu-a") or 300.0, beat)  # gpu-a's applies what it is given
         report("gpu-b", 700.0, beat)
@@ -462,15 +462,18 @@ def test_a_raise_is_fitted_around_a_cut_its_agent_has_not_applied(emu: KubeEmula
     assert plans.unapplied() == set() and (written("gpu-a") or 0.0) > 690.0  # the raise, within a watt a GPU
 
 
-def test_a_nodes_cut_goes_out_in_a_tick_its_raise_waits_for(emu: KubeEmulator, tmp_path: Path) -> None:
-    """gpu-b cut and, on gpu-a, GPU 0 cut and GPU 1 raised in one tick: gpu-a's whole plan waited with its raise,
-    its cut too, for as long as the raises were held."""
+def test_under_caps_a_raise_waits_until_it_fits_whichever_agent_applies_first(emu: KubeEmulator,
+                                                                            tmp_path: Path) -> None:
+    """gpu-b cut and, on gpu-a, GPU 0 cut and GPU 1 raised in one tick, on a 1,600-W site: gpu-a's own cut goes at
+    once; its raise waits while the limits held, the cuts not yet reported, leave no room for it (a ramp or a
+    failing node elsewhere held every raise in the cluster while any cut was being written); a raise that fits
+    goes at once, beside the cuts."""
     def gpu(index: int, limit_w: float) -> dict[str, Any]:
-        return {"index": index, "uuid": f"GPU-{index}-{limit_w:.0f}", "name": "H100", "power_w": 100.0,
+        return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "power_w": 100.0,
                 "energy_j": 1.0, "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}
 
     emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100"}}})
-    for node, gpus_ in (("gpu-a", [gpu(0, 700.0), gpu(1, 300.0)]), ("gpu-b", [gpu(0, 701.0)])):
+    for node, gpus_ in (("gpu-a", [gpu(0, 700.0), gpu(1, 300.0), gpu(2, 200.0)]), ("gpu-b", [gpu(3, 300.0)])):
         emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
                                   "metadata": {"name": node}, "spec": {"sequence": 1},
                                   "status": {"beat": 1, "gpus": gpus_}})
@@ -481,10 +484,17 @@ def test_a_nodes_cut_goes_out_in_a_tick_its_raise_waits_for(emu: KubeEmulator, t
     def limits(node: str) -> Any:
         return (emu.get(GROUP, PLANS, node) or {}).get("spec", {}).get("limits_w")
 
-    plans.set_power_limit(at["gpu-b", 0], 200.0)
+    plans.set_power_limit(at["gpu-b", 3], 200.0)
     plans.set_power_limit(at["gpu-a", 0], 250.0)
-    plans.set_power_limit(at["gpu-a", 1], 450.0)
-    assert plans.flush(1.0, 2000.0) == []
-    assert limits("gpu-b") == {"0": 200.0} and limits("gpu-a") == {"0": 250.0}
-    plans.set_power_limit(at["gpu-a", 1], 450.0)  # asked again at the next tick
-    assert plans.flush(2.0, 2000.0) == [] and limits("gpu-a") == {"0": 250.0, "1": 450.0}
+    plans.set_power_limit(at["gpu-a", 1], 450.0)  # 700 + 450 + 200 + 300 held: 1,650 W, past 1,600
+    plans.set_power_limit(at["gpu-a", 2], 300.0)  # 700 + 300 + 300 + 300: fits
+    assert plans.flush(1.0, 1600.0, caps=True) == []
+    assert limits("gpu-b") == {"3": 200.0} and limits("gpu-a") == {"0": 250.0, "2": 300.0}
+    plans.sample(1.5)  # no agent has fetched: GPU 2's raise counts as held (the governor had counted it at 200 W
+    assert plans.samples[at["gpu-a", 2]].power_limit_w == 300.0  # and given its room out again), GPU 0's cut not yet
+    assert plans.samples[at["gpu-a", 0]].power_limit_w == 700.0 and plans.unapplied() == {at["gpu-a", 0],
+                                                                                          at["gpu-b", 3]}
+    emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(0, 250.0), gpu(1, 300.0), gpu(2, 300.0)]}})
+    plans.sample(2.0)
+    plans.set_power_limit(at["gpu-a", 1], 450.0)  # asked again: 250 + 450 + 300 + 300 now fits
+    assert plans.flush(2.0, 1600.0, caps=True) == [] and limits("gpu-a") == {"0": 250.0, "1": 450.0, "2": 300.0}

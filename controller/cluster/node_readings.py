@@ -54,6 +54,8 @@ class NodeReadings:
         """The GPUs the last read listed (their agents reporting): a silent one's sample is its last."""
         self.sequence: dict[str, int] = {}
         """Node -> its plan's renewal sequence, as read or last written."""
+        self.written: dict[str, dict[str, Any]] = {}
+        """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.on_bad = on_bad
         """Called with the node for every malformed GPU entry its agent reports (the operator counts them)."""
         self.bad: dict[tuple[str, int], str] = {}
@@ -118,6 +120,9 @@ class NodeReadings:
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts
                 assert limit_w is not None and min_w is not None and max_w is not None
+                # a raise written and not applied yet counts (and reads) at the raise: its agent may apply it any moment
+                raised = self.written.get(node, {}).get("limits_w", {}).get(str(local))
+                limit_w = max(limit_w, min(raised, max_w)) if raised is not None else limit_w
                 sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)

@@ -17,21 +17,16 @@ from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
 from actuators.kubernetes import translate
+from controller.cluster.limit_room import Room
 from controller.cluster.node_gpus import owners_of, reported_limits
 from controller.cluster.node_readings import NodeReadings, stale_after_s
-from controller.cluster.plan_spec import LIMIT_FIELDS
+from controller.cluster.plan_spec import LIMIT_FIELDS, renew_s
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.governor import safe_caps
 from controller.retry import RetryBook
 
 log = logging.getLogger("wattscale.operator")
 MERGE = "application/merge-patch+json"
-
-
-def renew_s(plan_ttl_s: float) -> float:
-    """How often a plan is rewritten however little changed, and the longest a failing node waits to be tried
-    again: a quarter of its TTL, so an agent sees a fresh plan well before its own runs out."""
-    return plan_ttl_s / 4
 
 
 class NodePlans(NodeReadings):
@@ -61,8 +56,6 @@ class NodePlans(NodeReadings):
         """Per node (`node_plan:<node>`): a failed write waits its delay, doubled on each failure in a row up to
         a renewal period (a quarter TTL); a permanent one (forbidden, no such plan) until the plan is created
         again or the policy's plan settings change. Each run of failures is logged once."""
-        self.written: dict[str, dict[str, Any]] = {}
-        """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.renewed: dict[str, float] = {}
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last read (which power domains it is in): the listed nodes', and those of each
@@ -150,45 +143,45 @@ class NodePlans(NodeReadings):
         return watts
 
     def unapplied(self) -> set[int]:
-        """GPUs whose agent, reporting, still holds a limit above the one its plan was written with (it applies a
-        plan as it fetches it; one cut off from the operator's endpoint holds min(old, safe cap)): the fast loop
-        counts them at that limit, as a host counts a GPU whose limit could not be set, and fits the others
-        around it. A silent agent's GPUs are missing, counted at their last limit all the same."""
+        """GPUs whose agent, reporting, holds a limit above the one queued or written for them (an agent applies a
+        plan as it fetches it, and one cut off from the operator's endpoint holds min(old, safe cap); a plan in its
+        write's backoff waits): the fast loop counts them at the limit they hold, as a host counts a GPU whose limit
+        could not be set, and fits the others around it. A silent agent's GPUs are missing, counted so all the same."""
         out = set()
-        for node, spec in list(self.written.items()):
-            for k, w in spec.get("limits_w", {}).items():
+        for node in set(self.written) | set(self.pending):
+            for k, w in {**self.written.get(node, {}).get("limits_w", {}), **self.pending.get(node, {})}.items():
                 i = self.index.get((node, int(k)))
                 g = self.samples.get(i) if i in self.reporting else None
                 if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
                     out.add(g.index)
         return out
 
-    def flush(self, now: float, budget_w: float,
-              domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
+    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = (),
+              caps: bool = False) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each quarter TTL;
         returns why each write tried failed (each node on its own, a failed one again after its backoff, its limits
-        queued meanwhile). In a tick with a cut to write, the raises wait for the next, queued, as the fast loop
-        lowers before it raises: an agent applies a cut as it fetches its plan, and the next tick counts a GPU at the
-        limit it still holds (`unapplied`), fitting the raises around it (a raise it no longer asks for is dropped).
+        queued meanwhile). Nodes whose limits fall are written first; where one fails, the raises wait for the next
+        tick (one the fast loop no longer asks for is dropped then), as the fast loop lowers before it raises, and a
+        GPU whose cut is not in force counts at the limit it holds at the next (`unapplied`). Under `caps`, a raise
+        is written only where the limits fit whichever agent applies its plan first (controller/cluster/limit_room.py).
         Once a write fails for a reason that may pass (a timeout, the API down), or the writes have left less than
         half a tick (`tick_timeout_s`, all together), the nodes after it wait for the next tick: an outage costs a
-        tick one timeout, not one per node. The safe caps fit the site's `budget_w` and each domain's (watts, GPUs)
-        together: a GPU's is the lowest its levels give."""
-        caps, _ = safe_caps(list(self.samples.values()), budget_w)
+        tick one timeout, not one per node. The safe caps fit `budget_w` and each domain's line: a GPU's the lowest."""
+        lowest, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
             for i, w in inside.items():
-                caps[i] = min(caps[i], w)
+                lowest[i] = min(lowest[i], w)
         where = self.where
         safe: dict[str, dict[str, float]] = {}
-        for index, cap in caps.items():
+        for index, cap in lowest.items():
             node, local = where[index]
             safe.setdefault(node, {})[str(local)] = round(cap, 1)
         pending, self.pending = self.pending, {}
         asked, self.asked = self.asked, set()
 
         def in_force(node: str, k: str) -> float | None:
-            """The GPU's limit as its agent last reported it, else as last written (None: not known)."""
+            """The GPU's limit as counted (reported, or a raise written), else as last written (None: not known)."""
             i = self.index.get((node, int(k)))
             if i is not None and i in self.samples:
                 return self.samples[i].power_limit_w
@@ -206,9 +199,8 @@ class NodePlans(NodeReadings):
         pending = {node: {k: w for k, w in q.items() if (node, k) in asked or not up(node, k, w)}
                    for node, q in pending.items()}
         failed: list[str] = []
-        # No raise is written in a tick that has a cut to write: the fast loop lowers limits before it raises any, and
-        # an agent applies its plan as it fetches it (a cut not yet in force at the next tick is `unapplied`).
-        hold_raises = any(map(lowers, pending))
+        hold_raises = False  # a cut failed: the fast loop fitted this tick's raises on it
+        room = Room(self.samples, budget_w, domains) if caps else None
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
@@ -217,8 +209,10 @@ class NodePlans(NodeReadings):
             if unreachable or left_s < 0.5 * self.tick_timeout_s:
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
-            if hold_raises and (later := {k: w for k, w in queued.items() if up(node, k, w)}):
-                self.pending[node] = {**later, **self.pending.get(node, {})}  # its cuts go now, its raises next tick
+            later = {k: w for k, w in queued.items() if up(node, k, w) and (
+                hold_raises or (room is not None and not room.take(self.index.get((node, int(k))), w)))}
+            if later:  # its cuts go now, its raises once they fit
+                self.pending[node] = {**later, **self.pending.get(node, {})}
                 queued = {k: w for k, w in queued.items() if k not in later}
             old = self.written.get(node, {})
             limits = {**old.get("limits_w", {}), **queued}
@@ -235,6 +229,7 @@ class NodePlans(NodeReadings):
                 self.retry.failed(target, now, error)
                 failed.append(str(error))
                 unreachable = not isinstance(error, PermanentActuatorError)
+                hold_raises = hold_raises or lowers(node)
             self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
         return failed
 
@@ -271,7 +266,7 @@ class NodePlans(NodeReadings):
                     node, left_s = plan["metadata"]["name"], deadline - time.monotonic()
                     self.sequence[node] = max(self.sequence.get(node, 0), self._read(node, plan).sequence)
                     why = self._write(node, {"limits_w": {}, "safe_caps_w": {}, "release": True}, now,
-                                      max(0.1, min(self.timeout_s, left_s)))
+                                      min(self.timeout_s, left_s)) if left_s > 0.1 else f"{node}: not tried in time"
                     failed += [] if why is None else [str(why)]
             except Exception as exc:
                 failed = [f"{translate(exc, 'node plans')}: no plan could be told to release"]

@@ -87,3 +87,9 @@ def stored_keys(spec: Any) -> dict[str, set[str]]:
     raw = spec if isinstance(spec, dict) else {}
     return {f: {k for k in raw[f] if isinstance(k, str)} if isinstance(raw.get(f), dict) else set()
             for f in LIMIT_FIELDS}
+
+
+def renew_s(plan_ttl_s: float) -> float:
+    """How often a plan is rewritten however little changed, and the longest a failing node waits to be tried
+    again: a quarter of its TTL, so an agent sees a fresh plan well before its own runs out."""
+    return plan_ttl_s / 4
