@@ -37,6 +37,8 @@ def test_the_curve_interpolates_and_holds_its_ends() -> None:
     ([(100.0, 2000.0), (400.0, 2500.0)], "c[1]", "not monotonic"),
     ([(100.0, 0.0)], "c[0]", "watts"),
     ([(100.0, 3000.0, 5.0)], "c[0]", "must be"),
+    ([(110.0, 1e308), (300.0, 2400.0)], "c[0]", r"watts must be in \(0, 1e\+08\], got 1e\+308"),  # -inf W, said ok
+    ([(0.0, 3000.0), (1e308, 2000.0)], "c[1]", r"intensity must be in \[0, 5000\] gCO2/kWh"),
 ])
 def test_a_bad_curve_is_refused_by_field(points: list[tuple[float, ...]], field: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason) as caught:

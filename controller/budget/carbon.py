@@ -19,20 +19,26 @@ from typing import Protocol
 from controller.budget.base import BudgetPoint, BudgetReading, PendingBudgetError, TransientBudgetError, utc_iso
 from controller.config_loader import ConfigError
 
+MAX_CURVE_W = 1e8
+"""Most watts a curve point may give, as any budget may state (settings_checks.MAX_POWER_W): 1e308 W overflowed
+the interpolation to a budget of -inf W, every GPU held at its floor, after check-config said ok."""
+MAX_INTENSITY = 5000.0
+"""Highest carbon intensity a feed's row or a curve's point may state (gCO2eq/kWh): coal plants emit about 1,000."""
+
 
 def check_curve(points: Sequence[Sequence[float]], where: str) -> None:
-    """Refuse a curve that is not a list of >= 1 finite (g/kWh >= 0, watts > 0) pairs, rising in intensity
-    strictly and falling (or flat) in watts."""
+    """Refuse a curve that is not a list of >= 1 (g/kWh in [0, MAX_INTENSITY], watts in (0, MAX_CURVE_W]) pairs,
+    rising in intensity strictly and falling (or flat) in watts."""
     if not points:
         raise ConfigError(where, "needs at least one [gCO2/kWh, watts] point")
     for i, p in enumerate(points):
         if len(p) != 2:
             raise ConfigError(f"{where}[{i}]", f"must be [gCO2/kWh, watts], got {list(p)}")
         g, w = p
-        if not (math.isfinite(g) and g >= 0):
-            raise ConfigError(f"{where}[{i}]", f"intensity must be finite and >= 0, got {g}")
-        if not (math.isfinite(w) and w > 0):
-            raise ConfigError(f"{where}[{i}]", f"watts must be finite and > 0, got {w}")
+        if not (math.isfinite(g) and 0 <= g <= MAX_INTENSITY):
+            raise ConfigError(f"{where}[{i}]", f"intensity must be in [0, {MAX_INTENSITY:g}] gCO2/kWh, got {g}")
+        if not (math.isfinite(w) and 0 < w <= MAX_CURVE_W):
+            raise ConfigError(f"{where}[{i}]", f"watts must be in (0, {MAX_CURVE_W:g}], got {w}")
         if i and g <= points[i - 1][0]:
             raise ConfigError(f"{where}[{i}]", "intensities must rise strictly from point to point")
         if i and w > points[i - 1][1]:
@@ -55,7 +61,7 @@ class PowerCurve:
         if i == len(xs):
             return ys[-1]
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return y0 + (y1 - y0) * (g_per_kwh - x0) / (x1 - x0)
+        return y0 + (y1 - y0) * ((g_per_kwh - x0) / (x1 - x0))  # the share first: in [0, 1], no overflow
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,10 @@ from controller.budget.api_http import (
     within_years,
 )
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
-from controller.budget.carbon import IntensityPoint
+from controller.budget.carbon import MAX_INTENSITY, IntensityPoint
 from controller.http_fetch import HttpAnswer
 from tuner.store import open_plain
 
-MAX_INTENSITY = 5000.0
-"""Highest carbon intensity a row may state (gCO2eq/kWh): coal plants emit about 1,000."""
 G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""
 
