@@ -31,13 +31,21 @@ class PowerDomainSettings:
             raise ConfigError(f"{where}.gpus", f"GPU {twice[0]} is listed more than once, got {list(self.gpus)[:16]}")
 
 
+MAX_DOMAINS = 512
+"""Most power domains a config or policy holds (a site's racks, PDUs and breakers): their nesting is checked pair
+by pair, and 30,000 took check-config, `run` and each reload past two minutes."""
+
+
 def check_domain_lines(lines: Sequence[tuple[str, float]], budget_w: float, where: str) -> None:
-    """Each domain (name, limit) named once, with a limit no higher than the site's budget."""
+    """At most MAX_DOMAINS domains, each (name, limit) named once, with a limit no higher than the site's budget."""
     at = f"{where}.domains" if where else "domains"
-    names = [name for name, _ in lines]
+    if len(lines) > MAX_DOMAINS:
+        raise ConfigError(at, f"at most {MAX_DOMAINS} domains, got {len(lines)}")
+    seen: set[str] = set()
     for name, limit_w in lines:
-        if names.count(name) > 1:
+        if name in seen:
             raise ConfigError(f"{at}[{name}].name", f"duplicate domain {quoted(name)}")
+        seen.add(name)
         if limit_w > budget_w:
             raise ConfigError(f"{at}[{name}].limit_w", f"{limit_w:g} W is above the site's budget_w ({budget_w:g} W)")
 
@@ -47,10 +55,10 @@ def check_domains_nest(domains: Sequence[PowerDomainSettings], where: str) -> No
     its rack; a GPU in two racks is refused), and an inner domain's limit no higher than the one that holds it
     (two over the same GPUs hold each other: the lower line binds)."""
     at = f"{where}.domains" if where else "domains"
+    sets = [set(d.gpus) for d in domains]
     for i, d in enumerate(domains):
-        inner = set(d.gpus)
-        for other in domains[:i]:
-            outer = set(other.gpus)
+        inner = sets[i]
+        for other, outer in zip(domains[:i], sets[:i], strict=True):
             shared = sorted(inner & outer)
             if not shared or inner == outer:
                 continue

@@ -778,3 +778,12 @@ def test_a_config_with_no_service_is_refused(tmp_path: Path, capsys: pytest.Capt
     text = "".join(part for part in re.split(r"(?m)^(?=\[)", GOOD) if not part.startswith(("[[services", "[services")))
     assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
     assert capsys.readouterr().err.strip() == "wattscale: services: at least one service is required"
+
+
+def test_more_power_domains_than_a_site_has_are_refused_in_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Their nesting is checked pair by pair: 30,000 domains took check-config, `run` and each reload past minutes."""
+    domains = "".join(f'\n[[power.domains]]\nname = "d{k}"\nlimit_w = 3000.0\ngpus = [0]\n' for k in range(513))
+    text = GOOD.replace("\n[[accelerators]]", domains + "\n[[accelerators]]", 1)
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip() == "wattscale: power.domains: at most 512 domains, got 513"
