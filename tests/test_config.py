@@ -787,3 +787,13 @@ def test_more_power_domains_than_a_site_has_are_refused_in_one_line(tmp_path: Pa
     text = GOOD.replace("\n[[accelerators]]", domains + "\n[[accelerators]]", 1)
     assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
     assert capsys.readouterr().err.strip() == "wattscale: power.domains: at most 512 domains, got 513"
+
+
+def test_a_budget_source_name_is_held_to_the_rule_other_names_keep(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A source's name goes into log lines: one with a newline and an escape wrote a forged CRITICAL record."""
+    source = ('\n[power.budget]\nsafe_budget_w = 3000\n'
+              'sources = [{kind = "fixed", budget_w = 3500, name = "x\\nCRITICAL forged"}]\n')
+    text = GOOD.replace("\n[optimizer]", source + "\n[optimizer]", 1)
+    assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
+    assert capsys.readouterr().err.strip().startswith("wattscale: power.budget.sources[0].name: must be 1-253 letters")

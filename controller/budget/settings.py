@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
-from controller.config_loader import ConfigError, build, check_positive, check_range, quoted
+from controller.config_loader import ConfigError, build, check_name, check_positive, check_range, quoted
 
 MAX_TIMEOUT_S = 60.0
 """The longest an API source's request may take."""
@@ -243,6 +243,8 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
         if not isinstance(kind, str) or kind not in KINDS:
             raise ConfigError(f"{at}.kind", f"unknown source {quoted(kind)} (expected one of {sorted(KINDS)})")
         settings = build(KINDS[kind], fields, at)
+        if settings.name:  # it names log lines and budget changes, as a service's or a domain's name does
+            check_name(settings.name, at)
         name = settings.name or str(kind)
         if name in sources:
             raise ConfigError(f"{at}.name", f"{quoted(name)} names another source too")
