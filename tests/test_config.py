@@ -106,7 +106,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"simulator.speed: must be in \[0.01, 100\], got 1e-308"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 1024").replace("count = 8", "count = 1024")
          .replace("speed = 1.0", "speed = 50.0").replace("budget_w = 4000", "budget_w = 200000"),
-         "simulator.speed: 50 x 1024 GPUs is more than 8192"),
+         "simulator.speed: 50 x 1024 GPUs is more than 1024"),
+        (lambda t: t.replace("num_gpus = 8", "num_gpus = 256").replace("count = 8", "count = 256")
+         .replace("speed = 1.0", "speed = 8.0").replace("budget_w = 4000", "budget_w = 200000"),
+         "simulator.speed: 8 x 256 GPUs is more than 1024"),  # check-config said ok; run skipped 23 of 30 ticks
         (lambda t: t.replace("seed = 7", "seed = -7"), r"simulator.seed: must be in 0..2\^63-1, got -7"),
         (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = 1e300"),
          r"daemon.slow_interval_s: must be in \[0.1, 86400\], got 1e\+300"),

@@ -164,6 +164,30 @@ def test_scheduler_events_are_counted_by_kind(tmp_path: Path) -> None:
     assert errors("wattscale_errors_total", {"kind": "job_error"}) == 1.0
 
 
+def test_a_skipped_run_is_said_once_a_job_and_counted_each_time() -> None:
+    """A plant or an API holding the fast tick past its period: APScheduler warned of every skipped run, a line a
+    second (a simulated host past what it keeps up with logged 27 in 30 s)."""
+    import logging
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from controller.cli import _SkippedOnce
+
+    scheduler = BackgroundScheduler()  # not started: its jobs are what APScheduler logs (a Job is not hashable)
+
+    def skipped(job: str) -> logging.LogRecord:
+        run = scheduler.add_job(print, "interval", seconds=1, id=job, replace_existing=True)
+        return logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, 'Execution of job "%s" skipped: '
+                                 "maximum number of running instances reached (%d)", (run, 1), None)
+
+    once = _SkippedOnce()
+    first = skipped("Daemon.fast")
+    assert once.filter(first) and "counted in wattscale_errors_total" in first.getMessage()
+    assert not once.filter(skipped("Daemon.fast")) and once.filter(skipped("Daemon.wake_slow"))
+    other = logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, "Run time of job was missed", (), None)
+    assert once.filter(other) and once.filter(other)
+
+
 def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> None:
     """vLLM metrics from a Prometheus that accepts connections and never answers (20 s timeout): the slow
     tick hangs in its first query, the governor still ticks every second, a budget step-down by SIGHUP is
