@@ -142,6 +142,10 @@ def _unique(s: Settings) -> None:
                 if g in owner:
                     raise ConfigError(f"{where}.gpus", f"GPU {g} is already {svc_path(owner[g])}'s")
                 owner[g] = svc.name
+            per = next((a.gpus_per_replica for a in s.accelerators if a.name == v.accelerator), 1)
+            if v.gpus and len(v.gpus) < svc.min_replicas * per:  # its replicas take these in order: the others none
+                raise ConfigError(f"{where}.gpus", f"{len(v.gpus)} listed, fewer GPUs than its min_replicas need "
+                                  f"({svc.min_replicas} x {per} a replica)")
 
 
 def _one_prior_per_engine(s: Settings) -> None:

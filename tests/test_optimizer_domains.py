@@ -162,3 +162,22 @@ def test_a_rack_of_a_mixed_hosts_l40s_gpus_idles_at_their_draw(tmp_path: Path) -
     (room,) = domain_rooms(s)
     scale = s.power.planned_w() / s.power.budget_w
     assert room.room_w == pytest.approx(1500 * scale - 4 * CATALOG["L40S"].empty_draw_w)
+
+
+def test_a_service_with_its_gpus_listed_is_planned_no_more_replicas_than_they_hold() -> None:
+    """Its replicas take its listed GPUs in order: one past them had no GPU of the list, and its watts landed in no
+    domain (a rack planned short of what it drew)."""
+    p = problem()
+    cands, _ = valued(p, enumerate_all(p))
+    code = next(i for i, s in enumerate(p.services) if s.name == "code")
+    assert max(c.assignment.replicas for c in cands[code]) == 2  # gpus (4, 5); max_replicas is more
+    assert max(c.assignment.replicas for c in cands[code - 1 if code else 1]) <= 4
+
+
+def test_a_config_listing_fewer_gpus_than_min_replicas_need_is_refused(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "sim.toml").read_text()
+    assert 'name = "chat"' in text and "min_replicas = 1\n" in text
+    (tmp_path / "w.toml").write_text(text.replace("min_replicas = 1\n", "min_replicas = 2\ngpus = [0]\n", 1))
+    with pytest.raises(ConfigError, match=r"services\[chat\].gpus: 1 listed, fewer GPUs than its min_replicas need "
+                                          r"\(2 x 1 a replica\)"):
+        load_settings(tmp_path / "w.toml")

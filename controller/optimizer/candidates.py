@@ -213,9 +213,11 @@ def _enumerate(problem: Problem, only: set[int] | None = None) -> list[list[Cand
                 continue
             profile = svc.profile(acc)
             targets = svc.targets_on(acc.name, problem.untried_margin)
-            pairs.append(Pair(i, acc, Sizer(problem.queue_model, svc.params[acc.name], svc.load, targets, profile),
-                              min(svc.max_replicas, acc.count // acc.gpus_per_replica),
-                              *_kind_shapes(problem, acc, profile, svc.max_queue)))
+            most = min(svc.max_replicas, acc.count // acc.gpus_per_replica)
+            if placed := svc.gpus.get(acc.name):  # its replicas take its listed GPUs in order: no more than they hold
+                most = min(most, len(placed) // acc.gpus_per_replica)
+            sizer = Sizer(problem.queue_model, svc.params[acc.name], svc.load, targets, profile)
+            pairs.append(Pair(i, acc, sizer, most, *_kind_shapes(problem, acc, profile, svc.max_queue)))
     bases = Bases(p.sizer.base for p in pairs)  # what the queue model reads of them, worked out once
     sized = size_together(problem.queue_model, [(p.sizer, p.sized, p.most) for p in pairs], bases)
     needs: list[Needs] = [dict(zip(p.shapes, n, strict=True)) for p, n in zip(pairs, sized, strict=True)]
