@@ -1,6 +1,7 @@
 """A scenario's checks against the config it runs: its workload's services, events and personalities name what
-the config has, stacked slowdowns stay in bounds, no budget source asks a remote API, and no budget it sets is
-below the fleet's idle draw."""
+the config has, stacked slowdowns stay in bounds, no budget source asks a remote API, and no budget it sets as the
+config's (its start, a budget event) is below the fleet's idle draw. A demand-response signal may ask less, as a
+grid operator's may: the daemon takes it (and warns), so a scenario can run that case."""
 
 from __future__ import annotations
 
