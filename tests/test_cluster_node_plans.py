@@ -446,7 +446,7 @@ def test_a_raise_is_fitted_around_a_cut_its_agent_has_not_applied(emu: KubeEmula
 
     def tick(now: float) -> None:
         fast.tick(now)
-        plans.flush(now, fast.governor.threshold_w(), caps=True)
+        plans.flush(now, fast.governor.threshold_w())
 
     tick(1.0)
     assert (written("gpu-b"), written("gpu-a")) == (300.0, None)  # the cut; the raise waits for it to be in force
@@ -462,7 +462,7 @@ def test_a_raise_is_fitted_around_a_cut_its_agent_has_not_applied(emu: KubeEmula
     assert plans.unapplied() == set() and (written("gpu-a") or 0.0) > 690.0  # the raise, within a watt a GPU
 
 
-def test_under_caps_a_raise_waits_until_it_fits_whichever_agent_applies_first(emu: KubeEmulator,
+def test_a_raise_waits_until_it_fits_whichever_agent_applies_first(emu: KubeEmulator,
                                                                             tmp_path: Path) -> None:
     """gpu-b cut and, on gpu-a, GPU 0 cut and GPU 1 raised in one tick, on a 1,600-W site: gpu-a's own cut goes at
     once; its raise waits while the limits held, the cuts not yet reported, leave no room for it (a ramp or a
@@ -488,7 +488,7 @@ def test_under_caps_a_raise_waits_until_it_fits_whichever_agent_applies_first(em
     plans.set_power_limit(at["gpu-a", 0], 250.0)
     plans.set_power_limit(at["gpu-a", 1], 450.0)  # 700 + 450 + 200 + 300 held: 1,650 W, past 1,600
     plans.set_power_limit(at["gpu-a", 2], 300.0)  # 700 + 300 + 300 + 300: fits
-    assert plans.flush(1.0, 1600.0, caps=True) == []
+    assert plans.flush(1.0, 1600.0) == []
     assert limits("gpu-b") == {"3": 200.0} and limits("gpu-a") == {"0": 250.0, "2": 300.0}
     plans.sample(1.5)  # no agent has fetched: GPU 2's raise counts as held (the governor had counted it at 200 W
     assert plans.samples[at["gpu-a", 2]].power_limit_w == 300.0  # and given its room out again), GPU 0's cut not yet
@@ -497,4 +497,73 @@ def test_under_caps_a_raise_waits_until_it_fits_whichever_agent_applies_first(em
     emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(0, 250.0), gpu(1, 300.0), gpu(2, 300.0)]}})
     plans.sample(2.0)
     plans.set_power_limit(at["gpu-a", 1], 450.0)  # asked again: 250 + 450 + 300 + 300 now fits
-    assert plans.flush(2.0, 1600.0, caps=True) == [] and limits("gpu-a") == {"0": 250.0, "1": 450.0, "2": 300.0}
+    assert plans.flush(2.0, 1600.0) == [] and limits("gpu-a") == {"0": 250.0, "1": 450.0, "2": 300.0}
+
+
+def plans_reporting(emu: KubeEmulator, tmp_path: Path, held: dict[str, tuple[float, int]],
+                    stored: dict[str, tuple[int, float]] | None = None) -> tuple[NodePlans, dict[str, int]]:
+    """One GPU a node; each node's agent reporting (limit, plan_sequence) as `held` says, its plan stored at
+    (sequence, limit) as `stored` says (else sequence 1, no limits)."""
+    for node in held:
+        if node != "gpu-a":  # start()'s
+            emu.put("", "nodes", {"metadata": {"name": node, "labels": {"gpu": "h100"}}})
+        seq, limit = (stored or {}).get(node, (1, None))
+        emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan",
+                                  "metadata": {"name": node},
+                                  "spec": {"sequence": seq, **({"limits_w": {"0": limit}} if limit else {})}})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
+    report(emu, held, 1)
+    return plans, {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
+
+
+def report(emu: KubeEmulator, held: dict[str, tuple[float, int]], beat: int) -> None:
+    for node, (limit_w, seq) in held.items():
+        emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "plan_sequence": seq, "gpus": [
+            {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": 100.0, "energy_j": 1.0,
+             "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}]}})
+
+
+def test_a_raise_later_cut_counts_at_the_raise_until_its_agent_reports_the_cut(emu: KubeEmulator,
+                                                                              tmp_path: Path) -> None:
+    """gpu-a raised to 600 W, then cut to 400: its agent may hold the 600 (applied, not yet reported), where it was
+    counted at 400 and gpu-b raised into the difference, 1,200 W of limits on a 1,000-W site. Each GPU counts at the
+    most of the plans written since the one its agent reports following (`plan_sequence`)."""
+    plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)})
+    plans.set_power_limit(gpu["gpu-a"], 600.0)
+    assert plans.flush(1.0, 1000.0) == []  # plan 2
+    plans.set_power_limit(gpu["gpu-a"], 400.0)
+    assert plans.flush(2.0, 1000.0) == []  # plan 3
+    plans.sample(2.5)
+    assert plans.samples[gpu["gpu-a"]].power_limit_w == 600.0
+    plans.set_power_limit(gpu["gpu-b"], 500.0)
+    assert plans.flush(3.0, 1000.0) == [] and not limits(emu, "gpu-b")  # 600 + 500: no room
+    report(emu, {"gpu-a": (400.0, 3), "gpu-b": (300.0, 1)}, 2)  # gpu-a's agent follows plan 3
+    plans.sample(4.0)
+    plans.set_power_limit(gpu["gpu-b"], 500.0)
+    assert plans.flush(4.0, 1000.0) == [] and limits(emu, "gpu-b") == {"0": 500.0}
+
+
+def test_a_new_leader_counts_the_plan_it_serves_until_its_agent_reports_it(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The previous leader wrote gpu-a's plan 7 at 700 W; its agent still reports plan 6 at 300. The new leader starts
+    gpu-a from 300 (no cap raised by a take-over), but serves plan 7 until its own write lands: counted at 300, gpu-b
+    was raised into room gpu-a's agent was about to take (1,400 W on a 1,000-W site where that write failed)."""
+    plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 6), "gpu-b": (300.0, 1)}, {"gpu-a": (7, 700.0)})
+    assert plans.adopt()["gpu-a"] == {"0": 300.0}
+    plans.sample(0.5)
+    assert plans.samples[gpu["gpu-a"]].power_limit_w == 700.0
+    emu.fail("PATCH", "nodepowerplans/gpu-a", code=500, times=1)
+    plans.set_power_limit(gpu["gpu-b"], 700.0)
+    assert len(plans.flush(1.0, 1000.0)) == 1 and not limits(emu, "gpu-b")  # 700 + 700: no room
+
+
+def test_a_silent_agents_gpu_counts_at_a_raise_written_before_it_fell_silent(emu: KubeEmulator,
+                                                                             tmp_path: Path) -> None:
+    """A node missing (its agent's status not written) is counted at its GPUs' last readings: one taken before a
+    raise was written to it, though the agent may still fetch and apply its plans."""
+    plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)})
+    plans.set_power_limit(gpu["gpu-a"], 500.0)
+    assert plans.flush(9.5, 1000.0) == []
+    report(emu, {"gpu-b": (300.0, 1)}, 2)  # gpu-a's agent says nothing more
+    listed = {g.index for g in plans.sample(10.5)}
+    assert gpu["gpu-a"] not in listed and plans.samples[gpu["gpu-a"]].power_limit_w == 500.0

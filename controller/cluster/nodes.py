@@ -67,6 +67,7 @@ class NodePlans(NodeReadings):
         """What the writes kept of a node that left the site: no plan is written for it while it is gone."""
         for table in (self.pending, self.written, self.renewed, self.specs):
             table.pop(node, None)
+        self.unacked.drop(node)
         self.retry.forget(f"node_plan:{node}")
 
     def configure(self, plan_ttl_s: float, safe_cap_share: float, tick_s: float | None = None) -> None:
@@ -156,17 +157,15 @@ class NodePlans(NodeReadings):
                     out.add(g.index)
         return out
 
-    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = (),
-              caps: bool = False) -> list[str]:
+    def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each quarter TTL;
         returns why each write tried failed (each node on its own, a failed one again after its backoff, its limits
-        queued meanwhile). Nodes whose limits fall are written first; where one fails, the raises wait for the next
-        tick (one the fast loop no longer asks for is dropped then), as the fast loop lowers before it raises, and a
-        GPU whose cut is not in force counts at the limit it holds at the next (`unapplied`). Under `caps`, a raise
-        is written only where the limits fit whichever agent applies its plan first (controller/cluster/limit_room.py).
-        Once a write fails for a reason that may pass (a timeout, the API down), or the writes have left less than
-        half a tick (`tick_timeout_s`, all together), the nodes after it wait for the next tick: an outage costs a
-        tick one timeout, not one per node. The safe caps fit `budget_w` and each domain's line: a GPU's the lowest."""
+        queued meanwhile). Cuts are written at once; a raise only while the limits, each GPU at the most it may hold
+        (a cut not yet reported in force at the limit it still holds), fit `budget_w` and each domain's line with it
+        (controller/cluster/limit_room.py), else it waits, queued, and is dropped where the fast loop no longer asks
+        for it. Once a write fails for a reason that may pass (a timeout, the API down), or the writes have left less
+        than half a tick (`tick_timeout_s`, all together), the nodes after it wait for the next tick: an outage costs
+        a tick one timeout, not one per node. The safe caps fit `budget_w` and each domain's line (the lowest)."""
         lowest, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
@@ -199,8 +198,7 @@ class NodePlans(NodeReadings):
         pending = {node: {k: w for k, w in q.items() if (node, k) in asked or not up(node, k, w)}
                    for node, q in pending.items()}
         failed: list[str] = []
-        hold_raises = False  # a cut failed: the fast loop fitted this tick's raises on it
-        room = Room(self.samples, budget_w, domains) if caps else None
+        room = Room(self.samples, budget_w, domains)
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
@@ -209,8 +207,8 @@ class NodePlans(NodeReadings):
             if unreachable or left_s < 0.5 * self.tick_timeout_s:
                 self.pending[node] = {**queued, **self.pending.get(node, {})}
                 continue
-            later = {k: w for k, w in queued.items() if up(node, k, w) and (
-                hold_raises or (room is not None and not room.take(self.index.get((node, int(k))), w)))}
+            later = {k: w for k, w in queued.items()
+                     if up(node, k, w) and not room.take(self.index.get((node, int(k))), w)}
             if later:  # its cuts go now, its raises once they fit
                 self.pending[node] = {**later, **self.pending.get(node, {})}
                 queued = {k: w for k, w in queued.items() if k not in later}
@@ -229,7 +227,6 @@ class NodePlans(NodeReadings):
                 self.retry.failed(target, now, error)
                 failed.append(str(error))
                 unreachable = not isinstance(error, PermanentActuatorError)
-                hold_raises = hold_raises or lowers(node)
             self.pending[node] = {**queued, **self.pending.get(node, {})}  # tried again after its backoff, not lost
         return failed
 
@@ -246,6 +243,7 @@ class NodePlans(NodeReadings):
         except Exception as exc:
             return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec
+        self.unacked.written(node, seq, spec.get("limits_w", {}))
         self.stray.pop(node, None)
         self.specs[node] = body["spec"]
         return None
@@ -284,6 +282,7 @@ class NodePlans(NodeReadings):
             node = plan["metadata"]["name"]
             spec = self._read(node, plan)
             self.sequence[node] = spec.sequence
+            self.unacked.written(node, spec.sequence, {str(k): w for k, w in spec.limits_w.items()})  # as served
             if node not in self.stray:  # served as it stands; one that cannot be read waits for its rewrite
                 self.specs[node] = dict(plan.get("spec") or {})
             reported = reported_limits(plan)
