@@ -67,8 +67,7 @@ class Daemon:
         self.budget = (None if settings.budget is None
                        else combiner(settings.budget, os.environ, base_dir=settings.base_dir,
                                      failed=self.metrics.errors.labels("budget_source").inc))
-        """The budget sources (`[power.budget]`), stepped in a thread of their own: a carbon API that hangs
-        delays no loop."""
+        """The budget sources (`[power.budget]`), stepped in a thread of their own: a hanging API delays no loop."""
         self.notifier = Notifier()
         self.stop_event = threading.Event()
         self.budget_due = threading.Event()
@@ -201,6 +200,8 @@ class Daemon:
         else:
             self.controller.reconfigure(new)
             old, self.settings = self.settings, new
+            if new != old:  # planned for now, not at the period: `status` read the old budget for up to a cycle
+                self.slow_due.set()
             self.metrics.reloads.labels("ok").inc()
             log.info("config reloaded: changed %s; %s", changes(old, new), self._status())
         self.notifier.ready(self._status())
@@ -213,8 +214,7 @@ class Daemon:
         return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services"
 
     def _on_job_event(self, event: JobEvent) -> None:
-        """Errors, missed runs and overruns (a run still going when the next is due: a JobSubmissionEvent,
-        which has no exception) are counted by kind."""
+        """Errors, missed runs and overruns (a run still going when the next is due: no exception) counted by kind."""
         kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed"}.get(event.code, "job_overrun")
         self.metrics.errors.labels(kind).inc()
         if isinstance(event, JobExecutionEvent) and event.exception is not None:

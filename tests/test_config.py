@@ -438,8 +438,11 @@ def test_a_reload_says_what_it_changed_and_the_budget_in_force(tmp_path: Path,
                     .replace("cooldown_s = 60", "cooldown_s = 90"))
     with caplog.at_level(logging.INFO, logger="wattscale.daemon"):
         daemon.reload()
+        assert daemon.slow_due.is_set()  # the next plan now, not at the period
+        daemon.slow_due.clear()
         path.write_text(path.read_text() + "# a comment\n")
         daemon.reload()
+        assert not daemon.slow_due.is_set()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config reloaded")]
     assert lines == ["config reloaded: changed power.budget_w 4000.0 -> 3000.0, services[chat].ttft_ms 300.0 -> 250.0, "
                      "stability.cooldown_s 60.0 -> 90.0; budget 3000 W, 3 services",
