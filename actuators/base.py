@@ -42,7 +42,8 @@ class PowerLimiter(Protocol):
     limit it returns is then none in force yet, and the metrics wait for a reading to say it. Such a limiter also
     has `unapplied() -> set[int]`: the GPUs still holding a limit above the one written for them, which the
     governor counts at the limit they hold (as a GPU whose limit could not be set) until their readings say the
-    write is in force."""
+    write is in force; and `held_w() -> dict[int, float]`: the most each GPU may hold, a limit written and not yet
+    reported applied among it, which the governor counts it at."""
 
     name: str
 

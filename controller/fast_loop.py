@@ -37,6 +37,8 @@ class FastLoop:
         """Whether a limit the limiter returns is in force (actuators.base.PowerLimiter), so the metrics say it."""
         self.unapplied: Callable[[], set[int]] | None = None if self.read_back else power.unapplied  # type: ignore[attr-defined]
         """The GPUs whose written limit is not in force yet, where limits are applied later: counted at their own."""
+        self.held: Callable[[], dict[int, float]] | None = None if self.read_back else power.held_w  # type: ignore[attr-defined]
+        """Where limits are applied later, the most each GPU may hold (a limit written and not yet reported applied)."""
         self.governor = PowerGovernor(power_settings, interval_s)
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
@@ -188,7 +190,10 @@ class FastLoop:
         """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at
         their last limit, those of unknown limits at the most they may draw (controller.telemetry.plausible)."""
         m, total = self.metrics, 0.0
-        for g in samples:
+        held = self.held() if self.held is not None else {}  # node plans: each GPU at the most it may hold
+        counted = [replace(g, power_limit_w=most) if (most := held.get(g.index, 0.0)) > g.power_limit_w else g
+                   for g in samples]
+        for g, c in zip(samples, counted, strict=True):
             series = self.series.get(g.index)
             if series is None:
                 gpu = str(g.index)
@@ -201,10 +206,11 @@ class FastLoop:
                 series.energy.set(g.energy_j)
             if g.sm_clock_mhz is not None:
                 series.clock.set(g.sm_clock_mhz)
-            total += PowerGovernor.accounted_w(g)
+            total += PowerGovernor.accounted_w(c)
         m.draw.set(total)
         self.draw_w = total
         self._record_draws(samples, plan)
+        samples = counted
         late = self.unapplied() if self.unapplied is not None else set()
         pinned = untouched | {g.uuid for g in samples if g.index in late
                               or not self.retry.may_try(f"power_limit:{g.uuid}", now)}

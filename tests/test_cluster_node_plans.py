@@ -491,8 +491,8 @@ def test_a_raise_waits_until_it_fits_whichever_agent_applies_first(emu: KubeEmul
     assert plans.flush(1.0, 1600.0) == []
     assert limits("gpu-b") == {"3": 200.0} and limits("gpu-a") == {"0": 250.0, "2": 300.0}
     plans.sample(1.5)  # no agent has fetched: GPU 2's raise counts as held (the governor had counted it at 200 W
-    assert plans.samples[at["gpu-a", 2]].power_limit_w == 300.0  # and given its room out again), GPU 0's cut not yet
-    assert plans.samples[at["gpu-a", 0]].power_limit_w == 700.0 and plans.unapplied() == {at["gpu-a", 0],
+    assert plans.held_w()[at["gpu-a", 2]] == 300.0  # and given its room out again), GPU 0's cut not yet
+    assert plans.held_w()[at["gpu-a", 0]] == 700.0 and plans.unapplied() == {at["gpu-a", 0],
                                                                                           at["gpu-b", 3]}
     emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(0, 250.0), gpu(1, 300.0), gpu(2, 300.0)]}})
     plans.sample(2.0)
@@ -517,9 +517,9 @@ def plans_reporting(emu: KubeEmulator, tmp_path: Path, held: dict[str, tuple[flo
     return plans, {plans.where[g.index][0]: g.index for g in plans.sample(0.0)}
 
 
-def report(emu: KubeEmulator, held: dict[str, tuple[float, int]], beat: int) -> None:
+def report(emu: KubeEmulator, held: dict[str, tuple[float, int]], beat: int, mode: str = "following") -> None:
     for node, (limit_w, seq) in held.items():
-        emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "plan_sequence": seq, "gpus": [
+        emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "mode": mode, "plan_sequence": seq, "gpus": [
             {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": 100.0, "energy_j": 1.0,
              "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}]}})
 
@@ -535,7 +535,7 @@ def test_a_raise_later_cut_counts_at_the_raise_until_its_agent_reports_the_cut(e
     plans.set_power_limit(gpu["gpu-a"], 400.0)
     assert plans.flush(2.0, 1000.0) == []  # plan 3
     plans.sample(2.5)
-    assert plans.samples[gpu["gpu-a"]].power_limit_w == 600.0
+    assert plans.held_w()[gpu["gpu-a"]] == 600.0
     plans.set_power_limit(gpu["gpu-b"], 500.0)
     assert plans.flush(3.0, 1000.0) == [] and not limits(emu, "gpu-b")  # 600 + 500: no room
     report(emu, {"gpu-a": (400.0, 3), "gpu-b": (300.0, 1)}, 2)  # gpu-a's agent follows plan 3
@@ -551,7 +551,7 @@ def test_a_new_leader_counts_the_plan_it_serves_until_its_agent_reports_it(emu: 
     plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 6), "gpu-b": (300.0, 1)}, {"gpu-a": (7, 700.0)})
     assert plans.adopt()["gpu-a"] == {"0": 300.0}
     plans.sample(0.5)
-    assert plans.samples[gpu["gpu-a"]].power_limit_w == 700.0
+    assert plans.held_w()[gpu["gpu-a"]] == 700.0
     emu.fail("PATCH", "nodepowerplans/gpu-a", code=500, times=1)
     plans.set_power_limit(gpu["gpu-b"], 700.0)
     assert len(plans.flush(1.0, 1000.0)) == 1 and not limits(emu, "gpu-b")  # 700 + 700: no room
@@ -566,4 +566,49 @@ def test_a_silent_agents_gpu_counts_at_a_raise_written_before_it_fell_silent(emu
     assert plans.flush(9.5, 1000.0) == []
     report(emu, {"gpu-b": (300.0, 1)}, 2)  # gpu-a's agent says nothing more
     listed = {g.index for g in plans.sample(10.5)}
-    assert gpu["gpu-a"] not in listed and plans.samples[gpu["gpu-a"]].power_limit_w == 500.0
+    assert gpu["gpu-a"] not in listed and plans.held_w()[gpu["gpu-a"]] == 500.0
+
+
+
+def test_an_agent_in_failsafe_acknowledges_no_plan_it_reports(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Past its plan's TTL an agent holds min(limit, safe cap) and still names the plan it stopped applying: read as
+    following it, the plan's 600 W raise left the count, gpu-b was raised into it, and the agent took the 600 again
+    at its next fetch (1,100 W on a 1,000-W site)."""
+    plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)})
+    plans.set_power_limit(gpu["gpu-a"], 600.0)
+    assert plans.flush(1.0, 1000.0) == []  # plan 2
+    report(emu, {"gpu-a": (500.0, 2)}, 2, mode="failsafe")
+    plans.sample(2.0)
+    assert plans.held_w()[gpu["gpu-a"]] == 600.0
+    plans.set_power_limit(gpu["gpu-b"], 500.0)
+    assert plans.flush(2.0, 1000.0) == [] and not limits(emu, "gpu-b")  # 600 + 500: no room
+
+
+def test_a_plan_sequence_past_what_the_operator_wrote_acknowledges_nothing() -> None:
+    """A plan deleted and made again starts from 0; its agent, still on the old count, names a later plan."""
+    from controller.cluster.limit_room import Unacked
+
+    unacked = Unacked()
+    unacked.written("gpu-a", 1, {"0": 600.0})
+    unacked.acked("gpu-a", 57, latest=1)
+    assert unacked.most("gpu-a", 0, 300.0, 700.0) == 600.0
+    unacked.acked("gpu-a", 1, latest=1)
+    assert unacked.most("gpu-a", 0, 300.0, 700.0) == 300.0
+
+
+def test_the_governor_counts_a_silent_agents_gpu_at_a_raise_written_before_it_fell_silent(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """The fast loop counted a missing GPU at its own last reading (300 W), below the 500 W plan its agent may have
+    applied: the budget's drop was cut short by 200 W. The metric still says the limit last read."""
+    plans, gpu = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)})
+    plans.ensure({})
+    registry = CollectorRegistry()
+    fast = FastLoop(PowerSettings(budget_w=1000.0, headroom=0.0), 3, plans, plans, OwnMetrics(registry),
+                    lambda kind, message: None)
+    fast.tick(0.5)
+    plans.set_power_limit(gpu["gpu-a"], 500.0)
+    assert plans.flush(9.5, 1000.0) == []
+    report(emu, {"gpu-b": (300.0, 1)}, 2)  # gpu-a's agent says nothing more
+    fast.tick(10.5)
+    assert fast.draw_w == 500.0 + 100.0  # gpu-a missing, at the most it may hold; gpu-b at its draw
+    assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-a"])}) == 300.0

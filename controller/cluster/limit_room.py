@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from controller.telemetry.base import GpuSample
-
 MAX_UNACKED = 64
 """Plans kept per node past the one its agent reports: beyond, the oldest are merged (each GPU at their highest)."""
 
@@ -35,9 +33,11 @@ class Unacked:
                     merged[k] = max(w, merged.get(k, w))
             plans[:2] = [(plans[1][0], merged)]
 
-    def acked(self, node: str, sequence: object) -> None:
-        """The agent reports following plan `sequence`: that one and those before are in force or replaced."""
-        if isinstance(sequence, int) and not isinstance(sequence, bool) and node in self.plans:
+    def acked(self, node: str, sequence: object, latest: int | None) -> None:
+        """The agent reports following plan `sequence`: that one and those before are in force or replaced. One past
+        the `latest` written (a plan deleted and made again from 0, its agent still on the old count) says nothing."""
+        if isinstance(sequence, int) and not isinstance(sequence, bool) and node in self.plans and (
+                latest is None or sequence <= latest):
             self.plans[node] = [(q, limits) for q, limits in self.plans[node] if q > sequence]
 
     def most(self, node: str, local: int, limit_w: float, max_w: float) -> float:
@@ -50,9 +50,9 @@ class Unacked:
 
 
 class Room:
-    def __init__(self, samples: Mapping[int, GpuSample], budget_w: float,
+    def __init__(self, held_w: Mapping[int, float], budget_w: float,
                  domains: Sequence[tuple[float, Sequence[int]]]) -> None:
-        self.held = {i: g.power_limit_w for i, g in samples.items()}
+        self.held = dict(held_w)
         """Per GPU (cluster number), the most it may hold."""
         self.lines = [(budget_w, frozenset(self.held)), *((w, frozenset(gpus)) for w, gpus in domains)]
         self.sums = [sum(self.held.get(i, 0.0) for i in gpus) for _, gpus in self.lines]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from actuators.kubernetes import translate
@@ -59,7 +58,7 @@ class NodeReadings:
         self.written: dict[str, dict[str, Any]] = {}
         """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.unacked = Unacked()
-        """The limits of the plans written and not yet reported followed: each GPU reads at the most of them."""
+        """The limits of the plans written and not yet reported followed: any may be in force by the next tick."""
         self.on_bad = on_bad
         """Called with the node for every malformed GPU entry its agent reports (the operator counts them)."""
         self.bad: dict[tuple[str, int], str] = {}
@@ -92,7 +91,8 @@ class NodeReadings:
             names.add(node)
             status = status if isinstance(status, dict) else {}  # one written without the schema: no readings
             beat = status.get("beat")
-            self.unacked.acked(node, status.get("plan_sequence"))
+            if status.get("mode") == "following":  # in failsafe it names the plan it has stopped applying
+                self.unacked.acked(node, status.get("plan_sequence"), self.sequence.get(node))
             if node in self.gone:
                 if self.gone[node] == beat and (listed is None or node not in listed):
                     continue  # gone, and its plan (until deleted) says nothing new
@@ -106,10 +106,6 @@ class NodeReadings:
             elif now - last[1] > self.stale_after_s:
                 if self._off(node, listed, now):
                     self._leave(node, beat)
-                for (n, local), i in list(self.index.items()):  # missing, counted at the most they may hold
-                    if n == node and (g := self.samples.get(i)) is not None:
-                        self.samples[i] = replace(g, power_limit_w=self.unacked.most(node, local, g.power_limit_w,
-                                                                                     g.max_limit_w))
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
             bad_now: set[tuple[str, int]] = set()
@@ -129,7 +125,6 @@ class NodeReadings:
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts
                 assert limit_w is not None and min_w is not None and max_w is not None
-                limit_w = self.unacked.most(node, local, limit_w, max_w)  # a plan written may be in force any moment
                 sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
                 self.samples[index] = sample
                 out.append(sample)

@@ -144,10 +144,9 @@ class NodePlans(NodeReadings):
         return watts
 
     def unapplied(self) -> set[int]:
-        """GPUs whose agent, reporting, holds a limit above the one queued or written for them (an agent applies a
-        plan as it fetches it, and one cut off from the operator's endpoint holds min(old, safe cap); a plan in its
-        write's backoff waits): the fast loop counts them at the limit they hold, as a host counts a GPU whose limit
-        could not be set, and fits the others around it. A silent agent's GPUs are missing, counted so all the same."""
+        """GPUs whose agent, reporting, holds a limit above the one queued or written for them (a plan not yet fetched,
+        an agent in failsafe at min(old, safe cap), a write in its backoff): the fast loop holds them at the limit
+        they hold, as a host a GPU whose limit could not be set, and fits the others around them."""
         out = set()
         for node in set(self.written) | set(self.pending):
             for k, w in {**self.written.get(node, {}).get("limits_w", {}), **self.pending.get(node, {})}.items():
@@ -156,6 +155,12 @@ class NodePlans(NodeReadings):
                 if g is not None and g.power_limit_w > max(w, g.min_limit_w) + 1.0:
                     out.add(g.index)
         return out
+
+    def held_w(self) -> dict[int, float]:
+        """Per GPU, the most it may hold: its reading's limit, or one in a plan written since the plan its agent last
+        reported following: the fast loop counts each at this (a silent agent's too), and `flush` fits raises in it."""
+        return {i: self.unacked.most(*self.where[i], g.power_limit_w, g.max_limit_w)
+                for i, g in list(self.samples.items()) if i in self.where}
 
     def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each quarter TTL;
@@ -179,11 +184,13 @@ class NodePlans(NodeReadings):
         pending, self.pending = self.pending, {}
         asked, self.asked = self.asked, set()
 
+        held = self.held_w()
+
         def in_force(node: str, k: str) -> float | None:
-            """The GPU's limit as counted (reported, or a raise written), else as last written (None: not known)."""
+            """The most the GPU may hold (`held_w`), else its limit as last written (None: not known)."""
             i = self.index.get((node, int(k)))
-            if i is not None and i in self.samples:
-                return self.samples[i].power_limit_w
+            if i is not None and i in held:
+                return held[i]
             written: float | None = self.written.get(node, {}).get("limits_w", {}).get(k)
             return written
 
@@ -198,7 +205,7 @@ class NodePlans(NodeReadings):
         pending = {node: {k: w for k, w in q.items() if (node, k) in asked or not up(node, k, w)}
                    for node, q in pending.items()}
         failed: list[str] = []
-        room = Room(self.samples, budget_w, domains)
+        room = Room(held, budget_w, domains)
         unreachable = False  # the API failed us once this tick: the other nodes wait for the next, not N timeouts
         deadline = time.monotonic() + self.tick_timeout_s  # the writes of one tick, all together
         for node in sorted(set(self.sequence) | set(pending), key=lambda n: (not lowers(n), n)):
