@@ -56,14 +56,16 @@ class Blind:
         was: its step would grow the GPUs it read as pressed, out of the limits of lower priorities."""
         governor, threshold = loop.governor, loop.governor.threshold_w()
         pinned = loop.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
-        limit = {g.uuid: g.power_limit_w for g in loop.samples}
+        held = loop.held() if loop.held is not None else {}  # node plans: a limit written may be in force any moment
+        counted = {g.uuid: max(g.power_limit_w, held.get(g.index, 0.0)) for g in loop.samples}
+        limit = dict(counted)
         for line_w, inside in [*governor.domains(loop.samples), (threshold, loop.samples)]:  # the site last
             rooms = [{g.uuid: max(0.0, limit[g.uuid] - g.min_limit_w) for g in group if g.uuid not in pinned}
                      for group in governor.by_priority(inside, loop.plan.priorities)]
             for uuid, take in take_lowest_first(rooms, sum(limit[g.uuid] for g in inside) - line_w, 1.0).items():
                 limit[uuid] -= take
         set_w = {g.uuid: loop.set_limit(now, g, limit[g.uuid]) for g in loop.samples
-                 if limit[g.uuid] < g.power_limit_w - 1.0}
+                 if limit[g.uuid] < counted[g.uuid] - 1.0}
         if not set_w:
             return
         loop.samples = [replace(g, power_limit_w=w) if (w := set_w.get(g.uuid)) is not None else g

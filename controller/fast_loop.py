@@ -210,11 +210,12 @@ class FastLoop:
         m.draw.set(total)
         self.draw_w = total
         self._record_draws(samples, plan)
+        lagging = {c.uuid: g.power_limit_w for g, c in zip(samples, counted, strict=True) if c is not g}
         samples = counted
         late = self.unapplied() if self.unapplied is not None else set()
         pinned = untouched | {g.uuid for g in samples if g.index in late
                               or not self.retry.may_try(f"power_limit:{g.uuid}", now)}
-        limits = self.governor.step(samples, plan, pinned)
+        limits = self.governor.step(samples, plan, pinned, lagging)
         self._say_floors(samples)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]

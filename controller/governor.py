@@ -54,11 +54,15 @@ class PowerGovernor:
         samples: Sequence[GpuSample],
         plan: Plan,
         pinned: frozenset[str] = frozenset(),
+        lagging: Mapping[str, float] | None = None,
     ) -> dict[int, float]:
         """Limits to set now (GPU index -> watts), only where they differ from what is in force. A GPU no
         service runs on, or whose variant the plan has no cap for, is held at its minimum. A `pinned` GPU
         (UUID) cannot be set now (its actuator failed, it is missing from the listing, or its limits are unknown):
-        it is counted at the limit in force, and the others are fitted around it."""
+        it is counted at the limit in force, and the others are fitted around it. A `lagging` GPU (UUID -> the limit
+        its reading says) is counted at a higher limit that may be in force any moment (a node plan not yet reported
+        applied): judged pressed against the limit it reads, it lends no room and grows the ramp's base by all of it."""
+        lagging = lagging or {}
         s = self.settings
         priorities = plan.priorities
         target = {}
@@ -87,8 +91,8 @@ class PowerGovernor:
             self._hold_fall(samples, want, s.ramp_down_w_per_s * self.interval_s)
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
-            ceiling = min(ceiling, self._ramp_base_w(samples) + s.ramp_up_w_per_s * self.interval_s)
-        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling)
+            ceiling = min(ceiling, self._ramp_base_w(samples, lagging) + s.ramp_up_w_per_s * self.interval_s)
+        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling, lagging=lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
         out = {}
@@ -97,13 +101,13 @@ class PowerGovernor:
                 out[g.index] = limits[g.uuid]
         return out
 
-    def _ramp_base_w(self, samples: Sequence[GpuSample]) -> float:
+    def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
         """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
         little under it on average; counted at its draw, the site could never grow by less than that gap a
         tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
         holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw."""
-        return sum(g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) else self.accounted_w(g)
-                   for g in samples)
+        return sum(g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) or g.uuid in lagging
+                   else self.accounted_w(g) for g in samples)
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
@@ -118,7 +122,8 @@ class PowerGovernor:
                 want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0) -> dict[str, float]:
+               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0,
+               lagging: Mapping[str, float] | None = None) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
         limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
         while it has room under it. One pressed against its limit grows by a step a tick, highest priority
@@ -144,8 +149,9 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        pressing = {g.uuid for g in samples if self.accounted_w(g) >= limit[g.uuid] - pressed_w(limit[g.uuid])
-                   and g.uuid not in pinned}
+        read = lagging or {}
+        pressing = {g.uuid for g in samples if g.uuid not in pinned and self.accounted_w(g) >= (
+            ref := min(limit[g.uuid], read.get(g.uuid, math.inf))) - pressed_w(ref)}
         share = max(0.0, rooms.room[-1]) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
@@ -155,7 +161,8 @@ class PowerGovernor:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
+                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order
+                          if h.uuid not in pressing and h.uuid not in read]
                 for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
                     if rooms.of(g.uuid) >= need:
                         break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -612,3 +613,59 @@ def test_the_governor_counts_a_silent_agents_gpu_at_a_raise_written_before_it_fe
     fast.tick(10.5)
     assert fast.draw_w == 500.0 + 100.0  # gpu-a missing, at the most it may hold; gpu-b at its draw
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-a"])}) == 300.0
+
+
+def reporting_with_draw(emu: KubeEmulator, held: dict[str, tuple[float, int]], beat: int) -> None:
+    """Each node's agent following its plan, its GPU drawing 5 W under the limit it holds (pressed against it)."""
+    for node, (limit_w, seq) in held.items():
+        emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "mode": "following", "plan_sequence": seq, "gpus": [
+            {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": limit_w - 5.0, "energy_j": 1.0,
+             "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}]}})
+
+
+def test_a_raise_its_agent_has_not_applied_is_neither_lent_nor_taken_back(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Counted at its unacknowledged raise while it still draws under the limit it reads, chat's GPU looked unpressed,
+    with room to lend: code, a lower priority, took it back, and with agents two ticks behind chat's limit went up
+    and down for good. Judged pressed against the limit it reads, it lends nothing, and climbs to its cap."""
+    state = {"gpu-a": (400.0, 1), "gpu-b": (400.0, 1), "gpu-d": (300.0, 1)}
+    plans, _ = plans_reporting(emu, tmp_path, state)
+    plans.ensure({})
+    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM"),
+                    ("gpu-d", 0): ("code", "H100-SXM")}
+    fast = FastLoop(PowerSettings(budget_w=1200.0, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 700.0}}, {"chat": 1, "code": 2})
+    served: list[dict[str, tuple[float, int]]] = []
+    chat = []
+    for k in range(14):
+        reporting_with_draw(emu, state, k + 2)
+        fast.tick(1.0 + k)
+        assert plans.flush(1.0 + k, fast.governor.threshold_w()) == []
+        chat.append(limits(emu, "gpu-a")["0"])
+        served.append({n: (((emu.get(GROUP, PLANS, n) or {})["spec"].get("limits_w") or {}).get("0", state[n][0]),
+                           (emu.get(GROUP, PLANS, n) or {})["spec"]["sequence"]) for n in state})
+        if k >= 1:  # each agent applies what it was served two ticks before
+            state = served[k - 1]
+    assert chat == sorted(chat) and chat[-1] > 690.0, chat  # never taken back; at its cap
+    assert sum(limits(emu, n)["0"] for n in state) <= 1200.0
+
+
+def test_a_budget_drop_while_blind_cuts_a_raise_its_agent_has_not_applied(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The readings lost and the budget dropped: the blind cut counted gpu-a at the 300 W its agent reported, not
+    the 698 W plan it may apply any moment, and cut nothing until the failsafe's caps (998 W of limits on 700)."""
+    plans, _ = plans_reporting(emu, tmp_path, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)})
+    plans.ensure({})
+    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM")}
+    fast = FastLoop(PowerSettings(budget_w=1000.0, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 300.0}}, {"chat": 1, "code": 2})
+    fast.tick(1.0)
+    assert plans.flush(1.0, fast.governor.threshold_w()) == [] and limits(emu, "gpu-a")["0"] > 690.0
+    report(emu, {"gpu-a": (300.0, 1), "gpu-b": (300.0, 1)}, 2)  # gpu-a's agent has not fetched its plan yet
+    fast.tick(2.0)
+    assert plans.flush(2.0, fast.governor.threshold_w()) == []
+    emu.fail("GET", r"nodepowerplans$", code=500)  # blind
+    fast.governor.settings = replace(fast.governor.settings, budget_w=700.0)
+    fast.tick(3.0)
+    assert plans.flush(3.0, fast.governor.threshold_w()) == [] and not fast.blind.failsafe_on
+    assert limits(emu, "gpu-a")["0"] + (limits(emu, "gpu-b") or {"0": 300.0})["0"] <= 700.0 + 1.0
