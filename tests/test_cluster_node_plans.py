@@ -669,3 +669,27 @@ def test_a_budget_drop_while_blind_cuts_a_raise_its_agent_has_not_applied(emu: K
     fast.tick(3.0)
     assert plans.flush(3.0, fast.governor.threshold_w()) == [] and not fast.blind.failsafe_on
     assert limits(emu, "gpu-a")["0"] + (limits(emu, "gpu-b") or {"0": 300.0})["0"] <= 700.0 + 1.0
+
+
+def test_raises_do_not_stack_on_a_gpu_whose_agent_has_not_applied_the_last(emu: KubeEmulator, tmp_path: Path) -> None:
+    """Judged pressed against the limit it reads but grown from the one not yet applied, chat's GPU took a step a
+    tick on top of raises its agent never applied (460, 529, 608, 700 W), cutting code and batch to pay for them."""
+    state = {"gpu-a": (400.0, 1), "gpu-b": (632.0, 1), "gpu-d": (404.0, 1)}
+    plans, _ = plans_reporting(emu, tmp_path, state)
+    plans.ensure({})
+    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM"),
+                    ("gpu-d", 0): ("batch", "H100-SXM")}
+    fast = FastLoop(PowerSettings(budget_w=1500.0, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {s: {"H100-SXM": 700.0} for s in ("chat", "code", "batch")},
+                        {"chat": 1, "code": 2, "batch": 3})
+    chat = []
+    for k in range(8):
+        reporting_with_draw(emu, state, k + 2)  # chat's agent never applies a plan: it reads 400 W, pressed
+        fast.tick(1.0 + k)
+        assert plans.flush(1.0 + k, fast.governor.threshold_w()) == []
+        chat.append((limits(emu, "gpu-a") or {}).get("0", 400.0))
+        for n in ("gpu-b", "gpu-d"):  # the others apply what they are served at once
+            spec = (emu.get(GROUP, PLANS, n) or {})["spec"]
+            state[n] = ((spec.get("limits_w") or {}).get("0", state[n][0]), spec["sequence"])
+    assert max(chat) <= 400.0 + 60.0 + 1.0, chat  # one step from the 400 W it reads, not a stack of them
