@@ -623,18 +623,26 @@ def reporting_with_draw(emu: KubeEmulator, held: dict[str, tuple[float, int]], b
              "limit_w": limit_w, "min_w": 200.0, "max_w": 700.0}]}})
 
 
+def three_gpus(emu: KubeEmulator, tmp_path: Path, state: dict[str, tuple[float, int]], services: tuple[str, ...],
+               budget_w: float) -> tuple[NodePlans, FastLoop]:
+    """gpu-a, gpu-b and gpu-d reporting `state`, held by `services` in that order (priorities in order of first
+    appearance, every cap 700 W), and a fast loop over them under `budget_w`."""
+    plans, _ = plans_reporting(emu, tmp_path, state)
+    plans.ensure({})
+    plans.owners = {(node, 0): (svc, "H100-SXM") for node, svc in zip(state, services, strict=True)}
+    fast = FastLoop(PowerSettings(budget_w=budget_w, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    names = list(dict.fromkeys(services))
+    fast.plan = Plan.of(1, {s: {"H100-SXM": 700.0} for s in names}, {s: k + 1 for k, s in enumerate(names)})
+    return plans, fast
+
+
 def test_a_raise_its_agent_has_not_applied_is_neither_lent_nor_taken_back(emu: KubeEmulator, tmp_path: Path) -> None:
     """Counted at its unacknowledged raise while it still draws under the limit it reads, chat's GPU looked unpressed,
     with room to lend: code, a lower priority, took it back, and with agents two ticks behind chat's limit went up
     and down for good. Judged pressed against the limit it reads, it lends nothing, and climbs to its cap."""
     state = {"gpu-a": (400.0, 1), "gpu-b": (400.0, 1), "gpu-d": (300.0, 1)}
-    plans, _ = plans_reporting(emu, tmp_path, state)
-    plans.ensure({})
-    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM"),
-                    ("gpu-d", 0): ("code", "H100-SXM")}
-    fast = FastLoop(PowerSettings(budget_w=1200.0, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
-    fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 700.0}}, {"chat": 1, "code": 2})
+    plans, fast = three_gpus(emu, tmp_path, state, ("chat", "code", "code"), 1200.0)
     served: list[dict[str, tuple[float, int]]] = []
     chat = []
     for k in range(14):
@@ -675,14 +683,7 @@ def test_raises_do_not_stack_on_a_gpu_whose_agent_has_not_applied_the_last(emu: 
     """Judged pressed against the limit it reads but grown from the one not yet applied, chat's GPU took a step a
     tick on top of raises its agent never applied (460, 529, 608, 700 W), cutting code and batch to pay for them."""
     state = {"gpu-a": (400.0, 1), "gpu-b": (632.0, 1), "gpu-d": (404.0, 1)}
-    plans, _ = plans_reporting(emu, tmp_path, state)
-    plans.ensure({})
-    plans.owners = {("gpu-a", 0): ("chat", "H100-SXM"), ("gpu-b", 0): ("code", "H100-SXM"),
-                    ("gpu-d", 0): ("batch", "H100-SXM")}
-    fast = FastLoop(PowerSettings(budget_w=1500.0, headroom=0.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
-                    lambda kind, message: None)
-    fast.plan = Plan.of(1, {s: {"H100-SXM": 700.0} for s in ("chat", "code", "batch")},
-                        {"chat": 1, "code": 2, "batch": 3})
+    plans, fast = three_gpus(emu, tmp_path, state, ("chat", "code", "batch"), 1500.0)
     chat = []
     for k in range(8):
         reporting_with_draw(emu, state, k + 2)  # chat's agent never applies a plan: it reads 400 W, pressed
