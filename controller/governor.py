@@ -61,7 +61,7 @@ class PowerGovernor:
         (UUID) cannot be set now (its actuator failed, it is missing from the listing, or its limits are unknown):
         it is counted at the limit in force, and the others are fitted around it. A `lagging` GPU (UUID -> the limit
         its reading says) is counted at a higher limit that may be in force any moment (a node plan not yet reported
-        applied): judged pressed, grown a step and counted in the ramp's base against the limit it reads."""
+        applied): judged pressed and grown a step against the limit it reads, it lends nothing, and counts whole."""
         lagging = lagging or {}
         s = self.settings
         priorities = plan.priorities
@@ -106,10 +106,8 @@ class PowerGovernor:
         little under it on average; counted at its draw, the site could never grow by less than that gap a
         tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
         holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw."""
-        return sum((r if self.accounted_w(g) >= r - pressed_w(r) else self.accounted_w(g))
-                   if (r := lagging.get(g.uuid)) is not None  # a lagging GPU by the same rule, on the limit it reads
-                   else g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) else self.accounted_w(g)
-                   for g in samples)
+        return sum(g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) or g.uuid in lagging
+                   else self.accounted_w(g) for g in samples)  # a lagging GPU whole: counted so under the ceiling too
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
@@ -165,7 +163,8 @@ class PowerGovernor:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order if h.uuid not in pressing]
+                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order
+                          if h.uuid not in pressing and h.uuid not in read]  # room node plans would not admit
                 for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
                     if rooms.of(g.uuid) >= need:
                         break

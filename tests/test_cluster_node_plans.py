@@ -694,3 +694,34 @@ def test_raises_do_not_stack_on_a_gpu_whose_agent_has_not_applied_the_last(emu: 
             spec = (emu.get(GROUP, PLANS, n) or {})["spec"]
             state[n] = ((spec.get("limits_w") or {}).get("0", state[n][0]), spec["sequence"])
     assert max(chat) <= 400.0 + 60.0 + 1.0, chat  # one step from the 400 W it reads, not a stack of them
+
+
+def gpu_status(emu: KubeEmulator, node: str, limit_w: float, seq: int, draw_w: float, beat: int) -> None:
+    emu.patch(GROUP, PLANS, node, {"status": {"beat": beat, "mode": "following", "plan_sequence": seq, "gpus": [
+        {"index": 0, "uuid": f"GPU-{node}", "name": "H100", "power_w": draw_w, "energy_j": 1.0, "limit_w": limit_w,
+         "min_w": 200.0, "max_w": 700.0}]}})
+
+
+def test_a_silent_lagging_gpu_neither_lends_room_nor_ratchets_the_others_under_a_ramp(emu: KubeEmulator,
+                                                                                       tmp_path: Path) -> None:
+    """Chat's agent silent on a plan below the one written (697 W): lent as its unused room, what it did not draw
+    went to code, whose raise the plans never admitted while the written plan counted, so nothing moved; and counted
+    at its reading in the ramp's base but whole under the ceiling, it had code and batch cut 5 W a tick, for good."""
+    state = {"gpu-a": (400.0, 1), "gpu-b": (500.0, 1), "gpu-d": (400.0, 1)}
+    plans, fast = three_gpus(emu, tmp_path, state, ("chat", "code", "batch"), 1600.0)
+    for node, (limit_w, seq) in state.items():  # code and batch idle, chat pressed: chat takes the free room
+        gpu_status(emu, node, limit_w, seq, 395.0 if node == "gpu-a" else 250.0, 2)
+    fast.tick(1.0)
+    assert plans.flush(1.0, fast.governor.threshold_w()) == [] and limits(emu, "gpu-a")["0"] > 690.0
+    fast.governor.settings = replace(fast.governor.settings, ramp_up_w_per_s=100.0)
+    rows = []
+    for k in range(2, 12):
+        for n in ("gpu-b", "gpu-d"):  # they apply what they are served at once, pressed against it
+            spec = (emu.get(GROUP, PLANS, n) or {})["spec"]
+            state[n] = ((spec.get("limits_w") or {}).get("0", state[n][0]), spec["sequence"])
+            gpu_status(emu, n, state[n][0], state[n][1], state[n][0] - 5.0, k + 1)
+        gpu_status(emu, "gpu-a", 400.0, 1, 150.0, k + 1)  # chat's agent never fetches plan 2; its load gone
+        fast.tick(float(k))
+        assert plans.flush(float(k), fast.governor.threshold_w()) == []
+        rows.append(tuple((limits(emu, n) or {}).get("0") for n in state))
+    assert rows[-1] == rows[-2] and rows[-1][1] is not None and rows[-1][1] >= 500.0, rows  # settled, code not cut
