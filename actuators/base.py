@@ -38,16 +38,28 @@ class Action:
 
 class PowerLimiter(Protocol):
     """Sets GPU power limits; returns the limit read back from the device. One that only queues a limit for a later
-    write (the operator's node plans) and returns it says so with a class attribute `applied_later = True`: the
-    limit it returns is then none in force yet, and the metrics wait for a reading to say it. Such a limiter also
-    has `unapplied() -> set[int]`: the GPUs still holding a limit above the one written for them, which the
-    governor counts at the limit they hold (as a GPU whose limit could not be set) until their readings say the
-    write is in force; and `held_w() -> dict[int, float]`: the most each GPU may hold, a limit written and not yet
-    reported applied among it, which the governor counts it at."""
+    write (the operator's node plans) is a `LaterLimiter` and says so with a class attribute `applied_later = True`:
+    the limit it returns is then none in force yet, and the metrics wait for a reading to say it."""
 
     name: str
 
     def set_power_limit(self, gpu_index: int, watts: float) -> float: ...
+
+
+class LaterLimiter(PowerLimiter, Protocol):
+    """A limiter whose limits are applied later, by someone else, each GPU's when it gets round to it."""
+
+    applied_later: bool
+
+    def unapplied(self) -> set[int]:
+        """The GPUs still holding a limit above the one written for them: the governor counts them at the limit they
+        hold (as a GPU whose limit could not be set) until their readings say the write is in force."""
+        ...
+
+    def held_w(self) -> dict[int, float]:
+        """The most each GPU may hold, a limit written and not yet reported applied among it: what the governor
+        counts it at."""
+        ...
 
 
 class ClockLocker(Protocol):

@@ -12,8 +12,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
-from actuators import ActuatorError, ClockLocker, PowerLimiter
+from actuators import ActuatorError, ClockLocker, LaterLimiter, PowerLimiter
 from controller.blind import Blind
 from controller.clock_steer import ClockSteer
 from controller.failures import SAID_ONE_BY_ONE
@@ -35,10 +36,8 @@ class FastLoop:
         self.gpus, self.power, self.metrics, self.on_error = gpus, power, metrics, on_error
         self.read_back = not getattr(power, "applied_later", False)
         """Whether a limit the limiter returns is in force (actuators.base.PowerLimiter), so the metrics say it."""
-        self.unapplied: Callable[[], set[int]] | None = None if self.read_back else power.unapplied  # type: ignore[attr-defined]
-        """The GPUs whose written limit is not in force yet, where limits are applied later: counted at their own."""
-        self.held: Callable[[], dict[int, float]] | None = None if self.read_back else power.held_w  # type: ignore[attr-defined]
-        """Where limits are applied later, the most each GPU may hold (a limit written and not yet reported applied)."""
+        self.later = None if self.read_back else cast(LaterLimiter, power)
+        """The limiter, where its limits are applied later: what each GPU may hold, and which are not yet in force."""
         self.governor = PowerGovernor(power_settings, interval_s)
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
@@ -190,7 +189,7 @@ class FastLoop:
         """Count, govern and set the limits; `untouched` GPUs are not set: those missing from the listing count at
         their last limit, those of unknown limits at the most they may draw (controller.telemetry.plausible)."""
         m, total = self.metrics, 0.0
-        held = self.held() if self.held is not None else {}  # node plans: each GPU at the most it may hold
+        held = self.later.held_w() if self.later is not None else {}  # node plans: each GPU at the most it may hold
         counted = [replace(g, power_limit_w=most) if (most := held.get(g.index, 0.0)) > g.power_limit_w else g
                    for g in samples]
         for g, c in zip(samples, counted, strict=True):
@@ -212,7 +211,7 @@ class FastLoop:
         self._record_draws(samples, plan)
         lagging = {c.uuid: g.power_limit_w for g, c in zip(samples, counted, strict=True) if c is not g}
         samples = counted
-        late = self.unapplied() if self.unapplied is not None else set()
+        late = self.later.unapplied() if self.later is not None else set()
         pinned = untouched | {g.uuid for g in samples if g.index in late
                               or not self.retry.may_try(f"power_limit:{g.uuid}", now)}
         limits = self.governor.step(samples, plan, pinned, lagging)
