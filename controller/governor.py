@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from controller.plan import Plan
 from controller.power_rooms import Rooms
@@ -123,7 +124,7 @@ class PowerGovernor:
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
                ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0,
-               lagging: Mapping[str, float] | None = None) -> dict[str, float]:
+               lagging: Mapping[str, float] = MappingProxyType({})) -> dict[str, float]:
         """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
         limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
         while it has room under it. One pressed against its limit grows by a step a tick, highest priority
@@ -149,14 +150,13 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        read = lagging or {}
         pressing = {g.uuid for g in samples if g.uuid not in pinned and self.accounted_w(g) >= (
-            ref := min(limit[g.uuid], read.get(g.uuid, math.inf))) - pressed_w(ref)}
+            ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)}
         share = max(0.0, rooms.room[-1]) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
-                r = read.get(g.uuid)  # a lagging GPU grows a step from the limit it reads, not from one not yet applied
+                r = lagging.get(g.uuid)  # a lagging GPU grows a step from the limit it reads, not an unapplied one
                 need = (min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid])) if r is None
                         else min(want[g.uuid], r + _step_w(r)) - limit[g.uuid])
                 if need < 1.0 or g.uuid not in pressing:
@@ -164,7 +164,7 @@ class PowerGovernor:
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
                 unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order
-                          if h.uuid not in pressing and h.uuid not in read]  # room node plans would not admit
+                          if h.uuid not in pressing and h.uuid not in lagging]  # room node plans would not admit
                 for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
                     if rooms.of(g.uuid) >= need:
                         break
