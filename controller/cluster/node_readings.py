@@ -55,8 +55,6 @@ class NodeReadings:
         """The GPUs the last read listed (their agents reporting): a silent one's sample is its last."""
         self.sequence: dict[str, int] = {}
         """Node -> its plan's renewal sequence, as read or last written."""
-        self.written: dict[str, dict[str, Any]] = {}
-        """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.unacked = Unacked()
         """The limits of the plans written and not yet reported followed: any may be in force by the next tick."""
         self.on_bad = on_bad

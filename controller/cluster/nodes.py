@@ -56,6 +56,8 @@ class NodePlans(NodeReadings):
         """Per node (`node_plan:<node>`): a failed write waits its delay, doubled on each failure in a row up to
         a renewal period (a quarter TTL); a permanent one (forbidden, no such plan) until the plan is created
         again or the policy's plan settings change. Each run of failures is logged once."""
+        self.written: dict[str, dict[str, Any]] = {}
+        """Node -> the spec last written (limits, safe caps): unchanged specs are only renewed."""
         self.renewed: dict[str, float] = {}
         self.labels: dict[str, dict[str, str]] = {}
         """Node -> its labels, as last read (which power domains it is in): the listed nodes', and those of each
@@ -165,12 +167,10 @@ class NodePlans(NodeReadings):
     def flush(self, now: float, budget_w: float, domains: Sequence[tuple[float, Sequence[int]]] = ()) -> list[str]:
         """Write each node's limits and safe caps where they changed, and renew every plan at least each quarter TTL;
         returns why each write tried failed (each node on its own, a failed one again after its backoff, its limits
-        queued meanwhile). Cuts are written at once; a raise only while the limits, each GPU at the most it may hold
-        (a cut not yet reported in force at the limit it still holds), fit `budget_w` and each domain's line with it
-        (controller/cluster/limit_room.py), else it waits, queued, and is dropped where the fast loop no longer asks
-        for it. Once a write fails for a reason that may pass (a timeout, the API down), or the writes have left less
-        than half a tick (`tick_timeout_s`, all together), the nodes after it wait for the next tick: an outage costs
-        a tick one timeout, not one per node. The safe caps fit `budget_w` and each domain's line (the lowest)."""
+        queued meanwhile). Cuts are written at once; a raise only while the limits, each GPU at the most it may hold,
+        fit `budget_w` and each domain's line with it (limit_room.py), else it waits, queued, dropped where the fast
+        loop no longer asks for it. A write failing for a reason that may pass, or less than half a tick left
+        (`tick_timeout_s`, all writes together), leaves the nodes after it for the next tick. Safe caps fit lines."""
         lowest, _ = safe_caps(list(self.samples.values()), budget_w)
         for domain_w, members in domains:
             inside, _ = safe_caps([self.samples[i] for i in members if i in self.samples], domain_w)
