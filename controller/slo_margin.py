@@ -17,14 +17,13 @@ windows that had raised its margin, a step a window.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.service_settings import ServiceSettings
-from tuner.store import atomic_write_text, open_plain, set_aside
+from tuner.store import read_json, set_aside, write_json
 
 MARGINS_FILE = "slo_margins.json"
 """The margins' file, beside the tuner's state in `daemon.state_dir`."""
@@ -47,26 +46,17 @@ class SloMargins:
     """Where they are saved (None: not saved)."""
     saved: tuple[dict[str, float], dict[str, float]] = field(default_factory=lambda: ({}, {}))
     """What the file holds (or was restored from): a cycle that changed nothing writes nothing."""
-    save_error: str | None = None
-    """The last save's error, so that a folder that stays unwritable is one warning, not one a cycle."""
 
     @classmethod
     def restored(cls, path: Path | None) -> tuple[SloMargins, str | None]:
         """The margins saved at `path`, and a warning where the file is there but unusable (set aside as
         `<name>.bad`: the margins start at 0, as the tuner's pairs start from their priors)."""
         margins = cls(path=path)
-        if path is None or not path.exists():
+        if path is None:
             return margins, None
-        try:
-            with open_plain(path, "rb") as f:
-                data = f.read(MAX_MARGINS_BYTES + 1)
-            if len(data) > MAX_MARGINS_BYTES:
-                return margins, set_aside(path, f"SLO margins over {MAX_MARGINS_BYTES >> 20} MiB, left unread", AT_0)
-            doc = json.loads(data.decode("utf-8"))
-        except OSError as exc:
-            return margins, f"{path}: cannot read SLO margins ({exc.strerror}); {AT_0}"
-        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-            return margins, set_aside(path, f"unreadable SLO margins ({str(exc)[:80]})", AT_0)
+        doc, unread = read_json(path, MAX_MARGINS_BYTES, "SLO margins", AT_0)
+        if doc is None:
+            return margins, unread
         ours = isinstance(doc, dict) and doc.get("kind") == MARGINS_KIND and doc.get("version") == 1
         services = doc.get("services") if ours else None
         if not isinstance(services, dict) or not all(
@@ -85,17 +75,10 @@ class SloMargins:
         if self.path is None or now == self.saved:
             return True
         services = {k: {"level": v, "planned": self.planned.get(k, 0.0)} for k, v in sorted(self.level.items())}
-        doc = {"kind": MARGINS_KIND, "version": 1, "services": services}
-        try:
-            atomic_write_text(self.path, json.dumps(doc))
-        except OSError as exc:
-            message = f"{self.path}: cannot save SLO margins ({exc.strerror or exc}); running on, they start at 0 " \
-                      "on restart"
-            if message != self.save_error:
-                log.warning("%s", message)
-            self.save_error = message
+        if not write_json(self.path, {"kind": MARGINS_KIND, "version": 1, "services": services}, "SLO margins",
+                          "they start at 0 on restart"):
             return False
-        self.saved, self.save_error = now, None
+        self.saved = now
         return True
 
     def observe(self, name: str, met: bool, step: float, miss_share: float, max_margin: float,

@@ -113,8 +113,7 @@ def _vector(v: object) -> bool:
 
 
 def draw_problem(draw: object) -> str | None:
-    """Why a saved draw curve is unusable (None when DrawFit.restore may read it: it checks the bounds).
-    A bad curve costs only the curve: the pair's latency state is kept."""
+    """Why a saved draw curve is unusable (None when DrawFit.restore may read it); it costs only the curve."""
     if not isinstance(draw, dict) or not isinstance(draw.get("recent"), list):
         return "draw is not a table with a list of recent windows"
     for name in ("busy_share", "batch_half"):
@@ -202,8 +201,7 @@ def restore_pair(f: PairFilter, data: dict[str, Any]) -> bool:
 
 
 def out_of_bounds(f: PairFilter, data: dict[str, Any]) -> bool:
-    """Saved state that fits the filter but lies outside the clamp it keeps its estimate in: no filter
-    wrote it. (State of another prior may lie anywhere; it is not restored.)"""
+    """Saved state that fits the filter but lies outside the clamp it keeps its estimate in: no filter wrote it."""
     low, high = f.bounds
     x = np.asarray(data["x"], dtype=float)
     return fits(f, data) and bool(np.any(x < low * (1 - 1e-9)) or np.any(x > high * (1 + 1e-9)))
@@ -212,10 +210,15 @@ def out_of_bounds(f: PairFilter, data: dict[str, Any]) -> bool:
 def save(path: Path, filters: dict[str, PairFilter]) -> bool:
     """Write every filter's state; False (with one warning per new error) when the file cannot be written."""
     doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": {k: dump_pair(v) for k, v in filters.items()}}
+    return write_json(path, doc, "tuner state", "it is lost on restart")
+
+
+def write_json(path: Path, doc: object, what: str, lost: str) -> bool:
+    """Write a state document atomically; False, with one warning per new error saying what is `lost`, where not."""
     try:
         atomic_write_text(path, json.dumps(doc))  # compact: with an indent json falls back to its Python encoder
     except OSError as exc:
-        message = f"{path}: cannot save tuner state ({exc.strerror or exc}); running on, it is lost on restart"
+        message = f"{path}: cannot save {what} ({exc.strerror or exc}); running on, {lost}"
         if _save_failures.get(path) != message:
             log.warning("%s", message)
         _save_failures[path] = message
@@ -224,9 +227,25 @@ def save(path: Path, filters: dict[str, PairFilter]) -> bool:
     return True
 
 
+def read_json(path: Path, max_bytes: int, what: str, then: str) -> tuple[Any, str | None]:
+    """A state document and None, or None and the warning to log (none: no file): one too large or not JSON is set
+    aside, one that cannot be read is left; the daemon goes on as `then` says."""
+    if not path.exists():
+        return None, None
+    try:
+        with open_plain(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return None, set_aside(path, f"{what} larger than {max_bytes >> 20} MiB, left unread", then)
+        return json.loads(data.decode("utf-8")), None
+    except OSError as exc:
+        return None, f"{path}: cannot read {what} ({exc.strerror}); {then}"
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        return None, set_aside(path, f"unreadable {what} ({str(exc)[:80]})", then)
+
+
 def set_aside(path: Path, problem: str, then: str = "starting from priors") -> str:
-    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log, ending in
-    what the daemon does `then`."""
+    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log, and `then`."""
     aside = path.with_name(path.name + ".bad")
     try:
         os.replace(path, aside)
@@ -254,18 +273,9 @@ def doc_problem(doc: object) -> str | None:
 def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()) -> list[str]:
     """Restore what fits into `filters`; returns warnings (never raises on bad content). A pair of `aside`, whose
     state the caller holds from before its prior changed, is not warned of where the file has none of its prior."""
-    if not path.exists():
-        return []
-    try:
-        with open_plain(path, "rb") as f:
-            data = f.read(MAX_STATE_BYTES + 1)
-        if len(data) > MAX_STATE_BYTES:
-            return [set_aside(path, f"tuner state larger than {MAX_STATE_BYTES >> 20} MiB, left unread")]
-        doc = json.loads(data.decode("utf-8"))
-    except OSError as exc:
-        return [f"{path}: cannot read tuner state ({exc.strerror}); starting from priors"]
-    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-        return [set_aside(path, f"unreadable tuner state ({str(exc)[:80]})")]
+    doc, unread = read_json(path, MAX_STATE_BYTES, "tuner state", "starting from priors")
+    if doc is None:
+        return [] if unread is None else [unread]
     problem = doc_problem(doc)
     if problem is None:
         problem = next((f"saved state of {k}: outside the filter's bounds for its prior"
