@@ -984,6 +984,27 @@ def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_even
     loop.stand_down(release=False, now=time.monotonic() - t0)
 
 
+def test_a_budget_cut_seen_while_the_operator_starts_to_lead_reaches_its_governor(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A watch event that came while no leadership acted was dropped: the one starting led on its read from before
+    the edit, and the cut waited for its first slow tick (60 s here)."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 60.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    stale = loop.read()  # the lead's read, taken before the edit
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 1500.0, "headroom": 0.03}}})
+    loop.policy_seen(emu.get(GROUP, POLICIES, "default"))  # the edit's event, while nothing is led
+    loop.read = lambda: stale  # type: ignore[method-assign]
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None and c.governor.settings.budget_w == 1500.0 and loop.unled is None
+    loop.stand_down(release=False, now=0.5)
+
+
 def test_the_operator_hands_a_policy_edit_to_the_governor_before_its_slow_tick(cluster: tuple[KubeEmulator, Any],
                                                                                link: Link) -> None:
     emu, client = cluster

@@ -86,6 +86,8 @@ class ClusterLoop:
         """Held while a watch event or a slow tick hands settings over (kopf's thread and the slow worker's)."""
         self.generation = 0
         """The newest generation of the policy the watch has seen: a slow tick's read of an older one is not applied."""
+        self.unled: dict[str, Any] | None = None
+        """The policy's newest watch event while no leadership acts: the one starting read the policy before it."""
 
     # -- the resources -------------------------------------------------------------------------
     def read(self) -> Resources:
@@ -96,10 +98,11 @@ class ClusterLoop:
         """A watch event of the policy (kopf's thread; no API call): a new generation's lower budget to the governor
         at once (controller/cluster/policy_watch.py)."""
         with self.watched:
-            c = self.controller
-            if c is None or generation_of(obj) <= self.generation:
+            c, generation = self.controller, generation_of(obj)
+            self.unled = obj if c is None else None
+            if c is None or generation <= self.generation:
                 return
-            self.generation = generation_of(obj)
+            self.generation = generation
             settings = watched_budget(c.handoff.latest, obj)
             if settings is not None:
                 log.info("PowerPolicy %s: budget %.0f W to the governor", self.policy_name, settings.power.budget_w)
@@ -167,8 +170,8 @@ class ClusterLoop:
                  len(s.services), s.power.budget_w, {f"{k[0]}@{k[1]}": v for k, v in held.items()})
         self.next_slow = now + s.daemon.slow_interval_s
         self.budget.restart(s, c, self._now)
-        self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()), self._overrun,
-                                 self._slow_failed)
+        self.worker = SlowWorker(lambda: self._slow(c, plans, may_act, self._now()),
+                                 lambda: self.metrics.errors.labels("slow_overrun").inc(), self._slow_failed)
         self.owners = SlowWorker(lambda: self._refresh_owners(c, plans, may_act),
                                  lambda: self.metrics.errors.labels("owners_overrun").inc(), self._slow_failed)
         self.renewer = SlowWorker(self.lease.hold, lambda: None, self._slow_failed)
@@ -192,12 +195,8 @@ class ClusterLoop:
             log.info("GPUs no LLMService's pod holds (held at their minimum limit): %s", unowned or "none")
         self.unowned = unowned
 
-    def _overrun(self) -> None:
-        self.metrics.errors.labels("slow_overrun").inc()
-
     def _slow_failed(self, exc: Exception, repeated: bool) -> None:
-        """Counted each time; logged with its traceback the first time of a run of the same failure (an API
-        answering garbage failed every tick, and printed the same traceback each)."""
+        """Counted each time; its traceback logged the first time of a run of the same failure, not every tick."""
         self.metrics.errors.labels("slow_tick").inc()
         if not repeated:
             log.warning("slow tick failed: %r (logged once while it repeats)", exc, exc_info=exc)
@@ -223,15 +222,12 @@ class ClusterLoop:
         it within that), so the Lease is not given back then: a successor waits for it to expire."""
         self.budget.stop()
         self._stop_worker()
-        released = release and self.plans is not None
-        if released:
-            assert self.plans is not None
-            if self.plans.release(now, RELEASE_WITHIN_S):
-                log.warning("release: not every agent was told to restore its default limits; those fall to their "
-                            "safe caps at their plan's TTL")
-        self.controller = None
-        self.plans = None
-        if not released:
+        plans = self.plans
+        if release and plans is not None and plans.release(now, RELEASE_WITHIN_S):
+            log.warning("release: not every agent was told to restore its default limits; those fall to their "
+                        "safe caps at their plan's TTL")
+        self.controller = self.plans = None
+        if not (release and plans is not None):
             if self.server is not None:
                 self.server.detach()
             self.lease.give_back()
@@ -251,6 +247,8 @@ class ClusterLoop:
             if res.settings is None:
                 return 5.0
             self.controller = self._lead(res, now)
+            if (unled := self.unled) is not None:  # an event while it started (its read may be older)
+                self.policy_seen(unled)
         c, plans = self.controller, self.plans
         assert plans is not None
         if self.lease.due() and self.renewer is not None:
