@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clock_gain import CAPS_LEVELS, CLOCK_LEVELS, FLOOR_LEVELS, GPU, SERVICES, TOLERANCE, attainment, score
+from clock_runs import CAPS_LEVELS, CLOCK_LEVELS, FLOOR_LEVELS, GPU, SERVICES, TOLERANCE, attainment, score
 
 from controller.optimizer import Assignment
 from simulator.hardware import SPECS
