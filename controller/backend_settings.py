@@ -46,7 +46,8 @@ class ActuatorSettings:
     replicas: ReplicaBackend = "sim"
     """Backend that scales replicas."""
     restore_power_limits: bool = False
-    """On exit, put every GPU back at its default power limit (`nvml` power backend)."""
+    """On exit, put every GPU back at its default power limit (`nvml` power backend). Servers that outlive the
+    daemon then serve unbudgeted until it is back (`check-config` warns of it): false keeps the limits it set."""
     clocks: ClockBackend = "none"
     """Backend that locks SM clocks (docs/clocks.md); "none" plans and runs on caps alone."""
     reset_clocks_on_exit: bool = True

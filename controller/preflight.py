@@ -142,7 +142,7 @@ def check_free_port(where: str, port: int) -> None:
 
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
-    out = _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings)
+    out = _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
     threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
     lowest = lowest_limits_w(settings)
     if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
@@ -155,6 +155,17 @@ def file_warnings(settings: Settings) -> list[str]:
     return [*out, f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what "
             f"the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} "
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
+
+
+def _restored(settings: Settings) -> list[str]:
+    """Default limits restored on exit where the servers outlive the daemon: each stop (a restart, an upgrade) lifted
+    the budget for as long as the daemon was down (a host example did so: 8 x 700 W of limits on 4,000 W)."""
+    a = settings.actuators
+    if not a.restore_power_limits or a.power != "nvml" or (a.batch == "vllm" and a.vllm_runner == "child"):
+        return []
+    return ["actuators.restore_power_limits: true puts every GPU back at its default limit when the daemon stops, "
+            "while the servers it does not run as its children serve on: the budget is not held until it is back "
+            "(false keeps the limits it set)"]
 
 
 def _fallback_w(settings: Settings) -> float:

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -726,6 +727,27 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
     main(["check-config", "--file-only", str(tmp_path / "held.toml")])
     assert ("power.budget.safe_budget_w: 3000 W (held to budget_w, 2800 W) is above the 2500 W that "
             "sources[carbon_csv]") in capsys.readouterr().err  # the value the file gives, and the one that holds
+
+
+@pytest.mark.parametrize(("actuators", "warned"), [
+    ('restore_power_limits = true\nbatch = "vllm"\nvllm_runner = "systemd"', True),
+    ('restore_power_limits = true\nbatch = "dry-run"', True),  # servers someone else runs
+    ('restore_power_limits = true\nbatch = "vllm"\nvllm_runner = "child"', False),  # they stop with the daemon
+    ('restore_power_limits = false\nbatch = "vllm"\nvllm_runner = "systemd"', False)])
+def test_default_limits_restored_while_servers_outlive_the_daemon_are_a_warning(actuators: str, warned: bool) -> None:
+    """A host example restored 8 x 700 W of default limits at each stop of the daemon under a 4,000-W budget, while
+    its vLLM units served on: nothing said the budget was not held until the daemon was back."""
+    from controller.preflight import file_warnings
+    from controller.settings import settings_from
+
+    text = (ROOT / "config" / "examples" / "host.toml").read_text()
+    for line in ("restore_power_limits = false", 'batch = "vllm"', 'vllm_runner = "systemd"'):
+        text = "\n".join(x for x in text.split("\n") if not x.startswith(line))
+    text = text.replace("[actuators]", f"[actuators]\n{actuators}").replace(
+        "vllm_ports =", 'vllm_command = ["vllm", "serve", "m"]\nvllm_ports =')
+    settings = settings_from(tomllib.loads(text), ROOT / "config" / "examples")
+    said = [w for w in file_warnings(settings) if w.startswith("actuators.restore")]
+    assert bool(said) == warned and all("the budget is not held until it is back" in w for w in said)
 
 
 def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,
