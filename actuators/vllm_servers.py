@@ -138,8 +138,19 @@ class ChildRunner:
         self._stop_all(names)
 
 
+UNIT_TYPES = frozenset({"service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer",
+                        "slice", "scope"})
+
+
+def unit_file(name: str) -> str:
+    """A unit's full name, as systemctl reads a name without a type suffix: a service. Its drop-ins are read from
+    `<full name>.d` only (`vllm-chat-0.d` was written and never read: every restart kept the old max batch)."""
+    return name if name.rpartition(".")[2] in UNIT_TYPES and "." in name else f"{name}.service"
+
+
 class SystemdRunner:
-    """Drop-in `<dropin_dir>/<unit>.d/50-wattscale.conf` setting WATTSCALE_MAX_NUM_SEQS, then systemctl."""
+    """Drop-in `<dropin_dir>/<unit>.service.d/50-wattscale.conf` (`unit_file`) setting WATTSCALE_MAX_NUM_SEQS, then
+    systemctl."""
 
     supervises = False  # systemd runs the units; wattscale only changes them
 
@@ -159,7 +170,7 @@ class SystemdRunner:
 
     def _write_dropin(self, replica: Replica, max_num_seqs: int) -> None:
         """The drop-in, written whole or not at all (a failed write leaves no temporary file behind)."""
-        folder = self.dropin_dir / f"{replica.name}.d"
+        folder = self.dropin_dir / f"{unit_file(replica.name)}.d"
         text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
         tmp: str | None = None
         try:

@@ -62,7 +62,8 @@ class ActuatorSettings:
     vllm_runner: Literal["child", "systemd"] = "child"
     """`vllm` batch backend: servers run as the daemon's children, or as systemd units."""
     systemd_dropin_dir: str = "/etc/systemd/system"
-    """Where the `vllm` backend writes `<unit>.d/50-wattscale.conf`."""
+    """Where the `vllm` backend writes `<unit>.service.d/50-wattscale.conf` (a unit named without its type is a
+    service, as systemctl reads it)."""
     health_timeout_s: float = 300.0
     """How long a restarted vLLM server has to answer /health before the change is rolled back (a child server
     that exits fails at once; a stop or the end of `--duration` is not held up by the wait)."""

@@ -148,6 +148,18 @@ def test_systemd_runner_writes_the_drop_in_then_reloads_and_restarts(tmp_path: P
         runner.restart(Replica("broken.service", "http://127.0.0.1:1/health"), 8)
 
 
+@pytest.mark.parametrize(("unit", "folder"), [("vllm-chat-0", "vllm-chat-0.service.d"),
+                                              ("vllm@1", "vllm@1.service.d"), ("vllm-1.5b", "vllm-1.5b.service.d"),
+                                              ("vllm-chat-0.service", "vllm-chat-0.service.d")])
+def test_a_unit_named_without_its_suffix_gets_the_drop_in_systemd_reads(tmp_path: Path, unit: str,
+                                                                         folder: str) -> None:
+    """The host example names its units as systemctl takes them, without `.service`: the drop-in went to
+    `vllm-chat-0.d`, which systemd never reads, so every change of max batch restarted the server unchanged."""
+    runner = SystemdRunner(tmp_path / "etc", (sys.executable, "-c", "pass"))
+    runner.restart(Replica(unit, "http://127.0.0.1:1/health"), 32)
+    assert [p.name for p in (tmp_path / "etc").iterdir()] == [folder]
+
+
 def test_config_with_the_vllm_backend_supervises_the_servers(tmp_path: Path) -> None:
     """`batch = "vllm"`, child runner: the wiring builds one replica per port from the service's command."""
     from controller.settings import load_settings
