@@ -405,6 +405,11 @@ def test_an_unwritable_dropin_dir_is_a_warning(tmp_path: Path, capsys: pytest.Ca
     assert main(["check-config", str(write(tmp_path, text))]) == 0
     assert (f"wattscale: warning: actuators.systemd_dropin_dir: {tmp_path / 'afile'} is not a directory; changes "
             "of max batch will fail") in capsys.readouterr().err
+    (tmp_path / "etc").mkdir()  # writable, but one unit's own folder, the one written, is a file
+    (tmp_path / "etc" / f"{SERVICES[1]}-0.service.d").write_text("")
+    assert main(["check-config", str(write(tmp_path, text.replace('"afile"', '"etc"')))]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'etc' / SERVICES[1]}-0.service.d is not a directory" in err and err.count("warning") == 1
 
 
 @pytest.mark.parametrize("old,new", [
