@@ -145,7 +145,8 @@ def test_a_misspelled_sources_is_named_as_an_unknown_key() -> None:
 
 def test_demand_response_alone_is_refused() -> None:
     only_dr = {"safe_budget_w": 1000, "sources": [{"kind": "demand_response", "path": "s.json"}]}
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match=r'sets no budget while no signal is in force: add one for the rest of the '
+                       r'time, e\.g\. \{ kind = "fixed", budget_w = \.\.\. \}') as caught:
         settings.budget_settings(only_dr)
     assert caught.value.where == "power.budget.sources"
 

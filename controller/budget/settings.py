@@ -250,5 +250,7 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
             raise ConfigError(f"{at}.name", f"{quoted(name)} names another source too")
         sources[name] = settings
     if all(isinstance(s, DemandResponseSettings) for s in sources.values()):
-        raise ConfigError(f"{where}.sources", "needs a source besides demand response")
+        raise ConfigError(f"{where}.sources", "needs a source besides demand response, which sets no budget while "
+                          'no signal is in force: add one for the rest of the time, e.g. { kind = "fixed", '
+                          "budget_w = ... }")
     return dataclasses.replace(budget, sources=tuple(sources.items()))
