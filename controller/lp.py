@@ -65,10 +65,11 @@ class Lp:
 
     def solve(self, *, without: frozenset[str] = frozenset(), fix: dict[int, float] | None = None,
               time_limit_s: float = 10.0, mip_gap: float = 1e-6, presolve: bool = True,
-              abs_gap: float | None = None) -> LpResult:
+              abs_gap: float | None = None, cost: np.ndarray | None = None) -> LpResult:
         """`presolve=False` for a model whose builder has done the reductions already (HiGHS's presolve and
         the restarts it triggers then cost more than they save: docs/plan.md, "Speed"). `abs_gap`: HiGHS stops
-        also once the point is within this much of the bound (an objective a large constant part dominates)."""
+        also once the point is within this much of the bound (an objective a large constant part dominates).
+        `cost`: another objective over the same rows (None: the model's)."""
         # 0.3 s to import: not at every command's start
         from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
         from scipy.sparse import coo_array
@@ -86,8 +87,8 @@ class Lp:
         options: dict[str, float | bool] = {"time_limit": time_limit_s, "mip_rel_gap": mip_gap, "presolve": presolve}
         if abs_gap is not None:
             options["mip_abs_gap"] = abs_gap
-        res: OptimizeResult = milp(np.array(self.cost), constraints=constraints, bounds=Bounds(lb, ub),
-                                   integrality=np.array(self.integer), options=options)
+        res: OptimizeResult = milp(np.array(self.cost) if cost is None else cost, constraints=constraints,
+                                   bounds=Bounds(lb, ub), integrality=np.array(self.integer), options=options)
         if res.x is None:
             return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2)
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly

@@ -264,6 +264,20 @@ def test_unreachable_delay_threshold_is_named() -> None:
     assert why["reason"] == "delay" and why["parameter"] == "queries.q.delay_threshold_s"
 
 
+def test_the_budget_a_dropped_type_needs_is_the_least_that_serves_it() -> None:
+    """The figure was what the optimum without the budget spends, serving the other types too: 113.98 $ where a
+    budget of 71.88 $ serves summarization whole."""
+    spec = replace(load_plan_spec(PLANS / "seed001-robust.toml"), budget=1e-9)
+    assert isinstance(spec, AllocationSpec)
+    model = AllocationModel(spec)
+    why = {w["query"]: w for w in explain_unmet(model, model.solve())}
+    assert why["summarization"]["reason"] == "budget"
+    need = float(why["summarization"]["text"].split("a budget of at least ")[1].split(" $")[0])
+    served = AllocationModel(replace(spec, budget=need + 0.01)).solve(force_served="summarization")
+    assert served.ok and served.unmet["summarization"] == 0.0
+    assert AllocationModel(replace(spec, budget=need - 0.01)).solve(force_served="summarization").infeasible
+
+
 def test_a_dropped_share_reads_all_or_none_only_when_it_is() -> None:
     from controller.planner.allocation_report import dropped
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+import numpy as np
+
 from controller.lp import Lp, LpResult
 from controller.planner.allocation_robust import Slot, budget, worst_case_terms, worst_deviation
 from controller.planner.allocation_spec import AllocationSpec, QueryType
@@ -221,6 +223,15 @@ class AllocationModel:
         res = self.lp.solve(without=without, fix=fix, presolve=False,
                             time_limit_s=self.spec.time_limit_s if time_limit_s is None else time_limit_s)
         return self._read(res, time.perf_counter() - t0)
+
+    def least_budget(self, query: str, time_limit_s: float) -> LpResult:
+        """The least the budget row (rental and storage) can be with `query` served whole, the other types served or
+        not as that takes: the budget it needs (the optimum without the budget serves the others too, and cost more)."""
+        cost = np.zeros(len(self.lp.cost))
+        for col, c in self.terms["rental"] + self.terms["storage"]:
+            cost[col] += c
+        return self.lp.solve(without=frozenset({"budget"}), fix={self.lp.index[("u", query)]: 0.0}, presolve=False,
+                             time_limit_s=time_limit_s, cost=cost)
 
     def _read(self, res: LpResult, solve_s: float) -> Allocation:
         if not res.ok:

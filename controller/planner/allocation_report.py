@@ -103,8 +103,12 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                 param = parameter.format(i=i)
                 extra_text = ""
                 if g == "budget":
-                    need = relaxed.costs["rental"] + relaxed.costs["storage"]
-                    extra_text = f" Serving it needs a budget of at least {need:.2f} $ (now {spec.budget:g})."
+                    least = model.least_budget(i, left_s())
+                    need = least.objective if least.ok else relaxed.costs["rental"] + relaxed.costs["storage"]
+                    extra_text = (f" Serving it needs a budget of at least {math.floor(need * 100) / 100:.2f} $ "
+                                  f"(now {spec.budget:g})." if least.optimal else
+                                  f" A budget of {math.ceil(need * 100) / 100:.2f} $ serves it (now {spec.budget:g}; "
+                                  "the least was not proven within the time limit).")
                 elif g.split(":")[0] in ("delay", "error") and best.budgets.get(i, 0.0) > 0:
                     extra_text = (f" The limit is held at its worst case ({best.budgets[i]:g} routes deviating): "
                                   "lower robust.protection or robust.gamma, or the tiers' deviations, relax it too.")
