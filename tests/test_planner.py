@@ -410,6 +410,9 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
      "compute_efficiency: must be in (0, 1], got 7.0"),
     ("seed001-allocation.toml", "mem_util = 0.9", "mem_util = 0.9\ntp_speedup = { 1 = 1.0, 2 = 1.9, 3 = 2.5, "
      "4 = 3.6, 8 = 6.6 }", "tp_speedup.3: no TP degree: the degrees are 1, 2, 4 and 8"),  # ignored without a word
+    ("seed001-allocation.toml", "mem_util = 0.9", "mem_util = 0.9\ntp_speedup = { 1 = 1.0, 2 = 1e12, 4 = 3.6, "
+     "8 = 6.6 }", "tp_speedup.2: needs a value in (0, 4] (twice linear scaling) for each of 1, 2, 4, 8, got "
+     "1000000000000.0"),  # HiGHS: 'Model error'
     ("seed001-allocation.toml", "[gpus.T4]", "[gpus.T4]\ntp_degrees = [1, 1, 1]",
      "gpus.T4.tp_degrees: must be a subset of [1, 2, 4, 8], each once, got [1, 1, 1]"),
     *(("seed001-allocation.toml", "mem_util = 0.9", f"mem_util = 0.9\ntoken_retention_h = {h}",  # ignored unsaid

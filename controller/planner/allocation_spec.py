@@ -7,7 +7,6 @@ fewer bits unless the spec says otherwise). Costs are in $ per rental period.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -261,9 +260,10 @@ class AllocationSpec:
         stray = sorted(set(self.tp_speedup) - {"1", "2", "4", "8"})  # taken and never read
         if stray:
             raise ConfigError(f"tp_speedup.{stray[0]}", "no TP degree: the degrees are 1, 2, 4 and 8")
-        for n in ("1", "2", "4", "8"):
-            if not 0 < self.tp_speedup.get(n, 0) < math.inf:
-                raise ConfigError(f"tp_speedup.{n}", "needs a finite value > 0 for each of 1, 2, 4, 8")
+        for n in ("1", "2", "4", "8"):  # linear scaling is n; 1e12 reached HiGHS as a 'Model error'
+            if not 0 < self.tp_speedup.get(n, 0) <= 2 * int(n):
+                raise ConfigError(f"tp_speedup.{n}", f"needs a value in (0, {2 * int(n)}] (twice linear scaling) for "
+                                  f"each of 1, 2, 4, 8, got {quoted(self.tp_speedup.get(n))}")
         if not 1 <= self.max_replicas <= MAX_REPLICAS:
             raise ConfigError("max_replicas", f"must be in 1..{MAX_REPLICAS}, got {self.max_replicas}")
         tiers = {f"{g}:{p}" for g, p in self.tiers()}
