@@ -133,6 +133,43 @@ def test_greedy_within_one_percent_of_milp_on_seed_002() -> None:
                 assert all(used[g] <= cards[g] for g in used)
 
 
+SCARCE_CARDS = """kind = "packing"
+cards = [1, 2]
+speedups = [1.0, 1.9]
+availability_scale = 1
+scales = [20]
+compute_adjust = 3.0
+seed = 992
+[gpus]
+g0 = { price_per_h = 0.5, memory_gb = 80.0, compute = 150.0 }
+g1 = { price_per_h = 1.75, memory_gb = 24.0, compute = 300.0 }
+[request_types]
+t0 = { memory_gb = 30.0, compute = 20.0 }
+t1 = { memory_gb = 10.0, compute = 60.0 }
+t2 = { memory_gb = 4.0, compute = 120.0 }
+[scenarios]
+s = { g0 = 4, g1 = 2 }
+[traces]
+tr = { t0 = 0.3832671358281878, t1 = 0.4065717179073731, t2 = 0.21016114626443902 }
+"""
+
+
+def test_the_greedy_spends_scarce_cards_where_they_hold_most_before_it_gives_up(tmp_path: Path) -> None:
+    """Its cheapest configs per request took the cards another type needed: "not enough cards left", where the MILP
+    packs the 20 requests on 5 of the 6 cards."""
+    (tmp_path / "scarce.toml").write_text(SCARCE_CARDS)
+    spec = load_plan_spec(tmp_path / "scarce.toml")
+    assert isinstance(spec, PackingSpec)
+    configs, counts, cards = enumerate_configs(spec), draw_workload(spec, "tr", 20), available_cards(spec, "s")
+    milp, greedy = solve_milp(configs, counts, cards), solve_greedy(configs, counts, cards)
+    assert milp.feasible and greedy.feasible and greedy.cost_per_h >= milp.cost_per_h - 1e-9
+    used = greedy.cards(configs)
+    assert all(used[g] <= cards[g] for g in used)
+    short = solve_greedy(configs, counts * 3, cards)  # no packing at all: what the greedy can say, and no more
+    assert not short.feasible and not solve_milp(configs, counts * 3, cards).feasible
+    assert "the greedy ran out of cards before it held every request (a heuristic" in short.note
+
+
 def _tiny_allocation(seed: int) -> AllocationSpec:
     rng = np.random.default_rng(seed)
     q = QueryType(input_tokens=500, output_tokens=200, arrival_rate_qph=float(rng.uniform(2e4, 2e5)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,20 +166,36 @@ def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int
                  type_names: tuple[str, ...] = ()) -> PackingResult:
     """Two passes. Each type first rents whole copies of its cheapest config per request (then the next cheapest
     when cards run out); the remainders, each less than a copy, then share copies: repeatedly rent the copy that
-    covers the most remainder value (requests x their best price) per dollar."""
+    covers the most remainder value (requests x their best price) per dollar. Where the cards run out first, the
+    same again counting each config's cards instead of its dollars (scarce cards spent where they hold most)."""
     t0 = time.perf_counter()
     homeless = _homeless(configs, counts, type_names)
     if homeless is not None:
         return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0, homeless)
+    copies = _greedy(configs, counts, cards, lambda cf: cf.cost_per_h)
+    if isinstance(copies, int):
+        copies = _greedy(configs, counts, cards, lambda cf: float(cf.cards))
+    if isinstance(copies, int):
+        return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
+                             f"request type {_named(copies, type_names)}: the greedy ran out of cards before it held "
+                             "every request (a heuristic: the MILP may still find a packing)")
+    total = sum(configs[c].cost_per_h * n for c, n in copies.items())
+    return PackingResult("greedy", True, total, {configs[c].name: n for c, n in copies.items()},
+                         time.perf_counter() - t0)
+
+
+def _greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
+            price: Callable[[Config], float]) -> dict[int, int] | int:
+    """The two passes at `price` per copy: the copies rented, or the first request type left unheld."""
     left = dict(cards)
     copies: dict[int, int] = {}
     need = counts.astype(float).copy()
     unit = np.full(len(counts), np.inf)
     for w in range(len(counts)):
         usable = sorted((c for c, cf in enumerate(configs) if cf.holds[w] > 0),
-                        key=lambda c: configs[c].cost_per_h / configs[c].holds[w])
+                        key=lambda c: price(configs[c]) / configs[c].holds[w])
         if usable:
-            unit[w] = configs[usable[0]].cost_per_h / configs[usable[0]].holds[w]
+            unit[w] = price(configs[usable[0]]) / configs[usable[0]].holds[w]
         for c in usable:
             cf = configs[c]
             whole = min(int(need[w] // cf.holds[w]), left[cf.gpu] // cf.cards)
@@ -196,19 +213,15 @@ def solve_greedy(configs: list[Config], counts: np.ndarray, cards: dict[str, int
                 if need[w] > 0 and cf.holds[w] > 0 and room > 0:
                     take[w] = min(need[w], room * cf.holds[w])
                     room -= take[w] / cf.holds[w]
-            score = float(take @ np.where(np.isfinite(unit), unit, 0.0)) / cf.cost_per_h
+            score = float(take @ np.where(np.isfinite(unit), unit, 0.0)) / price(cf)
             if take.any() and (best is None or score > best[0]):
                 best = (score, c, take)
         if best is None:
-            return PackingResult("greedy", False, math.inf, {}, time.perf_counter() - t0,
-                                 f"request type {_named(int(np.flatnonzero(need)[0]), type_names)}: not enough "
-                                 "cards left")
+            return int(np.flatnonzero(need)[0])
         _, c, take = best
         _rent(c, 1, configs[c], copies, left)
         need = np.where(need - take < 1e-9, 0.0, need - take)
-    total = sum(configs[c].cost_per_h * n for c, n in copies.items())
-    return PackingResult("greedy", True, total, {configs[c].name: n for c, n in copies.items()},
-                         time.perf_counter() - t0)
+    return copies
 
 
 def _rent(c: int, n: int, cf: Config, copies: dict[int, int], left: dict[str, int]) -> None:
