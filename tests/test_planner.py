@@ -437,6 +437,8 @@ def test_bad_plan_specs_get_one_clear_error(tmp_path: Path, text: str, where: st
 
 @pytest.mark.parametrize(("spec", "old", "new", "message"), [
     ("seed002-packing.toml", "seed = 0", "seed = -1", "seed: must be in 0..2^63-1, got -1"),
+    ("seed002-packing.toml", "seed = 0", "seed = 0\nmip_gap = 1.0",  # a plan 6x the optimum read as optimal
+     "mip_gap: must be in [0, 0.1], got 1.0"),
     ("seed001-allocation.toml", "arrival_rate_qph = 36000", "arrival_rate_qph = 1e15",
      "queries.summarization.arrival_rate_qph: must be in [0, 1e+09], got 1000000000000000.0"),
     ("seed001-allocation.toml", "error_rate = 0.03", "error_rate = 2",
