@@ -392,6 +392,17 @@ def test_plan_cli_compare_writes_one_chart_per_scenario(tmp_path: Path, capsys: 
     assert "milp_per_type" in out and out.count("\n") >= 36
 
 
+def test_plots_without_matplotlib_are_refused_before_any_solve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Said only after every instance was solved (up to 200, each within time_limit_s), an empty folder left."""
+    import controller.planner.packing_report as report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(report, "compare", lambda spec: pytest.fail("solved before the refusal"))
+    assert main(["plan", str(PLANS / "seed002-packing.toml"), "--compare", "--plots", str(tmp_path / "p")]) == 2
+    assert "--plots: needs matplotlib" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
 def test_plan_cli_packing_text_says_which_instance_it_solved_and_aligns_its_rows(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Without --scenario/--trace/--requests the instance was chosen silently, and each row repeated it; a

@@ -67,7 +67,11 @@ def _compare(args: argparse.Namespace, spec: PackingSpec, plots: Path | None) ->
                           f"{len(spec.scales)} scales = {instances} instances, past the {MAX_INSTANCES} it solves "
                           f"(each within time_limit_s, {spec.time_limit_s:g} s); name fewer scenarios, traces or "
                           "scales")
-    if plots is not None:  # before the solves: a folder that cannot be made is said at once
+    if plots is not None:  # before the solves: a folder that cannot be made, or no matplotlib, is said at once
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plots", "needs matplotlib: pip install 'wattscale[plots]'") from None
         try:
             plots.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
