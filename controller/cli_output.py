@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
+from typing import IO
+
+MAX_NATIVE_BYTES = 65536
+"""The most of the solver's own output said (the rest of it dropped)."""
 
 
 @contextlib.contextmanager
 def native_output_to_stderr() -> Iterator[None]:
-    """What native code (HiGHS) writes itself to descriptor 1 goes to standard error, while Python's prints
-    still reach standard output: a command's JSON stays whole whatever its solver prints. A name of non-UTF-8 bytes
-    prints as those bytes (escaped where the output is not UTF-8); a closed standard output prints nothing."""
+    """What native code (HiGHS) writes itself to descriptor 1 goes to standard error as one line at the end, while
+    Python's prints still reach standard output: a command's JSON stays whole whatever its solver prints, and a debug
+    print of HiGHS's without a newline no longer runs into the command's text. A name of non-UTF-8 bytes prints as
+    those bytes (escaped where the output is not UTF-8); a closed standard output prints nothing."""
     if sys.stdout is not None:
         sys.stdout.flush()
     try:
@@ -24,9 +30,14 @@ def native_output_to_stderr() -> Iterator[None]:
         saved_fd: int | None = os.dup(1)
     except OSError:  # closed: a file opened now would take descriptor 1, and native output with it
         saved_fd = None
+    native: IO[bytes] | None = None
     try:
-        os.dup2(2, 1)
-    except OSError:  # standard error closed: native output goes nowhere rather than into the JSON
+        native = tempfile.TemporaryFile()  # noqa: SIM115  (it lives across the yield: closed in the finally)
+        os.dup2(native.fileno(), 1)
+    except OSError:  # nowhere to keep it: nowhere at all rather than into the JSON
+        if native is not None:
+            native.close()
+        native = None
         os.dup2(null := os.open(os.devnull, os.O_WRONLY), 1)
         os.close(null)
     if on_fd_1 and saved_fd is not None:
@@ -45,6 +56,13 @@ def native_output_to_stderr() -> Iterator[None]:
         if saved_fd is not None:
             os.dup2(saved_fd, 1)
             os.close(saved_fd)
+        if native is not None:
+            native.seek(0)
+            said = " ".join(native.read(MAX_NATIVE_BYTES).decode(errors="replace").split())
+            native.close()
+            if said:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    print(f"wattscale: the solver printed: {said}", file=sys.stderr)
 
 
 def drop_output() -> None:
