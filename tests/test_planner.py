@@ -92,7 +92,10 @@ def test_per_type_row_under_states_the_cost_when_types_mix() -> None:
     assert solve_milp(configs, counts, {"g": 10}, "per_type").cost_per_h == pytest.approx(1.0)
     assert solve_homogeneous(configs, counts, {"g": 10}, "g", "per_type").cost_per_h == pytest.approx(1.0)
     assert solve_homogeneous(configs, counts, {"g": 10}, "g").cost_per_h == pytest.approx(2.0)
-    assert not solve_homogeneous(configs, counts, {"g": 1}, "g").feasible
+    short = solve_homogeneous(configs, counts, {"g": 1}, "g")
+    assert not short.feasible and short.note == "g alone cannot hold this workload: it needs 2 cards, 1 available"
+    unfit = solve_homogeneous([Config("g_x1", "g", 1, 1.0, (2.0, 0.0))], counts, {"g": 10}, "g")
+    assert unfit.note == "g alone cannot hold this workload: no config of it holds every request type"
 
 
 @pytest.mark.parametrize("capacity", ["shared", "per_type"])

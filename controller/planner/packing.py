@@ -234,16 +234,20 @@ def solve_homogeneous(configs: list[Config], counts: np.ndarray, cards: dict[str
     """One GPU type and one config size for everything: the cheapest size that holds the workload."""
     t0 = time.perf_counter()
     best: tuple[float, str, int] | None = None
+    fewest: int | None = None  # the fewest cards a config that holds every type needs
     for cf in configs:
         if cf.gpu != gpu or any(n > 0 and h <= 0 for n, h in zip(counts, cf.holds, strict=True)):
             continue
         loads = [n / h for n, h in zip(counts, cf.holds, strict=True) if n > 0]
         # a billionth of slack for the sum's rounding, and a workload of less than that still needs its one copy
         n = max(math.ceil((sum(loads) if capacity == "shared" else max(loads, default=0.0)) - 1e-9), int(bool(loads)))
+        fewest = n * cf.cards if fewest is None else min(fewest, n * cf.cards)
         if n * cf.cards <= cards.get(gpu, 0) and (best is None or n * cf.cost_per_h < best[0]):
             best = (n * cf.cost_per_h, cf.name, n)
     solve_s = time.perf_counter() - t0
     if best is None:
+        why = ("no config of it holds every request type" if fewest is None else
+               f"it needs {fewest} cards, {cards.get(gpu, 0)} available")
         return PackingResult(f"homogeneous:{gpu}", False, math.inf, {}, solve_s,
-                             f"{gpu} alone cannot hold this workload")
+                             f"{gpu} alone cannot hold this workload: {why}")
     return PackingResult(f"homogeneous:{gpu}", True, best[0], {best[1]: best[2]} if best[2] else {}, solve_s)
