@@ -33,6 +33,7 @@ import numpy as np
 from gpu_probe import ReadOnlyNvml, decode_reasons
 from scipy.optimize import least_squares
 
+from actuators import ActuatorError
 from actuators.nvml import GpuReading, NvmlDevices
 from queuemodels.power import natural_draw_w
 from queuemodels.types import PowerProfile
@@ -238,9 +239,17 @@ def main(argv: list[str] | None = None, nvml: ModuleType | Any = None, load: Loa
         import pynvml
 
         nvml = pynvml
-    if load is None:
-        load = GemmLoad() if args.load == "gemm" else DecodeLoad(args.context)
-    print(json.dumps(measure(nvml, load, batches, args.seconds)))
+    try:  # one line for each failure, as gpu_probe.py says its own
+        if load is None:
+            load = GemmLoad() if args.load == "gemm" else DecodeLoad(args.context)
+    except (ImportError, RuntimeError, AssertionError) as exc:  # no torch; torch without CUDA, or no GPU
+        print(f"gpu_draw: the loads need PyTorch with CUDA and a GPU ({exc})", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(measure(nvml, load, batches, args.seconds)))
+    except ActuatorError as exc:  # NVML's errors, translated by NvmlDevices
+        print(f"gpu_draw: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None, nvml: ModuleType | Any = None) -> int:
         import pynvml
 
         nvml = pynvml
-    print(json.dumps(timed(nvml, args.repeat)))
+    try:
+        print(json.dumps(timed(nvml, args.repeat)))
+    except nvml.NVMLError as exc:  # no driver, no GPU: one line, as gpu_probe.py says it
+        print(f"nvml_calls: NVML: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

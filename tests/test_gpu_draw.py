@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from dataclasses import replace
@@ -108,3 +109,18 @@ def test_timed_synchronises_and_ticks_after_every_chunk_and_counts_every_step() 
     idle_events = len(events)
     assert gpu_draw.timed(Torch, None, 0.06, lambda: events.append("tick"))[0] == 0
     assert "step" not in events[idle_events:] and "sync" not in events[idle_events:]
+
+
+def test_without_a_driver_each_gpu_benchmark_says_so_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvml_calls.py ended in pynvml's traceback off a GPU host, and gpu_draw.py without PyTorch in an ImportError's,
+    where gpu_probe.py says one line and exits 2."""
+    nvml = FakeNvml([FakeGpu()])
+    nvml.library = False
+    assert load_benchmark("nvml_calls").main(["--repeat", "5"], nvml=nvml) == 2
+    assert capsys.readouterr().err == "nvml_calls: NVML: NVML Shared Library Not Found\n"
+    monkeypatch.setitem(sys.modules, "torch", None)  # not installed
+    assert gpu_draw.main(["--seconds", "1"], nvml=FakeNvml([FakeGpu()])) == 2
+    assert capsys.readouterr().err.startswith("gpu_draw: the loads need PyTorch with CUDA and a GPU (")
+    assert gpu_draw.main(["--seconds", "1"], nvml=nvml, load=LawLoad(FakeGpu())) == 2
+    assert capsys.readouterr().err.startswith("gpu_draw: NVML init: libnvidia-ml.so.1 not found")
