@@ -95,7 +95,7 @@ def main() -> None:
             short = mine & (fin.in_tokens < LONG_PROMPT_TOKENS)
             ttft = float(np.percentile(fin.ttft_s[mine], q) * 1000)
             itl = float(np.percentile(fin.itl_s[mine], q) * 1000)
-            limits = r.trace.cap_w[name][int(w * WINDOW_S):int((w + 1) * WINDOW_S)]
+            limits = r.trace.limit_w[name][int(w * WINDOW_S):int((w + 1) * WINDOW_S)]
             rows.append({"window": w, "requests": int(mine.sum()), "long_prompts": int((fin.in_tokens[mine] >=
                                                                                         LONG_PROMPT_TOKENS).sum()),
                          "ttft_q_ms": round(ttft, 1), "ttft_q_short_ms": round(float(

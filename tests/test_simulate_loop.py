@@ -94,7 +94,7 @@ def test_no_actuator_flaps_on_a_steady_load_over_a_simulated_hour(small_scenario
     settled = tr.t_s > 600
     assert np.count_nonzero(np.diff(tr.max_batch["chat"][settled])) == 0
     assert np.count_nonzero(np.diff(tr.replicas["chat"][settled])) == 0
-    steps = np.diff(tr.cap_w["chat"][settled])
+    steps = np.diff(tr.limit_w["chat"][settled])
     big = steps[np.abs(steps) > 25.0]  # a change of more than 25 W; the governor's trims are smaller
     reversals = np.count_nonzero(np.diff(np.sign(big)) != 0)
     assert reversals <= 6, f"the limit see-saws: {reversals} reversals of > 25 W steps"

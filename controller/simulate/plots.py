@@ -1,6 +1,6 @@
 """The report's PNGs (first seed's runs): site power against the budget (and each power domain's against its limit),
-SLO attainment per service over time, replicas / max batch / caps per service, and energy and tokens per joule per
-policy."""
+SLO attainment per service over time, replicas / max batch / mean power limit per service, and energy and tokens
+per joule per policy."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def actuators(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> No
             t = r.trace.t_s / 60
             row[0].step(t, r.trace.replicas[svc.name], label=name, **_style(k))
             row[1].step(t, r.trace.max_batch[svc.name], label=name, **_style(k))
-            row[2].plot(t, r.trace.cap_w[svc.name], label=name, **_style(k))
+            row[2].plot(t, r.trace.limit_w[svc.name], label=name, **_style(k))
         row[0].set_ylabel(svc.name)
         for ax in row[:2]:  # counts from 0 with whole ticks (a constant 64 on a 61-67 axis read as varying)
             ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))

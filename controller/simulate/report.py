@@ -162,13 +162,13 @@ def write_trace(path: Path, trace: Trace) -> None:
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["t_s", "budget_w", "draw_w", "limits_w", "g_co2_per_kwh"]
-                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "cap_w")]
+                     + [f"{n}:{k}" for n in names for k in ("replicas", "max_batch", "limit_w")]
                      + [f"domain {d}:draw_w" for d in domains])
         for k in range(len(trace.t_s)):
             out.writerow([f"{trace.t_s[k]:g}", f"{trace.budget_w[k]:g}", f"{trace.draw_w[k]:.1f}",
                           f"{trace.limits_w[k]:.1f}", f"{trace.intensity_g_per_kwh[k]:g}"]
                          + [f"{v:.1f}" for n in names
-                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.cap_w[n][k])]
+                            for v in (trace.replicas[n][k], trace.max_batch[n][k], trace.limit_w[n][k])]
                          + [f"{trace.domain_draw_w[d][k]:.1f}" for d in domains])
 
 

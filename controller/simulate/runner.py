@@ -59,7 +59,7 @@ class Trace:
     """Sum of the power limits of the GPUs still on the bus."""
     replicas: dict[str, NDArray[np.float64]]
     max_batch: dict[str, NDArray[np.float64]]
-    cap_w: dict[str, NDArray[np.float64]]
+    limit_w: dict[str, NDArray[np.float64]]
     """Mean power limit of the service's GPUs (nan while it has none)."""
     intensity_g_per_kwh: NDArray[np.float64]
     """The grid's carbon intensity during the second (nan without a carbon CSV source)."""
@@ -156,4 +156,4 @@ def _record(trace: Trace, k: int, host: SimHost) -> None:
         trace.replicas[name][k] = svc.count()  # a rolling restart's draining replica counts
         trace.max_batch[name][k] = svc.max_num_seqs
         limits = [r.gpu.power_limit_w for r in svc.replicas]
-        trace.cap_w[name][k] = sum(limits) / len(limits) if limits else np.nan
+        trace.limit_w[name][k] = sum(limits) / len(limits) if limits else np.nan
