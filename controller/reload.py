@@ -96,12 +96,27 @@ def _differences(where: str, a: object, b: object) -> Iterator[tuple[str, object
         for f in fields(a):
             yield from _differences(f"{where}.{f.name}" if where else f.name, getattr(a, f.name), getattr(b, f.name))
         return
-    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b) and all(is_dataclass(x) for x in (*a, *b)):
-        for k, (x, y) in enumerate(zip(a, b, strict=True)):  # a named table by its name, another by its place
-            yield from _differences(f"{where}[{getattr(x, 'name', k)}]", x, y)
-        return
+    if isinstance(a, tuple) and isinstance(b, tuple) and all(is_dataclass(x) for x in (*a, *b)):
+        if all(hasattr(x, "name") for x in (*a, *b)):  # named tables by name: one added or removed is one change
+            old, new = {x.name: x for x in a}, {x.name: x for x in b}
+            for name in dict.fromkeys([*old, *new]):
+                yield from _differences(f"{where}[{name}]", old.get(name), new.get(name))
+            if set(old) == set(new) and list(old) != list(new):
+                yield f"{where} order", list(old), list(new)
+            return
+        if len(a) == len(b):  # by their place
+            for k, (x, y) in enumerate(zip(a, b, strict=True)):
+                yield from _differences(f"{where}[{k}]", x, y)
+            return
     yield where, a, b
 
 
 def _shown(v: object) -> str:
-    return quoted(list(v) if isinstance(v, tuple) else v)
+    """A value as the log line says it: a table as TOML writes one inline (not a dataclass's repr), none as such."""
+    if v is None:
+        return "(none)"
+    if is_dataclass(v) and not isinstance(v, type):
+        return "{" + ", ".join(f"{f.name} = {_shown(getattr(v, f.name))}" for f in fields(v)) + "}"
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_shown(x) for x in v) + "]"
+    return quoted(v)

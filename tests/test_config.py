@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -453,6 +454,26 @@ def test_a_reload_says_what_it_changed_and_the_budget_in_force(tmp_path: Path,
     assert lines == ["config reloaded: changed power.budget_w 4000.0 -> 3000.0, services[chat].ttft_ms 300.0 -> 250.0, "
                      "stability.cooldown_s 60.0 -> 90.0; budget 3000 W, 3 services",
                      "config reloaded: changed nothing; budget 3000 W, 3 services"], lines
+
+
+def test_a_reload_log_says_a_table_added_or_removed_by_name_in_toml_terms(tmp_path: Path) -> None:
+    """A domain added read `power.domains [] -> [PowerDomainSettings(name='rack-a', limit_w=900.0, ...)]`."""
+    from controller.power_settings import PowerDomainSettings
+    from controller.reload import changes
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD)
+    old = load_settings(path)
+    rack_a, rack_b = PowerDomainSettings("rack-a", 900.0, (0, 1, 2, 3)), PowerDomainSettings("rack-b", 900.0, (4, 5))
+    both = replace(old, power=replace(old.power, domains=(rack_a, rack_b)))
+    assert changes(old, replace(old, power=replace(old.power, domains=(rack_a,)))) == (
+        "power.domains[rack-a] (none) -> {name = 'rack-a', limit_w = 900.0, gpus = [0, 1, 2, 3]}")
+    assert changes(both, replace(both, power=replace(both.power, domains=(replace(rack_a, limit_w=800.0),)))) == (
+        "power.domains[rack-a].limit_w 900.0 -> 800.0, power.domains[rack-b] {name = 'rack-b', limit_w = 900.0, "
+        "gpus = [4, 5]} -> (none)")
+    assert changes(both, replace(both, power=replace(both.power, domains=(rack_b, rack_a)))) == (
+        "power.domains order ['rack-a', 'rack-b'] -> ['rack-b', 'rack-a']")
 
 
 def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path: Path,
