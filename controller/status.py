@@ -153,6 +153,7 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
             "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
             "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
             "blocked": _items(record.get("blocked")), "services": services,
+            "untold": _items(record.get("held_untold")),
             "other_config": None if config is None or _same(record.get("config"), config) else str(record["config"])}
 
 
@@ -222,7 +223,7 @@ def text(rep: dict[str, Any]) -> str:
         age += " (stale: is the daemon running?)"
     why = f" ({rep['budget_why']})" if rep["budget_why"] else ""
     drawn = "" if rep["draw_w"] is None else f", drawing {_figure(rep['draw_w'])} W"
-    unseen = sum(s["slo"] == NO_WINDOW for s in rep["services"].values())
+    unseen = len(rep["untold"])  # the daemon's, not this file's (it may name others)
     at = f" (at no load for services no window has measured yet: {unseen})" if unseen else ""
     lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W{at}"
              f"{drawn}{age}"]
@@ -237,6 +238,9 @@ def text(rep: dict[str, Any]) -> str:
         floor = "; every limit at its floor" if d.get("urgent") else ""
         lines.append(f"power emergency: the governor holds {d.get('gpus_held_below_plan', 0)} GPUs below the plan's "
                      f"caps (step {d.get('step', '?')}){floor}")
+    elif d.get("gpus_held_below_plan"):  # the budget binds without an emergency: what the caps alone do not say
+        lines.append(f"the governor holds {d['gpus_held_below_plan']} GPUs below the plan's caps to fit the budget "
+                     f"(step {d.get('step', '?')})")
     for name, s in rep["services"].items():
         verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]
         planned = "" if s["planned"] == s["in_force"] else f"; planned {_shape(s['planned'])}"

@@ -183,6 +183,23 @@ def test_a_foreign_records_strings_and_escapes_are_printed_as_one_safe_line(
     assert not any("\x1b" in x for x in out)
 
 
+def test_status_counts_the_daemons_unmeasured_services_and_says_gpus_held_outside_an_emergency(
+        sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The note counted this file's services with no window (a renamed one the daemon does not run among them),
+    where the record says which the plan counted at no load; and the GPUs the budget held under the plan's caps
+    showed only in --json unless in an emergency."""
+    path = sim_config()
+    shape = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 630.0}
+    record = {"t": 1.0, "budget_w": 2000.0, "predicted_w": 1796.0, "draw_w": 1900.0, "wall_time": time.time(),
+              "degradation": {"emergency": False, "urgent": False, "gpus_held_below_plan": 4, "step": "caps"},
+              "services": {"chat": {"in_force": shape, "applied": shape, "planned": shape}}}
+    decision_log(path).write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("budget 2000 W, plan predicts 1796 W, drawing 1900 W"), out
+    assert out[1] == "the governor holds 4 GPUs below the plan's caps to fit the budget (step caps)"
+
+
 def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config: Callable[..., Path],
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The applied shape, not the one before the decision; the measured draw and the governor's emergency; a
@@ -192,6 +209,7 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     before = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420.0}
     after = {**before, "replicas": 2, "cap_w": 520.0}
     record = {"t": 1.0, "budget_w": 900.0, "predicted_w": 760.0, "draw_w": 1390.0, "wall_time": time.time(),
+              "held_untold": ["chat", "code", "old-name"],  # the daemon's count, whatever this file names
               "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 8, "step": "caps"},
               "services": {"chat": {"in_force": before, "applied": after, "planned": after},
                            "old-name": {"in_force": before, "applied": before, "planned": before}}}
