@@ -1,6 +1,6 @@
 """How a vLLM server is run, behind `ServerRunner`: as a child process the daemon supervises (`ChildRunner`: argv
 lists, never a shell), or as a systemd unit whose ExecStart reads `${WATTSCALE_MAX_NUM_SEQS}` (`SystemdRunner`: the
-new value goes into a drop-in file, written atomically, then `systemctl daemon-reload` and `restart`)."""
+new value goes into the unit's environment file, written atomically, then `systemctl restart`)."""
 
 from __future__ import annotations
 
@@ -143,49 +143,48 @@ UNIT_TYPES = frozenset({"service", "socket", "device", "mount", "automount", "sw
 
 
 def unit_file(name: str) -> str:
-    """A unit's full name, as systemctl reads a name without a type suffix: a service. Its drop-ins are read from
-    `<full name>.d` only (`vllm-chat-0.d` was written and never read: every restart kept the old max batch)."""
+    """A unit's full name, as systemctl reads a name without a type suffix: a service (what `%n` gives in the unit's
+    own `EnvironmentFile=` line, so the file the unit reads is the one written)."""
     return name if name.rpartition(".")[2] in UNIT_TYPES and "." in name else f"{name}.service"
 
 
 class SystemdRunner:
-    """Drop-in `<dropin_dir>/<unit>.service.d/50-wattscale.conf` (`unit_file`) setting WATTSCALE_MAX_NUM_SEQS, then
-    systemctl."""
+    """`<env_dir>/<unit>.service.env` (`unit_file`) setting WATTSCALE_MAX_NUM_SEQS, then `systemctl restart`: the unit
+    reads the file with `EnvironmentFile=-`, so the daemon writes nothing under /etc and asks for no daemon-reload
+    (a drop-in it could write would run anything as root at the next restart; an environment file only sets the
+    unit's environment, under the unit's own user)."""
 
     supervises = False  # systemd runs the units; wattscale only changes them
 
-    def __init__(self, dropin_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
-        self.dropin_dir, self.systemctl, self.timeout_s = dropin_dir, systemctl, timeout_s
+    def __init__(self, env_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
+        self.env_dir, self.systemctl, self.timeout_s = env_dir, systemctl, timeout_s
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
-        self._write_dropin(replica, max_num_seqs)
-        for args in (("daemon-reload",), ("restart", replica.name)):
-            try:
-                done = subprocess.run([*self.systemctl, *args], capture_output=True, timeout=self.timeout_s)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise TransientActuatorError(f"{replica.name}: systemctl {args[0]}: {exc}", 30.0) from exc
-            if done.returncode != 0:
-                raise PermanentActuatorError(f"{replica.name}: systemctl {' '.join(args)} failed: "
-                                             f"{done.stderr.decode(errors='replace').strip()[:200]}")
+        self._write_env(replica, max_num_seqs)
+        try:
+            done = subprocess.run([*self.systemctl, "restart", replica.name], capture_output=True,
+                                  timeout=self.timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TransientActuatorError(f"{replica.name}: systemctl restart: {exc}", 30.0) from exc
+        if done.returncode != 0:
+            raise PermanentActuatorError(f"{replica.name}: systemctl restart {replica.name} failed: "
+                                         f"{done.stderr.decode(errors='replace').strip()[:200]}")
 
-    def _write_dropin(self, replica: Replica, max_num_seqs: int) -> None:
-        """The drop-in, written whole or not at all (a failed write leaves no temporary file behind)."""
-        folder = self.dropin_dir / f"{unit_file(replica.name)}.d"
-        text = f"# written by wattscale\n[Service]\nEnvironment=WATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n"
-        tmp: str | None = None
+    def _write_env(self, replica: Replica, max_num_seqs: int) -> None:
+        """The unit's environment file, written whole or not at all (a failed write leaves no temporary file)."""
+        folder, tmp = self.env_dir, None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
             with os.fdopen(fd, "w") as f:
-                f.write(text)
+                f.write(f"# written by wattscale\nWATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, folder / "50-wattscale.conf")
+            os.replace(tmp, folder / f"{unit_file(replica.name)}.env")
         except OSError as exc:  # permissions, a read-only or full disk: the operator must act
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-            raise PermanentActuatorError(f"{replica.name}: cannot write its drop-in in {folder}: "
+            raise PermanentActuatorError(f"{replica.name}: cannot write its environment file in {folder}: "
                                          f"{exc.strerror or exc}") from exc
 
     def exited(self, name: str) -> int | None:

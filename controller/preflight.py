@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from actuators.vllm_servers import unit_file
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner
@@ -96,12 +95,10 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
             if shutil.which(program) is None:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
                                   "executable program")
-    if a.batch == "vllm" and a.vllm_runner == "systemd":  # each unit's own folder: the one written (and made)
-        base = Path(settings.base_dir) / a.systemd_dropin_dir
-        problems = {unwritable(base / f"{unit_file(u)}.d") for s in settings.services for u in s.systemd_units}
-        warnings += [f"actuators.systemd_dropin_dir: {problem}; changes of max batch will fail (under the shipped "
-                     "wattscale.service, /etc is read-only but for systemd/wattscale.service.d/vllm-units.conf)"
-                     for problem in sorted(map(str, problems - {None}))]
+    if a.batch == "vllm" and a.vllm_runner == "systemd":
+        problem = unwritable(Path(settings.base_dir) / a.systemd_env_dir)
+        if problem is not None:
+            warnings.append(f"actuators.systemd_env_dir: {problem}; changes of max batch will fail")
     return warnings, kube
 
 

@@ -1,4 +1,4 @@
-"""The unit file passes systemd-analyze verify and rates 2.5 or lower on exposure."""
+"""The unit file passes systemd-analyze verify and rates 2.5 or lower on exposure; the example vLLM unit verifies."""
 
 from __future__ import annotations
 
@@ -28,17 +28,12 @@ def test_verify(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_the_drop_in_for_vllm_units_loads_cleanly_and_keeps_the_exposure(tmp_path: Path) -> None:
-    """systemd/wattscale.service.d/vllm-units.conf, installed beside the unit, is read without a warning."""
-    unit = installed_copy(tmp_path)
-    (tmp_path / "wattscale.service.d").mkdir()
-    shutil.copy(UNIT.with_name("wattscale.service.d") / "vllm-units.conf", tmp_path / "wattscale.service.d")
+def test_the_example_vllm_unit_loads_cleanly(tmp_path: Path) -> None:
+    """systemd/vllm-example.service, its ExecStart pointed at a program that is there, is read without a warning."""
+    unit = tmp_path / "vllm-chat-0.service"
+    unit.write_text(UNIT.with_name("vllm-example.service").read_text().replace("/opt/vllm/bin/vllm", "/bin/true"))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
-    shown = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
-                           text=True)
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", shown.stdout)
-    assert match and float(match.group(1)) <= 2.5, shown.stdout[-500:]
 
 
 def test_security_exposure(tmp_path: Path) -> None:

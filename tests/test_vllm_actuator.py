@@ -1,5 +1,5 @@
 """Batch backend `vllm`: real child processes (a stand-in server with /health) restarted with the new
---max-num-seqs one replica at a time, a value that never gets healthy rolled back, and the systemd drop-in."""
+--max-num-seqs one replica at a time, a value that never gets healthy rolled back, and the systemd environment file."""
 
 from __future__ import annotations
 
@@ -133,31 +133,33 @@ def test_flag_is_replaced_in_either_spelling() -> None:
     assert with_max_num_seqs(("vllm", "--max-num-seqs=8"), 4) == ["vllm", "--max-num-seqs", "4"]
 
 
-def test_systemd_runner_writes_the_drop_in_then_reloads_and_restarts(tmp_path: Path) -> None:
+def test_systemd_runner_writes_the_units_environment_file_then_restarts_it(tmp_path: Path) -> None:
+    """No drop-in under /etc (whoever held the daemon's user could write `User=root` into one) and no
+    daemon-reload: the unit reads the file with EnvironmentFile=-.../%n.env at its restart."""
     log = tmp_path / "systemctl.log"
     script = tmp_path / "systemctl.py"
     script.write_text("import sys\nopen(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + '\\n')\n"
                       "sys.exit(3 if 'broken.service' in sys.argv else 0)\n")
-    runner = SystemdRunner(tmp_path / "etc", (sys.executable, str(script), str(log)))
+    runner = SystemdRunner(tmp_path / "units", (sys.executable, str(script), str(log)))
     runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
-    dropin = tmp_path / "etc" / "vllm-chat@0.service.d" / "50-wattscale.conf"
-    assert "Environment=WATTSCALE_MAX_NUM_SEQS=48" in dropin.read_text()
-    assert log.read_text().splitlines() == ["daemon-reload", "restart vllm-chat@0.service"]
-    assert not list(dropin.parent.glob(".wattscale-*"))  # no temporary file left behind
+    env = tmp_path / "units" / "vllm-chat@0.service.env"
+    assert env.read_text().splitlines()[1:] == ["WATTSCALE_MAX_NUM_SEQS=48"]
+    assert log.read_text().splitlines() == ["restart vllm-chat@0.service"]
+    assert [p.name for p in env.parent.iterdir()] == [env.name]  # no temporary file left behind
     with pytest.raises(PermanentActuatorError, match=r"systemctl restart broken\.service failed"):
         runner.restart(Replica("broken.service", "http://127.0.0.1:1/health"), 8)
 
 
-@pytest.mark.parametrize(("unit", "folder"), [("vllm-chat-0", "vllm-chat-0.service.d"),
-                                              ("vllm@1", "vllm@1.service.d"), ("vllm-1.5b", "vllm-1.5b.service.d"),
-                                              ("vllm-chat-0.service", "vllm-chat-0.service.d")])
-def test_a_unit_named_without_its_suffix_gets_the_drop_in_systemd_reads(tmp_path: Path, unit: str,
-                                                                         folder: str) -> None:
-    """The host example names its units as systemctl takes them, without `.service`: the drop-in went to
-    `vllm-chat-0.d`, which systemd never reads, so every change of max batch restarted the server unchanged."""
-    runner = SystemdRunner(tmp_path / "etc", (sys.executable, "-c", "pass"))
+@pytest.mark.parametrize(("unit", "file"), [("vllm-chat-0", "vllm-chat-0.service.env"),
+                                            ("vllm@1", "vllm@1.service.env"), ("vllm-1.5b", "vllm-1.5b.service.env"),
+                                            ("vllm-chat-0.service", "vllm-chat-0.service.env")])
+def test_a_unit_named_without_its_suffix_gets_the_file_its_full_name_reads(tmp_path: Path, unit: str,
+                                                                           file: str) -> None:
+    """The host example names its units as systemctl takes them, without `.service`, where `%n` in the unit's
+    EnvironmentFile= line is its full name (the drop-in had gone to `vllm-chat-0.d`, which systemd never read)."""
+    runner = SystemdRunner(tmp_path / "units", (sys.executable, "-c", "pass"))
     runner.restart(Replica(unit, "http://127.0.0.1:1/health"), 32)
-    assert [p.name for p in (tmp_path / "etc").iterdir()] == [folder]
+    assert [p.name for p in (tmp_path / "units").iterdir()] == [file]
 
 
 def test_config_with_the_vllm_backend_supervises_the_servers(tmp_path: Path) -> None:
@@ -294,12 +296,14 @@ def test_a_server_that_exits_as_it_starts_fails_at_once_with_its_status(code: st
     assert time.monotonic() - started < 10.0
 
 
-def test_a_drop_in_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(tmp_path: Path) -> None:
-    """The drop-in folder's parent is a file (as a read-only /etc or a full disk would also refuse): an OSError
-    raised in the rollout thread ended it without a word, and the change was never reported."""
-    (tmp_path / "etc").write_text("not a folder")
-    runner = SystemdRunner(tmp_path / "etc", (sys.executable, "-c", "pass"))
-    with pytest.raises(PermanentActuatorError, match=r"vllm-chat@0\.service: cannot write its drop-in in .*etc"):
+def test_an_environment_file_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    """The folder is a file (as a read-only or full disk would also refuse): an OSError raised in the rollout thread
+    ended it without a word, and the change was never reported."""
+    (tmp_path / "units").write_text("not a folder")
+    runner = SystemdRunner(tmp_path / "units", (sys.executable, "-c", "pass"))
+    with pytest.raises(PermanentActuatorError, match=r"vllm-chat@0\.service: cannot write its environment file in "
+                                                     r".*units"):
         runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
 
 
