@@ -112,6 +112,7 @@ RECORD = table({
     "degradation": optional(table({"step": text, "gpus_held_below_plan": whole})),
     "budget": optional(table({"why": optional(text)})),
     "errors": optional(items), "blocked": optional(items), "config": optional(text), "pid": optional(pid),
+    "held_untold": optional(items),
 }, ("services", "budget_w"))
 
 

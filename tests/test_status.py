@@ -105,7 +105,7 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
     ({"services": {"chat": {"observed": {"ttft_ms": "x"}}}}, "services.chat.observed.ttft_ms 'x'"),
     ({"services": {"chat": {"gate_held": {"a": 1}}}}, "services.chat.gate_held {'a': 1}"),
     ({"budget_w": [1]}, "budget_w [1]"), ({"degradation": [1]}, "degradation [1]"), ({"budget": "x"}, "budget 'x'"),
-    ({"wall_time": True}, "wall_time True"), ({"errors": 5}, "errors 5"),
+    ({"wall_time": True}, "wall_time True"), ({"errors": 5}, "errors 5"), ({"held_untold": 5}, "held_untold 5"),
     # and values it had shown as nonsense: "True x H100-SXM", "2.7 x", "2 x 5 batch 64", "SLO met: mean TTFT -100",
     # "drawing -5 W", "holds x GPUs", "budget 4000 W (['a'])", "abs(): 'NoneType'" where the budget was gone
     ({"services": {"chat": {"in_force": {**SHAPE, "replicas": True}}}}, "services.chat.in_force.replicas True"),

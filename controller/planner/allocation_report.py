@@ -46,7 +46,7 @@ def explain_unmet(model: AllocationModel, best: Allocation,
         return []
     out = []
     spec = model.spec
-    deadline = clock() + spec.time_limit_s  # up to 8 solves a type, each of up to the spec's limit
+    deadline = clock() + spec.time_limit_s  # up to 9 solves a type, each of up to the spec's limit
 
     def left_s() -> float:
         return max(0.0, deadline - clock())
@@ -104,7 +104,8 @@ def explain_unmet(model: AllocationModel, best: Allocation,
                 extra_text = ""
                 if g == "budget":
                     least = model.least_budget(i, left_s())
-                    need = least.objective if least.ok else relaxed.costs["rental"] + relaxed.costs["storage"]
+                    known = relaxed.costs["rental"] + relaxed.costs["storage"]  # a budget that serves it, too
+                    need = min(least.objective, known) if least.ok else known
                     extra_text = (f" Serving it needs a budget of at least {math.floor(need * 100) / 100:.2f} $ "
                                   f"(now {spec.budget:g})." if least.optimal else
                                   f" A budget of {math.ceil(need * 100) / 100:.2f} $ serves it (now {spec.budget:g}; "
