@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 import tempfile
@@ -26,8 +27,8 @@ def native_output_to_stderr() -> Iterator[None]:
     except (AttributeError, OSError, ValueError):  # captured in memory (a test), or closed: prints are not on it
         on_fd_1 = False
     saved_out = sys.stdout
-    try:
-        saved_fd: int | None = os.dup(1)
+    try:  # at 3 or above: with standard error closed, a plain dup took descriptor 2, and stderr's writes with it
+        saved_fd: int | None = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
     except OSError:  # closed: a file opened now would take descriptor 1, and native output with it
         saved_fd = None
     native: IO[bytes] | None = None
@@ -42,9 +43,9 @@ def native_output_to_stderr() -> Iterator[None]:
         os.close(null)
     if on_fd_1 and saved_fd is not None:
         encoding = saved_out.encoding or "utf-8"
-        sys.stdout = os.fdopen(os.dup(saved_fd), "w", encoding=encoding,  # a name's own bytes where UTF-8 can
-                               errors="surrogateescape" if encoding.lower().replace("-", "") == "utf8"
-                               else "backslashreplace")
+        own = "surrogateescape" if encoding.lower().replace("-", "") == "utf8" else "backslashreplace"
+        sys.stdout = os.fdopen(fcntl.fcntl(saved_fd, fcntl.F_DUPFD_CLOEXEC, 3), "w", encoding=encoding,
+                               errors=own)  # a name's own bytes where UTF-8 can
     try:
         yield
     finally:
@@ -60,8 +61,8 @@ def native_output_to_stderr() -> Iterator[None]:
             native.seek(0)
             said = " ".join(native.read(MAX_NATIVE_BYTES).decode(errors="replace").split())
             native.close()
-            if said:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
+            if said and sys.stderr is not None:  # (print to None would write it to standard output)
+                with contextlib.suppress(OSError, ValueError):
                     print(f"wattscale: the solver printed: {said}", file=sys.stderr)
 
 

@@ -509,6 +509,10 @@ def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -
     assert out.stdout == "{}\n[]\n"
     assert out.stderr == "wattscale: the solver printed: HighsMipSolverData::transformNewIntegerFeasibleSolution " \
                          "tmpSolver.run();\n"  # one line of its own (HiGHS's ends with no newline)
+    # standard error closed: the saved standard output took its descriptor, and the line went into the JSON
+    closed = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 2>&-', sys.executable, code], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert closed.stdout == "{}\n[]\n", closed.stdout
 
 
 @pytest.mark.parametrize(("spec", "options"), [
