@@ -1,6 +1,6 @@
 """How a vLLM server is run, behind `ServerRunner`: as a child process the daemon supervises (`ChildRunner`: argv
-lists, never a shell), or as a systemd unit whose ExecStart reads `${WATTSCALE_MAX_NUM_SEQS}` (`SystemdRunner`: the
-new value goes into the unit's environment file, written atomically, then `systemctl restart`)."""
+lists, never a shell), or as a systemd unit that starts through `wattscale vllm-exec` (`SystemdRunner`: the new
+value goes into the unit's batch file, written atomically, then `systemctl restart`)."""
 
 from __future__ import annotations
 
@@ -144,23 +144,22 @@ UNIT_TYPES = frozenset({"service", "socket", "device", "mount", "automount", "sw
 
 def unit_file(name: str) -> str:
     """A unit's full name, as systemctl reads a name without a type suffix: a service (what `%n` gives in the unit's
-    own `EnvironmentFile=` line, so the file the unit reads is the one written)."""
+    own ExecStart line, so the file the unit reads is the one written)."""
     return name if name.rpartition(".")[2] in UNIT_TYPES and "." in name else f"{name}.service"
 
 
 class SystemdRunner:
-    """`<env_dir>/<unit>.service.env` (`unit_file`) setting WATTSCALE_MAX_NUM_SEQS, then `systemctl restart`: the unit
-    reads the file with `EnvironmentFile=-`, so the daemon writes nothing under /etc and asks for no daemon-reload
-    (a drop-in it could write would run anything as root at the next restart; an environment file only sets the
-    unit's environment, under the unit's own user)."""
+    """`<batch_dir>/<unit>.service.batch` (`unit_file`) holding the max batch, then `systemctl restart`: the unit
+    starts through `wattscale vllm-exec --batch-file <batch_dir>/%n.batch -- vllm ...` (controller/vllm_exec.py), so
+    the daemon writes one number, nothing under /etc, and asks for no daemon-reload."""
 
     supervises = False  # systemd runs the units; wattscale only changes them
 
-    def __init__(self, env_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
-        self.env_dir, self.systemctl, self.timeout_s = env_dir, systemctl, timeout_s
+    def __init__(self, batch_dir: Path, systemctl: tuple[str, ...] = ("systemctl",), timeout_s: float = 60.0) -> None:
+        self.batch_dir, self.systemctl, self.timeout_s = batch_dir, systemctl, timeout_s
 
     def restart(self, replica: Replica, max_num_seqs: int) -> None:
-        self._write_env(replica, max_num_seqs)
+        self._write_batch(replica, max_num_seqs)
         try:
             done = subprocess.run([*self.systemctl, "restart", replica.name], capture_output=True,
                                   timeout=self.timeout_s)
@@ -170,21 +169,24 @@ class SystemdRunner:
             raise PermanentActuatorError(f"{replica.name}: systemctl restart {replica.name} failed: "
                                          f"{done.stderr.decode(errors='replace').strip()[:200]}")
 
-    def _write_env(self, replica: Replica, max_num_seqs: int) -> None:
-        """The unit's environment file, written whole or not at all (a failed write leaves no temporary file)."""
-        folder, tmp = self.env_dir, None
+    def _write_batch(self, replica: Replica, max_num_seqs: int) -> None:
+        """The unit's file, written whole or not at all (a failed write leaves no temporary file), readable by the
+        unit's own user, as the folder is (the daemon's umask made both its own alone)."""
+        folder, tmp = self.batch_dir, None
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o755)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
             with os.fdopen(fd, "w") as f:
-                f.write(f"# written by wattscale\nWATTSCALE_MAX_NUM_SEQS={max_num_seqs}\n")
+                f.write(f"{max_num_seqs}\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, folder / f"{unit_file(replica.name)}.env")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, folder / f"{unit_file(replica.name)}.batch")
         except OSError as exc:  # permissions, a read-only or full disk: the operator must act
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-            raise PermanentActuatorError(f"{replica.name}: cannot write its environment file in {folder}: "
+            raise PermanentActuatorError(f"{replica.name}: cannot write its max batch in {folder}: "
                                          f"{exc.strerror or exc}") from exc
 
     def exited(self, name: str) -> int | None:

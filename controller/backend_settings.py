@@ -61,10 +61,10 @@ class ActuatorSettings:
     """Timeout of one API call."""
     vllm_runner: Literal["child", "systemd"] = "child"
     """`vllm` batch backend: servers run as the daemon's children, or as systemd units."""
-    systemd_env_dir: str = "/var/lib/wattscale/units"
-    """Where the `vllm` backend writes each unit's `<unit>.service.env` (WATTSCALE_MAX_NUM_SEQS=N), which the unit
-    reads with `EnvironmentFile=-<this>/%n.env` (systemd/README.md): a folder the daemon owns (under the shipped
-    unit's StateDirectory), not /etc, whose drop-ins would let the daemon's user run anything as root."""
+    systemd_batch_dir: str = "/var/lib/wattscale/units"
+    """Where the `vllm` backend writes each unit's max batch, `<unit>.service.batch`, which the unit's
+    `wattscale vllm-exec --batch-file <this>/%n.batch` reads (systemd/README.md): a folder the daemon owns (under the
+    shipped unit's StateDirectory), not /etc."""
     health_timeout_s: float = 300.0
     """How long a restarted vLLM server has to answer /health before the change is rolled back (a child server
     that exits fails at once; a stop or the end of `--duration` is not held up by the wait)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -22,6 +23,7 @@ from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
+from controller.vllm_exec import add_vllm_exec_command
 from queuemodels import ModelInputError, Performance
 from tuner.observation_file import ObservationFileError
 
@@ -218,10 +220,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the readings as JSON")
     g.set_defaults(func=_gpus)
     add_cluster_commands(sub)  # schema, operator, agent
+    add_vllm_exec_command(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr is None:  # closed at start: print(file=None) would write its errors into standard output
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (the process's, as the one it replaces)
     args = parser().parse_args(argv)
     try:
         if getattr(args, "daemon", False):  # daemons log; commands print JSON (set where each is defined)

@@ -96,9 +96,9 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
                                   "executable program")
     if a.batch == "vllm" and a.vllm_runner == "systemd":
-        problem = unwritable(Path(settings.base_dir) / a.systemd_env_dir)
+        problem = unwritable(Path(settings.base_dir) / a.systemd_batch_dir)
         if problem is not None:
-            warnings.append(f"actuators.systemd_env_dir: {problem}; changes of max batch will fail")
+            warnings.append(f"actuators.systemd_batch_dir: {problem}; changes of max batch will fail")
     return warnings, kube
 
 

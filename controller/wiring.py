@@ -154,7 +154,7 @@ def deployments(settings: Settings) -> dict[tuple[str, str], str]:
 def _vllm_sizer(settings: Settings) -> VllmBatchSizer:
     a = settings.actuators
     runner: ServerRunner = (ChildRunner() if a.vllm_runner == "child"
-                            else SystemdRunner(Path(settings.base_dir) / a.systemd_env_dir))
+                            else SystemdRunner(Path(settings.base_dir) / a.systemd_batch_dir))
     replicas = {}
     for s in settings.services:
         units = s.systemd_units or tuple(f"{s.name}-{i}" for i in range(len(s.vllm_ports)))

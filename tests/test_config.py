@@ -337,16 +337,18 @@ def test_run_duration_must_be_finite_and_positive(duration: str, capsys: pytest.
     assert "--duration: must be" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("unit", ["/etc/passwd", "-H", "vllm chat", ""])
+@pytest.mark.parametrize("unit", ["/etc/passwd", "-H", "vllm chat", "", "vllm@", "@1", "v" * 240])
 def test_a_systemd_unit_name_that_systemd_would_not_take_is_refused(tmp_path: Path, unit: str,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """'/x' made the environment file's path leave its folder, and '-x' reached systemctl as an option."""
+    """'/x' made the batch file's path leave its folder, and '-x' reached systemctl as an option."""
     text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"')
     for k, name in enumerate(SERVICES):
         given = unit if k == 1 else f"{name}-0"
         text = text.replace(f"vllm_ports = [{8000 + k}]", f'vllm_ports = [{8000 + k}]\nsystemd_units = ["{given}"]')
     assert main(["check-config", str(write(tmp_path, text))]) == 2
-    assert f"services[{SERVICES[1]}].systemd_units: {unit!r} is no unit name" in capsys.readouterr().err
+    from controller.config_loader import quoted
+
+    assert f"services[{SERVICES[1]}].systemd_units: {quoted(unit)} is no unit name" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("old,new", [
@@ -409,14 +411,14 @@ def test_kubernetes_credentials_run_cannot_read_are_refused_by_check_config(
         assert re.search(r"^wattscale: actuators\.kubeconfig: kubernetes: " + why, err[-1]), err
 
 
-def test_an_unwritable_env_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_batch_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "afile").write_text("")
     text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"\n'
-                                              'systemd_env_dir = "afile"')
+                                              'systemd_batch_dir = "afile"')
     for k, name in enumerate(SERVICES):
         text = text.replace(f"vllm_ports = [{8000 + k}]", f'vllm_ports = [{8000 + k}]\nsystemd_units = ["{name}-0"]')
     assert main(["check-config", str(write(tmp_path, text))]) == 0
-    assert (f"wattscale: warning: actuators.systemd_env_dir: {tmp_path / 'afile'} is not a directory; changes "
+    assert (f"wattscale: warning: actuators.systemd_batch_dir: {tmp_path / 'afile'} is not a directory; changes "
             "of max batch will fail") in capsys.readouterr().err
     assert main(["check-config", str(write(tmp_path, text.replace('"afile"', '"units"')))]) == 0
     assert "warning" not in capsys.readouterr().err  # made at the first change

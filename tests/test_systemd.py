@@ -31,7 +31,9 @@ def test_verify(tmp_path: Path) -> None:
 def test_the_example_vllm_unit_loads_cleanly(tmp_path: Path) -> None:
     """systemd/vllm-example.service, its ExecStart pointed at a program that is there, is read without a warning."""
     unit = tmp_path / "vllm-chat-0.service"
-    unit.write_text(UNIT.with_name("vllm-example.service").read_text().replace("/opt/vllm/bin/vllm", "/bin/true"))
+    exe = Path(sys.executable).with_name("wattscale")
+    unit.write_text(UNIT.with_name("vllm-example.service").read_text().replace("/opt/wattscale/bin/wattscale",
+                                                                                str(exe)))
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
 

@@ -1,5 +1,5 @@
 """Batch backend `vllm`: real child processes (a stand-in server with /health) restarted with the new
---max-num-seqs one replica at a time, a value that never gets healthy rolled back, and the systemd environment file."""
+--max-num-seqs one replica at a time, a value that never gets healthy rolled back, and the systemd batch file."""
 
 from __future__ import annotations
 
@@ -133,30 +133,32 @@ def test_flag_is_replaced_in_either_spelling() -> None:
     assert with_max_num_seqs(("vllm", "--max-num-seqs=8"), 4) == ["vllm", "--max-num-seqs", "4"]
 
 
-def test_systemd_runner_writes_the_units_environment_file_then_restarts_it(tmp_path: Path) -> None:
-    """No drop-in under /etc (whoever held the daemon's user could write `User=root` into one) and no
-    daemon-reload: the unit reads the file with EnvironmentFile=-.../%n.env at its restart."""
+def test_systemd_runner_writes_the_units_max_batch_then_restarts_it(tmp_path: Path) -> None:
+    """One number in a file the unit's `wattscale vllm-exec` reads, readable by the unit's user; no drop-in under /etc
+    (whoever held the daemon's user could write `User=root` into one) and no daemon-reload."""
     log = tmp_path / "systemctl.log"
     script = tmp_path / "systemctl.py"
     script.write_text("import sys\nopen(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + '\\n')\n"
                       "sys.exit(3 if 'broken.service' in sys.argv else 0)\n")
     runner = SystemdRunner(tmp_path / "units", (sys.executable, str(script), str(log)))
     runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
-    env = tmp_path / "units" / "vllm-chat@0.service.env"
-    assert env.read_text().splitlines()[1:] == ["WATTSCALE_MAX_NUM_SEQS=48"]
+    batch = tmp_path / "units" / "vllm-chat@0.service.batch"
+    assert batch.read_text() == "48\n" and batch.stat().st_mode & 0o777 == 0o644
+    assert batch.parent.stat().st_mode & 0o777 == 0o755
     assert log.read_text().splitlines() == ["restart vllm-chat@0.service"]
-    assert [p.name for p in env.parent.iterdir()] == [env.name]  # no temporary file left behind
+    assert [p.name for p in batch.parent.iterdir()] == [batch.name]  # no temporary file left behind
     with pytest.raises(PermanentActuatorError, match=r"systemctl restart broken\.service failed"):
         runner.restart(Replica("broken.service", "http://127.0.0.1:1/health"), 8)
 
 
-@pytest.mark.parametrize(("unit", "file"), [("vllm-chat-0", "vllm-chat-0.service.env"),
-                                            ("vllm@1", "vllm@1.service.env"), ("vllm-1.5b", "vllm-1.5b.service.env"),
-                                            ("vllm-chat-0.service", "vllm-chat-0.service.env")])
+@pytest.mark.parametrize(("unit", "file"), [("vllm-chat-0", "vllm-chat-0.service.batch"),
+                                            ("vllm@1", "vllm@1.service.batch"),
+                                            ("vllm-1.5b", "vllm-1.5b.service.batch"),
+                                            ("vllm-chat-0.service", "vllm-chat-0.service.batch")])
 def test_a_unit_named_without_its_suffix_gets_the_file_its_full_name_reads(tmp_path: Path, unit: str,
                                                                            file: str) -> None:
     """The host example names its units as systemctl takes them, without `.service`, where `%n` in the unit's
-    EnvironmentFile= line is its full name (the drop-in had gone to `vllm-chat-0.d`, which systemd never read)."""
+    ExecStart is its full name (the drop-in had gone to `vllm-chat-0.d`, which systemd never read)."""
     runner = SystemdRunner(tmp_path / "units", (sys.executable, "-c", "pass"))
     runner.restart(Replica(unit, "http://127.0.0.1:1/health"), 32)
     assert [p.name for p in (tmp_path / "units").iterdir()] == [file]
@@ -296,14 +298,13 @@ def test_a_server_that_exits_as_it_starts_fails_at_once_with_its_status(code: st
     assert time.monotonic() - started < 10.0
 
 
-def test_an_environment_file_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(
+def test_a_batch_file_that_cannot_be_written_is_one_permanent_error_and_leaves_nothing(
         tmp_path: Path) -> None:
     """The folder is a file (as a read-only or full disk would also refuse): an OSError raised in the rollout thread
     ended it without a word, and the change was never reported."""
     (tmp_path / "units").write_text("not a folder")
     runner = SystemdRunner(tmp_path / "units", (sys.executable, "-c", "pass"))
-    with pytest.raises(PermanentActuatorError, match=r"vllm-chat@0\.service: cannot write its environment file in "
-                                                     r".*units"):
+    with pytest.raises(PermanentActuatorError, match=r"vllm-chat@0\.service: cannot write its max batch in .*units"):
         runner.restart(Replica("vllm-chat@0.service", "http://127.0.0.1:1/health"), 48)
 
 

@@ -1,0 +1,63 @@
+"""`wattscale vllm-exec --batch-file FILE -- COMMAND...`: how a vLLM unit the systemd runner restarts starts
+(systemd/vllm-example.service). It reads the max batch the daemon wrote into FILE, one number and nothing else,
+and execs COMMAND with `--max-num-seqs` set to it (no shell).
+
+Why a program and not an `EnvironmentFile=`: the daemon's user can then choose a number and no more. An
+environment file it writes may set LD_PRELOAD in the unit, and systemd reads it as root (a link to a root-only
+file put its lines in the unit's environment); a drop-in under /etc may set `User=root` and any command. This runs
+as the unit's own user, so it reads only what that user may.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from actuators.vllm_servers import with_max_num_seqs
+from controller.config_loader import ConfigError
+from controller.settings_checks import MAX_BATCH
+
+MAX_FILE_BYTES = 32
+"""The most of the file read: a number is a few bytes, and a file that is not one is not read whole."""
+
+
+def batch_from(path: Path) -> tuple[int | None, str]:
+    """The max batch the file holds, or None and why not ("" where none was written yet)."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(raw) > MAX_FILE_BYTES or not (text.isdecimal() and 1 <= int(text) <= MAX_BATCH):
+        return None, f"{path}: not a max batch in 1..{MAX_BATCH} ({text[:16]!r})"
+    return int(text), ""
+
+
+def add_vllm_exec_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    x = sub.add_parser("vllm-exec", help="start a vLLM server with the max batch wattscale wrote for its unit "
+                       "(a systemd unit's ExecStart: systemd/vllm-example.service)")
+    x.add_argument("--batch-file", required=True, metavar="FILE",
+                   help="the file the daemon writes (actuators.systemd_batch_dir/<unit>.service.batch, %%n.batch in "
+                        "the unit)")
+    x.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                   help="the server's command; its own --max-num-seqs holds until the daemon writes one")
+    x.set_defaults(func=vllm_exec, daemon=True)  # its output is the server's: not held aside as a command's
+
+
+def vllm_exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("COMMAND", "needs the server's command after --")
+    n, why = batch_from(Path(args.batch_file))
+    if why:
+        print(f"wattscale vllm-exec: {why}; the command's own --max-num-seqs holds", file=sys.stderr, flush=True)
+    argv = command if n is None else with_max_num_seqs(tuple(command), n)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise ConfigError("COMMAND", f"{argv[0]}: {exc.strerror or exc}") from None

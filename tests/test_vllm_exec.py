@@ -1,0 +1,47 @@
+"""`wattscale vllm-exec`: the systemd unit's start reads one number from the file the daemon writes and runs the
+server's command with it as --max-num-seqs, and nothing else it could be told."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHOW = [sys.executable, "-c", "import sys; print(sys.argv[1:])", "--port", "8000", "--max-num-seqs", "64"]
+
+
+def vllm_exec(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controller.cli", "vllm-exec", "--batch-file",
+                           str(tmp_path / "vllm-chat-0.service.batch"), *command], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_number_written_replaces_the_commands_own(tmp_path: Path) -> None:
+    (tmp_path / "vllm-chat-0.service.batch").write_text("48\n")
+    done = vllm_exec(tmp_path, "--", *SHOW)
+    assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '48']\n" and not done.stderr
+
+
+def test_before_any_is_written_the_command_runs_as_it_is(tmp_path: Path) -> None:
+    done = vllm_exec(tmp_path, "--", *SHOW)
+    assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '64']\n" and not done.stderr
+
+
+@pytest.mark.parametrize("written", ["LD_PRELOAD=/tmp/x.so\n", "0\n", "4097\n", "48 --enforce-eager\n", "٤٨\n",
+                                     "1" * 40, ""])
+def test_a_file_that_holds_anything_but_a_max_batch_leaves_the_commands_own(tmp_path: Path, written: str) -> None:
+    """The daemon's user chooses a number, no more: an environment file it wrote could set LD_PRELOAD in the unit."""
+    (tmp_path / "vllm-chat-0.service.batch").write_text(written)
+    done = vllm_exec(tmp_path, "--", *SHOW)
+    assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '64']\n"
+    assert done.stderr.startswith("wattscale vllm-exec: ") and "not a max batch in 1..4096" in done.stderr
+    assert done.stderr.endswith("; the command's own --max-num-seqs holds\n") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("command", "said"), [([], "COMMAND: needs the server's command after --"),
+                                               (["--", "/nonexistent/vllm"], "COMMAND: /nonexistent/vllm: No such")])
+def test_no_command_or_one_that_is_not_there_is_one_line(tmp_path: Path, command: list[str], said: str) -> None:
+    done = vllm_exec(tmp_path, *command)
+    assert done.returncode == 2 and done.stderr.startswith(f"wattscale: {said}") and done.stderr.count("\n") == 1
