@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from actuators.vllm_servers import unit_file
 from controller.budget.settings import CarbonSettings, DemandResponseSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted, svc_path
 from controller.idle_floor import below_idle, idle_w
@@ -43,9 +44,11 @@ and 256 at 4x kept every tick, 256 GPUs at 8x skipped 23 of 30, and a stop took 
 MAX_SIM_ARRIVALS = 8000.0
 """Most simulated arrivals per wall-clock second (speed x the services' rates): at 1,024 GPU-seconds a second,
 8,000 kept every tick and 16,000 skipped 8 of 30."""
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}")
-"""A systemd unit's name as `systemd_units` may give it (systemd.unit(5)'s characters; not '-' first, which
-systemctl reads as an option)."""
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_\\-][A-Za-z0-9:_.\\-]*)?")
+"""A systemd unit's name as `systemd_units` may give it: systemd.unit(5)'s characters, not '-' first (systemctl
+reads it as an option), a template only with its instance (`vllm@1`, not `vllm@`)."""
+MAX_UNIT_NAME = 240
+"""Longest unit name with its type: the batch file's name (`<unit>.service.batch`) stays within 255 bytes."""
 
 
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
@@ -228,10 +231,11 @@ def _backends(s: Settings) -> None:
                 raise ConfigError(f"{where}.vllm_command", 'required with vllm_runner = "child"')
             if s.actuators.vllm_runner == "systemd" and len(svc.systemd_units) != len(svc.vllm_ports):
                 raise ConfigError(f"{where}.systemd_units", "needs one unit per entry of vllm_ports")
-            for unit in svc.systemd_units:  # a name systemd takes: '/x' left the env folder, '-x' read as an option
-                if not UNIT_NAME.fullmatch(unit):
-                    raise ConfigError(f"{where}.systemd_units", f"{quoted(unit)} is no unit name (1-255 letters, "
-                                      "digits, ':', '_', '.', '@', '\\' or '-', not '-' first)")
+            for unit in svc.systemd_units:  # a name systemd takes: '/x' left the batch folder, '-x' an option
+                if not UNIT_NAME.fullmatch(unit) or len(unit_file(unit)) > MAX_UNIT_NAME:
+                    raise ConfigError(f"{where}.systemd_units", f"{quoted(unit)} is no unit name (letters, digits, "
+                                      f"':', '_', '.', '\\' or '-', not '-' first, at most {MAX_UNIT_NAME} with its "
+                                      "type; a template's with its instance after '@')")
     if s.telemetry.vllm_source == "scrape":
         for svc in s.services:
             if not svc.metrics_urls:

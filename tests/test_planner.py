@@ -318,6 +318,21 @@ def test_the_budget_a_dropped_type_needs_is_the_least_that_serves_it() -> None:
     assert AllocationModel(replace(spec, budget=need - 0.01)).solve(force_served="summarization").infeasible
 
 
+def test_an_unproven_least_budget_says_the_lower_of_the_budgets_known_to_serve(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped at the time limit, the least-budget solve may hold more than the plan without the budget spends."""
+    from controller.lp import LpResult
+
+    spec = replace(load_plan_spec(PLANS / "seed001-robust.toml"), budget=1e-9)
+    assert isinstance(spec, AllocationSpec)
+    model = AllocationModel(spec)
+    monkeypatch.setattr(model, "least_budget", lambda query, time_limit_s: LpResult(True, 1e6, np.empty(0), "limit"))
+    why = {w["query"]: w for w in explain_unmet(model, model.solve())}
+    text = why["summarization"]["text"]
+    assert "the least was not proven within the time limit" in text
+    assert float(text.split("A budget of ")[1].split(" $")[0]) < 1e6
+
+
 def test_a_dropped_share_reads_all_or_none_only_when_it_is() -> None:
     from controller.planner.allocation_report import dropped
 
@@ -504,15 +519,23 @@ def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -
             "with native_output_to_stderr():\n"
             "    os.write(1, b'HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();')\n"
             "    print('{}')\n"
+            "    try:\n"
+            "        os.write(2, b'to standard error')\n"
+            "    except OSError:\n"
+            "        pass\n"
             "print('[]')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout == "{}\n[]\n"
-    assert out.stderr == "wattscale: the solver printed: HighsMipSolverData::transformNewIntegerFeasibleSolution " \
-                         "tmpSolver.run();\n"  # one line of its own (HiGHS's ends with no newline)
+    assert out.stderr == "to standard errorwattscale: the solver printed: HighsMipSolverData::" \
+                         "transformNewIntegerFeasibleSolution tmpSolver.run();\n"  # one line (HiGHS's had no newline)
     # standard error closed: the saved standard output took its descriptor, and the line went into the JSON
     closed = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 2>&-', sys.executable, code], capture_output=True,
                             text=True, timeout=60, cwd=ROOT)
     assert closed.stdout == "{}\n[]\n", closed.stdout
+    bad = ROOT / "tests" / "conftest.py"  # no plan spec: an error the command prints to a closed standard error
+    plan = subprocess.run(["sh", "-c", 'exec "$0" -m controller.cli plan "$1" 2>&-', sys.executable, str(bad)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert plan.returncode == 2 and plan.stdout == "", plan.stdout
 
 
 @pytest.mark.parametrize(("spec", "options"), [
