@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -24,17 +25,26 @@ MAX_FILE_BYTES = 32
 
 
 def batch_from(path: Path) -> tuple[int | None, str]:
-    """The max batch the file holds, or None and why not ("" where none was written yet)."""
+    """The max batch the file holds, or None and why not ("" where none was written yet). A plain file only, not
+    followed through a link (one to a file the unit's user may read, a token, would be read as if written), opened
+    without waiting (a FIFO held the start for good); what it holds is not repeated (it may be such a file)."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, ""
     except OSError as exc:
         return None, f"{path}: {exc.strerror or exc}"
+    try:
+        raw = os.read(fd, MAX_FILE_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    if raw is None:
+        return None, f"{path}: not a plain file"
     text = raw.decode("ascii", errors="replace").strip()
     if len(raw) > MAX_FILE_BYTES or not (text.isdecimal() and 1 <= int(text) <= MAX_BATCH):
-        return None, f"{path}: not a max batch in 1..{MAX_BATCH} ({text[:16]!r})"
+        return None, f"{path}: not a max batch in 1..{MAX_BATCH} ({len(raw)} bytes)"
     return int(text), ""
 
 

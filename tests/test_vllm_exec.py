@@ -3,6 +3,7 @@ server's command with it as --max-num-seqs, and nothing else it could be told.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,16 @@ def test_a_file_that_holds_anything_but_a_max_batch_leaves_the_commands_own(tmp_
 def test_no_command_or_one_that_is_not_there_is_one_line(tmp_path: Path, command: list[str], said: str) -> None:
     done = vllm_exec(tmp_path, *command)
     assert done.returncode == 2 and done.stderr.startswith(f"wattscale: {said}") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_file_the_daemons_user_could_plant_is_neither_waited_on_nor_followed(tmp_path: Path, kind: str) -> None:
+    """A FIFO held the unit's start for good; a link to a file the unit's user may read (a token) was read as the
+    number and its first bytes said in the unit's log."""
+    batch = tmp_path / "vllm-chat-0.service.batch"
+    secret = tmp_path / "token"
+    secret.write_text("48\n")
+    {"fifo": lambda: os.mkfifo(batch), "link": lambda: batch.symlink_to(secret), "folder": batch.mkdir}[kind]()
+    done = vllm_exec(tmp_path, "--", *SHOW)
+    assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '64']\n"
+    assert done.stderr.startswith("wattscale vllm-exec: ") and "48" not in done.stderr
