@@ -171,11 +171,13 @@ class SystemdRunner:
 
     def _write_batch(self, replica: Replica, max_num_seqs: int) -> None:
         """The unit's file, written whole or not at all (a failed write leaves no temporary file), readable by the
-        unit's own user, as the folder is (the daemon's umask made both its own alone)."""
+        unit's own user, as the folders it makes are (the daemon's umask made them its own alone)."""
         folder, tmp = self.batch_dir, None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o755)
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            for made in reversed(missing):  # each one it makes, enterable by the units' users (the umask is 0077);
+                made.mkdir(exist_ok=True)  # one an operator made keeps its mode
+                os.chmod(made, 0o755)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".wattscale-")
             with os.fdopen(fd, "w") as f:
                 f.write(f"{max_num_seqs}\n")

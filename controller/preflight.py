@@ -4,6 +4,7 @@ written (a warning: the daemon runs on without them). `check-config` and `run` c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import math
@@ -83,6 +84,24 @@ def unwritable(directory: Path) -> str | NotAFolder | None:
     return None
 
 
+def unreadable(folder: Path) -> str | None:
+    """Why the vLLM units' own users could not read their batch files in `folder`: it, or the folder it is in (the
+    daemon's StateDirectory, whose mode an operator may set), others may not enter, or a file they may not read.
+    They fell back to their own max batch, said only in their own logs."""
+    for p in (folder.parent, folder):
+        try:
+            mode = p.stat().st_mode
+        except OSError:  # not there yet: made enterable at the first change
+            return None
+        if p.is_dir() and mode & 0o001 == 0:
+            return f"{p} cannot be entered by the vLLM units' users (mode {mode & 0o777:o})"
+    for f in folder.glob("*.batch"):
+        with contextlib.suppress(OSError):
+            if f.stat().st_mode & 0o004 == 0:
+                return f"{f} cannot be read by the vLLM unit's user (mode {f.stat().st_mode & 0o777:o})"
+    return None
+
+
 def check_backends(settings: Settings) -> tuple[list[str], Any]:
     """The programs and packages the named backends start or import; warnings for directories they write, and the
     kubernetes backend's client where it is named (None else: `run` builds on it, so a credential plugin runs
@@ -96,7 +115,8 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
                                   "executable program")
     if a.batch == "vllm" and a.vllm_runner == "systemd":
-        problem = unwritable(Path(settings.base_dir) / a.systemd_batch_dir)
+        folder = Path(settings.base_dir) / a.systemd_batch_dir
+        problem = unwritable(folder) or unreadable(folder)
         if problem is not None:
             warnings.append(f"actuators.systemd_batch_dir: {problem}; changes of max batch will fail")
     return warnings, kube

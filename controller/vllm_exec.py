@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def vllm_exec(args: argparse.Namespace) -> int:
     if why:
         print(f"wattscale vllm-exec: {why}; the command's own --max-num-seqs holds", file=sys.stderr, flush=True)
     argv = command if n is None else with_max_num_seqs(tuple(command), n)
+    for ignored in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these, and an exec'd program would inherit it
+        signal.signal(ignored, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

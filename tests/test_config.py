@@ -412,6 +412,7 @@ def test_kubernetes_credentials_run_cannot_read_are_refused_by_check_config(
 
 
 def test_an_unwritable_batch_dir_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path.chmod(0o755)  # the folder it is in, as /var/lib/wattscale is: pytest's own are 0700
     (tmp_path / "afile").write_text("")
     text = vllm_child(sys.executable).replace('batch = "vllm"', 'batch = "vllm"\nvllm_runner = "systemd"\n'
                                               'systemd_batch_dir = "afile"')
@@ -422,6 +423,15 @@ def test_an_unwritable_batch_dir_is_a_warning(tmp_path: Path, capsys: pytest.Cap
             "of max batch will fail") in capsys.readouterr().err
     assert main(["check-config", str(write(tmp_path, text.replace('"afile"', '"units"')))]) == 0
     assert "warning" not in capsys.readouterr().err  # made at the first change
+    (tmp_path / "units").mkdir(mode=0o700)  # the units' users fell back to their own max batch, unsaid
+    (tmp_path / "units").chmod(0o700)
+    assert main(["check-config", str(write(tmp_path, text.replace('"afile"', '"units"')))]) == 0
+    assert f"{tmp_path / 'units'} cannot be entered by the vLLM units' users (mode 700)" in capsys.readouterr().err
+    (tmp_path / "units").chmod(0o755)
+    (tmp_path / "units" / "chat-0.service.batch").write_text("8\n")
+    (tmp_path / "units" / "chat-0.service.batch").chmod(0o600)
+    assert main(["check-config", str(write(tmp_path, text.replace('"afile"', '"units"')))]) == 0
+    assert "chat-0.service.batch cannot be read by the vLLM unit's user (mode 600)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("old,new", [

@@ -151,6 +151,23 @@ def test_systemd_runner_writes_the_units_max_batch_then_restarts_it(tmp_path: Pa
         runner.restart(Replica("broken.service", "http://127.0.0.1:1/health"), 8)
 
 
+def test_the_folders_the_runner_makes_can_be_entered_and_one_an_operator_made_keeps_its_mode(tmp_path: Path) -> None:
+    """Under the daemon's umask 0077 the folders it made were its own alone: the units' users could not read their
+    files and fell back to their own max batch, unsaid; and a chmod of the folder at each write reset an operator's."""
+    old = os.umask(0o077)
+    try:
+        deep = tmp_path / "made" / "units"
+        SystemdRunner(deep, (sys.executable, "-c", "pass")).restart(Replica("v-0", "http://127.0.0.1:1/health"), 8)
+        assert [p.stat().st_mode & 0o777 for p in (deep.parent, deep)] == [0o755, 0o755]
+        own = tmp_path / "own"
+        own.mkdir()
+        own.chmod(0o750)
+        SystemdRunner(own, (sys.executable, "-c", "pass")).restart(Replica("v-0", "http://127.0.0.1:1/health"), 8)
+        assert own.stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old)
+
+
 @pytest.mark.parametrize(("unit", "file"), [("vllm-chat-0", "vllm-chat-0.service.batch"),
                                             ("vllm@1", "vllm@1.service.batch"),
                                             ("vllm-1.5b", "vllm-1.5b.service.batch"),

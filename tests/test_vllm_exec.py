@@ -59,3 +59,10 @@ def test_a_file_the_daemons_user_could_plant_is_neither_waited_on_nor_followed(t
     done = vllm_exec(tmp_path, "--", *SHOW)
     assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '64']\n"
     assert done.stderr.startswith("wattscale vllm-exec: ") and "48" not in done.stderr
+
+
+def test_the_command_runs_with_the_signals_python_ignores_restored(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ, and an exec'd program inherited that (a shell wrapper, a container's)."""
+    done = vllm_exec(tmp_path, "--", "grep", "SigIgn", "/proc/self/status")
+    ignored = int(done.stdout.split()[-1], 16)
+    assert done.returncode == 0 and ignored & (1 << (13 - 1)) == 0 and ignored & (1 << (25 - 1)) == 0
