@@ -189,7 +189,8 @@ def _agent(args: argparse.Namespace) -> int:
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
-                      args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)))  # a cut waits a step
+                      args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)),  # a cut waits a step
+                      restore_on_exit=args.restore_defaults_on_exit)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
     try:
@@ -197,7 +198,7 @@ def _agent(args: argparse.Namespace) -> int:
             try:
                 plan = agent.fetch()
                 agent.act(time.monotonic(), plan)  # the time after the fetch: its wait is the plan's age too
-            except Exception as exc:  # a bug: the limits hold (an exit would restore the defaults: fail open)
+            except Exception as exc:  # a bug: the limits hold
                 agent.failed("step", repr(exc))
             else:
                 agent.failing.discard("step")
@@ -254,6 +255,9 @@ def add_cluster_commands(sub: Any) -> None:
                    help="safe cap where the plan has none: this share of each GPU's maximum limit (default 0.6)")
     a.add_argument("--default-ttl-s", type=number(1.0, 86400.0), default=60.0,
                    help="TTL of a plan that names none (default 60)")
+    a.add_argument("--restore-defaults-on-exit", action="store_true",
+                   help="put every GPU back at its default limit on exit (default: keep the limits, which the "
+                   "budget counts, while the GPUs serve on: a rollout or an eviction lifted them unseen)")
     a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics; 0: none (default "
                    "9465)")

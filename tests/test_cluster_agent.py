@@ -1,6 +1,6 @@
 """The node agent, stepped with explicit times against the API emulator and a fake `pynvml` raising the real error
 classes: it follows a renewed plan, fails closed (safe caps, never a rise) when the plan is absent, stale or
-unreadable, survives NVML errors GPU by GPU, and restores the default limits on release and on exit. Its plan
+unreadable, survives NVML errors GPU by GPU, and restores the default limits on release (on exit, asked). Its plan
 comes from the operator's plan endpoint (controller/cluster/plan_server.py, here serving the plan stored in the
 emulator), which reviews the agent's token with the emulator and serves only the node the token names."""
 
@@ -150,9 +150,14 @@ def test_nvml_errors_are_survived_gpu_by_gpu(emu: KubeEmulator, tmp_path: Any, s
     assert [g["index"] for g in (emu.get(GROUP, PLANS, NODE) or {})["status"]["gpus"]] == [0]
 
 
-def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+@pytest.mark.parametrize("restore", [False, True])
+def test_release_restores_the_default_limits_and_exit_keeps_the_budgets_unless_asked(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer, restore: bool) -> None:
+    """An exit restored the defaults: every DaemonSet rollout or eviction lifted a node's GPUs to them, while the
+    operator, hearing nothing, counted them at their last reported limits."""
     nvml = FakeNvml([FakeGpu(), FakeGpu()])
     agent = agent_on(emu, nvml, tmp_path, served)
+    agent.restore_on_exit = restore
     put_plan(emu, 1, {"0": 400.0, "1": 400.0})
     agent.step(0.0)
     assert limits(nvml) == [400.0, 400.0]
@@ -162,7 +167,7 @@ def test_release_and_exit_restore_the_default_limits(emu: KubeEmulator, tmp_path
     put_plan(emu, 3, {"0": 450.0, "1": 450.0})
     agent.step(2.0)
     agent.close()
-    assert limits(nvml) == [700.0, 700.0] and not nvml.initialised
+    assert limits(nvml) == ([700.0, 700.0] if restore else [450.0, 450.0]) and not nvml.initialised
 
 
 def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, tmp_path: Any,

@@ -9,7 +9,7 @@ Fail-closed: the plan is fresh while the operator renews it (its `sequence` move
 on this node's own clock, so no clock skew between nodes matters. A plan gone stale, absent or unreadable
 sets each GPU to the plan's safe cap, or the agent's own (a share of the GPU's maximum) where the plan has
 none, and never raises a limit while doing so. A plan marked `release` (its policy was deleted) puts every
-GPU back at its default limit; so does the agent's exit.
+GPU back at its default limit; the agent's exit keeps the limits (`--restore-defaults-on-exit` restores them).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class NodeAgent:
     def __init__(self, node: str, devices: NvmlDevices, api_client: Any, operator_url: str, token_file: str,
                  registry: CollectorRegistry | None = None, safe_cap_share: float = 0.6, default_ttl_s: float = 60.0,
                  timeout_s: float = 5.0, clock: Callable[[], float] | None = None,
-                 report_timeout_s: float | None = None) -> None:
+                 report_timeout_s: float | None = None, restore_on_exit: bool = False) -> None:
         from kubernetes.client import CustomObjectsApi
 
         self.node, self.devices = node, devices
@@ -62,6 +62,9 @@ class NodeAgent:
         self.metrics = AgentMetrics(registry or CollectorRegistry())
         self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
         self.report_timeout_s = timeout_s if report_timeout_s is None else report_timeout_s
+        self.restore_on_exit = restore_on_exit
+        """Default limits back on exit. Off by default: the GPUs serve on while the agent is away (a DaemonSet
+        rollout, an eviction), and the operator, hearing nothing, counts them at the limits they last reported."""
         """How long a status report may wait: what a slow API server delays the next step's limits by."""
         self.seen: tuple[Any, float] | None = None
         """The plan's last sequence and when it was first seen (this node's clock)."""
@@ -188,8 +191,9 @@ class NodeAgent:
             self.failed("report", str(translate(exc, f"NodePowerPlan {self.node} status")))
 
     def close(self) -> None:
-        """On exit: every GPU back at its default limit (what failed is logged), then NVML shut down."""
-        for failure in self.limiter.restore_defaults():
+        """On exit: the limits kept as they are (or, asked, every GPU back at its default limit; what failed is
+        logged), then NVML shut down. A released plan has put them at their defaults already."""
+        for failure in self.limiter.restore_defaults() if self.restore_on_exit else ():
             log.warning("restoring the default power limit: %s", failure)
         try:
             self.devices.close()
