@@ -34,7 +34,7 @@ from actuators import ActuatorError
 from controller import log_writer
 from controller.bounded_server import BoundedServer, serve_metrics
 from controller.budget.assemble import combiner, resolve
-from controller.budget.endpoint import serve_signals
+from controller.budget.endpoint import serve_signals, signal_token
 from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError, unchecked
 from controller.control import Controller
@@ -173,7 +173,8 @@ class Daemon:
         for name, source in s.budget.sources if s.budget is not None else ():
             if isinstance(source, DemandResponseSettings) and source.port:
                 try:
-                    servers.append(serve_signals(resolve(s.base_dir, source.path), source.port,
+                    token = signal_token(os.environ, source.token_env, f"power.budget.sources[{name}].token_env")
+                    servers.append(serve_signals(resolve(s.base_dir, source.path), source.port, token,
                                                  self.metrics.errors.labels("signal_client").inc, self.budget_due.set,
                                                  lambda: idle_w(self.settings)))  # a reload may change the fleet
                 except OSError as exc:

@@ -23,6 +23,7 @@ from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
+from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
@@ -235,6 +236,7 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
         combiner(settings.budget, os.environ, base_dir=settings.base_dir)  # a missing secret is named here
         for name, source in settings.budget.sources:
             if isinstance(source, DemandResponseSettings) and source.port:
+                signal_token(os.environ, source.token_env, f"power.budget.sources[{name}].token_env")
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
                 _check_signal_path(f"power.budget.sources[{name}].path", Path(settings.base_dir) / source.path,
                                    settings, config)

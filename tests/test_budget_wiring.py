@@ -33,6 +33,11 @@ from controller.settings import load_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOKEN = "0123456789abcdef"
+"""The endpoint's token, as WATTSCALE_SIGNAL_TOKEN holds it."""
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_LINE = f"Authorization: Bearer {TOKEN}\r\n".encode()
+
 def budget_table(signal: Path, safe_w: int = 2000) -> str:
     return (f'\n[power.budget]\nsafe_budget_w = {safe_w}\nttl_s = 60\n'
             f'[[power.budget.sources]]\nkind = "fixed"\nname = "contract"\nbudget_w = 3800\n'
@@ -178,10 +183,11 @@ def test_check_config_warns_of_a_carbon_csv_it_cannot_read_and_run_says_the_budg
     daemon.parts.close()
 
 
-def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: Callable[..., Path],
-                                                                     tmp_path: Path) -> None:
+def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: Callable[..., Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """... at once: the endpoint wakes the budget thread, which had stepped the sources a tick later (with a
     30-s tick here, the signal would wait 30 s)."""
+    monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
     port = free_port()
     path = with_budget(sim_config, tmp_path / "signal.json")
     text = path.read_text().replace('path = "', f'port = {port}\npath = "')
@@ -194,7 +200,7 @@ def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: 
     try:
         deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
         body = json.dumps({"budget_w": 2400, "deadline": deadline, "reason": "site event"}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, method="POST")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, method="POST", headers=AUTH)
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200 and json.loads(answer.read())["budget_w"] == 2400
         until(lambda: daemon.controller.governor.settings.budget_w == 2400.0, 10.0, "the signal's budget")
@@ -209,14 +215,43 @@ def test_a_signal_posted_to_the_loopback_endpoint_lowers_the_budget(sim_config: 
     assert not worker.is_alive()
 
 
+def test_the_signal_endpoint_answers_only_requests_that_carry_its_token(
+        tmp_path: Path, sim_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Loopback alone let any local user (a vLLM unit's, a browser's page) replace the utility's signal with one
+    ending in 2 s, or hold every GPU at its floor with a 1-W signal for good."""
+    from controller.budget.endpoint import serve_signals
+
+    port = free_port()
+    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN)
+    body = json.dumps({"budget_w": 1, "deadline": "9998-12-31T00:00:00Z"}).encode()
+    try:
+        for auth in ({}, {"Authorization": "Bearer 0123456789abcdeX"}, {"Authorization": TOKEN}):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body,
+                                                              headers=auth), timeout=5)
+            assert caught.value.code == 401
+        assert not (tmp_path / "signal.json").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
+    for held in ("", "short"):  # check-config names it, as run would
+        monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", held)
+        assert main(["check-config", str(path)]) == 2
+        assert ".token_env: environment variable WATTSCALE_SIGNAL_TOKEN " in capsys.readouterr().err
+
+
 def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: Path) -> None:
     from controller.budget.endpoint import serve_signals
 
     port = free_port()
-    server = serve_signals(str(tmp_path / "signal.json"), port)
+    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\nConnection: close\r\n\r\n")
+            conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE
+                         + b"Content-Length: lots\r\nConnection: close\r\n\r\n")
             answer = b"".join(iter(lambda: conn.recv(4096), b"")).decode()
         assert answer.startswith("HTTP/1.0 400") and "Content-Length is not a number" in answer
     finally:
@@ -231,11 +266,12 @@ def test_the_signal_endpoint_says_a_chunked_body_and_counts_and_logs_what_it_ref
     from controller.budget.endpoint import serve_signals
 
     port, refused = free_port(), []
-    server = serve_signals(str(tmp_path / "signal.json"), port, lambda: refused.append(1), idle_w=lambda: 760.0)
+    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN, lambda: refused.append(1), idle_w=lambda: 760.0)
 
     def send(head: bytes, body: bytes = b"") -> str:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + head + b"\r\n" + body)
+            conn.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"Connection: close\r\n" + head
+                         + b"\r\n" + body)
             return b"".join(iter(lambda: conn.recv(4096), b"")).decode()
 
     signal = json.dumps({"budget_w": 300, "deadline": "2099-01-01T00:00:00Z"}).encode()
@@ -256,7 +292,7 @@ def test_the_signal_endpoint_says_a_chunked_body_and_counts_and_logs_what_it_ref
             server.shutdown()
             server.server_close()
             gone = tmp_path / "gone" / "signal.json"
-            server = serve_signals(str(gone), port, lambda: refused.append(1))
+            server = serve_signals(str(gone), port, TOKEN, lambda: refused.append(1))
             assert send(post, signal).startswith("HTTP/1.0 500") and send(post, signal).startswith("HTTP/1.0 500")
             gone.parent.mkdir()
             assert send(post, signal).startswith("HTTP/1.0 200")  # a store again: the next failure is said
@@ -280,16 +316,18 @@ def test_the_signal_endpoint_takes_signals_at_slash_signal_only(tmp_path: Path) 
     from controller.budget.endpoint import serve_signals
 
     port, path = free_port(), tmp_path / "signal.json"
-    server = serve_signals(str(path), port)
+    server = serve_signals(str(path), port, TOKEN)
     deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
     body = json.dumps({"budget_w": 2400, "deadline": deadline}).encode()
     try:
         for where in ("/", "/signals", "/signal/x", "/metrics"):
             with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{where}", data=body), timeout=5)
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{where}", data=body,
+                                                              headers=AUTH), timeout=5)
             assert caught.value.code == 404 and b"POST a signal to /signal" in caught.value.read()
         assert not path.exists()
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal?from=bms", data=body),
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal?from=bms", data=body,
+                                                           headers=AUTH),
                                     timeout=5) as answer:
             assert answer.status == 200 and path.exists()
     finally:
@@ -306,8 +344,8 @@ def test_clients_that_hang_up_before_their_answer_are_counted_and_logged_once(
     from controller.budget.endpoint import serve_signals
 
     port, drops = free_port(), []
-    server = serve_signals(str(tmp_path / "signal.json"), port, lambda: drops.append(1))
-    head = b"POST /signal HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"budget_w\": 1"
+    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN, lambda: drops.append(1))
+    head = b"POST /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"Content-Length: 100\r\n\r\n{\"budget_w\": 1"
     try:
         with caplog.at_level("WARNING", logger="controller.budget.endpoint"):
             for reset in (False, True):
@@ -321,7 +359,7 @@ def test_clients_that_hang_up_before_their_answer_are_counted_and_logged_once(
                 time.sleep(0.02)
         for get in (b"", b"Content-Length: 5\r\n"):  # the server goes on; a GET's body is no hang-up
             with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-                conn.sendall(b"GET /signal HTTP/1.1\r\nHost: x\r\n" + get + b"\r\n")
+                conn.sendall(b"GET /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + get + b"\r\n")
                 assert b"".join(iter(lambda: conn.recv(4096), b"")).startswith(b"HTTP/1.0 405")
     finally:
         server.shutdown()
@@ -347,18 +385,18 @@ def test_a_client_dripping_its_request_is_cut_and_holds_up_no_signal(tmp_path: P
     from controller.budget.endpoint import serve_signals
 
     port, path, drops = free_port(), tmp_path / "signal.json", []
-    server = serve_signals(str(path), port, lambda: drops.append(1))
+    server = serve_signals(str(path), port, TOKEN, lambda: drops.append(1))
     monkeypatch.setattr(server, "request_s", 1.0)
     deadline = (datetime.now(UTC) + timedelta(minutes=20)).isoformat()
     try:
         slow = socket.create_connection(("127.0.0.1", port), timeout=5)
-        slow.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\n")
+        slow.sendall(b"POST /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 0.6:
             slow.sendall(b"X")
             time.sleep(0.2)
         body = json.dumps({"budget_w": 2400, "deadline": deadline}).encode()
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body),
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, headers=AUTH),
                                     timeout=5) as answer:
             assert answer.status == 200 and path.exists()
         assert slow.recv(4096) == b"" and time.monotonic() - t0 < 3.0  # cut, unanswered
@@ -378,13 +416,14 @@ def test_a_connection_refused_for_want_of_a_slot_is_counted(
     from controller.budget.endpoint import REQUEST_CUT_S, serve_signals
 
     port, path, drops = free_port(), tmp_path / "signal.json", []
-    server = serve_signals(str(path), port, lambda: drops.append(1))
+    server = serve_signals(str(path), port, TOKEN, lambda: drops.append(1))
     assert server.request_s == REQUEST_CUT_S == 2.0  # the cut the slow-client test above sees act
     monkeypatch.setattr(server, "per_address", 0)  # every slot held: as by sixteen idle clients
     body = json.dumps({"budget_w": 2400, "deadline": (datetime.now(UTC) + timedelta(minutes=20)).isoformat()})
     try:
         with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
-            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body.encode()),
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body.encode(),
+                                                          headers=AUTH),
                                    timeout=5)
         assert drops == [1] and not path.exists()
     finally:
@@ -416,10 +455,11 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
 ])
 def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str], signal: str,
-                                                       message: str) -> None:
+                                                       message: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """check-config said ok of an endpoint whose signal file was the config itself (one POST wrote over it, and the
     next start read invalid TOML), the tuner's state, or a file in no folder (every POST refused, 500, unsaid). A
     file that holds no signal yet (made empty beforehand) is a warning, as it was: the endpoint writes over it."""
+    monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
     (tmp_path / "state").mkdir()
     path = with_budget(sim_config, tmp_path / signal)
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))

@@ -2,24 +2,27 @@
 source's signal file (the source reads it back like any other change), so a building management system or
 a grid-event script lowers the budget with one request:
 
-    curl -X POST -d '{"budget_w": 1500, "deadline": "2026-12-01T17:00:00Z", "reason": "grid event"}' \\
-        http://127.0.0.1:PORT/signal
+    curl -X POST -H "Authorization: Bearer $WATTSCALE_SIGNAL_TOKEN" \\
+        -d '{"budget_w": 1500, "deadline": "2026-12-01T17:00:00Z", "reason": "grid event"}' http://127.0.0.1:PORT/signal
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from controller import strict_json
 from controller.bounded_server import BoundedServer, serve_in_thread
+from controller.budget.assemble import secret
 from controller.budget.base import utc_iso
 from controller.budget.demand_response import MAX_SIGNAL_BYTES, accept_signal
+from controller.config_loader import ConfigError
 from controller.telemetry.base import shortened
 
 log = logging.getLogger(__name__)
@@ -33,10 +36,25 @@ REQUEST_CUT_S = 2.0
 nothing held every slot for the server-wide 10 s, each time they were opened again."""
 
 
-def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: None,
+MIN_TOKEN_CHARS = 16
+"""The shortest token a signal must carry (one a local user could guess is none)."""
+
+
+def signal_token(env: Mapping[str, str], variable: str, where: str) -> str:
+    """The token the endpoint asks of each request, from the environment (ConfigError naming `where`: unset, or
+    shorter than MIN_TOKEN_CHARS)."""
+    token = secret(env, variable, where)
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(where, f"environment variable {variable} holds {len(token)} characters; a token needs "
+                          f"{MIN_TOKEN_CHARS} at least (e.g. from: openssl rand -hex 16)")
+    return token
+
+
+def serve_signals(path: str, port: int, token: str, dropped: Callable[[], None] = lambda: None,
                   stored: Callable[[], None] = lambda: None, idle_w: Callable[[], float] = lambda: 0.0,
                   ) -> BoundedServer:
-    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own; `shutdown()` stops it. Bounded
+    """Listen on 127.0.0.1:`port` (0: any free port) in a thread of its own, answering only requests that carry
+    `token` (`Authorization: Bearer`; 401 else); `shutdown()` stops it. Bounded
     (controller.bounded_server): a connection is cut REQUEST_CUT_S after it was accepted, however it sends, and at
     most MAX_CLIENTS are served at once. A client gone before its answer, or a signal refused, is counted through
     `dropped` each time and logged the first time of its kind (a signal that could not be stored: the first of each
@@ -81,6 +99,10 @@ def serve_signals(path: str, port: int, dropped: Callable[[], None] = lambda: No
 
         def _answer(self, method: str) -> None:
             refusal = _length_refusal(self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding"), method)
+            auth = self.headers.get("Authorization") or ""
+            given = auth[len("Bearer "):].encode() if auth.startswith("Bearer ") else b""
+            if refusal is None and not hmac.compare_digest(given, token.encode()):
+                refusal = 401, {"error": "a signal needs the endpoint's token: Authorization: Bearer <token>"}
             if refusal is not None:
                 status, reply = refusal
             else:

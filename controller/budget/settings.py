@@ -198,6 +198,10 @@ class DemandResponseSettings(SourceSettings):
     waits for it)."""
     port: int = 0
     """A port on 127.0.0.1 where the daemon takes POSTed signals into `path` (loopback only); 0: none."""
+    token_env: str = "WATTSCALE_SIGNAL_TOKEN"
+    """The environment variable holding the token each request to `port` must carry (`Authorization: Bearer`), 16
+    characters at least: loopback alone let any local user replace the utility's signal, or hold every GPU at its
+    floor for good."""
 
     def check(self, where: str) -> None:
         check_range(self, where, ("retry_s",), 0.0, MAX_RETRY_S, low_open=True)
@@ -205,6 +209,9 @@ class DemandResponseSettings(SourceSettings):
             raise ConfigError(f"{where}.path", "must not be empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
+        if not re.fullmatch(r"WATTSCALE_[A-Z0-9_]+", self.token_env):  # not another secret of the process
+            raise ConfigError(f"{where}.token_env", f"must name a variable starting with WATTSCALE_, got "
+                              f"{self.token_env!r:.60}")
 
 
 KINDS: dict[str, type[SourceSettings]] = {
