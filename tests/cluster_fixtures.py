@@ -175,8 +175,8 @@ def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> 
 
 @contextmanager
 def running_agent(client: Any, nvml: FakeNvml, link: Link, interval_s: float = 0.1) -> Iterator[NodeAgent]:
-    """The node agent stepped in a thread of its own on the fake NVML, asking `link` for its plan; default
-    limits restored on exit."""
+    """The node agent stepped in a thread of its own on the fake NVML, asking `link` for its plan; its limits kept
+    on exit, as the agent keeps them."""
     agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, safe_cap_share=0.6,
                       default_ttl_s=5.0, timeout_s=1.0)
     stop = threading.Event()

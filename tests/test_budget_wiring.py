@@ -226,21 +226,29 @@ def test_the_signal_endpoint_answers_only_requests_that_carry_its_token(
     server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN)
     body = json.dumps({"budget_w": 1, "deadline": "9998-12-31T00:00:00Z"}).encode()
     try:
-        for auth in ({}, {"Authorization": "Bearer 0123456789abcdeX"}, {"Authorization": TOKEN}):
-            with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body,
+        for auth, data in (({}, body), ({"Authorization": "Bearer 0123456789abcdeX"}, body),
+                           ({"Authorization": TOKEN}, body), ({"Authorization": "Bearer é" * 4}, body), ({}, None)):
+            with pytest.raises(urllib.error.HTTPError) as caught:  # None: a GET, which says the signal in force
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=data,
                                                               headers=auth), timeout=5)
             assert caught.value.code == 401
         assert not (tmp_path / "signal.json").exists()
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, headers={
+                "Authorization": f" bearer {TOKEN}  "}), timeout=5) as answer:  # the scheme in any case (RFC 7235)
+            assert answer.status == 200
     finally:
         server.shutdown()
         server.server_close()
     path = with_budget(sim_config, tmp_path / "signal.json")
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
-    for held in ("", "short"):  # check-config names it, as run would
+    endpoint = path.read_text()
+    for held in ("", "short", "é" * 16, "0123456789 abcdef"):  # named by check-config, as by run (its preflight)
         monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", held)
         assert main(["check-config", str(path)]) == 2
         assert ".token_env: environment variable WATTSCALE_SIGNAL_TOKEN " in capsys.readouterr().err
+    path.write_text(endpoint.replace('\npath = "', '\ntoken_env = "HOME"\npath = "'))
+    assert main(["check-config", str(path)]) == 2  # another secret of the process is not a token
+    assert ".token_env: must name a variable starting with WATTSCALE_, got 'HOME'" in capsys.readouterr().err
 
 
 def test_the_signal_endpoint_answers_a_bad_content_length_in_one_line(tmp_path: Path) -> None:

@@ -2,14 +2,18 @@
 source's signal file (the source reads it back like any other change), so a building management system or
 a grid-event script lowers the budget with one request:
 
-    curl -X POST -H "Authorization: Bearer $WATTSCALE_SIGNAL_TOKEN" \\
+    printf 'header = "Authorization: Bearer %s"\\n' "$WATTSCALE_SIGNAL_TOKEN" | curl --config - -X POST \\
         -d '{"budget_w": 1500, "deadline": "2026-12-01T17:00:00Z", "reason": "grid event"}' http://127.0.0.1:PORT/signal
+
+(the token through curl's standard input: on its command line every local user's `ps` would read it). The token is
+read at start: a new one takes a restart.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -44,9 +48,9 @@ def signal_token(env: Mapping[str, str], variable: str, where: str) -> str:
     """The token the endpoint asks of each request, from the environment (ConfigError naming `where`: unset, or
     shorter than MIN_TOKEN_CHARS)."""
     token = secret(env, variable, where)
-    if len(token) < MIN_TOKEN_CHARS:
+    if not re.fullmatch(rf"[!-~]{{{MIN_TOKEN_CHARS},}}", token):  # as a header carries it: printable ASCII, no space
         raise ConfigError(where, f"environment variable {variable} holds {len(token)} characters; a token needs "
-                          f"{MIN_TOKEN_CHARS} at least (e.g. from: openssl rand -hex 16)")
+                          f"{MIN_TOKEN_CHARS} at least, printable ASCII without spaces (e.g. openssl rand -hex 16)")
     return token
 
 
@@ -61,6 +65,7 @@ def serve_signals(path: str, port: int, token: str, dropped: Callable[[], None] 
     run of them); `stored` is called once a signal is stored (the daemon steps its budget then), and the signal
     logged with what it replaces (at DEBUG where it is the same signal again). `idle_w`: the fleet's idle draw now,
     which a signal's budget below is warned of."""
+    expected = token.encode("ascii")  # printable ASCII (signal_token); a header's bytes are read as latin-1
     logged: set[str] = set()
     lock = threading.Lock()
     """Held over the logged kinds, and over a signal's read of the one in force and its store (two POSTs at once
@@ -99,9 +104,9 @@ def serve_signals(path: str, port: int, token: str, dropped: Callable[[], None] 
 
         def _answer(self, method: str) -> None:
             refusal = _length_refusal(self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding"), method)
-            auth = self.headers.get("Authorization") or ""
-            given = auth[len("Bearer "):].encode() if auth.startswith("Bearer ") else b""
-            if refusal is None and not hmac.compare_digest(given, token.encode()):
+            scheme, _, given = (self.headers.get("Authorization") or "").strip().partition(" ")
+            if refusal is None and not (scheme.lower() == "bearer"
+                                        and hmac.compare_digest(given.strip().encode("latin-1", "replace"), expected)):
                 refusal = 401, {"error": "a signal needs the endpoint's token: Authorization: Bearer <token>"}
             if refusal is not None:
                 status, reply = refusal
