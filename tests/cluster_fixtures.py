@@ -129,7 +129,8 @@ def service(name: str, deployment: str, accelerator: str = "H100-SXM", **spec: A
 
 
 def deployment(name: str, app: str, replicas: int, max_num_seqs: int) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+                "name": name, "namespace": NS, "labels": {"wattscale.dev/managed": "true"}},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
                      "template": {"metadata": {"labels": {"app": app}}, "spec": {"containers": [
                          {"name": "vllm", "image": "vllm/vllm-openai:v0.8.5",

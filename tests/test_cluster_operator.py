@@ -147,6 +147,10 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu.put(GROUP, SERVICES, service("bad-acc", "vllm-l4", accelerator="L4"))  # in the catalogue, not the policy
     emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
     emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
+    theirs = deployment("vllm-theirs", "theirs", 1, 64)  # its owner has not let wattscale drive it
+    del theirs["metadata"]["labels"]
+    emu.put("apps", "deployments", theirs)
+    emu.put(GROUP, SERVICES, service("not-ours", "vllm-theirs"))
     rack = {"name": "rack-1", "limit_w": 1000.0, "node_selector": {"rack": "r1"}}
     budget = {"safe_budget_w": 1800.0, "sources": [{"kind": "fixed", "name": "contract", "budget_w": 2200.0}]}
     emu.put(GROUP, POLICIES, policy(domains=[rack], budget=budget))
@@ -162,11 +166,15 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
               what="the budget source's budget in force")
         # Bad resources: each reported on itself, by field; the good one is still controlled.
         why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
-               ("bad-acc", "no-deploy", "min-max")}
+               ("bad-acc", "no-deploy", "min-max", "not-ours")}
         assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
         assert why["bad-acc"]["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
         assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
         assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
+        assert why["not-ours"]["message"] == ("spec.variants[0].deployment: Deployment llm/vllm-theirs has no label "
+                                              "wattscale.dev/managed=true, by which its owner lets wattscale scale it "
+                                              "and set its --max-num-seqs")
+        assert replicas(emu, "vllm-theirs") == 1 and max_num_seqs(emu, "vllm-theirs") == 64  # never driven
         assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events_on(emu, "min-max"))
         # The plan reaches the node: the agent applies the operator's limits to the GPUs.
         p = until(lambda: (plan(emu) or {}).get("spec", {}).get("limits_w") and plan(emu), what="node limits")

@@ -14,6 +14,9 @@ from controller.service_settings import ServiceSettings
 from controller.settings import Settings
 
 log = logging.getLogger("wattscale.operator")
+MANAGED = "wattscale.dev/managed"
+"""The label (value "true") by which a Deployment's owner lets the operator scale it and set its --max-num-seqs:
+whoever may create an LLMService could otherwise have it drive any Deployment of the namespace."""
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -40,15 +43,15 @@ class Deployments:
         """Deployments whose check failed on an error that may pass (logged once while so)."""
 
     def check(self, svc: ServiceSettings) -> None:
-        """ConfigError naming the variant whose Deployment does not exist; an API error for good (a 403) passes
-        through. One that may pass (a 5xx, a timeout) leaves the service as it is, counted each time and logged
-        once while it lasts: a blip of the API server had taken a running service out of the plan, and its GPUs
-        to their lowest limit, for a slow period."""
+        """ConfigError naming the variant whose Deployment does not exist, or lacks the MANAGED label; an API error
+        for good (a 403) passes through. One that may pass (a 5xx, a timeout) leaves the service as it is, counted
+        each time and logged once while it lasts: a blip of the API server had taken a running service out of the
+        plan, and its GPUs to their lowest limit, for a slow period."""
         ns = svc.name.split("/", 1)[0]
         for i, v in enumerate(svc.variants):
             what = f"Deployment {ns}/{v.deployment}"
             try:
-                self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
+                found = self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
             except Exception as exc:
                 error = translate(exc, what)
                 if isinstance(error, MissingTargetError):
@@ -61,6 +64,9 @@ class Deployments:
                 self.unread.add(what)
                 continue
             self.unread.discard(what)
+            if ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) != "true":
+                raise ConfigError(f"spec.variants[{i}].deployment", f"{what} has no label {MANAGED}=true, by which "
+                                  "its owner lets wattscale scale it and set its --max-num-seqs")
 
     def target(self, s: Settings) -> None:
         """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
