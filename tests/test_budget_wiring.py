@@ -222,8 +222,8 @@ def test_the_signal_endpoint_answers_only_requests_that_carry_its_token(
     ending in 2 s, or hold every GPU at its floor with a 1-W signal for good."""
     from controller.budget.endpoint import serve_signals
 
-    port = free_port()
-    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN)
+    port, refused = free_port(), []
+    server = serve_signals(str(tmp_path / "signal.json"), port, TOKEN, lambda: refused.append(1))
     body = json.dumps({"budget_w": 1, "deadline": "9998-12-31T00:00:00Z"}).encode()
     try:
         for auth, data in (({}, body), ({"Authorization": "Bearer 0123456789abcdeX"}, body),
@@ -232,7 +232,7 @@ def test_the_signal_endpoint_answers_only_requests_that_carry_its_token(
                 urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=data,
                                                               headers=auth), timeout=5)
             assert caught.value.code == 401
-        assert not (tmp_path / "signal.json").exists()
+        assert not (tmp_path / "signal.json").exists() and len(refused) == 5  # the GET too: every refusal counted
         with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/signal", data=body, headers={
                 "Authorization": f" bearer {TOKEN}  "}), timeout=5) as answer:  # the scheme in any case (RFC 7235)
             assert answer.status == 200

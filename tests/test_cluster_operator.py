@@ -889,6 +889,63 @@ def test_a_deployment_read_that_fails_for_a_moment_keeps_its_service_planned(
     loop.stand_down(release=False, now=time.monotonic() - t0)
 
 
+def test_a_selector_of_expressions_selects_what_it_says_and_an_empty_one_nothing() -> None:
+    """Read by its match labels alone, a selector of expressions listed every pod of the namespace as the
+    service's, and their GPUs took its caps."""
+    from kubernetes.client import V1LabelSelector, V1LabelSelectorRequirement
+
+    from controller.cluster.deployments import label_selector
+
+    assert label_selector(V1LabelSelector(match_labels={"b": "2", "a": "1"}, match_expressions=[
+        V1LabelSelectorRequirement(key="tier", operator="In", values=["gpu", "big"]),
+        V1LabelSelectorRequirement(key="canary", operator="DoesNotExist"),
+        V1LabelSelectorRequirement(key="app", operator="Exists"),
+        V1LabelSelectorRequirement(key="zone", operator="NotIn", values=["x"])])) == (
+        "a=1,b=2,tier in (gpu,big),!canary,app,zone notin (x)")
+    assert label_selector(V1LabelSelector()) == "" and label_selector(None) == ""
+    assert label_selector(V1LabelSelector(match_expressions=[
+        V1LabelSelectorRequirement(key="k", operator="Gt", values=["1"])])) == ""  # one it cannot say: nothing
+
+
+def test_a_deployment_whose_owner_withdraws_consent_is_left_alone_and_a_new_one_waits_for_its_read(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The label was checked as settings were adopted: under a refused policy (a queue_model changed) the operator
+    drove the settings it held and scaled back a Deployment whose owner had removed the label; and a new service
+    whose Deployment could not be read for the moment was planned, its label never read."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=2))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    loop.timeout_s = 1.0
+    t0 = time.monotonic()
+    loop.step(0.0)
+    c = loop.controller
+    assert c is not None
+    until(lambda: loop.step(time.monotonic() - t0) and replicas(emu, "vllm-chat") == 2, what="min_replicas")
+    emu.put("apps", "deployments", deployment("vllm-new", "new", 1, 64))
+    emu.fail("GET", r"/deployments/vllm-new$", 503)
+    emu.put(GROUP, SERVICES, service("new", "vllm-new", min_replicas=1))
+    until(lambda: loop.step(time.monotonic() - t0) and "a new service waits for its Deployment to read" in (
+        status_of(emu, "new").get("conditions") or [{}])[0].get("message", ""), what="the new service waiting")
+    assert f"{NS}/new" not in {s.name for s in c.settings.services}
+    emu.faults.clear()
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"optimizer": {"queue_model": "mm1k-batch"}}})  # refused
+    emu.patch("apps", "deployments", "vllm-chat", {"metadata": {"labels": {"wattscale.dev/managed": None}},
+                                                    "spec": {"replicas": 1}}, NS)  # its owner takes it back
+    writes = len(emu.requests)
+    until(lambda: loop.step(time.monotonic() - t0) and "has no label wattscale.dev/managed=true" in (
+        status_of(emu, "chat").get("conditions") or [{}])[0].get("message", ""), what="chat refused")
+    for _ in range(15):  # several slow ticks under the refused policy
+        loop.step(time.monotonic() - t0)
+        time.sleep(0.2)
+    assert replicas(emu, "vllm-chat") == 1 and not [(method, path) for _, method, path in emu.requests[writes:]
+                                                    if method in ("PATCH", "PUT") and "/deployments/vllm-chat" in path]
+    loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
 def test_a_lease_the_role_refuses_is_said_once_while_it_lasts(cluster: tuple[KubeEmulator, Any], tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A Role missing, or --namespace naming one the Role is not in: the operator never acted and said nothing."""

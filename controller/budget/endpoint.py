@@ -124,7 +124,7 @@ def serve_signals(path: str, port: int, token: str, dropped: Callable[[], None] 
                                                       idle_w())
                     if method == "POST" and status == 200:
                         stored()
-            if method == "POST":
+            if method == "POST" or status == 401:  # a GET that reads the signal is said by no one
                 said(status, reply)
             data = strict_json.dumps(reply).encode()
             self.send_response(status)

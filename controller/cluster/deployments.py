@@ -43,13 +43,14 @@ class Deployments:
         """Deployments whose check failed on an error that may pass (logged once while so)."""
 
     def check(self, svc: ServiceSettings) -> None:
-        """ConfigError naming the variant whose Deployment does not exist, or lacks the MANAGED label; an API error
-        for good (a 403) passes through. One that may pass (a 5xx, a timeout) leaves the service as it is, counted
-        each time and logged once while it lasts: a blip of the API server had taken a running service out of the
-        plan, and its GPUs to their lowest limit, for a slow period."""
+        """ConfigError naming the variant whose Deployment does not exist, or lacks the MANAGED label (taken out of
+        the actuators' targets at once: settings kept meanwhile, a refused policy's, drove it on); an API error for
+        good (a 403) passes through. One that may pass (a 5xx, a timeout) leaves a service the targets hold as it
+        is, counted each time and logged once while it lasts (a blip of the API server had taken a running service
+        out of the plan, and its GPUs to their lowest limit, for a slow period); a new one waits for a read."""
         ns = svc.name.split("/", 1)[0]
         for i, v in enumerate(svc.variants):
-            what = f"Deployment {ns}/{v.deployment}"
+            what, ref = f"Deployment {ns}/{v.deployment}", DeploymentRef(ns, v.deployment)
             try:
                 found = self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
             except Exception as exc:
@@ -59,12 +60,17 @@ class Deployments:
                 if not isinstance(error, TransientActuatorError):
                     raise error from exc
                 self.metrics.errors.labels("deployments").inc()
+                if ref not in self.replica_targets.values():  # its label never read: not driven on a blip
+                    raise ConfigError(f"spec.variants[{i}].deployment", f"{error}; a new service waits for its "
+                                      "Deployment to read") from None
                 if what not in self.unread:
                     log.warning("%s; %s kept as it is until it reads", error, svc.name)
                 self.unread.add(what)
                 continue
             self.unread.discard(what)
             if ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) != "true":
+                _update_in_place(self.replica_targets, {k: r for k, r in self.replica_targets.items() if r != ref})
+                _update_in_place(self.batch_targets, {k: r for k, r in self.batch_targets.items() if ref not in r})
                 raise ConfigError(f"spec.variants[{i}].deployment", f"{what} has no label {MANAGED}=true, by which "
                                   "its owner lets wattscale scale it and set its --max-num-seqs")
 
@@ -93,9 +99,9 @@ class Deployments:
             what = f"{ref.namespace}/{ref.name}"
             try:
                 d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
-                labels = d.spec.selector.match_labels or {}
-                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=",".join(
-                    f"{k}={v}" for k, v in sorted(labels.items())), _request_timeout=self.timeout_s)
+                selector = label_selector(d.spec.selector)
+                pods = self.core.list_namespaced_pod(ref.namespace, label_selector=selector,
+                                                     _request_timeout=self.timeout_s) if selector else None
             except Exception as exc:
                 self.metrics.errors.labels("pods").inc()
                 if what not in self.failing:
@@ -104,5 +110,17 @@ class Deployments:
                 complete = False
                 continue
             self.failing.discard(what)
-            out[service, variant] = [sanitize(p) for p in pods.items]
+            out[service, variant] = [sanitize(p) for p in pods.items] if pods is not None else []
         return out if complete else None
+
+
+def label_selector(selector: Any) -> str:
+    """A Deployment's selector as a list's `labelSelector`, its expressions too ("" where it selects nothing read
+    here): its match labels alone had read a selector of expressions as every pod of the namespace, whose GPUs
+    then took the service's caps."""
+    parts = [f"{k}={v}" for k, v in sorted(((selector.match_labels if selector else None) or {}).items())]
+    for e in (selector.match_expressions if selector else None) or []:
+        values = ",".join(e.values or [])
+        parts.append({"In": f"{e.key} in ({values})", "NotIn": f"{e.key} notin ({values})", "Exists": e.key,
+                      "DoesNotExist": f"!{e.key}"}.get(e.operator, ""))
+    return "" if "" in parts else ",".join(parts)
