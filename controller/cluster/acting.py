@@ -64,10 +64,11 @@ def _refuse(what: str) -> TransientActuatorError:
 
 
 class GuardedReplicas:
-    """A `ReplicaScaler` that scales only while `may_act()`."""
+    """A `ReplicaScaler` that scales only while `may_act()`, and only a Deployment its owner `consents` to."""
 
-    def __init__(self, inner: ReplicaScaler, may_act: Callable[[], bool]) -> None:
-        self.inner, self.may_act = inner, may_act
+    def __init__(self, inner: ReplicaScaler, may_act: Callable[[], bool],
+                 consents: Callable[[str, str], bool] = lambda service, variant: True) -> None:
+        self.inner, self.may_act, self.consents = inner, may_act, consents
         self.name = getattr(inner, "name", "replicas")
 
     def get_replicas(self, service: str, variant: str) -> int:
@@ -76,14 +77,17 @@ class GuardedReplicas:
     def set_replicas(self, service: str, variant: str, replicas: int) -> int:
         if not self.may_act():
             raise _refuse(f"{service}@{variant} replicas")
+        if not self.consents(service, variant):
+            raise _unconsented(f"{service}@{variant} replicas")
         return self.inner.set_replicas(service, variant, replicas)
 
 
 class GuardedBatch:
-    """A `BatchSizer` that patches only while `may_act()`."""
+    """A `BatchSizer` that patches only while `may_act()`, and only Deployments their owners `consent` to."""
 
-    def __init__(self, inner: BatchSizer, may_act: Callable[[], bool]) -> None:
-        self.inner, self.may_act = inner, may_act
+    def __init__(self, inner: BatchSizer, may_act: Callable[[], bool],
+                 consents: Callable[[str], bool] = lambda service: True) -> None:
+        self.inner, self.may_act, self.consents = inner, may_act, consents
         self.name = getattr(inner, "name", "batch")
 
     def get_max_batch(self, service: str) -> BatchInForce:
@@ -92,4 +96,12 @@ class GuardedBatch:
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if not self.may_act():
             raise _refuse(f"{service} --max-num-seqs")
+        if not self.consents(service):
+            raise _unconsented(f"{service} --max-num-seqs")
         self.inner.set_max_batch(service, max_num_seqs)
+
+
+def _unconsented(what: str) -> TransientActuatorError:
+    """Tried again after its delay: the label may be read back (a permanent error is tried once per config)."""
+    return TransientActuatorError(f"{what}: not acted on, its Deployment's wattscale.dev/managed=true label was not "
+                                  "read")

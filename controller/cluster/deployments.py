@@ -41,14 +41,18 @@ class Deployments:
         """Deployments whose pods could not be listed (logged once while so)."""
         self.unread: set[str] = set()
         """Deployments whose check failed on an error that may pass (logged once while so)."""
+        self.consented: set[DeploymentRef] = set()
+        """Deployments whose MANAGED label was read true last time (kept across leaderships: a blip at a new one's
+        first read neither refuses a running service nor lets one be driven unread)."""
 
     def check(self, svc: ServiceSettings) -> None:
-        """ConfigError naming the variant whose Deployment does not exist, or lacks the MANAGED label (taken out of
-        the actuators' targets at once: settings kept meanwhile, a refused policy's, drove it on); an API error for
-        good (a 403) passes through. One that may pass (a 5xx, a timeout) leaves a service the targets hold as it
-        is, counted each time and logged once while it lasts (a blip of the API server had taken a running service
-        out of the plan, and its GPUs to their lowest limit, for a slow period); a new one waits for a read."""
+        """ConfigError naming the first variant whose Deployment does not exist, or lacks the MANAGED label (each
+        variant read, its consent noted); an API error for good (a 403) passes through. One that may pass (a 5xx, a
+        timeout) leaves the service as it is, counted each time and logged once while it lasts: a blip of the API
+        server had taken a running service out of the plan, and its GPUs to their lowest limit, for a slow period.
+        Such a Deployment is driven only as far as its label was last read (`consents`)."""
         ns = svc.name.split("/", 1)[0]
+        refused: ConfigError | None = None
         for i, v in enumerate(svc.variants):
             what, ref = f"Deployment {ns}/{v.deployment}", DeploymentRef(ns, v.deployment)
             try:
@@ -56,23 +60,37 @@ class Deployments:
             except Exception as exc:
                 error = translate(exc, what)
                 if isinstance(error, MissingTargetError):
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"no {what}") from None
+                    self.consented.discard(ref)
+                    refused = refused or ConfigError(f"spec.variants[{i}].deployment", f"no {what}")
+                    continue
                 if not isinstance(error, TransientActuatorError):
                     raise error from exc
                 self.metrics.errors.labels("deployments").inc()
-                if ref not in self.replica_targets.values():  # its label never read: not driven on a blip
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"{error}; a new service waits for its "
-                                      "Deployment to read") from None
                 if what not in self.unread:
                     log.warning("%s; %s kept as it is until it reads", error, svc.name)
                 self.unread.add(what)
                 continue
             self.unread.discard(what)
-            if ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) != "true":
-                _update_in_place(self.replica_targets, {k: r for k, r in self.replica_targets.items() if r != ref})
-                _update_in_place(self.batch_targets, {k: r for k, r in self.batch_targets.items() if ref not in r})
-                raise ConfigError(f"spec.variants[{i}].deployment", f"{what} has no label {MANAGED}=true, by which "
-                                  "its owner lets wattscale scale it and set its --max-num-seqs")
+            if not self._consent(ref, found):
+                refused = refused or ConfigError(f"spec.variants[{i}].deployment", f"{what} has no label "
+                                                 f"{MANAGED}=true, by which its owner lets wattscale scale it and set "
+                                                 "its --max-num-seqs")
+        if refused is not None:
+            raise refused
+
+    def _consent(self, ref: DeploymentRef, found: Any) -> bool:
+        """Whether a Deployment as read carries the MANAGED label, noted for `consents`."""
+        given = ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) == "true"
+        (self.consented.add if given else self.consented.discard)(ref)
+        return given
+
+    def consents(self, service: str, variant: str | None = None) -> bool:
+        """Whether the Deployment of a service's variant (None: of every variant) carried the MANAGED label when
+        last read (at each slow tick's check and each refresh of the owners, whatever the policy): the actuators
+        act on no other, so one whose owner took the label back is left alone even while settings read before
+        are kept (a refused policy)."""
+        refs = [self.replica_targets.get((service, variant))] if variant else list(self.batch_targets.get(service, ()))
+        return bool(refs) and all(r is not None and r in self.consented for r in refs)
 
     def target(self, s: Settings) -> None:
         """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
@@ -99,6 +117,7 @@ class Deployments:
             what = f"{ref.namespace}/{ref.name}"
             try:
                 d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
+                self._consent(ref, d)
                 selector = label_selector(d.spec.selector)
                 pods = self.core.list_namespaced_pod(ref.namespace, label_selector=selector,
                                                      _request_timeout=self.timeout_s) if selector else None

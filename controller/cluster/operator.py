@@ -146,9 +146,11 @@ class ClusterLoop:
             return self.lease.valid() and self.controller is c
 
         replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.deployments.replica_targets,
-                                                           s.actuators.kubernetes_timeout_s), may_act)
+                                                           s.actuators.kubernetes_timeout_s), may_act,
+                                   self.deployments.consents)
         batch = GuardedBatch(KubernetesBatchSizer(self.client, self.deployments.batch_targets,
-                                                  {x.name: x.initial_max_batch for x in s.services}), may_act)
+                                                  {x.name: x.initial_max_batch for x in s.services}), may_act,
+                             self.deployments.consents)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
         vllm = self._vllm(s)
         c = Controller(s, plans, vllm, plans, batch, replicas, tuner, self.metrics, self.decisions)
