@@ -42,8 +42,8 @@ class Deployments:
         self.unread: set[str] = set()
         """Deployments whose check failed on an error that may pass (logged once while so)."""
         self.consented: set[DeploymentRef] = set()
-        """Deployments whose MANAGED label was read true last time (kept across leaderships: a blip at a new one's
-        first read neither refuses a running service nor lets one be driven unread)."""
+        """Deployments driven whose MANAGED label read true the last time: read in this leadership (emptied as it
+        ends), forgotten as they leave the targets. A blip at a read keeps a service planned, driven only so."""
 
     def check(self, svc: ServiceSettings) -> None:
         """ConfigError naming the first variant whose Deployment does not exist, or lacks the MANAGED label (each
@@ -105,6 +105,7 @@ class Deployments:
                 replica[svc.name, v.accelerator] = ref
         _update_in_place(self.batch_targets, batch)
         _update_in_place(self.replica_targets, replica)
+        self.consented &= set(replica.values())  # one no longer driven is read no more: its label may go unseen
 
     def pods(self) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
         """Each variant's Deployment's pods (by its selector), for which GPUs serve which service; None where

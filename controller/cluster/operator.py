@@ -145,12 +145,11 @@ class ClusterLoop:
         def may_act() -> bool:  # this leadership's slow tick, the Lease still held
             return self.lease.valid() and self.controller is c
 
+        consents = self.deployments.consents
         replicas = GuardedReplicas(KubernetesReplicaScaler(self.client, self.deployments.replica_targets,
-                                                           s.actuators.kubernetes_timeout_s), may_act,
-                                   self.deployments.consents)
+                                                           s.actuators.kubernetes_timeout_s), may_act, consents)
         batch = GuardedBatch(KubernetesBatchSizer(self.client, self.deployments.batch_targets,
-                                                  {x.name: x.initial_max_batch for x in s.services}), may_act,
-                             self.deployments.consents)
+                                                  {x.name: x.initial_max_batch for x in s.services}), may_act, consents)
         tuner = Tuner(s.state_path, queue_model=s.optimizer.queue_model)
         vllm = self._vllm(s)
         c = Controller(s, plans, vllm, plans, batch, replicas, tuner, self.metrics, self.decisions)
@@ -229,6 +228,7 @@ class ClusterLoop:
             log.warning("release: not every agent was told to restore its default limits; those fall to their "
                         "safe caps at their plan's TTL")
         self.controller = self.plans = None
+        self.deployments.consented.clear()  # a standby reads no label: the next leadership reads them again
         if not (release and plans is not None):
             if self.server is not None:
                 self.server.detach()
