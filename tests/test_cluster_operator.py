@@ -43,7 +43,7 @@ from kube_emulator import KubeEmulator
 from kube_http import PATH
 from prometheus_client import CollectorRegistry
 
-from actuators.kubernetes import api_client
+from actuators.kubernetes import DeploymentRef, api_client
 from actuators.kubernetes_batch import read_flag
 from controller.cluster import operator, snapshot
 from controller.cluster.acting import SlowWorker
@@ -955,6 +955,44 @@ def test_a_deployment_is_driven_only_while_its_label_reads_whatever_the_policy_a
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=2))
     until(lambda: loop.step(time.monotonic() - t0) and loop.deployments.consented, what="read again")
     loop.stand_down(release=False, now=time.monotonic() - t0)
+    assert not loop.deployments.consented
+
+
+def test_no_consent_outlives_its_read_a_service_left_out_or_a_leadership(cluster: tuple[KubeEmulator, Any],
+                                                                         tmp_path: Path) -> None:
+    """A label read for a service then refused (its min_replicas past the inventory) was kept: deleted, its owner
+    taking the label back, a later service naming the Deployment, its first read a blip, scaled it. And a read in
+    flight as the leadership ended noted its consent after it was forgotten."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=1))
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    loop.timeout_s = 3.0
+    t0 = time.monotonic()
+    loop.step(0.0)
+    assert loop.controller is not None
+    emu.put("apps", "deployments", deployment("vllm-x", "x", 0, 64))
+    emu.put(GROUP, SERVICES, service("zz-big", "vllm-x", min_replicas=4))  # checked after chat: the one refused
+    until(lambda: loop.step(time.monotonic() - t0) and "add up to" in (
+        status_of(emu, "zz-big").get("conditions") or [{}])[0].get("message", ""), what="zz-big refused")
+    emu.delete(GROUP, SERVICES, "zz-big", NS)
+    emu.patch("apps", "deployments", "vllm-x", {"metadata": {"labels": {"wattscale.dev/managed": None}}}, NS)
+    emu.fail("GET", r"/deployments/vllm-x$", 503)
+    emu.put(GROUP, SERVICES, service("later", "vllm-x", min_replicas=2, max_replicas=2))
+    for _ in range(25):
+        loop.step(time.monotonic() - t0)
+        time.sleep(0.2)
+    assert replicas(emu, "vllm-x") == 0 and DeploymentRef(NS, "vllm-x") not in loop.deployments.consented
+    emu.faults.clear()
+    emu.fail("GET", r"/deployments/vllm-chat$", delay_s=2.0, times=1)
+    reading = threading.Thread(target=loop.deployments.pods)
+    reading.start()
+    time.sleep(0.5)
+    loop.stand_down(release=False, now=time.monotonic() - t0)
+    reading.join(10.0)
     assert not loop.deployments.consented
 
 

@@ -3,7 +3,9 @@ and batch actuators hold), whether each exists, and which pods each runs (which 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from typing import Any, TypeVar
 
 from actuators.base import MissingTargetError, TransientActuatorError
@@ -44,6 +46,13 @@ class Deployments:
         self.consented: set[DeploymentRef] = set()
         """Deployments driven whose MANAGED label read true the last time: read in this leadership (emptied as it
         ends), forgotten as they leave the targets. A blip at a read keeps a service planned, driven only so."""
+        self.reads = itertools.count()
+        """Numbers each label read as it starts: a read's answer is noted only if no later-started read's was (the
+        owners' thread and the slow one read the same Deployment), and none started before `forget`."""
+        self.noted: dict[DeploymentRef, int] = {}
+        self.floor = 0
+        self.lock = threading.Lock()
+        """Held over the consent's notes (the slow worker's check and prune, the owners' worker's reads)."""
 
     def check(self, svc: ServiceSettings) -> None:
         """ConfigError naming the first variant whose Deployment does not exist, or lacks the MANAGED label (each
@@ -54,13 +63,13 @@ class Deployments:
         ns = svc.name.split("/", 1)[0]
         refused: ConfigError | None = None
         for i, v in enumerate(svc.variants):
-            what, ref = f"Deployment {ns}/{v.deployment}", DeploymentRef(ns, v.deployment)
+            what, ref, n = f"Deployment {ns}/{v.deployment}", DeploymentRef(ns, v.deployment), next(self.reads)
             try:
                 found = self.apps.read_namespaced_deployment(v.deployment, ns, _request_timeout=self.timeout_s)
             except Exception as exc:
                 error = translate(exc, what)
                 if isinstance(error, MissingTargetError):
-                    self.consented.discard(ref)
+                    self._consent(ref, None, n)
                     refused = refused or ConfigError(f"spec.variants[{i}].deployment", f"no {what}")
                     continue
                 if not isinstance(error, TransientActuatorError):
@@ -71,26 +80,41 @@ class Deployments:
                 self.unread.add(what)
                 continue
             self.unread.discard(what)
-            if not self._consent(ref, found):
+            if not self._consent(ref, found, n):
                 refused = refused or ConfigError(f"spec.variants[{i}].deployment", f"{what} has no label "
                                                  f"{MANAGED}=true, by which its owner lets wattscale scale it and set "
                                                  "its --max-num-seqs")
         if refused is not None:
             raise refused
 
-    def _consent(self, ref: DeploymentRef, found: Any) -> bool:
-        """Whether a Deployment as read carries the MANAGED label, noted for `consents`."""
-        given = ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) == "true"
-        (self.consented.add if given else self.consented.discard)(ref)
+    def _consent(self, ref: DeploymentRef, found: Any, n: int) -> bool:
+        """Whether a Deployment as read (None: gone) carries the MANAGED label, noted for `consents` where read `n`
+        started after every read noted before it and after the last `forget`."""
+        given = found is not None and ((found.metadata.labels if found.metadata else None) or {}).get(MANAGED) == "true"
+        with self.lock:
+            if n >= max(self.floor, self.noted.get(ref, -1)):
+                self.noted[ref] = n
+                (self.consented.add if given else self.consented.discard)(ref)
         return given
+
+    def prune(self) -> None:
+        """Consent kept for the Deployments driven only (each slow tick, its settings handed over)."""
+        with self.lock:
+            self.consented &= set(self.replica_targets.values())
+
+    def forget(self) -> None:
+        """Every consent dropped as a leadership ends, with the answers of reads still in flight."""
+        with self.lock:
+            self.consented.clear()
+            self.floor = next(self.reads)
 
     def consents(self, service: str, variant: str | None = None) -> bool:
         """Whether the Deployment of a service's variant (None: of every variant) carried the MANAGED label when
         last read (at each slow tick's check and each refresh of the owners, whatever the policy): the actuators
         act on no other, so one whose owner took the label back is left alone even while settings read before
-        are kept (a refused policy)."""
+        are kept (a refused policy). One with no Deployment is left to the actuator, which says so."""
         refs = [self.replica_targets.get((service, variant))] if variant else list(self.batch_targets.get(service, ()))
-        return bool(refs) and all(r is not None and r in self.consented for r in refs)
+        return all(r is None or r in self.consented for r in refs)
 
     def target(self, s: Settings) -> None:
         """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
@@ -105,7 +129,7 @@ class Deployments:
                 replica[svc.name, v.accelerator] = ref
         _update_in_place(self.batch_targets, batch)
         _update_in_place(self.replica_targets, replica)
-        self.consented &= set(replica.values())  # one no longer driven is read no more: its label may go unseen
+        self.prune()  # one no longer driven is read no more: its label may go unseen
 
     def pods(self) -> dict[tuple[str, str], list[dict[str, Any]]] | None:
         """Each variant's Deployment's pods (by its selector), for which GPUs serve which service; None where
@@ -117,8 +141,9 @@ class Deployments:
         for (service, variant), ref in list(self.replica_targets.items()):
             what = f"{ref.namespace}/{ref.name}"
             try:
+                n = next(self.reads)
                 d = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
-                self._consent(ref, d)
+                self._consent(ref, d, n)
                 selector = label_selector(d.spec.selector)
                 pods = self.core.list_namespaced_pod(ref.namespace, label_selector=selector,
                                                      _request_timeout=self.timeout_s) if selector else None

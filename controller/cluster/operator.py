@@ -1,7 +1,6 @@
-"""The operator's control loop: the host daemon's `Controller` (the same fast loop, governor, optimizer,
-stability gate and enforcer), with settings built from the custom resources and parts that act through the
-Kubernetes API: replicas through the scale subresource, `--max-num-seqs` through the Deployments' args, power
-limits through the NodePowerPlans that the node agents apply.
+"""The operator's control loop: the host daemon's `Controller` (the same fast loop, governor, optimizer, stability
+gate and enforcer), with settings from the custom resources and parts that act through the Kubernetes API: replicas
+through the scale subresource, `--max-num-seqs` through the Deployments' args, power limits through node plans.
 
 It acts only while it holds the Lease. A new leader starts from the limits the plans hold (the previous
 leader's), so a restart raises no cap; the fast loop is stepped with explicit times by `step`, which wakes the
@@ -228,7 +227,7 @@ class ClusterLoop:
             log.warning("release: not every agent was told to restore its default limits; those fall to their "
                         "safe caps at their plan's TTL")
         self.controller = self.plans = None
-        self.deployments.consented.clear()  # a standby reads no label: the next leadership reads them again
+        self.deployments.forget()  # a standby reads no label: the next leadership reads them again
         if not (release and plans is not None):
             if self.server is not None:
                 self.server.detach()
@@ -290,6 +289,7 @@ class ClusterLoop:
             res = None
         with self.watched:  # a watch event may not land between this generation's check and its settings' handover
             self._adopt(c, res, may_act)
+        self.deployments.prune()  # a label read for a service then left out, or not adopted, is no consent
         if res is not None and res.policy is not None and may_act():
             plans.configure(res.policy.plan_ttl_s, res.policy.safe_cap_share,
                             (res.settings or c.settings).daemon.fast_interval_s)
