@@ -654,6 +654,19 @@ def leading(emu: KubeEmulator, tmp_path: Path, lease_s: float) -> tuple[ClusterL
     return loop, t0
 
 
+def leading_each_second(emu: KubeEmulator, tmp_path: Path, timeout_s: float = 1.0) -> tuple[ClusterLoop, float]:
+    """An operator over the services put so far, its slow tick each second (fast 0.2 s), stepped once, and when."""
+    body = policy()
+    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
+    emu.put(GROUP, POLICIES, body)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    loop.timeout_s = timeout_s
+    t0 = time.monotonic()
+    loop.step(0.0)
+    return loop, t0
+
+
 @pytest.mark.parametrize("spec", [{"sequence": 3, "limits_w": {"abc": 300.0, "0": 400.0}}, {"sequence": "abc"},
                                   {"sequence": 1, "limits_w": [1.0, 2.0]}, "not an object"])
 def test_a_plan_written_past_the_schema_is_read_as_empty_and_rewritten_whole(
@@ -864,14 +877,7 @@ def test_a_deployment_read_that_fails_for_a_moment_keeps_its_service_planned(
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=1))
     emu.put(GROUP, SERVICES, service("summ", "vllm-summ", min_replicas=1, max_replicas=1))
     emu.put("apps", "deployments", deployment("vllm-summ", "summ", 1, 64))
-    body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
-    emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                       str(tmp_path / "state"))
-    loop.timeout_s = 1.0
-    t0 = time.monotonic()
-    loop.step(0.0)
+    loop, t0 = leading_each_second(emu, tmp_path)
     c = loop.controller
     assert c is not None, loop.read().errors
     assert {s.name for s in c.settings.services} == {f"{NS}/chat", f"{NS}/summ"}
@@ -915,16 +921,9 @@ def test_a_deployment_is_driven_only_while_its_label_reads_whatever_the_policy_a
     refused, as at a failover) but not driven until it reads, and a label put back is driven again."""
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=2))
-    body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
-    emu.put(GROUP, POLICIES, body)
     before = replicas(emu, "vllm-chat")
     emu.fail("GET", r"/deployments/vllm-chat$", 503)  # from the first read: a new leader's blip
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                       str(tmp_path / "state"))
-    loop.timeout_s = 1.0
-    t0 = time.monotonic()
-    loop.step(0.0)
+    loop, t0 = leading_each_second(emu, tmp_path)
     c = loop.controller
     assert c is not None and f"{NS}/chat" in {s.name for s in c.settings.services}
     held = until(lambda: loop.step(time.monotonic() - t0) and [h for h in status_of(emu, "chat").get("held") or []
@@ -965,14 +964,7 @@ def test_no_consent_outlives_its_read_a_service_left_out_or_a_leadership(cluster
     flight as the leadership ended noted its consent after it was forgotten."""
     emu, _ = cluster
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat", min_replicas=1))
-    body = policy()
-    body["spec"]["daemon"] = {"fast_interval_s": 0.2, "slow_interval_s": 1.0}
-    emu.put(GROUP, POLICIES, body)
-    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
-                       str(tmp_path / "state"))
-    loop.timeout_s = 3.0
-    t0 = time.monotonic()
-    loop.step(0.0)
+    loop, t0 = leading_each_second(emu, tmp_path, timeout_s=3.0)
     assert loop.controller is not None
     emu.put("apps", "deployments", deployment("vllm-x", "x", 0, 64))
     emu.put(GROUP, SERVICES, service("zz-big", "vllm-x", min_replicas=4))  # checked after chat: the one refused
