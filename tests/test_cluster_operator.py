@@ -986,6 +986,19 @@ def test_no_consent_outlives_its_read_a_service_left_out_or_a_leadership(cluster
     loop.stand_down(release=False, now=time.monotonic() - t0)
     reading.join(10.0)
     assert not loop.deployments.consented
+    loop.deployments.pods()  # a worker of the ended leadership reading on, as a standby, while the label is there
+    assert loop.deployments.consented
+    emu.patch("apps", "deployments", "vllm-chat", {"metadata": {"labels": {"wattscale.dev/managed": None}},
+                                                    "spec": {"replicas": 0}}, NS)  # then taken back, for hours
+    emu.fail("GET", r"/deployments/vllm-chat$", 503)  # and the next leadership's reads of it blip
+    loop.step(time.monotonic() - t0)
+    assert loop.controller is not None
+    for _ in range(15):
+        loop.step(time.monotonic() - t0)
+        time.sleep(0.2)
+    assert replicas(emu, "vllm-chat") == 0  # the standby's read is no consent for the leadership after it
+    assert not loop.deployments.consents(f"{NS}/chat", "H100-SXM")
+    loop.stand_down(release=False, now=time.monotonic() - t0)
 
 
 def test_a_lease_the_role_refuses_is_said_once_while_it_lasts(cluster: tuple[KubeEmulator, Any], tmp_path: Path,

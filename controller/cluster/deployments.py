@@ -50,6 +50,9 @@ class Deployments:
         """Numbers each label read as it starts: a read's answer is noted only if no later-started read's was (the
         owners' thread and the slow one read the same Deployment), and none started before `forget`."""
         self.noted: dict[DeploymentRef, int] = {}
+        self.since: dict[DeploymentRef, int] = {}
+        """Per Deployment driven, the first read number that counts for it: one drawn as it became a target, so a
+        label read before (for a service since gone, by a worker of an ended leadership) is no consent."""
         self.floor = 0
         self.lock = threading.Lock()
         """Held over the consent's notes (the slow worker's check and prune, the owners' worker's reads)."""
@@ -102,10 +105,17 @@ class Deployments:
         with self.lock:
             self.consented &= set(self.replica_targets.values())
 
+    def lead(self, s: Settings) -> None:
+        """A leadership begins: labels read before it (a standby's, a worker's of the last) count not."""
+        self.forget()
+        self.target(s)
+
     def forget(self) -> None:
-        """Every consent dropped as a leadership ends, with the answers of reads still in flight."""
+        """Every consent dropped as a leadership ends or begins, with the answers of reads in flight, and each
+        Deployment's next read counting only as it is targeted again."""
         with self.lock:
             self.consented.clear()
+            self.since.clear()
             self.floor = next(self.reads)
 
     def consents(self, service: str, variant: str | None = None) -> bool:
@@ -114,7 +124,8 @@ class Deployments:
         act on no other, so one whose owner took the label back is left alone even while settings read before
         are kept (a refused policy). One with no Deployment is left to the actuator, which says so."""
         refs = [self.replica_targets.get((service, variant))] if variant else list(self.batch_targets.get(service, ()))
-        return all(r is None or r in self.consented for r in refs)
+        return all(r is None or (r in self.consented and self.noted.get(r, -1) >= self.since.get(r, self.floor))
+                   for r in refs)
 
     def target(self, s: Settings) -> None:
         """The Deployments per (service, variant) and per service, updated in place (the actuators hold them;
@@ -127,6 +138,8 @@ class Deployments:
             batch[svc.name] = refs
             for v, ref in zip(svc.variants, refs, strict=True):
                 replica[svc.name, v.accelerator] = ref
+        with self.lock:
+            self.since = {ref: self.since[ref] if ref in self.since else next(self.reads) for ref in replica.values()}
         _update_in_place(self.batch_targets, batch)
         _update_in_place(self.replica_targets, replica)
         self.prune()  # one no longer driven is read no more: its label may go unseen

@@ -137,7 +137,7 @@ class ClusterLoop:
                                        stale_after_s(s.daemon.fast_interval_s), s.actuators.kubernetes_timeout_s,
                                        lambda node: self.metrics.errors.labels("node_status").inc(),
                                        tick_s=s.daemon.fast_interval_s)
-        self.deployments.target(s)
+        self.deployments.lead(s)
         self.decisions = KeptDecisions(s.decision_log_path)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
 
