@@ -365,7 +365,8 @@ def test_clients_that_hang_up_before_their_answer_are_counted_and_logged_once(
             deadline = time.monotonic() + 5.0
             while len(drops) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
-        for get in (b"", b"Content-Length: 5\r\n"):  # the server goes on; a GET's body is no hang-up
+        for get in (b"", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\nContent-Length: abc\r\n"):
+            # the server goes on; a GET's body is no hang-up, nor read (a chunked one's length had raised)
             with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
                 conn.sendall(b"GET /signal HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + get + b"\r\n")
                 assert b"".join(iter(lambda: conn.recv(4096), b"")).startswith(b"HTTP/1.0 405")
