@@ -4,7 +4,6 @@ written (a warning: the daemon runs on without them). `check-config` and `run` c
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib.util
 import math
@@ -94,12 +93,15 @@ def unreadable(folder: Path) -> str | None:
             mode = p.stat().st_mode
         except OSError:  # not there yet: made enterable at the first change
             return None
-        if p.is_dir() and mode & 0o001 == 0:
+        if stat.S_ISDIR(mode) and mode & 0o001 == 0:
             return f"{p} cannot be entered by the vLLM units' users (mode {mode & 0o777:o})"
     for f in folder.glob("*.batch"):
-        with contextlib.suppress(OSError):
-            if f.stat().st_mode & 0o004 == 0:
-                return f"{f} cannot be read by the vLLM unit's user (mode {f.stat().st_mode & 0o777:o})"
+        try:
+            mode = f.stat().st_mode
+        except OSError:  # gone meanwhile
+            continue
+        if mode & 0o004 == 0:
+            return f"{f} cannot be read by the vLLM unit's user (mode {mode & 0o777:o})"
     return None
 
 

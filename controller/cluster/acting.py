@@ -66,8 +66,7 @@ def _refuse(what: str) -> TransientActuatorError:
 class GuardedReplicas:
     """A `ReplicaScaler` that scales only while `may_act()`, and only a Deployment its owner `consents` to."""
 
-    def __init__(self, inner: ReplicaScaler, may_act: Callable[[], bool],
-                 consents: Callable[[str, str], bool] = lambda service, variant: True) -> None:
+    def __init__(self, inner: ReplicaScaler, may_act: Callable[[], bool], consents: Callable[[str, str], bool]) -> None:
         self.inner, self.may_act, self.consents = inner, may_act, consents
         self.name = getattr(inner, "name", "replicas")
 
@@ -85,8 +84,7 @@ class GuardedReplicas:
 class GuardedBatch:
     """A `BatchSizer` that patches only while `may_act()`, and only Deployments their owners `consent` to."""
 
-    def __init__(self, inner: BatchSizer, may_act: Callable[[], bool],
-                 consents: Callable[[str], bool] = lambda service: True) -> None:
+    def __init__(self, inner: BatchSizer, may_act: Callable[[], bool], consents: Callable[[str], bool]) -> None:
         self.inner, self.may_act, self.consents = inner, may_act, consents
         self.name = getattr(inner, "name", "batch")
 
