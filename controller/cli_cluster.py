@@ -9,8 +9,9 @@ import os
 import signal
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller import log_writer, strict_json
 from controller.bounded_server import serve_metrics
@@ -21,6 +22,10 @@ from controller.startup import STOP_ASKED, Asked
 
 PROBE_TIMEOUT_S = 5.0
 """How long the operator waits for the API server's /version before it refuses to start."""
+PLAN_KEY = "/etc/wattscale/plan-key/plan.key"
+VERIFY_KEY = "/etc/wattscale/plan-verify/plan.pub"
+"""Where deploy/kubernetes mounts the operator's plan key (a Secret) and the agents' public key (a ConfigMap)."""
+T = TypeVar("T")
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -107,13 +112,25 @@ def _operator_url(url: str) -> None:
         raise ConfigError("--operator-url", f"must be an http(s) URL with a host, got {quoted(url)}")
 
 
+def _key(load: Callable[[str, str], T], path: str, flag: str) -> T:
+    """A plan key read now: a missing or wrong one is the flag's error at start, not every plan refused."""
+    try:
+        return load(path, flag)
+    except ValueError as exc:
+        raise ConfigError(flag, str(exc).removeprefix(f"{flag} ")) from None
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
         from prometheus_client import CollectorRegistry
+
+        from controller.cluster.plan_signing import load_signing_key
     except ImportError:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
+    if args.plan_port:  # the agents read no plan it does not sign
+        _key(load_signing_key, args.plan_signing_key, "--plan-signing-key")
     from actuators import ActuatorError
     from actuators.kubernetes import api_client, reach, unreachable
 
@@ -128,7 +145,7 @@ def _operator(args: argparse.Namespace) -> int:
     _logging(args.log_level)
     os.environ.update(WATTSCALE_POLICY=args.policy, WATTSCALE_STATE_DIR=args.state_dir,
                       WATTSCALE_PLAN_LISTEN=args.plan_listen, WATTSCALE_PLAN_PORT=str(args.plan_port),
-                      WATTSCALE_AGENT_ACCOUNT=args.agent_account)
+                      WATTSCALE_PLAN_KEY=args.plan_signing_key, WATTSCALE_AGENT_ACCOUNT=args.agent_account)
     if args.namespace:
         os.environ["WATTSCALE_NAMESPACE"] = args.namespace
     if args.kubeconfig:
@@ -171,6 +188,11 @@ def _agent(args: argparse.Namespace) -> int:
         raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
     _operator_url(args.operator_url)
     _ports(args, ("metrics", args.metrics_port))  # the flags first: NVML's error hid them, and a GPU node ran on
+    try:
+        from controller.cluster.plan_signing import load_verify_keys
+    except ImportError:
+        raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
+    verify_keys = _key(load_verify_keys, args.plan_verify_key, "--plan-verify-key")
     client = None
     try:
         client = api_client(args.kubeconfig)
@@ -188,7 +210,8 @@ def _agent(args: argparse.Namespace) -> int:
     STOP_ASKED.check()  # one before them whose raise was swallowed (controller/startup.py)
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
-    agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, registry, args.safe_cap_share,
+    agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, verify_keys, registry,
+                      args.safe_cap_share,
                       args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)),  # a cut waits a step
                       restore_on_exit=args.restore_defaults_on_exit)
     deadline = None if args.duration is None else time.monotonic() + args.duration
@@ -235,6 +258,9 @@ def add_cluster_commands(sub: Any) -> None:
                    "/readyz (default 127.0.0.1; in a pod 0.0.0.0, behind the operator's Service)")
     o.add_argument("--plan-port", type=whole(0, 65535), default=9466, help="port of the agents' plan "
                    "endpoint; 0: none (default 9466)")
+    o.add_argument("--plan-signing-key", default=PLAN_KEY, metavar="FILE",
+                   help="the Ed25519 private key (PEM) every plan served is signed with; needed with a plan port "
+                   f"(default {PLAN_KEY})")
     o.add_argument("--agent-account", default="wattscale-agent", help="the node agents' ServiceAccount in the "
                    "operator's namespace: the only one served plans (default wattscale-agent)")
     o.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
@@ -250,6 +276,9 @@ def add_cluster_commands(sub: Any) -> None:
     a.add_argument("--token-file", default="/var/run/secrets/wattscale/token",
                    help="the projected ServiceAccount token with the audience wattscale-operator, re-read at "
                    "every request (default /var/run/secrets/wattscale/token)")
+    a.add_argument("--plan-verify-key", default=VERIFY_KEY, metavar="FILE",
+                   help="the operator's Ed25519 public key (PEM; several, any one verifying, while a key is "
+                   f"rotated): a plan that does not verify is not applied (default {VERIFY_KEY})")
     a.add_argument("--interval-s", type=number(0.1, 60.0), default=2.0, help="seconds between steps (default 2)")
     a.add_argument("--safe-cap-share", type=number(0.0, 1.0), default=0.6,
                    help="safe cap where the plan has none: this share of each GPU's maximum limit (default 0.6)")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fake_pynvml import FakeGpu, FakeNvml
 from kube_emulator import KubeEmulator, TokenUser
 
@@ -27,6 +29,19 @@ CRDS = ROOT / "deploy" / "kubernetes" / "base" / "crds.yaml"
 NODE, NS = "gpu-a", "llm"
 AGENT = "system:serviceaccount:wattscale:wattscale-agent"
 """The node agents' ServiceAccount, as a username (deploy/kubernetes/base/agent-rbac.yaml)."""
+PLAN_KEY = Ed25519PrivateKey.generate()
+"""The operator's plan key in these tests; its agents hold VERIFY_KEYS."""
+VERIFY_KEYS = (PLAN_KEY.public_key(),)
+
+
+def key_files(folder: Path, key: Ed25519PrivateKey = PLAN_KEY) -> tuple[str, str]:
+    """`key` as the PEM files openssl writes (`genpkey -algorithm ed25519`, `pkey -pubout`): (private, public)."""
+    private, public = folder / "plan.key", folder / "plan.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(private), str(public)
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,7 @@ def ready_service(ports: list[int]) -> Iterator[int]:
 @contextmanager
 def plan_server(api: Any, port: int = 0) -> Iterator[PlanServer]:
     """The operator's plan endpoint on loopback, reviewing tokens through `api` (the operator's client)."""
-    server = PlanServer(TokenReviewer(api, AGENT), "127.0.0.1", port)
+    server = PlanServer(TokenReviewer(api, AGENT), PLAN_KEY, "127.0.0.1", port)
     try:
         yield server
     finally:
@@ -178,7 +193,7 @@ def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> 
 def running_agent(client: Any, nvml: FakeNvml, link: Link, interval_s: float = 0.1) -> Iterator[NodeAgent]:
     """The node agent stepped in a thread of its own on the fake NVML, asking `link` for its plan; its limits kept
     on exit, as the agent keeps them."""
-    agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, safe_cap_share=0.6,
+    agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, VERIFY_KEYS, safe_cap_share=0.6,
                       default_ttl_s=5.0, timeout_s=1.0)
     stop = threading.Event()
 

@@ -7,19 +7,23 @@ emulator), which reviews the agent's token with the emulator and serves only the
 from __future__ import annotations
 
 import contextlib
+import http.server
+import itertools
+import json
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pynvml
 import pytest
 import yaml
-from cluster_fixtures import AGENT, NODE, agent_token, plan_server, start
+from cluster_fixtures import AGENT, NODE, PLAN_KEY, VERIFY_KEYS, agent_token, key_files, plan_server, start
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fake_pynvml import FakeGpu, FakeNvml
 from kube_emulator import API_AUDIENCE, KubeEmulator
 
@@ -27,6 +31,7 @@ from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.plan_server import PlanServer
+from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, new_nonce, sign
 from controller.cluster.resources import GROUP, PLANS
 
 
@@ -48,12 +53,15 @@ def served(emu: KubeEmulator, tmp_path: Path) -> Iterator[PlanServer]:
         yield server
 
 
-def agent_on(emu: KubeEmulator, nvml: FakeNvml, tmp_path: Any, server: PlanServer, token_file: str = "") -> NodeAgent:
+def agent_on(emu: KubeEmulator, nvml: FakeNvml, tmp_path: Any, server: PlanServer | int, token_file: str = "",
+             verify_keys: tuple[Ed25519PublicKey, ...] = VERIFY_KEYS) -> NodeAgent:
+    """The agent asking `server` (or whatever listens on that loopback port) for its plan."""
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
     token_file = token_file or agent_token(emu, tmp_path / "token")
-    return NodeAgent(NODE, NvmlDevices(nvml), api_client(str(path)), f"http://127.0.0.1:{server.port}", token_file,
-                     safe_cap_share=0.6, default_ttl_s=10.0, timeout_s=1.0)
+    port = server if isinstance(server, int) else server.port
+    return NodeAgent(NODE, NvmlDevices(nvml), api_client(str(path)), f"http://127.0.0.1:{port}", token_file,
+                     verify_keys, safe_cap_share=0.6, default_ttl_s=10.0, timeout_s=1.0)
 
 
 def put_plan(emu: KubeEmulator, sequence: int, limits_w: dict[str, float], safe_w: dict[str, float] | None = None,
@@ -185,15 +193,17 @@ def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, t
         pytest.skip("NVML is present here")
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
-    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1"]) == 2
+    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1",
+                 "--plan-verify-key", key_files(tmp_path)[1]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wattscale: agent: NVML init: ") and len(err.splitlines()) == 1
 
 
 def ask(server: PlanServer, node: str, token: str) -> int:
-    """The HTTP status the plan endpoint answers a GET of `node`'s plan with `token`."""
+    """The HTTP status the plan endpoint answers a GET of `node`'s plan with `token` (and a nonce)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/nodes/{node}/plan",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+                                     headers={**headers, NONCE_HEADER: new_nonce()})
     try:
         with urllib.request.urlopen(request, timeout=2.0) as answer:
             return int(answer.status)
@@ -360,7 +370,12 @@ def test_an_answer_nested_thousands_deep_is_an_unreadable_plan(emu: KubeEmulator
 
     nvml = FakeNvml([FakeGpu()])
     agent = agent_on(emu, nvml, tmp_path, served)
-    monkeypatch.setattr(agent_module, "http_request", lambda *a, **k: HttpAnswer(200, {}, b"[" * 100_000))
+    deep = b"[" * 100_000  # signed: the operator's own key, so only the parse can refuse it
+
+    def deep_answer(url: str, headers: dict[str, str], *args: Any, **kwargs: Any) -> HttpAnswer:
+        return HttpAnswer(200, {SIGNATURE_HEADER.lower(): sign(PLAN_KEY, NODE, headers[NONCE_HEADER], deep)}, deep)
+
+    monkeypatch.setattr(agent_module, "http_request", deep_answer)
     assert agent.step(0.0) == "failsafe" and limits(nvml) == [420.0]
     assert agent.metrics.errors.labels("plan")._value.get() == 1
 
@@ -417,3 +432,104 @@ def test_a_slow_status_write_holds_up_the_next_limits_a_step_at_most(emu: KubeEm
     agent.step(1.0)
     assert limits(nvml) == [300.0, 300.0] and time.monotonic() - started < 3.0
     assert agent.metrics.errors.labels("report")._value.get() == 2
+
+
+Forgery = Callable[[str], tuple[bytes, dict[str, str]]]
+"""The agent's nonce -> the body and headers an impostor answers with."""
+
+
+@contextlib.contextmanager
+def impostor(forge: Forgery) -> Iterator[int]:
+    """Whoever answers in the operator's place (a spoofed Service, a pod with its label), on a loopback port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body, headers = forge(self.headers.get(NONCE_HEADER, ""))
+            self.send_response(200)
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
+
+
+RENEWALS = itertools.count(101)
+
+
+def lifted(node: str = NODE) -> bytes:
+    """A plan lifting GPU 0 to 700 W, renewed (its sequence new at every answer), as the operator writes one."""
+    return json.dumps({"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": node},
+                       "spec": {"sequence": next(RENEWALS), "ttl_s": 10.0, "limits_w": {"0": 700.0}}}).encode()
+
+
+def recorded(served: PlanServer, token: str) -> tuple[bytes, str]:
+    """A real answer of the operator's (body, signature), for a nonce of the recorder's own."""
+    nonce = new_nonce()
+    request = urllib.request.Request(f"http://127.0.0.1:{served.port}/v1/nodes/{NODE}/plan",
+                                     headers={"Authorization": f"Bearer {token}", NONCE_HEADER: nonce})
+    with urllib.request.urlopen(request, timeout=2.0) as answer:
+        return answer.read(), answer.headers[SIGNATURE_HEADER]
+
+
+def test_a_plan_not_signed_by_the_operator_for_this_request_is_never_applied(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """Whoever answers in the operator's place served plans that lifted a node's limits, and the agent applied
+    them. Now each answer must carry the operator's signature over this node, this request's nonce and its exact
+    bytes: an unsigned plan, one signed by another key, a real answer replayed or altered, and the operator's
+    own answer for another node (relayed with this agent's nonce) are each an unreadable plan. The last plan holds
+    to its TTL, then the safe caps: the GPU is never lifted. The same impostor signing with the operator's key
+    for this request is followed (the rig is sound: the signature is what refuses)."""
+    put_plan(emu, 1, {"0": 500.0}, {"0": 350.0})
+    own = Path(agent_token(emu, tmp_path / "token")).read_text()
+    old_body, old_signature = recorded(served, own)
+    other_key = Ed25519PrivateKey.generate()
+    forgeries: dict[str, Forgery] = {
+        "unsigned": lambda nonce: (lifted(), {}),
+        "another key": lambda nonce: (body := lifted(), {SIGNATURE_HEADER: sign(other_key, NODE, nonce, body)}),
+        "not base64": lambda nonce: (lifted(), {SIGNATURE_HEADER: "%%%"}),
+        "replayed": lambda nonce: (old_body, {SIGNATURE_HEADER: old_signature}),
+        "altered": lambda nonce: (old_body.replace(b"500.0", b"700.0"), {SIGNATURE_HEADER: old_signature}),
+        "another node's": lambda nonce: (body := lifted("gpu-b"), {SIGNATURE_HEADER: sign(PLAN_KEY, "gpu-b", nonce,
+                                                                                            body)}),
+    }
+    for why, forge in forgeries.items():
+        nvml = FakeNvml([FakeGpu()])
+        agent = agent_on(emu, nvml, tmp_path, served)
+        assert agent.step(0.0) == "following" and limits(nvml) == [500.0], why
+        with impostor(forge) as port:
+            agent.plan_url = f"http://127.0.0.1:{port}/v1/nodes/{NODE}/plan"
+            assert agent.step(5.0) == "following" and limits(nvml) == [500.0], why  # the last plan, in its TTL
+            assert agent.step(11.0) == "failsafe" and limits(nvml) == [350.0], why
+        assert agent.metrics.errors.labels("plan")._value.get() == 2, why
+    with impostor(lambda nonce: (body := lifted(), {SIGNATURE_HEADER: sign(PLAN_KEY, NODE, nonce, body)})) as port:
+        nvml = FakeNvml([FakeGpu()])
+        agent = agent_on(emu, nvml, tmp_path, port)
+        assert agent.step(0.0) == "following" and limits(nvml) == [700.0]
+
+
+def test_an_agent_holding_both_keys_of_a_rotation_follows_either(emu: KubeEmulator, tmp_path: Any, served: PlanServer,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A key is rotated by giving the agents the new public key beside the old before the operator switches:
+    either verifies. An agent holding only another key follows nothing (its GPU goes to the safe cap)."""
+    put_plan(emu, 1, {"0": 500.0}, {"0": 350.0})
+    new = Ed25519PrivateKey.generate()
+    nvml = FakeNvml([FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served, verify_keys=(new.public_key(), *VERIFY_KEYS))
+    assert agent.step(0.0) == "following" and limits(nvml) == [500.0]
+    stranger = agent_on(emu, FakeNvml([FakeGpu()]), tmp_path, served, verify_keys=(new.public_key(),))
+    assert stranger.step(0.0) == "failsafe" and "signature does not verify with the plan keys" in caplog.text
+    served.signing_key = new
+    put_plan(emu, 2, {"0": 450.0}, {"0": 350.0})
+    assert agent.step(1.0) == "following" and limits(nvml) == [450.0]

@@ -26,6 +26,7 @@ from cluster_fixtures import (
     deployment,
     gpus,
     granted,
+    key_files,
     plan,
     plan_server,
     pod,
@@ -83,6 +84,7 @@ def link(cluster: tuple[KubeEmulator, Any], tmp_path: Path, monkeypatch: pytest.
     port = free_port()
     monkeypatch.setenv("WATTSCALE_PLAN_PORT", str(port))
     monkeypatch.setenv("WATTSCALE_PLAN_LISTEN", "127.0.0.1")
+    monkeypatch.setenv("WATTSCALE_PLAN_KEY", key_files(tmp_path)[0])
     return Link(port, agent_token(cluster[0], tmp_path / "agent-token"))
 
 
@@ -211,7 +213,7 @@ def operator_process(kubeconfig: Path, state_dir: Path, log: Path, duration_s: f
     after `duration_s`, and is killed on exit if it has not."""
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(kubeconfig), "--namespace",
             "wattscale", "--state-dir", str(state_dir), "--metrics-port", "0", "--duration", str(duration_s),
-            "--plan-port", str(plan_port)]
+            "--plan-port", str(plan_port), "--plan-signing-key", key_files(log.parent)[0]]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -419,8 +421,8 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
     emu.put(GROUP, POLICIES, policy())
     argv = [sys.executable, "-m", "controller.cli", "operator", "--kubeconfig", str(tmp_path / "kubeconfig"),
-            "--duration", "4", "--metrics-port", "0", "--plan-port", str(free_port()), "--state-dir",
-            str(tmp_path / "state"), "--namespace", "ops"]
+            "--duration", "4", "--metrics-port", "0", "--plan-port", str(free_port()), "--plan-signing-key",
+            key_files(tmp_path)[0], "--state-dir", str(tmp_path / "state"), "--namespace", "ops"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2

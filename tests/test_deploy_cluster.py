@@ -226,6 +226,34 @@ def test_the_agent_reaches_the_leaders_plan_endpoint_through_the_service_with_it
     assert token == f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
 
 
+def test_the_plan_keys_are_mounted_where_the_flags_read_them_and_made_as_the_docs_say() -> None:
+    """The operator's --plan-signing-key is the Secret's item, mounted into the operator alone; the agent's
+    --plan-verify-key the ConfigMap's; docs/cluster.md's Install creates that Secret and that ConfigMap, in the
+    manifests' namespace, from files named as their items."""
+    import itertools
+
+    by = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+
+    def source(kind: str, name: str, flag: str, volume_kind: str) -> dict[str, Any]:
+        pod = by[kind, name]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        path = {a: b for a, b in itertools.pairwise(container["args"]) if a.startswith("--")}[flag]
+        mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])[volume_kind]
+        assert mount["readOnly"] and volume["items"] == [{"key": Path(path).name, "path": Path(path).name}]
+        return volume
+
+    secret = source("Deployment", "wattscale-operator", "--plan-signing-key", "secret")
+    config = source("DaemonSet", "wattscale-agent", "--plan-verify-key", "configMap")
+    key, pub = secret["items"][0]["key"], config["items"][0]["key"]
+    assert f"kubectl -n wattscale create secret generic {secret['secretName']} --from-file={key}\n" in docs
+    assert f"kubectl -n wattscale create configmap {config['name']} --from-file={pub}\n" in docs
+    assert f"openssl genpkey -algorithm ed25519 -out {key}" in docs and f"-pubout -out {pub}\n" in docs
+    agent = by["DaemonSet", "wattscale-agent"]["spec"]["template"]["spec"]
+    assert not any("secret" in v for v in agent["volumes"])  # the agents hold no private key
+
+
 def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None:
     policy = yaml.safe_load((EXAMPLES / "powerpolicy.yaml").read_text())
     svc = yaml.safe_load((EXAMPLES / "llmservice.yaml").read_text())

@@ -3,7 +3,9 @@ and reports their readings in the plan's status, where the operator's fast loop 
 
 The plan comes from the acting operator (`GET /v1/nodes/<node>/plan` on its Service), asked with the pod's
 projected token for the audience `wattscale-operator`, re-read at each request (the kubelet rotates it): the
-operator serves only the node that token names, so the agent needs no read of NodePowerPlans in the API.
+operator serves only the node that token names, so the agent needs no read of NodePowerPlans in the API. Each
+request carries a fresh nonce, and a plan is read only with the operator's signature over this node, that nonce
+and the answer's bytes (controller/cluster/plan_signing.py): whoever else answers can at most withhold the plan.
 
 Fail-closed: the plan is fresh while the operator renews it (its `sequence` moves) within its `ttl_s`, timed
 on this node's own clock, so no clock skew between nodes matters. A plan gone stale, absent or unreadable
@@ -19,11 +21,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices, NvmlPowerLimiter
+from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, new_nonce, verify
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
@@ -48,14 +52,15 @@ class AgentMetrics:
 
 class NodeAgent:
     def __init__(self, node: str, devices: NvmlDevices, api_client: Any, operator_url: str, token_file: str,
-                 registry: CollectorRegistry | None = None, safe_cap_share: float = 0.6, default_ttl_s: float = 60.0,
-                 timeout_s: float = 5.0, clock: Callable[[], float] | None = None,
-                 report_timeout_s: float | None = None, restore_on_exit: bool = False) -> None:
+                 verify_keys: tuple[Ed25519PublicKey, ...], registry: CollectorRegistry | None = None,
+                 safe_cap_share: float = 0.6, default_ttl_s: float = 60.0, timeout_s: float = 5.0,
+                 clock: Callable[[], float] | None = None, report_timeout_s: float | None = None,
+                 restore_on_exit: bool = False) -> None:
         from kubernetes.client import CustomObjectsApi
 
         self.node, self.devices = node, devices
         self.plan_url = f"{operator_url.rstrip('/')}/v1/nodes/{node}/plan"
-        self.token_file = token_file
+        self.token_file, self.verify_keys = token_file, verify_keys
         self.http = opener(proxies={})  # in-cluster: no proxy
         self.limiter = NvmlPowerLimiter(devices, min_interval_s=0.0, **({"clock": clock} if clock else {}))
         self.custom = CustomObjectsApi(api_client)
@@ -87,16 +92,22 @@ class NodeAgent:
 
     def _plan(self) -> PlanSpec | None:
         """This node's plan's spec as the acting operator serves it (at most 1 MiB read); None where it has none
-        for this node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/403/
-        503, a body that is not a plan: one field a plan cannot hold refuses it whole) where no plan came."""
+        for this node (unsigned: withholding a plan is what anyone can do). OSError (the token file), Unreachable (a
+        timeout, a broken answer) or ValueError (401/403/503, an answer not signed for this request, a body that is
+        not a plan: one field a plan cannot hold refuses it whole) where no plan came."""
         with open_plain(self.token_file, "r", encoding="utf-8") as f:  # a FIFO waited for ever
             token = f.read(1 << 16).strip()
-        answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}"}, self.timeout_s, via=self.http,
-                              max_body=1 << 20)
+        nonce = new_nonce()
+        answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}", NONCE_HEADER: nonce},
+                              self.timeout_s, via=self.http, max_body=1 << 20)
         if answer.status == 404:
             return None
         if answer.status != 200:
             raise ValueError(f"{self.plan_url}: HTTP {answer.status} {answer.body[:200].decode(errors='replace')}")
+        try:
+            verify(self.verify_keys, self.node, nonce, answer.body, answer.headers.get(SIGNATURE_HEADER.lower()))
+        except ValueError as exc:
+            raise ValueError(f"{self.plan_url}: {exc}") from None
         try:
             plan = json.loads(answer.body)
         except RecursionError:

@@ -6,8 +6,8 @@ operator exits (the plans are left to the agents' TTL). Every replica of the ope
 holder of the Lease acts. Configuration comes from the environment `wattscale operator` sets:
 WATTSCALE_POLICY (the PowerPolicy acted on), WATTSCALE_NAMESPACE (the Lease's and cluster Events'),
 WATTSCALE_STATE_DIR (tuner state, decision log), KUBECONFIG (empty: in-cluster), WATTSCALE_PLAN_LISTEN and
-WATTSCALE_PLAN_PORT (the agents' plan endpoint; no port: none), WATTSCALE_AGENT_ACCOUNT (the agents'
-ServiceAccount in the operator's namespace).
+WATTSCALE_PLAN_PORT (the agents' plan endpoint; no port: none), WATTSCALE_PLAN_KEY (the key its plans are
+signed with), WATTSCALE_AGENT_ACCOUNT (the agents' ServiceAccount in the operator's namespace).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from actuators.kubernetes import api_client
 from controller.cluster.operator import ClusterLoop
 from controller.cluster.plan_server import PlanServer, TokenReviewer
+from controller.cluster.plan_signing import load_signing_key
 from controller.cluster.resources import GROUP, POLICIES, VERSION
 from controller.own_metrics import OwnMetrics
 
@@ -50,7 +51,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         account = f"system:serviceaccount:{memo.namespace}:{agents}"
         listen = os.environ.get("WATTSCALE_PLAN_LISTEN") or "127.0.0.1"
         try:
-            memo.plan_server = PlanServer(TokenReviewer(memo.client, account), listen, port)
+            key = load_signing_key(os.environ.get("WATTSCALE_PLAN_KEY", ""))
+        except ValueError as exc:
+            raise kopf.PermanentError(str(exc)) from exc
+        try:
+            memo.plan_server = PlanServer(TokenReviewer(memo.client, account), key, listen, port)
         except OSError as exc:
             raise kopf.PermanentError(f"--plan-listen/--plan-port {listen}:{port}: {exc}") from exc
 

@@ -8,6 +8,9 @@ the agent's ServiceAccount, and serves only the node the token names in its
 account or another node. Answers are cached `cache_s` so the API is not asked at every agent step. Only the
 Lease holder serves (503 elsewhere); `/readyz` says the same, so the Service routes to the leader.
 
+Every plan is signed (controller/cluster/plan_signing.py): the agent sends a fresh nonce with each request, and
+the answer carries the operator's Ed25519 signature over the node, that nonce and the body's exact bytes.
+
 Bounded (controller.bounded_server): a thread per connection, at most MAX_CLIENTS at once (more are closed
 unanswered), each cut after REQUEST_S (a TokenReview's wait included) whatever it sends (a client that sends a
 byte a second holds no agent's request up), GET only with no body, a header of bounded size.
@@ -25,8 +28,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from controller import strict_json
 from controller.bounded_server import BoundedServer, serve_in_thread
+from controller.cluster.plan_signing import NONCE, NONCE_HEADER, SIGNATURE_HEADER, sign
 from controller.cluster.resources import GROUP, VERSION
 
 log = logging.getLogger("wattscale.operator")
@@ -115,13 +121,20 @@ class TokenReviewer:
 
 PlanOf = Callable[[str], dict[str, Any] | None]
 """Node -> its plan's spec as last written (None: no plan for it)."""
+Reply = tuple[int, bytes, dict[str, str]]
+"""An answer: HTTP status, JSON body, extra headers (a plan's signature)."""
+
+
+def _json(status: int, body: dict[str, Any]) -> Reply:
+    return status, strict_json.dumps(body).encode(), {}
 
 
 class PlanServer:
     """The endpoint in a thread of its own; `attach` says whose plans it serves and while what holds."""
 
-    def __init__(self, reviewer: TokenReviewer, listen: str, port: int, timeout_s: float = 2.0) -> None:
-        self.reviewer = reviewer
+    def __init__(self, reviewer: TokenReviewer, signing_key: Ed25519PrivateKey, listen: str, port: int,
+                 timeout_s: float = 2.0) -> None:
+        self.reviewer, self.signing_key = reviewer, signing_key
         self.source: tuple[PlanOf, Callable[[], bool]] | None = None
         self.lock = threading.Lock()
         self.server = BoundedServer((listen, port), _handler(self, timeout_s))
@@ -143,31 +156,34 @@ class PlanServer:
             source = self.source
         return source is not None and source[1]()
 
-    def answer(self, path: str, authorization: str) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON body) for one GET."""
+    def answer(self, path: str, authorization: str, nonce: str = "") -> Reply:
+        """One GET's answer; a plan signed for `nonce` (the agent's `Wattscale-Nonce`)."""
         if path == "/readyz":
-            return (200, {"ready": True}) if self.ready() else (503, {"ready": False})
+            return _json(200, {"ready": True}) if self.ready() else _json(503, {"ready": False})
         m = PLAN_PATH.match(path)
         if m is None:
-            return 404, {"error": "not found: GET /v1/nodes/<node>/plan"}
+            return _json(404, {"error": "not found: GET /v1/nodes/<node>/plan"})
         with self.lock:
             source = self.source
         if source is None or not source[1]():
-            return 503, {"error": "not the acting operator"}
+            return _json(503, {"error": "not the acting operator"})
         token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
         if not token or len(token) > MAX_TOKEN_CHARS:
-            return 401, {"error": "a bearer token is needed"}
+            return _json(401, {"error": "a bearer token is needed"})
+        if NONCE.fullmatch(nonce) is None:
+            return _json(400, {"error": f"a {NONCE_HEADER} header of 32-128 lowercase hex digits is needed"})
         try:
             node = self.reviewer.node_of(token)
         except Refused as exc:
-            return exc.code, {"error": str(exc)}
+            return _json(exc.code, {"error": str(exc)})
         if node != m.group(1):
-            return 403, {"error": f"the token is node {node}'s"}
+            return _json(403, {"error": f"the token is node {node}'s"})
         spec = source[0](node)
         if spec is None:
-            return 404, {"error": f"no plan for node {node}"}
-        return 200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node},
-                     "spec": spec}
+            return _json(404, {"error": f"no plan for node {node}"})
+        status, data, _ = _json(200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan",
+                                      "metadata": {"name": node}, "spec": spec})
+        return status, data, {SIGNATURE_HEADER: sign(self.signing_key, node, nonce, data)}
 
     def close(self) -> None:
         self.server.shutdown()
@@ -184,10 +200,12 @@ def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = strict_json.dumps(body).encode()
+        def _send(self, reply: Reply) -> None:
+            status, data, headers = reply
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Connection", "close")
             self.end_headers()
@@ -195,13 +213,14 @@ def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler
 
         def do_GET(self) -> None:
             if self.headers.get("Content-Length", "0") not in ("", "0"):
-                self._send(413, {"error": "a GET has no body"})
+                self._send(_json(413, {"error": "a GET has no body"}))
                 return
             try:
-                status, body = plans.answer(self.path.split("?", 1)[0], self.headers.get("Authorization", ""))
+                reply = plans.answer(self.path.split("?", 1)[0], self.headers.get("Authorization", ""),
+                                     self.headers.get(NONCE_HEADER, ""))
             except Exception as exc:  # a bug must not end the thread that serves every node
                 log.warning("plan request %s failed: %r", self.path, exc)
-                status, body = 500, {"error": "internal error"}
-            self._send(status, body)
+                reply = _json(500, {"error": "internal error"})
+            self._send(reply)
 
     return Handler

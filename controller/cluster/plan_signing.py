@@ -1,0 +1,112 @@
+"""Signed plans: the node agents fetch their plans over the cluster network, where a pod that spoofs the
+operator's Service (DNS or ARP from a pod with NET_RAW) or carries the operator's label could serve a plan that
+lifts a node's limits. So the acting operator signs every plan it serves with an Ed25519 key only it holds,
+over the node's name, a nonce the agent drew for that one request, and the answer's exact bytes; the agents
+hold public keys only. An answer that verifies is the operator's, for this node and this request: an old
+plan replayed, however well signed, and one node's plan handed to another, fail. Whatever fails is an
+unreadable plan, as an unreachable operator is: the agent keeps its last plan, which goes stale in its TTL and
+leaves the GPUs at their safe caps. No clock is compared, so no skew between nodes matters.
+
+Keys are PEM files as `openssl genpkey -algorithm ed25519` writes them (docs/cluster.md, "Plan keys"). An
+agent's file may hold several public keys, any of which verifies: a key is rotated by adding the new one
+beside the old, then switching the operator's, then removing the old."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+from tuner.store import open_plain
+
+CONTEXT = b"wattscale-plan-v1\n"
+"""What a plan's signature signs first: no signature made for anything else reads as a plan's."""
+NONCE_HEADER = "Wattscale-Nonce"
+SIGNATURE_HEADER = "Wattscale-Signature"
+NONCE = re.compile(r"[0-9a-f]{32,128}")
+"""A nonce as the agent draws one (128 random bits in hex), with room for longer."""
+MAX_KEY_FILE = 64 * 1024
+PUBLIC_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
+def signed_bytes(node: str, nonce: str, body: bytes) -> bytes:
+    return CONTEXT + node.encode() + b"\n" + nonce.encode() + b"\n" + body
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def sign(key: Ed25519PrivateKey, node: str, nonce: str, body: bytes) -> str:
+    """The signature header's value for `body` served to `node` in answer to `nonce`."""
+    return base64.b64encode(key.sign(signed_bytes(node, nonce, body))).decode()
+
+
+def verify(keys: tuple[Ed25519PublicKey, ...], node: str, nonce: str, body: bytes, signature: str | None) -> None:
+    """ValueError unless `signature` is one of `keys`' over `body` served to `node` for `nonce`."""
+    if not signature:
+        raise ValueError("the answer is not signed (an operator that signs no plans, or not the operator)")
+    try:
+        raw = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the answer's signature is not base64") from None
+    message = signed_bytes(node, nonce, body)
+    for key in keys:
+        try:
+            key.verify(raw, message)
+            return
+        except InvalidSignature:
+            continue
+    raise ValueError("the answer's signature does not verify with the plan keys (not the operator, a replayed "
+                     "answer, or the operator's key is not among --plan-verify-key's)")
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open_plain(path) as f:  # a FIFO waited for ever
+            data: bytes = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise ValueError(f"{flag} {path}: over {MAX_KEY_FILE // 1024} KiB, not a key file")
+    return data
+
+
+def load_signing_key(path: str, flag: str = "--plan-signing-key") -> Ed25519PrivateKey:
+    """The operator's private key (PEM, unencrypted); ValueError naming `flag` and what is wrong."""
+    data = _read(path, flag)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"{flag} {path}: not an unencrypted PEM private key ({exc}); make one with "
+                         "`openssl genpkey -algorithm ed25519`") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{flag} {path}: a {type(key).__name__.removeprefix('_')}; plans are signed with Ed25519 "
+                         "(`openssl genpkey -algorithm ed25519`)")
+    return key
+
+
+def load_verify_keys(path: str, flag: str = "--plan-verify-key") -> tuple[Ed25519PublicKey, ...]:
+    """The agents' public keys (one or more PEM blocks); ValueError naming `flag` and what is wrong."""
+    data = _read(path, flag)
+    if b"PRIVATE KEY" in data:
+        raise ValueError(f"{flag} {path}: holds a private key; give the agents the public key only "
+                         "(`openssl pkey -in plan.key -pubout`)")
+    keys = []
+    for block in PUBLIC_PEM.findall(data):
+        try:
+            key = load_pem_public_key(block)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"{flag} {path}: a public key block that does not read ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"{flag} {path}: a {type(key).__name__.removeprefix('_')}; plans are signed with "
+                             "Ed25519")
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"{flag} {path}: holds no PEM public key (`openssl pkey -in plan.key -pubout`)")
+    return tuple(keys)
