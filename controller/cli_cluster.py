@@ -9,9 +9,8 @@ import os
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from controller import log_writer, strict_json
 from controller.bounded_server import serve_metrics
@@ -25,7 +24,6 @@ PROBE_TIMEOUT_S = 5.0
 PLAN_KEY = "/etc/wattscale/plan-key/plan.key"
 VERIFY_KEY = "/etc/wattscale/plan-verify/plan.pub"
 """Where deploy/kubernetes mounts the operator's plan key (a Secret) and the agents' public key (a ConfigMap)."""
-T = TypeVar("T")
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -112,14 +110,6 @@ def _operator_url(url: str) -> None:
         raise ConfigError("--operator-url", f"must be an http(s) URL with a host, got {quoted(url)}")
 
 
-def _key(load: Callable[[str, str], T], path: str, flag: str) -> T:
-    """A plan key read now: a missing or wrong one is the flag's error at start, not every plan refused."""
-    try:
-        return load(path, flag)
-    except ValueError as exc:
-        raise ConfigError(flag, str(exc).removeprefix(f"{flag} ")) from None
-
-
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
@@ -129,8 +119,11 @@ def _operator(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("operator", "needs: pip install 'wattscale[cluster]'") from None
     _ports(args, ("metrics", args.metrics_port), ("health", args.health_port), ("plan", args.plan_port))
-    if args.plan_port:  # the agents read no plan it does not sign
-        _key(load_signing_key, args.plan_signing_key, "--plan-signing-key")
+    if args.plan_port:  # the agents read no plan it does not sign: a key that does not read is the flag's error now
+        try:
+            load_signing_key(args.plan_signing_key)
+        except ValueError as exc:
+            raise ConfigError("--plan-signing-key", str(exc).removeprefix("--plan-signing-key ")) from None
     from actuators import ActuatorError
     from actuators.kubernetes import api_client, reach, unreachable
 
@@ -180,7 +173,11 @@ def _agent(args: argparse.Namespace) -> int:
     from actuators import ActuatorError
     from actuators.kubernetes import api_client
     from actuators.nvml import NvmlDevices
-    from controller.cluster.agent import NodeAgent
+    try:
+        from controller.cluster.agent import NodeAgent
+        from controller.cluster.plan_signing import PlanKeys
+    except ImportError:  # cryptography (the plans' signatures) comes with the cluster extra, not the kubernetes one
+        raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
 
     _logging(args.log_level)
     node = args.node or os.environ.get("NODE_NAME", "")
@@ -188,11 +185,6 @@ def _agent(args: argparse.Namespace) -> int:
         raise ConfigError("--node", "needs the node's name (or NODE_NAME from the downward API)")
     _operator_url(args.operator_url)
     _ports(args, ("metrics", args.metrics_port))  # the flags first: NVML's error hid them, and a GPU node ran on
-    try:
-        from controller.cluster.plan_signing import load_verify_keys
-    except ImportError:
-        raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
-    verify_keys = _key(load_verify_keys, args.plan_verify_key, "--plan-verify-key")
     client = None
     try:
         client = api_client(args.kubeconfig)
@@ -210,9 +202,10 @@ def _agent(args: argparse.Namespace) -> int:
     STOP_ASKED.check()  # one before them whose raise was swallowed (controller/startup.py)
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
-    agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, verify_keys, registry,
-                      args.safe_cap_share,
-                      args.default_ttl_s, report_timeout_s=min(5.0, max(1.0, args.interval_s)),  # a cut waits a step
+    # a key file that does not read is no exit: the agent runs, every plan unverified, the GPUs at their safe caps
+    agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, PlanKeys(args.plan_verify_key),
+                      registry, args.safe_cap_share, args.default_ttl_s,
+                      report_timeout_s=min(5.0, max(1.0, args.interval_s)),  # a cut waits a step
                       restore_on_exit=args.restore_defaults_on_exit)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
@@ -278,7 +271,8 @@ def add_cluster_commands(sub: Any) -> None:
                    "every request (default /var/run/secrets/wattscale/token)")
     a.add_argument("--plan-verify-key", default=VERIFY_KEY, metavar="FILE",
                    help="the operator's Ed25519 public key (PEM; several, any one verifying, while a key is "
-                   f"rotated): a plan that does not verify is not applied (default {VERIFY_KEY})")
+                   "rotated), read again when it changes: a plan that does not verify is not applied, and while "
+                   f"no key reads the GPUs hold their safe caps (default {VERIFY_KEY})")
     a.add_argument("--interval-s", type=number(0.1, 60.0), default=2.0, help="seconds between steps (default 2)")
     a.add_argument("--safe-cap-share", type=number(0.0, 1.0), default=0.6,
                    help="safe cap where the plan has none: this share of each GPU's maximum limit (default 0.6)")

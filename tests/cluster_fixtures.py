@@ -22,6 +22,7 @@ from kube_emulator import KubeEmulator, TokenUser
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.plan_server import AUDIENCE, PlanServer, TokenReviewer
+from controller.cluster.plan_signing import PlanKeys
 from controller.cluster.resources import GROUP, PLANS, SERVICES, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,7 @@ NODE, NS = "gpu-a", "llm"
 AGENT = "system:serviceaccount:wattscale:wattscale-agent"
 """The node agents' ServiceAccount, as a username (deploy/kubernetes/base/agent-rbac.yaml)."""
 PLAN_KEY = Ed25519PrivateKey.generate()
-"""The operator's plan key in these tests; its agents hold VERIFY_KEYS."""
-VERIFY_KEYS = (PLAN_KEY.public_key(),)
+"""The operator's plan key in these tests; its agents hold its public half (`plan_keys`)."""
 
 
 def key_files(folder: Path, key: Ed25519PrivateKey = PLAN_KEY) -> tuple[str, str]:
@@ -42,6 +42,15 @@ def key_files(folder: Path, key: Ed25519PrivateKey = PLAN_KEY) -> tuple[str, str
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return str(private), str(public)
+
+
+def plan_keys(folder: Path, *keys: Ed25519PrivateKey, name: str = "plan-verify.pub") -> PlanKeys:
+    """An agent's plan keys: the public halves of `keys` (default PLAN_KEY's) in one file, as a rotation holds them."""
+    path = folder / name
+    path.write_bytes(b"".join(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+                              for k in keys or (PLAN_KEY,)))
+    return PlanKeys(str(path))
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,8 @@ def until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "") -> 
 def running_agent(client: Any, nvml: FakeNvml, link: Link, interval_s: float = 0.1) -> Iterator[NodeAgent]:
     """The node agent stepped in a thread of its own on the fake NVML, asking `link` for its plan; its limits kept
     on exit, as the agent keeps them."""
-    agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, VERIFY_KEYS, safe_cap_share=0.6,
+    keys = plan_keys(Path(link.token_file).parent)
+    agent = NodeAgent(NODE, NvmlDevices(nvml), client, link.url, link.token_file, keys, safe_cap_share=0.6,
                       default_ttl_s=5.0, timeout_s=1.0)
     stop = threading.Event()
 

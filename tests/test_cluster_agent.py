@@ -22,8 +22,8 @@ from typing import Any
 import pynvml
 import pytest
 import yaml
-from cluster_fixtures import AGENT, NODE, PLAN_KEY, VERIFY_KEYS, agent_token, key_files, plan_server, start
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cluster_fixtures import AGENT, NODE, PLAN_KEY, agent_token, plan_keys, plan_server, start
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fake_pynvml import FakeGpu, FakeNvml
 from kube_emulator import API_AUDIENCE, KubeEmulator
 
@@ -31,7 +31,7 @@ from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
 from controller.cluster.plan_server import PlanServer
-from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, new_nonce, sign
+from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, PlanKeys, new_nonce, sign
 from controller.cluster.resources import GROUP, PLANS
 
 
@@ -54,14 +54,15 @@ def served(emu: KubeEmulator, tmp_path: Path) -> Iterator[PlanServer]:
 
 
 def agent_on(emu: KubeEmulator, nvml: FakeNvml, tmp_path: Any, server: PlanServer | int, token_file: str = "",
-             verify_keys: tuple[Ed25519PublicKey, ...] = VERIFY_KEYS) -> NodeAgent:
-    """The agent asking `server` (or whatever listens on that loopback port) for its plan."""
+             keys: PlanKeys | None = None) -> NodeAgent:
+    """The agent asking `server` (or whatever listens on that loopback port) for its plan, verifying with `keys`
+    (default: the operator's public key)."""
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
     token_file = token_file or agent_token(emu, tmp_path / "token")
     port = server if isinstance(server, int) else server.port
     return NodeAgent(NODE, NvmlDevices(nvml), api_client(str(path)), f"http://127.0.0.1:{port}", token_file,
-                     verify_keys, safe_cap_share=0.6, default_ttl_s=10.0, timeout_s=1.0)
+                     keys or plan_keys(tmp_path), safe_cap_share=0.6, default_ttl_s=10.0, timeout_s=1.0)
 
 
 def put_plan(emu: KubeEmulator, sequence: int, limits_w: dict[str, float], safe_w: dict[str, float] | None = None,
@@ -193,8 +194,7 @@ def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, t
         pytest.skip("NVML is present here")
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
-    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1",
-                 "--plan-verify-key", key_files(tmp_path)[1]]) == 2
+    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wattscale: agent: NVML init: ") and len(err.splitlines()) == 1
 
@@ -434,21 +434,21 @@ def test_a_slow_status_write_holds_up_the_next_limits_a_step_at_most(emu: KubeEm
     assert agent.metrics.errors.labels("report")._value.get() == 2
 
 
-Forgery = Callable[[str], tuple[bytes, dict[str, str]]]
-"""The agent's nonce -> the body and headers an impostor answers with."""
+Forgery = Callable[[str], tuple[int, bytes, dict[str, str]]]
+"""The agent's nonce -> the status, body and headers an impostor answers with."""
 
 
 @contextlib.contextmanager
 def impostor(forge: Forgery) -> Iterator[int]:
-    """Whoever answers in the operator's place (a spoofed Service, a pod with its label), on a loopback port."""
+    """Whoever answers in the operator's place (a pod spoofing its Service), on a loopback port."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:
-            body, headers = forge(self.headers.get(NONCE_HEADER, ""))
-            self.send_response(200)
+            status, body, headers = forge(self.headers.get(NONCE_HEADER, ""))
+            self.send_response(status)
             for name, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -474,35 +474,44 @@ def lifted(node: str = NODE) -> bytes:
                        "spec": {"sequence": next(RENEWALS), "ttl_s": 10.0, "limits_w": {"0": 700.0}}}).encode()
 
 
-def recorded(served: PlanServer, token: str) -> tuple[bytes, str]:
-    """A real answer of the operator's (body, signature), for a nonce of the recorder's own."""
-    nonce = new_nonce()
+def relayed(served: PlanServer, token: str, nonce: str) -> tuple[bytes, str]:
+    """The operator's real answer (body, signature) to a request with `token` and `nonce`: what a man in the
+    middle gets by passing the agent's request on."""
     request = urllib.request.Request(f"http://127.0.0.1:{served.port}/v1/nodes/{NODE}/plan",
                                      headers={"Authorization": f"Bearer {token}", NONCE_HEADER: nonce})
     with urllib.request.urlopen(request, timeout=2.0) as answer:
         return answer.read(), answer.headers[SIGNATURE_HEADER]
 
 
-def test_a_plan_not_signed_by_the_operator_for_this_request_is_never_applied(
+def test_an_answer_not_signed_by_the_operator_for_this_request_is_never_applied(
         emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
     """Whoever answers in the operator's place served plans that lifted a node's limits, and the agent applied
     them. Now each answer must carry the operator's signature over this node, this request's nonce and its exact
-    bytes: an unsigned plan, one signed by another key, a real answer replayed or altered, and the operator's
-    own answer for another node (relayed with this agent's nonce) are each an unreadable plan. The last plan holds
-    to its TTL, then the safe caps: the GPU is never lifted. The same impostor signing with the operator's key
-    for this request is followed (the rig is sound: the signature is what refuses)."""
+    bytes: an unsigned plan, one signed by another key, a real answer replayed, the operator's answer to this very
+    request altered by the man in the middle, the operator's own answer for another node (relayed with this
+    agent's nonce), and an unsigned 404 (which had dropped the plan's safe caps for the agent's own, uncounted)
+    are each an unreadable plan. The last plan holds to its TTL, then the plan's safe caps: the GPU is never
+    lifted. The same impostor signing with the operator's key for this request is followed (the rig is sound:
+    the signature is what refuses)."""
     put_plan(emu, 1, {"0": 500.0}, {"0": 350.0})
     own = Path(agent_token(emu, tmp_path / "token")).read_text()
-    old_body, old_signature = recorded(served, own)
+    old_body, old_signature = relayed(served, own, new_nonce())
     other_key = Ed25519PrivateKey.generate()
+
+    def altered(nonce: str) -> tuple[int, bytes, dict[str, str]]:
+        body, signature = relayed(served, own, nonce)
+        assert b'"0": 500.0' in body or b'"0":500.0' in body
+        return 200, body.replace(b"500.0", b"700.0"), {SIGNATURE_HEADER: signature}
+
     forgeries: dict[str, Forgery] = {
-        "unsigned": lambda nonce: (lifted(), {}),
-        "another key": lambda nonce: (body := lifted(), {SIGNATURE_HEADER: sign(other_key, NODE, nonce, body)}),
-        "not base64": lambda nonce: (lifted(), {SIGNATURE_HEADER: "%%%"}),
-        "replayed": lambda nonce: (old_body, {SIGNATURE_HEADER: old_signature}),
-        "altered": lambda nonce: (old_body.replace(b"500.0", b"700.0"), {SIGNATURE_HEADER: old_signature}),
-        "another node's": lambda nonce: (body := lifted("gpu-b"), {SIGNATURE_HEADER: sign(PLAN_KEY, "gpu-b", nonce,
-                                                                                            body)}),
+        "unsigned": lambda nonce: (200, lifted(), {}),
+        "another key": lambda nonce: (200, body := lifted(), {SIGNATURE_HEADER: sign(other_key, NODE, nonce, body)}),
+        "not base64": lambda nonce: (200, lifted(), {SIGNATURE_HEADER: "%%%"}),
+        "replayed": lambda nonce: (200, old_body, {SIGNATURE_HEADER: old_signature}),
+        "altered": altered,
+        "another node's": lambda nonce: (200, body := lifted("gpu-b"),
+                                         {SIGNATURE_HEADER: sign(PLAN_KEY, "gpu-b", nonce, body)}),
+        "an unsigned 404": lambda nonce: (404, b'{"error": "no plan for node gpu-a"}', {}),
     }
     for why, forge in forgeries.items():
         nvml = FakeNvml([FakeGpu()])
@@ -511,25 +520,55 @@ def test_a_plan_not_signed_by_the_operator_for_this_request_is_never_applied(
         with impostor(forge) as port:
             agent.plan_url = f"http://127.0.0.1:{port}/v1/nodes/{NODE}/plan"
             assert agent.step(5.0) == "following" and limits(nvml) == [500.0], why  # the last plan, in its TTL
-            assert agent.step(11.0) == "failsafe" and limits(nvml) == [350.0], why
+            assert agent.step(11.0) == "failsafe" and limits(nvml) == [350.0], why  # its safe cap, not 0.6 x 700
         assert agent.metrics.errors.labels("plan")._value.get() == 2, why
-    with impostor(lambda nonce: (body := lifted(), {SIGNATURE_HEADER: sign(PLAN_KEY, NODE, nonce, body)})) as port:
+    with impostor(lambda nonce: (200, body := lifted(), {SIGNATURE_HEADER: sign(PLAN_KEY, NODE, nonce, body)})) as port:
         nvml = FakeNvml([FakeGpu()])
         agent = agent_on(emu, nvml, tmp_path, port)
         assert agent.step(0.0) == "following" and limits(nvml) == [700.0]
 
 
-def test_an_agent_holding_both_keys_of_a_rotation_follows_either(emu: KubeEmulator, tmp_path: Any, served: PlanServer,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """A key is rotated by giving the agents the new public key beside the old before the operator switches:
-    either verifies. An agent holding only another key follows nothing (its GPU goes to the safe cap)."""
-    put_plan(emu, 1, {"0": 500.0}, {"0": 350.0})
-    new = Ed25519PrivateKey.generate()
+def test_the_operators_signed_404_is_no_plan(emu: KubeEmulator, tmp_path: Any, served: PlanServer) -> None:
+    """The operator's own answer that it has no plan for the node, signed, is read as before: the agent's safe
+    caps at once, no error."""
     nvml = FakeNvml([FakeGpu()])
-    agent = agent_on(emu, nvml, tmp_path, served, verify_keys=(new.public_key(), *VERIFY_KEYS))
-    assert agent.step(0.0) == "following" and limits(nvml) == [500.0]
-    stranger = agent_on(emu, FakeNvml([FakeGpu()]), tmp_path, served, verify_keys=(new.public_key(),))
+    agent = agent_on(emu, nvml, tmp_path, served)
+    assert agent.step(0.0) == "failsafe" and limits(nvml) == [420.0]
+    assert agent.metrics.errors.labels("plan")._value.get() == 0 and agent.last is None
+
+
+def test_plan_keys_are_read_again_as_their_file_changes_through_a_rotation(
+        emu: KubeEmulator, tmp_path: Any, served: PlanServer, caplog: pytest.LogCaptureFixture) -> None:
+    """No key file yet (a ConfigMap not made, a wrong path): the agent runs, every plan unverified, the GPU at its
+    safe cap, logged once. The file written, the next step follows, no restart. A rotation: the new public key
+    beside the old, the operator switched to the new, the old removed, the agent following throughout. A block
+    cut short (a bad paste) is refused whole and the keys in force are kept; had it been read as one key fewer,
+    the operator's switch would have sent every agent to its safe caps."""
+    put_plan(emu, 1, {"0": 500.0}, {"0": 350.0})
+    missing = PlanKeys(str(tmp_path / "keys" / "plan.pub"))
+    nvml = FakeNvml([FakeGpu()])
+    agent = agent_on(emu, nvml, tmp_path, served, keys=missing)
+    assert agent.step(0.0) == "failsafe" and limits(nvml) == [420.0]
+    assert agent.step(1.0) == "failsafe" and caplog.text.count("no plan verifies: the GPUs hold their safe caps") == 1
+    assert agent.metrics.errors.labels("plan_keys")._value.get() == 2
+    (tmp_path / "keys").mkdir()
+    plan_keys(tmp_path / "keys", name="plan.pub")
+    assert agent.step(2.0) == "following" and limits(nvml) == [500.0] and "plan_keys" not in agent.failing
+    new = Ed25519PrivateKey.generate()
+    stranger = agent_on(emu, FakeNvml([FakeGpu()]), tmp_path, served, keys=plan_keys(tmp_path, new, name="new.pub"))
     assert stranger.step(0.0) == "failsafe" and "signature does not verify with the plan keys" in caplog.text
+    both = plan_keys(tmp_path / "keys", PLAN_KEY, new, name="plan.pub").path
+    cut = Path(both).read_bytes().rsplit(b"-----END", 1)[0]
+    Path(both).write_bytes(cut)
+    put_plan(emu, 2, {"0": 480.0}, {"0": 350.0})
+    assert agent.step(3.0) == "following" and limits(nvml) == [480.0]  # the old key kept
+    assert "2 PEM blocks begin, 1 public keys end" in caplog.text and len(agent.plan_keys.keys) == 1
+    plan_keys(tmp_path / "keys", PLAN_KEY, new, name="plan.pub")
+    put_plan(emu, 3, {"0": 460.0}, {"0": 350.0})
+    assert agent.step(4.0) == "following" and len(agent.plan_keys.keys) == 2
     served.signing_key = new
-    put_plan(emu, 2, {"0": 450.0}, {"0": 350.0})
-    assert agent.step(1.0) == "following" and limits(nvml) == [450.0]
+    put_plan(emu, 4, {"0": 450.0}, {"0": 350.0})
+    assert agent.step(5.0) == "following" and limits(nvml) == [450.0]
+    plan_keys(tmp_path / "keys", new, name="plan.pub")
+    put_plan(emu, 5, {"0": 440.0}, {"0": 350.0})
+    assert agent.step(6.0) == "following" and limits(nvml) == [440.0] and len(agent.plan_keys.keys) == 1

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_fixtures import key_files
 from conftest import ROOT, free_port
 from fake_pynvml import FakeNvml
 
@@ -102,8 +101,7 @@ def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
     """Not YAML: one line with where the parser stopped (it was yaml's ParserError through a traceback)."""
     bad = tmp_path / "kc.yaml"
     bad.write_text("not: [yaml\n")
-    keys = ["--plan-verify-key", key_files(tmp_path)[1]] if command[0] == "agent" else []
-    assert main([*command, *keys, "--kubeconfig", str(bad)]) == 2
+    assert main([*command, "--kubeconfig", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"wattscale: {command[0]}: kubernetes: kubeconfig {bad} is not valid YAML: ") and \
         err.count("\n") == 1, err
@@ -135,7 +133,7 @@ def test_without_nvml_the_agent_and_the_daemon_each_say_what_they_can_do(
     """The NVML error told the agent to `use gpu_source = "sim"`, an option only the daemon has: the agent is
     told where it runs, the daemon which setting it can change."""
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], library=False))
-    agent = ["agent", "--node", "n1", "--metrics-port", "0", "--plan-verify-key", key_files(tmp_path)[1]]
+    agent = ["agent", "--node", "n1", "--metrics-port", "0"]
     assert main([*agent, "--kubeconfig", kubeconfig(tmp_path / "kc.yaml", "https://127.0.0.1:1")]) == 2
     err = capsys.readouterr().err
     assert err == ("wattscale: agent: NVML init: libnvidia-ml.so.1 not found: install the NVIDIA driver (or run on a "

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_fixtures import VERIFY_KEYS, agent_token, gpus, plan_server, start
+from cluster_fixtures import agent_token, gpus, plan_keys, plan_server, start
 from conftest import free_port
 from kube_emulator import KubeEmulator
 from prometheus_client import CollectorRegistry
@@ -155,7 +155,7 @@ def test_the_agent_reaches_the_operator_directly_whatever_proxy_the_environment_
         server.attach(lambda node: (emu.get(GROUP, PLANS, node) or {}).get("spec"), lambda: True)
         nvml = gpus(1)
         agent = NodeAgent("gpu-a", NvmlDevices(nvml), agent_api, f"http://127.0.0.1:{server.port}",
-                          agent_token(emu, tmp_path / "token"), VERIFY_KEYS, timeout_s=1.0)
+                          agent_token(emu, tmp_path / "token"), plan_keys(tmp_path), timeout_s=1.0)
         assert agent.step(0.0) == "following" and nvml.gpus[0].limit_mw == 480_000
         with pytest.raises(Unreachable):  # an opener built as urllib's default goes to the proxy
             http_request(agent.plan_url, {}, 1.0, via=opener())

@@ -247,9 +247,13 @@ def test_the_plan_keys_are_mounted_where_the_flags_read_them_and_made_as_the_doc
     secret = source("Deployment", "wattscale-operator", "--plan-signing-key", "secret")
     config = source("DaemonSet", "wattscale-agent", "--plan-verify-key", "configMap")
     key, pub = secret["items"][0]["key"], config["items"][0]["key"]
-    assert f"kubectl -n wattscale create secret generic {secret['secretName']} --from-file={key}\n" in docs
+    made = (f"openssl genpkey -algorithm ed25519 | kubectl -n wattscale create secret generic {secret['secretName']} "
+            f"--from-file={key}=/dev/stdin\n")
+    field = key.replace(".", "\\.")  # a key's dot escaped in a JSONPath
+    read_back = (f"kubectl -n wattscale get secret {secret['secretName']} -o jsonpath='{{.data.{field}}}' "
+                 f"| base64 -d | openssl pkey -pubout > {pub}\n")
+    assert made in docs and read_back in docs, read_back
     assert f"kubectl -n wattscale create configmap {config['name']} --from-file={pub}\n" in docs
-    assert f"openssl genpkey -algorithm ed25519 -out {key}" in docs and f"-pubout -out {pub}\n" in docs
     agent = by["DaemonSet", "wattscale-agent"]["spec"]["template"]["spec"]
     assert not any("secret" in v for v in agent["volumes"])  # the agents hold no private key
 

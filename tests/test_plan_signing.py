@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from cluster_fixtures import NODE, PLAN_KEY, VERIFY_KEYS, agent_token, key_files, plan_server, start
-from conftest import free_port
+from cluster_fixtures import NODE, PLAN_KEY, agent_token, key_files, plan_server, start
+from conftest import ROOT, free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,10 +40,14 @@ def pem(key: rsa.RSAPrivateKey | Ed25519PrivateKey, password: bytes | None = Non
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl here")
 def test_keys_made_as_the_docs_say_sign_and_verify(tmp_path: Path) -> None:
-    """docs/cluster.md's two openssl commands make the operator's key and the agents' public key."""
+    """docs/cluster.md's openssl commands (the Secret's key from `genpkey`, its public half from `pkey -pubout`)
+    make the operator's key and the agents' public key."""
     key, pub = tmp_path / "plan.key", tmp_path / "plan.pub"
-    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True, timeout=30)
-    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True, timeout=30)
+    made = subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519"], check=True, timeout=30, capture_output=True)
+    key.write_bytes(made.stdout)
+    public = subprocess.run(["openssl", "pkey", "-pubout"], input=made.stdout, check=True, timeout=30,
+                            capture_output=True)
+    pub.write_bytes(public.stdout)
     signing, keys = load_signing_key(str(key)), load_verify_keys(str(pub))
     verify(keys, NODE, "ab" * 16, b"{}", sign(signing, NODE, "ab" * 16, b"{}"))
     with pytest.raises(ValueError, match="does not verify"):
@@ -88,9 +93,10 @@ def test_a_verify_key_file_may_hold_the_keys_of_a_rotation(tmp_path: Path) -> No
         verify(keys, NODE, "ab" * 16, b"{}", sign(key, NODE, "ab" * 16, b"{}"))
 
 
-def test_the_endpoint_signs_each_plan_for_the_nonce_it_was_asked_with(tmp_path: Path) -> None:
-    """No nonce (or not one of 32-128 lowercase hex digits): 400 before any TokenReview. A plan's signature
-    verifies over the node, the nonce asked with and the exact body, and over nothing else."""
+def test_the_endpoint_signs_each_answer_for_the_nonce_it_was_asked_with(tmp_path: Path) -> None:
+    """A nonce that is not 32-128 lowercase hex digits: 400, before any TokenReview. A plan's signature, and a
+    404's, verifies over the node, the nonce asked with and the exact body, and over nothing else. No nonce (an
+    agent from before plans were signed, during a rolling upgrade): the plan unsigned, so it keeps following."""
     emu = KubeEmulator(watch_s=1.0)
     start(emu)
     try:
@@ -98,34 +104,55 @@ def test_the_endpoint_signs_each_plan_for_the_nonce_it_was_asked_with(tmp_path: 
         path.write_text(yaml.safe_dump(emu.kubeconfig("operator")))
         token = Path(agent_token(emu, tmp_path / "token")).read_text()
         with plan_server(api_client(str(path))) as server:
-            server.attach(lambda node: {"sequence": 1, "limits_w": {"0": 500.0}}, lambda: True)
+            plans = {NODE: {"sequence": 1, "limits_w": {"0": 500.0}}}
+            server.attach(plans.get, lambda: True)
             url = f"http://127.0.0.1:{server.port}/v1/nodes/{NODE}/plan"
-            for nonce in (None, "", "ab" * 15, "AB" * 16, "zz" * 16, "ab" * 65):
+
+            def get(nonce: str | None) -> tuple[int, bytes, str | None]:
                 headers = {"Authorization": f"Bearer {token}"} | ({NONCE_HEADER: nonce} if nonce is not None else {})
-                with pytest.raises(urllib.error.HTTPError) as refused:
-                    urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2.0)
-                assert refused.value.code == 400, nonce
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2.0) as answer:
+                        return answer.status, answer.read(), answer.headers[SIGNATURE_HEADER]
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.read(), exc.headers[SIGNATURE_HEADER]
+
+            assert [get(nonce)[0] for nonce in ("", "ab" * 15, "AB" * 16, "zz" * 16, "ab" * 65)] == [400] * 5
             assert not [p for t, m, p in emu.requests if p.endswith("/tokenreviews")]
             nonce = new_nonce()
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", NONCE_HEADER: nonce})
-            with urllib.request.urlopen(request, timeout=2.0) as answer:
-                body, signature = answer.read(), answer.headers[SIGNATURE_HEADER]
+            status, body, signature = get(nonce)
+            old_status, old_body, unsigned = get(None)
+            del plans[NODE]
+            none_status, none_body, none_signature = get(nonce)
     finally:
         emu.close()
-    verify(VERIFY_KEYS, NODE, nonce, body, signature)
+    keys = (PLAN_KEY.public_key(),)
+    assert status == 200 and b'"limits_w"' in body
+    verify(keys, NODE, nonce, body, signature)
     for node, asked, data in ((NODE, new_nonce(), body), ("gpu-b", nonce, body), (NODE, nonce, body + b" ")):
         with pytest.raises(ValueError, match="does not verify"):
-            verify(VERIFY_KEYS, node, asked, data, signature)
+            verify(keys, node, asked, data, signature)
+    assert (old_status, old_body, unsigned) == (200, body, None)
+    assert none_status == 404
+    verify(keys, NODE, nonce, none_body, none_signature)
 
 
-@pytest.mark.parametrize("command", ["operator", "agent"])
-def test_a_missing_plan_key_is_one_line_naming_its_flag(command: str, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """Before anything is reached (the API server, NVML): the operator with a plan port signs every plan, the
-    agent verifies every one, and neither can without its key."""
+def test_an_operator_without_its_plan_key_is_one_line_naming_the_flag(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the API server is reached: with a plan port it signs every answer, and cannot without its key (its
+    agents, unanswered, go to their safe caps in the plan's TTL)."""
     missing = tmp_path / "nothing"
-    flags = {"operator": ["--plan-port", str(free_port()), "--plan-signing-key", str(missing)],
-             "agent": ["--node", "n1", "--plan-verify-key", str(missing)]}[command]
-    assert main([command, "--metrics-port", "0", "--kubeconfig", str(tmp_path / "kc"), *flags]) == 2
-    flag = flags[-2]
-    assert capsys.readouterr().err == f"wattscale: {flag}: {missing}: No such file or directory\n"
+    assert main(["operator", "--metrics-port", "0", "--kubeconfig", str(tmp_path / "kc"), "--plan-port",
+                 str(free_port()), "--plan-signing-key", str(missing)]) == 2
+    assert capsys.readouterr().err == f"wattscale: --plan-signing-key: {missing}: No such file or directory\n"
+
+
+def test_an_agent_without_the_cluster_extra_says_what_to_install() -> None:
+    """cryptography comes with the cluster extra, not the kubernetes one: its absence was a traceback."""
+    script = """
+import sys
+sys.modules["cryptography"] = None
+from controller.cli import main
+sys.exit(main(["agent", "--node", "n1", "--metrics-port", "0"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stderr) == (2, "wattscale: agent: needs: pip install 'wattscale[cluster]'\n")

@@ -4,8 +4,9 @@ and reports their readings in the plan's status, where the operator's fast loop 
 The plan comes from the acting operator (`GET /v1/nodes/<node>/plan` on its Service), asked with the pod's
 projected token for the audience `wattscale-operator`, re-read at each request (the kubelet rotates it): the
 operator serves only the node that token names, so the agent needs no read of NodePowerPlans in the API. Each
-request carries a fresh nonce, and a plan is read only with the operator's signature over this node, that nonce
-and the answer's bytes (controller/cluster/plan_signing.py): whoever else answers can at most withhold the plan.
+request carries a fresh nonce, and an answer (a plan, or that there is none) is read only with the operator's
+signature over this node, that nonce and the answer's bytes (controller/cluster/plan_signing.py): whoever else
+answers can at most withhold the plan.
 
 Fail-closed: the plan is fresh while the operator renews it (its `sequence` moves) within its `ttl_s`, timed
 on this node's own clock, so no clock skew between nodes matters. A plan gone stale, absent or unreadable
@@ -21,13 +22,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from actuators import ActuatorError
 from actuators.kubernetes import translate
 from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices, NvmlPowerLimiter
-from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, new_nonce, verify
+from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, PlanKeys, new_nonce, verify
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
@@ -52,7 +52,7 @@ class AgentMetrics:
 
 class NodeAgent:
     def __init__(self, node: str, devices: NvmlDevices, api_client: Any, operator_url: str, token_file: str,
-                 verify_keys: tuple[Ed25519PublicKey, ...], registry: CollectorRegistry | None = None,
+                 plan_keys: PlanKeys, registry: CollectorRegistry | None = None,
                  safe_cap_share: float = 0.6, default_ttl_s: float = 60.0, timeout_s: float = 5.0,
                  clock: Callable[[], float] | None = None, report_timeout_s: float | None = None,
                  restore_on_exit: bool = False) -> None:
@@ -60,7 +60,7 @@ class NodeAgent:
 
         self.node, self.devices = node, devices
         self.plan_url = f"{operator_url.rstrip('/')}/v1/nodes/{node}/plan"
-        self.token_file, self.verify_keys = token_file, verify_keys
+        self.token_file, self.plan_keys = token_file, plan_keys
         self.http = opener(proxies={})  # in-cluster: no proxy
         self.limiter = NvmlPowerLimiter(devices, min_interval_s=0.0, **({"clock": clock} if clock else {}))
         self.custom = CustomObjectsApi(api_client)
@@ -91,23 +91,24 @@ class NodeAgent:
         self.failing.add(kind)
 
     def _plan(self) -> PlanSpec | None:
-        """This node's plan's spec as the acting operator serves it (at most 1 MiB read); None where it has none
-        for this node (unsigned: withholding a plan is what anyone can do). OSError (the token file), Unreachable (a
-        timeout, a broken answer) or ValueError (401/403/503, an answer not signed for this request, a body that is
-        not a plan: one field a plan cannot hold refuses it whole) where no plan came."""
+        """This node's plan's spec as the acting operator serves it (at most 1 MiB read); None where it says it has
+        none for this node. OSError (the token file), Unreachable (a timeout, a broken answer) or ValueError (401/
+        403/503, an answer not signed for this request, a body that is not a plan: one field a plan cannot hold
+        refuses it whole) where no plan came."""
         with open_plain(self.token_file, "r", encoding="utf-8") as f:  # a FIFO waited for ever
             token = f.read(1 << 16).strip()
         nonce = new_nonce()
         answer = http_request(self.plan_url, {"Authorization": f"Bearer {token}", NONCE_HEADER: nonce},
                               self.timeout_s, via=self.http, max_body=1 << 20)
-        if answer.status == 404:
-            return None
-        if answer.status != 200:
+        if answer.status not in (200, 404):
             raise ValueError(f"{self.plan_url}: HTTP {answer.status} {answer.body[:200].decode(errors='replace')}")
-        try:
-            verify(self.verify_keys, self.node, nonce, answer.body, answer.headers.get(SIGNATURE_HEADER.lower()))
+        try:  # a 404 too: unsigned, it had dropped the plan's safe caps for the agent's own at once
+            verify(self.plan_keys.keys, self.node, nonce, answer.body, answer.headers.get(SIGNATURE_HEADER.lower()))
         except ValueError as exc:
-            raise ValueError(f"{self.plan_url}: {exc}") from None
+            raise ValueError(f"{self.plan_url}: HTTP {answer.status}: {exc}") from None
+        if answer.status == 404:
+            self.failing.discard("plan")
+            return None
         try:
             plan = json.loads(answer.body)
         except RecursionError:
@@ -126,6 +127,11 @@ class NodeAgent:
         """The plan read now, or the last one read where it cannot be (it holds, unrenewed, so it goes stale in
         its TTL). Apart from `act`, so the time a plan is judged at is taken after its fetch (up to `timeout_s`
         waiting on an operator that does not answer counted no age)."""
+        problem = self.plan_keys.refresh()
+        if problem:
+            self.failed("plan_keys", problem)
+        else:
+            self.failing.discard("plan_keys")
         try:
             return self._plan()
         except (OSError, ValueError, Unreachable) as exc:

@@ -8,8 +8,11 @@ the agent's ServiceAccount, and serves only the node the token names in its
 account or another node. Answers are cached `cache_s` so the API is not asked at every agent step. Only the
 Lease holder serves (503 elsewhere); `/readyz` says the same, so the Service routes to the leader.
 
-Every plan is signed (controller/cluster/plan_signing.py): the agent sends a fresh nonce with each request, and
-the answer carries the operator's Ed25519 signature over the node, that nonce and the body's exact bytes.
+Every answer to an agent is signed (controller/cluster/plan_signing.py): the agent sends a fresh nonce with each
+request, and the plan (or the 404 saying there is none) carries the operator's Ed25519 signature over the node,
+that nonce and the body's exact bytes. A request with no nonce, an agent's from before plans were signed, is
+answered unsigned (plans are not secret, and no agent that verifies sends none), so a rolling upgrade keeps the
+agents not yet rolled following.
 
 Bounded (controller.bounded_server): a thread per connection, at most MAX_CLIENTS at once (more are closed
 unanswered), each cut after REQUEST_S (a TokenReview's wait included) whatever it sends (a client that sends a
@@ -156,8 +159,8 @@ class PlanServer:
             source = self.source
         return source is not None and source[1]()
 
-    def answer(self, path: str, authorization: str, nonce: str = "") -> Reply:
-        """One GET's answer; a plan signed for `nonce` (the agent's `Wattscale-Nonce`)."""
+    def answer(self, path: str, authorization: str, nonce: str | None) -> Reply:
+        """One GET's answer; a node's signed for `nonce` (the agent's `Wattscale-Nonce`; None: unsigned)."""
         if path == "/readyz":
             return _json(200, {"ready": True}) if self.ready() else _json(503, {"ready": False})
         m = PLAN_PATH.match(path)
@@ -170,8 +173,8 @@ class PlanServer:
         token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
         if not token or len(token) > MAX_TOKEN_CHARS:
             return _json(401, {"error": "a bearer token is needed"})
-        if NONCE.fullmatch(nonce) is None:
-            return _json(400, {"error": f"a {NONCE_HEADER} header of 32-128 lowercase hex digits is needed"})
+        if nonce is not None and NONCE.fullmatch(nonce) is None:
+            return _json(400, {"error": f"{NONCE_HEADER} must be 32-128 lowercase hex digits"})
         try:
             node = self.reviewer.node_of(token)
         except Refused as exc:
@@ -179,11 +182,9 @@ class PlanServer:
         if node != m.group(1):
             return _json(403, {"error": f"the token is node {node}'s"})
         spec = source[0](node)
-        if spec is None:
-            return _json(404, {"error": f"no plan for node {node}"})
-        status, data, _ = _json(200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan",
-                                      "metadata": {"name": node}, "spec": spec})
-        return status, data, {SIGNATURE_HEADER: sign(self.signing_key, node, nonce, data)}
+        plan = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePowerPlan", "metadata": {"name": node}, "spec": spec}
+        status, data, _ = _json(404, {"error": f"no plan for node {node}"}) if spec is None else _json(200, plan)
+        return status, data, {} if nonce is None else {SIGNATURE_HEADER: sign(self.signing_key, node, nonce, data)}
 
     def close(self) -> None:
         self.server.shutdown()
@@ -217,7 +218,7 @@ def _handler(plans: PlanServer, timeout_s: float) -> type[BaseHTTPRequestHandler
                 return
             try:
                 reply = plans.answer(self.path.split("?", 1)[0], self.headers.get("Authorization", ""),
-                                     self.headers.get(NONCE_HEADER, ""))
+                                     self.headers.get(NONCE_HEADER))
             except Exception as exc:  # a bug must not end the thread that serves every node
                 log.warning("plan request %s failed: %r", self.path, exc)
                 reply = _json(500, {"error": "internal error"})

@@ -1,20 +1,22 @@
 """Signed plans: the node agents fetch their plans over the cluster network, where a pod that spoofs the
-operator's Service (DNS or ARP from a pod with NET_RAW) or carries the operator's label could serve a plan that
-lifts a node's limits. So the acting operator signs every plan it serves with an Ed25519 key only it holds,
-over the node's name, a nonce the agent drew for that one request, and the answer's exact bytes; the agents
-hold public keys only. An answer that verifies is the operator's, for this node and this request: an old
-plan replayed, however well signed, and one node's plan handed to another, fail. Whatever fails is an
+operator's Service (DNS or ARP from a pod with NET_RAW) could serve a plan that lifts a node's limits. So the
+acting operator signs every answer it gives an agent (a plan, or that there is none) with an Ed25519 key only it
+holds, over the node's name, a nonce the agent drew for that one request, and the answer's exact bytes; the
+agents hold public keys only. An answer that verifies is the operator's, for this node and this request: an
+old answer replayed, however well signed, and one node's handed to another, fail. Whatever fails is an
 unreadable plan, as an unreachable operator is: the agent keeps its last plan, which goes stale in its TTL and
 leaves the GPUs at their safe caps. No clock is compared, so no skew between nodes matters.
 
 Keys are PEM files as `openssl genpkey -algorithm ed25519` writes them (docs/cluster.md, "Plan keys"). An
-agent's file may hold several public keys, any of which verifies: a key is rotated by adding the new one
-beside the old, then switching the operator's, then removing the old."""
+agent's file may hold several public keys, any of which verifies, and is read again when it changes: a key is
+rotated by adding the new one beside the old, then switching the operator's, then removing the old."""
 
 from __future__ import annotations
 
 import base64
-import binascii
+import hashlib
+import logging
+import os
 import re
 import secrets
 
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 
 from tuner.store import open_plain
 
+log = logging.getLogger("wattscale.agent")
 CONTEXT = b"wattscale-plan-v1\n"
 """What a plan's signature signs first: no signature made for anything else reads as a plan's."""
 NONCE_HEADER = "Wattscale-Nonce"
@@ -35,7 +38,9 @@ PUBLIC_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----
 
 
 def signed_bytes(node: str, nonce: str, body: bytes) -> bytes:
-    return CONTEXT + node.encode() + b"\n" + nonce.encode() + b"\n" + body
+    """What is signed: each part after its length, so no two (node, nonce, body) sign the same bytes."""
+    parts = (node.encode(), nonce.encode(), body)
+    return CONTEXT + b"".join(len(part).to_bytes(8, "big") + part for part in parts)
 
 
 def new_nonce() -> str:
@@ -49,11 +54,13 @@ def sign(key: Ed25519PrivateKey, node: str, nonce: str, body: bytes) -> str:
 
 def verify(keys: tuple[Ed25519PublicKey, ...], node: str, nonce: str, body: bytes, signature: str | None) -> None:
     """ValueError unless `signature` is one of `keys`' over `body` served to `node` for `nonce`."""
+    if not keys:
+        raise ValueError("no plan key is read (--plan-verify-key), so no answer verifies")
     if not signature:
         raise ValueError("the answer is not signed (an operator that signs no plans, or not the operator)")
     try:
         raw = base64.b64decode(signature.strip(), validate=True)
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error, and non-ASCII text
         raise ValueError("the answer's signature is not base64") from None
     message = signed_bytes(node, nonce, body)
     for key in keys:
@@ -97,8 +104,12 @@ def load_verify_keys(path: str, flag: str = "--plan-verify-key") -> tuple[Ed2551
     if b"PRIVATE KEY" in data:
         raise ValueError(f"{flag} {path}: holds a private key; give the agents the public key only "
                          "(`openssl pkey -in plan.key -pubout`)")
+    blocks = PUBLIC_PEM.findall(data)
+    if data.count(b"-----BEGIN") != len(blocks):  # a pasted block cut short read as one key fewer
+        raise ValueError(f"{flag} {path}: {data.count(b'-----BEGIN')} PEM blocks begin, {len(blocks)} public keys "
+                         "end: a block is cut short or not a public key")
     keys = []
-    for block in PUBLIC_PEM.findall(data):
+    for block in blocks:
         try:
             key = load_pem_public_key(block)
         except (ValueError, UnsupportedAlgorithm) as exc:
@@ -110,3 +121,41 @@ def load_verify_keys(path: str, flag: str = "--plan-verify-key") -> tuple[Ed2551
     if not keys:
         raise ValueError(f"{flag} {path}: holds no PEM public key (`openssl pkey -in plan.key -pubout`)")
     return tuple(keys)
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """A public key's short name in logs: the first 16 hex digits of the SHA-256 of its raw 32 bytes."""
+    return hashlib.sha256(key.public_bytes_raw()).hexdigest()[:16]
+
+
+class PlanKeys:
+    """The agent's public keys, read again whenever their file changes (a ConfigMap's update reaches a running
+    pod's file within a minute or two), so a rotation needs no restart. A file that stops reading keeps the keys
+    read before; one that never read leaves none, so no plan verifies and the GPUs hold their safe caps."""
+
+    def __init__(self, path: str, flag: str = "--plan-verify-key") -> None:
+        self.path, self.flag = path, flag
+        self.keys: tuple[Ed25519PublicKey, ...] = ()
+        self.seen: tuple[int, int, int, int] | None = None
+        """The file's (device, inode, mtime, size) as last read: a ConfigMap's update swaps a link, a new inode."""
+
+    def refresh(self) -> str | None:
+        """Read the file again if it changed; what is wrong with it (None: the keys in force are its own)."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            return f"{self.flag} {self.path}: {exc.strerror or exc}{self._kept()}"
+        seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self.seen:
+            return None
+        try:
+            keys = load_verify_keys(self.path, self.flag)
+        except ValueError as exc:
+            return f"{exc}{self._kept()}"
+        self.keys, self.seen = keys, seen
+        log.info("plan keys from %s: %s", self.path, ", ".join(fingerprint(k) for k in keys))
+        return None
+
+    def _kept(self) -> str:
+        return (f" (the {len(self.keys)} key(s) read before are kept)" if self.keys
+                else " (no plan verifies: the GPUs hold their safe caps)")
