@@ -28,34 +28,13 @@ from queuemodels import ModelInputError, Performance
 from tuner.observation_file import ObservationFileError
 
 
-class _SkippedOnce(logging.Filter):
-    """APScheduler warns of each run it skips because the last is still going: a plant or API that holds the fast
-    tick for long printed a line a second. The first per job is said; every one is counted (`job_overrun`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.said: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "apscheduler.scheduler" or "maximum number of running instances" not in str(record.msg):
-            return True
-        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        key = str(getattr(job, "id", job))  # a Job is not hashable
-        if key in self.said:
-            return False
-        self.said.add(key)
-        record.msg = f"{record.msg}; said once, each counted in wattscale_errors_total{{kind=\"job_overrun\"}}"
-        return True
-
-
 def _run(args: argparse.Namespace) -> int:
     from controller.daemon import Daemon
 
     settings = load_settings(Path(args.config))
     warnings, kube = preflight(settings, Path(args.config))
-    log_writer.install(settings.daemon.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s",
-                       filters=(_SkippedOnce(),))
-    for library in ("apscheduler", "urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
+    log_writer.install(settings.daemon.log_level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for library in ("urllib3", "kubernetes"):  # DEBUG is for wattscale's own reasoning
         logging.getLogger(library).setLevel(logging.WARNING)
     log = logging.getLogger("wattscale.daemon")
     for warning in warnings:

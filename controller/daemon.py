@@ -1,6 +1,7 @@
-"""The daemon: the Controller's two loops in wall-clock time, each in its own thread; signals stop and reload it.
+"""The daemon: the Controller's two loops in real time, each in its own thread; signals stop and reload it.
 
-APScheduler runs the fast loop (GPU samples and the governor) on its period. The slow loop runs in a
+The fast loop (GPU samples and the governor) ticks on its period in a thread of its own, timed on the monotonic
+clock (controller/ticker.py: a step of the wall clock moves no tick). The slow loop runs in a
 worker thread of its own, woken on its period: it may block on the network for as long as its timeouts
 allow, and the governor keeps ticking; a wake-up while it still runs is counted as an overrun. SIGTERM and
 SIGINT stop within seconds whatever the slow loop is doing (its thread is not waited for past a moment);
@@ -16,18 +17,9 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import (
-    EVENT_JOB_ERROR,
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    JobEvent,
-    JobExecutionEvent,
-)
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from actuators import ActuatorError
@@ -45,6 +37,7 @@ from controller.reload import changes, check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.startup import RELOAD_ASKED, STOP_ASKED, Asked
+from controller.ticker import Ticker
 from controller.wiring import build_parts
 from tuner import Tuner, load_fitting_libraries
 
@@ -214,13 +207,6 @@ class Daemon:
         budget, source = (why[0], f" ({why[1]})") if why is not None and lowered else (self.settings.power.budget_w, "")
         return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services"
 
-    def _on_job_event(self, event: JobEvent) -> None:
-        """Errors, missed runs and overruns (a run still going when the next is due: no exception) counted by kind."""
-        kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed"}.get(event.code, "job_overrun")
-        self.metrics.errors.labels(kind).inc()
-        if isinstance(event, JobExecutionEvent) and event.exception is not None:
-            log.error("job %s failed: %r", event.job_id, event.exception)
-
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
         # before anything is served: a SIGTERM as the metrics came up met the default handler and killed it
@@ -238,16 +224,13 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
         if RELOAD_ASKED.take():  # asked while starting (controller/launch.py keeps it): done now
             reload()
-        scheduler = BackgroundScheduler(timezone=UTC)  # interval jobs need no zone: a TZ tzlocal cannot read stopped it
-        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
-        d = s.daemon
-        scheduler.add_job(self.fast, "interval", seconds=d.fast_interval_s, id="fast", max_instances=1,
-                          coalesce=True, misfire_grace_time=max(1, int(d.fast_interval_s)))
+        d, count = s.daemon, lambda kind: self.metrics.errors.labels(kind).inc()
+        fast = Ticker("fast", d.fast_interval_s, self.fast, self.stop_event, count)
         if self.budget is not None:  # its first step too in its own thread: an API's timeout delays no loop
             threading.Thread(target=self.budget_worker, name="wattscale-budget", daemon=True).start()
         endpoints = self.signal_endpoints()
         self.fast()
-        scheduler.start()  # the governor and the budget act while supervised servers start (minutes, for vLLM)
+        fast.start()  # the governor and the budget act while supervised servers start (minutes, for vLLM)
         deadline = None if duration_s is None else time.monotonic() + duration_s
 
         def ended() -> bool:
@@ -256,17 +239,17 @@ class Daemon:
         try:
             self.parts.start(ended)  # servers the daemon supervises are up before the slow loop plans
         except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
-            self._shut_down(scheduler, endpoints)
+            self._shut_down([fast], endpoints)
             raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
         if ended():  # while the servers started: they stop with the rest
             self.notifier.stopping()
             log.info("stopping")
-            self._shut_down(scheduler, endpoints)
+            self._shut_down([fast], endpoints)
             return 0
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
-        scheduler.add_job(self.wake_slow, "interval", seconds=d.slow_interval_s, id="slow", max_instances=1,
-                          coalesce=True, misfire_grace_time=max(1, int(d.slow_interval_s)))
+        slow = Ticker("slow_period", d.slow_interval_s, self.wake_slow, self.stop_event, count)
+        slow.start()
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
         ping = (self.notifier.watchdog_s or 10.0) / 2
@@ -281,17 +264,18 @@ class Daemon:
                 break
         self.notifier.stopping()
         log.info("stopping%s", " (a reload asked with the stop is not made)" if reload.take() else "")
-        self._shut_down(scheduler, endpoints, worker)
+        self._shut_down([fast, slow], endpoints, worker)
         log.info("stopped")  # the journal's last line says the loops and parts are down, not only asked to be
         return 0
 
-    def _shut_down(self, scheduler: BackgroundScheduler, endpoints: list[BoundedServer],
+    def _shut_down(self, tickers: list[Ticker], endpoints: list[BoundedServer],
                    worker: threading.Thread | None = None) -> None:
         """Stop the loops, the signal endpoints and the parts (the servers the daemon started among them)."""
         self.stop_event.set()
         self.slow_due.set()  # wakes the workers to see it
         self.budget_due.set()
-        scheduler.shutdown(wait=True)  # the fast loop's tick in flight ends; nothing waits on the network
+        for ticker in tickers:  # the fast loop's tick in flight ends; nothing waits on the network
+            ticker.join(10.0)
         if worker is not None:
             worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
         for server in endpoints:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import re
 import signal
@@ -13,15 +14,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent, JobSubmissionEvent
 from conftest import free_port
-
-from controller.daemon import Daemon
-from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -152,40 +148,38 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
     assert "reload refused" in output and "power.budget_w" in output
 
 
-def test_scheduler_events_are_counted_by_kind(tmp_path: Path) -> None:
-    # An overrun arrives as a JobSubmissionEvent (no exception attribute), an error as a JobExecutionEvent.
+WALL_CLOCK_STEP = """
+import datetime, sys, time
+Real, t0, step_s = datetime.datetime, time.monotonic(), float(sys.argv[2])
+def stepped(): return step_s if time.monotonic() - t0 >= 2.0 else 0.0
+class Stepped(Real):
+    @classmethod
+    def now(cls, tz=None): return Real.now(tz) - datetime.timedelta(seconds=stepped())
+wall = time.time
+time.time = lambda: wall() - stepped()
+from controller import cli, daemon
+for module in list(sys.modules.values()):  # every module that reads the wall clock as `datetime.now()`
+    if module is not datetime and getattr(module, "datetime", None) is Real:
+        module.datetime = Stepped
+ticks = []
+fast = daemon.Daemon.fast
+daemon.Daemon.fast = lambda self: (ticks.append(time.monotonic() - t0), fast(self))[1]
+code = cli.main(["run", "--config", sys.argv[1], "--duration", "6"])
+print(" ".join(f"{t:.2f}" for t in ticks))
+sys.exit(code)
+"""
+
+
+def test_a_wall_clock_stepped_back_holds_no_tick_of_the_governor(tmp_path: Path) -> None:
+    """NTP, a resumed VM or `date -s` steps the wall clock back a minute 2 s into the run: the fast loop ticks on
+    every second regardless (its APScheduler job waited out the step: 40 s back held the governor 41 s)."""
     write_config(tmp_path / "w.toml", 0, tmp_path / "state", 4000)
-    daemon = Daemon(tmp_path / "w.toml", load_settings(tmp_path / "w.toml"))
-    at = datetime.now(UTC)
-    daemon._on_job_event(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "fast", "default", [at]))
-    daemon._on_job_event(JobExecutionEvent(EVENT_JOB_ERROR, "slow", "default", at, exception=ValueError("x")))
-    errors = daemon.registry.get_sample_value
-    assert errors("wattscale_errors_total", {"kind": "job_overrun"}) == 1.0
-    assert errors("wattscale_errors_total", {"kind": "job_error"}) == 1.0
-
-
-def test_a_skipped_run_is_said_once_a_job_and_counted_each_time() -> None:
-    """A plant or an API holding the fast tick past its period: APScheduler warned of every skipped run, a line a
-    second (a simulated host past what it keeps up with logged 27 in 30 s)."""
-    import logging
-
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    from controller.cli import _SkippedOnce
-
-    scheduler = BackgroundScheduler()  # not started: its jobs are what APScheduler logs (a Job is not hashable)
-
-    def skipped(job: str) -> logging.LogRecord:
-        run = scheduler.add_job(print, "interval", seconds=1, id=job, replace_existing=True)
-        return logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, 'Execution of job "%s" skipped: '
-                                 "maximum number of running instances reached (%d)", (run, 1), None)
-
-    once = _SkippedOnce()
-    first = skipped("Daemon.fast")
-    assert once.filter(first) and "counted in wattscale_errors_total" in first.getMessage()
-    assert not once.filter(skipped("Daemon.fast")) and once.filter(skipped("Daemon.wake_slow"))
-    other = logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, "Run time of job was missed", (), None)
-    assert once.filter(other) and once.filter(other)
+    done = subprocess.run([sys.executable, "-c", WALL_CLOCK_STEP, str(tmp_path / "w.toml"), "60"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ticks = [float(t) for t in done.stdout.split()]
+    assert 5 <= len(ticks) <= 8 and ticks[-1] > 5.0, ticks  # one a second, before the step and after
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 1.6, ticks
 
 
 def test_a_slow_tick_that_hangs_leaves_the_governor_ticking(tmp_path: Path) -> None:

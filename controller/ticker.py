@@ -1,0 +1,64 @@
+"""A loop's period, kept on the monotonic clock in a thread of its own.
+
+The wall clock steps: NTP corrects a drifted host, a VM resumes, an operator runs `date -s`, a board with a dead
+battery boots in 2000. A scheduler that times its runs by it (APScheduler 3's interval jobs did) waits out a step
+back, the governor with it (40 s back held the fast loop 41 s), and a step forward makes it walk every run it
+missed (100 days: 9 s and 600 MB). Here a period is a deadline on `time.monotonic()`, which no step moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("wattscale.daemon")
+
+
+class Ticker:
+    """Calls `tick` every `period_s` until `stop` is set. A tick that takes its period or longer is followed by the
+    next at once: late, not queued, each such overrun counted through `count(kind)` and the first of a run logged.
+    A tick that raises is counted and logged once a run, and the ticks go on."""
+
+    def __init__(self, name: str, period_s: float, tick: Callable[[], None], stop: threading.Event,
+                 count: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.period_s, self.tick, self.stop = name, period_s, tick, stop
+        self.count, self.clock = count, clock
+        self.overrunning = self.failing = False
+        self.thread = threading.Thread(target=self.run, name=f"wattscale-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Ticks from one period after now (the caller ran the first itself, or wants none yet)."""
+        self.thread.start()
+
+    def run(self) -> None:
+        due = self.clock() + self.period_s
+        while not self.stop.wait(max(0.0, due - self.clock())):
+            self._tick()
+            due += self.period_s
+            now = self.clock()
+            late = now >= due
+            if late:
+                self.count(f"{self.name}_late")
+                if not self.overrunning:
+                    log.warning("%s loop: a tick took %.1f s, past its %g-s period; the next runs at once (each "
+                                "counted in wattscale_errors_total{kind=\"%s_late\"})", self.name,
+                                now - due + self.period_s, self.period_s, self.name)
+                due = now
+            self.overrunning = late
+
+    def _tick(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:  # the callers catch their own; a bug here must not end the loop's thread
+            self.count(f"{self.name}_error")
+            if not self.failing:
+                log.exception("%s loop: a tick failed (logged once while it fails): %r", self.name, exc)
+            self.failing = True
+        else:
+            self.failing = False
+
+    def join(self, timeout_s: float) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)

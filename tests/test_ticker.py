@@ -1,0 +1,63 @@
+"""The loops' periods on the monotonic clock (controller/ticker.py): ticks on time, a late tick followed at once
+and counted, a failing tick counted and survived, a stop within a period."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from controller.ticker import Ticker
+
+
+def ticking(period_s: float, tick: Callable[[], None], seconds: float) -> tuple[Counter[str], float]:
+    """Run a Ticker for `seconds`; the kinds it counted and how long its stop took."""
+    stop, counted = threading.Event(), Counter[str]()
+    ticker = Ticker("fast", period_s, tick, stop, lambda kind: counted.update([kind]))
+    ticker.start()
+    time.sleep(seconds)
+    asked = time.monotonic()
+    stop.set()
+    ticker.join(5.0)
+    return counted, time.monotonic() - asked
+
+
+def test_ticks_keep_their_period_and_stop_within_one() -> None:
+    at: list[float] = []
+    counted, stopping = ticking(0.05, lambda: at.append(time.monotonic()), 0.53)
+    assert 9 <= len(at) <= 11 and not counted and stopping < 0.05
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert max(gaps) < 0.09 and abs(sum(gaps) / len(gaps) - 0.05) < 0.01  # deadlines, not sleeps after each tick
+
+
+def test_a_late_tick_is_followed_at_once_counted_and_said_once_a_run(caplog: pytest.LogCaptureFixture) -> None:
+    """Ticks of 0.12 s on a 0.05-s period: each next one starts at once (none queued behind, none skipped for a
+    whole period), each counted late, the run said once."""
+    at: list[float] = []
+
+    def slow() -> None:
+        at.append(time.monotonic())
+        time.sleep(0.12)
+
+    with caplog.at_level(logging.WARNING, "wattscale.daemon"):
+        counted, _ = ticking(0.05, slow, 0.6)
+    assert len(at) >= 4 and counted["fast_late"] >= 3
+    assert max(b - a for a, b in itertools.pairwise(at)) < 0.17
+    assert caplog.text.count("past its 0.05-s period") == 1
+
+
+def test_a_tick_that_raises_is_counted_logged_once_and_the_ticks_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bug")
+
+    counted, _ = ticking(0.03, broken, 0.35)
+    assert len(calls) >= 8 and counted["fast_error"] == len(calls)
+    assert caplog.text.count("a tick failed") == 1
