@@ -13,7 +13,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from controller.governor import take_lowest_first
+from controller.power_rooms import take_lowest_first
 
 if TYPE_CHECKING:
     from controller.fast_loop import FastLoop

@@ -43,8 +43,7 @@ class FastLoop:
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
         self.retry = RetryBook(1.0, 10.0, lambda said: on_error("power_actuator", said))
-        """Per GPU: a GPU in backoff is pinned at its limit in force (the governor fits the others around it),
-        so its retries stay within ten seconds."""
+        """Per GPU: one in backoff is pinned (the others fit around it; PowerGovernor.tried_anyway), at most 10 s."""
         self.samples: list[GpuSample] = []
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.blind = Blind(failsafe_after_ticks)
@@ -212,15 +211,18 @@ class FastLoop:
         lagging = {c.uuid: g.power_limit_w for g, c in zip(samples, counted, strict=True) if c is not g}
         samples = counted
         late = self.later.unapplied() if self.later is not None else set()
-        pinned = untouched | {g.uuid for g in samples if g.index in late
-                              or not self.retry.may_try(f"power_limit:{g.uuid}", now)}
+        fixed = untouched | {g.uuid for g in samples if g.index in late}
+        waiting = frozenset(g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)) - fixed
+        forced = self.governor.tried_anyway(samples, fixed, waiting)  # a decrease, whatever its backoff says
+        pinned = fixed | (waiting - forced)
         limits = self.governor.step(samples, plan, pinned, lagging)
         self._say_floors(samples)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
-        higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w]
+        higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w
+                  and by_index[i].uuid not in forced]
         # Decreases first: the rises were fitted around them, so none is made where a decrease failed.
-        applied = {g.uuid: self.set_limit(now, g, w) for g, w in lower}
+        applied = {g.uuid: self.set_limit(now, g, w, g.uuid in forced) for g, w in lower}
         if None not in applied.values():
             applied.update((g.uuid, self.set_limit(now, g, w)) for g, w in higher)
         if applied:  # the limits in force now, which a failsafe that follows starts from (not those read before),
@@ -251,10 +253,10 @@ class FastLoop:
             if (series := self.series.get(g.index)) is not None:
                 series.limit.set(g.power_limit_w)
 
-    def set_limit(self, now: float, g: GpuSample, watts: float) -> float | None:
-        """Set one GPU's limit, as its retry record allows; the limit in force after, None where it was not set."""
+    def set_limit(self, now: float, g: GpuSample, watts: float, forced: bool = False) -> float | None:
+        """Set one GPU's limit, as its retry record allows (or `forced`); the limit in force after, None if unset."""
         target = f"power_limit:{g.uuid}"
-        if not self.retry.may_try(target, now):
+        if not forced and not self.retry.may_try(target, now):
             return None
         m = self.metrics
         try:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from controller.plan import Plan
-from controller.power_rooms import Rooms
+from controller.power_rooms import Rooms, clamp, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -69,7 +69,7 @@ class PowerGovernor:
         target = {}
         for g in samples:
             cap = plan.cap_w(g.service, g.variant) if g.service else None
-            target[g.uuid] = g.min_limit_w if cap is None else _clamp(cap, g)
+            target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
         if s.mode == "caps":
             self._fit_caps(samples, target, priorities, self.threshold_w())
         measured = sum(self.accounted_w(g) for g in samples)
@@ -78,10 +78,10 @@ class PowerGovernor:
         for line_w, inside in self.domains(samples):  # a rack at its breaker is cut even where the site has room
             over.append(sum(self.accounted_w(g) for g in inside) - line_w)
             if over[-1] > 0:
-                self._cut(inside, target, priorities, over[-1])
+                self._cut(inside, target, priorities, over[-1], pinned)
         if measured > threshold:
             self.emergency = True
-            self._cut(samples, target, priorities, measured - threshold)
+            self._cut(samples, target, priorities, measured - threshold, pinned)
         elif measured < s.budget_w * s.release_below and all(v < 0 for v in over):
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
@@ -208,10 +208,23 @@ class PowerGovernor:
             groups.setdefault(rank, []).append(g)
         return [groups[k] for k in sorted(groups, reverse=True)]
 
+    def tried_anyway(self, samples: Sequence[GpuSample], fixed: frozenset[str],
+                     waiting: frozenset[str]) -> frozenset[str]:
+        """Of the GPUs `waiting` out a failed set's backoff (pinned meanwhile: the others cut for them), those to
+        lower at once: all of them where the site or a domain is over its line and every GPU neither waiting nor
+        `fixed` is at its floor (none can cut for them: two GPUs failing at a budget drop were over for 5 s)."""
+        over = sum(self.accounted_w(g) for g in samples) > self.threshold_w() or any(
+            sum(self.accounted_w(g) for g in inside) > line_w for line_w, inside in self.domains(samples))
+        stuck = all(_at_floor(g.power_limit_w, g) for g in samples if g.uuid not in fixed | waiting)
+        return waiting if waiting and over and stuck else frozenset()
+
     def _cut(self, samples: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
-             excess_w: float) -> None:
-        rooms = [{g.uuid: max(0.0, min(self.accounted_w(g), target[g.uuid] - self.cut_w.get(g.uuid, 0.0))
-                              - g.min_limit_w) for g in group} for group in self.by_priority(samples, priorities)]
+             excess_w: float, pinned: frozenset[str]) -> None:
+        """Cut `excess_w` below the draw, lowest priority first, from the GPUs that can be set now: a pinned GPU's
+        share was never applied, and its cut wound up a tick at a time while the site stayed over."""
+        rooms = [{g.uuid: 0.0 if g.uuid in pinned else max(0.0, min(self.accounted_w(g), target[g.uuid] -
+                                                                    self.cut_w.get(g.uuid, 0.0)) - g.min_limit_w)
+                  for g in group} for group in self.by_priority(samples, priorities)]
         by_uuid = {g.uuid: g for g in samples}
         for uuid, take in take_lowest_first(rooms, excess_w).items():
             cut = self.cut_w.get(uuid, 0.0)  # below present draw, so the limit bites at once
@@ -259,40 +272,3 @@ def _step_w(limit_w: float) -> float:
     """The most a pressed GPU's limit grows in one tick: load that grows fast still gets room within
     seconds, and one tick's noise does not strip every other GPU of its room."""
     return max(25.0, 0.15 * limit_w)
-
-
-def take_lowest_first(rooms: Sequence[Mapping[str, float]], excess_w: float, slack_w: float = 0.0) -> dict[str, float]:
-    """What each GPU gives of `excess_w`: the priority groups' rooms (GPU -> watts it may give, lowest priority
-    first) taken in turn, within a group in proportion to room, until the excess is within `slack_w`."""
-    taken: dict[str, float] = {}
-    for room in rooms:
-        total = sum(room.values())
-        if excess_w <= slack_w:
-            break
-        if total <= 0.0:
-            continue
-        take = min(excess_w, total)
-        taken.update((uuid, take * r / total) for uuid, r in room.items() if r > 0.0)
-        excess_w -= take
-    return taken
-
-
-def _clamp(watts: float, g: GpuSample) -> float:
-    return min(g.max_limit_w, max(g.min_limit_w, watts))
-
-
-def safe_caps(gpus: Sequence[GpuSample], budget_w: float) -> tuple[dict[int, float], bool]:
-    """Limits whose sum fits `budget_w` by construction, for when draw cannot be read: one water level for
-    all GPUs, each held within its own limits. Also whether they fit (not when the minima alone exceed it)."""
-    if not gpus:
-        return {}, True
-    if sum(g.min_limit_w for g in gpus) > budget_w:
-        return {g.index: g.min_limit_w for g in gpus}, False
-    lo, hi = 0.0, max(g.max_limit_w for g in gpus)
-    for _ in range(60):  # bisection on the level: the sum of clamped levels rises with it
-        mid = (lo + hi) / 2
-        if sum(_clamp(mid, g) for g in gpus) <= budget_w:
-            lo = mid
-        else:
-            hi = mid
-    return {g.index: _clamp(lo, g) for g in gpus}, True

@@ -1,8 +1,11 @@
-"""The room each power domain (and the site, last) leaves under its ceiling as the governor moves limits."""
+"""The room each power domain (and the site, last) leaves under its ceiling as the governor moves limits, and the
+shares of watts the governor and the blind cut hand out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from controller.telemetry.base import GpuSample
 
 
 class Rooms:
@@ -28,3 +31,40 @@ class Rooms:
     def shared_short(self, uuid: str, giver: str, need_w: float) -> bool:
         """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free)."""
         return any(uuid in m and giver in m and r < need_w for r, m in zip(self.room, self.members, strict=True))
+
+
+def take_lowest_first(rooms: Sequence[Mapping[str, float]], excess_w: float, slack_w: float = 0.0) -> dict[str, float]:
+    """What each GPU gives of `excess_w`: the priority groups' rooms (GPU -> watts it may give, lowest priority
+    first) taken in turn, within a group in proportion to room, until the excess is within `slack_w`."""
+    taken: dict[str, float] = {}
+    for room in rooms:
+        total = sum(room.values())
+        if excess_w <= slack_w:
+            break
+        if total <= 0.0:
+            continue
+        take = min(excess_w, total)
+        taken.update((uuid, take * r / total) for uuid, r in room.items() if r > 0.0)
+        excess_w -= take
+    return taken
+
+
+def clamp(watts: float, g: GpuSample) -> float:
+    return min(g.max_limit_w, max(g.min_limit_w, watts))
+
+
+def safe_caps(gpus: Sequence[GpuSample], budget_w: float) -> tuple[dict[int, float], bool]:
+    """Limits whose sum fits `budget_w` by construction, for when draw cannot be read: one water level for
+    all GPUs, each held within its own limits. Also whether they fit (not when the minima alone exceed it)."""
+    if not gpus:
+        return {}, True
+    if sum(g.min_limit_w for g in gpus) > budget_w:
+        return {g.index: g.min_limit_w for g in gpus}, False
+    lo, hi = 0.0, max(g.max_limit_w for g in gpus)
+    for _ in range(60):  # bisection on the level: the sum of clamped levels rises with it
+        mid = (lo + hi) / 2
+        if sum(clamp(mid, g) for g in gpus) <= budget_w:
+            lo = mid
+        else:
+            hi = mid
+    return {g.index: clamp(lo, g) for g in gpus}, True

@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from actuators import TransientActuatorError
 from controller.fast_loop import FastLoop
-from controller.governor import PowerGovernor, safe_caps
+from controller.governor import PowerGovernor
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan
+from controller.power_rooms import safe_caps
 from controller.settings import PowerDomainSettings, PowerSettings
 from controller.telemetry.base import GpuSample
 

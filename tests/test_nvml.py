@@ -112,19 +112,38 @@ def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
     assert all(r.energy_j is not None for r in source.readings() if not isinstance(r, Exception))  # probe, `gpus`
 
 
-def test_a_gpu_never_read_is_left_out_and_no_device_count_fails_the_sample(caplog: pytest.LogCaptureFixture) -> None:
-    """A GPU lost before its first read failed every sample: the governor, in failsafe with no GPU seen, set no
-    limit on the others for the whole run (5,600 W under a 4,000-W budget). It is left out, logged once."""
+def test_a_gpu_never_read_stands_in_at_the_hosts_highest_limit_until_it_reads(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A GPU lost before its first read failed every sample (the governor, in failsafe with no GPU seen, set no
+    limit on the others: 5,600 W under a 4,000-W budget); then, left out, it counted for nothing (two 550-W GPUs
+    read as 550 W under a 1,000-W budget). It now stands in at the highest limit of the host's GPUs, which the
+    governor counts and cannot move, logged once; once it reads, the stand-in is reported departed."""
     fake, dev = devices(3)
+    fake.gpus[2].max_mw = 600_000
     fake.fail[("name", 1)] = pynvml.NVMLError_GpuIsLost
-    source = NvmlGpuSource(dev, {})
+    source = NvmlGpuSource(dev, {1: ("chat", "H100-SXM")})
     for t in (0.0, 1.0):
-        assert [s.index for s in source.sample(t)] == [0, 2]
+        listing = source.sample(t)
+        assert [(g.index, g.uuid[:8]) for g in listing] == [(0, "GPU-0000"), (2, "GPU-0000"), (1, "unread-1")]
+        stand_in = listing[-1]
+        assert (stand_in.power_w, stand_in.power_limit_w, stand_in.min_limit_w, stand_in.max_limit_w) == (
+            None, 700.0, 700.0, 700.0) and stand_in.service == "chat"
+    assert source.departed() == frozenset()
     assert [r.getMessage() for r in caplog.records if "never read" in r.getMessage()] == [
-        "GPU 1: the GPU has fallen off the bus: reset it or reboot; never read, so left out of the governor's "
-        "sample until it reads"]
+        "GPU 1: the GPU has fallen off the bus: reset it or reboot; never read, so counted at 700 W (the highest "
+        "limit of this host's GPUs) until it reads"]
     del fake.fail[("name", 1)]
     assert [s.index for s in source.sample(2.0)] == [0, 1, 2]
+    assert source.departed() == frozenset({"unread-1"}) and source.departed() == frozenset()
+
+
+def test_no_gpu_read_or_no_device_count_fails_the_sample() -> None:
+    """Every GPU failing its first read listed none, and the governor read a draw of 0 W: no lost sample, no
+    fail-safe. It is a lost sample now, as a failed enumeration is."""
+    fake, dev = devices(2)
+    fake.fail[("name", 0)] = fake.fail[("name", 1)] = pynvml.NVMLError_Unknown
+    with pytest.raises(TelemetryError, match="none of the 2 GPUs has been read"):
+        NvmlGpuSource(dev, {}).sample(0.0)
     fake.fail[("count", -1)] = pynvml.NVMLError_Unknown
     with pytest.raises(TelemetryError):
         NvmlGpuSource(dev, {}).sample(0.0)

@@ -22,7 +22,7 @@ from controller.cluster.node_gpus import owners_of, reported_limits
 from controller.cluster.node_readings import NodeReadings, stale_after_s
 from controller.cluster.plan_spec import LIMIT_FIELDS, renew_s
 from controller.cluster.resources import GROUP, PLANS, VERSION
-from controller.governor import safe_caps
+from controller.power_rooms import safe_caps
 from controller.retry import RetryBook
 
 log = logging.getLogger("wattscale.operator")

@@ -16,16 +16,20 @@ class NvmlGpuSource:
     there.
 
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
-    counts it at its cap); one never read is left out, logged once (its limits are unknown: a lost GPU at start
-    failed every sample, and the governor set no limit on the others); only a failure to enumerate the GPUs
-    fails the whole sample. The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None
-    between."""
+    counts it at its cap). One never read stands in the listing as `unread-<index>`, at the highest limit any GPU
+    of the host has (its own are unknown), which the governor counts and cannot move; logged once. Left out, it
+    had counted for nothing: two 550-W GPUs read as 550 W under a 1,000-W budget. Once it reads, its stand-in is
+    reported departed (`departed`). A failure to enumerate the GPUs, or to read any of them, fails the whole
+    sample (a lost sample: the governor cuts blind, then sets safe caps). The energy counter is read on an
+    `EnergyCadence` of the sample's time, `energy_j` None between."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
         self.owners = owners
         self._last: dict[int, GpuReading] = {}
         self._unread: set[int] = set()
+        """GPUs never read, by index: each stands in the listing as `unread-<index>` until it reads."""
+        self._departed: set[str] = set()
         self._energy = EnergyCadence()
 
     def readings(self, energy: bool = True) -> list[GpuReading | ActuatorError]:
@@ -42,22 +46,39 @@ class NvmlGpuSource:
         return out
 
     def sample(self, now: float) -> list[GpuSample]:
-        samples = []
-        for index, r in enumerate(self.readings(self._energy.due(now))):
+        samples, unread = [], []
+        readings = self.readings(self._energy.due(now))
+        for index, r in enumerate(readings):
             if isinstance(r, GpuReading):
                 self._last[index] = r
+                if index in self._unread:
+                    self._unread.discard(index)
+                    self._departed.add(f"unread-{index}")
                 samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
                                          r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, *self._owner(index)))
                 continue
             last = self._last.get(index)
             if last is None:
-                if index not in self._unread:
-                    log.warning("%s; never read, so left out of the governor's sample until it reads", r)
-                self._unread.add(index)
+                unread.append((index, r))
                 continue
             samples.append(GpuSample(index, last.uuid, last.name, None, None, last.power_limit_w, last.min_limit_w,
                                      last.max_limit_w, None, *self._owner(index)))
+        if unread and not self._last:
+            raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
+        most = max((g.max_limit_w for g in self._last.values()), default=0.0)
+        for index, error in unread:
+            if index not in self._unread:
+                log.warning("%s; never read, so counted at %.0f W (the highest limit of this host's GPUs) until it "
+                            "reads", error, most)
+            self._unread.add(index)
+            samples.append(GpuSample(index, f"unread-{index}", "", None, None, most, most, most, None,
+                                     *self._owner(index)))
         return samples
+
+    def departed(self) -> frozenset[str]:
+        """The stand-ins of GPUs that have read since the last call."""
+        out, self._departed = frozenset(self._departed), set()
+        return out
 
     def _owner(self, index: int) -> tuple[str | None, str | None]:
         return self.owners.get(index, (None, None))
