@@ -223,3 +223,14 @@ def test_a_refresh_is_not_waited_for_only_a_feed_that_never_answered() -> None:
             break
         except PendingBudgetError:
             time.sleep(0.01)
+
+
+def test_a_clock_stepped_back_past_the_last_fetch_fetches_again() -> None:
+    """Its next fetch had waited out the step (an hour back: the intensities of an hour ago kept a refresh late)."""
+    feed = ListFeed([IntensityPoint(T0 - 7200, 100.0), IntensityPoint(T0, 100.0)])
+    source = CarbonBudgetSource(feed, CURVE, refresh_s=900.0)
+    source.step(T0)
+    source.step(T0 + 60.0)
+    assert feed.calls == 1
+    source.step(T0 - 3600.0)
+    assert feed.calls == 2

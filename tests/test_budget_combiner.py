@@ -188,3 +188,21 @@ def test_a_feed_that_fails_then_stays_pending_holds_its_cut_only_while_its_last_
     assert combiner.step(3000.0).budget_w == 2000.0  # past the ttl, within the answer's hour
     assert combiner.step(3600.0).budget_w == 3000.0
     assert combiner.step(259200.0).budget_w == 3000.0
+
+
+def test_a_clock_stepped_back_moves_retries_and_ages_with_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The wall clock steps back an hour while a source waits out a 5-s retry: the retry waited out the whole hour,
+    the utility's cut ignored. Delays and ages are now what has elapsed: it is asked 5 s after it failed, and a
+    held reading goes stale at the ttl counted in elapsed seconds, not an hour later."""
+    signal = Scripted(TransientBudgetError("half-written", retry_after_s=5.0), reading(1500.0))
+    combiner = BudgetCombiner({"site": FixedSource(2000.0), "dr": signal}, ttl_s=60.0, safe_budget_w=2000.0)
+    assert combiner.step(10_000.0).budget_w == 2000.0  # the failure: retry at 10,005
+    assert combiner.step(6_400.0).budget_w == 2000.0 and signal.steps == 1  # stepped back an hour at the next step
+    assert "the clock stepped back 3600 s" in caplog.text
+    assert combiner.step(6_404.0).budget_w == 2000.0 and signal.steps == 1
+    assert combiner.step(6_405.0).budget_w == 1500.0 and signal.steps == 2  # 5 s after it failed
+    down = Scripted(reading(1700.0), TransientBudgetError("503", retry_after_s=0.0))
+    held = BudgetCombiner({"grid": down}, ttl_s=60.0, safe_budget_w=1000.0)
+    held.step(0.0)
+    assert held.step(-3600.0).budget_w == 1700.0  # stepped back: the reading 0 s old, not -3,600
+    assert held.step(-3540.0).budget_w == 1700.0 and held.step(-3539.0).budget_w == 1000.0  # stale at 60 s elapsed

@@ -95,7 +95,7 @@ class CarbonBudgetSource:
         self.next_fetch_s = float("-inf")
 
     def step(self, now: float) -> BudgetReading:
-        if now >= self.next_fetch_s:
+        if now >= self.next_fetch_s or now < self.next_fetch_s - self.refresh_s:  # due, or the clock stepped back
             try:
                 fetched = self.feed.fetch(now)
             except PendingBudgetError as exc:  # an answer on its way: the points held meanwhile, if any

@@ -7,6 +7,10 @@ lower and still in force (`valid_until_s`: a demand-response signal's deadline):
 the utility's cut to the safe budget 13 minutes before its deadline. Every change of the budget,
 or of the source that sets it, comes back as a `BudgetChange` that says why, for the log, the metrics
 and the decision log.
+
+`now` is the wall clock's (schedules and signals' deadlines are in real time), which steps. A step back moves
+every retry and reading time back with it, so a delay or an age is what has elapsed: a 5-s retry had waited out
+an hour's step back, the utility's cut ignored all that hour, and a reading's negative age counted as fresh.
 """
 
 from __future__ import annotations
@@ -78,6 +82,17 @@ class BudgetCombiner:
         logged once a run of them, each counted."""
         self.states = {name: SourceState() for name in self.sources}
         self.last: Budget | None = None
+        self.last_now: float | None = None
+        """The last step's time: one later than `now` means the clock stepped back by the difference."""
+
+    def _stepped_back(self, now: float) -> None:
+        if self.last_now is not None and now < self.last_now:
+            back = self.last_now - now
+            log.warning("budget sources: the clock stepped back %.0f s; retries and readings' ages moved with it", back)
+            for state in self.states.values():
+                state.retry_at_s -= back
+                state.read_at_s = None if state.read_at_s is None else state.read_at_s - back
+        self.last_now = now
 
     def poll(self, name: str, now: float) -> None:
         """Step one source if it is due, and record its reading or its error."""
@@ -127,6 +142,7 @@ class BudgetCombiner:
         return self.safe_budget_w, f"safe budget: {state.error or 'no reading yet'}"
 
     def step(self, now: float) -> Budget:
+        self._stepped_back(now)
         for name in self.sources:
             self.poll(name, now)
         values = {name: v for name in self.sources if (v := self.value(name, now)) is not None}
