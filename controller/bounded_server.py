@@ -117,10 +117,32 @@ def serve_in_thread(server: BoundedServer, name: str) -> threading.Thread:
     return thread
 
 
-def serve_metrics(listen: str, port: int, registry: CollectorRegistry) -> BoundedServer:
+def serve_metrics(listen: str, port: int, registry: CollectorRegistry,
+                  alive: Callable[[], bool] | None = None) -> BoundedServer:
     """`registry` on http://listen:port/metrics, bounded as every endpoint here (prometheus_client's own server
-    gave each connection a thread without cap or deadline: 400 idle connections held 364 threads). OSError where
-    the address cannot be bound."""
-    server = BoundedServer((listen, port), MetricsHandler.factory(registry))
+    gave each connection a thread without cap or deadline: 400 idle connections held 364 threads), and `alive()` on
+    /healthz where given (200, or 503: a liveness probe of /metrics passed while the governor had stopped). OSError
+    where the address cannot be bound."""
+    server = BoundedServer((listen, port), MetricsHandler.factory(registry) if alive is None else _healthz(registry,
+                                                                                                          alive))
     serve_in_thread(server, "metrics")
     return server
+
+
+def _healthz(registry: CollectorRegistry, alive: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    metrics = MetricsHandler.factory(registry)
+
+    class Handler(metrics):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/healthz":
+                super().do_GET()
+                return
+            ok = alive()
+            body = b"ok\n" if ok else b"the fast loop has not ticked: the governor is not acting\n"
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler

@@ -92,6 +92,34 @@ def test_metrics_are_served_bounded_and_answer_a_scrape_beside_idle_connections(
         served.server_close()
 
 
+def test_healthz_says_whether_the_governor_ticks_where_metrics_answer_regardless() -> None:
+    """A liveness probe of /metrics passed while the fast loop had stopped (a wall clock stepped back held it 41 s):
+    /healthz answers 503 while `alive` says the loop has not ticked, and deploy/kubernetes probes it."""
+    import urllib.error
+
+    import yaml
+    from conftest import ROOT
+
+    ticking = [True]
+    served = serve_metrics("127.0.0.1", 0, CollectorRegistry(), lambda: ticking[0])
+    base = f"http://127.0.0.1:{served.server_address[1]}"
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+        ticking[0] = False
+        with pytest.raises(urllib.error.HTTPError) as stalled:
+            urllib.request.urlopen(f"{base}/healthz", timeout=5)
+        assert stalled.value.code == 503 and b"governor is not acting" in stalled.value.read()
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        served.shutdown()
+        served.server_close()
+    deployment = next(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()))
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    assert probe["httpGet"]["path"] == "/healthz" and probe["periodSeconds"] * probe["failureThreshold"] <= 30
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this system")
 def test_an_ipv6_listen_address_is_served_by_every_endpoint() -> None:
     """The family was the metrics server's own (the plan endpoint's `--plan-listen ::1` failed to bind)."""
