@@ -87,8 +87,8 @@ class Blind:
             self.failsafe_due = set(caps)
         samples = []  # a new listing: the slow loop may be reading the last one
         for g in loop.samples:
-            cap = caps[g.index]
-            due = g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0
+            cap = caps[g.index]  # a GPU of unknown limits is counted in them at its most, and not set
+            due = g.uuid not in loop.unknown and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
             if due and loop.set_limit(now, g, cap) is not None:
                 self.failsafe_due.discard(g.index)
                 g = replace(g, power_limit_w=cap)

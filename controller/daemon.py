@@ -275,7 +275,9 @@ class Daemon:
         self.slow_due.set()  # wakes the workers to see it
         self.budget_due.set()
         for ticker in tickers:  # the fast loop's tick in flight ends; nothing waits on the network
-            ticker.join(10.0)
+            if not ticker.join(10.0):
+                log.warning("the %s loop's tick has not ended in 10 s (an NVML call hung?): the parts close anyway, "
+                            "and a limit it sets later may land over those restored", ticker.name)
         if worker is not None:
             worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process
         for server in endpoints:

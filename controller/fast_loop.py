@@ -54,8 +54,7 @@ class FastLoop:
         """The site's draw the last tick read (each GPU as the governor counts it); None where it read none."""
         self.seen: dict[str, GpuSample] = {}
         """Every GPU listed so far, by UUID, as last read."""
-        self.missing: set[str] = set()
-        """GPUs seen before and missing from the last listing."""
+        self.missing: set[str] = set()  # GPUs seen before and missing from the last listing
         self.departing = gpus if isinstance(gpus, DepartingGpus) else None
         """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
         self.no_draw: set[str] = set()  # GPUs whose last reading was no draw (`_drawing`)
@@ -63,6 +62,7 @@ class FastLoop:
         """Whether the GPUs' lowest limits summed above the threshold at the last tick (said as it starts and ends)."""
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
+        self.unknown: frozenset[str] = frozenset()  # of unknown limits at the last good tick: never set, blind too
         self.series: dict[int, GpuSeries] = {}
         """GPU index -> its exported series, looked up once (a label lookup per GPU and series each tick cost more
         than the governor's step)."""
@@ -106,7 +106,7 @@ class FastLoop:
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
             samples, missing = self._with_missing(samples)
-            self.samples = samples
+            self.samples, self.unknown = samples, unknown
             # one plan for the whole tick, whatever the slow loop swaps
             self._govern(now, samples, missing | unknown, self.plan)
         self.cycle.observe(time.perf_counter() - started)

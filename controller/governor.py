@@ -211,12 +211,15 @@ class PowerGovernor:
     def tried_anyway(self, samples: Sequence[GpuSample], fixed: frozenset[str],
                      waiting: frozenset[str]) -> frozenset[str]:
         """Of the GPUs `waiting` out a failed set's backoff (pinned meanwhile: the others cut for them), those to
-        lower at once: all of them where the site or a domain is over its line and every GPU neither waiting nor
-        `fixed` is at its floor (none can cut for them: two GPUs failing at a budget drop were over for 5 s)."""
-        over = sum(self.accounted_w(g) for g in samples) > self.threshold_w() or any(
-            sum(self.accounted_w(g) for g in inside) > line_w for line_w, inside in self.domains(samples))
-        stuck = all(_at_floor(g.power_limit_w, g) for g in samples if g.uuid not in fixed | waiting)
-        return waiting if waiting and over and stuck else frozenset()
+        lower at once: the ones inside a line (the site's threshold, a domain's) whose draw is over it by more than
+        the other GPUs inside it can cut (two GPUs failing at a budget drop were over it for 5 s)."""
+        forced: set[str] = set()
+        for line_w, inside in [(self.threshold_w(), list(samples)), *self.domains(samples)]:
+            free = [g for g in inside if g.uuid not in fixed | waiting]
+            excess_w = sum(self.accounted_w(g) for g in inside) - line_w
+            if excess_w > 0 and excess_w > sum(max(0.0, self.accounted_w(g) - g.min_limit_w) for g in free):
+                forced |= {g.uuid for g in inside if g.uuid in waiting}
+        return frozenset(forced)
 
     def _cut(self, samples: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
              excess_w: float, pinned: frozenset[str]) -> None:

@@ -36,6 +36,8 @@ class Ticker:
         due = self.clock() + self.period_s
         while not self.stop.wait(max(0.0, due - self.clock())):
             self._tick()
+            if self.stop.is_set():  # a tick that ended after the stop is no late one
+                return
             due += self.period_s
             now = self.clock()
             late = now >= due
@@ -59,6 +61,8 @@ class Ticker:
         else:
             self.failing = False
 
-    def join(self, timeout_s: float) -> None:
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the tick in flight (the stop set); whether the thread has ended."""
         if self.thread.is_alive():
             self.thread.join(timeout_s)
+        return not self.thread.is_alive()

@@ -206,3 +206,6 @@ def test_a_clock_stepped_back_moves_retries_and_ages_with_it(caplog: pytest.LogC
     held.step(0.0)
     assert held.step(-3600.0).budget_w == 1700.0  # stepped back: the reading 0 s old, not -3,600
     assert held.step(-3540.0).budget_w == 1700.0 and held.step(-3539.0).budget_w == 1000.0  # stale at 60 s elapsed
+    caplog.clear()
+    held.step(-3539.002)  # NTP's jitter: shifted, not said
+    assert not caplog.records

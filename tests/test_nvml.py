@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -112,26 +113,25 @@ def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
     assert all(r.energy_j is not None for r in source.readings() if not isinstance(r, Exception))  # probe, `gpus`
 
 
-def test_a_gpu_never_read_stands_in_at_the_hosts_highest_limit_until_it_reads(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_gpu_never_read_stands_in_of_unknown_limits_until_it_reads(caplog: pytest.LogCaptureFixture) -> None:
     """A GPU lost before its first read failed every sample (the governor, in failsafe with no GPU seen, set no
     limit on the others: 5,600 W under a 4,000-W budget); then, left out, it counted for nothing (two 550-W GPUs
-    read as 550 W under a 1,000-W budget). It now stands in at the highest limit of the host's GPUs, which the
-    governor counts and cannot move, logged once; once it reads, the stand-in is reported departed."""
+    read as 550 W under a 1,000-W budget). It now stands in with unknown (NaN) limits, which the fast loop counts at
+    the most it may draw and never sets (tests/test_nvml_host_budget.py), logged once; once it reads, the stand-in
+    is reported departed."""
     fake, dev = devices(3)
-    fake.gpus[2].max_mw = 600_000
     fake.fail[("name", 1)] = pynvml.NVMLError_GpuIsLost
     source = NvmlGpuSource(dev, {1: ("chat", "H100-SXM")})
     for t in (0.0, 1.0):
         listing = source.sample(t)
         assert [(g.index, g.uuid[:8]) for g in listing] == [(0, "GPU-0000"), (2, "GPU-0000"), (1, "unread-1")]
         stand_in = listing[-1]
-        assert (stand_in.power_w, stand_in.power_limit_w, stand_in.min_limit_w, stand_in.max_limit_w) == (
-            None, 700.0, 700.0, 700.0) and stand_in.service == "chat"
+        assert stand_in.power_w is None and stand_in.service == "chat"
+        assert all(math.isnan(w) for w in (stand_in.power_limit_w, stand_in.min_limit_w, stand_in.max_limit_w))
     assert source.departed() == frozenset()
     assert [r.getMessage() for r in caplog.records if "never read" in r.getMessage()] == [
-        "GPU 1: the GPU has fallen off the bus: reset it or reboot; never read, so counted at 700 W (the highest "
-        "limit of this host's GPUs) until it reads"]
+        "GPU 1: the GPU has fallen off the bus: reset it or reboot; never read, so counted as a GPU of unknown "
+        "limits until it reads"]
     del fake.fail[("name", 1)]
     assert [s.index for s in source.sample(2.0)] == [0, 1, 2]
     assert source.departed() == frozenset({"unread-1"}) and source.departed() == frozenset()

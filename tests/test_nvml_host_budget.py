@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pynvml
 import pytest
@@ -16,26 +17,30 @@ from prometheus_client import CollectorRegistry
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
+from controller.power_settings import PowerDomainSettings
 from controller.settings import load_settings
 from controller.wiring import build_parts
 from tuner import Tuner
 
 HOST = {'gpu_source = "sim"': 'gpu_source = "nvml"', 'vllm_source = "sim"': 'vllm_source = "prometheus"',
         'power = "sim"': 'power = "nvml"', 'batch = "sim"': 'batch = "dry-run"',
-        'replicas = "sim"': 'replicas = "dry-run"',
-        'name = "chat"\nmodel = "llama-3.1-8b"': 'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = [0]',
-        'name = "code"\nmodel = "qwen2.5-14b"': 'name = "code"\nmodel = "qwen2.5-14b"\ngpus = [1]'}
+        'replicas = "sim"': 'replicas = "dry-run"'}
 
 
-def host(tmp_path: Path) -> tuple[FakeNvml, Controller]:
-    """chat (priority 1) on GPU 0, code (priority 2) on GPU 1, both planned at 700 W, under a 4,000-W budget."""
+def host(tmp_path: Path, chat: tuple[int, ...] = (0,), code: tuple[int, ...] = (1,),
+         more: dict[str, str] | None = None) -> tuple[FakeNvml, Controller]:
+    """chat (priority 1) on GPUs `chat`, code (priority 2) on `code`, both planned at 700 W, under a 4,000-W
+    budget; `more`: other replacements in config/sim.toml."""
     cfg = tmp_path / "w.toml"
-    cfg.write_text(sim_config_text(tmp_path / "state", HOST))
-    fake = FakeNvml([FakeGpu(demand_mw=550_000), FakeGpu(demand_mw=550_000)])
+    cfg.write_text(sim_config_text(tmp_path / "state", HOST | {
+        'name = "chat"\nmodel = "llama-3.1-8b"': f'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = {list(chat)}',
+        'name = "code"\nmodel = "qwen2.5-14b"': f'name = "code"\nmodel = "qwen2.5-14b"\ngpus = {list(code)}'}
+        | (more or {})))
+    fake = FakeNvml([FakeGpu(demand_mw=550_000) for _ in range(len(chat) + len(code))])
     s = load_settings(cfg)
     parts = build_parts(s, nvml=fake)
     control = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, Tuner(None),
-                         OwnMetrics(CollectorRegistry()))
+                         OwnMetrics(CollectorRegistry()), clocks=parts.clocks)
     control.fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 700.0}}, {"chat": 1, "code": 2})
     clock = [0.0]
     parts.power.gate.clock = lambda: clock[0]  # type: ignore[attr-defined]
@@ -47,16 +52,16 @@ def draw_w(fake: FakeNvml) -> float:
     return sum(min(g.demand_mw, g.limit_mw) for g in fake.gpus) / 1000
 
 
-def run(fake: FakeNvml, control: Controller, ticks: range, budget_at_5_w: float,
+def run(fake: FakeNvml, control: Controller, ticks: range, at_5: dict[str, Any],
         fail_at_5: tuple[int, ...]) -> list[float]:
-    """Step the fast loop at each second of `ticks`; at 5 the budget falls and each GPU of `fail_at_5` answers
-    its limit write with NVML's Unknown error (a transient one: a backoff of 5 s) at that tick only. The draw
-    after each tick."""
+    """Step the fast loop at each second of `ticks`; at 5 the power settings change by `at_5` (a budget drop, a
+    domain) and each GPU of `fail_at_5` answers its limit write with NVML's Unknown error (a transient one: a
+    backoff of 5 s) at that tick only. The draw after each tick."""
     loose, draws = control.fast.governor.settings, []
     for t in ticks:
         control.clock[0] = float(t)  # type: ignore[attr-defined]
         if t == 5:
-            control.fast.governor.settings = replace(loose, budget_w=budget_at_5_w)
+            control.fast.governor.settings = replace(loose, **at_5)
             for i in fail_at_5:
                 fake.fail[("set", i)] = pynvml.NVMLError_Unknown
         if t == 6:
@@ -75,17 +80,28 @@ def test_a_failed_limit_write_at_a_budget_drop_is_over_one_tick_at_most(tmp_path
     Now the others carry its cut from the next tick, and where no other GPU has room (both failed) the failed
     decreases are tried again at once: over at the failing tick only."""
     fake, control = host(tmp_path)
-    draws = run(fake, control, range(1, 13), 1000.0, failing)
+    draws = run(fake, control, range(1, 13), {"budget_w": 1000.0}, failing)
     threshold = control.fast.governor.threshold_w()
     over = [t for t, w in zip(range(1, 13), draws, strict=True) if t >= 5 and w > threshold + 1.0]
     assert over == [5], (over, draws)
     assert min(draws[5:]) >= 0.6 * threshold, draws  # no slam to the floors
 
 
+def test_a_failed_write_in_a_domain_over_its_line_is_tried_again_at_once(tmp_path: Path) -> None:
+    """The same on a rack's line: a 1,000-W rack over GPUs 0 and 1 comes into force as both writes fail. GPUs 2 and
+    3, outside it, had room to cut, which lowers nothing inside the rack: it was over 5 s."""
+    fake, control = host(tmp_path, (0, 1), (2, 3))
+    draws = run(fake, control, range(1, 13), {"domains": (PowerDomainSettings("rack", 1000.0, (0, 1)),)}, (0, 1))
+    rack = [min(g.demand_mw, g.limit_mw) / 1000 for g in fake.gpus[:2]]
+    assert sum(rack) <= 970.0 + 1.0, (rack, draws)
+    over = [t for t, w in zip(range(1, 13), draws, strict=True) if t > 5 and w > 2200.0 - 1.0]
+    assert not over, draws  # the rack (two of the four 550-W GPUs) held from t=6
+
+
 def test_a_gpu_never_read_is_counted_and_the_others_cut_for_it(tmp_path: Path) -> None:
     """GPU 1's limits cannot be read until t=8: it stood out of the sample and the governor read 550 W for the
-    1,100 the two draw under a 1,000-W budget. It now counts at 700 W (the host's highest limit), so GPU 0 is cut
-    to hold the site; once it reads, the governor steers both."""
+    1,100 the two draw under a 1,000-W budget. It now counts at 700 W (the others' largest maximum), never set and
+    GPU 0 is cut to hold the site; once it reads, both are steered."""
     fake, control = host(tmp_path)
     control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1000.0)
     fake.fail[("constraints", 1)] = pynvml.NVMLError_Unknown
@@ -95,9 +111,31 @@ def test_a_gpu_never_read_is_counted_and_the_others_cut_for_it(tmp_path: Path) -
     gpu0_w = min(fake.gpus[0].demand_mw, fake.gpus[0].limit_mw) / 1000
     assert control.fast.draw_w == pytest.approx(gpu0_w + 700.0)  # GPU 1 counted at 700 W, unread
     assert fake.gpus[0].limit_mw / 1000 == pytest.approx(270.0, abs=1.0)  # 970 W less GPU 1's 700
+
     del fake.fail[("constraints", 1)]
-    for t in range(8, 14):
+    for t in range(20, 26):
         control.clock[0] = float(t)  # type: ignore[attr-defined]
         control.tick_fast(float(t))
     assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0
     assert "unread-1" not in control.fast.seen and fake.gpus[1].limit_mw < 700_000
+
+
+def test_a_gpu_never_read_is_neither_clocked_nor_given_a_safe_cap(tmp_path: Path) -> None:
+    """GPU 1 lost for good (every NVML call: GpuIsLost). Its stand-in's clock was steered, and the permanent error
+    turned the clock lever off for the whole host. Then GPU 0's readings fail: the blind fail-safe wrote the
+    stand-in's cap, 700 W, onto GPU 1, whose real limit is 300 W (its writes working, its reads not)."""
+    fake, control = host(tmp_path, more={'replicas = "dry-run"': 'replicas = "dry-run"\nclocks = "nvml"'})
+    for call in ("name", "uuid", "constraints", "limit", "power", "fields", "supported", "lock", "clock", "set"):
+        fake.fail[(call, 1)] = pynvml.NVMLError_GpuIsLost
+    for t in range(1, 4):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    assert control.fast.clocks is not None and control.fast.clocks.off is None  # the lever still steers GPU 0
+    fake.fail.clear()
+    fake.fail[("uuid", 1)] = pynvml.NVMLError_Unknown  # still never read; its writes work
+    fake.gpus[1].limit_mw = 300_000
+    fake.fail[("power", 0)] = pynvml.NVMLError_Unknown  # no reading at all: blind, then safe caps
+    for t in range(4, 6 + control.fast.blind.failsafe_after_ticks):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    assert control.fast.blind.failsafe_on and fake.gpus[1].limit_mw == 300_000

@@ -61,3 +61,19 @@ def test_a_tick_that_raises_is_counted_logged_once_and_the_ticks_go_on(caplog: p
     counted, _ = ticking(0.03, broken, 0.35)
     assert len(calls) >= 8 and counted["fast_error"] == len(calls)
     assert caplog.text.count("a tick failed") == 1
+
+
+def test_a_tick_that_ends_after_the_stop_is_not_counted_late_and_the_join_says_it_ended() -> None:
+    """A tick in flight as the daemon stops, ending past its period: it was counted and logged late after the stop."""
+    stop, counted, started = threading.Event(), Counter[str](), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.2)
+
+    ticker = Ticker("fast", 0.05, slow, stop, lambda kind: counted.update([kind]))
+    ticker.start()
+    assert started.wait(2.0)
+    stop.set()
+    assert not ticker.join(0.01)  # still in its tick
+    assert ticker.join(2.0) and not counted

@@ -88,7 +88,9 @@ class BudgetCombiner:
     def _stepped_back(self, now: float) -> None:
         if self.last_now is not None and now < self.last_now:
             back = self.last_now - now
-            log.warning("budget sources: the clock stepped back %.0f s; retries and readings' ages moved with it", back)
+            if back >= 1.0:  # a step, not NTP's millisecond jitter
+                log.warning("budget sources: the clock stepped back %.0f s; retries and readings' ages moved with it",
+                            back)
             for state in self.states.values():
                 state.retry_at_s -= back
                 state.read_at_s = None if state.read_at_s is None else state.read_at_s - back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from actuators import ActuatorError
 from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices
@@ -16,12 +17,12 @@ class NvmlGpuSource:
     there.
 
     A GPU whose read fails is reported with `power_w=None` at its last known limits (the governor then
-    counts it at its cap). One never read stands in the listing as `unread-<index>`, at the highest limit any GPU
-    of the host has (its own are unknown), which the governor counts and cannot move; logged once. Left out, it
-    had counted for nothing: two 550-W GPUs read as 550 W under a 1,000-W budget. Once it reads, its stand-in is
-    reported departed (`departed`). A failure to enumerate the GPUs, or to read any of them, fails the whole
-    sample (a lost sample: the governor cuts blind, then sets safe caps). The energy counter is read on an
-    `EnergyCadence` of the sample's time, `energy_j` None between."""
+    counts it at its cap). One never read stands in the listing as `unread-<index>`, of unknown limits (NaN): the
+    fast loop counts it at the most it may draw and never sets it, nor steers its clock (telemetry/plausible.py);
+    logged once. Left out, it had counted for nothing: two 550-W GPUs read as 550 W under a 1,000-W budget. Once it
+    reads, its stand-in is reported departed (`departed`). A failure to enumerate the GPUs, or to read any of
+    them, fails the whole sample (a lost sample: the governor cuts blind, then sets safe caps). The energy counter
+    is read on an `EnergyCadence` of the sample's time, `energy_j` None between."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
@@ -65,13 +66,11 @@ class NvmlGpuSource:
                                      last.max_limit_w, None, *self._owner(index)))
         if unread and not self._last:
             raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
-        most = max((g.max_limit_w for g in self._last.values()), default=0.0)
         for index, error in unread:
             if index not in self._unread:
-                log.warning("%s; never read, so counted at %.0f W (the highest limit of this host's GPUs) until it "
-                            "reads", error, most)
+                log.warning("%s; never read, so counted as a GPU of unknown limits until it reads", error)
             self._unread.add(index)
-            samples.append(GpuSample(index, f"unread-{index}", "", None, None, most, most, most, None,
+            samples.append(GpuSample(index, f"unread-{index}", "", None, None, math.nan, math.nan, math.nan, None,
                                      *self._owner(index)))
         return samples
 
