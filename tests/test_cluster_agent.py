@@ -11,6 +11,7 @@ import http.server
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -177,6 +178,33 @@ def test_release_restores_the_default_limits_and_exit_keeps_the_budgets_unless_a
     agent.step(2.0)
     agent.close()
     assert limits(nvml) == ([700.0, 700.0] if restore else [450.0, 450.0]) and not nvml.initialised
+
+
+def test_the_agent_command_serves_healthz_while_its_loop_steps(emu: KubeEmulator, tmp_path: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wattscale agent` on a fake NVML (no operator answering: it steps on at its safe caps) answers /healthz 200
+    while its loop steps; the DaemonSet's liveness probe reads it (tests/test_deploy_cluster.py)."""
+    from conftest import free_port
+
+    from controller.cli import main
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeGpu()]))
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
+    port, answers = free_port(), []
+
+    def probe() -> None:
+        time.sleep(1.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2.0) as answer:
+            answers.append((answer.status, answer.read()))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", str(port), "--duration",
+                 "3", "--interval-s", "0.5", "--operator-url", f"http://127.0.0.1:{free_port()}",
+                 "--token-file", agent_token(emu, tmp_path / "token")]) == 0
+    prober.join(5.0)
+    assert answers == [(200, b"ok\n")]
 
 
 def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, tmp_path: Any,

@@ -258,6 +258,20 @@ def test_the_plan_keys_are_mounted_where_the_flags_read_them_and_made_as_the_doc
     assert not any("secret" in v for v in agent["volumes"])  # the agents hold no private key
 
 
+def test_the_agent_is_probed_for_a_loop_that_steps() -> None:
+    """The agent had no liveness probe: a step hung in NVML went unnoticed. Its metrics port serves /healthz (503
+    once no step has ended in 30 s) and the DaemonSet probes it there."""
+    import itertools
+
+    by = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    agent = by["DaemonSet", "wattscale-agent"]["spec"]["template"]["spec"]["containers"][0]
+    port = int({a: b for a, b in itertools.pairwise(agent["args"]) if a.startswith("--")}["--metrics-port"])
+    assert {"name": "metrics", "containerPort": port} in agent["ports"]
+    probe = agent["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 30  # no restart inside the agent's own bound
+
+
 def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None:
     policy = yaml.safe_load((EXAMPLES / "powerpolicy.yaml").read_text())
     svc = yaml.safe_load((EXAMPLES / "llmservice.yaml").read_text())
