@@ -96,7 +96,9 @@ class Blind:
         loop.samples = samples
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
+            unset = {g.index for g in loop.samples if g.uuid in loop.unknown}  # counted, never written
             log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
-                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items())) or "(no GPU ever seen)")
+                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset)
+                      or "(no GPU ever seen)")
             if not fits:
                 log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")

@@ -138,7 +138,7 @@ def _healthz(registry: CollectorRegistry, alive: Callable[[], bool]) -> type[Bas
                 super().do_GET()
                 return
             ok = alive()
-            body = b"ok\n" if ok else b"the fast loop has not ticked: the governor is not acting\n"
+            body = b"ok\n" if ok else b"the control loop has not stepped in time: nothing is acting on the GPUs\n"
             self.send_response(200 if ok else 503)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

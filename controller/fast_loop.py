@@ -24,7 +24,7 @@ from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
 from controller.settings import PowerSettings
 from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
-from controller.telemetry.plausible import LimitCheck
+from controller.telemetry.plausible import LimitCheck, envelope_ok
 
 log = logging.getLogger("wattscale.governor")
 
@@ -64,15 +64,13 @@ class FastLoop:
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
         self.unknown: frozenset[str] = frozenset()  # of unknown limits at the last good tick: never set, blind too
         self.series: dict[int, GpuSeries] = {}
-        """GPU index -> its exported series, looked up once (a label lookup per GPU and series each tick cost more
-        than the governor's step)."""
+        """GPU index -> its exported series, looked up once (a lookup a tick cost more than the governor's step)."""
         self.cycle = metrics.cycle.labels("fast")
         self.held_series = metrics.degradation.labels("caps")
         self.clocks = None if clocks is None else ClockSteer(clocks, metrics, on_error)
         """Locks each GPU's SM clock at the plan's share after the limits are set (None: caps alone)."""
         self.retry_afresh = False
-        """Set by the slow loop when the power settings changed: the next tick forgets given-up GPUs (the retry
-        record is this thread's own, so another thread only raises the flag)."""
+        """Raised by the slow loop as the power settings change: the next tick forgets given-up GPUs (its record)."""
 
     def tick(self, now: float) -> None:
         started = time.perf_counter()
@@ -83,7 +81,7 @@ class FastLoop:
             samples = self._drawing(self.gpus.sample(now))
             gone = self.departing.departed() if self.departing is not None else frozenset()
             if gone:  # gone for good, unless listed now (a node renamed, a key changed)
-                self._retire(gone - {g.uuid for g in samples})
+                self._retire(gone - {g.uuid for g in samples}, samples)
             if not samples and self.seen:  # every GPU seen before gone at once: the source lost them, not the site
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
@@ -112,9 +110,8 @@ class FastLoop:
         self.cycle.observe(time.perf_counter() - started)
 
     def _say_floors(self, samples: list[GpuSample]) -> None:
-        """Say once, as it starts, that the GPUs' lowest limits sum above the threshold (a budget source's drop, a
-        reload): every GPU is then held at its floor, and no cap the plan gives above it applies (check-config says
-        so of `budget_w`); and once as it ends."""
+        """Say once, as it starts and as it ends, that the GPUs' lowest limits sum above the threshold (a source's
+        drop, a reload): every GPU is held at its floor, no cap above it applies (check-config says so)."""
         floors_w, threshold_w = sum(g.min_limit_w for g in samples), self.governor.threshold_w()
         if (floors_w > threshold_w) == self.under_floors:
             return
@@ -127,9 +124,8 @@ class FastLoop:
                      floors_w)
 
     def _drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
-        """The listing with every reading that is no draw (NaN, infinite, negative) made none, for every reader: the
-        governor counts the GPU at its limit. A GPU that starts giving them is reported, each one counted (read,
-        -500 W from a DCGM exporter took the site to -4,000 W and ended a power emergency)."""
+        """The listing with every reading that is no draw (NaN, infinite, negative) made none: counted at its limit,
+        reported as it starts, each counted (-500 W from a DCGM exporter took the site to -4,000 W)."""
         bad = {g.uuid: g for g in samples
                if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
         for uuid, g in bad.items():
@@ -161,9 +157,10 @@ class FastLoop:
             self._drop_series(index)
         return samples + missing, frozenset(self.missing)
 
-    def _retire(self, gone: frozenset[str]) -> None:
-        """Forget GPUs gone for good: no longer counted as missing, their records dropped (their series go with the
-        numbers no GPU holds, `_with_missing`)."""
+    def _retire(self, gone: frozenset[str], listing: list[GpuSample]) -> None:
+        """Forget GPUs gone for good: not counted as missing, records dropped (series: `_with_missing`), no safe cap;
+        but one `listing` holds at a retired GPU's number (a stand-in's, read at last) is kept in their place until
+        a good tick lists it (a tick failing after its first read had left it out of every blind cut)."""
         for uuid in gone:
             self.seen.pop(uuid, None)
             self.missing.discard(uuid)
@@ -171,7 +168,9 @@ class FastLoop:
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")
             log.info("GPU %s left the site: no longer counted", uuid)
-        self.samples = [g for g in self.samples if g.uuid not in gone]  # nor given safe caps
+        now = {g.index: g for g in listing if envelope_ok(g.min_limit_w, g.max_limit_w) and g.power_limit_w > 0}
+        self.samples = [now.get(g.index, g) if g.uuid in gone else g for g in self.samples
+                        if g.uuid not in gone or g.index in now]
 
     def _drop_series(self, index: int) -> None:
         """The exported series of a GPU number no GPU holds any more."""
@@ -197,7 +196,7 @@ class FastLoop:
                 gpu = str(g.index)
                 series = self.series[g.index] = GpuSeries(m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
                                                            m.gpu_clock.labels(gpu))
-            series.limit.set(g.power_limit_w)
+            series.limit.set(math.nan if g.uuid in self.unknown else g.power_limit_w)  # none read or set
             if g.power_w is not None:
                 series.power_of(m.gpu_power, str(g.index), g.service or "").set(g.power_w)
             if g.energy_j is not None:
@@ -213,7 +212,8 @@ class FastLoop:
         late = self.later.unapplied() if self.later is not None else set()
         fixed = untouched | {g.uuid for g in samples if g.index in late}
         waiting = frozenset(g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)) - fixed
-        forced = self.governor.tried_anyway(samples, fixed, waiting)  # a decrease, whatever its backoff says
+        forced = self.governor.tried_anyway(samples, fixed, frozenset(  # a decrease, twice a run of failures at most
+            u for u in waiting if self.retry.forceable(f"power_limit:{u}")))
         pinned = fixed | (waiting - forced)
         limits = self.governor.step(samples, plan, pinned, lagging)
         self._say_floors(samples)
@@ -251,7 +251,7 @@ class FastLoop:
             return
         for g in self.samples:
             if (series := self.series.get(g.index)) is not None:
-                series.limit.set(g.power_limit_w)
+                series.limit.set(math.nan if g.uuid in self.unknown else g.power_limit_w)
 
     def set_limit(self, now: float, g: GpuSample, watts: float, forced: bool = False) -> float | None:
         """Set one GPU's limit, as its retry record allows (or `forced`); the limit in force after, None if unset."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
 
 log = logging.getLogger("wattscale.controller")
+FORCED_TRIES = 2
+"""Failures in a run after which a target is no longer tried before its delay (`forceable`)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class RetryBook:
     def may_try(self, target: str, now: float) -> bool:
         f = self.failing.get(target)
         return f is None or (not f.permanent and now >= f.retry_at)
+
+    def forceable(self, target: str) -> bool:
+        """Whether a target waiting out a transient failure may be tried before its delay, where it must be (a
+        budget over its line): twice a run at most, so a write that fails slowly holds no tick after tick."""
+        f = self.failing.get(target)
+        return f is not None and not f.permanent and f.count <= FORCED_TRIES
 
     def failed(self, target: str, now: float, exc: ActuatorError) -> bool:
         """Record a failure: when to try next, and say it if it starts a run; whether it did."""

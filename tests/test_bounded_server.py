@@ -109,7 +109,7 @@ def test_healthz_says_whether_the_governor_ticks_where_metrics_answer_regardless
         ticking[0] = False
         with pytest.raises(urllib.error.HTTPError) as stalled:
             urllib.request.urlopen(f"{base}/healthz", timeout=5)
-        assert stalled.value.code == 503 and b"governor is not acting" in stalled.value.read()
+        assert stalled.value.code == 503 and b"nothing is acting on the GPUs" in stalled.value.read()
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
             assert answer.status == 200
     finally:

@@ -260,7 +260,7 @@ def test_the_plan_keys_are_mounted_where_the_flags_read_them_and_made_as_the_doc
 
 def test_the_agent_is_probed_for_a_loop_that_steps() -> None:
     """The agent had no liveness probe: a step hung in NVML went unnoticed. Its metrics port serves /healthz (503
-    once no step has ended in 30 s) and the DaemonSet probes it there."""
+    once no step has ended in 60 s) and the DaemonSet probes it there."""
     import itertools
 
     by = {(d["kind"], d["metadata"]["name"]): d for d in render()}

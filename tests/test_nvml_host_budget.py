@@ -4,6 +4,7 @@ and a GPU that has never been read. Two fake H100s (tests/fake_pynvml.py, the re
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,46 @@ def test_a_gpu_never_read_is_neither_clocked_nor_given_a_safe_cap(tmp_path: Path
         control.clock[0] = float(t)  # type: ignore[attr-defined]
         control.tick_fast(float(t))
     assert control.fast.blind.failsafe_on and fake.gpus[1].limit_mw == 300_000
+
+
+def test_a_stand_in_read_at_last_on_a_lost_tick_stays_in_the_blind_cut(tmp_path: Path) -> None:
+    """GPU 1, never read, reads at last on a tick that is lost (no power reading from either GPU), and the budget
+    falls while blind: its stand-in was retired and the GPU itself never listed, so the blind cut and the safe caps
+    left its 700 W out (limits 970 W over a 582-W threshold). It is kept at its number until a good tick; never read,
+    it was neither reported as bad limits every tick nor exported at a limit nothing read."""
+    fake, control = host(tmp_path)
+    loose = control.fast.governor.settings
+    control.fast.governor.settings = replace(loose, budget_w=1000.0)
+    fake.fail[("constraints", 1)] = pynvml.NVMLError_Unknown
+    for t in range(1, 5):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    metrics = control.fast.metrics
+    assert metrics.errors.labels("gpu_limits")._value.get() == 0
+    assert math.isnan(metrics.gpu_limit.labels("1")._value.get())
+    del fake.fail[("constraints", 1)]
+    fake.fail[("power", 0)] = pynvml.NVMLError_Unknown
+    fake.fail[("power", 1)] = pynvml.NVMLError_NotSupported
+    control.fast.governor.settings = replace(loose, budget_w=600.0)
+    for t in range(5, 12):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    assert control.fast.blind.failsafe_on
+    assert sum(g.limit_mw for g in fake.gpus) / 1000 <= control.fast.governor.threshold_w() + 1.0
+
+
+@pytest.mark.parametrize("error", [pynvml.NVMLError_Unknown, pynvml.NVMLError_NoPermission])
+def test_a_write_that_keeps_failing_is_forced_twice_a_run_at_most(tmp_path: Path, error: type[Exception]) -> None:
+    """Both GPUs' writes fail from the budget drop on: forced at every tick, a write that fails slowly held tick
+    after tick, and one refused for good ("no more tries until its config changes") was tried every second. Now a
+    transient failure is forced twice a run at most, a permanent one never."""
+    fake, control = host(tmp_path)
+    loose = control.fast.governor.settings
+    for t in range(1, 15):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t == 5:
+            control.fast.governor.settings = replace(loose, budget_w=1000.0)
+            fake.fail[("set", 0)] = fake.fail[("set", 1)] = error
+        control.tick_fast(float(t))
+    tries = control.fast.metrics.actuations.labels("nvml", "power_limit", "error")._value.get()
+    assert tries == (2 * 3 if error is pynvml.NVMLError_Unknown else 2), tries  # each GPU: the write, two forced

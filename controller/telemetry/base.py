@@ -65,6 +65,8 @@ class GpuSample:
     service: str | None = None
     variant: str | None = None
     """The service's variant (accelerator type) this GPU serves, where the source knows it."""
+    never_read: bool = False
+    """A stand-in for a GPU listed and never read (its limits NaN: counted at the most it may draw, never set)."""
 
 
 @dataclass(frozen=True)

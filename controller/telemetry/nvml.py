@@ -71,7 +71,7 @@ class NvmlGpuSource:
                 log.warning("%s; never read, so counted as a GPU of unknown limits until it reads", error)
             self._unread.add(index)
             samples.append(GpuSample(index, f"unread-{index}", "", None, None, math.nan, math.nan, math.nan, None,
-                                     *self._owner(index)))
+                                     *self._owner(index), never_read=True))
         return samples
 
     def departed(self) -> frozenset[str]:

@@ -63,8 +63,9 @@ class LimitCheck:
                 self.known[g.uuid] = (g.min_limit_w, g.max_limit_w)
                 self.reported.discard((g.uuid, "pair"))
             else:
-                self._report(problems, g.uuid, "pair", f"GPU {g.uuid} ({g.index}) reports limits "
-                             f"{g.min_limit_w:g}-{g.max_limit_w:g} W, which no GPU has: {self._instead(g.uuid)}")
+                if not g.never_read:  # its source said why, once: nothing here is a bad reading
+                    self._report(problems, g.uuid, "pair", f"GPU {g.uuid} ({g.index}) reports limits "
+                                 f"{g.min_limit_w:g}-{g.max_limit_w:g} W, which no GPU has: {self._instead(g.uuid)}")
                 if g.uuid not in self.known:
                     unknown.add(g.uuid)
                     out.append(g)
