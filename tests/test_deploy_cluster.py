@@ -272,6 +272,19 @@ def test_the_agent_is_probed_for_a_loop_that_steps() -> None:
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 30  # no restart inside the agent's own bound
 
 
+def test_the_own_node_policy_names_no_namespace_or_account_an_override_would_rename() -> None:
+    """The agents' own-node admission policy matched `system:serviceaccount:wattscale:wattscale-agent`: a kustomize
+    namespace (or name) override renamed the account and silently turned the policy off. It now holds every
+    service account writing a plan's status to its own node."""
+    by = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    policy = by["ValidatingAdmissionPolicy", "wattscale-agent-own-node"]["spec"]
+    [condition] = policy["matchConditions"]
+    assert condition["expression"] == "request.userInfo.username.startsWith('system:serviceaccount:')"
+    assert policy["matchConstraints"]["resourceRules"][0]["resources"] == ["nodepowerplans/status"]
+    operator = {r for rule in by["ClusterRole", "wattscale-operator"]["rules"] for r in rule["resources"]}
+    assert "nodepowerplans/status" not in operator  # the operator's own service account writes no plan's status
+
+
 def test_the_examples_are_resources_the_operator_accepts(tmp_path: Path) -> None:
     policy = yaml.safe_load((EXAMPLES / "powerpolicy.yaml").read_text())
     svc = yaml.safe_load((EXAMPLES / "llmservice.yaml").read_text())
