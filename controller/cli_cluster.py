@@ -200,10 +200,10 @@ def _agent(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop
         signal.signal(sig, stop)
     STOP_ASKED.check()  # one before them whose raise was swallowed (controller/startup.py)
-    stepped = [time.monotonic()]  # /healthz: a step within 60 s (its network waits: 10 s, a DNS outage's 20 more)
+    last_step_end = [time.monotonic()]  # /healthz: a step within 60 s (its network waits: 10 s, a DNS outage's 20 more)
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry,
-                      lambda: time.monotonic() - stepped[0] < max(60.0, 3 * args.interval_s))
+                      lambda: time.monotonic() - last_step_end[0] < max(60.0, 3 * args.interval_s))
     # a key file that does not read is no exit: the agent runs, every plan unverified, the GPUs at their safe caps
     agent = NodeAgent(node, devices, client, args.operator_url, args.token_file, PlanKeys(args.plan_verify_key),
                       registry, args.safe_cap_share, args.default_ttl_s,
@@ -222,7 +222,7 @@ def _agent(args: argparse.Namespace) -> int:
                 agent.failing.discard("step")
             if dropped := log_writer.take_dropped():  # standard error's reader stopped: the limits went on
                 agent.metrics.errors.labels("log_dropped").inc(dropped)
-            stepped[0] = time.monotonic()
+            last_step_end[0] = time.monotonic()
             _nap(stop, args.interval_s, deadline)
     finally:
         agent.close()
@@ -284,8 +284,10 @@ def add_cluster_commands(sub: Any) -> None:
     a.add_argument("--restore-defaults-on-exit", action="store_true",
                    help="put every GPU back at its default limit on exit (default: keep the limits, which the "
                    "budget counts, while the GPUs serve on: a rollout or an eviction lifted them unseen)")
-    a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
-    a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics; 0: none (default "
+    a.add_argument("--metrics-listen", default="127.0.0.1", help="address of /metrics and /healthz (default "
+                   "127.0.0.1)")
+    a.add_argument("--metrics-port", type=whole(0, 65535), default=9465, help="port of /metrics and /healthz (503 "
+                   "once no step has ended in 60 s or 3 intervals); 0: none (default "
                    "9465)")
     a.add_argument("--log-level", choices=levels, default="INFO", help="log verbosity (default INFO)")
     a.add_argument("--duration", type=seconds, default=None, metavar="S", help="stop after S seconds")

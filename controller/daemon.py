@@ -248,7 +248,7 @@ class Daemon:
             return 0
         worker = threading.Thread(target=self.slow_worker, name="wattscale-slow", daemon=True)
         worker.start()
-        slow = Ticker("slow_period", d.slow_interval_s, self.wake_slow, self.stop_event, count)
+        slow = Ticker("slow", d.slow_interval_s, self.wake_slow, self.stop_event, count)
         slow.start()
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
@@ -275,8 +275,8 @@ class Daemon:
         self.slow_due.set()  # wakes the workers to see it
         self.budget_due.set()
         for ticker in tickers:  # the fast loop's tick in flight ends; nothing waits on the network
-            if not ticker.join(10.0):
-                log.warning("the %s loop's tick has not ended in 10 s (an NVML call hung?): the parts close anyway, "
+            if not ticker.join(5.0):  # within systemd's TimeoutStopSec=10, with time left for the parts
+                log.warning("the %s loop's tick has not ended in 5 s (an NVML call hung?): the parts close anyway, "
                             "and a limit it sets later may land over those restored", ticker.name)
         if worker is not None:
             worker.join(2.0)  # a slow tick blocked on I/O is left to die with the process

@@ -168,9 +168,9 @@ class FastLoop:
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")
             log.info("GPU %s left the site: no longer counted", uuid)
-        now = {g.index: g for g in listing if envelope_ok(g.min_limit_w, g.max_limit_w) and g.power_limit_w > 0}
-        self.samples = [now.get(g.index, g) if g.uuid in gone else g for g in self.samples
-                        if g.uuid not in gone or g.index in now]
+        listed = {g.index: g for g in listing if envelope_ok(g.min_limit_w, g.max_limit_w) and g.power_limit_w > 0}
+        self.samples = [listed.get(g.index, g) if g.uuid in gone else g for g in self.samples
+                        if g.uuid not in gone or g.index in listed]
 
     def _drop_series(self, index: int) -> None:
         """The exported series of a GPU number no GPU holds any more."""

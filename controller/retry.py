@@ -17,7 +17,7 @@ from actuators import ActuatorError, PermanentActuatorError, TransientActuatorEr
 
 log = logging.getLogger("wattscale.controller")
 FORCED_TRIES = 2
-"""Failures in a run after which a target is no longer tried before its delay (`forceable`)."""
+"""Forced tries a run of failures allows before a target waits out its delay (`forceable`)."""
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,9 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1"
-    """IP address of the own /metrics endpoint (loopback by default); it must be one of this host's."""
+    """IP address of the own /metrics and /healthz endpoint (loopback by default); it must be one of this host's."""
     port: int = 9464
-    """Port of the own /metrics endpoint; 0 disables it."""
+    """Port of the own /metrics and /healthz (503 while the fast loop has not ticked for three periods); 0: none."""
 
     def check(self, where: str) -> None:
         try:

@@ -22,9 +22,8 @@ class Ticker:
     A tick that raises is counted and logged once a run, and the ticks go on."""
 
     def __init__(self, name: str, period_s: float, tick: Callable[[], None], stop: threading.Event,
-                 count: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
-        self.name, self.period_s, self.tick, self.stop = name, period_s, tick, stop
-        self.count, self.clock = count, clock
+                 count: Callable[[str], None]) -> None:
+        self.name, self.period_s, self.tick, self.stop, self.count = name, period_s, tick, stop, count
         self.overrunning = self.failing = False
         self.thread = threading.Thread(target=self.run, name=f"wattscale-{name}", daemon=True)
 
@@ -33,13 +32,13 @@ class Ticker:
         self.thread.start()
 
     def run(self) -> None:
-        due = self.clock() + self.period_s
-        while not self.stop.wait(max(0.0, due - self.clock())):
+        due = time.monotonic() + self.period_s
+        while not self.stop.wait(max(0.0, due - time.monotonic())):
             self._tick()
             if self.stop.is_set():  # a tick that ended after the stop is no late one
                 return
             due += self.period_s
-            now = self.clock()
+            now = time.monotonic()
             late = now >= due
             if late:
                 self.count(f"{self.name}_late")

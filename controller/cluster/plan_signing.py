@@ -84,8 +84,9 @@ def _read(path: str, flag: str) -> bytes:
     return data
 
 
-def load_signing_key(path: str, flag: str = "--plan-signing-key") -> Ed25519PrivateKey:
-    """The operator's private key (PEM, unencrypted); ValueError naming `flag` and what is wrong."""
+def load_signing_key(path: str) -> Ed25519PrivateKey:
+    """The operator's private key (PEM, unencrypted); ValueError naming its flag and what is wrong."""
+    flag = "--plan-signing-key"
     data = _read(path, flag)
     try:
         key = load_pem_private_key(data, password=None)
@@ -98,8 +99,9 @@ def load_signing_key(path: str, flag: str = "--plan-signing-key") -> Ed25519Priv
     return key
 
 
-def load_verify_keys(path: str, flag: str = "--plan-verify-key") -> tuple[Ed25519PublicKey, ...]:
-    """The agents' public keys (one or more PEM blocks); ValueError naming `flag` and what is wrong."""
+def load_verify_keys(path: str) -> tuple[Ed25519PublicKey, ...]:
+    """The agents' public keys (one or more PEM blocks); ValueError naming its flag and what is wrong."""
+    flag = "--plan-verify-key"
     data = _read(path, flag)
     if b"PRIVATE KEY" in data:
         raise ValueError(f"{flag} {path}: holds a private key; give the agents the public key only "
@@ -133,8 +135,8 @@ class PlanKeys:
     pod's file within a minute or two), so a rotation needs no restart. A file that stops reading keeps the keys
     read before; one that never read leaves none, so no plan verifies and the GPUs hold their safe caps."""
 
-    def __init__(self, path: str, flag: str = "--plan-verify-key") -> None:
-        self.path, self.flag = path, flag
+    def __init__(self, path: str) -> None:
+        self.path = path
         self.keys: tuple[Ed25519PublicKey, ...] = ()
         self.seen: tuple[int, int, int, int] | None = None
         """The file's (device, inode, mtime, size) as last read: a ConfigMap's update swaps a link, a new inode."""
@@ -144,12 +146,12 @@ class PlanKeys:
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            return f"{self.flag} {self.path}: {exc.strerror or exc}{self._kept()}"
+            return f"--plan-verify-key {self.path}: {exc.strerror or exc}{self._kept()}"
         seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if seen == self.seen:
             return None
         try:
-            keys = load_verify_keys(self.path, self.flag)
+            keys = load_verify_keys(self.path)
         except ValueError as exc:
             return f"{exc}{self._kept()}"
         self.keys, self.seen = keys, seen

@@ -20,9 +20,9 @@ class NvmlGpuSource:
     counts it at its cap). One never read stands in the listing as `unread-<index>`, of unknown limits (NaN): the
     fast loop counts it at the most it may draw and never sets it, nor steers its clock (telemetry/plausible.py);
     logged once. Left out, it had counted for nothing: two 550-W GPUs read as 550 W under a 1,000-W budget. Once it
-    reads, its stand-in is reported departed (`departed`). A failure to enumerate the GPUs, or to read any of
-    them, fails the whole sample (a lost sample: the governor cuts blind, then sets safe caps). The energy counter
-    is read on an `EnergyCadence` of the sample's time, `energy_j` None between."""
+    reads, its stand-in is reported departed (`departed`). A failure to enumerate the GPUs, or a listing none of
+    whose GPUs has ever been read, fails the whole sample (a lost sample: the governor cuts blind, then sets safe
+    caps). The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None between."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
