@@ -55,7 +55,8 @@ class Blind:
         none of a GPU that cannot be set (missing, or its sets in backoff). The governor's own state is left as it
         was: its step would grow the GPUs it read as pressed, out of the limits of lower priorities."""
         governor, threshold = loop.governor, loop.governor.threshold_w()
-        pinned = loop.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
+        pinned = loop.listing.missing | {g.uuid for g in loop.samples
+                                         if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
         held = loop.later.held_w() if loop.later is not None else {}  # node plans: a limit written may be in force
         counted = {g.uuid: max(g.power_limit_w, held.get(g.index, 0.0)) for g in loop.samples}
         limit = dict(counted)

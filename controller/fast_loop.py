@@ -17,8 +17,8 @@ from typing import cast
 from actuators import ActuatorError, ClockLocker, LaterLimiter, PowerLimiter
 from controller.blind import Blind
 from controller.clock_steer import ClockSteer
-from controller.failures import SAID_ONE_BY_ONE
 from controller.governor import PowerGovernor, pressed
+from controller.gpu_listing import GpuListing
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
@@ -52,25 +52,26 @@ class FastLoop:
         """GPUs the governor held below the plan's cap at the last tick: the ladder's first step, in seconds."""
         self.draw_w: float | None = None
         """The site's draw the last tick read (each GPU as the governor counts it); None where it read none."""
-        self.seen: dict[str, GpuSample] = {}
-        """Every GPU listed so far, by UUID, as last read."""
-        self.missing: set[str] = set()  # GPUs seen before and missing from the last listing
+        self.listing = GpuListing(metrics, on_error)
+        """The GPUs listed so far: which are missing now, which read no draw."""
         self.departing = gpus if isinstance(gpus, DepartingGpus) else None
         """The source, where it tells which GPUs are gone for good (the others' are only ever missing)."""
-        self.no_draw: set[str] = set()  # GPUs whose last reading was no draw (`_drawing`)
         self.under_floors = False
         """Whether the GPUs' lowest limits summed above the threshold at the last tick (said as it starts and ends)."""
         self.limits = LimitCheck()
         """Each GPU's last plausible limits: a source's NaN, negative or reversed pair never reaches the governor."""
-        self.unknown: frozenset[str] = frozenset()  # of unknown limits at the last good tick: never set, blind too
+        self.unknown: frozenset[str] = frozenset()
+        """GPUs of unknown limits at the last good tick: counted at the most they may draw, never set (blind too)."""
         self.series: dict[int, GpuSeries] = {}
-        """GPU index -> its exported series, looked up once (a lookup a tick cost more than the governor's step)."""
+        """GPU index -> its exported series, looked up once (a label lookup per GPU and series each tick cost more
+        than the governor's step)."""
         self.cycle = metrics.cycle.labels("fast")
         self.held_series = metrics.degradation.labels("caps")
         self.clocks = None if clocks is None else ClockSteer(clocks, metrics, on_error)
         """Locks each GPU's SM clock at the plan's share after the limits are set (None: caps alone)."""
         self.retry_afresh = False
-        """Raised by the slow loop as the power settings change: the next tick forgets given-up GPUs (its record)."""
+        """Set by the slow loop when the power settings changed: the next tick forgets given-up GPUs (the retry
+        record is this thread's own, so another thread only raises the flag)."""
 
     def tick(self, now: float) -> None:
         started = time.perf_counter()
@@ -78,11 +79,11 @@ class FastLoop:
             self.retry_afresh = False
             self.retry.forget()
         try:
-            samples = self._drawing(self.gpus.sample(now))
+            samples = self.listing.drawing(self.gpus.sample(now))
             gone = self.departing.departed() if self.departing is not None else frozenset()
             if gone:  # gone for good, unless listed now (a node renamed, a key changed)
                 self._retire(gone - {g.uuid for g in samples}, samples)
-            if not samples and self.seen:  # every GPU seen before gone at once: the source lost them, not the site
+            if not samples and self.listing.seen:  # every GPU seen before gone at once: the source lost them
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
                 raise ValueError("no GPU returned a power reading")
@@ -123,47 +124,21 @@ class FastLoop:
             log.info("power: the %.0f-W threshold is above the GPUs' lowest limits, %.0f W, again", threshold_w,
                      floors_w)
 
-    def _drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
-        """The listing with every reading that is no draw (NaN, infinite, negative) made none: counted at its limit,
-        reported as it starts, each counted (-500 W from a DCGM exporter took the site to -4,000 W)."""
-        bad = {g.uuid: g for g in samples
-               if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
-        for uuid, g in bad.items():
-            if uuid in self.no_draw:
-                self.metrics.errors.labels("gpu_power").inc()
-            else:
-                self.on_error("gpu_power", f"GPU {g.index} ({uuid}) read {g.power_w} W, which is no draw: counted "
-                              "at its power limit while it reads so")
-        self.no_draw = set(bad)
-        return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
-
     def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
-        """The listing with every GPU seen before and missing now (an exporter down, a stale series) added
-        back at its last limit, unread: a GPU that drops out of sight still draws, up to that limit."""
-        listed = {g.uuid for g in samples}
-        missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
-                   for uuid, g in self.seen.items() if uuid not in listed]
-        gone = [g for g in missing if g.uuid not in self.missing]
-        for g in gone[:SAID_ONE_BY_ONE]:  # each counted once as it goes, the first few logged and recorded
-            self.on_error("gpu_missing", f"GPU {g.uuid} ({g.index}) is missing from the listing: counted at its last "
-                          f"limit, {g.power_limit_w:.0f} W")
-        if len(gone) > SAID_ONE_BY_ONE:  # an exporter of a whole cluster gone: thousands of lines in a second
-            self.metrics.errors.labels("gpu_missing").inc(len(gone) - SAID_ONE_BY_ONE)
-            log.warning("%d more GPUs missing from the listing, each at its last limit", len(gone) - SAID_ONE_BY_ONE)
-        self.missing = {g.uuid for g in missing}
-        self.seen.update((g.uuid, g) for g in samples)
-        numbers = {g.index for g in samples} | {g.index for g in missing}
-        for index in [i for i in self.series if i not in numbers]:  # a number no GPU holds now (a node renamed)
+        """The listing with the GPUs missing from it (`GpuListing.with_missing`); the series of a number no GPU holds
+        now (a node renamed) dropped."""
+        samples, missing = self.listing.with_missing(samples)
+        numbers = {g.index for g in samples}
+        for index in [i for i in self.series if i not in numbers]:
             self._drop_series(index)
-        return samples + missing, frozenset(self.missing)
+        return samples, missing
 
     def _retire(self, gone: frozenset[str], listing: list[GpuSample]) -> None:
         """Forget GPUs gone for good: not counted as missing, records dropped (series: `_with_missing`), no safe cap;
         but one `listing` holds at a retired GPU's number (a stand-in's, read at last) is kept in their place until
         a good tick lists it (a tick failing after its first read had left it out of every blind cut)."""
         for uuid in gone:
-            self.seen.pop(uuid, None)
-            self.missing.discard(uuid)
+            self.listing.forget(uuid)
             self.limits.forget(uuid)
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(f"power_limit:{uuid}")

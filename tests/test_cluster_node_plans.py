@@ -233,13 +233,13 @@ def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEm
         beat(emu, t, "gpu-a", "gpu-c")
         fast.tick(float(t))
         plans.flush(float(t), 1300.0)
-    assert fast.draw_w == 400.0 + 400.0 + 700.0 and "GPU-gpu-b" in fast.seen  # missing: at its last limit
+    assert fast.draw_w == 400.0 + 400.0 + 700.0 and "GPU-gpu-b" in fast.listing.seen  # missing: at its last limit
     for t in range(int(NODE_GONE_AFTER_S), int(NODE_GONE_AFTER_S) + 10):
         beat(emu, t, "gpu-a", "gpu-c")
         fast.tick(float(t))
         plans.flush(float(t), 1300.0)
     assert not fast.governor.emergency and fast.draw_w == 800.0
-    assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and "GPU-gpu-b" not in fast.seen
+    assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and "GPU-gpu-b" not in fast.listing.seen
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
     assert sorted(plans.where.values()) == [("gpu-a", 0), ("gpu-c", 0)] and max(plans.where) == 2
     renewals = patches(emu, "gpu-b")
@@ -374,7 +374,7 @@ def test_a_gpu_under_a_new_node_name_keeps_what_the_governor_holds_of_it(emu: Ku
         beat(emu, t, "gpu-a", "gpu-c")
         fast.governor.cut_w["GPU-gpu-b"] = 50.0  # a cut the governor holds on it
         fast.tick(float(t))
-        assert "GPU-gpu-b" in fast.seen and "GPU-gpu-b" in fast.limits.known, t
+        assert "GPU-gpu-b" in fast.listing.seen and "GPU-gpu-b" in fast.limits.known, t
     assert fast.draw_w == 800.0 and plans.gone == {"gpu-b": 1}
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
 

@@ -367,7 +367,7 @@ def test_every_gpu_leaving_for_good_at_once_is_retired_not_a_lost_sample() -> No
     plant.gone = True
     for t in range(2, 8):
         fast.tick(float(t))
-    assert fast.blind.lost == 0 and not fast.blind.failsafe_on and not fast.seen
+    assert fast.blind.lost == 0 and not fast.blind.failsafe_on and not fast.listing.seen
 
 
 class HalfLeave(BlindPlant):
@@ -417,7 +417,7 @@ def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None
     for t in range(2, 20):
         fast.tick(float(t))
         assert plant.limit_w[1] <= 970.0 - 500.0 + 1.0, (t, plant.limit_w)
-    assert fast.missing == {"a"}
+    assert fast.listing.missing == {"a"}
     # each reported (counted, recorded) as its run began, not each tick: GPU 0's sets failing, then GPU 0 gone
     assert [kind for kind, _ in errors] == ["power_actuator", "gpu_missing"], errors
 

@@ -118,7 +118,7 @@ def test_a_gpu_never_read_is_counted_and_the_others_cut_for_it(tmp_path: Path) -
         control.clock[0] = float(t)  # type: ignore[attr-defined]
         control.tick_fast(float(t))
     assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0
-    assert "unread-1" not in control.fast.seen and fake.gpus[1].limit_mw < 700_000
+    assert "unread-1" not in control.fast.listing.seen and fake.gpus[1].limit_mw < 700_000
 
 
 def test_a_gpu_never_read_is_neither_clocked_nor_given_a_safe_cap(tmp_path: Path) -> None:

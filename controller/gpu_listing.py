@@ -1,0 +1,68 @@
+"""What the fast loop knows of the GPUs listed so far, apart from what it decides with them.
+
+A source's listing is taken as it is only where it is a reading: a draw that is no draw (NaN, infinite,
+negative) is made none, so the governor counts that GPU at its limit; and a GPU seen before and missing now (an
+exporter down, a stale series) is added back at its last limit, unread, since a GPU out of sight still draws.
+Each GPU that starts either is reported once as it starts and counted every tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+from controller.failures import SAID_ONE_BY_ONE
+from controller.own_metrics import OwnMetrics
+from controller.telemetry.base import GpuSample
+
+log = logging.getLogger("wattscale.governor")
+
+
+class GpuListing:
+    def __init__(self, metrics: OwnMetrics, on_error: Callable[[str, str], None]) -> None:
+        self.metrics, self.on_error = metrics, on_error
+        self.seen: dict[str, GpuSample] = {}
+        """Every GPU listed so far, by UUID, as last read."""
+        self.missing: set[str] = set()
+        """GPUs seen before and missing from the last listing."""
+        self.no_draw: set[str] = set()
+        """GPUs whose last reading was no draw."""
+
+    def drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
+        """The listing with every reading that is no draw made none, for every reader (-500 W from a DCGM exporter
+        took the site to -4,000 W and ended a power emergency)."""
+        bad = {g.uuid: g for g in samples
+               if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
+        for uuid, g in bad.items():
+            if uuid in self.no_draw:
+                self.metrics.errors.labels("gpu_power").inc()
+            else:
+                self.on_error("gpu_power", f"GPU {g.index} ({uuid}) read {g.power_w} W, which is no draw: counted "
+                              "at its power limit while it reads so")
+        self.no_draw = set(bad)
+        return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
+
+    def with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
+        """The listing with every GPU seen before and missing now added back at its last limit, unread; and which
+        those are. Each is counted once as it goes, the first few said one by one (an exporter of a whole cluster
+        gone: thousands of lines in a second)."""
+        listed = {g.uuid for g in samples}
+        missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
+                   for uuid, g in self.seen.items() if uuid not in listed]
+        gone = [g for g in missing if g.uuid not in self.missing]
+        for g in gone[:SAID_ONE_BY_ONE]:
+            self.on_error("gpu_missing", f"GPU {g.uuid} ({g.index}) is missing from the listing: counted at its last "
+                          f"limit, {g.power_limit_w:.0f} W")
+        if len(gone) > SAID_ONE_BY_ONE:
+            self.metrics.errors.labels("gpu_missing").inc(len(gone) - SAID_ONE_BY_ONE)
+            log.warning("%d more GPUs missing from the listing, each at its last limit", len(gone) - SAID_ONE_BY_ONE)
+        self.missing = {g.uuid for g in missing}
+        self.seen.update((g.uuid, g) for g in samples)
+        return samples + missing, frozenset(self.missing)
+
+    def forget(self, uuid: str) -> None:
+        """A GPU gone for good: no longer counted as missing."""
+        self.seen.pop(uuid, None)
+        self.missing.discard(uuid)
