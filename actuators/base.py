@@ -87,6 +87,9 @@ class BatchInForce(NamedTuple):
 
     max_batch: int
     rolling_to: int | None = None
+    mixed: bool = False
+    """Its servers run different values (a change that reached some of them, units a restarted daemon finds
+    apart): asked again whatever the plan's value, `max_batch` the least of them."""
 
 
 class BatchSizer(Protocol):

@@ -2,8 +2,12 @@
 
 The vLLM container is the one whose args hold `--max-num-seqs` (else the first). A change patches every
 Deployment of the service (each variant's) and is read back as rolling until the Deployment's controller
-reports every replica updated; the value it rolls from is kept in an annotation. API errors go through the
-one map in actuators/kubernetes.py.
+reports every replica updated; the value it rolls from is kept in an annotation. A rollout the controller
+reports stalled (`ProgressDeadlineExceeded`: new pods that never become ready, a max batch too large for the
+GPU's memory) is put back to that value, as the vLLM backend rolls back, and fails the next change for good;
+before, it stayed "rolling" for ever, every later change held, a replica down. Deployments left at different
+values (a patch that failed on one of them) read as mixed, so the next cycle asks again. API errors go through
+the one map in actuators/kubernetes.py.
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ def read_flag(args: Sequence[str]) -> int | None:
     return None
 
 
+def stalled(deployment: dict[str, Any]) -> str | None:
+    """Why the Deployment's controller has given up on its rollout (its Progressing condition False), or None."""
+    for c in (deployment.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("status") == "False":
+            return str(c.get("message") or c.get("reason") or "no progress")
+    return None
+
+
 def rolling(deployment: dict[str, Any]) -> bool:
     """The Deployment's rollout is not complete, read as `kubectl rollout status` reads it: its controller has
     not yet seen the latest spec, not every replica is updated (a field the API omits when zero), old replicas
@@ -72,6 +84,8 @@ class KubernetesBatchSizer:
         self.apps = AppsV1Api(api_client)
         self.plain = api_client.sanitize_for_serialization
         self.targets, self.initial, self.timeout_s = targets, initial, timeout_s
+        self.failures: dict[str, PermanentActuatorError] = {}
+        """A stalled rollout put back, raised on the service's next change."""
 
     def _read(self, service: str, ref: DeploymentRef) -> dict[str, Any]:
         try:
@@ -89,29 +103,46 @@ class KubernetesBatchSizer:
                 continue
             if rolling(d):
                 before = (d["metadata"].get("annotations") or {}).get(PREVIOUS)
-                rolls.append(value)
-                value = int(before) if before and before.isdigit() else value
+                prior = int(before) if before and before.isdigit() else value
+                why = stalled(d)
+                if why is not None and prior != value:
+                    self._patch(service, ref, d, prior, prior)
+                    self.failures[service] = PermanentActuatorError(
+                        f"{_where(service, ref)}: the rollout to --max-num-seqs {value} made no progress ({why}); put "
+                        f"back to {prior}")
+                    log.warning("%s", self.failures[service])
+                else:
+                    rolls.append(value)
+                value = prior
             values.append(value)
         if not values:
             return BatchInForce(self.initial.get(service, 64))
-        return BatchInForce(min(values), max(rolls) if rolls else None)
+        return BatchInForce(min(values), max(rolls) if rolls else None, not rolls and len(set(values)) > 1)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if not 1 <= max_num_seqs <= 1_000_000:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
+        failure = self.failures.pop(service, None)
+        if failure is not None:
+            raise failure
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            c = _container(d, _where(service, ref))
-            args = tuple(str(a) for a in c.get("args") or [])
-            if read_flag(args) == max_num_seqs:
+            before = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
+            if before == max_num_seqs:
                 continue
-            before = read_flag(args)
-            patch = {"metadata": {"annotations": {PREVIOUS: str(before or "")}},
-                     "spec": {"template": {"spec": {"containers": [{"name": c["name"],
-                                                                    "args": with_max_num_seqs(args, max_num_seqs)}]}}}}
-            try:
-                self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
-                                                      _content_type="application/strategic-merge-patch+json")
-            except Exception as exc:
-                raise translate(exc, _where(service, ref)) from exc
+            self._patch(service, ref, d, max_num_seqs, before)
             log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, before)
+
+    def _patch(self, service: str, ref: DeploymentRef, d: dict[str, Any], max_num_seqs: int,
+               previous: int | None) -> None:
+        """The Deployment's vLLM container to `max_num_seqs`, `previous` kept as the value it rolls from."""
+        c = _container(d, _where(service, ref))
+        args = tuple(str(a) for a in c.get("args") or [])
+        patch = {"metadata": {"annotations": {PREVIOUS: str(previous or "")}},
+                 "spec": {"template": {"spec": {"containers": [{"name": c["name"],
+                                                                "args": with_max_num_seqs(args, max_num_seqs)}]}}}}
+        try:
+            self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
+                                                  _content_type="application/strategic-merge-patch+json")
+        except Exception as exc:
+            raise translate(exc, _where(service, ref)) from exc

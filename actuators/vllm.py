@@ -38,13 +38,16 @@ class VllmBatchSizer:
         self._rollouts: dict[str, threading.Thread] = {}
         self._targets: dict[str, int] = {}
         self._failures: dict[str, ActuatorError] = {}
+        self._mixed: set[str] = set()
+        """Services whose units start with different values (`_adopt`), until a rollout ends."""
         self._closing = threading.Event()
 
     def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
         """Bring every replica up at its initial value when the runner supervises the servers; `stopping` (polled
         while a server comes up, which takes minutes) says the daemon was asked to stop: it returns at once, and
         the daemon's exit stops what started."""
-        if not self.runner.supervises:
+        if not self.runner.supervises:  # the units run on: what they start with is the batch files'
+            self._adopt()
             return
         for service, reps in self.replicas.items():
             for r in reps:
@@ -53,6 +56,20 @@ class VllmBatchSizer:
                     if stopping():
                         return
                     raise TransientActuatorError(f"{service}: {r.name} {self._unhealthy(r)}", 30.0)
+
+    def _adopt(self) -> None:
+        """Each service's max batch as its units were left (a restarted daemon had taken the config's initial value
+        as in force: windows mislabelled, or every replica restarted for nothing); units that hold different values
+        read as mixed, the least in force, until a rollout gives them one."""
+        for service, reps in self.replicas.items():
+            written = [self.runner.written(r) for r in reps]
+            known = [w for w in written if w is not None]
+            if known:
+                self.current[service] = min(known)
+            if known and len(set(written)) > 1:
+                self._mixed.add(service)
+                log.warning("%s: its units start with different max batches (%s): one value for all at the next "
+                            "change", service, ", ".join("?" if w is None else str(w) for w in written))
 
     def _wait_healthy(self, replica: Replica, stopping: Callable[[], bool] = lambda: False) -> bool:
         """Whether its /health answers within the timeout; False at once where its server has exited (a command
@@ -85,7 +102,8 @@ class VllmBatchSizer:
             raise PermanentActuatorError(f"{service}: no vLLM servers configured")
         running = self._rollouts.get(service)
         return BatchInForce(self.current[service],
-                            self._targets.get(service) if running is not None and running.is_alive() else None)
+                            self._targets.get(service) if running is not None and running.is_alive() else None,
+                            service in self._mixed)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         if service not in self.replicas:
@@ -154,6 +172,7 @@ class VllmBatchSizer:
             # the service's config to change
             raise PermanentActuatorError(message) if retry_s is None else TransientActuatorError(message, retry_s)
         self.current[service] = max_num_seqs
+        self._mixed.discard(service)
         self.actions.append(Action("max_num_seqs", service, max_num_seqs))
 
     def _put_back(self, changed: list[Replica], old: int) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -39,7 +40,41 @@ class ServerRunner(Protocol):
     def exited(self, name: str) -> int | None:
         """The exit status of a replica's server that has ended (None: running, or not the runner's to see)."""
 
+    def written(self, replica: Replica) -> int | None:
+        """The max batch a replica's server starts with, where the runner keeps it outside the daemon (None: it
+        does not, or none was written): what a restarted daemon finds in force."""
+
     def close(self) -> None: ...
+
+
+MAX_BATCH = 4096
+"""The largest `--max-num-seqs` a config, a batch file or a tune input may name."""
+MAX_FILE_BYTES = 32
+"""The most of a batch file read: a number is a few bytes, and a file that is not one is not read whole."""
+
+
+def batch_from(path: Path) -> tuple[int | None, str]:
+    """The max batch the file holds, or None and why not ("" where none was written yet). A plain file only, not
+    followed through a link (one to a file the unit's user may read, a token, would be read as if written), opened
+    without waiting (a FIFO held the start for good); what it holds is not repeated (it may be such a file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    try:
+        raw = os.read(fd, MAX_FILE_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    if raw is None:
+        return None, f"{path}: not a plain file"
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(raw) > MAX_FILE_BYTES or not (text.isdecimal() and 1 <= int(text) <= MAX_BATCH):
+        return None, f"{path}: not a max batch in 1..{MAX_BATCH} ({len(raw)} bytes)"
+    return int(text), ""
 
 
 def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
@@ -131,6 +166,9 @@ class ChildRunner:
                 except subprocess.TimeoutExpired:  # stuck in the kernel: the others are still seen to
                     log.warning("vLLM server pid %d did not exit after SIGKILL", proc.pid)
 
+    def written(self, replica: Replica) -> int | None:
+        return None  # its children start from the daemon's own value
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -193,6 +231,9 @@ class SystemdRunner:
 
     def exited(self, name: str) -> int | None:
         return None  # systemd restarts or reports its units; /health says whether one serves
+
+    def written(self, replica: Replica) -> int | None:
+        return batch_from(self.batch_dir / f"{unit_file(replica.name)}.batch")[0]
 
     def close(self) -> None:
         pass

@@ -8,9 +8,10 @@ import math
 from collections.abc import Callable
 from typing import NoReturn
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.planner.packing_spec import MAX_REQUESTS
 from controller.service_settings import MAX_SLO_MS
-from controller.settings_checks import MAX_BATCH, MAX_QUEUE
+from controller.settings_checks import MAX_QUEUE
 from controller.telemetry.base import shortened
 from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS, MOST_WEIGHT_SHARE
 from queuemodels.accelerators import CATALOG

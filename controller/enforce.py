@@ -112,7 +112,8 @@ class Enforcer:
         assignment = replace(believed, accelerator=acc, replicas=running.get(acc, 0), max_batch=batch.max_batch)
         got = InForce(assignment, running, False, read, frozenset(gone))
         # the planned variant gone, the windows are another's: they teach its pair nothing
-        still = batch_read and batch.rolling_to is None and last == batch and got.one_variant and acc not in gone
+        still = (batch_read and batch.rolling_to is None and not batch.mixed and last == batch and got.one_variant
+                 and acc not in gone)
         return replace(got, still=still)
 
     def _read_replicas(self, service: str, variant: str, gone: set[str]) -> int | None:
@@ -154,8 +155,9 @@ class Enforcer:
             else:
                 held.append(f"draining waits for {was.accelerator} to serve ({serving} of "
                             f"{sum(current.live.values())} replicas serving)")
-        rolling = self.batch_read.get(service, BatchInForce(was.max_batch)).rolling_to
-        if target.max_batch != was.max_batch:
+        read = self.batch_read.get(service, BatchInForce(was.max_batch))
+        rolling = read.rolling_to
+        if target.max_batch != was.max_batch or read.mixed:  # servers apart: one value for them all
             key = f"max_batch:{service}"
             if rolling is not None:
                 held.append(f"max batch: rolling out {rolling}")
@@ -170,7 +172,7 @@ class Enforcer:
                     self.retry.succeeded(key)
                     self.batch_read[service] = BatchInForce(was.max_batch, target.max_batch)
                     self._count(self.batch.name, "max_batch", "ok")
-                    asked.append(f"max batch {was.max_batch} -> {target.max_batch}")
+                    asked.append(f"max batch {'mixed' if read.mixed else was.max_batch} -> {target.max_batch}")
                 except ActuatorError as exc:
                     self._count(self.batch.name, "max_batch", "error", "batch_actuator")
                     self.retry.failed(key, now, exc)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.config_loader import UNIQUE, ConfigError, check_positive, check_range, quoted, shown
-from controller.settings_checks import MAX_BATCH, MAX_CHOICES, MAX_SHAPES
+from controller.settings_checks import MAX_CHOICES, MAX_SHAPES
 from queuemodels import DEFAULT_MODEL, MODELS
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.config_loader import ConfigError, check_name, check_range, quoted
-from controller.settings_checks import MAX_BATCH, MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
+from controller.settings_checks import MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import (
     DEFAULT_MAX_QUEUE,
     FAMILIES,

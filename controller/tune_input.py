@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.service_settings import MAX_TOKENS
-from controller.settings_checks import MAX_BATCH, MAX_QUEUE
+from controller.settings_checks import MAX_QUEUE
 from tuner import Observation
 from tuner.observation_file import ObservationFileError, read_observations, require_usable
 

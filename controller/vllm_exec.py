@@ -13,40 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import stat
 import sys
 from pathlib import Path
 
-from actuators.vllm_servers import with_max_num_seqs
+from actuators.vllm_servers import batch_from, with_max_num_seqs
 from controller.config_loader import ConfigError
-from controller.settings_checks import MAX_BATCH
-
-MAX_FILE_BYTES = 32
-"""The most of the file read: a number is a few bytes, and a file that is not one is not read whole."""
-
-
-def batch_from(path: Path) -> tuple[int | None, str]:
-    """The max batch the file holds, or None and why not ("" where none was written yet). A plain file only, not
-    followed through a link (one to a file the unit's user may read, a token, would be read as if written), opened
-    without waiting (a FIFO held the start for good); what it holds is not repeated (it may be such a file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None, ""
-    except OSError as exc:
-        return None, f"{path}: {exc.strerror or exc}"
-    try:
-        raw = os.read(fd, MAX_FILE_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    except OSError as exc:
-        return None, f"{path}: {exc.strerror or exc}"
-    finally:
-        os.close(fd)
-    if raw is None:
-        return None, f"{path}: not a plain file"
-    text = raw.decode("ascii", errors="replace").strip()
-    if len(raw) > MAX_FILE_BYTES or not (text.isdecimal() and 1 <= int(text) <= MAX_BATCH):
-        return None, f"{path}: not a max batch in 1..{MAX_BATCH} ({len(raw)} bytes)"
-    return int(text), ""
 
 
 def add_vllm_exec_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

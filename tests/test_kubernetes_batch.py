@@ -11,7 +11,7 @@ import yaml
 from cluster_fixtures import NS, deployment, until
 from kube_emulator import KubeEmulator
 
-from actuators import BatchInForce, PermanentActuatorError
+from actuators import BatchInForce, PermanentActuatorError, TransientActuatorError
 from actuators.kubernetes import DeploymentRef, api_client
 from actuators.kubernetes_batch import KubernetesBatchSizer, rolling
 
@@ -72,5 +72,69 @@ def test_a_deployment_without_a_container_is_one_services_permanent_error(tmp_pa
             with pytest.raises(PermanentActuatorError, match=r"^chat \(llm/vllm-chat\): the Deployment has no "
                                                              r"container to run vLLM in$"):
                 act()
+    finally:
+        emu.close()
+
+
+def sizer_on(emu: KubeEmulator, tmp_path: Path, *names: str) -> KubernetesBatchSizer:
+    """A sizer of service chat over the Deployments `names` (one per variant), each at max batch 64."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+    for name in names:
+        emu.put("apps", "deployments", deployment(name, name, 2, 64))
+    return KubernetesBatchSizer(api_client(str(kubeconfig)), {"chat": tuple(DeploymentRef(NS, n) for n in names)},
+                                {"chat": 64})
+
+
+def args_of(emu: KubeEmulator, name: str) -> list[str]:
+    return list((emu.get("apps", "deployments", name, NS) or {})["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_a_rollout_the_deployment_controller_gives_up_on_is_put_back_and_fails_the_next_change(
+        tmp_path: Path) -> None:
+    """New pods that never become ready (a max batch too large for the GPU's memory): the rollout read as rolling
+    for ever, every later change was held, and a plan going back to the old value asked nothing, the Deployment
+    left at the bad one. Once its controller reports ProgressDeadlineExceeded the value is put back, and the next
+    change fails for good, as the vLLM backend's failed rollout does."""
+    emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)  # the new pods never become ready
+    try:
+        sizer = sizer_on(emu, tmp_path, "vllm-chat")
+        sizer.set_max_batch("chat", 256)
+        assert sizer.get_max_batch("chat") == BatchInForce(64, 256) and args_of(emu, "vllm-chat")[-1] == "256"
+        emu.patch("apps", "deployments", "vllm-chat", {"status": {"conditions": [
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": 'ReplicaSet "vllm-chat-7d4" has timed out progressing.'}]}}, NS)
+        assert sizer.get_max_batch("chat").max_batch == 64 and args_of(emu, "vllm-chat")[-1] == "64"
+        with pytest.raises(PermanentActuatorError, match=r"the rollout to --max-num-seqs 256 made no progress "
+                                                         r"\(ReplicaSet .* timed out progressing\.\); put back to 64"):
+            sizer.set_max_batch("chat", 128)
+    finally:
+        emu.close()
+
+
+def test_deployments_a_change_reached_only_in_part_read_as_mixed_until_asked_again(tmp_path: Path) -> None:
+    """A cut to 32 whose patch of the second variant's Deployment failed (409) read back as the least value, 32:
+    the plan's own, so it was never asked again and the second variant would start at 64. It reads as mixed, and
+    the enforcer asks again; the second Deployment is patched, the first left as it is."""
+    from prometheus_client import CollectorRegistry
+
+    from actuators.dryrun import DryRunReplicaScaler
+    from controller.enforce import Enforcer
+    from controller.optimizer import Assignment
+    from controller.own_metrics import OwnMetrics
+
+    emu = KubeEmulator(watch_s=2.0)
+    try:
+        sizer = sizer_on(emu, tmp_path, "chat-h100", "chat-l40s")
+        emu.fail("PATCH", "/deployments/chat-l40s$", 409, times=1)
+        with pytest.raises(TransientActuatorError, match=r"conflict"):
+            sizer.set_max_batch("chat", 32)
+        assert sizer.get_max_batch("chat") == BatchInForce(32, None, True)
+        enforcer = Enforcer(DryRunReplicaScaler({("chat", "H100-SXM"): 2}), sizer, OwnMetrics(CollectorRegistry()))
+        believed = Assignment("H100-SXM", 2, 32, 700.0)
+        got, _ = enforcer.in_force("chat", ("H100-SXM",), believed, {})
+        _, done = enforcer.apply(15.0, "chat", got, Assignment("H100-SXM", 2, 32, 700.0), serving=2)
+        assert done.asked == ("max batch mixed -> 32",) and args_of(emu, "chat-l40s")[-1] == "32"
+        assert sizer.get_max_batch("chat") == BatchInForce(32)
     finally:
         emu.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from actuators import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators import ActuatorError, BatchInForce, PermanentActuatorError, TransientActuatorError
 from actuators.vllm import VllmBatchSizer
 from actuators.vllm_servers import ChildRunner, Replica, SystemdRunner, shutdown_timeout_s, with_max_num_seqs
 from controller.http_fetch import healthy_within as healthy
@@ -397,3 +397,31 @@ def test_a_health_answer_trickled_a_byte_at_a_time_is_not_healthy_within_the_pro
     assert not healthy_within(f"http://127.0.0.1:{port}/health", 1.0)
     assert time.monotonic() - started < 3.0
     thread.join(15.0)
+
+
+def test_a_restarted_daemon_reads_what_its_systemd_units_start_with(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The units outlive the daemon. A restarted daemon took the config's initial max batch (64) as in force while
+    they ran the batch files' 128: windows labelled 64, and a plan at 64 never asked. It now reads the files; units
+    left apart (one file missing, or two values) read as mixed, the least in force, until a rollout gives them one."""
+    reps = {"chat": (Replica("vllm-chat@0", "http://127.0.0.1:1/health"),
+                     Replica("vllm-chat@1", "http://127.0.0.1:2/health"))}
+
+    def sizer() -> VllmBatchSizer:  # as controller/wiring.py builds it: initial = the config's initial_max_batch
+        return VllmBatchSizer(SystemdRunner(tmp_path, ("true",)), reps, {"chat": 64}, lambda url, t: True, 5.0, 0.01)
+
+    first = sizer()
+    first.set_max_batch("chat", 128)
+    first.wait()
+    again = sizer()
+    again.start()
+    assert again.get_max_batch("chat") == BatchInForce(128)
+    (tmp_path / "vllm-chat@1.service.batch").write_text("32\n")
+    apart = sizer()
+    apart.start()
+    assert apart.get_max_batch("chat") == BatchInForce(32, None, True)
+    assert "its units start with different max batches (128, 32)" in caplog.text
+    apart.set_max_batch("chat", 32)
+    apart.wait()
+    assert apart.get_max_batch("chat") == BatchInForce(32)
+    assert (tmp_path / "vllm-chat@0.service.batch").read_text() == "32\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.cluster.resources import (
     GROUP,
     PLAN_TTL_RANGE_S,
@@ -18,7 +19,7 @@ from controller.cluster.resources import (
 from controller.schema import SchemaWriter
 from controller.service_settings import MAX_PRIORITY, MAX_SLO_MS
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
-from controller.settings_checks import MAX_BATCH, MAX_REPLICAS
+from controller.settings_checks import MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
 from queuemodels.accelerators import CATALOG
 
