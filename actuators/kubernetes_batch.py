@@ -2,12 +2,14 @@
 
 The vLLM container is the one whose args hold `--max-num-seqs` (else the first). A change patches every
 Deployment of the service (each variant's) and is read back as rolling until the Deployment's controller
-reports every replica updated; the value it rolls from is kept in an annotation. A rollout the controller
-reports stalled (`ProgressDeadlineExceeded`: new pods that never become ready, a max batch too large for the
-GPU's memory) is put back to that value, as the vLLM backend rolls back, and fails the next change for good;
-before, it stayed "rolling" for ever, every later change held, a replica down. Deployments left at different
-values (a patch that failed on one of them) read as mixed, so the next cycle asks again. API errors go through
-the one map in actuators/kubernetes.py.
+reports every replica updated; the value it rolls from is kept in an annotation, with the generation the change
+made, so a later change of the template by anyone else (an image) is not taken for this one. A rollout of its
+own the controller reports stalled (`ProgressDeadlineExceeded`: new pods that never become ready, a max batch
+too large for the GPU's memory) reads as mixed at the value it rolled from; the next change (asked because it is
+mixed, and made only behind the caller's guards: a read writes nothing) puts every Deployment at that value back,
+and one asking the stalled value again fails for good, as the vLLM backend's failed rollout does. Before, it
+stayed "rolling" for ever, every later change held, a replica down. Deployments left at different values (a patch
+that failed on one of them) read as mixed too. API errors go through the one map in actuators/kubernetes.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from actuators.vllm_servers import with_max_num_seqs
 log = logging.getLogger(__name__)
 FLAG = "--max-num-seqs"
 PREVIOUS = "wattscale.dev/previous-max-num-seqs"
+"""`<value rolled from, "" for none>@<the generation the change made>`."""
 
 
 def _container(deployment: dict[str, Any], where: str) -> dict[str, Any]:
@@ -54,8 +57,12 @@ def read_flag(args: Sequence[str]) -> int | None:
 
 
 def stalled(deployment: dict[str, Any]) -> str | None:
-    """Why the Deployment's controller has given up on its rollout (its Progressing condition False), or None."""
-    for c in (deployment.get("status") or {}).get("conditions") or []:
+    """Why the Deployment's controller has given up on its rollout of the latest spec (its Progressing condition
+    False, the spec observed: a condition read just after a change is the change before's), or None."""
+    status = deployment.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < int(deployment["metadata"].get("generation", 1)):
+        return None
+    for c in status.get("conditions") or []:
         if c.get("type") == "Progressing" and c.get("status") == "False":
             return str(c.get("message") or c.get("reason") or "no progress")
     return None
@@ -84,8 +91,8 @@ class KubernetesBatchSizer:
         self.apps = AppsV1Api(api_client)
         self.plain = api_client.sanitize_for_serialization
         self.targets, self.initial, self.timeout_s = targets, initial, timeout_s
-        self.failures: dict[str, PermanentActuatorError] = {}
-        """A stalled rollout put back, raised on the service's next change."""
+        self.stalled: dict[str, tuple[int, str]] = {}
+        """Service -> the value of its own rollout the controller gave up on, and why (the last read's)."""
 
     def _read(self, service: str, ref: DeploymentRef) -> dict[str, Any]:
         try:
@@ -96,49 +103,57 @@ class KubernetesBatchSizer:
 
     def get_max_batch(self, service: str) -> BatchInForce:
         values, rolls = [], []
+        self.stalled.pop(service, None)
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
             value = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
             if value is None:
                 continue
             if rolling(d):
-                before = (d["metadata"].get("annotations") or {}).get(PREVIOUS)
-                prior = int(before) if before and before.isdigit() else value
-                why = stalled(d)
-                if why is not None and prior != value:
-                    self._patch(service, ref, d, prior, prior)
-                    self.failures[service] = PermanentActuatorError(
-                        f"{_where(service, ref)}: the rollout to --max-num-seqs {value} made no progress ({why}); put "
-                        f"back to {prior}")
-                    log.warning("%s", self.failures[service])
+                ours, before = _rolled_from(d)
+                why = stalled(d) if ours else None
+                if why is not None:
+                    self.stalled[service] = (value, why)
                 else:
                     rolls.append(value)
-                value = prior
+                value = before if ours and before is not None else value
             values.append(value)
         if not values:
             return BatchInForce(self.initial.get(service, 64))
-        return BatchInForce(min(values), max(rolls) if rolls else None, not rolls and len(set(values)) > 1)
+        mixed = service in self.stalled or (not rolls and len(set(values)) > 1)
+        return BatchInForce(min(values), max(rolls) if rolls else None, mixed)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
+        """Every Deployment of the service to `max_num_seqs`; where the last read found a rollout of its own
+        stalled, each Deployment at that value put back first, and the stalled value itself refused for good."""
         if not 1 <= max_num_seqs <= 1_000_000:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
-        failure = self.failures.pop(service, None)
-        if failure is not None:
-            raise failure
+        stall = self.stalled.pop(service, None)
+        refused = stall is not None and max_num_seqs == stall[0]
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            before = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
-            if before == max_num_seqs:
-                continue
-            self._patch(service, ref, d, max_num_seqs, before)
-            log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, before)
+            now = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
+            ours, before = _rolled_from(d)
+            if refused and now == max_num_seqs and ours:  # its siblings that rolled out too go back with it
+                self._patch(service, ref, d, before, before)
+                log.warning("%s: the rollout to --max-num-seqs %d made no progress: put back to %s",
+                            _where(service, ref), now, before or "the server's default")
+            elif not refused and now != max_num_seqs:  # another value replaces a stalled rollout as it is, from
+                self._patch(service, ref, d, max_num_seqs, before if ours and rolling(d) else now)  # what served
+                log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, now)
+        if refused:
+            assert stall is not None
+            raise PermanentActuatorError(f"{service}: the rollout to --max-num-seqs {stall[0]} made no progress "
+                                         f"({stall[1]}); put back")
 
-    def _patch(self, service: str, ref: DeploymentRef, d: dict[str, Any], max_num_seqs: int,
+    def _patch(self, service: str, ref: DeploymentRef, d: dict[str, Any], max_num_seqs: int | None,
                previous: int | None) -> None:
-        """The Deployment's vLLM container to `max_num_seqs`, `previous` kept as the value it rolls from."""
+        """The Deployment's vLLM container to `max_num_seqs` (None: no flag), `previous` kept as the value it rolls
+        from, with the generation this change makes (the spec's next)."""
         c = _container(d, _where(service, ref))
         args = tuple(str(a) for a in c.get("args") or [])
-        patch = {"metadata": {"annotations": {PREVIOUS: str(previous or "")}},
+        made = int(d["metadata"].get("generation", 1)) + 1
+        patch = {"metadata": {"annotations": {PREVIOUS: f"{'' if previous is None else previous}@{made}"}},
                  "spec": {"template": {"spec": {"containers": [{"name": c["name"],
                                                                 "args": with_max_num_seqs(args, max_num_seqs)}]}}}}
         try:
@@ -146,3 +161,11 @@ class KubernetesBatchSizer:
                                                   _content_type="application/strategic-merge-patch+json")
         except Exception as exc:
             raise translate(exc, _where(service, ref)) from exc
+
+
+def _rolled_from(d: dict[str, Any]) -> tuple[bool, int | None]:
+    """Whether the Deployment's template is as this sizer's last change left it (no one changed it since), and the
+    value that change rolled from (None: none, or the server's default)."""
+    previous, _, made = str((d["metadata"].get("annotations") or {}).get(PREVIOUS) or "").partition("@")
+    ours = made.isdigit() and int(made) == int(d["metadata"].get("generation", 1))
+    return ours, int(previous) if ours and previous.isdigit() else None

@@ -77,8 +77,8 @@ def batch_from(path: Path) -> tuple[int | None, str]:
     return int(text), ""
 
 
-def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
-    """argv with any --max-num-seqs (either spelling) replaced by n."""
+def with_max_num_seqs(argv: tuple[str, ...], n: int | None) -> list[str]:
+    """argv with any --max-num-seqs (either spelling) replaced by n (None: removed, the server's own default)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -88,7 +88,7 @@ def with_max_num_seqs(argv: tuple[str, ...], n: int) -> list[str]:
             skip = True
         elif not arg.startswith("--max-num-seqs="):
             out.append(arg)
-    return [*out, "--max-num-seqs", str(n)]
+    return out if n is None else [*out, "--max-num-seqs", str(n)]
 
 
 MAX_SHUTDOWN_S = 3600.0

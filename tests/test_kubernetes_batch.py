@@ -90,24 +90,79 @@ def args_of(emu: KubeEmulator, name: str) -> list[str]:
     return list((emu.get("apps", "deployments", name, NS) or {})["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def test_a_rollout_the_deployment_controller_gives_up_on_is_put_back_and_fails_the_next_change(
+def stall(emu: KubeEmulator, name: str) -> None:
+    """The Deployment controller gives up on the rollout in flight (progressDeadlineSeconds passed)."""
+    emu.patch("apps", "deployments", name, {"status": {"conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+         "message": 'ReplicaSet "x" has timed out progressing.'}]}}, NS)
+
+
+def generation(emu: KubeEmulator, name: str) -> int:
+    return int((emu.get("apps", "deployments", name, NS) or {})["metadata"]["generation"])
+
+
+def test_a_rollout_its_controller_gives_up_on_is_put_back_behind_the_guards_and_its_value_refused(
         tmp_path: Path) -> None:
     """New pods that never become ready (a max batch too large for the GPU's memory): the rollout read as rolling
-    for ever, every later change was held, and a plan going back to the old value asked nothing, the Deployment
-    left at the bad one. Once its controller reports ProgressDeadlineExceeded the value is put back, and the next
-    change fails for good, as the vLLM backend's failed rollout does."""
+    for ever, every later change held, and a plan going back asked nothing. Once the controller reports
+    ProgressDeadlineExceeded it reads as mixed at the value it rolled from, and a read writes nothing (the put-back
+    goes through `set_max_batch`, behind the operator's Lease and consent guards). Asked the stalled value again,
+    every Deployment at it, the sibling whose rollout finished too, is put back and the change fails for good."""
     emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)  # the new pods never become ready
+    try:
+        sizer = sizer_on(emu, tmp_path, "chat-h100", "chat-l40s")
+        sizer.set_max_batch("chat", 256)
+        assert sizer.get_max_batch("chat") == BatchInForce(64, 256)
+        emu.patch("apps", "deployments", "chat-l40s", {"status": {"observedGeneration": generation(emu, "chat-l40s"),
+                                                                  "updatedReplicas": 2, "availableReplicas": 2,
+                                                                  "replicas": 2}}, NS)  # no pods to wait for
+        stall(emu, "chat-h100")
+        before = generation(emu, "chat-h100"), generation(emu, "chat-l40s")
+        for _ in range(3):
+            assert sizer.get_max_batch("chat") == BatchInForce(64, None, True)
+        assert (generation(emu, "chat-h100"), generation(emu, "chat-l40s")) == before  # a read wrote nothing
+        refused = r'^chat: the rollout to --max-num-seqs 256 made no progress \(ReplicaSet "x" has timed out '
+        with pytest.raises(PermanentActuatorError, match=refused + r"progressing\.\); put back$"):
+            sizer.set_max_batch("chat", 256)
+        assert args_of(emu, "chat-h100")[-1] == "64" and args_of(emu, "chat-l40s")[-1] == "64"
+    finally:
+        emu.close()
+
+
+def test_another_value_replaces_a_stalled_rollout_and_a_change_never_made_is_never_put_back(tmp_path: Path) -> None:
+    """A stall asked another value goes to it at once. A rollout from a Deployment with no flag, stalled, is put
+    back to no flag (it read as rolling for ever: the value it rolled from was recorded as nothing). And once
+    someone else changes the template (an image) after a change of the sizer's had finished, a stall is theirs:
+    it had put back the finished 128 to 64 and refused every later change."""
+    emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
     try:
         sizer = sizer_on(emu, tmp_path, "vllm-chat")
         sizer.set_max_batch("chat", 256)
-        assert sizer.get_max_batch("chat") == BatchInForce(64, 256) and args_of(emu, "vllm-chat")[-1] == "256"
-        emu.patch("apps", "deployments", "vllm-chat", {"status": {"conditions": [
-            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-             "message": 'ReplicaSet "vllm-chat-7d4" has timed out progressing.'}]}}, NS)
-        assert sizer.get_max_batch("chat").max_batch == 64 and args_of(emu, "vllm-chat")[-1] == "64"
-        with pytest.raises(PermanentActuatorError, match=r"the rollout to --max-num-seqs 256 made no progress "
-                                                         r"\(ReplicaSet .* timed out progressing\.\); put back to 64"):
-            sizer.set_max_batch("chat", 128)
+        stall(emu, "vllm-chat")
+        assert sizer.get_max_batch("chat").mixed
+        sizer.set_max_batch("chat", 128)
+        assert args_of(emu, "vllm-chat")[-1] == "128" and sizer.get_max_batch("chat") == BatchInForce(64, 128)
+        emu.patch("apps", "deployments", "vllm-chat", {"status": {"observedGeneration": generation(emu, "vllm-chat"),
+                                                                  "updatedReplicas": 2, "availableReplicas": 2,
+                                                                  "replicas": 2}}, NS)
+        assert sizer.get_max_batch("chat") == BatchInForce(128)
+        container = (emu.get("apps", "deployments", "vllm-chat", NS) or {})["spec"]["template"]["spec"]["containers"][0]
+        emu.patch("apps", "deployments", "vllm-chat", {"spec": {"template": {"spec": {"containers": [
+            {**container, "image": "vllm/vllm-openai:broken"}]}}}}, NS)
+        stall(emu, "vllm-chat")
+        assert sizer.get_max_batch("chat") == BatchInForce(128, 128)  # theirs: rolling, not put back
+        sizer.set_max_batch("chat", 128)
+        assert args_of(emu, "vllm-chat")[-1] == "128"
+        bare = deployment("vllm-bare", "bare", 2, 64)
+        bare["spec"]["template"]["spec"]["containers"][0]["args"] = ["--model", "m"]
+        emu.put("apps", "deployments", bare)
+        plain = KubernetesBatchSizer(sizer.apps.api_client, {"bare": (DeploymentRef(NS, "vllm-bare"),)}, {"bare": 64})
+        plain.set_max_batch("bare", 512)
+        stall(emu, "vllm-bare")
+        assert plain.get_max_batch("bare").mixed
+        with pytest.raises(PermanentActuatorError, match="512 made no progress"):
+            plain.set_max_batch("bare", 512)
+        assert args_of(emu, "vllm-bare") == ["--model", "m"]
     finally:
         emu.close()
 
