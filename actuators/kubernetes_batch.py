@@ -2,30 +2,35 @@
 
 The vLLM container is the one whose args hold `--max-num-seqs` (else the first). A change patches every
 Deployment of the service (each variant's) and is read back as rolling until the Deployment's controller
-reports every replica updated; the value it rolls from is kept in an annotation, with the generation the change
-made, so a later change of the template by anyone else (an image) is not taken for this one. A rollout of its
-own the controller reports stalled (`ProgressDeadlineExceeded`: new pods that never become ready, a max batch
-too large for the GPU's memory) reads as mixed at the value it rolled from; the next change (asked because it is
-mixed, and made only behind the caller's guards: a read writes nothing) puts every Deployment at that value back,
-and one asking the stalled value again fails for good, as the vLLM backend's failed rollout does. Before, it
-stayed "rolling" for ever, every later change held, a replica down. Deployments left at different values (a patch
-that failed on one of them) read as mixed too. API errors go through the one map in actuators/kubernetes.py.
+reports every replica updated; the value it rolls from is kept in an annotation, with a digest of the pod
+template the change made, so a later change of the template by anyone else (an image, a `rollout restart`) is
+not taken for this one, while a change of replicas is. A rollout of its own the controller reports stalled
+(`ProgressDeadlineExceeded`: new pods that never become ready, a max batch too large for the GPU's memory) reads as
+mixed at the value it rolled from. The next change (asked because it is mixed, and made only behind the caller's
+guards: a read writes nothing) replaces it with another value; one asking the stalled value again puts every
+Deployment at it back and fails for good, as the vLLM backend's failed rollout does. Before, it stayed "rolling"
+for ever, every later change held, a replica down. Deployments left at different values (a patch that failed on
+one of them) read as mixed too. API errors go through the one map in actuators/kubernetes.py.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from actuators.base import BatchInForce, PermanentActuatorError
+from actuators.base import BatchInForce, PermanentActuatorError, TransientActuatorError
 from actuators.kubernetes import DeploymentRef, translate
 from actuators.vllm_servers import with_max_num_seqs
 
 log = logging.getLogger(__name__)
 FLAG = "--max-num-seqs"
 PREVIOUS = "wattscale.dev/previous-max-num-seqs"
-"""`<value rolled from, "" for none>@<the generation the change made>`."""
+"""`<value rolled from, "" for none>@<digest of the pod template the change made>` (a bare value: before the
+digest was kept, taken as this sizer's)."""
 
 
 def _container(deployment: dict[str, Any], where: str) -> dict[str, Any]:
@@ -129,18 +134,25 @@ class KubernetesBatchSizer:
         if not 1 <= max_num_seqs <= 1_000_000:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
         stall = self.stalled.pop(service, None)
-        refused = stall is not None and max_num_seqs == stall[0]
+        refused, served = stall is not None and max_num_seqs == stall[0], False
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
             now = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
             ours, before = _rolled_from(d)
-            if refused and now == max_num_seqs and ours:  # its siblings that rolled out too go back with it
+            if refused and now == max_num_seqs and ours and before == now:
+                served = True  # the value that served stalls too (a put-back's): nothing of the value to undo
+            elif refused and now == max_num_seqs and ours:  # its siblings that rolled out too go back with it
                 self._patch(service, ref, d, before, before)
                 log.warning("%s: the rollout to --max-num-seqs %d made no progress: put back to %s",
                             _where(service, ref), now, before or "the server's default")
             elif not refused and now != max_num_seqs:  # another value replaces a stalled rollout as it is, from
                 self._patch(service, ref, d, max_num_seqs, before if ours and rolling(d) else now)  # what served
                 log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, now)
+        if refused and served:
+            assert stall is not None
+            raise TransientActuatorError(f"{service}: the rollout of --max-num-seqs {stall[0]}, the value that served "
+                                         f"before, made no progress ({stall[1]}): the cluster's (quota, nodes, image), "
+                                         "not the max batch's", 300.0)
         if refused:
             assert stall is not None
             raise PermanentActuatorError(f"{service}: the rollout to --max-num-seqs {stall[0]} made no progress "
@@ -149,13 +161,15 @@ class KubernetesBatchSizer:
     def _patch(self, service: str, ref: DeploymentRef, d: dict[str, Any], max_num_seqs: int | None,
                previous: int | None) -> None:
         """The Deployment's vLLM container to `max_num_seqs` (None: no flag), `previous` kept as the value it rolls
-        from, with the generation this change makes (the spec's next)."""
+        from, with the digest of the pod template this change makes."""
         c = _container(d, _where(service, ref))
-        args = tuple(str(a) for a in c.get("args") or [])
-        made = int(d["metadata"].get("generation", 1)) + 1
-        patch = {"metadata": {"annotations": {PREVIOUS: f"{'' if previous is None else previous}@{made}"}},
-                 "spec": {"template": {"spec": {"containers": [{"name": c["name"],
-                                                                "args": with_max_num_seqs(args, max_num_seqs)}]}}}}
+        args = with_max_num_seqs(tuple(str(a) for a in c.get("args") or []), max_num_seqs)
+        template = copy.deepcopy(d["spec"]["template"])
+        for container in template["spec"]["containers"]:
+            if container.get("name") == c["name"]:
+                container["args"] = args
+        patch = {"metadata": {"annotations": {PREVIOUS: f"{'' if previous is None else previous}@{_digest(template)}"}},
+                 "spec": {"template": {"spec": {"containers": [{"name": c["name"], "args": args}]}}}}
         try:
             self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
                                                   _content_type="application/strategic-merge-patch+json")
@@ -163,9 +177,15 @@ class KubernetesBatchSizer:
             raise translate(exc, _where(service, ref)) from exc
 
 
+def _digest(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def _rolled_from(d: dict[str, Any]) -> tuple[bool, int | None]:
-    """Whether the Deployment's template is as this sizer's last change left it (no one changed it since), and the
-    value that change rolled from (None: none, or the server's default)."""
-    previous, _, made = str((d["metadata"].get("annotations") or {}).get(PREVIOUS) or "").partition("@")
-    ours = made.isdigit() and int(made) == int(d["metadata"].get("generation", 1))
+    """Whether the Deployment's pod template is as this sizer's last change left it (no one changed it since: a
+    change of replicas is no change of it), and the value that change rolled from (None: none, the server's
+    default). A bare value, written before the digest was kept, is taken as this sizer's; no annotation, as not."""
+    kept = (d["metadata"].get("annotations") or {}).get(PREVIOUS)
+    previous, at, made = str(kept or "").partition("@")
+    ours = kept is not None and (not at or made == _digest(d["spec"]["template"]))
     return ours, int(previous) if ours and previous.isdigit() else None

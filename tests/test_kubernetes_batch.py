@@ -113,6 +113,8 @@ def test_a_rollout_its_controller_gives_up_on_is_put_back_behind_the_guards_and_
         sizer = sizer_on(emu, tmp_path, "chat-h100", "chat-l40s")
         sizer.set_max_batch("chat", 256)
         assert sizer.get_max_batch("chat") == BatchInForce(64, 256)
+        sizer.apps.patch_namespaced_deployment_scale("chat-h100", NS, {"spec": {"replicas": 3}})  # the operator's
+        assert sizer.get_max_batch("chat") == BatchInForce(64, 256)  # a change of replicas leaves the rollout its own
         emu.patch("apps", "deployments", "chat-l40s", {"status": {"observedGeneration": generation(emu, "chat-l40s"),
                                                                   "updatedReplicas": 2, "availableReplicas": 2,
                                                                   "replicas": 2}}, NS)  # no pods to wait for
@@ -146,9 +148,10 @@ def test_another_value_replaces_a_stalled_rollout_and_a_change_never_made_is_nev
                                                                   "updatedReplicas": 2, "availableReplicas": 2,
                                                                   "replicas": 2}}, NS)
         assert sizer.get_max_batch("chat") == BatchInForce(128)
-        container = (emu.get("apps", "deployments", "vllm-chat", NS) or {})["spec"]["template"]["spec"]["containers"][0]
-        emu.patch("apps", "deployments", "vllm-chat", {"spec": {"template": {"spec": {"containers": [
-            {**container, "image": "vllm/vllm-openai:broken"}]}}}}, NS)
+        sizer.apps.patch_namespaced_deployment(  # through the API, its Deployment controller observing it
+            "vllm-chat", NS, {"spec": {"template": {"spec": {"containers": [
+                {"name": "vllm", "image": "vllm/vllm-openai:broken"}]}}}},
+            _content_type="application/strategic-merge-patch+json")
         stall(emu, "vllm-chat")
         assert sizer.get_max_batch("chat") == BatchInForce(128, 128)  # theirs: rolling, not put back
         sizer.set_max_batch("chat", 128)
@@ -191,5 +194,49 @@ def test_deployments_a_change_reached_only_in_part_read_as_mixed_until_asked_aga
         _, done = enforcer.apply(15.0, "chat", got, Assignment("H100-SXM", 2, 32, 700.0), serving=2)
         assert done.asked == ("max batch mixed -> 32",) and args_of(emu, "chat-l40s")[-1] == "32"
         assert sizer.get_max_batch("chat") == BatchInForce(32)
+    finally:
+        emu.close()
+
+
+def test_a_put_back_that_stalls_too_is_the_clusters_problem_not_the_values(tmp_path: Path) -> None:
+    """256 stalls and 64, the value that served, replaces it and stalls too (a quota, a node gone): asked 64 again,
+    a patch of the same args had left the generation as it was, refused 64 for good and read as rolling for ever.
+    Nothing is patched, and the change fails for a while, not for good."""
+    emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
+    try:
+        sizer = sizer_on(emu, tmp_path, "vllm-chat")
+        sizer.set_max_batch("chat", 256)
+        stall(emu, "vllm-chat")
+        assert sizer.get_max_batch("chat").mixed
+        sizer.set_max_batch("chat", 64)
+        stall(emu, "vllm-chat")
+        assert sizer.get_max_batch("chat") == BatchInForce(64, None, True)
+        before = generation(emu, "vllm-chat")
+        with pytest.raises(TransientActuatorError, match="the value that served before, made no progress"):
+            sizer.set_max_batch("chat", 64)
+        assert generation(emu, "vllm-chat") == before and args_of(emu, "vllm-chat")[-1] == "64"
+    finally:
+        emu.close()
+
+
+def test_a_stalled_rollout_is_replaced_though_it_holds_a_replica_down(tmp_path: Path) -> None:
+    """A stall holds a replica down (maxUnavailable): the enforcer's wait for every replica serving before a batch
+    change held the repair for ever. A mixed read is asked again whatever serves."""
+    from prometheus_client import CollectorRegistry
+
+    from actuators.dryrun import DryRunReplicaScaler
+    from controller.enforce import Enforcer
+    from controller.optimizer import Assignment
+    from controller.own_metrics import OwnMetrics
+
+    emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
+    try:
+        sizer = sizer_on(emu, tmp_path, "vllm-chat")
+        sizer.set_max_batch("chat", 256)
+        stall(emu, "vllm-chat")
+        enforcer = Enforcer(DryRunReplicaScaler({("chat", "H100-SXM"): 2}), sizer, OwnMetrics(CollectorRegistry()))
+        got, _ = enforcer.in_force("chat", ("H100-SXM",), Assignment("H100-SXM", 2, 64, 700.0), {})
+        _, done = enforcer.apply(15.0, "chat", got, Assignment("H100-SXM", 2, 128, 700.0), serving=1)
+        assert done.asked == ("max batch mixed -> 128",) and args_of(emu, "vllm-chat")[-1] == "128"
     finally:
         emu.close()
