@@ -90,6 +90,9 @@ class BatchInForce(NamedTuple):
     mixed: bool = False
     """Its servers run different values (a change that reached some of them, units a restarted daemon finds
     apart): asked again whatever the plan's value, `max_batch` the least of them."""
+    stalled: bool = False
+    """A rollout of it that its controller gave up on holds replicas down (mixed too): the change that repairs it
+    waits for no replica to come back."""
 
 
 class BatchSizer(Protocol):

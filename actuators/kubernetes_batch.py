@@ -125,8 +125,9 @@ class KubernetesBatchSizer:
             values.append(value)
         if not values:
             return BatchInForce(self.initial.get(service, 64))
-        mixed = service in self.stalled or (not rolls and len(set(values)) > 1)
-        return BatchInForce(min(values), max(rolls) if rolls else None, mixed)
+        stuck = service in self.stalled
+        return BatchInForce(min(values), max(rolls) if rolls else None, stuck or (not rolls and len(set(values)) > 1),
+                            stuck)
 
     def set_max_batch(self, service: str, max_num_seqs: int) -> None:
         """Every Deployment of the service to `max_num_seqs`; where the last read found a rollout of its own
@@ -134,19 +135,22 @@ class KubernetesBatchSizer:
         if not 1 <= max_num_seqs <= 1_000_000:
             raise PermanentActuatorError(f"{service}: --max-num-seqs must be >= 1, got {max_num_seqs}")
         stall = self.stalled.pop(service, None)
-        refused, served = stall is not None and max_num_seqs == stall[0], False
+        refused = stall is not None and max_num_seqs == stall[0]
+        reads = []
         for ref in self.targets.get(service, ()):
             d = self._read(service, ref)
-            now = read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []])
-            ours, before = _rolled_from(d)
-            if refused and now == max_num_seqs and ours and before == now:
-                served = True  # the value that served stalls too (a put-back's): nothing of the value to undo
-            elif refused and now == max_num_seqs and ours:  # its siblings that rolled out too go back with it
+            reads.append((ref, d, read_flag([str(a) for a in _container(d, _where(service, ref)).get("args") or []]),
+                          *_rolled_from(d)))
+        # the value that served stalls too (a put-back's): nothing of the value to undo, the cluster's problem
+        served = refused and any(now == max_num_seqs and ours and before == now for _, _, now, ours, before in reads)
+        for ref, d, now, ours, before in reads:
+            if refused and not served and now == max_num_seqs and ours:  # its siblings that rolled out go back too
                 self._patch(service, ref, d, before, before)
                 log.warning("%s: the rollout to --max-num-seqs %d made no progress: put back to %s",
                             _where(service, ref), now, before or "the server's default")
-            elif not refused and now != max_num_seqs:  # another value replaces a stalled rollout as it is, from
-                self._patch(service, ref, d, max_num_seqs, before if ours and rolling(d) else now)  # what served
+            elif (served or not refused) and now != max_num_seqs:
+                # another value replaces a stalled rollout as it is, from the value that served
+                self._patch(service, ref, d, max_num_seqs, before if ours and rolling(d) else now)
                 log.info("%s/%s: rolling out --max-num-seqs %d (was %s)", ref.namespace, ref.name, max_num_seqs, now)
         if refused and served:
             assert stall is not None

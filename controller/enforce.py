@@ -161,7 +161,7 @@ class Enforcer:
             key = f"max_batch:{service}"
             if rolling is not None:
                 held.append(f"max batch: rolling out {rolling}")
-            elif serving is not None and serving < done.replicas and not read.mixed:  # a stall holds one down
+            elif serving is not None and serving < done.replicas and not read.stalled:  # a stall holds one down
                 # A rolling restart takes one replica down at a time: it waits for every replica it counts on.
                 held.append(f"max batch: waits for {done.replicas} replicas serving ({serving} now)")
             elif not self.retry.may_try(key, now):

@@ -121,7 +121,7 @@ def test_a_rollout_its_controller_gives_up_on_is_put_back_behind_the_guards_and_
         stall(emu, "chat-h100")
         before = generation(emu, "chat-h100"), generation(emu, "chat-l40s")
         for _ in range(3):
-            assert sizer.get_max_batch("chat") == BatchInForce(64, None, True)
+            assert sizer.get_max_batch("chat") == BatchInForce(64, None, True, True)
         assert (generation(emu, "chat-h100"), generation(emu, "chat-l40s")) == before  # a read wrote nothing
         refused = r'^chat: the rollout to --max-num-seqs 256 made no progress \(ReplicaSet "x" has timed out '
         with pytest.raises(PermanentActuatorError, match=refused + r"progressing\.\); put back$"):
@@ -210,7 +210,7 @@ def test_a_put_back_that_stalls_too_is_the_clusters_problem_not_the_values(tmp_p
         assert sizer.get_max_batch("chat").mixed
         sizer.set_max_batch("chat", 64)
         stall(emu, "vllm-chat")
-        assert sizer.get_max_batch("chat") == BatchInForce(64, None, True)
+        assert sizer.get_max_batch("chat") == BatchInForce(64, None, True, True)
         before = generation(emu, "vllm-chat")
         with pytest.raises(TransientActuatorError, match="the value that served before, made no progress"):
             sizer.set_max_batch("chat", 64)
@@ -238,5 +238,27 @@ def test_a_stalled_rollout_is_replaced_though_it_holds_a_replica_down(tmp_path: 
         got, _ = enforcer.in_force("chat", ("H100-SXM",), Assignment("H100-SXM", 2, 64, 700.0), {})
         _, done = enforcer.apply(15.0, "chat", got, Assignment("H100-SXM", 2, 128, 700.0), serving=1)
         assert done.asked == ("max batch mixed -> 128",) and args_of(emu, "vllm-chat")[-1] == "128"
+    finally:
+        emu.close()
+
+
+def test_a_put_back_stalled_still_moves_the_siblings_to_the_value_asked(tmp_path: Path) -> None:
+    """The value that served stalls on one Deployment (the cluster's problem) while its sibling runs another: the
+    sibling was never moved, the service read mixed for as long as the cluster's problem lasted."""
+    emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
+    try:
+        sizer = sizer_on(emu, tmp_path, "chat-h100", "chat-l40s")
+        sizer.set_max_batch("chat", 256)
+        stall(emu, "chat-h100")
+        sizer.get_max_batch("chat")
+        sizer.set_max_batch("chat", 64)  # replaces both rollouts, from 64
+        emu.patch("apps", "deployments", "chat-l40s", {"spec": {"template": {"spec": {"containers": [
+            {**(emu.get("apps", "deployments", "chat-l40s", NS) or {})["spec"]["template"]["spec"]["containers"][0],
+             "args": ["--model", "m", "--max-num-seqs", "128"]}]}}}}, NS)  # someone moved it
+        stall(emu, "chat-h100")
+        assert sizer.get_max_batch("chat").stalled
+        with pytest.raises(TransientActuatorError, match="the value that served before"):
+            sizer.set_max_batch("chat", 64)
+        assert args_of(emu, "chat-h100")[-1] == "64" and args_of(emu, "chat-l40s")[-1] == "64"
     finally:
         emu.close()

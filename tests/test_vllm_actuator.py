@@ -425,3 +425,27 @@ def test_a_restarted_daemon_reads_what_its_systemd_units_start_with(tmp_path: Pa
     apart.wait()
     assert apart.get_max_batch("chat") == BatchInForce(32)
     assert (tmp_path / "vllm-chat@0.service.batch").read_text() == "32\n"
+
+
+def test_units_apart_with_one_down_wait_for_it_before_a_change(tmp_path: Path) -> None:
+    """Units a restarted daemon finds apart read as mixed and are asked again; with one of them down, the enforcer
+    still waits for every replica serving (it had restarted the only healthy one first: none serving, twice). Only a
+    Kubernetes stall, which holds its replica down itself, is repaired without that wait."""
+    from prometheus_client import CollectorRegistry
+
+    from actuators.dryrun import DryRunReplicaScaler
+    from controller.enforce import Enforcer
+    from controller.optimizer import Assignment
+    from controller.own_metrics import OwnMetrics
+
+    reps = {"chat": (Replica("u0", "http://127.0.0.1:1/health"), Replica("u1", "http://127.0.0.1:2/health"))}
+    (tmp_path / "u0.service.batch").write_text("64\n")
+    (tmp_path / "u1.service.batch").write_text("128\n")
+    sizer = VllmBatchSizer(SystemdRunner(tmp_path, ("true",)), reps, {"chat": 64}, lambda url, t: True, 5.0, 0.01)
+    sizer.start()
+    enforcer = Enforcer(DryRunReplicaScaler({("chat", "H100-SXM"): 2}), sizer, OwnMetrics(CollectorRegistry()))
+    got, _ = enforcer.in_force("chat", ("H100-SXM",), Assignment("H100-SXM", 2, 64, 700.0), {})
+    _, done = enforcer.apply(15.0, "chat", got, Assignment("H100-SXM", 2, 64, 700.0), serving=1)
+    assert done.held == ("max batch: waits for 2 replicas serving (1 now)",)
+    sizer.wait()
+    assert (tmp_path / "u1.service.batch").read_text() == "128\n"  # no restart began (each writes its file first)
