@@ -97,6 +97,15 @@ def stall(emu: KubeEmulator, name: str) -> None:
          "message": 'ReplicaSet "x" has timed out progressing.'}]}}, NS)
 
 
+def stalled_at_256(emu: KubeEmulator, tmp_path: Path) -> KubernetesBatchSizer:
+    """The sizer of vllm-chat (at 64), whose rollout to 256 its controller gave up on."""
+    sizer = sizer_on(emu, tmp_path, "vllm-chat")
+    sizer.set_max_batch("chat", 256)
+    stall(emu, "vllm-chat")
+    assert sizer.get_max_batch("chat").mixed
+    return sizer
+
+
 def generation(emu: KubeEmulator, name: str) -> int:
     return int((emu.get("apps", "deployments", name, NS) or {})["metadata"]["generation"])
 
@@ -138,10 +147,7 @@ def test_another_value_replaces_a_stalled_rollout_and_a_change_never_made_is_nev
     it had put back the finished 128 to 64 and refused every later change."""
     emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
     try:
-        sizer = sizer_on(emu, tmp_path, "vllm-chat")
-        sizer.set_max_batch("chat", 256)
-        stall(emu, "vllm-chat")
-        assert sizer.get_max_batch("chat").mixed
+        sizer = stalled_at_256(emu, tmp_path)
         sizer.set_max_batch("chat", 128)
         assert args_of(emu, "vllm-chat")[-1] == "128" and sizer.get_max_batch("chat") == BatchInForce(64, 128)
         emu.patch("apps", "deployments", "vllm-chat", {"status": {"observedGeneration": generation(emu, "vllm-chat"),
@@ -204,10 +210,7 @@ def test_a_put_back_that_stalls_too_is_the_clusters_problem_not_the_values(tmp_p
     Nothing is patched, and the change fails for a while, not for good."""
     emu = KubeEmulator(watch_s=2.0, rollout_s=3600.0)
     try:
-        sizer = sizer_on(emu, tmp_path, "vllm-chat")
-        sizer.set_max_batch("chat", 256)
-        stall(emu, "vllm-chat")
-        assert sizer.get_max_batch("chat").mixed
+        sizer = stalled_at_256(emu, tmp_path)
         sizer.set_max_batch("chat", 64)
         stall(emu, "vllm-chat")
         assert sizer.get_max_batch("chat") == BatchInForce(64, None, True, True)
