@@ -214,6 +214,8 @@ class PowerGovernor:
         lower at once: the ones inside a line (the site's threshold, a domain's) whose draw is over it by more than
         the other GPUs inside it can cut (two GPUs failing at a budget drop were over it for 5 s)."""
         forced: set[str] = set()
+        if not waiting:  # the usual tick: no sum over the site's GPUs for nothing
+            return frozenset()
         for line_w, inside in [(self.threshold_w(), list(samples)), *self.domains(samples)]:
             free = [g for g in inside if g.uuid not in fixed | waiting]
             excess_w = sum(self.accounted_w(g) for g in inside) - line_w

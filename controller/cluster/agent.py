@@ -67,10 +67,10 @@ class NodeAgent:
         self.metrics = AgentMetrics(registry or CollectorRegistry())
         self.safe_cap_share, self.default_ttl_s, self.timeout_s = safe_cap_share, default_ttl_s, timeout_s
         self.report_timeout_s = timeout_s if report_timeout_s is None else report_timeout_s
+        """How long a status report may wait: what a slow API server delays the next step's limits by."""
         self.restore_on_exit = restore_on_exit
         """Default limits back on exit. Off by default: the GPUs serve on while the agent is away (a DaemonSet
         rollout, an eviction), and the operator, hearing nothing, counts them at the limits they last reported."""
-        """How long a status report may wait: what a slow API server delays the next step's limits by."""
         self.seen: tuple[Any, float] | None = None
         """The plan's last sequence and when it was first seen (this node's clock)."""
         self.last: PlanSpec | None = None

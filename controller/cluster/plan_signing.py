@@ -140,6 +140,8 @@ class PlanKeys:
         self.keys: tuple[Ed25519PublicKey, ...] = ()
         self.seen: tuple[int, int, int, int] | None = None
         """The file's (device, inode, mtime, size) as last read: a ConfigMap's update swaps a link, a new inode."""
+        self.refused: tuple[tuple[int, int, int, int], str] | None = None
+        """The file as last found unreadable, and why: read again only once it changes, not at every step."""
 
     def refresh(self) -> str | None:
         """Read the file again if it changed; what is wrong with it (None: the keys in force are its own)."""
@@ -150,11 +152,14 @@ class PlanKeys:
         seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         if seen == self.seen:
             return None
+        if self.refused is not None and self.refused[0] == seen:
+            return self.refused[1]
         try:
             keys = load_verify_keys(self.path)
         except ValueError as exc:
-            return f"{exc}{self._kept()}"
-        self.keys, self.seen = keys, seen
+            self.refused = seen, f"{exc}{self._kept()}"
+            return self.refused[1]
+        self.keys, self.seen, self.refused = keys, seen, None
         log.info("plan keys from %s: %s", self.path, ", ".join(fingerprint(k) for k in keys))
         return None
 
