@@ -272,6 +272,32 @@ def test_the_agent_is_probed_for_a_loop_that_steps() -> None:
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 30  # no restart inside the agent's own bound
 
 
+def test_only_the_agents_reach_the_plan_endpoint_and_any_scraper_the_metrics() -> None:
+    """Slow clients from many pod addresses could hold the plan server's slots and fail its readiness probe. The
+    base's NetworkPolicy admits to the operator's plans port the agents' pods alone (of its own namespace) and
+    leaves the metrics port open; the operator's other ports take only the kubelet's probes."""
+    by = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    operator = by["Deployment", "wattscale-operator"]
+    agent = by["DaemonSet", "wattscale-agent"]
+    policy = by["NetworkPolicy", "wattscale-operator"]
+    assert policy["metadata"]["namespace"] == agent["metadata"]["namespace"] == operator["metadata"]["namespace"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["policyTypes"] == ["Ingress"]  # the operator's own calls (API server, carbon) untouched
+    open_to: dict[str, list[Any]] = {}
+    for rule in spec["ingress"]:
+        for port in rule["ports"]:
+            open_to.setdefault(port["port"], []).append(rule.get("from"))
+    names = {p["name"] for p in operator["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert set(open_to) == {"plans", "metrics"} and set(open_to) <= names
+    assert open_to["metrics"] == [None]
+    [[source]] = open_to["plans"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector: the policy's own namespace only
+    admitted = source["podSelector"]["matchLabels"].items()
+    assert admitted <= agent["spec"]["template"]["metadata"]["labels"].items()
+    assert not admitted <= operator["spec"]["template"]["metadata"]["labels"].items()
+
+
 def test_the_own_node_policy_names_no_namespace_or_account_an_override_would_rename() -> None:
     """The agents' own-node admission policy matched `system:serviceaccount:wattscale:wattscale-agent`: a kustomize
     namespace (or name) override renamed the account and silently turned the policy off. It now holds every
