@@ -22,7 +22,7 @@ from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
-from controller.settings_checks import MAX_POWER_W
+from controller.settings_checks import MAX_POWER_W, MAX_SERVICES
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -97,6 +97,8 @@ class Spec:
         check_range(self, "", ("budget_w",), 0.0, MAX_POWER_W, low_open=True)  # as a config's
         if not self.services:
             raise ConfigError("services", "at least one service is required")
+        if len(self.services) > MAX_SERVICES:
+            raise ConfigError("services", f"{len(self.services)} listed, more than the {MAX_SERVICES} one spec plans")
         if not self.accelerators:
             raise ConfigError("accelerators", "at least one accelerator type is required")
         check_choices("", self.batch_sizes, self.power_levels)

@@ -19,7 +19,7 @@ from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
 from controller.service_settings import PriorSettings, ServiceSettings, SimWorkloadSettings, VariantSettings
-from controller.settings_checks import MAX_GPUS, check_budget_sources, check_settings
+from controller.settings_checks import MAX_GPUS, MAX_SERVICES, check_budget_sources, check_settings
 from controller.simulator_settings import SimulatorSettings
 from controller.slo_margin import MARGINS_FILE
 from controller.state_lock import LOCK_FILE
@@ -230,6 +230,8 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     data["base_dir"] = str(base_dir)
     if not data.get("services"):  # a host's daemon with nothing to serve is a config's mistake
         raise ConfigError("services", "at least one service is required")
+    if isinstance(data["services"], list) and len(data["services"]) > MAX_SERVICES:  # before checking each, slowly
+        raise ConfigError("services", f"{len(data['services'])} listed, more than the {MAX_SERVICES} one daemon plans")
     power = data.get("power")
     if isinstance(power, dict):
         power = data["power"] = dict(power)

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from actuators.vllm_servers import unit_file
-from controller.budget.settings import CarbonSettings, DemandResponseSettings, FixedSettings, ScheduleSettings
+from controller.budget.settings import CarbonSettings, FixedSettings, ScheduleSettings
 from controller.config_loader import ConfigError, quoted, svc_path
+from controller.endpoint_checks import check_endpoints
 from controller.idle_floor import below_idle, idle_w
 from controller.minimums import minimum_fits
 from queuemodels import ModelInputError, get_model
@@ -34,6 +35,10 @@ MAX_REPLICAS = 1024
 """Largest replica bound of one service."""
 MAX_CHOICES = 64
 """Longest list of candidate batch sizes or power levels (sizing work grows with their product)."""
+MAX_SERVICES = 1000
+"""Most services one config or spec plans: a slow cycle's work and the fast tick's grow with them (1,000 on the
+simulated host planned in 2.0 s with no fast tick late; 3,000 overran a 5-s slow period and held fast ticks to 1.2 s,
+20,000 to 2.4 s)."""
 MAX_SHAPES = 1024
 """Most (batch, power, clock) shapes the optimizer sizes per service and accelerator in one cycle."""
 MAX_SIM_GPU_SECONDS = 1024.0
@@ -68,9 +73,12 @@ def check_settings(s: Settings) -> None:
     file must name a service (`settings_from`); an operator whose LLMServices are all left out governs with none."""
     if not s.accelerators:
         raise ConfigError("accelerators", "at least one accelerator type is required")
+    if len(s.services) > MAX_SERVICES:
+        raise ConfigError("services", f"{len(s.services)} listed, more than the {MAX_SERVICES} one daemon plans")
     _unique(s)
     _one_prior_per_engine(s)
     _backends(s)
+    check_endpoints(s)
     if s.optimizer.time_limit_s >= s.daemon.slow_interval_s:
         default = " (its default)" if s.optimizer.time_limit_s == type(s.optimizer).time_limit_s else ""
         raise ConfigError("optimizer.time_limit_s", f"{s.optimizer.time_limit_s:g} s{default} must be shorter than "
@@ -95,7 +103,7 @@ def check_budget_sources(s: Settings) -> None:
     the first tick (a curve's 500-W point ran the site there with no word)."""
     if s.budget is None:
         return
-    _one_port_each(s)
+    check_endpoints(s)  # again, with the budget's endpoints, which join the settings after check_settings
     idle, stated = idle_w(s), [("power.budget.safe_budget_w", s.budget.safe_budget_w)]
     for i, (_, src) in enumerate(s.budget.sources):
         at = f"power.budget.sources[{i}]"
@@ -109,18 +117,6 @@ def check_budget_sources(s: Settings) -> None:
     for where, budget_w in stated:
         if budget_w < idle:
             raise below_idle(where, budget_w, idle)
-
-
-def _one_port_each(s: Settings) -> None:
-    """Each demand-response endpoint on a port of its own, not the metrics endpoint's: check-config probes each port
-    alone, and `run` failed on the second to bind."""
-    taken = {s.metrics.port: "metrics.port"} if s.metrics.port else {}
-    for i, (_, src) in enumerate(s.budget.sources if s.budget else ()):
-        if port := src.port if isinstance(src, DemandResponseSettings) else 0:
-            where = f"power.budget.sources[{i}].port"
-            if port in taken:
-                raise ConfigError(where, f"{port} is also {taken[port]}'s: each endpoint needs its own port")
-            taken[port] = where
 
 
 def _unique(s: Settings) -> None:

@@ -448,7 +448,7 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
     path.write_text(text + second)
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
-    reason = "19501 is also power.budget.sources[1].port's: each endpoint needs its own port"
+    reason = "19501 is also power.budget.sources[1].port's: each listener needs its own port"
     assert (caught.value.where, caught.value.reason) == ("power.budget.sources[2].port", reason)
     path.write_text(text.replace("port = 0", "port = 19501"))  # the metrics endpoint's
     with pytest.raises(ConfigError) as caught:

@@ -96,6 +96,15 @@ def test_exhaustive_on_too_many_services_is_a_clear_error(tmp_path: Path, capsys
     assert "--solver: exhaustive: more than 2000000 combinations; use greedy or milp (8 services)" in one_line(capsys)
 
 
+def test_more_services_than_a_spec_plans_are_refused_before_any_is_sized(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """6,000 services ran out of memory with a traceback (2.3 GB at 2,000)."""
+    path = tmp_path / "spec.toml"
+    path.write_text(OPTIMIZE + "".join(code_service(f"code{k}") for k in range(998)))
+    assert main(["optimize", str(path)]) == 2
+    assert one_line(capsys).strip() == "wattscale: services: 1001 listed, more than the 1000 one spec plans"
+
+
 def test_priorities_past_what_the_milp_can_order_fall_back_to_greedy(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Each priority level weighs a shortfall some 200 times the one below: at 12 levels HiGHS failed, at some 140
