@@ -7,7 +7,9 @@ times the median. Both are ground truth the controller must survive, not model.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,18 +27,34 @@ class Burst:
     factor: float
 
 
+def burst_steps(bursts: Sequence[Burst]) -> tuple[list[float], list[float]]:
+    """The bursts as a step function: its edges (every start and end, sorted) and the factor in force from each edge
+    to the next (overlapping bursts multiply; 1 before the first edge), so that reading it costs a search, not a
+    pass over every burst (40,000 bursts took a scenario's load quadratic time)."""
+    starts: dict[float, list[float]] = {}
+    ends: dict[float, list[float]] = {}
+    for b in bursts:
+        starts.setdefault(b.start_s, []).append(b.factor)
+        ends.setdefault(b.start_s + b.duration_s, []).append(b.factor)
+    active: Counter[float] = Counter()
+    edges = sorted(starts.keys() | ends.keys())
+    factors = []
+    for t in edges:
+        active.subtract(ends.get(t, ()))
+        active.update(starts.get(t, ()))
+        factors.append(math.prod(f**n for f, n in active.items() if n))
+    return edges, factors
+
+
 def with_bursts(rate: RateFn, bursts: Sequence[Burst]) -> RateFn:
     """`rate` multiplied by every burst in force at t (overlapping bursts multiply)."""
-    spans = tuple(bursts)
-    if not spans:
+    if not bursts:
         return rate
+    edges, factors = burst_steps(bursts)
 
     def bursty(t: float) -> float:
-        factor = 1.0
-        for b in spans:
-            if b.start_s <= t < b.start_s + b.duration_s:
-                factor *= b.factor
-        return rate(t) * factor
+        k = bisect.bisect_right(edges, t) - 1
+        return rate(t) * (factors[k] if k >= 0 else 1.0)
 
     return bursty
 

@@ -3,8 +3,12 @@ heavy-tailed prompt mix, and a request log that loses no request."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actuators.base import PermanentActuatorError
 from actuators.sim import SimPowerLimiter, SimReplicaScaler
@@ -80,3 +84,14 @@ def test_a_heavy_tail_draws_long_prompts_at_its_share_up_to_the_context() -> Non
     assert np.mean(values >= 4000) == pytest.approx(0.05, abs=0.005)
     assert values.max() == 32768
     assert np.median(values) == pytest.approx(360, rel=0.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 10), st.sampled_from([0.0, 0.5, 2.0, 3.0])),
+                max_size=8), st.floats(0.0, 35.0))
+def test_bursts_read_as_steps_multiply_as_every_burst_in_force(spans: list[tuple[int, int, float]], t: float) -> None:
+    """The step function a burst list is read as (a search, not a pass over every burst) multiplies the rate by every
+    burst in force at t, as the pass did."""
+    bursts = [Burst(float(a), float(d), f) for a, d, f in spans]
+    expected = math.prod(b.factor for b in bursts if b.start_s <= t < b.start_s + b.duration_s)
+    assert with_bursts(constant(2.0), bursts)(t) == pytest.approx(2.0 * expected)

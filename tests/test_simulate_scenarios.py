@@ -111,6 +111,15 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\ngrid_time_scale = 0\n', "grid_time_scale", "must be in"),
     ('name = "x"\nduration_s = 60\n[power]\nramp_up_w_per_s = -5\n',
      "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s", "must be in"),
+    # lists whose work grew without bound (40,000 bursts took a load quadratic time), and a signal the source ignores
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = ['
+     + ", ".join(f"{{ start_s = {k}, duration_s = 1, factor = 1 }}" for k in range(1001)) + "]\n",
+     "workload.chat.bursts", "1001 listed, more than 1000"),
+    ('name = "x"\nduration_s = 60\n' + '[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 1300\n' * 1001, "events",
+     "1001 listed, more than 1000"),
+    ('name = "x"\nduration_s = 60\n[power.budget]\n[[power.budget.sources]]\nkind = "demand_response"\n'
+     'name = "utility"\npath = "signal.json"\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 1e-300\n'
+     'duration_s = 30\n', "events[0].budget_w", "must be in [1, 1e+08], got 1e-300"),
 ])
 def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
                                         words: str) -> None:

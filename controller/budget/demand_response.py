@@ -23,6 +23,8 @@ from controller.budget.base import BudgetReading, TransientBudgetError, utc_iso
 from tuner.store import atomic_write_text, open_plain
 
 MAX_SIGNAL_BYTES = 4096
+MIN_SIGNAL_W = 1.0
+"""The lowest budget a signal may set (1: every GPU at its floor); below a watt no site runs."""
 KEYS = {"budget_w", "deadline", "reason"}
 
 
@@ -57,7 +59,7 @@ def parse_signal(doc: Any, what: str) -> DemandSignal:
     if unknown:
         raise MalformedAnswer(f"{what}: unknown key {unknown[0]!r} (expected {sorted(KEYS)})")
     budget_w = number(doc.get("budget_w"), f"{what}: budget_w")
-    if budget_w < 1.0:  # below a watt no site runs: 1e-300 was taken, and logged as "0 W"
+    if budget_w < MIN_SIGNAL_W:  # below a watt no site runs: 1e-300 was taken, and logged as "0 W"
         raise MalformedAnswer(f"{what}: budget_w must be at least 1 W (1: every GPU at its floor), got {budget_w:g}")
     reason = doc.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():

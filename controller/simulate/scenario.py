@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
-from controller.config_loader import ConfigError, build, check_positive, check_range, quoted, read_toml
+from controller.budget.demand_response import MIN_SIGNAL_W
+from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
 from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
-from controller.simulate.scenario_checks import MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
+from controller.simulate.scenario_checks import MAX_BURSTS, MAX_EVENTS, MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
 from simulator.personality import PERSONALITIES
+from simulator.traffic import Burst, burst_steps
 from simulator.workload import CONTEXT_TOKENS
 
 EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
@@ -94,15 +95,13 @@ class WorkloadSettings:
 
     def peak_rate(self) -> tuple[float, float]:
         """The highest rate the bursts reach (overlapping ones multiply), and where."""
-        ends = [b.start_s + b.duration_s for b in self.bursts]
-        top, at_s = 1.0, 0.0
-        for t in sorted({0.0, *(b.start_s for b in self.bursts), *ends}):
-            product = math.prod(b.factor for b, end in zip(self.bursts, ends, strict=True) if b.start_s <= t < end)
-            if product > top:
-                top, at_s = product, t
-        return self.rate_rps * top, at_s
+        edges, factors = burst_steps([Burst(b.start_s, b.duration_s, b.factor) for b in self.bursts])
+        top, at_s = max(zip(factors, edges, strict=True), key=lambda fe: fe[0], default=(1.0, 0.0))
+        return (self.rate_rps * top, at_s) if top > 1.0 else (self.rate_rps, 0.0)
 
     def check(self, where: str) -> None:
+        if len(self.bursts) > MAX_BURSTS:
+            raise ConfigError(f"{where}.bursts", f"{len(self.bursts)} listed, more than {MAX_BURSTS}")
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)
@@ -158,8 +157,8 @@ class EventSettings:
                                   f"{', '.join(APPLIES[self.kind])}), got {quoted(getattr(self, f.name))}")
         if self.kind in ("budget", "demand_response") and self.budget_w is None:
             raise ConfigError(f"{where}.budget_w", f"is missing: a {self.kind} event needs the new site budget (W)")
-        if self.kind == "demand_response":
-            check_positive(self, where, ("budget_w", "duration_s"))
+        if self.kind == "demand_response":  # the source's own bounds: below 1 W it ignored the signal
+            check_range(self, where, ("budget_w",), MIN_SIGNAL_W, MAX_POWER_W)
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         if self.kind == "budget":
             check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W, low_open=True)
@@ -208,6 +207,8 @@ class ScenarioSettings:
             raise ConfigError("name", f"must be printable, 1-200 characters, got {quoted(self.name)}")
         check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
+        if len(self.events) > MAX_EVENTS:
+            raise ConfigError("events", f"{len(self.events)} listed, more than {MAX_EVENTS}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError("seed", f"must be in 0..2^63-1, got {self.seed}")
         check_range(self, where, ("grid_time_scale",), 1e-3, 1e3)

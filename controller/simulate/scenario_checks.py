@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 MIN_SLOWDOWN, MAX_SLOWDOWN = 0.1, 10.0
 """How much faster or slower slowdown events may make a service's steps, each and all together."""
+MAX_BURSTS = 1000
+"""Most bursts of one service's workload (each is two steps of its rate)."""
+MAX_EVENTS = 1000
+"""Most events of one scenario."""
 API_SOURCES = ("electricitymaps", "watttime")
 """Budget source kinds that ask a remote API: a scenario runs offline, so its carbon comes from a CSV."""
 
