@@ -98,13 +98,13 @@ class SimHost:
         services = self.services.values() if name is None else [self.services[name]]
         return [*self.ready_engines(name), *(g.replica.engine for s in services for g in s.leaving)]
 
-    def _busy(self) -> set[int]:
+    def in_use(self) -> set[int]:
         """GPUs a replica runs on, draining ones included."""
         return {r.gpu.index for s in self.services.values() for r in s.holding()}
 
     def free_gpus(self, gpu_type: str | None = None) -> list[SimGPU]:
         """GPUs with no replica (of one type, where given), lost ones left out."""
-        used = self._busy() | self.lost
+        used = self.in_use() | self.lost
         return [g for g in self.gpus if g.index not in used and gpu_type in (None, g.spec.name)]
 
     def personality(self, model: str, gpu_type: str | None = None) -> Personality:
@@ -168,7 +168,7 @@ class SimHost:
         """Every step of the service's engines, running and future, takes `factor` times as long."""
         svc = self.services[name]
         svc.cost_scale *= factor
-        for rep in svc.replicas:
+        for rep in svc.holding():  # draining ones too: the upgrade slows every engine of the service
             rep.engine.cost = scaled(rep.engine.cost, factor)
 
     def restart_with_batch(self, name: str, max_num_seqs: int) -> None:
@@ -265,7 +265,7 @@ class SimHost:
                     rep.engine.advance_to(end)
                 for gone in svc.leaving:
                     gone.replica.engine.advance_to(end)
-            busy = self._busy()
+            busy = self.in_use()
             for gpu in self.gpus:
                 if gpu.index not in busy and gpu.index not in self.lost:
                     gpu.account(end - self.now_s, gpu.spec.empty_w, end)  # no process on it

@@ -15,6 +15,7 @@ from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, StepCost, scaled, step_cost
 from simulator.personality import get_personality
+from simulator.requests import RequestLog
 from simulator.workload import TokenDist, TokenSampler
 
 
@@ -58,14 +59,15 @@ class Replica:
         return scaled(step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed), self.cost_scale)
 
     def engine(self, max_num_seqs: int, power_limit_w: float | None, rng: np.random.Generator,
-               locked_clock_mhz: int | None = None) -> VLLMEngine:
-        """A fresh engine on its own GPU, keeping raw samples for exact means and percentiles."""
+               locked_clock_mhz: int | None = None, requests: RequestLog | None = None) -> VLLMEngine:
+        """A fresh engine on its own GPU, keeping raw samples for exact means and percentiles (and each finished
+        request in `requests`, where given)."""
         gpu = SimGPU(0, SPECS[self.gpu_type])
         if power_limit_w is not None:
             gpu.set_power_limit(power_limit_w)
         gpu.lock_clock(locked_clock_mhz)
         return VLLMEngine(self.model, self.cost(), gpu, max_num_seqs, rng, keep_samples=True,
-                          personality=get_personality(self.personality))
+                          personality=get_personality(self.personality), requests=requests)
 
 
 def measure(

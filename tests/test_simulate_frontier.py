@@ -72,10 +72,11 @@ def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..
 
 
 def test_an_even_split_of_the_budget_is_within_it(small_scenario: Callable[..., Path], tmp_path: Path) -> None:
-    """7 x (2600 / 7) sums to 2600.0000000000005 W: uniform-cap read as over the budget every second."""
+    """7 x (2600 / 7) sums to 2600.0000000000005 W: uniform-cap read as over the budget every second. (Its split now
+    puts the GPUs with no replica at their floor and the rest evenly on those serving, up to their highest limit.)"""
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 30\nseed = 3\n', gpus=7, budget_w=2600.0))
     doc = simulate(scn, tmp_path, ["uniform-cap"], [3], 30.0, progress=False, explain=False)
-    assert doc["policies"]["uniform-cap"]["mean_limits_w"] == 2600.0
+    assert doc["policies"]["uniform-cap"]["mean_limits_w"] <= 2600.0
     assert doc["policies"]["uniform-cap"]["limits_over_budget_s"] == 0.0
 
 

@@ -86,6 +86,18 @@ def test_a_heavy_tail_draws_long_prompts_at_its_share_up_to_the_context() -> Non
     assert np.median(values) == pytest.approx(360, rel=0.1)
 
 
+def test_an_engine_drift_slows_a_draining_replica_too() -> None:
+    host = SimHost("H100-SXM", 3, seed=3, start_delay_s=0.0, shutdown_timeout_s=30.0, log_requests=True)
+    host.add_service("chat", "llama-3.1-8b", Workload(constant(8.0), TokenDist(200, 0.5), TokenDist(200, 0.5),
+                                                      np.random.default_rng(1)), 2, 32)
+    host.advance_to(10.0)
+    host.scale("chat", 1)
+    [gone] = host.services["chat"].leaving
+    before = gone.replica.engine.cost.weights_ms
+    host.slow_down("chat", 1.3)
+    assert gone.replica.engine.cost.weights_ms == pytest.approx(1.3 * before)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 10), st.sampled_from([0.0, 0.5, 2.0, 3.0])),
                 max_size=8), st.floats(0.0, 35.0))

@@ -55,22 +55,55 @@ class DrawMeter:
         return draw
 
 
+def even_split(budget_w: float, host: SimHost) -> dict[int, float]:
+    """The budget as power limits over the GPUs still on the bus: one with no replica at its lowest limit (it draws
+    its idle power whatever its limit), the rest one even level over those serving, each held within its own limits
+    and what one cannot take handed on to the others (an L40S takes 350 W of an H100's 400-W share). Below the
+    floors every GPU is at its lowest limit, as any cap would be."""
+    live = [g for g in host.gpus if g.index not in host.lost]
+    if not live:
+        return {}
+    serving = host.in_use() & {g.index for g in live} or {g.index for g in live}  # nothing runs: all share it
+    limits = {g.index: g.spec.min_limit_w for g in live if g.index not in serving}
+    busy = [g for g in live if g.index in serving]
+    room = budget_w - sum(limits.values())
+
+    def level(watts: float) -> dict[int, float]:
+        return {g.index: min(g.spec.max_limit_w, max(g.spec.min_limit_w, watts)) for g in busy}
+
+    low, high = 0.0, max(g.spec.max_limit_w for g in busy)
+    for _ in range(60):  # the level whose clamped shares sum to the room (they rise with it)
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if sum(level(mid).values()) <= room else (low, mid)
+    return limits | level(low)
+
+
 class UniformCaps:
-    """The budget split evenly over the host's GPUs as limits, set again whenever the budget changes."""
+    """The budget split evenly as limits over the GPUs serving (`even_split`), set again whenever the budget or the
+    GPUs serving change (a replica started again after its GPU was lost)."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
+        self.budget_w = math.inf
+        self._split_for: tuple[float, frozenset[int], frozenset[int]] | None = None
 
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
-        share = budget_w / len(self.host.gpus)
-        for g in self.host.gpus:
-            if g.index not in self.host.lost:
-                g.set_power_limit(share)
+        self.budget_w = budget_w
+        self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Split the budget again where it or the GPUs serving changed since the last split."""
+        key = (self.budget_w, frozenset(self.host.in_use()), frozenset(self.host.lost))
+        if key != self._split_for and math.isfinite(self.budget_w):
+            self._split_for = key
+            for i, watts in even_split(self.budget_w, self.host).items():
+                self.host.gpus[i].set_power_limit(watts)
 
 
 class ReactiveCaps:
-    """Full power until the site draws over the budget, then every GPU capped at an even share of it, lifted
-    after the draw has stayed well below it for a while. Blind while GPU telemetry is lost."""
+    """Full power until the site draws over the budget, then the GPUs capped at an even split of it (`even_split`,
+    again whenever the GPUs serving change), lifted after the draw has stayed well below it for a while. Blind while
+    GPU telemetry is lost."""
 
     def __init__(self, host: SimHost, outages: Outages) -> None:
         self.host, self.outages = host, outages
@@ -79,6 +112,7 @@ class ReactiveCaps:
         self.capped = False
         self.calm_s = 0.0
         self._last = host.now_s
+        self._serving: frozenset[int] = frozenset()
 
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         self.budget_w = budget_w
@@ -88,32 +122,64 @@ class ReactiveCaps:
         if self.outages.blind(now):
             return
         draw = self.meter.read(now)
-        live = [g for g in self.host.gpus if g.index not in self.host.lost]
         threshold = self.budget_w * (1.0 - HEADROOM)
-        if draw > threshold:
-            self.capped, self.calm_s = True, 0.0
-            for g in live:
-                g.set_power_limit(threshold / len(live))
+        serving = frozenset(self.host.in_use())
+        if draw > threshold or (self.capped and serving != self._serving):
+            if draw > threshold:
+                self.capped, self.calm_s = True, 0.0
+            self._serving = serving
+            for i, watts in even_split(threshold, self.host).items():
+                self.host.gpus[i].set_power_limit(watts)
         elif self.capped:
             self.calm_s = self.calm_s + dt if draw < RELEASE_BELOW * self.budget_w else 0.0
             if self.calm_s >= RELEASE_AFTER_S:
                 self.capped = False
-                for g in live:
-                    g.set_power_limit(g.spec.max_limit_w)
+                for g in self.host.gpus:
+                    if g.index not in self.host.lost:
+                        g.set_power_limit(g.spec.max_limit_w)
+
+
+class ReplicaSets:
+    """What each service's Deployments keep, as Kubernetes' ReplicaSets do: the replicas last placed per GPU type,
+    a replica lost with its GPU started again at once on a free GPU of its type (or as soon as one frees)."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+        self.placed = {name: self.counts(name) for name in host.services}
+
+    def counts(self, name: str) -> dict[str, int]:
+        """Replicas of the service per GPU type, those a rolling restart will start again included."""
+        svc = self.host.services[name]
+        out: dict[str, int] = {}
+        for rep in [*svc.replicas, *(g.replica for g in svc.restarting())]:
+            out[rep.gpu.spec.name] = out.get(rep.gpu.spec.name, 0) + 1
+        return out
+
+    def keep(self) -> None:
+        for name, placed in self.placed.items():
+            have = self.counts(name)
+            for kind, n in placed.items():
+                if have.get(kind, 0) < n and self.host.free_gpus(kind):
+                    self.host.scale(name, n, gpu_type=kind)
 
 
 class StaticPolicy:
-    """`static` (caps None) and `uniform-cap`: the fleet stays as deployed."""
+    """`static` (caps None) and `uniform-cap`: the fleet stays as deployed, a replica lost with its GPU started
+    again on a free one."""
 
-    def __init__(self, caps: UniformCaps | None) -> None:
+    def __init__(self, host: SimHost, caps: UniformCaps | None) -> None:
         self.caps = caps
+        self.fleet = ReplicaSets(host)
 
     def set_budget(self, budget_w: float, now: float, why: str = "scenario") -> None:
         if self.caps is not None:
             self.caps.set_budget(budget_w, now)
 
     def tick_fast(self, now: float) -> bool:
-        """Nothing: a static fleet does not react (and asks for no early slow tick)."""
+        """The fleet kept, its caps split again where the GPUs serving changed (never an early slow tick)."""
+        self.fleet.keep()
+        if self.caps is not None:
+            self.caps.tick(now)
         return False
 
     def tick_slow(self, now: float) -> None:
@@ -127,7 +193,8 @@ class ThresholdPolicy:
     def __init__(self, host: SimHost, services: tuple[ServiceSettings, ...], variants: dict[str, list[str]],
                  caps: ReactiveCaps) -> None:
         self.host, self.services, self.variants, self.caps = host, services, variants, caps
-        self.history = {s.name: deque([(host.now_s, len(host.services[s.name].replicas))]) for s in services}
+        self.fleet = ReplicaSets(host)
+        self.history = {s.name: deque([(host.now_s, self._spec(s.name))]) for s in services}
         """Per service, (time, recommendation) of the scale-down window; it starts with the replicas deployed,
         as the HPA controller's does."""
         self.next_sync_s = HPA_SYNC_S
@@ -136,7 +203,8 @@ class ThresholdPolicy:
         self.caps.set_budget(budget_w, now)
 
     def tick_fast(self, now: float) -> bool:
-        """The uniform caps' tick, and the HPA's sync on its own period (never an early slow tick)."""
+        """The fleet kept, the uniform caps' tick, and the HPA's sync on its own period (never an early slow tick)."""
+        self.fleet.keep()
         self.caps.tick(now)
         if now >= self.next_sync_s:
             self.next_sync_s += HPA_SYNC_S
@@ -147,9 +215,13 @@ class ThresholdPolicy:
     def tick_slow(self, now: float) -> None:
         """Nothing beyond the HPA's own sync period."""
 
+    def _spec(self, name: str) -> int:
+        """The Deployments' replicas: those placed, whether or not a lost GPU's is running again yet."""
+        return sum(self.fleet.placed[name].values())
+
     def _sync(self, now: float, svc: ServiceSettings) -> None:
         engines = self.host.ready_engines(svc.name)
-        current = len(self.host.services[svc.name].replicas)
+        current = self._spec(svc.name)
         if not engines or current == 0:
             desired = max(1, svc.min_replicas)
         else:
@@ -167,7 +239,7 @@ class ThresholdPolicy:
     def _scale(self, name: str, target: int) -> None:
         """Grow on the first variant with a free GPU; shrink the last variant that has replicas."""
         kinds = self.variants[name]
-        counts = {k: sum(r.gpu.spec.name == k for r in self.host.services[name].replicas) for k in kinds}
+        counts = {k: self.fleet.placed[name].get(k, 0) for k in kinds}
         total = sum(counts.values())
         for k in (kinds if target > total else reversed(kinds)):
             if target > total and self.host.free_gpus(k):
@@ -176,3 +248,4 @@ class ThresholdPolicy:
             elif target < total and counts[k]:
                 counts[k] = self.host.scale(name, max(0, counts[k] - (total - target)), gpu_type=k)
             total = sum(counts.values())
+        self.fleet.placed[name] = {k: n for k, n in counts.items() if n}

@@ -1,6 +1,6 @@
-"""The report's PNGs (first seed's runs): site power against the budget (and each power domain's against its limit),
-SLO attainment per service over time, replicas / max batch / mean power limit per service, and energy and tokens
-per joule per policy."""
+"""The report's PNGs: of the first seed's runs, site power against the budget (and each power domain's against its
+limit), SLO attainment per service over time, replicas / max batch / mean power limit per service; and energy and
+tokens per joule per policy, the mean over the seeds (summary.json's figures)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from controller.simulate.accounting import WINDOW_S, Shown
+from controller.simulate.runner import FLAT
 from controller.simulate.scenario import Scenario
 
 PLOTS = ("power.png", "slo.png", "actuators.png", "energy.png")
@@ -41,8 +42,12 @@ def power(plt: Any, scn: Scenario, runs: dict[str, Shown], path: Path) -> None:
     site = axes[0, 0]
     for name, r in runs.items():
         site.plot(r.trace.t_s / 60, r.trace.draw_w, lw=0.7, label=name)
-    first = next(iter(runs.values())).trace
-    site.plot(first.t_s / 60, first.budget_w, "k--", lw=1.2, label="budget")
+    own = next((r.trace for name, r in runs.items() if name != FLAT), None)
+    if own is not None:  # the scenario's budget, as every policy but wattscale-flat ran under it
+        site.plot(own.t_s / 60, own.budget_w, "k--", lw=1.2, label="budget")
+    if FLAT in runs:
+        flat = runs[FLAT].trace
+        site.plot(flat.t_s / 60, flat.budget_w, "k:", lw=1.2, label=f"{FLAT}'s budget")
     site.set(ylabel="site draw (W)", title="Site power against the budget")
     site.legend(fontsize=8, ncol=3)
     for ax, domain in zip(axes[1:, 0], domains, strict=True):
@@ -96,9 +101,9 @@ def energy(plt: Any, policies: dict[str, Any], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     colours = [f"C{i}" for i in range(len(names))]  # each policy in its colour of the other figures
     a.bar(names, [policies[n]["energy_kwh"] or 0.0 for n in names], color=colours)
-    a.set(title="GPU energy (kWh)")
+    a.set(title="GPU energy (kWh, mean over seeds)")
     b.bar(names, [policies[n]["tokens_per_joule"] or 0.0 for n in names], color=colours)
-    b.set(title="output tokens per joule")
+    b.set(title="output tokens per joule (mean over seeds)")
     for ax in (a, b):
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     _save(plt, fig, path)

@@ -7,6 +7,7 @@ controller/simulate/targets.py's.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,21 @@ SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "tt
                    "itl_p95_ms", "t_over_c", "restarts_per_hour", "replica_changes_per_hour", "replicas_mean")
 
 
-def _mean(values: list[Any]) -> float | None:
+def _mean(values: list[Any], cut: bool = False) -> float | None:
+    """The mean of the known values to 4 decimals: cut rather than rounded where `cut` (an attainment: a mean of
+    0.9999 and 1.0 reads 0.9999, not 1.0)."""
     known = [float(v) for v in values if v is not None]
-    return round(sum(known) / len(known), 4) if known else None
+    if not known:
+        return None
+    mean = sum(known) / len(known)
+    return math.floor(mean * 1e4) / 1e4 if cut else round(mean, 4)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over seeds of one policy's runs."""
     out: dict[str, Any] = {k: _mean([r[k] for r in runs]) for k in RUN_FIGURES}
-    out["services"] = {name: {k: _mean([r["services"][name][k] for r in runs]) for k in SERVICE_FIGURES}
+    out["services"] = {name: {k: _mean([r["services"][name][k] for r in runs], k == "slo_attainment")
+                              for k in SERVICE_FIGURES}
                        for name in runs[0]["services"]}
     out["runs"] = runs
     return out

@@ -79,9 +79,9 @@ class Run:
 def _policy(name: str, scn: Scenario, host: SimHost, outages: Outages, state_dir: Path,
             decision_log: Path | None) -> Policy:
     if name == "static":
-        return StaticPolicy(None)
+        return StaticPolicy(host, None)
     if name == "uniform-cap":
-        return StaticPolicy(UniformCaps(host))
+        return StaticPolicy(host, UniformCaps(host))
     if name == "threshold":
         variants = {s.name: [v.accelerator for v in scn.config.variants_of(s)] for s in scn.config.services}
         return ThresholdPolicy(host, scn.config.services, variants, ReactiveCaps(host, outages))
