@@ -9,8 +9,8 @@ scenario's hidden engine (simulator/probe.py). A replica's figures: its draw abo
 with no replica draws that under any plan) and its T/C, mean output tokens over the request's mean time in the
 system (mean TTFT + mean output x mean ITL). A plan is one option per service within the host's GPUs; a small MILP
 picks the fastest plan at 1.3 x the static fleet's tokens per joule (same tokens served: the site's draw at most
-static's / 1.3) and the least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every GPU capped at the budget's
-even share).
+static's / 1.3) and the least-drawing plan at 1.15 x the uniform-cap fleet's T/C (every serving GPU capped at the
+budget's split, as `uniform-cap` splits it: GPUs with no replica at their floor).
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 
     gpu_type, probes = _probes(scn, fleet, probe_seed)
     gpus = len(scn.gpu_types)
     idle_w = SPECS[gpu_type].empty_w * gpus  # every GPU with no process; a replica's idle is in its option
-    even_cap_w = scn.start_budget_w / gpus
+    spec, serving = SPECS[gpu_type], sum(p.static_n for p in probes.values())
+    room_w = scn.start_budget_w - (gpus - serving) * spec.min_limit_w  # uniform-cap's split: empty GPUs at the floor
+    even_cap_w = min(spec.max_limit_w, max(spec.min_limit_w, room_w / max(serving, 1)))
     options = {name: [p.run(n, c) for n in p.counts for c in CLOCKS] for name, p in probes.items()}
     static = {name: next(o for o in options[name] if o.replicas == p.static_n and o.clock is None)
               for name, p in probes.items()}
@@ -199,8 +201,8 @@ def explain(front: dict[str, Any]) -> str:
     words = ["a bound from load tests, not from this run: each service alone at its steady mean rate on 1 to "
              "max_replicas replicas, its SM clock free or locked at 0.7, 0.5 or 0.3, no power caps, no SLO required, "
              f"options that complete under {MIN_SERVED:.0%} of their load left out; ratios against the same tests' "
-             f"static fleet and even-cap fleet (every GPU at {front['uniform_cap']['cap_w']:g} W, the starting "
-             "budget's even share), not against the rows above. "]
+             f"static fleet and even-cap fleet (every serving GPU at {front['uniform_cap']['cap_w']:g} W, the starting "
+             "budget's split as uniform-cap's, GPUs with no replica at their floor), not against the rows above. "]
     words.append(f"The fastest plan at {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule reaches "
                  f"{at_energy['t_over_c_vs_uniform_cap']:g} x the even-cap fleet's sum T/C ({_plan_words(at_energy)})"
                  if at_energy else f"No tested plan reaches {TOKENS_PER_JOULE_GAIN:g} x static's tokens per joule")
