@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from actuators.vllm_servers import unit_file
 from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError, quoted, svc_path
 
@@ -49,23 +50,23 @@ def _one_port_each(s: Settings) -> None:
 
 
 def _one_page_and_unit_each(s: Settings) -> None:
-    """Each `/metrics` page scraped for one replica (a trailing '/' is the same page), each systemd unit one
-    replica's."""
-    pages: dict[str, str] = {}
+    """Each scraped `/metrics` page read for one replica of a model (a trailing '/' is the same page; one exporter's
+    page may carry several models, each read apart), each systemd unit one replica's (`x` and `x.service` are one)."""
+    pages: dict[tuple[str, str], str] = {}
     units: dict[str, str] = {}
     for svc in s.services:
         where = svc_path(svc.name)
-        for url in svc.metrics_urls:
-            page = url.rstrip("/")
+        for url in svc.metrics_urls if s.telemetry.vllm_source == "scrape" else ():
+            page = (url.rstrip("/"), svc.model)
             if page in pages:
-                raise ConfigError(f"{where}.metrics_urls", f"{quoted(url)} is also {pages[page]}'s: each replica's "
-                                  "page once, or its load is counted twice")
+                raise ConfigError(f"{where}.metrics_urls", f"{quoted(url)} is also {pages[page]}'s, for {svc.model} "
+                                  "too: each replica's page once, or its load is counted twice")
             pages[page] = f"{where}.metrics_urls"
         for unit in svc.systemd_units if s.actuators.batch == "vllm" else ():
-            if unit in units:
-                raise ConfigError(f"{where}.systemd_units", f"{quoted(unit)} is also {units[unit]}'s: each replica "
+            if (name := unit_file(unit)) in units:
+                raise ConfigError(f"{where}.systemd_units", f"{quoted(unit)} is also {units[name]}'s: each replica "
                                   "runs as a unit of its own")
-            units[unit] = f"{where}.systemd_units"
+            units[name] = f"{where}.systemd_units"
 
 
 def _kubernetes_names(s: Settings) -> None:
@@ -80,6 +81,8 @@ def _kubernetes_names(s: Settings) -> None:
             name = s.deployment_of(svc, v)
             if not DNS_SUBDOMAIN.fullmatch(name):
                 field = f"variants[{v.accelerator}].deployment" if svc.variants else "deployment"
-                named = "" if v.deployment or svc.deployment else " (the service's name, as no deployment is given)"
+                named = "" if v.deployment or svc.deployment else (
+                    " (<service>-<accelerator>, as no deployment is given)" if svc.variants else
+                    " (the service's name, as no deployment is given)")
                 raise ConfigError(f"{svc_path(svc.name)}.{field}", f"{quoted(name)}{named} is no Deployment name: "
                                   "lower case letters, digits, '-' and '.', at most 253, a letter or digit at each end")

@@ -42,7 +42,7 @@ def burst_steps(bursts: Sequence[Burst]) -> tuple[list[float], list[float]]:
     for t in edges:
         active.subtract(ends.get(t, ()))
         active.update(starts.get(t, ()))
-        factors.append(math.prod(f**n for f, n in active.items() if n))
+        factors.append(math.prod(f for f, n in active.items() for _ in range(n)))  # inf past a float, as f**n is not
     return edges, factors
 
 

@@ -50,21 +50,33 @@ def test_each_vllm_server_listens_on_a_port_no_other_listener_has(tmp_path: Path
 
 def test_each_systemd_unit_serves_one_replica(tmp_path: Path) -> None:
     ports = {"chat": "[18000, 18001]", "code": "[18002]", "batch-summaries": "[18003]"}
-    units = {"chat": '["vllm-chat-0", "vllm-chat-1"]', "code": '["vllm-code-0"]', "batch-summaries": '["vllm-chat-1"]'}
+    units = {"chat": '["vllm-chat-0", "vllm-chat-1"]', "code": '["vllm-code-0"]',
+             "batch-summaries": '["vllm-chat-1.service"]'}  # the same unit as systemctl reads it
     error = refused(tmp_path, with_vllm(ports, units))
     assert error.where == "services[batch-summaries].systemd_units"
-    assert error.reason.startswith("'vllm-chat-1' is also services[chat].systemd_units's")
+    assert error.reason.startswith("'vllm-chat-1.service' is also services[chat].systemd_units's")
 
 
-def test_a_page_scraped_twice_is_refused_as_it_would_count_its_load_twice(tmp_path: Path) -> None:
-    text = GOOD.replace('vllm_source = "sim"', 'vllm_source = "scrape"')
-    urls = {"chat": '["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8001/metrics"]',
-            "code": '["http://127.0.0.1:8002/metrics"]', "batch-summaries": '["http://127.0.0.1:8000/metrics/"]'}
+def scraped(urls: dict[str, str], source: str = "scrape") -> str:
+    text = GOOD.replace('vllm_source = "sim"', f'vllm_source = "{source}"')
     for name in SERVICES:
         text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nmetrics_urls = {urls[name]}\n', 1)
-    error = refused(tmp_path, text)
-    assert error.where == "services[batch-summaries].metrics_urls"
-    assert error.reason.startswith("'http://127.0.0.1:8000/metrics/' is also services[chat].metrics_urls's")
+    return text
+
+
+def test_a_page_scraped_twice_for_one_model_is_refused_as_it_would_count_its_load_twice(tmp_path: Path) -> None:
+    urls = {"chat": '["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8001/metrics"]',
+            "code": '["http://127.0.0.1:8000/metrics"]', "batch-summaries": '["http://127.0.0.1:8002/metrics"]'}
+    path = tmp_path / "ok.toml"
+    path.write_text(scraped(urls))  # one exporter's page, two models: each read apart by its model
+    load_settings(path)
+    chat_too = urls | {"chat": '["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8000/metrics/"]'}
+    error = refused(tmp_path, scraped(chat_too))
+    assert error.where == "services[chat].metrics_urls"
+    assert error.reason.startswith("'http://127.0.0.1:8000/metrics/' is also services[chat].metrics_urls's, for "
+                                   "llama-3.1-8b too")
+    path.write_text(scraped(chat_too, "prometheus"))  # not read with another source
+    load_settings(path)
 
 
 @pytest.mark.parametrize(("edit", "where", "value"), [

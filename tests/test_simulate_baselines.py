@@ -109,9 +109,45 @@ def test_priority_ones_attainment_under_a_carbon_budget_is_no_lower_not_nearly_a
     assert [t["met"] for t in out if "slo_attainment" in t["target"]] == [True]
 
 
-def test_an_attainment_short_of_one_never_reads_one() -> None:
-    from controller.simulate.accounting import _floor
+def test_an_attainment_short_of_one_never_reads_one_and_an_exact_share_reads_itself() -> None:
+    from controller.simulate.accounting import _cut
     from controller.simulate.report import _mean
 
-    assert _floor(39_998 / 40_000) == 0.9999
+    assert _cut(39_998, 40_000) == 0.9999 and _cut(57, 100) == 0.57 and _cut(40_000, 40_000) == 1.0
     assert _mean([0.9999, 1.0], cut=True) == 0.9999 and _mean([0.99996, 1.0]) == 1.0
+    assert _mean([0.99] * 3, cut=True) == 0.99 and _mean([0.9999] * 3, cut=True) == 0.9999
+
+
+def test_reactive_caps_split_again_as_the_gpus_serving_change(small_scenario: Callable[..., Path]) -> None:
+    """Capped, a replica started on an empty GPU held its floor until the next tick over the budget."""
+    from controller.simulate.baselines import ReactiveCaps
+    from controller.simulate.plant import Outages
+
+    h = host(["H100-SXM"] * 3, 1)
+    caps = ReactiveCaps(h, Outages(load_scenario(small_scenario('name = "r"\nduration_s = 60\n'))))
+    caps.set_budget(100.0, 0.0)  # under any draw: capped at once
+    h.advance_to(1.0)
+    caps.tick(1.0)
+    assert [g.power_limit_w for g in h.gpus] == [200.0, 200.0, 200.0]  # 97 W: every GPU at its floor
+    caps.set_budget(1000.0, 1.0)
+    h.advance_to(2.0)
+    caps.tick(2.0)  # under the budget now, still capped: nothing moves
+    assert [g.power_limit_w for g in h.gpus] == [200.0, 200.0, 200.0]
+    h.scale("chat", 2)
+    h.advance_to(3.0)
+    caps.tick(3.0)
+    assert [g.power_limit_w for g in h.gpus] == pytest.approx([385.0, 385.0, 200.0])  # 970 W less the empty floor
+
+
+def test_the_static_fleets_load_test_scores_requests_as_the_report_and_stops_at_the_peak() -> None:
+    from controller.simulate.sizing import attainment, capacity_rps
+    from simulator.probe import Replica
+
+    replica = Replica("llama-3.1-8b", "H100-SXM", 3)
+    prompts, outputs = TokenDist(200, 0.5), TokenDist(50, 0.5)
+    assert attainment(replica, 1.0, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0) == 1.0
+    assert attainment(replica, 200.0, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0) < 0.5  # far past its capacity
+    assert capacity_rps(replica, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0, 3.0) == 3.0  # the peak: no higher
+    capacity = capacity_rps(replica, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0, 1024.0)
+    assert 3.0 < capacity < 200.0
+    assert attainment(replica, capacity, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0) >= 0.99

@@ -76,7 +76,8 @@ def test_an_even_split_of_the_budget_is_within_it(small_scenario: Callable[..., 
     puts the GPUs with no replica at their floor and the rest evenly on those serving, up to their highest limit.)"""
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 30\nseed = 3\n', gpus=7, budget_w=2600.0))
     doc = simulate(scn, tmp_path, ["uniform-cap"], [3], 30.0, progress=False, explain=False)
-    assert doc["policies"]["uniform-cap"]["mean_limits_w"] <= 2600.0
+    assert doc["static_fleet"] == {"chat": {"H100-SXM": 2}}
+    assert doc["policies"]["uniform-cap"]["mean_limits_w"] == 5 * 200.0 + 2 * 700.0  # the two serving at their top
     assert doc["policies"]["uniform-cap"]["limits_over_budget_s"] == 0.0
 
 

@@ -115,6 +115,9 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = ['
      + ", ".join(f"{{ start_s = {k}, duration_s = 1, factor = 1 }}" for k in range(1001)) + "]\n",
      "workload.chat.bursts", "1001 listed, more than 1000"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = ['  # past a float: inf, no traceback
+     + ", ".join("{ start_s = 10, duration_s = 1, factor = 100 }" for _ in range(160)) + "]\n",
+     "workload.chat.bursts", "the rate reaches inf rps at 10 s"),
     ('name = "x"\nduration_s = 60\n' + '[[events]]\nat_s = 9\nkind = "budget"\nbudget_w = 1300\n' * 1001, "events",
      "1001 listed, more than 1000"),
     ('name = "x"\nduration_s = 60\n[power.budget]\n[[power.budget.sources]]\nkind = "demand_response"\n'

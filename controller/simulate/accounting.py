@@ -116,9 +116,10 @@ def _round(x: float, digits: int = 4) -> float | None:
     return round(x, digits) if math.isfinite(x) else None
 
 
-def _floor(share: float, digits: int = 4) -> float:
-    """A share cut (not rounded) to `digits`: a few misses in 40,000 requests read 0.9999, never 1.0."""
-    return math.floor(share * 10.0**digits) / 10.0**digits
+def _cut(met: float, arrived: float) -> float:
+    """met / arrived cut (not rounded) to 4 decimals, in whole numbers: a few misses in 40,000 requests read 0.9999,
+    never 1.0, and 57 of 100 reads 0.57 (cut as a float, 0.5699)."""
+    return (int(met) * 10_000 // int(arrived)) / 10_000
 
 
 def violations(run: Run) -> tuple[float, float]:
@@ -157,7 +158,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         t_over_c += svc_t_over_c
         counted = fin.arrival_s < end
         services[svc.name] = {
-            "slo_attainment": _floor(float(met.sum() / arrived.sum())) if arrived.sum() else None,
+            "slo_attainment": _cut(met.sum(), arrived.sum()) if arrived.sum() else None,
             "requests": int(arrived.sum()),
             "finished": int(np.count_nonzero(counted)),
             "ttft_mean_ms": _round(float(fin.ttft_s[counted].mean() * 1000), 1) if counted.any() else None,

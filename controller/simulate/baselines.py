@@ -140,8 +140,9 @@ class ReactiveCaps:
 
 
 class ReplicaSets:
-    """What each service's Deployments keep, as Kubernetes' ReplicaSets do: the replicas last placed per GPU type,
-    a replica lost with its GPU started again at once on a free GPU of its type (or as soon as one frees)."""
+    """What each service's Deployments keep: the replicas last placed per GPU type, a replica lost with its GPU
+    started again at once on a free GPU of its type (or as soon as one frees), as a ReplicaSet replaces a deleted pod.
+    The best case: Kubernetes alone restarts the container in place until something deletes the pod."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
