@@ -42,7 +42,8 @@ def burst_steps(bursts: Sequence[Burst]) -> tuple[list[float], list[float]]:
     for t in edges:
         active.subtract(ends.get(t, ()))
         active.update(starts.get(t, ()))
-        factors.append(math.prod(f for f, n in active.items() for _ in range(n)))  # inf past a float, as f**n is not
+        live = [f for f, n in active.items() for _ in range(n)]
+        factors.append(0.0 if 0.0 in live else math.prod(live))  # inf past a float (f**n raised), never 0 x inf
     return edges, factors
 
 
@@ -54,7 +55,8 @@ def with_bursts(rate: RateFn, bursts: Sequence[Burst]) -> RateFn:
 
     def bursty(t: float) -> float:
         k = bisect.bisect_right(edges, t) - 1
-        return rate(t) * (factors[k] if k >= 0 else 1.0)
+        base = rate(t)
+        return base * factors[k] if k >= 0 and base else base  # a rate of 0 stays 0 under any burst
 
     return bursty
 

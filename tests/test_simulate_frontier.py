@@ -61,6 +61,15 @@ def test_the_frontier_load_tests_the_scenarios_own_engine(small_scenario: Callab
     assert best["plan"]["chat"]["served_share"] >= 0.97 and front["meets_both"] is False
 
 
+def test_the_frontier_caps_uniform_caps_fleet_as_uniform_cap_splits_the_budget(small_scenario: Callable[..., Path]
+                                                                                ) -> None:
+    """It measured uniform-cap at an even share of every GPU (1,400 / 3 W) while uniform-cap holds an empty GPU at
+    its floor and splits the rest over those serving."""
+    scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n', gpus=3))
+    front = frontier(scn, {"chat": {"H100-SXM": 2}})
+    assert front["uniform_cap"]["cap_w"] == (1400.0 - SPECS["H100-SXM"].min_limit_w) / 2
+
+
 def test_a_frontier_that_cannot_be_measured_says_why(small_scenario: Callable[..., Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n', gpus=4))

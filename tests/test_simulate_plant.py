@@ -98,6 +98,14 @@ def test_an_engine_drift_slows_a_draining_replica_too() -> None:
     assert gone.replica.engine.cost.weights_ms == pytest.approx(1.3 * before)
 
 
+def test_a_burst_of_zero_silences_the_rate_whatever_else_is_in_force_and_a_rate_of_zero_stays_zero() -> None:
+    """Past a float the product read inf, and inf x 0 NaN: a poisson draw then raised mid-run."""
+    many = [Burst(10.0, 1.0, 100.0)] * 160
+    for bursts in ([*many, Burst(10.0, 1.0, 0.0)], [Burst(10.0, 1.0, 0.0), *many]):
+        assert with_bursts(constant(2.0), bursts)(10.5) == 0.0
+    assert with_bursts(constant(0.0), many)(10.5) == 0.0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(1, 10), st.sampled_from([0.0, 0.5, 2.0, 3.0])),
                 max_size=8), st.floats(0.0, 35.0))

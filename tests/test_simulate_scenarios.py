@@ -132,6 +132,17 @@ def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], bod
     assert words in str(err.value)
 
 
+def test_a_burst_of_zero_among_bursts_past_a_float_reads_zero_not_nan() -> None:
+    """inf x 0 read NaN, which every bound let through: simulate then raised in a poisson draw or in the sizing."""
+    from controller.simulate.scenario import BurstSettings, WorkloadSettings
+
+    many = tuple(BurstSettings(10.0, 1.0, 100.0) for _ in range(160))
+    silenced = WorkloadSettings(1.0, bursts=(*many, BurstSettings(5.0, 10.0, 0.0)))
+    assert silenced.peak_rate() == (1.0, 0.0)
+    silenced.check("workload.chat")
+    assert WorkloadSettings(0.0, bursts=many).peak_rate() == (0.0, 0.0)
+
+
 def test_a_bad_config_is_named_with_its_file(small_scenario: Callable[..., Path]) -> None:
     path = small_scenario('name = "x"\nduration_s = 60\n')
     (path.parent / "host.toml").write_text((path.parent / "host.toml").read_text().replace("ttft_ms = 300",

@@ -97,7 +97,7 @@ class WorkloadSettings:
         """The highest rate the bursts reach (overlapping ones multiply), and where."""
         edges, factors = burst_steps([Burst(b.start_s, b.duration_s, b.factor) for b in self.bursts])
         top, at_s = max(zip(factors, edges, strict=True), key=lambda fe: fe[0], default=(1.0, 0.0))
-        return (self.rate_rps * top, at_s) if top > 1.0 else (self.rate_rps, 0.0)
+        return (self.rate_rps * top, at_s) if top > 1.0 and self.rate_rps else (self.rate_rps, 0.0)
 
     def check(self, where: str) -> None:
         if len(self.bursts) > MAX_BURSTS:
@@ -114,7 +114,7 @@ class WorkloadSettings:
             raise ConfigError(f"{where}.out_tokens", f"in_tokens + out_tokens is {self.in_tokens + self.out_tokens:g}, "
                               f"over the engines' context of {CONTEXT_TOKENS} tokens")
         peak, at_s = self.peak_rate()
-        if peak > MAX_SIM_RATE_RPS:  # bursts that overlap multiply
+        if not peak <= MAX_SIM_RATE_RPS:  # bursts that overlap multiply (past a float: inf)
             raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
                               f"bursts then), over {MAX_SIM_RATE_RPS:g}")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
