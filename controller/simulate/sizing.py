@@ -27,13 +27,14 @@ from simulator.requests import Finished, RequestLog
 from simulator.workload import TokenSampler
 
 PROBE_REQUESTS = 800
-"""Requests of one load test at least (the first WARMUP of them are warm-up) ..."""
+"""Requests of one load test at least ..."""
 PROBE_S = 3600.0
 """... and as many as arrive in the scenario's duration, up to this long. A percentile target is scored per window,
 and a rate that met it in the ten windows of a 600-s test missed it in some of an hour's: sized on 600 s, code
 (p95) took one replica at 5.4 rps for its 5.0 at the peak and met its targets in 0.982 of tight-budget's requests;
 on an hour, 4.4 rps, two replicas."""
 WARMUP = 0.15
+"""Share of a test's first requests left out of its score: the engine filling from empty."""
 ATTAINMENT = 0.99
 """Share of the load test's requests that must meet the targets: what the report asks of `wattscale` wherever
 `static` reaches it."""
@@ -80,6 +81,8 @@ def capacity_rps(replica: Replica, prompts: TokenSampler, outputs: TokenSampler,
 
 @dataclass(frozen=True)
 class _Targets:
+    """What `request_met` reads of a service: the load test's targets."""
+
     ttft_ms: float
     itl_ms: float
     statistic: str
