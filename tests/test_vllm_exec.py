@@ -58,7 +58,8 @@ def test_a_file_the_daemons_user_could_plant_is_neither_waited_on_nor_followed(t
     {"fifo": lambda: os.mkfifo(batch), "link": lambda: batch.symlink_to(secret), "folder": batch.mkdir}[kind]()
     done = vllm_exec(tmp_path, "--", *SHOW)
     assert done.returncode == 0 and done.stdout == "['--port', '8000', '--max-num-seqs', '64']\n"
-    assert done.stderr.startswith("wattscale vllm-exec: ") and "48" not in done.stderr
+    said = done.stderr.replace(str(batch), "<batch file>")  # its path may hold "48" itself (pytest-48: 3 failed)
+    assert said.startswith("wattscale vllm-exec: ") and "48" not in said
 
 
 def test_the_command_runs_with_the_signals_python_ignores_restored(tmp_path: Path) -> None:
