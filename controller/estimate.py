@@ -26,6 +26,9 @@ MAX_WINDOW_RPS = 100_000.0
 queue model's sizing of it took minutes and gigabytes)."""
 MAX_WINDOW_TOKENS = 1_000_000.0
 """Longest mean prompt or output a window may report."""
+MAX_WINDOW_WAITING = 10_000_000.0
+"""Most requests one service's window may report waiting (a thousand replicas' worth of vLLM's deepest queues): a
+gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
 
 
 def window_problem(w: ServiceWindow) -> str | None:
@@ -36,8 +39,8 @@ def window_problem(w: ServiceWindow) -> str | None:
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_TOKENS):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
-    if not (math.isfinite(w.waiting) and w.waiting >= 0.0):
-        return f"waiting {w.waiting:g} below 0"
+    if not (math.isfinite(w.waiting) and 0.0 <= w.waiting <= MAX_WINDOW_WAITING):
+        return f"waiting {w.waiting:g} outside [0, {MAX_WINDOW_WAITING:g}]"
     return None
 
 
@@ -110,7 +113,8 @@ class Estimator:
         if window.in_tokens and window.out_tokens:  # a mean under one token (requests that ended at once): one
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s,
                                                     max(window.in_tokens, 1.0), max(window.out_tokens, 1.0))
-        self.load[svc.name] = svc.load(window.rate_rps + growth + backlog, in_tokens, out_tokens)
+        demand = min(window.rate_rps + growth + backlog, MAX_WINDOW_RPS)  # a rate past it took the sizing minutes
+        self.load[svc.name] = svc.load(demand, in_tokens, out_tokens)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:

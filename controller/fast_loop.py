@@ -251,8 +251,8 @@ class FastLoop:
         """Per service, its GPUs' mean draw and limit at this tick (before its step: the limits the reading ran
         under) and whether the governor held any down; and each free GPU's draw (controller/empty_draw.py)."""
         by_service: dict[str, list[GpuSample]] = {}
-        for g in samples:
-            if g.service is not None and g.power_w is not None:
+        for g in samples:  # a reading of nothing or past what the GPU can draw is a glitch the draw curve learnt from
+            if g.service is not None and g.power_w is not None and 0.0 < g.power_w <= g.max_limit_w:
                 by_service.setdefault(g.service, []).append(g)
         self.ledger.add_free([(g.name, w) for g in samples if g.service is None and (w := g.power_w) is not None])
         cut = self.governor.cut_w

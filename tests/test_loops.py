@@ -288,6 +288,40 @@ def test_a_reading_that_is_no_draw_counts_at_the_limit_and_is_said_once(sim_conf
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_power"}) == 7.0  # ticks 5-11
 
 
+@pytest.mark.parametrize("reading", [5000.0, 0.0])
+def test_a_draw_past_what_the_gpu_can_draw_or_of_nothing_is_no_reading_the_draw_curve_learns(
+        sim_config: Callable[..., Path], reading: float) -> None:
+    """One 5,000-W reading a window took a service's mean draw from 400 to 553 W, every window kept, and the draw
+    curve's busy share from 0.39 to 0.71; 0-W readings pulled it low."""
+    s = load_settings(sim_config({"min_replicas = 1": "min_replicas = 2"}))
+    ctl, advance, _ = sim_controller(s)
+    for t in (1.0, 2.0):
+        advance(t)
+        ctl.tick_fast(t)
+        ctl.tick_slow(t)  # a plan: the GPUs' services
+    by_service: dict[str, list[int]] = {}
+    for g in ctl.fast.samples:
+        if g.service is not None:
+            by_service.setdefault(g.service, []).append(g.index)
+    service, gpus = next((n, i) for n, i in by_service.items() if len(i) >= 2)
+    glitched = gpus[0]
+
+    class Glitching:
+        def sample(self, now: float) -> list[GpuSample]:
+            return [dataclasses.replace(g, power_w=reading) if g.index == glitched else g
+                    for g in inner.sample(now)]
+
+    inner = ctl.fast.gpus
+    ctl.fast.gpus = Glitching()  # type: ignore[assignment]
+    ctl.fast.ledger.take(service)
+    for t in range(3, 12):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    taken = ctl.fast.ledger.take(service)
+    others = [g.power_w or 0.0 for g in ctl.fast.samples if g.service == service and g.index != glitched]
+    assert len(taken) == 9 and taken[-1].draw_w == pytest.approx(sum(others) / len(others))  # the glitch left out
+
+
 def test_safe_caps_never_raise_a_limit(sim_config: Callable[..., Path]) -> None:
     """The failsafe set every GPU to one level that fits the budget: GPUs the plan held at 200 W (none of the
     services' own) and serving ones at 420 W went to 582 W while only their readings were lost."""
@@ -526,7 +560,8 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
 @pytest.mark.parametrize(("edit", "verdict"), [
     ({"rate_rps": -1.0}, "window refused: rate -1 rps outside [0, 100000]"),
     ({"rate_rps": 1e8}, "window refused: rate 1e+08 rps outside [0, 100000]"),
-    ({"waiting": -1000.0}, "window refused: waiting -1000 below 0"),
+    ({"waiting": -1000.0}, "window refused: waiting -1000 outside [0, 1e+07]"),
+    ({"waiting": 1e11}, "window refused: waiting 1e+11 outside [0, 1e+07]"),  # a backlog of 7.5e9 rps: 38 s, 7 GB
     ({"in_tokens": 1e12}, "window refused: in_tokens 1e+12 outside [0, 1e+06]"),
     ({"out_tokens": 0.5}, None),  # a mean under one token: read as one, the cycle plans
 ])

@@ -97,3 +97,29 @@ def test_one_unreadable_figure_loses_that_figure_alone_and_is_reported() -> None
     broken.add(promql["rate_rps"])
     with pytest.raises(TelemetryError, match="many-to-many"):  # without the rate no service has a window
         source.observe(1.0, ["chat"])
+
+
+@pytest.mark.parametrize("rate", ["NaN", "+Inf", "-Inf"])
+def test_a_rate_that_is_no_number_is_no_demand_of_zero(rate: str) -> None:
+    """One engine's NaN counter makes sum(rate()) NaN: it read as a steady window of 0 rps, and the plan cut caps."""
+    answers = {"rate_rps": rate, "replicas": "2", "running": "3", "waiting": "0", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": "0", "replicas_before": "2", "ttft_s": "0.2"}
+    promql = queries(["m"], "60s")
+    by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
+    source = PrometheusVllmSource("http://prom", {"chat": "m"},
+                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+    assert source.observe(0.0, ["chat"]) == {"chat": None}
+
+
+def test_a_figure_past_any_count_is_left_out_and_said() -> None:
+    """'1e300' replicas became a 301-digit count, which would let the enforcer drain every other variant."""
+    answers = {"rate_rps": "4", "replicas": "1e300", "running": "3", "waiting": "-2", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": "0", "replicas_before": "2"}
+    promql = queries(["m"], "60s")
+    by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
+    errors: list[tuple[str, str]] = []
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
+                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.replicas == 0 and w.waiting == 0.0 and not w.steady
+    assert errors == [("prometheus", "chat: replicas, waiting not a number in [0, 1e+12]: left out")]

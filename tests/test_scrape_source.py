@@ -290,3 +290,64 @@ def test_a_request_counter_unread_on_every_replica_is_no_demand_of_zero() -> Non
     source = ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=lambda url, t: _page(url, float("nan"), 3.0),
                               on_error=lambda kind, msg: None)
     assert all(source.observe(float(t), ["chat"]) == {"chat": None} for t in range(0, 30 * (HOLD_CYCLES + 3), 30))
+
+
+def test_a_page_cut_short_of_a_counter_holds_the_window_rather_than_reading_no_demand_then_a_spike() -> None:
+    """A page cut at a line's end, with no length to tell (Connection: close), lacked the success counter: its
+    window read 0 rps, steady, and the next, finding it again, counted all it ever served (6,727 rps read)."""
+    host = _host()
+    pages = Pages(host)
+    cut = {"on": False}
+    errors: list[str] = []
+
+    def fetch(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        if not cut["on"] or url != pages.urls[0]:
+            return page
+        return "".join(line for line in page.splitlines(keepends=True)
+                       if not line.startswith("vllm:request_success_total"))
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch,
+                              on_error=lambda kind, msg: errors.append(msg))
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    start = _totals(host)[0]
+    cut["on"] = True
+    host.advance_to(50.0)
+    assert source.observe(50.0, ["chat"]) == {"chat": None}
+    assert errors and "success of llama-3.1-8b is missing from its page" in errors[0]
+    cut["on"] = False
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.window_s == 60.0 and w.steady
+    assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("bound", ["NaN", "-5", "1e308"])
+def test_a_bucket_bound_that_is_no_bound_is_skipped(bound: str) -> None:
+    """`le="NaN"` read every p95 as NaN, an SLO missed each window (the margin rose to its most); `-5` a p95 of
+    -4,318 ms, met."""
+    host = _host()
+    glitch = Glitch(Pages(host), extra=f'vllm:time_to_first_token_seconds_bucket{{model_name="{MODEL}",le="{bound}"}}'
+                                       f" 1e9\n")
+    glitch.on = True
+    source = glitch.source()
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    host.advance_to(80.0)
+    w = source.observe(80.0, ["chat"])["chat"]
+    assert w is not None and w.ttft_p95_ms is not None and 0.0 < w.ttft_p95_ms < 10_000.0
+
+
+def test_a_histogram_sum_that_fell_while_its_count_rose_is_a_restart() -> None:
+    """A server restarted in the window that served more than before: its _count rose and its _sum fell, and the
+    window read 10 ms of TTFT for 7.5, steady."""
+    from controller.telemetry.vllm_window import Snapshot, window
+
+    key = ("a/0", "ttft")
+    old = Snapshot(0.0, counters={("a/0", "success"): 100.0}, hist_sum={key: 10.0}, hist_count={key: 100.0},
+                   engines={"a/0"})
+    new = Snapshot(30.0, counters={("a/0", "success"): 400.0}, hist_sum={key: 3.0}, hist_count={key: 400.0},
+                   engines={"a/0"})
+    w = window(new, old)
+    assert w is not None and not w.steady

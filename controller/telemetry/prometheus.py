@@ -22,6 +22,10 @@ from collections.abc import Callable
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
 
+MOST = 1e12
+"""Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
+out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
+
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, dict[str, str], float], bytes]
@@ -168,10 +172,16 @@ class PrometheusVllmSource:
             if model is None:
                 out[name] = None
                 continue
-            v = {k: a.get(model) for k, a in answers.items()}
+            raw = {k: a.get(model) for k, a in answers.items()}
+            v = {k: x if x is None or 0.0 <= x <= MOST else None for k, x in raw.items()}  # every figure a count
             replicas = int(v["replicas"] or 0)
             if replicas == 0 and v["rate_rps"] is None:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
+                continue
+            if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
+                self.on_error("prometheus", f"{name}: {', '.join(bad)} not a number in [0, {MOST:g}]: left out")
+            if v["rate_rps"] is None:  # no word on its demand, not a demand of 0 (a NaN counter made every rate NaN)
+                out[name] = None
                 continue
 
             def ms(key: str, values: dict[str, float | None] = v) -> float | None:

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
-from controller.telemetry.vllm_window import Snapshot, is_gauge, snapshots, unreadable, window
+from controller.telemetry.vllm_window import Snapshot, gone, is_gauge, snapshots, unreadable, window
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class ScrapeVllmSource:
         self.fetch, self.on_error = fetch, on_error or _log_error
         self._last: dict[str, Snapshot] = {}
         self._held: dict[str, int] = {}
+        self._gaps: dict[str, int] = {}
+        """Per service, the windows held in a row for a counter or histogram its last page had and this one lacks."""
         """Per service: windows held in a row for a counter that is no reading."""
 
     def _read(self, url: str) -> list[Metric] | None:
@@ -112,6 +114,15 @@ class ScrapeVllmSource:
                 out[name] = None  # its demand is unknown, not 0
                 continue
             last = self._last.get(name)
+            if last is not None and (missing := gone(snap, last)):
+                waited = self._gaps[name] = self._gaps.get(name, 0) + 1
+                if waited <= HOLD_CYCLES:  # read as 0 it was no demand, and back, all it ever counted
+                    self.on_error("scrape", f"{name}: {missing[0][0]}: {missing[0][1]} of {model} is missing from "
+                                  "its page (cut short?): its window waits for a page with it")
+                    out[name] = None
+                    continue
+                snap.unread |= set(missing)  # left out, and counted from its next reading
+            self._gaps[name] = 0
             self._last[name] = snap
             out[name] = window(snap, last) if last is not None else None
         return out

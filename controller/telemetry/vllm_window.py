@@ -39,6 +39,11 @@ GAUGES = {
 
 FAMILIES = frozenset(COUNTERS) | frozenset(HISTOGRAMS) | frozenset(GAUGES)
 """Every family a window reads (a source that builds its families may build these alone)."""
+MAX_BOUND = 1e9
+"""Largest histogram bucket bound taken (seconds or tokens), `+Inf` apart."""
+RESETTING = ("counters", "hist_count", "hist_sum")
+"""The snapshot tables a restart resets: a fall in any is one (a _sum fallen while its _count rose read 10 ms for
+7.5)."""
 
 Key = tuple[str, str]  # (engine series, figure)
 
@@ -133,11 +138,22 @@ def _family(name: str) -> str:
 
 
 def _bound(le: str | None) -> float | None:
-    """A histogram bucket's upper bound (`+Inf` included); None where the label is missing or no number."""
+    """A histogram bucket's upper bound (`+Inf` included); None where the label is missing or no bound (NaN, below 0,
+    or past any second or token count: `le="NaN"` read every p95 as NaN, an SLO missed)."""
     try:
-        return None if le is None else float(le)
+        bound = None if le is None else float(le)
     except ValueError:
         return None
+    return bound if bound is not None and (bound == math.inf or 0.0 <= bound <= MAX_BOUND) else None
+
+
+def gone(new: Snapshot, old: Snapshot) -> list[Key]:
+    """The counters and histograms of an engine still reporting that the old snapshot read and the new one lacks (a
+    page cut short at a line's end, with no length to tell): summed as they stand, one read as no demand, then all it
+    ever counted as new."""
+    tables = ((new.counters, old.counters), (new.hist_count, old.hist_count))
+    return sorted({k for now, was in tables for k in was
+                   if k[0] in new.engines and k not in now and k not in new.unread})
 
 
 def _delta(new: float, old: float) -> float:
@@ -218,7 +234,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         kv_usage=new.gauges.get("kv", 0.0) / max(1, len(new.engines)),
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
-        steady=new.engines == old.engines and not _reset(new.counters, old.counters)
-        and not _reset(new.hist_count, old.hist_count) and not (new.unread or old.unread),  # a series left out
+        steady=new.engines == old.engines and not any(_reset(getattr(new, t), getattr(old, t)) for t in RESETTING)
+        and not (new.unread or old.unread),  # a series left out
         queue_ms=mean("queue", 1000.0),
     )
