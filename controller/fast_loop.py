@@ -27,6 +27,10 @@ from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck, envelope_ok
 
 log = logging.getLogger("wattscale.governor")
+GLITCH = 1.5
+"""A serving GPU's reading past this many times its top limit is a glitch its draw curve leaves out (one 5,000-W reading
+a window took a fit's busy share from 0.39 to 0.71); a few watts over the top, as a GPU at its cap reads, counts at
+the top, as the governor counts it."""
 
 
 class FastLoop:
@@ -251,8 +255,8 @@ class FastLoop:
         """Per service, its GPUs' mean draw and limit at this tick (before its step: the limits the reading ran
         under) and whether the governor held any down; and each free GPU's draw (controller/empty_draw.py)."""
         by_service: dict[str, list[GpuSample]] = {}
-        for g in samples:  # a reading of nothing or past what the GPU can draw is a glitch the draw curve learnt from
-            if g.service is not None and g.power_w is not None and 0.0 < g.power_w <= g.max_limit_w:
+        for g in samples:  # a reading of nothing or far past what the GPU can draw is a glitch the curve learnt from
+            if g.service is not None and g.power_w is not None and 0.0 < g.power_w <= GLITCH * g.max_limit_w:
                 by_service.setdefault(g.service, []).append(g)
         self.ledger.add_free([(g.name, w) for g in samples if g.service is None and (w := g.power_w) is not None])
         cut = self.governor.cut_w
@@ -268,7 +272,8 @@ class FastLoop:
             held_gpus += below
             shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
             self.ledger.add(service, DrawReading(
-                sum(g.power_w or 0.0 for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
+                sum(min(g.power_w or 0.0, g.max_limit_w) for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n,
+                below > 0,
                 sum(shares) / n if any(c < 1.0 for c in shares) else None))
         self.held_gpus = held_gpus
         self.held_series.set(held_gpus)

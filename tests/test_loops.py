@@ -288,11 +288,12 @@ def test_a_reading_that_is_no_draw_counts_at_the_limit_and_is_said_once(sim_conf
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_power"}) == 7.0  # ticks 5-11
 
 
-@pytest.mark.parametrize("reading", [5000.0, 0.0])
-def test_a_draw_past_what_the_gpu_can_draw_or_of_nothing_is_no_reading_the_draw_curve_learns(
+@pytest.mark.parametrize("reading", [5000.0, 0.0, 704.0])
+def test_a_draw_far_past_what_the_gpu_can_draw_or_of_nothing_is_no_reading_the_draw_curve_learns(
         sim_config: Callable[..., Path], reading: float) -> None:
     """One 5,000-W reading a window took a service's mean draw from 400 to 553 W, every window kept, and the draw
-    curve's busy share from 0.39 to 0.71; 0-W readings pulled it low."""
+    curve's busy share from 0.39 to 0.71; 0-W readings pulled it low. A few watts over the top, as a GPU at its cap
+    reads, counts at the top (dropped, the readings of GPUs at their cap were lost)."""
     s = load_settings(sim_config({"min_replicas = 1": "min_replicas = 2"}))
     ctl, advance, _ = sim_controller(s)
     for t in (1.0, 2.0):
@@ -318,8 +319,10 @@ def test_a_draw_past_what_the_gpu_can_draw_or_of_nothing_is_no_reading_the_draw_
         advance(float(t))
         ctl.tick_fast(float(t))
     taken = ctl.fast.ledger.take(service)
-    others = [g.power_w or 0.0 for g in ctl.fast.samples if g.service == service and g.index != glitched]
-    assert len(taken) == 9 and taken[-1].draw_w == pytest.approx(sum(others) / len(others))  # the glitch left out
+    counted = [g.power_w or 0.0 for g in ctl.fast.samples if g.service == service and g.index != glitched]
+    top = next(g.max_limit_w for g in ctl.fast.samples if g.index == glitched)
+    counted += [top] if reading == 704.0 else []  # over the top by a hair: at the top; a glitch: left out
+    assert len(taken) == 9 and taken[-1].draw_w == pytest.approx(sum(counted) / len(counted))
 
 
 def test_safe_caps_never_raise_a_limit(sim_config: Callable[..., Path]) -> None:

@@ -99,16 +99,17 @@ def test_one_unreadable_figure_loses_that_figure_alone_and_is_reported() -> None
         source.observe(1.0, ["chat"])
 
 
-@pytest.mark.parametrize("rate", ["NaN", "+Inf", "-Inf"])
-def test_a_rate_that_is_no_number_is_no_demand_of_zero(rate: str) -> None:
-    """One engine's NaN counter makes sum(rate()) NaN: it read as a steady window of 0 rps, and the plan cut caps."""
-    answers = {"rate_rps": rate, "replicas": "2", "running": "3", "waiting": "0", "kv_usage": "0.1",
-               "preemptions": "0", "restarts": "0", "replicas_before": "2", "ttft_s": "0.2"}
+def test_a_service_with_no_rate_yet_still_tells_its_queue() -> None:
+    """A vLLM that makes its success counter on first use has no rate series before a request finishes: its window
+    still says what waits (held for want of a rate, the backlog went unsized and the service was planned at 0)."""
+    answers = {"replicas": "2", "running": "64", "waiting": "400", "kv_usage": "0.1", "preemptions": "0",
+               "restarts": "0", "replicas_before": "2"}
     promql = queries(["m"], "60s")
-    by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
+    by_query = {q: answers.get(k) for k, q in promql.items()}
     source = PrometheusVllmSource("http://prom", {"chat": "m"},
-                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
-    assert source.observe(0.0, ["chat"]) == {"chat": None}
+                                  fetch=lambda url, form, t: vector(*[v for v in [by_query[form["query"]]] if v]))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == 0.0 and w.waiting == 400.0 and w.replicas == 2
 
 
 def test_a_figure_past_any_count_is_left_out_and_said() -> None:

@@ -323,6 +323,29 @@ def test_a_page_cut_short_of_a_counter_holds_the_window_rather_than_reading_no_d
     assert w.rate_rps == pytest.approx((_totals(host)[0] - start) / 60.0, rel=1e-9)
 
 
+def test_a_request_counter_missing_past_the_hold_is_no_demand_of_zero() -> None:
+    """Past its hold, a success counter missing from every page read as a steady 0 rps, where one that read NaN
+    was no window: both are now no word on the service's demand."""
+    host = _host()
+    pages = Pages(host)
+
+    def fetch(url: str, timeout_s: float) -> str:
+        page = pages.fetch(url, timeout_s)
+        if host.now_s <= 20.0:
+            return page
+        return "".join(line for line in page.splitlines(keepends=True)
+                       if not line.startswith("vllm:request_success_total"))
+
+    source = ScrapeVllmSource({"chat": pages.urls}, {"chat": MODEL}, fetch=fetch, on_error=lambda kind, msg: None)
+    host.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    got = []
+    for t in range(50, 50 + 30 * (HOLD_CYCLES + 3), 30):
+        host.advance_to(float(t))
+        got.append(source.observe(float(t), ["chat"])["chat"])
+    assert got == [None] * (HOLD_CYCLES + 3)
+
+
 @pytest.mark.parametrize("bound", ["NaN", "-5", "1e308"])
 def test_a_bucket_bound_that_is_no_bound_is_skipped(bound: str) -> None:
     """`le="NaN"` read every p95 as NaN, an SLO missed each window (the margin rose to its most); `-5` a p95 of

@@ -180,9 +180,6 @@ class PrometheusVllmSource:
                 continue
             if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
                 self.on_error("prometheus", f"{name}: {', '.join(bad)} not a number in [0, {MOST:g}]: left out")
-            if v["rate_rps"] is None:  # no word on its demand, not a demand of 0 (a NaN counter made every rate NaN)
-                out[name] = None
-                continue
 
             def ms(key: str, values: dict[str, float | None] = v) -> float | None:
                 x = values[key]

@@ -122,6 +122,9 @@ class ScrapeVllmSource:
                     out[name] = None
                     continue
                 snap.unread |= set(missing)  # left out, and counted from its next reading
+                if not any(k[1] == "success" for k in snap.counters):  # as unread: its demand unknown, not 0
+                    out[name] = None
+                    continue
             self._gaps[name] = 0
             self._last[name] = snap
             out[name] = window(snap, last) if last is not None else None
