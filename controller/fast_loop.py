@@ -272,8 +272,7 @@ class FastLoop:
             held_gpus += below
             shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
             self.ledger.add(service, DrawReading(
-                sum(min(g.power_w or 0.0, g.max_limit_w) for g in gpus) / n, sum(g.power_limit_w for g in gpus) / n,
-                below > 0,
+                sum(map(self.governor.accounted_w, gpus)) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
                 sum(shares) / n if any(c < 1.0 for c in shares) else None))
         self.held_gpus = held_gpus
         self.held_series.set(held_gpus)
