@@ -11,6 +11,7 @@ the queue each replica reports, and the GPUs' energy counters (nothing while GPU
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -55,27 +56,33 @@ class DrawMeter:
         return draw
 
 
+def level_limits(room_w: float, bounds: Sequence[tuple[float, float]]) -> list[float]:
+    """One even level of limits over GPUs of these (lowest, highest) limits, summing to `room_w`: each held within its
+    own, and what one cannot take handed on to the others (an L40S takes 350 W of an H100's 400-W share). Below their
+    floors every one is at its lowest, above their tops at its highest. The sum is piecewise linear in the level, so
+    it is solved exactly between the two limits that bracket it."""
+    def total(level: float) -> float:
+        return sum(min(hi, max(lo, level)) for lo, hi in bounds)
+
+    points = sorted({w for b in bounds for w in b})
+    level = points[-1] if points else 0.0  # the room past every top: each at its highest
+    for a, b in itertools.pairwise(points):
+        if total(b) >= room_w:  # the first bracket that holds it (below the first, every one at its lowest)
+            inside = sum(lo <= a and hi >= b for lo, hi in bounds)  # the GPUs the level moves between a and b
+            level = a + max(0.0, room_w - total(a)) / inside if inside else a
+            break
+    return [min(hi, max(lo, level)) for lo, hi in bounds]
+
+
 def even_split(budget_w: float, host: SimHost) -> dict[int, float]:
     """The budget as power limits over the GPUs still on the bus: one with no replica at its lowest limit (it draws
-    its idle power whatever its limit), the rest one even level over those serving, each held within its own limits
-    and what one cannot take handed on to the others (an L40S takes 350 W of an H100's 400-W share). Below the
-    floors every GPU is at its lowest limit, as any cap would be."""
+    its idle power whatever its limit), the rest one even level over those serving (`level_limits`)."""
     live = [g for g in host.gpus if g.index not in host.lost]
-    if not live:
-        return {}
     serving = host.in_use() & {g.index for g in live} or {g.index for g in live}  # nothing runs: all share it
     limits = {g.index: g.spec.min_limit_w for g in live if g.index not in serving}
     busy = [g for g in live if g.index in serving]
-    room = budget_w - sum(limits.values())
-
-    def level(watts: float) -> dict[int, float]:
-        return {g.index: min(g.spec.max_limit_w, max(g.spec.min_limit_w, watts)) for g in busy}
-
-    low, high = 0.0, max(g.spec.max_limit_w for g in busy)
-    for _ in range(60):  # the level whose clamped shares sum to the room (they rise with it)
-        mid = 0.5 * (low + high)
-        low, high = (mid, high) if sum(level(mid).values()) <= room else (low, mid)
-    return limits | level(low)
+    levels = level_limits(budget_w - sum(limits.values()), [(g.spec.min_limit_w, g.spec.max_limit_w) for g in busy])
+    return limits | {g.index: w for g, w in zip(busy, levels, strict=True)}
 
 
 class UniformCaps:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.lp import Lp
+from controller.simulate.baselines import level_limits
 from controller.simulate.plant import token_mix
 from controller.simulate.scenario import Scenario
 from controller.simulate.sizing import replica_for
@@ -150,7 +151,7 @@ def frontier(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int = 
     idle_w = SPECS[gpu_type].empty_w * gpus  # every GPU with no process; a replica's idle is in its option
     spec, serving = SPECS[gpu_type], sum(p.static_n for p in probes.values())
     room_w = scn.start_budget_w - (gpus - serving) * spec.min_limit_w  # uniform-cap's split: empty GPUs at the floor
-    even_cap_w = min(spec.max_limit_w, max(spec.min_limit_w, room_w / max(serving, 1)))
+    even_cap_w = level_limits(room_w, [(spec.min_limit_w, spec.max_limit_w)] * serving)[0]
     options = {name: [p.run(n, c) for n in p.counts for c in CLOCKS] for name, p in probes.items()}
     static = {name: next(o for o in options[name] if o.replicas == p.static_n and o.clock is None)
               for name, p in probes.items()}
