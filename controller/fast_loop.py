@@ -175,7 +175,7 @@ class FastLoop:
                 gpu = str(g.index)
                 series = self.series[g.index] = GpuSeries(m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
                                                            m.gpu_clock.labels(gpu))
-            series.limit.set(math.nan if g.uuid in self.unknown else g.power_limit_w)  # none read or set
+            series.limit.set(self._shown_limit(g))
             if g.power_w is not None:
                 series.power_of(m.gpu_power, str(g.index), g.service or "").set(g.power_w)
             if g.energy_j is not None:
@@ -230,7 +230,11 @@ class FastLoop:
             return
         for g in self.samples:
             if (series := self.series.get(g.index)) is not None:
-                series.limit.set(math.nan if g.uuid in self.unknown else g.power_limit_w)
+                series.limit.set(self._shown_limit(g))
+
+    def _shown_limit(self, g: GpuSample) -> float:
+        """A GPU's limit as the metrics say it: NaN for one whose limits are not known (none read or set)."""
+        return math.nan if g.uuid in self.unknown else g.power_limit_w
 
     def set_limit(self, now: float, g: GpuSample, watts: float, forced: bool = False) -> float | None:
         """Set one GPU's limit, as its retry record allows (or `forced`); the limit in force after, None if unset."""

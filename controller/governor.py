@@ -216,8 +216,9 @@ class PowerGovernor:
         forced: set[str] = set()
         if not waiting:  # the usual tick: no sum over the site's GPUs for nothing
             return frozenset()
+        held = fixed | waiting
         for line_w, inside in [(self.threshold_w(), list(samples)), *self.domains(samples)]:
-            free = [g for g in inside if g.uuid not in fixed | waiting]
+            free = [g for g in inside if g.uuid not in held]
             excess_w = sum(self.accounted_w(g) for g in inside) - line_w
             if excess_w > 0 and excess_w > sum(max(0.0, self.accounted_w(g) - g.min_limit_w) for g in free):
                 forced |= {g.uuid for g in inside if g.uuid in waiting}

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from controller.service_settings import ServiceSettings
     from controller.settings import Settings
 
-"""Largest `--max-num-seqs` (vLLM's own scheduler is not built for more)."""
 MAX_QUEUE = 1_000_000
 """Largest waiting queue per replica a model or the simulator holds."""
 MAX_GPUS = 1024

@@ -107,7 +107,6 @@ class NodeAgent:
         except ValueError as exc:
             raise ValueError(f"{self.plan_url}: HTTP {answer.status}: {exc}") from None
         if answer.status == 404:
-            self.failing.discard("plan")
             return None
         try:
             plan = json.loads(answer.body)
@@ -115,9 +114,7 @@ class NodeAgent:
             raise ValueError(f"{self.plan_url}: the answer is nested too deeply") from None
         if not isinstance(plan, dict) or not isinstance(plan.get("spec"), dict):
             raise ValueError(f"{self.plan_url}: the answer is not a NodePowerPlan")
-        spec = read_spec(plan["spec"])
-        self.failing.discard("plan")
-        return spec
+        return read_spec(plan["spec"])
 
     def step(self, now: float) -> str:
         """Read the plan and the GPUs, set the limits, report; returns the mode (following, failsafe, released)."""
@@ -133,10 +130,12 @@ class NodeAgent:
         else:
             self.failing.discard("plan_keys")
         try:
-            return self._plan()
+            plan = self._plan()
         except (OSError, ValueError, Unreachable) as exc:
             self.failed("plan", str(exc))
             return self.last
+        self.failing.discard("plan")
+        return plan
 
     def act(self, now: float, plan: PlanSpec | None) -> str:
         """`plan` (from `fetch`) at `now`: the GPUs' limits set, then reported."""
