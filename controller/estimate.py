@@ -27,8 +27,8 @@ queue model's sizing of it took minutes and gigabytes)."""
 MAX_WINDOW_TOKENS = 1_000_000.0
 """Longest mean prompt or output a window may report."""
 MAX_WINDOW_WAITING = 10_000_000.0
-"""Most requests one service's window may report waiting (a thousand replicas' worth of vLLM's deepest queues): a
-gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
+"""Most requests one service's window may report waiting or running (a thousand replicas' worth of vLLM's deepest
+queues): a gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
 
 
 def window_problem(w: ServiceWindow) -> str | None:
@@ -39,8 +39,10 @@ def window_problem(w: ServiceWindow) -> str | None:
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_TOKENS):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
-    if not (math.isfinite(w.waiting) and 0.0 <= w.waiting <= MAX_WINDOW_WAITING):
-        return f"waiting {w.waiting:g} outside [0, {MAX_WINDOW_WAITING:g}]"
+    for name in ("waiting", "running"):
+        v = getattr(w, name)
+        if not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
+            return f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
     return None
 
 
@@ -63,9 +65,9 @@ class Estimator:
         self.margins, problem = SloMargins.restored(saved)
         if problem is not None:
             log.warning("%s", problem)
-        self.waiting: dict[str, tuple[float, float]] = {}
-        """Per service: when its last window ended and the requests then waiting (every replica), for the next one's
-        queue growth."""
+        self.ended: dict[str, tuple[float, float, float]] = {}
+        """Per service: when its last window ended and the requests then waiting and running (every replica), for
+        the next one's queue growth and arrivals."""
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
         self.silent: dict[str, int] = {}
@@ -84,7 +86,7 @@ class Estimator:
         in force); returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
-        waited = self.waiting.pop(svc.name, None)
+        waited = self.ended.pop(svc.name, None)
         if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
         if window is None:
@@ -93,7 +95,7 @@ class Estimator:
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
             m.errors.labels("bad_window").inc()
             return f"window refused: {problem}"
-        self.waiting[svc.name] = (now, window.waiting)
+        self.ended[svc.name] = (now, window.waiting, window.running)
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
@@ -104,9 +106,10 @@ class Estimator:
         # is the backlog of a service the last plan left short: sized as demand, it would only grow its shortfall
         # (its arrivals still count).
         growth = 0.0
+        # over the window at least: a cycle the floor alarm brings early reads a gauge that grew between scrapes
+        span_s = window.window_s if waited is None else max(now - waited[0], window.window_s)
         if window.steady and svc.name not in self.settling and waited is not None:
-            # over the window at least: a cycle the floor alarm brings early reads a gauge that grew between scrapes
-            growth = max(0.0, window.waiting - waited[1]) / max(now - waited[0], window.window_s)
+            growth = max(0.0, window.waiting - waited[1]) / span_s
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
@@ -138,8 +141,13 @@ class Estimator:
         held = sum(r.cut for r in draws) / len(draws) if draws else 0.0
         if met is not None and (met or svc.name not in self.short):
             self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max, 1.0 - held)
+        # What the model takes is the rate offered; the completions beside it judge the window steady: a ramp or a
+        # filling batch reads far apart.
+        offered = window.rate_rps if waited is None else offered_rps(
+            window.rate_rps, waited[1] + waited[2], window.waiting + window.running, span_s)
         obs = Observation(
-            rate_rps=window.rate_rps / window.replicas,
+            rate_rps=offered / window.replicas,
+            served_rps=None if waited is None else window.rate_rps / window.replicas,
             in_tokens=window.in_tokens or svc.in_tokens,
             out_tokens=window.out_tokens or svc.out_tokens,
             max_batch=in_force.max_batch,
@@ -186,6 +194,18 @@ class Estimator:
         m.tuner_trace.labels(key).set(float(pair.p.trace()))
         if not math.isnan(nis):
             m.tuner_nis.labels(key).set(nis)
+
+
+def offered_rps(served_rps: float, before: float, after: float, span_s: float) -> float:
+    """Requests offered a second: completions plus the growth of the requests in the system (`before` and `after`
+    the window, waiting and running), where that growth is past its own noise. In a steady state the count swings
+    between two reads by about the square root of twice its size (Poisson): within three times that, the
+    completions are the steadier figure (a summarising service whose requests live as long as a window read 8 % of
+    its steady windows over 20 % apart)."""
+    growth = after - before
+    if abs(growth) <= 3.0 * math.sqrt(2.0 * max(before, after, 1.0)):
+        return served_rps
+    return max(0.0, served_rps + growth / span_s)
 
 
 def window_cap_w(draws: list[DrawReading], planned_w: float) -> float:

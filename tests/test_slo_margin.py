@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 from prometheus_client import CollectorRegistry
 
-from controller.estimate import Estimator
+from controller.estimate import Estimator, offered_rps
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
@@ -19,7 +19,7 @@ from controller.slo_margin import SloMargins
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
-from tuner import Tuner
+from tuner import Observation, Tuner, Verdict
 
 STEP, SHARE, TOP = 0.1, 0.02, 0.5
 
@@ -132,14 +132,60 @@ def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
     est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
     a, o = Assignment("H100-SXM", 2, 64, 700.0), OptimizerSettings()
 
-    def window(waiting: float) -> ServiceWindow:
-        return ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
+    def window(waiting: float) -> ServiceWindow:  # 40 more in 15 s at 20 rps served: offered within 20 % of it
+        return ServiceWindow(15.0, 20.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
 
     assert est.observe(0.0, code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
     assert est.observe(0.0, code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
     assert est.observe(0.0, code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
     assert est.observe(0.0, code, None, [], a, True, o, 0.0) == "no window"
     assert est.observe(0.0, code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown
+
+
+class _Recording(Tuner):
+    """The real tuner, keeping what each update was given."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.given: list[Observation] = []
+
+    def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
+        self.given.append(obs)
+        return super().update(model, accelerator, obs)
+
+
+def test_the_tuner_takes_the_offered_rate_and_a_filling_batch_teaches_it_nothing() -> None:
+    """vLLM counts completions; what the model takes is arrivals, completions plus the growth of the requests in the
+    system. A batch that fills (a ramp with no queue: 90 more running on 2 replicas of max batch 128) reads 4 rps
+    served against 10 offered, and teaches nothing; a steady window's few more running move the rate a little."""
+    s = load_settings(ROOT / "config" / "sim.toml")
+    code = next(svc for svc in s.services if svc.name == "code")
+    tuner = _Recording()
+    tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    a, o = Assignment("H100-SXM", 2, 128, 700.0), OptimizerSettings()
+
+    def window(running: float, served_rps: float = 4.0) -> ServiceWindow:
+        return ServiceWindow(15.0, served_rps, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, running, 0.0, 0.1, 0.0, 2)
+
+    est.observe(0.0, code, window(8.0), [], a, True, o, 0.0)
+    assert (tuner.given[-1].rate_rps, tuner.given[-1].served_rps) == (2.0, None)  # nothing before: as served
+    assert est.observe(15.0, code, window(98.0), [], a, True, o, 0.0) == "unsteady-rate"
+    assert tuner.given[-1].rate_rps == pytest.approx((4.0 + 90.0 / 15.0) / 2) and tuner.given[-1].served_rps == 2.0
+    # 3 more running is within what a steady count swings by (3 x sqrt(2 x 101)): the completions are the rate
+    assert est.observe(30.0, code, window(101.0), [], a, True, o, 0.0) not in ("unsteady-rate", "unsteady-queue")
+    assert (tuner.given[-1].rate_rps, tuner.given[-1].served_rps) == (2.0, 2.0)
+    # the batch empties with nothing offered: completions from the backlog alone
+    assert est.observe(45.0, code, window(0.0, served_rps=6.0), [], a, True, o, 0.0) == "unsteady-rate"
+    assert tuner.given[-1].rate_rps == 0.0
+
+
+def test_offered_is_completions_plus_a_growth_past_its_noise() -> None:
+    assert offered_rps(60.0, 1000.0, 1150.0, 15.0) == pytest.approx(70.0)  # past 3 x sqrt(2,300): 10 rps more
+    assert offered_rps(60.0, 1000.0, 1140.0, 15.0) == 60.0  # within it
+    assert offered_rps(4.0, 0.0, 18.0, 15.0) == 4.0  # within 3 x sqrt(2 x 18)
+    assert offered_rps(4.0, 0.0, 20.0, 15.0) == pytest.approx(4.0 + 20.0 / 15.0)
+    assert offered_rps(1.0, 200.0, 0.0, 15.0) == 0.0  # emptied with nothing offered, not a negative rate
 
 
 def test_demand_is_what_arrived_not_what_was_served() -> None:

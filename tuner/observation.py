@@ -80,6 +80,8 @@ class Observation:
             _ = self.shape
         except ModelInputError:
             return "bad-shape"
+        if self.steady and self.served_rps is not None and self.served_rps > 0 >= self.rate_rps:
+            return "unsteady-rate"  # completions with none offered: a backlog draining
         if self.rate_rps <= 0 or self.ttft_ms <= 0 or self.itl_ms <= 0 or self.in_tokens <= 0 or self.out_tokens < 1:
             return "no-traffic"
         if not self.steady:
