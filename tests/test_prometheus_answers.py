@@ -124,3 +124,18 @@ def test_a_figure_past_any_count_is_left_out_and_said() -> None:
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.replicas == 0 and w.waiting == 0.0 and not w.steady
     assert errors == [("prometheus", "chat: replicas, waiting not a number in [0, 1e+12]: left out")]
+
+
+@pytest.mark.parametrize("rate", ["NaN", "+Inf", "-3"])
+def test_a_rate_that_is_no_number_is_no_window_not_an_idle_service(rate: str) -> None:
+    """One engine's NaN counter makes `sum(rate())` NaN: it had read as 0 rps, steady, with 400 waiting, and the plan
+    sized the service as idle. No 0/0 makes a rate NaN (an absent counter is no series: 0 rps, above)."""
+    answers = {"rate_rps": rate, "replicas": "2", "running": "64", "waiting": "400", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": "0", "replicas_before": "2"}
+    by_query = {q: answers.get(k, "NaN") for k, q in queries(["m"], "60s").items()}
+    errors: list[tuple[str, str]] = []
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
+                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+    assert source.observe(0.0, ["chat"]) == {"chat": None}
+    assert errors == [("prometheus", "chat: rate_rps not a number in [0, 1e+12]: left out (no window without its "
+                                     "rate)")]

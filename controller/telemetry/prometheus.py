@@ -2,7 +2,9 @@
 figure for all services' models at once (grouped by `model_name`).
 
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
-(no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency. A
+(no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency; but a
+request rate that is NaN or out of range (a broken counter: no 0/0 makes it) is no window for its service,
+where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps. A
 Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
 observation with one `TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot
 be read (an error envelope, whatever its HTTP status; a wrong shape: `BadAnswer`, naming its query) loses that
@@ -81,9 +83,10 @@ def queries(models: list[str], window: str) -> dict[str, str]:
     }
 
 
-def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]]:
+def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
     """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
-    observation). An error envelope, a body that is not JSON or JSON of another shape raises BadAnswer."""
+    observation) unless `keep_nan`. An error envelope, a body that is not JSON or JSON of another shape raises
+    BadAnswer."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:  # nested past the parser's depth: no answer either
@@ -108,7 +111,7 @@ def instant_vector(body: bytes, query: str) -> list[tuple[dict[str, str], float]
             value = float(text)
         except ValueError as exc:
             raise _bad_series(query, item, "that is not (labels, [time, value])") from exc
-        if math.isfinite(value):
+        if keep_nan or math.isfinite(value):
             out.append(({str(k): str(v) for k, v in labels.items()}, value))
     return out
 
@@ -129,11 +132,11 @@ class PrometheusApi:
         self.endpoint = url.rstrip("/") + "/api/v1/query"
         self.timeout_s, self.fetch = timeout_s, fetch
 
-    def query(self, promql: str, at: float | None = None,
-              timeout_s: float | None = None) -> list[tuple[dict[str, str], float]]:
+    def query(self, promql: str, at: float | None = None, timeout_s: float | None = None,
+              keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
         """Evaluate at Unix time `at` (None: Prometheus' now), within `timeout_s` (None: the API's)."""
         form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
-        return instant_vector(self.fetch(self.endpoint, form, timeout_s or self.timeout_s), promql)
+        return instant_vector(self.fetch(self.endpoint, form, timeout_s or self.timeout_s), promql, keep_nan)
 
 
 class PrometheusVllmSource:
@@ -158,7 +161,7 @@ class PrometheusVllmSource:
         if models:
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
                 try:
-                    answers[figure] = by_model(self.api.query(promql, at))
+                    answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure == "rate_rps"))
                 except BadAnswer as exc:
                     if figure in CORE:
                         raise
@@ -179,7 +182,11 @@ class PrometheusVllmSource:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
                 continue
             if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
-                self.on_error("prometheus", f"{name}: {', '.join(bad)} not a number in [0, {MOST:g}]: left out")
+                self.on_error("prometheus", f"{name}: {', '.join(bad)} not a number in [0, {MOST:g}]: left out"
+                              + (" (no window without its rate)" if "rate_rps" in bad else ""))
+                if "rate_rps" in bad:
+                    out[name] = None
+                    continue
 
             def ms(key: str, values: dict[str, float | None] = v) -> float | None:
                 x = values[key]
