@@ -166,7 +166,7 @@ class Controller:
         for svc in s.services:
             window = windows.get(svc.name)
             now_on = self.assignments[svc.name]
-            verdict = self.estimator.observe(now, svc, window, readings := self.fast.ledger.take(svc.name), now_on,
+            verdict = self.estimator.observe(svc, window, readings := self.fast.ledger.take(svc.name), now_on,
                                              in_force[svc.name].still, s.optimizer,
                                              self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),

@@ -27,8 +27,12 @@ queue model's sizing of it took minutes and gigabytes)."""
 MAX_WINDOW_TOKENS = 1_000_000.0
 """Longest mean prompt or output a window may report."""
 MAX_WINDOW_WAITING = 10_000_000.0
-"""Most requests one service's window may report waiting or running (a thousand replicas' worth of vLLM's deepest
-queues): a gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
+"""Most requests one service's window may report waiting or running, or preempted (a thousand replicas' worth of
+vLLM's deepest queues): a gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
+MAX_WINDOW_S = 86_400.0
+"""Longest window a source may report (a day): a length of 0 divided the growth by zero."""
+MAX_WINDOW_REPLICAS = 100_000
+"""Most replicas a window may report: a count of 10**400 overflowed every rate per replica."""
 
 
 def window_problem(w: ServiceWindow) -> str | None:
@@ -39,10 +43,14 @@ def window_problem(w: ServiceWindow) -> str | None:
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_TOKENS):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
-    for name in ("waiting", "running"):
+    for name in ("waiting", "running", "waiting_before", "running_before", "preemptions"):
         v = getattr(w, name)
-        if not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
+    if not (math.isfinite(w.window_s) and 0.0 < w.window_s <= MAX_WINDOW_S):
+        return f"window_s {w.window_s:g} outside (0, {MAX_WINDOW_S:g}]"
+    if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
+        return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
     return None
 
 
@@ -65,9 +73,6 @@ class Estimator:
         self.margins, problem = SloMargins.restored(saved)
         if problem is not None:
             log.warning("%s", problem)
-        self.ended: dict[str, tuple[float, float, float]] = {}
-        """Per service: when its last window ended and the requests then waiting and running (every replica), for
-        the next one's queue growth and arrivals."""
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
         self.silent: dict[str, int] = {}
@@ -80,13 +85,12 @@ class Estimator:
         a service whose metrics never come is planned on the estimate after (its configured mix at no load)."""
         return name not in self.observed and self.silent.get(name, 0) <= HOLD_CYCLES
 
-    def observe(self, now: float, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
+    def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
         """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
         in force); returns the tuner's verdict (or why none)."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
-        waited = self.ended.pop(svc.name, None)
         if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
         if window is None:
@@ -95,21 +99,23 @@ class Estimator:
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
             m.errors.labels("bad_window").inc()
             return f"window refused: {problem}"
-        self.ended[svc.name] = (now, window.waiting, window.running)
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
-        # What was served is not what arrived: a queue that grew through a steady window took the difference
-        # (arrivals = completions + queue growth), and a saturated replica's completions read its capacity, not the
-        # demand. A restart's queue is the restart's, not demand: only a steady window's growth and backlog are
-        # sized for (nor the growth of the window after one, which still completes what the restart held up). Nor
-        # is the backlog of a service the last plan left short: sized as demand, it would only grow its shortfall
-        # (its arrivals still count).
-        growth = 0.0
-        # over the window at least: a cycle the floor alarm brings early reads a gauge that grew between scrapes
-        span_s = window.window_s if waited is None else max(now - waited[0], window.window_s)
-        if window.steady and svc.name not in self.settling and waited is not None:
-            growth = max(0.0, window.waiting - waited[1]) / span_s
+        # What was served is not what arrived: a queue or a batch that grew through a steady window took the
+        # difference (arrivals = completions + growth; a burst the batch takes shows in no queue), and a saturated
+        # replica's completions read its capacity, not the demand. A restart's queue is the restart's, not demand:
+        # only a steady window's growth and backlog are sized for (nor the growth of the window after one, which
+        # still completes what the restart held up). Nor is the backlog of a service the last plan left short: sized
+        # as demand, it would only grow its shortfall (its arrivals still count).
+        growth, offered, served, grew = 0.0, window.rate_rps, None, None
+        if window.waiting_before is not None and window.running_before is not None:  # (not read: no growth known)
+            offered = offered_rps(window.rate_rps, window.waiting_before + window.running_before,
+                                  window.waiting + window.running, window.window_s)
+            queued = window.waiting - window.waiting_before
+            served, grew = window.rate_rps / window.replicas, queued / window.replicas
+            if window.steady and svc.name not in self.settling:
+                growth = max(0.0, queued / window.window_s, offered - window.rate_rps)
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
@@ -143,11 +149,9 @@ class Estimator:
             self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max, 1.0 - held)
         # What the model takes is the rate offered; the completions beside it judge the window steady: a ramp or a
         # filling batch reads far apart.
-        offered = window.rate_rps if waited is None else offered_rps(
-            window.rate_rps, waited[1] + waited[2], window.waiting + window.running, span_s)
         obs = Observation(
             rate_rps=offered / window.replicas,
-            served_rps=None if waited is None else window.rate_rps / window.replicas,
+            served_rps=served,
             in_tokens=window.in_tokens or svc.in_tokens,
             out_tokens=window.out_tokens or svc.out_tokens,
             max_batch=in_force.max_batch,
@@ -163,7 +167,7 @@ class Estimator:
             out_cv=svc.out_tokens_cv,
             steady=steady,
             # a queue that grew through the window is a ramp or an overload, not a steady state, whatever marks it
-            queue_growth=None if waited is None else (window.waiting - waited[1]) / window.replicas,
+            queue_growth=grew,
             queue_ms=window.queue_ms,
             kv_tokens=kv_tokens,
         )
@@ -198,12 +202,12 @@ class Estimator:
 
 def offered_rps(served_rps: float, before: float, after: float, span_s: float) -> float:
     """Requests offered a second: completions plus the growth of the requests in the system (`before` and `after`
-    the window, waiting and running), where that growth is past its own noise. In a steady state the count swings
-    between two reads by about the square root of twice its size (Poisson): within three times that, the
-    completions are the steadier figure (a summarising service whose requests live as long as a window read 8 % of
-    its steady windows over 20 % apart)."""
+    the window, waiting and running), where that growth is past its own noise; within it, the completions are the
+    steadier figure. In a steady state the count's change over a window swings by the square root of twice the
+    arrivals the requests in the system hold over it (M/G/inf: 2 x rate x E[min(lifetime, window)]), so by at most
+    the root of twice the count, or of twice the window's completions where requests outlive the window."""
     growth = after - before
-    if abs(growth) <= 3.0 * math.sqrt(2.0 * max(before, after, 1.0)):
+    if abs(growth) <= 3.0 * math.sqrt(2.0 * max(1.0, min(max(before, after), served_rps * span_s))):
         return served_rps
     return max(0.0, served_rps + growth / span_s)
 

@@ -567,6 +567,10 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
     ({"waiting": 1e11}, "window refused: waiting 1e+11 outside [0, 1e+07]"),  # a backlog of 7.5e9 rps: 38 s, 7 GB
     ({"in_tokens": 1e12}, "window refused: in_tokens 1e+12 outside [0, 1e+06]"),
     ({"running": math.inf}, "window refused: running inf outside [0, 1e+07]"),  # arrivals read inf rps from it
+    ({"waiting_before": -1.0}, "window refused: waiting_before -1 outside [0, 1e+07]"),
+    ({"preemptions": math.nan}, "window refused: preemptions nan outside [0, 1e+07]"),  # read as not saturated
+    ({"window_s": 0.0}, "window refused: window_s 0 outside (0, 86400]"),  # the growth divided by zero
+    ({"replicas": 10**5000}, "window refused: replicas past 1e15 outside [0, 100000]"),  # overflowed every rate
     ({"out_tokens": 0.5}, None),  # a mean under one token: read as one, the cycle plans
 ])
 def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(

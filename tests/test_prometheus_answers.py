@@ -139,3 +139,26 @@ def test_a_rate_that_is_no_number_is_no_window_not_an_idle_service(rate: str) ->
     assert source.observe(0.0, ["chat"]) == {"chat": None}
     assert errors == [("prometheus", "chat: rate_rps not a number in [0, 1e+12]: left out (no window without its "
                                      "rate)")]
+
+
+@pytest.mark.parametrize("running", ["40", "NaN"])
+def test_the_queue_and_batch_at_the_windows_start_are_read_a_window_back(running: str) -> None:
+    """Prometheus' window (60 s) may be longer than the slow cycle (30 s): the growth that turns completions into
+    arrivals is read over the window itself (`offset`), not since the last cycle. A gauge that is no number (one
+    engine's NaN in the sum) reads no growth at all."""
+    answers = {"rate_rps": "4", "replicas": "2", "running": running, "waiting": "10", "kv_usage": "0.1",
+               "preemptions": "0", "restarts": "0", "replicas_before": "2", "running_before": "16",
+               "waiting_before": "2"}
+    promql = queries(["m"], "60s")
+    assert "offset 60s" in promql["running_before"] and "offset 60s" in promql["waiting_before"]
+    by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
+    errors: list[tuple[str, str]] = []
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
+                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None
+    if running == "NaN":
+        assert (w.running_before, w.waiting_before) == (None, None)
+        assert errors == [("prometheus", "chat: running not a number in [0, 1e+12]: left out")]
+    else:
+        assert (w.running_before, w.waiting_before, w.running, w.waiting) == (16.0, 2.0, 40.0, 10.0) and not errors

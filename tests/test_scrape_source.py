@@ -208,6 +208,20 @@ def test_a_gauge_that_is_no_reading_is_left_out_and_said(value: str) -> None:
     assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1) and w.waiting >= 0.0
     assert glitch.errors == [f"chat: {glitch.pages.urls[0]}: vllm:num_requests_waiting of {MODEL} is no reading "
                              "(NaN, infinite or negative): left out"]
+    # the sum under-reads: no growth is read across it (it read as the queue emptied, then filled again)
+    assert w.waiting_before is None and w.running_before is None
+
+
+def test_a_window_carries_the_queue_and_batch_at_its_start() -> None:
+    """What arrived in a window is what finished plus the growth of the requests in the system over it: the window
+    reads them at its start from the last page, as at its end from this one."""
+    waiting = {"i": 0}
+    source = ScrapeVllmSource({"chat": ("http://a/metrics",)}, {"chat": MODEL},
+                              fetch=lambda url, t: _page(url, 10.0 * waiting["i"], 5.0 * waiting["i"]))
+    assert source.observe(0.0, ["chat"]) == {"chat": None}
+    waiting["i"] = 4
+    w = source.observe(10.0, ["chat"])["chat"]
+    assert w is not None and (w.waiting_before, w.waiting, w.running_before) == (0.0, 20.0, 0.0)
 
 
 @pytest.mark.parametrize("glitch_of", ["every page", "the success counter", "one replica"])

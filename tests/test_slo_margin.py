@@ -14,7 +14,7 @@ from controller.estimate import Estimator, offered_rps
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
-from controller.settings import OptimizerSettings, load_settings
+from controller.settings import OptimizerSettings, ServiceSettings, load_settings
 from controller.slo_margin import SloMargins
 from controller.telemetry.base import ServiceWindow
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
@@ -100,7 +100,7 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     o = OptimizerSettings()
 
     def observe(window: ServiceWindow, still: bool = True) -> float:
-        est.observe(0.0, code, window, [], a, still, o, 0.0)
+        est.observe(code, window, [], a, still, o, 0.0)
         return est.margins.margin("code", o.slo_margin_step, o.slo_margin_max)
 
     assert observe(_window(30.0)) == 0.0
@@ -112,34 +112,41 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     est.short.add("code")  # the plan could not serve it in full: its miss is not the model's
     assert observe(_window(60.0)) == pytest.approx(0.1)
     est.short.discard("code")
-    est.observe(0.0, code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
+    est.observe(code, _window(60.0), [DrawReading(400.0, 420.0, True)] * 15, a, True, o, 0.0)  # held throughout
     assert est.margins.margin("code", o.slo_margin_step, o.slo_margin_max) == pytest.approx(0.1)
     assert observe(_window(60.0)) == pytest.approx(0.2)
     # held 2 ticks of 15 (the ramp limiter at a draw spike): the miss is the plan's, counted in 13 / 15
     level = est.margins.level["code"]
     draws = [DrawReading(400.0, 420.0, True)] * 2 + [DrawReading(380.0, 420.0, False)] * 13
-    est.observe(0.0, code, _window(60.0), draws, a, True, o, 0.0)
+    est.observe(code, _window(60.0), draws, a, True, o, 0.0)
     assert est.margins.level["code"] == pytest.approx(level + o.slo_margin_step * 13 / 15)
 
 
-def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
-    """The daemon judges steadiness from the data too: 40 more requests waiting at a window's end than at the
-    last one's, on 2 replicas of max batch 64, is a ramp or an overload (20 a replica, over 64 / 4)."""
+def _estimator(tuner: Tuner | None = None) -> tuple[Estimator, ServiceSettings]:
     s = load_settings(ROOT / "config" / "sim.toml")
     code = next(svc for svc in s.services if svc.name == "code")
-    tuner = Tuner(None)
+    tuner = tuner or Tuner(None)
     tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
-    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    return Estimator(tuner, OwnMetrics(CollectorRegistry())), code
+
+
+def _grown(served_rps: float, waiting: tuple[float, float] | None, running: tuple[float, float] = (8.0, 8.0),
+           replicas: int = 2, steady: bool = True) -> ServiceWindow:
+    """A 15-s window of `served_rps` completions whose queue and batch went from the first of each pair to the
+    second (`waiting` None: not read)."""
+    return ServiceWindow(15.0, served_rps, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, running[1],
+                         0.0 if waiting is None else waiting[1], 0.1, 0.0, replicas, steady=steady,
+                         waiting_before=None if waiting is None else waiting[0], running_before=running[0])
+
+
+def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
+    """The daemon judges steadiness from the data too: 40 more requests waiting at a window's end than at its
+    start, on 2 replicas of max batch 64, is a ramp or an overload (20 a replica, over 64 / 4)."""
+    est, code = _estimator()
     a, o = Assignment("H100-SXM", 2, 64, 700.0), OptimizerSettings()
-
-    def window(waiting: float) -> ServiceWindow:  # 40 more in 15 s at 20 rps served: offered within 20 % of it
-        return ServiceWindow(15.0, 20.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 8.0, waiting, 0.1, 0.0, 2)
-
-    assert est.observe(0.0, code, window(0.0), [], a, True, o, 0.0) != "unsteady-queue"  # no window before: unknown
-    assert est.observe(0.0, code, window(40.0), [], a, True, o, 0.0) == "unsteady-queue"
-    assert est.observe(0.0, code, window(42.0), [], a, True, o, 0.0) != "unsteady-queue"  # a queue that holds
-    assert est.observe(0.0, code, None, [], a, True, o, 0.0) == "no window"
-    assert est.observe(0.0, code, window(90.0), [], a, True, o, 0.0) != "unsteady-queue"  # after a gap: unknown
+    assert est.observe(code, _grown(4.0, (0.0, 40.0)), [], a, True, o, 0.0) == "unsteady-queue"
+    assert est.observe(code, _grown(4.0, (40.0, 42.0)), [], a, True, o, 0.0) == "accepted"  # a queue that holds
+    assert est.observe(code, _grown(4.0, None), [], a, True, o, 0.0) == "accepted"  # not read: no growth known
 
 
 class _Recording(Tuner):
@@ -156,64 +163,57 @@ class _Recording(Tuner):
 
 def test_the_tuner_takes_the_offered_rate_and_a_filling_batch_teaches_it_nothing() -> None:
     """vLLM counts completions; what the model takes is arrivals, completions plus the growth of the requests in the
-    system. A batch that fills (a ramp with no queue: 90 more running on 2 replicas of max batch 128) reads 4 rps
-    served against 10 offered, and teaches nothing; a steady window's few more running move the rate a little."""
-    s = load_settings(ROOT / "config" / "sim.toml")
-    code = next(svc for svc in s.services if svc.name == "code")
+    system. A batch that fills (a burst with no queue: 90 more running on 2 replicas of max batch 128) reads 4 rps
+    served against 10 offered, and teaches nothing; a steady window's few more running leave the completions."""
     tuner = _Recording()
-    tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
-    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    est, code = _estimator(tuner)
     a, o = Assignment("H100-SXM", 2, 128, 700.0), OptimizerSettings()
 
-    def window(running: float, served_rps: float = 4.0) -> ServiceWindow:
-        return ServiceWindow(15.0, served_rps, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, running, 0.0, 0.1, 0.0, 2)
+    def given(window: ServiceWindow) -> tuple[str, float, float | None]:
+        verdict = est.observe(code, window, [], a, True, o, 0.0)
+        return verdict, tuner.given[-1].rate_rps, tuner.given[-1].served_rps
 
-    est.observe(0.0, code, window(8.0), [], a, True, o, 0.0)
-    assert (tuner.given[-1].rate_rps, tuner.given[-1].served_rps) == (2.0, None)  # nothing before: as served
-    assert est.observe(15.0, code, window(98.0), [], a, True, o, 0.0) == "unsteady-rate"
-    assert tuner.given[-1].rate_rps == pytest.approx((4.0 + 90.0 / 15.0) / 2) and tuner.given[-1].served_rps == 2.0
-    # 3 more running is within what a steady count swings by (3 x sqrt(2 x 101)): the completions are the rate
-    assert est.observe(30.0, code, window(101.0), [], a, True, o, 0.0) not in ("unsteady-rate", "unsteady-queue")
-    assert (tuner.given[-1].rate_rps, tuner.given[-1].served_rps) == (2.0, 2.0)
+    assert given(_grown(4.0, (0.0, 0.0), (8.0, 98.0))) == ("unsteady-rate", pytest.approx((4.0 + 90.0 / 15.0) / 2),
+                                                           2.0)
+    assert given(_grown(4.0, (0.0, 0.0), (98.0, 101.0))) == ("accepted", 2.0, 2.0)  # within its noise
+    assert given(_grown(4.0, None, (98.0, 101.0))) == ("accepted", 2.0, None)  # not read: as served, unjudged
+    # a queue and a batch that both grew: the arrivals are what either took
+    assert given(_grown(4.0, (0.0, 30.0), (8.0, 38.0)))[1] == pytest.approx((4.0 + 60.0 / 15.0) / 2)
     # the batch empties with nothing offered: completions from the backlog alone
-    assert est.observe(45.0, code, window(0.0, served_rps=6.0), [], a, True, o, 0.0) == "unsteady-rate"
-    assert tuner.given[-1].rate_rps == 0.0
+    assert given(_grown(6.0, (0.0, 0.0), (100.0, 0.0))) == ("unsteady-rate", 0.0, 3.0)
 
 
 def test_offered_is_completions_plus_a_growth_past_its_noise() -> None:
-    assert offered_rps(60.0, 1000.0, 1150.0, 15.0) == pytest.approx(70.0)  # past 3 x sqrt(2,300): 10 rps more
-    assert offered_rps(60.0, 1000.0, 1140.0, 15.0) == 60.0  # within it
+    assert offered_rps(60.0, 1000.0, 1150.0, 15.0) == pytest.approx(70.0)  # past 3 x sqrt(2 x 900 completions)
+    assert offered_rps(60.0, 1000.0, 1120.0, 15.0) == 60.0  # within 3 x sqrt(1,800) = 127
     assert offered_rps(4.0, 0.0, 18.0, 15.0) == 4.0  # within 3 x sqrt(2 x 18)
     assert offered_rps(4.0, 0.0, 20.0, 15.0) == pytest.approx(4.0 + 20.0 / 15.0)
+    # requests that outlive the window (a count of 200 at 4 rps): the window's 60 completions set the noise, not
+    # the count; 8 rps offered against 4 served is no noise
+    assert offered_rps(4.0, 200.0, 260.0, 15.0) == pytest.approx(8.0)
     assert offered_rps(1.0, 200.0, 0.0, 15.0) == 0.0  # emptied with nothing offered, not a negative rate
 
 
 def test_demand_is_what_arrived_not_what_was_served() -> None:
-    """A saturated replica's completions read its capacity: the queue's growth over the window is demand too
-    (arrivals = completions + growth), and a steady window's backlog joins it as waiting / drain_s."""
-    s = load_settings(ROOT / "config" / "sim.toml")
-    code = next(svc for svc in s.services if svc.name == "code")
-    tuner = Tuner(None)
-    tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
-    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    """A saturated replica's completions read its capacity: the queue's or the batch's growth over the window is
+    demand too (arrivals = completions + growth), and a steady window's backlog joins it as waiting / drain_s."""
+    est, code = _estimator()
     a, o = Assignment("H100-SXM", 1, 64, 700.0), OptimizerSettings(drain_s=120.0)
 
-    def rate(now: float, waiting: float, steady: bool = True) -> float:
-        w = ServiceWindow(15.0, 4.0, 1200.0, 300.0, 300.0, 20.0, 500.0, 30.0, 64.0, waiting, 0.1, 0.0, 1,
-                          steady=steady)
-        est.observe(now, code, w, [], a, True, o, 0.0)
+    def rate(window: ServiceWindow) -> float:
+        est.observe(code, window, [], a, True, o, 0.0)
         return est.load["code"].rate_rps
 
-    assert rate(0.0, 0.0) == pytest.approx(4.0)  # no window before: nothing to compare
-    assert rate(15.0, 60.0) == pytest.approx(4.0 + 60.0 / 15.0 + 60.0 / 120.0)
-    assert rate(30.0, 30.0) == pytest.approx(4.0 + 30.0 / 120.0)  # a queue draining: served covers arrivals
+    full = (64.0, 64.0)
+    assert rate(_grown(4.0, None, full, 1)) == pytest.approx(4.0)  # not read: nothing to compare
+    assert rate(_grown(4.0, (0.0, 60.0), full, 1)) == pytest.approx(4.0 + 60.0 / 15.0 + 60.0 / 120.0)
+    assert rate(_grown(4.0, (60.0, 30.0), full, 1)) == pytest.approx(4.0 + 30.0 / 120.0)  # draining: served covers it
+    assert rate(_grown(4.0, (0.0, 0.0), (10.0, 60.0), 1)) == pytest.approx(4.0 + 50.0 / 15.0)  # a batch that filled
     est.short.add("code")  # the plan left it short: its backlog is the shortfall's, its arrivals still demand
-    assert rate(45.0, 90.0) == pytest.approx(4.0 + 60.0 / 15.0)
+    assert rate(_grown(4.0, (30.0, 90.0), full, 1)) == pytest.approx(4.0 + 60.0 / 15.0)
     est.short.discard("code")
-    assert rate(60.0, 150.0, steady=False) == pytest.approx(4.0)  # a restart's queue is the restart's
-    assert rate(75.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)  # and the next window's growth still its
-    assert rate(90.0, 190.0) == pytest.approx(4.0 + 190.0 / 120.0)
-    assert rate(91.0, 220.0) == pytest.approx(4.0 + 30.0 / 15.0 + 220.0 / 120.0)  # a cycle 1 s on: over the window
+    assert rate(_grown(4.0, (90.0, 150.0), full, 1, steady=False)) == pytest.approx(4.0)  # a restart's queue
+    assert rate(_grown(4.0, (150.0, 190.0), full, 1)) == pytest.approx(4.0 + 190.0 / 120.0)  # and the next growth
 
 
 def test_margins_that_cannot_be_saved_warn_once_and_count_each_time(tmp_path: Path,

@@ -86,12 +86,12 @@ class Observation:
             return "no-traffic"
         if not self.steady:
             return "transient"
-        if self.served_rps is not None and abs(self.served_rps / self.rate_rps - 1.0) > STEADY_RATE_BAND:
-            return "unsteady-rate"
         if self.queue_growth is not None and self.queue_growth > max(2.0, self.max_batch / 4.0):
             return "unsteady-queue"
         # A full batch queued behind the running one: demand above capacity. A client that drops rather than
         # queues (max_queue 0) never shows a queue; its saturation shows as served below offered.
         if self.preemptions > 0 or self.waiting >= max(1, min(self.max_queue, self.max_batch)):
             return "saturated"
+        if self.served_rps is not None and abs(self.served_rps / self.rate_rps - 1.0) > STEADY_RATE_BAND:
+            return "unsteady-rate"
         return None

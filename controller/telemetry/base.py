@@ -94,6 +94,12 @@ class ServiceWindow:
     steady: bool = True
     """The same servers served the whole window: none started, stopped or restarted in it (a window that
     spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""
+    waiting_before: float | None = None
+    """Requests queued at the window's start, every replica together (None: not read, or a gauge unreadable at
+    either end): with `waiting`, the queue's growth over the window."""
+    running_before: float | None = None
+    """Requests running at the window's start, likewise: with the waiting, what was offered in the window
+    (arrivals = completions + the growth of the requests in the system)."""
 
 
 class GpuSource(Protocol):

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str, dict[str, str], float], bytes]
 CORE = frozenset({"rate_rps", "replicas"})
 """Figures without which no service has a window."""
+KEEP_NAN = frozenset({"rate_rps", "running", "waiting"})
+"""Figures whose NaN (one engine's broken series in a sum) is kept apart from no series, and said: a rate that is no
+number is no window, and a queue gauge that is none reads no growth across the window (nor one a window back,
+said when it was read)."""
 
 
 class BadAnswer(TelemetryError):
@@ -75,6 +79,8 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "itl_p95_s": f"({p95(itl)}) or ({p95(itl_old)})",
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
+        "running_before": f"sum {by} (vllm:num_requests_running{sel} offset {window})",
+        "waiting_before": f"sum {by} (vllm:num_requests_waiting{sel} offset {window})",
         "kv_usage": f"avg {by} (vllm:kv_cache_usage_perc{sel}) or avg {by} (vllm:gpu_cache_usage_perc{sel})",
         "preemptions": f"sum {by} (increase(vllm:num_preemptions_total{sel}[{window}]))",
         "replicas": f"count {by} (vllm:num_requests_running{sel})",
@@ -161,7 +167,7 @@ class PrometheusVllmSource:
         if models:
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
                 try:
-                    answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure == "rate_rps"))
+                    answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure in KEEP_NAN))
                 except BadAnswer as exc:
                     if figure in CORE:
                         raise
@@ -198,5 +204,12 @@ class PrometheusVllmSource:
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
                 steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
-                queue_ms=ms("queue_s"))
+                queue_ms=ms("queue_s"), **_before(raw, v))
         return out
+
+
+def _before(raw: dict[str, float | None], v: dict[str, float | None]) -> dict[str, float | None]:
+    """The queue gauges at the window's start, where they and those at its end all read as numbers."""
+    names = ("running", "waiting", "running_before", "waiting_before")
+    known = all(raw[k] is not None and v[k] is not None for k in names)
+    return {k: v[k] if known else None for k in ("running_before", "waiting_before")}

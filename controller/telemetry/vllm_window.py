@@ -37,6 +37,8 @@ GAUGES = {
     "vllm:gpu_cache_usage_perc": "kv",  # deprecated name
 }
 
+IN_SYSTEM = ("running", "waiting")
+"""The gauges whose growth over a window is arrivals less completions."""
 FAMILIES = frozenset(COUNTERS) | frozenset(HISTOGRAMS) | frozenset(GAUGES)
 """Every family a window reads (a source that builds its families may build these alone)."""
 MAX_BOUND = 1e9
@@ -62,6 +64,8 @@ class Snapshot:
     unread: set[Key] = field(default_factory=set)
     """The (series, figure) counters and histograms with a sample that was no reading: left out whole (a partial
     sum would jump when the rest came back), and counted from their next reading, not from zero."""
+    gauges_short: bool = False
+    """A running or waiting sample was no reading: the sums under-read, and no growth is read across them."""
 
 
 def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
@@ -78,6 +82,7 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
             if value is None:
                 if (figure := _figure(name)) is not None:
                     snap.unread.add((series, figure))
+                snap.gauges_short |= GAUGES.get(name) in IN_SYSTEM
                 continue
             snap.engines.add(series)
             if name.endswith("_total") and name[:-6] in COUNTERS:
@@ -220,6 +225,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         v = histogram_quantile(0.95, buckets)
         return None if v is None else 1000.0 * v
 
+    known = not (new.gauges_short or old.gauges_short)
     return ServiceWindow(
         window_s=dt,
         rate_rps=counter("success") / dt,
@@ -237,4 +243,6 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         steady=new.engines == old.engines and not any(_reset(getattr(new, t), getattr(old, t)) for t in RESETTING)
         and not (new.unread or old.unread),  # a series left out
         queue_ms=mean("queue", 1000.0),
+        waiting_before=old.gauges.get("waiting", 0.0) if known else None,
+        running_before=old.gauges.get("running", 0.0) if known else None,
     )
