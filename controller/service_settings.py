@@ -43,6 +43,9 @@ MAX_SLO_MS = 1e7
 """Longest TTFT or ITL objective (ms, some 2.8 hours): a config, an optimize spec and `analyze` hold the same."""
 MAX_TOKENS = 1_000_000.0
 """Longest mean prompt or output (tokens)."""
+MAX_RHO = 1_000.0
+"""Largest step-family rho (a decode sequence's compute over a prompt token's; the tuner keeps it within 10 x its
+start of 1)."""
 MAX_PRIORITY = 1000
 """Lowest priority level."""
 MAX_KV_TOKENS = 1_000_000_000
@@ -71,6 +74,12 @@ class PriorSettings:
     """Step family: decode time per sequence per token of context (ms); 0: the tuner starts from 1e-4."""
     epsilon_ms: float = 0.0
     """Step family: fixed time of a step that carries a prompt (ms); 0: the tuner starts from 2."""
+    rho: float = 0.0
+    """Step family: a decode sequence's compute per step over a prompt token's (`tune` fits it); 0: the tuner starts
+    from 1."""
+    budget_tokens: float = 0.0
+    """Step family: tokens one step schedules, decodes first (vLLM's `max_num_batched_tokens`; `tune` fits it); 0: the
+    tuner starts from 2048."""
     expert_weight_share: float = 0.0
     """Step family, a mixture of experts: share of the weights in routed experts (their parameters over all, off
     the model card; read, not fitted): a decode step reads only the experts its tokens route to. 0: a dense model."""
@@ -83,6 +92,8 @@ class PriorSettings:
             raise ConfigError(f"{where}.family", f"unknown {quoted(self.family)}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
         check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        check_range(self, where, ("rho",), 0.0, MAX_RHO)
+        check_range(self, where, ("budget_tokens",), 0.0, MAX_TOKENS)
         check_range(self, where, ("expert_weight_share",), 0.0, MOST_WEIGHT_SHARE)
         check_range(self, where, ("expert_token_share",), 0.0, 1.0)
         if self.delta_ms is not None:
@@ -96,8 +107,8 @@ class PriorSettings:
     def params(self) -> ServiceParams:
         delta_ms = self.delta_ms if self.delta_ms is not None else default_delta_ms(self.family)
         return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, delta_ms, self.kappa_ms,
-                             self.epsilon_ms, expert_weight_share=self.expert_weight_share,
-                             expert_token_share=self.expert_token_share)
+                             self.epsilon_ms, self.rho, self.budget_tokens,
+                             expert_weight_share=self.expert_weight_share, expert_token_share=self.expert_token_share)
 
 
 @dataclass(frozen=True)

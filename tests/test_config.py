@@ -137,6 +137,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[chat\].prior.delta_ms: the gen2 family has no such term, got 0.06"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "gen1", kappa_ms = 0.01, alpha_ms', 1),
          r"services\[chat\].prior.kappa_ms: the gen1 family has no such term, got 0.01"),
+        (lambda t: t.replace('family = "step", alpha_ms', 'family = "gen1", rho = 1.2, alpha_ms', 1),
+         r"services\[chat\].prior.rho: the gen1 family has no such term, got 1.2"),
+        (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", budget_tokens = -1, alpha_ms', 1),
+         r"services\[chat\].prior.budget_tokens: must be in \[0, 1e\+06\], got -1"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 64, alpha_ms', 1),
          r"services\[chat\].prior.expert_weight_share: must be in \[0, 0.99\], got 64"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 0.9, '

@@ -3,6 +3,7 @@ plan that cannot be solved exits 1; no option is silently ignored."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -16,6 +17,8 @@ import pytest
 from conftest import one_line
 
 from controller.cli import main
+from controller.settings import load_settings
+from queuemodels import ServiceParams
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZE = (ROOT / "config" / "examples" / "optimize.toml").read_text()
@@ -511,3 +514,24 @@ def test_an_optimize_spec_whose_minimums_the_inventory_cannot_hold_is_refused_by
     assert main(["optimize", str(path)]) == 2
     assert "services[chat].min_replicas: the services' min_replicas up to here add up to 100, more replicas than " \
            "the accelerators hold (10)" in one_line(capsys)
+
+
+def test_what_tune_fits_goes_into_an_optimize_spec_and_a_config_prior_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tune fits rho and budget_tokens beside the step law's other terms; a spec's params and a config's prior
+    refused them as unknown keys, so a fit copied as the docs say lost two of its terms or was refused."""
+    assert main(["tune", str(ROOT / "config" / "examples" / "observations.csv"), "--accelerator", "H100-SXM",
+                 "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)["params"]
+    assert {"rho", "budget_tokens"} <= fitted.keys()
+    table = "{ " + ", ".join(f"{k} = {v!r}" for k, v in fitted.items()) + " }"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(OPTIMIZE.replace('params."H100-SXM" = { alpha_ms = 12, beta_ms = 0.09, gamma_ms = 10, '
+                                     'delta_ms = 0.035 }', f'params."H100-SXM" = {table}', 1))
+    assert main(["optimize", str(spec)]) == 0, capsys.readouterr().err
+    config = tmp_path / "sim.toml"
+    text = (ROOT / "config" / "sim.toml").read_text()
+    config.write_text(text.replace('prior = { family = "step", alpha_ms = 20.0, beta_ms = 0.2, gamma_ms = 20.0, '
+                                   'delta_ms = 0.06 }', f"prior = {table}", 1).replace('"../var/state"', '"state"'))
+    settings = load_settings(config)
+    assert settings.services[0].prior.params() == ServiceParams("step", **fitted)
