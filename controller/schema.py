@@ -120,14 +120,15 @@ class SchemaWriter:
 
 
     def _bound(self, prop: dict[str, Any], bound: Bound) -> None:
-        """A number's bounds onto its schema (a nullable one's number); a CRD's OpenAPI v3.0 writes an open low
-        as a flag beside `minimum`."""
+        """A number's bounds onto its schema (a nullable one's number); a CRD's OpenAPI v3.0 writes an open end
+        as a flag beside `minimum` or `maximum`."""
         number = prop["anyOf"][0] if "anyOf" in prop else prop
         if number.get("type") not in ("number", "integer") or {"minimum", "maximum"} & number.keys():
             return  # `extra` bounds what the code checks through a helper (check_service_bounds): those stand
-        if self.crd and "exclusiveMinimum" in bound:
-            bound = {**{k: v for k, v in bound.items() if k != "exclusiveMinimum"},
-                     "minimum": bound["exclusiveMinimum"], "exclusiveMinimum": True}
+        if self.crd:
+            for key, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                if key in bound:
+                    bound = {**{k: v for k, v in bound.items() if k != key}, plain: bound[key], key: True}
         if number["type"] == "integer":  # 1 for a whole count, not 1.0
             bound = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in bound.items()}
         number.update(bound)

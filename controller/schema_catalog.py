@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.budget.settings import KINDS, BudgetSettings
 from controller.optimize_spec import REQUIRED_PARAMS, Spec
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import PackingSpec
 from controller.schema import SchemaWriter, document
 from controller.settings import Settings
+from controller.settings_checks import MAX_CHOICES, MAX_SERVICES
+
+CHOICES = {"batch_sizes": {"minimum": 1, "maximum": MAX_BATCH}, "power_levels": {"exclusiveMinimum": 0, "maximum": 1},
+           "clock_levels": {"minimum": 0.1, "maximum": 1}}
+"""The bounds `check_choices` and `check_clock_levels` make on each item of the optimizer's lists."""
+
+
+def _bound_choices(props: dict[str, Any]) -> None:
+    """The optimizer's lists as `check_choices` takes them: 1..MAX_CHOICES items, each within its bounds."""
+    for name, bound in CHOICES.items():
+        if name in props:
+            props[name].update({"minItems": 1, "maxItems": MAX_CHOICES})
+            props[name]["items"].update(bound)
 
 
 def config_schema() -> dict[str, Any]:
@@ -27,6 +41,8 @@ def config_schema() -> dict[str, Any]:
     budget = w.object(BudgetSettings)
     budget["properties"]["sources"] = {"type": "array", "items": {"oneOf": sources}}
     doc["properties"]["power"]["properties"]["budget"] = budget
+    doc["properties"]["services"]["maxItems"] = MAX_SERVICES
+    _bound_choices(doc["properties"]["optimizer"]["properties"])
     return doc
 
 
@@ -38,6 +54,8 @@ def optimize_spec_schema() -> dict[str, Any]:
     for name in REQUIRED_PARAMS:
         prior["properties"][name].pop("default", None)
     prior["required"] = list(REQUIRED_PARAMS)
+    doc["properties"]["services"]["maxItems"] = MAX_SERVICES
+    _bound_choices(doc["properties"])
     return doc
 
 

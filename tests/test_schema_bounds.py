@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import operator
+import tomllib
 from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import pytest
+from conftest import ROOT
 
 from controller.config_loader import check_positive, check_range
 from controller.schema_bounds import field_bounds
@@ -44,3 +51,58 @@ def test_only_unconditional_bounds_are_read_and_the_tighter_of_two_kept() -> Non
     assert field_bounds(Child) == {"timeout_s": {"minimum": 1.0, "maximum": 60.0},
                                    "count": {"minimum": 1.0, "maximum": 100.0},
                                    "rate": {"exclusiveMinimum": 0.0}}
+
+
+def _checked_apart(s: object, where: str) -> None:
+    if not 1 <= s.replicas <= 64:  # type: ignore[attr-defined]
+        raise ValueError("replicas")
+
+
+@dataclass(frozen=True)
+class Written:
+    share: float = 0.1
+    port: int = 80
+    low: int = 0
+    high: int = 1
+    replicas: int = 1
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.share < 0.5:  # a check written out: an open high end
+            raise ValueError("share")
+        if not 0 < self.port <= 65535:
+            raise ValueError("port")
+        if not 0 <= self.low <= self.high:  # against another field: that end is left out
+            raise ValueError("low")
+        _checked_apart(self, where)  # a helper handed self is read too
+        if self.port > 5:  # not `if not LOW <= x <= HIGH: raise`: no bound
+            raise ValueError("port")
+
+
+def test_bounds_written_as_a_refusing_if_and_in_a_helper_are_read() -> None:
+    assert field_bounds(Written) == {"share": {"minimum": 0.0, "exclusiveMaximum": 0.5},
+                                     "port": {"exclusiveMinimum": 0.0, "maximum": 65535.0}, "low": {"minimum": 0.0},
+                                     "replicas": {"minimum": 1.0, "maximum": 64.0}}
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (["metrics", "port"], 70000),
+    (["power", "headroom"], 0.5),
+    (["daemon", "failsafe_after_ticks"], 0),
+    (["optimizer", "power_levels", 0], 0.0),
+    (["optimizer", "batch_sizes", 1], 5000),
+    (["services", 0, "priority"], 1001),
+    (["services", 1, "max_replicas"], 0),
+])
+def test_the_config_schema_refuses_what_check_config_refuses(path: list[Any], value: Any) -> None:
+    """`wattscale schema config` had no bound for a port, a headroom, a priority, the optimizer's lists: an editor
+    passed `port = 70000` that check-config then refused. The shipped config passes; each edit fails there alone."""
+    from jsonschema import Draft202012Validator
+
+    from controller.schema_catalog import schemas
+
+    validator = Draft202012Validator(schemas()["config"])
+    config = tomllib.loads((ROOT / "config" / "sim.toml").read_text())
+    assert not list(validator.iter_errors(config))
+    *to, last = path
+    reduce(operator.getitem, to, config)[last] = value
+    assert [list(e.absolute_path) for e in validator.iter_errors(config)] == [path]
