@@ -106,6 +106,10 @@ class View(NamedTuple):
     """Why the file does not load where it does not (its [daemon] table read alone: the log is still found)."""
 
 
+FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
+"""The [daemon] keys status reads of a file that does not load: where the log is, and when its last line is stale."""
+
+
 def view(config: Path) -> View:
     """The config's view; where the file does not load but its [daemon] table does, that table's log and period
     with no services (a refused edit is when an operator asks the running daemon most); else the ConfigError."""
@@ -113,11 +117,14 @@ def view(config: Path) -> View:
         s = load_settings(config)
         return View(s.services, s.daemon.slow_interval_s, s.decision_log_path)
     except ConfigError as exc:
+        daemon = None
         try:
             table = read_toml(config, "daemon config").get("daemon", {})
-            daemon = build(DaemonSettings, table, "daemon") if isinstance(table, dict) else None
+            if isinstance(table, dict):  # a key or value of its own refused (an edit the daemon would not reload):
+                found = {k: v for k, v in table.items() if k in FINDS_LOG}  # the log is still found by these
+                daemon = build(DaemonSettings, found, "daemon")
         except ConfigError:
-            daemon = None
+            pass
         if daemon is None:  # no [daemon] table to find the log by (`daemon = 5`: the default's is another daemon's)
             raise exc from None
         return View((), daemon.slow_interval_s, daemon.decision_log_path(config.resolve().parent), str(exc))
@@ -138,6 +145,8 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
             why.append(f"short {_figure(r.get('short_rps', 0), 2)} rps ({r['reason']})")
         why += [f"gate held {h}" for h in _items(r.get("gate_held"))]
         why += [f"actuator held {h}" for h in _items(r.get("actuator_held"))]
+        if r.get("applied") and r.get("in_force") and r["applied"] != r["in_force"]:  # the figures are of before it
+            why.append(f"changed this cycle: its window and GPU figures are of {_shape(r['in_force'])}")
         services[svc.name] = _entry(r, svc.priority, met, figures, why)
     for name in sorted(set(record["services"]) - {svc.name for svc in config_view.services}):
         # in the daemon's config but not this file's (an edit not yet loaded, or a file that does not load)

@@ -222,8 +222,13 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     assert out[1] == ("power emergency: the governor holds 8 GPUs below the plan's caps (step caps); every limit "
                       "at its floor")
     assert any(x.startswith("chat (priority 1): 2 x H100-SXM batch 64 cap 520 W; SLO unknown") for x in out), out
+    # its window and GPU figures are the cycle's before the change: a miss measured on 1 replica read as on 2
+    chat = out.index(next(x for x in out if x.startswith("chat (priority 1)")))
+    assert out[chat + 1] == ("  - changed this cycle: its window and GPU figures are of 1 x H100-SXM batch 64 cap "
+                             "420 W")
     assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
                for x in out), out
+    assert not out[out.index(next(x for x in out if x.startswith("old-name"))) + 1:]  # unchanged: nothing said
 
 
 def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[..., Path],
@@ -354,6 +359,14 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert main(["status", "--config", str(path), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["config_problem"].startswith("services[chat].ttft_ms") and rep["services"]["chat"]["slo_met"] is None
+    # a [daemon] key or value of its own the daemon refused to reload: the log is still found by the rest
+    for edit in ("fast_intervall_s = ", "fast_interval_s = 0.09\n# "):
+        path.write_text(path.read_text().replace("fast_interval_s = ", edit, 1))
+        assert main(["status", "--config", str(path)]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("this config file does not load (daemon.fast_interval"), out
+        assert any(x.startswith("chat: 1 x H100-SXM") for x in out), out
+        path.write_text(path.read_text().replace(edit, "fast_interval_s = ", 1))
     path.write_text(path.read_text().replace("slow_interval_s = ", "slow_interval_s = -"))
     assert main(["status", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
