@@ -8,7 +8,7 @@ import math
 
 from controller import strict_json
 from controller.cli_args import FITTED_PROFILE_HELP
-from controller.service_settings import MAX_STEP_MS, MAX_TOKENS
+from controller.service_settings import MAX_RHO, MAX_STEP_MS, MAX_TOKENS
 from queuemodels import (
     BatchChoice,
     Load,
@@ -28,7 +28,7 @@ from queuemodels.types import NAMES
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
-                  "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": 1e3, "budget_tokens": MAX_TOKENS,
+                  "kappa_ms": MAX_STEP_MS, "epsilon_ms": MAX_STEP_MS, "rho": MAX_RHO, "budget_tokens": MAX_TOKENS,
                   "kv_tokens": 1e9, "in_tokens": MAX_TOKENS, "out_tokens": MAX_TOKENS, "rate_rps": 1e6,
                   "in_cv": 10.0, "out_cv": 10.0}
 """analyze's numbers: past these the models' arithmetic overflows (1e308 tokens), and no server is there."""

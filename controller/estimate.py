@@ -29,8 +29,9 @@ MAX_WINDOW_TOKENS = 1_000_000.0
 MAX_WINDOW_WAITING = 10_000_000.0
 """Most requests one service's window may report waiting or running, or preempted (a thousand replicas' worth of
 vLLM's deepest queues): a gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
-MAX_WINDOW_S = 86_400.0
-"""Longest window a source may report (a day): a length of 0 divided the growth by zero."""
+MAX_WINDOW_S = 7 * 86_400.0
+"""Longest window a source may report (a week: a day's slow cycle, held for a few windows): a length of 0 divided the
+growth by zero."""
 MAX_WINDOW_REPLICAS = 100_000
 """Most replicas a window may report: a count of 10**400 overflowed every rate per replica."""
 
@@ -48,7 +49,7 @@ def window_problem(w: ServiceWindow) -> str | None:
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
     if not (math.isfinite(w.window_s) and 0.0 < w.window_s <= MAX_WINDOW_S):
-        return f"window_s {w.window_s:g} outside (0, {MAX_WINDOW_S:g}]"
+        return f"window_s {w.window_s!r} outside (0, {MAX_WINDOW_S:g}]"
     if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
         return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
     return None
@@ -114,8 +115,9 @@ class Estimator:
                                   window.waiting + window.running, window.window_s)
             queued = window.waiting - window.waiting_before
             served, grew = window.rate_rps / window.replicas, queued / window.replicas
-            if window.steady and svc.name not in self.settling:
-                growth = max(0.0, queued / window.window_s, offered - window.rate_rps)
+            if window.steady and svc.name not in self.settling:  # a queue grown out of the batch (preempted) is none
+                held = min(queued, window.waiting + window.running - window.waiting_before - window.running_before)
+                growth = max(0.0, held / window.window_s, offered - window.rate_rps)
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens

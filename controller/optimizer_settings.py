@@ -81,6 +81,15 @@ class OptimizerSettings:
                                                       f"{sorted(MODELS)}")
 
 
+LEAST_CLOCK_LEVEL = 0.1
+"""Lowest clock level, a share of the maximum SM clock."""
+ITEM_BOUNDS = {"batch_sizes": {"minimum": 1, "maximum": MAX_BATCH},
+               "power_levels": {"exclusiveMinimum": 0, "maximum": 1},
+               "clock_levels": {"minimum": LEAST_CLOCK_LEVEL, "maximum": 1}}
+"""Each item's bounds in the optimizer's lists, as `check_choices` and `check_clock_levels` hold them (the JSON
+Schemas' too)."""
+
+
 def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...]) -> None:
     """Candidate batch sizes and power levels: non-empty, short enough to size, each in range and given once (a
     second 16 sized every shape twice)."""
@@ -107,7 +116,8 @@ def check_shapes(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[f
 def check_clock_levels(where: str, clock_levels: tuple[float, ...]) -> None:
     """Candidate locked clocks: non-empty, short enough to size, each a share in [0.1, 1]."""
     if not 1 <= len(clock_levels) <= MAX_CHOICES or not all(
-            isinstance(c, int | float) and 0.1 <= c <= 1 for c in clock_levels) or \
+            isinstance(c, int | float) and LEAST_CLOCK_LEVEL <= c <= 1 for c in clock_levels) or \
             len(set(clock_levels)) < len(clock_levels):
         raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
-                          f"must be 1..{MAX_CHOICES} shares in [0.1, 1], each once, got {shown(clock_levels)}")
+                          f"must be 1..{MAX_CHOICES} shares in [{LEAST_CLOCK_LEVEL:g}, 1], each once, got "
+                          f"{shown(clock_levels)}")

@@ -5,23 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from actuators.vllm_servers import MAX_BATCH
 from controller.budget.settings import KINDS, BudgetSettings
 from controller.optimize_spec import REQUIRED_PARAMS, Spec
+from controller.optimizer_settings import ITEM_BOUNDS
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import PackingSpec
 from controller.schema import SchemaWriter, document
 from controller.settings import Settings
 from controller.settings_checks import MAX_CHOICES, MAX_SERVICES
 
-CHOICES = {"batch_sizes": {"minimum": 1, "maximum": MAX_BATCH}, "power_levels": {"exclusiveMinimum": 0, "maximum": 1},
-           "clock_levels": {"minimum": 0.1, "maximum": 1}}
-"""The bounds `check_choices` and `check_clock_levels` make on each item of the optimizer's lists."""
-
 
 def _bound_choices(props: dict[str, Any]) -> None:
     """The optimizer's lists as `check_choices` takes them: 1..MAX_CHOICES items, each within its bounds."""
-    for name, bound in CHOICES.items():
+    for name, bound in ITEM_BOUNDS.items():
         if name in props:
             props[name].update({"minItems": 1, "maxItems": MAX_CHOICES})
             props[name]["items"].update(bound)

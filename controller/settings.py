@@ -37,6 +37,8 @@ NAME_MAX = 255
 """The longest file name (bytes) Linux file systems take."""
 
 
+LEAST_FAST_S = 0.1
+"""Shortest fast-loop period (s)."""
 STATE_FILE = "tuner.json"
 """The tuner state's file in state_dir (its set-aside copies and temporary files begin with it too)."""
 
@@ -61,7 +63,7 @@ class DaemonSettings:
     what was applied, errors; empty: to the log at DEBUG only."""
 
     def check(self, where: str) -> None:
-        check_range(self, where, ("fast_interval_s",), 0.1, 3600.0)
+        check_range(self, where, ("fast_interval_s",), LEAST_FAST_S, 3600.0)
         check_range(self, where, ("slow_interval_s",), 0.1, 86400.0)
         if not 1 <= self.failsafe_after_ticks <= 3600:
             raise ConfigError(f"{where}.failsafe_after_ticks", f"must be in 1..3600, got {self.failsafe_after_ticks}")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from controller import strict_json
 from controller.config_loader import ConfigError, build, read_toml
 from controller.decision_log import BOOT_ID, HOST, PID_NS
-from controller.settings import DaemonSettings, ServiceSettings, load_settings
+from controller.settings import LEAST_FAST_S, DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
 from controller.status_record import check_record
 from controller.telemetry.base import shortened
@@ -107,7 +107,8 @@ class View(NamedTuple):
 
 
 FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
-"""The [daemon] keys status reads of a file that does not load: where the log is, and when its last line is stale."""
+"""The [daemon] keys status reads of a file that does not load: where the log is, and when its last line is stale
+(beside the least fast period, which no slow period of a daemon that ran is shorter than)."""
 
 
 def view(config: Path) -> View:
@@ -122,7 +123,7 @@ def view(config: Path) -> View:
             table = read_toml(config, "daemon config").get("daemon", {})
             if isinstance(table, dict):  # a key or value of its own refused (an edit the daemon would not reload):
                 found = {k: v for k, v in table.items() if k in FINDS_LOG}  # the log is still found by these
-                daemon = build(DaemonSettings, found, "daemon")
+                daemon = build(DaemonSettings, {**found, "fast_interval_s": LEAST_FAST_S}, "daemon")
         except ConfigError:
             pass
         if daemon is None:  # no [daemon] table to find the log by (`daemon = 5`: the default's is another daemon's)

@@ -569,7 +569,7 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
     ({"running": math.inf}, "window refused: running inf outside [0, 1e+07]"),  # arrivals read inf rps from it
     ({"waiting_before": -1.0}, "window refused: waiting_before -1 outside [0, 1e+07]"),
     ({"preemptions": math.nan}, "window refused: preemptions nan outside [0, 1e+07]"),  # read as not saturated
-    ({"window_s": 0.0}, "window refused: window_s 0 outside (0, 86400]"),  # the growth divided by zero
+    ({"window_s": 0.0}, "window refused: window_s 0.0 outside (0, 604800]"),  # the growth divided by zero
     ({"replicas": 10**5000}, "window refused: replicas past 1e15 outside [0, 100000]"),  # overflowed every rate
     ({"out_tokens": 0.5}, None),  # a mean under one token: read as one, the cycle plans
 ])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import operator
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +108,36 @@ def test_the_config_schema_refuses_what_check_config_refuses(path: list[Any], va
     *to, last = path
     reduce(operator.getitem, to, config)[last] = value
     assert [list(e.absolute_path) for e in validator.iter_errors(config)] == [path]
+
+
+@pytest.mark.parametrize("edit", [
+    {"port = 9464": "port = 65535"},
+    {'mode = "predicted"': 'mode = "predicted"\nheadroom = 0.4999\nrelease_below = 0.99999'},
+    {'mode = "predicted"': 'mode = "predicted"\nrelease_below = 1e-9'},
+    {"priority = 1": "priority = 1000"},
+    {"min_replicas = 1": "min_replicas = 0"},
+    {"seed = 7": f"seed = {2**63 - 1}"},
+    {"delta_ms = 0.06 }": "delta_ms = 0.06, rho = 1000, budget_tokens = 1e6 }"},
+    {'slow_interval_s = 15.0': 'slow_interval_s = 15.0\nfailsafe_after_ticks = 3600'},
+])
+def test_the_config_schema_takes_what_check_config_takes(sim_config: Callable[..., Path], edit: dict[str, str]) -> None:
+    """The rule the bounds keep: a schema never refuses what the loader takes, at each bound's very edge (an open
+    integer end read as its closed neighbour: a seed of 2**63 - 1)."""
+    from jsonschema import Draft202012Validator
+
+    from controller.schema_catalog import schemas
+    from controller.settings import load_settings
+
+    path = sim_config(edit)
+    load_settings(path)
+    errors = Draft202012Validator(schemas()["config"]).iter_errors(tomllib.loads(path.read_text()))
+    assert not [e.message for e in errors]
+
+
+def test_an_integers_open_end_is_written_closed() -> None:
+    """`seed < 2**63` read as exclusiveMaximum 2**63: an editor's validator in doubles rounds 2**63 - 1 up to it and
+    flags a seed the loader takes."""
+    from controller.schema_catalog import schemas
+
+    seed = schemas()["config"]["properties"]["simulator"]["properties"]["seed"]
+    assert (seed["maximum"], "exclusiveMaximum" in seed) == (2**63 - 1, False)

@@ -215,13 +215,17 @@ def test_a_gauge_that_is_no_reading_is_left_out_and_said(value: str) -> None:
 def test_a_window_carries_the_queue_and_batch_at_its_start() -> None:
     """What arrived in a window is what finished plus the growth of the requests in the system over it: the window
     reads them at its start from the last page, as at its end from this one."""
-    waiting = {"i": 0}
-    source = ScrapeVllmSource({"chat": ("http://a/metrics",)}, {"chat": MODEL},
-                              fetch=lambda url, t: _page(url, 10.0 * waiting["i"], 5.0 * waiting["i"]))
+    k = {"i": 1}
+
+    def page(url: str, timeout_s: float) -> str:
+        running = f'vllm:num_requests_running{{model_name="{MODEL}"}} {3.0 * k["i"]}\n'
+        return _page(url, 10.0 * k["i"], 5.0 * k["i"]) + running
+
+    source = ScrapeVllmSource({"chat": ("http://a/metrics",)}, {"chat": MODEL}, fetch=page)
     assert source.observe(0.0, ["chat"]) == {"chat": None}
-    waiting["i"] = 4
+    k["i"] = 4
     w = source.observe(10.0, ["chat"])["chat"]
-    assert w is not None and (w.waiting_before, w.waiting, w.running_before) == (0.0, 20.0, 0.0)
+    assert w is not None and (w.waiting_before, w.waiting, w.running_before, w.running) == (5.0, 20.0, 3.0, 12.0)
 
 
 @pytest.mark.parametrize("glitch_of", ["every page", "the success counter", "one replica"])

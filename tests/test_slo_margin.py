@@ -214,6 +214,8 @@ def test_demand_is_what_arrived_not_what_was_served() -> None:
     est.short.discard("code")
     assert rate(_grown(4.0, (90.0, 150.0), full, 1, steady=False)) == pytest.approx(4.0)  # a restart's queue
     assert rate(_grown(4.0, (150.0, 190.0), full, 1)) == pytest.approx(4.0 + 190.0 / 120.0)  # and the next growth
+    # a queue grown out of the batch (20 preempted) is no new demand: only its backlog is
+    assert rate(_grown(4.0, (0.0, 20.0), (64.0, 44.0), 1)) == pytest.approx(4.0 + 20.0 / 120.0)
 
 
 def test_margins_that_cannot_be_saved_warn_once_and_count_each_time(tmp_path: Path,

@@ -17,6 +17,7 @@ import pytest
 from conftest import one_line
 
 from controller.cli import main
+from controller.optimize_spec import load_spec
 from controller.settings import load_settings
 from queuemodels import ServiceParams
 
@@ -528,6 +529,7 @@ def test_what_tune_fits_goes_into_an_optimize_spec_and_a_config_prior_whole(
     spec = tmp_path / "spec.toml"
     spec.write_text(OPTIMIZE.replace('params."H100-SXM" = { alpha_ms = 12, beta_ms = 0.09, gamma_ms = 10, '
                                      'delta_ms = 0.035 }', f'params."H100-SXM" = {table}', 1))
+    assert load_spec(spec).services[0].params["H100-SXM"] == ServiceParams("step", **fitted)
     assert main(["optimize", str(spec)]) == 0, capsys.readouterr().err
     config = tmp_path / "sim.toml"
     text = (ROOT / "config" / "sim.toml").read_text()

@@ -359,6 +359,13 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert main(["status", "--config", str(path), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["config_problem"].startswith("services[chat].ttft_ms") and rep["services"]["chat"]["slo_met"] is None
+    # a [daemon] table the daemon ran, its slow period under the default fast one's: still found by
+    text = path.read_text()
+    path.write_text(text.replace("fast_interval_s = 1.0", "fast_interval_s = 0.1").replace(
+        "slow_interval_s = 15.0", "slow_interval_s = 0.5"))
+    assert main(["status", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("this config file does not load (services[chat].ttft_ms")
+    path.write_text(text)
     # a [daemon] key or value of its own the daemon refused to reload: the log is still found by the rest
     for edit in ("fast_intervall_s = ", "fast_interval_s = 0.09\n# "):
         path.write_text(path.read_text().replace("fast_interval_s = ", edit, 1))

@@ -33,9 +33,9 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "AcceleratorSettings.name": {"enum": sorted(CATALOG)},
           "LlmServiceSpec.statistic": {"enum": list(STATISTICS)},
           "LlmServiceSpec.variants": {"minItems": 1},
-          # the single-field bounds the classes check outside their own check_range calls (check_service_bounds,
-          # PowerPolicySpec's plan_ttl_s; the schema reads the rest off the code), so the API server refuses them
-          # at once; what fields say together (min <= max) stays the loader's
+          # the single-field bounds the schema cannot read off a check (LlmServiceSpec has none of its own; plan_ttl_s
+          # is checked against a range unpacked), so the API server refuses them at once; what fields say together
+          # (min <= max) stays the loader's
           "LlmServiceSpec.ttft_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.itl_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.priority": {"minimum": 1, "maximum": MAX_PRIORITY},

@@ -204,12 +204,11 @@ class PrometheusVllmSource:
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
                 steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
-                queue_ms=ms("queue_s"), **_before(raw, v))
+                queue_ms=ms("queue_s"), **_before(v))
         return out
 
 
-def _before(raw: dict[str, float | None], v: dict[str, float | None]) -> dict[str, float | None]:
+def _before(v: dict[str, float | None]) -> dict[str, float | None]:
     """The queue gauges at the window's start, where they and those at its end all read as numbers."""
-    names = ("running", "waiting", "running_before", "waiting_before")
-    known = all(raw[k] is not None and v[k] is not None for k in names)
+    known = all(v[k] is not None for k in ("running", "waiting", "running_before", "waiting_before"))
     return {k: v[k] if known else None for k in ("running_before", "waiting_before")}
