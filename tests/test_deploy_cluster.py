@@ -122,7 +122,7 @@ def _bounded(schema: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
         return [b for k, v in enumerate(schema) for b in _bounded(v, f"{where}[{k}]")]
     if not isinstance(schema, dict):
         return []
-    here = [(where, schema)] if {"minimum", "exclusiveMinimum", "maximum"} & schema.keys() else []
+    here = [(where, schema)] if {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"} & schema.keys() else []
     return here + [b for k, v in schema.items() for b in _bounded(v, f"{where}.{k}")]
 
 
