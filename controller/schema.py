@@ -125,15 +125,15 @@ class SchemaWriter:
         number = prop["anyOf"][0] if "anyOf" in prop else prop
         if number.get("type") not in ("number", "integer") or {"minimum", "maximum"} & number.keys():
             return  # `extra` bounds what no check of the class says (a class with none, a range unpacked): those stand
-        if self.crd:
-            for key, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-                if key in bound:
-                    bound = {**{k: v for k, v in bound.items() if k != key}, plain: bound[key], key: True}
         if number["type"] == "integer":  # 1 for a whole count, not 1.0; a whole count's open end is a closed one
             bound = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in bound.items()}
             for key, plain, step in (("exclusiveMinimum", "minimum", 1), ("exclusiveMaximum", "maximum", -1)):
-                if isinstance(bound.get(key), int):
+                if type(bound.get(key)) is int:
                     bound = {**{k: v for k, v in bound.items() if k != key}, plain: int(bound[key]) + step}
+        if self.crd:  # (after: OpenAPI's flag is no bound to step)
+            for key, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                if key in bound:
+                    bound = {**{k: v for k, v in bound.items() if k != key}, plain: bound[key], key: True}
         number.update(bound)
 
 

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import time
+from dataclasses import fields
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,7 +61,8 @@ def last_decision(path: Path) -> dict[str, Any]:
 def _shape(s: dict[str, Any] | None) -> str:
     if not s:
         return "nothing"
-    return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W"
+    clock = f" clock {s['sm_clock_share']:g}" if isinstance(s.get("sm_clock_share"), int | float) else ""
+    return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W{clock}"
 
 
 NO_WINDOW = "no window observed"
@@ -84,6 +87,8 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
 def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, why: list[str]) -> dict[str, Any]:
     """One service's line of the report: what the cycle applied is what runs now (a record written before
     "applied" was says what ran before it)."""
+    if r.get("applied") and r.get("in_force") and r["applied"] != r["in_force"]:  # the figures are of before it
+        why = [*why, f"changed this cycle: its window and GPU figures are of {_shape(r['in_force'])}"]
     return {"priority": priority, "in_force": r.get("applied", r.get("in_force")), "planned": r.get("planned"),
             "gpus": _gpus(r.get("gpus")), "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
 
@@ -111,6 +116,16 @@ FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
 (beside the least fast period, which no slow period of a daemon that ran is shorter than)."""
 
 
+def _misspells_log(table: dict[str, Any]) -> bool:
+    """Whether a key the [daemon] table does not know is nearest one of FINDS_LOG (`state_dri`): the log it meant
+    is then not known, and none is guessed."""
+    known = [f.name for f in fields(DaemonSettings)]
+    for key in table:
+        if key not in known and (near := get_close_matches(key, known, n=1)) and near[0] in FINDS_LOG:
+            return True
+    return False
+
+
 def view(config: Path) -> View:
     """The config's view; where the file does not load but its [daemon] table does, that table's log and period
     with no services (a refused edit is when an operator asks the running daemon most); else the ConfigError."""
@@ -121,8 +136,9 @@ def view(config: Path) -> View:
         daemon = None
         try:
             table = read_toml(config, "daemon config").get("daemon", {})
-            if isinstance(table, dict):  # a key or value of its own refused (an edit the daemon would not reload):
-                found = {k: v for k, v in table.items() if k in FINDS_LOG}  # the log is still found by these
+            # a key or value of its own refused (an edit the daemon would not reload): the log is still found
+            if isinstance(table, dict) and not _misspells_log(table):
+                found = {k: v for k, v in table.items() if k in FINDS_LOG}
                 daemon = build(DaemonSettings, {**found, "fast_interval_s": LEAST_FAST_S}, "daemon")
         except ConfigError:
             pass
@@ -146,8 +162,6 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
             why.append(f"short {_figure(r.get('short_rps', 0), 2)} rps ({r['reason']})")
         why += [f"gate held {h}" for h in _items(r.get("gate_held"))]
         why += [f"actuator held {h}" for h in _items(r.get("actuator_held"))]
-        if r.get("applied") and r.get("in_force") and r["applied"] != r["in_force"]:  # the figures are of before it
-            why.append(f"changed this cycle: its window and GPU figures are of {_shape(r['in_force'])}")
         services[svc.name] = _entry(r, svc.priority, met, figures, why)
     for name in sorted(set(record["services"]) - {svc.name for svc in config_view.services}):
         # in the daemon's config but not this file's (an edit not yet loaded, or a file that does not load)

@@ -97,7 +97,8 @@ def test_bounds_written_as_a_refusing_if_and_in_a_helper_are_read() -> None:
 ])
 def test_the_config_schema_refuses_what_check_config_refuses(path: list[Any], value: Any) -> None:
     """`wattscale schema config` had no bound for a port, a headroom, a priority, the optimizer's lists: an editor
-    passed `port = 70000` that check-config then refused. The shipped config passes; each edit fails there alone."""
+    passed `port = 70000` that check-config then refused. The shipped config passes the schema; each edit fails it
+    at that field alone (check-config's refusals of the same values are tests/test_config.py's)."""
     from jsonschema import Draft202012Validator
 
     from controller.schema_catalog import schemas
@@ -134,10 +135,33 @@ def test_the_config_schema_takes_what_check_config_takes(sim_config: Callable[..
     assert not [e.message for e in errors]
 
 
+@dataclass(frozen=True)
+class Counted:
+    ticks: int = 1
+    window: int = 5
+    share: float = 0.5
+
+    def check(self, where: str) -> None:
+        check_positive(self, where, ("ticks",))
+        if not 0 <= self.window < 10:
+            raise ValueError("window")
+        if not 0 < self.share < 1:
+            raise ValueError("share")
+
+
 def test_an_integers_open_end_is_written_closed() -> None:
     """`seed < 2**63` read as exclusiveMaximum 2**63: an editor's validator in doubles rounds 2**63 - 1 up to it and
-    flags a seed the loader takes."""
+    flags a seed the loader takes. In a CRD too, where OpenAPI 3.0 flags an open end: an integer's was stepped from
+    the flag (True + 1), which refused ticks = 1 and every window."""
+    from controller.schema import SchemaWriter
     from controller.schema_catalog import schemas
 
     seed = schemas()["config"]["properties"]["simulator"]["properties"]["seed"]
     assert (seed["maximum"], "exclusiveMaximum" in seed) == (2**63 - 1, False)
+    for crd in (False, True):
+        props = SchemaWriter(crd=crd).object(Counted)["properties"]
+        assert {k: v for k, v in props["ticks"].items() if "imum" in k} == {"minimum": 1}
+        assert {k: v for k, v in props["window"].items() if "imum" in k} == {"minimum": 0, "maximum": 9}
+        share = {k: v for k, v in props["share"].items() if "imum" in k}
+        assert share == ({"minimum": 0.0, "exclusiveMinimum": True, "maximum": 1.0, "exclusiveMaximum": True} if crd
+                         else {"exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0})

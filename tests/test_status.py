@@ -212,7 +212,9 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
               "held_untold": ["chat", "code", "old-name"],  # the daemon's count, whatever this file names
               "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 8, "step": "caps"},
               "services": {"chat": {"in_force": before, "applied": after, "planned": after},
-                           "old-name": {"in_force": before, "applied": before, "planned": before}}}
+                           "old-name": {"in_force": before, "applied": before, "planned": before},
+                           "zz-gone": {"in_force": before, "applied": {**before, "sm_clock_share": 0.7},
+                                       "planned": before}}}
     log.write_text(json.dumps(record) + "\n")
     assert main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -228,7 +230,10 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
                              "420 W")
     assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
                for x in out), out
-    assert not out[out.index(next(x for x in out if x.startswith("old-name"))) + 1:]  # unchanged: nothing said
+    old = out.index(next(x for x in out if x.startswith("old-name")))
+    assert out[old + 1].startswith("zz-gone: 1 x H100-SXM batch 64 cap 420 W clock 0.7;")  # old-name: nothing said
+    # a service of the record alone (this file's, or one that does not load) is said changed too; a clock is shape
+    assert out[old + 2] == "  - changed this cycle: its window and GPU figures are of 1 x H100-SXM batch 64 cap 420 W"
 
 
 def test_a_last_line_nested_thousands_deep_is_no_decision(sim_config: Callable[..., Path],
@@ -365,6 +370,11 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
         "slow_interval_s = 15.0", "slow_interval_s = 0.5"))
     assert main(["status", "--config", str(path)]) == 0
     assert capsys.readouterr().out.startswith("this config file does not load (services[chat].ttft_ms")
+    path.write_text(text)
+    # a key that may be one of those misspelt: the log it names is not known, so none is guessed
+    path.write_text(text.replace("state_dir = ", "state_dri = ", 1))
+    assert main(["status", "--config", str(path)]) == 2
+    assert "daemon.state_dri: unknown key" in capsys.readouterr().err
     path.write_text(text)
     # a [daemon] key or value of its own the daemon refused to reload: the log is still found by the rest
     for edit in ("fast_intervall_s = ", "fast_interval_s = 0.09\n# "):
