@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +238,7 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
         vllm = PrometheusVllmSource(t.prometheus_url, models, t.window_s, t.timeout_s, on_error=on_error)
     elif t.vllm_source == "scrape":
         urls = {s.name: s.metrics_urls for s in settings.services}
-        vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error)
+        vllm = ScrapeVllmSource(urls, models, t.timeout_s, on_error=on_error, clock=time.monotonic)
     else:
         vllm = SimVllmSource(sim(), lock)
     if devices is not None:
