@@ -61,7 +61,7 @@ def last_decision(path: Path) -> dict[str, Any]:
 def _shape(s: dict[str, Any] | None) -> str:
     if not s:
         return "nothing"
-    clock = f" clock {s['sm_clock_share']:g}" if isinstance(s.get("sm_clock_share"), int | float) else ""
+    clock = f" clock {s['sm_clock_share']:.0%}" if isinstance(s.get("sm_clock_share"), int | float) else ""
     return f"{s['replicas']} x {s['accelerator']} batch {s['max_batch']} cap {s['cap_w']:.0f} W{clock}"
 
 
@@ -117,11 +117,13 @@ FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
 
 
 def _misspells_log(table: dict[str, Any]) -> bool:
-    """Whether a key the [daemon] table does not know is nearest one of FINDS_LOG (`state_dri`): the log it meant
-    is then not known, and none is guessed."""
+    """Whether a key the [daemon] table does not know may be one of FINDS_LOG (`state_dri`, `STATE_DIR`, `dir`):
+    only one nearest another field is taken for its misspelling. The log it meant is then not known, and none is
+    guessed."""
     known = [f.name for f in fields(DaemonSettings)]
-    for key in table:
-        if key not in known and (near := get_close_matches(key, known, n=1)) and near[0] in FINDS_LOG:
+    for key in set(table) - set(known):
+        near = get_close_matches(key.lower().replace("-", "_"), known, n=1)
+        if not near or near[0] in FINDS_LOG:
             return True
     return False
 

@@ -394,21 +394,25 @@ def test_a_histogram_sum_that_fell_while_its_count_rose_is_a_restart() -> None:
     assert w is not None and not w.steady
 
 
-def test_a_page_is_timed_when_it_came_not_when_the_tick_asked_for_it() -> None:
-    """A page 4 s slow within its 5-s timeout, timed at the tick's start, read a steady 20 rps as 28, then 12."""
-    clock = {"s": 0.0}
-    delays = iter([0.0, 4.0, 0.0])
+@pytest.mark.parametrize(("urls", "late"), [(("http://a/metrics",), "page"), (("http://a/metrics",), "tick"),
+                                             (("http://a/metrics", "http://b/metrics"), "page")])
+def test_a_page_is_timed_when_it_came_not_when_the_tick_asked_for_it(urls: tuple[str, ...], late: str) -> None:
+    """A page 4 s slow within its 5-s timeout, timed at the tick's start, read a steady 20 rps as 28, then 12; so did
+    4 s of the tick's other reads before this one. Each page is timed by the clock when it came, and a service's
+    window at its pages' mean time (stamped after the last, one slow page of two skewed the other)."""
+    real = {"t": 0.0, "delay": 0.0}
 
     def fetch(url: str, timeout_s: float) -> str:
-        clock["s"] += next(delays)  # the page is rendered once it is served, 20 requests a second of the time then
-        return _page(url, 20.0 * (tick["now"] + clock["s"] - started["s"]))
+        if late == "page" and url == urls[-1]:
+            real["t"] += real["delay"]
+        return _page(url, 20.0 / len(urls) * real["t"])  # each engine's counter at the time it renders its page
 
-    tick, started = {"now": 0.0}, {"s": 0.0}
-    source = ScrapeVllmSource({"chat": ("http://a/metrics",)}, {"chat": MODEL}, fetch=fetch,
-                              clock=lambda: clock["s"])
+    source = ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=fetch, clock=lambda: real["t"])
     rates = []
-    for now in (0.0, 10.0, 20.0):
-        tick["now"], started["s"] = now, clock["s"]
+    for now, delay in ((0.0, 0.0), (10.0, 4.0), (20.0, 0.0)):
+        real["t"], real["delay"] = max(real["t"], now), delay
+        if late == "tick":  # the tick's other reads, before this source's
+            real["t"] += delay
         w = source.observe(now, ["chat"])["chat"]
         rates.append(None if w is None else w.rate_rps)
     assert rates == [None, pytest.approx(20.0), pytest.approx(20.0)]

@@ -231,7 +231,7 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
                for x in out), out
     old = out.index(next(x for x in out if x.startswith("old-name")))
-    assert out[old + 1].startswith("zz-gone: 1 x H100-SXM batch 64 cap 420 W clock 0.7;")  # old-name: nothing said
+    assert out[old + 1].startswith("zz-gone: 1 x H100-SXM batch 64 cap 420 W clock 70%;")  # old-name: nothing said
     # a service of the record alone (this file's, or one that does not load) is said changed too; a clock is shape
     assert out[old + 2] == "  - changed this cycle: its window and GPU figures are of 1 x H100-SXM batch 64 cap 420 W"
 
@@ -372,9 +372,10 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert capsys.readouterr().out.startswith("this config file does not load (services[chat].ttft_ms")
     path.write_text(text)
     # a key that may be one of those misspelt: the log it names is not known, so none is guessed
-    path.write_text(text.replace("state_dir = ", "state_dri = ", 1))
-    assert main(["status", "--config", str(path)]) == 2
-    assert "daemon.state_dri: unknown key" in capsys.readouterr().err
+    for misspelt in ("state_dri", "STATE_DIR", "dir"):
+        path.write_text(text.replace("state_dir = ", f"{misspelt} = ", 1))
+        assert main(["status", "--config", str(path)]) == 2
+        assert f"daemon.{misspelt}: unknown key" in capsys.readouterr().err
     path.write_text(text)
     # a [daemon] key or value of its own the daemon refused to reload: the log is still found by the rest
     for edit in ("fast_intervall_s = ", "fast_interval_s = 0.09\n# "):

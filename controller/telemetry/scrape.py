@@ -71,9 +71,10 @@ class ScrapeVllmSource:
         self.timeout_s = timeout_s
         self.fetch, self.on_error = fetch, on_error or _log_error
         self.clock = clock
-        """Seconds (the daemon's: time.monotonic), to time each service's pages from the read's start: a page is of
-        when it came, not of the tick that asked for it (one 4 s slow within its timeout read a steady 20 rps as 28,
-        then 12). None: every page at `now` (a caller whose time is simulated)."""
+        """Seconds (the daemon's: time.monotonic) each page is timed by when it came, not by the tick that asked for it
+        (one 4 s slow within its timeout read a steady 20 rps as 28, then 12); a service's window is at its pages'
+        mean time. Only this source's windows read it (their lengths), so it need not be the caller's clock. None:
+        every page at `now`."""
         self._last: dict[str, Snapshot] = {}
         self._held: dict[str, int] = {}
         """Per service: windows held in a row for a counter that is no reading."""
@@ -89,12 +90,13 @@ class ScrapeVllmSource:
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         out: dict[str, ServiceWindow | None] = {}
-        clock = self.clock or (lambda: 0.0)
-        started = clock()
         for name in services:
             model, urls = self.models.get(name), self.urls.get(name, ())
-            pages = [self._read(u) for u in urls]
-            read_at = now + max(0.0, clock() - started)
+            pages, came = [], []
+            for url in urls:
+                pages.append(self._read(url))
+                came.append(now if self.clock is None else self.clock())
+            read_at = sum(came) / len(came) if came else now  # the mean page's time: the window's rates are sums
             if model is None or not urls or any(p is None for p in pages):
                 out[name] = None
                 continue
