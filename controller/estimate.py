@@ -116,8 +116,8 @@ class Estimator:
             queued = window.waiting - window.waiting_before
             served, grew = window.rate_rps / window.replicas, queued / window.replicas
             if window.steady and svc.name not in self.settling:  # a queue grown out of the batch (preempted) is none
-                held = min(queued, window.waiting + window.running - window.waiting_before - window.running_before)
-                growth = max(0.0, held / window.window_s, offered - window.rate_rps)
+                joined = min(queued, window.waiting + window.running - window.waiting_before - window.running_before)
+                growth = max(0.0, joined / window.window_s, offered - window.rate_rps)
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
