@@ -113,10 +113,11 @@ class Estimator:
         if window.waiting_before is not None and window.running_before is not None:  # (not read: no growth known)
             offered = offered_rps(window.rate_rps, window.waiting_before + window.running_before,
                                   window.waiting + window.running, window.window_s)
-            queued = window.waiting - window.waiting_before
-            served, grew = window.rate_rps / window.replicas, queued / window.replicas
-            if window.steady and svc.name not in self.settling:  # a queue grown out of the batch (preempted) is none
-                joined = min(queued, window.waiting + window.running - window.waiting_before - window.running_before)
+            # a queue grown out of the batch (preempted) is no growth: only as far as the system's count grew too
+            joined = min(window.waiting - window.waiting_before,
+                         window.waiting + window.running - window.waiting_before - window.running_before)
+            served, grew = window.rate_rps / window.replicas, joined / window.replicas
+            if window.steady and svc.name not in self.settling:
                 growth = max(0.0, joined / window.window_s, offered - window.rate_rps)
         sized = window.steady and svc.name not in self.short
         backlog = window.waiting / o.drain_s if sized else 0.0

@@ -87,7 +87,7 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
 def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, why: list[str]) -> dict[str, Any]:
     """One service's line of the report: what the cycle applied is what runs now (a record written before
     "applied" was says what ran before it)."""
-    if r.get("applied") and r.get("in_force") and r["applied"] != r["in_force"]:  # the figures are of before it
+    if r.get("applied") and r.get("in_force") and _shape(r["applied"]) != _shape(r["in_force"]):  # as printed
         why = [*why, f"changed this cycle: its window and GPU figures are of {_shape(r['in_force'])}"]
     return {"priority": priority, "in_force": r.get("applied", r.get("in_force")), "planned": r.get("planned"),
             "gpus": _gpus(r.get("gpus")), "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
@@ -269,7 +269,7 @@ def text(rep: dict[str, Any]) -> str:
                      f"(step {d.get('step', '?')})")
     for name, s in rep["services"].items():
         verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]
-        planned = "" if s["planned"] == s["in_force"] else f"; planned {_shape(s['planned'])}"
+        planned = "" if _shape(s["planned"]) == _shape(s["in_force"]) else f"; planned {_shape(s['planned'])}"
         priority = "" if s["priority"] is None else f" (priority {s['priority']})"
         gpus = "" if s["gpus"] is None else (f"; its GPUs under {_figure(s['gpus']['limit_w'])} W limits, drawing "
                                              f"{_figure(s['gpus']['draw_w'])} W")  # the governor's, not the plan's cap

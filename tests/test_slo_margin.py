@@ -3,6 +3,7 @@ what sizing admits, and the estimator feeds it only the windows a plan ran stead
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,9 @@ def test_a_window_whose_queue_grew_teaches_the_tuner_nothing() -> None:
     assert est.observe(code, _grown(4.0, (0.0, 40.0)), [], a, True, o, 0.0) == "unsteady-queue"
     assert est.observe(code, _grown(4.0, (40.0, 42.0)), [], a, True, o, 0.0) == "accepted"  # a queue that holds
     assert est.observe(code, _grown(4.0, None), [], a, True, o, 0.0) == "accepted"  # not read: no growth known
+    # 40 preempted out of the batch into the queue: saturated, not a ramp (the system's count did not grow)
+    preempted = dataclasses.replace(_grown(4.0, (0.0, 40.0), (60.0, 20.0)), preemptions=40.0)
+    assert est.observe(code, preempted, [], a, True, o, 0.0) == "saturated"
 
 
 class _Recording(Tuner):

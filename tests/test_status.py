@@ -212,7 +212,8 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
               "held_untold": ["chat", "code", "old-name"],  # the daemon's count, whatever this file names
               "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 8, "step": "caps"},
               "services": {"chat": {"in_force": before, "applied": after, "planned": after},
-                           "old-name": {"in_force": before, "applied": before, "planned": before},
+                           "old-name": {"in_force": before, "applied": {**before, "cap_w": 420.3},  # as printed
+                                        "planned": before},
                            "zz-gone": {"in_force": before, "applied": {**before, "sm_clock_share": 0.7},
                                        "planned": before}}}
     log.write_text(json.dumps(record) + "\n")
@@ -231,7 +232,8 @@ def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config
     assert any(x.startswith("old-name: 1 x H100-SXM batch 64 cap 420 W; SLO unknown: not in this config file")
                for x in out), out
     old = out.index(next(x for x in out if x.startswith("old-name")))
-    assert out[old + 1].startswith("zz-gone: 1 x H100-SXM batch 64 cap 420 W clock 70%;")  # old-name: nothing said
+    # old-name: nothing said of a change under the watt its shape prints
+    assert out[old + 1].startswith("zz-gone: 1 x H100-SXM batch 64 cap 420 W clock 70%;")
     # a service of the record alone (this file's, or one that does not load) is said changed too; a clock is shape
     assert out[old + 2] == "  - changed this cycle: its window and GPU figures are of 1 x H100-SXM batch 64 cap 420 W"
 
