@@ -25,7 +25,7 @@ class TelemetrySettings:
     prometheus_url: str = "http://127.0.0.1:9090"
     """Prometheus that scrapes the vLLM servers (`vllm_source = "prometheus"`)."""
     window_s: float = 60.0
-    """Window of the rate() queries; at least four scrape intervals."""
+    """Window of the rate() queries, whole seconds (the queries say it so); at least four scrape intervals."""
     timeout_s: float = 5.0
     """HTTP timeout of one query or page."""
 
@@ -33,7 +33,9 @@ class TelemetrySettings:
         if not self.prometheus_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {quoted(self.prometheus_url)}")
         check_positive(self, where, ("window_s", "timeout_s"))
-        check_range(self, where, ("window_s",), 0.0, 86400.0, low_open=True)
+        check_range(self, where, ("window_s",), 1.0, 86400.0)
+        if self.window_s != round(self.window_s):  # `[2s]` read over a 1.5-s window: every growth a third high
+            raise ConfigError(f"{where}.window_s", f"must be whole seconds, got {self.window_s}")
         check_range(self, where, ("timeout_s",), 0.0, 300.0, low_open=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
+from actuators.vllm_servers import MAX_BATCH
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
@@ -30,8 +31,10 @@ MAX_WINDOW_WAITING = 10_000_000.0
 """Most requests one service's window may report waiting or running, or preempted (a thousand replicas' worth of
 vLLM's deepest queues): a gauge of 1e11 sized 7.5e9 rps of backlog, a slow cycle of 38 s and 7 GB."""
 MAX_WINDOW_S = 7 * 86_400.0
-"""Longest window a source may report (a week: a day's slow cycle, held for a few windows): a length of 0 divided the
-growth by zero."""
+"""Longest window a source may report (a week: a day's slow cycle, held for a few windows)."""
+MIN_WINDOW_S = 0.1
+"""Shortest window a source may report (a fast tick's least): a length of 0 divided the growth by zero, and one of
+5e-324 read every growth as infinite demand."""
 MAX_WINDOW_REPLICAS = 100_000
 """Most replicas a window may report: a count of 10**400 overflowed every rate per replica."""
 
@@ -48,10 +51,14 @@ def window_problem(w: ServiceWindow) -> str | None:
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
             return f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
-    if not (math.isfinite(w.window_s) and 0.0 < w.window_s <= MAX_WINDOW_S):
-        return f"window_s {w.window_s!r} outside (0, {MAX_WINDOW_S:g}]"
+    if not (math.isfinite(w.window_s) and MIN_WINDOW_S <= w.window_s <= MAX_WINDOW_S):
+        return f"window_s {w.window_s!r} outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}]"
     if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
         return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
+    for name in ("running", "running_before"):  # a replica runs at most vLLM's largest batch (one glitch of 9.9e6
+        v = getattr(w, name)  # running sized the plan at the 100,000-rps cap)
+        if v is not None and v > max(1, w.replicas) * MAX_BATCH:
+            return f"{name} {v:g} past {MAX_BATCH} a replica ({w.replicas} replicas)"
     return None
 
 

@@ -116,13 +116,22 @@ FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
 (beside the least fast period, which no slow period of a daemon that ran is shorter than)."""
 
 
-def _misspells_log(table: dict[str, Any]) -> bool:
-    """Whether a key the [daemon] table does not know may be one of FINDS_LOG (`state_dri`, `STATE_DIR`, `dir`):
-    only one nearest another field is taken for its misspelling. The log it meant is then not known, and none is
-    guessed."""
+TYPO = 0.85
+"""How near (difflib's ratio) a key the [daemon] table does not know must be to another field to be read as its typo
+(`fast_intervall_s`, 0.97); `logfile` is 0.63 from `log_level` and may mean `decision_log`. A table is taken for
+[daemon] misspelt from 0.75 (`deamon` is 0.83; the other tables' names are far from it)."""
+
+
+def _misspells_log(data: dict[str, Any]) -> bool:
+    """Whether the file may name the log in a way it is not read by: a [daemon] table misspelt (`[deamon]`), or a key
+    of it that is not a typo of a field outside FINDS_LOG (`state_dri`, `STATE_DIR`, `dir`, `logfile`). The log it
+    meant is then not known, and none is guessed."""
+    if "daemon" not in data and get_close_matches("daemon", [k.lower() for k in data], n=1, cutoff=0.75):
+        return True
+    table = data.get("daemon", {})
     known = [f.name for f in fields(DaemonSettings)]
     for key in set(table) - set(known):
-        near = get_close_matches(key.lower().replace("-", "_"), known, n=1)
+        near = get_close_matches(key.lower().replace("-", "_"), known, n=1, cutoff=TYPO)
         if not near or near[0] in FINDS_LOG:
             return True
     return False
@@ -137,9 +146,10 @@ def view(config: Path) -> View:
     except ConfigError as exc:
         daemon = None
         try:
-            table = read_toml(config, "daemon config").get("daemon", {})
+            data = read_toml(config, "daemon config")
+            table = data.get("daemon", {})
             # a key or value of its own refused (an edit the daemon would not reload): the log is still found
-            if isinstance(table, dict) and not _misspells_log(table):
+            if isinstance(table, dict) and not _misspells_log(data):
                 found = {k: v for k, v in table.items() if k in FINDS_LOG}
                 daemon = build(DaemonSettings, {**found, "fast_interval_s": LEAST_FAST_S}, "daemon")
         except ConfigError:

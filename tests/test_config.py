@@ -118,6 +118,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = inf"), "daemon.slow_interval_s: .*got inf"),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nprometheus_url = "localhost:9090"'),
          "telemetry.prometheus_url: must be an http\\(s\\) URL, got 'localhost:9090'"),
+        (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 1.5'),  # queried as [2s]
+         "telemetry.window_s: must be whole seconds, got 1.5"),
+        (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 0.4'),  # queried as [0s]
+         r"telemetry.window_s: must be in \[1, 86400\], got 0.4"),
         (lambda t: t.replace('listen = "127.0.0.1"', 'listen = "not-an-ip"'),
          "metrics.listen: must be an IP address, got 'not-an-ip'"),
         (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = inf,", 1), r"services\[chat\].prior.beta_ms: .*got inf"),

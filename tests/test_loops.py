@@ -569,7 +569,9 @@ def test_a_source_down_for_cycles_is_logged_once_a_run_and_counted_every_cycle(
     ({"running": math.inf}, "window refused: running inf outside [0, 1e+07]"),  # arrivals read inf rps from it
     ({"waiting_before": -1.0}, "window refused: waiting_before -1 outside [0, 1e+07]"),
     ({"preemptions": math.nan}, "window refused: preemptions nan outside [0, 1e+07]"),  # read as not saturated
-    ({"window_s": 0.0}, "window refused: window_s 0.0 outside (0, 604800]"),  # the growth divided by zero
+    ({"window_s": 0.0}, "window refused: window_s 0.0 outside [0.1, 604800]"),  # the growth divided by zero
+    ({"window_s": 5e-324}, "window refused: window_s 5e-324 outside [0.1, 604800]"),  # every growth infinite
+    ({"running": 9.9e6}, "window refused: running 9.9e+06 past 4096 a replica (1 replicas)"),  # demand at its cap
     ({"replicas": 10**5000}, "window refused: replicas past 1e15 outside [0, 100000]"),  # overflowed every rate
     ({"out_tokens": 0.5}, None),  # a mean under one token: read as one, the cycle plans
 ])

@@ -416,3 +416,22 @@ def test_a_page_is_timed_when_it_came_not_when_the_tick_asked_for_it(urls: tuple
         w = source.observe(now, ["chat"])["chat"]
         rates.append(None if w is None else w.rate_rps)
     assert rates == [None, pytest.approx(20.0), pytest.approx(20.0)]
+
+
+def test_a_queue_gauge_one_page_lacks_reads_no_growth() -> None:
+    """Two replicas, 50 running and 100 waiting each, steady: one page without its gauges at one end read the
+    other's count as the queue and batch emptying, then filling (30 rps offered read for 20)."""
+    urls = ("http://a/metrics", "http://b/metrics")
+    k = {"i": 0}
+
+    def page(url: str, timeout_s: float) -> str:
+        gauges = f'vllm:num_requests_running{{model_name="{MODEL}"}} 50\n' if (url, k["i"]) != (urls[1], 1) else ""
+        return _page(url, 150.0 * k["i"], 0.0 if gauges == "" else 100.0).replace(
+            f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 0.0\n', "") + gauges
+
+    source = ScrapeVllmSource({"chat": urls}, {"chat": MODEL}, fetch=page)
+    for i, now in enumerate((0.0, 15.0, 30.0)):
+        k["i"] = i
+        w = source.observe(now, ["chat"])["chat"]
+        if i:
+            assert w is not None and (w.waiting_before, w.running_before) == (None, None), (i, w)

@@ -374,10 +374,14 @@ def test_status_reads_the_running_daemons_log_when_the_file_does_not_load(sim_co
     assert capsys.readouterr().out.startswith("this config file does not load (services[chat].ttft_ms")
     path.write_text(text)
     # a key that may be one of those misspelt: the log it names is not known, so none is guessed
-    for misspelt in ("state_dri", "STATE_DIR", "dir"):
+    for misspelt in ("state_dri", "STATE_DIR", "dir", "logfile"):
         path.write_text(text.replace("state_dir = ", f"{misspelt} = ", 1))
         assert main(["status", "--config", str(path)]) == 2
         assert f"daemon.{misspelt}: unknown key" in capsys.readouterr().err
+    for table in ("[deamon]", "[Daemon]"):  # the whole table misspelt: the defaults' log is another daemon's
+        path.write_text(text.replace("[daemon]", table, 1))
+        assert main(["status", "--config", str(path)]) == 2
+        assert "unknown key" in capsys.readouterr().err
     path.write_text(text)
     # a [daemon] key or value of its own the daemon refused to reload: the log is still found by the rest
     for edit in ("fast_intervall_s = ", "fast_interval_s = 0.09\n# "):

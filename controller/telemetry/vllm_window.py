@@ -66,6 +66,9 @@ class Snapshot:
     sum would jump when the rest came back), and counted from their next reading, not from zero."""
     gauges_short: bool = False
     """A running or waiting sample was no reading: the sums under-read, and no growth is read across them."""
+    counted: set[Key] = field(default_factory=set)
+    """The (series, gauge) running and waiting samples read: one an engine's last page had and this one lacks (or
+    the other way) read its whole count as growth."""
 
 
 def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
@@ -99,6 +102,8 @@ def snapshots(families: Iterable[Metric], time_s: float) -> dict[str, Snapshot]:
             elif name in GAUGES:
                 key = GAUGES[name]
                 snap.gauges[key] = snap.gauges.get(key, 0.0) + value
+                if key in IN_SYSTEM:
+                    snap.counted.add((series, key))
     for snap in out.values():
         for table in (snap.counters, snap.hist_sum, snap.hist_count):
             for k in snap.unread & table.keys():
@@ -225,7 +230,9 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         v = histogram_quantile(0.95, buckets)
         return None if v is None else 1000.0 * v
 
-    known = not (new.gauges_short or old.gauges_short)
+    both = new.engines & old.engines  # an engine come or gone makes the window unsteady anyway
+    known = not (new.gauges_short or old.gauges_short) and {k for k in new.counted if k[0] in both} == {
+        k for k in old.counted if k[0] in both}
     return ServiceWindow(
         window_s=dt,
         rate_rps=counter("success") / dt,
