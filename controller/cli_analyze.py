@@ -60,6 +60,8 @@ def _analyze(args: argparse.Namespace) -> int:
         if value is None or not math.isfinite(value) or not (low <= value if allowed else low < value) or value > high:
             raise ModelInputError(f"--{name.replace('_', '-')}: must be a finite number {'>=' if allowed else '>'} "
                                   f"{low:g} and <= {high:g}, got {value}")
+    if 0 < args.budget_tokens < 1:  # a step schedules whole tokens: 1e-9 answered a TTFT of 7e16 ms
+        raise ModelInputError(f"--budget-tokens: must be 0 or at least 1, got {args.budget_tokens!r}")
     if 0 < args.kv_tokens < args.in_tokens + args.out_tokens:
         raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of this load ({args.in_tokens:g}"
                               f" + {args.out_tokens:g} tokens); 0 leaves the cache unbounded")

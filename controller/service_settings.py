@@ -94,6 +94,8 @@ class PriorSettings:
         check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
         check_range(self, where, ("rho",), 0.0, MAX_RHO)
         check_range(self, where, ("budget_tokens",), 0.0, MAX_TOKENS)
+        if 0 < self.budget_tokens < 1:  # a step schedules whole tokens (analyze answered a TTFT of 7e16 ms)
+            raise ConfigError(f"{where}.budget_tokens", f"must be 0 or at least 1, got {self.budget_tokens!r}")
         check_range(self, where, ("expert_weight_share",), 0.0, MOST_WEIGHT_SHARE)
         check_range(self, where, ("expert_token_share",), 0.0, 1.0)
         if self.delta_ms is not None:

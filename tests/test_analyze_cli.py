@@ -127,6 +127,7 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
     (["--out-tokens", "0.5"], "--out-tokens: must be a finite number >= 1 and <= 1e+06, got 0.5"),
     (["--in-tokens", "0.001"], "--in-tokens: must be a finite number >= 1 and <= 1e+06, got 0.001"),  # as specs hold
     (["--kv-tokens", "1"], "--kv-tokens: 1 holds no whole request of this load (400 + 200 tokens)"),
+    (["--budget-tokens", "1e-9"], "--budget-tokens: must be 0 or at least 1, got 1e-09"),  # a TTFT of 7e16 ms
     (["--rate-rps", "40", "--max-queue", "-1"], "--rate-rps: 40 has no stationary solution with an unbounded queue: "
                                                 "max_batch 64 saturates at 18.1665 rps"),
     (["--rate-rps", "500", "--max-queue", "-1"], "--rate-rps: 500 has no stationary solution with an unbounded queue: "

@@ -145,6 +145,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[chat\].prior.rho: the gen1 family has no such term, got 1.2"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", budget_tokens = -1, alpha_ms', 1),
          r"services\[chat\].prior.budget_tokens: must be in \[0, 1e\+06\], got -1"),
+        (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", budget_tokens = 0.5, alpha_ms', 1),
+         r"services\[chat\].prior.budget_tokens: must be 0 or at least 1, got 0.5"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 64, alpha_ms', 1),
          r"services\[chat\].prior.expert_weight_share: must be in \[0, 0.99\], got 64"),
         (lambda t: t.replace('family = "step", alpha_ms', 'family = "step", expert_weight_share = 0.9, '
