@@ -118,15 +118,17 @@ FINDS_LOG = ("state_dir", "decision_log", "slow_interval_s")
 
 TYPO = 0.85
 """How near (difflib's ratio) a key the [daemon] table does not know must be to another field to be read as its typo
-(`fast_intervall_s`, 0.97); `logfile` is 0.63 from `log_level` and may mean `decision_log`. A table is taken for
-[daemon] misspelt from 0.75 (`deamon` is 0.83; the other tables' names are far from it)."""
+(`fast_intervall_s`, 0.97); `logfile` is 0.63 from `log_level` and may mean `decision_log`."""
+TABLE_TYPO = 0.75
+"""How near a table's name must be to `daemon` to be read as [daemon] misspelt (`deamon` is 0.83; the other tables'
+names are 0.13-0.33 from it)."""
 
 
 def _misspells_log(data: dict[str, Any]) -> bool:
     """Whether the file may name the log in a way it is not read by: a [daemon] table misspelt (`[deamon]`), or a key
     of it that is not a typo of a field outside FINDS_LOG (`state_dri`, `STATE_DIR`, `dir`, `logfile`). The log it
     meant is then not known, and none is guessed."""
-    if "daemon" not in data and get_close_matches("daemon", [k.lower() for k in data], n=1, cutoff=0.75):
+    if "daemon" not in data and get_close_matches("daemon", [k.lower() for k in data], n=1, cutoff=TABLE_TYPO):
         return True
     table = data.get("daemon", {})
     known = [f.name for f in fields(DaemonSettings)]
