@@ -103,6 +103,10 @@ class GpuReading:
     memory_used_bytes: int | None
     memory_total_bytes: int | None
     temperature_c: float | None
+    capped_s: float | None = None
+    """Seconds, since the driver started, that the power limit held the clocks down (the power violation time)."""
+    capped_at_s: float | None = None
+    """The CPU time stamp NVML gave that counter, in seconds: the share of a tick is its rise over this one's."""
 
 
 class NvmlDevices:
@@ -180,11 +184,13 @@ class NvmlDevices:
             util = opt(lambda: nv.nvmlDeviceGetUtilizationRates(h))
             memory = opt(lambda: nv.nvmlDeviceGetMemoryInfo(h))
             temp = opt(lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
+            capped = opt(lambda: nv.nvmlDeviceGetViolationStatus(h, nv.NVML_PERF_POLICY_POWER))
         return GpuReading(
             index, name, uuid, power, instant, joules, limit, default, low,
             high, enforced, sm, mem_clock, reasons, None if reasons is None else bool(reasons & POWER_CAP_BITING),
             None if util is None else float(util.gpu), None if util is None else float(util.memory),
-            None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp)
+            None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp,
+            *((None, None) if capped is None else (capped.violationTime / 1e9, capped.referenceTime / 1e6)))
 
     def _field_w(self, handle: Any, field_id: int) -> float | None:
         """A power field (mW) through nvmlDeviceGetFieldValues; None when the driver has no value for it, or the

@@ -41,7 +41,9 @@ CLOCK_EVENT_REASONS = {1 << bit: name for bit, name in enumerate((  # 0x1 GpuIdl
     "GpuIdle", "ApplicationsClocksSetting", "SwPowerCap", "HwSlowdown", "SyncBoost", "SwThermalSlowdown",
     "HwThermalSlowdown", "HwPowerBrakeSlowdown", "DisplayClockSetting", "BoardLimit", "Reliability"))}
 NULL_MEANS = {"power_instant_w": "the driver gives no NVML_FI_DEV_POWER_INSTANT value (NotSupported on this GPU or "
-              "driver)", "power_capped": "follows clock_event_reasons, NotSupported on this GPU"}
+              "driver)", "power_capped": "follows clock_event_reasons, NotSupported on this GPU",
+              **dict.fromkeys(("capped_s", "capped_at_s"), "nvmlDeviceGetViolationStatus (the power violation time) "
+                              "NotSupported on this GPU, absent from this driver or not this user's to read")}
 
 
 class ReadOnlyNvml:

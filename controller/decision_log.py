@@ -124,13 +124,18 @@ def observed(w: ServiceWindow) -> dict[str, Any]:
 
 def gpus(readings: list[DrawReading]) -> dict[str, float] | None:
     """A service's GPUs over the cycle as the decision log records them: their mean draw and the mean limit they ran
-    under (the governor's, tick by tick: under a budget that binds, below the plan's cap); None without a reading
-    a GPU can make."""
+    under (the governor's, tick by tick: under a budget that binds, below the plan's cap), and where their source
+    reads it the mean share of a tick those limits held their clocks down (`capped_share`: bursts a limit clips
+    while the mean draw sits under it); None without a reading a GPU can make."""
     kept = [r for r in readings if 0 <= r.draw_w <= MAX_GPU_LIMIT_W and 0 <= r.limit_w <= MAX_GPU_LIMIT_W]
     if not kept:  # none, or none a GPU draws (a source's 1e308 W summed to inf, which the log writes as null)
         return None
-    return {"draw_w": round(math.fsum(r.draw_w for r in kept) / len(kept), 1),
-            "limit_w": round(math.fsum(r.limit_w for r in kept) / len(kept), 1)}
+    out = {"draw_w": round(math.fsum(r.draw_w for r in kept) / len(kept), 1),
+           "limit_w": round(math.fsum(r.limit_w for r in kept) / len(kept), 1)}
+    capped = [c for r in kept if (c := r.capped_share) is not None and 0.0 <= c <= 1.0]
+    if capped:
+        out["capped_share"] = round(math.fsum(capped) / len(capped), 3)
+    return out
 
 
 def shape(a: Assignment) -> dict[str, Any]:

@@ -157,7 +157,7 @@ class FastLoop:
         if series is None:
             return
         m, gpu = self.metrics, str(index)
-        for family in (m.gpu_limit, m.gpu_energy, m.gpu_clock):
+        for family in (m.gpu_limit, m.gpu_energy, m.gpu_clock, m.gpu_capped):
             family.remove(gpu)
         if series.owner is not None:
             m.gpu_power.remove(gpu, series.owner)
@@ -174,7 +174,7 @@ class FastLoop:
             if series is None:
                 gpu = str(g.index)
                 series = self.series[g.index] = GpuSeries(m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
-                                                           m.gpu_clock.labels(gpu))
+                                                           m.gpu_clock.labels(gpu), m.gpu_capped.labels(gpu))
             series.limit.set(self._shown_limit(g))
             if g.power_w is not None:
                 series.power_of(m.gpu_power, str(g.index), g.service or "").set(g.power_w)
@@ -182,6 +182,8 @@ class FastLoop:
                 series.energy.set(g.energy_j)
             if g.sm_clock_mhz is not None:
                 series.clock.set(g.sm_clock_mhz)
+            if g.capped_share is not None:
+                series.capped.set(g.capped_share)
             total += PowerGovernor.accounted_w(c)
         m.draw.set(total)
         self.draw_w = total
@@ -275,9 +277,11 @@ class FastLoop:
             n, below = len(gpus), sum(held(g) for g in gpus)
             held_gpus += below
             shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
+            capped = [c for g in gpus if (c := g.capped_share) is not None]
             self.ledger.add(service, DrawReading(
                 sum(map(self.governor.accounted_w, gpus)) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
-                sum(shares) / n if any(c < 1.0 for c in shares) else None))
+                sum(shares) / n if any(c < 1.0 for c in shares) else None,
+                sum(capped) / len(capped) if capped else None))
         self.held_gpus = held_gpus
         self.held_series.set(held_gpus)
 

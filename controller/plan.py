@@ -57,12 +57,14 @@ class Plan:
 
 class DrawReading(NamedTuple):
     """A service's GPUs at one fast tick: mean draw, mean limit in force, whether the governor held a cut
-    on any of them, and their mean locked clock share (None: none locked)."""
+    on any of them, their mean locked clock share (None: none locked), and the mean share of the tick their
+    limits held their clocks down (None: no GPU's source reads it)."""
 
     draw_w: float
     limit_w: float
     cut: bool
     clock_share: float | None = None
+    capped_share: float | None = None
 
 
 LEDGER_KEEP = 4096

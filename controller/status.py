@@ -93,12 +93,19 @@ def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, 
             "gpus": _gpus(r.get("gpus")), "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
 
 
-def _gpus(g: Any) -> dict[str, float] | None:
-    """The service's GPUs over the cycle (mean draw and limit), as the daemon writes them, or none (a record from
-    before it did)."""
+def _gpus(g: Any) -> dict[str, float | None] | None:
+    """The service's GPUs over the cycle (mean draw and limit, and the share of it the limits held their clocks
+    where the source reads it), as the daemon writes them, or none (a record from before it did)."""
     if g is None:
         return None
-    return {"draw_w": g["draw_w"], "limit_w": g["limit_w"]}
+    return {"draw_w": g["draw_w"], "limit_w": g["limit_w"], "capped_share": g.get("capped_share")}
+
+
+def _clipped(g: dict[str, Any]) -> str:
+    """How much of the cycle the limits held the GPUs' clocks, where the source reads it: a limit can bite under a
+    mean draw well below it (a prompt's compute-bound steps)."""
+    c = g.get("capped_share")
+    return "" if c is None else f", held by them {100 * c:.0f} % of the time"
 
 
 class View(NamedTuple):
@@ -284,7 +291,7 @@ def text(rep: dict[str, Any]) -> str:
         planned = "" if _shape(s["planned"]) == _shape(s["in_force"]) else f"; planned {_shape(s['planned'])}"
         priority = "" if s["priority"] is None else f" (priority {s['priority']})"
         gpus = "" if s["gpus"] is None else (f"; its GPUs under {_figure(s['gpus']['limit_w'])} W limits, drawing "
-                                             f"{_figure(s['gpus']['draw_w'])} W")  # the governor's, not the plan's cap
+                                             f"{_figure(s['gpus']['draw_w'])} W{_clipped(s['gpus'])}")  # the governor's
         lines.append(f"{name}{priority}: {_shape(s['in_force'])}{planned}{gpus}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]

@@ -35,6 +35,13 @@ def amount(value: Any, path: str) -> None:
         raise _bad(value, path)
 
 
+def share(value: Any, path: str) -> None:
+    """A share of the time: a finite number in [0, 1]."""
+    number(value, path)
+    if not 0 <= value <= 1:
+        raise _bad(value, path)
+
+
 def whole(value: Any, path: str) -> None:
     """A count: replicas, a batch (no bool, no 2.7)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -101,7 +108,8 @@ SHAPE = optional(table({"accelerator": text, "replicas": whole, "max_batch": who
 LATENCIES = {name: optional(latency) for name in ("ttft_ms", "itl_ms", "ttft_p95_ms", "itl_p95_ms")}
 SERVICE = table({
     "in_force": SHAPE, "applied": SHAPE, "planned": SHAPE,
-    "gpus": optional(table({"draw_w": amount, "limit_w": amount}, ("draw_w", "limit_w"))),
+    "gpus": optional(table({"draw_w": amount, "limit_w": amount, "capped_share": optional(share)},
+                           ("draw_w", "limit_w"))),
     "observed": optional(table(LATENCIES)),
     "reason": optional(text), "short_rps": optional(amount),
     "gate_held": optional(items), "actuator_held": optional(items),

@@ -75,6 +75,8 @@ class SimGPU:
         self._last_s = 0.0
         self._window_j = 0.0
         self._window_s = 0.0
+        self.capped_s = 0.0
+        """Seconds of steps the power limit held the clock below its top, as NVML's power violation time counts."""
 
     def set_power_limit(self, watts: float) -> float:
         """Clamp to the device's constraints, as the driver does; returns the limit now in force."""
@@ -129,6 +131,7 @@ class SimGPU:
         self.clock_fraction = low
         if at_low is None:
             at_low = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
+        self.capped_s += at_low[1] / 1000.0
         return low, *at_low
 
     def account(self, seconds: float, power_w: float, end_s: float) -> None:

@@ -2,7 +2,8 @@
 
 Behaves as NVML does where the code under test depends on it: limits in mW within constraints (else
 InvalidArgument), setting needs privilege (else NoPermission), draw never above the limit, the SW power
-cap clock-event reason while the limit bites, unsupported fields, and errors injected per call and GPU.
+cap clock-event reason while the limit bites and its violation time (a second's bursts over the limit counted
+though its mean draw is under it), unsupported fields, and errors injected per call and GPU.
 Locked clocks as on Volta and later: a lock within the supported table (else InvalidArgument), needing
 privilege, holding the SM clock at or below it, with the applications-clocks event reason set; a GPU
 without them (`unsupported` holds "lock") raises NotSupported. A lock lowers the draw where a GPU's demand has a
@@ -43,12 +44,25 @@ class FakeGpu:
     idle, does not); 0: a lock leaves the draw as it is."""
     memory_used_b: int = 70 * 2**30
     """Memory in use (of 80 GiB): a vLLM engine's, by default; an idle GPU holds its driver's few MiB."""
+    burst_mw: int = 0
+    burst_share: float = 0.0
+    """For this share of each second the GPU wants `burst_mw` (a prompt's compute-bound steps), the rest
+    `demand_mw`: the second's mean draw may sit under a limit its bursts hit."""
+    clock_us: int = 0
+    capped_ns: int = 0
+    """The driver's time stamp and power violation time, advanced a second each power read (as the energy is)."""
 
     def want_mw(self) -> int:
         """What the GPU would draw without its limit: its demand at the clock it is locked at."""
         if self.locked_mhz is None:
             return self.demand_mw
         return self.demand_mw - self.clock_mw + int(self.clock_mw * (self.locked_mhz[1] / 1980) ** 2)
+
+    def phases(self) -> list[tuple[float, int]]:
+        """(share of a second, what the GPU wants then): the rest of the second, and its bursts (a lock lowers
+        both alike)."""
+        return [(1 - self.burst_share, self.want_mw()), (self.burst_share, self.want_mw() - self.demand_mw +
+                                                          self.burst_mw)]
 
 
 class FakeNvml:
@@ -116,8 +130,19 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, h: int) -> int:
         g = self._gpu("power", h)
-        g.energy_mj += min(g.want_mw(), g.limit_mw)  # one second at this draw
-        return min(g.want_mw(), g.limit_mw)
+        mean = int(sum(share * min(want, g.limit_mw) for share, want in g.phases()))
+        g.energy_mj += mean  # one second at this draw
+        g.clock_us += 1_000_000
+        g.capped_ns += int(1e9 * sum(share for share, want in g.phases() if want > g.limit_mw))
+        return mean
+
+    def nvmlDeviceGetViolationStatus(self, h: int, policy: int) -> Any:
+        g = self._gpu("violation", h)
+        if policy != pynvml.NVML_PERF_POLICY_POWER:
+            raise pynvml.NVMLError_InvalidArgument()
+        v = pynvml.c_nvmlViolationTime_t()
+        v.referenceTime, v.violationTime = g.clock_us, g.capped_ns
+        return v
 
     def nvmlDeviceGetFieldValues(self, h: int, fields: list[int]) -> list[Any]:
         g = self._gpu("fields", h)

@@ -600,3 +600,17 @@ def test_plan_keys_are_read_again_as_their_file_changes_through_a_rotation(
     plan_keys(tmp_path / "keys", new, name="plan.pub")
     put_plan(emu, 5, {"0": 440.0}, {"0": 350.0})
     assert agent.step(6.0) == "following" and limits(nvml) == [440.0] and len(agent.plan_keys.keys) == 1
+
+
+def test_the_agent_reports_the_share_of_time_each_limit_held_its_gpus_clock(emu: KubeEmulator, tmp_path: Any,
+                                                                             served: PlanServer) -> None:
+    """GPU 0 draws 300 W but its prompts want 650 W a quarter of each second, under a 500-W plan: its mean reads under
+    the limit, and the operator learns from the report how much of the time the limit bit."""
+    nvml = FakeNvml([FakeGpu(demand_mw=300_000, burst_mw=650_000, burst_share=0.25), FakeGpu(demand_mw=300_000)])
+    agent = agent_on(emu, nvml, tmp_path, served)
+    put_plan(emu, 1, {"0": 500.0, "1": 500.0})
+    agent.step(0.0)
+    assert [g["capped_share"] for g in (emu.get(GROUP, PLANS, NODE) or {})["status"]["gpus"]] == [None, None]
+    agent.step(1.0)
+    gpus = (emu.get(GROUP, PLANS, NODE) or {})["status"]["gpus"]
+    assert [g["capped_share"] for g in gpus] == [pytest.approx(0.25), 0.0] and gpus[0]["power_w"] < 500.0

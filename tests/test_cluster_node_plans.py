@@ -725,3 +725,16 @@ def test_a_silent_lagging_gpu_neither_lends_room_nor_ratchets_the_others_under_a
         assert plans.flush(float(k), fast.governor.threshold_w()) == []
         rows.append(tuple((limits(emu, n) or {}).get("0") for n in state))
     assert rows[-1] == rows[-2] and rows[-1][1] is not None and rows[-1][1] >= 500.0, rows  # settled, code not cut
+
+
+@pytest.mark.parametrize(("reported", "read"), [(0.25, 0.25), (None, None), (1.5, None), ("x", None), (-0.1, None)])
+def test_an_agents_capped_share_reaches_the_governors_sample_where_it_is_a_share(
+        emu: KubeEmulator, tmp_path: Path, reported: object, read: float | None) -> None:
+    """The CRD's schema refuses a share past [0, 1]; a plan stored under an older CRD, or by hand, is not checked."""
+    plans, at = two_nodes(emu, tmp_path)
+    plan = emu.get(GROUP, PLANS, "gpu-a") or {}
+    gpu = {**plan["status"]["gpus"][0], "capped_share": reported}
+    emu.delete(GROUP, PLANS, "gpu-a")
+    emu.stored(GROUP, PLANS, {**plan, "metadata": {"name": "gpu-a"}, "status": {"beat": 2, "gpus": [gpu]}})
+    (sample,) = [g for g in plans.sample(1.0) if g.index == at["gpu-a"]]
+    assert sample.capped_share == read and sample.power_w == 400.0

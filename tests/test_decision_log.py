@@ -48,3 +48,11 @@ def test_a_cycles_gpu_readings_past_any_gpu_are_left_out_of_its_means() -> None:
     assert gpus([huge] * 3) is None and gpus([]) is None
     assert gpus([huge, DrawReading(300.0, 400.0, False), DrawReading(float("nan"), 400.0, False),
                  DrawReading(500.0, 600.0, True)]) == {"draw_w": 400.0, "limit_w": 500.0}
+
+
+def test_a_cycles_capped_share_is_the_mean_of_the_readings_that_have_one() -> None:
+    """A source without the counter gives none (no key); a reading past [0, 1] is no share of a tick."""
+    assert "capped_share" not in (gpus([DrawReading(300.0, 400.0, False)]) or {})
+    shares = [0.1, 0.3, None, float("nan"), 7.0]
+    assert gpus([DrawReading(300.0, 400.0, False, None, c) for c in shares]) == {
+        "draw_w": 300.0, "limit_w": 400.0, "capped_share": 0.2}

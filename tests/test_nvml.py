@@ -23,7 +23,8 @@ from controller.telemetry.nvml import NvmlGpuSource
 
 FIELDS = ("index", "name", "uuid", "power_w", "power_instant_w", "energy_j", "power_limit_w", "default_limit_w",
           "min_limit_w", "max_limit_w", "enforced_limit_w", "sm_clock_mhz", "mem_clock_mhz", "clock_event_reasons",
-          "power_capped", "gpu_util_pct", "mem_util_pct", "memory_used_bytes", "memory_total_bytes", "temperature_c")
+          "power_capped", "gpu_util_pct", "mem_util_pct", "memory_used_bytes", "memory_total_bytes", "temperature_c",
+          "capped_s", "capped_at_s")
 
 
 def devices(n: int = 2, **kw: object) -> tuple[FakeNvml, NvmlDevices]:

@@ -16,6 +16,7 @@ from fake_pynvml import FakeGpu, FakeNvml
 from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
+from controller.decision_log import gpus
 from controller.own_metrics import OwnMetrics
 from controller.plan import Plan
 from controller.power_settings import PowerDomainSettings
@@ -29,9 +30,10 @@ HOST = {'gpu_source = "sim"': 'gpu_source = "nvml"', 'vllm_source = "sim"': 'vll
 
 
 def host(tmp_path: Path, chat: tuple[int, ...] = (0,), code: tuple[int, ...] = (1,),
-         more: dict[str, str] | None = None) -> tuple[FakeNvml, Controller]:
+         more: dict[str, str] | None = None,
+         registry: CollectorRegistry | None = None) -> tuple[FakeNvml, Controller]:
     """chat (priority 1) on GPUs `chat`, code (priority 2) on `code`, both planned at 700 W, under a 4,000-W
-    budget; `more`: other replacements in config/sim.toml."""
+    budget; `more`: other replacements in config/sim.toml; `registry`: where its metrics go."""
     cfg = tmp_path / "w.toml"
     cfg.write_text(sim_config_text(tmp_path / "state", HOST | {
         'name = "chat"\nmodel = "llama-3.1-8b"': f'name = "chat"\nmodel = "llama-3.1-8b"\ngpus = {list(chat)}',
@@ -41,7 +43,7 @@ def host(tmp_path: Path, chat: tuple[int, ...] = (0,), code: tuple[int, ...] = (
     s = load_settings(cfg)
     parts = build_parts(s, nvml=fake)
     control = Controller(s, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas, Tuner(None),
-                         OwnMetrics(CollectorRegistry()), clocks=parts.clocks)
+                         OwnMetrics(registry or CollectorRegistry()), clocks=parts.clocks)
     control.fast.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}, "code": {"H100-SXM": 700.0}}, {"chat": 1, "code": 2})
     clock = [0.0]
     parts.power.gate.clock = lambda: clock[0]  # type: ignore[attr-defined]
@@ -183,3 +185,20 @@ def test_a_write_that_keeps_failing_is_forced_twice_a_run_at_most(tmp_path: Path
         control.tick_fast(float(t))
     tries = control.fast.metrics.actuations.labels("nvml", "power_limit", "error")._value.get()
     assert tries == (2 * 3 if error is pynvml.NVMLError_Unknown else 2), tries  # each GPU: the write, two forced
+
+
+def test_a_limit_that_clips_bursts_under_a_lower_mean_draw_is_exported_and_logged(tmp_path: Path) -> None:
+    """Chat's GPU draws 300 W and wants 650 W a fifth of each second (its prompts) under a 500-W limit: its mean
+    reads 340 W, 160 W under the limit, and the share of the second the limit held its clock is the fifth."""
+    registry = CollectorRegistry()
+    fake, control = host(tmp_path, registry=registry)
+    fake.gpus[0].demand_mw, fake.gpus[0].burst_mw, fake.gpus[0].burst_share = 300_000, 650_000, 0.2
+    control.fast.plan = Plan.of(2, {"chat": {"H100-SXM": 500.0}, "code": {"H100-SXM": 700.0}}, {"chat": 1, "code": 2})
+    for t in range(4):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    capped = [registry.get_sample_value("wattscale_gpu_power_capped_ratio", {"gpu": g}) for g in "01"]
+    assert capped == [pytest.approx(0.2), 0.0]  # code's 550 W is under its 700
+    readings = control.fast.ledger.take("chat")
+    assert [r.capped_share for r in readings][-2:] == [pytest.approx(0.2)] * 2 and readings[-1].draw_w == 340.0
+    assert gpus(readings[-2:]) == {"draw_w": 340.0, "limit_w": 500.0, "capped_share": 0.2}

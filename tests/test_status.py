@@ -82,6 +82,8 @@ SHAPE = {"accelerator": "H100-SXM", "replicas": 1, "max_batch": 64, "cap_w": 420
                                   {"services": {"chat": {"in_force": {**SHAPE, "cap_w": float("inf")}}}},
                                   {"services": {"chat": {"gpus": {"draw_w": "", "limit_w": 400.0}}}},
                                   {"services": {"chat": {"gpus": {"draw_w": 300.0}}}},
+                                  {"services": {"chat": {"gpus": {"draw_w": 300.0, "limit_w": 400.0,
+                                                                  "capped_share": 1.5}}}},
                                   {"services": {"chat": {"in_force": {"replicas": 1}}}}])
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., Path], edit: dict[str, object],
@@ -443,5 +445,6 @@ def test_status_says_the_limits_the_governor_runs_the_gpus_under(sim_config: Cal
     assert chat["gpus"]["draw_w"] > 0 and chat["gpus"]["limit_w"] < chat["in_force"]["cap_w"], chat
     assert main(["status", "--config", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))
+    held = chat["gpus"]["capped_share"]  # the simulated GPUs keep NVML's power violation time
     assert (f"cap {chat['applied']['cap_w']:.0f} W; its GPUs under {chat['gpus']['limit_w']:.0f} W limits, drawing "
-            f"{chat['gpus']['draw_w']:.0f} W; SLO") in line, line
+            f"{chat['gpus']['draw_w']:.0f} W, held by them {100 * held:.0f} % of the time; SLO") in line, line

@@ -31,6 +31,7 @@ from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, Plan
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
+from controller.telemetry.capped import CappedShares
 from tuner.store import open_plain
 
 log = logging.getLogger("wattscale.agent")
@@ -80,6 +81,7 @@ class NodeAgent:
         self.energy = EnergyCadence()
         """When the energy counter is read (the costly read, and only a gauge)."""
         self.energy_j: dict[str, float] = {}
+        self.capped = CappedShares()
         """Each GPU's (by UUID) last counter reading, reported between reads: the operator may read few statuses."""
         self.failing: set[str] = set()
 
@@ -192,7 +194,8 @@ class NodeAgent:
         return {"index": g.index, "uuid": g.uuid, "name": g.name, "power_w": g.power_w,
                 "energy_j": self.energy_j.get(g.uuid),
                 "limit_w": limit, "min_w": g.min_limit_w, "max_w": g.max_limit_w, "default_w": g.default_limit_w,
-                "sm_clock_mhz": g.sm_clock_mhz, "memory_share": _memory_share(g)}
+                "sm_clock_mhz": g.sm_clock_mhz, "memory_share": _memory_share(g),
+                "capped_share": self.capped.share(g.uuid, g.capped_at_s, g.capped_s)}
 
     def _report(self, gpus: list[dict[str, Any]], spec: PlanSpec) -> None:
         self.beat += 1

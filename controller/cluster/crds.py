@@ -86,7 +86,10 @@ _GPU = {"type": "object", "required": ["index", "uuid", "limit_w", "min_w", "max
     "index": {"type": "integer", "minimum": 0}, "uuid": {"type": "string", "minLength": 1},
     "name": {"type": "string"},
     "memory_share": {"type": "number", "nullable": True, "minimum": 0.0, "maximum": 1.0,
-                     "description": "Share of its memory in use: which GPUs a pod holds."}}}
+                     "description": "Share of its memory in use: which GPUs a pod holds."},
+    "capped_share": {"type": "number", "nullable": True, "minimum": 0.0, "maximum": 1.0,
+                     "description": "Share of the time since the last report that its power limit held its clock "
+                                    "down (NVML's power violation time)."}}}
 PLAN_SPEC: dict[str, Any] = {"type": "object", "properties": {
     "sequence": {"type": "integer", "description": "Moved by the operator at every renewal; the agent fails "
                  "closed when it has not moved for ttl_s."},

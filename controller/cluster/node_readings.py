@@ -123,7 +123,9 @@ class NodeReadings:
                 service, variant = self.owners.get(key, (None, None))
                 power_w, energy_j, limit_w, min_w, max_w, clock = watts
                 assert limit_w is not None and min_w is not None and max_w is not None
-                sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant)
+                capped = finite(g.get("capped_share"))
+                sample = GpuSample(index, uuid, name, power_w, energy_j, limit_w, min_w, max_w, clock, service, variant,
+                                   capped_share=capped if capped is not None and 0.0 <= capped <= 1.0 else None)
                 self.samples[index] = sample
                 out.append(sample)
                 share = finite(g.get("memory_share"))

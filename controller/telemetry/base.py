@@ -67,6 +67,9 @@ class GpuSample:
     """The service's variant (accelerator type) this GPU serves, where the source knows it."""
     never_read: bool = False
     """A stand-in for a GPU listed and never read (its limits NaN: counted at the most it may draw, never set)."""
+    capped_share: float | None = None
+    """Share of the time since the last sample that the power limit held the clock down (NVML's power violation
+    time); None where unknown (a first read, a driver or source without the counter)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import math
 from actuators import ActuatorError
 from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices
 from controller.telemetry.base import GpuSample, TelemetryError
+from controller.telemetry.capped import CappedShares
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class NvmlGpuSource:
         """GPUs never read, by index: each stands in the listing as `unread-<index>` until it reads."""
         self._departed: set[str] = set()
         self._energy = EnergyCadence()
+        self._capped = CappedShares()
 
     def readings(self, energy: bool = True) -> list[GpuReading | ActuatorError]:
         try:
@@ -56,7 +58,8 @@ class NvmlGpuSource:
                     self._unread.discard(index)
                     self._departed.add(f"unread-{index}")
                 samples.append(GpuSample(r.index, r.uuid, r.name, r.power_w, r.energy_j, r.power_limit_w,
-                                         r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, *self._owner(index)))
+                                         r.min_limit_w, r.max_limit_w, r.sm_clock_mhz, *self._owner(index),
+                                         capped_share=self._capped.share(r.uuid, r.capped_at_s, r.capped_s)))
                 continue
             last = self._last.get(index)
             if last is None:

@@ -6,6 +6,7 @@ import threading
 from dataclasses import replace
 
 from controller.telemetry.base import GpuSample, ServiceWindow
+from controller.telemetry.capped import CappedShares
 from controller.telemetry.vllm_window import FAMILIES, Snapshot, snapshots, window
 from simulator.host import SimHost
 from simulator.vllm_metrics import VllmCollector
@@ -14,12 +15,13 @@ from simulator.vllm_metrics import VllmCollector
 class SimGpuSource:
     def __init__(self, host: SimHost, lock: threading.Lock | None = None) -> None:
         self.host, self.lock = host, lock or threading.Lock()
+        self._capped = CappedShares()
 
     def sample(self, now: float) -> list[GpuSample]:
         with self.lock:
-            return self._sample()
+            return self._sample(now)
 
-    def _sample(self) -> list[GpuSample]:
+    def _sample(self, now: float) -> list[GpuSample]:
         owner = {r.gpu.index: s.name for s in self.host.services.values() for r in s.holding()}
         return [
             GpuSample(
@@ -34,6 +36,7 @@ class SimGpuSource:
                 sm_clock_mhz=g.sm_clock_mhz,
                 service=owner.get(g.index),
                 variant=g.spec.name if g.index in owner else None,
+                capped_share=self._capped.share(g.uuid, now, g.capped_s),
             )
             for g in self.host.gpus
             if g.index not in self.host.lost  # fallen off the bus: NVML no longer lists it
