@@ -184,13 +184,21 @@ class NvmlDevices:
             util = opt(lambda: nv.nvmlDeviceGetUtilizationRates(h))
             memory = opt(lambda: nv.nvmlDeviceGetMemoryInfo(h))
             temp = opt(lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
-            capped = opt(lambda: nv.nvmlDeviceGetViolationStatus(h, nv.NVML_PERF_POLICY_POWER))
+            capped = self._capped_time(h)
         return GpuReading(
             index, name, uuid, power, instant, joules, limit, default, low,
             high, enforced, sm, mem_clock, reasons, None if reasons is None else bool(reasons & POWER_CAP_BITING),
             None if util is None else float(util.gpu), None if util is None else float(util.memory),
             None if memory is None else int(memory.used), None if memory is None else int(memory.total), temp,
             *((None, None) if capped is None else (capped.violationTime / 1e9, capped.referenceTime / 1e6)))
+
+    def _capped_time(self, handle: Any) -> Any:
+        """The power violation time (NVML's struct), or None where the read fails in any way: a figure only shown and
+        logged, whose error is no reason to lose the GPU's reading (and, on a node, the limit its plan sets)."""
+        try:
+            return self.nvml.nvmlDeviceGetViolationStatus(handle, self.nvml.NVML_PERF_POLICY_POWER)
+        except self.nvml.NVMLError:
+            return None
 
     def _field_w(self, handle: Any, field_id: int) -> float | None:
         """A power field (mW) through nvmlDeviceGetFieldValues; None when the driver has no value for it, or the

@@ -182,8 +182,7 @@ class FastLoop:
                 series.energy.set(g.energy_j)
             if g.sm_clock_mhz is not None:
                 series.clock.set(g.sm_clock_mhz)
-            if g.capped_share is not None:
-                series.capped.set(g.capped_share)
+            series.capped.set(math.nan if g.capped_share is None else g.capped_share)  # unknown: a gap, not 0
             total += PowerGovernor.accounted_w(c)
         m.draw.set(total)
         self.draw_w = total

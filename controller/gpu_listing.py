@@ -49,7 +49,7 @@ class GpuListing:
         those are. Each is counted once as it goes, the first few said one by one (an exporter of a whole cluster
         gone: thousands of lines in a second)."""
         listed = {g.uuid for g in samples}
-        missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None)
+        missing = [replace(g, power_w=None, energy_j=None, sm_clock_mhz=None, capped_share=None)
                    for uuid, g in self.seen.items() if uuid not in listed]
         gone = [g for g in missing if g.uuid not in self.missing]
         for g in gone[:SAID_ONE_BY_ONE]:

@@ -16,8 +16,9 @@ class OwnMetrics:
         self.gpu_limit = Gauge("wattscale_gpu_power_limit_watts", "GPU power limit in force.", ["gpu"], registry=r)
         self.gpu_energy = Gauge("wattscale_gpu_energy_joules", "GPU energy counter.", ["gpu"], registry=r)
         self.gpu_clock = Gauge("wattscale_gpu_sm_clock_mhz", "GPU SM clock.", ["gpu"], registry=r)
-        self.gpu_capped = Gauge("wattscale_gpu_power_capped_ratio", "Share of the last fast tick the GPU's power limit "
-                                "held its clock down (NVML's power violation time).", ["gpu"], registry=r)
+        self.gpu_capped = Gauge("wattscale_gpu_power_capped_ratio", "Share of the time since the GPU's last read that "
+                                "its power limit held its clock down (NVML's power violation time); NaN: unknown.",
+                                ["gpu"], registry=r)
         self.budget = Gauge("wattscale_power_budget_watts", "Site power budget.", registry=r)
         self.draw = Gauge("wattscale_power_draw_watts", "Measured draw of all managed GPUs.", registry=r)
         self.emergency = Gauge("wattscale_power_emergency", "1 from a draw over the governor's threshold (or a "

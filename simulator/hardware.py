@@ -76,7 +76,11 @@ class SimGPU:
         self._window_j = 0.0
         self._window_s = 0.0
         self.capped_s = 0.0
-        """Seconds of steps the power limit held the clock below its top, as NVML's power violation time counts."""
+        """Seconds of steps the power limit held the clock below its top, as NVML's power violation time counts
+        them (accounted as the energy is: a step whole as it starts; `capped_at_s` reads it as it elapses)."""
+        self._clipped = False
+        """Whether the limit held the step `run_step` timed last, which `account` counts next."""
+        self._last_clipped = False
 
     def set_power_limit(self, watts: float) -> float:
         """Clamp to the device's constraints, as the driver does; returns the limit now in force."""
@@ -116,7 +120,8 @@ class SimGPU:
         (the engine's every step asks all three)."""
         top = self.top_clock
         power_w, step_ms = self._draw_and_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
-        if power_w <= self.power_limit_w:
+        self._clipped = power_w > self.power_limit_w
+        if not self._clipped:
             self.clock_fraction = top
             return top, power_w, step_ms
         low, high = MIN_CLOCK_FRACTION, top
@@ -131,7 +136,6 @@ class SimGPU:
         self.clock_fraction = low
         if at_low is None:
             at_low = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
-        self.capped_s += at_low[1] / 1000.0
         return low, *at_low
 
     def account(self, seconds: float, power_w: float, end_s: float) -> None:
@@ -139,6 +143,8 @@ class SimGPU:
         power_w = min(power_w, self.power_limit_w)
         self.energy_j += power_w * seconds
         self.accounted_to_s, self._last_s = end_s, seconds
+        self._last_clipped, self._clipped = self._clipped, False
+        self.capped_s += seconds if self._last_clipped else 0.0
         self._window_j += power_w * seconds
         self._window_s += seconds
         self.last_power_w = power_w
@@ -148,6 +154,11 @@ class SimGPU:
         the last stretch (a step accounted whole as it began) after `t_s` not yet drawn. Read per second, the whole
         step read as drawn in its first second: a 3-s step of 400 W was 1,200 W in one second and 0 in the next."""
         return self.energy_j - self.last_power_w * self._ahead_s(t_s)
+
+    def capped_at_s(self, t_s: float) -> float:
+        """The power violation time as it reads at `t_s`: the part of a held last step after `t_s` not yet counted (a
+        step of 0.5 s counted whole as it began had read half a second more than a second's time)."""
+        return self.capped_s - (self._ahead_s(t_s) if self._last_clipped else 0.0)
 
     def _ahead_s(self, t_s: float) -> float:
         """Seconds of the last stretch accounted after `t_s` (it was accounted whole as it began)."""
@@ -159,6 +170,7 @@ class SimGPU:
         engine counts them as the step begins): a bias in tokens per joule under 0.01 % on the shipped scenarios."""
         over = self._ahead_s(t_s)
         self.energy_j -= self.last_power_w * over
+        self.capped_s -= over if self._last_clipped else 0.0
         self.accounted_to_s, self._last_s = self.accounted_to_s - over, self._last_s - over
         if self._window_s >= over:
             self._window_j -= self.last_power_w * over

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pynvml
 import pytest
 
 from actuators.nvml import NvmlDevices, NvmlPowerLimiter
@@ -47,9 +48,15 @@ def test_nvml_reads_bursts_the_limit_clips_under_a_mean_draw_below_it() -> None:
     assert free.power_w == 300.0 and free.capped_share == 0.0
 
 
-def test_a_driver_without_the_counter_keeps_the_gpus_reading() -> None:
+@pytest.mark.parametrize("error", [None, pynvml.NVMLError_Unknown, pynvml.NVMLError_InvalidArgument])
+def test_a_driver_without_the_counter_or_failing_it_keeps_the_gpus_reading(error: type[Exception] | None) -> None:
+    """Any error of this read (not only NotSupported) loses the share alone: it had lost the GPU's whole reading,
+    and on a node the limit its plan set."""
     fake = FakeNvml([FakeGpu()])
-    fake.gpus[0].unsupported = {"violation"}
+    if error is None:
+        fake.gpus[0].unsupported = {"violation"}
+    else:
+        fake.fail[("violation", 0)] = error
     fake.nvmlInit()
     source = NvmlGpuSource(NvmlDevices(fake), {})
     source.sample(0.0)
@@ -70,3 +77,21 @@ def test_the_simulated_gpu_counts_the_steps_its_limit_slowed() -> None:
     assert held.capped_share is not None and 0.2 < held.capped_share <= 1.0
     assert free.capped_share == 0.0
     assert held.power_w is not None and held.power_w < 250.0  # its mean under the limit all the same
+
+
+def test_the_simulated_counter_rises_no_faster_than_time() -> None:
+    """A step is accounted whole as it starts; the counter, as NVML's, reads only its part elapsed (read whole, half
+    of the ticks of a GPU held at 200 W rose by more than the tick, up to 1.34 s a second)."""
+    host = SimHost("H100-SXM", 1, seed=3, start_delay_s=1.0)
+    work = Workload(constant(8.0), TokenDist(2000), TokenDist(100), np.random.default_rng(3))
+    host.add_service("summaries", "mistral-7b", work, replicas=1, max_num_seqs=64)
+    host.set_power_limit(0, 200.0)
+    host.advance_to(1.0)
+    gpu, rises = host.gpus[0], []
+    last = gpu.capped_at_s(1.0)
+    for t in range(2, 90):
+        host.advance_to(float(t))
+        now = gpu.capped_at_s(float(t))
+        rises.append(now - last)
+        last = now
+    assert max(rises) <= 1.0 + 1e-9 and min(rises) >= 0.0 and sum(rises) > 30.0  # held most of the time

@@ -202,3 +202,28 @@ def test_a_limit_that_clips_bursts_under_a_lower_mean_draw_is_exported_and_logge
     readings = control.fast.ledger.take("chat")
     assert [r.capped_share for r in readings][-2:] == [pytest.approx(0.2)] * 2 and readings[-1].draw_w == 340.0
     assert gpus(readings[-2:]) == {"draw_w": 340.0, "limit_w": 500.0, "capped_share": 0.2}
+
+
+def test_the_capped_gauge_is_a_gap_where_the_share_is_unknown(tmp_path: Path) -> None:
+    """Created at 0, the gauge had read "never held" for a driver without the counter and kept a GPU's last share
+    while its reads failed or it was missing from the listing."""
+    registry = CollectorRegistry()
+    fake, control = host(tmp_path, registry=registry)
+    fake.gpus[0].unsupported = {"violation"}
+    fake.gpus[1].demand_mw, fake.gpus[1].burst_mw, fake.gpus[1].burst_share = 300_000, 800_000, 0.5
+
+    def gauges(t: int) -> list[float | None]:
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+        return [registry.get_sample_value("wattscale_gpu_power_capped_ratio", {"gpu": g}) for g in "01"]
+
+    first = gauges(0)
+    assert all(math.isnan(v or 0.0) for v in first)  # nothing to compare the counter with yet
+    no_counter, held = gauges(1)
+    assert no_counter is not None and math.isnan(no_counter) and held == pytest.approx(0.5)
+    fake.fail[("power", 1)] = fake.fail[("constraints", 1)] = pynvml.NVMLError_Unknown
+    assert math.isnan(gauges(2)[1] or 0.0)  # a failed read: its share unknown, not the last one kept
+    fake.fail.clear()
+    gauges(3)
+    fake.gpus = fake.gpus[:1]  # GPU 1 falls off the listing: its stand-in is unread
+    assert math.isnan(gauges(4)[1] or 0.0)

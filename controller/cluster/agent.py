@@ -81,8 +81,9 @@ class NodeAgent:
         self.energy = EnergyCadence()
         """When the energy counter is read (the costly read, and only a gauge)."""
         self.energy_j: dict[str, float] = {}
-        self.capped = CappedShares()
         """Each GPU's (by UUID) last counter reading, reported between reads: the operator may read few statuses."""
+        self.capped = CappedShares()
+        """Each GPU's share of the time since the last report its limit held its clock (the power violation time)."""
         self.failing: set[str] = set()
 
     def failed(self, kind: str, message: str) -> None:

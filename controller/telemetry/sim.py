@@ -36,7 +36,7 @@ class SimGpuSource:
                 sm_clock_mhz=g.sm_clock_mhz,
                 service=owner.get(g.index),
                 variant=g.spec.name if g.index in owner else None,
-                capped_share=self._capped.share(g.uuid, now, g.capped_s),
+                capped_share=self._capped.share(g.uuid, now, g.capped_at_s(now)),
             )
             for g in self.host.gpus
             if g.index not in self.host.lost  # fallen off the bus: NVML no longer lists it
