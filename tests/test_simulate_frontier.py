@@ -104,27 +104,27 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
     scn = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n'))
     ahead = {"static": _policy(0.99, 60.0), "slo-only": _policy(0.985, 12.0), "uniform-cap": _policy(0.9, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 0.0)}, 3600.0)}
-    why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.990)"]["why"]
+    why = got["chat (priority 1): slo_attainment >= every baseline's (best: static 0.9900)"]["why"]
     assert why == ("static (0.9900) ran with its GPUs' power limits summed above the budget for 60 s (limits' mean "
                    "sum 1500 W; peak draw 1350 W); slo-only (0.9850) ran with its GPUs' power limits summed above the "
                    "budget for 12 s (limits' mean sum 1500 W; peak draw 1350 W); wattscale (0.9800) kept its GPUs' "
                    "power limits' sum within the budget (limits' mean sum 1300 W; peak draw 1350 W), under a mean "
                    "budget of 1400 W: those ahead ran on limits that a hard budget does not allow")
-    assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
+    assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.9900)"]["why"].endswith(
         "under a mean budget of 1400 W: static ran on limits that a hard budget does not allow")
     # a budget under the GPUs' lowest limits: wattscale's sum is over it too, and no conclusion is drawn
     floor = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 30.0)}, 3600.0)}
-    assert floor["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.990)"]["why"].endswith(
+    assert floor["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.9900)"]["why"].endswith(
         "under a mean budget of 1400 W")
     within = {**ahead, "uniform-cap": _policy(0.995, 0.0)}
     got = {t["target"]: t for t in targets(scn, {**within, "wattscale": _policy(0.98, 0.0)}, 3600.0)}
-    assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"].endswith(
+    assert got["chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.9950)"]["why"].endswith(
         "; uniform-cap did better within the budget and every power domain's limit, so the hard limits do not explain "
         "this miss")
     # a rack over its own limit is a hard limit broken too (rack-limit: uniform-cap's racks 44 s over theirs)
     racks = {**within, "uniform-cap": _policy(0.995, 0.0) | {"domain_over_s": 44.0}}
     why = {t["target"]: t for t in targets(scn, {**racks, "wattscale": _policy(0.98, 0.0)}, 3600.0)}[
-        "chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.995)"]["why"]
+        "chat (priority 1): slo_attainment >= every baseline's (best: uniform-cap 0.9950)"]["why"]
     assert "uniform-cap (0.9950) kept its GPUs' power limits' sum within the budget (limits' mean sum 1300 W; peak " \
         "draw 1350 W; a power domain's draw over its limit 44 s)" in why
     assert why.endswith(": those ahead ran on limits that a hard budget does not allow, or over a power domain's limit")

@@ -17,6 +17,7 @@ import pytest
 from controller.simulate import command
 from controller.simulate.accounting import figures
 from controller.simulate.command import simulate
+from controller.simulate.report import markdown
 from controller.simulate.runner import Run, run
 from controller.simulate.scenario import load_scenario
 from controller.simulate.sources import mean_budget_w
@@ -118,6 +119,9 @@ def test_the_same_seed_gives_the_same_summary(small_scenario: Callable[..., Path
                if line.startswith("| chat | wattscale |"))
     services = json.loads((tmp_path / "a" / "summary.json").read_text())["policies"]["wattscale"]["services"]
     assert f"| {services['chat']['finished']:g} / {services['chat']['requests']:g} |" in row  # what the p95s are over
+    doc = json.loads((tmp_path / "a" / "summary.json").read_text())
+    doc["policies"]["wattscale"]["services"]["chat"]["slo_attainment"] = 0.9996  # four misses in 10,000
+    assert any(line.startswith("| chat | wattscale | 0.9996 |") for line in markdown(doc, []).splitlines())  # not 1.000
     plant = json.loads((tmp_path / "a" / "summary.json").read_text())["plant"]  # what a scale-down costs there
     assert plant["shutdown_timeout_s"] == 0.0
     assert "restarted aborts what it holds" in (tmp_path / "a" / "summary.md").read_text()

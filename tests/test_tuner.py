@@ -173,6 +173,18 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4.5,5,6\n", "'max_batch' must be a whole"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n", "no observations"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,2,3,4,5,6,7\n", ":2: 7 values for 6 columns"),
+    # a short row took the columns it lacks as absent (optional ones at their defaults) or named a shifted one empty
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,in_cv,out_cv\n1,200,100,8,50,20\n",
+     "bad.csv:2: 6 values for 8 columns"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\n1,200,8,50,20\n",
+     "bad.csv:4: 5 values for 6 columns"),
+    # a quote left open took every line after it into one value, quoted whole under the line it ended on
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\"1,200,100,8,50,20\n"
+     + "1,200,100,8,50,20\n" * 1500, "bad.csv:3: a quoted value runs on to line 1503 (a quote left open?)"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\"1,200,100,8,50,20\n"
+     + "1,200,100,8,50,20\n" * 9000, "bad.csv:3: not CSV text from here (field larger than field limit"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8," + "5" * 5000 + "x,20\n",
+     "column 'ttft_ms' is not a number: '5555555555555555555555555555555555555555'... (5001 characters)"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,steady\n1,2,3,4,5,6,2\n", "'steady' must be 1 or 0"),
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n" + "nan,nan,nan,nan,nan,nan\n" * 3,
      "'max_batch' must be a whole"),

@@ -43,11 +43,18 @@ def _parse(text: str, col: str, where: str) -> float:
             raise ValueError(text)
         value = float(text)
     except ValueError:
-        raise ObservationFileError(f"{where}: column {col!r} is not a number: {text!r}") from None
+        raise ObservationFileError(f"{where}: column {col!r} is not a number: {_shown(text)}") from None
     if math.isinf(value) and "inf" not in text.lower():  # 1e999, 400 digits: read as inf, a missing figure
-        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
-        raise ObservationFileError(f"{where}: column {col!r} is past any number a float holds: {shown}")
+        raise ObservationFileError(f"{where}: column {col!r} is past any number a float holds: "
+                                   f"{_shown(text, quoted=False)}")
     return value
+
+
+def _shown(text: str, quoted: bool = True) -> str:
+    """A value as an error quotes it: at most 40 characters, and how long it was where it was cut (a quote left open
+    made one value of the rest of a file, 88 KB in one line)."""
+    cut = text[:40]
+    return (repr(cut) if quoted else cut) + (f"... ({len(text)} characters)" if len(text) > 40 else "")
 
 
 def _required(row: dict[str, str], col: str, where: str) -> float:
@@ -129,25 +136,36 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
     gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
     is refused as soon as its reader gets there, not after parsing all of it. Whether any row is usable is the
     caller's to ask (`require_usable`), once it has checked the values' bounds: those name a row's column."""
+    done = 0
+    """The file line the last record read ended on."""
     try:
         with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
-            reader = csv.DictReader(f)
-            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]  # "a, b" as a spreadsheet writes
-            _check_header(path, list(reader.fieldnames))
+            reader = csv.reader(f)
+            header = [name.strip() for name in next(reader, [])]  # "a, b" as a spreadsheet writes
+            _check_header(path, header)
+            done = reader.line_num
             rows: list[tuple[int, Observation]] = []
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if None in row:  # DictReader files a row's values past the header under None
-                    raise ObservationFileError(f"{where}: {len(reader.fieldnames or []) + len(row[None])} values "
-                                               f"for {len(reader.fieldnames or [])} columns")
+            for record in reader:
+                first, done = done + 1, reader.line_num
+                if not record:  # a blank line
+                    continue
+                if done > first:  # only a quoted value spans lines: a quote left open took the lines after it
+                    raise ObservationFileError(f"{path}:{first}: a quoted value runs on to line {done} (a quote "
+                                               "left open?)")
+                where = f"{path}:{done}"
+                if len(record) != len(header):
+                    raise ObservationFileError(f"{where}: {len(record)} values for {len(header)} columns")
                 if max_rows is not None and len(rows) >= max_rows:
                     raise ObservationFileError(f"{path}: more than the {max_rows} observations tune reads (about "
-                                               f"8 ms each; the next is line {reader.line_num}); keep the recent ones")
-                rows.append((reader.line_num, _row(row, where)))
+                                               f"8 ms each; the next is line {done}); keep the recent ones")
+                rows.append((done, _row(dict(zip(header, record, strict=True)), where)))
     except OSError as exc:
         raise ObservationFileError(f"{path}: cannot read ({exc.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
         raise ObservationFileError(f"{path}: not a CSV text file ({str(exc)[:200]})") from None
+    except csv.Error as exc:  # past the csv module's field limit: a quote left open ran on through the file
+        raise ObservationFileError(f"{path}:{done + 1}: not CSV text from here ({str(exc)[:200]}; a quote left "
+                                   "open?)") from None
     out = ObservationRows(path, rows)
     if not out:
         raise ObservationFileError(f"{path}: no observations")

@@ -138,7 +138,7 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
     for svc in next(iter(pol.values()))["services"]:
         for name, p in pol.items():
             s = p["services"][svc]
-            lines.append(f"| {svc} | {name} | {_cell(s['slo_attainment'])} "
+            lines.append(f"| {svc} | {name} | {_cell(s['slo_attainment'], '{:.4f}')} "  # cut to 4 places: shown whole
                          f"| {_cell(s['finished'], '{:.0f}')} / {_cell(s['requests'], '{:.0f}')} "
                          f"| {_cell(s['ttft_p95_ms'], '{:.0f}')} "
                          f"| {_cell(s['itl_p95_ms'], '{:.1f}')} | {_cell(s['restarts_per_hour'], '{:.1f}')} "

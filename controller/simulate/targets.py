@@ -59,7 +59,7 @@ def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], b
     static = baselines.get("static", {}).get("services", {}).get(svc.name, {}).get("slo_attainment")
     if static is not None and static >= 0.99:
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= 0.99 (static reaches "
-                    f"{static:.3f})", "value": mine, "unit": "of requests", "met": mine >= 0.99}
+                    f"{static:.4f})", "value": mine, "unit": "of requests", "met": mine >= 0.99}
                    | ({} if mine >= 0.99 else {"why": _attainment_why(svc.name, mine, ws,
                                                                       {"static": baselines["static"]})}))
     best = max(((k, v["services"][svc.name]["slo_attainment"] or 0.0) for k, v in baselines.items()),
@@ -67,7 +67,7 @@ def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], b
     if best is not None:
         met = mine >= best[1] - 1e-9
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= every baseline's "
-                    f"(best: {best[0]} {best[1]:.3f})", "value": mine, "unit": "of requests", "met": met}
+                    f"(best: {best[0]} {best[1]:.4f})", "value": mine, "unit": "of requests", "met": met}
                    | ({} if met else {"why": _attainment_why(svc.name, mine, ws, baselines)}))
     return out
 
