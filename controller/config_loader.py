@@ -171,7 +171,7 @@ def _parsed(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
         # too large: refused below (a ConfigError is a ValueError: raised here, it would be wrapped again)
-        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data.decode())
+        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data.decode("utf-8-sig"))  # a BOM read past
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except OSError as exc:  # /proc/self/mem is a regular file whose read fails

@@ -25,10 +25,12 @@ GOOD = (ROOT / "config" / "sim.toml").read_text().replace("port = 9464", "port =
 """The shipped file on a port of the system's choosing (a daemon running beside the tests holds 9464)."""
 
 
-def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The shipped file as it is, but on a port nothing else holds."""
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str], bom: bytes) -> None:
+    """The shipped file as it is, but on a port nothing else holds; also as an editor that writes a UTF-8 byte-order
+    mark saves it (read as "invalid TOML: Invalid statement (at line 1, column 1)", naming nothing)."""
     path = tmp_path / "sim.toml"
-    path.write_text(GOOD.replace("port = 0", f"port = {free_port()}"))
+    path.write_bytes(bom + GOOD.replace("port = 0", f"port = {free_port()}").encode())
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr()
     assert "ok" in out.out and out.err == ""
