@@ -6,6 +6,7 @@ range checks live in each settings class's `check()`.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import os
@@ -171,7 +172,8 @@ def _parsed(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
         # too large: refused below (a ConfigError is a ValueError: raised here, it would be wrapped again)
-        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data.decode("utf-8-sig"))  # a BOM read past
+        skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # as some editors save it
+        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data[skip:].decode())
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except OSError as exc:  # /proc/self/mem is a regular file whose read fails
@@ -179,7 +181,7 @@ def _parsed(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start + skip})") from None
     except ValueError as exc:  # an integer past Python's 4,300 digits
         raise ConfigError(str(path), f"invalid TOML: {shortened(str(exc), 200)}") from None
     except RecursionError:

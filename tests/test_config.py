@@ -34,6 +34,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr()
     assert "ok" in out.out and out.err == ""
+    path.write_bytes(bom + b'[power]\nmode = "x\xffy"\n')
+    assert main(["check-config", str(path)]) == 2
+    assert f"not UTF-8 text (byte {len(bom) + 17})" in capsys.readouterr().err  # counted from the file's start
 
 
 @pytest.mark.parametrize(

@@ -176,8 +176,8 @@ def test_tune_cli_fits_recorded_observations(tmp_path: Path, capsys: pytest.Capt
     # a short row took the columns it lacks as absent (optional ones at their defaults) or named a shifted one empty
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms,in_cv,out_cv\n1,200,100,8,50,20\n",
      "bad.csv:2: 6 values for 8 columns"),
-    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\n1,200,8,50,20\n",
-     "bad.csv:4: 5 values for 6 columns"),
+    ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\n  \n,,,,,\n1,200,8,50,20\n",
+     "bad.csv:6: 5 values for 6 columns"),  # blank lines and a row of empty cells skipped, as a spreadsheet ends
     # a quote left open took every line after it into one value, quoted whole under the line it ended on
     ("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1,200,100,8,50,20\n\"1,200,100,8,50,20\n"
      + "1,200,100,8,50,20\n" * 1500, "bad.csv:3: a quoted value runs on to line 1503 (a quote left open?)"),

@@ -147,7 +147,7 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
             rows: list[tuple[int, Observation]] = []
             for record in reader:
                 first, done = done + 1, reader.line_num
-                if not record:  # a blank line
+                if not "".join(record).strip():  # a blank line, or one of empty cells as a spreadsheet writes
                     continue
                 if done > first:  # only a quoted value spans lines: a quote left open took the lines after it
                     raise ObservationFileError(f"{path}:{first}: a quoted value runs on to line {done} (a quote "
