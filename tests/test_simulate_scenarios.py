@@ -355,3 +355,29 @@ def test_a_run_started_ignoring_ctrl_c_ignores_it(small_scenario: Callable[..., 
             proc.kill()
     assert proc.returncode == 0 and "interrupted" not in err, err
     assert (report / "summary.json").exists()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_run_stopped_or_failed_leaves_the_earlier_report_whole(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 stop: type[BaseException]) -> None:
+    """The earlier report's traces, decision logs and PNGs were removed before the run: one stopped by Ctrl-C (or a
+    failure midway) left its summary naming files that were gone."""
+    import controller.simulate.command as command
+
+    good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
+    report = tmp_path / "r"
+    report.mkdir()
+    earlier = {"summary.json": "{}", "trace-wattscale.csv": "t", "decisions-seed9.jsonl": "d", "power.png": "p"}
+    for name, text in earlier.items():
+        (report / name).write_text(text)
+
+    def stopped(*args: object, **kw: object) -> None:
+        assert not (report / "trace-wattscale.csv").exists()  # set aside while this run writes its own
+        raise stop()
+
+    monkeypatch.setattr(command, "simulate", stopped)
+    with pytest.raises(stop):
+        main(["simulate", str(good), "--report", str(report), "--policies", "static", "--no-progress"])
+    assert {name: (report / name).read_text() for name in earlier} == earlier
+    assert sorted(p.name for p in report.iterdir()) == sorted([*earlier, "simulate.log"])  # nothing hidden left

@@ -137,18 +137,39 @@ def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int])
                               "remove it or name another directory")
 
 
-def _clear_earlier_report(report_dir: Path, policies: list[str], seeds: list[int]) -> None:
-    """Where `report_dir` holds an earlier report (its summary.json), remove that report's traces, decision logs and
-    PNGs this run does not write again: a run of other policies or seeds left them beside the new summary, which says
-    nothing of them. A directory without a summary is left as it is (its files may be a user's own)."""
+def _earlier_report(report_dir: Path, policies: list[str], seeds: list[int]) -> list[Path]:
+    """Where `report_dir` holds an earlier report (its summary.json), that report's traces, decision logs and PNGs
+    this run does not write by name: a run of other policies or seeds would leave them beside the new summary,
+    which says nothing of them. None in a directory without a summary (its files may be a user's own)."""
     if not (report_dir / "summary.json").is_file():
-        return
+        return []
     mine = set(_per_run(policies, seeds))
-    for path in report_dir.iterdir():
-        if path.name in mine or not (EARLIER.fullmatch(path.name) or path.name in PLOTS):
-            continue
-        if path.is_file() and not path.is_symlink():
+    return [path for path in report_dir.iterdir() if path.name not in mine and (
+        EARLIER.fullmatch(path.name) or path.name in PLOTS) and path.is_file() and not path.is_symlink()]
+
+
+def _set_aside(report_dir: Path, earlier: list[Path]) -> Path | None:
+    """Move the earlier report's files this run does not write by name into a hidden folder of the report's: removed
+    once this run's report is written whole, put back where it fails or is stopped (removed first, a run stopped
+    midway had lost them, its summary left naming them)."""
+    if not earlier:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=".earlier-", dir=report_dir))
+    for path in earlier:
+        path.rename(aside / path.name)
+    return aside
+
+
+def _put_back(report_dir: Path, aside: Path | None, done: bool) -> None:
+    """The files set aside: dropped where the run wrote its report, else back where they were."""
+    if aside is None:
+        return
+    for path in aside.iterdir():
+        if done:
             path.unlink()
+        else:
+            path.rename(report_dir / path.name)
+    aside.rmdir()
 
 
 EARLIER = re.compile(r"trace-(" + "|".join(map(re.escape, POLICIES)) + r")\.csv|decisions-seed\d+\.jsonl")
@@ -178,7 +199,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         _check_report_files(report_dir, args.policies, seeds)
-        _clear_earlier_report(report_dir, args.policies, seeds)
+        earlier = _earlier_report(report_dir, args.policies, seeds)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
@@ -193,14 +214,23 @@ def simulate_command(args: argparse.Namespace) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
+        aside = _set_aside(report_dir, earlier)
+    except OSError as exc:
+        root.removeHandler(handler)
+        handler.close()
+        raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
+    done = False
+    try:
         doc = simulate(scn, report_dir, args.policies, seeds, duration, progress=not args.no_progress,
                        explain=not args.no_frontier)
+        done = True
     except KeyboardInterrupt:  # the log says why the folder holds no new report (the command line says it too)
         logging.getLogger(__name__).warning("interrupted: no report written")
         raise
     finally:
         root.removeHandler(handler)
         handler.close()
+        _put_back(report_dir, aside, done)
     width = max(map(len, doc["policies"])) + 1  # the names in a column, as many as run
     for policy, p in doc["policies"].items():
         slo = ", ".join(f"{k} {'no request' if v['slo_attainment'] is None else v['slo_attainment']}"
