@@ -19,7 +19,7 @@ from controller.cli_output import drop_output, native_output_to_stderr
 from controller.cli_tune import tune
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
-from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
+from controller.preflight import STATE_DIR_WARNING, check_signal_paths, file_warnings, preflight
 from controller.settings import load_settings
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
@@ -60,6 +60,8 @@ def _check(args: argparse.Namespace) -> int:
     from controller.wiring import probe_nvml
 
     s = load_settings(Path(args.file))
+    if args.file_only:
+        check_signal_paths(s, Path(args.file), host=False)  # which files are whose: the file's, not the host's
     for warning in file_warnings(s) if args.file_only else preflight(s, Path(args.file)).warnings:
         print(f"wattscale: warning: {warning}", file=sys.stderr)
     if not args.file_only:

@@ -26,8 +26,9 @@ from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
-from controller.settings import Settings
-from controller.state_lock import check_free
+from controller.settings import STATE_FILE, Settings
+from controller.slo_margin import MARGINS_FILE
+from controller.state_lock import LOCK_FILE, check_free
 from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
 
@@ -210,17 +211,44 @@ def _safe_above_curves(settings: Settings) -> list[str]:
             and (low_w := min(w for _, w in src.curve)) < safe_w]
 
 
-def _check_signal_path(where: str, path: Path, settings: Settings, config: Path | None) -> None:
-    """The file a demand-response endpoint stores its signals in is none of the daemon's own (one POST wrote over the
-    config file, and the next start read invalid TOML), and its folder is there: every POST was refused (500) where
-    it was not, and nothing said so."""
-    if not path.parent.is_dir():
-        raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
-    for what, own in (("the config file", config), ("the tuner's state (daemon.state_dir)", settings.state_path),
-                      ("daemon.decision_log", settings.decision_log_path)):
-        if own is not None and path.resolve() == own.resolve():
-            raise ConfigError(where, f"{path} is {what}: the endpoint would write its signals over it; name a file "
-                              "of its own")
+OWN_FILES = {STATE_FILE: "the tuner's state", MARGINS_FILE: "the SLO margins", LOCK_FILE: "the daemon's lock"}
+"""What the daemon keeps in its state folder, each with its temporary and set-aside copies (`<name>.<suffix>`)."""
+
+
+def check_signal_paths(settings: Settings, config: Path | None = None, host: bool = True) -> None:
+    """Each file a demand-response endpoint stores its signals in is none of the daemon's own and no other source's
+    (one POST wrote over the config file, and the next start read invalid TOML; one into the state folder replaced the
+    SLO margins, or the daemon's lock, which a second daemon then took), and, on this `host`, its folder is there:
+    every POST was refused (500) where it was not, and nothing said so."""
+    if settings.budget is None:
+        return
+    files = {name: (Path(settings.base_dir) / src.path).resolve() for name, src in settings.budget.sources
+             if isinstance(src, CarbonCsvSettings | DemandResponseSettings)}
+    for name, source in settings.budget.sources:
+        if isinstance(source, DemandResponseSettings) and source.port:
+            where, path = f"power.budget.sources[{name}].path", files[name]
+            if host and not path.parent.is_dir():
+                raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
+            whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
+            if whose is not None:
+                raise ConfigError(where, f"{path} is {whose}: the endpoint would write its signals over it; name a "
+                                  "file of its own")
+
+
+def _whose(path: Path, settings: Settings, config: Path | None, others: dict[Path, str]) -> str | None:
+    """Which of the daemon's files, or another source's, `path` is (a copy or a rotation by its name included)."""
+    if config is not None and path == config.resolve():
+        return "the config file"
+    if path in others:
+        return f"power.budget.sources[{others[path]}]'s file"
+    log = settings.decision_log_path.resolve() if settings.decision_log_path is not None else None
+    if log is not None and path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
+        return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
+    if path.parent == settings.state_path.parent.resolve():
+        for own, what in OWN_FILES.items():
+            if path.name == own or path.name.startswith(own + "."):
+                return f"{what} (daemon.state_dir)" + ("" if path.name == own else ", a copy")
+    return None
 
 
 class Preflight(NamedTuple):
@@ -240,8 +268,8 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
             if isinstance(source, DemandResponseSettings) and source.port:
                 signal_token(os.environ, source.token_env, f"power.budget.sources[{name}].token_env")
                 check_free_port(f"power.budget.sources[{name}].port", source.port)
-                _check_signal_path(f"power.budget.sources[{name}].path", Path(settings.base_dir) / source.path,
-                                   settings, config)
+        check_signal_paths(settings, config)
+        for name, source in settings.budget.sources:
             if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
                 try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,

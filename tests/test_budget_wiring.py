@@ -460,6 +460,10 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
     ("wattscale.toml", "wattscale.toml is the config file: the endpoint would write its signals over it; name a "
                        "file of its own"),
     ("state/tuner.json", "tuner.json is the tuner's state (daemon.state_dir): the endpoint would write"),
+    # one POST replaced the SLO margins, or the lock a second daemon then took; a log's rotation was read as its own
+    ("state/slo_margins.json", "slo_margins.json is the SLO margins (daemon.state_dir): the endpoint would write"),
+    ("state/daemon.lock", "daemon.lock is the daemon's lock (daemon.state_dir): the endpoint would write"),
+    ("state/decisions.jsonl.1", "decisions.jsonl.1 is daemon.decision_log (a rotation of it): the endpoint would"),
     ("nowhere/signal.json", "nowhere is no directory: the endpoint could store no signal there"),
 ])
 def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
@@ -481,3 +485,23 @@ def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[...,
         path.write_text(path.read_text().replace(str(tmp_path / signal), str(tmp_path / "empty.json")))
         assert main(["check-config", str(path)]) == 0
         assert "power.budget.sources[grid].path: demand response" in capsys.readouterr().err
+
+
+def test_an_endpoint_may_not_store_into_another_sources_file_and_file_only_checks_it(
+        sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two endpoints on one file wrote over each other's signals; `check-config --file-only` had said ok of an endpoint
+    into the tuner's state."""
+    monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
+    (tmp_path / "state").mkdir()
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    text = path.read_text().replace('path = "', f'port = {free_port()}\npath = "')
+    second = (f'[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\nport = {free_port()}\n'
+              f'path = "{tmp_path / "signal.json"}"\n')
+    path.write_text(text + second)
+    assert main(["check-config", str(path)]) == 2
+    assert "power.budget.sources[grid].path: " in (err := capsys.readouterr().err)
+    assert "is power.budget.sources[utility]'s file: the endpoint would write its signals over it" in err
+    path.write_text(text.replace(str(tmp_path / "signal.json"), str(tmp_path / "state" / "tuner.json")))
+    assert main(["check-config", str(path), "--file-only"]) == 2
+    assert "tuner.json is the tuner's state (daemon.state_dir)" in capsys.readouterr().err
