@@ -123,6 +123,17 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[power.budget]\n[[power.budget.sources]]\nkind = "demand_response"\n'
      'name = "utility"\npath = "signal.json"\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 1e-300\n'
      'duration_s = 30\n', "events[0].budget_w", "must be in [1, 1e+08], got 1e-300"),
+    # a signal the source refused was dropped unsaid (exit 0, the report listing the event), or raised mid-run
+    ('name = "x"\nduration_s = 60\n[power.budget]\n[[power.budget.sources]]\nkind = "demand_response"\n'
+     'name = "utility"\npath = "signal.json"\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\n'
+     'duration_s = 30\nreason = "peak\\tevent"\n', "events[0].reason", "must be printable, at most 200 characters"),
+    ('name = "x"\nduration_s = 60\nstart_utc = "9990-01-01T00:00:00Z"\ngrid_time_scale = 1000\n[power.budget]\n'
+     '[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\npath = "signal.json"\n[[events]]\n'
+     'at_s = 9\nkind = "demand_response"\nbudget_w = 500\nduration_s = 604800\n', "events[0].duration_s",
+     "ends the signal past the year 9998"),
+    # a mean left at 0 is the service's: its sum with the other was not checked (every request a miss, slowly)
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nin_tokens = 32768\n', "workload.chat.in_tokens",
+     "with the service's other mean, in_tokens + out_tokens is"),
 ])
 def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], body: str, field: str,
                                         words: str) -> None:

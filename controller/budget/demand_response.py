@@ -25,6 +25,8 @@ from tuner.store import atomic_write_text, open_plain
 MAX_SIGNAL_BYTES = 4096
 MIN_SIGNAL_W = 1.0
 """The lowest budget a signal may set (1: every GPU at its floor); below a watt no site runs."""
+MAX_REASON_CHARS = 200
+"""Longest reason a signal may carry (the decision log quotes it)."""
 KEYS = {"budget_w", "deadline", "reason"}
 
 
@@ -62,8 +64,9 @@ def parse_signal(doc: Any, what: str) -> DemandSignal:
     if budget_w < MIN_SIGNAL_W:  # below a watt no site runs: 1e-300 was taken, and logged as "0 W"
         raise MalformedAnswer(f"{what}: budget_w must be at least 1 W (1: every GPU at its floor), got {budget_w:g}")
     reason = doc.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable():
-        raise MalformedAnswer(f"{what}: reason must be a printable string of at most 200 characters (it is logged)")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        raise MalformedAnswer(f"{what}: reason must be a printable string of at most {MAX_REASON_CHARS} characters "
+                              "(it is logged)")
     deadline_s = parse_time_s(doc.get("deadline"), f"{what}: deadline")  # within 1970-9998: written back as UTC
     return DemandSignal(budget_w, deadline_s, reason)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
-from controller.budget.demand_response import MIN_SIGNAL_W
+from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
 from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
 from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS
 from controller.settings import Settings, load_settings, settings_from
@@ -160,6 +160,9 @@ class EventSettings:
         if self.kind == "demand_response":  # the source's own bounds: below 1 W it ignored the signal
             check_range(self, where, ("budget_w",), MIN_SIGNAL_W, MAX_POWER_W)
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
+            if len(self.reason) > MAX_REASON_CHARS or not self.reason.isprintable():  # the source refused it, unsaid
+                raise ConfigError(f"{where}.reason", f"must be printable, at most {MAX_REASON_CHARS} characters (the "
+                                  f"decision log quotes it), got {quoted(self.reason[:60])}")
         if self.kind == "budget":
             check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W, low_open=True)
         elif self.kind == "slowdown":
@@ -222,6 +225,12 @@ class ScenarioSettings:
         if not EARLIEST_S <= end <= LATEST_S:
             raise ConfigError("start_utc", f"{quoted(self.start_utc)} with duration_s x grid_time_scale ends outside "
                               "the years 1971..9998, where the budget sources' dates run")
+        for i, e in enumerate(self.events):  # a signal's deadline, on the sources' clock: past 9998 it failed
+            if e.kind == "demand_response" and start.timestamp() + (e.at_s + e.duration_s) * self.grid_time_scale \
+                    > LATEST_S:
+                raise ConfigError(f"events[{i}].duration_s", f"{e.duration_s:g} s from {e.at_s:g} s ends the signal "
+                                  "past the year 9998, where the budget sources' dates run (start_utc x "
+                                  "grid_time_scale)")
         for key, name in self.personalities.items():
             if name not in PERSONALITIES:
                 raise ConfigError(f"personalities.{key}", f"unknown {quoted(name)}, expected one of "

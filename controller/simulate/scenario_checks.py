@@ -17,6 +17,7 @@ from controller.idle_floor import below_idle, idle_w
 from controller.settings import Settings
 from controller.settings_checks import check_personalities
 from controller.telemetry.base import shortened
+from simulator.workload import CONTEXT_TOKENS
 
 if TYPE_CHECKING:
     from controller.simulate.scenario import ScenarioSettings
@@ -40,9 +41,15 @@ def check_scenario(s: ScenarioSettings, config: Settings) -> None:
 
 def _against_config(s: ScenarioSettings, config: Settings) -> None:
     names = [svc.name for svc in config.services]
-    for name in s.workload:
+    for name, w in s.workload.items():
         if name not in names:
             raise ConfigError(f"workload.{name}", f"no such service in {s.config} (services: {', '.join(names)})")
+        svc = next(svc for svc in config.services if svc.name == name)
+        tokens = (w.in_tokens or svc.in_tokens) + (w.out_tokens or svc.out_tokens)  # 0: the service's
+        if tokens > CONTEXT_TOKENS:  # no request would fit: every one a miss, slowly
+            field = "in_tokens" if w.in_tokens else "out_tokens"
+            raise ConfigError(f"workload.{name}.{field}", f"with the service's other mean, in_tokens + out_tokens is "
+                              f"{tokens:g}, over the engines' context of {CONTEXT_TOKENS} tokens")
     if not config.uses_sim:
         raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
                           "(telemetry and actuators \"sim\", as config/sim.toml)")
@@ -66,6 +73,7 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
         if e.kind == "demand_response" and not any(
                 isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
+
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {quoted(e.service)} (services: {', '.join(names)})")
     slowed: dict[str, float] = {}
