@@ -146,3 +146,17 @@ def test_a_stepped_schedule_reads_as_a_fresh_one_at_every_second_it_is_asked() -
     for t in times:
         fresh = ScheduleSource(rules, 2000.0, "Europe/Berlin", horizon_s=6 * 3600.0).step(t)
         assert stepped.step(t) == fresh, t
+
+
+def test_a_csv_past_its_size_is_refused_before_it_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100-MB export took 7.6 s and 1 GB a read (and again whenever it changed); now refused by its size."""
+    import controller.budget.carbon_feeds as feeds
+
+    path = tmp_path / "year.csv"
+    path.write_text("\n".join([NEW_HEADER, *ROWS]), encoding="utf-8")
+    monkeypatch.setattr(feeds, "MAX_CSV_CHARS", len(path.read_text()) - 1)  # a character short of this file
+    with pytest.raises(MalformedAnswer, match="keep the days the budget needs") as err:
+        CsvIntensityFeed(str(path), retry_s=30.0).fetch(T0)
+    assert err.value.retry_after_s == 30.0
+    monkeypatch.setattr(feeds, "MAX_CSV_CHARS", len(path.read_text()))
+    assert CsvIntensityFeed(str(path)).fetch(T0)

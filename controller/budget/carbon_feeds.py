@@ -223,6 +223,10 @@ def parse_intensity_csv(text: str, basis: Basis = "life_cycle", what: str = "csv
     return out
 
 
+MAX_CSV_CHARS = 16 << 20
+"""Longest carbon CSV read (a year's Electricity Maps export by the hour is about 1.3 MB)."""
+
+
 class CsvIntensityFeed:
     def __init__(self, path: str, basis: Basis = "life_cycle", retry_s: float = 60.0) -> None:
         self.path, self.basis, self.retry_s = path, basis, retry_s
@@ -235,7 +239,11 @@ class CsvIntensityFeed:
             st = os.stat(self.path)
             if (st.st_mtime_ns, st.st_size, st.st_ino) != self.seen:
                 with open_plain(self.path, "r", encoding="utf-8-sig") as f:
-                    self.points = parse_intensity_csv(f.read(), self.basis, self.name)
+                    text = f.read(MAX_CSV_CHARS + 1)
+                if len(text) > MAX_CSV_CHARS:  # 100 MB took 7.6 s and 1 GB a read, and again each time it changed
+                    raise MalformedAnswer(f"{self.name}: {self.path} is over {MAX_CSV_CHARS >> 20} Mi characters (a "
+                                          "year of hourly points is under 2); keep the days the budget needs")
+                self.points = parse_intensity_csv(text, self.basis, self.name)
                 self.seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:
             raise TransientBudgetError(f"{self.name}: {self.path}: {exc.strerror or exc}", self.retry_s) from exc
