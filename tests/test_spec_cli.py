@@ -537,3 +537,14 @@ def test_what_tune_fits_goes_into_an_optimize_spec_and_a_config_prior_whole(
                                    'delta_ms = 0.06 }', f"prior = {table}", 1).replace('"../var/state"', '"state"'))
     settings = load_settings(config)
     assert settings.services[0].prior.params() == ServiceParams("step", **fitted)
+
+
+def test_a_packing_stopped_at_its_time_limit_says_so_not_infeasible(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """HiGHS stopped before an incumbent ("Time limit reached") read as a proof: "no feasible packing"."""
+    path = tmp_path / "plan.toml"
+    path.write_text(Path(PACKING).read_text().replace("seed = 0", "seed = 0\ntime_limit_s = 1e-300"))
+    assert main(["plan", str(path), "--solver", "milp"]) == 1
+    out, err = capsys.readouterr()
+    assert "wattscale: plan: no packing found in time_limit_s of " in err and "no feasible" not in err
+    assert "stopped before any packing was found (Time limit reached" in out
