@@ -22,7 +22,7 @@ from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
-from controller.settings_checks import MAX_POWER_W, MAX_SERVICES
+from controller.settings_checks import MAX_POWER_W, MAX_SERVICES, check_sizings
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 
@@ -120,6 +120,8 @@ class Spec:
                 if acc not in names:
                     raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "
                                       f"(accelerators: {sorted(names)})")
+        check_sizings(sum(len(svc.params) for svc in self.services),
+                      len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels))
         minimum_fits(self.accelerators, self.services, [list(svc.params) for svc in self.services])
 
 

@@ -54,6 +54,18 @@ reads it as an option), a template only with its instance (`vllm@1`, not `vllm@`
 MAX_UNIT_NAME = 240
 """Longest unit name with its type: the batch file's name (`<unit>.service.batch`) stays within 255 bytes."""
 
+MAX_SIZINGS = 100_000
+"""Most shapes a plan sizes in all: services x the accelerators each may run on x shapes. Each list is bounded on its
+own, their product was not: 300 services at 1,024 shapes took 36 s and 560 MB, 200 on 7 accelerators past 2 minutes."""
+
+
+def check_sizings(pairs: int, shapes: int) -> None:
+    """A plan's sizing work: `pairs` (service, accelerator) pairs x `shapes` each, at most MAX_SIZINGS."""
+    if pairs * shapes > MAX_SIZINGS:
+        raise ConfigError("services", f"{pairs} services x accelerators each may run on, at {shapes} shapes each "
+                          f"(batch_sizes x power_levels x clock_levels), are {pairs * shapes} shapes to size a plan; "
+                          f"at most {MAX_SIZINGS}: fewer batch sizes or power levels")
+
 
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
     """What these GPUs draw with no replica, each as its type (`Settings.gpu_types`, else the first accelerator's), at
@@ -74,6 +86,9 @@ def check_settings(s: Settings) -> None:
     if not s.accelerators:
         raise ConfigError("accelerators", "at least one accelerator type is required")
     _unique(s)
+    o = s.optimizer
+    check_sizings(sum(len(s.variants_of(svc)) for svc in s.services),
+                  len(o.batch_sizes) * len(o.power_levels) * len(o.clock_levels))
     _one_prior_per_engine(s)
     _backends(s)
     check_endpoints(s)
