@@ -59,12 +59,18 @@ MAX_SIZINGS = 100_000
 own, their product was not: 300 services at 1,024 shapes took 36 s and 560 MB, 200 on 7 accelerators past 2 minutes."""
 
 
-def check_sizings(pairs: int, shapes: int) -> None:
-    """A plan's sizing work: `pairs` (service, accelerator) pairs x `shapes` each, at most MAX_SIZINGS."""
-    if pairs * shapes > MAX_SIZINGS:
-        raise ConfigError("services", f"{pairs} services x accelerators each may run on, at {shapes} shapes each "
-                          f"(batch_sizes x power_levels x clock_levels), are {pairs * shapes} shapes to size a plan; "
-                          f"at most {MAX_SIZINGS}: fewer batch sizes or power levels")
+def check_sizings(services: list[tuple[str, int]], shapes: int, field: str) -> None:
+    """A plan's sizing work, (service, accelerators it may run on) in order x `shapes` each, at most MAX_SIZINGS; past
+    it, the service that crosses the bound is named (`services[NAME].field`: a cluster's newest LLMService is left out
+    alone, not the policy)."""
+    pairs = 0
+    for name, accelerators in services:
+        pairs += accelerators
+        if pairs * shapes > MAX_SIZINGS:
+            raise ConfigError(f"services[{name}].{field}", f"brings the shapes a plan sizes to {pairs * shapes} "
+                              f"({pairs} service x accelerator pairs so far, {shapes} shapes each: batch_sizes x "
+                              f"power_levels x clock_levels); at most {MAX_SIZINGS}: fewer services, accelerators, "
+                              "batch sizes or levels")
 
 
 def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
@@ -87,8 +93,8 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("accelerators", "at least one accelerator type is required")
     _unique(s)
     o = s.optimizer
-    check_sizings(sum(len(s.variants_of(svc)) for svc in s.services),
-                  len(o.batch_sizes) * len(o.power_levels) * len(o.clock_levels))
+    check_sizings([(svc.name, len(s.variants_of(svc))) for svc in s.services],
+                  len(o.batch_sizes) * len(o.power_levels) * len(o.clock_levels), "variants")
     _one_prior_per_engine(s)
     _backends(s)
     check_endpoints(s)
