@@ -222,7 +222,7 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
     every POST was refused (500) where it was not, and nothing said so."""
     if settings.budget is None:
         return
-    files = {name: (Path(settings.base_dir) / src.path).resolve() for name, src in settings.budget.sources
+    files = {name: _as_written(Path(settings.base_dir) / src.path) for name, src in settings.budget.sources
              if isinstance(src, CarbonCsvSettings | DemandResponseSettings)}
     for name, source in settings.budget.sources:
         if isinstance(source, DemandResponseSettings) and source.port:
@@ -235,20 +235,34 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
                                   "file of its own")
 
 
+def _as_written(path: Path) -> Path:
+    """The file a write by replacement at `path` replaces: its folder resolved (a link to a folder is followed), its
+    own name not (a link there is replaced, not what it points to)."""
+    return path.parent.resolve() / path.name
+
+
 def _whose(path: Path, settings: Settings, config: Path | None, others: dict[Path, str]) -> str | None:
-    """Which of the daemon's files, or another source's, `path` is (a copy or a rotation by its name included)."""
-    if config is not None and path == config.resolve():
+    """Which of the daemon's files, or another source's, `path` is (a copy or a rotation by its name included): each
+    as its writer replaces it, and as a link there is read through (a signal into a tuner state's target read as it)."""
+    if config is not None and path in _seen_as(config):
         return "the config file"
     if path in others:
         return f"power.budget.sources[{others[path]}]'s file"
-    log = settings.decision_log_path.resolve() if settings.decision_log_path is not None else None
-    if log is not None and path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
-        return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
-    if path.parent == settings.state_path.parent.resolve():
-        for own, what in OWN_FILES.items():
-            if path.name == own or path.name.startswith(own + "."):
-                return f"{what} (daemon.state_dir)" + ("" if path.name == own else ", a copy")
+    if settings.decision_log_path is not None:
+        for log in _seen_as(settings.decision_log_path):
+            if path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
+                return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
+    state = settings.state_path.parent
+    for own, what in OWN_FILES.items():
+        for seen in _seen_as(state / own):
+            if path.parent == seen.parent and (path.name == seen.name or path.name.startswith(seen.name + ".")):
+                return f"{what} (daemon.state_dir)" + ("" if path.name == seen.name else ", a copy")
     return None
+
+
+def _seen_as(path: Path) -> set[Path]:
+    """A file as a write by replacement finds it, and as a read follows a link there to its target."""
+    return {_as_written(path), path.resolve()}
 
 
 class Preflight(NamedTuple):

@@ -505,3 +505,28 @@ def test_an_endpoint_may_not_store_into_another_sources_file_and_file_only_check
     path.write_text(text.replace(str(tmp_path / "signal.json"), str(tmp_path / "state" / "tuner.json")))
     assert main(["check-config", str(path), "--file-only"]) == 2
     assert "tuner.json is the tuner's state (daemon.state_dir)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("link", ["state_link", "tuner_link"])
+def test_an_endpoint_through_a_link_is_judged_by_the_file_it_would_replace(
+        sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, link: str) -> None:
+    """Judged by its resolved path, a signal into the folder a linked tuner state points to passed check-config, and one
+    POST replaced the state the daemon reads through the link; a link to a daemon's file, replaced itself, is no
+    daemon's file."""
+    monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
+    (tmp_path / "state").mkdir()
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "tuner.json").write_text("{}")
+    if link == "state_link":  # the daemon's tuner state is a link into another folder: its target is the daemon's
+        (tmp_path / "state" / "tuner.json").symlink_to(real / "tuner.json")
+        signal, refused = real / "tuner.json", True
+    else:  # the signal file is a link to the tuner state: a POST replaces the link, never the state
+        (tmp_path / "state" / "tuner.json").write_text("{}")
+        (real / "signal.json").symlink_to(tmp_path / "state" / "tuner.json")
+        signal, refused = real / "signal.json", False
+    path = with_budget(sim_config, signal)
+    path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
+    assert main(["check-config", str(path), "--file-only"]) == (2 if refused else 0)
+    assert ("is the tuner's state (daemon.state_dir)" in capsys.readouterr().err) is refused
