@@ -108,6 +108,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
      'duration_s = 30\n', "events[0].kind", "needs a demand_response source"),
     ('name = "x"\nduration_s = 60\nstart_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
     ('name = "x"\nduration_s = 60\nstart_utc = "9999-12-31T23:59:00Z"\n', "start_utc", "ends outside the years"),
+    ('name = "x"\nduration_s = 60\nstart_utc = "1955-01-01T00:00:00Z"\ngrid_time_scale = 1000\n', "start_utc",
+     "starts before 1970"),  # ended in 1971 from 1955: it raised after the fleet was sized
     ('name = "x"\nduration_s = 60\ngrid_time_scale = 0\n', "grid_time_scale", "must be in"),
     ('name = "x"\nduration_s = 60\n[power]\nramp_up_w_per_s = -5\n',
      "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s", "must be in"),

@@ -222,9 +222,9 @@ class ScenarioSettings:
         if start.tzinfo is None:
             raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {quoted(self.start_utc)}")
         end = start.timestamp() + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
-        if not EARLIEST_S <= end <= LATEST_S:
-            raise ConfigError("start_utc", f"{quoted(self.start_utc)} with duration_s x grid_time_scale ends outside "
-                              "the years 1971..9998, where the budget sources' dates run")
+        if start.timestamp() < 0 or not EARLIEST_S <= end <= LATEST_S:  # before 1970 it raised once the fleet was sized
+            raise ConfigError("start_utc", f"{quoted(self.start_utc)} starts before 1970 or, with duration_s x "
+                              "grid_time_scale, ends outside the years 1971..9998, where the budget sources' dates run")
         for i, e in enumerate(self.events):  # a signal's deadline, on the sources' clock: past 9998 it failed
             if e.kind == "demand_response" and start.timestamp() + (e.at_s + e.duration_s) * self.grid_time_scale \
                     > LATEST_S:
