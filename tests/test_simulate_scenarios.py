@@ -381,12 +381,15 @@ def test_a_run_stopped_or_failed_leaves_the_earlier_report_whole(small_scenario:
     good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
     report = tmp_path / "r"
     report.mkdir()
-    earlier = {"summary.json": "{}", "trace-wattscale.csv": "t", "decisions-seed9.jsonl": "d", "power.png": "p"}
+    earlier = {"summary.json": "{}", "trace-wattscale.csv": "t", "decisions-seed9.jsonl": "d", "power.png": "p",
+               "trace-static.csv": "s", "decisions-seed7.jsonl": "d7"}  # the last two this run writes too
     for name, text in earlier.items():
         (report / name).write_text(text)
 
     def stopped(*args: object, **kw: object) -> None:
         assert not (report / "trace-wattscale.csv").exists()  # set aside while this run writes its own
+        (report / "trace-static.csv").write_text("half")  # begun when it was stopped
+        (report / "decisions-seed7.jsonl").write_text("")
         raise stop()
 
     monkeypatch.setattr(command, "simulate", stopped)

@@ -137,38 +137,43 @@ def _check_report_files(report_dir: Path, policies: list[str], seeds: list[int])
                               "remove it or name another directory")
 
 
-def _earlier_report(report_dir: Path, policies: list[str], seeds: list[int]) -> list[Path]:
-    """Where `report_dir` holds an earlier report (its summary.json), that report's traces, decision logs and PNGs
-    this run does not write by name: a run of other policies or seeds would leave them beside the new summary,
-    which says nothing of them. None in a directory without a summary (its files may be a user's own)."""
+def _earlier_report(report_dir: Path) -> list[Path]:
+    """Where `report_dir` holds an earlier report (its summary.json), that report's traces, decision logs and PNGs: a
+    run of other policies or seeds would leave them beside the new summary, which says nothing of them, and one
+    stopped midway would leave its own half-written ones under the earlier summary. None in a directory without a
+    summary (its files may be a user's own); a link is a user's, written through."""
     if not (report_dir / "summary.json").is_file():
         return []
-    mine = set(_per_run(policies, seeds))
-    return [path for path in report_dir.iterdir() if path.name not in mine and (
-        EARLIER.fullmatch(path.name) or path.name in PLOTS) and path.is_file() and not path.is_symlink()]
+    return [path for path in report_dir.iterdir() if (EARLIER.fullmatch(path.name) or path.name in PLOTS)
+            and path.is_file() and not path.is_symlink()]
 
 
 def _set_aside(report_dir: Path, earlier: list[Path]) -> Path | None:
-    """Move the earlier report's files this run does not write by name into a hidden folder of the report's: removed
-    once this run's report is written whole, put back where it fails or is stopped (removed first, a run stopped
-    midway had lost them, its summary left naming them)."""
+    """Move the earlier report's files into a hidden folder of the report's: dropped once this run's report is written
+    whole, put back where it fails or is stopped (removed first, a run stopped midway had lost them, its summary left
+    naming them). A move that fails puts back those moved before it."""
     if not earlier:
         return None
     aside = Path(tempfile.mkdtemp(prefix=".earlier-", dir=report_dir))
-    for path in earlier:
-        path.rename(aside / path.name)
+    try:
+        for path in earlier:
+            path.rename(aside / path.name)
+    except BaseException:
+        _put_back(report_dir, aside, done=False)
+        raise
     return aside
 
 
 def _put_back(report_dir: Path, aside: Path | None, done: bool) -> None:
-    """The files set aside: dropped where the run wrote its report, else back where they were."""
+    """The files set aside: dropped where the run wrote its report, else back where they were, over what the run had
+    begun of its own under their names."""
     if aside is None:
         return
     for path in aside.iterdir():
         if done:
             path.unlink()
         else:
-            path.rename(report_dir / path.name)
+            path.replace(report_dir / path.name)
     aside.rmdir()
 
 
@@ -199,7 +204,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
         _check_report_files(report_dir, args.policies, seeds)
-        earlier = _earlier_report(report_dir, args.policies, seeds)
+        earlier = _earlier_report(report_dir)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
     except OSError as exc:
         raise ConfigError("--report", f"{report_dir}: cannot be written ({exc.strerror or exc})") from None
