@@ -35,6 +35,8 @@ class LpResult:
     """HiGHS's relative gap between the point and the best bound (0 proven optimal; nan without a point)."""
     infeasible: bool = False
     """Proven to have no feasible point (not merely stopped at a limit before finding one)."""
+    limited: bool = False
+    """Stopped at its time (or iteration) limit: without a point, none was found in time, not none exists."""
 
 
 class Lp:
@@ -90,7 +92,8 @@ class Lp:
         res: OptimizeResult = milp(np.array(self.cost) if cost is None else cost, constraints=constraints,
                                    bounds=Bounds(lb, ub), integrality=np.array(self.integer), options=options)
         if res.x is None:
-            return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2)
+            return LpResult(False, float("nan"), np.empty(0), str(res.message), infeasible=res.status == 2,
+                            limited=res.status == 1)
         gap = getattr(res, "mip_gap", None)  # absent for a problem with no integer variable: an LP, solved exactly
         gap = 0.0 if gap is None and not any(self.integer) else float("nan") if gap is None else float(gap)
         return LpResult(True, float(res.fun), np.asarray(res.x), str(res.message), optimal=res.status == 0, gap=gap)

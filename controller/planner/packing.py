@@ -127,8 +127,8 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
     if not res.ok:
         held = ", ".join(f"{g} {n}" for g, n in cards.items() if n > 0)
         why = (f"stopped before any packing was found ({res.message}): a longer time_limit_s may find one"
-               if not res.infeasible else f"infeasible: the cards available ({held}) cannot hold "
-               f"{int(counts.sum())} requests" if held else "infeasible: the scenario has no card")
+               if res.limited else res.message if not res.infeasible else f"infeasible: the cards available "
+               f"({held}) cannot hold {int(counts.sum())} requests" if held else "infeasible: the scenario has no card")
         return PackingResult(name, False, math.inf, {}, solve_s, why)
     rented = [round(res.x[col]) for col in y]
     # a last resort: the rows above bound each flow by its config's copies, so a config carrying half a request or
