@@ -120,8 +120,8 @@ class Spec:
                 if acc not in names:
                     raise ConfigError(f"services[{svc.name}].params.{acc}", f"{acc} is not in the inventory "
                                       f"(accelerators: {sorted(names)})")
-        check_sizings([(svc.name, len(svc.params)) for svc in self.services],
-                      len(self.batch_sizes) * len(self.power_levels) * len(self.clock_levels), "params")
+        check_sizings([(svc.name, len(svc.params)) for svc in self.services], self.batch_sizes, self.power_levels,
+                      self.clock_levels, "params")
         minimum_fits(self.accelerators, self.services, [list(svc.params) for svc in self.services])
 
 

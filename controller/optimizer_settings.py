@@ -7,7 +7,7 @@ from typing import Literal
 
 from actuators.vllm_servers import MAX_BATCH
 from controller.config_loader import UNIQUE, ConfigError, check_positive, check_range, quoted, shown
-from controller.settings_checks import MAX_CHOICES, MAX_SHAPES
+from controller.settings_checks import MAX_CHOICES, MAX_SHAPES, shape_count
 from queuemodels import DEFAULT_MODEL, MODELS
 
 
@@ -106,7 +106,7 @@ def check_choices(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[
 def check_shapes(where: str, batch_sizes: tuple[int, ...], power_levels: tuple[float, ...],
                  clock_levels: tuple[float, ...]) -> None:
     """The shapes a plan sizes per service and accelerator, at most MAX_SHAPES (sizing work grows with them)."""
-    shapes = len(batch_sizes) * len(power_levels) * len(clock_levels)
+    shapes = shape_count(batch_sizes, power_levels, clock_levels)
     if shapes > MAX_SHAPES:
         raise ConfigError(f"{where}.clock_levels" if where else "clock_levels",
                           f"batch_sizes x power_levels x clock_levels give {shapes} shapes to size per service and "

@@ -5,7 +5,7 @@ keeps a cycle's work bounded; a value past one is a typo or an attack, never a f
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from actuators.vllm_servers import unit_file
@@ -59,11 +59,17 @@ MAX_SIZINGS = 100_000
 own, their product was not: 300 services at 1,024 shapes took 36 s and 560 MB, 200 on 7 accelerators past 2 minutes."""
 
 
-def check_sizings(services: list[tuple[str, int]], shapes: int, field: str) -> None:
-    """A plan's sizing work, (service, accelerators it may run on) in order x `shapes` each, at most MAX_SIZINGS; past
-    it, the service that crosses the bound is named (`services[NAME].field`: a cluster's newest LLMService is left out
-    alone, not the policy)."""
-    pairs = 0
+def shape_count(batch_sizes: Sequence[int], power_levels: Sequence[float], clock_levels: Sequence[float]) -> int:
+    """The (batch, power, clock) shapes a plan sizes per service and accelerator."""
+    return len(batch_sizes) * len(power_levels) * len(clock_levels)
+
+
+def check_sizings(services: list[tuple[str, int]], batch_sizes: Sequence[int], power_levels: Sequence[float],
+                  clock_levels: Sequence[float], field: str) -> None:
+    """A plan's sizing work, (service, accelerators it may run on) in order x its shapes each, at most MAX_SIZINGS;
+    past it, the service that crosses the bound is named (`services[NAME].field`: a cluster's newest LLMService is
+    left out alone, not the policy)."""
+    shapes, pairs = shape_count(batch_sizes, power_levels, clock_levels), 0
     for name, accelerators in services:
         pairs += accelerators
         if pairs * shapes > MAX_SIZINGS:
@@ -93,8 +99,8 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("accelerators", "at least one accelerator type is required")
     _unique(s)
     o = s.optimizer
-    check_sizings([(svc.name, len(s.variants_of(svc))) for svc in s.services],
-                  len(o.batch_sizes) * len(o.power_levels) * len(o.clock_levels), "variants")
+    check_sizings([(svc.name, len(s.variants_of(svc))) for svc in s.services], o.batch_sizes, o.power_levels,
+                  o.clock_levels, "variants")
     _one_prior_per_engine(s)
     _backends(s)
     check_endpoints(s)

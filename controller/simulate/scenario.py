@@ -221,13 +221,13 @@ class ScenarioSettings:
             raise ConfigError("start_utc", f"must be an ISO 8601 time, got {quoted(self.start_utc)}") from exc
         if start.tzinfo is None:
             raise ConfigError("start_utc", f"needs an offset (Z for UTC), got {quoted(self.start_utc)}")
-        end = start.timestamp() + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
-        if start.timestamp() < 0 or not EARLIEST_S <= end <= LATEST_S:  # before 1970 it raised once the fleet was sized
+        start_s = start.timestamp()
+        end = start_s + self.duration_s * self.grid_time_scale  # what the budget sources' clock reads last
+        if start_s < 0 or not EARLIEST_S <= end <= LATEST_S:  # before 1970 it raised once the fleet was sized
             raise ConfigError("start_utc", f"{quoted(self.start_utc)} starts before 1970 or, with duration_s x "
                               "grid_time_scale, ends outside the years 1971..9998, where the budget sources' dates run")
         for i, e in enumerate(self.events):  # a signal's deadline, on the sources' clock: past 9998 it failed
-            if e.kind == "demand_response" and start.timestamp() + (e.at_s + e.duration_s) * self.grid_time_scale \
-                    > LATEST_S:
+            if e.kind == "demand_response" and start_s + (e.at_s + e.duration_s) * self.grid_time_scale > LATEST_S:
                 raise ConfigError(f"events[{i}].duration_s", f"{e.duration_s:g} s from {e.at_s:g} s ends the signal "
                                   "past the year 9998, where the budget sources' dates run (start_utc x "
                                   "grid_time_scale)")

@@ -73,7 +73,6 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
         if e.kind == "demand_response" and not any(
                 isinstance(src, DemandResponseSettings) for _, src in (config.budget.sources if config.budget else ())):
             raise ConfigError(f"{where}.kind", "demand_response needs a demand_response source in [power.budget]")
-
         if e.kind == "slowdown" and e.service not in names:
             raise ConfigError(f"{where}.service", f"no such service {quoted(e.service)} (services: {', '.join(names)})")
     slowed: dict[str, float] = {}
