@@ -130,6 +130,9 @@ class SimWorkloadSettings:
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)  # as a scenario's
+        if (top := self.rate_rps * (1.0 + self.cycle_amplitude)) > MAX_SIM_RATE_RPS:  # the cycle's crest
+            raise ConfigError(f"{where}.cycle_amplitude", f"{self.cycle_amplitude:g} takes the rate up to {top:.6g} "
+                              f"rps (rate_rps x (1 + cycle_amplitude)), over {MAX_SIM_RATE_RPS:g}")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 

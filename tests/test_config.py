@@ -99,6 +99,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 1e6"),
          r"services\[chat\].sim.rate_rps: must be in \[0, 10000\]"),
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = inf"), r"services\[chat\].sim.rate_rps: .*got inf"),
+        (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 9000.0"),  # the cycle's crest passed the bound
+         r"services\[chat\].sim.cycle_amplitude: 0.3 takes the rate up to 11700 rps"),
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 5000.0").replace("speed = 1.0", "speed = 10.0"),
          r"simulator.speed: 10 x the services' sim.rate_rps is 50110 simulated arrivals per second"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),

@@ -87,6 +87,9 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1000\nbursts = [{ start_s = 0, duration_s = 30, '
      'factor = 5 }, { start_s = 10, duration_s = 30, factor = 4 }]\n', "workload.chat.bursts",
      "the rate reaches 20000 rps at 10 s (rate_rps x the bursts then), over 10000"),
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 4000\ncycle_amplitude = 0.5\nbursts = [{ start_s = 0, '
+     'duration_s = 30, factor = 2 }]\n', "workload.chat.cycle_amplitude",  # the crest on a burst: 12,000 rps
+     "0.5 takes the rate up to 12000 rps (rate_rps x the bursts x (1 + cycle_amplitude)), over 10000"),
     ('name = "x"\nduration_s = 60\n' + "".join(f'[[events]]\nat_s = {t}\nkind = "slowdown"\nservice = "chat"\n'
                                                f'factor = 4\n' for t in (30, 9)),
      "events[0].factor", "with the slowdowns before it, chat's steps take 16 times as long; at most 10"),

@@ -117,6 +117,9 @@ class WorkloadSettings:
         if not peak <= MAX_SIM_RATE_RPS:  # bursts that overlap multiply (past a float: inf)
             raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
                               f"bursts then), over {MAX_SIM_RATE_RPS:g}")
+        if not (top := peak * (1.0 + self.cycle_amplitude)) <= MAX_SIM_RATE_RPS:  # the cycle's crest on a burst
+            raise ConfigError(f"{where}.cycle_amplitude", f"{self.cycle_amplitude:g} takes the rate up to {top:.6g} "
+                              f"rps (rate_rps x the bursts x (1 + cycle_amplitude)), over {MAX_SIM_RATE_RPS:g}")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 
