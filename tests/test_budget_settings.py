@@ -99,6 +99,9 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({'"fri"]': '"fri", "fun"]'}, "power.budget.sources[1].rules[0].days[5]", "must be one of"),
     ({'end = "20:00"': 'end = "07:00"'}, "power.budget.sources[1].rules[0].end", "must be after start"),
     ({'start = "08:00"': 'start = "8am"'}, "power.budget.sources[1].rules[0].start", "not HH:MM"),
+    # digits Python's int() refuses (superscripts: its own words) or reads (Arabic-Indic: a time nobody wrote)
+    ({'start = "08:00"': 'start = "\u00b9\u00b2:00"'}, "power.budget.sources[1].rules[0].start", "is not HH:MM"),
+    ({'start = "08:00"': 'start = "\u0660\u0668:00"'}, "power.budget.sources[1].rules[0].start", "is not HH:MM"),
     # each read of a schedule takes time that grows with the square of its rules: 3,000 took 1.2 s every second
     ({'budget_w = 2000}]': "budget_w = 2000}" + ', {days = ["sun"], start = "01:00", end = "02:00", budget_w = 9}' * 400
       + "]"}, "power.budget.sources[1].rules", "401 rules: at most 400"),

@@ -41,7 +41,7 @@ class Rule:
 def minutes(hhmm: str) -> int:
     """"HH:MM" (00:00 to 24:00) as minutes after midnight; raises ValueError otherwise."""
     hours, _, mins = hhmm.partition(":")
-    if len(hours) != 2 or len(mins) != 2 or not (hours + mins).isdigit():
+    if len(hours) != 2 or len(mins) != 2 or not (hours + mins).isascii() or not (hours + mins).isdigit():
         raise ValueError(f"{shortened(repr(hhmm), 20)} is not HH:MM")
     total = int(hours) * 60 + int(mins)
     if int(mins) > 59 or total > 24 * 60:
