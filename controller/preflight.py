@@ -229,6 +229,8 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
             where, path = f"power.budget.sources[{name}].path", files[name]
             if host and not path.parent.is_dir():
                 raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
+            if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
+                raise ConfigError(where, f"{path} is a directory: the endpoint stores its signals in a file; name one")
             whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
             if whose is not None:
                 raise ConfigError(where, f"{path} is {whose}: the endpoint would write its signals over it; name a "

@@ -465,6 +465,7 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
     ("state/daemon.lock", "daemon.lock is the daemon's lock (daemon.state_dir): the endpoint would write"),
     ("state/decisions.jsonl.1", "decisions.jsonl.1 is daemon.decision_log (a rotation of it): the endpoint would"),
     ("nowhere/signal.json", "nowhere is no directory: the endpoint could store no signal there"),
+    ("state", "state is a directory: the endpoint stores its signals in a file; name one"),  # was a warning
 ])
 def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str], signal: str,
