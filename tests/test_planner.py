@@ -594,7 +594,7 @@ def test_a_milp_stopped_at_its_time_limit_is_marked_in_the_compare_table() -> No
     from controller.planner.packing_report import compare_table
 
     def result(solver: str, cost: float, optimal: bool) -> dict[str, object]:
-        return {"solver": solver, "feasible": True, "cost_per_h": cost, "optimal": optimal}
+        return {"solver": solver, "feasible": True, "cost_per_h": cost, "optimal": optimal, "note": ""}
 
     rows = [{"scenario": "s", "trace": "t", "requests": 1000,
              "results": [result("milp", 658.67, False), result("greedy", 479.95, False)]}]
@@ -602,3 +602,21 @@ def test_a_milp_stopped_at_its_time_limit_is_marked_in_the_compare_table() -> No
     assert "658.67*" in table and "479.95*" not in table and "*: not proven optimal: stopped at time_limit_s" in table
     rows[0]["results"] = [result("milp", 470.0, True), result("greedy", 479.95, False)]
     assert "*" not in compare_table(rows)
+
+
+def test_a_milp_stopped_before_any_packing_reads_stopped_not_fail_in_the_compare_table() -> None:
+    """The table said `fail` of a MILP its time limit stopped with nothing found, as of one proven infeasible."""
+    from controller.planner.packing_report import compare_table
+
+    def failed(solver: str, note: str) -> dict[str, object]:
+        return {"solver": solver, "feasible": False, "cost_per_h": None, "optimal": False, "note": note}
+
+    rows = [{"scenario": "s", "trace": "t", "requests": 1000,
+             "results": [failed("milp", "stopped before any packing was found (Time limit reached): a longer "
+                                        "time_limit_s may find one"),
+                         failed("greedy", "infeasible: the scenario has no card")]}]
+    table = compare_table(rows)
+    assert table.splitlines()[1].split()[3:5] == ["stopped", "fail"]
+    assert "stopped: no packing found before time_limit_s (a longer limit may find one); fail: none exists." in table
+    rows[0]["results"] = [failed("milp", "infeasible: the scenario has no card")] * 2
+    assert "stopped" not in compare_table(rows).splitlines()[1] and "stopped:" not in compare_table(rows)

@@ -74,18 +74,22 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'scenario':<12}{'trace':<12}{'requests':>9}" + "".join(f"{n.replace('homogeneous:', 'homo:'):>16}"
                                                                       for n in names)
     lines = [head + f"{'greedy gap':>12}"]
-    stopped = False
+    stopped = unfound = False
     for row in rows:
         costs = {r["solver"]: r["cost_per_h"] for r in row["results"]}
+        failed = {r["solver"]: "stopped" if str(r["note"]).startswith("stopped") else "fail" for r in row["results"]}
         # a MILP stopped at its time limit is an incumbent, not an optimum: marked, or its gap reads as greedy's
         marks = {r["solver"]: "*" if r["solver"].startswith("milp") and r["feasible"] and not r["optimal"] else ""
                  for r in row["results"]}
         stopped = stopped or any(marks.values())
-        cells = "".join(f"{'fail' if costs[n] is None else format(costs[n], '.2f') + marks[n]:>16}" for n in names)
+        unfound = unfound or any(costs[n] is None and failed[n] == "stopped" for n in names)
+        cells = "".join(f"{failed[n] if costs[n] is None else format(costs[n], '.2f') + marks[n]:>16}" for n in names)
         gap = f"{costs['greedy'] / costs['milp'] - 1:.4f}" if costs.get("milp") and costs.get("greedy") else "-"
         lines.append(f"{row['scenario']:<12}{row['trace']:<12}{row['requests']:>9}{cells}{gap:>12}")
     lines.append("milp: shared capacity row (ours); milp_per_type: the seed's per-type row, which counts a config "
                  "once per request type, so its optimum under-states the cost (one stopped at the limit may not).")
+    if unfound:
+        lines.append("stopped: no packing found before time_limit_s (a longer limit may find one); fail: none exists.")
     if stopped:
         lines.append("*: not proven optimal: stopped at time_limit_s (the best found; --json gives its gap), or copies "
                      "rounded up past the solver's tolerance (--json gives the note).")
