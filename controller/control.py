@@ -68,6 +68,8 @@ class Controller:
         self.kv_tokens: dict[str, dict[str, float]] = {}
         """Per service and variant, the KV-cache tokens of one replica its config gives (0: not known)."""
         self.draining: dict[str, dict[str, float]] = {}
+        self.ceilings: dict[str, tuple[str, float]] = {}
+        """Service -> (accelerator, the cap chosen before fitting the limits' sum), where its fitted cap is in force."""
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
         the planned variant's cap is its assignment's."""
         self.settings = settings
@@ -199,7 +201,9 @@ class Controller:
                 for name, a in self.assignments.items()}
         clocks = {name: {a.accelerator: a.sm_clock_fraction} for name, a in self.assignments.items()
                   if a.sm_clock_fraction is not None}
-        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services}, clocks)
+        ceilings = {name: {acc: w} for name, (acc, w) in self.ceilings.items() if name in self.assignments}
+        self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services}, clocks,
+                                 ceilings)
         self.metrics.plan_version.set(version)
 
     def _problem(self) -> Problem:
@@ -279,6 +283,14 @@ class Controller:
             a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
                         else None)
             self.assignments[svc.name] = a
+            # how far a held-down GPU may grow: the cap chosen before the fit, or the plan's where the gate keeps a
+            # lower one in force with a change it holds back
+            top = max(solution.ceilings_w.get(svc.name, 0.0), planned.power_cap_w)
+            if a.accelerator == planned.accelerator and top > a.power_cap_w:
+                self.ceilings[svc.name] = (a.accelerator, top)
+                record["services"][svc.name]["ceiling_w"] = top
+            else:
+                self.ceilings.pop(svc.name, None)
             self.draining[svc.name] = draining_caps(self.draining.get(svc.name, {}), current, a, planned)
             m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)

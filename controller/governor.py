@@ -1,24 +1,23 @@
 """The fast-loop power governor: the site's draw never passes its threshold, lowest priority first.
 
-The limits in force always sum under budget x (1 - headroom): a GPU draws at most its limit, so whatever
-the load does before the next tick, the site cannot pass the threshold (a loose limit over a low draw is
-room a burst can fill in one tick, so it counts in full). Within that sum, a GPU keeps its limit while it
-has room under it; one pressed against its limit grows a step a tick, highest priority first, from the
-free room, then from room other GPUs leave unused, then from lower priorities. Targets come from the plan
-(per-service caps); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
-caps are cut below the draw, lowest priority first, and given back once draw is below budget x
-release_below. With ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and
-the governor's own lowering of limits (a smaller cap planned) takes it down no faster than
-`ramp_down_w_per_s`, except where the site or a domain is over its line (a budget drop). A GPU whose
-reading failed counts at its limit, never at zero. Cuts are kept by GPU UUID, so a GPU that changes
-position in a listing keeps its own cut; each GPU is held within its own limits.
+The limits in force always sum under budget x (1 - headroom): a GPU draws at most its limit, so whatever the load
+does before the next tick, the site cannot pass the threshold (a loose limit over a low draw is room a burst can
+fill in one tick, so it counts in full). Within that sum, a GPU keeps its limit while it has room under it; one
+pressed against its limit grows a step a tick, highest priority first, from the free room, then from room other GPUs
+leave unused, then from lower priorities. Targets come from the plan (per-service caps; where a cap was fitted
+within the limits' sum, a GPU pressed against it or held by it for a good share of the tick grows on toward the cap
+chosen before, its ceiling); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
+caps are cut below the draw, lowest priority first, and given back once draw is below budget x release_below. With
+ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and the governor's own lowering of
+limits (a smaller cap planned) takes it down no faster than `ramp_down_w_per_s`, except where the site or a domain
+is over its line (a budget drop). A GPU whose reading failed counts at its limit, never at zero. Cuts are kept by
+GPU UUID, so a GPU that changes position in a listing keeps its own cut; each GPU is held within its own limits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, safe_caps, take_lowest_first
@@ -66,10 +65,12 @@ class PowerGovernor:
         lagging = lagging or {}
         s = self.settings
         priorities = plan.priorities
-        target = {}
+        target, grow_to = {}, {}
         for g in samples:
             cap = plan.cap_w(g.service, g.variant) if g.service else None
             target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
+            ceiling_w = plan.ceiling_w(g.service, g.variant) if g.service and s.mode != "caps" else None
+            grow_to[g.uuid] = target[g.uuid] if ceiling_w is None else clamp(ceiling_w, g)
         if s.mode == "caps":
             self._fit_caps(samples, target, priorities, self.threshold_w())
         measured = sum(self.accounted_w(g) for g in samples)
@@ -93,7 +94,9 @@ class PowerGovernor:
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples, lagging) + s.ramp_up_w_per_s * self.interval_s)
-        limits = self._allot(samples, want, priorities, ceiling, pinned, beyond_w=threshold - ceiling, lagging=lagging)
+        reach = {g.uuid: want[g.uuid] if g.uuid in pinned else max(want[g.uuid], grow_to[g.uuid] -
+                                                                   self.cut_w.get(g.uuid, 0.0)) for g in samples}
+        limits = self._allot(samples, want, reach, priorities, ceiling, pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
         out = {}
@@ -122,22 +125,25 @@ class PowerGovernor:
             if falls[g.uuid] > 0:
                 want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
 
-    def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], priorities: Mapping[str, int],
-               ceiling_w: float, pinned: frozenset[str] = frozenset(), beyond_w: float = 0.0,
-               lagging: Mapping[str, float] = MappingProxyType({})) -> dict[str, float]:
-        """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp
-        limit): the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit
-        while it has room under it. One pressed against its limit grows by a step a tick, highest priority
-        first, out of the room left under the ceiling, then out of the room other GPUs leave unused (lowest
-        priority first), then out of strictly lower priorities' limits. Room still free then goes to the
-        plan's caps, highest priority first (with a loose budget every GPU sits at its cap). Where the sum is
-        over, unused room is taken back, lowest priority first. `beyond_w`: the budget's room above a ramp's
+    def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], reach: Mapping[str, float],
+               priorities: Mapping[str, int], ceiling_w: float, pinned: frozenset[str], beyond_w: float,
+               lagging: Mapping[str, float]) -> dict[str, float]:
+        """Limits no higher than `want` whose sum stays under `ceiling_w` (the threshold, or less under a ramp limit):
+        the most the site can draw at the next tick, whatever its load does. A GPU keeps its limit while it has room
+        under it. One pressed against its limit grows by a step a tick, highest priority first, out of the room left
+        under the ceiling, then out of the room other GPUs leave unused (lowest priority first), then out of
+        strictly lower priorities' limits. Room still free then goes to the plan's caps, highest priority first
+        (with a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
+        priority first. `reach`: how far each GPU may grow while pressed or held (at least `want`: a fitted cap's
+        ceiling); a limit above `want` is kept only while it is. `beyond_w`: the budget's room above a ramp's
         ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes no lower
         priority's limit (given whole to the highest priority, one pressed in its draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
-        limit = {g.uuid: min(want[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
+        top = {g.uuid: reach[g.uuid] if held(g) or pressed(g) else want[g.uuid]
+               for g in samples}  # a GPU its fitted cap holds down may keep, and grow to, the plan's chosen cap
+        limit = {g.uuid: min(top[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
         rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
@@ -150,15 +156,16 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        pressing = {g.uuid for g in samples if g.uuid not in pinned and self.accounted_w(g) >= (
-            ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)}
+        pressing = {g.uuid for g in samples if g.uuid not in pinned and (self.accounted_w(g) >= (
+            ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)
+            or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
         share = max(0.0, rooms.room[-1]) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
                 r = lagging.get(g.uuid)  # a lagging GPU grows a step from the limit it reads, not an unapplied one
-                need = (min(want[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid])) if r is None
-                        else min(want[g.uuid], r + _step_w(r)) - limit[g.uuid])
+                need = (min(top[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid])) if r is None
+                        else min(top[g.uuid], r + _step_w(r)) - limit[g.uuid])
                 if need < 1.0 or g.uuid not in pressing:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
@@ -263,6 +270,15 @@ class PowerGovernor:
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
     return PowerGovernor.accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
+
+
+HELD_SHARE = 0.1
+"""The share of a tick its limit held a GPU's clock from which it may grow past a fitted cap."""
+
+
+def held(g: GpuSample) -> bool:
+    """Whether a GPU's limit held its clock down for a good share of the tick (its prompts' bursts pass it)."""
+    return g.capped_share is not None and g.capped_share >= HELD_SHARE
 
 
 def pressed_w(limit_w: float) -> float:

@@ -28,13 +28,27 @@ class Plan:
     priorities: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     clocks: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
     """Service -> variant -> locked SM clock share; a variant absent runs unlocked."""
+    ceilings_w: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    """Service -> variant -> how far a GPU its cap holds down may grow past it (the cap chosen before the caps
+    were fitted within the limits' sum); absent: the cap."""
 
     @staticmethod
     def of(version: int, caps_w: dict[str, dict[str, float]], priorities: dict[str, int],
-           clocks: dict[str, dict[str, float]] | None = None) -> Plan:
+           clocks: dict[str, dict[str, float]] | None = None,
+           ceilings_w: dict[str, dict[str, float]] | None = None) -> Plan:
         caps = {s: MappingProxyType(dict(v)) for s, v in caps_w.items()}
         locks = {s: MappingProxyType(dict(v)) for s, v in (clocks or {}).items()}
-        return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)), MappingProxyType(locks))
+        tops = {s: MappingProxyType(dict(v)) for s, v in (ceilings_w or {}).items()}
+        return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)), MappingProxyType(locks),
+                    MappingProxyType(tops))
+
+    def ceiling_w(self, service: str, variant: str | None) -> float | None:
+        """How far a GPU of `service` on `variant` that its cap holds down may grow: its ceiling, else its cap."""
+        cap = self.cap_w(service, variant)
+        if cap is None:
+            return None
+        top = self.ceilings_w.get(service, {}).get(next(iter(self.caps_w[service])) if variant is None else variant)
+        return cap if top is None else max(cap, top)
 
     def clock_fraction(self, service: str, variant: str | None) -> float | None:
         """The locked clock share for a GPU of `service` on `variant` (the planned variant's where the GPU's is

@@ -325,3 +325,28 @@ def test_the_limit_metric_says_the_limits_a_tick_set_not_those_it_read(tmp_path:
                 for g in ctl.fast.samples]
     assert exported == [g.power_limit_w for g in ctl.fast.samples]
     assert sum(exported) <= 1700.0, exported
+
+
+def test_caps_fitted_within_the_limits_sum_are_published_with_the_caps_chosen_as_their_ceilings(
+        tmp_path: Path) -> None:
+    """The governor holds the limits' sum under the threshold: caps chosen past it were cut there priority first,
+    whatever the cut cost. The plan now publishes caps that fit, and the caps chosen before as how far a GPU its
+    fitted cap holds down may grow; the decision log says both."""
+    ctl, vllm, _ = controller(tmp_path)
+    power = dataclasses.replace(ctl.settings.power, budget_w=3600.0)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=power))
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    vllm.next = {"chat": window(rate_rps=14.0), "code": window(rate_rps=8.0), "batch-summaries": window(rate_rps=6.0)}
+    for k in range(1, 4):
+        ctl.tick_slow(15.0 * k)
+    plan, threshold_w = ctl.fast.plan, power.budget_w * (1 - power.headroom)
+    running = {n: a for n, a in ctl.assignments.items() if a.replicas}
+    floors_w = (8 - sum(a.replicas for a in running.values())) * CATALOG["H100-SXM"].min_power_w
+    assert sum(a.replicas * a.power_cap_w for a in running.values()) + floors_w <= threshold_w
+    assert plan.ceilings_w, "the caps chosen did not fit: a fit was asked for"
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    for name, tops in plan.ceilings_w.items():
+        a = ctl.assignments[name]
+        assert tops == {a.accelerator: record["services"][name]["ceiling_w"]}
+        assert plan.ceiling_w(name, a.accelerator) > plan.cap_w(name, a.accelerator) == a.power_cap_w
+    assert all("ceiling_w" not in record["services"][n] for n in ctl.assignments if n not in plan.ceilings_w)

@@ -726,3 +726,48 @@ def test_safe_caps_start_from_the_limits_in_force_not_those_read_before_the_last
         fast.tick(float(t + k))
     assert sum(plant.limit_w.values()) <= fast.governor.threshold_w() + 1e-6, plant.limit_w
     assert all(plant.limit_w[i] <= in_force[i] for i in in_force), (in_force, plant.limit_w)  # and none raised
+
+
+def _fitted(chat: tuple[float, float | None], bulk: tuple[float, float | None], limits: tuple[float, float]
+            ) -> list[GpuSample]:
+    """chat on GPU 0 and bulk on GPU 1, each (draw, capped share) under the limits given."""
+    return [GpuSample(i, f"GPU-{i}", "H100", w, None, lim, 200.0, 700.0, service=svc, capped_share=share)
+            for i, (svc, (w, share), lim) in enumerate(zip(("chat", "bulk"), (chat, bulk), limits, strict=True))]
+
+
+FITTED = Plan.of(1, {"chat": {"H100": 480.0}, "bulk": {"H100": 488.0}}, PRIORITIES,
+                 ceilings_w={"chat": {"H100": 630.0}, "bulk": {"H100": 630.0}})
+"""Caps fitted within a 1,000-W budget (968 W: 3 % headroom, and a watt a GPU the governor keeps): chosen at 630 W."""
+
+
+def test_a_gpu_its_fitted_cap_holds_down_grows_back_to_the_chosen_cap_and_rests_at_the_fitted_one() -> None:
+    """The plan's caps were fitted within the limits' sum where a watt of cap is worth least; a GPU whose limit holds
+    its clock a good share of the tick (its prompts' bursts pass it, under a mean draw well below it) grows a step a
+    tick toward the cap chosen before, out of the room another GPU leaves unused, and rests back at its fitted cap
+    once the limit no longer holds it."""
+    governor = PowerGovernor(PowerSettings(budget_w=1000.0))
+    held = governor.step(_fitted((400.0, 0.3), (300.0, 0.0), (480.0, 488.0)), FITTED)
+    assert held[0] == pytest.approx(480.0 + 0.15 * 480.0) and held[1] == pytest.approx(968.0 - held[0])
+    assert governor.step(_fitted((400.0, 0.3), (300.0, 0.0), (held[0], held[1])), FITTED)[0] == pytest.approx(630.0)
+    rests = governor.step(_fitted((400.0, 0.0), (300.0, 0.0), (630.0, 340.0)), FITTED)
+    assert rests == {0: 480.0, 1: 488.0}
+
+
+@pytest.mark.parametrize(("chat", "why"), [((400.0, None), "a source that reads no share: judged by its mean draw"),
+                                           ((400.0, 0.05), "held 5 % of the tick: no more than noise"),
+                                           ((400.0, 0.3), "no ceiling: the plan's cap is where it may grow")])
+def test_a_gpu_grows_past_its_fitted_cap_only_where_its_limit_holds_it(chat: tuple[float, float | None],
+                                                                       why: str) -> None:
+    governor = PowerGovernor(PowerSettings(budget_w=1000.0))
+    plan = FITTED if chat[1] != 0.3 else Plan.of(1, dict(FITTED.caps_w), PRIORITIES)  # type: ignore[arg-type]
+    assert governor.step(_fitted(chat, (300.0, 0.0), (480.0, 488.0)), plan) == {}, why
+    pressed_at_its_mean = governor.step(_fitted((470.0, None), (300.0, 0.0), (480.0, 488.0)), FITTED)
+    assert pressed_at_its_mean[0] == pytest.approx(480.0 + 0.15 * 480.0)
+
+
+def test_a_held_gpu_below_its_fitted_cap_is_judged_by_its_mean_draw_as_before() -> None:
+    """The held share moves limits only between a fitted cap and its ceiling: below the cap (the budget shared out
+    priority first) a GPU held by bursts took room on it from every GPU not pressed, and diurnal's sum T/C fell."""
+    governor = PowerGovernor(PowerSettings(budget_w=900.0))  # 871 W of limits: chat, behind bulk, gets 383 W
+    plan = replace(FITTED, priorities={"chat": 2, "bulk": 1})
+    assert governor.step(_fitted((300.0, 0.3), (300.0, 0.0), (383.0, 488.0)), plan) == {}

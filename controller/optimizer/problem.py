@@ -192,6 +192,9 @@ class Solution:
     solve_s: float
     candidates_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    ceilings_w: dict[str, float] = field(default_factory=dict)
+    """Service -> the cap chosen before the caps were fitted within the limits' sum: how far the governor may grow
+    one of its GPUs that its fitted cap holds down."""
 
     @property
     def shortfalls(self) -> list[ServiceResult]:

@@ -15,6 +15,7 @@ from controller.lp import Lp
 from controller.optimizer.candidates import enumerate_all, with_tails
 from controller.optimizer.domains import domain_w, fit_domains, over
 from controller.optimizer.greedy import Greedy
+from controller.optimizer.limit_fit import fit_limits
 from controller.optimizer.problem import (
     Candidate,
     Choice,
@@ -249,6 +250,11 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
     if problem.domains:
         choice, brought_down = fit_domains(problem, cands, choice)
         notes = [*notes, *brought_down]
+    fitted, capped = fit_limits(problem, cands, choice)
+    notes = [*notes, *capped]
+    ceilings = {svc.name: c.assignment.power_cap_w for svc, c, d in zip(problem.services, choice, fitted, strict=True)
+                if c is not None and d is not None and d is not c}
+    choice = fitted
     t2 = time.perf_counter()
     held = problem.shed_gpus(cands)
     results = []
@@ -265,4 +271,4 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
     power = problem.idle_w + sum(c.power_w for c in choice if c is not None)
     cost = sum(c.cost_per_hour for c in choice if c is not None)
     objective = sum(c.score for c in choice if c is not None)
-    return Solution(solver.name, results, power, cost, objective, t2 - t1, t1 - t0, notes)
+    return Solution(solver.name, results, power, cost, objective, t2 - t1, t1 - t0, notes, ceilings)

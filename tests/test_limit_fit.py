@@ -1,0 +1,75 @@
+"""The plan's caps within the sum of limits the governor may set (controller/optimizer/limit_fit.py): in predicted
+mode a plan whose caps summed past the budget had them cut by the governor, priority first, whatever the cut cost."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from test_optimizer import H100, services
+
+from controller.optimizer import Assignment, Candidate, Problem, ServiceDemand, get_solver, solve
+from controller.optimizer.limit_fit import fit_limits, limits_w
+from queuemodels import Load, ServiceParams, Targets
+from queuemodels.accelerators import CATALOG
+
+P8 = ServiceParams("gen1", 12, 0.09, 10, 0.035)
+
+
+def ladders(budget_w: float, per_watt: list[float], gpus: int = 4,
+            mode: str = "predicted") -> tuple[Problem, list[list[Candidate]], list[Candidate | None]]:
+    """Services of one replica on one GPU each, at caps 700, 560 and 420 W, each losing `per_watt[i]` of value a
+    watt of cap below 700; the choice at 700 W each. `gpus` H100s in all (the rest free, at their 200-W floor)."""
+    demands = tuple(ServiceDemand(f"s{i}", 1 + i, Targets(300, 40), Load(1.0, 512, 200), {"H100-SXM": P8})
+                    for i in range(len(per_watt)))
+    cands = [[Candidate(i, Assignment("H100-SXM", 1, 64, cap), 1, 300.0, 0.0, 1.0, 0.0, 10.0 - k * (700 - cap),
+                        value=10.0 - k * (700 - cap)) for cap in (700.0, 560.0, 420.0)]
+             for i, k in enumerate(per_watt)]
+    problem = Problem(demands, (replace(H100, count=gpus),), budget_w, budget_mode=mode)  # type: ignore[arg-type]
+    return problem, cands, [cs[0] for cs in cands]
+
+
+def test_the_caps_come_down_where_a_watt_is_worth_least_until_the_limits_fit() -> None:
+    """Two GPUs of 700 W and two free at 200: 1,800 W. At 1,600 W the cheaper service steps down once (140 W)
+    and, a second step being cheaper for it still, again; the dearer one keeps its cap."""
+    problem, cands, choice = ladders(1600.0, [0.001, 0.01])
+    assert limits_w(problem, choice) == 1800.0
+    out, notes = fit_limits(problem, cands, choice)
+    assert [c.assignment.power_cap_w for c in out if c is not None] == [420.0, 700.0]
+    assert limits_w(problem, out) <= 1600.0
+    assert notes == ["s0: cap 700 -> 420 W a GPU, for the power limits' sum (1600 W)"]
+    assert [(c.assignment.replicas, c.assignment.max_batch) for c in out if c is not None] == [(1, 64), (1, 64)]
+
+
+@pytest.mark.parametrize(("budget_w", "mode", "why"), [
+    (1800.0, "predicted", "it fits"),
+    (1200.0, "predicted", "not even the lowest caps fit: 2 x 420 + 2 x 200 = 1,240 W"),
+    (1600.0, "caps", "in caps mode the caps are the budget's already"),
+])
+def test_a_choice_that_fits_or_cannot_is_left_as_it_was(budget_w: float, mode: str, why: str) -> None:
+    problem, cands, choice = ladders(budget_w, [0.001, 0.01], mode=mode)
+    assert fit_limits(problem, cands, choice) == (choice, []), why
+
+
+def test_a_lower_cap_that_serves_less_is_no_step() -> None:
+    """The plan's SLOs are the model's: a cap at which a service would leave load unserved is never taken."""
+    problem, cands, choice = ladders(1600.0, [0.001, 0.01])
+    cands[0] = [cands[0][0], *(c._replace(short_rps=0.5) for c in cands[0][1:])]
+    out, _ = fit_limits(problem, cands, choice)
+    assert [c.assignment.power_cap_w for c in out if c is not None] == [700.0, 420.0]
+
+
+def test_solve_publishes_caps_the_governor_can_hold_whole() -> None:
+    """Three services on six H100s under 3,500 W: two replicas each at 700 W asked the governor for 4,200 W of
+    limits; the plan's caps now sum within the budget, each service on the shape it had, serving all it did."""
+    problem = Problem(services((2.0, 1.0, 1.0)), (H100,), 3500.0, batch_sizes=(16, 64), power_levels=(0.6, 0.8, 1.0))
+    sol = solve(problem, get_solver("milp"))
+    loose = solve(replace(problem, budget_w=1e6), get_solver("milp"))  # the same shapes, the caps left whole
+    caps = [(s.assignment.replicas, s.assignment.power_cap_w) for s in sol.services if s.assignment is not None]
+    assert [(s.assignment.replicas, s.assignment.max_batch) for s in sol.services if s.assignment is not None] == [
+        (s.assignment.replicas, s.assignment.max_batch) for s in loose.services if s.assignment is not None]
+    assert sum(n * w for n, w in caps) + (H100.count - sum(n for n, _ in caps)) * CATALOG["H100-SXM"].min_power_w \
+        <= 3500.0 < sum(s.assignment.replicas * s.assignment.power_cap_w for s in loose.services if s.assignment)
+    assert all(s.short_rps == 0 for s in sol.services) and len(sol.notes) == 3
+    assert sol.ceilings_w == {s.name: s.assignment.power_cap_w for s in loose.services if s.assignment is not None}
+    assert not loose.ceilings_w  # nothing fitted, nothing to grow back to
