@@ -400,3 +400,29 @@ def test_a_run_stopped_or_failed_leaves_the_earlier_report_whole(small_scenario:
         main(["simulate", str(good), "--report", str(report), "--policies", "static", "--no-progress"])
     assert {name: (report / name).read_text() for name in earlier} == earlier
     assert sorted(p.name for p in report.iterdir()) == sorted([*earlier, "simulate.log"])  # nothing hidden left
+
+
+def test_files_a_killed_run_set_aside_are_put_back_by_the_next(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed (SIGKILL) left the earlier report's files in a hidden `.earlier-*` folder and its own half-written
+    ones under their names; the next run set the half-written ones aside as the earlier report's, and a failure then
+    put those back: the earlier report's own stayed hidden for good."""
+    import controller.simulate.command as command
+
+    good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
+    report = tmp_path / "r"
+    (report / ".earlier-abc123").mkdir(parents=True)
+    (report / "summary.json").write_text("{}")
+    for name, text in {"trace-wattscale.csv": "t", "power.png": "p"}.items():
+        (report / ".earlier-abc123" / name).write_text(text)
+    (report / "trace-wattscale.csv").write_text("half")  # what the killed run had begun
+
+    def failed(*args: object, **kw: object) -> None:
+        raise RuntimeError("midway")
+
+    monkeypatch.setattr(command, "simulate", failed)
+    with pytest.raises(RuntimeError):
+        main(["simulate", str(good), "--report", str(report), "--policies", "static", "--no-progress"])
+    assert (report / "trace-wattscale.csv").read_text() == "t" and (report / "power.png").read_text() == "p"
+    assert sorted(p.name for p in report.iterdir()) == ["power.png", "simulate.log", "summary.json",
+                                                        "trace-wattscale.csv"]

@@ -148,6 +148,15 @@ def _earlier_report(report_dir: Path) -> list[Path]:
             and path.is_file() and not path.is_symlink()]
 
 
+def _recover(report_dir: Path) -> None:
+    """Files a run killed midway (SIGKILL: no `finally` ran) left set aside go back where they were, over what it had
+    begun under their names: they are the ones the summary.json beside them names. The oldest last, so a folder left
+    by each of two such runs gives back the first's, the earlier report's own."""
+    left = [p for p in report_dir.glob(".earlier-*") if p.is_dir() and not p.is_symlink()]
+    for aside in sorted(left, key=lambda p: p.stat().st_mtime, reverse=True):
+        _put_back(report_dir, aside, done=False)
+
+
 def _set_aside(report_dir: Path, earlier: list[Path]) -> Path | None:
     """Move the earlier report's files into a hidden folder of the report's: dropped once this run's report is written
     whole, put back where it fails or is stopped (removed first, a run stopped midway had lost them, its summary left
@@ -203,6 +212,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     seeds = [scn.settings.seed + k for k in range(args.seeds)]
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
+        _recover(report_dir)
         _check_report_files(report_dir, args.policies, seeds)
         earlier = _earlier_report(report_dir)
         handler = logging.FileHandler(report_dir / "simulate.log", mode="w")
