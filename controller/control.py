@@ -68,10 +68,11 @@ class Controller:
         self.kv_tokens: dict[str, dict[str, float]] = {}
         """Per service and variant, the KV-cache tokens of one replica its config gives (0: not known)."""
         self.draining: dict[str, dict[str, float]] = {}
-        self.ceilings: dict[str, tuple[str, float]] = {}
-        """Service -> (accelerator, the cap chosen before fitting the limits' sum), where its fitted cap is in force."""
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
         the planned variant's cap is its assignment's."""
+        self.ceilings: dict[str, tuple[str, float]] = {}
+        """Service -> (accelerator, how far a GPU its cap in force holds down may grow): the cap chosen before the
+        plan's caps were fitted within the limits' sum, or the plan's where the gate holds a lower one in force."""
         self.settings = settings
         self.handoff = Handoff(settings, self.fast.governor, metrics)
         self.tick_power = self.handoff.power(settings)  # what a slow tick plans, checks and records against
@@ -123,7 +124,7 @@ class Controller:
             self.fast.retry_afresh = True
         for gone in set(self.assignments) - {s.name for s in settings.services}:
             del self.assignments[gone]
-            for table in (self.draining, self.variants, self.kv_tokens):
+            for table in (self.draining, self.variants, self.kv_tokens, self.ceilings):
                 table.pop(gone, None)
 
     def error(self, kind: str, message: str) -> None:
@@ -147,6 +148,9 @@ class Controller:
         started = time.perf_counter()
         settings, changes = self.handoff.take()
         if settings is not None:
+            if (new_w := settings.power.budget_w) != (old_w := self.settings.power.budget_w):  # said as a source's is
+                changes = [*changes, {"t": round(now, 3), "budget_w": new_w,
+                                      "why": f"reload: power.budget_w {old_w:g} -> {new_w:g} W"}]
             self._adopt(settings)
         s = self.settings
         budget_w, why = self.handoff.budget(s.power.budget_w)
@@ -285,7 +289,7 @@ class Controller:
             self.assignments[svc.name] = a
             # how far a held-down GPU may grow: the cap chosen before the fit, or the plan's where the gate keeps a
             # lower one in force with a change it holds back
-            top = max(solution.ceilings_w.get(svc.name, 0.0), planned.power_cap_w)
+            top = max(0.0 if svc.name in untold else solution.ceilings_w.get(svc.name, 0.0), planned.power_cap_w)
             if a.accelerator == planned.accelerator and top > a.power_cap_w:
                 self.ceilings[svc.name] = (a.accelerator, top)
                 record["services"][svc.name]["ceiling_w"] = top

@@ -65,14 +65,16 @@ class PowerGovernor:
         lagging = lagging or {}
         s = self.settings
         priorities = plan.priorities
-        target, grow_to = {}, {}
+        target = {}
         for g in samples:
             cap = plan.cap_w(g.service, g.variant) if g.service else None
             target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
-            ceiling_w = plan.ceiling_w(g.service, g.variant) if g.service and s.mode != "caps" else None
-            grow_to[g.uuid] = target[g.uuid] if ceiling_w is None else clamp(ceiling_w, g)
-        if s.mode == "caps":
+        if s.mode == "caps":  # the caps themselves fit: no GPU grows past its own
             self._fit_caps(samples, target, priorities, self.threshold_w())
+        grow_to = dict(target)
+        for g in samples if s.mode != "caps" else ():
+            if g.service and (ceiling_w := plan.ceiling_w(g.service, g.variant)) is not None:
+                grow_to[g.uuid] = max(target[g.uuid], clamp(ceiling_w, g))
         measured = sum(self.accounted_w(g) for g in samples)
         threshold = self.threshold_w()
         over = []
@@ -141,8 +143,9 @@ class PowerGovernor:
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
-        top = {g.uuid: reach[g.uuid] if held(g) or pressed(g) else want[g.uuid]
-               for g in samples}  # a GPU its fitted cap holds down may keep, and grow to, the plan's chosen cap
+        # a GPU its fitted cap holds down may grow to its ceiling, and keeps that room while it draws past the cap
+        top = {g.uuid: reach[g.uuid] if held(g) or pressed(g) or self.accounted_w(g) > want[g.uuid] else want[g.uuid]
+               for g in samples}
         limit = {g.uuid: min(top[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
@@ -185,11 +188,14 @@ class PowerGovernor:
                 rise = max(0.0, min(need, rooms.of(g.uuid)))
                 limit[g.uuid] += rise
                 rooms.move(g.uuid, rise)
-        for g in reversed(order):  # room nobody presses for goes to the plan's caps, highest priority first
-            rise = min(want[g.uuid] - limit[g.uuid], rooms.of(g.uuid))
-            if rise > 0:
-                limit[g.uuid] += rise
-                rooms.move(g.uuid, rise)
+        # room nobody presses for goes to the plan's caps, highest priority first, then (where the caps fitted for
+        # the replicas planned leave some: fewer run yet) on to their ceilings
+        for grow_to in (want, reach):
+            for g in reversed(order):
+                rise = min(grow_to[g.uuid] - limit[g.uuid], rooms.of(g.uuid))
+                if rise > 0:
+                    limit[g.uuid] += rise
+                    rooms.move(g.uuid, rise)
         return limit
 
     def domains(self, samples: Sequence[GpuSample]) -> list[tuple[float, list[GpuSample]]]:

@@ -114,7 +114,8 @@ class StabilitySettings:
     max_replica_step: int = 2
     """Most replicas added or removed per service per cycle."""
     max_cap_step_w: float = 100.0
-    """Most a planned power cap moves per cycle (the governor may cut faster)."""
+    """Most a planned power cap moves up per cycle (the governor may cut faster, and grows a GPU the cap held lower
+    holds down toward the plan's cap)."""
     confirm_cycles: int = 3
     """Cycles in a row a plan must ask for the same new max batch, or for fewer replicas, before it is
     made: a rolling restart or a scale-down costs minutes of capacity, more than one noisy cycle gains."""
@@ -230,6 +231,8 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     if "base_dir" in data:
         raise ConfigError("base_dir", "unknown key: relative paths are read from the config file's directory")
     data["base_dir"] = str(base_dir)
+    if "services" in data and not isinstance(data["services"], list):  # `services = "chat"`: not a missing list
+        raise ConfigError("services", f"must be a list of [[services]] tables, got {quoted(data['services'])}")
     if not data.get("services"):  # a host's daemon with nothing to serve is a config's mistake
         raise ConfigError("services", "at least one service is required")
     if isinstance(data["services"], list) and len(data["services"]) > MAX_SERVICES:  # before checking each, slowly

@@ -7,11 +7,12 @@ cycles); while urgent nothing else passes: no replica past min_replicas, no rest
 it leaves shrinks. Adding replicas otherwise waits out only the service's cooldown. What costs capacity to make -
 a new max batch (a rolling restart), fewer replicas, or a move to another accelerator type - must also be asked
 for `confirm_cycles` cycles in a row, so one noisy estimate does not set it off. Replicas move at most
-`max_replica_step`, caps at most `max_cap_step_w` up, per cycle; a move starts the new variant with at most
-`max_replica_step` replicas at the plan's cap for its type (a cap of one type says nothing of another's, so while
-a move waits for confirmation what runs keeps its own cap; the governor holds the budget meanwhile). A service
-below its min_replicas (a move's new variant once the old one drained, a replica lost) steps back towards them at
-the next cycle, cooling or not.
+`max_replica_step`, caps at most `max_cap_step_w` up, per cycle (the plan's cap is published as the ceiling of the
+cap held lower meanwhile: the governor grows a GPU that cap holds down toward it); a move starts the new variant
+with at most `max_replica_step` replicas at the plan's cap for its type (a cap of one type says nothing of
+another's, so while a move waits for confirmation what runs keeps its own cap; the governor holds the budget
+meanwhile). A service below its min_replicas (a move's new variant once the old one drained, a replica lost)
+steps back towards them at the next cycle, cooling or not.
 
 A new max batch also waits, up to `short_restart_hold_s`, while the plan leaves its service short of
 capacity with no replica to add ("replicas": at `max_replicas`; "inventory": no free GPU): a rolling restart

@@ -90,7 +90,8 @@ def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, 
     if r.get("applied") and r.get("in_force") and _shape(r["applied"]) != _shape(r["in_force"]):  # as printed
         why = [*why, f"changed this cycle: its window and GPU figures are of {_shape(r['in_force'])}"]
     return {"priority": priority, "in_force": r.get("applied", r.get("in_force")), "planned": r.get("planned"),
-            "gpus": _gpus(r.get("gpus")), "slo_met": met, "slo": slo, "why": why, "tuner": r.get("tuner")}
+            "gpus": _gpus(r.get("gpus")), "ceiling_w": r.get("ceiling_w"), "slo_met": met, "slo": slo, "why": why,
+            "tuner": r.get("tuner")}
 
 
 def _gpus(g: Any) -> dict[str, float | None] | None:
@@ -292,7 +293,8 @@ def text(rep: dict[str, Any]) -> str:
         priority = "" if s["priority"] is None else f" (priority {s['priority']})"
         gpus = "" if s["gpus"] is None else (f"; its GPUs under {_figure(s['gpus']['limit_w'])} W limits, drawing "
                                              f"{_figure(s['gpus']['draw_w'])} W{_clipped(s['gpus'])}")  # the governor's
-        lines.append(f"{name}{priority}: {_shape(s['in_force'])}{planned}{gpus}; {verdict}: {s['slo']}")
+        ceiling = "" if s.get("ceiling_w") is None else f" (up to {_figure(s['ceiling_w'])} W while it holds them)"
+        lines.append(f"{name}{priority}: {_shape(s['in_force'])}{ceiling}{planned}{gpus}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
     lines += [f"given up until its config changes: {b}" for b in rep["blocked"]]

@@ -112,7 +112,7 @@ SERVICE = table({
                            ("draw_w", "limit_w"))),
     "observed": optional(table(LATENCIES)),
     "reason": optional(text), "short_rps": optional(amount),
-    "gate_held": optional(items), "actuator_held": optional(items),
+    "gate_held": optional(items), "actuator_held": optional(items), "ceiling_w": optional(amount),
 })
 RECORD = table({
     "services": each(SERVICE), "wall_time": optional(number),

@@ -350,3 +350,19 @@ def test_caps_fitted_within_the_limits_sum_are_published_with_the_caps_chosen_as
         assert tops == {a.accelerator: record["services"][name]["ceiling_w"]}
         assert plan.ceiling_w(name, a.accelerator) > plan.cap_w(name, a.accelerator) == a.power_cap_w
     assert all("ceiling_w" not in record["services"][n] for n in ctl.assignments if n not in plan.ceilings_w)
+
+
+def test_a_budget_a_reload_changes_is_in_the_decision_logs_budget_changes(tmp_path: Path) -> None:
+    """The decision log's `budget` said a source's changes; a reload from 4,000 to 3,000 W moved only `budget_w`."""
+    ctl, _, _ = controller(tmp_path)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    ctl.tick_slow(15.0)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=3000.0)))
+    ctl.tick_slow(30.0)
+    ctl.tick_slow(45.0)
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert "budget" not in records[0] and "budget" not in records[2]
+    assert records[1]["budget"] == {"why": None, "changes": [
+        {"t": 30.0, "budget_w": 3000.0, "why": "reload: power.budget_w 4000 -> 3000 W"}]}
+    assert records[1]["budget_w"] == 3000.0
+

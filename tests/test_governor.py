@@ -771,3 +771,38 @@ def test_a_held_gpu_below_its_fitted_cap_is_judged_by_its_mean_draw_as_before() 
     governor = PowerGovernor(PowerSettings(budget_w=900.0))  # 871 W of limits: chat, behind bulk, gets 383 W
     plan = replace(FITTED, priorities={"chat": 2, "bulk": 1})
     assert governor.step(_fitted((300.0, 0.3), (300.0, 0.0), (383.0, 488.0)), plan) == {}
+
+
+def test_a_gpu_drawing_past_its_fitted_cap_keeps_the_room_it_grew_into() -> None:
+    """A steady 550-W load under a 480-W fitted cap and a 630-W ceiling: once grown, it read as neither pressed nor
+    held under 630 W, went back to 480 W (below its draw), grew again, and the limit ran 552, 630, 480 (a review)."""
+    governor = PowerGovernor(PowerSettings(budget_w=1200.0))
+    limits = (480.0, 488.0)
+    seen = []
+    for _ in range(6):
+        chat_w = min(550.0, limits[0])
+        got = governor.step(_fitted((chat_w, 0.3 if chat_w >= limits[0] else 0.0), (300.0, 0.0), limits), FITTED)
+        limits = (got.get(0, limits[0]), got.get(1, limits[1]))
+        seen.append(limits[0])
+    assert seen[-3:] == [630.0] * 3 and min(seen) >= 480.0, seen
+
+
+def test_in_caps_mode_no_gpu_grows_past_the_cap_the_budget_trimmed() -> None:
+    """Caps mode fits the caps themselves within the budget; a ceiling read before the trim let a pressed GPU grow
+    back to its plan's cap, out of the room of a higher priority (a review: bulk 464 -> 700 W, chat 698 -> 462)."""
+    governor = PowerGovernor(PowerSettings(budget_w=1200.0, mode="caps"))
+    plan = Plan.of(1, {"chat": {"H100": 700.0}, "bulk": {"H100": 700.0}}, PRIORITIES,
+                   ceilings_w={"chat": {"H100": 700.0}, "bulk": {"H100": 700.0}})
+    limits = (700.0, 700.0)
+    for _ in range(8):
+        got = governor.step(_fitted((300.0, 0.0), (min(700.0, limits[1]), 0.5), limits), plan)
+        limits = (got.get(0, limits[0]), got.get(1, limits[1]))
+    assert limits[0] >= 690.0 and limits[1] <= 1200.0 * 0.97 - limits[0] + 1.0, limits
+
+
+def test_room_the_fitted_caps_leave_goes_on_to_the_ceilings() -> None:
+    """Caps fitted for the replicas planned, fewer of which run yet, left room no GPU took: it goes to the
+    ceilings, highest priority first."""
+    governor = PowerGovernor(PowerSettings(budget_w=1300.0))  # 1,259 W: 291 W past the fitted caps' 968
+    got = governor.step(_fitted((300.0, 0.0), (300.0, 0.0), (480.0, 488.0)), FITTED)
+    assert got == {0: 630.0, 1: 488.0 + 1259.0 - 968.0 - 150.0}

@@ -41,14 +41,16 @@ def test_the_caps_come_down_where_a_watt_is_worth_least_until_the_limits_fit() -
     assert [(c.assignment.replicas, c.assignment.max_batch) for c in out if c is not None] == [(1, 64), (1, 64)]
 
 
-@pytest.mark.parametrize(("budget_w", "mode", "why"), [
-    (1800.0, "predicted", "it fits"),
-    (1200.0, "predicted", "not even the lowest caps fit: 2 x 420 + 2 x 200 = 1,240 W"),
-    (1600.0, "caps", "in caps mode the caps are the budget's already"),
+@pytest.mark.parametrize(("budget_w", "mode", "note"), [
+    (1800.0, "predicted", None),  # it fits
+    (1200.0, "predicted", "the caps ask 1800 W of power limits, 40 W past the budget's 1200 W even at their lowest "
+                          "power levels: the governor shares the budget, priority first"),  # 2 x 420 + 2 x 200
+    (1600.0, "caps", None),  # in caps mode the caps are the budget's already
 ])
-def test_a_choice_that_fits_or_cannot_is_left_as_it_was(budget_w: float, mode: str, why: str) -> None:
+def test_a_choice_that_fits_or_cannot_is_left_as_it_was(budget_w: float, mode: str, note: str | None) -> None:
+    """Where even the lowest caps cannot fit, `optimize` printed no note, its caps read as the limits to be set."""
     problem, cands, choice = ladders(budget_w, [0.001, 0.01], mode=mode)
-    assert fit_limits(problem, cands, choice) == (choice, []), why
+    assert fit_limits(problem, cands, choice) == (choice, [] if note is None else [note])
 
 
 def test_a_lower_cap_that_serves_less_is_no_step() -> None:
@@ -73,3 +75,43 @@ def test_solve_publishes_caps_the_governor_can_hold_whole() -> None:
     assert all(s.short_rps == 0 for s in sol.services) and len(sol.notes) == 3
     assert sol.ceilings_w == {s.name: s.assignment.power_cap_w for s in loose.services if s.assignment is not None}
     assert not loose.ceilings_w  # nothing fitted, nothing to grow back to
+
+
+def test_only_the_replicas_that_run_count_at_their_caps() -> None:
+    """A scale-up's new replicas wait at their floor: counted at their caps, the caps of the replicas serving the load
+    meanwhile came down for limits the governor does not hold (the closed loop's code missed its p95 ITL there)."""
+    problem, cands, choice = ladders(1600.0, [0.001, 0.01])  # 1,800 W with both running: s0 steps down
+    running = replace(problem.services[0], current=Assignment("H100-SXM", 0, 64, 700.0))  # s0's replica not yet up
+    problem = replace(problem, services=(running, *problem.services[1:]))
+    assert limits_w(problem, choice) == 700.0 + 3 * 200.0
+    assert fit_limits(problem, cands, choice) == (choice, [])
+
+
+def test_a_service_short_for_the_budget_whose_cap_was_fitted_reads_budget_not_domain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The domain repair is told by a choice that changed; the limits' fit changes one too, and a service short for
+    the site's budget read `domain` on a host with no domain (a review)."""
+    import controller.optimizer.solvers as solvers
+
+    demands = tuple(ServiceDemand(f"s{i}", 1 + i, Targets(300, 40), Load(rate, 512, 200), {"H100-SXM": P8})
+                    for i, rate in enumerate((2.0, 1.0)))
+
+    def cand(i: int, replicas: int, cap: float, served: float, short: float) -> Candidate:
+        return Candidate(i, Assignment("H100-SXM", replicas, 64, cap), replicas, 300.0 * replicas, 0.0, served,
+                         short, served)
+
+    cands = [[cand(0, 1, 700.0, 1.0, 1.0), cand(0, 1, 560.0, 1.0, 1.0), cand(0, 2, 700.0, 2.0, 0.0)],
+             [cand(1, 1, 700.0, 1.0, 0.0)]]
+
+    class OneReplicaEach:  # what a solver picks under a budget that leaves s0 one replica: s0 short for it
+        name = "stub"
+
+        def choose(self, problem: Problem, cs: list[list[Candidate]],
+                   shed: list[float]) -> tuple[list[Candidate | None], list[str]]:
+            return [cs[0][0], cs[1][0]], []
+
+    monkeypatch.setattr(solvers, "enumerate_all", lambda problem: cands)
+    problem = Problem(demands, (replace(H100, count=3),), 1500.0)  # type: ignore[arg-type]
+    sol = solvers._solved(problem, OneReplicaEach())  # type: ignore[arg-type]
+    assert sol.ceilings_w == {"s0": 700.0} and not problem.domains
+    assert [(r.name, r.reason) for r in sol.services] == [("s0", "budget"), ("s1", None)]

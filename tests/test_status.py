@@ -446,5 +446,27 @@ def test_status_says_the_limits_the_governor_runs_the_gpus_under(sim_config: Cal
     assert main(["status", "--config", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))
     held = chat["gpus"]["capped_share"]  # the simulated GPUs keep NVML's power violation time
-    assert (f"cap {chat['applied']['cap_w']:.0f} W; its GPUs under {chat['gpus']['limit_w']:.0f} W limits, drawing "
-            f"{chat['gpus']['draw_w']:.0f} W, held by them {100 * held:.0f} % of the time; SLO") in line, line
+    assert f"batch {chat['applied']['max_batch']} cap {chat['applied']['cap_w']:.0f} W" in line, line
+    assert (f"; its GPUs under {chat['gpus']['limit_w']:.0f} W limits, drawing {chat['gpus']['draw_w']:.0f} W, held "
+            f"by them {100 * held:.0f} % of the time; SLO") in line, line
+
+
+def test_status_says_how_far_a_fitted_cap_lets_its_gpus_grow(sim_config: Callable[..., Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A cap fitted within the limits' sum read "cap 420 W" of GPUs under 472-W limits, and nothing said why (a
+    new-user trial): the governor grows a GPU its fitted cap holds down toward the cap chosen before."""
+    path = sim_config({"budget_w = 4000": "budget_w = 3600"})
+    daemon = Daemon(path, load_settings(path))
+    for _ in range(4):
+        daemon.t0 -= 20.0
+        daemon.fast()
+        daemon.slow()
+    daemon.parts.close()
+    record = json.loads(decision_log(path).read_text().splitlines()[-1])
+    name, svc = next((n, s) for n, s in record["services"].items() if "ceiling_w" in s)
+    assert svc["ceiling_w"] > svc["applied"]["cap_w"]
+    assert main(["status", "--config", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{name} (priority"))
+    assert f"cap {svc['applied']['cap_w']:.0f} W (up to {svc['ceiling_w']:.0f} W while it holds them)" in line, line
+    assert main(["status", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["services"][name]["ceiling_w"] == svc["ceiling_w"]

@@ -250,18 +250,18 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
     if problem.domains:
         choice, brought_down = fit_domains(problem, cands, choice)
         notes = [*notes, *brought_down]
-    fitted, capped = fit_limits(problem, cands, choice)
+    domained = choice
+    choice, capped = fit_limits(problem, cands, domained)
     notes = [*notes, *capped]
-    ceilings = {svc.name: c.assignment.power_cap_w for svc, c, d in zip(problem.services, choice, fitted, strict=True)
-                if c is not None and d is not None and d is not c}
-    choice = fitted
+    ceilings = {svc.name: c.assignment.power_cap_w for svc, c, d in zip(problem.services, domained, choice, strict=True)
+                if c is not None and d is not None and d is not c}  # the caps chosen, where the fit lowered them
     t2 = time.perf_counter()
     held = problem.shed_gpus(cands)
     results = []
     for i, (svc, c) in enumerate(zip(problem.services, choice, strict=True)):
         short = svc.load.rate_rps > 0 if c is None else c.short_rps > 1e-9
         reason = _reason(problem, i, cands[i], choice, held) if short else None
-        if reason == "budget" and c is not chosen[i]:  # the domain repair brought it down: its domain, not the site
+        if reason == "budget" and domained[i] is not chosen[i]:  # the domain repair brought it down: its domain
             reason = "domain"
         if c is None:
             results.append(ServiceResult(svc.name, None, None, 0.0, 0.0, svc.load.rate_rps, reason))
