@@ -100,7 +100,7 @@ class SloMargins:
             return 0.0
         level = min(self.level.get(name, 0.0), max_margin)
         now = self.planned.get(name, 0.0)
-        whole = step * math.floor(level / step + 1e-9)
+        whole = round(step * math.floor(level / step + 1e-9), 9)  # 3 x 0.1 written 0.30000000000000004
         if whole > now or level < now - step / 2 or level <= 0.0:
             now = whole
         now = min(now, max_margin)

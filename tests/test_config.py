@@ -889,3 +889,16 @@ def test_a_budget_source_name_is_held_to_the_rule_other_names_keep(tmp_path: Pat
     text = GOOD.replace("\n[optimizer]", source + "\n[optimizer]", 1)
     assert main(["check-config", "--file-only", str(write(tmp_path, text))]) == 2
     assert capsys.readouterr().err.strip().startswith("wattscale: power.budget.sources[0].name: must be 1-253 letters")
+
+
+@pytest.mark.parametrize(("services", "reason"), [
+    ("chat", "must be a list of [[services]] tables, got 'chat'"),  # said "at least one service is required"
+    ({"name": "chat"}, "must be a list of [[services]] tables, got {'name': 'chat'}"),  # [services], one bracket
+    ([], "at least one service is required"),
+])
+def test_services_that_are_not_a_list_of_tables_are_named_as_such(services: object, reason: str) -> None:
+    from controller.settings import settings_from
+
+    with pytest.raises(ConfigError) as err:
+        settings_from({"services": services}, ROOT)
+    assert (err.value.where, err.value.reason) == ("services", reason)

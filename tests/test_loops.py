@@ -710,3 +710,22 @@ def test_a_refused_budget_reload_names_what_changed(sim_config: Callable[..., Pa
         with pytest.raises(ConfigError) as err:
             check_reload(before, after)
         assert str(err.value).startswith(said), err.value
+
+
+def test_a_period_that_comes_just_after_a_cycle_a_reload_began_is_skipped(sim_config: Callable[..., Path]) -> None:
+    """A reload plans at once; the period's cycle that came 0.2 s later read windows of 0.2 s (chat at 88 rps where 15
+    arrived, `steady`) and scaled on them. Within half a period of the last cycle's start a period's wake is skipped;
+    the simulated loop skips it too."""
+    from controller.simulate.runner import slow_due
+
+    path = sim_config()
+    daemon = Daemon(path, load_settings(path))
+    daemon.slow_started = time.monotonic() - 0.2  # the reload's cycle, done
+    daemon.wake_slow()
+    assert not daemon.slow_due.is_set()
+    daemon.slow_started -= 0.5 * daemon.settings.daemon.slow_interval_s
+    daemon.wake_slow()
+    assert daemon.slow_due.is_set()
+    assert slow_due(False, 30.0, 30.0, 15.0, 29.8) == (False, 45.0)  # the next at its period, a full one on
+    assert slow_due(False, 30.0, 30.0, 15.0, 22.0) == (True, 45.0)
+    assert slow_due(True, 31.0, 45.0, 15.0, 30.0) == (True, 45.0)  # the floor alarm is never skipped

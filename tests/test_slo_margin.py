@@ -251,3 +251,10 @@ def test_saved_margins_read_back_as_they_were(tmp_path: Path) -> None:
     back, problem = SloMargins.restored(path)
     assert problem is None and (back.level, back.planned) == (margins.level, margins.planned)
     assert back.margin("chat", STEP, TOP) == margins.margin("chat", STEP, TOP) == pytest.approx(0.1)
+
+
+def test_the_planned_margin_is_a_whole_number_of_steps_as_written() -> None:
+    """Three steps of 0.1 were planned, logged and stored as 0.30000000000000004 (a new-user trial)."""
+    m = SloMargins()
+    m.level["a"] = 0.31
+    assert m.margin("a", 0.1, TOP) == 0.3 and repr(m.planned["a"]) == "0.3"

@@ -253,9 +253,12 @@ def simulate_command(args: argparse.Namespace) -> int:
         power = "  ".join(_labelled(k, p[k]) for k in POWER_FIGURES if p.get(k) is not None)
         print(f"{policy:<{width}} violation {p['budget_violation_s']:g} s  tokens/J {p['tokens_per_joule']}  "
               f"sum T/C {p['sum_t_over_c']}  SLO {slo}" + (f"  {power}" if power else ""))
+    said: set[str] = set()
     for t in doc["targets"]:
+        why = t.get("why") if not t["met"] else None
         print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['value']} {t['unit']}"
-              + (f"\n  why: {t['why']}" if not t["met"] and "why" in t else ""))
+              + ("" if why is None else "\n  why: as above" if why in said else f"\n  why: {why}"))
+        said |= {why} if why is not None else set()
     for line in doc["not_judged"]:
         print(f"not judged: {line}")
     print(f"report: {report_dir / 'summary.md'}", file=sys.stderr)

@@ -152,8 +152,11 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
         lines += ["", "## Targets (wattscale)", "", "| target | value | met |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['value']} {t['unit']} | {'yes' if t['met'] else '**no**'} |"
                   for t in doc["targets"]]
-        missed = [t for t in doc["targets"] if not t["met"] and "why" in t]
-        lines += ["", "Why missed:", ""] * bool(missed) + [f"- {t['target']}: {t['why']}." for t in missed]
+        whys: dict[str, list[str]] = {}  # one reason for both energy targets (the frontier's) is said once
+        for t in doc["targets"]:
+            if not t["met"] and "why" in t:
+                whys.setdefault(t["why"], []).append(t["target"])
+        lines += ["", "Why missed:", ""] * bool(whys) + [f"- {' and '.join(ts)}: {why}." for why, ts in whys.items()]
     if doc["not_judged"]:
         lines += ["", "Not judged:", ""] + [f"- {line}." for line in doc["not_judged"]]
     lines += ["", "## Figures", ""] + ([f"![{Path(i).stem}]({i})" for i in images] or [NO_PLOTS])
