@@ -429,18 +429,24 @@ def test_the_daemon_loads_the_fitting_libraries_as_its_slow_worker_starts(sim_co
     assert out.stdout.strip().splitlines()[-1] == "[] ['filterpy.kalman', 'scipy.optimize']", out.stdout
 
 
-def test_status_says_the_limits_the_governor_runs_the_gpus_under(sim_config: Callable[..., Path],
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """Under a budget that binds, the governor holds the limits' sum under it tick by tick, below the plan's caps:
-    status said "cap 630 W" of GPUs that ran under 425-510 W (a new-user trial). Now it says both."""
-    path = sim_config({"budget_w = 4000": "budget_w = 2400"})
+def _ran_under(sim_config: Callable[..., Path], budget_w: int, cycles: int) -> tuple[Path, dict[str, Any]]:
+    """A daemon on the simulated host under `budget_w`, run `cycles` fast and slow ticks 20 s apart: its config and
+    its last decision."""
+    path = sim_config({"budget_w = 4000": f"budget_w = {budget_w}"})
     daemon = Daemon(path, load_settings(path))
-    for _ in range(3):
+    for _ in range(cycles):
         daemon.t0 -= 20.0
         daemon.fast()
         daemon.slow()
     daemon.parts.close()
-    record = json.loads(decision_log(path).read_text().splitlines()[-1])
+    return path, json.loads(decision_log(path).read_text().splitlines()[-1])
+
+
+def test_status_says_the_limits_the_governor_runs_the_gpus_under(sim_config: Callable[..., Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Under a budget that binds, the governor holds the limits' sum under it tick by tick, below the plan's caps:
+    status said "cap 630 W" of GPUs that ran under 425-510 W (a new-user trial). Now it says both."""
+    path, record = _ran_under(sim_config, 2400, cycles=3)
     chat = record["services"]["chat"]
     assert chat["gpus"]["draw_w"] > 0 and chat["gpus"]["limit_w"] < chat["in_force"]["cap_w"], chat
     assert main(["status", "--config", str(path)]) == 0
@@ -455,14 +461,7 @@ def test_status_says_how_far_a_fitted_cap_lets_its_gpus_grow(sim_config: Callabl
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A cap fitted within the limits' sum read "cap 420 W" of GPUs under 472-W limits, and nothing said why (a
     new-user trial): the governor grows a GPU its fitted cap holds down toward the cap chosen before."""
-    path = sim_config({"budget_w = 4000": "budget_w = 3600"})
-    daemon = Daemon(path, load_settings(path))
-    for _ in range(4):
-        daemon.t0 -= 20.0
-        daemon.fast()
-        daemon.slow()
-    daemon.parts.close()
-    record = json.loads(decision_log(path).read_text().splitlines()[-1])
+    path, record = _ran_under(sim_config, 3600, cycles=4)
     name, svc = next((n, s) for n, s in record["services"].items() if "ceiling_w" in s)
     assert svc["ceiling_w"] > svc["applied"]["cap_w"]
     assert main(["status", "--config", str(path)]) == 0
