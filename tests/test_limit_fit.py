@@ -77,16 +77,6 @@ def test_solve_publishes_caps_the_governor_can_hold_whole() -> None:
     assert not loose.ceilings_w  # nothing fitted, nothing to grow back to
 
 
-def test_only_the_replicas_that_run_count_at_their_caps() -> None:
-    """A scale-up's new replicas wait at their floor: counted at their caps, the caps of the replicas serving the load
-    meanwhile came down for limits the governor does not hold (the closed loop's code missed its p95 ITL there)."""
-    problem, cands, choice = ladders(1600.0, [0.001, 0.01])  # 1,800 W with both running: s0 steps down
-    running = replace(problem.services[0], current=Assignment("H100-SXM", 0, 64, 700.0))  # s0's replica not yet up
-    problem = replace(problem, services=(running, *problem.services[1:]))
-    assert limits_w(problem, choice) == 700.0 + 3 * 200.0
-    assert fit_limits(problem, cands, choice) == (choice, [])
-
-
 def test_a_service_short_for_the_budget_whose_cap_was_fitted_reads_budget_not_domain(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The domain repair is told by a choice that changed; the limits' fit changes one too, and a service short for

@@ -16,29 +16,17 @@ import heapq
 from collections import Counter
 from collections.abc import Sequence
 
-from controller.optimizer.problem import Candidate, Problem, ServiceDemand
-
-
-def running_gpus(svc: ServiceDemand, c: Candidate) -> int:
-    """The GPUs of `c` the governor will hold at its cap: those of its replicas that run now. A scale-up's new ones
-    wait at their floor and count once they run (fitted for replicas not yet there, the caps of those that serve
-    their load meanwhile came down for nothing); all of them where nothing is said to run (an offline plan)."""
-    now = svc.current
-    if now is None:
-        return c.gpus
-    running = min(c.assignment.replicas, now.replicas) if now.accelerator == c.assignment.accelerator else 0
-    return c.gpus * running // max(1, c.assignment.replicas)
+from controller.optimizer.problem import Candidate, Problem
 
 
 def limits_w(problem: Problem, choice: Sequence[Candidate | None]) -> float:
-    """The limits' sum a choice asks of the governor: the GPUs of each replica that runs at its cap, every other
-    GPU at its floor."""
+    """The limits' sum a choice asks of the governor: each replica's GPUs at its cap, every other GPU at its floor."""
     used: Counter[str] = Counter()
     total = 0.0
-    for svc, c in zip(problem.services, choice, strict=True):
+    for c in choice:
         if c is not None:
-            total += running_gpus(svc, c) * c.assignment.power_cap_w
-            used[c.assignment.accelerator] += running_gpus(svc, c)
+            total += c.gpus * c.assignment.power_cap_w
+            used[c.assignment.accelerator] += c.gpus
     return total + sum(max(0, a.count - used[a.name]) * a.profile.min_power_w for a in problem.accelerators)
 
 
@@ -57,9 +45,14 @@ def _ladder(c: Candidate, cands: Sequence[Candidate]) -> list[Candidate]:
     return out
 
 
-def _freed_w(gpus: int, c: Candidate, d: Candidate) -> float:
-    """The watts of limits a step from `c` down to `d` frees on `gpus` GPUs."""
-    return gpus * (c.assignment.power_cap_w - d.assignment.power_cap_w)
+def _freed_w(c: Candidate, d: Candidate) -> float:
+    """The watts of limits a step from `c` down to `d` frees."""
+    return c.gpus * (c.assignment.power_cap_w - d.assignment.power_cap_w)
+
+
+def _cost(c: Candidate, d: Candidate) -> float:
+    """Value given up per watt of limits a step from `c` down to `d` frees."""
+    return (c.value - d.value) / max(_freed_w(c, d), 1e-9)
 
 
 def fit_limits(problem: Problem, cands: list[list[Candidate]],
@@ -70,28 +63,24 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     over_w = limits_w(problem, choice) - problem.budget_w
     if problem.budget_mode != "predicted" or over_w <= 0:
         return choice, []
-    gpus = {i: running_gpus(problem.services[i], c) for i, c in enumerate(choice) if c is not None}
-    ladders = {i: _ladder(c, cands[i]) if gpus[i] else [] for i, c in enumerate(choice) if c is not None}
-    most_w = sum(_freed_w(gpus[i], c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
+    ladders = {i: _ladder(c, cands[i]) for i, c in enumerate(choice) if c is not None}
+    most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
         return choice, [f"the caps ask {limits_w(problem, choice):.0f} W of power limits, {over_w - most_w:.0f} W past "
                         f"the budget's {problem.budget_w:.0f} W even at their lowest power levels: the governor "
                         "shares the budget, priority first"]
 
-    def cost(i: int, c: Candidate, d: Candidate) -> float:  # value given up per watt of limits the step frees
-        return (c.value - d.value) / max(_freed_w(gpus[i], c, d), 1e-9)
-
     out = list(choice)
-    steps = [(cost(i, c, ladders[i][0]), i, 0) for i, c in enumerate(choice) if c is not None and ladders[i]]
+    steps = [(_cost(c, ladders[i][0]), i, 0) for i, c in enumerate(choice) if c is not None and ladders[i]]
     heapq.heapify(steps)
     while over_w > 1e-6 and steps:
         _, i, k = heapq.heappop(steps)
         c, d = out[i], ladders[i][k]
         assert c is not None
-        over_w -= _freed_w(gpus[i], c, d)
+        over_w -= _freed_w(c, d)
         out[i] = d
         if k + 1 < len(ladders[i]):
-            heapq.heappush(steps, (cost(i, d, ladders[i][k + 1]), i, k + 1))
+            heapq.heappush(steps, (_cost(d, ladders[i][k + 1]), i, k + 1))
     notes = [f"{problem.services[i].name}: cap {c.assignment.power_cap_w:.0f} -> {d.assignment.power_cap_w:.0f} W a "
              f"GPU, for the power limits' sum ({problem.budget_w:.0f} W)"
              for i, (c, d) in enumerate(zip(choice, out, strict=True)) if c is not None and d not in (None, c)]
