@@ -91,13 +91,17 @@ class PowerGovernor:
         self.emergency = self.emergency or any(v > 0 for v in over)
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
-        if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):
-            self._hold_fall(samples, want, s.ramp_down_w_per_s * self.interval_s)
+        within = not self.emergency and all(v <= 0 for v in over)  # over a line or holding cuts: none past its cap
+        reach = {g.uuid: max(want[g.uuid], grow_to[g.uuid] - self.cut_w.get(g.uuid, 0.0))
+                 if within and g.uuid not in pinned else want[g.uuid] for g in samples}
+        if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):  # one that keeps its
+            # room past its cap (_allot) makes no fall
+            self._hold_fall([g for g in samples if not _keeps(g, want[g.uuid], reach[g.uuid])], want,
+                            s.ramp_down_w_per_s * self.interval_s)
+            reach = {u: max(w, want[u]) for u, w in reach.items()}
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples, lagging) + s.ramp_up_w_per_s * self.interval_s)
-        reach = {g.uuid: want[g.uuid] if g.uuid in pinned else max(want[g.uuid], grow_to[g.uuid] -
-                                                                   self.cut_w.get(g.uuid, 0.0)) for g in samples}
         limits = self._allot(samples, want, reach, priorities, ceiling, pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
@@ -137,15 +141,16 @@ class PowerGovernor:
         strictly lower priorities' limits. Room still free then goes to the plan's caps, highest priority first
         (with a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
         priority first. `reach`: how far each GPU may grow while pressed or held (at least `want`: a fitted cap's
-        ceiling); a limit above `want` is kept only while it is. `beyond_w`: the budget's room above a ramp's
-        ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes no lower
-        priority's limit (given whole to the highest priority, one pressed in its draw's noise took it every tick)."""
+        ceiling); a limit above `want` is kept only while the GPU is, or draws past `want` (`_keeps`), and room
+        still free after the caps goes on to the ceilings, highest priority first. `beyond_w`: the budget's room
+        above a ramp's ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes
+        no lower priority's limit (given whole to the highest priority, one pressed in its draw's noise took it
+        every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}
         # a GPU its fitted cap holds down may grow to its ceiling, and keeps that room while it draws past the cap
-        top = {g.uuid: reach[g.uuid] if held(g) or pressed(g) or self.accounted_w(g) > want[g.uuid] else want[g.uuid]
-               for g in samples}
+        top = {g.uuid: reach[g.uuid] if _keeps(g, want[g.uuid], reach[g.uuid]) else want[g.uuid] for g in samples}
         limit = {g.uuid: min(top[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
@@ -285,6 +290,12 @@ HELD_SHARE = 0.1
 def held(g: GpuSample) -> bool:
     """Whether a GPU's limit held its clock down for a good share of the tick (its prompts' bursts pass it)."""
     return g.capped_share is not None and g.capped_share >= HELD_SHARE
+
+
+def _keeps(g: GpuSample, want_w: float, reach_w: float) -> bool:
+    """Whether a GPU with room past its cap (`reach_w` over `want_w`: a fitted cap's ceiling) keeps, or may grow
+    into, that room: pressed against its limit, held by it, or drawing past the cap."""
+    return reach_w > want_w and (held(g) or pressed(g) or PowerGovernor.accounted_w(g) > want_w)
 
 
 def pressed_w(limit_w: float) -> float:

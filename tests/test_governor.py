@@ -776,7 +776,7 @@ def test_a_held_gpu_below_its_fitted_cap_is_judged_by_its_mean_draw_as_before() 
 def test_a_gpu_drawing_past_its_fitted_cap_keeps_the_room_it_grew_into() -> None:
     """A steady 550-W load under a 480-W fitted cap and a 630-W ceiling: once grown, it read as neither pressed nor
     held under 630 W, went back to 480 W (below its draw), grew again, and the limit ran 552, 630, 480 (a review)."""
-    governor = PowerGovernor(PowerSettings(budget_w=1200.0))
+    governor = PowerGovernor(PowerSettings(budget_w=1000.0))  # no room past the fitted caps for a second pass
     limits = (480.0, 488.0)
     seen = []
     for _ in range(6):
@@ -806,3 +806,32 @@ def test_room_the_fitted_caps_leave_goes_on_to_the_ceilings() -> None:
     governor = PowerGovernor(PowerSettings(budget_w=1300.0))  # 1,259 W: 291 W past the fitted caps' 968
     got = governor.step(_fitted((300.0, 0.0), (300.0, 0.0), (480.0, 488.0)), FITTED)
     assert got == {0: 630.0, 1: 488.0 + 1259.0 - 968.0 - 150.0}
+
+
+def test_a_gpu_keeping_its_room_past_a_fitted_cap_slows_no_other_gpus_ramp_down() -> None:
+    """The ramp-down counted a GPU drawing past its fitted cap as a fall it would make, though it keeps its limit:
+    bulk's cap lowered from 600 to 400 W crept 550, 522, 497 ... and had not reached 400 W in 12 ticks (a review);
+    now it falls 50 W a tick from its draw, as with no fitted cap."""
+    governor = PowerGovernor(PowerSettings(budget_w=1400.0, ramp_down_w_per_s=50.0))
+    plan = Plan.of(2, {"chat": {"H100": 480.0}, "bulk": {"H100": 400.0}}, PRIORITIES,
+                   ceilings_w={"chat": {"H100": 630.0}})
+    limits, seen = (630.0, 600.0), []
+    for _ in range(5):
+        got = governor.step(_fitted((600.0, 0.0), (min(580.0, limits[1]), 0.0), limits), plan)
+        limits = (got.get(0, limits[0]), got.get(1, limits[1]))
+        seen.append(limits)
+    assert [round(b) for _, b in seen] == [530, 480, 430, 400, 400] and all(c == 630.0 for c, _ in seen), seen
+
+
+def test_over_its_threshold_no_gpu_grows_past_its_fitted_cap() -> None:
+    """A reading 80 W over its limit passes the threshold while the limits fit it: the ceiling let that GPU grow
+    into the room the cut had just freed, 480 -> 558 -> 630 W, and the site stayed over for three ticks (a review)."""
+    governor = PowerGovernor(PowerSettings(budget_w=1000.0))
+    limits, over = (480.0, 488.0), []
+    for _ in range(6):
+        draws = (limits[0] + 80.0, min(480.0, limits[1]))
+        got = governor.step(_fitted((draws[0], 0.3), (draws[1], 0.0), limits), FITTED)
+        limits = (got.get(0, limits[0]), got.get(1, limits[1]))
+        over.append(sum(draws) > governor.threshold_w())
+        assert limits[0] <= 480.0, limits
+    assert over.count(True) == 1, over
