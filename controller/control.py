@@ -30,7 +30,7 @@ from controller.governor import PowerGovernor
 from controller.handoff import Handoff
 from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
-from controller.plan import FloorAlarm, Plan
+from controller.plan import FloorAlarm, Plan, ceiling_of
 from controller.settings import Settings
 from controller.sizing_basis import SizingBasis
 from controller.stability import Inventory, Pending, StabilityGate
@@ -147,13 +147,14 @@ class Controller:
     def tick_slow(self, now: float) -> Solution | None:
         started = time.perf_counter()
         settings, changes = self.handoff.take()
+        old_w = self.settings.power.budget_w
         if settings is not None:
-            if (new_w := settings.power.budget_w) != (old_w := self.settings.power.budget_w):  # said as a source's is
-                changes = [*changes, {"t": round(now, 3), "budget_w": new_w,
-                                      "why": f"reload: power.budget_w {old_w:g} -> {new_w:g} W"}]
             self._adopt(settings)
         s = self.settings
         budget_w, why = self.handoff.budget(s.power.budget_w)
+        if s.power.budget_w != old_w and budget_w != self.tick_power.budget_w:  # the budget in force, as a source's
+            changes = [*changes, {"t": round(now, 3), "budget_w": budget_w,
+                                  "why": f"reload: power.budget_w {old_w:g} -> {s.power.budget_w:g} W"}]
         self.tick_power = replace(s.power, budget_w=budget_w)  # one read a tick: the budget thread may move it
         record: dict[str, Any] = {"t": round(now, 3), "budget_w": budget_w, "services": {}}
         if changes or why is not None:
@@ -192,6 +193,9 @@ class Controller:
         if solution is not None:
             self._apply(now, solution, in_force, windows, record)
         self._publish(self.fast.plan.version + 1)
+        for name, tops in self.fast.plan.ceilings_w.items():  # as published, a cycle whose plan failed too
+            if name in record["services"]:
+                record["services"][name]["ceiling_w"] = max(tops.values())
         record["errors"] = self.failures.take()
         record["blocked"] = self.enforcer.retry.blocked() + self.fast.retry.blocked()
         if not self.decisions.write(record):
@@ -205,7 +209,8 @@ class Controller:
                 for name, a in self.assignments.items()}
         clocks = {name: {a.accelerator: a.sm_clock_fraction} for name, a in self.assignments.items()
                   if a.sm_clock_fraction is not None}
-        ceilings = {name: {acc: w} for name, (acc, w) in self.ceilings.items() if name in self.assignments}
+        ceilings = {name: {acc: w} for name, (acc, w) in self.ceilings.items()
+                    if name in self.assignments and self.settings.power.mode != "caps"}  # caps mode: none grows
         self.fast.plan = Plan.of(version, caps, {s.name: s.priority for s in self.settings.services}, clocks,
                                  ceilings)
         self.metrics.plan_version.set(version)
@@ -287,14 +292,13 @@ class Controller:
             a = replace(a, sm_clock_fraction=planned.sm_clock_fraction if a.accelerator == planned.accelerator
                         else None)
             self.assignments[svc.name] = a
-            # how far a held-down GPU may grow: the cap chosen before the fit, or the plan's where the gate keeps a
-            # lower one in force with a change it holds back
-            top = max(0.0 if svc.name in untold else solution.ceilings_w.get(svc.name, 0.0), planned.power_cap_w)
-            if a.accelerator == planned.accelerator and top > a.power_cap_w:
-                self.ceilings[svc.name] = (a.accelerator, top)
-                record["services"][svc.name]["ceiling_w"] = top
-            else:
+            top = None if self.settings.power.mode == "caps" else ceiling_of(  # caps mode: the caps are the budget's
+                (a.accelerator, a.power_cap_w), (planned.accelerator, planned.power_cap_w),
+                None if svc.name in untold else solution.ceilings_w.get(svc.name))
+            if top is None:
                 self.ceilings.pop(svc.name, None)
+            else:
+                self.ceilings[svc.name] = (a.accelerator, top)
             self.draining[svc.name] = draining_caps(self.draining.get(svc.name, {}), current, a, planned)
             m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)

@@ -69,6 +69,15 @@ class Plan:
         return caps.get(variant)
 
 
+def ceiling_of(applied: tuple[str, float], planned: tuple[str, float], chosen_w: float | None) -> float | None:
+    """How far the governor may grow a GPU that the cap in force (`applied`: accelerator, cap) holds down, where above
+    that cap: the cap chosen before the plan's caps were fitted within the limits' sum (`chosen_w`; None: none was,
+    or the plan is not the one that runs), or the plan's own (`planned`) where the gate holds a lower one in force.
+    None on another accelerator than the plan's (a cap of one type says nothing of another's)."""
+    top = max(chosen_w or 0.0, planned[1])
+    return top if applied[0] == planned[0] and top > applied[1] else None
+
+
 class DrawReading(NamedTuple):
     """A service's GPUs at one fast tick: mean draw, mean limit in force, whether the governor held a cut
     on any of them, their mean locked clock share (None: none locked), and the mean share of the tick their

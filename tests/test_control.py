@@ -366,3 +366,53 @@ def test_a_budget_a_reload_changes_is_in_the_decision_logs_budget_changes(tmp_pa
         {"t": 30.0, "budget_w": 3000.0, "why": "reload: power.budget_w 4000 -> 3000 W"}]}
     assert records[1]["budget_w"] == 3000.0
 
+
+
+@pytest.mark.parametrize(("applied", "planned", "chosen_w", "ceiling_w"), [
+    (("H100", 420.0), ("H100", 420.0), 630.0, 630.0),  # fitted: the cap chosen before the fit
+    (("H100", 420.0), ("H100", 420.0), None, None),  # not fitted, none held: no ceiling
+    (("H100", 420.0), ("H100", 630.0), None, 630.0),  # the gate holds the plan's rise back: the plan's cap
+    (("H100", 420.0), ("H100", 525.0), 630.0, 630.0),  # both: the higher
+    (("H100", 630.0), ("H100", 420.0), None, None),  # a fall: the cap in force is over the plan's already
+    (("L40S", 300.0), ("H100", 630.0), 700.0, None),  # mid-move: a cap of one type says nothing of another's
+])
+def test_how_far_a_held_down_gpu_may_grow(applied: tuple[str, float], planned: tuple[str, float],
+                                          chosen_w: float | None, ceiling_w: float | None) -> None:
+    """An untold service runs what it ran, not the plan chosen (the controller passes no `chosen_w` for it: a review
+    found a 700-W ceiling published over code held at 450 W)."""
+    from controller.plan import ceiling_of
+
+    assert ceiling_of(applied, planned, chosen_w) == ceiling_w
+
+
+def test_caps_mode_publishes_no_ceiling(tmp_path: Path) -> None:
+    """Caps mode fits the caps themselves within the budget and the governor grows no GPU past them: a ceiling the
+    gate's held rise gave was still logged, and `status` printed it (a review)."""
+    ctl, vllm, _ = controller(tmp_path)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, mode="caps",
+                                                                              budget_w=3600.0)))
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    vllm.next = {"chat": window(rate_rps=14.0), "code": window(rate_rps=8.0), "batch-summaries": window(rate_rps=6.0)}
+    for k in range(1, 4):
+        ctl.tick_slow(15.0 * k)
+    assert not ctl.fast.plan.ceilings_w and not ctl.ceilings
+    assert all("ceiling_w" not in json.loads(line)["services"][n] for line in
+               (tmp_path / "decisions.jsonl").read_text().splitlines() for n in ctl.assignments)
+
+
+def test_a_reload_under_a_sources_lower_budget_is_no_change_of_the_budget_in_force(tmp_path: Path) -> None:
+    """With a source holding 2,400 W, a reload from 4,000 to 3,000 W was logged as a change to 3,000 W, beside a
+    `budget_w` of 2,400 (a review): the change said is the budget in force's, as a source's is."""
+    ctl, _, _ = controller(tmp_path)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    ctl.set_budget(2400.0, "utility: peak event", 10.0)
+    ctl.tick_slow(15.0)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=3000.0)))
+    ctl.tick_slow(30.0)
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert records[1]["budget_w"] == 2400.0 and records[1]["budget"]["changes"] == []
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=2000.0)))
+    ctl.tick_slow(45.0)
+    last = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert last["budget"]["changes"] == [{"t": 45.0, "budget_w": 2000.0,
+                                          "why": "reload: power.budget_w 3000 -> 2000 W"}]
