@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -103,7 +102,7 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
         restarts: Counter[str] = Counter()
         replica_sum: Counter[str] = Counter()
         peak, over, fast_cpu, slow_cpu, cycles, replicas = 0.0, 0, 0.0, 0.0, 0, 0
-        t, next_slow, last_slow = 0.0, s.daemon.slow_interval_s, -math.inf
+        t, next_slow = 0.0, s.daemon.slow_interval_s
         while t < duration_s:
             t += s.daemon.fast_interval_s
             parts.host.advance_to(t)
@@ -112,9 +111,8 @@ def run(config: str, seed: int | None, duration_s: float, budget_w: float | None
             fast_cpu += time.process_time() - started
             draw = registry.get_sample_value("wattscale_power_draw_watts") or 0.0
             peak, over = max(peak, draw), over + (draw > s.power.budget_w + 1e-6)
-            due, next_slow = slow_due(early, t, next_slow, s.daemon.slow_interval_s, last_slow)
+            due, next_slow = slow_due(early, t, next_slow, s.daemon.slow_interval_s)
             if due:
-                last_slow = t
                 batches = {name: a.max_batch for name, a in ctl.assignments.items()}
                 started = time.process_time()
                 ctl.tick_slow(t)

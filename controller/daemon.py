@@ -69,6 +69,8 @@ class Daemon:
         self.slow_due = threading.Event()
         self.slow_started = -math.inf
         """When the slow worker began its last cycle."""
+        self.reload_planned = -math.inf
+        """When a reload last asked for a cycle at once: the period's wake within half a period of it is skipped."""
         self.overrunning = False
         """Whether the slow loop has overrun its period since its last cycle began (said once a run)."""
         self.slow_running = False
@@ -108,10 +110,9 @@ class Daemon:
         """The slow loop's period: wake its worker, or count an overrun if it is still at the last cycle (logged as
         a run of them starts: a slow cycle stuck on a hanging endpoint was counted and never said)."""
         period = self.settings.daemon.slow_interval_s  # a cycle the floor alarm began just now is no overrun
-        since = time.monotonic() - self.slow_started
-        if since < 0.5 * period:  # one a reload or the floor alarm began just now: a cycle after it would read windows
-            return                # of a fraction of a period (0.2 s of arrivals read chat at 88 rps for 15), and act
-        if self.slow_running:
+        if time.monotonic() - self.reload_planned < 0.5 * period:  # a reload's cycle ran just now: one more would read
+            return  # windows of a fraction of a period (0.2 s of arrivals read chat at 88 rps for 15), and act on them
+        if self.slow_running and time.monotonic() - self.slow_started >= 0.5 * period:
             self.metrics.errors.labels("slow_overrun").inc()
             if not self.overrunning:
                 self.overrunning = True
@@ -120,6 +121,14 @@ class Daemon:
                             "wattscale_errors_total{kind=\"slow_overrun\"}", time.monotonic() - self.slow_started,
                             period)
         self.slow_due.set()
+
+    def _plan_now(self) -> None:
+        """A reload's cycle, at once, unless one began less than half a period ago: its windows would span that
+        fraction (the next period's cycle plans with the new settings then; the governor has their budget already)."""
+        now = time.monotonic()
+        if now - self.slow_started >= 0.5 * self.settings.daemon.slow_interval_s:
+            self.reload_planned = now
+            self.slow_due.set()
 
     def slow_worker(self) -> None:
         load_fitting_libraries()  # a second of imports here, not inside the slow cycle that first filters
@@ -198,8 +207,8 @@ class Daemon:
         else:
             self.controller.reconfigure(new)
             old, self.settings = self.settings, new
-            if new != old:  # planned for now, not at the period: `status` read the old budget for up to a cycle
-                self.slow_due.set()
+            if new != old:  # planned for now, not at the period: `status` read the old budget for up to a cycle;
+                self._plan_now()  # but not on windows a fraction of a period long
             self.metrics.reloads.labels("ok").inc()
             log.info("config reloaded: changed %s; %s", changes(old, new), self._status())
         self.notifier.ready(self._status())

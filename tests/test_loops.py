@@ -712,20 +712,28 @@ def test_a_refused_budget_reload_names_what_changed(sim_config: Callable[..., Pa
         assert str(err.value).startswith(said), err.value
 
 
-def test_a_period_that_comes_just_after_a_cycle_a_reload_began_is_skipped(sim_config: Callable[..., Path]) -> None:
-    """A reload plans at once; the period's cycle that came 0.2 s later read windows of 0.2 s (chat at 88 rps where 15
-    arrived, `steady`) and scaled on them. Within half a period of the last cycle's start a period's wake is skipped;
-    the simulated loop skips it too."""
-    from controller.simulate.runner import slow_due
-
+def test_a_reload_and_a_period_plan_no_closer_than_half_a_period(sim_config: Callable[..., Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload plans at once; the period's cycle 0.2 s later read windows of 0.2 s (chat at 88 rps where 15 arrived,
+    `steady`) and scaled on them, and a reload 0.2 s after the period's cycle did the same (a review). The period's
+    wake within half a period of a reload's cycle is skipped, and a reload within half a period of the last cycle
+    leaves the plan to the next period; the floor alarm's cycles are neither."""
     path = sim_config()
     daemon = Daemon(path, load_settings(path))
-    daemon.slow_started = time.monotonic() - 0.2  # the reload's cycle, done
-    daemon.wake_slow()
+    half = 0.5 * daemon.settings.daemon.slow_interval_s
+    edited = load_settings(path)
+    monkeypatch.setattr("controller.daemon.load_settings", lambda _: dataclasses.replace(
+        edited, power=dataclasses.replace(edited.power, budget_w=3900.0)))
+    daemon.slow_started = time.monotonic() - 0.2  # the period's cycle, just now
+    daemon.reload()
+    assert daemon.settings.power.budget_w == 3900.0 and not daemon.slow_due.is_set()
+    daemon.slow_started -= half
+    monkeypatch.setattr("controller.daemon.load_settings", lambda _: edited)  # back to 4,000 W: a change
+    daemon.reload()
+    assert daemon.slow_due.is_set()
+    daemon.slow_due.clear()
+    daemon.wake_slow()  # the period, 0.2 s on in the test's terms: skipped
     assert not daemon.slow_due.is_set()
-    daemon.slow_started -= 0.5 * daemon.settings.daemon.slow_interval_s
+    daemon.reload_planned -= half
     daemon.wake_slow()
     assert daemon.slow_due.is_set()
-    assert slow_due(False, 30.0, 30.0, 15.0, 29.8) == (False, 45.0)  # the next at its period, a full one on
-    assert slow_due(False, 30.0, 30.0, 15.0, 22.0) == (True, 45.0)
-    assert slow_due(True, 31.0, 45.0, 15.0, 30.0) == (True, 45.0)  # the floor alarm is never skipped

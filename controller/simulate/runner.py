@@ -10,7 +10,6 @@ every slow interval it ticks the policy's slow loop. Requests are logged by the 
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,14 +30,12 @@ FLAT = "wattscale-flat"
 """The Controller under a flat budget of the same mean as the scenario's (it takes `flat_budget_w`)."""
 
 
-def slow_due(early: bool, t: float, next_slow: float, period: float, last_s: float) -> tuple[bool, float]:
+def slow_due(early: bool, t: float, next_slow: float, period: float) -> tuple[bool, float]:
     """Whether the slow tick runs at simulated time `t`, and when the next is due: at its period, or at once where
     the fast tick asked (`early`: limits at their floors over budget), the period kept, as the daemon wakes its slow
-    loop; a period's tick within half a period of the last (`last_s`: an early one) is skipped, as the daemon skips
-    it (its windows would span a fraction of a period)."""
+    loop (a simulated run has no reloads, whose cycles the daemon keeps a half period apart)."""
     on_time = t >= next_slow - 1e-9
-    skipped = on_time and not early and t - last_s < 0.5 * period
-    return (early or on_time) and not skipped, next_slow + period if on_time else next_slow
+    return early or on_time, next_slow + period if on_time else next_slow
 
 
 class Policy(Protocol):
@@ -120,7 +117,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
         ctl = _policy("wattscale" if flat else policy, scn, host, outages, Path(tmp), decision_log)
         sources = SimBudget(scn, Path(tmp), sources=not flat, start_w=flat_budget_w if flat else None)
         budget = -1.0
-        t, next_slow, done, last_slow = 0.0, slow, 0.0, -math.inf
+        t, next_slow, done = 0.0, slow, 0.0
         for k in range(n):
             for e in events_due(events, t, fast, duration):
                 if e.kind in ("budget", "demand_response"):
@@ -140,10 +137,9 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
             trace.intensity_g_per_kwh[k] = intensity_now
             for name, domain in domains.items():
                 trace.domain_draw_w[name][k] = domain.read(t)
-            due, next_slow = slow_due(ctl.tick_fast(t), t, next_slow, slow, last_slow)
+            due, next_slow = slow_due(ctl.tick_fast(t), t, next_slow, slow)
             if due:
                 ctl.tick_slow(t)
-                last_slow = t
                 if progress is not None:
                     progress(t - done)
                     done = t
