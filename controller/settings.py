@@ -235,7 +235,7 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
         raise ConfigError("services", f"must be a list of [[services]] tables, got {quoted(data['services'])}")
     if not data.get("services"):  # a host's daemon with nothing to serve is a config's mistake
         raise ConfigError("services", "at least one service is required")
-    if isinstance(data["services"], list) and len(data["services"]) > MAX_SERVICES:  # before checking each, slowly
+    if len(data["services"]) > MAX_SERVICES:  # before checking each, slowly
         raise ConfigError("services", f"{len(data['services'])} listed, more than the {MAX_SERVICES} one daemon plans")
     power = data.get("power")
     if isinstance(power, dict):

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -426,3 +427,26 @@ def test_files_a_killed_run_set_aside_are_put_back_by_the_next(small_scenario: C
     assert (report / "trace-wattscale.csv").read_text() == "t" and (report / "power.png").read_text() == "p"
     assert sorted(p.name for p in report.iterdir()) == ["power.png", "simulate.log", "summary.json",
                                                         "trace-wattscale.csv"]
+
+
+def test_a_run_whose_set_aside_folder_another_run_took_back_ends_without_a_traceback(
+        small_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run into the same report put back the first's set-aside files (`_recover`) while the first still
+    ran; the first then raised FileNotFoundError once its whole simulation was done (a review)."""
+    import controller.simulate.command as command
+
+    good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
+    report = tmp_path / "r"
+    report.mkdir()
+    for name in ("summary.json", "trace-static.csv"):
+        (report / name).write_text("earlier")
+    real = command.simulate
+
+    def raced(*args: Any, **kw: Any) -> Any:
+        command._recover(report)  # the other run, started meanwhile
+        return real(*args, **kw)
+
+    monkeypatch.setattr(command, "simulate", raced)
+    assert main(["simulate", str(good), "--report", str(report), "--policies", "static", "--no-progress",
+                 "--no-frontier"]) == 0
+    assert not [p for p in report.iterdir() if p.name.startswith(".earlier-")]

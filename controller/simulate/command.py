@@ -4,6 +4,7 @@ progress bar over simulated time; then summary.json, summary.md and the PNGs in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -175,15 +176,17 @@ def _set_aside(report_dir: Path, earlier: list[Path]) -> Path | None:
 
 def _put_back(report_dir: Path, aside: Path | None, done: bool) -> None:
     """The files set aside: dropped where the run wrote its report, else back where they were, over what the run had
-    begun of its own under their names."""
-    if aside is None:
+    begun of its own under their names. A folder another run into the same report took back meanwhile (`_recover`)
+    is gone: nothing is left to do."""
+    if aside is None or not aside.is_dir():
         return
-    for path in aside.iterdir():
-        if done:
-            path.unlink()
-        else:
-            path.replace(report_dir / path.name)
-    aside.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        for path in aside.iterdir():
+            if done:
+                path.unlink()
+            else:
+                path.replace(report_dir / path.name)
+        aside.rmdir()
 
 
 EARLIER = re.compile(r"trace-(" + "|".join(map(re.escape, POLICIES)) + r")\.csv|decisions-seed\d+\.jsonl")
