@@ -70,6 +70,8 @@ class DaemonSettings:
         if self.slow_interval_s < self.fast_interval_s:
             raise ConfigError(f"{where}.slow_interval_s", f"must not be shorter than fast_interval_s "
                               f"({self.slow_interval_s:g} s < {self.fast_interval_s:g} s)")
+        if not self.state_dir.strip():  # "" read as the config's own folder: state, lock and log beside the config
+            raise ConfigError(f"{where}.state_dir", f"must name a directory, got {quoted(self.state_dir)}")
         for name in ("state_dir", "decision_log"):  # `run` failed on it naming no field; check-config only warned
             value = getattr(self, name)
             longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)

@@ -86,6 +86,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         # a Python type's name ("must be a str")
         (lambda t: t.replace('state_dir = "../var/state"', "state_dir = 5"),
          "daemon.state_dir: must be a string, got 5"),
+        (lambda t: t.replace('state_dir = "../var/state"', 'state_dir = ""'),  # the config's own folder, unsaid
+         "daemon.state_dir: must name a directory, got ''"),
         (lambda t: t.replace("[actuators]", '[actuators]\nrestore_power_limits = "yes"'),
          "actuators.restore_power_limits: must be true or false, got 'yes'"),
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = [16, 16]"),  # sized each shape twice
