@@ -69,12 +69,8 @@ class PowerGovernor:
         for g in samples:
             cap = plan.cap_w(g.service, g.variant) if g.service else None
             target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
-        if s.mode == "caps":  # the caps themselves fit: no GPU grows past its own
+        if s.mode == "caps":
             self._fit_caps(samples, target, priorities, self.threshold_w())
-        grow_to = dict(target)
-        for g in samples if s.mode != "caps" else ():
-            if g.service and (ceiling_w := plan.ceiling_w(g.service, g.variant)) is not None:
-                grow_to[g.uuid] = max(target[g.uuid], clamp(ceiling_w, g))
         measured = sum(self.accounted_w(g) for g in samples)
         threshold = self.threshold_w()
         over = []
@@ -91,9 +87,11 @@ class PowerGovernor:
         self.emergency = self.emergency or any(v > 0 for v in over)
         want = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, target[g.uuid] -
                                                                        self.cut_w.get(g.uuid, 0.0)) for g in samples}
-        within = not self.emergency and all(v <= 0 for v in over)  # over a line or holding cuts: none past its cap
-        reach = {g.uuid: max(want[g.uuid], grow_to[g.uuid] - self.cut_w.get(g.uuid, 0.0))
-                 if within and g.uuid not in pinned else want[g.uuid] for g in samples}
+        reach = dict(want)  # how far past its cap a GPU may grow: to a fitted cap's ceiling, and only within every
+        # line with no cut held; never in caps mode, where the caps themselves fit
+        for g in samples if s.mode != "caps" and not self.emergency and all(v <= 0 for v in over) else ():
+            if g.service and g.uuid not in pinned and (top_w := plan.ceiling_w(g.service, g.variant)) is not None:
+                reach[g.uuid] = max(want[g.uuid], clamp(top_w, g) - self.cut_w.get(g.uuid, 0.0))
         if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):  # one that keeps its
             # room past its cap (_allot) makes no fall
             self._hold_fall([g for g in samples if not _keeps(g, want[g.uuid], reach[g.uuid])], want,

@@ -66,7 +66,7 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     ladders = {i: _ladder(c, cands[i]) for i, c in enumerate(choice) if c is not None}
     most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
-        return choice, [f"the caps ask {limits_w(problem, choice):.0f} W of power limits, {over_w - most_w:.0f} W past "
+        return choice, [f"the caps ask {problem.budget_w + over_w:.0f} W of power limits, {over_w - most_w:.0f} W past "
                         f"the budget's {problem.budget_w:.0f} W even at their lowest power levels: the governor "
                         "shares the budget, priority first"]
 
