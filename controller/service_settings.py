@@ -113,6 +113,14 @@ class PriorSettings:
                              expert_weight_share=self.expert_weight_share, expert_token_share=self.expert_token_share)
 
 
+def check_crest(where: str, peak_rps: float, amplitude: float, peak: str) -> None:
+    """The daily cycle's crest on the highest rate otherwise reached (`peak` says how that is reached) stays within
+    MAX_SIM_RATE_RPS: at amplitude 1 twice the bound had run."""
+    if (top := peak_rps * (1.0 + amplitude)) > MAX_SIM_RATE_RPS:
+        raise ConfigError(f"{where}.cycle_amplitude", f"{amplitude:g} takes the rate up to {top:.6g} rps ({peak} x "
+                          f"(1 + cycle_amplitude)), over {MAX_SIM_RATE_RPS:g}")
+
+
 @dataclass(frozen=True)
 class SimWorkloadSettings:
     rate_rps: float = 1.0
@@ -130,9 +138,7 @@ class SimWorkloadSettings:
         check_range(self, where, ("rate_rps",), 0.0, MAX_SIM_RATE_RPS)
         check_range(self, where, ("cycle_amplitude",), 0.0, 1.0)
         check_range(self, where, ("cycle_period_s",), 1.0, MAX_DURATION_S)  # as a scenario's
-        if (top := self.rate_rps * (1.0 + self.cycle_amplitude)) > MAX_SIM_RATE_RPS:  # the cycle's crest
-            raise ConfigError(f"{where}.cycle_amplitude", f"{self.cycle_amplitude:g} takes the rate up to {top:.6g} "
-                              f"rps (rate_rps x (1 + cycle_amplitude)), over {MAX_SIM_RATE_RPS:g}")
+        check_crest(where, self.rate_rps, self.cycle_amplitude, "rate_rps")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 

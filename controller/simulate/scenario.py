@@ -26,7 +26,7 @@ from typing import Any, Literal
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
 from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
-from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS
+from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS, check_crest
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
 from controller.simulate.scenario_checks import MAX_BURSTS, MAX_EVENTS, MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
@@ -117,9 +117,7 @@ class WorkloadSettings:
         if not peak <= MAX_SIM_RATE_RPS:  # bursts that overlap multiply (past a float: inf)
             raise ConfigError(f"{where}.bursts", f"the rate reaches {peak:.6g} rps at {at_s:g} s (rate_rps x the "
                               f"bursts then), over {MAX_SIM_RATE_RPS:g}")
-        if not (top := peak * (1.0 + self.cycle_amplitude)) <= MAX_SIM_RATE_RPS:  # the cycle's crest on a burst
-            raise ConfigError(f"{where}.cycle_amplitude", f"{self.cycle_amplitude:g} takes the rate up to {top:.6g} "
-                              f"rps (rate_rps x the bursts x (1 + cycle_amplitude)), over {MAX_SIM_RATE_RPS:g}")
+        check_crest(where, peak, self.cycle_amplitude, "rate_rps x the bursts")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
 
 
