@@ -178,14 +178,19 @@ def _put_back(report_dir: Path, aside: Path | None, done: bool) -> None:
     """The files set aside: dropped where the run wrote its report, else back where they were, over what the run had
     begun of its own under their names. A folder another run into the same report took back meanwhile (`_recover`)
     is gone: nothing is left to do."""
-    if aside is None or not aside.is_dir():
+    if aside is None:
         return
-    with contextlib.suppress(FileNotFoundError):
-        for path in aside.iterdir():
+    try:
+        paths = list(aside.iterdir())
+    except FileNotFoundError:
+        return
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):  # taken back by that other run meanwhile: the rest still are
             if done:
                 path.unlink()
             else:
                 path.replace(report_dir / path.name)
+    with contextlib.suppress(FileNotFoundError):
         aside.rmdir()
 
 
