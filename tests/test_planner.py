@@ -594,7 +594,8 @@ def test_a_milp_stopped_at_its_time_limit_is_marked_in_the_compare_table() -> No
     from controller.planner.packing_report import compare_table
 
     def result(solver: str, cost: float, optimal: bool) -> dict[str, object]:
-        return {"solver": solver, "feasible": True, "cost_per_h": cost, "optimal": optimal, "note": ""}
+        return {"solver": solver, "feasible": True, "cost_per_h": cost, "optimal": optimal, "note": "",
+                "stopped": False}
 
     rows = [{"scenario": "s", "trace": "t", "requests": 1000,
              "results": [result("milp", 658.67, False), result("greedy", 479.95, False)]}]
@@ -609,7 +610,8 @@ def test_a_milp_stopped_before_any_packing_reads_stopped_not_fail_in_the_compare
     from controller.planner.packing_report import compare_table
 
     def failed(solver: str, note: str) -> dict[str, object]:
-        return {"solver": solver, "feasible": False, "cost_per_h": None, "optimal": False, "note": note}
+        return {"solver": solver, "feasible": False, "cost_per_h": None, "optimal": False, "note": note,
+                "stopped": note.startswith("stopped")}
 
     rows = [{"scenario": "s", "trace": "t", "requests": 1000,
              "results": [failed("milp", "stopped before any packing was found (Time limit reached): a longer "

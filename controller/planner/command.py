@@ -114,7 +114,7 @@ def _packing(args: argparse.Namespace, spec: PackingSpec, solver: str) -> int:
             cards = ", ".join(f"{g} x{n}" for g, n in r["cards"].items()) or "-"
             print(f"{r['solver']:<{width}} {cost:>12}  cards {cards}  {r['note']}".rstrip())
     if not any(r["feasible"] for r in doc["results"]):
-        stopped = all(str(r["note"]).startswith("stopped") for r in doc["results"])  # a limit, not a proof
+        stopped = all(r["stopped"] for r in doc["results"])  # a limit, not a proof
         print(f"wattscale: plan: {'no packing found in time_limit_s' if stopped else 'no feasible packing'} of "
               f"{inst.requests} requests ({inst.trace}) on scenario {inst.scenario}'s cards with --solver {solver}",
               file=sys.stderr)

@@ -57,6 +57,8 @@ class PackingResult:
     baselines answer other questions)."""
     mip_gap: float = float("nan")
     """The MILP's relative gap between this plan and the best bound (nan for the other solvers)."""
+    stopped: bool = False
+    """No packing, because the MILP's time limit ran out before it found one: not a proof that none exists."""
 
     def cards(self, configs: list[Config]) -> dict[str, int]:
         by_name = {c.name: c for c in configs}
@@ -129,7 +131,7 @@ def solve_milp(configs: list[Config], counts: np.ndarray, cards: dict[str, int],
         why = (f"stopped before any packing was found ({res.message}): a longer time_limit_s may find one"
                if res.limited else res.message if not res.infeasible else f"infeasible: the cards available "
                f"({held}) cannot hold {int(counts.sum())} requests" if held else "infeasible: the scenario has no card")
-        return PackingResult(name, False, math.inf, {}, solve_s, why)
+        return PackingResult(name, False, math.inf, {}, solve_s, why, stopped=res.limited)
     rented = [round(res.x[col]) for col in y]
     # a last resort: the rows above bound each flow by its config's copies, so a config carrying half a request or
     # more has a copy unless the solver's integrality tolerance rounded one of under 1e-6 to none (one suffices)

@@ -57,7 +57,7 @@ def result_json(configs: list[Config], inst: Instance, results: list[PackingResu
         "results": [{
             "solver": r.solver, "feasible": r.feasible, "cost_per_h": r.cost_per_h if r.feasible else None,
             "copies": r.copies, "cards": r.cards(configs), "solve_s": r.solve_s, "note": r.note,
-            "optimal": r.optimal, "mip_gap": r.mip_gap,
+            "optimal": r.optimal, "mip_gap": r.mip_gap, "stopped": r.stopped,
         } for r in results],
     }
 
@@ -77,7 +77,7 @@ def compare_table(rows: list[dict[str, Any]]) -> str:
     stopped = unfound = False
     for row in rows:
         costs = {r["solver"]: r["cost_per_h"] for r in row["results"]}
-        failed = {r["solver"]: "stopped" if str(r["note"]).startswith("stopped") else "fail" for r in row["results"]}
+        failed = {r["solver"]: "stopped" if r["stopped"] else "fail" for r in row["results"]}
         # a MILP stopped at its time limit is an incumbent, not an optimum: marked, or its gap reads as greedy's
         marks = {r["solver"]: "*" if r["solver"].startswith("milp") and r["feasible"] and not r["optimal"] else ""
                  for r in row["results"]}
