@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import pytest
 
@@ -203,3 +204,19 @@ def test_an_overloaded_bounded_queue_serves_its_saturation_rate_and_says_so(caps
     assert out["saturation_rps"] == pytest.approx(18.1665, rel=1e-4)
     assert out["throughput_rps"] <= out["saturation_rps"] and out["block_probability"] > 0.5  # type: ignore[operator]
     assert out["ttft_ms"] <= out["ttft_p95_ms"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("max_queue", ["1024", "0"])
+def test_a_shape_that_turns_nearly_every_arrival_away_is_analysed_in_bounded_time(
+        capsys: pytest.CaptureFixture[str], max_queue: str) -> None:
+    """Values inside every bound (a million-token prompt and output, 60 s of KV read per context token, 1,000 rps):
+    the bisection on the accepted rate halved it toward 0 and its tolerance, relative to that rate, was never met
+    (a new user's trial: a million passes in 20 s, then the timeout). It answers: nothing is served."""
+    args = ["analyze", "--alpha-ms", "20", "--beta-ms", "0.2", "--gamma-ms", "20", "--kappa-ms", "60000",
+            "--in-tokens", "1e6", "--out-tokens", "1e6", "--rate-rps", "1000", "--max-queue", max_queue]
+    done: list[dict[str, object]] = []
+    worker = threading.Thread(target=lambda: done.append(run(args, capsys)), daemon=True)
+    worker.start()
+    worker.join(30.0)
+    assert done, "analyze did not return in 30 s"
+    assert done[0]["block_probability"] == 1.0 and done[0]["throughput_rps"] == 0.0
