@@ -67,8 +67,9 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
         return choice, [f"the caps ask {problem.budget_w + over_w:.0f} W of power limits, {over_w - most_w:.0f} W past "
-                        f"the budget's {problem.budget_w:.0f} W even at their lowest power levels: the governor "
-                        "shares the budget, priority first"]
+                        f"the budget's {problem.budget_w:.0f} W even at the lowest power levels its candidates "
+                        "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much: "
+                        "the governor shares the budget, priority first"]
 
     out = list(choice)
     steps = [(_cost(c, ladders[i][0]), i, 0) for i, c in enumerate(choice) if c is not None and ladders[i]]
