@@ -75,7 +75,7 @@ class OptimizerSettings:
         check_range(self, where, ("slo_miss_share",), 0.0, 0.5, low_open=True)
         check_positive(self, where, ("time_limit_s", "drain_s"))
         check_range(self, where, ("time_limit_s",), 0.0, 60.0, low_open=True)
-        check_range(self, where, ("drain_s",), 0.0, 86400.0, low_open=True)
+        check_range(self, where, ("drain_s",), 1.0, 86400.0)  # 1e-300 read any queue as 1e300 rps of demand
         if self.queue_model not in MODELS:
             raise ConfigError(f"{where}.queue_model", f"unknown {quoted(self.queue_model)}, expected one of "
                                                       f"{sorted(MODELS)}")

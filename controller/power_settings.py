@@ -10,6 +10,9 @@ from typing import Literal
 from controller.config_loader import ConfigError, check_name, check_range, quoted
 from controller.settings_checks import MAX_GPUS, MAX_POWER_W
 
+MIN_RAMP_W_PER_S = 1.0
+"""The least ramp limit: a limit is set to the watt, and a site held to less than one a second is frozen."""
+
 
 @dataclass(frozen=True)
 class PowerDomainSettings:
@@ -101,6 +104,10 @@ class PowerSettings:
     def check(self, where: str) -> None:
         check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W, low_open=True)
         check_range(self, where, ("ramp_up_w_per_s", "ramp_down_w_per_s"), 0.0, MAX_POWER_W)
+        for name in ("ramp_up_w_per_s", "ramp_down_w_per_s"):  # 1e-300 held every GPU at its floor, said nowhere
+            if 0 < (v := getattr(self, name)) < MIN_RAMP_W_PER_S:
+                raise ConfigError(f"{where}.{name}", f"must be 0 (no ramp limit) or at least {MIN_RAMP_W_PER_S:g} W "
+                                  f"a second (a limit is set to the watt), got {v:g}")
         check_domain_lines([(d.name, d.limit_w) for d in self.domains], self.budget_w, where)
         check_domains_nest(self.domains, where)
         if not 0 <= self.headroom < 0.5:

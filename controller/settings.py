@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.backend_settings import ActuatorSettings, TelemetrySettings
 from controller.budget.settings import BudgetSettings, budget_settings
-from controller.config_loader import ConfigError, build, check_positive, check_range, quoted, read_toml
+from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
 from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
@@ -129,7 +129,7 @@ class StabilitySettings:
     def check(self, where: str) -> None:
         check_range(self, where, ("cooldown_s", "short_restart_hold_s"), 0.0, 86400.0)
         check_range(self, where, ("confirm_cycles", "max_replica_step"), 1, 1000)
-        check_positive(self, where, ("max_cap_step_w",))
+        check_range(self, where, ("max_cap_step_w",), 1.0, 1e6)  # a limit is set to the watt: 1e-300 froze caps
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,12 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("batch_sizes = [16, 32, 64, 128]", "batch_sizes = 64.0", 1),
          r"optimizer.batch_sizes: must be a list, got 64.0$"),
         (lambda t: t.replace("[optimizer]", "[optimizer]\ndrain_s = 1e308", 1),
-         r"optimizer.drain_s: must be in \(0, 86400\], got 1e\+308"),  # 0 is refused too: "[0," said it was not
+         r"optimizer.drain_s: must be in \[1, 86400\], got 1e\+308"),
+        (lambda t: t.replace("[optimizer]", "[optimizer]\ndrain_s = 1e-300", 1),  # any queue read as 1e300 rps
+         r"optimizer.drain_s: must be in \[1, 86400\], got 1e-300"),
+        (lambda t: t.replace("budget_w = 4000", "budget_w = 4000\nramp_up_w_per_s = 1e-300", 1),
+         r"power.ramp_up_w_per_s: must be 0 \(no ramp limit\) or at least 1 W a second \(a limit is set to the "
+         r"watt\), got 1e-300"),  # every GPU held at its floor, and status blamed the budget
         (lambda t: t.replace("max_replicas = 4", "max_replicas = 0", 1),
          r"services\[chat\].max_replicas: must be in 1..1024, got 0"),
         (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 0"),
