@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -44,6 +45,18 @@ def check_positive(obj: object, where: str, names: tuple[str, ...], allow_zero: 
         if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
             raise ConfigError(f"{where}.{name}" if where else name, f"must be a finite number {bound}, got {v}")
+
+
+def check_listen(listen: str, field: str) -> None:
+    """Refuse a listen address no client reaches: a broadcast or multicast one binds, and nothing answers on it
+    (a name is left to the bind that resolves it)."""
+    try:
+        ip = ipaddress.ip_address(listen)
+    except ValueError:
+        return
+    if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(field, f"must be an address of this host, not a broadcast or multicast one, got "
+                          f"{quoted(listen)}")
 
 
 def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float,

@@ -24,7 +24,7 @@ from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
 from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
-from controller.config_loader import ConfigError, quoted
+from controller.config_loader import ConfigError, check_listen, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
 from controller.settings import STATE_FILE, Settings
 from controller.slo_margin import MARGINS_FILE
@@ -42,6 +42,7 @@ def check_metrics_bind(listen: str, port: int, fields: tuple[str, str] = ("metri
     config's or a command line's). Port 0 disables the endpoint."""
     if port == 0:
         return
+    check_listen(listen, fields[0])
     with socket.socket(address_family(listen), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

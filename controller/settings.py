@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.backend_settings import ActuatorSettings, TelemetrySettings
 from controller.budget.settings import BudgetSettings, budget_settings
-from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
+from controller.config_loader import ConfigError, build, check_listen, check_range, quoted, read_toml
 from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
@@ -105,6 +105,7 @@ class MetricsSettings:
             ipaddress.ip_address(self.listen)
         except ValueError:
             raise ConfigError(f"{where}.listen", f"must be an IP address, got {quoted(self.listen)}") from None
+        check_listen(self.listen, f"{where}.listen")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{where}.port", f"must be in 0..65535, got {self.port}")
 

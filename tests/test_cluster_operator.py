@@ -727,6 +727,9 @@ def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_l
     assert f"kubernetes: kubeconfig {tmp_path / 'fifo'} is not a regular file" in capsys.readouterr().err
     assert main(["operator", "--metrics-listen", "not-an-ip", "--plan-port", "0"]) == 2
     assert "wattscale: --metrics-listen: not-an-ip is not an address of this host" in capsys.readouterr().err
+    assert main(["operator", "--metrics-listen", "224.0.0.1", "--plan-port", "0"]) == 2  # bound, and unreachable
+    assert ("wattscale: --metrics-listen: must be an address of this host, not a broadcast or multicast one, got "
+            "'224.0.0.1'") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["operator", "--health-port", "99999"])
     assert "--health-port: must be in 0..65535, got '99999'" in capsys.readouterr().err

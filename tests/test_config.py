@@ -138,6 +138,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"telemetry.window_s: must be in \[1, 86400\], got 0.4"),
         (lambda t: t.replace('listen = "127.0.0.1"', 'listen = "not-an-ip"'),
          "metrics.listen: must be an IP address, got 'not-an-ip'"),
+        *((lambda t, a=a: t.replace('listen = "127.0.0.1"', f'listen = "{a}"'),  # (a new user's trial) it bound,
+           f"metrics.listen: must be an address of this host, not a broadcast or multicast one, got '{a}'")  # unread
+          for a in ("255.255.255.255", "224.0.0.1", "ff02::1")),
         (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = inf,", 1), r"services\[chat\].prior.beta_ms: .*got inf"),
         (lambda t: t.replace("alpha_ms = 20.0,", "alpha_ms = 0.0,", 1),
          r"services\[chat\].prior.alpha_ms: must be in \(0, 60000\]"),
