@@ -337,7 +337,7 @@ def test_caps_fitted_within_the_limits_sum_are_published_with_the_caps_chosen_as
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=power))
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     vllm.next = {"chat": window(rate_rps=14.0), "code": window(rate_rps=8.0), "batch-summaries": window(rate_rps=6.0)}
-    for k in range(1, 4):
+    for k in range(1, 8):  # until no service adds replicas: their caps are not fitted meanwhile
         ctl.tick_slow(15.0 * k)
     plan, threshold_w = ctl.fast.plan, power.budget_w * (1 - power.headroom)
     running = {n: a for n, a in ctl.assignments.items() if a.replicas}

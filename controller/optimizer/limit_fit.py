@@ -6,8 +6,10 @@ tick, priority first and whatever the cut cost: on diurnal, batch-summaries' GPU
 630-W cap, their prompts held 17 % of the time, while chat's drew 314 W under 630. Here the chosen caps (and the
 free GPUs at their lowest limits, where the governor holds them) are brought within the line before the plan is
 published: a level at a time, where the model says a watt of cap is worth least, each service keeping its shape
-(accelerator, replicas, batch, clock) and serving no less. Where even the lowest levels do not fit (a budget below
-the fleet's caps at their floor), the choice stays as it was and the governor shares the line as before.
+(accelerator, replicas, batch, clock) and serving no less. A service adding replicas keeps the cap chosen until
+they run: the ones that run meanwhile carry the whole load (code's first one, fitted to 420 W for three, missed a
+closed-loop window by its p95 ITL while the others started). Where even the lowest levels do not fit (a budget
+below the fleet's caps at their floor), the choice stays as it was and the governor shares the line as before.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def _ladder(c: Candidate, cands: Sequence[Candidate]) -> list[Candidate]:
     return out
 
 
+def _growing(problem: Problem, i: int, c: Candidate) -> bool:
+    """Whether service `i` adds replicas of the type it runs: until they are up, the ones that run carry the load
+    planned for all of them, and a cap fitted to the plan's share holds them under it."""
+    now = problem.services[i].current
+    return now is not None and now.accelerator == c.assignment.accelerator and c.assignment.replicas > now.replicas
+
+
 def _freed_w(c: Candidate, d: Candidate) -> float:
     """The watts of limits a step from `c` down to `d` frees."""
     return c.gpus * (c.assignment.power_cap_w - d.assignment.power_cap_w)
@@ -63,13 +72,14 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     over_w = limits_w(problem, choice) - problem.budget_w
     if problem.budget_mode != "predicted" or over_w <= 0:
         return choice, []
-    ladders = {i: _ladder(c, cands[i]) for i, c in enumerate(choice) if c is not None}
+    ladders = {i: [] if _growing(problem, i, c) else _ladder(c, cands[i]) for i, c in enumerate(choice)
+               if c is not None}
     most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
         return choice, [f"the caps ask {problem.budget_w + over_w:.0f} W of power limits, {over_w - most_w:.0f} W past "
                         f"the budget's {problem.budget_w:.0f} W even at the lowest power levels its candidates "
-                        "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much: "
-                        "the governor shares the budget, priority first"]
+                        "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much "
+                        "(none while it adds replicas): the governor shares the budget, priority first"]
 
     out = list(choice)
     steps = [(_cost(c, ladders[i][0]), i, 0) for i, c in enumerate(choice) if c is not None and ladders[i]]
