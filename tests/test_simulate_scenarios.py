@@ -117,6 +117,8 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\ngrid_time_scale = 0\n', "grid_time_scale", "must be in"),
     ('name = "x"\nduration_s = 60\n[power]\nramp_up_w_per_s = -5\n',
      "config (host.toml) with the scenario's [power]: power.ramp_up_w_per_s", "must be in"),
+    ('name = "x"\nduration_s = 60\nbudget_w = 3500\n[power]\nbudget_w = 3000\n', "power.budget_w",  # read 3,500
+     "3000 and the scenario's budget_w 3500 are two budgets at the start: give one"),
     # lists whose work grew without bound (40,000 bursts took a load quadratic time), and a signal the source ignores
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nbursts = ['
      + ", ".join(f"{{ start_s = {k}, duration_s = 1, factor = 1 }}" for k in range(1001)) + "]\n",

@@ -295,6 +295,9 @@ def load_scenario(path: Path) -> Scenario:
     raw = read_toml(path, "scenario")
     power = raw.pop("power", None)
     s = build(ScenarioSettings, raw)
+    if s.budget_w and isinstance(power, dict) and "budget_w" in power:  # the top-level one won, the other unsaid
+        raise ConfigError("power.budget_w", f"{power['budget_w']!r} and the scenario's budget_w {s.budget_w:g} are two "
+                          "budgets at the start: give one")
     config_path = (path.parent / s.config).resolve()
     try:
         config = load_settings(config_path) if power is None else _with_power(config_path, power, path.parent)
