@@ -35,8 +35,10 @@ def minimum_fits(accelerators: Sequence[AcceleratorSettings], services: Sequence
                     raise ConfigError(f"accelerators[{a.name}].gpus_per_replica", f"{a.gpus_per_replica} is more "
                                       f"than the {a.count} GPUs of count: no replica fits, and the services' "
                                       f"min_replicas need {needed}")
+            held = ", ".join(f"accelerators[{a.name}] {most[a.name]}: {a.count} GPUs, {a.gpus_per_replica} a replica"
+                             for a in accelerators)
             raise ConfigError(f"{svc_path(svc.name)}.min_replicas", f"the services' min_replicas up to here add up "
-                              f"to {needed}, more replicas than the accelerators hold ({room})")
+                              f"to {needed}, more replicas than the accelerators hold ({room}; {held})")
     alone: dict[str, int] = {}  # the min_replicas, up to here, of the services that run on one type only
     for svc, names in zip(services, homes, strict=True):
         if names and 0 < max(most.get(n, 0) for n in names) < svc.min_replicas:

@@ -110,6 +110,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"services\[chat\].sim.cycle_amplitude: 0.3 takes the rate up to 11700 rps"),
         (lambda t: t.replace("rate_rps = 12.0", "rate_rps = 5000.0").replace("speed = 1.0", "speed = 10.0"),
          r"simulator.speed: 10 x the services' sim.rate_rps is 50110 simulated arrivals per second"),
+        (lambda t: t.replace("sim = { rate_rps = 5.0 }", "sim = { rate_rps = 9999.0 }"),  # named the speed, left at 1
+         r"services\[code\].sim.rate_rps: 1 x the services' sim.rate_rps is 10017 simulated arrivals per second, "
+         r"more than 8000 \(code's 9999 the most\)"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),
          r"services\[chat\].sim.cycle_period_s: must be in \[1, 604800\], got 0.0"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 1e308"),  # a scenario's is held to a week
@@ -191,6 +194,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [1]")
          .replace("initial_max_batch = 128", "initial_max_batch = 128\ngpus = [1]"),
          r"services\[code\].gpus: GPU 1 is already services\[chat\]'s"),
+        (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [1, 1]", 1),
+         r"services\[chat\].gpus: GPU 1 is listed twice"),  # "is already services[chat]'s", of chat's own list
         (lambda t: t.replace("count = 8", "count = 64"),
          r"accelerators\[H100-SXM\].count: 64 is not the simulated host's 8 H100-SXM GPUs"),
         (lambda t: t.replace("count = 8", "count = 1"), r"accelerators\[H100-SXM\].count: 1 is not"),
@@ -208,7 +213,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"optimizer.time_limit_s: 2 s \(its default\) must be shorter than daemon.slow_interval_s \(2 s\)"),
         (lambda t: t.replace("min_replicas = 1", "min_replicas = 4"),
          r"services\[batch-summaries\].min_replicas: the services' min_replicas up to here add up to 12, more "
-         r"replicas than the accelerators hold \(8\)"),
+         r"replicas than the accelerators hold \(8; accelerators\[H100-SXM\] 8: 8 GPUs, 1 a replica\)"),
+        (lambda t: t.replace("count = 8", "count = 8\ngpus_per_replica = 8", 1),  # the key changed went unnamed
+         r"services\[code\].min_replicas: the services' min_replicas up to here add up to 2, more replicas than the "
+         r"accelerators hold \(1; accelerators\[H100-SXM\] 1: 8 GPUs, 8 a replica\)"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 700"),
          "power.budget_w: 700 W is below the fleet's idle draw, 760 W"),
         (lambda t: t.replace("budget_w = 4000", "budget_w = 1e300"),

@@ -516,7 +516,7 @@ def test_an_optimize_spec_whose_minimums_the_inventory_cannot_hold_is_refused_by
     path.write_text(OPTIMIZE.replace("max_replicas = 4", "min_replicas = 100\nmax_replicas = 100", 1))
     assert main(["optimize", str(path)]) == 2
     assert "services[chat].min_replicas: the services' min_replicas up to here add up to 100, more replicas than " \
-           "the accelerators hold (10)" in one_line(capsys)
+           "the accelerators hold (10; " in one_line(capsys)
 
 
 def test_what_tune_fits_goes_into_an_optimize_spec_and_a_config_prior_whole(
