@@ -254,7 +254,7 @@ class Controller:
             record["held_untold"] = untold  # predicted_w is still the plan's, these at no load
         changed = []
         pending = []
-        degradation.update(urgent=urgent, emergency=self.governor.emergency)
+        degradation.update(urgent=urgent, emergency=self.governor.emergency, ramp_bound=self.governor.ramp_bound)
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         most = {a.name: a.count // a.gpus_per_replica for a in self.settings.accelerators}
         for result, svc in zip(solution.services, self.settings.services, strict=True):

@@ -35,6 +35,9 @@ class PowerGovernor:
         """GPU UUID -> watts held below the plan's cap."""
         self.emergency = False
         self.exhausted = False
+        self.ramp_bound = False
+        """The last step's limits were held under the draw plus a tick's ramp, below the threshold: GPUs held
+        under the plan's caps then wait on the ramp limit, not on the budget."""
         """Over the threshold with every limit it may set at its floor: caps can cut no more, only fewer
         replicas (the slow loop's) bring the draw down."""
 
@@ -100,6 +103,7 @@ class PowerGovernor:
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples, lagging) + s.ramp_up_w_per_s * self.interval_s)
+        self.ramp_bound = ceiling < threshold - 1.0
         limits = self._allot(samples, want, reach, priorities, ceiling, pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)

@@ -285,7 +285,8 @@ def text(rep: dict[str, Any]) -> str:
         lines.append(f"power emergency: the governor holds {d.get('gpus_held_below_plan', 0)} GPUs below the plan's "
                      f"caps (step {d.get('step', '?')}){floor}")
     elif d.get("gpus_held_below_plan"):  # the budget binds without an emergency: what the caps alone do not say
-        lines.append(f"the governor holds {d['gpus_held_below_plan']} GPUs below the plan's caps to fit the budget "
+        line = "its ramp limit (power.ramp_up_w_per_s)" if d.get("ramp_bound") else "the budget"
+        lines.append(f"the governor holds {d['gpus_held_below_plan']} GPUs below the plan's caps to fit {line} "
                      f"(step {d.get('step', '?')})")
     for name, s in rep["services"].items():
         verdict = {True: "SLO met", False: "SLO missed", None: "SLO unknown"}[s["slo_met"]]

@@ -433,6 +433,10 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
     reads = [plant.tick(governor) for _ in range(12)]
     rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
     assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
+    assert not PowerGovernor(PowerSettings(budget_w=2000.0)).ramp_bound
+    ramped = PowerGovernor(settings, interval_s=1.0)  # the ramp, not the budget, holds the limits: status says so
+    Plant({i: 250.0 for i in OWNERS}).tick(ramped)
+    assert ramped.ramp_bound
 
 
 class CappedPlant(Plant):

@@ -200,6 +200,11 @@ def test_status_counts_the_daemons_unmeasured_services_and_says_gpus_held_outsid
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("budget 2000 W, plan predicts 1796 W, drawing 1900 W"), out
     assert out[1] == "the governor holds 4 GPUs below the plan's caps to fit the budget (step caps)"
+    record["degradation"]["ramp_bound"] = True  # type: ignore[index]  # 910 W of 4,000 drawn under a ramp limit
+    decision_log(path).write_text(json.dumps(record) + "\n")  # blamed on the budget (a new user's trial)
+    assert main(["status", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == ("the governor holds 4 GPUs below the plan's caps to fit its "
+                                                      "ramp limit (power.ramp_up_w_per_s) (step caps)")
 
 
 def test_status_says_what_the_cycle_applied_the_draw_and_an_emergency(sim_config: Callable[..., Path],
@@ -429,15 +434,18 @@ def test_the_daemon_loads_the_fitting_libraries_as_its_slow_worker_starts(sim_co
     assert out.stdout.strip().splitlines()[-1] == "[] ['filterpy.kalman', 'scipy.optimize']", out.stdout
 
 
-def _ran_under(sim_config: Callable[..., Path], budget_w: int, cycles: int) -> tuple[Path, dict[str, Any]]:
-    """A daemon on the simulated host under `budget_w`, run `cycles` fast and slow ticks 20 s apart: its config and
-    its last decision."""
+def _ran_under(sim_config: Callable[..., Path], budget_w: int, cycles: int,
+               until: Callable[[dict[str, Any]], bool] = lambda _: False) -> tuple[Path, dict[str, Any]]:
+    """A daemon on the simulated host under `budget_w`, run `cycles` fast and slow ticks 20 s apart, or until a
+    decision meets `until`: its config and its last decision."""
     path = sim_config({"budget_w = 4000": f"budget_w = {budget_w}"})
     daemon = Daemon(path, load_settings(path))
     for _ in range(cycles):
         daemon.t0 -= 20.0
         daemon.fast()
         daemon.slow()
+        if until(json.loads(decision_log(path).read_text().splitlines()[-1])):
+            break
     daemon.parts.close()
     return path, json.loads(decision_log(path).read_text().splitlines()[-1])
 
@@ -461,7 +469,8 @@ def test_status_says_how_far_a_fitted_cap_lets_its_gpus_grow(sim_config: Callabl
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A cap fitted within the limits' sum read "cap 420 W" of GPUs under 472-W limits, and nothing said why (a
     new-user trial): the governor grows a GPU its fitted cap holds down toward the cap chosen before."""
-    path, record = _ran_under(sim_config, 3600, cycles=4)
+    path, record = _ran_under(sim_config, 3600, cycles=12,  # caps are fitted once no service is adding replicas
+                              until=lambda r: any("ceiling_w" in s for s in r["services"].values()))
     name, svc = next((n, s) for n, s in record["services"].items() if "ceiling_w" in s)
     assert svc["ceiling_w"] > svc["applied"]["cap_w"]
     assert main(["status", "--config", str(path)]) == 0
