@@ -246,6 +246,10 @@ def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
     table = power.pop("budget", None) if isinstance(power, dict) else None
     if table is not None and not isinstance(table, dict):
         raise ConfigError("power.budget", "must be a table")
+    sim = data.get("simulator")
+    if isinstance(sim, dict) and isinstance(n := sim.get("num_gpus"), int) and isinstance(types := sim.get(
+            "gpu_types"), list) and types and n != len(types):  # gpu_types was read, num_gpus unsaid
+        raise ConfigError("simulator.num_gpus", f"{n} but gpu_types lists {len(types)} GPUs: give one")
     settings = build(Settings, data)
     if table is None:
         return settings

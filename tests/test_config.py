@@ -69,6 +69,8 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace('solver = "greedy"', 'solver = "cplex"'), "optimizer.solver: must be one of"),
         (lambda t: t.replace('statistic = "p95"', 'statistic = "p42"'), r"services\[code\].statistic: unknown"),
         (lambda t: t.replace("num_gpus = 8", "num_gpus = 8.5"), "simulator.num_gpus: must be an integer"),
+        (lambda t: t.replace("num_gpus = 8", 'num_gpus = 3\ngpu_types = ["H100-SXM", "H100-SXM"]'),  # 3 was unread
+         "simulator.num_gpus: 3 but gpu_types lists 2 GPUs: give one"),
         (lambda t: t.replace('solver = "greedy"', 'solver = "greedy"\nqueue_model = "mg1"'),
          "optimizer.queue_model: unknown"),
         (lambda t: t.replace("initial_max_batch = 64", "initial_max_batch = 64\ngpus = [0, -1]", 1),
