@@ -54,6 +54,7 @@ def check_listen(listen: str, field: str) -> None:
         ip = ipaddress.ip_address(listen)
     except ValueError:
         return
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:224.0.0.1 binds as 224.0.0.1 does
     if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
         raise ConfigError(field, f"must be an address of this host, not a broadcast or multicast one, got "
                           f"{quoted(listen)}")

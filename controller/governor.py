@@ -35,11 +35,11 @@ class PowerGovernor:
         """GPU UUID -> watts held below the plan's cap."""
         self.emergency = False
         self.exhausted = False
+        """Over the threshold with every limit it may set at its floor: caps can cut no more, only fewer
+        replicas (the slow loop's) bring the draw down."""
         self.ramp_bound = False
         """The last step's limits were held under the draw plus a tick's ramp, below the threshold: GPUs held
         under the plan's caps then wait on the ramp limit, not on the budget."""
-        """Over the threshold with every limit it may set at its floor: caps can cut no more, only fewer
-        replicas (the slow loop's) bring the draw down."""
 
     @staticmethod
     def accounted_w(sample: GpuSample) -> float:

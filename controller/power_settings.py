@@ -92,11 +92,11 @@ class PowerSettings:
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
     load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus
-    one tick's ramp. 0: no ramp limit."""
+    one tick's ramp. 0: no ramp limit; else at least 1 W a second (a limit is set to the watt)."""
     ramp_down_w_per_s: float = 0.0
     """Most the governor's own lowering of limits (a smaller cap planned, room taken back) may take off the
     site's draw per second; a budget drop (the site or a domain over its line) is cut at once all the same, and
-    a load that falls cannot be held up. 0: no limit."""
+    a load that falls cannot be held up. 0: no limit; else at least 1 W a second."""
     domains: tuple[PowerDomainSettings, ...] = ()
     """`[[power.domains]]`: groups of GPUs (a rack, a PDU) with limits of their own, each held by the governor
     as the site is, lowest priority first within the domain, even where the site has room."""

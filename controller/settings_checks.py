@@ -167,9 +167,9 @@ def _unique(s: Settings) -> None:
             scaled[deployment] = where
             for g in v.gpus:
                 if g in owner:
-                    raise ConfigError(f"{where}.gpus", f"GPU {g} is listed twice" if owner[g] == svc.name
-                                      else f"GPU {g} is already {svc_path(owner[g])}'s")
-                owner[g] = svc.name
+                    raise ConfigError(f"{where}.gpus", f"GPU {g} is listed twice" if owner[g] == where
+                                      else f"GPU {g} is already {owner[g]}'s")
+                owner[g] = where
             per = next((a.gpus_per_replica for a in s.accelerators if a.name == v.accelerator), 1)
             if v.gpus and len(v.gpus) < svc.min_replicas * per:  # its replicas take these in order: the others none
                 raise ConfigError(f"{where}.gpus", f"{len(v.gpus)} listed, fewer GPUs than its min_replicas need "
@@ -297,6 +297,6 @@ def _simulated_host(s: Settings) -> None:
     arrivals = sim.speed * sum(svc.sim.rate_rps for svc in s.services)
     if arrivals > MAX_SIM_ARRIVALS:  # named where the most arrivals come from, unless the speed multiplies them
         top = max(s.services, key=lambda svc: svc.sim.rate_rps)
-        at = "simulator.speed" if sim.speed > 1 else f"{svc_path(top.name)}.sim.rate_rps"
+        at = "simulator.speed" if arrivals / sim.speed <= MAX_SIM_ARRIVALS else f"{svc_path(top.name)}.sim.rate_rps"
         raise ConfigError(at, f"{sim.speed:g} x the services' sim.rate_rps is {arrivals:g} simulated arrivals per "
                           f"second, more than {MAX_SIM_ARRIVALS:g} ({top.name}'s {top.sim.rate_rps:g} the most)")

@@ -115,6 +115,9 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
         (lambda t: t.replace("sim = { rate_rps = 5.0 }", "sim = { rate_rps = 9999.0 }"),  # named the speed, left at 1
          r"services\[code\].sim.rate_rps: 1 x the services' sim.rate_rps is 10017 simulated arrivals per second, "
          r"more than 8000 \(code's 9999 the most\)"),
+        (lambda t: t.replace("sim = { rate_rps = 5.0 }", "sim = { rate_rps = 9999.0 }").replace("speed = 1.0",
+                                                                                               "speed = 1.01"),
+         r"services\[code\].sim.rate_rps: 1.01 x"),  # past the bound at any speed: the speed is not what to mend
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 0"),
          r"services\[chat\].sim.cycle_period_s: must be in \[1, 604800\], got 0.0"),
         (lambda t: t.replace("cycle_period_s = 900", "cycle_period_s = 1e308"),  # a scenario's is held to a week
@@ -145,7 +148,7 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          "metrics.listen: must be an IP address, got 'not-an-ip'"),
         *((lambda t, a=a: t.replace('listen = "127.0.0.1"', f'listen = "{a}"'),  # (a new user's trial) it bound,
            f"metrics.listen: must be an address of this host, not a broadcast or multicast one, got '{a}'")  # unread
-          for a in ("255.255.255.255", "224.0.0.1", "ff02::1")),
+          for a in ("255.255.255.255", "224.0.0.1", "ff02::1", "::ffff:224.0.0.1")),
         (lambda t: t.replace("beta_ms = 0.2,", "beta_ms = inf,", 1), r"services\[chat\].prior.beta_ms: .*got inf"),
         (lambda t: t.replace("alpha_ms = 20.0,", "alpha_ms = 0.0,", 1),
          r"services\[chat\].prior.alpha_ms: must be in \(0, 60000\]"),
@@ -240,6 +243,19 @@ def test_bad_file_exits_2_naming_the_field(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert re.search(field, err), err
+
+
+def test_two_variants_of_one_service_on_one_gpu_say_whose_it_is(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The GPU was the service's own other variant's: "listed twice" read as though one list held it twice (a
+    review)."""
+    host = ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml"
+    text = host.read_text().replace('variants = [{ accelerator = "H100-SXM" }, { accelerator = "L40S" }]',
+                                    'variants = [{ accelerator = "H100-SXM", gpus = [1] }, '
+                                    '{ accelerator = "L40S", gpus = [1] }]', 1)
+    (tmp_path / "h.toml").write_text(text.replace('"../../../var/state-h100-l40s"', f'"{tmp_path}/state"'))
+    assert main(["check-config", "--file-only", str(tmp_path / "h.toml")]) == 2
+    assert "variants[L40S].gpus: GPU 1 is already services[chat].variants[H100-SXM]'s" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,shown", [

@@ -433,10 +433,13 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
     reads = [plant.tick(governor) for _ in range(12)]
     rises = [b - a for a, b in zip([before, *reads], reads, strict=False)]
     assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1940.0 - 100.0 - 4, (rises, reads)
-    assert not PowerGovernor(PowerSettings(budget_w=2000.0)).ramp_bound
-    ramped = PowerGovernor(settings, interval_s=1.0)  # the ramp, not the budget, holds the limits: status says so
-    Plant({i: 250.0 for i in OWNERS}).tick(ramped)
-    assert ramped.ramp_bound
+    for ramp, bound in ((100.0, True), (0.0, False)):  # three ticks in: the GPUs under their caps, by what?
+        stepped, plant = PowerGovernor(replace(settings, ramp_up_w_per_s=ramp)), Plant({i: 250.0 for i in OWNERS})
+        plant.tick(stepped)
+        plant.natural_w = {i: 700.0 for i in OWNERS}
+        for _ in range(3):
+            plant.tick(stepped)
+        assert stepped.ramp_bound == bound and min(plant.limit_w.values()) < 700.0, (ramp, plant.limit_w)
 
 
 class CappedPlant(Plant):
