@@ -225,7 +225,8 @@ class Controller:
             margin = self.estimator.margins.margin(svc.name, o.slo_margin_step, o.slo_margin_max)
             self.metrics.slo_margin.labels(svc.name).set(margin)
             demands.append(service_demand(svc, load, margin, self.assignments[svc.name], self.variants[svc.name],
-                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc)))
+                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc),
+                                          self.estimator.serving.get(svc.name)))
         return Problem(tuple(demands), accs, self.tick_power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s, self.empty.learnt_w()),

@@ -19,10 +19,11 @@ from tuner import Tuner, pair_key
 
 def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Assignment, variants: tuple[str, ...],
                    kv_tokens: dict[str, float], tuner: Tuner, basis: SizingBasis,
-                   gpus: dict[str, tuple[int, ...]]) -> ServiceDemand:
+                   gpus: dict[str, tuple[int, ...]], serving: int | None = None) -> ServiceDemand:
     """`svc`'s demand at `load` (its token mix held by `basis`) with its targets less `margin`, on `variants` (the
     types it has a replica target on, and no other), whose KV-cache tokens `kv_tokens` gives (read, not fitted);
-    `gpus`: where its replicas run per type (domain_rooms.placements). The types it does not run on whose pair no
+    `gpus`: where its replicas run per type (domain_rooms.placements); `serving`: the replicas its last window
+    read. The types it does not run on whose pair no
     window has measured are marked `untried`: their parameters are its one prior, written for whichever GPU."""
     params: dict[str, ServiceParams] = {}
     profiles: dict[str, PowerProfile] = {}
@@ -41,4 +42,4 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
     untried = frozenset(a for a in variants if a != current.accelerator and not tuner.measured(svc.model, a))
     return ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
                          svc.load(load.rate_rps, in_tokens, out_tokens), params, svc.min_replicas, svc.max_replicas,
-                         svc.max_queue, current, profiles, gpus, untried)
+                         svc.max_queue, current, profiles, gpus, untried, serving=serving)

@@ -83,6 +83,8 @@ class Estimator:
             log.warning("%s", problem)
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
+        self.serving: dict[str, int] = {}
+        """Per service, the replicas that served its last window read (a replica loading its model serves none)."""
         self.silent: dict[str, int] = {}
         """Per service not yet told, the cycles it has had no window in (or one no replica served in)."""
 
@@ -108,6 +110,7 @@ class Estimator:
             m.errors.labels("bad_window").inc()
             return f"window refused: {problem}"
         m.rate_obs.labels(svc.name).set(window.rate_rps)
+        self.serving[svc.name] = window.replicas
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
         # What was served is not what arrived: a queue or a batch that grew through a steady window took the

@@ -336,8 +336,10 @@ def test_caps_fitted_within_the_limits_sum_are_published_with_the_caps_chosen_as
     power = dataclasses.replace(ctl.settings.power, budget_w=3600.0)
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=power))
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
-    vllm.next = {"chat": window(rate_rps=14.0), "code": window(rate_rps=8.0), "batch-summaries": window(rate_rps=6.0)}
+    rates = {"chat": 14.0, "code": 8.0, "batch-summaries": 6.0}
     for k in range(1, 8):  # until no service adds replicas: their caps are not fitted meanwhile
+        vllm.next = {n: dataclasses.replace(window(rate_rps=r), replicas=max(1, ctl.assignments[n].replicas))
+                     for n, r in rates.items()}  # every replica in force serves
         ctl.tick_slow(15.0 * k)
     plan, threshold_w = ctl.fast.plan, power.budget_w * (1 - power.headroom)
     running = {n: a for n, a in ctl.assignments.items() if a.replicas}
@@ -350,6 +352,26 @@ def test_caps_fitted_within_the_limits_sum_are_published_with_the_caps_chosen_as
         assert tops == {a.accelerator: record["services"][name]["ceiling_w"]}
         assert plan.ceiling_w(name, a.accelerator) > plan.cap_w(name, a.accelerator) == a.power_cap_w
     assert all("ceiling_w" not in record["services"][n] for n in ctl.assignments if n not in plan.ceilings_w)
+
+
+def test_a_service_whose_replicas_still_load_keeps_the_cap_chosen(tmp_path: Path) -> None:
+    """A scale-up applied is not one served: replicas loading their model serve no window, and those that serve
+    carry the whole load meanwhile. The cap of a service its window finds short of the replicas in force is not
+    fitted; once they all serve, it is (a review: the replica target alone was counted)."""
+    ctl, vllm, _ = controller(tmp_path)
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=3600.0)))
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    rates = {"chat": 14.0, "code": 8.0, "batch-summaries": 6.0}
+    for k in range(1, 10):
+        loading = k >= 8  # code's third replica (in force, counted) has not come up in the last two windows
+        vllm.next = {n: dataclasses.replace(window(rate_rps=r), replicas=max(1, ctl.assignments[n].replicas
+                                                                             - (loading and n == "code")))
+                     for n, r in rates.items()}
+        ctl.tick_slow(15.0 * k)
+    planned = [json.loads(line)["services"]["code"]["planned"]
+               for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert [p["replicas"] for p in planned[6:]] == [3, 3, 3]  # nothing else changed
+    assert planned[6]["cap_w"] == 420.0 and planned[7]["cap_w"] == planned[8]["cap_w"] == 630.0, planned
 
 
 def test_a_budget_a_reload_changes_is_in_the_decision_logs_budget_changes(tmp_path: Path) -> None:

@@ -48,10 +48,14 @@ def _ladder(c: Candidate, cands: Sequence[Candidate]) -> list[Candidate]:
 
 
 def _growing(problem: Problem, i: int, c: Candidate) -> bool:
-    """Whether service `i` adds replicas of the type it runs: until they are up, the ones that run carry the load
-    planned for all of them, and a cap fitted to the plan's share holds them under it."""
-    now = problem.services[i].current
-    return now is not None and now.accelerator == c.assignment.accelerator and c.assignment.replicas > now.replicas
+    """Whether service `i` plans more replicas of the type it runs than serve (those in force, less any still
+    loading): until they serve, the ones that do carry the load planned for all of them, and a cap fitted to the
+    plan's share holds them under it."""
+    svc = problem.services[i]
+    now = svc.current
+    if now is None or now.accelerator != c.assignment.accelerator:
+        return False
+    return c.assignment.replicas > (now.replicas if svc.serving is None else min(now.replicas, svc.serving))
 
 
 def _freed_w(c: Candidate, d: Candidate) -> float:
@@ -72,14 +76,15 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     over_w = limits_w(problem, choice) - problem.budget_w
     if problem.budget_mode != "predicted" or over_w <= 0:
         return choice, []
-    ladders = {i: [] if _growing(problem, i, c) else _ladder(c, cands[i]) for i, c in enumerate(choice)
-               if c is not None}
+    growing = [i for i, c in enumerate(choice) if c is not None and _growing(problem, i, c)]
+    ladders = {i: [] if i in growing else _ladder(c, cands[i]) for i, c in enumerate(choice) if c is not None}
     most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
+        held = f" ({', '.join(problem.services[i].name for i in growing)} at the cap chosen: adding replicas)"
         return choice, [f"the caps ask {problem.budget_w + over_w:.0f} W of power limits, {over_w - most_w:.0f} W past "
                         f"the budget's {problem.budget_w:.0f} W even at the lowest power levels its candidates "
-                        "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much "
-                        "(none while it adds replicas): the governor shares the budget, priority first"]
+                        "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much"
+                        f"{held if growing else ''}: the governor shares the budget, priority first"]
 
     out = list(choice)
     steps = [(_cost(c, ladders[i][0]), i, 0) for i, c in enumerate(choice) if c is not None and ladders[i]]

@@ -63,6 +63,9 @@ class ServiceDemand:
     written for another type. They are planned at `Problem.untried_margin`, or, `untried_at_risk`, at its own
     margin with a share of what it serves there counted as unserved (values.UNTRIED_RISK)."""
     untried_at_risk: bool = False
+    serving: int | None = None
+    """Replicas that served its last window (a replica still loading its model serves none); None: not known. The
+    fit of its caps waits while fewer serve than it plans (optimizer/limit_fit.py)."""
 
     def profile(self, acc: AcceleratorType) -> PowerProfile:
         return self.profiles.get(acc.name, acc.profile)
