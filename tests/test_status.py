@@ -469,7 +469,7 @@ def test_status_says_how_far_a_fitted_cap_lets_its_gpus_grow(sim_config: Callabl
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A cap fitted within the limits' sum read "cap 420 W" of GPUs under 472-W limits, and nothing said why (a
     new-user trial): the governor grows a GPU its fitted cap holds down toward the cap chosen before."""
-    path, record = _ran_under(sim_config, 3600, cycles=12,  # caps are fitted once no service is adding replicas
+    path, record = _ran_under(sim_config, 3600, cycles=30,  # caps are fitted once no service is adding replicas
                               until=lambda r: any("ceiling_w" in s for s in r["services"].values()))
     name, svc = next((n, s) for n, s in record["services"].items() if "ceiling_w" in s)
     assert svc["ceiling_w"] > svc["applied"]["cap_w"]
