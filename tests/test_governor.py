@@ -442,6 +442,20 @@ def test_a_ramp_limit_holds_whatever_the_load_does() -> None:
         assert stepped.ramp_bound == bound and min(plant.limit_w.values()) < 700.0, (ramp, plant.limit_w)
 
 
+def test_a_ramp_takes_back_the_room_a_limit_leaves_over_its_draw() -> None:
+    """One chat GPU's limit 96 W over its draw took the whole tick's ramp (the limits' sum is held under the draw
+    plus a tick's ramp): bulk's two GPUs, pressed at 300 W under 700-W caps, stayed there for 60 ticks with the site
+    at 1,100 W of a 3,880-W line (a review). That slack is the ramp's to share: they climb, within the ramp."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_up_w_per_s=100.0), interval_s=1.0)
+    plant = Plant({0: 200.0, 1: 300.0, 2: 300.0, 3: 300.0})
+    for _ in range(10):
+        plant.tick(governor)
+    plant.natural_w.update({2: 700.0, 3: 700.0})
+    reads = [plant.tick(governor) for _ in range(15)]
+    rises = [b - a for a, b in itertools.pairwise(reads)]
+    assert max(rises) <= 100.0 + 1e-6 and reads[-1] == 1900.0, reads  # every GPU at its natural draw
+
+
 class CappedPlant(Plant):
     """GPUs at their caps draw 97 % of the limit on average, as capped engines do between steps."""
 
