@@ -84,7 +84,8 @@ class Estimator:
         self.observed: set[str] = set()
         """Services whose demand a window has told (a replica served in it)."""
         self.serving: dict[str, int] = {}
-        """Per service, the replicas that served its last window read (a replica loading its model serves none)."""
+        """Per service, the replicas that served this cycle's window (a replica loading its model serves none);
+        absent where none was read or it was refused."""
         self.silent: dict[str, int] = {}
         """Per service not yet told, the cycles it has had no window in (or one no replica served in)."""
 
@@ -103,9 +104,11 @@ class Estimator:
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
+        problem = None if window is None else window_problem(window)
+        if window is None or problem is not None:  # no count of those serving now: an old one held the fit off
+            self.serving.pop(svc.name, None)
         if window is None:
             return "no window"  # keep the estimate
-        problem = window_problem(window)
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
             m.errors.labels("bad_window").inc()
             return f"window refused: {problem}"

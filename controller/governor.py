@@ -145,9 +145,9 @@ class PowerGovernor:
         priority first. `reach`: how far each GPU may grow while pressed or held (at least `want`: a fitted cap's
         ceiling); a limit above `want` is kept only while the GPU is, or draws past `want` (`_keeps`), and room
         still free after the caps goes on to the ceilings, highest priority first. `beyond_w`: the budget's room
-        above a ramp's ceiling. A GPU only the ramp holds back grows by an even share of the tick's room and takes
-        no lower priority's limit (given whole to the highest priority, one pressed in its draw's noise took it
-        every tick)."""
+        above a ramp's ceiling. A GPU only the ramp holds back grows by an even share of the tick's room (the free
+        room and that other GPUs' limits leave over their draw) and takes no lower priority's limit (given whole to
+        the highest priority, one pressed in its draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         self.accounted_w(g)))
                  for g in samples}

@@ -96,7 +96,7 @@ def test_a_service_adding_replicas_keeps_its_cap_until_they_run() -> None:
     assert fit_limits(replace(loading, budget_w=1500.0), cands, choice)[1] == [  # s1 alone cannot free 300 W
         "the caps ask 1800 W of power limits, 20 W past the budget's 1500 W even at the lowest power levels its "
         "candidates offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much (s0 at "
-        "the cap chosen: adding replicas): the governor shares the budget, priority first"]
+        "the cap chosen: fewer serve than planned): the governor shares the budget, priority first"]
 
 
 def test_solve_publishes_caps_the_governor_can_hold_whole() -> None:

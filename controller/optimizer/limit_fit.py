@@ -2,14 +2,15 @@
 
 In predicted mode the plan budgets its predicted draw, and the governor holds the power limits' sum under the same
 line (a GPU draws at most its limit, so no load jump passes it). Caps that sum past the line were cut there tick by
-tick, priority first and whatever the cut cost: on diurnal, batch-summaries' GPUs ran under 331-W limits of a
-630-W cap, their prompts held 17 % of the time, while chat's drew 314 W under 630. Here the chosen caps (and the
-free GPUs at their lowest limits, where the governor holds them) are brought within the line before the plan is
-published: a level at a time, where the model says a watt of cap is worth least, each service keeping its shape
-(accelerator, replicas, batch, clock) and serving no less. A service adding replicas keeps the cap chosen until
-they run: the ones that run meanwhile carry the whole load (code's first one, fitted to 420 W for three, missed a
-closed-loop window by its p95 ITL while the others started). Where even the lowest levels do not fit (a budget
-below the fleet's caps at their floor), the choice stays as it was and the governor shares the line as before.
+tick, priority first and whatever the cut cost: on diurnal, batch-summaries' GPUs ran under 331-W limits of a 630-W
+cap, their prompts held 17 % of the time, while chat's drew 314 W under 630. Here the chosen caps (and the free GPUs
+at their lowest limits, where the governor holds them) are brought within the line before the plan is published: a
+level at a time, where the model says a watt of cap is worth least, each service keeping its shape (accelerator,
+replicas, batch, clock) and serving no less. A service with fewer replicas serving than it plans (some added,
+loading their model, or restarting) keeps the cap chosen until they serve: the ones that serve carry the whole load
+(code's first one, fitted to 420 W for three, missed a closed-loop window by its p95 ITL while the others started).
+Where even the lowest levels do not fit (a budget below the fleet's caps at their floor), the choice stays as it was
+and the governor shares the line as before.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def fit_limits(problem: Problem, cands: list[list[Candidate]],
     ladders = {i: [] if i in growing else _ladder(c, cands[i]) for i, c in enumerate(choice) if c is not None}
     most_w = sum(_freed_w(c, ladders[i][-1]) for i, c in enumerate(choice) if c is not None and ladders[i])
     if most_w < over_w:  # said: the plan's caps are not the limits the governor will set
-        held = f" ({', '.join(problem.services[i].name for i in growing)} at the cap chosen: adding replicas)"
+        held = f" ({', '.join(problem.services[i].name for i in growing)} at the cap chosen: fewer serve than planned)"
         return choice, [f"the caps ask {problem.budget_w + over_w:.0f} W of power limits, {over_w - most_w:.0f} W past "
                         f"the budget's {problem.budget_w:.0f} W even at the lowest power levels its candidates "
                         "offer each service's shape (accelerator, replicas, max batch, clock) at, serving as much"
