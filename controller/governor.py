@@ -169,10 +169,15 @@ class PowerGovernor:
         pressing = {g.uuid for g in samples if g.uuid not in pinned and (self.accounted_w(g) >= (
             ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
+
+        def lends_to(h: GpuSample) -> float:
+            """The least a GPU not pressed lends its limit down to: its draw and a margin, its floor at least."""
+            return max(self.accounted_w(h) + pressed_w(limit[h.uuid]), floor[h.uuid])
+
         # a ramp's tick of room, shared evenly, counts the room limits leave over their GPUs' draw: taken back, it
         # is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at 300 W, the site at 1,100 of 3,880)
-        spare = sum(max(0.0, limit[h.uuid] - max(self.accounted_w(h) + pressed_w(limit[h.uuid]), floor[h.uuid]))
-                    for h in samples if h.uuid not in pressing and h.uuid not in lagging and h.uuid not in pinned)
+        spare = sum(max(0.0, limit[h.uuid] - lends_to(h)) for h in samples if beyond_w > 0 and h.uuid not in pressing
+                    and h.uuid not in lagging and h.uuid not in pinned)
         share = (max(0.0, rooms.room[-1]) + spare) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
@@ -184,7 +189,7 @@ class PowerGovernor:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                unused = [(h, self.accounted_w(h) + pressed_w(limit[h.uuid])) for h in order
+                unused = [(h, lends_to(h)) for h in order
                           if h.uuid not in pressing and h.uuid not in lagging]  # room node plans would not admit
                 for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
                     if rooms.of(g.uuid) >= need:
