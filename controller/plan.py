@@ -42,31 +42,34 @@ class Plan:
         return Plan(version, MappingProxyType(caps), MappingProxyType(dict(priorities)), MappingProxyType(locks),
                     MappingProxyType(tops))
 
+    def _variant(self, service: str, variant: str | None) -> str | None:
+        """The variant a GPU of `service` is planned on: its own, the planned one (the first with a cap) where its
+        own is not known; None where the plan has no cap for the service."""
+        caps = self.caps_w.get(service)
+        if not caps:
+            return None
+        return next(iter(caps)) if variant is None else variant
+
     def ceiling_w(self, service: str, variant: str | None) -> float | None:
         """How far a GPU of `service` on `variant` that its cap holds down may grow: its ceiling, else its cap."""
-        cap = self.cap_w(service, variant)
-        if cap is None:
+        v = self._variant(service, variant)
+        cap = None if v is None else self.caps_w[service].get(v)
+        if v is None or cap is None:
             return None
-        top = self.ceilings_w.get(service, {}).get(next(iter(self.caps_w[service])) if variant is None else variant)
+        top = self.ceilings_w.get(service, {}).get(v)
         return cap if top is None else max(cap, top)
 
     def clock_fraction(self, service: str, variant: str | None) -> float | None:
         """The locked clock share for a GPU of `service` on `variant` (the planned variant's where the GPU's is
         not known); None: unlocked."""
-        caps = self.caps_w.get(service)
-        if not caps:
-            return None
-        return self.clocks.get(service, {}).get(next(iter(caps)) if variant is None else variant)
+        v = self._variant(service, variant)
+        return None if v is None else self.clocks.get(service, {}).get(v)
 
     def cap_w(self, service: str, variant: str | None) -> float | None:
         """The cap for a GPU of `service` on `variant` (the planned variant's where the GPU's is not known);
         None where the plan has none."""
-        caps = self.caps_w.get(service)
-        if not caps:
-            return None
-        if variant is None:
-            return next(iter(caps.values()))
-        return caps.get(variant)
+        v = self._variant(service, variant)
+        return None if v is None else self.caps_w[service].get(v)
 
 
 def ceiling_of(applied: tuple[str, float], planned: tuple[str, float], chosen_w: float | None) -> float | None:
