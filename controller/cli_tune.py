@@ -59,8 +59,7 @@ def tune(args: argparse.Namespace) -> int:
     except ModelInputError as exc:
         raise as_flags(exc, args) from None
     prof = profile(args.accelerator) if args.accelerator else None
-    observations = read_bounded(Path(args.observations),
-                                None if prof is None else (prof.min_power_w, prof.max_power_w))
+    observations = read_bounded(Path(args.observations), prof)
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):
@@ -93,6 +92,9 @@ def tune(args: argparse.Namespace) -> int:
 UNUSABLE_ERROR = 1.0
 """The in-sample median relative error of mean TTFT or ITL past which a fit is refused as unusable: off by more
 than the windows it was fitted to measured (a sound fit reads 0.01-0.4)."""
+UNUSABLE_DRAW_ERROR = 0.5
+"""The draw curve's median relative error past which it is refused: the curve spans the GPU's idle to its peak
+draw, so readings it misses by half are not one GPU's (a sum over GPUs, another unit; a sound fit reads 0.01-0.1)."""
 
 
 def _usable(report: dict[str, Any]) -> int:
@@ -104,6 +106,12 @@ def _usable(report: dict[str, Any]) -> int:
         print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
               f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable; a parameter "
               "held at a bound above says which prior to move nearer the observations", file=sys.stderr)
+        return 1
+    draw = report.get("draw", {}).get("median_abs_err_power")
+    if draw is not None and draw > UNUSABLE_DRAW_ERROR:
+        print(f"wattscale: tune: the draw curve does not explain the windows' power readings (median relative "
+              f"error {draw}, over {UNUSABLE_DRAW_ERROR:g}): are power_w one GPU's mean draw in watts?",
+              file=sys.stderr)
         return 1
     n, k = report["observations"], len(report["params"])
     if n < k:

@@ -9,6 +9,7 @@ from pathlib import Path
 from actuators.vllm_servers import MAX_BATCH
 from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_QUEUE
+from queuemodels import PowerProfile
 from tuner import Observation
 from tuner.observation_file import ObservationFileError, read_observations, require_usable
 
@@ -32,12 +33,23 @@ Jacobian), so 20,000 rows are under three minutes; a longer file is refused (its
 rows)."""
 
 
-def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) -> list[Observation]:
-    """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (a
-    power cap within `cap_limits_w`, the accelerator's, where it is known); ObservationFileError names the row
-    (`path:line`), the column and the value."""
+DRAW_SLACK = 1.25
+"""How far a window's mean draw may read past the GPU's most power (or its cap), and under a quarter of its idle
+draw: NVML's 1-s means pass a limit briefly while it is enforced, never by a quarter; a kW or a mW column does."""
+
+
+def power_bounds(prof: PowerProfile) -> dict[str, tuple[float, float]]:
+    """The power columns' bounds on one accelerator: a cap within its limits, a draw within what it can draw."""
+    return {"power_cap_w": (prof.min_power_w, prof.max_power_w),
+            "power_w": (prof.idle_power_w / 4.0, DRAW_SLACK * prof.max_power_w)}
+
+
+def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observation]:
+    """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (its
+    power cap and draw within what `prof`, the accelerator's, allows, where it is known, and no draw far past its
+    own cap); ObservationFileError names the row (`path:line`), the column and the value."""
     observations = read_observations(path, MAX_ROWS)
-    bounds = BOUNDS if cap_limits_w is None else {**BOUNDS, "power_cap_w": cap_limits_w}
+    bounds = BOUNDS if prof is None else {**BOUNDS, **power_bounds(prof)}
     for i, obs in enumerate(observations):
         for name, (low, high) in bounds.items():
             value = getattr(obs, name)
@@ -46,4 +58,8 @@ def read_bounded(path: Path, cap_limits_w: tuple[float, float] | None = None) ->
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
                                            f"[{low:g}, {high:g}], got {value:g}")
+        if obs.power_w is not None and obs.power_cap_w is not None and obs.power_w > DRAW_SLACK * obs.power_cap_w:
+            raise ObservationFileError(f"{observations.where(i)}: column 'power_w' must be at most "
+                                       f"{DRAW_SLACK:g} x the row's power_cap_w ({obs.power_cap_w:g} W), got "
+                                       f"{obs.power_w:g}")
     return require_usable(observations)  # after the bounds: a value out of them names its column

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import one_line
 from controller.cli import main
 from controller.tune_input import MAX_ROWS, read_bounded
 from queuemodels import ServiceParams
+from queuemodels.accelerators import profile
 from tuner import PairFilter
 from tuner.observation_file import ObservationFileError
 from tuner.offline import run
@@ -151,7 +153,7 @@ def test_a_number_past_any_float_is_refused_as_written(tmp_path: Path, column: s
         row = {**values, column: text} if column in values else {**values}
         path.write_text(f"{HEADER},power_cap_w\n{','.join(row.values())},{text if column == 'power_cap_w' else 400}\n")
         with pytest.raises(ObservationFileError) as err:
-            read_bounded(path, (200.0, 700.0))
+            read_bounded(path, profile("H100-SXM"))
         assert str(err.value) == f"{path}:2: column {column!r} is past any number a float holds: {shown}"
 
 
@@ -162,7 +164,7 @@ def test_every_row_out_of_bounds_is_named_as_one_row_is(tmp_path: Path) -> None:
     for rows in ([f"{ROW},400", f"{ROW},0"], [f"{ROW},0", f"{ROW},0"]):
         path.write_text("\n".join([f"{HEADER},power_cap_w", *rows]) + "\n")
         with pytest.raises(ObservationFileError) as err:
-            read_bounded(path, (200.0, 700.0))
+            read_bounded(path, profile("H100-SXM"))
         line = 2 + rows.index(f"{ROW},0")
         assert str(err.value) == f"{path}:{line}: column 'power_cap_w' must be in [200, 700], got 0"
 
@@ -199,3 +201,60 @@ def test_an_unknown_accelerator_is_named_as_the_option(tmp_path: Path, capsys: p
     with pytest.raises(SystemExit):
         main(["tune", str(path), "--accelerator", "H999"])
     assert "argument --accelerator: unknown 'H999', expected one of A100-SXM4" in one_line(capsys)
+
+
+def _example_with(tmp_path: Path, power: Callable[[float, float | None], str]) -> Path:
+    """The shipped example with each row's power_w rewritten by `power(power_w, power_cap_w)`."""
+    lines = (ROOT / "config" / "examples" / "observations.csv").read_text().splitlines()
+    names = lines[0].split(",")
+    cap, drawn = names.index("power_cap_w"), names.index("power_w")
+    rows = []
+    for line in lines[1:]:
+        cells = line.split(",")
+        cells[drawn] = power(float(cells[drawn]), float(cells[cap]) if cells[cap] else None)
+        rows.append(",".join(cells))
+    path = tmp_path / "obs.csv"
+    path.write_text("\n".join([lines[0], *rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("power", "said"), [
+    (lambda w, cap: f"{w / 1000:g}", "column 'power_w' must be in [23.75, 875], got 0.2863"),  # kW
+    (lambda w, cap: f"{w * 10:g}", "column 'power_w' must be in [23.75, 875], got 2863"),  # in tenths of a W
+    (lambda w, cap: f"{w if cap is None else cap * 1.3:g}", "column 'power_w' must be at most 1.25 x the row's "
+                                                            "power_cap_w (560 W), got 728"),
+])
+def test_a_power_reading_no_such_gpu_draws_is_refused_by_its_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 power: Callable[[float, float | None], str],
+                                                                 said: str) -> None:
+    """power_w was only held within [0, 10,000] W whatever the GPU: readings in kW fitted a draw curve to its
+    bounds (median error 425) and `tune` exited 0."""
+    path = _example_with(tmp_path, power)
+    assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 2
+    assert said in one_line(capsys)
+
+
+def test_a_draw_curve_that_misses_its_readings_by_half_exits_1(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Readings a GPU can draw, but a tenth of what this load draws (another GPU's, a sum gone wrong): the fit is
+    printed, and refused."""
+    path = _example_with(tmp_path, lambda w, cap: "30")
+    assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 1
+    out, err = capsys.readouterr()
+    assert "draw curve:" in out
+    assert "tune: the draw curve does not explain the windows' power readings (median relative error" in err
+
+
+def test_the_prefill_sensitivity_stays_the_catalogue_s_where_no_window_ran_under_a_cap(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a capped window tells how a cap slows prompts: fitted on uncapped windows alone it moved from 1 to 0.46
+    with the times' common scale, and `analyze --power-cap-w` read prompts 4 % faster under a cap."""
+    lines = (ROOT / "config" / "examples" / "observations.csv").read_text().splitlines()
+    cap = lines[0].split(",").index("power_cap_w")
+    path = tmp_path / "uncapped.csv"
+    path.write_text("\n".join([lines[0], *(line for line in lines[1:] if not line.split(",")[cap])]) + "\n")
+    assert main(["tune", str(path), "--accelerator", "H100-SXM", "--fit-power", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] == 1.0
+    assert main(["tune", str(ROOT / "config" / "examples" / "observations.csv"), "--accelerator", "H100-SXM",
+                 "--fit-power", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] < 0.9  # capped rows move it

@@ -192,6 +192,8 @@ class PairFilter:
         periodic refit keeps the filter's own."""
         low, high = self.bounds
         free = self.prior_vector() > 0
+        if self.fit_power and self.profile is not None and not any(self._capped(o) for o in observations):
+            free[len(self.prior.as_vector())] = False  # nothing here says it: moved, it followed the times' scale
         errors = partial(self._log_errors, observations)
         start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors([x])[0]))
         anchor = anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
@@ -199,6 +201,12 @@ class PairFilter:
                          free, (low, high), self.settings, tol)
         if reset_spread:
             self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
+
+    def _capped(self, obs: Observation) -> bool:
+        """Whether a window ran under a power cap below the GPU's most, the only ones that tell how a cap slows
+        prompts (the prefill sensitivity)."""
+        return (obs.power_cap_w is not None and self.profile is not None
+                and obs.power_cap_w < self.profile.max_power_w)
 
     def _refit(self, obs: Observation) -> None:
         """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated

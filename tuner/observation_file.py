@@ -3,7 +3,8 @@
 CSV columns (a header row names them; order is free):
   rate_rps, in_tokens, out_tokens, max_batch, ttft_ms, itl_ms   required, one row per replica and cycle
   max_queue                                                     optional, default 1024 (0: a client that drops)
-  power_cap_w, power_w                                          optional, empty = not capped / not sampled
+  power_cap_w, power_w                                          optional, empty = not capped / not sampled;
+                                                                watts, power_w one GPU's mean draw
   waiting, preemptions                                          optional, default 0 (saturation gating)
   in_cv, out_cv                                                 optional, default 1 (token-length spread)
   steady                                                        optional, 1 or 0 (0: a restart in the window)
