@@ -265,6 +265,32 @@ def test_seed_001_drops_qa_and_says_which_penalty_would_serve_it() -> None:
     assert why["serve_above_proven"] and "at most" not in why["text"]
 
 
+def test_the_penalty_said_to_serve_a_type_serves_all_of_it_and_one_just_under_does_not() -> None:
+    """At summarization's penalty of 0 the hint said 0.0001023 $/query: serving all of it ties the plan that drops
+    all of it there, but a plan with a GPU fewer that drops 44 % of it costs less, so 0.000103 still dropped 44 %.
+    The price now rises until serving all of it is the optimum (0.0001625)."""
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+
+    def priced(penalty: float) -> AllocationSpec:
+        return replace(spec, queries={**spec.queries, "summarization": replace(spec.queries["summarization"],
+                                                                                unmet_penalty=penalty)})
+
+    model = AllocationModel(priced(0.0))
+    best = model.solve()
+    assert best.unmet["summarization"] == pytest.approx(1.0)
+    why = next(w for w in explain_unmet(model, best) if w["query"] == "summarization")
+    above = why["serve_above"]
+    assert why["serve_above_proven"] and f"above {above:.4g} $/query." in why["text"], why["text"]
+    whole = model.solve(force_served="summarization").costs["total"]
+    tie = (whole - best.costs["total"]) / (spec.queries["summarization"].arrival_rate_qph * spec.rental_period_h)
+    assert above > tie * 1.2  # past the all-or-nothing tie (the old hint), where part of it was still dropped
+    assert AllocationModel(priced(above * 1.001)).solve().unmet["summarization"] < 1e-6
+    under = AllocationModel(priced(above * 0.999)).solve()
+    assert under.unmet["summarization"] > 0.1
+    assert all(v >= 0.0 for v in under.costs.values())
+
+
 def test_demand_too_small_to_price_is_said_so_not_divided_by() -> None:
     """A rate and a period of 1e-200 each (in their ranges) make 1e-400 queries a period, 0 in floats: the
     threshold's division raised ZeroDivisionError out of `plan`."""

@@ -224,6 +224,16 @@ class AllocationModel:
                             time_limit_s=self.spec.time_limit_s if time_limit_s is None else time_limit_s)
         return self._read(res, time.perf_counter() - t0)
 
+    def solve_priced(self, query: str, penalty: float, time_limit_s: float) -> Allocation:
+        """The optimum with `query`'s unmet penalty at `penalty` $/query (its costs' total at that price): where
+        the explanation's threshold is searched."""
+        cost = np.array(self.lp.cost)
+        qt = self.spec.queries[query]
+        cost[self.lp.index[("u", query)]] = penalty * qt.arrival_rate_qph * self.spec.rental_period_h
+        t0 = time.perf_counter()
+        res = self.lp.solve(presolve=False, time_limit_s=time_limit_s, cost=cost)
+        return self._read(res, time.perf_counter() - t0)
+
     def least_budget(self, query: str, time_limit_s: float) -> LpResult:
         """The least the budget row (rental and storage) can be with `query` served whole, the other types served or
         not as that takes: the budget it needs (the optimum without the budget serves the others too, and cost more)."""
@@ -244,7 +254,8 @@ class AllocationModel:
                 for n in s.gpus[k[0]].tp_degrees:
                     if lp.value(x, ("w", n, j, k)) > 0.5:
                         deployments[(j, k)] = (n, round(lp.value(x, ("r", j, k))))
-        costs = {name: float(sum(c * x[col] for col, c in entries)) for name, entries in self.terms.items()}
+        # every term is a non-negative price times a non-negative column: a solver's -1e-12 read "-0.00 $"
+        costs = {name: max(0.0, float(sum(c * x[col] for col, c in entries))) for name, entries in self.terms.items()}
         costs["total"] = res.objective
         chosen = {i: sum(lp.value(x, ("z", i, j, k)) > 0.5 for j in s.models for k in self.tiers) for i in s.queries}
         budgets = {i: budget(s.robust.gamma, s.robust.protection, n) for i, n in chosen.items()}
