@@ -19,7 +19,7 @@ class OptimizerSettings:
     """Solver by name. auto: the MILP beside greedy where the problem is small (a host's services), the better
     plan taken; greedy alone at fleet scale. exhaustive (a few services only) plans with auto, and says so, in a
     cycle whose candidates make more than 2,000,000 combinations."""
-    queue_model: str = DEFAULT_MODEL
+    queue_model: str = field(default=DEFAULT_MODEL, metadata={"schema": {"enum": sorted(MODELS)}})
     """Queue model by name: mm1k-cb (continuous batching, vLLM) or mm1k-batch (llm-inferno)."""
     batch_sizes: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata=UNIQUE)
     """Candidate `--max-num-seqs` values."""

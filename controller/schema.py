@@ -98,6 +98,8 @@ class SchemaWriter:
             prop = {**self.of(hints[f.name]), **self.extra.get(f"{cls.__name__}.{f.name}", {})}
             if f.name in bounds:
                 self._bound(prop, bounds[f.name])
+            for key, value in f.metadata.get("schema", {}).items():  # what no type says: choices, items' bounds
+                prop[key] = {**prop[key], **value} if isinstance(value, dict) and key in prop else value
             if f.metadata.get("unique"):
                 prop.update({"x-kubernetes-list-type": "set"} if self.crd else {"uniqueItems": True})
             if f.name in docs:

@@ -171,7 +171,7 @@ class ServiceSettings:
     """Time-to-first-token objective (ms)."""
     itl_ms: float
     """Inter-token-latency objective (ms)."""
-    statistic: str = "mean"
+    statistic: str = field(default="mean", metadata={"schema": {"enum": list(STATISTICS)}})
     """Statistic the objectives apply to: mean, p95 or p99."""
     priority: int = 1
     """1 is most important; higher numbers give way first when power is short."""

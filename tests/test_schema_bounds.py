@@ -111,6 +111,27 @@ def test_the_config_schema_refuses_what_check_config_refuses(path: list[Any], va
     assert [list(e.absolute_path) for e in validator.iter_errors(config)] == [path]
 
 
+@pytest.mark.parametrize(("path", "value", "where"), [
+    (["power", "domains"], [{"name": "rack", "limit_w": 900.0}], ["power", "domains", 0]),
+    (["power", "domains"], [{"name": "rack", "limit_w": 900.0, "gpus": []}], ["power", "domains", 0, "gpus"]),
+    (["power", "domains"], [{"name": "rack", "limit_w": 900.0, "gpus": [-1]}], ["power", "domains", 0, "gpus", 0]),
+    (["optimizer", "queue_model"], "mm1", ["optimizer", "queue_model"]),
+    (["services", 0, "statistic"], "p50", ["services", 0, "statistic"]),
+])
+def test_the_config_schema_refuses_a_domain_without_gpus_and_names_no_model_or_statistic_unknown(
+        path: list[Any], value: Any, where: list[Any]) -> None:
+    """The schema listed a domain's `gpus` as optional (default []), its indices unbounded, and any string as a
+    queue model or statistic, each of which check-config refuses."""
+    from jsonschema import Draft202012Validator
+
+    from controller.schema_catalog import schemas
+
+    config = tomllib.loads((ROOT / "config" / "sim.toml").read_text())
+    *to, last = path
+    reduce(operator.getitem, to, config)[last] = value
+    assert [list(e.absolute_path) for e in Draft202012Validator(schemas()["config"]).iter_errors(config)] == [where]
+
+
 @pytest.mark.parametrize("edit", [
     {"port = 9464": "port = 65535"},
     {'mode = "predicted"': 'mode = "predicted"\nheadroom = 0.4999\nrelease_below = 0.99999'},
