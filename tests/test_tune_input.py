@@ -258,3 +258,18 @@ def test_the_prefill_sensitivity_stays_the_catalogue_s_where_no_window_ran_under
     assert main(["tune", str(ROOT / "config" / "examples" / "observations.csv"), "--accelerator", "H100-SXM",
                  "--fit-power", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] < 0.9  # capped rows move it
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("# exported 2026-12-01\n" + HEADER + "\n" + ROW + "\n", "its first line is ['# exported 2026-12-01']: the header "
+                                                              "must be the first line, with no comment above it"),
+    (HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n", "with commas, not semicolons"),
+    (HEADER.replace(",", "\t") + "\n" + ROW.replace(",", "\t") + "\n", "with commas, not tabs"),
+])
+def test_a_header_under_a_comment_or_split_by_another_separator_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str) -> None:
+    """Both read as "missing columns" of every column, without a word on why."""
+    path = tmp_path / "obs.csv"
+    path.write_text(text)
+    assert main(["tune", str(path)]) == 2
+    assert said in one_line(capsys)

@@ -118,6 +118,18 @@ def _names(names: list[str], most: int = 8) -> str:
     return f"{shown}" + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def _header_hint(fieldnames: list[str]) -> str:
+    """What a header that names none of the columns most likely is: a comment line above it, or a file whose
+    separator is not a comma (a spreadsheet's `;` or a tab)."""
+    first = ",".join(fieldnames)
+    if first.lstrip().startswith("#"):
+        return f"; its first line is {_names([first], 1)}: the header must be the first line, with no comment above it"
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if len(fieldnames) == 1 and sep in first:
+            return f"; its header is one column, {_names([first], 1)}: separate the columns with commas, not {name}"
+    return ""
+
+
 def _check_header(path: Path, fieldnames: list[str]) -> None:
     twice = sorted({c for c in fieldnames if fieldnames.count(c) > 1})
     if twice:
@@ -126,7 +138,8 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
         raise ObservationFileError(f"{path}: is empty (a header of the columns {list(REQUIRED)} comes first)")
     missing = [c for c in REQUIRED if c not in fieldnames]
     if missing:
-        raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})")
+        raise ObservationFileError(f"{path}: missing columns {missing} (need {list(REQUIRED)})"
+                                   + _header_hint(fieldnames))
     unknown = [c for c in fieldnames if c not in REQUIRED + OPTIONAL]
     if unknown:
         raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
