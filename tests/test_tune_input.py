@@ -273,3 +273,12 @@ def test_a_header_under_a_comment_or_split_by_another_separator_says_so(
     path.write_text(text)
     assert main(["tune", str(path)]) == 2
     assert said in one_line(capsys)
+
+
+def test_a_prior_term_of_0_is_left_out_not_a_cause_to_reject_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--delta-ms 0` (a term left out, as the README allows) rejected 10 of the example's 18 rows as ones the model
+    cannot evaluate: the Jacobian perturbed the 0 to 1e-12, under the least value a term may take."""
+    path = ROOT / "config" / "examples" / "observations.csv"
+    assert main(["tune", str(path), "--accelerator", "H100-SXM", "--delta-ms", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "model-error" not in report["verdicts"] and report["params"]["delta_ms"] == 0.0, report["verdicts"]

@@ -134,9 +134,11 @@ class PairFilter:
         return np.log(self.predict(obs, x))
 
     def jacobian(self, obs: Observation) -> NDArray[np.float64]:
-        """Of log h, by central differences, eps = 1 % of each parameter (every perturbed state in one call)."""
+        """Of log h, by central differences, eps = 1 % of each parameter (every perturbed state in one call); 0 for a
+        term the prior leaves out (0: never moved, and a perturbed 1e-12 is no value a term may take)."""
+        free = np.flatnonzero(self.prior_vector() > 0).tolist()
         states: list[NDArray[np.float64]] = []
-        for j in range(len(self.x)):
+        for j in free:
             eps = 0.01 * abs(self.x[j]) or 1e-6
             up, down = self.x.copy(), self.x.copy()
             up[j] += eps
@@ -145,7 +147,9 @@ class PairFilter:
         logs = [np.log(h) for h in self.predict_many([(obs, x) for x in states]) if h is not None]
         if len(logs) < len(states):
             raise ModelInputError("the model cannot take this window's load at a perturbed state")
-        cols = [(logs[2 * j] - logs[2 * j + 1]) / (states[2 * j][j] - states[2 * j + 1][j]) for j in range(len(self.x))]
+        cols = [np.zeros_like(logs[0]) for _ in self.x]
+        for k, j in enumerate(free):
+            cols[j] = (logs[2 * k] - logs[2 * k + 1]) / (states[2 * k][j] - states[2 * k + 1][j])
         return np.column_stack(cols)
 
     def _reject(self, reason: str, nis: float = float("nan")) -> Verdict:
