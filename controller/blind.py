@@ -81,15 +81,17 @@ class Blind:
     def _failsafe(self, loop: FastLoop, now: float) -> None:
         """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
         says (a limit read late may be above it) until set, then where its limit differs."""
-        caps, fits = loop.governor.failsafe_caps(loop.samples)
+        pinned = frozenset(loop.listing.missing) | loop.unknown | frozenset(
+            g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now))
+        caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.metrics.failsafe.set(1.0)
         entered, self.failsafe_on = not self.failsafe_on, True
         if entered:
             self.failsafe_due = set(caps)
         samples = []  # a new listing: the slow loop may be reading the last one
         for g in loop.samples:
-            cap = caps[g.index]  # a GPU of unknown limits is counted in them at its most, and not set
-            due = g.uuid not in loop.unknown and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
+            cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
+            due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
             if due and loop.set_limit(now, g, cap) is not None:
                 self.failsafe_due.discard(g.index)
                 g = replace(g, power_limit_w=cap)
@@ -97,9 +99,10 @@ class Blind:
         loop.samples = samples
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
-            unset = {g.index for g in loop.samples if g.uuid in loop.unknown}  # counted, never written
-            log.error("GPU readings lost for %d ticks: safe caps %s", self.lost,
+            unset = {g.index for g in loop.samples if g.uuid in pinned}  # counted, not written
+            log.error("GPU readings lost for %d ticks: safe caps %s%s", self.lost,
                       ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset)
-                      or "(no GPU ever seen)")
+                      or "(no GPU ever seen)", "".join(f"; GPU {i} counted at {caps[i]:.0f} W (cannot be set)"
+                                                       for i in sorted(unset)))
             if not fits:
                 log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")

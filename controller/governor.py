@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, safe_caps, take_lowest_first
@@ -219,9 +220,13 @@ class PowerGovernor:
         s = self.settings
         return [(d.limit_w * (1 - s.headroom), [g for g in samples if g.index in d.gpus]) for d in s.domains]
 
-    def failsafe_caps(self, samples: Sequence[GpuSample]) -> tuple[dict[int, float], bool]:
+    def failsafe_caps(self, samples: Sequence[GpuSample], pinned: frozenset[str] = frozenset()) -> tuple[
+            dict[int, float], bool]:
         """Limits that fit the budget and every domain's line whatever the GPUs draw (`safe_caps`), none above the
-        limit a GPU has (one held lower, at its minimum for no service, stays there); and whether they fit."""
+        limit a GPU has (one held lower, at its minimum for no service, stays there); and whether they fit. A
+        `pinned` GPU (missing, of unknown limits, its sets in backoff) cannot be set: it counts at the limit it has,
+        and the others share what it leaves."""
+        samples = [_fixed(g) if g.uuid in pinned else g for g in samples]
         caps, fits = safe_caps(samples, self.threshold_w())
         for line_w, inside in self.domains(samples):
             domain_caps, fit = safe_caps(inside, line_w)
@@ -287,6 +292,12 @@ class PowerGovernor:
                 give = min(over, target[g.uuid] - g.min_limit_w)
                 target[g.uuid] -= give
                 over -= give
+
+
+def _fixed(g: GpuSample) -> GpuSample:
+    """A GPU whose limit cannot be set, as one whose limits allow only the one it has."""
+    limit_w = max(g.power_limit_w, g.min_limit_w)
+    return replace(g, min_limit_w=limit_w, max_limit_w=limit_w)
 
 
 def pressed(g: GpuSample) -> bool:

@@ -256,6 +256,43 @@ def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Calla
     assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_source"}) == 10.0
 
 
+class DroppingGpu(LosingGpus):
+    """LosingGpus with GPU 0 gone from the listing from tick `gone` on (off the bus, its exporter's series gone)."""
+
+    def __init__(self, inner: object, gone: float, start: float, end: float) -> None:
+        super().__init__(inner, start, end, False)
+        self.gone = gone
+
+    def sample(self, now: float) -> list[GpuSample]:
+        return [g for g in super().sample(now) if not (g.index == 0 and now >= self.gone)]
+
+
+def test_safe_caps_count_a_gpu_missing_from_the_listing_at_its_last_limit_and_never_set_it(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The failsafe capped a GPU gone from the listing like the others (`safe caps GPU 0 200 W`, a set that cannot
+    reach it), and counted it at that cap where the rest of the governor counts it at its last limit: the others'
+    caps summed with its limit passed the threshold."""
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
+    ctl, advance, registry = sim_controller(s)
+    host_gpus = ctl.fast.gpus
+    ctl.fast.gpus = DroppingGpu(host_gpus, 10.0, 20.0, 30.0)
+    threshold = s.power.budget_w * (1 - s.power.headroom)
+    last_w = 0.0
+    for t in range(1, 30):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        in_force = {g.index: g.power_limit_w for g in host_gpus.sample(float(t))}  # type: ignore[attr-defined]
+        if t == 19:
+            last_w = in_force[0]
+        if t >= 20 + s.daemon.failsafe_after_ticks - 1:
+            assert registry.get_sample_value("wattscale_power_failsafe") == 1.0
+            assert in_force[0] == last_w  # not set
+            assert sum(w for i, w in in_force.items() if i != 0) + last_w <= threshold + 1e-6
+    assert last_w > 0.0
+    (said,) = [r.getMessage() for r in caplog.records if "safe caps" in r.getMessage()]
+    assert "GPU 0 counted at" in said and "GPU 0 2" not in said, said
+
+
 class GlitchingGpu:
     """The simulated host's GPU source with GPU 0 reading `reading` W from tick `at` on: a DCGM exporter's sentinel."""
 
