@@ -34,14 +34,21 @@ rows)."""
 
 
 DRAW_SLACK = 1.25
-"""How far a window's mean draw may read past the GPU's most power (or its cap), and under a quarter of its idle
-draw: NVML's 1-s means pass a limit briefly while it is enforced, never by a quarter; a kW or a mW column does."""
+"""How far a window's mean draw may read past the GPU's most power, or its cap: NVML's 1-s means pass a limit
+briefly while it is enforced, never by a quarter; a column in kW or tenths of a watt does."""
+LEAST_DRAW_SHARE = 0.25
+"""The least share of its idle draw a window's mean draw may read: no GPU with a model loaded draws less."""
 
 
 def power_bounds(prof: PowerProfile) -> dict[str, tuple[float, float]]:
     """The power columns' bounds on one accelerator: a cap within its limits, a draw within what it can draw."""
     return {"power_cap_w": (prof.min_power_w, prof.max_power_w),
-            "power_w": (prof.idle_power_w / 4.0, DRAW_SLACK * prof.max_power_w)}
+            "power_w": (LEAST_DRAW_SHARE * prof.idle_power_w, DRAW_SLACK * prof.max_power_w)}
+
+
+def _shown(value: float) -> str:
+    """A value as read: a float whole (875.0004 is no 875), a whole count short (10**300 as 1e+300)."""
+    return repr(value) if isinstance(value, float) else f"{value:g}"
 
 
 def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observation]:
@@ -57,9 +64,11 @@ def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observati
                 continue
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
-                                           f"[{low:g}, {high:g}], got {value:g}")
-        if obs.power_w is not None and obs.power_cap_w is not None and obs.power_w > DRAW_SLACK * obs.power_cap_w:
-            raise ObservationFileError(f"{observations.where(i)}: column 'power_w' must be at most "
-                                       f"{DRAW_SLACK:g} x the row's power_cap_w ({obs.power_cap_w:g} W), got "
-                                       f"{obs.power_w:g}")
+                                           f"[{low:g}, {high:g}], got {_shown(value)}")
+        # (without an accelerator a row with a cap is refused as such: its cap is no bound to read a draw against)
+        if prof is not None and obs.power_w is not None and obs.power_cap_w is not None and (
+                obs.power_w > (most := DRAW_SLACK * obs.power_cap_w)):
+            raise ObservationFileError(f"{observations.where(i)}: column 'power_w' must be at most {most:g} W "
+                                       f"({DRAW_SLACK:g} x the row's power_cap_w, {obs.power_cap_w:g} W), got "
+                                       f"{obs.power_w!r}")
     return require_usable(observations)  # after the bounds: a value out of them names its column

@@ -166,7 +166,7 @@ def test_every_row_out_of_bounds_is_named_as_one_row_is(tmp_path: Path) -> None:
         with pytest.raises(ObservationFileError) as err:
             read_bounded(path, profile("H100-SXM"))
         line = 2 + rows.index(f"{ROW},0")
-        assert str(err.value) == f"{path}:{line}: column 'power_cap_w' must be in [200, 700], got 0"
+        assert str(err.value) == f"{path}:{line}: column 'power_cap_w' must be in [200, 700], got 0.0"
 
 
 def test_tune_json_writes_figures_it_does_not_have_as_null(tmp_path: Path,
@@ -220,9 +220,11 @@ def _example_with(tmp_path: Path, power: Callable[[float, float | None], str]) -
 
 @pytest.mark.parametrize(("power", "said"), [
     (lambda w, cap: f"{w / 1000:g}", "column 'power_w' must be in [23.75, 875], got 0.2863"),  # kW
-    (lambda w, cap: f"{w * 10:g}", "column 'power_w' must be in [23.75, 875], got 2863"),  # in tenths of a W
-    (lambda w, cap: f"{w if cap is None else cap * 1.3:g}", "column 'power_w' must be at most 1.25 x the row's "
-                                                            "power_cap_w (560 W), got 728"),
+    (lambda w, cap: f"{w * 10:g}", "column 'power_w' must be in [23.75, 875], got 2863.0"),  # in tenths of a W
+    (lambda w, cap: "875.0004", "column 'power_w' must be in [23.75, 875], got 875.0004"),  # not "got 875"
+    (lambda w, cap: f"{w if cap is None else cap * 1.25 + 0.0004!r}", "column 'power_w' must be at most 700 W "
+                                                                      "(1.25 x the row's power_cap_w, 560 W), got "
+                                                                      "700.0004"),
 ])
 def test_a_power_reading_no_such_gpu_draws_is_refused_by_its_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  power: Callable[[float, float | None], str],
@@ -250,11 +252,17 @@ def test_the_prefill_sensitivity_stays_the_catalogue_s_where_no_window_ran_under
     """Only a capped window tells how a cap slows prompts: fitted on uncapped windows alone it moved from 1 to 0.46
     with the times' common scale, and `analyze --power-cap-w` read prompts 4 % faster under a cap."""
     lines = (ROOT / "config" / "examples" / "observations.csv").read_text().splitlines()
-    cap = lines[0].split(",").index("power_cap_w")
+    cap_at = lines[0].split(",").index("power_cap_w")
     path = tmp_path / "uncapped.csv"
-    path.write_text("\n".join([lines[0], *(line for line in lines[1:] if not line.split(",")[cap])]) + "\n")
+    path.write_text("\n".join([lines[0], *(line for line in lines[1:] if not line.split(",")[cap_at])]) + "\n")
     assert main(["tune", str(path), "--accelerator", "H100-SXM", "--fit-power", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] == 1.0
+    for cap in ("700", "699"):  # caps at or near the top bind nothing: no window of these draws 699 W uncapped
+        rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+        capped = tmp_path / f"cap{cap}.csv"
+        capped.write_text("\n".join([lines[0], *(",".join([*r[:cap_at], cap, *r[cap_at + 1:]]) for r in rows)]) + "\n")
+        assert main(["tune", str(capped), "--accelerator", "H100-SXM", "--fit-power", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] == 1.0, cap
     assert main(["tune", str(ROOT / "config" / "examples" / "observations.csv"), "--accelerator", "H100-SXM",
                  "--fit-power", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"]["prefill_sensitivity"] < 0.9  # capped rows move it

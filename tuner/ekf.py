@@ -27,8 +27,8 @@ from queuemodels.types import LEAST_TERM
 from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict
-from tuner.observation import Observation
-from tuner.robust_fit import anchor_for, carrying_start, map_fit, scaled_entries
+from tuner.observation import Observation, binds_cap
+from tuner.robust_fit import anchor_for, carrying_start, log_jacobian, map_fit, scaled_entries
 from tuner.shift import one_law, three_sigma, within
 
 __all__ = ["FilterSettings", "PairFilter", "Verdict"]
@@ -134,23 +134,8 @@ class PairFilter:
         return np.log(self.predict(obs, x))
 
     def jacobian(self, obs: Observation) -> NDArray[np.float64]:
-        """Of log h, by central differences, eps = 1 % of each parameter (every perturbed state in one call); 0 for a
-        term the prior leaves out (0: never moved, and a perturbed 1e-12 is no value a term may take)."""
-        free = np.flatnonzero(self.prior_vector() > 0).tolist()
-        states: list[NDArray[np.float64]] = []
-        for j in free:
-            eps = 0.01 * abs(self.x[j]) or 1e-6
-            up, down = self.x.copy(), self.x.copy()
-            up[j] += eps
-            down[j] = max(down[j] - eps, 1e-12)
-            states += [up, down]
-        logs = [np.log(h) for h in self.predict_many([(obs, x) for x in states]) if h is not None]
-        if len(logs) < len(states):
-            raise ModelInputError("the model cannot take this window's load at a perturbed state")
-        cols = [np.zeros_like(logs[0]) for _ in self.x]
-        for k, j in enumerate(free):
-            cols[j] = (logs[2 * k] - logs[2 * k + 1]) / (states[2 * k][j] - states[2 * k + 1][j])
-        return np.column_stack(cols)
+        """Of log h at `obs`, by central differences (`log_jacobian`); 0 for a term the prior leaves out."""
+        return log_jacobian(lambda xs: self.predict_many([(obs, x) for x in xs]), self.x, self.prior_vector() > 0)
 
     def _reject(self, reason: str, nis: float = float("nan")) -> Verdict:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -196,7 +181,7 @@ class PairFilter:
         periodic refit keeps the filter's own."""
         low, high = self.bounds
         free = self.prior_vector() > 0
-        if self.fit_power and self.profile is not None and not any(self._capped(o) for o in observations):
+        if self.fit_power and self.profile is not None and not any(binds_cap(o, self.profile) for o in observations):
             free[len(self.prior.as_vector())] = False  # nothing here says it: moved, it followed the times' scale
         errors = partial(self._log_errors, observations)
         start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors([x])[0]))
@@ -205,12 +190,6 @@ class PairFilter:
                          free, (low, high), self.settings, tol)
         if reset_spread:
             self.p = np.diag((self.settings.initial_spread * self.x) ** 2)
-
-    def _capped(self, obs: Observation) -> bool:
-        """Whether a window ran under a power cap below the GPU's most, the only ones that tell how a cap slows
-        prompts (the prefill sensitivity)."""
-        return (obs.power_cap_w is not None and self.profile is not None
-                and obs.power_cap_w < self.profile.max_power_w)
 
     def _refit(self, obs: Observation) -> None:
         """Keep `obs` among the recent windows and, every `refit_every` of them, refit on them all. Gated

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from queuemodels import Load, ModelInputError, ServerShape, ServiceParams
+from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
+from queuemodels.power import uncapped_peak_w
 
 STEADY_RATE_BAND = 0.2
 """Relative gap between served and offered rates beyond which a window is not steady. In a steady window
@@ -95,3 +96,10 @@ class Observation:
         if self.served_rps is not None and abs(self.served_rps / self.rate_rps - 1.0) > STEADY_RATE_BAND:
             return "unsteady-rate"
         return None
+
+
+def binds_cap(obs: Observation, profile: PowerProfile) -> bool:
+    """Whether a window ran under a cap below what its shape draws uncapped (its full batch or a prompt): only
+    those tell how a cap slows prompts (the prefill sensitivity). A cap above that draw changes nothing."""
+    clock = 1.0 if obs.sm_clock_fraction is None else obs.sm_clock_fraction
+    return obs.power_cap_w is not None and obs.power_cap_w < uncapped_peak_w(profile, obs.max_batch, clock)

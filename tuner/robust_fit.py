@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels import ServiceParams
+from queuemodels import ModelInputError, ServiceParams
 from queuemodels.types import NAMES
 from tuner.filter_settings import FilterSettings
 from tuner.observation import Observation
@@ -100,3 +100,25 @@ def carrying_start(x: Vector, low: Vector, free: NDArray[np.bool_], carries: Cal
         if carries(start):
             return start
     return x.copy()
+
+
+def log_jacobian(predict: Callable[[list[Vector]], list[Vector | None]], x: Vector,
+                 free: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Of log `predict` at `x`, by central differences, eps = 1 % of each free parameter (every perturbed state in
+    one call of `predict`); 0 for the others (a term the prior leaves out: never moved, and a perturbed 1e-12 is no
+    value a term may take). ModelInputError where the model cannot take the load at a perturbed state."""
+    columns = np.flatnonzero(free).tolist()
+    states: list[Vector] = []
+    for j in columns:
+        eps = 0.01 * abs(x[j]) or 1e-6
+        up, down = x.copy(), x.copy()
+        up[j] += eps
+        down[j] = max(down[j] - eps, 1e-12)
+        states += [up, down]
+    logs = [np.log(h) for h in predict(states) if h is not None]
+    if len(logs) < len(states):
+        raise ModelInputError("the model cannot take this window's load at a perturbed state")
+    out = np.zeros((len(logs[0]), len(x)))
+    for k, j in enumerate(columns):
+        out[:, j] = (logs[2 * k] - logs[2 * k + 1]) / (states[2 * k][j] - states[2 * k + 1][j])
+    return out
