@@ -285,10 +285,28 @@ def test_the_penalty_said_to_serve_a_type_serves_all_of_it_and_one_just_under_do
     whole = model.solve(force_served="summarization").costs["total"]
     tie = (whole - best.costs["total"]) / (spec.queries["summarization"].arrival_rate_qph * spec.rental_period_h)
     assert above > tie * 1.2  # past the all-or-nothing tie (the old hint), where part of it was still dropped
-    assert AllocationModel(priced(above * 1.001)).solve().unmet["summarization"] < 1e-6
+    assert AllocationModel(priced(above)).solve().unmet["summarization"] < 1e-6  # the price printed, rounded up
     under = AllocationModel(priced(above * 0.999)).solve()
     assert under.unmet["summarization"] > 0.1
     assert all(v >= 0.0 for v in under.costs.values())
+
+
+def test_a_search_for_the_price_cut_short_by_its_rounds_says_so_and_keeps_the_price_it_reached(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped by its count of solves, each optimal, the text blamed the time limit and fell back to the first
+    tie's price, though a higher one was already known to drop some."""
+    from controller.planner import allocation_report
+
+    spec = load_plan_spec(PLANS / "seed001-allocation.toml")
+    assert isinstance(spec, AllocationSpec)
+    spec = replace(spec, queries={**spec.queries, "summarization": replace(spec.queries["summarization"],
+                                                                            unmet_penalty=0.0)})
+    monkeypatch.setattr(allocation_report, "THRESHOLD_ROUNDS", 1)
+    model = AllocationModel(spec)
+    why = next(w for w in explain_unmet(model, model.solve()) if w["query"] == "summarization")
+    assert not why["serve_above_proven"]
+    assert "the search for the price stopped after 1 solve)" in why["text"], why["text"]
+    assert why["serve_above"] == pytest.approx(0.0001625, rel=1e-3)  # the price reached, not the first tie's
 
 
 def test_demand_too_small_to_price_is_said_so_not_divided_by() -> None:

@@ -77,22 +77,23 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             lost = share * queries  # under 1e-308 queries a period (rates of 1e-200 both) it reads 0
             above = qt.unmet_penalty + extra / lost if lost > 0.0 else math.inf
             priced = math.isfinite(above)  # not where it overflows (5e-324 queries) or none are lost
-            found = _threshold(model, i, served, above, queries, left_s) if priced and served.optimal else None
-            above = above if found is None else found
+            found, above, why = _threshold(model, i, served, above, queries, left_s) if priced and served.optimal \
+                else (False, above, "")
+            above = _up(above)  # printed at 4 digits: rounded down, the price printed would still drop some
             # a serving plan stopped at the limit costs at most what it says: the figures are upper bounds
             most = "" if served.optimal else "at most "
             raise_it = (f"No penalty per query serves it: {lost:.3g} queries a period are dropped, which no number "
                         "prices." if not priced else
-                        f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if found is not None else
+                        f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if found else
                         f"Raise queries.{i}.unmet_penalty above at least {above:.4g} $/query (a plan serving part "
-                        "of it may still cost less there: the search for the price stopped at the time limit)."
+                        f"of it may still cost less there: the search for the price stopped {why})."
                         if served.optimal else
                         f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at the "
                         "time limit: the true threshold may be lower).")
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
                 "value": qt.unmet_penalty, "serve_above": above if priced else None,
-                "serve_above_proven": found is not None,
+                "serve_above_proven": found,
                 "text": (f"{i}: {dropped(share)} of its demand is dropped because paying its unmet penalty "
                          f"({qt.unmet_penalty:g} $/query) is cheaper than serving it; serving all of it would cost "
                          f"{most}{extra:.2f} $ more per period. " + raise_it),
@@ -200,17 +201,28 @@ THRESHOLD_ROUNDS = 8
 
 
 def _threshold(model: AllocationModel, i: str, served: Allocation, price: float, queries: float,
-               left_s: Callable[[], float]) -> float | None:
+               left_s: Callable[[], float]) -> tuple[bool, float, str]:
     """The unmet penalty of type `i` above which serving all of it is the optimum, from `price`, at which it
     ties the best plan found: a plan serving part of it may cost less there (a GPU fewer, the rest dropped), so
-    the price rises until serving all of it ties the best plan at that price. None where a solve stopped first."""
+    the price rises until serving all of it ties the best plan at that price. Whether it got there, the price
+    reached (a lower bound where it did not), and where it stopped if not."""
     for _ in range(THRESHOLD_ROUNDS):
         at = model.solve_priced(i, price, left_s())
         if not (at.ok and at.optimal):
-            return None
+            return False, price, "at the time limit"
         lost = at.unmet.get(i, 0.0) * queries
         gap = served.costs["total"] - at.costs["total"]
         if lost <= 0.0 or gap <= 1e-9 * max(1.0, abs(served.costs["total"])):
-            return price  # serving all of it is (or ties) the optimum at this price
+            return True, price, ""  # serving all of it is (or ties) the optimum at this price
         price += gap / lost
-    return None
+    return False, price, f"after {THRESHOLD_ROUNDS} solve{'' if THRESHOLD_ROUNDS == 1 else 's'}"
+
+
+def _up(price: float) -> float:
+    """`price` rounded up at 4 significant digits, as it is printed."""
+    if not math.isfinite(price) or price <= 0.0:
+        return price
+    step = 10.0 ** (math.floor(math.log10(price)) - 3)
+    if step == 0.0:  # a price in the subnormals: no digits to round
+        return price
+    return float(f"{math.ceil(price / step * (1 - 1e-12)) * step:.4g}")
