@@ -80,10 +80,17 @@ class Blind:
 
     def _failsafe(self, loop: FastLoop, now: float) -> None:
         """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
-        says (a limit read late may be above it) until set, then where its limit differs."""
-        pinned = frozenset(loop.listing.missing) | loop.unknown | frozenset(
-            g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}", now))
-        caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
+        says (a limit read late may be above it) until set, then where its limit differs. A GPU that cannot be set
+        (missing, of unknown limits, its sets in backoff) counts at its limit; one in backoff is tried anyway where
+        the caps do not fit without it (`forceable`: twice a run of failures at most), as the governor tries one."""
+        fixed = frozenset(loop.listing.missing) | loop.unknown
+        waiting = frozenset(g.uuid for g in loop.samples
+                            if not loop.retry.may_try(f"power_limit:{g.uuid}", now)) - fixed
+        caps, fits = loop.governor.failsafe_caps(loop.samples, fixed | waiting)
+        forced = frozenset(u for u in waiting if loop.retry.forceable(f"power_limit:{u}")) if not fits else frozenset()
+        if forced:
+            caps, fits = loop.governor.failsafe_caps(loop.samples, fixed | (waiting - forced))
+        pinned = fixed | (waiting - forced)
         loop.metrics.failsafe.set(1.0)
         entered, self.failsafe_on = not self.failsafe_on, True
         if entered:
@@ -92,7 +99,7 @@ class Blind:
         for g in loop.samples:
             cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
             due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
-            if due and loop.set_limit(now, g, cap) is not None:
+            if due and loop.set_limit(now, g, cap, g.uuid in forced) is not None:
                 self.failsafe_due.discard(g.index)
                 g = replace(g, power_limit_w=cap)
             samples.append(g)
@@ -100,9 +107,11 @@ class Blind:
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
             unset = {g.index for g in loop.samples if g.uuid in pinned}  # counted, not written
+            set_w = ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset)
             log.error("GPU readings lost for %d ticks: safe caps %s%s", self.lost,
-                      ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset)
-                      or "(no GPU ever seen)", "".join(f"; GPU {i} counted at {caps[i]:.0f} W (cannot be set)"
-                                                       for i in sorted(unset)))
+                      set_w or ("(none can be set)" if caps else "(no GPU ever seen)"),
+                      "".join(f"; GPU {i} counted at {caps[i]:.0f} W (cannot be set)" for i in sorted(unset)))
             if not fits:
-                log.error("the GPUs' minimum limits alone exceed the budget; each is at its minimum")
+                held_w = sum(caps[i] for i in unset)
+                log.error("the safe caps do not fit the budget: %s", f"the GPUs that cannot be set hold {held_w:.0f} W "
+                          "of it" if unset else "the GPUs' minimum limits alone exceed it; each is at its minimum")
