@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_name, check_range, quoted
+from controller.config_loader import UNIQUE, ConfigError, check_name, check_range, quoted
 from controller.settings_checks import MAX_GPUS, MAX_POWER_W
 
 MIN_RAMP_W_PER_S = 1.0
@@ -20,8 +20,8 @@ class PowerDomainSettings:
     """Names the domain (a rack, a PDU, a breaker) in logs and errors."""
     limit_w: float
     """What the domain's GPUs may draw together, in watts; the governor keeps its headroom under it too."""
-    gpus: tuple[int, ...] = field(metadata={"schema": {"minItems": 1,
-                                                       "items": {"minimum": 0, "maximum": MAX_GPUS - 1}}})
+    gpus: tuple[int, ...] = field(metadata={**UNIQUE, "schema": {"minItems": 1,
+                                                                 "items": {"minimum": 0, "maximum": MAX_GPUS - 1}}})
     """GPU indices (NVML order) fed by this domain; a GPU may be in several only where they nest (a PDU inside
     its rack), never in two racks."""
 

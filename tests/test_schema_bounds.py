@@ -115,6 +115,7 @@ def test_the_config_schema_refuses_what_check_config_refuses(path: list[Any], va
     (["power", "domains"], [{"name": "rack", "limit_w": 900.0}], ["power", "domains", 0]),
     (["power", "domains"], [{"name": "rack", "limit_w": 900.0, "gpus": []}], ["power", "domains", 0, "gpus"]),
     (["power", "domains"], [{"name": "rack", "limit_w": 900.0, "gpus": [-1]}], ["power", "domains", 0, "gpus", 0]),
+    (["power", "domains"], [{"name": "rack", "limit_w": 900.0, "gpus": [0, 0]}], ["power", "domains", 0, "gpus"]),
     (["optimizer", "queue_model"], "mm1", ["optimizer", "queue_model"]),
     (["services", 0, "statistic"], "p50", ["services", 0, "statistic"]),
 ])
