@@ -91,6 +91,10 @@ def api_client(kubeconfig: str = "") -> Any:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise PermanentActuatorError(f"kubernetes: kubeconfig {kubeconfig or '~/.kube/config'} is not valid "
                                      f"YAML: {problem}{at}") from None
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # YAML, but no kubeconfig's structure (a list,
+        # a string, `clusters: 5`): the client's own TypeError was a traceback out of `operator` and `agent`
+        raise PermanentActuatorError(f"kubernetes: {kubeconfig or '~/.kube/config'} is not a kubeconfig "
+                                     f"({type(exc).__name__}: {str(exc)[:200]})") from None
     cfg.retries = 0
     return client.ApiClient(cfg)
 

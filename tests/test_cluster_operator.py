@@ -722,6 +722,14 @@ def test_the_operator_command_refuses_missing_credentials_and_bad_ports_in_one_l
     err = capsys.readouterr().err
     assert err.startswith(f"wattscale: operator: kubernetes: no usable credentials in {tmp_path / 'none'}, which "
                           "does not exist: ") and "Traceback" not in err  # the client's message names no file
+    for text, said in (("- a\n- b\n", "list indices"), ("clusters: 5\n", "'int' object is not iterable"),
+                       ("root:x:0:0:root:/root:/bin/bash\n", "'str' object")):  # YAML, but no kubeconfig: a traceback
+        (tmp_path / "kc.yaml").write_text(text)
+        for command in (common, ["agent", "--node", "n1", "--metrics-port", "0"]):
+            assert main([*command, "--kubeconfig", str(tmp_path / "kc.yaml")]) == 2
+            err = capsys.readouterr().err
+            assert f"kubernetes: {tmp_path / 'kc.yaml'} is not a kubeconfig (TypeError: " in err and said in err, err
+            assert len(err.strip().splitlines()) == 1
     os.mkfifo(tmp_path / "fifo")  # opened as it came, it blocked the operator for ever (`--duration` too)
     assert main([*common, "--kubeconfig", str(tmp_path / "fifo"), "--duration", "1"]) == 2
     assert f"kubernetes: kubeconfig {tmp_path / 'fifo'} is not a regular file" in capsys.readouterr().err
