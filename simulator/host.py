@@ -154,8 +154,9 @@ class SimHost:
         return len(mine) + len(coming)
 
     def lose_gpu(self, index: int) -> None:
-        """GPU `index` falls off the bus: its replica dies (the router resubmits what it held) and it is
-        neither listed nor used again."""
+        """GPU `index` falls off the bus: its replica dies (the router resubmits what it held to the service's other
+        replicas; with none left they are lost, as arrivals to an empty service are) and it is neither listed nor
+        used again."""
         self.lost.add(index)
         for svc in self.services.values():
             for rep in [r for r in svc.replicas if r.gpu.index == index]:
