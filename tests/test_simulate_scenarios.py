@@ -313,6 +313,18 @@ def test_the_summary_lists_the_events_the_run_reached(small_scenario: Callable[.
         {"at_s": 9.0, "kind": "budget", "budget_w": 900.0}]
 
 
+def test_a_duration_of_no_whole_fast_ticks_is_run_and_reported_as_the_ticks_it_takes(
+        small_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--duration-s 3.7 ran 4 fast ticks of 1 s and its report said 3.7 s of simulated time."""
+    path = small_scenario('name = "x"\nduration_s = 60\nseed = 3\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path), "--policies", "static", "--no-progress",
+                 "--no-frontier", "--duration-s", "3.7"]) == 0
+    assert "a run is whole fast ticks of 1 s: 3.7 s runs as 4 s" in capsys.readouterr().err
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["duration_s"] == 4.0 == doc["policies"]["static"]["runs"][0]["duration_s"]
+    assert "4 s of simulated time" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_reused_report_holds_this_runs_decision_log_alone(small_scenario: Callable[..., Path], tmp_path: Path
                                                             ) -> None:
     """The daemon's decision log appends: a second run into the same report put its cycles after the first's, and a

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -210,6 +211,12 @@ def simulate_command(args: argparse.Namespace) -> int:
     if not 1.0 <= duration <= scn.settings.duration_s:
         raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "
                           f"got {duration:g}")
+    fast = scn.config.daemon.fast_interval_s
+    ticks = math.ceil(duration / fast * (1 - 1e-12))
+    if ticks * fast != duration:  # the run is whole fast ticks: 3.7 s ran 4 and the report said 3.7
+        print(f"wattscale: warning: a run is whole fast ticks of {fast:g} s: {duration:g} s runs as "
+              f"{ticks * fast:g} s", file=sys.stderr)
+        duration = ticks * fast
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")
