@@ -208,6 +208,11 @@ def test_the_command_says_what_is_wrong_without_a_traceback(small_scenario: Call
     escaped = small_scenario('name = "a\\u001b[31mred\\n"\nduration_s = 60\n', name="escaped.toml")
     assert main(["simulate", str(escaped), "--report", str(tmp_path / "r")]) == 2  # it broke the report's heading
     assert capsys.readouterr().err == "wattscale: name: must be printable, 1-200 characters, got 'a\\x1b[31mred\\n'\n"
+    described = small_scenario('name = "x"\ndescription = "one\\n# Injected heading\\u001b[31m"\nduration_s = 60\n',
+                               name="described.toml")  # quoted as a paragraph, it made a heading of its own
+    assert main(["simulate", str(described), "--report", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == ("wattscale: description: must be printable (one line), at most 2000 characters, "
+                                       "got 'one\\n# Injected heading\\x1b[31m'\n")
     good = small_scenario('name = "x"\nduration_s = 60\n', name="good.toml")
     assert main(["simulate", str(good), "--report", str(tmp_path / "r"), "--duration-s", "61"]) == 2
     assert "--duration-s: must be in [1, 60]" in capsys.readouterr().err

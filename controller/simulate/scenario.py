@@ -174,6 +174,10 @@ class EventSettings:
             check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
 
 
+MAX_DESCRIPTION_CHARS = 2000
+"""Longest description a scenario may give (the report quotes it whole)."""
+
+
 @dataclass(frozen=True)
 class ScenarioSettings:
     name: str
@@ -209,6 +213,10 @@ class ScenarioSettings:
         if not self.name.strip() or not self.name.isprintable() or len(self.name) > 200:  # it heads the report: an
             # escape code or a newline broke its heading
             raise ConfigError("name", f"must be printable, 1-200 characters, got {quoted(self.name)}")
+        if not self.description.isprintable() or len(self.description) > MAX_DESCRIPTION_CHARS:  # the report quotes
+            # it as a paragraph: a newline and "# " made a heading of its own, an escape code reached the terminal
+            raise ConfigError("description", f"must be printable (one line), at most {MAX_DESCRIPTION_CHARS} "
+                              f"characters, got {quoted(self.description)}")
         check_range(self, where, ("duration_s",), 1.0, MAX_DURATION_S)
         check_range(self, where, ("budget_w",), 0.0, MAX_POWER_W)
         if len(self.events) > MAX_EVENTS:
