@@ -175,6 +175,36 @@ def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
         build(PowerPolicySpec, spec["spec"], "spec")
 
 
+@pytest.mark.parametrize(("where", "labels", "said"), [
+    ("node_selector", {"gpu": "h100,rack=r1"}, r"^spec\.node_selector\.gpu: 'h100,rack=r1' is no label value"),
+    ("node_selector", {"gpu!": "h100"}, r"^spec\.node_selector: 'gpu!' is no label key"),
+    ("node_selector", {"": "h100"}, r"^spec\.node_selector: '' is no label key"),
+    ("domains", {"rack": "r1 "}, r"^spec\.domains\[rack-1\]\.node_selector\.rack: 'r1 ' is no label value"),
+])
+def test_a_label_a_selector_cannot_hold_is_refused_by_field(where: str, labels: dict[str, str], said: str) -> None:
+    """Joined into a label selector, a value "h100,rack=r1" chose every node labelled gpu=h100 and rack=r1 (a
+    policy for gpu "h100,rack=r1" governed gpu-a); a key with a space read as a 400 on every slow tick."""
+    domain = {"name": "rack-1", "limit_w": 1000.0, "node_selector": labels if where == "domains" else {"rack": "r1"}}
+    spec = policy(budget_w=2400.0, domains=[domain])["spec"]
+    if where == "node_selector":
+        spec["node_selector"] = labels
+    with pytest.raises(ConfigError, match=said):
+        policy_spec(spec)
+    spec["node_selector"] = {"kubernetes.io/hostname": "gpu-a", "tier": ""}  # a prefix, an empty value: labels
+    spec["domains"] = [{**domain, "node_selector": {"rack": "r1"}}]
+    assert policy_spec(spec).node_selector == {"kubernetes.io/hostname": "gpu-a", "tier": ""}
+
+
+@pytest.mark.parametrize("budget", [0, "", []])
+def test_a_policys_budget_that_is_no_object_is_refused(budget: object) -> None:
+    """`spec.budget: 0` passed as no budget (the schema refuses it: a file the schema passes may be refused, never
+    the other way round)."""
+    spec = policy(budget_w=2400.0)["spec"]
+    spec["budget"] = budget
+    with pytest.raises(ConfigError, match=r"^spec\.budget: must be an object, got "):
+        policy_spec(spec)
+
+
 def test_a_policys_demand_response_source_takes_no_port() -> None:
     """The signal endpoint is the host daemon's; on a policy its port was accepted and served by nobody."""
     spec = policy(budget_w=2400.0)["spec"]

@@ -9,6 +9,7 @@ A bad service is reported on its own resource and left out; the others are still
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,6 +40,26 @@ PLAN_TTL_RANGE_S = (5.0, 86400.0)
 POLICIES, SERVICES, PLANS = "powerpolicies", "llmservices", "nodepowerplans"
 
 
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+"""A label's name, and a value where it is not empty (Kubernetes: 63 characters at most)."""
+LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""A label key's prefix, a DNS subdomain (253 characters at most)."""
+
+
+def check_labels(labels: Mapping[str, str], where: str) -> None:
+    """Keys and values as Kubernetes labels have them: they are joined into a label selector (`key=value,...`), where
+    a comma or `!=` in a value would have chosen other nodes than the ones named."""
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        prefixed = not prefix or (len(prefix) <= 253 and LABEL_PREFIX.fullmatch(prefix))
+        if not (LABEL_NAME.fullmatch(name) and prefixed):
+            raise ConfigError(where, f"{quoted(key)} is no label key ([prefix/]name: letters, digits, '-', '_', "
+                              "'.', 63 characters at most)")
+        if not isinstance(value, str) or (value and not LABEL_NAME.fullmatch(value)):
+            raise ConfigError(f"{where}.{key}", f"{quoted(value)} is no label value (letters, digits, '-', '_', '.', "
+                              "63 characters at most, or empty)")
+
+
 @dataclass(frozen=True)
 class NodeDomain:
     """A group of GPU nodes with a power limit of its own (a rack, a PDU, a row), held by the governor as the
@@ -58,6 +79,7 @@ class NodeDomain:
         check_range(self, where, ("limit_w",), 0.0, MAX_POWER_W, low_open=True)
         if not self.node_selector:
             raise ConfigError(f"{where}.node_selector", "must name at least one label")
+        check_labels(self.node_selector, f"{where}.node_selector")
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ class PowerPolicySpec:
     """The cluster's Prometheus that scrapes the vLLM servers (load and latency)."""
 
     def check(self, where: str) -> None:
+        check_labels(self.node_selector, f"{where}.node_selector")
         check_range(self, where, ("plan_ttl_s",), *PLAN_TTL_RANGE_S)
         check_range(self, where, ("safe_cap_share",), 0.0, 1.0)
         if self.power.domains:
@@ -158,7 +181,8 @@ class LlmServiceSpec:
 def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
     """A PowerPolicy's spec, checked; ConfigError names `spec.<field>`."""
     rest = dict(spec)
-    table = rest.pop("budget", None) or {}
+    table = rest.pop("budget", None)
+    table = {} if table is None else table  # 0, "" or [] is no object, as the schema says
     if not isinstance(table, dict):
         raise ConfigError("spec.budget", f"must be an object, got {type(table).__name__}")
     policy = replace(build(PowerPolicySpec, rest, "spec"), budget=table)
