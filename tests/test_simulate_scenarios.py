@@ -469,3 +469,12 @@ def test_a_run_whose_set_aside_folder_another_run_took_back_ends_without_a_trace
     assert main(["simulate", str(good), "--report", str(report), "--policies", "static", "--no-progress",
                  "--no-frontier"]) == 0
     assert not [p for p in report.iterdir() if p.name.startswith(".earlier-")]
+
+
+def test_a_start_written_as_a_toml_datetime_is_read_as_its_string(small_scenario: Callable[..., Path]) -> None:
+    """`start_utc = 2026-04-15T00:00:00Z`, unquoted, is TOML's own datetime: it was refused with a Python repr
+    ("must be a string, got datetime.datetime(2026, 4, 15, ...)"). One without an offset still needs one."""
+    scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\nstart_utc = 2026-04-15T00:00:00Z\n'))
+    assert scn.settings.start_utc == "2026-04-15T00:00:00+00:00"
+    with pytest.raises(ConfigError, match=r"^start_utc: needs an offset \(Z for UTC\), got '2026-04-15T00:00:00'"):
+        load_scenario(small_scenario('name = "x"\nduration_s = 60\nstart_utc = 2026-04-15T00:00:00\n', name="n.toml"))

@@ -302,6 +302,8 @@ def load_scenario(path: Path) -> Scenario:
     the config file's fields, prefixed with the file)."""
     raw = read_toml(path, "scenario")
     power = raw.pop("power", None)
+    if isinstance(raw.get("start_utc"), dt.datetime):  # TOML's own datetime, written unquoted: as a string
+        raw["start_utc"] = raw["start_utc"].isoformat()
     s = build(ScenarioSettings, raw)
     if s.budget_w and isinstance(power, dict) and "budget_w" in power:  # the top-level one won, the other unsaid
         raise ConfigError("power.budget_w", f"{power['budget_w']!r} and the scenario's budget_w {s.budget_w:g} are two "
