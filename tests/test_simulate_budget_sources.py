@@ -122,6 +122,10 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     tr = trace_of([900, 900, 900, 700, 490, 510, 480, 480], [1000, 1000, 500, 500, 500, 500, 500, 500])
     assert drop_figures(tr, 1.0) == {"drop_settle_s": 3.0, "drop_over_after_s": 1.0}
     assert drop_figures(trace_of([100.0] * 3, [900.0] * 3), 1.0)["drop_settle_s"] is None
+    # a drop to 10 W for 3 s, never met while it held (the GPUs draw 700 W idle): it read "settled in 4 s", met by
+    # the budget lifted back after it
+    lifted = trace_of([800, 750, 720, 700, 710, 800], [4000, 10, 10, 10, 4000, 4000])
+    assert drop_figures(lifted, 1.0) == {"drop_settle_s": 3.0, "drop_over_after_s": 0.0}
     power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,
                           domains=(PowerDomainSettings("rack", 600.0, (0,)),))
     tr = trace_of([500, 600, 650, 550, 610, 500], [2000.0] * 6, domains={"rack": [500, 601, 650, 550, 610, 500]})

@@ -128,7 +128,7 @@ def violations(run: Run) -> tuple[float, float]:
     dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
     over = tr.draw_w > tr.budget_w * (1.0 + VIOLATION_SHARE)
     excused = np.zeros(len(over), dtype=bool)
-    for k, _ in drops(tr):  # a step-down of any source's or event's
+    for k, *_ in drops(tr):  # a step-down of any source's or event's
         at = tr.t_s[k - 1]
         excused |= (tr.t_s > at) & (tr.t_s <= at + STEP_GRACE_S)
     return float(np.count_nonzero(over & ~excused)) * dt, float(np.count_nonzero(over)) * dt

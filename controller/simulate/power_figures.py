@@ -41,14 +41,19 @@ RAMP_WINDOW_S = 10.0
 intervals; the plant's 1-s means swing by a whole engine step's energy, tens of watts on 8 GPUs)."""
 
 
-def drops(trace: Trace) -> list[tuple[int, int]]:
-    """(first second under the new budget, first second whose draw is under it, or -1) for each budget drop."""
+def drops(trace: Trace) -> list[tuple[int, int, int]]:
+    """For each budget drop: the first second under the new budget, the first second whose draw is under it before
+    the budget moves again (-1 if none: a drop below what the GPUs can draw, lifted before it was met), and the
+    second the budget moves again (or the run's end). A later budget is not the drop's: a drop to 10 W never met
+    read as met once the budget was lifted back."""
     b, d = trace.budget_w, trace.draw_w
     out = []
     for k in range(1, len(b)):
         if b[k] < b[k - 1]:
-            under = np.nonzero(d[k:] <= b[k:])[0]
-            out.append((k, k + int(under[0]) if len(under) else -1))
+            moved = np.nonzero(b[k:] != b[k])[0]
+            end = k + int(moved[0]) if len(moved) else len(b)
+            under = np.nonzero(d[k:end] <= b[k:end])[0]
+            out.append((k, k + int(under[0]) if len(under) else -1, end))
     return out
 
 
@@ -68,14 +73,12 @@ def drop_figures(trace: Trace, dt: float) -> dict[str, float | None]:
     found = drops(trace)
     if not found:
         return {"drop_settle_s": None, "drop_over_after_s": None}
-    n = len(trace.budget_w)
     settle, over = 0.0, 0
-    for k, j in found:
-        if j < 0:
-            return {"drop_settle_s": float(n - k) * dt, "drop_over_after_s": 0.0}  # never settled: all of it
+    for k, j, end in found:
+        if j < 0:  # never met while it held: all of it unsettled
+            settle = max(settle, (end - k) * dt)
+            continue
         settle = max(settle, (j - k + 1) * dt)
-        moved = np.nonzero(trace.budget_w[j:] != trace.budget_w[j])[0]
-        end = j + int(moved[0]) if len(moved) else n
         over += int(np.count_nonzero(trace.draw_w[j:end] > trace.budget_w[j:end]))
     return {"drop_settle_s": settle, "drop_over_after_s": over * dt}
 
@@ -109,8 +112,8 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
     w = max(1, round(RAMP_WINDOW_S / dt))
     rate, limits = window_rate(trace.draw_w, w, dt), window_rate(trace.limits_w, w, dt)
     free = np.isfinite(rate)
-    for k, j in drops(trace):  # a window that holds any of a drop, until a second after it settled
-        free[max(0, k - w + 1):(len(rate) if j < 0 else j + w + 1)] = False
+    for k, j, end in drops(trace):  # a window that holds any of a drop, until a second after it settled
+        free[max(0, k - w + 1):(end + w if j < 0 else j + w + 1)] = False
     out: dict[str, float | None] = {
         "ramp_rise_max_w_per_s": _round(max(0.0, float(rate[free].max()))) if free.any() else None,
         "ramp_fall_max_w_per_s": _round(max(0.0, float(-rate[free].min()))) if free.any() else None,
