@@ -361,3 +361,11 @@ def test_an_outage_is_no_absence_when_the_series_come_back_one_exporter_at_a_tim
     assert fast.draw_w == 300.0 + 700.0  # absent GONE_AFTER_S exactly (from 1,000 s): still counted
     fast.tick(1001.0 + GONE_AFTER_S)
     assert fast.draw_w == 300.0
+
+
+def test_a_service_without_variants_is_refused_as_such() -> None:
+    """`variants: []` (the schema's minItems 1) passed the loader and was refused later as a Deployment name."""
+    spec = service("chat", "chat-h100")["spec"]
+    spec["variants"] = []
+    with pytest.raises(ConfigError, match=r"^spec\.variants: must list at least one variant"):
+        service_settings(NS, "chat", spec)

@@ -198,6 +198,8 @@ def policy_spec(spec: dict[str, Any]) -> PowerPolicySpec:
 def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> ServiceSettings:
     """An LLMService's spec as a `[[services]]` entry named `namespace/name`; ConfigError names `spec.<field>`."""
     s = build(LlmServiceSpec, spec, "spec")
+    if not s.variants:  # as the schema says (minItems 1); it read later as "'ns/name' ... is no Deployment name"
+        raise ConfigError("spec.variants", "must list at least one variant (accelerator and deployment)")
     for i, v in enumerate(s.variants):
         if v.accelerator not in CATALOG:
             raise ConfigError(f"spec.variants[{i}].accelerator", f"unknown accelerator {quoted(v.accelerator)}, "
