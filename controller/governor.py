@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from controller.plan import Plan
-from controller.power_rooms import Rooms, clamp, safe_caps, take_lowest_first
+from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -226,7 +225,7 @@ class PowerGovernor:
         limit a GPU has (one held lower, at its minimum for no service, stays there); and whether they fit. A
         `pinned` GPU (missing, of unknown limits, its sets in backoff) cannot be set: it counts at the limit it has,
         and the others share what it leaves."""
-        samples = [_fixed(g) if g.uuid in pinned else g for g in samples]
+        samples = [fixed_at_limit(g) if g.uuid in pinned else g for g in samples]
         caps, fits = safe_caps(samples, self.threshold_w())
         for line_w, inside in self.domains(samples):
             domain_caps, fit = safe_caps(inside, line_w)
@@ -292,12 +291,6 @@ class PowerGovernor:
                 give = min(over, target[g.uuid] - g.min_limit_w)
                 target[g.uuid] -= give
                 over -= give
-
-
-def _fixed(g: GpuSample) -> GpuSample:
-    """A GPU whose limit cannot be set, as one whose limits allow only the one it has."""
-    limit_w = max(g.power_limit_w, g.min_limit_w)
-    return replace(g, min_limit_w=limit_w, max_limit_w=limit_w)
 
 
 def pressed(g: GpuSample) -> bool:

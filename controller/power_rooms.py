@@ -4,6 +4,7 @@ shares of watts the governor and the blind cut hand out."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from controller.telemetry.base import GpuSample
 
@@ -68,3 +69,9 @@ def safe_caps(gpus: Sequence[GpuSample], budget_w: float) -> tuple[dict[int, flo
         else:
             hi = mid
     return {g.index: clamp(lo, g) for g in gpus}, True
+
+
+def fixed_at_limit(g: GpuSample) -> GpuSample:
+    """A GPU whose limit cannot be set, as one whose limits allow only the one it has."""
+    limit_w = max(g.power_limit_w, g.min_limit_w)
+    return replace(g, min_limit_w=limit_w, max_limit_w=limit_w)
