@@ -84,13 +84,19 @@ class Blind:
         (missing, of unknown limits, its sets in backoff) counts at its limit; one in backoff is tried anyway where
         the caps do not fit without it (`forceable`: twice a run of failures at most), as the governor tries one."""
         fixed = frozenset(loop.listing.missing) | loop.unknown
-        waiting = frozenset(g.uuid for g in loop.samples
-                            if not loop.retry.may_try(f"power_limit:{g.uuid}", now)) - fixed
-        caps, fits = loop.governor.failsafe_caps(loop.samples, fixed | waiting)
-        forced = frozenset(u for u in waiting if loop.retry.forceable(f"power_limit:{u}")) if not fits else frozenset()
-        if forced:
-            caps, fits = loop.governor.failsafe_caps(loop.samples, fixed | (waiting - forced))
-        pinned = fixed | (waiting - forced)
+        pinned = fixed | frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}",
+                                                                                               now))
+        caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
+        forced = frozenset(u for u in pinned - fixed if loop.retry.forceable(f"power_limit:{u}")) if not fits \
+            else frozenset()
+        if forced:  # tried first: one whose set fails again stays at its limit, and the others' caps are shared
+            # around it (set before, they had assumed it lowered)
+            tried, _ = loop.governor.failsafe_caps(loop.samples, pinned - forced)
+            done = {g.uuid: w for g in loop.samples if g.uuid in forced
+                    and (w := loop.set_limit(now, g, tried[g.index], True)) is not None}
+            loop.samples = [replace(g, power_limit_w=done[g.uuid]) if g.uuid in done else g for g in loop.samples]
+            pinned -= frozenset(done)
+            caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.metrics.failsafe.set(1.0)
         entered, self.failsafe_on = not self.failsafe_on, True
         if entered:
@@ -99,7 +105,7 @@ class Blind:
         for g in loop.samples:
             cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
             due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
-            if due and loop.set_limit(now, g, cap, g.uuid in forced) is not None:
+            if due and loop.set_limit(now, g, cap) is not None:
                 self.failsafe_due.discard(g.index)
                 g = replace(g, power_limit_w=cap)
             samples.append(g)
