@@ -18,7 +18,7 @@ import pytest
 from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
-from controller.simulate.scenario import Scenario, load_scenario
+from controller.simulate.scenario import Scenario, fast_ticks, load_scenario
 from controller.simulate.sources import SimBudget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,6 +330,24 @@ def test_a_duration_of_no_whole_fast_ticks_is_run_and_reported_as_the_ticks_it_t
     assert "4 s of simulated time" in (tmp_path / "summary.md").read_text()
 
 
+def test_a_description_that_opens_a_heading_is_a_paragraph_in_the_summary(
+        small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    """One printable line, "# Injected heading", made a heading of its own in summary.md."""
+    path = small_scenario('name = "x"\ndescription = "# Injected heading"\nduration_s = 60\nseed = 3\n')
+    assert main(["simulate", str(path), "--report", str(tmp_path), "--policies", "static", "--no-progress",
+                 "--no-frontier", "--duration-s", "2"]) == 0
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[2] == "\\# Injected heading" and not [line for line in lines if line.startswith("# Injected")]
+
+
+@pytest.mark.parametrize(("duration_s", "fast_s", "ticks"), [(1.2, 0.1, 12), (2.9, 0.1, 29), (4.8, 0.1, 48),
+                                                            (3.7, 1.0, 4), (3.7, 0.5, 8), (3600.0, 1.0, 3600),
+                                                            (0.05, 1.0, 1)])
+def test_a_run_takes_the_whole_fast_ticks_its_duration_needs(duration_s: float, fast_s: float, ticks: int) -> None:
+    """12 x 0.1 s reads 1.2000000000000002 s in floats: a run of 1.2 s took 13 ticks where rounded up as written."""
+    assert fast_ticks(duration_s, fast_s) == ticks
+
+
 def test_a_reused_report_holds_this_runs_decision_log_alone(small_scenario: Callable[..., Path], tmp_path: Path
                                                             ) -> None:
     """The daemon's decision log appends: a second run into the same report put its cycles after the first's, and a
@@ -478,3 +496,6 @@ def test_a_start_written_as_a_toml_datetime_is_read_as_its_string(small_scenario
     assert scn.settings.start_utc == "2026-04-15T00:00:00+00:00"
     with pytest.raises(ConfigError, match=r"^start_utc: needs an offset \(Z for UTC\), got '2026-04-15T00:00:00'"):
         load_scenario(small_scenario('name = "x"\nduration_s = 60\nstart_utc = 2026-04-15T00:00:00\n', name="n.toml"))
+    for written in ("2026-04-15", "00:00:00"):  # a TOML date or time alone: its string, refused by what it lacks
+        with pytest.raises(ConfigError, match=f"^start_utc: .*'{written}'"):
+            load_scenario(small_scenario(f'name = "x"\nduration_s = 60\nstart_utc = {written}\n', name="d.toml"))

@@ -21,7 +21,7 @@ from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
 from controller.simulate.report import NO_PLOTS, POWER_FIGURES, POWER_LABELS, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
-from controller.simulate.scenario import Scenario, load_scenario
+from controller.simulate.scenario import Scenario, fast_ticks, load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.sources import mean_budget_w
 from controller.simulate.targets import energy_missed
@@ -212,11 +212,11 @@ def simulate_command(args: argparse.Namespace) -> int:
         raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "
                           f"got {duration:g}")
     fast = scn.config.daemon.fast_interval_s
-    ticks = math.ceil(duration / fast * (1 - 1e-12))
-    if ticks * fast != duration:  # the run is whole fast ticks: 3.7 s ran 4 and the report said 3.7
-        print(f"wattscale: warning: a run is whole fast ticks of {fast:g} s: {duration:g} s runs as "
-              f"{ticks * fast:g} s", file=sys.stderr)
-        duration = ticks * fast
+    ran = round(fast_ticks(duration, fast) * fast, 9)
+    if not math.isclose(ran, duration, rel_tol=1e-9):  # the run is whole fast ticks: 3.7 s ran 4, reported as 3.7
+        print(f"wattscale: warning: a run is whole fast ticks of {fast:g} s: {duration:g} s runs as {ran:g} s",
+              file=sys.stderr)
+        duration = ran
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError("--report", f"{report_dir} exists and is not a directory")

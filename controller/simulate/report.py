@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,18 @@ def _cell(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _paragraph(text: str) -> str:
+    """`text` as a paragraph of its own: a line that opens a heading, a quote, a list or a table is escaped."""
+    text = text.lstrip()
+    number = re.match(r"\d+(?=[.)])", text)
+    if number:
+        return f"{number.group()}\\{text[number.end():]}"
+    return f"\\{text}" if text[:1] in ("#", ">", "*", "+", "|", "-") else text
+
+
 def markdown(doc: dict[str, Any], images: list[str]) -> str:
     pol = doc["policies"]
-    lines = [f"# Scenario `{doc['scenario']}`", "", doc["description"] or "", "",
+    lines = [f"# Scenario `{doc['scenario']}`", "", _paragraph(doc["description"] or ""), "",
              f"{doc['duration_s']:g} s of simulated time, "
              + (f"seed {doc['seeds'][0]}" if len(doc["seeds"]) == 1 else
                 f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")

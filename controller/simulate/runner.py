@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from controller.simulate.baselines import DrawMeter, ReactiveCaps, StaticPolicy, ThresholdPolicy, UniformCaps
 from controller.simulate.controlled import ControllerPolicy
 from controller.simulate.plant import Fleet, Outages, build_host
-from controller.simulate.scenario import Scenario
+from controller.simulate.scenario import Scenario, fast_ticks
 from controller.simulate.sources import Intensity, SimBudget, events_due
 from simulator.host import SimHost
 
@@ -104,7 +104,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     host = build_host(scn, seed, fleet)
     outages = Outages(scn)
     names = [s.name for s in cfg.services]
-    n = int(np.ceil(duration / fast))
+    n = fast_ticks(duration, fast)
     trace = Trace(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), {s: np.zeros(n) for s in names},
                   {s: np.zeros(n) for s in names}, {s: np.zeros(n) for s in names}, np.zeros(n),
                   {d.name: np.zeros(n) for d in cfg.power.domains})

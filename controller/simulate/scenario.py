@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,6 +179,12 @@ MAX_DESCRIPTION_CHARS = 2000
 """Longest description a scenario may give (the report quotes it whole)."""
 
 
+def fast_ticks(duration_s: float, fast_s: float) -> int:
+    """The fast ticks a run of `duration_s` takes, the last one whole (12 x 0.1 s is 1.2000000000000002 s: a
+    run of 1.2 s is 12 ticks, not 13)."""
+    return max(1, math.ceil(duration_s / fast_s * (1 - 1e-9)))
+
+
 @dataclass(frozen=True)
 class ScenarioSettings:
     name: str
@@ -302,7 +309,7 @@ def load_scenario(path: Path) -> Scenario:
     the config file's fields, prefixed with the file)."""
     raw = read_toml(path, "scenario")
     power = raw.pop("power", None)
-    if isinstance(raw.get("start_utc"), dt.datetime):  # TOML's own datetime, written unquoted: as a string
+    if isinstance(raw.get("start_utc"), (dt.datetime, dt.date, dt.time)):  # TOML's own, unquoted: as a string
         raw["start_utc"] = raw["start_utc"].isoformat()
     s = build(ScenarioSettings, raw)
     if s.budget_w and isinstance(power, dict) and "budget_w" in power:  # the top-level one won, the other unsaid

@@ -24,7 +24,7 @@ from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.demand_response import DemandSignal, store_signal
 from controller.budget.settings import BudgetSettings, CarbonCsvSettings, DemandResponseSettings
-from controller.simulate.scenario import EventSettings, Scenario
+from controller.simulate.scenario import EventSettings, Scenario, fast_ticks
 
 log = logging.getLogger("wattscale.simulate")
 
@@ -121,7 +121,7 @@ def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
     budget = SimBudget(scn, signal_dir)
     fast = scn.config.daemon.fast_interval_s
     events = sorted(scn.settings.events, key=lambda e: e.at_s)
-    n = math.ceil(duration_s / fast)
+    n = fast_ticks(duration_s, fast)
     total = 0.0
     for k in range(n):
         t = k * fast

@@ -4,13 +4,12 @@ against the baselines that ran, each with the figure it was judged on, why it wa
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from controller.service_settings import ServiceSettings
 from controller.simulate.frontier import T_OVER_C_GAIN, TOKENS_PER_JOULE_GAIN, explain
 from controller.simulate.power_figures import BOUND_SHARE
-from controller.simulate.scenario import Scenario
+from controller.simulate.scenario import Scenario, fast_ticks
 
 MAX_RESTARTS_PER_HOUR = 2.0
 CO2_GAIN = 0.2
@@ -117,7 +116,7 @@ def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
                                   "unit": "s", "met": ws["budget_violation_s"] == 0}]
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     fast = scn.config.daemon.fast_interval_s
-    ran_s = math.ceil(duration_s / fast) * fast  # whole fast ticks, as the run's rates are per hour of them
+    ran_s = fast_ticks(duration_s, fast) * fast  # whole fast ticks, as the run's rates are per hour of them
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"]
         if mine is not None and _finished_anywhere(policies, svc.name):  # else nothing to judge its attainment by
