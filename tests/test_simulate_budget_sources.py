@@ -126,6 +126,13 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     # the budget lifted back after it
     lifted = trace_of([800, 750, 720, 700, 710, 800], [4000, 10, 10, 10, 4000, 4000])
     assert drop_figures(lifted, 1.0) == {"drop_settle_s": 3.0, "drop_over_after_s": 0.0}
+    # a budget falling 10 W a second for a minute, the draw 100 W over it throughout, then met: one drop of 61 s
+    # (each step read as a drop of its own, met within 2 s); a drop met, then another: two, each its own over-time
+    stairs = [2000.0] + [2000.0 - 10.0 * i for i in range(1, 61)] + [1400.0] * 5
+    assert drop_figures(trace_of([b + 100.0 for b in stairs[:61]] + [1300.0] * 5, stairs), 1.0) == {
+        "drop_settle_s": 61.0, "drop_over_after_s": 0.0}
+    twice = trace_of([900, 600, 600, 750, 400, 450], [1000, 700, 700, 700, 500, 500])
+    assert drop_figures(twice, 1.0) == {"drop_settle_s": 1.0, "drop_over_after_s": 1.0}
     power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,
                           domains=(PowerDomainSettings("rack", 600.0, (0,)),))
     tr = trace_of([500, 600, 650, 550, 610, 500], [2000.0] * 6, domains={"rack": [500, 601, 650, 550, 610, 500]})

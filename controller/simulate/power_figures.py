@@ -42,18 +42,26 @@ intervals; the plant's 1-s means swing by a whole engine step's energy, tens of 
 
 
 def drops(trace: Trace) -> list[tuple[int, int, int]]:
-    """For each budget drop: the first second under the new budget, the first second whose draw is under it before
-    the budget moves again (-1 if none: a drop below what the GPUs can draw, lifted before it was met), and the
-    second the budget moves again (or the run's end). A later budget is not the drop's: a drop to 10 W never met
-    read as met once the budget was lifted back."""
+    """For each budget drop: the first second under the new budget; the first second whose draw is under the budget
+    then (-1 if none); and the second the drop ends, where the budget rises, or drops again once met (or the run's
+    end). A drop not yet met that steps down again goes on as one drop: a budget falling 10 W a second for a
+    minute, 100 W under the draw throughout, read as met within 2 s when each step was a drop of its own. Nor does a
+    budget lifted after a drop meet it: a drop to 10 W never met had read "settled" against the budget after it."""
     b, d = trace.budget_w, trace.draw_w
-    out = []
-    for k in range(1, len(b)):
-        if b[k] < b[k - 1]:
-            moved = np.nonzero(b[k:] != b[k])[0]
-            end = k + int(moved[0]) if len(moved) else len(b)
-            under = np.nonzero(d[k:end] <= b[k:end])[0]
-            out.append((k, k + int(under[0]) if len(under) else -1, end))
+    out, k, n = [], 1, len(b)
+    while k < n:
+        if b[k] >= b[k - 1]:
+            k += 1
+            continue
+        met, end = -1, n
+        for i in range(k, n):
+            if i > k and (b[i] > b[i - 1] or (met >= 0 and b[i] < b[i - 1])):
+                end = i
+                break
+            if met < 0 and d[i] <= b[i]:
+                met = i
+        out.append((k, met, end))
+        k = end
     return out
 
 
