@@ -80,8 +80,7 @@ def api_client(kubeconfig: str = "") -> Any:
         else:
             config.load_kube_config(config_file=kubeconfig or None, client_configuration=cfg)
     except config.ConfigException as exc:  # its message names no file: which one was read (a missing one reads empty)
-        read = "in-cluster" if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ else (
-            kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config"))
+        read = _read(kubeconfig)
         missing = "" if read == "in-cluster" or os.path.exists(os.path.expanduser(read.split(os.pathsep)[0])) \
             else ", which does not exist"
         raise PermanentActuatorError(f"kubernetes: no usable credentials in {read}{missing}: {exc}") from exc
@@ -89,14 +88,21 @@ def api_client(kubeconfig: str = "") -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise PermanentActuatorError(f"kubernetes: kubeconfig {kubeconfig or '~/.kube/config'} is not valid "
-                                     f"YAML: {problem}{at}") from None
+        raise PermanentActuatorError(f"kubernetes: kubeconfig {_read(kubeconfig)} is not valid YAML: {problem}{at}") \
+            from None
     except (TypeError, AttributeError, KeyError, ValueError) as exc:  # YAML, but no kubeconfig's structure (a list,
         # a string, `clusters: 5`): the client's own TypeError was a traceback out of `operator` and `agent`
-        raise PermanentActuatorError(f"kubernetes: {kubeconfig or '~/.kube/config'} is not a kubeconfig "
+        raise PermanentActuatorError(f"kubernetes: {_read(kubeconfig)} is not a kubeconfig "
                                      f"({type(exc).__name__}: {str(exc)[:200]})") from None
     cfg.retries = 0
     return client.ApiClient(cfg)
+
+
+def _read(kubeconfig: str) -> str:
+    """Which credentials `api_client` read: in-cluster, the kubeconfig named, $KUBECONFIG's, or ~/.kube/config."""
+    if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ:
+        return "in-cluster"
+    return kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config")
 
 
 def _plain_files(kubeconfig: str) -> None:

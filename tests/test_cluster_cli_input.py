@@ -108,6 +108,21 @@ def test_a_kubeconfig_that_is_not_yaml_is_refused_in_one_line(
     assert "(line 2, column 1)" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("text", ["not: [yaml\n", "- a\n- b\n"])
+def test_a_broken_kubeconfig_named_by_its_environment_is_named_as_such(
+        text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """$KUBECONFIG's file read as "~/.kube/config is not a kubeconfig" where it was not YAML or no kubeconfig."""
+    bad = tmp_path / "env.yaml"
+    bad.write_text(text)
+    monkeypatch.setenv("KUBECONFIG", str(bad))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config beside it
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["agent", "--node", "n1", "--metrics-port", "0", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattscale: agent: kubernetes: ") and str(bad) in err and "~/.kube" not in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_connection_errors_kopf_logs_keep_their_message_without_the_traceback() -> None:
     """kopf's 'Resource observer has failed' came with aiohttp's traceback each time: one line stays, as the
     operator's logging is set up (`_logging`)."""

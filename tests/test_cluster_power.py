@@ -179,6 +179,7 @@ def test_a_policy_rack_above_the_site_budget_is_refused_by_field() -> None:
     ("node_selector", {"gpu": "h100,rack=r1"}, r"^spec\.node_selector\.gpu: 'h100,rack=r1' is no label value"),
     ("node_selector", {"gpu!": "h100"}, r"^spec\.node_selector: 'gpu!' is no label key"),
     ("node_selector", {"": "h100"}, r"^spec\.node_selector: '' is no label key"),
+    ("node_selector", {"/gpu": "h100"}, r"^spec\.node_selector: '/gpu' is no label key"),  # an empty prefix
     ("domains", {"rack": "r1 "}, r"^spec\.domains\[rack-1\]\.node_selector\.rack: 'r1 ' is no label value"),
 ])
 def test_a_label_a_selector_cannot_hold_is_refused_by_field(where: str, labels: dict[str, str], said: str) -> None:

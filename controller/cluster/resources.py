@@ -50,8 +50,8 @@ def check_labels(labels: Mapping[str, str], where: str) -> None:
     """Keys and values as Kubernetes labels have them: they are joined into a label selector (`key=value,...`), where
     a comma or `!=` in a value would have chosen other nodes than the ones named."""
     for key, value in labels.items():
-        prefix, _, name = key.rpartition("/")
-        prefixed = not prefix or (len(prefix) <= 253 and LABEL_PREFIX.fullmatch(prefix))
+        prefix, slash, name = key.rpartition("/")
+        prefixed = not slash or (len(prefix) <= 253 and LABEL_PREFIX.fullmatch(prefix))  # "/gpu": an empty prefix
         if not (LABEL_NAME.fullmatch(name) and prefixed):
             raise ConfigError(where, f"{quoted(key)} is no label key ([prefix/]name: letters, digits, '-', '_', "
                               "'.', 63 characters at most)")
