@@ -220,9 +220,7 @@ def _threshold(model: AllocationModel, i: str, served: Allocation, price: float,
 
 def _up(price: float) -> float:
     """`price` rounded up at 4 significant digits, as it is printed."""
-    if not math.isfinite(price) or price <= 0.0:
+    if not 1e-290 < price < 1e300:  # none, or past what 4 digits a step can be rounded at (subnormals, overflow)
         return price
     step = 10.0 ** (math.floor(math.log10(price)) - 3)
-    if step == 0.0:  # a price in the subnormals: no digits to round
-        return price
     return float(f"{math.ceil(price / step * (1 - 1e-12)) * step:.4g}")
