@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError
 from controller.settings import PowerDomainSettings, PowerSettings
-from controller.simulate.accounting import figures
+from controller.simulate.accounting import figures, violations
 from controller.simulate.power_figures import carbon_figures, domain_figures, drop_figures, ramp_figures
 from controller.simulate.runner import Trace, run
 from controller.simulate.scenario import load_scenario
@@ -129,8 +130,9 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     # a budget falling 10 W a second for a minute, the draw 100 W over it throughout, then met: one drop of 61 s
     # (each step read as a drop of its own, met within 2 s); a drop met, then another: two, each its own over-time
     stairs = [2000.0] + [2000.0 - 10.0 * i for i in range(1, 61)] + [1400.0] * 5
-    assert drop_figures(trace_of([b + 100.0 for b in stairs[:61]] + [1300.0] * 5, stairs), 1.0) == {
-        "drop_settle_s": 61.0, "drop_over_after_s": 0.0}
+    falling = trace_of([b + 100.0 for b in stairs[:61]] + [1300.0] * 5, stairs)
+    assert drop_figures(falling, 1.0) == {"drop_settle_s": 61.0, "drop_over_after_s": 0.0}
+    assert violations(SimpleNamespace(trace=falling)) == (59.0, 61.0)  # its first 2 s excused, not each step's
     twice = trace_of([900, 600, 600, 750, 400, 450], [1000, 700, 700, 700, 500, 500])
     assert drop_figures(twice, 1.0) == {"drop_settle_s": 1.0, "drop_over_after_s": 1.0}
     power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,
