@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from controller.power_rooms import take_lowest_first
+from controller.telemetry.base import GpuSample
 
 if TYPE_CHECKING:
     from controller.fast_loop import FastLoop
@@ -84,32 +85,32 @@ class Blind:
         (missing, of unknown limits, its sets in backoff) counts at its limit; one in backoff is tried anyway where
         the caps do not fit without it (`forceable`: twice a run of failures at most), as the governor tries one."""
         fixed = frozenset(loop.listing.missing) | loop.unknown
-        pinned = fixed | frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(f"power_limit:{g.uuid}",
-                                                                                               now))
+        waiting = frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(_key(g), now)) - fixed
+        pinned = fixed | waiting
         caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
-        forced = frozenset(u for u in pinned - fixed if loop.retry.forceable(f"power_limit:{u}")) if not fits \
-            else frozenset()
-        if forced:  # tried first: one whose set fails again stays at its limit, and the others' caps are shared
-            # around it (set before, they had assumed it lowered)
+        forced = frozenset(u for u in waiting if loop.retry.forceable(f"power_limit:{u}")) if not fits else frozenset()
+        # GPUs whose sets failed lately go first: set before, the others' caps had assumed them lowered where their
+        # set failed again (2,398 W of limits on a 1,940-W threshold for two ticks)
+        shaky = forced | frozenset(g.uuid for g in loop.samples if _key(g) in loop.retry.failing) - pinned
+        if shaky:
             tried, _ = loop.governor.failsafe_caps(loop.samples, pinned - forced)
-            done = {g.uuid: w for g in loop.samples if g.uuid in forced
-                    and (w := loop.set_limit(now, g, tried[g.index], True)) is not None}
-            loop.samples = [replace(g, power_limit_w=done[g.uuid]) if g.uuid in done else g for g in loop.samples]
-            pinned -= frozenset(done)
+            got = {g.uuid: (tried[g.index], loop.set_limit(now, g, tried[g.index], g.uuid in forced))
+                   for g in loop.samples if g.uuid in shaky}
+            loop.samples = [replace(g, power_limit_w=w) if (w := got.get(g.uuid, (0.0, None))[1]) is not None else g
+                            for g in loop.samples]
+            # one that failed, or whose driver applied more than asked, stays at the limit it has
+            pinned = pinned - forced | {u for u, (asked, w) in got.items() if w is None or w > asked + 1.0}
             caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.metrics.failsafe.set(1.0)
         entered, self.failsafe_on = not self.failsafe_on, True
         if entered:
-            self.failsafe_due = set(caps)
-        samples = []  # a new listing: the slow loop may be reading the last one
-        for g in loop.samples:
-            cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
-            due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
-            if due and loop.set_limit(now, g, cap) is not None:
-                self.failsafe_due.discard(g.index)
-                g = replace(g, power_limit_w=cap)
-            samples.append(g)
-        loop.samples = samples
+            self.failsafe_due = set(caps) - {g.index for g in loop.samples if g.uuid in shaky and g.uuid not in pinned}
+        for _ in range(len(loop.samples) + 1):  # a GPU its driver set above its cap is pinned there, the rest again
+            above = self._set_caps(loop, now, caps, pinned)
+            if not above:
+                break
+            pinned |= above
+            caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
             unset = {g.index for g in loop.samples if g.uuid in pinned}  # counted, not written
@@ -121,3 +122,24 @@ class Blind:
                 held_w = sum(caps[i] for i in unset)
                 log.error("the safe caps do not fit the budget: %s", f"the GPUs that cannot be set hold {held_w:.0f} W "
                           "of it" if unset else "the GPUs' minimum limits alone exceed it; each is at its minimum")
+
+
+    def _set_caps(self, loop: FastLoop, now: float, caps: dict[int, float], pinned: frozenset[str]) -> frozenset[str]:
+        """Set each GPU not pinned to its cap where due (the listing then holds what each driver applied); the GPUs
+        a driver set above their cap (its own floor), whose room the others' caps had counted."""
+        samples, above = [], set()  # a new listing: the slow loop may be reading the last one
+        for g in loop.samples:
+            cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
+            due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
+            if due and (w := loop.set_limit(now, g, cap)) is not None:
+                self.failsafe_due.discard(g.index)
+                g = replace(g, power_limit_w=w)
+                if w > cap + 1.0:
+                    above.add(g.uuid)
+            samples.append(g)
+        loop.samples = samples
+        return frozenset(above)
+
+def _key(g: GpuSample) -> str:
+    """A GPU's limit sets in the retry book."""
+    return f"power_limit:{g.uuid}"

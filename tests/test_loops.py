@@ -347,6 +347,57 @@ def test_safe_caps_count_a_gpu_in_backoff_at_its_limit_and_try_it_only_where_the
                      else [])
 
 
+class RecordingGpu0:
+    """The simulated host's power limits, GPU 0's sets failing ("fail") or applied at 500 W at least ("clamp": a
+    driver's own floor), every set recorded."""
+
+    name = "sim"
+
+    def __init__(self, inner: Any, mode: str) -> None:
+        self.inner, self.mode, self.sets = inner, mode, []  # type: list[tuple[int, float]]
+
+    def set_power_limit(self, gpu_index: int, watts: float) -> float:
+        self.sets.append((gpu_index, watts))
+        if gpu_index == 0 and self.mode == "fail":
+            raise TransientActuatorError("busy", delay_s=600.0)
+        clamped = gpu_index == 0 and self.mode == "clamp"
+        return float(self.inner.set_power_limit(gpu_index, max(watts, 500.0) if clamped else watts))
+
+
+@pytest.mark.parametrize(("mode", "retry_at_s"), [("clamp", 619.0), ("fail", 11.0), ("ok", 619.0)])
+def test_safe_caps_hold_the_threshold_on_every_lost_tick_whatever_a_shaky_gpu_does(
+        sim_config: Callable[..., Path], mode: str, retry_at_s: float) -> None:
+    """GPU 0 at 700 W, its sets lately failing; the others at 300 W; a lost tick brings safe caps at once. A driver
+    that applied 500 W where 242.5 W was asked was read as at 242.5 W (2,197.5 W of limits on every lost tick); a
+    GPU whose backoff had just run out was set after the others, whose caps assumed it lowered, and failed (2,397.5
+    W); one forced and lowered was written twice."""
+    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
+    ctl, advance, _ = sim_controller(s)
+    host_gpus, host_power = ctl.fast.gpus, ctl.fast.power
+    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 40.0, False)
+    threshold = s.power.budget_w * (1 - s.power.headroom)
+    for t in range(1, 20):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    for g in ctl.fast.samples:
+        host_power.set_power_limit(g.index, 700.0 if g.index == 0 else 300.0)
+    ctl.fast.samples = [dataclasses.replace(g, power_limit_w=700.0 if g.index == 0 else 300.0)
+                        for g in ctl.fast.samples]
+    ctl.fast.blind.failsafe_after_ticks = 1
+    ctl.fast.retry.failed(f"power_limit:{ctl.fast.samples[0].uuid}", retry_at_s - 600.0 if retry_at_s < 600 else 19.0,
+                          TransientActuatorError("busy", delay_s=1.0 if retry_at_s < 600 else 600.0))
+    recording = RecordingGpu0(host_power, mode)
+    ctl.fast.power = recording  # type: ignore[assignment]
+    for t in range(20, 26):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        in_force = [g.power_limit_w for g in host_gpus.sample(float(t))]  # type: ignore[attr-defined]
+        assert sum(in_force) <= max(threshold, in_force[0] + 7 * 200.0) + 1e-6, (t, in_force)
+        assert [g.power_limit_w for g in ctl.fast.samples] == pytest.approx(in_force), t  # as the driver applied
+    if mode == "ok":
+        assert [w for i, w in recording.sets if i == 0] == [242.5]  # forced once, lowered, not written again
+
+
 class GlitchingGpu:
     """The simulated host's GPU source with GPU 0 reading `reading` W from tick `at` on: a DCGM exporter's sentinel."""
 
