@@ -102,7 +102,7 @@ def _read(kubeconfig: str) -> str:
     """Which credentials `api_client` read: in-cluster, the kubeconfig named, $KUBECONFIG's, or ~/.kube/config."""
     if not kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ:
         return "in-cluster"
-    return kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config")
+    return kubeconfig or os.environ.get("KUBECONFIG", "~/.kube/config") or "$KUBECONFIG (empty)"
 
 
 def _plain_files(kubeconfig: str) -> None:

@@ -666,3 +666,15 @@ def test_a_milp_stopped_before_any_packing_reads_stopped_not_fail_in_the_compare
     assert "stopped: no packing found before time_limit_s (a longer limit may find one); fail: none exists." in table
     rows[0]["results"] = [failed("milp", "infeasible: the scenario has no card")] * 2
     assert "stopped" not in compare_table(rows).splitlines()[1] and "stopped:" not in compare_table(rows)
+
+
+@pytest.mark.parametrize(("price", "printed"), [(0.00016254, "0.0001626"), (1.23449e300, "1.235e+300"),
+                                                (1.23449e-295, "1.235e-295"), (1.6433e-320, "1.6433e-320"),
+                                                (1.7976931348623157e308, "1.798e+308"), (9.9995e-5, "0.0001")])
+def test_a_price_is_printed_at_or_above_itself(price: float, printed: str) -> None:
+    """Printed at 4 digits, a price read below itself (0.0001625 still dropped 44 %), a subnormal one and the
+    largest float too (inf), and one near 1e300 was left unrounded."""
+    from controller.planner.allocation_report import _printed, _up
+
+    assert _printed(_up(price)) == printed
+    assert float(printed) >= price

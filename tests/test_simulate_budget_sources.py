@@ -133,6 +133,10 @@ def test_the_power_figures_count_what_the_trace_shows() -> None:
     falling = trace_of([b + 100.0 for b in stairs[:61]] + [1300.0] * 5, stairs)
     assert drop_figures(falling, 1.0) == {"drop_settle_s": 61.0, "drop_over_after_s": 0.0}
     assert violations(SimpleNamespace(trace=falling)) == (59.0, 61.0)  # its first 2 s excused, not each step's
+    jagged = [2000.0] + [2000.0 - 10.0 * i + (0.0 if i % 2 else 15.0) for i in range(1, 61)] + [1400.0] * 5
+    wavering = trace_of([b + 100.0 for b in jagged[:61]] + [1300.0] * 5, jagged)  # down 25, up 5, ...: one drop
+    assert drop_figures(wavering, 1.0)["drop_settle_s"] == 61.0
+    assert violations(SimpleNamespace(trace=wavering)) == (59.0, 61.0)
     twice = trace_of([900, 600, 600, 750, 400, 450], [1000, 700, 700, 700, 500, 500])
     assert drop_figures(twice, 1.0) == {"drop_settle_s": 1.0, "drop_over_after_s": 1.0}
     power = PowerSettings(budget_w=2000.0, ramp_up_w_per_s=30.0, ramp_down_w_per_s=30.0,

@@ -18,6 +18,7 @@ import pytest
 from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
+from controller.simulate.report import _paragraph
 from controller.simulate.scenario import Scenario, fast_ticks, load_scenario
 from controller.simulate.sources import SimBudget
 
@@ -499,3 +500,13 @@ def test_a_start_written_as_a_toml_datetime_is_read_as_its_string(small_scenario
     for written in ("2026-04-15", "00:00:00"):  # a TOML date or time alone: its string, refused by what it lacks
         with pytest.raises(ConfigError, match=f"^start_utc: .*'{written}'"):
             load_scenario(small_scenario(f'name = "x"\nduration_s = 60\nstart_utc = {written}\n', name="d.toml"))
+
+
+@pytest.mark.parametrize(("text", "written"), [("```python budget", "\\```python budget"), ("~~~ x", "\\~~~ x"),
+                                               ("[a]: http://x", "\\[a]: http://x"), ("___", "\\___"),
+                                               ("<div>", "\\<div>"), ("  # h", "\\# h"), ("1. x", "1\\. x"),
+                                               ("GPU 0 (chat)", "GPU 0 (chat)")])
+def test_a_description_opening_any_block_stays_a_paragraph(text: str, written: str) -> None:
+    """A code fence swallowed the rest of summary.md, a link definition hid the description, `___` made a rule:
+    CommonMark reads a backslash before any punctuation as the character itself."""
+    assert _paragraph(text) == written

@@ -82,13 +82,14 @@ def explain_unmet(model: AllocationModel, best: Allocation,
             above = _up(above)  # printed at 4 digits: rounded down, the price printed would still drop some
             # a serving plan stopped at the limit costs at most what it says: the figures are upper bounds
             most = "" if served.optimal else "at most "
+            shown = _printed(above)
             raise_it = (f"No penalty per query serves it: {lost:.3g} queries a period are dropped, which no number "
                         "prices." if not priced else
-                        f"Raise queries.{i}.unmet_penalty above {above:.4g} $/query." if found else
-                        f"Raise queries.{i}.unmet_penalty above at least {above:.4g} $/query (a plan serving part "
+                        f"Raise queries.{i}.unmet_penalty above {shown} $/query." if found else
+                        f"Raise queries.{i}.unmet_penalty above at least {shown} $/query (a plan serving part "
                         f"of it may still cost less there: the search for the price stopped {why})."
                         if served.optimal else
-                        f"A queries.{i}.unmet_penalty above {above:.4g} $/query is enough (its solve stopped at the "
+                        f"A queries.{i}.unmet_penalty above {shown} $/query is enough (its solve stopped at the "
                         "time limit: the true threshold may be lower).")
             out.append({
                 "query": i, "unmet_share": share, "reason": "penalty", "parameter": f"queries.{i}.unmet_penalty",
@@ -218,9 +219,16 @@ def _threshold(model: AllocationModel, i: str, served: Allocation, price: float,
     return False, price, f"after {THRESHOLD_ROUNDS} solve{'' if THRESHOLD_ROUNDS == 1 else 's'}"
 
 
+def _printed(price: float) -> str:
+    """`price` at 4 digits where they do not read below it (`_up` rounded it there), else whole (a subnormal)."""
+    short = f"{price:.4g}"
+    return short if not math.isfinite(price) or float(short) >= price else repr(price)
+
+
 def _up(price: float) -> float:
     """`price` rounded up at 4 significant digits, as it is printed."""
-    if not 1e-290 < price < 1e300:  # none, or past what 4 digits a step can be rounded at (subnormals, overflow)
+    if not (math.isfinite(price) and price > 0.0):
         return price
     step = 10.0 ** (math.floor(math.log10(price)) - 3)
-    return float(f"{math.ceil(price / step * (1 - 1e-12)) * step:.4g}")
+    up = float(f"{math.ceil(price / step * (1 - 1e-12)) * step:.4g}") if step > 0.0 else price
+    return up if math.isfinite(up) and up >= price else price  # a subnormal's digits, the largest float's overflow

@@ -43,10 +43,11 @@ intervals; the plant's 1-s means swing by a whole engine step's energy, tens of 
 
 def drops(trace: Trace) -> list[tuple[int, int, int]]:
     """For each budget drop: the first second under the new budget; the first second whose draw is under the budget
-    then (-1 if none); and the second the drop ends, where the budget rises, or drops again once met (or the run's
-    end). A drop not yet met that steps down again goes on as one drop: a budget falling 10 W a second for a
-    minute, 100 W under the draw throughout, read as met within 2 s when each step was a drop of its own. Nor does a
-    budget lifted after a drop meet it: a drop to 10 W never met had read "settled" against the budget after it."""
+    then (-1 if none); and the second the drop ends: once met, where the budget moves again; unmet, where it is back
+    at the budget it dropped from (or the run's end). A drop not yet met that steps down again, or up by less, goes on
+    as one drop: a budget falling 10 W a second for a minute, 100 W under the draw throughout, read as met within 2 s
+    when each step was a drop of its own. Nor does a budget lifted after a drop meet it: a drop to 10 W never met had
+    read "settled" against the budget after it."""
     b, d = trace.budget_w, trace.draw_w
     out, k, n = [], 1, len(b)
     while k < n:
@@ -54,8 +55,8 @@ def drops(trace: Trace) -> list[tuple[int, int, int]]:
             k += 1
             continue
         met, end = -1, n
-        for i in range(k, n):
-            if i > k and (b[i] > b[i - 1] or (met >= 0 and b[i] < b[i - 1])):
+        for i in range(k, n):  # unmet, it ends only where the budget is back to where it dropped from
+            if i > k and (b[i] != b[i - 1] if met >= 0 else b[i] >= b[k - 1]):
                 end = i
                 break
             if met < 0 and d[i] <= b[i]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def _paragraph(text: str) -> str:
     number = re.match(r"\d+(?=[.)])", text)
     if number:
         return f"{number.group()}\\{text[number.end():]}"
-    return f"\\{text}" if text[:1] in ("#", ">", "*", "+", "|", "-") else text
+    return f"\\{text}" if text[:1] in string.punctuation else text  # a fence, a rule, a link definition, HTML too
 
 
 def markdown(doc: dict[str, Any], images: list[str]) -> str:
