@@ -510,3 +510,13 @@ def test_a_description_opening_any_block_stays_a_paragraph(text: str, written: s
     """A code fence swallowed the rest of summary.md, a link definition hid the description, `___` made a rule:
     CommonMark reads a backslash before any punctuation as the character itself."""
     assert _paragraph(text) == written
+
+
+def test_an_event_on_a_tick_applies_at_that_tick_at_tenths_of_a_second() -> None:
+    """11 x 0.1 + 0.1 reads 1.2000000000000002: an event at 1.2 s applied at the tick starting at 1.1 s."""
+    from controller.simulate.scenario import EventSettings
+    from controller.simulate.sources import events_due
+
+    events = [EventSettings(1.2, "budget", budget_w=500.0)]
+    assert list(events_due(events, 11 * 0.1, 0.1, 10.0)) == []
+    assert [e.at_s for e in events_due(events, 12 * 0.1, 0.1, 10.0)] == [1.2]
