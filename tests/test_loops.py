@@ -238,12 +238,23 @@ class LosingGpus:
         return [dataclasses.replace(g, power_w=math.nan) for g in listing] if losing else listing
 
 
-@pytest.mark.parametrize("nan", [False, True], ids=["source-down", "nan-readings"])
-def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Callable[..., Path], nan: bool) -> None:
-    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
+def _losing(sim_config: Callable[..., Path], budget_w: float, start_s: float, end_s: float, nan: bool = False,
+            upto_s: int = 0) -> tuple[Settings, Controller, Callable[[float], None], CollectorRegistry, Any]:
+    """A controller on the simulated host at `budget_w`, its GPU readings lost from `start_s` to `end_s`, stepped
+    through `upto_s`; also the host's own GPU source (what is in force)."""
+    s = load_settings(sim_config({"budget_w = 4000": f"budget_w = {budget_w:g}"}))
     ctl, advance, registry = sim_controller(s)
     host_gpus = ctl.fast.gpus
-    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 30.0, nan)
+    ctl.fast.gpus = LosingGpus(host_gpus, start_s, end_s, nan)
+    for t in range(1, upto_s + 1):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+    return s, ctl, advance, registry, host_gpus
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["source-down", "nan-readings"])
+def test_lost_gpu_readings_bring_safe_caps_that_fit_the_budget(sim_config: Callable[..., Path], nan: bool) -> None:
+    s, ctl, advance, registry, host_gpus = _losing(sim_config, 2000.0, 20.0, 30.0, nan)
     for t in range(1, 40):
         advance(float(t))
         ctl.tick_fast(float(t))
@@ -293,20 +304,6 @@ def test_safe_caps_count_a_gpu_missing_from_the_listing_at_its_last_limit_and_ne
     assert "GPU 0 counted at" in said and "GPU 0 2" not in said, said
 
 
-class FailingGpu0:
-    """The simulated host's power limits with GPU 0's sets failing (a busy driver), as a backend reports them."""
-
-    name = "sim"
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def set_power_limit(self, gpu_index: int, watts: float) -> float:
-        if gpu_index == 0:
-            raise TransientActuatorError("busy", delay_s=600.0)
-        return float(self.inner.set_power_limit(gpu_index, watts))
-
-
 @pytest.mark.parametrize(("budget_w", "fails", "lowered"), [(2400.0, False, False), (2000.0, False, True),
                                                              (2000.0, True, False)])
 def test_safe_caps_count_a_gpu_in_backoff_at_its_limit_and_try_it_only_where_they_do_not_fit_without_it(
@@ -317,20 +314,15 @@ def test_safe_caps_count_a_gpu_in_backoff_at_its_limit_and_try_it_only_where_the
     tried anyway (as the governor tries a GPU in backoff that a line needs), and the caps fit. Where that try fails
     again, the others are held to their floors around its 700 W (set with caps that assumed it lowered, they had
     held 2,398 W of limits for two ticks), and the log says the caps do not fit, and why."""
-    s = load_settings(sim_config({"budget_w = 4000": f"budget_w = {budget_w:g}"}))
-    ctl, advance, registry = sim_controller(s)
-    host_gpus, host_power = ctl.fast.gpus, ctl.fast.power
-    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 30.0, False)
+    s, ctl, advance, registry, host_gpus = _losing(sim_config, budget_w, 20.0, 40.0, upto_s=19)
+    host_power = ctl.fast.power
     threshold = s.power.budget_w * (1 - s.power.headroom)
-    for t in range(1, 20):
-        advance(float(t))
-        ctl.tick_fast(float(t))
     g0 = ctl.fast.samples[0]
     host_power.set_power_limit(0, 700.0)  # as in force when its sets began to fail
     ctl.fast.samples = [dataclasses.replace(g0, power_limit_w=700.0), *ctl.fast.samples[1:]]
     ctl.fast.retry.failed(f"power_limit:{g0.uuid}", 19.0, TransientActuatorError("busy", delay_s=600.0))
     if fails:
-        ctl.fast.power = FailingGpu0(host_power)  # type: ignore[assignment]
+        ctl.fast.power = RecordingGpu0(host_power, "fail")  # type: ignore[assignment]
     for t in range(20, 20 + s.daemon.failsafe_after_ticks):
         advance(float(t))
         ctl.tick_fast(float(t))
@@ -371,14 +363,9 @@ def test_safe_caps_hold_the_threshold_on_every_lost_tick_whatever_a_shaky_gpu_do
     that applied 500 W where 242.5 W was asked was read as at 242.5 W (2,197.5 W of limits on every lost tick); a
     GPU whose backoff had just run out was set after the others, whose caps assumed it lowered, and failed (2,397.5
     W); one forced and lowered was written twice."""
-    s = load_settings(sim_config({"budget_w = 4000": "budget_w = 2000"}))
-    ctl, advance, _ = sim_controller(s)
-    host_gpus, host_power = ctl.fast.gpus, ctl.fast.power
-    ctl.fast.gpus = LosingGpus(host_gpus, 20.0, 40.0, False)
+    s, ctl, advance, _, host_gpus = _losing(sim_config, 2000.0, 20.0, 40.0, upto_s=19)
+    host_power = ctl.fast.power
     threshold = s.power.budget_w * (1 - s.power.headroom)
-    for t in range(1, 20):
-        advance(float(t))
-        ctl.tick_fast(float(t))
     for g in ctl.fast.samples:
         host_power.set_power_limit(g.index, 700.0 if g.index == 0 else 300.0)
     ctl.fast.samples = [dataclasses.replace(g, power_limit_w=700.0 if g.index == 0 else 300.0)
