@@ -56,8 +56,7 @@ class Blind:
         none of a GPU that cannot be set (missing, or its sets in backoff). The governor's own state is left as it
         was: its step would grow the GPUs it read as pressed, out of the limits of lower priorities."""
         governor, threshold = loop.governor, loop.governor.threshold_w()
-        pinned = loop.listing.missing | {g.uuid for g in loop.samples
-                                         if not loop.retry.may_try(f"power_limit:{g.uuid}", now)}
+        pinned = loop.listing.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(_key(g), now)}
         held = loop.later.held_w() if loop.later is not None else {}  # node plans: a limit written may be in force
         counted = {g.uuid: max(g.power_limit_w, held.get(g.index, 0.0)) for g in loop.samples}
         limit = dict(counted)
@@ -83,33 +82,27 @@ class Blind:
         """Safe caps (PowerGovernor.failsafe_caps) on every GPU last seen: each set on entry whatever its reading
         says (a limit read late may be above it) until set, then where its limit differs. A GPU that cannot be set
         (missing, of unknown limits, its sets in backoff) counts at its limit; one in backoff is tried anyway where
-        the caps do not fit without it (`forceable`: twice a run of failures at most), as the governor tries one."""
+        the caps do not fit without it (`forceable`: twice a run of failures at most), as the governor tries one.
+        One left above its cap (its set failed, or its driver applied more) is pinned where it is, and the others'
+        caps are shared again around it."""
         fixed = frozenset(loop.listing.missing) | loop.unknown
         waiting = frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(_key(g), now)) - fixed
         pinned = fixed | waiting
         caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
-        forced = frozenset(u for u in waiting if loop.retry.forceable(f"power_limit:{u}")) if not fits else frozenset()
-        # GPUs whose sets failed lately go first: set before, the others' caps had assumed them lowered where their
-        # set failed again (2,398 W of limits on a 1,940-W threshold for two ticks)
-        shaky = forced | frozenset(g.uuid for g in loop.samples if _key(g) in loop.retry.failing) - pinned
-        if shaky:
-            tried, _ = loop.governor.failsafe_caps(loop.samples, pinned - forced)
-            got = {g.uuid: (tried[g.index], loop.set_limit(now, g, tried[g.index], g.uuid in forced))
-                   for g in loop.samples if g.uuid in shaky}
-            loop.samples = [replace(g, power_limit_w=w) if (w := got.get(g.uuid, (0.0, None))[1]) is not None else g
-                            for g in loop.samples]
-            # one that failed, or whose driver applied more than asked, stays at the limit it has
-            pinned = pinned - forced | {u for u, (asked, w) in got.items() if w is None or w > asked + 1.0}
+        forced = frozenset(g.uuid for g in loop.samples if g.uuid in waiting and loop.retry.forceable(_key(g))) \
+            if not fits else frozenset()
+        if forced:
+            pinned -= forced
             caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.metrics.failsafe.set(1.0)
         entered, self.failsafe_on = not self.failsafe_on, True
         if entered:
-            self.failsafe_due = set(caps) - {g.index for g in loop.samples if g.uuid in shaky and g.uuid not in pinned}
-        for _ in range(len(loop.samples) + 1):  # a GPU its driver set above its cap is pinned there, the rest again
-            above = self._set_caps(loop, now, caps, pinned)
-            if not above:
+            self.failsafe_due = set(caps)
+        for _ in range(len(loop.samples) + 1):
+            stuck = self._set_caps(loop, now, caps, pinned, forced)
+            if stuck is None:
                 break
-            pinned |= above
+            pinned |= {stuck}
             caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
@@ -123,22 +116,24 @@ class Blind:
                 log.error("the safe caps do not fit the budget: %s", f"the GPUs that cannot be set hold {held_w:.0f} W "
                           "of it" if unset else "the GPUs' minimum limits alone exceed it; each is at its minimum")
 
-
-    def _set_caps(self, loop: FastLoop, now: float, caps: dict[int, float], pinned: frozenset[str]) -> frozenset[str]:
-        """Set each GPU not pinned to its cap where due (the listing then holds what each driver applied); the GPUs
-        a driver set above their cap (its own floor), whose room the others' caps had counted."""
-        samples, above = [], set()  # a new listing: the slow loop may be reading the last one
-        for g in loop.samples:
+    def _set_caps(self, loop: FastLoop, now: float, caps: dict[int, float], pinned: frozenset[str],
+                  forced: frozenset[str]) -> str | None:
+        """Set each GPU not pinned to its cap where due, those whose sets failed lately first (set after, the others'
+        caps had assumed them lowered: 2,398 W of limits on a 1,940-W threshold), the listing then holding what each
+        driver applied. Stops at the first GPU left above its cap, whose room the others' caps had counted, and
+        returns it (None: every one set)."""
+        for g in sorted(loop.samples, key=lambda g: _key(g) not in loop.retry.failing):
             cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
-            due = g.uuid not in pinned and (g.index in self.failsafe_due or abs(g.power_limit_w - cap) >= 1.0)
-            if due and (w := loop.set_limit(now, g, cap)) is not None:
+            if g.uuid in pinned or (g.index not in self.failsafe_due and abs(g.power_limit_w - cap) < 1.0):
+                continue
+            w = loop.set_limit(now, g, cap, g.uuid in forced)
+            if w is not None:  # a new listing: the slow loop may be reading the last one
                 self.failsafe_due.discard(g.index)
-                g = replace(g, power_limit_w=w)
-                if w > cap + 1.0:
-                    above.add(g.uuid)
-            samples.append(g)
-        loop.samples = samples
-        return frozenset(above)
+                loop.samples = [replace(h, power_limit_w=w) if h.uuid == g.uuid else h for h in loop.samples]
+            if (g.power_limit_w if w is None else w) > cap + 1.0:
+                return g.uuid
+        return None
+
 
 def _key(g: GpuSample) -> str:
     """A GPU's limit sets in the retry book."""
