@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence, Set
 
-from controller.governor import pressed_w
+from controller.limit_pressure import pressed_w
 from controller.telemetry.base import GpuSample
 
 RAISE_STEP = 1.25

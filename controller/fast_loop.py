@@ -17,8 +17,9 @@ from typing import cast
 from actuators import ActuatorError, ClockLocker, LaterLimiter, PowerLimiter
 from controller.blind import Blind
 from controller.clock_steer import ClockSteer
-from controller.governor import PowerGovernor, pressed
+from controller.governor import PowerGovernor
 from controller.gpu_listing import GpuListing
+from controller.limit_pressure import accounted_w, pressed
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
@@ -183,7 +184,7 @@ class FastLoop:
             if g.sm_clock_mhz is not None:
                 series.clock.set(g.sm_clock_mhz)
             series.capped.set(math.nan if g.capped_share is None else g.capped_share)  # unknown: a gap, not 0
-            total += PowerGovernor.accounted_w(c)
+            total += accounted_w(c)
         m.draw.set(total)
         self.draw_w = total
         self._record_draws(samples, plan)
@@ -278,7 +279,7 @@ class FastLoop:
             shares = [1.0 if self.clocks is None else self.clocks.share(g.index) for g in gpus]
             capped = [c for g in gpus if (c := g.capped_share) is not None]
             self.ledger.add(service, DrawReading(
-                sum(map(self.governor.accounted_w, gpus)) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
+                sum(map(accounted_w, gpus)) / n, sum(g.power_limit_w for g in gpus) / n, below > 0,
                 sum(shares) / n if any(c < 1.0 for c in shares) else None,
                 sum(capped) / len(capped) if capped else None))
         self.held_gpus = held_gpus

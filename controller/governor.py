@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from controller.limit_pressure import accounted_w, at_floor, held, keeps, pressed, pressed_w, step_w
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
@@ -40,14 +41,6 @@ class PowerGovernor:
         self.ramp_bound = False
         """The last step's limits were held under the draw plus a tick's ramp, below the threshold: GPUs held
         under the plan's caps then wait on the ramp limit, not on the budget."""
-
-    @staticmethod
-    def accounted_w(sample: GpuSample) -> float:
-        """What a GPU counts for: its reading, or its limit where it has none (a NaN reading is none: it would
-        pass every comparison and lift the ramp's ceiling); a reading past what the GPU can draw at all is a
-        glitch, counted at that most (one 5,000 W reading on a 700 W GPU sent every GPU to its floor)."""
-        p = sample.power_w
-        return min(p, sample.max_limit_w) if p is not None and math.isfinite(p) else sample.power_limit_w
 
     def threshold_w(self) -> float:
         return self.settings.budget_w * (1 - self.settings.headroom)
@@ -74,11 +67,11 @@ class PowerGovernor:
             target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
         if s.mode == "caps":
             self._fit_caps(samples, target, priorities, self.threshold_w())
-        measured = sum(self.accounted_w(g) for g in samples)
+        measured = sum(accounted_w(g) for g in samples)
         threshold = self.threshold_w()
         over = []
         for line_w, inside in self.domains(samples):  # a rack at its breaker is cut even where the site has room
-            over.append(sum(self.accounted_w(g) for g in inside) - line_w)
+            over.append(sum(accounted_w(g) for g in inside) - line_w)
             if over[-1] > 0:
                 self._cut(inside, target, priorities, over[-1], pinned)
         if measured > threshold:
@@ -97,7 +90,7 @@ class PowerGovernor:
                 reach[g.uuid] = max(want[g.uuid], clamp(top_w, g) - self.cut_w.get(g.uuid, 0.0))
         if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):  # one that keeps its
             # room past its cap (_allot) makes no fall
-            self._hold_fall([g for g in samples if not _keeps(g, want[g.uuid], reach[g.uuid])], want,
+            self._hold_fall([g for g in samples if not keeps(g, want[g.uuid], reach[g.uuid])], want,
                             s.ramp_down_w_per_s * self.interval_s)
             reach = {u: max(w, want[u]) for u, w in reach.items()}
         ceiling = threshold
@@ -106,7 +99,7 @@ class PowerGovernor:
         self.ramp_bound = ceiling < threshold - 1.0
         limits = self._allot(samples, want, reach, priorities, ceiling, pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
-        self.exhausted = measured > threshold and bool(free) and all(_at_floor(limits[g.uuid], g) for g in free)
+        self.exhausted = measured > threshold and bool(free) and all(at_floor(limits[g.uuid], g) for g in free)
         out = {}
         for g in samples:
             if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
@@ -118,20 +111,20 @@ class PowerGovernor:
         little under it on average; counted at its draw, the site could never grow by less than that gap a
         tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
         holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw."""
-        return sum(g.power_limit_w if pressed(g) or _at_floor(g.power_limit_w, g) or g.uuid in lagging
-                   else self.accounted_w(g) for g in samples)  # a lagging GPU whole: counted so under the ceiling too
+        return sum(g.power_limit_w if pressed(g) or at_floor(g.power_limit_w, g) or g.uuid in lagging
+                   else accounted_w(g) for g in samples)  # a lagging GPU whole: counted so under the ceiling too
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
         off the site's draw in one tick: each GPU's fall is scaled down alike. Only outside a budget drop:
         a site or domain over its line is cut at once, whatever the ramp."""
-        falls = {g.uuid: max(0.0, self.accounted_w(g) - want[g.uuid]) for g in samples}
+        falls = {g.uuid: max(0.0, accounted_w(g) - want[g.uuid]) for g in samples}
         total = sum(falls.values())
         if total <= fall_w:
             return
         for g in samples:
             if falls[g.uuid] > 0:
-                want[g.uuid] = self.accounted_w(g) - falls[g.uuid] * fall_w / total
+                want[g.uuid] = accounted_w(g) - falls[g.uuid] * fall_w / total
 
     def _allot(self, samples: Sequence[GpuSample], want: Mapping[str, float], reach: Mapping[str, float],
                priorities: Mapping[str, int], ceiling_w: float, pinned: frozenset[str], beyond_w: float,
@@ -143,16 +136,16 @@ class PowerGovernor:
         strictly lower priorities' limits. Room still free then goes to the plan's caps, highest priority first
         (with a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
         priority first. `reach`: how far each GPU may grow while pressed or held (at least `want`: a fitted cap's
-        ceiling); a limit above `want` is kept only while the GPU is, or draws past `want` (`_keeps`), and room
+        ceiling); a limit above `want` is kept only while the GPU is, or draws past `want` (`keeps`), and room
         still free after the caps goes on to the ceilings, highest priority first. `beyond_w`: the budget's room
         above a ramp's ceiling. A GPU only the ramp holds back grows by an even share of the tick's room (the free
         room and that other GPUs' limits leave over their draw) and takes no lower priority's limit (given whole to
         the highest priority, one pressed in its draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
-                                                                                        self.accounted_w(g)))
+                                                                                        accounted_w(g)))
                  for g in samples}
         # a GPU its fitted cap holds down may grow to its ceiling, and keeps that room while it draws past the cap
-        top = {g.uuid: reach[g.uuid] if _keeps(g, want[g.uuid], reach[g.uuid]) else want[g.uuid] for g in samples}
+        top = {g.uuid: reach[g.uuid] if keeps(g, want[g.uuid], reach[g.uuid]) else want[g.uuid] for g in samples}
         limit = {g.uuid: min(top[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
@@ -166,13 +159,13 @@ class PowerGovernor:
                 take = min(over, limit[g.uuid] - floor[g.uuid])
                 limit[g.uuid] -= take
                 rooms.move(g.uuid, -take)
-        pressing = {g.uuid for g in samples if g.uuid not in pinned and (self.accounted_w(g) >= (
+        pressing = {g.uuid for g in samples if g.uuid not in pinned and (accounted_w(g) >= (
             ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
 
         def lends_to(h: GpuSample) -> float:
             """The least a GPU not pressed lends its limit down to: its draw and a margin, its floor at least."""
-            return max(self.accounted_w(h) + pressed_w(limit[h.uuid]), floor[h.uuid])
+            return max(accounted_w(h) + pressed_w(limit[h.uuid]), floor[h.uuid])
 
         # a ramp's tick of room, shared evenly, counts the room limits leave over their GPUs' draw: taken back, it
         # is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at 300 W, the site at 1,100 of 3,880)
@@ -183,8 +176,8 @@ class PowerGovernor:
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
                 r = lagging.get(g.uuid)  # a lagging GPU grows a step from the limit it reads, not an unapplied one
-                need = (min(top[g.uuid] - limit[g.uuid], _step_w(limit[g.uuid])) if r is None
-                        else min(top[g.uuid], r + _step_w(r)) - limit[g.uuid])
+                need = (min(top[g.uuid] - limit[g.uuid], step_w(limit[g.uuid])) if r is None
+                        else min(top[g.uuid], r + step_w(r)) - limit[g.uuid])
                 if need < 1.0 or g.uuid not in pressing:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
@@ -252,8 +245,8 @@ class PowerGovernor:
         held = fixed | waiting
         for line_w, inside in [(self.threshold_w(), list(samples)), *self.domains(samples)]:
             free = [g for g in inside if g.uuid not in held]
-            excess_w = sum(self.accounted_w(g) for g in inside) - line_w
-            if excess_w > 0 and excess_w > sum(max(0.0, self.accounted_w(g) - g.min_limit_w) for g in free):
+            excess_w = sum(accounted_w(g) for g in inside) - line_w
+            if excess_w > 0 and excess_w > sum(max(0.0, accounted_w(g) - g.min_limit_w) for g in free):
                 forced |= {g.uuid for g in inside if g.uuid in waiting}
         return frozenset(forced)
 
@@ -261,13 +254,13 @@ class PowerGovernor:
              excess_w: float, pinned: frozenset[str]) -> None:
         """Cut `excess_w` below the draw, lowest priority first, from the GPUs that can be set now: a pinned GPU's
         share was never applied, and its cut wound up a tick at a time while the site stayed over."""
-        rooms = [{g.uuid: 0.0 if g.uuid in pinned else max(0.0, min(self.accounted_w(g), target[g.uuid] -
+        rooms = [{g.uuid: 0.0 if g.uuid in pinned else max(0.0, min(accounted_w(g), target[g.uuid] -
                                                                     self.cut_w.get(g.uuid, 0.0)) - g.min_limit_w)
                   for g in group} for group in self.by_priority(samples, priorities)]
         by_uuid = {g.uuid: g for g in samples}
         for uuid, take in take_lowest_first(rooms, excess_w).items():
             cut = self.cut_w.get(uuid, 0.0)  # below present draw, so the limit bites at once
-            self.cut_w[uuid] = cut + max(0.0, target[uuid] - cut - self.accounted_w(by_uuid[uuid])) + take
+            self.cut_w[uuid] = cut + max(0.0, target[uuid] - cut - accounted_w(by_uuid[uuid])) + take
 
     def _release(self, samples: Sequence[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
         """Give cuts back, highest priority first, no more in all than `spare_w`."""
@@ -291,38 +284,3 @@ class PowerGovernor:
                 give = min(over, target[g.uuid] - g.min_limit_w)
                 target[g.uuid] -= give
                 over -= give
-
-
-def pressed(g: GpuSample) -> bool:
-    """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
-    return PowerGovernor.accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
-
-
-HELD_SHARE = 0.1
-"""The share of a tick its limit held a GPU's clock from which it may grow past a fitted cap."""
-
-
-def held(g: GpuSample) -> bool:
-    """Whether a GPU's limit held its clock down for a good share of the tick (its prompts' bursts pass it)."""
-    return g.capped_share is not None and g.capped_share >= HELD_SHARE
-
-
-def _keeps(g: GpuSample, want_w: float, reach_w: float) -> bool:
-    """Whether a GPU with room past its cap (`reach_w` over `want_w`: a fitted cap's ceiling) keeps, or may grow
-    into, that room: pressed against its limit, held by it, or drawing past the cap."""
-    return reach_w > want_w and (held(g) or pressed(g) or PowerGovernor.accounted_w(g) > want_w)
-
-
-def pressed_w(limit_w: float) -> float:
-    """How close to its limit a GPU draws before it counts as pressed against it (wants room to grow)."""
-    return max(10.0, 0.05 * limit_w)
-
-
-def _at_floor(limit_w: float, g: GpuSample) -> bool:
-    return limit_w <= g.min_limit_w + 1.0  # within the 1 W a limit is set to
-
-
-def _step_w(limit_w: float) -> float:
-    """The most a pressed GPU's limit grows in one tick: load that grows fast still gets room within
-    seconds, and one tick's noise does not strip every other GPU of its room."""
-    return max(25.0, 0.15 * limit_w)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from actuators import TransientActuatorError
 from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
+from controller.limit_pressure import accounted_w
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan
 from controller.power_rooms import safe_caps
@@ -614,9 +615,9 @@ def test_the_loop_is_the_same_whatever_the_process_string_hashing() -> None:
 def test_a_reading_past_what_the_gpu_can_draw_counts_at_that_most() -> None:
     """One 5,000 W glitch on a 700 W GPU is counted at 700 W, not as 4,300 W over the budget."""
     g = GpuSample(0, "GPU-0", "H100", 5000.0, None, 700.0, 200.0, 700.0)
-    assert PowerGovernor.accounted_w(g) == 700.0
-    assert PowerGovernor.accounted_w(replace(g, power_w=float("nan"))) == 700.0  # none: its limit
-    assert PowerGovernor.accounted_w(replace(g, power_w=420.0)) == 420.0
+    assert accounted_w(g) == 700.0
+    assert accounted_w(replace(g, power_w=float("nan"))) == 700.0  # none: its limit
+    assert accounted_w(replace(g, power_w=420.0)) == 420.0
 
 
 class ListedPlant(StuckPlant):

@@ -27,6 +27,7 @@ from controller.daemon import Daemon
 from controller.decision_log import DecisionLog
 from controller.enforce import Enforcer, InForce
 from controller.failures import SAID_ONE_BY_ONE
+from controller.limit_pressure import accounted_w
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
@@ -408,7 +409,7 @@ def test_a_reading_that_is_no_draw_counts_at_the_limit_and_is_said_once(sim_conf
     for t in range(1, 12):
         advance(float(t))
         ctl.tick_fast(float(t))
-        draws = [ctl.governor.accounted_w(g) for g in ctl.fast.samples]
+        draws = [accounted_w(g) for g in ctl.fast.samples]
         assert ctl.fast.draw_w is not None and ctl.fast.draw_w >= sum(draws[1:])
         if t >= 5:
             assert draws[0] == ctl.fast.samples[0].power_limit_w  # none read: counted at its limit

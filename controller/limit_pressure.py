@@ -1,0 +1,51 @@
+"""How a GPU's reading stands against its limit: what it counts for, whether it presses the limit or was held by it,
+and how far the governor moves a limit in one tick. The governor, the fast loop and the clock shedder read the same."""
+
+from __future__ import annotations
+
+import math
+
+from controller.telemetry.base import GpuSample
+
+
+def accounted_w(sample: GpuSample) -> float:
+    """What a GPU counts for: its reading, or its limit where it has none (a NaN reading is none: it would
+    pass every comparison and lift the ramp's ceiling); a reading past what the GPU can draw at all is a
+    glitch, counted at that most (one 5,000 W reading on a 700 W GPU sent every GPU to its floor)."""
+    p = sample.power_w
+    return min(p, sample.max_limit_w) if p is not None and math.isfinite(p) else sample.power_limit_w
+
+
+def pressed(g: GpuSample) -> bool:
+    """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
+    return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
+
+
+HELD_SHARE = 0.1
+"""The share of a tick its limit held a GPU's clock from which it may grow past a fitted cap."""
+
+
+def held(g: GpuSample) -> bool:
+    """Whether a GPU's limit held its clock down for a good share of the tick (its prompts' bursts pass it)."""
+    return g.capped_share is not None and g.capped_share >= HELD_SHARE
+
+
+def keeps(g: GpuSample, want_w: float, reach_w: float) -> bool:
+    """Whether a GPU with room past its cap (`reach_w` over `want_w`: a fitted cap's ceiling) keeps, or may grow
+    into, that room: pressed against its limit, held by it, or drawing past the cap."""
+    return reach_w > want_w and (held(g) or pressed(g) or accounted_w(g) > want_w)
+
+
+def pressed_w(limit_w: float) -> float:
+    """How close to its limit a GPU draws before it counts as pressed against it (wants room to grow)."""
+    return max(10.0, 0.05 * limit_w)
+
+
+def at_floor(limit_w: float, g: GpuSample) -> bool:
+    return limit_w <= g.min_limit_w + 1.0  # within the 1 W a limit is set to
+
+
+def step_w(limit_w: float) -> float:
+    """The most a pressed GPU's limit grows in one tick: load that grows fast still gets room within
+    seconds, and one tick's noise does not strip every other GPU of its room."""
+    return max(25.0, 0.15 * limit_w)
