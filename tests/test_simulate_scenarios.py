@@ -154,7 +154,7 @@ def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], bod
 
 def test_a_burst_of_zero_among_bursts_past_a_float_reads_zero_not_nan() -> None:
     """inf x 0 read NaN, which every bound let through: simulate then raised in a poisson draw or in the sizing."""
-    from controller.simulate.scenario import BurstSettings, WorkloadSettings
+    from controller.simulate.workload_settings import BurstSettings, WorkloadSettings
 
     many = tuple(BurstSettings(10.0, 1.0, 100.0) for _ in range(160))
     silenced = WorkloadSettings(1.0, bursts=(*many, BurstSettings(5.0, 10.0, 0.0)))

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from controller.simulate.scenario import Scenario, WorkloadSettings
+from controller.simulate.scenario import Scenario
+from controller.simulate.workload_settings import WorkloadSettings
 from controller.telemetry.base import GpuSample, GpuSource
 from simulator.host import SimHost
 from simulator.traffic import Burst, HeavyTail, with_bursts
