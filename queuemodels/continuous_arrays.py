@@ -14,7 +14,7 @@ import numpy as np
 
 from queuemodels.law_arrays import PROFILE_FIELDS, Points
 from queuemodels.roofline_arrays import Terms
-from queuemodels.service_time import prompt_cost
+from queuemodels.service_time import gated_prompt_ms, gated_residual_ms, prompt_cost
 from queuemodels.step_arrays import ROOFLINE_FIELDS, Bools, Floats, Ints, LawArrays
 
 
@@ -83,34 +83,37 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
         c_p[bent], c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
                                                                 slope[bent], n[bent])
     phi = rates * c_gpu / 1000.0
-    stretch = 1.0 / (1.0 - np.minimum(phi, 0.99))
+    share = np.minimum(phi, 0.99)  # past it no law (`built`): finite rows the caller drops
+    stretch = 1.0 / (1.0 - share)
     d0, d1 = d0 * stretch, slope * stretch
     built = phi < 0.99
     k = len(n)
-    laws = LawArrays._make([c_p * (1.0 + phi**2) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p, np.full(k, 0.5),
-                            phi * c_p / 2.0, (1.0 + v["out_cv"] ** 2) / 2.0, v["in_cv"],
+    laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
+                            np.full(k, 0.5), gated_residual_ms(c_gpu, share), (1.0 + v["out_cv"] ** 2) / 2.0,
+                            v["in_cv"], share,
                             *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.ones(k), np.zeros(k), np.zeros(k),
                             np.ones(k, dtype=bool)])
     if bent.size:
-        _bend(laws, bent, roofline, c_p[bent], phi[bent], (stretch[bent] * at_top[bent], stretch[bent]),
+        _bend(laws, bent, roofline, c_p[bent], c_gpu[bent], share[bent], (stretch[bent] * at_top[bent], stretch[bent]),
               batch, rates[bent], v["in_cv"][bent], built)
     laws.p0[~built] = np.inf  # no law at this rate (the scalar law raises): not one to build again one by one
     return laws, built
 
 
-def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, phi: Floats, scales: tuple[Floats, Floats],
-          batch: Floats, rates_rps: Floats, in_cv: Floats, built: Bools) -> None:
-    """The roofline rows `bent` of `laws` as continuous_law finishes them: the prompt's own cost `c_p` (the GPU's
-    share `phi` already in the steps), the bend and the experts' read skipped at their `scales`, and the wait under
-    the token budget (no law where prompts fill its room: `built`)."""
+def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, c_gpu: Floats, phi: Floats,
+          scales: tuple[Floats, Floats], batch: Floats, rates_rps: Floats, in_cv: Floats, built: Bools) -> None:
+    """The roofline rows `bent` of `laws` as continuous_law finishes them: the prompt's own step and the wait for the
+    one in flight (`c_p` to the prompt, `c_gpu` to the GPU, whose share `phi` is already in the steps), the bend and
+    the experts' read skipped at their `scales`, and the wait under the token budget (no law where prompts fill its
+    room: `built`)."""
     bend_scale, skip_scale = scales
     for name in ROOFLINE_FIELDS:
         getattr(laws, name)[bent] = getattr(roofline, name)
     d0, d1 = laws.d0[bent], laws.d1[bent]
     step_ms = d0 + d1 * batch + bend_scale * roofline.bend_ms(batch) - skip_scale * roofline.skipped_ms(batch)
     wait, var, use = roofline.budget_wait_ms(rates_rps, in_cv, batch, step_ms)
-    laws.p0[bent] = c_p * (1.0 + phi**2) + d0 + wait
-    laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, phi * c_p / 2.0
+    laws.p0[bent] = gated_prompt_ms(c_p, c_gpu, phi) + d0 + wait
+    laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, gated_residual_ms(c_gpu, phi)
     laws.bend_scale[bent], laws.skip_scale[bent] = bend_scale, skip_scale
     laws.budget_wait_ms[bent], laws.budget_wait_var[bent] = wait, var
     laws.affine[bent] = False

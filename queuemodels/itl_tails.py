@@ -70,7 +70,7 @@ def _prompt_steps(law: StepLaw, step: NDArray[np.float64], weight: NDArray[np.fl
     prompt's cost saw neither the steps stalled behind two prompts nor that most steps carry none. K prompts'
     costs (each of spread prompt_cv) are a gamma variable read at QUANTILES, per group (PROMPT_GROUPS) of batches."""
     cost = law.prompt_ms
-    phi = min(2.0 * law.residual_ms / cost, 0.99)  # residual_ms = phi c_p / 2
+    phi = min(law.prompt_share, 0.99)
     plain = step * (1.0 - phi)
     m = min(throughput_per_ms * cost, 0.99)
     starts, owner = runs(len(weight), PROMPT_GROUPS)

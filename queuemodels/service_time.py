@@ -61,6 +61,8 @@ class StepLaw:
     """Extra wait for the step in flight because long steps are more likely to be in flight."""
     prompt_cv: float = 0.0
     """Coefficient of variation of `prompt_ms` across requests."""
+    prompt_share: float = 0.0
+    """Share of the GPU's time on prompts (phi): how often the step in flight carries one."""
     wait_scale: float = 1.0
     """Queueing delay relative to the exponential-service chain's (Allen-Cunneen (1 + cs^2) / 2)."""
     roofline: Roofline | None = None
@@ -253,6 +255,24 @@ def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: 
     return out
 
 
+def gated_prompt_ms(c_p: Batch, c_gpu: Batch, phi: Batch) -> Batch:
+    """What a prompt's own step takes beyond the mean step: its cost `c_p`, and the prompts that arrived with it.
+    A step takes every prompt that arrived during the one before (a gated queue), so steps vary: S = D + c_gpu K,
+    K ~ Poisson(lambda S_before), E[S] = D / (1 - phi), Var S = c_gpu^2 lambda E[S] / (1 - phi^2). A prompt arrives
+    in a length-biased step, and rides the next with the others that arrived in it: c_gpu lambda E[S^2] / E[S]
+    beyond the mean step's own share, c_gpu phi^2 / (1 - phi^2) (the first term of that series read
+    c_gpu phi^2 alone, short by a third at phi = 0.6)."""
+    out: Batch = c_p + c_gpu * phi * phi / (1.0 - phi * phi)
+    return out
+
+
+def gated_residual_ms(c_gpu: Batch, phi: Batch) -> Batch:
+    """The wait for the step in flight beyond half a mean step: its length-biased excess, Var S / (2 E[S]) =
+    c_gpu phi / (2 (1 - phi^2)) (`gated_prompt_ms`)."""
+    out: Batch = c_gpu * phi / (2.0 * (1.0 - phi * phi))
+    return out
+
+
 def has_roofline(params: ServiceParams) -> bool:
     """Whether the continuous law bends at large batches and chunks prompts (the step family with rho or a token
     budget), or reads fewer experts at small ones; otherwise it is affine in the batch."""
@@ -292,7 +312,8 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     if roofline is not None:  # the prompts ahead, where a token budget serialises them
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch)) - stretch * roofline.skipped_ms(batch)
         budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
-    return StepLaw(c_p * (1.0 + phi**2) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
-                   residual_share=0.5, residual_ms=phi * c_p / 2.0, prompt_cv=load.in_cv, wait_scale=wait_scale,
+    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
+                   residual_share=0.5, residual_ms=gated_residual_ms(c_gpu, phi), prompt_cv=load.in_cv,
+                   prompt_share=phi, wait_scale=wait_scale,
                    roofline=roofline, bend_scale=bend_scale, skip_scale=stretch, budget_wait_ms=budget_wait,
                    budget_wait_var=budget_var)

@@ -48,7 +48,7 @@ def _riding(c: Chains, rows: Bools, weight: Floats, step: Floats, throughput: Fl
     at = (np.cumsum(rows) - 1)[c.row[states]]
     w, b = weight[states], c.b[states]
     cost, x = laws.prompt_ms[idx], throughput[idx]
-    phi = np.minimum(2.0 * laws.residual_ms[idx] / cost, 0.99)
+    phi = np.minimum(laws.prompt_share[idx], 0.99)
     plain = step[states] * (1.0 - phi[at])
     # groups of batches as itl_tails takes them: min(PROMPT_GROUPS, N) runs starting at (g N) // groups
     n = c.top[idx].astype(np.int64)

@@ -113,13 +113,13 @@ def _free_exceedance(c: Chains, t_ms: Floats, accepted: Floats) -> Floats:
     row, n, q, prefill_at = row[keep], n[keep], q[keep], prefill_at[keep]
     if not len(row):
         return out
-    cost, cv, share, residual_ms, budget_wait, budget_var = (getattr(laws, f)[row] for f in (
-        "prompt_ms", "prompt_cv", "residual_share", "residual_ms", "budget_wait_ms", "budget_wait_var"))
+    cost, cv, share, residual_ms, phi, budget_wait, budget_var = (getattr(laws, f)[row] for f in (
+        "prompt_ms", "prompt_cv", "residual_share", "residual_ms", "prompt_share", "budget_wait_ms", "budget_wait_var"))
     step = laws.decode(np.maximum(n, 1.0), lambda x: x[row])
     residual = (n > 0) * (share * step + residual_ms)
     spread = cost + budget_wait + residual
     variance = ((cv * cost) ** 2 + budget_var
-                + _in_flight_variance(n, step, residual, cost, share, residual_ms, cv))
+                + _in_flight_variance(n, step, residual, cost, share, phi, cv))
     mean_t = prefill_at - cost - budget_wait + spread
     group, grouped = _groups(row, rows)
     mass = np.bincount(group, q)
@@ -162,10 +162,10 @@ def _groups(row: Ints, rows: int) -> tuple[Ints, NDArray[np.bool_]]:
 
 
 def _in_flight_variance(n: Floats, step: Floats, residual: Floats, cost: Floats, share: Floats,
-                        residual_ms: Floats, cv: Floats) -> Floats:
+                        prompt_share: Floats, cv: Floats) -> Floats:
     """tails._in_flight_variance per state: the wait for the step in flight when some steps carry a prompt."""
     uniform = residual**2 / 3.0
-    phi = np.minimum(2.0 * residual_ms / np.where(cost > 0.0, cost, 1.0), 0.99)
+    phi = np.minimum(prompt_share, 0.99)
     long = step + cost
     second = (1.0 - phi) * step**2 / 3.0 + phi * (long**3 + 3.0 * long * (cv * cost) ** 2) / (3.0 * long)
     mixed = (cost > 0.0) & (share > 0.0) & (n > 0)

@@ -19,7 +19,7 @@ from queuemodels.service_time import NEWTON_STEPS, StepLaw
 Bools = NDArray[np.bool_]
 Ints = NDArray[np.intp]
 FIELDS = ("p0", "p1", "d0", "d1", "decode_steps", "prompt_ms", "residual_share", "residual_ms", "wait_scale",
-          "prompt_cv")
+          "prompt_cv", "prompt_share")
 Spread = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 """Takes a value per row to each element a row's law is read at (a gather by row, or a repeat)."""
 ROOFLINE_FIELDS = ("memory_ms", "memory_per_seq_ms", "compute_per_seq_ms", "prompt_tokens", "budget_tokens",
@@ -43,6 +43,7 @@ class LawArrays(NamedTuple):
     residual_ms: Floats
     wait_scale: Floats
     prompt_cv: Floats
+    prompt_share: Floats
     memory_ms: Floats
     memory_per_seq_ms: Floats
     compute_per_seq_ms: Floats

@@ -121,7 +121,7 @@ def _in_flight_variance(law: StepLaw, step: NDArray[np.float64], residual: NDArr
     cost = law.prompt_ms
     if cost <= 0.0 or law.residual_share <= 0.0:
         return uniform
-    phi = min(2.0 * law.residual_ms / cost, 0.99)  # residual_ms = phi c_p / 2
+    phi = min(law.prompt_share, 0.99)
     spread2 = (law.prompt_cv * cost) ** 2
     long = step + cost
     three_long = 3.0 * long

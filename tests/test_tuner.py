@@ -13,6 +13,7 @@ import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
 from tuner import FilterSettings, Observation, PairFilter, Tuner
+from tuner.robust_fit import START_SCALES
 from tuner.shift import three_sigma, within
 
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -364,7 +365,8 @@ def test_a_fit_solves_each_jacobians_perturbed_states_in_one_call_and_lands_wher
         mp.setattr(PairFilter, "predict_many", one_by_one)
         single.fit(windows)
     free = len(batched.x) + 1  # the fit's log parameters and the anchor's common scale
-    assert max(sizes) == free * len(windows)  # a Jacobian's states, all in one call
+    assert sizes[0] == len(START_SCALES) * len(windows)  # the starts it chooses between, in one call
+    assert free * len(windows) in sizes[1:]  # a Jacobian's states, all in one call
     assert np.allclose(batched.x, single.x, rtol=1e-4)  # to the fit's tolerance: the stacked solve rounds apart
     assert not np.allclose(batched.x, PRIOR.as_vector(), rtol=0.05)  # it moved: the comparison says something
 

@@ -184,7 +184,7 @@ class PairFilter:
         if self.fit_power and self.profile is not None and not any(binds_cap(o, self.profile) for o in observations):
             free[len(self.prior.as_vector())] = False  # nothing here says it: moved, it followed the times' scale
         errors = partial(self._log_errors, observations)
-        start = carrying_start(self.x, low, free, lambda x: all(e is not None for e in errors([x])[0]))
+        start = carrying_start(self.x, low, free, errors)
         anchor = anchor_for(self.prior, self.anchor, self.prior_vector(), observations)
         self.x = map_fit(errors, start, anchor, scaled_entries(self.prior.family, len(self.x)),
                          free, (low, high), self.settings, tol)
