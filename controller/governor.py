@@ -10,8 +10,10 @@ chosen before, its ceiling); if measured draw still passes the threshold (a step
 caps are cut below the draw, lowest priority first, and given back once draw is below budget x release_below. With
 ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and the governor's own lowering of
 limits (a smaller cap planned) takes it down no faster than `ramp_down_w_per_s`, except where the site or a domain
-is over its line (a budget drop). A GPU whose reading failed counts at its limit, never at zero. Cuts are kept by
-GPU UUID, so a GPU that changes position in a listing keeps its own cut; each GPU is held within its own limits.
+is over its line (a budget drop). A GPU whose reading failed counts at its limit, never at zero, and so does one
+no limit can be set on now (pinned) where its limit is above its reading: the others are cut to make room for it.
+Cuts are kept by GPU UUID, so a GPU that changes position in a listing keeps its own cut; each GPU is held within its
+own limits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from controller.limit_pressure import accounted_w, at_floor, held, keeps, pressed, pressed_w, step_w
+from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, step_w
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
@@ -67,11 +69,11 @@ class PowerGovernor:
             target[g.uuid] = g.min_limit_w if cap is None else clamp(cap, g)
         if s.mode == "caps":
             self._fit_caps(samples, target, priorities, self.threshold_w())
-        measured = sum(accounted_w(g) for g in samples)
+        measured = sum(counted_w(g, pinned) for g in samples)
         threshold = self.threshold_w()
         over = []
         for line_w, inside in self.domains(samples):  # a rack at its breaker is cut even where the site has room
-            over.append(sum(accounted_w(g) for g in inside) - line_w)
+            over.append(sum(counted_w(g, pinned) for g in inside) - line_w)
             if over[-1] > 0:
                 self._cut(inside, target, priorities, over[-1], pinned)
         if measured > threshold:
@@ -242,10 +244,10 @@ class PowerGovernor:
         forced: set[str] = set()
         if not waiting:  # the usual tick: no sum over the site's GPUs for nothing
             return frozenset()
-        held = fixed | waiting
+        stuck = fixed | waiting
         for line_w, inside in [(self.threshold_w(), list(samples)), *self.domains(samples)]:
-            free = [g for g in inside if g.uuid not in held]
-            excess_w = sum(accounted_w(g) for g in inside) - line_w
+            free = [g for g in inside if g.uuid not in stuck]
+            excess_w = sum(counted_w(g, stuck) for g in inside) - line_w
             if excess_w > 0 and excess_w > sum(max(0.0, accounted_w(g) - g.min_limit_w) for g in free):
                 forced |= {g.uuid for g in inside if g.uuid in waiting}
         return frozenset(forced)

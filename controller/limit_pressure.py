@@ -16,6 +16,13 @@ def accounted_w(sample: GpuSample) -> float:
     return min(p, sample.max_limit_w) if p is not None and math.isfinite(p) else sample.power_limit_w
 
 
+def counted_w(g: GpuSample, pinned: frozenset[str]) -> float:
+    """What a GPU counts for against a line: a `pinned` one (no limit can be set on it now) at the limit in force
+    where that is above its reading, since its load may fill it before the others could be cut (counted at its
+    draw, a pinned GPU at 200 of its 700 W kept 1,400 W of limits on a 970-W line for its 5-s backoff)."""
+    return max(accounted_w(g), g.power_limit_w) if g.uuid in pinned else accounted_w(g)
+
+
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
     return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)

@@ -406,6 +406,24 @@ def test_no_gpu_the_governor_may_set_is_not_its_floors_exhausted() -> None:
     assert governor.emergency and not governor.exhausted
 
 
+@pytest.mark.parametrize("domain", [False, True])
+def test_a_pinned_gpu_drawing_under_its_limit_counts_at_that_limit_and_the_others_are_cut_for_it(domain: bool) -> None:
+    """A budget drop as GPU 0's set fails (its backoff pins it at 700 W while it draws 200 W): counted at its draw,
+    no cut was due, and 1,400 W of limits stood on a 970-W line for the backoff's 5 s, room its load could fill."""
+    lines = [PowerDomainSettings("rack", 1000.0, (0, 1))] if domain else []
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0 if domain else 1000.0, domains=lines))
+    plan = Plan.of(1, {"s": {"H100": 700.0}}, {"s": 1})
+    pinned = GpuSample(0, "A", "H100", 200.0, None, 700.0, 200.0, 700.0, service="s")
+    other = GpuSample(1, "B", "H100", 700.0, None, 700.0, 200.0, 700.0, service="s")
+    limits = governor.step([pinned, other], plan, pinned=frozenset({"A"}))
+    assert 0 not in limits and governor.emergency
+    assert 700.0 + limits[1] <= 970.0 + 1e-6
+    # and a GPU waiting out its backoff is tried anyway where the others cannot make room for its limit
+    floor = replace(other, power_limit_w=200.0, power_w=200.0)
+    assert governor.tried_anyway([pinned, floor, replace(floor, index=2, uuid="C")], frozenset(),
+                                 frozenset({"A"})) == ({"A"} if not domain else frozenset())
+
+
 def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None:
     """GPU 0's exporter goes away: its last limit (500 W) stays in the sum, so GPU 1 is not given its room."""
     plant = StuckPlant()
