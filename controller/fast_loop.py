@@ -107,6 +107,7 @@ class FastLoop:
             self.metrics.failsafe.set(0.0)
             for problem in problems:
                 self.on_error("gpu_limits", problem)
+            self.listing.say_unread(samples, unknown)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
             samples, missing = self._with_missing(samples)
@@ -177,8 +178,9 @@ class FastLoop:
                 series = self.series[g.index] = GpuSeries(m.gpu_limit.labels(gpu), m.gpu_energy.labels(gpu),
                                                            m.gpu_clock.labels(gpu), m.gpu_capped.labels(gpu))
             series.limit.set(self._shown_limit(g))
-            if g.power_w is not None:
-                series.power_of(m.gpu_power, str(g.index), g.service or "").set(g.power_w)
+            # a GPU that gave no reading shows a gap, not its last draw held as if measured
+            power = series.power_of(m.gpu_power, str(g.index), g.service or "")
+            power.set(math.nan if g.power_w is None else g.power_w)
             if g.energy_j is not None:
                 series.energy.set(g.energy_j)
             if g.sm_clock_mhz is not None:

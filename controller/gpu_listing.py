@@ -29,6 +29,8 @@ class GpuListing:
         """GPUs seen before and missing from the last listing."""
         self.no_draw: set[str] = set()
         """GPUs whose last reading was no draw."""
+        self.unread: set[str] = set()
+        """GPUs that gave no reading at the last tick that others read at."""
 
     def drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
         """The listing with every reading that is no draw made none, for every reader (-500 W from a DCGM exporter
@@ -43,6 +45,22 @@ class GpuListing:
                               "at its power limit while it reads so")
         self.no_draw = set(bad)
         return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
+
+    def say_unread(self, samples: list[GpuSample], unknown: frozenset[str]) -> None:
+        """Say each GPU that gave no reading while others did (one fallen off the bus) as its run starts, and count
+        every tick of it: counted at its limit it holds the budget, but nothing else said the daemon was blind to it.
+        Not those read as no draw (`drawing` says them), nor those of unknown limits (the limits' check does)."""
+        reading = any(g.power_w is not None for g in samples)
+        unread = {g.uuid: g for g in samples if reading and g.power_w is None and not g.never_read
+                  and g.uuid not in unknown and g.uuid not in self.no_draw}
+        for uuid, g in unread.items():
+            if uuid in self.unread:
+                self.metrics.errors.labels("gpu_power").inc()
+            else:
+                self.on_error("gpu_power", f"GPU {g.index} ({uuid}) gave no power reading"
+                              f"{f' ({g.read_error})' if g.read_error else ''}: counted at its power limit "
+                              f"({g.power_limit_w:.0f} W) until it reads")
+        self.unread = set(unread)
 
     def with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with every GPU seen before and missing now added back at its last limit, unread; and which

@@ -678,7 +678,8 @@ def test_a_nan_limit_in_force_counts_at_the_gpus_maximum_not_as_nan() -> None:
     plant = ListedPlant(100.0, 700.0, float("nan"))
     _, errors = run_listed(plant)
     assert plant.limit_w[1] <= 970.0 - 100.0 + 1.0  # GPU 0 is set (to its share): counted again
-    assert [kind for kind, _ in errors] == ["gpu_limits"] and "limit in force of nan W" in errors[0][1]
+    # and that it gave no reading (ListedPlant's GPU 0 reads none), said once too
+    assert [kind for kind, _ in errors] == ["gpu_limits", "gpu_power"] and "limit in force of nan W" in errors[0][1]
 
 
 def test_reversed_or_negative_limits_keep_the_last_plausible_pair_and_are_reported_once() -> None:
@@ -691,13 +692,14 @@ def test_reversed_or_negative_limits_keep_the_last_plausible_pair_and_are_report
             assert all(0.0 <= w <= 700.0 for w in plant.limit_w.values())  # the plant asserts it too
             assert sum(plant.limit_w.values()) <= 972.0
             assert fast.samples[0].min_limit_w == 100.0 and fast.samples[0].max_limit_w == 700.0
-    assert [kind for kind, _ in errors] == ["gpu_limits"]  # once for the run, counted every tick
-    assert "700-100 W" in errors[0][1] and "its last limits, 100-700 W, are kept" in errors[0][1]
+    # once for the run, counted every tick (and, once, that GPU 0 gives no reading: ListedPlant's reads none)
+    assert [kind for kind, _ in errors] == ["gpu_power", "gpu_limits"]
+    assert "700-100 W" in errors[1][1] and "its last limits, 100-700 W, are kept" in errors[1][1]
     plant.report = (100.0, 700.0, None)
     fast.tick(8.0)
     plant.report = (0.0, 0.0, None)
     fast.tick(9.0)
-    assert len(errors) == 2 and "0-0 W" in errors[1][1]  # a new run of it is reported again
+    assert len(errors) == 3 and "0-0 W" in errors[2][1]  # a new run of it is reported again
 
 
 def test_a_gpu_never_seen_with_plausible_limits_counts_at_the_most_it_may_draw_and_is_not_set() -> None:

@@ -98,6 +98,39 @@ def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
     assert second[1].power_w is None and second[1].power_limit_w == 700.0  # the governor counts it at its cap
 
 
+def test_a_gpu_that_stops_reading_is_said_once_counted_every_tick_and_shows_a_gap() -> None:
+    """GPU 1 falls off the bus after its first read: counted at its limit, it held the budget, but no line, no
+    count and a power gauge frozen at its last 450 W said the daemon was blind to it."""
+    from prometheus_client import CollectorRegistry
+
+    from actuators.nvml import NvmlPowerLimiter as Limiter
+    from controller.fast_loop import FastLoop
+    from controller.own_metrics import OwnMetrics
+    from controller.plan import Plan
+    from controller.settings import PowerSettings
+
+    fake, dev = devices(2)
+    registry = CollectorRegistry()
+    errors: list[tuple[str, str]] = []
+    owners = {0: ("chat", "H100-SXM"), 1: ("chat", "H100-SXM")}
+    loop = FastLoop(PowerSettings(budget_w=2000.0), 3, NvmlGpuSource(dev, owners), Limiter(dev, min_interval_s=0.0),
+                    OwnMetrics(registry), lambda kind, message: errors.append((kind, message)))
+    loop.plan = Plan.of(1, {"chat": {"H100-SXM": 700.0}}, {"chat": 1})
+    loop.tick(0.0)
+    fake.fail[("power", 1)] = pynvml.NVMLError_GpuIsLost
+    for t in range(1, 11):
+        loop.tick(float(t))
+    assert len(errors) == 1 and errors[0][0] == "gpu_power" and "fallen off the bus" in errors[0][1], errors
+    assert "GPU 1" in errors[0][1] and "700 W" in errors[0][1]
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_power"}) == 9.0  # each tick after
+    assert math.isnan(registry.get_sample_value("wattscale_gpu_power_watts", {"gpu": "1", "service": "chat"}) or 0.0)
+    del fake.fail[("power", 1)]
+    loop.tick(11.0)
+    fake.fail[("power", 1)] = pynvml.NVMLError_GpuIsLost
+    loop.tick(12.0)
+    assert len(errors) == 2  # a new run is said again
+
+
 def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
     """On an H200 the counter was 4 ms of a GPU's 4.2-ms read, and only a Prometheus gauge reads it."""
     fake, dev = devices(2)

@@ -70,6 +70,8 @@ class GpuSample:
     capped_share: float | None = None
     """Share of the time since the last sample that the power limit held the clock down (NVML's power violation
     time); None where unknown (a first read, a driver or source without the counter)."""
+    read_error: str | None = None
+    """Why this GPU gave no reading this time, where the source knows (an NVML error: the GPU fell off the bus)."""
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class NvmlGpuSource:
                 unread.append((index, r))
                 continue
             samples.append(GpuSample(index, last.uuid, last.name, None, None, last.power_limit_w, last.min_limit_w,
-                                     last.max_limit_w, None, *self._owner(index)))
+                                     last.max_limit_w, None, *self._owner(index), read_error=str(r)))
         if unread and not self._last:
             raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
         for index, error in unread:
