@@ -52,7 +52,7 @@ class Controller:
         self.vllm, self.tuner, self.metrics = vllm, tuner, metrics
         self.failures = Failures(metrics.errors)
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics,
-                             self.failures.count, settings.daemon.fast_interval_s, clocks)
+                             self.failures.report, settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
         self.estimator, self.empty = Estimator(tuner, metrics), EmptyDraw(metrics.empty_power)
         self.gate = StabilityGate(settings.stability)

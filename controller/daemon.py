@@ -77,6 +77,8 @@ class Daemon:
         """Whether the slow worker is inside a cycle (a period that finds it so is an overrun)."""
         self.fast_failing = False
         """Whether the last fast tick failed (the first failure of a run is logged, each counted)."""
+        self.slow_failure: str | None = None
+        """The last slow tick's failure (repr), None where it succeeded: the same again is counted, not logged."""
         self.t0 = time.monotonic()
         self.last_fast = self.t0
         """When a fast tick last ended (monotonic): the watchdog is pinged only while it is recent."""
@@ -148,9 +150,13 @@ class Daemon:
         """One slow tick now (the worker's; also what a test steps by hand)."""
         try:
             self.controller.tick_slow(self.now())
-        except Exception as exc:  # a bug, not an input: counted and logged, the loop goes on
+        except Exception as exc:  # a bug, not an input: counted, its traceback logged once a run, the loop goes on
             self.metrics.errors.labels("slow_tick").inc()
-            log.exception("slow tick failed: %r", exc)
+            if repr(exc) != self.slow_failure:
+                log.exception("slow tick failed: %r (logged once while it repeats)", exc)
+            self.slow_failure = repr(exc)
+        else:
+            self.slow_failure = None
 
     def step_budget(self) -> None:
         """Step the budget sources at the wall clock's time (schedules and forecasts are in real time); a new

@@ -34,18 +34,12 @@ class Failures:
         """New failures of each kind this cycle (`SAID_ONE_BY_ONE` of them logged one by one)."""
         self._lock = threading.Lock()
 
-    def count(self, kind: str, message: str) -> None:
-        """Count, log and record for the next decision a failure the fast loop survived (it reports the first of a
-        run alone, and counts the rest itself): GPU readings lost for minutes had left no trace in the decision log."""
-        self.counter.labels(kind).inc()
-        with self._lock:  # a source that fails every other tick starts a run each time: recorded once a cycle
-            self._record(kind, message)
-        log.warning("%s: %s", kind, message)
-
     def report(self, kind: str, message: str) -> None:
         """Count a failure, record it for the next decision (once a cycle: a plan solved twice failed twice alike),
         and log the first of a run: the same failure again logs once a slow cycle has passed without it (another
-        endpoint's, another message, logs at once)."""
+        endpoint's, another message, logs at once). The fast loop reports the first tick of each of its runs here
+        (and counts the rest itself): a source that fails every other tick starts a run each time, logged once too
+        (it had logged 300 lines in ten minutes)."""
         self.counter.labels(kind).inc()
         with self._lock:
             first = (kind, message) not in self._before

@@ -40,13 +40,19 @@ def test_one_failure_twice_in_a_cycle_is_recorded_once_and_counted_twice() -> No
     assert book.take() == ["optimizer: another"]
 
 
-def test_a_fast_loop_failure_is_recorded_in_the_next_decision_once_a_cycle() -> None:
+def test_a_fast_loop_failure_is_recorded_in_the_next_decision_once_a_cycle_and_logged_once_while_it_repeats(
+        caplog: pytest.LogCaptureFixture) -> None:
     """The fast loop's failures were counted and logged but never recorded: a decision log of GPU readings lost
-    for minutes read "errors": [] throughout."""
+    for minutes read "errors": [] throughout. And each was logged: a source failing every other tick (each failure
+    the first of a run) logged 300 lines in ten minutes."""
     counter = Counter("errors", "test", ["kind"], registry=CollectorRegistry())
     book = Failures(counter)
-    for _ in range(3):  # a source that fails every other tick starts a run each time
-        book.count("gpu_source", "the exporter does not answer")
-    assert book.take() == ["gpu_source: the exporter does not answer"]
-    assert counter.labels("gpu_source")._value.get() == 3
+    for cycle in range(20):  # ten minutes of 30-s cycles
+        for _ in range(15):  # a source that fails every other tick starts a run each time
+            book.report("gpu_source", "the exporter does not answer")
+        assert book.take() == ["gpu_source: the exporter does not answer"]
+    assert counter.labels("gpu_source")._value.get() == 300
     assert book.take() == []
+    assert len(caplog.records) == 1
+    book.report("gpu_source", "the exporter does not answer")  # a cycle went by without it: a new run, logged
+    assert len(caplog.records) == 2

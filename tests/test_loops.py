@@ -33,7 +33,7 @@ from controller.own_metrics import OwnMetrics
 from controller.reload import check_reload
 from controller.retry import RetryBook
 from controller.settings import Settings, load_settings
-from controller.telemetry.base import GpuSample
+from controller.telemetry.base import GpuSample, TelemetryError
 from controller.wiring import build_parts
 from tuner import Tuner
 
@@ -867,3 +867,55 @@ def test_a_reload_and_a_period_plan_no_closer_than_half_a_period(sim_config: Cal
     daemon.reload_planned -= half
     daemon.wake_slow()
     assert daemon.slow_due.is_set()
+
+
+def test_a_gpu_source_failing_every_other_tick_is_logged_once_while_it_repeats(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Each of its failures starts a run of lost ticks, which the fast loop reports as the run's first: a source
+    that failed every other tick logged 300 warnings in ten minutes. Counted each, recorded once a cycle, logged
+    once while it repeats."""
+    ctl, advance, registry = sim_controller(load_settings(sim_config()))
+    source = ctl.fast.gpus
+    real = source.sample
+
+    def flaky(now: float) -> list[GpuSample]:
+        if int(now) % 2:
+            raise TelemetryError("the exporter timed out")
+        return real(now)
+
+    source.sample = flaky  # type: ignore[method-assign]
+    errors = []
+    for t in range(1, 181):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 30 == 0:
+            errors.append(ctl.failures.take())
+    assert all(e == ["gpu_source: the exporter timed out"] for e in errors), errors
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_source"}) == 90.0
+    assert sum("the exporter timed out" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_slow_tick_failing_alike_every_cycle_logs_its_traceback_once_a_run(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A bug that fails every slow cycle printed its traceback every 30 s for ever (the operator's logged once a
+    run already): counted each cycle, logged once while it repeats, and again once a cycle went through."""
+    path = sim_config()
+    daemon = Daemon(path, load_settings(path))
+    real = daemon.controller.tick_slow
+    failure: list[Exception | None] = [KeyError("a service the plan lost")]
+
+    def broken(now: float) -> None:
+        if failure[0] is not None:
+            raise failure[0]
+        real(now)
+
+    daemon.controller.tick_slow = broken  # type: ignore[method-assign]
+    for _ in range(5):
+        daemon.slow()
+    failure[0] = None
+    daemon.slow()
+    failure[0] = KeyError("a service the plan lost")
+    daemon.slow()
+    logged = [r for r in caplog.records if r.getMessage().startswith("slow tick failed")]
+    assert len(logged) == 2 and all(r.exc_info for r in logged)
+    assert daemon.metrics.errors.labels("slow_tick")._value.get() == 6.0
