@@ -57,6 +57,7 @@ from clock_runs import (
     score,
 )
 
+from controller.cli_output import native_output_to_stderr
 from controller.optimizer import Assignment
 from controller.settings import OptimizerSettings
 from queuemodels import PowerProfile, ServiceParams, Targets
@@ -276,4 +277,5 @@ def one_seed(requests: int, seed: int, services: list[Service], min_saving: floa
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

@@ -22,6 +22,7 @@ import numpy as np
 from optimizer_scale import add_served, moved, problem, shares  # sibling scripts: benchmarks/ is their directory
 from solver_gap import value
 
+from controller.cli_output import native_output_to_stderr
 from controller.optimizer import get_solver
 from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.values import valued
@@ -60,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

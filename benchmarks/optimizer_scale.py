@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from controller.cli_output import native_output_to_stderr
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.values import collector_paused, valued
@@ -171,4 +172,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from controller.cli_output import native_output_to_stderr
 from controller.planner import load_plan_spec
 from controller.planner.allocation import AllocationModel
 from controller.planner.allocation_spec import AllocationSpec
@@ -80,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

@@ -20,6 +20,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from controller.cli_output import native_output_to_stderr
 from controller.optimize_spec import load_spec
 from controller.optimizer import Assignment, Problem, get_solver, solve
 from queuemodels import ModelInputError, ServerShape, get_model
@@ -134,4 +135,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from controller.cli_output import native_output_to_stderr
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand, get_solver
 from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.problem import Choice
@@ -80,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with native_output_to_stderr():  # HiGHS's own prints: not into the JSON line
+        main()

@@ -280,15 +280,16 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(where, f"unsupported type {_type_name(tp)}")
 
 
-def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a settings dataclass from a TOML table, refusing unknown keys."""
+def build(cls: type[T], data: dict[str, Any], where: str = "", taken: tuple[str, ...] = ()) -> T:
+    """Build a settings dataclass from a TOML table, refusing unknown keys (`taken`: keys the caller read from the
+    table itself, named among those expected)."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            keys = sorted(n for n, f in fields.items() if f.metadata.get("key", True))  # not the loader's own
+            keys = sorted([*(n for n, f in fields.items() if f.metadata.get("key", True)), *taken])  # not the loader's
             raise ConfigError(path, f"unknown key (expected one of {keys})")
         kwargs[key] = convert(hints[key], value, path)
     missing = [

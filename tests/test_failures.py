@@ -47,7 +47,7 @@ def test_a_fast_loop_failure_is_recorded_in_the_next_decision_once_a_cycle_and_l
     the first of a run) logged 300 lines in ten minutes."""
     counter = Counter("errors", "test", ["kind"], registry=CollectorRegistry())
     book = Failures(counter)
-    for cycle in range(20):  # ten minutes of 30-s cycles
+    for _cycle in range(20):  # ten minutes of 30-s cycles
         for _ in range(15):  # a source that fails every other tick starts a run each time
             book.report("gpu_source", "the exporter does not answer")
         assert book.take() == ["gpu_source: the exporter does not answer"]

@@ -51,6 +51,7 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("body", "field", "words"), [
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rpss = 3\n', "workload.chat.rate_rpss", "unknown key"),
+    ('name = "x"\nduration_s = 60\nfoo = 1\n', "foo", "'power'"),  # taken apart from the rest: listed too
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = -1\n', "workload.chat.rate_rps", "must be in"),
     ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 1\nin_tokens = 32768\nout_tokens = 32768\n',
      "workload.chat.out_tokens", "in_tokens + out_tokens is 65536, over the engines' context of 32768 tokens"),

@@ -229,7 +229,7 @@ def load_scenario(path: Path) -> Scenario:
     power = raw.pop("power", None)
     if isinstance(raw.get("start_utc"), (dt.datetime, dt.date, dt.time)):  # TOML's own, unquoted: as a string
         raw["start_utc"] = raw["start_utc"].isoformat()
-    s = build(ScenarioSettings, raw)
+    s = build(ScenarioSettings, raw, taken=("power",))
     if s.budget_w and isinstance(power, dict) and "budget_w" in power:  # the top-level one won, the other unsaid
         raise ConfigError("power.budget_w", f"{power['budget_w']!r} and the scenario's budget_w {s.budget_w:g} are two "
                           "budgets at the start: give one")
