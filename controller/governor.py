@@ -92,8 +92,8 @@ class PowerGovernor:
                 reach[g.uuid] = max(want[g.uuid], clamp(top_w, g) - self.cut_w.get(g.uuid, 0.0))
         if s.ramp_down_w_per_s > 0 and measured <= threshold and all(v <= 0 for v in over):  # one that keeps its
             # room past its cap (_allot) makes no fall
-            self._hold_fall([g for g in samples if not keeps(g, want[g.uuid], reach[g.uuid])], want,
-                            s.ramp_down_w_per_s * self.interval_s)
+            falling = [g for g in samples if g.uuid not in pinned and not keeps(g, want[g.uuid], reach[g.uuid])]
+            self._hold_fall(falling, want, s.ramp_down_w_per_s * self.interval_s)
             reach = {u: max(w, want[u]) for u, w in reach.items()}
         ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
@@ -153,14 +153,17 @@ class PowerGovernor:
         order = [g for group in groups for g in group]
         rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
                        (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
-        for i, members in enumerate(rooms.members):  # the racks first, the site last: each under its ceiling
-            for g in (g for g in order if g.uuid in members):
-                over = -rooms.room[i]
-                if over <= 0:
-                    break
-                take = min(over, limit[g.uuid] - floor[g.uuid])
-                limit[g.uuid] -= take
-                rooms.move(g.uuid, -take)
+        # the racks first, the site last, each under its ceiling: room left unused first, then, where the floors
+        # still pass a line (GPUs drawing at their limits beside idle ones under their lowest), below the draw
+        for lowest in (floor, {g.uuid: floor[g.uuid] if g.uuid in pinned else g.min_limit_w for g in samples}):
+            for i, members in enumerate(rooms.members):
+                for g in (g for g in order if g.uuid in members):
+                    over = -rooms.room[i]
+                    if over <= 0:
+                        break
+                    take = min(over, max(0.0, limit[g.uuid] - lowest[g.uuid]))
+                    limit[g.uuid] -= take
+                    rooms.move(g.uuid, -take)
         pressing = {g.uuid for g in samples if g.uuid not in pinned and (accounted_w(g) >= (
             ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap

@@ -238,7 +238,9 @@ def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEm
         beat(emu, t, "gpu-a", "gpu-c")
         fast.tick(float(t))
         plans.flush(float(t), 1300.0)
-    assert not fast.governor.emergency and fast.draw_w == 800.0
+    # gpu-b counts no more; the agents here never apply their plans, so the two 700-W limits they hold (1,400 W on a
+    # 1,261-W line, GPUs no limit can be set on) are what is counted, whole: an emergency, though they draw 800 W
+    assert fast.draw_w == 800.0 and fast.governor.emergency
     assert {g.uuid for g in fast.samples} == {"GPU-gpu-a", "GPU-gpu-c"} and "GPU-gpu-b" not in fast.listing.seen
     assert registry.get_sample_value("wattscale_gpu_power_limit_watts", {"gpu": str(gpu["gpu-b"])}) is None
     assert sorted(plans.where.values()) == [("gpu-a", 0), ("gpu-c", 0)] and max(plans.where) == 2

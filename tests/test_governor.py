@@ -424,6 +424,25 @@ def test_a_pinned_gpu_drawing_under_its_limit_counts_at_that_limit_and_the_other
                                  frozenset({"A"})) == ({"A"} if not domain else frozenset())
 
 
+@pytest.mark.parametrize("domain", [False, True])
+def test_limits_fit_the_line_though_idle_gpus_draw_under_their_floors(domain: bool) -> None:
+    """After a drop to 1,700 W one GPU draws at its 411-W limit beside seven idle ones at their 200-W floor drawing
+    138 W: the draw (1,377 W) is under the 1,649-W line, so nothing was cut, and 1,811 W of limits stood for as
+    long as the drop lasted (a reload, a demand-response signal; a rack the same), room a load could fill."""
+    line = 1700.0
+    lines = [PowerDomainSettings("rack", line, tuple(range(8)))] if domain else []
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0 if domain else line, domains=lines))
+    plan = Plan.of(1, {"s": {"H100": 700.0}}, {"s": 1})
+    busy = GpuSample(0, "G0", "H100", 411.0, None, 411.0, 200.0, 700.0, service="s")
+    idle = [GpuSample(i, f"G{i}", "H100", 138.0, None, 200.0, 200.0, 700.0) for i in range(1, 8)]
+    for _ in range(3):
+        limits = governor.step([busy, *idle], plan)
+        busy = replace(busy, power_limit_w=limits.get(0, busy.power_limit_w))
+        busy = replace(busy, power_w=min(busy.power_w or 0.0, busy.power_limit_w))
+        assert busy.power_limit_w + 7 * 200.0 <= line * 0.97 + 1e-6, limits
+    assert busy.power_limit_w >= line * 0.97 - 7 * 200.0 - 8.0  # and no lower than the line asks
+
+
 def test_a_gpu_missing_from_the_listing_still_counts_at_its_last_limit() -> None:
     """GPU 0's exporter goes away: its last limit (500 W) stays in the sum, so GPU 1 is not given its room."""
     plant = StuckPlant()

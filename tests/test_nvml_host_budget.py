@@ -113,7 +113,7 @@ def test_a_gpu_never_read_is_counted_and_the_others_cut_for_it(tmp_path: Path) -
         control.tick_fast(float(t))
     gpu0_w = min(fake.gpus[0].demand_mw, fake.gpus[0].limit_mw) / 1000
     assert control.fast.draw_w == pytest.approx(gpu0_w + 700.0)  # GPU 1 counted at 700 W, unread
-    assert fake.gpus[0].limit_mw / 1000 == pytest.approx(270.0, abs=1.0)  # 970 W less GPU 1's 700
+    assert fake.gpus[0].limit_mw / 1000 == pytest.approx(270.0, abs=2.0)  # 970 W less GPU 1's 700 (and 1 W a GPU)
 
     del fake.fail[("constraints", 1)]
     for t in range(20, 26):
