@@ -896,3 +896,14 @@ def test_over_its_threshold_no_gpu_grows_past_its_fitted_cap() -> None:
         over.append(sum(draws) > governor.threshold_w())
         assert limits[0] <= 480.0, limits
     assert over.count(True) == 1, over
+
+
+def test_a_pinned_gpu_reading_over_its_limit_is_never_handed_a_limit() -> None:
+    """A ramp's slowed fall raised the wanted limit of a GPU reading a few watts past its limit, pinned or not: one
+    whose limit cannot be set now was handed 416 W over the 409.5 in force."""
+    governor = PowerGovernor(PowerSettings(budget_w=4000.0, ramp_down_w_per_s=5.0))
+    plan = Plan.of(1, {"s": {"H100": 300.0}}, {"s": 1})
+    pinned = GpuSample(0, "A", "H100", 416.0, None, 409.5, 200.0, 700.0, service="s")
+    other = GpuSample(1, "B", "H100", 600.0, None, 650.0, 200.0, 700.0, service="s")
+    limits = governor.step([pinned, other], plan, pinned=frozenset({"A"}))
+    assert 0 not in limits and 300.0 < limits[1] < 650.0  # B falls, slowly; A is left as it is
