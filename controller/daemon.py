@@ -38,6 +38,7 @@ from controller.reload import changes, check_reload
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.startup import RELOAD_ASKED, STOP_ASKED, Asked
+from controller.telemetry.base import shortened
 from controller.ticker import Ticker
 from controller.wiring import build_parts
 from tuner import Tuner, load_fitting_libraries
@@ -77,6 +78,8 @@ class Daemon:
         """Whether the slow worker is inside a cycle (a period that finds it so is an overrun)."""
         self.fast_failing = False
         """Whether the last fast tick failed (the first failure of a run is logged, each counted)."""
+        self.refused: str | None = None
+        """Why the last reload was refused, until one goes through (said in the unit's status)."""
         self.slow_failure: str | None = None
         """The last slow tick's failure (repr), None where it succeeded: the same again is counted, not logged."""
         self.t0 = time.monotonic()
@@ -118,10 +121,10 @@ class Daemon:
             self.metrics.errors.labels("slow_overrun").inc()
             if not self.overrunning:
                 self.overrunning = True
-                log.warning("slow loop: a cycle has run %.0f s, past the %g-s period (telemetry or an actuator "
-                            "slow to answer?); the power governor steers on; each overrun counted in "
-                            "wattscale_errors_total{kind=\"slow_overrun\"}", time.monotonic() - self.slow_started,
-                            period)
+                log.warning("slow loop: its %g-s period came round with a cycle still running (%.0f s so far: "
+                            "telemetry or an actuator slow to answer?); the power governor steers on; each overrun "
+                            "counted in wattscale_errors_total{kind=\"slow_overrun\"}", period,
+                            time.monotonic() - self.slow_started)
         self.slow_due.set()
 
     def _plan_now(self) -> None:
@@ -204,13 +207,12 @@ class Daemon:
         try:
             new = load_settings(self.config_path)
             check_reload(self.settings, new)
-        except ConfigError as exc:
+        except Exception as exc:  # a check that let a value through unchecked too: the daemon must outlive it
             self.metrics.reloads.labels("refused").inc()
-            log.error("reload refused, keeping the running config: %s", exc)
-        except Exception as exc:  # a check that let a value through unchecked: the daemon must outlive it
-            self.metrics.reloads.labels("refused").inc()
-            log.error("reload refused, keeping the running config: %s", unchecked(str(self.config_path), exc))
+            self.refused = str(exc if isinstance(exc, ConfigError) else unchecked(str(self.config_path), exc))
+            log.error("reload refused, keeping the running config: %s", self.refused)
         else:
+            self.refused = None
             self.controller.reconfigure(new)
             old, self.settings = self.settings, new
             if new != old:  # planned for now, not at the period: `status` read the old budget for up to a cycle;
@@ -220,11 +222,13 @@ class Daemon:
         self.notifier.ready(self._status())
 
     def _status(self) -> str:
-        """The budget in force (a budget source's, where it has lowered the configured one) and the services."""
+        """The budget in force (a budget source's, where it has lowered the configured one) and the services; and
+        the last reload's refusal, until one goes through (`systemctl reload` says nothing of it: it sees READY=1)."""
         why = self.controller.budget_from  # read once: the budget thread writes it
         lowered = why is not None and why[0] < self.settings.power.budget_w
         budget, source = (why[0], f" ({why[1]})") if why is not None and lowered else (self.settings.power.budget_w, "")
-        return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services"
+        refused = f"; last reload refused: {shortened(' '.join(self.refused.split()), 200)}" if self.refused else ""
+        return f"budget {budget:.0f} W{source}, {len(self.settings.services)} services{refused}"
 
     def run(self, duration_s: float | None = None) -> int:
         s = self.settings
@@ -240,7 +244,8 @@ class Daemon:
             except OSError as exc:  # taken since the preflight probe looked
                 raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
                                   f"{exc.strerror or exc}") from None
-            log.info("metrics on http://%s:%d/metrics", s.metrics.listen, s.metrics.port)
+            host = f"[{s.metrics.listen}]" if ":" in s.metrics.listen else s.metrics.listen  # an IPv6 address
+            log.info("metrics on http://%s:%d/metrics", host, s.metrics.port)
         if RELOAD_ASKED.take():  # asked while starting (controller/launch.py keeps it): done now
             reload()
         d, count = s.daemon, lambda kind: self.metrics.errors.labels(kind).inc()

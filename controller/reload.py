@@ -24,6 +24,10 @@ FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
 def check_reload(old: Settings, new: Settings) -> None:
     """Raise ConfigError naming the first field whose change needs a restart (the daemon logs it after "reload
     refused, keeping the running config: ")."""
+    if new.base_dir != old.base_dir:  # the file is now a link into another folder: its state and paths move with it
+        raise ConfigError("daemon.state_dir", f"resolves in {quoted(new.base_dir)} now (the config file's folder, "
+                          f"through a link), the running daemon's in {quoted(old.base_dir)}: relative paths, the "
+                          "state's among them, change with a restart")
     for section in FIXED_SECTIONS:
         a, b = getattr(old, section), getattr(new, section)
         for f in fields(a):

@@ -550,6 +550,48 @@ def test_a_reload_log_says_a_table_added_or_removed_by_name_in_toml_terms(tmp_pa
         "power.domains order ['rack-a', 'rack-b'] -> ['rack-b', 'rack-a']")
 
 
+def test_a_reload_through_a_link_into_another_folder_is_refused(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Config management swapped /etc's file for a link into another folder: the reload took the new base_dir, the
+    daemon kept writing the old state, `status` then read the new folder's, and the next start lost the tuner's."""
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = tmp_path / "a" / "w.toml"
+    path.write_text(GOOD)
+    daemon = Daemon(path, load_settings(path))
+    before = daemon.settings
+    (tmp_path / "b" / "w.toml").write_text(GOOD.replace("budget_w = 4000", "budget_w = 3000"))
+    link = tmp_path / "a" / "w.tmp"
+    link.symlink_to(tmp_path / "b" / "w.toml")
+    link.replace(path)
+    with caplog.at_level(logging.WARNING, logger="wattscale.daemon"):
+        daemon.reload()
+    assert daemon.settings is before
+    assert any("daemon.state_dir: resolves in" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_a_refused_reload_is_said_in_the_units_status_until_one_goes_through(tmp_path: Path) -> None:
+    """`systemctl reload` exits 0 either way (READY=1 follows RELOADING=1): a refusal, with an urgent budget change in
+    it, was said in the journal alone."""
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD)
+    daemon = Daemon(path, load_settings(path))
+    sent: list[tuple[str, ...]] = []
+    daemon.notifier.send = lambda *lines: sent.append(lines)  # type: ignore[method-assign]
+    path.write_text(GOOD.replace("budget_w = 4000", "budget_w = nan"))
+    daemon.reload()
+    assert sent[-1][0] == "READY=1" and "last reload refused: power.budget_w" in sent[-1][1], sent
+    path.write_text(GOOD.replace("budget_w = 4000", "budget_w = 3000"))
+    daemon.reload()
+    assert sent[-1][1] == "STATUS=budget 3000 W, 3 services", sent
+
+
 def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A value no check caught (a budget source's `kind = []` was a TypeError) ended the daemon on SIGHUP."""

@@ -748,7 +748,7 @@ def test_a_slow_loop_past_its_period_is_said_once_a_run_and_each_overrun_counted
     for _ in range(2):  # the next period finds it running, and the one after
         daemon.wake_slow()
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow loop")]
-    assert len(said) == 1 and "past the 15-s period" in said[0], said
+    assert len(said) == 1 and "its 15-s period came round with a cycle still running" in said[0], said
     assert daemon.metrics.errors.labels("slow_overrun")._value.get() == 2.0
     worker = threading.Thread(target=daemon.slow_worker)
     worker.start()
@@ -919,3 +919,18 @@ def test_a_slow_tick_failing_alike_every_cycle_logs_its_traceback_once_a_run(
     logged = [r for r in caplog.records if r.getMessage().startswith("slow tick failed")]
     assert len(logged) == 2 and all(r.exc_info for r in logged)
     assert daemon.metrics.errors.labels("slow_tick")._value.get() == 6.0
+
+
+def test_the_metrics_url_logged_for_an_ipv6_address_can_be_used_as_printed(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """`listen = "::1"` logged http://::1:19722/metrics, which no client reads as a host and a port."""
+    with socket.socket(socket.AF_INET6) as s:
+        try:
+            s.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        port = int(s.getsockname()[1])
+    path = sim_config({'listen = "127.0.0.1"': 'listen = "::1"', "port = 9464": f"port = {port}"})
+    caplog.set_level(logging.INFO, logger="wattscale")
+    assert Daemon(path, load_settings(path)).run(duration_s=0.3) == 0
+    assert any(f"metrics on http://[::1]:{port}/metrics" in r.getMessage() for r in caplog.records)
