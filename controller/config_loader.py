@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import ipaddress
 import math
 import os
@@ -171,13 +172,23 @@ def read_toml(path: Path, expect: str | None = None) -> dict[str, Any]:
     return doc
 
 
+def _missing(path: Path) -> str:
+    """Why `path` is not there: no such file, or a link that points nowhere or loops."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a link that loops (too many levels of links)"
+    return "a link to no such file" if path.is_symlink() else "no such file"
+
+
 def _an(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def _parsed(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(str(path), "no such file")
+    if not path.exists():  # exists() is False for a link that loops or points nowhere too
+        raise ConfigError(str(path), _missing(path))
     if not path.is_file():
         raise ConfigError(str(path), "not a regular file")
     if not os.access(path, os.R_OK):

@@ -307,6 +307,16 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "no such file" in capsys.readouterr().err
 
 
+def test_a_link_that_loops_or_points_nowhere_is_said_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A link to itself read "no such file": the file is there, the link is what to fix."""
+    (tmp_path / "loop.toml").symlink_to(tmp_path / "loop.toml")
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "nowhere.toml")
+    assert main(["check-config", str(tmp_path / "loop.toml")]) == 2
+    assert "a link that loops" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "gone.toml")]) == 2
+    assert "a link to no such file" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "secret.toml"
