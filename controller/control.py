@@ -42,6 +42,10 @@ BUDGET_BOUND = 0.98
 """A plan predicting at least this share of the budget it plans for is budget-bound: a service it shrinks then
 is on the ladder's second step (max batch and replicas), not following its load."""
 
+CHANGES_SAID = 10
+"""Services a decision's log line names one by one (the decision log holds each): a first cycle of 100 services
+wrote a 20-KB line, past what a journal keeps whole."""
+
 log = logging.getLogger("wattscale.controller")
 
 
@@ -316,6 +320,8 @@ class Controller:
                                + "".join(f" [{who} held: {'; '.join(what)}]" for who, what in
                                          (("gate", gated), ("actuator", enforced.held)) if what))
         level = logging.INFO if changed else logging.DEBUG
-        log.log(level, "decision: %s | predicted %.0f W of %.0f W budget | solve %.1f ms", "; ".join(changed) or
-                "no change", solution.power_w, self.tick_power.budget_w,
+        more = f"; {len(changed) - CHANGES_SAID} more services changed (the decision log has each)" \
+            if len(changed) > CHANGES_SAID else ""
+        log.log(level, "decision: %s%s | predicted %.0f W of %.0f W budget | solve %.1f ms",
+                "; ".join(changed[:CHANGES_SAID]) or "no change", more, solution.power_w, self.tick_power.budget_w,
                 1000 * (solution.solve_s + solution.candidates_s))

@@ -934,3 +934,30 @@ def test_the_metrics_url_logged_for_an_ipv6_address_can_be_used_as_printed(
     caplog.set_level(logging.INFO, logger="wattscale")
     assert Daemon(path, load_settings(path)).run(duration_s=0.3) == 0
     assert any(f"metrics on http://[::1]:{port}/metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_a_decisions_log_line_names_ten_changed_services_and_counts_the_rest(
+        sim_config: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A first cycle of 100 services wrote one 20-KB line, past what a journal keeps whole: the line names ten, and
+    the decision log holds every one."""
+    extra = "".join(f'\n[[services]]\nname = "s{i}"\nmodel = "llama-3.1-8b"\nttft_ms = 300\nitl_ms = 30\n'
+                    'initial_max_batch = 64\nsim = { rate_rps = 1.0 }\nprior = { family = "step", alpha_ms = 20.0, '
+                    'beta_ms = 0.2, gamma_ms = 20.0, delta_ms = 0.06 }\n' for i in range(10))  # chat's: one model
+    path = sim_config({"num_gpus = 8": "num_gpus = 16", "count = 8": "count = 16",
+                       "budget_w = 4000": "budget_w = 9000"})
+    path.write_text(path.read_text() + extra)
+    ctl, advance, _ = sim_controller(load_settings(path))
+    records: list[dict[str, Any]] = []
+    ctl.decisions = Kept(records)
+    caplog.set_level(logging.INFO, logger="wattscale.controller")
+    for t in range(1, 46):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision: ")]
+    said = [s for s in records if "applied" in next(iter(s["services"].values()))]
+    changed = [sum(1 for v in r["services"].values() if v["planned"] != v["in_force"]) for r in said]
+    assert max(changed) > 10 and all(line.count(" -> planned ") <= 10 for line in lines), (changed, lines)
+    assert any(f"; {n - 10} more services changed (the decision log has each)" in line
+               for line in lines for n in changed if n > 10), lines
