@@ -7,7 +7,9 @@ pressed against its limit grows a step a tick, highest priority first, from the 
 leave unused, then from lower priorities. Targets come from the plan (per-service caps; where a cap was fitted
 within the limits' sum, a GPU pressed against it or held by it for a good share of the tick grows on toward the cap
 chosen before, its ceiling); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
-caps are cut below the draw, lowest priority first, and given back once draw is below budget x release_below. With
+caps are cut below the draw, lowest priority first, and given back once draw is below budget x release_below; and
+where the limits' floors pass a line though the draw does not (idle GPUs' lowest limits over their draw), a busy GPU's
+limit goes below its draw that tick, lowest priority first (a ramp's ceiling takes none below its draw). With
 ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and the governor's own lowering of
 limits (a smaller cap planned) takes it down no faster than `ramp_down_w_per_s`, except where the site or a domain
 is over its line (a budget drop). A GPU whose reading failed counts at its limit, never at zero, and so does one
@@ -154,14 +156,17 @@ class PowerGovernor:
         rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
                        (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
         # the racks first, the site last, each under its ceiling: room left unused first, then, where the floors
-        # still pass a line (GPUs drawing at their limits beside idle ones under their lowest), below the draw
-        for lowest in (floor, {g.uuid: floor[g.uuid] if g.uuid in pinned else g.min_limit_w for g in samples}):
+        # still pass a line (GPUs drawing at their limits beside idle ones under their lowest), below the draw; a
+        # ramp's ceiling is no line: nothing goes below its draw for it (the site's threshold is `beyond_w` above)
+        lowest = {g.uuid: floor[g.uuid] if g.uuid in pinned else g.min_limit_w for g in samples}
+        site = len(rooms.members) - 1
+        for down_to, ramp_w in ((floor, 0.0), (lowest, beyond_w)):
             for i, members in enumerate(rooms.members):
                 for g in (g for g in order if g.uuid in members):
-                    over = -rooms.room[i]
+                    over = -rooms.room[i] - (ramp_w if i == site else 0.0)
                     if over <= 0:
                         break
-                    take = min(over, max(0.0, limit[g.uuid] - lowest[g.uuid]))
+                    take = min(over, max(0.0, limit[g.uuid] - down_to[g.uuid]))
                     limit[g.uuid] -= take
                     rooms.move(g.uuid, -take)
         pressing = {g.uuid for g in samples if g.uuid not in pinned and (accounted_w(g) >= (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 from controller.config_loader import ConfigError, quoted
 from controller.settings import ServiceSettings, Settings
@@ -24,10 +25,11 @@ FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
 def check_reload(old: Settings, new: Settings) -> None:
     """Raise ConfigError naming the first field whose change needs a restart (the daemon logs it after "reload
     refused, keeping the running config: ")."""
-    if new.base_dir != old.base_dir:  # the file is now a link into another folder: its state and paths move with it
-        raise ConfigError("daemon.state_dir", f"resolves in {quoted(new.base_dir)} now (the config file's folder, "
-                          f"through a link), the running daemon's in {quoted(old.base_dir)}: relative paths, the "
-                          "state's among them, change with a restart")
+    state = [(Path(x.base_dir) / x.daemon.state_dir).resolve() for x in (old, new)]
+    if state[0] != state[1]:  # a relative state_dir under a file now a link into another folder (a ConfigMap's
+        # update flips such a link every time: an absolute state_dir, as the shipped one, stays where it was)
+        raise ConfigError("daemon.state_dir", f"resolves to {quoted(str(state[1]))} now (the config file's folder, "
+                          f"through a link), the running daemon's to {quoted(str(state[0]))}: changes need a restart")
     for section in FIXED_SECTIONS:
         a, b = getattr(old, section), getattr(new, section)
         for f in fields(a):

@@ -570,17 +570,39 @@ def test_a_reload_through_a_link_into_another_folder_is_refused(tmp_path: Path,
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     path = tmp_path / "a" / "w.toml"
-    path.write_text(GOOD)
+    text = GOOD.replace('state_dir = "../var/state"', 'state_dir = "state"')  # each folder's own
+    path.write_text(text)
     daemon = Daemon(path, load_settings(path))
     before = daemon.settings
-    (tmp_path / "b" / "w.toml").write_text(GOOD.replace("budget_w = 4000", "budget_w = 3000"))
+    (tmp_path / "b" / "w.toml").write_text(text.replace("budget_w = 4000", "budget_w = 3000"))
     link = tmp_path / "a" / "w.tmp"
     link.symlink_to(tmp_path / "b" / "w.toml")
     link.replace(path)
     with caplog.at_level(logging.WARNING, logger="wattscale.daemon"):
         daemon.reload()
     assert daemon.settings is before
-    assert any("daemon.state_dir: resolves in" in r.getMessage() for r in caplog.records), caplog.records
+    assert any("daemon.state_dir: resolves to" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_a_configmap_update_through_its_flipped_links_reloads(tmp_path: Path) -> None:
+    """kubelet mounts config.toml -> ..data/config.toml, ..data -> ..<timestamp>/, and flips ..data on each update:
+    the file's folder moves every time, and refusing that refused every reload (the state is an absolute path)."""
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"')
+    mount = tmp_path / "mount"
+    (mount / "..2026_12_01").mkdir(parents=True)
+    (mount / "..2026_12_01" / "config.toml").write_text(text)
+    (mount / "..data").symlink_to("..2026_12_01")
+    (mount / "config.toml").symlink_to("..data/config.toml")
+    daemon = Daemon(mount / "config.toml", load_settings(mount / "config.toml"))
+    (mount / "..2026_12_02").mkdir()
+    (mount / "..2026_12_02" / "config.toml").write_text(text.replace("budget_w = 4000", "budget_w = 3000"))
+    (mount / "..data_tmp").symlink_to("..2026_12_02")
+    (mount / "..data_tmp").replace(mount / "..data")
+    daemon.reload()
+    assert daemon.settings.power.budget_w == 3000.0
 
 
 def test_a_refused_reload_is_said_in_the_units_status_until_one_goes_through(tmp_path: Path) -> None:

@@ -907,3 +907,26 @@ def test_a_pinned_gpu_reading_over_its_limit_is_never_handed_a_limit() -> None:
     other = GpuSample(1, "B", "H100", 600.0, None, 650.0, 200.0, 700.0, service="s")
     limits = governor.step([pinned, other], plan, pinned=frozenset({"A"}))
     assert 0 not in limits and 300.0 < limits[1] < 650.0  # B falls, slowly; A is left as it is
+
+
+def test_a_ramps_ceiling_takes_no_gpu_below_its_draw() -> None:
+    """The second pass that takes limits below the draw where floors pass a line read a ramp's ceiling as a line: a
+    GPU pinned at 700 W drawing 200, beside three drawing their 500-W limits, sent those to their floors in two
+    ticks on a 7,760-W line with the site at 1,700 W (and GPUs reading 3 % over their limits, one by one)."""
+    governor = PowerGovernor(PowerSettings(budget_w=8000.0, ramp_up_w_per_s=50.0, ramp_down_w_per_s=50.0))
+    plan = Plan.of(1, {"s": {"H100": 700.0}}, {"s": 1})
+    limit = {1: 500.0, 2: 500.0, 3: 500.0}
+    for _ in range(4):
+        pinned = GpuSample(0, "A", "H100", 200.0, None, 700.0, 200.0, 700.0, service="s")
+        rest = [GpuSample(i, f"G{i}", "H100", min(500.0, w), None, w, 200.0, 700.0, service="s")
+                for i, w in limit.items()]
+        limit.update(governor.step([pinned, *rest], plan, pinned=frozenset({"A"})))
+        assert all(w >= 500.0 - 50.0 for w in limit.values()), limit
+    over = PowerGovernor(PowerSettings(budget_w=8000.0, ramp_up_w_per_s=40.0))
+    two = Plan.of(1, {"hi": {"H100": 700.0}, "lo": {"H100": 700.0}}, {"hi": 1, "lo": 2})
+    limits = {i: 400.0 for i in range(6)}
+    for _ in range(4):
+        samples = [GpuSample(i, f"G{i}", "H100", 1.03 * w, None, w, 200.0, 700.0, service="hi" if i < 3 else "lo")
+                   for i, w in limits.items()]
+        limits.update(over.step(samples, two))
+        assert min(limits.values()) >= 400.0 - 1.0, limits
