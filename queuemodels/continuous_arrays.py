@@ -88,9 +88,10 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     d0, d1 = d0 * stretch, slope * stretch
     built = phi < 0.99
     k = len(n)
-    laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
-                            np.full(k, 0.5), gated_residual_ms(c_gpu, share), (1.0 + v["out_cv"] ** 2) / 2.0,
-                            v["in_cv"], share,
+    cv = v["in_cv"]  # the prompts' costs' spread, as the tails read it
+    laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share, cv) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
+                            np.full(k, 0.5), gated_residual_ms(c_gpu, share, cv), (1.0 + v["out_cv"] ** 2) / 2.0,
+                            cv, share,
                             *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.ones(k), np.zeros(k), np.zeros(k),
                             np.ones(k, dtype=bool)])
     if bent.size:
@@ -112,8 +113,8 @@ def _bend(laws: LawArrays, bent: Ints, roofline: Terms, c_p: Floats, c_gpu: Floa
     d0, d1 = laws.d0[bent], laws.d1[bent]
     step_ms = d0 + d1 * batch + bend_scale * roofline.bend_ms(batch) - skip_scale * roofline.skipped_ms(batch)
     wait, var, use = roofline.budget_wait_ms(rates_rps, in_cv, batch, step_ms)
-    laws.p0[bent] = gated_prompt_ms(c_p, c_gpu, phi) + d0 + wait
-    laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, gated_residual_ms(c_gpu, phi)
+    laws.p0[bent] = gated_prompt_ms(c_p, c_gpu, phi, in_cv) + d0 + wait
+    laws.prompt_ms[bent], laws.residual_ms[bent] = c_p, gated_residual_ms(c_gpu, phi, in_cv)
     laws.bend_scale[bent], laws.skip_scale[bent] = bend_scale, skip_scale
     laws.budget_wait_ms[bent], laws.budget_wait_var[bent] = wait, var
     laws.affine[bent] = False

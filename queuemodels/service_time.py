@@ -12,9 +12,10 @@ Two readings of the same parameters (docs/queue-models.md):
   step's memory-bound time (roofline), up to gamma of it hidden: c_p = ((delta L_in)^3 + gamma^3)^(1/3) - gamma.
   The prompts of others steal a share phi = lambda c_p of the GPU from decoding, so
   decode(B) = (alpha + beta B) / (1 - phi); an arrival also waits for the step in flight.
-  Steps vary with the Poisson number of prompts they carry (variance lambda c_p^2 E[S]), so the step in
-  flight is length-biased: its residual is E[S]/2 + phi c_p / 2, and the step carrying a prompt also carries
-  the others that arrived during it, c_p (1 + phi^2) in all beyond the mean step.
+  A step carries the prompts that arrived during the one before (costs of spread cv), so steps vary, a long one
+  making the next long: Var S = lambda c_p^2 (1 + cv^2) E[S] / (1 - phi^2). The step in flight is length-biased:
+  its residual is E[S]/2 + c_p (1 + cv^2) phi / (2 (1 - phi^2)), and the step carrying a prompt also carries the
+  others that arrived during it, c_p + c_p (1 + cv^2) phi^2 / (1 - phi^2) in all beyond the mean step.
 """
 
 from __future__ import annotations
@@ -255,21 +256,22 @@ def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: 
     return out
 
 
-def gated_prompt_ms(c_p: Batch, c_gpu: Batch, phi: Batch) -> Batch:
+def gated_prompt_ms(c_p: Batch, c_gpu: Batch, phi: Batch, cv: Batch) -> Batch:
     """What a prompt's own step takes beyond the mean step: its cost `c_p`, and the prompts that arrived with it.
-    A step takes every prompt that arrived during the one before (a gated queue), so steps vary: S = D + c_gpu K,
-    K ~ Poisson(lambda S_before), E[S] = D / (1 - phi), Var S = c_gpu^2 lambda E[S] / (1 - phi^2). A prompt arrives
-    in a length-biased step, and rides the next with the others that arrived in it: c_gpu lambda E[S^2] / E[S]
-    beyond the mean step's own share, c_gpu phi^2 / (1 - phi^2) (the first term of that series read
-    c_gpu phi^2 alone, short by a third at phi = 0.6)."""
-    out: Batch = c_p + c_gpu * phi * phi / (1.0 - phi * phi)
+    A step takes every prompt that arrived during the one before (a gated queue), so steps vary: S = D + the costs
+    of K prompts, K ~ Poisson(lambda S_before), each of mean c_gpu and spread `cv`, E[S] = D / (1 - phi) and
+    Var S = c_gpu^2 (1 + cv^2) lambda E[S] / (1 - phi^2). A prompt arrives in a length-biased step and rides the
+    next with the others that arrived in it: c_gpu lambda E[S^2] / E[S] beyond the mean step's own share,
+    c_gpu (1 + cv^2) phi^2 / (1 - phi^2) (the first term of that series, c_gpu phi^2 alone, read a third short at
+    phi = 0.6 with fixed costs)."""
+    out: Batch = c_p + c_gpu * (1.0 + cv * cv) * phi * phi / (1.0 - phi * phi)
     return out
 
 
-def gated_residual_ms(c_gpu: Batch, phi: Batch) -> Batch:
+def gated_residual_ms(c_gpu: Batch, phi: Batch, cv: Batch) -> Batch:
     """The wait for the step in flight beyond half a mean step: its length-biased excess, Var S / (2 E[S]) =
-    c_gpu phi / (2 (1 - phi^2)) (`gated_prompt_ms`)."""
-    out: Batch = c_gpu * phi / (2.0 * (1.0 - phi * phi))
+    c_gpu (1 + cv^2) phi / (2 (1 - phi^2)) (`gated_prompt_ms`)."""
+    out: Batch = c_gpu * (1.0 + cv * cv) * phi / (2.0 * (1.0 - phi * phi))
     return out
 
 
@@ -312,8 +314,9 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
     if roofline is not None:  # the prompts ahead, where a token budget serialises them
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch)) - stretch * roofline.skipped_ms(batch)
         budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
-    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1, prompt_ms=c_p,
-                   residual_share=0.5, residual_ms=gated_residual_ms(c_gpu, phi), prompt_cv=load.in_cv,
+    cv = load.in_cv  # the prompts' costs' spread, as the tails read it
+    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi, cv) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1,
+                   prompt_ms=c_p, residual_share=0.5, residual_ms=gated_residual_ms(c_gpu, phi, cv), prompt_cv=cv,
                    prompt_share=phi, wait_scale=wait_scale,
                    roofline=roofline, bend_scale=bend_scale, skip_scale=stretch, budget_wait_ms=budget_wait,
                    budget_wait_var=budget_var)

@@ -17,6 +17,8 @@ BASE = ["analyze", "--alpha-ms", "11.4", "--beta-ms", "0.05", "--gamma-ms", "4.9
         "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "10"]
 PARAMS = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
 SLO = ["--ttft-slo-ms", "300", "--itl-slo-ms", "30"]
+SATURATION = get_model("mm1k-cb").saturation_rps(PARAMS, Load(40.0, 400, 200, 1.0, 1.0), ServerShape(64, None), None)
+"""BASE's shape's saturation rate, as the model reads it (the command's --in-cv and --out-cv default to 1)."""
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
@@ -94,12 +96,12 @@ def test_batch_sizes_choose_by_rate_and_by_power(capsys: pytest.CaptureFixture[s
 
 
 def test_batches_apart_by_rounding_alone_are_a_tie_the_smaller_wins(capsys: pytest.CaptureFixture[str]) -> None:
-    """At 6 rps a replica runs some 36 sequences: max batch 64 and 128 serve it alike, and read a rate 2.5e-5 and a
+    """At 5.5 rps a replica runs some 33 sequences: max batch 64 and 128 serve it alike, and read a rate 2.5e-5 and a
     draw 1e-8 apart (the rate's bisection width, the mass of the states past 64). 128 had won both: the command told
     a user to restart vLLM with a larger --max-num-seqs for nothing."""
-    args = ["analyze", "--alpha-ms", "20", "--beta-ms", "0.2", "--gamma-ms", "20", "--delta-ms", "0.06",
-            "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "6", "--accelerator", "H100-SXM",
-            "--power-cap-w", "500", *SLO]
+    args = ["analyze", "--alpha-ms", "20", "--beta-ms", "0.2", "--gamma-ms", "20", "--delta-ms", "0.07",
+            "--in-tokens", "400", "--out-tokens", "200", "--rate-rps", "5.5", "--accelerator", "H100-SXM",
+            "--power-cap-w", "500", *SLO]  # a prompt cost where 128's rate is the one ahead by its rounding
     alone = [run([*args, "--max-batch", str(n)], capsys) for n in (64, 128)]
     rates, draws = ([float(out[key]) for out in alone] for key in ("max_rate_rps", "power_w"))  # type: ignore[arg-type]
     assert rates[0] < rates[1] <= rates[0] * (1 + TIE) and draws[1] < draws[0] <= draws[1] * (1 + TIE)  # the case
@@ -130,9 +132,9 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
     (["--kv-tokens", "1"], "--kv-tokens: 1 holds no whole request of this load (400 + 200 tokens)"),
     (["--budget-tokens", "1e-9"], "--budget-tokens: must be 0 or at least 1, got 1e-09"),  # a TTFT of 7e16 ms
     (["--rate-rps", "40", "--max-queue", "-1"], "--rate-rps: 40 has no stationary solution with an unbounded queue: "
-                                                "max_batch 64 saturates at 18.166"),
+                                                f"max_batch 64 saturates at {SATURATION:.6g} rps"),
     (["--rate-rps", "500", "--max-queue", "-1"], "--rate-rps: 500 has no stationary solution with an unbounded queue: "
-                                                 "max_batch 64 saturates at 18.166"),
+                                                 f"max_batch 64 saturates at {SATURATION:.6g} rps"),
     (["--family", "gen2"], "--delta-ms: the gen2 family has no such term, got 0.035"),  # was silently ignored
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
     (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
@@ -201,8 +203,9 @@ def test_an_overloaded_bounded_queue_serves_its_saturation_rate_and_says_so(caps
     """The default queue is the one configs and observation files use (1,024): past saturation, the analysis
     serves the saturation rate, blocks the rest, and prints that rate."""
     out = run(replaced(BASE, ["--rate-rps", "40"]), capsys)
-    assert out["saturation_rps"] == pytest.approx(18.1665, rel=1e-4)
-    assert out["throughput_rps"] <= out["saturation_rps"] and out["block_probability"] > 0.5  # type: ignore[operator]
+    assert out["saturation_rps"] == pytest.approx(SATURATION, rel=1e-9) and 18.0 < SATURATION < 18.4
+    # served at the saturation rate, to the fixed points' rounding (the prompts' share read at the served rate)
+    assert out["throughput_rps"] <= 1.0001 * SATURATION and out["block_probability"] > 0.5  # type: ignore[operator]
     assert out["ttft_ms"] <= out["ttft_p95_ms"]  # type: ignore[operator]
 
 

@@ -36,7 +36,7 @@ def test_the_prompts_a_step_carries_follow_the_branching_process(rate_per_ms: fl
     plain, cv = 15.0, 0.5
     phi = rate_per_ms * cost_ms
     law = StepLaw(0.0, 0.0, plain / (1.0 - phi), 0.0, 10.0, prompt_ms=cost_ms, residual_share=0.5,
-                  residual_ms=gated_residual_ms(cost_ms, phi), prompt_cv=cv, prompt_share=phi)
+                  residual_ms=gated_residual_ms(cost_ms, phi, cv), prompt_cv=cv, prompt_share=phi)
     values, weights = _prompt_steps(law, np.array([plain / (1.0 - phi)]), np.array([1.0]), rate_per_ms)
     truth = branching_steps(rate_per_ms, plain, cost_ms, cv, 100_000)
     # the mean step is the law's stretched one; the tail past one and two prompts is the process's
@@ -78,17 +78,18 @@ def test_more_prompts_a_step_than_the_counts_read_ride_the_last_count() -> None:
     assert np.isfinite(perf.itl_p95_ms) and perf.itl_p95_ms > MODEL.analyze(params, load.at_rate(50), shape).itl_p95_ms
 
 
-def gated_arrivals(rate_per_ms: float, plain_ms: float, cost_ms: float, steps: int) -> tuple[float, float]:
+def gated_arrivals(rate_per_ms: float, plain_ms: float, cost_ms: float, cv: float, steps: int) -> tuple[float, float]:
     """What the arrivals of the process itself wait for the step in flight and then take in the step that carries
     them (with the others that arrived in the same step), averaged over arrivals: those of a step land uniformly
-    over it and ride the next."""
+    over it and ride the next. Each prompt costs a gamma draw of mean `cost_ms` and spread `cv` (0: fixed)."""
     rng = np.random.default_rng(11)
     length = plain_ms
     residual = own = 0.0
     arrivals = 0
     for _ in range(steps):
         following = int(rng.poisson(rate_per_ms * length))  # arrive during this step, ride the next
-        nxt = plain_ms + cost_ms * following
+        costs = cost_ms * (rng.gamma(following / cv**2, cv**2) if cv > 0.0 else following) if following else 0.0
+        nxt = plain_ms + costs
         residual += following * length / 2.0
         own += following * nxt
         arrivals += following
@@ -96,15 +97,16 @@ def gated_arrivals(rate_per_ms: float, plain_ms: float, cost_ms: float, steps: i
     return residual / arrivals, own / arrivals
 
 
-@pytest.mark.parametrize("rate_rps", [2.0, 8.0, 10.0])
-def test_a_prompt_waits_for_a_length_biased_step_and_rides_the_next_with_the_others(rate_rps: float) -> None:
+@pytest.mark.parametrize(("rate_rps", "cv"), [(2.0, 0.0), (8.0, 0.0), (10.0, 0.0), (8.0, 0.6), (10.0, 0.6)])
+def test_a_prompt_waits_for_a_length_biased_step_and_rides_the_next_with_the_others(rate_rps: float,
+                                                                                    cv: float) -> None:
     """Steps that carry every prompt that arrived during the one before vary with them: an arrival more likely
     lands in a long step, and the next carries the others that arrived in it. At phi = 0.8 the first term of the
-    series (c (1 + phi^2)) read the prompt's step 40 % short."""
+    series (c (1 + phi^2)) read the prompt's step 40 % short; costs that spread (cv 0.6) lengthen both by a third."""
     params = ServiceParams("gen1", 15.0, 1e-6, 20.0, 0.1)
-    law = continuous_law(params, Load(rate_rps, 1000.0, 100.0, in_cv=0.0), None, ServerShape(1, None))
+    law = continuous_law(params, Load(rate_rps, 1000.0, 100.0, in_cv=cv), None, ServerShape(1, None))
     phi = rate_rps * law.prompt_ms / 1000.0
-    residual, own = gated_arrivals(rate_rps / 1000.0, 15.0, law.prompt_ms, 400_000)
+    residual, own = gated_arrivals(rate_rps / 1000.0, 15.0, law.prompt_ms, cv, 400_000)
     assert law.prompt_share == pytest.approx(phi)
     assert law.residual_share * law.d0 + law.residual_ms == pytest.approx(residual, rel=0.03)
     assert law.p0 == pytest.approx(own, rel=0.03)  # the step stretched by 1 / (1 - phi) and the prompts it carries

@@ -249,11 +249,13 @@ def test_output_spread_scales_queueing_delay_allen_cunneen() -> None:
     assert det.ttft_p95_ms < exp.ttft_p95_ms
 
 
-def test_prompt_spread_widens_the_ttft_tail_not_its_mean() -> None:
+def test_prompt_spread_widens_the_ttft_tail_and_its_mean_by_the_steps_it_spreads() -> None:
+    """Its mean moves only through the steps' spread (the step in flight is length-biased, the next carries the
+    others: terms of phi, 3 % of the GPU here), its tail by the prompt's own spread too."""
     shape = ServerShape(64, None)
     narrow = CB.analyze(PARAMS, Load(2.0, 2048, 128, in_cv=0.2), shape)
     wide = CB.analyze(PARAMS, Load(2.0, 2048, 128, in_cv=1.5), shape)
-    assert narrow.ttft_ms == wide.ttft_ms
+    assert narrow.ttft_ms < wide.ttft_ms < 1.02 * narrow.ttft_ms
     assert narrow.ttft_p95_ms < wide.ttft_p95_ms
     assert narrow.ttft_p99_ms < wide.ttft_p99_ms
 

@@ -61,7 +61,7 @@ def test_prompts_that_ride_one_step_pay_its_fixed_cost_once() -> None:
 
     def shares(rate: float) -> tuple[float, float]:
         law = continuous_law(params, Load(rate, 128, 256), None, shape)
-        phi = 2.0 * law.residual_ms / law.prompt_ms  # the GPU's share on prompts
+        phi = law.prompt_share  # the GPU's share on prompts
         return phi, rate * law.prompt_ms / 1000.0  # against each prompt paying all of its step's fixed cost
 
     trickle, busy = shares(0.2), shares(30.0)
