@@ -114,9 +114,11 @@ class PowerGovernor:
         """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
         little under it on average; counted at its draw, the site could never grow by less than that gap a
         tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
-        holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw."""
-        return sum(g.power_limit_w if pressed(g) or at_floor(g.power_limit_w, g) or g.uuid in lagging
-                   else accounted_w(g) for g in samples)  # a lagging GPU whole: counted so under the ceiling too
+        holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw, at least their
+        lowest limit (a GPU idle under it, counted at its draw 1 W above its floor and at that floor on it, moved the
+        ceiling back and forth by the gap and its limit with it every tick)."""
+        return sum(g.power_limit_w if pressed(g) or at_floor(g.power_limit_w, g) or g.uuid in lagging  # lagging:
+                   else max(accounted_w(g), g.min_limit_w) for g in samples)  # whole, counted so under the ceiling too
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`

@@ -25,16 +25,18 @@ FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
 def check_reload(old: Settings, new: Settings) -> None:
     """Raise ConfigError naming the first field whose change needs a restart (the daemon logs it after "reload
     refused, keeping the running config: ")."""
-    state = [(Path(x.base_dir) / x.daemon.state_dir).resolve() for x in (old, new)]
-    if state[0] != state[1]:  # a relative state_dir under a file now a link into another folder (a ConfigMap's
-        # update flips such a link every time: an absolute state_dir, as the shipped one, stays where it was)
-        raise ConfigError("daemon.state_dir", f"resolves to {quoted(str(state[1]))} now (the config file's folder, "
-                          f"through a link), the running daemon's to {quoted(str(state[0]))}: changes need a restart")
     for section in FIXED_SECTIONS:
         a, b = getattr(old, section), getattr(new, section)
         for f in fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 raise _restart(f"{section}.{f.name}", getattr(a, f.name), getattr(b, f.name))
+    running, asked = _anchored(old), _anchored(new)
+    for where, (text, path) in running.items():  # the same relative path under a file now a link into another folder
+        # (a ConfigMap's update flips such a link every time: absolute paths, as the shipped ones, stay where they were)
+        if where in asked and asked[where][0] == text and asked[where][1] != path:
+            raise ConfigError(where, f"resolves to {str(asked[where][1])!r} now (the config file's folder, through "
+                              f"a link), the running daemon's to {str(path)!r}: changes need a restart")  # whole: the
+            # end of a path is what differs
     if new.budget != old.budget:  # named by its field, as every other such refusal is
         if old.budget is None or new.budget is None:
             raise ConfigError("power.budget", f"{'added' if old.budget is None else 'removed'}: budget sources change "
@@ -62,6 +64,18 @@ def check_reload(old: Settings, new: Settings) -> None:
         for name in FIXED_ACCELERATOR_FIELDS:
             if getattr(x, name) != getattr(y, name):  # by the running type's name, as the file's checks name it
                 raise _restart(f"accelerators[{x.name}].{name}", getattr(x, name), getattr(y, name))
+
+
+def _anchored(s: Settings) -> dict[str, tuple[str, Path]]:
+    """The paths fixed at start that the config file's folder anchors, as written and resolved: the state, the units'
+    batch folder, the kubeconfig, the budget sources' files (a source reads the file it was built with)."""
+    base = Path(s.base_dir)
+    paths = {"daemon.state_dir": s.daemon.state_dir, "actuators.systemd_batch_dir": s.actuators.systemd_batch_dir,
+             "actuators.kubeconfig": s.actuators.kubeconfig}
+    for name, source in s.budget.sources if s.budget is not None else ():
+        if isinstance(path := getattr(source, "path", None), str):  # the kinds that read a file
+            paths[f"power.budget.sources[{name}].path"] = path
+    return {where: (p, (base / p).resolve()) for where, p in paths.items() if p}
 
 
 def _listed(old: list[str], new: list[str]) -> str:

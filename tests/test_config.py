@@ -605,6 +605,32 @@ def test_a_configmap_update_through_its_flipped_links_reloads(tmp_path: Path) ->
     assert daemon.settings.power.budget_w == 3000.0
 
 
+def test_a_reload_through_a_link_is_refused_where_a_file_read_since_start_would_move(tmp_path: Path) -> None:
+    """Only the state dir was compared: a demand-response source built from v1/dr-signal.json read it on after the
+    file became a link into v2, and the reload said nothing. And an edited state_dir is named as an edit, not as a
+    link."""
+    from controller.reload import check_reload
+    from controller.settings import load_settings
+
+    budget = ('[power.budget]\nsafe_budget_w = 3000\n\n[[power.budget.sources]]\nkind = "fixed"\nname = "contract"\n'
+              'budget_w = 4000\n\n[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\n'
+              'path = "dr-signal.json"\n\n')
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"').replace(
+        "[optimizer]", budget + "[optimizer]", 1)
+    for folder in ("v1", "v2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "w.toml").write_text(text)
+    (tmp_path / "w.toml").symlink_to(tmp_path / "v1" / "w.toml")
+    running = load_settings(tmp_path / "w.toml")
+    (tmp_path / "w.tmp").symlink_to(tmp_path / "v2" / "w.toml")
+    (tmp_path / "w.tmp").replace(tmp_path / "w.toml")
+    with pytest.raises(ConfigError, match=r"^power\.budget\.sources\[utility\]\.path: resolves to .*v2/dr-signal"):
+        check_reload(running, load_settings(tmp_path / "w.toml"))
+    (tmp_path / "v1" / "w.toml").write_text(text.replace(f'"{tmp_path / "state"}"', f'"{tmp_path / "state2"}"'))
+    with pytest.raises(ConfigError, match=r"^daemon\.state_dir: changes need a restart"):
+        check_reload(load_settings(tmp_path / "v2" / "w.toml"), load_settings(tmp_path / "v1" / "w.toml"))
+
+
 def test_a_refused_reload_is_said_in_the_units_status_until_one_goes_through(tmp_path: Path) -> None:
     """`systemctl reload` exits 0 either way (READY=1 follows RELOADING=1): a refusal, with an urgent budget change in
     it, was said in the journal alone."""

@@ -930,3 +930,21 @@ def test_a_ramps_ceiling_takes_no_gpu_below_its_draw() -> None:
                    for i, w in limits.items()]
         limits.update(over.step(samples, two))
         assert min(limits.values()) >= 400.0 - 1.0, limits
+
+
+def test_a_gpu_idle_under_its_floor_does_not_flip_the_ramps_ceiling_every_tick() -> None:
+    """Counted at its limit on its floor and at its 82-W draw 1 W above it, an idle GPU moved the ramp's ceiling by
+    the gap: its limit went 100 -> 118 -> 100 W, one NVML set a tick for as long as it idled."""
+    governor = PowerGovernor(PowerSettings(budget_w=1097.5, ramp_up_w_per_s=20.0, ramp_down_w_per_s=20.0,
+                                           domains=(PowerDomainSettings("rack", 715.8, (0, 1)),)))
+    plan = Plan.of(1, {"a": {"X": 316.6}}, {"a": 1})
+    limits = [600.0, 700.0]
+    seen = []
+    for _ in range(120):
+        samples = [GpuSample(0, "G0", "X", min(82.2, limits[0]), None, limits[0], 100.0, 600.0, service="a",
+                             variant="X"),
+                   GpuSample(1, "G1", "X", min(549.4, limits[1]), None, limits[1], 200.0, 700.0)]
+        for i, w in governor.step(samples, plan).items():
+            limits[i] = w
+        seen.append(tuple(limits))
+    assert len(set(seen[-40:])) == 1, seen[-4:]
