@@ -9,6 +9,7 @@ it is refused, naming the first such field, and the running config is kept.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -67,15 +68,19 @@ def check_reload(old: Settings, new: Settings) -> None:
 
 
 def _anchored(s: Settings) -> dict[str, tuple[str, Path]]:
-    """The paths fixed at start that the config file's folder anchors, as written and resolved: the state, the units'
-    batch folder, the kubeconfig, the budget sources' files (a source reads the file it was built with)."""
-    base = Path(s.base_dir)
-    paths = {"daemon.state_dir": s.daemon.state_dir, "actuators.systemd_batch_dir": s.actuators.systemd_batch_dir,
-             "actuators.kubeconfig": s.actuators.kubeconfig}
+    """The paths fixed at start that the config file's folder anchors and the wiring reads, as written and resolved:
+    the state, the units' batch folder and the kubeconfig where their backends run, the budget sources' files (a
+    source reads the file it was built with). Resolved without raising: a link that loops stays as written."""
+    a = s.actuators
+    paths = {"daemon.state_dir": s.daemon.state_dir}
+    if a.batch == "vllm" and a.vllm_runner == "systemd":
+        paths["actuators.systemd_batch_dir"] = a.systemd_batch_dir
+    if a.replicas == "kubernetes":
+        paths["actuators.kubeconfig"] = a.kubeconfig
     for name, source in s.budget.sources if s.budget is not None else ():
         if isinstance(path := getattr(source, "path", None), str):  # the kinds that read a file
             paths[f"power.budget.sources[{name}].path"] = path
-    return {where: (p, (base / p).resolve()) for where, p in paths.items() if p}
+    return {where: (p, Path(os.path.realpath(Path(s.base_dir) / p))) for where, p in paths.items() if p}
 
 
 def _listed(old: list[str], new: list[str]) -> str:

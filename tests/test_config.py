@@ -586,11 +586,17 @@ def test_a_reload_through_a_link_into_another_folder_is_refused(tmp_path: Path,
 
 def test_a_configmap_update_through_its_flipped_links_reloads(tmp_path: Path) -> None:
     """kubelet mounts config.toml -> ..data/config.toml, ..data -> ..<timestamp>/, and flips ..data on each update:
-    the file's folder moves every time, and refusing that refused every reload (the state is an absolute path)."""
+    the file's folder moves every time, and refusing that refused every reload (the state is an absolute path). A
+    relative kubeconfig no backend reads blocked them too, and a budget source's file that is a looping link."""
     from controller.daemon import Daemon
     from controller.settings import load_settings
 
-    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"')
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")  # an absolute path to a link that loops
+    budget = ('[power.budget]\nsafe_budget_w = 3000\n\n[[power.budget.sources]]\nkind = "fixed"\nname = "contract"\n'
+              'budget_w = 5000\n\n[[power.budget.sources]]\nkind = "demand_response"\nname = "utility"\n'
+              f'path = "{tmp_path / "loop.json"}"\n\n')
+    text = GOOD.replace('state_dir = "../var/state"', f'state_dir = "{tmp_path / "state"}"').replace(
+        "[optimizer]", budget + "[optimizer]", 1).replace('replicas = "sim"', 'replicas = "sim"\nkubeconfig = "kube"')
     mount = tmp_path / "mount"
     (mount / "..2026_12_01").mkdir(parents=True)
     (mount / "..2026_12_01" / "config.toml").write_text(text)
