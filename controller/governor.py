@@ -196,12 +196,14 @@ class PowerGovernor:
                 need = min(need, share) if ramp_only else need
                 unused = [(h, lends_to(h)) for h in order
                           if h.uuid not in pressing and h.uuid not in lagging]  # room node plans would not admit
-                for h, least in [*unused, *((h, h.min_limit_w) for h in ([] if ramp_only else lower))]:
+                givers = [*((h, least, 0.0) for h, least in unused),  # a lower priority's limit goes for a line's
+                          *((h, h.min_limit_w, beyond_w) for h in ([] if ramp_only else lower))]  # room, not a ramp's
+                for h, least, ramp_w in givers:
                     if rooms.of(g.uuid) >= need:
                         break
                     least = max(least, floor[h.uuid] if h.uuid not in pressing else h.min_limit_w)
-                    if h is g or h.uuid in pinned or limit[h.uuid] <= least or not rooms.shared_short(g.uuid, h.uuid,
-                                                                                                      need):
+                    if h is g or h.uuid in pinned or limit[h.uuid] <= least or not rooms.shared_short(
+                            g.uuid, h.uuid, need, ramp_w):
                         continue
                     take = min(limit[h.uuid] - least, need - rooms.of(g.uuid))
                     limit[h.uuid] -= take

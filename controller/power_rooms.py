@@ -29,9 +29,12 @@ class Rooms:
             if uuid in m:
                 self.room[i] -= delta_w
 
-    def shared_short(self, uuid: str, giver: str, need_w: float) -> bool:
-        """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free)."""
-        return any(uuid in m and giver in m and r < need_w for r, m in zip(self.room, self.members, strict=True))
+    def shared_short(self, uuid: str, giver: str, need_w: float, site_extra_w: float = 0.0) -> bool:
+        """Whether `giver` is in a domain of `uuid`'s that leaves it less than it needs (room it could free); the
+        site (last) with `site_extra_w` more (a ramp's ceiling is no line a lower priority gives its limit up for)."""
+        last = len(self.room) - 1
+        return any(uuid in m and giver in m and r + (site_extra_w if i == last else 0.0) < need_w
+                   for i, (r, m) in enumerate(zip(self.room, self.members, strict=True)))
 
 
 def take_lowest_first(rooms: Sequence[Mapping[str, float]], excess_w: float, slack_w: float = 0.0) -> dict[str, float]:

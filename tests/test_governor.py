@@ -948,3 +948,19 @@ def test_a_gpu_idle_under_its_floor_does_not_flip_the_ramps_ceiling_every_tick()
             limits[i] = w
         seen.append(tuple(limits))
     assert len(set(seen[-40:])) == 1, seen[-4:]
+
+
+def test_a_ramp_takes_no_lower_prioritys_limit_below_its_draw_for_a_gpu_in_a_short_rack() -> None:
+    """GPU 0 (priority 1) pressed at 400 W in a rack of 420, GPU 1 (priority 2, another rack's) drawing its 500-W
+    limit, a 10-W/s ramp: a short rack made the growth no ramp's alone, and the site's room, short by the ramp
+    only, let GPU 0 take 11 W of GPU 1's limit below its draw, for room its own rack could not give it anyway."""
+    plan = Plan.of(1, {"hi": {"X": 700.0}, "lo": {"X": 700.0}}, {"hi": 1, "lo": 2})
+    governor = PowerGovernor(PowerSettings(budget_w=3000.0, headroom=0.0, ramp_up_w_per_s=10.0,
+                                           domains=(PowerDomainSettings("A", 420.0, (0,)),)))
+    limits = {0: 400.0, 1: 500.0}
+    for _ in range(6):
+        samples = [GpuSample(0, "g", "X", limits[0], None, limits[0], 200, 700, service="hi", variant="X"),
+                   GpuSample(1, "h", "X", min(limits[1], 500.0), None, limits[1], 200, 700, service="lo", variant="X")]
+        limits.update(governor.step(samples, plan))
+        assert limits[1] >= 500.0, limits
+    assert limits[0] == pytest.approx(419.0, abs=1.0)  # and GPU 0 grew to its rack's line, within the ramp
