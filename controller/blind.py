@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from controller.power_rooms import take_lowest_first
-from controller.telemetry.base import GpuSample
 
 if TYPE_CHECKING:
     from controller.fast_loop import FastLoop
@@ -56,7 +55,7 @@ class Blind:
         none of a GPU that cannot be set (missing, or its sets in backoff). The governor's own state is left as it
         was: its step would grow the GPUs it read as pressed, out of the limits of lower priorities."""
         governor, threshold = loop.governor, loop.governor.threshold_w()
-        pinned = loop.listing.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(_key(g), now)}
+        pinned = loop.listing.missing | {g.uuid for g in loop.samples if not loop.retry.may_try(limit_key(g.uuid), now)}
         held = loop.later.held_w() if loop.later is not None else {}  # node plans: a limit written may be in force
         counted = {g.uuid: max(g.power_limit_w, held.get(g.index, 0.0)) for g in loop.samples}
         limit = dict(counted)
@@ -86,11 +85,10 @@ class Blind:
         One left above its cap (its set failed, or its driver applied more) is pinned where it is, and the others'
         caps are shared again around it."""
         fixed = frozenset(loop.listing.missing) | loop.unknown
-        waiting = frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(_key(g), now)) - fixed
+        waiting = frozenset(g.uuid for g in loop.samples if not loop.retry.may_try(limit_key(g.uuid), now)) - fixed
         pinned = fixed | waiting
         caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
-        forced = frozenset(g.uuid for g in loop.samples if g.uuid in waiting and loop.retry.forceable(_key(g))) \
-            if not fits else frozenset()
+        forced = frozenset(u for u in waiting if loop.retry.forceable(limit_key(u))) if not fits else frozenset()
         if forced:
             pinned -= forced
             caps, fits = loop.governor.failsafe_caps(loop.samples, pinned)
@@ -122,7 +120,7 @@ class Blind:
         caps had assumed them lowered: 2,398 W of limits on a 1,940-W threshold), the listing then holding what each
         driver applied. Stops at the first GPU left above its cap, whose room the others' caps had counted, and
         returns it (None: every one set)."""
-        for g in sorted(loop.samples, key=lambda g: _key(g) not in loop.retry.failing):
+        for g in sorted(loop.samples, key=lambda g: limit_key(g.uuid) not in loop.retry.failing):
             cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
             if g.uuid in pinned or (g.index not in self.failsafe_due and abs(g.power_limit_w - cap) < 1.0):
                 continue
@@ -135,6 +133,6 @@ class Blind:
         return None
 
 
-def _key(g: GpuSample) -> str:
-    """A GPU's limit sets in the retry book."""
-    return f"power_limit:{g.uuid}"
+def limit_key(uuid: str) -> str:
+    """A GPU's limit sets in the retry book (the fast loop's and the fail-safe's)."""
+    return f"power_limit:{uuid}"

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import cast
 
 from actuators import ActuatorError, ClockLocker, LaterLimiter, PowerLimiter
-from controller.blind import Blind
+from controller.blind import Blind, limit_key
 from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor
 from controller.gpu_listing import GpuListing
@@ -147,7 +147,7 @@ class FastLoop:
             self.listing.forget(uuid)
             self.limits.forget(uuid)
             self.governor.cut_w.pop(uuid, None)
-            self.retry.forget(f"power_limit:{uuid}")
+            self.retry.forget(limit_key(uuid))
             log.info("GPU %s left the site: no longer counted", uuid)
         listed = {g.index: g for g in listing if envelope_ok(g.min_limit_w, g.max_limit_w) and g.power_limit_w > 0}
         self.samples = [listed.get(g.index, g) if g.uuid in gone else g for g in self.samples
@@ -194,9 +194,9 @@ class FastLoop:
         samples = counted
         late = self.later.unapplied() if self.later is not None else set()
         fixed = untouched | {g.uuid for g in samples if g.index in late}
-        waiting = frozenset(g.uuid for g in samples if not self.retry.may_try(f"power_limit:{g.uuid}", now)) - fixed
+        waiting = frozenset(g.uuid for g in samples if not self.retry.may_try(limit_key(g.uuid), now)) - fixed
         forced = self.governor.tried_anyway(samples, fixed, frozenset(  # a decrease, twice a run of failures at most
-            u for u in waiting if self.retry.forceable(f"power_limit:{u}")))
+            u for u in waiting if self.retry.forceable(limit_key(u))))
         pinned = fixed | (waiting - forced)
         limits = self.governor.step(samples, plan, pinned, lagging)
         self._say_floors(samples)
@@ -242,7 +242,7 @@ class FastLoop:
 
     def set_limit(self, now: float, g: GpuSample, watts: float, forced: bool = False) -> float | None:
         """Set one GPU's limit, as its retry record allows (or `forced`); the limit in force after, None if unset."""
-        target = f"power_limit:{g.uuid}"
+        target = limit_key(g.uuid)
         if not forced and not self.retry.may_try(target, now):
             return None
         m = self.metrics
