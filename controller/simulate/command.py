@@ -21,7 +21,7 @@ from controller.simulate.frontier import FrontierUnavailable, frontier
 from controller.simulate.plots import PLOTS
 from controller.simulate.report import NO_PLOTS, POWER_FIGURES, POWER_LABELS, aggregate, summary, write, write_trace
 from controller.simulate.runner import FLAT, run
-from controller.simulate.scenario import Scenario, fast_ticks, load_scenario
+from controller.simulate.scenario import TICK_ROUNDING, Scenario, fast_ticks, load_scenario
 from controller.simulate.sizing import static_fleet
 from controller.simulate.sources import mean_budget_w
 from controller.simulate.targets import energy_missed
@@ -213,7 +213,7 @@ def simulate_command(args: argparse.Namespace) -> int:
                           f"got {duration:g}")
     fast = scn.config.daemon.fast_interval_s
     ran = round(fast_ticks(duration, fast) * fast, 9)
-    if not math.isclose(ran, duration, rel_tol=1e-9):  # the run is whole fast ticks: 3.7 s ran 4, reported as 3.7
+    if not math.isclose(ran, duration, rel_tol=TICK_ROUNDING):  # whole fast ticks: 3.7 s ran 4, reported as 3.7
         print(f"wattscale: warning: a run is whole fast ticks of {fast:g} s: {duration:g} s runs as {ran:g} s",
               file=sys.stderr)
         duration = ran

@@ -97,10 +97,14 @@ MAX_DESCRIPTION_CHARS = 2000
 """Longest description a scenario may give (the report quotes it whole)."""
 
 
+TICK_ROUNDING = 1e-9
+"""How far, relatively, float rounding alone moves a time across a tick's edge (12 x 0.1 s is 1.2000000000000002 s):
+a run's length and an event's tick are read within it."""
+
+
 def fast_ticks(duration_s: float, fast_s: float) -> int:
-    """The fast ticks a run of `duration_s` takes, the last one whole (12 x 0.1 s is 1.2000000000000002 s: a
-    run of 1.2 s is 12 ticks, not 13)."""
-    return max(1, math.ceil(duration_s / fast_s * (1 - 1e-9)))
+    """The fast ticks a run of `duration_s` takes, the last one whole (a run of 1.2 s is 12 ticks of 0.1, not 13)."""
+    return max(1, math.ceil(duration_s / fast_s * (1 - TICK_ROUNDING)))
 
 
 @dataclass(frozen=True)

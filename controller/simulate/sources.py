@@ -24,7 +24,7 @@ from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.combiner import BudgetCombiner
 from controller.budget.demand_response import DemandSignal, store_signal
 from controller.budget.settings import BudgetSettings, CarbonCsvSettings, DemandResponseSettings
-from controller.simulate.scenario import EventSettings, Scenario, fast_ticks
+from controller.simulate.scenario import TICK_ROUNDING, EventSettings, Scenario, fast_ticks
 
 log = logging.getLogger("wattscale.simulate")
 
@@ -134,7 +134,7 @@ def mean_budget_w(scn: Scenario, duration_s: float, signal_dir: Path) -> float:
 def events_due(events: list[EventSettings], t_s: float, fast_s: float, end_s: float) -> Iterator[EventSettings]:
     """Take from `events` (sorted by time) those a tick starting at `t_s` applies: the ones that fall in it, before
     the run's end `end_s` (an event not on a tick applies at the start of the tick it falls in). The tick's end is
-    read within a billionth: 11 x 0.1 + 0.1 is 1.2000000000000002, and an event at 1.2 s applied a tick early."""
+    read within TICK_ROUNDING: 11 x 0.1 + 0.1 is 1.2000000000000002, and an event at 1.2 s applied a tick early."""
     upto = min(t_s + fast_s, end_s)
-    while events and events[0].at_s < upto - 1e-9 * max(1.0, abs(upto)):
+    while events and events[0].at_s < upto - TICK_ROUNDING * max(1.0, abs(upto)):
         yield events.pop(0)
