@@ -71,6 +71,11 @@ class ActuatorSettings:
     """How long a restarted vLLM server has to answer /health before the change is rolled back (a child server
     that exits fails at once; a stop or the end of `--duration` is not held up by the wait)."""
 
+    @property
+    def writes_unit_batches(self) -> bool:
+        """Whether max batches go to systemd units through files in `systemd_batch_dir`."""
+        return self.batch == "vllm" and self.vllm_runner == "systemd"
+
     def check(self, where: str) -> None:
         check_positive(self, where, ("kubernetes_timeout_s", "health_timeout_s"))
         check_range(self, where, ("kubernetes_timeout_s",), 0.0, 300.0, low_open=True)

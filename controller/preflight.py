@@ -119,7 +119,7 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
             if shutil.which(program) is None:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
                                   "executable program")
-    if a.batch == "vllm" and a.vllm_runner == "systemd":
+    if a.writes_unit_batches:
         folder = Path(settings.base_dir) / a.systemd_batch_dir
         problem = unwritable(folder) or unreadable(folder)
         if problem is not None:

@@ -73,7 +73,7 @@ def _anchored(s: Settings) -> dict[str, tuple[str, Path]]:
     source reads the file it was built with). Resolved without raising: a link that loops stays as written."""
     a = s.actuators
     paths = {"daemon.state_dir": s.daemon.state_dir}
-    if a.batch == "vllm" and a.vllm_runner == "systemd":
+    if a.writes_unit_batches:
         paths["actuators.systemd_batch_dir"] = a.systemd_batch_dir
     if a.replicas == "kubernetes":
         paths["actuators.kubeconfig"] = a.kubeconfig
