@@ -491,7 +491,39 @@ def test_a_ramp_takes_back_the_room_a_limit_leaves_over_its_draw() -> None:
     plant.natural_w.update({2: 700.0, 3: 700.0})
     reads = [plant.tick(governor) for _ in range(15)]
     rises = [b - a for a, b in itertools.pairwise(reads)]
-    assert max(rises) <= 100.0 + 1e-6 and reads[-1] == 1900.0, reads  # every GPU at its natural draw
+    assert max(rises) <= 100.0 + 1e-6 and reads[-1] >= 1900.0 - 1.0, reads  # every GPU at its natural draw, within
+    # the 1 W a limit is set to
+
+
+def still_after(governor: PowerGovernor, plant: Plant, ticks: int) -> list[dict[int, float]]:
+    """The limits of `ticks` more ticks once the plant has had as many to settle."""
+    for _ in range(ticks):
+        plant.tick(governor)
+    seen = []
+    for _ in range(ticks):
+        plant.tick(governor)
+        seen.append(dict(plant.limit_w))
+    return seen
+
+
+def test_a_ramp_does_not_take_back_a_step_its_gpu_grew_by_turns() -> None:
+    """A chat GPU drawing 250 W sits just under its limit's pressed margin: pressed, it grew a step; then not pressed,
+    it counted at its draw and the ramp's ceiling took the step back into the margin, every other tick (34 of 400
+    fuzzed sites did). Once it pressed its limit, it counts near it until it draws far under it."""
+    governor = PowerGovernor(PowerSettings(budget_w=2200.0, ramp_up_w_per_s=30.0), interval_s=1.0)
+    limits = still_after(governor, Plant({0: 250.0, 1: 320.0, 2: 400.0, 3: 260.0}), 100)
+    assert all(later == limits[0] for later in limits), limits[:4]
+
+
+def test_room_over_a_margin_is_taken_back_before_the_margin_itself() -> None:
+    """Over the threshold, a chat GPU's room was taken down to its draw at once: pressed then, it took a step of
+    bulk's limit, gave it back over the next ticks, and pressed again. The room over its draw's
+    margin goes first, the margin only where that is not enough."""
+    governor = PowerGovernor(PowerSettings(budget_w=1337.0), interval_s=1.0)
+    plant = Plant({0: 265.0, 1: 300.0, 2: 438.0, 3: 650.0})
+    limits = still_after(governor, plant, 100)
+    assert all(later == limits[0] for later in limits), limits[:4]
+    assert sum(limits[0].values()) <= 1337.0 * 0.97 + 1e-6 and limits[0][2] < 438.0  # bulk's cut holds
 
 
 class CappedPlant(Plant):
