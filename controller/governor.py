@@ -76,6 +76,7 @@ class PowerGovernor:
         applied): judged pressed and grown a step against the limit it reads, it lends nothing, and counts whole."""
         lagging = lagging or {}
         s = self.settings
+        self.pressed_before = pressed_since(samples, self.pressed_before)  # each tick: a ramp set by a reload reads it
         priorities = plan.priorities
         target = {}
         for g in samples:
@@ -123,11 +124,10 @@ class PowerGovernor:
         return out
 
     def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
-        """The draw a ramp limit grows from, each GPU as `ramp_counted_w` counts it (the GPUs that pressed their
-        limit brought up to date), and one at its floor at that floor (no limit holds it lower: an idle GPU's 120 W
-        under it took every tick's ramp; counted at its draw 1 W above its floor and at that floor on it, it moved
-        the ceiling back and forth by the gap and its limit with it every tick)."""
-        self.pressed_before = pressed_since(samples, self.pressed_before)
+        """The draw a ramp limit grows from, each GPU as `ramp_counted_w` counts it, and one at its floor at that
+        floor (no limit holds it lower: an idle GPU's 120 W under it took every tick's ramp; counted at its draw 1 W
+        above its floor and at that floor on it, it moved the ceiling back and forth by the gap and its limit with it
+        every tick)."""
         return sum(g.power_limit_w if at_floor(g.power_limit_w, g) or g.uuid in lagging  # lagging: whole, counted so
                    else ramp_counted_w(g, g.uuid in self.pressed_before) for g in samples)  # under the ceiling too
 
@@ -176,8 +176,10 @@ class PowerGovernor:
         site = len(rooms.members) - 1
 
         def lends_to(h: GpuSample) -> float:
-            """The least a GPU not pressed lends its limit down to: its draw and a margin, its floor at least."""
-            return max(accounted_w(h) + pressed_w(limit[h.uuid]), floor[h.uuid])
+            """The least a GPU not pressed lends its limit down to: its draw and a margin, and the watt a limit is set
+            to past it (lent to the margin's edge, a GPU under 200 W, whose margin is 10 W whatever its limit, was
+            pressed by it), its floor at least."""
+            return max(accounted_w(h) + pressed_w(limit[h.uuid]) + 1.0, floor[h.uuid])
 
         # the room over a margin first (taken down to its draw at once, a GPU pressed its limit that tick and took a
         # step back from a lower priority, by turns every few ticks)

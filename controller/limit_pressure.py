@@ -29,26 +29,21 @@ def pressed(g: GpuSample) -> bool:
     return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
 
 
-NEAR_MARGINS = 2.0
-"""How many pressed margins under its limit a GPU that pressed it still counts at it for a ramp's ceiling; one more,
-and it counts at its draw again."""
-
-
 def pressed_since(samples: Sequence[GpuSample], before: frozenset[str]) -> frozenset[str]:
-    """The GPUs (UUID) pressed now, or pressed `before` and drawing within NEAR_MARGINS + 1 margins of their limit."""
+    """The GPUs (UUID) pressed now, or pressed `before` and drawing within two pressed margins of their limit."""
     return frozenset(g.uuid for g in samples if pressed(g) or (g.uuid in before and accounted_w(g) >= (
-        g.power_limit_w - (NEAR_MARGINS + 1.0) * pressed_w(g.power_limit_w))))
+        g.power_limit_w - 2.0 * pressed_w(g.power_limit_w))))
 
 
 def ramp_counted_w(g: GpuSample, pressed_before: bool) -> float:
-    """What a GPU counts for in the draw a ramp limit grows from. Pressed (or pressed before and within NEAR_MARGINS),
-    its limit: it draws a little under it on average, and counted at its draw the site could never grow by less
-    than that gap a tick. Pressed before and further under, its draw and NEAR_MARGINS (counted at its draw as soon
-    as it left the margin, a GPU grown a step past its load was taken back into the margin and grew again, by turns
-    every tick). Otherwise its draw, at least its lowest limit (a load that jumps from far under its limit rises
-    no faster than the ramp)."""
+    """What a GPU counts for in the draw a ramp limit grows from. One that pressed its limit (`pressed_since`): its
+    draw and a pressed margin, its limit at most (pressed, it draws a little under its limit on average, and
+    counted at its draw the site could never grow by less than that gap a tick; counted at its draw as soon as it
+    left the margin, a GPU grown a step past its load was taken back into the margin and grew again, by turns every
+    tick). Otherwise its draw, at least its lowest limit (a load that jumps from far under its limit rises no faster
+    than the ramp)."""
     if pressed_before:
-        return min(g.power_limit_w, accounted_w(g) + NEAR_MARGINS * pressed_w(g.power_limit_w))
+        return min(g.power_limit_w, accounted_w(g) + pressed_w(g.power_limit_w))
     return max(accounted_w(g), g.min_limit_w)
 
 

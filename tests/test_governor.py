@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from actuators import TransientActuatorError
 from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
-from controller.limit_pressure import accounted_w
+from controller.limit_pressure import accounted_w, pressed_w
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan
 from controller.power_rooms import safe_caps
@@ -996,3 +996,43 @@ def test_a_ramp_takes_no_lower_prioritys_limit_below_its_draw_for_a_gpu_in_a_sho
         limits.update(governor.step(samples, plan))
         assert limits[1] >= 500.0, limits
     assert limits[0] == pytest.approx(419.0, abs=1.0)  # and GPU 0 grew to its rack's line, within the ramp
+
+
+def test_a_small_gpu_lent_down_is_not_pressed_by_its_own_margin() -> None:
+    """A GPU under 200 W has a 10-W margin whatever its limit: lent down to its draw plus that margin, it was pressed
+    again at once, took a 25-W step of a lower priority's limit and lent it back, every tick (a fuzzed site; the
+    code before this one did the same). One watt past the margin, it stays lent."""
+    mins, maxs, owner = [200.0, 200.0, 100.0, 100.0], [700.0, 700.0, 350.0, 350.0], ["c", "b", "a", "c"]
+    plan = Plan.of(1, {"a": {"X": 202.913}, "b": {"X": 323.330}, "c": {"X": 433.776}}, {"a": 1, "b": 1, "c": 3})
+    governor = PowerGovernor(PowerSettings(budget_w=700.2304, ramp_up_w_per_s=200.0, ramp_down_w_per_s=20.0))
+    demand, limit = [500.0, 198.9414, 124.5485, 75.5524], [206.2630, 210.1509, 159.5485, 100.0]
+    seen = []
+    for _ in range(60):
+        samples = [GpuSample(i, f"G{i}", "X", min(demand[i], limit[i]), None, limit[i], mins[i], maxs[i],
+                             service=owner[i], variant="X") for i in range(4)]
+        for i, w in governor.step(samples, plan).items():
+            limit[i] = w
+        seen.append(list(limit))
+    assert all(later == seen[30] for later in seen[30:]), seen[-3:]
+
+
+def test_a_ramp_set_by_a_reload_counts_the_gpus_as_they_draw_now() -> None:
+    """GPUs pressed their limits under a ramp; a reload took the ramp off and their load fell far under them; one set
+    it again when they drew one and a half margins under: each counts at its draw, so the jump that follows rises no
+    faster than the ramp (counted as pressed since the ramp left, they rose 136 W past it in one tick)."""
+    governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=50.0), interval_s=1.0)
+    plant = Plant({i: 700.0 for i in OWNERS})
+    for _ in range(20):
+        plant.tick(governor)
+    governor.settings = replace(governor.settings, ramp_up_w_per_s=0.0)
+    plant.natural_w = {i: 300.0 for i in OWNERS}
+    for _ in range(20):
+        plant.tick(governor)
+    plant.natural_w = {i: w - 1.5 * pressed_w(w) for i, w in plant.limit_w.items()}
+    for _ in range(5):
+        plant.tick(governor)
+    governor.settings = replace(governor.settings, ramp_up_w_per_s=50.0)
+    reads = [plant.tick(governor)]
+    plant.natural_w = {i: 700.0 for i in OWNERS}
+    reads += [plant.tick(governor) for _ in range(4)]
+    assert max(b - a for a, b in itertools.pairwise(reads)) <= 50.0 + 1e-6, reads
