@@ -23,17 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from controller.limit_pressure import (
-    accounted_w,
-    at_floor,
-    counted_w,
-    held,
-    keeps,
-    pressed_since,
-    pressed_w,
-    ramp_counted_w,
-    step_w,
-)
+from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, step_w
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
@@ -52,8 +42,6 @@ class PowerGovernor:
         self.exhausted = False
         """Over the threshold with every limit it may set at its floor: caps can cut no more, only fewer
         replicas (the slow loop's) bring the draw down."""
-        self.pressed_before: frozenset[str] = frozenset()
-        """GPUs (UUID) that pressed their limit and have not fallen far under it since: a ramp counts them near it."""
         self.ramp_bound = False
         """The last step's limits were held under the draw plus a tick's ramp, below the threshold: GPUs held
         under the plan's caps then wait on the ramp limit, not on the budget."""
@@ -76,7 +64,6 @@ class PowerGovernor:
         applied): judged pressed and grown a step against the limit it reads, it lends nothing, and counts whole."""
         lagging = lagging or {}
         s = self.settings
-        self.pressed_before = pressed_since(samples, self.pressed_before)  # each tick: a ramp set by a reload reads it
         priorities = plan.priorities
         target = {}
         for g in samples:
@@ -124,12 +111,14 @@ class PowerGovernor:
         return out
 
     def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
-        """The draw a ramp limit grows from, each GPU as `ramp_counted_w` counts it, and one at its floor at that
-        floor (no limit holds it lower: an idle GPU's 120 W under it took every tick's ramp; counted at its draw 1 W
-        above its floor and at that floor on it, it moved the ceiling back and forth by the gap and its limit with it
-        every tick)."""
-        return sum(g.power_limit_w if at_floor(g.power_limit_w, g) or g.uuid in lagging  # lagging: whole, counted so
-                   else ramp_counted_w(g, g.uuid in self.pressed_before) for g in samples)  # under the ceiling too
+        """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
+        little under it on average; counted at its draw, the site could never grow by less than that gap a
+        tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
+        holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw, at least their
+        lowest limit (a GPU idle under it, counted at its draw 1 W above its floor and at that floor on it, moved the
+        ceiling back and forth by the gap and its limit with it every tick)."""
+        return sum(g.power_limit_w if pressed(g) or at_floor(g.power_limit_w, g) or g.uuid in lagging  # lagging:
+                   else max(accounted_w(g), g.min_limit_w) for g in samples)  # whole, counted so under the ceiling too
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
@@ -152,13 +141,13 @@ class PowerGovernor:
         under the ceiling, then out of the room other GPUs leave unused (lowest priority first), then out of
         strictly lower priorities' limits. Room still free then goes to the plan's caps, highest priority first
         (with a loose budget every GPU sits at its cap). Where the sum is over, unused room is taken back, lowest
-        priority first: what lies over each GPU's draw and pressed margin, then the margins. `reach`: how far each
-        GPU may grow while pressed or held (at least `want`: a fitted cap's ceiling); a limit above `want` is kept
-        only while the GPU is, or draws past `want` (`keeps`), and room still free after the caps goes on to the
-        ceilings, highest priority first. `beyond_w`: the budget's room
-        above a ramp's ceiling. A GPU only the ramp holds back grows by an even share of the tick's room (the free
-        room and that other GPUs' limits leave over their draw) and takes no lower priority's limit (given whole to
-        the highest priority, one pressed in its draw's noise took it every tick)."""
+        priority first: what lies over each GPU's draw, its pressed margin and a watt, then the rest. `reach`: how
+        far each GPU may grow while pressed or held (at least `want`: a fitted cap's ceiling); a limit above `want`
+        is kept only while the GPU is, or draws past `want` (`keeps`), and room still free after the caps goes on to
+        the ceilings, highest priority first. `beyond_w`: the budget's room above a ramp's ceiling. A GPU only the
+        ramp holds back grows by an even share of the tick's room (the free room and that other GPUs' limits leave
+        over their draw) and takes no lower priority's limit (given whole to the highest priority, one pressed in its
+        draw's noise took it every tick)."""
         floor = {g.uuid: g.power_limit_w if g.uuid in pinned else max(g.min_limit_w, min(want[g.uuid],
                                                                                         accounted_w(g)))
                  for g in samples}

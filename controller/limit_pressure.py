@@ -4,7 +4,6 @@ and how far the governor moves a limit in one tick. The governor, the fast loop 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from controller.telemetry.base import GpuSample
 
@@ -27,24 +26,6 @@ def counted_w(g: GpuSample, pinned: frozenset[str]) -> float:
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
     return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
-
-
-def pressed_since(samples: Sequence[GpuSample], before: frozenset[str]) -> frozenset[str]:
-    """The GPUs (UUID) pressed now, or pressed `before` and drawing within two pressed margins of their limit."""
-    return frozenset(g.uuid for g in samples if pressed(g) or (g.uuid in before and accounted_w(g) >= (
-        g.power_limit_w - 2.0 * pressed_w(g.power_limit_w))))
-
-
-def ramp_counted_w(g: GpuSample, pressed_before: bool) -> float:
-    """What a GPU counts for in the draw a ramp limit grows from. One that pressed its limit (`pressed_since`): its
-    draw and a pressed margin, its limit at most (pressed, it draws a little under its limit on average, and
-    counted at its draw the site could never grow by less than that gap a tick; counted at its draw as soon as it
-    left the margin, a GPU grown a step past its load was taken back into the margin and grew again, by turns every
-    tick). Otherwise its draw, at least its lowest limit (a load that jumps from far under its limit rises no faster
-    than the ramp)."""
-    if pressed_before:
-        return min(g.power_limit_w, accounted_w(g) + pressed_w(g.power_limit_w))
-    return max(accounted_w(g), g.min_limit_w)
 
 
 HELD_SHARE = 0.1

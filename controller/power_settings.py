@@ -92,9 +92,8 @@ class PowerSettings:
     lowest priorities' replicas for watts the site may never draw."""
     ramp_up_w_per_s: float = 0.0
     """Most the site's draw may rise per second (a utility's or a generator's ramp limit), held whatever the
-    load does: the limits in force never sum above the draw read (a GPU that pressed its limit counted at its draw
-    and a pressed margin, its limit at most) plus one tick's ramp. 0: no ramp limit; else at least 1 W a second
-    (a limit is set to the watt)."""
+    load does: the limits in force never sum above the draw read (a GPU at its cap counted at its limit) plus
+    one tick's ramp. 0: no ramp limit; else at least 1 W a second (a limit is set to the watt)."""
     ramp_down_w_per_s: float = 0.0
     """Most the governor's own lowering of limits (a smaller cap planned, room taken back) may take off the
     site's draw per second; a budget drop (the site or a domain over its line) is cut at once all the same, and
