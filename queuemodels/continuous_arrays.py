@@ -88,7 +88,7 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     d0, d1 = d0 * stretch, slope * stretch
     built = phi < 0.99
     k = len(n)
-    cv = v["in_cv"]  # the prompts' costs' spread, as the tails read it
+    cv = v["in_cv"]  # the prompts' length spread, read as their costs' (the tails read it so too)
     laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share, cv) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
                             np.full(k, 0.5), gated_residual_ms(c_gpu, share, cv), (1.0 + v["out_cv"] ** 2) / 2.0,
                             cv, share,
