@@ -5,11 +5,13 @@
 Each site draws 2-8 GPUs (lowest limit 100 or 200 W, highest 250 or 500 W above it), services of three priorities
 or none, caps of 150-700 W, a budget of 30-100 % of the highest limits, a rack over some of the GPUs on six sites
 in ten, and ramp limits of 0, 20 or 200 W/s up and 0 or 20 W/s down. Each GPU's load is steady: under its lowest
-limit (idle) or above it; it draws the lower of its load and its limit, plus Gaussian noise of 0, 2 or 5 W. After
-`--ticks` ticks, a site flaps where some limit moved by 5 W or more on more than a tenth of the last third's
-ticks. Prints JSON per noise level: `flapping_sites` (of `--sites`) and `moved_w_per_tick` (watts of limits moved
-a tick over the last third, the mean over sites, and its 90th and 99th percentiles): what the actuators are asked
-to do while nothing changes.
+limit (idle) or above it; it draws the lower of its load and its limit, plus Gaussian noise of 0, 2 or 5 W, and
+reports the share of the tick its limit held its clock (NVML's power violation time) as the share of a draw
+spread by that noise around its load that passes the limit (`capped_share`; `reading_only`: no such counter, the
+GPU judged by its reading alone). After `--ticks` ticks, a site flaps where some limit moved by 5 W or more on more
+than a tenth of the last third's ticks. Prints JSON per GPU kind and noise level: `flapping_sites` (of `--sites`)
+and `moved_w_per_tick` (watts of limits moved a tick over the last third, the mean over sites, and its 90th and
+99th percentiles): what the actuators are asked to do while nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import statistics
 
@@ -30,8 +33,16 @@ MOVED_W = 5.0
 """A limit moved by this much or more in one tick counts as a move."""
 
 
-def site_moves(seed: int, noise_w: float, ticks: int) -> tuple[bool, float]:
-    """Whether one random site flaps, and the watts of limits it moved a tick over the last third."""
+def capped_share(load_w: float, limit_w: float, noise_w: float) -> float:
+    """The share of a tick a draw spread by `noise_w` around `load_w` passes `limit_w`."""
+    if noise_w <= 0:
+        return 1.0 if load_w > limit_w else 0.0
+    return 0.5 * math.erfc((limit_w - load_w) / (noise_w * math.sqrt(2.0)))
+
+
+def site_moves(seed: int, noise_w: float, ticks: int, counted: bool) -> tuple[bool, float]:
+    """Whether one random site flaps, and the watts of limits it moved a tick over the last third; `counted`: its
+    GPUs report their capped share."""
     rnd = random.Random(seed)
     n = rnd.randint(2, 8)
     mins = [rnd.choice([100.0, 200.0]) for _ in range(n)]
@@ -53,7 +64,9 @@ def site_moves(seed: int, noise_w: float, ticks: int) -> tuple[bool, float]:
     seen = []
     for _ in range(ticks):
         samples = [GpuSample(i, f"G{i}", "X", min(load[i], limit[i]) + rnd.gauss(0.0, noise_w), None, limit[i],
-                             mins[i], maxs[i], service=owner[i], variant="X") for i in range(n)]
+                             mins[i], maxs[i], service=owner[i], variant="X",
+                             capped_share=capped_share(load[i], limit[i], noise_w) if counted else None)
+                   for i in range(n)]
         for i, w in governor.step(samples, plan).items():
             limit[i] = w
         seen.append(list(limit))
@@ -70,15 +83,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.sites < 1 or args.ticks < 30:
         parser.error("--sites must be at least 1 and --ticks at least 30")
-    out = {}
-    for noise_w in NOISE_W:
-        runs = [site_moves(seed, noise_w, args.ticks) for seed in range(args.sites)]
-        moved = sorted(w for _, w in runs)
-        out[f"noise_{noise_w:g}_w"] = {
-            "flapping_sites": sum(flaps for flaps, _ in runs),
-            "moved_w_per_tick": {"mean": round(statistics.fmean(moved), 2),
-                                 "p90": round(moved[int(0.9 * (len(moved) - 1))], 2),
-                                 "p99": round(moved[int(0.99 * (len(moved) - 1))], 2)}}
+    out: dict[str, dict[str, object]] = {}
+    for kind, counted in (("capped_share", True), ("reading_only", False)):
+        for noise_w in NOISE_W:
+            runs = [site_moves(seed, noise_w, args.ticks, counted) for seed in range(args.sites)]
+            moved = sorted(w for _, w in runs)
+            out.setdefault(kind, {})[f"noise_{noise_w:g}_w"] = {
+                "flapping_sites": sum(flaps for flaps, _ in runs),
+                "moved_w_per_tick": {"mean": round(statistics.fmean(moved), 2),
+                                     "p90": round(moved[int(0.9 * (len(moved) - 1))], 2),
+                                     "p99": round(moved[int(0.99 * (len(moved) - 1))], 2)}}
     print(json.dumps({"sites": args.sites, "ticks": args.ticks, **out}))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, step_w
+from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, presses, step_w
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
@@ -181,8 +181,8 @@ class PowerGovernor:
                     take = min(over, max(0.0, limit[g.uuid] - down_to[g.uuid]))
                     limit[g.uuid] -= take
                     rooms.move(g.uuid, -take)
-        pressing = {g.uuid for g in samples if g.uuid not in pinned and (accounted_w(g) >= (
-            ref := min(limit[g.uuid], lagging.get(g.uuid, math.inf))) - pressed_w(ref)
+        pressing = {g.uuid for g in samples if g.uuid not in pinned and (
+            presses(g, min(limit[g.uuid], lagging.get(g.uuid, math.inf)))
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
 
         # a ramp's tick of room, shared evenly, counts the room limits leave over their GPUs' draw: taken back, it

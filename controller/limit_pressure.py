@@ -25,7 +25,25 @@ def counted_w(g: GpuSample, pinned: frozenset[str]) -> float:
 
 def pressed(g: GpuSample) -> bool:
     """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
-    return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
+    return presses(g, g.power_limit_w)
+
+
+def presses(g: GpuSample, limit_w: float) -> bool:
+    """Whether a GPU wants room past `limit_w`: it draws within its pressed margin of it and the limit held its clock
+    in the tick where the GPU says so (`clipped`), or it draws past it (a limit set under its draw)."""
+    w = accounted_w(g)
+    return w >= limit_w or (w >= limit_w - pressed_w(limit_w) and clipped(g))
+
+
+CLIPPED_SHARE = 0.01
+"""The least share of a tick a GPU's limit held its clock for a draw near the limit to count as pressing it."""
+
+
+def clipped(g: GpuSample) -> bool:
+    """Whether a GPU's limit held its clock in the tick, or the GPU cannot say (no violation counter: its reading
+    alone judges it). A load under its limit whose reading's noise touched the margin asks for no room: judged by
+    the reading alone, it took a 15 % step of a lower priority's limit and gave it back, again and again."""
+    return g.capped_share is None or g.capped_share >= CLIPPED_SHARE
 
 
 HELD_SHARE = 0.1
