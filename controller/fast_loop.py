@@ -19,7 +19,7 @@ from controller.blind import Blind, limit_key
 from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor
 from controller.gpu_listing import GpuListing
-from controller.limit_pressure import accounted_w, pressed
+from controller.limit_pressure import accounted_w, presses
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import RetryBook
@@ -272,7 +272,8 @@ class FastLoop:
         def held(g: GpuSample) -> bool:
             """Cut by the governor, or drawing against a limit it set below the plan's cap (a limit with room
             over the draw holds nothing down: the draw is the load's own)."""
-            return cut.get(g.uuid, 0.0) > 0 or (self._held_down(g, g.power_limit_w, plan) and pressed(g))
+            limit_w = g.power_limit_w
+            return cut.get(g.uuid, 0.0) > 0 or (self._held_down(g, limit_w, plan) and presses(g, limit_w))
 
         held_gpus = 0
         for service, gpus in by_service.items():

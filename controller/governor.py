@@ -185,10 +185,18 @@ class PowerGovernor:
             presses(g, min(limit[g.uuid], lagging.get(g.uuid, math.inf)))
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
 
+        def ramp_lends_to(h: GpuSample) -> float:
+            """What a GPU not pressing lends down to for a ramp's room: one inside its margin (its limit held it none
+            of the tick) down to a watt over its draw. Counted at its draw for the ramp, the room it kept there took a
+            small ramp's every tick: a GPU resting 23 W inside its margin held one pressing beside it at 300 W for
+            good under a 25-W/s ramp (a review)."""
+            w = accounted_w(h)
+            return max(w + 1.0, floor[h.uuid]) if w >= limit[h.uuid] - pressed_w(limit[h.uuid]) else lends_to(h)
+
         # a ramp's tick of room, shared evenly, counts the room limits leave over their GPUs' draw: taken back, it
         # is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at 300 W, the site at 1,100 of 3,880)
-        spare = sum(max(0.0, limit[h.uuid] - lends_to(h)) for h in samples if beyond_w > 0 and h.uuid not in pressing
-                    and h.uuid not in lagging and h.uuid not in pinned)
+        spare = sum(max(0.0, limit[h.uuid] - ramp_lends_to(h)) for h in samples if beyond_w > 0
+                    and h.uuid not in pressing and h.uuid not in lagging and h.uuid not in pinned)
         share = (max(0.0, rooms.room[-1]) + spare) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
@@ -200,7 +208,7 @@ class PowerGovernor:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                unused = [(h, lends_to(h)) for h in order
+                unused = [(h, ramp_lends_to(h) if ramp_only else lends_to(h)) for h in order
                           if h.uuid not in pressing and h.uuid not in lagging]  # room node plans would not admit
                 givers = [*((h, least, 0.0) for h, least in unused),  # a lower priority's limit goes for a line's
                           *((h, h.min_limit_w, beyond_w) for h in ([] if ramp_only else lower))]  # room, not a ramp's

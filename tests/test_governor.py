@@ -1038,3 +1038,22 @@ def test_a_load_past_a_ramp_rests_where_its_limit_no_longer_holds_it() -> None:
             limit[i] = w
         seen.append(list(limit))
     assert all(later == seen[30] for later in seen[30:]) and seen[30][0] > load[0], seen[-3:]
+
+
+def test_a_gpu_resting_inside_its_margin_lends_a_small_ramp_to_one_that_presses() -> None:
+    """Under a 25-W/s ramp, chat rests at a 480-W load with its limit inside its margin (its limit holds it none of
+    the tick, so it counts at its draw for the ramp) while bulk's load jumps from 300 to 900 W. The room chat kept
+    there took the ramp's whole tick and bulk stayed at 300 W for good (a review); chat now lends it, and bulk climbs
+    within the ramp."""
+    governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=25.0), interval_s=1.0)
+    limit, draws = [700.0, 700.0], []
+    for t in range(120):
+        load = [480.0, 300.0 if t < 60 else 900.0]
+        samples = [GpuSample(i, f"GPU-{i}", "H100", min(load[i], limit[i]), None, limit[i], 200.0, 700.0,
+                             service=("chat", "bulk")[i], capped_share=1.0 if load[i] > limit[i] else 0.0)
+                   for i in range(2)]
+        draws.append(sum(g.power_w or 0.0 for g in samples))
+        for i, w in governor.step(samples, PLAN).items():
+            limit[i] = w
+    assert limit[1] >= 700.0 - 1.0 and limit[0] >= 480.0, limit
+    assert max(b - a for a, b in itertools.pairwise(draws)) <= 25.0 + 1e-6, draws
