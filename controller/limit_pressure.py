@@ -39,6 +39,16 @@ CLIPPED_SHARE = 0.01
 """The least share of a tick a GPU's limit held its clock for a draw near the limit to count as pressing it."""
 
 
+HOLDS_LOAD_SHARE = 0.5
+"""The share of a tick from which a GPU's limit holds its load back, not its reading's noise: the load is at the limit
+or past it (a reading's noise alone, its load under the limit, holds it under half the tick)."""
+
+
+def holds_its_load(g: GpuSample) -> bool:
+    """Whether a GPU's limit held it back most of the tick, or the GPU cannot say."""
+    return g.capped_share is None or g.capped_share >= HOLDS_LOAD_SHARE
+
+
 def clipped(g: GpuSample) -> bool:
     """Whether a GPU's limit held its clock in the tick, or the GPU cannot say (no violation counter: its reading
     alone judges it). A load under its limit whose reading's noise touched the margin asks for no room: judged by
