@@ -23,18 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from controller.limit_pressure import (
-    accounted_w,
-    at_floor,
-    counted_w,
-    held,
-    holds_its_load,
-    keeps,
-    pressed,
-    pressed_w,
-    presses,
-    step_w,
-)
+from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, presses, step_w
 from controller.plan import Plan
 from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
 from controller.settings import PowerSettings
@@ -122,9 +111,10 @@ class PowerGovernor:
         return out
 
     def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
-        """The draw a ramp limit grows from: a GPU pressed against its limit counts at its limit (it draws a
-        little under it on average; counted at its draw, the site could never grow by less than that gap a
-        tick, and a fleet at its caps would stall under a small ramp), and so does one at its floor (no limit
+        """The draw a ramp limit grows from: a GPU whose reading sits within its margin of its limit counts at its
+        limit, held by it or not (it draws a little under it on average; counted at its draw, the site could never
+        grow by less than that gap a tick, a fleet at its caps would stall under a small ramp, and one resting inside
+        its margin kept a GPU pressing beside it from growing: `pressed`), and so does one at its floor (no limit
         holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw, at least their
         lowest limit (a GPU idle under it, counted at its draw 1 W above its floor and at that floor on it, moved the
         ceiling back and forth by the gap and its limit with it every tick)."""
@@ -196,40 +186,22 @@ class PowerGovernor:
             presses(g, min(limit[g.uuid], lagging.get(g.uuid, math.inf)))
             or (held(g) and want[g.uuid] - 1.0 <= limit[g.uuid] < top[g.uuid] - 1.0))}  # held at its fitted cap
 
-        def ramp_lends_to(h: GpuSample, kept: float) -> float:
-            """What a GPU not pressing lends down to for a ramp's room: one inside its margin (its limit held it none
-            of the tick) down to `kept` of its margin and a watt over its draw. Counted at its draw for the ramp, the
-            room it kept there took a small ramp's every tick: a GPU resting 23 W inside its margin held one pressing
-            beside it at 300 W for good under a 25-W/s ramp (a review)."""
-            w, margin = accounted_w(h), pressed_w(limit[h.uuid])
-            return max(w + kept * margin + 1.0, floor[h.uuid]) if w >= limit[h.uuid] - margin else lends_to(h)
-
-        def wants_w(g: GpuSample) -> float:
-            """The step a pressing GPU grows by this tick, up to its ceiling (a lagging one from the limit it reads)."""
-            r = lagging.get(g.uuid)
-            return (min(top[g.uuid] - limit[g.uuid], step_w(limit[g.uuid])) if r is None
-                    else min(top[g.uuid], r + step_w(r)) - limit[g.uuid])
-
-        # a ramp's tick of room, shared evenly among the GPUs that would grow, counts the room limits leave over
-        # their GPUs' draw: taken back, it is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at
-        # 300 W, the site at 1,100 of 3,880). A GPU inside its margin keeps half of it (lent to a watt over its draw,
-        # 2 W of noise on its reading had its limit hold it the next tick one time in three: it pressed, grew and was
-        # lent again, 65 W of limits moved a tick on eight steady GPUs; the next review), unless a GPU that would grow
-        # has its load held back by its limit (kept, a 10.7-W rest inside a margin left a 700-W load 1.2 W a tick of a
-        # 20-W/s ramp)
-        growers = [g for g in samples if g.uuid in pressing and wants_w(g) >= 1.0]
-        kept = 0.25 if any(holds_its_load(g) for g in growers) else 0.5
-        spare = sum(max(0.0, limit[h.uuid] - ramp_lends_to(h, kept)) for h in samples if beyond_w > 0
-                    and h.uuid not in pressing and h.uuid not in lagging and h.uuid not in pinned)
-        share = (max(0.0, rooms.room[-1]) + spare) / max(1, len(growers))
+        # a ramp's tick of room, shared evenly, counts the room limits leave over their GPUs' draw: taken back, it
+        # is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at 300 W, the site at 1,100 of 3,880)
+        spare = sum(max(0.0, limit[h.uuid] - lends_to(h)) for h in samples if beyond_w > 0 and h.uuid not in pressing
+                    and h.uuid not in lagging and h.uuid not in pinned)
+        share = (max(0.0, rooms.room[-1]) + spare) / max(1, len(pressing))
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:
-                if g.uuid not in pressing or (need := wants_w(g)) < 1.0:  # a lagging GPU: from the limit it reads
+                r = lagging.get(g.uuid)  # a lagging GPU grows a step from the limit it reads, not an unapplied one
+                need = (min(top[g.uuid] - limit[g.uuid], step_w(limit[g.uuid])) if r is None
+                        else min(top[g.uuid], r + step_w(r)) - limit[g.uuid])
+                if need < 1.0 or g.uuid not in pressing:
                     continue
                 ramp_only = beyond_w > 0 and rooms.of(g.uuid, beyond_w) >= need
                 need = min(need, share) if ramp_only else need
-                unused = [(h, ramp_lends_to(h, kept) if ramp_only else lends_to(h)) for h in order
+                unused = [(h, lends_to(h)) for h in order
                           if h.uuid not in pressing and h.uuid not in lagging]  # room node plans would not admit
                 givers = [*((h, least, 0.0) for h, least in unused),  # a lower priority's limit goes for a line's
                           *((h, h.min_limit_w, beyond_w) for h in ([] if ramp_only else lower))]  # room, not a ramp's

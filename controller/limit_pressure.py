@@ -24,8 +24,12 @@ def counted_w(g: GpuSample, pinned: frozenset[str]) -> float:
 
 
 def pressed(g: GpuSample) -> bool:
-    """Whether a GPU draws against its limit (the limit bites: its draw is the limit's, not its load's)."""
-    return presses(g, g.power_limit_w)
+    """Whether a GPU's reading sits within its pressed margin of its limit, whatever held its clock: a ramp limit
+    counts such a GPU at its limit. Counted at its draw where its limit held it none of the tick, the room it kept
+    inside its margin took a small ramp's whole tick, and a GPU pressing beside it never grew (a review: a 480-W
+    load resting 23 W under its limit held a 900-W load at 300 W for good under a 25-W/s ramp); lent to the ramp
+    instead, that room's noise, or the watt per GPU the limits are set to, stalled larger sites (two more reviews)."""
+    return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
 
 
 def presses(g: GpuSample, limit_w: float) -> bool:
@@ -37,16 +41,6 @@ def presses(g: GpuSample, limit_w: float) -> bool:
 
 CLIPPED_SHARE = 0.01
 """The least share of a tick a GPU's limit held its clock for a draw near the limit to count as pressing it."""
-
-
-HOLDS_LOAD_SHARE = 0.5
-"""The share of a tick from which a GPU's limit holds its load back, not its reading's noise: the load is at the limit
-or past it (a reading's noise alone, its load under the limit, holds it under half the tick)."""
-
-
-def holds_its_load(g: GpuSample) -> bool:
-    """Whether a GPU's limit held it back most of the tick, or the GPU cannot say."""
-    return g.capped_share is None or g.capped_share >= HOLDS_LOAD_SHARE
 
 
 def clipped(g: GpuSample) -> bool:

@@ -1022,30 +1022,11 @@ def test_a_reading_in_its_margin_presses_only_where_the_limit_held_the_clock(sha
     assert got == ({0: pytest.approx(460.0, abs=0.5), 1: pytest.approx(440.0, abs=0.5)} if grows else {}), got
 
 
-def test_a_load_past_a_ramp_rests_where_its_limit_no_longer_holds_it() -> None:
-    """A fuzzed site (benchmarks/governor_flaps.py, seed 298): one busy GPU of three under a 20-W/s ramp, its load
-    428.8 W. Judged by its reading alone, the limit ran 445.8, 462.8, 445.8 for good: 428.8 W is inside 445.8's
-    margin, so it grew a step; under 462.8 it counted at its draw for the ramp, whose ceiling took the step back.
-    Its limit holds its clock none of the tick at 445.8 W, so it rests there."""
-    mins, maxs, owner, load = [100.0, 100.0, 200.0], [600.0, 600.0, 700.0], ["a", "c", "c"], [428.8, 52.0, 74.1]
-    plan = Plan.of(1, {"a": {"X": 479.2}, "c": {"X": 669.0}}, {"a": 1, "c": 3})
-    governor = PowerGovernor(PowerSettings(budget_w=1307.9, ramp_up_w_per_s=20.0, ramp_down_w_per_s=20.0))
-    limit, seen = list(maxs), []
-    for _ in range(60):
-        samples = [GpuSample(i, f"G{i}", "X", min(load[i], limit[i]), None, limit[i], mins[i], maxs[i],
-                             service=owner[i], variant="X", capped_share=1.0 if load[i] > limit[i] else 0.0)
-                   for i in range(3)]
-        for i, w in governor.step(samples, plan).items():
-            limit[i] = w
-        seen.append(list(limit))
-    assert all(later == seen[30] for later in seen[30:]) and seen[30][0] > load[0], seen[-3:]
-
-
-def test_a_gpu_resting_inside_its_margin_lends_a_small_ramp_to_one_that_presses() -> None:
-    """Under a 25-W/s ramp, chat rests at a 480-W load with its limit inside its margin (its limit holds it none of
-    the tick, so it counts at its draw for the ramp) while bulk's load jumps from 300 to 900 W. The room chat kept
-    there took the ramp's whole tick and bulk stayed at 300 W for good (a review); chat now lends it, and bulk climbs
-    within the ramp."""
+def test_a_gpu_resting_inside_its_margin_leaves_a_small_ramp_to_one_that_presses() -> None:
+    """Under a 25-W/s ramp, chat rests at a 480-W load with its limit inside its margin, its limit holding it none
+    of the tick, while bulk's load jumps from 300 to 900 W. Counted at its draw for the ramp (a first version of
+    reading the share), the room chat kept there took the ramp's whole tick and bulk stayed at 300 W for good (a
+    review). A reading inside its margin counts at its limit for the ramp, held or not, and bulk climbs within it."""
     governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=25.0), interval_s=1.0)
     limit, draws = [700.0, 700.0], []
     for t in range(120):
@@ -1062,9 +1043,9 @@ def test_a_gpu_resting_inside_its_margin_lends_a_small_ramp_to_one_that_presses(
 
 def test_steady_gpus_under_a_ramp_keep_their_limits_through_their_readings_noise() -> None:
     """Eight GPUs at a steady 300 W under a 50-W/s ramp, 2 W of noise on each reading and the share of the tick
-    their limits held them as that noise has it. Lent down to a watt over its draw for a neighbour pressing in its
-    noise, a GPU pressed the next tick itself, and the limits moved 65 W a tick (a review; 21 W before the share was
-    read). It keeps half its margin now."""
+    their limits held them as that noise has it: the limits moved 21 W a tick while any reading in its margin
+    pressed, and 65 W where a GPU resting inside its margin lent it to the ramp, down to a watt over its draw (a
+    version not kept: the lender pressed in its noise the next tick)."""
     governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=50.0), interval_s=1.0)
     rnd = np.random.default_rng(0)
     limit, moved = [700.0] * 8, []
@@ -1078,5 +1059,5 @@ def test_steady_gpus_under_a_ramp_keep_their_limits_through_their_readings_noise
             moved.append(sum(abs(w - limit[i]) for i, w in got.items()))
         for i, w in got.items():
             limit[i] = w
-    assert float(np.mean(moved)) < 12.0, float(np.mean(moved))  # 21 W at 6bac729, 65 W at 9163c69
+    assert float(np.mean(moved)) < 12.0, float(np.mean(moved))
     assert min(limit) >= 300.0 - 3 * 2.0, limit  # a ramp's room taken back goes down to a noisy reading at most
