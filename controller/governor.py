@@ -190,7 +190,10 @@ class PowerGovernor:
         # is the ramp's (a 96-W slack over one GPU's draw held two pressed ones at 300 W, the site at 1,100 of 3,880)
         spare = sum(max(0.0, limit[h.uuid] - lends_to(h)) for h in samples if beyond_w > 0 and h.uuid not in pressing
                     and h.uuid not in lagging and h.uuid not in pinned)
-        share = (max(0.0, rooms.room[-1]) + spare) / max(1, len(pressing))
+        tick_w = max(0.0, rooms.room[-1]) + spare
+        share = tick_w / max(1, len(pressing))
+        if share < 1.0:  # split, no limit would move (moves under a watt are never set) and the same tick came again
+            share = tick_w  # for good: a 900-W load stayed at 450 W among twelve GPUs under a 20-W/s ramp (a review)
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:

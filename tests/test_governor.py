@@ -1061,3 +1061,21 @@ def test_steady_gpus_under_a_ramp_keep_their_limits_through_their_readings_noise
             limit[i] = w
     assert float(np.mean(moved)) < 12.0, float(np.mean(moved))
     assert min(limit) >= 300.0 - 3 * 2.0, limit  # a ramp's room taken back goes down to a noisy reading at most
+
+
+def test_a_ramp_too_small_to_split_goes_whole_to_one_gpu() -> None:
+    """Twelve GPUs under a 20-W/s ramp, all at a steady 450 W but one whose load jumped to 900 W, then a second's:
+    the ramp's tick less the watt kept per GPU, split among the GPUs pressing (several read their limit exactly), gave
+    each under a watt, no limit moved (moves under a watt are never set), and the second stayed at 450 W for good (a
+    review). Under a watt each, the tick's room goes whole to one, highest priority first."""
+    governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=20.0), interval_s=1.0)
+    limit, draws = [700.0] * 12, []
+    for t in range(300):
+        load = [900.0, 900.0 if t >= 150 else 450.0] + [450.0] * 10
+        samples = [GpuSample(i, f"GPU-{i}", "H100", min(load[i], limit[i]), None, limit[i], 200.0, 700.0,
+                             service="chat", capped_share=1.0 if load[i] > limit[i] else 0.0) for i in range(12)]
+        draws.append(sum(g.power_w or 0.0 for g in samples))
+        for i, w in governor.step(samples, PLAN).items():
+            limit[i] = w
+    assert limit[0] >= 700.0 - 1.0 and limit[1] >= 700.0 - 1.0, limit[:2]
+    assert max(b - a for a, b in itertools.pairwise(draws)) <= 20.0 + 1e-6
