@@ -29,14 +29,18 @@ def pressed(g: GpuSample) -> bool:
     inside its margin took a small ramp's whole tick, and a GPU pressing beside it never grew (a review: a 480-W
     load resting 23 W under its limit held a 900-W load at 300 W for good under a 25-W/s ramp); lent to the ramp
     instead, that room's noise, or the watt per GPU the limits are set to, stalled larger sites (two more reviews)."""
-    return accounted_w(g) >= g.power_limit_w - pressed_w(g.power_limit_w)
+    return within_margin(g, g.power_limit_w)
 
 
 def presses(g: GpuSample, limit_w: float) -> bool:
     """Whether a GPU wants room past `limit_w`: it draws within its pressed margin of it and the limit held its clock
     in the tick where the GPU says so (`clipped`), or it draws past it (a limit set under its draw)."""
-    w = accounted_w(g)
-    return w >= limit_w or (w >= limit_w - pressed_w(limit_w) and clipped(g))
+    return accounted_w(g) >= limit_w or (within_margin(g, limit_w) and clipped(g))
+
+
+def within_margin(g: GpuSample, limit_w: float) -> bool:
+    """Whether a GPU's reading sits within its pressed margin of `limit_w`, or past it."""
+    return accounted_w(g) >= limit_w - pressed_w(limit_w)
 
 
 CLIPPED_SHARE = 0.01

@@ -991,6 +991,37 @@ def test_a_ramp_takes_no_lower_prioritys_limit_below_its_draw_for_a_gpu_in_a_sho
     assert limits[0] == pytest.approx(419.0, abs=1.0)  # and GPU 0 grew to its rack's line, within the ramp
 
 
+def held_share(load_w: float, limit_w: float, noise_w: float) -> float:
+    """The share of a tick a draw spread by `noise_w` around `load_w` passes `limit_w` (1 or 0 without noise)."""
+    if noise_w <= 0:
+        return 1.0 if load_w > limit_w else 0.0
+    return 0.5 * math.erfc((limit_w - load_w) / (noise_w * math.sqrt(2.0)))
+
+
+def run_loads(governor: PowerGovernor, plan: Plan, gpus: list[tuple[float, float, str]],
+              loads: Callable[[int], list[float]], ticks: int, limits: list[float] | None = None, *,
+              variant: str | None = None, noise_w: float = 0.0, shares: bool = True
+              ) -> tuple[list[list[float]], list[float]]:
+    """Step `governor` over GPUs (lowest limit, highest, service) drawing the lower of their load at each tick and
+    their limit, plus `noise_w` of seeded Gaussian noise, each reading the share of the tick its limit held it
+    (`held_share`) unless `shares` is off. The limits after each tick, and the site's draw read at each."""
+    rng = np.random.default_rng(0)
+    limit = list(limits) if limits is not None else [hi for _, hi, _ in gpus]
+    seen, draws = [], []
+    for t in range(ticks):
+        load = loads(t)
+        noise = rng.normal(0.0, noise_w, len(gpus)) if noise_w > 0 else np.zeros(len(gpus))
+        samples = [GpuSample(i, f"GPU-{i}", "H100", min(load[i], limit[i]) + float(noise[i]), None, limit[i], lo, hi,
+                             service=svc, variant=variant,
+                             capped_share=held_share(load[i], limit[i], noise_w) if shares else None)
+                   for i, (lo, hi, svc) in enumerate(gpus)]
+        draws.append(sum(g.power_w or 0.0 for g in samples))
+        for i, w in governor.step(samples, plan).items():
+            limit[i] = w
+        seen.append(list(limit))
+    return seen, draws
+
+
 def test_a_small_gpu_lent_down_is_not_pressed_by_its_own_margin() -> None:
     """A GPU under 200 W has a 10-W margin whatever its limit: lent down to its draw plus that margin, it was pressed
     again at once, took a 25-W step of a lower priority's limit and lent it back, every tick (a fuzzed site; the
@@ -999,13 +1030,8 @@ def test_a_small_gpu_lent_down_is_not_pressed_by_its_own_margin() -> None:
     plan = Plan.of(1, {"a": {"X": 202.913}, "b": {"X": 323.330}, "c": {"X": 433.776}}, {"a": 1, "b": 1, "c": 3})
     governor = PowerGovernor(PowerSettings(budget_w=700.2304, ramp_up_w_per_s=200.0, ramp_down_w_per_s=20.0))
     demand, limit = [500.0, 198.9414, 124.5485, 75.5524], [206.2630, 210.1509, 159.5485, 100.0]
-    seen = []
-    for _ in range(60):
-        samples = [GpuSample(i, f"G{i}", "X", min(demand[i], limit[i]), None, limit[i], mins[i], maxs[i],
-                             service=owner[i], variant="X") for i in range(4)]
-        for i, w in governor.step(samples, plan).items():
-            limit[i] = w
-        seen.append(list(limit))
+    seen, _ = run_loads(governor, plan, list(zip(mins, maxs, owner, strict=True)), lambda t: demand, 60, limit,
+                        variant="X", shares=False)
     assert all(later == seen[30] for later in seen[30:]), seen[-3:]
 
 
@@ -1028,15 +1054,9 @@ def test_a_gpu_resting_inside_its_margin_leaves_a_small_ramp_to_one_that_presses
     reading the share), the room chat kept there took the ramp's whole tick and bulk stayed at 300 W for good (a
     review). A reading inside its margin counts at its limit for the ramp, held or not, and bulk climbs within it."""
     governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=25.0), interval_s=1.0)
-    limit, draws = [700.0, 700.0], []
-    for t in range(120):
-        load = [480.0, 300.0 if t < 60 else 900.0]
-        samples = [GpuSample(i, f"GPU-{i}", "H100", min(load[i], limit[i]), None, limit[i], 200.0, 700.0,
-                             service=("chat", "bulk")[i], capped_share=1.0 if load[i] > limit[i] else 0.0)
-                   for i in range(2)]
-        draws.append(sum(g.power_w or 0.0 for g in samples))
-        for i, w in governor.step(samples, PLAN).items():
-            limit[i] = w
+    seen, draws = run_loads(governor, PLAN, [(200.0, 700.0, "chat"), (200.0, 700.0, "bulk")],
+                            lambda t: [480.0, 300.0 if t < 60 else 900.0], 120)
+    limit = seen[-1]
     assert limit[1] >= 700.0 - 1.0 and limit[0] >= 480.0, limit
     assert max(b - a for a, b in itertools.pairwise(draws)) <= 25.0 + 1e-6, draws
 
@@ -1047,20 +1067,11 @@ def test_steady_gpus_under_a_ramp_keep_their_limits_through_their_readings_noise
     pressed, and 65 W where a GPU resting inside its margin lent it to the ramp, down to a watt over its draw (a
     version not kept: the lender pressed in its noise the next tick)."""
     governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=50.0), interval_s=1.0)
-    rnd = np.random.default_rng(0)
-    limit, moved = [700.0] * 8, []
-    for t in range(400):
-        noise = rnd.normal(0.0, 2.0, 8)
-        samples = [GpuSample(i, f"GPU-{i}", "H100", min(300.0, limit[i]) + noise[i], None, limit[i], 200.0, 700.0,
-                             service="chat", capped_share=0.5 * math.erfc((limit[i] - 300.0) / (2.0 * math.sqrt(2.0))))
-                   for i in range(8)]
-        got = governor.step(samples, PLAN)
-        if t >= 100:
-            moved.append(sum(abs(w - limit[i]) for i, w in got.items()))
-        for i, w in got.items():
-            limit[i] = w
+    seen, _ = run_loads(governor, PLAN, [(200.0, 700.0, "chat")] * 8, lambda t: [300.0] * 8, 400, noise_w=2.0)
+    moved = [sum(abs(b - a) for a, b in zip(before, after, strict=True))
+             for before, after in itertools.pairwise(seen[99:])]
     assert float(np.mean(moved)) < 12.0, float(np.mean(moved))
-    assert min(limit) >= 300.0 - 3 * 2.0, limit  # a ramp's room taken back goes down to a noisy reading at most
+    assert min(seen[-1]) >= 300.0 - 3 * 2.0, seen[-1]  # a ramp's room taken back goes down to a noisy reading at most
 
 
 def test_a_ramp_too_small_to_split_goes_whole_to_one_gpu() -> None:
@@ -1069,13 +1080,8 @@ def test_a_ramp_too_small_to_split_goes_whole_to_one_gpu() -> None:
     each under a watt, no limit moved (moves under a watt are never set), and the second stayed at 450 W for good (a
     review). Under a watt each, the tick's room goes whole to one, highest priority first."""
     governor = PowerGovernor(PowerSettings(budget_w=100_000.0, ramp_up_w_per_s=20.0), interval_s=1.0)
-    limit, draws = [700.0] * 12, []
-    for t in range(300):
-        load = [900.0, 900.0 if t >= 150 else 450.0] + [450.0] * 10
-        samples = [GpuSample(i, f"GPU-{i}", "H100", min(load[i], limit[i]), None, limit[i], 200.0, 700.0,
-                             service="chat", capped_share=1.0 if load[i] > limit[i] else 0.0) for i in range(12)]
-        draws.append(sum(g.power_w or 0.0 for g in samples))
-        for i, w in governor.step(samples, PLAN).items():
-            limit[i] = w
+    seen, draws = run_loads(governor, PLAN, [(200.0, 700.0, "chat")] * 12,
+                            lambda t: [900.0, 900.0 if t >= 150 else 450.0] + [450.0] * 10, 300)
+    limit = seen[-1]
     assert limit[0] >= 700.0 - 1.0 and limit[1] >= 700.0 - 1.0, limit[:2]
     assert max(b - a for a, b in itertools.pairwise(draws)) <= 20.0 + 1e-6
