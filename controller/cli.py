@@ -19,8 +19,9 @@ from controller.cli_output import drop_output, native_output_to_stderr
 from controller.cli_tune import tune
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
-from controller.preflight import STATE_DIR_WARNING, check_signal_paths, file_warnings, preflight
+from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
 from controller.settings import load_settings
+from controller.signal_paths import check_signal_paths
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
 from controller.vllm_exec import add_vllm_exec_command

@@ -14,7 +14,6 @@ from controller.config_loader import (
     check_range,
     item_path,
     quoted,
-    read_toml,
 )
 from controller.idle_floor import below_idle
 from controller.minimums import minimum_fits
@@ -23,6 +22,7 @@ from controller.optimizer_settings import check_choices, check_clock_levels, che
 from controller.service_settings import check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
 from controller.settings_checks import MAX_POWER_W, MAX_SERVICES, check_sizings
+from controller.toml_file import read_toml
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
 

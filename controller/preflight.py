@@ -26,9 +26,9 @@ from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, check_listen, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
-from controller.settings import STATE_FILE, Settings
-from controller.slo_margin import MARGINS_FILE
-from controller.state_lock import LOCK_FILE, check_free
+from controller.settings import Settings
+from controller.signal_paths import check_signal_paths
+from controller.state_lock import check_free
 from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
 
@@ -210,62 +210,6 @@ def _safe_above_curves(settings: Settings) -> list[str]:
             "budget rises"
             for name, src in settings.budget.sources if isinstance(src, CarbonSettings)
             and (low_w := min(w for _, w in src.curve)) < safe_w]
-
-
-OWN_FILES = {STATE_FILE: "the tuner's state", MARGINS_FILE: "the SLO margins", LOCK_FILE: "the daemon's lock"}
-"""What the daemon keeps in its state folder, each with its temporary and set-aside copies (`<name>.<suffix>`)."""
-
-
-def check_signal_paths(settings: Settings, config: Path | None = None, host: bool = True) -> None:
-    """Each file a demand-response endpoint stores its signals in is none of the daemon's own and no other source's
-    (one POST wrote over the config file, and the next start read invalid TOML; one into the state folder replaced the
-    SLO margins, or the daemon's lock, which a second daemon then took), and, on this `host`, its folder is there:
-    every POST was refused (500) where it was not, and nothing said so."""
-    if settings.budget is None:
-        return
-    files = {name: _as_written(Path(settings.base_dir) / src.path) for name, src in settings.budget.sources
-             if isinstance(src, CarbonCsvSettings | DemandResponseSettings)}
-    for name, source in settings.budget.sources:
-        if isinstance(source, DemandResponseSettings) and source.port:
-            where, path = f"power.budget.sources[{name}].path", files[name]
-            if host and not path.parent.is_dir():
-                raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
-            if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
-                raise ConfigError(where, f"{path} is a directory: the endpoint stores its signals in a file; name one")
-            whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
-            if whose is not None:
-                raise ConfigError(where, f"{path} is {whose}: the endpoint would write its signals over it; name a "
-                                  "file of its own")
-
-
-def _as_written(path: Path) -> Path:
-    """The file a write by replacement at `path` replaces: its folder resolved (a link to a folder is followed), its
-    own name not (a link there is replaced, not what it points to)."""
-    return path.parent.resolve() / path.name
-
-
-def _whose(path: Path, settings: Settings, config: Path | None, others: dict[Path, str]) -> str | None:
-    """Which of the daemon's files, or another source's, `path` is (a copy or a rotation by its name included): each
-    as its writer replaces it, and as a link there is read through (a signal into a tuner state's target read as it)."""
-    if config is not None and path in _seen_as(config):
-        return "the config file"
-    if path in others:
-        return f"power.budget.sources[{others[path]}]'s file"
-    if settings.decision_log_path is not None:
-        for log in _seen_as(settings.decision_log_path):
-            if path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
-                return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
-    state = settings.state_path.parent
-    for own, what in OWN_FILES.items():
-        for seen in _seen_as(state / own):
-            if path.parent == seen.parent and (path.name == seen.name or path.name.startswith(seen.name + ".")):
-                return f"{what} (daemon.state_dir)" + ("" if path.name == seen.name else ", a copy")
-    return None
-
-
-def _seen_as(path: Path) -> set[Path]:
-    """A file as a write by replacement finds it, and as a read follows a link there to its target."""
-    return {_as_written(path), path.resolve()}
 
 
 class Preflight(NamedTuple):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from controller.backend_settings import ActuatorSettings, TelemetrySettings
 from controller.budget.settings import BudgetSettings, budget_settings
-from controller.config_loader import ConfigError, build, check_listen, check_range, quoted, read_toml
+from controller.config_loader import ConfigError, build, check_listen, check_range, quoted
 from controller.optimizer.problem import AcceleratorType
 from controller.optimizer_settings import OptimizerSettings
 from controller.power_settings import PowerDomainSettings, PowerSettings, check_domain_lines, check_domains_nest
@@ -23,6 +23,7 @@ from controller.settings_checks import MAX_GPUS, MAX_SERVICES, check_budget_sour
 from controller.simulator_settings import SimulatorSettings
 from controller.slo_margin import MARGINS_FILE
 from controller.state_lock import LOCK_FILE
+from controller.toml_file import read_toml
 from queuemodels.accelerators import CATALOG
 
 __all__ = [

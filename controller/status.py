@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from controller import strict_json
-from controller.config_loader import ConfigError, build, read_toml
+from controller.config_loader import ConfigError, build
 from controller.decision_log import BOOT_ID, HOST, PID_NS
 from controller.settings import LEAST_FAST_S, DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
 from controller.status_record import check_record
 from controller.telemetry.base import shortened
+from controller.toml_file import read_toml
 from tuner.store import open_plain
 
 STALE_CYCLES = 3

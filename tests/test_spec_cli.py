@@ -221,7 +221,7 @@ def test_a_scenario_without_cards_says_so_in_each_solvers_words(tmp_path: Path,
 
 def test_a_spec_past_the_size_any_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import controller.config_loader as loader
+    import controller.toml_file as loader
 
     monkeypatch.setattr(loader, "MAX_TOML_BYTES", 1 << 10)
     path = tmp_path / "plan.toml"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.config_loader import ConfigError, build, quoted, read_toml
+from controller.config_loader import ConfigError, build, quoted
 from controller.planner.allocation_spec import AllocationSpec
 from controller.planner.packing_spec import PackingSpec
+from controller.toml_file import read_toml
 
 
 def load_plan_spec(path: Path) -> PackingSpec | AllocationSpec:

@@ -26,12 +26,13 @@ from typing import Any, Literal
 
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
-from controller.config_loader import ConfigError, build, check_range, quoted, read_toml
+from controller.config_loader import ConfigError, build, check_range, quoted
 from controller.service_settings import MAX_DURATION_S
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
 from controller.simulate.scenario_checks import MAX_EVENTS, MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
 from controller.simulate.workload_settings import WorkloadSettings
+from controller.toml_file import read_toml
 from simulator.personality import PERSONALITIES
 
 EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
