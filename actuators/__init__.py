@@ -13,6 +13,7 @@ from actuators.base import (
     ReplicaScaler,
     TransientActuatorError,
     snap_clock_mhz,
+    worth_setting,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "ReplicaScaler",
     "TransientActuatorError",
     "snap_clock_mhz",
+    "worth_setting",
 ]

@@ -36,6 +36,18 @@ class Action:
     value: float
 
 
+LEAST_RISE_W = 1.0
+"""A power limit's rise under this is no set's worth (an NVML call, a node plan's write)."""
+LEAST_FALL_W = 0.001
+"""A fall of a milliwatt, NVML's unit, or more is set, however small: the governor fits the limits' sum to each line
+exactly, and a fall under a watt left unset had the limits in force pass it by up to a watt a GPU (a review)."""
+
+
+def worth_setting(current_w: float, target_w: float) -> bool:
+    """Whether moving a power limit from `current_w` to `target_w` is set: any fall, a rise of a watt or more."""
+    return target_w <= current_w - LEAST_FALL_W or target_w >= current_w + LEAST_RISE_W
+
+
 class PowerLimiter(Protocol):
     """Sets GPU power limits; returns the limit read back from the device. One that only queues a limit for a later
     write (the operator's node plans) is a `LaterLimiter` and says so with a class attribute `applied_later = True`:

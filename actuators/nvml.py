@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError
+from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError, worth_setting
 
 # pynvml error class name -> (transient?, what it means for the operator); what else to run instead is the
 # caller's to say (the daemon's config has a "sim" source, the node agent has none)
@@ -247,7 +247,8 @@ class NvmlDevices:
         """Set a power limit (already clamped by the caller) and return the limit read back."""
         h = self._handle(index)
         with self._errors(f"GPU {index} set power limit"):
-            self.nvml.nvmlDeviceSetPowerManagementLimit(h, round(watts * 1000))
+            # down to the milliwatt (never up past a line), but not under a bound through float error (123.457 W)
+            self.nvml.nvmlDeviceSetPowerManagementLimit(h, math.floor(watts * 1000 + 1e-6))
             return float(self.nvml.nvmlDeviceGetPowerManagementLimit(h)) / 1000.0
 
 
@@ -285,7 +286,7 @@ class NvmlPowerLimiter:
             raise TransientActuatorError(f"GPU {gpu_index}: a power limit of {watts} W is no number of watts", 1.0)
         current, low, high = self.devices.limits_w(gpu_index)
         target = min(max(watts, low), high)
-        if abs(target - current) < 1.0 or not self.gate.may_set(gpu_index, target > current):
+        if not worth_setting(current, target) or not self.gate.may_set(gpu_index, target > current):
             return current
         applied = self.devices.set_limit_w(gpu_index, target)
         if abs(applied - target) > 1.0:  # the v2 setter can ignore its return code: trust the read-back only

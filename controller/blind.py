@@ -13,6 +13,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from actuators import worth_setting
 from controller.power_rooms import take_lowest_first
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Blind:
         returns it (None: every one set)."""
         for g in sorted(loop.samples, key=lambda g: limit_key(g.uuid) not in loop.retry.failing):
             cap = caps[g.index]  # a pinned GPU is counted in them at the limit it has, and not set
-            if g.uuid in pinned or (g.index not in self.failsafe_due and abs(g.power_limit_w - cap) < 1.0):
+            if g.uuid in pinned or (g.index not in self.failsafe_due and not worth_setting(g.power_limit_w, cap)):
                 continue
             w = loop.set_limit(now, g, cap, g.uuid in forced)
             if w is not None:  # a new listing: the slow loop may be reading the last one

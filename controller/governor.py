@@ -23,9 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from controller.limit_pressure import accounted_w, at_floor, counted_w, held, keeps, pressed, pressed_w, presses, step_w
+from controller.limit_pressure import (
+    accounted_w,
+    at_floor,
+    counted_w,
+    held,
+    keeps,
+    lends_down_to_w,
+    presses,
+    step_w,
+)
 from controller.plan import Plan
-from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, take_lowest_first
+from controller.power_rooms import Rooms, clamp, fixed_at_limit, safe_caps, settable, take_lowest_first
 from controller.settings import PowerSettings
 from controller.telemetry.base import GpuSample
 
@@ -104,22 +113,25 @@ class PowerGovernor:
         limits = self._allot(samples, want, reach, priorities, ceiling, pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(at_floor(limits[g.uuid], g) for g in free)
-        out = {}
-        for g in samples:
-            if abs(limits[g.uuid] - g.power_limit_w) >= 1.0:
-                out[g.index] = limits[g.uuid]
-        return out
+        return settable(samples, limits, [*self.domains(samples), (ceiling, list(samples))])
 
     def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
-        """The draw a ramp limit grows from: a GPU whose reading sits within its margin of its limit counts at its
-        limit, held by it or not (it draws a little under it on average; counted at its draw, the site could never
-        grow by less than that gap a tick, a fleet at its caps would stall under a small ramp, and one resting inside
-        its margin kept a GPU pressing beside it from growing: `pressed`), and so does one at its floor (no limit
+        """The draw a ramp limit grows from: a GPU whose limit the governor would not lend (its reading within its
+        margin of it, or within the watt past that a limit is lent down to: `lends_down_to_w`) counts at its limit,
+        held by it or not (it draws a little under it on average; counted at its draw, the site could never grow by
+        less than that gap a tick, a fleet at its caps would stall under a small ramp, and one resting inside its
+        margin kept a GPU pressing beside it from growing; one in the watt past the margin, counted at its draw but
+        never lent, had the ceiling take that gap from the others every tick), and so does one at its floor (no limit
         holds it lower: an idle GPU's 120 W under it took every tick's ramp), the others at their draw, at least their
         lowest limit (a GPU idle under it, counted at its draw 1 W above its floor and at that floor on it, moved the
-        ceiling back and forth by the gap and its limit with it every tick)."""
-        return sum(g.power_limit_w if pressed(g) or at_floor(g.power_limit_w, g) or g.uuid in lagging  # lagging:
-                   else max(accounted_w(g), g.min_limit_w) for g in samples)  # whole, counted so under the ceiling too
+        ceiling back and forth by the gap and its limit with it every tick). A lagging GPU counts whole, as it is
+        counted under the ceiling too."""
+
+        def counted(g: GpuSample) -> float:
+            kept = g.power_limit_w <= lends_down_to_w(g, g.power_limit_w) or at_floor(g.power_limit_w, g)
+            return g.power_limit_w if kept or g.uuid in lagging else max(accounted_w(g), g.min_limit_w)
+
+        return sum(counted(g) for g in samples)
 
     def _hold_fall(self, samples: Sequence[GpuSample], want: dict[str, float], fall_w: float) -> None:
         """Limits lowered below the draw (a plan's smaller cap, room taken back) may take no more than `fall_w`
@@ -157,8 +169,8 @@ class PowerGovernor:
         limit = {g.uuid: min(top[g.uuid], max(g.power_limit_w, floor[g.uuid])) for g in samples}
         groups = self.by_priority(samples, priorities)  # lowest priority first
         order = [g for group in groups for g in group]
-        rooms = Rooms([*((line_w - len(inside), [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
-                       (ceiling_w - len(samples), [g.uuid for g in samples])], limit)  # the site last
+        rooms = Rooms([*((line_w, [g.uuid for g in inside]) for line_w, inside in self.domains(samples)),
+                       (ceiling_w, [g.uuid for g in samples])], limit)  # the site last
         # the racks first, the site last, each under its ceiling: room left unused first, then, where the floors
         # still pass a line (GPUs drawing at their limits beside idle ones under their lowest), below the draw; a
         # ramp's ceiling is no line: nothing goes below its draw for it (the site's threshold is `beyond_w` above)
@@ -166,10 +178,8 @@ class PowerGovernor:
         site = len(rooms.members) - 1
 
         def lends_to(h: GpuSample) -> float:
-            """The least a GPU not pressed lends its limit down to: its draw and a margin, and the watt a limit is set
-            to past it (lent to the margin's edge, a GPU under 200 W, whose margin is 10 W whatever its limit, was
-            pressed by it), its floor at least."""
-            return max(accounted_w(h) + pressed_w(limit[h.uuid]) + 1.0, floor[h.uuid])
+            """The least a GPU not pressed lends its limit down to (`lends_down_to_w`), its floor at least."""
+            return max(lends_down_to_w(h, limit[h.uuid]), floor[h.uuid])
 
         # the room over a margin first (taken down to its draw at once, a GPU pressed its limit that tick and took a
         # step back from a lower priority, by turns every few ticks)
@@ -192,7 +202,7 @@ class PowerGovernor:
                     and h.uuid not in lagging and h.uuid not in pinned)
         tick_w = max(0.0, rooms.room[-1]) + spare
         share = tick_w / max(1, len(pressing))
-        if share < 1.0:  # split, no limit would move (moves under a watt are never set) and the same tick came again
+        if share < 1.0:  # split, no limit would move (a rise under a watt is never set) and the same tick came again
             share = tick_w  # for good: a 900-W load stayed at 450 W among twelve GPUs under a 20-W/s ramp (a review)
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
@@ -222,10 +232,16 @@ class PowerGovernor:
                 limit[g.uuid] += rise
                 rooms.move(g.uuid, rise)
         # room nobody presses for goes to the plan's caps, highest priority first, then (where the caps fitted for
-        # the replicas planned leave some: fewer run yet) on to their ceilings
+        # the replicas planned leave some: fewer run yet) on to their ceilings; under a ramp's ceiling, none to a GPU
+        # not pressing (room it did not draw counted at its draw at the next tick, and that ceiling took it back from
+        # the GPUs that grew into it, every other tick: a 900-W load beside five steady ones under 20 W/s stood at
+        # 466-541 W 20 ticks after its jump, where the ramp allows 700)
+        kept = {g.uuid: math.inf if beyond_w <= 0 or g.uuid in pressing or held(g) else limit[g.uuid]  # held: its
+                for g in samples}  # bursts draw the room (kept out of it, one lent down never grew back: a review)
         for grow_to in (want, reach):
             for g in reversed(order):
-                rise = min(grow_to[g.uuid] - limit[g.uuid], rooms.of(g.uuid))
+                rise = min(grow_to[g.uuid], kept[g.uuid]) - limit[g.uuid]
+                rise = min(rise, rooms.of(g.uuid))
                 if rise > 0:
                     limit[g.uuid] += rise
                     rooms.move(g.uuid, rise)

@@ -32,6 +32,12 @@ def pressed(g: GpuSample) -> bool:
     return within_margin(g, g.power_limit_w)
 
 
+def lends_down_to_w(g: GpuSample, limit_w: float) -> float:
+    """The least a GPU not pressed lends its limit down to: its draw, its margin and the watt a limit is set to past
+    it (lent to the margin's edge, a GPU under 200 W, whose margin is 10 W whatever its limit, was pressed by it)."""
+    return accounted_w(g) + pressed_w(limit_w) + 1.0
+
+
 def presses(g: GpuSample, limit_w: float) -> bool:
     """Whether a GPU wants room past `limit_w`: it draws within its pressed margin of it and the limit held its clock
     in the tick where the GPU says so (`clipped`), or it draws past it (a limit set under its draw)."""

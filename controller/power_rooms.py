@@ -37,6 +37,24 @@ class Rooms:
                    for i, (r, m) in enumerate(zip(self.room, self.members, strict=True)))
 
 
+def settable(samples: Sequence[GpuSample], limits: Mapping[str, float],
+             lines: Sequence[tuple[float, Sequence[GpuSample]]]) -> dict[int, float]:
+    """The limits to set (GPU index -> watts): each that moves a watt or more (a smaller move is no set's worth), and
+    a smaller fall where a line's limits in force would pass it without it, the largest first. The limits are fitted
+    to each line exactly: a watt kept per GPU instead left a ramp smaller than the GPUs' count no room at all."""
+    out = {g.index: limits[g.uuid] for g in samples if abs(limits[g.uuid] - g.power_limit_w) >= 1.0}
+    for line_w, inside in lines:
+        in_force = sum(out.get(g.index, g.power_limit_w) for g in inside)
+        unset = sorted((g for g in inside if g.index not in out and limits[g.uuid] < g.power_limit_w),
+                       key=lambda g: limits[g.uuid] - g.power_limit_w)
+        for g in unset:
+            if in_force <= line_w:
+                break
+            out[g.index] = limits[g.uuid]
+            in_force -= g.power_limit_w - limits[g.uuid]
+    return out
+
+
 def take_lowest_first(rooms: Sequence[Mapping[str, float]], excess_w: float, slack_w: float = 0.0) -> dict[str, float]:
     """What each GPU gives of `excess_w`: the priority groups' rooms (GPU -> watts it may give, lowest priority
     first) taken in turn, within a group in proportion to room, until the excess is within `slack_w`."""

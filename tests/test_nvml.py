@@ -57,10 +57,14 @@ def test_limit_is_clamped_and_read_back() -> None:
     assert limiter.set_power_limit(0, 5000.0) == 700.0
     assert fake.sets == [(0, 200_000), (0, 700_000)]
     assert limiter.set_power_limit(0, 700.4) == 700.0 and len(fake.sets) == 2  # unchanged: not rewritten
+    # a fall under a watt is set: the governor fits the limits' sum to a line exactly, and one left unset had the
+    # limits in force pass it by up to a watt a GPU (a review); a rise under a watt is still no set's worth
+    assert limiter.set_power_limit(0, 699.6) == 699.6 and fake.sets[-1] == (0, 699_600)
+    assert limiter.set_power_limit(0, 699.9) == 699.6 and len(fake.sets) == 3
     for bad in (float("nan"), float("inf")):  # min/max passed NaN on, and round(nan) raised ValueError
         with pytest.raises(TransientActuatorError, match="no number of watts"):
             limiter.set_power_limit(0, bad)
-    assert len(fake.sets) == 2
+    assert len(fake.sets) == 3
 
 
 def test_raises_are_rate_limited_but_cuts_always_go_through() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from actuators import ActuatorError
+from actuators import ActuatorError, worth_setting
 from actuators.kubernetes import translate
 from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices, NvmlPowerLimiter
 from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, PlanKeys, new_nonce, verify
@@ -182,7 +182,7 @@ class NodeAgent:
             planned = spec.limits_w.get(g.index) if mode == "following" else None
             target = planned if planned is not None else min(g.power_limit_w, safe)  # never a rise
         limit = g.power_limit_w
-        if abs(target - limit) >= 1.0:
+        if worth_setting(limit, target):
             limit = self.limiter.set_power_limit(g.index, target)
         labels = (self.node, key, g.uuid)
         if g.power_w is not None:

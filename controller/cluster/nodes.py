@@ -11,6 +11,7 @@ plans waits on a timing-out node once, not on every tick. Which service a GPU se
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -141,7 +142,8 @@ class NodePlans(NodeReadings):
         if where is None or sample is None:
             raise PermanentActuatorError(f"GPU {gpu_index}: on no node's plan")
         watts = min(max(watts, sample.min_limit_w), sample.max_limit_w)
-        self.pending.setdefault(where[0], {})[str(where[1])] = round(watts, 1)
+        # a tenth of a watt down, never up past the governor's fit to a line (round() wrote up to 0.05 W more)
+        self.pending.setdefault(where[0], {})[str(where[1])] = math.floor(watts * 10.0 + 1e-6) / 10.0
         self.asked.add((where[0], str(where[1])))
         return watts
 
