@@ -210,7 +210,11 @@ def _agent(args: argparse.Namespace) -> int:
                       report_timeout_s=min(5.0, max(1.0, args.interval_s)),  # a cut waits a step
                       restore_on_exit=args.restore_defaults_on_exit)
     deadline = None if args.duration is None else time.monotonic() + args.duration
-    logging.getLogger("wattscale.agent").info("agent on node %s: %d GPUs", node, devices.count())
+    try:
+        gpus = f"{devices.count()} GPUs"
+    except ActuatorError as exc:  # the loop says it again, counted, and goes on: this line alone ended the agent
+        gpus = f"no GPU count ({exc})"
+    logging.getLogger("wattscale.agent").info("agent on node %s: %s", node, gpus)
     try:
         while not stop.asked and (deadline is None or time.monotonic() < deadline):
             try:

@@ -223,6 +223,9 @@ class ServiceSettings:
 
     def check(self, where: str) -> None:
         check_name(self.name, where)
+        if not self.model.strip():  # it matched no vLLM's series, and the service planned from its priors for good
+            raise ConfigError(f"{where}.model", f"must name the model vLLM serves (its model_name label), got "
+                              f"{quoted(self.model)}")
         if self.statistic not in STATISTICS:
             raise ConfigError(f"{where}.statistic", f"unknown {quoted(self.statistic)}, expected one of "
                                                     f"{list(STATISTICS)}")

@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import itertools
 import json
+import logging
 import os
 import sys
 import threading
@@ -205,6 +206,26 @@ def test_the_agent_command_serves_healthz_while_its_loop_steps(emu: KubeEmulator
                  "--token-file", agent_token(emu, tmp_path / "token")]) == 0
     prober.join(5.0)
     assert answers == [(200, b"ok\n")]
+
+
+def test_the_agent_command_survives_a_gpu_count_that_fails_as_it_starts(emu: KubeEmulator, tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """NVML's device count failing (a GPU off the bus) as the agent starts: its start-up line counted the GPUs outside
+    any handling and the agent ended with a traceback, a crash loop in its DaemonSet (a new user's trial). The loop
+    survives the same error at every step; now the line says it and the agent steps on."""
+    from controller.cli import main
+
+    nvml = FakeNvml([FakeGpu(), FakeGpu()])
+    nvml.fail[("count", -1)] = pynvml.NVMLError_GpuIsLost
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(emu.kubeconfig("agent")))
+    with caplog.at_level(logging.INFO, logger="wattscale.agent"):
+        assert main(["agent", "--node", NODE, "--kubeconfig", str(path), "--metrics-port", "0", "--duration", "1",
+                     "--interval-s", "0.5", "--operator-url", "http://127.0.0.1:1",
+                     "--token-file", str(tmp_path / "none")]) == 0
+    assert any("no GPU count (" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_the_agent_command_without_nvml_fails_with_one_line(emu: KubeEmulator, tmp_path: Any,
@@ -614,3 +635,21 @@ def test_the_agent_reports_the_share_of_time_each_limit_held_its_gpus_clock(emu:
     agent.step(1.0)
     gpus = (emu.get(GROUP, PLANS, NODE) or {})["status"]["gpus"]
     assert [g["capped_share"] for g in gpus] == [pytest.approx(0.25), 0.0] and gpus[0]["power_w"] < 500.0
+
+
+def test_a_node_plans_limit_is_written_a_tenth_of_a_watt_down_never_up(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The governor fits the limits' sum to a line exactly; a plan's limit rounded to a tenth of a watt was written up
+    to 0.05 W over what it fitted, past the line by that a GPU (a review)."""
+    from controller.cluster.nodes import NodePlans
+
+    emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {"name": NODE},
+                              "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": [
+                                  {"index": 0, "uuid": "GPU-0", "name": "H100", "power_w": 100.0, "energy_j": 1.0,
+                                   "limit_w": 400.0, "min_w": 100.0, "max_w": 700.0}]}})
+    (tmp_path / "kc").write_text(yaml.safe_dump(emu.kubeconfig("operator")))
+    plans = NodePlans(api_client(str(tmp_path / "kc")), 60.0, 0.6, 10.0)
+    (g,) = plans.sample(0.0)
+    plans.set_power_limit(g.index, 371.36)  # round() wrote 371.4
+    assert plans.pending == {NODE: {"0": 371.3}}
+    plans.set_power_limit(g.index, 371.3)  # a tenth as written stays that tenth (no float error takes it lower)
+    assert plans.pending == {NODE: {"0": 371.3}}

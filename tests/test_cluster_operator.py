@@ -5,6 +5,8 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
+import collections.abc
+import itertools
 import os
 import socket
 import subprocess
@@ -54,7 +56,7 @@ from controller.cluster.operator import ClusterLoop
 from controller.cluster.plan_spec import read_spec
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.snapshot import Resources
-from controller.cluster.status import Reporter
+from controller.cluster.status import Reporter, condition, since
 from controller.own_metrics import OwnMetrics
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
@@ -329,11 +331,21 @@ def test_a_newcomer_that_overfills_the_inventory_is_refused_not_the_service_runn
 @pytest.mark.parametrize(("sources", "field"), [
     ([{"kind": [], "budget_w": 2000.0}], "spec.budget.sources[0].kind"),
     ([{"kind": "schedule", "time_zone": "America", "default_budget_w": 2000.0}], "spec.budget.sources[0].time_zone"),
+    ([{"kind": "fixed", "budget_w": 2000.0},
+      {"kind": "electricitymaps", "name": "grid", "zone": "DE", "curve": [[100, 2400], [600, 1200]]}],
+     "spec.budget.sources[1].token_env"),
+    ([{"kind": "watttime", "region": "CAISO_NORTH", "curve": [[100, 2400], [600, 1200]]}],
+     "spec.budget.sources[0].username_env"),
 ])
 def test_a_policys_budget_source_past_its_checks_is_refused_by_field(
-        cluster: tuple[KubeEmulator, Any], tmp_path: Path, sources: list[dict[str, Any]], field: str) -> None:
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path, sources: list[dict[str, Any]], field: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`spec.budget` keeps unknown fields (the schema cannot say each source's): a source's `kind = []` (a
-    TypeError) or a time zone that names a directory of zones (an OSError) failed every step with a traceback."""
+    TypeError) or a time zone that names a directory of zones (an OSError) failed every step with a traceback.
+    A carbon API's key missing from the operator's environment: the policy ran Ready on its full budget, not the
+    safe one, and only the log said the source never started (a new user's trial)."""
+    for variable in ("ELECTRICITYMAPS_TOKEN", "WATTTIME_USERNAME", "WATTTIME_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
     emu, _ = cluster
     bad = policy()
     bad["spec"]["budget"] = {"safe_budget_w": 1200.0, "sources": sources}
@@ -428,6 +440,23 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     assert "decision: llm/chat" in done.stderr and replicas(emu, "vllm-chat") == 2
     lease = emu.get("coordination.k8s.io", "leases", "wattscale-operator", "ops") or {}
     assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out
+
+
+def test_kopf_retries_a_failing_api_for_as_long_as_it_fails(cluster: tuple[KubeEmulator, Any]) -> None:
+    """kopf's default retries stop after eight: some 54 s of HTTP 500 on the policies' watch ended `wattscale operator`
+    with six tracebacks, a crash loop in its Deployment (a new user's trial). The operator's settings retry every 30 s
+    after kopf's first eight delays, each request afresh."""
+    import kopf
+
+    from controller.cluster import handlers
+
+    settings, memo = kopf.OperatorSettings(), kopf.Memo()
+    handlers.configure(settings, memo)
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, collections.abc.Sized) and isinstance(backoffs, collections.abc.Iterable)
+    first = list(itertools.islice(backoffs, 200))
+    assert first[:8] == [1, 1, 2, 3, 5, 8, 13, 21] and first[8:] == [30.0] * 192
+    assert list(itertools.islice(backoffs, 3)) == [1, 1, 2]  # a new request starts again
 
 
 def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_plans_nor_the_lease(
@@ -1171,6 +1200,24 @@ def test_a_node_that_joins_gets_its_plan_within_the_owners_refresh_not_a_slow_pe
     loop.stand_down(release=False, now=time.monotonic() - t0)
 
 
+def test_an_agent_asking_for_a_plan_none_was_made_for_has_its_node_planned_at_the_next_tick(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """A node that joined held its agent's safe caps, which no reading counts, until the owners' refresh made its
+    plan, up to `OWNER_TICKS` fast ticks (5 s at 0.5-s ticks: a new user's trial read 6 s over the budget). Its
+    agent's first ask for a plan wakes that refresh at the next tick; a node the selector leaves out wakes it once."""
+    emu, _ = cluster
+    loop, t0 = leading(emu, tmp_path, 15.0)
+    emu.put("", "nodes", {"metadata": {"name": "gpu-b", "labels": {"gpu": "h100", "rack": "r2"}}})
+    assert loop.plans is not None
+    assert loop._plan_of(loop.plans, "gpu-b") is None  # what the plan server answers its agent: 404, no plan
+    loop.step(0.2)  # one tick, long before the refresh is due (`OWNER_TICKS` x 0.2 s after the lead)
+    until(lambda: emu.get(GROUP, PLANS, "gpu-b") is not None, timeout_s=5.0, what="the new node's plan")
+    assert loop._plan_of(loop.plans, "cpu-a") is None and loop.plan_asked.is_set()
+    loop.step(0.4)
+    assert loop._plan_of(loop.plans, "cpu-a") is None and not loop.plan_asked.is_set()  # asked again: nothing woken
+    loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
 def test_the_gpus_a_services_pods_hold_are_those_in_use_as_the_agent_reports(
         cluster: tuple[KubeEmulator, Any], link: Link, tmp_path: Path) -> None:
     """The device plugin put the node's two chat pods on GPUs 1 and 3: read in index order, GPUs 0 and 1 took
@@ -1193,3 +1240,31 @@ def test_the_gpus_a_services_pods_hold_are_those_in_use_as_the_agent_reports(
                        and (plan(emu) or {})["spec"]["limits_w"], what="limits on the four GPUs")
         assert limits["1"] > limits["0"] and limits["3"] > limits["2"], limits
         loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_condition_keeps_the_time_of_its_last_transition_until_its_status_changes() -> None:
+    """Every status write stamped `lastTransitionTime` anew, though the condition had not changed (a new user's trial):
+    it is the time the status last changed, as Kubernetes' conditions read."""
+    stored = {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Planned", "message": "planned",
+                                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    (same,) = since([condition(True, "Planned", "planned again")], stored)
+    assert same["lastTransitionTime"] == "2026-01-01T00:00:00Z" and same["message"] == "planned again"
+    (flipped,) = since([condition(False, "Short", "short 1.0 rps (budget)")], stored)
+    assert flipped["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    assert since([condition(True, "Acting", "acts")], {"status": {"conditions": ["not an object"]}})[0][
+        "lastTransitionTime"] != "2026-01-01T00:00:00Z"
+
+
+def test_an_api_error_while_taking_the_lead_is_one_line_not_a_traceback(cluster: tuple[KubeEmulator, Any],
+                                                                         link: Link) -> None:
+    """One HTTP 500 on the nodes' list as the operator started leading logged "operator step failed" with some 30
+    lines of chained traceback, though the error was already translated and said all (a new user's trial); the
+    loop went on. A translated API error is one line; a bug keeps its traceback."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    emu.fail("GET", r"^/api/v1/nodes$", 500, times=3)
+    with KopfRunner(OPERATOR, timeout=60) as runner:
+        until(lambda: status_of(emu, "chat").get("decision"), what="a decision on the service", timeout_s=40)
+    out = runner.output
+    assert "operator step failed: TransientActuatorError" in out and "Traceback" not in out, out[-3000:]

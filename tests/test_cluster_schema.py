@@ -52,26 +52,33 @@ def test_the_schema_refuses_what_it_can_express_naming_each_field(
     emu, custom = api
     good = service("chat", "vllm-chat")
     variant = {"accelerator": "B300", "deployment": "vllm-chat"}
-    bad_services = {
-        "spec.variants[0].accelerator": with_spec(good, variants=[variant]),
-        "spec.max_replicas": with_spec(good, max_replicas="four"),
-        "spec.min_replicas": with_spec(good, min_replicas=-1),
-        "spec.priority": with_spec(good, priority=0),
-        "spec.ttft_ms": with_spec(good, ttft_ms=0),
-        "spec.itl_ms": with_spec(good, itl_ms=2e7),  # past MAX_SLO_MS, as check_service_bounds says
-        "spec.statistic": with_spec(good, statistic="p50"),
-        "spec.variants": with_spec(good, variants=[]),
-        "spec.model": {**good, "spec": {k: v for k, v in good["spec"].items() if k != "model"}},
-        "spec": {**good, "spec": "not an object"},
-    }
-    for field, body in bad_services.items():
+    bad_services = [
+        ("spec.variants[0].accelerator", with_spec(good, variants=[variant])),
+        ("spec.max_replicas", with_spec(good, max_replicas="four")),
+        ("spec.max_replicas", with_spec(good, max_replicas=0)),  # the loader's 1..1024: admitted, then refused
+        ("spec.min_replicas", with_spec(good, min_replicas=-1)),
+        ("spec.priority", with_spec(good, priority=0)),
+        ("spec.ttft_ms", with_spec(good, ttft_ms=0)),
+        ("spec.itl_ms", with_spec(good, itl_ms=2e7)),  # past MAX_SLO_MS, as check_service_bounds says
+        ("spec.in_tokens", with_spec(good, in_tokens=-5)),  # these four had no bounds in the schema (a trial)
+        ("spec.out_tokens", with_spec(good, out_tokens=0)),
+        ("spec.in_tokens_cv", with_spec(good, in_tokens_cv=1e300)),
+        ("spec.out_tokens_cv", with_spec(good, out_tokens_cv=-1)),
+        ("spec.statistic", with_spec(good, statistic="p50")),
+        ("spec.variants", with_spec(good, variants=[])),
+        ("spec.model", {**good, "spec": {k: v for k, v in good["spec"].items() if k != "model"}}),
+        ("spec.model", with_spec(good, model="")),  # matched no vLLM's series, planned from its priors for good
+        ("spec.model", with_spec(good, model="  ")),
+        ("spec", {**good, "spec": "not an object"}),
+    ]
+    for field, body in bad_services:
         causes = refused(lambda body=body: custom.create_namespaced_custom_object(GROUP, VERSION, NS, SERVICES, body))
         assert [c["field"] for c in causes] == [field], causes
     accelerator = refused(lambda: custom.create_namespaced_custom_object(
-        GROUP, VERSION, NS, SERVICES, bad_services["spec.variants[0].accelerator"]))[0]
+        GROUP, VERSION, NS, SERVICES, bad_services[0][1]))[0]
     assert accelerator["reason"] == "FieldValueNotSupported" and '"B300"' in accelerator["message"]
     assert refused(lambda: custom.create_namespaced_custom_object(
-        GROUP, VERSION, NS, SERVICES, bad_services["spec.model"]))[0]["reason"] == "FieldValueRequired"
+        GROUP, VERSION, NS, SERVICES, bad_services[13][1]))[0]["reason"] == "FieldValueRequired"
     pp = policy()
     bad_policies = {"spec.power.budget_w": {**pp, "spec": {**pp["spec"], "power": {"budget_w": -1.0}}},
                     "spec.safe_cap_share": with_spec(pp, safe_cap_share=1.5),

@@ -36,6 +36,18 @@ def secret(env: Mapping[str, str], variable: str, where: str) -> str:
     return value
 
 
+def check_secrets(settings: BudgetSettings, env: Mapping[str, str], where: str) -> None:
+    """Every secret a source reads is set in `env`, or ConfigError naming the first missing one's field: the operator
+    checks it with the policy, which is refused then (running, the full budget had held while the safe one was
+    meant)."""
+    for i, (_, s) in enumerate(settings.sources):
+        if isinstance(s, ElectricityMapsSettings):
+            secret(env, s.token_env, f"{where}.sources[{i}].token_env")
+        elif isinstance(s, WattTimeSettings):
+            secret(env, s.username_env, f"{where}.sources[{i}].username_env")
+            secret(env, s.password_env, f"{where}.sources[{i}].password_env")
+
+
 def resolve(base_dir: str, path: str) -> str:
     """A source's file path: relative ones are relative to the config file's directory."""
     return str(Path(base_dir) / path)

@@ -17,7 +17,7 @@ from controller.cluster.resources import (
     PowerPolicySpec,
 )
 from controller.schema import SchemaWriter
-from controller.service_settings import MAX_PRIORITY, MAX_SLO_MS
+from controller.service_settings import MAX_PRIORITY, MAX_SLO_MS, MAX_TOKENS
 from controller.settings import DaemonSettings, PowerSettings, TelemetrySettings
 from controller.settings_checks import MAX_REPLICAS
 from queuemodels import FAMILIES, STATISTICS
@@ -40,7 +40,12 @@ CLUSTER_ONLY = SchemaWriter(crd=True, exclude={
           "LlmServiceSpec.itl_ms": {**POSITIVE, "maximum": MAX_SLO_MS},
           "LlmServiceSpec.priority": {"minimum": 1, "maximum": MAX_PRIORITY},
           "LlmServiceSpec.min_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
-          "LlmServiceSpec.max_replicas": {"minimum": 0, "maximum": MAX_REPLICAS},
+          "LlmServiceSpec.max_replicas": {"minimum": 1, "maximum": MAX_REPLICAS},
+          "LlmServiceSpec.in_tokens": {"minimum": 1, "maximum": MAX_TOKENS},
+          "LlmServiceSpec.out_tokens": {"minimum": 1, "maximum": MAX_TOKENS},
+          "LlmServiceSpec.in_tokens_cv": {"minimum": 0, "maximum": 10},
+          "LlmServiceSpec.out_tokens_cv": {"minimum": 0, "maximum": 10},
+          "LlmServiceSpec.model": {"pattern": r"\S"},  # a character not blank: "" matched no vLLM series
           "LlmServiceSpec.initial_max_batch": {"minimum": 1, "maximum": MAX_BATCH},
           "PowerPolicySpec.plan_ttl_s": {"minimum": PLAN_TTL_RANGE_S[0], "maximum": PLAN_TTL_RANGE_S[1]},
           "PriorSettings.family": {"enum": list(FAMILIES)}})

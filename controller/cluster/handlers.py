@@ -12,16 +12,19 @@ signed with), WATTSCALE_AGENT_ACCOUNT (the agents' ServiceAccount in the operato
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry
 
+from actuators import ActuatorError
 from actuators.kubernetes import api_client
 from controller.cluster.operator import ClusterLoop
 from controller.cluster.plan_server import PlanServer, TokenReviewer
@@ -32,11 +35,22 @@ from controller.own_metrics import OwnMetrics
 log = logging.getLogger("wattscale.operator")
 
 
+class Forever:
+    """kopf's retry delays for a failed API request (s): its own first eight, then every 30 s for as long as it fails.
+    kopf's default stops after eight: some 54 s of HTTP 500 on the policies' watch ended the operator with six
+    tracebacks, where a refused connection, retried, was survived (a new user's trial). A new iterator each
+    request: kopf reads it once per request, and an iterator shared by all would run out for good."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30.0))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING  # kopf's own Events for problems only; decisions post their own
     settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = Forever()
     memo.policy = os.environ.get("WATTSCALE_POLICY", "default")
     memo.namespace = os.environ.get("WATTSCALE_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "wattscale"
     memo.state_dir = os.environ.get("WATTSCALE_STATE_DIR", "/var/lib/wattscale")
@@ -102,8 +116,8 @@ def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -
                 last = ""
             except Exception as exc:  # an API outage or a bug: counted, logged once a run, the loop goes on
                 loop.metrics.errors.labels("operator_step").inc()
-                if repr(exc) != last:
-                    log.warning("operator step failed: %r", exc, exc_info=True)
+                if repr(exc) != last:  # an API error already translated says all in its line; a bug, its traceback
+                    log.warning("operator step failed: %r", exc, exc_info=not isinstance(exc, ActuatorError))
                 last = repr(exc)
                 wait = 2.0
             stopped.wait(wait)

@@ -44,6 +44,8 @@ from tuner import Tuner
 log = logging.getLogger("wattscale.operator")
 OWNER_TICKS = 10
 """Fast ticks between two refreshes of which pods hold which GPUs (in a worker thread: API reads)."""
+MAX_UNPLANNED = 10_000
+"""Nodes remembered as having asked for a plan none was made for (past it, such asks wake nothing early)."""
 RELEASE_WITHIN_S = 8.0
 """How long telling the agents to restore their defaults is tried as the policy is deleted: within the 15 s kopf
 gives a daemon to stop (its cancellation backoff and timeout) before it leaves the thread running, finalizer off."""
@@ -81,6 +83,11 @@ class ClusterLoop:
         """Controller time less the monotonic clock (the budget thread's `now`)."""
         self.server = server
         """Serves each node agent its plan while this operator holds the Lease (None: not served here)."""
+        self.unplanned: set[str] = set()
+        """Nodes whose agents asked for a plan none was made for: each one's first ask wakes the owners' refresh,
+        which makes the plan, at the next fast tick (a node that joined held its agent's safe caps, which no reading
+        counts, for up to `OWNER_TICKS`); a node the selector leaves out asks once to no end."""
+        self.plan_asked = threading.Event()
         self.watched = threading.Lock()
         """Held while a watch event or a slow tick hands settings over (kopf's thread and the slow worker's)."""
         self.generation = 0
@@ -160,7 +167,7 @@ class ClusterLoop:
             plans.refresh_owners(pods)
         held = owner_caps(plans.owners, plans.adopt())
         if self.server is not None:  # served from the plans as adopted: the agents see no renewal until one
-            self.server.attach(plans.spec_of, self.lease.valid)
+            self.server.attach(lambda node: self._plan_of(plans, node), self.lease.valid)
         for name, a in list(c.assignments.items()):
             if (name, a.accelerator) in held:
                 c.assignments[name] = replace(a, power_cap_w=held[name, a.accelerator])
@@ -177,6 +184,15 @@ class ClusterLoop:
         self.renewer = SlowWorker(self.lease.hold, lambda: None, self._slow_failed)
         self.next_owners = now + OWNER_TICKS * s.daemon.fast_interval_s
         return c
+
+    def _plan_of(self, plans: NodePlans, node: str) -> dict[str, Any] | None:
+        """The spec `node`'s agent is served from this leadership's `plans` (the plan server's thread; they are
+        served as a deleted policy stands down too: its release); a first ask for none wakes the plans' making."""
+        spec = plans.spec_of(node)
+        if spec is None and node not in self.unplanned and len(self.unplanned) < MAX_UNPLANNED:
+            self.unplanned.add(node)
+            self.plan_asked.set()
+        return spec
 
     def _refresh_owners(self, c: Controller, plans: NodePlans, may_act: Callable[[], bool]) -> None:
         """A plan for each node the selector picks, while this leadership may act (one that joined gets it within
@@ -268,6 +284,9 @@ class ClusterLoop:
             self.worker.wake()
         elif early and self.worker is not None:
             self.worker.wake(early=True)
+        if self.plan_asked.is_set():  # an agent with no plan: its node's plan made now, not in `OWNER_TICKS`
+            self.plan_asked.clear()
+            self.next_owners = now
         if now >= self.next_owners and self.owners is not None:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
             self.owners.wake()

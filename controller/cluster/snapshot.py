@@ -6,10 +6,13 @@ others go on: one bad LLMService never stops the policy, and a cross-field error
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from actuators.kubernetes import translate
+from controller.budget.assemble import check_secrets
+from controller.budget.settings import budget_settings
 from controller.cluster.deployments import Deployments
 from controller.cluster.nodes import NodePlans
 from controller.cluster.resources import (
@@ -66,6 +69,8 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
                if not o["metadata"].get("deletionTimestamp")}
     try:
         policy: PowerPolicySpec | None = policy_spec(resource_spec(policy_obj))
+        if policy is not None and policy.budget:
+            check_secrets(budget_settings(policy.budget, "spec.budget"), os.environ, "spec.budget")
     except ConfigError as exc:
         errors["policy"] = exc
         return Resources(None, None, errors, objects, policy_obj)

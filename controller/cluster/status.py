@@ -27,6 +27,15 @@ def condition(ok: bool, reason: str, message: str) -> dict[str, Any]:
             "lastTransitionTime": _stamp()}
 
 
+def since(conditions: list[dict[str, Any]], obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """`conditions` with the stored one's `lastTransitionTime` where its status has not changed: the time it last
+    changed, as Kubernetes' conditions read (each write had stamped it anew)."""
+    old = ((obj.get("status") or {}).get("conditions") or [{}])[0]
+    return [{**c, "lastTransitionTime": old["lastTransitionTime"]} if isinstance(old, dict) and old.get("type") ==
+            c["type"] and old.get("status") == c["status"] and old.get("lastTransitionTime") else c
+            for c in conditions]
+
+
 def service_status(key: str, obj: dict[str, Any], record: dict[str, Any] | None,
                    solution: Solution | None) -> dict[str, Any]:
     """An LLMService's status from the cycle's decision record."""
@@ -134,6 +143,7 @@ class Reporter:
                 if text is not None and text != self.posted.get(key):
                     self.event(obj, "LLMService", "Decision", text)
                 self.posted[key] = text
+            status["conditions"] = since(status["conditions"], obj)
             self._patch_status(ns, SERVICES, name, status)
         policy_err = res.errors.get("policy")
         budget = (record or {}).get("budget_w")
@@ -146,6 +156,7 @@ class Reporter:
         if unowned is not None:
             pstatus["unowned_gpus"] = unowned
         policy = res.policy_obj
+        pstatus["conditions"] = since(pstatus["conditions"], policy)
         old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
         if policy_err is not None and old.get("message") != str(policy_err):
             self.event(policy, "PowerPolicy", "Invalid", str(policy_err), warning=True)
