@@ -136,7 +136,8 @@ class ChildRunner:
                 proc = subprocess.Popen(with_max_num_seqs(replica.argv, max_num_seqs), stdin=subprocess.DEVNULL,
                                         start_new_session=True)
             except OSError as exc:
-                raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[:1]}: {exc}") from exc
+                raise PermanentActuatorError(f"{replica.name}: cannot start {replica.argv[0]!r}: "
+                                             f"{exc.strerror or exc}") from exc
             self.procs[replica.name] = (proc, self.stop_timeout_s + shutdown_timeout_s(replica.argv))
 
     def exited(self, name: str) -> int | None:

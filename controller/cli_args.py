@@ -219,7 +219,7 @@ def add_plan_args(pl: argparse.ArgumentParser) -> None:
                     help="packing: milp (the default), greedy or homogeneous (one GPU type); allocation: milp only")
     pl.add_argument("--compare", action="store_true", help="packing: every scenario x trace x scale, every solver")
     pl.add_argument("--plots", type=directory, default=None, metavar="DIR",
-                    help="packing --compare: one PNG per scenario into DIR (created if its parent exists)")
+                    help="packing --compare: one PNG per scenario into DIR (created, with any folder above it missing)")
     pl.add_argument("--scenario", default=None, help="packing: availability scenario (default: the first)")
     pl.add_argument("--trace", default=None, help="packing: trace (default: the first)")
     pl.add_argument("--requests", type=whole(0, MAX_REQUESTS), default=None, metavar="N",

@@ -102,10 +102,14 @@ def _usable(report: dict[str, Any]) -> int:
     why); a note where too few rows were there to move most parameters off the prior."""
     fit = report["error_in_sample"]
     worst = max((v for v in (fit["median_ttft"], fit["median_itl"]) if v == v), default=0.0)
+    n, k = report["observations"], len(report["params"])
+    few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters"
     if worst > UNUSABLE_ERROR:
+        why = ("; a parameter held at a bound above says which prior to move nearer the observations"
+               if report.get("bounds_hit") else f"; {few}" if n < k else "")
         print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
-              f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable; a parameter "
-              "held at a bound above says which prior to move nearer the observations", file=sys.stderr)
+              f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable{why}",
+              file=sys.stderr)
         return 1
     draw = report.get("draw", {}).get("median_abs_err_power")
     if draw is not None and draw > UNUSABLE_DRAW_ERROR:
@@ -113,8 +117,6 @@ def _usable(report: dict[str, Any]) -> int:
               f"error {draw}, over {UNUSABLE_DRAW_ERROR:g}): are power_w one GPU's mean draw in watts?",
               file=sys.stderr)
         return 1
-    n, k = report["observations"], len(report["params"])
     if n < k:
-        print(f"wattscale: tune: {n} observation{'' if n == 1 else 's'} for {k} parameters: most stay near the "
-              "prior's values", file=sys.stderr)
+        print(f"wattscale: tune: {few}: most stay near the prior's values", file=sys.stderr)
     return 0

@@ -34,7 +34,7 @@ from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.idle_floor import idle_w
 from controller.own_metrics import OwnMetrics
-from controller.reload import changes, check_reload
+from controller.reload import changes, check_reload, in_running_order
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
 from controller.startup import RELOAD_ASKED, STOP_ASKED, Asked
@@ -44,6 +44,8 @@ from controller.wiring import build_parts
 from tuner import Tuner, load_fitting_libraries
 
 log = logging.getLogger("wattscale.daemon")
+EXTEND_EVERY_S = 10.0
+"""How often, while supervised vLLM servers start, systemd's start timeout is pushed on (by three times this)."""
 
 
 class Daemon:
@@ -205,7 +207,7 @@ class Daemon:
     def reload(self) -> None:
         self.notifier.reloading(time.monotonic_ns() // 1000)
         try:
-            new = load_settings(self.config_path)
+            new = in_running_order(self.settings, load_settings(self.config_path))
             check_reload(self.settings, new)
         except Exception as exc:  # a check that let a value through unchecked too: the daemon must outlive it
             self.metrics.reloads.labels("refused").inc()
@@ -260,8 +262,17 @@ class Daemon:
         def ended() -> bool:
             return stop.asked or (deadline is not None and time.monotonic() >= deadline)
 
+        extended = [-math.inf]
+
+        def starting() -> bool:
+            """`ended`, polled while the servers come up; systemd's start timeout is pushed on meanwhile."""
+            if time.monotonic() - extended[0] >= EXTEND_EVERY_S:
+                self.notifier.extend_start(3 * EXTEND_EVERY_S, "starting the vLLM servers")
+                extended[0] = time.monotonic()
+            return ended()
+
         try:
-            self.parts.start(ended)  # servers the daemon supervises are up before the slow loop plans
+            self.parts.start(starting)  # servers the daemon supervises are up before the slow loop plans
         except ActuatorError as exc:  # one line, and the servers it did start stopped with it (not left orphaned)
             self._shut_down([fast], endpoints)
             raise ConfigError("actuators.batch", f"the vLLM servers did not start: {exc}") from None
@@ -276,12 +287,13 @@ class Daemon:
         slow.start()
         self.notifier.ready(self._status())
         log.info("wattscale running: %s", self._status())
-        ping = (self.notifier.watchdog_s or 10.0) / 2
-        while not self.stop_event.wait(min(0.2, ping)) and not stop.asked:
+        ping, pinged = (self.notifier.watchdog_s or 10.0) / 2, -math.inf  # every half period, as systemd asks
+        while not self.stop_event.wait(min(0.2, ping)) and not stop.asked:  # 0.2 s: a reload is taken at once
             if reload.take():
                 self.reload()
-            if self.fast_alive():
+            if self.fast_alive() and time.monotonic() - pinged >= ping:  # it pinged at every wake, 5 times a second
                 self.notifier.watchdog()
+                pinged = time.monotonic()
             if dropped := log_writer.take_dropped():  # standard error's reader stopped: the loops went on
                 self.metrics.errors.labels("log_dropped").inc(dropped)
             if deadline is not None and time.monotonic() >= deadline:

@@ -107,6 +107,16 @@ def unreadable(folder: Path) -> str | None:
     return None
 
 
+def startable(path: Path) -> bool:
+    """Whether exec(2) starts `path`: an ELF binary or a script with a #! line (an unreadable one is exec's to say)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True
+    return head.startswith((b"#!", b"\x7fELF"))
+
+
 def check_backends(settings: Settings) -> tuple[list[str], Any]:
     """The programs and packages the named backends start or import; warnings for directories they write, and the
     kubernetes backend's client where it is named (None else: `run` builds on it, so a credential plugin runs
@@ -116,9 +126,13 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
     if a.batch == "vllm" and a.vllm_runner == "child":
         for svc in settings.services:
             program = svc.vllm_command[0]
-            if shutil.which(program) is None:
+            found = shutil.which(program)
+            if found is None:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(program)} is not an "
                                   "executable program")
+            if not startable(Path(found)):  # `run` failed on it with ENOEXEC
+                raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(found)} is no program the kernel "
+                                  "starts: a script needs a #! line (a shell runs one without it, Python does not)")
     if a.writes_unit_batches:
         folder = Path(settings.base_dir) / a.systemd_batch_dir
         problem = unwritable(folder) or unreadable(folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 from controller.config_loader import ConfigError, quoted
@@ -21,6 +21,15 @@ FIXED_SECTIONS = ("daemon", "telemetry", "actuators", "simulator", "metrics")
 FIXED_SERVICE_FIELDS = ("model", "initial_max_batch", "gpus", "metrics_urls", "vllm_command", "vllm_ports",
                         "systemd_units", "deployment", "variants", "sim")
 FIXED_ACCELERATOR_FIELDS = ("name", "gpus_per_replica")
+
+
+def in_running_order(old: Settings, new: Settings) -> Settings:
+    """`new` with its services in the running config's order where it lists the same ones: their order in the file
+    means nothing (`priority` ranks them), and a reload that only moved a `[[services]]` block was refused."""
+    order = {svc.name: i for i, svc in enumerate(old.services)}
+    if len(new.services) != len(order) or {svc.name for svc in new.services} != set(order):
+        return new
+    return replace(new, services=tuple(sorted(new.services, key=lambda svc: order[svc.name])))
 
 
 def check_reload(old: Settings, new: Settings) -> None:

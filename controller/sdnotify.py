@@ -27,6 +27,11 @@ class Notifier:
     def reloading(self, monotonic_usec: int) -> None:
         self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
 
+    def extend_start(self, seconds: float, status: str) -> None:
+        """Push systemd's start timeout `seconds` past now (its default 90 s killed a unit whose vLLM servers took
+        longer to load, one after another)."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", f"STATUS={status}")
+
     def status(self, text: str) -> None:
         self.send(f"STATUS={text}")
 

@@ -47,8 +47,9 @@ def power_bounds(prof: PowerProfile) -> dict[str, tuple[float, float]]:
 
 
 def _shown(value: float) -> str:
-    """A value as read: a float whole (875.0004 is no 875), a whole count short (10**300 as 1e+300)."""
-    return repr(value) if isinstance(value, float) else f"{value:g}"
+    """A value as read: a float whole (875.0004 is no 875), a whole count whole up to 18 digits (99999999 read as
+    1e+08) and short past them (10**300 as 1e+300)."""
+    return repr(value) if isinstance(value, float) else str(value) if abs(value) < 10**18 else f"{value:g}"
 
 
 def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observation]:

@@ -445,6 +445,14 @@ def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytes
     assert main(["check-config", str(write(tmp_path, vllm_child(sys.executable)))]) == 0
     assert main(["check-config", str(write(tmp_path, vllm_child("no-such-vllm")))]) == 2
     assert "services[chat].vllm_command: 'no-such-vllm' is not an executable program" in capsys.readouterr().err
+    wrapper = tmp_path / "wrapper.sh"  # runs from a shell; `run` failed on it with ENOEXEC (a new user's trial)
+    wrapper.write_text('exec python3 serve.py "$@"\n')
+    wrapper.chmod(0o755)
+    assert main(["check-config", str(write(tmp_path, vllm_child(str(wrapper))))]) == 2
+    err = capsys.readouterr().err  # the path as quoted (shortened where long)
+    assert "services[chat].vllm_command: '" in err and "is no program the kernel starts: a script needs a #!" in err
+    wrapper.write_text('#!/bin/sh\nexec python3 serve.py "$@"\n')
+    assert main(["check-config", str(write(tmp_path, vllm_child(str(wrapper))))]) == 0
     kube = GOOD.replace('replicas = "sim"', 'replicas = "kubernetes"\nkubeconfig = "missing.yaml"')
     assert main(["check-config", str(write(tmp_path, kube))]) == 2
     assert f"actuators.kubeconfig: {tmp_path / 'missing.yaml'} is not a readable file" in capsys.readouterr().err
@@ -654,6 +662,24 @@ def test_a_refused_reload_is_said_in_the_units_status_until_one_goes_through(tmp
     path.write_text(GOOD.replace("budget_w = 4000", "budget_w = 3000"))
     daemon.reload()
     assert sent[-1][1] == "STATUS=budget 3000 W, 3 services", sent
+
+
+def test_a_reload_that_only_moves_a_service_block_is_taken(tmp_path: Path) -> None:
+    """Two `[[services]]` blocks swapped in the running file: "services: reordered: services change with a restart",
+    though their order means nothing (`priority` ranks them; a new user's trial). Taken, in the running order."""
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    path = tmp_path / "w.toml"
+    path.write_text(GOOD)
+    daemon = Daemon(path, load_settings(path))
+    head, *blocks = GOOD.split("[[services]]")
+    assert len(blocks) == 3
+    path.write_text("[[services]]".join([head, blocks[1], blocks[0], blocks[2]])
+                    .replace("budget_w = 4000", "budget_w = 3000"))
+    daemon.reload()
+    assert daemon.refused is None and daemon.settings.power.budget_w == 3000.0
+    assert [s.name for s in daemon.settings.services] == ["chat", "code", "batch-summaries"]
 
 
 def test_a_reload_that_fails_past_every_check_keeps_the_running_config(tmp_path: Path,

@@ -44,3 +44,34 @@ def test_security_exposure(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
     assert match, res.stdout[-500:]
     assert float(match.group(1)) <= 2.5
+
+
+def syscalls(group: str) -> set[str]:
+    """A syscall group's calls, its nested groups expanded, as this systemd lists them."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, check=True)
+    names: set[str] = set()
+    for line in out.stdout.splitlines()[1:]:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        names |= syscalls(entry) if entry.startswith("@") else {entry}
+    return names
+
+
+def test_the_syscall_filter_lets_the_daemon_load_and_refuses_with_eperm() -> None:
+    """The unit's filter read as systemd reads it (the first line's kind sets the default, later lines add to or take
+    from the set): NumPy's OpenBLAS calls mbind as it loads, one of @resources, which the unit filtered out with no
+    SystemCallErrorNumber, so every start ended in SIGSYS before a line was printed (a new user's trial)."""
+    lines = [line.split("=", 1)[1].split() for line in UNIT.read_text().splitlines()
+             if line.startswith("SystemCallFilter=")]
+    assert lines and lines[0][0] != "~"  # an allow list: what it leaves out is refused
+    allowed: set[str] = set()
+    for entries in lines:
+        deny = entries[0].startswith("~")
+        names: set[str] = set()
+        for entry in [entries[0].lstrip("~"), *entries[1:]]:
+            names |= syscalls(entry) if entry.startswith("@") else {entry}
+        allowed = allowed - names if deny else allowed | names
+    assert "mbind" in allowed and {"setrlimit", "reboot", "init_module"}.isdisjoint(allowed)
+    assert "SystemCallErrorNumber=EPERM" in UNIT.read_text().splitlines()
+    assert not any(line.startswith("ProcSubset=") for line in UNIT.read_text().splitlines())  # /proc/driver/nvidia

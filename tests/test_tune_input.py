@@ -110,8 +110,21 @@ def test_a_fit_that_does_not_explain_its_own_windows_exits_1_saying_so(capsys: p
     err = capsys.readouterr().err
     assert "alpha_ms held at its lower bound 150 (prior / 10)" in caplog.text
     assert "tune: the fit does not explain its own windows (in-sample median error ttft 11049" in err
+    assert "a parameter held at a bound above says which prior to move" in err
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0  # the example itself fits
     assert "does not explain" not in capsys.readouterr().err
+
+
+def test_an_unusable_fit_of_too_few_rows_says_so_not_a_bound_none_was_held_at(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One row of extreme values: the exit-1 line pointed at "a parameter held at a bound above" where no bound was
+    named, and the note of too few rows was not printed (a new user's trial)."""
+    path = tmp_path / "extreme.csv"
+    path.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1000000,1000000,1000000,4096,10000000,"
+                    "10000000\n")
+    assert main(["tune", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "its parameters are not usable; 1 observation for 8 parameters" in err and "held at a bound" not in err
 
 
 def test_thousands_of_rejected_rows_are_named_ten_at_a_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -155,6 +168,16 @@ def test_a_number_past_any_float_is_refused_as_written(tmp_path: Path, column: s
         with pytest.raises(ObservationFileError) as err:
             read_bounded(path, profile("H100-SXM"))
         assert str(err.value) == f"{path}:2: column {column!r} is past any number a float holds: {shown}"
+
+
+def test_a_whole_count_out_of_bounds_is_shown_as_written(tmp_path: Path) -> None:
+    """A max batch of 99999999 was refused as "got 1e+08", not the value in the file (a new user's trial)."""
+    path = tmp_path / "obs.csv"
+    values = dict(zip(HEADER.split(","), ROW.split(","), strict=True))
+    path.write_text(f"{HEADER}\n{','.join({**values, 'max_batch': '99999999'}.values())}\n")
+    with pytest.raises(ObservationFileError) as err:
+        read_bounded(path)
+    assert str(err.value).endswith("column 'max_batch' must be in [1, 4096], got 99999999"), err.value
 
 
 def test_every_row_out_of_bounds_is_named_as_one_row_is(tmp_path: Path) -> None:

@@ -249,6 +249,32 @@ def test_servers_that_never_get_healthy_at_start_are_one_line_and_stopped(tmp_pa
     assert running(marker) == [], f"vLLM children left running: {running(marker)}"
 
 
+def test_systemds_start_timeout_is_pushed_on_while_the_servers_start(tmp_path: Path) -> None:
+    """The daemon tells systemd it is ready once every supervised server answers /health, up to `health_timeout_s`
+    (300 s) each, one after another: under the unit's default 90-s start timeout a slow model load had the daemon
+    killed at every start (a new user's trial). While servers start it sends EXTEND_TIMEOUT_USEC."""
+    from controller.config_loader import ConfigError
+    from controller.daemon import Daemon
+    from controller.settings import load_settings
+
+    marker = f"never-healthy-{free_port()}"
+    path = never_healthy_host(tmp_path, marker, 2.0)
+    daemon = Daemon(path, load_settings(path))
+    address = str(tmp_path / "notify")
+    said: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(0.1)
+        daemon.notifier.address = address
+        with pytest.raises(ConfigError):
+            daemon.run(4.0)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                said.append(systemd.recv(4096))
+    assert any(m.startswith(b"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting the vLLM servers") for m in said), said
+    assert running(marker) == []
+
+
 def never_healthy_host(tmp_path: Path, marker: str, health_timeout_s: float) -> Path:
     """sim.toml with the vllm backend, each service's server a process that never answers /health (`marker` in
     its command line)."""
