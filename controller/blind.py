@@ -65,8 +65,8 @@ class Blind:
                      for group in governor.by_priority(inside, loop.plan.priorities)]
             for uuid, take in take_lowest_first(rooms, sum(limit[g.uuid] for g in inside) - line_w, 1.0).items():
                 limit[uuid] -= take
-        set_w = {g.uuid: loop.set_limit(now, g, limit[g.uuid]) for g in loop.samples
-                 if limit[g.uuid] < counted[g.uuid] - 1.0}
+        set_w = {g.uuid: loop.set_limit(now, g, limit[g.uuid]) for g in loop.samples  # any fall: a share under a
+                 if worth_setting(counted[g.uuid], limit[g.uuid])}  # watt each left 24 GPUs 10 W over (a review)
         if not set_w:
             return
         loop.samples = [replace(g, power_limit_w=w) if (w := set_w.get(g.uuid)) is not None else g

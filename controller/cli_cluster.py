@@ -162,7 +162,8 @@ def _operator(args: argparse.Namespace) -> int:
     STOP_ASKED.check()  # a stop whose raise an import swallowed, before kopf's own handlers (controller/startup.py)
     try:
         asyncio.run(operate())
-    except OSError as exc:  # kopf gave up on the API (its nine tries; aiohttp's connection errors are OSErrors)
+    except OSError as exc:  # kopf gave up on the API (some 11 minutes of tries: handlers.API_RETRIES_S; aiohttp's
+        # connection errors are OSErrors)
         raise ConfigError("operator", unreachable(client.configuration.host, exc)) from None
     return 0
 

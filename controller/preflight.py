@@ -108,8 +108,11 @@ def unreadable(folder: Path) -> str | None:
 
 
 def startable(path: Path) -> bool:
-    """Whether exec(2) starts `path`: an ELF binary or a script with a #! line (an unreadable one is exec's to say)."""
+    """Whether exec(2) starts `path`: a regular file, an ELF binary or a script with a #! line (an unreadable one is
+    exec's to say). A FIFO is never opened: the open waited for a writer, and check-config with it."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return False
         with path.open("rb") as f:
             head = f.read(4)
     except OSError:
@@ -132,7 +135,8 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
                                   "executable program")
             if not startable(Path(found)):  # `run` failed on it with ENOEXEC
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(found)} is no program the kernel "
-                                  "starts: a script needs a #! line (a shell runs one without it, Python does not)")
+                                  "starts: a script needs a #! line (a shell runs one without it, Python does not), a "
+                                  "binary to be ELF, either a regular file")
     if a.writes_unit_batches:
         folder = Path(settings.base_dir) / a.systemd_batch_dir
         problem = unwritable(folder) or unreadable(folder)

@@ -5,8 +5,6 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
-import collections.abc
-import itertools
 import os
 import socket
 import subprocess
@@ -442,21 +440,20 @@ def test_the_operator_command_runs_kopf_on_the_resources_and_stops_by_itself(
     assert lease and not lease["spec"].get("holderIdentity")  # given back on the way out
 
 
-def test_kopf_retries_a_failing_api_for_as_long_as_it_fails(cluster: tuple[KubeEmulator, Any]) -> None:
+def test_kopf_retries_a_failing_api_for_minutes_not_seconds(cluster: tuple[KubeEmulator, Any]) -> None:
     """kopf's default retries stop after eight: some 54 s of HTTP 500 on the policies' watch ended `wattscale operator`
     with six tracebacks, a crash loop in its Deployment (a new user's trial). The operator's settings retry every 30 s
-    after kopf's first eight delays, each request afresh."""
+    after kopf's first eight delays, some 11 minutes in all; not for ever, which an RBAC mistake (a 403, retried alike)
+    would have passed for a live operator."""
     import kopf
 
     from controller.cluster import handlers
 
     settings, memo = kopf.OperatorSettings(), kopf.Memo()
     handlers.configure(settings, memo)
-    backoffs = settings.networking.error_backoffs
-    assert not isinstance(backoffs, collections.abc.Sized) and isinstance(backoffs, collections.abc.Iterable)
-    first = list(itertools.islice(backoffs, 200))
-    assert first[:8] == [1, 1, 2, 3, 5, 8, 13, 21] and first[8:] == [30.0] * 192
-    assert list(itertools.islice(backoffs, 3)) == [1, 1, 2]  # a new request starts again
+    backoffs = list(settings.networking.error_backoffs)  # type: ignore[arg-type]
+    assert backoffs[:8] == [1, 1, 2, 3, 5, 8, 13, 21] and set(backoffs[8:]) == {30.0}
+    assert 600.0 <= sum(backoffs) <= 900.0
 
 
 def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_plans_nor_the_lease(

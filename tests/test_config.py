@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -453,6 +454,13 @@ def test_backends_programs_and_packages_are_probed(tmp_path: Path, capsys: pytes
     assert "services[chat].vllm_command: '" in err and "is no program the kernel starts: a script needs a #!" in err
     wrapper.write_text('#!/bin/sh\nexec python3 serve.py "$@"\n')
     assert main(["check-config", str(write(tmp_path, vllm_child(str(wrapper))))]) == 0
+    fifo = tmp_path / "fifo"  # executable and no directory, so `which` finds it: the probe's open waited for a writer
+    os.mkfifo(fifo, 0o755)
+    checked = threading.Thread(target=lambda: main(["check-config", str(write(tmp_path, vllm_child(str(fifo))))]),
+                               daemon=True)
+    checked.start()
+    checked.join(10.0)
+    assert not checked.is_alive() and "is no program the kernel starts" in capsys.readouterr().err
     kube = GOOD.replace('replicas = "sim"', 'replicas = "kubernetes"\nkubeconfig = "missing.yaml"')
     assert main(["check-config", str(write(tmp_path, kube))]) == 2
     assert f"actuators.kubeconfig: {tmp_path / 'missing.yaml'} is not a readable file" in capsys.readouterr().err

@@ -216,7 +216,14 @@ def test_the_agent_reaches_the_leaders_plan_endpoint_through_the_service_with_it
     assert {"name": "plans", "containerPort": port["port"]} in op["ports"] and port["targetPort"] == "plans"
     assert int(flags(op["args"])["--plan-port"]) == port["port"] and flags(op["args"])["--plan-listen"] == "0.0.0.0"
     assert op["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "plans"}
-    assert flags(ag["args"])["--operator-url"] == f"http://wattscale-operator.wattscale.svc:{port['port']}"
+    # named through the pod's own namespace, as the kubelet expands it: a kustomize namespace override left the agents
+    # asking `wattscale.svc` (a new user's trial)
+    env = {e["name"]: e for e in ag["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    namespace = by["Service", "wattscale-operator"]["metadata"]["namespace"]
+    assert by["DaemonSet", "wattscale-agent"]["metadata"]["namespace"] == namespace
+    assert flags(ag["args"])["--operator-url"].replace("$(POD_NAMESPACE)", namespace) == \
+        f"http://wattscale-operator.{namespace}.svc:{port['port']}"
     assert flags(op["args"])["--agent-account"] == agent["serviceAccountName"]
     token = flags(ag["args"])["--token-file"]
     mount = next(m for m in ag["volumeMounts"] if token.startswith(m["mountPath"] + "/"))

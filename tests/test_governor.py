@@ -336,6 +336,35 @@ def test_a_blind_cut_takes_the_excess_alone_from_the_lowest_priority() -> None:
     assert fast.governor.cut_w == {} and not fast.governor.exhausted  # the governor's own state as it was
 
 
+def test_a_blind_cut_of_under_a_watt_a_gpu_is_set() -> None:
+    """Twenty-four GPUs gone blind, the budget lowered 10 W under their limits: shared out in proportion to room, each
+    GPU's share was under a watt, no fall was set (only those of a watt or more were), and the site stayed 10 W over
+    until the fail-safe's third tick (a review; the limits now fit the line exactly, with no watt a GPU to spare)."""
+
+    class Many(BlindPlant):
+        def __init__(self) -> None:
+            super().__init__()
+            self.limit_w = {i: 300.0 for i in range(24)}
+
+        def sample(self, now: float) -> list[GpuSample]:
+            if self.blind:
+                raise TimeoutError("the exporter does not answer")
+            return [GpuSample(i, f"GPU-{i}", "A100", w - 50.0, None, w, 100.0, 400.0, service="lo")
+                    for i, w in self.limit_w.items()]
+
+    plant = Many()
+    fast = FastLoop(PowerSettings(budget_w=10_000.0), 3, plant, plant, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.plan = Plan.of(1, {"lo": {"A100": 300.0}}, {"lo": 1})
+    for t in range(1, 6):
+        fast.tick(float(t))
+    plant.blind = True
+    threshold = sum(plant.limit_w.values()) - 10.0
+    fast.governor.settings = replace(fast.governor.settings, budget_w=threshold / 0.97)
+    fast.tick(6.0)
+    assert not fast.blind.failsafe_on and sum(plant.limit_w.values()) <= threshold + 1e-6, sum(plant.limit_w.values())
+
+
 def test_a_domain_line_cut_while_the_readings_are_lost_is_held_at_the_next_tick() -> None:
     """A rack's limit lowered while blind waited the whole failsafe count: the cut compared the site's threshold
     alone."""

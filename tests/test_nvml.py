@@ -91,6 +91,18 @@ def test_a_setter_that_ignores_its_return_code_is_caught_by_the_read_back() -> N
         NvmlPowerLimiter(dev).set_power_limit(0, 300.0)
 
 
+def test_a_driver_that_applies_more_than_asked_fails_the_set() -> None:
+    """A driver that keeps whole watts, rounding up: a limit applied up to a watt over the one asked was taken, so the
+    limits fitted to a line exactly passed it by that a GPU, and the same set came again every tick (a review). The
+    set fails, and the fast loop counts the GPU at what it holds while the others fit around it."""
+    fake, dev = devices(1)
+    setter = fake.nvmlDeviceSetPowerManagementLimit
+    fake.nvmlDeviceSetPowerManagementLimit = lambda h, mw: setter(h, -(-mw // 1000) * 1000)  # type: ignore[method-assign]
+    with pytest.raises(TransientActuatorError, match=r"asked 299\.5 W, 300 W in force"):
+        NvmlPowerLimiter(dev).set_power_limit(0, 299.5)
+    assert NvmlPowerLimiter(dev).set_power_limit(0, 250.0) == 250.0  # a whole watt as asked
+
+
 def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
     fake, dev = devices(2)
     source = NvmlGpuSource(dev, {0: ("chat", "H100-SXM"), 1: ("code", "H100-SXM")})

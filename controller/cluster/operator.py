@@ -166,6 +166,7 @@ class ClusterLoop:
         if pods is not None:
             plans.refresh_owners(pods)
         held = owner_caps(plans.owners, plans.adopt())
+        self.unplanned.clear()  # this leadership's plans: a node that asked under an earlier one may ask again
         if self.server is not None:  # served from the plans as adopted: the agents see no renewal until one
             self.server.attach(lambda node: self._plan_of(plans, node), self.lease.valid)
         for name, a in list(c.assignments.items()):
@@ -284,12 +285,11 @@ class ClusterLoop:
             self.worker.wake()
         elif early and self.worker is not None:
             self.worker.wake(early=True)
-        if self.plan_asked.is_set():  # an agent with no plan: its node's plan made now, not in `OWNER_TICKS`
+        asked = self.plan_asked.is_set()  # an agent with no plan: its node's plan made now, not in `OWNER_TICKS`
+        if (asked or now >= self.next_owners) and self.owners is not None:
             self.plan_asked.clear()
-            self.next_owners = now
-        if now >= self.next_owners and self.owners is not None:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
-            self.owners.wake()
+            self.owners.wake(early=asked)  # an ask while a refresh is still due is no overrun
         return c.settings.daemon.fast_interval_s
 
     def _lost(self, now: float) -> float:
