@@ -291,7 +291,9 @@ class NvmlPowerLimiter:
         if not math.isfinite(watts):  # min/max let NaN through, and round(nan) raised out of the tick
             raise TransientActuatorError(f"GPU {gpu_index}: a power limit of {watts} W is no number of watts", 1.0)
         current, low, high = self.devices.limits_w(gpu_index)
-        target = min(max(watts, low), high)
+        # whole watts, rounded down (never past a line the governor fitted; a driver that keeps whole watts would apply
+        # the same), within the device's own limits
+        target = max(low, min(float(math.floor(watts + 1e-6)), high))
         if not worth_setting(current, target) or not self.gate.may_set(gpu_index, target > current):
             return current
         applied = self.devices.set_limit_w(gpu_index, target)

@@ -57,10 +57,11 @@ def test_limit_is_clamped_and_read_back() -> None:
     assert limiter.set_power_limit(0, 5000.0) == 700.0
     assert fake.sets == [(0, 200_000), (0, 700_000)]
     assert limiter.set_power_limit(0, 700.4) == 700.0 and len(fake.sets) == 2  # unchanged: not rewritten
-    # a fall under a watt is set: the governor fits the limits' sum to a line exactly, and one left unset had the
-    # limits in force pass it by up to a watt a GPU (a review); a rise under a watt is still no set's worth
-    assert limiter.set_power_limit(0, 699.6) == 699.6 and fake.sets[-1] == (0, 699_600)
-    assert limiter.set_power_limit(0, 699.9) == 699.6 and len(fake.sets) == 3
+    # a fall under a watt is set, in whole watts rounded down: the governor fits the limits' sum to a line exactly,
+    # and one left unset had the limits in force pass it by up to a watt a GPU (a review); a rise under a watt is
+    # still no set's worth
+    assert limiter.set_power_limit(0, 699.6) == 699.0 and fake.sets[-1] == (0, 699_000)
+    assert limiter.set_power_limit(0, 699.9) == 699.0 and len(fake.sets) == 3
     for bad in (float("nan"), float("inf")):  # min/max passed NaN on, and round(nan) raised ValueError
         with pytest.raises(TransientActuatorError, match="no number of watts"):
             limiter.set_power_limit(0, bad)
@@ -92,15 +93,17 @@ def test_a_setter_that_ignores_its_return_code_is_caught_by_the_read_back() -> N
 
 
 def test_a_driver_that_applies_more_than_asked_fails_the_set() -> None:
-    """A driver that keeps whole watts, rounding up: a limit applied up to a watt over the one asked was taken, so the
-    limits fitted to a line exactly passed it by that a GPU, and the same set came again every tick (a review). The
-    set fails, and the fast loop counts the GPU at what it holds while the others fit around it."""
+    """A limit applied up to a watt over the one asked was taken, so the limits fitted to a line exactly passed it by
+    that a GPU, and the same set came again every tick (a review). The set fails, and the fast loop counts the GPU at
+    what it holds while the others fit around it. A limit is asked in whole watts, rounded down, so a driver that keeps
+    whole watts applies it as asked."""
     fake, dev = devices(1)
     setter = fake.nvmlDeviceSetPowerManagementLimit
     fake.nvmlDeviceSetPowerManagementLimit = lambda h, mw: setter(h, -(-mw // 1000) * 1000)  # type: ignore[method-assign]
-    with pytest.raises(TransientActuatorError, match=r"asked 299\.5 W, 300 W in force"):
-        NvmlPowerLimiter(dev).set_power_limit(0, 299.5)
-    assert NvmlPowerLimiter(dev).set_power_limit(0, 250.0) == 250.0  # a whole watt as asked
+    assert NvmlPowerLimiter(dev).set_power_limit(0, 299.5) == 299.0  # whole watts: applied as asked
+    fake.nvmlDeviceSetPowerManagementLimit = lambda h, mw: setter(h, mw + 500)  # type: ignore[method-assign]
+    with pytest.raises(TransientActuatorError, match=r"asked 250 W, 250\.5 W in force"):
+        NvmlPowerLimiter(dev).set_power_limit(0, 250.0)
 
 
 def test_lost_gpu_is_reported_without_a_reading_at_its_last_limits() -> None:
