@@ -113,6 +113,20 @@ def shutdown_timeout_s(argv: tuple[str, ...]) -> float:
     return 0.0
 
 
+def startable(path: Path) -> bool:
+    """Whether exec(2) starts `path`: a regular file, an ELF binary or a script with a #! line (an unreadable one is
+    exec's to say): what `ChildRunner` can start. A FIFO is never opened: the open waited for a writer, and
+    check-config with it."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return False
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True
+    return head.startswith((b"#!", b"\x7fELF"))
+
+
 class ChildRunner:
     """Starts, stops and restarts servers as children of the daemon. A server started with vLLM's
     `--shutdown-timeout` is given that long to drain what it holds, beyond `stop_timeout_s`, before it is killed."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from actuators.vllm_servers import startable
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
 from controller.budget.assemble import combiner
@@ -105,19 +106,6 @@ def unreadable(folder: Path) -> str | None:
         if mode & 0o004 == 0:
             return f"{f} cannot be read by the vLLM unit's user (mode {mode & 0o777:o})"
     return None
-
-
-def startable(path: Path) -> bool:
-    """Whether exec(2) starts `path`: a regular file, an ELF binary or a script with a #! line (an unreadable one is
-    exec's to say). A FIFO is never opened: the open waited for a writer, and check-config with it."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return False
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError:
-        return True
-    return head.startswith((b"#!", b"\x7fELF"))
 
 
 def check_backends(settings: Settings) -> tuple[list[str], Any]:
