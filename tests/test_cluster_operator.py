@@ -1265,3 +1265,18 @@ def test_an_api_error_while_taking_the_lead_is_one_line_not_a_traceback(cluster:
         until(lambda: status_of(emu, "chat").get("decision"), what="a decision on the service", timeout_s=40)
     out = runner.output
     assert "operator step failed: TransientActuatorError" in out and "Traceback" not in out, out[-3000:]
+
+
+def test_a_policy_the_operator_leaves_alone_says_so_on_its_status(cluster: tuple[KubeEmulator, Any]) -> None:
+    """A PowerPolicy not named by `--policy` was left alone with a line in the operator's log alone (a new user's
+    trial): its status now reads Ready False, NotActed, naming the policy acted on, with one Warning Event."""
+    emu, _ = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    emu.put(GROUP, POLICIES, {**policy(), "metadata": {"name": "other"}})
+    with KopfRunner(OPERATOR, timeout=60):
+        got = until(lambda: ((emu.get(GROUP, POLICIES, "other") or {}).get("status") or {}).get("conditions"),
+                    what="the other policy's status", timeout_s=30)
+        until(lambda: status_of(emu, "chat").get("decision"), what="the named policy acting", timeout_s=30)
+    assert got[0]["status"] == "False" and got[0]["reason"] == "NotActed" and "'default'" in got[0]["message"]
+    assert [e["reason"] for e in events_on(emu, "other")] == ["NotActed"]

@@ -28,6 +28,7 @@ from controller.cluster.operator import ClusterLoop
 from controller.cluster.plan_server import PlanServer, TokenReviewer
 from controller.cluster.plan_signing import load_signing_key
 from controller.cluster.resources import GROUP, POLICIES, VERSION
+from controller.cluster.status import Reporter
 from controller.own_metrics import OwnMetrics
 
 log = logging.getLogger("wattscale.operator")
@@ -94,10 +95,12 @@ def seen(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, POLICIES, cancellation_backoff=5.0, cancellation_timeout=10.0)
-def control(name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
-    """The control loop of the policy named by WATTSCALE_POLICY (others are left alone and say so)."""
+def control(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """The control loop of the policy named by WATTSCALE_POLICY (others are left alone and say so, on their status
+    too)."""
     if name != memo.policy:
         log.warning("PowerPolicy %s is not acted on: this operator acts on %r", name, memo.policy)
+        Reporter(memo.client, memo.namespace, memo.identity).not_acted(dict(body), memo.policy)
         return
     loop = ClusterLoop(memo.client, name, memo.identity, memo.namespace, memo.state_dir, memo.metrics,
                        server=memo.plan_server)

@@ -163,6 +163,17 @@ class Reporter:
         self._patch_status(None, POLICIES, policy["metadata"]["name"], pstatus)
 
 
+    def not_acted(self, policy: dict[str, Any], acted: str) -> None:
+        """A PowerPolicy this operator leaves alone (not its `--policy`) says so on its status and in a Warning Event
+        (once: a restart reads its status saying it already); it said so in the operator's log alone."""
+        why = f"this operator acts on PowerPolicy {acted!r} (its --policy); this one is left alone"
+        old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
+        if not isinstance(old, dict) or old.get("message") != why:
+            self.event(policy, "PowerPolicy", "NotActed", why, warning=True)
+        self._patch_status(None, POLICIES, policy["metadata"]["name"],
+                           {"conditions": since([condition(False, "NotActed", why)], policy)})
+
+
 class KeptDecisions(DecisionLog):
     """The decision log, also keeping the last record: the resources' status is written from it."""
 
