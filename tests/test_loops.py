@@ -961,3 +961,23 @@ def test_a_decisions_log_line_names_ten_changed_services_and_counts_the_rest(
     assert max(changed) > 10 and all(line.count(" -> planned ") <= 10 for line in lines), (changed, lines)
     assert any(f"; {n - 10} more services changed (the decision log has each)" in line
                for line in lines for n in changed if n > 10), lines
+
+
+def test_a_reload_that_lowers_max_replicas_below_what_runs_is_obeyed_at_the_next_cycle(
+        sim_config: Callable[..., Path]) -> None:
+    """chat on two replicas, a reload lowers its max_replicas to 1: the stability gate held the second replica for
+    `confirm_cycles` more slow cycles, as it holds a shrink the load asks for (a new user's trial). The operator's bound
+    is no load's guess: back within it at the next cycle."""
+    ctl, advance, _ = sim_controller(load_settings(sim_config()))
+    lowered = load_settings(sim_config({"max_replicas = 4\nin_tokens = 400": "max_replicas = 1\nin_tokens = 400"},
+                                       name="lower.toml"))
+    for t in range(1, 256):
+        advance(float(t))
+        ctl.tick_fast(float(t))
+        if t % 15 == 0:
+            ctl.tick_slow(float(t))
+            if t == 240:
+                assert ctl.assignments["chat"].replicas == 2
+                check_reload(ctl.settings, lowered)
+                ctl.reconfigure(lowered)
+    assert ctl.assignments["chat"].replicas == 1
