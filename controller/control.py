@@ -275,9 +275,11 @@ class Controller:
                 self.estimator.short.add(svc.name)
             else:
                 self.estimator.short.discard(svc.name)
-            pending.append(Pending(svc.name, svc.priority, current, planned, self.gate.admit(  # past max_replicas (a
-                now, svc.name, current, planned, result.reason if result.short_rps > 0 else None,  # reload lowered
-                urgent or current.replicas > svc.max_replicas,  # it), back within at once, not confirm_cycles later
+            # past its max_replicas (a reload lowered it), a service is back within them at once, not confirm_cycles
+            # later: the operator's bound is no load's guess
+            at_once = urgent or current.replicas > svc.max_replicas
+            pending.append(Pending(svc.name, svc.priority, current, planned, self.gate.admit(
+                now, svc.name, current, planned, result.reason if result.short_rps > 0 else None, at_once,
                 svc.min_replicas, in_force[svc.name].one_variant)))
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
