@@ -1,6 +1,7 @@
 """Pluggable backends that change the world: power limits, locked SM clocks, vLLM batch limits, replica counts."""
 
 from actuators.base import (
+    LEAST_RISE_W,
     Action,
     ActuatorError,
     BatchInForce,
@@ -17,6 +18,7 @@ from actuators.base import (
 )
 
 __all__ = [
+    "LEAST_RISE_W",
     "Action",
     "ActuatorError",
     "BatchInForce",

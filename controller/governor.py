@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from actuators import LEAST_RISE_W
 from controller.limit_pressure import (
     accounted_w,
     at_floor,
@@ -202,8 +203,8 @@ class PowerGovernor:
                     and h.uuid not in lagging and h.uuid not in pinned)
         tick_w = max(0.0, rooms.room[-1]) + spare
         share = tick_w / max(1, len(pressing))
-        if share < 1.0:  # split, no limit would move (a rise under a watt is never set) and the same tick came again
-            share = tick_w  # for good: a 900-W load stayed at 450 W among twelve GPUs under a 20-W/s ramp (a review)
+        if share < LEAST_RISE_W:  # split, no limit would move (a rise under a watt is never set) and the same tick
+            share = tick_w  # came again for good: a 900-W load stayed at 450 W among twelve GPUs under 20 W/s
         for k in range(len(groups) - 1, -1, -1):  # highest priority first
             lower = [h for group in groups[:k] for h in group]
             for g in groups[k]:

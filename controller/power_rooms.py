@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from actuators import LEAST_RISE_W
 from controller.telemetry.base import GpuSample
 
 
@@ -42,7 +43,7 @@ def settable(samples: Sequence[GpuSample], limits: Mapping[str, float],
     """The limits to set (GPU index -> watts): each that moves a watt or more (a smaller move is no set's worth), and
     a smaller fall where a line's limits in force would pass it without it, the largest first. The limits are fitted
     to each line exactly: a watt kept per GPU instead left a ramp smaller than the GPUs' count no room at all."""
-    out = {g.index: limits[g.uuid] for g in samples if abs(limits[g.uuid] - g.power_limit_w) >= 1.0}
+    out = {g.index: limits[g.uuid] for g in samples if abs(limits[g.uuid] - g.power_limit_w) >= LEAST_RISE_W}
     for line_w, inside in lines:
         in_force = sum(out.get(g.index, g.power_limit_w) for g in inside)
         unset = sorted((g for g in inside if g.index not in out and limits[g.uuid] < g.power_limit_w),

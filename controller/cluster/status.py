@@ -27,13 +27,18 @@ def condition(ok: bool, reason: str, message: str) -> dict[str, Any]:
             "lastTransitionTime": _stamp()}
 
 
+def stored(obj: dict[str, Any]) -> dict[str, Any]:
+    """The resource's stored condition ({} where it has none, or one that is no object)."""
+    old = ((obj.get("status") or {}).get("conditions") or [{}])[0]
+    return old if isinstance(old, dict) else {}
+
+
 def since(conditions: list[dict[str, Any]], obj: dict[str, Any]) -> list[dict[str, Any]]:
     """`conditions` with the stored one's `lastTransitionTime` where its status has not changed: the time it last
     changed, as Kubernetes' conditions read (each write had stamped it anew)."""
-    old = ((obj.get("status") or {}).get("conditions") or [{}])[0]
-    return [{**c, "lastTransitionTime": old["lastTransitionTime"]} if isinstance(old, dict) and old.get("type") ==
-            c["type"] and old.get("status") == c["status"] and old.get("lastTransitionTime") else c
-            for c in conditions]
+    old = stored(obj)
+    return [{**c, "lastTransitionTime": old["lastTransitionTime"]} if old.get("type") == c["type"] and
+            old.get("status") == c["status"] and old.get("lastTransitionTime") else c for c in conditions]
 
 
 def service_status(key: str, obj: dict[str, Any], record: dict[str, Any] | None,
@@ -134,8 +139,7 @@ class Reporter:
             if err is not None:
                 status = {"observedGeneration": obj["metadata"].get("generation", 1),
                           "conditions": [condition(False, "Invalid", str(err))]}
-                old = (obj.get("status") or {}).get("conditions") or [{}]
-                if old[0].get("message") != str(err):
+                if stored(obj).get("message") != str(err):
                     self.event(obj, "LLMService", "Invalid", str(err), warning=True)
             else:
                 status = service_status(key, obj, record, solution)
@@ -157,8 +161,7 @@ class Reporter:
             pstatus["unowned_gpus"] = unowned
         policy = res.policy_obj
         pstatus["conditions"] = since(pstatus["conditions"], policy)
-        old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
-        if policy_err is not None and old.get("message") != str(policy_err):
+        if policy_err is not None and stored(policy).get("message") != str(policy_err):
             self.event(policy, "PowerPolicy", "Invalid", str(policy_err), warning=True)
         self._patch_status(None, POLICIES, policy["metadata"]["name"], pstatus)
 
@@ -167,8 +170,7 @@ class Reporter:
         """A PowerPolicy this operator leaves alone (not its `--policy`) says so on its status and in a Warning Event
         (once: a restart reads its status saying it already); it said so in the operator's log alone."""
         why = f"this operator acts on PowerPolicy {acted!r} (its --policy); this one is left alone"
-        old = ((policy.get("status") or {}).get("conditions") or [{}])[0]
-        if not isinstance(old, dict) or old.get("message") != why:
+        if stored(policy).get("message") != why:
             self.event(policy, "PowerPolicy", "NotActed", why, warning=True)
         self._patch_status(None, POLICIES, policy["metadata"]["name"],
                            {"conditions": since([condition(False, "NotActed", why)], policy)})
