@@ -41,11 +41,8 @@ def check_secrets(settings: BudgetSettings, env: Mapping[str, str], where: str) 
     checks it with the policy, which is refused then (running, the full budget had held while the safe one was
     meant)."""
     for i, (_, s) in enumerate(settings.sources):
-        if isinstance(s, ElectricityMapsSettings):
-            secret(env, s.token_env, f"{where}.sources[{i}].token_env")
-        elif isinstance(s, WattTimeSettings):
-            secret(env, s.username_env, f"{where}.sources[{i}].username_env")
-            secret(env, s.password_env, f"{where}.sources[{i}].password_env")
+        for field in s.SECRETS if isinstance(s, ElectricityMapsSettings | WattTimeSettings) else ():
+            secret(env, getattr(s, field), f"{where}.sources[{i}].{field}")
 
 
 def resolve(base_dir: str, path: str) -> str:

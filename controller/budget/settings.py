@@ -10,7 +10,7 @@ import re
 import urllib.parse
 import zoneinfo
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from controller.budget.carbon import check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
@@ -129,6 +129,8 @@ def check_secret_source(s: Any, where: str, prefix: str, names: tuple[str, ...])
 
 @dataclass(frozen=True, kw_only=True)
 class ElectricityMapsSettings(CarbonSettings):
+    SECRETS: ClassVar[tuple[str, ...]] = ("token_env",)
+    """The fields naming a variable that holds a secret (checked here, and set in the operator's environment)."""
     zone: str
     """Electricity Maps zone, e.g. "DE" or "US-CAL-CISO"."""
     token_env: str = "ELECTRICITYMAPS_TOKEN"
@@ -147,11 +149,13 @@ class ElectricityMapsSettings(CarbonSettings):
         check_range(self, where, ("timeout_s",), 0.0, MAX_TIMEOUT_S, low_open=True)
         if not self.zone:
             raise ConfigError(f"{where}.zone", "must not be empty")
-        check_secret_source(self, where, "ELECTRICITYMAPS_", ("token_env",))
+        check_secret_source(self, where, "ELECTRICITYMAPS_", self.SECRETS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WattTimeSettings(CarbonSettings):
+    SECRETS: ClassVar[tuple[str, ...]] = ("username_env", "password_env")
+    """The fields naming a variable that holds a secret (checked here, and set in the operator's environment)."""
     region: str
     """WattTime region, e.g. "CAISO_NORTH"."""
     username_env: str = "WATTTIME_USERNAME"
@@ -171,7 +175,7 @@ class WattTimeSettings(CarbonSettings):
         check_range(self, where, ("timeout_s",), 0.0, MAX_TIMEOUT_S, low_open=True)
         if not self.region:
             raise ConfigError(f"{where}.region", "must not be empty")
-        check_secret_source(self, where, "WATTTIME_", ("username_env", "password_env"))
+        check_secret_source(self, where, "WATTTIME_", self.SECRETS)
         if not 1 <= self.horizon_hours <= 72 or self.horizon_hours * 3600 < self.lead_s:
             raise ConfigError(f"{where}.horizon_hours", f"must be in 1..72 and cover lead_s, got {self.horizon_hours}")
 
