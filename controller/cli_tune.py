@@ -105,8 +105,9 @@ def _usable(report: dict[str, Any]) -> int:
     n, k = report["observations"], len(report["params"])
     few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters"
     if worst > UNUSABLE_ERROR:
-        why = ("; a parameter held at a bound above says which prior to move nearer the observations"
-               if report.get("bounds_hit") else f"; {few}" if n < k else "")
+        why = (f"; {few}" if n < k else "") + (
+            "; a parameter held at a bound above says which prior to move nearer the observations"
+            if report.get("bounds_hit") else "")
         print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
               f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable{why}",
               file=sys.stderr)

@@ -115,16 +115,18 @@ def test_a_fit_that_does_not_explain_its_own_windows_exits_1_saying_so(capsys: p
     assert "does not explain" not in capsys.readouterr().err
 
 
-def test_an_unusable_fit_of_too_few_rows_says_so_not_a_bound_none_was_held_at(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unusable_fit_of_too_few_rows_says_so_and_a_bound_only_where_one_was_held_at(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """One row of extreme values: the exit-1 line pointed at "a parameter held at a bound above" where no bound was
-    named, and the note of too few rows was not printed (a new user's trial)."""
+    named, and the note of too few rows was not printed (a new user's trial). Whether the fit ends a hair inside
+    beta's bound or at it depends on SciPy's release (1.17 ends at it), so both are said where both hold."""
     path = tmp_path / "extreme.csv"
     path.write_text("rate_rps,in_tokens,out_tokens,max_batch,ttft_ms,itl_ms\n1000000,1000000,1000000,4096,10000000,"
                     "10000000\n")
     assert main(["tune", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "its parameters are not usable; 1 observation for 8 parameters" in err and "held at a bound" not in err
+    assert "its parameters are not usable; 1 observation for 8 parameters" in err
+    assert ("held at a bound above" in err) == ("held at its" in caplog.text)
 
 
 def test_thousands_of_rejected_rows_are_named_ten_at_a_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
