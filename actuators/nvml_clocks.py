@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from actuators.base import ActuatorError, PermanentActuatorError, TransientActuatorError, snap_clock_mhz
-from actuators.nvml import NvmlDevices, RaiseGate
+from actuators.nvml import NvmlDevices
+from actuators.nvml_limits import RaiseGate
 
 READ_BACK_SLACK_MHZ = 15.0
 """How far above the lock the SM clock may read (one step of the GPU's clock table)."""

@@ -14,8 +14,9 @@ import numpy as np
 
 from actuators import ActuatorError, BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
 from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLimiter, DryRunReplicaScaler
-from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import NvmlDevices
 from actuators.nvml_clocks import NvmlClockLocker
+from actuators.nvml_limits import NvmlPowerLimiter
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter, SimReplicaScaler
 from actuators.vllm import VllmBatchSizer
 from actuators.vllm_servers import ChildRunner, Replica, ServerRunner, SystemdRunner

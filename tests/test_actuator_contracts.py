@@ -10,8 +10,9 @@ from fake_pynvml import FakeGpu, FakeNvml
 
 from actuators import BatchInForce, BatchSizer, ClockLocker, PermanentActuatorError, PowerLimiter
 from actuators.dryrun import DryRunBatchSizer, DryRunClockLocker, DryRunPowerLimiter
-from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import NvmlDevices
 from actuators.nvml_clocks import NvmlClockLocker
+from actuators.nvml_limits import NvmlPowerLimiter
 from actuators.sim import SimBatchSizer, SimClockLocker, SimPowerLimiter
 from actuators.vllm import VllmBatchSizer
 from actuators.vllm_servers import Replica

@@ -9,7 +9,8 @@ import numpy as np
 import pynvml
 import pytest
 
-from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import NvmlDevices
+from actuators.nvml_limits import NvmlPowerLimiter
 from controller.telemetry.capped import CappedShares
 from controller.telemetry.nvml import NvmlGpuSource
 from controller.telemetry.sim import SimGpuSource

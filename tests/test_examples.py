@@ -47,7 +47,7 @@ def test_host_example_passes_check_config(tmp_path: Path, capsys: pytest.Capture
 def test_host_example_wires_nvml_vllm_units_and_prometheus(tmp_path: Path) -> None:
     from fake_pynvml import FakeGpu, FakeNvml
 
-    from actuators.nvml import NvmlPowerLimiter
+    from actuators.nvml_limits import NvmlPowerLimiter
     from actuators.vllm import VllmBatchSizer
     from controller.settings import load_settings
     from controller.telemetry.nvml import NvmlGpuSource

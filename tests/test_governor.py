@@ -1136,7 +1136,8 @@ def test_limits_in_force_fit_the_line_though_moves_under_a_watt_go_unset(domain:
     watt, falls included (a review: 2.8 W over the threshold of eight GPUs)."""
     from fake_pynvml import FakeGpu, FakeNvml
 
-    from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+    from actuators.nvml import NvmlDevices
+    from actuators.nvml_limits import NvmlPowerLimiter
 
     rng = np.random.default_rng(3)
     lines = (PowerDomainSettings("rack", 2200.0, tuple(range(5))),) if domain else ()

@@ -18,7 +18,8 @@ from conftest import load_benchmark
 from fake_pynvml import FakeGpu, FakeNvml
 from test_nvml import FIELDS
 
-from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import NvmlDevices
+from actuators.nvml_limits import NvmlPowerLimiter
 from controller import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import pytest
 from fake_pynvml import FakeGpu, FakeNvml
 
 from actuators import PermanentActuatorError, TransientActuatorError
-from actuators.nvml import NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import NvmlDevices
+from actuators.nvml_limits import NvmlPowerLimiter
 from controller.config_loader import ConfigError
 from controller.power_settings import PowerDomainSettings
 from controller.telemetry.base import TelemetryError
@@ -122,7 +123,7 @@ def test_a_gpu_that_stops_reading_is_said_once_counted_every_tick_and_shows_a_ga
     count and a power gauge frozen at its last 450 W said the daemon was blind to it."""
     from prometheus_client import CollectorRegistry
 
-    from actuators.nvml import NvmlPowerLimiter as Limiter
+    from actuators.nvml_limits import NvmlPowerLimiter as Limiter
     from controller.fast_loop import FastLoop
     from controller.own_metrics import OwnMetrics
     from controller.plan import Plan

@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from actuators import ActuatorError, worth_setting
 from actuators.kubernetes import translate
-from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices, NvmlPowerLimiter
+from actuators.nvml import EnergyCadence, GpuReading, NvmlDevices
+from actuators.nvml_limits import NvmlPowerLimiter
 from controller.cluster.plan_signing import NONCE_HEADER, SIGNATURE_HEADER, PlanKeys, new_nonce, verify
 from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
