@@ -27,7 +27,8 @@ class TelemetrySettings:
     window_s: float = 60.0
     """Window of the rate() queries, whole seconds (the queries say it so); at least four scrape intervals."""
     timeout_s: float = 5.0
-    """HTTP timeout of one query or page."""
+    """HTTP timeout of one page (scrape), of all of a window's queries together (prometheus), of all of a GPU sample's
+    queries (dcgm, kepler)."""
 
     def check(self, where: str) -> None:
         if not self.prometheus_url.startswith(("http://", "https://")):

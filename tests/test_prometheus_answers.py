@@ -162,3 +162,70 @@ def test_the_queue_and_batch_at_the_windows_start_are_read_a_window_back(running
         assert errors == [("prometheus", "chat: running not a number in [0, 1e+12]: left out")]
     else:
         assert (w.running_before, w.waiting_before, w.running, w.waiting) == (16.0, 2.0, 40.0, 10.0) and not errors
+
+
+def answering(answers: dict[str, str | None]) -> tuple[PrometheusVllmSource, list[str]]:
+    """A source whose Prometheus answers each figure's query from `answers` (None or absent: no series), and the
+    errors it reports."""
+    said: list[str] = []
+    by_query = {q: k for k, q in queries(["m"], "60s").items()}
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        value = answers.get(by_query[form["query"]])
+        return vector(*([value] if value is not None else []))
+
+    return PrometheusVllmSource("http://prom", {"chat": "m"}, fetch=fetch,
+                                on_error=lambda kind, message: said.append(message)), said
+
+
+def test_a_success_counter_gone_after_a_rate_was_read_is_no_window_not_no_requests() -> None:
+    """A trial: `vllm:request_success_total` vanished while the engines reported, and chat (12 rps) was read at 0 rps
+    and planned on half its replicas, with no word of it. Before any rate is read, no series still means none
+    finished yet (a fresh engine)."""
+    answers: dict[str, str | None] = {"replicas": "2", "running": "3", "waiting": "0", "restarts": "0"}
+    source, said = answering(answers)
+    first = source.observe(0.0, ["chat"])["chat"]
+    assert first is not None and first.rate_rps == 0.0 and not said  # none finished yet
+    answers["rate_rps"] = "12"
+    read = source.observe(15.0, ["chat"])["chat"]
+    assert read is not None and read.rate_rps == 12.0
+    answers["rate_rps"] = None
+    assert source.observe(30.0, ["chat"])["chat"] is None
+    assert len(said) == 1 and "vllm:request_success_total of model 'm' is gone while 2 engine(s) report" in said[0]
+
+
+@pytest.mark.parametrize("restarts,window", [("1", True), ("2", True), ("3", False), ("57", False)])
+def test_a_counter_that_falls_more_often_than_its_engines_restart_is_no_window(restarts: str, window: bool) -> None:
+    """Two engines behind one scrape target: the success counter fell at every scrape, each fall read the whole count
+    as new, and chat's 12 rps read 48 to 663 rps, every service planned at max_replicas (a trial). Each of two
+    engines restarting once in a window is a window (not a steady one)."""
+    source, said = answering({"rate_rps": "12", "replicas": "2", "running": "3", "waiting": "0", "restarts": restarts})
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert (w is not None) is window and (len(said) == 0) is window
+    assert window or "fell more often in the window than its 2 engine(s) can restart" in said[0]
+    assert w is None or not w.steady
+
+
+def test_the_windows_queries_share_one_timeout() -> None:
+    """A Prometheus answering each of a window's 17 queries in 4 s of a 5-s timeout held the slow loop 73 s (a
+    trial); now the queries share the timeout, each asked within what is left of it."""
+    now = [0.0]
+    asked: list[float] = []
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        asked.append(timeout_s)
+        now[0] += 2.0
+        return vector("1")
+
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, timeout_s=5.0, fetch=fetch, clock=lambda: now[0])
+    with pytest.raises(TelemetryError, match=r"the window's queries took longer than 5 s \(telemetry.timeout_s; 3 "):
+        source.observe(0.0, ["chat"])
+    assert asked == [5.0, 3.0, 1.0]
+
+
+def test_a_bad_series_is_quoted_without_its_time_so_it_is_said_once() -> None:
+    """The sample's time changes every answer: quoted, the same fault was a new message, logged anew every cycle."""
+    body = b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[17.5,3]}]}}'
+    with pytest.raises(TelemetryError) as caught:
+        instant_vector(body, "q")
+    assert "17.5" not in str(caught.value) and "[3]" in str(caught.value)

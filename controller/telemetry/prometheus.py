@@ -4,7 +4,12 @@ figure for all services' models at once (grouped by `model_name`).
 V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no traffic), an empty vector
 (no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency; but a
 request rate that is NaN or out of range (a broken counter: no 0/0 makes it) is no window for its service,
-where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps. A
+where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps, until a rate
+was read for the model; after that, a rate gone while its engines report is a lost counter, no window, never 0 rps
+(it had planned half the replicas). Nor is a window whose success counter fell more often than its engines
+can restart in it (two engines behind one scrape target, or a broken counter: each fall read the whole count
+as new, a demand 50 times the load). All of a window's queries share one timeout (`timeout_s`: a Prometheus
+that answers each query just inside it had held the slow loop for 17 of them). A
 Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
 observation with one `TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot
 be read (an error envelope, whatever its HTTP status; a wrong shape: `BadAnswer`, naming its query) loses that
@@ -18,6 +23,7 @@ import json
 import logging
 import math
 import re
+import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -123,6 +129,10 @@ def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tupl
 
 
 def _bad_series(query: str, item: object, what: str) -> BadAnswer:
+    """Quoting the series without its sample's time, which changes every answer (the same fault was logged anew each
+    cycle)."""
+    if isinstance(item, dict) and isinstance(item.get("value"), list) and item["value"]:
+        item = {**item, "value": item["value"][1:]}
     return BadAnswer(f"prometheus: a series {what} for {shortened(query)!r}: {shortened(json.dumps(item))}")
 
 
@@ -150,8 +160,13 @@ class PrometheusVllmSource:
 
     def __init__(self, url: str, models: dict[str, str], window_s: float = 60.0, timeout_s: float = 5.0,
                  fetch: Fetch = http_post, wall_time: Callable[[float], float] | None = None,
-                 on_error: Callable[[str, str], None] | None = None) -> None:
+                 on_error: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.api = PrometheusApi(url, timeout_s, fetch)
+        self.clock = clock
+        """Times the window's queries against their one timeout."""
+        self.rated: set[str] = set()
+        """Models a request rate was read for: from then on, no rate series is a lost counter, not none finished."""
         self.on_error = on_error or (lambda kind, message: log.warning("%s: %s", kind, message))
         """Where a figure lost to an unreadable answer is reported (the controller counts and logs it)."""
         self.models = models
@@ -165,9 +180,14 @@ class PrometheusVllmSource:
         answers: dict[str, dict[str, float]] = {}
         lost: set[str] = set()
         if models:
+            deadline = self.clock() + self.api.timeout_s
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
+                left_s = deadline - self.clock()
+                if left_s <= 0.0:
+                    raise TelemetryError(f"prometheus: the window's queries took longer than {self.api.timeout_s:g} s "
+                                         f"(telemetry.timeout_s; {len(answers)} answered)")
                 try:
-                    answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure in KEEP_NAN))
+                    answers[figure] = by_model(self.api.query(promql, at, left_s, keep_nan=figure in KEEP_NAN))
                 except BadAnswer as exc:
                     if figure in CORE:
                         raise
@@ -187,12 +207,27 @@ class PrometheusVllmSource:
             if replicas == 0 and v["rate_rps"] is None:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
                 continue
+            if raw["rate_rps"] is None and model in self.rated and "rate_rps" not in lost:
+                self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} is gone while "
+                              f"{replicas} engine(s) report: no window (read as no requests finished, it sized "
+                              "the service for none)")
+                out[name] = None
+                continue
+            if (v["restarts"] or 0.0) > max(1, replicas):
+                self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} fell more often "
+                              f"in the window than its {replicas} engine(s) can restart (two engines behind one "
+                              "scrape target, or a broken counter; each fall counts the whole count as new): no "
+                              "window")
+                out[name] = None
+                continue
             if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
                 self.on_error("prometheus", f"{name}: {', '.join(bad)} not a number in [0, {MOST:g}]: left out"
                               + (" (no window without its rate)" if "rate_rps" in bad else ""))
                 if "rate_rps" in bad:
                     out[name] = None
                     continue
+            if v["rate_rps"] is not None:
+                self.rated.add(model)
 
             def ms(key: str, values: dict[str, float | None] = v) -> float | None:
                 x = values[key]
