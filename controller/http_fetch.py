@@ -175,6 +175,8 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
             watch.finish()
             return answer
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if watch.finish():  # the deadline shut the socket: a server that never answered read as one that hung up
+            raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s") from exc
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
     finally:
         watch.finish()
@@ -209,7 +211,7 @@ def _body(r: Any, url: str, deadline: float, max_body: int, whole: bool) -> byte
     stated = (r.headers or {}).get("Content-Length", "")
     if whole and stated.isdigit() and len(body) < int(stated):
         why = "is still coming after the timeout" if time.monotonic() > deadline else "broke off"
-        raise Unreachable(f"{url}: the answer {why} ({len(body)} of {stated} bytes)")
+        raise Unreachable(f"{url}: the answer {why} short of its stated length")  # no counts: said once a run
     return body
 
 
