@@ -435,3 +435,24 @@ def test_a_queue_gauge_one_page_lacks_reads_no_growth() -> None:
         w = source.observe(now, ["chat"])["chat"]
         if i:
             assert w is not None and (w.waiting_before, w.running_before) == (None, None), (i, w)
+
+
+def test_a_page_that_gives_a_sample_twice_is_read_once_and_said() -> None:
+    """A page with each line twice read 1.5 times the rate, and the window after it was taken at 48.7 rps for 12 (a
+    trial; Prometheus keeps the first of such samples): now the first of each is read, and the page is said."""
+    said: list[str] = []
+    count = {"http://a/metrics": [100.0, 400.0]}
+    k = {"i": 0}
+
+    def fetch(url: str, timeout_s: float) -> str:
+        page = _page(url, count[url][k["i"]], waiting=2.0)
+        return page + page if k["i"] == 1 else page
+
+    source = ScrapeVllmSource({"chat": ("http://a/metrics",)}, {"chat": MODEL}, fetch=fetch,
+                              on_error=lambda kind, msg: said.append(msg))
+    assert source.observe(0.0, ["chat"]) == {"chat": None} and not said
+    k["i"] = 1
+    w = source.observe(10.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == pytest.approx(30.0) and w.waiting == 2.0
+    assert said == ["chat: http://a/metrics: vllm:num_requests_waiting of llama-3.1-8b is on its page twice with the "
+                    "same labels (and so are others): the first of each is read"]

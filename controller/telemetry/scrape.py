@@ -120,6 +120,10 @@ class ScrapeVllmSource:
                                   "waits for one")
                 out[name] = None
                 continue
+            if snap.repeated:
+                where, what = snap.repeated[0]
+                self.on_error("scrape", f"{name}: {where}: {what} of {model} is on its page twice with the same labels "
+                              "(and so are others): the first of each is read")
             if snap.unread and not any(k[1] == "success" for k in snap.counters):  # no finished request readable:
                 out[name] = None  # its demand is unknown, not 0
                 continue
