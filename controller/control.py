@@ -58,7 +58,7 @@ class Controller:
         self.fast = FastLoop(settings.power, settings.daemon.failsafe_after_ticks, gpus, power, metrics,
                              self.failures.report, settings.daemon.fast_interval_s, clocks)
         self.enforcer = Enforcer(replicas, batch, metrics)
-        self.estimator, self.empty = Estimator(tuner, metrics), EmptyDraw(metrics.empty_power)
+        self.estimator, self.empty = Estimator(tuner, metrics, self.failures.report), EmptyDraw(metrics.empty_power)
         self.gate = StabilityGate(settings.stability)
         self.basis = SizingBasis(settings.optimizer.resize_tolerance)
         self.decisions = decisions or DecisionLog(None)
@@ -179,7 +179,8 @@ class Controller:
             now_on = self.assignments[svc.name]
             verdict = self.estimator.observe(svc, window, readings := self.fast.ledger.take(svc.name), now_on,
                                              in_force[svc.name].still, s.optimizer,
-                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0))
+                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0),
+                                             sum(in_force[svc.name].live.values()))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
                                             "tuner": verdict, "gpus": gpus(readings)}
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 from actuators.vllm_servers import MAX_BATCH
 from controller.optimizer import Assignment
@@ -39,8 +40,9 @@ MAX_WINDOW_REPLICAS = 100_000
 """Most replicas a window may report: a count of 10**400 overflowed every rate per replica."""
 
 
-def window_problem(w: ServiceWindow) -> str | None:
-    """Why a window cannot be a load (a negative or absurd figure from a source); None where it can."""
+def window_problem(w: ServiceWindow, most_replicas: int) -> str | None:
+    """Why a window cannot be a load (a negative or absurd figure from a source, or more engines than the service may
+    run: `most_replicas`); None where it can."""
     if not (math.isfinite(w.rate_rps) and 0.0 <= w.rate_rps <= MAX_WINDOW_RPS):
         return f"rate {w.rate_rps:g} rps outside [0, {MAX_WINDOW_RPS:g}]"
     for name in ("in_tokens", "out_tokens"):
@@ -55,6 +57,10 @@ def window_problem(w: ServiceWindow) -> str | None:
         return f"window_s {w.window_s!r} outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}]"
     if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
         return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
+    if w.replicas > most_replicas:  # 3,001 series of one model read as 3,001 engines: each at 1/3,001 of the load
+        return (f"{w.replicas} engines report its model where at most {most_replicas} run (max_replicas, or the "
+                "replicas in force): another deployment's engines under its model name, or labels that multiply its "
+                "series")
     for name in ("running", "running_before"):  # a replica runs at most vLLM's largest batch (one glitch of 9.9e6
         v = getattr(w, name)  # running sized the plan at the 100,000-rps cap)
         if v is not None and v > max(1, w.replicas) * MAX_BATCH:
@@ -63,13 +69,17 @@ def window_problem(w: ServiceWindow) -> str | None:
 
 
 log = logging.getLogger("wattscale.controller")
+REFUSED = "window refused: "
+"""How a verdict on a window that cannot be a load begins (the controller reports those as `bad_window`)."""
 HOLD_CYCLES = 2
 """Slow cycles without a window a service is held through at the start (`Estimator.untold`)."""
 
 
 class Estimator:
-    def __init__(self, tuner: Tuner, metrics: OwnMetrics) -> None:
+    def __init__(self, tuner: Tuner, metrics: OwnMetrics, report: Callable[[str, str], None]) -> None:
         self.tuner, self.metrics = tuner, metrics
+        self.report = report
+        """Where a window's failure is reported (the controller's failure book: counted, recorded, logged once)."""
         self.load: dict[str, Load] = {}
         self.mix = TokenMix()
         self.settling: set[str] = set()
@@ -97,21 +107,35 @@ class Estimator:
         return name not in self.observed and self.silent.get(name, 0) <= HOLD_CYCLES
 
     def observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float) -> str:
+                in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float,
+                running: int = 0) -> str:
         """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
-        in force); returns the tuner's verdict (or why none)."""
+        in force); returns the tuner's verdict (or why none). A window refused, or none while `running` replicas
+        run (every variant's) once one was had (an exporter down, its series stale), is reported: the last estimate
+        is held."""
+        verdict = self._observe(svc, window, draws, in_force, batch_still, o, kv_tokens,
+                                max(running, svc.max_replicas))
+        if window is None and running > 0 and svc.name in self.observed:
+            self.report("vllm_source", f"{svc.name}: no window while {running} replica(s) run (its vLLM metrics "
+                        "missing or stale): its last load estimate is held")
+        elif verdict.startswith(REFUSED):
+            self.report("bad_window", f"{svc.name}: {verdict}")
+        return verdict
+
+    def _observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
+                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float,
+                 most_replicas: int) -> str:
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
-        problem = None if window is None else window_problem(window)
+        problem = None if window is None else window_problem(window, most_replicas)
         if window is None or problem is not None:  # no count of those serving now: an old one held the fit off
             self.serving.pop(svc.name, None)
         if window is None:
             return "no window"  # keep the estimate
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
-            m.errors.labels("bad_window").inc()
-            return f"window refused: {problem}"
+            return f"{REFUSED}{problem}"
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         self.serving[svc.name] = window.replicas
         if window.replicas < 1:

@@ -96,7 +96,7 @@ def test_the_estimator_judges_steady_windows_by_the_services_statistic() -> None
     code = next(svc for svc in s.services if svc.name == "code")  # p95 ITL <= 45 ms
     tuner = Tuner(None)
     tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
-    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()), lambda kind, message: None)
     a = Assignment("H100-SXM", 2, 64, 700.0)
     o = OptimizerSettings()
 
@@ -128,7 +128,7 @@ def _estimator(tuner: Tuner | None = None) -> tuple[Estimator, ServiceSettings]:
     code = next(svc for svc in s.services if svc.name == "code")
     tuner = tuner or Tuner(None)
     tuner.ensure(code.model, "H100-SXM", code.prior.params(), CATALOG["H100-SXM"])
-    return Estimator(tuner, OwnMetrics(CollectorRegistry())), code
+    return Estimator(tuner, OwnMetrics(CollectorRegistry()), lambda kind, message: None), code
 
 
 def _grown(served_rps: float, waiting: tuple[float, float] | None, running: tuple[float, float] = (8.0, 8.0),
@@ -227,7 +227,7 @@ def test_margins_that_cannot_be_saved_warn_once_and_count_each_time(tmp_path: Pa
     (tmp_path / "afile").write_text("")
     tuner = Tuner(tmp_path / "afile" / "tuner.json")  # works as root too: a file is never a directory
     registry = CollectorRegistry()
-    est = Estimator(tuner, OwnMetrics(registry))
+    est = Estimator(tuner, OwnMetrics(registry), lambda kind, message: None)
     for _ in range(3):
         est.margins.observe("code", False, STEP, SHARE, TOP)
         est.margins.margin("code", STEP, TOP)

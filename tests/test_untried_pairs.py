@@ -120,7 +120,7 @@ def test_a_type_is_untried_until_a_window_of_its_pair_is_fitted() -> None:
     assert untried(ON_H100) == {"L40S"}
     on_l40s = Assignment("L40S", 2, 64, 350.0)
     assert untried(on_l40s) == {"H100-SXM"}
-    est = Estimator(tuner, OwnMetrics(CollectorRegistry()))
+    est = Estimator(tuner, OwnMetrics(CollectorRegistry()), lambda kind, message: None)
     window = ServiceWindow(15.0, 3.0, 400.0, 200.0, 120.0, 34.0, 200.0, 40.0, 4.0, 0.0, 0.0, 0.0, 2)
     assert est.observe(chat, window, [], on_l40s, True, OptimizerSettings(), 0.0) == "accepted"
     assert tuner.measured(chat.model, "L40S") and not tuner.measured(chat.model, "H100-SXM")
