@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
-from controller.config_loader import ConfigError
-from controller.settings import STATE_FILE, Settings
+from controller.config_loader import ConfigError, quoted
+from controller.settings import NAME_MAX, STATE_FILE, Settings
 from controller.slo_margin import MARGINS_FILE
 from controller.state_lock import LOCK_FILE
+from controller.telemetry.base import shortened
 
 OWN_FILES = {STATE_FILE: "the tuner's state", MARGINS_FILE: "the SLO margins", LOCK_FILE: "the daemon's lock"}
 """What the daemon keeps in its state folder, each with its temporary and set-aside copies (`<name>.<suffix>`)."""
@@ -23,18 +24,33 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
     every POST was refused (500) where it was not, and nothing said so."""
     if settings.budget is None:
         return
-    files = {name: _as_written(Path(settings.base_dir) / src.path) for name, src in settings.budget.sources
-             if isinstance(src, CarbonCsvSettings | DemandResponseSettings)}
+    sources = [(name, src) for name, src in settings.budget.sources
+               if isinstance(src, CarbonCsvSettings | DemandResponseSettings)]
+    for name, src in sources:  # a name no file system takes: `run` and check-config ended on it naming no field
+        longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(src.path).parts), default=0)
+        if longest > NAME_MAX:
+            raise ConfigError(f"power.budget.sources[{name}].path", f"{quoted(src.path)} holds a name of {longest} "
+                              f"bytes, past the {NAME_MAX} a file system takes")
+    try:
+        files = {name: _as_written(Path(settings.base_dir) / src.path) for name, src in sources}
+    except OSError as exc:  # a folder on the way that cannot be looked into
+        raise ConfigError("power.budget.sources", f"a path cannot be resolved: {exc.strerror or exc}") from None
     for name, source in settings.budget.sources:
         if isinstance(source, DemandResponseSettings) and source.port:
             where, path = f"power.budget.sources[{name}].path", files[name]
-            if host and not path.parent.is_dir():
-                raise ConfigError(where, f"{path.parent} is no directory: the endpoint could store no signal there")
-            if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
-                raise ConfigError(where, f"{path} is a directory: the endpoint stores its signals in a file; name one")
+            shown = shortened(str(path), 300)  # a 10-kB name was quoted whole
+            try:
+                if host and not path.parent.is_dir():
+                    raise ConfigError(where, f"{shortened(str(path.parent), 300)} is no directory: the endpoint could "
+                                      "store no signal there")
+                if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
+                    raise ConfigError(where, f"{shown} is a directory: the endpoint stores its signals in a file; "
+                                      "name one")
+            except OSError as exc:
+                raise ConfigError(where, f"{shown} cannot be looked at: {exc.strerror or exc}") from None
             whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
             if whose is not None:
-                raise ConfigError(where, f"{path} is {whose}: the endpoint would write its signals over it; name a "
+                raise ConfigError(where, f"{shown} is {whose}: the endpoint would write its signals over it; name a "
                                   "file of its own")
 
 
@@ -56,6 +72,8 @@ def _whose(path: Path, settings: Settings, config: Path | None, others: dict[Pat
             if path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
                 return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
     state = settings.state_path.parent
+    if path in _seen_as(state):  # made by the daemon after this check: no folder yet, and a file name it does not take
+        return "daemon.state_dir, the folder the daemon keeps its state in"
     for own, what in OWN_FILES.items():
         for seen in _seen_as(state / own):
             if path.parent == seen.parent and (path.name == seen.name or path.name.startswith(seen.name + ".")):

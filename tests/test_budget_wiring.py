@@ -488,6 +488,35 @@ def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[...,
         assert "power.budget.sources[grid].path: demand response" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("signal", "message"), [
+    # ENAMETOOLONG ended check-config with exit 1 and a 10-kB line naming no field
+    ("a" * 10240, "holds a name of 10240 bytes, past the 255 a file system takes"),
+    ("state", "is daemon.state_dir, the folder the daemon keeps its state in: the endpoint would write"),  # not made
+])
+def test_an_endpoints_signal_file_the_host_cannot_take_is_refused_by_name(
+        sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], signal: str, message: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a fuzzed config (a trial): a name past what a file system takes, and the state folder itself before
+    the daemon has made it (check-config said ok; `run` then read its signals from a folder), pass neither check."""
+    monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
+    path = with_budget(sim_config, tmp_path / signal)
+    path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
+    for only in ([], ["--file-only"]):
+        assert main(["check-config", str(path), *only]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("wattscale: power.budget.sources[grid].path: ") and message in err, err[:300]
+        assert err.count("\n") == 1 and len(err) < 500
+
+
+def test_a_budget_source_without_a_kind_is_said_to_lack_it(sim_config: Callable[..., Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """It read "unknown source None"."""
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    path.write_text(path.read_text().replace('kind = "demand_response"\n', "", 1))
+    assert main(["check-config", str(path), "--file-only"]) == 2
+    assert "power.budget.sources[1].kind: required key is missing (one of [" in capsys.readouterr().err
+
+
 def test_an_endpoint_may_not_store_into_another_sources_file_and_file_only_checks_it(
         sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,6 +251,8 @@ def budget_settings(data: dict[str, Any], where: str = "power.budget") -> Budget
             raise ConfigError(at, "must be a table")
         fields = dict(table)
         kind = fields.pop("kind", None)
+        if kind is None:
+            raise ConfigError(f"{at}.kind", f"required key is missing (one of {sorted(KINDS)})")
         if not isinstance(kind, str) or kind not in KINDS:
             raise ConfigError(f"{at}.kind", f"unknown source {quoted(kind)} (expected one of {sorted(KINDS)})")
         settings = build(KINDS[kind], fields, at)
