@@ -110,6 +110,9 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
     ('name = "x"\nduration_s = 60\n[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
      'kind = "electricitymaps"\nzone = "DE"\ncurve = [[100, 1400]]\n', "power.budget.sources[0].kind",
      "asks a remote API"),
+    # before the curve such a source needs was asked for, only to be refused once given (a new user's trial)
+    ('name = "x"\nduration_s = 60\n[power.budget]\nsafe_budget_w = 900\n[[power.budget.sources]]\n'
+     'kind = "watttime"\n', "power.budget.sources[0].kind", "asks a remote API"),
     ('name = "x"\nduration_s = 60\n[[events]]\nat_s = 9\nkind = "demand_response"\nbudget_w = 500\n'
      'duration_s = 30\n', "events[0].kind", "needs a demand_response source"),
     ('name = "x"\nduration_s = 60\nstart_utc = "2026-04-15T00:00:00"\n', "start_utc", "needs an offset"),
@@ -171,6 +174,22 @@ def test_a_bad_config_is_named_with_its_file(small_scenario: Callable[..., Path]
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert err.value.where == "config (host.toml): services[chat].ttft_ms"
+
+
+@pytest.mark.parametrize(("table", "part"), [("actuators", "power = 'dry-run'"), ("actuators", "replicas = 'dry-run'"),
+                                           ("telemetry", "vllm_source = 'prometheus'")])
+def test_a_config_with_a_part_that_is_not_simulated_is_refused(small_scenario: Callable[..., Path], table: str,
+                                                                part: str) -> None:
+    """A config whose power actuator was `nvml` or `dry-run` ran as `sim`, without a word (a new user's trial): only
+    a config with no simulated part at all was refused."""
+    path = small_scenario('name = "x"\nduration_s = 60\n')
+    host = path.parent / "host.toml"
+    host.write_text(host.read_text() + f"\n[{table}]\n{part}\n")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    key, value = part.split(" = ")
+    assert err.value.where == "config" and f"has {table}.{key} = {value}: a scenario runs a simulated host" in str(
+        err.value)
 
 
 @pytest.mark.parametrize("name", ["in_tokens", "out_tokens"])

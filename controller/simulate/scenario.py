@@ -30,7 +30,14 @@ from controller.config_loader import ConfigError, build, check_range, quoted
 from controller.service_settings import MAX_DURATION_S
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
-from controller.simulate.scenario_checks import MAX_EVENTS, MAX_SLOWDOWN, MIN_SLOWDOWN, check_scenario
+from controller.simulate.scenario_checks import (
+    API_SOURCES,
+    MAX_EVENTS,
+    MAX_SLOWDOWN,
+    MIN_SLOWDOWN,
+    api_refused,
+    check_scenario,
+)
 from controller.simulate.workload_settings import WorkloadSettings
 from controller.toml_file import read_toml
 from simulator.personality import PERSONALITIES
@@ -238,6 +245,11 @@ def load_scenario(path: Path) -> Scenario:
     if s.budget_w and isinstance(power, dict) and "budget_w" in power:  # the top-level one won, the other unsaid
         raise ConfigError("power.budget_w", f"{power['budget_w']!r} and the scenario's budget_w {s.budget_w:g} are two "
                           "budgets at the start: give one")
+    budget = power.get("budget") if isinstance(power, dict) else None
+    sources = budget.get("sources") if isinstance(budget, dict) else None
+    for i, src in enumerate(sources if isinstance(sources, list) else ()):
+        if isinstance(src, dict) and src.get("kind") in API_SOURCES:  # before the fields such a source needs are
+            raise ConfigError(f"power.budget.sources[{i}].kind", api_refused(src["kind"]))  # asked for, to no end
     config_path = (path.parent / s.config).resolve()
     try:
         config = load_settings(config_path) if power is None else _with_power(config_path, power, path.parent)

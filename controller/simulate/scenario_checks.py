@@ -32,6 +32,12 @@ API_SOURCES = ("electricitymaps", "watttime")
 """Budget source kinds that ask a remote API: a scenario runs offline, so its carbon comes from a CSV."""
 
 
+def api_refused(kind: str) -> str:
+    """Why a budget source of an API's `kind` is no scenario's."""
+    return (f"{quoted(kind)} asks a remote API; a scenario reads grid carbon from a CSV in Electricity Maps' export "
+            "format (kind \"carbon_csv\")")
+
+
 def check_scenario(s: ScenarioSettings, config: Settings) -> None:
     """Raise ConfigError naming the scenario's (or its config's) field that does not fit the other."""
     _against_config(s, config)
@@ -50,9 +56,12 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
             field = "in_tokens" if w.in_tokens else "out_tokens"
             raise ConfigError(f"workload.{name}.{field}", f"with the service's other mean, in_tokens + out_tokens is "
                               f"{tokens:g}, over the engines' context of {CONTEXT_TOKENS} tokens")
-    if not config.uses_sim:
-        raise ConfigError("config", f"{s.config} names no simulated part: a scenario runs a simulated host's config "
-                          "(telemetry and actuators \"sim\", as config/sim.toml)")
+    parts = {"telemetry.gpu_source": config.telemetry.gpu_source, "telemetry.vllm_source": config.telemetry.vllm_source,
+             "actuators.power": config.actuators.power, "actuators.batch": config.actuators.batch,
+             "actuators.replicas": config.actuators.replicas}
+    if real := next((f"{k} = {v!r}" for k, v in parts.items() if v != "sim"), None):  # ran as sim, without a word
+        raise ConfigError("config", f"{s.config} has {real}: a scenario runs a simulated host's config (telemetry and "
+                          "actuators \"sim\", as config/sim.toml)")
     check_personalities("personalities", s.personalities, {svc.model for svc in config.services},
                         set(config.simulator.host_types), s.config)
     gpus = len(config.simulator.host_types)
@@ -92,8 +101,7 @@ def _sources(s: ScenarioSettings, config: Settings) -> None:
     for i, (_, src) in enumerate(config.budget.sources if config.budget is not None else ()):
         kind = next(k for k, cls in KINDS.items() if type(src) is cls)
         if kind in API_SOURCES:
-            raise ConfigError(f"power.budget.sources[{i}].kind", f"{quoted(kind)} asks a remote API; a scenario reads "
-                              "grid carbon from a CSV in Electricity Maps' export format (kind \"carbon_csv\")")
+            raise ConfigError(f"power.budget.sources[{i}].kind", api_refused(kind))
         if isinstance(src, CarbonCsvSettings):
             try:
                 points = CsvIntensityFeed(resolve(config.base_dir, src.path), src.basis).fetch(0.0)
