@@ -98,6 +98,13 @@ class QueueModel(Protocol):
 
     def check(self, params: ServiceParams) -> None: ...
 
+    def reads(self, name: str) -> bool: ...
+
+
+ROOFLINE_TERMS = {"expert_weight_share": "experts'", "rho": "convex decode", "budget_tokens": "token budget"}
+"""The step family's terms only its continuous law reads (a prompt's chunks, the decode's bend, the experts' reads),
+each with what a check calls it."""
+
 
 @dataclass(frozen=True)
 class ChainModel:
@@ -109,14 +116,20 @@ class ChainModel:
     many: ManyLawFn | None = None
     """The same law built for many points at once, as arrays (None: built one by one)."""
     routed: bool = False
-    """Whether the law reads a mixture of experts' routing (the step family's roofline does)."""
+    """Whether the law reads the step family's whole roofline: a mixture of experts' routing, a convex decode (rho)
+    and a token budget."""
 
     def check(self, params: ServiceParams) -> None:
         """Refuse, naming the field, parameters the law would read only in part (a routing it has no term for would
         be dropped without a word)."""
-        if params.expert_weight_share and not self.routed:
-            raise ModelInputError(f"expert_weight_share: {self.name} has no experts' term ({DEFAULT_MODEL}, the "
-                                  "default, reads it)")
+        for name, what in ROOFLINE_TERMS.items():  # --budget-tokens 1 read the same as none under mm1k-batch
+            if getattr(params, name) and not self.reads(name):
+                raise ModelInputError(f"{name}: {self.name} has no {what} term ({DEFAULT_MODEL}, the default, reads "
+                                      "it)")
+
+    def reads(self, name: str) -> bool:
+        """Whether the law reads this parameter (`tune` prints only those: a term no window moves is no fit)."""
+        return self.routed or name not in ROOFLINE_TERMS
 
     def analyze(
         self,

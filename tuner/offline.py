@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from queuemodels import ModelInputError
+from queuemodels import ModelInputError, get_model
 from queuemodels.types import NAMES
 from tuner.ekf import PairFilter
 from tuner.observation import Observation
@@ -102,7 +102,8 @@ def run(pair: PairFilter, observations: list[Observation],
     out: dict[str, Any] = {
         "queue_model": pair.queue_model,
         "family": params.family,
-        "params": {n: significant(v) for n, v in zip(names, params.as_vector(), strict=False)},
+        "params": {n: significant(v) for n, v in zip(names, params.as_vector(), strict=False)
+                   if get_model(pair.queue_model).reads(n)},
         "observations": len(observations),
         "verdicts": verdicts,
         "covariance_trace": float(np.trace(pair.p)),
