@@ -175,7 +175,9 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
             watch.finish()
             return answer
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        if watch.finish():  # the deadline shut the socket: a server that never answered read as one that hung up
+        # the deadline shut the socket (a server that never answered read as one that hung up), or the socket's own
+        # timeout came first (its TimeoutError, or urllib's URLError around it)
+        if watch.finish() or isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
             raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s") from exc
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
     finally:
