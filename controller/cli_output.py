@@ -59,11 +59,20 @@ def native_output_to_stderr() -> Iterator[None]:
             os.close(saved_fd)
         if native is not None:
             native.seek(0)
-            said = " ".join(native.read(MAX_NATIVE_BYTES).decode(errors="replace").split())
+            said = _once_each(native.read(MAX_NATIVE_BYTES).decode(errors="replace"))
             native.close()
             if said and sys.stderr is not None:  # (print to None would write it to standard output)
                 with contextlib.suppress(OSError, ValueError):
                     print(f"wattscale: the solver printed: {said}", file=sys.stderr)
+
+
+def _once_each(text: str) -> str:
+    """Native output on one line, each line of it once with its count (HiGHS printed one debug line 12 times over)."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if words := " ".join(line.split()):
+            counts[words] = counts.get(words, 0) + 1
+    return " ".join(line if n == 1 else f"{line} ({n} times)" for line, n in counts.items())
 
 
 def drop_output() -> None:

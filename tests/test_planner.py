@@ -556,6 +556,16 @@ def test_plan_spec_figures_out_of_range_are_named_before_any_draw_or_solve(
     assert err == f"wattscale: {message}\n", err
 
 
+def test_a_solver_line_repeated_is_said_once_with_its_count() -> None:
+    """`plan --gamma 1e6` passed on HiGHS's debug line twelve times over, on one line of standard error (a new
+    user's trial)."""
+    code = ("import os; from controller.cli_output import native_output_to_stderr\n"
+            "with native_output_to_stderr():\n"
+            "    os.write(1, b'tmpSolver.run();\\n' * 3 + b'other\\n')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stderr == "wattscale: the solver printed: tmpSolver.run(); (3 times) other\n", out.stderr
+
+
 def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
     """HiGHS prints some lines itself on descriptor 1 (seen with --gamma 1.5): while a command runs they go to
     standard error, and what the command prints stays on standard output, whole."""

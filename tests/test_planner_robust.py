@@ -313,3 +313,15 @@ def test_demand_dropped_by_a_worst_case_limit_says_the_robust_settings_relax_it_
     (why,) = explain_unmet(model, plan)
     assert plan.unmet["q"] == pytest.approx(1.0) and why["reason"] == "error"
     assert "worst case (1 routes deviating)" in why["text"] and "robust.protection" in why["text"]
+
+
+@pytest.mark.parametrize(("gamma", "said"), [(1e6, "0.033 (its one route may deviate)"),
+                                             (0.5, "0.0315 (0.5 of its 1 route may deviate at once)")])
+def test_the_worst_case_says_no_more_routes_deviate_than_a_type_uses(gamma: float, said: str) -> None:
+    """gamma 1e6 read "1e+06 routes may deviate" of a type served on one route (a new user's trial)."""
+    spec = replace(_storage_spec("whole_period"), robust=RobustSpec(gamma=gamma),
+                   precisions={"fp16": Precision(error_deviation=0.1)})
+    model = AllocationModel(spec)
+    plan = model.solve()
+    text = allocation_text(allocation_json(model, plan, []))
+    assert f"error 0.03 -> {said}" in text, text

@@ -166,6 +166,19 @@ def allocation_json(model: AllocationModel, a: Allocation, explanations: list[di
     }
 
 
+def routes(doc: dict[str, Any], query: str) -> int:
+    """The routes a query type's served share takes in a plan's JSON."""
+    return sum(r["query"] == query for r in doc["allocation"])
+
+
+def deviating(budget: float, used: int) -> str:
+    """How many of a type's routes its worst case lets deviate: its budget, but no more than the routes it uses
+    (gamma 1e6 read "1e+06 routes may deviate" of a type on one route)."""
+    if budget >= used:
+        return f"every route it uses ({used}) may deviate" if used != 1 else "its one route may deviate"
+    return f"{budget:g} of its {used} route{'' if used == 1 else 's'} may deviate at once"
+
+
 def allocation_text(doc: dict[str, Any]) -> str:
     if not doc["ok"]:
         return f"no plan: {doc['message']}"
@@ -191,7 +204,7 @@ def allocation_text(doc: dict[str, Any]) -> str:
     if robust:
         lines.append("worst case (mean over served queries, nominal -> worst):")
         lines += [f"  {i:<16} delay {w['delay_s']:.3g} -> {w['worst_delay_s']:.3g} s, error {w['error']:.3g} -> "
-                  f"{w['worst_error']:.3g} ({rb['budgets'][i]:g} routes may deviate)"
+                  f"{w['worst_error']:.3g} ({deviating(rb['budgets'][i], routes(doc, i))})"
                   for i, w in rb["worst_case"].items()]
     lines.append(f"solved in {doc['solve_s']:.3f} s{robust}")
     return "\n".join(lines)
