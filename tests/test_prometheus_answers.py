@@ -181,7 +181,8 @@ def answering(answers: dict[str, str | None]) -> tuple[PrometheusVllmSource, lis
 def test_a_success_counter_gone_after_a_rate_was_read_is_no_window_not_no_requests() -> None:
     """A trial: `vllm:request_success_total` vanished while the engines reported, and chat (12 rps) was read at 0 rps
     and planned on half its replicas, with no word of it. Before any rate is read, no series still means none
-    finished yet (a fresh engine)."""
+    finished yet (a fresh engine); so does an engine new to the window (its first scrape has no rate yet: a review
+    found a service scaled up from none read as a lost counter, its queue unseen)."""
     answers: dict[str, str | None] = {"replicas": "2", "running": "3", "waiting": "0", "restarts": "0"}
     source, said = answering(answers)
     first = source.observe(0.0, ["chat"])["chat"]
@@ -189,38 +190,69 @@ def test_a_success_counter_gone_after_a_rate_was_read_is_no_window_not_no_reques
     answers["rate_rps"] = "12"
     read = source.observe(15.0, ["chat"])["chat"]
     assert read is not None and read.rate_rps == 12.0
-    answers["rate_rps"] = None
-    assert source.observe(30.0, ["chat"])["chat"] is None
-    assert len(said) == 1 and "vllm:request_success_total of model 'm' is gone while 2 engine(s) report" in said[0]
+    answers.update(rate_rps=None, waiting="30")  # engines new to the window: none a window back
+    fresh = source.observe(30.0, ["chat"])["chat"]
+    assert fresh is not None and fresh.rate_rps == 0.0 and fresh.waiting == 30.0 and not said
+    answers["replicas_before"] = "2"
+    assert source.observe(45.0, ["chat"])["chat"] is None
+    assert said == ["chat: vllm:request_success_total of model 'm' is gone while its engines report, as they did a "
+                    "window back: no window (read as no requests finished, it sized the service for none)"]
 
 
-@pytest.mark.parametrize("restarts,window", [("1", True), ("2", True), ("3", False), ("57", False)])
-def test_a_counter_that_falls_more_often_than_its_engines_restart_is_no_window(restarts: str, window: bool) -> None:
+@pytest.mark.parametrize(("most", "window"), [("0", True), ("1", True), ("2", False), ("57", False)])
+def test_a_counter_series_that_falls_more_than_once_in_a_window_is_no_window(most: str, window: bool) -> None:
     """Two engines behind one scrape target: the success counter fell at every scrape, each fall read the whole count
-    as new, and chat's 12 rps read 48 to 663 rps, every service planned at max_replicas (a trial). Each of two
-    engines restarting once in a window is a window (not a steady one)."""
-    source, said = answering({"rate_rps": "12", "replicas": "2", "running": "3", "waiting": "0", "restarts": restarts})
+    as new, and chat's 12 rps read 48 to 663 rps, every service planned at max_replicas (a trial). A restart falls
+    each of an engine's series once (one per finish reason: a review found a lone engine's restart, three series
+    falling, read as the fault), whatever their sum."""
+    source, said = answering({"rate_rps": "12", "replicas": "1", "running": "3", "waiting": "0", "restarts": "3",
+                              "most_resets": most})
     w = source.observe(0.0, ["chat"])["chat"]
     assert (w is not None) is window and (len(said) == 0) is window
-    assert window or "fell more often in the window than its 2 engine(s) can restart" in said[0]
+    assert window or "series of model 'm' fell more than once in the window" in said[0]
     assert w is None or not w.steady
 
 
-def test_the_windows_queries_share_one_timeout() -> None:
+def test_a_model_whose_series_go_silent_is_said_once_as_they_go() -> None:
+    """An exporter down, its series stale: no window every cycle, and no word of it (a trial). Said every cycle, a
+    service scaled to none would read as failing; so it is said as they go, and again if they come back and go."""
+    answers: dict[str, str | None] = {"rate_rps": "12", "replicas": "2", "running": "3", "waiting": "0"}
+    source, said = answering(answers)
+    assert source.observe(0.0, ["chat"])["chat"] is not None
+    gone = dict.fromkeys(answers)
+    answering_now = answers.copy()
+    answers.update(gone)
+    assert [source.observe(t, ["chat"])["chat"] for t in (15.0, 30.0, 45.0)] == [None, None, None]
+    assert said == ["chat: no vLLM series of model 'm' now, where the last window had some: no window until they "
+                    "come back (its engines stopped or restarting, an exporter down, or Prometheus no longer scraping "
+                    "them)"]
+    answers.update(answering_now)
+    assert source.observe(60.0, ["chat"])["chat"] is not None
+    answers.update(gone)
+    assert source.observe(75.0, ["chat"])["chat"] is None and len(said) == 2
+
+
+def test_a_windows_queries_ask_no_new_one_past_three_timeouts() -> None:
     """A Prometheus answering each of a window's 17 queries in 4 s of a 5-s timeout held the slow loop 73 s (a
-    trial); now the queries share the timeout, each asked within what is left of it."""
+    trial); each query still has the whole timeout (shared by all, a healthy one at 0.33 s a query failed every
+    window: a review), and none is asked past three timeouts in all, said in words that do not change."""
     now = [0.0]
     asked: list[float] = []
 
     def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
         asked.append(timeout_s)
-        now[0] += 2.0
+        now[0] += 4.0
         return vector("1")
 
     source = PrometheusVllmSource("http://prom", {"chat": "m"}, timeout_s=5.0, fetch=fetch, clock=lambda: now[0])
-    with pytest.raises(TelemetryError, match=r"the window's queries took longer than 5 s \(telemetry.timeout_s; 3 "):
+    with pytest.raises(TelemetryError, match=r"^prometheus: a window's queries took longer than 3 x "
+                                             r"telemetry.timeout_s \(15 s\)$"):
         source.observe(0.0, ["chat"])
-    assert asked == [5.0, 3.0, 1.0]
+    assert asked == [5.0] * 4
+    now[0], asked[:] = 0.0, []
+    quick = PrometheusVllmSource("http://prom", {"chat": "m"}, timeout_s=5.0, clock=lambda: now[0],
+                                 fetch=lambda url, form, t: (now.__setitem__(0, now[0] + 0.33), vector("1"))[1])
+    assert quick.observe(0.0, ["chat"])["chat"] is not None  # 17 queries at 0.33 s: 5.6 s in all
 
 
 def test_a_bad_series_is_quoted_without_its_time_so_it_is_said_once() -> None:

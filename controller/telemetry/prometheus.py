@@ -5,11 +5,12 @@ V1 metric names with the deprecated ones as `or` fallbacks. NaN (0/0 with no tra
 (no series, or stale ones) and +-Inf all mean "no observation" for that figure, never zero latency; but a
 request rate that is NaN or out of range (a broken counter: no 0/0 makes it) is no window for its service,
 where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps, until a rate
-was read for the model; after that, a rate gone while its engines report is a lost counter, no window, never 0 rps
-(it had planned half the replicas). Nor is a window whose success counter fell more often than its engines
-can restart in it (two engines behind one scrape target, or a broken counter: each fall read the whole count
-as new, a demand 50 times the load). All of a window's queries share one timeout (`timeout_s`: a Prometheus
-that answers each query just inside it had held the slow loop for 17 of them). A
+was read for the model; after that, a rate gone while its engines report, as they did a window back, is a lost
+counter, no window, never 0 rps (it had planned half the replicas; an engine new to the window has no rate for a
+scrape, and reads 0). Nor is a window in which a success counter series fell more than once (two engines behind
+one scrape target, or a broken counter: each fall read the whole count as new, a demand 50 times the load; a
+restart falls each series once). Each query has `timeout_s`, and a window asks none past `WINDOW_TIMEOUTS` of them
+in all (a Prometheus that answers each query just inside it had held the slow loop for 17 of them). A
 Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
 observation with one `TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot
 be read (an error envelope, whatever its HTTP status; a wrong shape: `BadAnswer`, naming its query) loses that
@@ -30,6 +31,10 @@ from collections.abc import Callable
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
 
+WINDOW_TIMEOUTS = 3
+"""A window's queries, each within `timeout_s`, ask no new one past this many timeouts in all: 17 queries each answered
+just inside 5 s had held the slow loop 73 s; one timeout shared by all failed a healthy Prometheus at 0.33 s a query
+(a review)."""
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
 out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
@@ -92,6 +97,8 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "replicas": f"count {by} (vllm:num_requests_running{sel})",
         "replicas_before": f"count {by} (vllm:num_requests_running{sel} offset {window})",
         "restarts": f"sum {by} (resets(vllm:request_success_total{sel}[{window}]))",
+        # per series (one an engine's and a finish reason's: a restart falls each of its series once)
+        "most_resets": f"max {by} (resets(vllm:request_success_total{sel}[{window}]))",
     }
 
 
@@ -167,6 +174,9 @@ class PrometheusVllmSource:
         """Times the window's queries against their one timeout."""
         self.rated: set[str] = set()
         """Models a request rate was read for: from then on, no rate series is a lost counter, not none finished."""
+        self.heard: set[str] = set()
+        """Models the last observation had series of: one that goes silent is said once, as it goes (an exporter down
+        had given no window every cycle, unsaid; said every cycle, a service scaled to none would read as failing)."""
         self.on_error = on_error or (lambda kind, message: log.warning("%s: %s", kind, message))
         """Where a figure lost to an unreadable answer is reported (the controller counts and logs it)."""
         self.models = models
@@ -180,14 +190,13 @@ class PrometheusVllmSource:
         answers: dict[str, dict[str, float]] = {}
         lost: set[str] = set()
         if models:
-            deadline = self.clock() + self.api.timeout_s
+            deadline = self.clock() + WINDOW_TIMEOUTS * self.api.timeout_s
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
-                left_s = deadline - self.clock()
-                if left_s <= 0.0:
-                    raise TelemetryError(f"prometheus: the window's queries took longer than {self.api.timeout_s:g} s "
-                                         f"(telemetry.timeout_s; {len(answers)} answered)")
+                if self.clock() > deadline:  # (no count or time in the line: said once while it repeats)
+                    raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
+                                         f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
                 try:
-                    answers[figure] = by_model(self.api.query(promql, at, left_s, keep_nan=figure in KEEP_NAN))
+                    answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure in KEEP_NAN))
                 except BadAnswer as exc:
                     if figure in CORE:
                         raise
@@ -195,6 +204,8 @@ class PrometheusVllmSource:
                     answers[figure] = {}
                     lost.add(figure)
         unsure = bool(lost & {"restarts", "replicas_before"})
+        silent = self.heard
+        self.heard = {m for m in models if any(answers.get(k, {}).get(m) is not None for k in CORE)}
         out: dict[str, ServiceWindow | None] = {}
         for name in services:
             model = self.models.get(name)
@@ -206,18 +217,21 @@ class PrometheusVllmSource:
             replicas = int(v["replicas"] or 0)
             if replicas == 0 and v["rate_rps"] is None:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
+                if model in silent:
+                    self.on_error("prometheus", f"{name}: no vLLM series of model {model!r} now, where the last "
+                                  "window had some: no window until they come back (its engines stopped or "
+                                  "restarting, an exporter down, or Prometheus no longer scraping them)")
                 continue
-            if raw["rate_rps"] is None and model in self.rated and "rate_rps" not in lost:
+            if raw["rate_rps"] is None and model in self.rated and (v["replicas_before"] or 0) > 0:
                 self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} is gone while "
-                              f"{replicas} engine(s) report: no window (read as no requests finished, it sized "
-                              "the service for none)")
+                              "its engines report, as they did a window back: no window (read as no requests "
+                              "finished, it sized the service for none)")
                 out[name] = None
                 continue
-            if (v["restarts"] or 0.0) > max(1, replicas):
-                self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} fell more often "
-                              f"in the window than its {replicas} engine(s) can restart (two engines behind one "
-                              "scrape target, or a broken counter; each fall counts the whole count as new): no "
-                              "window")
+            if (v["most_resets"] or 0.0) > 1:
+                self.on_error("prometheus", f"{name}: a vllm:request_success_total series of model {model!r} fell "
+                              "more than once in the window (two engines behind one scrape target, or a broken "
+                              "counter; each fall counts the whole count as new): no window")
                 out[name] = None
                 continue
             if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
