@@ -58,9 +58,8 @@ def window_problem(w: ServiceWindow, most_replicas: int) -> str | None:
     if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
         return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
     if w.replicas > most_replicas:  # 3,001 series of one model read as 3,001 engines: each at 1/3,001 of the load
-        return (f"{w.replicas} engines report its model where at most {most_replicas} run (max_replicas, or the "
-                "replicas in force): another deployment's engines under its model name, or labels that multiply its "
-                "series")
+        return (f"{w.replicas} engines report its model, past twice the replicas it may run or runs ({most_replicas}"
+                " in all): another deployment's engines under its model name, or labels that multiply its series")
     for name in ("running", "running_before"):  # a replica runs at most vLLM's largest batch (one glitch of 9.9e6
         v = getattr(w, name)  # running sized the plan at the 100,000-rps cap)
         if v is not None and v > max(1, w.replicas) * MAX_BATCH:
@@ -71,6 +70,9 @@ def window_problem(w: ServiceWindow, most_replicas: int) -> str | None:
 log = logging.getLogger("wattscale.controller")
 REFUSED = "window refused: "
 """How a verdict on a window that cannot be a load begins (the controller reports those as `bad_window`)."""
+ENGINES_PER_REPLICA = 2
+"""Engines a window may count per replica the service may run or runs, before the count is no count of its engines: a
+rollout's surge and the old pods still draining read over one (a review)."""
 HOLD_CYCLES = 2
 """Slow cycles without a window a service is held through at the start (`Estimator.untold`)."""
 
@@ -110,16 +112,14 @@ class Estimator:
                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float,
                 running: int = 0) -> str:
         """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
-        in force); returns the tuner's verdict (or why none). A window refused, or none while `running` replicas
-        run (every variant's) once one was had (an exporter down, its series stale), is reported: the last estimate
-        is held."""
+        in force; `running`: the replicas on every variant); returns the tuner's verdict (or why none). A window
+        refused is reported, in words that stay the same while it repeats (its figures are in the verdict, which the
+        decision log keeps): the last estimate is held."""
         verdict = self._observe(svc, window, draws, in_force, batch_still, o, kv_tokens,
-                                max(running, svc.max_replicas))
-        if window is None and running > 0 and svc.name in self.observed:
-            self.report("vllm_source", f"{svc.name}: no window while {running} replica(s) run (its vLLM metrics "
-                        "missing or stale): its last load estimate is held")
-        elif verdict.startswith(REFUSED):
-            self.report("bad_window", f"{svc.name}: {verdict}")
+                                ENGINES_PER_REPLICA * max(running, svc.max_replicas))
+        if verdict.startswith(REFUSED):
+            self.report("bad_window", f"{svc.name}: its window is refused, its last load estimate held (why: the "
+                        f"decision log's services.{svc.name}.tuner)")
         return verdict
 
     def _observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],

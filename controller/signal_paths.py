@@ -31,10 +31,13 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
         if longest > NAME_MAX:
             raise ConfigError(f"power.budget.sources[{name}].path", f"{quoted(src.path)} holds a name of {longest} "
                               f"bytes, past the {NAME_MAX} a file system takes")
-    try:
-        files = {name: _as_written(Path(settings.base_dir) / src.path) for name, src in sources}
-    except OSError as exc:  # a folder on the way that cannot be looked into
-        raise ConfigError("power.budget.sources", f"a path cannot be resolved: {exc.strerror or exc}") from None
+    files = {}
+    for name, src in sources:
+        try:
+            files[name] = _as_written(Path(settings.base_dir) / src.path)
+        except (OSError, RuntimeError) as exc:  # a folder on the way not to be looked into; a link loop (3.11)
+            raise ConfigError(f"power.budget.sources[{name}].path", f"{quoted(src.path)} cannot be resolved: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
     for name, source in settings.budget.sources:
         if isinstance(source, DemandResponseSettings) and source.port:
             where, path = f"power.budget.sources[{name}].path", files[name]
@@ -46,9 +49,10 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
                 if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
                     raise ConfigError(where, f"{shown} is a directory: the endpoint stores its signals in a file; "
                                       "name one")
-            except OSError as exc:
-                raise ConfigError(where, f"{shown} cannot be looked at: {exc.strerror or exc}") from None
-            whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
+                whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop, as Python 3.11's resolve says it
+                raise ConfigError(where, f"{shown} cannot be looked at: {getattr(exc, 'strerror', None) or exc}"
+                                  ) from None
             if whose is not None:
                 raise ConfigError(where, f"{shown} is {whose}: the endpoint would write its signals over it; name a "
                                   "file of its own")
@@ -72,8 +76,8 @@ def _whose(path: Path, settings: Settings, config: Path | None, others: dict[Pat
             if path.parent == log.parent and (path == log or path.name.startswith(log.name + ".")):
                 return "daemon.decision_log" + ("" if path == log else " (a rotation of it)")
     state = settings.state_path.parent
-    if path in _seen_as(state):  # made by the daemon after this check: no folder yet, and a file name it does not take
-        return "daemon.state_dir, the folder the daemon keeps its state in"
+    if any(path in _seen_as(folder) for folder in (state, *state.parents)):  # the daemon makes them after this check:
+        return "daemon.state_dir, or a folder it is in"  # no folder yet, and a signal's file would take its name
     for own, what in OWN_FILES.items():
         for seen in _seen_as(state / own):
             if path.parent == seen.parent and (path.name == seen.name or path.name.startswith(seen.name + ".")):

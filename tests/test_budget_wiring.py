@@ -491,15 +491,23 @@ def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[...,
 @pytest.mark.parametrize(("signal", "message"), [
     # ENAMETOOLONG ended check-config with exit 1 and a 10-kB line naming no field
     ("a" * 10240, "holds a name of 10240 bytes, past the 255 a file system takes"),
-    ("state", "is daemon.state_dir, the folder the daemon keeps its state in: the endpoint would write"),  # not made
+    ("state", "is daemon.state_dir, or a folder it is in: the endpoint would write"),  # not made yet
+    ("var", "is daemon.state_dir, or a folder it is in: the endpoint would write"),  # a folder the daemon makes too
+    ("loop/signal.json", "cannot be resolved: Symlink loop"),  # a traceback (a review)
 ])
 def test_an_endpoints_signal_file_the_host_cannot_take_is_refused_by_name(
         sim_config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], signal: str, message: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a fuzzed config (a trial): a name past what a file system takes, and the state folder itself before
-    the daemon has made it (check-config said ok; `run` then read its signals from a folder), pass neither check."""
+    the daemon has made it, or a folder on the way to it (check-config said ok; `run` then read its signals from a
+    folder), pass neither check."""
     monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
     path = with_budget(sim_config, tmp_path / signal)
+    if signal.startswith("loop/"):
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    if signal == "var":  # the state folder in a folder not made yet
+        path.write_text(path.read_text().replace(f'state_dir = "{tmp_path / "state"}"',
+                                                 f'state_dir = "{tmp_path / "var" / "state"}"'))
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
     for only in ([], ["--file-only"]):
         assert main(["check-config", str(path), *only]) == 2
