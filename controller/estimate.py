@@ -118,8 +118,10 @@ class Estimator:
         verdict = self._observe(svc, window, draws, in_force, batch_still, o, kv_tokens,
                                 ENGINES_PER_REPLICA * max(running, svc.max_replicas))
         if verdict.startswith(REFUSED):
-            self.report("bad_window", f"{svc.name}: its window is refused, its last load estimate held (why: the "
-                        f"decision log's services.{svc.name}.tuner)")
+            what = verdict[len(REFUSED):].split()[0]  # the figure's name; its value (which moves) stays in the verdict
+            what = "engine count" if what[:1].isdigit() else what
+            self.report("bad_window", f"{svc.name}: its window is refused for its {what}, its last load estimate held "
+                        f"(the value: the decision log's services.{svc.name}.tuner, or the DEBUG log)")
         return verdict
 
     def _observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],

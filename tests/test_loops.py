@@ -733,8 +733,9 @@ def test_a_window_with_an_absurd_figure_is_refused_and_the_cycle_plans(
     refused = registry.get_sample_value("wattscale_errors_total", {"kind": "bad_window"})
     assert (refused or 0) >= 1 if verdict else refused is None  # (the first cycle has no window: a rate takes two)
     # said in the decision's errors too, in words that stay the same while it repeats: it had been counted alone
-    said = "bad_window: chat: its window is refused, its last load estimate held (why: the decision log's " \
-           "services.chat.tuner)"
+    what = "" if verdict is None else verdict.split()[2]
+    said = f"bad_window: chat: its window is refused for its {'engine count' if what[:1].isdigit() else what}, its " \
+           "last load estimate held (the value: the decision log's services.chat.tuner, or the DEBUG log)"
     assert (said in records[-1]["errors"]) if verdict else not records[-1]["errors"]
 
 

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import PrometheusVllmSource, by_model, instant_vector, queries
+from controller.telemetry.prometheus import (
+    PrometheusVllmSource,
+    by_model,
+    counts_query,
+    flapped,
+    instant_vector,
+    queries,
+)
+
+
+def matrix(*series: list[float], model: str = "m") -> bytes:
+    """A range-vector answer: each series' samples, a second apart."""
+    items = ",".join(json.dumps({"metric": {"model_name": model}, "values": [[float(t), str(v)] for t, v in
+                                                                              enumerate(values)]}) for values in series)
+    return f'{{"status":"success","data":{{"resultType":"matrix","result":[{items}]}}}}'.encode()
 
 
 def vector(*values: str, model: str = "m") -> bytes:
@@ -50,8 +66,14 @@ def test_a_restart_or_a_changed_replica_count_makes_the_window_unsteady(restarts
     if before is not None:
         answers["replicas_before"] = before
     by_query = {q: answers.get(k) for k, q in queries(["m"], "60s").items()}
-    source = PrometheusVllmSource("http://prom", {"chat": "m"},
-                                  fetch=lambda url, form, t: vector(*[v for v in [by_query[form["query"]]] if v]))
+    restart = matrix([500.0, 520.0, 3.0, 25.0])  # an engine's restart: a fall to what it served since
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] == counts_query(["m"], "60s"):
+            return restart
+        return vector(*[v for v in [by_query[form["query"]]] if v])
+
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, fetch=fetch)
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.steady is steady
 
@@ -171,6 +193,8 @@ def answering(answers: dict[str, str | None]) -> tuple[PrometheusVllmSource, lis
     by_query = {q: k for k, q in queries(["m"], "60s").items()}
 
     def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] == counts_query(["m"], "60s"):
+            return matrix(*[[float(c) for c in str(answers.get("counts") or "").split()]])
         value = answers.get(by_query[form["query"]])
         return vector(*([value] if value is not None else []))
 
@@ -199,18 +223,27 @@ def test_a_success_counter_gone_after_a_rate_was_read_is_no_window_not_no_reques
                     "window back: no window (read as no requests finished, it sized the service for none)"]
 
 
-@pytest.mark.parametrize(("most", "window"), [("0", True), ("1", True), ("2", False), ("57", False)])
-def test_a_counter_series_that_falls_more_than_once_in_a_window_is_no_window(most: str, window: bool) -> None:
-    """Two engines behind one scrape target: the success counter fell at every scrape, each fall read the whole count
-    as new, and chat's 12 rps read 48 to 663 rps, every service planned at max_replicas (a trial). A restart falls
-    each of an engine's series once (one per finish reason: a review found a lone engine's restart, three series
-    falling, read as the fault), whatever their sum."""
-    source, said = answering({"rate_rps": "12", "replicas": "1", "running": "3", "waiting": "0", "restarts": "3",
-                              "most_resets": most})
+@pytest.mark.parametrize(("counts", "window"), [
+    ("500 520 3 25", True),  # a restart: a fall to what it served since
+    ("500 3 1 4 2 5", True),  # a crash loop: rate() reads each fall right (a review found it refused)
+    ("10 12 3 15", True),  # counts too small to move a plan
+    ("500 520 300 320", False),  # two engines by turns: a fall to a count of its own order (15-s scrapes)
+    ("500 40 520 41", False),  # the busier one back past where it fell from
+    ("9000 100 9010", False),
+])
+def test_a_counter_that_flaps_between_two_engines_is_no_window(counts: str, window: bool) -> None:
+    """Two engines behind one scrape target: the success counter fell to the other's count, each fall read the whole
+    count as new, and chat's 12 rps read 48 to 663 rps, every service planned at max_replicas (a trial). Counting
+    falls passed it at 15-s and 30-s scrapes, where a window holds one or two (a review); read from its samples, a
+    fall to a count of its own order, or one it climbs back past, is the flap, and a restart's fall to what it served
+    since is not, however many."""
+    source, said = answering({"rate_rps": "12", "replicas": "1", "running": "3", "waiting": "0", "restarts": "2",
+                              "counts": counts})
     w = source.observe(0.0, ["chat"])["chat"]
     assert (w is not None) is window and (len(said) == 0) is window
-    assert window or "series of model 'm' fell more than once in the window" in said[0]
+    assert window or "fell to a count of its own order, or climbed back past where it fell from" in said[0]
     assert w is None or not w.steady
+    assert flapped([float(c) for c in counts.split()]) is not window
 
 
 def test_a_model_whose_series_go_silent_is_said_once_as_they_go() -> None:
@@ -252,7 +285,7 @@ def test_a_windows_queries_ask_no_new_one_past_three_timeouts() -> None:
     now[0], asked[:] = 0.0, []
     quick = PrometheusVllmSource("http://prom", {"chat": "m"}, timeout_s=5.0, clock=lambda: now[0],
                                  fetch=lambda url, form, t: (now.__setitem__(0, now[0] + 0.33), vector("1"))[1])
-    assert quick.observe(0.0, ["chat"])["chat"] is not None  # 17 queries at 0.33 s: 5.6 s in all
+    assert quick.observe(0.0, ["chat"])["chat"] is not None  # 17 queries at 0.33 s: 5.6 s
 
 
 def test_a_bad_series_is_quoted_without_its_time_so_it_is_said_once() -> None:

@@ -7,10 +7,11 @@ request rate that is NaN or out of range (a broken counter: no 0/0 makes it) is 
 where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps, until a rate
 was read for the model; after that, a rate gone while its engines report, as they did a window back, is a lost
 counter, no window, never 0 rps (it had planned half the replicas; an engine new to the window has no rate for a
-scrape, and reads 0). Nor is a window in which a success counter series fell more than once (two engines behind
-one scrape target, or a broken counter: each fall read the whole count as new, a demand 50 times the load; a
-restart falls each series once). Each query has `timeout_s`, and a window asks none past `WINDOW_TIMEOUTS` of them
-in all (a Prometheus that answers each query just inside it had held the slow loop for 17 of them). A
+scrape, and reads 0). Nor is a window whose success counter `flapped`, read from its samples where it fell at all
+(two engines behind one scrape target: each fall read the whole count as new, a demand 50 times the load; a
+restart falls to what it served since, and rate() reads any number of those right). Each query has `timeout_s`,
+and a window asks none past `WINDOW_TIMEOUTS` of them in all (a Prometheus that answers each query just inside it
+had held the slow loop for 17 of them). A
 Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
 observation with one `TelemetryError` (the controller counts it and keeps its last plan). An answer that cannot
 be read (an error envelope, whatever its HTTP status; a wrong shape: `BadAnswer`, naming its query) loses that
@@ -35,6 +36,10 @@ WINDOW_TIMEOUTS = 3
 """A window's queries, each within `timeout_s`, ask no new one past this many timeouts in all: 17 queries each answered
 just inside 5 s had held the slow loop 73 s; one timeout shared by all failed a healthy Prometheus at 0.33 s a query
 (a review)."""
+FLAP_SHARE = 0.1
+"""A counter that falls to this share of where it was, or more, fell to another engine's count, not to a restart's."""
+FLAP_FLOOR = 20.0
+"""Counts under this are left to fall as they may: a few requests read twice move no plan."""
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
 out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
@@ -68,8 +73,7 @@ def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
 
 def queries(models: list[str], window: str) -> dict[str, str]:
     """The figure name -> PromQL, each grouped by `model_name` over all `models` (one query per figure)."""
-    pattern = "|".join(re.escape(m) for m in sorted(models)).replace("\\", "\\\\").replace('"', '\\"')
-    sel = f'{{model_name=~"{pattern}"}}'
+    sel = _selector(models)
     by = "by (model_name)"
 
     def ratio(hist: str) -> str:
@@ -97,9 +101,53 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "replicas": f"count {by} (vllm:num_requests_running{sel})",
         "replicas_before": f"count {by} (vllm:num_requests_running{sel} offset {window})",
         "restarts": f"sum {by} (resets(vllm:request_success_total{sel}[{window}]))",
-        # per series (one an engine's and a finish reason's: a restart falls each of its series once)
-        "most_resets": f"max {by} (resets(vllm:request_success_total{sel}[{window}]))",
     }
+
+
+def _selector(models: list[str]) -> str:
+    """The label selector of `models`' series (each name matched whole, as written)."""
+    pattern = "|".join(re.escape(m) for m in sorted(models)).replace("\\", "\\\\").replace('"', '\\"')
+    return f'{{model_name=~"{pattern}"}}'
+
+
+def counts_query(models: list[str], window: str) -> str:
+    """The success counters' own samples over the window (a range vector: `flapped` reads how they fell)."""
+    return f"vllm:request_success_total{_selector(models)}[{window}]"
+
+
+def flapped(counts: list[float]) -> bool:
+    """Whether a counter's samples fell to a count of their own order (at least `FLAP_SHARE` of where they fell from),
+    or came back past where they fell from: two engines behind one scrape target, read by turns. An engine's restart
+    falls to what it served since, far below, and does not climb back within a window; any number of those is a
+    rate rate() reads right (a crash loop included)."""
+    for i in range(1, len(counts)):
+        before, after = counts[i - 1], counts[i]
+        if before >= FLAP_FLOOR and after < before and (after >= FLAP_SHARE * before
+                                                         or any(c >= before for c in counts[i + 1:])):
+            return True
+    return False
+
+
+def range_counts(body: bytes, query: str) -> dict[str, list[list[float]]]:
+    """A range-vector answer as model_name -> each series' values in time order; BadAnswer where it is none."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadAnswer(f"prometheus: not JSON for {shortened(query)!r}") from exc
+    data = doc.get("data") if isinstance(doc, dict) and doc.get("status") == "success" else None
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise BadAnswer(f"prometheus: no range vector for {shortened(query)!r}")
+    out: dict[str, list[list[float]]] = {}
+    for item in result:
+        try:
+            model = str(item["metric"].get("model_name", ""))
+            values = [float(text) for _, text in item["values"]]
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise BadAnswer(f"prometheus: a series that is not (labels, [[time, value], ...]) for "
+                            f"{shortened(query)!r}") from exc
+        out.setdefault(model, []).append(values)
+    return out
 
 
 def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
@@ -158,8 +206,15 @@ class PrometheusApi:
     def query(self, promql: str, at: float | None = None, timeout_s: float | None = None,
               keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
         """Evaluate at Unix time `at` (None: Prometheus' now), within `timeout_s` (None: the API's)."""
+        return instant_vector(self._answer(promql, at, timeout_s), promql, keep_nan)
+
+    def _answer(self, promql: str, at: float | None, timeout_s: float | None) -> bytes:
         form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
-        return instant_vector(self.fetch(self.endpoint, form, timeout_s or self.timeout_s), promql, keep_nan)
+        return self.fetch(self.endpoint, form, timeout_s or self.timeout_s)
+
+    def counts(self, promql: str, at: float | None = None) -> dict[str, list[list[float]]]:
+        """A range vector's samples per model (`range_counts`), evaluated as `query` is."""
+        return range_counts(self._answer(promql, at, None), promql)
 
 
 class PrometheusVllmSource:
@@ -171,7 +226,7 @@ class PrometheusVllmSource:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api = PrometheusApi(url, timeout_s, fetch)
         self.clock = clock
-        """Times the window's queries against their one timeout."""
+        """Times a window's queries against their deadline (`WINDOW_TIMEOUTS`)."""
         self.rated: set[str] = set()
         """Models a request rate was read for: from then on, no rate series is a lost counter, not none finished."""
         self.heard: set[str] = set()
@@ -184,11 +239,28 @@ class PrometheusVllmSource:
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
+    def _flapping(self, models: list[str], answers: dict[str, dict[str, float]], at: float | None,
+                  deadline: float) -> set[str]:
+        """The models whose success counters `flapped` in the window; their samples are asked for only where a counter
+        fell at all, within the window's deadline."""
+        if not any(x > 0.0 for x in answers.get("restarts", {}).values()):
+            return set()
+        if self.clock() > deadline:
+            raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
+                                 f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
+        try:
+            series = self.api.counts(counts_query(models, f"{round(self.window_s)}s"), at)
+        except BadAnswer as exc:
+            self.on_error("prometheus", str(exc))
+            return set()
+        return {m for m, each in series.items() if any(flapped(c) for c in each)}
+
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         at = self.wall_time(now) if self.wall_time else None
         models = sorted({self.models[s] for s in services if s in self.models})
         answers: dict[str, dict[str, float]] = {}
         lost: set[str] = set()
+        flapping: set[str] = set()
         if models:
             deadline = self.clock() + WINDOW_TIMEOUTS * self.api.timeout_s
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
@@ -203,9 +275,9 @@ class PrometheusVllmSource:
                     self.on_error("prometheus", str(exc))
                     answers[figure] = {}
                     lost.add(figure)
+            flapping = self._flapping(models, answers, at, deadline)
         unsure = bool(lost & {"restarts", "replicas_before"})
-        silent = self.heard
-        self.heard = {m for m in models if any(answers.get(k, {}).get(m) is not None for k in CORE)}
+        silent, self.heard = self.heard, set()
         out: dict[str, ServiceWindow | None] = {}
         for name in services:
             model = self.models.get(name)
@@ -215,6 +287,8 @@ class PrometheusVllmSource:
             raw = {k: a.get(model) for k, a in answers.items()}
             v = {k: x if x is None or 0.0 <= x <= MOST else None for k, x in raw.items()}  # every figure a count
             replicas = int(v["replicas"] or 0)
+            if replicas > 0 or v["rate_rps"] is not None:
+                self.heard.add(model)
             if replicas == 0 and v["rate_rps"] is None:
                 out[name] = None  # no series at all: nothing is serving this model, or it went stale
                 if model in silent:
@@ -222,16 +296,17 @@ class PrometheusVllmSource:
                                   "window had some: no window until they come back (its engines stopped or "
                                   "restarting, an exporter down, or Prometheus no longer scraping them)")
                 continue
-            if raw["rate_rps"] is None and model in self.rated and (v["replicas_before"] or 0) > 0:
+            if raw["rate_rps"] is None and model in self.rated and ((v["replicas_before"] or 0) > 0
+                                                                    or "replicas_before" in lost):  # it may have
                 self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} is gone while "
                               "its engines report, as they did a window back: no window (read as no requests "
                               "finished, it sized the service for none)")
                 out[name] = None
                 continue
-            if (v["most_resets"] or 0.0) > 1:
-                self.on_error("prometheus", f"{name}: a vllm:request_success_total series of model {model!r} fell "
-                              "more than once in the window (two engines behind one scrape target, or a broken "
-                              "counter; each fall counts the whole count as new): no window")
+            if model in flapping:
+                self.on_error("prometheus", f"{name}: vllm:request_success_total of model {model!r} fell to a count "
+                              "of its own order, or climbed back past where it fell from, in the window (two engines "
+                              "behind one scrape target; each fall counts the whole count as new): no window")
                 out[name] = None
                 continue
             if bad := sorted(k for k, x in raw.items() if x is not None and v[k] is None):
