@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -22,6 +23,11 @@ def matrix(*series: list[float], model: str = "m") -> bytes:
     items = ",".join(json.dumps({"metric": {"model_name": model}, "values": [[float(t), str(v)] for t, v in
                                                                               enumerate(values)]}) for values in series)
     return f'{{"status":"success","data":{{"resultType":"matrix","result":[{items}]}}}}'.encode()
+
+
+def counts_or(form: dict[str, str], answer: Callable[[], bytes]) -> bytes:
+    """The success counters' samples (none) where the query asks for them, else `answer()`."""
+    return matrix() if form["query"] == counts_query(["m"], 60.0) else answer()
 
 
 def vector(*values: str, model: str = "m") -> bytes:
@@ -49,7 +55,7 @@ def test_idle_service_gives_no_latency_and_v1_names_fall_back_to_deprecated_ones
     promql = queries(["m"], "60s")
     by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
     source = PrometheusVllmSource("http://prom", {"chat": "m"},
-                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+                                  fetch=lambda url, form, t: counts_or(form, lambda: vector(by_query[form["query"]])))
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.rate_rps == 0 and w.replicas == 2
     assert w.ttft_ms is None and w.itl_ms is None and w.ttft_p95_ms is None and w.in_tokens is None
@@ -69,7 +75,7 @@ def test_a_restart_or_a_changed_replica_count_makes_the_window_unsteady(restarts
     restart = matrix([500.0, 520.0, 3.0, 25.0])  # an engine's restart: a fall to what it served since
 
     def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        if form["query"] == counts_query(["m"], "60s"):
+        if form["query"] == counts_query(["m"], 60.0):
             return restart
         return vector(*[v for v in [by_query[form["query"]]] if v])
 
@@ -129,7 +135,8 @@ def test_a_service_with_no_rate_yet_still_tells_its_queue() -> None:
     promql = queries(["m"], "60s")
     by_query = {q: answers.get(k) for k, q in promql.items()}
     source = PrometheusVllmSource("http://prom", {"chat": "m"},
-                                  fetch=lambda url, form, t: vector(*[v for v in [by_query[form["query"]]] if v]))
+                                  fetch=lambda url, form, t: counts_or(
+                                      form, lambda: vector(*[v for v in [by_query[form["query"]]] if v])))
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.rate_rps == 0.0 and w.waiting == 400.0 and w.replicas == 2
 
@@ -142,7 +149,7 @@ def test_a_figure_past_any_count_is_left_out_and_said() -> None:
     by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
     errors: list[tuple[str, str]] = []
     source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
-                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+                                  fetch=lambda url, form, t: counts_or(form, lambda: vector(by_query[form["query"]])))
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None and w.replicas == 0 and w.waiting == 0.0 and not w.steady
     assert errors == [("prometheus", "chat: replicas, waiting not a number in [0, 1e+12]: left out")]
@@ -157,7 +164,7 @@ def test_a_rate_that_is_no_number_is_no_window_not_an_idle_service(rate: str) ->
     by_query = {q: answers.get(k, "NaN") for k, q in queries(["m"], "60s").items()}
     errors: list[tuple[str, str]] = []
     source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
-                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+                                  fetch=lambda url, form, t: counts_or(form, lambda: vector(by_query[form["query"]])))
     assert source.observe(0.0, ["chat"]) == {"chat": None}
     assert errors == [("prometheus", "chat: rate_rps not a number in [0, 1e+12]: left out (no window without its "
                                      "rate)")]
@@ -176,7 +183,7 @@ def test_the_queue_and_batch_at_the_windows_start_are_read_a_window_back(running
     by_query = {q: answers.get(k, "NaN") for k, q in promql.items()}
     errors: list[tuple[str, str]] = []
     source = PrometheusVllmSource("http://prom", {"chat": "m"}, on_error=lambda *e: errors.append(e),
-                                  fetch=lambda url, form, t: vector(by_query[form["query"]]))
+                                  fetch=lambda url, form, t: counts_or(form, lambda: vector(by_query[form["query"]])))
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None
     if running == "NaN":
@@ -193,7 +200,7 @@ def answering(answers: dict[str, str | None]) -> tuple[PrometheusVllmSource, lis
     by_query = {q: k for k, q in queries(["m"], "60s").items()}
 
     def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-        if form["query"] == counts_query(["m"], "60s"):
+        if form["query"] == counts_query(["m"], 60.0):
             return matrix(*[[float(c) for c in str(answers.get("counts") or "").split()]])
         value = answers.get(by_query[form["query"]])
         return vector(*([value] if value is not None else []))
@@ -225,10 +232,12 @@ def test_a_success_counter_gone_after_a_rate_was_read_is_no_window_not_no_reques
 
 @pytest.mark.parametrize(("counts", "window"), [
     ("500 520 3 25", True),  # a restart: a fall to what it served since
-    ("500 3 1 4 2 5", True),  # a crash loop: rate() reads each fall right (a review found it refused)
+    ("500 3 1 4 2 5", True),  # restarts: rate() reads each fall right (a review found a crash loop refused)
     ("10 12 3 15", True),  # counts too small to move a plan
     ("500 520 300 320", False),  # two engines by turns: a fall to a count of its own order (15-s scrapes)
-    ("500 40 520 41", False),  # the busier one back past where it fell from
+    ("500 40 520 41", False),  # the busier one back past where it fell from, in one rise
+    ("18750 432825 18900 432975 19050", False),  # by turns at 15-s scrapes: every rise a jump (a second review)
+    ("0 40 80 120 0 40 80 120 0", True),  # a crash loop climbs back in small rises
     ("9000 100 9010", False),
 ])
 def test_a_counter_that_flaps_between_two_engines_is_no_window(counts: str, window: bool) -> None:

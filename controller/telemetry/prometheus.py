@@ -7,9 +7,9 @@ request rate that is NaN or out of range (a broken counter: no 0/0 makes it) is 
 where no rate series at all is none finished yet (a vLLM makes its counter on first use): 0 rps, until a rate
 was read for the model; after that, a rate gone while its engines report, as they did a window back, is a lost
 counter, no window, never 0 rps (it had planned half the replicas; an engine new to the window has no rate for a
-scrape, and reads 0). Nor is a window whose success counter `flapped`, read from its samples where it fell at all
-(two engines behind one scrape target: each fall read the whole count as new, a demand 50 times the load; a
-restart falls to what it served since, and rate() reads any number of those right). Each query has `timeout_s`,
+scrape, and reads 0). Nor is a window whose success counter `flapped`, read from its samples over `LOOKBACK`
+windows (two engines behind one scrape target: each fall read the other's whole count as new, a demand 50 times the
+load; a restart falls to what it served since, and rate() reads any number of those right). Each query has `timeout_s`,
 and a window asks none past `WINDOW_TIMEOUTS` of them in all (a Prometheus that answers each query just inside it
 had held the slow loop for 17 of them). A
 Prometheus that cannot be reached, or answers an HTTP error without its JSON error envelope, fails the whole
@@ -21,6 +21,7 @@ and a window whose restart figures were lost is not called steady.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -40,6 +41,14 @@ FLAP_SHARE = 0.1
 """A counter that falls to this share of where it was, or more, fell to another engine's count, not to a restart's."""
 FLAP_FLOOR = 20.0
 """Counts under this are left to fall as they may: a few requests read twice move no plan."""
+LOOKBACK = 4
+"""Windows of samples a flap is looked for in: a window whose counter flapped in any of the last four is none."""
+FLAP_STEPS = 10.0
+"""A fall to, or a rise of, more than this many of the counter's least rise in the window is another engine's count."""
+JUMP_FLOOR = 1000.0
+"""A rise to a count under this is left as it is (a young engine's counts rise by a tenth or more a scrape, in
+bursts, until it has served some ten scrapes' worth); over it, a rise of a tenth of the count is another engine's,
+against the window's other rises, or alone where it has none."""
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
 out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
@@ -110,20 +119,29 @@ def _selector(models: list[str]) -> str:
     return f'{{model_name=~"{pattern}"}}'
 
 
-def counts_query(models: list[str], window: str) -> str:
-    """The success counters' own samples over the window (a range vector: `flapped` reads how they fell)."""
-    return f"vllm:request_success_total{_selector(models)}[{window}]"
+def counts_query(models: list[str], window_s: float) -> str:
+    """The success counters' own samples over `LOOKBACK` windows (a range vector: `flapped` reads how they moved; a
+    window of 60 s holds two or three of a 30-s scrape, too few to tell a flap from a restart)."""
+    return f"vllm:request_success_total{_selector(models)}[{round(LOOKBACK * window_s)}s]"
 
 
 def flapped(counts: list[float]) -> bool:
-    """Whether a counter's samples fell to a count of their own order (at least `FLAP_SHARE` of where they fell from),
-    or came back past where they fell from: two engines behind one scrape target, read by turns. An engine's restart
-    falls to what it served since, far below, and does not climb back within a window; any number of those is a
-    rate rate() reads right (a crash loop included)."""
-    for i in range(1, len(counts)):
-        before, after = counts[i - 1], counts[i]
-        if before >= FLAP_FLOOR and after < before and (after >= FLAP_SHARE * before
-                                                         or any(c >= before for c in counts[i + 1:])):
+    """Whether a counter's samples are two engines' behind one scrape target, read by turns: a fall it climbs back by
+    in one rise (half of it or more), a fall to `FLAP_SHARE` of where it fell from or to more than `FLAP_STEPS` of its
+    least rise (what one engine serves between scrapes: a restart falls to what it served since its start, about
+    one), or a rise of more than `FLAP_STEPS` of those (or the only one) that is `FLAP_SHARE` of a count past
+    `JUMP_FLOOR` (the other engine's count appearing, fall or none: rate() reads it as requests too). Any number of
+    restarts is a rate rate() reads right: a crash loop climbs back in many small rises."""
+    steps = list(itertools.pairwise(counts))
+    rises = [b - a for a, b in steps if b > a]
+    step, most = min(rises, default=math.inf), max(rises, default=0.0)
+    for before, after in steps:
+        fall = before - after
+        if fall > 0 and before >= FLAP_FLOOR and (most >= fall / 2 or after >= FLAP_SHARE * before
+                                                  or after > max(FLAP_FLOOR, FLAP_STEPS * step)):
+            return True
+        rise = -fall
+        if after >= JUMP_FLOOR and rise >= FLAP_SHARE * after and (rise > FLAP_STEPS * step or len(rises) == 1):
             return True
     return False
 
@@ -239,17 +257,14 @@ class PrometheusVllmSource:
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
-    def _flapping(self, models: list[str], answers: dict[str, dict[str, float]], at: float | None,
-                  deadline: float) -> set[str]:
-        """The models whose success counters `flapped` in the window; their samples are asked for only where a counter
-        fell at all, within the window's deadline."""
-        if not any(x > 0.0 for x in answers.get("restarts", {}).values()):
-            return set()
+    def _flapping(self, models: list[str], at: float | None, deadline: float) -> set[str]:
+        """The models whose success counters `flapped` in the window, read from their samples,
+        within the window's deadline (asked every window: a rise to the other engine's count needs no fall)."""
         if self.clock() > deadline:
             raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
                                  f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
         try:
-            series = self.api.counts(counts_query(models, f"{round(self.window_s)}s"), at)
+            series = self.api.counts(counts_query(models, self.window_s), at)
         except BadAnswer as exc:
             self.on_error("prometheus", str(exc))
             return set()
@@ -275,7 +290,7 @@ class PrometheusVllmSource:
                     self.on_error("prometheus", str(exc))
                     answers[figure] = {}
                     lost.add(figure)
-            flapping = self._flapping(models, answers, at, deadline)
+            flapping = self._flapping(models, at, deadline)
         unsure = bool(lost & {"restarts", "replicas_before"})
         silent, self.heard = self.heard, set()
         out: dict[str, ServiceWindow | None] = {}
