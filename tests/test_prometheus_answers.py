@@ -303,3 +303,23 @@ def test_a_bad_series_is_quoted_without_its_time_so_it_is_said_once() -> None:
     with pytest.raises(TelemetryError) as caught:
         instant_vector(body, "q")
     assert "17.5" not in str(caught.value) and "[3]" in str(caught.value)
+
+
+def test_the_flap_checks_samples_lost_leave_the_window_standing() -> None:
+    """The samples over four windows run past the answer's size bound for thousands of engines at 1-s scrapes: the
+    whole window had failed with them; the check is said to be skipped and the window stands."""
+    said: list[str] = []
+    answers = {"rate_rps": "12", "replicas": "2", "running": "3", "waiting": "0"}
+    by_query = {q: k for k, q in queries(["m"], "60s").items()}
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] == counts_query(["m"], 60.0):
+            raise TelemetryError("prometheus: http://prom: the answer runs past 16777216 bytes")
+        value = answers.get(by_query[form["query"]])
+        return vector(*([value] if value is not None else []))
+
+    source = PrometheusVllmSource("http://prom", {"chat": "m"}, fetch=fetch, on_error=lambda k, m: said.append(m))
+    w = source.observe(0.0, ["chat"])["chat"]
+    assert w is not None and w.rate_rps == 12.0
+    assert said == ["prometheus: http://prom: the answer runs past 16777216 bytes (the flap check's samples: the "
+                    "window goes on without it)"]
