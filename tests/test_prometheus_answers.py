@@ -8,14 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import (
-    PrometheusVllmSource,
-    by_model,
-    counts_query,
-    flapped,
-    instant_vector,
-    queries,
-)
+from controller.telemetry.counter_flaps import counts_query, flapped
+from controller.telemetry.prometheus import PrometheusVllmSource, by_model, instant_vector, queries
 
 
 def matrix(*series: list[float], model: str = "m") -> bytes:

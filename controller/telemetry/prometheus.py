@@ -21,34 +21,22 @@ and a window whose restart figures were lost is not called steady.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
-import re
 import time
 import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
+from controller.telemetry.counter_flaps import counts_query, flapped, range_counts, selector
 
 WINDOW_TIMEOUTS = 3
 """A window's queries, each within `timeout_s`, ask no new one past this many timeouts in all: 17 queries each answered
 just inside 5 s had held the slow loop 73 s; one timeout shared by all failed a healthy Prometheus at 0.33 s a query
 (a review)."""
-FLAP_SHARE = 0.1
-"""A counter that falls to this share of where it was, or more, fell to another engine's count, not to a restart's."""
-FLAP_FLOOR = 20.0
-"""Counts under this are left to fall as they may: a few requests read twice move no plan."""
-LOOKBACK = 4
-"""Windows of samples a flap is looked for in: a window whose counter flapped in any of the last four is none."""
-FLAP_STEPS = 10.0
-"""A fall to, or a rise of, more than this many of the counter's least rise in the window is another engine's count."""
-JUMP_FLOOR = 1000.0
-"""A rise to a count under this is left as it is (a young engine's counts rise by a tenth or more a scrape, in
-bursts, until it has served some ten scrapes' worth); over it, a rise of a tenth of the count is another engine's,
-against the window's other rises, or alone where it has none."""
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
 out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
@@ -82,7 +70,7 @@ def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
 
 def queries(models: list[str], window: str) -> dict[str, str]:
     """The figure name -> PromQL, each grouped by `model_name` over all `models` (one query per figure)."""
-    sel = _selector(models)
+    sel = selector(models)
     by = "by (model_name)"
 
     def ratio(hist: str) -> str:
@@ -113,65 +101,9 @@ def queries(models: list[str], window: str) -> dict[str, str]:
     }
 
 
-def _selector(models: list[str]) -> str:
-    """The label selector of `models`' series (each name matched whole, as written)."""
-    pattern = "|".join(re.escape(m) for m in sorted(models)).replace("\\", "\\\\").replace('"', '\\"')
-    return f'{{model_name=~"{pattern}"}}'
-
-
-def counts_query(models: list[str], window_s: float) -> str:
-    """The success counters' own samples over `LOOKBACK` windows (a range vector: `flapped` reads how they moved; a
-    window of 60 s holds two or three of a 30-s scrape, too few to tell a flap from a restart)."""
-    return f"vllm:request_success_total{_selector(models)}[{round(LOOKBACK * window_s)}s]"
-
-
-def flapped(counts: list[float]) -> bool:
-    """Whether a counter's samples are two engines' behind one scrape target, read by turns: a fall it climbs back by
-    in one rise (half of it or more), a fall to `FLAP_SHARE` of where it fell from or to more than `FLAP_STEPS` of its
-    least rise (what one engine serves between scrapes: a restart falls to what it served since its start, about
-    one), or a rise of more than `FLAP_STEPS` of those (or the only one) that is `FLAP_SHARE` of a count past
-    `JUMP_FLOOR` (the other engine's count appearing, fall or none: rate() reads it as requests too). Any number of
-    restarts is a rate rate() reads right: a crash loop climbs back in many small rises."""
-    steps = list(itertools.pairwise(counts))
-    rises = [b - a for a, b in steps if b > a]
-    step, most = min(rises, default=math.inf), max(rises, default=0.0)
-    for before, after in steps:
-        fall = before - after
-        if fall > 0 and before >= FLAP_FLOOR and (most >= fall / 2 or after >= FLAP_SHARE * before
-                                                  or after > max(FLAP_FLOOR, FLAP_STEPS * step)):
-            return True
-        rise = -fall
-        if after >= JUMP_FLOOR and rise >= FLAP_SHARE * after and (rise > FLAP_STEPS * step or len(rises) == 1):
-            return True
-    return False
-
-
-def range_counts(body: bytes, query: str) -> dict[str, list[list[float]]]:
-    """A range-vector answer as model_name -> each series' values in time order; BadAnswer where it is none."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BadAnswer(f"prometheus: not JSON for {shortened(query)!r}") from exc
-    data = doc.get("data") if isinstance(doc, dict) and doc.get("status") == "success" else None
-    result = data.get("result") if isinstance(data, dict) else None
-    if not isinstance(result, list):
-        raise BadAnswer(f"prometheus: no range vector for {shortened(query)!r}")
-    out: dict[str, list[list[float]]] = {}
-    for item in result:
-        try:
-            model = str(item["metric"].get("model_name", ""))
-            values = [float(text) for _, text in item["values"]]
-        except (TypeError, KeyError, ValueError, AttributeError) as exc:
-            raise BadAnswer(f"prometheus: a series that is not (labels, [[time, value], ...]) for "
-                            f"{shortened(query)!r}") from exc
-        out.setdefault(model, []).append(values)
-    return out
-
-
-def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
-    """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
-    observation) unless `keep_nan`. An error envelope, a body that is not JSON or JSON of another shape raises
-    BadAnswer."""
+def answer_result(body: bytes, query: str) -> list[Any]:
+    """The `result` list of a successful answer (an instant or a range vector); an error envelope, a body that is not
+    JSON or JSON of another shape raises BadAnswer."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:  # nested past the parser's depth: no answer either
@@ -184,8 +116,15 @@ def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tupl
     result = data.get("result", []) if isinstance(data, dict) else None
     if not isinstance(result, list):
         raise BadAnswer(f"prometheus: an answer without a result list for {shortened(query)!r}")
+    return result
+
+
+def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
+    """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
+    observation) unless `keep_nan`. An error envelope, a body that is not JSON or JSON of another shape raises
+    BadAnswer."""
     out = []
-    for item in result:
+    for item in answer_result(body, query):
         try:
             labels, (_, text) = item["metric"], item["value"]
         except (TypeError, KeyError, ValueError) as exc:
@@ -232,7 +171,7 @@ class PrometheusApi:
 
     def counts(self, promql: str, at: float | None = None) -> dict[str, list[list[float]]]:
         """A range vector's samples per model (`range_counts`), evaluated as `query` is."""
-        return range_counts(self._answer(promql, at, None), promql)
+        return range_counts(answer_result(self._answer(promql, at, None), promql), promql)
 
 
 class PrometheusVllmSource:
@@ -257,12 +196,17 @@ class PrometheusVllmSource:
         self.wall_time = wall_time
         """Maps controller time to the Unix time to evaluate at; None evaluates at Prometheus' now."""
 
-    def _flapping(self, models: list[str], at: float | None, deadline: float) -> set[str]:
-        """The models whose success counters `flapped` in the window, read from their samples,
-        within the window's deadline (asked every window: a rise to the other engine's count needs no fall)."""
+    def _within(self, deadline: float) -> None:
+        """Raise where a window's queries have run past their deadline (no count or time in the line: it is said once
+        while it repeats)."""
         if self.clock() > deadline:
             raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
                                  f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
+
+    def _flapping(self, models: list[str], at: float | None, deadline: float) -> set[str]:
+        """The models whose success counters `flapped` in the window, read from their samples,
+        within the window's deadline (asked every window: a rise to the other engine's count needs no fall)."""
+        self._within(deadline)
         try:
             series = self.api.counts(counts_query(models, self.window_s), at)
         except TelemetryError as exc:  # an answer past the size bound too (thousands of engines at 1-s scrapes): the
@@ -279,9 +223,7 @@ class PrometheusVllmSource:
         if models:
             deadline = self.clock() + WINDOW_TIMEOUTS * self.api.timeout_s
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
-                if self.clock() > deadline:  # (no count or time in the line: said once while it repeats)
-                    raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
-                                         f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
+                self._within(deadline)
                 try:
                     answers[figure] = by_model(self.api.query(promql, at, keep_nan=figure in KEEP_NAN))
                 except BadAnswer as exc:
