@@ -40,36 +40,38 @@ MAX_WINDOW_REPLICAS = 100_000
 """Most replicas a window may report: a count of 10**400 overflowed every rate per replica."""
 
 
-def window_problem(w: ServiceWindow, most_replicas: int) -> str | None:
-    """Why a window cannot be a load (a negative or absurd figure from a source, or more engines than the service may
-    run: `most_replicas`); None where it can."""
+def window_problem(w: ServiceWindow, most_replicas: int) -> tuple[str, str] | None:
+    """The figure for which a window cannot be a load, and why (a negative or absurd figure from a source, or more
+    engines than the service may run: `most_replicas`); None where it can."""
     if not (math.isfinite(w.rate_rps) and 0.0 <= w.rate_rps <= MAX_WINDOW_RPS):
-        return f"rate {w.rate_rps:g} rps outside [0, {MAX_WINDOW_RPS:g}]"
+        return "rate", f"rate {w.rate_rps:g} rps outside [0, {MAX_WINDOW_RPS:g}]"
     for name in ("in_tokens", "out_tokens"):
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_TOKENS):
-            return f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
+            return name, f"{name} {v:g} outside [0, {MAX_WINDOW_TOKENS:g}]"
     for name in ("waiting", "running", "waiting_before", "running_before", "preemptions"):
         v = getattr(w, name)
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= MAX_WINDOW_WAITING):
-            return f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
+            return name, f"{name} {v:g} outside [0, {MAX_WINDOW_WAITING:g}]"
     if not (math.isfinite(w.window_s) and MIN_WINDOW_S <= w.window_s <= MAX_WINDOW_S):
-        return f"window_s {w.window_s!r} outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}]"
+        return "window_s", f"window_s {w.window_s!r} outside [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}]"
     if not 0 <= w.replicas <= MAX_WINDOW_REPLICAS:
-        return f"replicas {w.replicas if abs(w.replicas) < 10**15 else 'past 1e15'} outside [0, {MAX_WINDOW_REPLICAS}]"
+        shown = w.replicas if abs(w.replicas) < 10**15 else "past 1e15"
+        return "replicas", f"replicas {shown} outside [0, {MAX_WINDOW_REPLICAS}]"
     if w.replicas > most_replicas:  # 3,001 series of one model read as 3,001 engines: each at 1/3,001 of the load
-        return (f"{w.replicas} engines report its model, past twice the replicas it may run or runs ({most_replicas}"
-                " in all): another deployment's engines under its model name, or labels that multiply its series")
+        return "engine count", (f"{w.replicas} engines report its model, past twice the replicas it may run or runs "
+                                f"({most_replicas} in all): another deployment's engines under its model name, or "
+                                "labels that multiply its series")
     for name in ("running", "running_before"):  # a replica runs at most vLLM's largest batch (one glitch of 9.9e6
         v = getattr(w, name)  # running sized the plan at the 100,000-rps cap)
         if v is not None and v > max(1, w.replicas) * MAX_BATCH:
-            return f"{name} {v:g} past {MAX_BATCH} a replica ({w.replicas} replicas)"
+            return name, f"{name} {v:g} past {MAX_BATCH} a replica ({w.replicas} replicas)"
     return None
 
 
 log = logging.getLogger("wattscale.controller")
 REFUSED = "window refused: "
-"""How a verdict on a window that cannot be a load begins (the controller reports those as `bad_window`)."""
+"""How a verdict on a window that cannot be a load begins."""
 ENGINES_PER_REPLICA = 2
 """Engines a window may count per replica the service may run or runs, before the count is no count of its engines: a
 rollout's surge and the old pods still draining read over one (a review)."""
@@ -113,31 +115,22 @@ class Estimator:
                 running: int = 0) -> str:
         """Update the service's load, its SLO margin and its pair's tuner (`kv_tokens`: the cache of the replicas
         in force; `running`: the replicas on every variant); returns the tuner's verdict (or why none). A window
-        refused is reported, in words that stay the same while it repeats (its figures are in the verdict, which the
-        decision log keeps): the last estimate is held."""
-        verdict = self._observe(svc, window, draws, in_force, batch_still, o, kv_tokens,
-                                ENGINES_PER_REPLICA * max(running, svc.max_replicas))
-        if verdict.startswith(REFUSED):
-            what = verdict[len(REFUSED):].split()[0]  # the figure's name; its value (which moves) stays in the verdict
-            what = "engine count" if what[:1].isdigit() else what
-            self.report("bad_window", f"{svc.name}: its window is refused for its {what}, its last load estimate held "
-                        f"(the value: the decision log's services.{svc.name}.tuner, or the DEBUG log)")
-        return verdict
-
-    def _observe(self, svc: ServiceSettings, window: ServiceWindow | None, draws: list[DrawReading],
-                 in_force: Assignment, batch_still: bool, o: OptimizerSettings, kv_tokens: float,
-                 most_replicas: int) -> str:
+        refused is reported, in words that stay the same while it repeats (the figure's value is in the verdict,
+        which the decision log keeps): the last estimate is held."""
         m = self.metrics
         load = self.load.setdefault(svc.name, svc.load(0.0, svc.in_tokens, svc.out_tokens))
         if (window is None or window.replicas < 1) and svc.name not in self.observed:  # no word on demand yet
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
-        problem = None if window is None else window_problem(window, most_replicas)
+        problem = None if window is None else window_problem(window, ENGINES_PER_REPLICA * max(running,
+                                                                                              svc.max_replicas))
         if window is None or problem is not None:  # no count of those serving now: an old one held the fit off
             self.serving.pop(svc.name, None)
         if window is None:
             return "no window"  # keep the estimate
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
-            return f"{REFUSED}{problem}"
+            self.report("bad_window", f"{svc.name}: its window is refused for its {problem[0]}, its last load estimate "
+                        f"held (the value: the decision log's services.{svc.name}.tuner, or the DEBUG log)")
+            return f"{REFUSED}{problem[1]}"
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         self.serving[svc.name] = window.replicas
         if window.replicas < 1:

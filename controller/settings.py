@@ -38,6 +38,11 @@ NAME_MAX = 255
 """The longest file name (bytes) Linux file systems take."""
 
 
+def longest_name_bytes(path: str) -> int:
+    """The longest name of `path`'s parts, in the bytes a file system counts (NAME_MAX bounds each)."""
+    return max((len(part.encode("utf-8", "surrogateescape")) for part in Path(path).parts), default=0)
+
+
 LEAST_FAST_S = 0.1
 """Shortest fast-loop period (s)."""
 STATE_FILE = "tuner.json"
@@ -75,8 +80,7 @@ class DaemonSettings:
             raise ConfigError(f"{where}.state_dir", f"must name a directory, got {quoted(self.state_dir)}")
         for name in ("state_dir", "decision_log"):  # `run` failed on it naming no field; check-config only warned
             value = getattr(self, name)
-            longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)
-            if longest > NAME_MAX:
+            if (longest := longest_name_bytes(value)) > NAME_MAX:
                 raise ConfigError(f"{where}.{name}", f"{quoted(value)} holds a name of {longest} bytes, past the "
                                   f"{NAME_MAX} a file system takes")
         if self.decision_log and (Path(self.decision_log).name != self.decision_log or self.decision_log == ".."):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, quoted
-from controller.settings import NAME_MAX, STATE_FILE, Settings
+from controller.settings import NAME_MAX, STATE_FILE, Settings, longest_name_bytes
 from controller.slo_margin import MARGINS_FILE
 from controller.state_lock import LOCK_FILE
 from controller.telemetry.base import shortened
@@ -27,8 +27,7 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
     sources = [(name, src) for name, src in settings.budget.sources
                if isinstance(src, CarbonCsvSettings | DemandResponseSettings)]
     for name, src in sources:  # a name no file system takes: `run` and check-config ended on it naming no field
-        longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(src.path).parts), default=0)
-        if longest > NAME_MAX:
+        if (longest := longest_name_bytes(src.path)) > NAME_MAX:
             raise ConfigError(f"power.budget.sources[{name}].path", f"{quoted(src.path)} holds a name of {longest} "
                               f"bytes, past the {NAME_MAX} a file system takes")
     files = {}
