@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
-from controller.decision_log import DecisionLog, gate_held, gpus, observed, shape, text
+from controller.decision_log import DecisionLog, applied, change_text, gate_held, gpus, log_decision, observed
 from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
 from controller.empty_draw import EmptyDraw
@@ -41,10 +41,6 @@ from tuner import Tuner
 BUDGET_BOUND = 0.98
 """A plan predicting at least this share of the budget it plans for is budget-bound: a service it shrinks then
 is on the ladder's second step (max batch and replicas), not following its load."""
-
-CHANGES_SAID = 10
-"""Services a decision's log line names one by one (the decision log holds each): a first cycle of 100 services
-wrote a 20-KB line, past what a journal keeps whole."""
 
 log = logging.getLogger("wattscale.controller")
 
@@ -311,21 +307,13 @@ class Controller:
             self.draining[svc.name] = draining_caps(self.draining.get(svc.name, {}), current, a, planned)
             m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)
-            record["services"][svc.name].update({
-                "load_rps": None if load is None else round(load.rate_rps, 3), "in_force": shape(current),
-                "applied": shape(a),
-                "running": in_force[svc.name].running,
-                "planned": shape(planned), "short_rps": round(result.short_rps, 3), "reason": result.reason,
-                "gate_held": (gated := gate_held(planned, admitted[svc.name])), "asked": enforced.asked,
-                "actuator_held": enforced.held})
+            record["services"][svc.name].update(
+                applied(current, planned, a, result.short_rps, result.reason),
+                load_rps=None if load is None else round(load.rate_rps, 3), running=in_force[svc.name].running,
+                gate_held=(gated := gate_held(planned, admitted[svc.name])), asked=enforced.asked,
+                actuator_held=enforced.held)
             if planned != current or enforced.asked or enforced.held:
-                short = f" short {result.short_rps:.2f} rps ({result.reason})" if result.reason else ""
-                changed.append(f"{svc.name}: {text(current)} -> planned {text(planned)}, applied {text(a)}{short}"
-                               + "".join(f" [{who} held: {'; '.join(what)}]" for who, what in
-                                         (("gate", gated), ("actuator", enforced.held)) if what))
-        level = logging.INFO if changed else logging.DEBUG
-        more = f"; {len(changed) - CHANGES_SAID} more services changed (the decision log has each)" \
-            if len(changed) > CHANGES_SAID else ""
-        log.log(level, "decision: %s%s | predicted %.0f W of %.0f W budget | solve %.1f ms",
-                "; ".join(changed[:CHANGES_SAID]) or "no change", more, solution.power_w, self.tick_power.budget_w,
-                1000 * (solution.solve_s + solution.candidates_s))
+                changed.append(change_text(svc.name, current, planned, a, result.short_rps, result.reason,
+                                           {"gate": gated, "actuator": list(enforced.held)}))
+        log_decision(changed, solution.power_w, self.tick_power.budget_w,
+                     solution.solve_s + solution.candidates_s)

@@ -25,7 +25,13 @@ from controller.telemetry.base import ServiceWindow
 from controller.telemetry.plausible import MAX_GPU_LIMIT_W
 from tuner.store import open_plain
 
+CHANGES_SAID = 10
+"""Services a decision's log line names one by one (the decision log holds each): a first cycle of 100 services
+wrote a 20-KB line, past what a journal keeps whole."""
+
 log = logging.getLogger("wattscale.decisions")
+said = logging.getLogger("wattscale.controller")
+"""The INFO decision line's logger: the controller's, where operators read its decisions."""
 
 
 def _pid_namespace() -> int | None:
@@ -146,6 +152,13 @@ def shape(a: Assignment) -> dict[str, Any]:
     return out
 
 
+def applied(current: Assignment, planned: Assignment, applied_a: Assignment, short_rps: float,
+            reason: str | None) -> dict[str, Any]:
+    """A service's plan as the decision log records it: in force, planned and applied, and any shortfall."""
+    return {"in_force": shape(current), "applied": shape(applied_a), "planned": shape(planned),
+            "short_rps": round(short_rps, 3), "reason": reason}
+
+
 def text(a: Assignment) -> str:
     """An assignment as the INFO decision line says it."""
     clock = "" if a.sm_clock_fraction is None else f" clock {a.sm_clock_fraction:.0%}"
@@ -156,3 +169,21 @@ def gate_held(planned: Assignment, admitted: Assignment) -> list[str]:
     """What of the plan the stability gate held back this cycle."""
     return [f"{f} {getattr(admitted, f)} not {getattr(planned, f)}" for f in ("replicas", "max_batch", "power_cap_w")
             if getattr(admitted, f) != getattr(planned, f)]
+
+
+def change_text(name: str, current: Assignment, planned: Assignment, applied: Assignment, short_rps: float,
+                reason: str | None, held: dict[str, list[str]]) -> str:
+    """One service's change as the INFO decision line says it: in force, planned, applied, any shortfall, and
+    what each holder (the gate, the actuator) held back."""
+    short = f" short {short_rps:.2f} rps ({reason})" if reason else ""
+    return (f"{name}: {text(current)} -> planned {text(planned)}, applied {text(applied)}{short}"
+            + "".join(f" [{who} held: {'; '.join(what)}]" for who, what in held.items() if what))
+
+
+def log_decision(changed: list[str], predicted_w: float, budget_w: float, solve_s: float) -> None:
+    """The cycle's decision line: at INFO where a service changed (the first CHANGES_SAID named), else DEBUG."""
+    more = f"; {len(changed) - CHANGES_SAID} more services changed (the decision log has each)" \
+        if len(changed) > CHANGES_SAID else ""
+    said.log(logging.INFO if changed else logging.DEBUG, "decision: %s%s | predicted %.0f W of %.0f W budget | "
+             "solve %.1f ms", "; ".join(changed[:CHANGES_SAID]) or "no change", more, predicted_w, budget_w,
+             1000 * solve_s)

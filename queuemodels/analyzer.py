@@ -10,11 +10,12 @@ import numpy as np
 
 from queuemodels.chain import BLOCKING_NEGLIGIBLE, Stationary
 from queuemodels.continuous_arrays import continuous_laws
+from queuemodels.continuous_law import continuous_law
 from queuemodels.kv_cache import fitting_shape
 from queuemodels.law_arrays import ManyLawFn, Points
 from queuemodels.operating_point import blocking, evaluate, occupancy, solve_chain
 from queuemodels.power import Occupancy
-from queuemodels.service_time import LawFn, StepLaw, capped_law, continuous_law
+from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
 from queuemodels.stacked import Figures, solve_together
 from queuemodels.step_arrays import Bools, Floats

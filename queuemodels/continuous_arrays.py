@@ -1,4 +1,4 @@
-"""The continuous law (service_time.continuous_law) of many operating points at once, as arrays.
+"""The continuous law (continuous_law.continuous_law) of many operating points at once, as arrays.
 
 A fleet's plan values tens of thousands of points a cycle, and a law built through the interpreter costs ~13 us
 each (the step family's roofline ~100 us: its prompt's cost settles in four Poisson sums), more than solving it
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from queuemodels.continuous_law import gated_prompt_ms, gated_residual_ms, prompt_cost
 from queuemodels.law_arrays import PROFILE_FIELDS, Points
 from queuemodels.roofline_arrays import Terms
-from queuemodels.service_time import gated_prompt_ms, gated_residual_ms, prompt_cost
 from queuemodels.step_arrays import ROOFLINE_FIELDS, Bools, Floats, Ints, LawArrays
 
 
@@ -33,7 +33,7 @@ def _per_point(points: Points) -> dict[str, Floats]:
 
 
 def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
-    """service_time.continuous_law at every point (at its KV-bound batch `tops`), and which points it built:
+    """continuous_law.continuous_law at every point (at its KV-bound batch `tops`), and which points it built:
     not those of a roofline law nor a rate whose prompts would fill the GPU."""
     v = _per_point(points)
     cap, clock, n = v["cap"], v["clock"], tops

@@ -16,10 +16,11 @@ from operator import attrgetter
 import numpy as np
 from numpy.typing import NDArray
 
+from queuemodels.continuous_law import has_roofline
 from queuemodels.kv_cache import batch_limit, fitting_shape
 from queuemodels.roofline import Roofline
 from queuemodels.roofline_arrays import Terms
-from queuemodels.service_time import decode_and_prompt, has_roofline
+from queuemodels.service_time import decode_and_prompt
 from queuemodels.step_arrays import Bools, Floats, LawArrays
 from queuemodels.types import Load, Point, PowerProfile, ServerShape, ServiceParams
 

@@ -6,16 +6,8 @@ Power caps and locked SM clocks scale the prefill and decode laws separately (co
 under continuous batching a cap or a lock slows a prompt's compute, inside the smooth maximum with the memory
 time that hides it, so a short prompt on a memory-bound step and the step's host-side overhead barely slow.
 
-Two readings of the same parameters (docs/queue-models.md):
-- batch (llm-inferno): a batch of B prompts is prefilled together, prefill(B) = gamma + delta L_in B;
-- continuous (vLLM's scheduler): a new prompt rides one decode step. Its compute, delta L_in, overlaps the
-  step's memory-bound time (roofline), up to gamma of it hidden: c_p = ((delta L_in)^3 + gamma^3)^(1/3) - gamma.
-  The prompts of others steal a share phi = lambda c_p of the GPU from decoding, so
-  decode(B) = (alpha + beta B) / (1 - phi); an arrival also waits for the step in flight.
-  A step carries the prompts that arrived during the one before (costs of spread cv), so steps vary, a long one
-  making the next long: Var S = lambda c_p^2 (1 + cv^2) E[S] / (1 - phi^2). The step in flight is length-biased:
-  its residual is E[S]/2 + c_p (1 + cv^2) phi / (2 (1 - phi^2)), and the step carrying a prompt also carries the
-  others that arrived during it, c_p + c_p (1 + cv^2) phi^2 / (1 - phi^2) in all beyond the mean step.
+The two readings of the same parameters, batch (llm-inferno) and continuous (vLLM's scheduler), are in
+docs/queue-models.md; the continuous one is built in queuemodels/continuous_law.py.
 """
 
 from __future__ import annotations
@@ -27,10 +19,10 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from queuemodels.clock import clock_time_factor, step_clock_factor
+from queuemodels.clock import clock_time_factor
 from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.roofline import Roofline
-from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
+from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams
 
 NEWTON_STEPS = 12
 """At most this many in `StepLaw.batch_at`: tau is smooth, so they settle to rounding in three to five."""
@@ -220,7 +212,7 @@ def decode_cap_factor(profile: PowerProfile | None, power_cap_w: float | None, b
     return max(by_clock, 1.0 + profile.prefill_sensitivity * compute_share * squeeze)
 
 
-def _capped_decode(d0: float, d1: float, profile: PowerProfile | None, max_batch: int, power_cap_w: float | None,
+def capped_decode(d0: float, d1: float, profile: PowerProfile | None, max_batch: int, power_cap_w: float | None,
                    clock: float | None) -> tuple[float, float]:
     """(d0, d1) of the capped decode step: the line through its times at batch 1 and at the max batch, so
     the law stays affine and is exact where it matters most (light load, and the full batch of saturation)."""
@@ -243,80 +235,3 @@ def decode_and_prompt(params: ServiceParams, load: Load) -> tuple[float, float, 
     per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
     d0 = params.alpha_ms + params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
     return d0, per_seq, 0.0, (params.beta_ms + params.gamma_ms) * n_in, 0.0
-
-
-def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: Batch) -> Batch:
-    """What one prompt adds to a step (ms): the overhead, and its compute, slowed by `compute_factor` (a cap's or
-    a lock's), beyond the memory time that hides it (a smooth maximum). A cap slows the clock, so only the compute:
-    a short prompt that hides under the weights' read, or a step's host-side overhead, barely slows; a prompt whose
-    compute about matches the memory time adds more than the factor times what it added (slowed, it comes out
-    from under the read), though the step it rides slows by less; a long one slows by the factor."""
-    slowed = compute_factor * compute
-    out: Batch = overhead + np.cbrt(slowed * slowed * slowed + hidden * hidden * hidden) - hidden
-    return out
-
-
-def gated_prompt_ms(c_p: Batch, c_gpu: Batch, phi: Batch, cv: Batch) -> Batch:
-    """What a prompt's own step takes beyond the mean step: its cost `c_p`, and the prompts that arrived with it.
-    A step takes every prompt that arrived during the one before (a gated queue), so steps vary: S = D + the costs
-    of K prompts, K ~ Poisson(lambda S_before), each of mean c_gpu and spread `cv`, E[S] = D / (1 - phi) and
-    Var S = c_gpu^2 (1 + cv^2) lambda E[S] / (1 - phi^2). A prompt arrives in a length-biased step and rides the
-    next with the others that arrived in it: c_gpu lambda E[S^2] / E[S] beyond the mean step's own share,
-    c_gpu (1 + cv^2) phi^2 / (1 - phi^2) (the first term of that series, c_gpu phi^2 alone, read a third short at
-    phi = 0.6 with fixed costs)."""
-    out: Batch = c_p + c_gpu * (1.0 + cv * cv) * phi * phi / (1.0 - phi * phi)
-    return out
-
-
-def gated_residual_ms(c_gpu: Batch, phi: Batch, cv: Batch) -> Batch:
-    """The wait for the step in flight beyond half a mean step: its length-biased excess, Var S / (2 E[S]) =
-    c_gpu (1 + cv^2) phi / (2 (1 - phi^2)) (`gated_prompt_ms`)."""
-    out: Batch = c_gpu * (1.0 + cv * cv) * phi / (2.0 * (1.0 - phi * phi))
-    return out
-
-
-def has_roofline(params: ServiceParams) -> bool:
-    """Whether the continuous law bends at large batches and chunks prompts (the step family with rho or a token
-    budget), or reads fewer experts at small ones; otherwise it is affine in the batch."""
-    return params.family == "step" and bool(params.rho or params.budget_tokens or params.expert_weight_share)
-
-
-def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | None, shape: ServerShape) -> StepLaw:
-    """The step law under continuous batching at a power cap; depends on the rate through phi."""
-    prefill_factor, _ = cap_factors(profile, shape.power_cap_w, shape.sm_clock_fraction)
-    d0, d1, overhead, compute, hidden = decode_and_prompt(params, load)
-    # without rho or a budget (a prior that leaves them 0, read before the tuner's defaults) the step family is
-    # the affine law of before: gen1 to the bit where kappa and epsilon are 0 too, whose decodes a lock slows by their
-    # compute share; with them it slows the decodes' compute in the roofline, and a cap that binds slows the step on
-    # top (where both bind, slower than the lower of the two clocks: never faster than either lever alone)
-    roofed = has_roofline(params)
-    clock = None if roofed else shape.sm_clock_fraction
-    if roofed:
-        d0 *= step_clock_factor(profile, shape.sm_clock_fraction)
-    d0, d1 = _capped_decode(d0, d1, profile, shape.max_batch, shape.power_cap_w, clock)
-    roofline = Roofline.of(params, load, prefill_factor,
-                           clock_time_factor(profile, shape.sm_clock_fraction, 1.0)) if roofed else None
-    batch = 1.0
-    c_p = c_gpu = float(prompt_cost(overhead, compute, hidden, prefill_factor))
-    if roofline is not None:
-        c_p, c_gpu, batch = roofline.prompt_at_load(load, d0, d1, shape.max_batch)
-    phi = load.rate_rps * c_gpu / 1000.0
-    if phi >= 0.99:
-        raise Unstable(
-            f"rate_rps: {load.rate_rps:.6g} needs {100 * phi:.0f} % of the GPU for prompts alone; lower it"
-        )
-    stretch = 1.0 / (1.0 - phi)
-    d0, d1 = d0 * stretch, d1 * stretch
-    wait_scale = (1.0 + load.out_cv**2) / 2.0
-    # the bend is compute at large batches: the cap slows it as it slows the full batch's step
-    bend_scale = stretch * decode_cap_factor(profile, shape.power_cap_w, float(shape.max_batch), clock)
-    budget_wait = budget_var = 0.0
-    if roofline is not None:  # the prompts ahead, where a token budget serialises them
-        step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch)) - stretch * roofline.skipped_ms(batch)
-        budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
-    cv = load.in_cv  # the prompts' length spread, read as their costs' (the tails read it so too)
-    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi, cv) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1,
-                   prompt_ms=c_p, residual_share=0.5, residual_ms=gated_residual_ms(c_gpu, phi, cv), prompt_cv=cv,
-                   prompt_share=phi, wait_scale=wait_scale,
-                   roofline=roofline, bend_scale=bend_scale, skip_scale=stretch, budget_wait_ms=budget_wait,
-                   budget_wait_var=budget_var)

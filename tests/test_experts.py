@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import CATALOG
+from queuemodels.continuous_law import continuous_law
 from queuemodels.roofline import Roofline
-from queuemodels.service_time import continuous_law
 from queuemodels.types import LEAST_TOKEN_SHARE, MOST_WEIGHT_SHARE
 from tuner import Observation, PairFilter, Tuner
 

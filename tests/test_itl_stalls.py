@@ -8,9 +8,10 @@ import pytest
 
 from queuemodels import Load, PowerProfile, ServerShape, ServiceParams, get_model
 from queuemodels.chain import means
+from queuemodels.continuous_law import continuous_law, gated_residual_ms
 from queuemodels.itl_tails import _itl_distribution, _prompt_steps, itl_exceedance
 from queuemodels.operating_point import solve_chain
-from queuemodels.service_time import StepLaw, continuous_law, gated_residual_ms
+from queuemodels.service_time import StepLaw
 
 MODEL = get_model("mm1k-cb")
 PARAMS = ServiceParams("gen1", alpha_ms=11.9, beta_ms=0.14, gamma_ms=12.9, delta_ms=0.038)

@@ -24,8 +24,9 @@ from queuemodels import (
 )
 from queuemodels.batch_choice import TIE
 from queuemodels.chain import means
+from queuemodels.continuous_law import continuous_law
 from queuemodels.operating_point import solve_chain
-from queuemodels.service_time import StepLaw, continuous_law
+from queuemodels.service_time import StepLaw
 from queuemodels.tails import ttft_quantiles
 
 MODEL = get_model("mm1k-batch")

@@ -14,10 +14,10 @@ from queuemodels.accelerators import CATALOG
 from queuemodels.analyzer import MODELS
 from queuemodels.chain import means
 from queuemodels.continuous_arrays import continuous_laws
+from queuemodels.continuous_law import continuous_law
 from queuemodels.itl_tails import itl_exceedance
 from queuemodels.law_arrays import Bases, Points
 from queuemodels.operating_point import solve_chain
-from queuemodels.service_time import continuous_law
 from queuemodels.sizing import SATURATION_SHARE, _bracket, _brackets, _surplus
 from queuemodels.stacked import _span, solve_together
 from queuemodels.step_arrays import FIELDS, ROOFLINE_FIELDS

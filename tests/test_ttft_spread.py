@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from queuemodels import Load, ServerShape, ServiceParams, get_model
+from queuemodels.continuous_law import continuous_law
 from queuemodels.operating_point import solve_chain
 from queuemodels.roofline import Roofline
-from queuemodels.service_time import continuous_law
 from queuemodels.tails import _in_flight_variance, ttft_quantiles
 
 STEP = ServiceParams("step", 11.5, 0.01, 6.2, 0.034, kappa_ms=5e-5, epsilon_ms=0.5, rho=1.0, budget_tokens=8000.0)
