@@ -122,6 +122,9 @@ class NvmlDevices:
             nvml = pynvml
         self.nvml: Any = nvml
         self._handles: dict[int, Any] = {}  # valid until shutdown: looked up once per GPU
+        self._stale = False
+        """NVML said it is not initialised (shut down under us: a driver reloaded): initialised again at the next
+        count, every handle looked up again. Otherwise every read failed for good, and the limits stayed frozen."""
         with self._errors("NVML init"):
             self.nvml.nvmlInit()
 
@@ -134,9 +137,19 @@ class NvmlDevices:
         try:
             yield
         except self.nvml.NVMLError as exc:
+            self._stale = self._stale or type(exc).__name__ == "NVMLError_Uninitialized"
             raise translate(exc, what) from exc
 
+    def _ready(self) -> None:
+        """NVML initialised again where it said it was not (`_stale`), before the next call that needs it."""
+        if self._stale:
+            with self._errors("NVML init again"):
+                self.nvml.nvmlInit()
+            self._stale = False
+            self._handles.clear()
+
     def count(self) -> int:
+        self._ready()
         with self._errors("device count"):
             n = int(self.nvml.nvmlDeviceGetCount())
         if not 0 <= n <= MAX_DEVICES:  # a million were read one by one, for minutes and gigabytes
@@ -144,6 +157,7 @@ class NvmlDevices:
         return n
 
     def _handle(self, index: int) -> Any:
+        self._ready()
         if index not in self._handles:
             with self._errors(f"GPU {index}"):
                 self._handles[index] = self.nvml.nvmlDeviceGetHandleByIndex(index)

@@ -106,10 +106,12 @@ class Blind:
         loop.export_limits()
         if entered:  # said once the caps are set: the saying is not the safety
             unset = {g.index for g in loop.samples if g.uuid in pinned}  # counted, not written
-            set_w = ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset)
-            log.error("GPU readings lost for %d ticks: safe caps %s%s", self.lost,
-                      set_w or ("(none can be set)" if caps else "(no GPU ever seen)"),
-                      "".join(f"; GPU {i} counted at {caps[i]:.0f} W (cannot be set)" for i in sorted(unset)))
+            failed = self.failsafe_due - unset  # its write failed: tried again at the next tick
+            set_w = ", ".join(f"GPU {i} {w:.0f} W" for i, w in sorted(caps.items()) if i not in unset | failed)
+            log.error("GPU readings lost for %d ticks: safe caps %s%s%s", self.lost,
+                      set_w or ("(none set)" if caps else "(no GPU ever seen)"),
+                      "".join(f"; GPU {i} counted at {caps[i]:.0f} W (cannot be set)" for i in sorted(unset)),
+                      "".join(f"; GPU {i} not set to {caps[i]:.0f} W (its write failed)" for i in sorted(failed)))
             if not fits:
                 held_w = sum(caps[i] for i in unset)
                 log.error("the safe caps do not fit the budget: %s", f"the GPUs that cannot be set hold {held_w:.0f} W "

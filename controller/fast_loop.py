@@ -28,10 +28,6 @@ from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck, envelope_ok
 
 log = logging.getLogger("wattscale.governor")
-GLITCH = 1.5
-"""A serving GPU's reading past this many times its top limit is a glitch its draw curve leaves out (one 5,000-W reading
-a window took a fit's busy share from 0.39 to 0.71); a few watts over the top, as a GPU at its cap reads, counts at
-the top, as the governor counts it."""
 
 
 class FastLoop:
@@ -91,6 +87,9 @@ class FastLoop:
             if not samples and self.listing.seen:  # every GPU seen before gone at once: the source lost them
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
+                if not self.samples:  # never read: the fail-safe starts from the limits this listing holds
+                    self.samples = [g for g in samples if envelope_ok(g.min_limit_w, g.max_limit_w)
+                                    and 0.0 < g.power_limit_w <= g.max_limit_w]
                 raise ValueError("no GPU returned a power reading")
             samples, unknown, problems = self.limits.check(samples)
         except Exception as exc:  # any source failure is survived: a budget cut held, after a few, safe caps
@@ -103,11 +102,14 @@ class FastLoop:
                 self.metrics.errors.labels("gpu_source").inc()
             self.blind.step(self, now)
         else:
+            if self.blind.lost:  # what a write said while no GPU could be read ("GPU lost") is tried again at once
+                self.retry.forget()
             self.blind.read()
             self.metrics.failsafe.set(0.0)
             for problem in problems:
                 self.on_error("gpu_limits", problem)
-            self.listing.say_unread(samples, unknown)
+            for uuid in self.listing.say_unread(samples, unknown):  # a GPU that reads again: likewise
+                self.retry.forget(limit_key(uuid))
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
             samples, missing = self._with_missing(samples)
@@ -116,11 +118,15 @@ class FastLoop:
             self._govern(now, samples, missing | unknown, self.plan)
         self.cycle.observe(time.perf_counter() - started)
 
-    def _say_floors(self, samples: list[GpuSample]) -> None:
+    def _say_floors(self, samples: list[GpuSample], untouched: frozenset[str]) -> None:
         """Say once, as it starts and as it ends, that the GPUs' lowest limits sum above the threshold (a source's
-        drop, a reload): every GPU is held at its floor, no cap above it applies (check-config says so)."""
-        floors_w, threshold_w = sum(g.min_limit_w for g in samples), self.governor.threshold_w()
-        if (floors_w > threshold_w) == self.under_floors:
+        drop, a reload): every GPU is held at its floor, no cap above it applies (check-config says so). GPUs that
+        are not set (missing, of unknown limits) count at what they count for; where no GPU can be set, none is held
+        at a floor (their limits' problems are said)."""
+        settable = [g for g in samples if g.uuid not in untouched]
+        floors_w = sum(g.min_limit_w for g in settable) + sum(accounted_w(g) for g in samples if g.uuid in untouched)
+        threshold_w = self.governor.threshold_w()
+        if (bool(settable) and floors_w > threshold_w) == self.under_floors:
             return
         self.under_floors = not self.under_floors
         if self.under_floors:
@@ -199,7 +205,7 @@ class FastLoop:
             u for u in waiting if self.retry.forceable(limit_key(u))))
         pinned = fixed | (waiting - forced)
         limits = self.governor.step(samples, plan, pinned, lagging)
-        self._say_floors(samples)
+        self._say_floors(samples, untouched)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
         higher = [(by_index[i], w) for i, w in limits.items() if w > by_index[i].power_limit_w
@@ -263,8 +269,8 @@ class FastLoop:
         """Per service, its GPUs' mean draw and limit at this tick (before its step: the limits the reading ran
         under) and whether the governor held any down; and each free GPU's draw (controller/empty_draw.py)."""
         by_service: dict[str, list[GpuSample]] = {}
-        for g in samples:  # a reading of nothing or far past what the GPU can draw is a glitch the curve learnt from
-            if g.service is not None and g.power_w is not None and 0.0 < g.power_w <= GLITCH * g.max_limit_w:
+        for g in samples:  # a reading of nothing or far past what the GPU can draw is none here (`is_draw`)
+            if g.service is not None and g.power_w is not None:
                 by_service.setdefault(g.service, []).append(g)
         self.ledger.add_free([(g.name, w) for g in samples if g.service is None and (w := g.power_w) is not None])
         cut = self.governor.cut_w

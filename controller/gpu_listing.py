@@ -1,7 +1,8 @@
 """What the fast loop knows of the GPUs listed so far, apart from what it decides with them.
 
 A source's listing is taken as it is only where it is a reading: a draw that is no draw (NaN, infinite,
-negative) is made none, so the governor counts that GPU at its limit; and a GPU seen before and missing now (an
+negative, nothing at all, or far past what the GPU can draw) is made none, so the governor counts that GPU at its
+limit; and a GPU seen before and missing now (an
 exporter down, a stale series) is added back at its last limit, unread, since a GPU out of sight still draws.
 Each GPU that starts either is reported once as it starts and counted every tick.
 """
@@ -16,8 +17,21 @@ from dataclasses import replace
 from controller.failures import SAID_ONE_BY_ONE
 from controller.own_metrics import OwnMetrics
 from controller.telemetry.base import GpuSample
+from controller.telemetry.plausible import MAX_GPU_LIMIT_W, envelope_ok
 
 log = logging.getLogger("wattscale.governor")
+GLITCH = 1.5
+"""A reading past this many times a GPU's top limit is a glitch, no draw (an unsigned -1 mW read as 4.29 MW sent every
+GPU to its floor; one 5,000-W reading a window took a draw fit's busy share from 0.39 to 0.71); a few watts over the
+top, as a GPU at its cap reads, counts at the top."""
+
+
+def is_draw(g: GpuSample) -> bool:
+    """Whether a GPU's reading can be a draw: a number above 0 (a powered GPU draws tens of watts idle; a driver's 0
+    is no reading) and within GLITCH of its top limit (of any GPU's, where its own is not known)."""
+    p = g.power_w
+    top = g.max_limit_w if envelope_ok(g.min_limit_w, g.max_limit_w) else MAX_GPU_LIMIT_W
+    return p is not None and math.isfinite(p) and 0.0 < p <= GLITCH * top
 
 
 class GpuListing:
@@ -35,8 +49,7 @@ class GpuListing:
     def drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
         """The listing with every reading that is no draw made none, for every reader (-500 W from a DCGM exporter
         took the site to -4,000 W and ended a power emergency)."""
-        bad = {g.uuid: g for g in samples
-               if g.power_w is not None and not (math.isfinite(g.power_w) and g.power_w >= 0.0)}
+        bad = {g.uuid: g for g in samples if g.power_w is not None and not is_draw(g)}
         for uuid, g in bad.items():
             if uuid in self.no_draw:
                 self.metrics.errors.labels("gpu_power").inc()
@@ -46,10 +59,11 @@ class GpuListing:
         self.no_draw = set(bad)
         return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
 
-    def say_unread(self, samples: list[GpuSample], unknown: frozenset[str]) -> None:
+    def say_unread(self, samples: list[GpuSample], unknown: frozenset[str]) -> set[str]:
         """Say each GPU that gave no reading while others did (one fallen off the bus) as its run starts, and count
         every tick of it: counted at its limit it holds the budget, but nothing else said the daemon was blind to it.
-        Not those read as no draw (`drawing` says them), nor those of unknown limits (the limits' check does)."""
+        Not those read as no draw (`drawing` says them), nor those of unknown limits (the limits' check does).
+        Returns the GPUs that read again."""
         reading = any(g.power_w is not None for g in samples)
         unread = {g.uuid: g for g in samples if reading and g.power_w is None and not g.never_read
                   and g.uuid not in unknown and g.uuid not in self.no_draw}
@@ -60,7 +74,8 @@ class GpuListing:
                 self.on_error("gpu_power", f"GPU {g.index} ({uuid}) gave no power reading"
                               f"{f' ({g.read_error})' if g.read_error else ''}: counted at its power limit "
                               f"({g.power_limit_w:.0f} W) until it reads")
-        self.unread = set(unread)
+        back, self.unread = self.unread - set(unread), set(unread)
+        return back
 
     def with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with every GPU seen before and missing now added back at its last limit, unread; and which

@@ -10,8 +10,8 @@ from controller.telemetry.base import GpuSample
 
 def accounted_w(sample: GpuSample) -> float:
     """What a GPU counts for: its reading, or its limit where it has none (a NaN reading is none: it would
-    pass every comparison and lift the ramp's ceiling); a reading past what the GPU can draw at all is a
-    glitch, counted at that most (one 5,000 W reading on a 700 W GPU sent every GPU to its floor)."""
+    pass every comparison and lift the ramp's ceiling); a reading a little past what the GPU can draw at all (far
+    past it, the listing makes it none: gpu_listing.is_draw) counts at that most."""
     p = sample.power_w
     return min(p, sample.max_limit_w) if p is not None and math.isfinite(p) else sample.power_limit_w
 

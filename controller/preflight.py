@@ -125,12 +125,32 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
                 raise ConfigError(f"services[{svc.name}].vllm_command", f"{quoted(found)} is no program the kernel "
                                   "starts: a script needs a #! line (a shell runs one without it, Python does not), a "
                                   "binary to be ELF, either a regular file")
+    setting = [f"actuators.{name}" for name in ("power", "clocks") if getattr(a, name) == "nvml"]
+    if setting and not may_administer():
+        warnings.append(f"{setting[0]}: this process lacks CAP_SYS_ADMIN, which NVML asks of a power limit or a clock "
+                        "lock: every write will be refused and the budget not held (run as root, or as "
+                        "systemd/wattscale.service grants it)")
     if a.writes_unit_batches:
         folder = Path(settings.base_dir) / a.systemd_batch_dir
         problem = unwritable(folder) or unreadable(folder)
         if problem is not None:
             warnings.append(f"actuators.systemd_batch_dir: {problem}; changes of max batch will fail")
     return warnings, kube
+
+
+PROC_STATUS = Path("/proc/self/status")
+"""Where the kernel says this process's capabilities."""
+
+
+def may_administer() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN (bit 21 of its effective set), which NVML asks of every power
+    limit and clock lock it sets; True where the kernel does not say (no /proc: the writes will tell)."""
+    try:
+        lines = PROC_STATUS.read_text().splitlines()
+        effective = next(int(line.split()[1], 16) for line in lines if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
+    return bool(effective >> 21 & 1)
 
 
 def kube_client(settings: Settings) -> Any:

@@ -2,9 +2,10 @@
 
 A transient error (a timeout, a conflict, a server restarting) waits its `delay_s`, doubled on each
 failure in a row up to a ceiling, before the target is tried again. A permanent one (no permission, no
-such target) stops tries for that target until its config changes. Either is logged once, when the target
-first fails, and counted every time; a success after failures is logged once too. Errors of no kind are
-taken as transient with the base delay.
+such target) waits PERMANENT_RETRY_S, or until its config changes: a driver that said "GPU lost" through a
+few seconds' outage had blocked every limit write for good. Either is logged once, when the target first
+fails, and counted every time; a success after failures is logged once too. Errors of no kind are taken as
+transient with the base delay.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from actuators import ActuatorError, PermanentActuatorError, TransientActuatorEr
 log = logging.getLogger("wattscale.controller")
 FORCED_TRIES = 2
 """Forced tries a run of failures allows before a target waits out its delay (`forceable`)."""
+PERMANENT_RETRY_S = 300.0
+"""How long a target refused for good waits before it is tried again, where its config has not changed first."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class RetryBook:
 
     def may_try(self, target: str, now: float) -> bool:
         f = self.failing.get(target)
-        return f is None or (not f.permanent and now >= f.retry_at)
+        return f is None or now >= f.retry_at
 
     def forceable(self, target: str) -> bool:
         """Whether a target waiting out a transient failure may be tried before its delay, where it must be (a
@@ -55,11 +58,11 @@ class RetryBook:
         count = 1 if before is None else before.count + 1
         permanent = isinstance(exc, PermanentActuatorError)
         delay = exc.delay_s if isinstance(exc, TransientActuatorError) else self.base_delay_s
-        delay = min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
+        delay = PERMANENT_RETRY_S if permanent else min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
         self.failing[target] = Failing(count, now + delay, str(exc), permanent)
         if before is not None:
             return False
-        said = (f"{target}: {exc}; no more tries until its config changes" if permanent else
+        said = (f"{target}: {exc}; tried again in {delay:.0f} s, or once its config changes" if permanent else
                 f"{target}: {exc}; retrying in {delay:.0f} s")
         if self.report is not None:
             self.report(said)
@@ -80,5 +83,6 @@ class RetryBook:
                                               if t != target and not t.startswith(target + "/")}
 
     def blocked(self) -> list[str]:
-        """Targets given up on, for the decision log (read from another thread: one copy of the items)."""
+        """Targets refused for good (waiting PERMANENT_RETRY_S), for the decision log (read from another thread: one
+        copy of the items)."""
         return sorted(t for t, f in list(self.failing.items()) if f.permanent)

@@ -82,7 +82,7 @@ def _shut_down(devices: NvmlDevices) -> None:
     try:
         devices.close()
     except ActuatorError as exc:
-        log.warning("NVML shutdown: %s", exc)
+        log.warning("%s", exc)  # it names the call: "NVML shutdown: ..."
 
 
 def build_host(settings: Settings) -> SimHost:
@@ -111,11 +111,17 @@ def _nvml_devices(settings: Settings, nvml: Any) -> NvmlDevices | None:
         raise ConfigError(field, f'{exc}; off a GPU host, "sim" (as config/sim.toml)') from exc
 
 
-def probe_nvml(settings: Settings) -> None:
+def probe_nvml(settings: Settings, nvml: Any = None) -> None:
     """NVML started and shut down where a setting names it, so `check-config` fails as `run` would (no driver,
-    no library, no permission), the field named."""
-    devices = _nvml_devices(settings, None)
-    if devices is not None:
+    no library, no permission; with the `nvml` source, a service's GPU not on this host or a GPU no service owns),
+    the field named."""
+    devices = _nvml_devices(settings, nvml)
+    if devices is None:
+        return
+    try:
+        if settings.telemetry.gpu_source == "nvml":
+            _owners(settings, devices)
+    finally:
         _shut_down(devices)
 
 

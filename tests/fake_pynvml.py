@@ -48,6 +48,10 @@ class FakeGpu:
     burst_share: float = 0.0
     """For this share of each second the GPU wants `burst_mw` (a prompt's compute-bound steps), the rest
     `demand_mw`: the second's mean draw may sit under a limit its bursts hit."""
+    uuid: str | None = None
+    """The UUID the driver gives (None: one made from the GPU's index)."""
+    reads_mw: int | None = None
+    """What the power reading says whatever the GPU draws (a driver's garbage: 0, an unsigned -1); None: its draw."""
     clock_us: int = 0
     capped_ns: int = 0
     """The driver's time stamp and power violation time, advanced a second each power read (as the energy is)."""
@@ -83,8 +87,9 @@ class FakeNvml:
         if not self.initialised:
             raise pynvml.NVMLError_Uninitialized()
         index = int(handle)
-        if (call, index) in self.fail:
-            raise self.fail[(call, index)]()
+        for key in ((call, index), ("*", index)):  # ("*", i): every call on GPU i
+            if key in self.fail:
+                raise self.fail[key]()
         gpu = self.gpus[index]
         if call in gpu.unsupported:
             raise pynvml.NVMLError_NotSupported()
@@ -112,8 +117,8 @@ class FakeNvml:
         return self._gpu("name", h).name
 
     def nvmlDeviceGetUUID(self, h: int) -> str:
-        self._gpu("uuid", h)
-        return f"GPU-0000000{h}-fake-4000-8000-000000000000"
+        g = self._gpu("uuid", h)
+        return g.uuid or f"GPU-0000000{h}-fake-4000-8000-000000000000"
 
     def nvmlDeviceGetPowerManagementLimitConstraints(self, h: int) -> list[int]:
         g = self._gpu("constraints", h)
@@ -134,7 +139,7 @@ class FakeNvml:
         g.energy_mj += mean  # one second at this draw
         g.clock_us += 1_000_000
         g.capped_ns += int(1e9 * sum(share for share, want in g.phases() if want > g.limit_mw))
-        return mean
+        return mean if g.reads_mw is None else g.reads_mw
 
     def nvmlDeviceGetViolationStatus(self, h: int, policy: int) -> Any:
         g = self._gpu("violation", h)

@@ -270,7 +270,7 @@ def test_a_source_tree_never_installed_still_answers(monkeypatch: pytest.MonkeyP
 def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
     """nvml GPUs, Prometheus, dry-run batch and replicas: no simulated host is built or stepped."""
     from controller.settings import load_settings
-    from controller.wiring import build_parts
+    from controller.wiring import build_parts, probe_nvml
 
     text = (Path(__file__).resolve().parents[1] / "config" / "sim.toml").read_text()
     for old, new in (('gpu_source = "sim"', 'gpu_source = "nvml"'),
@@ -293,6 +293,13 @@ def test_a_host_without_simulated_parts_builds_no_plant(tmp_path: Path) -> None:
     rack = PowerDomainSettings("rack-b", 1500.0, (4, 5, 8))  # a rack's index past the host, named as the rack's
     with pytest.raises(ConfigError, match=r"^power\.domains\[rack-b\]\.gpus: GPU 8 not on this host \(8 GPUs\)"):
         build_parts(replace(owned, power=replace(owned.power, domains=(rack,))), nvml=FakeNvml([FakeGpu()] * 8))
+    # check-config's probe refuses what `run` refuses (it had printed "ok" for a host one GPU short), and shuts down
+    fake = FakeNvml([FakeGpu() for _ in range(7)])
+    with pytest.raises(ConfigError, match=r"^services\[batch-summaries\]\.gpus: GPU 7 not on this host \(7 GPUs\)"):
+        probe_nvml(owned, fake)
+    assert not fake.initialised
+    probe_nvml(owned, fake := FakeNvml([FakeGpu() for _ in range(8)]))
+    assert not fake.initialised
 
 
 @pytest.mark.parametrize("restore", [True, False])
@@ -348,3 +355,39 @@ def test_an_undecodable_uuid_an_escape_or_an_absurd_count_is_no_traceback() -> N
     fake.count = 1_000_000
     with pytest.raises(PermanentActuatorError, match="device count: NVML reports 1000000 GPUs, past the 1024"):
         dev.count()
+
+
+def test_nvml_shut_down_under_the_daemon_is_initialised_again() -> None:
+    """A driver reload shuts NVML down: every call then says Uninitialized. It was taken as transient and retried
+    for good with NVML never initialised again, the daemon blind (its limits frozen) until a restart."""
+    fake, dev = devices(2)
+    source = NvmlGpuSource(dev, {0: ("chat", "H100-SXM"), 1: ("code", "H100-SXM")})
+    assert [g.power_w for g in source.sample(0.0)] == [450.0, 450.0]
+    fake.nvmlShutdown()
+    assert source.sample(1.0)[0].power_w is None  # the read that found it out is lost (at the last limits)
+    assert [g.power_w for g in source.sample(2.0)] == [450.0, 450.0]
+    fake.nvmlShutdown()  # a host whose GPUs another source reads: the limiter alone finds it out
+    limiter = NvmlPowerLimiter(dev, min_interval_s=0.0)
+    with pytest.raises(TransientActuatorError, match="NVML not initialised"):
+        limiter.set_power_limit(0, 500.0)
+    assert limiter.set_power_limit(0, 500.0) == 500.0
+
+
+def test_a_process_that_may_not_set_gpu_limits_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon without CAP_SYS_ADMIN (a non-root user, a unit without it) had started, `check-config` saying ok,
+    and every write was then refused: the host stayed over its budget. Both now warn, naming the field."""
+    from conftest import sim_config_text
+
+    from controller import preflight
+    from controller.settings import load_settings
+
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(sim_config_text(tmp_path / "state", {'power = "sim"': 'power = "nvml"'}))
+    status = tmp_path / "status"
+    monkeypatch.setattr(preflight, "PROC_STATUS", status)
+    for caps, warned in (("0000000000000000", True), ("0000000000200000", False), ("000001ffffffffff", False)):
+        status.write_text(f"Name:\twattscale\nCapInh:\t0000000000000000\nCapEff:\t{caps}\n")
+        said = [w for w in preflight.check_backends(load_settings(cfg))[0] if "CAP_SYS_ADMIN" in w]
+        assert bool(said) == warned and all(w.startswith("actuators.power: ") for w in said), said
+    status.unlink()  # a kernel that does not say: the writes will tell
+    assert preflight.may_administer()

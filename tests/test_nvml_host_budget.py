@@ -4,6 +4,7 @@ and a GPU that has never been read. Two fake H100s (tests/fake_pynvml.py, the re
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,9 @@ def host(tmp_path: Path, chat: tuple[int, ...] = (0,), code: tuple[int, ...] = (
     parts.power.gate.clock = lambda: clock[0]  # type: ignore[attr-defined]
     control.clock = clock  # type: ignore[attr-defined]
     return fake, control
+
+
+UUID_1 = "GPU-00000001-fake-4000-8000-000000000000"
 
 
 def draw_w(fake: FakeNvml) -> float:
@@ -227,3 +231,123 @@ def test_the_capped_gauge_is_a_gap_where_the_share_is_unknown(tmp_path: Path) ->
     gauges(3)
     fake.gpus = fake.gpus[:1]  # GPU 1 falls off the listing: its stand-in is unread
     assert math.isnan(gauges(4)[1] or 0.0)
+
+
+@pytest.mark.parametrize("error", [pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_NotSupported,
+                                   pynvml.NVMLError_DriverNotLoaded])
+def test_writes_a_driver_refused_for_good_while_no_gpu_read_are_tried_again_once_they_read(
+        tmp_path: Path, error: type[Exception], caplog: pytest.LogCaptureFixture) -> None:
+    """Every call on both GPUs fails for three ticks ("GPU lost", as through a driver's brief outage): the
+    fail-safe's writes then fail too, and were recorded as refused for good. A trial: readings came back at once,
+    the budget fell to 1,000 W, and no limit was set again until a restart; the site drew 1,100 W for good. (The
+    fail-safe's line had also named the caps it failed to write as set.)"""
+    fake, control = host(tmp_path)
+    loose = control.fast.governor.settings
+    caplog.set_level(logging.ERROR)
+    for t in range(1, 14):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t == 3:
+            fake.fail[("*", 0)] = fake.fail[("*", 1)] = error
+        if t == 7:
+            fake.fail.clear()
+        if t == 9:
+            control.fast.governor.settings = replace(loose, budget_w=1000.0)
+        control.tick_fast(float(t))
+        if t >= 10:
+            assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0, (t, draw_w(fake))
+    assert control.fast.retry.blocked() == []
+    (said,) = [r.getMessage() for r in caplog.records if "GPU readings lost for" in r.getMessage()]
+    assert "safe caps (none set)" in said, said
+    assert "GPU 0 not set to" in said and "GPU 1 not set to" in said, said
+
+
+def test_a_write_refused_for_good_is_tried_again_after_a_while(tmp_path: Path) -> None:
+    """A GPU's write refused as not supported is not tried tick after tick, nor given up on until a reload: it is
+    tried again PERMANENT_RETRY_S later (the driver may have been wrong, or fixed)."""
+    from controller.retry import PERMANENT_RETRY_S
+
+    fake, control = host(tmp_path)
+    loose = control.fast.governor.settings
+    for t in [*range(1, 12), int(PERMANENT_RETRY_S) + 6, int(PERMANENT_RETRY_S) + 7]:
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t == 5:
+            control.fast.governor.settings = replace(loose, budget_w=1000.0)
+            fake.fail[("set", 1)] = pynvml.NVMLError_NotSupported
+        if t == 6:
+            fake.fail.clear()
+        control.tick_fast(float(t))
+        if t == 11:  # neither tried again nor forced meanwhile
+            assert fake.gpus[1].limit_mw == 700_000 and control.fast.retry.blocked() == [f"power_limit:{UUID_1}"]
+    assert control.fast.retry.blocked() == []  # tried again, and it took
+    assert fake.gpus[1].limit_mw < 700_000 and draw_w(fake) <= control.fast.governor.threshold_w() + 1.0
+
+
+def test_gpus_that_never_give_a_power_reading_get_safe_caps(tmp_path: Path) -> None:
+    """No GPU supports the power reading, from the start, while their limits read and set: a trial's host drew
+    2,200 W against 1,500 for the whole run, its limits left at their maximum ("safe caps (no GPU ever seen)")."""
+    fake, control = host(tmp_path)
+    for g in fake.gpus:
+        g.unsupported = {"power"}
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1000.0)
+    for t in range(1, 6):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    assert control.fast.blind.failsafe_on
+    assert sum(g.limit_mw for g in fake.gpus) / 1000 <= control.fast.governor.threshold_w() + 1.0
+
+
+@pytest.mark.parametrize("reads_mw", [0, 2**32 - 1])
+def test_a_reading_no_powered_gpu_gives_counts_the_gpu_at_its_limit_and_is_said(
+        tmp_path: Path, reads_mw: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A driver's 0 mW, or an unsigned -1 (4.29 MW), from chat's GPU under a 500-W limit: taken as read, 0 W lent its
+    limit down to nothing unsaid (a loaded GPU cut to its floor), and 4.29 MW counted at the GPU's 700-W top and
+    exported as 4.29e6 W (every GPU to its floor where all read so). Now it is no reading: counted at its limit, its
+    power series a gap, said once."""
+    registry = CollectorRegistry()
+    fake, control = host(tmp_path, registry=registry)
+    fake.gpus[0].limit_mw, fake.gpus[0].reads_mw = 500_000, reads_mw
+    with caplog.at_level(logging.WARNING):
+        for t in range(1, 4):
+            control.clock[0] = float(t)  # type: ignore[attr-defined]
+            control.tick_fast(float(t))
+    assert registry.get_sample_value("wattscale_power_draw_watts") == fake.gpus[0].limit_mw / 1000 + 550.0
+    assert math.isnan(registry.get_sample_value("wattscale_gpu_power_watts", {"gpu": "0", "service": "chat"}) or 0.0)
+    said = [r.getMessage() for r in caplog.records if "which is no draw" in r.getMessage()]
+    assert len(said) == 1 and "GPU 0" in said[0], said
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "gpu_power"}) == 3.0
+
+
+def test_a_gpu_back_under_another_uuid_is_not_counted_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """GPU 1 is listed under a new UUID (as a MIG layout made again gives): its old UUID had stayed "missing",
+    counted at its last limit on top of the GPU itself, and under a budget both fit every GPU went to its floor
+    for good ("over the threshold with every limit at its floor")."""
+    registry = CollectorRegistry()
+    fake, control = host(tmp_path, registry=registry)
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1300.0)
+    with caplog.at_level(logging.INFO):
+        for t in range(1, 12):
+            control.clock[0] = float(t)  # type: ignore[attr-defined]
+            if t == 4:
+                fake.gpus[1].uuid = "GPU-11111111-fake-4000-8000-000000000000"
+            control.tick_fast(float(t))
+    assert registry.get_sample_value("wattscale_power_draw_watts") == 1100.0
+    assert all(g.limit_mw >= 550_000 for g in fake.gpus), [g.limit_mw for g in fake.gpus]
+    assert any(f"GPU {UUID_1} left the site" in r.getMessage() for r in caplog.records)
+    assert not control.governor.exhausted
+
+
+def test_gpus_whose_limits_cannot_be_known_are_not_said_held_at_their_floors(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every GPU reports a lowest limit above its highest: none can be set, and each is said so. The log had also
+    said every GPU was held at its lowest limit, which nothing had written."""
+    fake, control = host(tmp_path)
+    for g in fake.gpus:
+        g.min_mw, g.max_mw = 700_000, 200_000
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1000.0)
+    with caplog.at_level(logging.INFO):
+        for t in range(1, 4):
+            control.clock[0] = float(t)  # type: ignore[attr-defined]
+            control.tick_fast(float(t))
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "lowest limits" in m], said
+    assert len([m for m in said if m.startswith("gpu_limits:")]) == 2 and fake.sets == []

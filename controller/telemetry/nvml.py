@@ -23,7 +23,11 @@ class NvmlGpuSource:
     logged once. Left out, it had counted for nothing: two 550-W GPUs read as 550 W under a 1,000-W budget. Once it
     reads, its stand-in is reported departed (`departed`). A failure to enumerate the GPUs, or a listing none of
     whose GPUs has ever been read, fails the whole sample (a lost sample: the governor cuts blind, then sets safe
-    caps). The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None between."""
+    caps). The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None between.
+    A GPU out of the listing is counted at its last limit by the fast loop while it may still draw (fallen off the
+    bus, the count one short); once NVML counts as many GPUs as it ever did and none of them is that one, it has
+    departed (a GPU back under another UUID, a MIG layout made again): counted on, it had held every GPU at its floor
+    for good."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
@@ -32,6 +36,10 @@ class NvmlGpuSource:
         self._unread: set[int] = set()
         """GPUs never read, by index: each stands in the listing as `unread-<index>` until it reads."""
         self._departed: set[str] = set()
+        self._most = 0
+        """The most GPUs NVML has counted at once."""
+        self._listed: set[str] = set()
+        """The UUIDs listed at the last sample that counted that many."""
         self._energy = EnergyCadence()
         self._capped = CappedShares()
 
@@ -69,6 +77,10 @@ class NvmlGpuSource:
                                      last.max_limit_w, None, *self._owner(index), read_error=str(r)))
         if unread and not self._last:
             raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
+        if len(readings) >= self._most:  # every GPU the host has is listed: one seen before and not now is gone
+            listed = {g.uuid for g in samples}
+            self._departed |= self._listed - listed
+            self._most, self._listed = len(readings), listed
         for index, error in unread:
             if index not in self._unread:
                 log.warning("%s; never read, so counted as a GPU of unknown limits until it reads", error)
@@ -78,7 +90,7 @@ class NvmlGpuSource:
         return samples
 
     def departed(self) -> frozenset[str]:
-        """The stand-ins of GPUs that have read since the last call."""
+        """The stand-ins of GPUs that have read since the last call, and the GPUs no longer on the host."""
         out, self._departed = frozenset(self._departed), set()
         return out
 
