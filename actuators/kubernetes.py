@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,55 @@ STATUS: dict[int, tuple[type[ActuatorError], float, str]] = {
     422: (PermanentActuatorError, 0.0, "the API server refused the object as invalid"),
     429: (TransientActuatorError, 5.0, "rate-limited by the API server"),
 }
+
+
+MAX_ANSWER_BYTES = 1 << 20
+"""Most bytes of an answer `within` reads: a Scale, a Deployment or a NodePowerPlan is a few KB. The client parses
+whatever comes while holding the interpreter's lock: a 24-MB Scale held the governor's thread 4.7 s."""
+CHUNK = 1 << 16
+
+
+def within(timeout_s: float, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)` of the official client, its answer read whole within `timeout_s` and MAX_ANSWER_BYTES
+    and returned as JSON (None for an empty body). The client's `_request_timeout` bounds each socket read, not the
+    answer: a server trickling a byte every 2 s held the slow loop for good (in a cluster, the governor's writes).
+    The call runs in a thread of its own; one past the deadline is left to end with its socket (a transient error
+    now). Client exceptions come out as they are, for `translate`."""
+    deadline = time.monotonic() + timeout_s
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            answer = call(*args, _request_timeout=timeout_s, _preload_content=False, **kwargs)
+            try:
+                chunks, size = [], 0
+                while chunk := answer.read(CHUNK):
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES or time.monotonic() > deadline:
+                        box["late"] = size <= MAX_ANSWER_BYTES
+                        return
+                    chunks.append(chunk)
+            finally:
+                answer.release_conn()
+            body = b"".join(chunks)
+            try:
+                box["value"] = json.loads(body) if body.strip() else None
+            except ValueError:
+                box["error"] = TransientActuatorError("an answer that is not JSON", 10.0)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="kubernetes call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive() or box.get("late"):
+        raise TransientActuatorError(f"API server unreachable or too slow (no whole answer within "
+                                     f"{round(timeout_s, 1):g} s)", 10.0)
+    if "late" in box:
+        raise TransientActuatorError(f"an answer past {MAX_ANSWER_BYTES} bytes", 10.0)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 SCALE = "get and patch on deployments/scale"
@@ -59,6 +111,8 @@ def translate(exc: Exception, target: str, needs: str = "") -> ActuatorError:
         if status >= 500 or status == 0:  # 0: no answer came (the client's own failure, a TLS error among them)
             return TransientActuatorError(f"{target}: API server error (HTTP {status} {exc.reason})", 10.0)
         return PermanentActuatorError(f"{target}: HTTP {status} {exc.reason}")
+    if isinstance(exc, TransientActuatorError):  # `within`'s: past its deadline or bound, or no JSON
+        return TransientActuatorError(f"{target}: {exc}", exc.delay_s)
     if isinstance(exc, (HTTPError, OSError)):
         return TransientActuatorError(f"{target}: API server unreachable or too slow ({type(exc).__name__})", 10.0)
     return PermanentActuatorError(f"{target}: {type(exc).__name__}: {exc}")
@@ -178,8 +232,7 @@ class KubernetesReplicaScaler:
     def get_replicas(self, service: str, variant: str) -> int:
         ref = self._ref(service, variant)
         try:
-            scale = self.apps.read_namespaced_deployment_scale(ref.name, ref.namespace,
-                                                               _request_timeout=self.timeout_s)
+            scale = within(self.timeout_s, self.apps.read_namespaced_deployment_scale, ref.name, ref.namespace)
         except Exception as exc:
             raise translate(exc, f"{service} ({ref.namespace}/{ref.name})", SCALE) from exc
         return _replicas(scale, service)
@@ -189,9 +242,8 @@ class KubernetesReplicaScaler:
             raise PermanentActuatorError(f"{service}: replicas must be >= 0, got {replicas}")
         ref = self._ref(service, variant)
         try:
-            scale = self.apps.patch_namespaced_deployment_scale(ref.name, ref.namespace,
-                                                                {"spec": {"replicas": replicas}},
-                                                                _request_timeout=self.timeout_s)
+            scale = within(self.timeout_s, self.apps.patch_namespaced_deployment_scale, ref.name, ref.namespace,
+                           {"spec": {"replicas": replicas}})
         except Exception as exc:
             raise translate(exc, f"{service} ({ref.namespace}/{ref.name})", SCALE) from exc
         log.info("scaled %s/%s to %d replicas", ref.namespace, ref.name, replicas)
@@ -199,10 +251,10 @@ class KubernetesReplicaScaler:
 
 
 def _replicas(scale: Any, service: str) -> int:
-    """A Scale's replicas; an answer without a spec (a body the client could not read) is the API server's
+    """A Scale's replicas (its JSON); an answer without a spec (a body that is no Scale) is the API server's
     fault, tried again later."""
-    spec = getattr(scale, "spec", None)
-    replicas = getattr(spec, "replicas", None)
+    spec = scale.get("spec") if isinstance(scale, dict) else None
+    replicas = spec.get("replicas") if isinstance(spec, dict) else None
     if spec is None or isinstance(replicas, bool) or not isinstance(replicas, int | None):
         raise TransientActuatorError(f"{service}: the API server's Scale holds no replica count", 10.0)
     return replicas or 0

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from actuators.base import BatchInForce, PermanentActuatorError, TransientActuatorError
-from actuators.kubernetes import DeploymentRef, translate
+from actuators.kubernetes import DeploymentRef, translate, within
 from actuators.vllm_servers import with_max_num_seqs
 
 log = logging.getLogger(__name__)
@@ -94,17 +94,18 @@ class KubernetesBatchSizer:
         from kubernetes.client import AppsV1Api
 
         self.apps = AppsV1Api(api_client)
-        self.plain = api_client.sanitize_for_serialization
         self.targets, self.initial, self.timeout_s = targets, initial, timeout_s
         self.stalled: dict[str, tuple[int, str]] = {}
         """Service -> the value of its own rollout the controller gave up on, and why (the last read's)."""
 
     def _read(self, service: str, ref: DeploymentRef) -> dict[str, Any]:
         try:
-            obj = self.apps.read_namespaced_deployment(ref.name, ref.namespace, _request_timeout=self.timeout_s)
+            obj = within(self.timeout_s, self.apps.read_namespaced_deployment, ref.name, ref.namespace)
         except Exception as exc:
             raise translate(exc, _where(service, ref)) from exc
-        return dict(self.plain(obj))
+        if not isinstance(obj, dict):
+            raise TransientActuatorError(f"{_where(service, ref)}: the API server's answer is no Deployment", 10.0)
+        return obj
 
     def get_max_batch(self, service: str) -> BatchInForce:
         values, rolls = [], []
@@ -175,8 +176,8 @@ class KubernetesBatchSizer:
         patch = {"metadata": {"annotations": {PREVIOUS: f"{'' if previous is None else previous}@{_digest(template)}"}},
                  "spec": {"template": {"spec": {"containers": [{"name": c["name"], "args": args}]}}}}
         try:
-            self.apps.patch_namespaced_deployment(ref.name, ref.namespace, patch, _request_timeout=self.timeout_s,
-                                                  _content_type="application/strategic-merge-patch+json")
+            within(self.timeout_s, self.apps.patch_namespaced_deployment, ref.name, ref.namespace, patch,
+                   _content_type="application/strategic-merge-patch+json")
         except Exception as exc:
             raise translate(exc, _where(service, ref)) from exc
 

@@ -117,14 +117,16 @@ def serve_in_thread(server: BoundedServer, name: str) -> threading.Thread:
     return thread
 
 
-def serve_metrics(listen: str, port: int, registry: CollectorRegistry,
-                  alive: Callable[[], bool] | None = None) -> BoundedServer:
+def serve_metrics(listen: str, port: int, registry: CollectorRegistry, alive: Callable[[], bool] | None = None,
+                  hung_up: Callable[[str], None] = lambda why: None) -> BoundedServer:
     """`registry` on http://listen:port/metrics, bounded as every endpoint here (prometheus_client's own server
     gave each connection a thread without cap or deadline: 400 idle connections held 364 threads), and `alive()` on
-    /healthz where given (200, or 503: a liveness probe of /metrics passed while the governor had stopped). OSError
-    where the address cannot be bound."""
+    /healthz where given (200, or 503: a liveness probe of /metrics passed while the governor had stopped); each
+    client closed unanswered or gone before its answer told to `hung_up` (200 idle connections had starved the
+    scraper unsaid). OSError where the address cannot be bound."""
     server = BoundedServer((listen, port), MetricsHandler.factory(registry) if alive is None else _healthz(registry,
-                                                                                                          alive))
+                                                                                                          alive),
+                           hung_up)
     serve_in_thread(server, "metrics")
     return server
 

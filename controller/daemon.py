@@ -242,7 +242,8 @@ class Daemon:
         STOP_ASKED.check()  # a stop before these handlers whose raise was swallowed (controller/startup.py)
         if s.metrics.port:
             try:
-                serve_metrics(s.metrics.listen, s.metrics.port, self.registry, self.fast_alive)
+                serve_metrics(s.metrics.listen, s.metrics.port, self.registry, self.fast_alive,
+                              lambda why: self.controller.error("metrics_client", f"a client {why}"))
             except OSError as exc:  # taken since the preflight probe looked
                 raise ConfigError("metrics.port", f"cannot listen on {s.metrics.listen}:{s.metrics.port}: "
                                   f"{exc.strerror or exc}") from None

@@ -24,8 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MAX_BODY = 16 << 20
-"""Most bytes of an answer read by default: a vLLM page with many histograms is a few MB at most."""
+MAX_BODY = 4 << 20
+"""Most bytes of an answer read by default: a vLLM page with many histograms is a few hundred KB, Prometheus' answer
+of one GPU series for each of 4,000 GPUs 1.1 MB. The JSON parser holds the interpreter's lock throughout: 16 MB of a
+hostile shape held the governor's thread 1-3 s (4 MB of the worst shape, empty lists, parses in 0.5 s on a slow
+core)."""
 CHUNK = 1 << 16
 
 
@@ -168,7 +171,7 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
                 answer = HttpAnswer(r.status, _lower(r.headers), _body(r, url, watch.deadline, max_body, True))
                 late = watch.finish()  # before the socket closes: a shut one's number may be another's by then
             if late:
-                raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s")
+                raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 1):g} s")
             return answer
         except urllib.error.HTTPError as exc:
             answer = HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, watch.deadline, max_body, False))
@@ -178,7 +181,7 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
         # the deadline shut the socket (a server that never answered read as one that hung up), or the socket's own
         # timeout came first (its TimeoutError, or urllib's URLError around it)
         if watch.finish() or isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-            raise Unreachable(f"{url}: no whole answer within {timeout_s:g} s") from exc
+            raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 1):g} s") from exc
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
     finally:
         watch.finish()

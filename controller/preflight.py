@@ -260,7 +260,7 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
             if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
                 try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
                     budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
-                                  settings.base_dir).step(time.time())
+                                  settings.base_dir, math.inf).step(time.time())
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as "
                                     f"{_fallback_w(settings):g} W (safe_budget_w, at most budget_w) until it gives one")

@@ -14,17 +14,23 @@ import time
 from collections.abc import Callable
 
 log = logging.getLogger("wattscale.daemon")
+QUIET_TICKS = 60
+"""On-time ticks in a row that end a run of late ones (the next late tick is logged again): stalls that alternate
+late and on-time ticks had logged each late one, 16 lines in 40 s."""
 
 
 class Ticker:
     """Calls `tick` every `period_s` until `stop` is set. A tick that takes its period or longer is followed by the
-    next at once: late, not queued, each such overrun counted through `count(kind)` and the first of a run logged.
+    next at once: late, not queued, each such overrun counted through `count(kind)` and the first of a run logged (a run
+ends after QUIET_TICKS on time).
     A tick that raises is counted and logged once a run, and the ticks go on."""
 
     def __init__(self, name: str, period_s: float, tick: Callable[[], None], stop: threading.Event,
                  count: Callable[[str], None]) -> None:
         self.name, self.period_s, self.tick, self.stop, self.count = name, period_s, tick, stop, count
-        self.overrunning = self.failing = False
+        self.on_time = QUIET_TICKS
+        """On-time ticks since the last late one (QUIET_TICKS or more: no run of late ticks)."""
+        self.failing = False
         self.thread = threading.Thread(target=self.run, name=f"wattscale-{name}", daemon=True)
 
     def start(self) -> None:
@@ -42,12 +48,12 @@ class Ticker:
             late = now >= due
             if late:
                 self.count(f"{self.name}_late")
-                if not self.overrunning:
+                if self.on_time >= QUIET_TICKS:
                     log.warning("%s loop: a tick took %.1f s, past its %g-s period; the next runs at once (each "
                                 "counted in wattscale_errors_total{kind=\"%s_late\"})", self.name,
                                 now - due + self.period_s, self.period_s, self.name)
                 due = now
-            self.overrunning = late
+            self.on_time = 0 if late else self.on_time + 1
 
     def _tick(self) -> None:
         try:

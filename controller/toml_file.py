@@ -13,9 +13,12 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.telemetry.base import shortened
+from tuner.store import open_plain
 
-MAX_TOML_BYTES = 16 << 20
-"""Largest TOML file read (a config of a thousand services is some 500 KB)."""
+MAX_TOML_BYTES = 2 << 20
+"""Largest TOML file read (a config of a thousand services is some 500 KB). The parser takes up to 2 s a MB of the
+slowest shape (long arrays of numbers), and a reload parses in the thread that answers SIGTERM and pings systemd's
+watchdog: 16 MB had held it 34 s, past the unit's 30-s watchdog."""
 
 
 USES = {
@@ -84,7 +87,7 @@ def _parsed(path: Path) -> dict[str, Any]:
     if not os.access(path, os.R_OK):
         raise ConfigError(str(path), "not readable (permission denied)")
     try:
-        with path.open("rb") as f:
+        with open_plain(path) as f:  # a FIFO put in its place after the checks above had blocked the reload for good
             data = f.read(MAX_TOML_BYTES + 1)
         # too large: refused below (a ConfigError is a ValueError: raised here, it would be wrapped again)
         skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # as some editors save it

@@ -153,12 +153,12 @@ class KubeEmulator:
                 "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}]}
 
     def fail(self, method: str, path: str, code: int = 0, delay_s: float = 0.0, times: int | None = None,
-             body: bytes | None = None) -> None:
+             body: bytes | None = None, trickle_s: float = 0.0) -> None:
         """Requests of `method` whose path matches the regex `path` answered with HTTP `code` (a Status as the
-        server sends it), or with `body` as it is, and/or `delay_s` late, for the next `times` of them (None: every
-        one): the failures a real API server has (a 409 on a write that raced, a 500, a slow answer, a body a proxy
-        cut short) on demand."""
-        self.faults.append(Fault(method, re.compile(path), code, delay_s, times, body))
+        server sends it), or with `body` as it is (a byte every `trickle_s`), and/or `delay_s` late, for the next
+        `times` of them (None: every one): the failures a real API server has (a 409 on a write that raced, a 500, a
+        slow answer, a body a proxy cut short or trickles) on demand."""
+        self.faults.append(Fault(method, re.compile(path), code, delay_s, times, body, trickle_s))
 
     def _fault(self, method: str, path: str) -> Fault | None:
         with self.store.cond:
@@ -396,3 +396,5 @@ class Fault:
     times: int | None
     body: bytes | None = None
     """Answered with HTTP 200 and these bytes as they are (a body cut short, not JSON)."""
+    trickle_s: float = 0.0
+    """The body sent a byte at a time, this many seconds apart (a server or proxy that trickles), until closed."""

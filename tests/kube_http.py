@@ -82,13 +82,19 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, body: Any) -> None:
             self._send_bytes(status, json.dumps(body).encode())
 
-        def _send_bytes(self, status: int, data: bytes) -> None:
+        def _send_bytes(self, status: int, data: bytes, trickle_s: float = 0.0) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             try:
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle_s:
+                    self.wfile.write(data)
+                for i in range(len(data) if trickle_s else 0):  # a byte at a time, until the emulator closes
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    if emu.closing.wait(trickle_s):
+                        break
             except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting: no one to answer
                 self.close_connection = True
 
@@ -109,7 +115,7 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                     if fault.code:
                         raise ApiError(fault.code, REASONS.get(fault.code, "InternalError"), "a scripted failure")
                     if fault.body is not None:
-                        self._send_bytes(200, fault.body)
+                        self._send_bytes(200, fault.body, fault.trickle_s)
                         return
                 if method == "GET" and (doc := discovery(list(emu.store.kinds.values()), url.path)) is not None:
                     self._send(200, doc)

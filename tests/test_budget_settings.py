@@ -4,6 +4,7 @@ sources run end to end (a carbon API outage included, against a loopback fake)."
 from __future__ import annotations
 
 import ast
+import datetime
 import json
 import time
 import tomllib
@@ -202,3 +203,32 @@ def test_a_slow_carbon_api_holds_no_other_source_back(tmp_path: Path) -> None:
             combiner.step(T0 + 1801.0 + (time.monotonic() - started))
         grid = combiner.states["grid"]
         assert grid.reading is not None and not grid.pending and grid.error == "" and failed == []
+
+
+def test_a_large_carbon_csv_holds_no_demand_response_signal_back(tmp_path: Path) -> None:
+    """The CSV was parsed in the budget thread's step, the sources one after another: a 16-MB one held a signal to
+    cut the site's draw back 4-6 s (a trial). It is read in a thread of its own now, as the carbon APIs are."""
+    csv = tmp_path / "grid.csv"
+    head = "Datetime (UTC),Carbon intensity gCO₂eq/kWh (Life cycle)\n"
+    start = datetime.datetime(2010, 1, 1)
+    rows = (f"{start + datetime.timedelta(hours=i):%Y-%m-%d %H:%M:%S},{200 + i % 50}\n" for i in range(150_000))
+    csv.write_text(head + "".join(rows))  # 17 years by the hour, 4 MB
+    signal = tmp_path / "signal.json"
+    signal.write_text(json.dumps({"budget_w": 900, "deadline": "2030-01-01T00:00:00Z"}))
+    text = f"""[power.budget]
+safe_budget_w = 1000
+
+[[power.budget.sources]]
+kind = "carbon_csv"
+path = "{csv}"
+curve = [[100, 3000], [500, 1000]]
+
+[[power.budget.sources]]
+kind = "demand_response"
+path = "{signal}"
+"""
+    parsed = settings.budget_settings(tomllib.loads(text)["power"]["budget"])
+    combiner = assemble.combiner(parsed, {}, wait_s=0.05)
+    started = time.monotonic()
+    first = combiner.step(T0)
+    assert time.monotonic() - started < 0.5 and (first.source, first.budget_w) == ("demand_response", 900.0)

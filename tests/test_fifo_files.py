@@ -4,6 +4,7 @@ the loop that opened it would wait for ever), and `check-config` names the field
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -120,3 +121,19 @@ def test_check_config_warns_of_a_demand_response_signal_that_is_no_file(sim_conf
     err = capsys.readouterr().err
     assert "power.budget.sources[demand_response].path: demand response" in err
     assert "it counts as 3000 W (safe_budget_w, at most budget_w)" in err
+
+
+def test_a_config_swapped_for_a_fifo_after_its_checks_is_refused_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial swapped a FIFO in for the config between the reload's regular-file check and its open: the main
+    thread (SIGTERM, the watchdog's pings) then waited for ever. The check passes here as it did in that race."""
+    from controller.toml_file import read_toml
+
+    path = fifo(tmp_path / "wattscale.toml")
+    monkeypatch.setattr(Path, "is_file", lambda self: True)  # the check ran while a regular file was there
+    try:
+        with pytest.raises(ConfigError, match="cannot be read \\(not a regular file\\)"):
+            within(5.0, lambda: read_toml(path, "daemon config"))
+    finally:  # a reader left waiting (the code before) is let go
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))

@@ -456,3 +456,24 @@ def test_a_page_that_gives_a_sample_twice_is_read_once_and_said() -> None:
     assert w is not None and w.rate_rps == pytest.approx(30.0) and w.waiting == 2.0
     assert said == ["chat: http://a/metrics: vllm:num_requests_waiting of llama-3.1-8b is on its page twice with the "
                     "same labels (and so are others): the first of each is read"]
+
+
+def test_a_window_reads_no_page_past_three_timeouts_in_all() -> None:
+    """Engines whose pages each take nearly their whole timeout: read one after another, 40 of them held the slow
+    loop 200 s at a 5-s timeout. The window now starts no read past three timeouts in all, and says so once."""
+    host = _host()
+    pages, errors, asked = Pages(host), list[str](), list[str]()
+
+    def slow(url: str, timeout_s: float) -> str:
+        asked.append(url)
+        time.sleep(timeout_s * 0.9)
+        return pages.fetch(url, timeout_s)
+
+    urls = {f"svc-{i}": pages.urls for i in range(6)}  # 12 pages of 0.045 s each, 0.54 s in all
+    source = ScrapeVllmSource(urls, dict.fromkeys(urls, MODEL), timeout_s=0.05, fetch=slow,
+                              on_error=lambda kind, message: errors.append(f"{kind}: {message}"))
+    started = time.monotonic()
+    source.observe(20.0, list(urls))
+    assert time.monotonic() - started < 4 * 0.05 + 0.1 and 3 <= len(asked) <= 5, len(asked)
+    assert set(errors) == {"scrape: a window's pages took longer than 3 x telemetry.timeout_s (0.15 s): the pages "
+                           "after were not read"}

@@ -4,6 +4,7 @@ builds the same objects against a fake."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def resolve(base_dir: str, path: str) -> str:
 
 def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, base_dir: str = ".",
          wait_s: float = WAIT_S) -> IntensityFeed:
-    """A source's feed: an API's fetched in a thread of its own, waited for `wait_s` (controller/budget/prefetch.py),
-    a CSV's read."""
+    """A source's feed, fetched in a thread of its own and waited for `wait_s` (controller/budget/prefetch.py): an
+    API's, and a CSV's too (a 16-MB CSV parsed in the budget thread held a demand-response signal back 4-6 s); with
+    `wait_s` infinite (simulated time, check-config) a CSV is read in the step that asks, as the same seed must read
+    the same."""
     if isinstance(s, ElectricityMapsSettings):
         token = secret(env, s.token_env, f"{where}.token_env")
         return Prefetching(ElectricityMapsFeed(s.zone, token, s.url, s.use_forecast, s.timeout_s, fetch), wait_s)
@@ -62,7 +65,8 @@ def feed(s: CarbonSettings, where: str, env: Mapping[str, str], fetch: Fetch, ba
         password = secret(env, s.password_env, f"{where}.password_env")
         return Prefetching(WattTimeFeed(s.region, user, password, s.url, s.horizon_hours, s.timeout_s, fetch), wait_s)
     if isinstance(s, CarbonCsvSettings):
-        return CsvIntensityFeed(resolve(base_dir, s.path), s.basis)
+        csv = CsvIntensityFeed(resolve(base_dir, s.path), s.basis)
+        return csv if math.isinf(wait_s) else Prefetching(csv, wait_s)
     raise ConfigError(f"{where}.kind", f"no carbon feed for {type(s).__name__}")
 
 

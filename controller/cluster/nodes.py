@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
-from actuators.kubernetes import translate
+from actuators.kubernetes import translate, within
 from controller.cluster.limit_room import Room
 from controller.cluster.node_gpus import owners_of, reported_limits
 from controller.cluster.node_readings import NodeReadings, stale_after_s
@@ -247,8 +247,8 @@ class NodePlans(NodeReadings):
         patch = {**body["spec"], **{f: {**dict.fromkeys(stray[f]), **spec[f]} for f in LIMIT_FIELDS
                                     if f in spec and stray.get(f)}}
         try:
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLANS, node, {"spec": patch},
-                                                    _request_timeout=timeout_s, _content_type=MERGE)
+            within(timeout_s, self.custom.patch_cluster_custom_object, GROUP, VERSION, PLANS, node, {"spec": patch},
+                   _content_type=MERGE)
         except Exception as exc:
             return translate(exc, f"NodePowerPlan {node}")
         self.sequence[node], self.renewed[node], self.written[node] = seq, now, spec

@@ -75,7 +75,8 @@ class SimBudget:
         self.combiner: BudgetCombiner | None = None
         settings = scn.config.budget
         if sources and settings is not None:
-            self.combiner = combiner(self._redirected(settings, signal_dir), {}, base_dir=scn.config.base_dir)
+            self.combiner = combiner(self._redirected(settings, signal_dir), {}, base_dir=scn.config.base_dir,
+                                     wait_s=math.inf)  # a CSV read in the step: the same seed reads the same
         self.why = "scenario"
 
     def _redirected(self, settings: BudgetSettings, signal_dir: Path) -> BudgetSettings:

@@ -16,6 +16,7 @@ A gauge that is no reading is left out at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client.metrics_core import Metric
@@ -32,7 +33,7 @@ OnError = Callable[[str, str], None]
 
 
 def http_get(url: str, timeout_s: float) -> str:
-    """The page at `url` (controller.http_fetch: read whole within `timeout_s`, at most 16 MiB)."""
+    """The page at `url` (controller.http_fetch: read whole within `timeout_s`, at most 4 MiB)."""
     try:
         answer = http_request(url, {}, timeout_s)
     except Unreachable as exc:
@@ -47,13 +48,16 @@ def parse_page(text: str, instance: str) -> list[Metric]:
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as exc:
-        # the parser quotes the whole line it stopped at: a page may be one line of 16 MiB
+        # the parser quotes the whole line it stopped at: a page may be one line of 4 MiB
         raise TelemetryError(f"scrape: {instance}: not a Prometheus text page ({shortened(str(exc))})") from exc
     for fam in families:
         fam.samples = [s._replace(labels={**s.labels, "instance": instance}) for s in fam.samples]
     return families
 
 
+WINDOW_TIMEOUTS = 3
+"""A window's pages, each within `timeout_s`, start no new read past this many timeouts in all (40 engines each
+trickling a page for its whole timeout held the slow loop 200 s)."""
 HOLD_CYCLES = 3
 """Windows in a row a service's window is held for a counter that is no reading, before it goes on without it
 (an exporter that keeps one froze the service's demand for good)."""
@@ -81,20 +85,25 @@ class ScrapeVllmSource:
         self._gaps: dict[str, int] = {}
         """Per service, the windows held in a row for a counter or histogram its last page had and this one lacks."""
 
-    def _read(self, url: str) -> list[Metric] | None:
+    def _read(self, url: str, deadline: float) -> list[Metric] | None:
+        if time.monotonic() > deadline:  # no count or time in the line: it is said once while it repeats
+            self.on_error("scrape", f"a window's pages took longer than {WINDOW_TIMEOUTS} x telemetry.timeout_s "
+                          f"({WINDOW_TIMEOUTS * self.timeout_s:g} s): the pages after were not read")
+            return None
         try:
             return parse_page(self.fetch(url, self.timeout_s), url)
         except TelemetryError as exc:
-            self.on_error("scrape", str(exc))
+            self.on_error("scrape", str(exc).removeprefix("scrape: "))  # said under its kind, once
             return None
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         out: dict[str, ServiceWindow | None] = {}
+        deadline = time.monotonic() + WINDOW_TIMEOUTS * self.timeout_s
         for name in services:
             model, urls = self.models.get(name), self.urls.get(name, ())
             pages, came = [], []
             for url in urls:
-                pages.append(self._read(url))
+                pages.append(self._read(url, deadline))
                 came.append(now if self.clock is None else self.clock())
             read_at = sum(came) / len(came) if came else now  # the mean page's time: the window's rates are sums
             if model is None or not urls or any(p is None for p in pages):
