@@ -37,9 +37,10 @@ whatever comes while holding the interpreter's lock: a 24-MB Scale held the gove
 CHUNK = 1 << 16
 
 
-def within(timeout_s: float, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`call(*args, **kwargs)` of the official client, its answer read whole within `timeout_s` and MAX_ANSWER_BYTES
-    and returned as JSON (None for an empty body). The client's `_request_timeout` bounds each socket read, not the
+def within(timeout_s: float, call: Callable[..., Any], *args: Any, max_bytes: int = MAX_ANSWER_BYTES,
+           **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)` of the official client, its answer read whole within `timeout_s` and `max_bytes` and
+    returned as JSON (None for an empty body). The client's `_request_timeout` bounds each socket read, not the
     answer: a server trickling a byte every 2 s held the slow loop for good (in a cluster, the governor's writes).
     The call runs in a thread of its own; one past the deadline is left to end with its socket (a transient error
     now). Client exceptions come out as they are, for `translate`."""
@@ -53,8 +54,8 @@ def within(timeout_s: float, call: Callable[..., Any], *args: Any, **kwargs: Any
                 chunks, size = [], 0
                 while chunk := answer.read(CHUNK):
                     size += len(chunk)
-                    if size > MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                        box["late"] = size <= MAX_ANSWER_BYTES
+                    if size > max_bytes or time.monotonic() > deadline:
+                        box["late"] = size <= max_bytes
                         return
                     chunks.append(chunk)
             finally:
@@ -74,7 +75,7 @@ def within(timeout_s: float, call: Callable[..., Any], *args: Any, **kwargs: Any
         raise TransientActuatorError(f"API server unreachable or too slow (no whole answer within "
                                      f"{round(timeout_s, 1):g} s)", 10.0)
     if "late" in box:
-        raise TransientActuatorError(f"an answer past {MAX_ANSWER_BYTES} bytes", 10.0)
+        raise TransientActuatorError(f"an answer past {max_bytes} bytes", 10.0)
     if "error" in box:
         raise box["error"]
     return box["value"]

@@ -742,3 +742,16 @@ def test_an_agents_capped_share_reaches_the_governors_sample_where_it_is_a_share
     emu.stored(GROUP, PLANS, {**plan, "metadata": {"name": "gpu-a"}, "status": {"beat": 2, "gpus": [gpu]}})
     (sample,) = [g for g in plans.sample(1.0) if g.index == at["gpu-a"]]
     assert sample.capped_share == read and sample.power_w == 400.0
+
+
+def test_a_plans_listing_that_trickles_is_a_lost_sample_within_the_tick(emu: KubeEmulator, tmp_path: Path) -> None:
+    """The operator reads every node's plan on its fast tick: an API server (or a proxy) trickling that answer a
+    byte at a time had held the operator's governor for good (the client's timeout bounds each read). It is a lost
+    sample within the tick's share now, and the next reads again."""
+    plans, _ = two_nodes(emu, tmp_path, tick_s=0.5)
+    emu.fail("GET", "nodepowerplans$", body=b'{"kind": "NodePowerPlanList", "items": []}', trickle_s=0.05, times=1)
+    started = time.monotonic()
+    with pytest.raises(TelemetryError, match="node plans: API server unreachable or too slow"):
+        plans.sample(1.0)
+    assert time.monotonic() - started < 1.0
+    assert len(plans.sample(2.0)) == 2

@@ -9,7 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from actuators.kubernetes import translate
+from actuators import TransientActuatorError
+from actuators.kubernetes import translate, within
 from controller.cluster.limit_room import Unacked
 from controller.cluster.node_gpus import IN_USE_SHARE, reading
 from controller.cluster.plan_spec import PlanSpec, read_spec, stored_keys
@@ -17,6 +18,9 @@ from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.telemetry.base import GpuSample, Numbers, TelemetryError, finite
 
 log = logging.getLogger("wattscale.operator")
+PLANS_BYTES = 16 << 20
+"""Most bytes of the plans' listing read on the fast tick (a node's plan with its status is some 3 KB: room for
+thousands of nodes)."""
 NODE_GONE_AFTER_S = 300.0
 """How long a node off the policy's node list must have had a silent agent before its GPUs leave the count (until
 then they count at their last limits, as they may still draw)."""
@@ -72,8 +76,14 @@ class NodeReadings:
         """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
 
     def _plans(self, timeout_s: float) -> list[dict[str, Any]]:
-        answer = self.custom.list_cluster_custom_object(GROUP, VERSION, PLANS, _request_timeout=timeout_s)
-        return list(answer.get("items", []))
+        """Every node's plan, read whole within `timeout_s` (on the fast tick: a server that trickled its answer had
+        held the operator's governor for good)."""
+        answer = within(timeout_s, self.custom.list_cluster_custom_object, GROUP, VERSION, PLANS,
+                        max_bytes=PLANS_BYTES)
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise TransientActuatorError("the API server's answer is no list of NodePowerPlans", 1.0)
+        return items
 
     def sample(self, now: float) -> list[GpuSample]:
         try:
