@@ -95,6 +95,9 @@ class FastLoop:
         except Exception as exc:  # any source failure is survived: a budget cut held, after a few, safe caps
             self.draw_w = None  # nothing read: no draw to report, and no floor the governor saw reached
             self.metrics.draw.set(math.nan)  # a gap in the series, not the last draw read held as if measured
+            for series in self.series.values():  # each GPU's too (they had kept their last reading)
+                if series.power is not None:
+                    series.power.set(math.nan)
             self.governor.exhausted = False
             if self.blind.lost == 0:
                 self.on_error("gpu_source", str(exc))

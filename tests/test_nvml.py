@@ -149,6 +149,9 @@ def test_a_gpu_that_stops_reading_is_said_once_counted_every_tick_and_shows_a_ga
     fake.fail[("power", 1)] = pynvml.NVMLError_GpuIsLost
     loop.tick(12.0)
     assert len(errors) == 2  # a new run is said again
+    fake.fail.update({("power", 0): pynvml.NVMLError_GpuIsLost, ("power", 1): pynvml.NVMLError_GpuIsLost})
+    loop.tick(13.0)  # none reads: a lost sample, every GPU's gauge a gap (GPU 0's had kept its last 450 W)
+    assert math.isnan(registry.get_sample_value("wattscale_gpu_power_watts", {"gpu": "0", "service": "chat"}) or 0.0)
 
 
 def test_the_energy_counter_is_read_every_ten_seconds_not_every_tick() -> None:
