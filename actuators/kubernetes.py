@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from actuators.base import ActuatorError, MissingTargetError, PermanentActuatorError, TransientActuatorError
+from actuators.kubernetes_calls import within
 
 log = logging.getLogger(__name__)
 
@@ -29,56 +27,6 @@ STATUS: dict[int, tuple[type[ActuatorError], float, str]] = {
     422: (PermanentActuatorError, 0.0, "the API server refused the object as invalid"),
     429: (TransientActuatorError, 5.0, "rate-limited by the API server"),
 }
-
-
-MAX_ANSWER_BYTES = 1 << 20
-"""Most bytes of an answer `within` reads: a Scale, a Deployment or a NodePowerPlan is a few KB. The client parses
-whatever comes while holding the interpreter's lock: a 24-MB Scale held the governor's thread 4.7 s."""
-CHUNK = 1 << 16
-
-
-def within(timeout_s: float, call: Callable[..., Any], *args: Any, max_bytes: int = MAX_ANSWER_BYTES,
-           **kwargs: Any) -> Any:
-    """`call(*args, **kwargs)` of the official client, its answer read whole within `timeout_s` and `max_bytes` and
-    returned as JSON (None for an empty body). The client's `_request_timeout` bounds each socket read, not the
-    answer: a server trickling a byte every 2 s held the slow loop for good (in a cluster, the governor's writes).
-    The call runs in a thread of its own; one past the deadline is left to end with its socket (a transient error
-    now). Client exceptions come out as they are, for `translate`."""
-    deadline = time.monotonic() + timeout_s
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            answer = call(*args, _request_timeout=timeout_s, _preload_content=False, **kwargs)
-            try:
-                chunks, size = [], 0
-                while chunk := answer.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes or time.monotonic() > deadline:
-                        box["late"] = size <= max_bytes
-                        return
-                    chunks.append(chunk)
-            finally:
-                answer.release_conn()
-            body = b"".join(chunks)
-            try:
-                box["value"] = json.loads(body) if body.strip() else None
-            except ValueError:
-                box["error"] = TransientActuatorError("an answer that is not JSON", 10.0)
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=run, name="kubernetes call", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive() or box.get("late"):
-        raise TransientActuatorError(f"API server unreachable or too slow (no whole answer within "
-                                     f"{round(timeout_s, 1):g} s)", 10.0)
-    if "late" in box:
-        raise TransientActuatorError(f"an answer past {max_bytes} bytes", 10.0)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 SCALE = "get and patch on deployments/scale"

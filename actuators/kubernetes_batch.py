@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from actuators.base import BatchInForce, PermanentActuatorError, TransientActuatorError
-from actuators.kubernetes import DeploymentRef, translate, within
+from actuators.kubernetes import DeploymentRef, translate
+from actuators.kubernetes_calls import within
 from actuators.vllm_servers import with_max_num_seqs
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class NvmlDevices:
             nvml = pynvml
         self.nvml: Any = nvml
         self._handles: dict[int, Any] = {}  # valid until shutdown: looked up once per GPU
+        self._init_lock = threading.Lock()
         self._stale = False
         """NVML said it is not initialised (shut down under us: a driver reloaded): initialised again at the next
         count, every handle looked up again. Otherwise every read failed for good, and the limits stayed frozen."""
@@ -141,12 +143,16 @@ class NvmlDevices:
             raise translate(exc, what) from exc
 
     def _ready(self) -> None:
-        """NVML initialised again where it said it was not (`_stale`), before the next call that needs it."""
-        if self._stale:
-            with self._errors("NVML init again"):
-                self.nvml.nvmlInit()
-            self._stale = False
-            self._handles.clear()
+        """NVML initialised again where it said it was not (`_stale`), before the next call that needs it; once,
+        whatever threads (the reads', the limit writes') find it out."""
+        if not self._stale:
+            return
+        with self._init_lock:
+            if self._stale:
+                with self._errors("NVML init again"):
+                    self.nvml.nvmlInit()
+                self._stale = False
+                self._handles = {}
 
     def count(self) -> int:
         self._ready()
@@ -158,10 +164,12 @@ class NvmlDevices:
 
     def _handle(self, index: int) -> Any:
         self._ready()
-        if index not in self._handles:
+        handles = self._handles  # one table throughout: a re-init swaps it for an empty one
+        handle = handles.get(index)
+        if handle is None:
             with self._errors(f"GPU {index}"):
-                self._handles[index] = self.nvml.nvmlDeviceGetHandleByIndex(index)
-        return self._handles[index]
+                handle = handles[index] = self.nvml.nvmlDeviceGetHandleByIndex(index)
+        return handle
 
     def _optional(self, fn: Callable[[], Any], telemetry: bool = False) -> Any:
         """A field the GPU may not support: None then; any other error is raised translated. A `telemetry` reading

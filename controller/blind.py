@@ -29,6 +29,8 @@ class Blind:
         self.failsafe_after_ticks = failsafe_after_ticks
         self.lost = 0
         """Failed or blind samples in a row."""
+        self.since = 0.0
+        """When the run of lost samples began."""
         self.failsafe_due: set[int] = set()
         """GPUs the failsafe has yet to set once since it began."""
         self.failsafe_on = False
@@ -44,6 +46,8 @@ class Blind:
 
     def step(self, loop: FastLoop, now: float) -> None:
         """One more lost tick: safe caps once there are enough, before that a cut where the limits pass a line."""
+        if self.lost == 0:
+            self.since = now
         self.lost += 1
         if self.lost >= self.failsafe_after_ticks:
             self._failsafe(loop, now)

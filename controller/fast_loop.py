@@ -22,7 +22,7 @@ from controller.gpu_listing import GpuListing
 from controller.limit_pressure import accounted_w, presses
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
-from controller.retry import RetryBook
+from controller.retry import PERMANENT_RETRY_S, RetryBook
 from controller.settings import PowerSettings
 from controller.telemetry.base import DepartingGpus, GpuSample, GpuSource
 from controller.telemetry.plausible import LimitCheck, envelope_ok
@@ -43,7 +43,7 @@ class FastLoop:
         self.plan = Plan(0)
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
-        self.retry = RetryBook(1.0, 10.0, lambda said: on_error("power_actuator", said))
+        self.retry = RetryBook(1.0, 10.0, lambda said: on_error("power_actuator", said), PERMANENT_RETRY_S)
         """Per GPU: one in backoff is pinned (the others fit around it; PowerGovernor.tried_anyway), at most 10 s."""
         self.samples: list[GpuSample] = []
         """The last good listing: the GPUs safe caps go to when readings fail."""
@@ -87,9 +87,11 @@ class FastLoop:
             if not samples and self.listing.seen:  # every GPU seen before gone at once: the source lost them
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
-                if not self.samples:  # never read: the fail-safe starts from the limits this listing holds
-                    self.samples = [g for g in samples if envelope_ok(g.min_limit_w, g.max_limit_w)
-                                    and 0.0 < g.power_limit_w <= g.max_limit_w]
+                if not self.samples:  # never read: the fail-safe starts from the limits this listing holds, a GPU
+                    # of unknown limits counted at the most it may draw (and not set)
+                    self.samples, self.unknown, problems = self.limits.check(samples)
+                    for problem in problems:
+                        self.on_error("gpu_limits", problem)
                 raise ValueError("no GPU returned a power reading")
             samples, unknown, problems = self.limits.check(samples)
         except Exception as exc:  # any source failure is survived: a budget cut held, after a few, safe caps
@@ -105,14 +107,14 @@ class FastLoop:
                 self.metrics.errors.labels("gpu_source").inc()
             self.blind.step(self, now)
         else:
-            if self.blind.lost:  # what a write said while no GPU could be read ("GPU lost") is tried again at once
-                self.retry.forget()
+            if self.blind.lost:  # what writes said while no GPU could be read ("GPU lost") is tried again at once
+                self.retry.forget(since=self.blind.since)
             self.blind.read()
             self.metrics.failsafe.set(0.0)
             for problem in problems:
                 self.on_error("gpu_limits", problem)
-            for uuid in self.listing.say_unread(samples, unknown):  # a GPU that reads again: likewise
-                self.retry.forget(limit_key(uuid))
+            for uuid, since in self.listing.say_unread(samples, unknown, now).items():  # a GPU that reads again
+                self.retry.forget(limit_key(uuid), since)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
             samples, missing = self._with_missing(samples)

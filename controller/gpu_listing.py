@@ -43,8 +43,8 @@ class GpuListing:
         """GPUs seen before and missing from the last listing."""
         self.no_draw: set[str] = set()
         """GPUs whose last reading was no draw."""
-        self.unread: set[str] = set()
-        """GPUs that gave no reading at the last tick that others read at."""
+        self.unread: dict[str, float] = {}
+        """GPUs that gave no reading at the last tick that others read at, and since when."""
 
     def drawing(self, samples: list[GpuSample]) -> list[GpuSample]:
         """The listing with every reading that is no draw made none, for every reader (-500 W from a DCGM exporter
@@ -59,11 +59,11 @@ class GpuListing:
         self.no_draw = set(bad)
         return [replace(g, power_w=None) if g.uuid in bad else g for g in samples] if bad else samples
 
-    def say_unread(self, samples: list[GpuSample], unknown: frozenset[str]) -> set[str]:
+    def say_unread(self, samples: list[GpuSample], unknown: frozenset[str], now: float) -> dict[str, float]:
         """Say each GPU that gave no reading while others did (one fallen off the bus) as its run starts, and count
         every tick of it: counted at its limit it holds the budget, but nothing else said the daemon was blind to it.
         Not those read as no draw (`drawing` says them), nor those of unknown limits (the limits' check does).
-        Returns the GPUs that read again."""
+        Returns the GPUs that read again, each with when it stopped."""
         reading = any(g.power_w is not None for g in samples)
         unread = {g.uuid: g for g in samples if reading and g.power_w is None and not g.never_read
                   and g.uuid not in unknown and g.uuid not in self.no_draw}
@@ -74,7 +74,8 @@ class GpuListing:
                 self.on_error("gpu_power", f"GPU {g.index} ({uuid}) gave no power reading"
                               f"{f' ({g.read_error})' if g.read_error else ''}: counted at its power limit "
                               f"({g.power_limit_w:.0f} W) until it reads")
-        back, self.unread = self.unread - set(unread), set(unread)
+        back = {uuid: since for uuid, since in self.unread.items() if uuid not in unread}
+        self.unread = {uuid: self.unread.get(uuid, now) for uuid in unread}
         return back
 
     def with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:

@@ -171,7 +171,7 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
                 answer = HttpAnswer(r.status, _lower(r.headers), _body(r, url, watch.deadline, max_body, True))
                 late = watch.finish()  # before the socket closes: a shut one's number may be another's by then
             if late:
-                raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 1):g} s")
+                raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 2):g} s")
             return answer
         except urllib.error.HTTPError as exc:
             answer = HttpAnswer(exc.code, _lower(exc.headers), _body(exc, url, watch.deadline, max_body, False))
@@ -181,7 +181,7 @@ def http_request(url: str, headers: Mapping[str, str], timeout_s: float, data: b
         # the deadline shut the socket (a server that never answered read as one that hung up), or the socket's own
         # timeout came first (its TimeoutError, or urllib's URLError around it)
         if watch.finish() or isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-            raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 1):g} s") from exc
+            raise Unreachable(f"{url}: no whole answer within {round(timeout_s, 2):g} s") from exc
         raise Unreachable(f"{url} unreachable: {exc!r}") from exc
     finally:
         watch.finish()

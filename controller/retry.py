@@ -2,15 +2,17 @@
 
 A transient error (a timeout, a conflict, a server restarting) waits its `delay_s`, doubled on each
 failure in a row up to a ceiling, before the target is tried again. A permanent one (no permission, no
-such target) waits PERMANENT_RETRY_S, or until its config changes: a driver that said "GPU lost" through a
-few seconds' outage had blocked every limit write for good. Either is logged once, when the target first
-fails, and counted every time; a success after failures is logged once too. Errors of no kind are taken as
+such target, a rollout the engine could not run) stops tries for that target until its config changes, or,
+in a book that sets `permanent_retry_s` (the GPU limits': a driver that said "GPU lost" through a few seconds'
+outage had blocked every limit write for good), until that has passed. Either is logged once, when the target
+first fails, and counted every time; a success after failures is logged once too. Errors of no kind are taken as
 transient with the base delay.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ log = logging.getLogger("wattscale.controller")
 FORCED_TRIES = 2
 """Forced tries a run of failures allows before a target waits out its delay (`forceable`)."""
 PERMANENT_RETRY_S = 300.0
-"""How long a target refused for good waits before it is tried again, where its config has not changed first."""
+"""How long a GPU's limit refused for good waits before it is tried again, where its config has not changed first."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,14 @@ class Failing:
     retry_at: float
     error: str
     permanent: bool
+    since: float
+    """When the run of failures began."""
 
 
 class RetryBook:
     def __init__(self, base_delay_s: float = 1.0, max_delay_s: float = 300.0,
-                 report: Callable[[str], None] | None = None) -> None:
-        self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
+                 report: Callable[[str], None] | None = None, permanent_retry_s: float = math.inf) -> None:
+        self.base_delay_s, self.max_delay_s, self.permanent_retry_s = base_delay_s, max_delay_s, permanent_retry_s
         self.failing: dict[str, Failing] = {}
         self.report = report
         """Where the first failure of a run is said (a loop's failure book: counted, recorded in the next
@@ -58,12 +62,13 @@ class RetryBook:
         count = 1 if before is None else before.count + 1
         permanent = isinstance(exc, PermanentActuatorError)
         delay = exc.delay_s if isinstance(exc, TransientActuatorError) else self.base_delay_s
-        delay = PERMANENT_RETRY_S if permanent else min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
-        self.failing[target] = Failing(count, now + delay, str(exc), permanent)
+        delay = self.permanent_retry_s if permanent else min(self.max_delay_s, delay * 2 ** min(count - 1, 30))
+        self.failing[target] = Failing(count, now + delay, str(exc), permanent, now if before is None else before.since)
         if before is not None:
             return False
-        said = (f"{target}: {exc}; tried again in {delay:.0f} s, or once its config changes" if permanent else
-                f"{target}: {exc}; retrying in {delay:.0f} s")
+        again = "no more tries until its config changes" if math.isinf(delay) else \
+            f"tried again in {delay:.0f} s, or once its config changes"
+        said = f"{target}: {exc}; {again}" if permanent else f"{target}: {exc}; retrying in {delay:.0f} s"
         if self.report is not None:
             self.report(said)
         else:
@@ -75,14 +80,15 @@ class RetryBook:
         if before is not None:
             log.info("%s: works again after %d failure(s)", target, before.count)
 
-    def forget(self, target: str = "") -> None:
-        """Start afresh for `target` and its parts (`target/...`), or for every target (their config changed).
-        The operator's slow worker forgets while its fast tick records failures: read from one copy of the items
-        (iterating the dict itself could raise as the other thread adds to it)."""
-        self.failing = {} if not target else {t: f for t, f in list(self.failing.items())
-                                              if t != target and not t.startswith(target + "/")}
+    def forget(self, target: str = "", since: float = -math.inf) -> None:
+        """Start afresh for `target` and its parts (`target/...`), or for every target (their config changed); with
+        `since`, only runs of failures that began then or later. The operator's slow worker forgets while its fast
+        tick records failures: read from one copy of the items (iterating the dict itself could raise as the other
+        thread adds to it)."""
+        self.failing = {t: f for t, f in list(self.failing.items())
+                        if f.since < since or (target and t != target and not t.startswith(target + "/"))}
 
     def blocked(self) -> list[str]:
-        """Targets refused for good (waiting PERMANENT_RETRY_S), for the decision log (read from another thread: one
+        """Targets refused for good (or for `permanent_retry_s`), for the decision log (read from another thread: one
         copy of the items)."""
         return sorted(t for t, f in list(self.failing.items()) if f.permanent)

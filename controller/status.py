@@ -299,6 +299,6 @@ def text(rep: dict[str, Any]) -> str:
         lines.append(f"{name}{priority}: {_shape(s['in_force'])}{ceiling}{planned}{gpus}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
-    lines += [f"refused for good (tried again every 5 minutes, or once its config changes): {b}"
+    lines += [f"given up until its config changes{' (a GPU limit: or 5 minutes)' * b.startswith('power_limit:')}: {b}"
               for b in rep["blocked"]]
     return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in lines)

@@ -21,9 +21,8 @@ late and on-time ticks had logged each late one, 16 lines in 40 s."""
 
 class Ticker:
     """Calls `tick` every `period_s` until `stop` is set. A tick that takes its period or longer is followed by the
-    next at once: late, not queued, each such overrun counted through `count(kind)` and the first of a run logged (a run
-ends after QUIET_TICKS on time).
-    A tick that raises is counted and logged once a run, and the ticks go on."""
+    next at once: late, not queued, each such overrun counted through `count(kind)` and the first of a run logged (a
+    run ends after QUIET_TICKS on time). A tick that raises is counted and logged once a run, and the ticks go on."""
 
     def __init__(self, name: str, period_s: float, tick: Callable[[], None], stop: threading.Event,
                  count: Callable[[str], None]) -> None:

@@ -4,6 +4,7 @@ server's `Status` objects."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -157,6 +158,11 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                                       **({"details": exc.details} if exc.details else {})})
 
         def _watch(self, gp: tuple[str, str], ns: str | None, since: int, timeout_s: float) -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the watcher went: no one to tell
+                self._stream(gp, ns, since, timeout_s)
+            self.close_connection = True
+
+        def _stream(self, gp: tuple[str, str], ns: str | None, since: int, timeout_s: float) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
@@ -179,7 +185,6 @@ def handler(emu: KubeEmulator) -> type[BaseHTTPRequestHandler]:
                     seen = store.rv
                 pending = [(k, o) for _, k, o in fresh]
             self.wfile.write(b"0\r\n\r\n")
-            self.close_connection = True
 
         def do_GET(self) -> None:
             self._serve("GET")

@@ -394,3 +394,21 @@ def test_a_process_that_may_not_set_gpu_limits_is_warned_of(tmp_path: Path, monk
         assert bool(said) == warned and all(w.startswith("actuators.power: ") for w in said), said
     status.unlink()  # a kernel that does not say: the writes will tell
     assert preflight.may_administer()
+
+
+def test_a_gpu_back_in_the_count_but_unreadable_is_not_taken_for_gone() -> None:
+    """GPU 0 leaves the count (the indices move down) and comes back failing every call, still drawing. The index's
+    last reading was then another GPU's: that GPU stood in for it twice, and GPU 0's UUID, "not listed" at a full
+    count, was retired, the site counted 350 W short (a review). Now a moved count forgets the readings by index,
+    and a GPU departs only when every GPU of a full count has read."""
+    fake = FakeNvml([FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b")])
+    source = NvmlGpuSource(NvmlDevices(fake), {})
+    assert [g.uuid for g in source.sample(0.0)] == ["GPU-a", "GPU-b"]
+    gpu_a = fake.gpus.pop(0)
+    assert [g.uuid for g in source.sample(1.0)] == ["GPU-b"]
+    fake.gpus.insert(0, gpu_a)
+    fake.fail[("*", 0)] = pynvml.NVMLError_GpuIsLost
+    back = source.sample(2.0)
+    assert [g.uuid for g in back] == ["GPU-b", "unread-0"] and source.departed() == frozenset()
+    del fake.fail[("*", 0)]
+    assert [g.uuid for g in source.sample(3.0)] == ["GPU-a", "GPU-b"] and source.departed() == {"unread-0"}

@@ -351,3 +351,38 @@ def test_gpus_whose_limits_cannot_be_known_are_not_said_held_at_their_floors(
     said = [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "lowest limits" in m], said
     assert len([m for m in said if m.startswith("gpu_limits:")]) == 2 and fake.sets == []
+
+
+@pytest.mark.parametrize("lose", [("count", -1), ("power", 1)])
+def test_a_refusal_from_before_an_outage_is_not_tried_again_when_readings_return(
+        tmp_path: Path, lose: tuple[str, int]) -> None:
+    """GPU 1's write is refused for good (no permission) while every GPU reads; then every other tick is lost (the
+    count fails) or GPU 1 gives no reading. Readings returning forgot every retry record: GPU 1 was written 26 times
+    in 60 s (a review). Only what failed during the outage, or while that GPU was unread, is tried again."""
+    fake, control = host(tmp_path)
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1000.0)
+    fake.fail[("set", 1)] = pynvml.NVMLError_NoPermission
+    for t in range(1, 61):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t > 5 and t % 2:
+            fake.fail[lose] = pynvml.NVMLError_Unknown
+        else:
+            fake.fail.pop(lose, None)
+        control.tick_fast(float(t))
+    tries = control.fast.metrics.actuations.labels("nvml", "power_limit", "error")._value.get()
+    assert tries <= 2, tries
+
+
+def test_a_gpu_never_read_beside_gpus_without_power_readings_counts_in_the_safe_caps(tmp_path: Path) -> None:
+    """GPU 0 gives no power reading, GPU 1 has never been read at all: the fail-safe had capped GPU 0 alone, as
+    if GPU 1 drew nothing, and the host drew 1,100 W on a 970-W threshold (a review). GPU 1 counts at the most it
+    may draw, and GPU 0 takes the rest."""
+    fake, control = host(tmp_path)
+    fake.gpus[0].unsupported = {"power"}
+    fake.fail[("*", 1)] = pynvml.NVMLError_Unknown
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=1000.0)
+    for t in range(1, 6):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        control.tick_fast(float(t))
+    assert control.fast.blind.failsafe_on
+    assert fake.gpus[0].limit_mw / 1000 + 700.0 <= control.fast.governor.threshold_w() + 1.0, fake.gpus[0].limit_mw

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from actuators import TransientActuatorError
-from actuators.kubernetes import translate, within
+from actuators.kubernetes import translate
+from actuators.kubernetes_calls import within
 from controller.cluster.limit_room import Unacked
 from controller.cluster.node_gpus import IN_USE_SHARE, reading
 from controller.cluster.plan_spec import PlanSpec, read_spec, stored_keys
@@ -18,9 +19,9 @@ from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.telemetry.base import GpuSample, Numbers, TelemetryError, finite
 
 log = logging.getLogger("wattscale.operator")
-PLANS_BYTES = 16 << 20
-"""Most bytes of the plans' listing read on the fast tick (a node's plan with its status is some 3 KB: room for
-thousands of nodes)."""
+PLANS_BYTES = 4 << 20
+"""Most bytes of the plans' listing read on the fast tick: a node's plan with its status is some 3 KB, so some 1,300
+nodes; past it the sample is lost (safe caps). The parse holds the interpreter's lock: 16 MB held the tick 3 s."""
 NODE_GONE_AFTER_S = 300.0
 """How long a node off the policy's node list must have had a silent agent before its GPUs leave the count (until
 then they count at their last limits, as they may still draw)."""

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actuators import ActuatorError, PermanentActuatorError
-from actuators.kubernetes import translate, within
+from actuators.kubernetes import translate
+from actuators.kubernetes_calls import within
 from controller.cluster.limit_room import Room
 from controller.cluster.node_gpus import owners_of, reported_limits
 from controller.cluster.node_readings import NodeReadings, stale_after_s

@@ -77,6 +77,7 @@ class SimBudget:
         if sources and settings is not None:
             self.combiner = combiner(self._redirected(settings, signal_dir), {}, base_dir=scn.config.base_dir,
                                      wait_s=math.inf)  # a CSV read in the step: the same seed reads the same
+            # (an API feed's first answer would be waited for whole: a scenario refuses API sources)
         self.why = "scenario"
 
     def _redirected(self, settings: BudgetSettings, signal_dir: Path) -> BudgetSettings:

@@ -25,9 +25,9 @@ class NvmlGpuSource:
     whose GPUs has ever been read, fails the whole sample (a lost sample: the governor cuts blind, then sets safe
     caps). The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None between.
     A GPU out of the listing is counted at its last limit by the fast loop while it may still draw (fallen off the
-    bus, the count one short); once NVML counts as many GPUs as it ever did and none of them is that one, it has
-    departed (a GPU back under another UUID, a MIG layout made again): counted on, it had held every GPU at its floor
-    for good."""
+    bus, the count one short); once NVML counts as many GPUs as it ever did, each of them read and none of them that
+    one, it has departed (a GPU back under another UUID, a MIG layout made again): counted on, it had held every GPU
+    at its floor for good. A count that changed forgets the last readings by index (the indices moved with it)."""
 
     def __init__(self, devices: NvmlDevices, owners: dict[int, tuple[str, str]]) -> None:
         self.devices = devices
@@ -38,6 +38,8 @@ class NvmlGpuSource:
         self._departed: set[str] = set()
         self._most = 0
         """The most GPUs NVML has counted at once."""
+        self._count = 0
+        """The GPUs NVML counted at the last sample."""
         self._listed: set[str] = set()
         """The UUIDs listed at the last sample that counted that many."""
         self._energy = EnergyCadence()
@@ -59,6 +61,8 @@ class NvmlGpuSource:
     def sample(self, now: float) -> list[GpuSample]:
         samples, unread = [], []
         readings = self.readings(self._energy.due(now))
+        if len(readings) != self._count:  # the indices moved: one GPU's last reading is not another's at its index
+            self._last, self._count = {}, len(readings)
         for index, r in enumerate(readings):
             if isinstance(r, GpuReading):
                 self._last[index] = r
@@ -77,8 +81,8 @@ class NvmlGpuSource:
                                      last.max_limit_w, None, *self._owner(index), read_error=str(r)))
         if unread and not self._last:
             raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
-        if len(readings) >= self._most:  # every GPU the host has is listed: one seen before and not now is gone
-            listed = {g.uuid for g in samples}
+        if len(readings) >= self._most and all(isinstance(r, GpuReading) for r in readings):
+            listed = {g.uuid for g in samples}  # every GPU the host has read: one seen before and not now is gone
             self._departed |= self._listed - listed
             self._most, self._listed = len(readings), listed
         for index, error in unread:

@@ -82,6 +82,9 @@ class ScrapeVllmSource:
         self._last: dict[str, Snapshot] = {}
         self._held: dict[str, int] = {}
         """Per service: windows held in a row for a counter that is no reading."""
+        self._first = 0
+        """Which service a window reads first (the one after last window's first): past the deadline the same
+        services had always been the ones left unread."""
         self._gaps: dict[str, int] = {}
         """Per service, the windows held in a row for a counter or histogram its last page had and this one lacks."""
 
@@ -99,7 +102,9 @@ class ScrapeVllmSource:
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         out: dict[str, ServiceWindow | None] = {}
         deadline = time.monotonic() + WINDOW_TIMEOUTS * self.timeout_s
-        for name in services:
+        start = self._first % len(services) if services else 0  # where the deadline cuts moves window by window
+        self._first += 1
+        for name in services[start:] + services[:start]:
             model, urls = self.models.get(name), self.urls.get(name, ())
             pages, came = [], []
             for url in urls:
