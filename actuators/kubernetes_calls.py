@@ -9,6 +9,7 @@ body's read, and a caller whose last call is still waiting (its server trickling
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -75,7 +76,8 @@ def within(timeout_s: float, call: Callable[..., Any], *args: Any, max_bytes: in
     if worker.is_alive():
         answer = box.get("answer")
         if answer is not None:  # its body trickles: shut, the read ends (urllib3 2.3 has shutdown; before, close)
-            getattr(answer, "shutdown", answer.close)()
+            with contextlib.suppress(RuntimeError, ValueError, OSError):  # released or closed meanwhile: nothing to end
+                getattr(answer, "shutdown", answer.close)()
         worker.join(0.1)
         if worker.is_alive():  # its status line trickles: the caller waits for this call before another
             with _lock:

@@ -23,16 +23,18 @@ from actuators.base import (
 )
 
 # pynvml error class name -> (transient?, what it means for the operator); what else to run instead is the
-# caller's to say (the daemon's config has a "sim" source, the node agent has none)
+# caller's to say (the daemon's config has a "sim" source, the node agent has none). A GPU lost or a driver not
+# loaded is an outage, tried again after a delay: taken as a refusal, a write that met one in the tick before the
+# readings failed was held back 300 s after they came back (a review)
 ERRORS: dict[str, tuple[bool, str]] = {
     "NVMLError_NoPermission": (False, "no permission: setting power limits or locked clocks needs root or "
                                       "CAP_SYS_ADMIN"),
     "NVMLError_NotSupported": (False, "not supported on this GPU"),
-    "NVMLError_GpuIsLost": (False, "the GPU has fallen off the bus: reset it or reboot"),
+    "NVMLError_GpuIsLost": (True, "the GPU has fallen off the bus: reset it or reboot"),
     "NVMLError_InvalidArgument": (False, "invalid argument"),
     "NVMLError_LibraryNotFound": (False, "libnvidia-ml.so.1 not found: install the NVIDIA driver "
                                          "(or run on a GPU host)"),
-    "NVMLError_DriverNotLoaded": (False, "the NVIDIA driver is not loaded: load it (modprobe nvidia)"),
+    "NVMLError_DriverNotLoaded": (True, "the NVIDIA driver is not loaded: load it (modprobe nvidia)"),
     "NVMLError_Uninitialized": (True, "NVML not initialised"),
     "NVMLError_Timeout": (True, "NVML timed out"),
     "NVMLError_InUse": (True, "the GPU is busy with another operation"),
@@ -151,8 +153,8 @@ class NvmlDevices:
             if self._stale:
                 with self._errors("NVML init again"):
                     self.nvml.nvmlInit()
+                self._handles = {}  # before the flag: no thread takes an old handle as good
                 self._stale = False
-                self._handles = {}
 
     def count(self) -> int:
         self._ready()

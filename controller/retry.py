@@ -3,8 +3,8 @@
 A transient error (a timeout, a conflict, a server restarting) waits its `delay_s`, doubled on each
 failure in a row up to a ceiling, before the target is tried again. A permanent one (no permission, no
 such target, a rollout the engine could not run) stops tries for that target until its config changes, or,
-in a book that sets `permanent_retry_s` (the GPU limits': a driver that said "GPU lost" through a few seconds'
-outage had blocked every limit write for good), until that has passed. Either is logged once, when the target
+in a book that sets `permanent_retry_s` (the GPU limits': a driver may refuse through an outage, and it had
+blocked every limit write for good), until that has passed. Either is logged once, when the target
 first fails, and counted every time; a success after failures is logged once too. Errors of no kind are taken as
 transient with the base delay.
 """

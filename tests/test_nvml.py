@@ -412,3 +412,16 @@ def test_a_gpu_back_in_the_count_but_unreadable_is_not_taken_for_gone() -> None:
     assert [g.uuid for g in back] == ["GPU-b", "unread-0"] and source.departed() == frozenset()
     del fake.fail[("*", 0)]
     assert [g.uuid for g in source.sample(3.0)] == ["GPU-a", "GPU-b"] and source.departed() == {"unread-0"}
+
+
+def test_one_unreadable_gpu_does_not_keep_a_gpu_that_left_counted_for_good() -> None:
+    """GPU c stays listed but unreadable while GPU b comes back under a new UUID: "every GPU read" had been asked
+    before retiring b, so it was counted at its last limit for good (a review). A GPU whose read fails is known by
+    its index's last reading, the count unmoved."""
+    fake = FakeNvml([FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b"), FakeGpu(uuid="GPU-c")])
+    source = NvmlGpuSource(NvmlDevices(fake), {})
+    source.sample(0.0)
+    fake.fail[("*", 2)] = pynvml.NVMLError_Unknown
+    source.sample(1.0)
+    fake.gpus[1] = FakeGpu(uuid="GPU-d")
+    assert [g.uuid for g in source.sample(2.0)] == ["GPU-a", "GPU-d", "GPU-c"] and source.departed() == {"GPU-b"}

@@ -386,3 +386,25 @@ def test_a_gpu_never_read_beside_gpus_without_power_readings_counts_in_the_safe_
         control.tick_fast(float(t))
     assert control.fast.blind.failsafe_on
     assert fake.gpus[0].limit_mw / 1000 + 700.0 <= control.fast.governor.threshold_w() + 1.0, fake.gpus[0].limit_mw
+
+
+def test_writes_that_met_the_outage_in_the_tick_before_it_are_tried_again_once_readings_return(
+        tmp_path: Path) -> None:
+    """The driver goes between a tick's read and its writes: those writes said "GPU lost" a tick before the first
+    lost sample, were taken as refusals from before the outage, and held both GPUs at 700 W for 300 s on a
+    1,000-W budget once the readings came back (a review). A GPU lost is an outage, tried again after a delay."""
+    fake, control = host(tmp_path)
+    loose = control.fast.governor.settings
+    for t in range(1, 14):
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t == 3:
+            control.fast.governor.settings = replace(loose, budget_w=1000.0)
+            fake.fail[("set", 0)] = fake.fail[("set", 1)] = pynvml.NVMLError_GpuIsLost
+        if t == 4:
+            fake.fail[("*", 0)] = fake.fail[("*", 1)] = pynvml.NVMLError_GpuIsLost
+        if t == 7:
+            fake.fail.clear()
+        control.tick_fast(float(t))
+        if t >= 9:
+            assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0, (t, draw_w(fake))
+    assert control.fast.retry.blocked() == []

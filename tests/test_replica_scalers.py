@@ -252,3 +252,18 @@ def test_kubernetes_an_answer_that_trickles_or_runs_on_is_cut_at_its_deadline_an
                 s.get_replicas("chat", H100)
         time.sleep(0.3)
         assert threading.active_count() <= before, threading.enumerate()
+
+
+def test_kubernetes_an_answer_whole_but_late_is_a_transient_failure(kube: KubeEmulator,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline falls while the worker parses a whole answer (its connection back in the pool): shutting that
+    answer raised urllib3's RuntimeError, which `translate` took for a refusal for good, and the service's scaling
+    was given up until a reload (a review)."""
+    import actuators.kubernetes_calls as calls
+
+    s = _kube_scaler(kube)
+    s.timeout_s = 0.3
+    parse = calls.json.loads
+    monkeypatch.setattr(calls.json, "loads", lambda body: (time.sleep(0.5), parse(body))[1])
+    with pytest.raises(TransientActuatorError, match="unreachable or too slow"):
+        s.get_replicas("chat", H100)

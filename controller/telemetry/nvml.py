@@ -25,7 +25,7 @@ class NvmlGpuSource:
     whose GPUs has ever been read, fails the whole sample (a lost sample: the governor cuts blind, then sets safe
     caps). The energy counter is read on an `EnergyCadence` of the sample's time, `energy_j` None between.
     A GPU out of the listing is counted at its last limit by the fast loop while it may still draw (fallen off the
-    bus, the count one short); once NVML counts as many GPUs as it ever did, each of them read and none of them that
+    bus, the count one short); once NVML counts as many GPUs as it ever did, each of them known and none of them that
     one, it has departed (a GPU back under another UUID, a MIG layout made again): counted on, it had held every GPU
     at its floor for good. A count that changed forgets the last readings by index (the indices moved with it)."""
 
@@ -81,8 +81,10 @@ class NvmlGpuSource:
                                      last.max_limit_w, None, *self._owner(index), read_error=str(r)))
         if unread and not self._last:
             raise TelemetryError(f"none of the {len(readings)} GPUs has been read: {unread[0][1]}")
-        if len(readings) >= self._most and all(isinstance(r, GpuReading) for r in readings):
-            listed = {g.uuid for g in samples}  # every GPU the host has read: one seen before and not now is gone
+        # every GPU the host has known by its UUID (one whose read failed by its index's last, the count unmoved):
+        # one seen before and not now is gone
+        if len(readings) >= self._most and not unread:
+            listed = {g.uuid for g in samples}
             self._departed |= self._listed - listed
             self._most, self._listed = len(readings), listed
         for index, error in unread:
