@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,28 @@ def run(fake: FakeNvml, control: Controller, ticks: range, at_5: dict[str, Any],
         control.tick_fast(float(t))
         draws.append(draw_w(fake))
     return draws
+
+
+def stepped(fake: FakeNvml, control: Controller, ticks: range, at: dict[int, Callable[[], object]],
+            over_from: int | None = None) -> None:
+    """Step the fast loop at each second of `ticks`, doing `at[t]` before tick t; from tick `over_from` on, the draw
+    must be within the threshold after each tick."""
+    for t in ticks:
+        control.clock[0] = float(t)  # type: ignore[attr-defined]
+        if t in at:
+            at[t]()
+        control.tick_fast(float(t))
+        if over_from is not None and t >= over_from:
+            assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0, (t, draw_w(fake))
+
+
+def budget(control: Controller, budget_w: float) -> None:
+    control.fast.governor.settings = replace(control.fast.governor.settings, budget_w=budget_w)
+
+
+def failing(fake: FakeNvml, error: type[Exception], *keys: tuple[str, int]) -> Callable[[], None]:
+    """An action that makes each call of `keys` fail with `error`."""
+    return lambda: fake.fail.update(dict.fromkeys(keys, error))
 
 
 @pytest.mark.parametrize("failing", [(1,), (0, 1)])
@@ -242,19 +265,9 @@ def test_writes_a_driver_refused_for_good_while_no_gpu_read_are_tried_again_once
     the budget fell to 1,000 W, and no limit was set again until a restart; the site drew 1,100 W for good. (The
     fail-safe's line had also named the caps it failed to write as set.)"""
     fake, control = host(tmp_path)
-    loose = control.fast.governor.settings
     caplog.set_level(logging.ERROR)
-    for t in range(1, 14):
-        control.clock[0] = float(t)  # type: ignore[attr-defined]
-        if t == 3:
-            fake.fail[("*", 0)] = fake.fail[("*", 1)] = error
-        if t == 7:
-            fake.fail.clear()
-        if t == 9:
-            control.fast.governor.settings = replace(loose, budget_w=1000.0)
-        control.tick_fast(float(t))
-        if t >= 10:
-            assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0, (t, draw_w(fake))
+    stepped(fake, control, range(1, 14), {3: failing(fake, error, ("*", 0), ("*", 1)), 7: fake.fail.clear,
+                                          9: lambda: budget(control, 1000.0)}, over_from=10)
     assert control.fast.retry.blocked() == []
     (said,) = [r.getMessage() for r in caplog.records if "GPU readings lost for" in r.getMessage()]
     assert "safe caps (none set)" in said, said
@@ -394,17 +407,8 @@ def test_writes_that_met_the_outage_in_the_tick_before_it_are_tried_again_once_r
     lost sample, were taken as refusals from before the outage, and held both GPUs at 700 W for 300 s on a
     1,000-W budget once the readings came back (a review). A GPU lost is an outage, tried again after a delay."""
     fake, control = host(tmp_path)
-    loose = control.fast.governor.settings
-    for t in range(1, 14):
-        control.clock[0] = float(t)  # type: ignore[attr-defined]
-        if t == 3:
-            control.fast.governor.settings = replace(loose, budget_w=1000.0)
-            fake.fail[("set", 0)] = fake.fail[("set", 1)] = pynvml.NVMLError_GpuIsLost
-        if t == 4:
-            fake.fail[("*", 0)] = fake.fail[("*", 1)] = pynvml.NVMLError_GpuIsLost
-        if t == 7:
-            fake.fail.clear()
-        control.tick_fast(float(t))
-        if t >= 9:
-            assert draw_w(fake) <= control.fast.governor.threshold_w() + 1.0, (t, draw_w(fake))
+    lost = pynvml.NVMLError_GpuIsLost
+    stepped(fake, control, range(1, 14), {3: lambda: (budget(control, 1000.0),
+                                                      failing(fake, lost, ("set", 0), ("set", 1))()),
+                                          4: failing(fake, lost, ("*", 0), ("*", 1)), 7: fake.fail.clear}, over_from=9)
     assert control.fast.retry.blocked() == []
