@@ -392,3 +392,24 @@ def test_a_filter_update_runs_the_model_once_at_the_estimate() -> None:
         mp.setattr(model, "analyze", counted)
         assert pair.update(window).reason == "accepted"
     assert len(calls) == 1
+
+
+def test_a_reload_that_changes_a_prior_reads_no_state_file_once_it_holds_what_memory_does(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each save writes every pair in memory, so after one the file holds nothing the daemon lacks; yet a reload
+    that changed a prior parsed it again for the new filter (31 MB held the governor's thread 2 s in a trial). The
+    new filter now takes the pair's draw curve from the one it replaces, as the file would have given it."""
+    from queuemodels.accelerators import profile
+
+    path, h100 = tmp_path / "tuner.json", profile("H100-SXM")
+    tuner = Tuner(path)
+    tuner.ensure("m", "gpu", PRIOR, h100)
+    for r in (2.0, 8.0, 5.0, 11.0):
+        tuner.update("m", "gpu", dataclasses.replace(observe(TRUE, r), power_cap_w=700.0, power_w=300.0 + 20 * r))
+    draw = tuner.filters["m|gpu"].draw.dump()
+    assert len(draw["recent"]) == 4
+    path.write_text("{not what a parse would read")  # read, it would be set aside with a warning
+    with caplog.at_level(logging.WARNING):
+        pair = tuner.ensure("m", "gpu", dataclasses.replace(PRIOR, alpha_ms=30.0), h100)
+    assert pair.accepted == 0 and pair.draw.dump() == draw
+    assert not caplog.records and path.read_text() == "{not what a parse would read"

@@ -46,6 +46,9 @@ class Tuner:
         reloaded half-written (its last service's prior cut off) and then whole lost what the pair had learnt."""
         self.save_failures = 0
         """Saves of the state that failed (the file could not be written); the daemon counts them."""
+        self.saved_whole = False
+        """Whether the state file holds nothing the filters in memory lack (each save writes them all): a reload's
+        new pairs then start from memory, the file not parsed again (31 MB held the governor's thread 2 s)."""
 
     def ensure(
         self, model: str, accelerator: str, prior: ServiceParams, profile: PowerProfile | None, fit_power: bool = False
@@ -60,26 +63,32 @@ class Tuner:
         together: one read of the state file for all of them (one a pair read a 32-MiB file a pair at start)."""
         fresh: dict[str, PairFilter] = {}
         back: dict[str, PairFilter] = {}
+        replaced: dict[str, PairFilter] = {}
         for model, accelerator, prior, profile in pairs:
             key = pair_key(model, accelerator)
             current = self.filters.get(key)
             if current is not None and current.prior == prior:
                 continue
             if current is not None:
+                replaced[key] = current
                 self.aside[(key, current.prior)] = current
                 while len(self.aside) > MAX_ASIDE:
                     del self.aside[next(iter(self.aside))]  # the oldest
             if (kept := self.aside.pop((key, prior), None)) is not None:
                 back[key] = kept
             fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
-        if fresh and self.state_path is not None:
+        if fresh and self.state_path is not None and not self.saved_whole:
             for warning in store.load(self.state_path, fresh, back):
                 log.warning("%s", warning)
+        else:  # what the file would give of a pair whose prior changed: its draw curve and clock, whatever the prior
+            for key, old in replaced.items():
+                fresh[key].draw.restore(old.draw.dump())
+                fresh[key].clock.restore(old.clock.dump())
         taken = [key for key, kept in back.items() if fresh[key].updates == 0]  # the file has none of its prior
         for key in taken:
             self.filters[key] = back[key]
-        if taken and self.state_path is not None and not store.save(self.state_path, self.filters):
-            self.save_failures += 1  # saved at once: a restart before the pair's next window keeps it too
+        if taken:  # saved at once: a restart before the pair's next window keeps it too
+            self._save()
 
     def params(self, model: str, accelerator: str) -> tuple[ServiceParams, PowerProfile | None] | None:
         pair = self.filters.get(pair_key(model, accelerator))
@@ -93,6 +102,14 @@ class Tuner:
     def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
         pair = self.filters[pair_key(model, accelerator)]
         verdict = pair.update(obs)
-        if verdict.accepted and self.state_path is not None and not store.save(self.state_path, self.filters):
-            self.save_failures += 1
+        if verdict.accepted:
+            self._save()
         return verdict
+
+    def _save(self) -> None:
+        """Every filter's state to the file, where there is one (a failure counted)."""
+        if self.state_path is None:
+            return
+        saved = store.save(self.state_path, self.filters)
+        self.save_failures += not saved
+        self.saved_whole = self.saved_whole or saved
