@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -43,6 +44,21 @@ ERRORS: dict[str, tuple[bool, str]] = {
 POWER_CAP_BITING = 0x4  # nvmlClocksEventReasonSwPowerCap
 MAX_DEVICES = 1024
 """More devices than any host holds (8 GPUs of 7 MIG slices each are 56): a count past it is a broken driver."""
+
+
+PROC_STATUS = Path("/proc/self/status")
+"""Where the kernel says this process's capabilities."""
+
+
+def may_administer() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN (bit 21 of its effective set), which NVML asks of every power
+    limit and clock lock it sets; True where the kernel does not say (no /proc: the writes will tell)."""
+    try:
+        lines = PROC_STATUS.read_text().splitlines()
+        effective = next(int(line.split()[1], 16) for line in lines if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
+    return bool(effective >> 21 & 1)
 
 
 def _text(read: Callable[[], Any], instead: str) -> str:

@@ -87,8 +87,7 @@ class FastLoop:
             if not samples and self.listing.seen:  # every GPU seen before gone at once: the source lost them
                 raise ValueError("the listing holds none of the GPUs seen before")
             if samples and all(g.power_w is None for g in samples):
-                if not self.samples:  # never read: the fail-safe starts from the limits this listing holds, a GPU
-                    # of unknown limits counted at the most it may draw (and not set)
+                if not self.samples:  # never read: the fail-safe starts from this listing (`LimitCheck`'s limits)
                     self.samples, self.unknown, problems = self.limits.check(samples)
                     for problem in problems:
                         self.on_error("gpu_limits", problem)

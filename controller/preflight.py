@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from actuators.nvml import may_administer
 from actuators.vllm_servers import startable
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
@@ -136,21 +137,6 @@ def check_backends(settings: Settings) -> tuple[list[str], Any]:
         if problem is not None:
             warnings.append(f"actuators.systemd_batch_dir: {problem}; changes of max batch will fail")
     return warnings, kube
-
-
-PROC_STATUS = Path("/proc/self/status")
-"""Where the kernel says this process's capabilities."""
-
-
-def may_administer() -> bool:
-    """Whether this process holds CAP_SYS_ADMIN (bit 21 of its effective set), which NVML asks of every power
-    limit and clock lock it sets; True where the kernel does not say (no /proc: the writes will tell)."""
-    try:
-        lines = PROC_STATUS.read_text().splitlines()
-        effective = next(int(line.split()[1], 16) for line in lines if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return True
-    return bool(effective >> 21 & 1)
 
 
 def kube_client(settings: Settings) -> Any:

@@ -381,19 +381,20 @@ def test_a_process_that_may_not_set_gpu_limits_is_warned_of(tmp_path: Path, monk
     and every write was then refused: the host stayed over its budget. Both now warn, naming the field."""
     from conftest import sim_config_text
 
+    import actuators.nvml as nvml_module
     from controller import preflight
     from controller.settings import load_settings
 
     cfg = tmp_path / "w.toml"
     cfg.write_text(sim_config_text(tmp_path / "state", {'power = "sim"': 'power = "nvml"'}))
     status = tmp_path / "status"
-    monkeypatch.setattr(preflight, "PROC_STATUS", status)
+    monkeypatch.setattr(nvml_module, "PROC_STATUS", status)
     for caps, warned in (("0000000000000000", True), ("0000000000200000", False), ("000001ffffffffff", False)):
         status.write_text(f"Name:\twattscale\nCapInh:\t0000000000000000\nCapEff:\t{caps}\n")
         said = [w for w in preflight.check_backends(load_settings(cfg))[0] if "CAP_SYS_ADMIN" in w]
         assert bool(said) == warned and all(w.startswith("actuators.power: ") for w in said), said
     status.unlink()  # a kernel that does not say: the writes will tell
-    assert preflight.may_administer()
+    assert nvml_module.may_administer()
 
 
 def test_a_gpu_back_in_the_count_but_unreadable_is_not_taken_for_gone() -> None:
