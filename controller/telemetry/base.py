@@ -10,6 +10,19 @@ SHOWN_CHARS = 160
 """How much of a query, an answer or a parser's complaint a message quotes."""
 
 
+WINDOW_TIMEOUTS = 3
+"""A window's reads (Prometheus queries, scrape pages), each within `telemetry.timeout_s`, start no new one past this
+many timeouts in all: 17 queries each answered just inside 5 s had held the slow loop 73 s, and 40 trickling pages
+200 s; one timeout shared by all failed a healthy Prometheus at 0.33 s a query (a review)."""
+
+
+def window_late(what: str, timeout_s: float) -> str:
+    """What a source says of a window past its reads' deadline (no count or time in it: said once while it
+    repeats)."""
+    return (f"a window's {what} took longer than {WINDOW_TIMEOUTS} x telemetry.timeout_s "
+            f"({WINDOW_TIMEOUTS * timeout_s:g} s)")
+
+
 def shortened(text: str, chars: int = SHOWN_CHARS) -> str:
     """`text` as a message quotes it: at most `chars`, and how long it was where it was cut (a page or an answer
     may be one line of megabytes)."""

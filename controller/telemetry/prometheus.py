@@ -30,13 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.http_fetch import Unreachable, http_request
-from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
+from controller.telemetry.base import WINDOW_TIMEOUTS, ServiceWindow, TelemetryError, shortened, window_late
 from controller.telemetry.counter_flaps import counts_query, flapped, range_counts, selector
 
-WINDOW_TIMEOUTS = 3
-"""A window's queries, each within `timeout_s`, ask no new one past this many timeouts in all: 17 queries each answered
-just inside 5 s had held the slow loop 73 s; one timeout shared by all failed a healthy Prometheus at 0.33 s a query
-(a review)."""
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
 out, as the scrape source leaves them ("1e300" replicas became a 301-digit count)."""
@@ -200,8 +196,7 @@ class PrometheusVllmSource:
         """Raise where a window's queries have run past their deadline (no count or time in the line: it is said once
         while it repeats)."""
         if self.clock() > deadline:
-            raise TelemetryError(f"prometheus: a window's queries took longer than {WINDOW_TIMEOUTS} x "
-                                 f"telemetry.timeout_s ({WINDOW_TIMEOUTS * self.api.timeout_s:g} s)")
+            raise TelemetryError(f"prometheus: {window_late('queries', self.api.timeout_s)}")
 
     def _flapping(self, models: list[str], at: float | None, deadline: float) -> set[str]:
         """The models whose success counters `flapped` in the window, read from their samples,

@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.http_fetch import Unreachable, http_request
-from controller.telemetry.base import ServiceWindow, TelemetryError, shortened
+from controller.telemetry.base import WINDOW_TIMEOUTS, ServiceWindow, TelemetryError, shortened, window_late
 from controller.telemetry.vllm_window import Snapshot, gone, is_gauge, snapshots, unreadable, window
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,6 @@ def parse_page(text: str, instance: str) -> list[Metric]:
     return families
 
 
-WINDOW_TIMEOUTS = 3
-"""A window's pages, each within `timeout_s`, start no new read past this many timeouts in all (40 engines each
-trickling a page for its whole timeout held the slow loop 200 s)."""
 HOLD_CYCLES = 3
 """Windows in a row a service's window is held for a counter that is no reading, before it goes on without it
 (an exporter that keeps one froze the service's demand for good)."""
@@ -90,8 +87,7 @@ class ScrapeVllmSource:
 
     def _read(self, url: str, deadline: float) -> list[Metric] | None:
         if time.monotonic() > deadline:  # no count or time in the line: it is said once while it repeats
-            self.on_error("scrape", f"a window's pages took longer than {WINDOW_TIMEOUTS} x telemetry.timeout_s "
-                          f"({WINDOW_TIMEOUTS * self.timeout_s:g} s): the pages after were not read")
+            self.on_error("scrape", f"{window_late('pages', self.timeout_s)}: the pages after were not read")
             return None
         try:
             return parse_page(self.fetch(url, self.timeout_s), url)
