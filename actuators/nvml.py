@@ -143,8 +143,9 @@ class NvmlDevices:
         self._handles: dict[int, Any] = {}  # valid until shutdown: looked up once per GPU
         self._init_lock = threading.Lock()
         self._stale = False
-        """NVML said it is not initialised (shut down under us: a driver reloaded): initialised again at the next
-        count, every handle looked up again. Otherwise every read failed for good, and the limits stayed frozen."""
+        """NVML said it is not initialised (shut down under us: a driver reloaded): initialised again before the next
+        call that needs it (`_ready`), every handle looked up again. Otherwise every read failed for good, and the
+        limits stayed frozen."""
         with self._errors("NVML init"):
             self.nvml.nvmlInit()
 

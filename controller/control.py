@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from actuators import BatchSizer, ClockLocker, PowerLimiter, ReplicaScaler
-from controller.decision_log import DecisionLog, applied, change_text, gate_held, gpus, log_decision, observed
+from controller.decision_log import DecisionLog, change_text, gate_held, gpus, log_decision, observed, plan_record
 from controller.demands import service_demand
 from controller.domain_rooms import domain_rooms, placements
 from controller.empty_draw import EmptyDraw
@@ -308,7 +308,7 @@ class Controller:
             m.show_applied(svc.name, a.replicas, a.max_batch, a.power_cap_w, result.performance)
             load = self.estimator.load.get(svc.name)
             record["services"][svc.name].update(
-                applied(current, planned, a, result.short_rps, result.reason),
+                plan_record(current, planned, a, result.short_rps, result.reason),
                 load_rps=None if load is None else round(load.rate_rps, 3), running=in_force[svc.name].running,
                 gate_held=(gated := gate_held(planned, admitted[svc.name])), asked=enforced.asked,
                 actuator_held=enforced.held)

@@ -152,10 +152,10 @@ def shape(a: Assignment) -> dict[str, Any]:
     return out
 
 
-def applied(current: Assignment, planned: Assignment, applied_a: Assignment, short_rps: float,
-            reason: str | None) -> dict[str, Any]:
+def plan_record(current: Assignment, planned: Assignment, applied: Assignment, short_rps: float,
+                reason: str | None) -> dict[str, Any]:
     """A service's plan as the decision log records it: in force, planned and applied, and any shortfall."""
-    return {"in_force": shape(current), "applied": shape(applied_a), "planned": shape(planned),
+    return {"in_force": shape(current), "applied": shape(applied), "planned": shape(planned),
             "short_rps": round(short_rps, 3), "reason": reason}
 
 

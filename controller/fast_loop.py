@@ -44,7 +44,8 @@ class FastLoop:
         """The slow loop's latest plan, swapped whole."""
         self.ledger = DrawLedger()
         self.retry = RetryBook(1.0, 10.0, lambda said: on_error("power_actuator", said), PERMANENT_RETRY_S)
-        """Per GPU: one in backoff is pinned (the others fit around it; PowerGovernor.tried_anyway), at most 10 s."""
+        """Per GPU: one in backoff is pinned (the others fit around it; PowerGovernor.tried_anyway), at most 10 s, or
+        PERMANENT_RETRY_S where its driver refused it for good."""
         self.samples: list[GpuSample] = []
         """The last good listing: the GPUs safe caps go to when readings fail."""
         self.blind = Blind(failsafe_after_ticks)

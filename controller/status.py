@@ -299,6 +299,7 @@ def text(rep: dict[str, Any]) -> str:
         lines.append(f"{name}{priority}: {_shape(s['in_force'])}{ceiling}{planned}{gpus}; {verdict}: {s['slo']}")
         lines += [f"  - {w}" for w in s["why"]]
     lines += [f"error: {e}" for e in rep["errors"]]
-    lines += [f"given up until its config changes{' (a GPU limit: or 5 minutes)' * b.startswith('power_limit:')}: {b}"
-              for b in rep["blocked"]]
+    for b in rep["blocked"]:  # a GPU's limit is tried again after 5 minutes too (controller/retry.py)
+        lines.append(f"given up until its config changes{' or 5 minutes pass' if b.startswith('power_limit:') else ''}"
+                     f": {b}")
     return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in lines)

@@ -262,8 +262,9 @@ def test_writes_a_driver_refused_for_good_while_no_gpu_read_are_tried_again_once
         tmp_path: Path, error: type[Exception], caplog: pytest.LogCaptureFixture) -> None:
     """Every call on both GPUs fails for three ticks ("GPU lost", as through a driver's brief outage): the
     fail-safe's writes then fail too, and were recorded as refused for good. A trial: readings came back at once,
-    the budget fell to 1,000 W, and no limit was set again until a restart; the site drew 1,100 W for good. (The
-    fail-safe's line had also named the caps it failed to write as set.)"""
+    the budget fell to 1,000 W, and no limit was set again until a restart; the site drew 1,100 W for good. Now GPU
+    lost and driver not loaded are outages, tried again; a refusal (not supported) met during the outage is
+    forgotten as the readings return. (The fail-safe's line had also named the caps it failed to write as set.)"""
     fake, control = host(tmp_path)
     caplog.set_level(logging.ERROR)
     stepped(fake, control, range(1, 14), {3: failing(fake, error, ("*", 0), ("*", 1)), 7: fake.fail.clear,

@@ -98,12 +98,11 @@ def run(pair: PairFilter, observations: list[Observation],
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
     fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
     params, profile = pair.params()
-    names = NAMES[params.family]
+    names, model = NAMES[params.family], get_model(pair.queue_model)
     out: dict[str, Any] = {
         "queue_model": pair.queue_model,
         "family": params.family,
-        "params": {n: significant(v) for n, v in zip(names, params.as_vector(), strict=False)
-                   if get_model(pair.queue_model).reads(n)},
+        "params": {n: significant(v) for n, v in zip(names, params.as_vector(), strict=False) if model.reads(n)},
         "observations": len(observations),
         "verdicts": verdicts,
         "covariance_trace": float(np.trace(pair.p)),
