@@ -1,7 +1,7 @@
 """Held-out accuracy of the tuned queue model on every engine personality of the simulator.
 
     python benchmarks/queue_heldout.py [--quick] [--workers N] [--personality NAME ...] [--measurements FILE]
-                                       [--pair-seed N] [--engine-model NAME]
+                                       [--pair-seed N] [--engine-model NAME] [--power-law NAME]
 
 As a user would try it: for each personality (`simulator/personality.py`), record training windows at a
 narrow design - max batch 32 and 64, prompts of 256 and 1024 tokens (the middle band), 20-80 % of the
@@ -11,15 +11,17 @@ priors), and predict a held-out grid: max batch 8-256, prompts 4x shorter (128) 
 the band's middle, 30-90 % load, caps 100 % and 60 %, each measured over independent windows until its
 mean TTFT is known to 7 % (3 to 10 windows). Outputs are 256 tokens with cv 1 (geometric-like), prompts cv
 0.5. Prints one JSON line per personality: median and p90 relative error of mean TTFT, mean ITL and p95
-TTFT; the signed error of the predicted capacity (saturation rate) per shape; the number of stable points
-(below 85 % load) the model calls unstable; the truth's settings (below). Targets are printed beside the
-figures.
+TTFT, and of the mean draw (no target: what the tuner learnt of the GPU's power law); the signed error of the
+predicted capacity (saturation rate) per shape; the number of stable points (below 85 % load) the model calls
+unstable; the truth's settings (below). Targets are printed beside the figures.
 
 The engine is llama-3.1-8b on an H100-SXM at pair seed 0 by default: the engine the model's recent changes
 were chosen on, so its figures are in-sample. `--pair-seed N` draws other hidden efficiencies (the
 simulator's `step_cost`) and `--engine-model NAME` another served model's costs (and KV cache, which the
 prior takes as `wattscale tune` would read it): an engine the model was not shaped on. The mixture-of-experts
 personality's prior is given the routing off the card of the model it imitates (`CARDS`), as a user gives `tune`.
+`--power-law NAME` runs the GPU under another hidden power law (`simulator/power_law.py`): how its draw follows
+a step's work and its clock, and so what a cap costs in speed, which the prior's catalogue curve does not know.
 A file saved with `--measurements` stores these settings (and `--quick`), and is refused under other ones.
 """
 
@@ -52,6 +54,7 @@ from queuemodels import (
 from queuemodels.accelerators import profile
 from simulator.llms import LLMS
 from simulator.personality import PERSONALITIES
+from simulator.power_law import POWER_LAWS
 from simulator.probe import Measured, Replica, measure, saturation_rps
 from simulator.workload import TokenDist
 from tuner import Observation, PairFilter
@@ -81,9 +84,13 @@ class Truth:
     """The served model (one of `simulator.llms.LLMS`) whose hidden costs and KV cache the engine has."""
     quick: bool = False
     """Fewer held-out shapes (batch 8 and 256, uncapped) and shorter windows at 90 % load (`--quick`)."""
+    power_law: str = "dynamic"
+    """How the GPU's draw follows a step and its clock (`simulator.power_law`): the default law, or one the
+    controller's catalogue curve was not written for (`--power-law`)."""
 
     def replica(self, personality: str) -> Replica:
-        return Replica(self.engine_model, GPU, pair_seed=self.pair_seed, personality=personality)
+        return Replica(self.engine_model, GPU, pair_seed=self.pair_seed, personality=personality,
+                       power_law=self.power_law)
 
     def prior(self, family: str, personality: str) -> ServiceParams:
         """`wattscale tune`'s default prior, with the KV cache the replicas publish (`vllm:cache_config_info`:
@@ -95,10 +102,13 @@ class Truth:
 
 
 def check_stored(stored: dict[str, Any], truth: Truth, names: list[str], path: Path) -> None:
-    """Refuse a measurements file recorded under other truth settings, or without the personalities asked for."""
+    """Refuse a measurements file recorded under other truth settings, or without the personalities asked for. A
+    setting added since the file was recorded reads as its default (the power law: `dynamic`, all there was)."""
     recorded = stored.get("truth", {})
     for field in dataclasses.fields(Truth):
         asked = getattr(truth, field.name)
+        if field.name not in recorded and field.name == "power_law":
+            recorded = {**recorded, "power_law": field.default}
         if field.name not in recorded:
             raise SystemExit(f"{path}: {field.name} not stored (recorded before the settings were); "
                              f"asked {field.name}={asked!r}: record it again")
@@ -174,7 +184,7 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
     report = run(pair, [observation(r) for r in train])
     params, prof = pair.params()
     model = get_model(model_name)
-    errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": []}
+    errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": [], "power": []}
     called_unstable = 0
     for row in test:
         load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"])
@@ -182,12 +192,12 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
             # Predicted with an unbounded queue: below saturation the 1,024 the windows were recorded with blocks
             # nothing, and only an unbounded queue says when the model calls a stable point unstable.
             perf = model.analyze(params, load, ServerShape(row["max_batch"], None, _cap_w(row["cap"])), prof)
-            pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms}
+            pred = {"ttft": perf.ttft_ms, "itl": perf.itl_ms, "ttft_p95": perf.ttft_p95_ms, "power": perf.power_w}
         except ModelInputError:
             called_unstable += row["util"] < 0.85
             pred = dict.fromkeys(errs, float("inf"))
         for k, v in pred.items():
-            errs[k].append(min(1e3, abs(v / row[f"{k}_ms"] - 1.0)))
+            errs[k].append(min(1e3, abs(v / row["power_w" if k == "power" else f"{k}_ms"] - 1.0)))
     capacity: dict[str, float] = {}
     for (_, batch, n_in, cap), truth in sorted((k, v) for k, v in sats.items() if k[0] == name):
         load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV)
@@ -220,8 +230,10 @@ def main() -> None:
                     "the engine the model was shaped on)")
     ap.add_argument("--engine-model", default=MODEL, choices=sorted(LLMS), help="the served model whose hidden "
                     f"costs the engine has (default {MODEL})")
+    ap.add_argument("--power-law", default="dynamic", choices=sorted(POWER_LAWS), help="how the GPU's draw follows "
+                    "a step and its clock (default dynamic, the one the catalogue's curves were written for)")
     args = ap.parse_args()
-    truth = Truth(args.pair_seed, args.engine_model, args.quick)
+    truth = Truth(args.pair_seed, args.engine_model, args.quick, args.power_law)
     names = args.personality
     train_shapes = [(n, b, p, c) for n, b, p, c in product(names, (32, 64), (256, 1024), (1.0, 0.6))]
     test_shapes = [(n, b, p, c) for n, b, p, c in product(names, (8, 256) if args.quick else (8, 32, 128, 256),

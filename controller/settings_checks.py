@@ -14,6 +14,7 @@ from controller.config_loader import ConfigError, quoted, svc_path
 from controller.endpoint_checks import check_endpoints
 from controller.idle_floor import below_idle, idle_w
 from controller.minimums import minimum_fits
+from controller.simulator_checks import check_personalities, check_power_laws
 from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -219,20 +220,6 @@ def _variants(s: Settings, svc: ServiceSettings) -> None:
                               f"GPUs of the simulated host, no {v.accelerator}")
 
 
-def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], gpu_types: set[str],
-                        config: str = "") -> None:
-    """Each engine personality ("model" or "model|gpu_type") names a model a service runs, on a GPU type the host
-    has: one that names neither would be accepted and do nothing."""
-    for key in personalities:
-        model, bar, gpu = key.partition("|")
-        if model not in models:
-            raise ConfigError(f"{where}.{key}", f"no service{f' of {config}' if config else ''} runs model "
-                                                f"{quoted(model)}")
-        if bar and gpu not in gpu_types:
-            raise ConfigError(f"{where}.{key}", f"the simulated host has no GPU type {quoted(gpu)} (it has "
-                              f"{sorted(gpu_types)})")
-
-
 def _backends(s: Settings) -> None:
     for name in ("power", "clocks"):
         if getattr(s.actuators, name) == "nvml" and s.telemetry.gpu_source in ("dcgm", "kepler"):
@@ -286,6 +273,7 @@ def _simulated_host(s: Settings) -> None:
             raise ConfigError(f"{svc_path(svc.name)}.{name}", f"in_tokens + out_tokens is {svc.in_tokens:g} + "
                               f"{svc.out_tokens:g}, past the simulated engines' context of {CONTEXT_TOKENS} tokens")
     check_personalities("simulator.personalities", sim.personalities, {svc.model for svc in s.services}, set(types))
+    check_power_laws("simulator.power_laws", sim.power_laws, set(types))
     n = len(types)
     for at, gpus in [*((f"{svc_path(svc.name)}.gpus", svc.gpus) for svc in s.services),
                      *((f"power.domains[{d.name}].gpus", d.gpus) for d in s.power.domains)]:

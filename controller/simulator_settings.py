@@ -1,4 +1,4 @@
-"""The simulated host's settings ([simulator]): its GPUs and the engines' hidden personalities."""
+"""The simulated host's settings ([simulator]): its GPUs, the engines' hidden personalities and the GPUs' power laws."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from controller.config_loader import ConfigError, check_range, quoted
 from controller.settings_checks import MAX_GPUS
 from simulator.hardware import SPECS
 from simulator.personality import PERSONALITIES
+from simulator.power_law import POWER_LAWS
 
 MIN_SIM_SPEED, MAX_SIM_SPEED = 0.01, 100.0
 """Simulated seconds per wall-clock second, fewest and most (1e-308 was taken: a simulated host that never moves)."""
@@ -32,6 +33,9 @@ class SimulatorSettings:
     personalities: dict[str, str] = field(default_factory=dict)
     """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
     prefill-overhead, compute-bound-decode, long-context, mixture-of-experts (simulator/personality.py)."""
+    power_laws: dict[str, str] = field(default_factory=dict)
+    """Hidden power law (how draw follows a step's work and the clock) per GPU type: dynamic (default),
+    voltage-floor, memory-heavy (simulator/power_law.py)."""
     gpu_types: tuple[str, ...] = ()
     """Each GPU's type in index order, for a mixed host (e.g. four H100-SXM then four L40S); empty: `num_gpus`
     of `gpu_type`."""
@@ -46,6 +50,10 @@ class SimulatorSettings:
             if name not in PERSONALITIES:
                 raise ConfigError(f"{where}.personalities.{key}", f"unknown {quoted(name)}, expected one of "
                                   f"{sorted(PERSONALITIES)}")
+        for key, name in self.power_laws.items():
+            if name not in POWER_LAWS:
+                raise ConfigError(f"{where}.power_laws.{key}", f"unknown {quoted(name)}, expected one of "
+                                  f"{sorted(POWER_LAWS)}")
         if self.gpu_type not in SPECS:
             raise ConfigError(f"{where}.gpu_type", f"{quoted(self.gpu_type)} is not a GPU the simulator has, "
                               f"expected one of {sorted(SPECS)}")

@@ -33,7 +33,8 @@ USES = {
 
 SIGNS = {
     "plan spec": {"kind"},
-    "scenario": {"workload", "events", "config", "start_utc", "grid_time_scale", "personalities", "energy_targets"},
+    "scenario": {"workload", "events", "config", "start_utc", "grid_time_scale", "personalities", "power_laws",
+                 "energy_targets"},
     "daemon config": {"daemon", "metrics", "telemetry", "actuators", "simulator", "stability", "optimizer"},
     "optimize spec": {"objective", "mode", "batch_sizes", "power_levels", "clock_levels", "transition_penalty"},
 }

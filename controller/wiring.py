@@ -88,7 +88,8 @@ def _shut_down(devices: NvmlDevices) -> None:
 def build_host(settings: Settings) -> SimHost:
     sim = settings.simulator
     host = SimHost(sim.gpu_type, sim.num_gpus, seed=sim.seed, start_delay_s=sim.start_delay_s,
-                   personalities=sim.personalities, gpu_types=sim.gpu_types, shutdown_timeout_s=sim.shutdown_timeout_s)
+                   personalities=sim.personalities, gpu_types=sim.gpu_types, shutdown_timeout_s=sim.shutdown_timeout_s,
+                   power_laws=sim.power_laws)
     for k, svc in enumerate(settings.services):
         w = svc.sim
         rng = np.random.default_rng([sim.seed, k])

@@ -1,16 +1,18 @@
 """Simulated GPUs: a power limit that the clock obeys, draw that follows activity, an energy counter.
 
-The clock law is hidden from the controller: draw = idle + compute_w * u_c * s^EXP + memory_w * u_m,
-with s the SM clock as a fraction of its maximum and u_c, u_m the compute and memory busy shares of a
-step. Under a cap the GPU picks the largest s whose draw fits, so draw never exceeds the limit. A locked
-clock sets s directly: the GPU runs at the lock, or lower where the cap still bounds the draw.
+The clock law is hidden from the controller: draw = idle + compute_w * u_c * c(s) + memory_w * u_m, with s the
+SM clock as a fraction of its maximum, u_c, u_m the compute and memory busy shares of a step, and c(s) and the
+split of the dynamic draw the GPU's power law (`simulator/power_law.py`; s^2.4 by default). Under a cap the GPU
+picks the largest s whose draw fits, so draw never exceeds the limit. A locked clock sets s directly: the GPU
+runs at the lock, or lower where the cap still bounds the draw.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-CLOCK_EXPONENT = 2.4
+from simulator.power_law import DYNAMIC, PowerLaw
+
 MIN_CLOCK_FRACTION = 0.2
 CLOCK_STEP_MHZ = 15
 """Spacing of the graphics clocks a GPU supports (NVIDIA's tables step by 15 MHz)."""
@@ -61,9 +63,12 @@ SPECS: dict[str, GpuSpec] = {
 class SimGPU:
     """One simulated GPU; the engine on it reports each step's work and gets the clock it may run at."""
 
-    def __init__(self, index: int, spec: GpuSpec) -> None:
+    def __init__(self, index: int, spec: GpuSpec, law: PowerLaw = DYNAMIC) -> None:
         self.index = index
         self.spec = spec
+        self.law = law
+        self._compute_w = spec.compute_w * law.compute_scale
+        self._memory_w = spec.memory_w * law.memory_scale
         self.uuid = f"GPU-sim-{index:04d}-{spec.name}"
         self.power_limit_w = spec.max_limit_w
         self.energy_j = 0.0
@@ -105,8 +110,7 @@ class SimGPU:
         step = step_length_ms(clock, compute_ms, memory_ms, overhead_ms, serial_ms)
         u_c = ((compute_ms + serial_ms) / clock) / step
         u_m = memory_ms / step
-        spec = self.spec
-        return float(spec.idle_w + spec.compute_w * u_c * clock**CLOCK_EXPONENT + spec.memory_w * u_m), step
+        return float(self.spec.idle_w + self._compute_w * u_c * self.law.clock_draw(clock) + self._memory_w * u_m), step
 
     @property
     def top_clock(self) -> float:
@@ -117,7 +121,8 @@ class SimGPU:
                  serial_ms: float = 0.0) -> tuple[float, float, float]:
         """One engine step: the clock it settles at (the largest, up to a lock, whose draw fits the limit: a
         bisection, draw rising with the clock), its draw and its length (ms) at that clock, each sum made once
-        (the engine's every step asks all three)."""
+        (the engine's every step asks all three); where even the lowest clock draws past the limit, what the power
+        law does there (`PowerLaw.throttled_ms`)."""
         top = self.top_clock
         power_w, step_ms = self._draw_and_ms(top, compute_ms, memory_ms, overhead_ms, serial_ms)
         self._clipped = power_w > self.power_limit_w
@@ -135,7 +140,8 @@ class SimGPU:
                 high = mid
         self.clock_fraction = low
         if at_low is None:
-            at_low = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
+            draw_w, step_ms = self._draw_and_ms(low, compute_ms, memory_ms, overhead_ms, serial_ms)
+            at_low = self.law.throttled_ms(draw_w, step_ms, self.power_limit_w, self.spec.idle_w)
         return low, *at_low
 
     def account(self, seconds: float, power_w: float, end_s: float) -> None:

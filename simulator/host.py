@@ -17,6 +17,7 @@ from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, scaled, step_cost
 from simulator.personality import ROOFLINE, Personality, chosen_for, get_personality
+from simulator.power_law import DYNAMIC, get_power_law
 from simulator.requests import RequestLog
 from simulator.service import Leaving, Replica, SimService
 from simulator.workload import Workload
@@ -36,9 +37,11 @@ class SimHost:
         gpu_types: Sequence[str] = (),
         log_requests: bool = False,
         shutdown_timeout_s: float = 0.0,
+        power_laws: Mapping[str, str] | None = None,
     ) -> None:
         """`personalities` maps "model|gpu_type" (or a model name) to an engine personality; any other pair
-        runs the roofline law. `gpu_types`, where given, lists each GPU's type (a mixed host) instead of
+        runs the roofline law. `power_laws` maps a GPU type to its power law (`simulator/power_law.py`; any other
+        type draws by the default one). `gpu_types`, where given, lists each GPU's type (a mixed host) instead of
         `num_gpus` of `gpu_type`. `log_requests` keeps every request's arrival and finish (what `wattscale
         simulate` scores); off, as in the daemon, nothing grows with the requests served. `shutdown_timeout_s`:
         how long a stopped replica drains (0: it aborts what it holds, vLLM's default)."""
@@ -47,7 +50,8 @@ class SimHost:
             if name not in SPECS:
                 raise ValueError(f"gpu_type: unknown {name!r}, expected one of {sorted(SPECS)}")
         self.personalities = {k: get_personality(v) for k, v in (personalities or {}).items()}
-        self.gpus = [SimGPU(i, SPECS[name]) for i, name in enumerate(types)]
+        laws = {k: get_power_law(v) for k, v in (power_laws or {}).items()}
+        self.gpus = [SimGPU(i, SPECS[name], laws.get(name, DYNAMIC)) for i, name in enumerate(types)]
         self.lost: set[int] = set()
         """GPUs fallen off the bus: no replica, no draw, not listed."""
         self.services: dict[str, SimService] = {}

@@ -15,6 +15,7 @@ from simulator.engine import VLLMEngine
 from simulator.hardware import SPECS, SimGPU
 from simulator.llms import LLMS, StepCost, scaled, step_cost
 from simulator.personality import get_personality
+from simulator.power_law import get_power_law
 from simulator.requests import RequestLog
 from simulator.workload import TokenDist, TokenSampler
 
@@ -54,6 +55,8 @@ class Replica:
     """Multiplies every hidden step time (a drift, e.g. a new vLLM version)."""
     personality: str = "roofline"
     """How the engine turns a step's work into time (`simulator/personality.py`)."""
+    power_law: str = "dynamic"
+    """How its GPU's draw follows the step and the clock (`simulator/power_law.py`)."""
 
     def cost(self) -> StepCost:
         return scaled(step_cost(LLMS[self.model], SPECS[self.gpu_type], self.pair_seed), self.cost_scale)
@@ -62,7 +65,7 @@ class Replica:
                locked_clock_mhz: int | None = None, requests: RequestLog | None = None) -> VLLMEngine:
         """A fresh engine on its own GPU, keeping raw samples for exact means and percentiles (and each finished
         request in `requests`, where given)."""
-        gpu = SimGPU(0, SPECS[self.gpu_type])
+        gpu = SimGPU(0, SPECS[self.gpu_type], get_power_law(self.power_law))
         if power_limit_w is not None:
             gpu.set_power_limit(power_limit_w)
         gpu.lock_clock(locked_clock_mhz)

@@ -735,6 +735,22 @@ def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) ->
         load_settings(tmp_path / "unused.toml")
 
 
+def test_simulator_power_laws_are_named_and_reach_the_host(tmp_path: Path) -> None:
+    from controller.wiring import build_host
+
+    text = (ROOT / "config" / "sim.toml").read_text().replace(
+        "start_delay_s = 20", 'start_delay_s = 20\npower_laws = { "H100-SXM" = "memory-heavy" }')
+    (tmp_path / "p.toml").write_text(text)
+    assert {g.law.name for g in build_host(load_settings(tmp_path / "p.toml")).gpus} == {"memory-heavy"}
+    (tmp_path / "bad.toml").write_text(text.replace('"memory-heavy"', '"cubic"'))
+    with pytest.raises(ConfigError, match=r"^simulator\.power_laws\.H100-SXM: unknown 'cubic', expected one of "
+                                          r"\['dynamic', 'memory-heavy', 'voltage-floor'\]"):
+        load_settings(tmp_path / "bad.toml")
+    (tmp_path / "unused.toml").write_text(text.replace('"H100-SXM" = "memory', '"L40S" = "memory'))
+    with pytest.raises(ConfigError, match=r"^simulator\.power_laws\.L40S: the simulated host has no GPU type 'L40S'"):
+        load_settings(tmp_path / "unused.toml")
+
+
 def test_a_model_the_simulated_host_does_not_serve_is_refused_by_name(tmp_path: Path) -> None:
     """Caught where check-config looks, not by the host when `run` builds it."""
     text = (ROOT / "config" / "sim.toml").read_text().replace('model = "qwen2.5-14b"', 'model = "Qwen/Qwen2.5-14B"')

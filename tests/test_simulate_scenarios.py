@@ -104,6 +104,10 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
      "personalities.llama-3.1-8b|NOPE", "the simulated host has no GPU type 'NOPE' (it has ['H100-SXM'])"),
     ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b|" = "chunked" }\n', "personalities.llama-3.1-8b|",
      "no GPU type ''"),
+    ('name = "x"\nduration_s = 60\npower_laws = { "H100-SXM" = "cubic" }\n', "power_laws.H100-SXM",
+     "unknown 'cubic', expected one of ['dynamic', 'memory-heavy', 'voltage-floor']"),
+    ('name = "x"\nduration_s = 60\npower_laws = { "L4" = "voltage-floor" }\n', "power_laws.L4",
+     "the simulated host has no GPU type 'L4' (it has ['H100-SXM'])"),
     ('name = "x"\nduration_s = 60\n' + '[[events]]\nat_s = 9\nkind = "gpu_lost"\ngpu = 1\n' * 2, "events[1].gpu",
      "GPU 1 is lost already (events[0])"),
     # budget sources and their events (tests/test_simulate_budget_sources.py)
@@ -154,6 +158,17 @@ def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], bod
         load_scenario(small_scenario(body))
     assert err.value.where == field
     assert words in str(err.value)
+
+
+def test_a_scenarios_power_laws_reach_its_host_and_the_baselines_sizing(small_scenario: Callable[..., Path]) -> None:
+    """Added to the config's, as its personalities are: the plant's GPUs and the probes that size the baselines'
+    fleet both draw by it."""
+    from controller.simulate.plant import build_host
+    from controller.simulate.sizing import replica_for
+
+    scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\npower_laws = { "H100-SXM" = "voltage-floor" }\n'))
+    assert {g.law.name for g in build_host(scn, 7, {}).gpus} == {"voltage-floor"}
+    assert replica_for(scn, scn.config.services[0], "H100-SXM", 7).power_law == "voltage-floor"
 
 
 def test_a_burst_of_zero_among_bursts_past_a_float_reads_zero_not_nan() -> None:

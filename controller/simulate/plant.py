@@ -45,7 +45,7 @@ def build_host(scn: Scenario, seed: int, fleet: Fleet) -> SimHost:
     cfg = scn.config
     host = SimHost(cfg.simulator.gpu_type, cfg.simulator.num_gpus, seed=seed, start_delay_s=cfg.simulator.start_delay_s,
                    personalities=cfg.simulator.personalities, gpu_types=cfg.simulator.gpu_types, log_requests=True,
-                   shutdown_timeout_s=cfg.simulator.shutdown_timeout_s)
+                   shutdown_timeout_s=cfg.simulator.shutdown_timeout_s, power_laws=cfg.simulator.power_laws)
     for k, svc in enumerate(cfg.services):
         w = scn.workload(svc.name)
         prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)

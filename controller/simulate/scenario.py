@@ -41,6 +41,7 @@ from controller.simulate.scenario_checks import (
 from controller.simulate.workload_settings import WorkloadSettings
 from controller.toml_file import read_toml
 from simulator.personality import PERSONALITIES
+from simulator.power_law import POWER_LAWS
 
 EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
 """The span (Unix seconds) a scenario's grid clock may read: schedules and CSVs step dates a day either side."""
@@ -135,6 +136,8 @@ class ScenarioSettings:
     """Site budget at the start (W); 0: the config's `power.budget_w`."""
     personalities: dict[str, str] = field(default_factory=dict)
     """Engine personality per model or "model|gpu_type" (adds to the config's `simulator.personalities`)."""
+    power_laws: dict[str, str] = field(default_factory=dict)
+    """GPU power law per GPU type (adds to the config's `simulator.power_laws`)."""
     workload: dict[str, WorkloadSettings] = field(default_factory=dict)
     """Per service name; a service not named keeps its config's `sim` table."""
     events: tuple[EventSettings, ...] = ()
@@ -181,6 +184,9 @@ class ScenarioSettings:
             if name not in PERSONALITIES:
                 raise ConfigError(f"personalities.{key}", f"unknown {quoted(name)}, expected one of "
                                   f"{sorted(PERSONALITIES)}")
+        for key, name in self.power_laws.items():
+            if name not in POWER_LAWS:
+                raise ConfigError(f"power_laws.{key}", f"unknown {quoted(name)}, expected one of {sorted(POWER_LAWS)}")
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,8 @@ def load_scenario(path: Path) -> Scenario:
     check_scenario(s, config)
     budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events
                                                        if e.kind == "budget" and e.budget_w is not None]
-    sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities})
+    sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities},
+                              power_laws={**config.simulator.power_laws, **s.power_laws})
     config = dataclasses.replace(config, simulator=sim,
                                  power=dataclasses.replace(config.power, budget_w=max(budgets)))
     return Scenario(s, config, path)

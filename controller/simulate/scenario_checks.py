@@ -15,7 +15,7 @@ from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseS
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import below_idle, idle_w
 from controller.settings import Settings
-from controller.settings_checks import check_personalities
+from controller.simulator_checks import check_personalities, check_power_laws
 from controller.telemetry.base import shortened
 from simulator.workload import CONTEXT_TOKENS
 
@@ -64,6 +64,7 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
                           "actuators \"sim\", as config/sim.toml)")
     check_personalities("personalities", s.personalities, {svc.model for svc in config.services},
                         set(config.simulator.host_types), s.config)
+    check_power_laws("power_laws", s.power_laws, set(config.simulator.host_types))
     gpus = len(config.simulator.host_types)
     lost: dict[int, int] = {}
     for i, e in enumerate(s.events):

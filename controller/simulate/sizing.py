@@ -114,9 +114,11 @@ def attainment(replica: Replica, rate: float, prompts: TokenSampler, outputs: To
 
 
 def replica_for(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> Replica:
-    """A probe replica of the service's model on `gpu_type`, with the engine personality the scenario gives it."""
-    name = chosen_for(scn.config.simulator.personalities, svc.model, gpu_type) or "roofline"
-    return Replica(svc.model, gpu_type, seed, personality=name)
+    """A probe replica of the service's model on `gpu_type`, with the engine personality and power law the scenario
+    gives it."""
+    sim = scn.config.simulator
+    name = chosen_for(sim.personalities, svc.model, gpu_type) or "roofline"
+    return Replica(svc.model, gpu_type, seed, personality=name, power_law=sim.power_laws.get(gpu_type, "dynamic"))
 
 
 def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> int:
