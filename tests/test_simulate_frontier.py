@@ -141,14 +141,14 @@ def test_energy_targets_are_judged_where_the_scenario_asks_for_them(small_scenar
     energy = {t["target"]: t for t in targets(scn, policies, 3600.0, "not measured here")}
     assert energy["tokens_per_joule >= 1.3 x static's"]["why"] == "not measured here"
     assert "why" not in energy["sum_t_over_c >= 1.15 x uniform-cap's"]  # met: 110 / 90
-    assert not_judged(scn, policies) == []
+    assert not_judged(scn, policies, 60.0) == []
     alone = {"wattscale": policies["wattscale"]}
-    assert not_judged(scn, alone) == ["slo_attainment >= every baseline's: no baseline ran",
+    assert not_judged(scn, alone, 60.0) == ["slo_attainment >= every baseline's: no baseline ran",
                                       "slo_attainment >= 0.99 where static reaches it: static did not run",
                                       "tokens_per_joule >= 1.3 x static's: static did not run",
                                       "sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run"]
-    assert not_judged(unasked, alone)[2:] == []
-    assert not_judged(scn, {"static": policies["static"]}) == ["every target: wattscale did not run (--policies)"]
+    assert not_judged(unasked, alone, 60.0)[2:] == []
+    assert not_judged(scn, {"static": policies["static"]}, 60.0) == ["every target: wattscale did not run (--policies)"]
 
 
 def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callable[..., Path], tmp_path: Path,
@@ -200,11 +200,16 @@ def test_a_service_no_policy_finished_a_request_of_is_not_judged(small_scenario:
     for p in none.values():
         p["services"]["chat"]["finished"] = 0.0
     assert not [t for t in targets(scn, none, 1.0) if "slo_attainment" in t["target"]]
-    assert not_judged(scn, none) == ["chat: slo_attainment: no request of it finished under any policy (too short a "
-                                     "run)"]
+    assert not_judged(scn, none, 60.0) == ["chat: slo_attainment: no request of it finished under any policy (too "
+                                           "short a run)"]
     none["static"]["services"]["chat"] |= {"finished": 3.0, "slo_attainment": 0.5}  # wattscale's 0 is a miss
     assert [t["met"] for t in targets(scn, none, 1.0) if "slo_attainment" in t["target"]] == [False]
-    assert not_judged(scn, none) == []
+    assert not_judged(scn, none, 60.0) == []
+    gone = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n' + "".join(
+        f'[[events]]\nat_s = 0\nkind = "gpu_lost"\ngpu = {g}\n' for g in (0, 1))))
+    none["static"]["services"]["chat"] |= {"finished": 0.0, "slo_attainment": 0.0}
+    assert not_judged(gone, none, 60.0) == ["chat: slo_attainment: no request of it finished under any policy (every "
+                                            "GPU of the host was lost)"]
 
 
 def test_a_frontier_with_no_plan_at_a_target_says_so_in_words() -> None:

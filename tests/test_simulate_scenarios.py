@@ -13,12 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
-from controller.simulate.report import _paragraph
+from controller.simulate.report import _code, _paragraph
 from controller.simulate.scenario import Scenario, fast_ticks, load_scenario
 from controller.simulate.sources import SimBudget
 
@@ -104,6 +107,14 @@ def test_every_shipped_scenario_loads(tmp_path: Path) -> None:
      "personalities.llama-3.1-8b|NOPE", "the simulated host has no GPU type 'NOPE' (it has ['H100-SXM'])"),
     ('name = "x"\nduration_s = 60\npersonalities = { "llama-3.1-8b|" = "chunked" }\n', "personalities.llama-3.1-8b|",
      "no GPU type ''"),
+    # 10,000 rps of three services for an hour: 108 million requests kept per policy (11-17 GB), none refused
+    ('name = "x"\nduration_s = 3600\n[workload.chat]\nrate_rps = 10000\nin_tokens = 1\nout_tokens = 1\n',
+     "workload.chat", "3.6e+07 of the 3.6e+07 requests the services are expected to send over duration_s 3600, more "
+     "than the 1e+07 a run holds"),
+    # a tail past the context got past the check the means are held to: every prompt of it a miss, slowly
+    ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 20\nprompt_tail = { share = 1, min_tokens = 32768, '
+     'alpha = 10 }\n', "workload.chat.prompt_tail.min_tokens",
+     "32768 with out_tokens 200 is over the engines' context of 32768 tokens: no prompt of the tail would fit"),
     ('name = "x"\nduration_s = 60\npower_laws = { "H100-SXM" = "cubic" }\n', "power_laws.H100-SXM",
      "unknown 'cubic', expected one of ['dynamic', 'memory-heavy', 'voltage-floor']"),
     ('name = "x"\nduration_s = 60\npower_laws = { "L4" = "voltage-floor" }\n', "power_laws.L4",
@@ -160,6 +171,18 @@ def test_a_bad_scenario_names_the_field(small_scenario: Callable[..., Path], bod
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize("overlay", ["", "[power]\nbudget_w = 1200\n"])
+def test_a_budget_raised_by_an_event_starts_at_the_configs_own(small_scenario: Callable[..., Path], tmp_path: Path,
+                                                                overlay: str) -> None:
+    """Without a top-level budget_w the start was read off the config after it had been raised to the run's highest:
+    a raise at 30 s held from 0 s (the report's "budget at the start" and every policy's budget until then)."""
+    scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\n[[events]]\nat_s = 30\nkind = "budget"\n'
+                                       f'budget_w = 5000\n{overlay}', budget_w=1400.0))
+    start = 1200.0 if overlay else 1400.0
+    assert scn.start_budget_w == start and scn.config.power.budget_w == 5000
+    assert _budget_at(scn, 29, tmp_path) == start and _budget_at(scn, 30, tmp_path) == 5000
+
+
 def test_a_scenarios_power_laws_reach_its_host_and_the_baselines_sizing(small_scenario: Callable[..., Path]) -> None:
     """Added to the config's, as its personalities are: the plant's GPUs and the probes that size the baselines'
     fleet both draw by it."""
@@ -169,6 +192,22 @@ def test_a_scenarios_power_laws_reach_its_host_and_the_baselines_sizing(small_sc
     scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\npower_laws = { "H100-SXM" = "voltage-floor" }\n'))
     assert {g.law.name for g in build_host(scn, 7, {}).gpus} == {"voltage-floor"}
     assert replica_for(scn, scn.config.services[0], "H100-SXM", 7).power_law == "voltage-floor"
+
+
+@given(st.floats(0.0, 1.0), st.floats(60.0, 7200.0), st.floats(-3600.0, 3600.0),
+       st.lists(st.tuples(st.floats(0.0, 3000.0), st.floats(1.0, 600.0), st.floats(0.0, 5.0)), max_size=4))
+@settings(max_examples=30, deadline=None)
+def test_a_workloads_arrivals_are_its_rates_integral(amplitude: float, period_s: float, phase_s: float,
+                                                       bursts: list[tuple[float, float, float]]) -> None:
+    """What the bound on a run's requests counts: the rate the plant draws arrivals at, integrated (in closed form,
+    span by span of the bursts' factors) to within a midpoint sum's error over 3,600 s."""
+    from controller.simulate.plant import rate_of
+    from controller.simulate.workload_settings import BurstSettings, WorkloadSettings
+
+    w = WorkloadSettings(5.0, amplitude, period_s, phase_s, tuple(BurstSettings(*b) for b in bursts))
+    rate = rate_of(w)
+    steps = np.arange(0.0, 3600.0, 0.05) + 0.025
+    assert w.arrivals(3600.0) == pytest.approx(0.05 * sum(rate(float(t)) for t in steps), rel=2e-3, abs=1.0)
 
 
 def test_a_burst_of_zero_among_bursts_past_a_float_reads_zero_not_nan() -> None:
@@ -540,11 +579,18 @@ def test_a_start_written_as_a_toml_datetime_is_read_as_its_string(small_scenario
 @pytest.mark.parametrize(("text", "written"), [("```python budget", "\\```python budget"), ("~~~ x", "\\~~~ x"),
                                                ("[a]: http://x", "\\[a]: http://x"), ("___", "\\___"),
                                                ("<div>", "\\<div>"), ("  # h", "\\# h"), ("1. x", "1\\. x"),
-                                               ("GPU 0 (chat)", "GPU 0 (chat)")])
+                                               ("GPU 0 (chat)", "GPU 0 (chat)"), ("", ""), ("   ", "")])
 def test_a_description_opening_any_block_stays_a_paragraph(text: str, written: str) -> None:
     """A code fence swallowed the rest of summary.md, a link definition hid the description, `___` made a rule:
     CommonMark reads a backslash before any punctuation as the character itself."""
     assert _paragraph(text) == written
+
+
+@pytest.mark.parametrize(("name", "span"), [("tight", "`tight`"), ("x` # y", "``x` # y``"), ("`a``", "``` `a`` ```")])
+def test_a_name_holding_backticks_is_one_code_span_in_the_heading(name: str, span: str) -> None:
+    """"x` # y" closed the heading's span after x: CommonMark ends a span at a run of backticks as long as its
+    opening one."""
+    assert _code(name) == span
 
 
 def test_an_event_on_a_tick_applies_at_that_tick_at_tenths_of_a_second() -> None:

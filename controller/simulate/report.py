@@ -69,7 +69,7 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
             "plant": {"start_delay_s": scn.config.simulator.start_delay_s,
                       "shutdown_timeout_s": scn.config.simulator.shutdown_timeout_s},
             "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, duration_s, frontier),
-            "not_judged": not_judged(scn, policies),
+            "not_judged": not_judged(scn, policies, duration_s),
             **({"frontier": frontier} if frontier is not None else {})}
 
 
@@ -106,12 +106,21 @@ def _paragraph(text: str) -> str:
     number = re.match(r"\d+(?=[.)])", text)
     if number:
         return f"{number.group()}\\{text[number.end():]}"
-    return f"\\{text}" if text[:1] in string.punctuation else text  # a fence, a rule, a link definition, HTML too
+    return f"\\{text}" if text and text[0] in string.punctuation else text  # a fence, a rule, a link definition, HTML
+
+
+def _code(text: str) -> str:
+    """`text` as a code span: fenced by one backtick more than its longest run of them (a name holding one broke
+    the heading's span), spaced where it starts or ends with one."""
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown(doc: dict[str, Any], images: list[str]) -> str:
     pol = doc["policies"]
-    lines = [f"# Scenario `{doc['scenario']}`", "", _paragraph(doc["description"] or ""), "",
+    about = _paragraph(doc["description"] or "")
+    lines = [f"# Scenario {_code(doc['scenario'])}", "", *([about, ""] if about else []),
              f"{doc['duration_s']:g} s of simulated time, "
              + (f"seed {doc['seeds'][0]}" if len(doc["seeds"]) == 1 else
                 f"seeds {', '.join(map(str, doc['seeds']))} (figures are the mean over seeds)")

@@ -38,7 +38,7 @@ from controller.simulate.scenario_checks import (
     api_refused,
     check_scenario,
 )
-from controller.simulate.workload_settings import WorkloadSettings
+from controller.simulate.workload_settings import WorkloadSettings, check_arrivals
 from controller.toml_file import read_toml
 from simulator.personality import PERSONALITIES
 from simulator.power_law import POWER_LAWS
@@ -198,6 +198,9 @@ class Scenario:
     settings: ScenarioSettings
     config: Settings
     path: Path
+    start_budget_w: float
+    """The site budget at the start: the scenario's `budget_w`, else its config's (with the scenario's `[power]`),
+    as given, before `config.power.budget_w` was raised to the run's highest (a raise at 30 s read from 0 s)."""
 
     @property
     def gpu_types(self) -> list[str]:
@@ -208,10 +211,6 @@ class Scenario:
     def start_unix_s(self) -> float:
         """`start_utc` as Unix seconds: what the budget sources read at simulated second 0."""
         return parse_utc_s(self.settings.start_utc)
-
-    @property
-    def start_budget_w(self) -> float:
-        return self.settings.budget_w or self.config.power.budget_w
 
     def workload(self, service: str) -> WorkloadSettings:
         """The service's workload: the scenario's, else its config's `sim` table."""
@@ -263,10 +262,12 @@ def load_scenario(path: Path) -> Scenario:
         where = f"config ({config_path.name})" + (" with the scenario's [power]" if power is not None else "")
         raise ConfigError(f"{where}: {exc.where}", exc.reason) from None
     check_scenario(s, config)
-    budgets = [s.budget_w or config.power.budget_w] + [e.budget_w for e in s.events
-                                                       if e.kind == "budget" and e.budget_w is not None]
+    start_w = s.budget_w or config.power.budget_w
+    budgets = [start_w] + [e.budget_w for e in s.events if e.kind == "budget" and e.budget_w is not None]
     sim = dataclasses.replace(config.simulator, personalities={**config.simulator.personalities, **s.personalities},
                               power_laws={**config.simulator.power_laws, **s.power_laws})
     config = dataclasses.replace(config, simulator=sim,
                                  power=dataclasses.replace(config.power, budget_w=max(budgets)))
-    return Scenario(s, config, path)
+    scenario = Scenario(s, config, path, start_w)
+    check_arrivals({svc.name: scenario.workload(svc.name) for svc in config.services}, s.duration_s)
+    return scenario

@@ -56,6 +56,11 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
             field = "in_tokens" if w.in_tokens else "out_tokens"
             raise ConfigError(f"workload.{name}.{field}", f"with the service's other mean, in_tokens + out_tokens is "
                               f"{tokens:g}, over the engines' context of {CONTEXT_TOKENS} tokens")
+        tail, out = w.prompt_tail, w.out_tokens or svc.out_tokens
+        if tail is not None and tail.min_tokens + out > CONTEXT_TOKENS:  # every prompt of the tail past the context
+            raise ConfigError(f"workload.{name}.prompt_tail.min_tokens", f"{tail.min_tokens:g} with out_tokens {out:g} "
+                              f"is over the engines' context of {CONTEXT_TOKENS} tokens: no prompt of the tail would "
+                              "fit")
     parts = {"telemetry.gpu_source": config.telemetry.gpu_source, "telemetry.vllm_source": config.telemetry.vllm_source,
              "actuators.power": config.actuators.power, "actuators.batch": config.actuators.batch,
              "actuators.replicas": config.actuators.replicas}

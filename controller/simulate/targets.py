@@ -143,13 +143,15 @@ def _restarts_target(service: str, per_hour: float, duration_s: float) -> dict[s
             "value": per_hour, "unit": "per hour", "met": (count if short else per_hour) <= MAX_RESTARTS_PER_HOUR}
 
 
-def not_judged(scn: Scenario, policies: dict[str, Any]) -> list[str]:
+def not_judged(scn: Scenario, policies: dict[str, Any], duration_s: float) -> list[str]:
     """The targets `targets` leaves out for want of a figure, each with why: a policy they compare with did not run
     (`--policies`), or a service had no request."""
     if "wattscale" not in policies:
         return ["every target: wattscale did not run (--policies)"]
+    lost = {e.gpu for e in scn.settings.events if e.kind == "gpu_lost" and e.at_s < duration_s}
+    why = "every GPU of the host was lost" if len(lost) >= len(scn.gpu_types) else "too short a run"
     out = [f"{name}: slo_attainment: no request of it came" if s["slo_attainment"] is None else
-           f"{name}: slo_attainment: no request of it finished under any policy (too short a run)"
+           f"{name}: slo_attainment: no request of it finished under any policy ({why})"
            for name, s in policies["wattscale"]["services"].items()
            if s["slo_attainment"] is None or not _finished_anywhere(policies, name)]
     if not set(policies) - {"wattscale", "wattscale-flat"}:

@@ -3,13 +3,21 @@ among them), each checked with one clear error naming the field."""
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 from controller.config_loader import ConfigError, check_range
 from controller.service_settings import MAX_DURATION_S, MAX_SIM_RATE_RPS, check_crest
 from controller.simulate.scenario_checks import MAX_BURSTS
 from simulator.traffic import Burst, burst_steps
 from simulator.workload import CONTEXT_TOKENS
+
+MAX_ARRIVALS = 10_000_000
+"""The most requests a scenario's services may be expected to send over its duration: a run keeps every request of
+a policy (some 150 bytes each) and sizes the baselines by load tests as long; 108 million (10,000 rps of three
+services for an hour) would have taken 11-17 GB a policy. The shipped scenarios send under 170,000."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,19 @@ class WorkloadSettings:
         top, at_s = max(zip(factors, edges, strict=True), key=lambda fe: fe[0], default=(1.0, 0.0))
         return (self.rate_rps * top, at_s) if top > 1.0 and self.rate_rps else (self.rate_rps, 0.0)
 
+    def arrivals(self, duration_s: float) -> float:
+        """The requests expected over the first `duration_s` seconds: the cycle's integral over each span the bursts
+        hold at one factor, times that factor."""
+        edges, factors = burst_steps([Burst(b.start_s, b.duration_s, b.factor) for b in self.bursts])
+        omega, a = 2.0 * math.pi / self.cycle_period_s, self.cycle_amplitude
+
+        def cycle(t: float) -> float:  # the integral of 1 + a sin(omega (t - phase)) from 0 to t
+            return t - a / omega * (math.cos(omega * (t - self.phase_s)) - math.cos(omega * self.phase_s))
+
+        cuts = [0.0, *(e for e in edges if 0.0 < e < duration_s), duration_s]
+        spans = ((lo, hi, bisect.bisect_right(edges, lo) - 1) for lo, hi in pairwise(cuts))
+        return self.rate_rps * sum((factors[k] if k >= 0 else 1.0) * (cycle(hi) - cycle(lo)) for lo, hi, k in spans)
+
     def check(self, where: str) -> None:
         if len(self.bursts) > MAX_BURSTS:
             raise ConfigError(f"{where}.bursts", f"{len(self.bursts)} listed, more than {MAX_BURSTS}")
@@ -91,3 +112,14 @@ class WorkloadSettings:
                               f"bursts then), over {MAX_SIM_RATE_RPS:g}")
         check_crest(where, peak, self.cycle_amplitude, "rate_rps x the bursts")
         check_range(self, where, ("in_cv", "out_cv"), 0.0, 10.0)
+
+
+def check_arrivals(workloads: dict[str, WorkloadSettings], duration_s: float) -> None:
+    """Refuse a run whose services are expected to send more than MAX_ARRIVALS requests, naming the largest."""
+    each = {name: w.arrivals(duration_s) for name, w in workloads.items()}
+    total = sum(each.values())
+    if total > MAX_ARRIVALS:
+        name = max(each, key=lambda n: each[n])
+        raise ConfigError(f"workload.{name}", f"{each[name]:.3g} of the {total:.3g} requests the services are expected "
+                          f"to send over duration_s {duration_s:g}, more than the {MAX_ARRIVALS:g} a run holds (each "
+                          "policy keeps every request); shorten duration_s or lower the rates")
