@@ -28,6 +28,9 @@ from queuemodels.accelerators import CATALOG
 
 MAX_RATE_RPS = 1e6
 """Highest request rate of one service in a spec."""
+MIN_RATE_RPS = 1e-6
+"""Lowest request rate but 0 (a request in 11.6 days): 1e-310 passed the range, and a plan's values from it were
+not finite numbers (the solver raised)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class SpecService:
     def check(self, where: str) -> None:
         check_name(self.name, where)
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
+        if 0.0 < self.rate_rps < MIN_RATE_RPS:
+            raise ConfigError(f"{where}.rate_rps", f"must be 0 or at least {MIN_RATE_RPS:g}, got {self.rate_rps}")
         check_service_bounds(self, where)
         if not self.params:
             raise ConfigError(f"{where}.params", "needs the queue-model parameters of at least one accelerator")

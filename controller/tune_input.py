@@ -11,6 +11,7 @@ from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_QUEUE
 from queuemodels import PowerProfile
 from tuner import Observation
+from tuner.observation import LEAST_LATENCY_MS
 from tuner.observation_file import ObservationFileError, read_observations, require_usable
 
 GATED = ("rate_rps", "in_tokens", "out_tokens", "ttft_ms", "itl_ms")
@@ -25,7 +26,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0), "served_rps": (0.0, 1e6), "queue_growth": (-1e9, 1e9),
     "queue_ms": (0.0, 1e7),
 }
-
 
 MAX_ROWS = 20_000
 """The most observations `tune` reads: the filter takes about 8 ms a row (a full EKF step with the model's
@@ -66,6 +66,9 @@ def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observati
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
                                            f"[{low:g}, {high:g}], got {_shown(value)}")
+            if name in ("ttft_ms", "itl_ms") and 0.0 < value < LEAST_LATENCY_MS:
+                raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be 0 (no traffic) or "
+                                           f"in [{LEAST_LATENCY_MS:g}, {high:g}], got {_shown(value)}")
         # (without an accelerator a row with a cap is refused as such: its cap is no bound to read a draw against)
         if prof is not None and obs.power_w is not None and obs.power_cap_w is not None and (
                 obs.power_w > (most := DRAW_SLACK * obs.power_cap_w)):

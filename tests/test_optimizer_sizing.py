@@ -96,6 +96,21 @@ def test_services_sized_together_need_what_each_needs_alone(monkeypatch: pytest.
     assert {n for needs in together[0] for n in needs} > {None, 1}  # light and heavy loads, shapes carrying none
 
 
+def test_a_tiny_rate_sized_before_does_not_overflow_the_next_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shape's fitting rate is kept as a guess for the same model, targets and profile: one left by a load of
+    1e-320 rps (a daemon plans in one process, cycle after cycle) made the next load's guess rate / 1e-320, an
+    infinite count (OverflowError). The guess is held to the replicas a service may run."""
+    fresh_tables(monkeypatch)
+    shapes = [ServerShape(64, 1024, None)]
+    assert size_together("mm1k-cb", [(Sizer("mm1k-cb", PARAMS, Load(1e-320, 800, 200), Targets(300, 40), H100),
+                                      shapes, 16)]) == [[1]]
+    moved = replace(PARAMS, alpha_ms=12.5)  # another basis, the same guess
+    need = size_together("mm1k-cb", [(Sizer("mm1k-cb", moved, Load(6.0, 800, 200), Targets(300, 40), H100),
+                                      shapes, 16)])
+    fresh_tables(monkeypatch)
+    assert need == [[Sizer("mm1k-cb", moved, Load(6.0, 800, 200), Targets(300, 40), H100).need(shapes[0], 16)]]
+
+
 def test_a_load_that_drifts_is_answered_by_the_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a shape is sized, its brackets are widened to what a load within DRIFT of it needs: the next cycles'
     loads, up or down, cost no solve (where the shape's max rate is not within the drift of a share)."""

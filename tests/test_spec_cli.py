@@ -60,6 +60,9 @@ def code_service(name: str) -> str:
     (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
+    # a denormal passed the range: the plan's values from it were not finite (scipy's milp raised)
+    (lambda t: t.replace("rate_rps = 10", "rate_rps = 1e-310"),
+     r"services\[chat\].rate_rps: must be 0 or at least 1e-06, got 1e-310"),
     (lambda t: t.replace("ttft_ms = 300", "ttft_ms = inf"),
      r"services\[chat\].ttft_ms: must be in \(0, 1e\+07\], got inf"),
     (lambda t: t.replace("ttft_ms = 300", "ttft_ms = 1e308"),  # analyze held its --ttft-slo-ms to 1e7, specs not

@@ -55,6 +55,21 @@ def test_a_file_without_newlines_gets_a_short_message(tmp_path: Path, capsys: py
     assert f"{path}: unknown columns [" in err and "and 592 more" in err and len(err) < 600, err
 
 
+def test_a_line_past_any_row_is_refused_without_reading_it_whole(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2-GB sparse file (no newline) peaked at 4.3 GB before the csv module refused its field; read a bounded
+    line at a time, it is refused at its first."""
+    path = tmp_path / "sparse.csv"
+    with path.open("wb") as f:
+        f.truncate(1 << 31)
+    assert main(["tune", str(path)]) == 2
+    assert one_line(capsys).strip() == (f"wattscale: {path}:1: a line of more than 100000 characters (a row of "
+                                        "observations takes a few hundred)")
+    path.write_text(f"{HEADER}\n{ROW}\n" + "3," * 60_000 + "\n")
+    with pytest.raises(ObservationFileError, match=f"^{path}:3: a line of more than 100000 characters"):
+        read_bounded(path)
+
+
 def test_a_file_longer_than_tune_reads_is_refused_at_its_limit(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """165,899 rows ran 22 minutes without a word: refused at once, by its limit, where the reader reaches it (a
@@ -156,6 +171,20 @@ def test_a_number_with_underscores_or_a_queueing_time_out_of_bounds_is_refused(t
     path.write_text(f"{HEADER},queue_ms,served_rps\n{ROW},nan,nan\n")
     obs = read_bounded(path)[0]
     assert obs.queue_ms is not None and obs.queue_ms != obs.queue_ms and not obs.splits_queue and obs.problem() is None
+
+
+@pytest.mark.parametrize(("column", "row"), [("ttft_ms", "3,512,256,32,1e-308,11"),
+                                             ("itl_ms", "3,512,256,32,40,5e-324")])
+def test_a_latency_no_server_reads_is_refused_and_zero_is_no_traffic(tmp_path: Path, column: str, row: str) -> None:
+    """1e-308 made the fit's residuals infinite (a traceback in scipy's least squares); 0 is a window without
+    traffic, which the filter skips."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER}\n{ROW}\n{row}\n")
+    with pytest.raises(ObservationFileError, match=f"^{path}:3: column {column!r} must be 0 \\(no traffic\\) or in "
+                                                   r"\[0\.001, 1e\+07\], got "):
+        read_bounded(path)
+    path.write_text(f"{HEADER}\n{ROW}\n3,512,256,32,0,0\n")
+    assert [o.ttft_ms for o in read_bounded(path)] == [120.0, 0.0]
 
 
 @pytest.mark.parametrize("column", ["rate_rps", "ttft_ms", "max_batch", "power_cap_w"])

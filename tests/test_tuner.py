@@ -263,6 +263,19 @@ def test_a_client_that_drops_is_not_saturated_and_steadiness_is_read_from_data()
     assert dataclasses.replace(base, queue_growth=30.0).problem() == "unsteady-queue"
 
 
+def test_a_latency_no_server_reads_is_gated_before_the_fit_and_the_filter_goes_on() -> None:
+    """1e-308 ms (a hostile scrape's histogram) made the warm-up fit's residuals infinite: scipy raised."""
+    tuner = Tuner()
+    tuner.ensure("m", "gpu", PRIOR, None)
+    for rate in (2.0, 8.0):  # the warm-up fit runs at the third window
+        tuner.update("m", "gpu", observe(TRUE, rate))
+    for field in ("ttft_ms", "itl_ms"):
+        row = dataclasses.replace(observe(TRUE, 5.0), **{field: 1e-308})
+        assert row.problem() == "implausible"
+        assert tuner.update("m", "gpu", row).reason == "implausible"
+    assert tuner.update("m", "gpu", observe(TRUE, 5.0)).accepted
+
+
 def test_restarts_and_full_queues_are_not_steady_states() -> None:
     base = observe(TRUE, 5.0)
     pair = PairFilter(PRIOR, None)

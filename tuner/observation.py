@@ -13,6 +13,9 @@ STEADY_RATE_BAND = 0.2
 they differ only by the change in requests in the system (a few, against the hundreds a 30 s window at a
 few rps carries: windows of a dozen requests can cross it by chance); the ramps and new replicas of real
 traces (completions 30-70 % below the offered rate) fall far outside it."""
+LEAST_LATENCY_MS = 1e-3
+"""The least TTFT or ITL a served window reads (0 is one without traffic): 1e-308 made the warm-up fit's residuals
+infinite."""
 MOST = 1e9
 """No figure of a real window reaches this (a rate, tokens, milliseconds, watts, a queue): past it a value is no
 reading of a server (a hand-edited state file's rate of 1e308 overflowed the model to NaN at every cycle)."""
@@ -75,7 +78,8 @@ class Observation:
         values = (self.rate_rps, self.in_tokens, self.out_tokens, self.ttft_ms, self.itl_ms)
         if any(v is None or not math.isfinite(v) for v in values):
             return "non-finite"
-        if any(isinstance(v, (int, float)) and abs(v) > MOST for v in vars(self).values()):
+        if any(isinstance(v, (int, float)) and abs(v) > MOST for v in vars(self).values()) or (
+                0.0 < min(self.ttft_ms, self.itl_ms) < LEAST_LATENCY_MS):
             return "implausible"
         try:  # a clock or cap no GPU runs at (a hand-edited state file): no model reads it
             _ = self.shape

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from queuemodels import DEFAULT_MAX_QUEUE
 from tuner.observation import Observation
@@ -145,6 +147,22 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
         raise ObservationFileError(f"{path}: unknown columns {_names(unknown)}")
 
 
+MAX_LINE_CHARS = 100_000
+"""The longest line a file may hold: a row of every column reads in a few hundred characters, and a file of one
+600-MB line held 3 GB before its row was refused."""
+
+
+def _lines(f: IO[str], path: Path) -> Iterator[str]:
+    """The file's lines, each read at most MAX_LINE_CHARS at a time: a longer one is refused by its line."""
+    n = 0
+    while line := f.readline(MAX_LINE_CHARS + 1):
+        n += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise ObservationFileError(f"{path}:{n}: a line of more than {MAX_LINE_CHARS} characters (a row of "
+                                       "observations takes a few hundred)")
+        yield line
+
+
 def read_observations(path: Path, max_rows: int | None = None) -> ObservationRows:
     """Parse the CSV (a UTF-8 byte-order mark, as Excel writes, is read past); NaN values are kept (the filter
     gates them), malformed ones are refused, each by its file line. A file of more than `max_rows` observations
@@ -154,7 +172,7 @@ def read_observations(path: Path, max_rows: int | None = None) -> ObservationRow
     """The file line the last record read ended on."""
     try:
         with open_plain(path, "r", encoding="utf-8-sig", newline="") as f:  # a FIFO or a device: refused
-            reader = csv.reader(f)
+            reader = csv.reader(_lines(f, path))
             header = [name.strip() for name in next(reader, [])]  # "a, b" as a spreadsheet writes
             _check_header(path, header)
             done = reader.line_num

@@ -202,7 +202,8 @@ class Sizer:
         searches: dict[int, tuple[Generator[int, bool, int | None], int]] = {}
         for i in np.flatnonzero(~decided).tolist():
             known = fits_rps[i] or _guesses.get((self.guess_basis, shapes[i]), 0.0)
-            search = fit_search(most, math.ceil(load.rate_rps / known - 1e-9) if known > 0 else 1)
+            guess = min(load.rate_rps / known, most + 1.0) if known > 0 else 1.0  # a tiny guess overflowed ceil
+            search = fit_search(most, math.ceil(guess - 1e-9))
             searches[i] = search, next(search)
 
         probes: list[tuple[int, float]] = []
