@@ -23,7 +23,7 @@ from queuemodels import (
     get_model,
 )
 from queuemodels.accelerators import profile
-from queuemodels.batch_choice import BLOCK_LIMIT
+from queuemodels.operating_point import BLOCK_LIMIT
 from queuemodels.types import NAMES
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
@@ -134,14 +134,13 @@ def _batch_choices(args: argparse.Namespace, params: ServiceParams, load: Load, 
 
 def _why_none(args: argparse.Namespace, model: QueueModel, params: ServiceParams, load: Load, shape: ServerShape,
               targets: Targets, prof: PowerProfile, by_rate: BatchChoice) -> str:
-    """Why no batch size serves --rate-rps within the targets: the rate is past what any takes, or one takes it but
-    turns more than BLOCK_LIMIT of requests away (its queue is full)."""
+    """Why no batch size serves --rate-rps within the targets: the best of them meets the latency targets there but
+    turns more than BLOCK_LIMIT of requests away (its queue is full), or the rate is past what any takes."""
     sizes = f"no batch size of {sorted(args.batch_sizes)} serves {load.rate_rps:g} rps within the targets"
     if not by_rate.max_batch:
         return f"{sizes}: none meets them at any rate"
-    if by_rate.max_rate_rps < load.rate_rps:
-        return f"{sizes}: the most any takes is {by_rate.max_rate_rps:.3g} rps (batch {by_rate.max_batch})"
-    blocked = model.analyze(params, load, dataclasses.replace(shape, max_batch=by_rate.max_batch),
-                            prof).block_probability
-    return (f"{sizes} without turning requests away: batch {by_rate.max_batch} meets them but turns {blocked:.2%} "
-            f"away (a full queue of {shape.max_queue}; at most {BLOCK_LIMIT:.1%})")
+    at_rate = model.analyze(params, load, dataclasses.replace(shape, max_batch=by_rate.max_batch), prof)
+    if at_rate.block_probability > BLOCK_LIMIT and at_rate.meets(targets):  # the latencies met, the rest turned away
+        return (f"{sizes} without turning requests away: batch {by_rate.max_batch} meets them but turns "
+                f"{at_rate.block_probability:.2%} away (a full queue of {shape.max_queue}; at most {BLOCK_LIMIT:.1%})")
+    return f"{sizes}: the most any takes is {by_rate.max_rate_rps:.3g} rps (batch {by_rate.max_batch})"

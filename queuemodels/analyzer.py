@@ -13,7 +13,7 @@ from queuemodels.continuous_arrays import continuous_laws
 from queuemodels.continuous_law import continuous_law
 from queuemodels.kv_cache import fitting_shape
 from queuemodels.law_arrays import ManyLawFn, Points
-from queuemodels.operating_point import blocking, evaluate, occupancy, solve_chain
+from queuemodels.operating_point import blocking, evaluate, occupancy, slowed_to, solve_chain
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
@@ -176,7 +176,7 @@ class ChainModel:
         form, the chain solved once, at the last law. Bounded: where nearly every arrival is turned away, the
         accepted rate halves toward 0 and a tolerance relative to it is never reached (an hour's prompt per request
         at 1,000 rps ran forever)."""
-        high, best = load.rate_rps, None
+        high, best, best_rps = load.rate_rps, None, 0.0
         for _ in range(ACCEPTED_STEPS):
             if best is not None and high - low <= 1e-4 * high:
                 break
@@ -187,14 +187,18 @@ class ChainModel:
             except Unstable:
                 high = mid
                 continue
-            best = law
+            best, best_rps = law, mid
             if load.rate_rps * (1.0 - full) >= mid:
                 low = mid
             else:
                 high = mid
         if best is None:  # no law below the offered rate has a steady state: nothing is served at any rate
             raise Unstable(f"rate_rps: {load.rate_rps:.6g} has no stationary solution at any accepted rate below it")
-        return best, solve_chain(best, shape, load.rate_rps)
+        chain = solve_chain(best, shape, load.rate_rps)
+        if load.rate_rps * (1.0 - chain.p[-1]) > best_rps * (1.0 + 1e-3):  # no fixed point: the bound of the laws
+            best = slowed_to(best, shape, load.rate_rps, best_rps)
+            chain = solve_chain(best, shape, load.rate_rps)
+        return best, chain
 
     def max_rate(
         self,

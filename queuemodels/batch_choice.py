@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from queuemodels.analyzer import QueueModel
+from queuemodels.operating_point import BLOCK_LIMIT
 from queuemodels.sizing import RATE_REL_TOL
 from queuemodels.targets import Performance, Targets
 from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
@@ -27,8 +28,6 @@ class BatchChoice:
 
 TIE = RATE_REL_TOL
 """Relative difference within which two batches' rates (or draws) are a tie."""
-BLOCK_LIMIT = 1e-3
-"""Most of its requests a batch serving a load may turn away (its queue full) and still count as serving it."""
 
 
 def best_batch_for_rate(

@@ -332,6 +332,42 @@ def test_an_overloaded_bounded_queue_serves_its_saturation_with_tails_above_the_
         assert perf.ttft_ms <= perf.ttft_p95_ms <= perf.ttft_p99_ms
 
 
+PROMPT_BOUND = [  # (params, load, shape): prompts alone, or a token budget's room, fill the GPU below the offered rate
+    (ServiceParams("step", 15, 0.1, 10, 0.05), Load(5.0, 8000, 4), ServerShape(256, 1024)),
+    (ServiceParams("gen1", 15, 0.01, 0.1, 1.0), Load(1.0, 4000, 2), ServerShape(4096, 0)),
+    (ServiceParams("step", 30, 0.1, 10, 0.02, kappa_ms=1e-4, rho=1.0, budget_tokens=2048.0),
+     Load(26.46, 2048, 64, 0.5, 0.5), ServerShape(256, 0)),
+    (ServiceParams("step", 15, 0.01, 5, 0.1, kappa_ms=1e-4, rho=1.0), Load(46.43, 2048, 64, 1.0, 0.5),
+     ServerShape(256, 4)),
+]
+
+
+@pytest.mark.parametrize(("params", "load", "shape"), PROMPT_BOUND)
+def test_a_queue_bound_by_its_own_prompts_serves_no_more_than_its_saturation(params: ServiceParams, load: Load,
+                                                                            shape: ServerShape) -> None:
+    """The accepted-rate bisection ends at the last rate with a law (past it the prompts need the whole GPU), whose
+    chain, its batch able to complete more, served the offered rate at the bound's law: 4.7 rps where prompts
+    alone allow 2.5, with 6 % blocked. Slowed until it serves the bound, blocking takes the rest."""
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, load, shape)
+    perf = model.analyze(params, load, shape)
+    assert perf.throughput_rps == pytest.approx(sat, rel=0.02)
+    assert perf.block_probability == pytest.approx(1.0 - perf.throughput_rps / load.rate_rps, rel=1e-6)
+
+
+def test_a_plan_for_a_client_that_drops_turns_away_no_more_than_the_limit() -> None:
+    """A queue of 0 at batch 8 met its latency targets at 1.9 rps while turning 25 % of them away: sizing read
+    latency alone, and a plan on it left that share unserved (short_rps 0)."""
+    from queuemodels.operating_point import BLOCK_LIMIT
+
+    params, model, targets = ServiceParams("step", 15, 0.1, 10, 0.05), get_model("mm1k-cb"), Targets(500, 50)
+    for batch in (8, 16):
+        load, shape = Load(1.0, 512, 256), ServerShape(batch, 0)
+        top = model.max_rate(params, load, shape, targets)
+        assert top > 0 and model.analyze(params, load.at_rate(top), shape).block_probability <= BLOCK_LIMIT
+        assert model.analyze(params, load.at_rate(1.05 * top), shape).block_probability > BLOCK_LIMIT
+
+
 @pytest.mark.parametrize("max_queue", [0, 16, 1024, 200_000])
 def test_the_accepted_rate_bisection_reads_blocking_in_closed_form_and_solves_one_chain(
         max_queue: int, monkeypatch: pytest.MonkeyPatch) -> None:
