@@ -36,6 +36,15 @@ LLMS: dict[str, LlmSpec] = {
 }
 
 
+MEMORY_UTILIZATION = 0.9
+"""vLLM's `--gpu-memory-utilization` default: the share of a GPU's memory it takes for the weights and KV cache."""
+
+
+def weights_gb(llm: LlmSpec) -> float:
+    """The model's weights in GB (two bytes a parameter; the fp8 model's size is given in those units)."""
+    return 2.0 * llm.params_b
+
+
 @dataclass(frozen=True)
 class StepCost:
     """Hidden per-step costs (ms) of one model on one GPU at full clock."""
@@ -57,14 +66,14 @@ def step_cost(llm: LlmSpec, gpu: GpuSpec, seed: int = 0) -> StepCost:
     rng = np.random.default_rng(key)
     mem_eff = rng.uniform(0.70, 0.85)
     mfu = rng.uniform(0.40, 0.60)
-    weights_gb = 2.0 * llm.params_b
+    weights = weights_gb(llm)
     bandwidth_gb_ms = gpu.memory_tb_s  # TB/s == GB/ms
     flops_per_token = 2.0 * llm.params_b * 1e9
     compute_tflop_ms = gpu.dense_tflops * 1e12 * mfu / 1e3
-    free_gb = max(2.0, 0.9 * gpu.memory_gb - weights_gb)
+    free_gb = max(2.0, MEMORY_UTILIZATION * gpu.memory_gb - weights)
     return StepCost(
         overhead_ms=rng.uniform(3.0, 6.0),
-        weights_ms=weights_gb / (bandwidth_gb_ms * mem_eff),
+        weights_ms=weights / (bandwidth_gb_ms * mem_eff),
         kv_ms_per_token=llm.kv_kb_per_token / 1e6 / (bandwidth_gb_ms * mem_eff),
         prefill_ms_per_token=flops_per_token / compute_tflop_ms,
         decode_ms_per_seq=1.6 * flops_per_token / compute_tflop_ms,

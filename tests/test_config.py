@@ -751,6 +751,19 @@ def test_simulator_power_laws_are_named_and_reach_the_host(tmp_path: Path) -> No
         load_settings(tmp_path / "unused.toml")
 
 
+def test_a_model_whose_weights_a_gpu_type_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
+    """A 70-GB model on an L40S (48 GB) ran on a 2-GB KV cache of the simulator's own, every request missing, where
+    vLLM would not start; check-config said ok."""
+    host = (ROOT / "config" / "scenarios" / "hosts" / "h100-l40s.toml").read_text()
+    (tmp_path / "fits.toml").write_text(host.replace('model = "llama-3.1-8b"', 'model = "llama-3.1-70b-fp8"', 1))
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.model: 'llama-3\.1-70b-fp8''s weights take 70 GB, "
+                                          r"more than the 43\.2 GB vLLM may use of one L40S \(0\.9 of its memory\)"):
+        load_settings(tmp_path / "fits.toml")
+    sim = (ROOT / "config" / "sim.toml").read_text()  # an H100's 72 GB hold it
+    (tmp_path / "h100.toml").write_text(sim.replace('model = "llama-3.1-8b"', 'model = "llama-3.1-70b-fp8"', 1))
+    assert load_settings(tmp_path / "h100.toml").services[0].model == "llama-3.1-70b-fp8"
+
+
 def test_a_model_the_simulated_host_does_not_serve_is_refused_by_name(tmp_path: Path) -> None:
     """Caught where check-config looks, not by the host when `run` builds it."""
     text = (ROOT / "config" / "sim.toml").read_text().replace('model = "qwen2.5-14b"', 'model = "Qwen/Qwen2.5-14B"')
