@@ -18,8 +18,8 @@ from queuemodels.accelerators import CATALOG
 
 PARAMS_HELP = {
     "alpha-ms": "decode step base time (ms)",
-    "beta-ms": "decode step time per sequence in the batch (ms)",
-    "gamma-ms": "prefill base time (ms)",
+    "beta-ms": "decode step time per sequence in the batch (ms; gen2: per token of a sequence)",
+    "gamma-ms": "prefill base time (ms; gen2: per sequence per token of context)",
     "delta-ms": "prefill time per prompt token (ms; gen1 and step)",
 }
 STEP_HELP = {
@@ -199,10 +199,11 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("observations", type=file, metavar="CSV", help="observations, one row per window (config/examples/"
                                                        "observations.csv; columns in tuner/observation_file.py)")
     _model_args(t)
-    for name, default in (("alpha-ms", 15.0), ("beta-ms", 0.1), ("gamma-ms", 10.0), ("delta-ms", 0.05)):
+    for name, default in (("alpha-ms", "15.0"), ("beta-ms", "0.1 (gen2: 0.01)"), ("gamma-ms", "10.0 (gen2: 0.0001)"),
+                          ("delta-ms", "0.05")):
         low_open = name == "alpha-ms"
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
-                       default=None if name == "delta-ms" else default,  # gen2 has none: given, it is refused
+                       default=15.0 if name == "alpha-ms" else None,  # the others' default is the family's
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
     add_expert_args(t)
     t.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",

@@ -11,7 +11,7 @@ from typing import Any
 from controller import strict_json
 from controller.cli_analyze import as_flags
 from controller.config_loader import ConfigError
-from queuemodels import ModelInputError, ServiceParams, default_delta_ms, get_model
+from queuemodels import ModelInputError, ServiceParams, default_delta_ms, default_prior_ms, get_model
 from queuemodels.accelerators import profile
 from tuner.observation_file import ObservationFileError
 
@@ -51,8 +51,10 @@ def tune(args: argparse.Namespace) -> int:
     if args.family == "gen2" and args.delta_ms is not None:
         raise ConfigError("--delta-ms", "gen2 has no per-token prefill term (its gamma is per token); leave it out")
     delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
+    beta_ms, gamma_ms = (default_prior_ms(args.family, name) if getattr(args, name) is None else getattr(args, name)
+                         for name in ("beta_ms", "gamma_ms"))
     try:
-        prior = ServiceParams(args.family, args.alpha_ms, args.beta_ms, args.gamma_ms, delta_ms,
+        prior = ServiceParams(args.family, args.alpha_ms, beta_ms, gamma_ms, delta_ms,
                               expert_weight_share=args.expert_weight_share,
                               expert_token_share=args.expert_token_share)
         get_model(args.model).check(prior)

@@ -17,6 +17,7 @@ from queuemodels.types import (
     ServiceParams,
     Unstable,
     default_delta_ms,
+    default_prior_ms,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "best_batch_for_power",
     "best_batch_for_rate",
     "default_delta_ms",
+    "default_prior_ms",
     "get_model",
     "max_rate",
     "mean_draw_w",

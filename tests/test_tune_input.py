@@ -249,6 +249,15 @@ def test_a_gen2_prior_with_a_per_token_prefill_term_is_refused_and_without_one_f
     assert "delta_ms" not in json.loads(capsys.readouterr().out)["params"]
 
 
+def test_gen2_starts_from_a_prior_in_its_own_units(capsys: pytest.CaptureFixture[str]) -> None:
+    """gen2's gamma is per sequence per context token, but the prior was gen1's 10 ms: every term of the fit at its
+    bound and an in-sample TTFT error of 2.7e6 on the shipped observations (exit 1)."""
+    example = ROOT / "config" / "examples" / "observations.csv"
+    assert main(["tune", str(example), "--family", "gen2", "--accelerator", "H100-SXM", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error_in_sample"]["median_ttft"] < 0.15 and doc["error_in_sample"]["median_itl"] < 0.15
+
+
 def test_an_unknown_accelerator_is_named_as_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rows.csv"
     path.write_text(f"{HEADER}\n{ROW}\n")
