@@ -735,20 +735,29 @@ def test_simulator_personalities_are_named_and_reach_the_host(tmp_path: Path) ->
         load_settings(tmp_path / "unused.toml")
 
 
-def test_simulator_power_laws_are_named_and_reach_the_host(tmp_path: Path) -> None:
+def power_laws_config(tmp_path: Path, laws: str) -> Path:
+    """config/sim.toml with `power_laws = {laws}` in its [simulator] table."""
+    path = tmp_path / "laws.toml"
+    path.write_text((ROOT / "config" / "sim.toml").read_text().replace(
+        "start_delay_s = 20", f"start_delay_s = 20\npower_laws = {{ {laws} }}"))
+    return path
+
+
+def test_simulator_power_laws_reach_the_host(tmp_path: Path) -> None:
     from controller.wiring import build_host
 
-    text = (ROOT / "config" / "sim.toml").read_text().replace(
-        "start_delay_s = 20", 'start_delay_s = 20\npower_laws = { "H100-SXM" = "memory-heavy" }')
-    (tmp_path / "p.toml").write_text(text)
-    assert {g.law.name for g in build_host(load_settings(tmp_path / "p.toml")).gpus} == {"memory-heavy"}
-    (tmp_path / "bad.toml").write_text(text.replace('"memory-heavy"', '"cubic"'))
-    with pytest.raises(ConfigError, match=r"^simulator\.power_laws\.H100-SXM: unknown 'cubic', expected one of "
-                                          r"\['dynamic', 'memory-heavy', 'voltage-floor'\]"):
-        load_settings(tmp_path / "bad.toml")
-    (tmp_path / "unused.toml").write_text(text.replace('"H100-SXM" = "memory', '"L40S" = "memory'))
-    with pytest.raises(ConfigError, match=r"^simulator\.power_laws\.L40S: the simulated host has no GPU type 'L40S'"):
-        load_settings(tmp_path / "unused.toml")
+    settings = load_settings(power_laws_config(tmp_path, '"H100-SXM" = "memory-heavy"'))
+    assert {g.law.name for g in build_host(settings).gpus} == {"memory-heavy"}
+
+
+@pytest.mark.parametrize(("laws", "message"), [
+    ('"H100-SXM" = "cubic"', r"^simulator\.power_laws\.H100-SXM: unknown 'cubic', expected one of \['dynamic', "
+                             r"'memory-heavy', 'voltage-floor'\]"),
+    ('"L40S" = "memory-heavy"', r"^simulator\.power_laws\.L40S: the simulated host has no GPU type 'L40S'"),
+])
+def test_a_power_law_is_refused_by_its_name_or_its_gpu_type(tmp_path: Path, laws: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(power_laws_config(tmp_path, laws))
 
 
 def test_a_model_whose_weights_a_gpu_type_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
