@@ -24,6 +24,7 @@ from controller.settings import load_settings
 from controller.signal_paths import check_signal_paths
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
+from controller.toml_file import file_kind, read_toml
 from controller.vllm_exec import add_vllm_exec_command
 from queuemodels import ModelInputError, Performance
 from tuner.observation_file import ObservationFileError
@@ -57,9 +58,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """The file's checks and the host probes `run` makes before it starts (the same functions)."""
+    """The file's checks and the host probes `run` makes before it starts (the same functions); a scenario's, as
+    `simulate` loads it (it runs on no host: nothing is probed)."""
     from controller.wiring import probe_nvml
 
+    if file_kind(read_toml(Path(args.file))) == "scenario":
+        from controller.simulate.scenario import load_scenario
+
+        scn = load_scenario(Path(args.file))
+        n = len(scn.config.services)
+        print(f"{args.file}: ok (a scenario: {n} service{'s' * (n != 1)} for {scn.settings.duration_s:g} s, budget "
+              f"{scn.start_budget_w:.0f} W at the start; `wattscale simulate` runs it)")
+        return 0
     s = load_settings(Path(args.file))
     if args.file_only:
         check_signal_paths(s, Path(args.file), host=False)  # which files are whose: the file's, not the host's
@@ -163,8 +173,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=seconds, default=None, metavar="S",
                    help="stop after this many wall-clock seconds (default: run until SIGTERM)")
     r.set_defaults(func=_run, daemon=True)
-    c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host")
-    c.add_argument("file", type=file, metavar="FILE", help="TOML config")
+    c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host (or a "
+                       "scenario, as simulate loads it)")
+    c.add_argument("file", type=file, metavar="FILE", help="TOML config, or a scenario")
     c.add_argument("--file-only", action="store_true",
                    help="check the file alone, off the host it is for (CI, a laptop): the metrics port, NVML, the "
                         "backends' programs, budget sources and directories are not probed")

@@ -194,6 +194,18 @@ def test_a_scenarios_power_laws_reach_its_host_and_the_baselines_sizing(small_sc
     assert replica_for(scn, scn.config.services[0], "H100-SXM", 7).power_law == "voltage-floor"
 
 
+def test_check_config_checks_a_scenario_as_simulate_loads_it(small_scenario: Callable[..., Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """It refused one as "a scenario, not a daemon config": no way to check a scenario but to start a run."""
+    assert main(["check-config", str(ROOT / "config" / "scenarios" / "tight-budget.toml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok (a scenario: 3 services for 3600 s, budget 2600 W at the "
+                                                    "start; `wattscale simulate` runs it)")
+    bad = small_scenario('name = "x"\nduration_s = 60\npower_laws = { "L4" = "dynamic" }\n')
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "wattscale: power_laws.L4: the simulated host has no GPU type 'L4' (it has ['H100-SXM'])"
+
+
 @given(st.floats(0.0, 1.0), st.floats(60.0, 7200.0), st.floats(-3600.0, 3600.0),
        st.lists(st.tuples(st.floats(0.0, 3000.0), st.floats(1.0, 600.0), st.floats(0.0, 5.0)), max_size=4))
 @settings(max_examples=30, deadline=None)
