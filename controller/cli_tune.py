@@ -88,7 +88,12 @@ def tune(args: argparse.Namespace) -> int:
                   f"{d['batch_half']} (the batch that draws half the rest), from {d['windows']} "
                   f"window{'' if d['windows'] == 1 else 's'}; median "
                   f"relative error {d['median_abs_err_power']}")
-    return _usable(report)
+    for name in ("beta_ms", "gamma_ms", "delta_ms"):  # a zero prior fixes its term at 0: said, not found out
+        if getattr(prior, name) == 0.0 and not (name == "delta_ms" and args.family == "gen2"):
+            print(f"wattscale: tune: {name} is 0 in the prior: its term is left out of the model, not fitted (a "
+                  "small positive prior fits it)", file=sys.stderr)
+    points = len({(o.rate_rps, o.in_tokens, o.out_tokens, o.max_batch, o.power_cap_w) for o in observations})
+    return _usable(report, points)
 
 
 UNUSABLE_ERROR = 1.0
@@ -99,15 +104,18 @@ UNUSABLE_DRAW_ERROR = 0.5
 draw, so readings it misses by half are not one GPU's (a sum over GPUs, another unit; a sound fit reads 0.01-0.1)."""
 
 
-def _usable(report: dict[str, Any]) -> int:
+def _usable(report: dict[str, Any], points: int) -> int:
     """0, or 1 with a line on stderr where the fit cannot be used (its parameters are printed all the same, to see
-    why); a note where too few rows were there to move most parameters off the prior."""
+    why); a note where too few rows, or operating points (`points`: rows alike in rate, tokens, batch and cap say
+    one thing), were there to move most parameters off the prior."""
     fit = report["error_in_sample"]
     worst = max((v for v in (fit["median_ttft"], fit["median_itl"]) if v == v), default=0.0)
     n, k = report["observations"], len(report["params"])
-    few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters"
+    few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters" if n < k else \
+        f"{n} observations at {points} operating point{'' if points == 1 else 's'} for {k} parameters"
+    short = min(n, points) < k
     if worst > UNUSABLE_ERROR:
-        why = (f"; {few}" if n < k else "") + (
+        why = (f"; {few}" if short else "") + (
             "; a parameter held at a bound above says which prior to move nearer the observations"
             if report.get("bounds_hit") else "")
         print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
@@ -120,6 +128,6 @@ def _usable(report: dict[str, Any]) -> int:
               f"error {draw}, over {UNUSABLE_DRAW_ERROR:g}): are power_w one GPU's mean draw in watts?",
               file=sys.stderr)
         return 1
-    if n < k:
+    if short:
         print(f"wattscale: tune: {few}: most stay near the prior's values", file=sys.stderr)
     return 0

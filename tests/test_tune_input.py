@@ -249,6 +249,17 @@ def test_a_gen2_prior_with_a_per_token_prefill_term_is_refused_and_without_one_f
     assert "delta_ms" not in json.loads(capsys.readouterr().out)["params"]
 
 
+def test_one_operating_point_and_a_zero_prior_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """3,000 identical rows fitted 8 parameters without a word (the note counted rows), and a prior of 0, which fixes
+    its term at 0, left beta out unsaid."""
+    path = tmp_path / "same.csv"
+    path.write_text(HEADER + "\n" + "3,512,256,32,40,11\n" * 30)
+    assert main(["tune", str(path), "--beta-ms", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "tune: beta_ms is 0 in the prior: its term is left out of the model, not fitted" in err
+    assert "tune: 30 observations at 1 operating point for 8 parameters: most stay near the prior's values" in err
+
+
 def test_gen2_starts_from_a_prior_in_its_own_units(capsys: pytest.CaptureFixture[str]) -> None:
     """gen2's gamma is per sequence per context token, but the prior was gen1's 10 ms: every term of the fit at its
     bound and an in-sample TTFT error of 2.7e6 on the shipped observations (exit 1)."""
