@@ -222,6 +222,23 @@ def test_a_workloads_arrivals_are_its_rates_integral(amplitude: float, period_s:
     assert w.arrivals(3600.0) == pytest.approx(0.05 * sum(rate(float(t)) for t in steps), rel=2e-3, abs=1.0)
 
 
+def test_a_prompt_tail_of_no_share_is_no_tail_past_the_context(small_scenario: Callable[..., Path]) -> None:
+    scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 20\n'
+                                       'prompt_tail = { share = 0, min_tokens = 32768 }\n'))
+    tail = scn.workload("chat").prompt_tail
+    assert tail is not None and tail.share == 0.0
+
+
+def test_a_service_at_no_rate_under_bursts_past_a_float_does_not_lift_the_bound() -> None:
+    """0 rps under 160 bursts of 100 (inf) read NaN arrivals, and NaN passed the bound for every service."""
+    from controller.simulate.workload_settings import BurstSettings, WorkloadSettings, check_arrivals
+
+    quiet = WorkloadSettings(0.0, bursts=tuple(BurstSettings(0.0, 10.0, 100.0) for _ in range(160)))
+    assert quiet.arrivals(3600.0) == 0.0
+    with pytest.raises(ConfigError, match=r"^workload\.chat: 3\.6e\+07 of the 3\.6e\+07 requests"):
+        check_arrivals({"chat": WorkloadSettings(10_000.0), "code": quiet}, 3600.0)
+
+
 def test_a_burst_of_zero_among_bursts_past_a_float_reads_zero_not_nan() -> None:
     """inf x 0 read NaN, which every bound let through: simulate then raised in a poisson draw or in the sizing."""
     from controller.simulate.workload_settings import BurstSettings, WorkloadSettings

@@ -57,7 +57,7 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"workload.{name}.{field}", f"with the service's other mean, in_tokens + out_tokens is "
                               f"{tokens:g}, over the engines' context of {CONTEXT_TOKENS} tokens")
         tail, out = w.prompt_tail, w.out_tokens or svc.out_tokens
-        if tail is not None and tail.min_tokens + out > CONTEXT_TOKENS:  # every prompt of the tail past the context
+        if tail is not None and tail.share > 0.0 and tail.min_tokens + out > CONTEXT_TOKENS:  # none of it would fit
             raise ConfigError(f"workload.{name}.prompt_tail.min_tokens", f"{tail.min_tokens:g} with out_tokens {out:g} "
                               f"is over the engines' context of {CONTEXT_TOKENS} tokens: no prompt of the tail would "
                               "fit")

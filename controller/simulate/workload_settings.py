@@ -82,6 +82,8 @@ class WorkloadSettings:
     def arrivals(self, duration_s: float) -> float:
         """The requests expected over the first `duration_s` seconds: the cycle's integral over each span the bursts
         hold at one factor, times that factor."""
+        if not self.rate_rps:  # a rate of 0 stays 0 under any burst (0 x inf read NaN, and NaN passed the bound)
+            return 0.0
         edges, factors = burst_steps([Burst(b.start_s, b.duration_s, b.factor) for b in self.bursts])
         omega, a = 2.0 * math.pi / self.cycle_period_s, self.cycle_amplitude
 
@@ -118,7 +120,7 @@ def check_arrivals(workloads: dict[str, WorkloadSettings], duration_s: float) ->
     """Refuse a run whose services are expected to send more than MAX_ARRIVALS requests, naming the largest."""
     each = {name: w.arrivals(duration_s) for name, w in workloads.items()}
     total = sum(each.values())
-    if total > MAX_ARRIVALS:
+    if not total <= MAX_ARRIVALS:  # NaN too
         name = max(each, key=lambda n: each[n])
         raise ConfigError(f"workload.{name}", f"{each[name]:.3g} of the {total:.3g} requests the services are expected "
                           f"to send over duration_s {duration_s:g}, more than the {MAX_ARRIVALS:g} a run holds (each "
