@@ -68,6 +68,9 @@ def test_a_line_past_any_row_is_refused_without_reading_it_whole(tmp_path: Path,
     path.write_text(f"{HEADER}\n{ROW}\n" + "3," * 60_000 + "\n")
     with pytest.raises(ObservationFileError, match=f"^{path}:3: a line of more than 100000 characters"):
         read_bounded(path)
+    path.write_text(f"{HEADER}\n{ROW}\n" + '"ab\ncd",' * 20_000 + '""\n')  # one record over 40,000 short lines
+    with pytest.raises(ObservationFileError, match=f"^{path}:3: a quoted value runs on over 100000 characters"):
+        read_bounded(path)
 
 
 def test_a_file_longer_than_tune_reads_is_refused_at_its_limit(tmp_path: Path,

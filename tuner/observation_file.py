@@ -148,18 +148,24 @@ def _check_header(path: Path, fieldnames: list[str]) -> None:
 
 
 MAX_LINE_CHARS = 100_000
-"""The longest line a file may hold: a row of every column reads in a few hundred characters, and a file of one
-600-MB line held 3 GB before its row was refused."""
+"""The most characters a line, or a record over several lines (a quoted value left open), may hold: a row of every
+column reads in a few hundred, and a file of one 600-MB line held 3 GB before its row was refused."""
 
 
 def _lines(f: IO[str], path: Path) -> Iterator[str]:
-    """The file's lines, each read at most MAX_LINE_CHARS at a time: a longer one is refused by its line."""
-    n = 0
+    """The file's lines, each read at most MAX_LINE_CHARS at a time; a line, or a record running over lines within
+    an open quote, past MAX_LINE_CHARS is refused by its first line (the csv module holds a record whole)."""
+    n = first = record = quotes = 0
     while line := f.readline(MAX_LINE_CHARS + 1):
         n += 1
-        if len(line) > MAX_LINE_CHARS:
-            raise ObservationFileError(f"{path}:{n}: a line of more than {MAX_LINE_CHARS} characters (a row of "
-                                       "observations takes a few hundred)")
+        if quotes % 2 == 0:  # the lines before closed their quotes: a record starts here
+            first, record, quotes = n, 0, 0
+        record, quotes = record + len(line), quotes + line.count('"')
+        if record > MAX_LINE_CHARS:
+            raise ObservationFileError(
+                f"{path}:{first}: a line of more than {MAX_LINE_CHARS} characters (a row of observations takes a few "
+                "hundred)" if first == n else f"{path}:{first}: a quoted value runs on over {MAX_LINE_CHARS} "
+                "characters (a quote left open?)")
         yield line
 
 
