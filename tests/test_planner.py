@@ -321,7 +321,7 @@ def test_demand_too_small_to_price_is_said_so_not_divided_by() -> None:
     assert whys and all(w["serve_above"] is None and "No penalty per query serves it" in w["text"] for w in whys)
 
 
-@pytest.mark.parametrize("where", ["gpu", "precision", "efficiency"])
+@pytest.mark.parametrize("where", ["gpu", "precision", "efficiency", "gpu and efficiency"])
 def test_compute_figures_too_small_to_count_replicas_by_plan_nothing_rather_than_raise(where: str) -> None:
     """A card of 1e-308 TFLOPS (in its range, open at 0) made the replicas a demand needs infinite: ceil raised
     OverflowError out of `plan`. Such a card serves nothing within its replica bound."""
@@ -330,7 +330,9 @@ def test_compute_figures_too_small_to_count_replicas_by_plan_nothing_rather_than
     tiny = {"gpu": replace(spec, gpus={k: replace(g, compute_tflops=1e-308) for k, g in spec.gpus.items()}),
             "precision": replace(spec, precisions={k: replace(p, compute_factor=1e-308)
                                                    for k, p in spec.precisions.items()}),
-            "efficiency": replace(spec, compute_efficiency=1e-308)}[where]
+            "efficiency": replace(spec, compute_efficiency=1e-308),  # and two of 1e-200 multiply to 0:
+            "gpu and efficiency": replace(spec, compute_efficiency=1e-200, gpus={  # ZeroDivisionError
+                k: replace(g, compute_tflops=1e-200) for k, g in spec.gpus.items()})}[where]
     plan = AllocationModel(tiny).solve()
     assert plan.ok and not plan.deployments and plan.unmet == {q: 1.0 for q in spec.queries}
 

@@ -136,7 +136,8 @@ class AllocationModel:
         for n in (n for n in sorted(g.tp_degrees) if weights <= usable * n):
             free = n * usable - weights
             most_n = s.max_replicas + 1.0  # a ratio past it overflowed ceil (compute figures of 1e-308)
-            need = max(1, math.ceil(min(work / (per_card * s.tp_speedup[str(n)]), most_n)),
+            rate = per_card * s.tp_speedup[str(n)]  # two tiny figures multiply to 0
+            need = max(1, math.ceil(min(work / rate, most_n)) if rate > 0 else s.max_replicas + 1,
                        math.ceil(min(kv / free, most_n)) if free > 0 else s.max_replicas)
             most[n] = min(s.max_replicas, need)
         speed = {n: s.tp_speedup[str(n)] / n for n in most}
