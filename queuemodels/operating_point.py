@@ -41,8 +41,9 @@ def slowed_to(law: StepLaw, shape: ServerShape, rate_rps: float, served_rps: flo
     """`law` slowed by the factor at which the chain at `rate_rps` serves `served_rps`. Where the arrivals' own
     prompts (or a token budget's room) bound what the GPU completes, a law exists only below that bound, and the
     chain of the bound's law, whose batch could complete more, served past it at the offered rate (4.7 rps where
-    prompts alone allow 2.5, p95 TTFT under the mean): slowed until it serves the bound, its throughput, blocking,
-    waits and tails are one saturated queue's."""
+    prompts alone allow 2.5): slowed until it serves the bound, its throughput and blocking are one saturated
+    queue's. (Its mean TTFT still charges the step in flight to arrivals that wait for a departure, which the tails
+    do not: p95 reads under the mean there.)"""
 
     def served(k: float) -> float:
         return rate_rps * (1.0 - blocking(law.scaled(k, k), shape, rate_rps))

@@ -147,10 +147,13 @@ class StepLaw:
         return self.p1 + self.decode_steps * self.d1
 
     def scaled(self, prefill_factor: float, decode_factor: float) -> StepLaw:
+        """Prefill's times (its budget wait, part of p0, with them: its variance by the square) by one factor,
+        decode's by the other."""
         f, g = prefill_factor, decode_factor
         return replace(self, p0=self.p0 * f, p1=self.p1 * f, d0=self.d0 * g, d1=self.d1 * g,
                        prompt_ms=self.prompt_ms * f, residual_ms=self.residual_ms * f, bend_scale=self.bend_scale * g,
-                       skip_scale=self.skip_scale * g)
+                       skip_scale=self.skip_scale * g, budget_wait_ms=self.budget_wait_ms * f,
+                       budget_wait_var=self.budget_wait_var * f * f)
 
 
 def step_law(params: ServiceParams, load: Load) -> StepLaw:
