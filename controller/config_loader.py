@@ -59,10 +59,12 @@ def check_listen(listen: str, field: str) -> None:
 def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float,
                 low_open: bool = False) -> None:
     """Refuse the first of `names` on `obj` that is not a finite number in [low, high] ((low, high] with
-    `low_open`): every bound a loop's work or a model's input depends on is checked when the file is read, not
-    found out by a hung cycle."""
+    `low_open`), or unset (None: an optional field left to its default): every bound a loop's work or a model's
+    input depends on is checked when the file is read, not found out by a hung cycle."""
     for name in names:
         v = getattr(obj, name)
+        if v is None:
+            continue
         if not (math.isfinite(v) and (low < v if low_open else low <= v) and v <= high):
             raise ConfigError(f"{where}.{name}" if where else name,
                               f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {v}")

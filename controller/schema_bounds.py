@@ -5,7 +5,7 @@ level, before any statement that may return), and those of a helper it hands `se
 The loader stays the authority; a schema carrying the same bounds lets an editor flag 1e308 or -1 as it is typed,
 where a schema without them passed a spec the loader then refused.
 
-A bound made under a condition (`if self.delta_ms is not None: ...`), or against another field, is left out: a
+A bound made under a condition (`if self.kind == "x": ...`), or against another field, is left out: a
 schema must never refuse what the loader takes."""
 
 from __future__ import annotations

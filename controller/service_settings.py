@@ -17,6 +17,7 @@ from queuemodels import (
     ModelInputError,
     ServiceParams,
     default_delta_ms,
+    default_prior_ms,
 )
 
 
@@ -56,6 +57,10 @@ MAX_DURATION_S = 7 * 86400.0
 """Longest simulated stretch (a scenario, a cycle's period): a week."""
 
 
+PRIOR_BETA_MS, PRIOR_GAMMA_MS = 0.2, 20.0
+"""A config's prior beta and gamma where it gives none (gen1 and step)."""
+
+
 @dataclass(frozen=True)
 class PriorSettings:
     family: str = "step"
@@ -64,10 +69,10 @@ class PriorSettings:
     docs/queue-models.md)."""
     alpha_ms: float = 20.0
     """Decode step base time (ms)."""
-    beta_ms: float = 0.2
-    """Decode step time per sequence in the batch (ms)."""
-    gamma_ms: float = 20.0
-    """Prefill base time (ms)."""
+    beta_ms: float | None = None
+    """Decode step time per sequence in the batch (ms; gen2: per token of a sequence); unset: 0.2 (gen2: 0.01)."""
+    gamma_ms: float | None = None
+    """Prefill base time (ms; gen2: per sequence per token of context); unset: 20 (gen2: 0.0001)."""
     delta_ms: float | None = None
     """Prefill time per prompt token and sequence (ms); unset: 0.05 (gen1 and step; gen2 has no such term)."""
     kappa_ms: float = 0.0
@@ -91,15 +96,13 @@ class PriorSettings:
         if self.family not in FAMILIES:
             raise ConfigError(f"{where}.family", f"unknown {quoted(self.family)}, expected one of {list(FAMILIES)}")
         check_range(self, where, ("alpha_ms",), 0.0, MAX_STEP_MS, low_open=True)
-        check_range(self, where, ("beta_ms", "gamma_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
+        check_range(self, where, ("beta_ms", "gamma_ms", "delta_ms", "kappa_ms", "epsilon_ms"), 0.0, MAX_STEP_MS)
         check_range(self, where, ("rho",), 0.0, MAX_RHO)
         check_range(self, where, ("budget_tokens",), 0.0, MAX_TOKENS)
         if 0 < self.budget_tokens < 1:  # a step schedules whole tokens (analyze answered a TTFT of 7e16 ms)
             raise ConfigError(f"{where}.budget_tokens", f"must be 0 or at least 1, got {self.budget_tokens!r}")
         check_range(self, where, ("expert_weight_share",), 0.0, MOST_WEIGHT_SHARE)
         check_range(self, where, ("expert_token_share",), 0.0, 1.0)
-        if self.delta_ms is not None:
-            check_range(self, where, ("delta_ms",), 0.0, MAX_STEP_MS)
         try:  # the model's own checks (a term between 0 and LEAST_TERM leaves the tuner no room between its bounds)
             self.params()
         except ModelInputError as exc:
@@ -107,8 +110,15 @@ class PriorSettings:
             raise ConfigError(f"{where}.{name}", why) from None
 
     def params(self) -> ServiceParams:
+        """The parameters, each left unset at its family's prior (gen2's beta and gamma are in other units: gen1's 20
+        ms read as its per-context-token gamma made a 10-second decode step)."""
         delta_ms = self.delta_ms if self.delta_ms is not None else default_delta_ms(self.family)
-        return ServiceParams(self.family, self.alpha_ms, self.beta_ms, self.gamma_ms, delta_ms, self.kappa_ms,
+        unset = {"beta_ms": PRIOR_BETA_MS, "gamma_ms": PRIOR_GAMMA_MS}
+        if self.family == "gen2":
+            unset = {name: default_prior_ms("gen2", name) for name in unset}
+        beta_ms = self.beta_ms if self.beta_ms is not None else unset["beta_ms"]
+        gamma_ms = self.gamma_ms if self.gamma_ms is not None else unset["gamma_ms"]
+        return ServiceParams(self.family, self.alpha_ms, beta_ms, gamma_ms, delta_ms, self.kappa_ms,
                              self.epsilon_ms, self.rho, self.budget_tokens,
                              expert_weight_share=self.expert_weight_share, expert_token_share=self.expert_token_share)
 

@@ -760,6 +760,20 @@ def test_a_power_law_is_refused_by_its_name_or_its_gpu_type(tmp_path: Path, laws
         load_settings(power_laws_config(tmp_path, laws))
 
 
+@pytest.mark.parametrize(("prior", "beta_ms", "gamma_ms"), [('{ family = "gen2" }', 0.01, 1e-4),
+                                                         ('{ family = "gen1" }', 0.2, 20.0),
+                                                         ('{ family = "gen2", gamma_ms = 0.001 }', 0.01, 0.001)])
+def test_a_prior_left_unset_starts_at_its_familys_values(tmp_path: Path, prior: str, beta_ms: float,
+                                                           gamma_ms: float) -> None:
+    """gen1's 20-ms gamma read as gen2's per-context-token term made a 10-second decode step."""
+    text = (ROOT / "config" / "sim.toml").read_text()
+    old = 'prior = { family = "step", alpha_ms = 20.0, beta_ms = 0.2, gamma_ms = 20.0, delta_ms = 0.06 }'
+    assert old in text
+    (tmp_path / "p.toml").write_text(text.replace(old, f"prior = {prior}"))
+    params = load_settings(tmp_path / "p.toml").services[0].prior.params()
+    assert (params.beta_ms, params.gamma_ms) == (beta_ms, gamma_ms)
+
+
 def test_a_model_whose_weights_a_gpu_type_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
     """A 70-GB model on an L40S (48 GB) ran on a 2-GB KV cache of the simulator's own, every request missing, where
     vLLM would not start; check-config said ok."""
