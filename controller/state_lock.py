@@ -1,8 +1,10 @@
 """One daemon to a state folder. Two `wattscale run` on one `daemon.state_dir` overwrote each other's tuner state
 and decision log (each read the other's fit as another prior's and started over), and nothing said so but
-`status`. `run` holds an exclusive lock on `<state_dir>/daemon.lock` for its whole life (flock: the kernel drops it
-when the process ends, however it ends, so a killed daemon leaves nothing to clean up); a second finds it held and
-stops with one line naming the first's pid."""
+`status`. `run` holds an exclusive lock on the folder itself for its whole life (flock on its descriptor: the
+kernel drops it when the process ends, however it ends, so a killed daemon leaves nothing to clean up; a FIFO, a link
+or a folder put where a lock file was had hung the start or turned the lock off); a second finds it held and stops
+with one line naming the first's pid, which the holder writes into `<state_dir>/daemon.lock` where that is a plain
+file."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,27 +39,52 @@ def held(folder: Path) -> Iterator[None]:
 
 
 def _take(folder: Path) -> int | None:
-    """The lock file's descriptor, locked, with this pid in it; None (said once) where no lock can be had."""
+    """The folder's descriptor, locked, with this pid in its lock file; None (said once) where no lock can be had."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         _unlocked(folder, exc)
         return None
     try:
         _lock_within(fd, LOCK_WAIT_S)
     except BlockingIOError:
-        error = _in_use(folder, fd)
+        error = _in_use(folder)
         os.close(fd)
         raise error from None
     except OSError as exc:
         os.close(fd)
         _unlocked(folder, exc)
         return None
-    with contextlib.suppress(OSError):  # the pid is for the message only: a full disk does not stop the daemon
+    _write_pid(folder)
+    return fd
+
+
+def _pid_file(folder: Path, flags: int) -> int | None:
+    """The lock file's descriptor where it is a plain file (opened without following a link or waiting on a FIFO),
+    else None."""
+    try:
+        fd = os.open(folder / LOCK_FILE, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_pid(folder: Path) -> None:
+    """This pid into the lock file, for a second run's message only: a full disk, or something else in its place,
+    does not stop the daemon (said once)."""
+    fd = _pid_file(folder, os.O_RDWR | os.O_CREAT)
+    if fd is None:
+        log.warning("daemon.state_dir: %s is not a plain file this process may write: a second daemon is refused "
+                    "all the same, without this one's pid", folder / LOCK_FILE)
+        return
+    with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+    os.close(fd)
 
 
 def _lock_within(fd: int, wait_s: float) -> None:
@@ -77,23 +105,29 @@ def check_free(folder: Path) -> None:
     """Raise the ConfigError `run` would where another daemon holds the folder's lock (check-config's probe: it takes
     the lock for a moment where it is free, and creates nothing)."""
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:  # no lock file (nothing ran there), or one `run` cannot open either: it says so itself
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # no folder yet (nothing ran there), or one `run` cannot open either: it says so itself
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _in_use(folder, fd) from None
+        raise _in_use(folder) from None
     except OSError:
         return
     finally:
         os.close(fd)  # and the lock with it, where it was taken
 
 
-def _in_use(folder: Path, fd: int) -> ConfigError:
-    """The refusal, naming the pid the holder wrote into the lock file (`fd`)."""
-    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-    return ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {holder}); give each "
+def _in_use(folder: Path) -> ConfigError:
+    """The refusal, naming the pid the holder wrote into the lock file (unknown where there is none to read)."""
+    fd = _pid_file(folder, os.O_RDONLY)
+    holder = ""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+    shown = holder if holder.isdigit() else "unknown"  # what the file holds is shown only as a pid
+    return ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {shown}); give each "
                        "daemon its own state_dir")
 
 

@@ -43,7 +43,7 @@ def test_a_run_started_while_check_config_probes_the_lock_takes_it(tmp_path: Pat
     held the folder (systemd's restart then tried again, or an operator read it as a second daemon)."""
     folder = tmp_path / "state"
     folder.mkdir()
-    probe = os.open(folder / "daemon.lock", os.O_RDWR | os.O_CREAT)
+    probe = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(probe, fcntl.LOCK_EX)
     let_go = threading.Timer(0.2, os.close, (probe,))
     let_go.start()
@@ -52,3 +52,25 @@ def test_a_run_started_while_check_config_probes_the_lock_takes_it(tmp_path: Pat
         with pytest.raises(ConfigError, match="is in use by another wattscale run"):
             check_free(folder)  # a daemon's lock is held for its life: the probe still finds it
     let_go.join()
+
+
+@pytest.mark.parametrize("odd", ["fifo", "link", "folder"])
+def test_something_else_where_the_lock_file_was_neither_hangs_nor_unlocks(tmp_path: Path, odd: str) -> None:
+    """A FIFO at daemon.lock hung `run` and check-config for good (the governor never started); a link or a folder
+    there turned the lock off, and two daemons shared the state. The lock is the folder's own: a second run and the
+    probe are refused, within a bounded wait, the holder's pid unknown."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    {"fifo": lambda p: os.mkfifo(p), "link": lambda p: p.symlink_to(tmp_path / "elsewhere"),
+     "folder": lambda p: p.mkdir()}[odd](folder / "daemon.lock")
+    script = ("import sys\nfrom pathlib import Path\nfrom controller.state_lock import check_free, held\n"
+              "from controller.config_loader import ConfigError\nfolder = Path(sys.argv[1])\n"
+              "try:\n    check_free(folder)\nexcept ConfigError as exc:\n    print('probe:', exc)\n"
+              "try:\n    with held(folder):\n        print('ran')\nexcept ConfigError as exc:\n    print('run:', exc)\n")
+    with held(folder):
+        done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+    refusal = f"{folder} is in use by another wattscale run (pid unknown)"
+    assert done.stdout.splitlines() == [f"probe: daemon.state_dir: {refusal}; give each daemon its own state_dir",
+                                        f"run: daemon.state_dir: {refusal}; give each daemon its own state_dir"]
+    assert not (tmp_path / "elsewhere").exists()  # nothing written through the link
