@@ -35,6 +35,8 @@ def vllm_exec(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ConfigError("COMMAND", "needs the server's command after --")
+    if not command[0]:  # a unit's ${VLLM_BIN} left unset passes an empty word (execv raised ValueError)
+        raise ConfigError("COMMAND", "its program is an empty word (a variable the unit left unset?)")
     n, why = batch_from(Path(args.batch_file))
     if why:
         print(f"wattscale vllm-exec: {why}; the command's own --max-num-seqs holds", file=sys.stderr, flush=True)

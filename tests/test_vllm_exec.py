@@ -42,7 +42,8 @@ def test_a_file_that_holds_anything_but_a_max_batch_leaves_the_commands_own(tmp_
 
 
 @pytest.mark.parametrize(("command", "said"), [([], "COMMAND: needs the server's command after --"),
-                                               (["--", "/nonexistent/vllm"], "COMMAND: /nonexistent/vllm: No such")])
+                                               (["--", "/nonexistent/vllm"], "COMMAND: /nonexistent/vllm: No such"),
+                                               (["--", "", "serve"], "COMMAND: its program is an empty word")])
 def test_no_command_or_one_that_is_not_there_is_one_line(tmp_path: Path, command: list[str], said: str) -> None:
     done = vllm_exec(tmp_path, *command)
     assert done.returncode == 2 and done.stderr.startswith(f"wattscale: {said}") and done.stderr.count("\n") == 1
