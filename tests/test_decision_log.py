@@ -41,6 +41,17 @@ assert d.write({{"t": 3}})
     assert lines[-2] == '{"t": 4, "torn' and json.loads(lines[-1])["t"] == 5
 
 
+def test_a_link_in_the_logs_place_is_not_written_through(tmp_path: Path) -> None:
+    """decisions.jsonl linked to another file had the daemon's lines appended to that file, nothing said: the write
+    is refused (said once, counted, as a full disk's) and the file the link names is left as it was."""
+    outside = tmp_path / "precious.txt"
+    outside.write_text("precious line\n")
+    log = tmp_path / "decisions.jsonl"
+    log.symlink_to(outside)
+    assert not DecisionLog(log).write({"t": 1})
+    assert outside.read_text() == "precious line\n"
+
+
 def test_a_cycles_gpu_readings_past_any_gpu_are_left_out_of_its_means() -> None:
     """Three readings of 1e308 W summed to inf, which the log writes as null, and `status` then refused the record
     the daemon wrote itself."""

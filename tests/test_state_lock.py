@@ -66,7 +66,8 @@ def test_something_else_where_the_lock_file_was_neither_hangs_nor_unlocks(tmp_pa
     script = ("import sys\nfrom pathlib import Path\nfrom controller.state_lock import check_free, held\n"
               "from controller.config_loader import ConfigError\nfolder = Path(sys.argv[1])\n"
               "try:\n    check_free(folder)\nexcept ConfigError as exc:\n    print('probe:', exc)\n"
-              "try:\n    with held(folder):\n        print('ran')\nexcept ConfigError as exc:\n    print('run:', exc)\n")
+              "try:\n    with held(folder):\n        print('ran')\n"
+              "except ConfigError as exc:\n    print('run:', exc)\n")
     with held(folder):
         done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
                               timeout=60, cwd=ROOT)

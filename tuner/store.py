@@ -61,13 +61,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 def open_plain(path: str | os.PathLike[str], mode: str = "rb", encoding: str | None = None,
                newline: str | None = None) -> IO[Any]:
     """`open` for the daemon's own files that refuses a FIFO (reading one, or appending to one, blocks until
-    another process opens its end: a loop would wait for ever) and, to read, anything but a regular file (a
-    device reads without end): OSError naming the path."""
-    flags = os.O_RDONLY if mode in ("r", "rb") else os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    another process opens its end: a loop would wait for ever), to read anything but a regular file (a device reads
+    without end), and to append, a link or anything but a regular file (the decision log was appended through a
+    link to any file the daemon's user may write): OSError naming the path."""
+    flags = os.O_RDONLY if mode in ("r", "rb") else os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)  # a FIFO opens without waiting, or fails
     try:
         kind = os.fstat(fd).st_mode
-        if stat.S_ISFIFO(kind) or (flags == os.O_RDONLY and not stat.S_ISREG(kind)):
+        if not stat.S_ISREG(kind):
             raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         os.set_blocking(fd, True)
         return os.fdopen(fd, mode, encoding=encoding, newline=newline)
