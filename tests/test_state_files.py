@@ -114,6 +114,22 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
     assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
 
 
+def test_a_second_bad_copy_is_kept_beside_the_first(tmp_path: Path) -> None:
+    """Set aside again, a bad file replaced the copy kept from the first time, unsaid."""
+    from tuner.store import MAX_ASIDE_COPIES, set_aside
+
+    path = tmp_path / "tuner.json"
+    said = []
+    for k in range(MAX_ASIDE_COPIES + 1):
+        path.write_text(f"copy {k}")
+        said.append(set_aside(path, "bad"))
+    assert said[:2] == [f"{path}: bad; set aside as tuner.json.bad, starting from priors",
+                        f"{path}: bad; set aside as tuner.json.bad.1, starting from priors"]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == MAX_ASIDE_COPIES and (tmp_path / "tuner.json.bad").read_text() == "copy 0"
+    assert (tmp_path / f"tuner.json.bad.{MAX_ASIDE_COPIES - 1}").read_text() == f"copy {MAX_ASIDE_COPIES}"
+
+
 @pytest.mark.parametrize("edit", [{"ttft_ms": "lots"}, {"rate_rps": 1e308}, {"steady": 0}, {"power_w": None},
                                   {"power_w": 0.0}])
 def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.LogCaptureFixture,

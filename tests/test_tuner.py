@@ -407,6 +407,25 @@ def test_a_filter_update_runs_the_model_once_at_the_estimate() -> None:
     assert len(calls) == 1
 
 
+def test_a_pair_the_config_no_longer_names_keeps_its_saved_state_and_has_it_back(tmp_path: Path) -> None:
+    """A model renamed or a service commented out over a restart had its fit dropped at the next save, unsaid: the
+    file's other pairs are saved again as they were read, and a pair back in the config (a reload, the file not
+    read again) starts from them."""
+    path = tmp_path / "tuner.json"
+    first = Tuner(path)
+    for model in ("m", "gone"):
+        first.ensure(model, "gpu", PRIOR, None)
+        for r in (2.0, 8.0, 5.0, 11.0):
+            first.update(model, "gpu", observe(TRUE, r))
+    saved = json.loads(path.read_text())["pairs"]["gone|gpu"]
+    second = Tuner(path)  # a restart whose config runs "m" alone
+    second.ensure("m", "gpu", PRIOR, None)
+    second.update("m", "gpu", observe(TRUE, 6.0))
+    assert json.loads(path.read_text())["pairs"]["gone|gpu"] == saved and second.saved_whole
+    back = second.ensure("gone", "gpu", PRIOR, None)  # a reload that names it again
+    assert back.accepted == saved["accepted"] and list(back.x) == saved["x"]
+
+
 def test_a_reload_that_changes_a_prior_reads_no_state_file_once_it_holds_what_memory_does(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Each save writes every pair in memory, so after one the file holds nothing the daemon lacks; yet a reload

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from queuemodels import DEFAULT_MODEL, PowerProfile, ServiceParams
 from tuner import store
@@ -46,6 +47,8 @@ class Tuner:
         reloaded half-written (its last service's prior cut off) and then whole lost what the pair had learnt."""
         self.save_failures = 0
         """Saves of the state that failed (the file could not be written); the daemon counts them."""
+        self.unused: dict[str, Any] = {}
+        """The state file's pairs no filter holds (read, validated, saved again as they are), until one is made."""
         self.saved_whole = False
         """Whether the state file holds nothing the filters in memory lack (each save writes them all): a reload's
         new pairs then start from memory, the file not parsed again (31 MB held the governor's thread 2 s)."""
@@ -78,12 +81,18 @@ class Tuner:
                 back[key] = kept
             fresh[key] = self.filters[key] = PairFilter(prior, profile, self.settings, fit_power, self.queue_model)
         if fresh and self.state_path is not None and not self.saved_whole:
-            for warning in store.load(self.state_path, fresh, back):
+            for warning in store.load(self.state_path, fresh, back, self.unused):
                 log.warning("%s", warning)
         else:  # what the file would give of a pair whose prior changed: its draw curve and clock, whatever the prior
             for key, old in replaced.items():
                 fresh[key].draw.restore(old.draw.dump())
                 fresh[key].clock.restore(old.clock.dump())
+            returning = {k: d for k, d in self.unused.items() if k in fresh and not store.out_of_bounds(fresh[k], d)}
+            if returning and self.state_path is not None:  # a pair the file held unused, back in the config
+                for warning in store.restore_into(self.state_path, returning, fresh, back):
+                    log.warning("%s", warning)
+        for key in self.filters:  # a filter holds it now: saved from the filter
+            self.unused.pop(key, None)
         taken = [key for key, kept in back.items() if fresh[key].updates == 0]  # the file has none of its prior
         for key in taken:
             self.filters[key] = back[key]
@@ -110,6 +119,6 @@ class Tuner:
         """Every filter's state to the file, where there is one (a failure counted)."""
         if self.state_path is None:
             return
-        saved = store.save(self.state_path, self.filters)
+        saved = store.save(self.state_path, self.filters, self.unused)
         self.save_failures += not saved
         self.saved_whole = self.saved_whole or saved

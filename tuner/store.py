@@ -208,9 +208,12 @@ def out_of_bounds(f: PairFilter, data: dict[str, Any]) -> bool:
     return fits(f, data) and bool(np.any(x < low * (1 - 1e-9)) or np.any(x > high * (1 + 1e-9)))
 
 
-def save(path: Path, filters: dict[str, PairFilter]) -> bool:
-    """Write every filter's state; False (with one warning per new error) when the file cannot be written."""
-    doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": {k: dump_pair(v) for k, v in filters.items()}}
+def save(path: Path, filters: dict[str, PairFilter], unused: dict[str, Any] | None = None) -> bool:
+    """Write every filter's state, and as they were read the pairs of the file no filter holds (`unused`: a service
+    commented out over a restart, a model renamed, had its fit dropped at the next save, unsaid); False (with one
+    warning per new error) when the file cannot be written."""
+    pairs = {**(unused or {}), **{k: dump_pair(v) for k, v in filters.items()}}
+    doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": pairs}
     return write_json(path, doc, "tuner state", "it is lost on restart")
 
 
@@ -245,9 +248,16 @@ def read_json(path: Path, max_bytes: int, what: str, then: str) -> tuple[Any, st
         return None, set_aside(path, f"unreadable {what} ({str(exc)[:80]})", then)
 
 
+MAX_ASIDE_COPIES = 10
+"""Bad copies of one state file kept for a look (`<name>.bad`, `.bad.1` .. `.bad.9`): a second set aside had
+replaced the first unsaid; past them the last is replaced."""
+
+
 def set_aside(path: Path, problem: str, then: str = "starting from priors") -> str:
-    """Rename a bad state file out of the way (kept for a look, never read again); the warning to log, and `then`."""
-    aside = path.with_name(path.name + ".bad")
+    """Rename a bad state file out of the way (kept for a look, never read again) to the first of its bad copies'
+    names not taken; the warning to log, and `then`."""
+    names = [path.with_name(f"{path.name}.bad" + (f".{k}" if k else "")) for k in range(MAX_ASIDE_COPIES)]
+    aside = next((n for n in names if not os.path.lexists(n)), names[-1])
     try:
         os.replace(path, aside)
     except OSError as exc:
@@ -271,9 +281,11 @@ def doc_problem(doc: object) -> str | None:
     return None
 
 
-def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()) -> list[str]:
+def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = (),
+         unused: dict[str, Any] | None = None) -> list[str]:
     """Restore what fits into `filters`; returns warnings (never raises on bad content). A pair of `aside`, whose
-    state the caller holds from before its prior changed, is not warned of where the file has none of its prior."""
+    state the caller holds from before its prior changed, is not warned of where the file has none of its prior.
+    The file's other pairs (validated) go into `unused`, where given, to be saved again as they are."""
     doc, unread = read_json(path, MAX_STATE_BYTES, "tuner state", "starting from priors")
     if doc is None:
         return [] if unread is None else [unread]
@@ -283,9 +295,17 @@ def load(path: Path, filters: dict[str, PairFilter], aside: Collection[str] = ()
                         for k, f in filters.items() if k in doc["pairs"] and out_of_bounds(f, doc["pairs"][k])), None)
     if problem is not None:
         return [set_aside(path, problem)]
+    return restore_into(path, doc["pairs"], filters, aside, unused)
+
+
+def restore_into(path: Path, pairs: dict[str, Any], filters: dict[str, PairFilter], aside: Collection[str] = (),
+                 unused: dict[str, Any] | None = None) -> list[str]:
+    """`load`'s restore of validated `pairs` (read from `path`) into `filters`; the others into `unused`."""
     warnings = []
-    for key, data in doc["pairs"].items():
+    for key, data in pairs.items():
         if key not in filters:
+            if unused is not None:
+                unused[key] = data
             continue
         notes = []
         if (other := mismatch(filters[key], data)) is not None and key not in aside:
