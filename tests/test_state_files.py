@@ -148,6 +148,22 @@ def test_a_bad_draw_curve_costs_only_the_curve(tmp_path: Path, caplog: pytest.Lo
     assert "saved draw curve of m|gpu is unreadable; starting from the catalogue's" in record.getMessage()
 
 
+def test_a_clock_window_with_a_field_no_reading_has_costs_only_the_clock(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A saved clock window with an in_cv of "x" was restored (Observation.problem does not read it), stopped the
+    clock fit unsaid, and was saved again: its fields are checked as the draw curve's are."""
+    path = tmp_path / "tuner.json"
+    doc = saved_state(path)
+    window = {**vars(observe(5.0)), "sm_clock_fraction": 0.6, "in_cv": "x"}
+    doc["pairs"]["m|gpu"]["clock"]["recent"] = [window]
+    path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        pair = Tuner(path).ensure("m", "gpu", PRIOR, None)
+    assert pair.clock.recent == []
+    (record,) = caplog.records
+    assert "saved clock sensitivity of m|gpu is unreadable; starting from the catalogue's" in record.getMessage()
+
+
 def test_state_of_another_prior_is_kept_not_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "tuner.json"
     saved_state(path)

@@ -120,12 +120,21 @@ def draw_problem(draw: object) -> str | None:
     for name in ("busy_share", "batch_half"):
         if draw.get(name) is not None and not _number(draw[name]):
             return f"draw.{name} is not a finite number"
-    for obs in draw["recent"]:
+    return windows_problem(draw["recent"], "draw")
+
+
+def windows_problem(recent: object, where: str) -> str | None:
+    """Why a curve's saved windows are unusable (None where each is an observation of finite numbers): the clock's
+    were read through Observation.problem alone, which does not look at every field (an in_cv of "x" stopped the
+    clock fit unsaid, and was saved again)."""
+    if not isinstance(recent, list):
+        return f"{where}.recent is not a list of windows"
+    for obs in recent:
         if not isinstance(obs, dict) or not OBSERVATION_REQUIRED <= set(obs) <= OBSERVATION_FIELDS:
-            return "draw.recent holds something other than observations"
+            return f"{where}.recent holds something other than observations"
         if not all(_number(v) or (v is None and k in OBSERVATION_OPTIONAL) or (k == "steady" and v in (0, 1))
                    for k, v in obs.items()):
-            return "draw.recent holds a value that is not a finite number"
+            return f"{where}.recent holds a value that is not a finite number"
     return None
 
 
@@ -314,7 +323,8 @@ def restore_into(path: Path, pairs: dict[str, Any], filters: dict[str, PairFilte
         # The draw curve is the pair's (model x accelerator), whatever its latency prior.
         if "draw" in data and (draw_problem(data["draw"]) or not filters[key].draw.restore(data["draw"])):
             notes.append(f"draw curve of {key} is unreadable; starting from the catalogue's")
-        if "clock" in data and not (isinstance(data["clock"], dict) and filters[key].clock.restore(data["clock"])):
+        if "clock" in data and not (isinstance(data["clock"], dict) and windows_problem(
+                data["clock"].get("recent"), "clock") is None and filters[key].clock.restore(data["clock"])):
             notes.append(f"clock sensitivity of {key} is unreadable; starting from the catalogue's")
         if notes:
             warnings.append(f"{path}: saved " + ", and ".join(notes))
