@@ -197,7 +197,7 @@ def report(config_view: View, record: dict[str, Any], now_s: float | None = None
     return {"age_s": age, "stale": running is False or (age is not None and not fresh[0] <= age <= fresh[1]),
             "writer_running": running, "config_problem": config_view.problem,
             "budget_w": record.get("budget_w"), "predicted_w": record.get("predicted_w"),
-            "draw_w": record.get("draw_w"), "degradation": record.get("degradation", {}),
+            "draw_w": record.get("draw_w"), "degradation": record.get("degradation") or {},
             "budget_why": (record.get("budget") or {}).get("why"), "errors": _items(record.get("errors")),
             "blocked": _items(record.get("blocked")), "services": services,
             "untold": _items(record.get("held_untold")),

@@ -67,8 +67,15 @@ def text(value: Any, path: str) -> None:
 
 
 def items(value: Any, path: str) -> None:
-    """A list, or a lone string (one item)."""
-    if not isinstance(value, list | str):
+    """A list of strings, or a lone string (one item): a number among them reached `startswith`."""
+    if not isinstance(value, list | str) or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+        raise _bad(value, path)
+
+
+def watts(value: Any, path: str) -> None:
+    """A power figure: >= 0 and at most a megawatt (1e308 W printed 309 digits)."""
+    amount(value, path)
+    if value > 1e6:
         raise _bad(value, path)
 
 
@@ -103,8 +110,8 @@ def each(check: Check) -> Check:
     return run
 
 
-SHAPE = optional(table({"accelerator": text, "replicas": whole, "max_batch": whole, "cap_w": amount},
-                       ("accelerator", "replicas", "max_batch", "cap_w")))
+SHAPE = optional(table({"accelerator": text, "replicas": whole, "max_batch": whole, "cap_w": watts,
+                        "sm_clock_share": optional(share)}, ("accelerator", "replicas", "max_batch", "cap_w")))
 LATENCIES = {name: optional(latency) for name in ("ttft_ms", "itl_ms", "ttft_p95_ms", "itl_p95_ms")}
 SERVICE = table({
     "in_force": SHAPE, "applied": SHAPE, "planned": SHAPE,

@@ -117,6 +117,11 @@ def test_a_last_record_status_cannot_read_is_one_line(sim_config: Callable[..., 
     ({"draw_w": -5}, "draw_w -5"), ({"budget_w": None}, "budget_w None"),
     ({"degradation": {"emergency": True, "gpus_held_below_plan": "x"}}, "degradation.gpus_held_below_plan 'x'"),
     ({"budget": {"why": ["a"]}}, "budget.why ['a']"),
+    # the on-disk trial: a cap printed in 309 digits, "clock nan%", and "'int' object has no attribute 'startswith'"
+    ({"services": {"chat": {"in_force": {**SHAPE, "cap_w": 1e308}}}}, "services.chat.in_force.cap_w 1e+308"),
+    ({"services": {"chat": {"in_force": {**SHAPE, "sm_clock_share": 7.0}}}},
+     "services.chat.in_force.sm_clock_share 7.0"),
+    ({"blocked": [5]}, "blocked [5]"),
 ])
 def test_a_field_of_another_type_is_named_by_its_path(sim_config: Callable[..., Path], edit: dict[str, object],
                                                       named: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +135,16 @@ def test_a_field_of_another_type_is_named_by_its_path(sim_config: Callable[..., 
     assert capsys.readouterr().err == (f"wattscale: daemon.decision_log: {log}: its last record has a field that is "
                                        f"not what the daemon writes ({named}): edited by hand, or from another "
                                        "version of wattscale; the running daemon writes a new one each cycle\n")
+
+
+def test_a_record_whose_degradation_is_null_reads_as_none(sim_config: Callable[..., Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """"'NoneType' object has no attribute 'get'" had reached the user (the on-disk trial)."""
+    path = sim_config()
+    decision_log(path).write_text(json.dumps({"t": 1.0, "budget_w": 4000.0, "wall_time": 0.0, "services": {},
+                                              "degradation": None}) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_record_nested_past_the_json_writer_is_one_line(sim_config: Callable[..., Path],
