@@ -13,7 +13,15 @@ from controller.planner.packing_spec import MAX_REQUESTS
 from controller.service_settings import MAX_SLO_MS
 from controller.settings_checks import MAX_QUEUE
 from controller.telemetry.base import shortened
-from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, FAMILIES, MODELS, MOST_WEIGHT_SHARE
+from queuemodels import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MODEL,
+    FAMILIES,
+    MODELS,
+    MOST_WEIGHT_SHARE,
+    default_delta_ms,
+    default_prior_ms,
+)
 from queuemodels.accelerators import CATALOG
 
 PARAMS_HELP = {
@@ -199,8 +207,10 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("observations", type=file, metavar="CSV", help="observations, one row per window (config/examples/"
                                                        "observations.csv; columns in tuner/observation_file.py)")
     _model_args(t)
-    for name, default in (("alpha-ms", "15.0"), ("beta-ms", "0.1 (gen2: 0.01)"), ("gamma-ms", "10.0 (gen2: 0.0001)"),
-                          ("delta-ms", "0.05")):
+    by_family = {n: f"{default_prior_ms('step', n):g} (gen2: {default_prior_ms('gen2', n):g})"
+                 for n in ("beta_ms", "gamma_ms")}
+    for name, default in (("alpha-ms", "15.0"), ("beta-ms", by_family["beta_ms"]), ("gamma-ms", by_family["gamma_ms"]),
+                          ("delta-ms", f"{default_delta_ms('step'):g}")):
         low_open = name == "alpha-ms"
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
                        default=15.0 if name == "alpha-ms" else None,  # the others' default is the family's

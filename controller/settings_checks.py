@@ -4,7 +4,6 @@ keeps a cycle's work bounded; a value past one is a typo or an attack, never a f
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -15,11 +14,10 @@ from controller.config_loader import ConfigError, quoted, svc_path
 from controller.endpoint_checks import check_endpoints
 from controller.idle_floor import below_idle, idle_w
 from controller.minimums import minimum_fits
-from controller.simulator_checks import check_personalities, check_power_laws
+from controller.simulator_checks import check_personalities, check_power_laws, check_weights_fit
 from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
-from simulator.hardware import SPECS
-from simulator.llms import LLMS, MEMORY_UTILIZATION, weights_gb
+from simulator.llms import LLMS
 from simulator.workload import CONTEXT_TOKENS
 
 if TYPE_CHECKING:
@@ -270,13 +268,7 @@ def _simulated_host(s: Settings) -> None:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
                               f"serves; expected one of {sorted(LLMS)}")
-        llm = LLMS[svc.model]
-        for v in s.variants_of(svc):  # a model whose weights no GPU of its type holds: vLLM would not start
-            usable = MEMORY_UTILIZATION * SPECS[v.accelerator].memory_gb if v.accelerator in SPECS else math.inf
-            if weights_gb(llm) > usable:
-                raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)}'s weights take "
-                                  f"{weights_gb(llm):g} GB, more than the {usable:g} GB vLLM may use of one "
-                                  f"{v.accelerator} ({MEMORY_UTILIZATION:g} of its memory): it would not start")
+        check_weights_fit(f"{svc_path(svc.name)}.model", svc.model, (v.accelerator for v in s.variants_of(svc)))
         if svc.in_tokens + svc.out_tokens > CONTEXT_TOKENS:  # its engines cut there: a plan for requests never sent
             name = "in_tokens" if svc.in_tokens > CONTEXT_TOKENS else "out_tokens"
             raise ConfigError(f"{svc_path(svc.name)}.{name}", f"in_tokens + out_tokens is {svc.in_tokens:g} + "

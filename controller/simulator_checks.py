@@ -6,9 +6,34 @@ nothing; the daemon's config and a scenario's both refuse it by name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 
 from controller.config_loader import ConfigError, quoted
+from simulator.hardware import SPECS
+from simulator.llms import LLMS, MEMORY_UTILIZATION, weights_gb
+from simulator.personality import PERSONALITIES
+from simulator.power_law import POWER_LAWS
+
+
+def check_law_names(where: str, personalities: Mapping[str, str], power_laws: Mapping[str, str]) -> None:
+    """Each personality and power law is one the simulator has (`where`: the tables' prefix, "" in a scenario)."""
+    for table, names, known in (("personalities", personalities, PERSONALITIES), ("power_laws", power_laws,
+                                                                                   POWER_LAWS)):
+        for key, name in names.items():
+            if name not in known:
+                raise ConfigError(f"{where}{table}.{key}", f"unknown {quoted(name)}, expected one of {sorted(known)}")
+
+
+def check_weights_fit(where: str, model: str, gpu_types: Iterable[str]) -> None:
+    """A simulated model whose weights no GPU of a type it runs on holds, where vLLM would not start (the simulator
+    had run it on a 2-GB KV cache of its own, every request missing)."""
+    need = weights_gb(LLMS[model])
+    for gpu in gpu_types:
+        usable = MEMORY_UTILIZATION * SPECS[gpu].memory_gb if gpu in SPECS else math.inf
+        if need > usable:
+            raise ConfigError(where, f"{quoted(model)}'s weights take {need:g} GB, more than the {usable:g} GB vLLM "
+                              f"may use of one {gpu} ({MEMORY_UTILIZATION:g} of its memory): it would not start")
 
 
 def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], gpu_types: set[str],

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 from controller.config_loader import ConfigError, check_range, quoted
 from controller.settings_checks import MAX_GPUS
+from controller.simulator_checks import check_law_names
 from simulator.hardware import SPECS
-from simulator.personality import PERSONALITIES
-from simulator.power_law import POWER_LAWS
 
 MIN_SIM_SPEED, MAX_SIM_SPEED = 0.01, 100.0
 """Simulated seconds per wall-clock second, fewest and most (1e-308 was taken: a simulated host that never moves)."""
@@ -46,14 +45,7 @@ class SimulatorSettings:
         return list(self.gpu_types) or [self.gpu_type] * self.num_gpus
 
     def check(self, where: str) -> None:
-        for key, name in self.personalities.items():
-            if name not in PERSONALITIES:
-                raise ConfigError(f"{where}.personalities.{key}", f"unknown {quoted(name)}, expected one of "
-                                  f"{sorted(PERSONALITIES)}")
-        for key, name in self.power_laws.items():
-            if name not in POWER_LAWS:
-                raise ConfigError(f"{where}.power_laws.{key}", f"unknown {quoted(name)}, expected one of "
-                                  f"{sorted(POWER_LAWS)}")
+        check_law_names(f"{where}.", self.personalities, self.power_laws)
         if self.gpu_type not in SPECS:
             raise ConfigError(f"{where}.gpu_type", f"{quoted(self.gpu_type)} is not a GPU the simulator has, "
                               f"expected one of {sorted(SPECS)}")

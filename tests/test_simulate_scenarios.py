@@ -223,10 +223,12 @@ def test_a_workloads_arrivals_are_its_rates_integral(amplitude: float, period_s:
 
 
 def test_a_prompt_tail_of_no_share_is_no_tail_past_the_context(small_scenario: Callable[..., Path]) -> None:
-    scn = load_scenario(small_scenario('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 20\n'
-                                       'prompt_tail = { share = 0, min_tokens = 32768 }\n'))
-    tail = scn.workload("chat").prompt_tail
-    assert tail is not None and tail.share == 0.0
+    """The same tail with any share is refused as past the context; with none it sends no prompt, and loads."""
+    body = ('name = "x"\nduration_s = 60\n[workload.chat]\nrate_rps = 20\n'
+            'prompt_tail = {{ share = {}, min_tokens = 32768 }}\n')
+    with pytest.raises(ConfigError, match="no prompt of the tail would fit"):
+        load_scenario(small_scenario(body.format(0.01)))
+    load_scenario(small_scenario(body.format(0)))  # no ConfigError
 
 
 def test_a_service_at_no_rate_under_bursts_past_a_float_does_not_lift_the_bound() -> None:

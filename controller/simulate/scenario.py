@@ -39,9 +39,8 @@ from controller.simulate.scenario_checks import (
     check_scenario,
 )
 from controller.simulate.workload_settings import WorkloadSettings, check_arrivals
+from controller.simulator_checks import check_law_names
 from controller.toml_file import read_toml
-from simulator.personality import PERSONALITIES
-from simulator.power_law import POWER_LAWS
 
 EARLIEST_S, LATEST_S = 365 * 86400.0, dt.datetime(9998, 12, 31, tzinfo=dt.UTC).timestamp()
 """The span (Unix seconds) a scenario's grid clock may read: schedules and CSVs step dates a day either side."""
@@ -180,13 +179,7 @@ class ScenarioSettings:
                 raise ConfigError(f"events[{i}].duration_s", f"{e.duration_s:g} s from {e.at_s:g} s ends the signal "
                                   "past the year 9998, where the budget sources' dates run (start_utc x "
                                   "grid_time_scale)")
-        for key, name in self.personalities.items():
-            if name not in PERSONALITIES:
-                raise ConfigError(f"personalities.{key}", f"unknown {quoted(name)}, expected one of "
-                                  f"{sorted(PERSONALITIES)}")
-        for key, name in self.power_laws.items():
-            if name not in POWER_LAWS:
-                raise ConfigError(f"power_laws.{key}", f"unknown {quoted(name)}, expected one of {sorted(POWER_LAWS)}")
+        check_law_names("", self.personalities, self.power_laws)
 
 
 @dataclass(frozen=True)
