@@ -179,7 +179,7 @@ class Estimator:
         # throughout, a power emergency, teaches nothing; a tick or two of the ramp limiter's hold excuses nothing:
         # heavy-tailed prompts' draw spikes meet it in every window they miss in). A met window always counts, so
         # a margin that itself left a service short still decays.
-        held = sum(r.cut for r in draws) / len(draws) if draws else 0.0
+        held = held_share(draws)
         if met is not None and (met or svc.name not in self.short):
             self.margins.observe(svc.name, met, o.slo_margin_step, o.slo_miss_share, o.slo_margin_max, 1.0 - held)
         # What the model takes is the rate offered; the completions beside it judge the window steady: a ramp or a
@@ -205,6 +205,7 @@ class Estimator:
             queue_growth=grew,
             queue_ms=window.queue_ms,
             kv_tokens=kv_tokens,
+            power_held_share=held,
         )
         key = pair_key(svc.model, in_force.accelerator)
         failures = self.tuner.save_failures
@@ -253,11 +254,17 @@ def window_cap_w(draws: list[DrawReading], planned_w: float) -> float:
 
 
 def window_draw_w(draws: list[DrawReading]) -> float | None:
-    """The window's mean draw; None where there is none, or where the governor held a cut in it: a draw
-    held down tick by tick is no steady state of any cap, and would teach the curve too low."""
-    if not draws or any(r.cut for r in draws):
+    """The window's mean draw; None where there is none. Where the governor held its GPUs down in some tick, a
+    bound (`held_share`): a draw held down is no steady state of any cap, and read as one taught the curve too low."""
+    if not draws:
         return None
     return sum(r.draw_w for r in draws) / len(draws)
+
+
+def held_share(draws: list[DrawReading]) -> float:
+    """Share of the window's ticks in which the governor held the service's GPUs down (a cut, or pressed against a
+    limit below the plan's cap)."""
+    return sum(r.cut for r in draws) / len(draws) if draws else 0.0
 
 
 def window_clock(draws: list[DrawReading]) -> float | None:

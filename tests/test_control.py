@@ -201,16 +201,17 @@ def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp
     assert len(pair.draw.recent) == 1
 
 
-def test_a_window_the_governor_cut_teaches_no_draw_and_records_the_limits_it_ran_under(tmp_path: Path) -> None:
-    """chat's GPU draws 300-340 W against a 250 W budget: the governor cuts it from the first tick on, so the
-    window's draw, held down, teaches no draw curve; its latencies are tagged with the mean limit in force."""
+def test_a_window_the_governor_cut_teaches_its_draw_as_a_bound_and_the_limits_it_ran_under(tmp_path: Path) -> None:
+    """chat's GPU draws 300-340 W against a 250 W budget: the governor cuts it, so the window's draw, held down, is
+    a bound (tuner/draw.py), in the share of its ticks held; its latencies are tagged with the mean limit in force."""
     ctl, vllm, _ = controller(tmp_path)
     s = ctl.settings
     ctl.reconfigure(dataclasses.replace(s, power=dataclasses.replace(s.power, budget_w=250.0)))
     cap = ctl.assignments["chat"].power_cap_w
     pair = one_window(ctl, vllm, ScriptedGpus([300.0, 340.0, 320.0]))
     assert ctl.governor.cut_w
-    assert pair.draw.recent == []
+    [held] = pair.draw.recent
+    assert 0.0 < held.power_held_share <= 1.0 and held.power_w is not None
     readings = [DrawReading(300.0, cap, False), DrawReading(340.0, 450.0, True), DrawReading(320.0, cap, True)]
     assert window_cap_w(readings, cap) == (2 * cap + 450.0) / 3
 

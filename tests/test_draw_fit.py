@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
+from queuemodels import DEFAULT_MODEL, Load, PowerProfile, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import profile
 from simulator.probe import Replica, measure, saturation_rps
 from simulator.workload import TokenDist
@@ -195,3 +195,58 @@ def test_a_cap_that_binds_leaves_a_right_curve_where_it_is(under: float) -> None
         pair.update(window(rate, batch))
     pair.refit_draw()
     assert pair.draw.busy_share == pytest.approx(0.45, abs=0.03)
+
+
+def held_windows(truth: PowerProfile, cap_w: float, under: float, share: float) -> list[Observation]:
+    """Windows of `truth` at a 400-W limit the governor held them against in `share` of their ticks, their draw read
+    `under` times what the curve says."""
+    model = get_model(DEFAULT_MODEL)
+    out = []
+    for rate, batch in ((1.0, 32), (2.5, 64), (4.0, 128), (3.0, 64), (1.5, 32), (2.0, 128)):
+        perf = model.analyze(PRIOR, Load(rate, 500, 200), ServerShape(batch, 1024, cap_w), truth, tails=False)
+        out.append(Observation(rate, 500, 200, batch, 1024, perf.ttft_ms, perf.itl_ms, cap_w, perf.power_w * under,
+                               power_held_share=share))
+    return out
+
+
+def test_windows_the_governor_held_teach_a_curve_that_reads_low_to_rise() -> None:
+    """Under a budget that binds, most windows are held in some tick. Their draw is a bound the curve must reach: a
+    catalogue that reads the GPU's draw low (busy share 0.2 where it is 0.45) learns up from them."""
+    truth = replace(profile("H100-SXM"), busy_share=0.45, batch_half=64.0)
+    pair = PairFilter(PRIOR, profile("H100-SXM"))
+    for o in held_windows(truth, 600.0, 0.99, 0.3):
+        pair.update(o)
+    pair.refit_draw()
+    assert pair.draw.busy_share == pytest.approx(0.45, abs=0.05)
+    assert len(pair.draw.recent) == 6
+
+
+@pytest.mark.parametrize("share,moved", [(0.0, True), (0.5, False), (1.0, False)])
+def test_a_held_draw_below_the_curve_leaves_it_where_it_is(share: float, moved: bool) -> None:
+    """A draw the governor held 30 % under what the load would draw teaches a reading's fit down to it, and leaves
+    a bound's where it was: the load would have drawn at least that much, not at most."""
+    truth = replace(profile("H100-SXM"), busy_share=0.45, batch_half=64.0)
+    pair = PairFilter(PRIOR, truth)
+    for o in held_windows(truth, 600.0, 0.7, share):
+        pair.update(o)
+    pair.refit_draw()
+    assert pair.draw.busy_share is not None
+    assert (pair.draw.busy_share < 0.35) == moved, pair.draw.busy_share
+
+
+def test_a_budget_that_binds_for_an_hour_keeps_the_readings_beside_its_bounds() -> None:
+    truth = replace(profile("H100-SXM"), busy_share=0.45, batch_half=64.0)
+    readings, bounds = held_windows(truth, 600.0, 1.0, 0.0), held_windows(truth, 300.0, 1.0, 1.0)
+    pair = PairFilter(PRIOR, truth)
+    for o in [*readings, *bounds * 10]:
+        pair.update(o)
+    kept = pair.draw.recent
+    assert len(kept) == len(readings) + pair.draw.keep
+    assert kept[: len(readings)] == readings and all(o.power_held_share == 1.0 for o in kept[len(readings):])
+
+
+@pytest.mark.parametrize("share", [math.nan, -0.1, 1.5])
+def test_a_held_share_outside_its_range_teaches_nothing(share: float) -> None:
+    pair = PairFilter(PRIOR, L40S)
+    pair.update(synthetic(3.0, 200.0, power_held_share=share))
+    assert pair.draw.recent == []

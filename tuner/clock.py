@@ -78,7 +78,9 @@ class ClockFit:
         anchor = np.array([catalogue.clock_time_sensitivity, catalogue.clock_draw_exponent, catalogue.clock_step_share])
         windows = self.recent
         seen_itl = np.log([o.itl_ms for o in windows])
-        powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0 for o in windows])
+        # a held window's draw is a bound (tuner/draw.py): the clock's fit reads readings only
+        powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0
+                            and not o.power_held_share > 0.0 for o in windows])
         seen_w = np.array([o.power_w if p else 1.0 for o, p in zip(windows, powered, strict=True)], dtype=float)
 
         def residuals_many(vs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:

@@ -54,6 +54,10 @@ class Observation:
     """Mean time from arrival to being scheduled (vLLM's `vllm:request_queue_time_seconds`, sum over count;
     None: not recorded). It splits TTFT into the queueing the chain predicts and the prompt's own steps
     (`splits_queue`)."""
+    power_held_share: float = 0.0
+    """Share of the window's ticks in which the governor held its GPUs down (a cut, or a draw pressed against a
+    limit set below the plan's cap). Above 0, `power_w` is a bound: the load would have drawn at least that much
+    under `power_cap_w`, the limits' mean (tuner/draw.py reads it so)."""
 
     @property
     def load(self) -> Load:
