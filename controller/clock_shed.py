@@ -7,9 +7,11 @@ lock adds is how the draw gets under the new limit: a GPU's own cap response is 
 driver's power brake throttles coarsely, then recovers), while a lock takes effect at the next kernel and holds
 every step at one clock. So the lock is chosen to bring the draw just under the limit, and the cap binds only for
 what the clock could not shed (memory and idle draw barely follow the clock). Each tick corrects the hold from
-the draw read at it: a GPU still pressed against its limit is lowered further, down to `min_share`; one drawing
-well under its limit is raised a step, and the hold ends once it reaches the plan's clock (the governor gave the
-watts back). The lowest-priority GPUs are the ones cut, so they are the ones whose clocks fall.
+the draw read at it: a GPU past its limit, or its cap biting while the governor cuts it, is lowered further, down
+to `min_share`; one with room under its limit rises towards an aim inside the governor's pressed band, where the
+governor, told its limit holds it, gives it room as it would a capped GPU, and the hold ends once it reaches the
+plan's clock (the governor gave the watts back). The lowest-priority GPUs are the ones cut, so they are the ones
+whose clocks fall.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence, Set
 
-from controller.limit_pressure import pressed_w
+from controller.limit_pressure import CLIPPED_SHARE, pressed_w
 from controller.telemetry.base import GpuSample
 
 RAISE_STEP = 1.25
@@ -33,11 +35,13 @@ class ClockShed:
         """GPU UUID -> the clock share it is held at (of its maximum SM clock), below the plan's."""
 
     def step(self, samples: Sequence[GpuSample], limits_w: Mapping[str, float], shedding: Set[str],
-             share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float]) -> dict[int, float]:
+             share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float],
+             cut: Set[str] = frozenset()) -> dict[int, float]:
         """The clock shares to hold GPUs at now (GPU index -> share), given the limits in force after this tick
         (`limits_w`, by UUID), the GPUs the governor holds below the plan's cap (`shedding`, by UUID: a plan's
         own cap that binds is the plan's choice, not a shed), each GPU's clock share in force (`share`) and the
-        plan's (`planned`, 1.0 free). A GPU without a reading keeps its hold: its draw is not known, and its
+        plan's (`planned`, 1.0 free), and those the governor cuts for a line they pass (`cut`, by UUID: a biting
+        cap lowers only their clocks). A GPU without a reading keeps its hold: its draw is not known, and its
         limit bounds it anyway (a NaN reading counts as none)."""
         out = {}
         listed = set()
@@ -49,7 +53,7 @@ class ClockShed:
                     out[g.index] = held
                 continue
             hold = self._decide(g, limits_w.get(g.uuid, g.power_limit_w), share(g), planned(g), held,
-                                g.uuid in shedding)
+                                g.uuid in shedding, g.uuid in cut)
             if hold is None:
                 self.holds.pop(g.uuid, None)
             else:
@@ -59,23 +63,34 @@ class ClockShed:
         return out
 
     def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: float | None,
-                shedding: bool) -> float | None:
-        """The share to hold the GPU at (None: no hold): lower while it is pressed against a limit the governor
-        cut, kept just under it, raised a step a tick once it has room or is no longer held down."""
+                shedding: bool, cut: bool) -> float | None:
+        """The share to hold the GPU at (None: no hold): lower while its draw passes a limit the governor cut, held
+        inside the pressed band, raised with the room it is given, a step a tick once it is no longer held down
+        (`cut`: the governor cuts it for a line it passes)."""
         draw = min(g.power_w or 0.0, g.max_limit_w)  # a reading past what the GPU can draw is a glitch, not a draw
-        margin = pressed_w(limit_w)  # a held GPU aims just under the governor's 'pressed' band
-        pressed = draw > limit_w - margin
-        if shedding and pressed and (held is not None or draw > limit_w + 1.0):
+        margin = pressed_w(limit_w)
+        # A held GPU rises to an aim inside the governor's 'pressed' band, where it counts as pressing (the fast loop
+        # says its limit holds it), so the governor gives it room as it gives one its cap holds: under a ramp, which
+        # gives room to pressing GPUs alone, a step at a time. Aimed just under that band, as before, a hold under a
+        # ramp never rose (code's GPU at a third of its clock for good, its SLO met on 0.19 of its requests).
+        aim_w = limit_w - 0.5 * margin
+        fell = limit_w < g.power_limit_w - 1.0
+        # the limit held the clock in the tick (its cap bit): the reading, clipped, says nothing of the room
+        bit = draw >= g.power_limit_w - 1.0 if g.capped_share is None else g.capped_share >= CLIPPED_SHARE
+        # a draw past its limit, past the aim of a limit that fell, or one a cut holds whose cap bit under a limit
+        # kept asks for less, clear under the band (the cap then need not bite); not a bite under a limit the
+        # governor only lends down to the draw (a ramp's, or a plan's share): lowered there tick after tick, the
+        # clock of a draw that barely follows it (memory-bound, at its floor) went down to the least share
+        if shedding and (draw > limit_w + 1.0 or (held is not None and (
+                (fell and draw > aim_w) or (bit and cut and limit_w <= g.power_limit_w + 1.0)))):
             # The compute part of the draw falls at least as fast as the clock: proportional is the least shed.
             # a hold in force counts even where the lock in force reads otherwise (one failed and was dropped)
             share = max(self.min_share, min(now, plan, held or 1.0) * max(0.0, limit_w - margin) / draw)
             return share if share < plan else None
         if held is None:
             return None
-        if shedding and draw >= limit_w - 2 * margin:
-            return held  # just under the limit: the clock holds the draw where the governor wants it
         # Room under the limit, or the governor no longer holds the GPU down: clock back, a step at a time.
-        share = held * (RAISE_STEP if not shedding else min(RAISE_STEP, (limit_w - margin) / draw))
+        share = held * (RAISE_STEP if not shedding else min(RAISE_STEP, max(1.0, aim_w / draw)))
         return share if share < plan else None
 
 
