@@ -34,6 +34,7 @@ from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.idle_floor import idle_w
 from controller.own_metrics import OwnMetrics
+from controller.preflight import file_warnings
 from controller.reload import changes, check_reload, in_running_order
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings
@@ -221,6 +222,9 @@ class Daemon:
                 self._plan_now()  # but not on windows a fraction of a period long
             self.metrics.reloads.labels("ok").inc()
             log.info("config reloaded: changed %s; %s", changes(old, new), self._status())
+            for warning in file_warnings(new):  # as `run` and check-config say them: a domain under its GPUs'
+                log.warning("reload: %s", warning)  # floors went in with no word
+
         self.notifier.ready(self._status())
 
     def _status(self) -> str:

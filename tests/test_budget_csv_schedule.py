@@ -30,6 +30,8 @@ T0 = parse_time_s("2026-12-01T00:00:00Z", "test")
 
 def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> None:
     text = "\n".join([NEW_HEADER, *ROWS])
+    local_first = "\n".join(["Datetime (Local)," + NEW_HEADER, *(f"2026-12-01 09:00:00,{r}" for r in ROWS if r)])
+    assert parse_intensity_csv(local_first, "life_cycle") == parse_intensity_csv(text, "life_cycle")  # the UTC one
     assert parse_intensity_csv(text, "life_cycle") == [IntensityPoint(T0, 300.5), IntensityPoint(T0 + 7200, 460.0)]
     assert [p.g_per_kwh for p in parse_intensity_csv(text, "direct")] == [250.1, 410.0]
     for life_cycle in ("(LCA)", "(Lifecycle)"):
@@ -53,6 +55,12 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
     *((NEW_HEADER + f"\n{t},Germany,Germany,DE,1,2", re.escape(f"line 2: time '{t}' is outside 1970-9998 UTC"))
       for t in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-12:00", "1969-12-31 23:59:59")),
     ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1", "its first line holds no comma: not a CSV export"),
+    # a trial: read as UTC and as grams, local times shifted every point, and kilograms ran the budget at the
+    # curve's cleanest end all day
+    (NEW_HEADER.replace("(UTC)", "(Local)") + "\n" + ROWS[0], r"column 'Datetime \(Local\)' is not in UTC"),
+    *((NEW_HEADER.replace("gCO₂eq/kWh (Life cycle)", unit) + "\n" + ROWS[0],
+       r"column 'Carbon intensity .* \(Life cycle\)' is not in grams a kWh")
+      for unit in ("kgCO₂eq/kWh (Life cycle)", "lbsCO2/MWh (Life cycle)", "gCO2eq/MWh (Life cycle)")),
 ])
 def test_a_broken_export_names_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(MalformedAnswer, match=message):

@@ -12,7 +12,8 @@ signal_type=co2_moer` with `Authorization: Bearer <token>` answers `{data: [{poi
 one more try. Values are converted to gCO2/kWh.
 
 CSV export: columns are matched by meaning, case-insensitively, since header spellings differ between export
-versions: the datetime (UTC) column and the direct or life-cycle intensity column. Rows with an empty
+versions: the datetime (UTC) column and the direct or life-cycle intensity column, in gCO2eq/kWh (a column in
+another zone or unit is refused by name). Rows with an empty
 intensity are left out. Every row after `now` serves as forecast: the file is a known curve (a scenario's
 day, or a day-ahead table an operator drops in). The file is read again when it changes.
 """
@@ -164,16 +165,27 @@ Basis = Literal["direct", "life_cycle"]
 
 
 def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
-    """The positions of the datetime column and of the intensity column of `basis`."""
+    """The positions of the datetime (UTC) column and of the intensity column of `basis`, in grams a kWh. A
+    datetime column in another zone, or an intensity in other units, is refused by name: read as UTC and as grams,
+    a `Datetime (Local)` column shifted every point by the zone's offset, and a kgCO2eq/kWh one ran the budget at the
+    curve's cleanest end all day."""
     names = [h.strip().lower() for h in header]
-    when = [i for i, n in enumerate(names) if n.startswith("datetime")]
+    dated = [i for i, n in enumerate(names) if n.startswith("datetime")]
+    when = [i for i in dated if names[i] == "datetime" or "utc" in names[i]]
     wanted = ("(direct)",) if basis == "direct" else ("(life cycle)", "(lifecycle)", "(life-cycle)", "(lca)")
     value = [i for i, n in enumerate(names) if "carbon intensity" in n and n.endswith(wanted)]
     if len(header) < 2:  # not echoed: a file that is no CSV (a token, a password file) stays out of the logs
         raise MalformedAnswer("its first line holds no comma: not a CSV export with a header")
+    if dated and not when:
+        raise MalformedAnswer(f"column {header[dated[0]].strip()[:40]!r} is not in UTC: export the Datetime (UTC) "
+                              "column")
     if not when or not value:
         missing = "datetime" if not when else f"carbon intensity ({basis.replace('_', ' ')})"
         raise MalformedAnswer(f"no {missing} column in header {[h[:40] for h in header[:12]]}")
+    unit = names[value[0]].split("carbon intensity", 1)[1].rsplit("(", 1)[0].strip()
+    if unit and not (unit.startswith("g") and unit.endswith("/kwh")):  # none written: grams, as every export
+        raise MalformedAnswer(f"column {header[value[0]].strip()[:60]!r} is not in grams a kWh (gCO₂eq/kWh): "
+                              "convert the file's values, or export them so")
     return when[0], value[0]
 
 
