@@ -7,11 +7,11 @@ lock adds is how the draw gets under the new limit: a GPU's own cap response is 
 driver's power brake throttles coarsely, then recovers), while a lock takes effect at the next kernel and holds
 every step at one clock. So the lock is chosen to bring the draw just under the limit, and the cap binds only for
 what the clock could not shed (memory and idle draw barely follow the clock). Each tick corrects the hold from
-the draw read at it: a GPU past its limit, or its cap biting while the governor cuts it, is lowered further, down
-to `min_share`; one with room under its limit rises towards an aim inside the governor's pressed band, where the
-governor, told its limit holds it, gives it room as it would a capped GPU, and the hold ends once it reaches the
-plan's clock (the governor gave the watts back). The lowest-priority GPUs are the ones cut, so they are the ones
-whose clocks fall.
+the draw read at it: a GPU the governor cuts whose draw passes its limit, or whose cap bites, is lowered further,
+down to `min_share`; one with room under its cut limit rises towards an aim inside the governor's pressed band; and
+once the governor cuts it no more (a limit a ramp or a higher priority lends down is no cut) it rises a step a
+tick until the hold ends at the plan's clock. The lowest-priority GPUs are the ones cut, so they are the ones whose
+clocks fall.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ class ClockShed:
         self.holds: dict[str, float] = {}
         """GPU UUID -> the clock share it is held at (of its maximum SM clock), below the plan's."""
 
-    def step(self, samples: Sequence[GpuSample], limits_w: Mapping[str, float], shedding: Set[str],
-             share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float],
-             cut: Set[str] = frozenset()) -> dict[int, float]:
+    def step(self, samples: Sequence[GpuSample], limits_w: Mapping[str, float], cut: Set[str],
+             share: Callable[[GpuSample], float], planned: Callable[[GpuSample], float]) -> dict[int, float]:
         """The clock shares to hold GPUs at now (GPU index -> share), given the limits in force after this tick
-        (`limits_w`, by UUID), the GPUs the governor holds below the plan's cap (`shedding`, by UUID: a plan's
-        own cap that binds is the plan's choice, not a shed), each GPU's clock share in force (`share`) and the
-        plan's (`planned`, 1.0 free), and those the governor cuts for a line they pass (`cut`, by UUID: a biting
-        cap lowers only their clocks). A GPU without a reading keeps its hold: its draw is not known, and its
-        limit bounds it anyway (a NaN reading counts as none)."""
+        (`limits_w`, by UUID), the GPUs the governor cuts below their draw for a line they pass (`cut`, by UUID: a
+        plan's own cap that binds is the plan's choice, and a limit a ramp or a higher priority lends down is no
+        cut), each GPU's clock share in force (`share`) and the plan's (`planned`, 1.0 free). A GPU without a
+        reading keeps its hold: its draw is not known, and its limit bounds it anyway (a NaN reading counts as
+        none)."""
         out = {}
         listed = set()
         for g in samples:
@@ -52,8 +51,7 @@ class ClockShed:
                 if held is not None:
                     out[g.index] = held
                 continue
-            hold = self._decide(g, limits_w.get(g.uuid, g.power_limit_w), share(g), planned(g), held,
-                                g.uuid in shedding, g.uuid in cut)
+            hold = self._decide(g, limits_w.get(g.uuid, g.power_limit_w), share(g), planned(g), held, g.uuid in cut)
             if hold is None:
                 self.holds.pop(g.uuid, None)
             else:
@@ -63,34 +61,30 @@ class ClockShed:
         return out
 
     def _decide(self, g: GpuSample, limit_w: float, now: float, plan: float, held: float | None,
-                shedding: bool, cut: bool) -> float | None:
-        """The share to hold the GPU at (None: no hold): lower while its draw passes a limit the governor cut, held
-        inside the pressed band, raised with the room it is given, a step a tick once it is no longer held down
-        (`cut`: the governor cuts it for a line it passes)."""
+                cut: bool) -> float | None:
+        """The share to hold the GPU at (None: no hold): lowered while its draw passes a limit the governor cut it
+        to, held inside the pressed band, raised with the room the cut leaves it, and a step a tick once the
+        governor cuts it no more."""
         draw = min(g.power_w or 0.0, g.max_limit_w)  # a reading past what the GPU can draw is a glitch, not a draw
         margin = pressed_w(limit_w)
-        # A held GPU rises to an aim inside the governor's 'pressed' band, where it counts as pressing (the fast loop
-        # says its limit holds it), so the governor gives it room as it gives one its cap holds: under a ramp, which
-        # gives room to pressing GPUs alone, a step at a time. Aimed just under that band, as before, a hold under a
-        # ramp never rose (code's GPU at a third of its clock for good, its SLO met on 0.19 of its requests).
+        # A hold rises towards an aim inside the governor's 'pressed' band, so it presses for the room a cut leaves
+        # as a capped GPU does. Only a cut lowers it, or keeps it: aimed just under the band and kept while a ramp
+        # or a higher priority lent the limit down, a hold never rose (code's GPU at a third of its clock for good,
+        # its SLO met on 0.19 of its requests), or, where the draw barely follows the clock, was lowered and raised
+        # by turns, its limit and lock set again every tick under a loose budget.
         aim_w = limit_w - 0.5 * margin
         fell = limit_w < g.power_limit_w - 1.0
         # the limit held the clock in the tick (its cap bit): the reading, clipped, says nothing of the room
         bit = draw >= g.power_limit_w - 1.0 if g.capped_share is None else g.capped_share >= CLIPPED_SHARE
-        # a draw past its limit, past the aim of a limit that fell, or one a cut holds whose cap bit under a limit
-        # kept asks for less, clear under the band (the cap then need not bite); not a bite under a limit the
-        # governor only lends down to the draw (a ramp's, or a plan's share): lowered there tick after tick, the
-        # clock of a draw that barely follows it (memory-bound, at its floor) went down to the least share
-        if shedding and (draw > limit_w + 1.0 or (held is not None and (
-                (fell and draw > aim_w) or (bit and cut and limit_w <= g.power_limit_w + 1.0)))):
+        if cut and (draw > limit_w + 1.0 or (held is not None and (
+                (fell and draw > aim_w) or (bit and limit_w <= g.power_limit_w + 1.0)))):
             # The compute part of the draw falls at least as fast as the clock: proportional is the least shed.
-            # a hold in force counts even where the lock in force reads otherwise (one failed and was dropped)
+            # a hold in force counts even where the lock in force reads otherwise (one failed and was dropped);
+            # clear under the band, so the cap need not bite
             share = max(self.min_share, min(now, plan, held or 1.0) * max(0.0, limit_w - margin) / draw)
             return share if share < plan else None
         if held is None:
             return None
-        # Room under the limit, or the governor no longer holds the GPU down: clock back, a step at a time.
-        share = held * (RAISE_STEP if not shedding else min(RAISE_STEP, max(1.0, aim_w / draw)))
+        # Room under the cut limit, or no cut: clock back, a step at a time.
+        share = held * (min(RAISE_STEP, max(1.0, aim_w / draw)) if cut else RAISE_STEP)
         return share if share < plan else None
-
-

@@ -50,11 +50,11 @@ class ClockSteer:
         return mhz / top
 
     def step(self, now: float, samples: list[GpuSample], plan: Plan, limits_w: dict[str, float],
-             shedding: frozenset[str], missing: frozenset[str], cut: frozenset[str] = frozenset()) -> None:
+             cut: frozenset[str], missing: frozenset[str]) -> None:
         """Lock each GPU at its service's planned clock, or lower where the clock lever holds it: given the limits
-        in force after this tick (by UUID), the GPUs the governor holds below the plan's cap, and those `missing`
-        from the listing or of unknown limits (the governor sets nothing on them: the lever keeps their holds, and
-        sets nothing either), and those the governor cuts (`cut`: controller/clock_shed.py)."""
+        in force after this tick (by UUID), the GPUs the governor cuts below their draw (controller/clock_shed.py),
+        and those `missing` from the listing or of unknown limits (the governor sets nothing on them: the lever keeps
+        their holds, and sets nothing either)."""
         if self.off is not None:
             return
         self.suspect |= {g.index for g in samples if g.uuid not in missing} - self.known
@@ -62,8 +62,7 @@ class ClockSteer:
         def planned(g: GpuSample) -> float | None:
             return None if g.service is None else plan.clock_fraction(g.service, g.variant)
 
-        holds = self.shed.step(samples, limits_w, shedding, lambda g: self.share(g.index), lambda g: planned(g) or 1.0,
-                               cut)
+        holds = self.shed.step(samples, limits_w, cut, lambda g: self.share(g.index), lambda g: planned(g) or 1.0)
         self.held_series.set(len(holds))
         for g in samples:
             if g.uuid in missing:

@@ -209,12 +209,7 @@ class FastLoop:
         forced = self.governor.tried_anyway(samples, fixed, frozenset(  # a decrease, twice a run of failures at most
             u for u in waiting if self.retry.forceable(limit_key(u))))
         pinned = fixed | (waiting - forced)
-        # a GPU whose clock the lever holds down is held for its limit all the tick, and the governor reads it so:
-        # read by its draw alone, one under a ramp was lent its limit down to the draw the lock kept low, and never
-        # pressed for room again (code's GPU at a third of its clock for good)
-        holds = self.clocks.shed.holds if self.clocks is not None else {}
-        limits = self.governor.step([replace(g, capped_share=1.0) if g.uuid in holds else g for g in samples], plan,
-                                    pinned, lagging)
+        limits = self.governor.step(samples, plan, pinned, lagging)
         self._say_floors(samples, untouched)
         by_index = {g.index: g for g in samples if g.uuid not in untouched}
         lower = [(by_index[i], w) for i, w in limits.items() if w < by_index[i].power_limit_w]
@@ -233,9 +228,8 @@ class FastLoop:
             # under the one a cut that failed wanted (the clock may still shed what the limit could not)
             cuts = {g.uuid: w for g, w in lower}
             after = {g.uuid: applied.get(g.uuid) or cuts.get(g.uuid) or g.power_limit_w for g in samples}
-            self.clocks.step(now, samples, plan, after,
-                             frozenset(g.uuid for g in samples if self._held_down(g, after[g.uuid], plan)), untouched,
-                             frozenset(u for u, w in self.governor.cut_w.items() if w > 0))
+            self.clocks.step(now, samples, plan, after, frozenset(u for u, w in self.governor.cut_w.items() if w > 0),
+                             untouched)
         m.emergency.set(1.0 if self.governor.emergency else 0.0)
 
     def _held_down(self, g: GpuSample, limit_w: float, plan: Plan) -> bool:

@@ -174,8 +174,9 @@ def test_under_a_ramp_limit_a_held_clock_is_given_back_as_the_ramp_gives_the_wat
         sim_config: Callable[..., Path]) -> None:
     """A ramp gives room a step at a time to GPUs that press their limits. A held GPU aimed just under that band never
     pressed, its limit was lent down to the draw the lock kept low, and its clock stayed at a third for good (a
-    trial: code's GPU, its SLO met on 0.19 of its requests, beside the same run's 1.0 with clocks off). It now aims
-    inside the band, counts as pressing, and climbs back with the watts the ramp gives."""
+    trial: code's GPU, its SLO met on 0.19 of its requests, beside the same run's 1.0 with clocks off). Once the
+    governor cuts it no more, its clock now climbs back a step a tick, and the ramp gives the watts as it would to a
+    GPU never held."""
     fake = FakeNvml(gpus())
     ctl, clock = daemon(sim_config, fake, "nvml")
     loose = replace(ctl.fast.governor.settings, ramp_up_w_per_s=30.0)
