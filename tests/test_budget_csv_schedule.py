@@ -32,6 +32,11 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
     text = "\n".join([NEW_HEADER, *ROWS])
     local_first = "\n".join(["Datetime (Local)," + NEW_HEADER, *(f"2026-12-01 09:00:00,{r}" for r in ROWS if r)])
     assert parse_intensity_csv(local_first, "life_cycle") == parse_intensity_csv(text, "life_cycle")  # the UTC one
+    kg_first = "\n".join(["Carbon intensity kgCO₂eq/kWh (Life cycle)," + NEW_HEADER, *(f"0.3,{r}" for r in ROWS if r)])
+    assert parse_intensity_csv(kg_first, "life_cycle") == parse_intensity_csv(text, "life_cycle")  # the grams one
+    for grams in ("(gCO₂eq/kWh) (Life cycle)", "gCO₂eq / kWh (Life cycle)", "[gCO2eq/kWh] (Life cycle)"):
+        spelt = "\n".join([NEW_HEADER.replace("gCO₂eq/kWh (Life cycle)", grams), *ROWS])
+        assert parse_intensity_csv(spelt, "life_cycle") == parse_intensity_csv(text, "life_cycle")
     assert parse_intensity_csv(text, "life_cycle") == [IntensityPoint(T0, 300.5), IntensityPoint(T0 + 7200, 460.0)]
     assert [p.g_per_kwh for p in parse_intensity_csv(text, "direct")] == [250.1, 410.0]
     for life_cycle in ("(LCA)", "(Lifecycle)"):
@@ -57,7 +62,8 @@ def test_an_export_is_read_by_column_meaning_whatever_the_header_spelling() -> N
     ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1", "its first line holds no comma: not a CSV export"),
     # a trial: read as UTC and as grams, local times shifted every point, and kilograms ran the budget at the
     # curve's cleanest end all day
-    (NEW_HEADER.replace("(UTC)", "(Local)") + "\n" + ROWS[0], r"column 'Datetime \(Local\)' is not in UTC"),
+    *((NEW_HEADER.replace("(UTC)", zone) + "\n" + ROWS[0], rf"column 'Datetime {re.escape(zone)}' is not in UTC")
+      for zone in ("(Local)", "(UTC+01:00)")),
     *((NEW_HEADER.replace("gCO₂eq/kWh (Life cycle)", unit) + "\n" + ROWS[0],
        r"column 'Carbon intensity .* \(Life cycle\)' is not in grams a kWh")
       for unit in ("kgCO₂eq/kWh (Life cycle)", "lbsCO2/MWh (Life cycle)", "gCO2eq/MWh (Life cycle)")),

@@ -108,6 +108,12 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
       + "]"}, "power.budget.sources[1].rules", "401 rules: at most 400"),
     ({'name = "grid"': 'name = "office-hours"'}, "power.budget.sources[2].name", "names another source"),
     ({"safe_budget_w = 1200": "safe_budget_w = 0"}, "power.budget.safe_budget_w", "must be a finite number > 0"),
+    # a trial: a fixed source's and a schedule's budgets took 1e300 W where every other budget stops at 1e8
+    ({'budget_w = 2000}]': "budget_w = 1e300}]"}, "power.budget.sources[1].rules[0].budget_w",
+     r"must be in \(0, 1e\+08\], got 1e\+300"),
+    ({"budget_w = 2600": "budget_w = 1e300"}, "power.budget.sources[0].budget_w", r"must be in \(0, 1e\+08\]"),
+    ({"default_budget_w = 3000": "default_budget_w = 1e300"}, "power.budget.sources[1].default_budget_w",
+     r"must be in \(0, 1e\+08\]"),
     ({"ttl_s = 600": "ttl = 600"}, "power.budget.ttl", "unknown key"),
     ({"lead_s = 3600": "lead_s = -1"}, "power.budget.sources[2].lead_s", ">= 0"),
     ({"lead_s = 3600": "lead_s = 3600\nrefresh_s = 1e12"}, "power.budget.sources[2].refresh_s",

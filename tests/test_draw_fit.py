@@ -245,8 +245,12 @@ def test_a_budget_that_binds_for_an_hour_keeps_the_readings_beside_its_bounds() 
     assert kept[: len(readings)] == readings and all(o.power_held_share == 1.0 for o in kept[len(readings):])
 
 
-@pytest.mark.parametrize("share", [math.nan, -0.1, 1.5])
-def test_a_held_share_outside_its_range_teaches_nothing(share: float) -> None:
+@pytest.mark.parametrize("share", [math.nan, -0.1, 1.5, True, "x"])
+def test_a_held_share_outside_its_range_teaches_nothing(share: object) -> None:
+    """A hand-edited state file's share: the window is implausible to every fit (the clock fit had read -1 as a
+    reading)."""
     pair = PairFilter(PRIOR, L40S)
-    pair.update(synthetic(3.0, 200.0, power_held_share=share))
-    assert pair.draw.recent == []
+    window = synthetic(3.0, 200.0, power_held_share=share)  # type: ignore[arg-type]
+    assert window.problem() == "implausible"
+    pair.update(window)
+    assert pair.draw.recent == [] and pair.clock.recent == []

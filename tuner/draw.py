@@ -44,8 +44,7 @@ the curve down to the cap."""
 
 def keeps(obs: Observation) -> bool:
     """Whether the curve learns from a window: a steady one with a power reading (no other tells the draw)."""
-    return (obs.power_w is not None and math.isfinite(obs.power_w) and obs.power_w > 0
-            and 0.0 <= obs.power_held_share <= 1.0 and obs.problem() is None)
+    return obs.power_w is not None and math.isfinite(obs.power_w) and obs.power_w > 0 and obs.problem() is None
 
 
 def draw_errors(predicted_w: Floats, seen_w: Floats, bound: Floats) -> Floats:

@@ -82,8 +82,10 @@ class Observation:
         values = (self.rate_rps, self.in_tokens, self.out_tokens, self.ttft_ms, self.itl_ms)
         if any(v is None or not math.isfinite(v) for v in values):
             return "non-finite"
+        share = self.power_held_share  # a hand-edited state file's: the fits read it as a number in [0, 1]
         if any(isinstance(v, (int, float)) and abs(v) > MOST for v in vars(self).values()) or (
-                0.0 < min(self.ttft_ms, self.itl_ms) < LEAST_LATENCY_MS):
+                0.0 < min(self.ttft_ms, self.itl_ms) < LEAST_LATENCY_MS) or isinstance(share, bool) or not (
+                isinstance(share, (int, float)) and 0.0 <= share <= 1.0):
             return "implausible"
         try:  # a clock or cap no GPU runs at (a hand-edited state file): no model reads it
             _ = self.shape

@@ -169,24 +169,31 @@ def column_index(header: list[str], basis: Basis) -> tuple[int, int]:
     datetime column in another zone, or an intensity in other units, is refused by name: read as UTC and as grams,
     a `Datetime (Local)` column shifted every point by the zone's offset, and a kgCO2eq/kWh one ran the budget at the
     curve's cleanest end all day."""
-    names = [h.strip().lower() for h in header]
+    names = [" ".join(h.lower().split()) for h in header]
     dated = [i for i, n in enumerate(names) if n.startswith("datetime")]
-    when = [i for i in dated if names[i] == "datetime" or "utc" in names[i]]
+    when = [i for i in dated if names[i] in ("datetime", "datetime (utc)")]
     wanted = ("(direct)",) if basis == "direct" else ("(life cycle)", "(lifecycle)", "(life-cycle)", "(lca)")
     value = [i for i, n in enumerate(names) if "carbon intensity" in n and n.endswith(wanted)]
+    grams = [i for i in value if _in_grams(names[i])]
     if len(header) < 2:  # not echoed: a file that is no CSV (a token, a password file) stays out of the logs
         raise MalformedAnswer("its first line holds no comma: not a CSV export with a header")
     if dated and not when:
         raise MalformedAnswer(f"column {header[dated[0]].strip()[:40]!r} is not in UTC: export the Datetime (UTC) "
                               "column")
-    if not when or not value:
-        missing = "datetime" if not when else f"carbon intensity ({basis.replace('_', ' ')})"
-        raise MalformedAnswer(f"no {missing} column in header {[h[:40] for h in header[:12]]}")
-    unit = names[value[0]].split("carbon intensity", 1)[1].rsplit("(", 1)[0].strip()
-    if unit and not (unit.startswith("g") and unit.endswith("/kwh")):  # none written: grams, as every export
+    if value and not grams:
         raise MalformedAnswer(f"column {header[value[0]].strip()[:60]!r} is not in grams a kWh (gCO₂eq/kWh): "
                               "convert the file's values, or export them so")
-    return when[0], value[0]
+    if not when or not grams:
+        missing = "datetime" if not when else f"carbon intensity ({basis.replace('_', ' ')})"
+        raise MalformedAnswer(f"no {missing} column in header {[h[:40] for h in header[:12]]}")
+    return when[0], grams[0]
+
+
+def _in_grams(name: str) -> bool:
+    """Whether an intensity column's unit, between its name and its basis, is grams a kWh (or none is written, as
+    in every export: grams)."""
+    unit = name.split("carbon intensity", 1)[1].rsplit("(", 1)[0].replace(" ", "").strip("()[]")
+    return not unit or (unit.startswith("g") and unit.endswith("/kwh"))
 
 
 def parse_utc_s(text: str) -> float:

@@ -12,7 +12,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from controller.budget.carbon import check_curve
+from controller.budget.carbon import MAX_CURVE_W, check_curve
 from controller.budget.schedule import WEEKDAYS, minutes
 from controller.config_loader import ConfigError, build, check_name, check_positive, check_range, quoted
 
@@ -34,7 +34,7 @@ class FixedSettings(SourceSettings):
     """The budget in watts, at all times."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("budget_w",))
+        check_range(self, where, ("budget_w",), 0.0, MAX_CURVE_W, low_open=True)  # as any budget states
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class ScheduleRuleSettings:
     """The budget in watts while the rule holds."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("budget_w",))
+        check_range(self, where, ("budget_w",), 0.0, MAX_CURVE_W, low_open=True)  # as any budget states
         if not self.days:
             raise ConfigError(f"{where}.days", "needs at least one weekday")
         for i, day in enumerate(self.days):
@@ -79,7 +79,7 @@ class ScheduleSettings(SourceSettings):
     """Weekday x time-of-day rules (at most MAX_RULES); where several hold, the lowest budget wins."""
 
     def check(self, where: str) -> None:
-        check_positive(self, where, ("default_budget_w",))
+        check_range(self, where, ("default_budget_w",), 0.0, MAX_CURVE_W, low_open=True)  # as any budget states
         if len(self.rules) > MAX_RULES:
             raise ConfigError(f"{where}.rules", f"{len(self.rules)} rules: at most {MAX_RULES} (a week's half-hours "
                               "are 336 slots; each change of the budget reads every rule's week)")
