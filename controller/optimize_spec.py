@@ -160,8 +160,9 @@ def load_spec(path: Path) -> Problem:
     )
     problem = Problem(services, accs, spec.budget_w, spec.objective, spec.mode, spec.batch_sizes, spec.power_levels,
                       spec.transition_penalty, clock_levels=spec.clock_levels)
-    if spec.budget_w < problem.idle_w:  # as check-config refuses a daemon's: no plan can be under it
-        raise below_idle("budget_w", spec.budget_w, problem.idle_w, "inventory")
+    idle = sum(a.count * a.profile.empty_draw_w for a in accs)
+    if spec.budget_w < idle:  # as check-config refuses a daemon's: no plan can be under it
+        raise below_idle("budget_w", spec.budget_w, idle, "inventory")
     return problem
 
 

@@ -81,7 +81,8 @@ class PowerSettings:
     budget_w: float
     """Site power budget for all managed GPUs, in watts."""
     mode: Literal["predicted", "caps"] = "predicted"
-    """Budget the optimizer's predicted draw, or (conservative) the sum of the caps."""
+    """Budget the optimizer's predicted draw (each free GPU at its draw with no replica), or (conservative) the sum of
+    the caps (each free GPU at its lowest limit, where the governor holds it)."""
     headroom: float = 0.03
     """Share of the budget the governor keeps free against measurement noise."""
     release_below: float = 0.85

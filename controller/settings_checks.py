@@ -86,11 +86,19 @@ def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, floa
     return sum((empty_w or {}).get(k, CATALOG[k].empty_draw_w) for k in s.gpu_types(gpus))
 
 
+def domain_floor_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
+    """What these GPUs count for with no replica, as the plan counts a free GPU (optimizer.Problem.floor_w): their
+    draw then (`domain_idle_w`), or in caps mode their lowest limits."""
+    if s.power.mode == "caps":
+        return sum(CATALOG[k].min_power_w for k in s.gpu_types(gpus))
+    return domain_idle_w(s, gpus, empty_w)
+
+
 def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, float] | None = None) -> float:
     """What the plan may put in a domain: its line scaled as the site's budget is for planning (headroom, and in
     predicted mode the plan's margin: shares, so a budget source's value changes none of it), less what its GPUs
-    draw with no replica."""
-    return d.limit_w * s.power.planned_w() / s.power.budget_w - domain_idle_w(s, d.gpus, empty_w)
+    count for with no replica (`domain_floor_w`)."""
+    return d.limit_w * s.power.planned_w() / s.power.budget_w - domain_floor_w(s, d.gpus, empty_w)
 
 
 def check_settings(s: Settings) -> None:
@@ -117,10 +125,11 @@ def check_settings(s: Settings) -> None:
         raise below_idle("power.budget_w", s.power.budget_w, idle)
     for d in s.power.domains:
         if (room_w := domain_room_w(s, d)) < 0:
-            idle = domain_idle_w(s, d.gpus)
+            idle = domain_floor_w(s, d.gpus)
+            what = "lowest limits (caps mode)" if s.power.mode == "caps" else "idle draw"
             raise ConfigError(f"power.domains[{d.name}].limit_w", f"{d.limit_w:g} W leaves {room_w + idle:.0f} W to "
-                              f"plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' idle "
-                              f"draw, {idle:g} W")
+                              f"plan with (less headroom and, in predicted mode, plan_margin), below its GPUs' {what}, "
+                              f"{idle:g} W")
 
 
 def check_budget_sources(s: Settings) -> None:

@@ -1152,3 +1152,15 @@ def test_services_that_are_not_a_list_of_tables_are_named_as_such(services: obje
     with pytest.raises(ConfigError) as err:
         settings_from({"services": services}, ROOT)
     assert (err.value.where, err.value.reason) == ("services", reason)
+
+
+def test_in_caps_mode_a_domain_leaves_room_over_its_gpus_lowest_limits(tmp_path: Path) -> None:
+    """Caps mode counts a free GPU at its lowest limit, where the governor holds it (optimizer.Problem.floor_w): a
+    rack's room is what its line leaves over those, not over their draw with no replica."""
+    rack = 'mode = "caps"\n[[power.domains]]\nname = "rack-a"\nlimit_w = 700\ngpus = [0, 1, 2, 3]\n'
+    (tmp_path / "d.toml").write_text(GOOD.replace('mode = "predicted"\n', rack))
+    with pytest.raises(ConfigError, match=r"^power\.domains\[rack-a\]\.limit_w: 700 W leaves 679 W to plan with .*"
+                                          r"below its GPUs' lowest limits \(caps mode\), 800 W"):
+        load_settings(tmp_path / "d.toml")
+    (tmp_path / "p.toml").write_text(GOOD.replace('mode = "predicted"\n', rack.replace("caps", "predicted")))
+    assert load_settings(tmp_path / "p.toml").power.domains[0].limit_w == 700.0  # over their 380 W of idle draw

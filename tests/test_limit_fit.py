@@ -143,3 +143,20 @@ def test_a_service_short_for_the_budget_whose_cap_was_fitted_reads_budget_not_do
     sol = solvers._solved(problem, OneReplicaEach())  # type: ignore[arg-type]
     assert sol.ceilings_w == {"s0": 700.0} and not problem.domains
     assert [(r.name, r.reason) for r in sol.services] == [("s0", "budget"), ("s1", None)]
+
+
+def test_in_caps_mode_a_free_gpu_counts_at_its_lowest_limit_as_the_governor_holds_it() -> None:
+    """Caps mode budgets the caps, but counted each free GPU at its draw with no replica (62 W for an H100) where the
+    governor holds its limit at the floor (200 W): its plans asked 138 W of limits past the budget a free GPU, and the
+    governor cut the lowest priority to fit them (tight-budget under a power law the catalogue reads low)."""
+    for budget_w in (2200.0, 2600.0, 3000.0):
+        problem = Problem(services((2.0, 1.0, 1.0)), (H100,), budget_w, budget_mode="caps", batch_sizes=(16, 64),
+                          power_levels=(0.4, 0.6, 0.8, 1.0))
+        sol = solve(problem, get_solver("milp"))
+        asked = [s.assignment for s in sol.services if s.assignment is not None]
+        used = sum(a.replicas for a in asked)
+        assert asked and used < H100.count  # a GPU free: its floor counts
+        assert sum(a.replicas * a.power_cap_w for a in asked) + (H100.count - used) * H100.profile.min_power_w \
+            <= budget_w
+        assert sol.power_w == pytest.approx(sum(a.replicas * a.power_cap_w for a in asked)
+                                            + (H100.count - used) * H100.profile.min_power_w)

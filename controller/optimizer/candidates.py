@@ -117,7 +117,7 @@ def _value(problem: Problem, pairs: list[Pair], bases: Bases,
     replicas, served = (np.array(columns[j], dtype=float) for j in (3, 4))
     points = Points(bases, k, table, served / replicas)
     figures = get_model(problem.queue_model).figures_of(points)
-    per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, p.acc.profile.empty_draw_w,
+    per_pair = np.array([(p.acc.gpus_per_replica, p.acc.cost_per_hour, problem.floor_w(p.acc),
                           problem.services[p.service].load.rate_rps, problem.services[p.service].load.out_tokens,
                           p.service) for p in pairs], dtype=float).reshape(len(pairs), 6)[k].T
     gpus_per_replica, price, empty_w, rate_rps, out_tokens, service = per_pair

@@ -133,9 +133,14 @@ class Problem:
 
     @property
     def idle_w(self) -> float:
-        """Draw of every GPU with no replica on it: the floor any plan pays (a candidate's draw is above it, its
-        replicas' idle included)."""
-        return sum(a.count * a.profile.empty_draw_w for a in self.accelerators)
+        """What every GPU counts for with no replica on it: the floor any plan pays (a candidate's draw is above it,
+        its replicas' idle included), `floor_w` a GPU."""
+        return sum(a.count * self.floor_w(a) for a in self.accelerators)
+
+    def floor_w(self, acc: AcceleratorType) -> float:
+        """What a GPU of `acc` counts for with no replica: its draw then, or in caps mode its lowest limit, where the
+        governor holds it (counted at its draw, a free H100 left 138 W of limits past a caps plan's budget)."""
+        return acc.profile.min_power_w if self.budget_mode == "caps" else acc.profile.empty_draw_w
 
 
 class Candidate(NamedTuple):
@@ -146,7 +151,8 @@ class Candidate(NamedTuple):
     assignment: Assignment
     gpus: int
     power_w: float
-    """Draw of the GPUs it occupies above what they draw with no replica (what it adds to the site's power)."""
+    """Draw of the GPUs it occupies above what they draw with no replica (what it adds to the site's power); in caps
+    mode their caps above their lowest limits (`Problem.floor_w`)."""
     cost_per_hour: float
     served_rps: float
     short_rps: float
