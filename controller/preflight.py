@@ -21,9 +21,10 @@ from actuators.nvml import may_administer
 from actuators.vllm_servers import startable
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
-from controller.budget.assemble import combiner
+from controller.budget.assemble import combiner, resolve
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
+from controller.budget.carbon_feeds import CsvIntensityFeed
 from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, check_listen, quoted
@@ -194,6 +195,23 @@ def file_warnings(settings: Settings) -> list[str]:
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
+def _flat_curve(settings: Settings, name: str, source: CarbonCsvSettings) -> list[str]:
+    """A curve every intensity of the file lies past, one end: its budget is that end's all the time (a curve in
+    kgCO2eq/kWh against an export in grams pinned the budget at 2,400 W all day, and check-config said ok)."""
+    try:
+        points = CsvIntensityFeed(resolve(settings.base_dir, source.path), source.basis).fetch(0.0)
+    except BudgetError:
+        return []  # read once already above: a file that changed between the two reads is the next check's
+    low, high = min(g for g, _ in source.curve), max(g for g, _ in source.curve)
+    seen = [p.g_per_kwh for p in points]
+    if not seen or (low <= max(seen) and min(seen) <= high):
+        return []
+    end_g, end_w = min(source.curve) if max(seen) < low else max(source.curve)
+    return [f"power.budget.sources[{name}].curve: every intensity of {quoted(source.path)} ({min(seen):g}-"
+            f"{max(seen):g} gCO2eq/kWh) lies past the curve's points ({low:g}-{high:g}): its budget is {end_w:g} W "
+            f"(the point at {end_g:g}) all the time; is the curve in other units than the file's grams a kWh?"]
+
+
 def _restored(settings: Settings) -> list[str]:
     """Default limits restored on exit where the servers outlive the daemon: each stop (a restart, an upgrade) lifted
     the budget for as long as the daemon was down (a host example did so: 8 x 700 W of limits on 4,000 W)."""
@@ -250,6 +268,9 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as "
                                     f"{_fallback_w(settings):g} W (safe_budget_w, at most budget_w) until it gives one")
+                    continue
+                if isinstance(source, CarbonCsvSettings):
+                    warnings += _flat_curve(settings, name, source)
     backends, kube = check_backends(settings)
     warnings += backends + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):

@@ -1027,6 +1027,12 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
         return capsys.readouterr().err
 
     assert "grid.csv" not in check(0.5)
+    (tmp_path / "kg.toml").write_text((tmp_path / "w.toml").read_text().replace("[[100, 4000], [500, 2500]]",
+                                                                                "[[0.1, 4000], [0.5, 2500]]"))
+    assert main(["check-config", str(tmp_path / "kg.toml")]) == 0  # a trial: a curve in kg pinned 2,500 W all day
+    assert ("power.budget.sources[carbon_csv].curve: every intensity of 'grid.csv' (250-250 gCO2eq/kWh) lies past "
+            "the curve's points (0.1-0.5): its budget is 2500 W (the point at 0.5) all the time; is the curve in other "
+            "units than the file's grams a kWh?") in capsys.readouterr().err
     err = check(24 * 365 * 5)  # the rows of past years alone
     assert "power.budget.sources[carbon_csv].path: csv" in err and "no intensity in force at 20" in err
     assert "its latest point, at 20" in err and "is older than stale_after_s (7200 s)" in err
