@@ -224,7 +224,6 @@ class Daemon:
             log.info("config reloaded: changed %s; %s", changes(old, new), self._status())
             for warning in file_warnings(new):  # as `run` and check-config say them: a domain under its GPUs'
                 log.warning("reload: %s", warning)  # floors went in with no word
-
         self.notifier.ready(self._status())
 
     def _status(self) -> str:

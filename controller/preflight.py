@@ -21,10 +21,10 @@ from actuators.nvml import may_administer
 from actuators.vllm_servers import startable
 from controller.bounded_server import address_family
 from controller.budget.api_http import http_get
-from controller.budget.assemble import combiner, resolve
+from controller.budget.assemble import combiner
 from controller.budget.assemble import source as budget_source
 from controller.budget.base import BudgetError
-from controller.budget.carbon_feeds import CsvIntensityFeed
+from controller.budget.carbon import CarbonBudgetSource, IntensityPoint
 from controller.budget.endpoint import signal_token
 from controller.budget.settings import CarbonCsvSettings, CarbonSettings, DemandResponseSettings
 from controller.config_loader import ConfigError, check_listen, quoted
@@ -195,13 +195,10 @@ def file_warnings(settings: Settings) -> list[str]:
             "W: under load no cap holds it, and the plan cannot go below min_replicas"]
 
 
-def _flat_curve(settings: Settings, name: str, source: CarbonCsvSettings) -> list[str]:
-    """A curve every intensity of the file lies past, one end: its budget is that end's all the time (a curve in
-    kgCO2eq/kWh against an export in grams pinned the budget at 2,400 W all day, and check-config said ok)."""
-    try:
-        points = CsvIntensityFeed(resolve(settings.base_dir, source.path), source.basis).fetch(0.0)
-    except BudgetError:
-        return []  # read once already above: a file that changed between the two reads is the next check's
+def _flat_curve(name: str, source: CarbonCsvSettings, points: list[IntensityPoint]) -> list[str]:
+    """A curve every intensity of the file (its `points`) lies past, one end: its budget is that end's all the time
+    (a curve in kgCO2eq/kWh against an export in grams pinned the budget at 2,400 W all day, and check-config said
+    ok)."""
     low, high = min(g for g, _ in source.curve), max(g for g, _ in source.curve)
     seen = [p.g_per_kwh for p in points]
     if not seen or (low <= max(seen) and min(seen) <= high):
@@ -262,15 +259,16 @@ def preflight(settings: Settings, config: Path | None = None) -> Preflight:
         check_signal_paths(settings, config)
         for name, source in settings.budget.sources:
             if isinstance(source, CarbonCsvSettings | DemandResponseSettings):  # a file, read as the daemon will:
+                built = budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
+                                      settings.base_dir, math.inf)
                 try:  # missing, unreadable, malformed, no file (a FIFO), or a CSV with no row in force now
-                    budget_source(source, f"power.budget.sources[{name}]", os.environ, http_get,
-                                  settings.base_dir, math.inf).step(time.time())
+                    built.step(time.time())
                 except BudgetError as exc:
                     warnings.append(f"power.budget.sources[{name}].path: {exc}; it counts as "
                                     f"{_fallback_w(settings):g} W (safe_budget_w, at most budget_w) until it gives one")
                     continue
-                if isinstance(source, CarbonCsvSettings):
-                    warnings += _flat_curve(settings, name, source)
+                if isinstance(source, CarbonCsvSettings) and isinstance(built, CarbonBudgetSource):
+                    warnings += _flat_curve(name, source, built.points)  # the points just read: no second read
     backends, kube = check_backends(settings)
     warnings += backends + file_warnings(settings)
     for field, path in (("daemon.state_dir", settings.state_path), ("daemon.decision_log", settings.decision_log_path)):

@@ -80,7 +80,7 @@ class ClockFit:
         seen_itl = np.log([o.itl_ms for o in windows])
         # a held window's draw is a bound (tuner/draw.py): the clock's fit reads readings only
         powered = np.array([o.power_w is not None and math.isfinite(o.power_w) and o.power_w > 0
-                            and not o.power_held_share > 0.0 for o in windows])
+                            and not o.draw_is_bound for o in windows])
         seen_w = np.array([o.power_w if p else 1.0 for o, p in zip(windows, powered, strict=True)], dtype=float)
 
         def residuals_many(vs: list[NDArray[np.float64]]) -> list[NDArray[np.float64]]:

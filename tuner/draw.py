@@ -61,7 +61,7 @@ def newest(windows: list[Observation], keep: int) -> list[Observation]:
     counts = [0, 0]
     out = []
     for o in reversed(windows):
-        kind = int(o.power_held_share > 0.0)
+        kind = int(o.draw_is_bound)
         if counts[kind] < keep:
             counts[kind] += 1
             out.append(o)
@@ -123,7 +123,7 @@ class DrawFit:
             limits.append(limit_w(profile, o.power_cap_w))
             seen.append(float(o.power_w or 0.0))
             clocks.append(clock_share(o.sm_clock_fraction))
-            bound.append(o.power_held_share > 0.0)
+            bound.append(o.draw_is_bound)
         if not occupancies:
             return None
         return Occupancy.stack(occupancies), np.array(limits), np.array(seen), np.array(clocks), np.array(bound)

@@ -60,6 +60,11 @@ class Observation:
     under `power_cap_w`, the limits' mean (tuner/draw.py reads it so)."""
 
     @property
+    def draw_is_bound(self) -> bool:
+        """Whether `power_w` is a bound, not a reading: the governor held the GPUs down in some tick."""
+        return self.power_held_share > 0.0
+
+    @property
     def load(self) -> Load:
         return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv)
 
