@@ -209,11 +209,12 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
     _model_args(t)
     by_family = {n: f"{default_prior_ms('step', n):g} (gen2: {default_prior_ms('gen2', n):g})"
                  for n in ("beta_ms", "gamma_ms")}
-    for name, default in (("alpha-ms", "15.0"), ("beta-ms", by_family["beta_ms"]), ("gamma-ms", by_family["gamma_ms"]),
-                          ("delta-ms", f"{default_delta_ms('step'):g}")):
+    alpha_ms = default_prior_ms("step", "alpha_ms")  # every family's
+    for name, default in (("alpha-ms", f"{alpha_ms:g}"), ("beta-ms", by_family["beta_ms"]),
+                          ("gamma-ms", by_family["gamma_ms"]), ("delta-ms", f"{default_delta_ms('step'):g}")):
         low_open = name == "alpha-ms"
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
-                       default=15.0 if name == "alpha-ms" else None,  # the others' default is the family's
+                       default=alpha_ms if name == "alpha-ms" else None,  # the others' default is the family's
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
     add_expert_args(t)
     t.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",

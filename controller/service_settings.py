@@ -57,22 +57,18 @@ MAX_DURATION_S = 7 * 86400.0
 """Longest simulated stretch (a scenario, a cycle's period): a week."""
 
 
-PRIOR_BETA_MS, PRIOR_GAMMA_MS = 0.2, 20.0
-"""A config's prior beta and gamma where it gives none (gen1 and step)."""
-
-
 @dataclass(frozen=True)
 class PriorSettings:
     family: str = "step"
     """Service-time family of the queue model: step (gen1 in vLLM's tokens per step; the default: it held out
     best on engines it was not tuned on, under the engine laws its terms mirror), gen1 or gen2 (llm-inferno's;
     docs/queue-models.md)."""
-    alpha_ms: float = 20.0
-    """Decode step base time (ms)."""
+    alpha_ms: float = default_prior_ms("step", "alpha_ms")
+    """Decode step base time (ms); `tune`'s prior where it is given none, as are beta and gamma."""
     beta_ms: float | None = None
-    """Decode step time per sequence in the batch (ms; gen2: per token of a sequence); unset: 0.2 (gen2: 0.01)."""
+    """Decode step time per sequence in the batch (ms; gen2: per token of a sequence); unset: 0.1 (gen2: 0.01)."""
     gamma_ms: float | None = None
-    """Prefill base time (ms; gen2: per sequence per token of context); unset: 20 (gen2: 0.0001)."""
+    """Prefill base time (ms; gen2: per sequence per token of context); unset: 10 (gen2: 0.0001)."""
     delta_ms: float | None = None
     """Prefill time per prompt token and sequence (ms); unset: 0.05 (gen1 and step; gen2 has no such term)."""
     kappa_ms: float = 0.0
@@ -110,14 +106,11 @@ class PriorSettings:
             raise ConfigError(f"{where}.{name}", why) from None
 
     def params(self) -> ServiceParams:
-        """The parameters, each left unset at its family's prior (gen2's beta and gamma are in other units: gen1's 20
-        ms read as its per-context-token gamma made a 10-second decode step)."""
+        """The parameters, each left unset at its family's prior, the one `tune` starts from (gen2's beta and gamma
+        are in other units: gen1's 20 ms read as its per-context-token gamma made a 10-second decode step)."""
         delta_ms = self.delta_ms if self.delta_ms is not None else default_delta_ms(self.family)
-        unset = {"beta_ms": PRIOR_BETA_MS, "gamma_ms": PRIOR_GAMMA_MS}
-        if self.family == "gen2":
-            unset = {name: default_prior_ms("gen2", name) for name in unset}
-        beta_ms = self.beta_ms if self.beta_ms is not None else unset["beta_ms"]
-        gamma_ms = self.gamma_ms if self.gamma_ms is not None else unset["gamma_ms"]
+        beta_ms = self.beta_ms if self.beta_ms is not None else default_prior_ms(self.family, "beta_ms")
+        gamma_ms = self.gamma_ms if self.gamma_ms is not None else default_prior_ms(self.family, "gamma_ms")
         return ServiceParams(self.family, self.alpha_ms, beta_ms, gamma_ms, delta_ms, self.kappa_ms,
                              self.epsilon_ms, self.rho, self.budget_tokens,
                              expert_weight_share=self.expert_weight_share, expert_token_share=self.expert_token_share)

@@ -26,16 +26,17 @@ def default_delta_ms(family: str) -> float:
     return 0.0 if family == "gen2" else PRIOR_DELTA_MS
 
 
-PRIOR_MS = {"beta_ms": 0.1, "gamma_ms": 10.0}
-"""A prior's beta and gamma where none are given: a decode's per-sequence time and a prefill's base."""
-GEN2_PRIOR_MS = {"beta_ms": 0.01, "gamma_ms": 1e-4}
+PRIOR_MS = {"alpha_ms": 15.0, "beta_ms": 0.1, "gamma_ms": 10.0}
+"""A prior's alpha, beta and gamma where none are given (a config's and `tune`'s alike): a decode step's base, its
+per-sequence time and a prefill's base."""
+GEN2_PRIOR_MS = {"alpha_ms": 15.0, "beta_ms": 0.01, "gamma_ms": 1e-4}
 """gen2's: its beta is a token's compute and its gamma a context token's read, per sequence of the batch (an 8B
 model's on an H100 within a few times); gen1's values, read as those, put its step five orders of magnitude off
 and every term of a fit at its bound."""
 
 
 def default_prior_ms(family: str, name: str) -> float:
-    """The prior's beta_ms or gamma_ms where none is given, in the family's own units."""
+    """The prior's alpha_ms, beta_ms or gamma_ms where none is given, in the family's own units."""
     return (GEN2_PRIOR_MS if family == "gen2" else PRIOR_MS)[name]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -18,8 +19,10 @@ import pytest
 from conftest import free_port, mixed_host
 
 from controller.cli import main
+from controller.cli_args import add_tune_args
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
+from queuemodels import ServiceParams, default_delta_ms, default_prior_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = (ROOT / "config" / "sim.toml").read_text().replace("port = 9464", "port = 0")
@@ -784,18 +787,37 @@ def test_a_power_law_is_refused_by_its_name_or_its_gpu_type(tmp_path: Path, laws
         load_settings(power_laws_config(tmp_path, laws))
 
 
-@pytest.mark.parametrize(("prior", "beta_ms", "gamma_ms"), [('{ family = "gen2" }', 0.01, 1e-4),
-                                                         ('{ family = "gen1" }', 0.2, 20.0),
-                                                         ('{ family = "gen2", gamma_ms = 0.001 }', 0.01, 0.001)])
-def test_a_prior_left_unset_starts_at_its_familys_values(tmp_path: Path, prior: str, beta_ms: float,
-                                                           gamma_ms: float) -> None:
-    """gen1's 20-ms gamma read as gen2's per-context-token term made a 10-second decode step."""
+def unset_prior(tmp_path: Path, prior: str) -> ServiceParams:
+    """The first service's prior of config/sim.toml, written as `prior` instead."""
     text = (ROOT / "config" / "sim.toml").read_text()
     old = 'prior = { family = "step", alpha_ms = 20.0, beta_ms = 0.2, gamma_ms = 20.0, delta_ms = 0.06 }'
     assert old in text
     (tmp_path / "p.toml").write_text(text.replace(old, f"prior = {prior}"))
-    params = load_settings(tmp_path / "p.toml").services[0].prior.params()
+    return load_settings(tmp_path / "p.toml").services[0].prior.params()
+
+
+@pytest.mark.parametrize(("prior", "beta_ms", "gamma_ms"), [('{ family = "gen2" }', 0.01, 1e-4),
+                                                         ('{ family = "gen1" }', 0.1, 10.0),
+                                                         ('{ family = "gen2", gamma_ms = 0.001 }', 0.01, 0.001)])
+def test_a_prior_left_unset_starts_at_its_familys_values(tmp_path: Path, prior: str, beta_ms: float,
+                                                           gamma_ms: float) -> None:
+    """gen1's 20-ms gamma read as gen2's per-context-token term made a 10-second decode step."""
+    params = unset_prior(tmp_path, prior)
     assert (params.beta_ms, params.gamma_ms) == (beta_ms, gamma_ms)
+
+
+@pytest.mark.parametrize("family", ["step", "gen1", "gen2"])
+def test_a_prior_left_unset_is_the_one_tune_starts_from(tmp_path: Path, family: str) -> None:
+    """The config's defaults were alpha 20, beta 0.2, gamma 20 where `wattscale tune`'s were 15, 0.1, 10: a service
+    given no prior started from another law than the one its windows were fitted from."""
+    parser = argparse.ArgumentParser()
+    add_tune_args(parser)
+    (tmp_path / "rows.csv").write_text("")
+    args = parser.parse_args([str(tmp_path / "rows.csv"), "--family", family])
+    params = unset_prior(tmp_path, f'{{ family = "{family}" }}')
+    assert (params.alpha_ms, params.beta_ms, params.gamma_ms, params.delta_ms) == (
+        args.alpha_ms, default_prior_ms(family, "beta_ms"), default_prior_ms(family, "gamma_ms"),
+        default_delta_ms(family))
 
 
 def test_a_model_whose_weights_a_gpu_type_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:

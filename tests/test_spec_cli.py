@@ -510,7 +510,7 @@ def test_the_optimize_spec_schema_requires_the_params_the_loader_requires() -> N
                                                                 "'beta_ms' is a required property",
                                                                 "'gamma_ms' is a required property"]
     prior = schemas()["config"]["properties"]["services"]["items"]["properties"]["prior"]
-    assert prior["properties"]["alpha_ms"]["default"] == 20.0  # a daemon's prior still takes its defaults
+    assert prior["properties"]["alpha_ms"]["default"] == 15.0  # a daemon's prior still takes its defaults
 
 
 def test_an_optimize_spec_whose_minimums_the_inventory_cannot_hold_is_refused_by_field(
