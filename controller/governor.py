@@ -33,9 +33,9 @@ from controller.telemetry.base import GpuSample
 class PowerGovernor:
     def __init__(self, settings: PowerSettings, interval_s: float = 1.0) -> None:
         self.settings = settings
+        """Replaced whole on a reload (one reference): the next step uses the new budget, cuts kept."""
         self.interval_s = interval_s
         """Time between two steps (the fast loop's period): a tick's share of the ramp limit."""
-        """Replaced whole on a reload (one reference): the next step uses the new budget, cuts kept."""
         self.cut_w: dict[str, float] = {}
         """GPU UUID -> watts held below the plan's cap."""
         self.emergency = False
@@ -74,13 +74,13 @@ class PowerGovernor:
         measured = sum(counted_w(g, pinned) for g in samples)
         threshold = self.threshold_w()
         over = []
+        taken: dict[str, float] = {}  # watts this tick's cuts took below the draw, per GPU
         for line_w, inside in self.domains(samples):  # a rack at its breaker is cut even where the site has room
             over.append(sum(counted_w(g, pinned) for g in inside) - line_w)
-            if over[-1] > 0:
-                self._cut(inside, target, priorities, over[-1], pinned)
+            self._cut_line(inside, target, priorities, over[-1], pinned, taken)
         if measured > threshold:
             self.emergency = True
-            self._cut(samples, target, priorities, measured - threshold, pinned)
+            self._cut_line(samples, target, priorities, measured - threshold, pinned, taken)
         elif measured < s.budget_w * s.release_below and all(v < 0 for v in over):
             self.emergency = False
             self._release(samples, priorities, threshold - measured)
@@ -180,17 +180,31 @@ class PowerGovernor:
                 forced |= {g.uuid for g in inside if g.uuid in waiting}
         return frozenset(forced)
 
+    def _cut_line(self, inside: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
+                  excess_w: float, pinned: frozenset[str], taken: dict[str, float]) -> None:
+        """Cut a line's excess, less what this tick's cuts for other lines (`taken`, added to) already took below
+        the draw of its GPUs: the site's excess counts a rack's, and cut for both in full, a rack 30 W over its line
+        and the site 260 W over its own took 490 W, the lowest priority held 230 W under what both lines allowed
+        while the site's draw stayed above the release line."""
+        excess_w -= sum(taken.get(g.uuid, 0.0) for g in inside)
+        if excess_w > 0:
+            for uuid, take in self._cut(inside, target, priorities, excess_w, pinned).items():
+                taken[uuid] = taken.get(uuid, 0.0) + take
+
     def _cut(self, samples: Sequence[GpuSample], target: dict[str, float], priorities: Mapping[str, int],
-             excess_w: float, pinned: frozenset[str]) -> None:
-        """Cut `excess_w` below the draw, lowest priority first, from the GPUs that can be set now: a pinned GPU's
-        share was never applied, and its cut wound up a tick at a time while the site stayed over."""
+             excess_w: float, pinned: frozenset[str]) -> dict[str, float]:
+        """Cut `excess_w` below the draw, lowest priority first, from the GPUs that can be set now (a pinned GPU's
+        share was never applied, and its cut wound up a tick at a time while the site stayed over); returns what
+        each GPU gave."""
         rooms = [{g.uuid: 0.0 if g.uuid in pinned else max(0.0, min(accounted_w(g), target[g.uuid] -
                                                                     self.cut_w.get(g.uuid, 0.0)) - g.min_limit_w)
                   for g in group} for group in self.by_priority(samples, priorities)]
         by_uuid = {g.uuid: g for g in samples}
-        for uuid, take in take_lowest_first(rooms, excess_w).items():
+        takes = take_lowest_first(rooms, excess_w)
+        for uuid, take in takes.items():
             cut = self.cut_w.get(uuid, 0.0)  # below present draw, so the limit bites at once
             self.cut_w[uuid] = cut + max(0.0, target[uuid] - cut - accounted_w(by_uuid[uuid])) + take
+        return takes
 
     def _release(self, samples: Sequence[GpuSample], priorities: Mapping[str, int], spare_w: float) -> None:
         """Give cuts back, highest priority first, no more in all than `spare_w`."""

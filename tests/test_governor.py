@@ -61,6 +61,20 @@ def test_an_overdraw_is_cut_from_the_lowest_priority_first() -> None:
     assert sum(s.power_w or 0.0 for s in plant.samples()) <= 2000.0 * 0.97 + 1e-6
 
 
+@pytest.mark.parametrize("rack_w", [1000.0, 1300.0])
+def test_a_rack_and_the_site_over_at_once_cut_the_larger_excess_not_both(rack_w: float) -> None:
+    """bulk's rack 30 W over its 970-W line and the site 260 W over its threshold: both cut in full took 490 W,
+    held bulk at 710 W (its rack allows 970, the site 940) and the site at 1,710 W, over the release line for good.
+    Cut for the larger excess, bulk is held as with no rack (1,300 W: a rack that never binds)."""
+    free = PowerGovernor(PowerSettings(budget_w=2000.0))
+    racked = PowerGovernor(PowerSettings(budget_w=2000.0, domains=(PowerDomainSettings("rack", rack_w, (2, 3)),)))
+    alone, both = (Plant({0: 500.0, 1: 500.0, 2: 600.0, 3: 600.0}) for _ in range(2))
+    draws = [(alone.tick(free), both.tick(racked)) for _ in range(60)]
+    assert all(b == pytest.approx(a) for a, b in draws)  # every tick: the first's cut the site's 260 W, not 490
+    assert both.limit_w == pytest.approx(alone.limit_w)
+    assert both.limit_w[2] + both.limit_w[3] <= rack_w * 0.97
+
+
 def test_exhausted_only_once_every_limit_is_at_its_floor_over_budget() -> None:
     """A cut that fits under the threshold is an emergency, not exhaustion; a budget under four GPUs' 200-W
     floors is both, until the draw falls under it (a replica stopped)."""
