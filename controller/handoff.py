@@ -65,9 +65,9 @@ class Handoff:
         """A step of the budget sources (the daemon's budget thread and the operator's both hand theirs here): a
         change counted and handed over; a why that moved alone (a signal's time left, a failing source's latest
         error) kept current, with no change recorded."""
-        if budget.change is not None:
+        if budget.changed:
             self.metrics.budget_changes.labels(budget.source or "fallback").inc()
-        self.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", now, budget.change is not None)
+        self.set_budget(budget.budget_w, f"{budget.source or 'fallback'}: {budget.why}", now, budget.changed)
 
     def budget(self, configured_w: float) -> tuple[float, str | None]:
         """The budget in force and why, from one read of the sources' (the budget thread may move it between two):

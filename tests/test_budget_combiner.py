@@ -14,7 +14,7 @@ from controller.budget.base import (
     PermanentBudgetError,
     TransientBudgetError,
 )
-from controller.budget.combiner import BudgetChange, BudgetCombiner
+from controller.budget.combiner import BudgetCombiner
 from controller.budget.schedule import FixedSource
 
 Outcome = BudgetReading | BudgetError | None
@@ -43,10 +43,10 @@ def test_the_lowest_source_wins_and_each_change_says_why() -> None:
     combiner = BudgetCombiner({"site": FixedSource(2500.0), "grid": grid}, ttl_s=600.0, safe_budget_w=1000.0)
     first = combiner.step(0.0)
     assert (first.budget_w, first.source) == (1800.0, "grid")
-    assert first.change == BudgetChange(0.0, 1800.0, None, "grid", "scripted 1800 W")
-    assert combiner.step(1.0).change is None  # nothing moved
+    assert first.changed and first.why == "scripted 1800 W"
+    assert not combiner.step(1.0).changed  # nothing moved
     third = combiner.step(2.0)
-    assert third.change == BudgetChange(2.0, 2500.0, 1800.0, "site", "fixed 2500 W")
+    assert third.changed and (third.budget_w, third.source, third.why) == (2500.0, "site", "fixed 2500 W")
 
 
 def test_a_failing_source_holds_for_the_ttl_then_counts_as_the_safe_budget(caplog: pytest.LogCaptureFixture) -> None:
@@ -56,11 +56,11 @@ def test_a_failing_source_holds_for_the_ttl_then_counts_as_the_safe_budget(caplo
     combiner.step(0.0)
     with caplog.at_level(logging.INFO, logger="wattscale.budget"):
         held = combiner.step(300.0)
-        assert held.budget_w == 1800.0 and held.change is None and "held 300 s of 600 s: grid: HTTP 503" in held.why
+        assert held.budget_w == 1800.0 and not held.changed and "held 300 s of 600 s: grid: HTTP 503" in held.why
         assert combiner.step(600.0).budget_w == 1800.0
         safe = combiner.step(601.0)
-        assert safe.budget_w == 1200.0 and safe.change is not None
-        assert safe.change.why == "safe budget: grid: HTTP 503" and safe.change.source == "grid"
+        assert safe.budget_w == 1200.0 and safe.changed
+        assert safe.why == "safe budget: grid: HTTP 503" and safe.source == "grid"
         back = combiner.step(602.0)
         assert back.budget_w == 1700.0 and combiner.states["grid"].error == ""
     assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [
@@ -103,10 +103,10 @@ def test_demand_response_lowers_the_budget_until_its_deadline_passes() -> None:
     combiner = BudgetCombiner({"site": FixedSource(2500.0), "dr": dr}, ttl_s=600.0, safe_budget_w=1000.0)
     assert combiner.step(0.0).budget_w == 2500.0
     lowered = combiner.step(1.0)
-    assert (lowered.budget_w, lowered.source) == (900.0, "dr") and lowered.change is not None
-    assert combiner.step(2.0).change is None
+    assert (lowered.budget_w, lowered.source) == (900.0, "dr") and lowered.changed
+    assert not combiner.step(2.0).changed
     after = combiner.step(3.0)
-    assert after.budget_w == 2500.0 and after.change == BudgetChange(3.0, 2500.0, 900.0, "site", "fixed 2500 W")
+    assert after.changed and (after.budget_w, after.source, after.why) == (2500.0, "site", "fixed 2500 W")
 
 
 def test_when_no_source_sets_a_limit_the_safe_budget_holds() -> None:

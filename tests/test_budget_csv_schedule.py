@@ -82,7 +82,8 @@ def test_a_csv_feed_drives_the_carbon_source_and_rereads_a_changed_file(tmp_path
     assert source.step(T0 + 3600 + 60).budget_w == 1200.0  # 02:00's 460 g within the hour ahead
     path.write_text("\n".join([NEW_HEADER, ROWS[0].replace("300.5", "460.0")]), encoding="utf-8")
     os.utime(path, ns=(0, 10**9))
-    assert source.step(T0 + 3600 + 120).budget_w == 1200.0 and source.step(T0 + 3600 + 120).forecast == ()
+    reread = source.step(T0 + 3600 + 120)  # the file's one point now: 460 g, no later point to end it
+    assert reread.budget_w == 1200.0 and reread.valid_until_s == T0 + source.stale_after_s
 
 
 def test_a_missing_or_broken_csv_is_transient_after_retry_s(tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_a_missing_or_broken_csv_is_transient_after_retry_s(tmp_path: Path) -> N
 
 def test_fixed_holds_forever() -> None:
     reading = FixedSource(2500.0).step(T0)
-    assert reading.budget_w == 2500.0 and reading.valid_until_s == float("inf") and reading.forecast == ()
+    assert reading.budget_w == 2500.0 and reading.valid_until_s == float("inf")
 
 
 def test_times_of_day_parse() -> None:
@@ -128,13 +129,13 @@ def test_schedule_follows_local_time_across_the_spring_dst_change() -> None:
     assert saturday.valid_until_s == utc("2026-03-30T06:00:00")  # 32 h later, an hour shorter than the clock says
 
 
-def test_schedule_forecasts_its_changes_and_the_lowest_rule_wins() -> None:
+def test_schedule_holds_until_its_next_change_and_the_lowest_rule_wins() -> None:
     monday = BERLIN.step(utc("2026-03-30T09:30:00"))  # 11:30 CEST
     assert monday.budget_w == 1000.0 and monday.why == "schedule work 1000 W"
-    assert [(p.at_s, p.budget_w) for p in monday.forecast] == [
-        (utc("2026-03-30T10:00:00"), 800.0), (utc("2026-03-30T11:00:00"), 1000.0),
-        (utc("2026-03-30T18:00:00"), 2000.0), (utc("2026-03-31T06:00:00"), 1000.0)]
-    assert BERLIN.step(utc("2026-03-30T10:30:00")).why == "schedule monday-noon 800 W"
+    assert monday.valid_until_s == utc("2026-03-30T10:00:00")  # monday-noon's 800 W
+    noon = BERLIN.step(utc("2026-03-30T10:30:00"))
+    assert noon.why == "schedule monday-noon 800 W" and noon.valid_until_s == utc("2026-03-30T11:00:00")
+    assert BERLIN.step(utc("2026-03-30T17:59:00")).valid_until_s == utc("2026-03-30T18:00:00")
 
 
 def test_schedule_in_the_autumn_repeated_hour() -> None:
@@ -154,11 +155,11 @@ def test_a_stepped_schedule_reads_as_a_fresh_one_at_every_second_it_is_asked() -
              Rule(frozenset({0, 6}), minutes("12:00"), minutes("13:00"), 800.0, "noon"),
              Rule(frozenset({6}), minutes("01:30"), minutes("03:30"), 600.0, "night"),
              Rule(WORKDAYS, minutes("20:00"), minutes("22:00"), 1000.0, "evening")]  # the same budget, its own why
-    stepped = ScheduleSource(rules, 2000.0, "Europe/Berlin", horizon_s=6 * 3600.0)
+    stepped = ScheduleSource(rules, 2000.0, "Europe/Berlin")
     times = [utc("2026-03-28T20:00:00") + 600.0 * i for i in range(1300)]  # nine days in ten-minute steps
     times[700:700] = [times[6], times[6] + 1.0, times[-1]]  # set back, then forward past the week
     for t in times:
-        fresh = ScheduleSource(rules, 2000.0, "Europe/Berlin", horizon_s=6 * 3600.0).step(t)
+        fresh = ScheduleSource(rules, 2000.0, "Europe/Berlin").step(t)
         assert stepped.step(t) == fresh, t
 
 

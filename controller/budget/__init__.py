@@ -6,13 +6,12 @@ Every source is stepped with an explicit Unix time and never reads the clock; th
 
 from controller.budget.base import (
     BudgetError,
-    BudgetPoint,
     BudgetReading,
     BudgetSource,
     PermanentBudgetError,
     TransientBudgetError,
 )
-from controller.budget.combiner import Budget, BudgetChange, BudgetCombiner
+from controller.budget.combiner import Budget, BudgetCombiner
 
-__all__ = ["Budget", "BudgetChange", "BudgetCombiner", "BudgetError", "BudgetPoint", "BudgetReading",
+__all__ = ["Budget", "BudgetCombiner", "BudgetError", "BudgetReading",
            "BudgetSource", "PermanentBudgetError", "TransientBudgetError"]

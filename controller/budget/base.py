@@ -18,24 +18,14 @@ def utc_iso(t_s: float) -> str:
 
 
 @dataclass(frozen=True)
-class BudgetPoint:
-    """The budget a source expects from `at_s` (Unix seconds) on."""
-
-    at_s: float
-    budget_w: float
-
-
-@dataclass(frozen=True)
 class BudgetReading:
-    """A source's budget at one time, why, until when it holds and what it expects next."""
+    """A source's budget at one time, why, and until when it holds."""
 
     budget_w: float
     why: str
     """One line for the log and the decision log, e.g. "DE 412 gCO2/kWh in 40 min -> 1800 W"."""
     valid_until_s: float
     """Unix time after which this reading says nothing; the source should be stepped again by then."""
-    forecast: tuple[BudgetPoint, ...] = ()
-    """Budgets the source expects later, in time order (empty when it has no forecast)."""
 
 
 class BudgetError(Exception):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.budget.base import BudgetPoint, BudgetReading, PendingBudgetError, TransientBudgetError, utc_iso
+from controller.budget.base import BudgetReading, PendingBudgetError, TransientBudgetError, utc_iso
 from controller.config_loader import ConfigError
 
 MAX_CURVE_W = 1e8
@@ -90,7 +90,7 @@ class CarbonBudgetSource:
         self.lead_s, self.refresh_s, self.stale_after_s = lead_s, refresh_s, stale_after_s
         self.points: list[IntensityPoint] = []
         self.starts: list[float] = []
-        self.ahead: list[BudgetPoint] = []
+        self.watts: list[float] = []
         """Each point's start and budget, worked out once a fetch: a year of hourly points is read every second."""
         self.next_fetch_s = float("-inf")
 
@@ -104,7 +104,7 @@ class CarbonBudgetSource:
                 raise PendingBudgetError(str(exc), exc.retry_after_s, held=self.reading(now)) from None
             self.points = sorted(fetched, key=lambda p: p.at_s)
             self.starts = [p.at_s for p in self.points]
-            self.ahead = [BudgetPoint(p.at_s, self.curve.watts(p.g_per_kwh)) for p in self.points]
+            self.watts = [self.curve.watts(p.g_per_kwh) for p in self.points]
             self.next_fetch_s = now + self.refresh_s
         return self.reading(now)
 
@@ -119,10 +119,9 @@ class CarbonBudgetSource:
                    f"older than stale_after_s ({self.stale_after_s:g} s)")
             raise TransientBudgetError(f"{self.feed.name}: no intensity in force at {utc_iso(now)}: {why}", retry_s)
         ahead = bisect.bisect_right(self.starts, now + self.lead_s)
-        lowest = min(range(k - 1, ahead), key=lambda i: (self.ahead[i].budget_w, self.points[i].at_s))
-        budget_w, point = self.ahead[lowest].budget_w, self.points[lowest]
+        lowest = min(range(k - 1, ahead), key=lambda i: (self.watts[i], self.points[i].at_s))
+        budget_w, point = self.watts[lowest], self.points[lowest]
         when = "now" if lowest == k - 1 else f"in {(point.at_s - now) / 60:.0f} min"
         why = f"{self.feed.name} {point.g_per_kwh:.0f} gCO2/kWh {when} -> {budget_w:.0f} W"
         valid_until_s = self.starts[k] if k < len(self.points) else self.points[k - 1].at_s + self.stale_after_s
-        forecast = tuple(self.ahead[k:])
-        return BudgetReading(budget_w, why, valid_until_s, forecast)
+        return BudgetReading(budget_w, why, valid_until_s)

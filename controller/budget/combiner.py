@@ -4,9 +4,8 @@ Each source is stepped at every `now` unless it is waiting out a retry delay (a 
 Retry-After) or has failed permanently. A source that fails keeps its last good value for `ttl_s` after
 that value was read, then counts as the safe budget until it answers again, or as its last value where that is
 lower and still in force (`valid_until_s`: a demand-response signal's deadline): a broken signal file had lifted
-the utility's cut to the safe budget 13 minutes before its deadline. Every change of the budget,
-or of the source that sets it, comes back as a `BudgetChange` that says why, for the log, the metrics
-and the decision log.
+the utility's cut to the safe budget 13 minutes before its deadline. Every change of the budget, or of the
+source that sets it, is logged and flagged (`Budget.changed`), for the metrics and the decision log.
 
 `now` is the wall clock's (schedules and signals' deadlines are in real time), which steps. A step back moves
 every retry and reading time back with it, so a delay or an age is what has elapsed: a 5-s retry had waited out
@@ -32,25 +31,14 @@ log = logging.getLogger("wattscale.budget")
 
 
 @dataclass(frozen=True)
-class BudgetChange:
-    """The budget moved (or another source now sets it): when, to what, from what, and why."""
+class Budget:
+    """The budget in force at one step, and whether it moved (or another source now sets it) at this step."""
 
-    at_s: float
     budget_w: float
-    before_w: float | None
     source: str
     """The source that sets the budget; "" when none does and the safe budget holds."""
     why: str
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The budget in force at one step, and the change it made, if any."""
-
-    budget_w: float
-    source: str
-    why: str
-    change: BudgetChange | None
+    changed: bool
 
 
 @dataclass
@@ -154,11 +142,10 @@ class BudgetCombiner:
         else:
             source, budget_w, why = "", self.safe_budget_w, "safe budget: no source sets a limit"
         before = self.last
-        change = None
-        if before is None or before.budget_w != budget_w or before.source != source:
-            change = BudgetChange(now, budget_w, None if before is None else before.budget_w, source, why)
+        changed = before is None or before.budget_w != budget_w or before.source != source
+        if changed:
             failing = bool(source) and bool(self.states[source].error)  # a broken source's fallback: said louder
             log.log(logging.WARNING if failing else logging.INFO, "budget sources: %.0f W from %s: %s", budget_w,
                     source or "fallback", why)
-        self.last = Budget(budget_w, source, why, change)
+        self.last = Budget(budget_w, source, why, changed)
         return self.last

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from controller.budget.base import BudgetPoint, BudgetReading
+from controller.budget.base import BudgetReading
 from controller.telemetry.base import shortened
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -50,14 +50,11 @@ def minutes(hhmm: str) -> int:
 
 
 class ScheduleSource:
-    def __init__(self, rules: list[Rule], default_budget_w: float, time_zone: str,
-                 horizon_s: float = 86400.0) -> None:
+    def __init__(self, rules: list[Rule], default_budget_w: float, time_zone: str) -> None:
         self.rules, self.default_budget_w = rules, default_budget_w
         self.tz = ZoneInfo(time_zone)
-        self.horizon_s = horizon_s
-        """How far ahead the reading's forecast lists the table's changes."""
-        self._held: tuple[float, float, tuple[BudgetPoint, ...]] | None = None
-        """The last week read: when, until when its budget held, and the table's changes over it."""
+        self._held: tuple[float, float] | None = None
+        """The last change read: from when, and until when (the table's next change) the budget holds."""
 
     def budget_at(self, now: float) -> tuple[float, str]:
         local = dt.datetime.fromtimestamp(now, self.tz)
@@ -85,23 +82,16 @@ class ScheduleSource:
         return sorted(out)
 
     def step(self, now: float) -> BudgetReading:
-        """The budget at `now`, valid until the table next changes it (a week covers every table), with the
-        changes within `horizon_s` as forecast. The budget and its rule are read each step; the week's changes
-        only once the budget changes, the forecast would pass the week read, or the clock went back: they cost
+        """The budget at `now`, valid until the table next changes it (a week covers every table). The budget and
+        its rule are read each step; the next change only once the budget changes or the clock went back: it costs
         rules x boundaries (400 rules took 47 ms), and the source is stepped every second."""
         held = self._held
-        if held is None or not held[0] <= now < held[1] or now + self.horizon_s > held[0] + WEEK_S:
-            held = self._held = (now, *self._changes(now))
-        _, valid_until_s, changes = held
+        if held is None or not held[0] <= now < held[1]:
+            held = self._held = (now, self._next_change(now))
         budget_w, why = self.budget_at(now)
-        return BudgetReading(budget_w, why, valid_until_s, tuple(p for p in changes if p.at_s <= now + self.horizon_s))
+        return BudgetReading(budget_w, why, held[1])
 
-    def _changes(self, now: float) -> tuple[float, tuple[BudgetPoint, ...]]:
-        """When the budget at `now` next changes, and the table's changes over the week after it."""
-        changes, last_w = [], self.budget_at(now)[0]
-        for t in self.boundaries(now, now + WEEK_S):
-            w, _ = self.budget_at(t)
-            if w != last_w:
-                changes.append(BudgetPoint(t, w))
-                last_w = w
-        return changes[0].at_s if changes else math.inf, tuple(changes)
+    def _next_change(self, now: float) -> float:
+        """When the budget at `now` next changes (inf: not within the week, so never)."""
+        budget_w = self.budget_at(now)[0]
+        return next((t for t in self.boundaries(now, now + WEEK_S) if self.budget_at(t)[0] != budget_w), math.inf)
