@@ -1,5 +1,6 @@
 """The power domains as the optimizer plans within them: each domain's line scaled as the site's budget is
-for planning (headroom, and in predicted mode the plan's margin), less what its GPUs draw with no replica; and
+for planning (headroom, and in predicted mode the plan's margin), less what its GPUs count for with no replica
+(their draw then, or in caps mode their lowest limits); and
 where each service's replicas sit (its variants' GPU lists on a host, or the domain a variant runs in: a
 cluster's node pool)."""
 

@@ -2,7 +2,8 @@
 
 A window teaches the tuner only if it was steady (no restart in it, nor in the one before: a restart's
 requests drain into the next window) and the max batch read back held still through it; its latencies
-are labelled with the batch and the limits really in force, its draw dropped where the governor cut it.
+are labelled with the batch and the limits really in force, and its draw with the share of it the governor held
+down (a bound on what the load would draw, not a reading: tuner/draw.py).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from controller.budget.settings import CarbonCsvSettings, CarbonSettings, Demand
 from controller.config_loader import ConfigError, check_listen, quoted
 from controller.idle_floor import floor_w, lowest_limits_w
 from controller.settings import Settings
+from controller.settings_checks import domain_lowest_limits_w
 from controller.signal_paths import check_signal_paths
 from controller.state_lock import check_free
 from controller.telemetry.base import shortened
@@ -298,7 +299,7 @@ def _domain_floors(settings: Settings) -> list[str]:
     governor does (a rack of four H100s under 500 W drew 800 W a whole run, and nothing said why)."""
     out = []
     for d in settings.power.domains:
-        floor = sum(CATALOG[k].min_power_w for k in settings.gpu_types(d.gpus))
+        floor = domain_lowest_limits_w(settings, d.gpus)
         if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:
             out.append(f"power.domains[{d.name}].limit_w: {d.limit_w:g} W ({line:.0f} W less headroom) is below its "
                        f"GPUs' lowest limits, {floor:.0f} W: busy, they draw over it whatever the governor sets")

@@ -89,9 +89,13 @@ def domain_idle_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, floa
 def domain_floor_w(s: Settings, gpus: tuple[int, ...], empty_w: Mapping[str, float] | None = None) -> float:
     """What these GPUs count for with no replica, as the plan counts a free GPU (optimizer.Problem.floor_w): their
     draw then (`domain_idle_w`), or in caps mode their lowest limits."""
-    if s.power.mode == "caps":
-        return sum(CATALOG[k].min_power_w for k in s.gpu_types(gpus))
-    return domain_idle_w(s, gpus, empty_w)
+    return domain_lowest_limits_w(s, gpus) if s.power.mode == "caps" else domain_idle_w(s, gpus, empty_w)
+
+
+def domain_lowest_limits_w(s: Settings, gpus: tuple[int, ...]) -> float:
+    """The sum of these GPUs' lowest power limits, each as its type: what they draw at least, busy, whatever the
+    governor sets."""
+    return sum(CATALOG[k].min_power_w for k in s.gpu_types(gpus))
 
 
 def domain_room_w(s: Settings, d: PowerDomainSettings, empty_w: Mapping[str, float] | None = None) -> float:

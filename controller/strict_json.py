@@ -19,6 +19,11 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+def rounded(x: float, digits: int) -> float | None:
+    """`x` to `digits` decimals for a report, None (null) where it is not finite."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """json.dumps of `obj` with non-finite floats as null (and refused, should any other path hold one)."""
     return json.dumps(finite(obj), allow_nan=False, **kwargs)

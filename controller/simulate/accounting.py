@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ from numpy.typing import NDArray
 from controller.simulate.power_figures import drops, power_figures
 from controller.simulate.runner import Run, Trace
 from controller.simulate.scenario import Scenario
+from controller.strict_json import rounded
 from queuemodels.types import QUANTILE_OF
 from simulator.requests import Finished
 
@@ -112,10 +112,6 @@ def _changes(series: NDArray[np.float64]) -> int:
     return int(np.count_nonzero(np.diff(series) != 0))
 
 
-def _round(x: float, digits: int = 4) -> float | None:
-    return round(x, digits) if math.isfinite(x) else None
-
-
 def _cut(met: float, arrived: float) -> float:
     """met / arrived cut (not rounded) to 4 decimals, in whole numbers: a few misses in 40,000 requests read 0.9999,
     never 1.0, and 57 of 100 reads 0.57 (cut as a float, 0.5699)."""
@@ -161,14 +157,14 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
             "slo_attainment": _cut(met.sum(), arrived.sum()) if arrived.sum() else None,
             "requests": int(arrived.sum()),
             "finished": int(np.count_nonzero(counted)),
-            "ttft_mean_ms": _round(float(fin.ttft_s[counted].mean() * 1000), 1) if counted.any() else None,
-            "ttft_p95_ms": _round(float(np.percentile(fin.ttft_s[counted], 95) * 1000), 1) if counted.any() else None,
-            "itl_mean_ms": _round(float(fin.itl_s[counted].mean() * 1000), 2) if counted.any() else None,
-            "itl_p95_ms": _round(float(np.percentile(fin.itl_s[counted], 95) * 1000), 2) if counted.any() else None,
-            "t_over_c": _round(svc_t_over_c, 3),
-            "restarts_per_hour": _round(_changes(tr.max_batch[svc.name]) / hours, 2),
-            "replica_changes_per_hour": _round(_changes(tr.replicas[svc.name]) / hours, 2),
-            "replicas_mean": _round(float(tr.replicas[svc.name].mean()), 2),
+            "ttft_mean_ms": rounded(float(fin.ttft_s[counted].mean() * 1000), 1) if counted.any() else None,
+            "ttft_p95_ms": rounded(float(np.percentile(fin.ttft_s[counted], 95) * 1000), 1) if counted.any() else None,
+            "itl_mean_ms": rounded(float(fin.itl_s[counted].mean() * 1000), 2) if counted.any() else None,
+            "itl_p95_ms": rounded(float(np.percentile(fin.itl_s[counted], 95) * 1000), 2) if counted.any() else None,
+            "t_over_c": rounded(svc_t_over_c, 3),
+            "restarts_per_hour": rounded(_changes(tr.max_batch[svc.name]) / hours, 2),
+            "replica_changes_per_hour": rounded(_changes(tr.replicas[svc.name]) / hours, 2),
+            "replicas_mean": rounded(float(tr.replicas[svc.name].mean()), 2),
         }
     violation_s, raw_s = violations(run)
     dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
@@ -177,13 +173,13 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         "duration_s": duration,
         "budget_violation_s": violation_s,
         "budget_violation_raw_s": raw_s,
-        "peak_draw_w": _round(float(tr.draw_w.max()), 1),
-        "mean_draw_w": _round(float(tr.draw_w.mean()), 1),
+        "peak_draw_w": rounded(float(tr.draw_w.max()), 1),
+        "mean_draw_w": rounded(float(tr.draw_w.mean()), 1),
         "limits_over_budget_s": float(np.count_nonzero(tr.limits_w > tr.budget_w + LIMITS_SLACK_W)) * dt,
-        "mean_limits_w": _round(float(tr.limits_w.mean()), 1),
-        "energy_kwh": _round(energy_j / 3.6e6, 4),
-        "tokens_per_joule": _round(tokens / energy_j if energy_j > 0 else 0.0, 4),
-        "sum_t_over_c": _round(t_over_c, 3),
+        "mean_limits_w": rounded(float(tr.limits_w.mean()), 1),
+        "energy_kwh": rounded(energy_j / 3.6e6, 4),
+        "tokens_per_joule": rounded(tokens / energy_j if energy_j > 0 else 0.0, 4),
+        "sum_t_over_c": rounded(t_over_c, 3),
         "services": services,
         **power_figures(scn.config, tr, tokens),
     }

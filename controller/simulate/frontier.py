@@ -24,6 +24,7 @@ from controller.simulate.baselines import level_limits
 from controller.simulate.plant import token_mix
 from controller.simulate.scenario import Scenario
 from controller.simulate.sizing import replica_for
+from controller.strict_json import rounded
 from simulator.hardware import SPECS
 from simulator.probe import Replica, measure
 from simulator.workload import TokenSampler
@@ -88,12 +89,8 @@ class _Probe:
         if not math.isfinite(t_over_c):  # no request reached its first token in the window: none served
             t_over_c = 0.0
         served = m.throughput_rps / m.rate_rps if m.rate_rps > 0 else 0.0
-        return Option(n, clock, round(n * (m.power_w - spec.empty_w), 1), round(t_over_c, 2), _finite(m.ttft_ms, 1),
-                      _finite(m.itl_ms, 2), round(served, 3))
-
-
-def _finite(x: float, digits: int) -> float | None:
-    return round(x, digits) if math.isfinite(x) else None
+        return Option(n, clock, round(n * (m.power_w - spec.empty_w), 1), round(t_over_c, 2), rounded(m.ttft_ms, 1),
+                      rounded(m.itl_ms, 2), round(served, 3))
 
 
 def _probes(scn: Scenario, fleet: dict[str, dict[str, int]], probe_seed: int) -> tuple[str, dict[str, _Probe]]:

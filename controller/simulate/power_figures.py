@@ -22,7 +22,6 @@ A figure whose subject is absent (no drop, no domain, no ramp limit, no intensit
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from numpy.typing import NDArray
 
 from controller.settings import PowerSettings, Settings
 from controller.simulate.runner import Trace
+from controller.strict_json import rounded
 from simulator.hardware import SPECS
 
 BOUND_SHARE = 0.05
@@ -72,10 +72,6 @@ def _longest_run(flags: NDArray[np.bool_]) -> int:
         run = run + 1 if f else 0
         best = max(best, run)
     return best
-
-
-def _round(x: float, digits: int = 3) -> float | None:
-    return round(x, digits) if math.isfinite(x) else None
 
 
 def drop_figures(trace: Trace, dt: float) -> dict[str, float | None]:
@@ -124,8 +120,8 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
     for k, j, end in drops(trace):  # a window that holds any of a drop, until a second after it settled
         free[max(0, k - w + 1):(end + w if j < 0 else j + w + 1)] = False
     out: dict[str, float | None] = {
-        "ramp_rise_max_w_per_s": _round(max(0.0, float(rate[free].max()))) if free.any() else None,
-        "ramp_fall_max_w_per_s": _round(max(0.0, float(-rate[free].min()))) if free.any() else None,
+        "ramp_rise_max_w_per_s": rounded(max(0.0, float(rate[free].max())), 3) if free.any() else None,
+        "ramp_fall_max_w_per_s": rounded(max(0.0, float(-rate[free].min())), 3) if free.any() else None,
         "ramp_up_fast_s": None, "ramp_down_fast_s": None, "ramp_down_fast_by_limits_s": None}
     if up_w > 0:
         out["ramp_up_fast_s"] = float(np.count_nonzero(free & (rate > up_w * (1 + RAMP_SHARE)))) * dt
@@ -139,16 +135,17 @@ def ramp_figures(power: PowerSettings, trace: Trace, dt: float) -> dict[str, flo
 
 def carbon_figures(trace: Trace, dt: float, tokens: int, idle_w: float) -> dict[str, float | None]:
     known = np.isfinite(trace.intensity_g_per_kwh)
-    mean_budget = _round(float(trace.budget_w.mean()), 1)
+    mean_budget = rounded(float(trace.budget_w.mean()), 1)
     if not known.any():
         return {"co2_mg_per_token": None, "co2_kg": None, "mean_budget_w": mean_budget, "budget_bound_share": None,
                 "idle_energy_share": None}
     grams = float(np.sum(trace.draw_w[known] * dt / 3.6e6 * trace.intensity_g_per_kwh[known]))
     bound = trace.draw_w >= trace.budget_w * (1 - BOUND_SHARE)
     energy = float(np.sum(trace.draw_w))
-    return {"co2_mg_per_token": _round(grams * 1000 / tokens, 5) if tokens else None, "co2_kg": _round(grams / 1000, 4),
-            "mean_budget_w": mean_budget, "budget_bound_share": _round(float(np.mean(bound)), 4),
-            "idle_energy_share": _round(idle_w * len(trace.draw_w) / energy, 3) if energy > 0 else None}
+    return {"co2_mg_per_token": rounded(grams * 1000 / tokens, 5) if tokens else None,
+            "co2_kg": rounded(grams / 1000, 4),
+            "mean_budget_w": mean_budget, "budget_bound_share": rounded(float(np.mean(bound)), 4),
+            "idle_energy_share": rounded(idle_w * len(trace.draw_w) / energy, 3) if energy > 0 else None}
 
 
 def power_figures(cfg: Settings, trace: Trace, tokens: int) -> dict[str, Any]:
