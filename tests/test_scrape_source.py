@@ -462,10 +462,11 @@ def test_a_window_reads_no_page_past_three_timeouts_in_all() -> None:
     """Engines whose pages each take nearly their whole timeout: read one after another, 40 of them held the slow
     loop 200 s at a 5-s timeout. The window now starts no read past three timeouts in all, and says so once."""
     host = _host()
-    pages, errors, asked = Pages(host), list[str](), list[str]()
+    pages, errors, asked, begun = Pages(host), list[str](), list[str](), list[float]()
 
     def slow(url: str, timeout_s: float) -> str:
         asked.append(url)
+        begun.append(time.monotonic())
         time.sleep(timeout_s * 0.9)
         return pages.fetch(url.split("#")[0], timeout_s)
 
@@ -474,7 +475,10 @@ def test_a_window_reads_no_page_past_three_timeouts_in_all() -> None:
                               on_error=lambda kind, message: errors.append(f"{kind}: {message}"))
     started = time.monotonic()
     source.observe(20.0, list(urls))
-    assert time.monotonic() - started < 4 * 0.05 + 0.1 and 3 <= len(asked) <= 5, len(asked)
+    # every read begun within the three timeouts, however long a loaded machine's sleeps overran (three or four of
+    # them fit on an idle one, two under a busy test run)
+    assert time.monotonic() - started < 4 * 0.05 + 0.1 and 2 <= len(asked) <= 5, len(asked)
+    assert max(begun) - started < 3 * 0.05, [t - started for t in begun]
     assert set(errors) == {"scrape: a window's pages took longer than 3 x telemetry.timeout_s (0.15 s): the pages "
                            "after were not read"}
     read = len(asked)
