@@ -47,7 +47,7 @@ class PowerGovernor:
         under the plan's caps then wait on the ramp limit, not on the budget."""
 
     def threshold_w(self) -> float:
-        return self.settings.budget_w * (1 - self.settings.headroom)
+        return self.settings.line_w(self.settings.budget_w)
 
     def step(
         self,
@@ -140,7 +140,7 @@ class PowerGovernor:
     def domains(self, samples: Sequence[GpuSample]) -> list[tuple[float, list[GpuSample]]]:
         """Each power domain's line (its limit less the headroom) and its GPUs among `samples`."""
         s = self.settings
-        return [(d.limit_w * (1 - s.headroom), [g for g in samples if g.index in d.gpus]) for d in s.domains]
+        return [(s.line_w(d.limit_w), [g for g in samples if g.index in d.gpus]) for d in s.domains]
 
     def failsafe_caps(self, samples: Sequence[GpuSample], pinned: frozenset[str] = frozenset()) -> tuple[
             dict[int, float], bool]:

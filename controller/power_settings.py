@@ -120,9 +120,11 @@ class PowerSettings:
         if not 0 <= self.plan_margin < 0.5:
             raise ConfigError(f"{where}.plan_margin", f"must be in [0, 0.5), got {self.plan_margin}")
 
+    def line_w(self, limit_w: float) -> float:
+        """The line the governor holds a limit to (the site's budget, a domain's): the limit less the headroom."""
+        return limit_w * (1.0 - self.headroom)
+
     def planned_w(self) -> float:
         """The budget the optimizer plans against: the governor's threshold for caps (they cannot be passed,
         and the governor holds the limits' sum under it), and for predicted means that less the plan's margin."""
-        if self.mode == "caps":
-            return self.budget_w * (1.0 - self.headroom)
-        return self.budget_w * (1.0 - self.headroom) * (1.0 - self.plan_margin)
+        return self.line_w(self.budget_w) * (1.0 if self.mode == "caps" else 1.0 - self.plan_margin)

@@ -182,7 +182,7 @@ def check_free_port(where: str, port: int) -> None:
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
     out = _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
-    threshold_w, floor = settings.power.budget_w * (1.0 - settings.power.headroom), floor_w(settings)
+    threshold_w, floor = settings.power.line_w(settings.power.budget_w), floor_w(settings)
     lowest = lowest_limits_w(settings)
     if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
         out.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below the "
@@ -300,7 +300,7 @@ def _domain_floors(settings: Settings) -> list[str]:
     out = []
     for d in settings.power.domains:
         floor = domain_lowest_limits_w(settings, d.gpus)
-        if (line := d.limit_w * (1.0 - settings.power.headroom)) < floor:
+        if (line := settings.power.line_w(d.limit_w)) < floor:
             out.append(f"power.domains[{d.name}].limit_w: {d.limit_w:g} W ({line:.0f} W less headroom) is below its "
                        f"GPUs' lowest limits, {floor:.0f} W: busy, they draw over it whatever the governor sets")
     return out

@@ -275,7 +275,7 @@ class ClusterLoop:
         if not self.lease.valid():  # leading took past the Lease's term (a slow API): no plan is written now
             return self._lost(now)
         power = c.governor.settings
-        domains = [(d.limit_w * (1.0 - power.headroom), d.gpus) for d in power.domains]
+        domains = [(power.line_w(d.limit_w), d.gpus) for d in power.domains]
         failed = plans.flush(now, c.governor.threshold_w(), domains)  # the plans' retry book logs each run once
         c.metrics.errors.labels("node_plan").inc(len(failed))  # and every failure is counted
         if dropped := log_writer.take_dropped():  # standard error's reader stopped: the governor went on
