@@ -23,7 +23,7 @@ from controller.optimizer import Assignment
 from controller.plan import DrawReading
 from controller.telemetry.base import ServiceWindow
 from controller.telemetry.plausible import MAX_GPU_LIMIT_W
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 CHANGES_SAID = 10
 """Services a decision's log line names one by one (the decision log holds each): a first cycle of 100 services

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.service_settings import ServiceSettings
-from tuner.store import read_json, set_aside, write_json
+from tuner.own_files import read_json, set_aside, write_json
 
 MARGINS_FILE = "slo_margins.json"
 """The margins' file, beside the tuner's state in `daemon.state_dir`."""

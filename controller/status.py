@@ -21,7 +21,7 @@ from controller.slo_margin import slo_met
 from controller.status_record import check_record
 from controller.telemetry.base import shortened
 from controller.toml_file import read_toml
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 STALE_CYCLES = 3
 """Slow cycles past which the last decision is flagged stale (the daemon writes one a cycle)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from controller.config_loader import ConfigError
 from controller.telemetry.base import shortened
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 MAX_TOML_BYTES = 2 << 20
 """Largest TOML file read (a config of a thousand services is some 500 KB). The parser takes up to 2 s a MB of the

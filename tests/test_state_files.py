@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from queuemodels import DEFAULT_MODEL, Load, ServerShape, ServiceParams, get_model
-from tuner import Observation, Tuner, store
+from tuner import Observation, Tuner, own_files, store
 
 PRIOR = ServiceParams("gen1", 24.0, 0.18, 40.0, 0.07)
 TRUE = ServiceParams("gen1", 12.0, 0.09, 20.0, 0.035)
@@ -99,7 +99,6 @@ def test_a_bad_state_file_is_set_aside_with_one_warning(
 def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes | None,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """None: a file past the size read (a 3 GB one was read whole: 6 GB of memory and 17 s before the daemon ran)."""
-    from tuner import store
 
     path = tmp_path / "tuner.json"
     if content is None:
@@ -116,7 +115,7 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
 
 def test_a_second_bad_copy_is_kept_beside_the_first(tmp_path: Path) -> None:
     """Set aside again, a bad file replaced the copy kept from the first time, unsaid."""
-    from tuner.store import MAX_ASIDE_COPIES, set_aside
+    from tuner.own_files import MAX_ASIDE_COPIES, set_aside
 
     path = tmp_path / "tuner.json"
     said = []
@@ -213,8 +212,8 @@ def test_many_pairs_restore_from_one_read_and_a_pair_made_later_reads_what_was_s
     for r in (2.0, 8.0, 5.0, 11.0):
         writer.update("m", "gpu0", observe(r))
     opened: list[object] = []
-    real_open = store.open_plain
-    monkeypatch.setattr(store, "open_plain", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    real_open = own_files.open_plain
+    monkeypatch.setattr(own_files, "open_plain", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     reader = Tuner(path)
     reader.ensure_all(("m", f"gpu{k}", PRIOR, None) for k in range(12))  # as the controller starts
     assert len(opened) == 1

@@ -29,7 +29,7 @@ from typing import IO
 
 from queuemodels import DEFAULT_MAX_QUEUE
 from tuner.observation import Observation
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
 OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",

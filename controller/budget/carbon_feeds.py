@@ -42,7 +42,7 @@ from controller.budget.api_http import (
 from controller.budget.base import PermanentBudgetError, TransientBudgetError
 from controller.budget.carbon import MAX_INTENSITY, IntensityPoint
 from controller.http_fetch import HttpAnswer
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 G_PER_KWH_PER_LBS_PER_MWH = 0.4536
 """1 lb = 453.6 g and 1 MWh = 1000 kWh."""

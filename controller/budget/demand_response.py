@@ -20,7 +20,7 @@ from typing import Any
 
 from controller.budget.api_http import MalformedAnswer, number, parse_time_s
 from controller.budget.base import BudgetReading, TransientBudgetError, utc_iso
-from tuner.store import atomic_write_text, open_plain
+from tuner.own_files import atomic_write_text, open_plain
 
 MAX_SIGNAL_BYTES = 4096
 MIN_SIGNAL_W = 1.0

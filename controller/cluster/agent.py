@@ -33,7 +33,7 @@ from controller.cluster.plan_spec import PlanSpec, read_spec
 from controller.cluster.resources import GROUP, PLANS, VERSION
 from controller.http_fetch import Unreachable, http_request, opener
 from controller.telemetry.capped import CappedShares
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 log = logging.getLogger("wattscale.agent")
 MERGE = "application/merge-patch+json"

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from tuner.store import open_plain
+from tuner.own_files import open_plain
 
 log = logging.getLogger("wattscale.agent")
 CONTEXT = b"wattscale-plan-v1\n"
