@@ -18,7 +18,7 @@ unstable; the truth's settings (below). Targets are printed beside the figures.
 The engine is llama-3.1-8b on an H100-SXM at pair seed 0 by default: the engine the model's recent changes
 were chosen on, so its figures are in-sample. `--pair-seed N` draws other hidden efficiencies (the
 simulator's `step_cost`) and `--engine-model NAME` another served model's costs (and KV cache, which the
-prior takes as `wattscale tune` would read it): an engine the model was not shaped on. The mixture-of-experts
+prior takes as `wattscale tune --kv-tokens` does): an engine the model was not shaped on. The mixture-of-experts
 personality's prior is given the routing off the card of the model it imitates (`CARDS`), as a user gives `tune`.
 `--power-law NAME` runs the GPU under another hidden power law (`simulator/power_law.py`): how its draw follows
 a step's work and its clock, and so what a cap costs in speed, which the prior's catalogue curve does not know.

@@ -216,6 +216,9 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
                        default=alpha_ms if name == "alpha-ms" else None,  # the others' default is the family's
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
+    t.add_argument("--kv-tokens", type=number(0.0, 1e9), default=0.0, metavar="N",
+                   help="the replicas' KV-cache tokens (num_gpu_blocks x block_size, vllm:cache_config_info): bounds "
+                        "the batch the law is fitted at, as it bounds the engine's; default 0, not known (unbounded)")
     add_expert_args(t)
     t.add_argument("--accelerator", type=accelerator, default=None, metavar="NAME",
                    help=f"power profile, needed when rows carry power caps or draws: {ACCELERATORS}")

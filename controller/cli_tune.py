@@ -54,7 +54,7 @@ def tune(args: argparse.Namespace) -> int:
     beta_ms, gamma_ms = (default_prior_ms(args.family, name) if getattr(args, name) is None else getattr(args, name)
                          for name in ("beta_ms", "gamma_ms"))
     try:
-        prior = ServiceParams(args.family, args.alpha_ms, beta_ms, gamma_ms, delta_ms,
+        prior = ServiceParams(args.family, args.alpha_ms, beta_ms, gamma_ms, delta_ms, kv_tokens=args.kv_tokens,
                               expert_weight_share=args.expert_weight_share,
                               expert_token_share=args.expert_token_share)
         get_model(args.model).check(prior)
@@ -62,6 +62,11 @@ def tune(args: argparse.Namespace) -> int:
         raise as_flags(exc, args) from None
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations), prof)
+    need = max((o.in_tokens + o.out_tokens for o in observations if o.problem() is None), default=0.0)  # a row the
+    # filter skips (NaN, inf) says nothing of the requests
+    if 0 < args.kv_tokens < need:  # the engine would have refused such a request
+        raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of the longest rows ({need:g} "
+                              "tokens in and out)")
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):
@@ -79,9 +84,15 @@ def tune(args: argparse.Namespace) -> int:
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
         n = report["observations"]
         print(f"{n} observation{'' if n == 1 else 's'} ({verdicts}): {params}")
+        if args.kv_tokens:
+            print(f"fitted at a KV cache of {args.kv_tokens:g} tokens (read, not fitted: give it again as analyze's "
+                  "--kv-tokens, a config variant's kv_cache_tokens)")
         print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
               f"one step ahead {_median_errors(ahead, 'no row scored (warm-up)')}; "
               f"in sample {_median_errors(fit, '-')}")
+        if "error_in_sample_law" in report:
+            print(f"the law alone, fitted to TTFT less the queueing time (queue_ms): in sample "
+                  f"{_median_errors(report['error_in_sample_law'], '-')}")
         if "draw" in report:
             d = report["draw"]
             print(f"draw curve: busy share {d['busy_share']} (of peak - idle, drawn at any batch), batch half "
@@ -98,7 +109,8 @@ def tune(args: argparse.Namespace) -> int:
 
 UNUSABLE_ERROR = 1.0
 """The in-sample median relative error of mean TTFT or ITL past which a fit is refused as unusable: off by more
-than the windows it was fitted to measured (a sound fit reads 0.01-0.4)."""
+than the windows it was fitted to measured (a sound fit reads 0.01-0.4); where a `queue_ms` column has the law
+fitted to TTFT less the queueing, the law's own (the chain's queueing error is not the fit's)."""
 UNUSABLE_DRAW_ERROR = 0.5
 """The draw curve's median relative error past which it is refused: the curve spans the GPU's idle to its peak
 draw, so readings it misses by half are not one GPU's (a sum over GPUs, another unit; a sound fit reads 0.01-0.1)."""
@@ -108,7 +120,7 @@ def _usable(report: dict[str, Any], points: int) -> int:
     """0, or 1 with a line on stderr where the fit cannot be used (its parameters are printed all the same, to see
     why); a note where too few rows, or operating points (`points`: rows alike in rate, tokens, batch and cap say
     one thing), were there to move most parameters off the prior."""
-    fit = report["error_in_sample"]
+    fit = report.get("error_in_sample_law", report["error_in_sample"])  # the law's, where TTFT was split
     worst = max((v for v in (fit["median_ttft"], fit["median_itl"]) if v == v), default=0.0)
     n, k = report["observations"], len(report["params"])
     few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters" if n < k else \

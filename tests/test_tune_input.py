@@ -4,6 +4,7 @@ line whichever check refuses it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -13,8 +14,9 @@ import pytest
 from conftest import one_line
 
 from controller.cli import main
+from controller.cli_tune import _usable
 from controller.tune_input import MAX_ROWS, read_bounded
-from queuemodels import ServiceParams
+from queuemodels import Load, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import profile
 from tuner import PairFilter
 from tuner.observation_file import ObservationFileError
@@ -367,3 +369,60 @@ def test_a_prior_term_of_0_is_left_out_not_a_cause_to_reject_rows(capsys: pytest
     assert main(["tune", str(path), "--accelerator", "H100-SXM", "--delta-ms", "0", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "model-error" not in report["verdicts"] and report["params"]["delta_ms"] == 0.0, report["verdicts"]
+
+
+def test_tune_takes_the_kv_cache_the_windows_ran_at(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tune had no way to be told the replicas' KV cache: windows at batch 128-256 whose cache holds 40 requests were
+    fitted as if the batch ran to its max, 80 % off in TTFT, and the printed law predicted an unbounded batch."""
+    model, kv = get_model("mm1k-cb"), 40 * (1024 + 256)
+    truth = ServiceParams("step", 11.8, 0.01, 6.2, 0.034, kappa_ms=5e-5, epsilon_ms=0.5, rho=1.0,
+                          budget_tokens=8000.0, kv_tokens=kv)
+    rows = [HEADER]
+    for batch, n_in, share in ((b, n, u) for b in (128, 256) for n in (256, 1024) for u in (0.3, 0.6, 0.85)):
+        load = Load(1.0, n_in, 256)
+        rate = share * model.saturation_rps(truth, load, ServerShape(batch, None))
+        perf = model.analyze(truth, dataclasses.replace(load, rate_rps=rate), ServerShape(batch, 1024), tails=False)
+        rows.append(f"{rate},{n_in},256,{batch},{perf.ttft_ms},{perf.itl_ms}")
+    path = tmp_path / "bound.csv"
+    path.write_text("\n".join(rows) + "\n")
+    errors = {}
+    for flags in ([], ["--kv-tokens", str(kv)]):
+        assert main(["tune", str(path), "--json", *flags]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        errors[bool(flags)] = doc["error_in_sample"]["max_ttft"]
+        assert doc.get("kv_tokens") == (kv if flags else None)
+    assert errors[True] < 0.05 < 0.3 < errors[False]
+    assert main(["tune", str(path), "--kv-tokens", str(kv)]) == 0
+    assert f"fitted at a KV cache of {kv} tokens" in capsys.readouterr().out
+    assert main(["tune", str(path), "--kv-tokens", "1000"]) == 2  # under one request of 1,280 tokens
+    assert one_line(capsys).startswith("wattscale: --kv-tokens: 1000 holds no whole request of the longest rows")
+    rows.insert(1, "1,nan,256,64,50,10")  # a row the filter skips: first, it hid every other from the check
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["tune", str(path), "--kv-tokens", "1000"]) == 2
+    assert "holds no whole request of the longest rows (1280 tokens" in one_line(capsys)
+
+
+def test_the_unusable_fit_gate_judges_the_law_where_ttft_is_fitted_less_its_queueing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With `queue_ms`, the law is fitted to TTFT less the queueing; the whole TTFT's error also holds the chain's
+    queueing error, which no fit of the law mends: the gate reads the law's own, and both are printed."""
+    model = get_model("mm1k-cb")
+    truth = ServiceParams("step", 11.8, 0.01, 6.2, 0.034, kappa_ms=5e-5, epsilon_ms=0.5, rho=1.0, budget_tokens=8000.0)
+    rows = [HEADER + ",queue_ms"]
+    for batch, n_in, share in ((b, n, u) for u in (0.2, 0.8, 0.5) for b in (32, 64) for n in (256, 1024)):
+        load = Load(1.0, n_in, 256)
+        rate = share * model.saturation_rps(truth, load, ServerShape(batch, None))
+        perf = model.analyze(truth, dataclasses.replace(load, rate_rps=rate), ServerShape(batch, 1024), tails=False)
+        queue = 10.0 * (perf.ttft_ms - perf.extra["prefill_ms"])  # an engine queueing 10 x what the chain says
+        rows.append(f"{rate},{n_in},256,{batch},{perf.extra['prefill_ms'] + queue},{perf.itl_ms},{queue}")
+    path = tmp_path / "queued.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["tune", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error_in_sample_law"]["median_ttft"] < 0.05 < 0.3 < doc["error_in_sample"]["median_ttft"]
+    assert main(["tune", str(path)]) == 0
+    assert "the law alone, fitted to TTFT less the queueing time (queue_ms): in sample" in capsys.readouterr().out
+    # the gate, on a fit whose whole TTFT is off by more than its windows measured and whose law is not
+    law = {"median_ttft": 0.02, "median_itl": 0.01, "max_ttft": 0.05, "max_itl": 0.02}
+    report = {**doc, "error_in_sample": {**law, "median_ttft": 1.5}, "error_in_sample_law": law}
+    assert _usable(report, 12) == 0 and _usable({**report, "error_in_sample_law": report["error_in_sample"]}, 12) == 1
