@@ -163,6 +163,17 @@ def test_a_stepped_schedule_reads_as_a_fresh_one_at_every_second_it_is_asked() -
         assert stepped.step(t) == fresh, t
 
 
+def test_a_weekly_window_before_the_autumn_clock_change_is_awaited_not_read_as_never() -> None:
+    """A week across the autumn change lasts 169 hours: looked for within 168, a one-minute weekly window's next start
+    was never, and the stepped source held `valid_until_s` infinite where a fresh one read the next Wednesday."""
+    rules = [Rule(frozenset({2}), minutes("12:00"), minutes("12:01"), 500.0, "wed")]
+    stepped = ScheduleSource(rules, 2000.0, "Europe/Berlin")
+    start = utc("2026-10-21T10:01:30")  # Wednesday 12:01:30 CEST, just after the window; 25 October in the week after
+    assert stepped.step(start).valid_until_s == utc("2026-10-28T11:00:00")  # 12:00 CET
+    for t in (start + 600.0 * i for i in range(2016)):  # two weeks in ten-minute steps
+        assert stepped.step(t) == ScheduleSource(rules, 2000.0, "Europe/Berlin").step(t), t
+
+
 def test_a_csv_past_its_size_is_refused_before_it_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 100-MB export took 7.6 s and 1 GB a read (and again whenever it changed); now refused by its size."""
     import controller.budget.carbon_feeds as feeds

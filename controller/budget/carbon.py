@@ -91,7 +91,8 @@ class CarbonBudgetSource:
         self.points: list[IntensityPoint] = []
         self.starts: list[float] = []
         self.watts: list[float] = []
-        """Each point's start and budget, worked out once a fetch: a year of hourly points is read every second."""
+        """Each point's budget (its start in `starts`), worked out once a fetch: a year of hourly points is read
+        every second."""
         self.next_fetch_s = float("-inf")
 
     def step(self, now: float) -> BudgetReading:

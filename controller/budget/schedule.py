@@ -92,6 +92,8 @@ class ScheduleSource:
         return BudgetReading(budget_w, why, held[1])
 
     def _next_change(self, now: float) -> float:
-        """When the budget at `now` next changes (inf: not within the week, so never)."""
+        """When the budget at `now` next changes (inf: not within a local week, so never; a day past WEEK_S, as a week
+        across the autumn clock change lasts 169 hours: a weekly rule's next start was read as never)."""
         budget_w = self.budget_at(now)[0]
-        return next((t for t in self.boundaries(now, now + WEEK_S) if self.budget_at(t)[0] != budget_w), math.inf)
+        return next((t for t in self.boundaries(now, now + WEEK_S + 86400.0) if self.budget_at(t)[0] != budget_w),
+                    math.inf)
