@@ -60,10 +60,16 @@ def read_toml(path: Path, expect: str | None = None) -> dict[str, Any]:
     """A TOML file's tables, refused as one error line where it cannot be read, holds nothing, or is another kind
     of file (USES) than `expect`."""
     doc = _parsed(path)
-    found = file_kind(doc) if expect else None
-    if expect and found and found != expect:
-        raise ConfigError(str(path), f"is {_an(found)}, not {_an(expect)}: {USES[found]}")
+    if expect:
+        check_kind(path, doc, expect)
     return doc
+
+
+def check_kind(path: Path, doc: dict[str, Any], expect: str) -> None:
+    """Refuse `doc` (read from `path`) where it is another kind of file (USES) than `expect`."""
+    found = file_kind(doc)
+    if found and found != expect:
+        raise ConfigError(str(path), f"is {_an(found)}, not {_an(expect)}: {USES[found]}")
 
 
 def _missing(path: Path) -> str:

@@ -1192,3 +1192,20 @@ def test_in_caps_mode_a_domain_leaves_room_over_its_gpus_lowest_limits(tmp_path:
         load_settings(tmp_path / "d.toml")
     (tmp_path / "p.toml").write_text(GOOD.replace('mode = "predicted"\n', rack.replace("caps", "predicted")))
     assert load_settings(tmp_path / "p.toml").power.domains[0].limit_w == 700.0  # over their 380 W of idle draw
+
+
+def test_check_config_reads_the_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """It parsed a daemon config twice: once to tell its kind, again to check it."""
+    import controller.toml_file as toml_file
+
+    path = tmp_path / "host.toml"
+    path.write_text(GOOD)
+    parsed: list[Path] = []
+    real = toml_file._parsed
+    monkeypatch.setattr(toml_file, "_parsed", lambda p: parsed.append(p) or real(p))
+    assert main(["check-config", str(path), "--file-only"]) == 0
+    assert parsed == [path] and "ok (3 services" in capsys.readouterr().out
+    (tmp_path / "spec.toml").write_text((ROOT / "config" / "examples" / "optimize.toml").read_text())
+    assert main(["check-config", str(tmp_path / "spec.toml"), "--file-only"]) == 2  # another kind: refused as before
+    assert "is an optimize spec, not a daemon config" in capsys.readouterr().err
