@@ -65,8 +65,8 @@ def tune(args: argparse.Namespace) -> int:
     need = max((o.in_tokens + o.out_tokens for o in observations if o.problem() is None), default=0.0)  # a row the
     # filter skips (NaN, inf) says nothing of the requests
     if 0 < args.kv_tokens < need:  # the engine would have refused such a request
-        raise ModelInputError(f"--kv-tokens: {args.kv_tokens:g} holds no whole request of the longest rows ({need:g} "
-                              "tokens in and out)")
+        raise ModelInputError(f"--kv-tokens: {args.kv_tokens:.15g} holds no whole request of the longest rows "
+                              f"({need:g} tokens in and out)")
     if prof is None and any(o.power_cap_w is not None for o in observations):
         raise ModelInputError("--accelerator: the observations carry power caps; name the accelerator")
     if prof is None and any(o.power_w is not None for o in observations):
@@ -85,7 +85,7 @@ def tune(args: argparse.Namespace) -> int:
         n = report["observations"]
         print(f"{n} observation{'' if n == 1 else 's'} ({verdicts}): {params}")
         if args.kv_tokens:
-            print(f"fitted at a KV cache of {args.kv_tokens:g} tokens (read, not fitted: give it again as analyze's "
+            print(f"fitted at a KV cache of {args.kv_tokens:.15g} tokens (read, not fitted: give it again as analyze's "
                   "--kv-tokens, a config variant's kv_cache_tokens)")
         print(f"relative error of mean TTFT and ITL (|predicted - observed| / observed, the median over windows): "
               f"one step ahead {_median_errors(ahead, 'no row scored (warm-up)')}; "

@@ -394,6 +394,8 @@ def test_tune_takes_the_kv_cache_the_windows_ran_at(tmp_path: Path, capsys: pyte
     assert errors[True] < 0.05 < 0.3 < errors[False]
     assert main(["tune", str(path), "--kv-tokens", str(kv)]) == 0
     assert f"fitted at a KV cache of {kv} tokens" in capsys.readouterr().out
+    assert main(["tune", str(path), "--kv-tokens", "1234567"]) == 0  # as given: `g` printed it 1.23457e+06
+    assert "fitted at a KV cache of 1234567 tokens" in capsys.readouterr().out
     assert main(["tune", str(path), "--kv-tokens", "1000"]) == 2  # under one request of 1,280 tokens
     assert one_line(capsys).startswith("wattscale: --kv-tokens: 1000 holds no whole request of the longest rows")
     rows.insert(1, "1,nan,256,64,50,10")  # a row the filter skips: first, it hid every other from the check
