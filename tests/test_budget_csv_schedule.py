@@ -174,6 +174,28 @@ def test_a_weekly_window_before_the_autumn_clock_change_is_awaited_not_read_as_n
         assert stepped.step(t) == ScheduleSource(rules, 2000.0, "Europe/Berlin").step(t), t
 
 
+@pytest.mark.parametrize(("start", "end", "day"), [("00:00", "02:30", "2026-10-24T22:00:00"),  # ends twice
+                                                    ("02:15", "02:45", "2026-10-24T22:00:00"),  # in the repeated hour
+                                                    ("02:30", "04:00", "2026-03-28T22:00:00")])  # starts in the gap
+def test_a_schedule_says_when_its_budget_changes_across_a_clock_change(start: str, end: str, day: str) -> None:
+    """Rule times were read at one reading of the local time only: a rule starting in the spring gap starts as the
+    clock jumps, one under way when autumn's clock goes back is in force again for the repeated hour, and each said
+    its change up to 30 minutes off (a review). Every minute of the night, stepped and fresh, against a scan."""
+    rules = [Rule(frozenset({6}), minutes(start), minutes(end), 500.0, "sunday")]
+    stepped = ScheduleSource(rules, 2000.0, "Europe/Berlin")
+    grid = [utc(day) + 60.0 * k for k in range(8 * 60)]
+    budgets = [stepped.budget_at(t)[0] for t in grid]
+    checked = 0
+    for i, t in enumerate(grid):
+        change = next((grid[j] for j in range(i + 1, len(grid)) if budgets[j] != budgets[i]), None)
+        if change is None:  # the night's last change is behind: the next is a week on, past the scan
+            break
+        checked += 1
+        assert stepped.step(t).valid_until_s == change, t
+        assert ScheduleSource(rules, 2000.0, "Europe/Berlin").step(t).valid_until_s == change, t
+    assert checked >= 120  # the night's changes, two hours of minutes at least
+
+
 def test_a_csv_past_its_size_is_refused_before_it_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 100-MB export took 7.6 s and 1 GB a read (and again whenever it changed); now refused by its size."""
     import controller.budget.carbon_feeds as feeds

@@ -66,20 +66,37 @@ class ScheduleSource:
         return rule.budget_w, f"schedule {rule.label} {rule.budget_w:.0f} W"
 
     def boundaries(self, now: float, until: float) -> list[float]:
-        """The Unix times in (now, until] where a rule starts or ends, in order."""
+        """The Unix times in (now, until] where a rule may start or end, in order: each rule time at both of its
+        readings (a time in autumn's repeated hour happens twice), and the instants the clock changes (a rule under
+        way when the clock jumps into or back across it starts or ends then; read at one reading only, the spring
+        gap's rule start and the repeated hour's second end were 30 minutes off)."""
         today = dt.datetime.fromtimestamp(now, self.tz).date()
-        out = set()
+        out: set[float] = set()
         for d in range(math.ceil((until - now) / 86400.0) + 2):
             day = today + dt.timedelta(days=d)
+            midnight = dt.datetime.combine(day, dt.time())
             for rule in self.rules:
                 if day.weekday() not in rule.weekdays:
                     continue
                 for m in (rule.start_min, rule.end_min):
-                    local = dt.datetime.combine(day, dt.time()) + dt.timedelta(minutes=m)
-                    t = local.replace(tzinfo=self.tz).timestamp()
-                    if now < t <= until:
-                        out.add(t)
-        return sorted(out)
+                    local = midnight + dt.timedelta(minutes=m)
+                    out.update(local.replace(tzinfo=self.tz, fold=fold).timestamp() for fold in (0, 1))
+            if (change := self._clock_change(midnight)) is not None:
+                out.add(change)
+        return sorted(t for t in out if now < t <= until)
+
+    def _clock_change(self, midnight: dt.datetime) -> float | None:
+        """The instant the zone's offset changes within the local day starting at `midnight`, to the second (None: it
+        does not)."""
+        low, high = midnight.replace(tzinfo=self.tz).timestamp(), (midnight + dt.timedelta(days=1)).replace(
+            tzinfo=self.tz).timestamp()
+        offset = dt.datetime.fromtimestamp(low, self.tz).utcoffset()
+        if dt.datetime.fromtimestamp(high, self.tz).utcoffset() == offset:
+            return None
+        while high - low > 1.0:  # the offset is a step in UTC time: bisect it
+            mid = math.floor((low + high) / 2.0)
+            low, high = (mid, high) if dt.datetime.fromtimestamp(mid, self.tz).utcoffset() == offset else (low, mid)
+        return high
 
     def step(self, now: float) -> BudgetReading:
         """The budget at `now`, valid until the table next changes it (a week covers every table). The budget and
