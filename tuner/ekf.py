@@ -97,13 +97,18 @@ class PairFilter:
         profile = self._latency_profile(v)
         return params, None if profile is None else self.draw.applied(self.clock.applied(profile))
 
-    def predict(self, obs: Observation, x: NDArray[np.float64] | None = None, whole: bool = False) -> NDArray[
-            np.float64]:
+    def predict(self, obs: Observation, x: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
         """h(x): the model's [TTFT, ITL] at the observation's operating point; TTFT's rest after the queueing
-        time where `observed` reads that (the prompt's own steps at the batch it joins), unless `whole`."""
+        time where `observed` reads that (the prompt's own steps at the batch it joins)."""
+        return self.predicted(obs, x)[1]
+
+    def predicted(self, obs: Observation, x: NDArray[np.float64] | None = None) -> tuple[
+            NDArray[np.float64], NDArray[np.float64]]:
+        """The model's [TTFT, ITL] at `obs` whole, and as the filter fits them (`predict`), from one analysis."""
         params, profile = self.params(x)
         perf = get_model(self.queue_model).analyze(obs.at_cache(params), obs.load, obs.shape, profile, tails=False)
-        return np.array([perf.extra["prefill_ms"] if self._splits(obs) and not whole else perf.ttft_ms, perf.itl_ms])
+        fitted = perf.extra["prefill_ms"] if self._splits(obs) else perf.ttft_ms
+        return np.array([perf.ttft_ms, perf.itl_ms]), np.array([fitted, perf.itl_ms])
 
     def predict_many(self, pairs: list[tuple[Observation, NDArray[np.float64] | None]]) -> list[
             NDArray[np.float64] | None]:

@@ -56,19 +56,30 @@ def significant(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def relative_errors(pair: PairFilter, obs: Observation, whole: bool = True) -> tuple[float, float] | None:
-    """The relative errors of the mean TTFT and ITL the model predicts at `obs`, against what it measured (None: not
-    a usable window). The whole TTFT, queueing included, also where the filter fits it less the queueing time (a
-    window with `queue_ms`: the prompt's own steps, compared with the whole measured TTFT, read 26 % off where the
-    whole TTFT was within 1 %); not `whole`, what the filter fits (the law alone, the chain's queueing left out)."""
+Errors = tuple[float, float]
+
+
+def both_errors(pair: PairFilter, obs: Observation) -> tuple[Errors, Errors] | None:
+    """The relative errors of the mean TTFT and ITL the model predicts at `obs`, against what it measured, from one
+    analysis (None: not a usable window): the whole TTFT's, queueing included, also where the filter fits it less the
+    queueing time (a window with `queue_ms`: the prompt's own steps, compared with the whole measured TTFT, read 26 %
+    off where the whole TTFT was within 1 %); and what the filter fits (the law alone, the chain's queueing left
+    out), the same where TTFT is read whole."""
     if obs.problem() is not None:
         return None
     try:
-        pred = pair.predict(obs, whole=whole)
+        whole, fitted = pair.predicted(obs)
     except ModelInputError:
         return None
-    seen = np.array([obs.ttft_ms, obs.itl_ms]) if whole else pair.observed(obs)
-    return abs(pred[0] / seen[0] - 1.0), abs(pred[1] / seen[1] - 1.0)
+    seen = pair.observed(obs)
+    return ((abs(whole[0] / obs.ttft_ms - 1.0), abs(whole[1] / obs.itl_ms - 1.0)),
+            (abs(fitted[0] / seen[0] - 1.0), abs(fitted[1] / seen[1] - 1.0)))
+
+
+def relative_errors(pair: PairFilter, obs: Observation, whole: bool = True) -> Errors | None:
+    """`both_errors`' whole TTFT's, or (not `whole`) the law's."""
+    both = both_errors(pair, obs)
+    return None if both is None else both[0 if whole else 1]
 
 
 def run(pair: PairFilter, observations: list[Observation],
@@ -101,8 +112,7 @@ def run(pair: PairFilter, observations: list[Observation],
         if progress is not None:
             progress(row, len(observations))
     pair.refit_draw()  # the report's curve rests on every window kept, not on the last one it missed
-    fitted = [e for e in (relative_errors(pair, o) for o in observations) if e is not None]
-    split = any(pair.observed(o)[0] != o.ttft_ms for o in observations if o.problem() is None)
+    both = [e for e in (both_errors(pair, o) for o in observations) if e is not None]  # one analysis a window
     params, profile = pair.params()
     names, model = NAMES[params.family], get_model(pair.queue_model)
     out: dict[str, Any] = {
@@ -113,11 +123,11 @@ def run(pair: PairFilter, observations: list[Observation],
         "verdicts": verdicts,
         "covariance_trace": float(np.trace(pair.p)),
         "error_one_step_ahead": ErrorSummary.of(ahead).__dict__,
-        "error_in_sample": ErrorSummary.of(fitted).__dict__,
+        "error_in_sample": ErrorSummary.of([whole for whole, _ in both]).__dict__,
     }
-    if split:  # the law was fitted to TTFT less the queueing time: its own error, the chain's queueing left out
-        out["error_in_sample_law"] = ErrorSummary.of(
-            [e for e in (relative_errors(pair, o, whole=False) for o in observations) if e is not None]).__dict__
+    if any(whole != law for whole, law in both):  # the law was fitted to TTFT less the queueing time somewhere: its
+        # own error, the chain's queueing left out
+        out["error_in_sample_law"] = ErrorSummary.of([law for _, law in both]).__dict__
     if params.kv_tokens:  # read, not fitted: the cache the law was fitted at (a replica's, or a variant's)
         out["kv_tokens"] = params.kv_tokens
     if params.expert_weight_share:  # read, not fitted, but the law the times hold under: a spec copying them needs it
