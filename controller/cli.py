@@ -20,11 +20,11 @@ from controller.cli_tune import tune
 from controller.config_loader import ConfigError
 from controller.planner.command import plan_command
 from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
-from controller.settings import load_settings, settings_from
+from controller.settings import load_settings
 from controller.signal_paths import check_signal_paths
 from controller.simulate.args import add_simulate_args
 from controller.state_lock import held
-from controller.toml_file import check_kind, file_kind, read_toml
+from controller.toml_file import file_kind, read_toml
 from controller.vllm_exec import add_vllm_exec_command
 from queuemodels import ModelInputError, Performance
 from tuner.observation_file import ObservationFileError
@@ -71,8 +71,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{args.file}: ok (a scenario: {n} service{'s' * (n != 1)} for {scn.settings.duration_s:g} s, budget "
               f"{scn.start_budget_w:.0f} W at the start; `wattscale simulate` runs it)")
         return 0
-    check_kind(Path(args.file), doc, "daemon config")
-    s = settings_from(doc, Path(args.file).resolve().parent)
+    s = load_settings(Path(args.file), doc)
     if args.file_only:
         check_signal_paths(s, Path(args.file), host=False)  # which files are whose: the file's, not the host's
     for warning in file_warnings(s) if args.file_only else preflight(s, Path(args.file)).warnings:

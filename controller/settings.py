@@ -23,7 +23,7 @@ from controller.settings_checks import MAX_GPUS, MAX_SERVICES, check_budget_sour
 from controller.simulator_settings import SimulatorSettings
 from controller.slo_margin import MARGINS_FILE
 from controller.state_lock import LOCK_FILE
-from controller.toml_file import read_toml
+from controller.toml_file import check_kind, read_toml
 from queuemodels.accelerators import CATALOG
 
 __all__ = [
@@ -226,9 +226,13 @@ class Settings:
         return svc.variants or (VariantSettings(self.accelerators[0].name, svc.deployment, svc.gpus),)
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate a config file; raises ConfigError naming the field and the reason."""
-    return settings_from(read_toml(path, "daemon config"), path.resolve().parent)
+def load_settings(path: Path, doc: dict[str, Any] | None = None) -> Settings:
+    """Read and validate a config file (`doc`: its tables where the caller read them already); raises ConfigError
+    naming the field and the reason."""
+    if doc is None:
+        doc = read_toml(path)
+    check_kind(path, doc, "daemon config")
+    return settings_from(doc, path.resolve().parent)
 
 
 def settings_from(data: dict[str, Any], base_dir: Path) -> Settings:
