@@ -170,7 +170,8 @@ def observation(row: dict[str, Any]) -> Observation:
     return Observation(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["max_batch"], DEFAULT_MAX_QUEUE,
                        row["ttft_ms"],
                        row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
-                       in_cv=row["in_cv"], out_cv=row["out_cv"], queue_ms=row.get("queue_ms"))
+                       in_cv=row["in_cv"], out_cv=row["out_cv"], queue_ms=row.get("queue_ms"),
+                       tokens_per_step=row.get("tokens_per_step", 1.0))
 
 
 def _stats(errs: list[float]) -> tuple[float, float]:
@@ -186,8 +187,10 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
     model = get_model(model_name)
     errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_p95": [], "power": []}
     called_unstable = 0
+    # the tokens a step gives, as the daemon reads them from the windows it learnt from (not the truth's own)
+    per_step = float(np.mean([r.get("tokens_per_step", 1.0) for r in train]))
     for row in test:
-        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"])
+        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"], per_step)
         try:
             # Predicted with an unbounded queue: below saturation the 1,024 the windows were recorded with blocks
             # nothing, and only an unbounded queue says when the model calls a stable point unstable.
@@ -200,7 +203,7 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
             errs[k].append(min(1e3, abs(v / row["power_w" if k == "power" else f"{k}_ms"] - 1.0)))
     capacity: dict[str, float] = {}
     for (_, batch, n_in, cap), truth in sorted((k, v) for k, v in sats.items() if k[0] == name):
-        load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV)
+        load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV, per_step)
         pred_sat = model.saturation_rps(params, load, ServerShape(batch, None, _cap_w(cap)), prof)
         capacity[f"b{batch}-in{n_in}-cap{cap:g}"] = round(pred_sat / truth - 1.0, 4)
     cap_errs = list(capacity.values())

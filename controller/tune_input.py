@@ -10,6 +10,7 @@ from actuators.vllm_servers import MAX_BATCH
 from controller.service_settings import MAX_TOKENS
 from controller.settings_checks import MAX_QUEUE
 from queuemodels import PowerProfile
+from queuemodels.types import MAX_TOKENS_PER_STEP
 from tuner import Observation
 from tuner.observation import LEAST_LATENCY_MS
 from tuner.observation_file import ObservationFileError, read_observations, require_usable
@@ -24,7 +25,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_batch": (1, MAX_BATCH), "max_queue": (0, MAX_QUEUE), "ttft_ms": (0.0, 1e7), "itl_ms": (0.0, 1e7),
     "power_cap_w": (0.0, 1e4), "power_w": (0.0, 1e4), "waiting": (0.0, 1e9), "preemptions": (0.0, 1e9),
     "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0), "served_rps": (0.0, 1e6), "queue_growth": (-1e9, 1e9),
-    "queue_ms": (0.0, 1e7),
+    "queue_ms": (0.0, 1e7), "tokens_per_step": (1.0, MAX_TOKENS_PER_STEP),
 }
 
 MAX_ROWS = 20_000

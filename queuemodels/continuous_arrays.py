@@ -21,7 +21,7 @@ from queuemodels.step_arrays import ROOFLINE_FIELDS, Bools, Floats, Ints, LawArr
 def _per_point(points: Points) -> dict[str, Floats]:
     """The bases' scalars gathered to their points; a base without a profile reads as one with neither cap nor
     clock (factors of 1), as the scalar law reads it."""
-    out = dict(zip(("d0", "d1", "overhead", "compute", "hidden", "out_tokens", "out_cv", "in_cv"),
+    out = dict(zip(("d0", "d1", "overhead", "compute", "hidden", "out_tokens", "out_cv", "in_cv", "per_step"),
                    points.bases.loads[points.base].T, strict=True))
     names = ("idle", "peak", "knee", "busy", "half", "ps", "cts", "exp", "step_share")
     out.update(zip(names, points.profile_fields(PROFILE_FIELDS), strict=True))
@@ -75,12 +75,13 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
                      (np.where(single, 2.0, n) - 1.0))
     d0 = np.where(single, d0 * at_one / (d0 + d1), at_one - slope)
     rates = points.rates_rps
+    outputs = v["out_tokens"] / v["per_step"]  # Load.outputs
     c_p = prompt_cost(v["overhead"], v["compute"], v["hidden"], prefill_factor)
     c_gpu = c_p.copy()
     if bent.size:  # the prompt's cost at the batch the load runs (Roofline.prompt_at_load), its compute slowed
         roofline = terms._replace(prompt_compute_ms=terms.prompt_compute_ms * prefill_factor[bent],
                                   compute_per_seq_ms=terms.compute_per_seq_ms * lock)
-        c_p[bent], c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], v["out_tokens"][bent], d0[bent],
+        c_p[bent], c_gpu[bent], batch = roofline.prompt_at_load(rates[bent], outputs[bent], d0[bent],
                                                                 slope[bent], n[bent])
     phi = rates * c_gpu / 1000.0
     share = np.minimum(phi, 0.99)  # past it no law (`built`): finite rows the caller drops
@@ -89,7 +90,8 @@ def continuous_laws(points: Points, tops: Floats) -> tuple[LawArrays, Bools]:
     built = phi < 0.99
     k = len(n)
     cv = v["in_cv"]  # the prompts' length spread, read as their costs' (the tails read it so too)
-    laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share, cv) + d0, d1, d0, d1, v["out_tokens"] - 1.0, c_p,
+    steps = (v["out_tokens"] - 1.0) / v["per_step"]  # Load.decode_steps
+    laws = LawArrays._make([gated_prompt_ms(c_p, c_gpu, share, cv) + d0, d1, d0, d1, steps, c_p,
                             np.full(k, 0.5), gated_residual_ms(c_gpu, share, cv), (1.0 + v["out_cv"] ** 2) / 2.0,
                             cv, share,
                             *(np.zeros(k) for _ in ROOFLINE_FIELDS), np.ones(k), np.ones(k), np.zeros(k), np.zeros(k),

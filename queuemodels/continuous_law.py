@@ -90,7 +90,7 @@ def continuous_law(params: ServiceParams, load: Load, profile: PowerProfile | No
         step_ms = d0 + d1 * batch + bend_scale * float(roofline.bend_ms(batch)) - stretch * roofline.skipped_ms(batch)
         budget_wait, budget_var = roofline.budget_wait_ms(load, batch, step_ms)
     cv = load.in_cv  # the prompts' length spread, read as their costs' (the tails read it so too)
-    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi, cv) + d0 + budget_wait, d1, d0, d1, load.out_tokens - 1,
+    return StepLaw(gated_prompt_ms(c_p, c_gpu, phi, cv) + d0 + budget_wait, d1, d0, d1, load.decode_steps,
                    prompt_ms=c_p, residual_share=0.5, residual_ms=gated_residual_ms(c_gpu, phi, cv), prompt_cv=cv,
                    prompt_share=phi, wait_scale=wait_scale,
                    roofline=roofline, bend_scale=bend_scale, skip_scale=stretch, budget_wait_ms=budget_wait,

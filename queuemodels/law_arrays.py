@@ -45,11 +45,11 @@ class Bases(tuple[Base, ...]):
 
     @cached_property
     def loads(self) -> Floats:
-        """Each base's decode_and_prompt (d0, d1, overhead, compute, hidden), out_tokens, out_cv and in_cv, a row per
-        base."""
-        rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv, load.in_cv)
+        """Each base's decode_and_prompt (d0, d1, overhead, compute, hidden), out_tokens, out_cv, in_cv and
+        tokens_per_step, a row per base."""
+        rows = [(*decode_and_prompt(params, load), load.out_tokens, load.out_cv, load.in_cv, load.tokens_per_step)
                 for params, load, _ in self]
-        return np.array(rows, dtype=float).reshape(len(rows), 8)
+        return np.array(rows, dtype=float).reshape(len(rows), 9)
 
     @cached_property
     def affine(self) -> Bools:

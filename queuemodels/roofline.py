@@ -218,7 +218,7 @@ class Roofline:
         for _ in range(SETTLE_STEPS):
             phi = min(0.9, load.rate_rps * c_gpu / 1000.0)
             step = (d0 + d1 * batch + float(self.bend_ms(batch)) - float(self.skipped_ms(batch))) / (1.0 - phi)
-            batch = min(float(max_batch), max(1.0, load.rate_rps * load.out_tokens * step / 1000.0))
+            batch = min(float(max_batch), max(1.0, load.rate_rps * load.outputs * step / 1000.0))
             c_gpu = self.prompt_gpu_ms(batch, load.rate_rps * step / 1000.0)
         return self.prompt_ms(batch), c_gpu, batch
 

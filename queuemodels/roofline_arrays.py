@@ -101,7 +101,7 @@ class Terms(NamedTuple):
         out: Floats = k * (-np.expm1(-x_) * self.prompt_overhead_ms + added) / x_
         return np.where(alone, self.prompt_ms(batch), out) if alone.any() else out
 
-    def prompt_at_load(self, rate_rps: Floats, out_tokens: Floats, d0: Floats, d1: Floats,
+    def prompt_at_load(self, rate_rps: Floats, outputs: Floats, d0: Floats, d1: Floats,
                        max_batch: Floats) -> tuple[Floats, Floats, Floats]:
         """Roofline.prompt_at_load per row: (cost to the prompt, cost to the GPU per prompt, batch)."""
         batch = np.ones_like(rate_rps)
@@ -109,7 +109,7 @@ class Terms(NamedTuple):
         for _ in range(SETTLE_STEPS):
             phi = np.minimum(0.9, rate_rps * c_gpu / 1000.0)
             step = (d0 + d1 * batch + self.bend_ms(batch) - self.skipped_ms(batch)) / (1.0 - phi)
-            batch = np.minimum(max_batch, np.maximum(1.0, rate_rps * out_tokens * step / 1000.0))
+            batch = np.minimum(max_batch, np.maximum(1.0, rate_rps * outputs * step / 1000.0))
             c_gpu = self.prompt_gpu_ms(batch, rate_rps * step / 1000.0)
         return self.prompt_ms(batch), c_gpu, batch
 

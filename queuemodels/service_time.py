@@ -161,11 +161,12 @@ def step_law(params: ServiceParams, load: Load) -> StepLaw:
     n_in, m = load.in_tokens, load.out_tokens
     if params.family in ("gen1", "step"):
         per_seq = params.beta_ms + params.kappa_ms * (n_in + m / 2)
-        return StepLaw(params.gamma_ms + params.epsilon_ms, params.delta_ms * n_in, params.alpha_ms, per_seq, m - 1)
+        return StepLaw(params.gamma_ms + params.epsilon_ms, params.delta_ms * n_in, params.alpha_ms, per_seq,
+                       load.decode_steps)
     per_seq = params.beta_ms * (n_in + m) / (m + 1) + params.gamma_ms * (n_in + m / 2)
     prefill_extra = (params.beta_ms + params.gamma_ms) * n_in
     decode_extra = params.beta_ms + params.gamma_ms * (n_in + (m + 1) / 2)
-    return StepLaw(params.alpha_ms + prefill_extra, per_seq, params.alpha_ms + decode_extra, per_seq, m)
+    return StepLaw(params.alpha_ms + prefill_extra, per_seq, params.alpha_ms + decode_extra, per_seq, load.outputs)
 
 
 def cap_factors(profile: PowerProfile | None, power_cap_w: float | None,

@@ -188,6 +188,10 @@ class ServiceParams:
                        budget_tokens=self.budget_tokens or STEP_DEFAULTS["budget_tokens"])
 
 
+MAX_TOKENS_PER_STEP = 64.0
+"""Most tokens a decoding request is taken to gain per step (speculative decoding proposes a handful)."""
+
+
 @dataclass(frozen=True)
 class Load:
     """Offered load on one replica."""
@@ -200,6 +204,10 @@ class Load:
     out_cv: float = 1.0
     """Coefficient of variation of output lengths, hence of service times: scales queueing delay by
     (1 + cv^2) / 2 (Allen-Cunneen); 1 keeps the M/M/1 chain's own delay."""
+    tokens_per_step: float = 1.0
+    """Tokens a decoding request gains per engine step: 1, or under speculative decoding 1 + the drafts it accepts
+    (vLLM reads 2-3 with an EAGLE head). A step is one output: ITL is the gap between outputs, as vLLM's histogram
+    records it, and an answer of `out_tokens` takes (out_tokens - 1) / tokens_per_step decode steps."""
 
     def __post_init__(self) -> None:
         check_number("rate_rps", self.rate_rps)
@@ -208,10 +216,24 @@ class Load:
         check_number("out_cv", self.out_cv)
         if self.out_tokens < 1 or math.isnan(self.out_tokens) or math.isinf(self.out_tokens):
             raise ModelInputError(f"out_tokens: must be >= 1, got {self.out_tokens!r}")
+        if not (isinstance(self.tokens_per_step, (int, float))
+                and 1.0 <= self.tokens_per_step <= MAX_TOKENS_PER_STEP):  # NaN fails both
+            raise ModelInputError(f"tokens_per_step: must be in [1, {MAX_TOKENS_PER_STEP:g}], got "
+                                  f"{self.tokens_per_step!r}")
+
+    @property
+    def decode_steps(self) -> float:
+        """Decode steps an answer takes after its first token."""
+        return (self.out_tokens - 1.0) / self.tokens_per_step
+
+    @property
+    def outputs(self) -> float:
+        """Outputs (steps that give it tokens) an answer takes, its first included, as Little's law counts them."""
+        return self.out_tokens / self.tokens_per_step
 
     def at_rate(self, rate_rps: float) -> Load:
         """The same mix at another rate (what sizing asks of a load many times a cycle: `replace` costs more)."""
-        return Load(rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv)
+        return Load(rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step)
 
 
 @dataclass(frozen=True)

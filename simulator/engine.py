@@ -1,14 +1,16 @@
 """A token-level continuous-batching vLLM engine, stepped in simulated time.
 
 Each step serves up to `max_num_seqs` sequences: every running sequence past its prompt decodes one
-token, and prompts are prefilled in chunks within `max_num_batched_tokens`. A sequence is preempted (and
-recomputed later) when the KV cache overflows. Step time comes from the hidden `StepCost` at the clock
-the GPU's power limit allows, times log-normal noise. Sequences live in fixed numpy slot arrays.
+token (under speculative decoding one or more, `Personality.gains`), and prompts are prefilled in chunks
+within `max_num_batched_tokens`. A sequence is preempted (and recomputed later) when the KV cache overflows.
+Step time comes from the hidden `StepCost` at the clock the GPU's power limit allows, times log-normal noise.
+Sequences live in fixed numpy slot arrays.
 
 Most steps only decode: every running sequence gains a token, and nothing else changes until one of them
 finishes. Such a step touches no array: it counts itself (`_steps`), and the arrays catch up (`_sync`)
 before anything reads or changes them (a prompt step, an admission, a finish, a preemption), so each step
 costs a few scalar operations, not a dozen numpy calls on the slot arrays, for the same figures bit for bit.
+Speculative decoding's steps, whose sequences gain unlike counts, run on exact arrays.
 """
 
 from __future__ import annotations
@@ -168,6 +170,9 @@ class VLLMEngine:
         if self.n_prefill:
             self._prefill_step()
             return
+        if self.personality.draft_tokens:
+            self._speculative_step()
+            return
         n_decode = self.n_active
         self._count_decodes(self._run(0, 0, 0.0, n_decode) / 1000.0, n_decode)
         self._steps += 1
@@ -178,6 +183,35 @@ class VLLMEngine:
             self._finish(self.active & (self.out_left <= 0), self.now_s)
         if self.n_active > 1 and self.ctx_sum > self.cost.kv_capacity_tokens:  # _preempt_if_full's own test,
             self._preempt_if_full()  # asked inline: every decode step asks it, and it almost never holds
+
+    def _speculative_step(self) -> None:
+        """A decode-only step whose sequences gain one token or more each (on exact arrays: no two gain alike)."""
+        self._sync()
+        dt = self._run(0, 0, 0.0, self.n_active) / 1000.0
+        self._steps += 1
+        self._synced, self._finish_at = self._steps, None
+        act = self.active.copy()
+        self._decode(dt, act, self.n_active)
+        if np.count_nonzero(done := act & (self.out_left <= 0)):
+            self._finish(done, self.now_s)
+        self._preempt_if_full()
+
+    def _decode(self, dt: float, decoding: np.ndarray, n_decode: int) -> None:
+        """The `n_decode` decodes of a step on exact arrays (`decoding`: their mask): a token each, or under
+        speculative decoding what each sequence's drafts gave (one output, one ITL sample, however many tokens)."""
+        if not self.personality.draft_tokens:
+            self._count_decodes(dt, n_decode)
+            self.out_left -= decoding  # a boolean mask: one in-place ufunc, no fancy indexing
+            self.ctx += decoding
+            return
+        idx = np.flatnonzero(decoding)
+        gained = np.minimum(self.personality.gains(self.rng, len(idx)), self.out_left[idx])
+        self.out_left[idx] -= gained
+        self.ctx[idx] += gained
+        tokens = int(gained.sum())
+        self.metrics.itl.observe_repeated(dt, n_decode)
+        self.ctx_sum += tokens
+        self.metrics.generation_tokens_total += tokens
 
     def _count_decodes(self, dt: float, n_decode: int) -> None:
         """A step's decodes: each sequence got its last token at the previous step's end, n_decode gaps of dt."""
@@ -241,9 +275,7 @@ class VLLMEngine:
             self.metrics.generation_tokens_total += n_first
             finishing = decoding | first
         if n_decode:
-            self._count_decodes(dt, n_decode)
-            self.out_left -= decoding  # a boolean mask: one in-place ufunc, no fancy indexing
-            self.ctx += decoding
+            self._decode(dt, decoding, n_decode)
         done = finishing & (self.out_left <= 0)
         if np.count_nonzero(done):
             self._finish(done, now)

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from simulator.llms import StepCost
 
 
@@ -41,6 +44,12 @@ class Personality:
     """Share of the weights' bytes in routed experts, read only where some token of the step routes to them."""
     active_share: float = 1.0
     """A token's FLOPs relative to the dense law's (the active parameters' share)."""
+    draft_tokens: int = 0
+    """Speculative decoding: drafts proposed per decoding sequence a step (vLLM's `num_speculative_tokens`; 0: off)."""
+    draft_accept: float = 0.0
+    """The chance each draft is accepted, given those before it were: a sequence gains 1 + the run accepted."""
+    draft_share: float = 0.0
+    """A draft pass's weights and per-token FLOPs relative to the target model's (a small head or model)."""
 
     def step_parts(self, cost: StepCost, prefill_tokens: int, prefill_seqs: int, attention_pairs: float,
                    decode_seqs: int, context_tokens: int) -> tuple[float, float, float, float]:
@@ -49,7 +58,7 @@ class Personality:
         `compute` overlaps `memory` (roofline smooth maximum), `serial` is compute in kernels of its own (no
         overlap). `attention_pairs` is the sum over prompt chunks of chunk x (context before it + chunk / 2), the
         query-key pairs prefill attention computes; `context_tokens` the KV-cache tokens decode attention reads."""
-        decode_ms = cost.decode_ms_per_seq * decode_seqs * self.active_share
+        decode_ms = cost.decode_ms_per_seq * decode_seqs * self.active_share * (1 + self.draft_tokens)  # verified
         if self.decode_knee is not None:
             decode_ms *= 1.0 + decode_seqs / self.decode_knee
         prefill_ms = cost.prefill_ms_per_token * prefill_tokens * self.active_share  # the GEMMs; attention is dense
@@ -63,9 +72,21 @@ class Personality:
             unread = (1.0 - self.experts_per_token) ** (prefill_tokens + decode_seqs)
             weights_ms *= 1.0 - self.expert_share * unread
         memory_ms = weights_ms + cost.kv_ms_per_token * self.kv_read_factor * float(context_tokens)
+        serial = 0.0
+        if self.draft_tokens and decode_seqs:  # the drafts, one small pass each before the target verifies them all
+            overhead += self.draft_tokens * cost.overhead_ms / 2.0
+            serial = self.draft_tokens * self.draft_share * (cost.weights_ms + cost.decode_ms_per_seq * decode_seqs)
         if self.serial_prefill:
-            return decode_ms, memory_ms, overhead, prefill_ms
-        return prefill_ms + decode_ms, memory_ms, overhead, 0.0
+            return decode_ms, memory_ms, overhead, prefill_ms + serial
+        return prefill_ms + decode_ms, memory_ms, overhead, serial
+
+    def gains(self, rng: np.random.Generator, n: int) -> NDArray[np.int64]:
+        """Tokens each of n decoding sequences gains this step: 1, and under speculative decoding the run of drafts
+        accepted before the first refused (at most `draft_tokens`)."""
+        if not self.draft_tokens:
+            return np.ones(n, dtype=np.int64)
+        accepted: NDArray[np.int64] = np.minimum(rng.geometric(1.0 - self.draft_accept, n) - 1, self.draft_tokens)
+        return accepted + 1
 
 
 ROOFLINE = Personality("roofline")
@@ -102,6 +123,13 @@ PERSONALITIES: dict[str, Personality] = {
         # read part of the weights, so the decode step is concave in the batch up to some 32 sequences and flat
         # past it, where the dense laws are affine or convex (Muennighoff et al., OLMoE, ICLR 2025).
         Personality("mixture-of-experts", experts_per_token=8.0 / 64.0, expert_share=0.85, active_share=0.2),
+        # Speculative decoding with a draft head (EAGLE, Li et al., ICML 2024; vLLM `--speculative-config
+        # '{"method": "eagle", "num_speculative_tokens": 3}'`): each step a head of some 1/30 of the weights
+        # proposes 3 tokens a sequence in 3 small serial passes, and one target pass verifies the 4 positions (4 x
+        # the decode FLOPs, the weights and KV read once); a sequence keeps the drafts up to the first refused
+        # (0.7 each: 2.5 tokens a step on average, as EAGLE's chains read on chat). vLLM records one ITL sample a
+        # request a step however many tokens it gave, and counts every token in vllm:generation_tokens_total.
+        Personality("spec-decode", draft_tokens=3, draft_accept=0.7, draft_share=1.0 / 32.0),
     )
 }
 

@@ -42,6 +42,9 @@ class Measured:
     queue_ms: float = float("nan")
     """Mean time from arrival to being scheduled, over requests scheduled in the window (what vLLM's
     `vllm:request_queue_time_seconds` sum over count reports): the queueing part of TTFT."""
+    tokens_per_step: float = 1.0
+    """Tokens generated after each request's first over the ITL samples (one a decoding sequence a step), as
+    the daemon reads them from vLLM's counters: 1 unless the engine decodes speculatively."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def measure(
     engine.advance_to(start)
     m = engine.metrics
     n_ttft, n_itl, n_queue = len(m.ttft.all_samples()), len(m.itl.all_samples()), len(m.queue_time.all_samples())
-    energy0, preempt0, done0 = gpu.energy_j, m.preemptions_total, m.success_total
+    energy0, preempt0, done0, gen0 = gpu.energy_j, m.preemptions_total, m.success_total, m.generation_tokens_total
     running: list[int] = []
     waiting: list[int] = []
     for t in np.linspace(start, end, 200)[1:]:
@@ -128,6 +131,7 @@ def measure(
         preemptions=m.preemptions_total - preempt0,
         requests=int(ttft.size),
         queue_ms=float(queue.mean()) if queue.size else float("nan"),
+        tokens_per_step=max(1.0, (m.generation_tokens_total - gen0 - ttft.size) / itl.size) if itl.size else 1.0,
     )
 
 

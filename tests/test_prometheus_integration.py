@@ -43,7 +43,7 @@ class Truth:
             m = r.engine.metrics
             for key, value in (("success", m.success_total), ("ttft_sum", m.ttft.sum), ("ttft_n", m.ttft.count),
                                ("itl_sum", m.itl.sum), ("itl_n", m.itl.count),
-                               ("prompt_sum", m.request_prompt_tokens.sum),
+                               ("prompt_sum", m.request_prompt_tokens.sum), ("generated", m.generation_tokens_total),
                                ("prompt_n", m.request_prompt_tokens.count)):
                 totals[key] = totals.get(key, 0.0) + float(value)
         self.times.append(time.time())
@@ -56,7 +56,8 @@ class Truth:
         a, b = self.at(start), self.at(end)
         d = {k: b[k] - a[k] for k in b}
         return {"rate_rps": d["success"] / (end - start), "ttft_ms": 1000 * d["ttft_sum"] / d["ttft_n"],
-                "itl_ms": 1000 * d["itl_sum"] / d["itl_n"], "in_tokens": d["prompt_sum"] / d["prompt_n"]}
+                "itl_ms": 1000 * d["itl_sum"] / d["itl_n"], "in_tokens": d["prompt_sum"] / d["prompt_n"],
+                "tokens_per_step": (d["generated"] - d["ttft_n"]) / d["itl_n"]}
 
 
 @pytest.fixture
@@ -64,7 +65,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Truth, str, subprocess.Popen[bytes]]
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("Debian's prometheus is missing: bash tests/run.sh installs it (apt-get install prometheus)")
-    host = SimHost("H100-SXM", 2, seed=3, start_delay_s=0.0)
+    # engines that decode speculatively: a step gives a sequence 1-4 tokens, one ITL sample
+    host = SimHost("H100-SXM", 2, seed=3, start_delay_s=0.0, personalities={MODEL: "spec-decode"})
     work = Workload(constant(12.0), TokenDist(600), TokenDist(120), np.random.default_rng(3))
     host.add_service("chat", MODEL, work, replicas=2, max_num_seqs=64)
     truth = Truth()
@@ -120,6 +122,8 @@ def test_prometheus_source_reads_the_true_load_and_latency_and_survives_an_outag
     assert seen.ttft_p95_ms is not None and seen.ttft_p95_ms > seen.ttft_ms
     assert seen.itl_p95_ms is not None and seen.kv_usage > 0
     assert seen.queue_ms is not None and 0.0 <= seen.queue_ms < seen.ttft_ms  # request_queue_time_seconds
+    assert true["tokens_per_step"] > 2.0  # the drafts accepted
+    assert seen.tokens_per_step == pytest.approx(true["tokens_per_step"], rel=0.05)
 
     prom.terminate()
     prom.wait(timeout=10)

@@ -22,6 +22,7 @@ from queuemodels import (
     get_model,
     max_rate,
 )
+from queuemodels.accelerators import profile
 from queuemodels.batch_choice import TIE
 from queuemodels.chain import means
 from queuemodels.continuous_law import continuous_law
@@ -431,3 +432,26 @@ def test_no_prompt_cost_at_all_sizes_a_p95_target_as_its_limit_does() -> None:
         none = model.max_rate(ServiceParams("gen1", 11.4, 0.05, 4.9, 0.0), load, shape, targets)
     tiny = model.max_rate(ServiceParams("gen1", 11.4, 0.05, 4.9, 1e-9), load, shape, targets)
     assert none > 10.0 and none == pytest.approx(tiny, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, 65.0, float("nan"), float("inf")])
+def test_a_load_refuses_tokens_per_step_outside_one_to_64(bad: float) -> None:
+    with pytest.raises(ModelInputError, match="tokens_per_step"):
+        Load(1.0, 500, 200, tokens_per_step=bad)
+
+
+@pytest.mark.parametrize("model", ["mm1k-cb", "mm1k-batch"])
+def test_an_answer_at_several_tokens_a_step_takes_fewer_steps(model: str) -> None:
+    """Under speculative decoding a step gives a sequence several tokens and one ITL sample: an answer of N tokens at
+    k a step is one of 1 + (N - 1) / k outputs (where nothing reads the tokens themselves: no KV bound, no context
+    term), and holds its slot for fewer steps, so the batch is smaller and the capacity larger at the same step."""
+    params = ServiceParams("gen1", 12.0, 0.09, 10.0, 0.035)
+    shape, h100 = ServerShape(64, 1024, 500.0), profile("H100-SXM")
+    spec = get_model(model).analyze(params, Load(4.0, 800, 256, tokens_per_step=2.5), shape, h100)
+    same = get_model(model).analyze(params, Load(4.0, 800, 1 + 255 / 2.5), shape, h100)
+    assert spec == same
+    plain = get_model(model).analyze(params, Load(4.0, 800, 256), shape, h100)
+    assert spec.mean_batch < 0.5 * plain.mean_batch
+    sat = [get_model(model).saturation_rps(params, Load(4.0, 800, 256, tokens_per_step=k), shape, h100)
+           for k in (1, 2.5)]
+    assert sat[1] > 1.5 * sat[0]  # the prompts' share of the GPU is the same: less than 2.5 x

@@ -428,3 +428,18 @@ def test_the_unusable_fit_gate_judges_the_law_where_ttft_is_fitted_less_its_queu
     law = {"median_ttft": 0.02, "median_itl": 0.01, "max_ttft": 0.05, "max_itl": 0.02}
     report = {**doc, "error_in_sample": {**law, "median_ttft": 1.5}, "error_in_sample_law": law}
     assert _usable(report, 12) == 0 and _usable({**report, "error_in_sample_law": report["error_in_sample"]}, 12) == 1
+
+
+def test_tokens_per_step_is_read_and_held_to_one_to_64(tmp_path: Path) -> None:
+    """A speculative engine's windows say the tokens a step gave (default 1): the load the model reads takes them,
+    and a value no engine gives is refused by its row and column."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER},tokens_per_step\n{ROW},2.5\n{ROW},\n")
+    spec, plain = read_bounded(path)
+    assert spec.load.tokens_per_step == 2.5 and plain.load.tokens_per_step == 1.0
+    assert spec.problem() is None
+    for value in ("0.5", "65", "-1", "nan"):
+        path.write_text(f"{HEADER},tokens_per_step\n{ROW},{value}\n")
+        with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'tokens_per_step' must be"):
+            read_bounded(path)
+    assert dataclasses.replace(spec, tokens_per_step=0.9).problem() == "implausible"  # a hand-edited state file

@@ -14,14 +14,14 @@ from controller.telemetry.scrape import ScrapeVllmSource
 from controller.telemetry.sim import SimVllmSource
 from controller.telemetry.vllm_window import snapshots, window
 from simulator.host import SimHost
-from simulator.vllm_metrics import VllmCollector
+from simulator.vllm_metrics import EngineMetrics, VllmCollector
 from simulator.workload import TokenDist, Workload, constant
 
 MODEL = "llama-3.1-8b"
 
 
-def host() -> SimHost:
-    h = SimHost("H100-SXM", 2, seed=5, start_delay_s=5.0)
+def host(personality: str = "roofline") -> SimHost:
+    h = SimHost("H100-SXM", 2, seed=5, start_delay_s=5.0, personalities={MODEL: personality})
     h.add_service("chat", MODEL, Workload(constant(8.0), TokenDist(400), TokenDist(100), np.random.default_rng(5)),
                   replicas=2, max_num_seqs=64)
     return h
@@ -68,6 +68,33 @@ def test_a_steady_window_reads_the_served_rate_and_the_live_replicas(plant: tupl
     assert w.ttft_ms is not None and w.ttft_ms > 0 and w.itl_ms is not None and w.itl_ms > 0
     # the queueing part of TTFT (vLLM's request_queue_time_seconds), which the step family's tuner reads apart
     assert w.queue_ms is not None and 0.0 <= w.queue_ms < w.ttft_ms
+
+
+def test_a_window_reads_the_tokens_a_step_gives(plant: tuple[SimHost, VllmSource]) -> None:
+    """One token a step without speculative decoding, to the digit; with it, the tokens generated after each
+    request's first over the ITL samples (one a sequence a step), as the engines counted them."""
+    h, source = plant
+    h.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    h.advance_to(50.0)
+    w = source.observe(50.0, ["chat"])["chat"]
+    assert w is not None and w.tokens_per_step == 1.0
+    spec = host("spec-decode")
+    source = SimVllmSource(spec) if isinstance(source, SimVllmSource) else scrape(spec)
+    spec.advance_to(20.0)
+    source.observe(20.0, ["chat"])
+    before = [counts(r.engine.metrics) for r in spec.services["chat"].replicas]
+    spec.advance_to(50.0)
+    w = source.observe(50.0, ["chat"])["chat"]
+    gained = np.sum([np.subtract(counts(r.engine.metrics), b) for r, b in
+                     zip(spec.services["chat"].replicas, before, strict=True)], axis=0)
+    assert w is not None and w.tokens_per_step == pytest.approx((gained[0] - gained[1]) / gained[2], rel=1e-9)
+    assert 2.0 < w.tokens_per_step < 3.0  # drafts of 3, each kept at 0.7: 2.53 a step, less where answers end
+
+
+def counts(m: EngineMetrics) -> tuple[float, float, float]:
+    """Generated tokens, first tokens (TTFT samples) and ITL samples so far."""
+    return float(m.generation_tokens_total), float(m.ttft.count), float(m.itl.count)
 
 
 def test_a_window_that_spans_a_restart_is_not_steady(plant: tuple[SimHost, VllmSource]) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from queuemodels import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
 from queuemodels.power import uncapped_peak_w
+from queuemodels.types import MAX_TOKENS_PER_STEP
 
 STEADY_RATE_BAND = 0.2
 """Relative gap between served and offered rates beyond which a window is not steady. In a steady window
@@ -54,6 +55,9 @@ class Observation:
     """Mean time from arrival to being scheduled (vLLM's `vllm:request_queue_time_seconds`, sum over count;
     None: not recorded). It splits TTFT into the queueing the chain predicts and the prompt's own steps
     (`splits_queue`)."""
+    tokens_per_step: float = 1.0
+    """Tokens a decoding request gained per engine step (1 without speculative decoding): the window's generated
+    tokens, less its first tokens, over its ITL samples (vLLM records one a step)."""
     power_held_share: float = 0.0
     """Share of the window's ticks in which the governor held its GPUs down (a cut, or a draw pressed against a
     limit set below the plan's cap). Above 0, `power_w` is a bound: the load would have drawn at least that much
@@ -66,7 +70,7 @@ class Observation:
 
     @property
     def load(self) -> Load:
-        return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv)
+        return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step)
 
     @property
     def shape(self) -> ServerShape:
@@ -91,6 +95,8 @@ class Observation:
         if any(isinstance(v, (int, float)) and abs(v) > MOST for v in vars(self).values()) or (
                 0.0 < min(self.ttft_ms, self.itl_ms) < LEAST_LATENCY_MS) or isinstance(share, bool) or not (
                 isinstance(share, (int, float)) and 0.0 <= share <= 1.0):
+            return "implausible"
+        if not (isinstance(self.tokens_per_step, (int, float)) and 1.0 <= self.tokens_per_step <= MAX_TOKENS_PER_STEP):
             return "implausible"
         try:  # a clock or cap no GPU runs at (a hand-edited state file): no model reads it
             _ = self.shape

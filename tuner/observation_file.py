@@ -14,8 +14,13 @@ CSV columns (a header row names them; order is free):
   queue_ms                                                      optional: mean time from arrival to scheduling
                                                                 (vllm:request_queue_time_seconds); with it the
                                                                 law is fitted to TTFT less it
+  tokens_per_step                                               optional, default 1: tokens a decoding request
+                                                                gains per step (speculative decoding: 1 + the
+                                                                drafts accepted), in [1, 64]
 rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
-of the window's requests, itl_ms the mean gap between consecutive output tokens (per token, not per request).
+of the window's requests, itl_ms the mean gap between a request's consecutive outputs, one a step, as vLLM's
+inter-token latency histogram records it (sum over count): per token where a step gives one, as without
+speculative decoding.
 A file with no usable row is refused, with why each row is not (`REASONS`).
 """
 
@@ -33,7 +38,7 @@ from tuner.own_files import open_plain
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
 OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",
-            "queue_growth", "queue_ms")
+            "queue_growth", "queue_ms", "tokens_per_step")
 
 
 class ObservationFileError(ValueError):
@@ -97,6 +102,7 @@ def _row(row: dict[str, str], where: str) -> Observation:
         in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
         steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
         queue_growth=_optional(row, "queue_growth", where), queue_ms=_optional(row, "queue_ms", where),
+        tokens_per_step=_default(row, "tokens_per_step", where, 1.0),
     )
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from queuemodels.types import MAX_TOKENS_PER_STEP
+
 SHOWN_CHARS = 160
 """How much of a query, an answer or a parser's complaint a message quotes."""
 
@@ -27,6 +29,13 @@ def shortened(text: str, chars: int = SHOWN_CHARS) -> str:
     """`text` as a message quotes it: at most `chars`, and how long it was where it was cut (a page or an answer
     may be one line of megabytes)."""
     return text if len(text) <= chars else text[:chars] + f"... ({len(text)} characters)"
+
+
+def tokens_per_step(later_tokens: float, outputs: float) -> float:
+    """Tokens a decoding request gained per step, from a window's generated tokens after each request's first and
+    the outputs (ITL samples, one a request a step) that gave them, within [1, MAX_TOKENS_PER_STEP]: a counter an
+    engine does not export, or one a window edge splits from its samples, reads one token a step."""
+    return min(max(later_tokens / outputs, 1.0), MAX_TOKENS_PER_STEP)
 
 
 def finite(value: object) -> float | None:
@@ -109,6 +118,9 @@ class ServiceWindow:
     replicas: int
     queue_ms: float | None = None
     """Mean time a request waited to be scheduled (`vllm:request_queue_time_seconds`); None: not reported."""
+    tokens_per_step: float | None = None
+    """Tokens a decoding request gained per step: the generated tokens less the first ones over the ITL samples
+    (vLLM records one a request a step), 1 without speculative decoding; None: no ITL sample in the window."""
     steady: bool = True
     """The same servers served the whole window: none started, stopped or restarted in it (a window that
     spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""

@@ -30,7 +30,14 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.http_fetch import Unreachable, http_request
-from controller.telemetry.base import WINDOW_TIMEOUTS, ServiceWindow, TelemetryError, shortened, window_late
+from controller.telemetry.base import (
+    WINDOW_TIMEOUTS,
+    ServiceWindow,
+    TelemetryError,
+    shortened,
+    tokens_per_step,
+    window_late,
+)
 from controller.telemetry.counter_flaps import counts_query, flapped, range_counts, selector
 
 MOST = 1e12
@@ -76,6 +83,12 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         return f"histogram_quantile(0.95, sum by (le, model_name) (rate({hist}_bucket{sel}[{window}])))"
 
     itl, itl_old = "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"
+
+    def rate(series: str) -> str:
+        return f"sum {by} (rate({series}{sel}[{window}]))"
+
+    later = f"({rate('vllm:generation_tokens_total')} - {rate('vllm:time_to_first_token_seconds_count')})"
+    outputs = f"({rate(itl + '_count')} or {rate(itl_old + '_count')})"
     return {
         "rate_rps": f"sum {by} (rate(vllm:request_success_total{sel}[{window}]))",
         "in_tokens": ratio("vllm:request_prompt_tokens"),
@@ -84,6 +97,7 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "itl_s": f"({ratio(itl)}) or ({ratio(itl_old)})",
         "ttft_p95_s": p95("vllm:time_to_first_token_seconds"),
         "queue_s": ratio("vllm:request_queue_time_seconds"),
+        "tokens_per_step": f"clamp_min({later} / {outputs}, 1)",  # telemetry.base.tokens_per_step
         "itl_p95_s": f"({p95(itl)}) or ({p95(itl_old)})",
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
@@ -280,8 +294,13 @@ class PrometheusVllmSource:
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
                 steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
-                queue_ms=ms("queue_s"), **_before(v))
+                queue_ms=ms("queue_s"), tokens_per_step=_per_step(v["tokens_per_step"]), **_before(v))
         return out
+
+
+def _per_step(value: float | None) -> float | None:
+    """The tokens a step gave a decoding request, held to what `tokens_per_step` allows (None: not read)."""
+    return None if value is None else tokens_per_step(value, 1.0)
 
 
 def _before(v: dict[str, float | None]) -> dict[str, float | None]:

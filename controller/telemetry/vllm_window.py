@@ -14,7 +14,7 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from controller.telemetry.base import ServiceWindow, finite
+from controller.telemetry.base import ServiceWindow, finite, tokens_per_step
 
 COUNTERS = {
     "vllm:request_success": "success",
@@ -229,6 +229,12 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
             return None
         return scale * _summed(new.hist_sum, old, old.hist_sum, key) / n
 
+    def per_step() -> float | None:  # generated tokens after the first, over the outputs that gave them
+        outputs = _summed(new.hist_count, old, old.hist_count, "itl")
+        if outputs <= 0:
+            return None
+        return tokens_per_step(counter("generation") - _summed(new.hist_count, old, old.hist_count, "ttft"), outputs)
+
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
         for (series, figure, le), c in new.hist_buckets.items():
@@ -258,6 +264,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         steady=new.engines == old.engines and not any(_reset(getattr(new, t), getattr(old, t)) for t in RESETTING)
         and not (new.unread or old.unread),  # a series left out
         queue_ms=mean("queue", 1000.0),
+        tokens_per_step=per_step(),
         waiting_before=old.gauges.get("waiting", 0.0) if known else None,
         running_before=old.gauges.get("running", 0.0) if known else None,
     )
