@@ -16,6 +16,7 @@ from controller import log_writer, strict_json
 from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
 from controller.config_loader import ConfigError, quoted
+from controller.own_metrics import process_registry
 from controller.preflight import check_metrics_bind, unwritable
 from controller.startup import STOP_ASKED, Asked
 
@@ -113,7 +114,6 @@ def _operator_url(url: str) -> None:
 def _operator(args: argparse.Namespace) -> int:
     try:
         import kopf
-        from prometheus_client import CollectorRegistry
 
         from controller.cluster.plan_signing import load_signing_key
     except ImportError:
@@ -145,7 +145,7 @@ def _operator(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     import controller.cluster.handlers  # noqa: F401  (registers the handlers)
 
-    registry = CollectorRegistry()
+    registry = process_registry()
     if args.metrics_port:
         serve_metrics(args.metrics_listen, args.metrics_port, registry)
 
@@ -169,8 +169,6 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
-
     from actuators import ActuatorError
     from actuators.kubernetes import api_client
     from actuators.nvml import NvmlDevices
@@ -196,7 +194,7 @@ def _agent(args: argparse.Namespace) -> int:
                           "nvidia.com/gpu.present=true)") from exc
     except ImportError:
         raise ConfigError("agent", "needs: pip install 'wattscale[cluster]'") from None
-    registry = CollectorRegistry()
+    registry = process_registry()
     stop = Asked()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before anything is served: a stop while it comes up is a stop
         signal.signal(sig, stop)

@@ -67,6 +67,8 @@ class Controller:
         """The accelerator types each service may run on."""
         self.kv_tokens: dict[str, dict[str, float]] = {}
         """Per service and variant, the KV-cache tokens of one replica its config gives (0: not known)."""
+        self.said_changes: list[str] = []
+        """The last cycle's changes as its decision line said them: the same again is said at DEBUG."""
         self.draining: dict[str, dict[str, float]] = {}
         """Per service, the cap of each variant still running besides the planned one (an old one, until drained);
         the planned variant's cap is its assignment's."""
@@ -316,4 +318,5 @@ class Controller:
                 changed.append(change_text(svc.name, current, planned, a, result.short_rps, result.reason,
                                            {"gate": gated, "actuator": list(enforced.held)}))
         log_decision(changed, solution.power_w, self.tick_power.budget_w,
-                     solution.solve_s + solution.candidates_s)
+                     solution.solve_s + solution.candidates_s, self.said_changes)
+        self.said_changes = changed

@@ -33,7 +33,7 @@ from controller.config_loader import ConfigError, unchecked
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.idle_floor import idle_w
-from controller.own_metrics import OwnMetrics
+from controller.own_metrics import OwnMetrics, process_registry
 from controller.preflight import file_warnings
 from controller.reload import changes, check_reload, in_running_order
 from controller.sdnotify import Notifier
@@ -54,7 +54,7 @@ class Daemon:
                  kube: Any = None) -> None:
         """`kube`: the kubernetes backend's client where preflight built one (None: built here, as it names)."""
         self.config_path, self.settings = config_path, settings
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or process_registry()
         self.metrics = OwnMetrics(self.registry)
         # sources report what they survive by themselves through the controller (built next, called later)
         self.parts = build_parts(settings, None, lambda kind, message: self.controller.error(kind, message), kube)
@@ -85,6 +85,8 @@ class Daemon:
         """Why the last reload was refused, until one goes through (said in the unit's status)."""
         self.slow_failure: str | None = None
         """The last slow tick's failure (repr), None where it succeeded: the same again is counted, not logged."""
+        self.budget_failure: str | None = None
+        """The budget sources' last failure (repr), None where they stepped: the same again is counted, not logged."""
         self.t0 = time.monotonic()
         self.last_fast = self.t0
         """When a fast tick last ended (monotonic): the watchdog is pinged only while it is recent."""
@@ -170,10 +172,14 @@ class Daemon:
         assert self.budget is not None
         try:
             budget = self.budget.step(time.time())
-        except Exception as exc:  # a source's bug: counted and logged, the last budget holds
+        except Exception as exc:  # a source's bug: counted, and logged once while it repeats (every tick), the
+            # last budget holding
             self.metrics.errors.labels("budget_source").inc()
-            log.exception("budget sources failed: %r", exc)
+            if repr(exc) != self.budget_failure:
+                log.exception("budget sources failed: %r (logged once while it repeats; the last budget holds)", exc)
+            self.budget_failure = repr(exc)
             return
+        self.budget_failure = None
         self.controller.handoff.sources_stepped(budget, self.now())
 
     def budget_worker(self) -> None:

@@ -180,10 +180,13 @@ def change_text(name: str, current: Assignment, planned: Assignment, applied: As
             + "".join(f" [{who} held: {'; '.join(what)}]" for who, what in held.items() if what))
 
 
-def log_decision(changed: list[str], predicted_w: float, budget_w: float, solve_s: float) -> None:
-    """The cycle's decision line: at INFO where a service changed (the first CHANGES_SAID named), else DEBUG."""
+def log_decision(changed: list[str], predicted_w: float, budget_w: float, solve_s: float,
+                 before: list[str] | None = None) -> None:
+    """The cycle's decision line: at INFO where a service changed (the first CHANGES_SAID named) and the cycle
+    before (`before`, its changes) did not say the same, else DEBUG: a plan the gate or an actuator's lasting failure
+    holds is the same change every cycle, and was logged every cycle for as long as it held."""
     more = f"; {len(changed) - CHANGES_SAID} more services changed (the decision log has each)" \
         if len(changed) > CHANGES_SAID else ""
-    said.log(logging.INFO if changed else logging.DEBUG, "decision: %s%s | predicted %.0f W of %.0f W budget | "
-             "solve %.1f ms", "; ".join(changed[:CHANGES_SAID]) or "no change", more, predicted_w, budget_w,
-             1000 * solve_s)
+    said.log(logging.INFO if changed and changed != before else logging.DEBUG, "decision: %s%s | predicted %.0f W of "
+             "%.0f W budget | solve %.1f ms", "; ".join(changed[:CHANGES_SAID]) or "no change", more, predicted_w,
+             budget_w, 1000 * solve_s)

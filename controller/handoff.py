@@ -43,7 +43,10 @@ class Handoff:
         slow loop's next tick."""
         with self._lock:
             self._latest = self._next = settings
+            before = self.governor.settings.budget_w
             self._to_governor()
+            if self.governor.settings.budget_w != before:  # the budget in force moved with the config's
+                self.metrics.budget_changes.labels("config").inc()
 
     def set_budget(self, budget_w: float, why: str, now: float, changed: bool = True) -> None:
         """The budget sources moved the budget: the governor takes it at once, the next plan plans for it, the

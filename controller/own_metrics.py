@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from queuemodels import Performance
+
+ERROR_KINDS = ("budget_source", "clock_actuator", "decision_log", "fast_tick", "gpu_limits", "gpu_missing",
+               "gpu_power", "gpu_source", "log_dropped", "power_actuator", "prometheus", "scrape", "slo_margins",
+               "slow_overrun", "slow_tick", "tuner_state")
+"""The `wattscale_errors_total` kinds a host's daemon counts where a GPU, an actuator, a source or its own state
+fails, exported at 0 from the start: a counter's first sample at 1 is no increase to `increase()` or `rate()`,
+so an alert on them missed the first failure of each kind."""
+
+
+def process_registry() -> CollectorRegistry:
+    """A process's registry: beside its own metrics, the process's (`process_start_time_seconds`, resident memory,
+    CPU, open files: a restart under systemd or memory that grows shows there), Python's, and
+    `wattscale_build_info{version}`."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    registry.register(PLATFORM_COLLECTOR)
+    try:
+        release = version("wattscale")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        release = "unknown"
+    Info("wattscale_build", "The wattscale release this process runs.", registry=registry).info({"version": release})
+    return registry
 
 
 class OwnMetrics:
@@ -71,11 +95,28 @@ class OwnMetrics:
         self.tuner_updates = Counter("wattscale_tuner_updates", "Tuner updates by result.", ["pair", "result"],
                                      registry=r)
         self.budget_changes = Counter("wattscale_power_budget_changes", "Changes of the budget in force, by the "
-                                      "source that sets it (fallback: the safe budget).", ["source"], registry=r)
+                                      "source that sets it (fallback: the safe budget; config: a reload).",
+                                      ["source"], registry=r)
         self.reloads = Counter("wattscale_config_reloads", "Config reloads by result.", ["result"], registry=r)
+        for result in ("ok", "refused"):  # at 0 from the start: increase() sees the first of each
+            self.reloads.labels(result)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
         self.plant_cpu = Counter("wattscale_sim_plant_cpu_seconds", "CPU time of stepping the simulated host "
                                  "(the plant; absent on real hardware, so not the daemon's own overhead).",
                                  registry=r)
+
+    def stand_down(self) -> None:
+        """An operator that stops leading: the gauges it set say nothing now, and the standby's page had kept the
+        last leadership's draw, budget, replicas and caps beside the new leader's. Labelled series are removed and
+        the rest read NaN until it leads again; counters and histograms keep counting."""
+        self._short_reason.clear()
+        for metric in vars(self).values():
+            if isinstance(metric, Gauge):
+                if metric._labelnames:
+                    metric.clear()
+                else:
+                    metric.set(math.nan)
 
     def show_applied(self, service: str, replicas: int, max_batch: int, cap_w: float,
                      predicted: Performance | None) -> None:

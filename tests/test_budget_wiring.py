@@ -569,3 +569,21 @@ def test_an_endpoint_through_a_link_is_judged_by_the_file_it_would_replace(
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
     assert main(["check-config", str(path), "--file-only"]) == (2 if refused else 0)
     assert ("is the tuner's state (daemon.state_dir)" in capsys.readouterr().err) is refused
+
+
+def test_a_budget_source_that_raises_every_tick_is_counted_each_time_and_logged_once(
+        sim_config: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The budget thread steps the sources every fast tick: a source's bug had logged its traceback every second."""
+    path = with_budget(sim_config, tmp_path / "signal.json")
+    daemon = Daemon(path, load_settings(path))
+    assert daemon.budget is not None
+
+    def broken(now: float) -> None:
+        raise KeyError("key")
+
+    daemon.budget.step = broken  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.ERROR):
+        for _ in range(5):
+            daemon.step_budget()
+    assert daemon.registry.get_sample_value("wattscale_errors_total", {"kind": "budget_source"}) == 5.0
+    assert len([r for r in caplog.records if "budget sources failed" in r.getMessage()]) == 1

@@ -55,7 +55,7 @@ def test_the_planned_clock_is_locked_on_the_services_gpus_and_labels_its_windows
     assert locked_seen, "the energy objective locked no clock on this plant"
     fitted = [f for f in ctl.tuner.filters.values() if any(o.sm_clock_fraction for o in f.clock.recent)]
     assert fitted, "no window reached the tuner with its clock"
-    assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) is None
+    assert registry.get_sample_value("wattscale_errors_total", {"kind": "clock_actuator"}) == 0.0
 
 
 @pytest.mark.parametrize(("replacements", "field"), [

@@ -122,6 +122,21 @@ def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     assert ctl.estimator.load["chat"].rate_rps == 10.0 + 240.0 / drain_s
 
 
+def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_while_unread(tmp_path: Path) -> None:
+    """A speculative engine's windows read 2.4 tokens a step: the load the plan sizes and the tuner's window take it
+    (an answer is fewer steps than tokens); a window that read none (no ITL sample) keeps the last one."""
+    ctl, vllm, _ = controller(tmp_path)
+    seen: list[float] = []
+    update = ctl.tuner.update
+    ctl.tuner.update = lambda model, acc, obs: (seen.append(obs.tokens_per_step), update(model, acc, obs))[1]
+    vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4)}
+    ctl.tick_slow(15.0)
+    assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4]
+    vllm.next = {"chat": window()}
+    ctl.tick_slow(30.0)
+    assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4]
+
+
 def test_a_restart_window_and_the_one_after_it_are_not_tuned(tmp_path: Path) -> None:
     ctl, vllm, registry = controller(tmp_path)
     pair = {"pair": "llama-3.1-8b|H100-SXM"}
@@ -380,10 +395,16 @@ def test_a_service_whose_replicas_still_load_keeps_the_cap_chosen(tmp_path: Path
 
 def test_a_budget_a_reload_changes_is_in_the_decision_logs_budget_changes(tmp_path: Path) -> None:
     """The decision log's `budget` said a source's changes; a reload from 4,000 to 3,000 W moved only `budget_w`."""
-    ctl, _, _ = controller(tmp_path)
+    ctl, _, registry = controller(tmp_path)
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     ctl.tick_slow(15.0)
+    changes = {"source": "config"}
+    assert registry.get_sample_value("wattscale_power_budget_changes_total", changes) is None
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=3000.0)))
+    assert registry.get_sample_value("wattscale_power_budget_changes_total", changes) == 1.0  # counted as a source's
+    ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(ctl.settings.power, budget_w=3000.0,
+                                                                                headroom=0.04)))
+    assert registry.get_sample_value("wattscale_power_budget_changes_total", changes) == 1.0  # the budget stood
     ctl.tick_slow(30.0)
     ctl.tick_slow(45.0)
     records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]

@@ -119,7 +119,9 @@ def test_daemon_end_to_end(tmp_path: Path) -> None:
         text = scrape(port)
         names = ("wattscale_gpu_power_watts", "wattscale_gpu_power_limit_watts", "wattscale_gpu_energy_joules",
                  "wattscale_power_budget_watts", "wattscale_service_ttft_predicted_ms", "wattscale_service_max_batch",
-                 "wattscale_cycle_duration_seconds", "wattscale_service_replicas")
+                 "wattscale_cycle_duration_seconds", "wattscale_service_replicas",
+                 # the process's own: a restart under systemd, memory that grows
+                 "process_start_time_seconds", "process_resident_memory_bytes", 'wattscale_build_info{version="')
         for name in names:
             assert name in text, name
         assert metric(text, "wattscale_power_budget_watts") == 2000

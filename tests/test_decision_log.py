@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
-from controller.decision_log import DecisionLog, gpus
+import pytest
+
+from controller.decision_log import DecisionLog, gpus, log_decision
 from controller.plan import DrawReading
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +70,16 @@ def test_a_cycles_capped_share_is_the_mean_of_the_readings_that_have_one() -> No
     shares = [0.1, 0.3, None, float("nan"), 7.0]
     assert gpus([DrawReading(300.0, 400.0, False, None, c) for c in shares]) == {
         "draw_w": 300.0, "limit_w": 400.0, "capped_share": 0.2}
+
+
+def test_a_change_said_the_cycle_before_is_said_again_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """A plan the gate holds (or an actuator's lasting failure) is the same change every cycle: said once at INFO
+    while it repeats, and again once it differs."""
+    held = ["chat: replicas 2 -> 4 [gate held: replicas 2 not 4]"]
+    with caplog.at_level(logging.DEBUG, logger="wattscale"):
+        before: list[str] = []
+        for changed in (held, held, held, ["chat: replicas 2 -> 3"], held):
+            log_decision(changed, 2000.0, 4000.0, 0.01, before)
+            before = changed
+    levels = [r.levelno for r in caplog.records if r.getMessage().startswith("decision:")]
+    assert levels == [logging.INFO, logging.DEBUG, logging.DEBUG, logging.INFO, logging.INFO]

@@ -244,6 +244,7 @@ class ClusterLoop:
             log.warning("release: not every agent was told to restore its default limits; those fall to their "
                         "safe caps at their plan's TTL")
         self.controller = self.plans = None
+        self.metrics.stand_down()  # its page says nothing a leader would
         self.deployments.forget()  # a standby reads no label: the next leadership reads them again
         if not (release and plans is not None):
             if self.server is not None:
