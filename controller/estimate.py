@@ -159,7 +159,9 @@ class Estimator:
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s,
                                                     max(window.in_tokens, 1.0), max(window.out_tokens, 1.0))
         demand = min(window.rate_rps + growth + backlog, MAX_WINDOW_RPS)  # a rate past it took the sizing minutes
-        per_step = load.tokens_per_step if window.tokens_per_step is None else window.tokens_per_step
+        # the tokens a step gives, from a steady window (a series unread at one end, a restart, reads askew)
+        per_step = load.tokens_per_step if window.tokens_per_step is None or not window.steady else (
+            window.tokens_per_step)
         self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))

@@ -25,6 +25,7 @@ from controller.settings_checks import MAX_POWER_W, MAX_SERVICES, check_sizings
 from controller.toml_file import read_toml
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
+from queuemodels.types import MAX_TOKENS_PER_STEP
 
 MAX_RATE_RPS = 1e6
 """Highest request rate of one service in a spec."""
@@ -57,6 +58,9 @@ class SpecService:
     """Spread of prompt lengths (std / mean)."""
     out_tokens_cv: float = 1.0
     """Spread of output lengths (std / mean)."""
+    tokens_per_step: float = 1.0
+    """Tokens a decoding request gains per engine step: 1, or under speculative decoding 1 + the drafts accepted (as
+    the daemon reads it off vLLM's counters); the ITL objective is then the gap between outputs, one a step."""
     min_replicas: int = 1
     """Lower replica bound of a plan that serves the service (a service no room is left for is shed, x0)."""
     max_replicas: int = 64
@@ -67,6 +71,7 @@ class SpecService:
     def check(self, where: str) -> None:
         check_name(self.name, where)
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
+        check_range(self, where, ("tokens_per_step",), 1.0, MAX_TOKENS_PER_STEP)
         if 0.0 < self.rate_rps < MIN_RATE_RPS:
             raise ConfigError(f"{where}.rate_rps", f"must be 0 or at least {MIN_RATE_RPS:g}, got {self.rate_rps}")
         check_service_bounds(self, where)
@@ -153,7 +158,7 @@ def load_spec(path: Path) -> Problem:
     accs = tuple(a.offer() for a in spec.accelerators)
     services = tuple(
         ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),
-                      Load(s.rate_rps, s.in_tokens, s.out_tokens, s.in_tokens_cv, s.out_tokens_cv),
+                      Load(s.rate_rps, s.in_tokens, s.out_tokens, s.in_tokens_cv, s.out_tokens_cv, s.tokens_per_step),
                       {k: v.params() for k, v in s.params.items()},
                       s.min_replicas, s.max_replicas, s.max_queue)
         for s in spec.services

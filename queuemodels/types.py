@@ -228,7 +228,8 @@ class Load:
 
     @property
     def outputs(self) -> float:
-        """Outputs (steps that give it tokens) an answer takes, its first included, as Little's law counts them."""
+        """About the outputs (steps that give it tokens) an answer takes, as Little's law counts a request's time in
+        the batch: its tokens over those a step gives (exactly its tokens where each step gives one)."""
         return self.out_tokens / self.tokens_per_step
 
     def at_rate(self, rate_rps: float) -> Load:

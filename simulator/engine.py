@@ -71,6 +71,9 @@ class VLLMEngine:
         self.ctx = np.zeros(n, dtype=np.int64)
         self.out_total = np.zeros(n, dtype=np.int64)
         self.out_left = np.zeros(n, dtype=np.int64)
+        self.outputs = np.zeros(n, dtype=np.int64)
+        """Steps that gave each sequence tokens after its first (kept under speculative decoding alone: else each
+        gives one)."""
         self._seq = 0
         self._noise: list[float] = []  # step-time noise, drawn in blocks (a draw per step costs more than the step)
         self._hiccup: list[float] = []
@@ -161,6 +164,7 @@ class VLLMEngine:
             self.ctx[i] = 0
             self.out_total[i] = n_out
             self.out_left[i] = n_out
+            self.outputs[i] = 0
             self.n_active += 1
             self.n_prefill += 1
             self.prompt_left_sum += n_in
@@ -205,6 +209,7 @@ class VLLMEngine:
             self.ctx += decoding
             return
         idx = np.flatnonzero(decoding)
+        self.outputs[idx] += 1
         gained = np.minimum(self.personality.gains(self.rng, len(idx)), self.out_left[idx])
         self.out_left[idx] -= gained
         self.ctx[idx] += gained
@@ -247,7 +252,9 @@ class VLLMEngine:
         need = self.prompt_left[idx]
         before = np.cumsum(need) - need
         chunk = np.zeros_like(self.prompt_left)
-        chunk[idx] = np.minimum(np.maximum(max(0, self.max_batched - n_decode) - before, 0), need)
+        # a decoding sequence schedules its token and its drafts' (vLLM V1's scheduler) within the budget first
+        room = self.max_batched - n_decode * (1 + self.personality.draft_tokens)
+        chunk[idx] = np.minimum(np.maximum(max(0, room) - before, 0), need)
         prefill_tokens = int(chunk.sum())
         prefill_seqs = int(np.count_nonzero(chunk))
         pairs = 0.0
@@ -295,7 +302,8 @@ class VLLMEngine:
             m.request_generation_tokens.observe_one(float(gen))
             m.tpot.observe_one(decode_s / (gen - 1) if gen > 1 else 0.0)
             if self.requests is not None:
-                self.requests.finish(float(self.arrival[i]), float(self.first_tok[i]), now, int(self.prompt[i]), gen)
+                self.requests.finish(float(self.arrival[i]), float(self.first_tok[i]), now, int(self.prompt[i]), gen,
+                                     int(self.outputs[i]) if self.personality.draft_tokens else gen - 1)
             self.ctx_sum -= int(self.ctx[i])
         self.active[idx] = False
         self.n_active -= len(idx)

@@ -127,7 +127,8 @@ PERSONALITIES: dict[str, Personality] = {
         # '{"method": "eagle", "num_speculative_tokens": 3}'`): each step a head of some 1/30 of the weights
         # proposes 3 tokens a sequence in 3 small serial passes, and one target pass verifies the 4 positions (4 x
         # the decode FLOPs, the weights and KV read once); a sequence keeps the drafts up to the first refused
-        # (0.7 each: 2.5 tokens a step on average, as EAGLE's chains read on chat). vLLM records one ITL sample a
+        # (0.7 each: 2.5 tokens a step on average, as EAGLE's chains read on chat). vLLM's scheduler gives each
+        # decoding sequence its token and its drafts within the step's token budget, records one ITL sample a
         # request a step however many tokens it gave, and counts every token in vllm:generation_tokens_total.
         Personality("spec-decode", draft_tokens=3, draft_accept=0.7, draft_share=1.0 / 32.0),
     )

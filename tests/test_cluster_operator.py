@@ -5,6 +5,7 @@ a second operator stays passive until the Lease is free."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -491,6 +492,25 @@ def test_a_slow_tick_blocked_on_prometheus_stops_neither_the_fast_tick_nor_the_p
         assert len(renewals) >= 2 and loop.lease.held and loop.lease.valid()
         assert modes == {"following"}, modes
         loop.stand_down(release=False, now=time.monotonic() - t0)
+
+
+def test_a_standby_clears_again_what_a_tick_in_flight_set_after_it_stood_down(
+        cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """Standing down clears the leader's gauges, but a slow tick or a budget step in flight (a lost Lease is often a
+    slow API) set them again after: the standby clears them once more when those threads have ended."""
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "standby", "wattscale",
+                       str(tmp_path / "state"))
+    done = threading.Event()
+    in_flight = threading.Thread(target=lambda: (done.wait(5.0), loop.metrics.budget.set(3000.0)), daemon=True)
+    in_flight.start()
+    loop.ending.append(in_flight)
+    loop.metrics.stand_down()
+    loop._quiet()  # the tick still runs: nothing to clear yet
+    done.set()
+    in_flight.join(5.0)
+    assert loop.metrics.budget._value.get() == 3000.0  # set after the first clearing
+    loop._quiet()
+    assert math.isnan(loop.metrics.budget._value.get()) and loop.ending == []
 
 
 def test_a_new_replica_gets_its_services_cap_within_seconds_not_a_slow_period(

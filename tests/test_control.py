@@ -124,7 +124,8 @@ def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
 
 def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_while_unread(tmp_path: Path) -> None:
     """A speculative engine's windows read 2.4 tokens a step: the load the plan sizes and the tuner's window take it
-    (an answer is fewer steps than tokens); a window that read none (no ITL sample) keeps the last one."""
+    (an answer is fewer steps than tokens); a window that read none (no ITL sample), or one not steady, keeps the
+    last one."""
     ctl, vllm, _ = controller(tmp_path)
     seen: list[float] = []
     update = ctl.tuner.update
@@ -135,6 +136,9 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
     vllm.next = {"chat": window()}
     ctl.tick_slow(30.0)
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4]
+    vllm.next = {"chat": dataclasses.replace(window(steady=False), tokens_per_step=1.9)}  # an engine's series unread
+    ctl.tick_slow(45.0)
+    assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4, 2.4]
 
 
 def test_a_restart_window_and_the_one_after_it_are_not_tuned(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def test_every_kind_started_at_zero_is_one_the_daemon_counts() -> None:
     """A kind misspelt here would be a series at 0 for ever beside the real one."""
     source = "\n".join(p.read_text() for p in (ROOT / "controller").rglob("*.py") if p.name != "own_metrics.py")
     said = set(re.findall(r'"([a-z_]+)"', source))
+    said |= {f"{loop}_{what}" for loop in re.findall(r'Ticker\("([a-z]+)"', source) for what in ("late", "error")}
     assert set(ERROR_KINDS) <= said, set(ERROR_KINDS) - said
 
 

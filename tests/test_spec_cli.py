@@ -60,6 +60,8 @@ def code_service(name: str) -> str:
     (lambda t: t.replace('objective = "token_speed"', 'objective = "token_speed"\ntransition_penalty = -1'),
      r"transition_penalty: must be in \[0, 1\], got -1.0"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
+    (lambda t: t.replace("rate_rps = 10", "rate_rps = 10\ntokens_per_step = 0.5"),
+     r"services\[chat\].tokens_per_step: must be in \[1, 64\], got 0.5"),
     # a denormal passed the range: the plan's values from it were not finite (scipy's milp raised)
     (lambda t: t.replace("rate_rps = 10", "rate_rps = 1e-310"),
      r"services\[chat\].rate_rps: must be 0 or at least 1e-06, got 1e-310"),

@@ -102,7 +102,7 @@ def _row(row: dict[str, str], where: str) -> Observation:
         in_cv=_default(row, "in_cv", where, 1.0), out_cv=_default(row, "out_cv", where, 1.0),
         steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
         queue_growth=_optional(row, "queue_growth", where), queue_ms=_optional(row, "queue_ms", where),
-        tokens_per_step=_default(row, "tokens_per_step", where, 1.0),
+        tokens_per_step=1.0 if (per_step := _optional(row, "tokens_per_step", where)) is None else per_step,
     )
 
 

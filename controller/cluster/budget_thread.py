@@ -24,6 +24,8 @@ class BudgetThread:
     def __init__(self, metrics: OwnMetrics, state_dir: str) -> None:
         self.metrics, self.state_dir = metrics, state_dir
         self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+        """The sources' thread, the last started (a step in flight ends after `stop`, on its timeouts)."""
 
     def restart(self, s: Settings, c: Controller, now: Callable[[], float]) -> None:
         """Stop the sources running, start these settings' (none where the policy names none); `now` is the
@@ -38,20 +40,27 @@ class BudgetThread:
             c.error("budget_source", str(exc))
             return
         self.stopped = threading.Event()
-        threading.Thread(target=self._run, args=(sources, c, self.stopped, s.daemon.fast_interval_s, now),
-                         name="wattscale-budget", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, args=(sources, c, self.stopped, s.daemon.fast_interval_s,
+                                                               now), name="wattscale-budget", daemon=True)
+        self.thread.start()
 
     def stop(self) -> None:
         self.stopped.set()
 
     def _run(self, sources: BudgetCombiner, c: Controller, stopped: threading.Event, period_s: float,
              now: Callable[[], float]) -> None:
+        failure = None
         while True:
             try:
                 budget = sources.step(time.time())
                 c.handoff.sources_stepped(budget, now())
-            except Exception as exc:  # a source's bug: counted and logged, the last budget holds
+                failure = None
+            except Exception as exc:  # a source's bug: counted, and logged once while it repeats (every tick), the
+                # last budget holding
                 self.metrics.errors.labels("budget_source").inc()
-                log.warning("budget sources failed: %r", exc)
+                if repr(exc) != failure:
+                    log.exception("budget sources failed: %r (logged once while it repeats; the last budget holds)",
+                                  exc)
+                failure = repr(exc)
             if stopped.wait(period_s):
                 return

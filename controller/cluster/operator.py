@@ -79,6 +79,8 @@ class ClusterLoop:
         """The policy's GPU nodes, as last read."""
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
+        self.ending: list[threading.Thread] = []
+        """The last leadership's threads, stopped but maybe still in a tick as it stood down (`_quiet`)."""
         self.offset = 0.0
         """Controller time less the monotonic clock (the budget thread's `now`)."""
         self.server = server
@@ -222,6 +224,8 @@ class ClusterLoop:
         for worker in (self.worker, self.owners, self.renewer):
             if worker is not None:
                 worker.stop()
+                if (thread := getattr(worker, "thread", None)) is not None:
+                    self.ending.append(thread)
         self.worker = self.owners = self.renewer = None
 
     def _now(self) -> float:
@@ -244,7 +248,9 @@ class ClusterLoop:
             log.warning("release: not every agent was told to restore its default limits; those fall to their "
                         "safe caps at their plan's TTL")
         self.controller = self.plans = None
-        self.metrics.stand_down()  # its page says nothing a leader would
+        if self.budget.thread is not None:
+            self.ending.append(self.budget.thread)
+        self.metrics.stand_down()  # its page says nothing a leader would (again once `ending` has: `_quiet`)
         self.deployments.forget()  # a standby reads no label: the next leadership reads them again
         if not (release and plans is not None):
             if self.server is not None:
@@ -259,6 +265,7 @@ class ClusterLoop:
         if self.controller is not None and not self.lease.valid():
             return self._lost(now)
         if self.controller is None:  # nothing is governed here yet: this step may wait on the API
+            self._quiet()
             if not self.lease.hold():
                 return 2.0
             res = self.read()
@@ -292,6 +299,13 @@ class ClusterLoop:
             self.next_owners = now + OWNER_TICKS * c.settings.daemon.fast_interval_s
             self.owners.wake(early=asked)  # an ask while a refresh is still due is no overrun
         return c.settings.daemon.fast_interval_s
+
+    def _quiet(self) -> None:
+        """A standby's gauges cleared again once the last leadership's threads have ended: a slow tick or a budget
+        step in flight as it stood down set them after the first clearing (a lost Lease is often a slow API)."""
+        if self.ending and not any(t.is_alive() for t in self.ending):
+            self.ending = []
+            self.metrics.stand_down()
 
     def _lost(self, now: float) -> float:
         log.warning("the Lease was lost: this operator stops acting")

@@ -85,7 +85,7 @@ class _Probe:
         mhz = None if clock is None else int(round(clock * spec.max_clock_mhz / 15) * 15)
         m = measure(self.replica, self.rate_rps / n, self.prompts, self.outputs, self.max_batch, power_limit_w=cap_w,
                     requests=REQUESTS, seed=self.seed, locked_clock_mhz=mhz)
-        t_over_c = m.out_tokens / (m.ttft_ms / 1e3 + m.out_tokens * m.itl_ms / 1e3)
+        t_over_c = m.out_tokens / (m.ttft_ms / 1e3 + m.out_tokens / m.tokens_per_step * m.itl_ms / 1e3)  # ITL a step
         if not math.isfinite(t_over_c):  # no request reached its first token in the window: none served
             t_over_c = 0.0
         served = m.throughput_rps / m.rate_rps if m.rate_rps > 0 else 0.0

@@ -72,33 +72,33 @@ def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
 
 
 def queries(models: list[str], window: str) -> dict[str, str]:
-    """The figure name -> PromQL, each grouped by `model_name` over all `models` (one query per figure)."""
+    """The figure name -> PromQL, each grouped by `model_name` over all `models` (one query per figure). ITL is read
+    under either of its names per engine series, before the sum: engines of two vLLM versions behind one model
+    (a rolling upgrade, two variants on two images) each count under their own name."""
     sel = selector(models)
     by = "by (model_name)"
 
-    def ratio(hist: str) -> str:
-        return f"sum {by} (rate({hist}_sum{sel}[{window}])) / sum {by} (rate({hist}_count{sel}[{window}]))"
+    def rated(*series: str, by: str = by) -> str:  # the first name an engine series has, per series, summed
+        return f"sum {by} ({' or '.join(f'rate({x}{sel}[{window}])' for x in series)})"
 
-    def p95(hist: str) -> str:
-        return f"histogram_quantile(0.95, sum by (le, model_name) (rate({hist}_bucket{sel}[{window}])))"
+    def ratio(*hist: str) -> str:
+        return f"{rated(*(h + '_sum' for h in hist))} / {rated(*(h + '_count' for h in hist))}"
 
-    itl, itl_old = "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"
+    def p95(*hist: str) -> str:
+        return f"histogram_quantile(0.95, {rated(*(h + '_bucket' for h in hist), by='by (le, model_name)')})"
 
-    def rate(series: str) -> str:
-        return f"sum {by} (rate({series}{sel}[{window}]))"
-
-    later = f"({rate('vllm:generation_tokens_total')} - {rate('vllm:time_to_first_token_seconds_count')})"
-    outputs = f"({rate(itl + '_count')} or {rate(itl_old + '_count')})"
+    itl = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")  # the second: vLLM < 0.13
+    later = f"({rated('vllm:generation_tokens_total')} - {rated('vllm:time_to_first_token_seconds_count')})"
     return {
-        "rate_rps": f"sum {by} (rate(vllm:request_success_total{sel}[{window}]))",
+        "rate_rps": rated("vllm:request_success_total"),
         "in_tokens": ratio("vllm:request_prompt_tokens"),
         "out_tokens": ratio("vllm:request_generation_tokens"),
         "ttft_s": ratio("vllm:time_to_first_token_seconds"),
-        "itl_s": f"({ratio(itl)}) or ({ratio(itl_old)})",
+        "itl_s": ratio(*itl),
         "ttft_p95_s": p95("vllm:time_to_first_token_seconds"),
         "queue_s": ratio("vllm:request_queue_time_seconds"),
-        "tokens_per_step": f"clamp_min({later} / {outputs}, 1)",  # telemetry.base.tokens_per_step
-        "itl_p95_s": f"({p95(itl)}) or ({p95(itl_old)})",
+        "tokens_per_step": f"clamp_min({later} / {rated(*(x + '_count' for x in itl))}, 1)",  # base.tokens_per_step
+        "itl_p95_s": p95(*itl),
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
         "running_before": f"sum {by} (vllm:num_requests_running{sel} offset {window})",
