@@ -181,6 +181,7 @@ class Controller:
                                              sum(in_force[svc.name].live.values()))
             record["services"][svc.name] = {"observed": None if window is None else observed(window),
                                             "tuner": verdict, "gpus": gpus(readings)}
+        self.estimator.save_tuner()  # the cycle's fits, in one write
         try:
             problem = self._problem()
             solution = solve(problem, self.solver)

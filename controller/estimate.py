@@ -213,14 +213,17 @@ class Estimator:
             power_held_share=held,
         )
         key = pair_key(svc.model, in_force.accelerator)
-        failures = self.tuner.save_failures
-        verdict = self.tuner.update(svc.model, in_force.accelerator, obs)
-        if self.tuner.save_failures > failures:  # logged once by the store; counted every time
-            m.errors.labels("tuner_state").inc()
+        verdict = self.tuner.update(svc.model, in_force.accelerator, obs, save=False)  # saved once a cycle
         result = "accepted" if verdict.accepted else verdict.reason
         m.tuner_updates.labels(key, result).inc()
         self._export(key, verdict.nis)
         return result
+
+    def save_tuner(self) -> None:
+        """Write the fits a cycle's windows changed, once for all of them (a failure is logged once by the store,
+        counted every time)."""
+        if not self.tuner.save_pending():
+            self.metrics.errors.labels("tuner_state").inc()
 
     def save_margins(self) -> None:
         """Write the margins a cycle changed (a failure is logged once by the margins, counted every time)."""

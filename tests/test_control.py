@@ -19,7 +19,7 @@ from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
 from controller.wiring import build_parts
 from queuemodels.accelerators import CATALOG
-from tuner import PairFilter, Tuner
+from tuner import Observation, PairFilter, Tuner, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,8 +128,13 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
     last one."""
     ctl, vllm, _ = controller(tmp_path)
     seen: list[float] = []
-    update = ctl.tuner.update
-    ctl.tuner.update = lambda model, acc, obs: (seen.append(obs.tokens_per_step), update(model, acc, obs))[1]
+    real = ctl.tuner.update
+
+    def update(model: str, acc: str, obs: Observation, save: bool) -> Verdict:
+        seen.append(obs.tokens_per_step)
+        return real(model, acc, obs, save)
+
+    ctl.tuner.update = update  # type: ignore[method-assign]
     vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4)}
     ctl.tick_slow(15.0)
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4]

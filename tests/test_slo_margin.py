@@ -160,9 +160,9 @@ class _Recording(Tuner):
         super().__init__(None)
         self.given: list[Observation] = []
 
-    def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
+    def update(self, model: str, accelerator: str, obs: Observation, save: bool = True) -> Verdict:
         self.given.append(obs)
-        return super().update(model, accelerator, obs)
+        return super().update(model, accelerator, obs, save)
 
 
 def test_the_tuner_takes_the_offered_rate_and_a_filling_batch_teaches_it_nothing() -> None:

@@ -47,6 +47,8 @@ class Tuner:
         reloaded half-written (its last service's prior cut off) and then whole lost what the pair had learnt."""
         self.save_failures = 0
         """Saves of the state that failed (the file could not be written); the daemon counts them."""
+        self.pending = False
+        """Whether an accepted update has not been saved yet (`update(..., save=False)`)."""
         self.unused: dict[str, Any] = {}
         """The state file's pairs no filter holds (read, validated, saved again as they are), until one is made."""
         self.saved_whole = False
@@ -108,12 +110,26 @@ class Tuner:
         pair = self.filters.get(pair_key(model, accelerator))
         return pair is not None and pair.accepted > 0
 
-    def update(self, model: str, accelerator: str, obs: Observation) -> Verdict:
+    def update(self, model: str, accelerator: str, obs: Observation, save: bool = True) -> Verdict:
+        """The pair's filter updated with `obs`; an accepted window saves the state at once, or with `save` False at
+        the next `save_pending` (the daemon saves once a cycle: a save a pair rewrote the whole file, fsync'd, three
+        times a cycle for three pairs, some 1.5 GB a day)."""
         pair = self.filters[pair_key(model, accelerator)]
         verdict = pair.update(obs)
         if verdict.accepted:
-            self._save()
+            self.pending = True
+            if save:
+                self.save_pending()
         return verdict
+
+    def save_pending(self) -> bool:
+        """Save what updates since the last save changed (nothing where none did); False where the save failed
+        (it is tried again at the next call)."""
+        if self.pending:
+            failures = self.save_failures
+            self._save()
+            self.pending = self.save_failures > failures
+        return not self.pending
 
     def _save(self) -> None:
         """Every filter's state to the file, where there is one (a failure counted)."""
