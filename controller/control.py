@@ -172,16 +172,18 @@ class Controller:
         except Exception as exc:
             self.error("vllm_source", str(exc))
             windows = {}
-        for svc in s.services:
-            window = windows.get(svc.name)
-            now_on = self.assignments[svc.name]
-            verdict = self.estimator.observe(svc, window, readings := self.fast.ledger.take(svc.name), now_on,
-                                             in_force[svc.name].still, s.optimizer,
-                                             self.kv_tokens[svc.name].get(now_on.accelerator, 0.0),
-                                             sum(in_force[svc.name].live.values()))
-            record["services"][svc.name] = {"observed": None if window is None else observed(window),
-                                            "tuner": verdict, "gpus": gpus(readings)}
-        self.estimator.save_tuner()  # the cycle's fits, in one write
+        try:
+            for svc in s.services:
+                window = windows.get(svc.name)
+                now_on = self.assignments[svc.name]
+                verdict = self.estimator.observe(svc, window, readings := self.fast.ledger.take(svc.name), now_on,
+                                                 in_force[svc.name].still, s.optimizer,
+                                                 self.kv_tokens[svc.name].get(now_on.accelerator, 0.0),
+                                                 sum(in_force[svc.name].live.values()))
+                record["services"][svc.name] = {"observed": None if window is None else observed(window),
+                                                "tuner": verdict, "gpus": gpus(readings)}
+        finally:  # the cycle's fits in one write, those before a service that failed too
+            self.estimator.save_tuner()
         try:
             problem = self._problem()
             solution = solve(problem, self.solver)

@@ -121,14 +121,19 @@ class Roofline:
         """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's),
         the decodes' by `decode_factor` (a lock's). A mixture of experts' routing is read by the roofline: a prior
         that leaves rho and the budget 0 (the affine reading) reads those two at the tuner's starting values (read
-        with rho 0, a lock had slowed no decode)."""
+        with rho 0, a lock had slowed no decode). A decoding sequence's compute is that of the tokens a step gives it:
+        under speculative decoding the verifying pass computes each token kept, and its drafts refused besides (the
+        fitted rho takes those), so a large batch turns compute-bound sooner (read as one token, its capacity at
+        batch 128-256 read 21-61 % over)."""
         rho, budget = params.rho, params.budget_tokens
         if params.expert_weight_share > 0.0 and not (rho or budget):
             rho, budget = STEP_DEFAULTS["rho"], STEP_DEFAULTS["budget_tokens"]
         context = load.in_tokens + load.out_tokens / 2.0
-        return cls(params.gamma_ms, params.kappa_ms * context, rho * params.delta_ms * decode_factor,
-                   params.delta_ms * load.in_tokens * prompt_factor, params.epsilon_ms, load.in_tokens, budget,
-                   min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share, params.expert_miss)
+        per_seq = rho * params.delta_ms * load.tokens_per_step * decode_factor  # the arrays path slows it after
+        experts = min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share
+        prompt = params.delta_ms * load.in_tokens * prompt_factor
+        return cls(params.gamma_ms, params.kappa_ms * context, per_seq, prompt, params.epsilon_ms, load.in_tokens,
+                   budget, experts, params.expert_miss)
 
     def chunks(self, batch: Batch) -> Batch:
         """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -144,6 +145,25 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
     vllm.next = {"chat": dataclasses.replace(window(steady=False), tokens_per_step=1.9)}  # an engine's series unread
     ctl.tick_slow(45.0)
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4, 2.4]
+
+
+def test_the_fits_of_a_cycle_are_saved_though_a_later_service_fails_in_it(tmp_path: Path) -> None:
+    """The tuner's state is written once a cycle, after every service's window: a service whose reading raised had
+    kept every pair's fit from the file for as long as it failed."""
+    ctl, vllm, _ = controller(tmp_path)
+    observe = ctl.estimator.observe
+
+    def failing(svc: Any, *args: Any) -> str:
+        if svc.name == "code":
+            raise RuntimeError("a bug reading code's window")
+        return observe(svc, *args)
+
+    ctl.estimator.observe = failing  # type: ignore[method-assign]
+    vllm.next = {"chat": window(), "code": window()}
+    with pytest.raises(RuntimeError):
+        ctl.tick_slow(15.0)
+    saved = json.loads((tmp_path / "s" / "tuner.json").read_text())
+    assert saved["pairs"]["llama-3.1-8b|H100-SXM"]["updates"] == 1
 
 
 def test_a_restart_window_and_the_one_after_it_are_not_tuned(tmp_path: Path) -> None:

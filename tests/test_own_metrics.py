@@ -23,8 +23,16 @@ def test_error_kinds_and_reload_results_start_at_zero() -> None:
         assert registry.get_sample_value("wattscale_config_reloads_total", {"result": result}) == 0.0
 
 
-def test_every_kind_started_at_zero_is_one_the_daemon_counts() -> None:
-    """A kind misspelt here would be a series at 0 for ever beside the real one."""
+def test_every_kind_a_hosts_daemon_counts_starts_at_zero() -> None:
+    """Each kind the host's daemon names where it counts a failure (outside the cluster's own code) is in the list,
+    and each in the list is one it counts: a kind misspelt there would be a series at 0 for ever beside the real one."""
+    counted: set[str] = set()
+    for path in (ROOT / "controller").rglob("*.py"):
+        if "cluster" not in path.parts:
+            text = path.read_text()
+            counted |= set(re.findall(r'(?:errors\.labels|\.error|\.report|\b_error|on_error)\(\s*"([a-z_]+)"', text))
+            counted |= set(re.findall(r'_count\([^()]*"error", "([a-z_]+)"\)', text))
+    assert counted - set(ERROR_KINDS) == set(), counted - set(ERROR_KINDS)
     source = "\n".join(p.read_text() for p in (ROOT / "controller").rglob("*.py") if p.name != "own_metrics.py")
     said = set(re.findall(r'"([a-z_]+)"', source))
     said |= {f"{loop}_{what}" for loop in re.findall(r'Ticker\("([a-z]+)"', source) for what in ("late", "error")}

@@ -455,3 +455,17 @@ def test_an_answer_at_several_tokens_a_step_takes_fewer_steps(model: str) -> Non
     sat = [get_model(model).saturation_rps(params, Load(4.0, 800, 256, tokens_per_step=k), shape, h100)
            for k in (1, 2.5)]
     assert sat[1] > 1.5 * sat[0]  # the prompts' share of the GPU is the same: less than 2.5 x
+
+
+def test_a_step_that_keeps_several_tokens_a_sequence_computes_each() -> None:
+    """The verifying pass computes every token a step keeps: under speculative decoding a large batch's decode
+    turns compute-bound sooner (read as one token a sequence, its capacity at batch 128-256 read 21-61 % over), and
+    a small batch's, memory-bound, barely moves."""
+    params = ServiceParams("step", 12.0, 0.09, 10.0, 0.035, kappa_ms=1e-4, epsilon_ms=2.0, rho=1.0)
+    shape = ServerShape(256, 1024)
+
+    def step(k: float, batch: float) -> float:
+        return float(continuous_law(params, Load(0.5, 512, 256, tokens_per_step=k), None, shape).decode(batch))
+
+    assert step(2.5, 256.0) - step(2.5, 64.0) > 1.1 * (step(1.0, 256.0) - step(1.0, 64.0))  # 34.0 against 30.1 ms
+    assert step(2.5, 4.0) == pytest.approx(step(1.0, 4.0), rel=0.02)

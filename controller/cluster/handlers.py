@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Any
@@ -124,4 +125,15 @@ def control(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.
         reason = stopped.reason
         deleted = reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason
         loop.stand_down(release=deleted, now=time.monotonic() - t0)
+        threading.Thread(target=_quiet_when_ended, args=(loop, memo), name="wattscale-quiet", daemon=True).start()
         log.info("PowerPolicy %s: %s", name, "deleted, default limits restored" if deleted else "operator stopping")
+
+
+def _quiet_when_ended(loop: ClusterLoop, memo: kopf.Memo) -> None:
+    """The process's gauges cleared again once a gone policy's last threads have ended (a slow tick or a budget step
+    in flight set them after its stand-down, and no step of its loop comes to clear them), unless another policy's
+    loop leads by then: its gauges are its own."""
+    for thread in loop.ending:  # each ends on its own timeouts
+        thread.join()
+    if not any(other.controller is not None for other in memo.loops.values()):
+        loop.metrics.stand_down()
