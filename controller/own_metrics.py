@@ -10,14 +10,16 @@ from prometheus_client import PLATFORM_COLLECTOR, CollectorRegistry, Counter, Ga
 
 from queuemodels import Performance
 
-ERROR_KINDS = ("bad_window", "batch_actuator", "batch_read", "budget_source", "clock_actuator", "decision_log",
-               "fast_error", "fast_late", "fast_tick", "gpu_limits", "gpu_missing", "gpu_power", "gpu_source",
-               "log_dropped", "metrics_client", "optimizer", "over_budget_at_floor", "power_actuator", "prometheus",
-               "replica_actuator", "replicas_read", "scrape", "signal_client", "slo_margins", "slow_error", "slow_late",
-               "slow_overrun", "slow_tick", "tuner_state", "vllm_source")
-"""The `wattscale_errors_total` kinds a host's daemon counts where a GPU, an actuator, a source or its own state
-fails, exported at 0 from the start: a counter's first sample at 1 is no increase to `increase()` or `rate()`,
-so an alert on them missed the first failure of each kind."""
+ERROR_KINDS = ("bad_window", "batch_actuator", "batch_read", "budget_source", "clock_actuator", "custom_resources",
+               "decision_log", "deployments", "fast_error", "fast_late", "fast_tick", "gpu_limits", "gpu_missing",
+               "gpu_power", "gpu_source", "log_dropped", "metrics_client", "node_plan", "node_plans", "node_status",
+               "operator_step", "optimizer", "over_budget_at_floor", "owners_overrun", "pods", "power_actuator",
+               "prometheus", "replica_actuator", "replicas_read", "scrape", "signal_client", "slo_margins",
+               "slow_error", "slow_late", "slow_overrun", "slow_tick", "tuner_state", "vllm_source")
+"""The `wattscale_errors_total` kinds the daemon and the operator count where a GPU, an actuator, a source, the
+cluster's API or their own state fails, exported at 0 from the start (each process exports them all): a counter's
+first sample at 1 is no increase to `increase()` or `rate()`, so an alert on them missed the first failure of each
+kind."""
 
 
 def process_registry() -> CollectorRegistry:

@@ -121,7 +121,8 @@ def control(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.
                 wait = 2.0
             stopped.wait(wait)
     finally:
-        memo.loops.pop(name, None)
+        if memo.loops.get(name) is loop:  # a policy made again may have its own loop here already
+            del memo.loops[name]
         reason = stopped.reason
         deleted = reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason
         loop.stand_down(release=deleted, now=time.monotonic() - t0)
@@ -132,8 +133,8 @@ def control(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.
 def _quiet_when_ended(loop: ClusterLoop, memo: kopf.Memo) -> None:
     """The process's gauges cleared again once a gone policy's last threads have ended (a slow tick or a budget step
     in flight set them after its stand-down, and no step of its loop comes to clear them), unless another policy's
-    loop leads by then: its gauges are its own."""
+    loop holds the Lease by then (leading, or becoming the leader: its gauges are its own)."""
     for thread in loop.ending:  # each ends on its own timeouts
         thread.join()
-    if not any(other.controller is not None for other in memo.loops.values()):
+    if not any(other.lease.held for other in list(memo.loops.values())):  # kopf's thread may add one meanwhile
         loop.metrics.stand_down()
