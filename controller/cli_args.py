@@ -180,8 +180,9 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--rate-rps", type=finite, required=True, metavar="RPS", help="arrival rate (requests/s)")
     a.add_argument("--in-cv", type=finite, default=1.0, metavar="CV", help="spread of prompt lengths (std / mean)")
     a.add_argument("--out-cv", type=finite, default=1.0, metavar="CV", help="spread of output lengths (std / mean)")
-    a.add_argument("--tokens-per-step", type=finite, default=1.0, metavar="N",
-                   help="tokens a decoding request gains per engine step, 1..64: 1 (the default) without speculative "
+    a.add_argument("--tokens-per-step", type=finite, default=1.0, metavar="X",
+                   help="tokens a decoding request gains per engine step, a number in [1, 64] (a mean: 2.52 is one): "
+                        "1 (the default) without speculative "
                         "decoding; with it, 1 + the drafts accepted per step, as `tune` reads it from the windows "
                         "(the ITL figures are then per step, as vLLM's histogram records them)")
     a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",

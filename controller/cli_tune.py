@@ -75,6 +75,10 @@ def tune(args: argparse.Namespace) -> int:
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations, TuneProgress())
     verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
+    per_step = [o.tokens_per_step for o in observations if o.problem() is None]
+    if any(k != 1.0 for k in per_step):  # a speculative engine's windows: analyze is to be given what they read
+        report["tokens_per_step"] = {"mean": round(sum(per_step) / len(per_step), 4), "min": min(per_step),
+                                     "max": max(per_step)}
     if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:
@@ -84,6 +88,10 @@ def tune(args: argparse.Namespace) -> int:
         ahead, fit = report["error_one_step_ahead"], report["error_in_sample"]
         n = report["observations"]
         print(f"{n} observation{'' if n == 1 else 's'} ({verdicts}): {params}")
+        if "tokens_per_step" in report:
+            k = report["tokens_per_step"]
+            print(f"tokens a step read: mean {k['mean']:g} ({k['min']:g}-{k['max']:g}; speculative decoding): give "
+                  f"analyze --tokens-per-step {k['mean']:g} (ITL here and there is a step's, as vLLM records it)")
         if args.kv_tokens:
             print(f"fitted at a KV cache of {args.kv_tokens:.15g} tokens (read, not fitted: give it again as analyze's "
                   "--kv-tokens, a config variant's kv_cache_tokens)")

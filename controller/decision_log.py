@@ -125,7 +125,8 @@ def _last_byte(path: Path) -> bytes:
 def observed(w: ServiceWindow) -> dict[str, Any]:
     """A window as the decision log records it."""
     return {"rate_rps": w.rate_rps, "ttft_ms": w.ttft_ms, "itl_ms": w.itl_ms, "ttft_p95_ms": w.ttft_p95_ms,
-            "itl_p95_ms": w.itl_p95_ms, "waiting": w.waiting, "replicas": w.replicas, "steady": w.steady}
+            "itl_p95_ms": w.itl_p95_ms, "waiting": w.waiting, "replicas": w.replicas, "steady": w.steady,
+            "tokens_per_step": w.tokens_per_step}
 
 
 def gpus(readings: list[DrawReading]) -> dict[str, float] | None:

@@ -133,6 +133,8 @@ class Estimator:
                         f"held (the value: the decision log's services.{svc.name}.tuner, or the DEBUG log)")
             return f"{REFUSED}{problem[1]}"
         m.rate_obs.labels(svc.name).set(window.rate_rps)
+        if window.tokens_per_step is not None:
+            m.tokens_per_step.labels(svc.name).set(window.tokens_per_step)
         self.serving[svc.name] = window.replicas
         if window.replicas < 1:
             return "no replica served"  # every replica restarting

@@ -173,7 +173,8 @@ class ServiceSettings:
     ttft_ms: float
     """Time-to-first-token objective (ms)."""
     itl_ms: float
-    """Inter-token-latency objective (ms)."""
+    """Inter-token-latency objective (ms), as vLLM's ITL histogram reads it: the gap between a request's outputs, one
+    a step (a token; under speculative decoding, the tokens its drafts kept)."""
     statistic: str = field(default="mean", metadata={"schema": {"enum": list(STATISTICS)}})
     """Statistic the objectives apply to: mean, p95 or p99."""
     priority: int = 1

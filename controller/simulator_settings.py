@@ -31,7 +31,7 @@ class SimulatorSettings:
     vLLM's default, it aborts them at once (the router resubmits them all, their progress lost)."""
     personalities: dict[str, str] = field(default_factory=dict)
     """Engine personality (hidden step law) per model, or per "model|gpu_type": roofline (default), chunked,
-    prefill-overhead, compute-bound-decode, long-context, mixture-of-experts (simulator/personality.py)."""
+    prefill-overhead, compute-bound-decode, long-context, mixture-of-experts, spec-decode (simulator/personality.py)."""
     power_laws: dict[str, str] = field(default_factory=dict)
     """Hidden power law (how draw follows a step's work and the clock) per GPU type: dynamic (default),
     voltage-floor, memory-heavy (simulator/power_law.py)."""

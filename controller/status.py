@@ -82,7 +82,9 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     suffix = "" if svc.statistic == "mean" else "_p95"
     ttft, itl = observed[f"ttft{suffix}_ms"], observed[f"itl{suffix}_ms"]
     stat = svc.statistic if svc.statistic != "p99" else "p95 (p99 target)"
-    return met, f"{stat} TTFT {_figure(ttft)}/{svc.ttft_ms:.0f} ms, ITL {_figure(itl, 1)}/{svc.itl_ms:.0f} ms"
+    per_step = observed.get("tokens_per_step")
+    step = f" (a step: {per_step:.2f} tokens)" if isinstance(per_step, int | float) and per_step > 1.005 else ""
+    return met, f"{stat} TTFT {_figure(ttft)}/{svc.ttft_ms:.0f} ms, ITL{step} {_figure(itl, 1)}/{svc.itl_ms:.0f} ms"
 
 
 def _entry(r: dict[str, Any], priority: int | None, met: bool | None, slo: str, why: list[str]) -> dict[str, Any]:

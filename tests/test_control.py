@@ -127,7 +127,7 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
     """A speculative engine's windows read 2.4 tokens a step: the load the plan sizes and the tuner's window take it
     (an answer is fewer steps than tokens); a window that read none (no ITL sample), or one not steady, keeps the
     last one."""
-    ctl, vllm, _ = controller(tmp_path)
+    ctl, vllm, registry = controller(tmp_path)
     seen: list[float] = []
     real = ctl.tuner.update
 
@@ -137,8 +137,12 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
 
     ctl.tuner.update = update  # type: ignore[method-assign]
     vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4)}
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     ctl.tick_slow(15.0)
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4]
+    assert registry.get_sample_value("wattscale_service_tokens_per_step", {"service": "chat"}) == 2.4  # said
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["services"]["chat"]["observed"]["tokens_per_step"] == 2.4
     vllm.next = {"chat": window()}
     ctl.tick_slow(30.0)
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4]

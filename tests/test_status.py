@@ -493,3 +493,17 @@ def test_status_says_how_far_a_fitted_cap_lets_its_gpus_grow(sim_config: Callabl
     assert f"cap {svc['applied']['cap_w']:.0f} W (up to {svc['ceiling_w']:.0f} W while it holds them)" in line, line
     assert main(["status", "--config", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["services"][name]["ceiling_w"] == svc["ceiling_w"]
+
+
+def test_status_says_an_itl_read_a_step_where_a_step_gives_several_tokens(sim_config: Callable[..., Path],
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Under speculative decoding the ITL vLLM reports (and the target is held to) is a step's, several tokens':
+    status says so beside the figure, and nothing where a step gives one."""
+    path, log, record = real_record(sim_config)
+    for per_step, said in ((2.5, "ITL (a step: 2.50 tokens) "), (1.0, "ITL ")):
+        record["services"]["chat"]["observed"] = {"ttft_ms": 40.0, "itl_ms": 20.0, "rate_rps": 5.0,
+                                                  "tokens_per_step": per_step}
+        log.write_text(json.dumps(record) + "\n")
+        assert main(["status", "--config", str(path)]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))
+        assert f"{said}20.0/" in line, line

@@ -443,3 +443,18 @@ def test_tokens_per_step_is_read_and_held_to_one_to_64(tmp_path: Path) -> None:
         with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'tokens_per_step' must be"):
             read_bounded(path)
     assert dataclasses.replace(spec, tokens_per_step=0.9).problem() == "implausible"  # a hand-edited state file
+
+
+def test_tune_says_the_tokens_a_step_its_windows_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What analyze is to be given again (a user's trial: tune read the column and said nothing of it)."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER},tokens_per_step\n2,500,200,64,120,20,2.4\n4,500,200,64,150,22,2.6\n3,500,200,64,130,21,"
+                    f"2.5\n")
+    main(["tune", str(path)])
+    out = capsys.readouterr().out
+    assert "tokens a step read: mean 2.5 (2.4-2.6; speculative decoding): give analyze --tokens-per-step 2.5" in out
+    main(["tune", str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["tokens_per_step"] == {"mean": 2.5, "min": 2.4, "max": 2.6}
+    path.write_text(f"{HEADER}\n2,500,200,64,120,20\n4,500,200,64,150,22\n")
+    main(["tune", str(path)])
+    assert "tokens a step" not in capsys.readouterr().out  # one a step: nothing to say

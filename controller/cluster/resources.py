@@ -153,7 +153,8 @@ class LlmServiceSpec:
     ttft_ms: float
     """Time-to-first-token objective (ms)."""
     itl_ms: float
-    """Inter-token-latency objective (ms)."""
+    """Inter-token-latency objective (ms), as vLLM's ITL histogram reads it: the gap between a request's outputs, one
+    a step (a token; under speculative decoding, the tokens its drafts kept)."""
     variants: tuple[LlmServiceVariant, ...]
     """The accelerator types the service may run on, each with its Deployment; the plan moves it between them."""
     statistic: str = "mean"
