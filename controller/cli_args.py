@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from actuators.vllm_servers import MAX_BATCH
 from controller.planner.packing_spec import MAX_REQUESTS
-from controller.service_settings import MAX_SLO_MS
+from controller.service_settings import MAX_RHO, MAX_SLO_MS, MAX_STEP_MS, MAX_TOKENS
 from controller.settings_checks import MAX_QUEUE
 from controller.telemetry.base import shortened
 from queuemodels import (
@@ -221,6 +221,12 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{name}", type=number(0.0, 60_000.0, low_open=low_open), metavar="MS",
                        default=alpha_ms if name == "alpha-ms" else None,  # the others' default is the family's
                        help=f"prior {PARAMS_HELP[name]}, default {default}")
+    bounds = {"kappa-ms": MAX_STEP_MS, "epsilon-ms": MAX_STEP_MS, "rho": MAX_RHO, "budget-tokens": MAX_TOKENS}
+    for name, text in STEP_HELP.items():  # where the fit starts (and is bounded, a decade either side)
+        t.add_argument(f"--{name}", type=number(0.0, bounds[name]), default=0.0,
+                       metavar="MS" if name.endswith("-ms") else "N",
+                       help=f"step family's prior {text}; default 0, the tuner's own start (a token budget you run "
+                            "vLLM with, or a rho past 1 for speculative decoding's verifying pass, is worth giving)")
     t.add_argument("--kv-tokens", type=number(0.0, 1e9), default=0.0, metavar="N",
                    help="the replicas' KV-cache tokens (num_gpu_blocks x block_size, vllm:cache_config_info): bounds "
                         "the batch the law is fitted at, as it bounds the engine's; default 0, not known (unbounded)")

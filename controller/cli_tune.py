@@ -13,6 +13,7 @@ from controller.cli_analyze import as_flags
 from controller.config_loader import ConfigError
 from queuemodels import ModelInputError, ServiceParams, default_delta_ms, default_prior_ms, get_model
 from queuemodels.accelerators import profile
+from queuemodels.types import NAMES
 from tuner.observation_file import ObservationFileError
 
 PROGRESS_S = 10.0
@@ -53,10 +54,17 @@ def tune(args: argparse.Namespace) -> int:
     delta_ms = default_delta_ms(args.family) if args.delta_ms is None else args.delta_ms
     beta_ms, gamma_ms = (default_prior_ms(args.family, name) if getattr(args, name) is None else getattr(args, name)
                          for name in ("beta_ms", "gamma_ms"))
+    step_terms = {n: getattr(args, n) for n in NAMES["step"][len(NAMES["gen1"]):]}  # beyond gen1's four
+    if args.family != "step" and any(step_terms.values()):
+        raise ConfigError("--family", f"{args.family} has no "
+                          f"{', '.join('--' + n.replace('_', '-') for n, v in step_terms.items() if v)}; they are "
+                          "the step family's")
+    if 0 < args.budget_tokens < 1:  # a step schedules whole tokens
+        raise ConfigError("--budget-tokens", f"must be 0 or at least 1, got {args.budget_tokens!r}")
     try:
         prior = ServiceParams(args.family, args.alpha_ms, beta_ms, gamma_ms, delta_ms, kv_tokens=args.kv_tokens,
                               expert_weight_share=args.expert_weight_share,
-                              expert_token_share=args.expert_token_share)
+                              expert_token_share=args.expert_token_share, **step_terms)
         get_model(args.model).check(prior)
     except ModelInputError as exc:
         raise as_flags(exc, args) from None

@@ -458,3 +458,19 @@ def test_tune_says_the_tokens_a_step_its_windows_read(tmp_path: Path, capsys: py
     path.write_text(f"{HEADER}\n2,500,200,64,120,20\n4,500,200,64,150,22\n")
     main(["tune", str(path)])
     assert "tokens a step" not in capsys.readouterr().out  # one a step: nothing to say
+
+
+def test_tune_starts_the_step_familys_terms_where_it_is_told(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A user knows the token budget vLLM runs with, and that a speculative step verifies several positions: tune
+    took no prior for the step family's terms, and rho stayed near 1 from windows that never reach a large batch
+    (a user's trial). Given, the fit starts there; a family without the terms is told so."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER}\n2,500,200,64,120,20\n4,500,200,64,150,22\n3,500,200,64,130,21\n")
+    main(["tune", str(path), "--json", "--rho", "2.5", "--budget-tokens", "2048"])
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert params["rho"] == pytest.approx(2.5, rel=0.3) and params["budget_tokens"] == pytest.approx(2048, rel=0.3)
+    assert main(["tune", str(path), "--family", "gen1", "--rho", "2"]) == 2
+    assert "--family: gen1 has no --rho; they are the step family's" in capsys.readouterr().err
+    assert main(["tune", str(path), "--budget-tokens", "0.5"]) == 2
+    assert "--budget-tokens: must be 0 or at least 1, got 0.5" in capsys.readouterr().err
