@@ -170,17 +170,8 @@ class Daemon:
         """Step the budget sources at the wall clock's time (schedules and forecasts are in real time); a new
         budget reaches the governor at once, and what `status` says of it stays current."""
         assert self.budget is not None
-        try:
-            budget = self.budget.step(time.time())
-        except Exception as exc:  # a source's bug: counted, and logged once while it repeats (every tick), the
-            # last budget holding
-            self.metrics.errors.labels("budget_source").inc()
-            if repr(exc) != self.budget_failure:
-                log.exception("budget sources failed: %r (logged once while it repeats; the last budget holds)", exc)
-            self.budget_failure = repr(exc)
-            return
-        self.budget_failure = None
-        self.controller.handoff.sources_stepped(budget, self.now())
+        self.budget_failure = self.controller.handoff.step_sources(self.budget, time.time(), self.now(),
+                                                                   self.budget_failure)
 
     def budget_worker(self) -> None:
         self.step_budget()

@@ -7,14 +7,17 @@ flight keeps one config throughout.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import replace
 from typing import Any
 
-from controller.budget.combiner import Budget
+from controller.budget.combiner import Budget, BudgetCombiner
 from controller.governor import PowerGovernor
 from controller.own_metrics import OwnMetrics
 from controller.settings import PowerSettings, Settings
+
+log = logging.getLogger("wattscale.budget")
 
 
 class Handoff:
@@ -63,6 +66,21 @@ class Handoff:
             settings, self._next = self._next, None
             changes, self._changes = self._changes, []
         return settings, changes
+
+    def step_sources(self, sources: BudgetCombiner, wall_s: float, now: float, last_failure: str | None) -> str | None:
+        """Step the budget sources at the wall clock's `wall_s` (schedules and forecasts are in real time) and hand
+        their budget over (`sources_stepped`), for the daemon's budget thread and the operator's alike. A source's bug
+        is counted every time and logged once while it repeats (every tick: it had been a traceback a second), the
+        last budget holding. Returns the failure (repr) to give as `last_failure` next time; None where they
+        stepped."""
+        try:
+            self.sources_stepped(sources.step(wall_s), now)
+        except Exception as exc:
+            self.metrics.errors.labels("budget_source").inc()
+            if repr(exc) != last_failure:
+                log.exception("budget sources failed: %r (logged once while it repeats; the last budget holds)", exc)
+            return repr(exc)
+        return None
 
     def sources_stepped(self, budget: Budget, now: float) -> None:
         """A step of the budget sources (the daemon's budget thread and the operator's both hand theirs here): a

@@ -505,11 +505,11 @@ def test_a_standby_clears_again_what_a_tick_in_flight_set_after_it_stood_down(
     in_flight.start()
     loop.ending.append(in_flight)
     loop.metrics.stand_down()
-    loop._quiet()  # the tick still runs: nothing to clear yet
+    loop.quiet()  # the tick still runs: nothing to clear yet
     done.set()
     in_flight.join(5.0)
     assert loop.metrics.budget._value.get() == 3000.0  # set after the first clearing
-    loop._quiet()
+    loop.quiet()
     assert math.isnan(loop.metrics.budget._value.get()) and loop.ending == []
 
 

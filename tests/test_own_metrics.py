@@ -62,6 +62,7 @@ def test_a_gone_policys_gauges_are_cleared_once_its_threads_end_unless_another_l
     came to clear them. Cleared once its threads end; not where another policy's loop holds the Lease (leading, or
     starting to: the gauges are its own)."""
     from controller.cluster.handlers import _quiet_when_ended
+    from controller.cluster.operator import ClusterLoop
 
     for held, cleared in ((False, True), (True, False)):
         m = OwnMetrics(CollectorRegistry())
@@ -69,6 +70,7 @@ def test_a_gone_policys_gauges_are_cleared_once_its_threads_end_unless_another_l
         tick = threading.Thread(target=_late_tick, args=(done, m), daemon=True)
         tick.start()
         loop = SimpleNamespace(ending=[tick], metrics=m)
+        loop.quiet = lambda loop=loop: ClusterLoop.quiet(loop)  # the loop's own clearing, on these threads
         memo = SimpleNamespace(loops={"other": SimpleNamespace(lease=SimpleNamespace(held=held))})
         quiet = threading.Thread(target=_quiet_when_ended, args=(loop, memo), daemon=True)
         quiet.start()

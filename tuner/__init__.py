@@ -126,15 +126,15 @@ class Tuner:
         """Save what updates since the last save changed (nothing where none did); False where the save failed
         (it is tried again at the next call)."""
         if self.pending:
-            failures = self.save_failures
-            self._save()
-            self.pending = self.save_failures > failures
+            self.pending = not self._save()
         return not self.pending
 
-    def _save(self) -> None:
-        """Every filter's state to the file, where there is one (a failure counted)."""
+    def _save(self) -> bool:
+        """Every filter's state to the file, where there is one (a failure counted); whether it was written (or
+        there is no file to write)."""
         if self.state_path is None:
-            return
+            return True
         saved = store.save(self.state_path, self.filters, self.unused)
         self.save_failures += not saved
         self.saved_whole = self.saved_whole or saved
+        return saved

@@ -76,10 +76,10 @@ def both_errors(pair: PairFilter, obs: Observation) -> tuple[Errors, Errors] | N
             (abs(fitted[0] / seen[0] - 1.0), abs(fitted[1] / seen[1] - 1.0)))
 
 
-def relative_errors(pair: PairFilter, obs: Observation, whole: bool = True) -> Errors | None:
-    """`both_errors`' whole TTFT's, or (not `whole`) the law's."""
+def relative_errors(pair: PairFilter, obs: Observation) -> Errors | None:
+    """`both_errors`' whole TTFT's (what a window one step ahead is scored by)."""
     both = both_errors(pair, obs)
-    return None if both is None else both[0 if whole else 1]
+    return None if both is None else both[0]
 
 
 def run(pair: PairFilter, observations: list[Observation],

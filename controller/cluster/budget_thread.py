@@ -4,7 +4,6 @@ reaches the governor at once through `Controller.set_budget`."""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -16,8 +15,6 @@ from controller.config_loader import ConfigError
 from controller.control import Controller
 from controller.own_metrics import OwnMetrics
 from controller.settings import Settings
-
-log = logging.getLogger("wattscale.operator")
 
 
 class BudgetThread:
@@ -51,16 +48,6 @@ class BudgetThread:
              now: Callable[[], float]) -> None:
         failure = None
         while True:
-            try:
-                budget = sources.step(time.time())
-                c.handoff.sources_stepped(budget, now())
-                failure = None
-            except Exception as exc:  # a source's bug: counted, and logged once while it repeats (every tick), the
-                # last budget holding
-                self.metrics.errors.labels("budget_source").inc()
-                if repr(exc) != failure:
-                    log.exception("budget sources failed: %r (logged once while it repeats; the last budget holds)",
-                                  exc)
-                failure = repr(exc)
+            failure = c.handoff.step_sources(sources, time.time(), now(), failure)
             if stopped.wait(period_s):
                 return

@@ -137,4 +137,4 @@ def _quiet_when_ended(loop: ClusterLoop, memo: kopf.Memo) -> None:
     for thread in loop.ending:  # each ends on its own timeouts
         thread.join()
     if not any(other.lease.held for other in list(memo.loops.values())):  # kopf's thread may add one meanwhile
-        loop.metrics.stand_down()
+        loop.quiet()

@@ -80,7 +80,7 @@ class ClusterLoop:
         self.timeout_s = 5.0
         self.budget = BudgetThread(self.metrics, state_dir)
         self.ending: list[threading.Thread] = []
-        """The last leadership's threads, stopped but maybe still in a tick as it stood down (`_quiet`)."""
+        """The last leadership's threads, stopped but maybe still in a tick as it stood down (`quiet`)."""
         self.offset = 0.0
         """Controller time less the monotonic clock (the budget thread's `now`)."""
         self.server = server
@@ -250,7 +250,7 @@ class ClusterLoop:
         self.controller = self.plans = None
         if self.budget.thread is not None:
             self.ending.append(self.budget.thread)
-        self.metrics.stand_down()  # its page says nothing a leader would (again once `ending` has: `_quiet`)
+        self.metrics.stand_down()  # its page says nothing a leader would (again once `ending` has: `quiet`)
         self.deployments.forget()  # a standby reads no label: the next leadership reads them again
         if not (release and plans is not None):
             if self.server is not None:
@@ -265,7 +265,7 @@ class ClusterLoop:
         if self.controller is not None and not self.lease.valid():
             return self._lost(now)
         if self.controller is None:  # nothing is governed here yet: this step may wait on the API
-            self._quiet()
+            self.quiet()
             if not self.lease.hold():
                 return 2.0
             res = self.read()
@@ -300,7 +300,7 @@ class ClusterLoop:
             self.owners.wake(early=asked)  # an ask while a refresh is still due is no overrun
         return c.settings.daemon.fast_interval_s
 
-    def _quiet(self) -> None:
+    def quiet(self) -> None:
         """A standby's gauges cleared again once the last leadership's threads have ended: a slow tick or a budget
         step in flight as it stood down set them after the first clearing (a lost Lease is often a slow API)."""
         if self.ending and not any(t.is_alive() for t in self.ending):
