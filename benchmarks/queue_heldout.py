@@ -171,7 +171,7 @@ def observation(row: dict[str, Any]) -> Observation:
                        row["ttft_ms"],
                        row["itl_ms"], _cap_w(row["cap"]), row["power_w"], waiting=row["waiting"],
                        in_cv=row["in_cv"], out_cv=row["out_cv"], queue_ms=row.get("queue_ms"),
-                       tokens_per_step=row.get("tokens_per_step", 1.0))
+                       tokens_per_step=row.get("tokens_per_step", 1.0), draft_tokens=row.get("draft_tokens", 0.0))
 
 
 def _stats(errs: list[float]) -> tuple[float, float]:
@@ -189,8 +189,10 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
     called_unstable = 0
     # the tokens a step gives, as the daemon reads them from the windows it learnt from (not the truth's own)
     per_step = float(np.mean([r.get("tokens_per_step", 1.0) for r in train]))
+    drafts = float(np.mean([r.get("draft_tokens", 0.0) for r in train]))
     for row in test:
-        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"], per_step)
+        load = Load(row["rate_rps"], row["in_tokens"], row["out_tokens"], row["in_cv"], row["out_cv"], per_step,
+                    drafts)
         try:
             # Predicted with an unbounded queue: below saturation the 1,024 the windows were recorded with blocks
             # nothing, and only an unbounded queue says when the model calls a stable point unstable.
@@ -203,7 +205,7 @@ def score(name: str, train: list[dict[str, Any]], test: list[dict[str, Any]], sa
             errs[k].append(min(1e3, abs(v / row["power_w" if k == "power" else f"{k}_ms"] - 1.0)))
     capacity: dict[str, float] = {}
     for (_, batch, n_in, cap), truth in sorted((k, v) for k, v in sats.items() if k[0] == name):
-        load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV, per_step)
+        load = Load(truth, n_in, OUT_TOKENS, IN_CV, OUT_CV, per_step, drafts)
         pred_sat = model.saturation_rps(params, load, ServerShape(batch, None, _cap_w(cap)), prof)
         capacity[f"b{batch}-in{n_in}-cap{cap:g}"] = round(pred_sat / truth - 1.0, 4)
     cap_errs = list(capacity.values())

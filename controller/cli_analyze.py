@@ -73,7 +73,8 @@ def _analyze(args: argparse.Namespace) -> int:
                            **{n: getattr(args, n) for n in (*step_terms, "kv_tokens", "expert_weight_share",
                                                             "expert_token_share")})
     get_model(args.model).check(params)
-    load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv, args.tokens_per_step)
+    load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv, args.tokens_per_step,
+                args.draft_tokens)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)
     prof = profile(args.accelerator) if args.accelerator else None
     fitted = {flag.replace("-", "_"): value for flag in FITTED_PROFILE_HELP

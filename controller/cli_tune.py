@@ -87,6 +87,10 @@ def tune(args: argparse.Namespace) -> int:
     if any(k != 1.0 for k in per_step):  # a speculative engine's windows: analyze is to be given what they read
         report["tokens_per_step"] = {"mean": round(sum(per_step) / len(per_step), 4), "min": min(per_step),
                                      "max": max(per_step)}
+    drafted = [o.draft_tokens for o in observations if o.problem() is None]
+    if any(drafted):
+        report["draft_tokens"] = {"mean": round(sum(drafted) / len(drafted), 4), "min": min(drafted),
+                                  "max": max(drafted)}
     if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:
@@ -100,6 +104,10 @@ def tune(args: argparse.Namespace) -> int:
             k = report["tokens_per_step"]
             print(f"tokens a step read: mean {k['mean']:g} ({k['min']:g}-{k['max']:g}; speculative decoding): give "
                   f"analyze --tokens-per-step {k['mean']:g} (ITL here and there is a step's, as vLLM records it)")
+        if "draft_tokens" in report:
+            k = report["draft_tokens"]
+            print(f"tokens drafted a step read: mean {k['mean']:g} ({k['min']:g}-{k['max']:g}): give analyze "
+                  f"--draft-tokens {k['mean']:g}")
         if args.kv_tokens:
             print(f"fitted at a KV cache of {args.kv_tokens:.15g} tokens (read, not fitted: give it again as analyze's "
                   "--kv-tokens, a config variant's kv_cache_tokens)")

@@ -126,7 +126,7 @@ def observed(w: ServiceWindow) -> dict[str, Any]:
     """A window as the decision log records it."""
     return {"rate_rps": w.rate_rps, "ttft_ms": w.ttft_ms, "itl_ms": w.itl_ms, "ttft_p95_ms": w.ttft_p95_ms,
             "itl_p95_ms": w.itl_p95_ms, "waiting": w.waiting, "replicas": w.replicas, "steady": w.steady,
-            "tokens_per_step": w.tokens_per_step}
+            "tokens_per_step": w.tokens_per_step, "draft_tokens": w.draft_tokens}
 
 
 def gpus(readings: list[DrawReading]) -> dict[str, float] | None:

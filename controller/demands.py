@@ -38,8 +38,9 @@ def service_demand(svc: ServiceSettings, load: Load, margin: float, current: Ass
             prof = fitted[1]
             signature = (*(natural_draw_w(prof, float(b)) for b in (16, 64, 256)), prof.prefill_sensitivity)
             profiles[a] = basis.keep(f"{key}|power", signature, prof)
-    in_tokens, out_tokens, per_step = basis.hold(svc.name, (load.in_tokens, load.out_tokens, load.tokens_per_step))
+    in_tokens, out_tokens, per_step, drafts = basis.hold(svc.name, (load.in_tokens, load.out_tokens,
+                                                                    load.tokens_per_step, load.draft_tokens))
     untried = frozenset(a for a in variants if a != current.accelerator and not tuner.measured(svc.model, a))
     return ServiceDemand(svc.name, svc.priority, Targets(svc.ttft_ms, svc.itl_ms, svc.statistic, margin),
-                         svc.load(load.rate_rps, in_tokens, out_tokens, per_step), params, svc.min_replicas,
+                         svc.load(load.rate_rps, in_tokens, out_tokens, per_step, drafts), params, svc.min_replicas,
                          svc.max_replicas, svc.max_queue, current, profiles, gpus, untried, serving=serving)

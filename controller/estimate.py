@@ -164,7 +164,8 @@ class Estimator:
         # the tokens a step gives, from a steady window (a series unread at one end, a restart, reads askew)
         per_step = load.tokens_per_step if window.tokens_per_step is None or not window.steady else (
             window.tokens_per_step)
-        self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step)
+        drafts = load.draft_tokens if window.draft_tokens is None or not window.steady else window.draft_tokens
+        self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step, drafts)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
         for stat, ttft, itl in stats:
@@ -211,6 +212,7 @@ class Estimator:
             queue_growth=grew,
             queue_ms=window.queue_ms,
             tokens_per_step=per_step,
+            draft_tokens=drafts,
             kv_tokens=kv_tokens,
             power_held_share=held,
         )

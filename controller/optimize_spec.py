@@ -61,6 +61,9 @@ class SpecService:
     tokens_per_step: float = 1.0
     """Tokens a decoding request gains per engine step: 1, or under speculative decoding 1 + the drafts accepted (as
     the daemon reads it off vLLM's counters); the ITL objective is then the gap between outputs, one a step."""
+    draft_tokens: float = 0.0
+    """Tokens drafted a step for each decoding request under speculative decoding (vLLM's num_speculative_tokens):
+    each is verified, kept or not, and takes a token of the step's budget; 0 without it or where not read."""
     min_replicas: int = 1
     """Lower replica bound of a plan that serves the service (a service no room is left for is shed, x0)."""
     max_replicas: int = 64
@@ -72,6 +75,7 @@ class SpecService:
         check_name(self.name, where)
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
         check_range(self, where, ("tokens_per_step",), 1.0, MAX_TOKENS_PER_STEP)
+        check_range(self, where, ("draft_tokens",), 0.0, MAX_TOKENS_PER_STEP - 1.0)
         if 0.0 < self.rate_rps < MIN_RATE_RPS:
             raise ConfigError(f"{where}.rate_rps", f"must be 0 or at least {MIN_RATE_RPS:g}, got {self.rate_rps}")
         check_service_bounds(self, where)
@@ -158,7 +162,8 @@ def load_spec(path: Path) -> Problem:
     accs = tuple(a.offer() for a in spec.accelerators)
     services = tuple(
         ServiceDemand(s.name, s.priority, Targets(s.ttft_ms, s.itl_ms, s.statistic),
-                      Load(s.rate_rps, s.in_tokens, s.out_tokens, s.in_tokens_cv, s.out_tokens_cv, s.tokens_per_step),
+                      Load(s.rate_rps, s.in_tokens, s.out_tokens, s.in_tokens_cv, s.out_tokens_cv, s.tokens_per_step,
+                           s.draft_tokens),
                       {k: v.params() for k, v in s.params.items()},
                       s.min_replicas, s.max_replicas, s.max_queue)
         for s in spec.services

@@ -221,9 +221,12 @@ class ServiceSettings:
     between them (the new one scaled up before the old one down). Empty: one variant on the first
     accelerator, with this service's `deployment` and `gpus`."""
 
-    def load(self, rate_rps: float, in_tokens: float, out_tokens: float, tokens_per_step: float = 1.0) -> Load:
-        """A load of this service's workload shape (`tokens_per_step`: as its engines' windows read it)."""
-        return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv, tokens_per_step)
+    def load(self, rate_rps: float, in_tokens: float, out_tokens: float, tokens_per_step: float = 1.0,
+             draft_tokens: float = 0.0) -> Load:
+        """A load of this service's workload shape (`tokens_per_step`, `draft_tokens`: as its engines' windows read
+        them)."""
+        return Load(rate_rps, in_tokens, out_tokens, self.in_tokens_cv, self.out_tokens_cv, tokens_per_step,
+                    draft_tokens)
 
     def check(self, where: str) -> None:
         check_name(self.name, where)

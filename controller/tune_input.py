@@ -26,6 +26,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "power_cap_w": (0.0, 1e4), "power_w": (0.0, 1e4), "waiting": (0.0, 1e9), "preemptions": (0.0, 1e9),
     "in_cv": (0.0, 10.0), "out_cv": (0.0, 10.0), "served_rps": (0.0, 1e6), "queue_growth": (-1e9, 1e9),
     "queue_ms": (0.0, 1e7), "tokens_per_step": (1.0, MAX_TOKENS_PER_STEP),
+    "draft_tokens": (0.0, MAX_TOKENS_PER_STEP - 1.0),
 }
 
 MAX_ROWS = 20_000

@@ -105,9 +105,11 @@ class Roofline:
     prompt_overhead_ms: float
     """The fixed cost of a step that carries a prompt (epsilon)."""
     prompt_tokens: float = 0.0
-    """A prompt's length (L_in)."""
+    """A prompt's length (L_in), in what a decoding sequence takes of a step's budget: one token, 1 + its drafts
+    under speculative decoding (the budget's room and a prompt's chunks are ratios of the two, unchanged by the
+    unit)."""
     budget_tokens: float = 0.0
-    """Tokens a step schedules, decodes first (0: no limit)."""
+    """Tokens a step schedules, decodes first (0: no limit), in the same unit."""
     expert_read_ms: float = 0.0
     """The routed experts' part of the weights' read: the expert weight share of gamma, or of alpha where a fit
     left gamma above it (a decode step reads the weights within its fixed time alpha, so a small batch never
@@ -121,19 +123,21 @@ class Roofline:
         """The terms of a load's token mix; the prompt's compute slowed by `prompt_factor` (a cap's or a lock's),
         the decodes' by `decode_factor` (a lock's). A mixture of experts' routing is read by the roofline: a prior
         that leaves rho and the budget 0 (the affine reading) reads those two at the tuner's starting values (read
-        with rho 0, a lock had slowed no decode). A decoding sequence's compute is that of the tokens a step gives it:
-        under speculative decoding the verifying pass computes each token kept, and its drafts refused besides (the
-        fitted rho takes those), so a large batch turns compute-bound sooner (read as one token, its capacity at
-        batch 128-256 read 21-61 % over)."""
+        with rho 0, a lock had slowed no decode). A decoding sequence's compute is that of the positions the verifying
+        pass computes for it (`Load.positions`): under speculative decoding 1 + its drafts, kept or refused, so a
+        large batch turns compute-bound sooner (read as one token, its capacity at batch 128-256 read 21-61 % over);
+        where the drafts are not read, the tokens it keeps (the fitted rho then holds the refused ones at the fitted
+        windows' acceptance). Each decoding sequence takes 1 + its drafts of the token budget."""
         rho, budget = params.rho, params.budget_tokens
         if params.expert_weight_share > 0.0 and not (rho or budget):
             rho, budget = STEP_DEFAULTS["rho"], STEP_DEFAULTS["budget_tokens"]
         context = load.in_tokens + load.out_tokens / 2.0
-        per_seq = rho * params.delta_ms * load.tokens_per_step * decode_factor  # the arrays path slows it after
+        per_seq = rho * params.delta_ms * load.positions * decode_factor  # the arrays path slows it after
         experts = min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share
         prompt = params.delta_ms * load.in_tokens * prompt_factor
-        return cls(params.gamma_ms, params.kappa_ms * context, per_seq, prompt, params.epsilon_ms, load.in_tokens,
-                   budget, experts, params.expert_miss)
+        charge = 1.0 + load.draft_tokens  # the budget a decoding sequence takes: the budget terms in its units
+        return cls(params.gamma_ms, params.kappa_ms * context, per_seq, prompt, params.epsilon_ms,
+                   load.in_tokens / charge, budget / charge, experts, params.expert_miss)
 
     def chunks(self, batch: Batch) -> Batch:
         """Steps a prompt spans: the budget left after the decodes, at least an eighth of it (a scheduler that
@@ -238,7 +242,7 @@ class Roofline:
         use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
         if use >= 0.99:
             raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
-                           f"prompts ({room:.0f} tokens a step at batch {batch:.0f}); lower it")
+                           f"prompts at batch {batch:.0f}; lower it")
         service_ms = float(self.chunks(batch)) * step_ms
         wait = use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
         return wait, (wait * (2.0 * wait / use - wait) if use > 0.0 else 0.0)  # wait / use: no overflow at a trickle

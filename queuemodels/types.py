@@ -208,6 +208,11 @@ class Load:
     """Tokens a decoding request gains per engine step: 1, or under speculative decoding 1 + the drafts it accepts
     (vLLM reads 2-3 with an EAGLE head). A step is one output: ITL is the gap between outputs, as vLLM's histogram
     records it, and an answer of `out_tokens` takes (out_tokens - 1) / tokens_per_step decode steps."""
+    draft_tokens: float = 0.0
+    """Tokens drafted for a decoding request a step under speculative decoding (vLLM's num_speculative_tokens, read
+    off its spec_decode counters): the verifying pass computes 1 + draft_tokens positions for it, kept or not, and the
+    step's token budget charges it as many. 0: none drafted, or not read (a step then computes the tokens it keeps
+    and charges the budget one)."""
 
     def __post_init__(self) -> None:
         check_number("rate_rps", self.rate_rps)
@@ -220,6 +225,9 @@ class Load:
                 and 1.0 <= self.tokens_per_step <= MAX_TOKENS_PER_STEP):  # NaN fails both
             raise ModelInputError(f"tokens_per_step: must be in [1, {MAX_TOKENS_PER_STEP:g}], got "
                                   f"{self.tokens_per_step!r}")
+        if not (isinstance(self.draft_tokens, (int, float)) and 0.0 <= self.draft_tokens <= MAX_TOKENS_PER_STEP - 1.0):
+            raise ModelInputError(f"draft_tokens: must be in [0, {MAX_TOKENS_PER_STEP - 1.0:g}], got "
+                                  f"{self.draft_tokens!r}")
 
     @property
     def decode_steps(self) -> float:
@@ -234,7 +242,14 @@ class Load:
 
     def at_rate(self, rate_rps: float) -> Load:
         """The same mix at another rate (what sizing asks of a load many times a cycle: `replace` costs more)."""
-        return Load(rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step)
+        return Load(rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step,
+                    self.draft_tokens)
+
+    @property
+    def positions(self) -> float:
+        """Positions the verifying pass computes for a decoding request a step: 1 + its drafts, or where none are
+        read the tokens it keeps (1 without speculative decoding)."""
+        return max(1.0 + self.draft_tokens, self.tokens_per_step)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class VLLMEngine:
         """Where each finished request is logged (a scenario's request-level accounting); None: nowhere."""
         self.now_s = start_s
         self.metrics = EngineMetrics(model_name, keep_samples=keep_samples)
+        self.metrics.speculative = bool(personality.draft_tokens)
         self.waiting: deque[tuple[float, int, int]] = deque()
         n = max_num_seqs
         self.active = np.zeros(n, dtype=bool)
@@ -216,7 +217,11 @@ class VLLMEngine:
         tokens = int(gained.sum())
         self.metrics.itl.observe_repeated(dt, n_decode)
         self.ctx_sum += tokens
-        self.metrics.generation_tokens_total += tokens
+        m = self.metrics
+        m.generation_tokens_total += tokens
+        m.drafts_total += n_decode
+        m.draft_tokens_total += n_decode * self.personality.draft_tokens
+        m.accepted_tokens_total += tokens - n_decode  # each kept token past the verified one was a draft's
 
     def _count_decodes(self, dt: float, n_decode: int) -> None:
         """A step's decodes: each sequence got its last token at the previous step's end, n_decode gaps of dt."""

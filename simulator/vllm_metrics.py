@@ -100,6 +100,12 @@ class EngineMetrics:
         self.generation_tokens_total = 0
         self.success_total = 0
         self.preemptions_total = 0
+        self.speculative = False
+        """Whether the engine drafts (vLLM exports the spec_decode counters only then)."""
+        self.drafts_total = 0
+        """Decoding requests' steps that drafted (vllm:spec_decode_num_drafts)."""
+        self.draft_tokens_total = 0
+        self.accepted_tokens_total = 0
 
     def histograms(self) -> dict[str, Histogram]:
         return {
@@ -152,6 +158,10 @@ class VllmCollector(Collector):
         success = CounterMetricFamily(
             "vllm:request_success", "Successfully processed requests.", labels=[*labels, "finished_reason"]
         )
+        drafts = CounterMetricFamily("vllm:spec_decode_num_drafts", "Spec decode drafts.", labels=labels)
+        drafted = CounterMetricFamily("vllm:spec_decode_num_draft_tokens", "Spec decode draft tokens.", labels=labels)
+        accepted = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens", "Spec decode accepted tokens.",
+                                       labels=labels)
         hists: dict[str, HistogramMetricFamily] = {}
         for engine in engines:
             m = engine.metrics
@@ -163,9 +173,14 @@ class VllmCollector(Collector):
             gen.add_metric(lv, m.generation_tokens_total)
             preempt.add_metric(lv, m.preemptions_total)
             success.add_metric([*lv, "stop"], m.success_total)
+            if m.speculative:
+                drafts.add_metric(lv, m.drafts_total)
+                drafted.add_metric(lv, m.draft_tokens_total)
+                accepted.add_metric(lv, m.accepted_tokens_total)
             for name, h in m.histograms().items():
                 if self._families is None or name in self._families:
                     fam = hists.setdefault(name, HistogramMetricFamily(name, name, labels=labels))
                     fam.add_metric(lv, h.buckets(), h.sum)
         families: list[Metric] = [running, waiting, kv, prompt, gen, preempt, success, *hists.values()]
+        families += [f for f in (drafts, drafted, accepted) if f.samples]  # absent without speculative decoding
         yield from (f for f in families if self._families is None or f.name in self._families)

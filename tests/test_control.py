@@ -151,6 +151,31 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
     assert ctl.estimator.load["chat"].tokens_per_step == 2.4 and seen == [2.4, 2.4, 2.4]
 
 
+def test_the_tokens_drafted_a_step_reach_the_plans_load_and_the_tuner_and_hold_while_unread(tmp_path: Path) -> None:
+    """The spec_decode counters' drafts a step (3) reach the load the plan sizes, the tuner's window and the decision
+    log; a window without them, or one not steady, keeps the last."""
+    ctl, vllm, _ = controller(tmp_path)
+    seen: list[float] = []
+    real = ctl.tuner.update
+
+    def update(model: str, acc: str, obs: Observation, save: bool) -> Verdict:
+        seen.append(obs.draft_tokens)
+        return real(model, acc, obs, save)
+
+    ctl.tuner.update = update  # type: ignore[method-assign]
+    vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4, draft_tokens=3.0)}
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    ctl.tick_slow(15.0)
+    assert ctl.estimator.load["chat"].draft_tokens == 3.0 and seen == [3.0]
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["services"]["chat"]["observed"]["draft_tokens"] == 3.0
+    vllm.next = {"chat": window()}
+    ctl.tick_slow(30.0)
+    vllm.next = {"chat": dataclasses.replace(window(steady=False), draft_tokens=5.0)}
+    ctl.tick_slow(45.0)
+    assert ctl.estimator.load["chat"].draft_tokens == 3.0 and seen == [3.0, 3.0, 3.0]
+
+
 def test_the_fits_of_a_cycle_are_saved_though_a_later_service_fails_in_it(tmp_path: Path) -> None:
     """The tuner's state is written once a cycle, after every service's window: a service whose reading raised had
     kept every pair's fit from the file for as long as it failed."""

@@ -124,6 +124,7 @@ def test_prometheus_source_reads_the_true_load_and_latency_and_survives_an_outag
     assert seen.queue_ms is not None and 0.0 <= seen.queue_ms < seen.ttft_ms  # request_queue_time_seconds
     assert true["tokens_per_step"] > 2.0  # the drafts accepted
     assert seen.tokens_per_step == pytest.approx(true["tokens_per_step"], rel=0.05)
+    assert seen.draft_tokens == pytest.approx(3.0)  # the spec_decode counters: three drafted a step
 
     prom.terminate()
     prom.wait(timeout=10)

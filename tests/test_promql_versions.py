@@ -51,3 +51,15 @@ def test_speculative_engines_read_their_tokens_a_step(tmp_path: Path) -> None:
             for engine, table in SERIES.items()}
     out = evaluated(tmp_path, {"tokens_per_step": 2.5}, spec)
     assert "SUCCESS" in out, out
+
+
+def test_speculative_engines_read_the_tokens_they_draft(tmp_path: Path) -> None:
+    """vllm:spec_decode_num_draft_tokens over num_drafts, summed over the engines: 3 on one, 5 on the other, the
+    second drafting as often; and no sample at all where no engine drafts (no speculative decoding)."""
+    drafting = {"a": {**SERIES["a"], "vllm:spec_decode_num_drafts_total": 600,
+                      "vllm:spec_decode_num_draft_tokens_total": 1800},
+                "b": {**SERIES["b"], "vllm:spec_decode_num_drafts_total": 600,
+                      "vllm:spec_decode_num_draft_tokens_total": 3000}}
+    assert "SUCCESS" in (out := evaluated(tmp_path, {"draft_tokens": 4.0}, drafting)), out
+    plain = evaluated(tmp_path, {"draft_tokens": 4.0}, SERIES)
+    assert "got: nil" in plain, plain

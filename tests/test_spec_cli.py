@@ -62,6 +62,8 @@ def code_service(name: str) -> str:
     (lambda t: t.replace("rate_rps = 10", "rate_rps = inf"), r"services\[chat\].rate_rps: must be in \[0, 1e\+06\]"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = 10\ntokens_per_step = 0.5"),
      r"services\[chat\].tokens_per_step: must be in \[1, 64\], got 0.5"),
+    (lambda t: t.replace("rate_rps = 10", "rate_rps = 10\ndraft_tokens = 64"),
+     r"services\[chat\].draft_tokens: must be in \[0, 63\], got 64"),
     # a denormal passed the range: the plan's values from it were not finite (scipy's milp raised)
     (lambda t: t.replace("rate_rps = 10", "rate_rps = 1e-310"),
      r"services\[chat\].rate_rps: must be 0 or at least 1e-06, got 1e-310"),

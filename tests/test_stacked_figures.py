@@ -33,8 +33,8 @@ BENT = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0,
 """The roofline's bend without a token budget."""
 MOE = replace(STEP, expert_weight_share=0.85, expert_token_share=0.125)
 """A mixture of experts: a decode step reads only the experts its tokens route to."""
-SPECULATIVE = Load(1.0, 800, 200, tokens_per_step=2.5)
-"""Speculative decoding: a step gives a sequence 2.5 tokens."""
+SPECULATIVE = Load(1.0, 800, 200, tokens_per_step=2.5, draft_tokens=3.0)
+"""Speculative decoding: a step gives a sequence 2.5 tokens of 3 drafted and one verified."""
 
 shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
                    st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))

@@ -500,9 +500,10 @@ def test_status_says_an_itl_read_a_step_where_a_step_gives_several_tokens(sim_co
     """Under speculative decoding the ITL vLLM reports (and the target is held to) is a step's, several tokens':
     status says so beside the figure, and nothing where a step gives one."""
     path, log, record = real_record(sim_config)
-    for per_step, said in ((2.5, "ITL (a step: 2.50 tokens) "), (1.0, "ITL ")):
+    for per_step, drafts, said in ((2.5, None, "ITL (a step: 2.50 tokens) "),
+                                   (2.5, 3.0, "ITL (a step: 2.50 tokens, 3 drafted) "), (1.0, None, "ITL ")):
         record["services"]["chat"]["observed"] = {"ttft_ms": 40.0, "itl_ms": 20.0, "rate_rps": 5.0,
-                                                  "tokens_per_step": per_step}
+                                                  "tokens_per_step": per_step, "draft_tokens": drafts}
         log.write_text(json.dumps(record) + "\n")
         assert main(["status", "--config", str(path)]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))

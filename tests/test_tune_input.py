@@ -445,6 +445,23 @@ def test_tokens_per_step_is_read_and_held_to_one_to_64(tmp_path: Path) -> None:
     assert dataclasses.replace(spec, tokens_per_step=0.9).problem() == "implausible"  # a hand-edited state file
 
 
+def test_draft_tokens_are_read_held_to_zero_to_63_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tokens drafted a step (vLLM's spec_decode counters; default 0) reach the load the model reads, a value
+    no engine gives is refused by its row and column, and tune says what analyze is to be given."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n{ROW},2.5,3\n{ROW},2.5,\n")
+    drafted, unread = read_bounded(path)
+    assert drafted.load.draft_tokens == 3.0 and unread.load.draft_tokens == 0.0 and drafted.problem() is None
+    for value in ("64", "-1", "nan"):
+        path.write_text(f"{HEADER},draft_tokens\n{ROW},{value}\n")
+        with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'draft_tokens' must be"):
+            read_bounded(path)
+    assert dataclasses.replace(drafted, draft_tokens=-0.5).problem() == "implausible"  # a hand-edited state file
+    path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n2,500,200,64,120,20,2.4,3\n4,500,200,64,150,22,2.6,3\n")
+    main(["tune", str(path)])
+    assert "tokens drafted a step read: mean 3 (3-3): give analyze --draft-tokens 3" in capsys.readouterr().out
+
+
 def test_tune_says_the_tokens_a_step_its_windows_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """What analyze is to be given again (a user's trial: tune read the column and said nothing of it)."""
     path = tmp_path / "obs.csv"

@@ -78,7 +78,7 @@ def test_a_window_reads_the_tokens_a_step_gives(plant: tuple[SimHost, VllmSource
     source.observe(20.0, ["chat"])
     h.advance_to(50.0)
     w = source.observe(50.0, ["chat"])["chat"]
-    assert w is not None and w.tokens_per_step == 1.0
+    assert w is not None and w.tokens_per_step == 1.0 and w.draft_tokens is None  # no spec_decode counter
     spec = host("spec-decode")
     source = SimVllmSource(spec) if isinstance(source, SimVllmSource) else scrape(spec)
     spec.advance_to(20.0)
@@ -90,6 +90,7 @@ def test_a_window_reads_the_tokens_a_step_gives(plant: tuple[SimHost, VllmSource
                      zip(spec.services["chat"].replicas, before, strict=True)], axis=0)
     assert w is not None and w.tokens_per_step == pytest.approx((gained[0] - gained[1]) / gained[2], rel=1e-9)
     assert 2.0 < w.tokens_per_step < 3.0  # drafts of 3, each kept at 0.7: 2.53 a step, less where answers end
+    assert w.draft_tokens == 3.0  # vllm:spec_decode_num_draft_tokens over num_drafts: every step drafts three
 
 
 def counts(m: EngineMetrics) -> tuple[float, float, float]:

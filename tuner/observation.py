@@ -58,6 +58,8 @@ class Observation:
     tokens_per_step: float = 1.0
     """Tokens a decoding request gained per engine step (1 without speculative decoding): the window's generated
     tokens, less its first tokens, over its ITL samples (vLLM records one a step)."""
+    draft_tokens: float = 0.0
+    """Tokens drafted a step for each decoding request (vLLM's spec_decode counters; 0: none, or not read)."""
     power_held_share: float = 0.0
     """Share of the window's ticks in which the governor held its GPUs down (a cut, or a draw pressed against a
     limit set below the plan's cap). Above 0, `power_w` is a bound: the load would have drawn at least that much
@@ -70,7 +72,8 @@ class Observation:
 
     @property
     def load(self) -> Load:
-        return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step)
+        return Load(self.rate_rps, self.in_tokens, self.out_tokens, self.in_cv, self.out_cv, self.tokens_per_step,
+                    self.draft_tokens)
 
     @property
     def shape(self) -> ServerShape:
@@ -97,6 +100,8 @@ class Observation:
                 isinstance(share, (int, float)) and 0.0 <= share <= 1.0):
             return "implausible"
         if not (isinstance(self.tokens_per_step, (int, float)) and 1.0 <= self.tokens_per_step <= MAX_TOKENS_PER_STEP):
+            return "implausible"
+        if not (isinstance(self.draft_tokens, (int, float)) and 0.0 <= self.draft_tokens <= MAX_TOKENS_PER_STEP - 1.0):
             return "implausible"
         try:  # a clock or cap no GPU runs at (a hand-edited state file): no model reads it
             _ = self.shape

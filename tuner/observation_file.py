@@ -17,6 +17,9 @@ CSV columns (a header row names them; order is free):
   tokens_per_step                                               optional, default 1: tokens a decoding request
                                                                 gains per step (speculative decoding: 1 + the
                                                                 drafts accepted), in [1, 64]
+  draft_tokens                                                  optional, default 0: tokens drafted a step for
+                                                                each decoding request (vLLM's spec_decode
+                                                                num_draft_tokens over num_drafts), in [0, 63]
 rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
 of the window's requests, itl_ms the mean gap between a request's consecutive outputs, one a step, as vLLM's
 inter-token latency histogram records it (sum over count): per token where a step gives one, as without
@@ -38,7 +41,7 @@ from tuner.own_files import open_plain
 
 REQUIRED = ("rate_rps", "in_tokens", "out_tokens", "max_batch", "ttft_ms", "itl_ms")
 OPTIONAL = ("max_queue", "power_cap_w", "power_w", "waiting", "preemptions", "in_cv", "out_cv", "steady", "served_rps",
-            "queue_growth", "queue_ms", "tokens_per_step")
+            "queue_growth", "queue_ms", "tokens_per_step", "draft_tokens")
 
 
 class ObservationFileError(ValueError):
@@ -103,6 +106,7 @@ def _row(row: dict[str, str], where: str) -> Observation:
         steady=steady != 0.0, served_rps=_optional(row, "served_rps", where),
         queue_growth=_optional(row, "queue_growth", where), queue_ms=_optional(row, "queue_ms", where),
         tokens_per_step=1.0 if (per_step := _optional(row, "tokens_per_step", where)) is None else per_step,
+        draft_tokens=_default(row, "draft_tokens", where, 0.0),
     )
 
 

@@ -38,6 +38,14 @@ def tokens_per_step(later_tokens: float, outputs: float) -> float:
     return min(max(later_tokens / outputs, 1.0), MAX_TOKENS_PER_STEP)
 
 
+def drafted_per_step(draft_tokens: float, drafts: float) -> float | None:
+    """Tokens drafted a step for a decoding request, from a window's spec_decode counters, within
+    [0, MAX_TOKENS_PER_STEP - 1]; None where no step drafted (no speculative decoding, or none in the window)."""
+    if not drafts > 0:
+        return None
+    return min(max(draft_tokens / drafts, 0.0), MAX_TOKENS_PER_STEP - 1.0)
+
+
 def finite(value: object) -> float | None:
     """A reading's number as a finite float; None for a bool, no number, NaN, infinity, or an integer past a float's
     range (JSON and the text exposition format give one of 400 digits as an int, which math.isfinite raises on)."""
@@ -121,6 +129,9 @@ class ServiceWindow:
     tokens_per_step: float | None = None
     """Tokens a decoding request gained per step: the generated tokens less the first ones over the ITL samples
     (vLLM records one a request a step), 1 without speculative decoding; None: no ITL sample in the window."""
+    draft_tokens: float | None = None
+    """Tokens drafted a step for each decoding request that drafted (`vllm:spec_decode_num_draft_tokens` over
+    `vllm:spec_decode_num_drafts`); None: not exported (no speculative decoding) or no draft in the window."""
     steady: bool = True
     """The same servers served the whole window: none started, stopped or restarted in it (a window that
     spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""

@@ -34,6 +34,7 @@ from controller.telemetry.base import (
     WINDOW_TIMEOUTS,
     ServiceWindow,
     TelemetryError,
+    drafted_per_step,
     shortened,
     tokens_per_step,
     window_late,
@@ -99,6 +100,9 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "queue_s": ratio("vllm:request_queue_time_seconds"),
         "tokens_per_step": f"clamp_min({later} / {rated(*(x + '_count' for x in itl))}, 1)",  # base.tokens_per_step
         "itl_p95_s": p95(*itl),
+        # base.drafted_per_step: the counters exist only under speculative decoding, so no answer otherwise
+        "draft_tokens": f"{rated('vllm:spec_decode_num_draft_tokens_total')} / "
+                        f"{rated('vllm:spec_decode_num_drafts_total')}",
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
         "running_before": f"sum {by} (vllm:num_requests_running{sel} offset {window})",
@@ -294,7 +298,9 @@ class PrometheusVllmSource:
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
                 steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
-                queue_ms=ms("queue_s"), tokens_per_step=_per_step(v["tokens_per_step"]), **_before(v))
+                queue_ms=ms("queue_s"), tokens_per_step=_per_step(v["tokens_per_step"]),
+                draft_tokens=None if v["draft_tokens"] is None else drafted_per_step(v["draft_tokens"], 1.0),
+                **_before(v))
         return out
 
 

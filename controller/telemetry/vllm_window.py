@@ -14,13 +14,15 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from controller.telemetry.base import ServiceWindow, finite, tokens_per_step
+from controller.telemetry.base import ServiceWindow, drafted_per_step, finite, tokens_per_step
 
 COUNTERS = {
     "vllm:request_success": "success",
     "vllm:prompt_tokens": "prompt",
     "vllm:generation_tokens": "generation",
     "vllm:num_preemptions": "preemptions",
+    "vllm:spec_decode_num_drafts": "drafts",  # exported only under speculative decoding
+    "vllm:spec_decode_num_draft_tokens": "draft_tokens",
 }
 HISTOGRAMS = {
     "vllm:time_to_first_token_seconds": "ttft",
@@ -235,6 +237,9 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
             return None
         return tokens_per_step(counter("generation") - _summed(new.hist_count, old, old.hist_count, "ttft"), outputs)
 
+    def drafted() -> float | None:  # tokens drafted a step for each request that drafted
+        return drafted_per_step(counter("draft_tokens"), counter("drafts"))
+
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
         for (series, figure, le), c in new.hist_buckets.items():
@@ -265,6 +270,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         and not (new.unread or old.unread),  # a series left out
         queue_ms=mean("queue", 1000.0),
         tokens_per_step=per_step(),
+        draft_tokens=drafted(),
         waiting_before=old.gauges.get("waiting", 0.0) if known else None,
         running_before=old.gauges.get("running", 0.0) if known else None,
     )
