@@ -186,10 +186,10 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
                         "decoding; with it, 1 + the drafts accepted per step, as `tune` reads it from the windows "
                         "(the ITL figures are then per step, as vLLM's histogram records them)")
     a.add_argument("--draft-tokens", type=finite, default=0.0, metavar="K",
-                   help="tokens drafted a step for each decoding request, a number in [0, 63]: 0 (the default) "
-                        "without speculative decoding or where not read; with it vLLM's num_speculative_tokens, "
-                        "its spec_decode num_draft_tokens over num_drafts (each is verified, kept or not, and "
-                        "takes a token of the step's budget)")
+                   help="tokens drafted a step for a decoding request, a number in [0, 63]: 0 (the default) "
+                        "without speculative decoding or where not read; with it vLLM's "
+                        "spec_decode_num_draft_tokens over its ITL samples, as `tune` reads it (num_speculative_tokens "
+                        "for a draft head; each is verified, kept or not, and takes a token of the step's budget)")
     a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",
                    help=f"vLLM --max-num-seqs (sequences), 1..{MAX_BATCH}, default 64")
     a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",

@@ -87,8 +87,8 @@ def tune(args: argparse.Namespace) -> int:
     if any(k != 1.0 for k in per_step):  # a speculative engine's windows: analyze is to be given what they read
         report["tokens_per_step"] = {"mean": round(sum(per_step) / len(per_step), 4), "min": min(per_step),
                                      "max": max(per_step)}
-    drafted = [o.draft_tokens for o in observations if o.problem() is None]
-    if any(drafted):
+    drafted = [o.draft_tokens for o in observations if o.problem() is None and o.draft_tokens > 0]  # 0: not read
+    if drafted:
         report["draft_tokens"] = {"mean": round(sum(drafted) / len(drafted), 4), "min": min(drafted),
                                   "max": max(drafted)}
     if pair.accepted == 0:  # warm-up rows count: they are fitted

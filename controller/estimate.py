@@ -135,6 +135,8 @@ class Estimator:
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.tokens_per_step is not None:
             m.tokens_per_step.labels(svc.name).set(window.tokens_per_step)
+        if window.draft_tokens is not None:
+            m.draft_tokens.labels(svc.name).set(window.draft_tokens)
         self.serving[svc.name] = window.replicas
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
@@ -164,7 +166,9 @@ class Estimator:
         # the tokens a step gives, from a steady window (a series unread at one end, a restart, reads askew)
         per_step = load.tokens_per_step if window.tokens_per_step is None or not window.steady else (
             window.tokens_per_step)
-        drafts = load.draft_tokens if window.draft_tokens is None or not window.steady else window.draft_tokens
+        # the drafts likewise, and none where a steady window's decodes came without the counter (no longer drafting)
+        drafts = load.draft_tokens if not window.steady or window.tokens_per_step is None else (
+            window.draft_tokens or 0.0)
         self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step, drafts)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))

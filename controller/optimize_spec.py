@@ -62,8 +62,9 @@ class SpecService:
     """Tokens a decoding request gains per engine step: 1, or under speculative decoding 1 + the drafts accepted (as
     the daemon reads it off vLLM's counters); the ITL objective is then the gap between outputs, one a step."""
     draft_tokens: float = 0.0
-    """Tokens drafted a step for each decoding request under speculative decoding (vLLM's num_speculative_tokens):
-    each is verified, kept or not, and takes a token of the step's budget; 0 without it or where not read."""
+    """Tokens drafted a step for a decoding request under speculative decoding, over its steps (vLLM's
+    num_speculative_tokens for a draft head): each is verified, kept or not, and takes a token of the step's budget;
+    0 without it or where not read."""
     min_replicas: int = 1
     """Lower replica bound of a plan that serves the service (a service no room is left for is shed, x0)."""
     max_replicas: int = 64

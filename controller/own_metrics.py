@@ -75,6 +75,9 @@ class OwnMetrics:
         self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT.", lat, registry=r)
         self.itl_obs = Gauge("wattscale_service_itl_observed_ms", "Observed ITL.", lat, registry=r)
         self.rate_obs = Gauge("wattscale_service_rate_rps", "Observed request rate.", ["service"], registry=r)
+        self.draft_tokens = Gauge("wattscale_service_draft_tokens", "Tokens drafted a step for a decoding request in "
+                                  "the last window (vLLM's spec_decode counter over the ITL samples).", ["service"],
+                                  registry=r)
         self.tokens_per_step = Gauge("wattscale_service_tokens_per_step", "Tokens a decoding request gained per engine "
                                      "step in the last window (1 without speculative decoding; 1 + the drafts "
                                      "accepted with it).", ["service"], registry=r)

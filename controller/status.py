@@ -85,7 +85,7 @@ def _slo(svc: ServiceSettings, observed: dict[str, Any] | None) -> tuple[bool | 
     per_step, drafts = observed.get("tokens_per_step"), observed.get("draft_tokens")
     step = f" (a step: {per_step:.2f} tokens)" if isinstance(per_step, int | float) and per_step > 1.005 else ""
     if step and isinstance(drafts, int | float) and drafts > 0:
-        step = f" (a step: {per_step:.2f} tokens, {drafts:g} drafted)"
+        step = f" (a step: {per_step:.2f} tokens, {drafts:.3g} drafted)"
     return met, f"{stat} TTFT {_figure(ttft)}/{svc.ttft_ms:.0f} ms, ITL{step} {_figure(itl, 1)}/{svc.itl_ms:.0f} ms"
 
 

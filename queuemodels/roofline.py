@@ -127,7 +127,9 @@ class Roofline:
         pass computes for it (`Load.positions`): under speculative decoding 1 + its drafts, kept or refused, so a
         large batch turns compute-bound sooner (read as one token, its capacity at batch 128-256 read 21-61 % over);
         where the drafts are not read, the tokens it keeps (the fitted rho then holds the refused ones at the fitted
-        windows' acceptance). Each decoding sequence takes 1 + its drafts of the token budget."""
+        windows' acceptance). Where drafts are read a decoding sequence takes as many tokens of the budget as it
+        computes positions (vLLM's scheduler charges 1 + its drafts), one otherwise: the budget terms are in that
+        unit."""
         rho, budget = params.rho, params.budget_tokens
         if params.expert_weight_share > 0.0 and not (rho or budget):
             rho, budget = STEP_DEFAULTS["rho"], STEP_DEFAULTS["budget_tokens"]
@@ -135,7 +137,7 @@ class Roofline:
         per_seq = rho * params.delta_ms * load.positions * decode_factor  # the arrays path slows it after
         experts = min(params.gamma_ms, params.alpha_ms) * params.expert_weight_share
         prompt = params.delta_ms * load.in_tokens * prompt_factor
-        charge = 1.0 + load.draft_tokens  # the budget a decoding sequence takes: the budget terms in its units
+        charge = load.positions if load.draft_tokens > 0.0 else 1.0  # what a decoding sequence takes of the budget
         return cls(params.gamma_ms, params.kappa_ms * context, per_seq, prompt, params.epsilon_ms,
                    load.in_tokens / charge, budget / charge, experts, params.expert_miss)
 
@@ -241,8 +243,9 @@ class Roofline:
         room = max(self.budget_tokens - batch, self.budget_tokens / 8.0)
         use = load.rate_rps * self.prompt_tokens * step_ms / (1000.0 * room)
         if use >= 0.99:
+            tokens = room * load.in_tokens / self.prompt_tokens  # the room in tokens (`of`'s unit, undone)
             raise Unstable(f"rate_rps: {load.rate_rps:.6g} needs {100 * use:.0f} % of the token budget's room for "
-                           f"prompts at batch {batch:.0f}; lower it")
+                           f"prompts ({tokens:.0f} tokens a step at batch {batch:.0f}); lower it")
         service_ms = float(self.chunks(batch)) * step_ms
         wait = use * service_ms * (1.0 + load.in_cv**2) / (2.0 * (1.0 - use))
         return wait, (wait * (2.0 * wait / use - wait) if use > 0.0 else 0.0)  # wait / use: no overflow at a trickle

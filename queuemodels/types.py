@@ -209,10 +209,11 @@ class Load:
     (vLLM reads 2-3 with an EAGLE head). A step is one output: ITL is the gap between outputs, as vLLM's histogram
     records it, and an answer of `out_tokens` takes (out_tokens - 1) / tokens_per_step decode steps."""
     draft_tokens: float = 0.0
-    """Tokens drafted for a decoding request a step under speculative decoding (vLLM's num_speculative_tokens, read
-    off its spec_decode counters): the verifying pass computes 1 + draft_tokens positions for it, kept or not, and the
-    step's token budget charges it as many. 0: none drafted, or not read (a step then computes the tokens it keeps
-    and charges the budget one)."""
+    """Tokens drafted for a decoding request a step under speculative decoding, on average over its steps (vLLM's
+    num_speculative_tokens for a draft head or model; less for an n-gram drafter, which proposes on some steps only),
+    read off its spec_decode counters: the verifying pass computes 1 + draft_tokens positions for it, kept or not, and
+    the step's token budget charges it as many. 0: none drafted, or not read (a step then computes the tokens it
+    keeps and charges the budget one)."""
 
     def __post_init__(self) -> None:
         check_number("rate_rps", self.rate_rps)

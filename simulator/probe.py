@@ -46,7 +46,7 @@ class Measured:
     """Tokens generated after each request's first over the ITL samples (one a decoding sequence a step), as
     the daemon reads them from vLLM's counters: 1 unless the engine decodes speculatively."""
     draft_tokens: float = 0.0
-    """Tokens drafted a step for each decoding request (vLLM's spec_decode counters); 0 without drafts."""
+    """Tokens drafted a step for a decoding request, over the ITL samples, as the daemon reads it; 0 without drafts."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def measure(
     m = engine.metrics
     n_ttft, n_itl, n_queue = len(m.ttft.all_samples()), len(m.itl.all_samples()), len(m.queue_time.all_samples())
     energy0, preempt0, done0, gen0 = gpu.energy_j, m.preemptions_total, m.success_total, m.generation_tokens_total
-    drafts0, drafted0 = m.drafts_total, m.draft_tokens_total
+    drafted0 = m.draft_tokens_total
     running: list[int] = []
     waiting: list[int] = []
     for t in np.linspace(start, end, 200)[1:]:
@@ -135,7 +135,7 @@ def measure(
         requests=int(ttft.size),
         queue_ms=float(queue.mean()) if queue.size else float("nan"),
         tokens_per_step=max(1.0, (m.generation_tokens_total - gen0 - ttft.size) / itl.size) if itl.size else 1.0,
-        draft_tokens=(m.draft_tokens_total - drafted0) / max(1, m.drafts_total - drafts0),  # 0 without drafts
+        draft_tokens=(m.draft_tokens_total - drafted0) / itl.size if itl.size else 0.0,  # as the daemon reads it
     )
 
 

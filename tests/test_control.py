@@ -152,9 +152,10 @@ def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_whi
 
 
 def test_the_tokens_drafted_a_step_reach_the_plans_load_and_the_tuner_and_hold_while_unread(tmp_path: Path) -> None:
-    """The spec_decode counters' drafts a step (3) reach the load the plan sizes, the tuner's window and the decision
-    log; a window without them, or one not steady, keeps the last."""
-    ctl, vllm, _ = controller(tmp_path)
+    """The spec_decode counters' drafts a step (3) reach the load the plan sizes, the tuner's window, the gauge and
+    the decision log; a window that read no decode, or one not steady, keeps the last; a steady one whose decodes
+    came without the counter reads none (0)."""
+    ctl, vllm, registry = controller(tmp_path)
     seen: list[float] = []
     real = ctl.tuner.update
 
@@ -174,6 +175,11 @@ def test_the_tokens_drafted_a_step_reach_the_plans_load_and_the_tuner_and_hold_w
     vllm.next = {"chat": dataclasses.replace(window(steady=False), draft_tokens=5.0)}
     ctl.tick_slow(45.0)
     assert ctl.estimator.load["chat"].draft_tokens == 3.0 and seen == [3.0, 3.0, 3.0]
+    assert registry.get_sample_value("wattscale_service_draft_tokens", {"service": "chat"}) == 5.0  # as read
+    # a steady window whose decodes came without the counter: the engine no longer drafts (redeployed without)
+    vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=1.0)}
+    ctl.tick_slow(60.0)
+    assert ctl.estimator.load["chat"].draft_tokens == 0.0 and seen[-1] == 0.0
 
 
 def test_the_fits_of_a_cycle_are_saved_though_a_later_service_fails_in_it(tmp_path: Path) -> None:

@@ -54,12 +54,10 @@ def test_speculative_engines_read_their_tokens_a_step(tmp_path: Path) -> None:
 
 
 def test_speculative_engines_read_the_tokens_they_draft(tmp_path: Path) -> None:
-    """vllm:spec_decode_num_draft_tokens over num_drafts, summed over the engines: 3 on one, 5 on the other, the
-    second drafting as often; and no sample at all where no engine drafts (no speculative decoding)."""
-    drafting = {"a": {**SERIES["a"], "vllm:spec_decode_num_drafts_total": 600,
-                      "vllm:spec_decode_num_draft_tokens_total": 1800},
-                "b": {**SERIES["b"], "vllm:spec_decode_num_drafts_total": 600,
-                      "vllm:spec_decode_num_draft_tokens_total": 3000}}
+    """vllm:spec_decode_num_draft_tokens over the ITL samples of either name, summed over the engines: 3 a step on
+    one, 5 on the other; and no sample at all where no engine drafts (no speculative decoding)."""
+    drafting = {"a": {**SERIES["a"], "vllm:spec_decode_num_draft_tokens_total": 3 * 1485},
+                "b": {**SERIES["b"], "vllm:spec_decode_num_draft_tokens_total": 5 * 1485}}
     assert "SUCCESS" in (out := evaluated(tmp_path, {"draft_tokens": 4.0}, drafting)), out
     plain = evaluated(tmp_path, {"draft_tokens": 4.0}, SERIES)
     assert "got: nil" in plain, plain

@@ -33,8 +33,10 @@ BENT = ServiceParams("step", 12, 0.09, 10, 0.035, kappa_ms=1e-4, epsilon_ms=2.0,
 """The roofline's bend without a token budget."""
 MOE = replace(STEP, expert_weight_share=0.85, expert_token_share=0.125)
 """A mixture of experts: a decode step reads only the experts its tokens route to."""
-SPECULATIVE = Load(1.0, 800, 200, tokens_per_step=2.5, draft_tokens=3.0)
-"""Speculative decoding: a step gives a sequence 2.5 tokens of 3 drafted and one verified."""
+SPECULATIVE = Load(1.0, 800, 200, tokens_per_step=2.5)
+"""Speculative decoding: a step gives a sequence 2.5 tokens."""
+DRAFTED = replace(SPECULATIVE, draft_tokens=3.0)
+"""The same with its drafts read: 3 a step, each verified and charged to the token budget."""
 
 shapes = st.builds(ServerShape, st.sampled_from([1, 4, 16, 64, 256, 512]), st.sampled_from([None, 0, 3, 64, 1024]),
                    st.sampled_from([None, 300.0, 450.0, 700.0]), st.sampled_from([None, 0.6, 0.85]))
@@ -58,7 +60,7 @@ def alone(model: str, params: ServiceParams, load: Load, shape: ServerShape,
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["mm1k-cb", "mm1k-batch"]), st.sampled_from([GEN1, GEN2, STEP, MOE]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000),
-                        SPECULATIVE]),
+                        SPECULATIVE, DRAFTED]),
        st.lists(st.sampled_from([H100, L40S, None]), min_size=12, max_size=12), points)
 def test_stacked_figures_are_the_single_point_ones(model: str, params: ServiceParams, load: Load,
                                                    profiles: list[PowerProfile | None],
@@ -176,7 +178,7 @@ def test_long_free_spans_are_grouped_as_tails_groups_them() -> None:
 @given(st.sampled_from([GEN1, GEN2, replace(GEN1, kv_tokens=90_000.0), STEP, BENT, replace(STEP, kv_tokens=90_000.0),
                         replace(STEP, budget_tokens=300.0), MOE, replace(MOE, rho=0.0, budget_tokens=0.0)]),
        st.sampled_from([Load(1.0, 800, 200), Load(1.0, 3000, 40, 1.5, 0.6), Load(1.0, 100, 1000),
-                        SPECULATIVE]),
+                        SPECULATIVE, DRAFTED]),
        st.one_of(st.sampled_from([H100, L40S, None]), fitted), points)
 def test_laws_built_as_arrays_are_the_scalar_laws(params: ServiceParams, load: Load, profile: PowerProfile | None,
                                                  pts: list[tuple[ServerShape, float]]) -> None:

@@ -457,7 +457,8 @@ def test_draft_tokens_are_read_held_to_zero_to_63_and_said(tmp_path: Path, capsy
         with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'draft_tokens' must be"):
             read_bounded(path)
     assert dataclasses.replace(drafted, draft_tokens=-0.5).problem() == "implausible"  # a hand-edited state file
-    path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n2,500,200,64,120,20,2.4,3\n4,500,200,64,150,22,2.6,3\n")
+    path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n2,500,200,64,120,20,2.4,3\n4,500,200,64,150,22,2.6,3\n"
+                    "3,500,200,64,130,21,2.5,\n")  # a row that did not read them: left out of the mean
     main(["tune", str(path)])
     assert "tokens drafted a step read: mean 3 (3-3): give analyze --draft-tokens 3" in capsys.readouterr().out
 

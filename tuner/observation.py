@@ -59,7 +59,8 @@ class Observation:
     """Tokens a decoding request gained per engine step (1 without speculative decoding): the window's generated
     tokens, less its first tokens, over its ITL samples (vLLM records one a step)."""
     draft_tokens: float = 0.0
-    """Tokens drafted a step for each decoding request (vLLM's spec_decode counters; 0: none, or not read)."""
+    """Tokens drafted a step for a decoding request, over its steps (vLLM's spec_decode counter over the ITL samples;
+    0: none, or not read)."""
     power_held_share: float = 0.0
     """Share of the window's ticks in which the governor held its GPUs down (a cut, or a draw pressed against a
     limit set below the plan's cap). Above 0, `power_w` is a bound: the load would have drawn at least that much

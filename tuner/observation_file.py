@@ -17,9 +17,10 @@ CSV columns (a header row names them; order is free):
   tokens_per_step                                               optional, default 1: tokens a decoding request
                                                                 gains per step (speculative decoding: 1 + the
                                                                 drafts accepted), in [1, 64]
-  draft_tokens                                                  optional, default 0: tokens drafted a step for
-                                                                each decoding request (vLLM's spec_decode
-                                                                num_draft_tokens over num_drafts), in [0, 63]
+  draft_tokens                                                  optional, default 0 (not read): tokens drafted
+                                                                a step for a decoding request (vLLM's
+                                                                spec_decode_num_draft_tokens over the ITL
+                                                                samples), in [0, 63]
 rate_rps is the offered arrival rate per replica (requests per second), ttft_ms the mean time to first token
 of the window's requests, itl_ms the mean gap between a request's consecutive outputs, one a step, as vLLM's
 inter-token latency histogram records it (sum over count): per token where a step gives one, as without

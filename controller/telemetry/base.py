@@ -38,12 +38,14 @@ def tokens_per_step(later_tokens: float, outputs: float) -> float:
     return min(max(later_tokens / outputs, 1.0), MAX_TOKENS_PER_STEP)
 
 
-def drafted_per_step(draft_tokens: float, drafts: float) -> float | None:
-    """Tokens drafted a step for a decoding request, from a window's spec_decode counters, within
-    [0, MAX_TOKENS_PER_STEP - 1]; None where no step drafted (no speculative decoding, or none in the window)."""
-    if not drafts > 0:
+def drafted_per_step(draft_tokens: float, outputs: float) -> float | None:
+    """Tokens drafted a step for a decoding request, on average over its steps: a window's drafted tokens (vLLM's
+    spec_decode counter) over its outputs (ITL samples, one a request a step), within [0, MAX_TOKENS_PER_STEP - 1]
+    (an n-gram drafter proposes on some steps only, and a step without drafts costs one position); None where no
+    request decoded."""
+    if not outputs > 0:
         return None
-    return min(max(draft_tokens / drafts, 0.0), MAX_TOKENS_PER_STEP - 1.0)
+    return min(max(draft_tokens / outputs, 0.0), MAX_TOKENS_PER_STEP - 1.0)
 
 
 def finite(value: object) -> float | None:
@@ -130,8 +132,8 @@ class ServiceWindow:
     """Tokens a decoding request gained per step: the generated tokens less the first ones over the ITL samples
     (vLLM records one a request a step), 1 without speculative decoding; None: no ITL sample in the window."""
     draft_tokens: float | None = None
-    """Tokens drafted a step for each decoding request that drafted (`vllm:spec_decode_num_draft_tokens` over
-    `vllm:spec_decode_num_drafts`); None: not exported (no speculative decoding) or no draft in the window."""
+    """Tokens drafted a step for a decoding request, on average over its steps (`vllm:spec_decode_num_draft_tokens`
+    over the ITL samples); None: not exported (no speculative decoding), or no ITL sample in the window."""
     steady: bool = True
     """The same servers served the whole window: none started, stopped or restarted in it (a window that
     spans a restart mixes a dark replica, requeued requests and a cold cache; no steady-state model fits it)."""

@@ -100,9 +100,8 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "queue_s": ratio("vllm:request_queue_time_seconds"),
         "tokens_per_step": f"clamp_min({later} / {rated(*(x + '_count' for x in itl))}, 1)",  # base.tokens_per_step
         "itl_p95_s": p95(*itl),
-        # base.drafted_per_step: the counters exist only under speculative decoding, so no answer otherwise
-        "draft_tokens": f"{rated('vllm:spec_decode_num_draft_tokens_total')} / "
-                        f"{rated('vllm:spec_decode_num_drafts_total')}",
+        # base.drafted_per_step: the counter exists only under speculative decoding, so no answer otherwise
+        "draft_tokens": f"{rated('vllm:spec_decode_num_draft_tokens_total')} / {rated(*(x + '_count' for x in itl))}",
         "running": f"sum {by} (vllm:num_requests_running{sel})",
         "waiting": f"sum {by} (vllm:num_requests_waiting{sel})",
         "running_before": f"sum {by} (vllm:num_requests_running{sel} offset {window})",

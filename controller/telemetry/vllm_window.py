@@ -21,8 +21,7 @@ COUNTERS = {
     "vllm:prompt_tokens": "prompt",
     "vllm:generation_tokens": "generation",
     "vllm:num_preemptions": "preemptions",
-    "vllm:spec_decode_num_drafts": "drafts",  # exported only under speculative decoding
-    "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+    "vllm:spec_decode_num_draft_tokens": "draft_tokens",  # exported only under speculative decoding
 }
 HISTOGRAMS = {
     "vllm:time_to_first_token_seconds": "ttft",
@@ -237,8 +236,10 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
             return None
         return tokens_per_step(counter("generation") - _summed(new.hist_count, old, old.hist_count, "ttft"), outputs)
 
-    def drafted() -> float | None:  # tokens drafted a step for each request that drafted
-        return drafted_per_step(counter("draft_tokens"), counter("drafts"))
+    def drafted() -> float | None:  # tokens drafted over every decoding request's steps; None: no counter
+        if not any(figure == "draft_tokens" for _, figure in new.counters):
+            return None
+        return drafted_per_step(counter("draft_tokens"), _summed(new.hist_count, old, old.hist_count, "itl"))
 
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
