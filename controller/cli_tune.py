@@ -43,7 +43,7 @@ def _median_errors(summary: dict[str, float], none: str) -> str:
 
 
 def tune(args: argparse.Namespace) -> int:
-    from controller.tune_input import read_bounded
+    from controller.tune_input import queue_not_in_ttft, read_bounded
     from tuner import PairFilter
     from tuner.offline import run
 
@@ -70,6 +70,10 @@ def tune(args: argparse.Namespace) -> int:
         raise as_flags(exc, args) from None
     prof = profile(args.accelerator) if args.accelerator else None
     observations = read_bounded(Path(args.observations), prof)
+    if rows := queue_not_in_ttft(observations):  # a unit slip read whole, and said nothing
+        print(f"wattscale: tune: queue_ms at or past ttft_ms in {len(rows)} row{'s' * (len(rows) > 1)} "
+              f"({', '.join(rows[:3])}{', ...' if len(rows) > 3 else ''}): the queueing time is part of TTFT, so "
+              "those rows are read whole, their queue_ms left out", file=sys.stderr)
     need = max((o.in_tokens + o.out_tokens for o in observations if o.problem() is None), default=0.0)  # a row the
     # filter skips (NaN, inf) says nothing of the requests
     if 0 < args.kv_tokens < need:  # the engine would have refused such a request

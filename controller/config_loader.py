@@ -7,6 +7,7 @@ range checks live in each settings class's `check()`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
 import math
 import re
@@ -131,6 +132,8 @@ def quoted(value: object) -> str:
     digits); a boolean as TOML, JSON and YAML spell it (`true`, where Python's repr read `True`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, datetime.date | datetime.time):  # as TOML writes it, not datetime.time(7, 0)
+        return value.isoformat()
     return shortened(repr(value), 80)
 
 
@@ -186,6 +189,10 @@ def convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(where, f"must be an integer of at most 64 bits, got {quoted(value)}")
         return value
     if tp in (str, bool):
+        if tp is str and isinstance(value, datetime.date | datetime.time):  # e.g. start = 07:00:00, unquoted
+            shown = value.strftime("%H:%M") if isinstance(value, datetime.time) else value.isoformat()
+            raise ConfigError(where, f"must be a string, got the TOML {type(value).__name__} {quoted(value)}: write "
+                              f"it in quotes, \"{shown}\"")
         if not isinstance(value, tp):
             raise ConfigError(where, f"must be {'a string' if tp is str else 'true or false'}, got {quoted(value)}")
         if tp is str and "\x00" in value:  # no name, path or URL holds one (a path with it raised ValueError)

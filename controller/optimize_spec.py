@@ -19,7 +19,7 @@ from controller.idle_floor import below_idle
 from controller.minimums import minimum_fits
 from controller.optimizer import Problem, ServiceDemand, Solution
 from controller.optimizer_settings import check_choices, check_clock_levels, check_shapes
-from controller.service_settings import check_service_bounds
+from controller.service_settings import MIN_RATE_RPS, check_service_bounds
 from controller.settings import AcceleratorSettings, PriorSettings
 from controller.settings_checks import MAX_POWER_W, MAX_SERVICES, check_sizings
 from controller.toml_file import read_toml
@@ -29,10 +29,6 @@ from queuemodels.types import MAX_TOKENS_PER_STEP
 
 MAX_RATE_RPS = 1e6
 """Highest request rate of one service in a spec."""
-MIN_RATE_RPS = 1e-6
-"""Lowest request rate but 0 (a request in 11.6 days): 1e-310 passed the range, and a plan's values from it were
-not finite numbers (the solver raised)."""
-
 
 @dataclass(frozen=True)
 class SpecService:

@@ -55,6 +55,9 @@ MAX_SIM_RATE_RPS = 10_000.0
 """Highest simulated arrival rate of one service (requests/s)."""
 MAX_DURATION_S = 7 * 86400.0
 """Longest simulated stretch (a scenario, a cycle's period): a week."""
+MIN_RATE_RPS = 1e-6
+"""Lowest request rate but 0 (a request in 11.6 days): 1e-310 passed an optimize spec's range, and a plan's values
+from it were not finite numbers (the solver raised); `tune` fitted a file of such rows."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ reads: a POST by replacement wrote over the config file, the SLO margins or the 
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from controller.budget.settings import CarbonCsvSettings, DemandResponseSettings
@@ -48,6 +49,9 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
                 if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
                     raise ConfigError(where, f"{shown} is a directory: the endpoint stores its signals in a file; "
                                       "name one")
+                if (kind := _special(path)) is not None:  # a POST replaced a FIFO, or /dev/null, with its file
+                    raise ConfigError(where, f"{shown} is {kind}: the endpoint replaces its file with each signal; "
+                                      "name a regular file")
                 whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})
             except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop, as Python 3.11's resolve says it
                 raise ConfigError(where, f"{shown} cannot be looked at: {getattr(exc, 'strerror', None) or exc}"
@@ -55,6 +59,19 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
             if whose is not None:
                 raise ConfigError(where, f"{shown} is {whose}: the endpoint would write its signals over it; name a "
                                   "file of its own")
+
+
+def _special(path: Path) -> str | None:
+    """What `path` is where it is there and neither a regular file, a folder nor a link (which a signal replaces
+    as it would a file): a FIFO, a device, a socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "no regular file")
 
 
 def _as_written(path: Path) -> Path:

@@ -18,7 +18,7 @@ from controller.config_loader import ConfigError, build
 from controller.decision_log import BOOT_ID, HOST, PID_NS
 from controller.settings import LEAST_FAST_S, DaemonSettings, ServiceSettings, load_settings
 from controller.slo_margin import slo_met
-from controller.status_record import check_record
+from controller.status_record import check_record, printable
 from controller.telemetry.base import shortened
 from controller.toml_file import read_toml
 from tuner.own_files import open_plain
@@ -249,7 +249,7 @@ def status(config_view: View, path: Path, as_json: bool, config: Path | None = N
     record = last_decision(path)
     try:
         check_record(record)
-        rep = report(config_view, record, config=config)
+        rep = report(config_view, printable(record), config=config)
         shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:

@@ -42,9 +42,13 @@ def share(value: Any, path: str) -> None:
         raise _bad(value, path)
 
 
+MOST_COUNT = 1 << 31
+"""Largest count a record holds (replicas, a batch, GPUs): 10^30 replicas were printed whole."""
+
+
 def whole(value: Any, path: str) -> None:
-    """A count: replicas, a batch (no bool, no 2.7)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    """A count: replicas, a batch (no bool, no 2.7, none past MOST_COUNT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MOST_COUNT:
         raise _bad(value, path)
 
 
@@ -129,6 +133,22 @@ RECORD = table({
     "errors": optional(items), "blocked": optional(items), "config": optional(text), "pid": optional(pid),
     "held_untold": optional(items),
 }, ("services", "budget_w"))
+
+
+SHOWN_CHARS = 400
+"""Characters of a record's string status shows (a 100-kB reason was printed whole)."""
+
+
+def printable(value: Any) -> Any:
+    """`value` (a record, or a part of one) with every string cut at SHOWN_CHARS, its length said (the text's
+    control characters are escaped as it is printed)."""
+    if isinstance(value, str):
+        return value if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
 
 
 def check_record(record: Any) -> None:

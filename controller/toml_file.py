@@ -34,7 +34,7 @@ USES = {
 SIGNS = {
     "plan spec": {"kind"},
     "scenario": {"workload", "events", "config", "start_utc", "grid_time_scale", "personalities", "power_laws",
-                 "energy_targets"},
+                 "energy_targets", "duration_s", "description"},
     "daemon config": {"daemon", "metrics", "telemetry", "actuators", "simulator", "stability", "optimizer"},
     "optimize spec": {"objective", "mode", "batch_sizes", "power_levels", "clock_levels", "transition_penalty"},
 }

@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 from actuators.vllm_servers import MAX_BATCH
-from controller.service_settings import MAX_TOKENS
+from controller.service_settings import MAX_TOKENS, MIN_RATE_RPS
 from controller.settings_checks import MAX_QUEUE
 from queuemodels import PowerProfile
 from queuemodels.types import MAX_TOKENS_PER_STEP
-from tuner import Observation
 from tuner.observation import LEAST_LATENCY_MS
-from tuner.observation_file import ObservationFileError, read_observations, require_usable
+from tuner.observation_file import ObservationFileError, ObservationRows, read_observations, require_usable
 
 GATED = ("rate_rps", "in_tokens", "out_tokens", "ttft_ms", "itl_ms")
 """Columns the filter itself gates when not finite ("non-finite"): NaN there is a row to skip, not an error."""
@@ -54,7 +53,14 @@ def _shown(value: float) -> str:
     return repr(value) if isinstance(value, float) else str(value) if abs(value) < 10**18 else f"{value:g}"
 
 
-def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observation]:
+def queue_not_in_ttft(observations: ObservationRows) -> list[str]:
+    """Where (`path:line`) a row's queue_ms is at or past its ttft_ms: the queueing time is part of TTFT, so the row
+    is read whole, its queue_ms left out (histograms that disagree, or a unit slip the user is told of)."""
+    return [observations.where(i) for i, o in enumerate(observations)
+            if o.queue_ms is not None and math.isfinite(o.queue_ms) and o.ttft_ms > 0.0 and o.queue_ms >= o.ttft_ms]
+
+
+def read_bounded(path: Path, prof: PowerProfile | None = None) -> ObservationRows:
     """The file's observations, at most `MAX_ROWS` of them, each value within what a real server reports (its
     power cap and draw within what `prof`, the accelerator's, allows, where it is known, and no draw far past its
     own cap); ObservationFileError names the row (`path:line`), the column and the value."""
@@ -68,6 +74,9 @@ def read_bounded(path: Path, prof: PowerProfile | None = None) -> list[Observati
             if not (math.isfinite(value) and low <= value <= high):
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be in "
                                            f"[{low:g}, {high:g}], got {_shown(value)}")
+            if name == "rate_rps" and 0.0 < value < MIN_RATE_RPS:  # 1e-300 was fitted
+                raise ObservationFileError(f"{observations.where(i)}: column 'rate_rps' must be 0 or at least "
+                                           f"{MIN_RATE_RPS:g}, got {_shown(value)}")
             if name in ("ttft_ms", "itl_ms") and 0.0 < value < LEAST_LATENCY_MS:
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be 0 (no traffic) or "
                                            f"in [{LEAST_LATENCY_MS:g}, {high:g}], got {_shown(value)}")

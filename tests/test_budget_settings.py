@@ -100,6 +100,9 @@ def test_the_table_assembles_into_a_combiner_that_survives_a_carbon_api_outage(t
     ({'"fri"]': '"fri", "fun"]'}, "power.budget.sources[1].rules[0].days[5]", "must be one of"),
     ({'end = "20:00"': 'end = "07:00"'}, "power.budget.sources[1].rules[0].end", "must be after start"),
     ({'start = "08:00"': 'start = "8am"'}, "power.budget.sources[1].rules[0].start", "not HH:MM"),
+    # a TOML time unquoted was quoted as Python's repr, "got datetime.time(8, 0)"
+    ({'start = "08:00"': "start = 08:00:00"}, "power.budget.sources[1].rules[0].start",
+     'must be a string, got the TOML time 08:00:00: write it in quotes, "08:00"'),
     # digits Python's int() refuses (superscripts: its own words) or reads (Arabic-Indic: a time nobody wrote)
     ({'start = "08:00"': 'start = "\u00b9\u00b2:00"'}, "power.budget.sources[1].rules[0].start", "is not HH:MM"),
     ({'start = "08:00"': 'start = "\u0660\u0668:00"'}, "power.budget.sources[1].rules[0].start", "is not HH:MM"),

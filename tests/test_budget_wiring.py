@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -466,6 +467,8 @@ def test_each_endpoint_needs_a_port_of_its_own(sim_config: Callable[..., Path], 
     ("state/decisions.jsonl.1", "decisions.jsonl.1 is daemon.decision_log (a rotation of it): the endpoint would"),
     ("nowhere/signal.json", "nowhere is no directory: the endpoint could store no signal there"),
     ("state", "state is a directory: the endpoint stores its signals in a file; name one"),  # was a warning
+    # a POST replaced the FIFO with its file (and, as root, would have replaced /dev/null)
+    ("signal.fifo", "signal.fifo is a FIFO: the endpoint replaces its file with each signal; name a regular file"),
 ])
 def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[..., Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str], signal: str,
@@ -475,6 +478,8 @@ def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[...,
     file that holds no signal yet (made empty beforehand) is a warning, as it was: the endpoint writes over it."""
     monkeypatch.setenv("WATTSCALE_SIGNAL_TOKEN", TOKEN)
     (tmp_path / "state").mkdir()
+    if signal.endswith(".fifo"):
+        os.mkfifo(tmp_path / signal)
     path = with_budget(sim_config, tmp_path / signal)
     path.write_text(path.read_text().replace('path = "', f'port = {free_port()}\npath = "'))
     assert main(["check-config", str(path)]) == 2

@@ -290,6 +290,9 @@ def test_a_service_name_that_would_garble_logs_or_labels_is_refused(
     # a scenario without its config: "an optimize spec", whose command then said "name: unknown key", a circle
     (["simulate", "--report", "r"], 'name = "x"\nduration_s = 60\nbudget_w = 3000\n',
      "config: required key is missing"),
+    # and check-config read it as a daemon config: "services: at least one service is required"
+    (["check-config"], 'name = "x"\ndescription = "tiny"\nduration_s = 60\nbudget_w = 3000\n',
+     "config: required key is missing"),
     # a file whose keys say one kind alone is still named as that kind
     (["simulate", "--report", "r"], GOOD, "is a daemon config, not a scenario: run it with `wattscale run --config"),
     (["optimize"], GOOD, "is a daemon config, not an optimize spec"),

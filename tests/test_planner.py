@@ -579,7 +579,8 @@ def test_a_solver_line_repeated_is_said_once_with_its_count() -> None:
             "with native_output_to_stderr():\n"
             "    os.write(1, b'tmpSolver.run();\\n' * 3 + b'other\\n')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.stderr == "wattscale: the solver printed: tmpSolver.run(); (3 times) other\n", out.stderr
+    assert out.stderr == ("wattscale: the solver (HiGHS) printed, of its own (no error of the plan): tmpSolver.run(); "
+                          "(3 times) other\n"), out.stderr
 
 
 def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
@@ -596,7 +597,8 @@ def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -
             "print('[]')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout == "{}\n[]\n"
-    assert out.stderr == "to standard errorwattscale: the solver printed: HighsMipSolverData::" \
+    assert out.stderr == "to standard errorwattscale: the solver (HiGHS) printed, of its own (no error of the plan): " \
+                         "HighsMipSolverData::" \
                          "transformNewIntegerFeasibleSolution tmpSolver.run();\n"  # one line (HiGHS's had no newline)
     # standard error closed: the saved standard output took its descriptor, and the line went into the JSON
     closed = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" 2>&-', sys.executable, code], capture_output=True,

@@ -508,3 +508,24 @@ def test_status_says_an_itl_read_a_step_where_a_step_gives_several_tokens(sim_co
         assert main(["status", "--config", str(path)]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat (priority"))
         assert f"{said}20.0/" in line, line
+
+
+def test_status_shows_a_records_strings_escaped_and_cut_and_refuses_a_count_past_reason(
+        sim_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A 100-kB reason was printed whole, and 10^30 planned replicas as a figure: a long string is cut with its
+    length said (its escapes shown escaped, as any), and such a count refused by its path."""
+    path, log, record = real_record(sim_config)
+    record["services"]["chat"]["reason"] = "\u001b[2J\u001b[31mhacked" + "x" * 100_000
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\u001b" not in out, out
+    assert "\\x1b[2J\\x1b[31mhacked" in out, out
+    assert "(100015 characters)" in out, out
+    assert len(out) < 10_000
+    record["services"]["chat"]["reason"] = "budget"
+    record["services"]["chat"]["planned"] = {"accelerator": "H100-SXM", "replicas": 10**30, "max_batch": 64,
+                                             "cap_w": 700.0}
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["status", "--config", str(path)]) == 2
+    assert "services.chat.planned.replicas 1000000000000000000000000000000" in capsys.readouterr().err

@@ -492,3 +492,24 @@ def test_tune_starts_the_step_familys_terms_where_it_is_told(tmp_path: Path,
     assert "--family: gen1 has no --rho; they are the step family's" in capsys.readouterr().err
     assert main(["tune", str(path), "--budget-tokens", "0.5"]) == 2
     assert "--budget-tokens: must be 0 or at least 1, got 0.5" in capsys.readouterr().err
+
+
+def test_a_queueing_time_past_the_ttft_is_said_and_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A queue_ms at or past its row's ttft_ms (a unit slip: seconds for milliseconds) was left out silently, the
+    fit the same as without the column: tune says which rows, and reads them whole."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER},queue_ms\n{ROW},1000\n4,500,200,64,150,22,150\n3,500,200,64,130,21,30\n")
+    assert main(["tune", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"queue_ms at or past ttft_ms in 2 rows ({path}:2, {path}:3): the queueing time is part of TTFT" in err
+
+
+def test_a_rate_below_an_optimize_specs_least_is_refused_as_there(tmp_path: Path) -> None:
+    """1e-300 requests a second was fitted (an optimize spec refuses it); a NaN spread is said to be no number."""
+    path = tmp_path / "obs.csv"
+    path.write_text(f"{HEADER}\n1e-300,500,200,64,120,20\n")
+    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'rate_rps' must be 0 or at least 1e-06, got"):
+        read_bounded(path)
+    path.write_text(f"{HEADER},in_cv\n{ROW},nan\n")
+    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'in_cv' must be a number >= 0, got nan"):
+        read_bounded(path)

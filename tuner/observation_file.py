@@ -84,7 +84,7 @@ def _optional(row: dict[str, str], col: str, where: str) -> float | None:
 def _default(row: dict[str, str], col: str, where: str, default: float) -> float:
     value = _optional(row, col, where)
     if value is not None and not 0 <= value < math.inf:
-        raise ObservationFileError(f"{where}: column {col!r} must be >= 0, got {value}")
+        raise ObservationFileError(f"{where}: column {col!r} must be a number >= 0, got {value}")
     return default if value is None else value
 
 
