@@ -123,19 +123,25 @@ def test_only_a_steady_windows_backlog_is_demand(tmp_path: Path) -> None:
     assert ctl.estimator.load["chat"].rate_rps == 10.0 + 240.0 / drain_s
 
 
+def tuner_sees(ctl: Controller, field: str) -> list[float]:
+    """What the tuner's windows carry of `field`, one a window (its update wrapped)."""
+    seen: list[float] = []
+    real = ctl.tuner.update
+
+    def update(model: str, acc: str, obs: Observation, save: bool) -> Verdict:
+        seen.append(getattr(obs, field))
+        return real(model, acc, obs, save)
+
+    ctl.tuner.update = update  # type: ignore[method-assign]
+    return seen
+
+
 def test_the_tokens_a_step_gives_reach_the_plans_load_and_the_tuner_and_hold_while_unread(tmp_path: Path) -> None:
     """A speculative engine's windows read 2.4 tokens a step: the load the plan sizes and the tuner's window take it
     (an answer is fewer steps than tokens); a window that read none (no ITL sample), or one not steady, keeps the
     last one."""
     ctl, vllm, registry = controller(tmp_path)
-    seen: list[float] = []
-    real = ctl.tuner.update
-
-    def update(model: str, acc: str, obs: Observation, save: bool) -> Verdict:
-        seen.append(obs.tokens_per_step)
-        return real(model, acc, obs, save)
-
-    ctl.tuner.update = update  # type: ignore[method-assign]
+    seen = tuner_sees(ctl, "tokens_per_step")
     vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4)}
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     ctl.tick_slow(15.0)
@@ -156,14 +162,7 @@ def test_the_tokens_drafted_a_step_reach_the_plans_load_and_the_tuner_and_hold_w
     the decision log; a window that read no decode, or one not steady, keeps the last; a steady one whose decodes
     came without the counter reads none (0)."""
     ctl, vllm, registry = controller(tmp_path)
-    seen: list[float] = []
-    real = ctl.tuner.update
-
-    def update(model: str, acc: str, obs: Observation, save: bool) -> Verdict:
-        seen.append(obs.draft_tokens)
-        return real(model, acc, obs, save)
-
-    ctl.tuner.update = update  # type: ignore[method-assign]
+    seen = tuner_sees(ctl, "draft_tokens")
     vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=2.4, draft_tokens=3.0)}
     ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
     ctl.tick_slow(15.0)

@@ -504,12 +504,13 @@ def test_a_queueing_time_past_the_ttft_is_said_and_left_out(tmp_path: Path, caps
     assert f"queue_ms at or past ttft_ms in 2 rows ({path}:2, {path}:3): the queueing time is part of TTFT" in err
 
 
-def test_a_rate_below_an_optimize_specs_least_is_refused_as_there(tmp_path: Path) -> None:
-    """1e-300 requests a second was fitted (an optimize spec refuses it); a NaN spread is said to be no number."""
+@pytest.mark.parametrize(("text", "said"), [
+    (f"{HEADER}\n1e-300,500,200,64,120,20\n", "column 'rate_rps' must be 0 or at least 1e-06, got"),  # was fitted
+    (f"{HEADER},in_cv\n{ROW},nan\n", "column 'in_cv' must be a number >= 0, got nan"),  # "must be >= 0"
+])
+def test_a_rate_below_an_optimize_specs_least_and_a_nan_spread_are_refused(tmp_path: Path, text: str,
+                                                                          said: str) -> None:
     path = tmp_path / "obs.csv"
-    path.write_text(f"{HEADER}\n1e-300,500,200,64,120,20\n")
-    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'rate_rps' must be 0 or at least 1e-06, got"):
-        read_bounded(path)
-    path.write_text(f"{HEADER},in_cv\n{ROW},nan\n")
-    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'in_cv' must be a number >= 0, got nan"):
+    path.write_text(text)
+    with pytest.raises(ObservationFileError, match=f"^{path}:2: {said}"):
         read_bounded(path)
