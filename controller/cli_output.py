@@ -63,8 +63,8 @@ def native_output_to_stderr() -> Iterator[None]:
             native.close()
             if said and sys.stderr is not None:  # (print to None would write it to standard output)
                 with contextlib.suppress(OSError, ValueError):
-                    print(f"wattscale: the solver (HiGHS) printed, of its own (no error of the plan): {said}",
-                          file=sys.stderr)
+                    print(f"wattscale: native code (the HiGHS solver) printed, not an error of this command: "
+                          f"{said}", file=sys.stderr)
 
 
 def _once_each(text: str) -> str:

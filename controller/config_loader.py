@@ -190,7 +190,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp in (str, bool):
         if tp is str and isinstance(value, datetime.date | datetime.time):  # e.g. start = 07:00:00, unquoted
-            shown = value.strftime("%H:%M") if isinstance(value, datetime.time) else value.isoformat()
+            shown = value.isoformat(timespec="minutes") if isinstance(value, datetime.time) and not (
+                value.second or value.microsecond) else value.isoformat()
             raise ConfigError(where, f"must be a string, got the TOML {type(value).__name__} {quoted(value)}: write "
                               f"it in quotes, \"{shown}\"")
         if not isinstance(value, tp):

@@ -49,7 +49,7 @@ def check_signal_paths(settings: Settings, config: Path | None = None, host: boo
                 if host and path.is_dir():  # every POST refused (500): a signal replaces no folder
                     raise ConfigError(where, f"{shown} is a directory: the endpoint stores its signals in a file; "
                                       "name one")
-                if (kind := _special(path)) is not None:  # a POST replaced a FIFO, or /dev/null, with its file
+                if host and (kind := _special(path)) is not None:  # a POST replaced a FIFO (or /dev/null) with a file
                     raise ConfigError(where, f"{shown} is {kind}: the endpoint replaces its file with each signal; "
                                       "name a regular file")
                 whose = _whose(path, settings, config, {p: other for other, p in files.items() if other != name})

@@ -249,8 +249,8 @@ def status(config_view: View, path: Path, as_json: bool, config: Path | None = N
     record = last_decision(path)
     try:
         check_record(record)
-        rep = report(config_view, printable(record), config=config)
-        shown = text(rep)  # in both modes: a record the text cannot read is refused in JSON too
+        rep = report(config_view, record, config=config)
+        shown = text(printable(rep))  # in both modes: a record the text cannot read is refused in JSON too
         return strict_json.dumps(rep, indent=2) if as_json else shown
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         what = f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else shortened(str(exc))

@@ -140,8 +140,9 @@ SHOWN_CHARS = 400
 
 
 def printable(value: Any) -> Any:
-    """`value` (a record, or a part of one) with every string cut at SHOWN_CHARS, its length said (the text's
-    control characters are escaped as it is printed)."""
+    """`value` (a report, or a part of one) with every string cut at SHOWN_CHARS, its length said, for the text
+    (whose control characters are escaped as it is printed); the JSON keeps them whole, and the matching of names
+    and paths reads them whole."""
     if isinstance(value, str):
         return value if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]}... ({len(value)} characters)"
     if isinstance(value, dict):

@@ -485,6 +485,8 @@ def test_an_endpoints_signal_file_is_a_file_of_its_own(sim_config: Callable[...,
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wattscale: power.budget.sources[grid].path: ") and message in err and err.count("\n") == 1
+    if signal.endswith(".fifo"):  # the file alone: this host is not probed
+        assert main(["check-config", "--file-only", str(path)]) == 0
 
     if signal == "nowhere/signal.json":  # an empty file made beforehand: warned of, not refused
         (tmp_path / "empty.json").write_text("")

@@ -20,7 +20,7 @@ from controller.cli import main
 from controller.config_loader import ConfigError
 from controller.planner import load_plan_spec
 from controller.planner.allocation import Allocation, AllocationModel
-from controller.planner.allocation_report import allocation_json, allocation_text, explain_unmet
+from controller.planner.allocation_report import allocation_json, allocation_text, dropped, explain_unmet, percent
 from controller.planner.allocation_spec import AllocationSpec, GpuSpec, ModelSpec, Precision, QueryType, RobustSpec
 from controller.planner.packing import (
     Config,
@@ -579,8 +579,8 @@ def test_a_solver_line_repeated_is_said_once_with_its_count() -> None:
             "with native_output_to_stderr():\n"
             "    os.write(1, b'tmpSolver.run();\\n' * 3 + b'other\\n')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.stderr == ("wattscale: the solver (HiGHS) printed, of its own (no error of the plan): tmpSolver.run(); "
-                          "(3 times) other\n"), out.stderr
+    assert out.stderr == ("wattscale: native code (the HiGHS solver) printed, not an error of this command: "
+                          "tmpSolver.run(); (3 times) other\n"), out.stderr
 
 
 def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -> None:
@@ -597,7 +597,8 @@ def test_solver_lines_written_to_file_descriptor_1_reach_stderr_not_the_json() -
             "print('[]')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout == "{}\n[]\n"
-    assert out.stderr == "to standard errorwattscale: the solver (HiGHS) printed, of its own (no error of the plan): " \
+    assert out.stderr == "to standard errorwattscale: native code (the HiGHS solver) printed, not an error of this " \
+                         "command: " \
                          "HighsMipSolverData::" \
                          "transformNewIntegerFeasibleSolution tmpSolver.run();\n"  # one line (HiGHS's had no newline)
     # standard error closed: the saved standard output took its descriptor, and the line went into the JSON
@@ -706,3 +707,11 @@ def test_a_price_is_printed_at_or_above_itself(price: float, printed: str) -> No
 
     assert _printed(_up(price)) == printed
     assert float(printed) >= price
+
+
+def test_a_share_reads_none_or_all_only_where_it_is_to_the_solvers_rounding() -> None:
+    """A route of 0.04 % read 0.0 %, and unmet demand 100.0 % beside "99.96 % dropped"; a route HiGHS rounded to
+    0.9999999999999972 then read "over 99.99%"."""
+    assert [percent(x) for x in (0.0004, 1 / 3, 0.9996, 0.9999999999999972, 1e-9, 0.0)] == [
+        "0.04%", "33.3%", "99.96%", "100%", "0%", "0%"]
+    assert [dropped(x) for x in (0.9996, 0.9999999999999972, 0.5)] == ["99.96%", "100%", "50%"]

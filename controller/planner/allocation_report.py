@@ -28,10 +28,15 @@ _LIMITS = (
 )
 
 
+SNAP = 1e-6
+"""Share within which a solver's rounding reads as none or all (0.9999999999999972 of a route read "over 99.99%")."""
+
+
 def dropped(share: float) -> str:
-    """A share of demand as a percentage that reads 100 % or 0 % only when it is: 99.96 % dropped is not all of it
-    (the JSON's shares showed 0.04 % served where the text said 100 %, and the unmet demand 100.0 %)."""
-    if share >= 1.0 or share <= 0.0 or 0.01 <= share <= 0.99:
+    """A share of demand as a percentage that reads 100 % or 0 % only when it is, to the solver's rounding: 99.96 %
+    dropped is not all of it (the JSON's shares showed 0.04 % served where the text said 100 %)."""
+    share = 1.0 if share >= 1.0 - SNAP else 0.0 if share <= SNAP else share
+    if share in (0.0, 1.0) or 0.01 <= share <= 0.99:
         return f"{share:.0%}"
     if share < 0.0001:
         return "under 0.01%"
@@ -179,16 +184,21 @@ def deviating(budget: float, used: int) -> str:
     return f"{budget:g} of its {used} route{'' if used == 1 else 's'} may deviate at once"
 
 
+def percent(share: float) -> str:
+    """A table's share: to a tenth of a percent, where that reads 0.0 % or 100.0 % only when it is (`dropped`)."""
+    return f"{share:.1%}" if 0.001 <= share <= 0.999 else dropped(share)
+
+
 def allocation_text(doc: dict[str, Any]) -> str:
     if not doc["ok"]:
         return f"no plan: {doc['message']}"
     lines = ["allocation:"]
-    lines += [f"  {r['query']:<16} -> {r['model']:<12} {r['gpu']}:{r['precision']:<6} {dropped(r['share']):>11}"
+    lines += [f"  {r['query']:<16} -> {r['model']:<12} {r['gpu']}:{r['precision']:<6} {percent(r['share']):>11}"
               for r in doc["allocation"]]  # a share is 0 % or 100 % only where it is (0.0 % read for 0.04 %)
     lines.append("deployments:")
     lines += [f"  {d['model']:<12} {d['gpu']}:{d['precision']:<6} TP {d['tp']} x {d['replicas']} replicas = "
               f"{d['gpus']} GPUs" for d in doc["deployments"]]
-    lines.append("unmet demand: " + ", ".join(f"{i} {dropped(v)}" for i, v in doc["unmet"].items()))
+    lines.append("unmet demand: " + ", ".join(f"{i} {percent(v)}" for i, v in doc["unmet"].items()))
     c = doc["cost"]
     lines.append(f"cost per period: rental {c['rental']:.2f} + storage {c['storage']:.2f} + delay penalty "
                  f"{c['delay_penalty']:.2f} + unmet penalty {c['unmet_penalty']:.2f} = {c['total']:.2f} $")
