@@ -24,7 +24,7 @@ from queuemodels import (
 )
 from queuemodels.accelerators import profile
 from queuemodels.operating_point import BLOCK_LIMIT
-from queuemodels.types import NAMES
+from queuemodels.types import NAMES, kept_past_drafts
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,
@@ -73,6 +73,8 @@ def _analyze(args: argparse.Namespace) -> int:
                            **{n: getattr(args, n) for n in (*step_terms, "kv_tokens", "expert_weight_share",
                                                             "expert_token_share")})
     get_model(args.model).check(params)
+    if why := kept_past_drafts(args.tokens_per_step, args.draft_tokens):
+        raise ModelInputError(f"--tokens-per-step: {why}")
     load = Load(args.rate_rps, args.in_tokens, args.out_tokens, args.in_cv, args.out_cv, args.tokens_per_step,
                 args.draft_tokens)
     shape = ServerShape(args.max_batch, None if args.max_queue < 0 else args.max_queue, args.power_cap_w)

@@ -189,7 +189,8 @@ def add_analyze_args(a: argparse.ArgumentParser) -> None:
                    help="tokens drafted a step for a decoding request, a number in [0, 63]: 0 (the default) "
                         "without speculative decoding or where not read; with it vLLM's "
                         "spec_decode_num_draft_tokens over its ITL samples, as `tune` reads it (num_speculative_tokens "
-                        "for a draft head; each is verified, kept or not, and takes a token of the step's budget)")
+                        "for a draft head; each is verified, kept or not, and takes a token of the step's budget); "
+                        "give --tokens-per-step with it (at its default, 1, every draft is refused), at most 1 + K")
     a.add_argument("--max-batch", type=whole(1, MAX_BATCH), default=64, metavar="N",
                    help=f"vLLM --max-num-seqs (sequences), 1..{MAX_BATCH}, default 64")
     a.add_argument("--max-queue", type=whole(-1, MAX_QUEUE), default=DEFAULT_MAX_QUEUE, metavar="N",
@@ -231,7 +232,8 @@ def add_tune_args(t: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{name}", type=number(0.0, bounds[name]), default=0.0,
                        metavar="MS" if name.endswith("-ms") else "N",
                        help=f"step family's prior {text}; default 0, the tuner's own start (a token budget you run "
-                            "vLLM with, or a rho past 1 for speculative decoding's verifying pass, is worth giving)")
+                            "vLLM with is worth giving; so is a rho past 1 under speculative decoding without a "
+                            "draft_tokens column, where the kept tokens' compute holds the refused drafts')")
     t.add_argument("--kv-tokens", type=number(0.0, 1e9), default=0.0, metavar="N",
                    help="the replicas' KV-cache tokens (num_gpu_blocks x block_size, vllm:cache_config_info): bounds "
                         "the batch the law is fitted at, as it bounds the engine's; default 0, not known (unbounded)")

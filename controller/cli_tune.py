@@ -87,14 +87,14 @@ def tune(args: argparse.Namespace) -> int:
     pair = PairFilter(prior, prof, fit_power=args.fit_power, queue_model=args.model)
     report = run(pair, observations, TuneProgress())
     verdicts = ", ".join(f"{k} {v}" for k, v in report["verdicts"].items())
-    per_step = [o.tokens_per_step for o in observations if o.problem() is None]
-    if any(k != 1.0 for k in per_step):  # a speculative engine's windows: analyze is to be given what they read
-        report["tokens_per_step"] = {"mean": round(sum(per_step) / len(per_step), 4), "min": min(per_step),
-                                     "max": max(per_step)}
-    drafted = [o.draft_tokens for o in observations if o.problem() is None and o.draft_tokens > 0]  # 0: not read
-    if drafted:
-        report["draft_tokens"] = {"mean": round(sum(drafted) / len(drafted), 4), "min": min(drafted),
-                                  "max": max(drafted)}
+    usable = [o for o in observations if o.problem() is None]
+    read = [o for o in usable if o.draft_tokens > 0] or usable  # both over the rows that read drafts, where some do:
+    # over all rows, a row without either read its tokens a step as 1 and none as drafts (a pair no row saw)
+    for name, values in (("tokens_per_step", [o.tokens_per_step for o in read]),
+                         ("draft_tokens", [o.draft_tokens for o in read])):
+        if any(v != (1.0 if name == "tokens_per_step" else 0.0) for v in values):  # analyze is to be given them
+            report[name] = {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values),
+                            "rows": len(values)}
     if pair.accepted == 0:  # warm-up rows count: they are fitted
         raise ObservationFileError(f"{args.observations}: no observation was usable ({verdicts}); nothing was fitted")
     if args.json:

@@ -135,8 +135,6 @@ class Estimator:
         m.rate_obs.labels(svc.name).set(window.rate_rps)
         if window.tokens_per_step is not None:
             m.tokens_per_step.labels(svc.name).set(window.tokens_per_step)
-        if window.draft_tokens is not None:
-            m.draft_tokens.labels(svc.name).set(window.draft_tokens)
         self.serving[svc.name] = window.replicas
         if window.replicas < 1:
             return "no replica served"  # every replica restarting
@@ -169,6 +167,8 @@ class Estimator:
         # the drafts likewise, and none where a steady window's decodes came without the counter (no longer drafting)
         drafts = load.draft_tokens if not window.steady or window.tokens_per_step is None else (
             window.draft_tokens or 0.0)
+        if window.draft_tokens is not None or drafts != load.draft_tokens:  # read, or no longer drafting: 0
+            m.draft_tokens.labels(svc.name).set(drafts if window.draft_tokens is None else window.draft_tokens)
         self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step, drafts)
         self.observed.add(svc.name)
         stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))

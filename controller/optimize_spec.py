@@ -25,7 +25,7 @@ from controller.settings_checks import MAX_POWER_W, MAX_SERVICES, check_sizings
 from controller.toml_file import read_toml
 from queuemodels import DEFAULT_MAX_QUEUE, Load, Targets
 from queuemodels.accelerators import CATALOG
-from queuemodels.types import MAX_TOKENS_PER_STEP
+from queuemodels.types import MAX_TOKENS_PER_STEP, kept_past_drafts
 
 MAX_RATE_RPS = 1e6
 """Highest request rate of one service in a spec."""
@@ -73,6 +73,8 @@ class SpecService:
         check_range(self, where, ("rate_rps",), 0.0, MAX_RATE_RPS)
         check_range(self, where, ("tokens_per_step",), 1.0, MAX_TOKENS_PER_STEP)
         check_range(self, where, ("draft_tokens",), 0.0, MAX_TOKENS_PER_STEP - 1.0)
+        if why := kept_past_drafts(self.tokens_per_step, self.draft_tokens):
+            raise ConfigError(f"{where}.tokens_per_step", why)
         if 0.0 < self.rate_rps < MIN_RATE_RPS:
             raise ConfigError(f"{where}.rate_rps", f"must be 0 or at least {MIN_RATE_RPS:g}, got {self.rate_rps}")
         check_service_bounds(self, where)

@@ -10,7 +10,7 @@ from actuators.vllm_servers import MAX_BATCH
 from controller.service_settings import MAX_TOKENS, MIN_RATE_RPS
 from controller.settings_checks import MAX_QUEUE
 from queuemodels import PowerProfile
-from queuemodels.types import MAX_TOKENS_PER_STEP
+from queuemodels.types import MAX_TOKENS_PER_STEP, kept_past_drafts
 from tuner.observation import LEAST_LATENCY_MS
 from tuner.observation_file import ObservationFileError, ObservationRows, read_observations, require_usable
 
@@ -80,6 +80,8 @@ def read_bounded(path: Path, prof: PowerProfile | None = None) -> ObservationRow
             if name in ("ttft_ms", "itl_ms") and 0.0 < value < LEAST_LATENCY_MS:
                 raise ObservationFileError(f"{observations.where(i)}: column {name!r} must be 0 (no traffic) or "
                                            f"in [{LEAST_LATENCY_MS:g}, {high:g}], got {_shown(value)}")
+        if why := kept_past_drafts(obs.tokens_per_step, obs.draft_tokens):
+            raise ObservationFileError(f"{observations.where(i)}: column 'tokens_per_step' {why}")
         # (without an accelerator a row with a cap is refused as such: its cap is no bound to read a draw against)
         if prof is not None and obs.power_w is not None and obs.power_cap_w is not None and (
                 obs.power_w > (most := DRAW_SLACK * obs.power_cap_w)):

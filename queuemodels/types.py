@@ -192,6 +192,16 @@ MAX_TOKENS_PER_STEP = 64.0
 """Most tokens a decoding request is taken to gain per step (speculative decoding proposes a handful)."""
 
 
+def kept_past_drafts(tokens_per_step: float, draft_tokens: float) -> str | None:
+    """Why a user's tokens a step and drafts a step cannot both hold (None where they can): no step keeps more than
+    its drafts and the token it verifies, so no mean over steps does. The model computes the larger of the two
+    (`Load.positions`), so a daemon's window askew at its edges is read, not refused."""
+    if draft_tokens > 0.0 and tokens_per_step > (1.0 + draft_tokens) * (1.0 + 1e-9):
+        return (f"must be at most 1 + draft_tokens ({1.0 + draft_tokens:g}) where drafts are given: a step keeps no "
+                f"more than it drafts and verifies, got {tokens_per_step:g}")
+    return None
+
+
 @dataclass(frozen=True)
 class Load:
     """Offered load on one replica."""

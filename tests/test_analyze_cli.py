@@ -138,6 +138,9 @@ def test_the_power_fit_tune_prints_is_taken_as_printed(capsys: pytest.CaptureFix
                                                  f"max_batch 64 saturates at {SATURATION:.6g} rps"),
     (["--family", "gen2"], "--delta-ms: the gen2 family has no such term, got 0.035"),  # was silently ignored
     (["--power-cap-w", "300"], "--power-cap-w: needs --accelerator"),
+    (["--tokens-per-step", "5", "--draft-tokens", "1"],  # read twice the capacity of what it could keep, unsaid
+     "--tokens-per-step: must be at most 1 + draft_tokens (2) where drafts are given"),
+    (["--draft-tokens", "63.5"], "--draft-tokens: must be in [0, 63], got 63.5"),
     (["--accelerator", "H100-SXM", "--power-cap-w", "5000"],
      "--power-cap-w: must be within H100-SXM's limits, 200-700 W, got 5000"),
     (["--ttft-slo-ms", "300"], "--ttft-slo-ms and --itl-slo-ms: give both"),

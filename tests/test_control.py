@@ -179,6 +179,7 @@ def test_the_tokens_drafted_a_step_reach_the_plans_load_and_the_tuner_and_hold_w
     vllm.next = {"chat": dataclasses.replace(window(), tokens_per_step=1.0)}
     ctl.tick_slow(60.0)
     assert ctl.estimator.load["chat"].draft_tokens == 0.0 and seen[-1] == 0.0
+    assert registry.get_sample_value("wattscale_service_draft_tokens", {"service": "chat"}) == 0.0  # not left at 5
 
 
 def test_the_fits_of_a_cycle_are_saved_though_a_later_service_fails_in_it(tmp_path: Path) -> None:

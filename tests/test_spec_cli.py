@@ -64,6 +64,9 @@ def code_service(name: str) -> str:
      r"services\[chat\].tokens_per_step: must be in \[1, 64\], got 0.5"),
     (lambda t: t.replace("rate_rps = 10", "rate_rps = 10\ndraft_tokens = 64"),
      r"services\[chat\].draft_tokens: must be in \[0, 63\], got 64"),
+    # a step keeps no more than it drafts and verifies: 5 of 1 + 0.5 planned twice the capacity, unsaid
+    (lambda t: t.replace("rate_rps = 10", "rate_rps = 10\ntokens_per_step = 5\ndraft_tokens = 0.5"),
+     r"services\[chat\].tokens_per_step: must be at most 1 \+ draft_tokens \(1.5\) where drafts are given"),
     # a denormal passed the range: the plan's values from it were not finite (scipy's milp raised)
     (lambda t: t.replace("rate_rps = 10", "rate_rps = 1e-310"),
      r"services\[chat\].rate_rps: must be 0 or at least 1e-06, got 1e-310"),

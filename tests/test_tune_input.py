@@ -458,9 +458,15 @@ def test_draft_tokens_are_read_held_to_zero_to_63_and_said(tmp_path: Path, capsy
             read_bounded(path)
     assert dataclasses.replace(drafted, draft_tokens=-0.5).problem() == "implausible"  # a hand-edited state file
     path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n2,500,200,64,120,20,2.4,3\n4,500,200,64,150,22,2.6,3\n"
-                    "3,500,200,64,130,21,2.5,\n")  # a row that did not read them: left out of the mean
+                    "3,500,200,64,130,21,,\n")  # a row that read neither: left out of both means (it read 1 and 0)
     main(["tune", str(path)])
-    assert "tokens drafted a step read: mean 3 (3-3): give analyze --draft-tokens 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tokens drafted a step read: mean 3 (3-3): give analyze --draft-tokens 3" in out
+    assert "tokens a step read: mean 2.5 (2.4-2.6" in out
+    path.write_text(f"{HEADER},tokens_per_step,draft_tokens\n{ROW},5,1\n")  # 5 kept of 1 drafted and 1 verified
+    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'tokens_per_step' must be at most 1 \\+ "
+                                                   r"draft_tokens \(2\) where drafts are given"):
+        read_bounded(path)
 
 
 def test_tune_says_the_tokens_a_step_its_windows_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -472,7 +478,7 @@ def test_tune_says_the_tokens_a_step_its_windows_read(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     assert "tokens a step read: mean 2.5 (2.4-2.6; speculative decoding): give analyze --tokens-per-step 2.5" in out
     main(["tune", str(path), "--json"])
-    assert json.loads(capsys.readouterr().out)["tokens_per_step"] == {"mean": 2.5, "min": 2.4, "max": 2.6}
+    assert json.loads(capsys.readouterr().out)["tokens_per_step"] == {"mean": 2.5, "min": 2.4, "max": 2.6, "rows": 3}
     path.write_text(f"{HEADER}\n2,500,200,64,120,20\n4,500,200,64,150,22\n")
     main(["tune", str(path)])
     assert "tokens a step" not in capsys.readouterr().out  # one a step: nothing to say
