@@ -111,12 +111,14 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latencies(perf: Performance | None, statistic: str) -> str:
-    """TTFT and ITL as the service's targets read them (its mean, p95 or p99); dashes where nothing runs."""
+def _latencies(perf: Performance | None, statistic: str, per_step: float) -> str:
+    """TTFT and ITL as the service's targets read them (its mean, p95 or p99); dashes where nothing runs. Where a
+    step gives several tokens (speculative decoding) the ITL is a step's, as vLLM's histogram reads it: said so."""
+    step = f" a step of {per_step:.3g} tokens" if per_step > 1.0 else ""
     if perf is None:
-        return f"  ttft {statistic} {'-':>7} ms  itl {statistic} {'-':>6} ms"
+        return f"  ttft {statistic} {'-':>7} ms  itl {statistic} {'-':>6} ms{step}"
     ttft, itl = perf.latency_at(statistic)
-    return f"  ttft {statistic} {ttft:>7.1f} ms  itl {statistic} {itl:>6.1f} ms"
+    return f"  ttft {statistic} {ttft:>7.1f} ms  itl {statistic} {itl:>6.1f} ms{step}"
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -135,11 +137,12 @@ def _optimize(args: argparse.Namespace) -> int:
         print(strict_json.dumps(doc, indent=2))
     else:
         statistic = {svc.name: svc.targets.statistic for svc in problem.services}
+        per_step = {svc.name: svc.load.tokens_per_step for svc in problem.services}
         for s, r in zip(doc["services"], solution.services, strict=True):
             print(f"{s['name']:<16} {s['accelerator'] or '-':<10} x{s['replicas']:<3} batch {s['max_batch'] or '-':<4} "
                   + (f"cap {s['power_cap_w']:>5.0f} W" if s["power_cap_w"] else f"cap {'-':>5} W")
                   + (f" clock {s['sm_clock_share']:.0%}" if s["sm_clock_share"] else "")
-                  + _latencies(r.performance, statistic[r.name])
+                  + _latencies(r.performance, statistic[r.name], per_step[r.name])
                   + (f"  SHORT {s['short_rps']:.2f} rps ({s['reason']})" if s["reason"] else ""))
         t = doc["totals"]
         print(f"power {t['power_w']:.0f} W, cost {t['cost']:.2f}/h, objective {t['objective']:.3f}, "

@@ -256,3 +256,14 @@ def test_a_roofline_term_the_batched_reading_has_none_of_is_refused_not_dropped(
     assert main(["tune", example, "--model", "mm1k-batch", "--accelerator", "H100-SXM", "--json"]) in (0, 1)
     params = json.loads(capsys.readouterr().out)["params"]
     assert "rho" not in params and "budget_tokens" not in params and "epsilon_ms" in params
+
+
+def test_an_itl_of_several_tokens_a_step_is_said_to_be_a_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON's itl_ms under speculative decoding is a step's gap, as vLLM's histogram reads it: said on stderr
+    (the JSON itself unchanged), and nothing said at one token a step."""
+    assert main([*BASE, "--tokens-per-step", "2.5", "--draft-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert "itl_ms" in json.loads(out.out)
+    assert out.err == ("wattscale: analyze: itl_ms and its percentiles are a step's gap between outputs, of 2.5 tokens "
+                       "(as vLLM's ITL histogram reads it); a token's is that over 2.5\n")
+    assert main(BASE) == 0 and capsys.readouterr().err == ""

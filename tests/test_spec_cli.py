@@ -586,3 +586,14 @@ def test_a_spec_whose_sizing_work_is_past_its_bound_is_refused_before_sizing(tmp
                    "each" in err.value.reason
         else:
             load_spec(path)
+
+
+def test_a_speculative_services_itl_is_said_to_be_a_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """optimize's line read "itl mean 17.2 ms" under 2.5 tokens a step, easily taken for a token's: it says a step's,
+    and a plain service's line is as it was."""
+    path = tmp_path / "spec.toml"
+    path.write_text(OPTIMIZE.replace("rate_rps = 10", "rate_rps = 10\ntokens_per_step = 2.5\ndraft_tokens = 3", 1))
+    assert main(["optimize", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(x.startswith("chat") and x.endswith("ms a step of 2.5 tokens") for x in lines), lines
+    assert all("a step" not in x for x in lines if not x.startswith("chat")), lines
