@@ -90,9 +90,9 @@ def tune(args: argparse.Namespace) -> int:
     usable = [o for o in observations if o.problem() is None]
     read = [o for o in usable if o.draft_tokens > 0] or usable  # both over the rows that read drafts, where some do:
     # over all rows, a row without either read its tokens a step as 1 and none as drafts (a pair no row saw)
-    for name, values in (("tokens_per_step", [o.tokens_per_step for o in read]),
-                         ("draft_tokens", [o.draft_tokens for o in read])):
-        if any(v != (1.0 if name == "tokens_per_step" else 0.0) for v in values):  # analyze is to be given them
+    for name, unread in (("tokens_per_step", 1.0), ("draft_tokens", 0.0)):
+        values = [getattr(o, name) for o in read]
+        if any(v != unread for v in values):  # analyze is to be given them
             report[name] = {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values),
                             "rows": len(values)}
     if pair.accepted == 0:  # warm-up rows count: they are fitted

@@ -54,10 +54,11 @@ def _shown(value: float) -> str:
 
 
 def queue_not_in_ttft(observations: ObservationRows) -> list[str]:
-    """Where (`path:line`) a row's queue_ms is at or past its ttft_ms: the queueing time is part of TTFT, so the row
-    is read whole, its queue_ms left out (histograms that disagree, or a unit slip the user is told of)."""
+    """Where (`path:line`) a row says a queue_ms the filter does not split its TTFT by (`Observation.splits_queue`:
+    at or past its ttft_ms, the bounds having refused one below 0), so the row is read whole: histograms that
+    disagree, or a unit slip the user is told of. An empty or NaN cell says none, and a row with no TTFT no split."""
     return [observations.where(i) for i, o in enumerate(observations)
-            if o.queue_ms is not None and math.isfinite(o.queue_ms) and o.ttft_ms > 0.0 and o.queue_ms >= o.ttft_ms]
+            if o.queue_ms is not None and math.isfinite(o.queue_ms) and o.ttft_ms > 0.0 and not o.splits_queue]
 
 
 def read_bounded(path: Path, prof: PowerProfile | None = None) -> ObservationRows:

@@ -230,8 +230,9 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
             return None
         return scale * _summed(new.hist_sum, old, old.hist_sum, key) / n
 
+    outputs = _summed(new.hist_count, old, old.hist_count, "itl")  # ITL samples: one a decoding request a step
+
     def per_step() -> float | None:  # generated tokens after the first, over the outputs that gave them
-        outputs = _summed(new.hist_count, old, old.hist_count, "itl")
         if outputs <= 0:
             return None
         return tokens_per_step(counter("generation") - _summed(new.hist_count, old, old.hist_count, "ttft"), outputs)
@@ -239,7 +240,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
     def drafted() -> float | None:  # tokens drafted over every decoding request's steps; None: no counter
         if not any(figure == "draft_tokens" for _, figure in new.counters):
             return None
-        return drafted_per_step(counter("draft_tokens"), _summed(new.hist_count, old, old.hist_count, "itl"))
+        return drafted_per_step(counter("draft_tokens"), outputs)
 
     def p95(key: str) -> float | None:
         buckets: dict[float, float] = {}
