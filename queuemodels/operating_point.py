@@ -42,8 +42,7 @@ def slowed_to(law: StepLaw, shape: ServerShape, rate_rps: float, served_rps: flo
     prompts (or a token budget's room) bound what the GPU completes, a law exists only below that bound, and the
     chain of the bound's law, whose batch could complete more, served past it at the offered rate (4.7 rps where
     prompts alone allow 2.5): slowed until it serves the bound, its throughput and blocking are one saturated
-    queue's. (Its mean TTFT still charges the step in flight to arrivals that wait for a departure, which the tails
-    do not: p95 reads under the mean there.)"""
+    queue's; its latencies are a full batch of very long steps (docs/queue-models.md, "Overload")."""
 
     def served(k: float) -> float:
         return rate_rps * (1.0 - blocking(law.scaled(k, k), shape, rate_rps))

@@ -52,14 +52,15 @@ class Chains(NamedTuple):
 
 def ttft_exceedances(c: Chains, ttft_ms: Floats) -> Floats:
     """P(TTFT > ttft_ms) per row for accepted arrivals (tails.ttft_exceedance): a free slot's prefill, or the wait
-    for departures at the full batch's rate and then a prefill in a full batch."""
+    for the step in flight and departures at the full batch's rate, then a prefill in a full batch."""
     laws = c.laws
     accepted = c.total * (1.0 - c.block)
     free = _free_exceedance(c, ttft_ms, accepted)
     waiting_states = c.last * np.where(c.tail_len > 0, (1.0 - c.rho**c.tail_len) / (1.0 - c.rho), 0.0)
     waiting_mass = waiting_states / accepted
     waits = waiting_mass >= NEGLIGIBLE
-    shifted = (ttft_ms - laws.prefill(c.top)) / laws.wait_scale
+    start = laws.residual_share * laws.decode(c.top) + laws.residual_ms + laws.prefill(c.top)  # tails.waiting_start_ms
+    shifted = (ttft_ms - start) / laws.wait_scale
     mu = c.top / laws.tau(c.top)
     wait = np.where(shifted <= 0.0, waiting_mass, 0.0)
     later = np.flatnonzero(waits & (shifted > 0.0))
