@@ -185,7 +185,7 @@ class Controller:
         finally:  # the cycle's fits in one write, those before a service that failed too
             self.estimator.save_tuner()
         try:
-            problem = self._problem()
+            problem = self._problem(now)
             solution = solve(problem, self.solver)
         except Exception as exc:
             self.error("optimizer", str(exc))
@@ -221,10 +221,10 @@ class Controller:
                                  ceilings)
         self.metrics.plan_version.set(version)
 
-    def _problem(self) -> Problem:
+    def _problem(self, now: float) -> Problem:
         s, o = self.settings, self.settings.optimizer
         self.empty.observe(self.fast.ledger.take_free(), self.fast.samples, [a.name for a in s.accelerators])
-        accs = self.empty.offers(s.accelerators)
+        accs = self.empty.offers(s.accelerators, self.fast.samples, self.fast.listing.out_of_service(now))
         demands = []
         for svc in s.services:
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)

@@ -14,13 +14,14 @@ wanders by a watt does not make every cycle's sizing a new one (the profile is i
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
 from prometheus_client import Gauge
 
+from controller.gpu_listing import OUT_OF_SERVICE_S
 from controller.optimizer import AcceleratorType
 from controller.settings import AcceleratorSettings
 from controller.telemetry.base import GpuSample
@@ -45,6 +46,8 @@ class EmptyDraw:
         """GPU name (NVML's, "NVIDIA H100 80GB HBM3") -> accelerator type, as the GPUs services hold are labelled."""
         self._used: dict[str, float] = {}
         """Per type, the figure the plan uses (whole watts)."""
+        self.short: dict[str, tuple[int, int]] = {}
+        """Per type, the GPUs out of service the last plan left out, and the type's count."""
 
     def observe(self, free: Iterable[tuple[str, float]], listing: Iterable[GpuSample],
                 accelerators: Sequence[str]) -> None:
@@ -54,10 +57,9 @@ class EmptyDraw:
         for g in listing:
             if g.variant is not None and g.variant in accelerators:
                 self._types[g.name] = g.variant
-        only = accelerators[0] if len(accelerators) == 1 and accelerators[0] not in self._types.values() else None
         fresh = set()
         for name, watts in free:
-            kind = name if name in accelerators else self._types.get(name, None if name in CATALOG else only)
+            kind = self._kind(name, accelerators)
             if kind is not None and 0.0 < watts <= CATALOG[kind].idle_power_w:
                 self._readings.setdefault(kind, deque(maxlen=KEEP)).append(watts)
                 fresh.add(kind)
@@ -72,16 +74,42 @@ class EmptyDraw:
                 if self.gauge is not None:
                     self.gauge.labels(kind).set(self._used[kind])
 
+    def _kind(self, name: str, accelerators: Sequence[str]) -> str | None:
+        """The accelerator type a GPU name is, where known (`observe`)."""
+        if name in accelerators:
+            return name
+        only = accelerators[0] if len(accelerators) == 1 and accelerators[0] not in self._types.values() else None
+        return self._types.get(name, None if name in CATALOG else only)
+
     def learnt_w(self) -> dict[str, float]:
         """Per type read often enough, what its GPUs draw with no process, as the plan uses it."""
         return dict(self._used)
 
-    def offers(self, accelerators: Iterable[AcceleratorSettings]) -> tuple[AcceleratorType, ...]:
-        """The inventory as the optimizer sees it, each type's empty draw as read where it was."""
-        out = []
+    def offers(self, accelerators: Sequence[AcceleratorSettings], listing: Iterable[GpuSample] = (),
+               out_of_service: Iterable[GpuSample] = ()) -> tuple[AcceleratorType, ...]:
+        """The inventory as the optimizer sees it, each type's empty draw as read where it was, and its count short
+        of the GPUs out of service (`GpuListing.out_of_service`) that the type's other listed GPUs do not make up
+        for: a plan for two GPUs of a type of which one is left was held at the gate cycle after cycle, its service
+        on one replica. A GPU whose type is not known is not counted against any."""
+        names = [a.name for a in accelerators]
+        out_uuids = {g.uuid for g in out_of_service}
+        lost = Counter(self._of(g, names) for g in out_of_service)
+        present = Counter(self._of(g, names) for g in listing if g.uuid not in out_uuids)
+        out, short = [], {}
         for acc in accelerators:
             offer = acc.offer()
             if (read := self._used.get(acc.name)) is not None:
                 offer = replace(offer, profile=replace(offer.profile, empty_power_w=read))
+            count = min(acc.count, max(acc.count - lost[acc.name], present[acc.name]))
+            if count < acc.count:
+                offer, short[acc.name] = replace(offer, count=count), (acc.count - count, acc.count)
             out.append(offer)
+        if short != self.short:
+            log.warning("GPUs out of service (missing from the listing, or listed and unread for %.0f s): %s",
+                        OUT_OF_SERVICE_S, ", ".join(f"{k} {n} of {of}, planned on the rest" for k, (n, of)
+                                                    in sorted(short.items())) or "none now")
+            self.short = short
         return tuple(out)
+
+    def _of(self, g: GpuSample, accelerators: Sequence[str]) -> str | None:
+        return g.variant if g.variant in accelerators else self._kind(g.name, accelerators)

@@ -25,6 +25,9 @@ GLITCH = 1.5
 GPU to its floor; one 5,000-W reading a window took a draw fit's busy share from 0.39 to 0.71); a few watts over the
 top, as a GPU at its cap reads, counts at the top."""
 
+OUT_OF_SERVICE_S = 60.0
+"""A listed GPU unread this long is out of service for planning: a reading lost for a tick or two moves no replica."""
+
 
 def is_draw(g: GpuSample) -> bool:
     """Whether a GPU's reading can be a draw: a number above 0 (a powered GPU draws tens of watts idle; a driver's 0
@@ -95,6 +98,14 @@ class GpuListing:
         self.missing = {g.uuid for g in missing}
         self.seen.update((g.uuid, g) for g in samples)
         return samples + missing, frozenset(self.missing)
+
+    def out_of_service(self, now: float, after_s: float = OUT_OF_SERVICE_S) -> list[GpuSample]:
+        """GPUs no replica can be planned on: seen before and missing from the listing, or listed and unread for
+        `after_s` or longer (one fallen off the bus that the driver still lists). Read by the slow loop: each field
+        read is a reference the fast loop swaps whole."""
+        seen, unread = self.seen, self.unread
+        gone = [*self.missing, *(u for u, since in unread.items() if now - since >= after_s)]
+        return [g for u in gone if (g := seen.get(u)) is not None]
 
     def forget(self, uuid: str) -> None:
         """A GPU gone for good: no longer counted as missing."""

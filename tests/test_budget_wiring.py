@@ -69,14 +69,14 @@ def test_a_demand_response_signal_lowers_the_budget_now_and_the_plan_next(sim_co
     daemon.fast()
     daemon.slow()
     power = ctl.settings.power
-    assert ctl._problem().budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
+    assert ctl._problem(0.0).budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
     record = json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])
     assert record["budget_w"] == 2600.0 and "grid event 42" in record["budget"]["why"]
     # a tick plans, checks and records one read of the budget: one the budget thread moved within it (a record had
     # read "budget 2000 W" beside a plan for 3075 W) is the next tick's, and the governor's at once
     ctl.set_budget(2400.0, "grid: a change within the tick", daemon.now())
     assert ctl.governor.settings.budget_w == 2400.0 and ctl.tick_power.budget_w == 2600.0
-    assert ctl._problem().budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
+    assert ctl._problem(0.0).budget_w == pytest.approx(2600.0 * (1 - power.headroom) * (1 - power.plan_margin))
     ctl.set_budget(2600.0, "grid: demand response 2600 W (grid event 42)", daemon.now())
     daemon.slow()  # the next tick records both changes
     assert [c["budget_w"] for c in json.loads((tmp_path / "state" / "decisions.jsonl").read_text().splitlines()[-1])[

@@ -274,7 +274,7 @@ def test_the_window_mean_draw_trains_the_curve_the_optimizer_then_sizes_with(tmp
     busy = registry.get_sample_value("wattscale_tuner_parameter",
                                      {"pair": "llama-3.1-8b|H100-SXM", "param": "busy_share"})
     assert busy == pair.draw.busy_share and busy is not None and busy != CATALOG["H100-SXM"].busy_share
-    chat = next(d for d in ctl._problem().services if d.name == "chat")
+    chat = next(d for d in ctl._problem(0.0).services if d.name == "chat")
     assert chat.profiles["H100-SXM"].busy_share == busy
     ctl.tick_slow(30.0)  # no fast tick in this window: no reading, nothing learnt from it
     assert len(pair.draw.recent) == 1
@@ -312,10 +312,10 @@ def test_the_queue_of_a_service_the_plan_left_short_is_not_demand(tmp_path: Path
 def test_the_plan_leaves_the_governors_headroom_and_its_margin_free(tmp_path: Path) -> None:
     ctl, _, _ = controller(tmp_path)
     power = ctl.settings.power
-    assert ctl._problem().budget_w == pytest.approx(power.budget_w * (1 - power.headroom) * (1 - power.plan_margin))
+    assert ctl._problem(0.0).budget_w == pytest.approx(power.budget_w * (1 - power.headroom) * (1 - power.plan_margin))
     ctl.reconfigure(dataclasses.replace(ctl.settings, power=dataclasses.replace(power, mode="caps")))
     ctl.tick_slow(15.0)  # the slow loop adopts the new settings at its next tick
-    assert ctl._problem().budget_w == power.budget_w * (1 - power.headroom)  # caps cannot pass the threshold
+    assert ctl._problem(0.0).budget_w == power.budget_w * (1 - power.headroom)  # caps cannot pass the threshold
 
 
 def test_a_service_the_config_drops_leaves_nothing_behind(tmp_path: Path) -> None:

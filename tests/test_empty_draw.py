@@ -8,16 +8,22 @@ from pathlib import Path
 
 import pytest
 from conftest import MIXED_HOST
+from prometheus_client import CollectorRegistry
 
+from controller.control import Controller
 from controller.empty_draw import MIN_READINGS, EmptyDraw
+from controller.gpu_listing import OUT_OF_SERVICE_S
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand
 from controller.optimizer.candidates import enumerate_all
+from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
 from controller.telemetry.base import GpuSample
+from controller.wiring import build_parts
 from queuemodels import Load, ServiceParams, Targets
 from queuemodels.accelerators import CATALOG
 from simulator.hardware import SPECS
 from tests.test_loops import sim_controller
+from tuner import Tuner
 
 NVML_NAME = "NVIDIA H100 80GB HBM3"
 
@@ -103,5 +109,45 @@ def test_the_controller_reads_the_hidden_empty_draw_off_the_simulated_hosts_free
     assert ctl.empty.learnt_w() == {"H100-SXM": pytest.approx(SPECS["H100-SXM"].empty_w)}
     read = registry.get_sample_value("wattscale_gpu_empty_power_watts", {"accelerator": "H100-SXM"})
     assert read == pytest.approx(SPECS["H100-SXM"].empty_w)
-    problem = ctl._problem()
+    problem = ctl._problem(0.0)
     assert problem.idle_w == pytest.approx(8 * SPECS["H100-SXM"].empty_w)
+
+
+def test_gpus_out_of_service_leave_the_plan_unless_listed_ones_of_their_type_make_up_for_them() -> None:
+    """A type's count is short of its GPUs out of service where it lists no others to take their place; a GPU of no
+    known type counts against none."""
+    accs = load_settings(MIXED_HOST).accelerators  # 4 H100-SXM, 4 L40S
+    empty = EmptyDraw()
+    h100s = [sample(i, "chat" if i == 0 else None) for i in range(4)]
+    empty.observe([], h100s, [a.name for a in accs])
+    stranger = GpuSample(9, "GPU-9", "NVIDIA B200", None, None, 1000.0, 200.0, 1000.0)
+    h100, l40s = empty.offers(accs, h100s[1:], [h100s[0], stranger])
+    assert (h100.count, l40s.count) == (3, 4) and empty.short == {"H100-SXM": (1, 4)}
+    spare = [*h100s[1:], *(sample(i, None) for i in range(10, 14))]  # more listed than the config offers
+    assert [a.count for a in empty.offers(accs, spare, [h100s[0]])] == [4, 4]
+    assert [a.count for a in empty.offers(accs, h100s, [])] == [4, 4] and empty.short == {}
+
+
+def test_a_gpu_lost_on_the_simulated_host_leaves_the_plan_and_one_unread_only_after_a_while(
+        sim_config: Callable[..., Path]) -> None:
+    """The simulated host's GPU 2 falls off the bus: missing from the listing, the next plan offers 7 H100s, where it
+    had planned 2 of a type of which 1 was left, held at the gate cycle after cycle. A GPU listed and unread leaves
+    it only once unread for OUT_OF_SERVICE_S (a lost reading or two moves no replica)."""
+    settings = load_settings(sim_config())
+    parts = build_parts(settings)
+    assert parts.host is not None
+    ctl = Controller(settings, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas,
+                     Tuner(settings.state_path), OwnMetrics(CollectorRegistry()))
+    for t in range(1, 4):
+        parts.host.advance_to(float(t))
+        ctl.tick_fast(float(t))
+    assert [a.count for a in ctl._problem(3.0).accelerators] == [8]
+    parts.host.lose_gpu(2)
+    parts.host.advance_to(4.0)
+    ctl.tick_fast(4.0)
+    assert [a.count for a in ctl._problem(4.0).accelerators] == [7]
+    unread = replace(ctl.fast.samples[0], power_w=None)
+    listing = ctl.fast.listing
+    listing.unread = {unread.uuid: 4.0}
+    assert [g.index for g in listing.out_of_service(4.0 + OUT_OF_SERVICE_S - 1)] == [2]
+    assert sorted(g.index for g in listing.out_of_service(4.0 + OUT_OF_SERVICE_S)) == [0, 2]

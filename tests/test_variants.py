@@ -303,7 +303,7 @@ def test_each_variants_kv_cache_bounds_the_batch_the_plan_models(tmp_path: Path)
     ctl = Controller(s, Host(DryRunReplicaScaler({})), Host(DryRunReplicaScaler({})), Host(DryRunReplicaScaler({})),
                      DryRunBatchSizer({"chat": 32}), DryRunReplicaScaler({}), Tuner(s.state_path),
                      OwnMetrics(CollectorRegistry()))
-    params = ctl._problem().services[0].params
+    params = ctl._problem(0.0).services[0].params
     assert params["L40S"].kv_tokens == 60000.0 and params["H100-SXM"].kv_tokens == 0.0
     # 60,000 tokens hold 100 of chat's 400 + 200 (1 + 1) / 2 = 600-token sequences: a max batch of 256 runs 100
     assert fitting_shape(params["L40S"], s.services[0].load(1.0, 400.0, 200.0), ServerShape(256, 1024)).max_batch == 100
