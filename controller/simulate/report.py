@@ -30,7 +30,7 @@ POWER_LABELS = {"mean_budget_w": "mean budget (W)", "co2_kg": "CO2 (kg)", "co2_m
 has a value."""
 POWER_FIGURES = tuple(POWER_LABELS)
 RUN_FIGURES = ("budget_violation_s", "budget_violation_raw_s", "peak_draw_w", "mean_draw_w", "limits_over_budget_s",
-               "mean_limits_w", "energy_kwh",
+               "limits_over_bound_s", "mean_limits_w", "energy_kwh",
                "tokens_per_joule", "sum_t_over_c", *POWER_FIGURES)
 SERVICE_FIGURES = ("slo_attainment", "requests", "finished", "ttft_mean_ms", "ttft_p95_ms", "itl_mean_ms",
                    "itl_p95_ms", "t_over_c", "restarts_per_hour", "replica_changes_per_hour", "replicas_mean")

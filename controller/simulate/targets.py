@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.idle_floor import lowest_limits_w
 from controller.service_settings import ServiceSettings
 from controller.simulate.frontier import T_OVER_C_GAIN, TOKENS_PER_JOULE_GAIN, explain
 from controller.simulate.power_figures import BOUND_SHARE
@@ -20,15 +21,21 @@ MAX_SETTLE_S = 2.0
 
 def _limits_words(name: str, figures: dict[str, Any]) -> str:
     over, domains = figures["limits_over_budget_s"], figures.get("domain_over_s")
-    return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" if over else
-            f"{name} kept its GPUs' power limits' sum within the budget") + (
+    bound = figures.get("limits_over_bound_s") or 0.0
+    return (f"{name} ran with its GPUs' power limits summed above the budget for {over:g} s" + (
+        f", {bound:g} s of them drawing within {BOUND_SHARE:.0%} of it or over" if bound else
+        f", never drawing within {BOUND_SHARE:.0%} of it") if over else
+        f"{name} kept its GPUs' power limits' sum within the budget") + (
         f" (limits' mean sum {figures['mean_limits_w']:g} W; peak draw {figures['peak_draw_w']:g} W"
         + (f"; a power domain's draw over its limit {domains:g} s" if domains else "") + ")")
 
 
 def _over_a_limit(figures: dict[str, Any]) -> bool:
-    """Whether a run's limits summed above the budget, or a power domain (a rack) drew over its own limit."""
-    return bool(figures["limits_over_budget_s"] or figures.get("domain_over_s"))
+    """Whether a run's limits summed above the budget while its draw came near it (limits over a budget its draw
+    never neared, a spare GPU left at its highest limit, let it draw nothing a hard budget forbids: the line had
+    blamed the hard budget for a miss where static peaked at 1,955 W under 2,200), or a power domain (a rack) drew
+    over its own limit."""
+    return bool(figures.get("limits_over_bound_s") or figures.get("domain_over_s"))
 
 
 def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
@@ -42,8 +49,9 @@ def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: di
     if within:
         return "; ".join(lines) + f"; {' and '.join(within)} did better within the budget and every power domain's " \
             "limit, so the hard limits do not explain this miss"
-    if _over_a_limit(ws):  # a budget under the GPUs' lowest limits: no policy can hold a sum within it
-        return "; ".join(lines)
+    if ws["limits_over_budget_s"] or ws.get("domain_over_s"):  # a line under the GPUs' lowest limits
+        return "; ".join(lines) + ": wattscale's limits pass a line only where it is below its GPUs' lowest limits, " \
+            "which no policy can hold"
     whose = "those ahead" if len(better) > 1 else next(iter(better))
     domains = any(v.get("domain_over_s") for v in better.values())
     return "; ".join(lines) + f": {whose} ran on limits that a hard budget does not allow" + (
@@ -114,6 +122,10 @@ def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
         return []
     out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
                                   "unit": "s", "met": ws["budget_violation_s"] == 0}]
+    if ws["budget_violation_s"] and ws["limits_over_budget_s"]:
+        out[0]["why"] = (f"wattscale's GPUs' power limits summed above the budget for {ws['limits_over_budget_s']:g} "
+                         "s, as they do only where it is below the GPUs' lowest limits, "
+                         f"{lowest_limits_w(scn.config):.0f} W: no policy can hold it")
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     fast = scn.config.daemon.fast_interval_s
     ran_s = fast_ticks(duration_s, fast) * fast  # whole fast ticks, as the run's rates are per hour of them
