@@ -604,6 +604,30 @@ def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_c
     assert [t.split(" ")[1] for t in texts] == ["3xH100-SXM", "4xH100-SXM", "3xH100-SXM"], texts
 
 
+def test_a_status_or_event_write_that_fails_is_said_once_a_run_per_resource_translated(
+        cluster: tuple[KubeEmulator, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """The policy's status refused (500) while the service's is written, Events forbidden (403): each said once in
+    one line naming what the Role must allow, not the client's five-line exception at each other write's success."""
+    emu, client = cluster
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    res = Resources(None, None, {}, {f"{NS}/chat": emu.get(GROUP, SERVICES, "chat", NS) or {}},
+                    emu.get(GROUP, POLICIES, "default") or {})
+    emu.fail("PATCH", r"/powerpolicies/default/status$", 500)
+    emu.fail("POST", r"/events$", 403)
+    reporter = Reporter(client, "wattscale", "me")
+    for r in (3, 4, 3, 4):
+        shape = {"accelerator": "H100-SXM", "max_batch": 64, "cap_w": 500.0}
+        reporter.resources(res, {"services": {f"{NS}/chat": {"planned": {**shape, "replicas": r}, "in_force": {
+            **shape, "replicas": 1}, "short_rps": 0.0, "reason": ""}}})
+    said = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert said == [
+        "events not written (on LLMService chat): events: forbidden: the Role must allow create on events (HTTP 403)",
+        "status of powerpolicies/default not written: status of powerpolicies/default: API server error (HTTP 500 "
+        "Internal Server Error)"], said
+    assert (emu.get(GROUP, SERVICES, "chat", NS) or {})["status"]["conditions"]
+
+
 @pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
 def test_a_standby_times_the_leaders_lease_on_its_own_clock_whatever_the_leaders_clock_says(
         cluster: tuple[KubeEmulator, Any], skew_s: float) -> None:
@@ -1161,6 +1185,16 @@ def test_a_budget_written_into_the_policy_reaches_the_governor_at_its_watch_even
     assert c.governor.settings.budget_w == 1500.0
     assert "spec.optimizer.queue_model" in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0][
         "message"]
+    # a cut in the same edit as a field the slow tick refuses is taken all the same (checked whole, it waited for
+    # the policy to be mended), and the slow tick's refusal keeps it
+    emu.patch(GROUP, POLICIES, "default", {"spec": {"power": {"budget_w": 1000.0}, "plan_ttl_s": 5.0,
+                                                    "daemon": {"fast_interval_s": 2.0},
+                                                    "optimizer": {"queue_model": "mm1k-cb"}}})
+    loop.policy_seen(emu.get(GROUP, POLICIES, "default"))
+    assert c.governor.settings.budget_w == 1000.0
+    loop._slow(c, loop.plans, lambda: True, time.monotonic() - t0)
+    assert c.governor.settings.budget_w == 1000.0
+    assert "spec.plan_ttl_s" in (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]["message"]
     loop.stand_down(release=False, now=time.monotonic() - t0)
 
 

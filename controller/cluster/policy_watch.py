@@ -8,10 +8,10 @@ lower budget goes to the governor then, and a slow tick's read of an older gener
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
-from controller.cluster.resources import policy_spec
 from controller.cluster.snapshot import resource_spec
 from controller.settings import Settings
 
@@ -22,14 +22,25 @@ def generation_of(obj: dict[str, Any]) -> int:
     return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
 
 
+def _budget_w(obj: dict[str, Any]) -> float | None:
+    """The policy's `spec.power.budget_w` alone, where it is a finite number: read apart from the rest of the spec,
+    which a cut does not wait on (checked whole, a bad `plan_ttl_s` in the same edit kept a cut from 2,400 to 1,000 W
+    off the GPUs until the policy was mended)."""
+    power = resource_spec(obj).get("power")
+    value = power.get("budget_w") if isinstance(power, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def watched_budget(newest: Settings, obj: dict[str, Any]) -> Settings | None:
     """`newest` (the settings the governor holds, a reload's still waiting for the slow tick among them) with the
-    policy's lower `power.budget_w`, where it is lower and they pass the checks; None else. A cut is the safe
+    policy's lower `power.budget_w`, where it is lower and they pass the checks with it; None else. A cut is the safe
     direction, taken from a policy whatever the slow tick makes of the rest of it; a rise, and every other field,
     waits for the slow tick, which reads the policy whole and refuses what it refuses."""
     try:
-        budget_w = policy_spec(resource_spec(obj)).power.budget_w
-        if budget_w >= newest.power.budget_w:
+        budget_w = _budget_w(obj)
+        if budget_w is None or budget_w >= newest.power.budget_w:
             return None
         settings = replace(newest, power=replace(newest.power, budget_w=budget_w))
         settings.check("")

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+from actuators.kubernetes import translate
 from controller.cluster.resources import GROUP, POLICIES, SERVICES, VERSION
 from controller.cluster.snapshot import Resources
 from controller.decision_log import DecisionLog
@@ -84,13 +85,19 @@ def changed(record: dict[str, Any] | None, key: str) -> str | None:
             + (f"; short {e['short_rps']} rps ({e['reason']})" if e.get("reason") else ""))
 
 
+def ns_name(namespace: str | None, name: str) -> str:
+    return name if namespace is None else f"{namespace}/{name}"
+
+
 class Reporter:
     def __init__(self, api_client: Any, namespace: str, identity: str, timeout_s: float = 5.0) -> None:
         from kubernetes.client import CoreV1Api, CustomObjectsApi
 
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
-        self.failing = False
+        self.failing: set[str] = set()
+        """Writes failing now ("status of llmservices/ns/name", "events"): each said once while it fails, and again
+        once it has been written since (a failure on one resource had been said again at each other's success)."""
         self.posted: dict[str, str | None] = {}
         """LLMService -> the decision text last seen: an Event only when it changes (a plan held back by the
         gate or an actuator reads the same every cycle)."""
@@ -105,11 +112,10 @@ class Reporter:
                 self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body,
                                                                   _request_timeout=self.timeout_s,
                                                                   _content_type=MERGE)
-            self.failing = False
+            self.failing.discard(f"status of {plural}/{ns_name(namespace, name)}")
         except Exception as exc:
-            if not self.failing:
-                log.warning("status of %s %s not written: %s", plural, name, exc)
-            self.failing = True
+            self._failed(f"status of {plural}/{ns_name(namespace, name)}", exc,
+                         f"patch on {plural}/status in group {GROUP}")
 
     def event(self, obj: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the resource (cluster-scoped ones' in the operator's namespace)."""
@@ -126,8 +132,16 @@ class Reporter:
                            first_timestamp=now, last_timestamp=now, count=1)
         try:
             self.core.create_namespaced_event(ns, body, _request_timeout=self.timeout_s)
+            self.failing.discard("events")
         except Exception as exc:
-            log.warning("event on %s %s not posted: %s", kind, meta["name"], exc)
+            self._failed("events", exc, "create on events", f" (on {kind} {meta['name']})")
+
+    def _failed(self, what: str, exc: Exception, needs: str, where: str = "") -> None:
+        """One line a run of failures, the client's error translated (the raw exception filled five lines, headers
+        and body, on every decision)."""
+        if what not in self.failing:
+            log.warning("%s not written%s: %s", what, where, translate(exc, what, needs))
+        self.failing.add(what)
 
     def resources(self, res: Resources, record: dict[str, Any] | None = None,
                   solution: Solution | None = None, unowned: list[str] | None = None) -> None:
