@@ -19,6 +19,7 @@ from conftest import free_port
 from kube_emulator import KubeEmulator
 from prometheus_client import CollectorRegistry
 
+from actuators import PermanentActuatorError
 from actuators.kubernetes import api_client
 from actuators.nvml import NvmlDevices
 from controller.cluster.agent import NodeAgent
@@ -119,6 +120,24 @@ def test_a_refused_write_is_tried_once_until_the_plan_is_made_again(emu: KubeEmu
     assert plans.ensure({"gpu": "h100"}) == list(NODES)
     assert plans.flush(601.0, 2000.0) == [] and patches(emu, "gpu-b") == 2
     assert limits(emu, "gpu-b") == {"0": 450.0}
+
+
+@pytest.mark.parametrize(("method", "path", "said"), [
+    ("GET", r"/api/v1/nodes$", "nodes: forbidden: the Role must allow list on nodes (HTTP 403)"),
+    ("GET", r"/nodepowerplans$", "node plans: forbidden: the Role must allow list on nodepowerplans in group "
+     "wattscale.dev (HTTP 403)"),
+    ("POST", r"/nodepowerplans$", "node plans: forbidden: the Role must allow create on nodepowerplans in group "
+     "wattscale.dev (HTTP 403)")])
+def test_a_refusal_while_making_the_plans_names_the_call_the_role_must_allow(
+        emu: KubeEmulator, tmp_path: Path, method: str, path: str, said: str) -> None:
+    """Each of `ensure`'s calls refused (403) read "node plans: forbidden", whichever it was: the nodes' listing
+    named as the plans'."""
+    plans, _ = two_nodes(emu, tmp_path)
+    emu.delete(GROUP, PLANS, "gpu-b")  # so that `ensure` creates one
+    emu.fail(method, path, 403)
+    with pytest.raises(PermanentActuatorError) as err:
+        plans.ensure({"gpu": "h100"})
+    assert str(err.value) == said
 
 
 def test_new_plan_settings_try_a_refused_node_again(emu: KubeEmulator, tmp_path: Path) -> None:

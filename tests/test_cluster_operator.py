@@ -45,6 +45,7 @@ from kube_emulator import KubeEmulator
 from kube_http import PATH
 from prometheus_client import CollectorRegistry
 
+from actuators import ActuatorError
 from actuators.kubernetes import DeploymentRef, api_client
 from actuators.kubernetes_batch import read_flag
 from controller.cluster import operator, snapshot
@@ -1102,6 +1103,26 @@ def test_a_lease_the_role_refuses_is_said_once_while_it_lasts(cluster: tuple[Kub
     emu.fail("GET", r"/leases/", 403)
     assert not lease.hold()
     assert sum("forbidden" in r.getMessage() for r in caplog.records) == 2  # a new refusal is said again
+
+
+def test_a_policy_reads_acting_only_once_its_operator_leads(cluster: tuple[KubeEmulator, Any], tmp_path: Path) -> None:
+    """The nodes' listing forbidden: no node plan is made, at each try, and the policy read "Ready: Acting" all the
+    while. It reads "Starting", not ready, until a start succeeds."""
+    emu, _ = cluster
+    emu.put(GROUP, POLICIES, policy())
+    emu.fail("GET", r"/api/v1/nodes$", 403, times=1)
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "leader", "wattscale",
+                       str(tmp_path / "state"))
+    with pytest.raises(ActuatorError, match="the Role must allow list on nodes"):
+        loop.step(0.0)
+    ready = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "Starting")
+    loop.step(1.0)
+    assert loop.controller is not None
+    loop._slow(loop.controller, loop.plans, lambda: True, 2.0)
+    ready = (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("True", "Acting")
+    loop.stand_down(release=False, now=3.0)
 
 
 def test_a_policy_with_no_valid_service_is_governed_all_the_same(cluster: tuple[KubeEmulator, Any],

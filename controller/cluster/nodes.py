@@ -94,6 +94,7 @@ class NodePlans(NodeReadings):
         """A NodePowerPlan for every node the selector picks (created empty: its agent sets safe caps until
         the first renewal); returns the nodes."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
+        call = ("nodes", "list on nodes")  # the call under way, as a refusal names it (all read "node plans")
         try:
             listed = self.core.list_node(label_selector=selector, _request_timeout=self.timeout_s).items
             labels = {n.metadata.name: dict(n.metadata.labels or {}) for n in listed}
@@ -106,7 +107,9 @@ class NodePlans(NodeReadings):
                                             _request_timeout=self.timeout_s).items
                 labels[node] = dict(found[0].metadata.labels or {}) if found else self.labels.get(node, {})
             self.labels = labels
+            call = ("node plans", f"list on nodepowerplans in group {GROUP}")
             have = {p["metadata"]["name"] for p in self._plans(self.timeout_s)}
+            call = ("node plans", f"create on nodepowerplans in group {GROUP}")
             for node in nodes:
                 if node not in have:
                     self.custom.create_cluster_custom_object(GROUP, VERSION, PLANS, {
@@ -116,7 +119,7 @@ class NodePlans(NodeReadings):
                     self.retry.forget(f"node_plan:{node}")  # a write refused for want of the plan may go again
                     log.info("created the NodePowerPlan of node %s", node)
         except Exception as exc:
-            raise translate(exc, "node plans") from exc
+            raise translate(exc, *call) from exc
         return nodes
 
     def domain_gpus(self, selectors: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[int, ...]]:

@@ -269,7 +269,7 @@ class ClusterLoop:
             if not self.lease.hold():
                 return 2.0
             res = self.read()
-            self.reporter.resources(res)
+            self.reporter.resources(res, acting=False)
             if res.settings is None:
                 return 5.0
             self.controller = self._lead(res, now)

@@ -144,9 +144,11 @@ class Reporter:
         self.failing.add(what)
 
     def resources(self, res: Resources, record: dict[str, Any] | None = None,
-                  solution: Solution | None = None, unowned: list[str] | None = None) -> None:
+                  solution: Solution | None = None, unowned: list[str] | None = None, acting: bool = True) -> None:
         """Every resource's status; an Event for every decision that changes something and every refusal;
-        on the policy, the GPUs no service owns (`unowned`, where known)."""
+        on the policy, the GPUs no service owns (`unowned`, where known), and whether this operator acts yet (not
+        `acting`: it holds the Lease and starts to, its node plans not yet made; a start that failed at each try, a
+        node listing forbidden, had read "Acting")."""
         for key, obj in res.objects.items():
             ns, name = key.split("/", 1)
             err = res.errors.get(key)
@@ -167,8 +169,9 @@ class Reporter:
         budget = (record or {}).get("budget_w")
         pstatus: dict[str, Any] = {"leader": self.identity, "services": len(res.objects) - len(
             [k for k in res.errors if k != "policy"]),
-            "conditions": [condition(policy_err is None, "Invalid" if policy_err else "Acting",
-                                     str(policy_err) if policy_err else "this operator holds the Lease and acts")]}
+            "conditions": [condition(policy_err is None and acting, "Invalid" if policy_err else "Acting" if acting else
+                                     "Starting", str(policy_err) if policy_err else "this operator holds the Lease and "
+                                     + ("acts" if acting else "starts to act (its node plans not made yet)"))]}
         if budget is not None:
             pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"))
         if unowned is not None:
