@@ -236,6 +236,28 @@ def loop(plans: NodePlans, registry: CollectorRegistry | None = None) -> FastLoo
                     lambda kind, message: None)
 
 
+def test_a_gpu_whose_first_report_cannot_be_read_is_counted_at_the_most_a_gpu_may_draw(
+        emu: KubeEmulator, tmp_path: Path) -> None:
+    """gpu-c's agent reports one entry with no uuid from its first report: skipped, its GPU drew uncounted for good
+    (the site at 1,700 W on a 1,000-W budget while the policy read Acting). It stands in as a GPU never read, which
+    the governor counts at the most a GPU may draw and fits the others around; once it reads, the stand-in departs."""
+    plans, _ = two_nodes(emu, tmp_path)
+    entry = {"index": 0, "name": "H100", "power_w": 400.0, "energy_j": 1.0, "limit_w": 700.0, "min_w": 200.0,
+             "max_w": 700.0}
+    emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
+        "name": "gpu-c"}, "spec": {"sequence": 1}, "status": {"beat": 1, "gpus": [entry]}})
+    fast = FastLoop(PowerSettings(budget_w=2000.0), 3, plans, plans, OwnMetrics(CollectorRegistry()),
+                    lambda kind, message: None)
+    fast.tick(1.0)
+    stand_in = [g for g in fast.samples if g.never_read]
+    assert [g.uuid for g in stand_in] == ["gpu-c/unread-0"]
+    read = [g for g in fast.samples if not g.never_read]
+    assert sum(g.power_limit_w for g in read) <= 2000.0 - 700.0  # the other two fitted under what it may draw
+    emu.patch(GROUP, PLANS, "gpu-c", {"status": {"beat": 2, "gpus": [{**entry, "uuid": "GPU-c"}]}})
+    fast.tick(2.0)
+    assert sorted(g.uuid for g in fast.samples) == ["GPU-c", "GPU-gpu-a", "GPU-gpu-b"]
+
+
 def test_a_node_that_leaves_the_site_takes_its_gpus_out_of_the_count(emu: KubeEmulator, tmp_path: Path) -> None:
     """gpu-b is replaced by gpu-c. gpu-b's GPU was counted at its last limit for ever (400 + 400 + 700 W against a
     1,300-W budget: a power emergency on a site drawing 800 W, and one more GPU kept and exported with every node

@@ -546,7 +546,9 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
         cluster: tuple[KubeEmulator, Any]) -> None:
     """One agent's bad entries (a null limit, no uuid, no index, a text reading, not an object) cost only those
     GPUs; its good entry and the other node's GPUs are read. So does an entry whose UUID another lists (the fast
-    loop keys GPUs by UUID: two samples of one had masked each other)."""
+    loop keys GPUs by UUID: two samples of one had masked each other). Each bad entry of no GPU read before stands in
+    as a GPU never read (limits unknown: counted at the most a GPU may draw; skipped, it had drawn uncounted for
+    good), and departs once the entries read."""
     emu, client = cluster
 
     def gpu(index: Any, node: str = "a", **fields: Any) -> dict[str, Any]:
@@ -567,8 +569,12 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     counted: list[str] = []
     plans = NodePlans(client, 60.0, 0.6, 10.0, on_bad=counted.append)
     got = plans.sample(0.0)
-    assert sorted((plans.where[s.index], s.uuid) for s in got) == [
+    assert sorted((plans.where[s.index], s.uuid) for s in got if not s.never_read) == [
         (("gpu-a", 0), "GPU-a0"), (("gpu-b", 0), "GPU-b0"), (("gpu-b", 1), "GPU-b1")]
+    stand_ins = [f"gpu-a/unread-{j}" for j in range(7)] + ["gpu-b/unread-0"]
+    assert sorted(s.uuid for s in got if s.never_read) == stand_ins
+    assert all(math.isnan(s.max_limit_w) and s.power_w is None for s in got if s.never_read)
+    assert "gpu-a/-1" not in plans.unowned()
     assert counted == ["gpu-a"] * 7 + ["gpu-b"]
     assert "uuid 'GPU-a0' is gpu-a's GPU 0's too" in plans.bad["gpu-b", 2]
     plans.sample(1.0)  # counted each time, logged once
@@ -576,6 +582,7 @@ def test_malformed_gpu_entries_in_an_agents_status_are_skipped_one_by_one_and_co
     emu.patch(GROUP, PLANS, "gpu-a", {"status": {"beat": 2, "gpus": [gpu(k) for k in range(8)]}})
     emu.patch(GROUP, PLANS, "gpu-b", {"status": {"beat": 2, "gpus": [gpu(0, "b"), gpu(1, "b")]}})
     assert len(plans.sample(2.0)) == 10 and plans.bad == {}  # mended: forgotten, so logged anew if bad again
+    assert plans.departed() == frozenset(stand_ins)
     emu.delete(GROUP, PLANS, "gpu-a")  # written again past the schema: a bad entry at the end
     emu.stored(GROUP, PLANS, {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodePowerPlan", "metadata": {
         "name": "gpu-a"}, "spec": {"sequence": 1}, "status": {"beat": 3, "gpus": [gpu(0), gpu(1, limit_w=None)]}})

@@ -6,6 +6,7 @@ that left the site. `NodePlans` (controller/cluster/nodes.py) writes the plans o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,8 @@ class NodeReadings:
         """UUIDs of GPUs whose node left the site, not yet handed to the fast loop."""
         self.gone: dict[str, Any] = {}
         """Node -> its agent's last beat, for each node that left the site while its plan remains (`_leave`)."""
+        self.stand_ins: dict[str, int] = {}
+        """Node -> how many of its entries stand in as GPUs never read (`_stand_ins`)."""
         self.stray: dict[str, dict[str, set[str]]] = {}
         """Node -> the keys of its stored plan's limit maps, where that plan could not be read (rewritten whole)."""
 
@@ -118,6 +121,7 @@ class NodeReadings:
                 continue  # the agent stopped reporting: its GPUs are missing (counted at their last limit)
             gpus = status.get("gpus")
             bad_now: set[tuple[str, int]] = set()
+            read_now: set[tuple[str, int]] = set()
             for k, g in enumerate(gpus if isinstance(gpus, list) else []):
                 try:
                     local, uuid, name, *watts = reading(g)
@@ -129,6 +133,7 @@ class NodeReadings:
                     bad_now.add((node, k))
                     continue
                 key = (node, local)
+                read_now.add(key)
                 index = self.index.number(key)
                 self.where[index] = key
                 service, variant = self.owners.get(key, (None, None))
@@ -142,6 +147,8 @@ class NodeReadings:
                 share = finite(g.get("memory_share"))
                 if share is not None and 0.0 <= share <= 1.0:  # which GPUs a pod holds (node_gpus.owners_of)
                     self.in_use[key] = share > IN_USE_SHARE
+            if bad_now or self.stand_ins.get(node):
+                out += self._stand_ins(node, len(bad_now), read_now)
             if self.bad:  # an entry is bad while a read finds it so: mended or gone, it is logged anew if bad again
                 self.bad = {key: why for key, why in self.bad.items() if key[0] != node or key in bad_now}
         self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
@@ -175,6 +182,8 @@ class NodeReadings:
             sample = self.samples.pop(index, None)
             if sample is not None:
                 self._departed.add(sample.uuid)
+        for j in range(self.stand_ins.pop(node, 0)):
+            self._departed.add(f"{node}/unread-{j}")
         for table in (self.beats, self.sequence, self.stray):
             table.pop(node, None)
         self._drop(node)
@@ -184,6 +193,25 @@ class NodeReadings:
 
     def _drop(self, node: str) -> None:
         """What a writer keeps of a node that left the site, dropped (nothing here)."""
+
+    def _stand_ins(self, node: str, bad: int, read_now: set[tuple[str, int]]) -> list[GpuSample]:
+        """A node's entries that cannot be read, past its GPUs read before and missing now (the fast loop counts those
+        at their last limits), as GPUs never read: counted at the most a GPU may draw and never set, as the NVML
+        source's stand-ins are (skipped, a GPU whose first report could not be read drew uncounted for good). Keyed
+        (node, -1 - j); those no longer wanted depart."""
+        missing = sum(1 for key in list(self.index) if key[0] == node and key[1] >= 0 and key not in read_now)
+        wanted, had = max(0, bad - missing), self.stand_ins.get(node, 0)
+        for j in range(wanted, had):
+            self._departed.add(f"{node}/unread-{j}")
+            self.where.pop(self.index.pop((node, -1 - j)), None)
+        self.stand_ins[node] = wanted
+        out = []
+        for j in range(wanted):
+            index = self.index.number((node, -1 - j))
+            self.where[index] = (node, -1 - j)
+            out.append(GpuSample(index, f"{node}/unread-{j}", "", None, None, math.nan, math.nan, math.nan,
+                                 never_read=True))
+        return out
 
     def _bad(self, node: str, k: int, exc: Exception) -> None:
         """An agent's GPU entry that cannot be read: skipped (its GPU is missing this tick), counted, logged

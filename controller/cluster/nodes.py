@@ -137,7 +137,8 @@ class NodePlans(NodeReadings):
     def unowned(self) -> list[str]:
         """`node/index` of every GPU seen that no LLMService's pod holds: the governor keeps it at its minimum
         limit (reported on the PowerPolicy's status)."""
-        return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners)
+        return sorted(f"{node}/{local}" for node, local in list(self.index) if (node, local) not in self.owners
+                      and local >= 0)  # not the stand-ins of entries that cannot be read (node_readings._stand_ins)
 
     # -- PowerLimiter (fast loop) ---------------------------------------------------------------
     def set_power_limit(self, gpu_index: int, watts: float) -> float:
