@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from controller.config_loader import ConfigError, quoted
 from simulator.hardware import SPECS
-from simulator.llms import LLMS, MEMORY_UTILIZATION, weights_gb
+from simulator.llms import LLMS, MEMORY_UTILIZATION, kv_capacity_tokens, weights_gb
 from simulator.personality import PERSONALITIES
 from simulator.power_law import POWER_LAWS
 
@@ -34,6 +34,17 @@ def check_weights_fit(where: str, model: str, gpu_types: Iterable[str]) -> None:
         if need > usable:
             raise ConfigError(where, f"{quoted(model)}'s weights take {need:g} GB, more than the {usable:g} GB vLLM "
                               f"may use of one {gpu} ({MEMORY_UTILIZATION:g} of its memory): it would not start")
+
+
+def check_kv_fits(where: str, model: str, gpu_types: Iterable[str], tokens: float, what: str) -> None:
+    """A request of `tokens` (`what` says which) that one replica's KV cache cannot hold on a GPU type the model runs
+    on: vLLM refuses to start where its longest request passes the cache; the simulator ran each such request alone,
+    every one a miss (2 of 45 finished in a trial's run)."""
+    for gpu in gpu_types:
+        if gpu in SPECS and tokens > (kv := kv_capacity_tokens(LLMS[model], SPECS[gpu])):
+            raise ConfigError(where, f"{what} is {tokens:g} tokens, more than the KV cache of one {quoted(model)} "
+                              f"replica on one {gpu} holds ({kv} tokens): vLLM would not start with a context that "
+                              "long")
 
 
 def check_personalities(where: str, personalities: Mapping[str, str], models: set[str], gpu_types: set[str],

@@ -60,6 +60,13 @@ class StepCost:
     kv_capacity_tokens: int
 
 
+def kv_capacity_tokens(llm: LlmSpec, gpu: GpuSpec) -> int:
+    """Tokens one replica's KV cache holds: the memory vLLM may use less the weights (2 GB at least, where vLLM would
+    not start: simulator_checks refuses that config)."""
+    free_gb = max(2.0, MEMORY_UTILIZATION * gpu.memory_gb - weights_gb(llm))
+    return int(free_gb * 1e6 / llm.kv_kb_per_token)
+
+
 def step_cost(llm: LlmSpec, gpu: GpuSpec, seed: int = 0) -> StepCost:
     """The true step law for a pair, with efficiencies drawn once from the pair's own seed."""
     key = zlib.crc32(f"{llm.name}|{gpu.name}|{seed}".encode())
@@ -70,7 +77,6 @@ def step_cost(llm: LlmSpec, gpu: GpuSpec, seed: int = 0) -> StepCost:
     bandwidth_gb_ms = gpu.memory_tb_s  # TB/s == GB/ms
     flops_per_token = 2.0 * llm.params_b * 1e9
     compute_tflop_ms = gpu.dense_tflops * 1e12 * mfu / 1e3
-    free_gb = max(2.0, MEMORY_UTILIZATION * gpu.memory_gb - weights)
     return StepCost(
         overhead_ms=rng.uniform(3.0, 6.0),
         weights_ms=weights / (bandwidth_gb_ms * mem_eff),
@@ -80,7 +86,7 @@ def step_cost(llm: LlmSpec, gpu: GpuSpec, seed: int = 0) -> StepCost:
         noise_sigma=rng.uniform(0.03, 0.06),
         hiccup_prob=0.002,
         hiccup_ms=rng.uniform(20.0, 40.0),
-        kv_capacity_tokens=int(free_gb * 1e6 / llm.kv_kb_per_token),
+        kv_capacity_tokens=kv_capacity_tokens(llm, gpu),
     )
 
 

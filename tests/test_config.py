@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from controller.cli import main
 from controller.cli_args import add_tune_args
 from controller.config_loader import ConfigError
 from controller.settings import load_settings
+from controller.simulate.scenario import load_scenario
 from queuemodels import ServiceParams, default_delta_ms, default_prior_ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -834,6 +836,26 @@ def test_a_model_whose_weights_a_gpu_type_cannot_hold_is_refused_by_name(tmp_pat
     sim = (ROOT / "config" / "sim.toml").read_text()  # an H100's 72 GB hold it
     (tmp_path / "h100.toml").write_text(sim.replace('model = "llama-3.1-8b"', 'model = "llama-3.1-70b-fp8"', 1))
     assert load_settings(tmp_path / "h100.toml").services[0].model == "llama-3.1-70b-fp8"
+
+
+def test_a_mean_request_the_kv_cache_of_one_replica_cannot_hold_is_refused_by_name(
+        tmp_path: Path, small_scenario: Callable[..., Path]) -> None:
+    """The 70-GB model on an H100 keeps 12,500 tokens of KV cache: a mean request of 32,000 ran alone, every one a
+    miss (2 of 45 finished in a trial's run), where vLLM would not start; check-config said ok. Refused in the
+    config and where a scenario's workload sets the lengths."""
+    sim = (ROOT / "config" / "sim.toml").read_text().replace('model = "llama-3.1-8b"', 'model = "llama-3.1-70b-fp8"', 1)
+    (tmp_path / "long.toml").write_text(sim.replace("in_tokens = 400", "in_tokens = 12400", 1))
+    with pytest.raises(ConfigError, match=r"^services\[chat\]\.in_tokens: in_tokens \+ out_tokens, the mean request, "
+                                          r"is 12\d{3} tokens, more than the KV cache of one 'llama-3\.1-70b-fp8' "
+                                          r"replica on one H100-SXM holds \(12500 tokens\)"):
+        load_settings(tmp_path / "long.toml")
+    scn = small_scenario('name = "kv"\nduration_s = 60\n[workload.chat]\nrate_rps = 1.0\nin_tokens = 30000\n'
+                         'out_tokens = 2000\n')
+    (tmp_path / "host.toml").write_text((tmp_path / "host.toml").read_text().replace(
+        'model = "llama-3.1-8b"', 'model = "llama-3.1-70b-fp8"'))
+    with pytest.raises(ConfigError, match=r"workload\.chat\.in_tokens: with the service's other mean, in_tokens \+ "
+                                          r"out_tokens, the mean request, is 32000 tokens, more than the KV cache"):
+        load_scenario(scn)
 
 
 def test_a_model_the_simulated_host_does_not_serve_is_refused_by_name(tmp_path: Path) -> None:

@@ -151,3 +151,21 @@ def test_the_static_fleets_load_test_scores_requests_as_the_report_and_stops_at_
     capacity = capacity_rps(replica, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0, 1024.0)
     assert 3.0 < capacity < 200.0
     assert attainment(replica, capacity, prompts, outputs, 32, 300.0, 30.0, "mean", 60.0) >= 0.99
+
+
+def test_a_service_no_load_test_rate_serves_is_named_where_the_fleet_gives_it_max_replicas(
+        small_scenario: Callable[..., Path], tmp_path: Path) -> None:
+    """A 1-ms TTFT no replica meets: the baselines' fleet took max_replicas without a word, and the report read 0.0
+    for every policy as if a fleet had been sized for it. Now it is named, in the summary's words too."""
+    from controller.simulate.command import simulate
+    from controller.simulate.sizing import static_fleet
+
+    path = small_scenario('name = "unmet"\nduration_s = 60\nseed = 3\n', gpus=3, rate_rps=2.0)
+    (tmp_path / "host.toml").write_text((tmp_path / "host.toml").read_text().replace("ttft_ms = 300", "ttft_ms = 1"))
+    scn = load_scenario(path)
+    unmet: set[str] = set()
+    assert static_fleet(scn, 3, unmet) == {"chat": {"H100-SXM": 3}} and unmet == {"chat"}
+    doc = simulate(scn, tmp_path / "report", ["static"], [3], 20.0, progress=False, explain=False)
+    assert doc["static_fleet_unmet"] == ["chat"]
+    assert "No rate of one replica's load test met the SLO of `chat`: the baselines run each such service on its " \
+        "max_replicas" in (tmp_path / "report" / "summary.md").read_text()

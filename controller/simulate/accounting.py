@@ -13,7 +13,8 @@
   BOUND_SHARE of the budget or over it (where the budget bound, and the limits let the draw pass it).
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
-  Little's law makes output tokens / request-seconds in the system of the finished requests.
+  Little's law makes output tokens / request-seconds in the system of the finished requests (one dropped or still
+  waiting at the end counts in neither, so a backlog raises it: `finished` against `requests` says how many).
 - restarts_per_hour: changes of a service's `--max-num-seqs` (each a rolling restart) per hour;
   replica_changes_per_hour likewise for its replica count.
 """

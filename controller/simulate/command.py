@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config_loader import ConfigError
+from controller.preflight import file_warnings
 from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.args import POLICIES
 from controller.simulate.frontier import FrontierUnavailable, frontier
@@ -72,6 +73,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     first: dict[str, Shown] = {}
     per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     fleets: dict[int, dict[str, dict[str, int]]] = {}
+    unmet: set[str] = set()
     flat_w = None
     if FLAT in policies:
         with tempfile.TemporaryDirectory(prefix="wattscale-simulate-") as tmp:
@@ -82,7 +84,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
         for seed in seeds:
             bar.set_description(f"seed {seed}: sizing the static fleet")
             RUN.run = f"sizing seed {seed}"
-            fleets[seed] = static_fleet(scn, seed)
+            fleets[seed] = static_fleet(scn, seed, unmet)
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
                 RUN.run = f"{policy} seed {seed}"
@@ -106,7 +108,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
             front = frontier(scn, fleets[seeds[0]])
         except FrontierUnavailable as exc:
             front = f"the emulator's frontier was not measured: {exc}"
-    doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated, front)
+    doc = summary(scn, duration_s, seeds, fleets[seeds[0]], aggregated, front, sorted(unmet))
     try:
         from controller.simulate.plots import draw_all
 
@@ -207,6 +209,8 @@ def _labelled(key: str, value: float) -> str:
 
 def simulate_command(args: argparse.Namespace) -> int:
     scn = load_scenario(Path(args.scenario))
+    for warning in file_warnings(scn.config):  # as check-config says them (a budget under the GPUs' lowest limits)
+        print(f"wattscale: warning: {warning}", file=sys.stderr)
     duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
     if not 1.0 <= duration <= scn.settings.duration_s:
         raise ConfigError("--duration-s", f"must be in [1, {scn.settings.duration_s:g}] (the scenario's duration_s), "

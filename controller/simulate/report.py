@@ -57,8 +57,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str, dict[str, int]],
-            policies: dict[str, Any], frontier: dict[str, Any] | str | None = None) -> dict[str, Any]:
-    """The report's document; `frontier` (figures, or why none were measured) where an energy target was missed."""
+            policies: dict[str, Any], frontier: dict[str, Any] | str | None = None,
+            unmet: list[str] | None = None) -> dict[str, Any]:
+    """The report's document; `frontier` (figures, or why none were measured) where an energy target was missed;
+    `unmet`, the services no rate of whose load test met their SLO on one replica."""
     return {"scenario": scn.settings.name, "description": scn.settings.description, "file": str(scn.path),
             "duration_s": duration_s, "seeds": seeds, "start_budget_w": scn.start_budget_w,
             "events": [{"at_s": e.at_s, "kind": e.kind} | {k: getattr(e, k) for k in APPLIES[e.kind]}
@@ -68,7 +70,8 @@ def summary(scn: Scenario, duration_s: float, seeds: list[int], fleet: dict[str,
                                 "itl_ms": svc.itl_ms} for svc in scn.config.services},
             "plant": {"start_delay_s": scn.config.simulator.start_delay_s,
                       "shutdown_timeout_s": scn.config.simulator.shutdown_timeout_s},
-            "static_fleet": fleet, "policies": policies, "targets": targets(scn, policies, duration_s, frontier),
+            "static_fleet": fleet, "static_fleet_unmet": unmet or [], "policies": policies,
+            "targets": targets(scn, policies, duration_s, frontier),
             "not_judged": not_judged(scn, policies, duration_s),
             **({"frontier": frontier} if frontier is not None else {})}
 
@@ -131,7 +134,11 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
              f"p99 service's requests of a {WINDOW_S:g}-s window meet theirs when the window's quantiles do): "
              + "; ".join(f"{name} (priority {t['priority']}) {t['statistic']} TTFT <= {t['ttft_ms']:g} ms, ITL <= "
                          f"{t['itl_ms']:g} ms" for name, t in doc["slos"].items()) + ".",
-             f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}.",
+             f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}."
+             + (" No rate of one replica's load test met the SLO of "
+                f"{', '.join(f'`{n}`' for n in doc['static_fleet_unmet'])}: the baselines run each such service on "
+                "its max_replicas, and no fleet of them may meet its SLO."
+                if doc.get("static_fleet_unmet") else ""),
              _plant_words(doc["plant"]),
              "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) "
              "| limits over budget (s) | energy (kWh) | tokens / J | sum T/C |", "|---|---|---|---|---|---|---|---|"]
@@ -144,9 +151,10 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
     lines += ["", f"Budget violation: seconds whose mean draw passed the budget by more than {VIOLATION_SHARE:.0%},"
               f" the first {STEP_GRACE_S:g} s after a step-down excused (raw: not excused). Sum T/C: over services,"
               " output tokens per second over requests in the system (by Little's law, output tokens per"
-              " request-second): the faster each request, the higher. Limits over budget: seconds the GPUs' power"
-              " limits summed above the budget; in those seconds only the load kept the draw under it (compare the"
-              " peak draw)."]
+              " request-second) of the finished requests (one dropped or still waiting at the end counts in"
+              " neither: read it beside finished / arrived): the faster each request, the higher. Limits over"
+              " budget: seconds the GPUs' power limits summed above the budget; in those seconds only the load kept"
+              " the draw under it (compare the peak draw)."]
     shown = [k for k in POWER_FIGURES if any(p.get(k) is not None for p in pol.values())]
     if shown:
         lines += ["", "## Power", "", "| policy | " + " | ".join(POWER_LABELS[k] for k in shown) + " |",

@@ -15,7 +15,7 @@ from controller.budget.settings import KINDS, CarbonCsvSettings, DemandResponseS
 from controller.config_loader import ConfigError, quoted
 from controller.idle_floor import below_idle, idle_w
 from controller.settings import Settings
-from controller.simulator_checks import check_personalities, check_power_laws
+from controller.simulator_checks import check_kv_fits, check_personalities, check_power_laws
 from controller.telemetry.base import shortened
 from simulator.workload import CONTEXT_TOKENS
 
@@ -61,6 +61,12 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
             raise ConfigError(f"workload.{name}.prompt_tail.min_tokens", f"{tail.min_tokens:g} with out_tokens {out:g} "
                               f"is over the engines' context of {CONTEXT_TOKENS} tokens: no prompt of the tail would "
                               "fit")
+        types = [v.accelerator for v in config.variants_of(svc)]
+        check_kv_fits(f"workload.{name}.{'in_tokens' if w.in_tokens else 'out_tokens'}", svc.model, types, tokens,
+                      "with the service's other mean, in_tokens + out_tokens, the mean request,")
+        if tail is not None and tail.share > 0.0:
+            check_kv_fits(f"workload.{name}.prompt_tail.min_tokens", svc.model, types, tail.min_tokens + out,
+                          "its shortest prompt with out_tokens")
     parts = {"telemetry.gpu_source": config.telemetry.gpu_source, "telemetry.vllm_source": config.telemetry.vllm_source,
              "actuators.power": config.actuators.power, "actuators.batch": config.actuators.batch,
              "actuators.replicas": config.actuators.replicas}

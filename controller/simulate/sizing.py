@@ -11,6 +11,7 @@ over their targets.)
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,8 @@ from simulator.personality import chosen_for
 from simulator.probe import Replica
 from simulator.requests import Finished, RequestLog
 from simulator.workload import TokenSampler
+
+log = logging.getLogger(__name__)
 
 PROBE_REQUESTS = 800
 """Requests of one load test at least ..."""
@@ -121,7 +124,7 @@ def replica_for(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -
     return Replica(svc.model, gpu_type, seed, personality=name, power_law=sim.power_laws.get(gpu_type, "dynamic"))
 
 
-def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> int:
+def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int, unmet: set[str]) -> int:
     w = scn.workload(svc.name)
     prompts, outputs = token_mix(w, svc.in_tokens, svc.out_tokens)
     peak = peak_rps(w, scn.settings.duration_s)
@@ -130,12 +133,21 @@ def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int) -> in
     cap = capacity_rps(replica_for(scn, svc, gpu_type, seed), prompts, outputs,
                        svc.initial_max_batch, svc.ttft_ms, svc.itl_ms, svc.statistic,
                        min(PROBE_S, scn.settings.duration_s), peak)
-    return svc.max_replicas if cap <= 0 else math.ceil(peak / cap)
+    if cap > 0:
+        return math.ceil(peak / cap)
+    log.warning("%s: no rate met its SLO on one %s replica in the load test (%s TTFT %g ms, ITL %g ms): the "
+                "baselines' fleet gives it max_replicas, %d", svc.name, gpu_type, svc.statistic, svc.ttft_ms,
+                svc.itl_ms, svc.max_replicas)
+    unmet.add(svc.name)
+    return svc.max_replicas
 
 
-def static_fleet(scn: Scenario, seed: int) -> dict[str, dict[str, int]]:
+def static_fleet(scn: Scenario, seed: int, unmet: set[str] | None = None) -> dict[str, dict[str, int]]:
     """Replicas per service per GPU type: each service's minimum (at least one) first, in priority order, then
-    each up to its need for the peak, on its variants' GPU types in the order the config lists them."""
+    each up to its need for the peak, on its variants' GPU types in the order the config lists them. A service no
+    rate of whose load test met its SLO gets its max_replicas, and its name goes into `unmet` (it had been sized so
+    without a word)."""
+    unmet = set() if unmet is None else unmet
     free = {t: scn.gpu_types.count(t) for t in scn.gpu_types}
     fleet: dict[str, dict[str, int]] = {}
     services = sorted(scn.config.services, key=lambda s: s.priority)
@@ -155,5 +167,5 @@ def static_fleet(scn: Scenario, seed: int) -> dict[str, dict[str, int]]:
         add(svc, max(1, svc.min_replicas))
     for svc in services:
         first = scn.config.variants_of(svc)[0].accelerator
-        add(svc, min(svc.max_replicas, max(1, svc.min_replicas, _needed(scn, svc, first, seed))))
+        add(svc, min(svc.max_replicas, max(1, svc.min_replicas, _needed(scn, svc, first, seed, unmet))))
     return fleet
