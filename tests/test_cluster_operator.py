@@ -57,6 +57,7 @@ from controller.cluster.plan_spec import read_spec
 from controller.cluster.resources import GROUP, PLANS, POLICIES, SERVICES
 from controller.cluster.snapshot import Resources
 from controller.cluster.status import Reporter, condition, since
+from controller.config_loader import ConfigError
 from controller.own_metrics import OwnMetrics
 
 OPERATOR = ["run", "--standalone", "-A", "-m", "controller.cluster.handlers"]
@@ -610,6 +611,27 @@ def test_a_decision_held_back_cycle_after_cycle_posts_one_event_until_its_text_c
         reporter.resources(res, record(r))
     texts = [e["message"] for e in events_on(emu, "chat") if e["reason"] == "Decision"]
     assert [t.split(" ")[1] for t in texts] == ["3xH100-SXM", "4xH100-SXM", "3xH100-SXM"], texts
+
+
+def test_a_power_emergency_reads_on_the_policy_as_not_ready_with_the_draw(cluster: tuple[KubeEmulator, Any]) -> None:
+    """A 600-W budget over GPUs whose lowest limits sum to 800 W: the log warned, the policy read Ready True Acting,
+    and nothing on it said the draw. It reads Ready False, OverBudget, with the draw; an invalid policy says its field
+    first."""
+    emu, client = cluster
+    emu.put(GROUP, POLICIES, policy())
+    res = Resources(None, None, {}, {}, emu.get(GROUP, POLICIES, "default") or {})
+    record = {"budget_w": 600.0, "predicted_w": 380.0, "draw_w": 812.5, "services": {},
+              "degradation": {"emergency": True, "urgent": True, "gpus_held_below_plan": 4}}
+    Reporter(client, "wattscale", "me").resources(res, record)
+    status = (emu.get(GROUP, POLICIES, "default") or {})["status"]
+    ready = status["conditions"][0]
+    assert (ready["status"], ready["reason"], status["draw_w"]) == ("False", "OverBudget", 812.5)
+    assert ready["message"] == ("power emergency: drawing 812.5 W over the 600-W budget's threshold, the governor "
+                                "holds 4 GPUs below the plan's caps, every limit at its floor: the budget is below "
+                                "what the GPUs draw at their lowest limits")
+    res.errors["policy"] = ConfigError("spec.plan_ttl_s", "5 s must be at least three fast ticks (6 s)")
+    Reporter(client, "wattscale", "me").resources(res, record)
+    assert (emu.get(GROUP, POLICIES, "default") or {})["status"]["conditions"][0]["reason"] == "Invalid"
 
 
 def test_a_status_or_event_write_that_fails_is_said_once_a_run_per_resource_translated(

@@ -81,7 +81,9 @@ SERVICE_STATUS: dict[str, Any] = {"type": "object", "properties": {
              "description": "What the stability gate or an actuator held back this cycle."}}}
 POLICY_STATUS: dict[str, Any] = {"type": "object", "properties": {
     "leader": {"type": "string"}, "services": {"type": "integer"}, "budget_w": {"type": "number"},
-    "predicted_w": {"type": "number", "nullable": True}, "conditions": _conditions(),
+    "predicted_w": {"type": "number", "nullable": True},
+    "draw_w": {"type": "number", "nullable": True, "description": "The GPUs' draw at the last plan (null: not read)."},
+    "conditions": _conditions(),
     "unowned_gpus": {"type": "array", "items": {"type": "string"},
                      "description": "GPUs (node/index) on the selected nodes no LLMService's pod holds: held at "
                      "their minimum limit."}}}
@@ -131,8 +133,10 @@ def crds() -> list[dict[str, Any]]:
     w = CLUSTER_ONLY
     return [
         crd("PowerPolicy", POLICIES, "Cluster", w.object(PowerPolicySpec), POLICY_STATUS,
-            [("Budget", "number", ".spec.power.budget_w"), ("Predicted", "number", ".status.predicted_w"),
-             ("Leader", "string", ".status.leader"), ("Ready", "string", ".status.conditions[0].status")],
+            [("Budget", "number", ".spec.power.budget_w"), ("In force", "number", ".status.budget_w"),
+             ("Draw", "number", ".status.draw_w"), ("Predicted", "number", ".status.predicted_w"),
+             ("Leader", "string", ".status.leader"), ("Ready", "string", ".status.conditions[0].status"),
+             ("Why", "string", ".status.conditions[0].message")],
             ["pp"]),
         crd("LLMService", SERVICES, "Namespaced", w.object(LlmServiceSpec), SERVICE_STATUS,
             [("Accelerator", "string", ".status.decision.accelerator"),

@@ -28,6 +28,19 @@ def condition(ok: bool, reason: str, message: str) -> dict[str, Any]:
             "lastTransitionTime": _stamp()}
 
 
+def emergency(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Ready False where the cycle's record says the governor is in a power emergency (it had read Ready True Acting
+    with every limit at its floor and the site over the budget's threshold)."""
+    if record is None or not (d := record.get("degradation") or {}).get("emergency"):
+        return None
+    drawn = f" drawing {record['draw_w']:g} W" if record.get("draw_w") is not None else ""
+    floor = ", every limit at its floor: the budget is below what the GPUs draw at their lowest limits" \
+        if d.get("urgent") else ""
+    return condition(False, "OverBudget", f"power emergency:{drawn} over the {record.get('budget_w', 0):g}-W "
+                     f"budget's threshold, the governor holds {d.get('gpus_held_below_plan', 0)} GPUs below the "
+                     f"plan's caps{floor}")
+
+
 def stored(obj: dict[str, Any]) -> dict[str, Any]:
     """The resource's stored condition ({} where it has none, or one that is no object)."""
     old = ((obj.get("status") or {}).get("conditions") or [{}])[0]
@@ -167,13 +180,16 @@ class Reporter:
             self._patch_status(ns, SERVICES, name, status)
         policy_err = res.errors.get("policy")
         budget = (record or {}).get("budget_w")
+        ready = condition(policy_err is None and acting, "Invalid" if policy_err else "Acting" if acting
+                          else "Starting", str(policy_err) if policy_err else "this operator holds the Lease and "
+                          + ("acts" if acting else "starts to act (its node plans not made yet)"))
+        if policy_err is None and acting:  # an invalid policy says so first: the field to mend
+            ready = emergency(record) or ready
         pstatus: dict[str, Any] = {"leader": self.identity, "services": len(res.objects) - len(
-            [k for k in res.errors if k != "policy"]),
-            "conditions": [condition(policy_err is None and acting, "Invalid" if policy_err else "Acting" if acting else
-                                     "Starting", str(policy_err) if policy_err else "this operator holds the Lease and "
-                                     + ("acts" if acting else "starts to act (its node plans not made yet)"))]}
+            [k for k in res.errors if k != "policy"]), "conditions": [ready]}
         if budget is not None:
-            pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"))
+            pstatus.update(budget_w=budget, predicted_w=(record or {}).get("predicted_w"),
+                           draw_w=(record or {}).get("draw_w"))
         if unowned is not None:
             pstatus["unowned_gpus"] = unowned
         policy = res.policy_obj
