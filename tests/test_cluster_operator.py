@@ -151,6 +151,7 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
     emu.put("apps", "deployments", deployment("vllm-l4", "l4", 0, 64))
     emu.put(GROUP, SERVICES, service("bad-acc", "vllm-l4", accelerator="L4"))  # in the catalogue, not the policy
     emu.put(GROUP, SERVICES, service("no-deploy", "vllm-missing"))
+    emu.put(GROUP, SERVICES, service("bad-name", "Bad_Name!"))  # asked of the API, it read "no Deployment"
     emu.put(GROUP, SERVICES, service("min-max", "vllm-chat", min_replicas=5, max_replicas=2))
     theirs = deployment("vllm-theirs", "theirs", 1, 64)  # its owner has not let wattscale drive it
     del theirs["metadata"]["labels"]
@@ -171,10 +172,12 @@ def test_operator_plans_scales_reargues_reports_and_the_agent_applies(cluster: t
               what="the budget source's budget in force")
         # Bad resources: each reported on itself, by field; the good one is still controlled.
         why = {n: until(lambda n=n: status_of(emu, n).get("conditions"), what=n)[0] for n in
-               ("bad-acc", "no-deploy", "min-max", "not-ours")}
+               ("bad-acc", "no-deploy", "bad-name", "min-max", "not-ours")}
         assert all(c["status"] == "False" and c["reason"] == "Invalid" for c in why.values())
         assert why["bad-acc"]["message"] == "spec.variants: accelerator 'L4' is not among the accelerators ['H100-SXM']"
         assert why["no-deploy"]["message"] == "spec.variants[0].deployment: no Deployment llm/vllm-missing"
+        assert why["bad-name"]["message"] == ("spec.variants[0].deployment: 'Bad_Name!' is no Deployment name "
+                                              "(lowercase letters, digits, '-' and '.', at most 253 characters)")
         assert why["min-max"]["message"].startswith("spec.min_replicas: must be between 0 and max_replicas (2)")
         assert why["not-ours"]["message"] == ("spec.variants[0].deployment: Deployment llm/vllm-theirs has no label "
                                               "wattscale.dev/managed=true, by which its owner lets wattscale scale it "
@@ -370,6 +373,24 @@ def test_a_policy_failing_past_every_check_is_reported_not_raised(
                        str(tmp_path / "state"))
     res = loop.read()
     assert res.settings is None and str(res.errors["policy"]).startswith("spec: TypeError: \"unhashable type")
+
+
+def test_a_service_refused_for_another_field_holds_no_deployment(cluster: tuple[KubeEmulator, Any],
+                                                                  tmp_path: Path) -> None:
+    """`bigdomain` (older by name within the second) names a domain the policy lacks, and `chat` the same Deployment:
+    bigdomain claimed it before its domain was checked, so both were refused and no service drove vllm-chat. The
+    claims are read again once a service is left out: chat takes it."""
+    emu, _ = cluster
+    odd = service("bigdomain", "vllm-chat")
+    odd["spec"]["variants"][0]["domain"] = "rack-9"
+    emu.put(GROUP, SERVICES, odd)
+    emu.put(GROUP, SERVICES, service("chat", "vllm-chat"))
+    emu.put(GROUP, POLICIES, policy())
+    loop = ClusterLoop(api_client(str(tmp_path / "kubeconfig")), "default", "by-hand", "wattscale",
+                       str(tmp_path / "state"))
+    res = loop.read()
+    assert res.settings is not None and [x.name for x in res.settings.services] == [f"{NS}/chat"]
+    assert list(res.errors) == [f"{NS}/bigdomain"] and "rack-9" in str(res.errors[f"{NS}/bigdomain"])
 
 
 def test_the_loop_stepped_by_hand_reports_a_bad_policy_and_keeps_the_last_good_settings(

@@ -16,6 +16,7 @@ from typing import Any
 
 from controller.budget.settings import DemandResponseSettings, budget_settings
 from controller.config_loader import ConfigError, build, check_positive, check_range, quoted
+from controller.endpoint_checks import DNS_SUBDOMAIN
 from controller.service_settings import PriorSettings, ServiceSettings
 from controller.settings import (
     AcceleratorSettings,
@@ -31,6 +32,7 @@ from controller.settings import (
     check_domains_nest,
 )
 from controller.settings_checks import MAX_POWER_W
+from controller.telemetry.base import shortened
 from queuemodels.accelerators import CATALOG
 
 GROUP = "wattscale.dev"
@@ -205,6 +207,9 @@ def service_settings(namespace: str, name: str, spec: dict[str, Any]) -> Service
         if v.accelerator not in CATALOG:
             raise ConfigError(f"spec.variants[{i}].accelerator", f"unknown accelerator {quoted(v.accelerator)}, "
                               f"expected one of {sorted(CATALOG)}")
+        if not DNS_SUBDOMAIN.fullmatch(v.deployment):  # else asked of the API: "no Deployment", or a 414 retried
+            raise ConfigError(f"spec.variants[{i}].deployment", f"{quoted(shortened(v.deployment))} is no Deployment "
+                              "name (lowercase letters, digits, '-' and '.', at most 253 characters)")
     data = {k: v for k, v in spec.items() if k != "variants"}
     data["name"] = f"{namespace}/{name}"
     data["variants"] = [{"accelerator": v.accelerator, "deployment": v.deployment, "domain": v.domain}

@@ -78,38 +78,58 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
         errors["policy"] = unchecked("spec", exc)
         return Resources(None, None, errors, objects, policy_obj)
     assert policy is not None
-    services: dict[str, ServiceSettings] = {}
-    owners: dict[tuple[str, str], str] = {}
-    # oldest first: a cross-field error (min_replicas past the inventory) falls on the newcomer, not on a
-    # service that was running before it came
+    read: dict[str, ServiceSettings] = {}
+    # oldest first (then by name, within a timestamp's second): a cross-field error (min_replicas past the inventory)
+    # or a Deployment claimed twice falls on the newcomer, not on a service that was running before it came
     for key, obj in sorted(objects.items(), key=lambda kv: (str(kv[1]["metadata"].get("creationTimestamp")),
                                                             kv[0])):
         ns, name = key.split("/", 1)
         try:
-            svc = service_settings(ns, name, resource_spec(obj))
-            deployments.check(svc)
-            for i, v in enumerate(svc.variants):
-                other = owners.setdefault((ns, v.deployment), key)
-                if other != key:
-                    raise ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{v.deployment} is already "
-                                      f"LLMService {other}'s")
-            services[key] = svc
+            read[key] = service_settings(ns, name, resource_spec(obj))
+            deployments.check(read[key])
         except ConfigError as exc:
             errors[key] = exc
+            read.pop(key, None)
         except Exception as exc:  # the API failed on a Deployment: this service waits, the others go on
             errors[key] = ConfigError("spec.variants", str(exc))
-    while True:  # a cross-field error names its service: that one is left out, the others go on
+            read.pop(key, None)
+    left_out: dict[str, ConfigError] = {}
+    while True:  # a cross-field error names its service: that one is left out, and the others' claims read again
+        services, claimed = _claims({k: v for k, v in read.items() if k not in left_out})
         try:
             domains = {} if plans is None else plans.domain_gpus({d.name: d.node_selector for d in policy.domains})
-            return Resources(settings_of(policy, list(services.values()), state_dir, domains), policy,
-                             errors, objects, policy_obj)
+            settings = settings_of(policy, list(services.values()), state_dir, domains)
+            errors.update(claimed | left_out)
+            return Resources(settings, policy, errors, objects, policy_obj)
         except ConfigError as exc:
             named = service_field(exc.where)
             if named is None or named[0] not in services:
+                errors.update(claimed | left_out)
                 errors["policy"] = ConfigError(policy_field(exc.where), exc.reason)
                 return Resources(None, policy, errors, objects, policy_obj)
-            del services[named[0]]
-            errors[named[0]] = ConfigError(named[1], exc.reason)
+            left_out[named[0]] = ConfigError(named[1], exc.reason)
         except Exception as exc:
+            errors.update(claimed | left_out)
             errors["policy"] = unchecked("spec", exc)
             return Resources(None, policy, errors, objects, policy_obj)
+
+
+def _claims(read: dict[str, ServiceSettings]) -> tuple[dict[str, ServiceSettings], dict[str, ConfigError]]:
+    """The services whose Deployments no service before them (oldest first) claims, and why each other is refused.
+    Run again once a service is left out, its Deployments free: refused later for another field, it had held them,
+    and the one it blocked was refused too, no service driving the Deployment."""
+    owners: dict[tuple[str, str], str] = {}
+    services: dict[str, ServiceSettings] = {}
+    refused: dict[str, ConfigError] = {}
+    for key, svc in read.items():
+        ns = key.split("/", 1)[0]
+        taken = next(((i, v.deployment, owners[ns, v.deployment]) for i, v in enumerate(svc.variants)
+                      if (ns, v.deployment) in owners), None)
+        if taken is not None:
+            i, deployment, other = taken
+            refused[key] = ConfigError(f"spec.variants[{i}].deployment", f"{ns}/{deployment} is already LLMService "
+                                       f"{other}'s")
+            continue
+        owners.update(((ns, v.deployment), key) for v in svc.variants)
+        services[key] = svc
+    return services, refused
