@@ -28,7 +28,7 @@ from controller.failures import Failures
 from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
 from controller.handoff import Handoff
-from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
+from controller.optimizer import AcceleratorType, Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan, ceiling_of
 from controller.settings import Settings
@@ -189,15 +189,18 @@ class Controller:
             solution = solve(problem, self.solver)
         except Exception as exc:
             self.error("optimizer", str(exc))
-            problem, solution = None, None
+            problem, solution = None, None  # the draw and any emergency are recorded all the same (status reads them)
+            record["degradation"] = {"emergency": self.governor.emergency, "urgent": self.governor.exhausted,
+                                     "gpus_held_below_plan": self.fast.held_gpus}
+        record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for svc in s.services:
             record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
         self.estimator.save_margins()
         for demand in problem.services if problem is not None else ():
             if demand.untried:
                 record["services"][demand.name]["untried"] = sorted(demand.untried)
-        if solution is not None:
-            self._apply(now, solution, in_force, windows, record)
+        if solution is not None and problem is not None:
+            self._apply(now, solution, in_force, windows, record, problem.accelerators)
         self._publish(self.fast.plan.version + 1)
         for name, tops in self.fast.plan.ceilings_w.items():  # as published, a cycle whose plan failed too
             if name in record["services"]:
@@ -224,16 +227,18 @@ class Controller:
     def _problem(self, now: float) -> Problem:
         s, o = self.settings, self.settings.optimizer
         self.empty.observe(self.fast.ledger.take_free(), self.fast.samples, [a.name for a in s.accelerators])
-        accs = self.empty.offers(s.accelerators, self.fast.samples, self.fast.listing.out_of_service(now))
+        out = self.fast.listing.out_of_service(now)  # off the inventory, placed on by none, their watts reserved
+        accs, lost = self.empty.offers(s.accelerators, self.fast.samples, out), frozenset(g.index for g in out)
         demands = []
         for svc in s.services:
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
             margin = self.estimator.margins.margin(svc.name, o.slo_margin_step, o.slo_margin_max)
             self.metrics.slo_margin.labels(svc.name).set(margin)
             demands.append(service_demand(svc, load, margin, self.assignments[svc.name], self.variants[svc.name],
-                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc),
+                                          self.kv_tokens[svc.name], self.tuner, self.basis, placements(s, svc, lost),
                                           self.estimator.serving.get(svc.name)))
-        return Problem(tuple(demands), accs, self.tick_power.planned_w(), o.objective, s.power.mode, o.batch_sizes,
+        budget_w = max(0.0, self.tick_power.planned_w() - self.fast.listing.counted_w(out))
+        return Problem(tuple(demands), accs, budget_w, o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
                        clock_min_saving=o.clock_min_saving, domains=domain_rooms(s, self.empty.learnt_w()),
                        energy_weight=o.energy_weight, untried_margin=o.slo_margin_max)
@@ -244,7 +249,9 @@ class Controller:
         return self.settings.optimizer.clock_levels if steer is not None and steer.off is None else (1.0,)
 
     def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce],
-               observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any]) -> None:
+               observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any],
+               offered: tuple[AcceleratorType, ...]) -> None:
+        """Gate and enforce the plan on the inventory it was made on (`offered`: GPUs out of service left out)."""
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
@@ -262,8 +269,7 @@ class Controller:
         changed = []
         pending = []
         degradation.update(urgent=urgent, emergency=self.governor.emergency, ramp_bound=self.governor.ramp_bound)
-        record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
-        most = {a.name: a.count // a.gpus_per_replica for a in self.settings.accelerators}
+        most = {a.name: a.count // a.gpus_per_replica for a in offered}
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = current if svc.name in untold else result.planned(current, svc.min_replicas,
@@ -286,7 +292,7 @@ class Controller:
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")
-        admitted = self.gate.make_room(Inventory.of(self.settings.accelerators,
+        admitted = self.gate.make_room(Inventory.of(offered,
                                                         (got.live for got in in_force.values())), pending)
         by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
                                                                   strict=True)}

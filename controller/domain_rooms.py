@@ -20,15 +20,17 @@ def domain_rooms(settings: Settings, empty_w: Mapping[str, float] | None = None)
                  for d in settings.power.domains)
 
 
-def placements(settings: Settings, svc: ServiceSettings) -> dict[str, tuple[int, ...]]:
+def placements(settings: Settings, svc: ServiceSettings, lost: frozenset[int] = frozenset()
+               ) -> dict[str, tuple[int, ...]]:
     """Per accelerator, the GPUs the service's replicas take in order: the variant's own, or those of the domain
-    it runs in (its replicas' watts land there, whichever of them they take); neither: unknown placement."""
-    pools = {d.name: d.gpus for d in settings.power.domains}
+    it runs in (its replicas' watts land there, whichever of them they take); neither: unknown placement. GPUs out of
+    service (`lost`) are none of them."""
+    pools = {d.name: tuple(i for i in d.gpus if i not in lost) for d in settings.power.domains}
     per_replica = {a.name: a.gpus_per_replica for a in settings.accelerators}
     out = {}
     for v in settings.variants_of(svc):
         if v.gpus:
-            out[v.accelerator] = v.gpus
+            out[v.accelerator] = tuple(i for i in v.gpus if i not in lost)
         elif pool := pools.get(v.domain, ()):  # every replica lands in the pool, however many: its GPUs repeated
             out[v.accelerator] = pool * -(-svc.max_replicas * per_replica.get(v.accelerator, 1) // len(pool))
     return out

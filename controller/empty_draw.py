@@ -112,4 +112,7 @@ class EmptyDraw:
         return tuple(out)
 
     def _of(self, g: GpuSample, accelerators: Sequence[str]) -> str | None:
-        return g.variant if g.variant in accelerators else self._kind(g.name, accelerators)
+        """A listed GPU's type; none for a stand-in of a GPU never read (no name: one type's only GPU it is not)."""
+        if g.variant in accelerators:
+            return g.variant
+        return None if g.never_read or not g.name else self._kind(g.name, accelerators)

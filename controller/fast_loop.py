@@ -117,7 +117,7 @@ class FastLoop:
                 self.retry.forget(limit_key(uuid), since)
             if self.limits.implausible > len(problems):
                 self.metrics.errors.labels("gpu_limits").inc(self.limits.implausible - len(problems))
-            samples, missing = self._with_missing(samples)
+            samples, missing = self._with_missing(samples, now)
             self.samples, self.unknown = samples, unknown
             # one plan for the whole tick, whatever the slow loop swaps
             self._govern(now, samples, missing | unknown, self.plan)
@@ -141,10 +141,10 @@ class FastLoop:
             log.info("power: the %.0f-W threshold is above the GPUs' lowest limits, %.0f W, again", threshold_w,
                      floors_w)
 
-    def _with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
+    def _with_missing(self, samples: list[GpuSample], now: float) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with the GPUs missing from it (`GpuListing.with_missing`); the series of a number no GPU holds
         now (a node renamed) dropped."""
-        samples, missing = self.listing.with_missing(samples)
+        samples, missing = self.listing.with_missing(samples, now)
         numbers = {g.index for g in samples}
         for index in [i for i in self.series if i not in numbers]:
             self._drop_series(index)

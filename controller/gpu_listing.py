@@ -44,6 +44,10 @@ class GpuListing:
         """Every GPU listed so far, by UUID, as last read."""
         self.missing: set[str] = set()
         """GPUs seen before and missing from the last listing."""
+        self.missing_since: dict[str, float] = {}
+        """Each of them, since when (fast loop time)."""
+        self.retired: dict[str, GpuSample] = {}
+        """GPUs gone for good (`forget`), as last read: out of service for planning unless listed again."""
         self.no_draw: set[str] = set()
         """GPUs whose last reading was no draw."""
         self.unread: dict[str, float] = {}
@@ -81,7 +85,7 @@ class GpuListing:
         self.unread = {uuid: self.unread.get(uuid, now) for uuid in unread}
         return back
 
-    def with_missing(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str]]:
+    def with_missing(self, samples: list[GpuSample], now: float) -> tuple[list[GpuSample], frozenset[str]]:
         """The listing with every GPU seen before and missing now added back at its last limit, unread; and which
         those are. Each is counted once as it goes, the first few said one by one (an exporter of a whole cluster
         gone: thousands of lines in a second)."""
@@ -96,18 +100,33 @@ class GpuListing:
             self.metrics.errors.labels("gpu_missing").inc(len(gone) - SAID_ONE_BY_ONE)
             log.warning("%d more GPUs missing from the listing, each at its last limit", len(gone) - SAID_ONE_BY_ONE)
         self.missing = {g.uuid for g in missing}
+        self.missing_since = {uuid: self.missing_since.get(uuid, now) for uuid in self.missing}
+        if self.retired and any(uuid in self.retired for uuid in listed):  # back after all (a key changed)
+            self.retired = {uuid: g for uuid, g in self.retired.items() if uuid not in listed}
         self.seen.update((g.uuid, g) for g in samples)
         return samples + missing, frozenset(self.missing)
 
     def out_of_service(self, now: float, after_s: float = OUT_OF_SERVICE_S) -> list[GpuSample]:
-        """GPUs no replica can be planned on: seen before and missing from the listing, or listed and unread for
-        `after_s` or longer (one fallen off the bus that the driver still lists). Read by the slow loop: each field
-        read is a reference the fast loop swaps whole."""
-        seen, unread = self.seen, self.unread
-        gone = [*self.missing, *(u for u, since in unread.items() if now - since >= after_s)]
-        return [g for u in gone if (g := seen.get(u)) is not None]
+        """GPUs no replica can be planned on: missing from the listing or listed and unread (one fallen off the bus
+        that the driver still lists), each for `after_s` or longer (an agent's restart, a scrape that missed a series,
+        a lost reading move no replica), and those gone for good. Read by the slow loop: `missing_since`, `unread`
+        and `retired` are swapped whole by the fast loop, `seen` read by key."""
+        since = [*self.missing_since.items(), *self.unread.items()]
+        seen = self.seen
+        out = [g for u, t in since if now - t >= after_s and (g := seen.get(u)) is not None]
+        return out + list(self.retired.values())
+
+    def counted_w(self, out: list[GpuSample]) -> float:
+        """What the governor still counts GPUs out of service at (their last limit), but those gone for good: a plan
+        that leaves them out reserves it (in the count, each had been planned at its empty draw)."""
+        retired = self.retired
+        return sum(g.power_limit_w for g in out if g.uuid not in retired and math.isfinite(g.power_limit_w))
 
     def forget(self, uuid: str) -> None:
-        """A GPU gone for good: no longer counted as missing."""
-        self.seen.pop(uuid, None)
-        self.missing.discard(uuid)
+        """A GPU gone for good: no longer counted as missing, and out of service for planning (a stand-in of a GPU
+        never read that departs as it reads is not: the GPU is there)."""
+        g = self.seen.pop(uuid, None)
+        if g is not None and not g.never_read:
+            self.retired = {**self.retired, uuid: g}
+        self.missing = self.missing - {uuid}
+        self.missing_since = {u: t for u, t in self.missing_since.items() if u != uuid}
