@@ -673,9 +673,8 @@ def test_a_status_or_event_write_that_fails_is_said_once_a_run_per_resource_tran
             **shape, "replicas": 1}, "short_rps": 0.0, "reason": ""}}})
     said = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
     assert said == [
-        "events not written (on LLMService chat): events: forbidden: the Role must allow create on events (HTTP 403)",
-        "status of powerpolicies/default not written: status of powerpolicies/default: API server error (HTTP 500 "
-        "Internal Server Error)"], said
+        "events on LLMService llm/chat not written: forbidden: the Role must allow create on events (HTTP 403)",
+        "status of powerpolicies/default not written: API server error (HTTP 500 Internal Server Error)"], said
     assert (emu.get(GROUP, SERVICES, "chat", NS) or {})["status"]["conditions"]
 
 

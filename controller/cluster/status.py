@@ -145,15 +145,15 @@ class Reporter:
                            first_timestamp=now, last_timestamp=now, count=1)
         try:
             self.core.create_namespaced_event(ns, body, _request_timeout=self.timeout_s)
-            self.failing.discard("events")
+            self.failing.discard(f"events on {kind} {ns}/{meta['name']}")
         except Exception as exc:
-            self._failed("events", exc, "create on events", f" (on {kind} {meta['name']})")
+            self._failed(f"events on {kind} {ns}/{meta['name']}", exc, "create on events")
 
-    def _failed(self, what: str, exc: Exception, needs: str, where: str = "") -> None:
+    def _failed(self, what: str, exc: Exception, needs: str) -> None:
         """One line a run of failures, the client's error translated (the raw exception filled five lines, headers
         and body, on every decision)."""
         if what not in self.failing:
-            log.warning("%s not written%s: %s", what, where, translate(exc, what, needs))
+            log.warning("%s not written: %s", what, str(translate(exc, what, needs)).removeprefix(f"{what}: "))
         self.failing.add(what)
 
     def resources(self, res: Resources, record: dict[str, Any] | None = None,
