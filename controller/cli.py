@@ -67,7 +67,7 @@ def _check(args: argparse.Namespace) -> int:
         from controller.simulate.scenario import load_scenario
 
         scn = load_scenario(Path(args.file))
-        for warning in file_warnings(scn.config):  # its config's, at the scenario's budget (as `simulate` warns)
+        for warning in scn.warnings():  # its config's at each budget it states (as `simulate` warns)
             print(f"wattscale: warning: {warning}", file=sys.stderr)
         n = len(scn.config.services)
         print(f"{args.file}: ok (a scenario: {n} service{'s' * (n != 1)} for {scn.settings.duration_s:g} s, budget "

@@ -14,7 +14,7 @@ from controller.config_loader import ConfigError, quoted, svc_path
 from controller.endpoint_checks import check_endpoints
 from controller.idle_floor import below_idle, idle_w
 from controller.minimums import minimum_fits
-from controller.simulator_checks import check_kv_fits, check_personalities, check_power_laws, check_weights_fit
+from controller.simulator_checks import check_personalities, check_power_laws, check_service_fits
 from queuemodels import ModelInputError, get_model
 from queuemodels.accelerators import CATALOG
 from simulator.llms import LLMS
@@ -281,9 +281,8 @@ def _simulated_host(s: Settings) -> None:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
                               f"serves; expected one of {sorted(LLMS)}")
-        check_weights_fit(f"{svc_path(svc.name)}.model", svc.model, (v.accelerator for v in s.variants_of(svc)))
-        check_kv_fits(f"{svc_path(svc.name)}.in_tokens", svc.model, (v.accelerator for v in s.variants_of(svc)),
-                      svc.in_tokens + svc.out_tokens, "in_tokens + out_tokens, the mean request,")
+        check_service_fits(svc_path(svc.name), svc.model, [v.accelerator for v in s.variants_of(svc)],
+                           svc.in_tokens, svc.out_tokens)
         if svc.in_tokens + svc.out_tokens > CONTEXT_TOKENS:  # its engines cut there: a plan for requests never sent
             name = "in_tokens" if svc.in_tokens > CONTEXT_TOKENS else "out_tokens"
             raise ConfigError(f"{svc_path(svc.name)}.{name}", f"in_tokens + out_tokens is {svc.in_tokens:g} + "

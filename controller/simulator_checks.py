@@ -36,6 +36,14 @@ def check_weights_fit(where: str, model: str, gpu_types: Iterable[str]) -> None:
                               f"may use of one {gpu} ({MEMORY_UTILIZATION:g} of its memory): it would not start")
 
 
+def check_service_fits(where: str, model: str, gpu_types: list[str], in_tokens: float, out_tokens: float) -> None:
+    """A service's model on each GPU type it runs on: its weights, and its mean request in one replica's KV cache
+    (named by the longer of its two lengths)."""
+    check_weights_fit(f"{where}.model", model, gpu_types)
+    check_kv_fits(f"{where}.{'in_tokens' if in_tokens >= out_tokens else 'out_tokens'}", model, gpu_types,
+                  in_tokens + out_tokens, "in_tokens + out_tokens, the mean request,")
+
+
 def check_kv_fits(where: str, model: str, gpu_types: Iterable[str], tokens: float, what: str) -> None:
     """A request of `tokens` (`what` says which) that one replica's KV cache cannot hold on a GPU type the model runs
     on: vLLM refuses to start where its longest request passes the cache; the simulator ran each such request alone,

@@ -167,5 +167,5 @@ def test_a_service_no_load_test_rate_serves_is_named_where_the_fleet_gives_it_ma
     assert static_fleet(scn, 3, unmet) == {"chat": {"H100-SXM": 3}} and unmet == {"chat"}
     doc = simulate(scn, tmp_path / "report", ["static"], [3], 20.0, progress=False, explain=False)
     assert doc["static_fleet_unmet"] == ["chat"]
-    assert "No rate of one replica's load test met the SLO of `chat`: the baselines run each such service on its " \
-        "max_replicas" in (tmp_path / "report" / "summary.md").read_text()
+    assert "No rate of one replica's load test met the SLO of `chat`: the baselines ask each such service's " \
+        "max_replicas, as far as the GPUs go" in (tmp_path / "report" / "summary.md").read_text()

@@ -115,11 +115,22 @@ def test_an_attainment_miss_says_what_the_better_baselines_limits_were(small_sce
                    "budget of 1400 W: those ahead ran on limits that a hard budget does not allow")
     assert got["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.9900)"]["why"].endswith(
         "under a mean budget of 1400 W: static ran on limits that a hard budget does not allow")
-    # a budget under the GPUs' lowest limits: wattscale's sum is over it too, and the line says no policy holds it
-    floor = {t["target"]: t for t in targets(scn, {**ahead, "wattscale": _policy(0.98, 30.0)}, 3600.0)}
+    # wattscale's sum over the budget too: nothing tells them apart, and no cause is claimed where the budget is
+    # above the GPUs' lowest limits (1,400 W over 2 x 200 W) ...
+    over = {**ahead, "wattscale": _policy(0.98, 30.0) | {"budget_violation_s": 3.0}}
+    both = {t["target"]: t for t in targets(scn, over, 3600.0)}
+    assert both["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.9900)"]["why"].endswith(
+        "under a mean budget of 1400 W: wattscale passed a line too, so the hard limits do not tell them apart")
+    assert both["budget_violation_s = 0"]["why"] == "wattscale's GPUs' power limits summed above the budget for 30 s"
+    # ... and where it is below them, that no policy can hold it (350 W less headroom under 400 W)
+    low = load_scenario(small_scenario('name = "f"\nduration_s = 60\nseed = 3\n', budget_w=350.0))
+    floor = {t["target"]: t for t in targets(low, over, 3600.0)}
     assert floor["chat (priority 1): slo_attainment >= 0.99 (static reaches 0.9900)"]["why"].endswith(
-        "under a mean budget of 1400 W: wattscale's limits pass a line only where it is below its GPUs' lowest limits, "
-        "which no policy can hold")
+        ": the budget at its lowest, 340 W less headroom, is below the GPUs' lowest limits, 400 W, which no policy can "
+        "hold")
+    assert floor["budget_violation_s = 0"]["why"].endswith("for 30 s: the budget at its lowest, 340 W less headroom, "
+                                                         "is below the GPUs' lowest limits, 400 W, which no policy can "
+                                                         "hold")
     # static's limits over a budget its draw never neared (spare GPUs at their highest limit): not what it ran on
     spare = {t["target"]: t for t in targets(scn, {"static": _policy(0.99, 60.0, bound_s=0.0),
                                                     "wattscale": _policy(0.98, 0.0)}, 3600.0)}

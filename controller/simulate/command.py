@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from controller.config_loader import ConfigError
-from controller.preflight import file_warnings
 from controller.simulate.accounting import Shown, figures, shown
 from controller.simulate.args import POLICIES
 from controller.simulate.frontier import FrontierUnavailable, frontier
@@ -84,7 +83,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
         for seed in seeds:
             bar.set_description(f"seed {seed}: sizing the static fleet")
             RUN.run = f"sizing seed {seed}"
-            fleets[seed] = static_fleet(scn, seed, unmet)
+            fleets[seed] = static_fleet(scn, seed, unmet if seed == seeds[0] else set())  # the fleet summary.md shows
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
                 RUN.run = f"{policy} seed {seed}"
@@ -209,7 +208,7 @@ def _labelled(key: str, value: float) -> str:
 
 def simulate_command(args: argparse.Namespace) -> int:
     scn = load_scenario(Path(args.scenario))
-    for warning in file_warnings(scn.config):  # as check-config says them (a budget under the GPUs' lowest limits)
+    for warning in scn.warnings():  # as check-config says them (a budget under the GPUs' lowest limits)
         print(f"wattscale: warning: {warning}", file=sys.stderr)
     duration = args.duration_s if args.duration_s is not None else scn.settings.duration_s
     if not 1.0 <= duration <= scn.settings.duration_s:

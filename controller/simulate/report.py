@@ -136,8 +136,8 @@ def markdown(doc: dict[str, Any], images: list[str]) -> str:
                          f"{t['itl_ms']:g} ms" for name, t in doc["slos"].items()) + ".",
              f"The baselines' fleet (sized for the peak by load tests of one replica): {_fleet(doc['static_fleet'])}."
              + (" No rate of one replica's load test met the SLO of "
-                f"{', '.join(f'`{n}`' for n in doc['static_fleet_unmet'])}: the baselines run each such service on "
-                "its max_replicas, and no fleet of them may meet its SLO."
+                f"{', '.join(f'`{n}`' for n in doc['static_fleet_unmet'])}: the baselines ask each such service's "
+                "max_replicas, as far as the GPUs go, and no fleet of them may meet its SLO."
                 if doc.get("static_fleet_unmet") else ""),
              _plant_words(doc["plant"]),
              "", "## Site", "", "| policy | budget violation (s) | over budget, raw (s) | peak draw (W) "

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
 from controller.config_loader import ConfigError, build, check_range, quoted
+from controller.preflight import file_warnings
 from controller.service_settings import MAX_DURATION_S
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
@@ -204,6 +205,28 @@ class Scenario:
     def start_unix_s(self) -> float:
         """`start_utc` as Unix seconds: what the budget sources read at simulated second 0."""
         return parse_utc_s(self.settings.start_utc)
+
+    def stated_budgets(self, duration_s: float | None = None) -> list[tuple[str, float]]:
+        """Each site budget the scenario states (before `duration_s`, where given), with the field that states it:
+        the start's, and each budget or demand-response event's."""
+        start = "budget_w" if self.settings.budget_w else "power.budget_w"
+        return [(start, self.start_budget_w)] + [
+            (f"events[{i}].budget_w", e.budget_w) for i, e in enumerate(self.settings.events)
+            if e.kind in ("budget", "demand_response") and e.budget_w is not None
+            and (duration_s is None or e.at_s < duration_s)]
+
+    def warnings(self) -> list[str]:
+        """What check-config warns of its config at each budget it states, named by the scenario's field (at the
+        run's highest budget alone, a start or a step under the GPUs' lowest limits read ok)."""
+        out: list[str] = []
+        for where, budget_w in self.stated_budgets():
+            config = dataclasses.replace(self.config, power=dataclasses.replace(self.config.power, budget_w=budget_w))
+            for warning in file_warnings(config):
+                named = f"{where}:" + warning.removeprefix("power.budget_w:") if warning.startswith(
+                    "power.budget_w:") else warning
+                if named not in out:
+                    out.append(named)
+        return out
 
     def workload(self, service: str) -> WorkloadSettings:
         """The service's workload: the scenario's, else its config's `sim` table."""

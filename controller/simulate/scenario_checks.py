@@ -62,7 +62,9 @@ def _against_config(s: ScenarioSettings, config: Settings) -> None:
                               f"is over the engines' context of {CONTEXT_TOKENS} tokens: no prompt of the tail would "
                               "fit")
         types = [v.accelerator for v in config.variants_of(svc)]
-        check_kv_fits(f"workload.{name}.{'in_tokens' if w.in_tokens else 'out_tokens'}", svc.model, types, tokens,
+        longer = "in_tokens" if (w.in_tokens or svc.in_tokens) >= out else "out_tokens"  # named, where it sets it
+        named = longer if getattr(w, longer) else "in_tokens" if w.in_tokens else "out_tokens"
+        check_kv_fits(f"workload.{name}.{named}", svc.model, types, tokens,
                       "with the service's other mean, in_tokens + out_tokens, the mean request,")
         if tail is not None and tail.share > 0.0:
             check_kv_fits(f"workload.{name}.prompt_tail.min_tokens", svc.model, types, tail.min_tokens + out,

@@ -136,8 +136,8 @@ def _needed(scn: Scenario, svc: ServiceSettings, gpu_type: str, seed: int, unmet
     if cap > 0:
         return math.ceil(peak / cap)
     log.warning("%s: no rate met its SLO on one %s replica in the load test (%s TTFT %g ms, ITL %g ms): the "
-                "baselines' fleet gives it max_replicas, %d", svc.name, gpu_type, svc.statistic, svc.ttft_ms,
-                svc.itl_ms, svc.max_replicas)
+                "baselines' fleet asks its max_replicas, %d, as far as the GPUs go", svc.name, gpu_type, svc.statistic,
+                svc.ttft_ms, svc.itl_ms, svc.max_replicas)
     unmet.add(svc.name)
     return svc.max_replicas
 

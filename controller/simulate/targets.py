@@ -38,7 +38,7 @@ def _over_a_limit(figures: dict[str, Any]) -> bool:
     return bool(figures.get("limits_over_bound_s") or figures.get("domain_over_s"))
 
 
-def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any]) -> str:
+def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: dict[str, Any], floor: str) -> str:
     """What the baselines that did better ran on, beside wattscale: limits summed above the budget, or a rack over its
     limit, are what hard limits rule out (and what let their long prompts run at full clock when their GPUs peaked
     together); the line draws that conclusion only where wattscale stayed within both and no better baseline did."""
@@ -49,17 +49,17 @@ def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: di
     if within:
         return "; ".join(lines) + f"; {' and '.join(within)} did better within the budget and every power domain's " \
             "limit, so the hard limits do not explain this miss"
-    if ws["limits_over_budget_s"] or ws.get("domain_over_s"):  # a line under the GPUs' lowest limits
-        return "; ".join(lines) + ": wattscale's limits pass a line only where it is below its GPUs' lowest limits, " \
-            "which no policy can hold"
+    if ws["limits_over_budget_s"] or ws.get("domain_over_s"):  # over a line too: nothing tells them apart
+        return "; ".join(lines) + (f": {floor}" if floor and ws["limits_over_budget_s"] else
+                                   ": wattscale passed a line too, so the hard limits do not tell them apart")
     whose = "those ahead" if len(better) > 1 else next(iter(better))
     domains = any(v.get("domain_over_s") for v in better.values())
     return "; ".join(lines) + f": {whose} ran on limits that a hard budget does not allow" + (
         ", or over a power domain's limit" if domains else "")
 
 
-def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], baselines: dict[str, Any]
-                        ) -> list[dict[str, Any]]:
+def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], baselines: dict[str, Any],
+                        floor: str) -> list[dict[str, Any]]:
     """A service's attainment against 0.99 where `static` reaches it, and against every baseline's (a miss
     says what the baselines that did better ran on)."""
     out: list[dict[str, Any]] = []
@@ -68,14 +68,14 @@ def _attainment_targets(svc: ServiceSettings, mine: float, ws: dict[str, Any], b
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= 0.99 (static reaches "
                     f"{static:.4f})", "value": mine, "unit": "of requests", "met": mine >= 0.99}
                    | ({} if mine >= 0.99 else {"why": _attainment_why(svc.name, mine, ws,
-                                                                      {"static": baselines["static"]})}))
+                                                                      {"static": baselines["static"]}, floor)}))
     best = max(((k, v["services"][svc.name]["slo_attainment"] or 0.0) for k, v in baselines.items()),
                key=lambda kv: kv[1], default=None)
     if best is not None:
         met = mine >= best[1] - 1e-9
         out.append({"target": f"{svc.name} (priority {svc.priority}): slo_attainment >= every baseline's "
                     f"(best: {best[0]} {best[1]:.4f})", "value": mine, "unit": "of requests", "met": met}
-                   | ({} if met else {"why": _attainment_why(svc.name, mine, ws, baselines)}))
+                   | ({} if met else {"why": _attainment_why(svc.name, mine, ws, baselines, floor)}))
     return out
 
 
@@ -113,6 +113,14 @@ def energy_targets(policies: dict[str, Any], frontier: dict[str, Any] | str | No
     return out
 
 
+def _below_floor(scn: Scenario, duration_s: float) -> str:
+    """Why no policy can hold the budget, where its lowest (less headroom) is below the GPUs' lowest limits; "" else."""
+    lowest = lowest_limits_w(scn.config)
+    line = min(scn.config.power.line_w(w) for _, w in scn.stated_budgets(duration_s))
+    return (f"the budget at its lowest, {line:.0f} W less headroom, is below the GPUs' lowest limits, {lowest:.0f} W, "
+            "which no policy can hold") if line < lowest else ""
+
+
 def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
             frontier: dict[str, Any] | str | None = None) -> list[dict[str, Any]]:
     """The targets set for `wattscale` (docs/simulate.md) over a run of `duration_s`, each with the figure it was
@@ -122,17 +130,17 @@ def targets(scn: Scenario, policies: dict[str, Any], duration_s: float,
         return []
     out: list[dict[str, Any]] = [{"target": "budget_violation_s = 0", "value": ws["budget_violation_s"],
                                   "unit": "s", "met": ws["budget_violation_s"] == 0}]
+    floor = _below_floor(scn, duration_s)
     if ws["budget_violation_s"] and ws["limits_over_budget_s"]:
-        out[0]["why"] = (f"wattscale's GPUs' power limits summed above the budget for {ws['limits_over_budget_s']:g} "
-                         "s, as they do only where it is below the GPUs' lowest limits, "
-                         f"{lowest_limits_w(scn.config):.0f} W: no policy can hold it")
+        out[0]["why"] = f"wattscale's GPUs' power limits summed above the budget for {ws['limits_over_budget_s']:g} " \
+            "s" + (f": {floor}" if floor else "")
     baselines = {k: v for k, v in policies.items() if k not in ("wattscale", "wattscale-flat")}
     fast = scn.config.daemon.fast_interval_s
     ran_s = fast_ticks(duration_s, fast) * fast  # whole fast ticks, as the run's rates are per hour of them
     for svc in sorted(scn.config.services, key=lambda s: s.priority):
         mine = ws["services"][svc.name]["slo_attainment"]
         if mine is not None and _finished_anywhere(policies, svc.name):  # else nothing to judge its attainment by
-            out += _attainment_targets(svc, mine, ws, baselines)
+            out += _attainment_targets(svc, mine, ws, baselines, floor)
         out.append(_restarts_target(svc.name, ws["services"][svc.name]["restarts_per_hour"] or 0.0, ran_s))
     if scn.settings.energy_targets:
         out += energy_targets(policies, frontier)
