@@ -279,10 +279,7 @@ class Controller:
                                                    or planned.max_batch < current.max_batch):
                 degradation["shrunk_for_budget"].append(svc.name)
             m.show_short(svc.name, result.reason, result.short_rps)
-            if result.short_rps > 0:
-                self.estimator.short.add(svc.name)
-            else:
-                self.estimator.short.discard(svc.name)
+            self.estimator.planned_short(svc.name, result.short_rps)
             # past its max_replicas (a reload lowered it), a service is back within them at once, not confirm_cycles
             # later: the operator's bound is no load's guess
             at_once = urgent or current.replicas > svc.max_replicas

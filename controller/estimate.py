@@ -91,6 +91,12 @@ class Estimator:
         """Services whose last window spanned a restart: the next one still completes what it held up."""
         self.short: set[str] = set()
         """Services the last plan could not serve in full."""
+        self.sized_backlog: dict[str, float] = {}
+        """Per service, the queue the last window sized as demand (0: none)."""
+        self.held: dict[str, float] = {}
+        """Services whose queue, sized, left the plan short: it is not sized again until it has drained by half (the
+        queue at the time here). Left out only while the plan was short, the next plan, sized without it, was not,
+        and the one after sized it, short again: plans that swapped accelerators every other cycle."""
         # saved beside the tuner's state, wherever it is saved
         saved = None if tuner.state_path is None else tuner.state_path.with_name(MARGINS_FILE)
         self.margins, problem = SloMargins.restored(saved)
@@ -154,8 +160,11 @@ class Estimator:
             served, grew = window.rate_rps / window.replicas, joined / window.replicas
             if window.steady and svc.name not in self.settling:
                 growth = max(0.0, joined / window.window_s, offered - window.rate_rps)
-        sized = window.steady and svc.name not in self.short
+        if (queued := self.held.get(svc.name)) is not None and window.waiting <= queued / 2.0:
+            del self.held[svc.name]  # drained by half: sized again
+        sized = window.steady and svc.name not in self.short and svc.name not in self.held
         backlog = window.waiting / o.drain_s if sized else 0.0
+        self.sized_backlog[svc.name] = window.waiting if sized else 0.0
         in_tokens, out_tokens = load.in_tokens, load.out_tokens
         if window.in_tokens and window.out_tokens:  # a mean under one token (requests that ended at once): one
             in_tokens, out_tokens = self.mix.update(svc.name, window.rate_rps * window.window_s,
@@ -237,6 +246,16 @@ class Estimator:
         """Write the margins a cycle changed (a failure is logged once by the margins, counted every time)."""
         if not self.margins.save():
             self.metrics.errors.labels("slo_margins").inc()
+
+    def planned_short(self, name: str, short_rps: float) -> None:
+        """What the plan left a service short by: its misses are not the model's while it is, and a queue sized that
+        left it short is held out of its demand (`held`)."""
+        if short_rps <= 0.0:
+            self.short.discard(name)
+            return
+        self.short.add(name)
+        if queue := self.sized_backlog.get(name):
+            self.held[name] = queue
 
     def _export(self, key: str, nis: float) -> None:
         m = self.metrics

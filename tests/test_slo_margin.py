@@ -222,6 +222,28 @@ def test_demand_is_what_arrived_not_what_was_served() -> None:
     assert rate(_grown(4.0, (0.0, 20.0), (64.0, 44.0), 1)) == pytest.approx(4.0 + 20.0 / 120.0)
 
 
+def test_a_queue_that_left_the_plan_short_is_not_sized_again_until_it_has_drained_by_half() -> None:
+    """Left out only while the last plan was short, a queue beyond any fleet made the next plan (sized without it)
+    not short, and the one after sized it, short again: a trial's priority-1 service was planned on 2 x H100 and 1 x
+    A100 every other cycle (each held at the gate; a gate confirming at once would have moved it each cycle)."""
+    est, code = _estimator()
+    a, o = Assignment("H100-SXM", 1, 64, 700.0), OptimizerSettings(drain_s=120.0)
+    full = (64.0, 64.0)
+
+    def rate(waiting: float, short_rps: float) -> float:
+        """One cycle: the window's demand, then the plan's shortfall as the controller hands it back."""
+        est.observe(code, _grown(4.0, (waiting, waiting), full, 1), [], a, True, o, 0.0)
+        est.planned_short("code", short_rps)
+        return est.load["code"].rate_rps
+
+    assert rate(720.0, 1.75) == pytest.approx(4.0 + 720.0 / 120.0)  # sized: the plan is short
+    assert rate(720.0, 0.0) == pytest.approx(4.0)  # left out: not short
+    assert rate(720.0, 0.0) == pytest.approx(4.0)  # still left out (it swapped back here)
+    assert rate(500.0, 0.0) == pytest.approx(4.0)
+    assert rate(360.0, 0.0) == pytest.approx(4.0 + 360.0 / 120.0)  # drained by half: sized again
+    assert "code" not in est.held
+
+
 def test_margins_that_cannot_be_saved_warn_once_and_count_each_time(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "afile").write_text("")
