@@ -28,7 +28,7 @@ from controller.failures import Failures
 from controller.fast_loop import FastLoop
 from controller.governor import PowerGovernor
 from controller.handoff import Handoff
-from controller.optimizer import AcceleratorType, Assignment, Problem, Solution, get_solver, solve
+from controller.optimizer import Assignment, Problem, Solution, get_solver, solve
 from controller.own_metrics import OwnMetrics
 from controller.plan import FloorAlarm, Plan, ceiling_of
 from controller.settings import Settings
@@ -200,7 +200,7 @@ class Controller:
             if demand.untried:
                 record["services"][demand.name]["untried"] = sorted(demand.untried)
         if solution is not None and problem is not None:
-            self._apply(now, solution, in_force, windows, record, problem.accelerators)
+            self._apply(now, solution, in_force, windows, record, problem.budget_w)
         self._publish(self.fast.plan.version + 1)
         for name, tops in self.fast.plan.ceilings_w.items():  # as published, a cycle whose plan failed too
             if name in record["services"]:
@@ -228,7 +228,7 @@ class Controller:
         s, o = self.settings, self.settings.optimizer
         self.empty.observe(self.fast.ledger.take_free(), self.fast.samples, [a.name for a in s.accelerators])
         out = self.fast.listing.out_of_service(now)  # off the inventory, placed on by none, their watts reserved
-        accs, lost = self.empty.offers(s.accelerators, self.fast.samples, out), frozenset(g.index for g in out)
+        accs, lost = self.empty.offers(s.accelerators, self.fast.samples, out), self.fast.listing.lost_numbers(out)
         demands = []
         for svc in s.services:
             load = self.estimator.load.get(svc.name) or svc.load(0.0, svc.in_tokens, svc.out_tokens)
@@ -250,8 +250,10 @@ class Controller:
 
     def _apply(self, now: float, solution: Solution, in_force: dict[str, InForce],
                observed_windows: Mapping[str, ServiceWindow | None], record: dict[str, Any],
-               offered: tuple[AcceleratorType, ...]) -> None:
-        """Gate and enforce the plan on the inventory it was made on (`offered`: GPUs out of service left out)."""
+               budget_w: float) -> None:
+        """Gate and enforce the plan (`budget_w`: the budget it was made against, GPUs out of service reserved). The
+        gate and the shed services' floors take the config's inventory: a count cut while an agent is silent had
+        floored a shed service on that type at 0, scaling down replicas that still serve."""
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
@@ -259,7 +261,7 @@ class Controller:
         # no window has told their demand yet: what runs stays, unless the site is over budget at the floors
         untold = [svc.name for svc in self.settings.services if not urgent and self.estimator.untold(svc.name)]
         shed = [r.name for r in solution.services if r.reason in ("budget", "domain") and r.name not in untold]
-        bound = bool(shed) or solution.power_w >= BUDGET_BOUND * self.tick_power.planned_w()
+        bound = bool(shed) or solution.power_w >= BUDGET_BOUND * budget_w
         m.degradation.labels("shed").set(len(shed))
         degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],
                                        "shed_for_budget": shed}
@@ -269,7 +271,7 @@ class Controller:
         changed = []
         pending = []
         degradation.update(urgent=urgent, emergency=self.governor.emergency, ramp_bound=self.governor.ramp_bound)
-        most = {a.name: a.count // a.gpus_per_replica for a in offered}
+        most = {a.name: a.count // a.gpus_per_replica for a in self.settings.accelerators}
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]
             planned = current if svc.name in untold else result.planned(current, svc.min_replicas,
@@ -289,7 +291,7 @@ class Controller:
         m.degradation.labels("shape").set(len(degradation["shrunk_for_budget"]))
         degradation["step"] = ("shed" if shed else "shape" if degradation["shrunk_for_budget"] else
                                "caps" if self.fast.held_gpus else "none")
-        admitted = self.gate.make_room(Inventory.of(offered,
+        admitted = self.gate.make_room(Inventory.of(self.settings.accelerators,
                                                         (got.live for got in in_force.values())), pending)
         by_name = {svc.name: (svc, result) for result, svc in zip(solution.services, self.settings.services,
                                                                   strict=True)}

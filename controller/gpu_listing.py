@@ -25,8 +25,13 @@ GLITCH = 1.5
 GPU to its floor; one 5,000-W reading a window took a draw fit's busy share from 0.39 to 0.71); a few watts over the
 top, as a GPU at its cap reads, counts at the top."""
 
-OUT_OF_SERVICE_S = 60.0
-"""A listed GPU unread this long is out of service for planning: a reading lost for a tick or two moves no replica."""
+OUT_OF_SERVICE_S = 300.0
+"""A GPU missing from the listing, or listed and unread, this long is out of service for planning: a lost reading, a
+scrape that missed a series, a node agent's restart or rollout (well within it, as for a node's GPUs to depart:
+controller/cluster/node_readings.py) move no replica, while the replicas on its GPUs may still serve."""
+MAX_RETIRED = 4096
+"""GPUs gone for good kept out of service, the newest (a site whose nodes are replaced daily retires hundreds a day;
+those a type lists past its count make up for are kept out for nothing)."""
 
 
 def is_draw(g: GpuSample) -> bool:
@@ -111,10 +116,18 @@ class GpuListing:
         that the driver still lists), each for `after_s` or longer (an agent's restart, a scrape that missed a series,
         a lost reading move no replica), and those gone for good. Read by the slow loop: `missing_since`, `unread`
         and `retired` are swapped whole by the fast loop, `seen` read by key."""
+        retired = self.retired  # first: a GPU retired after `seen` was read is not listed twice
         since = [*self.missing_since.items(), *self.unread.items()]
         seen = self.seen
-        out = [g for u, t in since if now - t >= after_s and (g := seen.get(u)) is not None]
-        return out + list(self.retired.values())
+        out = [g for u, t in since if now - t >= after_s and u not in retired and (g := seen.get(u)) is not None]
+        return out + list(retired.values())
+
+    def lost_numbers(self, out: list[GpuSample]) -> frozenset[int]:
+        """The numbers of GPUs out of service that no GPU listed now holds (NVML numbers by position, a cluster by
+        node and local index: a GPU back under another UUID takes its number, and a placement listing it is right)."""
+        missing, unread = self.missing, self.unread
+        held = {g.index for g in list(self.seen.values()) if g.uuid not in missing and g.uuid not in unread}
+        return frozenset(g.index for g in out) - held
 
     def counted_w(self, out: list[GpuSample]) -> float:
         """What the governor still counts GPUs out of service at (their last limit), but those gone for good: a plan
@@ -127,6 +140,7 @@ class GpuListing:
         never read that departs as it reads is not: the GPU is there)."""
         g = self.seen.pop(uuid, None)
         if g is not None and not g.never_read:
-            self.retired = {**self.retired, uuid: g}
+            kept = list(self.retired.items())[-(MAX_RETIRED - 1):]
+            self.retired = {**dict(kept), uuid: g}
         self.missing = self.missing - {uuid}
         self.missing_since = {u: t for u, t in self.missing_since.items() if u != uuid}

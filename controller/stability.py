@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from controller.optimizer import AcceleratorType, Assignment
+from controller.optimizer import Assignment
 from controller.settings import AcceleratorSettings, StabilitySettings
 
 CAPACITY_SHORT = ("replicas", "inventory")
@@ -160,7 +160,7 @@ class Inventory:
     gpus_per_replica: int = 1
 
     @classmethod
-    def of(cls, accelerators: Iterable[AcceleratorSettings | AcceleratorType],
+    def of(cls, accelerators: Iterable[AcceleratorSettings],
            running: Iterable[Mapping[str, int]]) -> dict[str, Inventory]:
         """Per accelerator type, the GPUs no replica holds (`running`: each service's replicas per type, as read
         back) and the GPUs a replica takes."""

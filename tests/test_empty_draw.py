@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
 from controller.empty_draw import MIN_READINGS, EmptyDraw
-from controller.gpu_listing import OUT_OF_SERVICE_S
+from controller.gpu_listing import OUT_OF_SERVICE_S, GpuListing
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand
 from controller.optimizer.candidates import enumerate_all
 from controller.own_metrics import OwnMetrics
@@ -170,3 +170,18 @@ def test_a_gpu_lost_on_the_simulated_host_leaves_the_plan_after_a_while_and_its_
     listing.unread = {unread.uuid: 10.0}
     assert [g.index for g in listing.out_of_service(10.0 + OUT_OF_SERVICE_S - 1)] == [2]
     assert sorted(g.index for g in listing.out_of_service(10.0 + OUT_OF_SERVICE_S)) == [0, 2]
+
+
+def test_a_number_a_listed_gpu_holds_again_is_not_lost() -> None:
+    """NVML numbers GPUs by position: a GPU back under another UUID (a MIG layout made again) holds the retired one's
+    number, and a placement listing that number is right; kept as lost, it was left out of every placement for good."""
+    listing = GpuListing(OwnMetrics(CollectorRegistry()), lambda kind, message: None)
+    a, b = sample(0, "chat"), sample(1, None)
+    listing.with_missing([a, b], 0.0)
+    listing.with_missing([a, replace(b, uuid="GPU-1b")], 1.0)  # GPU-1 missing, GPU-1b at its number
+    listing.forget(b.uuid)
+    out = listing.out_of_service(1.0)
+    assert [g.uuid for g in out] == [b.uuid]  # retired: out of service at once
+    assert listing.lost_numbers(out) == frozenset()
+    listing.with_missing([a], 2.0)  # GPU-1b missing too: its number is nobody's
+    assert listing.lost_numbers(listing.out_of_service(2.0 + OUT_OF_SERVICE_S)) == frozenset({1})

@@ -204,6 +204,12 @@ def test_check_config_checks_a_scenario_as_simulate_loads_it(small_scenario: Cal
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "wattscale: power_laws.L4: the simulated host has no GPU type 'L4' (it has ['H100-SXM'])"
+    # its config's warnings at each budget it states, named by the scenario's field (checked at the run's highest
+    # budget alone, a step under the GPUs' lowest limits, 2 x 200 W, read ok)
+    step = small_scenario('name = "s"\nduration_s = 60\n[[events]]\nat_s = 30\nkind = "budget"\nbudget_w = 350\n')
+    assert main(["check-config", str(step)]) == 0
+    assert capsys.readouterr().err.startswith("wattscale: warning: events[0].budget_w: 350 W (340 W less headroom) is "
+                                              "below the GPUs' lowest limits, 400 W")
 
 
 @given(st.floats(0.0, 1.0), st.floats(60.0, 7200.0), st.floats(-3600.0, 3600.0),

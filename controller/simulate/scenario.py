@@ -219,13 +219,13 @@ class Scenario:
         """What check-config warns of its config at each budget it states, named by the scenario's field (at the
         run's highest budget alone, a start or a step under the GPUs' lowest limits read ok)."""
         out: list[str] = []
-        for where, budget_w in self.stated_budgets():
+        for k, (where, budget_w) in enumerate(self.stated_budgets()):
             config = dataclasses.replace(self.config, power=dataclasses.replace(self.config.power, budget_w=budget_w))
-            for warning in file_warnings(config):
-                named = f"{where}:" + warning.removeprefix("power.budget_w:") if warning.startswith(
-                    "power.budget_w:") else warning
-                if named not in out:
-                    out.append(named)
+            for warning in file_warnings(config):  # the others' once, at the start (a safe budget's read twice)
+                if warning.startswith("power.budget_w:"):
+                    out.append(f"{where}:" + warning.removeprefix("power.budget_w:"))
+                elif k == 0:
+                    out.append(warning)
         return out
 
     def workload(self, service: str) -> WorkloadSettings:
