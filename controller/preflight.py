@@ -181,19 +181,29 @@ def check_free_port(where: str, port: int) -> None:
 
 def file_warnings(settings: Settings) -> list[str]:
     """What the file alone says `run` would warn of (no host probed)."""
-    out = _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
-    threshold_w, floor = settings.power.line_w(settings.power.budget_w), floor_w(settings)
+    return config_warnings(settings) + budget_warnings(settings, settings.power.budget_w)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """`file_warnings` but the budget's own."""
+    return _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
+
+
+def budget_warnings(settings: Settings, budget_w: float, where: str = "power.budget_w") -> list[str]:
+    """What a site budget of `budget_w` (stated by `where`: the config's, or a scenario's event) would be warned of:
+    under the GPUs' lowest limits, or under what the services' min_replicas draw busy. A warning, not a refusal:
+    budget sources and reloads may bring it too, and the daemon sheds replicas."""
+    threshold_w, floor = settings.power.line_w(budget_w), floor_w(settings)
     lowest = lowest_limits_w(settings)
     if floor <= threshold_w < lowest:  # the governor's limits cannot fit it: it holds each at its lowest
-        out.append(f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below the "
-                   f"GPUs' lowest limits, {lowest:.0f} W: every GPU is held at its lowest limit, so a cap planned "
-                   "above it does not apply and the plan serves less than it predicts")
+        return [f"{where}: {budget_w:g} W ({threshold_w:.0f} W less headroom) is below the GPUs' lowest limits, "
+                f"{lowest:.0f} W: every GPU is held at its lowest limit, so a cap planned above it does not apply and "
+                "the plan serves less than it predicts"]
     if threshold_w >= floor:
-        return out
-    # a warning: budget sources and reloads may bring it too, and the daemon sheds replicas
-    return [*out, f"power.budget_w: {settings.power.budget_w:g} W ({threshold_w:.0f} W less headroom) is below what "
-            f"the services' min_replicas draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} "
-            "W: under load no cap holds it, and the plan cannot go below min_replicas"]
+        return []
+    return [f"{where}: {budget_w:g} W ({threshold_w:.0f} W less headroom) is below what the services' min_replicas "
+            f"draw busy at their GPUs' lowest limits with every other GPU idle, {floor:.0f} W: under load no cap holds "
+            "it, and the plan cannot go below min_replicas"]
 
 
 def _flat_curve(name: str, source: CarbonCsvSettings, points: list[IntensityPoint]) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
 from controller.config_loader import ConfigError, build, check_range, quoted
-from controller.preflight import file_warnings
+from controller.preflight import budget_warnings, config_warnings
 from controller.service_settings import MAX_DURATION_S
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
@@ -216,17 +216,10 @@ class Scenario:
             and (duration_s is None or e.at_s < duration_s)]
 
     def warnings(self) -> list[str]:
-        """What check-config warns of its config at each budget it states, named by the scenario's field (at the
-        run's highest budget alone, a start or a step under the GPUs' lowest limits read ok)."""
-        out: list[str] = []
-        for k, (where, budget_w) in enumerate(self.stated_budgets()):
-            config = dataclasses.replace(self.config, power=dataclasses.replace(self.config.power, budget_w=budget_w))
-            for warning in file_warnings(config):  # the others' once, at the start (a safe budget's read twice)
-                if warning.startswith("power.budget_w:"):
-                    out.append(f"{where}:" + warning.removeprefix("power.budget_w:"))
-                elif k == 0:
-                    out.append(warning)
-        return out
+        """What check-config warns of its config, and of each budget it states by the scenario's field (at the run's
+        highest budget alone, a start or a step under the GPUs' lowest limits read ok)."""
+        stated = self.stated_budgets()
+        return config_warnings(self.config) + [w for where, b in stated for w in budget_warnings(self.config, b, where)]
 
     def workload(self, service: str) -> WorkloadSettings:
         """The service's workload: the scenario's, else its config's `sim` table."""
