@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from scipy.special import gammaincc
 
 from queuemodels.step_arrays import Floats, LawArrays
-from queuemodels.tails import ERLANG_MAX, GROUPS, NEGLIGIBLE
+from queuemodels.tails import ERLANG_MAX, GROUPS, NEGLIGIBLE, waiting_start_ms
 
 Ints = NDArray[np.int64]
 
@@ -59,8 +59,7 @@ def ttft_exceedances(c: Chains, ttft_ms: Floats) -> Floats:
     waiting_states = c.last * np.where(c.tail_len > 0, (1.0 - c.rho**c.tail_len) / (1.0 - c.rho), 0.0)
     waiting_mass = waiting_states / accepted
     waits = waiting_mass >= NEGLIGIBLE
-    start = laws.residual_share * laws.decode(c.top) + laws.residual_ms + laws.prefill(c.top)  # tails.waiting_start_ms
-    shifted = (ttft_ms - start) / laws.wait_scale
+    shifted = (ttft_ms - waiting_start_ms(laws, c.top)) / laws.wait_scale
     mu = c.top / laws.tau(c.top)
     wait = np.where(shifted <= 0.0, waiting_mass, 0.0)
     later = np.flatnonzero(waits & (shifted > 0.0))

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaincc
 
 from queuemodels.chain import Stationary
+from queuemodels.power import Batch
 from queuemodels.service_time import StepLaw
 
 GRID = 96
@@ -193,11 +195,23 @@ def _free_survival(law: StepLaw, free_q: NDArray[np.float64], groups: int = GROU
     return survival
 
 
-def waiting_start_ms(law: StepLaw, full: float) -> float:
+class StepTimes(Protocol[Batch]):
+    """A law's step times, one (StepLaw) or per row (step_arrays.LawArrays)."""
+
+    @property
+    def residual_share(self) -> Batch: ...
+    @property
+    def residual_ms(self) -> Batch: ...
+    def decode(self, b: Batch, /) -> Batch: ...
+    def prefill(self, b: Batch, /) -> Batch: ...
+
+
+def waiting_start_ms(law: StepTimes[Batch], full: Batch) -> Batch:
     """The part of a waiting arrival's TTFT besides the wait for departures: the step in flight as the mean TTFT
     charges it (its decode step's residual share and length-biased excess) and a prefill in a full batch. Left out,
     a queue its own prompts saturate (steps long, most arrivals waiting) read its p95 at 0.70 of its mean."""
-    return law.residual_share * law.decode(full) + law.residual_ms + law.prefill(full)
+    out: Batch = law.residual_share * law.decode(full) + law.residual_ms + law.prefill(full)
+    return out
 
 
 def ttft_survival(chain: Stationary, law: StepLaw, groups: int = GROUPS) -> tuple[Survival, float]:
