@@ -109,8 +109,9 @@ class Reporter:
         self.custom, self.core = CustomObjectsApi(api_client), CoreV1Api(api_client)
         self.namespace, self.identity, self.timeout_s = namespace, identity, timeout_s
         self.failing: set[str] = set()
-        """Writes failing now ("status of llmservices/ns/name", "events"): each said once while it fails, and again
-        once it has been written since (a failure on one resource had been said again at each other's success)."""
+        """Writes failing now ("status of llmservices/ns/name", "events on LLMService ns/name"): each said once while
+        it fails, and again once it has been written since (one flag for all had said a failure again at each other
+        write's success)."""
         self.posted: dict[str, str | None] = {}
         """LLMService -> the decision text last seen: an Event only when it changes (a plan held back by the
         gate or an actuator reads the same every cycle)."""

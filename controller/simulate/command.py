@@ -83,7 +83,7 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
         for seed in seeds:
             bar.set_description(f"seed {seed}: sizing the static fleet")
             RUN.run = f"sizing seed {seed}"
-            fleets[seed] = static_fleet(scn, seed, unmet if seed == seeds[0] else set())  # the fleet summary.md shows
+            fleets[seed] = static_fleet(scn, seed, unmet if seed == seeds[0] else None)  # the fleet summary.md shows
             for policy in policies:
                 bar.set_description(f"seed {seed}: {policy}")
                 RUN.run = f"{policy} seed {seed}"
