@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.config_loader import ConfigError, check_positive, check_range, quoted
+from controller.config_loader import ConfigError, check_http_url, check_positive, check_range
 
 GpuSource = Literal["sim", "nvml", "dcgm", "kepler"]
 VllmSource = Literal["sim", "prometheus", "scrape"]
@@ -27,12 +27,11 @@ class TelemetrySettings:
     window_s: float = 60.0
     """Window of the rate() queries, whole seconds (the queries say it so); at least four scrape intervals."""
     timeout_s: float = 5.0
-    """HTTP timeout of one page (scrape), of all of a window's queries together (prometheus), of all of a GPU sample's
-    queries (dcgm, kepler)."""
+    """HTTP timeout of one page (scrape); of each of a window's queries, none asked past three timeouts in all
+    (prometheus); of all of a GPU sample's queries (dcgm, kepler)."""
 
     def check(self, where: str) -> None:
-        if not self.prometheus_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.prometheus_url", f"must be an http(s) URL, got {quoted(self.prometheus_url)}")
+        check_http_url(self.prometheus_url, f"{where}.prometheus_url")
         check_positive(self, where, ("window_s", "timeout_s"))
         check_range(self, where, ("window_s",), 1.0, 86400.0)
         if self.window_s != round(self.window_s):  # `[2s]` read over a 1.5-s window: every growth a third high

@@ -8,14 +8,13 @@ import logging
 import os
 import signal
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from controller import log_writer, strict_json
 from controller.bounded_server import serve_metrics
 from controller.cli_args import number, seconds, whole
-from controller.config_loader import ConfigError, quoted
+from controller.config_loader import ConfigError, check_http_url, quoted
 from controller.own_metrics import process_registry
 from controller.preflight import check_metrics_bind, unwritable
 from controller.startup import STOP_ASKED, Asked
@@ -102,13 +101,7 @@ def _ports(args: argparse.Namespace, *ports: tuple[str, int]) -> None:
 def _operator_url(url: str) -> None:
     """The agent's --operator-url, an http(s) URL with a host: a typo started an agent whose every fetch failed,
     its GPUs dropping to their safe caps once the plan's TTL ran out."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        fine = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
-    except ValueError:  # a bracket left open, a port past 65535
-        fine = False
-    if not fine:
-        raise ConfigError("--operator-url", f"must be an http(s) URL with a host, got {quoted(url)}")
+    check_http_url(url, "--operator-url")
 
 
 def _operator(args: argparse.Namespace) -> int:

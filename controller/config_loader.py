@@ -13,6 +13,7 @@ import math
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -55,6 +56,34 @@ def check_listen(listen: str, field: str) -> None:
     if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
         raise ConfigError(field, f"must be an address of this host, not a broadcast or multicast one, got "
                           f"{quoted(listen)}")
+
+
+def check_http_url(url: str, field: str, query: bool = False) -> None:
+    """Refuse what is no http(s) URL of a host, as the request would read it: a host and a port in range, no
+    whitespace or control characters (a newline reached the log as a line of its own), no fragment, a query only
+    where `query` (a base URL has its API's path added), and no credentials: urllib sends none from a URL (it looked
+    `user:password@host` up as a host name), and the URL is quoted in logs and the decision log, which they would be
+    in; quoted here without them."""
+    shown = re.sub(r"//[^/@]*@", "//***@", url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # a port past 65535, or no number, raises here
+    except ValueError:
+        parts, port = None, None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        why: str | None = "whitespace or a control character in it"
+    elif parts is None:
+        why = "a bracket left open, or a port that is no number in 1..65535"
+    elif parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        why = "no http(s) URL with a host"
+    elif parts.username is not None or parts.password is not None:
+        why = "credentials in it, which are not sent (and would be logged)"
+    elif parts.fragment or (parts.query and not query):
+        why = "a fragment in it" if query else "a query or a fragment in it"
+    else:
+        why = None
+    if why is not None:
+        raise ConfigError(field, f"must be an http(s) URL with a host, got {quoted(shown)}: {why}")
 
 
 def check_range(obj: object, where: str, names: tuple[str, ...], low: float, high: float,

@@ -130,8 +130,9 @@ class Estimator:
             self.silent[svc.name] = self.silent.get(svc.name, 0) + 1
         problem = None if window is None else window_problem(window, ENGINES_PER_REPLICA * max(running,
                                                                                               svc.max_replicas))
-        if window is None or problem is not None:  # no count of those serving now: an old one held the fit off
-            self.serving.pop(svc.name, None)
+        if window is None or problem is not None:  # no count of those serving now: an old one held the fit off;
+            self.serving.pop(svc.name, None)  # the observed gauges read no number (they had held the last window's
+            self._observed(svc.name, None)  # through minutes of outage, as if live)
         if window is None:
             return "no window"  # keep the estimate
         if problem is not None:  # the estimate holds; the verdict (in the decision record) says why
@@ -180,12 +181,7 @@ class Estimator:
             m.draft_tokens.labels(svc.name).set(drafts if window.draft_tokens is None else window.draft_tokens)
         self.load[svc.name] = svc.load(demand, in_tokens, out_tokens, per_step, drafts)
         self.observed.add(svc.name)
-        stats = (("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
-        for stat, ttft, itl in stats:
-            if ttft is not None:
-                m.ttft_obs.labels(svc.name, stat).set(ttft)
-            if itl is not None:
-                m.itl_obs.labels(svc.name, stat).set(itl)
+        self._observed(svc.name, window)
         steady = window.steady and batch_still and svc.name not in self.settling
         if window.steady and batch_still:
             self.settling.discard(svc.name)
@@ -235,6 +231,17 @@ class Estimator:
         m.tuner_updates.labels(key, result).inc()
         self._export(key, verdict.nis)
         return result
+
+    def _observed(self, name: str, window: ServiceWindow | None) -> None:
+        """The window's latencies on the observed gauges, NaN where it has none (and its rate too where there is no
+        window): a dashboard tells no reading from the last one."""
+        if window is None:
+            self.metrics.rate_obs.labels(name).set(math.nan)
+        read = (("mean", None, None), ("p95", None, None)) if window is None else (
+            ("mean", window.ttft_ms, window.itl_ms), ("p95", window.ttft_p95_ms, window.itl_p95_ms))
+        for stat, ttft, itl in read:
+            self.metrics.ttft_obs.labels(name, stat).set(math.nan if ttft is None else ttft)
+            self.metrics.itl_obs.labels(name, stat).set(math.nan if itl is None else itl)
 
     def save_tuner(self) -> None:
         """Write the fits a cycle's windows changed, once for all of them (a failure is logged once by the store,

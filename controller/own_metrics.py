@@ -72,9 +72,11 @@ class OwnMetrics:
                               "that carry prompts can put the mean above the p95).", lat, registry=r)
         self.slo_margin = Gauge("wattscale_service_slo_margin_ratio", "Share taken off the service's targets in "
                                 "planning, learned from the windows that missed them.", ["service"], registry=r)
-        self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT.", lat, registry=r)
-        self.itl_obs = Gauge("wattscale_service_itl_observed_ms", "Observed ITL.", lat, registry=r)
-        self.rate_obs = Gauge("wattscale_service_rate_rps", "Observed request rate.", ["service"], registry=r)
+        self.ttft_obs = Gauge("wattscale_service_ttft_observed_ms", "Observed TTFT (NaN: no window "
+                              "now).", lat, registry=r)
+        self.itl_obs = Gauge("wattscale_service_itl_observed_ms", "Observed ITL (NaN: no window now).", lat, registry=r)
+        self.rate_obs = Gauge("wattscale_service_rate_rps", "Observed request rate (NaN: no window "
+                              "now).", ["service"], registry=r)
         self.draft_tokens = Gauge("wattscale_service_draft_tokens", "Tokens drafted a step for a decoding request in "
                                   "the last window (vLLM's spec_decode counter over the ITL samples).", ["service"],
                                   registry=r)

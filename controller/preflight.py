@@ -186,7 +186,18 @@ def file_warnings(settings: Settings) -> list[str]:
 
 def config_warnings(settings: Settings) -> list[str]:
     """`file_warnings` but the budget's own."""
-    return _floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
+    return (_floor_levels(settings) + _domain_floors(settings) + _safe_above_curves(settings) + _restored(settings)
+            + _dry_run_replicas(settings))
+
+
+def _dry_run_replicas(settings: Settings) -> list[str]:
+    """Services a dry-run replica backend may plan more or fewer replicas for than run: it counts the replicas it
+    would have started (a trial's status read two where one ran, and the caps flipped with it)."""
+    if settings.actuators.replicas != "dry-run":
+        return []
+    return [f"services[{s.name}].min_replicas: {s.min_replicas} < max_replicas {s.max_replicas} under actuators."
+            "replicas = \"dry-run\": the plan counts replicas it does not start; set both to the replicas the "
+            "service runs" for s in settings.services if s.min_replicas != s.max_replicas]
 
 
 def budget_warnings(settings: Settings, budget_w: float, where: str = "power.budget_w") -> list[str]:

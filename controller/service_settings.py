@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actuators.vllm_servers import MAX_BATCH
-from controller.config_loader import ConfigError, check_name, check_range, quoted
+from controller.config_loader import ConfigError, check_http_url, check_name, check_range, quoted
 from controller.settings_checks import MAX_GPUS, MAX_QUEUE, MAX_REPLICAS
 from queuemodels import (
     DEFAULT_MAX_QUEUE,
@@ -256,5 +256,4 @@ class ServiceSettings:
         if any(not 1 <= p <= 65535 for p in self.vllm_ports):
             raise ConfigError(f"{where}.vllm_ports", f"must be ports in 1..65535, got {list(self.vllm_ports)}")
         for url in self.metrics_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{where}.metrics_urls", f"must be http(s) URLs, got {quoted(url)}")
+            check_http_url(url, f"{where}.metrics_urls", query=True)

@@ -145,7 +145,18 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
          r"daemon.slow_interval_s: must be in \[0.1, 86400\], got 1e\+300"),
         (lambda t: t.replace("slow_interval_s = 15.0", "slow_interval_s = inf"), "daemon.slow_interval_s: .*got inf"),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nprometheus_url = "localhost:9090"'),
-         "telemetry.prometheus_url: must be an http\\(s\\) URL, got 'localhost:9090'"),
+         "telemetry.prometheus_url: must be an http\\(s\\) URL with a host, got 'localhost:9090': no http"),
+        # a trial: each said ok, then failed every cycle; credentials were never sent, and printed in the log, the
+        # decision log and `status`; a newline forged a log line of its own
+        *((lambda t, u=u: t.replace('vllm_source = "sim"', f'vllm_source = "sim"\nprometheus_url = "{u}"'),
+           f"telemetry.prometheus_url: must be an http\\(s\\) URL with a host, got '{shown}': {why}")
+          for u, shown, why in (
+              ("http://admin:s3cret@127.0.0.1:19090", "http://\\*\\*\\*@127.0.0.1:19090", "credentials in it"),
+              ("http://", "http://", "no http"),
+              ("http://127.0.0.1:99999", "http://127.0.0.1:99999", "a bracket left open, or a port"),
+              ("http://127.0.0.1:19090 /x", "http://127.0.0.1:19090 /x", "whitespace or a control character"),
+              ("http://127.0.0.1:19090\\r\\nX: y", "http://127.0.0.1:19090\\\\r\\\\nX: y", "whitespace"),
+              ("http://127.0.0.1:19090/?x=1#frag", "http://127.0.0.1:19090/\\?x=1#frag", "a query or a fragment"))),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 1.5'),  # queried as [2s]
          "telemetry.window_s: must be whole seconds, got 1.5"),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 0.4'),  # queried as [0s]
@@ -1115,6 +1126,23 @@ def test_default_limits_restored_while_servers_outlive_the_daemon_are_a_warning(
     settings = settings_from(tomllib.loads(text), ROOT / "config" / "examples")
     said = [w for w in file_warnings(settings) if w.startswith("actuators.restore")]
     assert bool(said) == warned and all("the budget is not held until it is back" in w for w in said)
+
+
+def test_a_dry_run_replica_backend_that_may_scale_is_a_warning() -> None:
+    """host.toml runs its units under `replicas = "dry-run"`, min_replicas = max_replicas: a trial set them apart, and
+    the daemon counted the replica it would have started (status read two where one ran, the caps flipped with it),
+    unsaid."""
+    from controller.preflight import file_warnings
+    from controller.settings import settings_from
+
+    text = (ROOT / "config" / "examples" / "host.toml").read_text()
+    settings = settings_from(tomllib.loads(text), ROOT / "config" / "examples")
+    assert not [w for w in file_warnings(settings) if "dry-run" in w]
+    apart = settings_from(tomllib.loads(text.replace("min_replicas = 4", "min_replicas = 2", 1)),
+                          ROOT / "config" / "examples")
+    assert [w for w in file_warnings(apart) if "dry-run" in w] == [
+        'services[chat].min_replicas: 2 < max_replicas 4 under actuators.replicas = "dry-run": the plan counts '
+        "replicas it does not start; set both to the replicas the service runs"]
 
 
 def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,28 @@ def test_a_reload_under_a_sources_lower_budget_is_no_change_of_the_budget_in_for
     last = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
     assert last["budget"]["changes"] == [{"t": 45.0, "budget_w": 2000.0,
                                           "why": "reload: power.budget_w 3000 -> 2000 W"}]
+
+
+def test_the_observed_gauges_read_no_number_while_a_service_has_no_window(tmp_path: Path) -> None:
+    """A trial: through minutes of a Prometheus outage the observed rate and latencies held the last window's, and a
+    dashboard could not tell them from live ones. The estimate is held; the gauges read NaN until a window comes."""
+    ctl, vllm, registry = controller(tmp_path)
+
+    def shown(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"service": "chat", **labels})
+
+    vllm.next = {"chat": window(rate_rps=4.0)}
+    ctl.tick_slow(15.0)
+    assert shown("wattscale_service_rate_rps") == 4.0
+    assert shown("wattscale_service_ttft_observed_ms", stat="p95") == 80.0
+    vllm.next = {}
+    ctl.tick_slow(30.0)
+    assert all(math.isnan(shown(name, **labels) or 0.0) for name, labels in (
+        ("wattscale_service_rate_rps", {}), ("wattscale_service_ttft_observed_ms", {"stat": "mean"}),
+        ("wattscale_service_itl_observed_ms", {"stat": "p95"})))
+    assert ctl.estimator.load["chat"].rate_rps > 0.0  # the estimate held
+    vllm.next = {"chat": dataclasses.replace(window(rate_rps=5.0), ttft_p95_ms=None)}
+    ctl.tick_slow(45.0)
+    assert shown("wattscale_service_rate_rps") == 5.0
+    assert shown("wattscale_service_ttft_observed_ms", stat="mean") == 40.0
+    assert math.isnan(shown("wattscale_service_ttft_observed_ms", stat="p95") or 0.0)

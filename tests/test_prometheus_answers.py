@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.counter_flaps import counts_query, flapped
+from controller.telemetry.counter_samples import counts_query, flapped
 from controller.telemetry.prometheus import PrometheusVllmSource, by_model, instant_vector, queries
 
 
@@ -168,7 +168,8 @@ def test_a_rate_that_is_no_number_is_no_window_not_an_idle_service(rate: str) ->
 def test_the_queue_and_batch_at_the_windows_start_are_read_a_window_back(running: str) -> None:
     """Prometheus' window (60 s) may be longer than the slow cycle (30 s): the growth that turns completions into
     arrivals is read over the window itself (`offset`), not since the last cycle. A gauge that is no number (one
-    engine's NaN in the sum) reads no growth at all."""
+    engine's NaN in the sum) reads no growth at all, and the window is not steady: read as a queue of 0, it taught the
+    tuner a backlog-free window (a trial)."""
     answers = {"rate_rps": "4", "replicas": "2", "running": running, "waiting": "10", "kv_usage": "0.1",
                "preemptions": "0", "restarts": "0", "replicas_before": "2", "running_before": "16",
                "waiting_before": "2"}
@@ -181,10 +182,11 @@ def test_the_queue_and_batch_at_the_windows_start_are_read_a_window_back(running
     w = source.observe(0.0, ["chat"])["chat"]
     assert w is not None
     if running == "NaN":
-        assert (w.running_before, w.waiting_before) == (None, None)
+        assert (w.running_before, w.waiting_before, w.steady) == (None, None, False)
         assert errors == [("prometheus", "chat: running not a number in [0, 1e+12]: left out")]
     else:
         assert (w.running_before, w.waiting_before, w.running, w.waiting) == (16.0, 2.0, 40.0, 10.0) and not errors
+        assert w.steady
 
 
 def answering(answers: dict[str, str | None]) -> tuple[PrometheusVllmSource, list[str]]:
@@ -317,3 +319,65 @@ def test_the_flap_checks_samples_lost_leave_the_window_standing() -> None:
     assert w is not None and w.rate_rps == 12.0
     assert said == ["prometheus: http://prom: the answer runs past 16777216 bytes (the flap check's samples: the "
                     "window goes on without it)"]
+
+
+def sampled(answers: dict[str, str], series: list[list[tuple[float, float]]], end: float,
+            window_s: float = 20.0) -> tuple[PrometheusVllmSource, list[str]]:
+    """A source whose Prometheus evaluates at Unix time `end` and holds `series` of (time, count) samples of the
+    success counter."""
+    said: list[str] = []
+    by_query = {q: k for k, q in queries(["m"], f"{round(window_s)}s").items()}
+
+    def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
+        if form["query"] == counts_query(["m"], window_s):
+            items = [{"metric": {"model_name": "m"}, "values": [[t, str(c)] for t, c in s]} for s in series]
+            return json.dumps({"status": "success", "data": {"resultType": "matrix", "result": items}}).encode()
+        value = answers.get(by_query[form["query"]])
+        items = [{"metric": {"model_name": "m"}, "value": [end, value]}] if value is not None else []
+        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": items}}).encode()
+
+    return PrometheusVllmSource("http://prom", {"chat": "m"}, window_s=window_s, fetch=fetch,
+                                on_error=lambda kind, message: said.append(message)), said
+
+
+def every(start: float, stop: float, rps: float, step: float = 2.0) -> list[tuple[float, float]]:
+    """An engine's success counter scraped every `step` s from `start` to `stop`, at `rps`."""
+    return [(start + i * step, rps * (start + i * step)) for i in range(int((stop - start) / step) + 1)]
+
+
+STEADY = {"rate_rps": "4", "replicas": "1", "running": "13", "waiting": "1", "replicas_before": "1", "restarts": "0"}
+
+
+@pytest.mark.parametrize(("series", "rate", "why"), [
+    ([every(1000, 1080, 4.0)], "4", None),  # scraped throughout
+    ([every(1000, 1030, 4.0) + every(1072, 1080, 4.0)], "1.2", "over the start of the window"),  # restarted, 42 s
+    ([every(1000, 1044, 4.0) + every(1062, 1080, 4.0)], "4", None),  # a hole inside the window: rate() reads across it
+    ([[*every(1000, 1040, 4.0), (1079.9, 316.0), (1080.0, 316.0)]], "0", "over the start of the window"),  # paused
+    ([every(1000, 1050, 4.0)], "4", "in the window, where it had before"),  # no sample since: the gauges linger
+    ([every(1000, 1080, 2.0), every(1070, 1080, 2.0)], "4", None),  # an engine new to the window
+    ([every(1000, 1050, 2.0), every(1000, 1080, 2.0)], "4", None),  # an engine gone before the window
+    ([every(1000, 1080, 4.0, step=15.0)], "0", "holds fewer than two of Prometheus' samples, scraped about every 15 s"),
+])
+def test_a_hole_in_the_samples_at_the_windows_start_is_no_window(series: list[list[tuple[float, float]]], rate: str,
+                                                                 why: str | None) -> None:
+    """A trial against a real Prometheus: an exporter back after 30 s, Prometheus restarted, or paused (SIGSTOP) for
+    35 s read 4 rps as 2.0, 1.2 and 0 in the next window, each called steady and taken as the load; a window
+    shorter than the scrape interval read 0 rps for good, unsaid. rate() divides what the samples it has saw by the
+    whole window: one whose start they leave unseen (more than a tenth of it) is no window, said why."""
+    source, said = sampled({**STEADY, "rate_rps": rate}, series, end=1080.0,
+                           window_s=10.0 if "every 15 s" in (why or "") else 20.0)
+    w = source.observe(0.0, ["chat"])["chat"]
+    if why is None:
+        assert w is not None and w.rate_rps == float(rate) and not said
+    else:
+        assert w is None and len(said) == 1 and said[0].startswith("chat: ") and why in said[0]
+
+
+def test_a_rise_across_a_hole_in_the_samples_is_no_flap() -> None:
+    """Prometheus paused 45 s: the counter rose by 749 across the pause on a count of about 2,000, read as another
+    engine's count appearing, and the service had no window for four windows (a trial). A rise is read per usual
+    interval between samples; the same rise between two scrapes 2 s apart is still a flap."""
+    before = [(1000.0 + 2 * i, 1200.0 + 32 * i) for i in range(10)]
+    after = [(1064.8 + 2 * i, 2341.0 + 32 * i) for i in range(10)]
+    assert not flapped([c for _, c in before + after], [t for t, _ in before + after])
+    assert flapped([c for _, c in before + after])  # the same counts read evenly spaced

@@ -8,7 +8,9 @@ stopped mid-test and the source must fail with one TelemetryError, not hang or r
 from __future__ import annotations
 
 import bisect
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -125,6 +127,23 @@ def test_prometheus_source_reads_the_true_load_and_latency_and_survives_an_outag
     assert true["tokens_per_step"] > 2.0  # the drafts accepted
     assert seen.tokens_per_step == pytest.approx(true["tokens_per_step"], rel=0.05)
     assert seen.draft_tokens == pytest.approx(3.0)  # the spec_decode counters: three drafted a step
+
+    # Prometheus paused 3 s (the engines serve on): a window that starts in the hole is none, said why (rate() read it
+    # short, called steady); one that holds the hole whole still reads the truth (the count rose across it)
+    said: list[str] = []
+    short = PrometheusVllmSource(url, {"chat": MODEL}, window_s=4.0, wall_time=lambda t: t,
+                                 on_error=lambda kind, message: said.append(message))
+    os.kill(prom.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3.0)
+    finally:
+        os.kill(prom.pid, signal.SIGCONT)
+    time.sleep(1.5)
+    at = time.time() - 0.5
+    assert short.observe(at, ["chat"])["chat"] is None
+    assert len(said) == 1 and "no sample of its success counter over the start of the window" in said[0]
+    across = source.observe(at, ["chat"])["chat"]
+    assert across is not None and across.rate_rps == pytest.approx(truth.over(at - WINDOW_S, at)["rate_rps"], rel=0.05)
 
     prom.terminate()
     prom.wait(timeout=10)

@@ -208,8 +208,9 @@ def test_a_gauge_that_is_no_reading_is_left_out_and_said(value: str) -> None:
     assert w is not None and w.rate_rps == pytest.approx(10.0, rel=0.1) and w.waiting >= 0.0
     assert glitch.errors == [f"chat: {glitch.pages.urls[0]}: vllm:num_requests_waiting of {MODEL} is no reading "
                              "(NaN, infinite or negative): left out"]
-    # the sum under-reads: no growth is read across it (it read as the queue emptied, then filled again)
-    assert w.waiting_before is None and w.running_before is None
+    # the sum under-reads: no growth is read across it (it read as the queue emptied, then filled again), and the
+    # window teaches the tuner nothing (a queue it cannot tell)
+    assert w.waiting_before is None and w.running_before is None and not w.steady
 
 
 def test_a_window_carries_the_queue_and_batch_at_its_start() -> None:

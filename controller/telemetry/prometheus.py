@@ -39,7 +39,7 @@ from controller.telemetry.base import (
     tokens_per_step,
     window_late,
 )
-from controller.telemetry.counter_flaps import counts_query, flapped, range_counts, selector
+from controller.telemetry.counter_samples import Samples, counts_query, flapped, range_counts, selector, window_gap
 
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
@@ -136,8 +136,22 @@ def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tupl
     """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
     observation) unless `keep_nan`. An error envelope, a body that is not JSON or JSON of another shape raises
     BadAnswer."""
+    return vector_pairs(answer_result(body, query), query, keep_nan)
+
+
+def evaluated_at(result: list[Any]) -> float | None:
+    """The Unix time an instant-vector `result` (read by `vector_pairs`) was evaluated at, where it holds a series."""
+    try:
+        at = float(result[0]["value"][0])
+    except (IndexError, TypeError, ValueError, KeyError):
+        return None
+    return at if math.isfinite(at) else None
+
+
+def vector_pairs(result: list[Any], query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
+    """`instant_vector` of an answer's `result` list."""
     out = []
-    for item in answer_result(body, query):
+    for item in result:
         try:
             labels, (_, text) = item["metric"], item["value"]
         except (TypeError, KeyError, ValueError) as exc:
@@ -172,17 +186,22 @@ class PrometheusApi:
     def __init__(self, url: str, timeout_s: float = 5.0, fetch: Fetch = http_post) -> None:
         self.endpoint = url.rstrip("/") + "/api/v1/query"
         self.timeout_s, self.fetch = timeout_s, fetch
+        self.answered_at: float | None = None
+        """The Unix time of the last answer that held a series, as Prometheus evaluated it."""
 
     def query(self, promql: str, at: float | None = None, timeout_s: float | None = None,
               keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
         """Evaluate at Unix time `at` (None: Prometheus' now), within `timeout_s` (None: the API's)."""
-        return instant_vector(self._answer(promql, at, timeout_s), promql, keep_nan)
+        result = answer_result(self._answer(promql, at, timeout_s), promql)
+        out = vector_pairs(result, promql, keep_nan)
+        self.answered_at = evaluated_at(result) or self.answered_at
+        return out
 
     def _answer(self, promql: str, at: float | None, timeout_s: float | None) -> bytes:
         form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
         return self.fetch(self.endpoint, form, timeout_s or self.timeout_s)
 
-    def counts(self, promql: str, at: float | None = None) -> dict[str, list[list[float]]]:
+    def counts(self, promql: str, at: float | None = None) -> dict[str, list[Samples]]:
         """A range vector's samples per model (`range_counts`), evaluated as `query` is."""
         return range_counts(answer_result(self._answer(promql, at, None), promql), promql)
 
@@ -215,16 +234,20 @@ class PrometheusVllmSource:
         if self.clock() > deadline:
             raise TelemetryError(f"prometheus: {window_late('queries', self.api.timeout_s)}")
 
-    def _flapping(self, models: list[str], at: float | None, deadline: float) -> set[str]:
-        """The models whose success counters `flapped` in the window, read from their samples,
-        within the window's deadline (asked every window: a rise to the other engine's count needs no fall)."""
+    def _counters(self, models: list[str], at: float | None, deadline: float) -> tuple[set[str], dict[str, str]]:
+        """What the models' success counters' samples say (controller.telemetry.counter_samples), within the window's
+        deadline: which `flapped` (asked every window: a rise to the other engine's count needs no fall), and why a
+        model's window reads short where its samples leave a hole at its start (`window_gap`, judged where the window's
+        end is known: `at`, or the time Prometheus evaluated its figures at)."""
         self._within(deadline)
         try:
             series = self.api.counts(counts_query(models, self.window_s), at)
         except TelemetryError as exc:  # an answer past the size bound too (thousands of engines at 1-s scrapes): the
             self.on_error("prometheus", f"{exc} (the flap check's samples: the window goes on without it)")  # rest
-            return set()  # of the window stands, as it did before the check
-        return {m for m, each in series.items() if any(flapped(c) for c in each)}
+            return set(), {}  # of the window stands, as it did before the check
+        flapping = {m for m, each in series.items() if any(flapped(s.counts, s.times) for s in each)}
+        gaps = {m: why for m, each in series.items() if at is not None and (why := window_gap(each, at, self.window_s))}
+        return flapping, gaps
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
         at = self.wall_time(now) if self.wall_time else None
@@ -232,8 +255,10 @@ class PrometheusVllmSource:
         answers: dict[str, dict[str, float]] = {}
         lost: set[str] = set()
         flapping: set[str] = set()
+        gaps: dict[str, str] = {}
         if models:
             deadline = self.clock() + WINDOW_TIMEOUTS * self.api.timeout_s
+            self.api.answered_at = None
             for figure, promql in queries(models, f"{round(self.window_s)}s").items():
                 self._within(deadline)
                 try:
@@ -244,7 +269,7 @@ class PrometheusVllmSource:
                     self.on_error("prometheus", str(exc))
                     answers[figure] = {}
                     lost.add(figure)
-            flapping = self._flapping(models, at, deadline)
+            flapping, gaps = self._counters(models, at if at is not None else self.api.answered_at, deadline)
         unsure = bool(lost & {"restarts", "replicas_before"})
         silent, self.heard = self.heard, set()
         out: dict[str, ServiceWindow | None] = {}
@@ -264,6 +289,10 @@ class PrometheusVllmSource:
                     self.on_error("prometheus", f"{name}: no vLLM series of model {model!r} now, where the last "
                                   "window had some: no window until they come back (its engines stopped or "
                                   "restarting, an exporter down, or Prometheus no longer scraping them)")
+                continue
+            if model in gaps:
+                self.on_error("prometheus", f"{name}: {gaps[model]}")
+                out[name] = None
                 continue
             if raw["rate_rps"] is None and model in self.rated and ((v["replicas_before"] or 0) > 0
                                                                     or "replicas_before" in lost):  # it may have
@@ -296,7 +325,9 @@ class PrometheusVllmSource:
                 out_tokens=v["out_tokens"], ttft_ms=ms("ttft_s"), itl_ms=ms("itl_s"), ttft_p95_ms=ms("ttft_p95_s"),
                 itl_p95_ms=ms("itl_p95_s"), running=v["running"] or 0.0, waiting=v["waiting"] or 0.0,
                 kv_usage=v["kv_usage"] or 0.0, preemptions=v["preemptions"] or 0.0, replicas=replicas,
-                steady=not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas),
+                # a queue gauge not read (NaN) is no queue of 0: a window that cannot tell its backlog teaches nothing
+                steady=(not unsure and not v["restarts"] and v["replicas_before"] in (None, replicas)
+                        and v["running"] is not None and v["waiting"] is not None),
                 queue_ms=ms("queue_s"), tokens_per_step=_per_step(v["tokens_per_step"]),
                 draft_tokens=None if v["draft_tokens"] is None else drafted_per_step(v["draft_tokens"], 1.0),
                 **_before(v))

@@ -269,7 +269,7 @@ def window(new: Snapshot, old: Snapshot) -> ServiceWindow | None:
         preemptions=counter("preemptions"),
         replicas=len(new.engines),
         steady=new.engines == old.engines and not any(_reset(getattr(new, t), getattr(old, t)) for t in RESETTING)
-        and not (new.unread or old.unread),  # a series left out
+        and not (new.unread or old.unread) and not new.gauges_short,  # a series left out, or a queue not read
         queue_ms=mean("queue", 1000.0),
         tokens_per_step=per_step(),
         draft_tokens=drafted(),
