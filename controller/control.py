@@ -75,6 +75,10 @@ class Controller:
         self.ceilings: dict[str, tuple[str, float]] = {}
         """Service -> (accelerator, how far a GPU its cap in force holds down may grow): the cap chosen before the
         plan's caps were fitted within the limits' sum, or the plan's where the gate holds a lower one in force."""
+        self.stopping = False
+        """Set by the daemon as it stops (another thread): a slow tick in flight then changes nothing on the hosts
+        (a trial's scale-up went out after "stopping" was logged, and outlives the daemon on a kubernetes or systemd
+        backend); an actuator call already under way ends as it may."""
         self.settings = settings
         self.handoff = Handoff(settings, self.fast.governor, metrics)
         self.tick_power = self.handoff.power(settings)  # what a slow tick plans, checks and records against
@@ -199,7 +203,9 @@ class Controller:
         for demand in problem.services if problem is not None else ():
             if demand.untried:
                 record["services"][demand.name]["untried"] = sorted(demand.untried)
-        if solution is not None and problem is not None:
+        if self.stopping:
+            record["stopping"] = True  # planned, not applied
+        elif solution is not None and problem is not None:
             self._apply(now, solution, in_force, windows, record, problem.budget_w)
         self._publish(self.fast.plan.version + 1)
         for name, tops in self.fast.plan.ceilings_w.items():  # as published, a cycle whose plan failed too
@@ -297,6 +303,9 @@ class Controller:
                                                                   strict=True)}
         # Shrinks first, so the GPUs they free are there for the scale-ups of the same cycle.
         for p in sorted(pending, key=lambda p: admitted[p.name].replicas >= p.current.replicas):
+            if self.stopping:  # asked while this cycle applies: the services after it are left as they run
+                record["stopping"] = True
+                break
             (svc, result), current, planned = by_name[p.name], p.current, p.planned
             window = observed_windows.get(svc.name)
             a, enforced = self.enforcer.apply(now, svc.name, in_force[svc.name], admitted[svc.name],

@@ -309,6 +309,7 @@ class Daemon:
     def _shut_down(self, tickers: list[Ticker], endpoints: list[BoundedServer],
                    worker: threading.Thread | None = None) -> None:
         """Stop the loops, the signal endpoints and the parts (the servers the daemon started among them)."""
+        self.controller.stopping = True  # a slow tick in flight applies no more of its plan
         self.stop_event.set()
         self.slow_due.set()  # wakes the workers to see it
         self.budget_due.set()

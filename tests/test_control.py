@@ -553,3 +553,21 @@ def test_the_observed_gauges_read_no_number_while_a_service_has_no_window(tmp_pa
     assert shown("wattscale_service_rate_rps") == 5.0
     assert shown("wattscale_service_ttft_observed_ms", stat="mean") == 40.0
     assert math.isnan(shown("wattscale_service_ttft_observed_ms", stat="p95") or 0.0)
+
+
+def test_a_slow_tick_in_flight_as_the_daemon_stops_applies_nothing(tmp_path: Path) -> None:
+    """A trial: a scale-up went out after "stopping" was logged (on a kubernetes or systemd backend it outlives the
+    daemon). Asked to stop, a cycle plans and records, and changes nothing."""
+    ctl, vllm, _ = controller(tmp_path)
+    ctl.decisions = DecisionLog(tmp_path / "decisions.jsonl")
+    before = dict(ctl.assignments)
+    vllm.next = {name: window(rate_rps=0.5) for name in before}
+    ctl.stopping = True
+    ctl.tick_slow(15.0)
+    ctl.tick_slow(30.0)
+    assert ctl.assignments == before
+    record = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert record["stopping"] is True and "predicted_w" not in record
+    ctl.stopping = False
+    ctl.tick_slow(45.0)
+    assert ctl.assignments != before  # the same windows, applied

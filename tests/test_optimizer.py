@@ -191,7 +191,8 @@ def test_the_replicas_of_a_past_peak_are_not_kept() -> None:
 
 def test_two_services_a_budget_fits_one_of_do_not_take_turns() -> None:
     """Shedding a running service is a transition, charged as a scale: uncharged, two tied services a budget fits
-    only one of swapped which ran every cycle (starting one and shedding the other cost nothing)."""
+    only one of swapped which ran every cycle (starting one and shedding the other cost nothing). The other runs what
+    the rest of the budget holds, one replica of its partial ladder's bottom rung, and keeps it."""
     twins = [ServiceDemand(name, 1, Targets(300, 40), Load(48, 512, 200), {"H100-SXM": P14}, max_replicas=most)
              for name, most in (("s0", 11), ("s1", 13))]
     problem = Problem(tuple(twins), (replace(H100, count=17),), 3000.0, batch_sizes=(8, 64, 128),
@@ -199,10 +200,10 @@ def test_two_services_a_budget_fits_one_of_do_not_take_turns() -> None:
     running = []
     for _ in range(4):
         solution = solve(problem, get_solver("auto"))
-        running.append(tuple(s.assignment is not None for s in solution.services))
+        running.append(tuple((s.assignment, s.short_rps == 0.0) for s in solution.services))
         problem = replace(problem, services=tuple(replace(d, current=s.assignment)
                                                   for d, s in zip(problem.services, solution.services, strict=True)))
-    assert len(set(running)) == 1 and sum(running[0]) == 1, running
+    assert len(set(running)) == 1 and sum(whole for _, whole in running[0]) == 1, running
 
 
 def test_the_transition_penalty_charges_scales_and_restarts_never_a_cap() -> None:

@@ -50,6 +50,38 @@ def test_a_load_one_replica_carries_is_served_in_part_where_its_draw_passes_the_
     assert solve(replace(problem, budget_w=260.0), get_solver("milp")).services[0].short_rps == 0.0  # it fits whole
 
 
+def test_a_ladder_keeps_its_bottom_rung_however_many_replicas_it_spans(tmp_path: Path) -> None:
+    """A trial: 15 rps of chat on eight L40S under 452 W was shed whole, though one replica at batch 8 and 210 W
+    fitted (431 W) and served a rps: spread from eight, the frugal ladder read 3, 5, 8, and allowing one replica
+    (max_replicas 1) had served it. Every ladder keeps its lowest rung."""
+    (tmp_path / "l40s.toml").write_text(EIGHT_L40S)
+    problem = load_spec(tmp_path / "l40s.toml")
+    for name in ("milp", "greedy", "exhaustive"):
+        r = solve(problem, get_solver(name)).services[0]
+        assert r.assignment is not None and r.assignment.replicas == 1 and r.short_rps < 15.0, (name, r)
+
+
+EIGHT_L40S = """
+budget_w = 452
+objective = "cost"
+batch_sizes = [8, 16, 32, 64, 128]
+power_levels = [0.6, 0.7, 0.8, 0.9, 1.0]
+[[accelerators]]
+name = "L40S"
+count = 8
+[[services]]
+name = "chat"
+rate_rps = 15
+ttft_ms = 400
+itl_ms = 35
+statistic = "p95"
+in_tokens = 400
+out_tokens = 200
+max_replicas = 8
+params."L40S" = { alpha_ms = 20, beta_ms = 0.14, gamma_ms = 16, delta_ms = 0.05 }
+"""
+
+
 ONE_A100 = """
 budget_w = 250
 [[accelerators]]

@@ -241,6 +241,8 @@ class ClusterLoop:
         lost Lease the plans stay as they are (the agents hold them until their TTL, then the safe caps).
         A release is served while the Lease, no longer renewed, stays valid (its duration: the agents fetch
         it within that), so the Lease is not given back then: a successor waits for it to expire."""
+        if self.controller is not None:  # its slow tick in flight applies no more of its plan
+            self.controller.stopping = True
         self.budget.stop()
         self._stop_worker()
         plans = self.plans

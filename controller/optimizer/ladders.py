@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from controller.optimizer.candidates import Needs, Pair, Shape, Spec
 
 MAX_PARTIAL = 6
-"""Rungs of a partial ladder: replica counts spread evenly from 1 to one short of the need."""
+"""Rungs of a partial ladder: replica counts spread evenly up to one short of the need, and its lowest."""
 FRUGAL_RUNGS = 3
 """Rungs of each frugal ladder (`_frugal`): a fallback where the fastest shape's does not fit, not a search."""
 EXTRA_REPLICAS = 2
@@ -96,6 +96,8 @@ def partials(problem: Problem, pair: Pair, rates: dict[Shape, float]) -> list[Sp
         if per_replica <= 0:
             continue
         most = min(pair.most, math.ceil(svc.load.rate_rps / per_replica - 1e-9) - 1)
-        steps = sorted({max(low, round(most * j / rungs)) for j in range(1, rungs + 1)}) if most >= low else []
+        # the bottom rung always: spread from `most`, a ladder of 8 read 3, 5, 8, and a service one replica of a
+        # frugal shape fitted was shed while a lower priority ran (a trial)
+        steps = sorted({low, *(max(low, round(most * j / rungs)) for j in range(1, rungs + 1))}) if most >= low else []
         out += [(batch, cap, clock, r, min(svc.load.rate_rps, r * per_replica), 0) for r in steps]
     return out
