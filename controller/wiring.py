@@ -78,6 +78,11 @@ def _reset_clocks(locker: NvmlClockLocker) -> None:
         log.warning("unlocking a GPU clock: %s", failure)
 
 
+def _unlock_all(locker: DryRunClockLocker) -> None:
+    for index in list(locker.locks):
+        locker.reset_clock(index)
+
+
 def _shut_down(devices: NvmlDevices) -> None:
     try:
         devices.close()
@@ -207,7 +212,10 @@ def build_parts(settings: Settings, nvml: Any = None, on_error: OnError | None =
     elif a.clocks == "sim":
         clocks = SimClockLocker(sim(), lock)
     elif a.clocks == "dry-run":
-        clocks = DryRunClockLocker()
+        rehearsal = DryRunClockLocker()
+        if a.reset_clocks_on_exit:  # a rehearsal shows the unlock at exit too (it showed the locks alone)
+            stops.append(lambda: _unlock_all(rehearsal))
+        clocks = rehearsal
     batch: BatchSizer
     if a.batch == "vllm":
         sizer = _vllm_sizer(settings)

@@ -4,11 +4,13 @@ only NVML does: its errors (the real `pynvml` classes), the read-back, the rate 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import small_sim_host
+from conftest import ROOT, small_sim_host
 from fake_pynvml import FakeGpu, FakeNvml
 
 from actuators import PermanentActuatorError, TransientActuatorError
@@ -117,3 +119,20 @@ def test_on_the_emulator_a_lock_barely_slows_decode_slows_prompts_and_lowers_the
     assert locked[1] < 1.1 * free[1] and locked[2] < 0.9 * free[2]  # memory-bound decode: same pace, less draw
     free, locked = at(None, 3000, 16, 1.0), at(990, 3000, 16, 1.0)
     assert locked[0] > 1.5 * free[0] and locked[2] < 0.9 * free[2]  # compute-bound prompts slow with the clock
+
+
+def test_a_dry_run_rehearsal_shows_the_unlock_at_exit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A trial: with `clocks = "dry-run"` the locks were logged ("would lock"), and nothing showed the unlock the nvml
+    backend makes at exit (`reset_clocks_on_exit`)."""
+    from controller.settings import load_settings
+    from controller.wiring import build_parts
+
+    text = (ROOT / "config" / "sim.toml").read_text().replace('state_dir = "../var/state"',
+                                                               f'state_dir = "{tmp_path}/s"')
+    (tmp_path / "w.toml").write_text(text.replace("[actuators]", '[actuators]\nclocks = "dry-run"'))
+    parts = build_parts(load_settings(tmp_path / "w.toml"))
+    assert parts.clocks is not None
+    parts.clocks.lock_clock(0, 990)
+    with caplog.at_level(logging.INFO, logger="actuators.dryrun"):
+        parts.close()
+    assert "dry-run: would unlock GPU 0's SM clock" in caplog.text
