@@ -31,8 +31,11 @@ from queuemodels.types import (
 )
 
 ACCEPTED_STEPS = 200
-"""The most halvings of the accepted rate's bracket: 1e-4 of it takes 14 where some arrivals get in; 200 reach
-1e-60 of the offered rate where almost none do."""
+"""The most tries of the accepted rate (`ChainModel._accepted`): a handful where some arrivals get in; 200 halvings
+reach 1e-60 of the offered rate where almost none do."""
+ACCEPTED_TOLERANCE = 1e-6
+"""Width of the accepted rate's bracket, relative to its top, at which it is taken (1e-4 read a saturated TTFT 0.4 %
+apart from the root's; regula falsi reaches 1e-6 in a try or two more)."""
 
 
 class PointFigures(NamedTuple):
@@ -166,38 +169,54 @@ class ChainModel:
             return self._accepted(params, load, shape, profile, 0.0)
         if chain.p[-1] < BLOCKING_NEGLIGIBLE or shape.max_queue is None:
             return law, chain
-        return self._accepted(params, load, shape, profile, load.rate_rps * (1.0 - chain.p[-1]))
+        return self._accepted(params, load, shape, profile, load.rate_rps * (1.0 - chain.p[-1]),
+                              load.rate_rps * float(chain.p[-1]))
 
     def _accepted(
-        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None, low: float
+        self, params: ServiceParams, load: Load, shape: ServerShape, profile: PowerProfile | None, low: float,
+        short_rps: float | None = None,
     ) -> tuple[StepLaw, Stationary]:
-        """Bisection on the accepted rate x = lambda (1 - P(full) at a law built for x), between `low` (what
-        the law at the offered rate accepts: a lighter law blocks less) and the offered rate; P(full) in closed
-        form, the chain solved once, at the last law. Bounded: where nearly every arrival is turned away, the
-        accepted rate halves toward 0 and a tolerance relative to it is never reached (an hour's prompt per request
-        at 1,000 rps ran forever)."""
-        high, best, best_rps = load.rate_rps, None, 0.0
+        """The accepted rate x = lambda (1 - P(full) at a law built for x), between `low` (what the law at the offered
+        rate accepts: a lighter law blocks less) and the offered rate, where that law falls short by `short_rps`
+        (None: no law there); P(full) in closed form, the chain solved once, at the last law. The root of what the law
+        at x accepts less x, by regula falsi (Illinois: the end that stays has its value halved), the bracket halved
+        where an end's value is not known (no law at the offered rate, or at the last try): some 6 laws where halvings
+        took 14, and a fit's saturated windows build them by the thousand. Bounded: where nearly every arrival is
+        turned away, the accepted rate falls toward 0 and a tolerance relative to it is never reached (an hour's
+        prompt per request at 1,000 rps ran forever)."""
+        rate = load.rate_rps
+        high, f_low, f_high = rate, None, None if short_rps is None else -short_rps
+        best, best_rps, kept = None, 0.0, 0  # kept: the end the last try left in place (-1 low, 1 high)
         for _ in range(ACCEPTED_STEPS):
-            if best is not None and high - low <= 1e-4 * high:
+            if best is not None and high - low <= ACCEPTED_TOLERANCE * high:
                 break
             mid = 0.5 * (low + high)
+            if f_low is not None and f_high is not None and f_low > f_high:
+                secant = high - f_high * (high - low) / (f_high - f_low)
+                mid = secant if low < secant < high else mid
             try:
                 law = self.law(params, replace(load, rate_rps=mid), profile, shape)
-                full = blocking(law, shape, load.rate_rps)
+                full = blocking(law, shape, rate)
             except Unstable:
-                high = mid
+                high, f_high, kept = mid, None, 0
                 continue
-            best, best_rps = law, mid
-            if load.rate_rps * (1.0 - full) >= mid:
-                low = mid
+            best, best_rps, gap = law, mid, rate * (1.0 - full) - mid
+            if gap >= 0.0:
+                low, f_low = mid, gap
+                if kept == -1 and f_high is not None:
+                    f_high *= 0.5
+                kept = -1
             else:
-                high = mid
+                high, f_high = mid, gap
+                if kept == 1 and f_low is not None:
+                    f_low *= 0.5
+                kept = 1
         if best is None:  # no law below the offered rate has a steady state: nothing is served at any rate
-            raise Unstable(f"rate_rps: {load.rate_rps:.6g} has no stationary solution at any accepted rate below it")
-        chain = solve_chain(best, shape, load.rate_rps)
-        if load.rate_rps * (1.0 - chain.p[-1]) > best_rps * (1.0 + 1e-3):  # no fixed point: the bound of the laws
-            best = slowed_to(best, shape, load.rate_rps, best_rps)
-            chain = solve_chain(best, shape, load.rate_rps)
+            raise Unstable(f"rate_rps: {rate:.6g} has no stationary solution at any accepted rate below it")
+        chain = solve_chain(best, shape, rate)
+        if rate * (1.0 - chain.p[-1]) > best_rps * (1.0 + 1e-3):  # no fixed point: the bound of the laws
+            best = slowed_to(best, shape, rate, best_rps)
+            chain = solve_chain(best, shape, rate)
         return best, chain
 
     def max_rate(
