@@ -23,7 +23,7 @@ from controller.settings import load_settings
 from controller.telemetry.base import DepartingGpus, TelemetryError
 from controller.telemetry.cluster_power import GONE_AFTER_S, QUERIES, PrometheusGpuSource
 from controller.telemetry.deadline import SampleDeadline
-from controller.telemetry.prometheus import http_post
+from controller.telemetry.prometheus_api import http_post
 from controller.wiring import build_parts
 
 

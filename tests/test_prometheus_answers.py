@@ -9,7 +9,8 @@ import pytest
 
 from controller.telemetry.base import TelemetryError
 from controller.telemetry.counter_samples import counts_query, flapped
-from controller.telemetry.prometheus import PrometheusVllmSource, by_model, instant_vector, queries
+from controller.telemetry.prometheus import PrometheusVllmSource, queries
+from controller.telemetry.prometheus_api import by_model, instant_vector
 
 
 def matrix(*series: list[float], model: str = "m") -> bytes:

@@ -23,7 +23,8 @@ import pytest
 from conftest import free_port
 
 from controller.telemetry.base import TelemetryError
-from controller.telemetry.prometheus import PrometheusApi, PrometheusVllmSource, by_model
+from controller.telemetry.prometheus import PrometheusVllmSource
+from controller.telemetry.prometheus_api import PrometheusApi, by_model
 from simulator.host import SimHost
 from simulator.serve import RealTimeEmulator
 from simulator.workload import TokenDist, Workload, constant

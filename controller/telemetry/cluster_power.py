@@ -24,7 +24,7 @@ import time
 from typing import Literal
 
 from controller.telemetry.base import GpuSample, Numbers, TelemetryError
-from controller.telemetry.prometheus import Fetch, PrometheusApi, http_post
+from controller.telemetry.prometheus_api import Fetch, PrometheusApi, http_post
 
 log = logging.getLogger(__name__)
 Flavour = Literal["dcgm", "kepler"]

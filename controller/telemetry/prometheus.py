@@ -21,25 +21,20 @@ and a window whose restart figures were lost is not called steady.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-import urllib.parse
 from collections.abc import Callable
-from typing import Any
 
-from controller.http_fetch import Unreachable, http_request
 from controller.telemetry.base import (
     WINDOW_TIMEOUTS,
     ServiceWindow,
     TelemetryError,
     drafted_per_step,
-    shortened,
     tokens_per_step,
     window_late,
 )
-from controller.telemetry.counter_samples import Samples, counts_query, flapped, range_counts, selector, window_gap
+from controller.telemetry.counter_samples import counts_query, flapped, selector, window_gap
+from controller.telemetry.prometheus_api import BadAnswer, Fetch, PrometheusApi, by_model, http_post
 
 MOST = 1e12
 """Largest figure of a window taken as read (a rate, a count, seconds): NaN, infinities, negatives and past it are left
@@ -47,29 +42,12 @@ out, as the scrape source leaves them ("1e300" replicas became a 301-digit count
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, dict[str, str], float], bytes]
 CORE = frozenset({"rate_rps", "replicas"})
 """Figures without which no service has a window."""
 KEEP_NAN = frozenset({"rate_rps", "running", "waiting"})
 """Figures whose NaN (one engine's broken series in a sum) is kept apart from no series, and said: a rate that is no
 number is no window, and a queue gauge that is none reads no growth across the window (nor one a window back,
 said when it was read)."""
-
-
-class BadAnswer(TelemetryError):
-    """Prometheus answered, but not an instant vector this source can read."""
-
-
-def http_post(url: str, form: dict[str, str], timeout_s: float) -> bytes:
-    """POST a form (controller.http_fetch: the answer read whole within `timeout_s`); HTTP errors still
-    return Prometheus' JSON error envelope when it sent one."""
-    try:
-        answer = http_request(url, {}, timeout_s, data=urllib.parse.urlencode(form).encode())
-    except Unreachable as exc:
-        raise TelemetryError(f"prometheus: {exc}") from exc
-    if 200 <= answer.status < 300 or answer.body.startswith(b"{"):
-        return answer.body
-    raise TelemetryError(f"prometheus: HTTP {answer.status} from {url}")
 
 
 def queries(models: list[str], window: str) -> dict[str, str]:
@@ -112,98 +90,6 @@ def queries(models: list[str], window: str) -> dict[str, str]:
         "replicas_before": f"count {by} (vllm:num_requests_running{sel} offset {window})",
         "restarts": f"sum {by} (resets(vllm:request_success_total{sel}[{window}]))",
     }
-
-
-def answer_result(body: bytes, query: str) -> list[Any]:
-    """The `result` list of a successful answer (an instant or a range vector); an error envelope, a body that is not
-    JSON or JSON of another shape raises BadAnswer."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # nested past the parser's depth: no answer either
-        raise BadAnswer(f"prometheus: not JSON for {shortened(query)!r}") from exc
-    if not isinstance(doc, dict) or doc.get("status") != "success":
-        why = (f"{doc.get('errorType', 'error')}: {doc.get('error', '?')}" if isinstance(doc, dict)
-               else f"a JSON {type(doc).__name__}")
-        raise BadAnswer(f"prometheus: {shortened(str(why))} for {shortened(query)!r}")
-    data = doc.get("data")
-    result = data.get("result", []) if isinstance(data, dict) else None
-    if not isinstance(result, list):
-        raise BadAnswer(f"prometheus: an answer without a result list for {shortened(query)!r}")
-    return result
-
-
-def instant_vector(body: bytes, query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
-    """An instant-vector answer as (labels, value) pairs; NaN and infinite values are left out (no
-    observation) unless `keep_nan`. An error envelope, a body that is not JSON or JSON of another shape raises
-    BadAnswer."""
-    return vector_pairs(answer_result(body, query), query, keep_nan)
-
-
-def evaluated_at(result: list[Any]) -> float | None:
-    """The Unix time an instant-vector `result` (read by `vector_pairs`) was evaluated at, where it holds a series."""
-    try:
-        at = float(result[0]["value"][0])
-    except (IndexError, TypeError, ValueError, KeyError):
-        return None
-    return at if math.isfinite(at) else None
-
-
-def vector_pairs(result: list[Any], query: str, keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
-    """`instant_vector` of an answer's `result` list."""
-    out = []
-    for item in result:
-        try:
-            labels, (_, text) = item["metric"], item["value"]
-        except (TypeError, KeyError, ValueError) as exc:
-            raise _bad_series(query, item, "that is not (labels, [time, value])") from exc
-        if not isinstance(labels, dict) or not isinstance(text, str):  # Prometheus sends every value as a string
-            raise _bad_series(query, item, "whose labels are no object or whose value no string")
-        try:
-            value = float(text)
-        except ValueError as exc:
-            raise _bad_series(query, item, "that is not (labels, [time, value])") from exc
-        if keep_nan or math.isfinite(value):
-            out.append(({str(k): str(v) for k, v in labels.items()}, value))
-    return out
-
-
-def _bad_series(query: str, item: object, what: str) -> BadAnswer:
-    """Quoting the series without its sample's time, which changes every answer (the same fault was logged anew each
-    cycle)."""
-    if isinstance(item, dict) and isinstance(item.get("value"), list) and item["value"]:
-        item = {**item, "value": item["value"][1:]}
-    return BadAnswer(f"prometheus: a series {what} for {shortened(query)!r}: {shortened(json.dumps(item))}")
-
-
-def by_model(answer: list[tuple[dict[str, str], float]]) -> dict[str, float]:
-    """An instant-vector answer as model_name -> value ("" for series without the label)."""
-    return {labels.get("model_name", ""): v for labels, v in answer}
-
-
-class PrometheusApi:
-    """Instant queries against one Prometheus: the HTTP seam and timeout every Prometheus-backed source shares."""
-
-    def __init__(self, url: str, timeout_s: float = 5.0, fetch: Fetch = http_post) -> None:
-        self.endpoint = url.rstrip("/") + "/api/v1/query"
-        self.timeout_s, self.fetch = timeout_s, fetch
-        self.answered_at: float | None = None
-        """The Unix time of the last answer that held a series, as Prometheus evaluated it."""
-
-    def query(self, promql: str, at: float | None = None, timeout_s: float | None = None,
-              keep_nan: bool = False) -> list[tuple[dict[str, str], float]]:
-        """Evaluate at Unix time `at` (None: Prometheus' now), within `timeout_s` (None: the API's)."""
-        result = answer_result(self._answer(promql, at, timeout_s), promql)
-        out = vector_pairs(result, promql, keep_nan)
-        self.answered_at = evaluated_at(result) or self.answered_at
-        return out
-
-    def _answer(self, promql: str, at: float | None, timeout_s: float | None) -> bytes:
-        form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
-        return self.fetch(self.endpoint, form, timeout_s or self.timeout_s)
-
-    def counts(self, promql: str, at: float | None = None) -> dict[str, list[Samples]]:
-        """A range vector's samples per model (`range_counts`), evaluated as `query` is."""
-        return range_counts(answer_result(self._answer(promql, at, None), promql), promql)
 
 
 class PrometheusVllmSource:
