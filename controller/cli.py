@@ -18,8 +18,9 @@ from controller.cli_cluster import add_cluster_commands
 from controller.cli_output import drop_output, native_output_to_stderr
 from controller.cli_tune import tune
 from controller.config_loader import ConfigError
+from controller.config_warnings import file_warnings
 from controller.planner.command import plan_command
-from controller.preflight import STATE_DIR_WARNING, file_warnings, preflight
+from controller.preflight import STATE_DIR_WARNING, preflight
 from controller.settings import load_settings
 from controller.signal_paths import check_signal_paths
 from controller.simulate.args import add_simulate_args

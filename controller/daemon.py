@@ -30,11 +30,11 @@ from controller.budget.assemble import combiner, resolve
 from controller.budget.endpoint import serve_signals, signal_token
 from controller.budget.settings import DemandResponseSettings
 from controller.config_loader import ConfigError, unchecked
+from controller.config_warnings import file_warnings
 from controller.control import Controller
 from controller.decision_log import DecisionLog
 from controller.idle_floor import idle_w
 from controller.own_metrics import OwnMetrics, process_registry
-from controller.preflight import file_warnings
 from controller.reload import changes, check_reload, in_running_order
 from controller.sdnotify import Notifier
 from controller.settings import Settings, load_settings

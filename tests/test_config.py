@@ -1115,7 +1115,7 @@ def test_a_carbon_csv_with_no_row_in_force_now_is_a_warning(tmp_path: Path, caps
 def test_default_limits_restored_while_servers_outlive_the_daemon_are_a_warning(actuators: str, warned: bool) -> None:
     """A host example restored 8 x 700 W of default limits at each stop of the daemon under a 4,000-W budget, while
     its vLLM units served on: nothing said the budget was not held until the daemon was back."""
-    from controller.preflight import file_warnings
+    from controller.config_warnings import file_warnings
     from controller.settings import settings_from
 
     text = (ROOT / "config" / "examples" / "host.toml").read_text()
@@ -1132,7 +1132,7 @@ def test_a_dry_run_replica_backend_that_may_scale_is_a_warning() -> None:
     """host.toml runs its units under `replicas = "dry-run"`, min_replicas = max_replicas: a trial set them apart, and
     the daemon counted the replica it would have started (status read two where one ran, the caps flipped with it),
     unsaid."""
-    from controller.preflight import file_warnings
+    from controller.config_warnings import file_warnings
     from controller.settings import settings_from
 
     text = (ROOT / "config" / "examples" / "host.toml").read_text()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from controller.budget.carbon_feeds import parse_utc_s
 from controller.budget.demand_response import MAX_REASON_CHARS, MIN_SIGNAL_W
 from controller.config_loader import ConfigError, build, check_range, quoted
-from controller.preflight import budget_warnings, config_warnings
+from controller.config_warnings import budget_warnings, config_warnings
 from controller.service_settings import MAX_DURATION_S
 from controller.settings import Settings, load_settings, settings_from
 from controller.settings_checks import MAX_POWER_W
