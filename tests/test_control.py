@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
 from controller.decision_log import DecisionLog
-from controller.estimate import window_cap_w
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawLedger, DrawReading
 from controller.settings import Settings, load_settings
 from controller.telemetry.base import GpuSample, ServiceWindow
+from controller.window_figures import window_cap_w
 from controller.wiring import build_parts
 from queuemodels.accelerators import CATALOG
 from tuner import Observation, PairFilter, Tuner, Verdict

@@ -11,13 +11,14 @@ import pytest
 from conftest import ROOT
 from prometheus_client import CollectorRegistry
 
-from controller.estimate import Estimator, offered_rps
+from controller.estimate import Estimator
 from controller.optimizer import Assignment
 from controller.own_metrics import OwnMetrics
 from controller.plan import DrawReading
 from controller.settings import OptimizerSettings, ServiceSettings, load_settings
 from controller.slo_margin import SloMargins
 from controller.telemetry.base import ServiceWindow
+from controller.window_figures import offered_rps
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import CATALOG
 from tuner import Observation, Tuner, Verdict
