@@ -280,7 +280,8 @@ def _simulated_host(s: Settings) -> None:
     for svc in s.services:
         if svc.model not in LLMS:
             raise ConfigError(f"{svc_path(svc.name)}.model", f"{quoted(svc.model)} is not a model the simulator "
-                              f"serves; expected one of {sorted(LLMS)}")
+                              f"serves; expected one of {sorted(LLMS)} (a simulated host runs every service's "
+                              "engines, whatever telemetry.vllm_source reads)")
         check_service_fits(svc_path(svc.name), svc.model, [v.accelerator for v in s.variants_of(svc)],
                            svc.in_tokens, svc.out_tokens)
         if svc.in_tokens + svc.out_tokens > CONTEXT_TOKENS:  # its engines cut there: a plan for requests never sent
