@@ -676,6 +676,11 @@ def test_a_status_or_event_write_that_fails_is_said_once_a_run_per_resource_tran
         "events on LLMService llm/chat not written: forbidden: the Role must allow create on events (HTTP 403)",
         "status of powerpolicies/default not written: API server error (HTTP 500 Internal Server Error)"], said
     assert (emu.get(GROUP, SERVICES, "chat", NS) or {})["status"]["conditions"]
+    # chat deleted: what was said of it goes (the keys grew with every LLMService the operator ever saw), the
+    # policy's refused write stays said once
+    assert f"events on LLMService {NS}/chat" in reporter.failing and f"{NS}/chat" in reporter.posted
+    reporter.resources(Resources(None, None, {}, {}, res.policy_obj), {"services": {}})
+    assert reporter.failing == {"status of powerpolicies/default"} and not reporter.posted
 
 
 @pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])

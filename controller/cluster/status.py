@@ -163,6 +163,7 @@ class Reporter:
         on the policy, the GPUs no service owns (`unowned`, where known), and whether this operator acts yet (not
         `acting`: it holds the Lease and starts to, its node plans not yet made; a start that failed at each try, a
         node listing forbidden, had read "Acting")."""
+        self._forget(res)
         for key, obj in res.objects.items():
             ns, name = key.split("/", 1)
             err = res.errors.get(key)
@@ -199,6 +200,19 @@ class Reporter:
             self.event(policy, "PowerPolicy", "Invalid", str(policy_err), warning=True)
         self._patch_status(None, POLICIES, policy["metadata"]["name"], pstatus)
 
+
+    def _forget(self, res: Resources) -> None:
+        """What was said of LLMServices deleted since: their decision texts and failing writes (kept, they grew with
+        every LLMService a long-running operator ever saw)."""
+        self.posted = {k: v for k, v in self.posted.items() if k in res.objects}
+
+        def kept(what: str) -> bool:
+            for prefix in (f"status of {SERVICES}/", "events on LLMService "):
+                if what.startswith(prefix):
+                    return what.removeprefix(prefix) in res.objects
+            return True  # a policy's: few, and said once while they fail
+
+        self.failing = {w for w in self.failing if kept(w)}
 
     def not_acted(self, policy: dict[str, Any], acted: str) -> None:
         """A PowerPolicy this operator leaves alone (not its `--policy`) says so on its status and in a Warning Event
