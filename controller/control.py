@@ -246,7 +246,8 @@ class Controller:
         budget_w = max(0.0, self.tick_power.planned_w() - self.fast.listing.counted_w(out))
         return Problem(tuple(demands), accs, budget_w, o.objective, s.power.mode, o.batch_sizes,
                        o.power_levels, o.transition_penalty, o.queue_model, clock_levels=self.clock_levels(),
-                       clock_min_saving=o.clock_min_saving, domains=domain_rooms(s, self.empty.learnt_w()),
+                       clock_min_saving=o.clock_min_saving,
+                       domains=domain_rooms(s, self.empty.learnt_w(), self.fast.listing.counted_by_number(out, lost)),
                        energy_weight=o.energy_weight, untried_margin=o.slo_margin_max)
 
     def clock_levels(self) -> tuple[float, ...]:

@@ -11,13 +11,19 @@ from collections.abc import Mapping
 from controller.optimizer import DomainRoom
 from controller.service_settings import ServiceSettings
 from controller.settings import Settings
-from controller.settings_checks import domain_room_w
+from controller.settings_checks import domain_floor_w, domain_room_w
 
 
-def domain_rooms(settings: Settings, empty_w: Mapping[str, float] | None = None) -> tuple[DomainRoom, ...]:
-    """`empty_w`: per accelerator, what its GPUs draw with no process where read (else the catalogue's)."""
-    return tuple(DomainRoom(d.name, domain_room_w(settings, d, empty_w), frozenset(d.gpus))
-                 for d in settings.power.domains)
+def domain_rooms(settings: Settings, empty_w: Mapping[str, float] | None = None,
+                 reserved_w: Mapping[int, float] | None = None) -> tuple[DomainRoom, ...]:
+    """`empty_w`: per accelerator, what its GPUs draw with no process where read (else the catalogue's); `reserved_w`:
+    GPUs out of service by number, at what the governor still counts each (its last limit): a domain's room keeps
+    that much for it, not its draw with no replica (a lost H100 counted at 700 W by the governor and 62 W by the
+    plan had the plan give its rack 600 W the governor then cut from the rest)."""
+    reserved_w = reserved_w or {}
+    return tuple(DomainRoom(d.name, domain_room_w(settings, d, empty_w) - sum(
+        max(0.0, w - domain_floor_w(settings, (g,), empty_w)) for g, w in reserved_w.items() if g in d.gpus),
+        frozenset(d.gpus)) for d in settings.power.domains)
 
 
 def placements(settings: Settings, svc: ServiceSettings, lost: frozenset[int] = frozenset()

@@ -132,8 +132,16 @@ class GpuListing:
     def counted_w(self, out: list[GpuSample]) -> float:
         """What the governor still counts GPUs out of service at (their last limit), but those gone for good: a plan
         that leaves them out reserves it (in the count, each had been planned at its empty draw)."""
+        return sum(self.counted_by_number(out, frozenset(g.index for g in out)).values())
+
+    def counted_by_number(self, out: list[GpuSample], numbers: frozenset[int]) -> dict[int, float]:
+        """`counted_w` of those of `out` holding `numbers` (`lost_numbers`: a domain reserves them), by number."""
         retired = self.retired
-        return sum(g.power_limit_w for g in out if g.uuid not in retired and math.isfinite(g.power_limit_w))
+        counted: dict[int, float] = {}
+        for g in out:
+            if g.index in numbers and g.uuid not in retired and math.isfinite(g.power_limit_w):
+                counted[g.index] = counted.get(g.index, 0.0) + g.power_limit_w
+        return counted
 
     def forget(self, uuid: str) -> None:
         """A GPU gone for good: no longer counted as missing, and out of service for planning (a stand-in of a GPU

@@ -18,6 +18,7 @@ from controller.optimizer import AcceleratorType, Problem, ServiceDemand
 from controller.optimizer.candidates import enumerate_all
 from controller.own_metrics import OwnMetrics
 from controller.settings import load_settings
+from controller.settings_checks import domain_floor_w
 from controller.telemetry.base import GpuSample
 from controller.wiring import build_parts
 from queuemodels import Load, ServiceParams, Targets
@@ -139,7 +140,8 @@ def test_a_gpu_lost_on_the_simulated_host_leaves_the_plan_after_a_while_and_its_
     a scrape that missed a series move no replica), the next plan offers 7 H100s, where it had planned 2 of a type of
     which 1 was left, held at the gate cycle after cycle; the limit the governor still counts it at is reserved out of
     the plan's budget. Gone for good (retired), it stays out of the inventory, and nothing is reserved for it."""
-    settings = load_settings(sim_config())
+    settings = load_settings(sim_config({'mode = "predicted"\n': 'mode = "predicted"\ndomains = [{ name = "rack-a", '
+                                                                 'limit_w = 1500, gpus = [0, 1, 2, 3] }]\n'}))
     parts = build_parts(settings)
     assert parts.host is not None
     ctl = Controller(settings, parts.gpus, parts.vllm, parts.power, parts.batch, parts.replicas,
@@ -160,11 +162,17 @@ def test_a_gpu_lost_on_the_simulated_host_leaves_the_plan_after_a_while_and_its_
         if t == 5:
             assert [a.count for a in ctl._problem(5.0).accelerators] == [8]  # a moment: still planned on
     problem = ctl._problem(4.0 + OUT_OF_SERVICE_S)
+    lost = ctl.fast.listing.seen[lost.uuid]  # as last listed: the limit the governor counts it at
     assert [a.count for a in problem.accelerators] == [7]
     assert problem.budget_w == pytest.approx(ctl.tick_power.planned_w() - lost.power_limit_w)
     ctl.fast.listing.forget(lost.uuid)
     retired = ctl._problem(5.0 + OUT_OF_SERVICE_S)
     assert [a.count for a in retired.accelerators] == [7] and retired.budget_w == ctl.tick_power.planned_w()
+    # out of service, its rack keeps the same for it, not its draw with no replica (the governor counts it at its
+    # limit there too); gone for good, nothing
+    (rack,), (rack_retired,) = problem.domains, retired.domains
+    floor_w = domain_floor_w(settings, (2,), ctl.empty.learnt_w())
+    assert rack.room_w == pytest.approx(rack_retired.room_w - lost.power_limit_w + floor_w)
     unread = replace(ctl.fast.samples[0], power_w=None)
     listing = ctl.fast.listing
     listing.unread = {unread.uuid: 10.0}
