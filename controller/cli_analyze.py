@@ -25,7 +25,8 @@ from queuemodels import (
 )
 from queuemodels.accelerators import profile
 from queuemodels.operating_point import BLOCK_LIMIT
-from queuemodels.types import NAMES, kept_past_drafts
+from queuemodels.params import NAMES
+from queuemodels.types import kept_past_drafts
 from tuner.draw import BUSY_BOUNDS, HALF_BOUNDS
 
 ANALYZE_BOUNDS = {"alpha_ms": MAX_STEP_MS, "beta_ms": MAX_STEP_MS, "gamma_ms": MAX_STEP_MS, "delta_ms": MAX_STEP_MS,

@@ -13,7 +13,7 @@ from controller.cli_analyze import as_flags
 from controller.config_loader import ConfigError
 from queuemodels import ModelInputError, ServiceParams, default_delta_ms, default_prior_ms, get_model
 from queuemodels.accelerators import profile
-from queuemodels.types import NAMES
+from queuemodels.params import NAMES
 from tuner.observation_file import ObservationFileError
 
 PROGRESS_S = 10.0

@@ -29,7 +29,7 @@ from controller.window_figures import (
     window_problem,
 )
 from queuemodels import Load
-from queuemodels.types import NAMES
+from queuemodels.params import NAMES
 from tuner import Observation, Tuner, pair_key
 
 log = logging.getLogger("wattscale.controller")

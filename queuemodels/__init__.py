@@ -2,23 +2,11 @@
 
 from queuemodels.analyzer import DEFAULT_MODEL, MODELS, ChainModel, QueueModel, get_model
 from queuemodels.batch_choice import BatchChoice, best_batch_for_power, best_batch_for_rate
+from queuemodels.params import FAMILIES, MOST_WEIGHT_SHARE, ServiceParams, default_delta_ms, default_prior_ms
 from queuemodels.power import Occupancy, mean_draw_w
 from queuemodels.sizing import max_rate
 from queuemodels.targets import Performance, Targets
-from queuemodels.types import (
-    DEFAULT_MAX_QUEUE,
-    FAMILIES,
-    MOST_WEIGHT_SHARE,
-    STATISTICS,
-    Load,
-    ModelInputError,
-    PowerProfile,
-    ServerShape,
-    ServiceParams,
-    Unstable,
-    default_delta_ms,
-    default_prior_ms,
-)
+from queuemodels.types import DEFAULT_MAX_QUEUE, STATISTICS, Load, ModelInputError, PowerProfile, ServerShape, Unstable
 
 __all__ = [
     "DEFAULT_MAX_QUEUE",

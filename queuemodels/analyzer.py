@@ -14,21 +14,14 @@ from queuemodels.continuous_law import continuous_law
 from queuemodels.kv_cache import fitting_shape
 from queuemodels.law_arrays import ManyLawFn, Points
 from queuemodels.operating_point import blocking, evaluate, occupancy, slowed_to, solve_chain
+from queuemodels.params import Point, ServiceParams
 from queuemodels.power import Occupancy
 from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.sizing import max_rate, max_rates_of, saturation_rps, within_targets, within_targets_of
 from queuemodels.stacked import Figures, solve_together
 from queuemodels.step_arrays import Bools, Floats
 from queuemodels.targets import Performance, Targets
-from queuemodels.types import (
-    Load,
-    ModelInputError,
-    Point,
-    PowerProfile,
-    ServerShape,
-    ServiceParams,
-    Unstable,
-)
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, Unstable
 
 ACCEPTED_STEPS = 200
 """The most tries of the accepted rate (`ChainModel._accepted`): a handful where some arrivals get in; 200 halvings

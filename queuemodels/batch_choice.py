@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from queuemodels.analyzer import QueueModel
 from queuemodels.operating_point import BLOCK_LIMIT
+from queuemodels.params import ServiceParams
 from queuemodels.sizing import RATE_REL_TOL
 from queuemodels.targets import Performance, Targets
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape
 
 
 @dataclass(frozen=True)

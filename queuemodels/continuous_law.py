@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from queuemodels.clock import clock_time_factor, step_clock_factor
+from queuemodels.params import ServiceParams
 from queuemodels.power import Batch
 from queuemodels.roofline import Roofline
 from queuemodels.service_time import StepLaw, cap_factors, capped_decode, decode_and_prompt, decode_cap_factor
-from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams, Unstable
+from queuemodels.types import Load, PowerProfile, ServerShape, Unstable
 
 
 def prompt_cost(overhead: Batch, compute: Batch, hidden: Batch, compute_factor: Batch) -> Batch:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from queuemodels.types import Load, ServerShape, ServiceParams
+from queuemodels.params import ServiceParams
+from queuemodels.types import Load, ServerShape
 
 
 def batch_limit(params: ServiceParams, load: Load) -> int | None:

@@ -18,11 +18,12 @@ from numpy.typing import NDArray
 
 from queuemodels.continuous_law import has_roofline
 from queuemodels.kv_cache import batch_limit, fitting_shape
+from queuemodels.params import Point, ServiceParams
 from queuemodels.roofline import Roofline
 from queuemodels.roofline_arrays import Terms
 from queuemodels.service_time import decode_and_prompt
 from queuemodels.step_arrays import Bools, Floats, LawArrays
-from queuemodels.types import Load, Point, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, PowerProfile, ServerShape
 
 Base = tuple[ServiceParams, Load, PowerProfile | None]
 """What many points share: parameters, the load's token mix (its rate is not read) and the power profile."""

@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaln
 
+from queuemodels.params import STEP_DEFAULTS, ServiceParams
 from queuemodels.power import Batch
-from queuemodels.types import STEP_DEFAULTS, Load, ServiceParams, Unstable
+from queuemodels.types import Load, Unstable
 
 Floats = NDArray[np.float64]
 

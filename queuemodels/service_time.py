@@ -20,9 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels.clock import clock_time_factor
+from queuemodels.params import ServiceParams
 from queuemodels.power import Batch, natural_draw_w, prompt_draw_w
 from queuemodels.roofline import Roofline
-from queuemodels.types import Load, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, PowerProfile, ServerShape
 
 NEWTON_STEPS = 12
 """At most this many in `StepLaw.batch_at`: tau is smooth, so they settle to rounding in three to five."""

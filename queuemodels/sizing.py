@@ -15,11 +15,12 @@ import numpy as np
 
 from queuemodels.law_arrays import ManyLawFn, Points, laws_of
 from queuemodels.operating_point import meets
+from queuemodels.params import ServiceParams
 from queuemodels.service_time import LawFn, StepLaw, capped_law
 from queuemodels.stacked import solve_together
 from queuemodels.step_arrays import Bools, Floats
 from queuemodels.targets import Targets
-from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape, ServiceParams
+from queuemodels.types import Load, ModelInputError, PowerProfile, ServerShape
 
 SATURATION_SHARE = 0.999
 """Share of the saturation rate a replica is ever sized to take: past it a bounded queue turns the excess

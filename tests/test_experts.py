@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.accelerators import CATALOG
 from queuemodels.continuous_law import continuous_law
+from queuemodels.params import LEAST_TOKEN_SHARE, MOST_WEIGHT_SHARE
 from queuemodels.roofline import Roofline
-from queuemodels.types import LEAST_TOKEN_SHARE, MOST_WEIGHT_SHARE
 from tuner import Observation, PairFilter, Tuner
 
 DENSE = ServiceParams("step", 11.0, 0.01, 6.0, 0.035).with_step_defaults()

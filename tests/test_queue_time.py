@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from queuemodels import Load, ServerShape, ServiceParams, get_model
-from queuemodels.types import NAMES, STEP_DEFAULTS
+from queuemodels.params import NAMES, STEP_DEFAULTS
 from tuner import FilterSettings, Observation, PairFilter
 from tuner.observation_file import read_observations
 from tuner.offline import relative_errors

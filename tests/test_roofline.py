@@ -11,9 +11,10 @@ import pytest
 
 from queuemodels import Load, ModelInputError, ServerShape, ServiceParams, get_model
 from queuemodels.continuous_law import continuous_law
+from queuemodels.params import STEP_DEFAULTS
 from queuemodels.roofline import Roofline
 from queuemodels.service_time import StepLaw, cap_factors
-from queuemodels.types import STEP_DEFAULTS, PowerProfile
+from queuemodels.types import PowerProfile
 
 STEP = ServiceParams("step", 11.0, 0.005, 6.0, 0.035, kappa_ms=5e-5, epsilon_ms=0.5)
 BENT = dataclasses.replace(STEP, rho=1.6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from queuemodels import Load, ServerShape, ServiceParams, get_model
-from queuemodels.types import STEP_DEFAULTS
+from queuemodels.params import STEP_DEFAULTS
 from tuner import FilterSettings, Observation, PairFilter
 
 GEN1 = ServiceParams("gen1", 11.0, 0.03, 6.0, 0.035)

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from scipy.special import gammaincinv
 
 from queuemodels import DEFAULT_MODEL, ModelInputError, PowerProfile, ServiceParams, get_model
-from queuemodels.types import LEAST_TERM
+from queuemodels.params import LEAST_TERM
 from tuner.clock import ClockFit
 from tuner.draw import DrawFit
 from tuner.filter_settings import FilterSettings, Verdict

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from queuemodels import ModelInputError, get_model
-from queuemodels.types import NAMES
+from queuemodels.params import NAMES
 from tuner.ekf import PairFilter
 from tuner.observation import Observation
 from tuner.observation_file import REASONS, ObservationRows

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from queuemodels import ModelInputError, ServiceParams
-from queuemodels.types import NAMES
+from queuemodels.params import NAMES
 from tuner.filter_settings import FilterSettings
 from tuner.observation import Observation
 
