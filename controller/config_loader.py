@@ -64,7 +64,7 @@ def check_http_url(url: str, field: str, query: bool = False) -> None:
     where `query` (a base URL has its API's path added), and no credentials: urllib sends none from a URL (it looked
     `user:password@host` up as a host name), and the URL is quoted in logs and the decision log, which they would be
     in; quoted here without them."""
-    shown = re.sub(r"//[^/@]*@", "//***@", url)
+    shown = re.sub(r"//.*@", "//***@", url)  # up to the last @: a password may hold /, @ or :
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # a port past 65535, or no number, raises here
@@ -72,13 +72,13 @@ def check_http_url(url: str, field: str, query: bool = False) -> None:
         parts, port = None, None
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         why: str | None = "whitespace or a control character in it"
+    elif "@" in url:  # userinfo, or a password holding "/" that reads as a host and port
+        why = "credentials in it, which are not sent (and would be logged)"
     elif parts is None:
         why = "a bracket left open, or a port that is no number in 1..65535"
     elif parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         why = "no http(s) URL with a host"
-    elif parts.username is not None or parts.password is not None:
-        why = "credentials in it, which are not sent (and would be logged)"
-    elif parts.fragment or (parts.query and not query):
+    elif "#" in url or ("?" in url and not query):  # an empty one too: a path added after it is lost
         why = "a fragment in it" if query else "a query or a fragment in it"
     else:
         why = None

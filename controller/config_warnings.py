@@ -25,13 +25,15 @@ def config_warnings(settings: Settings) -> list[str]:
 
 
 def _dry_run_replicas(settings: Settings) -> list[str]:
-    """Services a dry-run replica backend may plan more or fewer replicas for than run: it counts the replicas it
-    would have started (a trial's status read two where one ran, and the caps flipped with it)."""
+    """Services a dry-run replica backend may plan more or fewer replicas for than it runs: the plan counts the
+    replicas it asks for as running (a trial's status read two where one ran, and the caps flipped with it). Right
+    where an HPA or KEDA scales them to `wattscale_desired_replicas` (deploy/kubernetes/); otherwise fix them."""
     if settings.actuators.replicas != "dry-run":
         return []
     return [f"services[{s.name}].min_replicas: {s.min_replicas} < max_replicas {s.max_replicas} under actuators."
-            "replicas = \"dry-run\": the plan counts replicas it does not start; set both to the replicas the "
-            "service runs" for s in settings.services if s.min_replicas != s.max_replicas]
+            "replicas = \"dry-run\": the plan counts the replicas it asks for as running; right where an HPA or "
+            "KEDA scales the service to wattscale_desired_replicas, else set both to the replicas it runs"
+            for s in settings.services if s.min_replicas != s.max_replicas]
 
 
 def budget_warnings(settings: Settings, budget_w: float, where: str = "power.budget_w") -> list[str]:

@@ -105,8 +105,9 @@ class Estimator:
         if window.tokens_per_step is not None:
             m.tokens_per_step.labels(svc.name).set(window.tokens_per_step)
         self.serving[svc.name] = window.replicas
-        if window.replicas < 1:
-            return "no replica served"  # every replica restarting
+        if window.replicas < 1:  # every replica restarting: its latencies (none) shown as none
+            self._observed(svc.name, window)
+            return "no replica served"
         # What was served is not what arrived: a queue or a batch that grew through a steady window took the
         # difference (arrivals = completions + growth; a burst the batch takes shows in no queue), and a saturated
         # replica's completions read its capacity, not the demand. A restart's queue is the restart's, not demand:

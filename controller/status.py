@@ -276,8 +276,9 @@ def text(rep: dict[str, Any]) -> str:
     drawn = "" if rep["draw_w"] is None else f", drawing {_figure(rep['draw_w'])} W"
     unseen = len(rep["untold"])  # the daemon's, not this file's (it may name others)
     at = f" (at no load for services no window has measured yet: {unseen})" if unseen else ""
-    lines = [f"budget {_figure(rep['budget_w'])} W{why}, plan predicts {_figure(rep['predicted_w'] or 0)} W{at}"
-             f"{drawn}{age}"]
+    planned = ("no plan applied that cycle (the optimizer failed, or the daemon was stopping)"
+               if rep["predicted_w"] is None else f"plan predicts {_figure(rep['predicted_w'])} W{at}")
+    lines = [f"budget {_figure(rep['budget_w'])} W{why}, {planned}{drawn}{age}"]
     if rep["config_problem"]:
         lines.insert(0, f"this config file does not load ({rep['config_problem']}): a running daemon keeps the "
                         "config it loaded last; its services below without this file's targets")

@@ -148,7 +148,7 @@ class ChainModel:
         """The law and chain at this load (`law`: the law at the offered rate where the caller built it). A
         bounded queue turns arrivals away once full, and those cost the GPU nothing: the law (under continuous
         batching, the prompts' share of the GPU) is built at the rate accepted, lambda (1 - P(full)), found by
-        bisection where blocking is not negligible. An unbounded queue past the shape's saturation has no steady
+        regula falsi where blocking is not negligible. An unbounded queue past the shape's saturation has no steady
         state: the message quotes that rate."""
         try:
             law = law or self.law(params, load, profile, shape)
@@ -173,15 +173,17 @@ class ChainModel:
         rate accepts: a lighter law blocks less) and the offered rate, where that law falls short by `short_rps`
         (None: no law there); P(full) in closed form, the chain solved once, at the last law. The root of what the law
         at x accepts less x, by regula falsi (Illinois: the end that stays has its value halved), the bracket halved
-        where an end's value is not known (no law at the offered rate, or at the last try): some 6 laws where halvings
-        took 14, and a fit's saturated windows build them by the thousand. Bounded: where nearly every arrival is
-        turned away, the accepted rate falls toward 0 and a tolerance relative to it is never reached (an hour's
-        prompt per request at 1,000 rps ran forever)."""
+        where an end's value is not known (no law at the offered rate, or at the last try): 7-22 laws where halvings
+        to 1e-4 took 15-33, to 1e-10 of the root where they read 1e-5 (a fit's saturated windows build them by the
+        thousand); at the edge of the laws (a queue its own prompts bound) halvings to 1e-4, as before. Bounded: where
+        nearly every arrival is turned away, the accepted rate falls toward 0 and a tolerance relative to it is never
+        reached (an hour's prompt per request at 1,000 rps ran forever)."""
         rate = load.rate_rps
         high, f_low, f_high = rate, None, None if short_rps is None else -short_rps
-        best, best_rps, kept = None, 0.0, 0  # kept: the end the last try left in place (-1 low, 1 high)
+        best, best_rps, moved = None, 0.0, 0  # moved: the end the last try moved (-1 low, 1 high; 0 neither)
         for _ in range(ACCEPTED_STEPS):
-            if best is not None and high - low <= ACCEPTED_TOLERANCE * high:
+            # to 1e-4 where the top is the edge of the laws (a queue its own prompts bound: halvings, no secant)
+            if best is not None and high - low <= (ACCEPTED_TOLERANCE if f_high is not None else 1e-4) * high:
                 break
             mid = 0.5 * (low + high)
             if f_low is not None and f_high is not None and f_low > f_high:
@@ -191,19 +193,19 @@ class ChainModel:
                 law = self.law(params, replace(load, rate_rps=mid), profile, shape)
                 full = blocking(law, shape, rate)
             except Unstable:
-                high, f_high, kept = mid, None, 0
+                high, f_high, moved = mid, None, 0
                 continue
             best, best_rps, gap = law, mid, rate * (1.0 - full) - mid
             if gap >= 0.0:
                 low, f_low = mid, gap
-                if kept == -1 and f_high is not None:
+                if moved == -1 and f_high is not None:
                     f_high *= 0.5
-                kept = -1
+                moved = -1
             else:
                 high, f_high = mid, gap
-                if kept == 1 and f_low is not None:
+                if moved == 1 and f_low is not None:
                     f_low *= 0.5
-                kept = 1
+                moved = 1
         if best is None:  # no law below the offered rate has a steady state: nothing is served at any rate
             raise Unstable(f"rate_rps: {rate:.6g} has no stationary solution at any accepted rate below it")
         chain = solve_chain(best, shape, rate)

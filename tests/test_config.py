@@ -156,7 +156,10 @@ def test_shipped_sim_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixtu
               ("http://127.0.0.1:99999", "http://127.0.0.1:99999", "a bracket left open, or a port"),
               ("http://127.0.0.1:19090 /x", "http://127.0.0.1:19090 /x", "whitespace or a control character"),
               ("http://127.0.0.1:19090\\r\\nX: y", "http://127.0.0.1:19090\\\\r\\\\nX: y", "whitespace"),
-              ("http://127.0.0.1:19090/?x=1#frag", "http://127.0.0.1:19090/\\?x=1#frag", "a query or a fragment"))),
+              ("http://127.0.0.1:19090/?x=1#frag", "http://127.0.0.1:19090/\\?x=1#frag", "a query or a fragment"),
+              # a review: an empty query lost the API's path; a password holding "/" read as a port, shown whole
+              ("http://127.0.0.1:19090?", "http://127.0.0.1:19090\\?", "a query or a fragment"),
+              ("http://u:pa/ss@h:9090", "http://\\*\\*\\*@h:9090", "credentials in it"))),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 1.5'),  # queried as [2s]
          "telemetry.window_s: must be whole seconds, got 1.5"),
         (lambda t: t.replace('vllm_source = "sim"', 'vllm_source = "sim"\nwindow_s = 0.4'),  # queried as [0s]
@@ -1141,8 +1144,9 @@ def test_a_dry_run_replica_backend_that_may_scale_is_a_warning() -> None:
     apart = settings_from(tomllib.loads(text.replace("min_replicas = 4", "min_replicas = 2", 1)),
                           ROOT / "config" / "examples")
     assert [w for w in file_warnings(apart) if "dry-run" in w] == [
-        'services[chat].min_replicas: 2 < max_replicas 4 under actuators.replicas = "dry-run": the plan counts '
-        "replicas it does not start; set both to the replicas the service runs"]
+        'services[chat].min_replicas: 2 < max_replicas 4 under actuators.replicas = "dry-run": the plan counts the '
+        "replicas it asks for as running; right where an HPA or KEDA scales the service to wattscale_desired_replicas, "
+        "else set both to the replicas it runs"]
 
 
 def test_power_levels_under_the_gpus_lowest_limit_are_a_warning(tmp_path: Path,

@@ -322,19 +322,20 @@ def test_the_flap_checks_samples_lost_leave_the_window_standing() -> None:
                     "window goes on without it)"]
 
 
-def sampled(answers: dict[str, str], series: list[list[tuple[float, float]]], end: float,
+def sampled(answers: dict[str, str], series: list[list[tuple[float, float]]], end: float | list[float],
             window_s: float = 20.0) -> tuple[PrometheusVllmSource, list[str]]:
-    """A source whose Prometheus evaluates at Unix time `end` and holds `series` of (time, count) samples of the
-    success counter."""
+    """A source whose Prometheus evaluates at Unix time `end` (the last of a list the test appends to) and holds
+    `series` of (time, count) samples of the success counter (the list as the test leaves it at each query)."""
     said: list[str] = []
     by_query = {q: k for k, q in queries(["m"], f"{round(window_s)}s").items()}
+    ends = end if isinstance(end, list) else [end]
 
     def fetch(url: str, form: dict[str, str], timeout_s: float) -> bytes:
         if form["query"] == counts_query(["m"], window_s):
             items = [{"metric": {"model_name": "m"}, "values": [[t, str(c)] for t, c in s]} for s in series]
             return json.dumps({"status": "success", "data": {"resultType": "matrix", "result": items}}).encode()
         value = answers.get(by_query[form["query"]])
-        items = [{"metric": {"model_name": "m"}, "value": [end, value]}] if value is not None else []
+        items = [{"metric": {"model_name": "m"}, "value": [ends[-1], value]}] if value is not None else []
         return json.dumps({"status": "success", "data": {"resultType": "vector", "result": items}}).encode()
 
     return PrometheusVllmSource("http://prom", {"chat": "m"}, window_s=window_s, fetch=fetch,
@@ -358,6 +359,7 @@ STEADY = {"rate_rps": "4", "replicas": "1", "running": "13", "waiting": "1", "re
     ([every(1000, 1080, 2.0), every(1070, 1080, 2.0)], "4", None),  # an engine new to the window
     ([every(1000, 1050, 2.0), every(1000, 1080, 2.0)], "4", None),  # an engine gone before the window
     ([every(1000, 1080, 4.0, step=15.0)], "0", "holds fewer than two of Prometheus' samples, scraped about every 15 s"),
+    ([[*every(1000, 1058, 4.0), (1079.0, 4.0 * 1079)]], "3", "over the start of the window"),  # one sample: no rate
 ])
 def test_a_hole_in_the_samples_at_the_windows_start_is_no_window(series: list[list[tuple[float, float]]], rate: str,
                                                                  why: str | None) -> None:
@@ -372,6 +374,35 @@ def test_a_hole_in_the_samples_at_the_windows_start_is_no_window(series: list[li
         assert w is not None and w.rate_rps == float(rate) and not said
     else:
         assert w is None and len(said) == 1 and said[0].startswith("chat: ") and why in said[0]
+
+
+@pytest.mark.parametrize(("first_s", "refused"), [(14.0, False), (16.0, False), (17.0, True), (28.0, True)])
+def test_rate_reads_a_window_short_where_its_first_sample_is_past_prometheus_extrapolation(first_s: float,
+                                                                                          refused: bool) -> None:
+    """rate() stretches the first sample back to the window's start only within 1.1 of the samples' interval, half an
+    interval past that (a review: 15-s scrapes, a 60-s window whose first sample came 28 s in read 2.63 rps for 4,
+    and passed a check that allowed 1.5 intervals plus a tenth of the window). At 17 s, 9.5 s go unread: 16 %."""
+    series = [every(900, 1002, 4.0, step=15.0) + every(1020 + first_s, 1080, 4.0, step=15.0)]
+    source, said = sampled(STEADY, series, end=1080.0, window_s=60.0)
+    assert (source.observe(0.0, ["chat"])["chat"] is None) is refused and bool(said) is refused
+
+
+def test_a_model_back_after_an_outage_past_the_lookback_is_no_window_until_its_samples_cover_one() -> None:
+    """Prometheus down longer than the four windows looked back over: every series starts in the window, read as
+    engines new to it, and 4 rps read as 1.8, steady (a review). A model read before whose last window is older than
+    this one's start (or which went silent) has no window until a series covers its start; an engine new to a window
+    read on time still counts whole."""
+    series = [every(1000, 1080, 4.0)]
+    ends = [1080.0]
+    source, said = sampled(STEADY, series, end=ends)
+    assert source.observe(0.0, ["chat"])["chat"] is not None and not said
+    ends.append(1500.0)
+    series[:] = [every(1485, 1500, 4.0)]  # back 15 s ago: all its samples in the window
+    assert source.observe(15.0, ["chat"])["chat"] is None and "over the start of the window" in said[0]
+    ends.append(1520.0)
+    series[:] = [every(1485, 1520, 4.0), every(1510, 1520, 4.0)]  # a window later, and an engine new to this one
+    w = source.observe(30.0, ["chat"])["chat"]
+    assert w is not None and len(said) == 1
 
 
 def test_a_rise_across_a_hole_in_the_samples_is_no_flap() -> None:

@@ -43,11 +43,11 @@ def least_latency(problem: Problem, svc: ServiceDemand) -> str | None:
             continue
         shape = ServerShape(min(problem.batch_sizes), svc.max_queue, a.profile.max_power_w)
         try:
-            perf = model.analyze(svc.params[a.name], replace(svc.load, rate_rps=1e-3), shape, svc.profile(a))
+            perf = model.analyze(svc.params[a.name], replace(svc.load, rate_rps=1e-3), shape, svc.profile(a),
+                                 tails=svc.targets.statistic != "mean")
         except ModelInputError:
             continue
-        tail = svc.targets.statistic != "mean"
-        read = ((perf.ttft_p95_ms, perf.itl_p95_ms) if tail else (perf.ttft_ms, perf.itl_ms))
+        read = perf.latency_at(svc.targets.statistic)
         if best is None or read < best[1]:
             best = (a.name, read)
     if best is None:

@@ -94,9 +94,11 @@ class Milp:
         if picked is not None and not notes:
             return picked, notes
         choice, _ = Greedy().choose(problem, cands, shed)
-        held = problem.shed_gpus(cands)
         if picked is None:
             return choice, notes
+        if problem.domains:  # greedy knows no domain: compared once brought within them, as Auto compares
+            choice, _ = fit_domains(problem, cands, choice)
+        held = problem.shed_gpus(cands)
         if _fits(problem, choice, held) and choice_value(choice, shed) > choice_value(picked, shed) + 1e-9:
             return choice, [*notes, "milp: greedy's plan used, better than that incumbent"]
         return picked, notes

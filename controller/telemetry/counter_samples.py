@@ -85,35 +85,46 @@ def flapped(counts: list[float], times: Sequence[float] | None = None) -> bool:
 
 
 GAP_SHARE = 0.1
-"""Share of a window its samples may leave unseen at its start before its rate reads short by as much."""
+"""Share of a window its samples may leave unread at its start: rate() reads the requests of that much less."""
+EXTRAPOLATED = 1.1
+"""Prometheus' rate() stretches a window's first sample back to its start where the gap is under this many of the
+samples' mean interval, and by half an interval where it is longer (`extrapolatedRate`)."""
 
 
-def window_gap(series: Sequence[Samples], end: float, window_s: float) -> str | None:
-    """Why the window (`window_s` up to Unix time `end`) of a model's success counters reads short, or None: every
-    series scraped before the window and on into it must have samples over it from within one and a half of its
-    usual intervals of its start (rate() extrapolates that far), or more than `GAP_SHARE` of its requests go unread;
-    and where none has a sample in it while some had before, none is read (rate() has nothing to read, the queue
-    gauges hold their last samples for minutes). A series with no sample before the window is an engine new to it,
-    one with none since its start an engine gone before it. Said without figures that change from one window to the
-    next (the controller logs a message once while it repeats)."""
+def window_gap(series: Sequence[Samples], end: float, window_s: float, resumed: bool = False) -> str | None:
+    """Why the window (`window_s` up to Unix time `end`) of a model's success counters reads short, or None: rate()
+    reads the requests of each series over the span its samples cover, stretched back to the window's start only
+    where the first is within 1.1 of their interval of it (half an interval past that), so a series scraped before the
+    window and on into it must leave no more than `GAP_SHARE` of the window unread at its start; and where none has a
+    sample in it while some had before, none is read (rate() has nothing to read; the queue gauges hold their last
+    samples for minutes). A series with no sample at or before the window's start is an engine new to it, all of whose
+    requests are the window's, unless the window `resumed` a model silent or unread before it (Prometheus or its
+    exporter down past the samples looked back over): then every series starts in it, and none covers its start.
+    An engine gone before the window is none. Said without figures that change from one window to the next (the
+    controller logs a message once while it repeats)."""
     start = end - window_s
     intervals = [i for s in series if (i := scrape_interval_s(s.times)) is not None]
     if intervals and min(intervals) > window_s / 2.0:
         return (f"telemetry.window_s ({window_s:g} s) holds fewer than two of Prometheus' samples, scraped about "
                 f"every {min(intervals):.0f} s: rate() reads little or nothing; make it four scrape intervals or more")
     live = [s for s in series if s.times and s.times[-1] > start]
+    gap = ("Prometheus has no sample of its success counter over the start of the window, where it had before "
+           "(Prometheus or the exporter down, paused or restarted): no window until its samples cover one")
     if not live and any(s.times for s in series):
         return ("Prometheus has no sample of its success counter in the window, where it had before (Prometheus or "
                 "the exporter down, paused or restarted): no window until its samples cover one")
+    if resumed and live and all(s.times[0] > start for s in live):
+        return gap
     for s in live:
-        interval = scrape_interval_s(s.times)
-        if interval is None or s.times[0] > start:
+        if s.times[0] > start:
             continue
-        first = next(t for t in s.times if t > start)
-        if min(first, end) - start - 1.5 * interval > GAP_SHARE * window_s:
-            return ("Prometheus has no sample of its success counter over the start of the window, where it had "
-                    "before (Prometheus or the exporter down, paused or restarted): no window until its samples "
-                    "cover one")
+        inside = [t for t in s.times if start < t <= end]
+        if len(inside) < 2:  # rate() reads no series of one sample: its requests are none of the window's
+            return gap
+        mean_interval = (inside[-1] - inside[0]) / (len(inside) - 1)
+        late = inside[0] - start
+        if late >= EXTRAPOLATED * mean_interval and late - mean_interval / 2.0 > GAP_SHARE * window_s:
+            return gap
     return None
 
 

@@ -104,6 +104,8 @@ class PrometheusVllmSource:
         """Times a window's queries against their deadline (`WINDOW_TIMEOUTS`)."""
         self.rated: set[str] = set()
         """Models a request rate was read for: from then on, no rate series is a lost counter, not none finished."""
+        self.read_until: float | None = None
+        """Prometheus' time at the end of the last window read whole (its figures and samples)."""
         self.heard: set[str] = set()
         """Models the last observation had series of: one that goes silent is said once, as it goes (an exporter down
         had given no window every cycle, unsaid; said every cycle, a service scaled to none would read as failing)."""
@@ -120,11 +122,13 @@ class PrometheusVllmSource:
         if self.clock() > deadline:
             raise TelemetryError(f"prometheus: {window_late('queries', self.api.timeout_s)}")
 
-    def _counters(self, models: list[str], at: float | None, deadline: float) -> tuple[set[str], dict[str, str]]:
+    def _counters(self, models: list[str], at: float | None, deadline: float,
+                  resumed: set[str]) -> tuple[set[str], dict[str, str]]:
         """What the models' success counters' samples say (controller.telemetry.counter_samples), within the window's
         deadline: which `flapped` (asked every window: a rise to the other engine's count needs no fall), and why a
         model's window reads short where its samples leave a hole at its start (`window_gap`, judged where the window's
-        end is known: `at`, or the time Prometheus evaluated its figures at)."""
+        end is known: `at`, or the time Prometheus evaluated its figures at; `resumed`: models read before whose last
+        window read none of them, or ended before this one's start)."""
         self._within(deadline)
         try:
             series = self.api.counts(counts_query(models, self.window_s), at)
@@ -132,7 +136,8 @@ class PrometheusVllmSource:
             self.on_error("prometheus", f"{exc} (the flap check's samples: the window goes on without it)")  # rest
             return set(), {}  # of the window stands, as it did before the check
         flapping = {m for m, each in series.items() if any(flapped(s.counts, s.times) for s in each)}
-        gaps = {m: why for m, each in series.items() if at is not None and (why := window_gap(each, at, self.window_s))}
+        gaps = {m: why for m, each in series.items()
+                if at is not None and (why := window_gap(each, at, self.window_s, m in resumed))}
         return flapping, gaps
 
     def observe(self, now: float, services: list[str]) -> dict[str, ServiceWindow | None]:
@@ -155,7 +160,11 @@ class PrometheusVllmSource:
                     self.on_error("prometheus", str(exc))
                     answers[figure] = {}
                     lost.add(figure)
-            flapping, gaps = self._counters(models, at if at is not None else self.api.answered_at, deadline)
+            end = at if at is not None else self.api.answered_at
+            gone = end is None or self.read_until is None or self.read_until <= end - self.window_s
+            resumed = {m for m in models if m in self.rated and (gone or m not in self.heard)}
+            flapping, gaps = self._counters(models, end, deadline, resumed)
+            self.read_until = end
         unsure = bool(lost & {"restarts", "replicas_before"})
         silent, self.heard = self.heard, set()
         out: dict[str, ServiceWindow | None] = {}
