@@ -63,6 +63,8 @@ def _check(args: argparse.Namespace) -> int:
     `simulate` loads it (it runs on no host: nothing is probed)."""
     from controller.wiring import probe_nvml
 
+    if Path(args.file).suffix in (".yaml", ".yml"):  # custom resources, as the operator reads them
+        return _check_resources(Path(args.file))
     doc = read_toml(Path(args.file))  # read once: a daemon config's checks take the tables read here
     if file_kind(doc) == "scenario":
         from controller.simulate.scenario import load_scenario
@@ -83,6 +85,22 @@ def _check(args: argparse.Namespace) -> int:
         probe_nvml(s)  # the driver, as `run` starts it (build_parts)
     print(f"{args.file}: ok ({len(s.services)} service{'s' * (len(s.services) != 1)}, budget {s.power.budget_w:.0f} W"
           + ("; the file alone: this host was not probed)" if args.file_only else ")"))
+    return 0
+
+
+def _check_resources(path: Path) -> int:
+    """A PowerPolicy and LLMServices in YAML (controller/cluster/offline_check.py): each refusal on a line."""
+    try:
+        from controller.cluster.offline_check import check_resources
+    except ImportError:
+        raise ConfigError("check-config", "custom resources need: pip install 'wattscale[cluster]'") from None
+    refusals, read = check_resources(path)
+    for line in refusals:
+        print(f"wattscale: {line}", file=sys.stderr)
+    if refusals:
+        return 2
+    print(f"{path}: ok ({read}, as the operator reads them; the Deployments they name, the budget's secrets and the "
+          "nodes' GPUs are read in the cluster)")
     return 0
 
 
@@ -181,8 +199,9 @@ def parser() -> argparse.ArgumentParser:
                    help="stop after this many wall-clock seconds (default: run until SIGTERM)")
     r.set_defaults(func=_run, daemon=True)
     c = sub.add_parser("check-config", help="validate a config file and probe what run needs of the host (or a "
-                       "scenario, as simulate loads it)")
-    c.add_argument("file", type=file, metavar="FILE", help="TOML config, or a scenario")
+                       "scenario, as simulate loads it; or custom resources, .yaml, as the operator reads them)")
+    c.add_argument("file", type=file, metavar="FILE", help="TOML config, a scenario, or a PowerPolicy and LLMServices "
+                   "in YAML")
     c.add_argument("--file-only", action="store_true",
                    help="check the file alone, off the host it is for (CI, a laptop): the metrics port, NVML, the "
                         "backends' programs, budget sources and directories are not probed")

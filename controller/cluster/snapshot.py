@@ -7,6 +7,7 @@ others go on: one bad LLMService never stops the policy, and a cross-field error
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,19 +59,27 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
                    state_dir: str, timeout_s: float) -> Resources:
     """The policy named and every LLMService not being deleted, through `custom` (a CustomObjectsApi), each
     checked against its Deployments; `plans` gives the domains' GPUs (None: not leading, none known)."""
-    errors: dict[str, ConfigError] = {}
     try:
         policy_obj = custom.get_cluster_custom_object(GROUP, VERSION, POLICIES, policy_name,
                                                       _request_timeout=timeout_s)
         items = custom.list_cluster_custom_object(GROUP, VERSION, SERVICES, _request_timeout=timeout_s)["items"]
     except Exception as exc:
         raise translate(exc, "custom resources") from exc
-    objects = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in items
+    return resources_of(policy_obj, items, deployments, plans, state_dir)
+
+
+def resources_of(policy_obj: dict[str, Any], items: list[dict[str, Any]], deployments: Deployments | None,
+                 plans: NodePlans | None, state_dir: str, environ: Mapping[str, str] | None = os.environ) -> Resources:
+    """`read_resources` of objects read already: each checked (against its Deployments where `deployments` is given,
+    its budget sources' secrets against `environ` where given), then together as the operator plans them. Offline
+    (`wattscale check-config` of a YAML file) neither is read."""
+    objects = {f"{o['metadata'].get('namespace', 'default')}/{o['metadata']['name']}": o for o in items
                if not o["metadata"].get("deletionTimestamp")}
+    errors: dict[str, ConfigError] = {}
     try:
         policy: PowerPolicySpec | None = policy_spec(resource_spec(policy_obj))
-        if policy is not None and policy.budget:
-            check_secrets(budget_settings(policy.budget, "spec.budget"), os.environ, "spec.budget")
+        if policy is not None and policy.budget and environ is not None:
+            check_secrets(budget_settings(policy.budget, "spec.budget"), environ, "spec.budget")
     except ConfigError as exc:
         errors["policy"] = exc
         return Resources(None, None, errors, objects, policy_obj)
@@ -86,7 +95,8 @@ def read_resources(custom: Any, policy_name: str, deployments: Deployments, plan
         ns, name = key.split("/", 1)
         try:
             read[key] = service_settings(ns, name, resource_spec(obj))
-            deployments.check(read[key])
+            if deployments is not None:
+                deployments.check(read[key])
         except ConfigError as exc:
             errors[key] = exc
             read.pop(key, None)
