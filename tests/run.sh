@@ -9,7 +9,7 @@ if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get install -y -q prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }) \
     || echo "warning: could not install Debian's prometheus package"
 fi
-.venv/bin/lint-imports --config pyproject.toml
+.venv/bin/lint-imports  # the contracts in ./pyproject.toml
 .venv/bin/ruff check .
 .venv/bin/mypy
 # one worker per core: most of the suite's wall time is tests waiting out real timeouts and servers
