@@ -127,7 +127,8 @@ def _in_use(folder: Path) -> ConfigError:
             holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
     shown = holder if holder.isdigit() else "unknown"  # what the file holds is shown only as a pid
-    return ConfigError("daemon.state_dir", f"{folder} is in use by another wattscale run (pid {shown}); give each "
+    shown_dir = os.path.normpath(folder)  # as written, config/../var/state read oddly
+    return ConfigError("daemon.state_dir", f"{shown_dir} is in use by another wattscale run (pid {shown}); give each "
                        "daemon its own state_dir")
 
 

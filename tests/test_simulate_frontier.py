@@ -192,7 +192,9 @@ def test_simulate_prints_why_an_energy_target_was_missed(small_scenario: Callabl
     assert main(["simulate", str(path), "--report", str(report), "--policies", "static,wattscale", "--no-progress",
                  "--no-frontier"]) == 0
     out = capsys.readouterr().out
-    assert "target MISSED: tokens_per_joule" in out and "why:" not in out
+    # a new user read no why at all: it says it was not measured, and how to have it
+    assert "target MISSED: tokens_per_joule" in out and ("\n  why: the emulator's frontier was not measured "
+                                                        "(--no-frontier): run without it") in out
     assert "\nnot judged: sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run\n" in out
     assert "- sum_t_over_c >= 1.15 x uniform-cap's: uniform-cap did not run." in (report / "summary.md").read_text()
 
