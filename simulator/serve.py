@@ -8,10 +8,12 @@ OpenMetrics negotiation would rename `vllm:` to `vllm_` on the way.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -50,7 +52,7 @@ class RealTimeEmulator:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = _Quiet(("127.0.0.1", port), Handler)
         threading.Thread(target=self._server.serve_forever, name="emulator-http", daemon=True).start()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="emulator", daemon=True)
@@ -77,3 +79,12 @@ class RealTimeEmulator:
         self._thread.join(timeout=5)
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Quiet(ThreadingHTTPServer):
+    """A scraper that hangs up mid-request (Prometheus paused, then resumed, or stopped) is no error of the page's:
+    socketserver printed each as a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
