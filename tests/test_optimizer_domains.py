@@ -16,6 +16,7 @@ from controller.optimizer import DomainRoom, Problem, Solution, get_solver, solv
 from controller.optimizer.candidates import enumerate_all
 from controller.optimizer.domains import domain_w, fit_domains
 from controller.optimizer.problem import Candidate
+from controller.optimizer.solvers import Milp
 from controller.optimizer.values import valued
 from controller.settings import load_settings
 from queuemodels.accelerators import CATALOG
@@ -181,3 +182,19 @@ def test_a_config_listing_fewer_gpus_than_min_replicas_need_is_refused(tmp_path:
     with pytest.raises(ConfigError, match=r"services\[chat\].gpus: 1 listed, fewer GPUs than its min_replicas need "
                                           r"\(2 x 1 a replica\)"):
         load_settings(tmp_path / "w.toml")
+
+
+def test_a_stopped_milp_compares_greedys_plan_brought_within_the_domains() -> None:
+    """A review: greedy knows no domain, so a MILP stopped at its time limit compared greedy's plan unfitted, which
+    overfills the rack, and kept an incumbent however poor. It is compared once brought within them, as auto does."""
+
+    class Stopped(Milp):
+        def exact(self, problem: Problem, cands: list[list[Candidate]],
+                  shed: list[float]) -> tuple[list[Candidate | None], list[str]]:
+            return [None] * len(cands), ["milp: Time limit reached; best incumbent used"]
+
+    p = problem()
+    s = solve(p, Stopped())
+    assert [r.assignment is not None for r in s.services] == [False, True, True]  # chat's rack holds none of it
+    assert in_rack(p, s) <= RACK.room_w + 1e-6
+    assert "milp: greedy's plan used, better than that incumbent" in s.notes
