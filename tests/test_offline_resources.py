@@ -57,6 +57,8 @@ def test_a_refusal_names_its_resource_and_field(tmp_path: Path, capsys: pytest.C
     (":: bad: [\n", "is not YAML: "),
     ("kind: LLMService\nspec: {}\n", "document 1.metadata.name: must name the resource"),
     ("kind: LLMService\nmetadata: {name: x}\nspec: 5\n", "LLMService default/x: spec: must be an object, got int"),
+    # two resources pasted without `---`: PyYAML kept the last of each key, the second's fields over the first's
+    ("kind: PowerPolicy\nmetadata: {name: p}\nkind: LLMService\n", "is not YAML: 'kind' given twice in one mapping"),
 ])
 def test_a_file_that_holds_no_resources_of_ours_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                              text: str, said: str) -> None:

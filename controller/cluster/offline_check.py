@@ -33,13 +33,13 @@ def documents(path: Path) -> list[dict[str, Any]]:
             data = f.read(MAX_TOML_BYTES + 1)
         if len(data) > MAX_TOML_BYTES:
             raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no resources are")
-        docs = [d for d in yaml.safe_load_all(data.decode("utf-8-sig")) if d is not None]
+        docs = [d for d in yaml.load_all(data.decode("utf-8-sig"), Loader=_unique_keys(yaml)) if d is not None]
     except OSError as exc:
         raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"is not YAML: {str(exc).splitlines()[0]}") from None
+    except yaml.YAMLError as exc:  # a key given twice too (two resources pasted without `---` read as one)
+        raise ConfigError(str(path), f"is not YAML: {' '.join(str(exc).split())[:300]}") from None
     except RecursionError:
         raise ConfigError(str(path), "is not YAML: nested too deeply") from None
     if not docs:
@@ -52,6 +52,24 @@ def documents(path: Path) -> list[dict[str, Any]]:
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
             raise ConfigError(f"{path}: document {i + 1}.metadata.name", "must name the resource")
     return docs
+
+
+def _unique_keys(yaml: Any) -> Any:
+    """PyYAML's safe loader refusing a key given twice in one mapping, as kubectl does: it kept the last, so two
+    resources pasted without `---` between them read as one, the second's fields over the first's."""
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} given twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def check_resources(path: Path) -> tuple[list[str], str]:
