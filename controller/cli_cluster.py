@@ -73,7 +73,9 @@ class _NoRepeatedStopSignals(logging.Filter):
 def _logging(level: str) -> None:
     log_writer.install(level, "%(asctime)s %(levelname)s %(name)s: %(message)s",
                        filters=(_NoConnectionTracebacks(), _NoRepeatedStopSignals()))
-    for library in ("urllib3", "kubernetes", "aiohttp"):
+    # kopf.objects: a line per handler run ("Handler 'seen' succeeded") at INFO, for every resource every event; its
+    # retries and failures are warnings and errors, kept (an operator trial read the successes as noise)
+    for library in ("urllib3", "kubernetes", "aiohttp", "kopf.objects"):
         logging.getLogger(library).setLevel(logging.WARNING)
 
 
