@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import sys
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def _latencies(perf: Performance | None, statistic: str, per_step: float) -> str
 def _optimize(args: argparse.Namespace) -> int:
     from controller.optimize_spec import load_spec, solution_json
     from controller.optimizer import get_solver, solve
+    from controller.optimizer.reasons import slo_notes
 
     problem = load_spec(Path(args.spec))
     try:
@@ -153,6 +155,7 @@ def _optimize(args: argparse.Namespace) -> int:
         if args.solver != "exhaustive":
             raise
         raise ConfigError("--solver", f"{exc} ({len(problem.services)} services)") from None
+    solution = replace(solution, notes=[*solution.notes, *slo_notes(problem, solution)])
     doc = solution_json(solution)
     if args.json:
         print(strict_json.dumps(doc, indent=2))

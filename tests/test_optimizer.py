@@ -9,6 +9,7 @@ import pytest
 
 from controller.optimizer import AcceleratorType, Assignment, Candidate, Problem, ServiceDemand, get_solver, solve
 from controller.optimizer.candidates import enumerate_all
+from controller.optimizer.reasons import slo_notes
 from controller.optimizer.solvers import Milp
 from controller.optimizer.values import shed_weights, valued
 from queuemodels import DEFAULT_MAX_QUEUE, DEFAULT_MODEL, Load, ServerShape, ServiceParams, Targets, get_model
@@ -306,9 +307,10 @@ def test_a_target_no_shape_meets_says_the_least_latency_any_reads(statistic: str
     says the least TTFT and ITL one replica reads at a trickle of load, at the target's own statistic (a review: a
     p99 target was quoted p95's)."""
     demands = (ServiceDemand("big", 1, Targets(10, 60, statistic), Load(4.0, 512, 200), {"H100-SXM": P8}),)
-    sol = solve(Problem(demands, (H100,), 5000.0, batch_sizes=(8, 64)), get_solver("auto"))
+    problem = Problem(demands, (H100,), 5000.0, batch_sizes=(8, 64))
+    sol = solve(problem, get_solver("auto"))
     assert sol.services[0].reason == "slo"
-    (note,) = [n for n in sol.notes if n.startswith("big: ")]
+    (note,) = [n for n in slo_notes(problem, sol) if n.startswith("big: ")]
     assert note.startswith(f"big: no shape meets its {statistic} targets (ttft_ms 10, itl_ms 60): the least any "
                            "reads, one H100-SXM replica at a trickle of load, is TTFT ")
     ttft = float(note.split("is TTFT ")[1].split(" ms")[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.optimizer.domains import domain_w
-from controller.optimizer.problem import Candidate, Choice, Problem, ServiceDemand, gpus_used
+from controller.optimizer.problem import Candidate, Choice, Problem, ServiceDemand, Solution, gpus_used
 from queuemodels import ModelInputError, ServerShape, get_model
 
 
@@ -32,6 +32,13 @@ def short_reason(problem: Problem, i: int, cands: list[Candidate], choice: Choic
     fits = {id(c) for c in fitting}
     more = [c for c in more if id(c) in fits]
     return "domain" if _domain_full(problem, more, [c for c in others if c is not None]) else "budget"
+
+
+def slo_notes(problem: Problem, solution: Solution) -> list[str]:
+    """`least_latency` of each service the solution leaves short for its targets: what `optimize` says of one (an
+    impossible target said only "slo"); the daemon's slow cycle, which reads no note, spends nothing on it."""
+    return [note for r, svc in zip(solution.services, problem.services, strict=True)
+            if r.reason == "slo" and (note := least_latency(problem, svc))]
 
 
 def least_latency(problem: Problem, svc: ServiceDemand) -> str | None:

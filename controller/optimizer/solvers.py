@@ -25,7 +25,7 @@ from controller.optimizer.problem import (
     choice_value,
     gpus_used,
 )
-from controller.optimizer.reasons import least_latency, short_reason
+from controller.optimizer.reasons import short_reason
 from controller.optimizer.values import collector_paused, valued
 
 
@@ -246,8 +246,6 @@ def _solved(problem: Problem, solver: Solver) -> Solution:
             continue
         results.append(ServiceResult(svc.name, c.assignment, with_tails(problem, c), c.power_w, c.cost_per_hour,
                                      c.short_rps, reason))
-    notes += [note for r, svc in zip(results, problem.services, strict=True) if r.reason == "slo"
-              and (note := least_latency(problem, svc))]
     power = problem.idle_w + sum(c.power_w for c in choice if c is not None)
     cost = sum(c.cost_per_hour for c in choice if c is not None)
     objective = sum(c.score for c in choice if c is not None)
