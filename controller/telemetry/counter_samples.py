@@ -108,11 +108,9 @@ def window_gap(series: Sequence[Samples], end: float, window_s: float, resumed: 
         return (f"telemetry.window_s ({window_s:g} s) holds fewer than two of Prometheus' samples, scraped about "
                 f"every {min(intervals):.0f} s: rate() reads little or nothing; make it four scrape intervals or more")
     live = [s for s in series if s.times and s.times[-1] > start]
-    gap = ("Prometheus has no sample of its success counter over the start of the window, where it had before "
-           "(Prometheus or the exporter down, paused or restarted): no window until its samples cover one")
+    gap = _unseen("over the start of")
     if not live and any(s.times for s in series):
-        return ("Prometheus has no sample of its success counter in the window, where it had before (Prometheus or "
-                "the exporter down, paused or restarted): no window until its samples cover one")
+        return _unseen("in")
     if resumed and live and all(s.times[0] > start for s in live):
         return gap
     for s in live:
@@ -126,6 +124,11 @@ def window_gap(series: Sequence[Samples], end: float, window_s: float, resumed: 
         if late >= EXTRAPOLATED * mean_interval and late - mean_interval / 2.0 > GAP_SHARE * window_s:
             return gap
     return None
+
+
+def _unseen(where: str) -> str:
+    return (f"Prometheus has no sample of its success counter {where} the window, where it had before (Prometheus or "
+            "the exporter down, paused or restarted): no window until its samples cover one")
 
 
 def range_counts(result: list[Any], query: str) -> dict[str, list[Samples]]:
