@@ -194,8 +194,7 @@ class Controller:
         except Exception as exc:
             self.error("optimizer", str(exc))
             problem, solution = None, None  # the draw and any emergency are recorded all the same (status reads them)
-            record["degradation"] = {"emergency": self.governor.emergency, "urgent": self.governor.exhausted,
-                                     "gpus_held_below_plan": self.fast.held_gpus}
+            record["degradation"] = self._degradation()
         record["draw_w"] = None if self.fast.draw_w is None else round(self.fast.draw_w, 1)
         for svc in s.services:
             record["services"][svc.name]["slo_margin"] = self.estimator.margins.planned.get(svc.name, 0.0)
@@ -217,6 +216,11 @@ class Controller:
             self.metrics.errors.labels("decision_log").inc()
         self.metrics.cycle.labels("slow").observe(time.perf_counter() - started)
         return solution
+
+    def _degradation(self) -> dict[str, Any]:
+        """What holds the site below its plan at this instant (the fast loop's), for the decision log."""
+        return {"gpus_held_below_plan": self.fast.held_gpus, "urgent": self.governor.exhausted,
+                "emergency": self.governor.emergency, "ramp_bound": self.governor.ramp_bound}
 
     def _publish(self, version: int) -> None:
         """Hand the governor the caps now in force, the planned variant's first, in one reference."""
@@ -264,20 +268,19 @@ class Controller:
         m = self.metrics
         m.predicted_draw.set(solution.power_w)
         record["predicted_w"] = round(solution.power_w, 1)
-        urgent = self.governor.exhausted  # over budget with every limit at its floor: shrinks pass the gate at once
+        degradation: dict[str, Any] = self._degradation()  # the fast loop's, read once
+        urgent = degradation["urgent"]  # over budget with every limit at its floor: shrinks pass the gate at once
         # no window has told their demand yet: what runs stays, unless the site is over budget at the floors
         untold = [svc.name for svc in self.settings.services if not urgent and self.estimator.untold(svc.name)]
         shed = [r.name for r in solution.services if r.reason in ("budget", "domain") and r.name not in untold]
         bound = bool(shed) or solution.power_w >= BUDGET_BOUND * budget_w
         m.degradation.labels("shed").set(len(shed))
-        degradation: dict[str, Any] = {"gpus_held_below_plan": self.fast.held_gpus, "shrunk_for_budget": [],
-                                       "shed_for_budget": shed}
+        degradation.update(shrunk_for_budget=[], shed_for_budget=shed)
         record["degradation"] = degradation
         if untold:
             record["held_untold"] = untold  # predicted_w is still the plan's, these at no load
         changed = []
         pending = []
-        degradation.update(urgent=urgent, emergency=self.governor.emergency, ramp_bound=self.governor.ramp_bound)
         most = {a.name: a.count // a.gpus_per_replica for a in self.settings.accelerators}
         for result, svc in zip(solution.services, self.settings.services, strict=True):
             current = self.assignments[svc.name]

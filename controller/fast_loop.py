@@ -154,9 +154,9 @@ class FastLoop:
         """Forget GPUs gone for good: not counted as missing, records dropped (series: `_with_missing`), no safe cap;
         but one `listing` holds at a retired GPU's number (a stand-in's, read at last) is kept in their place until
         a good tick lists it (a tick failing after its first read had left it out of every blind cut)."""
+        self.listing.forget(gone)
+        self.limits.forget(gone)
         for uuid in gone:
-            self.listing.forget(uuid)
-            self.limits.forget(uuid)
             self.governor.cut_w.pop(uuid, None)
             self.retry.forget(limit_key(uuid))
             log.info("GPU %s left the site: no longer counted", uuid)

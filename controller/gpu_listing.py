@@ -143,12 +143,11 @@ class GpuListing:
                 counted[g.index] = counted.get(g.index, 0.0) + g.power_limit_w
         return counted
 
-    def forget(self, uuid: str) -> None:
-        """A GPU gone for good: no longer counted as missing, and out of service for planning (a stand-in of a GPU
-        never read that departs as it reads is not: the GPU is there)."""
-        g = self.seen.pop(uuid, None)
-        if g is not None and not g.never_read:
-            kept = list(self.retired.items())[-(MAX_RETIRED - 1):]
-            self.retired = {**dict(kept), uuid: g}
-        self.missing = self.missing - {uuid}
-        self.missing_since = {u: t for u, t in self.missing_since.items() if u != uuid}
+    def forget(self, uuids: frozenset[str]) -> None:
+        """GPUs gone for good: no longer counted as missing, and out of service for planning (a stand-in of a GPU
+        never read that departs as it reads is not: the GPU is there). All at once: a node's departure is many."""
+        gone = [(u, g) for u in uuids if (g := self.seen.pop(u, None)) is not None and not g.never_read]
+        if gone:
+            self.retired = dict(list({**self.retired, **dict(gone)}.items())[-MAX_RETIRED:])
+        self.missing = self.missing - uuids
+        self.missing_since = {u: t for u, t in self.missing_since.items() if u not in uuids}

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.control import Controller
 from controller.empty_draw import MIN_READINGS, EmptyDraw
-from controller.gpu_listing import OUT_OF_SERVICE_S, GpuListing
+from controller.gpu_listing import MAX_RETIRED, OUT_OF_SERVICE_S, GpuListing
 from controller.optimizer import AcceleratorType, Problem, ServiceDemand
 from controller.optimizer.candidates import enumerate_all
 from controller.own_metrics import OwnMetrics
@@ -165,7 +165,7 @@ def test_a_gpu_lost_on_the_simulated_host_leaves_the_plan_after_a_while_and_its_
     lost = ctl.fast.listing.seen[lost.uuid]  # as last listed: the limit the governor counts it at
     assert [a.count for a in problem.accelerators] == [7]
     assert problem.budget_w == pytest.approx(ctl.tick_power.planned_w() - lost.power_limit_w)
-    ctl.fast.listing.forget(lost.uuid)
+    ctl.fast.listing.forget(frozenset({lost.uuid}))
     retired = ctl._problem(5.0 + OUT_OF_SERVICE_S)
     assert [a.count for a in retired.accelerators] == [7] and retired.budget_w == ctl.tick_power.planned_w()
     # out of service, its rack keeps the same for it, not its draw with no replica (the governor counts it at its
@@ -187,9 +187,23 @@ def test_a_number_a_listed_gpu_holds_again_is_not_lost() -> None:
     a, b = sample(0, "chat"), sample(1, None)
     listing.with_missing([a, b], 0.0)
     listing.with_missing([a, replace(b, uuid="GPU-1b")], 1.0)  # GPU-1 missing, GPU-1b at its number
-    listing.forget(b.uuid)
+    listing.forget(frozenset({b.uuid}))
     out = listing.out_of_service(1.0)
     assert [g.uuid for g in out] == [b.uuid]  # retired: out of service at once
     assert listing.lost_numbers(out) == frozenset()
     listing.with_missing([a], 2.0)  # GPU-1b missing too: its number is nobody's
     assert listing.lost_numbers(listing.out_of_service(2.0 + OUT_OF_SERVICE_S)) == frozenset({1})
+
+
+def test_a_whole_site_leaving_keeps_the_newest_retired() -> None:
+    """Departures are forgotten all at once (a node's GPUs in one tick), and no more than MAX_RETIRED are kept out:
+    the newest."""
+    listing = GpuListing(OwnMetrics(CollectorRegistry()), lambda kind, message: None)
+    first = [replace(sample(i, None), uuid=f"GPU-a{i}") for i in range(8)]
+    rest = [replace(sample(8 + i, None), uuid=f"GPU-b{i}") for i in range(MAX_RETIRED)]
+    listing.with_missing(first + rest, 0.0)
+    listing.with_missing([], 1.0)
+    listing.forget(frozenset(g.uuid for g in first))
+    listing.forget(frozenset(g.uuid for g in rest))
+    assert set(listing.retired) == {g.uuid for g in rest}
+    assert not listing.missing and not listing.missing_since and not listing.seen

@@ -34,6 +34,16 @@ def stale_after_s(tick_s: float) -> float:
     return max(3.0 * tick_s, 10.0)
 
 
+def keys_by_node(index: Numbers) -> dict[str, list[tuple[str, int]]]:
+    """Node -> the keys of its GPUs (not its stand-ins'), grouped once a read (a scan of a whole site's index per
+    node with an unreadable entry, every tick, had made the fast tick quadratic in the site)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key in index:
+        if key[1] >= 0:
+            out.setdefault(key[0], []).append(key)
+    return out
+
+
 class NodeReadings:
     """The node plans as a `GpuSource`, and what the operator keeps of each node and GPU it has read."""
 
@@ -98,6 +108,7 @@ class NodeReadings:
         listed = self.listed
         names = set()
         uuids: dict[str, str] = {}  # listed this read -> where: one GPU is one sample (the loop keys GPUs by UUID)
+        known: dict[str, list[tuple[str, int]]] | None = None  # node -> its GPUs' keys, grouped once a read
         for plan in plans:
             node, status = plan["metadata"]["name"], plan.get("status")
             names.add(node)
@@ -148,7 +159,9 @@ class NodeReadings:
                 if share is not None and 0.0 <= share <= 1.0:  # which GPUs a pod holds (node_gpus.owners_of)
                     self.in_use[key] = share > IN_USE_SHARE
             if bad_now or self.stand_ins.get(node):
-                out += self._stand_ins(node, len(bad_now), read_now)
+                known = known if known is not None else keys_by_node(self.index)
+                missing = sum(1 for key in known.get(node, ()) if key not in read_now)
+                out += self._stand_ins(node, len(bad_now) - missing)
             if self.bad:  # an entry is bad while a read finds it so: mended or gone, it is logged anew if bad again
                 self.bad = {key: why for key, why in self.bad.items() if key[0] != node or key in bad_now}
         self.gone = {node: beat for node, beat in self.gone.items() if node in names}  # its plan deleted: forgotten
@@ -194,13 +207,12 @@ class NodeReadings:
     def _drop(self, node: str) -> None:
         """What a writer keeps of a node that left the site, dropped (nothing here)."""
 
-    def _stand_ins(self, node: str, bad: int, read_now: set[tuple[str, int]]) -> list[GpuSample]:
+    def _stand_ins(self, node: str, unaccounted: int) -> list[GpuSample]:
         """A node's entries that cannot be read, past its GPUs read before and missing now (the fast loop counts those
-        at their last limits), as GPUs never read: counted at the most a GPU may draw and never set, as the NVML
-        source's stand-ins are (skipped, a GPU whose first report could not be read drew uncounted for good). Keyed
-        (node, -1 - j); those no longer wanted depart."""
-        missing = sum(1 for key in list(self.index) if key[0] == node and key[1] >= 0 and key not in read_now)
-        wanted, had = max(0, bad - missing), self.stand_ins.get(node, 0)
+        at their last limits: `unaccounted` is the difference), as GPUs never read: counted at the most a GPU may draw
+        and never set, as the NVML source's stand-ins are (skipped, a GPU whose first report could not be read drew
+        uncounted for good). Keyed (node, -1 - j); those no longer wanted depart."""
+        wanted, had = max(0, unaccounted), self.stand_ins.get(node, 0)
         for j in range(wanted, had):
             self._departed.add(f"{node}/unread-{j}")
             self.where.pop(self.index.pop((node, -1 - j)), None)

@@ -8,12 +8,12 @@ lower budget goes to the governor then, and a slow tick's read of an older gener
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
 from controller.cluster.snapshot import resource_spec
 from controller.settings import Settings
+from controller.telemetry.base import finite
 
 
 def generation_of(obj: dict[str, Any]) -> int:
@@ -27,10 +27,7 @@ def _budget_w(obj: dict[str, Any]) -> float | None:
     which a cut does not wait on (checked whole, a bad `plan_ttl_s` in the same edit kept a cut from 2,400 to 1,000 W
     off the GPUs until the policy was mended)."""
     power = resource_spec(obj).get("power")
-    value = power.get("budget_w") if isinstance(power, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite(power.get("budget_w")) if isinstance(power, dict) else None
 
 
 def watched_budget(newest: Settings, obj: dict[str, Any]) -> Settings | None:

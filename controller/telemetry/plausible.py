@@ -45,10 +45,11 @@ class LimitCheck:
     implausible: int = 0
     """Problems at the last check (counted every tick, reported once a run)."""
 
-    def forget(self, uuid: str) -> None:
-        """A GPU gone for good: its limits and reports dropped."""
-        self.known.pop(uuid, None)
-        self.reported = {r for r in self.reported if r[0] != uuid}
+    def forget(self, uuids: frozenset[str]) -> None:
+        """GPUs gone for good: their limits and reports dropped."""
+        for uuid in uuids:
+            self.known.pop(uuid, None)
+        self.reported = {r for r in self.reported if r[0] not in uuids}
 
     def check(self, samples: list[GpuSample]) -> tuple[list[GpuSample], frozenset[str], list[str]]:
         """The listing with every limit plausible, the GPUs that must not be set (their limits unknown), and what
