@@ -19,7 +19,7 @@ from controller.blind import Blind, limit_key
 from controller.clock_steer import ClockSteer
 from controller.governor import PowerGovernor
 from controller.gpu_listing import GpuListing
-from controller.limit_pressure import accounted_w, empty_spare_w, presses
+from controller.limit_pressure import accounted_w, presses
 from controller.own_metrics import GpuSeries, OwnMetrics
 from controller.plan import DrawLedger, DrawReading, Plan
 from controller.retry import PERMANENT_RETRY_S, RetryBook
@@ -130,8 +130,6 @@ class FastLoop:
         at a floor (their limits' problems are said)."""
         settable = [g for g in samples if g.uuid not in untouched]
         floors_w = sum(g.min_limit_w for g in settable) + sum(accounted_w(g) for g in samples if g.uuid in untouched)
-        if self.governor.settings.mode != "caps":  # an empty GPU under its floor counts as the governor counts it
-            floors_w -= sum(empty_spare_w(settable, untouched, {}).values())
         threshold_w = self.governor.threshold_w()
         if (bool(settable) and floors_w > threshold_w) == self.under_floors:
             return

@@ -2,22 +2,20 @@
 
 The limits in force always sum under budget x (1 - headroom): a GPU draws at most its limit, so whatever the load
 does before the next tick, the site cannot pass the threshold (a loose limit over a low draw is room a burst can
-fill in one tick, so it counts in full). A GPU no replica runs on counts at its reading and a margin where that is
-under its lowest limit (limit_pressure.empty_spare_w): it has no load to burst, and a replica placed on it is
-labelled with its service, and counted at its limit, before it computes; in caps mode the floors count whole. Within
-that sum, a GPU keeps its limit while it has room under it; one pressed against its limit grows a step a tick,
-highest priority first, from the free room, then from room other GPUs leave unused, then from lower priorities.
-Targets come from the plan (per-service caps; where a cap was fitted within the limits' sum, a GPU pressed against
-it or held by it for a good share of the tick grows on toward the cap chosen before, its ceiling); if measured draw
-still passes the threshold (a step-down of the budget, minimum limits) caps are cut below the draw, lowest priority
-first, and given back once draw is below budget x release_below; and where the limits' floors pass a line though the
-draw does not (idle GPUs' lowest limits over their draw), a busy GPU's limit goes below its draw that tick, lowest
-priority first (a ramp's ceiling takes none below its draw). With ramp limits, the limits never let the draw rise
-faster than `ramp_up_w_per_s`, and the governor's own lowering of limits (a smaller cap planned) takes it down no
-faster than `ramp_down_w_per_s`, except where the site or a domain is over its line (a budget drop). A GPU whose
-reading failed counts at its limit, never at zero, and so does one no limit can be set on now (pinned) where its
-limit is above its reading: the others are cut to make room for it. Cuts are kept by GPU UUID, so a GPU that changes
-position in a listing keeps its own cut; each GPU is held within its own limits.
+fill in one tick, so it counts in full). Within that sum, a GPU keeps its limit while it has room under it; one
+pressed against its limit grows a step a tick, highest priority first, from the free room, then from room other GPUs
+leave unused, then from lower priorities. Targets come from the plan (per-service caps; where a cap was fitted
+within the limits' sum, a GPU pressed against it or held by it for a good share of the tick grows on toward the cap
+chosen before, its ceiling); if measured draw still passes the threshold (a step-down of the budget, minimum limits)
+caps are cut below the draw, lowest priority first, and given back once draw is below budget x release_below; and
+where the limits' floors pass a line though the draw does not (idle GPUs' lowest limits over their draw), a busy GPU's
+limit goes below its draw that tick, lowest priority first (a ramp's ceiling takes none below its draw). With
+ramp limits, the limits never let the draw rise faster than `ramp_up_w_per_s`, and the governor's own lowering of
+limits (a smaller cap planned) takes it down no faster than `ramp_down_w_per_s`, except where the site or a domain
+is over its line (a budget drop). A GPU whose reading failed counts at its limit, never at zero, and so does one
+no limit can be set on now (pinned) where its limit is above its reading: the others are cut to make room for it.
+Cuts are kept by GPU UUID, so a GPU that changes position in a listing keeps its own cut; each GPU is held within its
+own limits.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from controller.limit_allot import allot
-from controller.limit_pressure import accounted_w, at_floor, counted_w, empty_spare_w, keeps, lends_down_to_w
+from controller.limit_pressure import accounted_w, at_floor, counted_w, keeps, lends_down_to_w
 from controller.plan import Plan
 from controller.power_rooms import clamp, fixed_at_limit, safe_caps, settable, take_lowest_first
 from controller.settings import PowerSettings
@@ -99,19 +97,15 @@ class PowerGovernor:
             falling = [g for g in samples if g.uuid not in pinned and not keeps(g, want[g.uuid], reach[g.uuid])]
             self._hold_fall(falling, want, s.ramp_down_w_per_s * self.interval_s)
             reach = {u: max(w, want[u]) for u, w in reach.items()}
-        spare = {} if s.mode == "caps" else empty_spare_w(samples, pinned, lagging)
-        lines = [(line_w + sum(spare.get(g.uuid, 0.0) for g in inside), inside)
-                 for line_w, inside in self.domains(samples)]
-        site_w = threshold + sum(spare.values())
-        ceiling = site_w
+        ceiling = threshold
         if s.ramp_up_w_per_s > 0:  # the next tick's draw may not rise more than the ramp allows
             ceiling = min(ceiling, self._ramp_base_w(samples, lagging) + s.ramp_up_w_per_s * self.interval_s)
-        self.ramp_bound = ceiling < site_w - 1.0
-        limits = allot(samples, want, reach, self.by_priority(samples, priorities), lines, ceiling, pinned,
-                       site_w - ceiling, lagging)
+        self.ramp_bound = ceiling < threshold - 1.0
+        limits = allot(samples, want, reach, self.by_priority(samples, priorities), self.domains(samples), ceiling,
+                       pinned, threshold - ceiling, lagging)
         free = [g for g in samples if g.uuid not in pinned]  # none free (every GPU missing): not the floors' doing
         self.exhausted = measured > threshold and bool(free) and all(at_floor(limits[g.uuid], g) for g in free)
-        return settable(samples, limits, [*lines, (ceiling, list(samples))])
+        return settable(samples, limits, [*self.domains(samples), (ceiling, list(samples))])
 
     def _ramp_base_w(self, samples: Sequence[GpuSample], lagging: Mapping[str, float]) -> float:
         """The draw a ramp limit grows from: a GPU whose limit the governor would not lend (its reading within its

@@ -4,7 +4,6 @@ and how far the governor moves a limit in one tick. The governor, the fast loop 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 from controller.telemetry.base import GpuSample
 
@@ -22,29 +21,6 @@ def counted_w(g: GpuSample, pinned: frozenset[str]) -> float:
     where that is above its reading, since its load may fill it before the others could be cut (counted at its
     draw, a pinned GPU at 200 of its 700 W kept 1,400 W of limits on a 970-W line for its 5-s backoff)."""
     return max(accounted_w(g), g.power_limit_w) if g.uuid in pinned else accounted_w(g)
-
-
-EMPTY_MARGIN_W = 25.0
-"""What a GPU no replica runs on is counted at past its reading, against the lines: its draw drifts a few watts
-(temperature, fans, a replica's process winding down), and a process of the daemon's own is placed on it through the
-plan (its service then labels it, counted at its limit) well before its weights are loaded and it computes."""
-
-
-def empty_spare_w(samples: Sequence[GpuSample], pinned: frozenset[str],
-                  lagging: Mapping[str, float]) -> dict[str, float]:
-    """GPU UUID -> how far a GPU no replica runs on sits under its lowest limit: its reading and EMPTY_MARGIN_W below
-    it. Its limit cannot go lower, but it draws no more than that: the lines lend the gap to the GPUs that serve.
-    Counted at their lowest limits, three empty H100s held 600 W of a 2,522-W line for some 190 W of draw, and the
-    five serving were held at 380 W on average, where the plan had counted the empty ones at their draw (under a
-    law that throttles decode at a low limit, a service's SLO went from met to 0.18). Not one that cannot be set
-    (pinned), that may be held higher (lagging), or that gave no reading (counted at its limit)."""
-    out = {}
-    for g in samples:
-        if g.service is None and g.uuid not in pinned and g.uuid not in lagging and g.power_w is not None:
-            spare = g.min_limit_w - (accounted_w(g) + EMPTY_MARGIN_W)
-            if spare > 0:
-                out[g.uuid] = spare
-    return out
 
 
 def pressed(g: GpuSample) -> bool:

@@ -110,9 +110,8 @@ def trace_of(draw_w: list[float], budget_w: list[float], limits_w: list[float] |
              domains: dict[str, list[float]] | None = None) -> Trace:
     n = len(draw_w)
     arr = np.asarray
-    limits = arr(limits_w if limits_w is not None else [4000.0] * n, dtype=float)
-    return Trace(arr(np.arange(1.0, n + 1)), arr(budget_w, dtype=float), arr(draw_w, dtype=float), limits, limits,
-                 {}, {}, {}, np.full(n, np.nan),
+    return Trace(arr(np.arange(1.0, n + 1)), arr(budget_w, dtype=float), arr(draw_w, dtype=float),
+                 arr(limits_w if limits_w is not None else [4000.0] * n, dtype=float), {}, {}, {}, np.full(n, np.nan),
                  {k: arr(v, dtype=float) for k, v in (domains or {}).items()})
 
 

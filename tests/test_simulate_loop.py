@@ -34,7 +34,7 @@ def test_a_budget_step_down_is_held_within_two_seconds(small_scenario: Callable[
     assert tr.draw_w[(tr.t_s > 50) & (tr.t_s <= 60)].min() > 600  # the step binds
     after = tr.t_s > 62
     assert tr.draw_w[after].max() <= 500 * 1.02
-    assert tr.binding_w[tr.t_s >= 61].max() <= 500  # a GPU no replica holds at its draw: it draws no more
+    assert tr.limits_w[tr.t_s >= 61].max() <= 500
     f = figures(scn, r)
     assert f["budget_violation_s"] == 0
     assert f["budget_violation_raw_s"] <= 2
@@ -190,8 +190,8 @@ def test_policies_on_one_value_stay_apart_in_the_figures(small_scenario: Callabl
     scn = load_scenario(small_scenario('name = "styles"\nduration_s = 60\n'))
     t = np.arange(1.0, 61.0)
     flat = {"chat": np.full(60, 64.0)}
-    trace = Trace(t, t * 0 + 1400, t * 0 + 900, t * 0 + 1400, t * 0 + 1400, {"chat": t * 0 + 2}, flat,
-                  {"chat": t * 0 + 500}, t * 0 + np.nan, {})
+    trace = Trace(t, t * 0 + 1400, t * 0 + 900, t * 0 + 1400, {"chat": t * 0 + 2}, flat, {"chat": t * 0 + 500},
+                  t * 0 + np.nan, {})
     runs = {name: Shown(trace, {"chat": np.ones(4)}) for name in command.POLICIES}
     figs: list[Any] = []
     monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figs.append(fig))

@@ -8,12 +8,9 @@
 - budget_violation_s: seconds whose mean site draw was above the budget by more than VIOLATION_SHARE, not
   counting the first STEP_GRACE_S after a budget step-down (`budget_violation_raw_s` counts them).
 - the power figures (budget drops, domains, ramps, carbon): controller/simulate/power_figures.py.
-- limits_over_budget_s: seconds the GPUs' power limits summed above the budget, a GPU no replica holds counted at
-  its draw where that is less (with no process it draws no more: Trace.binding_w): a policy whose limits do may draw
-  over it when its load peaks. wattscale's do for the tick after it places a replica on a GPU it counted empty (the
-  replica loading its weights, the governor counting it at its limit from the next tick). limits_over_bound_s, those
-  of them whose draw was within BOUND_SHARE of the budget or over it (where the budget bound, and the limits let the
-  draw pass it).
+- limits_over_budget_s: seconds the GPUs' power limits summed above the budget (a policy whose limits do may draw
+  over it when its load peaks; wattscale's never do); limits_over_bound_s, those of them whose draw was within
+  BOUND_SHARE of the budget or over it (where the budget bound, and the limits let the draw pass it).
 - tokens_per_joule: output tokens of finished requests per joule the GPUs drew (idle ones included).
 - sum_t_over_c: seed 000's objective, sum over services of token throughput / request concurrency, which
   Little's law makes output tokens / request-seconds in the system of the finished requests (one dropped or still
@@ -173,7 +170,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         }
     violation_s, raw_s = violations(run)
     dt = float(tr.t_s[0]) if len(tr.t_s) else 1.0
-    over_limits = tr.binding_w > tr.budget_w + LIMITS_SLACK_W
+    over_limits = tr.limits_w > tr.budget_w + LIMITS_SLACK_W
     return {
         "seed": run.seed,
         "duration_s": duration,
@@ -184,7 +181,7 @@ def figures(scn: Scenario, run: Run) -> dict[str, Any]:
         "limits_over_budget_s": float(np.count_nonzero(over_limits)) * dt,
         "limits_over_bound_s": float(np.count_nonzero(over_limits & (tr.draw_w >= tr.budget_w * (1 - BOUND_SHARE))))
         * dt,
-        "mean_limits_w": rounded(float(tr.binding_w.mean()), 1),
+        "mean_limits_w": rounded(float(tr.limits_w.mean()), 1),
         "energy_kwh": rounded(energy_j / 3.6e6, 4),
         "tokens_per_joule": rounded(tokens / energy_j if energy_j > 0 else 0.0, 4),
         "sum_t_over_c": rounded(t_over_c, 3),

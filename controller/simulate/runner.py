@@ -57,9 +57,6 @@ class Trace:
     draw_w: NDArray[np.float64]
     limits_w: NDArray[np.float64]
     """Sum of the power limits of the GPUs still on the bus."""
-    binding_w: NDArray[np.float64]
-    """The same with a GPU no replica holds at the least of its limit and its draw: with no process it draws no more
-    whatever its limit (a spare GPU left at its highest limit, or an empty one the governor counts at its draw)."""
     replicas: dict[str, NDArray[np.float64]]
     max_batch: dict[str, NDArray[np.float64]]
     limit_w: dict[str, NDArray[np.float64]]
@@ -108,7 +105,7 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
     outages = Outages(scn)
     names = [s.name for s in cfg.services]
     n = fast_ticks(duration, fast)
-    trace = Trace(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), {s: np.zeros(n) for s in names},
+    trace = Trace(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), {s: np.zeros(n) for s in names},
                   {s: np.zeros(n) for s in names}, {s: np.zeros(n) for s in names}, np.zeros(n),
                   {d.name: np.zeros(n) for d in cfg.power.domains})
     flat = policy == FLAT
@@ -155,9 +152,6 @@ def run(scn: Scenario, policy: str, seed: int, fleet: Fleet, duration_s: float |
 def _record(trace: Trace, k: int, host: SimHost) -> None:
     live = [g for g in host.gpus if g.index not in host.lost]
     trace.limits_w[k] = sum(g.power_limit_w for g in live)
-    held = {r.gpu.index for svc in host.services.values() for r in svc.holding()}
-    trace.binding_w[k] = sum(g.power_limit_w if g.index in held else min(g.power_limit_w, g.last_power_w)
-                             for g in live)
     for name, svc in host.services.items():
         trace.replicas[name][k] = svc.count()  # a rolling restart's draining replica counts
         trace.max_batch[name][k] = svc.max_num_seqs

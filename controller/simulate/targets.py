@@ -49,7 +49,7 @@ def _attainment_why(service: str, mine: float, ws: dict[str, Any], baselines: di
     if within:
         return "; ".join(lines) + f"; {' and '.join(within)} did better within the budget and every power domain's " \
             "limit, so the hard limits do not explain this miss"
-    if _over_a_limit(ws):  # over a line too, near it: nothing tells them apart
+    if ws["limits_over_budget_s"] or ws.get("domain_over_s"):  # over a line too: nothing tells them apart
         return "; ".join(lines) + (f": {floor}" if floor and ws["limits_over_budget_s"] else
                                    ": wattscale passed a line too, so the hard limits do not tell them apart")
     whose = "those ahead" if len(better) > 1 else next(iter(better))
