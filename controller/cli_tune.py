@@ -139,6 +139,10 @@ UNUSABLE_ERROR = 1.0
 """The in-sample median relative error of mean TTFT or ITL past which a fit is refused as unusable: off by more
 than the windows it was fitted to measured (a sound fit reads 0.01-0.4); where a `queue_ms` column has the law
 fitted to TTFT less the queueing, the law's own (the chain's queueing error is not the fit's)."""
+UNDER_BIAS = 1.0 / (1.0 + UNUSABLE_ERROR) - 1.0
+"""The median signed error under which a fit is refused likewise: its predictions under 1 / (1 + UNUSABLE_ERROR) of
+what the windows measured, the same factor the other way (an error of |predicted / measured - 1| never passes 1 that
+way: times in microseconds, or ITL per request, fitted to an error of 0.998 and passed)."""
 UNUSABLE_DRAW_ERROR = 0.5
 """The draw curve's median relative error past which it is refused: the curve spans the GPU's idle to its peak
 draw, so readings it misses by half are not one GPU's (a sum over GPUs, another unit; a sound fit reads 0.01-0.1)."""
@@ -150,17 +154,24 @@ def _usable(report: dict[str, Any], points: int) -> int:
     one thing), were there to move most parameters off the prior."""
     fit = report.get("error_in_sample_law", report["error_in_sample"])  # the law's, where TTFT was split
     worst = max((v for v in (fit["median_ttft"], fit["median_itl"]) if v == v), default=0.0)
+    low = min((v for v in (fit["bias_ttft"], fit["bias_itl"]) if v == v), default=0.0)
     n, k = report["observations"], len(report["params"])
     few = f"{n} observation{'' if n == 1 else 's'} for {k} parameters" if n < k else \
         f"{n} observations at {points} operating point{'' if points == 1 else 's'} for {k} parameters"
     short = min(n, points) < k
+    why = (f"; {few}" if short else "") + (
+        "; a parameter held at a bound above says which prior to move nearer the observations"
+        if report.get("bounds_hit") else "")
     if worst > UNUSABLE_ERROR:
-        why = (f"; {few}" if short else "") + (
-            "; a parameter held at a bound above says which prior to move nearer the observations"
-            if report.get("bounds_hit") else "")
         print(f"wattscale: tune: the fit does not explain its own windows (in-sample median error "
               f"{_median_errors(fit, '-')}, over {UNUSABLE_ERROR:g}): its parameters are not usable{why}",
               file=sys.stderr)
+        return 1
+    if low < UNDER_BIAS:  # times far over the model's reach (another unit, ITL per request) read an error under 1
+        print(f"wattscale: tune: the fit does not explain its own windows: it predicts the median window's "
+              f"{'TTFT' if fit['bias_ttft'] == low else 'ITL'} at {1.0 + low:.3g} of what it measured (are ttft_ms "
+              "and itl_ms in milliseconds, itl_ms the mean gap between a request's tokens?): its parameters are not "
+              f"usable{why}", file=sys.stderr)
         return 1
     draw = report.get("draw", {}).get("median_abs_err_power")
     if draw is not None and draw > UNUSABLE_DRAW_ERROR:

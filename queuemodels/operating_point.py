@@ -78,9 +78,13 @@ def occupancy(law: StepLaw, chain: Stationary, rate_rps: float) -> Occupancy:
 
 
 def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, float, float]:
-    """(effective batch, mean TTFT, mean ITL): the batch a request is served in, from Little's law."""
+    """(effective batch, mean TTFT, mean ITL): the batch a request is served in, from Little's law. A request waits
+    out the step in flight where it finds one: the busy share an accepted arrival sees, p(0) / (1 - P(full)) idle
+    (the time-average busy share charged a full queue's turned-away load too: with no queue at batch 1, where every
+    accepted request finds the GPU idle, the mean TTFT rose with the load above its own p95)."""
     n_eff = 1.0 if m.throughput_per_ms <= 0.0 else law.batch_at(m.service_ms, float(chain.max_batch))
-    residual = (1.0 - float(chain.p[0])) * (law.residual_share * law.decode(n_eff) + law.residual_ms)
+    idle_seen = min(1.0, float(chain.p[0]) / (1.0 - m.block_probability)) if m.block_probability < 1.0 else 1.0
+    residual = (1.0 - idle_seen) * (law.residual_share * law.decode(n_eff) + law.residual_ms)
     return n_eff, law.wait_scale * m.wait_ms + law.prefill(n_eff) + residual, law.decode(n_eff)
 
 

@@ -132,8 +132,9 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
                  top: Floats, span: Floats, rho: Floats, tail_len: Floats, queue: Floats, draws: bool,
                  limits: Limits | None) -> None:
     """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered) but
-    their latencies, and into `moments` what those are read from (mean service and wait, idle share); the states
-    past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short of its batch."""
+    their latencies, and into `moments` what those are read from (mean service and wait, the idle share an accepted
+    arrival sees); the states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short
+    of its batch."""
     # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more);
     # a row's value at each of its states by np.repeat, several times faster than indexing by row
     sizes = span.astype(np.int64)
@@ -166,7 +167,7 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
     accepted = lam * (1.0 - block)
     fine = ~((queue >= 0) & (block >= BLOCKING_NEGLIGIBLE))
     service = in_service / accepted
-    moments[:, idx] = service, np.maximum(0.0, in_system / accepted - service), idle / total
+    moments[:, idx] = service, np.maximum(0.0, in_system / accepted - service), idle / total / (1.0 - block)
     power = np.full(len(idx), np.nan)
     if draws:
         power = _draws(points, idx, per_state, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx],
@@ -185,8 +186,8 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
 def _latencies(laws: LawArrays, top: Floats, service: Floats, wait: Floats, idle: Floats) -> tuple[Floats, Floats,
                                                                                                   Floats]:
     """(mean TTFT, mean ITL, prefill) as queuemodels.operating_point reads them off a chain's means (service and
-    wait per request, the idle share): the batch a request is served in from Little's law, its decode step, and
-    the queueing wait before its prefill."""
+    wait per request, the idle share an accepted arrival sees): the batch a request is served in from Little's
+    law, its decode step, and the queueing wait before its prefill."""
     n_eff = laws.batch_at(service, top)
     decode = laws.decode(n_eff)
     residual = (1.0 - idle) * (laws.residual_share * decode + laws.residual_ms)

@@ -4,6 +4,7 @@ line whichever check refuses it."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -133,6 +134,22 @@ def test_a_fit_that_does_not_explain_its_own_windows_exits_1_saying_so(capsys: p
     assert "a parameter held at a bound above says which prior to move" in err
     assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 0  # the example itself fits
     assert "does not explain" not in capsys.readouterr().err
+
+
+def test_times_far_over_what_the_model_can_reach_are_an_unusable_fit(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The example with ITL per request (a request's mean gap times its tokens): the fit 200 times under it, and an
+    in-sample error of 0.995 (|predicted / measured - 1| never passes 1 from below) passed with exit 0 (a trial)."""
+    rows = list(csv.DictReader((ROOT / "config" / "examples" / "observations.csv").open()))
+    path = tmp_path / "per-request.csv"
+    with path.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows({**r, "itl_ms": float(r["itl_ms"]) * float(r["out_tokens"])} for r in rows)
+    assert main(["tune", str(path), "--accelerator", "H100-SXM"]) == 1
+    err = capsys.readouterr().err
+    assert "tune: the fit does not explain its own windows: it predicts the median window's ITL at 0.00" in err
+    assert "itl_ms the mean gap between a request's tokens?" in err
 
 
 def test_an_unusable_fit_of_too_few_rows_says_so_and_a_bound_only_where_one_was_held_at(
@@ -425,7 +442,8 @@ def test_the_unusable_fit_gate_judges_the_law_where_ttft_is_fitted_less_its_queu
     assert main(["tune", str(path)]) == 0
     assert "the law alone, fitted to TTFT less the queueing time (queue_ms): in sample" in capsys.readouterr().out
     # the gate, on a fit whose whole TTFT is off by more than its windows measured and whose law is not
-    law = {"median_ttft": 0.02, "median_itl": 0.01, "max_ttft": 0.05, "max_itl": 0.02}
+    law = {"median_ttft": 0.02, "median_itl": 0.01, "max_ttft": 0.05, "max_itl": 0.02, "bias_ttft": 0.01,
+           "bias_itl": -0.01}
     report = {**doc, "error_in_sample": {**law, "median_ttft": 1.5}, "error_in_sample_law": law}
     assert _usable(report, 12) == 0 and _usable({**report, "error_in_sample_law": report["error_in_sample"]}, 12) == 1
 

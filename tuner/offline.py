@@ -34,20 +34,26 @@ SHOWN_ROWS = 10
 
 @dataclass(frozen=True)
 class ErrorSummary:
-    """Relative absolute errors of predicted mean TTFT and ITL."""
+    """Relative absolute errors of predicted mean TTFT and ITL, and their signed medians (the bias: a prediction far
+    under what was measured reads an error under 1 whatever the factor, -0.999 in bias for one 1,000 times low)."""
 
     median_ttft: float
     median_itl: float
     max_ttft: float
     max_itl: float
+    bias_ttft: float
+    bias_itl: float
 
     @classmethod
     def of(cls, errs: list[tuple[float, float]]) -> ErrorSummary:
+        """From signed relative errors (predicted / measured - 1) of (TTFT, ITL)."""
         if not errs:
             nan = float("nan")
-            return cls(nan, nan, nan, nan)
-        a = np.array(errs)
-        return cls(*(round(float(x), 4) for x in (*np.median(a, axis=0), *a.max(axis=0))))
+            return cls(nan, nan, nan, nan, nan, nan)
+        signed = np.array(errs)
+        a = np.abs(signed)
+        return cls(*(round(float(x), 4) for x in (*np.median(a, axis=0), *a.max(axis=0),
+                                                  *np.median(signed, axis=0))))
 
 
 def significant(value: float) -> float:
@@ -60,11 +66,11 @@ Errors = tuple[float, float]
 
 
 def both_errors(pair: PairFilter, obs: Observation) -> tuple[Errors, Errors] | None:
-    """The relative errors of the mean TTFT and ITL the model predicts at `obs`, against what it measured, from one
-    analysis (None: not a usable window): the whole TTFT's, queueing included, also where the filter fits it less the
-    queueing time (a window with `queue_ms`: the prompt's own steps, compared with the whole measured TTFT, read 26 %
-    off where the whole TTFT was within 1 %); and what the filter fits (the law alone, the chain's queueing left
-    out), the same where TTFT is read whole."""
+    """The signed relative errors of the mean TTFT and ITL the model predicts at `obs`, against what it measured,
+    from one analysis (None: not a usable window): the whole TTFT's, queueing included, also where the filter fits
+    it less the queueing time (a window with `queue_ms`: the prompt's own steps, compared with the whole measured
+    TTFT, read 26 % off where the whole TTFT was within 1 %); and what the filter fits (the law alone, the chain's
+    queueing left out), the same where TTFT is read whole."""
     if obs.problem() is not None:
         return None
     try:
@@ -72,14 +78,14 @@ def both_errors(pair: PairFilter, obs: Observation) -> tuple[Errors, Errors] | N
     except ModelInputError:
         return None
     seen = pair.observed(obs)
-    return ((abs(whole[0] / obs.ttft_ms - 1.0), abs(whole[1] / obs.itl_ms - 1.0)),
-            (abs(fitted[0] / seen[0] - 1.0), abs(fitted[1] / seen[1] - 1.0)))
+    return ((whole[0] / obs.ttft_ms - 1.0, whole[1] / obs.itl_ms - 1.0),
+            (fitted[0] / seen[0] - 1.0, fitted[1] / seen[1] - 1.0))
 
 
 def relative_errors(pair: PairFilter, obs: Observation) -> Errors | None:
-    """`both_errors`' whole TTFT's (what a window one step ahead is scored by)."""
+    """`both_errors`' whole TTFT's (what a window one step ahead is scored by), absolute."""
     both = both_errors(pair, obs)
-    return None if both is None else both[0]
+    return None if both is None else (abs(both[0][0]), abs(both[0][1]))
 
 
 def run(pair: PairFilter, observations: list[Observation],
@@ -98,9 +104,9 @@ def run(pair: PairFilter, observations: list[Observation],
     for row, obs in enumerate(observations, start=1):
         line = row if file is None else file.lines[row - 1]
         if pair.accepted >= pair.settings.warmup_observations:
-            err = relative_errors(pair, obs)
+            err = both_errors(pair, obs)
             if err is not None:
-                ahead.append(err)
+                ahead.append(err[0])
         verdict = pair.update(obs)
         verdicts[verdict.reason] = verdicts.get(verdict.reason, 0) + 1
         if held is None and pair.accepted >= pair.settings.warmup_observations:
