@@ -47,13 +47,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def plain(text: str) -> str:
+    """`text` as a number is written on a command line: Python reads "1_0" as 10 and a full-width five as 5, which no
+    one means (ValueError)."""
+    if "_" in text or not text.isascii():
+        raise ValueError(text)
+    return text
+
+
 def number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number in [low, high] ((low, high] with low_open), refused as written (1e999 parses
     as inf); with both bounds infinite, any finite number (`finite`)."""
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = float(plain(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         if not (math.isfinite(value) and (low < value if low_open else low <= value) and value <= high):
@@ -96,7 +104,7 @@ def whole(low: int, high: int) -> Callable[[str], int]:
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(plain(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
         if not low <= value <= high:

@@ -183,9 +183,14 @@ def test_a_number_with_underscores_or_a_queueing_time_out_of_bounds_is_refused(t
     """Python's float read "1_0" as 10, and a queueing time of -5 or inf was dropped without a word; NaN there (a
     window that does not say it) reads as an empty cell."""
     path = tmp_path / "obs.csv"
-    path.write_text(f"{HEADER}\n1_0,500,200,64,120,20\n")
-    with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'rate_rps' is not a number: '1_0'"):
-        read_bounded(path)
+    for text in ("1_0", "\uff12\uff12"):  # full-width digits: Python reads them as 22 (a trial)
+        path.write_text(f"{HEADER}\n{text},500,200,64,120,20\n", encoding="utf-8")
+        with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'rate_rps' is not a number: '{text}'"):
+            read_bounded(path)
+    with pytest.raises(SystemExit) as stop:
+        main(["analyze", "--alpha-ms", "9.5", "--beta-ms", "0.015", "--gamma-ms", "3.8", "--delta-ms", "0.026",
+              "--in-tokens", "512", "--out-tokens", "200", "--rate-rps", "\uff15"])
+    assert stop.value.code == 2
     for value in ("-5", "inf", "1e300"):
         path.write_text(f"{HEADER},queue_ms\n{ROW},{value}\n")
         with pytest.raises(ObservationFileError, match=f"^{path}:2: column 'queue_ms' must be in"):

@@ -260,6 +260,9 @@ def test_a_client_that_drops_is_not_saturated_and_steadiness_is_read_from_data()
     assert dataclasses.replace(base, served_rps=0.95 * base.rate_rps, queue_growth=1.0).problem() is None
     assert dataclasses.replace(base, served_rps=0.5 * base.rate_rps).problem() == "unsteady-rate"  # a ramp
     assert dataclasses.replace(base, served_rps=1.6 * base.rate_rps).problem() == "unsteady-rate"  # a backlog drains
+    # with no queue, served under offered is requests turned away at a full batch (read as a ramp: a trial)
+    assert dataclasses.replace(row, served_rps=0.5 * base.rate_rps).problem() == "saturated"
+    assert dataclasses.replace(row, served_rps=1.6 * base.rate_rps).problem() == "unsteady-rate"
     assert dataclasses.replace(base, queue_growth=30.0).problem() == "unsteady-queue"
 
 

@@ -121,7 +121,8 @@ class Observation:
         if self.preemptions > 0 or self.waiting >= max(1, min(self.max_queue, self.max_batch)):
             return "saturated"
         if self.served_rps is not None and abs(self.served_rps / self.rate_rps - 1.0) > STEADY_RATE_BAND:
-            return "unsteady-rate"
+            # with no queue, served under offered is the requests turned away at a full batch, not a ramp
+            return "saturated" if self.max_queue == 0 and self.served_rps < self.rate_rps else "unsteady-rate"
         return None
 
 

@@ -51,8 +51,8 @@ class ObservationFileError(ValueError):
 
 def _parse(text: str, col: str, where: str) -> float:
     try:
-        if "_" in text:  # Python's float reads "1_0" as 10; no CSV writer means that
-            raise ValueError(text)
+        if "_" in text or not text.isascii():  # Python reads "1_0" as 10, full-width digits as digits; no CSV
+            raise ValueError(text)  # writer means either
         value = float(text)
     except ValueError:
         raise ObservationFileError(f"{where}: column {col!r} is not a number: {_shown(text)}") from None
