@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import suppress
+from dataclasses import replace
 
 import numpy as np
 
@@ -88,6 +89,18 @@ def _mean_latencies(law: StepLaw, chain: Stationary, m: Means) -> tuple[float, f
     return n_eff, law.wait_scale * m.wait_ms + law.prefill(n_eff) + residual, law.decode(n_eff)
 
 
+def bounded_wait(law: StepLaw, shape: ServerShape, m: Means) -> StepLaw:
+    """`law` with its wait no longer than a bounded queue holds: (1 + cv^2) / 2 lengthens an open queue's wait
+    (Kingman), but at most `max_queue` requests wait, so the mean wait is at most max_queue / throughput (Little)
+    whatever the spread (at eight times its saturation an output cv of 10 read 50 times that: a trial)."""
+    if shape.max_queue is None or law.wait_scale <= 1.0 or m.wait_ms <= 0.0 or m.throughput_per_ms <= 0.0:
+        return law
+    most_ms = shape.max_queue / m.throughput_per_ms
+    if law.wait_scale * m.wait_ms <= most_ms:
+        return law
+    return replace(law, wait_scale=max(1.0, most_ms / m.wait_ms))
+
+
 def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -> bool:
     """Targets met at this rate, turning at most BLOCK_LIMIT of it away. A percentile target is checked where it is
     set (P(latency > target) <= 1 - q), one survival evaluation per metric, rather than by searching for the
@@ -96,6 +109,7 @@ def meets(law: StepLaw, shape: ServerShape, rate_rps: float, targets: Targets) -
     m = means(chain)
     if m.block_probability > BLOCK_LIMIT:
         return False
+    law = bounded_wait(law, shape, m)
     ttft_ms, itl_ms, allowed = targets.limits()
     if targets.statistic == "mean":
         _, ttft, itl = _mean_latencies(law, chain, m)
@@ -109,6 +123,7 @@ def evaluate(law: StepLaw, chain: Stationary, shape: ServerShape, profile: Power
     """All figures of one operating point, `chain` the law's solved chain; `tails=False` skips the percentiles
     (NaN) for speed."""
     m = means(chain)
+    law = bounded_wait(law, shape, m)
     n_eff, ttft, itl = _mean_latencies(law, chain, m)
     nan = float("nan")
     ttft_p95 = ttft_p99 = itl_p95 = itl_p99 = nan

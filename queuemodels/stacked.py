@@ -104,7 +104,7 @@ def mean_figures(laws: LawArrays, has: Bools, points: Points, tops: Floats, draw
     span = np.zeros(k)
     span[covered_idx] = _span((lam * t0)[covered_idx], (lam * t1)[covered_idx], top[covered_idx])
     ends = np.cumsum(span[covered_idx])  # a block of states at a time: a fleet's are many times the caches
-    moments = np.full((3, k), np.nan)
+    moments = np.full((4, k), np.nan)
     for idx in np.split(covered_idx, np.searchsorted(ends, np.arange(BLOCK_STATES, ends[-1], BLOCK_STATES))):
         _solve_block(out, moments, laws, points, idx, lam[idx], top[idx], span[idx], rho[idx],
                      capacity[idx] - top[idx], queue[idx], draws, limits)
@@ -133,8 +133,8 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
                  limits: Limits | None) -> None:
     """The covered points `idx`'s figures into `out` (those blocking more than a negligible share uncovered) but
     their latencies, and into `moments` what those are read from (mean service and wait, the idle share an accepted
-    arrival sees); the states past a point's span and its queue carry nothing (HEAD_MASS) where the span ends short
-    of its batch."""
+    arrival sees, the wait's scale within what a bounded queue holds); the states past a point's span and its queue
+    carry nothing (HEAD_MASS) where the span ends short of its batch."""
     # states 1..span of every row laid end to end (rows differ in length: padding to the longest would cost more);
     # a row's value at each of its states by np.repeat, several times faster than indexing by row
     sizes = span.astype(np.int64)
@@ -167,7 +167,12 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
     accepted = lam * (1.0 - block)
     fine = ~((queue >= 0) & (block >= BLOCKING_NEGLIGIBLE))
     service = in_service / accepted
-    moments[:, idx] = service, np.maximum(0.0, in_system / accepted - service), idle / total / (1.0 - block)
+    wait = np.maximum(0.0, in_system / accepted - service)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # operating_point.bounded_wait's scale
+        most = np.where(queue >= 0, queue / accepted / wait, np.inf)
+    scale = np.where((rows.wait_scale > 1.0) & (wait > 0.0), np.minimum(rows.wait_scale, np.maximum(1.0, most)),
+                     rows.wait_scale)
+    moments[:, idx] = service, wait, idle / total / (1.0 - block), scale
     power = np.full(len(idx), np.nan)
     if draws:
         power = _draws(points, idx, per_state, b, head, total, idle / total, tail0, accepted * laws.prompt_ms[idx],
@@ -176,15 +181,16 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
     out.covered[idx[~fine]] = False
     if limits is not None and (asked := ~np.isnan(limits[0][idx]) & fine).any():  # rows under a percentile target
         states, sizes = np.repeat(asked, sizes), sizes[asked]
-        chains = Chains(rows.rows(np.flatnonzero(asked)), np.repeat(np.arange(len(sizes)), sizes),
-                        b[states], head[states], np.cumsum(sizes) - sizes, *(v[asked] for v in (
-                            idle, total, last, tail0, top, rho, tail_len, lam, block)))
+        asked_laws = rows.rows(np.flatnonzero(asked))._replace(wait_scale=scale[asked])
+        chains = Chains(asked_laws, np.repeat(np.arange(len(sizes)), sizes), b[states], head[states],
+                        np.cumsum(sizes) - sizes, *(v[asked] for v in (idle, total, last, tail0, top, rho, tail_len,
+                                                                        lam, block)))
         out.ttft_over[idx[asked]] = ttft_exceedances(chains, limits[0][idx[asked]])
         out.itl_over[idx[asked]] = itl_exceedances(chains, limits[1][idx[asked]])
 
 
-def _latencies(laws: LawArrays, top: Floats, service: Floats, wait: Floats, idle: Floats) -> tuple[Floats, Floats,
-                                                                                                  Floats]:
+def _latencies(laws: LawArrays, top: Floats, service: Floats, wait: Floats, idle: Floats,
+               wait_scale: Floats) -> tuple[Floats, Floats, Floats]:
     """(mean TTFT, mean ITL, prefill) as queuemodels.operating_point reads them off a chain's means (service and
     wait per request, the idle share an accepted arrival sees): the batch a request is served in from Little's
     law, its decode step, and the queueing wait before its prefill."""
@@ -192,7 +198,7 @@ def _latencies(laws: LawArrays, top: Floats, service: Floats, wait: Floats, idle
     decode = laws.decode(n_eff)
     residual = (1.0 - idle) * (laws.residual_share * decode + laws.residual_ms)
     prefill = laws.prefill(n_eff)
-    return laws.wait_scale * wait + prefill + residual, decode, prefill
+    return wait_scale * wait + prefill + residual, decode, prefill
 
 
 def _draws(points: Points, idx: NDArray[np.intp], per_state: Callable[[Floats], Floats], b: Floats, head: Floats,

@@ -334,6 +334,22 @@ def test_an_overloaded_bounded_queue_serves_its_saturation_with_tails_above_the_
         assert perf.ttft_ms <= perf.ttft_p95_ms <= perf.ttft_p99_ms
 
 
+def test_a_full_queue_holds_no_longer_a_wait_than_its_length_whatever_the_spread() -> None:
+    """(1 + cv^2) / 2 lengthens an open queue's wait; past saturation a queue of 1,024 read a mean wait 50 times what
+    1,024 requests take to serve at an output cv of 10 (a trial of `analyze`): at most that (Little), and the tails
+    with it. Below saturation the spread still lengthens the wait, as one solved together reads it."""
+    params = ServiceParams("gen1", 11.4, 0.05, 4.9, 0.035)
+    model = get_model("mm1k-cb")
+    sat = model.saturation_rps(params, Load(1.0, 1024, 256), ServerShape(64, None))
+    for cv in (1.0, 3.0, 10.0):
+        perf = model.analyze(params, Load(8 * sat, 1024, 256, 1.0, cv), ServerShape(64, 1024))
+        assert perf.extra["wait_ms"] <= 1024 / perf.throughput_rps * 1000 * (1 + 1e-9)
+        assert perf.ttft_ms <= perf.ttft_p95_ms <= perf.ttft_p99_ms
+    open_queue = model.analyze(params, Load(0.9 * sat, 1024, 256, 1.0, 3.0), ServerShape(64, 1024))
+    assert open_queue.extra["wait_ms"] > 2 * model.analyze(params, Load(0.9 * sat, 1024, 256), ServerShape(
+        64, 1024)).extra["wait_ms"]
+
+
 @pytest.mark.parametrize(("family", "in_tokens"), [("gen1", 1), ("gen1", 64), ("step", 1)])
 def test_with_no_queue_an_accepted_request_waits_out_no_step_in_flight(family: str, in_tokens: int) -> None:
     """Batch 1 and no queue: every request accepted finds the GPU idle. The step in flight was charged at the
