@@ -93,10 +93,11 @@ def file(text: str) -> str:
 
 
 def accelerator(text: str) -> str:
-    """An argparse type: an accelerator of the catalogue, by name."""
-    if text not in CATALOG:
+    """An argparse type: an accelerator of the catalogue, by name in any case (h100-sxm is H100-SXM)."""
+    named = {name.lower(): name for name in CATALOG}.get(text.lower())
+    if named is None:
         raise argparse.ArgumentTypeError(f"unknown {text!r}, expected one of {ACCELERATORS}")
-    return text
+    return named
 
 
 def whole(low: int, high: int) -> Callable[[str], int]:

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 from controller.cli import main
+from controller.cli_args import accelerator
 from queuemodels import Load, ServerShape, ServiceParams, Targets, get_model
 from queuemodels.accelerators import profile
 from queuemodels.batch_choice import TIE
@@ -267,3 +268,8 @@ def test_an_itl_of_several_tokens_a_step_is_said_to_be_a_steps(capsys: pytest.Ca
     assert out.err == ("wattscale: analyze: itl_ms and its percentiles are a step's gap between outputs, of 2.5 tokens "
                        "(as vLLM's ITL histogram reads it); a token's is that over 2.5\n")
     assert main(BASE) == 0 and capsys.readouterr().err == ""
+
+
+def test_an_accelerator_is_named_in_any_case() -> None:
+    """h100-sxm was refused as unknown where the catalogue has H100-SXM (a trial)."""
+    assert accelerator("h100-sxm") == "H100-SXM" and accelerator("H100-SXM") == "H100-SXM"
