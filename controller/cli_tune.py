@@ -180,5 +180,6 @@ def _usable(report: dict[str, Any], points: int) -> int:
               file=sys.stderr)
         return 1
     if short:
-        print(f"wattscale: tune: {few}: most stay near the prior's values", file=sys.stderr)
+        print(f"wattscale: tune: {few}: they cannot pin most of them down (the values printed fit these rows, not "
+              "necessarily the engine)", file=sys.stderr)
     return 0
