@@ -53,7 +53,8 @@ def within(seconds: float, call: Callable[[], Any]) -> Any:
 def test_a_fifo_as_the_tuner_state_is_one_warning_and_the_priors(tmp_path: Path) -> None:
     path = fifo(tmp_path / "tuner.json")
     warnings = within(5.0, lambda: store.load(path, {}))
-    assert warnings == [f"{path}: cannot read tuner state (not a regular file); starting from priors"]
+    assert warnings == [f"{path}: cannot read tuner state (not a regular file); set aside as tuner.json.bad, "
+                        "starting from priors"]
 
 
 def test_a_fifo_as_the_decision_log_is_a_failed_write_not_a_stalled_cycle(tmp_path: Path) -> None:

@@ -113,6 +113,28 @@ def test_unreadable_bytes_are_set_aside(tmp_path: Path, caplog: pytest.LogCaptur
     assert len(caplog.records) == 1 and "set aside as tuner.json.bad" in caplog.text
 
 
+def test_a_state_file_that_cannot_be_read_is_set_aside_not_overwritten(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """One that could not be opened (an old owner's mode 000, a link to nothing, not a regular file) was left in
+    place, and the first save replaced it unsaid: what it had learnt was lost (a trial of the daemon)."""
+    path = tmp_path / "tuner.json"
+    path.symlink_to(tmp_path / "gone")
+    with caplog.at_level(logging.WARNING):
+        tuner = Tuner(path)
+        tuner.ensure("m", "gpu", PRIOR, None)
+    assert caplog.records[0].getMessage() == (f"{path}: cannot read tuner state (a link to nothing); set aside as "
+                                              "tuner.json.bad, starting from priors")
+    assert (tmp_path / "tuner.json.bad").is_symlink() and not path.exists()
+    caplog.clear()
+    kept = tmp_path / "tuner.json.bad.1"
+    path.mkdir()
+    (path / "what.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        Tuner(path).ensure("m", "gpu", PRIOR, None)
+    assert "cannot read tuner state (not a regular file); set aside as tuner.json.bad.1" in caplog.text
+    assert (kept / "what.json").read_text() == "{}"
+
+
 def test_a_second_bad_copy_is_kept_beside_the_first(tmp_path: Path) -> None:
     """Set aside again, a bad file replaced the copy kept from the first time, unsaid."""
     from tuner.own_files import MAX_ASIDE_COPIES, set_aside

@@ -68,9 +68,11 @@ def write_json(path: Path, doc: object, what: str, lost: str) -> bool:
 
 
 def read_json(path: Path, max_bytes: int, what: str, then: str) -> tuple[Any, str | None]:
-    """A state document and None, or None and the warning to log (none: no file): one too large or not JSON is set
-    aside, one that cannot be read is left; the daemon goes on as `then` says."""
-    if not path.exists():
+    """A state document and None, or None and the warning to log (none: no file): one too large, not JSON, or that
+    cannot be read (its permissions, a link to nothing, not a regular file) is set aside, since the next save would
+    replace it unsaid (a tuner state left to an old owner's mode 000 was overwritten by the priors' first fit); the
+    daemon goes on as `then` says."""
+    if not os.path.lexists(path):
         return None, None
     try:
         with open_plain(path, "rb") as f:
@@ -79,7 +81,8 @@ def read_json(path: Path, max_bytes: int, what: str, then: str) -> tuple[Any, st
             return None, set_aside(path, f"{what} larger than {max_bytes >> 20} MiB, left unread", then)
         return json.loads(data.decode("utf-8")), None
     except OSError as exc:
-        return None, f"{path}: cannot read {what} ({exc.strerror}); {then}"
+        why = "a link to nothing" if path.is_symlink() and not path.exists() else exc.strerror or str(exc)
+        return None, set_aside(path, f"cannot read {what} ({why})", then)
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
         return None, set_aside(path, f"unreadable {what} ({str(exc)[:80]})", then)
 

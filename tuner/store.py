@@ -180,7 +180,7 @@ def save(path: Path, filters: dict[str, PairFilter], unused: dict[str, Any] | No
     warning per new error) when the file cannot be written."""
     pairs = {**(unused or {}), **{k: dump_pair(v) for k, v in filters.items()}}
     doc = {"kind": STATE_KIND, "version": STATE_VERSION, "pairs": pairs}
-    return write_json(path, doc, "tuner state", "it is lost on restart")
+    return write_json(path, doc, "tuner state", "what it learnt since its last save is lost on restart")
 
 
 def doc_problem(doc: object) -> str | None:
