@@ -23,6 +23,7 @@ from queuemodels import (
     default_prior_ms,
 )
 from queuemodels.accelerators import CATALOG
+from tuner.observation_file import plain
 
 PARAMS_HELP = {
     "alpha-ms": "decode step base time (ms)",
@@ -45,14 +46,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def plain(text: str) -> str:
-    """`text` as a number is written on a command line: Python reads "1_0" as 10 and a full-width five as 5, which no
-    one means (ValueError)."""
-    if "_" in text or not text.isascii():
-        raise ValueError(text)
-    return text
 
 
 def number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:

@@ -86,7 +86,9 @@ def _an(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def _parsed(path: Path) -> dict[str, Any]:
+def read_bounded(path: Path, what: str) -> bytes:
+    """A config-like file's bytes, at most MAX_TOML_BYTES, refused as one error line where it is missing, not a
+    regular file, unreadable or too large (`what` says what no file that large is)."""
     if not path.exists():  # exists() is False for a link that loops or points nowhere too
         raise ConfigError(str(path), _missing(path))
     if not path.is_file():
@@ -95,14 +97,21 @@ def _parsed(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "not readable (permission denied)")
     try:
         with open_plain(path) as f:  # a FIFO put in its place after the checks above had blocked the reload for good
-            data = f.read(MAX_TOML_BYTES + 1)
-        # too large: refused below (a ConfigError is a ValueError: raised here, it would be wrapped again)
-        skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # as some editors save it
-        doc = None if len(data) > MAX_TOML_BYTES else tomllib.loads(data[skip:].decode())
+            data: bytes = f.read(MAX_TOML_BYTES + 1)
     except PermissionError:
         raise ConfigError(str(path), "not readable (permission denied)") from None
     except OSError as exc:  # /proc/self/mem is a regular file whose read fails
         raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: {what}")
+    return data
+
+
+def _parsed(path: Path) -> dict[str, Any]:
+    data = read_bounded(path, "no config, scenario or spec is")
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # as some editors save it
+    try:
+        doc = tomllib.loads(data[skip:].decode())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -111,8 +120,6 @@ def _parsed(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"invalid TOML: {shortened(str(exc), 200)}") from None
     except RecursionError:
         raise ConfigError(str(path), "invalid TOML: nested too deeply") from None
-    if doc is None:
-        raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no config, scenario or spec is")
     if not doc:  # a file cut short by an editor reads better so than as its first missing key
         raise ConfigError(str(path), "holds no settings (empty, or only comments)")
     return doc

@@ -170,8 +170,7 @@ def _solve_block(out: Figures, moments: Floats, laws: LawArrays, points: Points,
     wait = np.maximum(0.0, in_system / accepted - service)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # operating_point.bounded_wait's scale
         most = np.where(queue >= 0, queue / accepted / wait, np.inf)
-    scale = np.where((rows.wait_scale > 1.0) & (wait > 0.0), np.minimum(rows.wait_scale, np.maximum(1.0, most)),
-                     rows.wait_scale)
+    scale = np.where(wait > 0.0, np.minimum(rows.wait_scale, np.maximum(1.0, most)), rows.wait_scale)
     moments[:, idx] = service, wait, idle / total / (1.0 - block), scale
     power = np.full(len(idx), np.nan)
     if draws:

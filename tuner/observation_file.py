@@ -49,11 +49,17 @@ class ObservationFileError(ValueError):
     """A recorded-observation file that cannot be read; the message names the row and column."""
 
 
+def plain(text: str) -> str:
+    """`text`, where it is a number as a CSV or a command line writes one (ValueError else): Python reads "1_0" as 10
+    and full-width digits as digits, which no writer means."""
+    if "_" in text or not text.isascii():
+        raise ValueError(text)
+    return text
+
+
 def _parse(text: str, col: str, where: str) -> float:
     try:
-        if "_" in text or not text.isascii():  # Python reads "1_0" as 10, full-width digits as digits; no CSV
-            raise ValueError(text)  # writer means either
-        value = float(text)
+        value = float(plain(text))
     except ValueError:
         raise ObservationFileError(f"{where}: column {col!r} is not a number: {_shown(text)}") from None
     if math.isinf(value) and "inf" not in text.lower():  # 1e999, 400 digits: read as inf, a missing figure

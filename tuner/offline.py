@@ -82,12 +82,6 @@ def both_errors(pair: PairFilter, obs: Observation) -> tuple[Errors, Errors] | N
             (fitted[0] / seen[0] - 1.0, fitted[1] / seen[1] - 1.0))
 
 
-def relative_errors(pair: PairFilter, obs: Observation) -> Errors | None:
-    """`both_errors`' whole TTFT's (what a window one step ahead is scored by), absolute."""
-    both = both_errors(pair, obs)
-    return None if both is None else (abs(both[0][0]), abs(both[0][1]))
-
-
 def run(pair: PairFilter, observations: list[Observation],
         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Feed every observation through the filter; the report `wattscale tune --json` prints. `progress` gets the rows

@@ -15,27 +15,19 @@ from typing import Any
 from controller.cluster.resources import service_settings
 from controller.cluster.snapshot import resource_spec, resources_of
 from controller.config_loader import ConfigError, quoted
-from controller.toml_file import MAX_TOML_BYTES
-from tuner.own_files import open_plain
+from controller.toml_file import read_bounded
 
 KINDS = ("PowerPolicy", "LLMService")
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
     """The file's YAML documents, each a resource of ours (ConfigError naming the document where one is not), read
-    as a config is: a regular file, at most `MAX_TOML_BYTES`."""
+    as a config is (`read_bounded`)."""
     import yaml
 
-    if not path.is_file():
-        raise ConfigError(str(path), "not a regular file")
+    data = read_bounded(path, "no resources are")
     try:
-        with open_plain(path) as f:
-            data = f.read(MAX_TOML_BYTES + 1)
-        if len(data) > MAX_TOML_BYTES:
-            raise ConfigError(str(path), f"larger than {MAX_TOML_BYTES} bytes: no resources are")
         docs = [d for d in yaml.load_all(data.decode("utf-8-sig"), Loader=_unique_keys(yaml)) if d is not None]
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:  # a key given twice too (two resources pasted without `---` read as one)

@@ -100,10 +100,11 @@ def simulate(scn: Scenario, report_dir: Path, policies: list[str], seeds: list[i
     RUN.run = "-"  # the lines after the runs are no run's
     aggregated = {p: aggregate(runs) for p, runs in per_policy.items()}
     front: dict[str, Any] | str | None = None
-    if not explain and energy_missed(scn, aggregated):  # said, not left blank (a new user read no why at all)
+    missed = energy_missed(scn, aggregated)
+    if missed and not explain:  # said, not left blank (a new user read no why at all)
         front = ("the emulator's frontier was not measured (--no-frontier): run without it for why this target was "
                  "missed")
-    elif explain and energy_missed(scn, aggregated):
+    elif missed:
         if progress:
             print("wattscale: measuring the emulator's frontier to explain a missed energy target", file=sys.stderr)
         try:

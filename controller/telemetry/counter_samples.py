@@ -127,6 +127,7 @@ def window_gap(series: Sequence[Samples], end: float, window_s: float, resumed: 
 
 
 def _unseen(where: str) -> str:
+    """`window_gap`'s refusal where the success counter has no sample `where` the window."""
     return (f"Prometheus has no sample of its success counter {where} the window, where it had before (Prometheus or "
             "the exporter down, paused or restarted): no window until its samples cover one")
 
